@@ -1,0 +1,26 @@
+"""vjp_magic: the ``gradient`` argument of ``backward`` worked out, derivatives shown as matrices.
+
+``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and ``%jacobian`` line magic;
+:func:`differentiate` does the same analysis from plain Python.
+"""
+from .analysis import differentiate
+from .errors import VJPUsageError
+from .result import GradientList, RenderOptions, VJPResult
+
+__all__ = ["differentiate", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
+           "load_ipython_extension", "unload_ipython_extension"]
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython) -> None:
+    """Register ``%%vjp`` and ``%jacobian`` (called by ``%load_ext vjp_magic``)."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    """Remove the magics again (called by ``%unload_ext vjp_magic``)."""
+    from .magics import unload
+
+    unload(ipython)

@@ -1,0 +1,177 @@
+"""The analysis: tagging done, infer structure and compute derivatives for every input.
+
+``differentiate`` is the package's plain-Python entry point; the magics call it too.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from . import memory, structure
+from .derivatives import component_vjps
+from .errors import VJPUsageError
+from .result import InputResult, VJPResult
+from .tagging import depends_on
+
+
+def _as_named_inputs(inputs, names) -> dict[str, torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        name = names if isinstance(names, str) else (names[0] if names else "x")
+        return {name: inputs}
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if isinstance(inputs, Sequence) and not isinstance(inputs, str):
+        inputs = list(inputs)
+        if names is None:
+            names = ["x"] if len(inputs) == 1 else [f"x{i + 1}" for i in range(len(inputs))]
+        if isinstance(names, str) or len(names) != len(inputs):
+            raise VJPUsageError("Give one name per input: names=['x', 'w'] for inputs=[x, w].")
+        return dict(zip(names, inputs))
+    raise VJPUsageError(
+        f"inputs must be a tensor, a list of tensors or a dict name → tensor, not "
+        f"{type(inputs).__name__}."
+    )
+
+
+def check_output(output: object, name: str) -> torch.Tensor:
+    """The output must be a real floating tensor that autograd can differentiate."""
+    if not isinstance(output, torch.Tensor):
+        raise VJPUsageError(
+            f"{name} is a {type(output).__name__}, not a tensor: compute it with torch operations "
+            f"on a tensor that has requires_grad=True."
+        )
+    if output.is_complex():
+        raise VJPUsageError(
+            f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
+            f"Differentiate its real and imaginary parts separately: {name}.real, {name}.imag."
+        )
+    if not output.is_floating_point():
+        raise VJPUsageError(
+            f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives. "
+            "Make the input a floating tensor, e.g. torch.arange(3, dtype=torch.float32)."
+        )
+    if not output.requires_grad:
+        raise VJPUsageError(
+            f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
+            "or from tensors without requires_grad=True. Create the input with requires_grad=True "
+            "and compute the output outside torch.no_grad()."
+        )
+    return output
+
+
+def check_input(tensor: object, name: str) -> torch.Tensor:
+    """An input must be a real floating tensor with requires_grad=True."""
+    if not isinstance(tensor, torch.Tensor):
+        raise VJPUsageError(f"Input {name} is a {type(tensor).__name__}, not a tensor.")
+    if tensor.is_complex():
+        raise VJPUsageError(
+            f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
+            f"Use {name}.real and {name}.imag as separate real inputs."
+        )
+    if not tensor.is_floating_point():
+        raise VJPUsageError(
+            f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
+            f"Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True)."
+        )
+    if not tensor.requires_grad:
+        raise VJPUsageError(
+            f"Input {name} does not require grad. Create it with requires_grad=True or call "
+            f"{name}.requires_grad_() before computing the output."
+        )
+    return tensor
+
+
+def differentiate(
+    output: torch.Tensor,
+    inputs,
+    names=None,
+    *,
+    output_name: str = "y",
+    full: bool = False,
+    memory_budget: float | None = None,
+    batched: bool = True,
+    max_chunk: int | None = None,
+    max_pairings: int = structure.MAX_PAIRINGS,
+) -> VJPResult:
+    """Derivatives of ``output`` with respect to ``inputs``, with their point structure inferred.
+
+    ``inputs`` is a tensor (named ``"x"`` unless ``names`` says otherwise), a sequence of
+    tensors, or a dict name → tensor. ``full=True`` skips point inference (plain Jacobian).
+    ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
+    ``x.grad`` is never changed.
+    """
+    output = check_output(output, output_name)
+    named = _as_named_inputs(inputs, names)
+    if not named:
+        raise VJPUsageError("Give at least one input tensor to differentiate with respect to.")
+    for name, tensor in named.items():
+        check_input(tensor, name)
+    budget = memory.resolve_budget(memory_budget, output.device)
+
+    candidates = {
+        name: [()] if full else structure.candidate_pairings(output.shape, t.shape, max_pairings)
+        for name, t in named.items()
+    }
+    position = dict.fromkeys(named, 0)
+    probe = None
+    probe_vjps: dict[str, torch.Tensor] = {}
+    accepted: dict[str, tuple[structure.Pairing, torch.Tensor]] = {}
+    unused = [name for name, t in named.items() if not depends_on(output, t)]
+
+    while len(accepted) < len(named):
+        pending = [n for n in named if n not in accepted]
+        # Inputs whose current pairing uses the same output point axes share one backward.
+        key = lambda n: tuple(sorted(a for a, _ in candidates[n][position[n]]))  # noqa: E731
+        point_out = key(pending[0])
+        group = [n for n in pending if key(n) == point_out]
+        needs_check = [n for n in group if position[n] < len(candidates[n]) - 1]
+        count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        itemsize = output.element_size()
+        result_bytes = count * sum(named[n].numel() for n in group) * itemsize
+        memory.refuse_if_over(
+            result_bytes,
+            budget,
+            f"The derivatives of {output_name} ({count} backward passes)",
+        )
+        extra = None
+        if any(n not in probe_vjps for n in needs_check):
+            if probe is None:
+                probe = structure.probe_vector(output)
+            extra = probe.unsqueeze(0)
+        stacked, extra_results = component_vjps(
+            output,
+            [named[n] for n in group],
+            point_out,
+            budget,
+            extra=extra,
+            batched=batched,
+            max_chunk=max_chunk,
+        )
+        for i, name in enumerate(group):
+            if extra_results is not None:
+                probe_vjps.setdefault(name, extra_results[i][0])
+            pairing = candidates[name][position[name]]
+            tensor = named[name]
+            derivs = stacked[i].reshape(
+                structure.component_shape(output.shape, pairing) + tuple(tensor.shape)
+            )
+            if name not in needs_check or structure.probe_agrees(
+                derivs, probe, probe_vjps[name], pairing
+            ):
+                accepted[name] = (pairing, derivs)
+            else:
+                position[name] += 1
+
+    results = {
+        name: InputResult(
+            name=name,
+            tensor=named[name],
+            pairing=accepted[name][0],
+            derivatives=accepted[name][1],
+            unused=name in unused,
+        )
+        for name in named
+    }
+    return VJPResult(output=output, output_name=output_name, inputs=results, full=full)

@@ -1,0 +1,119 @@
+"""Stage 1 — cell parsing: which names a cell assigns and whether it ends in an expression.
+
+Pure ``ast`` work on Python source (IPython syntax is translated by the magics
+layer before it gets here).
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ParsedCell:
+    """A cell split into the statements to execute and an optional final expression."""
+
+    tree: ast.Module
+    body: ast.Module
+    final_expr: ast.Expression | None
+    final_source: str | None
+    assigned_names: list[str] = field(default_factory=list)
+
+
+class _AssignedNames(ast.NodeVisitor):
+    """Collects top-level bound names in source order (not those inside defs/classes)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def _add(self, name: str) -> None:
+        if name in self.names:
+            self.names.remove(name)
+        self.names.append(name)
+
+    def _targets(self, target: ast.AST) -> None:
+        if isinstance(target, ast.Name):
+            self._add(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for elt in target.elts:
+                self._targets(elt)
+        elif isinstance(target, ast.Starred):
+            self._targets(target.value)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        for target in node.targets:
+            self._targets(target)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.generic_visit(node)
+        if node.value is not None:
+            self._targets(node.target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self.generic_visit(node)
+        self._targets(node.target)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.generic_visit(node)
+        self._targets(node.target)
+
+    def visit_For(self, node: ast.For) -> None:
+        self._targets(node.target)
+        self.generic_visit(node)
+
+    visit_AsyncFor = visit_For
+
+    def visit_With(self, node: ast.With) -> None:
+        for item in node.items:
+            if item.optional_vars is not None:
+                self._targets(item.optional_vars)
+        self.generic_visit(node)
+
+    visit_AsyncWith = visit_With
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._add(node.name)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._add(node.name)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        return
+
+    def visit_ListComp(self, node: ast.AST) -> None:
+        return
+
+    visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
+
+
+def assigned_names(tree: ast.AST) -> list[str]:
+    """Names bound at the cell's top level, ordered by their last binding."""
+    visitor = _AssignedNames()
+    visitor.visit(tree)
+    return visitor.names
+
+
+def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
+    """Parse ``source``; a trailing expression statement is split off so its value can be kept.
+
+    Raises ``SyntaxError`` exactly as Python would for invalid source.
+    """
+    tree = ast.parse(source, filename=filename, mode="exec")
+    statements = list(tree.body)
+    final_expr = final_source = None
+    if statements and isinstance(statements[-1], ast.Expr):
+        last = statements.pop()
+        final_expr = ast.Expression(body=last.value)
+        ast.copy_location(final_expr, last)
+        final_source = ast.get_source_segment(source, last.value)
+    body = ast.Module(body=statements, type_ignores=[])
+    return ParsedCell(
+        tree=tree,
+        body=body,
+        final_expr=final_expr,
+        final_source=final_source,
+        assigned_names=assigned_names(tree),
+    )

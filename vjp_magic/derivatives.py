@@ -1,0 +1,145 @@
+"""Stage 4 — derivatives: vector-Jacobian products, batched, chunked to a memory budget.
+
+Everything goes through ``torch.autograd.grad`` with ``retain_graph=True``, so
+``x.grad`` is never touched and the graph stays usable for the user's next cell.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+_autograd_grad = torch.autograd.grad  # the real one, even while a cell patches torch.autograd
+
+# Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
+_WORKSPACE_FACTOR = 4
+
+
+def one_hot_gradients(
+    output_shape: torch.Size,
+    point_out_axes: Sequence[int],
+    start: int,
+    stop: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """Gradient arguments ``start:stop`` (row-major over the non-point output axes), stacked.
+
+    Each is shaped like the output: 1 on the component it selects, for every point at once.
+    """
+    component_axes = [a for a in range(len(output_shape)) if a not in point_out_axes]
+    component_shape = [output_shape[a] for a in component_axes]
+    count = stop - start
+    selector = torch.zeros(count, math.prod(component_shape), dtype=dtype, device=device)
+    selector[torch.arange(count, device=device), torch.arange(start, stop, device=device)] = 1
+    view_shape = [count] + [
+        output_shape[a] if a in component_axes else 1 for a in range(len(output_shape))
+    ]
+    # Reshape the flat component index into the component axes, keeping size 1 at point axes.
+    selector = selector.reshape([count] + component_shape)
+    for axis in sorted(point_out_axes):
+        selector = selector.unsqueeze(1 + axis)
+    return selector.reshape(view_shape).expand(count, *output_shape)
+
+
+def vjp_batch(
+    output: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    grad_outputs: torch.Tensor,
+    batched: bool = True,
+) -> list[torch.Tensor]:
+    """vᵀJ for each ``v`` in ``grad_outputs`` (leading batch axis), for every input.
+
+    Tries one vectorised backward (``is_grads_batched``); falls back to a loop for
+    operations that cannot be batched. Inputs the output does not reach get zeros.
+    """
+    if batched and grad_outputs.shape[0] > 1:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                grads = _autograd_grad(
+                    [output],
+                    list(inputs),
+                    [grad_outputs],
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            return _fill_unused(grads, inputs, grad_outputs.shape[0])
+        except RuntimeError as error:
+            if "second time" in str(error):
+                raise
+    rows: list[list[torch.Tensor | None]] = []
+    for v in grad_outputs:
+        rows.append(
+            list(_autograd_grad([output], list(inputs), [v], retain_graph=True, allow_unused=True))
+        )
+    results = []
+    for i, tensor in enumerate(inputs):
+        column = [row[i] for row in rows]
+        if all(g is None for g in column):
+            results.append(tensor.new_zeros((len(rows),) + tuple(tensor.shape)))
+        else:
+            results.append(
+                torch.stack([g if g is not None else torch.zeros_like(tensor) for g in column])
+            )
+    return results
+
+
+def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
+    return [
+        g if g is not None else tensor.new_zeros((batch,) + tuple(tensor.shape))
+        for g, tensor in zip(grads, inputs)
+    ]
+
+
+def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int) -> int:
+    """How many gradient arguments one batched backward may take within ``budget`` bytes."""
+    per_vector = (output.numel() * _WORKSPACE_FACTOR + sum(t.numel() for t in inputs)) * max(
+        output.element_size(), 4
+    )
+    return max(1, budget // max(per_vector, 1))
+
+
+def component_vjps(
+    output: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
+    point_out_axes: Sequence[int],
+    budget: int,
+    extra: torch.Tensor | None = None,
+    batched: bool = True,
+    max_chunk: int | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """One VJP per non-point output component, for every input, in budget-sized batches.
+
+    Returns ``(stacked, extra_results)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``.
+    ``extra`` (an additional batch of gradient arguments, e.g. the verification probe) rides
+    along in the first batch, so it costs no separate backward pass.
+    """
+    count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
+    step = chunk_size(output, inputs, budget)
+    if max_chunk is not None:
+        step = min(step, max_chunk)
+    parts: list[list[torch.Tensor]] = [[] for _ in inputs]
+    extra_results = None
+    start = 0
+    while start < count or (extra is not None and extra_results is None):
+        stop = min(count, start + step)
+        vectors = one_hot_gradients(
+            output.shape, point_out_axes, start, stop, output.dtype, output.device
+        )
+        n_extra = 0
+        if extra is not None and extra_results is None:
+            n_extra = extra.shape[0]
+            vectors = torch.cat([vectors, extra.to(vectors.dtype)])
+        results = vjp_batch(output, inputs, vectors, batched=batched)
+        if n_extra:
+            extra_results = [r[r.shape[0] - n_extra :] for r in results]
+            results = [r[: r.shape[0] - n_extra] for r in results]
+        for part, result in zip(parts, results):
+            part.append(result)
+        start = stop
+    stacked = [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
+    return stacked, extra_results

@@ -1,0 +1,11 @@
+"""The one exception type for user mistakes.
+
+Anything raised as :class:`VJPUsageError` is a mistake in how the package was
+used (a wrong name, an input that does not require grad, ...). The magics layer
+turns it into a short IPython ``UsageError``; every other exception is a bug and
+keeps its traceback.
+"""
+
+
+class VJPUsageError(ValueError):
+    """A user mistake, with a message that says what to do."""

@@ -1,0 +1,224 @@
+"""Stage 6 — the thin IPython layer: ``%%vjp``, ``%jacobian``, options via ``%config``.
+
+Only this module imports IPython. User mistakes (:class:`VJPUsageError`) become short
+``UsageError`` messages; the cell's own exceptions propagate exactly as in a normal cell.
+"""
+from __future__ import annotations
+
+import torch
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Float, Int
+
+from .analysis import differentiate
+from .cell import parse_cell
+from .errors import VJPUsageError
+from .guard import keep_graphs
+from .result import RenderOptions, VJPResult
+from .tagging import choose_output, find_inputs, graph_leaves
+
+
+def _common_arguments(func):
+    for decorator in reversed([
+        argument("-p", "--precision", type=int, default=None,
+                 help="Significant digits shown (default: VJPMagics.precision)."),
+        argument("--threshold", type=int, default=None,
+                 help="Rows/columns shown in full before summarising with dots."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+@magics_class
+class VJPMagics(Magics):
+    """Magics that infer the ``gradient`` argument of ``backward`` and render derivatives."""
+
+    precision = Int(4, help="Significant digits shown in matrices (capped by the dtype).").tag(
+        config=True)
+    threshold = Int(10, help="Rows or columns shown in full; larger ones are summarised.").tag(
+        config=True)
+    edgeitems = Int(3, help="Rows/columns kept at each edge of a summarised matrix.").tag(
+        config=True)
+    memory_budget = Float(
+        0.25, help="Memory one analysis may use: a fraction (< 1) of free memory, or bytes."
+    ).tag(config=True)
+
+    # -- %%vjp ------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--wrt", nargs="+", metavar="NAME", default=None,
+              help="Inputs to differentiate with respect to (default: every named leaf tensor "
+                   "with requires_grad=True the output depends on). Expressions such as "
+                   "layer.weight are allowed.")
+    @argument("--of", nargs="+", metavar="NAME", default=None,
+              help="The output (default: the cell's final expression, else the last assigned "
+                   "tensor with autograd history).")
+    @argument("--full", action="store_true",
+              help="No point-structure inference: the plain full Jacobian.")
+    @_common_arguments
+    @cell_magic
+    def vjp(self, line: str, cell: str):
+        """Run the cell, then show the derivatives of its output with respect to its inputs.
+
+        The cell runs in the notebook's namespace exactly like a normal cell. Afterwards the
+        output and inputs are tagged, the ``gradient`` argument of ``backward`` is inferred
+        from shapes and verified on the autograd graph, and the derivatives are displayed
+        as matrices. ``x.grad`` is never changed. The result is returned (and held in ``_``).
+
+        Example::
+
+            %%vjp
+            x = torch.linspace(-2, 2, 5, requires_grad=True)
+            y = x**2
+        """
+        __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
+        args = self._parse(self.vjp, line)
+        final_value, final_source, assigned, log = self._run_cell(cell)
+        ns = self.shell.user_ns
+        try:
+            if args.of:
+                if len(args.of) > 1:
+                    raise VJPUsageError("Give one output to --of (e.g. --of y).")
+                output_name = args.of[0]
+                output = self._lookup(output_name, "--of")
+            else:
+                output_name, output = choose_output(ns, assigned, final_value, final_source)
+            inputs = self._inputs(args.wrt, output, output_name, assigned)
+            result = self._differentiate(output, inputs, output_name, args, full=args.full)
+        except VJPUsageError as error:
+            raise UsageError(str(error)) from None
+        if final_value is not None and final_value is not output:
+            display(final_value)
+        result.backward_log = log
+        return result
+
+    # -- %jacobian ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("expression", nargs="+",
+              help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
+    @_common_arguments
+    @line_magic
+    def jacobian(self, line: str):
+        """Show the full Jacobian of an output with respect to inputs already in the namespace.
+
+        Syntax::
+
+            %jacobian y x              # names: output first, then inputs
+            %jacobian y                # inputs found through the autograd graph
+            %jacobian (x**2).sum() wrt x    # any expression as the output, then 'wrt'
+
+        The Jacobian is the m × n matrix of the tensors flattened row-major, with rows and
+        columns labelled y_{i,j} / x_{k,l} where shapes are not plain vectors.
+        """
+        args = self._parse(self.jacobian, line)
+        tokens = list(args.expression)
+        if "wrt" in tokens:
+            at = tokens.index("wrt")
+            output_source, input_names = " ".join(tokens[:at]), tokens[at + 1:]
+            if not input_names:
+                raise UsageError("Name the inputs after 'wrt', e.g. %jacobian (x**2).sum() wrt x")
+        else:
+            output_source, input_names = tokens[0], tokens[1:]
+        try:
+            output = self._lookup(output_source, "output")
+            output_name = output_source
+            inputs = self._inputs(input_names or None, output, output_name, [])
+            result = self._differentiate(output, inputs, output_name, args, full=False)
+        except VJPUsageError as error:
+            raise UsageError(str(error)) from None
+        result.show_jacobian = True
+        return result
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _parse(self, magic, line: str):
+        try:
+            return parse_argstring(magic, line)
+        except UsageError:
+            raise
+        except (ValueError, SystemExit) as error:  # shlex or argparse
+            raise UsageError(f"Could not read the options {line!r}: {error}") from None
+
+    def _run_cell(self, cell: str):
+        """Execute the cell like IPython would; return its final value and assigned names."""
+        __tracebackhide__ = True  # noqa: F841
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+        parsed = parse_cell(source, filename)  # a SyntaxError shows as IPython shows one
+        body = shell.transform_ast(parsed.body)
+        final_value = None
+        with keep_graphs() as log:
+            exec(shell.compile(body, filename, "exec"), shell.user_global_ns, shell.user_ns)
+            if parsed.final_expr is not None:
+                expression = shell.compile(parsed.final_expr, filename, "eval")
+                final_value = eval(expression, shell.user_global_ns, shell.user_ns)
+        return final_value, parsed.final_source, parsed.assigned_names, log
+
+    def _lookup(self, source: str, role: str):
+        ns = self.shell.user_ns
+        if source.isidentifier():
+            if source not in ns:
+                close = [n for n in ns if n.lower() == source.lower() and not n.startswith("_")]
+                hint = f" Did you mean {close[0]}?" if close else ""
+                raise VJPUsageError(f"No variable named {source!r} ({role}).{hint}")
+            return ns[source]
+        try:
+            return eval(source, self.shell.user_global_ns, ns)
+        except SyntaxError as error:
+            raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.") from None
+        except NameError as error:
+            raise VJPUsageError(f"{error} ({role}).") from None
+
+    def _inputs(self, names, output, output_name, assigned):
+        if names:
+            inputs = {}
+            for name in names:
+                inputs[name] = self._lookup(name, "--wrt")
+            return inputs
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            return find_inputs(output, self.shell.user_ns, assigned, output_name)
+        return {}
+
+    def _differentiate(self, output, inputs, output_name, args, full) -> VJPResult:
+        if not inputs and isinstance(output, torch.Tensor) and output.requires_grad:
+            leaves = graph_leaves(output)
+            if not leaves:
+                raise VJPUsageError(f"{output_name} depends on no tensor that requires grad.")
+        try:
+            result = differentiate(
+                output, inputs, output_name=output_name, full=full,
+                memory_budget=self.memory_budget,
+            )
+        except RuntimeError as error:
+            if "second time" in str(error):
+                raise VJPUsageError(
+                    f"The graph of {output_name} was freed before vjp_magic could read it "
+                    "(a backward() call outside this cell). Recompute the output, or use "
+                    "retain_graph=True."
+                ) from None
+            raise
+        result.options = RenderOptions(
+            precision=args.precision if args.precision is not None else self.precision,
+            threshold=args.threshold if args.threshold is not None else self.threshold,
+            edgeitems=self.edgeitems,
+        )
+        return result
+
+
+def load(shell) -> None:
+    """Register the magics on ``shell`` (a fresh instance per load)."""
+    magics = VJPMagics(shell=shell)
+    shell.register_magics(magics)
+
+
+def unload(shell) -> None:
+    """Remove the magics and their configurable from ``shell``."""
+    manager = shell.magics_manager
+    manager.magics["cell"].pop("vjp", None)
+    manager.magics["line"].pop("jacobian", None)
+    manager.registry.pop("VJPMagics", None)
+    shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, VJPMagics)]
+
+
+__all__ = ["VJPMagics", "load", "unload"]

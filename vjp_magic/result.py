@@ -1,0 +1,181 @@
+"""The result object: derivatives, gradient arguments, point axes, full Jacobians, displays."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from . import memory
+from .derivatives import one_hot_gradients
+from .structure import Pairing, component_shape
+
+
+@dataclass
+class RenderOptions:
+    """How a result is displayed (the magics fill these from ``%config`` and flags)."""
+
+    precision: int = 4
+    threshold: int = 10
+    edgeitems: int = 3
+
+
+class GradientList(Sequence):
+    """The ``gradient`` arguments, one per non-point output component, made on demand.
+
+    ``r.gradients['x'][k]`` is a tensor shaped like the output; iterating yields them in
+    row-major order of the component axes (the tutorial's 0/1 vectors).
+    """
+
+    def __init__(self, output: torch.Tensor, point_out_axes: Sequence[int]):
+        self._shape = output.shape
+        self._dtype = output.dtype
+        self._device = output.device
+        self.point_out_axes = tuple(point_out_axes)
+        self._count = math.prod(
+            n for a, n in enumerate(self._shape) if a not in self.point_out_axes
+        )
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(f"gradient index {index} out of range for {self._count} gradients")
+        return one_hot_gradients(
+            self._shape, self.point_out_axes, index, index + 1, self._dtype, self._device
+        )[0].contiguous()
+
+    def __repr__(self) -> str:
+        return f"<{self._count} gradient argument(s) shaped {tuple(self._shape)}>"
+
+
+@dataclass
+class InputResult:
+    """Everything known about one input."""
+
+    name: str
+    tensor: torch.Tensor
+    pairing: Pairing
+    derivatives: torch.Tensor
+    unused: bool = False
+
+    @property
+    def point_axes(self) -> tuple[tuple[int, int], ...]:
+        return self.pairing
+
+    @property
+    def point_count(self) -> int:
+        """Number of points (product of the paired axes' sizes)."""
+        return math.prod(self.tensor.shape[b] for _, b in self.pairing)
+
+    @property
+    def has_points(self) -> bool:
+        return any(self.tensor.shape[b] > 1 for _, b in self.pairing)
+
+    def per_point_numel(self) -> int:
+        paired = {b for _, b in self.pairing}
+        return math.prod(n for b, n in enumerate(self.tensor.shape) if b not in paired)
+
+
+@dataclass
+class VJPResult:
+    """What ``%%vjp``, ``%jacobian`` and :func:`vjp_magic.differentiate` return.
+
+    ``derivatives[name]`` has shape ``(non-point output axes) + input.shape``;
+    ``gradients[name]`` lists the ``gradient`` arguments used (row-major);
+    ``point_axes[name]`` the (output_axis, input_axis) pairs recognised as points;
+    ``jacobian(name)`` the full Jacobian, shape ``output.shape + input.shape``.
+    """
+
+    output: torch.Tensor
+    output_name: str
+    inputs: dict[str, InputResult]
+    full: bool = False
+    notes: list[str] = field(default_factory=list)
+    options: RenderOptions = field(default_factory=RenderOptions)
+    memory_budget: int | None = None
+    show_jacobian: bool = False
+
+    @property
+    def derivatives(self) -> dict[str, torch.Tensor]:
+        return {name: r.derivatives for name, r in self.inputs.items()}
+
+    @property
+    def point_axes(self) -> dict[str, tuple[tuple[int, int], ...]]:
+        return {name: r.pairing for name, r in self.inputs.items()}
+
+    @property
+    def gradients(self) -> dict[str, GradientList]:
+        return {
+            name: GradientList(self.output, [a for a, _ in r.pairing])
+            for name, r in self.inputs.items()
+        }
+
+    def component_shape(self, name: str) -> tuple[int, ...]:
+        return component_shape(self.output.shape, self.inputs[name].pairing)
+
+    def jacobian(self, name: str | None = None) -> torch.Tensor:
+        """The full Jacobian, shape ``output.shape + input.shape`` (assembled, no new backward)."""
+        name = self._name(name)
+        item = self.inputs[name]
+        size = self.output.numel() * item.tensor.numel()
+        budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
+        memory.refuse_if_over(
+            size * item.derivatives.element_size(), budget, f"The full Jacobian of "
+            f"{self.output_name} with respect to {name} ({size:,} entries)"
+        )
+        rows = torch.arange(self.output.numel(), device=item.derivatives.device)
+        cols = torch.arange(item.tensor.numel(), device=item.derivatives.device)
+        return self.jacobian_block(name, rows, cols).reshape(
+            tuple(self.output.shape) + tuple(item.tensor.shape)
+        )
+
+    def jacobian_block(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Entries J[rows, cols] of the flattened (m × n) Jacobian, without building all of it."""
+        item = self.inputs[name]
+        out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
+        out_idx = _unravel(rows, out_shape)
+        in_idx = _unravel(cols, in_shape)
+        point_out = {a for a, _ in item.pairing}
+        comp_idx = [out_idx[a][:, None] for a in range(len(out_shape)) if a not in point_out]
+        gather = tuple(comp_idx) + tuple(i[None, :] for i in in_idx)
+        values = item.derivatives[gather] if gather else item.derivatives.reshape(1, 1)
+        values = values.expand(len(rows), len(cols)).clone()
+        for a, b in item.pairing:
+            values = values * (out_idx[a][:, None] == in_idx[b][None, :])
+        return values
+
+    def _name(self, name: str | None) -> str:
+        if name is None:
+            if len(self.inputs) == 1:
+                return next(iter(self.inputs))
+            raise ValueError(f"Name the input: one of {', '.join(self.inputs)}.")
+        if name not in self.inputs:
+            raise KeyError(f"No input named {name!r}; inputs are {', '.join(self.inputs)}.")
+        return name
+
+    # -- displays -------------------------------------------------------------------------
+    def _repr_latex_(self) -> str:
+        from .latex import render_latex
+
+        return render_latex(self)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/latex": self._repr_latex_(), "text/plain": repr(self)}
+
+    def __repr__(self) -> str:
+        from .text import render_text
+
+        return render_text(self)
+
+
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    if not shape:
+        return []
+    return list(torch.unravel_index(flat, shape))

@@ -1,0 +1,140 @@
+"""Stage 2 — tagging: which tensors are the inputs and which is the output.
+
+Names come from the namespace; dependence comes from the autograd graph.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from .errors import VJPUsageError
+
+# IPython keeps history in these; they are never inputs or outputs.
+_HIDDEN_NAMES = {"In", "Out", "_", "__", "___", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"}
+
+
+def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Leaf tensors (``id`` → tensor) that ``output`` depends on through its autograd graph."""
+    leaves: dict[int, torch.Tensor] = {}
+    if output.grad_fn is None:
+        if output.requires_grad:
+            leaves[id(output)] = output
+        return leaves
+    seen: set[int] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves[id(variable)] = variable
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def graph_nodes(output: torch.Tensor) -> set[int]:
+    """``id``s of every autograd node reachable from ``output``."""
+    seen: set[int] = set()
+    stack = [output.grad_fn] if output.grad_fn is not None else []
+    nodes = []
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
+
+
+def is_visible_name(name: str) -> bool:
+    """False for IPython's history variables and private names."""
+    if name in _HIDDEN_NAMES or name.startswith("_"):
+        return False
+    return True
+
+
+def depends_on(output: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` (leaf or intermediate) lies on ``output``'s autograd graph."""
+    if output is tensor:
+        return True
+    if tensor.grad_fn is None:
+        return id(tensor) in graph_leaves(output)
+    return id(tensor.grad_fn) in graph_nodes(output)
+
+
+def ordered_names(namespace: Mapping[str, object], preferred: Iterable[str] = ()) -> list[str]:
+    """Candidate names: the cell's own assignments first, then the rest of the namespace."""
+    preferred = [n for n in preferred if n in namespace]
+    rest = [n for n in namespace if n not in set(preferred) and is_visible_name(n)]
+    return preferred + rest
+
+
+def find_inputs(
+    output: torch.Tensor,
+    namespace: Mapping[str, object],
+    preferred: Iterable[str] = (),
+    output_name: str = "y",
+) -> dict[str, torch.Tensor]:
+    """Named floating-point leaves with ``requires_grad=True`` that ``output`` depends on."""
+    leaves = graph_leaves(output)
+    found: dict[str, torch.Tensor] = {}
+    taken: set[int] = set()
+    for name in ordered_names(namespace, preferred):
+        value = namespace[name]
+        if isinstance(value, torch.Tensor) and id(value) in leaves and id(value) not in taken:
+            if value is output:
+                continue
+            found[name] = value
+            taken.add(id(value))
+    if not found:
+        if leaves:
+            raise VJPUsageError(
+                f"{output_name} depends on tensors that require grad, but none of them is bound to a "
+                "name in the notebook (module parameters, say). Name the inputs with --wrt, "
+                "e.g. --wrt x or --wrt layer.weight."
+            )
+        raise VJPUsageError(
+            f"{output_name} does not depend on any tensor with requires_grad=True. Create the input "
+            "with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, requires_grad=True)."
+        )
+    return found
+
+
+def has_history(value: object) -> bool:
+    """A tensor that autograd can differentiate (it has a graph or requires grad)."""
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+def choose_output(
+    namespace: Mapping[str, object],
+    assigned: list[str],
+    final_value: object = None,
+    final_source: str | None = None,
+) -> tuple[str, torch.Tensor]:
+    """The cell's output: its final expression if that has autograd history, else the last
+    assigned name holding a tensor with history that is not itself a leaf input."""
+    if has_history(final_value) and final_value.grad_fn is not None:
+        name = final_source if final_source else "y"
+        for candidate in reversed(assigned):
+            if namespace.get(candidate) is final_value:
+                name = candidate
+                break
+        return name, final_value
+    for name in reversed(assigned):
+        value = namespace.get(name)
+        if has_history(value) and value.grad_fn is not None:
+            return name, value
+    hint = (
+        " Its tensors have no autograd history: was the output computed under torch.no_grad() "
+        "or .detach()ed?"
+        if any(isinstance(namespace.get(n), torch.Tensor) for n in assigned)
+        else ""
+    )
+    raise VJPUsageError(
+        "Found no output: the cell assigns no tensor computed from an input with "
+        f"requires_grad=True.{hint} Assign the result (y = f(x)) or name it with --of y."
+    )
