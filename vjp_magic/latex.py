@@ -184,7 +184,10 @@ def _tensor_block(tensor) -> Block:
 def derivatives_display(result, input_name: str) -> list[str]:
     item = result.inputs[input_name]
     dtype = item.derivatives.dtype
-    rows = [text(describe_structure(result, input_name) + f" (derivatives with respect to {input_name})")]
+    words = describe_structure(result, input_name)
+    if len(result.inputs) > 1:
+        words += f", with respect to {input_name}"
+    rows = [text(words)]
     if not result.show_jacobian:
         rows.append(text("gradient argument: ") + gradient_arguments(result, input_name))
         rows.extend(code(line) for line in gradient_code(result, input_name))

@@ -1,0 +1,138 @@
+"""Structure inference against torch.autograd.functional.jacobian (the ground truth)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian as reference_jacobian
+
+from vjp_magic import differentiate
+from vjp_magic.structure import candidate_pairings
+
+torch.manual_seed(0)
+A = torch.randn(3, 4, dtype=torch.float64)
+B = torch.randn(4, 2, dtype=torch.float64)
+
+CASES = {
+    # name: (function, input shape, expected point axes)
+    "elementwise": (lambda x: torch.sin(x) * x**2, (5,), ((0, 0),)),
+    "softmax_vector_not_pointwise": (lambda x: torch.softmax(x, 0), (5,), ()),
+    "cumsum_not_pointwise": (lambda x: torch.cumsum(x, 0), (4,), ()),
+    "normalise_not_pointwise": (lambda x: x / x.norm(), (4,), ()),
+    "sort_not_pointwise": (lambda x: torch.sort(x).values, (4,), ()),
+    "rows_are_points_x_at_B": (lambda x: torch.tanh(x @ B), (6, 4), ((0, 0),)),
+    "columns_are_points_A_at_x": (lambda x: A @ x, (4, 6), ((1, 1),)),
+    "row_softmax": (lambda x: torch.softmax(x, 1), (3, 3), ((0, 0),)),
+    "column_softmax": (lambda x: torch.softmax(x, 0), (3, 3), ((1, 1),)),
+    "transpose_elementwise": (lambda x: x.T ** 2, (3, 3), ((0, 1), (1, 0))),
+    "transpose_rect": (lambda x: x.T.exp(), (2, 3), ((0, 1), (1, 0))),
+    "column_vector": (lambda x: x**2, (5, 1), ((0, 0), (1, 1))),
+    "matrix_elementwise": (lambda x: x.exp(), (3, 3), ((0, 0), (1, 1))),
+    "stack_components": (lambda x: torch.stack([-x**3, 5 * x]), (3,), ((1, 0),)),
+    "scalar_out": (lambda x: (x**2).sum(), (3, 2), ()),
+    "flip_not_pointwise": (lambda x: x.flip(0) * x, (4,), ()),
+    "roll_then_square": (lambda x: torch.roll(x, 1, 0) ** 2, (5,), ()),
+    "row_reduction_vector_output": (lambda x: torch.stack([x.sum(1), (x**2).sum(1)]), (3, 4),
+                                    ((1, 0),)),
+    "outer_product_self": (lambda x: torch.outer(x, x), (3,), ()),
+    "mean_centered": (lambda x: x - x.mean(), (4,), ()),
+    "batched_matvec": (lambda x: torch.einsum("bij,bj->bi", x.reshape(2, 3, 2), x[:, :2]),
+                       (2, 6), ((0, 0),)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_structure_and_values_match_autograd(case):
+    fn, shape, expected_axes = CASES[case]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = fn(x)
+    r = differentiate(y, x)
+    assert r.point_axes["x"] == expected_axes
+    ref = reference_jacobian(fn, x.detach())
+    torch.testing.assert_close(r.jacobian("x"), ref)
+    # derivatives have shape (non-point output axes) + input shape
+    point_out = {a for a, _ in expected_axes}
+    comp = tuple(n for a, n in enumerate(y.shape) if a not in point_out)
+    assert r.derivatives["x"].shape == comp + tuple(shape)
+    # each gradient argument is a 0/1 tensor shaped like the output, and the derivatives are
+    # exactly their vector-Jacobian products
+    grads = r.gradients["x"]
+    assert len(grads) == math.prod(comp)
+    flat_ref = ref.reshape(y.numel(), -1)
+    for k, v in enumerate(grads):
+        assert v.shape == y.shape
+        assert set(v.unique().tolist()) <= {0.0, 1.0}
+        vjp = (v.reshape(1, -1).to(ref.dtype) @ flat_ref).reshape(shape)
+        torch.testing.assert_close(r.derivatives["x"].reshape((-1,) + tuple(shape))[k], vjp)
+
+
+def test_several_inputs_linear_layer():
+    x = torch.randn(5, 3, requires_grad=True, dtype=torch.float64)
+    w = torch.randn(2, 3, requires_grad=True, dtype=torch.float64)
+    b = torch.randn(2, requires_grad=True, dtype=torch.float64)
+    y = torch.tanh(x @ w.T + b)
+    r = differentiate(y, {"x": x, "w": w, "b": b})
+    refs = reference_jacobian(lambda x, w, b: torch.tanh(x @ w.T + b), (x, w, b))
+    for name, ref in zip("xwb", refs):
+        torch.testing.assert_close(r.jacobian(name), ref)
+    assert r.point_axes["x"] == ((0, 0),)
+    assert x.grad is None and w.grad is None and b.grad is None
+
+
+def test_float32_elementwise_large():
+    x = torch.linspace(-3, 3, 10_000, requires_grad=True)
+    y = torch.sin(x) * x**2
+    r = differentiate(y, x)
+    assert r.point_axes["x"] == ((0, 0),)
+    expected = torch.cos(x) * x**2 + 2 * x * torch.sin(x)
+    torch.testing.assert_close(r.derivatives["x"], expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_cross_point_coupling_is_caught():
+    # y = x + mean(x) looks elementwise by shape; the probe must see the coupling.
+    x = torch.randn(1000, requires_grad=True)
+    y = x + x.mean()
+    r = differentiate(y, x)
+    assert r.point_axes["x"] == ()
+    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(lambda t: t + t.mean(), x.detach()))
+
+
+def test_output_independent_of_input_gives_zeros():
+    x = torch.randn(3, requires_grad=True)
+    z = torch.randn(3, requires_grad=True)
+    y = z * 2
+    r = differentiate(y, {"x": x, "z": z})
+    assert torch.equal(r.derivatives["x"], torch.zeros_like(r.derivatives["x"]))
+    assert r.inputs["x"].unused and not r.inputs["z"].unused
+
+
+def test_candidates_prefer_more_point_axes_and_end_with_full():
+    cands = candidate_pairings((3, 3), (3, 3))
+    assert cands[0] == ((0, 0), (1, 1))
+    assert cands[-1] == ()
+    assert len(cands[0]) >= len(cands[1]) >= len(cands[-1])
+
+
+def test_size_one_axes_pair_with_size_one():
+    x = torch.linspace(-2, 2, 5).view(-1, 1).requires_grad_(True)
+    r = differentiate(x**2, x)
+    assert r.derivatives["x"].shape == x.shape
+
+
+def test_input_named_from_list_and_default_name():
+    x = torch.randn(3, requires_grad=True)
+    assert list(differentiate(x.exp(), x).derivatives) == ["x"]
+    assert list(differentiate(x.exp(), [x], names=["t"]).derivatives) == ["t"]
+    assert list(differentiate(x.exp(), x, names="t").derivatives) == ["t"]
+
+
+def test_loop_fallback_equals_batched():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.softmax(x, 0)
+    batched = differentiate(y, x)
+    looped = differentiate(y, x, batched=False)
+    chunked = differentiate(y, x, max_chunk=2)
+    torch.testing.assert_close(batched.derivatives["x"], looped.derivatives["x"])
+    torch.testing.assert_close(batched.derivatives["x"], chunked.derivatives["x"])
+    assert batched.point_axes == looped.point_axes == chunked.point_axes
