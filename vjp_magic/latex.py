@@ -213,8 +213,10 @@ def derivatives_display(result, input_name: str) -> list[str]:
 def render_latex(result) -> str:
     """The whole display: shapes, then per input the structure, gradient arguments, matrices."""
     parts = [header(result)]
+    parts.extend(s.latex() for s in result.sections if getattr(s, "position", "top") == "top")
     for input_name in result.inputs:
         parts.extend(derivatives_display(result, input_name))
+    parts.extend(s.latex() for s in result.sections if getattr(s, "position", "top") == "bottom")
     for note in result.notes:
         parts.append(f"$${text(note)}$$")
     return "\n".join(parts)

@@ -12,6 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Float, Int
 
+from . import symbolic, teaching
 from .analysis import differentiate
 from .cell import parse_cell
 from .errors import VJPUsageError
@@ -56,6 +57,12 @@ class VJPMagics(Magics):
                    "tensor with autograd history).")
     @argument("--full", action="store_true",
               help="No point-structure inference: the plain full Jacobian.")
+    @argument("--explain", action="store_true",
+              help="Show the tutorial's steps for this cell: J, each v, and vᵀJ.")
+    @argument("--code", action="store_true",
+              help="Show plain PyTorch code (backward with gradient=...) reproducing the numbers.")
+    @argument("--symbolic", action="store_true",
+              help="Also derive the formula with SymPy and cross-check it against autograd.")
     @_common_arguments
     @cell_magic
     def vjp(self, line: str, cell: str):
@@ -91,12 +98,17 @@ class VJPMagics(Magics):
         if final_value is not None and final_value is not output:
             display(final_value)
         result.backward_log = log
+        teaching.enrich(result, explain=args.explain, show_code=args.code, log=log)
+        if args.symbolic:
+            symbolic.attach(result, source=cell, namespace=ns, output_source=None)
         return result
 
     # -- %jacobian ----------------------------------------------------------------------------
     @magic_arguments()
     @argument("expression", nargs="+",
               help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
+    @argument("--symbolic", action="store_true",
+              help="Also derive the Jacobian with SymPy and cross-check it against autograd.")
     @_common_arguments
     @line_magic
     def jacobian(self, line: str):
@@ -128,6 +140,9 @@ class VJPMagics(Magics):
         except VJPUsageError as error:
             raise UsageError(str(error)) from None
         result.show_jacobian = True
+        if args.symbolic:
+            symbolic.attach(result, source=None, namespace=self.shell.user_ns,
+                            output_source=output_source)
         return result
 
     # -- helpers -----------------------------------------------------------------------------

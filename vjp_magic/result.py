@@ -101,6 +101,12 @@ class VJPResult:
     options: RenderOptions = field(default_factory=RenderOptions)
     memory_budget: int | None = None
     show_jacobian: bool = False
+    # Filled by later stages (teaching, symbolic) when their flags ask for them.
+    sections: list = field(default_factory=list)  # objects with .latex() / .text() / .position
+    code: str | None = None
+    symbolic: dict = field(default_factory=dict)
+    symbolic_check: dict = field(default_factory=dict)
+    backward_log: object = None
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:

@@ -73,6 +73,7 @@ def render_text(result) -> str:
                     for n, i in result.inputs.items())
         + f" -> {out_name} {tuple(y.shape)} {str(y.dtype).replace('torch.', '')}"
     ]
+    lines.extend(s.text() for s in result.sections if getattr(s, "position", "top") == "top")
     for name, item in result.inputs.items():
         dtype = item.derivatives.dtype
         lines.append(f"{describe_structure(result, name)} (with respect to {name})")
@@ -93,5 +94,6 @@ def render_text(result) -> str:
             rows = matrix(block, result.options, dtype)
             lines.append(f"  {heading} = {rows[0]}")
             lines.extend("  " + " " * (len(heading) + 3) + row for row in rows[1:])
+    lines.extend(s.text() for s in result.sections if getattr(s, "position", "top") == "bottom")
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
