@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian as reference_jacobian
 
-from vjp_magic import differentiate
+from vjp_magic import analysis, differentiate
 from vjp_magic.structure import candidate_pairings
 
 torch.manual_seed(0)
@@ -42,8 +42,16 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["exact", "probe"])
+def path(request, monkeypatch):
+    """Both inference paths: exact zeros of a small Jacobian, and the random vᵀJ probe."""
+    if request.param == "probe":
+        monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_structure_and_values_match_autograd(case):
+def test_structure_and_values_match_autograd(case, path):
     fn, shape, expected_axes = CASES[case]
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     y = fn(x)
@@ -67,7 +75,7 @@ def test_structure_and_values_match_autograd(case):
         torch.testing.assert_close(r.derivatives["x"].reshape((-1,) + tuple(shape))[k], vjp)
 
 
-def test_several_inputs_linear_layer():
+def test_several_inputs_linear_layer(path):
     x = torch.randn(5, 3, requires_grad=True, dtype=torch.float64)
     w = torch.randn(2, 3, requires_grad=True, dtype=torch.float64)
     b = torch.randn(2, requires_grad=True, dtype=torch.float64)
@@ -98,7 +106,7 @@ def test_tiny_cross_point_coupling_is_caught():
     torch.testing.assert_close(r.jacobian("x"), reference_jacobian(lambda t: t + t.mean(), x.detach()))
 
 
-def test_output_independent_of_input_gives_zeros():
+def test_output_independent_of_input_gives_zeros(path):
     x = torch.randn(3, requires_grad=True)
     z = torch.randn(3, requires_grad=True)
     y = z * 2
@@ -114,7 +122,7 @@ def test_candidates_prefer_more_point_axes_and_end_with_full():
     assert len(cands[0]) >= len(cands[1]) >= len(cands[-1])
 
 
-def test_size_one_axes_pair_with_size_one():
+def test_size_one_axes_pair_with_size_one(path):
     x = torch.linspace(-2, 2, 5).view(-1, 1).requires_grad_(True)
     r = differentiate(x**2, x)
     assert r.derivatives["x"].shape == x.shape
@@ -136,3 +144,24 @@ def test_loop_fallback_equals_batched():
     torch.testing.assert_close(batched.derivatives["x"], looped.derivatives["x"])
     torch.testing.assert_close(batched.derivatives["x"], chunked.derivatives["x"])
     assert batched.point_axes == looped.point_axes == chunked.point_axes
+
+
+def test_infinite_derivative_at_a_point_keeps_point_structure(path):
+    x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True)
+    r = differentiate(torch.sqrt(x), x)
+    assert r.point_axes["x"] == ((0, 0),)
+    assert r.derivatives["x"][0] == float("inf")
+    torch.testing.assert_close(r.derivatives["x"][1:], torch.tensor([0.5, 0.25]))
+
+
+def test_chunked_probe_path_equals_unchunked(monkeypatch):
+    monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.cumsum(x, 1)  # rows are points, 5 components each
+    whole = differentiate(y, x)
+    chunked = differentiate(y, x, max_chunk=2)
+    looped = differentiate(y, x, batched=False)
+    assert whole.point_axes["x"] == ((0, 0),) == chunked.point_axes["x"] == looped.point_axes["x"]
+    torch.testing.assert_close(chunked.derivatives["x"], whole.derivatives["x"])
+    torch.testing.assert_close(looped.derivatives["x"], whole.derivatives["x"])
+    torch.testing.assert_close(whole.jacobian("x"), reference_jacobian(lambda t: torch.cumsum(t, 1), x.detach()))

@@ -15,6 +15,11 @@ from .errors import VJPUsageError
 from .result import InputResult, VJPResult
 from .tagging import depends_on
 
+# Up to this many Jacobian entries (and output entries), one batched backward computes the
+# whole Jacobian and its exact zeros decide the structure: cheaper than probing pairings.
+SMALL_JACOBIAN = 2**18
+SMALL_OUTPUT = 4096
+
 
 def _as_named_inputs(inputs, names) -> dict[str, torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
@@ -114,55 +119,14 @@ def differentiate(
         name: [()] if full else structure.candidate_pairings(output.shape, t.shape, max_pairings)
         for name, t in named.items()
     }
-    position = dict.fromkeys(named, 0)
-    probe = None
-    probe_vjps: dict[str, torch.Tensor] = {}
-    accepted: dict[str, tuple[structure.Pairing, torch.Tensor]] = {}
+    small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
+    if small and batched and output.numel() <= SMALL_OUTPUT:
+        accepted = _from_exact_jacobian(output, named, candidates, budget, max_chunk)
+    else:
+        accepted = _from_verified_pairings(
+            output, named, candidates, budget, output_name, batched, max_chunk
+        )
     unused = [name for name, t in named.items() if not depends_on(output, t)]
-
-    while len(accepted) < len(named):
-        pending = [n for n in named if n not in accepted]
-        # Inputs whose current pairing uses the same output point axes share one backward.
-        key = lambda n: tuple(sorted(a for a, _ in candidates[n][position[n]]))  # noqa: E731
-        point_out = key(pending[0])
-        group = [n for n in pending if key(n) == point_out]
-        needs_check = [n for n in group if position[n] < len(candidates[n]) - 1]
-        count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
-        itemsize = output.element_size()
-        result_bytes = count * sum(named[n].numel() for n in group) * itemsize
-        memory.refuse_if_over(
-            result_bytes,
-            budget,
-            f"The derivatives of {output_name} ({count} backward passes)",
-        )
-        extra = None
-        if any(n not in probe_vjps for n in needs_check):
-            if probe is None:
-                probe = structure.probe_vector(output)
-            extra = probe.unsqueeze(0)
-        stacked, extra_results = component_vjps(
-            output,
-            [named[n] for n in group],
-            point_out,
-            budget,
-            extra=extra,
-            batched=batched,
-            max_chunk=max_chunk,
-        )
-        for i, name in enumerate(group):
-            if extra_results is not None:
-                probe_vjps.setdefault(name, extra_results[i][0])
-            pairing = candidates[name][position[name]]
-            tensor = named[name]
-            derivs = stacked[i].reshape(
-                structure.component_shape(output.shape, pairing) + tuple(tensor.shape)
-            )
-            if name not in needs_check or structure.probe_agrees(
-                derivs, probe, probe_vjps[name], pairing
-            ):
-                accepted[name] = (pairing, derivs)
-            else:
-                position[name] += 1
 
     results = {
         name: InputResult(
@@ -174,4 +138,72 @@ def differentiate(
         )
         for name in named
     }
-    return VJPResult(output=output, output_name=output_name, inputs=results, full=full)
+    return VJPResult(output=output, output_name=output_name, inputs=results, full=full,
+                     memory_budget=budget)
+
+
+def _from_exact_jacobian(output, named, candidates, budget, max_chunk):
+    """Small problems: one batched backward gives the whole Jacobian; its zeros decide.
+
+    The first candidate pairing whose off-support entries are all zero is exact, with no
+    probe needed; its derivatives are gathered from the Jacobian.
+    """
+    names = list(named)
+    jacobians, _ = component_vjps(output, [named[n] for n in names], (), budget,
+                                  max_chunk=max_chunk)
+    accepted = {}
+    for name, flat in zip(names, jacobians):
+        jac = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
+        for pairing in candidates[name]:
+            if structure.supported_on(jac, output.dim(), pairing):
+                accepted[name] = (pairing, structure.gather_derivatives(jac, output.dim(), pairing))
+                break
+    return accepted
+
+
+def _from_verified_pairings(output, named, candidates, budget, output_name, batched, max_chunk):
+    """Large problems: per candidate pairing, one VJP per component plus one random probe.
+
+    The probe rides in the first batched backward; a pairing is accepted when vᵀJ from
+    autograd equals vᵀD assembled from its derivatives (the last candidate, with no point
+    axes of size > 1, needs no check).
+    """
+    position = dict.fromkeys(named, 0)
+    probe = None
+    probe_vjps: dict[str, torch.Tensor] = {}
+    accepted: dict[str, tuple[structure.Pairing, torch.Tensor]] = {}
+    while len(accepted) < len(named):
+        pending = [n for n in named if n not in accepted]
+        # Inputs whose current pairing uses the same output point axes share one backward.
+        key = lambda n: tuple(sorted(a for a, _ in candidates[n][position[n]]))  # noqa: E731
+        point_out = key(pending[0])
+        group = [n for n in pending if key(n) == point_out]
+        needs_check = [n for n in group if position[n] < len(candidates[n]) - 1]
+        count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        result_bytes = count * sum(named[n].numel() for n in group) * output.element_size()
+        memory.refuse_if_over(
+            result_bytes, budget, f"The derivatives of {output_name} ({count:,} backward passes)"
+        )
+        extra = None
+        if any(n not in probe_vjps for n in needs_check):
+            if probe is None:
+                probe = structure.probe_vector(output)
+            extra = probe.unsqueeze(0)
+        stacked, extra_results = component_vjps(
+            output, [named[n] for n in group], point_out, budget,
+            extra=extra, batched=batched, max_chunk=max_chunk,
+        )
+        for i, name in enumerate(group):
+            if extra_results is not None:
+                probe_vjps.setdefault(name, extra_results[i][0])
+            pairing = candidates[name][position[name]]
+            derivs = stacked[i].reshape(
+                structure.component_shape(output.shape, pairing) + tuple(named[name].shape)
+            )
+            if name not in needs_check or structure.probe_agrees(
+                derivs, probe, probe_vjps[name], pairing
+            ):
+                accepted[name] = (pairing, derivs)
+            else:
+                position[name] += 1
+    return accepted

@@ -52,25 +52,41 @@ def vjp_batch(
 ) -> list[torch.Tensor]:
     """vᵀJ for each ``v`` in ``grad_outputs`` (leading batch axis), for every input.
 
-    Tries one vectorised backward (``is_grads_batched``); falls back to a loop for
-    operations that cannot be batched. Inputs the output does not reach get zeros.
+    Tries one vectorised backward — ``torch.func.vmap`` over ``autograd.grad`` (fast batching
+    rules), then the older ``is_grads_batched`` — and falls back to a loop for operations
+    that cannot be batched. Inputs the output does not reach get zeros.
     """
     if batched and grad_outputs.shape[0] > 1:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                grads = _autograd_grad(
-                    [output],
-                    list(inputs),
-                    [grad_outputs],
-                    retain_graph=True,
-                    allow_unused=True,
-                    is_grads_batched=True,
-                )
-            return _fill_unused(grads, inputs, grad_outputs.shape[0])
-        except RuntimeError as error:
-            if "second time" in str(error):
-                raise
+        for method in (_vmap_grad, _legacy_batched_grad):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return method(output, inputs, grad_outputs)
+            except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
+                if "second time" in str(error):
+                    raise
+    return _looped_grad(output, inputs, grad_outputs)
+
+
+def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
+    def one(v):
+        return _autograd_grad(
+            [output], list(inputs), [v], retain_graph=True, allow_unused=True,
+            materialize_grads=True,
+        )
+
+    return list(torch.func.vmap(one)(grad_outputs))
+
+
+def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
+    grads = _autograd_grad(
+        [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
+        is_grads_batched=True,
+    )
+    return _fill_unused(grads, inputs, grad_outputs.shape[0])
+
+
+def _looped_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     rows: list[list[torch.Tensor | None]] = []
     for v in grad_outputs:
         rows.append(

@@ -1,0 +1,226 @@
+"""vjp_magic benchmarks: every figure is a ratio against an anchor measured in the same run.
+
+Run:  python benchmarks/bench.py [--repeat 7] [--quick]
+
+Rows (issue 3): elementwise N=10^6 vs one hand-written backward; row-wise tanh(X @ W) vs
+vmap(jacrev); dense 256→256 vs jacrev; rendering time/size of a 10^6-entry result;
+per-cell overhead of %%vjp on the tutorial's small examples; peak memory (RSS high-water
+mark, reset between measurements) of the 10^6-point case vs the single backward.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import vjp_magic
+from vjp_magic import differentiate
+
+
+def median_time(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def paired_medians(ours, anchor, repeat: int) -> tuple[float, float]:
+    """Median times of ``ours`` and ``anchor``, run alternately so both see the same load."""
+    ours(), anchor()
+    times_ours, times_anchor = [], []
+    for _ in range(repeat):
+        for fn, times in ((ours, times_ours), (anchor, times_anchor)):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_ours), statistics.median(times_anchor)
+
+
+def row(label: str, ours: float, anchor: float, anchor_name: str, must: float, aim: float) -> bool:
+    ratio = ours / anchor
+    verdict = "ok" if ratio <= must else "OVER"
+    aim_note = " (aim met)" if ratio <= aim else ""
+    print(f"{label:<44} {ratio:6.2f}x  must<={must:<4} aim<={aim:<4} {verdict}{aim_note}"
+          f"   ours {ours * 1e3:8.2f} ms, {anchor_name} {anchor * 1e3:8.2f} ms")
+    return ratio <= must
+
+
+def bench_elementwise(repeat: int, n: int) -> bool:
+    x = torch.linspace(-3, 3, n, requires_grad=True)
+    y = torch.sin(x) * x**2
+    ours, anchor = paired_medians(
+        lambda: differentiate(y, x),
+        lambda: torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True), repeat)
+    return row(f"elementwise sin(x)*x**2, N={n:.0e}", ours, anchor, "one backward", 2.5, 1.5)
+
+
+def bench_rowwise(repeat: int, n: int) -> bool:
+    torch.manual_seed(0)
+    X = torch.randn(n, 8, requires_grad=True)
+    W = torch.randn(8, 3)
+
+    def row_fn(r):
+        return torch.tanh(r @ W)
+
+    jac = torch.func.vmap(torch.func.jacrev(row_fn))
+
+    def ours_fn():
+        y = torch.tanh(X @ W)
+        return differentiate(y, X)
+
+    ours, anchor = paired_medians(ours_fn, lambda: jac(X.detach()), repeat)
+    ok = row(f"row-wise tanh(X@W), X {n:.0e}x8 (with forward)", ours, anchor, "vmap(jacrev)",
+             1.5, 1.0)
+    y = torch.tanh(X @ W)
+    ours, anchor = paired_medians(lambda: differentiate(y, X), lambda: jac(X.detach()), repeat)
+    row("  same, differentiate only", ours, anchor, "vmap(jacrev)", 1.5, 1.0)
+    return ok
+
+
+def bench_dense(repeat: int, n: int = 256) -> bool:
+    torch.manual_seed(0)
+    W1 = torch.randn(n, n) / n**0.5
+    W2 = torch.randn(n, n) / n**0.5
+    x = torch.randn(n, requires_grad=True)
+
+    def f(v):
+        return torch.tanh(W2 @ torch.tanh(W1 @ v))
+
+    jac = torch.func.jacrev(f)
+    ours, anchor = paired_medians(lambda: differentiate(f(x), x), lambda: jac(x.detach()),
+                                  repeat)
+    return row(f"dense tanh(W2 tanh(W1 x)), {n}->{n} (with forward)", ours, anchor, "jacrev",
+               1.3, 1.1)
+
+
+def bench_render(repeat: int) -> bool:
+    x = torch.linspace(-1, 1, 10**6, requires_grad=True)
+    r = differentiate(torch.sin(x), x)
+    seconds = median_time(r._repr_latex_, repeat)
+    size = len(r._repr_latex_().encode())
+    text_seconds = median_time(lambda: repr(r), repeat)
+    ok = seconds < 0.05 and size < 20_000
+    print(f"{'render _repr_latex_ of 10^6 entries':<44} {seconds * 1e3:6.2f} ms, {size:,} bytes "
+          f"(must < 50 ms, < 20 KB) {'ok' if ok else 'OVER'}; text repr {text_seconds * 1e3:.2f} ms")
+    return ok
+
+
+TUTORIAL_CELLS = [
+    "x = torch.tensor(1., requires_grad=True)\ny = x**2",
+    "x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2",
+    "x = torch.tensor([-1., 2.], requires_grad=True)\nw = torch.tensor([3., 5.])\ny = (x*x*w).sum()",
+    "x = torch.arange(6, dtype=float).view(3, 2).requires_grad_(True)\nw = torch.tensor([-1, 1])\n"
+    "y = (x*x*w).sum(1)",
+    "x = torch.arange(3, dtype=float, requires_grad=True)\ny = torch.stack([-x**3, 5*x])",
+    "x = torch.arange(4*3, dtype=float).view(-1,4).requires_grad_(True)\n"
+    "y = torch.stack([x.sum(1), (x**2).sum(1)])",
+    "x = torch.tensor(1., requires_grad=True)\ny = torch.stack([x**i for i in range(6)]).view(3,2)",
+]
+
+
+def bench_overhead(repeat: int) -> bool:
+    from IPython.testing.globalipapp import start_ipython
+
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "vjp_magic")
+    ip.run_cell("import torch")
+    worst = 0.0
+    for cell in TUTORIAL_CELLS:
+        # the same cell through %%vjp, plus the rendering a notebook does on display
+        magic, plain = paired_medians(
+            lambda: ip.run_cell_magic("vjp", "", cell)._repr_mimebundle_(),
+            lambda: ip.run_cell(cell, silent=True), repeat * 3)
+        worst = max(worst, magic - plain)
+    ok = worst <= 0.030
+    print(f"{'per-cell overhead, tutorial cells (worst)':<44} {worst * 1e3:6.2f} ms added "
+          f"(must <= 30 ms, aim <= 10 ms) {'ok' if ok else 'OVER'}")
+    return ok
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_delta_mb(fn) -> float | None:
+    """Peak RSS growth while ``fn`` runs (Linux: resets the high-water mark first)."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+    except OSError:
+        return None
+    before = _rss_kb("VmRSS")
+    result = fn()
+    peak = _rss_kb("VmHWM")
+    del result
+    return (peak - before) / 1024
+
+
+def bench_memory(n: int) -> bool:
+    x = torch.linspace(-3, 3, n, requires_grad=True)
+    y = torch.sin(x) * x**2
+    anchor = peak_delta_mb(lambda: torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True))
+    ours = peak_delta_mb(lambda: differentiate(y, x))
+    if anchor is None or ours is None:
+        print("peak memory: not measurable here (/proc/self/clear_refs unavailable)")
+        return True
+    ratio = ours / max(anchor, 1e-9)
+    ok = ratio <= 3.0
+    print(f"{'peak memory, elementwise N=%.0e' % n:<44} {ratio:6.2f}x  must<=3    "
+          f"{'ok' if ok else 'OVER'}   ours {ours:.1f} MB, one backward {anchor:.1f} MB")
+    return ok
+
+
+def bench_refusal() -> bool:
+    x = torch.randn(200_000, requires_grad=True)
+    y = torch.softmax(x, 0)  # needs the full 2e5 x 2e5 Jacobian: 160 GB
+    start = time.perf_counter()
+    try:
+        differentiate(y, x, memory_budget=2**30)
+    except vjp_magic.VJPUsageError as error:
+        seconds = time.perf_counter() - start
+        print(f"{'refusal of a 160 GB Jacobian':<44} {seconds * 1e3:6.2f} ms: {str(error)[:90]}...")
+        return seconds < 5
+    print("refusal of a 160 GB Jacobian: NOT refused")
+    return False
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per row (median)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}, "
+          f"median of {args.repeat} runs")
+    scale = 10 if args.quick else 1
+    results = [
+        bench_elementwise(args.repeat, 10**6 // scale),
+        bench_rowwise(args.repeat, 10**5 // scale),
+        bench_dense(args.repeat),
+        bench_render(args.repeat),
+        bench_overhead(args.repeat),
+        bench_memory(10**6 // scale),
+        bench_refusal(),
+    ]
+    print("all rows within 'must reach'" if all(results) else "SOME ROWS OVER TARGET")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
