@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from . import memory, structure
+from . import checks, memory, structure
 from .derivatives import component_vjps
 from .errors import VJPUsageError
 from .result import InputResult, VJPResult
@@ -113,6 +113,7 @@ def differentiate(
         raise VJPUsageError("Give at least one input tensor to differentiate with respect to.")
     for name, tensor in named.items():
         check_input(tensor, name)
+    checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
 
     candidates = {
@@ -138,8 +139,10 @@ def differentiate(
         )
         for name in named
     }
-    return VJPResult(output=output, output_name=output_name, inputs=results, full=full,
-                     memory_budget=budget)
+    result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
+                       memory_budget=budget)
+    checks.annotate(result)  # NaN/inf notes, r.code
+    return result
 
 
 def _from_exact_jacobian(output, named, candidates, budget, max_chunk):

@@ -5,9 +5,15 @@ analysis needs afterwards. Inside :func:`keep_graphs`, ``backward`` and
 ``torch.autograd.grad`` always retain the graph; a graph the user's code would have
 freed is remembered, and a second pass through it fails with PyTorch's own error,
 so the cell behaves exactly as it would without the magic.
+
+Every call is recorded (:class:`BackwardCall`: the cell line it came from, the tensors,
+a copy of the ``gradient`` given, the error it raised) so that teaching can coach on the
+cell's mistakes afterwards.
 """
 from __future__ import annotations
 
+import sys
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +27,24 @@ FREED_MESSAGE = (
     "calling backward."
 )
 
+# Calls whose tensors are kept for coaching (older ones are dropped, their graphs with them).
+KEEP_CALLS = 32
+
+
+@dataclass
+class BackwardCall:
+    """One ``backward`` / ``autograd.grad`` call made by the cell."""
+
+    index: int
+    kind: str  # "backward" or "grad"
+    tensors: list  # the outputs differentiated
+    gradients: list | None  # copies of the gradient arguments given (None entries: implicit)
+    inputs: list | None  # backward(inputs=...) / grad(inputs) — None: every leaf
+    retain_graph: bool | None
+    line: int | None  # line in the cell that made the call (innermost cell frame)
+    error: BaseException | None = None
+    freed_by: int | None = None  # second-pass error: index of the call that freed the graph
+
 
 @dataclass
 class BackwardLog:
@@ -28,14 +52,36 @@ class BackwardLog:
 
     calls: int = 0
     freed: dict[int, object] = field(default_factory=dict)  # id → node, kept alive for the cell
+    freed_by: dict[int, int] = field(default_factory=dict)  # node id → index of the freeing call
     second_pass_error: bool = False
     errors: list[BaseException] = field(default_factory=list)
+    records: deque = field(default_factory=lambda: deque(maxlen=KEEP_CALLS))
+    lines: dict[int, int | None] = field(default_factory=dict)  # call index → cell line
+    kinds: dict[int, str] = field(default_factory=dict)  # call index → "backward" / "grad"
+    mistake: object = None  # set by the magics when the cell stopped on a coached error
+    # id(leaf) → (leaf, copy of its .grad before the cell's first backward reaching it)
+    grad_before: dict[int, tuple] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Drop the tensors and graph nodes held for coaching (after the analysis)."""
+        self.freed.clear()
+        self.records.clear()
+        self.grad_before.clear()
+        for error in self.errors:  # their tracebacks hold the cell's frames and tensors
+            error.__traceback__ = None
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return list(value)
 
 
 def _roots(tensors) -> list:
-    if isinstance(tensors, torch.Tensor):
-        tensors = [tensors]
-    return [t.grad_fn for t in tensors if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    return [t.grad_fn for t in _as_list(tensors)
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None]
 
 
 def _reachable(roots) -> list:
@@ -54,32 +100,80 @@ def _saves_tensors(node) -> bool:
     return any(name.startswith("_raw_saved_") for name in dir(node))
 
 
+def _cell_line(filename: str | None) -> int | None:
+    """Line of the innermost frame executing the cell's code, if any."""
+    if filename is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == filename:
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _copy_gradients(gradients) -> list | None:
+    if gradients is None:
+        return None
+    items = _as_list(gradients)
+    return [g.detach().clone() if isinstance(g, torch.Tensor) else g for g in items] or None
+
+
 @contextmanager
-def keep_graphs():
-    """Patch ``torch.autograd.backward``/``grad`` for the duration of a cell; yields a log."""
+def keep_graphs(filename: str | None = None):
+    """Patch ``torch.autograd.backward``/``grad`` for the duration of a cell; yields a log.
+
+    ``filename`` is the name the cell's code was compiled under: calls are recorded with
+    the line of the cell that made them.
+    """
     log = BackwardLog()
     real_backward, real_grad = torch.autograd.backward, torch.autograd.grad
 
-    def check_and_mark(tensors, retain_graph, create_graph, run):
+    def check_and_mark(kind, tensors, gradients, inputs, retain_graph, create_graph, run):
+        index = log.calls
         log.calls += 1
+        outputs = _as_list(tensors)
+        record = BackwardCall(
+            index=index, kind=kind, tensors=outputs,
+            gradients=_copy_gradients(gradients),
+            inputs=None if inputs is None else _as_list(inputs),
+            retain_graph=retain_graph, line=_cell_line(filename),
+        )
+        log.records.append(record)
+        log.lines[index] = record.line
+        log.kinds[index] = kind
         nodes = _reachable(_roots(tensors))
-        if any(id(n) in log.freed and _saves_tensors(n) for n in nodes):
-            log.second_pass_error = True
-            raise RuntimeError(FREED_MESSAGE)
+        for node in nodes:
+            if id(node) in log.freed and _saves_tensors(node):
+                log.second_pass_error = True
+                record.freed_by = log.freed_by.get(id(node))
+                error = RuntimeError(FREED_MESSAGE)
+                record.error = error
+                log.errors.append(error)
+                raise error
+        for node in nodes:
+            leaf = getattr(node, "variable", None)
+            if isinstance(leaf, torch.Tensor) and id(leaf) not in log.grad_before:
+                grad = leaf.grad
+                log.grad_before[id(leaf)] = (leaf, None if grad is None else grad.detach().clone())
         try:
             result = run()
         except BaseException as error:
+            record.error = error
             log.errors.append(error)
             raise
         keep = create_graph if retain_graph is None else retain_graph
         if not keep:
-            log.freed.update((id(n), n) for n in nodes)
+            for node in nodes:
+                log.freed[id(node)] = node
+                log.freed_by.setdefault(id(node), index)
         return result
 
     def backward(tensors, grad_tensors=None, retain_graph=None, create_graph=False,
                  grad_variables=None, inputs=None):
         return check_and_mark(
-            tensors, retain_graph, create_graph,
+            "backward", tensors, grad_tensors if grad_tensors is not None else grad_variables,
+            inputs, retain_graph, create_graph,
             lambda: real_backward(tensors, grad_tensors, True, create_graph,
                                   grad_variables=grad_variables, inputs=inputs),
         )
@@ -87,7 +181,7 @@ def keep_graphs():
     def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False,
              *args, **kwargs):
         return check_and_mark(
-            outputs, retain_graph, create_graph,
+            "grad", outputs, grad_outputs, inputs, retain_graph, create_graph,
             lambda: real_grad(outputs, inputs, grad_outputs, True, create_graph, *args, **kwargs),
         )
 

@@ -12,7 +12,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Float, Int
 
-from . import symbolic, teaching
+from . import coaching, symbolic, teaching
 from .analysis import differentiate
 from .cell import parse_cell
 from .errors import VJPUsageError
@@ -90,15 +90,23 @@ class VJPMagics(Magics):
                 output_name = args.of[0]
                 output = self._lookup(output_name, "--of")
             else:
-                output_name, output = choose_output(ns, assigned, final_value, final_source)
+                try:
+                    output_name, output = choose_output(ns, assigned, final_value, final_source)
+                except VJPUsageError as error:
+                    raise VJPUsageError(_number_output_hint(ns, assigned) or str(error)) from None
             inputs = self._inputs(args.wrt, output, output_name, assigned)
             result = self._differentiate(output, inputs, output_name, args, full=args.full)
         except VJPUsageError as error:
+            if log.mistake is not None:  # the cell stopped on a classic mistake: coach anyway
+                message = f"{coaching.mistake_text(log.mistake)}\n{error}"
+                log.release()
+                raise UsageError(message) from None
             raise UsageError(str(error)) from None
         if final_value is not None and final_value is not output:
             display(final_value)
         result.backward_log = log
         teaching.enrich(result, explain=args.explain, show_code=args.code, log=log)
+        log.release()
         if args.symbolic:
             symbolic.attach(result, source=cell, namespace=ns, output_source=None)
         return result
@@ -163,11 +171,19 @@ class VJPMagics(Magics):
         parsed = parse_cell(source, filename)  # a SyntaxError shows as IPython shows one
         body = shell.transform_ast(parsed.body)
         final_value = None
-        with keep_graphs() as log:
-            exec(shell.compile(body, filename, "exec"), shell.user_global_ns, shell.user_ns)
-            if parsed.final_expr is not None:
-                expression = shell.compile(parsed.final_expr, filename, "eval")
-                final_value = eval(expression, shell.user_global_ns, shell.user_ns)
+        with keep_graphs(filename) as log:
+            try:
+                exec(shell.compile(body, filename, "exec"), shell.user_global_ns, shell.user_ns)
+                if parsed.final_expr is not None:
+                    expression = shell.compile(parsed.final_expr, filename, "eval")
+                    final_value = eval(expression, shell.user_global_ns, shell.user_ns)
+            except RuntimeError as error:
+                # The cell's own backward made a classic mistake: that statement failed and
+                # the rest of the cell did not run; the magic coaches and still analyses.
+                # Any other exception fails the cell as usual.
+                log.mistake = coaching.classify(error, log, source)
+                if log.mistake is None:
+                    raise
         return final_value, parsed.final_source, parsed.assigned_names, log
 
     def _lookup(self, source: str, role: str):
@@ -184,6 +200,10 @@ class VJPMagics(Magics):
             raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.") from None
         except NameError as error:
             raise VJPUsageError(f"{error} ({role}).") from None
+        except Exception as error:  # the user's expression failed: say so, no traceback
+            raise VJPUsageError(
+                f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}"
+            ) from None
 
     def _inputs(self, names, output, output_name, assigned):
         if names:
@@ -219,6 +239,21 @@ class VJPMagics(Magics):
             edgeitems=self.edgeitems,
         )
         return result
+
+
+def _number_output_hint(ns, assigned) -> str | None:
+    """A clearer message when the cell's last assignment is a Python number (e.g. ``.item()``)."""
+    for name in reversed(assigned):
+        value = ns.get(name)
+        if isinstance(value, (int, float, complex)) and not isinstance(value, bool):
+            return (
+                f"{name} is a Python {type(value).__name__} ({value!r}), not a tensor: .item(), "
+                "float() and the math module leave autograd. Keep it a tensor (e.g. "
+                f"{name} = (x**2).sum()) and vjp_magic shows its derivatives."
+            )
+        if isinstance(value, torch.Tensor):
+            return None
+    return None
 
 
 def load(shell) -> None:

@@ -1,0 +1,48 @@
+"""Checks around the analysis: empty tensors refused clearly, NaN/inf derivatives flagged.
+
+``differentiate`` calls :func:`refuse_empty` before any backward and :func:`annotate` on
+its result (notes for non-finite derivatives, ``r.code``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .codegen import reproducing_code
+from .errors import VJPUsageError
+
+
+def refuse_empty(output: torch.Tensor, inputs: dict, output_name: str) -> None:
+    """A tensor with no entries has no derivatives to show: say so instead of failing."""
+    for name, tensor in [(output_name, output), *inputs.items()]:
+        if tensor.numel() == 0:
+            role = "The output" if tensor is output else "The input"
+            raise VJPUsageError(
+                f"{role} {name} is empty (shape {tuple(tensor.shape)}): it has no entries, so "
+                "there are no derivatives to show. Give it at least one entry."
+            )
+
+
+def nonfinite_notes(result) -> list[str]:
+    """One sentence per input whose derivatives contain NaN or ±inf."""
+    notes = []
+    for name, item in result.inputs.items():
+        d = item.derivatives
+        finite = torch.isfinite(d)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(d).sum())
+        inf = d.numel() - int(finite.sum()) - nan
+        parts = [f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else ""]
+        what = " and ".join(p for p in parts if p)
+        notes.append(
+            f"The derivatives with respect to {name} have {what} entries: the function is not "
+            "differentiable there, or the computation divided by zero or overflowed (e.g. "
+            "sqrt or log at 0, log of a negative number)."
+        )
+    return notes
+
+
+def annotate(result) -> None:
+    """Fill what every result carries beyond the numbers: notes and ``r.code``."""
+    result.notes.extend(nonfinite_notes(result))
+    result.code = reproducing_code(result)

@@ -1,0 +1,378 @@
+"""Coaching on the cell's own classic ``backward`` mistakes.
+
+:func:`classify` recognises, among the exceptions a cell raised, the ones its own
+``backward``/``autograd.grad`` call raised for a classic reason (the guard's log records
+them); :func:`mistake_section` says what went wrong, why, and the corrected line.
+:func:`accumulation_notes` notices ``x.grad`` summed over several ``backward`` calls.
+"""
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import latex
+from .errors import VJPUsageError
+from .guard import BackwardCall, BackwardLog
+from .tagging import depends_on
+
+_autograd_grad = torch.autograd.grad  # the real one, even while a cell patches torch.autograd
+
+KINDS = {
+    "implicit-scalar": "grad can be implicitly created only for scalar outputs",
+    "second-pass": "backward through the graph a second time",
+    "gradient-shape": "Mismatch in shape",
+}
+
+
+@dataclass
+class Section:
+    """A block of the display: LaTeX displays (``$$...$$``) and the same in plain text."""
+
+    displays: list[str]
+    lines: list[str]
+    position: str = "top"
+    kind: str = "note"
+
+    def latex(self) -> str:
+        return "\n".join(self.displays)
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class CellMistake:
+    """A classic mistake that stopped the cell: the error, the call, the cell's source."""
+
+    kind: str
+    error: BaseException
+    call: BackwardCall
+    source: str
+    log: BackwardLog = field(repr=False, default=None)
+
+    @property
+    def line(self) -> int | None:
+        return self.call.line
+
+    def source_line(self, number: int | None) -> str | None:
+        lines = self.source.splitlines()
+        if number is None or not 1 <= number <= len(lines):
+            return None
+        return lines[number - 1]
+
+    def later_lines_skipped(self) -> bool:
+        if self.line is None:
+            return False
+        rest = self.source.splitlines()[self.line:]
+        return any(s.strip() and not s.strip().startswith("#") for s in rest)
+
+    def message(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake | None:
+    """The mistake ``error`` stands for, if the cell's own backward raised it for a classic reason."""
+    if not isinstance(error, RuntimeError):
+        return None
+    if not any(e is error for e in log.errors):
+        return None
+    call = next((c for c in reversed(log.records) if c.error is error), None)
+    if call is None:
+        return None
+    text = str(error)
+    for kind, marker in KINDS.items():
+        if marker in text:
+            return CellMistake(kind=kind, error=error, call=call, source=source, log=log)
+    return None
+
+
+# -- the corrected line -----------------------------------------------------------------------
+# How each kind of call takes its gradient argument: (keyword, position).
+_GRADIENT_ARGUMENT = {"method": ("gradient", 0), "autograd.backward": ("grad_tensors", 1),
+                      "grad": ("grad_outputs", 2)}
+
+
+def _find_call(stripped: str, kind: str):
+    """The ``backward``/``grad`` call in a one-line statement: (node, receiver source, style)."""
+    try:
+        tree = ast.parse(stripped)
+    except SyntaxError:
+        return None, None, None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr != kind or node.lineno != 1 or node.end_lineno != 1:
+            continue
+        owner = ast.get_source_segment(stripped, node.func.value) or ""
+        if owner.endswith("autograd"):  # torch.autograd.backward(y, ...) / autograd.grad(y, x)
+            if not node.args:
+                continue
+            style = "grad" if kind == "grad" else "autograd.backward"
+            return node, ast.get_source_segment(stripped, node.args[0]), style
+        if kind == "backward":
+            return node, owner, "method"
+    return None, None, None
+
+
+def _set_argument(line: str, kind: str, keyword: str, value: str, position: int | None) -> str | None:
+    """``line`` with the call's argument ``keyword`` (or positional ``position``) set to ``value``."""
+    indent = line[: len(line) - len(line.lstrip())]
+    stripped = line.strip()
+    node, _, _ = _find_call(stripped, kind)
+    if node is None:
+        return None
+    for kw in node.keywords:
+        if kw.arg == keyword:
+            start, end = kw.value.col_offset, kw.value.end_col_offset
+            return indent + stripped[:start] + value + stripped[end:]
+    if position is not None and len(node.args) > position:
+        arg = node.args[position]
+        return indent + stripped[: arg.col_offset] + value + stripped[arg.end_col_offset:]
+    end = node.end_col_offset - 1  # the closing parenthesis
+    inside = stripped[node.func.end_col_offset: end].strip("( \t")
+    sep = ", " if inside else ""
+    return indent + stripped[:end].rstrip() + sep + f"{keyword}={value}" + stripped[end:]
+
+
+def _structure(tensor: torch.Tensor, result):
+    """(components, points, component shape, input item) of ``tensor``, or None when unknown."""
+    analysed = None
+    if result is not None and tensor is result.output:
+        analysed = result
+    elif result is not None:
+        from .analysis import differentiate
+
+        inputs = {n: i.tensor for n, i in result.inputs.items() if depends_on(tensor, i.tensor)}
+        try:
+            analysed = differentiate(tensor, inputs) if inputs else None
+        except (VJPUsageError, RuntimeError):
+            analysed = None
+    if analysed is None:
+        return None
+    name = max(analysed.inputs, key=lambda n: analysed.inputs[n].point_count)
+    comp = analysed.component_shape(name)
+    return math.prod(comp), analysed.inputs[name].point_count, comp, analysed.inputs[name]
+
+
+def _simple(source: str) -> str:
+    return source if source.replace(".", "").replace("_", "").isalnum() else f"({source})"
+
+
+def _gradient_advice(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
+    """Why a gradient argument is needed and which one fits; the corrected code lines."""
+    call = mistake.call
+    tensor = call.tensors[0] if call.tensors else None
+    line = mistake.source_line(mistake.line)
+    node, y, style = _find_call(line.strip(), call.kind) if line else (None, None, None)
+    if not y:
+        y = result.output_name if result is not None else "y"
+        style = "method" if call.kind == "backward" else "grad"
+    y_expr = _simple(y)
+    keyword, position = _GRADIENT_ARGUMENT[style]
+    shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+    structure = _structure(tensor, result) if isinstance(tensor, torch.Tensor) else None
+    if structure is not None and structure[0] == 1:
+        _, points, _, item = structure
+        jac = "diagonal" if item.per_point_numel() == 1 else "block-diagonal"
+        why = [f"{y} has shape {shape}: f applied at {points} points, one value each.",
+               f"Each entry depends only on its own point, so the Jacobian J is {jac}: the "
+               f"vector-Jacobian product with v = ones gives the derivatives at all {points} "
+               "points at once (the sum of each column of J is its one nonzero entry)."]
+        fixed = _set_argument(line, call.kind, keyword, f"torch.ones_like({y})", position) \
+            if node is not None else None
+        return why, [(fixed or f"{y_expr}.backward(gradient=torch.ones_like({y}))").strip()]
+    if structure is not None:
+        count, points, comp, _ = structure
+        where = f" at each of {points} points" if points > 1 else ""
+        why = [f"{y} has shape {shape}: {count} components{where}.",
+               "backward computes one vector-Jacobian product per call: make one call per "
+               "component, with v one-hot on that component"
+               + (" (ones along the point axes)" if points > 1 else "")
+               + ", retain_graph=True between calls, and read then zero .grad each time."]
+        return why, _component_loop(y_expr, tensor, structure)
+    why = [f"{y} has shape {shape}, not a scalar: backward needs gradient=v shaped like {y}.",
+           "v = ones gives the derivatives at many points when each entry depends only on its "
+           "own point; v one-hot on one entry gives that entry's gradient."]
+    return why, [f"{y_expr}.backward(gradient=torch.ones_like({y}))"]
+
+
+def _component_loop(y: str, tensor, structure) -> list[str]:
+    count, points, comp, item = structure
+    point_out = {a for a, _ in item.pairing}
+    letters = ["k"] if len(comp) == 1 else ["i", "j", "l", "m"][: len(comp)]
+    if len(letters) < len(comp):
+        letters = [f"k{a}" for a in range(len(comp))]
+    letter_iter = iter(letters)
+    index = [":" if a in point_out else next(letter_iter) for a in range(tensor.dim())]
+    while index and index[-1] == ":":
+        index.pop()
+    x = _simple(item.name)
+    if len(comp) == 1:
+        loop = f"for k in range({comp[0]}):"
+    else:
+        loop = f"for {', '.join(letters)} in itertools.product(" + ", ".join(
+            f"range({n})" for n in comp) + "):"
+    return [
+        loop,
+        f"    v = torch.zeros_like({y}); v[{', '.join(index)}] = 1",
+        f"    {y}.backward(gradient=v, retain_graph=True)",
+        f"    print({x}.grad)  # the derivatives of component {', '.join(letters)}",
+        f"    {x}.grad.zero_()",
+    ]
+
+
+def _explanation(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
+    call = mistake.call
+    if mistake.kind == "second-pass":
+        first = mistake.log.lines.get(call.freed_by) if call.freed_by is not None else None
+        first_line = mistake.source_line(first)
+        where = f"on line {first}" if first is not None else "earlier"
+        why = [
+            f"The backward {where} freed the graph's saved tensors (backward does that unless "
+            "retain_graph=True), so this second backward could not pass through it again.",
+            "Pass retain_graph=True to every backward through the same graph except the last, "
+            "as the tutorial does between components.",
+        ]
+        fixed = None
+        if first_line is not None:
+            kind = mistake.log.kinds.get(call.freed_by, "backward")
+            fixed = _set_argument(first_line, kind, "retain_graph", "True", None)
+        if fixed is None:
+            y = result.output_name if result is not None else "y"
+            fixed = f"{y}.backward(gradient=v, retain_graph=True)"
+        label = f"line {first}: " if first is not None else ""
+        return why, [label + fixed.strip()]
+    why, fixed = _gradient_advice(mistake, result)
+    if mistake.kind == "gradient-shape":
+        given = call.gradients[0] if call.gradients else None
+        tensor = call.tensors[0] if call.tensors else None
+        if isinstance(given, torch.Tensor) and isinstance(tensor, torch.Tensor):
+            why.insert(0, f"gradient must have the same shape as the tensor backward is called "
+                          f"on: that is {tuple(tensor.shape)}, the gradient given has shape "
+                          f"{tuple(given.shape)}.")
+    return why, fixed
+
+
+def mistake_section(mistake: CellMistake, result=None) -> Section:
+    """What went wrong (the failing line and PyTorch's error), why, and the corrected code."""
+    line = mistake.source_line(mistake.line)
+    where = f"line {mistake.line}" if mistake.line is not None else "a backward call"
+    why, fixed = _explanation(mistake, result)
+    skipped = "The lines after it did not run." if mistake.later_lines_skipped() else ""
+    what = [latex.text(f"The cell stopped at {where}:" if line else f"The cell stopped at {where}.")]
+    if line:
+        what.append(latex.code(line.strip()))
+    what.extend(latex.text(s) for s in _sentences(mistake.message()))
+    if skipped:
+        what.append(latex.text(skipped))
+    how = [latex.text("Why: " + why[0])] + [latex.text(s) for s in why[1:]]
+    how.append(latex.text("Corrected:"))
+    how.extend(latex.code(c) for c in fixed)
+    if result is not None:
+        how.append(latex.text("The derivatives below are computed correctly by vjp_magic."))
+    lines = [f"The cell stopped at {where}:" + (f" {line.strip()}" if line else ""),
+             mistake.message()]
+    if skipped:
+        lines.append(skipped)
+    lines.extend(["Why: " + why[0], *why[1:], "Corrected:", *("    " + c for c in fixed)])
+    return Section(displays=[latex.display(*what), latex.display(*how)], lines=lines,
+                   position="top", kind="mistake")
+
+
+def mistake_text(mistake: CellMistake, result=None) -> str:
+    """The same as :func:`mistake_section`, as plain text (for a usage error)."""
+    return mistake_section(mistake, result).text()
+
+
+def _sentences(message: str) -> list[str]:
+    parts = [p.strip() for p in message.replace(". ", ".\n").splitlines()]
+    return [p for p in parts if p]
+
+
+# -- x.grad summed over several backward calls ------------------------------------------------
+def _tolerance(dtype: torch.dtype) -> float:
+    return {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 2e-3,
+            torch.bfloat16: 2e-2}.get(dtype, 1e-5)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype) -> bool:
+    a, b = a.detach().double(), b.detach().double()
+    rtol = _tolerance(dtype)
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(1.0, scale), equal_nan=True))
+
+
+def _vjp(call: BackwardCall, x: torch.Tensor) -> torch.Tensor:
+    grads = call.gradients
+    if grads is not None and len(grads) != len(call.tensors):
+        grads = None
+    (g,) = _autograd_grad(call.tensors, [x], grads, retain_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
+def _reaches(call: BackwardCall, x: torch.Tensor) -> bool:
+    if call.kind != "backward" or call.error is not None:
+        return False
+    if call.inputs is not None and not any(t is x for t in call.inputs):
+        return False
+    return any(isinstance(t, torch.Tensor) and t.requires_grad and depends_on(t, x)
+               for t in call.tensors)
+
+
+def accumulation_notes(result, log: BackwardLog) -> list[Section]:
+    """A note per input whose ``.grad`` holds several backward calls' results added up.
+
+    ``x.grad`` equal to the last call's vector-Jacobian product (or zeroed afterwards) is
+    fine; equal to the sum of the last few calls' products (plus what it held before the
+    cell) is the classic mistake. Anything else (grad edited by hand) is left alone.
+    """
+    notes = []
+    for name, item in result.inputs.items():
+        x = item.tensor
+        grad = x.grad if x.is_leaf else None
+        if grad is None or not bool((grad != 0).any()):
+            continue
+        calls = [c for c in log.records if _reaches(c, x)]
+        if not calls:
+            continue
+        before = log.grad_before.get(id(x), (None, None))[1]
+        complete = log.calls == len(log.records)
+        try:
+            total = torch.zeros_like(grad)
+            found = None
+            for j in range(len(calls) - 1, -1, -1):
+                total = total + _vjp(calls[j], x)
+                if _close(grad, total, x.dtype):
+                    found = (len(calls) - j, False)
+                    break
+                if j == 0 and complete and before is not None and _close(grad, total + before,
+                                                                         x.dtype):
+                    found = (len(calls), True)
+        except RuntimeError:  # the graph changed since (in-place update): nothing to compare
+            continue
+        if found is None or found == (1, False):
+            continue
+        summed, with_before = found
+        used = calls[len(calls) - summed:]
+        lines = sorted({c.line for c in used if c.line is not None})
+        where = f" (lines {', '.join(map(str, lines))})" if len(lines) > 1 else ""
+        parts = []
+        if summed > 1:
+            parts.append(f"the {summed} backward calls of this cell{where}")
+        else:
+            parts.append("this cell's backward")
+        if with_before:
+            parts.append("what it held before (an earlier cell's backward)")
+        sentence = (f"{name}.grad holds the sum of {' and '.join(parts)}: backward adds to "
+                    f".grad. Zero it before each backward with {name}.grad.zero_(), as the "
+                    "tutorial does between components; the derivatives below are each "
+                    "component's own.")
+        fix = f"{name}.grad.zero_()"
+        notes.append(Section(
+            displays=[latex.display(latex.text("Note: " + sentence), latex.code(fix))],
+            lines=["Note: " + sentence, "    " + fix], position="top", kind="accumulation",
+        ))
+    return notes
