@@ -187,18 +187,18 @@ def _from_verified_pairings(output, named, candidates, budget, output_name, batc
         memory.refuse_if_over(
             result_bytes, budget, f"The derivatives of {output_name} ({count:,} backward passes)"
         )
-        extra = None
+        with_probe = None
         if any(n not in probe_vjps for n in needs_check):
             if probe is None:
                 probe = structure.probe_vector(output)
-            extra = probe.unsqueeze(0)
-        stacked, extra_results = component_vjps(
+            with_probe = probe
+        stacked, group_probe_vjps = component_vjps(
             output, [named[n] for n in group], point_out, budget,
-            extra=extra, batched=batched, max_chunk=max_chunk,
+            probe=with_probe, batched=batched, max_chunk=max_chunk,
         )
         for i, name in enumerate(group):
-            if extra_results is not None:
-                probe_vjps.setdefault(name, extra_results[i][0])
+            if group_probe_vjps is not None:
+                probe_vjps.setdefault(name, group_probe_vjps[i])
             pairing = candidates[name][position[name]]
             derivs = stacked[i].reshape(
                 structure.component_shape(output.shape, pairing) + tuple(named[name].shape)

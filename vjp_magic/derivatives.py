@@ -119,43 +119,68 @@ def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int
     return max(1, budget // max(per_vector, 1))
 
 
+_batch_cache: dict[tuple, torch.Tensor] = {}  # the last large batch of gradient arguments
+
+
+def gradient_batch(
+    output: torch.Tensor,
+    point_out_axes: Sequence[int],
+    start: int,
+    stop: int,
+    probe: torch.Tensor | None,
+) -> torch.Tensor:
+    """One-hot gradient arguments ``start:stop``, with the structure probe appended.
+
+    The probe is a fixed function of the output's shape, dtype and device, so the batch is
+    too: the last large one is kept, and re-analysing the same shapes skips building it.
+    """
+    key = (tuple(output.shape), tuple(point_out_axes), start, stop, output.dtype,
+           str(output.device), probe is not None)
+    cached = _batch_cache.get(key)
+    if cached is not None:
+        return cached
+    vectors = one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
+                                output.device)
+    if probe is not None:
+        vectors = torch.cat([vectors, probe.unsqueeze(0).to(vectors.dtype)])
+    if vectors.numel() >= 2**16:
+        _batch_cache.clear()
+        _batch_cache[key] = vectors
+    return vectors
+
+
 def component_vjps(
     output: torch.Tensor,
     inputs: Sequence[torch.Tensor],
     point_out_axes: Sequence[int],
     budget: int,
-    extra: torch.Tensor | None = None,
+    probe: torch.Tensor | None = None,
     batched: bool = True,
     max_chunk: int | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """One VJP per non-point output component, for every input, in budget-sized batches.
 
-    Returns ``(stacked, extra_results)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``.
-    ``extra`` (an additional batch of gradient arguments, e.g. the verification probe) rides
-    along in the first batch, so it costs no separate backward pass.
+    Returns ``(stacked, probe_vjps)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``.
+    The structure ``probe`` (see :func:`vjp_magic.structure.probe_vector`) rides along in
+    the first batch, so its vᵀJ costs no separate backward pass.
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
     step = chunk_size(output, inputs, budget)
     if max_chunk is not None:
         step = min(step, max_chunk)
     parts: list[list[torch.Tensor]] = [[] for _ in inputs]
-    extra_results = None
+    probe_vjps = None
     start = 0
-    while start < count or (extra is not None and extra_results is None):
+    while start < count or (probe is not None and probe_vjps is None):
         stop = min(count, start + step)
-        vectors = one_hot_gradients(
-            output.shape, point_out_axes, start, stop, output.dtype, output.device
-        )
-        n_extra = 0
-        if extra is not None and extra_results is None:
-            n_extra = extra.shape[0]
-            vectors = torch.cat([vectors, extra.to(vectors.dtype)])
+        with_probe = probe if probe_vjps is None else None
+        vectors = gradient_batch(output, point_out_axes, start, stop, with_probe)
         results = vjp_batch(output, inputs, vectors, batched=batched)
-        if n_extra:
-            extra_results = [r[r.shape[0] - n_extra :] for r in results]
-            results = [r[: r.shape[0] - n_extra] for r in results]
+        if with_probe is not None:
+            probe_vjps = [r[-1] for r in results]
+            results = [r[:-1] for r in results]
         for part, result in zip(parts, results):
             part.append(result)
         start = stop
     stacked = [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
-    return stacked, extra_results
+    return stacked, probe_vjps

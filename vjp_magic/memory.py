@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -10,11 +11,24 @@ from .errors import VJPUsageError
 DEFAULT_FRACTION = 0.25
 
 
+_cpu_reading: tuple[float, int] = (-1.0, 0)
+
+
 def available_bytes(device: torch.device) -> int:
-    """Free memory on ``device`` (CUDA: the allocator's view; CPU: MemAvailable)."""
+    """Free memory on ``device`` (CUDA: the allocator's view; CPU: MemAvailable, re-read at
+    most once a second)."""
+    global _cpu_reading
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
+    now = time.monotonic()
+    if now - _cpu_reading[0] < 1.0:
+        return _cpu_reading[1]
+    _cpu_reading = (now, _read_cpu_available())
+    return _cpu_reading[1]
+
+
+def _read_cpu_available() -> int:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -41,14 +55,21 @@ def gb(nbytes: float) -> str:
     """Human size, e.g. '3.2 GB' or '512 MB'."""
     if nbytes >= 1e9:
         return f"{nbytes / 1e9:.1f} GB"
-    return f"{nbytes / 1e6:.0f} MB"
+    if nbytes >= 1e6:
+        return f"{nbytes / 1e6:.0f} MB"
+    return f"{nbytes / 1e3:.0f} kB"
 
 
-def refuse_if_over(nbytes: int, budget: int, what: str) -> None:
+DEFAULT_ADVICE = (
+    "Differentiate with respect to fewer inputs (--wrt), take a smaller slice, or let the "
+    "point structure work (drop --full)"
+)
+
+
+def refuse_if_over(nbytes: int, budget: int, what: str, advice: str = DEFAULT_ADVICE) -> None:
     """Raise a usage error at once when a result alone would not fit the budget."""
     if nbytes > budget:
         raise VJPUsageError(
             f"{what} would need {gb(nbytes)}, over the memory budget of {gb(budget)}. "
-            "Differentiate with respect to fewer inputs (--wrt), take a smaller slice, or let the "
-            "point structure work (drop --full); the budget is %config VJPMagics.memory_budget."
+            f"{advice}; the budget is %config VJPMagics.memory_budget."
         )

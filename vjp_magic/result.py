@@ -134,7 +134,9 @@ class VJPResult:
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
         memory.refuse_if_over(
             size * item.derivatives.element_size(), budget, f"The full Jacobian of "
-            f"{self.output_name} with respect to {name} ({size:,} entries)"
+            f"{self.output_name} with respect to {name} ({size:,} entries)",
+            advice="Use r.derivatives (the point structure keeps only what is non-zero) or "
+            "r.jacobian_block(name, rows, cols) for a part of it",
         )
         rows = torch.arange(self.output.numel(), device=item.derivatives.device)
         cols = torch.arange(item.tensor.numel(), device=item.derivatives.device)
