@@ -145,6 +145,12 @@ def differentiate(
     return result
 
 
+def _proven(output: torch.Tensor, tensor: torch.Tensor, pairing) -> bool:
+    """An identity pairing needs no probe when the graph has only elementwise nodes."""
+    return pairing == structure.identity_pairing(tensor.dim()) and structure.provably_elementwise(
+        output, tensor)
+
+
 def _from_exact_jacobian(output, named, candidates, budget, max_chunk):
     """Small problems: one batched backward gives the whole Jacobian; its zeros decide.
 
@@ -181,7 +187,11 @@ def _from_verified_pairings(output, named, candidates, budget, output_name, batc
         key = lambda n: tuple(sorted(a for a, _ in candidates[n][position[n]]))  # noqa: E731
         point_out = key(pending[0])
         group = [n for n in pending if key(n) == point_out]
-        needs_check = [n for n in group if position[n] < len(candidates[n]) - 1]
+        needs_check = [
+            n for n in group
+            if position[n] < len(candidates[n]) - 1 and not _proven(output, named[n],
+                                                                      candidates[n][position[n]])
+        ]
         count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
         result_bytes = count * sum(named[n].numel() for n in group) * output.element_size()
         memory.refuse_if_over(

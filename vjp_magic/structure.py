@@ -218,3 +218,45 @@ def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) 
         return jacobian
     shape = tuple(out_shape[a] for a in comp_axes) + tuple(in_shape)
     return jacobian[tuple(index)].expand(shape).clone() if shape else jacobian[tuple(index)]
+
+
+# Backward nodes of elementwise operations: output entry i depends on input entries i only
+# (broadcasting can only enlarge shapes, so along a path of these from x to an output of
+# x's own shape, every tensor that depends on x has x's shape).
+POINTWISE_NODES = frozenset(
+    name + suffix
+    for name in (
+        "Add Sub Rsub Mul Div Neg Pow Abs Sign Sin Cos Tan Asin Acos Atan Atan2 Sinh Cosh Tanh "
+        "Asinh Acosh Atanh Exp Exp2 Expm1 Log Log1P Log2 Log10 Sqrt Rsqrt Reciprocal Sigmoid "
+        "Logit Erf Erfc Erfinv Relu Elu Gelu Silu Mish Softplus LeakyRelu Hardtanh Hardsigmoid "
+        "Hardswish Clamp ClampMin ClampMax Where Maximum Minimum Fmax Fmin Hypot Lerp Addcmul "
+        "Addcdiv Floor Ceil Round Trunc Frac Sinc Copysign Clone ToCopy Xlogy"
+    ).split()
+    for suffix in ("Backward0", "Backward1", "Backward2")
+) | {"AccumulateGrad"}
+
+
+def provably_elementwise(output: torch.Tensor, tensor: torch.Tensor) -> bool:
+    """True when the autograd graph itself proves ``output`` elementwise in ``tensor``.
+
+    Every node reachable from the output must be an elementwise backward node (and the
+    shapes equal); then no probe is needed. Anything else returns False and the random
+    probe decides.
+    """
+    if tuple(output.shape) != tuple(tensor.shape) or output.grad_fn is None:
+        return False
+    seen: set[int] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ not in POINTWISE_NODES:
+            return False
+        stack.extend(n for n, _ in node.next_functions)
+    return True
+
+
+def identity_pairing(ndim: int) -> Pairing:
+    return tuple((a, a) for a in range(ndim))
