@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import math
+import re
+import textwrap
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +27,22 @@ KINDS = {
     "second-pass": "backward through the graph a second time",
     "gradient-shape": "Mismatch in shape",
 }
+
+
+_MATH_TOKEN = re.compile(r"(v(?:_k)?\^T(?: J)?)")
+
+
+def tex_rows(sentence: str, width: int = 88) -> list[str]:
+    """A sentence as LaTeX rows of at most ``width`` characters (displays do not wrap),
+    with ``v^T J`` set as mathematics."""
+    rows = []
+    for line in textwrap.wrap(sentence, width) or [""]:
+        pieces = _MATH_TOKEN.split(line)
+        rows.append("".join(
+            piece.replace("^T", r"^\top ").strip() if i % 2 else latex.text(piece)
+            for i, piece in enumerate(pieces) if piece
+        ))
+    return rows
 
 
 @dataclass
@@ -265,10 +283,13 @@ def mistake_section(mistake: CellMistake, result=None) -> Section:
     what = [latex.text(f"The cell stopped at {where}:" if line else f"The cell stopped at {where}.")]
     if line:
         what.append(latex.code(line.strip()))
-    what.extend(latex.text(s) for s in _sentences(mistake.message()))
+    for sentence in _sentences(mistake.message()):
+        what.extend(tex_rows(sentence))
     if skipped:
         what.append(latex.text(skipped))
-    how = [latex.text("Why: " + why[0])] + [latex.text(s) for s in why[1:]]
+    how = tex_rows("Why: " + why[0])
+    for sentence in why[1:]:
+        how.extend(tex_rows(sentence))
     how.append(latex.text("Corrected:"))
     how.extend(latex.code(c) for c in fixed)
     if result is not None:
@@ -372,7 +393,7 @@ def accumulation_notes(result, log: BackwardLog) -> list[Section]:
                     "component's own.")
         fix = f"{name}.grad.zero_()"
         notes.append(Section(
-            displays=[latex.display(latex.text("Note: " + sentence), latex.code(fix))],
+            displays=[latex.display(*tex_rows("Note: " + sentence), latex.code(fix))],
             lines=["Note: " + sentence, "    " + fix], position="top", kind="accumulation",
         ))
     return notes

@@ -11,6 +11,7 @@ import math
 import torch
 
 from . import coaching, latex
+from .coaching import tex_rows
 from . import text as plain
 from .codegen import derivative_name, reproducing_code
 from .formatting import Block, jacobian_block, summary_indices
@@ -124,19 +125,19 @@ class ExplainSection:
                 head,
                 rf"\text{{1. The function: }} f: {latex.shape_space(f['x_shape'])} \to "
                 rf"{latex.shape_space(f['y_shape'])},\quad {x_tex} \mapsto {y_tex}",
-                latex.text(f"Flattened row-major, {name} has n = {f['n']} entries and {f['y']} "
-                           f"has m = {f['m']}."),
+                *tex_rows(f"Flattened row-major, {name} has n = {f['n']} entries and {f['y']} "
+                          f"has m = {f['m']}."),
             ))
             block = jacobian_block(result, name)
             parts.append(latex.display(
-                latex.text(f"2. The Jacobian, m x n = {f['m']} x {f['n']}: "
-                           "entry (i, j) is the derivative of y_i with respect to x_j."),
-                latex.text(f["structure"]),
+                latex.text(f"2. The Jacobian, m x n = {f['m']} x {f['n']}: ")
+                + r"J_{ij} = \partial y_i / \partial x_j",
+                *tex_rows(f["structure"]),
             ))
             parts.append(f"$$J = {latex.matrix(block, options, dtype)}$$")
             grads = result.gradients[name]
-            rows = [latex.text("3. The gradient argument v of backward, shaped like "
-                               f"{f['y']} {f['y_shape']} (flattened here): " + f["why_v"])]
+            rows = tex_rows("3. The gradient argument v of backward, shaped like "
+                            f"{f['y']} {f['y_shape']} (flattened here). " + f["why_v"])
             parts.append(latex.display(*rows))
             for k in self._shown(f["count"]):
                 if k is None:
@@ -149,7 +150,7 @@ class ExplainSection:
                     f"$$v{sub}^\\top = {latex.matrix(_row(v), options, result.output.dtype)}$$\n"
                     f"$$v{sub}^\\top J = {latex.matrix(_row(d), options, dtype)}$$"
                 )
-            parts.append(latex.display(latex.text(
+            parts.append(latex.display(*tex_rows(
                 "4. Each v^T J, reshaped to the shape of " + f"{name} {f['x_shape']}, is the "
                 "derivative shown below" + (" (one per component)." if f["count"] > 1 else "."))))
         return "\n".join(parts)
