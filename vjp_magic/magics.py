@@ -108,7 +108,8 @@ class VJPMagics(Magics):
         teaching.enrich(result, explain=args.explain, show_code=args.code, log=log)
         log.release()
         if args.symbolic:
-            symbolic.attach(result, source=cell, namespace=ns, output_source=None)
+            symbolic.attach(result, source=self.shell.transform_cell(cell), namespace=ns,
+                            output_source=None)
         return result
 
     # -- %jacobian ----------------------------------------------------------------------------
