@@ -1,0 +1,495 @@
+"""``--symbolic``: formulas from SymPy for the tutorial's examples, cross-checked with autograd.
+
+Expected formulas are the closed forms of the mathematics; numeric expectations come from
+``torch.autograd.functional.jacobian``, never from the code under test.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import sympy
+import torch
+from torch.autograd.functional import jacobian as reference_jacobian
+
+from conftest import run_ok, run_vjp
+from vjp_magic import differentiate, symbolic
+from vjp_magic.guard import keep_graphs
+
+x, x1, x2, x3, x4 = (sympy.Symbol(n, real=True) for n in ("x", "x_1", "x_2", "x_3", "x_4"))
+
+
+def same(actual, expected) -> bool:
+    """Mathematically equal (SymPy simplify), scalars and matrices alike."""
+    if isinstance(expected, list):
+        expected = sympy.Matrix(expected)
+    if isinstance(expected, sympy.MatrixBase):
+        if not isinstance(actual, sympy.MatrixBase) or actual.shape != expected.shape:
+            return False
+        return all(sympy.simplify(a - b) == 0 for a, b in zip(actual, expected))
+    return not isinstance(actual, sympy.MatrixBase) and sympy.simplify(actual - expected) == 0
+
+
+def symbolic_section(result):
+    return next(s for s in result.sections if isinstance(s, symbolic.SymbolicSection))
+
+
+# -- the tutorial's examples, verbatim ------------------------------------------------------------
+TUTORIAL = {
+    "single point": ("""
+import torch
+x = torch.tensor(1., requires_grad=True)
+y = x**2
+y.backward()
+print(f"Derivative at a single point:")
+print(x.grad.data)
+""", 2 * x),
+    "multiple points": ("""
+x = torch.linspace(-2, 2, 5, requires_grad=True)
+y = x**2
+gradient = torch.ones_like(y)
+y.backward(gradient)
+print("Derivative at multiple points:")
+print(x.grad.data)
+""", 2 * x),
+    "sum trick": ("""
+x = torch.linspace(-2, 2, 5, requires_grad=True)
+y = (x**2).sum()
+y.backward()
+""", [[2 * sympy.Symbol(f"x_{i}", real=True) for i in range(1, 6)]]),
+    "scalar multivariate, single point": ("""
+x = torch.tensor([-1., 2.], requires_grad=True)
+w = torch.tensor([3., 5.])
+y = (x*x*w).sum()
+y.backward()
+x.grad
+""", [[6 * x1, 10 * x2]]),
+    "scalar multivariate, multiple points": ("""
+x = torch.arange(6, dtype=float).view(3, 2).requires_grad_(True)
+w = torch.tensor([-1, 1])
+y = (x*x*w).sum(1)
+v = torch.ones_like(y)
+y.backward(v)
+x.grad
+""", [[-2 * x1, 2 * x2]]),
+    "vector-valued univariate, single point": ("""
+import torch
+x = torch.tensor(1., requires_grad=True)
+y = torch.stack([-x**3, 5*x])
+
+v1 = torch.tensor([1., 0.])
+y.backward(v1, retain_graph=True)
+
+print(f"f_1'({x.data.item()}) = {x.grad.data.item():>4}")
+
+x.grad.zero_()
+
+v2 = torch.tensor([0., 1.])
+y.backward(v2)
+print(f"f_2'({x.data.item()}) = {x.grad.data.item():>4}")
+""", [[-3 * x**2], [5]]),
+    "vector-valued univariate, multiple points": ("""
+import torch
+import itertools
+x = torch.arange(3, dtype=float, requires_grad=True)
+y = torch.stack([-x**3, 5*x])
+
+ranges = [range(_) for _ in y.shape]
+
+v1 = torch.tensor([1. if i == 0 else 0. for i, j in itertools.product(*ranges)]).view(*y.shape)
+y.backward(v1, retain_graph=True)
+print(f"Derivative of f_1(x)=-3x^2 at the points {tuple(x.data.view(-1).tolist())}:")
+print(x.grad)
+
+x.grad.zero_()
+
+v2 = torch.tensor([1. if i == 1 else 0. for i, j in itertools.product(*ranges)]).view(*y.shape)
+y.backward(v2)
+print(f"\\nDerivative of f_2(x)=5x at the points {tuple(x.data.view(-1).tolist())}:")
+print(x.grad)
+""", [[-3 * x**2], [5]]),
+    "vector-valued multivariate, single point": ("""
+import torch
+x = torch.arange(4, dtype=float, requires_grad=True)
+y = torch.stack([x.sum(), (x**2).sum()])
+
+print(f"x                 : {tuple(x.data.tolist())}")
+print(f"y = (y_1, y_2)    : {tuple(y.data.tolist())}")
+
+v1 = torch.tensor([1., 0.])
+y.backward(v1, retain_graph=True)
+print(f"gradient of y_1   : {tuple(x.grad.data.tolist())}")
+
+x.grad.zero_()
+
+v2 = torch.tensor([0., 1.])
+y.backward(v2)
+print(f"gradient of y_2   : {tuple(x.grad.data.tolist())}")
+""", [[1, 1, 1, 1], [2 * x1, 2 * x2, 2 * x3, 2 * x4]]),
+    "vector-valued multivariate, multiple points": ("""
+import torch
+import itertools
+x = torch.arange(4*3, dtype=float).view(-1,4).requires_grad_(True)
+y = torch.stack([x.sum(1), (x**2).sum(1)])
+print("x:")
+print(x.data)
+ranges = [range(_) for _ in y.shape]
+v1 = torch.tensor([1. if i == 0 else 0. for i, j in itertools.product(*ranges)]).view(*y.shape)
+y.backward(v1, retain_graph=True)
+print(x.grad)
+x.grad.zero_()
+v2 = torch.tensor([1. if i == 1 else 0. for i, j in itertools.product(*ranges)]).view(*y.shape)
+y.backward(v2)
+print(x.grad)
+""", [[1, 1, 1, 1], [2 * x1, 2 * x2, 2 * x3, 2 * x4]]),
+    "matrix-valued univariate": ("""
+import torch
+import itertools
+x = torch.tensor(1., requires_grad=True)
+y = torch.stack([x**i for i in range(6)]).view(3,2)
+ranges = [range(_) for _ in y.shape]
+derivatives = torch.zeros_like(y)
+for i, j in itertools.product(*ranges):
+    v = torch.zeros_like(y)
+    v[i,j] = 1.
+    if x.grad is not None: x.grad.zero_()
+    y.backward(v, retain_graph=True)
+    derivatives[i,j] = x.grad.item()
+""", [[0, 1], [2 * x, 3 * x**2], [4 * x**3, 5 * x**4]]),
+    "matrix input, scalar output": ("""
+x = torch.arange(6, dtype=float).view(3,2).requires_grad_(True)
+y = (x**2).sum()
+v = torch.ones_like(y)
+y.backward(v)
+""", [[2 * sympy.Symbol(f"x_{{{i},{j}}}", real=True) for j in (1, 2)] for i in (1, 2, 3)]),
+}
+
+
+@pytest.mark.parametrize("case", list(TUTORIAL))
+def test_tutorial_closed_forms(ip, case):
+    cell, expected = TUTORIAL[case]
+    r = run_vjp(ip, cell, "--symbolic")
+    assert same(r.symbolic["x"], expected), r.symbolic["x"]
+    assert r.symbolic_check["x"] is True
+
+
+@pytest.mark.parametrize("make_x", [
+    "torch.tensor(1., requires_grad=True)",
+    "torch.tensor([1.], requires_grad=True)",
+    "torch.tensor([[1.]], requires_grad=True)",
+    "torch.linspace(-1, 1, 5, requires_grad=True)",
+    "torch.linspace(-2, 2, 5).view(-1,1).requires_grad_(True)",
+])
+def test_examples_revisited_show_2x_once(ip, make_x):
+    r = run_vjp(ip, f"""
+import torch
+x = {make_x}
+y = x**2
+v = torch.ones_like(y)
+y.backward(v)
+print(f"Shape of x         : {{tuple(x.shape)}}")
+""", "--symbolic")
+    formula = r.symbolic["x"]
+    if isinstance(formula, sympy.MatrixBase):  # a 1 x 1 layout is fine too
+        assert formula.shape == (1, 1)
+        formula = formula[0]
+    assert same(formula, 2 * x)
+    assert r.symbolic_check["x"] is True
+
+
+def test_generic_point_is_shown_once_in_latex(ip):
+    cell, _ = TUTORIAL["vector-valued univariate, multiple points"]
+    r = run_vjp(ip, cell, "--symbolic")
+    tex = r._repr_latex_()
+    assert tex.count("x^{2}") == 1  # -3x^2 once, not once per point
+    assert "3 points" in tex
+    # the formula comes before the numeric matrices
+    assert tex.index("x^{2}") < tex.index("gradient argument")
+
+
+def test_integral_float_constants_become_integers(ip):
+    r = run_vjp(ip, "x = torch.linspace(1, 2, 3, requires_grad=True)\ny = 2.0 * x ** 3.0 - 0.5 * x",
+                "--symbolic")
+    formula = r.symbolic["x"]
+    assert not formula.atoms(sympy.Float), formula
+    assert same(formula, 6 * x**2 - sympy.Rational(1, 2))
+
+
+# -- activations against autograd -------------------------------------------------------------------
+def test_sigmoid_and_tanh_rows_match_autograd(ip):
+    r = run_vjp(ip, "x = torch.linspace(-3, 3, 7, dtype=torch.float64, requires_grad=True)\n"
+                    "y = torch.sigmoid(x) + torch.tanh(2 * x)", "--symbolic")
+    formula = r.symbolic["x"]
+    s = 1 / (1 + sympy.exp(-x))
+    expected = s * (1 - s) + 2 * (1 - sympy.tanh(2 * x) ** 2)
+    values = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    ref = torch.diagonal(reference_jacobian(lambda t: torch.sigmoid(t) + torch.tanh(2 * t), values))
+    for value, want in zip(values.tolist(), ref.tolist()):
+        assert float(formula.subs(x, value).evalf()) == pytest.approx(want, rel=1e-12)
+        assert float(expected.subs(x, value).evalf()) == pytest.approx(want, rel=1e-12)
+    assert r.symbolic_check["x"] is True
+
+
+def test_softmax_rows_match_autograd(ip):
+    r = run_vjp(ip, "torch.manual_seed(0)\n"
+                    "x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)\n"
+                    "y = torch.softmax(x, dim=1)", "--symbolic")
+    formula = r.symbolic["x"]
+    assert formula.shape == (3, 3)
+    xs = [x1, x2, x3]
+    total = sum(sympy.exp(v) for v in xs)
+    soft = [sympy.exp(v) / total for v in xs]
+    closed = sympy.Matrix(3, 3, lambda i, j: soft[i] * ((1 if i == j else 0) - soft[j]))
+    assert same(formula, closed)
+    for row in ip.user_ns["x"].detach():
+        want = reference_jacobian(lambda t: torch.softmax(t, 0), row)
+        got = formula.subs(dict(zip(xs, row.tolist()))).evalf()
+        torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
+    assert r.symbolic_check["x"] is True
+
+
+def test_relu_derivative_is_zero_at_zero_like_torch(ip):
+    r = run_vjp(ip, "x = torch.tensor([-1., 0., 2.], requires_grad=True)\ny = torch.relu(x)",
+                "--symbolic")
+    assert same(r.symbolic["x"], sympy.Heaviside(x, 0))
+    assert r.symbolic["x"].subs(x, 0) == 0
+    assert r.symbolic_check["x"] is True
+
+
+# -- the rule table, op by op, against torch.autograd.functional.jacobian ---------------------------
+OPS = [
+    "t + 1", "3 - t", "t - torch.ones(6)", "2 * t", "t / 3", "1 / t", "t ** 3", "2 ** t",
+    "(-t)", "abs(t)", "t.exp()", "t.log()", "torch.sin(t)", "torch.cos(t)", "torch.tan(t)",
+    "torch.tanh(t)", "torch.sigmoid(t)", "torch.relu(t)", "torch.sqrt(t)", "t.sum()",
+    "t.mean()", "t.prod()", "t.view(2, 3).sum(0)", "t.reshape(3, 2).sum(1)",
+    "t.view(2, 3).T.flatten()", "t.view(2, 3).permute(1, 0).reshape(-1)",
+    "t.view(2, 3).transpose(0, 1)[0]", "t[1:4] * t[:3]", "t[[0, 2]]", "t.view(2, 3)[:, 2]",
+    "t.view(2, 3) @ torch.arange(3.).double()", "torch.arange(2.).double() @ t.view(2, 3)",
+    "torch.mm(t.view(2, 3), t.view(3, 2)).flatten()", "torch.mv(t.view(3, 2), t[:2])",
+    "torch.dot(t, t)", "torch.stack([t[0] * t[1], t[2]])", "torch.cat([t, t ** 2])",
+    "torch.softmax(t, 0)", "torch.log_softmax(t.view(2, 3), 1).flatten()",
+    "torch.nn.functional.gelu(t)", "torch.nn.functional.silu(t)",
+    "torch.nn.functional.softplus(t)", "t.norm()", "t.flip(0) * t", "t.unsqueeze(0).expand(2, 6)",
+    "t.view(2, 3).repeat(2, 1).flatten()", "torch.where(torch.arange(6) > 2, t, t ** 2)",
+    "torch.tensor([1., 2.]) * t[:2]", "t.clone().float().double()", "t.square() + t.rsqrt()",
+    "torch.linalg.norm(t)", "torch.special.expit(t)", "torch.outer(t[:2], t[2:4]).flatten()",
+]
+
+
+@pytest.mark.parametrize("expression", OPS)
+def test_each_rule_matches_autograd(ip, expression):
+    values = torch.tensor([0.3, 1.2, 0.7, 2.0, 0.9, 1.5], dtype=torch.float64)
+    ip.user_ns["t"] = values.clone().requires_grad_(True)
+    r = run_ok(ip, f"%jacobian --symbolic {expression} wrt t")
+    formula = r.symbolic["t"]
+    assert formula is not None, symbolic_section(r).text()
+    function = eval(f"lambda t: {expression}", {"torch": torch})  # noqa: S307
+    want = reference_jacobian(function, values).reshape(-1, 6)
+    subs = {sympy.Symbol(f"t_{i + 1}", real=True): v for i, v in enumerate(values.tolist())}
+    got = sympy.Matrix(formula).subs(subs).evalf()
+    torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
+    assert r.symbolic_check["t"] is True
+
+
+def test_jacobian_symbolic_on_an_expression(ip):
+    ip.user_ns["z"] = torch.tensor([1.0, 2.0], requires_grad=True)
+    r = run_ok(ip, "%jacobian --symbolic torch.stack([z.prod(), (z**2).sum()]) wrt z")
+    z1, z2 = sympy.symbols("z_1 z_2", real=True)
+    assert same(r.symbolic["z"], [[z2, z1], [2 * z1, 2 * z2]])
+    assert r.symbolic_check["z"] is True
+    assert "J = " in r._repr_latex_()
+
+
+def test_jacobian_symbolic_of_a_stored_tensor_says_why(ip):
+    run_ok(ip, "z = torch.tensor([1.0, 2.0], requires_grad=True)\nw = z ** 3")
+    r = run_ok(ip, "%jacobian --symbolic w z")
+    assert r.symbolic["z"] is None
+    assert "w is a stored tensor" in symbolic_section(r).text()
+    torch.testing.assert_close(r.jacobian("z"), torch.diag(torch.tensor([3.0, 12.0])))
+
+
+# -- graceful degradation -------------------------------------------------------------------------
+@pytest.mark.parametrize("line, op", [
+    ("y = torch.sort(x ** 2).values", "torch.sort"),
+    ("y = (x ** 2).sort().values", "Tensor.sort"),
+    ("y = torch.cumsum(x, 0)", "torch.cumsum"),
+])
+def test_unsupported_op_gives_one_line_and_the_numbers(ip, line, op):
+    r = run_vjp(ip, f"x = torch.tensor([2., -1., 0.5], requires_grad=True)\n{line}", "--symbolic")
+    assert r.symbolic["x"] is None and "x" not in r.symbolic_check
+    note = symbolic_section(r).text()
+    assert note == f"symbolic: {op} is not supported; numbers only"
+    assert note in repr(r)
+    assert f"{op} is not supported" in r._repr_latex_()
+    y = ip.user_ns["y"]
+    want = reference_jacobian(lambda t: eval(line.split("=", 1)[1], {"torch": torch, "x": t}),  # noqa: S307
+                              ip.user_ns["x"].detach())
+    torch.testing.assert_close(r.jacobian("x"), want)
+    assert y.shape == (3,)
+
+
+@pytest.mark.parametrize("cell, words", [
+    ("x = torch.ones(3, requires_grad=True)\ny = torch.zeros(3)\ny[0] = x[0] ** 2",
+     "writing symbolic values into a plain tensor"),
+    ("x = torch.linspace(0.1, 1, 3, requires_grad=True)\ny = x * torch.arange(3)",
+     "differs from point to point"),
+    ("x = torch.linspace(0, 1, 5000, requires_grad=True)\ny = x ** 2", "5,000 entries"),
+    ("x = torch.ones(2, requires_grad=True)\ny = x.detach() * x", "Tensor.detach"),
+])
+def test_what_cannot_be_followed_is_named(ip, cell, words):
+    r = run_vjp(ip, cell, "--symbolic")
+    assert r.symbolic["x"] is None
+    assert words in symbolic_section(r).text()
+
+
+def test_an_intermediate_from_an_earlier_cell_is_named(ip):
+    run_ok(ip, "x = torch.tensor([1., 2.], requires_grad=True)\nh = x.exp()")
+    r = run_vjp(ip, "y = h * 2", "--symbolic --wrt x")
+    assert r.symbolic["x"] is None
+    assert "h was computed from the inputs in an earlier cell" in symbolic_section(r).text()
+
+
+def test_out_of_time_degrades(ip, monkeypatch):
+    monkeypatch.setattr(symbolic, "RUN_SECONDS", 0.2)
+    r = run_vjp(ip, "x = torch.linspace(0, 1, 3000, requires_grad=True)\ny = x\n"
+                    "for _ in range(100):\n    y = torch.sin(y) * x", "--symbolic")
+    assert r.symbolic["x"] is None
+    assert "gave up after 0.2 s" in symbolic_section(r).text()
+
+
+def test_disagreement_with_autograd_is_a_visible_warning(ip):
+    ns = {"torch": torch}
+    cell = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x ** 3"
+    exec(cell, ns)  # noqa: S102
+    result = differentiate(ns["y"], {"x": ns["x"]})
+    result.inputs["x"].derivatives = result.inputs["x"].derivatives + torch.tensor([0, 0, 1, 0])
+    symbolic.attach(result, source=cell, namespace=ns, output_source=None)
+    assert same(result.symbolic["x"], 3 * x**2)
+    assert result.symbolic_check["x"] is False
+    assert "warning: the formula for x disagrees with autograd at 1 of 4 points" in repr(result)
+    assert "warning" in result._repr_latex_()
+
+
+# -- the user's world is untouched ------------------------------------------------------------------
+def snapshot(ns):
+    state = {}
+    for name, value in ns.items():
+        if isinstance(value, torch.Tensor):
+            grad = value.grad.clone() if value.is_leaf and value.grad is not None else None
+            state[name] = (id(value), value.detach().clone(), grad)
+        else:
+            state[name] = (id(value), None, None)
+    return state
+
+
+def assert_same_state(before, after):
+    assert before.keys() == after.keys()
+    for name, (ident, data, grad) in before.items():
+        ident2, data2, grad2 = after[name]
+        assert ident == ident2, name
+        if data is not None:
+            torch.testing.assert_close(data2, data, equal_nan=True)
+            assert (grad is None) == (grad2 is None), name
+            if grad is not None:
+                torch.testing.assert_close(grad2, grad)
+
+
+@pytest.mark.parametrize("case", list(TUTORIAL))
+def test_attach_leaves_the_namespace_and_grads_alone(case):
+    cell, _ = TUTORIAL[case]
+    ns = {"torch": torch, "print": lambda *a, **k: None}
+    with keep_graphs():  # as the magic does: the cell's own backward fills x.grad
+        exec(cell, ns)  # noqa: S102
+    result = differentiate(ns["y"], {"x": ns["x"]})
+    before = snapshot(ns)
+    symbolic.attach(result, source=cell, namespace=ns, output_source=None)
+    assert result.symbolic_check["x"] is True
+    assert_same_state(before, snapshot(ns))
+
+
+def test_magic_namespace_grad_and_random_state_match_a_plain_run(ip):
+    cell = """
+torch.manual_seed(1)
+w = torch.randn(3)
+x = torch.linspace(-1, 1, 3, requires_grad=True)
+y = (x * w.sum()).exp()
+y.backward(torch.ones_like(y))
+"""
+    run_vjp(ip, cell)
+    plain = snapshot(ip.user_ns)
+    plain_draw = torch.rand(1)
+    plain_names = {n for n in ip.user_ns if not n.startswith("_")}
+    r = run_vjp(ip, cell, "--symbolic")
+    assert r.symbolic_check["x"] is True
+    torch.testing.assert_close(torch.rand(1), plain_draw)  # the re-run drew no random numbers
+    assert {n for n in ip.user_ns if not n.startswith("_")} == plain_names
+    x_grad = ip.user_ns["x"].grad
+    torch.testing.assert_close(x_grad, plain["x"][2])  # the cell's own backward, once
+
+
+def test_in_place_changes_to_earlier_objects_happen_once(ip):
+    run_ok(ip, "w = torch.ones(3)\nacc = []")
+    r = run_vjp(ip, "w.add_(1)\nacc.append(1)\nx = torch.ones(3, requires_grad=True)\ny = x * w",
+                "--symbolic")
+    torch.testing.assert_close(ip.user_ns["w"], torch.full((3,), 2.0))
+    assert ip.user_ns["acc"] == [1]
+    # The re-run starts from the state after the cell, so it adds 1 again (to a private copy):
+    # its formula is 3, autograd's numbers are 2, and the cross-check says so.
+    assert same(r.symbolic["x"], 3)
+    assert r.symbolic_check["x"] is False
+    assert "disagrees with autograd" in repr(r)
+
+
+# -- rendering limits -------------------------------------------------------------------------------
+FORBIDDEN = (r"\newcommand", r"\boxed", r"\verb", r"\texttt")
+
+
+def assert_safe_latex(tex: str) -> None:
+    assert tex.count("$$") % 2 == 0
+    for display in re.findall(r"\$\$(.*?)\$\$", tex, flags=re.S):
+        assert len(display) < 4000
+    for token in FORBIDDEN:
+        assert token not in tex
+
+
+def test_large_formula_is_not_typeset_but_still_checked(ip):
+    r = run_vjp(ip, "x = torch.linspace(1, 2, 8, requires_grad=True)\ny = x * x.sum()",
+                "--symbolic")
+    assert r.symbolic["x"].shape == (8, 8)
+    assert r.symbolic_check["x"] is True
+    tex = r._repr_latex_()
+    assert "symbolic form too large (8 x 8; shown up to 6 x 6)" in tex
+    assert_safe_latex(tex)
+
+
+@pytest.mark.parametrize("case", list(TUTORIAL))
+def test_tutorial_latex_is_safe(ip, case):
+    r = run_vjp(ip, TUTORIAL[case][0], "--symbolic")
+    assert_safe_latex(r._repr_latex_())
+
+
+def test_multiple_inputs_each_get_a_formula(ip):
+    r = run_vjp(ip, "x = torch.tensor([0., 1.], requires_grad=True)\n"
+                    "w = torch.tensor([2., 3.], requires_grad=True)\ny = x * w + x.sin()",
+                "--symbolic")
+    w = sympy.Symbol("w", real=True)
+    assert same(r.symbolic["x"], w + sympy.cos(x))
+    assert same(r.symbolic["w"], x)
+    assert r.symbolic_check == {"x": True, "w": True}
+
+
+def test_linear_layer(ip):
+    r = run_vjp(ip, "torch.manual_seed(0)\nlayer = torch.nn.Linear(2, 1)\n"
+                    "x = torch.ones(3, 2, requires_grad=True)\ny = layer(x)", "--symbolic --wrt x")
+    weight = ip.user_ns["layer"].weight.detach()
+    assert r.symbolic["x"].shape == (1, 2)
+    got = torch.tensor([float(v) for v in r.symbolic["x"]])
+    torch.testing.assert_close(got, weight.reshape(-1))
+    assert r.symbolic_check["x"] is True
+
+
+def test_unseeded_random_constants_explain_the_disagreement(ip):
+    r = run_vjp(ip, "layer = torch.nn.Linear(2, 1)\nx = torch.ones(3, 2, requires_grad=True)\n"
+                    "y = layer(x)", "--symbolic --wrt x")
+    assert r.symbolic_check["x"] is False
+    assert "the re-run drew different ones: call torch.manual_seed" in repr(r)
