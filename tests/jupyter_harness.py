@@ -42,6 +42,12 @@ def demo_notebooks() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
 
+def magic_cells(nb) -> list[int]:
+    """Indices (among all cells) of the code cells that run ``%%vjp`` or ``%jacobian``."""
+    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and (c.source.lstrip().startswith("%%vjp") or "%jacobian" in c.source)]
+
+
 def isolated_jupyter_env(base: Path) -> dict[str, str]:
     """Create a private Jupyter tree under ``base``; return the environment variables using it."""
     kernel_dir = base / "data" / "kernels" / "python3"
@@ -184,26 +190,38 @@ def launch_chromium(playwright):
     )
 
 
-# Every .jp-RenderedLatex typeset: holds an mjx-container and no raw "$$" left.
+# Every LaTeX output typeset: MathJax replaces all the math of one output node in one pass
+# (After an error output, the outputs that are there.)
 _ALL_TYPESET = """(expected) => {
     const nodes = [...document.querySelectorAll('.jp-Notebook .jp-RenderedLatex')];
-    return nodes.length >= expected && nodes.every(
-        n => n.querySelector('mjx-container') && !n.textContent.includes('$$'));
+    const failed = document.querySelector(
+        '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+    return (failed || nodes.length >= expected)
+        && nodes.every(n => n.querySelector('mjx-container'));
 }"""
-# The kernel is idle and every code cell shows an execution count: "[12]:", not "[*]:" or "[ ]:".
+_UNTYPESET = """() => [...document.querySelectorAll('.jp-Notebook .jp-RenderedLatex')]
+    .filter(n => !n.querySelector('mjx-container')).map(n => n.textContent.slice(0, 300))"""
+# The kernel is idle and every code cell shows an execution count ("[12]:", not "[*]:" or
+# "[ ]:"), or it is idle after an error output (which cancels the cells queued after it).
 _ALL_EXECUTED = """(codeCells) => {
     const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
     const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
-    return prompts.length === codeCells
-        && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-        && (!status || status.getAttribute('data-status') === 'idle');
+    const idle = !status || status.getAttribute('data-status') === 'idle';
+    const failed = document.querySelector(
+        '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+    return idle && (failed || (prompts.length === codeCells
+        && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))));
 }"""
 
 
-def run_notebook_in_lab(page, server: LabServer, name: str, *, code_cells: int,
-                        latex_outputs: int, timeout_s: float = 90) -> None:
-    """Open ``name`` in JupyterLab, run all cells (Run menu), wait for the kernel and MathJax."""
+def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float = 90) -> None:
+    """Open notebook ``name`` (content ``nb``) in JupyterLab, run all cells from the Run menu,
+    and wait until every cell has run and every magic's LaTeX output is typeset by MathJax."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     timeout = timeout_s * 1000
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+    latex_outputs = len(magic_cells(nb))
     page.goto(server.notebook_url(name), timeout=timeout)
     page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout)
     # Before the kernel has started the indicator already reads "idle", and "Run All" would ask
@@ -215,4 +233,8 @@ def run_notebook_in_lab(page, server: LabServer, name: str, *, code_cells: int,
     menu_bar.filter(has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).click()
     page.wait_for_function(_ALL_EXECUTED, arg=code_cells, timeout=timeout, polling=250)
-    page.wait_for_function(_ALL_TYPESET, arg=latex_outputs, timeout=timeout, polling=250)
+    try:
+        page.wait_for_function(_ALL_TYPESET, arg=latex_outputs, timeout=timeout, polling=250)
+    except PlaywrightTimeout:
+        raise AssertionError(f"LaTeX outputs not typeset by MathJax: {page.evaluate(_UNTYPESET)}"
+                             ) from None

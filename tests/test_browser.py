@@ -10,7 +10,8 @@ import nbformat
 import pytest
 
 from jupyter_harness import (
-    NOTEBOOK_DIR, ROOT, LabServer, chromium_missing, launch_chromium, run_notebook_in_lab,
+    NOTEBOOK_DIR, ROOT, LabServer, chromium_missing, launch_chromium, magic_cells,
+    run_notebook_in_lab,
 )
 
 pytestmark = pytest.mark.browser
@@ -43,30 +44,28 @@ def page(lab):
             browser.close()
 
 
-def magic_cells(nb) -> list[int]:
-    """Indices (among all cells) of the cells that run %%vjp or %jacobian."""
-    return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-            and (c.source.lstrip().startswith("%%vjp") or "%jacobian" in c.source)]
-
-
 def test_notebook_renders_in_jupyterlab(lab, page):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     magic = magic_cells(nb)
-    code_cells = sum(c.cell_type == "code" for c in nb.cells)
     try:
-        run_notebook_in_lab(page, lab, NOTEBOOK.name, code_cells=code_cells,
-                            latex_outputs=len(magic))
+        run_notebook_in_lab(page, lab, nb, NOTEBOOK.name)
     finally:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT))
+
+    errors = page.locator(
+        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
+    assert not errors, f"error outputs: {errors}"
+    merrors = page.locator("mjx-merror").evaluate_all("ns => ns.map(n => n.title)")
+    assert not merrors, f"MathJax errors: {merrors}"
+    # An undefined macro is no merror: MathJax prints its name in red instead.
+    undefined = page.locator('mjx-assistive-mml mtext[mathcolor="red"]').all_text_contents()
+    assert not undefined, f"undefined LaTeX macros: {undefined}"
+    raw = page.locator(".jp-Notebook .jp-RenderedLatex").filter(has_text="$$").count()
+    assert raw == 0, "LaTeX left untypeset ($$ showing)"
 
     cells = page.locator(".jp-Notebook .jp-Cell")
     assert cells.count() == len(nb.cells)
     for i in magic:
         typeset = cells.nth(i).locator(".jp-OutputArea-output mjx-container")
         assert typeset.count() >= 1, f"no typeset output beneath cell {i}:\n{nb.cells[i].source}"
-    assert page.locator("mjx-merror").count() == 0, "MathJax reported an error"
-    errors = page.locator(
-        '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
-    assert not errors, f"error outputs: {errors}"
-    assert page.locator(".jp-Notebook .jp-RenderedLatex").count() >= len(magic)
