@@ -126,7 +126,8 @@ def run_code(code: str, namespace: dict) -> dict:
 
 
 def check_code(r, namespace: dict) -> dict:
-    grads_before = {name: item.tensor.grad for name, item in r.inputs.items()}
+    grads_before = {name: item.tensor.grad if item.tensor.is_leaf else None
+                    for name, item in r.inputs.items()}
     copies = {name: (g.clone() if g is not None else None) for name, g in grads_before.items()}
     ns = run_code(r.code, namespace)
     for name, item in r.inputs.items():
@@ -263,3 +264,15 @@ def test_code_low_precision(ip):
     ns = check_code(r, ip.user_ns)
     assert ns["d_x"].dtype == torch.bfloat16
     assert_tensor(ns["d_x"], [[-4.0, -2.0, 0.0, 2.0, 4.0], [3.0] * 5])
+
+
+def test_code_for_an_intermediate_input(ip, recwarn):
+    r = run_vjp(ip, "x = torch.tensor([1., 2., 3.], requires_grad=True)\nh = x * 2\n"
+                    "y = torch.stack([h**2, h.sum().expand(3)])", line="--wrt h")
+    ns = check_code(r, ip.user_ns)
+    # h = 2x = (2, 4, 6): d(h²)/dh = diag(2h); the expanded sum has all-ones gradients
+    assert r.point_axes["h"] == ()
+    assert_tensor(ns["d_h"], [torch.diag(torch.tensor([4.0, 8.0, 12.0])).tolist(),
+                              [[1.0] * 3] * 3])
+    assert ip.user_ns["x"].grad is None  # only h was asked for
+    assert not [w for w in recwarn if "not a leaf" in str(w.message)]

@@ -70,6 +70,10 @@ def reproducing_code(result) -> str:
     for name in names:
         d_names[name] = derivative_name(name, taken)
     xs = {name: _expr(name) for name in names}
+    for name in names:
+        if not result.inputs[name].tensor.is_leaf:
+            body.append(f"{xs[name]}.retain_grad()  # {name} is not a leaf: let backward fill "
+                        f"{name}.grad")
     saved = _fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)
     grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{saved} = {grads}  # backward adds to .grad: keep what it holds, restored below")
