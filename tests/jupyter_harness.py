@@ -190,8 +190,8 @@ def launch_chromium(playwright):
     )
 
 
-# Every LaTeX output typeset: MathJax replaces all the math of one output node in one pass
-# (After an error output, the outputs that are there.)
+# Every LaTeX output typeset (after an error output: every one there is). MathJax replaces all
+# the math of one output node in one pass, so an mjx-container means the node is done.
 _ALL_TYPESET = """(expected) => {
     const nodes = [...document.querySelectorAll('.jp-Notebook .jp-RenderedLatex')];
     const failed = document.querySelector(
