@@ -34,7 +34,6 @@ from .symtensor import (
     SymTensor,
     Unsupported,
     deadline,
-    scalar_array,
     spend,
 )
 from .tagging import depends_on
@@ -60,6 +59,7 @@ class Formula:
     name: str
     derivative: object  # SymPy expression or Matrix, laid out like one point's derivatives
     points: int
+    same_function: bool = True  # f itself (not only its derivative) is the same at every point
     check: bool | None = None
     mismatches: int = 0
     worst: float = 0.0
@@ -105,19 +105,27 @@ def _derive(result, section, source, namespace, output_source) -> None:
     else:
         statements = ast.parse(source).body
         expression = result.output_name
-    symbols = {n: _symbol_array(n, tuple(result.inputs[n].tensor.shape)) for n in names}
     dtypes = {n: result.inputs[n].tensor.dtype for n in names}
+    groups: dict[tuple, list[str]] = {}
+    for name in names:  # inputs whose points run along the same output axes share a re-run
+        groups.setdefault(tuple(sorted(a for a, _ in _point_axes(result, name))), []).append(name)
     try:
-        with deadline(RUN_SECONDS):
-            output, section.random_ops = _rerun(result, statements, expression, namespace,
-                                                symbols, dtypes)
-        with deadline(RUN_SECONDS):
-            section.function = _function(result, output, symbols)
-            for name in names:
-                formula = _formula(result, name, output, symbols)
-                section.formulas[name] = formula
-                result.symbolic[name] = formula.derivative
-                result.symbolic_check[name] = formula.check
+        for group in groups.values():
+            symbols = _group_symbols(result, group)
+            with deadline(RUN_SECONDS):
+                output, section.random_ops = _rerun(result, statements, expression, namespace,
+                                                    symbols, dtypes)
+            with deadline(RUN_SECONDS):
+                if names[0] in group:
+                    section.function = _function(result, names[0], output)
+                for name in group:
+                    formula = _formula(result, name, output, symbols)
+                    section.formulas[name] = formula
+                    result.symbolic[name] = formula.derivative
+                    result.symbolic_check[name] = formula.check
+        section.formulas = {n: section.formulas[n] for n in names}
+        if any(not f.same_function for f in section.formulas.values()):
+            section.function = None  # f varies by point even where its derivative does not
     except OutOfTime:
         raise Unavailable(f"gave up after {RUN_SECONDS:g} s (the expressions grow too large)") \
             from None
@@ -146,6 +154,24 @@ def _symbol_array(name: str, shape: tuple[int, ...]) -> np.ndarray:
     for i, entry in enumerate(_entry_names(name, shape)):
         flat[i] = sympy.Symbol(entry, real=True)
     return array
+
+
+def _group_symbols(result, group: list[str]) -> dict[str, np.ndarray]:
+    """Each input's symbol array for one re-run: the group's inputs hold the same generic
+    symbols at every point (``x`` or ``x_1 … x_n``), the others a symbol per entry."""
+    arrays = {}
+    for name, item in result.inputs.items():
+        shape = tuple(item.tensor.shape)
+        if name not in group:
+            arrays[name] = _symbol_array(name, shape)
+            continue
+        paired = {b for _, b in _point_axes(result, name)}
+        generic = _symbol_array(name, tuple(n for b, n in enumerate(shape) if b not in paired))
+        array = np.empty(shape, dtype=object)
+        for index in np.ndindex(*shape):
+            array[index] = generic[tuple(i for b, i in enumerate(index) if b not in paired)]
+        arrays[name] = array
+    return arrays
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -287,75 +313,52 @@ def _partners(result, name) -> dict[str, dict[int, int]]:
             if sorted(a for a, _ in _point_axes(result, m)) == axes}
 
 
-def _at_point(array: np.ndarray, axis_map: dict[int, int], order: list[int], q) -> np.ndarray:
-    """The slice of ``array`` at point ``q`` (always an array, 0-d for a single entry)."""
-    index = [slice(None)] * array.ndim
-    for k, a in enumerate(order):
-        index[axis_map[a]] = q[k]
-    picked = array[tuple(index)]
-    return picked if isinstance(picked, np.ndarray) else scalar_array(picked)
+def _at_points(array: np.ndarray, axis_map: dict[int, int], order: list[int]) -> np.ndarray:
+    """``array`` with its point axes first, flattened: shape (points,) + one point's shape."""
+    moved = np.moveaxis(array, [axis_map[a] for a in order], list(range(len(order))))
+    count = math.prod(moved.shape[:len(order)])
+    return moved.reshape((count,) + moved.shape[len(order):])
 
 
-def _generic_point(result, name, output, symbols, q):
-    """The point-``q`` slices of the output and of ``name``'s symbols, and the substitution
-    that renames every partner input's point-``q`` symbols to generic ones."""
+def _function(result, name, output):
+    """f at the first of ``name``'s points, in generic symbols, laid out like the output there."""
     order = [a for a, _ in _point_axes(result, name)]
-    subs = {}
-    for m, axis_map in _partners(result, name).items():
-        sliced = _at_point(symbols[m], axis_map, order, q)
-        generic = _symbol_array(m, sliced.shape)
-        subs.update(zip(sliced.reshape(-1), generic.reshape(-1)))
-    identity = {a: a for a in order}
-    y = _at_point(output, identity, order, q)
-    x = _at_point(symbols[name], dict(_point_axes(result, name)), order, q)
-    return y, x, subs
-
-
-def _function(result, output, symbols):
-    """f at one generic point (the first input's points), laid out like the output there."""
-    name = next(iter(result.inputs))
-    order = [a for a, _ in _point_axes(result, name)]
-    first = (0,) * len(order)
-    if any(output.shape[a] == 0 for a in order):
+    at_points = _at_points(output, {a: a for a in order}, order)
+    if not len(at_points):
         return None
-    y, _, subs = _generic_point(result, name, output, symbols, first)
-    spend(y.size)
-    values = np.empty(y.shape, dtype=object)
-    for index in np.ndindex(*y.shape):
-        values[index] = y[index].xreplace(subs)
-    return _layout(values, y.shape, (), jacobian=False)
+    return _layout(at_points[0, ...], at_points.shape[1:], (), jacobian=False)
 
 
 def _formula(result, name, output, symbols) -> Formula:
-    """Differentiate one input's point slices; check that one generic formula fits them all."""
-    order = [a for a, _ in _point_axes(result, name)]
-    point_shape = tuple(output.shape[a] for a in order)
-    points = math.prod(point_shape)
-    partners = _partners(result, name)
-    partner_symbols = {s for m in partners for s in symbols[m].reshape(-1)}
+    """Differentiate at every point (once per distinct f there); one formula must fit all."""
+    pairs = _point_axes(result, name)
+    order = [a for a, _ in pairs]
+    at_points = _at_points(output, {a: a for a in order}, order)
+    variables = _at_points(symbols[name], dict(pairs), order)[0, ...] if len(at_points) else None
+    cache: dict[tuple, np.ndarray] = {}
     first = None
-    for q in np.ndindex(*point_shape):
-        y, x, subs = _generic_point(result, name, output, symbols, q)
-        spend(y.size * max(x.size, 1))
-        coupled = partner_symbols - set(subs)
-        for entry in y.reshape(-1):
-            if entry.free_symbols & coupled:
-                raise Unavailable(f"in the formula the points are coupled (the point "
-                                  f"structure holds only at this input for {name})")
-        derivative = np.empty(y.shape + x.shape, dtype=object)
-        for iy in np.ndindex(*y.shape):
-            for ix in np.ndindex(*x.shape):
-                derivative[iy + ix] = sympy.diff(y[iy], x[ix]).xreplace(subs)
+    for point in range(len(at_points)):
+        y = at_points[point, ...]
+        key = tuple(y.reshape(-1))
+        derivative = cache.get(key)
+        if derivative is None:
+            derivative = np.empty(y.shape + variables.shape, dtype=object)
+            for iy in np.ndindex(*y.shape):
+                for ix in np.ndindex(*variables.shape):
+                    spend()
+                    derivative[iy + ix] = sympy.diff(y[iy], variables[ix])
+            cache[key] = derivative
         if first is None:
             first = derivative
-            component, per_point = y.shape, x.shape
-        elif not all(a == b for a, b in zip(first.reshape(-1), derivative.reshape(-1))):
+        elif derivative is not first and not all(
+                a == b for a, b in zip(first.reshape(-1), derivative.reshape(-1))):
             raise Unavailable(f"the derivative with respect to {name} differs from point to "
                               "point (per-point constants), so there is no one formula")
     if first is None:
         raise Unavailable(f"{name} has no points to differentiate at")
+    component, per_point = at_points.shape[1:], variables.shape
     formula = Formula(name, _layout(first, component, per_point, jacobian=result.show_jacobian),
-                      points)
+                      len(at_points), same_function=len(cache) == 1)
     _check(result, name, formula, first, component, per_point, symbols)
     return formula
 
@@ -383,14 +386,13 @@ def _check(result, name, formula: Formula, derivative, component, per_point, sym
     item = result.inputs[name]
     order = [a for a, _ in _point_axes(result, name)]
     points = formula.points
-    values = {}
+    values = {}  # generic symbols: one value per point; the others: one value
     for m, axis_map in _partners(result, name).items():
         numbers = result.inputs[m].tensor.detach().to("cpu", torch.float64).numpy()
-        moved = np.moveaxis(numbers, [axis_map[a] for a in order], list(range(len(order))))
-        moved = moved.reshape((points,) + moved.shape[len(order):])
-        generic = _symbol_array(m, moved.shape[1:])
-        for i, s in enumerate(generic.reshape(-1)):
-            values[s] = moved.reshape(points, -1)[:, i]
+        by_point = _at_points(numbers, axis_map, order).reshape(points, -1)
+        generic = _at_points(symbols[m], axis_map, order)[0, ...].reshape(-1)
+        for i, s in enumerate(generic):
+            values[s] = by_point[:, i]
     for m, other in result.inputs.items():
         numbers = other.tensor.detach().to("cpu", torch.float64).numpy().reshape(-1)
         for s, v in zip(symbols[m].reshape(-1), numbers):
@@ -415,9 +417,8 @@ def _check(result, name, formula: Formula, derivative, component, per_point, sym
     else:
         numbers = item.derivatives.detach().to("cpu", torch.float64).numpy()
         k = len(component)
-        moved = np.moveaxis(numbers, [k + dict(_point_axes(result, name))[a] for a in order],
-                            list(range(len(order))))
-        expected = moved.reshape(got.shape)
+        axis_map = {a: k + b for a, b in _point_axes(result, name)}
+        expected = _at_points(numbers, axis_map, order).reshape(got.shape)
     dtype = item.derivatives.dtype
     rtol = _RTOL.get(dtype, 1e-4)
     finite = np.abs(expected[np.isfinite(expected)])

@@ -119,7 +119,7 @@ NUMPY_FUNCTIONS = {
 
 # -- numbers and arrays ---------------------------------------------------------------------------
 def number(value, dtype: torch.dtype | None = None):
-    """A Python/NumPy number as SymPy: 2.0 -> 2, 0.25 -> 1/4, 0.1 (float64) -> 1/10, pi -> Float."""
+    """A number as SymPy: 2.0 -> 2, 0.25 -> 1/4, 0.1 -> 1/10 (denominators <= 100), pi -> Float."""
     if isinstance(value, sympy.Basic):
         return value
     if isinstance(value, (bool, np.bool_)):
@@ -133,7 +133,7 @@ def number(value, dtype: torch.dtype | None = None):
         return sympy.nan if math.isnan(value) else (sympy.oo if value > 0 else -sympy.oo)
     if value.is_integer():
         return sympy.Integer(int(value))
-    fraction = Fraction(value).limit_denominator(1000)
+    fraction = Fraction(value).limit_denominator(100)
     narrow = np.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else float
     if narrow(fraction.numerator / fraction.denominator) == narrow(value):
         return sympy.Rational(fraction.numerator, fraction.denominator)
@@ -147,10 +147,14 @@ def scalar_array(expr) -> np.ndarray:
 
 
 def _fill(shape, values) -> np.ndarray:
+    """An object array from an iterable of entries (the time budget is checked per entry)."""
     out = np.empty(shape, dtype=object)
     flat = out.reshape(-1)
+    limit = _deadline[0]
     for i, v in enumerate(values):
         flat[i] = v
+        if time.monotonic() > limit:
+            raise OutOfTime
     return out
 
 
@@ -630,7 +634,7 @@ def op_name(func) -> str:
 
 
 def qualified(func) -> str:
-    """How an op is named to the user: ``torch.sort``, ``Tensor.sort``, ``torch.nn.functional.x``."""
+    """The op as the user knows it: ``torch.sort``, ``Tensor.sort``, ``torch.nn.functional.x``."""
     name = getattr(func, "__name__", None) or str(func)
     module = getattr(func, "__module__", None) or ""
     qualname = getattr(func, "__qualname__", "") or ""
