@@ -215,7 +215,7 @@ def test_integral_float_constants_become_integers(ip):
     assert same(formula, 6 * x**2 - sympy.Rational(1, 2))
 
 
-# -- activations against autograd -------------------------------------------------------------------
+# -- activations against autograd ------------------------------------------------------------------
 def test_sigmoid_and_tanh_rows_match_autograd(ip):
     r = run_vjp(ip, "x = torch.linspace(-3, 3, 7, dtype=torch.float64, requires_grad=True)\n"
                     "y = torch.sigmoid(x) + torch.tanh(2 * x)", "--symbolic")
@@ -256,7 +256,7 @@ def test_relu_derivative_is_zero_at_zero_like_torch(ip):
     assert r.symbolic_check["x"] is True
 
 
-# -- the rule table, op by op, against torch.autograd.functional.jacobian ---------------------------
+# -- the rule table, op by op, against torch.autograd.functional.jacobian --------------------------
 OPS = [
     "t + 1", "3 - t", "t - torch.ones(6)", "2 * t", "t / 3", "1 / t", "t ** 3", "2 ** t",
     "(-t)", "abs(t)", "t.exp()", "t.log()", "torch.sin(t)", "torch.cos(t)", "torch.tan(t)",
@@ -322,7 +322,8 @@ def test_unsupported_op_gives_one_line_and_the_numbers(ip, line, op):
     assert note in repr(r)
     assert f"{op} is not supported" in r._repr_latex_()
     y = ip.user_ns["y"]
-    want = reference_jacobian(lambda t: eval(line.split("=", 1)[1], {"torch": torch, "x": t}),  # noqa: S307
+    source = line.split("=", 1)[1]
+    want = reference_jacobian(lambda t: eval(source, {"torch": torch, "x": t}),  # noqa: S307
                               ip.user_ns["x"].detach())
     torch.testing.assert_close(r.jacobian("x"), want)
     assert y.shape == (3,)
@@ -370,7 +371,7 @@ def test_disagreement_with_autograd_is_a_visible_warning(ip):
     assert "warning" in result._repr_latex_()
 
 
-# -- the user's world is untouched ------------------------------------------------------------------
+# -- the user's world is untouched -----------------------------------------------------------------
 def snapshot(ns):
     state = {}
     for name, value in ns.items():
@@ -440,7 +441,7 @@ def test_in_place_changes_to_earlier_objects_happen_once(ip):
     assert "disagrees with autograd" in repr(r)
 
 
-# -- rendering limits -------------------------------------------------------------------------------
+# -- rendering limits ------------------------------------------------------------------------------
 FORBIDDEN = (r"\newcommand", r"\boxed", r"\verb", r"\texttt")
 
 
@@ -493,3 +494,22 @@ def test_unseeded_random_constants_explain_the_disagreement(ip):
                     "y = layer(x)", "--symbolic --wrt x")
     assert r.symbolic_check["x"] is False
     assert "the re-run drew different ones: call torch.manual_seed" in repr(r)
+
+
+def test_many_points_share_one_generic_formula(ip):
+    r = run_vjp(ip, "x = torch.linspace(-2, 2, 4096, requires_grad=True)\n"
+                    "y = torch.sigmoid(x) * x**2", "--symbolic")
+    s = 1 / (1 + sympy.exp(-x))
+    formula = r.symbolic["x"]
+    for value in (-2.0, -0.3, 0.0, 1.7):
+        want = (2 * x * s + x**2 * s * (1 - s)).subs(x, value).evalf()
+        assert float(formula.subs(x, value).evalf()) == pytest.approx(float(want), rel=1e-12)
+    assert r.symbolic_check["x"] is True
+    assert "4,096 points" in repr(r)
+
+
+def test_per_point_constants_with_one_derivative(ip):
+    r = run_vjp(ip, "x = torch.linspace(-2, 2, 50, requires_grad=True)\ny = x + torch.arange(50)",
+                "--symbolic")
+    assert r.symbolic["x"] == 1 and r.symbolic_check["x"] is True
+    assert "f(x) =" not in symbolic_section(r).text()  # f itself differs from point to point
