@@ -92,3 +92,37 @@ def test_cuda_tensors_work_unchanged():
     assert r.derivatives["x"].device.type == "cuda"
     assert r.point_axes["x"] == ((0, 0),)
     assert "f applied at 1,000 points" in r._repr_latex_()
+
+
+class _OnceDifferentiableSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+@pytest.mark.parametrize("rows", [2000, 40_000])  # the exact path and the probe path
+def test_tall_jacobian_by_forward_mode_matches_reference(rows):
+    torch.manual_seed(3)
+    a = torch.randn(rows, 8, dtype=torch.float64)
+    x = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    y = torch.sin(a @ x)
+    r = differentiate(y, x)
+    assert r.point_axes["x"] == ()
+    # d sin(a x) / dx = cos(a x) a, row by row (mathematics, not a 40 000-pass reference loop)
+    expected = torch.cos(a @ x.detach())[:, None] * a
+    torch.testing.assert_close(r.derivatives["x"], expected)
+
+
+def test_forward_mode_falls_back_to_reverse_without_double_backward():
+    a = torch.randn(300, 3, dtype=torch.float64)
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = a @ _OnceDifferentiableSquare.apply(x)
+    r = differentiate(y, x)
+    torch.testing.assert_close(r.derivatives["x"], a * (2 * x.detach()))

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from . import checks, memory, structure
-from .derivatives import component_vjps
+from .derivatives import component_vjps, forward_jacobian
 from .errors import VJPUsageError
 from .result import InputResult, VJPResult
 from .tagging import depends_on
@@ -151,6 +151,34 @@ def _proven(output: torch.Tensor, tensor: torch.Tensor, pairing) -> bool:
         output, tensor)
 
 
+FORWARD_RATIO = 4  # forward mode when the output has this many times more entries than x
+
+
+def _prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:
+    return output.numel() > FORWARD_RATIO * tensor.numel()
+
+
+def _jacobian_either_mode(output, tensor, budget, max_chunk) -> torch.Tensor:
+    """The full Jacobian: forward mode (n passes) where possible, else reverse (m passes).
+
+    Forward mode relies on double backward, which some graphs silently lack (custom
+    functions marked once_differentiable), so its result is checked with one random probe.
+    """
+    try:
+        jac = forward_jacobian(output, tensor)
+        probe = structure.probe_vector(output)
+        (probe_vjp,) = component_vjps(output, [tensor], tuple(range(output.dim())), budget,
+                                      probe=probe, max_chunk=1)[1]
+        if structure.probe_agrees(jac.reshape((output.numel(),) + tuple(tensor.shape)),
+                                  probe.reshape(-1), probe_vjp, ()):
+            return jac
+    except RuntimeError as error:
+        if "second time" in str(error):
+            raise
+    flat = component_vjps(output, [tensor], (), budget, max_chunk=max_chunk)[0][0]
+    return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
+
+
 def _from_exact_jacobian(output, named, candidates, budget, max_chunk):
     """Small problems: one batched backward gives the whole Jacobian; its zeros decide.
 
@@ -158,11 +186,15 @@ def _from_exact_jacobian(output, named, candidates, budget, max_chunk):
     probe needed; its derivatives are gathered from the Jacobian.
     """
     names = list(named)
-    jacobians, _ = component_vjps(output, [named[n] for n in names], (), budget,
-                                  max_chunk=max_chunk)
+    reverse = [n for n in names if not _prefers_forward(output, named[n])]
+    jacobians = dict(zip(reverse, component_vjps(output, [named[n] for n in reverse], (), budget,
+                                                 max_chunk=max_chunk)[0])) if reverse else {}
     accepted = {}
-    for name, flat in zip(names, jacobians):
-        jac = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
+    for name in names:
+        if name in jacobians:
+            jac = jacobians[name].reshape(tuple(output.shape) + tuple(named[name].shape))
+        else:
+            jac = _jacobian_either_mode(output, named[name], budget, max_chunk)
         for pairing in candidates[name]:
             if structure.supported_on(jac, output.dim(), pairing):
                 accepted[name] = (pairing, structure.gather_derivatives(jac, output.dim(), pairing))
@@ -197,6 +229,15 @@ def _from_verified_pairings(output, named, candidates, budget, output_name, batc
         memory.refuse_if_over(
             result_bytes, budget, f"The derivatives of {output_name} ({count:,} backward passes)"
         )
+        last = [n for n in group if position[n] == len(candidates[n]) - 1]
+        forward = [n for n in last if _prefers_forward(output, named[n])]
+        for name in forward:
+            pairing = candidates[name][position[name]]
+            jac = _jacobian_either_mode(output, named[name], budget, max_chunk)
+            accepted[name] = (pairing, structure.gather_derivatives(jac, output.dim(), pairing))
+        group = [n for n in group if n not in forward]
+        if not group:
+            continue
         with_probe = None
         if any(n not in probe_vjps for n in needs_check):
             if probe is None:

@@ -184,3 +184,26 @@ def component_vjps(
         start = stop
     stacked = [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
     return stacked, probe_vjps
+
+
+def forward_jacobian(
+    output: torch.Tensor, tensor: torch.Tensor, batched: bool = True
+) -> torch.Tensor:
+    """The full Jacobian column by column (forward mode), for outputs much larger than inputs.
+
+    Only the graph is at hand, not the function, so JVPs come from the double-backward trick:
+    g(v) = vᵀJ is linear in v, and the VJP of g with a basis vector u is J u. That costs one
+    backward with ``create_graph`` plus n batched passes, instead of m reverse passes.
+    Raises ``RuntimeError`` for graphs without double-backward support (callers fall back).
+    """
+    v = torch.zeros_like(output, requires_grad=True)
+    (g,) = _autograd_grad(
+        [output], [tensor], [v], retain_graph=True, create_graph=True, allow_unused=True,
+        materialize_grads=True,
+    )
+    m, n = output.numel(), tensor.numel()
+    if not g.requires_grad:  # vᵀJ does not depend on v: the output does not reach the input
+        return tensor.new_zeros(tuple(output.shape) + tuple(tensor.shape))
+    basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape((n,) + tuple(tensor.shape))
+    columns = vjp_batch(g, [v], basis, batched=batched)[0]  # (n,) + output.shape: J u_j
+    return columns.reshape(n, m).T.reshape(tuple(output.shape) + tuple(tensor.shape))
