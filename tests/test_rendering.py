@@ -66,7 +66,7 @@ def test_structure_words_and_code_line():
     x = torch.linspace(-2, 2, 5, requires_grad=True)
     latex = latex_of(x**2, x)
     assert "f applied at 5 points" in latex
-    assert r"\mathtt{y.backward(gradient{=}torch.ones\_like(y))}" in latex
+    assert r"\mathtt{y{.}backward(gradient{=}torch{.}ones\_like(y))}" in latex
     x2 = torch.tensor([-1.0, 2.0], requires_grad=True)
     assert "gradient of a scalar function" in latex_of((x2 * x2).sum(), x2)
     x3 = torch.randn(4, requires_grad=True)
