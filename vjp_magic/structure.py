@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .tagging import walk_graph
+
 Pairing = tuple[tuple[int, int], ...]
 
 MAX_PAIRINGS = 8
@@ -248,17 +250,7 @@ def provably_elementwise(output: torch.Tensor, tensor: torch.Tensor) -> bool:
     """
     if tuple(output.shape) != tuple(tensor.shape) or output.grad_fn is None:
         return False
-    seen: set[int] = set()
-    stack = [output.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if type(node).__name__ not in POINTWISE_NODES:
-            return False
-        stack.extend(n for n, _ in node.next_functions)
-    return True
+    return all(type(node).__name__ in POINTWISE_NODES for node in walk_graph(output))
 
 
 def identity_pairing(ndim: int) -> Pairing:

@@ -14,13 +14,8 @@ from .errors import VJPUsageError
 _HIDDEN_NAMES = {"In", "Out", "_", "__", "___", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"}
 
 
-def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Leaf tensors (``id`` → tensor) that ``output`` depends on through its autograd graph."""
-    leaves: dict[int, torch.Tensor] = {}
-    if output.grad_fn is None:
-        if output.requires_grad:
-            leaves[id(output)] = output
-        return leaves
+def walk_graph(output: torch.Tensor):
+    """Every autograd node reachable from ``output``, each once (depth first)."""
     seen: set[int] = set()
     stack = [output.grad_fn]
     while stack:
@@ -28,26 +23,25 @@ def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
+        yield node
+        stack.extend(next_node for next_node, _ in node.next_functions)
+
+
+def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Leaf tensors (``id`` → tensor) that ``output`` depends on through its autograd graph."""
+    if output.grad_fn is None:
+        return {id(output): output} if output.requires_grad else {}
+    leaves: dict[int, torch.Tensor] = {}
+    for node in walk_graph(output):
         variable = getattr(node, "variable", None)
         if isinstance(variable, torch.Tensor):
             leaves[id(variable)] = variable
-        stack.extend(next_node for next_node, _ in node.next_functions)
     return leaves
 
 
 def graph_nodes(output: torch.Tensor) -> set[int]:
     """``id``s of every autograd node reachable from ``output``."""
-    seen: set[int] = set()
-    stack = [output.grad_fn] if output.grad_fn is not None else []
-    nodes = []
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        nodes.append(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return seen
+    return {id(node) for node in walk_graph(output)}
 
 
 def is_visible_name(name: str) -> bool:
