@@ -141,7 +141,7 @@ def differentiate(
     }
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget)
-    checks.annotate(result)  # NaN/inf notes, r.code
+    checks.annotate(result)  # NaN/inf notes
     return result
 
 

@@ -1,13 +1,12 @@
 """Checks around the analysis: empty tensors refused clearly, NaN/inf derivatives flagged.
 
 ``differentiate`` calls :func:`refuse_empty` before any backward and :func:`annotate` on
-its result (notes for non-finite derivatives, ``r.code``).
+its result (notes for non-finite derivatives).
 """
 from __future__ import annotations
 
 import torch
 
-from .codegen import reproducing_code
 from .errors import VJPUsageError
 
 
@@ -27,6 +26,8 @@ def nonfinite_notes(result) -> list[str]:
     notes = []
     for name, item in result.inputs.items():
         d = item.derivatives
+        if d.numel() == 0 or bool(torch.isfinite(d.sum())):  # one pass; overflow rechecks below
+            continue
         finite = torch.isfinite(d)
         if bool(finite.all()):
             continue
@@ -43,6 +44,6 @@ def nonfinite_notes(result) -> list[str]:
 
 
 def annotate(result) -> None:
-    """Fill what every result carries beyond the numbers: notes and ``r.code``."""
+    """Fill what every result carries beyond the numbers: notes on non-finite derivatives
+    (``r.code`` is made on first use)."""
     result.notes.extend(nonfinite_notes(result))
-    result.code = reproducing_code(result)

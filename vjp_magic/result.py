@@ -103,10 +103,19 @@ class VJPResult:
     show_jacobian: bool = False
     # Filled by later stages (teaching, symbolic) when their flags ask for them.
     sections: list = field(default_factory=list)  # objects with .latex() / .text() / .position
-    code: str | None = None
+    _code: str | None = field(default=None, repr=False)
     symbolic: dict = field(default_factory=dict)
     symbolic_check: dict = field(default_factory=dict)
     backward_log: object = None
+
+    @property
+    def code(self) -> str:
+        """Plain PyTorch source that reproduces the derivatives as ``d_<name>`` (made on first use)."""
+        if self._code is None:
+            from .codegen import reproducing_code
+
+            self._code = reproducing_code(self)
+        return self._code
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:

@@ -171,7 +171,19 @@ def _finite_max(values: torch.Tensor) -> float:
     return float(finite.max()) if finite.numel() else 0.0
 
 
-def _pair_mask(out_shape, in_shape, pairing: Pairing) -> torch.Tensor | bool:
+_eyes: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _eye(size: int, device: torch.device) -> torch.Tensor:
+    key = (size, str(device))
+    if key not in _eyes:
+        if len(_eyes) > 64:
+            _eyes.clear()
+        _eyes[key] = torch.eye(size, dtype=torch.bool, device=device)
+    return _eyes[key]
+
+
+def _pair_mask(out_shape, in_shape, pairing: Pairing, device) -> torch.Tensor | bool:
     """Boolean mask over ``out_shape + in_shape``: True where every paired index agrees."""
     mask: torch.Tensor | bool = True
     ndim = len(out_shape) + len(in_shape)
@@ -180,7 +192,7 @@ def _pair_mask(out_shape, in_shape, pairing: Pairing) -> torch.Tensor | bool:
         shape = [1] * ndim
         shape[a] = size
         shape[len(out_shape) + b] = size
-        eye = torch.eye(size, dtype=torch.bool).reshape(shape)
+        eye = _eye(size, device).reshape(shape)
         mask = eye if mask is True else mask & eye
     return mask
 
@@ -191,11 +203,8 @@ def supported_on(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) -> boo
     if not any(jacobian.shape[a] > 1 for a, _ in pairing):
         return True
     out_shape, in_shape = jacobian.shape[:out_ndim], jacobian.shape[out_ndim:]
-    mask = _pair_mask(out_shape, in_shape, pairing).to(jacobian.device)
-    off = jacobian.masked_fill(mask, 0)
-    if not bool(off.any()):
-        return True
-    return bool(((off == 0) | off.isnan()).all())
+    mask = _pair_mask(out_shape, in_shape, pairing, jacobian.device)
+    return not bool(jacobian.masked_fill(mask, 0).nan_to_num_(nan=0.0).any())
 
 
 def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) -> torch.Tensor:

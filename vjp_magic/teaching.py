@@ -13,13 +13,12 @@ import torch
 from . import coaching, latex
 from .coaching import tex_rows
 from . import text as plain
-from .codegen import derivative_name, reproducing_code
+from .codegen import derivative_name
 from .formatting import Block, jacobian_block, summary_indices
 
 
 def enrich(result, *, explain: bool = False, show_code: bool = False, log=None) -> None:
     """Add teaching sections to ``result`` as its flags ask (coaching whenever ``log`` has some)."""
-    result.code = reproducing_code(result)
     if log is not None:
         if getattr(log, "mistake", None) is not None:
             result.sections.append(coaching.mistake_section(log.mistake, result))
