@@ -489,9 +489,21 @@ def test_linear_layer(ip):
     assert r.symbolic_check["x"] is True
 
 
-def test_unseeded_random_constants_explain_the_disagreement(ip):
+def test_unseeded_random_constants_are_replayed_exactly(ip):
     r = run_vjp(ip, "layer = torch.nn.Linear(2, 1)\nx = torch.ones(3, 2, requires_grad=True)\n"
                     "y = layer(x)", "--symbolic --wrt x")
+    weight = ip.user_ns["layer"].weight.detach()
+    got = torch.tensor([float(v) for v in r.symbolic["x"]])
+    torch.testing.assert_close(got, weight.reshape(-1))
+    assert r.symbolic_check["x"] is True
+
+
+def test_random_constants_without_the_generator_state_explain_the_disagreement(ip):
+    run_ok(ip, "layer = torch.nn.Linear(2, 1)\nx = torch.ones(3, 2, requires_grad=True)\n"
+               "y = layer(x)")
+    r = differentiate(ip.user_ns["y"], ip.user_ns["x"])
+    symbolic.attach(r, source="layer = torch.nn.Linear(2, 1)\ny = layer(x)",
+                    namespace=ip.user_ns, output_source=None)
     assert r.symbolic_check["x"] is False
     assert "the re-run drew different ones: call torch.manual_seed" in repr(r)
 

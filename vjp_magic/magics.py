@@ -81,6 +81,7 @@ class VJPMagics(Magics):
         """
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
         args = self._parse(self.vjp, line)
+        rng_state = torch.random.get_rng_state() if args.symbolic else None
         final_value, final_source, assigned, log = self._run_cell(cell)
         ns = self.shell.user_ns
         try:
@@ -109,7 +110,7 @@ class VJPMagics(Magics):
         log.release()
         if args.symbolic:
             symbolic.attach(result, source=self.shell.transform_cell(cell), namespace=ns,
-                            output_source=None)
+                            output_source=None, rng_state=rng_state)
         return result
 
     # -- %jacobian ----------------------------------------------------------------------------

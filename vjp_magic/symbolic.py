@@ -66,18 +66,21 @@ class Formula:
 
 
 # -- entry point -----------------------------------------------------------------------------------
-def attach(result, *, source: str | None, namespace, output_source: str | None) -> None:
+def attach(result, *, source: str | None, namespace, output_source: str | None,
+           rng_state: torch.Tensor | None = None) -> None:
     """Fill ``result.symbolic`` / ``result.symbolic_check`` and add a rendering section.
 
     ``source`` is the cell's Python source (``%%vjp``), or None with ``output_source`` the
     expression to re-run (``%jacobian``). What the re-run cannot follow becomes one line.
+    ``rng_state`` (torch's CPU generator state from before the cell ran) replays the cell's
+    random draws exactly.
     """
     section = SymbolicSection(result)
     result.sections.append(section)
     for name in result.inputs:
         result.symbolic[name] = None
     try:
-        _derive(result, section, source, namespace, output_source)
+        _derive(result, section, source, namespace, output_source, rng_state)
     except Unavailable as reason:
         section.note = f"symbolic: {reason}; numbers only"
     except RuleBug as bug:  # the cell ran numerically, so this is a bug in symtensor
@@ -85,7 +88,7 @@ def attach(result, *, source: str | None, namespace, output_source: str | None) 
     section.prepare()
 
 
-def _derive(result, section, source, namespace, output_source) -> None:
+def _derive(result, section, source, namespace, output_source, rng_state=None) -> None:
     names = list(result.inputs)
     odd = [n for n in names if not n.isidentifier()]
     if odd:
@@ -114,7 +117,7 @@ def _derive(result, section, source, namespace, output_source) -> None:
             symbols = _group_symbols(result, group)
             with deadline(RUN_SECONDS):
                 output, section.random_ops = _rerun(result, statements, expression, namespace,
-                                                    symbols, dtypes)
+                                                    symbols, dtypes, rng_state)
             with deadline(RUN_SECONDS):
                 if names[0] in group:
                     section.function = _function(result, names[0], output)
@@ -204,21 +207,25 @@ class _Failure:
 
 
 @contextlib.contextmanager
-def _sandbox(mode: SymbolicMode):
-    """Silence output and warnings; restore torch's, Python's and NumPy's random state."""
+def _sandbox(mode: SymbolicMode, rng_state: torch.Tensor | None = None):
+    """Silence output and warnings; start from ``rng_state`` if given; restore torch's,
+    Python's and NumPy's random state afterwards."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
     sink = io.StringIO()
     try:
         with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sink), \
                 contextlib.redirect_stderr(sink), warnings.catch_warnings(), mode:
             warnings.simplefilter("ignore")
+            if rng_state is not None:
+                torch.random.set_rng_state(rng_state)
             yield
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)
 
 
-def _rerun(result, statements, expression, namespace, symbols, dtypes) -> np.ndarray:
+def _rerun(result, statements, expression, namespace, symbols, dtypes,
+           rng_state=None) -> np.ndarray:
     """Run the statements one by one in a scratch namespace; return the output's expressions.
 
     A statement that fails (``print(x.grad.item())``, ``x.grad.zero_()`` …) is skipped and the
@@ -254,7 +261,7 @@ def _rerun(result, statements, expression, namespace, symbols, dtypes) -> np.nda
     causes: dict[str, _Failure] = {}
     failures: list[tuple[set[str], _Failure]] = []
     mode = SymbolicMode()
-    with _sandbox(mode):
+    with _sandbox(mode, rng_state):
         for statement in statements:
             single = ast.Module(body=[statement], type_ignores=[])
             binds = assigned_names(single)
