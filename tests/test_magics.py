@@ -46,9 +46,16 @@ def test_users_exception_fails_the_cell_and_keeps_earlier_assignments(ip):
     assert "x" in ip.user_ns
 
 
-def test_syntax_error_is_shown_as_a_syntax_error(ip):
+def test_syntax_error_is_shown_as_a_syntax_error(ip, capsys):
     result = ip.run_cell("%%vjp\nx = (1,\n")
-    assert isinstance(result.error_in_exec, SyntaxError)
+    error = result.error_in_exec
+    assert type(error).__name__ == "SyntaxError" and isinstance(error.syntax_error, SyntaxError)
+    shown = capsys.readouterr().out
+    plain = ip.run_cell("x = (1,\n")
+    assert isinstance(plain.error_before_exec, SyntaxError)
+    # exactly IPython's display for the same line: no frames from inside the magic
+    assert "SyntaxError: '(' was never closed" in shown and "x = (1," in shown
+    assert "magics.py" not in shown and "run_cell_magic" not in shown
 
 
 def test_final_expression_is_the_output(ip):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 
 from .formatting import (
     Block,
@@ -33,18 +34,42 @@ def code(text: str) -> str:
     return r"\mathtt{" + "".join(_CODE_ESCAPES.get(ch, ch) for ch in text) + "}"
 
 
+def _greek(char: str) -> str | None:
+    """``α`` → ``\\alpha`` (KaTeX's strict mode rejects raw Unicode letters in math)."""
+    try:
+        words = unicodedata.name(char).split()
+    except ValueError:
+        return None
+    if words[:2] == ["GREEK", "SMALL"] and words[2:3] == ["LETTER"]:
+        return "\\" + words[3].lower()
+    if words[:2] == ["GREEK", "CAPITAL"] and words[2:3] == ["LETTER"]:
+        return "\\" + words[3].capitalize()
+    return None
+
+
+def _word(text: str) -> str | None:
+    """A name part as math: one letter in italics, longer ASCII words upright, Greek as macros."""
+    if len(text) == 1 and _greek(text):
+        return _greek(text)
+    if not re.fullmatch(r"[A-Za-z0-9]+", text):
+        return None
+    return text if len(text) == 1 or text.isdigit() else r"\mathrm{" + text + "}"
+
+
 def name(identifier: str) -> str:
-    """A Python name as math: ``x``, ``x_{1}``, ``w_{\\mathrm{hidden}}``, ``\\mathrm{xs}``."""
-    if not identifier.isidentifier():
-        return code(identifier)
-    head, _, tail = identifier.partition("_")
-    if not head:
-        return code(identifier)
-    head_tex = head if len(head) == 1 else r"\mathrm{" + head + "}"
-    if not tail:
-        return head_tex
-    tail_tex = tail if tail.isdigit() or len(tail) == 1 else r"\mathrm{" + tail.replace("_", r"\_") + "}"
-    return f"{head_tex}_{{{tail_tex}}}"
+    """A Python name as math: ``x``, ``x_{1}``, ``w_{\\mathrm{hidden}}``, ``\\mathrm{xs}``, ``\\alpha``;
+    anything else (expressions, odd underscores) in monospace."""
+    if identifier.isidentifier():
+        head, _, tail = identifier.partition("_")
+        head_tex = _word(head) if head else None
+        if head_tex is not None and "_" not in identifier:
+            return head_tex
+        tail_tex = _word(tail) if tail else None
+        if head_tex is not None and tail_tex is not None:
+            return f"{head_tex}_{{{tail_tex}}}"
+        if head_tex is not None and re.fullmatch(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)+", tail):
+            return f"{head_tex}_{{\\mathrm{{{tail.replace('_', chr(92) + '_')}}}}}"
+    return code(identifier)
 
 
 _TEXT_BREAKS = {"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{",

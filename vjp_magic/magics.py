@@ -158,11 +158,18 @@ class VJPMagics(Magics):
     # -- helpers -----------------------------------------------------------------------------
     def _parse(self, magic, line: str):
         try:
-            return parse_argstring(magic, line)
+            args = parse_argstring(magic, line)
         except UsageError:
             raise
         except (ValueError, SystemExit) as error:  # shlex or argparse
             raise UsageError(f"Could not read the options {line!r}: {error}") from None
+        if args.precision is not None and not 1 <= args.precision <= 17:
+            raise UsageError(f"-p/--precision is a number of significant digits from 1 to 17, "
+                             f"not {args.precision}.")
+        if args.threshold is not None and args.threshold < 2:
+            raise UsageError(f"--threshold is how many rows/columns to show in full (at least 2),"
+                             f" not {args.threshold}.")
+        return args
 
     def _run_cell(self, cell: str):
         """Execute the cell like IPython would; return its final value and assigned names."""
@@ -170,9 +177,15 @@ class VJPMagics(Magics):
         shell = self.shell
         source = shell.transform_cell(cell)
         filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
-        parsed = parse_cell(source, filename)  # a SyntaxError shows as IPython shows one
+        try:
+            parsed = parse_cell(source, filename)
+        except SyntaxError as error:
+            raise CellSyntaxError(error, shell) from None
         body = shell.transform_ast(parsed.body)
         final_value = None
+        # Values the cell's names held before it ran: a name counts as assigned by the cell
+        # only if it was re-bound, so lines a coached mistake stopped never pick the output.
+        before = {n: shell.user_ns[n] for n in parsed.assigned_names if n in shell.user_ns}
         with keep_graphs(filename) as log:
             try:
                 exec(shell.compile(body, filename, "exec"), shell.user_global_ns, shell.user_ns)
@@ -186,7 +199,12 @@ class VJPMagics(Magics):
                 log.mistake = coaching.classify(error, log, source)
                 if log.mistake is None:
                     raise
-        return final_value, parsed.final_source, parsed.assigned_names, log
+        ns = shell.user_ns
+        rebound = [n for n in parsed.assigned_names
+                   if n in ns and (n not in before or ns[n] is not before[n])]
+        if log.mistake is None:  # a completed cell: in-place updates (y += 1) count too
+            rebound += [n for n in parsed.assigned_names if n in ns and n not in rebound]
+        return final_value, parsed.final_source, rebound, log
 
     def _lookup(self, source: str, role: str):
         ns = self.shell.user_ns
@@ -241,6 +259,23 @@ class VJPMagics(Magics):
             edgeitems=self.edgeitems,
         )
         return result
+
+
+class CellSyntaxError(Exception):
+    """A syntax error in a ``%%vjp`` cell, shown exactly as IPython shows one in a plain cell
+    (no frames from the magic); the original ``SyntaxError`` is ``.syntax_error``."""
+
+    def __init__(self, error: SyntaxError, shell):
+        super().__init__(str(error))
+        self.syntax_error = error
+        self._shell = shell
+
+    def _render_traceback_(self) -> list[str]:
+        error = self.syntax_error
+        return self._shell.SyntaxTB.structured_traceback(type(error), error, [])
+
+
+CellSyntaxError.__name__ = CellSyntaxError.__qualname__ = "SyntaxError"  # as Jupyter names it
 
 
 def _number_output_hint(ns, assigned) -> str | None:

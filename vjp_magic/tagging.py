@@ -122,13 +122,40 @@ def choose_output(
         value = namespace.get(name)
         if has_history(value) and value.grad_fn is not None:
             return name, value
-    hint = (
-        " Its tensors have no autograd history: was the output computed under torch.no_grad() "
-        "or .detach()ed?"
-        if any(isinstance(namespace.get(n), torch.Tensor) for n in assigned)
-        else ""
-    )
-    raise VJPUsageError(
-        "Found no output: the cell assigns no tensor computed from an input with "
-        f"requires_grad=True.{hint} Assign the result (y = f(x)) or name it with --of y."
-    )
+    raise VJPUsageError(no_output_message(namespace, assigned))
+
+
+def _with_history(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.grad_fn is not None
+
+
+def no_output_message(namespace: Mapping[str, object], assigned: list[str]) -> str:
+    """Why no output was found, in the words that fit what the cell did assign."""
+    for name in reversed(assigned):
+        value = namespace.get(name)
+        if isinstance(value, (tuple, list)) and any(map(_with_history, value)):
+            index = next(i for i, v in enumerate(value) if _with_history(v))
+            return (f"{name} is a {type(value).__name__} of tensors: name one of them as the "
+                    f"output, e.g. %%vjp --of {name}[{index}]")
+        if isinstance(value, dict) and any(map(_with_history, value.values())):
+            key = next(k for k, v in value.items() if _with_history(v))
+            return (f"{name} is a dict of tensors: name one of them as the output, e.g. "
+                    f"%%vjp --of {name}[{key!r}]")
+    tensors = [(n, namespace.get(n)) for n in assigned
+               if isinstance(namespace.get(n), torch.Tensor)]
+    leaves = [n for n, t in tensors if t.requires_grad]
+    plain = [n for n, t in tensors if not t.requires_grad]
+    if leaves and plain:
+        return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
+                "computed under torch.no_grad() or .detach()ed? Compute the output outside "
+                "torch.no_grad() and without .detach().")
+    if leaves:
+        return ("The cell keeps no tensor computed from its inputs: assign the output to a name "
+                "(y = f(x)) or end the cell with it, or name it with --of y.")
+    if tensors:
+        return ("None of the cell's tensors requires grad, so nothing has derivatives: create the "
+                "input with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, "
+                "requires_grad=True). (If it does, the output was computed under "
+                "torch.no_grad() or .detach()ed.)")
+    return ("Found no output: the cell assigns no tensor. Assign the output (y = f(x)) or name "
+            "it with --of y.")
