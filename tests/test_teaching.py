@@ -277,3 +277,30 @@ def test_code_for_an_intermediate_input(ip, recwarn):
                               [[1.0] * 3] * 3])
     assert ip.user_ns["x"].grad is None  # only h was asked for
     assert not [w for w in recwarn if "not a leaf" in str(w.message)]
+
+
+def test_explain_says_J_is_block_diagonal_only_after_reordering_by_point(ip):
+    r = run_vjp(ip, STACK_AT_3_POINTS, line="--explain")
+    text = repr(r)
+    # rows y_1,1..y_1,3, y_2,1..y_2,3 are row-major: the nonzeros of a point are 3 rows apart
+    assert ("J is zero except where the output entry and the input entry belong to the same "
+            "point; after reordering the entries by point, J is block-diagonal (shown here in "
+            "row-major order).") in text
+    assert "ordered by point)" not in text
+
+
+def test_explain_shows_zero_between_points_where_a_derivative_is_infinite(ip):
+    r = run_vjp(ip, "x = torch.tensor([0., 1., 4.], requires_grad=True)\ny = x.sqrt()",
+                line="--explain")
+    text = repr(r)
+    # d√x/dx = 1/(2√x): ∞ at 0, 1/2 at 1, 1/4 at 4; J = diag of those, exactly 0 elsewhere
+    j_rows = text.split("2. The Jacobian", 1)[1].split("3. The gradient", 1)[0]
+    assert "nan" not in j_rows.lower()
+    assert "inf" in j_rows
+    from vjp_magic.teaching import _explained_jacobian
+
+    block = _explained_jacobian(r, "x")
+    J = block.get_block(torch.arange(3), torch.arange(3))
+    expected = torch.diag(torch.tensor([float("inf"), 0.5, 0.25]))
+    torch.testing.assert_close(J, expected)
+    assert "nan" not in r._repr_latex_().split("J = ", 1)[1].split("$$", 1)[0].lower()

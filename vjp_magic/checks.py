@@ -21,6 +21,13 @@ def refuse_empty(output: torch.Tensor, inputs: dict, output_name: str) -> None:
             )
 
 
+def _entries(count: int, kind: str) -> str:
+    """``1 NaN entry``, ``2 NaN entries``; empty for none."""
+    if not count:
+        return ""
+    return f"{count:,} {kind} {'entry' if count == 1 else 'entries'}"
+
+
 def nonfinite_notes(result) -> list[str]:
     """One sentence per input whose derivatives contain NaN or ±inf."""
     notes = []
@@ -33,10 +40,10 @@ def nonfinite_notes(result) -> list[str]:
             continue
         nan = int(torch.isnan(d).sum())
         inf = d.numel() - int(finite.sum()) - nan
-        parts = [f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else ""]
+        parts = [_entries(nan, "NaN"), _entries(inf, "infinite")]
         what = " and ".join(p for p in parts if p)
         notes.append(
-            f"The derivatives with respect to {name} have {what} entries: the function is not "
+            f"The derivatives with respect to {name} have {what}: the function is not "
             "differentiable there, or the computation divided by zero or overflowed (e.g. "
             "sqrt or log at 0, log of a negative number)."
         )

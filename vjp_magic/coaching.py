@@ -111,37 +111,76 @@ def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake
 # How each kind of call takes its gradient argument: (keyword, position).
 _GRADIENT_ARGUMENT = {"method": ("gradient", 0), "autograd.backward": ("grad_tensors", 1),
                       "grad": ("grad_outputs", 2)}
+# How each function form takes the tensors differentiated: (keyword, position).
+_OUTPUTS_ARGUMENT = {"autograd.backward": ("tensors", 0), "grad": ("outputs", 0)}
 
 
-def _find_call(stripped: str, kind: str):
-    """The ``backward``/``grad`` call in a one-line statement: (node, receiver source, style)."""
+@dataclass
+class CallSite:
+    """The ``backward``/``grad`` call on a cell line, as the user wrote it."""
+
+    node: ast.Call
+    style: str  # "method", "autograd.backward" or "grad"
+    y: str  # source of the tensor the advice is about (an element of a list if listed)
+    listed: bool = False  # the outputs were given as a list/tuple literal
+    elements: list = field(default_factory=list)  # the sources of that list's elements
+    index: int = 0  # which element y is
+
+
+def _argument(node: ast.Call, keyword: str, position: int):
+    for kw in node.keywords:
+        if kw.arg == keyword:
+            return kw.value
+    return node.args[position] if len(node.args) > position else None
+
+
+def _find_call(stripped: str, kind: str, index: int = 0) -> CallSite | None:
+    """The ``backward``/``grad`` call in a one-line statement (``index``: which output the
+    advice is about when the outputs are a list)."""
     try:
         tree = ast.parse(stripped)
     except SyntaxError:
-        return None, None, None
+        return None
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+        if not isinstance(node, ast.Call) or node.lineno != 1 or node.end_lineno != 1:
             continue
-        if node.func.attr != kind or node.lineno != 1 or node.end_lineno != 1:
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            name = func.attr
+            owner = ast.get_source_segment(stripped, func.value) or ""
+            function_form = owner.endswith("autograd")
+        elif isinstance(func, ast.Name):  # from torch.autograd import grad / backward
+            name, owner, function_form = func.id, "", True
+        else:
             continue
-        owner = ast.get_source_segment(stripped, node.func.value) or ""
-        if owner.endswith("autograd"):  # torch.autograd.backward(y, ...) / autograd.grad(y, x)
-            if not node.args:
-                continue
-            style = "grad" if kind == "grad" else "autograd.backward"
-            return node, ast.get_source_segment(stripped, node.args[0]), style
-        if kind == "backward":
-            return node, owner, "method"
-    return None, None, None
+        if name != kind:
+            continue
+        if not function_form:
+            if kind == "backward":
+                return CallSite(node=node, style="method", y=owner)
+            continue
+        style = "grad" if kind == "grad" else "autograd.backward"
+        outputs = _argument(node, *_OUTPUTS_ARGUMENT[style])
+        if outputs is None:
+            continue
+        if isinstance(outputs, (ast.List, ast.Tuple)) and outputs.elts:
+            elements = [ast.get_source_segment(stripped, e) for e in outputs.elts]
+            at = index if 0 <= index < len(elements) else 0
+            return CallSite(node=node, style=style, y=elements[at], listed=True,
+                            elements=elements, index=at)
+        return CallSite(node=node, style=style, y=ast.get_source_segment(stripped, outputs))
+    return None
 
 
-def _set_argument(line: str, kind: str, keyword: str, value: str, position: int | None) -> str | None:
+def _set_argument(line: str, kind: str, keyword: str, value: str, position: int | None,
+                  index: int = 0) -> str | None:
     """``line`` with the call's argument ``keyword`` (or positional ``position``) set to ``value``."""
     indent = line[: len(line) - len(line.lstrip())]
     stripped = line.strip()
-    node, _, _ = _find_call(stripped, kind)
-    if node is None:
+    site = _find_call(stripped, kind, index)
+    if site is None:
         return None
+    node = site.node
     for kw in node.keywords:
         if kw.arg == keyword:
             start, end = kw.value.col_offset, kw.value.end_col_offset
@@ -155,8 +194,34 @@ def _set_argument(line: str, kind: str, keyword: str, value: str, position: int 
     return indent + stripped[:end].rstrip() + sep + f"{keyword}={value}" + stripped[end:]
 
 
-def _structure(tensor: torch.Tensor, result):
-    """(components, points, component shape, input item) of ``tensor``, or None when unknown."""
+def _set_gradient(line: str, call: BackwardCall, site: CallSite, value: str) -> str | None:
+    """The user's own line with the gradient argument of the output ``site.y`` set to ``value``
+    (inside a list where the outputs are a list)."""
+    keyword, position = _GRADIENT_ARGUMENT[site.style]
+    if site.listed:
+        given = _argument(site.node, keyword, position)
+        stripped = line.strip()
+        if isinstance(given, (ast.List, ast.Tuple)) and len(given.elts) == len(site.elements):
+            items = [ast.get_source_segment(stripped, e) for e in given.elts]
+            items[site.index] = value
+        else:
+            items = [value if i == site.index else f"torch.ones_like({_simple(e)})"
+                     for i, e in enumerate(site.elements)]
+        value = "[" + ", ".join(items) + "]"
+    return _set_argument(line, call.kind, keyword, value, position, site.index)
+
+
+@dataclass
+class _InputStructure:
+    name: str
+    count: int  # components (one gradient argument each)
+    points: int
+    comp: tuple
+    item: object
+
+
+def _structures(tensor: torch.Tensor, result) -> list[_InputStructure] | None:
+    """The structure of ``tensor`` with respect to each input it depends on, or None."""
     analysed = None
     if result is not None and tensor is result.output:
         analysed = result
@@ -170,56 +235,100 @@ def _structure(tensor: torch.Tensor, result):
             analysed = None
     if analysed is None:
         return None
-    name = max(analysed.inputs, key=lambda n: analysed.inputs[n].point_count)
-    comp = analysed.component_shape(name)
-    return math.prod(comp), analysed.inputs[name].point_count, comp, analysed.inputs[name]
+    found = []
+    for name, item in analysed.inputs.items():
+        if item.unused:
+            continue
+        comp = analysed.component_shape(name)
+        found.append(_InputStructure(name, math.prod(comp), item.point_count, comp, item))
+    return found or None
 
 
 def _simple(source: str) -> str:
     return source if source.replace(".", "").replace("_", "").isalnum() else f"({source})"
 
 
+def _failing_index(mistake: CellMistake) -> int:
+    """Which of the call's outputs the error is about (``grad_output[i]``, or the first
+    non-scalar for an implicit gradient)."""
+    match = re.search(r"grad_output\[(\d+)\]", str(mistake.error))
+    if match:
+        return int(match.group(1))
+    if mistake.kind == "implicit-scalar":
+        for i, t in enumerate(mistake.call.tensors):
+            if isinstance(t, torch.Tensor) and t.numel() != 1:
+                return i
+    return 0
+
+
 def _gradient_advice(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
     """Why a gradient argument is needed and which one fits; the corrected code lines."""
     call = mistake.call
-    tensor = call.tensors[0] if call.tensors else None
+    index = _failing_index(mistake)
+    tensor = call.tensors[index] if len(call.tensors) > index else None
     line = mistake.source_line(mistake.line)
-    node, y, style = _find_call(line.strip(), call.kind) if line else (None, None, None)
+    site = _find_call(line.strip(), call.kind, index) if line else None
+    y = site.y if site is not None else None
     if not y:
         y = result.output_name if result is not None else "y"
-        style = "method" if call.kind == "backward" else "grad"
     y_expr = _simple(y)
-    keyword, position = _GRADIENT_ARGUMENT[style]
     shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
-    structure = _structure(tensor, result) if isinstance(tensor, torch.Tensor) else None
-    if structure is not None and structure[0] == 1:
-        _, points, _, item = structure
-        jac = "diagonal" if item.per_point_numel() == 1 else "block-diagonal"
+    structures = _structures(tensor, result) if isinstance(tensor, torch.Tensor) else None
+    ones = f"torch.ones_like({y})"
+    if structures is not None and all(s.count == 1 for s in structures):
+        points = structures[0].points
+        jac = ("diagonal" if all(s.item.per_point_numel() == 1 for s in structures)
+               else "block-diagonal")
         why = [f"{y} has shape {shape}: f applied at {points} points, one value each.",
                f"Each entry depends only on its own point, so the Jacobian J is {jac}: the "
                f"vector-Jacobian product with v = ones gives the derivatives at all {points} "
                "points at once (the sum of each column of J is its one nonzero entry)."]
-        fixed = _set_argument(line, call.kind, keyword, f"torch.ones_like({y})", position) \
-            if node is not None else None
-        return why, [(fixed or f"{y_expr}.backward(gradient=torch.ones_like({y}))").strip()]
-    if structure is not None:
-        count, points, comp, _ = structure
-        where = f" at each of {points} points" if points > 1 else ""
-        why = [f"{y} has shape {shape}: {count} components{where}.",
-               "backward computes one vector-Jacobian product per call: make one call per "
-               "component, with v one-hot on that component"
-               + (" (ones along the point axes)" if points > 1 else "")
-               + ", retain_graph=True between calls, and read then zero .grad each time."]
-        return why, _component_loop(y_expr, tensor, structure)
+        fixed = _set_gradient(line, call, site, ones) if site is not None else None
+        return why, [(fixed or f"{y_expr}.backward(gradient={ones})").strip()]
+    if structures is not None:
+        why = _component_why(y, tensor, structures)
+        return why, _component_loop(y_expr, tensor, structures)
     why = [f"{y} has shape {shape}, not a scalar: backward needs gradient=v shaped like {y}.",
            "v = ones gives the derivatives at many points when each entry depends only on its "
            "own point; v one-hot on one entry gives that entry's gradient."]
-    return why, [f"{y_expr}.backward(gradient=torch.ones_like({y}))"]
+    return why, [f"{y_expr}.backward(gradient={ones})"]
 
 
-def _component_loop(y: str, tensor, structure) -> list[str]:
-    count, points, comp, item = structure
-    point_out = {a for a, _ in item.pairing}
+def _describe(s: _InputStructure) -> str:
+    if s.count == 1:
+        return f"f applied at {s.points} points, one value each"
+    where = f" at each of {s.points} points" if s.points > 1 else ""
+    return f"{s.count} components{where}"
+
+
+def _common_point_axes(tensor, structures) -> set:
+    """Output axes that are point axes for every input (ones along them is right for all)."""
+    axes = set(range(tensor.dim()))
+    for s in structures:
+        axes &= {a for a, _ in s.item.pairing}
+    return axes
+
+
+def _component_why(y: str, tensor, structures) -> list[str]:
+    shape = tuple(tensor.shape)
+    kinds = {_describe(s) for s in structures}
+    if len(kinds) == 1:
+        head = f"{y} has shape {shape}: {kinds.pop()}."
+    else:
+        per_input = "; ".join(f"for {s.name}, {_describe(s)}" for s in structures)
+        summed = [s.name for s in structures if s.count > 1]
+        head = (f"{y} has shape {shape}: {per_input}. v = ones would add up the "
+                f"derivatives of the components of {' and '.join(summed)}, so v must be "
+                "one-hot on each entry that is not a point for every input.")
+    return [head, "backward computes one vector-Jacobian product per call: make one call per "
+            "component, with v one-hot on that component"
+            + (" (ones along the point axes)" if _common_point_axes(tensor, structures) else "")
+            + ", retain_graph=True between calls, and read then zero .grad each time."]
+
+
+def _component_loop(y: str, tensor, structures) -> list[str]:
+    point_out = _common_point_axes(tensor, structures)
+    comp = [n for a, n in enumerate(tensor.shape) if a not in point_out]
     letters = ["k"] if len(comp) == 1 else ["i", "j", "l", "m"][: len(comp)]
     if len(letters) < len(comp):
         letters = [f"k{a}" for a in range(len(comp))]
@@ -227,27 +336,71 @@ def _component_loop(y: str, tensor, structure) -> list[str]:
     index = [":" if a in point_out else next(letter_iter) for a in range(tensor.dim())]
     while index and index[-1] == ":":
         index.pop()
-    x = _simple(item.name)
+    xs = [_simple(s.name) for s in structures]
     if len(comp) == 1:
         loop = f"for k in range({comp[0]}):"
     else:
         loop = f"for {', '.join(letters)} in itertools.product(" + ", ".join(
             f"range({n})" for n in comp) + "):"
-    return [
+    which = ", ".join(letters)
+    lines = [
         loop,
         f"    v = torch.zeros_like({y}); v[{', '.join(index)}] = 1",
         f"    {y}.backward(gradient=v, retain_graph=True)",
-        f"    print({x}.grad)  # the derivatives of component {', '.join(letters)}",
-        f"    {x}.grad.zero_()",
     ]
+    for x in xs:
+        lines.append(f"    print({x}.grad)  # the derivatives of component {which}")
+        lines.append(f"    {x}.grad.zero_()")
+    return lines
+
+
+def _assigned_in(source: str, name: str) -> bool:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    return any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Store)
+               for n in ast.walk(tree))
+
+
+def _freed_before_cell(mistake: CellMistake) -> tuple[list[str], list[str]]:
+    """A second pass through a graph that no backward of this cell freed: an earlier cell's
+    backward did, and the tensor was not recomputed since."""
+    line = mistake.source_line(mistake.line)
+    site = _find_call(line.strip(), mistake.call.kind) if line else None
+    y = site.y if site is not None else "y"
+    base = re.match(r"[A-Za-z_]\w*", y)
+    name = base.group(0) if base else "y"
+    if name in {"torch", "autograd"} or _assigned_in(mistake.source, name):
+        what = "the tensors it is computed from, which an earlier cell made"
+        recompute = f"# recompute, in this cell, what {name} is computed from (the earlier cell's lines)"
+    else:
+        what = name
+        recompute = f"{name} = ...  # recompute {name} here: the line that defined it earlier"
+    why = [
+        f"The graph behind {y} was already freed before this cell ran: a backward (or "
+        f"autograd.grad) in an earlier cell went through it without retain_graph=True, and "
+        f"{what} was not computed again since.",
+        f"Recompute {what} in this cell before calling backward (a fresh graph), or pass "
+        "retain_graph=True to the earlier cell's backward call.",
+    ]
+    fixed = [recompute]
+    if line is not None:
+        fixed.append(line.strip())
+    return why, fixed
 
 
 def _explanation(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
     call = mistake.call
     if mistake.kind == "second-pass":
+        if call.freed_by is None:
+            return _freed_before_cell(mistake)
         first = mistake.log.lines.get(call.freed_by) if call.freed_by is not None else None
         first_line = mistake.source_line(first)
-        where = f"on line {first}" if first is not None else "earlier"
+        if first is not None and first == mistake.line:
+            where = f"on line {first}, in the previous iteration (this same line),"
+        else:
+            where = f"on line {first}" if first is not None else "earlier"
         why = [
             f"The backward {where} freed the graph's saved tensors (backward does that unless "
             "retain_graph=True), so this second backward could not pass through it again.",
@@ -265,8 +418,9 @@ def _explanation(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
         return why, [label + fixed.strip()]
     why, fixed = _gradient_advice(mistake, result)
     if mistake.kind == "gradient-shape":
-        given = call.gradients[0] if call.gradients else None
-        tensor = call.tensors[0] if call.tensors else None
+        index = _failing_index(mistake)
+        given = call.gradients[index] if call.gradients and len(call.gradients) > index else None
+        tensor = call.tensors[index] if len(call.tensors) > index else None
         if isinstance(given, torch.Tensor) and isinstance(tensor, torch.Tensor):
             why.insert(0, f"gradient must have the same shape as the tensor backward is called "
                           f"on: that is {tuple(tensor.shape)}, the gradient given has shape "
@@ -308,6 +462,26 @@ def mistake_text(mistake: CellMistake, result=None) -> str:
     return mistake_section(mistake, result).text()
 
 
+def freed_before_cell(mistake: CellMistake) -> bool:
+    """The cell stopped on a graph that an earlier cell's backward freed (not one of its own)."""
+    return mistake.kind == "second-pass" and mistake.call.freed_by is None
+
+
+def usage_message(mistake: CellMistake, error: BaseException) -> str:
+    """The usage error shown when the cell stopped on ``mistake`` and no analysis was possible
+    (``error``): the coaching, then why there are no derivatives.
+
+    When an earlier cell freed the graph, the analysis fails for that same reason (or finds
+    no output, the cell having stopped first): the coaching already says what to do, so
+    ``error`` is replaced by one sentence saying so.
+    """
+    text = mistake_text(mistake)
+    if freed_before_cell(mistake):
+        return (text + "\nNo derivatives either: vjp_magic reads the same graph. Recompute the "
+                "output in the cell and run it again.")
+    return f"{text}\n{error}"
+
+
 def _sentences(message: str) -> list[str]:
     parts = [p.strip() for p in message.replace(". ", ".\n").splitlines()]
     return [p for p in parts if p]
@@ -341,6 +515,20 @@ def _reaches(call: BackwardCall, x: torch.Tensor) -> bool:
         return False
     return any(isinstance(t, torch.Tensor) and t.requires_grad and depends_on(t, x)
                for t in call.tensors)
+
+
+def _own_derivatives(result, name: str) -> str:
+    """What the derivatives shown below are, in the words of the result's structure."""
+    item = result.inputs[name]
+    count = math.prod(result.component_shape(name))
+    y = result.output_name
+    if count > 1:
+        return (f", as the tutorial does between components; the derivatives below are each "
+                f"of {y}'s {count} components' own, once.")
+    if item.has_points:
+        return (f"; the derivatives below are f' at each of the {item.point_count} points, "
+                "once.")
+    return f"; the derivatives below are the gradient of {y} alone, once."
 
 
 def accumulation_notes(result, log: BackwardLog) -> list[Section]:
@@ -388,9 +576,8 @@ def accumulation_notes(result, log: BackwardLog) -> list[Section]:
         if with_before:
             parts.append("what it held before (an earlier cell's backward)")
         sentence = (f"{name}.grad holds the sum of {' and '.join(parts)}: backward adds to "
-                    f".grad. Zero it before each backward with {name}.grad.zero_(), as the "
-                    "tutorial does between components; the derivatives below are each "
-                    "component's own.")
+                    f".grad. Zero it before each backward with {name}.grad.zero_()"
+                    f"{_own_derivatives(result, name)}")
         fix = f"{name}.grad.zero_()"
         notes.append(Section(
             displays=[latex.display(*tex_rows("Note: " + sentence), latex.code(fix))],

@@ -120,11 +120,14 @@ def _copy_gradients(gradients) -> list | None:
 
 
 @contextmanager
-def keep_graphs(filename: str | None = None):
+def keep_graphs(filename: str | None = None, namespace: dict | None = None):
     """Patch ``torch.autograd.backward``/``grad`` for the duration of a cell; yields a log.
 
     ``filename`` is the name the cell's code was compiled under: calls are recorded with
-    the line of the cell that made them.
+    the line of the cell that made them. ``namespace`` (the user's) is patched too: names
+    bound to the real functions (``from torch.autograd import grad`` in an earlier cell)
+    call the patched ones during the cell. Afterwards every name in it that holds a patched
+    function (bound before, or imported by the cell itself) gets the real one back.
     """
     log = BackwardLog()
     real_backward, real_grad = torch.autograd.backward, torch.autograd.grad
@@ -185,8 +188,18 @@ def keep_graphs(filename: str | None = None):
             lambda: real_grad(outputs, inputs, grad_outputs, True, create_graph, *args, **kwargs),
         )
 
+    real = {id(real_backward): backward, id(real_grad): grad}
+    restore = {id(backward): real_backward, id(grad): real_grad}
     torch.autograd.backward, torch.autograd.grad = backward, grad
+    if namespace is not None:
+        for name, value in list(namespace.items()):
+            if value is real_backward or value is real_grad:
+                namespace[name] = real[id(value)]
     try:
         yield log
     finally:
         torch.autograd.backward, torch.autograd.grad = real_backward, real_grad
+        if namespace is not None:
+            for name, value in list(namespace.items()):
+                if value is backward or value is grad:
+                    namespace[name] = restore[id(value)]

@@ -29,6 +29,36 @@ def enrich(result, *, explain: bool = False, show_code: bool = False, log=None) 
         result.sections.append(CodeSection(result))
 
 
+def _explained_jacobian(result, name: str) -> Block:
+    """The flattened Jacobian with exact zeros between different points.
+
+    ``r.jacobian_block`` multiplies by a same-point mask, so a derivative that is inf or
+    NaN at one point would read NaN (0 x inf) across its whole row and column: here the
+    entries that belong to different points are 0, as the mathematics says.
+    """
+    block = jacobian_block(result, name)
+    item = result.inputs[name]
+    if not item.pairing:
+        return block
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    fetch = block.get_block
+
+    def fetch_zeroed(rows, cols):
+        values = fetch(rows, cols)
+        if bool(torch.isfinite(values).all()):
+            return values
+        out_idx = torch.unravel_index(rows, out_shape)
+        in_idx = torch.unravel_index(cols, in_shape)
+        same = torch.ones(len(rows), len(cols), dtype=torch.bool, device=values.device)
+        for a, b in item.pairing:
+            same &= out_idx[a][:, None] == in_idx[b][None, :]
+        return torch.where(same, values, torch.zeros((), dtype=values.dtype,
+                                                     device=values.device))
+
+    block.get_block = fetch_zeroed
+    return block
+
+
 def _row(tensor: torch.Tensor) -> Block:
     """A tensor flattened row-major into one 1 × n row (entries fetched on demand)."""
     flat = tensor.reshape(1, -1)
@@ -84,11 +114,15 @@ class ExplainSection:
         else:
             points = item.point_count
             per_point = item.per_point_numel()
-            jac = "diagonal" if per_point == 1 and count == 1 else "block-diagonal"
+            reordered = "diagonal" if per_point == 1 and count == 1 else "block-diagonal"
+            in_order = ("J is diagonal." if reordered == "diagonal" and item.tensor.dim() <= 1
+                        and result.output.dim() <= 1 else
+                        f"after reordering the entries by point, J is {reordered} (shown here "
+                        "in row-major order).")
             structure = (f"f acts at {points} points: the entries of {y_name} at a point depend "
                          f"only on the entries of {name} at that point, so J is zero except where "
-                         f"the output and input entries belong to the same point (J is {jac}, "
-                         "ordered by point).")
+                         f"the output entry and the input entry belong to the same point; "
+                         f"{in_order}")
         facts["structure"] = structure
         if count == 1 and m == 1:
             why_v = (f"{y_name} is a scalar, so v = 1 (backward's default) and v^T J = J, the "
@@ -127,7 +161,7 @@ class ExplainSection:
                 *tex_rows(f"Flattened row-major, {name} has n = {f['n']} entries and {f['y']} "
                           f"has m = {f['m']}."),
             ))
-            block = jacobian_block(result, name)
+            block = _explained_jacobian(result, name)
             parts.append(latex.display(
                 latex.text(f"2. The Jacobian, m x n = {f['m']} x {f['n']}: ")
                 + r"J_{ij} = \partial y_i / \partial x_j",
@@ -166,7 +200,7 @@ class ExplainSection:
             lines.append(f"1. The function: f maps {name} {f['x_shape']} to {f['y']} "
                          f"{f['y_shape']}; flattened, n = {f['n']}, m = {f['m']}.")
             lines.append(f"2. The Jacobian J ({f['m']} x {f['n']}): {f['structure']}")
-            lines.extend("   " + row for row in plain.matrix(jacobian_block(result, name),
+            lines.extend("   " + row for row in plain.matrix(_explained_jacobian(result, name),
                                                              options, dtype))
             lines.append(f"3. The gradient argument v: {f['why_v']}")
             grads = result.gradients[name]
