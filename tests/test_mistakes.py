@@ -150,8 +150,6 @@ def test_function_imported_inside_the_cell_is_real_again_afterwards():
     assert ns["grad"].__module__ == "torch.autograd"
 
 
-@pytest.mark.xfail(strict=True, reason="needs magics._run_cell to pass keep_graphs(filename, "
-                   "shell.user_ns): remove this marker once it does")
 def test_function_imported_in_an_earlier_cell_is_coached(ip):
     run_ok(ip, "from torch.autograd import grad")
     r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\n(g,) = grad(y, x)")
@@ -258,8 +256,6 @@ def test_graph_freed_by_an_earlier_cell_usage_message():
     assert "Found no output" not in msg and "Recompute" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="needs magics to raise coaching.usage_message(mistake, "
-                   "error): remove this marker once it does")
 def test_graph_freed_by_an_earlier_cell_has_no_unrelated_error(ip):
     run_ok(ip, "x = torch.tensor([1., 2.], requires_grad=True)\ny = (x**2).sum()\ny.backward()")
     msg = usage_error(ip, "%%vjp\ny.backward()")

@@ -82,6 +82,8 @@ class VJPMagics(Magics):
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
         args = self._parse(self.vjp, line)
         rng_state = torch.random.get_rng_state() if args.symbolic else None
+        before = symbolic.snapshot(self.shell.user_ns, self.shell.transform_cell(cell)) \
+            if args.symbolic else None
         final_value, final_source, assigned, log = self._run_cell(cell)
         ns = self.shell.user_ns
         try:
@@ -99,7 +101,7 @@ class VJPMagics(Magics):
             result = self._differentiate(output, inputs, output_name, args, full=args.full)
         except VJPUsageError as error:
             if log.mistake is not None:  # the cell stopped on a classic mistake: coach anyway
-                message = f"{coaching.mistake_text(log.mistake)}\n{error}"
+                message = coaching.usage_message(log.mistake, error)
                 log.release()
                 raise UsageError(message) from None
             raise UsageError(str(error)) from None
@@ -110,7 +112,7 @@ class VJPMagics(Magics):
         log.release()
         if args.symbolic:
             symbolic.attach(result, source=self.shell.transform_cell(cell), namespace=ns,
-                            output_source=None, rng_state=rng_state)
+                            output_source=None, rng_state=rng_state, before=before)
         return result
 
     # -- %jacobian ----------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class VJPMagics(Magics):
         # Values the cell's names held before it ran: a name counts as assigned by the cell
         # only if it was re-bound, so lines a coached mistake stopped never pick the output.
         before = {n: shell.user_ns[n] for n in parsed.assigned_names if n in shell.user_ns}
-        with keep_graphs(filename) as log:
+        with keep_graphs(filename, shell.user_ns) as log:
             try:
                 exec(shell.compile(body, filename, "exec"), shell.user_global_ns, shell.user_ns)
                 if parsed.final_expr is not None:
