@@ -210,3 +210,31 @@ def test_custom_op_that_moves_entries_is_not_called_pointwise(path):
     x = torch.randn(5, dtype=torch.float64, requires_grad=True)
     r = differentiate(_SwapNeighbours.apply(x), x)
     assert r.point_axes["x"] == ()
+
+
+@pytest.mark.parametrize(
+    "fn, shape",
+    [
+        (lambda x: x @ x, (4, 3, 3)),  # many equal-size axes: the batch axis must still be found
+        (lambda x: torch.softmax(x @ x.transpose(1, 2), -1), (2, 4, 4)),
+        (lambda x: torch.nn.functional.conv2d(x, torch.ones(2, 1, 3, 3, dtype=x.dtype), padding=1),
+         (2, 1, 5, 5)),
+    ],
+)
+def test_batch_axis_found_among_many_equal_sizes(fn, shape, path):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    r = differentiate(fn(x), x)
+    assert (0, 0) in r.point_axes["x"]
+    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, x.detach()))
+
+
+def test_infinite_derivative_keeps_components_at_points_on_the_probe_path(monkeypatch):
+    monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
+    x = torch.linspace(0, 1, 50, dtype=torch.float64, requires_grad=True)  # sqrt'(0) = inf
+    fn = lambda t: torch.stack([t.sqrt(), t**2])  # noqa: E731
+    r = differentiate(fn(x), x)
+    assert r.point_axes["x"] == ((1, 0),)
+    assert r.derivatives["x"][0, 0] == float("inf")
+    torch.testing.assert_close(r.derivatives["x"][1, 1:], 2 * x.detach()[1:])
+    # autograd's own Jacobian has the same 0·∞ NaN at x = 0 in the second row
+    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, x.detach()), equal_nan=True)

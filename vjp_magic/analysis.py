@@ -19,6 +19,7 @@ from .tagging import depends_on
 # whole Jacobian and its exact zeros decide the structure: cheaper than probing pairings.
 SMALL_JACOBIAN = 2**18
 SMALL_OUTPUT = 4096
+EXACT_PER_SIZE = 24  # candidate pairings per number of point axes on the exact path
 
 
 def _as_named_inputs(inputs, names) -> dict[str, torch.Tensor]:
@@ -98,13 +99,14 @@ def differentiate(
     memory_budget: float | None = None,
     batched: bool = True,
     max_chunk: int | None = None,
-    max_pairings: int = structure.MAX_PAIRINGS,
+    max_pairings: int = structure.PER_SIZE,
 ) -> VJPResult:
     """Derivatives of ``output`` with respect to ``inputs``, with their point structure inferred.
 
     ``inputs`` is a tensor (named ``"x"`` unless ``names`` says otherwise), a sequence of
     tensors, or a dict name → tensor. ``full=True`` skips point inference (plain Jacobian).
     ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
+    ``max_pairings`` caps the candidate pairings probed per number of point axes.
     ``x.grad`` is never changed.
     """
     output = check_output(output, output_name)
@@ -116,12 +118,15 @@ def differentiate(
     checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
 
+    small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
+    exact = small and batched and output.numel() <= SMALL_OUTPUT
+    # Checking a pairing on an exact Jacobian costs no backward: try many more there.
+    per_size = EXACT_PER_SIZE if exact else max_pairings
     candidates = {
-        name: [()] if full else structure.candidate_pairings(output.shape, t.shape, max_pairings)
+        name: [()] if full else structure.candidate_pairings(output.shape, t.shape, per_size)
         for name, t in named.items()
     }
-    small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
-    if small and batched and output.numel() <= SMALL_OUTPUT:
+    if exact:
         accepted = _from_exact_jacobian(output, named, candidates, budget, max_chunk)
     else:
         accepted = _from_verified_pairings(
