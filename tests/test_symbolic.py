@@ -5,7 +5,10 @@ Expected formulas are the closed forms of the mathematics; numeric expectations 
 """
 from __future__ import annotations
 
+import math
 import re
+import time
+import warnings
 
 import pytest
 import sympy
@@ -525,3 +528,229 @@ def test_per_point_constants_with_one_derivative(ip):
                 "--symbolic")
     assert r.symbolic["x"] == 1 and r.symbolic_check["x"] is True
     assert "f(x) =" not in symbolic_section(r).text()  # f itself differs from point to point
+
+
+# -- QA regressions --------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, function", [
+    ("x = torch.tensor([1., 2.], requires_grad=True)\ny = x.clone()\ny[0] = x[1]**2",
+     lambda t: torch.stack([t[1] ** 2, t[1]])),
+    ("x = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\ny[1] = 0",
+     lambda t: torch.stack([t[0] ** 2, 0 * t[1]])),
+    ("x = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\ny[0] = 5.0",
+     lambda t: torch.stack([0 * t[0] + 5, t[1] ** 2])),
+    ("x = torch.tensor([[1., 2.], [3., 4.]], requires_grad=True)\ny = x * 1\n"
+     "y[0, 1] = x[1, 0] * x[0, 0]",
+     lambda t: torch.stack([t[0, 0], t[1, 0] * t[0, 0], t[1, 0], t[1, 1]]).view(2, 2)),
+])
+def test_element_assignment_gives_the_formula(ip, body, function):
+    from sympy.utilities.exceptions import SymPyDeprecationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_vjp(ip, body, "--symbolic --full")
+    assert not [w for w in caught if issubclass(w.category, SymPyDeprecationWarning)]
+    formula = r.symbolic["x"]
+    assert formula is not None, symbolic_section(r).text()
+    values = ip.user_ns["x"].detach().double()
+    want = reference_jacobian(function, values).reshape(formula.shape)
+    names = [s for s in sorted(formula.free_symbols, key=str)]
+    n = values.numel()
+    symbols = [sympy.Symbol(f"x_{i + 1}", real=True) for i in range(n)] if values.dim() == 1 else \
+        [sympy.Symbol(f"x_{{{i + 1},{j + 1}}}", real=True) for i in range(2) for j in range(2)]
+    assert set(names) <= set(symbols)
+    got = formula.subs(dict(zip(symbols, values.reshape(-1).tolist()))).evalf()
+    torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
+    assert r.symbolic_check["x"] is True
+
+
+def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(ip, monkeypatch):
+    from vjp_magic import symtensor
+
+    def broken(input):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(symtensor.RULES, "exp", broken)
+    r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\ny = x.exp()", "--symbolic")
+    assert r.symbolic["x"] is None and "x" not in r.symbolic_check
+    note = symbolic_section(r).text()
+    assert note.startswith("symbolic: ") and note.endswith("; numbers only") and "boom" in note
+    torch.testing.assert_close(r.derivatives["x"], torch.tensor([1.0, 2.0]).exp())
+
+    monkeypatch.setattr(symbolic, "_formula", lambda *a: {}["missing"])
+    r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\ny = x ** 2", "--symbolic")
+    assert r.symbolic["x"] is None and "KeyError" in symbolic_section(r).text()
+    assert "numbers only" in r._repr_latex_()
+
+
+@pytest.mark.parametrize("body, function, values", [
+    ("x = torch.tensor([-20., 20.], requires_grad=True)\ny = torch.sigmoid(x)",
+     torch.sigmoid, [-20.0, 20.0]),
+    ("A = torch.tensor([[1., 2], [3, 4], [5, 6]])\nx = torch.tensor([1., 2], requires_grad=True)\n"
+     "y = torch.sigmoid(A @ x)",
+     lambda t: torch.sigmoid(torch.tensor([[1., 2], [3, 4], [5, 6]], dtype=t.dtype) @ t),
+     [1.0, 2.0]),
+])
+def test_float32_underflow_is_not_a_disagreement(ip, body, function, values):
+    r = run_vjp(ip, body, "--symbolic")
+    assert r.symbolic_check["x"] is True, symbolic_section(r).text()
+    assert "disagrees" not in repr(r)
+    # the formula itself is right: in float64 it matches autograd to rounding
+    want = reference_jacobian(function, torch.tensor(values, dtype=torch.float64))
+    formula = r.symbolic["x"]
+    if isinstance(formula, sympy.MatrixBase):
+        subs = {sympy.Symbol(f"x_{i + 1}", real=True): v for i, v in enumerate(values)}
+        got = torch.tensor(formula.subs(subs).evalf().tolist(), dtype=torch.float64)
+    else:
+        got = torch.tensor([float(formula.subs(x, v).evalf()) for v in values],
+                           dtype=torch.float64)
+        want = torch.diagonal(want)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("body", [
+    "x = torch.tensor([-20., 20.], requires_grad=True)\ny = torch.sigmoid(x)",
+    "A = torch.tensor([[1., 2], [3, 4], [5, 6]])\nx = torch.tensor([1., 2], requires_grad=True)\n"
+    "y = torch.sigmoid(A @ x)",
+])
+def test_a_wrong_number_is_still_flagged_next_to_underflow(body):
+    ns = {"torch": torch}
+    exec(body, ns)  # noqa: S102
+    result = differentiate(ns["y"], {"x": ns["x"]})
+    numbers = result.inputs["x"].derivatives.clone()
+    numbers[(0,) * numbers.dim()] += 1e-3  # far above float32 rounding
+    result.inputs["x"].derivatives = numbers
+    symbolic.attach(result, source=body, namespace=ns, output_source=None)
+    assert result.symbolic_check["x"] is False
+
+
+def test_compare_treats_inf_and_nan_consistently():
+    got = torch.tensor([[math.inf], [math.nan], [math.inf], [math.inf], [1.0]]).numpy()
+    agree, bad, worst = symbolic._compare(
+        got, torch.tensor([[math.inf], [math.nan], [-math.inf], [1.0], [1.0]]).numpy(), 5,
+        torch.float32)
+    assert (agree, bad) == (False, 2) and math.isnan(worst)
+    agree, bad, worst = symbolic._compare(got[[0, 1, 4]], got[[0, 1, 4]], 3, torch.float64)
+    assert (agree, bad) == (True, 0)
+
+
+def test_log_and_sqrt_at_zero_leak_no_numpy_warnings(ip):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run_vjp(ip, "x = torch.tensor([0., 1.], requires_grad=True)\n"
+                        "y = torch.sqrt(x) + torch.log(x)", "--symbolic")
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], \
+        [str(w.message) for w in caught]
+    assert same(r.symbolic["x"], 1 / x + 1 / (2 * sympy.sqrt(x)))
+    assert r.symbolic_check["x"] is True  # inf at 0 on both sides
+
+
+def _double_subscript(tex: str) -> bool:
+    """True if some subscript is followed directly by another (TeX's "Double subscript")."""
+    i = 0
+    while i < len(tex):
+        if tex[i] == "_" and (i == 0 or tex[i - 1] != "\\"):
+            j = i + 1
+            if j < len(tex) and tex[j] == "{":
+                depth = 0
+                while j < len(tex):
+                    depth += {"{": 1, "}": -1}.get(tex[j], 0)
+                    j += 1
+                    if depth == 0:
+                        break
+            elif j < len(tex) and tex[j] == "\\":
+                j += 1
+                while j < len(tex) and tex[j].isalpha():
+                    j += 1
+            else:
+                j += 1
+            if tex[j:j + 1] == "_":
+                return True
+            i = j
+        else:
+            i += 1
+    return False
+
+
+@pytest.mark.parametrize("name, entry", [
+    ("x_1", r"x_{1;\,1,2}"), ("w_2", r"w_{2;\,1,2}"), ("x_in", r"x_{\mathrm{in};\,1,2}"),
+    ("x__", r"{\mathtt{x\_\_}}_{1,2}"), ("α", r"\alpha_{1,2}"), ("x", r"x_{1,2}"),
+])
+def test_symbol_names_are_valid_latex(ip, name, entry):
+    r = run_vjp(ip, f"{name} = torch.ones(2, 2, requires_grad=True)\ny = {name} ** 2",
+                "--symbolic --full")
+    tex = symbolic_section(r).latex()
+    assert entry in tex, tex
+    assert not _double_subscript(tex), tex
+    assert r.symbolic_check[name] is True
+    assert _double_subscript(r"x_1_{1,1}") and _double_subscript(r"x_{in}_{1,1}")
+
+
+def test_inputs_whose_symbols_would_clash_are_named(ip):
+    r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\n"
+                    "x_1 = torch.tensor(3., requires_grad=True)\ny = x * x_1", "--symbolic")
+    assert r.symbolic["x"] is None
+    assert "would share the symbol x_1" in symbolic_section(r).text()
+
+
+def test_a_name_updated_from_its_own_earlier_value_is_replayed(ip):
+    run_ok(ip, "c = torch.tensor(2.)")
+    r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\nc = c * 2\ny = c * x**2",
+                "--symbolic")
+    assert same(r.symbolic["x"], 8 * x)
+    assert r.symbolic_check["x"] is True
+    torch.testing.assert_close(ip.user_ns["c"], torch.tensor(4.0))  # the cell ran once
+
+
+def test_deadline_interrupts_a_long_call_and_restores_the_previous_handler():
+    import signal
+    import threading
+
+    from vjp_magic.symtensor import OutOfTime, deadline
+
+    def spin(seconds):
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:  # no spend() inside: one long SymPy call
+            pass
+
+    def mine(signum, frame):
+        raise AssertionError("the previous handler must not run")
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OutOfTime), deadline(0.2):
+            spin(3.0)
+        assert time.monotonic() - start < 1.5
+        assert signal.getsignal(signal.SIGALRM) is mine
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        with deadline(5.0):  # finishing in time leaves no timer running
+            spin(0.05)
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) is mine
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    errors = []
+
+    def elsewhere():  # off the main thread: no signals, checked between ops as before
+        try:
+            with deadline(0.05):
+                spin(0.1)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+def test_a_cell_with_huge_expressions_comes_back_in_time(ip, monkeypatch):
+    monkeypatch.setattr(symbolic, "RUN_SECONDS", 1.0)
+    start = time.monotonic()
+    r = run_vjp(ip, "torch.manual_seed(0)\nx = torch.randn(6, requires_grad=True)\ny = x\n"
+                    "for _ in range(6):\n    y = torch.sin(torch.softmax(y, 0))", "--symbolic")
+    elapsed = time.monotonic() - start
+    assert r.symbolic["x"] is None
+    assert "gave up after 1 s" in symbolic_section(r).text()
+    assert elapsed < 2 * 1.0 + symbolic.RENDER_SECONDS + 2.0, elapsed
+    assert r.derivatives["x"].shape == (6, 6) or r.jacobian("x").shape == (6, 6)

@@ -16,6 +16,7 @@ import copy
 import io
 import math
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -67,28 +68,65 @@ class Formula:
 
 # -- entry point -----------------------------------------------------------------------------------
 def attach(result, *, source: str | None, namespace, output_source: str | None,
-           rng_state: torch.Tensor | None = None) -> None:
+           rng_state: torch.Tensor | None = None, before: dict | None = None) -> None:
     """Fill ``result.symbolic`` / ``result.symbolic_check`` and add a rendering section.
 
     ``source`` is the cell's Python source (``%%vjp``), or None with ``output_source`` the
     expression to re-run (``%jacobian``). What the re-run cannot follow becomes one line.
     ``rng_state`` (torch's CPU generator state from before the cell ran) replays the cell's
-    random draws exactly.
+    random draws exactly; ``before`` (from :func:`snapshot`, taken before the cell ran) gives
+    the names the cell rebinds their earlier values, so ``c = c * 2`` replays too.
+    Nothing here fails the cell: an unexpected error becomes the one line as well.
     """
     section = SymbolicSection(result)
     result.sections.append(section)
     for name in result.inputs:
         result.symbolic[name] = None
     try:
-        _derive(result, section, source, namespace, output_source, rng_state)
+        _derive(result, section, source, namespace, output_source, rng_state, before)
     except Unavailable as reason:
-        section.note = f"symbolic: {reason}; numbers only"
-    except RuleBug as bug:  # the cell ran numerically, so this is a bug in symtensor
-        raise RuntimeError(str(bug)) from bug.error
-    section.prepare()
+        _give_up(result, section, f"symbolic: {reason}; numbers only")
+    except (Exception, RuleBug, OutOfTime) as error:  # noqa: BLE001 - a bug here, not the cell's
+        _give_up(result, section, f"symbolic: the re-run failed unexpectedly "
+                 f"({_describe(error)}); numbers only")
+    try:
+        section.prepare()
+    except (Exception, OutOfTime) as error:  # noqa: BLE001
+        _give_up(result, section, f"symbolic: the formula could not be typeset "
+                 f"({_describe(error)}); numbers only")
+        section.prepare()
 
 
-def _derive(result, section, source, namespace, output_source, rng_state=None) -> None:
+def _describe(error: BaseException) -> str:
+    if isinstance(error, RuleBug):
+        return str(error)
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _give_up(result, section, note: str) -> None:
+    section.note = note
+    section.function = None
+    section.formulas = {}
+    for name in result.inputs:
+        result.symbolic[name] = None
+        result.symbolic_check.pop(name, None)
+
+
+def snapshot(namespace, source: str | None) -> dict:
+    """The values, before the cell runs, of the names it rebinds (shallow: the cell rebinds
+    them, so the objects themselves stay as they were unless it changes them in place)."""
+    if not source:
+        return {}
+    try:
+        names = assigned_names(ast.parse(source))
+    except Exception:  # noqa: BLE001 - a cell that does not parse fails on its own
+        return {}
+    return {n: namespace[n] for n in names if n in namespace}
+
+
+def _derive(result, section, source, namespace, output_source, rng_state=None,
+            before=None) -> None:
     names = list(result.inputs)
     odd = [n for n in names if not n.isidentifier()]
     if odd:
@@ -114,10 +152,10 @@ def _derive(result, section, source, namespace, output_source, rng_state=None) -
         groups.setdefault(tuple(sorted(a for a, _ in _point_axes(result, name))), []).append(name)
     try:
         for group in groups.values():
-            symbols = _group_symbols(result, group)
+            symbols = _group_symbols(result, group, section.symbol_tex)
             with deadline(RUN_SECONDS):
                 output, section.random_ops = _rerun(result, statements, expression, namespace,
-                                                    symbols, dtypes, rng_state)
+                                                    symbols, dtypes, rng_state, before)
             with deadline(RUN_SECONDS):
                 if names[0] in group:
                     section.function = _function(result, names[0], output)
@@ -137,43 +175,76 @@ def _derive(result, section, source, namespace, output_source, rng_state=None) -
 
 
 # -- the re-run ------------------------------------------------------------------------------------
-def _entry_names(name: str, shape: tuple[int, ...]) -> list[str]:
-    """``x`` for one entry, ``x_1 … x_n`` along one axis, ``x_{i,j}`` along several."""
+def _entry_tex(name: str, index: str | None) -> str:
+    """LaTeX for one entry's symbol, from the name as the header writes it (:func:`latex.name`):
+    ``x_{2}``, ``x_{1,2}``, ``\\alpha_{1,2}``; a name with a subscript of its own keeps it
+    before a semicolon, ``x_{1;\\,2}``, ``w_{\\mathrm{in};\\,1,2}`` (never a double subscript);
+    anything else is grouped: ``\\mathtt{x\\_\\_}_{1,2}``."""
+    from . import latex as tex
+
+    base = tex.name(name)
+    if index is None:
+        return base
+    own = re.fullmatch(r"([^_{}]+|\\mathrm\{[A-Za-z0-9]+\})_\{(.*)\}", base)
+    if own:
+        return f"{own.group(1)}_{{{own.group(2)};\\,{index}}}"
+    if re.fullmatch(r"[A-Za-z]|\\[A-Za-z]+", base):
+        return f"{base}_{{{index}}}"
+    return f"{{{base}}}_{{{index}}}"
+
+
+def _entry_names(name: str, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    """Each entry's symbol name and LaTeX: ``x`` for one entry, ``x_1 … x_n`` along one axis,
+    ``x_{i,j}`` along several. A name with an underscore numbers its entries in brackets
+    (``x_1[2]``, ``w_in[1,2]``), so they cannot be read as another name's entries."""
     axes = [a for a, n in enumerate(shape) if n != 1]
     names = []
     for index in np.ndindex(*shape):
-        if not axes:
-            names.append(name)
+        label = ",".join(str(index[a] + 1) for a in axes) if axes else None
+        if label is None:
+            symbol = name
+        elif "_" in name:
+            symbol = f"{name}[{label}]"
         elif len(axes) == 1:
-            names.append(f"{name}_{index[axes[0]] + 1}")
+            symbol = f"{name}_{label}"
         else:
-            names.append(f"{name}_{{{','.join(str(index[a] + 1) for a in axes)}}}")
+            symbol = f"{name}_{{{label}}}"
+        names.append((symbol, _entry_tex(name, label)))
     return names
 
 
-def _symbol_array(name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _symbol_array(name: str, shape: tuple[int, ...], tex: dict | None = None) -> np.ndarray:
     array = np.empty(shape, dtype=object)
     flat = array.reshape(-1)
-    for i, entry in enumerate(_entry_names(name, shape)):
+    for i, (entry, entry_tex) in enumerate(_entry_names(name, shape)):
         flat[i] = sympy.Symbol(entry, real=True)
+        if tex is not None:
+            tex[flat[i]] = entry_tex
     return array
 
 
-def _group_symbols(result, group: list[str]) -> dict[str, np.ndarray]:
+def _group_symbols(result, group: list[str], tex: dict | None = None) -> dict[str, np.ndarray]:
     """Each input's symbol array for one re-run: the group's inputs hold the same generic
-    symbols at every point (``x`` or ``x_1 … x_n``), the others a symbol per entry."""
+    symbols at every point (``x`` or ``x_1 … x_n``), the others a symbol per entry.
+    ``tex`` collects each symbol's LaTeX."""
     arrays = {}
+    owner: dict = {}
     for name, item in result.inputs.items():
         shape = tuple(item.tensor.shape)
         if name not in group:
-            arrays[name] = _symbol_array(name, shape)
-            continue
-        paired = {b for _, b in _point_axes(result, name)}
-        generic = _symbol_array(name, tuple(n for b, n in enumerate(shape) if b not in paired))
-        array = np.empty(shape, dtype=object)
-        for index in np.ndindex(*shape):
-            array[index] = generic[tuple(i for b, i in enumerate(index) if b not in paired)]
-        arrays[name] = array
+            arrays[name] = _symbol_array(name, shape, tex)
+        else:
+            paired = {b for _, b in _point_axes(result, name)}
+            generic = _symbol_array(name, tuple(n for b, n in enumerate(shape) if b not in paired),
+                                    tex)
+            array = np.empty(shape, dtype=object)
+            for index in np.ndindex(*shape):
+                array[index] = generic[tuple(i for b, i in enumerate(index) if b not in paired)]
+            arrays[name] = array
+        for symbol in set(arrays[name].reshape(-1)):
+            if owner.setdefault(symbol, name) != name:  # x's entry x_1 and an input named x_1
+                raise Unavailable(f"the inputs {owner[symbol]} and {name} would share the symbol "
+                                  f"{symbol}; rename one of them")
     return arrays
 
 
@@ -225,8 +296,11 @@ def _sandbox(mode: SymbolicMode, rng_state: torch.Tensor | None = None):
 
 
 def _rerun(result, statements, expression, namespace, symbols, dtypes,
-           rng_state=None) -> np.ndarray:
+           rng_state=None, before=None) -> np.ndarray:
     """Run the statements one by one in a scratch namespace; return the output's expressions.
+
+    The scratch namespace is the namespace after the cell, except that the names the cell
+    assigns are dropped, or set back to their values from before the cell (``before``).
 
     A statement that fails (``print(x.grad.item())``, ``x.grad.zero_()`` …) is skipped and the
     names it binds are dropped, so later statements that need them fail too; the first
@@ -240,8 +314,9 @@ def _rerun(result, statements, expression, namespace, symbols, dtypes,
     assigned = set(assigned_names(cell))
     referenced = {node.id for part in (cell, tree) for node in ast.walk(part)
                   if isinstance(node, ast.Name)}
-    for name in sorted(referenced - assigned - set(symbols)):
-        value = namespace.get(name)
+    before = {n: v for n, v in (before or {}).items() if n in assigned and n not in symbols}
+    for name in sorted(referenced - assigned - set(symbols) | set(before) & referenced):
+        value = before[name] if name in before else namespace.get(name)
         if isinstance(value, torch.Tensor) and value.grad_fn is not None \
                 and depends_on(result.output, value):
             raise Unavailable(f"{name} was computed from the inputs in an earlier cell; put its "
@@ -249,6 +324,7 @@ def _rerun(result, statements, expression, namespace, symbols, dtypes,
     scratch = dict(namespace)
     for name in assigned - set(symbols):
         scratch.pop(name, None)
+    scratch.update(before)  # c = c * 2 starts from c's value before the cell
     for name in referenced & set(scratch) - set(symbols):
         scratch[name] = _private(scratch[name])
     scratch["print"] = scratch["display"] = _quiet
@@ -374,7 +450,8 @@ def _layout(array: np.ndarray, component, per_point, jacobian: bool):
     """One point's derivatives as SymPy: a scalar, a row (gradient), a column (f'), a matrix."""
     if jacobian:
         rows = math.prod(component)
-        return sympy.Matrix(rows, max(array.size // max(rows, 1), 0), list(array.reshape(-1)))
+        shape = (rows, max(array.size // max(rows, 1), 0))
+        return _matrix(array, shape)
     if not component and not per_point:
         return array[()]
     if not per_point:
@@ -385,7 +462,15 @@ def _layout(array: np.ndarray, component, per_point, jacobian: bool):
                                                                per_point[-1])
     else:
         shape = (math.prod(component), math.prod(per_point))
-    return sympy.Matrix(shape[0], shape[1], list(array.reshape(-1)))
+    return _matrix(array, shape)
+
+
+def _matrix(array: np.ndarray, shape: tuple[int, int]):
+    """A SymPy Matrix of ``array``'s entries in the given 2-D shape (from rows of entries)."""
+    if not shape[0] or not shape[1]:
+        return sympy.zeros(*shape)
+    return sympy.Matrix([[sympy.sympify(v) for v in row]
+                         for row in np.asarray(array, dtype=object).reshape(shape)])
 
 
 def _check(result, name, formula: Formula, derivative, component, per_point, symbols) -> None:
@@ -411,13 +496,14 @@ def _check(result, name, formula: Formula, derivative, component, per_point, sym
         raise AssertionError(f"no values for {missing}")
     function = sympy.lambdify(arguments, entries, modules=[NUMPY_FUNCTIONS, "numpy"],
                               dummify=True)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # log(0), sqrt(0) …: inf/nan
+        warnings.simplefilter("ignore", RuntimeWarning)
         evaluated = function(*(values[s] for s in arguments))
-    got = np.stack([np.broadcast_to(np.asarray(v), (points,)) for v in evaluated], axis=-1) \
-        if entries else np.zeros((points, 0))
-    if np.iscomplexobj(got):
-        got = np.where(np.abs(got.imag) > 0, np.nan, got.real)
-    got = got.astype(np.float64).reshape((points,) + tuple(component) + tuple(per_point))
+        got = np.stack([np.broadcast_to(np.asarray(v), (points,)) for v in evaluated], axis=-1) \
+            if entries else np.zeros((points, 0))
+        if np.iscomplexobj(got):
+            got = np.where(np.abs(got.imag) > 0, np.nan, got.real)
+        got = got.astype(np.float64).reshape((points,) + tuple(component) + tuple(per_point))
     if result.show_jacobian:
         expected = result.jacobian(name).detach().to("cpu", torch.float64).numpy()
         expected = expected.reshape(got.shape)
@@ -426,23 +512,50 @@ def _check(result, name, formula: Formula, derivative, component, per_point, sym
         k = len(component)
         axis_map = {a: k + b for a, b in _point_axes(result, name)}
         expected = _at_points(numbers, axis_map, order).reshape(got.shape)
-    dtype = item.derivatives.dtype
+    formula.check, formula.mismatches, formula.worst = _compare(got, expected, points,
+                                                                item.derivatives.dtype)
+
+
+def _compare(got: np.ndarray, expected: np.ndarray, points: int, dtype: torch.dtype):
+    """(agree at every point, points that disagree, largest finite difference) of the formula's
+    values ``got`` and autograd's ``expected``, both shaped (points, ...).
+
+    Close means within ``rtol`` relative or ``atol`` absolute, with ``atol = rtol`` times the
+    largest finite derivative (plus the dtype's epsilon as a floor): in float32, derivatives
+    that underflow next to much larger ones (sigmoid'(20) is 0 there, 2e-9 in float64) agree.
+    Where either side is not finite (log'(0), sqrt'(0)), they agree when both are not finite
+    and are not both infinite with opposite signs.
+    """
     rtol = _RTOL.get(dtype, 1e-4)
-    finite = np.abs(expected[np.isfinite(expected)])
-    scale = float(finite.max()) if finite.size else 1.0
-    atol = 32 * torch.finfo(dtype).eps * scale if dtype.is_floating_point else 0.0
-    close = np.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    with np.errstate(all="ignore"):
+        finite = np.isfinite(got) & np.isfinite(expected)
+        magnitudes = np.abs(expected[np.isfinite(expected)])
+        scale = float(magnitudes.max()) if magnitudes.size else 0.0
+        atol = rtol * scale + eps
+        difference = np.where(finite, np.abs(got - expected), np.inf)
+        close = finite & (difference <= atol + rtol * np.abs(expected))
+        odd = ~np.isfinite(got) & ~np.isfinite(expected)
+        opposite = np.isinf(got) & np.isinf(expected) & (np.sign(got) != np.sign(expected))
+        close |= odd & ~opposite
     bad = ~close.reshape(points, -1).all(axis=1)
-    formula.check = not bool(bad.any())
-    formula.mismatches = int(bad.sum())
-    difference = np.abs(got - expected)[~close]
-    formula.worst = float(np.nanmax(difference)) if difference.size and \
-        not np.isnan(difference).all() else math.nan
+    worst = difference[finite & ~close]
+    return (not bool(bad.any()), int(bad.sum()),
+            float(worst.max()) if worst.size else math.nan)
 
 
 # -- rendering -------------------------------------------------------------------------------------
 class _Printer(LatexPrinter):
-    """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0)."""
+    """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0), and the
+    input symbols as :func:`_entry_tex` writes them."""
+
+    def __init__(self, symbol_tex: dict | None = None):
+        super().__init__()
+        self._symbol_tex = symbol_tex or {}
+
+    def _print_Symbol(self, expr, style="plain"):
+        tex = self._symbol_tex.get(expr)
+        return tex if tex is not None else super()._print_Symbol(expr, style)
 
     def _print_Heaviside(self, expr, exp=None):
         tex = r"\theta\left(" + self._print(expr.args[0]) + r"\right)"
@@ -480,6 +593,7 @@ class SymbolicSection:
         self.function = None
         self.formulas: dict[str, Formula] = {}
         self.random_ops: list[str] = []  # random draws in the re-run (not replayed exactly)
+        self.symbol_tex: dict = {}  # each input symbol's LaTeX
         self._latex: list[str] = []
         self._text: list[str] = []
 
@@ -516,7 +630,7 @@ class SymbolicSection:
         result = self.result
         args = ", ".join(tex.name(n) for n in result.inputs)
         started = time.monotonic()
-        printer = _Printer()
+        printer = _Printer(self.symbol_tex)
         rows = [tex.text(self._heading())]
         self._text = [self._heading()]
         if self.function is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
+import threading
 import time
 from fractions import Fraction
 
@@ -51,17 +53,45 @@ _deadline: list[float] = [math.inf]
 
 
 class deadline:
-    """Context manager: ops raise :class:`OutOfTime` once ``seconds`` have passed."""
+    """Context manager: ops raise :class:`OutOfTime` once ``seconds`` have passed.
+
+    In the main thread (where Python runs signal handlers) a real-time timer also interrupts
+    a long SymPy call in the middle; any handler or timer set before is put back on exit.
+    Elsewhere, or when a timer is already running, the budget is checked between ops only.
+    """
 
     def __init__(self, seconds: float):
         self.seconds = seconds
+        self._armed = False
+        self._installed = False
+        self._previous = None
+
+    def _alarm(self, signum, frame):
+        if self._armed:
+            self._armed = False
+            raise OutOfTime
 
     def __enter__(self):
         self._saved = _deadline[0]
         _deadline[0] = time.monotonic() + self.seconds
+        self._installed = False
+        if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+                    self._previous = signal.signal(signal.SIGALRM, self._alarm)
+                    self._installed = self._armed = True
+                    signal.setitimer(signal.ITIMER_REAL, max(self.seconds, 1e-3))
+            except (ValueError, OSError):  # not allowed here: check between ops only
+                self._armed = False
         return self
 
     def __exit__(self, *exc):
+        self._armed = False  # a late alarm does nothing from here on
+        if self._installed:
+            self._installed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM,
+                          signal.SIG_DFL if self._previous is None else self._previous)
         _deadline[0] = self._saved
         return False
 
@@ -855,7 +885,14 @@ class SymTensor:
             raise Unsupported(f"assigning into the input {self.input_name}")
         array = as_array(value)
         spend(array.size)
-        self.array[_numpy_index(index)] = array
+        where = _numpy_index(index)
+        target = self.array[where]
+        if isinstance(target, np.ndarray):  # a slice: entries broadcast into it
+            self.array[where] = np.broadcast_to(array, target.shape)
+        else:  # one entry (y[0] = ...): store the expression itself, not a 0-d array
+            if array.size != 1:
+                raise RuleBug("setitem", ValueError(f"{array.size} values for one entry"))
+            self.array[where] = array.reshape(-1)[0]
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
