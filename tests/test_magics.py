@@ -154,7 +154,7 @@ def test_jacobian_infers_inputs_and_labels_matrix_shapes(ip):
     r = run_ok(ip, "%jacobian z")
     assert_tensor(r.jacobian("W"), 3 * torch.eye(4).reshape(2, 2, 2, 2))
     latex = r._repr_latex_()
-    assert "y_{1,1}" in latex and "x_{2,2}" in latex
+    assert "z_{1,1}" in latex and "W_{2,2}" in latex  # labelled with the tensors' own names
 
 
 # -- user mistakes ----------------------------------------------------------------------------

@@ -77,6 +77,10 @@ def plural(count: int, word: str) -> str:
     return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
 
 
+def _valued(component_shape) -> str:
+    return {1: "vector-valued", 2: "matrix-valued"}.get(len(component_shape), "tensor-valued")
+
+
 def describe_structure(result, name: str) -> str:
     """The structure in words: "f applied at 5 points", "gradient of a scalar function", ..."""
     item = result.inputs[name]
@@ -92,13 +96,13 @@ def describe_structure(result, name: str) -> str:
                 f"f applied at {points}" if scalar_input
                 else f"gradient of a scalar function at {points}"
             )
-        valued = "matrix-valued" if len(comp) >= 2 else "vector-valued"
+        valued = _valued(comp)
         if scalar_input:
             return f"derivatives of a {valued} function ({count} components) at {points}"
         return f"gradients of a {valued} function ({count} components) at {points}"
     if count == 1:
         return "derivative of a scalar function" if scalar_input else "gradient of a scalar function"
-    valued = "matrix-valued" if len(comp) >= 2 else "vector-valued"
+    valued = _valued(comp)
     if scalar_input:
         return f"derivative of a {valued} function"
     return f"Jacobian of a {valued} function"
@@ -107,12 +111,14 @@ def describe_structure(result, name: str) -> str:
 def gradient_code(result, name: str) -> list[str]:
     """The lines of plain PyTorch that compute these derivatives by hand with ``backward``."""
     item = result.inputs[name]
-    y = result.output_name if result.output_name.isidentifier() else "y"
+    # an expression output (y.sum(), (x**2)[0]) gets a name first, so the lines run as shown
+    y = result.output_name if result.output_name.isidentifier() else "out"
+    first = [] if y == result.output_name else [f"out = {result.output_name}"]
     if result.output.numel() == 1 and not result.full:
-        return [f"{y}.backward()"]
+        return first + [f"{y}.backward()"]
     comp = result.component_shape(name)
     if math.prod(comp) == 1:
-        return [f"{y}.backward(gradient=torch.ones_like({y}))"]
+        return first + [f"{y}.backward(gradient=torch.ones_like({y}))"]
     point_out = {a for a, _ in item.pairing}
     letters = ["k"] if len(comp) == 1 else ["i", "j", "k", "l", "m", "n"][: len(comp)]
     if len(comp) > len(letters):
@@ -126,7 +132,7 @@ def gradient_code(result, name: str) -> list[str]:
     else:
         ranges = ", ".join(f"range({n})" for n in comp)
         loop = f"for {', '.join(letters)} in itertools.product({ranges}):"
-    return [
+    return first + [
         loop,
         f"    v = torch.zeros_like({y}); v[{', '.join(index)}] = 1",
         f"    {y}.backward(gradient=v, retain_graph=True)  # then read {name}.grad, zero it",
@@ -208,8 +214,10 @@ def jacobian_block(result, name: str) -> Block:
     item = result.inputs[name]
     out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
     m, n = result.output.numel(), item.tensor.numel()
-    row_label = (lambda i: ("out", multi_index(i, out_shape))) if len(out_shape) >= 2 else None
-    col_label = (lambda j: ("in", multi_index(j, in_shape))) if len(in_shape) >= 2 else None
+    labelled = len(out_shape) >= 2 or len(in_shape) >= 2
+    y, x = result.output_name, name
+    row_label = (lambda i: ("out", multi_index(i, out_shape), y)) if labelled and out_shape else None
+    col_label = (lambda j: ("in", multi_index(j, in_shape), x)) if labelled and in_shape else None
     return Block(
         lambda r, c: result.jacobian_block(name, r, c),
         m, n, item.derivatives.device, row_label=row_label, col_label=col_label,

@@ -99,16 +99,17 @@ def _index(index) -> str:
 
 
 def label(pair) -> str:
-    kind, index = pair
+    kind, index, *variable = pair
     sub = _index(index)
     if kind == "d":
         return f"f_{{{sub}}}'" if sub else "f'"
     if kind == "grad":
         return rf"\nabla f_{{{sub}}}" if sub else r"\nabla f"
-    if kind == "out":
-        return f"y_{{{sub}}}"
-    if kind == "in":
-        return f"x_{{{sub}}}"
+    if kind in ("out", "in"):
+        symbol = name(variable[0]) if variable else ("y" if kind == "out" else "x")
+        if not re.fullmatch(r"[A-Za-z]|\\[A-Za-z]+", symbol):
+            symbol = "{" + symbol + "}"
+        return f"{symbol}_{{{sub}}}"
     return "[" + ", ".join(str(i) for i in index) + r", :]"
 
 
@@ -171,7 +172,7 @@ def header(result) -> str:
                     | {str(y.dtype).replace("torch.", "")})
     caption = text(
         "shapes: " + ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in result.inputs.items())
-        + f" to {result.output_name if result.output_name.isidentifier() else 'y'} "
+        + f" to {result.output_name} "
         f"{tuple(y.shape)}, " + "/".join(dtypes)
     )
     return display(
@@ -225,7 +226,7 @@ def derivatives_display(result, input_name: str) -> list[str]:
         block = jacobian_block(result, input_name)
         m, n = block.nrows, block.ncols
         out.append(f"$$J = {matrix(block, result.options, dtype)}"
-                   + rf"\quad {text(f'({m} x {n})')}$$")
+                   + rf"\quad ({m} \times {n})$$")
         return out
     for title, block in derivative_blocks(result, input_name):
         if block is None:

@@ -15,16 +15,15 @@ from .formatting import (
 
 
 def label(pair) -> str:
-    kind, index = pair
+    kind, index, *variable = pair
     sub = ",".join(str(i + 1) for i in index)
     if kind == "d":
         return f"f_{sub}'" if sub else "f'"
     if kind == "grad":
         return f"grad f_{sub}" if sub else "grad f"
-    if kind == "out":
-        return f"y_{sub}"
-    if kind == "in":
-        return f"x_{sub}"
+    if kind in ("out", "in"):
+        symbol = variable[0] if variable else ("y" if kind == "out" else "x")
+        return f"{symbol}_{sub}" if symbol.isidentifier() else f"({symbol})_{sub}"
     return "[" + ", ".join(str(i) for i in index) + ", :]"
 
 
@@ -63,6 +62,11 @@ def matrix(block: Block, options, dtype) -> list[str]:
     return lines
 
 
+def _term(source: str) -> str:
+    """A name as is; an expression in parentheses (d(x**2).sum()/dx reads wrongly)."""
+    return source if source.isidentifier() else f"({source})"
+
+
 def render_text(result) -> str:
     """A readable multi-line summary of a result."""
     y = result.output
@@ -81,7 +85,8 @@ def render_text(result) -> str:
             lines.append(f"  {out_name} does not depend on {name}: every derivative is 0.")
         if result.show_jacobian:
             block = jacobian_block(result, name)
-            lines.append(f"Jacobian d{out_name}/d{name} ({block.nrows} x {block.ncols}):")
+            lines.append(f"Jacobian d{_term(out_name)}/d{_term(name)} "
+                         f"({block.nrows} x {block.ncols}):")
             lines.extend("  " + row for row in matrix(block, result.options, dtype))
             continue
         lines.append(f"  gradient argument(s): {len(result.gradients[name])}, by hand:")
@@ -90,7 +95,7 @@ def render_text(result) -> str:
             if block is None:
                 lines.append("  ...")
                 continue
-            heading = label(title) if title is not None else f"d{out_name}/d{name}"
+            heading = label(title) if title is not None else f"d{_term(out_name)}/d{_term(name)}"
             rows = matrix(block, result.options, dtype)
             lines.append(f"  {heading} = {rows[0]}")
             lines.extend("  " + " " * (len(heading) + 3) + row for row in rows[1:])
