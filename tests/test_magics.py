@@ -192,3 +192,38 @@ def test_integer_input(ip):
 def test_bad_option(ip):
     result = ip.run_cell("%%vjp --nonsense\nx = 1")
     assert isinstance(result.error_in_exec, UsageError)
+
+
+@pytest.mark.parametrize(
+    "cell, words",
+    [
+        ("%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x > 0).int()", ["torch.int32", "integer"]),
+        ("%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "--of y[0]"]),
+        ("%%vjp --of y\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "y[0]"]),
+        ("%%vjp --wrt net.0.weight\nnet = torch.nn.Sequential(torch.nn.Linear(2, 2))\n"
+         "y = net(torch.randn(3, 2))", ["net[0].weight"]),
+        ("x = torch.ones(2, requires_grad=True)\n%jacobian -x wrt x", ["(-x)"]),
+        ("%%vjp -p 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2", ["precision"]),
+        ("%%vjp --threshold 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2", ["threshold"]),
+    ],
+)
+def test_mistakes_get_a_message_that_says_what_to_do(ip, cell, words):
+    *setup, magic_cell = cell.split("\n%jacobian") if "%jacobian" in cell else ("", cell)
+    if setup and setup[0]:
+        run_ok(ip, setup[0])
+        magic_cell = "%jacobian" + magic_cell
+    msg = usage_error(ip, magic_cell)
+    for word in words:
+        assert word in msg
+
+
+def test_output_that_is_the_input_itself_has_derivative_one(ip):
+    r = run_vjp(ip, "x = torch.randn(3, requires_grad=True)", line="--of x")
+    assert_tensor(r.derivatives["x"], [1.0, 1.0, 1.0])
+
+
+def test_expression_output_gets_a_name_in_the_hand_written_line(ip):
+    r = run_vjp(ip, "x = torch.randn(3, requires_grad=True)\ny = x**2\ny.sum()")
+    latex = r._repr_latex_()
+    assert r"out\phantom{0}{=}\phantom{0}y{.}sum()" in latex and r"out{.}backward()" in latex
+    torch.testing.assert_close(r.derivatives["x"], 2 * ip.user_ns["x"].detach())

@@ -43,6 +43,11 @@ def _as_named_inputs(inputs, names) -> dict[str, torch.Tensor]:
 
 def check_output(output: object, name: str) -> torch.Tensor:
     """The output must be a real floating tensor that autograd can differentiate."""
+    if isinstance(output, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in output):
+        raise VJPUsageError(
+            f"{name} is a {type(output).__name__} of tensors: name one of them as the output "
+            f"(--of {name}[0]) or torch.stack them into one tensor."
+        )
     if not isinstance(output, torch.Tensor):
         raise VJPUsageError(
             f"{name} is a {type(output).__name__}, not a tensor: compute it with torch operations "

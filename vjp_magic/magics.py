@@ -5,6 +5,8 @@ Only this module imports IPython. User mistakes (:class:`VJPUsageError`) become 
 """
 from __future__ import annotations
 
+import re
+
 import torch
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -161,10 +163,13 @@ class VJPMagics(Magics):
     def _parse(self, magic, line: str):
         try:
             args = parse_argstring(magic, line)
-        except UsageError:
-            raise
-        except (ValueError, SystemExit) as error:  # shlex or argparse
-            raise UsageError(f"Could not read the options {line!r}: {error}") from None
+        except (UsageError, ValueError, SystemExit) as error:  # argparse or shlex
+            hint = ""
+            if "unrecognized arguments: -" in str(error):
+                hint = " An expression that starts with '-' goes in parentheses: (-x)."
+            if isinstance(error, UsageError) and not hint:
+                raise
+            raise UsageError(f"Could not read the options {line!r}: {error}.{hint}") from None
         if args.precision is not None and not 1 <= args.precision <= 17:
             raise UsageError(f"-p/--precision is a number of significant digits from 1 to 17, "
                              f"not {args.precision}.")
@@ -219,7 +224,11 @@ class VJPMagics(Magics):
         try:
             return eval(source, self.shell.user_global_ns, ns)
         except SyntaxError as error:
-            raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.") from None
+            hint = ""
+            if re.search(r"\.\d", source):  # net.0.weight, as named_parameters() spells it
+                bracketed = re.sub(r"[.](\d+)", r"[\1]", source)
+                hint = f" Index with brackets: {bracketed}"
+            raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.{hint}") from None
         except NameError as error:
             raise VJPUsageError(f"{error} ({role}).") from None
         except Exception as error:  # the user's expression failed: say so, no traceback

@@ -80,8 +80,6 @@ def find_inputs(
     for name in ordered_names(namespace, preferred):
         value = namespace[name]
         if isinstance(value, torch.Tensor) and id(value) in leaves and id(value) not in taken:
-            if value is output:
-                continue
             found[name] = value
             taken.add(id(value))
     if not found:
@@ -145,6 +143,12 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str]) -> s
                if isinstance(namespace.get(n), torch.Tensor)]
     leaves = [n for n, t in tensors if t.requires_grad]
     plain = [n for n, t in tensors if not t.requires_grad]
+    integer = [n for n, t in tensors if not t.requires_grad and not t.is_floating_point()]
+    if leaves and integer:
+        dtype = namespace[integer[-1]].dtype
+        return (f"{integer[-1]} has dtype {dtype}: integer and bool tensors have no derivatives "
+                "(comparisons, argmax, .int() and .long() leave autograd). Differentiate a "
+                "floating tensor computed from the input instead.")
     if leaves and plain:
         return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
                 "computed under torch.no_grad() or .detach()ed? Compute the output outside "
