@@ -215,7 +215,9 @@ def jacobian_block(result, name: str) -> Block:
     out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
     m, n = result.output.numel(), item.tensor.numel()
     labelled = len(out_shape) >= 2 or len(in_shape) >= 2
-    y, x = result.output_name, name
+    # an expression output (X @ X) is labelled y, as it is in the caption's y = f(x)
+    y = result.output_name if result.output_name.isidentifier() else "y"
+    x = name if name.isidentifier() else "x"
     row_label = (lambda i: ("out", multi_index(i, out_shape), y)) if labelled and out_shape else None
     col_label = (lambda j: ("in", multi_index(j, in_shape), x)) if labelled and in_shape else None
     return Block(
