@@ -129,6 +129,7 @@ def test_config_traitlet_precision(ip):
 def test_help_is_available(ip):
     doc = ip.magics_manager.magics["cell"]["vjp"].__doc__
     assert "--wrt" in doc and "--full" in doc and "--precision" in doc
+    assert "%%vjp [--wrt" in doc  # a cell magic's usage line, as %%vjp? shows it
     assert "wrt" in ip.magics_manager.magics["line"]["jacobian"].__doc__
 
 

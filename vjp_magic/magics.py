@@ -304,6 +304,10 @@ def _number_output_hint(ns, assigned) -> str | None:
     return None
 
 
+# magic_arguments writes the usage line as "%vjp"; a cell magic is spelled "%%vjp".
+VJPMagics.vjp.__doc__ = VJPMagics.vjp.__doc__.replace("\n  %vjp ", "\n  %%vjp ", 1)
+
+
 def load(shell) -> None:
     """Register the magics on ``shell`` (a fresh instance per load)."""
     magics = VJPMagics(shell=shell)
