@@ -81,6 +81,16 @@ def _valued(component_shape) -> str:
     return {1: "vector-valued", 2: "matrix-valued"}.get(len(component_shape), "tensor-valued")
 
 
+def notation(result, name: str) -> str:
+    """Which symbol the derivatives get: ``"partial"`` (∂y/∂x, several inputs or --full),
+    ``"prime"`` (f'(x), a scalar per point), ``"nabla"`` (∇f(x)) or ``"jacobian"`` (J_f(x))."""
+    if len(result.inputs) > 1 or result.full:
+        return "partial"
+    if result.inputs[name].per_point_numel() == 1:
+        return "prime"
+    return "nabla" if math.prod(result.component_shape(name)) == 1 else "jacobian"
+
+
 def describe_structure(result, name: str) -> str:
     """The structure in words: "f applied at 5 points", "gradient of a scalar function", ..."""
     item = result.inputs[name]

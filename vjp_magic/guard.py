@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .tagging import walk_nodes
+
 FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "
     "after they have already been freed). Saved intermediate values of the graph are freed "
@@ -84,18 +86,6 @@ def _roots(tensors) -> list:
             if isinstance(t, torch.Tensor) and t.grad_fn is not None]
 
 
-def _reachable(roots) -> list:
-    seen: dict[int, object] = {}
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen[id(node)] = node
-        stack.extend(n for n, _ in node.next_functions)
-    return list(seen.values())
-
-
 def _saves_tensors(node) -> bool:
     return any(name.startswith("_raw_saved_") for name in dir(node))
 
@@ -145,7 +135,7 @@ def keep_graphs(filename: str | None = None, namespace: dict | None = None):
         log.records.append(record)
         log.lines[index] = record.line
         log.kinds[index] = kind
-        nodes = _reachable(_roots(tensors))
+        nodes = list(walk_nodes(_roots(tensors)))
         for node in nodes:
             if id(node) in log.freed and _saves_tensors(node):
                 log.second_pass_error = True

@@ -4,7 +4,6 @@ Each display is kept small (summarised matrices), far below MathJax's buffer lim
 """
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 
@@ -16,6 +15,7 @@ from .formatting import (
     format_number,
     gradient_code,
     jacobian_block,
+    notation,
     significant_digits,
     summary_indices,
 )
@@ -149,13 +149,12 @@ def matrix(block: Block, options, dtype) -> str:
 def lhs(result, input_name: str) -> str:
     """What the matrix is: f'(x), ∇f(x), J_f(x) for one input, ∂y/∂x for several."""
     y, x = name(result.output_name), name(input_name)
-    if len(result.inputs) > 1 or result.full:
-        return rf"\frac{{\partial {y}}}{{\partial {x}}}"
-    item = result.inputs[input_name]
-    count = math.prod(result.component_shape(input_name))
-    if item.per_point_numel() == 1:
-        return f"f'({x})"
-    return rf"\nabla f({x})" if count == 1 else rf"J_f({x})"
+    return {
+        "partial": rf"\frac{{\partial {y}}}{{\partial {x}}}",
+        "prime": f"f'({x})",
+        "nabla": rf"\nabla f({x})",
+        "jacobian": rf"J_f({x})",
+    }[notation(result, input_name)]
 
 
 def display(*rows: str) -> str:

@@ -37,6 +37,7 @@ from .symtensor import (
     deadline,
     spend,
 )
+from .formatting import notation
 from .tagging import depends_on
 
 RUN_SECONDS = 5.0  # for the re-run, and again for differentiating and checking
@@ -685,10 +686,9 @@ def _lhs_text(result, name: str) -> str:
     """Plain-text counterpart of :func:`latex.lhs`."""
     if result.show_jacobian:
         return "J"
-    if len(result.inputs) > 1 or result.full:
-        return f"d{result.output_name}/d{name}"
-    item = result.inputs[name]
-    count = math.prod(result.component_shape(name))
-    if item.per_point_numel() == 1:
-        return f"f'({name})"
-    return f"grad f({name})" if count == 1 else f"J_f({name})"
+    return {
+        "partial": f"d{result.output_name}/d{name}",
+        "prime": f"f'({name})",
+        "nabla": f"grad f({name})",
+        "jacobian": f"J_f({name})",
+    }[notation(result, name)]

@@ -16,8 +16,13 @@ _HIDDEN_NAMES = {"In", "Out", "_", "__", "___", "_ih", "_oh", "_dh", "_i", "_ii"
 
 def walk_graph(output: torch.Tensor):
     """Every autograd node reachable from ``output``, each once (depth first)."""
+    return walk_nodes([output.grad_fn])
+
+
+def walk_nodes(roots):
+    """Every autograd node reachable from the ``roots`` nodes, each once (depth first)."""
     seen: set[int] = set()
-    stack = [output.grad_fn]
+    stack = list(roots)
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
