@@ -5,18 +5,20 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
 import torch
 
-from . import checks, memory, structure
-from .derivatives import component_vjps, forward_jacobian
+from . import axisflow, checks, memory, structure
+from .derivatives import component_vjps, forward_jacobian, plain_vjp
 from .errors import VJPUsageError
 from .result import InputResult, VJPResult
-from .tagging import depends_on
 
 # Up to this many Jacobian entries (and output entries), one batched backward computes the
-# whole Jacobian and its exact zeros decide the structure: cheaper than probing pairings.
+# whole Jacobian and the candidate pairings are judged on it: cheaper than a backward per
+# pairing. Either way a pairing is judged by the same probe rule, so the answer does not
+# depend on which side of this threshold a problem falls.
 SMALL_JACOBIAN = 2**18
 SMALL_OUTPUT = 4096
 EXACT_PER_SIZE = 24  # candidate pairings per number of point axes on the exact path
@@ -94,6 +96,29 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
     return tensor
 
 
+@dataclass
+class Candidate:
+    """A pairing to try for one input; ``proved`` ones need no structure check."""
+
+    pairing: structure.Pairing
+    proved: bool
+
+
+def _candidates(output, tensor, proof, full: bool, per_size: int) -> list[Candidate]:
+    """Larger pairings first (only those containing what the graph proves); the proved one last.
+
+    When the graph analysis is exact, the proved pairing is the whole structure: it alone.
+    """
+    if full:
+        return [Candidate((), True)]
+    proved = proof.pairing(tuple(output.shape), tuple(tensor.shape))
+    if proof.exact:
+        return [Candidate(proved, True)]
+    larger = [p for p in structure.candidate_pairings(output.shape, tensor.shape, per_size)
+              if set(proved) < set(p)]
+    return [Candidate(p, False) for p in larger] + [Candidate(proved, True)]
+
+
 def differentiate(
     output: torch.Tensor,
     inputs,
@@ -105,13 +130,17 @@ def differentiate(
     batched: bool = True,
     max_chunk: int | None = None,
     max_pairings: int = structure.PER_SIZE,
+    graph_proof: bool = True,
+    keep_graph: bool = False,
 ) -> VJPResult:
     """Derivatives of ``output`` with respect to ``inputs``, with their point structure inferred.
 
     ``inputs`` is a tensor (named ``"x"`` unless ``names`` says otherwise), a sequence of
     tensors, or a dict name → tensor. ``full=True`` skips point inference (plain Jacobian).
     ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
-    ``max_pairings`` caps the candidate pairings probed per number of point axes.
+    ``max_pairings`` caps the candidate pairings probed per number of point axes;
+    ``graph_proof=False`` ignores what the autograd graph proves (every pairing probed).
+    The result keeps no reference to the output's graph unless ``keep_graph``.
     ``x.grad`` is never changed.
     """
     output = check_output(output, output_name)
@@ -122,152 +151,211 @@ def differentiate(
         check_input(tensor, name)
     checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
+    proofs = {name: _proof(output, t, graph_proof) for name, t in named.items()}
+    workspace = max(p.workspace for p in proofs.values())
 
     small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
     exact = small and batched and output.numel() <= SMALL_OUTPUT
-    # Checking a pairing on an exact Jacobian costs no backward: try many more there.
     per_size = EXACT_PER_SIZE if exact else max_pairings
-    candidates = {
-        name: [()] if full else structure.candidate_pairings(output.shape, t.shape, per_size)
-        for name, t in named.items()
-    }
+    candidates = {name: _candidates(output, t, proofs[name], full, per_size)
+                  for name, t in named.items()}
+    probes = _Probes(output, named)
+    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full)
     if exact:
-        accepted = _from_exact_jacobian(output, named, candidates, budget, max_chunk)
+        accepted = _from_exact_jacobian(context, named, candidates, probes)
     else:
-        accepted = _from_verified_pairings(
-            output, named, candidates, budget, output_name, batched, max_chunk
-        )
-    unused = [name for name, t in named.items() if not depends_on(output, t)]
+        accepted = _from_verified_pairings(context, named, candidates, probes)
 
     results = {
         name: InputResult(
             name=name,
             tensor=named[name],
-            pairing=accepted[name][0],
+            pairing=accepted[name][0].pairing,
             derivatives=accepted[name][1],
-            unused=name in unused,
+            unused=not proofs[name].depends,
+            evidence="proved" if accepted[name][0].proved else "observed",
+            unverified=tuple(dict.fromkeys(proofs[name].custom)),
         )
         for name in named
     }
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget)
-    checks.annotate(result)  # NaN/inf notes
+    checks.annotate(result)  # NaN/inf, zero Jacobians, unverified backward functions
+    if not keep_graph:
+        result.release_graph()
     return result
 
 
-def _proven(output: torch.Tensor, tensor: torch.Tensor, pairing) -> bool:
-    """An identity pairing needs no probe when the graph has only elementwise nodes."""
-    return pairing == structure.identity_pairing(tensor.dim()) and structure.provably_elementwise(
-        output, tensor)
+def _proof(output, tensor, graph_proof: bool) -> axisflow.GraphProof:
+    proof = axisflow.prove(output, tensor)
+    if not graph_proof:  # keep what the walk found out, claim no structure
+        proof.carries, proof.exact = {}, False
+    return proof
 
 
-FORWARD_RATIO = 4  # forward mode when the output has this many times more entries than x
+@dataclass
+class _Context:
+    """What every stage of one analysis needs to know."""
+
+    output: torch.Tensor
+    output_name: str
+    budget: int
+    batched: bool
+    max_chunk: int | None
+    workspace: int
+    full: bool
+
+    def vjps(self, tensors, point_out, batched=None):
+        return component_vjps(self.output, tensors, point_out, self.budget,
+                              batched=self.batched if batched is None else batched,
+                              max_chunk=self.max_chunk, workspace=self.workspace)
+
+    def refuse_if_over(self, nbytes: int, count: int) -> None:
+        advice = memory.DEFAULT_ADVICE + (" (drop --full)" if self.full else "")
+        memory.refuse_if_over(
+            nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} backward "
+            "passes)", advice=advice)
+
+
+class _Probes:
+    """Random probes vᵀJ, each from one plain (unbatched) backward, made when first needed.
+
+    Plain on purpose: comparing them with results of batched backward passes also catches
+    a batching rule that computes something else than the plain backward does.
+    """
+
+    def __init__(self, output, named):
+        self.output, self.named = output, named
+        self._vjps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def vector(self, draw: int = 0) -> torch.Tensor:
+        return structure.probe_vector(self.output, draw)
+
+    def vjp(self, name: str, draw: int = 0) -> torch.Tensor:
+        if draw not in self._vjps:
+            names = list(self.named)
+            grads = plain_vjp(self.output, [self.named[n] for n in names], self.vector(draw))
+            self._vjps[draw] = dict(zip(names, grads))
+        return self._vjps[draw][name]
+
+    def agree(self, name: str, derivatives, pairing, second=None) -> bool:
+        """The probe rule; a probe that is not conclusive on its own is backed by a second.
+
+        ``second`` computes the second probe's vᵀJ another way (from a checked Jacobian);
+        by default it is one more plain backward.
+        """
+        mismatch = structure.probe_mismatch(derivatives, self.vector(), self.vjp(name), pairing)
+        if mismatch <= structure.INCONCLUSIVE:
+            return True
+        if mismatch > 1.0:
+            return False
+        other = second() if second is not None else self.vjp(name, 1)
+        return structure.probe_agrees(derivatives, self.vector(1), other, pairing)
 
 
 def _prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:
     return output.numel() > FORWARD_RATIO * tensor.numel()
 
 
-def _jacobian_either_mode(output, tensor, budget, max_chunk) -> torch.Tensor:
+FORWARD_RATIO = 4  # forward mode when the output has this many times more entries than x
+
+
+def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
     """The full Jacobian: forward mode (n passes) where possible, else reverse (m passes).
 
     Forward mode relies on double backward, which some graphs silently lack (custom
-    functions marked once_differentiable), so its result is checked with one random probe.
+    functions marked once_differentiable), so its result is checked with the probe.
     """
+    output = context.output
     try:
         jac = forward_jacobian(output, tensor)
-        probe = structure.probe_vector(output)
-        (probe_vjp,) = component_vjps(output, [tensor], tuple(range(output.dim())), budget,
-                                      probe=probe, max_chunk=1)[1]
-        if structure.probe_agrees(jac.reshape((output.numel(),) + tuple(tensor.shape)),
-                                  probe.reshape(-1), probe_vjp, ()):
+        flat = jac.reshape((output.numel(),) + tuple(tensor.shape))
+        if structure.probe_agrees(flat, probes.vector().reshape(-1), probes.vjp(name), ()):
             return jac
     except RuntimeError as error:
         if "second time" in str(error):
             raise
-    flat = component_vjps(output, [tensor], (), budget, max_chunk=max_chunk)[0][0]
+    flat = context.vjps([tensor], (), batched=False)[0][0]
     return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
 
 
-def _from_exact_jacobian(output, named, candidates, budget, max_chunk):
-    """Small problems: one batched backward gives the whole Jacobian; its zeros decide.
+def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
+    """Full Jacobians from batched backward passes, each checked against the plain probe."""
+    output = context.output
+    reverse = [n for n in named if not _prefers_forward(output, named[n])]
+    flats = dict(zip(reverse, context.vjps([named[n] for n in reverse], ())[0])) \
+        if reverse else {}
+    jacobians = {}
+    v = probes.vector().reshape(-1)
+    for name in named:
+        if name not in flats:
+            jacobians[name] = _jacobian_either_mode(context, named[name], probes, name)
+            continue
+        flat = flats[name]
+        if output.numel() > 1 and not structure.probe_agrees(flat, v, probes.vjp(name), ()):
+            flat = context.vjps([named[name]], (), batched=False)[0][0]  # batching went wrong
+        jacobians[name] = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
+    return jacobians
 
-    The first candidate pairing whose off-support entries are all zero is exact, with no
-    probe needed; its derivatives are gathered from the Jacobian.
-    """
-    names = list(named)
-    reverse = [n for n in names if not _prefers_forward(output, named[n])]
-    jacobians = dict(zip(reverse, component_vjps(output, [named[n] for n in reverse], (), budget,
-                                                 max_chunk=max_chunk)[0])) if reverse else {}
+
+def _from_exact_jacobian(context, named, candidates, probes):
+    """Small problems: one batched backward gives the whole Jacobian; each candidate pairing
+    is judged on it by the probe rule (the same rule as for large problems)."""
+    out_ndim = context.output.dim()
+    jacobians = _checked_jacobians(context, named, probes)
     accepted = {}
-    for name in names:
-        if name in jacobians:
-            jac = jacobians[name].reshape(tuple(output.shape) + tuple(named[name].shape))
-        else:
-            jac = _jacobian_either_mode(output, named[name], budget, max_chunk)
-        for pairing in candidates[name]:
-            if structure.supported_on(jac, output.dim(), pairing):
-                accepted[name] = (pairing, structure.gather_derivatives(jac, output.dim(), pairing))
+    for name, jac in jacobians.items():
+        flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
+        second = lambda: structure.predicted_probe(  # noqa: E731 - vᵀJ from the checked J
+            flat, probes.vector(1).reshape(-1), ())
+        for candidate in candidates[name]:
+            derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)
+            if candidate.proved or probes.agree(name, derivatives, candidate.pairing, second):
+                accepted[name] = (candidate, derivatives)
                 break
     return accepted
 
 
-def _from_verified_pairings(output, named, candidates, budget, output_name, batched, max_chunk):
-    """Large problems: per candidate pairing, one VJP per component plus one random probe.
-
-    The probe rides in the first batched backward; a pairing is accepted when vᵀJ from
-    autograd equals vᵀD assembled from its derivatives (the last candidate, with no point
-    axes of size > 1, needs no check).
-    """
+def _from_verified_pairings(context, named, candidates, probes):
+    """Large problems: per candidate pairing, one VJP per component; the plain probe checks
+    the structure (unless proved) and the batching (when batched)."""
+    output = context.output
     position = dict.fromkeys(named, 0)
-    probe = None
-    probe_vjps: dict[str, torch.Tensor] = {}
-    accepted: dict[str, tuple[structure.Pairing, torch.Tensor]] = {}
+    accepted: dict[str, tuple[Candidate, torch.Tensor]] = {}
     while len(accepted) < len(named):
         pending = [n for n in named if n not in accepted]
         # Inputs whose current pairing uses the same output point axes share one backward.
-        key = lambda n: tuple(sorted(a for a, _ in candidates[n][position[n]]))  # noqa: E731
-        point_out = key(pending[0])
-        group = [n for n in pending if key(n) == point_out]
-        needs_check = [
-            n for n in group
-            if position[n] < len(candidates[n]) - 1 and not _proven(output, named[n],
-                                                                      candidates[n][position[n]])
-        ]
+        point_out = _point_out(candidates[pending[0]][position[pending[0]]])
+        group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
         count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
-        result_bytes = count * sum(named[n].numel() for n in group) * output.element_size()
-        memory.refuse_if_over(
-            result_bytes, budget, f"The derivatives of {output_name} ({count:,} backward passes)"
-        )
-        last = [n for n in group if position[n] == len(candidates[n]) - 1]
-        forward = [n for n in last if _prefers_forward(output, named[n])]
+        context.refuse_if_over(
+            count * sum(named[n].numel() for n in group) * output.element_size(), count)
+        forward = [n for n in group if count == output.numel() and candidates[n][position[n]].proved
+                   and _prefers_forward(output, named[n])]
         for name in forward:
-            pairing = candidates[name][position[name]]
-            jac = _jacobian_either_mode(output, named[name], budget, max_chunk)
-            accepted[name] = (pairing, structure.gather_derivatives(jac, output.dim(), pairing))
+            candidate = candidates[name][position[name]]
+            jac = _jacobian_either_mode(context, named[name], probes, name)
+            accepted[name] = (candidate, structure.gather_derivatives(jac, output.dim(),
+                                                                      candidate.pairing))
         group = [n for n in group if n not in forward]
         if not group:
             continue
-        with_probe = None
-        if any(n not in probe_vjps for n in needs_check):
-            if probe is None:
-                probe = structure.probe_vector(output)
-            with_probe = probe
-        stacked, group_probe_vjps = component_vjps(
-            output, [named[n] for n in group], point_out, budget,
-            probe=with_probe, batched=batched, max_chunk=max_chunk,
-        )
+        stacked, was_batched = context.vjps([named[n] for n in group], point_out)
         for i, name in enumerate(group):
-            if group_probe_vjps is not None:
-                probe_vjps.setdefault(name, group_probe_vjps[i])
-            pairing = candidates[name][position[name]]
-            derivs = stacked[i].reshape(
-                structure.component_shape(output.shape, pairing) + tuple(named[name].shape)
-            )
-            if name not in needs_check or structure.probe_agrees(
-                derivs, probe, probe_vjps[name], pairing
-            ):
-                accepted[name] = (pairing, derivs)
-            else:
+            candidate = candidates[name][position[name]]
+            derivatives = stacked[i].reshape(
+                structure.component_shape(output.shape, candidate.pairing)
+                + tuple(named[name].shape))
+            if not candidate.proved and not probes.agree(name, derivatives, candidate.pairing):
                 position[name] += 1
+                continue
+            if was_batched and candidate.proved and not probes.agree(
+                    name, derivatives, candidate.pairing):  # the batching rule went wrong
+                derivatives = context.vjps([named[name]], point_out, batched=False)[0][0] \
+                    .reshape(derivatives.shape)
+            accepted[name] = (candidate, derivatives)
     return accepted
+
+
+def _point_out(candidate: Candidate) -> tuple[int, ...]:
+    return tuple(sorted(a for a, _ in candidate.pairing))

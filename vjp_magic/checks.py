@@ -50,7 +50,37 @@ def nonfinite_notes(result) -> list[str]:
     return notes
 
 
+def zero_notes(result) -> list[str]:
+    """A warning per input the output depends on whose derivatives are all exactly 0 here."""
+    notes = []
+    for name, item in result.inputs.items():
+        d = item.derivatives
+        if item.unused or d.numel() == 0 or bool(d.any()) or bool(d.isnan().any()):
+            continue
+        notes.append(
+            f"Every derivative of {result.output_name} with respect to {name} is 0 at this "
+            f"{name}, although {result.output_name} depends on {name} through the graph (an "
+            "inactive relu or clamp, a product with 0, ...): at another value of "
+            f"{name} they may not be."
+        )
+    return notes
+
+
+def unverified_notes(result) -> list[str]:
+    """A sentence per custom ``autograd.Function`` whose backward the derivatives rely on."""
+    names = list(dict.fromkeys(n for item in result.inputs.values() for n in item.unverified))
+    if not names:
+        return []
+    which = ", ".join(names)
+    return [
+        f"The graph of {result.output_name} contains {which}, a custom autograd.Function: "
+        "these derivatives are what its backward computes, and vjp_magic cannot verify it "
+        "(check it with torch.autograd.gradcheck); the structure through it is only "
+        "observed at this input."
+    ]
+
+
 def annotate(result) -> None:
-    """Fill what every result carries beyond the numbers: notes on non-finite derivatives
-    (``r.code`` is made on first use)."""
-    result.notes.extend(nonfinite_notes(result))
+    """Fill what every result carries beyond the numbers: notes on non-finite and all-zero
+    derivatives and on backward functions nobody verified (``r.code`` is made on first use)."""
+    result.notes.extend(nonfinite_notes(result) + zero_notes(result) + unverified_notes(result))

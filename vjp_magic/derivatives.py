@@ -6,6 +6,7 @@ Everything goes through ``torch.autograd.grad`` with ``retain_graph=True``, so
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -111,11 +112,34 @@ def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
     ]
 
 
-def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int) -> int:
-    """How many gradient arguments one batched backward may take within ``budget`` bytes."""
-    per_vector = (output.numel() * _WORKSPACE_FACTOR + sum(t.numel() for t in inputs)) * max(
-        output.element_size(), 4
-    )
+def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
+              vector: torch.Tensor) -> list[torch.Tensor]:
+    """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached)."""
+    grads = _autograd_grad([output], list(inputs), [vector], retain_graph=True,
+                           allow_unused=True)
+    return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
+
+
+# Up to this many gradient arguments, plain backward passes one by one: about as fast as a
+# batched one, and nothing a batching rule could get wrong.
+LOOP_COMPONENTS = 4
+# One batched backward is sized to take about this long, so an interrupt (Ctrl-C) is answered
+# between two of them within about half a second.
+CHUNK_SECONDS = 0.2
+FIRST_CHUNK = 16
+
+
+def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int,
+               workspace: int = 0) -> int:
+    """How many gradient arguments one batched backward may take within ``budget`` bytes.
+
+    Each one needs its own copy of every gradient flowing through the graph (``workspace``:
+    the bytes of all the graph's tensors, activations included), of the output and of the
+    results.
+    """
+    size = max(output.element_size(), 4)
+    per_vector = max(workspace, output.numel() * _WORKSPACE_FACTOR * size) + \
+        sum(t.numel() for t in inputs) * size
     return max(1, budget // max(per_vector, 1))
 
 
@@ -123,26 +147,20 @@ _batch_cache: dict[tuple, torch.Tensor] = {}  # the last large batch of gradient
 
 
 def gradient_batch(
-    output: torch.Tensor,
-    point_out_axes: Sequence[int],
-    start: int,
-    stop: int,
-    probe: torch.Tensor | None,
+    output: torch.Tensor, point_out_axes: Sequence[int], start: int, stop: int
 ) -> torch.Tensor:
-    """One-hot gradient arguments ``start:stop``, with the structure probe appended.
+    """One-hot gradient arguments ``start:stop``, stacked.
 
-    The probe is a fixed function of the output's shape, dtype and device, so the batch is
-    too: the last large one is kept, and re-analysing the same shapes skips building it.
+    The batch is a fixed function of the output's shape, dtype and device: the last large
+    one is kept, and re-analysing the same shapes skips building it.
     """
     key = (tuple(output.shape), tuple(point_out_axes), start, stop, output.dtype,
-           str(output.device), probe is not None)
+           str(output.device))
     cached = _batch_cache.get(key)
     if cached is not None:
         return cached
     vectors = one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
                                 output.device)
-    if probe is not None:
-        vectors = torch.cat([vectors, probe.unsqueeze(0).to(vectors.dtype)])
     if vectors.numel() >= 2**16:
         _batch_cache.clear()
         _batch_cache[key] = vectors
@@ -154,38 +172,36 @@ def component_vjps(
     inputs: Sequence[torch.Tensor],
     point_out_axes: Sequence[int],
     budget: int,
-    probe: torch.Tensor | None = None,
     batched: bool = True,
     max_chunk: int | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    workspace: int = 0,
+) -> tuple[list[torch.Tensor], bool]:
     """One VJP per non-point output component, for every input, in budget-sized batches.
 
-    Returns ``(stacked, probe_vjps)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``.
-    The structure ``probe`` (see :func:`vjp_magic.structure.probe_vector`) rides along in
-    the first batch, so its vᵀJ costs no separate backward pass.
+    Returns ``(stacked, was_batched)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``;
+    ``was_batched`` says whether a batched backward computed them (then the caller checks
+    them against a plain one). Batches grow to about :data:`CHUNK_SECONDS` each.
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
-    step = chunk_size(output, inputs, budget)
+    batched = batched and count > LOOP_COMPONENTS
+    limit = chunk_size(output, inputs, budget, workspace)
     if max_chunk is not None:
-        step = min(step, max_chunk)
+        limit = min(limit, max_chunk)
+    step = min(limit, FIRST_CHUNK) if batched else limit
     parts: list[list[torch.Tensor]] = [[] for _ in inputs]
-    probe_vjps = None
     start = 0
-    while start < count or (probe is not None and probe_vjps is None):
+    while start < count:
         stop = min(count, start + step)
-        with_probe = probe if probe_vjps is None else None
-        vectors = gradient_batch(output, point_out_axes, start, stop, with_probe)
+        vectors = gradient_batch(output, point_out_axes, start, stop)
+        began = time.perf_counter()
         results = vjp_batch(output, inputs, vectors, batched=batched)
-        if with_probe is not None:
-            probe_vjps = [r[-1] for r in results]
-            results = [r[:-1] for r in results]
+        elapsed = time.perf_counter() - began
         for part, result in zip(parts, results):
             part.append(result)
+        step = max(1, min(limit, int((stop - start) * CHUNK_SECONDS / max(elapsed, 1e-6))))
         start = stop
     stacked = [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
-    return stacked, probe_vjps
-
-
+    return stacked, batched
 def forward_jacobian(
     output: torch.Tensor, tensor: torch.Tensor, batched: bool = True
 ) -> torch.Tensor:

@@ -100,7 +100,10 @@ def describe_structure(result, name: str) -> str:
         return "full Jacobian"
     scalar_input = item.per_point_numel() == 1
     if item.has_points:
-        points = plural(item.point_count, "point")
+        # how the points are known: from the graph (every x), or by probes (this x only)
+        evidence = " (proved for every x)" if item.evidence == "proved" else \
+            " (checked at this x only)"
+        points = plural(item.point_count, "point") + evidence
         if count == 1:
             return (
                 f"f applied at {points}" if scalar_input

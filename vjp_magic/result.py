@@ -64,10 +64,10 @@ class InputResult:
     pairing: Pairing
     derivatives: torch.Tensor
     unused: bool = False
-
-    @property
-    def point_axes(self) -> tuple[tuple[int, int], ...]:
-        return self.pairing
+    # "proved": the pairing follows from the autograd graph and holds for every input value;
+    # "observed": larger than what the graph proves, checked by random probes at this input.
+    evidence: str = "proved"
+    unverified: tuple[str, ...] = ()  # custom autograd.Function backward nodes on the way
 
     @property
     def point_count(self) -> int:
@@ -131,6 +131,10 @@ class VJPResult:
             name: GradientList(self.output, [a for a, _ in r.pairing])
             for name, r in self.inputs.items()
         }
+
+    def release_graph(self) -> None:
+        """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
+        self.output = self.output.detach()
 
     def component_shape(self, name: str) -> tuple[int, ...]:
         return component_shape(self.output.shape, self.inputs[name].pairing)

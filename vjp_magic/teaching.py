@@ -119,10 +119,12 @@ class ExplainSection:
                         and result.output.dim() <= 1 else
                         f"after reordering the entries by point, J is {reordered} (shown here "
                         "in row-major order).")
-            structure = (f"f acts at {points} points: the entries of {y_name} at a point depend "
-                         f"only on the entries of {name} at that point, so J is zero except where "
-                         f"the output entry and the input entry belong to the same point; "
-                         f"{in_order}")
+            known = ("the autograd graph proves that" if item.evidence == "proved" else
+                     f"at this {name} (checked by random probes, not proved for every {name}),")
+            structure = (f"f acts at {points} points: {known} the entries of {y_name} at a "
+                         f"point depend only on the entries of {name} at that point, so J is "
+                         f"zero except where the output entry and the input entry belong to the "
+                         f"same point; {in_order}")
         facts["structure"] = structure
         if count == 1 and m == 1:
             why_v = (f"{y_name} is a scalar, so v = 1 (backward's default) and v^T J = J, the "
