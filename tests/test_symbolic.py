@@ -18,6 +18,7 @@ from torch.autograd.functional import jacobian as reference_jacobian
 from conftest import run_ok, run_vjp
 from vjp_magic import differentiate, symbolic
 from vjp_magic.guard import keep_graphs
+from vjp_magic.record import recording
 
 x, x1, x2, x3, x4 = (sympy.Symbol(n, real=True) for n in ("x", "x_1", "x_2", "x_3", "x_4"))
 
@@ -35,6 +36,14 @@ def same(actual, expected) -> bool:
 
 def symbolic_section(result):
     return next(s for s in result.sections if isinstance(s, symbolic.SymbolicSection))
+
+
+def run_recorded(body: str, ns: dict | None = None):
+    """Run ``body`` once, as the magic does: graphs kept, torch calls recorded."""
+    ns = {"torch": torch, "print": lambda *a, **k: None} if ns is None else ns
+    with keep_graphs(), recording() as record:
+        exec(body, ns)  # noqa: S102
+    return ns, record
 
 
 # -- the tutorial's examples, verbatim ------------------------------------------------------------
@@ -333,8 +342,6 @@ def test_unsupported_op_gives_one_line_and_the_numbers(ip, line, op):
 
 
 @pytest.mark.parametrize("cell, words", [
-    ("x = torch.ones(3, requires_grad=True)\ny = torch.zeros(3)\ny[0] = x[0] ** 2",
-     "writing symbolic values into a plain tensor"),
     ("x = torch.linspace(0.1, 1, 3, requires_grad=True)\ny = x * torch.arange(3)",
      "differs from point to point"),
     ("x = torch.linspace(0, 1, 5000, requires_grad=True)\ny = x ** 2", "5,000 entries"),
@@ -362,12 +369,10 @@ def test_out_of_time_degrades(ip, monkeypatch):
 
 
 def test_disagreement_with_autograd_is_a_visible_warning(ip):
-    ns = {"torch": torch}
-    cell = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x ** 3"
-    exec(cell, ns)  # noqa: S102
+    ns, record = run_recorded("x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x ** 3")
     result = differentiate(ns["y"], {"x": ns["x"]})
     result.inputs["x"].derivatives = result.inputs["x"].derivatives + torch.tensor([0, 0, 1, 0])
-    symbolic.attach(result, source=cell, namespace=ns, output_source=None)
+    symbolic.attach(result, record=record, namespace=ns)
     assert same(result.symbolic["x"], 3 * x**2)
     assert result.symbolic_check["x"] is False
     assert "warning: the formula for x disagrees with autograd at 1 of 4 points" in repr(result)
@@ -401,12 +406,11 @@ def assert_same_state(before, after):
 @pytest.mark.parametrize("case", list(TUTORIAL))
 def test_attach_leaves_the_namespace_and_grads_alone(case):
     cell, _ = TUTORIAL[case]
-    ns = {"torch": torch, "print": lambda *a, **k: None}
-    with keep_graphs():  # as the magic does: the cell's own backward fills x.grad
-        exec(cell, ns)  # noqa: S102
+    ns, record = run_recorded(cell)  # as the magic does: the cell's own backward fills x.grad
     result = differentiate(ns["y"], {"x": ns["x"]})
     before = snapshot(ns)
-    symbolic.attach(result, source=cell, namespace=ns, output_source=None)
+    symbolic.attach(result, record=record, namespace=ns)
+    assert record.calls == []  # released
     assert result.symbolic_check["x"] is True
     assert_same_state(before, snapshot(ns))
 
@@ -425,7 +429,7 @@ y.backward(torch.ones_like(y))
     plain_names = {n for n in ip.user_ns if not n.startswith("_")}
     r = run_vjp(ip, cell, "--symbolic")
     assert r.symbolic_check["x"] is True
-    torch.testing.assert_close(torch.rand(1), plain_draw)  # the re-run drew no random numbers
+    torch.testing.assert_close(torch.rand(1), plain_draw)  # nothing drew random numbers again
     assert {n for n in ip.user_ns if not n.startswith("_")} == plain_names
     x_grad = ip.user_ns["x"].grad
     torch.testing.assert_close(x_grad, plain["x"][2])  # the cell's own backward, once
@@ -437,11 +441,10 @@ def test_in_place_changes_to_earlier_objects_happen_once(ip):
                 "--symbolic")
     torch.testing.assert_close(ip.user_ns["w"], torch.full((3,), 2.0))
     assert ip.user_ns["acc"] == [1]
-    # The re-run starts from the state after the cell, so it adds 1 again (to a private copy):
-    # its formula is 3, autograd's numbers are 2, and the cross-check says so.
-    assert same(r.symbolic["x"], 3)
-    assert r.symbolic_check["x"] is False
-    assert "disagrees with autograd" in repr(r)
+    # Nothing runs again: the replay reads w as the cell used it (after its one add_).
+    assert same(r.symbolic["x"], 2)
+    assert r.symbolic_check["x"] is True
+    assert "disagrees" not in repr(r)
 
 
 # -- rendering limits ------------------------------------------------------------------------------
@@ -501,14 +504,16 @@ def test_unseeded_random_constants_are_replayed_exactly(ip):
     assert r.symbolic_check["x"] is True
 
 
-def test_random_constants_without_the_generator_state_explain_the_disagreement(ip):
-    run_ok(ip, "layer = torch.nn.Linear(2, 1)\nx = torch.ones(3, 2, requires_grad=True)\n"
-               "y = layer(x)")
-    r = differentiate(ip.user_ns["y"], ip.user_ns["x"])
-    symbolic.attach(r, source="layer = torch.nn.Linear(2, 1)\ny = layer(x)",
-                    namespace=ip.user_ns, output_source=None)
-    assert r.symbolic_check["x"] is False
-    assert "the re-run drew different ones: call torch.manual_seed" in repr(r)
+def test_an_output_missing_from_the_record_says_where_to_compute_it():
+    ns, _ = run_recorded("layer = torch.nn.Linear(2, 1)\nx = torch.ones(3, 2, requires_grad=True)"
+                         "\ny = layer(x)")
+    _, record = run_recorded("z = torch.ones(2) * 3", ns)  # a later cell, without y
+    r = differentiate(ns["y"], {"x": ns["x"]})
+    symbolic.attach(r, record=record, namespace=ns)
+    assert r.symbolic["x"] is None
+    assert symbolic_section(r).text() == ("symbolic: y was computed in an earlier cell; put its "
+                                          "computation in this cell to see the formula; "
+                                          "numbers only")
 
 
 def test_many_points_share_one_generic_formula(ip):
@@ -613,24 +618,27 @@ def test_float32_underflow_is_not_a_disagreement(ip, body, function, values):
     "y = torch.sigmoid(A @ x)",
 ])
 def test_a_wrong_number_is_still_flagged_next_to_underflow(body):
-    ns = {"torch": torch}
-    exec(body, ns)  # noqa: S102
+    ns, record = run_recorded(body)
     result = differentiate(ns["y"], {"x": ns["x"]})
     numbers = result.inputs["x"].derivatives.clone()
     numbers[(0,) * numbers.dim()] += 1e-3  # far above float32 rounding
     result.inputs["x"].derivatives = numbers
-    symbolic.attach(result, source=body, namespace=ns, output_source=None)
+    symbolic.attach(result, record=record, namespace=ns)
     assert result.symbolic_check["x"] is False
 
 
 def test_compare_treats_inf_and_nan_consistently():
     got = torch.tensor([[math.inf], [math.nan], [math.inf], [math.inf], [1.0]]).numpy()
-    agree, bad, worst = symbolic._compare(
+    compared = symbolic._compare(
         got, torch.tensor([[math.inf], [math.nan], [-math.inf], [1.0], [1.0]]).numpy(), 5,
         torch.float32)
-    assert (agree, bad) == (False, 2) and math.isnan(worst)
-    agree, bad, worst = symbolic._compare(got[[0, 1, 4]], got[[0, 1, 4]], 3, torch.float64)
-    assert (agree, bad) == (True, 0)
+    # opposite infinities disagree; inf where autograd gives 1 is undefined, not a disagreement
+    assert (compared.agree, compared.mismatches, compared.undefined) == (False, 1, 1)
+    assert compared.undefined_side == "formula" and math.isnan(compared.worst)
+    compared = symbolic._compare(got[[0, 1, 4]], got[[0, 1, 4]], 3, torch.float64)
+    assert (compared.agree, compared.mismatches, compared.undefined) == (True, 0, 0)
+    compared = symbolic._compare(got[[4, 4]], got[[3, 4]], 2, torch.float64)
+    assert (compared.agree, compared.undefined, compared.undefined_side) == (True, 1, "autograd")
 
 
 def test_log_and_sqrt_at_zero_leak_no_numpy_warnings(ip):
@@ -754,3 +762,175 @@ def test_a_cell_with_huge_expressions_comes_back_in_time(ip, monkeypatch):
     assert "gave up after 1 s" in symbolic_section(r).text()
     assert elapsed < 2 * 1.0 + symbolic.RENDER_SECONDS + 2.0, elapsed
     assert r.derivatives["x"].shape == (6, 6) or r.jacobian("x").shape == (6, 6)
+
+
+# -- the cell runs once: its torch calls are recorded and replayed ---------------------------------
+def test_a_function_with_a_side_effect_runs_once(ip):
+    run_ok(ip, "calls = []\ndef f(t):\n    calls.append(1)\n    return t.sin()")
+    r = run_vjp(ip, "x = torch.linspace(0, 1, 3, requires_grad=True)\ny = f(x) * 2", "--symbolic")
+    assert ip.user_ns["calls"] == [1]
+    assert same(r.symbolic["x"], 2 * sympy.cos(x))
+    assert r.symbolic_check["x"] is True
+
+
+def test_a_generator_advances_once(ip):
+    run_ok(ip, "def powers():\n    k = 2\n    while True:\n        yield k\n        k += 1\n"
+               "g = powers()")
+    r = run_vjp(ip, "x = torch.linspace(1, 2, 3, requires_grad=True)\nk = next(g)\ny = x ** k",
+                "--symbolic")
+    assert ip.user_ns["k"] == 2 and next(ip.user_ns["g"]) == 3
+    assert same(r.symbolic["x"], 2 * x)
+    assert r.symbolic_check["x"] is True
+
+
+def test_a_file_is_written_once(ip, tmp_path):
+    path = tmp_path / "log.txt"
+    ip.user_ns["path"] = str(path)
+    r = run_vjp(ip, "with open(path, 'a') as f:\n    f.write('run\\n')\n"
+                    "x = torch.tensor([1., 2.], requires_grad=True)\ny = x.exp()", "--symbolic")
+    assert path.read_text() == "run\n"
+    assert same(r.symbolic["x"], sympy.exp(x))
+
+
+def test_a_forward_hook_runs_once_and_its_change_is_in_the_formula(ip):
+    run_ok(ip, "torch.manual_seed(0)\nhits = []\nlayer = torch.nn.Linear(2, 1)\n"
+               "def hook(module, inputs, output):\n    hits.append(1)\n    return output * 3\n"
+               "handle = layer.register_forward_hook(hook)")
+    r = run_vjp(ip, "x = torch.ones(4, 2, requires_grad=True)\ny = layer(x)", "--symbolic --wrt x")
+    assert ip.user_ns["hits"] == [1]
+    weight = ip.user_ns["layer"].weight.detach().reshape(-1)
+    got = torch.tensor([float(v) for v in r.symbolic["x"]])
+    torch.testing.assert_close(got, 3 * weight)  # d(3 (w . x + b))/dx = 3 w
+    assert r.symbolic_check["x"] is True
+
+
+def test_an_optimizer_step_moves_the_parameter_once(ip):
+    run_ok(ip, "w = torch.tensor(1.0, requires_grad=True)\nopt = torch.optim.SGD([w], lr=0.1)")
+    r = run_vjp(ip, "x = torch.tensor([1., 2.], requires_grad=True)\nopt.zero_grad()\n"
+                    "(w * 2).backward()\nopt.step()\ny = x ** 2 * w", "--symbolic --wrt x")
+    torch.testing.assert_close(ip.user_ns["w"].detach(), torch.tensor(0.8))  # 1 - 0.1 * 2, once
+    torch.testing.assert_close(ip.user_ns["w"].grad, torch.tensor(2.0))  # zero_grad ran once
+    assert same(r.symbolic["x"], sympy.Rational(8, 5) * x)
+    assert r.symbolic_check["x"] is True
+
+
+@pytest.mark.parametrize("values, expected", [
+    ("[0.5, 1.5]", 2 * x),  # x.sum() > 0: the cell took y = x**2
+    ("[-0.5, -1.5]", 3 * x**2),  # otherwise y = x**3
+])
+def test_a_data_dependent_branch_gives_the_formula_of_the_branch_taken(ip, values, expected):
+    r = run_vjp(ip, f"x = torch.tensor({values}, requires_grad=True)\n"
+                    "if x.sum() > 0:\n    y = x**2\nelse:\n    y = x**3", "--symbolic")
+    assert same(r.symbolic["x"], expected)
+    assert r.symbolic_check["x"] is True
+
+
+def test_element_assignment_into_a_plain_tensor(ip):
+    r = run_vjp(ip, "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.zeros(3)\n"
+                    "y[0] = x[0] ** 2\ny[2] = x[1] * x[2]", "--symbolic --full")
+    assert same(r.symbolic["x"], [[2 * x1, 0, 0], [0, 0, 0], [0, x3, x2]])
+    assert r.symbolic_check["x"] is True
+
+
+@pytest.mark.parametrize("expression", ["torch.linalg.norm(x)", "x.norm()"])
+def test_the_norm_at_zero_is_undefined_not_a_disagreement(ip, expression):
+    r = run_vjp(ip, f"x = torch.zeros(3, requires_grad=True)\ny = {expression}", "--symbolic")
+    norm = sympy.sqrt(x1**2 + x2**2 + x3**2)
+    assert same(r.symbolic["x"], [[x1 / norm, x2 / norm, x3 / norm]])
+    assert r.symbolic_check["x"] is True
+    text = symbolic_section(r).text()
+    assert "undefined at the point" in text and "disagrees" not in text
+    assert "undefined" in r._repr_latex_()
+
+
+def test_undefined_points_are_counted_apart_from_the_others(ip):
+    r = run_vjp(ip, "x = torch.tensor([[0., 0.], [3., 4.], [1., 0.]], requires_grad=True)\n"
+                    "y = torch.linalg.norm(x, dim=1)", "--symbolic")
+    norm = sympy.sqrt(x1**2 + x2**2)
+    assert same(r.symbolic["x"], [[x1 / norm, x2 / norm]])
+    assert r.symbolic_check["x"] is True
+    assert "agrees with autograd at 2 of 3 points; undefined at the other 1" in repr(r)
+
+
+def test_a_constant_changed_in_place_later_is_read_as_it_was_used():
+    ns, record = run_recorded("w = torch.ones(3)\n"
+                              "x = torch.tensor([1., 2., 3.], requires_grad=True)"
+                              "\ny = x + w\nw.add_(1)")
+    r = differentiate(ns["y"], {"x": ns["x"]})
+    symbolic.attach(r, record=record, namespace=ns)
+    assert same(symbolic_section(r).function, x + 1)  # w was 1 when y was computed, 2 now
+    assert r.symbolic_check["x"] is True
+
+
+def test_a_constant_changed_in_place_without_a_copy_is_named(monkeypatch):
+    from vjp_magic import record as record_module
+
+    monkeypatch.setattr(record_module, "MAX_COPY_ENTRIES", 0)
+    ns, record = run_recorded("w = torch.ones(3)\n"
+                              "x = torch.tensor([1., 2., 3.], requires_grad=True)"
+                              "\ny = x * 2 + w\nw.add_(1)")
+    r = differentiate(ns["y"], {"x": ns["x"]})
+    symbolic.attach(r, record=record, namespace=ns)
+    assert r.symbolic["x"] is None
+    assert "w was changed in place after the cell used it" in symbolic_section(r).text()
+
+
+def test_jacobian_replays_the_recorded_expression():
+    ns, _ = run_recorded("z = torch.tensor([1.0, 2.0], requires_grad=True)")
+    with recording() as record:
+        output = eval("torch.stack([z.prod(), (z**2).sum()])", ns)  # noqa: S307
+    r = differentiate(output, {"z": ns["z"]})
+    r.show_jacobian = True
+    symbolic.attach(r, record=record, namespace=ns,
+                    output_source="torch.stack([z.prod(), (z**2).sum()])")
+    z1, z2 = sympy.symbols("z_1 z_2", real=True)
+    assert same(r.symbolic["z"], [[z2, z1], [2 * z1, 2 * z2]])
+    assert r.symbolic_check["z"] is True
+
+
+# -- the recorder ----------------------------------------------------------------------------------
+def test_recording_keeps_results_and_exceptions_and_only_outermost_calls():
+    import torch.nn.functional as F
+
+    x_ = torch.linspace(-1, 1, 5, requires_grad=True)
+    with recording() as record:
+        soft = F.softmax(x_, 0)
+        norm = x_.norm()
+    assert [c.result for c in record.calls] == [soft, norm]  # not softmax's or norm's insides
+    torch.testing.assert_close(soft, torch.softmax(x_.detach(), 0))
+    with pytest.raises(RuntimeError) as plain:
+        torch.ones(2) @ torch.ones(3)
+    with pytest.raises(RuntimeError) as recorded, recording() as failed:
+        torch.ones(2) @ torch.ones(3)
+    assert str(recorded.value) == str(plain.value)
+    assert failed.calls == []  # released: the cell raised
+
+
+def test_a_cell_with_too_many_calls_is_not_replayed(monkeypatch):
+    from vjp_magic import record as record_module
+
+    monkeypatch.setattr(record_module, "MAX_CALLS", 3)
+    ns, record = run_recorded("x = torch.tensor([1., 2.], requires_grad=True)\n"
+                              "y = x * 2 + 1 - x ** 2")
+    assert record.failed and record.calls == []  # gave up and let go of what it held
+    r = differentiate(ns["y"], {"x": ns["x"]})
+    symbolic.attach(r, record=record, namespace=ns)
+    assert symbolic_section(r).text() == ("symbolic: the cell made more than 3 torch calls, so "
+                                          "there is no record to replay; numbers only")
+
+
+def test_a_released_record_keeps_nothing_alive():
+    import gc
+    import weakref
+
+    with recording() as record:
+        big = torch.ones(1000) * 2
+        big.add_(1)
+    ref = weakref.ref(big)
+    assert len(record) == 3 and record.calls[2].before[0][1] is not None  # ones, *, add_
+    del big
+    gc.collect()
+    assert ref() is not None  # the record holds it
+    record.release()
+    gc.collect()
+    assert ref() is None

@@ -1,48 +1,49 @@
 """Stage 4b — symbolic derivatives with SymPy, cross-checked against autograd.
 
-:func:`attach` re-runs the cell (or the ``%jacobian`` expression) in a scratch copy of the
-namespace, each input replaced by a tensor of SymPy symbols (:mod:`.symtensor`), differentiates
-the output with SymPy, evaluates the formula at every point in float64 and compares it with
-autograd's numbers. The user's namespace, ``x.grad`` and the random state are left untouched.
+The cell runs once, for real, with its torch calls recorded (:mod:`.record`).
+:func:`attach` replays that record with each input replaced by a tensor of SymPy symbols
+(:mod:`.symtensor`): a tensor the cell computed from the inputs gets the symbolic value of
+the same computation, every other tensor is a constant with the value it had when it was
+used (random draws included), and the branches the cell took are the ones replayed. SymPy
+differentiates the output; the formula is evaluated at every point in float64 and compared
+with autograd's numbers. Nothing of the user's code runs again.
 
 For point structure the formula is for one generic point (``x``, or ``x_1 … x_n``); otherwise
 every input entry gets its own symbol, named after the variable.
 """
 from __future__ import annotations
 
-import ast
-import contextlib
-import copy
-import io
 import math
-import random
 import re
 import time
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import sympy
 import torch
 from sympy.printing.latex import LatexPrinter
 
-from .cell import assigned_names
+from .formatting import notation
+from .record import tensors_in, version
 from .symtensor import (
+    DETACHING,
     NUMPY_FUNCTIONS,
     OutOfTime,
     RuleBug,
-    SymbolicMode,
     SymTensor,
     Unsupported,
+    call_name,
     deadline,
+    replay,
     spend,
 )
-from .formatting import notation
 from .tagging import depends_on
 
-RUN_SECONDS = 5.0  # for the re-run, and again for differentiating and checking
+RUN_SECONDS = 5.0  # for the replay, and again for differentiating and checking
 RENDER_SECONDS = 2.0  # for turning the formulas into LaTeX
-MAX_ENTRIES = 4096  # input entries (all inputs together) a re-run makes symbols for
+MAX_ENTRIES = 4096  # input entries (all inputs together) a replay makes symbols for
 MAX_SHOWN = 6  # rows and columns of a formula shown
 MAX_DISPLAY_CHARS = 3500  # one $$ display, far below MathJax's and KaTeX's limits
 MAX_NODES = 1500  # SymPy expression-tree nodes of one formula typeset
@@ -65,31 +66,34 @@ class Formula:
     check: bool | None = None
     mismatches: int = 0
     worst: float = 0.0
+    undefined: int = 0  # points where one side is nan/±inf and the other a number
+    undefined_side: str = "formula"  # which side is undefined there: formula, autograd, either
 
 
 # -- entry point -----------------------------------------------------------------------------------
-def attach(result, *, source: str | None, namespace, output_source: str | None,
-           rng_state: torch.Tensor | None = None, before: dict | None = None) -> None:
+def attach(result, *, record, namespace, output_source: str | None = None) -> None:
     """Fill ``result.symbolic`` / ``result.symbolic_check`` and add a rendering section.
 
-    ``source`` is the cell's Python source (``%%vjp``), or None with ``output_source`` the
-    expression to re-run (``%jacobian``). What the re-run cannot follow becomes one line.
-    ``rng_state`` (torch's CPU generator state from before the cell ran) replays the cell's
-    random draws exactly; ``before`` (from :func:`snapshot`, taken before the cell ran) gives
-    the names the cell rebinds their earlier values, so ``c = c * 2`` replays too.
-    Nothing here fails the cell: an unexpected error becomes the one line as well.
+    ``record`` (an :class:`~vjp_magic.record.OpRecord` from :func:`~vjp_magic.record.recording`)
+    holds the torch calls of the cell's one run (``%%vjp``, ``output_source`` None), or of
+    evaluating the expression ``output_source`` (``%jacobian``). It is replayed, never the
+    user's code, and released afterwards. What the replay cannot follow becomes one line;
+    so does an unexpected error: nothing here fails the cell.
     """
     section = SymbolicSection(result)
     result.sections.append(section)
     for name in result.inputs:
         result.symbolic[name] = None
     try:
-        _derive(result, section, source, namespace, output_source, rng_state, before)
+        _derive(result, section, record, namespace, output_source)
     except Unavailable as reason:
         _give_up(result, section, f"symbolic: {reason}; numbers only")
     except (Exception, RuleBug, OutOfTime) as error:  # noqa: BLE001 - a bug here, not the cell's
-        _give_up(result, section, f"symbolic: the re-run failed unexpectedly "
+        _give_up(result, section, f"symbolic: the replay failed unexpectedly "
                  f"({_describe(error)}); numbers only")
+    finally:
+        if record is not None:
+            record.release()
     try:
         section.prepare()
     except (Exception, OutOfTime) as error:  # noqa: BLE001
@@ -114,49 +118,25 @@ def _give_up(result, section, note: str) -> None:
         result.symbolic_check.pop(name, None)
 
 
-def snapshot(namespace, source: str | None) -> dict:
-    """The values, before the cell runs, of the names it rebinds (shallow: the cell rebinds
-    them, so the objects themselves stay as they were unless it changes them in place)."""
-    if not source:
-        return {}
-    try:
-        names = assigned_names(ast.parse(source))
-    except Exception:  # noqa: BLE001 - a cell that does not parse fails on its own
-        return {}
-    return {n: namespace[n] for n in names if n in namespace}
-
-
-def _derive(result, section, source, namespace, output_source, rng_state=None,
-            before=None) -> None:
+def _derive(result, section, record, namespace, output_source) -> None:
     names = list(result.inputs)
-    odd = [n for n in names if not n.isidentifier()]
-    if odd:
-        raise Unavailable(f"the input {odd[0]} is an expression, not a variable a re-run can "
-                          "replace by symbols")
     total = sum(result.inputs[n].tensor.numel() for n in names)
     if total > MAX_ENTRIES:
         raise Unavailable(f"the inputs have {total:,} entries, more than the {MAX_ENTRIES:,} a "
-                          "symbolic re-run makes symbols for")
-    if source is None:
-        expression = output_source or result.output_name
-        if expression.isidentifier():
-            raise Unavailable(
-                f"{expression} is a stored tensor, there is nothing to re-run; give the output "
-                f"as an expression, e.g. %jacobian --symbolic (x**2).sum() wrt x")
-        statements = []
-    else:
-        statements = ast.parse(source).body
-        expression = result.output_name
-    dtypes = {n: result.inputs[n].tensor.dtype for n in names}
+                          "symbolic replay makes symbols for")
+    if record is None:
+        raise Unavailable("no record of the torch calls to replay")
+    if record.failed is not None:
+        raise Unavailable(f"{record.failed}, so there is no record to replay")
     groups: dict[tuple, list[str]] = {}
-    for name in names:  # inputs whose points run along the same output axes share a re-run
+    for name in names:  # inputs whose points run along the same output axes share a replay
         groups.setdefault(tuple(sorted(a for a, _ in _point_axes(result, name))), []).append(name)
     try:
         for group in groups.values():
             symbols = _group_symbols(result, group, section.symbol_tex)
-            with deadline(RUN_SECONDS):
-                output, section.random_ops = _rerun(result, statements, expression, namespace,
-                                                    symbols, dtypes, rng_state, before)
+            with deadline(RUN_SECONDS), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                output = _Replay(result, record, symbols, namespace, output_source).output()
             with deadline(RUN_SECONDS):
                 if names[0] in group:
                     section.function = _function(result, names[0], output)
@@ -174,8 +154,7 @@ def _derive(result, section, source, namespace, output_source, rng_state=None,
     except RecursionError:
         raise Unavailable("the expressions are nested too deeply for SymPy") from None
 
-
-# -- the re-run ------------------------------------------------------------------------------------
+# -- symbols ---------------------------------------------------------------------------------------
 def _entry_tex(name: str, index: str | None) -> str:
     """LaTeX for one entry's symbol, from the name as the header writes it (:func:`latex.name`):
     ``x_{2}``, ``x_{1,2}``, ``\\alpha_{1,2}``; a name with a subscript of its own keeps it
@@ -225,7 +204,7 @@ def _symbol_array(name: str, shape: tuple[int, ...], tex: dict | None = None) ->
 
 
 def _group_symbols(result, group: list[str], tex: dict | None = None) -> dict[str, np.ndarray]:
-    """Each input's symbol array for one re-run: the group's inputs hold the same generic
+    """Each input's symbol array for one replay: the group's inputs hold the same generic
     symbols at every point (``x`` or ``x_1 … x_n``), the others a symbol per entry.
     ``tex`` collects each symbol's LaTeX."""
     arrays = {}
@@ -249,137 +228,270 @@ def _group_symbols(result, group: list[str], tex: dict | None = None) -> dict[st
     return arrays
 
 
-def _quiet(*args, **kwargs) -> None:
-    return None
+
+# -- the replay ------------------------------------------------------------------------------------
+class _Poison:
+    """Why a tensor has no symbolic value; raised only if the output needs that value."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
-def _private(value):
-    """A copy the re-run may change freely (tensors detached and cloned, containers deep-copied)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (list, dict, set, bytearray, np.ndarray, torch.nn.Module)):
-        try:
-            return copy.deepcopy(value)
-        except Exception:  # noqa: BLE001 - an uncopyable object is used as it is
-            return value
-    return value
+class _Replay:
+    """The recorded calls re-applied to symbolic values.
 
-
-@dataclass
-class _Failure:
-    line: int | None
-    code: str
-    error: Exception
-
-    def describe(self) -> str:
-        if isinstance(self.error, Unsupported):
-            return str(self.error)
-        where = f"line {self.line} ({self.code})" if self.line else self.code
-        return f"{where} failed in the re-run with {type(self.error).__name__}: {self.error}"
-
-
-@contextlib.contextmanager
-def _sandbox(mode: SymbolicMode, rng_state: torch.Tensor | None = None):
-    """Silence output and warnings; start from ``rng_state`` if given; restore torch's,
-    Python's and NumPy's random state afterwards."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    sink = io.StringIO()
-    try:
-        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(sink), \
-                contextlib.redirect_stderr(sink), warnings.catch_warnings(), mode:
-            warnings.simplefilter("ignore")
-            if rng_state is not None:
-                torch.random.set_rng_state(rng_state)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-def _rerun(result, statements, expression, namespace, symbols, dtypes,
-           rng_state=None, before=None) -> np.ndarray:
-    """Run the statements one by one in a scratch namespace; return the output's expressions.
-
-    The scratch namespace is the namespace after the cell, except that the names the cell
-    assigns are dropped, or set back to their values from before the cell (``before``).
-
-    A statement that fails (``print(x.grad.item())``, ``x.grad.zero_()`` …) is skipped and the
-    names it binds are dropped, so later statements that need them fail too; the first
-    failure is reported only if the output ends up missing.
+    The inputs are symbols. A call's result (or the tensor it changed in place) that autograd
+    tracked and that came from symbolic values gets the symbolic value of the same call;
+    every other tensor is a constant, read as it was when the call was made (from the copy
+    the record kept, if it changed in place later). What cannot be followed is remembered as
+    a :class:`_Poison` and reported only if the output depends on it.
     """
-    try:
-        tree = ast.parse(expression, mode="eval")
-    except SyntaxError:
-        raise Unavailable(f"could not read the output {expression!r}") from None
-    cell = ast.Module(body=list(statements), type_ignores=[])
-    assigned = set(assigned_names(cell))
-    referenced = {node.id for part in (cell, tree) for node in ast.walk(part)
-                  if isinstance(node, ast.Name)}
-    before = {n: v for n, v in (before or {}).items() if n in assigned and n not in symbols}
-    for name in sorted(referenced - assigned - set(symbols) | set(before) & referenced):
-        value = before[name] if name in before else namespace.get(name)
-        if isinstance(value, torch.Tensor) and value.grad_fn is not None \
-                and depends_on(result.output, value):
-            raise Unavailable(f"{name} was computed from the inputs in an earlier cell; put its "
-                              "computation in this cell to see the formula")
-    scratch = dict(namespace)
-    for name in assigned - set(symbols):
-        scratch.pop(name, None)
-    scratch.update(before)  # c = c * 2 starts from c's value before the cell
-    for name in referenced & set(scratch) - set(symbols):
-        scratch[name] = _private(scratch[name])
-    scratch["print"] = scratch["display"] = _quiet
 
-    def bind_inputs(names):
-        for name in names:
-            scratch[name] = SymTensor(symbols[name], dtypes[name], name=name)
+    def __init__(self, result, record, symbols, namespace, output_source):
+        self.result, self.record, self.namespace = result, record, namespace or {}
+        self.output_source = output_source
+        self.values: dict[int, SymTensor | _Poison] = {}
+        self.inputs: dict[int, torch.Tensor] = {}
+        for name, item in result.inputs.items():
+            self.values[id(item.tensor)] = SymTensor(symbols[name], item.tensor.dtype, name=name)
+            self.inputs[id(item.tensor)] = item.tensor
+        self.copies: dict[tuple, torch.Tensor] = {}
+        self.made: set[int] = set()  # tensors the record produced or changed
+        for call in record.calls:
+            for target, (seen, copy) in zip(call.targets, call.before):
+                if copy is not None:
+                    self.copies.setdefault((id(target), seen), copy)
+            self.made.update(id(t) for t in tensors_in(call.result) + list(call.targets))
+        self._storages: dict[int, list] | None = None
+        self._foreign: dict[int, str | None] = {}
 
-    bind_inputs(symbols)
-    causes: dict[str, _Failure] = {}
-    failures: list[tuple[set[str], _Failure]] = []
-    mode = SymbolicMode()
-    with _sandbox(mode, rng_state):
-        for statement in statements:
-            single = ast.Module(body=[statement], type_ignores=[])
-            binds = assigned_names(single)
-            try:
-                exec(compile(single, "<vjp-symbolic>", "exec"), scratch)  # noqa: S102
-            except Exception as error:  # noqa: BLE001 - the cell's own lines may fail here
-                failure = _Failure(statement.lineno, _snippet(statement), error)
-                if isinstance(error, NameError) and error.name in causes:
-                    failure = causes[error.name]
-                failures.append(({n.id for n in ast.walk(statement) if isinstance(n, ast.Name)},
-                                 failure))
-                for name in binds:
-                    if name not in symbols:
-                        scratch.pop(name, None)
-                        causes[name] = failure
-            bind_inputs(n for n in binds if n in symbols)
+    def output(self) -> np.ndarray:
+        """Replay every call; return the output's symbolic entries."""
+        for call in self.record.calls:
+            spend()
+            self._step(call)
+        return self._output_value()
+
+    def _step(self, call) -> None:
+        name, display = call_name(call.func)
+        args = tensors_in((call.args, call.kwargs))
+        live = [t for t in args if id(t) in self.values]
+        outs = tensors_in(call.result) + list(call.targets)
+        if name in DETACHING and live:
+            self._poison(outs, Unsupported(display,
+                                           "is not supported (it detaches from the graph)"))
+            return
+        if call.targets and not call.grad_enabled:
+            self._untracked_write(call, display)
+            return
+        tracked = [t for t in outs if id(t) in call.tracked and t.is_floating_point()]
+        if not tracked:
+            return  # constants: the numbers the cell computed
+        poisons = [self.values[id(t)] for t in live if isinstance(self.values[id(t)], _Poison)]
+        if poisons or not live:
+            reason = poisons[0].error if poisons else self._foreign_among(call, args)
+            if reason is not None:
+                self._poison(tracked, reason)
+            return
         try:
-            value = eval(compile(tree, "<vjp-symbolic>", "eval"), scratch)  # noqa: S307
-        except Exception as error:  # noqa: BLE001
-            failure = causes.get(getattr(error, "name", None)) if isinstance(error, NameError) \
-                else None
-            raise Unavailable((failure or _Failure(None, expression, error)).describe()) from None
-    seeded = any(isinstance(node, ast.Attribute) and node.attr == "manual_seed"
-                 for node in ast.walk(cell))
-    random_ops = [] if seeded else list(dict.fromkeys(mode.random_ops))
-    if not isinstance(value, SymTensor):
-        wanted = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
-        related = [f for names, f in failures if names & wanted]
-        if related:  # e.g. y = torch.zeros(3); y[0] = x[0]**2
-            raise Unavailable(related[0].describe())
-        raise Unavailable(f"in the re-run, {expression} does not depend on "
-                          f"{', '.join(symbols)}")
-    if tuple(value.shape) != tuple(result.output.shape):
-        raise Unavailable(f"the re-run gave {expression} the shape {tuple(value.shape)}, not "
-                          f"{tuple(result.output.shape)}")
-    return value.array, random_ops
+            new_args, new_kwargs = self._substitute(call)
+            value = replay(call.func, new_args, new_kwargs)
+        except (Unsupported, Unavailable, RuleBug) as error:
+            self._poison(tracked, error)
+            return
+        except Exception as error:  # noqa: BLE001 - reported only if the output needs it
+            self._poison(tracked, RuleBug(name, error))
+            return
+        self._store(call, value, {id(t) for t in tracked}, name, display)
+
+    # -- values in
+    def _substitute(self, call) -> tuple[tuple, dict]:
+        def swap(value, depth=0):
+            if isinstance(value, torch.Tensor):
+                known = self.values.get(id(value))
+                return known if known is not None else self._constant(value, call)
+            if depth < 4 and type(value) in (list, tuple):
+                return type(value)(swap(v, depth + 1) for v in value)
+            return value
+
+        return tuple(swap(a) for a in call.args), {k: swap(v) for k, v in call.kwargs.items()}
+
+    def _constant(self, tensor: torch.Tensor, call) -> torch.Tensor:
+        """The tensor's value when the call was made (it may have changed in place since)."""
+        seen, tracked = call.seen.get(id(tensor), (None, False))
+        reason = self._foreign_reason(tensor) if tracked else None
+        if reason is not None:
+            raise Unavailable(reason)
+        if seen is None or version(tensor) == seen:
+            return tensor
+        copy = self.copies.get((id(tensor), seen))
+        if copy is None:
+            raise Unavailable(f"{self._label(tensor)} was changed in place after the cell used "
+                              "it, and its earlier value was not kept")
+        return copy
+
+    def _foreign_among(self, call, tensors) -> BaseException | None:
+        """Why a call's arguments that required grad then cannot be constants, if so."""
+        for tensor in tensors:
+            reason = self._foreign_reason(tensor) \
+                if call.seen.get(id(tensor), (None, False))[1] else None
+            if reason is not None:
+                return Unavailable(reason)
+        return None
+
+    def _foreign_reason(self, tensor: torch.Tensor) -> str | None:
+        """Why a tensor computed from the inputs outside the record cannot be a constant."""
+        if tensor.grad_fn is None or id(tensor) in self.values:
+            return None
+        if id(tensor) not in self._foreign:
+            reason = None
+            if any(depends_on(tensor, x) for x in self.inputs.values()):
+                label = self._label(tensor)
+                if id(tensor) in self.made:
+                    reason = (f"{label} comes from {type(tensor.grad_fn).__name__}, which "
+                              "the symbolic replay cannot follow")
+                else:
+                    reason = f"{label} was computed from the inputs {self._elsewhere()}"
+            self._foreign[id(tensor)] = reason
+        return self._foreign[id(tensor)]
+
+    def _elsewhere(self) -> str:
+        if self.output_source is None:
+            return "in an earlier cell; put its computation in this cell to see the formula"
+        return "before this line; put its computation in the expression to see the formula"
+
+    def _label(self, tensor: torch.Tensor) -> str:
+        for name, value in self.namespace.items():
+            if value is tensor and not name.startswith("_"):
+                return name
+        return f"a tensor of shape {tuple(tensor.shape)}"
+
+    # -- values out
+    def _store(self, call, value, tracked: set[int], name: str, display: str) -> None:
+        if call.targets:
+            for target in call.targets:
+                if id(target) in tracked:
+                    self._set(target, value, name)
+                    self._poison_sharers(target, display)
+        else:
+            self._assign(call.result, value, tracked, name)
+
+    def _assign(self, result, value, tracked: set[int], name: str) -> None:
+        if isinstance(result, torch.Tensor):
+            if id(result) in tracked:
+                self._set(result, value, name)
+        elif isinstance(result, (tuple, list)) and isinstance(value, (tuple, list)) \
+                and len(result) == len(value):
+            for part, part_value in zip(result, value):
+                self._assign(part, part_value, tracked, name)
+        else:
+            self._poison([t for t in tensors_in(result) if id(t) in tracked],
+                         RuleBug(name, TypeError(f"{type(value).__name__} for the result")))
+
+    def _set(self, tensor: torch.Tensor, value, name: str) -> None:
+        if id(tensor) in self.inputs:  # x.requires_grad_(), x.to(x.dtype): x itself
+            return
+        if not isinstance(value, SymTensor) or tuple(value.shape) != tuple(tensor.shape):
+            shape = tuple(value.shape) if isinstance(value, SymTensor) else type(value).__name__
+            self._poison([tensor], RuleBug(name, ValueError(
+                f"gave {shape} for a result of shape {tuple(tensor.shape)}")))
+            return
+        self.values[id(tensor)] = SymTensor(value.array, tensor.dtype)
+
+    def _poison(self, tensors, error: BaseException) -> None:
+        for tensor in tensors:
+            if id(tensor) not in self.inputs:
+                self.values[id(tensor)] = _Poison(error)
+
+    def _untracked_write(self, call, display: str) -> None:
+        """An in-place change under ``torch.no_grad`` (an optimizer step …): autograd does not
+        see it, so a tensor that depends on the inputs has no formula afterwards."""
+        for target in call.targets:
+            for tensor in [target] + self._sharing(target):
+                if id(tensor) in self.values and id(tensor) not in self.inputs:
+                    self._poison([tensor], Unavailable(
+                        f"{display} under torch.no_grad changed {self._label(tensor)}, which "
+                        "depends on the inputs"))
+
+    def _poison_sharers(self, target: torch.Tensor, display: str) -> None:
+        """Views of a tensor changed in place (and what it is a view of) change with it."""
+        for tensor in self._sharing(target):
+            self._poison([tensor], Unsupported(
+                f"{display} on a tensor that shares memory with {self._label(tensor)}",
+                "is not supported (views changed in place)"))
+
+    def _sharing(self, target: torch.Tensor) -> list:
+        """Other recorded tensors on the same memory as ``target``."""
+        if self._storages is None:
+            self._storages = {}
+            seen: set[int] = set()
+            for call in self.record.calls:
+                for tensor in tensors_in((call.args, call.kwargs, call.result)):
+                    key = _storage(tensor)
+                    if key is not None and id(tensor) not in seen:
+                        seen.add(id(tensor))
+                        self._storages.setdefault(key, []).append(tensor)
+        key = _storage(target)
+        return [t for t in self._storages.get(key, []) if t is not target] if key else []
+
+    def _output_tensor(self) -> torch.Tensor:
+        """The output among the recorded tensors: itself, or (where the result keeps only a
+        detached alias of it) the last recorded tensor on the same memory with the same layout,
+        preferring one with a symbolic value (``y.data`` is such a tensor too)."""
+        output = self.result.output
+        if id(output) in self.values or id(output) in self.made:
+            return output
+        key = _layout_key(output)
+        if key is None:
+            return output
+        candidates = list(self.inputs.values()) + [
+            t for call in self.record.calls for t in tensors_in(call.result) + list(call.targets)]
+        matches = [t for t in candidates if _layout_key(t) == key]
+        symbolic = [t for t in matches if isinstance(self.values.get(id(t)), SymTensor)]
+        poisoned = [t for t in matches if id(t) in self.values]
+        return (symbolic or poisoned or matches or [output])[-1]
+
+    def _output_value(self) -> np.ndarray:
+        output, name = self._output_tensor(), self.result.output_name
+        value = self.values.get(id(output))
+        if isinstance(value, _Poison):
+            error = value.error
+            raise error if isinstance(error, RuleBug) else Unavailable(str(error))
+        if isinstance(value, SymTensor):
+            if tuple(value.shape) != tuple(output.shape):
+                raise Unavailable(f"the replay gave {name} the shape {tuple(value.shape)}, not "
+                                  f"{tuple(output.shape)}")
+            return value.array
+        reason = self._foreign_reason(output)
+        if id(output) not in self.made:
+            source = self.output_source
+            if source is not None and source.isidentifier():
+                raise Unavailable(f"{source} is a stored tensor, computed before this line; give "
+                                  "the output as an expression, e.g. "
+                                  "%jacobian --symbolic (x**2).sum() wrt x")
+            raise Unavailable(f"{name} was computed {self._elsewhere()}")
+        if reason is not None:
+            raise Unavailable(reason)
+        raise Unavailable(f"in the replay, {name} does not depend on "
+                          f"{', '.join(self.result.inputs)}")
 
 
-def _snippet(statement) -> str:
-    text = ast.unparse(statement).splitlines()[0]
-    return text if len(text) <= 40 else text[:37] + "..."
+def _layout_key(tensor: torch.Tensor) -> tuple | None:
+    """Memory, offset, shape, strides and dtype: equal for a tensor and its detached alias."""
+    memory = _storage(tensor)
+    if memory is None:
+        return None
+    return (memory, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+
+
+def _storage(tensor: torch.Tensor) -> int | None:
+    try:
+        storage = tensor.untyped_storage()
+        return storage.data_ptr() if storage.nbytes() else None
+    except Exception:  # noqa: BLE001 - sparse, meta …: no memory to share
+        return None
 
 
 # -- formulas --------------------------------------------------------------------------------------
@@ -513,19 +625,33 @@ def _check(result, name, formula: Formula, derivative, component, per_point, sym
         k = len(component)
         axis_map = {a: k + b for a, b in _point_axes(result, name)}
         expected = _at_points(numbers, axis_map, order).reshape(got.shape)
-    formula.check, formula.mismatches, formula.worst = _compare(got, expected, points,
-                                                                item.derivatives.dtype)
+    compared = _compare(got, expected, points, item.derivatives.dtype)
+    formula.check, formula.mismatches, formula.worst = compared[:3]
+    formula.undefined, formula.undefined_side = compared[3:]
 
 
-def _compare(got: np.ndarray, expected: np.ndarray, points: int, dtype: torch.dtype):
-    """(agree at every point, points that disagree, largest finite difference) of the formula's
-    values ``got`` and autograd's ``expected``, both shaped (points, ...).
+class Comparison(NamedTuple):
+    """How the formula's values compare with autograd's, point by point."""
+
+    agree: bool  # no point where both give numbers that differ
+    mismatches: int  # points where they differ
+    worst: float  # largest finite difference there (nan if none)
+    undefined: int  # other points where one side is nan/±inf and the other a number
+    undefined_side: str  # "formula", "autograd" or "either"
+
+
+def _compare(got: np.ndarray, expected: np.ndarray, points: int,
+             dtype: torch.dtype) -> Comparison:
+    """Compare the formula's values ``got`` with autograd's ``expected``, both shaped
+    (points, ...).
 
     Close means within ``rtol`` relative or ``atol`` absolute, with ``atol = rtol`` times the
     largest finite derivative (plus the dtype's epsilon as a floor): in float32, derivatives
     that underflow next to much larger ones (sigmoid'(20) is 0 there, 2e-9 in float64) agree.
-    Where either side is not finite (log'(0), sqrt'(0)), they agree when both are not finite
-    and are not both infinite with opposite signs.
+    Where both are not finite (log'(0), sqrt'(0)) they agree unless they are infinities of
+    opposite signs. Where only one side is finite the formula is undefined there (the norm's
+    gradient at 0: 0/0 in the formula, 0 by torch's convention): such a point is counted as
+    undefined, not as a disagreement.
     """
     rtol = _RTOL.get(dtype, 1e-4)
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
@@ -539,10 +665,18 @@ def _compare(got: np.ndarray, expected: np.ndarray, points: int, dtype: torch.dt
         odd = ~np.isfinite(got) & ~np.isfinite(expected)
         opposite = np.isinf(got) & np.isinf(expected) & (np.sign(got) != np.sign(expected))
         close |= odd & ~opposite
-    bad = ~close.reshape(points, -1).all(axis=1)
+        formula_side = ~np.isfinite(got) & np.isfinite(expected)
+        autograd_side = np.isfinite(got) & ~np.isfinite(expected)
+    one_sided = (formula_side | autograd_side).reshape(points, -1)
+    bad = (~close.reshape(points, -1) & ~one_sided).any(axis=1)
+    undefined = one_sided.any(axis=1) & ~bad
+    on_formula = bool(formula_side.reshape(points, -1)[undefined].any())
+    on_autograd = bool(autograd_side.reshape(points, -1)[undefined].any())
     worst = difference[finite & ~close]
-    return (not bool(bad.any()), int(bad.sum()),
-            float(worst.max()) if worst.size else math.nan)
+    return Comparison(not bool(bad.any()), int(bad.sum()),
+                      float(worst.max()) if worst.size else math.nan, int(undefined.sum()),
+                      "either" if on_formula and on_autograd else
+                      "autograd" if on_autograd else "formula")
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -582,6 +716,13 @@ def _plain(value) -> str:
     return sympy.sstr(value)
 
 
+_UNDEFINED = {
+    "formula": "the formula gives nan or inf where autograd gives a number (torch's value there)",
+    "autograd": "autograd gives nan or inf where the formula gives a number",
+    "either": "one side gives nan or inf where the other gives a number",
+}
+
+
 class SymbolicSection:
     """The formulas above the numeric matrices (``position = "top"``), or one line saying why
     there are none. LaTeX is prepared once, under a size and time cap."""
@@ -593,7 +734,6 @@ class SymbolicSection:
         self.note: str | None = None
         self.function = None
         self.formulas: dict[str, Formula] = {}
-        self.random_ops: list[str] = []  # random draws in the re-run (not replayed exactly)
         self.symbol_tex: dict = {}  # each input symbol's LaTeX
         self._latex: list[str] = []
         self._text: list[str] = []
@@ -607,19 +747,23 @@ class SymbolicSection:
         return "symbolic (SymPy), at a generic point:"
 
     def _check_line(self, formula: Formula) -> str:
-        where = "at the point" if formula.points == 1 else f"at all {formula.points:,} points"
-        if formula.check:
-            return f"agrees with autograd {where}"
+        n, k = formula.points, formula.undefined
+        where = "at the point" if n == 1 else f"at all {n:,} points"
         if formula.check is None:
             return "not checked against autograd"
+        if formula.check and not k:
+            return f"agrees with autograd {where}"
+        undefined = _UNDEFINED[formula.undefined_side]
+        if formula.check:
+            if k == n:
+                return f"the formula is undefined {where}: {undefined}"
+            return (f"agrees with autograd at {n - k:,} of {n:,} points; undefined at the "
+                    f"other {k:,}: {undefined}")
         worst = f" (largest difference {formula.worst:.3g})" if math.isfinite(formula.worst) \
             else ""
-        why = ""
-        if self.random_ops:
-            why = (f"; the cell draws random numbers ({', '.join(self.random_ops[:2])}) and the "
-                   "re-run drew different ones: call torch.manual_seed at the top of the cell")
+        more = f"; undefined at {k:,} more: {undefined}" if k else ""
         return (f"warning: the formula for {formula.name} disagrees with autograd at "
-                f"{formula.mismatches:,} of {formula.points:,} points{worst}{why}")
+                f"{formula.mismatches:,} of {n:,} points{worst}{more}")
 
     def prepare(self) -> None:
         from . import latex as tex

@@ -1,8 +1,9 @@
 """Symbolic tensors for ``--symbolic``: a tensor-like type holding a numpy object array of SymPy
 expressions, and ONE rule table, keyed by op name, that every route reaches.
 
-Operators (``x**2``, ``2 - x``, ``x @ A``), methods (``x.sum(1)``) and torch functions
-(``torch.stack``, ``F.softmax``, via ``__torch_function__``) all end in :func:`apply`.
+Operators (``x**2``, ``2 - x``, ``x @ A``), methods (``x.sum(1)``), torch functions
+(``torch.stack``, ``F.softmax``, via ``__torch_function__``) and the recorded calls that
+:func:`replay` re-applies (in-place ones included) all end in :func:`apply`.
 Plain tensors stay plain until they meet a symbolic one; then their values become SymPy
 numbers (integral floats as Integers, short exact fractions as Rationals).
 Ops outside the table raise :class:`Unsupported`, naming the op.
@@ -19,11 +20,10 @@ from fractions import Fraction
 import numpy as np
 import sympy
 import torch
-from torch.overrides import TorchFunctionMode
 
 
 class Unsupported(Exception):
-    """An op (or use of a symbolic tensor) the symbolic re-run cannot follow."""
+    """An op (or use of a symbolic tensor) the symbolic replay cannot follow."""
 
     def __init__(self, op: str, why: str = "is not supported"):
         super().__init__(f"{op} {why}")
@@ -35,7 +35,7 @@ class UnsupportedAttribute(Unsupported, AttributeError):
 
 
 class OutOfTime(BaseException):
-    """The re-run's time budget is spent (a BaseException: a cell's ``except`` won't hide it)."""
+    """The replay's time budget is spent (a BaseException: a cell's ``except`` won't hide it)."""
 
 
 class RuleBug(BaseException):
@@ -277,6 +277,7 @@ ALIASES = {
     "arctan": "atan", "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh",
     "swapaxes": "transpose", "swapdims": "transpose", "ger": "outer", "bmm": "matmul",
     "mm": "matmul", "mv": "matmul", "dot": "matmul", "inner_dot": "matmul",
+    "H": "T", "mH": "mT", "adjoint": "mT",
 }
 
 
@@ -631,6 +632,39 @@ def _getitem(input, index):
 RULES["getitem"] = _getitem
 
 
+@rule("setitem")
+def _setitem(input, index, value):
+    """``input`` with ``input[index] = value`` done (a new tensor; ``input`` is unchanged)."""
+    array = as_array(input).copy()
+    values = as_array(value)
+    spend(values.size)
+    where = _numpy_index(index)
+    target = array[where]
+    if isinstance(target, np.ndarray):  # a slice: entries broadcast into it
+        array[where] = np.broadcast_to(values, target.shape)
+    else:  # one entry (y[0] = ...): store the expression itself, not a 0-d array
+        if values.size != 1:
+            raise RuleBug("setitem", ValueError(f"{values.size} values for one entry"))
+        array[where] = values.reshape(-1)[0]
+    return wrap(array, input)
+
+
+@rule("unbind")
+def _unbind(input, dim=0):
+    array = as_array(input)
+    return tuple(wrap(part, input) for part in np.moveaxis(array, dim % array.ndim, 0))
+
+
+@rule("T")
+def _big_t(input):
+    return wrap(as_array(input).T, input)
+
+
+@rule("mT")
+def _m_t(input):
+    return wrap(np.swapaxes(as_array(input), -1, -2), input)
+
+
 def _numpy_index(index):
     if isinstance(index, tuple):
         return tuple(_numpy_index(i) for i in index)
@@ -765,11 +799,11 @@ class SymTensor:
 
     @property
     def T(self):
-        return wrap(self.array.T, self)
+        return apply("T", self, display="Tensor.T")
 
     @property
     def mT(self):
-        return wrap(np.swapaxes(self.array, -1, -2), self)
+        return apply("mT", self, display="Tensor.mT")
 
     # -- autograd calls in a cell are no-ops here
     def backward(self, *args, **kwargs) -> None:
@@ -883,16 +917,7 @@ class SymTensor:
     def __setitem__(self, index, value):
         if self.input_name is not None:
             raise Unsupported(f"assigning into the input {self.input_name}")
-        array = as_array(value)
-        spend(array.size)
-        where = _numpy_index(index)
-        target = self.array[where]
-        if isinstance(target, np.ndarray):  # a slice: entries broadcast into it
-            self.array[where] = np.broadcast_to(array, target.shape)
-        else:  # one entry (y[0] = ...): store the expression itself, not a 0-d array
-            if array.size != 1:
-                raise RuleBug("setitem", ValueError(f"{array.size} values for one entry"))
-            self.array[where] = array.reshape(-1)[0]
+        self.array = apply("setitem", self, index, value, display="indexed assignment").array
 
     def __getattr__(self, name: str):
         if name.startswith("__"):
@@ -925,45 +950,70 @@ class SymTensor:
             or (name.endswith("_") and name not in _INPLACE_KEEP)
         ):
             raise Unsupported(f"writing symbolic values into a plain tensor ({display})")
-        reflected = ALIASES.get(name[1:], name[1:])
-        if name.startswith("r") and name not in RULES and reflected in RULES and len(args) == 2:
-            args, name = (args[1], args[0]), reflected  # reflected operator of a plain tensor
+        name, args = _unreflect(name, args)
         return apply(name, *args, display=display, **kwargs)
 
 
-RANDOM_OPS = {
-    "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal",
-    "normal_", "uniform_", "bernoulli", "bernoulli_", "multinomial", "poisson", "exponential_",
-    "geometric_", "cauchy_", "log_normal_", "random_", "dropout",
-}
+# -- replaying a recorded call ---------------------------------------------------------------------
+DETACHING = {"detach", "detach_", "data"}  # their results leave the graph (see SymTensor.detach)
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__",
+                    "__imatmul__"}
+_IDENTITY = {"requires_grad_", "retain_grad"}
 
 
-class SymbolicMode(TorchFunctionMode):
-    """Lets ``torch.tensor([...])`` / ``torch.as_tensor`` build symbolic tensors from symbolic
-    entries; every other call goes on as usual (symbolic operands dispatch to SymTensor).
-    Random draws are recorded in ``random_ops``: the re-run's draws differ from the cell's."""
-
-    def __init__(self):
-        super().__init__()
-        self.random_ops: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if op_name(func) in RANDOM_OPS:
-            self.random_ops.append(qualified(func))
-        if func in (torch.tensor, torch.as_tensor) and args and _has_symbolic(args[0]):
-            dtype = kwargs.get("dtype") or dtype_of(*_leaves(args[0]))
-            return SymTensor(as_array(args[0]), dtype)
-        return func(*args, **kwargs)
+def _unreflect(name: str, args):
+    """``Tensor.__radd__(t, 2)`` is ``add(2, t)``: the rule name and arguments in order."""
+    reflected = ALIASES.get(name[1:], name[1:])
+    if name.startswith("r") and name not in RULES and reflected in RULES and len(args) == 2:
+        return reflected, (args[1], args[0])
+    return name, args
 
 
-def _leaves(data):
-    if isinstance(data, (list, tuple)):
-        for item in data:
-            yield from _leaves(item)
+def call_name(func) -> tuple[str, str]:
+    """(rule name, name as the user knows it) of a recorded call; property reads
+    (``x.T``, ``x.data``) are named after the property."""
+    if getattr(func, "__name__", None) in ("__get__", "__set__"):
+        prop = getattr(getattr(func, "__self__", None), "__name__", "?")
+        return ALIASES.get(prop, prop), f"Tensor.{prop}"
+    return op_name(func), qualified(func)
+
+
+def in_place_stem(func) -> str | None:
+    """The rule an in-place call applies (``add_`` and ``+=``: ``add``; ``y[i] = v``:
+    ``setitem``), or None for a call that makes a new tensor."""
+    raw = getattr(func, "__name__", "") or ""
+    if raw == "__setitem__":
+        return "setitem"
+    if raw in _INPLACE_DUNDERS:
+        return ALIASES.get(raw[3:-2], raw[3:-2])
+    if raw.endswith("_") and not raw.endswith("__") and raw not in _IDENTITY:
+        name = op_name(func)[:-1]
+        return ALIASES.get(name, name)
+    return None
+
+
+def replay(func, args, kwargs):
+    """Apply the rule of one recorded call to its arguments (symbolic values and constants in
+    place of its tensors). An in-place call returns the new value of the tensor it wrote
+    (``out=`` and ``inplace=True`` calls return the value computed)."""
+    name, display = call_name(func)
+    kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+    if name in DETACHING:
+        raise Unsupported(display, "is not supported (it detaches from the graph)")
+    if name in _IDENTITY:
+        return args[0]
+    stem = in_place_stem(func)
+    if stem is None:
+        name, args = _unreflect(name, args)
+        return apply(name, *args, display=display, **kwargs)
+    target, rest = args[0], args[1:]
+    if stem == "zero":
+        value = SymTensor(as_array(torch.zeros(tuple(target.shape))), target.dtype)
+    elif stem == "fill":
+        value = wrap(np.broadcast_to(as_array(rest[0]), tuple(target.shape)).copy(), target)
+    elif stem == "copy":
+        value = rest[0]
     else:
-        yield data
-
-
-def _has_symbolic(data) -> bool:
-    return any(isinstance(v, SymTensor) for v in _leaves(data))
+        value = apply(stem, target, *rest, display=display, **kwargs)
+    array = np.broadcast_to(as_array(value), tuple(target.shape)).copy()
+    return SymTensor(array, target.dtype)
