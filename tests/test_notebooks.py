@@ -21,7 +21,7 @@ MAGICS = ("%%vjp", "%jacobian")
 EXPECTED = {
     "01_backward_gradient.ipynb": [
         r"f'(x) = \begin{bmatrix}-4 & -2 & 0 & 2 & 4\end{bmatrix}",  # x**2 at 5 points
-        r"\text{f applied at 5 points}",
+        r"\text{f applied at 5 points (proved for every x)}",
         r"\begin{bmatrix}0 & -3 & -12 \\ 5 & 5 & 5\end{bmatrix}",  # stack([-x**3, 5x]) at 0, 1, 2
         r"\begin{bmatrix}-6 & 20\end{bmatrix}",  # 3x1^2 + 5x2^2 at (-1, 2)
         r"\begin{bmatrix}0 & 2 \\ -4 & 6 \\ -8 & 10\end{bmatrix}",
@@ -29,9 +29,9 @@ EXPECTED = {
         r"J = \begin{bmatrix}1 & 1 & 1 & 1 \\ 0 & 2 & 4 & 6\end{bmatrix}",
     ],
     "02_jacobians_and_structure.ipynb": [
-        r"\text{f applied at 4 points}",  # sigmoid is pointwise
+        r"\text{f applied at 4 points (proved for every x)}",  # sigmoid is pointwise
         r"\text{Jacobian of a vector-valued function}",  # softmax is not
-        r"\text{f applied at 100,000 points}",
+        r"\text{f applied at 100,000 points (proved for every x)}",
         r"\cdots",  # the large batch is summarised
         r"\hline y_{1,1}",  # labelled Jacobian of X @ X
         r"\frac{\partial y}{\partial b}",  # several inputs

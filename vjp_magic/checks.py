@@ -5,6 +5,8 @@ its result (notes for non-finite derivatives).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import VJPUsageError
@@ -33,8 +35,6 @@ def nonfinite_notes(result) -> list[str]:
     notes = []
     for name, item in result.inputs.items():
         d = item.derivatives
-        if d.numel() == 0 or bool(torch.isfinite(d.sum())):  # one pass; overflow rechecks below
-            continue
         finite = torch.isfinite(d)
         if bool(finite.all()):
             continue
@@ -80,7 +80,17 @@ def unverified_notes(result) -> list[str]:
     ]
 
 
+def _ordinary(derivatives: torch.Tensor) -> bool:
+    """One pass: a finite, non-zero sum means every entry is finite and not all are 0."""
+    if derivatives.numel() == 0:
+        return True
+    total = float(derivatives.sum())
+    return math.isfinite(total) and total != 0.0
+
+
 def annotate(result) -> None:
     """Fill what every result carries beyond the numbers: notes on non-finite and all-zero
     derivatives and on backward functions nobody verified (``r.code`` is made on first use)."""
-    result.notes.extend(nonfinite_notes(result) + zero_notes(result) + unverified_notes(result))
+    if not all(_ordinary(item.derivatives) for item in result.inputs.values()):
+        result.notes.extend(nonfinite_notes(result) + zero_notes(result))
+    result.notes.extend(unverified_notes(result))

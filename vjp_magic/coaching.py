@@ -415,7 +415,7 @@ def _explanation(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
             y = result.output_name if result is not None else "y"
             fixed = f"{y}.backward(gradient=v, retain_graph=True)"
         label = f"line {first}: " if first is not None else ""
-        return why, [label + fixed.strip()]
+        return why, [label + fixed.strip()] + _zero_grad_lines(mistake)
     why, fixed = _gradient_advice(mistake, result)
     if mistake.kind == "gradient-shape":
         index = _failing_index(mistake)
@@ -426,6 +426,17 @@ def _explanation(mistake: CellMistake, result) -> tuple[list[str], list[str]]:
                           f"on: that is {tuple(tensor.shape)}, the gradient given has shape "
                           f"{tuple(given.shape)}.")
     return why, fixed
+
+
+def _zero_grad_lines(mistake: CellMistake) -> list[str]:
+    """After a retained backward, ``.grad`` adds the next backward's result to this one's:
+    the lines that empty it, for each ``NAME.grad`` the cell reads and does not zero itself."""
+    if mistake.call.kind != "backward":
+        return []
+    source = mistake.source
+    names = dict.fromkeys(re.findall(r"\b([A-Za-z_]\w*)\.grad\b(?!_)", source))
+    return [f"{n}.grad.zero_()  # between the two: .grad adds up over backward calls"
+            for n in names if not re.search(rf"\b{n}\.grad(\.zero_\(\)|\s*=\s*None)", source)]
 
 
 def mistake_section(mistake: CellMistake, result=None) -> Section:

@@ -98,6 +98,8 @@ def _looped_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
         column = [row[i] for row in rows]
         if all(g is None for g in column):
             results.append(tensor.new_zeros((len(rows),) + tuple(tensor.shape)))
+        elif len(column) == 1:
+            results.append(column[0].unsqueeze(0))
         else:
             results.append(
                 torch.stack([g if g is not None else torch.zeros_like(tensor) for g in column])

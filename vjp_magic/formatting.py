@@ -101,8 +101,8 @@ def describe_structure(result, name: str) -> str:
     scalar_input = item.per_point_numel() == 1
     if item.has_points:
         # how the points are known: from the graph (every x), or by probes (this x only)
-        evidence = " (proved for every x)" if item.evidence == "proved" else \
-            " (checked at this x only)"
+        evidence = f" (proved for every {name})" if item.evidence == "proved" else \
+            f" (checked at this {name} only)"
         points = plural(item.point_count, "point") + evidence
         if count == 1:
             return (

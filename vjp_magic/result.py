@@ -106,7 +106,6 @@ class VJPResult:
     _code: str | None = field(default=None, repr=False)
     symbolic: dict = field(default_factory=dict)
     symbolic_check: dict = field(default_factory=dict)
-    backward_log: object = None
 
     @property
     def code(self) -> str:
