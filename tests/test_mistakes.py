@@ -5,6 +5,8 @@ the package, the cell's variables kept, x.grad untouched.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from IPython.core.error import UsageError
@@ -126,12 +128,12 @@ def test_function_imported_in_an_earlier_cell_is_coached_at_guard_level():
     ns = {"torch": torch, "grad": real_grad, "bw": real_backward}
     source = "x = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\n(g,) = grad(y, x)"
     code = compile(source, "<cell-7>", "exec")
-    with keep_graphs("<cell-7>", ns) as log:
-        assert ns["grad"] is torch.autograd.grad is not real_grad  # patched during the cell
-        assert ns["bw"] is torch.autograd.backward
+    with keep_graphs("<cell-7>") as log:
+        assert torch.autograd.grad is real_grad  # nothing the cell can reach is replaced
+        assert ns["grad"] is real_grad and ns["bw"] is real_backward
         with pytest.raises(RuntimeError) as info:
             exec(code, ns)
-    assert ns["grad"] is real_grad and ns["bw"] is real_backward  # restored afterwards
+    log.record_failure(info.value)  # failed before the engine: rebuilt from its frames
     found = coaching.classify(info.value, log, source)
     assert found is not None and found.line == 3
     r = differentiate(ns["y"], {"x": ns["x"]}, output_name="y")
@@ -139,15 +141,15 @@ def test_function_imported_in_an_earlier_cell_is_coached_at_guard_level():
         "(g,) = grad(y, x, grad_outputs=torch.ones_like(y))"]
 
 
-def test_function_imported_inside_the_cell_is_real_again_afterwards():
+def test_function_imported_inside_the_cell_is_the_real_one():
     from vjp_magic.guard import keep_graphs
 
+    real_grad, real_backward = torch.autograd.grad, torch.autograd.backward
     ns = {}
-    with keep_graphs("<cell-8>", ns):
+    with keep_graphs("<cell-8>"):
         exec("from torch.autograd import grad, backward", ns)
-        assert ns["grad"] is torch.autograd.grad  # the patched one, as imported
-    assert ns["grad"] is torch.autograd.grad and ns["backward"] is torch.autograd.backward
-    assert ns["grad"].__module__ == "torch.autograd"
+    assert ns["grad"] is real_grad and ns["backward"] is real_backward
+    assert torch.autograd.grad is real_grad and torch.autograd.backward is real_backward
 
 
 def test_function_imported_in_an_earlier_cell_is_coached(ip):
@@ -247,7 +249,7 @@ def test_graph_freed_by_an_earlier_cell_usage_message():
     y = (x**2).sum()
     y.backward()
     ns = {"y": y}
-    with keep_graphs("<cell-9>", ns) as log:
+    with keep_graphs("<cell-9>") as log:
         with pytest.raises(RuntimeError) as info:
             exec(compile("y.backward()", "<cell-9>", "exec"), ns)
     found = coaching.classify(info.value, log, "y.backward()")
@@ -384,9 +386,13 @@ def test_correct_backward_in_the_cell_keeps_x_grad(ip):
     assert_tensor(ip.user_ns["x"].grad, expected)
     assert_tensor(r.derivatives["x"], expected)
     assert not r.sections
-    # the magic kept the graph (DESIGN: usable for the user's next cell)
-    run_ok(ip, "x.grad = None\ny.backward(torch.ones_like(y))")
-    assert_tensor(ip.user_ns["x"].grad, expected)
+    # the cell's own backward freed the graph, as in a plain cell: a second one fails the same
+    failed = ip.run_cell("y.backward(torch.ones_like(y))")
+    assert "second time" in str(failed.error_in_exec)
+    # a graph only the magic went through stays usable for the next cell
+    run_vjp(ip, "z = (x**3).sum()")
+    run_ok(ip, "x.grad = None\nz.backward()")
+    assert_tensor(ip.user_ns["x"].grad, [[0.0, 3.0], [12.0, 27.0], [48.0, 75.0]])
 
 
 # -- every bad input gets a clear answer -----------------------------------------------------
@@ -557,3 +563,285 @@ def test_our_own_bug_is_a_real_traceback(ip, monkeypatch):
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     assert not isinstance(result.error_in_exec, UsageError)
     assert "y" in ip.user_ns
+
+
+# -- each class of user mistake: a message that says what to do, nothing lost -----------------
+
+def refused(ip, capsys, source: str, keep=()) -> str:
+    """Run ``source``: a UsageError whose display shows no frame from the package, and the
+    names in ``keep`` still bound. Returns the message."""
+    capsys.readouterr()
+    result = ip.run_cell(source)
+    shown = "".join(capsys.readouterr())
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    assert "Traceback" not in shown and not re.search(r"vjp_magic[/\\]\w+\.py", shown), shown
+    for name in keep:
+        assert name in ip.user_ns, name
+    return str(result.error_in_exec)
+
+
+JACOBIAN_EXPRESSIONS = [  # (line, function of the input, input name): '-' inside is Python
+    ("torch.clamp(t, -0.5, 0.5) wrt t", lambda t: torch.clamp(t, -0.5, 0.5), "t"),
+    ("torch.where(t < 0, -t, t**2) wrt t", lambda t: torch.where(t < 0, -t, t**2), "t"),
+    ("-p 3 torch.maximum(t, -t) wrt t", lambda t: torch.maximum(t, -t), "t"),
+    ("--threshold 4 -t.flip(0) wrt t", lambda t: -t.flip(0), "t"),
+    ("-p3 torch.clamp(t, min=-1) * t[-1] wrt t", lambda t: torch.clamp(t, min=-1) * t[-1], "t"),
+    ("--precision=2 torch.nn.functional.leaky_relu(t, 0.1) + (t > 0) wrt t",
+     lambda t: torch.nn.functional.leaky_relu(t, 0.1) + (t > 0), "t"),
+    ("t.cumsum(-1)", lambda t: t.cumsum(-1), "t"),  # no 'wrt': inputs from the graph
+]
+
+
+@pytest.mark.parametrize("line, fn, name", JACOBIAN_EXPRESSIONS)
+def test_jacobian_reads_the_expression_as_python(ip, line, fn, name):
+    run_ok(ip, "t = torch.tensor([-1.5, -0.2, 0.3, 2.0], requires_grad=True)")
+    r = run_ok(ip, f"%jacobian {line}")
+    t = ip.user_ns["t"]
+    torch.testing.assert_close(r.jacobian(name), reference_jacobian(fn, t.detach()))
+    assert t.grad is None
+
+
+def test_jacobian_several_inputs_after_wrt_with_commas_and_brackets(ip):
+    run_ok(ip, "a = torch.tensor([1., -2.], requires_grad=True)\n"
+               "bs = [torch.tensor([3., 4.], requires_grad=True)]")
+    r = run_ok(ip, "%jacobian (a - bs[0]).abs() * -1 wrt a, bs[0]")
+    assert list(r.derivatives) == ["a", "bs[0]"]
+    # -|a - b| with a < b: d/da = 1, d/db = -1
+    assert_tensor(r.jacobian("a"), torch.eye(2))
+    assert_tensor(r.jacobian("bs[0]"), -torch.eye(2))
+
+
+@pytest.mark.parametrize("line, words", [
+    ("--bogus q", ["Unknown option --bogus", "--symbolic", "-p N"]),
+    ("--precision q", ["--precision takes a whole number"]),
+    ("-p x q", ["-p takes a whole number"]),
+    ("--threshold=many q", ["--threshold takes a whole number", "'many'"]),
+    ("-p 40 q", ["from 1 to 17"]),
+    ("", ["Name the output"]),
+    ("q wrt", ["inputs after"]),
+    ("wrt q", ["output before"]),
+])
+def test_jacobian_options_that_cannot_be_read(ip, capsys, line, words):
+    run_ok(ip, "q = torch.ones(2, requires_grad=True)")
+    msg = refused(ip, capsys, f"%jacobian {line}", keep=["q"])
+    for word in words:
+        assert word in msg, msg
+
+
+def test_jacobian_help_still_documents_the_syntax(ip):
+    doc = ip.magics_manager.magics["line"]["jacobian"].__doc__
+    assert "wrt" in doc and "--symbolic" in doc and "torch.clamp(x, -1, 1)" in doc
+
+
+def test_vjp_flags_take_expressions_with_spaces_and_quotes(ip):
+    run_ok(ip, "torch.manual_seed(1)\nnet = torch.nn.Sequential(torch.nn.Linear(3, 2))\n"
+               "u = torch.randn(4, 3)")
+    r = run_vjp(ip, "outs = {'hidden layer': net(u)}\nscore = outs['hidden layer'].sum()",
+                line="--wrt net[0].weight net[0].bias --of outs['hidden layer']")
+    assert r.output_name == "outs['hidden layer']"
+    assert r.derivatives["net[0].weight"].shape[-2:] == (2, 3)
+    u, w, b = ip.user_ns["u"], ip.user_ns["net"][0].weight, ip.user_ns["net"][0].bias
+    ref = reference_jacobian(lambda b: u @ w.detach().T + b, b.detach())
+    torch.testing.assert_close(r.jacobian("net[0].bias"), ref)
+    assert w.grad is None
+
+
+# -- an input expression that makes a new tensor: refused, not a false zero ----------------------
+
+NEW_TENSOR_INPUTS = [  # (setup, magic cell, phrases)
+    ("v = torch.rand(4, requires_grad=True)", "%%vjp --wrt v[1]\nout = v.cumsum(0)",
+     ["v[1] makes a new tensor", "out was not computed from it", "r.derivatives['v'][..., 1]"]),
+    ("m = torch.rand(2, 3, requires_grad=True)", "%jacobian (m**2).mean() wrt m[0, 1]",
+     ["m[0, 1] makes a new tensor", "r.derivatives['m'][..., 0, 1]"]),
+    ("m = torch.rand(2, 3, requires_grad=True)", "%jacobian m.sum(0) wrt m[1]",
+     ["r.derivatives['m'][..., 1, :]"]),
+    ("lin = torch.nn.Linear(2, 3)\nq = torch.rand(5, 2)", "%%vjp --wrt lin.weight.T\nz = lin(q)",
+     ["lin.weight.T makes a new tensor", "with respect to lin.weight", "false 0"]),
+    ("p = torch.rand(3, requires_grad=True)", "%%vjp --wrt p.exp()\nz = p.sin()",
+     ["p.exp() makes a new tensor", "with respect to p", "compute z from that tensor"]),
+    ("p = torch.rand(3, requires_grad=True)", "%%vjp --wrt p.view(-1) p\nz = p.sin()",
+     ["p.view(-1) makes a new tensor"]),
+]
+
+
+@pytest.mark.parametrize("setup, cell, words", NEW_TENSOR_INPUTS)
+def test_input_expression_off_the_graph_is_refused(ip, capsys, earlier_grad, setup, cell, words):
+    run_ok(ip, setup)
+    msg = refused(ip, capsys, cell)
+    for word in words:
+        assert word in msg, msg
+    assert "does not depend" not in msg and len(msg) < 600
+    for value in ip.user_ns.values():
+        if isinstance(value, torch.Tensor) and value.is_leaf and value is not ip.user_ns["keep"]:
+            assert value.grad is None
+
+
+def test_input_expressions_on_the_graph_are_differentiated(ip):
+    run_ok(ip, "c = torch.tensor([1., 2., 3.], requires_grad=True)\nparts = [c * 2]")
+    r = run_vjp(ip, "z = parts[0] ** 2", line="--wrt parts[0] c")
+    assert_tensor(r.derivatives["parts[0]"], [4.0, 8.0, 12.0])  # an intermediate: 2·(2c)
+    assert_tensor(r.derivatives["c"], [8.0, 16.0, 24.0])
+
+
+def test_unused_plain_name_keeps_the_does_not_depend_note(ip):
+    run_ok(ip, "c = torch.ones(2, requires_grad=True)\nunused = torch.ones(3) * c.sum()")
+    r = run_vjp(ip, "z = c * 3", line="--wrt c unused")
+    assert "z does not depend on unused: every derivative is 0." in repr(r)
+
+
+# -- the output's graph changed in place after it was computed ---------------------------------
+
+IN_PLACE_CELLS = [
+    ("", "%%vjp\nw = torch.tensor([1., 2.], requires_grad=True)\nloss = (w**3).sum()\n"
+         "loss.backward()\nwith torch.no_grad():\n    w -= 0.1 * w.grad", "loss", "w"),
+    ("b = torch.tensor([0.5, 1.5], requires_grad=True)",
+     "%%vjp\nenergy = (b * b).mean()\nwith torch.no_grad():\n    b.mul_(0.5)", "energy", "b"),
+    ("s = torch.tensor([2., 3.], requires_grad=True)\nr2 = s.pow(2)\n"
+     "with torch.no_grad():\n    s.add_(1)", "%jacobian r2 wrt s", "r2", "s"),
+]
+
+
+@pytest.mark.parametrize("setup, cell, output, changed", IN_PLACE_CELLS)
+def test_graph_modified_in_place_says_what_to_do(ip, capsys, setup, cell, output, changed):
+    if setup:
+        run_ok(ip, setup)
+    msg = refused(ip, capsys, cell, keep=[output, changed])
+    grads = ip.user_ns[changed].grad
+    for word in [f"{output} can no longer be differentiated", f"({changed})",
+                 "modified in place", "after the update", "later cell"]:
+        assert word in msg, msg
+    assert "inplace operation" not in msg  # PyTorch's wording is explained, not repeated
+    assert ip.run_cell(f"{changed}.grad").result is grads  # the magic left .grad alone
+
+
+def test_pytorch_error_texts_are_matched_from_one_place():
+    from vjp_magic.errors import TORCH_FREED_GRAPH, TORCH_INPLACE
+
+    w = torch.ones(2, requires_grad=True)
+    y = (w**2).sum()
+    with torch.no_grad():
+        w.add_(1)
+    with pytest.raises(RuntimeError, match=TORCH_INPLACE):
+        y.backward()
+    z = (w**2).sum()
+    z.backward()
+    with pytest.raises(RuntimeError, match=TORCH_FREED_GRAPH):
+        z.backward()
+
+
+# -- no output found: the message names what the cell did ---------------------------------------
+
+NO_OUTPUT_CELLS = [  # (magic cell after 'u' exists, phrases)
+    ("%%vjp\nflag = u > 0", ["flag is a bool tensor", "comparisons such as u > 0",
+                             "torch.where(u > 0, u, 0.0)"]),
+    ("%%vjp\nhit = (u ** 2) >= 1", ["hit is a bool tensor", "u"]),
+    ("%%vjp\nk = u.argmax()", ["k has dtype torch.int64", "integer", "floating"]),
+    ("%%vjp\nn = (u * 3).round().long()", ["n has dtype torch.int64"]),
+    ("%%vjp\nsq = u**2\ncube = u**3\nsq, cube", ["ends in a tuple", "--of sq"]),
+    ("%%vjp\n(u.sin(), u.cos())", ["ends in a tuple", "--of u.sin()"]),
+    ("%%vjp\n[u.sum(), u.max()]", ["ends in a list", "--of u.sum()"]),
+    ("%%vjp\ntorch.linalg.slogdet(torch.diag(u))", ["--of (torch.linalg.slogdet"]),
+]
+
+
+@pytest.mark.parametrize("cell, words", NO_OUTPUT_CELLS)
+def test_no_output_message_fits_what_the_cell_did(ip, capsys, earlier_grad, cell, words):
+    run_ok(ip, "u = torch.tensor([-1., 0.5, 2.], requires_grad=True)")
+    msg = refused(ip, capsys, cell, keep=["u"])
+    for word in words:
+        assert word in msg, msg
+    assert "none of the cell's tensors requires grad" not in msg.lower()
+    assert ip.user_ns["u"].grad is None
+
+
+TARGET_OUTPUTS = [  # (cell, output name): subscript and attribute targets, indexing into a tensor
+    ("store = {}\nstore['f'] = torch.tanh(u)", "store['f']"),
+    ("import types\nmodel = types.SimpleNamespace()\nmodel.out = torch.tanh(u)", "model.out"),
+    ("res = [None]\nres[0] = torch.tanh(u)\nn_items = 1", "res[0]"),
+    ("z = torch.zeros(3)\nz[:] = torch.tanh(u)", "z"),
+    ("%time th = torch.tanh(u)", "th"),
+    ("exec('th2 = torch.tanh(u)')", "th2"),
+    ("globals()['th3'] = torch.tanh(u)", "th3"),
+    ("_th = torch.tanh(u)", "_th"),
+]
+
+
+@pytest.mark.parametrize("cell, name", TARGET_OUTPUTS)
+def test_output_found_however_the_cell_assigned_it(ip, cell, name):
+    run_ok(ip, "u = torch.tensor([-1., 0.5, 2.], requires_grad=True)")
+    r = run_vjp(ip, cell)
+    assert r.output_name == name and list(r.derivatives) == ["u"]
+    u = ip.user_ns["u"].detach()
+    assert_tensor(r.derivatives["u"], 1 - torch.tanh(u) ** 2)
+    assert ip.user_ns["u"].grad is None
+
+
+def test_underscore_input_from_an_earlier_cell_is_found(ip):
+    run_ok(ip, "_w = torch.tensor([1., 2.], requires_grad=True)")
+    r = run_vjp(ip, "_loss = (_w ** 2).sum()")
+    assert r.output_name == "_loss" and list(r.derivatives) == ["_w"]
+    assert_tensor(r.derivatives["_w"], [2.0, 4.0])
+
+
+@pytest.mark.parametrize("name, visible", [
+    ("_", False), ("__", False), ("___", False), ("_7", False), ("_i", False), ("_ii", False),
+    ("_iii", False), ("_i12", False), ("_ih", False), ("_oh", False), ("_dh", False),
+    ("In", False), ("Out", False), ("exit", False), ("quit", False), ("get_ipython", False),
+    ("__name__", False), ("_x", True), ("_loss", True), ("x_", True), ("_i_x", True),
+    ("inputs", True), ("_7a", True),
+])
+def test_only_ipythons_own_names_are_hidden(name, visible):
+    from vjp_magic.tagging import is_visible_name
+
+    assert is_visible_name(name) is visible
+
+
+# -- memory: sizes shown truthfully, a budget of 0 or below refused -----------------------------
+
+@pytest.mark.parametrize("nbytes, shown", [
+    (0, "0 bytes"), (1, "1 byte"), (36, "36 bytes"), (999, "999 bytes"), (1000, "1 kB"),
+    (1536, "1.54 kB"), (40_000, "40 kB"), (123_456, "123 kB"), (2_500_000, "2.5 MB"),
+    (512e6, "512 MB"), (1.6e11, "160.0 GB"),
+])
+def test_sizes_are_shown_truthfully(nbytes, shown):
+    from vjp_magic.memory import gb
+
+    assert gb(nbytes) == shown
+
+
+def test_refusal_over_a_tiny_budget_names_true_sizes(ip, capsys):
+    ip.run_line_magic("config", "VJPMagics.memory_budget = 500")
+    try:
+        msg = refused(ip, capsys, "%%vjp --full\ng = torch.ones(2000, requires_grad=True)\n"
+                                  "h = g.exp()", keep=["g", "h"])
+    finally:
+        ip.run_line_magic("config", "VJPMagics.memory_budget = 0.25")
+    assert "would need 16 MB, over the memory budget of 500 bytes" in msg, msg
+    assert "0 kB" not in msg
+    assert ip.user_ns["g"].grad is None
+
+
+@pytest.mark.parametrize("budget", ["0", "-1", "-2e9", "float('nan')"])
+def test_budget_of_zero_or_below_is_refused(ip, capsys, budget):
+    ip.run_line_magic("config", "VJPMagics.memory_budget = 1e9")
+    capsys.readouterr()
+    try:
+        ip.run_line_magic("config", f"VJPMagics.memory_budget = {budget}")
+        err = capsys.readouterr().err
+        assert "memory_budget must be positive" in err and "It stays 1000000000.0" in err
+        assert ip.run_line_magic("config", "VJPMagics.memory_budget") == 1e9
+        r = run_vjp(ip, "g = torch.ones(3, requires_grad=True)\nh = g * 2")  # still works
+        assert_tensor(r.derivatives["g"], [2.0, 2.0, 2.0])
+    finally:
+        ip.run_line_magic("config", "VJPMagics.memory_budget = 0.25")
+
+
+# -- top-level await, as in a plain IPython cell ------------------------------------------------
+
+def test_top_level_await_runs_as_in_a_plain_cell(ip):
+    r = run_vjp(ip, "import asyncio\nawait asyncio.sleep(0)\n"
+                    "g = torch.tensor([0., 1.], requires_grad=True)\nh = g.exp()")
+    assert_tensor(r.derivatives["g"], torch.tensor([0.0, 1.0]).exp())
+    r = run_vjp(ip, "async def twice(t):\n    return t * 2\nawait twice(g)")
+    assert_tensor(r.derivatives["g"], [2.0, 2.0])
+    assert ip.user_ns["g"].grad is None

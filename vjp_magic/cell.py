@@ -18,22 +18,38 @@ class ParsedCell:
     final_expr: ast.Expression | None
     final_source: str | None
     assigned_names: list[str] = field(default_factory=list)
+    # Every bound target in binding order: names, and the source of subscript and attribute
+    # targets (``d['y']``, ``net.out``), as ``ast.unparse`` spells them.
+    targets: list[str] = field(default_factory=list)
+    # Names the cell reads, in order of first use (to name its inputs in messages).
+    loaded_names: list[str] = field(default_factory=list)
 
 
 class _AssignedNames(ast.NodeVisitor):
-    """Collects top-level bound names in source order (not those inside defs/classes)."""
+    """Collects top-level bound names in source order (not those inside defs/classes), and
+    every target (subscripts and attributes too) in ``targets``."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.targets: list[str] = []
 
     def _add(self, name: str) -> None:
-        if name in self.names:
-            self.names.remove(name)
-        self.names.append(name)
+        for bound in (self.names, self.targets):
+            if name in bound:
+                bound.remove(name)
+            bound.append(name)
+
+    def _add_expression(self, target: ast.AST) -> None:
+        source = ast.unparse(target)
+        if source in self.targets:
+            self.targets.remove(source)
+        self.targets.append(source)
 
     def _targets(self, target: ast.AST) -> None:
         if isinstance(target, ast.Name):
             self._add(target.id)
+        elif isinstance(target, (ast.Subscript, ast.Attribute)):
+            self._add_expression(target)
         elif isinstance(target, (ast.Tuple, ast.List)):
             for elt in target.elts:
                 self._targets(elt)
@@ -91,9 +107,20 @@ class _AssignedNames(ast.NodeVisitor):
 
 def assigned_names(tree: ast.AST) -> list[str]:
     """Names bound at the cell's top level, ordered by their last binding."""
+    return _visit(tree).names
+
+
+def _visit(tree: ast.AST) -> _AssignedNames:
     visitor = _AssignedNames()
     visitor.visit(tree)
-    return visitor.names
+    return visitor
+
+
+def _loaded_names(tree: ast.AST) -> list[str]:
+    """Names read anywhere in ``tree``, in source order, each once."""
+    loads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
+    loads.sort(key=lambda n: (n.lineno, n.col_offset))
+    return list(dict.fromkeys(n.id for n in loads))
 
 
 def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
@@ -110,10 +137,13 @@ def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
         ast.copy_location(final_expr, last)
         final_source = ast.get_source_segment(source, last.value)
     body = ast.Module(body=statements, type_ignores=[])
+    visitor = _visit(tree)
     return ParsedCell(
         tree=tree,
         body=body,
         final_expr=final_expr,
         final_source=final_source,
-        assigned_names=assigned_names(tree),
+        assigned_names=visitor.names,
+        targets=visitor.targets,
+        loaded_names=_loaded_names(tree),
     )

@@ -52,12 +52,15 @@ def resolve_budget(budget: int | float | None, device: torch.device) -> int:
 
 
 def gb(nbytes: float) -> str:
-    """Human size, e.g. '3.2 GB' or '512 MB'."""
+    """Human size, true at every scale: '3.2 GB', '512 MB', '1.5 kB', '24 bytes'."""
     if nbytes >= 1e9:
         return f"{nbytes / 1e9:.1f} GB"
-    if nbytes >= 1e6:
-        return f"{nbytes / 1e6:.0f} MB"
-    return f"{nbytes / 1e3:.0f} kB"
+    for scale, unit in ((1e6, "MB"), (1e3, "kB")):
+        if nbytes >= scale:
+            value = nbytes / scale
+            return f"{value:.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
+    count = int(nbytes)
+    return f"{count} byte" if count == 1 else f"{count} bytes"
 
 
 DEFAULT_ADVICE = (
@@ -69,7 +72,10 @@ DEFAULT_ADVICE = (
 def refuse_if_over(nbytes: int, budget: int, what: str, advice: str = DEFAULT_ADVICE) -> None:
     """Raise a usage error at once when a result alone would not fit the budget."""
     if nbytes > budget:
+        need, have = gb(nbytes), gb(budget)
+        if need == have:  # close to the budget: exact counts, so the refusal reads true
+            need, have = f"{int(nbytes):,} bytes", f"{int(budget):,} bytes"
         raise VJPUsageError(
-            f"{what} would need {gb(nbytes)}, over the memory budget of {gb(budget)}. "
+            f"{what} would need {need}, over the memory budget of {have}. "
             f"{advice}; the budget is %config VJPMagics.memory_budget."
         )

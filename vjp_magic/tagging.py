@@ -4,14 +4,19 @@ Names come from the namespace; dependence comes from the autograd graph.
 """
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Iterable, Mapping
 
 import torch
 
 from .errors import VJPUsageError
 
-# IPython keeps history in these; they are never inputs or outputs.
-_HIDDEN_NAMES = {"In", "Out", "_", "__", "___", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"}
+# IPython's own names (history, exit, get_ipython): never inputs or outputs. Other names
+# starting with "_" are the user's and stay visible.
+_HIDDEN_NAMES = {"In", "Out", "_", "__", "___", "_ih", "_oh", "_dh", "_i", "_ii", "_iii",
+                 "exit", "quit", "get_ipython"}
+_HIDDEN_PATTERN = re.compile(r"_i?\d+|__\w*__")  # _3, _i3 (history); Python's __name__ etc.
 
 
 def walk_graph(output: torch.Tensor):
@@ -50,10 +55,8 @@ def graph_nodes(output: torch.Tensor) -> set[int]:
 
 
 def is_visible_name(name: str) -> bool:
-    """False for IPython's history variables and private names."""
-    if name in _HIDDEN_NAMES or name.startswith("_"):
-        return False
-    return True
+    """False for IPython's own names (``_``, ``_3``, ``_i3``, ``In``, ``exit``, ...) and dunders."""
+    return name not in _HIDDEN_NAMES and not _HIDDEN_PATTERN.fullmatch(name)
 
 
 def depends_on(output: torch.Tensor, tensor: torch.Tensor) -> bool:
@@ -111,9 +114,13 @@ def choose_output(
     assigned: list[str],
     final_value: object = None,
     final_source: str | None = None,
+    used: Iterable[str] = (),
 ) -> tuple[str, torch.Tensor]:
     """The cell's output: its final expression if that has autograd history, else the last
-    assigned name holding a tensor with history that is not itself a leaf input."""
+    assigned name holding a tensor with history that is not itself a leaf input. ``used``:
+    the names the cell reads, to name its inputs when there is no output."""
+    if isinstance(final_value, (tuple, list)) and any(map(_with_history, final_value)):
+        raise VJPUsageError(sequence_output_message(final_value, final_source))
     if has_history(final_value) and final_value.grad_fn is not None:
         name = final_source if final_source else "y"
         for candidate in reversed(assigned):
@@ -125,14 +132,33 @@ def choose_output(
         value = namespace.get(name)
         if has_history(value) and value.grad_fn is not None:
             return name, value
-    raise VJPUsageError(no_output_message(namespace, assigned))
+    raise VJPUsageError(no_output_message(namespace, assigned, used))
 
 
 def _with_history(value: object) -> bool:
     return isinstance(value, torch.Tensor) and value.grad_fn is not None
 
 
-def no_output_message(namespace: Mapping[str, object], assigned: list[str]) -> str:
+def sequence_output_message(value, source: str | None) -> str:
+    """The cell ends in a tuple or list of tensors (``y, z``): ask for one with --of."""
+    index = next(i for i, v in enumerate(value) if _with_history(v))
+    kind = type(value).__name__
+    source = source or "the final expression"
+    try:
+        elements = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        elements = None
+    if isinstance(elements, (ast.Tuple, ast.List)) and len(elements.elts) == len(value):
+        example = ast.unparse(elements.elts[index])
+    else:
+        example = f"({source})[{index}]"
+    return (f"The cell ends in a {kind} of tensors ({source}): vjp_magic differentiates one "
+            f"output. Name it with --of, e.g. %%vjp --of {example}, or torch.stack them into one "
+            "tensor.")
+
+
+def no_output_message(namespace: Mapping[str, object], assigned: list[str],
+                      used: Iterable[str] = ()) -> str:
     """Why no output was found, in the words that fit what the cell did assign."""
     for name in reversed(assigned):
         value = namespace.get(name)
@@ -148,12 +174,8 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str]) -> s
                if isinstance(namespace.get(n), torch.Tensor)]
     leaves = [n for n, t in tensors if t.requires_grad]
     plain = [n for n, t in tensors if not t.requires_grad]
-    integer = [n for n, t in tensors if not t.requires_grad and not t.is_floating_point()]
-    if leaves and integer:
-        dtype = namespace[integer[-1]].dtype
-        return (f"{integer[-1]} has dtype {dtype}: integer and bool tensors have no derivatives "
-                "(comparisons, argmax, .int() and .long() leave autograd). Differentiate a "
-                "floating tensor computed from the input instead.")
+    if tensors and not tensors[-1][1].is_floating_point() and not tensors[-1][1].is_complex():
+        return _integer_message(*tensors[-1], leaves or _requiring_grad(namespace, used))
     if leaves and plain:
         return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
                 "computed under torch.no_grad() or .detach()ed? Compute the output outside "
@@ -168,3 +190,34 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str]) -> s
                 "torch.no_grad() or .detach()ed.)")
     return ("Found no output: the cell assigns no tensor. Assign the output (y = f(x)) or name "
             "it with --of y.")
+
+
+def _requiring_grad(namespace: Mapping[str, object], used: Iterable[str] = ()) -> list[str]:
+    """Names bound to a tensor with ``requires_grad=True``: those the cell reads first, then
+    leaves of earlier cells, the latest defined first."""
+    def requires(name):
+        value = namespace.get(name)
+        return isinstance(value, torch.Tensor) and value.requires_grad
+
+    read = [n for n in used if n in namespace and requires(n)]
+    earlier = [n for n in list(namespace)[::-1]
+               if is_visible_name(n) and requires(n) and namespace[n].grad_fn is None]
+    return read + earlier
+
+
+def _integer_message(name: str, tensor: torch.Tensor, grad_names: list[str]) -> str:
+    """The cell's last tensor is a bool or integer tensor: say why it has no derivatives."""
+    x = grad_names[0] if grad_names else "x"
+    if tensor.dtype == torch.bool:
+        why = (f"{name} is a bool tensor (torch.bool): comparisons such as {x} > 0 give "
+               "True/False values, which leave autograd and have no derivatives.")
+        fix = (f"Differentiate a floating tensor computed from {x} instead, e.g. "
+               f"torch.where({x} > 0, {x}, 0.0) or {x} * ({x} > 0).")
+    else:
+        why = (f"{name} has dtype {tensor.dtype}: integer tensors have no derivatives "
+               "(argmax, .int(), .long() and integer arithmetic leave autograd).")
+        fix = f"Differentiate a floating tensor computed from {x} instead."
+    if not grad_names:
+        fix += (" And create the input as floats with requires_grad=True, e.g. "
+                "x = torch.linspace(-2, 2, 5, requires_grad=True).")
+    return f"{why} {fix}"
