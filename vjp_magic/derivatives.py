@@ -189,21 +189,35 @@ def component_vjps(
     limit = chunk_size(output, inputs, budget, workspace)
     if max_chunk is not None:
         limit = min(limit, max_chunk)
-    step = min(limit, FIRST_CHUNK) if batched else limit
-    parts: list[list[torch.Tensor]] = [[] for _ in inputs]
-    start = 0
+    stacked = in_chunks(
+        lambda start, stop: vjp_batch(output, inputs,
+                                      gradient_batch(output, point_out_axes, start, stop),
+                                      batched=batched),
+        count, limit, first=FIRST_CHUNK if batched else limit)
+    return stacked, batched
+
+
+def in_chunks(run, count: int, limit: int, first: int = FIRST_CHUNK) -> list[torch.Tensor]:
+    """``run(start, stop)`` (a list of stacked results) over ``0:count``, concatenated.
+
+    Chunks hold at most ``limit`` vectors and grow or shrink to take about
+    :data:`CHUNK_SECONDS` each, so an interrupt is answered between two of them.
+    """
+    parts: list[list[torch.Tensor]] = []
+    start, step = 0, max(1, min(limit, first))
     while start < count:
         stop = min(count, start + step)
-        vectors = gradient_batch(output, point_out_axes, start, stop)
         began = time.perf_counter()
-        results = vjp_batch(output, inputs, vectors, batched=batched)
+        results = run(start, stop)
         elapsed = time.perf_counter() - began
+        parts = parts or [[] for _ in results]
         for part, result in zip(parts, results):
             part.append(result)
         step = max(1, min(limit, int((stop - start) * CHUNK_SECONDS / max(elapsed, 1e-6))))
         start = stop
-    stacked = [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
-    return stacked, batched
+    return [torch.cat(part) if len(part) > 1 else part[0] for part in parts]
+
+
 def forward_jacobian(
     output: torch.Tensor, tensor: torch.Tensor, batched: bool = True
 ) -> torch.Tensor:
@@ -223,5 +237,6 @@ def forward_jacobian(
     if not g.requires_grad:  # vᵀJ does not depend on v: the output does not reach the input
         return tensor.new_zeros(tuple(output.shape) + tuple(tensor.shape))
     basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape((n,) + tuple(tensor.shape))
-    columns = vjp_batch(g, [v], basis, batched=batched)[0]  # (n,) + output.shape: J u_j
+    (columns,) = in_chunks(  # (n,) + output.shape: J u_j
+        lambda start, stop: vjp_batch(g, [v], basis[start:stop], batched=batched), n, n)
     return columns.reshape(n, m).T.reshape(tuple(output.shape) + tuple(tensor.shape))

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
+from IPython.core.displayhook import DisplayHook
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
@@ -114,7 +115,10 @@ class VJPMagics(Magics):
         final_value, final_source, assigned, log, ran = self._run_cell(cell, args.symbolic)
         with retained_grads_kept(self.shell.user_ns):
             try:
-                return self._vjp_result(args, final_value, final_source, assigned, log, ran)
+                result = self._vjp_result(args, final_value, final_source, assigned, log, ran)
+                # a trailing ';' hides the display, and keeps the result out of Out, as in a
+                # plain cell
+                return None if _ends_with_semicolon(cell) else result
             finally:  # graphs the cell's own backward would have freed are freed now
                 log.release()
                 if ran.record is not None:
@@ -425,6 +429,14 @@ class VJPMagics(Magics):
             edgeitems=self.edgeitems,
         )
         return result
+
+
+def _ends_with_semicolon(source: str) -> bool:
+    """Whether the cell's last token is ';' (IPython's own rule for plain cells)."""
+    try:
+        return DisplayHook.semicolon_at_end_of_expression(source)
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return False
 
 
 def _run_coroutine(coroutine, loop_runner):
