@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian as reference_jacobian
 
+import vjp_magic
 from vjp_magic import analysis, axisflow, derivatives, differentiate, structure
 from vjp_magic.guard import keep_graphs
 
@@ -298,3 +299,34 @@ def test_a_trailing_semicolon_hides_the_result_as_in_a_plain_cell(ip):
     assert len(ip.user_ns["Out"]) == outputs
     shown = ip.run_cell("%%vjp\nx = torch.linspace(-1, 1, 5, requires_grad=True)\ny = x**2")
     assert shown.result is not None
+
+
+class _Permute(torch.autograd.Function):
+    """A permutation of axes the graph analysis cannot see through (a custom backward)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.permute(2, 0, 1).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4), (40, 40, 40)])  # both sides of the threshold
+def test_a_pairing_the_graph_cannot_prove_is_found_from_rows_of_the_jacobian(shape):
+    X = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    r = differentiate(_Permute.apply(X) * 2, X)
+    assert r.point_axes["x"] == ((0, 2), (1, 0), (2, 1))
+    assert r.inputs["x"].evidence == "observed"
+    assert bool((r.derivatives["x"] == 2).all())
+
+
+def test_a_refusal_suggests_only_what_the_user_can_change():
+    x = torch.randn(100_000, requires_grad=True)
+    with pytest.raises(vjp_magic.VJPUsageError) as plain:
+        differentiate(torch.softmax(x, 0), x, memory_budget=2**20)
+    assert "--full" not in str(plain.value) and "--wrt" in str(plain.value)
+    with pytest.raises(vjp_magic.VJPUsageError) as full:
+        differentiate(x * 2, x, memory_budget=2**20, full=True)
+    assert "drop --full" in str(full.value)

@@ -211,7 +211,8 @@ class _Context:
                               max_chunk=self.max_chunk, workspace=self.workspace)
 
     def refuse_if_over(self, nbytes: int, count: int) -> None:
-        advice = memory.DEFAULT_ADVICE + (" (drop --full)" if self.full else "")
+        advice = memory.DEFAULT_ADVICE + (
+            ", or let the point structure work (drop --full)" if self.full else "")
         memory.refuse_if_over(
             nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} backward "
             "passes)", advice=advice)
@@ -298,6 +299,43 @@ def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
     return jacobians
 
 
+def _with_proposal(candidates: list[Candidate], pairing, position: int = 0) -> list[Candidate]:
+    """``candidates`` with ``pairing`` tried at ``position``, if it is new and claims more than
+    the proved pairing (the last candidate)."""
+    proved = candidates[-1].pairing
+    known = {c.pairing for c in candidates}
+    if pairing in known or not set(proved) < set(pairing):
+        return candidates
+    return candidates[:position] + [Candidate(pairing, False)] + candidates[position:]
+
+
+def _rows(output, tensor, read_row) -> list[tuple[tuple, torch.Tensor]]:
+    """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian."""
+    rows = []
+    for index in structure.row_indices(tuple(output.shape)):
+        flat = sum(i * stride for i, stride in zip(index, _strides(output.shape)))
+        rows.append((index, read_row(flat).nonzero()))
+    return rows
+
+
+def _strides(shape) -> list[int]:
+    return [math.prod(shape[a + 1:]) for a in range(len(shape))]
+
+
+def _row_proposal(output, tensor, candidates, position, read_row):
+    if len(candidates) < 2 or output.numel() <= 1:  # nothing to choose, or a scalar output
+        return candidates
+    pairing = structure.consistent_pairing(output.shape, tensor.shape,
+                                           _rows(output, tensor, read_row))
+    return _with_proposal(candidates, pairing, position)
+
+
+def _one_hot_row(output, tensor, flat: int) -> torch.Tensor:
+    v = torch.zeros(output.numel(), dtype=output.dtype, device=output.device)
+    v[flat] = 1
+    return plain_vjp(output, [tensor], v.reshape(output.shape))[0]
+
+
 def _from_exact_jacobian(context, named, candidates, probes):
     """Small problems: one batched backward gives the whole Jacobian; each candidate pairing
     is judged on it by the probe rule (the same rule as for large problems)."""
@@ -306,6 +344,9 @@ def _from_exact_jacobian(context, named, candidates, probes):
     accepted = {}
     for name, jac in jacobians.items():
         flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
+        if not candidates[name][0].proved:  # rows of J suggest a pairing, whatever the order
+            candidates[name] = _row_proposal(context.output, named[name], candidates[name], 0,
+                                             lambda row: flat[row])
         second = lambda: structure.predicted_probe(  # noqa: E731 - vᵀJ from the checked J
             flat, probes.vector(1).reshape(-1), ())
         for candidate in candidates[name]:
@@ -347,6 +388,10 @@ def _from_verified_pairings(context, named, candidates, probes):
                 structure.component_shape(output.shape, candidate.pairing)
                 + tuple(named[name].shape))
             if not candidate.proved and not probes.agree(name, derivatives, candidate.pairing):
+                if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
+                    candidates[name] = _row_proposal(
+                        output, named[name], candidates[name], 1,
+                        lambda row, t=named[name]: _one_hot_row(output, t, row))
                 position[name] += 1
                 continue
             if was_batched and candidate.proved and not probes.agree(

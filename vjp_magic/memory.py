@@ -63,10 +63,7 @@ def gb(nbytes: float) -> str:
     return f"{count} byte" if count == 1 else f"{count} bytes"
 
 
-DEFAULT_ADVICE = (
-    "Differentiate with respect to fewer inputs (--wrt), take a smaller slice, or let the "
-    "point structure work (drop --full)"
-)
+DEFAULT_ADVICE = "Differentiate with respect to fewer inputs (--wrt) or take a smaller slice"
 
 
 def refuse_if_over(nbytes: int, budget: int, what: str, advice: str = DEFAULT_ADVICE) -> None:

@@ -54,6 +54,37 @@ def candidate_pairings(
     return list(dict.fromkeys(proposals))
 
 
+def consistent_pairing(out_shape: Sequence[int], in_shape: Sequence[int], rows) -> Pairing:
+    """The pairing that a few rows of the Jacobian suggest, whatever the axes' order.
+
+    ``rows`` holds ``(output index, support)``: the multi-index of an output entry, and the
+    multi-indices (k × input ndim) of the input entries its row of J is nonzero at. A pair
+    (a, b) is kept when, in every row, every nonzero entry sits at index ``output index[a]``
+    along ``b``; an axis claimed twice is ambiguous and dropped. Only a proposal: the probe
+    still decides.
+    """
+    pairs = []
+    for a, m in enumerate(out_shape):
+        for b, n in enumerate(in_shape):
+            if m == n > 1 and all(bool((support[:, b] == index[a]).all())
+                                  for index, support in rows):
+                pairs.append((a, b))
+    outs = [a for a, _ in pairs]
+    ins = [b for _, b in pairs]
+    pairs = [(a, b) for a, b in pairs if outs.count(a) == 1 and ins.count(b) == 1]
+    return tuple(sorted(pairs + list(_size_one_pairs(out_shape, in_shape))))
+
+
+def row_indices(out_shape: Sequence[int], count: int = 4) -> list[tuple[int, ...]]:
+    """Which output entries' rows to read for :func:`consistent_pairing`: fixed random
+    multi-indices, so that axes of equal size get different indices (which tells them apart)."""
+    if math.prod(out_shape) <= 1:
+        return []
+    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    picks = torch.stack([torch.randint(0, n, (count,), generator=generator) for n in out_shape], 1)
+    return list(dict.fromkeys(tuple(int(i) for i in row) for row in picks))
+
+
 def _preference(pairing: Pairing) -> tuple[int, int]:
     ins = [b for _, b in pairing]
     monotone = all(x < y for x, y in zip(ins, ins[1:]))
