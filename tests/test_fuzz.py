@@ -7,13 +7,21 @@ Jacobian is zero off the pairing's support); derivatives of shape
 ``(non-point output axes) + input.shape`` equal to the VJPs of ``r.gradients`` against the
 reference Jacobian; and ``r.code`` that reproduces them when executed.
 
-The default run is short. ``VJP_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py`` runs long.
+Structured maps at scale (wide dynamic range, small couplings, permuted axes, scaled rows; float32
+and float64, on both sides of the exact-path size) are checked against ``torch.func.jacrev``
+entry by entry, with point axes that must be valid and complete (see the section below).
+
+The default run is short. ``VJP_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py`` runs long;
+``pytest -m fuzz tests/test_fuzz.py`` runs the structured maps with 10,000 examples each.
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -296,3 +304,221 @@ def test_regression_examples_from_the_fuzz():
     for program, x, w in cases:
         check_against_reference(program, x, w, batched=True, full=False)
         check_against_reference(program, x, w, batched=False, full=False)  # the probe path
+
+
+# -- structured maps at scale: wide dynamic range, small couplings, permuted axes, scaled rows --
+#
+# Each case is a function of one tensor whose structure mathematics knows: which output and
+# input axes are points (`Case.points`). Two properties, each judged per entry:
+#   * ``r.jacobian`` equals ``torch.func.jacrev`` within JACOBIAN_EPS eps of the magnitudes
+#     that sum into the entry (|J_ij| + max(row sum, column sum)), never the largest entry;
+#   * the claimed point axes are valid: off their support, the reference Jacobian has no entry
+#     above COUPLING_EPS eps of its own row or column. A coupling above working precision of
+#     its own entries is never accepted as pointwise.
+# and the axes mathematics says are points are found. The package reads structure from an exact
+# Jacobian when output.numel() * input.numel() <= EXACT_ENTRIES and output.numel() <=
+# EXACT_OUTPUTS, else from a random probe: sizes are drawn on both sides of that line.
+#
+# Default: SCALE_EXAMPLES examples per property, derandomized. ``pytest -m fuzz
+# tests/test_fuzz.py`` runs LONG_EXAMPLES per property (VJP_FUZZ_EXAMPLES overrides both).
+
+EXACT_ENTRIES = 2**18
+EXACT_OUTPUTS = 4096
+REFERENCE_ENTRIES = 2**23  # largest reference Jacobian formed (64 MB in float64)
+JACOBIAN_EPS = 64
+COUPLING_EPS = 4
+SCALE_EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "15"))
+LONG_EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "10000"))
+DTYPES = st.sampled_from([torch.float32, torch.float64])
+
+
+def pytest_generate_tests(metafunc):
+    """``budget``: 'ci' by default; with ``-m fuzz`` also 'fuzz' (LONG_EXAMPLES), marked fuzz."""
+    if "budget" in metafunc.fixturenames:
+        budgets = ["ci"]
+        if "fuzz" in (metafunc.config.getoption("markexpr") or ""):
+            budgets.append(pytest.param("fuzz", marks=pytest.mark.fuzz))
+        metafunc.parametrize("budget", budgets)
+
+
+def run_property(budget: str, strategy, check) -> None:
+    """Run ``check`` on examples of ``strategy``: few and derandomized for CI, many for fuzz."""
+    if budget == "ci":
+        config = settings(max_examples=SCALE_EXAMPLES, derandomize=True, database=None,
+                          deadline=None, suppress_health_check=list(HealthCheck))
+    else:
+        config = settings(max_examples=LONG_EXAMPLES, deadline=None, print_blob=True,
+                          suppress_health_check=list(HealthCheck))
+    config(given(strategy)(check))()
+
+
+@dataclass
+class Case:
+    """A function of one tensor and the point pairing mathematics gives it."""
+
+    label: str
+    f: Callable[[torch.Tensor], torch.Tensor]
+    x: torch.Tensor
+    points: tuple[tuple[int, int], ...]
+
+    def __repr__(self) -> str:
+        y_numel = self.f(self.x).numel()
+        side = ("exact" if y_numel * self.x.numel() <= EXACT_ENTRIES and y_numel <= EXACT_OUTPUTS
+                else "probe")
+        return (f"Case({self.label}; x {tuple(self.x.shape)} {self.x.dtype}, {side} path, "
+                f"points {self.points})")
+
+
+def _uniform(seed: int, shape, low: float, high: float, dtype) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return (low + (high - low) * u).to(dtype)
+
+
+def _logspace_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.logspace(0, 6, t.numel(), dtype=t.dtype).reshape(t.shape)
+
+
+# (domain of x, map): elementwise, derivatives over many orders of magnitude
+WIDE = {
+    "exp(x), x in [0, 20]": ((0.0, 20.0), torch.exp),
+    "x * logspace(0, 6)": ((-1.0, 1.0), lambda t: t * _logspace_like(t)),
+    "sin(x) * logspace(0, 6)": ((-3.0, 3.0), lambda t: torch.sin(t) * _logspace_like(t)),
+}
+BASES = {**WIDE, "tanh(x)": ((-3.0, 3.0), torch.tanh), "x": ((-1.0, 1.0), lambda t: t)}
+
+
+@st.composite
+def sized_shapes(draw, ndim: int, factor: int = 1):
+    """A shape on either side of the exact-path line for a map from x to ``factor`` × x
+    entries (both sides equally often); every axis has size >= 2."""
+    probe = draw(st.booleans())
+    limit = math.isqrt(EXACT_ENTRIES // factor)  # numel at most this: exact path
+    low, high = (limit + 1, math.isqrt(REFERENCE_ENTRIES // factor)) if probe else (2, limit)
+    lead = [draw(st.integers(2, 12)) for _ in range(ndim - 1)]
+    size = math.prod(lead)
+    last = draw(st.integers(max(2, -(-low // size)), max(2, high // size)))
+    return tuple(lead) + (last,)
+
+
+@st.composite
+def wide_range_maps(draw):
+    label = draw(st.sampled_from(sorted(WIDE)))
+    (low, high), f = WIDE[label]
+    shape = draw(sized_shapes(draw(st.integers(1, 3))))
+    x = _uniform(draw(st.integers(0, 2**16)), shape, low, high, draw(DTYPES))
+    return Case(label, f, x, tuple((a, a) for a in range(len(shape))))
+
+
+@st.composite
+def coupled_maps(draw):
+    """f(x) + c * x.roll(k, dim) or + c * x.flip(dim): dim is no longer a points axis."""
+    base = draw(st.sampled_from(sorted(BASES)))
+    (low, high), f = BASES[base]
+    shape = draw(sized_shapes(draw(st.integers(1, 3))))
+    x = _uniform(draw(st.integers(0, 2**16)), shape, low, high, draw(DTYPES))
+    c = 10.0 ** draw(st.floats(-6.0, 0.0))
+    dim = draw(st.integers(0, len(shape) - 1))
+    if draw(st.booleans()):
+        k = draw(st.integers(1, shape[dim] - 1))
+        label = f"{base} + {c:.3g} * x.roll({k}, {dim})"
+
+        def coupled(t):
+            return f(t) + c * t.roll(k, dim)
+    else:
+        label = f"{base} + {c:.3g} * x.flip({dim})"
+
+        def coupled(t):
+            return f(t) + c * t.flip(dim)
+    return Case(label, coupled, x, tuple((a, a) for a in range(len(shape)) if a != dim))
+
+
+@st.composite
+def permuted_maps(draw):
+    """g(X).permute(p) * s on 3-D X: output axis a indexes the points of input axis p[a]."""
+    base = draw(st.sampled_from(["exp(x), x in [0, 20]", "tanh(x)", "x"]))
+    (low, high), g = BASES[base]
+    shape = draw(sized_shapes(3))
+    perm = tuple(draw(st.permutations(range(3))))
+    s = 10.0 ** draw(st.floats(-3.0, 3.0))
+    x = _uniform(draw(st.integers(0, 2**16)), shape, low, high, draw(DTYPES))
+    return Case(f"({base}).permute{perm} * {s:.3g}", lambda t: g(t).permute(perm) * s, x,
+                tuple((a, perm[a]) for a in range(3)))
+
+
+@st.composite
+def scaled_row_maps(draw):
+    """(g(X) @ W) * s[:, None], rows b scaled by s_b = 10^U(-6, 6): rows are points."""
+    base = draw(st.sampled_from(["tanh(x)", "x", "sin(x) * logspace(0, 6)"]))
+    (low, high), g = BASES[base]
+    n, k = draw(st.integers(2, 8)), draw(st.integers(1, 8))
+    rows = draw(sized_shapes(1, factor=n * k))[0]  # B*k outputs, B*n inputs: B²nk entries
+    seed = draw(st.integers(0, 2**16))
+    dtype = draw(DTYPES)
+    x = _uniform(seed, (rows, n), low, high, dtype)
+    w = _uniform(seed + 1, (n, k), -1.0, 1.0, dtype)
+    s = 10.0 ** _uniform(seed + 2, (rows, 1), -6.0, 6.0, dtype)
+    return Case(f"({base} @ W[{n}x{k}]) * s[:, None], s in 10^[-6, 6]",
+                lambda t: (g(t) @ w) * s, x, ((0, 0),))
+
+
+def row_and_column_sums(ref: torch.Tensor, out_ndim: int):
+    """Σ_k |J_ik| and Σ_k |J_kj|, broadcast to the Jacobian's shape: the magnitudes a JVP (its
+    row) or a VJP (its column) sums into entry (i, j)."""
+    rows = math.prod(ref.shape[:out_ndim])
+    magnitude = ref.reshape(rows, -1).abs().to(torch.float64)
+    row_sum = magnitude.sum(1, keepdim=True).expand_as(magnitude).reshape(ref.shape)
+    col_sum = magnitude.sum(0, keepdim=True).expand_as(magnitude).reshape(ref.shape)
+    return row_sum, col_sum
+
+
+def check_structured(case: Case) -> None:
+    x = case.x.clone().requires_grad_(True)
+    y = case.f(x)
+    r = differentiate(y, x)
+    ref = torch.func.jacrev(case.f)(case.x).to(torch.float64)
+    ours = r.jacobian("x").to(torch.float64)
+    eps = torch.finfo(case.x.dtype).eps
+    row_sum, col_sum = row_and_column_sums(ref, y.dim())
+
+    # equal within rounding of what sums into each entry (two correct computations may differ
+    # by that much, by whichever direction they summed)
+    scale = ref.abs() + torch.maximum(row_sum, col_sum)
+    wrong = (ours - ref).abs() > JACOBIAN_EPS * eps * scale
+    if wrong.any():
+        i = tuple(int(v) for v in wrong.nonzero()[0])
+        raise AssertionError(
+            f"{int(wrong.sum())} Jacobian entries wrong (point axes {r.point_axes['x']}); "
+            f"first at {i}: ours {float(ours[i])!r}, jacrev {float(ref[i])!r}, "
+            f"entry scale {float(scale[i]):.3g}")
+
+    # valid point axes: off their support, nothing visible in its own row or its own column
+    pairing = r.point_axes["x"]
+    visible = ref.abs() > COUPLING_EPS * eps * torch.minimum(row_sum, col_sum)
+    hidden = visible & ~support(pairing, y.shape, x.shape)
+    if hidden.any():
+        i = tuple(int(v) for v in hidden.nonzero()[0])
+        own = float(ref[i].abs() / torch.minimum(row_sum[i], col_sum[i]))
+        raise AssertionError(
+            f"point axes {pairing} are not valid: {int(hidden.sum())} entries off their support "
+            f"are above working precision, first J{i} = {float(ref[i])!r} "
+            f"({own / eps:.1f} eps of its row or column)")
+
+    missing = {(a, b) for a, b in case.points if y.shape[a] > 1} - set(pairing)
+    assert not missing, f"point axes {pairing}: the points {sorted(missing)} were not found"
+
+
+def test_wide_dynamic_range_maps(budget):
+    run_property(budget, wide_range_maps(), check_structured)
+
+
+def test_small_couplings_are_never_pointwise(budget):
+    run_property(budget, coupled_maps(), check_structured)
+
+
+def test_permuted_axes(budget):
+    run_property(budget, permuted_maps(), check_structured)
+
+
+def test_scaled_rows_in_a_batch(budget):
+    run_property(budget, scaled_row_maps(), check_structured)

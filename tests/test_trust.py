@@ -330,3 +330,27 @@ def test_a_refusal_suggests_only_what_the_user_can_change():
     with pytest.raises(vjp_magic.VJPUsageError) as full:
         differentiate(x * 2, x, memory_budget=2**20, full=True)
     assert "drop --full" in str(full.value)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("small", [True, False])
+def test_a_coupling_does_not_cancel_in_the_discrete_probes(seed, small, monkeypatch):
+    # torch.take with repeated indices: outputs reading one input entry the same way, so a
+    # single ±2^k probe can cancel the coupling exactly (v_i = v_k); further probes must agree
+    if not small:
+        monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
+    g = torch.Generator().manual_seed(seed)
+    n, m = (int(v) for v in torch.randint(2, 6, (2,), generator=g))
+    x = torch.randn(n, m, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, n * m, (m,), generator=g)
+    fn = lambda t: torch.take(t, index) * torch.arange(1, m + 1)  # noqa: E731
+    r = differentiate(fn(x), x)
+    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, x.detach()))
+
+
+def test_probes_do_not_depend_on_earlier_analyses():
+    out = torch.zeros(5)
+    before = [structure.probe_vector(out, d).clone() for d in range(3)]
+    structure.probe_vector(torch.zeros(50_000), 0)  # a longer draw in between
+    structure.probe_vector(torch.zeros(50_000), 1)
+    assert all(torch.equal(b, structure.probe_vector(out, d)) for d, b in enumerate(before))

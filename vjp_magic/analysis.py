@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from . import axisflow, checks, memory, structure
-from .derivatives import component_vjps, forward_jacobian, plain_vjp
+from .derivatives import component_vjps, forward_jacobian, plain_vjp, vjp_batch
 from .errors import VJPUsageError
 from .result import InputResult, VJPResult
 
@@ -219,39 +219,56 @@ class _Context:
 
 
 class _Probes:
-    """Random probes vᵀJ, each from one plain (unbatched) backward, made when first needed.
+    """Random probes vᵀJ, made when first needed.
 
-    Plain on purpose: comparing them with results of batched backward passes also catches
-    a batching rule that computes something else than the plain backward does.
+    Probe 0 comes from one plain (unbatched) backward: comparing it with results of batched
+    backward passes also catches a batching rule that computes something else than the plain
+    backward does. Probe entries are discrete (signed powers of two), so one probe can cancel
+    a coupling exactly by chance; a structure is accepted only when further independent probes
+    agree too: read off a checked Jacobian where there is one (:meth:`use_jacobian`), else
+    from one batched backward.
     """
 
     def __init__(self, output, named):
         self.output, self.named = output, named
-        self._vjps: dict[int, dict[str, torch.Tensor]] = {}
+        self._plain: dict[str, torch.Tensor] | None = None
+        self._confirming: dict[str, list[torch.Tensor]] | None = None
+        self._jacobians: dict[str, torch.Tensor] = {}
 
     def vector(self, draw: int = 0) -> torch.Tensor:
         return structure.probe_vector(self.output, draw)
 
-    def vjp(self, name: str, draw: int = 0) -> torch.Tensor:
-        if draw not in self._vjps:
+    def vjp(self, name: str) -> torch.Tensor:
+        """Probe 0's vᵀJ from a plain backward."""
+        if self._plain is None:
             names = list(self.named)
-            grads = plain_vjp(self.output, [self.named[n] for n in names], self.vector(draw))
-            self._vjps[draw] = dict(zip(names, grads))
-        return self._vjps[draw][name]
+            grads = plain_vjp(self.output, [self.named[n] for n in names], self.vector())
+            self._plain = dict(zip(names, grads))
+        return self._plain[name]
 
-    def agree(self, name: str, derivatives, pairing, second=None) -> bool:
-        """The probe rule; a probe that is not conclusive on its own is backed by a second.
+    def use_jacobian(self, name: str, flat: torch.Tensor) -> None:
+        """A checked Jacobian (output entries × input shape): more probes cost no backward."""
+        self._jacobians[name] = flat
 
-        ``second`` computes the second probe's vᵀJ another way (from a checked Jacobian);
-        by default it is one more plain backward.
-        """
-        mismatch = structure.probe_mismatch(derivatives, self.vector(), self.vjp(name), pairing)
-        if mismatch <= structure.INCONCLUSIVE:
-            return True
-        if mismatch > 1.0:
+    def _confirming_vjps(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if name in self._jacobians:
+            flat = self._jacobians[name]
+            vectors = [self.vector(d) for d in range(1, structure.EXACT_PROBES + 1)]
+            return [(v, structure.predicted_probe(flat, v.reshape(-1), ())) for v in vectors]
+        vectors = [self.vector(d) for d in range(1, structure.CONFIRMING_PROBES + 1)]
+        if self._confirming is None:
+            names = list(self.named)
+            stacked = vjp_batch(self.output, [self.named[n] for n in names],
+                                torch.stack(vectors))
+            self._confirming = {n: list(g) for n, g in zip(names, stacked)}
+        return list(zip(vectors, self._confirming[name]))
+
+    def agree(self, name: str, derivatives, pairing) -> bool:
+        """The probe rule: probe 0, then every confirming probe, must find vᵀJ = vᵀD."""
+        if not structure.probe_agrees(derivatives, self.vector(), self.vjp(name), pairing):
             return False
-        other = second() if second is not None else self.vjp(name, 1)
-        return structure.probe_agrees(derivatives, self.vector(1), other, pairing)
+        return all(structure.probe_agrees(derivatives, v, vjp, pairing)
+                   for v, vjp in self._confirming_vjps(name))
 
 
 def _prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:
@@ -347,11 +364,10 @@ def _from_exact_jacobian(context, named, candidates, probes):
         if not candidates[name][0].proved:  # rows of J suggest a pairing, whatever the order
             candidates[name] = _row_proposal(context.output, named[name], candidates[name], 0,
                                              lambda row: flat[row])
-        second = lambda: structure.predicted_probe(  # noqa: E731 - vᵀJ from the checked J
-            flat, probes.vector(1).reshape(-1), ())
+        probes.use_jacobian(name, flat)
         for candidate in candidates[name]:
             derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)
-            if candidate.proved or probes.agree(name, derivatives, candidate.pairing, second):
+            if candidate.proved or probes.agree(name, derivatives, candidate.pairing):
                 accepted[name] = (candidate, derivatives)
                 break
     return accepted

@@ -102,7 +102,14 @@ _PROBE_SEED = 20240229
 _probe_cache: dict[tuple[torch.dtype, str, int], torch.Tensor] = {}
 
 
-PROBE_EXPONENTS = 3  # probe entries are ±2^k, k uniform in -3 … 3
+# Probe entries are ±2^k with k uniform in -K … K: K = 8 (3 for the half types, whose range
+# is small). A coupling could still cancel exactly in one probe (v_i = v_k where two outputs
+# read one input the same way), so further independent probes must agree as well: this many
+# from one batched backward, or this many more read off a full Jacobian.
+PROBE_EXPONENTS = {torch.float16: 3, torch.bfloat16: 3}
+DEFAULT_EXPONENTS = 8
+CONFIRMING_PROBES = 3
+EXACT_PROBES = 8
 
 
 def probe_vector(output: torch.Tensor, draw: int = 0) -> torch.Tensor:
@@ -116,22 +123,26 @@ def probe_vector(output: torch.Tensor, draw: int = 0) -> torch.Tensor:
 
     The draw is seeded, so it is a fixed function of the output's size: the first ``numel``
     entries of one cached sequence per dtype, device and draw (a prefix of an i.i.d. sequence
-    is i.i.d.), so repeated analyses do not pay for the draw again.
+    is i.i.d., and exponents and signs come from generators of their own, so the prefix does
+    not depend on how long a sequence was drawn before).
     """
     key = (output.dtype, str(output.device), draw)
     cached = _probe_cache.get(key)
     numel = output.numel()
     if cached is None or cached.numel() < numel:
-        generator = torch.Generator(device="cpu").manual_seed(_PROBE_SEED + draw)
         size = max(numel, 1024)
-        exponents = torch.randint(-PROBE_EXPONENTS, PROBE_EXPONENTS + 1, (size,),
-                                  generator=generator)
-        signs = torch.randint(0, 2, (size,), generator=generator) * 2 - 1
+        span = PROBE_EXPONENTS.get(output.dtype, DEFAULT_EXPONENTS)
+        exponents = torch.randint(-span, span + 1, (size,), generator=_generator(draw, 0))
+        signs = torch.randint(0, 2, (size,), generator=_generator(draw, 1)) * 2 - 1
         fresh = torch.ldexp(signs.to(torch.float32), exponents)
         cached = fresh.to(dtype=output.dtype, device=output.device)
         _probe_cache.clear() if sum(t.numel() for t in _probe_cache.values()) > 2**26 else None
         _probe_cache[key] = cached
     return cached[:numel].view(output.shape)
+
+
+def _generator(draw: int, stream: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(_PROBE_SEED + 1000 * stream + draw)
 
 
 def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pairing) -> torch.Tensor:
@@ -170,9 +181,6 @@ PROBE_RTOL = {
     torch.float16: 16 * torch.finfo(torch.float16).eps,  # 1.6e-2
     torch.bfloat16: 16 * torch.finfo(torch.bfloat16).eps,  # 1.3e-1
 }
-# A probe whose worst entry uses more than this share of its tolerance is not conclusive on
-# its own: a second, independent probe must agree too.
-INCONCLUSIVE = 0.25
 
 
 def tolerance(dtype: torch.dtype) -> float:
