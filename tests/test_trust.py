@@ -57,6 +57,15 @@ GRAPHS = {
     "norm_rows": (lambda x: x / x.norm(dim=1, keepdim=True), (4, 3)),
     "transpose_then_matmul": (lambda x: x.T @ W[:4], (4, 4)),
     "outer": (lambda x: torch.outer(x, x), (3,)),
+    # found in review: the mean output of var_mean, losses a later op undoes, conv weights
+    "var_mean_mean": (lambda x: x * torch.var_mean(x, 0, keepdim=True)[1], (3, 4)),
+    "std_mean_mean": (lambda x: torch.std_mean(x, 1)[1] * 2, (3, 4)),
+    "flip_twice": (lambda x: x.flip(0).flip(0), (3, 4)),
+    "unbind_then_stack": (lambda x: torch.stack(x.unbind(1), 1), (3, 4)),
+    "conv_weight": (lambda x: F.conv1d(torch.ones(2, 3, 6, dtype=x.dtype), x), (4, 3, 3)),
+    "depthwise_conv": (lambda x: F.conv1d(x, torch.ones(4, 1, 3, dtype=x.dtype), groups=4),
+                       (2, 4, 6)),
+    "merged_prefix": (lambda x: x.reshape(2, 12)[:, :4], (2, 3, 4)),
 }
 
 

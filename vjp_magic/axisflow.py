@@ -18,6 +18,7 @@ numerical check is needed; otherwise larger pairings may still hold and are prob
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     if output.grad_fn is None:
         return GraphProof(False)
     flows: dict[tuple[int, int], Flow] = {}
+    opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
     for node in _postorder(output.grad_fn):
         proof.workspace += _output_bytes(node)
@@ -83,17 +85,25 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
                 inputs.append(identity)
             else:
                 inputs.append(flows.get((id(producer), index)))
-        if all(flow is None for flow in inputs):
+        reached = any(p is not None and id(p) in opaque for p, _ in node.next_functions)
+        if all(flow is None for flow in inputs) and not reached:
             continue
-        outputs = _apply_rule(node, inputs, proof, shape)
+        outputs = None if reached else _apply_rule(node, inputs, proof, shape)
+        if outputs is None:
+            opaque.add(id(node))
+            continue
         for index, flow in enumerate(outputs):
-            if flow is not None:
-                flows[(id(node), index)] = _normalised(flow, shape)
+            flows[(id(node), index)] = _normalised(flow, shape)
+    if id(output.grad_fn) in opaque:
+        proof.unknown.append(type(output.grad_fn).__name__)
+        return GraphProof(True, {}, False, proof.unknown, proof.custom, proof.workspace)
     final = flows.get((id(output.grad_fn), output.output_nr))
     if final is None:
         return GraphProof(False, workspace=proof.workspace)
     proof.depends, proof.carries = True, final.carries
-    proof.exact = final.exact and not proof.unknown and not proof.custom
+    # a carry of several input axes may hide a pair inside it (a prefix of a merged axis)
+    merged = any(len(c) > 1 for c in final.carries.values())
+    proof.exact = final.exact and not merged and not proof.unknown and not proof.custom
     return proof
 
 
@@ -190,19 +200,23 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
         if rule is None:
             proof.unknown.append(type(node).__name__)
             return _unknown(node, inputs)
-        if rule is _reshape:
-            return _reshape(node, inputs, shapes, x_shape)
-        return rule(node, inputs, shapes)
+        flows = _reshape(node, inputs, shapes, x_shape) if rule is _reshape else \
+            rule(node, inputs, shapes)
     except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
         proof.unknown.append(type(node).__name__)  # metadata not as expected: claim nothing
         return _unknown(node, inputs)
+    # an output the rule does not speak for may still depend on x: it claims nothing
+    return [flow if flow is not None else Flow(shape, {}, exact=False)
+            for flow, shape in itertools.zip_longest(flows, shapes)][:len(shapes)]
 
 
-def _unknown(node, inputs) -> list[Flow | None]:
+def _unknown(node, inputs) -> list[Flow] | None:
+    """Every output of a node without a rule depends on x, with no structure claimed; None
+    when not even its outputs' shapes can be read (the walk then treats it as opaque)."""
     try:
         shapes = _out_shapes(node)
     except (AttributeError, RuntimeError):
-        shapes = [()]
+        return None
     return [Flow(shape, {}, exact=False) for shape in shapes]
 
 
@@ -230,7 +244,7 @@ def _broadcast(flow: Flow, out_shape) -> AxisMap:
 def _elementwise(node, inputs, shapes):
     out = shapes[0]
     maps = [_broadcast(f, out) for f in inputs if f is not None]
-    return _meet(out, maps, _all_exact(inputs)) + [None] * (len(shapes) - 1)
+    return _meet(out, maps, _all_exact(inputs))
 
 
 def _drop_axes(flow: Flow, dropped: set[int], keep_dims: bool) -> AxisMap:
@@ -253,8 +267,8 @@ def _reduction(node, inputs, shapes):
     if not keepdim and len(out) != ndim - len(reduced):
         reduced = set(range(ndim))  # a full reduction spelled another way
         keepdim = len(out) == ndim
-    return [Flow(out, _drop_axes(flow, reduced, keepdim), flow.exact)] + \
-        [None] * (len(shapes) - 1)
+    # every output (std_mean / var_mean have two) is the same reduction
+    return [Flow(shape, _drop_axes(flow, reduced, keepdim), flow.exact) for shape in shapes]
 
 
 def _along_dim(node, inputs, shapes):
@@ -264,8 +278,7 @@ def _along_dim(node, inputs, shapes):
     if dims is None:
         dims = getattr(node, "_saved_dims")
     mixed = set(_dims(dims, len(flow.shape)))
-    out = [Flow(shapes[0], _drop_axes(flow, mixed, True), flow.exact)]
-    return out + [None] * (len(shapes) - 1)
+    return [Flow(shapes[0], _drop_axes(flow, mixed, True), flow.exact)]
 
 
 def _layer_norm(node, inputs, shapes):
@@ -274,7 +287,7 @@ def _layer_norm(node, inputs, shapes):
     k = len(node._saved_normalized_shape)
     main = [] if flow is None else [{a: c for a, c in flow.carries.items() if a < len(out) - k}]
     maps = main + [_broadcast(f, out) for f in inputs[1:] if f is not None]
-    return _meet(out, maps, _all_exact(inputs)) + [None] * (len(shapes) - 1)
+    return _meet(out, maps, _all_exact(inputs))
 
 
 def _batch_norm(node, inputs, shapes):
@@ -288,7 +301,7 @@ def _batch_norm(node, inputs, shapes):
     for f in inputs[1:]:
         if f is not None:  # weight / bias of shape (C,): channel axis 1
             maps.append({1: f.carries[0]} if 0 in f.carries else {})
-    return _meet(out, maps, _all_exact(inputs)) + [None] * (len(shapes) - 1)
+    return _meet(out, maps, _all_exact(inputs))
 
 
 def _reshape(node, inputs, shapes, x_shape):
@@ -296,7 +309,7 @@ def _reshape(node, inputs, shapes, x_shape):
     (flow,) = [f for f in inputs if f is not None][:1]
     out = shapes[0]
     carries, exact = _reshape_carries(flow, out, x_shape)
-    return [Flow(out, carries, flow.exact and exact)] + [None] * (len(shapes) - 1)
+    return [Flow(out, carries, flow.exact and exact)]
 
 
 def _blocks(a_shape, b_shape):
@@ -385,24 +398,26 @@ def _rearrange(node, inputs, shapes):
         lead = len(repeats) - ndim
         moved = {a for a in range(ndim) if repeats[a + lead] != 1}
         carries = {a + lead: c for a, c in flow.carries.items() if a not in moved}
-        return [Flow(shapes[0], carries, flow.exact)]
+        return [Flow(shapes[0], carries, flow.exact and not moved & set(flow.carries))]
     dims = getattr(node, "_saved_dims", None)
     moved = set(_dims(dims, ndim)) if dims else set(range(ndim))
-    return [Flow(shapes[0], _drop_axes(flow, moved, True), flow.exact)]
+    # a later roll or flip can move the entries back: what is lost here may not stay lost
+    return [Flow(shapes[0], _drop_axes(flow, moved, True),
+                 flow.exact and not moved & set(flow.carries))]
 
 
 def _select(node, inputs, shapes):
     (flow,) = [f for f in inputs if f is not None][:1]
     ndim = len(flow.shape)
-    dim = _dim(node._saved_dim, ndim)
-    return [Flow(shapes[0], _drop_axes(flow, {dim}, False), flow.exact)]
+    dim = _dim(node._saved_dim, ndim)  # a later stack can put the selected parts back
+    return [Flow(shapes[0], _drop_axes(flow, {dim}, False), flow.exact and dim not in flow.carries)]
 
 
 def _slice(node, inputs, shapes):
     (flow,) = [f for f in inputs if f is not None][:1]
     ndim = len(flow.shape)
     dim = _dim(node._saved_dim, ndim)
-    start = 0 if node._saved_start is None else _dim(node._saved_start, flow.shape[dim])
+    start = 0 if node._saved_start is None else max(0, _dim(node._saved_start, flow.shape[dim]))
     if start == 0 and int(node._saved_step) == 1:  # a prefix: index i is still index i
         return [Flow(shapes[0], dict(flow.carries), flow.exact)]
     return [Flow(shapes[0], _drop_axes(flow, {dim}, True), False)]
@@ -411,7 +426,8 @@ def _slice(node, inputs, shapes):
 def _unbind(node, inputs, shapes):
     (flow,) = [f for f in inputs if f is not None][:1]
     dim = _dim(node._saved_dim, len(flow.shape))
-    return [Flow(shape, _drop_axes(flow, {dim}, False), flow.exact) for shape in shapes]
+    exact = flow.exact and dim not in flow.carries  # a later stack can undo the unbind
+    return [Flow(shape, _drop_axes(flow, {dim}, False), exact) for shape in shapes]
 
 
 def _split_outputs(node, inputs, shapes):
@@ -473,7 +489,8 @@ MATMUL_AXES = {
 
 
 def _convolution(node, inputs, shapes):
-    """The batch axis of a convolution is untouched; the bias lives on the channel axis."""
+    """The batch axis of a convolution is untouched; weight and bias live on the output
+    channel axis."""
     out = shapes[0]
     spatial = len(node._saved_stride)
     maps = []
@@ -481,12 +498,23 @@ def _convolution(node, inputs, shapes):
     if flow is not None:
         batched = len(flow.shape) == spatial + 2
         maps.append({0: flow.carries[0]} if batched and 0 in flow.carries else {})
-    if len(inputs) > 1 and inputs[1] is not None:
-        maps.append({})
-    if len(inputs) > 2 and inputs[2] is not None:
-        channel = 1 if len(out) == spatial + 2 else 0
-        maps.append({channel: inputs[2].carries[0]} if 0 in inputs[2].carries else {})
-    return _meet(out, maps, _all_exact(inputs)) + [None] * (len(shapes) - 1)
+    channel = 1 if len(out) == spatial + 2 else 0
+    for extra in inputs[1:3]:  # weight (C_out, …) and bias (C_out,): the output channel
+        if extra is not None:
+            maps.append({channel: extra.carries[0]} if 0 in extra.carries else {})
+    # grouped convolutions also pair input with output channels, and a kernel of size 1
+    # keeps positions: neither is modelled, so then the proof is not exact
+    exact = _all_exact(inputs) and int(node._saved_groups) == 1 and not _pointlike_kernel(node)
+    return _meet(out, maps, exact)
+
+
+def _pointlike_kernel(node) -> bool:
+    """Whether each output position of a convolution may see a single input position."""
+    try:
+        weight = node._saved_weight
+    except (AttributeError, RuntimeError):
+        return True  # the kernel cannot be read: claim no exactness
+    return weight is None or all(int(k) == 1 for k in weight.shape[2:])
 
 
 ELEMENTWISE = frozenset((
@@ -505,13 +533,13 @@ ELEMENTWISE = frozenset((
 
 RULES = {
     **dict.fromkeys(["Sum", "Mean", "Prod", "Amax", "Amin", "Max", "Min", "Logsumexp", "Std",
-                     "Var", "StdMean", "VarMean", "LinalgVectorNorm", "Norm", "NanSum",
-                     "Median", "NanMedian", "Mode", "Kthvalue"],
+                     "Var", "StdMean", "VarMean", "LinalgVectorNorm", "Norm", 
+                     "Median", "Nanmedian", "Mode", "Kthvalue", "Nansum"],
                     _reduction),
     **dict.fromkeys(["Softmax", "LogSoftmax", "Cumsum", "Cumprod", "Logcumsumexp", "Cummax",
                      "Cummin", "Sort", "Topk"], _along_dim),
     **dict.fromkeys(["View", "UnsafeView", "ReshapeAlias", "Squeeze", "Unsqueeze",
-                     "_ReshapeAlias"], _reshape),
+                     "_ReshapeAlias", "ReshapeAliasBackward"], _reshape),
     **dict.fromkeys(["Permute", "Transpose", "T"], _permute),
     **dict.fromkeys(["Roll", "Flip", "Repeat"], _rearrange),
     **dict.fromkeys(list(MATMUL_AXES), _matmul_family),
