@@ -5,13 +5,15 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 
 import torch
 
 from . import axisflow, checks, memory, structure
-from .derivatives import component_vjps, forward_jacobian, plain_vjp, vjp_batch
+from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
+                          plain_vjp)
 from .errors import VJPUsageError
 from .result import InputResult, VJPResult
 
@@ -160,7 +162,7 @@ def differentiate(
     candidates = {name: _candidates(output, t, proofs[name], full, per_size)
                   for name, t in named.items()}
     probes = _Probes(output, named)
-    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full)
+    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
     if exact:
         accepted = _from_exact_jacobian(context, named, candidates, probes)
     else:
@@ -204,11 +206,19 @@ class _Context:
     max_chunk: int | None
     workspace: int
     full: bool
+    probes: _Probes
 
     def vjps(self, tensors, point_out, batched=None):
-        return component_vjps(self.output, tensors, point_out, self.budget,
-                              batched=self.batched if batched is None else batched,
-                              max_chunk=self.max_chunk, workspace=self.workspace)
+        """One VJP per component (see :func:`component_vjps`); a batched run starts with a
+        chunk sized by how long one plain backward takes, so even its first chunk is short."""
+        batched = self.batched if batched is None else batched
+        count = math.prod(n for a, n in enumerate(self.output.shape) if a not in point_out)
+        first = None
+        if batched and count > LOOP_COMPONENTS:
+            seconds = max(self.probes.seconds_per_vector(), 1e-6)
+            first = max(1, int(CHUNK_SECONDS / seconds))
+        return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
+                              max_chunk=self.max_chunk, workspace=self.workspace, first=first)
 
     def refuse_if_over(self, nbytes: int, count: int) -> None:
         advice = memory.DEFAULT_ADVICE + (
@@ -221,28 +231,30 @@ class _Context:
 class _Probes:
     """Random probes vᵀJ, made when first needed.
 
-    Probe 0 comes from one plain (unbatched) backward: comparing it with results of batched
-    backward passes also catches a batching rule that computes something else than the plain
+    Probes come from plain (unbatched) backward passes: comparing them with results of
+    batched ones also catches a batching rule that computes something else than the plain
     backward does. Probe entries are discrete (signed powers of two), so one probe can cancel
     a coupling exactly by chance; a structure is accepted only when further independent probes
     agree too: read off a checked Jacobian where there is one (:meth:`use_jacobian`), else
-    from one batched backward.
+    from more plain backward passes. ``seconds`` is how long probe 0's backward took.
     """
 
     def __init__(self, output, named):
         self.output, self.named = output, named
         self._plain: dict[str, torch.Tensor] | None = None
-        self._confirming: dict[str, list[torch.Tensor]] | None = None
         self._jacobians: dict[str, torch.Tensor] = {}
+        self.seconds: float | None = None
 
     def vector(self, draw: int = 0) -> torch.Tensor:
         return structure.probe_vector(self.output, draw)
 
     def vjp(self, name: str) -> torch.Tensor:
-        """Probe 0's vᵀJ from a plain backward."""
+        """Probe 0's vᵀJ from a plain backward (one for all inputs, kept)."""
         if self._plain is None:
             names = list(self.named)
+            began = time.perf_counter()
             grads = plain_vjp(self.output, [self.named[n] for n in names], self.vector())
+            self.seconds = time.perf_counter() - began
             self._plain = dict(zip(names, grads))
         return self._plain[name]
 
@@ -250,18 +262,17 @@ class _Probes:
         """A checked Jacobian (output entries × input shape): more probes cost no backward."""
         self._jacobians[name] = flat
 
-    def _confirming_vjps(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _confirming_vjps(self, name: str):
+        """(v, vᵀJ) for the confirming probes, made one after the other."""
         if name in self._jacobians:
             flat = self._jacobians[name]
-            vectors = [self.vector(d) for d in range(1, structure.EXACT_PROBES + 1)]
-            return [(v, structure.predicted_probe(flat, v.reshape(-1), ())) for v in vectors]
-        vectors = [self.vector(d) for d in range(1, structure.CONFIRMING_PROBES + 1)]
-        if self._confirming is None:
-            names = list(self.named)
-            stacked = vjp_batch(self.output, [self.named[n] for n in names],
-                                torch.stack(vectors))
-            self._confirming = {n: list(g) for n, g in zip(names, stacked)}
-        return list(zip(vectors, self._confirming[name]))
+            for draw in range(1, structure.EXACT_PROBES + 1):
+                v = self.vector(draw)
+                yield v, structure.predicted_probe(flat, v.reshape(-1), ())
+            return
+        for draw in range(1, structure.CONFIRMING_PROBES + 1):  # one at a time, not kept
+            grads = plain_vjp(self.output, [self.named[name]], self.vector(draw))
+            yield self.vector(draw), grads[0]
 
     def agree(self, name: str, derivatives, pairing) -> bool:
         """The probe rule: probe 0, then every confirming probe, must find vᵀJ = vᵀD."""
@@ -269,6 +280,11 @@ class _Probes:
             return False
         return all(structure.probe_agrees(derivatives, v, vjp, pairing)
                    for v, vjp in self._confirming_vjps(name))
+
+    def seconds_per_vector(self) -> float:
+        """How long one backward pass takes (probe 0's, made now if it was not yet)."""
+        self.vjp(next(iter(self.named)))
+        return self.seconds
 
 
 def _prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:

@@ -177,12 +177,14 @@ def component_vjps(
     batched: bool = True,
     max_chunk: int | None = None,
     workspace: int = 0,
+    first: int | None = None,
 ) -> tuple[list[torch.Tensor], bool]:
     """One VJP per non-point output component, for every input, in budget-sized batches.
 
     Returns ``(stacked, was_batched)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``;
     ``was_batched`` says whether a batched backward computed them (then the caller checks
-    them against a plain one). Batches grow to about :data:`CHUNK_SECONDS` each.
+    them against a plain one). Batches grow to about :data:`CHUNK_SECONDS` each, from
+    ``first`` vectors (default :data:`FIRST_CHUNK`).
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
     batched = batched and count > LOOP_COMPONENTS
@@ -193,7 +195,7 @@ def component_vjps(
         lambda start, stop: vjp_batch(output, inputs,
                                       gradient_batch(output, point_out_axes, start, stop),
                                       batched=batched),
-        count, limit, first=FIRST_CHUNK if batched else limit)
+        count, limit, first=(first or FIRST_CHUNK) if batched else limit)
     return stacked, batched
 
 

@@ -102,13 +102,15 @@ _PROBE_SEED = 20240229
 _probe_cache: dict[tuple[torch.dtype, str, int], torch.Tensor] = {}
 
 
-# Probe entries are ±2^k with k uniform in -K … K: K = 8 (3 for the half types, whose range
-# is small). A coupling could still cancel exactly in one probe (v_i = v_k where two outputs
-# read one input the same way), so further independent probes must agree as well: this many
-# from one batched backward, or this many more read off a full Jacobian.
+# Probe entries are ±2^k with k uniform in -K … K: K = 12 (3 for the half types, whose range
+# is small). A coupling can still cancel exactly in one probe (it does when v_i = v_j for the
+# two entries it joins: probability 1/(2(2K+1)) = 1/50 per probe), so further independent
+# probes must agree as well: this many more plain backward passes (a chance of at most
+# 50⁻³ = 8·10⁻⁶ that a coupling confined to one pair of entries hides in all three), or this
+# many read off a full Jacobian, where they cost nothing (50⁻⁹).
 PROBE_EXPONENTS = {torch.float16: 3, torch.bfloat16: 3}
-DEFAULT_EXPONENTS = 8
-CONFIRMING_PROBES = 3
+DEFAULT_EXPONENTS = 12
+CONFIRMING_PROBES = 2
 EXACT_PROBES = 8
 
 
@@ -163,6 +165,8 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pai
         (count,) + tuple(n if b in paired_inputs else 1 for b, n in enumerate(in_shape))
     )
     d = derivatives.reshape((count,) + tuple(in_shape))
+    if not pairing or all(in_shape[b] == 1 for _, b in pairing):  # one row times a matrix
+        return (v.reshape(1, count) @ d.reshape(count, -1)).reshape(in_shape)
     if count > 64:
         return (v * d).sum(dim=0)
     expected = d[0] * v[0]
