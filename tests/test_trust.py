@@ -63,6 +63,10 @@ GRAPHS = {
     "flip_twice": (lambda x: x.flip(0).flip(0), (3, 4)),
     "unbind_then_stack": (lambda x: torch.stack(x.unbind(1), 1), (3, 4)),
     "conv_weight": (lambda x: F.conv1d(torch.ones(2, 3, 6, dtype=x.dtype), x), (4, 3, 3)),
+    "conv_transpose_weight": (lambda x: F.conv_transpose1d(torch.ones(2, 3, 4, dtype=x.dtype), x,
+                                                           stride=2), (3, 5, 3)),
+    "conv_transpose_grouped_weight": (lambda x: F.conv_transpose1d(
+        torch.ones(2, 4, 4, dtype=x.dtype), x, groups=2), (4, 3, 3)),
     "depthwise_conv": (lambda x: F.conv1d(x, torch.ones(4, 1, 3, dtype=x.dtype), groups=4),
                        (2, 4, 6)),
     "merged_prefix": (lambda x: x.reshape(2, 12)[:, :4], (2, 3, 4)),

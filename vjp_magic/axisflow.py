@@ -499,9 +499,14 @@ def _convolution(node, inputs, shapes):
         batched = len(flow.shape) == spatial + 2
         maps.append({0: flow.carries[0]} if batched and 0 in flow.carries else {})
     channel = 1 if len(out) == spatial + 2 else 0
-    for extra in inputs[1:3]:  # weight (C_out, …) and bias (C_out,): the output channel
+    # the output channel is the weight's axis 0 (C_out, C_in/groups, …), or for a transposed
+    # convolution its axis 1 (C_in, C_out/groups, …) when there is one group; the bias's axis 0
+    transposed, groups = bool(node._saved_transposed), int(node._saved_groups)
+    weight_axis = (1 if groups == 1 else None) if transposed else 0
+    for extra, axis in zip(inputs[1:3], (weight_axis, 0)):
         if extra is not None:
-            maps.append({channel: extra.carries[0]} if 0 in extra.carries else {})
+            carried = axis is not None and axis in extra.carries
+            maps.append({channel: extra.carries[axis]} if carried else {})
     # grouped convolutions also pair input with output channels, and a kernel of size 1
     # keeps positions: neither is modelled, so then the proof is not exact
     exact = _all_exact(inputs) and int(node._saved_groups) == 1 and not _pointlike_kernel(node)
