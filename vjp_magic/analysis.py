@@ -342,7 +342,7 @@ def _with_proposal(candidates: list[Candidate], pairing, position: int = 0) -> l
     return candidates[:position] + [Candidate(pairing, False)] + candidates[position:]
 
 
-def _rows(output, tensor, read_row) -> list[tuple[tuple, torch.Tensor]]:
+def _rows(output, read_row) -> list[tuple[tuple, torch.Tensor]]:
     """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian."""
     rows = []
     for index in structure.row_indices(tuple(output.shape)):
@@ -359,7 +359,7 @@ def _row_proposal(output, tensor, candidates, position, read_row):
     if len(candidates) < 2 or output.numel() <= 1:  # nothing to choose, or a scalar output
         return candidates
     pairing = structure.consistent_pairing(output.shape, tensor.shape,
-                                           _rows(output, tensor, read_row))
+                                           _rows(output, read_row))
     return _with_proposal(candidates, pairing, position)
 
 

@@ -256,7 +256,3 @@ def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) 
         return jacobian
     shape = tuple(out_shape[a] for a in comp_axes) + tuple(in_shape)
     return jacobian[tuple(index)].expand(shape).clone() if shape else jacobian[tuple(index)]
-
-
-def identity_pairing(ndim: int) -> Pairing:
-    return tuple((a, a) for a in range(ndim))
