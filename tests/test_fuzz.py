@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from torch.autograd.functional import jacobian as reference_jacobian
 
 from vjp_magic import differentiate
-from vjp_magic.codegen import derivative_name
+from vjp_magic.render.codegen import derivative_name
 
 EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 100,

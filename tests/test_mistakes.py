@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian as reference_jacobian
 import vjp_magic.magics
 from conftest import assert_tensor, run_ok, run_vjp
 from test_magics import usage_error
-from vjp_magic.latex import code as code_tex
+from vjp_magic.render.latex import code as code_tex
 
 
 def mistake(r):
@@ -121,8 +121,9 @@ def test_corrected_function_call_is_the_users_own_and_runs(ip, call, fixed):
 
 
 def test_function_imported_in_an_earlier_cell_is_coached_at_guard_level():
-    from vjp_magic import coaching, differentiate
-    from vjp_magic.guard import keep_graphs
+    from vjp_magic import differentiate
+    from vjp_magic.teach import coaching
+    from vjp_magic.run.guard import keep_graphs
 
     real_grad, real_backward = torch.autograd.grad, torch.autograd.backward
     ns = {"torch": torch, "grad": real_grad, "bw": real_backward}
@@ -142,7 +143,7 @@ def test_function_imported_in_an_earlier_cell_is_coached_at_guard_level():
 
 
 def test_function_imported_inside_the_cell_is_the_real_one():
-    from vjp_magic.guard import keep_graphs
+    from vjp_magic.run.guard import keep_graphs
 
     real_grad, real_backward = torch.autograd.grad, torch.autograd.backward
     ns = {}
@@ -242,8 +243,8 @@ def test_graph_freed_by_an_earlier_cell(ip, define, free, cell, expected):
 
 
 def test_graph_freed_by_an_earlier_cell_usage_message():
-    from vjp_magic import coaching
-    from vjp_magic.guard import keep_graphs
+    from vjp_magic.teach import coaching
+    from vjp_magic.run.guard import keep_graphs
 
     x = torch.tensor([1., 2.], requires_grad=True)
     y = (x**2).sum()
@@ -715,7 +716,7 @@ def test_graph_modified_in_place_says_what_to_do(ip, capsys, setup, cell, output
 
 
 def test_pytorch_error_texts_are_matched_from_one_place():
-    from vjp_magic.errors import TORCH_FREED_GRAPH, TORCH_INPLACE
+    from vjp_magic.core.errors import TORCH_FREED_GRAPH, TORCH_INPLACE
 
     w = torch.ones(2, requires_grad=True)
     y = (w**2).sum()
@@ -791,7 +792,7 @@ def test_underscore_input_from_an_earlier_cell_is_found(ip):
     ("inputs", True), ("_7a", True),
 ])
 def test_only_ipythons_own_names_are_hidden(name, visible):
-    from vjp_magic.tagging import is_visible_name
+    from vjp_magic.core.tagging import is_visible_name
 
     assert is_visible_name(name) is visible
 
@@ -804,7 +805,7 @@ def test_only_ipythons_own_names_are_hidden(name, visible):
     (512e6, "512 MB"), (1.6e11, "160.0 GB"),
 ])
 def test_sizes_are_shown_truthfully(nbytes, shown):
-    from vjp_magic.memory import gb
+    from vjp_magic.core.memory import gb
 
     assert gb(nbytes) == shown
 

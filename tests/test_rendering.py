@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vjp_magic import differentiate
-from vjp_magic.formatting import format_number, summary_indices
+from vjp_magic.render.formatting import format_number, summary_indices
 
 
 def latex_of(y, x, **kw):

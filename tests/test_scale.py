@@ -7,8 +7,9 @@ import torch
 from torch.autograd.functional import jacobian as reference_jacobian
 
 from conftest import run_ok
-from vjp_magic import VJPUsageError, analysis, differentiate
-from vjp_magic.derivatives import chunk_size
+from vjp_magic import VJPUsageError, differentiate
+from vjp_magic.core import analysis
+from vjp_magic.core.derivatives import chunk_size
 
 
 def test_budget_sized_chunks_equal_one_batch(monkeypatch):

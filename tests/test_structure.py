@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian as reference_jacobian
 
-from vjp_magic import analysis, differentiate, structure
-from vjp_magic import axisflow
-from vjp_magic.structure import candidate_pairings
+from vjp_magic import differentiate
+from vjp_magic.core import analysis, structure
+from vjp_magic.core import axisflow
+from vjp_magic.core.structure import candidate_pairings
 
 torch.manual_seed(0)
 A = torch.randn(3, 4, dtype=torch.float64)

@@ -16,9 +16,10 @@ import torch
 from torch.autograd.functional import jacobian as reference_jacobian
 
 from conftest import run_ok, run_vjp
-from vjp_magic import differentiate, symbolic
-from vjp_magic.guard import keep_graphs
-from vjp_magic.record import recording
+from vjp_magic import differentiate
+from vjp_magic.symbolic import derive as symbolic
+from vjp_magic.run.guard import keep_graphs
+from vjp_magic.run.record import recording
 
 x, x1, x2, x3, x4 = (sympy.Symbol(n, real=True) for n in ("x", "x_1", "x_2", "x_3", "x_4"))
 
@@ -569,7 +570,7 @@ def test_element_assignment_gives_the_formula(ip, body, function):
 
 
 def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(ip, monkeypatch):
-    from vjp_magic import symtensor
+    from vjp_magic.symbolic import symtensor
 
     def broken(input):
         raise ZeroDivisionError("boom")
@@ -713,7 +714,7 @@ def test_deadline_interrupts_a_long_call_and_restores_the_previous_handler():
     import signal
     import threading
 
-    from vjp_magic.symtensor import OutOfTime, deadline
+    from vjp_magic.symbolic.symtensor import OutOfTime, deadline
 
     def spin(seconds):
         start = time.monotonic()
@@ -863,7 +864,7 @@ def test_a_constant_changed_in_place_later_is_read_as_it_was_used():
 
 
 def test_a_constant_changed_in_place_without_a_copy_is_named(monkeypatch):
-    from vjp_magic import record as record_module
+    from vjp_magic.run import record as record_module
 
     monkeypatch.setattr(record_module, "MAX_COPY_ENTRIES", 0)
     ns, record = run_recorded("w = torch.ones(3)\n"
@@ -907,7 +908,7 @@ def test_recording_keeps_results_and_exceptions_and_only_outermost_calls():
 
 
 def test_a_cell_with_too_many_calls_is_not_replayed(monkeypatch):
-    from vjp_magic import record as record_module
+    from vjp_magic.run import record as record_module
 
     monkeypatch.setattr(record_module, "MAX_CALLS", 3)
     ns, record = run_recorded("x = torch.tensor([1., 2.], requires_grad=True)\n"

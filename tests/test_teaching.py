@@ -13,8 +13,8 @@ from torch.autograd.functional import jacobian as reference_jacobian
 
 from conftest import assert_tensor, run_ok, run_vjp
 from vjp_magic import differentiate
-from vjp_magic.codegen import derivative_name
-from vjp_magic.latex import code as code_tex
+from vjp_magic.render.codegen import derivative_name
+from vjp_magic.render.latex import code as code_tex
 
 STACK_AT_3_POINTS = """
 x = torch.arange(3, dtype=float, requires_grad=True)
@@ -299,7 +299,7 @@ def test_explain_shows_zero_between_points_where_a_derivative_is_infinite(ip):
     j_rows = text.split("2. The Jacobian", 1)[1].split("3. The gradient", 1)[0]
     assert "nan" not in j_rows.lower()
     assert "inf" in j_rows
-    from vjp_magic.teaching import _explained_jacobian
+    from vjp_magic.teach.teaching import _explained_jacobian
 
     block = _explained_jacobian(r, "x")
     J = block.get_block(torch.arange(3), torch.arange(3))

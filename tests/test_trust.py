@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian as reference_jacobian
 
 import vjp_magic
-from vjp_magic import analysis, axisflow, derivatives, differentiate, structure
-from vjp_magic.guard import keep_graphs
+from vjp_magic import differentiate
+from vjp_magic.core import analysis, axisflow, derivatives, structure
+from vjp_magic.run.guard import keep_graphs
 
 from conftest import run_ok, run_vjp
 

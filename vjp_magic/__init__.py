@@ -3,9 +3,9 @@
 ``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and ``%jacobian`` line magic;
 :func:`differentiate` does the same analysis from plain Python.
 """
-from .analysis import differentiate
-from .errors import VJPUsageError
-from .result import GradientList, RenderOptions, VJPResult
+from .core.analysis import differentiate
+from .core.errors import VJPUsageError
+from .core.result import GradientList, RenderOptions, VJPResult
 
 __all__ = ["differentiate", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]

@@ -26,14 +26,18 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Float, Int, observe, validate
 
-from . import coaching, symbolic, teaching
-from .analysis import differentiate
-from .cell import parse_cell
-from .errors import TORCH_FREED_GRAPH, TORCH_INPLACE, VJPUsageError
-from .guard import keep_graphs, retained_grads_kept
-from .record import recording
-from .result import RenderOptions, VJPResult
-from .tagging import choose_output, depends_on, find_inputs, graph_leaves, is_visible_name
+from .teach import coaching
+
+from .symbolic import derive as symbolic
+
+from .teach import teaching
+from .core.analysis import differentiate
+from .core.cell import parse_cell
+from .core.errors import TORCH_FREED_GRAPH, TORCH_INPLACE, VJPUsageError
+from .run.guard import keep_graphs, retained_grads_kept
+from .run.record import recording
+from .core.result import RenderOptions, VJPResult
+from .core.tagging import choose_output, depends_on, find_inputs, graph_leaves, is_visible_name
 
 
 def _common_arguments(func):

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import latex
-from .errors import VJPUsageError
-from .guard import BackwardCall, BackwardLog
-from .tagging import depends_on
+from ..render import latex
+from ..core.errors import VJPUsageError
+from ..run.guard import BackwardCall, BackwardLog
+from ..core.tagging import depends_on
 
 _autograd_grad = torch.autograd.grad  # the real one, even while a cell patches torch.autograd
 
@@ -226,7 +226,7 @@ def _structures(tensor: torch.Tensor, result) -> list[_InputStructure] | None:
     if result is not None and tensor is result.output:
         analysed = result
     elif result is not None:
-        from .analysis import differentiate
+        from ..core.analysis import differentiate
 
         inputs = {n: i.tensor for n, i in result.inputs.items() if depends_on(tensor, i.tensor)}
         try:

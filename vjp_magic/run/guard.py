@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.autograd.variable import Variable
 
-from .tagging import walk_nodes
+from ..core.tagging import walk_nodes
 
 FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "

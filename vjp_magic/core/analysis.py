@@ -11,7 +11,13 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from . import axisflow, checks, memory, structure
+from . import axisflow
+
+from . import checks
+
+from . import memory
+
+from . import structure
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
 from .errors import VJPUsageError

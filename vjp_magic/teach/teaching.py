@@ -10,11 +10,13 @@ import math
 
 import torch
 
-from . import coaching, latex
+from . import coaching
+
+from ..render import latex
 from .coaching import tex_rows
-from . import text as plain
-from .codegen import derivative_name
-from .formatting import Block, jacobian_block, summary_indices
+from ..render import plain
+from ..render.codegen import derivative_name
+from ..render.formatting import Block, jacobian_block, summary_indices
 
 
 def enrich(result, *, explain: bool = False, show_code: bool = False, log=None) -> None:

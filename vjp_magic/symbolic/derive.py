@@ -25,8 +25,8 @@ import sympy
 import torch
 from sympy.printing.latex import LatexPrinter
 
-from .formatting import notation
-from .record import tensors_in, version
+from ..render.formatting import notation
+from ..run.record import tensors_in, version
 from .symtensor import (
     DETACHING,
     NUMPY_FUNCTIONS,
@@ -39,7 +39,7 @@ from .symtensor import (
     replay,
     spend,
 )
-from .tagging import depends_on
+from ..core.tagging import depends_on
 
 RUN_SECONDS = 5.0  # for the replay, and again for differentiating and checking
 RENDER_SECONDS = 2.0  # for turning the formulas into LaTeX
@@ -160,7 +160,7 @@ def _entry_tex(name: str, index: str | None) -> str:
     ``x_{2}``, ``x_{1,2}``, ``\\alpha_{1,2}``; a name with a subscript of its own keeps it
     before a semicolon, ``x_{1;\\,2}``, ``w_{\\mathrm{in};\\,1,2}`` (never a double subscript);
     anything else is grouped: ``\\mathtt{x\\_\\_}_{1,2}``."""
-    from . import latex as tex
+    from ..render import latex as tex
 
     base = tex.name(name)
     if index is None:
@@ -766,7 +766,7 @@ class SymbolicSection:
                 f"{formula.mismatches:,} of {n:,} points{worst}{more}")
 
     def prepare(self) -> None:
-        from . import latex as tex
+        from ..render import latex as tex
 
         if self.note is not None:
             self._latex = [f"$${tex.text(self.note)}$$"]
@@ -793,7 +793,7 @@ class SymbolicSection:
         self._latex = _split_displays(rows, tex)
 
     def _formula_tex(self, left: str, value, printer, started) -> str:
-        from . import latex as tex
+        from ..render import latex as tex
 
         too_big = _too_big(value)
         if too_big is None and time.monotonic() - started > RENDER_SECONDS:

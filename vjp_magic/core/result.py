@@ -111,7 +111,7 @@ class VJPResult:
     def code(self) -> str:
         """Plain PyTorch source that reproduces the derivatives as ``d_<name>`` (made on first use)."""
         if self._code is None:
-            from .codegen import reproducing_code
+            from ..render.codegen import reproducing_code
 
             self._code = reproducing_code(self)
         return self._code
@@ -182,7 +182,7 @@ class VJPResult:
 
     # -- displays -------------------------------------------------------------------------
     def _repr_latex_(self) -> str:
-        from .latex import render_latex
+        from ..render.latex import render_latex
 
         return render_latex(self)
 
@@ -190,7 +190,7 @@ class VJPResult:
         return {"text/latex": self._repr_latex_(), "text/plain": repr(self)}
 
     def __repr__(self) -> str:
-        from .text import render_text
+        from ..render.plain import render_text
 
         return render_text(self)
 
