@@ -1,8 +1,20 @@
-"""Shared fixtures: a real IPython InteractiveShell with the extension loaded."""
+"""Shared fixtures: a real IPython InteractiveShell with the extension loaded, and the helpers
+every test file uses to run a cell through it. The tutorial's cells are in ``cells.py``.
+
+Fixtures (request them by name; nothing here is meant to be imported):
+
+- ``ip``: a clean namespace with ``torch`` imported and ``%load_ext vjp_magic`` done;
+- ``run_ok(source)``: run a cell, fail the test on any error, return the cell's value;
+- ``run_vjp(body, line="")``: run ``body`` under ``%%vjp line``, return the result;
+- ``usage_error(source)``: run a cell that must stop with a ``UsageError``, return its text;
+- ``assert_tensor(actual, expected, **kw)``: same shape, close values (``expected`` may be
+  nested lists; it is given ``actual``'s dtype).
+"""
 from __future__ import annotations
 
 import pytest
 import torch
+from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 
@@ -21,19 +33,48 @@ def ip(_shell):
     _shell.run_line_magic("unload_ext", "vjp_magic")
 
 
-def run_ok(ip, source: str):
-    """Run a cell; fail the test on any error; return its value (the result object)."""
+def _run_ok(ip, source: str):
     result = ip.run_cell(source)
     if not result.success:
         raise AssertionError(f"cell failed: {result.error_before_exec or result.error_in_exec!r}")
     return result.result
 
 
-def run_vjp(ip, body: str, line: str = ""):
-    return run_ok(ip, f"%%vjp {line}\n{body}")
+def _run_vjp(ip, body: str, line: str = ""):
+    return _run_ok(ip, f"%%vjp {line}\n{body}")
 
 
-def assert_tensor(actual, expected, **kw):
+def _usage_error(ip, source: str) -> str:
+    result = ip.run_cell(source)
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    return str(result.error_in_exec)
+
+
+def _assert_tensor(actual, expected, **kw):
     expected = torch.as_tensor(expected, dtype=actual.dtype)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     torch.testing.assert_close(actual, expected, **kw)
+
+
+@pytest.fixture(name="run_ok")
+def _run_ok_fixture(ip):
+    """``run_ok(source)``: run a cell; fail the test on any error; return its value."""
+    return lambda source: _run_ok(ip, source)
+
+
+@pytest.fixture(name="run_vjp")
+def _run_vjp_fixture(ip):
+    """``run_vjp(body, line="")``: run ``body`` under ``%%vjp line``; return the result."""
+    return lambda body, line="": _run_vjp(ip, body, line)
+
+
+@pytest.fixture(name="usage_error")
+def _usage_error_fixture(ip):
+    """``usage_error(source)``: the text of the ``UsageError`` the cell must stop with."""
+    return lambda source: _usage_error(ip, source)
+
+
+@pytest.fixture(name="assert_tensor")
+def _assert_tensor_fixture():
+    """``assert_tensor(actual, expected, **kw)``: same shape and close values."""
+    return _assert_tensor

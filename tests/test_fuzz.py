@@ -243,7 +243,7 @@ def check_against_reference(program, x0, w0, batched: bool, full: bool):
         scale = 1.0 + float(ref.abs().max()) if ref.numel() else 1.0
         torch.testing.assert_close(r.jacobian(name), ref, rtol=1e-7, atol=1e-9 * scale)
         pairing = r.point_axes[name]
-        outs, ins = [a for a, _ in pairing], [b for _, b in pairing]
+        outs, ins = pairing.out_axes, pairing.in_axes
         assert len(set(outs)) == len(outs) and len(set(ins)) == len(ins), pairing
         assert all(out_shape[a] == in_shape[b] for a, b in pairing), pairing
         if full:

@@ -207,7 +207,7 @@ def _without_reference(output, inputs, k) -> Finding:
         r = vjp_magic.differentiate(output, inputs)
         for name, tensor in inputs.items():
             comp = tuple(n for a, n in enumerate(output.shape)
-                         if a not in {p for p, _ in r.point_axes[name]})
+                         if a not in r.point_axes[name].out_axes)
             if tuple(r.derivatives[name].shape) != comp + tuple(tensor.shape):
                 return Finding("mismatch", f"{why}; derivatives of {name} shaped "
                                            f"{tuple(r.derivatives[name].shape)}")

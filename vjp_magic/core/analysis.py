@@ -1,27 +1,25 @@
-"""The analysis: tagging done, infer structure and compute derivatives for every input.
+"""The analysis: given the output and the inputs, infer each input's point structure and
+compute its derivatives.
 
-``differentiate`` is the package's plain-Python entry point; the magics call it too.
+:func:`differentiate` proves what the autograd graph allows (:mod:`.axisflow`), proposes
+larger pairings from the shapes (:mod:`.structure`), judges them with random probes, and
+computes the derivatives with one VJP per component (:mod:`.derivatives`).
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-from collections.abc import Mapping, Sequence
 
 import torch
 
-from . import axisflow
-
-from . import checks
-
-from . import memory
-
-from . import structure
+from . import axisflow, checks, memory, structure
+from .checks import check_output, named_inputs  # noqa: F401 (named_inputs: for run/)
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
-from .errors import VJPUsageError
+from .pairing import Pairing
 from .result import InputResult, VJPResult
+from .torch_api import TorchError, torch_error
 
 # Up to this many Jacobian entries (and output entries), one batched backward computes the
 # whole Jacobian and the candidate pairings are judged on it: cheaper than a backward per
@@ -32,83 +30,11 @@ SMALL_OUTPUT = 4096
 EXACT_PER_SIZE = 24  # candidate pairings per number of point axes on the exact path
 
 
-def _as_named_inputs(inputs, names) -> dict[str, torch.Tensor]:
-    if isinstance(inputs, torch.Tensor):
-        name = names if isinstance(names, str) else (names[0] if names else "x")
-        return {name: inputs}
-    if isinstance(inputs, Mapping):
-        return dict(inputs)
-    if isinstance(inputs, Sequence) and not isinstance(inputs, str):
-        inputs = list(inputs)
-        if names is None:
-            names = ["x"] if len(inputs) == 1 else [f"x{i + 1}" for i in range(len(inputs))]
-        if isinstance(names, str) or len(names) != len(inputs):
-            raise VJPUsageError("Give one name per input: names=['x', 'w'] for inputs=[x, w].")
-        return dict(zip(names, inputs))
-    raise VJPUsageError(
-        f"inputs must be a tensor, a list of tensors or a dict name → tensor, not "
-        f"{type(inputs).__name__}."
-    )
-
-
-def check_output(output: object, name: str) -> torch.Tensor:
-    """The output must be a real floating tensor that autograd can differentiate."""
-    if isinstance(output, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in output):
-        raise VJPUsageError(
-            f"{name} is a {type(output).__name__} of tensors: name one of them as the output "
-            f"(--of {name}[0]) or torch.stack them into one tensor."
-        )
-    if not isinstance(output, torch.Tensor):
-        raise VJPUsageError(
-            f"{name} is a {type(output).__name__}, not a tensor: compute it with torch operations "
-            f"on a tensor that has requires_grad=True."
-        )
-    if output.is_complex():
-        raise VJPUsageError(
-            f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
-            f"Differentiate its real and imaginary parts separately: {name}.real, {name}.imag."
-        )
-    if not output.is_floating_point():
-        raise VJPUsageError(
-            f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives. "
-            "Make the input a floating tensor, e.g. torch.arange(3, dtype=torch.float32)."
-        )
-    if not output.requires_grad:
-        raise VJPUsageError(
-            f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
-            "or from tensors without requires_grad=True. Create the input with requires_grad=True "
-            "and compute the output outside torch.no_grad()."
-        )
-    return output
-
-
-def check_input(tensor: object, name: str) -> torch.Tensor:
-    """An input must be a real floating tensor with requires_grad=True."""
-    if not isinstance(tensor, torch.Tensor):
-        raise VJPUsageError(f"Input {name} is a {type(tensor).__name__}, not a tensor.")
-    if tensor.is_complex():
-        raise VJPUsageError(
-            f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
-            f"Use {name}.real and {name}.imag as separate real inputs."
-        )
-    if not tensor.is_floating_point():
-        raise VJPUsageError(
-            f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
-            f"Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True)."
-        )
-    if not tensor.requires_grad:
-        raise VJPUsageError(
-            f"Input {name} does not require grad. Create it with requires_grad=True or call "
-            f"{name}.requires_grad_() before computing the output."
-        )
-    return tensor
-
-
 @dataclass
 class Candidate:
     """A pairing to try for one input; ``proved`` ones need no structure check."""
 
-    pairing: structure.Pairing
+    pairing: Pairing
     proved: bool
 
 
@@ -118,7 +44,7 @@ def _candidates(output, tensor, proof, full: bool, per_size: int) -> list[Candid
     When the graph analysis is exact, the proved pairing is the whole structure: it alone.
     """
     if full:
-        return [Candidate((), True)]
+        return [Candidate(Pairing(), True)]
     proved = proof.pairing(tuple(output.shape), tuple(tensor.shape))
     if proof.exact:
         return [Candidate(proved, True)]
@@ -152,46 +78,42 @@ def differentiate(
     ``x.grad`` is never changed.
     """
     output = check_output(output, output_name)
-    named = _as_named_inputs(inputs, names)
-    if not named:
-        raise VJPUsageError("Give at least one input tensor to differentiate with respect to.")
-    for name, tensor in named.items():
-        check_input(tensor, name)
+    named = checks.checked_inputs(inputs, names)
     checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
     proofs = {name: _proof(output, t, graph_proof) for name, t in named.items()}
     workspace = max(p.workspace for p in proofs.values())
-
-    small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
-    exact = small and batched and output.numel() <= SMALL_OUTPUT
-    per_size = EXACT_PER_SIZE if exact else max_pairings
-    candidates = {name: _candidates(output, t, proofs[name], full, per_size)
-                  for name, t in named.items()}
-    probes = _Probes(output, named)
-    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
-    if exact:
-        accepted = _from_exact_jacobian(context, named, candidates, probes)
-    else:
-        accepted = _from_verified_pairings(context, named, candidates, probes)
-
-    results = {
-        name: InputResult(
-            name=name,
-            tensor=named[name],
-            pairing=accepted[name][0].pairing,
-            derivatives=accepted[name][1],
-            unused=not proofs[name].depends,
-            evidence="proved" if accepted[name][0].proved else "observed",
-            unverified=tuple(dict.fromkeys(proofs[name].custom)),
-        )
-        for name in named
-    }
+    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full,
+                       _Probes(output, named))
+    accepted = _accepted(context, named, proofs, max_pairings)
+    results = {name: _input_result(name, named[name], proofs[name], *accepted[name])
+               for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget)
     checks.annotate(result)  # NaN/inf, zero Jacobians, unverified backward functions
     if not keep_graph:
         result.release_graph()
     return result
+
+
+def _accepted(context, named, proofs, max_pairings) -> dict[str, tuple[Candidate, torch.Tensor]]:
+    """Per input, the first candidate pairing the probe rule accepts, and its derivatives."""
+    output = context.output
+    small = output.numel() * sum(t.numel() for t in named.values()) <= SMALL_JACOBIAN
+    exact = small and context.batched and output.numel() <= SMALL_OUTPUT
+    per_size = EXACT_PER_SIZE if exact else max_pairings
+    candidates = {name: _candidates(output, t, proofs[name], context.full, per_size)
+                  for name, t in named.items()}
+    if exact:
+        return _from_exact_jacobian(context, named, candidates, context.probes)
+    return _from_verified_pairings(context, named, candidates, context.probes)
+
+
+def _input_result(name, tensor, proof, candidate: Candidate, derivatives) -> InputResult:
+    return InputResult(name=name, tensor=tensor, pairing=candidate.pairing,
+                       derivatives=derivatives, unused=not proof.depends,
+                       evidence="proved" if candidate.proved else "observed",
+                       unverified=tuple(dict.fromkeys(proof.custom)))
 
 
 def _proof(output, tensor, graph_proof: bool) -> axisflow.GraphProof:
@@ -313,7 +235,7 @@ def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
         if structure.probe_agrees(flat, probes.vector().reshape(-1), probes.vjp(name), ()):
             return jac
     except RuntimeError as error:
-        if "second time" in str(error):
+        if torch_error(error) is TorchError.SECOND_PASS:
             raise
     flat = context.vjps([tensor], (), batched=False)[0][0]
     return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
@@ -441,4 +363,4 @@ def _from_verified_pairings(context, named, candidates, probes):
 
 
 def _point_out(candidate: Candidate) -> tuple[int, ...]:
-    return tuple(sorted(a for a, _ in candidate.pairing))
+    return tuple(sorted(candidate.pairing.out_axes))

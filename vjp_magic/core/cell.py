@@ -1,7 +1,7 @@
-"""Stage 1 — cell parsing: which names a cell assigns and whether it ends in an expression.
+"""Cell parsing: which targets a cell binds and whether it ends in an expression.
 
-Pure ``ast`` work on Python source (IPython syntax is translated by the magics
-layer before it gets here).
+Pure ``ast`` work on Python source (IPython syntax is translated by ``run/execute.py``
+before it gets here).
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from dataclasses import dataclass, field
 class ParsedCell:
     """A cell split into the statements to execute and an optional final expression."""
 
-    tree: ast.Module
     body: ast.Module
     final_expr: ast.Expression | None
     final_source: str | None
-    assigned_names: list[str] = field(default_factory=list)
     # Every bound target in binding order: names, and the source of subscript and attribute
     # targets (``d['y']``, ``net.out``), as ``ast.unparse`` spells them.
     targets: list[str] = field(default_factory=list)
@@ -25,22 +23,14 @@ class ParsedCell:
     loaded_names: list[str] = field(default_factory=list)
 
 
-class _AssignedNames(ast.NodeVisitor):
-    """Collects top-level bound names in source order (not those inside defs/classes), and
-    every target (subscripts and attributes too) in ``targets``."""
+class _Targets(ast.NodeVisitor):
+    """Collects the top-level bound targets (not those inside defs/classes), names and
+    subscripts and attributes alike, ordered by their last binding."""
 
     def __init__(self) -> None:
-        self.names: list[str] = []
         self.targets: list[str] = []
 
-    def _add(self, name: str) -> None:
-        for bound in (self.names, self.targets):
-            if name in bound:
-                bound.remove(name)
-            bound.append(name)
-
-    def _add_expression(self, target: ast.AST) -> None:
-        source = ast.unparse(target)
+    def _add(self, source: str) -> None:
         if source in self.targets:
             self.targets.remove(source)
         self.targets.append(source)
@@ -49,7 +39,7 @@ class _AssignedNames(ast.NodeVisitor):
         if isinstance(target, ast.Name):
             self._add(target.id)
         elif isinstance(target, (ast.Subscript, ast.Attribute)):
-            self._add_expression(target)
+            self._add(ast.unparse(target))
         elif isinstance(target, (ast.Tuple, ast.List)):
             for elt in target.elts:
                 self._targets(elt)
@@ -105,17 +95,6 @@ class _AssignedNames(ast.NodeVisitor):
     visit_SetComp = visit_DictComp = visit_GeneratorExp = visit_ListComp
 
 
-def assigned_names(tree: ast.AST) -> list[str]:
-    """Names bound at the cell's top level, ordered by their last binding."""
-    return _visit(tree).names
-
-
-def _visit(tree: ast.AST) -> _AssignedNames:
-    visitor = _AssignedNames()
-    visitor.visit(tree)
-    return visitor
-
-
 def _loaded_names(tree: ast.AST) -> list[str]:
     """Names read anywhere in ``tree``, in source order, each once."""
     loads = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)]
@@ -137,13 +116,12 @@ def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
         ast.copy_location(final_expr, last)
         final_source = ast.get_source_segment(source, last.value)
     body = ast.Module(body=statements, type_ignores=[])
-    visitor = _visit(tree)
+    visitor = _Targets()
+    visitor.visit(tree)
     return ParsedCell(
-        tree=tree,
         body=body,
         final_expr=final_expr,
         final_source=final_source,
-        assigned_names=visitor.names,
         targets=visitor.targets,
         loaded_names=_loaded_names(tree),
     )

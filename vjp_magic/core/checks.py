@@ -1,15 +1,100 @@
-"""Checks around the analysis: empty tensors refused clearly, NaN/inf derivatives flagged.
+"""Checks around the analysis: its arguments checked, empty tensors refused clearly,
+NaN/inf derivatives flagged.
 
-``differentiate`` calls :func:`refuse_empty` before any backward and :func:`annotate` on
-its result (notes for non-finite derivatives).
+``differentiate`` calls :func:`checked_inputs`, :func:`check_output` and :func:`refuse_empty`
+before any backward, and :func:`annotate` on its result (notes for non-finite derivatives).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from .errors import VJPUsageError
+
+
+def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
+    """``inputs`` (a tensor, a sequence, or a dict name → tensor) as a dict name → tensor."""
+    if isinstance(inputs, torch.Tensor):
+        name = names if isinstance(names, str) else (names[0] if names else "x")
+        return {name: inputs}
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if isinstance(inputs, Sequence) and not isinstance(inputs, str):
+        inputs = list(inputs)
+        if names is None:
+            names = ["x"] if len(inputs) == 1 else [f"x{i + 1}" for i in range(len(inputs))]
+        if isinstance(names, str) or len(names) != len(inputs):
+            raise VJPUsageError("Give one name per input: names=['x', 'w'] for inputs=[x, w].")
+        return dict(zip(names, inputs))
+    raise VJPUsageError(
+        f"inputs must be a tensor, a list of tensors or a dict name → tensor, not "
+        f"{type(inputs).__name__}."
+    )
+
+
+def check_output(output: object, name: str) -> torch.Tensor:
+    """The output must be a real floating tensor that autograd can differentiate."""
+    if isinstance(output, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in output):
+        raise VJPUsageError(
+            f"{name} is a {type(output).__name__} of tensors: name one of them as the output "
+            f"(--of {name}[0]) or torch.stack them into one tensor."
+        )
+    if not isinstance(output, torch.Tensor):
+        raise VJPUsageError(
+            f"{name} is a {type(output).__name__}, not a tensor: compute it with torch operations "
+            f"on a tensor that has requires_grad=True."
+        )
+    _refuse_unless_real_floating(
+        output,
+        f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
+        f"Differentiate its real and imaginary parts separately: {name}.real, {name}.imag.",
+        f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives. "
+        "Make the input a floating tensor, e.g. torch.arange(3, dtype=torch.float32).")
+    if not output.requires_grad:
+        raise VJPUsageError(
+            f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
+            "or from tensors without requires_grad=True. Create the input with requires_grad=True "
+            "and compute the output outside torch.no_grad()."
+        )
+    return output
+
+
+def check_input(tensor: object, name: str) -> torch.Tensor:
+    """An input must be a real floating tensor with requires_grad=True."""
+    if not isinstance(tensor, torch.Tensor):
+        raise VJPUsageError(f"Input {name} is a {type(tensor).__name__}, not a tensor.")
+    _refuse_unless_real_floating(
+        tensor,
+        f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
+        f"Use {name}.real and {name}.imag as separate real inputs.",
+        f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
+        "Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True).")
+    if not tensor.requires_grad:
+        raise VJPUsageError(
+            f"Input {name} does not require grad. Create it with requires_grad=True or call "
+            f"{name}.requires_grad_() before computing the output."
+        )
+    return tensor
+
+
+def _refuse_unless_real_floating(tensor: torch.Tensor, if_complex: str, if_not_float: str):
+    """Only real floating tensors have derivatives here: the message says what to do."""
+    if tensor.is_complex():
+        raise VJPUsageError(if_complex)
+    if not tensor.is_floating_point():
+        raise VJPUsageError(if_not_float)
+
+
+def checked_inputs(inputs, names) -> dict[str, torch.Tensor]:
+    """The named inputs, each checked with :func:`check_input`; at least one."""
+    named = named_inputs(inputs, names)
+    if not named:
+        raise VJPUsageError("Give at least one input tensor to differentiate with respect to.")
+    for name, tensor in named.items():
+        check_input(tensor, name)
+    return named
 
 
 def refuse_empty(output: torch.Tensor, inputs: dict, output_name: str) -> None:

@@ -1,4 +1,4 @@
-"""Stage 4 — derivatives: vector-Jacobian products, batched, chunked to a memory budget.
+"""Derivatives: vector-Jacobian products, batched, chunked to a memory budget.
 
 Everything goes through ``torch.autograd.grad`` with ``retain_graph=True``, so
 ``x.grad`` is never touched and the graph stays usable for the user's next cell.
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-_autograd_grad = torch.autograd.grad  # the real one, even while a cell patches torch.autograd
+from .torch_api import TorchError, autograd_grad, torch_error
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
 _WORKSPACE_FACTOR = 4
@@ -64,14 +64,14 @@ def vjp_batch(
                     warnings.simplefilter("ignore")
                     return method(output, inputs, grad_outputs)
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
-                if "second time" in str(error):
+                if torch_error(error) is TorchError.SECOND_PASS:
                     raise
     return _looped_grad(output, inputs, grad_outputs)
 
 
 def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     def one(v):
-        return _autograd_grad(
+        return autograd_grad(
             [output], list(inputs), [v], retain_graph=True, allow_unused=True,
             materialize_grads=True,
         )
@@ -80,7 +80,7 @@ def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
 
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
-    grads = _autograd_grad(
+    grads = autograd_grad(
         [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
         is_grads_batched=True,
     )
@@ -91,7 +91,7 @@ def _looped_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     rows: list[list[torch.Tensor | None]] = []
     for v in grad_outputs:
         rows.append(
-            list(_autograd_grad([output], list(inputs), [v], retain_graph=True, allow_unused=True))
+            list(autograd_grad([output], list(inputs), [v], retain_graph=True, allow_unused=True))
         )
     results = []
     for i, tensor in enumerate(inputs):
@@ -117,8 +117,8 @@ def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
 def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
               vector: torch.Tensor) -> list[torch.Tensor]:
     """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached)."""
-    grads = _autograd_grad([output], list(inputs), [vector], retain_graph=True,
-                           allow_unused=True)
+    grads = autograd_grad([output], list(inputs), [vector], retain_graph=True,
+                          allow_unused=True)
     return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
 
 
@@ -231,7 +231,7 @@ def forward_jacobian(
     Raises ``RuntimeError`` for graphs without double-backward support (callers fall back).
     """
     v = torch.zeros_like(output, requires_grad=True)
-    (g,) = _autograd_grad(
+    (g,) = autograd_grad(
         [output], [tensor], [v], retain_graph=True, create_graph=True, allow_unused=True,
         materialize_grads=True,
     )

@@ -10,7 +10,3 @@ keeps its traceback.
 class VJPUsageError(ValueError):
     """A user mistake, with a message that says what to do."""
 
-
-# PyTorch's error texts the package recognises (matched with ``in str(error)``): one place.
-TORCH_INPLACE = "modified by an inplace operation"  # a saved tensor was changed in place
-TORCH_FREED_GRAPH = "second time"  # "Trying to backward through the graph a second time"

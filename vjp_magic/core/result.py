@@ -1,4 +1,6 @@
-"""The result object: derivatives, gradient arguments, point axes, full Jacobians, displays."""
+"""The result object: derivatives, gradient arguments, point axes, full Jacobians.
+
+How it displays is its ``view``'s business (``render/view.py``, set by the pipeline)."""
 from __future__ import annotations
 
 import math
@@ -9,16 +11,7 @@ import torch
 
 from . import memory
 from .derivatives import one_hot_gradients
-from .structure import Pairing, component_shape
-
-
-@dataclass
-class RenderOptions:
-    """How a result is displayed (the magics fill these from ``%config`` and flags)."""
-
-    precision: int = 4
-    threshold: int = 10
-    edgeitems: int = 3
+from .pairing import Pairing
 
 
 class GradientList(Sequence):
@@ -69,17 +62,20 @@ class InputResult:
     evidence: str = "proved"
     unverified: tuple[str, ...] = ()  # custom autograd.Function backward nodes on the way
 
+    def __post_init__(self) -> None:
+        self.pairing = Pairing(self.pairing)  # plain ((a, b), ...) pairs are accepted too
+
     @property
     def point_count(self) -> int:
         """Number of points (product of the paired axes' sizes)."""
-        return math.prod(self.tensor.shape[b] for _, b in self.pairing)
+        return self.pairing.point_count(self.tensor.shape)
 
     @property
     def has_points(self) -> bool:
-        return any(self.tensor.shape[b] > 1 for _, b in self.pairing)
+        return any(self.tensor.shape[b] > 1 for b in self.pairing.in_axes)
 
     def per_point_numel(self) -> int:
-        paired = {b for _, b in self.pairing}
+        paired = set(self.pairing.in_axes)
         return math.prod(n for b, n in enumerate(self.tensor.shape) if b not in paired)
 
 
@@ -98,36 +94,31 @@ class VJPResult:
     inputs: dict[str, InputResult]
     full: bool = False
     notes: list[str] = field(default_factory=list)
-    options: RenderOptions = field(default_factory=RenderOptions)
     memory_budget: int | None = None
-    show_jacobian: bool = False
-    # Filled by later stages (teaching, symbolic) when their flags ask for them.
-    sections: list = field(default_factory=list)  # objects with .latex() / .text() / .position
-    _code: str | None = field(default=None, repr=False)
     symbolic: dict = field(default_factory=dict)
     symbolic_check: dict = field(default_factory=dict)
+    # How it displays (a render.view.View: options, sections around the derivatives).
+    view: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def code(self) -> str:
-        """Plain PyTorch source that reproduces the derivatives as ``d_<name>`` (made on first use)."""
-        if self._code is None:
-            from ..render.codegen import reproducing_code
-
-            self._code = reproducing_code(self)
-        return self._code
+        """Plain PyTorch source that reproduces the derivatives as ``d_<name>``."""
+        if self.view is None:
+            raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
+        return self.view.code(self)
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:
         return {name: r.derivatives for name, r in self.inputs.items()}
 
     @property
-    def point_axes(self) -> dict[str, tuple[tuple[int, int], ...]]:
+    def point_axes(self) -> dict[str, Pairing]:
         return {name: r.pairing for name, r in self.inputs.items()}
 
     @property
     def gradients(self) -> dict[str, GradientList]:
         return {
-            name: GradientList(self.output, [a for a, _ in r.pairing])
+            name: GradientList(self.output, r.pairing.out_axes)
             for name, r in self.inputs.items()
         }
 
@@ -136,7 +127,7 @@ class VJPResult:
         self.output = self.output.detach()
 
     def component_shape(self, name: str) -> tuple[int, ...]:
-        return component_shape(self.output.shape, self.inputs[name].pairing)
+        return self.inputs[name].pairing.component_shape(self.output.shape)
 
     def jacobian(self, name: str | None = None) -> torch.Tensor:
         """The full Jacobian, shape ``output.shape + input.shape`` (assembled, no new backward)."""
@@ -162,7 +153,7 @@ class VJPResult:
         out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
         out_idx = _unravel(rows, out_shape)
         in_idx = _unravel(cols, in_shape)
-        point_out = {a for a, _ in item.pairing}
+        point_out = set(item.pairing.out_axes)
         comp_idx = [out_idx[a][:, None] for a in range(len(out_shape)) if a not in point_out]
         gather = tuple(comp_idx) + tuple(i[None, :] for i in in_idx)
         values = item.derivatives[gather] if gather else item.derivatives.reshape(1, 1)
@@ -180,19 +171,17 @@ class VJPResult:
             raise KeyError(f"No input named {name!r}; inputs are {', '.join(self.inputs)}.")
         return name
 
-    # -- displays -------------------------------------------------------------------------
-    def _repr_latex_(self) -> str:
-        from ..render.latex import render_latex
-
-        return render_latex(self)
-
+    # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
     def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/latex": self._repr_latex_(), "text/plain": repr(self)}
+        if self.view is None:
+            return {"text/plain": repr(self)}
+        return self.view.bundle(self)
 
     def __repr__(self) -> str:
-        from ..render.plain import render_text
-
-        return render_text(self)
+        if self.view is not None:
+            return self.view.plain(self)
+        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
+        return f"<VJPResult: {self.output_name} {tuple(self.output.shape)} of {inputs}>"
 
 
 def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:

@@ -1,9 +1,7 @@
-"""Stage 3 — structure inference: which output axes are "points" for which input axes.
+"""Structure inference: which output axes are "points" for which input axes.
 
-The graph analysis (:mod:`.axisflow`) proves what it can; shapes propose larger pairings,
-and random probes vᵀJ on the autograd graph decide those.
-A pairing ``((a, b), ...)`` says output axis ``a`` and input axis ``b`` index the same
-points, i.e. the Jacobian is zero unless ``y_index[a] == x_index[b]``.
+The graph analysis (:mod:`.axisflow`) proves what it can; shapes propose larger pairings
+(:class:`.pairing.Pairing`), and random probes vᵀJ on the autograd graph decide those.
 """
 from __future__ import annotations
 
@@ -13,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-
-Pairing = tuple[tuple[int, int], ...]
+from .pairing import Pairing
+from .tolerances import tolerances
 
 PER_SIZE = 3  # candidate pairings tried per number of point axes (probe path)
 
@@ -23,7 +21,7 @@ def _size_one_pairs(out_shape: Sequence[int], in_shape: Sequence[int]) -> Pairin
     """Size-1 output axes paired in order with size-1 input axes (always valid)."""
     out_ones = [a for a, n in enumerate(out_shape) if n == 1]
     in_ones = [b for b, n in enumerate(in_shape) if n == 1]
-    return tuple(zip(out_ones, in_ones))
+    return Pairing(zip(out_ones, in_ones))
 
 
 def candidate_pairings(
@@ -45,10 +43,10 @@ def candidate_pairings(
         for outs in itertools.combinations(out_axes, size):
             for ins in itertools.permutations(in_axes, size):
                 if all(out_shape[a] == in_shape[b] for a, b in zip(outs, ins)):
-                    same_size.append(tuple(zip(outs, ins)))
+                    same_size.append(Pairing(zip(outs, ins)))
         same_size.sort(key=_preference)
         proposals.extend(same_size if per_size is None else same_size[:per_size])
-    proposals = [tuple(sorted(p + ones)) for p in proposals]
+    proposals = [(p + ones).sorted() for p in proposals]
     proposals.append(ones)
     # The size-1 pairing alone is always valid, so nothing after it is needed.
     return list(dict.fromkeys(proposals))
@@ -69,10 +67,10 @@ def consistent_pairing(out_shape: Sequence[int], in_shape: Sequence[int], rows) 
             if m == n > 1 and all(bool((support[:, b] == index[a]).all())
                                   for index, support in rows):
                 pairs.append((a, b))
-    outs = [a for a, _ in pairs]
-    ins = [b for _, b in pairs]
-    pairs = [(a, b) for a, b in pairs if outs.count(a) == 1 and ins.count(b) == 1]
-    return tuple(sorted(pairs + list(_size_one_pairs(out_shape, in_shape))))
+    pairs = Pairing(pairs)
+    outs, ins = pairs.out_axes, pairs.in_axes
+    unique = Pairing(p for p in pairs if outs.count(p.out) == 1 and ins.count(p.in_) == 1)
+    return (unique + _size_one_pairs(out_shape, in_shape)).sorted()
 
 
 def row_indices(out_shape: Sequence[int], count: int = 4) -> list[tuple[int, ...]]:
@@ -86,7 +84,7 @@ def row_indices(out_shape: Sequence[int], count: int = 4) -> list[tuple[int, ...
 
 
 def _preference(pairing: Pairing) -> tuple[int, int]:
-    ins = [b for _, b in pairing]
+    ins = pairing.in_axes
     monotone = all(x < y for x, y in zip(ins, ins[1:]))
     offset = sum(abs(a - b) for a, b in pairing)
     return (0 if monotone else 1, offset)
@@ -94,8 +92,7 @@ def _preference(pairing: Pairing) -> tuple[int, int]:
 
 def component_shape(out_shape: Sequence[int], pairing: Pairing) -> tuple[int, ...]:
     """Shape of the non-point output axes: one gradient argument per entry."""
-    point_axes = {a for a, _ in pairing}
-    return tuple(n for a, n in enumerate(out_shape) if a not in point_axes)
+    return Pairing(pairing).component_shape(out_shape)
 
 
 _PROBE_SEED = 20240229
@@ -154,18 +151,19 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pai
     the input: at each input entry, the probe's components at that entry's point times the
     derivatives there, summed over components.
     """
-    point_out = [a for a, _ in pairing]
+    pairing = Pairing(pairing)
+    point_out = pairing.out_axes
     k = probe.dim() - len(point_out)
     in_shape = derivatives.shape[k:]
-    by_input_axis = sorted(pairing, key=lambda ab: ab[1])
-    order = [a for a in range(probe.dim()) if a not in point_out] + [a for a, _ in by_input_axis]
-    paired_inputs = {b for _, b in pairing}
+    by_input_axis = sorted(pairing, key=lambda pair: pair.in_)
+    order = [a for a in range(probe.dim()) if a not in point_out] + [p.out for p in by_input_axis]
+    paired_inputs = set(pairing.in_axes)
     count = math.prod(probe.shape[a] for a in order[:k])
     v = probe.permute(order).reshape(
         (count,) + tuple(n if b in paired_inputs else 1 for b, n in enumerate(in_shape))
     )
     d = derivatives.reshape((count,) + tuple(in_shape))
-    if not pairing or all(in_shape[b] == 1 for _, b in pairing):  # one row times a matrix
+    if not pairing or all(in_shape[b] == 1 for b in pairing.in_axes):  # one row times a matrix
         return (v.reshape(1, count) @ d.reshape(count, -1)).reshape(in_shape)
     if count > 64:
         return (v * d).sum(dim=0)
@@ -173,23 +171,6 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pai
     for r in range(1, count):
         expected.addcmul_(d[r], v[r])
     return expected
-
-
-# Relative tolerance of the probe comparison, per dtype: how far autograd's own rounding can
-# move one entry of vᵀJ, relative to the magnitudes |v_i||J_ij| that sum into it. A few dozen
-# eps (and more for the half types, whose products are rounded at every step): a coupling
-# between points larger than this, relative to the entries it adds to, is always seen.
-PROBE_RTOL = {
-    torch.float64: 256 * torch.finfo(torch.float64).eps,  # 5.7e-14
-    torch.float32: 64 * torch.finfo(torch.float32).eps,  # 7.6e-6
-    torch.float16: 16 * torch.finfo(torch.float16).eps,  # 1.6e-2
-    torch.bfloat16: 16 * torch.finfo(torch.bfloat16).eps,  # 1.3e-1
-}
-
-
-def tolerance(dtype: torch.dtype) -> float:
-    """Relative tolerance of the probe comparison for ``dtype`` (see :data:`PROBE_RTOL`)."""
-    return PROBE_RTOL.get(dtype, PROBE_RTOL[torch.float32])
 
 
 def probe_mismatch(
@@ -214,7 +195,7 @@ def probe_mismatch(
     if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
         return 0.0
     scale = predicted_probe(derivatives.abs(), probe.abs(), pairing)
-    allowed = scale.mul_(tolerance(dtype)).add_(torch.finfo(compute).tiny)
+    allowed = scale.mul_(tolerances(dtype).probe).add_(torch.finfo(compute).tiny)
     ratio = torch.sub(probe_vjp, expected).abs_().div_(allowed)
     worst = float(ratio.max())
     if worst <= 1.0:  # NaN compares False: the non-finite entries are looked at below
@@ -235,8 +216,9 @@ def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) 
     """The derivatives (component shape + input shape) read off the pairing's support."""
     if not pairing:
         return jacobian
+    pairing = Pairing(pairing)
     out_shape, in_shape = jacobian.shape[:out_ndim], jacobian.shape[out_ndim:]
-    comp_axes = [a for a in range(out_ndim) if a not in {p for p, _ in pairing}]
+    comp_axes = [a for a in range(out_ndim) if a not in pairing.out_axes]
     result_ndim = len(comp_axes) + len(in_shape)
 
     def axis_range(size: int, position: int) -> torch.Tensor:
@@ -244,7 +226,7 @@ def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) 
         shape[position] = size
         return torch.arange(size, device=jacobian.device).reshape(shape)
 
-    paired = dict(pairing)
+    paired = pairing.out_to_in()
     index = []
     for a in range(out_ndim):
         if a in paired:

@@ -1,4 +1,4 @@
-"""Stage 2 — tagging: which tensors are the inputs and which is the output.
+"""Tagging: which tensors are the inputs and which is the output.
 
 Names come from the namespace; dependence comes from the autograd graph.
 """

@@ -1,0 +1,61 @@
+"""Which output axes are "points" for which input axes: the :class:`Pairing` value type.
+
+A pairing ``((a, b), ...)`` says output axis ``a`` and input axis ``b`` index the same points,
+i.e. the Jacobian is zero unless ``y_index[a] == x_index[b]``. It is a tuple of
+:class:`AxisPair` s, so it still compares, hashes and unpacks as plain ``(a, b)`` pairs
+(``r.point_axes["x"] == ((0, 0),)``, ``for a, b in pairing``, ``dict(pairing)``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+
+class AxisPair(NamedTuple):
+    """Output axis ``out`` and input axis ``in_`` index the same points."""
+
+    out: int
+    in_: int
+
+
+class Pairing(tuple):
+    """The (output axis, input axis) pairs of one input, as :class:`AxisPair` s."""
+
+    __slots__ = ()
+
+    def __new__(cls, pairs: Iterable[tuple[int, int]] = ()) -> Pairing:
+        return super().__new__(cls, (AxisPair(*pair) for pair in pairs))
+
+    @property
+    def out_axes(self) -> tuple[int, ...]:
+        """The output axes that are points, in the pairs' order."""
+        return tuple(pair.out for pair in self)
+
+    @property
+    def in_axes(self) -> tuple[int, ...]:
+        """The input axes that are points, in the pairs' order."""
+        return tuple(pair.in_ for pair in self)
+
+    def out_to_in(self) -> dict[int, int]:
+        """Output axis → the input axis it is paired with."""
+        return dict(self)
+
+    def sorted(self) -> Pairing:
+        """The same pairs, by output axis."""
+        return Pairing(sorted(self))
+
+    def component_shape(self, out_shape: Sequence[int]) -> tuple[int, ...]:
+        """Shape of the non-point output axes: one gradient argument per entry."""
+        points = set(self.out_axes)
+        return tuple(n for a, n in enumerate(out_shape) if a not in points)
+
+    def point_count(self, in_shape: Sequence[int]) -> int:
+        """Number of points: the product of the paired input axes' sizes."""
+        return math.prod(in_shape[b] for b in self.in_axes)
+
+    def __add__(self, other) -> Pairing:
+        return Pairing(tuple(self) + tuple(other))
+
+    def __repr__(self) -> str:
+        return repr(tuple(tuple(pair) for pair in self))

@@ -1,0 +1,75 @@
+"""What the package takes from PyTorch by its words: error texts, and the real autograd.
+
+PyTorch reports autograd mistakes as ``RuntimeError`` with a message and no error type, so
+the package recognises them by text. Every text it matches is here (:class:`TorchError`) and
+matched in one way (:func:`torch_error`); no other module writes PyTorch's words.
+
+The real autograd entry points (``torch.autograd.grad`` and the engine that ``backward``
+and ``grad`` hand their passes to) are captured once, at import: a cell may rebind
+``torch.autograd.grad`` (or the guard wraps the engine while a cell runs), and the analysis
+must still reach PyTorch's own functions.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from contextlib import contextmanager
+
+import torch
+from torch.autograd.variable import Variable
+
+# -- the real functions, captured once ---------------------------------------------------------
+autograd_grad = torch.autograd.grad
+ENGINE = Variable._execution_engine  # what backward and autograd.grad hand their passes to
+
+
+@contextmanager
+def engine_wrapped(wrap):
+    """While the block runs, autograd's passes go to ``wrap(engine)`` (the engine in place
+    now); the engine is put back afterwards, whatever happens."""
+    engine = Variable._execution_engine
+    Variable._execution_engine = wrap(engine)
+    try:
+        yield
+    finally:
+        Variable._execution_engine = engine
+
+
+# -- PyTorch's error texts ---------------------------------------------------------------------
+class TorchError(enum.Enum):
+    """An autograd error PyTorch raises, by the part of its message that names it."""
+
+    IMPLICIT_SCALAR = "grad can be implicitly created only for scalar outputs"
+    SECOND_PASS = "backward through the graph a second time"
+    GRADIENT_SHAPE = "Mismatch in shape"
+    INPLACE = "modified by an inplace operation"
+
+
+def torch_error(error: BaseException | str) -> TorchError | None:
+    """Which of PyTorch's autograd errors ``error`` (an exception or its text) is, else None."""
+    if isinstance(error, BaseException) and not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    return next((kind for kind in TorchError if kind.value in text), None)
+
+
+# The full text of SECOND_PASS, raised by the guard as PyTorch would raise it.
+FREED_MESSAGE = (
+    "Trying to backward through the graph a second time (or directly access saved tensors "
+    "after they have already been freed). Saved intermediate values of the graph are freed "
+    "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
+    "backward through the graph a second time or if you need to access saved tensors after "
+    "calling backward."
+)
+
+_GRADIENT_POSITION = re.compile(r"grad_output\[(\d+)\]")
+
+
+def gradient_position(error: BaseException | str) -> int | None:
+    """In a GRADIENT_SHAPE error ("grad_output[1] has a shape of ..."): which gradient."""
+    match = _GRADIENT_POSITION.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+__all__ = ["ENGINE", "FREED_MESSAGE", "TorchError", "autograd_grad",
+           "engine_wrapped", "gradient_position", "torch_error"]
