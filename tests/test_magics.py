@@ -6,13 +6,12 @@ import torch
 from IPython.core.error import UsageError
 from torch.autograd.functional import jacobian as reference_jacobian
 
-from conftest import assert_tensor, run_ok, run_vjp
+import vjp_magic
 
 
-def usage_error(ip, source: str) -> str:
-    result = ip.run_cell(source)
-    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
-    return str(result.error_in_exec)
+def shown(result, mime: str = "text/markdown") -> str:
+    """One rendering of a result's display."""
+    return result._repr_mimebundle_()[mime]
 
 
 def test_load_registers_and_unload_removes(ip):
@@ -26,14 +25,20 @@ def test_load_registers_and_unload_removes(ip):
 
 def test_import_does_not_register(ip):
     ip.run_line_magic("unload_ext", "vjp_magic")
-    import vjp_magic  # noqa: F401
+    import vjp_magic  # noqa: F401, F811
 
     assert "vjp" not in ip.magics_manager.magics["cell"]
     ip.run_line_magic("load_ext", "vjp_magic")
 
 
-def test_cell_runs_like_a_normal_cell(ip, capsys):
-    r = run_vjp(ip, "x = torch.linspace(-2, 2, 5, requires_grad=True)\nprint('hello')\ny = x**2")
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    assert vjp_magic.__version__ == version("vjp_magic")
+
+
+def test_cell_runs_like_a_normal_cell(ip, capsys, run_vjp, assert_tensor):
+    r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\nprint('hello')\ny = x**2")
     assert "hello" in capsys.readouterr().out
     assert "x" in ip.user_ns and "y" in ip.user_ns
     assert ip.user_ns["_"] is r
@@ -50,54 +55,71 @@ def test_syntax_error_is_shown_as_a_syntax_error(ip, capsys):
     result = ip.run_cell("%%vjp\nx = (1,\n")
     error = result.error_in_exec
     assert type(error).__name__ == "SyntaxError" and isinstance(error.syntax_error, SyntaxError)
-    shown = capsys.readouterr().out
+    shown_text = capsys.readouterr().out
     plain = ip.run_cell("x = (1,\n")
     assert isinstance(plain.error_before_exec, SyntaxError)
     # exactly IPython's display for the same line: no frames from inside the magic
-    assert "SyntaxError: '(' was never closed" in shown and "x = (1," in shown
-    assert "magics.py" not in shown and "run_cell_magic" not in shown
+    assert "SyntaxError: '(' was never closed" in shown_text and "x = (1," in shown_text
+    assert "magics.py" not in shown_text and "run_cell_magic" not in shown_text
 
 
-def test_final_expression_is_the_output(ip):
-    r = run_vjp(ip, "x = torch.arange(3., requires_grad=True)\nx.exp()")
+def test_final_expression_is_the_output(run_vjp):
+    r = run_vjp("x = torch.arange(3., requires_grad=True)\nx.exp()")
     torch.testing.assert_close(r.derivatives["x"], torch.arange(3.0).exp())
 
 
-def test_x_grad_untouched_by_the_magic(ip):
-    run_vjp(ip, "x = torch.linspace(0, 1, 4, requires_grad=True)\ny = torch.sin(x)")
+def test_final_value_that_is_not_the_output_is_shown_too(ip, capsys, run_vjp):
+    r = run_vjp("x = torch.ones(2, requires_grad=True)\ny = x * 2\n'a note'", line="--of y")
+    assert "'a note'" in capsys.readouterr().out and r.output_name == "y"
+
+
+def test_trailing_semicolon_hides_the_result(ip, run_ok):
+    assert run_ok("%%vjp\nx = torch.ones(2, requires_grad=True)\ny = x * 2;") is None
+
+
+def test_x_grad_untouched_by_the_magic(ip, run_vjp, run_ok):
+    run_vjp("x = torch.linspace(0, 1, 4, requires_grad=True)\ny = torch.sin(x)")
     assert ip.user_ns["x"].grad is None
     # the graph is still usable for the user's next cell
-    run_ok(ip, "y.backward(torch.ones_like(y))")
+    run_ok("y.backward(torch.ones_like(y))")
     torch.testing.assert_close(ip.user_ns["x"].grad, torch.cos(torch.linspace(0, 1, 4)))
 
 
-def test_existing_grad_is_left_as_it_was(ip):
-    run_ok(ip, "x = torch.tensor([1., 2.], requires_grad=True)\n(x**3).sum().backward()")
+def test_existing_grad_is_left_as_it_was(ip, run_ok, run_vjp):
+    run_ok("x = torch.tensor([1., 2.], requires_grad=True)\n(x**3).sum().backward()")
     before = ip.user_ns["x"].grad.clone()
-    run_vjp(ip, "y = x**2")
+    run_vjp("y = x**2")
     assert torch.equal(ip.user_ns["x"].grad, before)
 
 
-def test_inputs_from_an_earlier_cell(ip):
-    run_ok(ip, "a = torch.tensor([1., 2., 3.], requires_grad=True)\nb = torch.tensor(2., requires_grad=True)")
-    r = run_vjp(ip, "y = b * a**2")
+def test_result_keeps_no_graph(run_vjp):
+    r = run_vjp("x = torch.ones(3, requires_grad=True)\ny = x.exp()")
+    assert r.output.grad_fn is None and not r.output.requires_grad
+
+
+def test_inputs_from_an_earlier_cell(ip, run_ok, run_vjp):
+    run_ok("a = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+           "b = torch.tensor(2., requires_grad=True)")
+    r = run_vjp("y = b * a**2")
     assert set(r.derivatives) == {"a", "b"}
-    ref_a, ref_b = reference_jacobian(lambda a, b: b * a**2, (ip.user_ns["a"].detach(), ip.user_ns["b"].detach()))
+    ref_a, ref_b = reference_jacobian(lambda a, b: b * a**2,
+                                      (ip.user_ns["a"].detach(), ip.user_ns["b"].detach()))
     torch.testing.assert_close(r.jacobian("a"), ref_a)
     torch.testing.assert_close(r.jacobian("b"), ref_b)
 
 
-def test_wrt_and_of_flags(ip):
-    run_ok(ip, "a = torch.tensor([1., 2.], requires_grad=True)\nb = torch.tensor([3., 4.], requires_grad=True)")
-    r = run_vjp(ip, "y = a * b\nz = y.sum()", line="--wrt a --of y")
+def test_wrt_and_of_flags(run_ok, run_vjp, assert_tensor):
+    run_ok("a = torch.tensor([1., 2.], requires_grad=True)\n"
+           "b = torch.tensor([3., 4.], requires_grad=True)")
+    r = run_vjp("y = a * b\nz = y.sum()", line="--wrt a --of y")
     assert list(r.derivatives) == ["a"]
     assert_tensor(r.derivatives["a"], [3.0, 4.0])
     assert r.output_name == "y"
 
 
-def test_wrt_accepts_attribute_expressions(ip):
-    run_ok(ip, "torch.manual_seed(0)\nlayer = torch.nn.Linear(3, 2)\nx = torch.randn(4, 3)")
-    r = run_vjp(ip, "y = layer(x)", line="--wrt layer.weight")
+def test_wrt_accepts_attribute_expressions(ip, run_ok, run_vjp):
+    run_ok("torch.manual_seed(0)\nlayer = torch.nn.Linear(3, 2)\nx = torch.randn(4, 3)")
+    r = run_vjp("y = layer(x)", line="--wrt layer.weight")
     assert r.derivatives["layer.weight"].shape[-2:] == (2, 3)
     x = ip.user_ns["x"]
     w = ip.user_ns["layer"].weight.detach()
@@ -106,21 +128,23 @@ def test_wrt_accepts_attribute_expressions(ip):
     torch.testing.assert_close(r.jacobian("layer.weight"), ref)
 
 
-def test_full_flag_gives_plain_jacobian(ip):
-    r = run_vjp(ip, "x = torch.linspace(-1, 1, 3, requires_grad=True)\ny = x**2", line="--full")
+def test_full_flag_gives_plain_jacobian(run_vjp, assert_tensor):
+    r = run_vjp("x = torch.linspace(-1, 1, 3, requires_grad=True)\ny = x**2", line="--full")
     assert r.point_axes["x"] == ()
     assert_tensor(r.derivatives["x"], torch.diag(torch.tensor([-2.0, 0.0, 2.0])))
 
 
-def test_precision_flag(ip):
-    r = run_vjp(ip, "x = torch.tensor([1/3], dtype=torch.float64, requires_grad=True)\ny = x**2 / 2", line="-p 2")
-    assert "0.33" in r._repr_latex_() and "0.333" not in r._repr_latex_()
+def test_precision_flag(run_vjp):
+    r = run_vjp("x = torch.tensor([1/3], dtype=torch.float64, requires_grad=True)\n"
+                "y = x**2 / 2", line="-p 2")
+    assert "0.33" in shown(r) and "0.333" not in shown(r)
 
 
-def test_config_traitlet_precision(ip):
+def test_config_traitlet_precision(ip, run_vjp):
     ip.run_line_magic("config", "VJPMagics.precision = 6")
-    r = run_vjp(ip, "x = torch.tensor([1/3], dtype=torch.float64, requires_grad=True)\ny = x**2 / 2")
-    assert "0.333333" in r._repr_latex_()
+    r = run_vjp("x = torch.tensor([1/3], dtype=torch.float64, requires_grad=True)\n"
+                "y = x**2 / 2")
+    assert "0.333333" in shown(r)
     ip.run_line_magic("config", "VJPMagics.precision = 4")
 
 
@@ -133,97 +157,121 @@ def test_help_is_available(ip):
 
 # -- %jacobian ------------------------------------------------------------------------------
 
-def test_jacobian_on_names(ip):
-    run_ok(ip, "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.softmax(x, 0)")
-    r = run_ok(ip, "%jacobian y x")
+def test_jacobian_on_names(ip, run_ok):
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.softmax(x, 0)")
+    r = run_ok("%jacobian y x")
     ref = reference_jacobian(lambda t: torch.softmax(t, 0), ip.user_ns["x"].detach())
     torch.testing.assert_close(r.jacobian("x"), ref)
-    latex = r._repr_latex_()
-    assert "J = " in latex and latex.count(r"\\") >= 2
+    assert "J_f(x) = " in shown(r, "text/plain") and shown(r).count(r"\\") >= 2
 
 
-def test_jacobian_on_an_expression(ip):
-    run_ok(ip, "x = torch.tensor([1., -2.], requires_grad=True)")
-    r = run_ok(ip, "%jacobian (x**2).sum() wrt x")
+def test_jacobian_on_an_expression(run_ok, assert_tensor):
+    run_ok("x = torch.tensor([1., -2.], requires_grad=True)")
+    r = run_ok("%jacobian (x**2).sum() wrt x")
     assert_tensor(r.jacobian("x"), [2.0, -4.0])
 
 
-def test_jacobian_infers_inputs_and_labels_matrix_shapes(ip):
-    run_ok(ip, "W = torch.ones(2, 2, requires_grad=True)\nz = W * 3")
-    r = run_ok(ip, "%jacobian z")
+def test_jacobian_infers_inputs_and_labels_matrix_shapes(run_ok, assert_tensor):
+    run_ok("W = torch.ones(2, 2, requires_grad=True)\nz = W * 3")
+    r = run_ok("%jacobian z")
     assert_tensor(r.jacobian("W"), 3 * torch.eye(4).reshape(2, 2, 2, 2))
-    latex = r._repr_latex_()
-    assert "z_{1,1}" in latex and "W_{2,2}" in latex  # labelled with the tensors' own names
+    assert "z_{1,1}" in shown(r) and "W_{1,1}" in shown(r)  # the tensors' own names
 
 
-# -- user mistakes ----------------------------------------------------------------------------
+def test_jacobian_help_prints_the_syntax(ip, capsys):
+    assert ip.run_line_magic("jacobian", "-h") is None
+    assert "wrt" in capsys.readouterr().out
 
-def test_no_tensor_requires_grad(ip):
-    msg = usage_error(ip, "%%vjp\nx = torch.ones(3)\ny = x**2")
-    assert "requires_grad=True" in msg
+
+# -- user mistakes: one table, each message says what to do ----------------------------------
+
+USAGE_ERRORS = [  # (setup cell, magic cell, words in the message)
+    ("", "%%vjp\nx = torch.ones(3)\ny = x**2", ["requires_grad=True"]),
+    ("", "%%vjp --of y\nx = torch.ones(3, requires_grad=True)\nwith torch.no_grad():\n"
+         "    y = x**2", ["no_grad"]),
+    ("", "%%vjp --wrt q\nx = torch.ones(3, requires_grad=True)\ny = x**2", ["'q'"]),
+    ("", "%jacobian nope", ["'nope'"]),
+    ("", "%%vjp --of y\nx = torch.ones(3, requires_grad=True)\ny = 3.0", ["not a tensor"]),
+    ("", "%%vjp --wrt n\nx = torch.ones(3, requires_grad=True)\nn = torch.arange(3)\ny = x * n",
+     ["floating"]),
+    ("", "%%vjp --nonsense\nx = 1", ["unrecognized arguments: --nonsense"]),
+    ("", "%%vjp --wrt x -x\nx = torch.ones(2, requires_grad=True)", ["parentheses: (-x)"]),
+    ("", "%%vjp --of y z\nx = torch.ones(2, requires_grad=True)\ny = z = x * 2",
+     ["Give one output to --of"]),
+    ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x > 0).int()",
+     ["torch.int32", "integer"]),
+    ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "--of y[0]"]),
+    ("", "%%vjp --of y\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)",
+     ["tuple", "y[0]"]),
+    ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x**2).sum().item()",
+     ["y is a Python float", ".item()"]),
+    ("", "%%vjp --wrt net.0.weight\nnet = torch.nn.Sequential(torch.nn.Linear(2, 2))\n"
+         "y = net(torch.randn(3, 2))", ["net[0].weight"]),
+    ("x = torch.ones(2, 3, requires_grad=True)", "%%vjp --wrt x[0]\ny = x * 2",
+     ["x[0] makes a new tensor", "r.derivatives['x'][..., 0, :]"]),
+    ("x = torch.ones(2, requires_grad=True)", "%jacobian --nonsense x",
+     ["Unknown option --nonsense", "--symbolic"]),
+    ("x = torch.ones(2, requires_grad=True)", "%jacobian -p x", ["-p takes a whole number"]),
+    ("x = torch.ones(2, requires_grad=True)", "%jacobian", ["Name the output"]),
+    ("x = torch.ones(2, requires_grad=True)", "%jacobian x wrt", ["after it"]),
+    ("", "%%vjp -p 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2", ["precision", "1 to 17"]),
+    ("", "%%vjp --threshold 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2",
+     ["threshold", "at least 2"]),
+    ("x = torch.ones(2, requires_grad=True)\ny = (x.exp()).sum()\ny.backward()",
+     "%jacobian y x", ["graph of y was freed", "retain_graph=True"]),
+    ("w = torch.ones(2, requires_grad=True)\ny = (w**2).sum()\n"
+     "with torch.no_grad():\n    w.add_(1)", "%jacobian y w",
+     ["y can no longer be differentiated", "(w)", "modified in place"]),
+]
+
+
+@pytest.mark.parametrize("setup, cell, words", USAGE_ERRORS,
+                         ids=[cell.split("\n")[0] for _, cell, _ in USAGE_ERRORS])
+def test_mistakes_get_a_message_that_says_what_to_do(run_ok, usage_error, setup, cell, words):
+    if setup:
+        run_ok(setup)
+    message = usage_error(cell)
+    for word in words:
+        assert word in message, message
+
+
+def test_no_tensor_requires_grad_keeps_the_cells_names(ip, usage_error):
+    usage_error("%%vjp\nx = torch.ones(3)\ny = x**2")
     assert "x" in ip.user_ns and "y" in ip.user_ns
 
 
-def test_output_under_no_grad(ip):
-    msg = usage_error(ip, "%%vjp --of y\nx = torch.ones(3, requires_grad=True)\nwith torch.no_grad():\n    y = x**2")
-    assert "no_grad" in msg
+def test_bad_option_does_not_run_the_cell(ip):
+    result = ip.run_cell("%%vjp --nonsense\nran = True")
+    assert isinstance(result.error_in_exec, UsageError) and "ran" not in ip.user_ns
 
 
-def test_unknown_wrt_name(ip):
-    msg = usage_error(ip, "%%vjp --wrt q\nx = torch.ones(3, requires_grad=True)\ny = x**2")
-    assert "'q'" in msg
-
-
-def test_unknown_jacobian_name(ip):
-    assert "'nope'" in usage_error(ip, "%jacobian nope")
-
-
-def test_output_not_a_tensor(ip):
-    msg = usage_error(ip, "%%vjp --of y\nx = torch.ones(3, requires_grad=True)\ny = 3.0")
-    assert "not a tensor" in msg
-
-
-def test_integer_input(ip):
-    msg = usage_error(ip, "%%vjp --wrt n\nx = torch.ones(3, requires_grad=True)\nn = torch.arange(3)\ny = x * n")
-    assert "floating" in msg
-
-
-def test_bad_option(ip):
-    result = ip.run_cell("%%vjp --nonsense\nx = 1")
-    assert isinstance(result.error_in_exec, UsageError)
-
-
-@pytest.mark.parametrize(
-    "cell, words",
-    [
-        ("%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x > 0).int()", ["torch.int32", "integer"]),
-        ("%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "--of y[0]"]),
-        ("%%vjp --of y\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "y[0]"]),
-        ("%%vjp --wrt net.0.weight\nnet = torch.nn.Sequential(torch.nn.Linear(2, 2))\n"
-         "y = net(torch.randn(3, 2))", ["net[0].weight"]),
-        ("x = torch.ones(2, requires_grad=True)\n%jacobian --nonsense x",
-         ["Unknown option --nonsense", "--symbolic"]),
-        ("%%vjp -p 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2", ["precision"]),
-        ("%%vjp --threshold 0\nx = torch.ones(2, requires_grad=True)\ny = x * 2", ["threshold"]),
-    ],
-)
-def test_mistakes_get_a_message_that_says_what_to_do(ip, cell, words):
-    *setup, magic_cell = cell.split("\n%jacobian") if "%jacobian" in cell else ("", cell)
-    if setup and setup[0]:
-        run_ok(ip, setup[0])
-        magic_cell = "%jacobian" + magic_cell
-    msg = usage_error(ip, magic_cell)
-    for word in words:
-        assert word in msg
-
-
-def test_output_that_is_the_input_itself_has_derivative_one(ip):
-    r = run_vjp(ip, "x = torch.randn(3, requires_grad=True)", line="--of x")
+def test_output_that_is_the_input_itself_has_derivative_one(run_vjp, assert_tensor):
+    r = run_vjp("x = torch.randn(3, requires_grad=True)", line="--of x")
     assert_tensor(r.derivatives["x"], [1.0, 1.0, 1.0])
 
 
-def test_expression_output_gets_a_name_in_the_hand_written_line(ip):
-    r = run_vjp(ip, "x = torch.randn(3, requires_grad=True)\ny = x**2\ny.sum()")
-    latex = r._repr_latex_()
-    assert r"out\phantom{0}{=}\phantom{0}y{.}sum()" in latex and r"out{.}backward()" in latex
+def test_expression_output_gets_a_name_in_the_hand_written_line(ip, run_vjp):
+    r = run_vjp("x = torch.randn(3, requires_grad=True)\ny = x**2\ny.sum()")
+    assert "out = y.sum()\nout.backward()" in shown(r)
     torch.testing.assert_close(r.derivatives["x"], 2 * ip.user_ns["x"].detach())
+
+
+# -- the same pipeline from plain Python ------------------------------------------------------
+
+def test_differentiate_in_plain_python_displays_like_the_magic(run_vjp):
+    x = torch.linspace(-2, 2, 5, requires_grad=True)
+    r = vjp_magic.differentiate(x**2, x)
+    assert set(r._repr_mimebundle_()) == {"text/markdown", "text/latex", "text/plain"}
+    assert shown(r, "text/plain") == repr(r)
+    assert shown(r) == shown(run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\n"
+                                     "y = x**2"))
+    assert x.grad is None and r.output.grad_fn is None
+
+
+def test_differentiate_takes_names_and_display_options():
+    a, b = torch.ones(2, requires_grad=True), torch.full((2,), 1 / 3, requires_grad=True)
+    r = vjp_magic.differentiate(a * b, [a, b], names=["a", "b"], output_name="s",
+                                options=vjp_magic.RenderOptions(precision=2), code=True)
+    assert list(r.derivatives) == ["a", "b"] and r.output_name == "s"
+    assert "0.33" in shown(r) and "0.333" not in shown(r)
+    assert "```python" in shown(r)

@@ -1,15 +1,22 @@
 """vjp_magic: the ``gradient`` argument of ``backward`` worked out, derivatives shown as matrices.
 
 ``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and ``%jacobian`` line magic;
-:func:`differentiate` does the same analysis from plain Python.
+:func:`differentiate` does the same analysis from plain Python (see ``docs/api.md``).
 """
-from .core.analysis import differentiate
+from importlib.metadata import PackageNotFoundError, version
+
 from .core.errors import VJPUsageError
-from .core.result import GradientList, RenderOptions, VJPResult
+from .core.result import GradientList, VJPResult
+from .pipeline import differentiate
+from .render.options import RenderOptions
+
+try:
+    __version__ = version("vjp_magic")  # written once, in pyproject.toml
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["differentiate", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
-__version__ = "0.1.0"
 
 
 def load_ipython_extension(ipython) -> None:

@@ -23,17 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from torch.autograd.variable import Variable
 
 from ..core.tagging import walk_nodes
-
-FREED_MESSAGE = (
-    "Trying to backward through the graph a second time (or directly access saved tensors "
-    "after they have already been freed). Saved intermediate values of the graph are freed "
-    "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
-    "backward through the graph a second time or if you need to access saved tensors after "
-    "calling backward."
-)
+from ..core.torch_api import ENGINE, FREED_MESSAGE, engine_wrapped
 
 # Calls whose tensors are kept for coaching (older ones are dropped, their graphs with them).
 KEEP_CALLS = 8
@@ -74,7 +66,7 @@ class BackwardLog:
     records: deque = field(default_factory=lambda: deque(maxlen=KEEP_CALLS))
     lines: dict[int, int | None] = field(default_factory=dict)  # call index → cell line
     kinds: dict[int, str] = field(default_factory=dict)  # call index → "backward" / "grad"
-    mistake: object = None  # set by the magics when the cell stopped on a coached error
+    mistake: object = None  # set by run.execute when the cell stopped on a coached error
     # id(leaf) → (leaf, copy of its .grad before the cell's first backward reaching it)
     grad_before: dict[int, tuple] = field(default_factory=dict)
 
@@ -226,7 +218,7 @@ def _free_graph(roots, inputs) -> None:
         return
     zeros = tuple(torch.zeros_like(t) for t in tensors)
     try:
-        Variable._execution_engine.run_backward(
+        ENGINE.run_backward(
             tuple(tensors), zeros, False, False, tuple(inputs),
             allow_unreachable=True, accumulate_grad=False)
     except RuntimeError:
@@ -321,9 +313,5 @@ def keep_graphs(filename: str | None = None):
     :class:`BackwardLog`. ``filename`` is the name the cell's code was compiled under: calls
     are recorded with the line of the cell that made them."""
     log = BackwardLog(filename=filename)
-    engine = Variable._execution_engine
-    Variable._execution_engine = _RetainingEngine(engine, log)
-    try:
+    with engine_wrapped(lambda engine: _RetainingEngine(engine, log)):
         yield log
-    finally:
-        Variable._execution_engine = engine

@@ -1,0 +1,119 @@
+"""The pipeline: from what the user gave to the result that displays itself, one line a stage.
+
+:func:`pipeline` reads top to bottom: choose the output → the inputs → differentiate →
+teaching → symbolic → the result, built once with the :class:`~vjp_magic.render.view.View`
+that displays it. What the user asked for comes in as a :class:`Request`; nothing changes
+the result afterwards. Where the output and inputs come from is the subject's business
+(:mod:`vjp_magic.run.choose`: a cell that ran, an expression, or tensors given in Python).
+
+``%%vjp``, ``%jacobian`` (:mod:`vjp_magic.magics`) and :func:`differentiate` all go through it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from . import symbolic
+from .core import analysis
+from .core.errors import VJPUsageError
+from .core.result import VJPResult
+from .core.torch_api import TorchError, torch_error
+from .render.options import RenderOptions
+from .render.view import View
+from .run.choose import Given
+from .teach.code import code_section
+from .teach.coaching import mistake_sections
+from .teach.explain import explain_sections
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for (the magic's flags and ``%config``, or keyword arguments)."""
+
+    options: RenderOptions = field(default_factory=RenderOptions)
+    of: str | None = None  # the output, named (--of)
+    wrt: tuple[str, ...] = ()  # the inputs, named (--wrt, %jacobian's inputs)
+    full: bool = False  # no point structure: the plain full Jacobian
+    jacobian: bool = False  # display the full Jacobian (%jacobian)
+    explain: bool = False
+    code: bool = False
+    symbolic: bool = False
+    memory_budget: float | None = None
+    analysis: dict = field(default_factory=dict)  # further keywords of core.analysis.differentiate
+
+
+def pipeline(subject, request: Request) -> VJPResult:
+    """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
+    output_name, output = subject.output(request.of)
+    inputs = subject.inputs(request.wrt, output, output_name)
+    result = _differentiate(output, inputs, output_name, request)
+    before, after = _teaching(result, request, subject.log)
+    report = _symbolic(result, request, subject)
+    return replace(result, output=result.output.detach(),  # a stored result pins no graph
+                   view=View(request.options, request.jacobian, before + report.sections(), after),
+                   symbolic=report.formulas, symbolic_check=report.check)
+
+
+def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
+                  full: bool = False, options: RenderOptions | None = None,
+                  explain: bool = False, code: bool = False, memory_budget: float | None = None,
+                  **analysis_options) -> VJPResult:
+    """The derivatives of ``output`` with respect to ``inputs``, with their point structure.
+
+    The plain-Python form of ``%%vjp``; see ``docs/api.md``. ``analysis_options`` go to
+    :func:`vjp_magic.core.analysis.differentiate` (``batched``, ``max_chunk``,
+    ``max_pairings``, ``graph_proof``).
+    """
+    request = Request(options=options or RenderOptions(), full=full, explain=explain, code=code,
+                      memory_budget=memory_budget, analysis=analysis_options)
+    return pipeline(Given(output, inputs, names, output_name), request)
+
+
+# -- the stages ---------------------------------------------------------------------------------
+def _differentiate(output, inputs, output_name: str, request: Request) -> VJPResult:
+    """The numeric core; PyTorch's errors for a graph that can no longer be read, as advice."""
+    try:
+        return analysis.differentiate(  # the graph is kept until teaching has read it
+            output, inputs, output_name=output_name, full=request.full,
+            memory_budget=request.memory_budget, keep_graph=True, **request.analysis)
+    except RuntimeError as error:
+        message = _graph_error_message(error, output_name, inputs)
+        if message is None:
+            raise
+        raise VJPUsageError(message) from None
+
+
+def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:
+    """Sections above the derivatives (coaching, explanation) and below them (code)."""
+    explained = explain_sections(result, request.options) if request.explain else ()
+    code = (code_section(result),) if request.code else ()
+    return mistake_sections(log, result) + explained, code
+
+
+def _symbolic(result: VJPResult, request: Request, subject):
+    """The formulas, when asked for (replaying the torch calls recorded while it ran)."""
+    if not request.symbolic:
+        return symbolic.SymbolicReport()
+    return symbolic.derive(result, record=subject.record, namespace=subject.namespace,
+                           output_source=subject.output_source, jacobian=request.jacobian)
+
+
+def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str | None:
+    """PyTorch's error when the output's graph can no longer be read, as advice; else None."""
+    kind = torch_error(error)
+    if kind is TorchError.SECOND_PASS:
+        return (f"The graph of {output_name} was freed before vjp_magic could read it "
+                "(a backward() call outside this cell). Recompute the output, or use "
+                "retain_graph=True.")
+    if kind is TorchError.INPLACE:
+        changed = [n for n, t in inputs.items() if isinstance(t, torch.Tensor) and t._version]
+        which = f" ({', '.join(changed)})" if changed else ""
+        return (f"{output_name} can no longer be differentiated: a tensor it was computed "
+                f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
+                "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
+                f"Compute {output_name} after the update, or run the update in a later cell.")
+    return None
+
+
+__all__ = ["Request", "differentiate", "pipeline"]

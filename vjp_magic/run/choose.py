@@ -1,0 +1,217 @@
+"""Choosing the output and the inputs: named by the user, or found.
+
+Three subjects answer the pipeline's first two stages the same way:
+
+- :class:`FromCell` (``%%vjp``): the output is ``--of``'s expression, else the cell's final
+  expression or last assigned tensor with history; the inputs are ``--wrt``'s, else the
+  named leaves the output's graph reaches.
+- :class:`FromExpression` (``%jacobian``): the output is an expression already evaluated
+  in the namespace; the inputs are named, or found the same way.
+- :class:`Given` (:func:`vjp_magic.differentiate`): both given as tensors.
+
+Names and expressions are evaluated in the user's namespace (``scope.user_ns`` and
+``scope.user_global_ns``: the IPython shell, or anything with those two); a name that does
+not evaluate is a :class:`~vjp_magic.core.errors.VJPUsageError` that says what to write.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..core import analysis
+from ..core.errors import VJPUsageError
+from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
+from .execute import CellRun, evaluate
+from .record import OpRecord, recording
+
+
+@dataclass(eq=False)
+class FromCell:
+    """``%%vjp``: the output and inputs of a cell that ran."""
+
+    run: CellRun
+    scope: object
+    chosen: object = None  # the output, once chosen (a final value that is not it is shown)
+
+    log = property(lambda self: self.run.log)
+    record = property(lambda self: self.run.record)
+    namespace = property(lambda self: self.scope.user_ns)
+    output_source = None  # the replay follows the whole cell
+
+    def output(self, of: str | None) -> tuple[str, object]:
+        if of is not None:
+            name, self.chosen = of, lookup(self.scope, of, "--of")
+            return name, self.chosen
+        run = self.run
+        try:
+            name, self.chosen = choose_output(run.found, run.assigned, run.final_value,
+                                              run.final_source, used=run.reads)
+        except VJPUsageError as error:
+            raise VJPUsageError(number_output_hint(run.found, run.assigned) or str(error)) \
+                from None
+        return name, self.chosen
+
+    def inputs(self, wrt, output, output_name: str) -> dict:
+        if wrt:
+            return named(self.scope, wrt, output, output_name, "--wrt")
+        return found_inputs(self.scope, output, output_name, self.run.assigned)
+
+
+@dataclass(eq=False)
+class FromExpression:
+    """``%jacobian``: an expression evaluated in the namespace (its torch calls recorded
+    when ``record`` is not None)."""
+
+    scope: object
+    output_source: str
+    value: object
+    record: OpRecord | None = None
+    log = None
+    namespace = property(lambda self: self.scope.user_ns)
+
+    @classmethod
+    def evaluate(cls, scope, source: str, record_ops: bool = False) -> FromExpression:
+        with recording() if record_ops else nullcontext() as record:
+            value = lookup(scope, source, "output")
+        return cls(scope, source, value, record)
+
+    def output(self, of: str | None) -> tuple[str, object]:
+        return self.output_source, self.value
+
+    def inputs(self, wrt, output, output_name: str) -> dict:
+        if wrt:
+            return named(self.scope, wrt, output, output_name, "wrt")
+        return found_inputs(self.scope, output, output_name, [])
+
+    def release(self) -> None:
+        if self.record is not None:
+            self.record.release()
+
+
+@dataclass(eq=False)
+class Given:
+    """:func:`vjp_magic.differentiate`: the tensors themselves."""
+
+    tensor: object
+    given_inputs: object
+    names: object = None
+    output_name: str = "y"
+    log = record = output_source = namespace = None
+
+    def output(self, of: str | None) -> tuple[str, object]:
+        return self.output_name, self.tensor
+
+    def inputs(self, wrt, output, output_name: str) -> dict:
+        return _named_inputs(self.given_inputs, self.names)
+
+
+# until core.analysis names it publicly (K)
+_named_inputs = getattr(analysis, "named_inputs", None) or analysis._as_named_inputs
+
+
+def lookup(scope, source: str, role: str):
+    """The value of a name or expression in the user's namespace."""
+    ns = scope.user_ns
+    if source.isidentifier():
+        if source not in ns:
+            close = [n for n in ns if n.lower() == source.lower() and is_visible_name(n)]
+            hint = f" Did you mean {close[0]}?" if close else ""
+            raise VJPUsageError(f"No variable named {source!r} ({role}).{hint}")
+        return ns[source]
+    try:
+        return eval(source, scope.user_global_ns, ns)
+    except SyntaxError as error:
+        hint = ""
+        if re.search(r"\.\d", source):  # net.0.weight, as named_parameters() spells it
+            bracketed = re.sub(r"[.](\d+)", r"[\1]", source)
+            hint = f" Index with brackets: {bracketed}"
+        raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.{hint}") from None
+    except NameError as error:
+        raise VJPUsageError(f"{error} ({role}).") from None
+    except Exception as error:  # the user's expression failed: say so, no traceback
+        raise VJPUsageError(
+            f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}"
+        ) from None
+
+
+def named(scope, names, output, output_name: str, role: str) -> dict:
+    """The inputs the user named (``--wrt x w``, ``%jacobian y wrt x``)."""
+    inputs = {name: lookup(scope, name, role) for name in names}
+    for name, value in inputs.items():
+        if _made_off_graph(name, value, output):
+            raise VJPUsageError(_new_tensor_message(scope, name, output, output_name))
+    return inputs
+
+
+def found_inputs(scope, output, output_name: str, assigned) -> dict:
+    """The named leaves with ``requires_grad=True`` the output's graph reaches."""
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        return find_inputs(output, scope.user_ns, assigned, output_name)
+    return {}
+
+
+def number_output_hint(ns, assigned) -> str | None:
+    """A clearer message when the cell's last assignment is a Python number (e.g. ``.item()``)."""
+    for name in reversed(assigned):
+        value = ns.get(name)
+        if isinstance(value, (int, float, complex)) and not isinstance(value, bool):
+            return (
+                f"{name} is a Python {type(value).__name__} ({value!r}), not a tensor: .item(), "
+                "float() and the math module leave autograd. Keep it a tensor (e.g. "
+                f"{name} = (x**2).sum()) and vjp_magic shows its derivatives."
+            )
+        if isinstance(value, torch.Tensor):
+            return None
+    return None
+
+
+def _made_off_graph(source: str, value, output) -> bool:
+    """An input expression (not a plain name) whose value is a new tensor that ``output``'s
+    graph does not reach: differentiating with respect to it would give false zeros."""
+    return (not source.isidentifier() and isinstance(value, torch.Tensor)
+            and value.grad_fn is not None and isinstance(output, torch.Tensor)
+            and output.requires_grad and not depends_on(output, value))
+
+
+def _new_tensor_message(scope, source: str, output, output_name: str) -> str:
+    """An input expression (``x[0]``, ``w.T``) made a new tensor off the output's graph."""
+    base, outer, value = None, None, None
+    node = ast.parse(source, mode="eval").body
+    while base is None and isinstance(node, (ast.Subscript, ast.Attribute, ast.Call)):
+        outer, node = node, node.func if isinstance(node, ast.Call) else node.value
+        if any(isinstance(part, ast.Call) for part in ast.walk(node)):
+            continue  # never call the user's functions again
+        try:
+            value = evaluate(scope, node)
+        except Exception:  # noqa: BLE001
+            continue
+        if isinstance(value, torch.Tensor) and depends_on(output, value):
+            base = ast.unparse(node)
+    if base is None:
+        advice = "Differentiate with respect to the named tensor it was made from"
+    else:
+        index = _index_hint(outer, value) if isinstance(outer, ast.Subscript) else None
+        advice = (f"Differentiate with respect to {base} and index the result, e.g. "
+                  f"r.derivatives['{base}'][{index}]" if index else
+                  f"Differentiate with respect to {base} and transform the result "
+                  f"(r.derivatives['{base}'])")
+    return (f"{source} makes a new tensor, and {output_name} was not computed from it, so "
+            f"every derivative would be a false 0. {advice}; or compute {output_name} from "
+            f"that tensor in the cell (t = {source}, then {output_name} from t, --wrt t).")
+
+
+def _index_hint(subscript: ast.Subscript, base: torch.Tensor) -> str | None:
+    """``x[0]`` → ``..., 0`` (the input's own axes come last in ``r.derivatives``)."""
+    items = subscript.slice.elts if isinstance(subscript.slice, ast.Tuple) else [subscript.slice]
+    if any(isinstance(i, ast.Constant) and i.value in (Ellipsis, None) for i in items):
+        return None
+    rest = [":"] * max(base.dim() - len(items), 0)
+    return ", ".join(["..."] + [ast.unparse(i) for i in items] + rest)
+
+
+__all__ = ["FromCell", "FromExpression", "Given", "found_inputs", "lookup", "named",
+           "number_output_hint"]

@@ -1,0 +1,209 @@
+"""Running a ``%%vjp`` cell exactly as IPython runs a plain cell, into one :class:`CellRun`.
+
+The cell's source is transformed (IPython syntax → Python) once and parsed once; its
+statements run in the user's namespace, then its final expression, whose value is kept.
+While it runs the guard keeps every graph its own ``backward`` frees (:mod:`.guard`) and,
+for ``--symbolic``, its torch calls are recorded (:mod:`.record`). A classic ``backward``
+mistake stops the cell but not the magic (:mod:`.mistakes`); any other exception is the
+user's own and propagates.
+
+The IPython shell is passed in as an object (``transform_cell``, ``compile``,
+``transform_ast``, ``autoawait``, ``loop_runner``, ``user_ns``, ``user_global_ns``,
+``SyntaxTB``); nothing here imports IPython.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+from collections import ChainMap
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.cell import ParsedCell, parse_cell
+from ..core.tagging import is_visible_name
+from .guard import BackwardLog, keep_graphs
+from .mistakes import CellMistake, classify
+from .record import OpRecord, recording
+
+
+@dataclass(eq=False)
+class CellRun:
+    """What running the cell left: everything the later stages read about it."""
+
+    cell: ParsedCell  # the parsed cell (statements, final expression, targets, reads)
+    source: str  # the Python source that ran (IPython syntax transformed)
+    final_value: object  # the final expression's value (None when the cell has none)
+    assigned: list[str]  # names and targets the cell bound, in binding order
+    targets: dict[str, object]  # values of bound targets that are not names: d['y'], net.out
+    log: BackwardLog  # the cell's own backward/grad calls
+    record: OpRecord | None = None  # its torch calls, when recorded (for --symbolic)
+    namespace: dict = field(default_factory=dict, repr=False)  # the user's namespace
+
+    @property
+    def final_source(self) -> str | None:
+        return self.cell.final_source
+
+    @property
+    def reads(self) -> list[str]:
+        """The names the cell reads, in order of first use."""
+        return self.cell.loaded_names
+
+    @property
+    def mistake(self) -> CellMistake | None:
+        """The classic ``backward`` mistake that stopped the cell, if one did."""
+        return self.log.mistake
+
+    @property
+    def found(self) -> ChainMap:
+        """The cell's names, and its targets such as ``d['y']``, as one mapping."""
+        return ChainMap(self.targets, self.namespace)
+
+    def release(self) -> None:
+        """Free the graphs the cell's own backward freed (as a plain cell would have), and
+        drop the tensors held for coaching and for the symbolic replay."""
+        self.log.release()
+        if self.record is not None:
+            self.record.release()
+
+
+class CellSyntaxError(Exception):
+    """A syntax error in a ``%%vjp`` cell, shown exactly as IPython shows one in a plain cell
+    (no frames from the magic); the original ``SyntaxError`` is ``.syntax_error``."""
+
+    def __init__(self, error: SyntaxError, shell):
+        super().__init__(str(error))
+        self.syntax_error = error
+        self._shell = shell
+
+    def _render_traceback_(self) -> list[str]:
+        error = self.syntax_error
+        return self._shell.SyntaxTB.structured_traceback(type(error), error, [])
+
+
+CellSyntaxError.__name__ = CellSyntaxError.__qualname__ = "SyntaxError"  # as Jupyter names it
+
+
+def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
+    """Execute ``cell`` in ``shell``'s namespace as IPython would, and describe what it did.
+
+    A ``RuntimeError`` from the cell's own ``backward`` that :func:`~.mistakes.classify`
+    recognises stops the cell (the rest does not run) and is kept as ``run.mistake``; any
+    other exception propagates as in a plain cell (the guard is undone first).
+    """
+    __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
+    source = shell.transform_cell(cell)
+    filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
+    try:
+        parsed = parse_cell(source, filename)
+        body, final = _compile(shell, parsed, filename)
+    except SyntaxError as error:
+        raise CellSyntaxError(error, shell) from None
+    final_value = None
+    # The namespace before the cell ran: a name counts as assigned by the cell only if it
+    # was re-bound, so lines a coached mistake stopped never pick the output.
+    before = dict(shell.user_ns)
+    with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record:
+        try:
+            _run_code(shell, body)
+            if final is not None:
+                final_value = _run_code(shell, final)
+        except RuntimeError as error:
+            log.record_failure(error)
+            log.mistake = classify(error, log, source)
+            if log.mistake is None:
+                raise
+    assigned, targets = _assigned(shell, parsed, before, complete=log.mistake is None)
+    return CellRun(cell=parsed, source=source, final_value=final_value, assigned=assigned,
+                   targets=targets, log=log, record=record, namespace=shell.user_ns)
+
+
+def _compile(shell, parsed: ParsedCell, filename: str):
+    """Code objects for the cell's statements and its final expression; top-level
+    ``await`` is allowed where IPython allows it (autoawait)."""
+    flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if shell.autoawait else 0
+    with shell.compile.extra_flags(flags):
+        body = shell.compile(shell.transform_ast(parsed.body), filename, "exec")
+        final = None if parsed.final_expr is None else shell.compile(
+            parsed.final_expr, filename, "eval")
+    return body, final
+
+
+def _run_code(shell, code):
+    """Run a code object in the user namespace; one with top-level ``await`` (a coroutine
+    code object) runs on the shell's loop runner, as IPython runs such a cell."""
+    __tracebackhide__ = True  # noqa: F841
+    value = eval(code, shell.user_global_ns, shell.user_ns)
+    if code.co_flags & inspect.CO_COROUTINE:
+        value = _run_coroutine(value, shell.loop_runner)
+    return value
+
+
+def _run_coroutine(coroutine, loop_runner):
+    """Run a cell's top-level ``await`` code: on the shell's loop runner, as IPython does, or,
+    where an event loop already runs this thread (ipykernel), on a fresh loop in a helper
+    thread, since a magic cannot await."""
+    __tracebackhide__ = True  # noqa: F841
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return loop_runner(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def _assigned(shell, parsed: ParsedCell, before: dict, complete: bool):
+    """What the cell bound, in binding order: its targets (names re-bound; in a completed
+    cell also in-place updates and targets such as ``d['y']``, ``net.out``), then names
+    re-bound another way (``%time y = ...``, ``exec``, ``globals()``). Returns the order and
+    the values of the targets that are not plain names."""
+    ns = shell.user_ns
+    missing = object()
+
+    def changed(name):
+        return name in ns and ns[name] is not before.get(name, missing)
+
+    order, values = [], {}
+    for target in parsed.targets:
+        key = target if target.isidentifier() and (
+            changed(target) or (complete and target in ns)) else None
+        if complete and not target.isidentifier():
+            key, value = _target(shell, target)
+            if key is not None and not key.isidentifier():
+                values[key] = value
+        if key is not None:
+            order = [k for k in order if k != key] + [key]
+    order += [n for n in ns if is_visible_name(n) and changed(n) and n not in order]
+    return order, values
+
+
+def _target(shell, source: str):
+    """A subscript or attribute target after the cell: (its source, its value) when it
+    holds a tensor with autograd history, else (None, None). Indexing into a tensor
+    (``y[0] = ...``) counts as assigning that tensor."""
+    node = ast.parse(source, mode="eval").body
+    try:
+        while isinstance(node, (ast.Subscript, ast.Attribute)):
+            if not isinstance(evaluate(shell, node.value), torch.Tensor):
+                break
+            if isinstance(node, ast.Attribute):
+                return None, None  # x.grad = None, w.data = ...: not an output
+            node = node.value
+        value = evaluate(shell, node)
+    except Exception:  # noqa: BLE001 - no longer evaluates (del d['y'], a loop's index)
+        return None, None
+    if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+        return ast.unparse(node), value
+    return None, None
+
+
+def evaluate(shell, node: ast.expr):
+    """The value of an expression node in the user's namespace."""
+    expression = ast.fix_missing_locations(ast.Expression(body=node))
+    return eval(compile(expression, "<target>", "eval"), shell.user_global_ns, shell.user_ns)
+
+
+__all__ = ["CellRun", "CellSyntaxError", "evaluate", "run_cell"]
