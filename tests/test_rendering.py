@@ -1,118 +1,387 @@
-"""LaTeX and text rendering: snapshots, MathJax/KaTeX safety, number formatting, summaries."""
+"""The document model spelled three ways: numbers, matrix layout, markdown, LaTeX and plain text.
+
+Numbers and layout are checked against the mathematics (one format per matrix, the digits the
+dtype resolves, a width budget); the markdown's maths against the package's own list of what
+MathJax 3 and KaTeX reject (:data:`render.latex.UNSAFE_TEX`); the LaTeX by compiling it; the
+three renderings of the tutorial's cells by syrupy snapshots.
+"""
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
+import shutil
+import subprocess
+import unicodedata
 
 import pytest
 import torch
 
+import cells
 from vjp_magic import differentiate
-from vjp_magic.render.formatting import format_number, summary_indices
+from vjp_magic.render import latex, markdown, plain
+from vjp_magic.render.document import (Bullets, Code, CodeBlock, Document, Entry, Formula, Math,
+                                       Section, Text, paragraph)
+from vjp_magic.render.matrix import (HDOTS, LHS_RESERVE, VDOTS, Block, layout, reserve,
+                                     summary_indices, tensor_block)
+from vjp_magic.render.numbers import (choose_format, count, number, plural, resolution,
+                                      significant_digits)
+from vjp_magic.render.options import DISPLAY_WIDTH, RenderOptions
+from vjp_magic.render.view import View
+
+OPTIONS = RenderOptions()
 
 
-def latex_of(y, x, **kw):
-    return differentiate(y, x, **kw)._repr_latex_()
+def result_of(cell: cells.Cell):
+    """Differentiate a tutorial cell's ``y`` with respect to its ``x``."""
+    namespace = {"torch": torch}
+    exec(cell.short, namespace)
+    return differentiate(namespace["y"], namespace["x"])
 
 
-def assert_safe(latex: str):
-    """Only constructs that MathJax 3 and KaTeX both render; every display $$-delimited."""
-    for forbidden in (r"\newcommand", r"\boxed", r"\def", r"\verb", r"\texttt", r"\begin{tabular}"):
-        assert forbidden not in latex
-    displays = re.findall(r"\$\$(.*?)\$\$", latex, flags=re.S)
-    assert displays and "".join(f"$${d}$$" for d in displays).replace("\n", "") == latex.replace("\n", "")
-    for display in displays:
-        assert display.count("{") - display.count(r"\{") == display.count("}") - display.count(r"\}")
-        assert len(display) < 4000  # well under MathJax's 5 KB buffer
-        envs = re.findall(r"\\begin\{(\w+)\}", display)
-        assert set(envs) <= {"array", "bmatrix", "matrix"}
+def bundle(result, **view) -> dict[str, str]:
+    return View(OPTIONS, **view).bundle(result)
 
 
-def test_snapshot_points(snapshot):
-    x = torch.linspace(-2, 2, 5, requires_grad=True)
-    latex = latex_of(x**2, x)
-    assert_safe(latex)
-    assert latex == snapshot
+def formula(matrix, lhs: str = "f'(x)") -> Formula:
+    return Formula(Math(lhs, lhs), matrix)
 
 
-def test_snapshot_components_at_points(snapshot):
-    x = torch.arange(3, dtype=float, requires_grad=True)
-    latex = latex_of(torch.stack([-x**3, 5 * x]), x)
-    assert_safe(latex)
-    assert r"f_{1}'" in latex and r"f_{2}'" in latex
-    assert latex == snapshot
+def plain_entries(matrix) -> list[str]:
+    return [e.plain for row in matrix.rows for e in row if e not in (HDOTS, VDOTS)
+            and e.plain != "..."]
 
 
-def test_snapshot_matrix_valued(snapshot):
-    x = torch.tensor(1.0, requires_grad=True)
-    latex = latex_of(torch.stack([x**i for i in range(6)]).view(3, 2), x)
-    assert_safe(latex)
-    assert latex == snapshot
-
-
-def test_snapshot_text(snapshot):
-    x = torch.arange(4 * 3, dtype=float).view(-1, 4).requires_grad_(True)
-    r = differentiate(torch.stack([x.sum(1), (x**2).sum(1)]), x)
-    assert repr(r) == snapshot
-
-
-def test_mimebundle_has_latex_and_plain_only():
-    x = torch.linspace(-2, 2, 5, requires_grad=True)
-    bundle = differentiate(x**2, x)._repr_mimebundle_()
-    assert set(bundle) == {"text/latex", "text/plain"}
-    assert bundle["text/latex"].startswith("$$")
-
-
-def test_structure_words_and_code_line():
-    x = torch.linspace(-2, 2, 5, requires_grad=True)
-    latex = latex_of(x**2, x)
-    assert "f applied at 5 points" in latex
-    assert r"\mathtt{y{.}backward(gradient{=}torch{.}ones\_like(y))}" in latex
-    x2 = torch.tensor([-1.0, 2.0], requires_grad=True)
-    assert "gradient of a scalar function" in latex_of((x2 * x2).sum(), x2)
-    x3 = torch.randn(4, requires_grad=True)
-    assert "Jacobian of a vector-valued function" in latex_of(torch.softmax(x3, 0), x3)
-
-
-def test_large_result_is_summarised_and_small():
-    x = torch.linspace(-1, 1, 1_000_000, requires_grad=True)
-    latex = latex_of(torch.sin(x), x)
-    assert_safe(latex)
-    assert len(latex.encode()) < 20_000
-    assert r"\cdots" in latex
-    text = repr(differentiate(torch.sin(x), x))
-    assert "..." in text and len(text) < 5000
-
-
-def test_big_matrix_summary_uses_all_dots():
-    x = torch.randn(50, 40, requires_grad=True)
-    latex = latex_of(x.exp(), x)
-    assert r"\vdots" in latex and r"\cdots" in latex and r"\ddots" in latex
-    assert_safe(latex)
-
-
+# -- numbers ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "value, digits, expected",
+    "value, dtype, expected",
     [
-        (2.0, 4, "2"),
-        (-0.0, 4, "0"),
-        (1.9999999, 4, "2"),
-        (0.30000001192092896, 4, "0.3"),
-        (-0.4344, 4, "-0.4344"),
-        (1.5e-7, 4, r"1.5 \times 10^{-7}"),
-        (float("nan"), 4, r"\mathrm{NaN}"),
-        (float("-inf"), 4, r"-\infty"),
+        (2.0, torch.float32, Entry("2", "2")),  # integral values without a point
+        (-0.0, torch.float32, Entry("0", "0")),  # -0 is 0
+        (1.9999999, torch.float32, Entry("2", "2")),  # float32 noise hidden
+        (0.30000001192092896, torch.float32, Entry("0.3", "0.3")),
+        (-0.4344, torch.float64, Entry("-0.4344", "-0.4344")),
+        (1 / 3, torch.float64, Entry("0.3333", "0.3333")),  # the precision, 4 digits
+        (1.5e-7, torch.float64, Entry(r"1.5 \times 10^{-7}", "1.5e-07")),  # alone: no factor
+        (1e6, torch.float64, Entry("10^{6}", "1e+06")),
+        (float("nan"), torch.float32, Entry(r"\mathrm{NaN}", "nan")),
+        (float("inf"), torch.float32, Entry(r"\infty", "inf")),
+        (float("-inf"), torch.float32, Entry(r"-\infty", "-inf")),
     ],
 )
-def test_format_number(value, digits, expected):
-    assert format_number(value, digits) == expected
+def test_number(value, dtype, expected):
+    assert number(value, dtype) == expected
 
 
-def test_float32_noise_hidden():
-    x = torch.tensor([0.1, 0.2], requires_grad=True)
-    latex = differentiate((x * 3), x, full=True)._repr_latex_()
-    assert "3" in latex and "2.9999" not in latex and "3.0000" not in latex
+def test_digits_capped_by_the_dtype():
+    assert significant_digits(torch.float32, 10) == 6
+    assert significant_digits(torch.float64, 10) == 10
+    assert significant_digits(torch.float16, 10) == 3
+    assert significant_digits(torch.float64, 4) == 4
 
 
+def test_counts_have_thousands_separators():
+    assert count(1_000_000) == "1,000,000"
+    assert plural(1, "point") == "1 point" and plural(100_000, "point") == "100,000 points"
+
+
+def test_one_format_per_matrix_factors_a_power_of_ten():
+    """The issue's matrix: −5.43×10⁻⁵ beside 0.0001839 becomes 10⁻⁵ × [18.39, −5.43]."""
+    fmt = choose_format([0.0001839, -5.43e-5], 4)
+    assert fmt.factor == -5
+    assert [fmt.spell(v).plain for v in (0.0001839, -5.43e-5)] == ["18.39", "-5.43"]
+    fixed = choose_format([0.0001839, -0.4344, 2.0], 4)
+    assert fixed.factor is None and not fixed.scientific
+    assert [fixed.spell(v).plain for v in (0.0001839, -0.4344, 2.0)] == [
+        "0.0001839", "-0.4344", "2"]
+    wide = choose_format([1.0, 1e-12], 4)  # no one factor makes both short
+    assert wide.scientific and [wide.spell(v).tex for v in (1.0, 1e-12)] == ["1", "10^{-12}"]
+
+
+def test_float32_noise_beside_large_entries_reads_zero():
+    eps = resolution(torch.float32)
+    fmt = choose_format([3.0000002, 1.49e-8], significant_digits(torch.float32, 4), eps)
+    assert fmt.spell(3.0000002).plain == "3" and fmt.spell(1.49e-8).plain == "0"
+    exact = choose_format([3.0, 1.49e-8], 4, resolution(torch.float64))  # float64 resolves it
+    assert exact.spell(1.49e-8).plain != "0"
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-5, 1e-3, 1.0, 1e3, 1e7])
+@pytest.mark.parametrize("spread", [1.0, 30.0, 1e6])
+def test_every_entry_reads_back_within_its_digits(scale, spread):
+    """Whatever the format, an entry read back (times the factor) is the value to 4 digits."""
+    gen = torch.Generator().manual_seed(0)
+    t = (torch.rand(6, 6, generator=gen, dtype=torch.float64) - 0.5) * scale
+    t[0, 0] = scale * spread
+    m = layout(tensor_block(t), RenderOptions(width=200), torch.float64)  # every entry shown
+    assert not any("e" in s for s in plain_entries(m)) or m.factor is None  # one format
+    for i, row in enumerate(m.rows):
+        for j, e in enumerate(row):
+            value, shown = t[i, j].item(), float(e.plain) * 10.0 ** (m.factor or 0)
+            assert math.isclose(shown, value, rel_tol=1e-3, abs_tol=1e-15), (e, value)
+
+
+def test_matrix_never_mixes_formats():
+    t = torch.tensor([[0.0001839, -5.43e-5], [1.2e-4, 3e-5]], dtype=torch.float64)
+    m = layout(tensor_block(t), OPTIONS, torch.float64)
+    assert m.factor == -5 and plain_entries(m) == ["18.39", "-5.43", "12", "3"]
+
+
+def test_negative_zero_and_integral_entries():
+    m = layout(tensor_block(torch.tensor([[-0.0, 2.0], [-4.0, 6.0]])), OPTIONS, torch.float32)
+    assert plain_entries(m) == ["0", "2", "-4", "6"]
+
+
+# -- layout -------------------------------------------------------------------------------------
 def test_summary_indices():
     assert summary_indices(5, 10, 3) == [0, 1, 2, 3, 4]
     assert summary_indices(100, 10, 3) == [0, 1, 2, None, 97, 98, 99]
+
+
+def test_count_summary_uses_every_dots():
+    m = layout(tensor_block(torch.ones(50, 40)), OPTIONS, torch.float32)
+    assert len(m.rows) == 7 and len(m.rows[0]) == 7
+    assert m.rows[3][3].tex == r"\ddots" and m.rows[3][0].tex == r"\vdots"
+    assert m.rows[0][3].tex == r"\cdots"
+
+
+def test_only_shown_entries_leave_the_device():
+    asked = []
+    t = torch.randn(1000, 1000)
+
+    def get(rows, cols):
+        asked.append(len(rows) * len(cols))
+        return t[rows][:, cols]
+
+    layout(Block(get, 1000, 1000, "cpu"), OPTIONS, torch.float32)
+    assert sum(asked) <= 49
+
+
+def _wide_blocks():
+    """Blocks whose entries or labels are as wide as they come."""
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.randn(100_000, generator=gen, dtype=torch.float64) * torch.logspace(
+        -12, 12, 100_000, dtype=torch.float64)
+    row = tensor_block(wide.reshape(1, -1))
+    rows = tensor_block(torch.randn(100_000, 8, generator=gen, dtype=torch.float64) * 1e-3,
+                        row_label=lambda i: Entry(f"[{i}, :]", f"[{i}, :]"))
+    million = tensor_block(-torch.rand(1_000_000, generator=gen) * 1e5)
+    label = lambda prefix: lambda i: Entry(f"{prefix}_{{{i + 1}}}", f"{prefix}_{i + 1}")  # noqa
+    jac = Block(lambda r, c: (r[:, None] * 1e-7 - c[None, :] * 3.3).double(), 100_000,
+                1_000_000, "cpu", row_label=label("y"), col_label=label("x"))
+    return {"row of 1e5 wide entries": row, "1e5 labelled rows": rows, "1e6 entries": million,
+            "1e5 x 1e6 labelled Jacobian": jac}
+
+
+@pytest.mark.parametrize("name", list(_wide_blocks()))
+@pytest.mark.parametrize("width", [DISPLAY_WIDTH, 48])
+def test_no_display_line_wider_than_the_budget(name, width):
+    options = RenderOptions(width=width)
+    m = layout(_wide_blocks()[name], options, torch.float64)
+    lhs = "f'(x)"
+    assert len(lhs) + 3 <= LHS_RESERVE
+    lines = plain.formula_lines(formula(m, lhs))
+    assert max(len(line) for line in lines) <= width, "\n".join(lines)
+    assert len(m.rows[0]) >= 3  # first, dots, last at least
+
+
+def test_narrow_entries_keep_the_count_summary():
+    m = layout(tensor_block(torch.arange(100.0)), OPTIONS, torch.float32)
+    assert [e.plain for e in m.rows[0]] == ["0", "1", "2", "...", "97", "98", "99"]
+
+
+# -- the three renderers on a document with every node --------------------------------------------
+GREEK = "".join(c for c in map(chr, [*range(0x391, 0x3AA), *range(0x3B1, 0x3CA)])
+                if unicodedata.name(c, ""))  # every Greek letter, capital and small
+GREEK_TEX = " ".join(m for m in map(latex.greek_macro, GREEK) if m)
+
+EVERY_NODE = Document((
+    Section((
+        paragraph("Greek as prose ", GREEK, ", as maths ", Math(GREEK_TEX, GREEK), "."),
+        paragraph("From ", Math("x", "x"), " (5 × 5) to ", Code("y"), ": 100% of a_b * c $5 #1 "
+                  "{~^\\} <one-hot> α–β", strong=True),
+        paragraph("- not a list item, ", Math("x^{(i)}", "x^(i)"), "2 after maths"),
+        Bullets((paragraph("first ", Code("x.grad")), paragraph("second"))),
+        Bullets((paragraph("one"), paragraph("two")), numbered=True),
+        CodeBlock("for k in range(2):\n    v = torch.zeros_like(y); v[k] = 1  # 100% _x_\n"),
+    ), "Explained: f'(x), α"),
+    Section((
+        formula(layout(tensor_block(torch.randn(50, 40, dtype=torch.float64) * 1e-5), OPTIONS,
+                       torch.float64)),
+        Formula(Math("J", "J"), layout(Block(lambda r, c: (r[:, None] == c[None, :]).double(),
+                                             30, 30, "cpu", row_label=lambda i: Entry(
+                                                 f"y_{{{i}}}", f"y_{i}"), col_label=lambda j:
+                                             Entry(f"x_{{{j}}}", f"x_{j}")), OPTIONS,
+                                       torch.float64),
+                Math(r"\quad (30 \times 30)", "(30 × 30)"),
+                (Text("A caption, shapes (30 × 30)."),)),
+        formula(layout(tensor_block(torch.tensor(2.5)), OPTIONS, torch.float32), "f'(x)"),
+    )),
+))
+
+
+def test_markdown_spells_each_node():
+    md = markdown.render(EVERY_NODE)
+    assert "**Explained: f'(x), α**" in md
+    assert r"100% of a\_b \* c \$5 \#1 {\~^\\} \<one-hot\> α–β" in md
+    assert "\\- not a list item, $x^{(i)}$ 2 after maths" in md
+    assert "- first `x.grad`\n- second" in md and "1. one\n2. two" in md
+    assert ("```python\nfor k in range(2):\n"
+            "    v = torch.zeros_like(y); v[k] = 1  # 100% _x_\n```") in md
+    assert re.search(r"^\$\$J = \\left\[\\begin\{array\}", md, flags=re.M)
+    assert "$$\n\nA caption, shapes (30 × 30)." in md
+
+
+def test_markdown_maths_are_mathjax_and_katex_safe():
+    md = markdown.render(EVERY_NODE)
+    found = markdown.maths(md)
+    assert len(found) == 6  # three inline, three display
+    for tex in found:
+        assert latex.tex_problems(tex) == [], tex
+        assert len(tex) < 4000  # far below MathJax's buffer
+
+
+def test_greek_letters_are_macros_both_typesetters_know():
+    assert [latex.greek_macro(c) for c in "αλΛΑοςω"] == [
+        r"\alpha", r"\lambda", r"\Lambda", "A", "o", r"\varsigma", r"\omega"]
+    assert latex.greek_macro("a") is None and latex.greek_macro("ϑ") is None
+    assert latex.tex_problems(GREEK_TEX) == []  # and the LaTeX test compiles every one
+
+
+def test_tex_problems_finds_each_unsafe_construct():
+    for construct in latex.UNSAFE_TEX:
+        assert latex.tex_problems(construct + "{x}") != [], construct
+    assert latex.tex_problems(r"\begin{cases}x\end{cases}") == ["environment cases"]
+    assert latex.tex_problems(r"\frac{1}{2") == ["unbalanced braces"]
+    assert latex.tex_problems("α") and latex.tex_problems(r"\alpha") == []
+    assert latex.tex_problems(r"\default") == []  # \def only as a whole macro name
+
+
+def test_plain_aligns_columns_and_marks_elisions():
+    text = plain.render(EVERY_NODE)
+    assert "    for k in range(2):" in text
+    lines = plain.formula_lines(EVERY_NODE.sections[1].blocks[0])
+    assert lines[0].startswith("f'(x) = 10^-")
+    bracketed = [line for line in lines if "[" in line]
+    assert len({len(line) for line in bracketed}) == 1  # right-aligned columns
+    assert "..." in lines[0] and any(re.search(r"\[\s*:", line) for line in lines)
+
+
+# -- LaTeX: compiles, and wide matrices stay on the page ----------------------------------------
+PREAMBLE = r"""\documentclass[11pt]{article}
+\usepackage{amsmath}\usepackage{amssymb}\usepackage{fontspec}\usepackage{unicode-math}
+\usepackage{geometry}\geometry{tmargin=1in,bmargin=1in,lmargin=1in,rmargin=1in}
+\begin{document}
+"""  # the parts of nbconvert's LaTeX template (under xelatex) that outputs rely on
+
+
+def compile_latex(bodies, tmp_path) -> str:
+    source = PREAMBLE + "\n\n".join(bodies) + "\n\\end{document}\n"
+    (tmp_path / "out.tex").write_text(source)
+    run = subprocess.run(["xelatex", "-interaction=nonstopmode", "-halt-on-error", "out.tex"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    log = (tmp_path / "out.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-3000:]
+    return log
+
+
+@pytest.mark.skipif(shutil.which("xelatex") is None, reason="needs xelatex")
+def test_latex_compiles_and_fits_the_page(tmp_path):
+    documents = [EVERY_NODE] + [View(OPTIONS).document(result_of(c))
+                                for c in (cells.MULTIPLE_POINTS, cells.STACK_AT_POINTS)]
+    log = compile_latex([latex.render(d) for d in documents], tmp_path)
+    overfull = re.findall(r"Overfull \\hbox \((\d+\.?\d*)pt too wide\)", log)
+    # a paragraph of unbreakable symbols (the Greek line) may overhang by its indent, no more
+    assert not [w for w in overfull if float(w) > 5.0], overfull
+    assert "Missing character" not in log
+
+
+def test_latex_escapes_prose_and_keeps_code_verbatim():
+    tex = latex.render(EVERY_NODE)
+    # escapes that markdown reads the same way; symbols markdown would act on as maths
+    assert r"100\% of a\_b $\ast$ c \$5 \#1 \{$\sim$$\wedge$$\backslash$\}" in tex
+    # verbatim indented by four spaces: an indented code block to markdown (VS Code)
+    assert ("    \\begin{verbatim}\n    for k in range(2):\n"
+            "        v = torch.zeros_like(y); v[k] = 1  # 100% _x_\n    \\end{verbatim}") in tex
+    assert r"$\texttt{x.grad}$" in tex and r"$$J = \left[\begin{array}" in tex
+    # nothing outside maths that markdown would show as a macro or read as a list
+    prose = re.sub(r"\$\$.*?\$\$|\$.*?\$|^    .*$", "", tex, flags=re.S | re.M)
+    assert not re.search(r"\\(begin|textbf|noindent|item|\[)", prose)
+    assert not re.search(r"^(\d+[.)]|[-+*]) ", prose, flags=re.M)
+
+
+# -- the tutorial's cells, through the view --------------------------------------------------
+SNAPSHOT_CELLS = cells.USAGE + (cells.MATRIX_VALUED_UNIVARIATE, cells.REVISITED_COLUMN)
+
+
+@pytest.mark.parametrize("cell", SNAPSHOT_CELLS, ids=cells.ids(SNAPSHOT_CELLS))
+def test_tutorial_cell_renderings(cell, snapshot):
+    rendered = bundle(result_of(cell))
+    assert set(rendered) == {"text/markdown", "text/latex", "text/plain"}  # no text/html
+    for tex in markdown.maths(rendered["text/markdown"]):
+        assert latex.tex_problems(tex) == [], tex
+    assert rendered == snapshot
+
+
+def test_jacobian_view_renders_safely(snapshot):
+    rendered = bundle(result_of(cells.VECTOR_MULTIVARIATE_SINGLE_POINT), jacobian=True)
+    for tex in markdown.maths(rendered["text/markdown"]):
+        assert latex.tex_problems(tex) == [], tex
+    assert rendered == snapshot
+
+
+def _large(case: str):
+    gen = torch.Generator().manual_seed(2)
+    if case == "1e6 points":
+        x = torch.linspace(-1, 1, 1_000_000, requires_grad=True)
+        return differentiate(torch.sin(x), x)
+    if case == "1e5 rows, 8 -> 3":
+        x = torch.randn(100_000, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+        return differentiate(torch.softmax(x, 1)[:, :3] * 1e-3, x)
+    x = torch.randn(100_000, generator=gen, requires_grad=True)  # 1e5 points, 3 components
+    return differentiate(torch.stack([x.exp() * 1e4, -x**3, x / 7]), x)
+
+
+@pytest.mark.parametrize("case", ["1e6 points", "1e5 rows, 8 -> 3", "1e5 points, 3 components"])
+def test_large_results_are_small_and_fit_the_width(case):
+    """Rendering is O(1) in the tensor's size (a few KB), and every matrix line fits."""
+    rendered = bundle(_large(case))
+    for kind, text in rendered.items():
+        assert len(text.encode()) < 20_000, kind
+    assert r"\cdots" in rendered["text/markdown"] and "..." in rendered["text/plain"]
+    for line in rendered["text/plain"].splitlines():
+        if "[" in line:
+            assert len(line) <= OPTIONS.width, line
+
+
+def test_result_displays_through_its_view():
+    """``_repr_mimebundle_``, ``repr`` and ``code`` are the view's; a result with none says so."""
+    x = torch.linspace(-2, 2, 5, requires_grad=True)
+    r = differentiate(x**2, x)
+    assert r.view is not None
+    assert r._repr_mimebundle_() == r.view.bundle(r)
+    assert repr(r) == r.view.plain(r) and r.code == r.view.code(r)
+    bare = dataclasses.replace(r, view=None)
+    assert bare._repr_mimebundle_() == {"text/plain": repr(bare)}
+    assert repr(bare) == "<VJPResult: y (5,) of x (5,)>"
+
+
+def test_reserve_counts_the_whole_line():
+    lhs, suffix = Math(r"f'(x)", "f'(x)"), Math(r"\in \mathbb{R}^{5}", "in R^5")
+    m = layout(tensor_block(torch.randn(1000, dtype=torch.float64)), OPTIONS, torch.float64,
+               reserved=reserve(lhs, suffix))
+    lines = plain.formula_lines(Formula(lhs, m, suffix))
+    assert max(len(line) for line in lines) <= OPTIONS.width
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_result_renders_from_the_device():
+    x = torch.linspace(-1, 1, 1_000_000, device="cuda", requires_grad=True)
+    r = differentiate(torch.sin(x), x)
+    asked = []
+    block = tensor_block(r.derivatives["x"])
+    get = block.get_block
+    block.get_block = lambda rows, cols: asked.append(rows.device.type) or get(rows, cols)
+    m = layout(block, OPTIONS, torch.float32)
+    assert asked == ["cuda"] and m.rows[0][0].plain == number(math.cos(-1.0), torch.float32).plain
+    assert len(bundle(r)["text/markdown"].encode()) < 20_000

@@ -1,7 +1,12 @@
-"""Plain PyTorch source that reproduces a result's derivatives with ``backward`` (``r.code``).
+"""The one code generator: the one-hot component loop, names as expressions, ``r.code``.
 
-The code is written in the tutorial's style — ``y.backward(gradient=v, retain_graph=True)``
-with one-hot ``v`` per component, ``x.grad.zero_()`` between components — and, run in a
+Everything that writes PyTorch source for a reader goes through here: the short loop shown
+beneath a result (as short as the tutorial's own), ``r.code`` (the careful version, below),
+and the coaching's corrected code. ``component_loop`` picks the loop letters, v's index and
+the loop header once, so the three never disagree.
+
+``r.code`` is written in the tutorial's style — ``y.backward(gradient=v, retain_graph=True)``
+with one-hot ``v`` per component, ``x.grad`` zeroed between components — and, run in a
 namespace holding the cell's variables, defines ``d_<name>`` equal to ``r.derivatives[name]``.
 It saves every input's ``.grad`` first and restores it at the end, passes ``inputs=[...]``
 so no other tensor's ``.grad`` changes, and keeps the graph (``retain_graph=True``). Like
@@ -12,12 +17,17 @@ from __future__ import annotations
 import ast
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 _SIMPLE = re.compile(r"[A-Za-z_][A-Za-z_0-9]*(\.[A-Za-z_][A-Za-z_0-9]*)*")
+_ONE_AXIS = "k"
+_AXES = ("i", "j", "l", "m", "n", "p", "q")
 
 
-def _identifiers(sources: Iterable[str]) -> set[str]:
+# -- names ----------------------------------------------------------------------------------
+def identifiers(sources: Iterable[str]) -> set[str]:
+    """The Python names these sources use (a source that does not parse: its words)."""
     found: set[str] = set()
     for source in sources:
         try:
@@ -29,7 +39,8 @@ def _identifiers(sources: Iterable[str]) -> set[str]:
     return found
 
 
-def _fresh(base: str, taken: set[str]) -> str:
+def fresh(base: str, taken: set[str]) -> str:
+    """``base``, else ``base2``, ``base3``, …: the first not in ``taken`` (then taken)."""
     name, n = base, 1
     while name in taken:
         n += 1
@@ -38,110 +49,190 @@ def _fresh(base: str, taken: set[str]) -> str:
     return name
 
 
+def expression(source: str) -> str:
+    """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
+    ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``."""
+    return source if _SIMPLE.fullmatch(source) else f"({source})"
+
+
 def derivative_name(input_name: str, taken: set[str] | None = None) -> str:
     """``d_<name>`` as a Python identifier: ``layer.weight`` → ``d_layer_weight``."""
     stem = re.sub(r"\W+", "_", input_name).strip("_") or "input"
     name = f"d_{stem}"
-    return _fresh(name, taken) if taken is not None else name
-
-
-def _expr(source: str) -> str:
-    """An input or output as an expression ``.grad`` can follow."""
-    return source if _SIMPLE.fullmatch(source) else f"({source})"
+    return fresh(name, taken) if taken is not None else name
 
 
 def _shape_args(shape) -> str:
     return ", ".join(str(n) for n in shape)
 
 
+# -- the one-hot component loop -------------------------------------------------------------
+@dataclass(frozen=True)
+class ComponentLoop:
+    """One backward per component of ``y``: v one-hot on the component, ones along points."""
+
+    shape: tuple[int, ...]  # the component shape (non-point output axes)
+    count: int  # one backward per component
+    letters: tuple[str, ...]  # ("k",) / ("i", "j")
+    index: str  # v's subscript: "k", ":, k", "i, j"
+    header: str  # "for k in range(3):"
+    needs_itertools: bool
+
+    def one_hot(self, y: str, v: str = "v") -> str:
+        return f"{v} = torch.zeros_like({y}); {v}[{self.index}] = 1"
+
+    def backward(self, y: str, v: str = "v", inputs: Sequence[str] = ()) -> str:
+        tail = f", inputs=[{', '.join(inputs)}]" if inputs else ""
+        return f"{y}.backward(gradient={v}, retain_graph=True{tail})"
+
+    def lines(self, y: str, reads: Sequence[str], v: str = "v",
+              inputs: Sequence[str] = ()) -> list[str]:
+        """The loop: header, then v, the backward and each of ``reads``, indented."""
+        body = [self.one_hot(y, v), self.backward(y, v, inputs), *reads]
+        return [self.header] + ["    " + line for line in body]
+
+
+def component_loop(out_shape: Sequence[int], point_axes: Iterable[int],
+                   taken: set[str] | None = None) -> ComponentLoop:
+    """The loop over the non-point entries of a tensor shaped ``out_shape``.
+
+    One component axis is counted by ``k``, several by ``i, j, l, …``; a letter that is one
+    of the cell's names (in ``taken``) gets a fresh spelling (``k2``) and is added to it.
+    """
+    points = set(point_axes)
+    shape = tuple(n for a, n in enumerate(out_shape) if a not in points)
+    taken = set() if taken is None else taken
+    wanted = [_ONE_AXIS] if len(shape) == 1 else list(_AXES[: len(shape)])
+    if len(wanted) < len(shape):
+        wanted = [f"k{a}" for a in range(len(shape))]
+    letters = tuple(fresh(letter, taken) for letter in wanted)
+    spelled = iter(letters)
+    index = [":" if a in points else next(spelled) for a in range(len(out_shape))]
+    while index and index[-1] == ":":
+        index.pop()
+    if len(shape) == 1:
+        header = f"for {letters[0]} in range({shape[0]}):"
+    else:
+        ranges = ", ".join(f"range({n})" for n in shape)
+        header = f"for {', '.join(letters)} in itertools.product({ranges}):"
+    return ComponentLoop(shape, math.prod(shape), letters, ", ".join(index), header,
+                         len(shape) > 1)
+
+
+# -- the short loop shown beneath a result --------------------------------------------------
+def output_symbol(result) -> str:
+    """The output's name in code and formulas: the cell's name, or ``y`` (``out`` when the
+    cell uses ``y``) for an expression output such as ``torch.softmax(x, 0)``."""
+    if result.output_name.isidentifier():
+        return result.output_name
+    taken = identifiers([result.output_name, *result.inputs])
+    return "y" if "y" not in taken else fresh("out", taken)
+
+
+def _output_variable(result, taken: set[str]) -> tuple[str, list[str]]:
+    """The output as a name ``.backward`` follows; an expression output is named first."""
+    y = output_symbol(result)
+    taken.add(y)
+    return y, ([] if y == result.output_name else [f"{y} = {result.output_name}"])
+
+
+def display_loop(result, names: Sequence[str] | None = None) -> str:
+    """The tutorial's own few lines for the derivatives with respect to ``names`` (default:
+    every input), which must share their point axes; nothing saved or restored."""
+    names = list(result.inputs if names is None else names)
+    taken = identifiers([result.output_name, *result.inputs])
+    y, first = _output_variable(result, taken)
+    xs = [expression(name) for name in names]
+    first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
+              if not result.inputs[name].tensor.is_leaf]
+    reads = [f"{x}.grad" for x in xs]
+    if result.output.numel() == 1 and not result.full:
+        return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"
+    point_out = [a for a, _ in result.inputs[names[0]].pairing]
+    loop = component_loop(result.output.shape, point_out, taken)
+    if loop.count == 1:
+        return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}))", *reads]) + "\n"
+    ds = [derivative_name(name, taken) for name in names]
+    head = ["import itertools"] if loop.needs_itertools else []
+    head += first + [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
+                     for x, d in zip(xs, ds)]
+    stores = [f"{d}[{', '.join(loop.letters)}] = {x}.grad; {x}.grad = None"
+              for x, d in zip(xs, ds)]
+    return "\n".join(head + loop.lines(y, stores)) + "\n"
+
+
+# -- r.code: the careful version ------------------------------------------------------------
 def reproducing_code(result) -> str:
     """The source; ``derivative_name(name)`` is bound for every input of ``result``."""
     names = list(result.inputs)
-    taken = _identifiers([result.output_name, *names])
-    lines = ["import torch"]
-    body: list[str] = []
-    if result.output_name.isidentifier():
-        y = result.output_name
-    else:
-        y = _fresh("out", taken)
-        body.append(f"{y} = {result.output_name}  # the output, computed again")
-    v = _fresh("v", taken)
-    d_names: dict[str, str] = {}
-    for name in names:
-        d_names[name] = derivative_name(name, taken)
-    xs = {name: _expr(name) for name in names}
-    for name in names:
-        if not result.inputs[name].tensor.is_leaf:
-            body.append(f"{xs[name]}.retain_grad()  # {name} is not a leaf: let backward fill "
-                        f"{name}.grad")
-    saved = _fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)
-    grads = ", ".join(f"{xs[n]}.grad" for n in names)
-    body.append(f"{saved} = {grads}  # backward adds to .grad: keep what it holds, restored below")
-    body.append(" = ".join(f"{xs[n]}.grad" for n in names) + " = None")
-
+    taken = identifiers([result.output_name, *names])
+    y, body = _output_variable(result, taken)
+    if body:
+        body[0] += "  # the output, computed again"
+    xs = {name: expression(name) for name in names}
+    d_names = {name: derivative_name(name, taken) for name in names}
+    saved = fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)
+    body += _save_grads(result, xs, saved)
     groups: dict[tuple[int, ...], list[str]] = {}
     for name in names:
         item = result.inputs[name]
         if item.unused:
-            comp = result.component_shape(name)
-            shape = f"{_shape_args(comp)}, *{xs[name]}.shape" if comp else f"{xs[name]}.shape"
-            body.append(f"{d_names[name]} = {xs[name]}.new_zeros({shape})"
-                        f"  # {result.output_name} does not depend on {name}")
-            continue
-        key = tuple(sorted(a for a, _ in item.pairing))
-        groups.setdefault(key, []).append(name)
-
-    needs_itertools = False
-    out_dim = result.output.dim()
-    for point_out, group in groups.items():
-        comp = result.component_shape(group[0])
-        count = math.prod(comp)
-        inputs = "[" + ", ".join(xs[n] for n in group) + "]"
-        if count == 1:
-            if out_dim == 0:
-                body.append(f"# {result.output_name} is a scalar: gradient=1, the default")
-                body.append(f"{y}.backward(retain_graph=True, inputs={inputs})")
-            else:
-                points = math.prod(result.output.shape[a] for a in point_out)
-                body.append(f"# one component at {points} point(s): J is (block-)diagonal, "
-                            "so v = ones gives the derivatives at every point")
-                body.append(f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True, "
-                            f"inputs={inputs})")
-            for name in group:
-                grad = f"{xs[name]}.grad"
-                if comp:
-                    grad += f".reshape({_shape_args(comp)}, *{xs[name]}.shape)"
-                body.append(f"{d_names[name]} = {grad}")
-            continue
-        letters = ["k"] if len(comp) == 1 else ["i", "j", "l", "m", "n", "p"][: len(comp)]
-        if len(letters) < len(comp):
-            letters = [f"k{a}" for a in range(len(comp))]
-        letters = [_fresh(letter, taken) for letter in letters]
-        point_axes = set(point_out)
-        names_iter = iter(letters)
-        index = [":" if a in point_axes else next(names_iter) for a in range(out_dim)]
-        while index and index[-1] == ":":
-            index.pop()
-        body.append(f"# {count} components: one backward each, v one-hot on the component"
-                    + (" (ones along the point axes)" if point_out else ""))
-        for name in group:
-            body.append(f"{d_names[name]} = {xs[name]}.new_zeros({_shape_args(comp)}, "
-                        f"*{xs[name]}.shape)")
-        if len(comp) == 1:
-            body.append(f"for {letters[0]} in range({comp[0]}):")
+            body.append(_zeros(result, name, xs[name], d_names[name])
+                        + f"  # {result.output_name} does not depend on {name}")
         else:
-            needs_itertools = True
-            ranges = ", ".join(f"range({n})" for n in comp)
-            body.append(f"for {', '.join(letters)} in itertools.product({ranges}):")
-        body.append(f"    {v} = torch.zeros_like({y})")
-        body.append(f"    {v}[{', '.join(index)}] = 1")
-        for name in group:
-            body.append(f"    if {xs[name]}.grad is not None: {xs[name]}.grad.zero_()")
-        body.append(f"    {y}.backward(gradient={v}, retain_graph=True, inputs={inputs})")
-        for name in group:
-            body.append(f"    {d_names[name]}[{', '.join(letters)}] = {xs[name]}.grad")
-
+            groups.setdefault(tuple(sorted(a for a, _ in item.pairing)), []).append(name)
+    itertools_needed = False
+    for point_out, group in groups.items():
+        loop = component_loop(result.output.shape, point_out, taken)
+        itertools_needed |= loop.needs_itertools
+        body += _group_code(result, y, loop, [(xs[n], d_names[n]) for n in group], taken)
+    grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
-    if needs_itertools:
-        lines.append("import itertools")
-    return "\n".join(lines + [""] + body) + "\n"
+    head = ["import torch"] + (["import itertools"] if itertools_needed else [])
+    return "\n".join(head + [""] + body) + "\n"
+
+
+def _save_grads(result, xs: dict[str, str], saved: str) -> list[str]:
+    lines = [f"{xs[name]}.retain_grad()  # {name} is not a leaf: let backward fill {name}.grad"
+             for name in xs if not result.inputs[name].tensor.is_leaf]
+    grads = ", ".join(f"{x}.grad" for x in xs.values())
+    lines.append(f"{saved} = {grads}  # backward adds to .grad: keep what it holds, restored "
+                 "below")
+    lines.append(" = ".join(f"{x}.grad" for x in xs.values()) + " = None")
+    return lines
+
+
+def _zeros(result, name: str, x: str, d: str) -> str:
+    comp = result.component_shape(name)
+    shape = f"{_shape_args(comp)}, *{x}.shape" if comp else f"{x}.shape"
+    return f"{d} = {x}.new_zeros({shape})"
+
+
+def _group_code(result, y: str, loop: ComponentLoop, group: list[tuple[str, str]],
+                taken: set[str]) -> list[str]:
+    """The backward call(s) for inputs sharing their point axes, and ``d_<name>`` from them."""
+    inputs = [x for x, _ in group]
+    listed = f"inputs=[{', '.join(inputs)}]"
+    if loop.count == 1 and result.output.dim() == 0:
+        lines = [f"# {result.output_name} is a scalar: gradient=1, the default",
+                 f"{y}.backward(retain_graph=True, {listed})"]
+    elif loop.count == 1:
+        points = result.output.numel()
+        lines = [f"# one component at {points:,} point(s): J is (block-)diagonal, so v = ones "
+                 "gives the derivatives at every point",
+                 f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True, {listed})"]
+    else:
+        v = fresh("v", taken)
+        lines = [f"# {loop.count:,} components: one backward each, v one-hot on the component"
+                 + (" (ones along the point axes)" if loop.count < result.output.numel() else "")]
+        lines += [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
+                  for x, d in group]
+        zero = [f"if {x}.grad is not None: {x}.grad.zero_()" for x in inputs]
+        store = [f"{d}[{', '.join(loop.letters)}] = {x}.grad" for x, d in group]
+        body = [loop.one_hot(y, v), *zero, loop.backward(y, v, inputs), *store]
+        return lines + [loop.header] + ["    " + line for line in body]
+    for x, d in group:
+        shape = loop.shape
+        grad = f"{x}.grad" + (f".reshape({_shape_args(shape)}, *{x}.shape)" if shape else "")
+        lines.append(f"{d} = {grad}")
+    return lines

@@ -1,248 +1,197 @@
-"""Stage 5a — LaTeX rendering (MathJax 3 and KaTeX safe: ``$$`` displays, bmatrix/array only).
+"""The document spelled as LaTeX: a body that compiles with amsmath (nbconvert's LaTeX/PDF export).
 
-Each display is kept small (summarised matrices), far below MathJax's buffer limits.
+VS Code shows ``text/latex`` in preference to ``text/markdown`` and typesets it as markdown with
+KaTeX, so this spelling is valid in both at once: prose escapes only what markdown reads the
+same way (``\\_ \\% \\& \\# \\$ \\{ \\}``) and no text macros; maths is ``$…$`` and ``$$…$$`` only;
+no environment outside maths (a list item is a paragraph that starts "(1)" or "–"); code is a
+``verbatim`` block indented by four spaces (an indented code block to markdown). The TeX of maths is also what the markdown rendering hands to MathJax 3 and KaTeX,
+so it keeps to what both accept: :data:`UNSAFE_TEX` lists what no maths may contain and
+:func:`tex_problems` finds it (the tests and the symbolic display use the same list).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 
-from .formatting import (
-    Block,
-    derivative_blocks,
-    describe_structure,
-    fetch_block,
-    format_number,
-    gradient_code,
-    jacobian_block,
-    notation,
-    significant_digits,
-    summary_indices,
+from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
+                       Section, Span, Text)
+
+# Constructs that MathJax 3 or KaTeX (strict) reject, or that change other outputs' maths.
+UNSAFE_TEX = (
+    r"\newcommand", r"\renewcommand", r"\def", r"\let", r"\gdef", r"\edef", r"\boxed",
+    r"\verb", r"\texttt", r"\require", r"\tag", r"\label", r"\ref", r"\eqref", r"\hbox",
+    r"\mbox", r"\url", r"\href", r"\includegraphics", r"\begin{tabular}", r"\begin{align}",
+    r"\begin{equation}",
 )
+# Environments maths may use (both MathJax 3 and KaTeX have them, in and out of $$).
+ALLOWED_ENVIRONMENTS = ("bmatrix", "matrix", "array")
+
+
+def tex_problems(tex: str) -> list[str]:
+    """What in ``tex`` MathJax 3 or KaTeX (strict) would not typeset; empty when it is safe."""
+    problems = [c for c in UNSAFE_TEX
+                if re.search(re.escape(c) + (r"(?![A-Za-z])" if c[-1].isalpha() else ""), tex)]
+    problems += [f"environment {env}" for env in re.findall(r"\\begin\{([^}]*)\}", tex)
+                 if env not in ALLOWED_ENVIRONMENTS]
+    unescaped = re.sub(r"\\[{}]", "", tex)
+    depth = 0
+    for ch in unescaped:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if depth != 0:
+        problems.append("unbalanced braces")
+    if "$" in tex.replace(r"\$", ""):
+        problems.append("a $ inside maths")
+    problems += [f"non-ASCII character {ch!r} (KaTeX strict)" for ch in sorted(set(tex))
+                 if ord(ch) > 127]
+    return problems
+
+
+# -- matrices and formulas as TeX (shared with the markdown rendering) -----------------------
+def _rows(rows) -> str:
+    return r" \\ ".join(" & ".join(rows_) for rows_ in rows)
+
+
+def matrix_tex(matrix: Matrix) -> str:
+    """A bmatrix (side labels as a plain matrix beside it) or a bracketed array with a header."""
+    if matrix.scalar:
+        return matrix.rows[0][0].tex
+    cells = [[e.tex for e in row] for row in matrix.rows]
+    factor = rf"10^{{{matrix.factor}}} \times " if matrix.factor is not None else ""
+    if matrix.col_labels is not None:
+        header = [e.tex for e in matrix.col_labels]
+        if matrix.row_labels is not None:
+            header = [""] + header
+            cells = [[label.tex] + row for label, row in zip(matrix.row_labels, cells)]
+        spec = ("c|" if matrix.row_labels is not None else "") + "c" * len(matrix.col_labels)
+        return (factor + r"\left[\begin{array}{" + spec + "}" + " & ".join(header)
+                + r" \\ \hline " + _rows(cells) + r"\end{array}\right]")
+    body = r"\begin{bmatrix}" + _rows(cells) + r"\end{bmatrix}"
+    if matrix.row_labels is None:
+        return factor + body
+    side = r" \\ ".join(e.tex for e in matrix.row_labels)
+    return r"\begin{matrix}" + side + r"\end{matrix}" + factor + body  # labels, then 10^k × [...]
+
+
+def formula_tex(formula: Formula) -> str:
+    """``lhs = matrix suffix`` as one line of display maths (the suffix brings its own space)."""
+    tex = formula.lhs.tex
+    if formula.matrix is not None:
+        tex += " = " + matrix_tex(formula.matrix)
+    if formula.suffix is not None:
+        tex += " " + formula.suffix.tex
+    return tex
+
+
+# -- prose ----------------------------------------------------------------------------------
+_TEXT_ESCAPES = {
+    "\\": r"$\backslash$", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+    "%": r"\%", "_": r"\_", "~": r"$\sim$", "^": r"$\wedge$", "*": r"$\ast$", "`": "'",
+    "<": "$<$", ">": "$>$", "|": r"$\vert$", "[": "$[$", "]": "$]$",
+    "×": r"$\times$", "−": "$-$", "→": r"$\to$", "↦": r"$\mapsto$", "≈": r"$\approx$",
+    "≤": r"$\le$", "≥": r"$\ge$", "≠": r"$\ne$", "∂": r"$\partial$", "∇": r"$\nabla$",
+    "∈": r"$\in$", "·": r"$\cdot$", "ᵀ": r"$^\top$", "′": "$'$", "…": r"\dots{}",
+    "–": "--", "—": "---", "⁻": "$^-$", "⁽": "$^($", "⁾": "$^)$",
+}
+_TEXT_ESCAPES.update({sup: f"$^{d}$" for d, sup in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
+_TEXT_ESCAPES.update({sub: f"$_{d}$" for d, sub in enumerate("₀₁₂₃₄₅₆₇₈₉")})
+
+
+# Greek letters as macros both MathJax 3 and LaTeX know; the capitals that have none (and
+# omicron) are written as the Latin letters they look like.
+_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
+                   "Psi", "Omega"}
+_LATIN_LOOKALIKES = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta": "H",
+                     "Iota": "I", "Kappa": "K", "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P",
+                     "Tau": "T", "Chi": "X", "omicron": "o"}
+
+
+def greek_macro(ch: str) -> str | None:
+    """``α`` → ``\\alpha``, ``λ`` → ``\\lambda``, ``Λ`` → ``\\Lambda``, ``Α`` → ``A``, ``ς`` →
+    ``\\varsigma``; None for anything else (KaTeX's strict mode rejects raw Greek in maths)."""
+    words = unicodedata.name(ch, "").replace("LAMDA", "LAMBDA").split()
+    if words[:1] != ["GREEK"] or words[2:3] != ["LETTER"] or words[1] not in ("SMALL", "CAPITAL"):
+        return None
+    if words[3:] == ["FINAL", "SIGMA"]:
+        return r"\varsigma"
+    if len(words) != 4:
+        return None
+    name = words[3].lower() if words[1] == "SMALL" else words[3].capitalize()
+    if name in _LATIN_LOOKALIKES:
+        return _LATIN_LOOKALIKES[name]
+    if words[1] == "CAPITAL" and name not in _GREEK_CAPITALS:
+        return None
+    return "\\" + name
+
+
+def escape_text(text: str) -> str:
+    """Prose for a LaTeX body: special characters escaped, maths symbols in ``$…$``."""
+    return "".join(_TEXT_ESCAPES.get(ch) or _greek_text(ch) or ch for ch in text)
+
+
+def _greek_text(ch: str) -> str | None:
+    macro = greek_macro(ch) if ord(ch) > 127 else None
+    return None if macro is None else (f"${macro}$" if macro.startswith("\\") else macro)
+
+
+def _span(span: Span) -> str:
+    if isinstance(span, Text):
+        return escape_text(span.text)
+    if isinstance(span, Math):
+        return f"${span.tex}$"
+    if isinstance(span, Code):  # copyable in neither; a monospace name in both
+        return "$" + code_tex(span.text) + "$"
+    raise TypeError(f"not a span: {span!r}")
+
+
+def _spans(spans) -> str:
+    return "".join(_span(s) for s in spans)
+
 
 _CODE_ESCAPES = {
-    "\\": r"\backslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "#": r"\#", "%": r"\%",
-    "&": r"\&", "$": r"\$", "^": r"\hat{}", "~": r"\sim{}", "<": r"\lt{}", ">": r"\gt{}",
-    # spaces as wide as a monospace character; punctuation without math spacing
-    " ": r"\phantom{0}", "=": "{=}", ",": "{,}", "-": "{-}", "+": "{+}", ":": "{:}", "*": "{*}",
-    ".": "{.}", ";": "{;}", "!": "{!}", "|": r"\vert{}", "'": r"\text{'}", '"': r'\text{"}',
+    "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
+    "%": r"\%", "_": r"\_", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }
 
 
-def code(text: str) -> str:
-    """Source code in monospace, math-mode safe (no \\verb, no \\texttt escapes needed)."""
-    return r"\mathtt{" + "".join(_CODE_ESCAPES.get(ch, ch) for ch in text) + "}"
+def code_tex(text: str) -> str:
+    """Inline code as maths both KaTeX and LaTeX set in typewriter type."""
+    return r"\texttt{" + "".join(_CODE_ESCAPES.get(ch, ch) for ch in text) + "}"
 
 
-def _greek(char: str) -> str | None:
-    """``α`` → ``\\alpha`` (KaTeX's strict mode rejects raw Unicode letters in math)."""
-    try:
-        words = unicodedata.name(char).split()
-    except ValueError:
-        return None
-    if words[:2] == ["GREEK", "SMALL"] and words[2:3] == ["LETTER"]:
-        return "\\" + words[3].lower()
-    if words[:2] == ["GREEK", "CAPITAL"] and words[2:3] == ["LETTER"]:
-        return "\\" + words[3].capitalize()
-    return None
+def _paragraph(p: Paragraph) -> str:
+    """Bold would need a macro markdown shows as it is; a lead "1. " or "- " would make a
+    markdown list (which swallows a code block after it), so it reads "(1) " or "– "."""
+    text = _spans(p.spans)
+    text = re.sub(r"^(\d+)[.)] ", r"(\1) ", text)
+    return re.sub(r"^[-+] ", "– ", text)
 
 
-def _word(text: str) -> str | None:
-    """A name part as math: one letter in italics, longer ASCII words upright, Greek as macros."""
-    if len(text) == 1 and _greek(text):
-        return _greek(text)
-    if not re.fullmatch(r"[A-Za-z0-9]+", text):
-        return None
-    return text if len(text) == 1 or text.isdigit() else r"\mathrm{" + text + "}"
-
-
-def name(identifier: str) -> str:
-    """A Python name as math: ``x``, ``x_{1}``, ``w_{\\mathrm{hidden}}``, ``\\mathrm{xs}``, ``\\alpha``;
-    anything else (expressions, odd underscores) in monospace."""
-    if identifier.isidentifier():
-        head, _, tail = identifier.partition("_")
-        head_tex = _word(head) if head else None
-        if head_tex is not None and "_" not in identifier:
-            return head_tex
-        tail_tex = _word(tail) if tail else None
-        if head_tex is not None and tail_tex is not None:
-            return f"{head_tex}_{{{tail_tex}}}"
-        if head_tex is not None and re.fullmatch(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)+", tail):
-            return f"{head_tex}_{{\\mathrm{{{tail.replace('_', chr(92) + '_')}}}}}"
-    return code(identifier)
-
-
-_TEXT_BREAKS = {"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#", "$": r"\$", "{": r"\{",
-                "}": r"\}", "\\": r"\backslash", "^": r"\hat{}", "~": r"\sim"}
-
-
-def text(words: str) -> str:
-    """Words in \\text{}; characters that are special there are set in math mode between runs."""
-    pieces = re.split(r"([_&%#$^~{}\\])", words)
-    out = []
-    for piece in pieces:
-        if piece in _TEXT_BREAKS:
-            out.append(_TEXT_BREAKS[piece])
-        elif piece:
-            out.append(r"\text{" + piece + "}")
-    return "".join(out)
-
-
-def shape_space(shape) -> str:
-    if len(shape) == 0:
-        return r"\mathbb{R}"
-    return r"\mathbb{R}^{" + r" \times ".join(str(n) for n in shape) + "}"
-
-
-def _index(index) -> str:
-    return ",".join(str(i + 1) for i in index)
-
-
-def label(pair) -> str:
-    kind, index, *variable = pair
-    sub = _index(index)
-    if kind == "d":
-        return f"f_{{{sub}}}'" if sub else "f'"
-    if kind == "grad":
-        return rf"\nabla f_{{{sub}}}" if sub else r"\nabla f"
-    if kind in ("out", "in"):
-        symbol = name(variable[0]) if variable else ("y" if kind == "out" else "x")
-        if not re.fullmatch(r"[A-Za-z]|\\[A-Za-z]+", symbol):
-            symbol = "{" + symbol + "}"
-        return f"{symbol}_{{{sub}}}"
-    return "[" + ", ".join(str(i) for i in index) + r", :]"
-
-
-def matrix(block: Block, options, dtype) -> str:
-    """A summarised bmatrix (side labels) or a labelled table (row and column labels)."""
-    digits = significant_digits(dtype, options.precision)
-    rows = summary_indices(block.nrows, options.threshold, options.edgeitems)
-    cols = summary_indices(block.ncols, options.threshold, options.edgeitems)
-    values = fetch_block(block.get_block, rows, cols, block.device)
-    if block.scalar:
-        return format_number(values[0][0], digits)
-    lines = []
-    value_rows = iter(values)
-    for r in rows:
-        if r is None:
-            cells = [r"\ddots" if c is None else r"\vdots" for c in cols]
-        else:
-            row_values = iter(next(value_rows))
-            cells = [r"\cdots" if c is None else format_number(next(row_values), digits)
-                     for c in cols]
-        if block.col_label is not None:
-            cells = [label(block.row_label(r)) if block.row_label and r is not None
-                     else (r"\vdots" if r is None else "")] + cells
-        lines.append(" & ".join(cells))
-    if block.col_label is not None:
-        header = [""] + [r"\cdots" if c is None else label(block.col_label(c)) for c in cols]
-        spec = "c|" + "c" * len(cols)
-        return (r"\left[\begin{array}{" + spec + "}" + " & ".join(header) + r" \\ \hline "
-                + r" \\ ".join(lines) + r"\end{array}\right]")
-    body = r"\begin{bmatrix}" + r" \\ ".join(lines) + r"\end{bmatrix}"
-    if block.row_label is None:
-        return body
-    side = [r"\vdots" if r is None else label(block.row_label(r)) for r in rows]
-    return r"\begin{matrix}" + r" \\ ".join(side) + r"\end{matrix}" + body
-
-
-def lhs(result, input_name: str) -> str:
-    """What the matrix is: f'(x), ∇f(x), J_f(x) for one input, ∂y/∂x for several."""
-    y, x = name(result.output_name), name(input_name)
-    return {
-        "partial": rf"\frac{{\partial {y}}}{{\partial {x}}}",
-        "prime": f"f'({x})",
-        "nabla": rf"\nabla f({x})",
-        "jacobian": rf"J_f({x})",
-    }[notation(result, input_name)]
-
-
-def display(*rows: str) -> str:
-    return "$$\\begin{array}{l}" + r" \\ ".join(rows) + r"\end{array}$$"
-
-
-def header(result) -> str:
-    y = result.output
-    inputs = r",\ ".join(
-        f"{name(n)} \\in {shape_space(item.tensor.shape)}" for n, item in result.inputs.items()
-    )
-    args = ", ".join(name(n) for n in result.inputs)
-    dtypes = sorted({str(item.tensor.dtype).replace("torch.", "") for item in result.inputs.values()}
-                    | {str(y.dtype).replace("torch.", "")})
-    caption = text(
-        "shapes: " + ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in result.inputs.items())
-        + f" to {result.output_name} "
-        f"{tuple(y.shape)}, " + "/".join(dtypes)
-    )
-    return display(
-        rf"{inputs} \ \longmapsto\ {name(result.output_name)} = f({args}) \in {shape_space(y.shape)}",
-        caption,
-    )
-
-
-def gradient_arguments(result, input_name: str) -> str:
-    """The gradient argument(s) v as 0/1 matrices (a few of them when there are many)."""
-    grads = result.gradients[input_name]
-    count = len(grads)
-    dtype = result.output.dtype
-    pieces = []
-    for k in summary_indices(count, 4, 2):
-        if k is None:
-            pieces.append(r"\cdots")
-            continue
-        v = grads[k]
-        pieces.append((f"v_{{{k + 1}}} = " if count > 1 else "v = ")
-                      + matrix(_tensor_block(v), result.options, dtype))
-    return r",\quad ".join(pieces)
-
-
-def _tensor_block(tensor) -> Block:
-    if tensor.dim() == 0:
-        return Block(lambda r, c: tensor.reshape(1, 1), 1, 1, tensor.device, scalar=True)
-    cols = tensor.shape[-1]
-    rows = tensor.numel() // cols if cols else 0
-    if tensor.dim() == 1:
-        rows, cols = 1, tensor.shape[0]
-    flat = tensor.reshape(rows, cols)
-    return Block(lambda r, c: flat[r][:, c], rows, cols, tensor.device)
-
-
-def derivatives_display(result, input_name: str) -> list[str]:
-    item = result.inputs[input_name]
-    dtype = item.derivatives.dtype
-    words = describe_structure(result, input_name)
-    if len(result.inputs) > 1:
-        words += f", with respect to {input_name}"
-    rows = [text(words)]
-    if not result.show_jacobian:
-        rows.append(text("gradient argument: ") + gradient_arguments(result, input_name))
-        rows.extend(code(line) for line in gradient_code(result, input_name))
-    if item.unused:
-        rows.append(text(f"{result.output_name} does not depend on {input_name}: "
-                         "every derivative is 0."))
-    out = [display(*rows)]
-    if result.show_jacobian:
-        block = jacobian_block(result, input_name)
-        m, n = block.nrows, block.ncols
-        out.append(f"$$J = {matrix(block, result.options, dtype)}"
-                   + rf"\quad ({m} \times {n})$$")
+def _block(block) -> str:
+    if isinstance(block, Paragraph):
+        return _paragraph(block)
+    if isinstance(block, Bullets):
+        if not block.items:
+            return ""
+        marks = [f"({n})" if block.numbered else "–" for n in range(1, len(block.items) + 1)]
+        return "\n\n".join(f"{mark} {_spans(item.spans)}" for mark, item in zip(marks, block.items))
+    if isinstance(block, Formula):
+        out = "$$" + formula_tex(block) + "$$"
+        if block.caption:
+            out += "\n\n" + _spans(block.caption)
         return out
-    for title, block in derivative_blocks(result, input_name):
-        if block is None:
-            out.append(r"$$\vdots$$")
-            continue
-        left = label(title) if title is not None else lhs(result, input_name)
-        out.append(f"$${left} = {matrix(block, result.options, dtype)}$$")
-    return out
+    if isinstance(block, CodeBlock):
+        lines = ["\\begin{verbatim}", *block.source.rstrip("\n").splitlines(), "\\end{verbatim}"]
+        return "\n".join("    " + line for line in lines)
+    raise TypeError(f"not a block: {block!r}")
 
 
-def render_latex(result) -> str:
-    """The whole display: shapes, then per input the structure, gradient arguments, matrices."""
-    parts = [header(result)]
-    parts.extend(s.latex() for s in result.sections if getattr(s, "position", "top") == "top")
-    for input_name in result.inputs:
-        parts.extend(derivatives_display(result, input_name))
-    parts.extend(s.latex() for s in result.sections if getattr(s, "position", "top") == "bottom")
-    for note in result.notes:
-        parts.append(f"$${text(note)}$$")
-    return "\n".join(parts)
+def _section(section: Section) -> str:
+    parts = [escape_text(section.title)] if section.title else []
+    return "\n\n".join(parts + [_block(b) for b in section.blocks])
+
+
+def render(document: Document) -> str:
+    """The whole document as a LaTeX body that also reads as markdown (see the module's note)."""
+    return "\n\n".join(_section(s) for s in document.sections if s.blocks or s.title) + "\n"

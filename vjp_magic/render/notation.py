@@ -1,0 +1,192 @@
+"""Names as mathematics: the cell's own names, in TeX and plain text, chosen once.
+
+``math_name("w_hidden")`` is :math:`w_{\\mathrm{hidden}}`; an expression (``x.T @ w``) is set
+in monospace. The left-hand sides of the derivative formulas follow the tutorial's notation
+(F for the map at many points, :math:`x^{(i)}`, :math:`f'(x^{(i)})`, :math:`\\nabla f`,
+:math:`J_F`) and carry the cell's own names (∂s_i/∂a_j for an output ``s`` and input ``a``).
+Indices count from 0, as the code's do.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+
+from .codegen import expression, output_symbol
+from .document import Entry, Math
+from .matrix import multi_index as unravel
+
+_MONO_ESCAPES = {
+    "\\": r"\backslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "#": r"\#", "%": r"\%",
+    "&": r"\&", "$": r"\$", "^": r"\hat{}", "~": r"\sim{}", "<": r"\lt{}", ">": r"\gt{}",
+    # spaces as wide as a monospace character; punctuation without math spacing
+    " ": r"\phantom{0}", "=": "{=}", ",": "{,}", "-": "{-}", "+": "{+}", ":": "{:}", "*": "{*}",
+    ".": "{.}", ";": "{;}", "!": "{!}", "|": r"\vert{}", "'": r"\text{'}", '"': r'\text{"}',
+}
+
+
+def mono(text: str) -> str:
+    """Source text in monospace, math-mode safe (no \\verb, KaTeX and MathJax alike)."""
+    return r"\mathtt{" + "".join(_MONO_ESCAPES.get(ch, ch) for ch in text) + "}"
+
+
+def greek(char: str) -> str | None:
+    """``α`` → ``\\alpha`` (KaTeX's strict mode rejects raw Unicode letters in math)."""
+    try:
+        words = unicodedata.name(char).split()
+    except ValueError:
+        return None
+    if words[:2] == ["GREEK", "SMALL"] and words[2:3] == ["LETTER"]:
+        return "\\" + words[3].lower()
+    if words[:2] == ["GREEK", "CAPITAL"] and words[2:3] == ["LETTER"]:
+        return "\\" + words[3].capitalize()
+    return None
+
+
+def _word(text: str) -> str | None:
+    """A name part: one letter in italics, longer ASCII words upright, Greek as macros."""
+    if len(text) == 1 and greek(text):
+        return greek(text)
+    if not re.fullmatch(r"[A-Za-z0-9]+", text):
+        return None
+    return text if len(text) == 1 or text.isdigit() else r"\mathrm{" + text + "}"
+
+
+def name_tex(identifier: str) -> str:
+    """``x``, ``x_{1}``, ``w_{\\mathrm{hidden}}``, ``\\mathrm{xs}``, ``\\alpha``; anything else
+    (expressions, attribute names, odd underscores) in monospace."""
+    if identifier.isidentifier():
+        head, _, tail = identifier.partition("_")
+        head_tex = _word(head) if head else None
+        if head_tex is not None and "_" not in identifier:
+            return head_tex
+        tail_tex = _word(tail) if tail else None
+        if head_tex is not None and tail_tex is not None:
+            return f"{head_tex}_{{{tail_tex}}}"
+        if head_tex is not None and re.fullmatch(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)+", tail):
+            return f"{head_tex}_{{\\mathrm{{{tail.replace('_', chr(92) + '_')}}}}}"
+    return mono(identifier)
+
+
+def math_name(identifier: str) -> Math:
+    """A name of the cell as maths (plain text: the name as the cell spells it)."""
+    return Math(name_tex(identifier), identifier)
+
+
+def _atom(identifier: str) -> tuple[str, str]:
+    """The name as something a subscript or superscript can follow, both spellings."""
+    tex = name_tex(identifier)
+    if not re.fullmatch(r"[A-Za-z]|\\[A-Za-z]+", tex):
+        tex = "{" + tex + "}"
+    plain = expression(identifier)
+    return tex, plain
+
+
+# -- shapes and types -----------------------------------------------------------------------
+def dims(shape: Sequence[int]) -> str:
+    """``3 × 2``, ``5``, ``1 × 1``; a scalar (shape ``()``) is ``scalar``."""
+    return " × ".join(f"{n:,}" for n in shape) if len(shape) else "scalar"
+
+
+def dims_math(shape: Sequence[int]) -> Math:
+    return Math(r" \times ".join(f"{n:,}".replace(",", "{,}") for n in shape) or "1",
+                dims(shape))
+
+
+def dtype_text(dtype) -> str:
+    return str(dtype)  # torch.float64: the name the cell would write
+
+
+# -- labels (R's Block labels: index → Entry) -----------------------------------------------
+def _subscript(index: Sequence[int]) -> tuple[str, str]:
+    return ",".join(str(i) for i in index), ",".join(str(i) for i in index)
+
+
+def entry_label(identifier: str, shape: Sequence[int]) -> Callable[[int], Entry]:
+    """Row/column labels of a flattened tensor: ``y_{0,1}`` (plain ``y[0,1]``)."""
+    tex, plain = _atom(identifier)
+
+    def label(flat: int) -> Entry:
+        sub_tex, sub_plain = _subscript(unravel(flat, shape))
+        return Entry(f"{tex}_{{{sub_tex}}}", f"{plain}[{sub_plain}]")
+
+    return label
+
+
+def component_label(shape: Sequence[int], gradient: bool) -> Callable[[int], Entry]:
+    """Rows of a derivative matrix, one per component: ``f_0'`` or ``\\nabla f_{0,1}``."""
+
+    def label(flat: int) -> Entry:
+        sub_tex, sub_plain = _subscript(unravel(flat, shape))
+        if gradient:
+            return Entry(rf"\nabla f_{{{sub_tex}}}", f"grad f_{sub_plain}")
+        return Entry(f"f_{{{sub_tex}}}'", f"f_{sub_plain}'")
+
+    return label
+
+
+def slice_label(lead_shape: Sequence[int]) -> Callable[[int], Entry]:
+    """Rows of a tensor cut into a matrix: ``[0, 1, :]``."""
+
+    def label(flat: int) -> Entry:
+        index = ", ".join(str(i) for i in unravel(flat, lead_shape))
+        return Entry(mono(f"[{index}, :]"), f"[{index}, :]")
+
+    return label
+
+
+# -- left-hand sides ------------------------------------------------------------------------
+def point(identifier: str, letter: str = "i") -> Math:
+    """The tutorial's i-th sample point: ``x^{(i)}``."""
+    tex, plain = _atom(identifier)
+    return Math(f"{tex}^{{({letter})}}", f"{plain}^({letter})")
+
+
+def partial(output: str, input_: str, out_index: str = "", in_index: str = "",
+            straight: bool = False) -> Math:
+    """``∂y_i/∂x_j`` with the cell's names (``straight``: ``dy/dx`` for one variable)."""
+    y, y_plain = _atom(output)
+    x, x_plain = _atom(input_)
+    d = "d" if straight else r"\partial "
+    d_plain = "d" if straight else "∂"
+    y_sub = f"_{{{out_index}}}" if out_index else ""
+    x_sub = f"_{{{in_index}}}" if in_index else ""
+    return Math(rf"\frac{{{d}{y}{y_sub}}}{{{d}{x}{x_sub}}}",
+                f"{d_plain}{y_plain}{'_' + out_index if out_index else ''}/"
+                f"{d_plain}{x_plain}{'_' + in_index if in_index else ''}")
+
+
+def derivative_lhs(result, name: str) -> Math:
+    """What the derivative matrix is, for one input, in the tutorial's notation.
+
+    At many points (F applies f at each point ``x^{(i)}``): ``f'(x^{(i)})`` for a scalar per
+    point, ``∇f(x^{(i)})`` for a gradient per point; components get ``f_k'`` row labels.
+    At one point: ``dy/dx``, ``∂y/∂x`` (gradient shaped like x), ``∂y_i/∂x_j`` (Jacobian).
+    Several inputs: always ∂ with the cell's names.
+    """
+    item = result.inputs[name]
+    comp = math.prod(result.component_shape(name))
+    scalar_in = item.per_point_numel() == 1
+    if item.has_points and not result.full and len(result.inputs) == 1:
+        at = point(name)
+        f = "f'" if scalar_in else r"\nabla f"
+        f_plain = "f'" if scalar_in else "grad f"
+        if comp > 1:
+            f, f_plain = ("f_k'", "f_k'") if scalar_in else (r"\nabla f_k", "grad f_k")
+        return Math(f"{f}\\big({at.tex}\\big)", f"{f_plain}({at.plain})")
+    if item.tensor.numel() == 1:  # one variable: dy/dx (a column when y has several entries)
+        return partial(output_symbol(result), name, straight=len(result.inputs) == 1)
+    if comp == 1 or item.has_points:
+        return partial(output_symbol(result), name)
+    return partial(output_symbol(result), name, "i", "j")
+
+
+def jacobian_lhs(result, name: str) -> Math:
+    """The full Jacobian: ``J_F(x)`` at many points, ``J_f(x)`` at one, or ∂y/∂x (several)."""
+    item = result.inputs[name]
+    if len(result.inputs) > 1:
+        return partial(output_symbol(result), name, "i", "j")
+    big = "F" if item.has_points and not result.full else "f"
+    x_plain = _atom(name)[1]
+    return Math(f"J_{big}({name_tex(name)})", f"J_{big}({x_plain})")

@@ -1,0 +1,143 @@
+"""Numbers as a reader wants them: one format per matrix, the digits the dtype resolves, counts
+with thousands separators.
+
+A matrix is spelled in one of three formats, chosen from the entries it shows:
+
+* fixed: every non-zero magnitude between 10⁻⁴ and 10⁵ (``0.0001839``, ``-0.4344``, ``2``);
+* factored: outside that range but within four orders of magnitude of each other: a common power of
+  ten comes out in front of the matrix (``10^{-5} ×`` then ``-5.43``, ``18.39``);
+* scientific: magnitudes too far apart for one factor: every entry as ``m × 10^e``.
+
+Digits are the requested precision capped by what the dtype resolves (float32: 6), so float32 noise
+(``2.9999998``) never shows; entries below the dtype's resolution relative to the largest shown
+entry (a float32 ``1.5e-08`` beside ``1``) read 0; ``-0`` reads ``0``; integral values read ``2``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from .document import Entry
+
+FIXED_RANGE = (-4, 4)  # decimal exponents of magnitudes written without a factor: 1e-4 ≤ |v| < 1e5
+FACTOR_SPAN = 3  # a common factor when the exponents of the entries differ by at most this much
+NOISE_ULPS = 4  # entries within this many ulps (of the largest shown entry) of 0 read 0
+
+
+def significant_digits(dtype: torch.dtype, precision: int) -> int:
+    """Digits worth showing: the requested precision, capped by what the dtype resolves."""
+    if dtype.is_floating_point:
+        resolvable = max(1, int(-math.log10(torch.finfo(dtype).resolution)))
+        return max(1, min(precision, resolvable))
+    return max(1, precision)
+
+
+def resolution(dtype: torch.dtype) -> float:
+    """The dtype's machine epsilon (0 for integer dtypes, whose values are exact)."""
+    return torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+
+
+def count(n: int) -> str:
+    """A count with thousands separators: ``1,000,000``."""
+    return f"{n:,}"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 point``, ``1,000,000 points``."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def _round(value: float, digits: int) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def _exponent(value: float) -> int:
+    return math.floor(math.log10(abs(value)))
+
+
+def _fixed(value: float, digits: int) -> str:
+    """``value`` to ``digits`` significant digits, in positional notation, no trailing 0s."""
+    rounded = _round(value, digits)
+    if rounded == 0:
+        return "0"
+    if rounded.is_integer():
+        return str(int(rounded))
+    decimals = max(0, digits - 1 - _exponent(rounded))
+    return f"{rounded:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def _special(value: float) -> Entry | None:
+    if math.isnan(value):
+        return Entry(r"\mathrm{NaN}", "nan")
+    if math.isinf(value):
+        return Entry(r"\infty", "inf") if value > 0 else Entry(r"-\infty", "-inf")
+    return None
+
+
+def power_of_ten(exponent: int) -> Entry:
+    """``10^{-5}`` (TeX) and ``10^-5`` (plain), the factor written in front of a matrix."""
+    return Entry(f"10^{{{exponent}}}", f"10^{exponent}")
+
+
+@dataclass(frozen=True)
+class NumberFormat:
+    """One way to spell every entry of one matrix."""
+
+    digits: int
+    factor: int | None = None  # a power of ten taken out of every entry
+    scientific: bool = False  # every entry as m × 10^e
+    floor: float = 0.0  # magnitudes at or below this read 0 (the dtype's noise)
+
+    def spell(self, value: float) -> Entry:
+        special = _special(value)
+        if special is not None:
+            return special
+        if abs(value) <= self.floor or _round(value, self.digits) == 0:
+            return Entry("0", "0")
+        if self.factor is not None:
+            text = _fixed(_round(value, self.digits) / 10.0**self.factor, self.digits)
+            return Entry(text, text)
+        if not self.scientific:
+            text = _fixed(value, self.digits)
+            return Entry(text, text)
+        rounded = _round(value, self.digits)
+        exponent = _exponent(rounded)
+        mantissa = _fixed(rounded / 10.0**exponent, self.digits)
+        if exponent == 0:
+            return Entry(mantissa, mantissa)
+        plain = f"{mantissa}e{exponent:+03d}"
+        if mantissa in ("1", "-1"):
+            return Entry(f"{mantissa[:-1]}10^{{{exponent}}}", plain)
+        return Entry(f"{mantissa} \\times 10^{{{exponent}}}", plain)
+
+
+def choose_format(values: Iterable[float], digits: int, eps: float = 0.0) -> NumberFormat:
+    """The one format for a matrix showing ``values`` (only the shown entries are looked at)."""
+    finite = [v for v in values if math.isfinite(v)]
+    largest = max((abs(v) for v in finite), default=0.0)
+    floor = largest * eps * NOISE_ULPS
+    rounded = [_round(v, digits) for v in finite if abs(v) > floor]
+    magnitudes = [abs(v) for v in rounded if v != 0]
+    if not magnitudes:
+        return NumberFormat(digits, floor=floor)
+    low, high = _exponent(min(magnitudes)), _exponent(max(magnitudes))
+    if FIXED_RANGE[0] <= low and high <= FIXED_RANGE[1]:
+        return NumberFormat(digits, floor=floor)
+    if high - low <= FACTOR_SPAN:
+        return NumberFormat(digits, factor=low, floor=floor)
+    return NumberFormat(digits, scientific=True, floor=floor)
+
+
+def number(value: float, dtype: torch.dtype = torch.float64, precision: int = 4) -> Entry:
+    """One number on its own (a scalar result, a value in a sentence), spelled both ways."""
+    return alone(choose_format([float(value)], significant_digits(dtype, precision))).spell(value)
+
+
+def alone(fmt: NumberFormat) -> NumberFormat:
+    """The format for a number with no matrix to put a factor in front of: scientific instead."""
+    if fmt.factor is None:
+        return fmt
+    return NumberFormat(fmt.digits, scientific=True, floor=fmt.floor)

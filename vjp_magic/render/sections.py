@@ -1,0 +1,353 @@
+"""The derivatives display as document nodes: what a result says, before it is spelled.
+
+For each result: the shapes; per input a headline naming the paired axes and how they are
+known ("row i of y uses row i of x only (proved for every x)"); the gradient argument v in
+words; the tutorial's short backward loop; the derivatives as ``lhs = matrix`` with the cell's
+own names; the notes. ``jacobian=True`` (``%jacobian``) shows the full m × n Jacobian instead
+of v, the loop and the derivatives.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import notation
+from .codegen import component_loop, display_loop, expression, output_symbol
+from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
+from .matrix import Block, layout, multi_index, summary_indices, tensor_block, width
+from .numbers import plural
+
+SHOWN_COMPONENTS = 4  # matrices shown when each component is a matrix (first two, last two)
+
+
+def derivatives_sections(result, options, jacobian: bool = False) -> tuple[Section, ...]:
+    """The whole display of ``result``: shapes, then per group of inputs, then the notes."""
+    sections = [Section((shapes(result),))]
+    for group in point_groups(result):
+        blocks: list = []
+        for name in group:
+            blocks.append(headline(result, name))
+            if jacobian:
+                blocks.append(jacobian_formula(result, name, options))
+        if not jacobian and not all(result.inputs[n].unused for n in group):
+            used = [n for n in group if not result.inputs[n].unused]
+            blocks.extend(gradient_argument(result, used[0], options))
+            blocks.append(CodeBlock(display_loop(result, used)))
+            for name in used:
+                blocks.extend(derivative_formulas(result, name, options))
+        sections.append(Section(tuple(blocks)))
+    notes = note_paragraphs(result)
+    if notes:
+        sections.append(Section(notes))
+    return tuple(sections)
+
+
+def point_groups(result) -> list[list[str]]:
+    """The inputs, grouped by the output axes that are points for them (one loop per group)."""
+    groups: dict[tuple[int, ...] | None, list[str]] = {}
+    for name, item in result.inputs.items():
+        key = None if item.unused else tuple(sorted(a for a, _ in item.pairing))
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+# -- shapes ---------------------------------------------------------------------------------
+def shapes(result) -> Paragraph:
+    """``From x (3 × 2) to y (3), torch.float64.`` (each dtype named when they differ)."""
+    tensors = [(n, item.tensor) for n, item in result.inputs.items()]
+    dtypes = {t.dtype for _, t in tensors} | {result.output.dtype}
+    one = len(dtypes) == 1
+
+    def described(name, tensor):
+        what = notation.dims(tensor.shape) + ("" if one else f", {notation.dtype_text(tensor.dtype)}")
+        return [notation.math_name(name), Text(f" ({what})")]
+
+    spans: list = [Text("From ")]
+    for k, (name, tensor) in enumerate(tensors):
+        if k:
+            spans.append(Text(" and " if k == len(tensors) - 1 else ", "))
+        spans += described(name, tensor)
+    y = output_symbol(result)
+    spans += [Text(" to ")] + described(y, result.output)[:1]
+    if y != result.output_name:
+        spans += [Text(" = "), Code(result.output_name)]
+    spans += described(y, result.output)[1:]
+    spans.append(Text(f", {notation.dtype_text(result.output.dtype)}." if one else "."))
+    return Paragraph(tuple(spans))
+
+
+# -- the headline: what the function is, which axes are points, how that is known -----------
+def _letters(count: int) -> list[str]:
+    return ["i"] if count == 1 else ["i", "j", "l", "m", "n", "p"][:count]
+
+
+def where(identifier: str, shape, axes: dict[int, str]) -> list:
+    """``row i of y``, ``entry i of x``, ``column i of x``, ``entry (i, j) of y``, ``y[i, :, j]``."""
+    name = notation.math_name(identifier)
+    dim = len(shape)
+    if dim <= 2 and len(axes) == dim:
+        index = ", ".join(axes[a] for a in range(dim))
+        return [Text("entry "), Math(f"({index})" if dim > 1 else index,
+                                    f"({index})" if dim > 1 else index), Text(" of "), name]
+    if dim == 2 and len(axes) == 1:
+        (axis, letter), = axes.items()
+        return [Text("row " if axis == 0 else "column "), Math(letter, letter), Text(" of "), name]
+    index = ", ".join(axes.get(a, ":") for a in range(dim))
+    return [Code(f"{expression(identifier)}[{index}]")]
+
+
+def _what(result, name: str) -> list:
+    """What the function is, as spans: the tutorial's F and x^(i) for one input at points."""
+    item = result.inputs[name]
+    count = math.prod(result.component_shape(name))
+    y, x = notation.math_name(output_symbol(result)), notation.math_name(name)
+    if result.full:
+        return [Text("The full Jacobian (--full: no points looked for)")]
+    if not item.has_points:
+        if result.output.numel() == 1:
+            one = " is a scalar" if result.output.dim() == 0 else " has one entry"
+            return [y, Text(one + ", so backward needs no gradient argument (v = 1, the "
+                            "default)")]
+        if item.per_point_numel() == 1:
+            return [y, Text(f" has {count:,} entries, each a function of the one variable "), x]
+        return [y, Text(f" has {count:,} entries, each may use every entry of "), x,
+                Text(": one gradient each, the rows of the Jacobian")]
+    points = plural(item.point_count, "point")
+    if len(result.inputs) > 1:
+        what = "one value" if count == 1 else plural(count, "component")
+        return [Text(f"{what} at each of {points}")]
+    f = [Text("one function "), _m("f")] if item.per_point_numel() == 1 else \
+        [Text("one scalar function "), _m("f")]
+    if count > 1:
+        f = [Text(f"{count:,} functions "), _m("f_k")]
+    return [Math(f"{y.tex} = F({x.tex})", f"{y.plain} = F({x.plain})"), Text(" applies "), *f,
+            Text(f" at {points} "), notation.point(name)]
+
+
+def _m(tex: str) -> Math:
+    """A little maths in a sentence (``v``, ``k``, ``f_k``): the same in both spellings."""
+    return Math(tex, tex)
+
+
+def headline(result, name: str) -> Paragraph:
+    """The structure in one sentence, with the paired axes and the evidence."""
+    item = result.inputs[name]
+    lead = [Text("With respect to "), notation.math_name(name), Text(": ")] \
+        if len(result.inputs) > 1 else []
+    y = output_symbol(result)
+    if item.unused:
+        return Paragraph(tuple(lead + [notation.math_name(y), Text(" does not depend on "),
+                                       notation.math_name(name), Text(": every derivative is 0.")]))
+    spans = lead + _what(result, name)
+    pairs = [(a, b) for a, b in item.pairing if item.tensor.shape[b] > 1]
+    if item.has_points and not result.full:
+        letters = _letters(len(pairs))
+        out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
+        in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
+        evidence = ([Text(" only (proved for every "), notation.math_name(name), Text(").")]
+                    if item.evidence == "proved" else
+                    [Text(" only (checked at this "), notation.math_name(name), Text(" only).")])
+        spans += [Text(": ")] + where(y, result.output.shape, out_axes) + [Text(" uses ")]
+        spans += where(name, item.tensor.shape, in_axes) + evidence
+    else:
+        spans.append(Text("."))
+    return Paragraph(tuple(spans))
+
+
+# -- the gradient argument v ----------------------------------------------------------------
+def gradient_argument(result, name: str, options) -> list:
+    """v in words (never a bare count); v_0 as a small matrix where its pattern is not obvious."""
+    item = result.inputs[name]
+    y = output_symbol(result)
+    count = math.prod(result.component_shape(name))
+    if result.output.numel() == 1 and not result.full:
+        return []  # the headline says it: v = 1, the default
+    if count == 1:
+        return [paragraph(_m("v"), " is all ones, shaped like ", notation.math_name(y),
+                          f": one backward gives the derivatives at all "
+                          f"{plural(item.point_count, 'point')} at once.")]
+    points = item.has_points and not result.full
+    letters = component_loop(result.output.shape, [a for a, _ in item.pairing]).letters
+    k = ", ".join(letters) if len(letters) == 1 else f"({', '.join(letters)})"
+    words = paragraph(f"One backward per component, {count:,} in all, counted from 0 as in "
+                      "the code: ", _m("v"), " is 1 on component ", _m(k),
+                      " (at every point)" if points else "", " and 0 elsewhere.")
+    if not shows_v0(result, name, options):
+        return [words]
+    v0 = result.gradients[name][0]
+    return [words, formula(Math("v_0", "v_0"), tensor_block(v0), options, v0.dtype,
+                           v0.shape)]
+
+
+def shows_v0(result, name: str, options) -> bool:
+    """Whether the display shows v_0 as a matrix: where one-hot-with-ones-along-the-points is
+    a pattern worth seeing, and the output is small enough to show whole."""
+    item = result.inputs[name]
+    return (item.has_points and not result.full and len(result.gradients[name]) > 1
+            and result.output.numel() <= options.threshold ** 2)
+
+
+# -- the derivatives ------------------------------------------------------------------------
+def _shape_suffix(shape) -> Math:
+    """``∈ ℝ^{3×2}``: the shape, so ``[1.]`` and ``[[1.]]`` never read alike."""
+    dims = notation.dims_math(shape)
+    return Math(rf"\;\in \mathbb{{R}}^{{{dims.tex}}}", f"∈ R^{dims.plain.replace(' ', '')}")
+
+
+def _whole(matrix, shape) -> bool:
+    """Whether the matrix shows the tensor's shape by itself: 2-d, nothing left out."""
+    dots = {r"\cdots", r"\vdots", r"\ddots"}
+    return (len(shape) == 2 and len(matrix.rows) == shape[0]
+            and not any(e.tex in dots for row in matrix.rows for e in row))
+
+
+def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> Formula:
+    """``lhs = matrix``, narrowed so the line fits ``options.width``; the tensor's ``shape``
+    follows as ``∈ ℝ^{m×n}`` where the matrix alone would not show it (1-d, summarised)."""
+    reserved = len(lhs.plain) + 3
+    matrix = layout(block, options, dtype, reserved=reserved)
+    if shape is None or len(shape) == 0 or matrix.scalar or _whole(matrix, shape):
+        return Formula(lhs, matrix, None, tuple(caption))
+    suffix = _shape_suffix(shape)
+    wider = reserved + len(suffix.plain) + 2
+    narrow = layout(block, options, dtype, reserved=wider)
+    if width(narrow) + wider <= options.width:
+        return Formula(lhs, narrow, suffix, tuple(caption))
+    dims = notation.dims_math(shape)  # no room beside the matrix: the shape goes beneath it
+    return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
+
+
+def _rows_of(t: torch.Tensor, rows: int, cols: int):
+    flat = t.reshape(rows, cols)
+    return lambda r, c: flat[r][:, c]
+
+
+def _uses_f(result, name: str) -> bool:
+    """The tutorial's f / F notation (one input, at points); else the cell's ∂y/∂x."""
+    item = result.inputs[name]
+    return item.has_points and not result.full and len(result.inputs) == 1
+
+
+def _component_labels(result, name: str, comp):
+    if _uses_f(result, name):
+        return notation.component_label(comp, result.inputs[name].per_point_numel() > 1)
+    return notation.entry_label(output_symbol(result), comp)
+
+
+def derivative_formulas(result, name: str, options) -> list[Formula]:
+    """``lhs = matrix`` for ``r.derivatives[name]`` (shape: components + the input's shape)."""
+    item = result.inputs[name]
+    d = item.derivatives
+    comp, in_shape = result.component_shape(name), tuple(item.tensor.shape)
+    lhs = notation.derivative_lhs(result, name)
+    if d.dim() == 0:
+        block = Block(lambda r, c: d.reshape(1, 1), 1, 1, d.device, scalar=True)
+    elif len(comp) >= 1 and len(in_shape) >= 2:
+        return _per_component(result, name, options)
+    elif len(comp) == 1 or (len(comp) >= 2 and len(in_shape) == 1):
+        rows, cols = math.prod(comp), (in_shape[0] if in_shape else 1)
+        block = Block(_rows_of(d, rows, cols), rows, cols, d.device,
+                      row_label=_component_labels(result, name, comp))
+    elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
+        block = tensor_block(d)
+    else:
+        lead = tuple(d.shape[:-1])
+        block = Block(_rows_of(d, math.prod(lead), d.shape[-1]), math.prod(lead), d.shape[-1],
+                      d.device, row_label=notation.slice_label(lead))
+    return [formula(lhs, block, options, d.dtype, d.shape)]
+
+
+def _per_component(result, name: str, options) -> list[Formula]:
+    """One matrix per component (each shaped like the input), a few when there are many."""
+    item = result.inputs[name]
+    comp, in_shape = result.component_shape(name), tuple(item.tensor.shape)
+    count = math.prod(comp)
+    flat = item.derivatives.reshape((count,) + in_shape)
+    rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
+    labels = _component_labels(result, name, comp)
+    formulas = []
+    for k in summary_indices(count, SHOWN_COMPONENTS, 2):
+        if k is None:
+            formulas.append(Formula(Math(r"\vdots", ":")))
+            continue
+        row_label = notation.slice_label(in_shape[:-1]) if len(in_shape) > 2 else None
+        block = Block(_rows_of(flat[k], rows, cols), rows, cols, flat.device,
+                      row_label=row_label)
+        formulas.append(formula(_component_lhs(result, name, labels(k), comp, k), block,
+                                options, flat.dtype, in_shape))
+    return formulas
+
+
+def _component_lhs(result, name: str, label, comp, k: int) -> Math:
+    """``∇f_0(x^{(i)})`` in the tutorial's notation, else ``∂y_0/∂x``."""
+    if _uses_f(result, name):
+        at = notation.point(name)
+        return Math(f"{label.tex}\\big({at.tex}\\big)", f"{label.plain}({at.plain})")
+    index = ",".join(str(i) for i in multi_index(k, comp))
+    return notation.partial(output_symbol(result), name, out_index=index)
+
+
+def jacobian_block(result, name: str) -> Block:
+    """The flattened m × n Jacobian, labelled where shapes are not plain vectors.
+
+    Entries that belong to different points are exactly 0, even where a derivative is inf
+    or NaN (``r.jacobian_block`` multiplies by a mask, which would spread NaN: 0 × inf).
+    """
+    item = result.inputs[name]
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    m, n = result.output.numel(), item.tensor.numel()
+    labelled = len(out_shape) >= 2 or len(in_shape) >= 2
+
+    def entries(rows, cols):
+        values = result.jacobian_block(name, rows, cols)
+        if not item.pairing or bool(torch.isfinite(values).all()):
+            return values
+        out_idx = torch.unravel_index(rows, out_shape)
+        in_idx = torch.unravel_index(cols, in_shape)
+        same = torch.ones(len(rows), len(cols), dtype=torch.bool, device=values.device)
+        for a, b in item.pairing:
+            same &= out_idx[a][:, None] == in_idx[b][None, :]
+        return torch.where(same, values, torch.zeros((), dtype=values.dtype,
+                                                     device=values.device))
+
+    row_label = notation.entry_label(output_symbol(result), out_shape) \
+        if labelled and out_shape else None
+    col_label = notation.entry_label(name, in_shape) if labelled and in_shape else None
+    return Block(entries, m, n, item.derivatives.device, row_label=row_label,
+                 col_label=col_label, scalar=(m == 1 and n == 1))
+
+
+def jacobian_formula(result, name: str, options) -> Formula:
+    """``J_f(x) = [...]  (m × n)``: rows y entries, columns x entries, both flattened."""
+    block = jacobian_block(result, name)
+    m, n = block.nrows, block.ncols
+    caption = [Text(f"m × n = {m:,} × {n:,}: a row per entry of "),
+               notation.math_name(output_symbol(result)), Text(", a column per entry of "),
+               notation.math_name(name), Text(" (both flattened row-major).")]
+    return formula(notation.jacobian_lhs(result, name), block, options,
+                   result.inputs[name].derivatives.dtype, caption=caption)  # m × n: the caption
+
+
+# -- notes ----------------------------------------------------------------------------------
+def output_note(result) -> str | None:
+    """When f itself is NaN or infinite somewhere (log at a negative point), say so."""
+    y = result.output
+    if not (y.is_floating_point() or y.is_complex()):
+        return None
+    finite = torch.isfinite(y)
+    if bool(finite.all()):
+        return None
+    nan = int(torch.isnan(y).sum())
+    inf = y.numel() - int(finite.sum()) - nan
+    what = " and ".join(p for p in [f"NaN at {nan:,}" if nan else "",
+                                    f"infinite at {inf:,}" if inf else ""] if p)
+    entries = "entry" if y.numel() == 1 else f"{y.numel():,} entries"
+    return (f"{output_symbol(result)} itself is {what} of its {entries}: f is not defined there "
+            "(log or sqrt of a negative number, a division by zero, ...), so the derivatives "
+            "shown at those entries are what the formula for f' gives, not a derivative of f.")
+
+
+def note_paragraphs(result) -> tuple[Paragraph, ...]:
+    notes = [note for note in [output_note(result)] if note] + list(result.notes)
+    return tuple(paragraph(note) for note in notes)

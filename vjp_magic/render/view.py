@@ -1,0 +1,45 @@
+"""How a result shows itself: the document (what it says) and its three spellings.
+
+``VJPResult`` holds a :class:`View` (made by the pipeline from the magics' flags); the result's
+``_repr_mimebundle_``, ``__repr__`` and ``code`` delegate to it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import latex, markdown, plain
+from .codegen import reproducing_code
+from .document import Document, Section
+from .options import RenderOptions
+from .sections import derivatives_sections
+
+
+@dataclass
+class View:
+    """``before`` and ``after``: sections around the derivatives (coaching, explain, code,
+    symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives."""
+
+    options: RenderOptions = field(default_factory=RenderOptions)
+    jacobian: bool = False
+    before: tuple[Section, ...] = ()
+    after: tuple[Section, ...] = ()
+
+    def document(self, result) -> Document:
+        middle = derivatives_sections(result, self.options, self.jacobian)
+        return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
+
+    def bundle(self, result) -> dict[str, str]:
+        """``text/markdown`` (the display), ``text/latex`` (LaTeX/PDF export), ``text/plain``."""
+        document = self.document(result)
+        return {
+            "text/markdown": markdown.render(document),
+            "text/latex": latex.render(document),
+            "text/plain": plain.render(document),
+        }
+
+    def plain(self, result) -> str:
+        return plain.render(self.document(result))
+
+    def code(self, result) -> str:
+        """Plain PyTorch reproducing the derivatives (``r.code``)."""
+        return reproducing_code(result)
