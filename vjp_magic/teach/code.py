@@ -1,0 +1,22 @@
+"""``--code``: the few lines of plain PyTorch that compute the derivatives by hand.
+
+As short as the tutorial's own loop; the careful version (``.grad`` saved and restored,
+``inputs=[...]``) is ``r.code``. Both come from :mod:`vjp_magic.render.codegen`.
+"""
+from __future__ import annotations
+
+from ..render.codegen import derivative_name
+from ..render.document import Code, Section, paragraph
+
+
+def code_section(result) -> Section:
+    """A sentence pointing to ``r.code``; the loop itself is already in the display."""
+    names = [derivative_name(n) for n in result.inputs]
+    spans: list = ["The careful version of this code, which keeps each input's ",
+                   Code(".grad"), " as it was and defines "]
+    for k, name in enumerate(names):
+        if k:
+            spans.append(" and " if k == len(names) - 1 else ", ")
+        spans.append(Code(name))
+    spans += [", is ", Code("r.code"), " (", Code("print(_.code)"), " right after this cell)."]
+    return Section((paragraph(*spans),))

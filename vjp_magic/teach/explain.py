@@ -1,0 +1,141 @@
+"""``--explain``: the tutorial's steps for this cell, above the derivatives.
+
+1. the function and its shapes (m and n, flattened row-major);
+2. the Jacobian J with its structure (zero between different points);
+3. the gradient argument(s) v, as the rows of one matrix V;
+4. vᵀJ is the derivatives shown below (their numbers are not repeated here).
+
+Indices count from 0, as in the code beneath.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..render import notation
+from ..render.codegen import output_symbol
+from ..render.document import Entry, Math, Paragraph, Section, Text, paragraph
+from ..render.matrix import Block
+from ..render.numbers import plural
+from ..render.sections import formula, jacobian_block, shows_v0
+
+SHOWN_GRADIENTS = 4  # rows of V shown (first two, last two) when there are more
+
+
+def explain_sections(result, options) -> tuple[Section, ...]:
+    """One section: step 1 once, steps 2–4 for each input the output depends on."""
+    blocks: list = [_function(result)]
+    for name, item in result.inputs.items():
+        if item.unused:
+            continue
+        blocks += _jacobian(result, name, options)
+        blocks += _gradient_argument(result, name, options)
+        blocks.append(_product(result, name))
+    return (Section(tuple(blocks), title="Explained"),)
+
+
+def _step(number: int, *spans) -> Paragraph:
+    return paragraph(f"{number}. ", *spans)
+
+
+def _function(result) -> Paragraph:
+    y = output_symbol(result)
+    m = result.output.numel()
+    names = [notation.math_name(n) for n in [y, *result.inputs]]
+    args = ", ".join(n.tex for n in names[1:]), ", ".join(n.plain for n in names[1:])
+    item = next(iter(result.inputs.values()))
+    f = "F" if len(result.inputs) == 1 and item.has_points and not result.full else "f"
+    spans: list = [Text("The function "), Math(f"{names[0].tex} = {f}({args[0]})",
+                                               f"{names[0].plain} = {f}({args[1]})"),
+                   Text(". Flattened row-major (indices from 0, as in the code), ")]
+    for name, item in result.inputs.items():
+        spans += [notation.math_name(name), Text(f" has n = {item.tensor.numel():,} entries, ")]
+    spans += [notation.math_name(y), Text(f" has m = {m:,}.")]
+    return _step(1, *spans)
+
+
+def _structure(result, name: str) -> str:
+    item = result.inputs[name]
+    y = output_symbol(result)
+    if result.full or not item.has_points:
+        if result.output.numel() == 1:
+            return f"{y} is a single number: J has one row, the gradient shown below."
+        return ("Nothing is known to be zero: each row of J (one entry of "
+                f"{y}) needs its own backward.")
+    known = ("The autograd graph proves it" if item.evidence == "proved" else
+             f"Random probes show it at this {name} only")
+    per_point = item.per_point_numel()
+    shape = "diagonal" if per_point == 1 and math.prod(result.component_shape(name)) == 1 \
+        else "block-diagonal"
+    ordered = "" if shape == "diagonal" and item.tensor.dim() <= 1 and \
+        result.output.dim() <= 1 else " once the entries are ordered by point (shown here " \
+        "in row-major order)"
+    return f"{known}: J is zero between different points, so J is {shape}{ordered}."
+
+
+def _jacobian(result, name: str, options) -> list:
+    item = result.inputs[name]
+    m, n = result.output.numel(), item.tensor.numel()
+    entry = notation.partial(output_symbol(result), name, "i", "j")
+    big = "F" if item.has_points and not result.full else "f"
+    head = _step(2, Text("The Jacobian "), Math(f"J_{big}", f"J_{big}"),
+                 Text(f", m × n = {m:,} × {n:,}: row "), Math("i", "i"),
+                 Text(", column "), Math("j", "j"), Text(" holds "), entry,
+                 Text(". " + _structure(result, name)))
+    if m == 1:  # J is the gradient itself: the matrix below
+        return [head]
+    block = jacobian_block(result, name)
+    return [head, formula(Math(f"J_{big}", f"J_{big}"), block, options, item.derivatives.dtype)]
+
+
+def _gradient_argument(result, name: str, options) -> list:
+    item = result.inputs[name]
+    y = notation.math_name(output_symbol(result))
+    count = len(result.gradients[name])
+    if result.output.numel() == 1 and not result.full:
+        return [_step(3, Text("The gradient argument: "), y, Text(" is a scalar, so "),
+                      Math("v = 1", "v = 1"), Text(" (the default) and "),
+                      Math(r"v^\top J = J", "v^T J = J"), Text("."))]
+    if count == 1:
+        return [_step(3, Text("The gradient argument "), Math("v", "v"), Text(", shaped like "),
+                      y, Text(", is all ones: "), Math(r"v^\top J", "v^T J"),
+                      Text(" adds up each column of J, whose only non-zero entries belong to "
+                           f"its own point, so it lists the derivatives at all "
+                           f"{plural(item.point_count, 'point')} at once."))]
+    words = _step(3, Text(f"One gradient argument per component, {count:,} backward calls: "),
+                  Math("v_k", "v_k"), Text(" is one-hot on component "), Math("k", "k"),
+                  Text(" (ones along the points)" if item.has_points and not result.full
+                       else ""), Text(", so "), Math(r"v_k^\top J", "v_k^T J"),
+                  Text(" is the gradient of component "), Math("k", "k"), Text(" alone."))
+    if shows_v0(result, name, options):
+        return [words]  # v_0, shaped like the output, is shown below
+    return [words, formula(Math("V", "V"), _gradient_rows(result, name), options,
+                           result.output.dtype)]
+
+
+def _gradient_rows(result, name: str) -> Block:
+    """V: the gradient arguments flattened, one per row (v_0ᵀ, v_1ᵀ, …), made on demand."""
+    grads = result.gradients[name]
+    m = result.output.numel()
+
+    def entries(rows, cols):
+        return torch.stack([grads[int(r)].reshape(-1)[cols] for r in rows])
+
+    def label(k: int) -> Entry:
+        return Entry(rf"v_{{{k}}}^\top", f"v_{k}^T")
+
+    return Block(entries, len(grads), m, result.output.device, row_label=label)
+
+
+def _product(result, name: str) -> Paragraph:
+    item = result.inputs[name]
+    x = notation.math_name(name)
+    shape = notation.dims(item.tensor.shape)
+    if len(result.gradients[name]) == 1:
+        return _step(4, Math(r"v^\top J", "v^T J"), Text(", reshaped to the shape of "), x,
+                     Text(f" ({shape}), is the derivative shown below."))
+    return _step(4, Math(r"V J", "V J"), Text(": row "), Math("k", "k"), Text(", "),
+                 Math(r"v_k^\top J", "v_k^T J"), Text(", reshaped to the shape of "), x,
+                 Text(f" ({shape}), is component "), Math("k", "k"),
+                 Text(" of the derivatives shown below."))
