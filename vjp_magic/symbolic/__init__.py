@@ -1,0 +1,16 @@
+"""``--symbolic``: formulas from SymPy for the derivatives, cross-checked against autograd.
+
+The tour: :mod:`.report` (:func:`derive`, the entry point, and :class:`SymbolicReport`) →
+:mod:`.replay` (the recorded calls re-applied to symbols; :mod:`.calls` for one call) →
+:mod:`.tensor` (:class:`SymTensor`) → :mod:`.registry` (the ONE rule table) with the rules in
+:mod:`.rules` and :mod:`.rules_shape` (a new op rule goes there) → :mod:`.arrays`,
+:mod:`.functions`; then :mod:`.formulas` (differentiating), :mod:`.check` (comparing with
+autograd), :mod:`.display` (the document nodes); :mod:`.deadline` is the time budget.
+"""
+from __future__ import annotations
+
+from . import rules, rules_shape  # noqa: F401 - registers the op rules
+from .report import SymbolicReport, derive
+
+__all__ = ["SymbolicReport", "derive"]
+

@@ -1,0 +1,211 @@
+"""The symbolic display as document nodes: a heading, the formulas with the cell's own names,
+what each was checked against; or one line saying why there are none.
+
+Each formula is its own display, typeset under a size and time cap, far below MathJax's and
+KaTeX's limits, only if :func:`~vjp_magic.render.latex.tex_problems` finds nothing, and only
+as wide as the screen (:mod:`.width`; a small matrix too wide is shown entry by entry).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import sympy
+from sympy.printing.latex import LatexPrinter
+
+from ..render.document import Formula as FormulaBlock
+from ..render.document import Math, Section, paragraph
+from ..render.latex import tex_problems
+from ..render.notation import dims, math_name, partial
+from .width import LETTER, OPERATOR, fits, width
+
+RENDER_SECONDS = 2.0  # for turning the formulas into LaTeX
+MAX_SHOWN = 6  # rows and columns of a formula shown
+MAX_DISPLAY_CHARS = 3500  # one $$ display, far below MathJax's and KaTeX's limits
+MAX_NODES = 1500  # SymPy expression-tree nodes of one formula typeset
+MAX_APART = 9  # entries of a matrix too wide for one line, shown one display each
+
+
+class _Printer(LatexPrinter):
+    """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0), and the
+    input symbols as :func:`~.symbols.entry_tex` writes them."""
+
+    def __init__(self, symbol_tex: dict | None = None):
+        super().__init__()
+        self._symbol_tex = symbol_tex or {}
+
+    def _print_Symbol(self, expr, style="plain"):
+        tex = self._symbol_tex.get(expr)
+        return tex if tex is not None else super()._print_Symbol(expr, style)
+
+    def _print_Heaviside(self, expr, exp=None):
+        tex = r"\theta\left(" + self._print(expr.args[0]) + r"\right)"
+        return tex if exp is None else f"{tex}^{{{exp}}}"
+
+
+def too_big(value) -> str | None:
+    """Why ``value`` is not typeset: over 6 × 6 entries or too many nodes; else None."""
+    if isinstance(value, sympy.MatrixBase) and (value.rows > MAX_SHOWN or value.cols > MAX_SHOWN):
+        return (f"symbolic form too large ({dims(value.shape)}; shown up to "
+                f"{dims((MAX_SHOWN, MAX_SHOWN))})")
+    nodes = 0
+    for _ in sympy.preorder_traversal(value):
+        nodes += 1
+        if nodes > MAX_NODES:
+            return "symbolic form too large to display"
+    return None
+
+
+def _plain(value) -> str:
+    if isinstance(value, sympy.MatrixBase):
+        return sympy.sstr(value.tolist())
+    return sympy.sstr(value)
+
+
+_UNDEFINED = {
+    "formula": "the formula gives nan or inf where autograd gives a number (torch's value there)",
+    "autograd": "autograd gives nan or inf where the formula gives a number",
+    "either": "one side gives nan or inf where the other gives a number",
+}
+
+
+def heading(formulas: dict) -> str:
+    points = {f.points for f in formulas.values()}
+    if points == {1}:
+        return "Symbolic (SymPy):"
+    if len(points) == 1:
+        return f"Symbolic (SymPy), at any one of the {points.pop():,} points:"
+    return "Symbolic (SymPy), at a generic point:"
+
+
+def check_line(formula) -> str:
+    """What the formula's values at every point said, compared with autograd's numbers."""
+    n, k = formula.points, formula.undefined
+    where = "at the point" if n == 1 else f"at all {n:,} points"
+    if formula.check is None:
+        return "not checked against autograd"
+    if formula.check and not k:
+        return f"agrees with autograd {where}"
+    undefined = _UNDEFINED[formula.undefined_side]
+    if formula.check:
+        if k == n:
+            return f"the formula is undefined {where}: {undefined}"
+        return (f"agrees with autograd at {n - k:,} of {n:,} points; undefined at the "
+                f"other {k:,}: {undefined}")
+    worst = f" (largest difference {formula.worst:.3g})" if math.isfinite(formula.worst) \
+        else ""
+    more = f"; undefined at {k:,} more: {undefined}" if k else ""
+    return (f"warning: the formula for {formula.name} disagrees with autograd at "
+            f"{formula.mismatches:,} of {n:,} points{worst}{more}")
+
+
+def lhs(result, name: str, jacobian: bool) -> Math:
+    """What a formula is, at one generic point: f'(x), ∇f(x), J_f(x) for one input; ∂y/∂x for
+    several inputs or ``--full``; J_f(x) for ``%jacobian``."""
+    x = math_name(name)
+    if len(result.inputs) > 1 or result.full:
+        return partial(result.output_name, name)
+    if jacobian:
+        return Math(f"J_f({x.tex})", f"J_f({x.plain})")
+    if result.inputs[name].per_point_numel() == 1:
+        return Math(f"f'({x.tex})", f"f'({x.plain})")
+    if math.prod(result.component_shape(name)) == 1:
+        return Math(rf"\nabla f({x.tex})", f"grad f({x.plain})")
+    return Math(f"J_f({x.tex})", f"J_f({x.plain})")
+
+
+def _entries(left: Math, value, printer: _Printer) -> list | None:
+    """A matrix too wide for one line, as one display per entry: ``[f'(x)]_{1,2} = …``;
+    None when it has too many entries or one of them is too wide by itself."""
+    if not isinstance(value, sympy.MatrixBase) or len(value) > MAX_APART:
+        return None
+    blocks = []
+    for i in range(value.rows):
+        for j in range(value.cols):
+            index = f"{i + 1},{j + 1}" if value.rows > 1 and value.cols > 1 else \
+                str(max(i, j) + 1)
+            entry = Math(f"\\left[{left.tex}\\right]_{{{index}}}", f"[{left.plain}][{index}]")
+            block = _one(entry, value[i, j], printer)
+            if block is None:
+                return None
+            blocks.append(block)
+    return blocks
+
+
+def _lines(left: Math, value, printer: _Printer) -> str | None:
+    """A sum too wide for one line, broken before a ``+`` or ``-`` into lines that fit, as
+    the TeX of one ``array`` display; None when one term alone is too wide."""
+    if not isinstance(value, sympy.Add):
+        return None
+    lines, current, used = [], [], LETTER * len(left.plain) + OPERATOR
+    for term in printer._as_ordered_terms(value):
+        spent = width(term) + OPERATOR
+        if current and not fits(used + spent):
+            lines.append(current)
+            current, used = [], 2 * OPERATOR  # continuation lines start indented
+        if not fits(used + spent):
+            return None
+        current.append(printer.doprint(term))
+        used += spent
+    lines.append(current)
+    text = [" ".join(t if t.startswith("-") or i == 0 and n == 0 else "+ " + t
+                     for i, t in enumerate(line)) for n, line in enumerate(lines)]
+    rows = [f"{left.tex} = {text[0]}"] + [f"\\qquad {t}" for t in text[1:]]
+    return "\\begin{array}{l}" + " \\\\ ".join(rows) + "\\end{array}"
+
+
+def _one(left: Math, value, printer: _Printer):
+    """``left = value`` as one display if it fits the width (a sum may take several lines)
+    and typesets safely; else None."""
+    if fits(width(value) + LETTER * len(left.plain) + OPERATOR):
+        tex = f"{left.tex} = {printer.doprint(value)}"
+    else:
+        tex = _lines(left, value, printer)
+    if tex is None or len(tex) > MAX_DISPLAY_CHARS - 200 or tex_problems(tex):
+        return None
+    return FormulaBlock(Math(tex, f"{left.plain} = {_plain(value)}"))
+
+
+def _blocks(left: Math, value, printer: _Printer, started: float) -> list:
+    """``left = value`` as one display, entry by entry where it is too wide, or a line
+    saying why it is not typeset."""
+    why = too_big(value)
+    if why is None and time.monotonic() - started > RENDER_SECONDS:
+        why = "symbolic form too large (it took too long to typeset)"
+    if why is None:
+        whole = _one(left, value, printer)
+        if whole is not None:
+            return [whole]
+        apart = _entries(left, value, printer)
+        if apart is not None:
+            return apart
+        body = printer.doprint(value)
+        if len(body) > MAX_DISPLAY_CHARS - 200:
+            why = "symbolic form too large to display"
+        elif tex_problems(body):
+            why = "symbolic form not typeset (it needs TeX that notebooks do not all accept)"
+        else:
+            why = "symbolic form too wide for the screen (the result's .symbolic holds it)"
+    return [paragraph(left, f": {why}")]
+
+
+def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
+                      jacobian: bool) -> tuple[Section, ...]:
+    """The formulas (``function`` is f at a generic point, or None) and their checks."""
+    started = time.monotonic()
+    printer = _Printer(symbol_tex)
+    blocks = [paragraph(heading(formulas), strong=True)]
+    if function is not None:
+        args = [math_name(n) for n in result.inputs]
+        left = Math(f"f({', '.join(a.tex for a in args)})",
+                    f"f({', '.join(a.plain for a in args)})")
+        blocks += _blocks(left, function, printer, started)
+    for name, formula in formulas.items():
+        blocks += _blocks(lhs(result, name, jacobian), formula.derivative, printer, started)
+        blocks.append(paragraph(check_line(formula)))
+    return (Section(tuple(blocks)),)
+
+
+def note_sections(note: str) -> tuple[Section, ...]:
+    """Why there are no formulas, as one line."""
+    return (Section((paragraph(note),)),)

@@ -1,0 +1,137 @@
+"""``--symbolic``: derive formulas with SymPy, cross-check them against autograd, report.
+
+:func:`derive` replays the record of the cell's one run (:mod:`.replay`) with each input
+replaced by a tensor of SymPy symbols, differentiates the output (:mod:`.formulas`), evaluates
+each formula at every point in float64 and compares it with autograd's numbers
+(:mod:`.check`), and prepares the display (:mod:`.display`). Nothing of the user's code runs
+again, and nothing here fails the cell: what cannot be followed becomes one line.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from ..render.document import Section
+from .deadline import OutOfTime, deadline
+from .display import note_sections, symbolic_sections
+from .errors import RuleBug, Unavailable
+from .formulas import Formula, formula, function_at_a_point
+from .layout import point_axes
+from .replay import Replay
+from .symbols import group_symbols
+
+RUN_SECONDS = 5.0  # for the replay, and again for differentiating and checking
+MAX_ENTRIES = 4096  # input entries (all inputs together) a replay makes symbols for
+
+
+@dataclass(frozen=True)
+class SymbolicReport:
+    """What ``--symbolic`` found.
+
+    ``formulas[name]``: the derivative with respect to each input as SymPy (an expression or a
+    Matrix laid out like one point's derivatives), or None for every input when there is no
+    formula; ``check[name]``: whether it agrees with autograd at every point (empty when there
+    is no formula); ``note``: why there is none; ``function``: f at a generic point (None
+    where f differs from point to point); ``details``: each input's :class:`Formula`.
+    """
+
+    formulas: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+    note: str | None = None
+    function: object = None
+    details: dict[str, Formula] = field(default_factory=dict)
+    shown: tuple[Section, ...] = field(default=(), repr=False)
+
+    def sections(self) -> tuple[Section, ...]:
+        """The display: above the numeric derivatives."""
+        return self.shown
+
+
+def derive(result, *, record, namespace, output_source: str | None = None,
+           jacobian: bool = False) -> SymbolicReport:
+    """Formulas for ``result``'s derivatives, checked against its numbers.
+
+    ``record`` (an :class:`~vjp_magic.run.record.OpRecord`) holds the torch calls of the cell's
+    one run (``%%vjp``, ``output_source`` None), or of evaluating the expression
+    ``output_source`` (``%jacobian``); it is replayed, never the user's code, and released
+    afterwards. ``namespace`` names tensors in the messages. ``jacobian``: the display shows
+    the full Jacobian (``%jacobian``), so the formula is the Jacobian too.
+    """
+    symbol_tex: dict = {}
+    try:
+        function, formulas = _derive(result, record, namespace, output_source, jacobian,
+                                     symbol_tex)
+    except Unavailable as reason:
+        return _unavailable(result, f"symbolic: {reason}; numbers only")
+    except (Exception, RuleBug, OutOfTime) as error:  # noqa: BLE001 - a bug here, not the cell's
+        return _unavailable(result, f"symbolic: the replay failed unexpectedly "
+                            f"({_describe(error)}); numbers only")
+    finally:
+        if record is not None:
+            record.release()
+    try:
+        shown = symbolic_sections(result, function, formulas, symbol_tex, jacobian)
+    except (Exception, OutOfTime) as error:  # noqa: BLE001
+        return _unavailable(result, f"symbolic: the formula could not be typeset "
+                            f"({_describe(error)}); numbers only")
+    return SymbolicReport({n: f.derivative for n, f in formulas.items()},
+                          {n: f.check for n, f in formulas.items()}, None, function, formulas,
+                          shown)
+
+
+def _unavailable(result, note: str) -> SymbolicReport:
+    return SymbolicReport({name: None for name in result.inputs}, {}, note,
+                          shown=note_sections(note))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, RuleBug):
+        return str(error)
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _groups(result, jacobian: bool) -> list[list[str]]:
+    """Inputs whose points run along the same output axes share a replay."""
+    groups: dict[tuple, list[str]] = {}
+    for name in result.inputs:
+        axes = tuple(sorted(a for a, _ in point_axes(result, name, jacobian)))
+        groups.setdefault(axes, []).append(name)
+    return list(groups.values())
+
+
+def _refuse(result, record) -> None:
+    total = sum(item.tensor.numel() for item in result.inputs.values())
+    if total > MAX_ENTRIES:
+        raise Unavailable(f"the inputs have {total:,} entries, more than the {MAX_ENTRIES:,} a "
+                          "symbolic replay makes symbols for")
+    if record is None:
+        raise Unavailable("no record of the torch calls to replay")
+    if record.failed is not None:
+        raise Unavailable(f"{record.failed}, so there is no record to replay")
+
+
+def _derive(result, record, namespace, output_source, jacobian, symbol_tex):
+    """(f at a generic point or None, each input's :class:`Formula`), or :class:`Unavailable`."""
+    _refuse(result, record)
+    names, function, formulas = list(result.inputs), None, {}
+    try:
+        for group in _groups(result, jacobian):
+            symbols = group_symbols(result, group, jacobian, symbol_tex)
+            with deadline(RUN_SECONDS), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                output = Replay(result, record, symbols, namespace, output_source).output()
+            with deadline(RUN_SECONDS):
+                if names[0] in group:
+                    function = function_at_a_point(result, names[0], output, jacobian)
+                for name in group:
+                    formulas[name] = formula(result, name, output, symbols, jacobian)
+    except OutOfTime:
+        raise Unavailable(f"gave up after {RUN_SECONDS:g} s (the expressions grow too large)") \
+            from None
+    except RecursionError:
+        raise Unavailable("the expressions are nested too deeply for SymPy") from None
+    formulas = {n: formulas[n] for n in names}
+    if any(not f.same_function for f in formulas.values()):
+        function = None  # f varies by point even where its derivative does not
+    return function, formulas
