@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import axisflow, checks, memory, structure
-from .checks import check_output, named_inputs  # noqa: F401 (named_inputs: for run/)
+from .checks import check_output, named_inputs
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
 from .pairing import Pairing

@@ -148,7 +148,7 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
     reads = [f"{x}.grad" for x in xs]
     if result.output.numel() == 1 and not result.full:
         return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"
-    point_out = [a for a, _ in result.inputs[names[0]].pairing]
+    point_out = result.inputs[names[0]].pairing.out_axes
     loop = component_loop(result.output.shape, point_out, taken)
     if loop.count == 1:
         return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}))", *reads]) + "\n"
@@ -180,7 +180,7 @@ def reproducing_code(result) -> str:
             body.append(_zeros(result, name, xs[name], d_names[name])
                         + f"  # {result.output_name} does not depend on {name}")
         else:
-            groups.setdefault(tuple(sorted(a for a, _ in item.pairing)), []).append(name)
+            groups.setdefault(tuple(sorted(item.pairing.out_axes)), []).append(name)
     itertools_needed = False
     for point_out, group in groups.items():
         loop = component_loop(result.output.shape, point_out, taken)

@@ -23,6 +23,7 @@ UNSAFE_TEX = (
     r"\mbox", r"\url", r"\href", r"\includegraphics", r"\begin{tabular}", r"\begin{align}",
     r"\begin{equation}",
 )
+MAX_MATRIX_COLUMNS = 10  # amsmath's MaxMatrixCols: wider matrices are arrays
 # Environments maths may use (both MathJax 3 and KaTeX have them, in and out of $$).
 ALLOWED_ENVIRONMENTS = ("bmatrix", "matrix", "array")
 
@@ -67,7 +68,11 @@ def matrix_tex(matrix: Matrix) -> str:
         spec = ("c|" if matrix.row_labels is not None else "") + "c" * len(matrix.col_labels)
         return (factor + r"\left[\begin{array}{" + spec + "}" + " & ".join(header)
                 + r" \\ \hline " + _rows(cells) + r"\end{array}\right]")
-    body = r"\begin{bmatrix}" + _rows(cells) + r"\end{bmatrix}"
+    if len(cells[0]) > MAX_MATRIX_COLUMNS:  # amsmath's bmatrix stops at 10 columns
+        body = (r"\left[\begin{array}{" + "c" * len(cells[0]) + "}" + _rows(cells)
+                + r"\end{array}\right]")
+    else:
+        body = r"\begin{bmatrix}" + _rows(cells) + r"\end{bmatrix}"
     if matrix.row_labels is None:
         return factor + body
     side = r" \\ ".join(e.tex for e in matrix.row_labels)

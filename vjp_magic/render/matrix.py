@@ -137,8 +137,8 @@ def layout(block: Block, options: RenderOptions, dtype: torch.dtype, *,
     """The block summarised by count (threshold, edge items) and by ``options.width``.
 
     ``reserved``: characters the line spends outside the matrix (:func:`reserve`). While the
-    line is too wide, columns go first (fewer at each edge, down to one), then digits (down to
-    :data:`MIN_DIGITS`); each step chooses the number format again from the entries shown.
+    line is too wide, digits go first (down to :data:`MIN_DIGITS`), then columns (fewer at each
+    edge, down to one); each step chooses the number format again from the entries shown.
     """
     digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
     rows = summary_indices(block.nrows, options.threshold, options.edgeitems)
@@ -157,8 +157,8 @@ def layout(block: Block, options: RenderOptions, dtype: torch.dtype, *,
         matrix = _matrix(block, grid, rows, cols, grid.format(rows, cols, digits, eps))
         if width(matrix) <= budget or (edge <= 1 and digits <= MIN_DIGITS):
             return matrix
-        if edge > 1:
+        if digits > MIN_DIGITS:  # a digit less costs less than a column hidden
+            digits -= 1
+        else:
             edge -= 1
             cols = _edges(cols, edge)
-        else:
-            digits -= 1

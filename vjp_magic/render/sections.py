@@ -18,7 +18,8 @@ from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, 
 from .matrix import Block, layout, multi_index, summary_indices, tensor_block, width
 from .numbers import plural
 
-SHOWN_COMPONENTS = 4  # matrices shown when each component is a matrix (first two, last two)
+SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
+SHOWN_COMPONENTS = 3  # matrices shown when each component is a matrix (else first, ⋮, last)
 
 
 def derivatives_sections(result, options, jacobian: bool = False) -> tuple[Section, ...]:
@@ -47,7 +48,7 @@ def point_groups(result) -> list[list[str]]:
     """The inputs, grouped by the output axes that are points for them (one loop per group)."""
     groups: dict[tuple[int, ...] | None, list[str]] = {}
     for name, item in result.inputs.items():
-        key = None if item.unused else tuple(sorted(a for a, _ in item.pairing))
+        key = None if item.unused else tuple(sorted(item.pairing.out_axes))
         groups.setdefault(key, []).append(name)
     return list(groups.values())
 
@@ -168,7 +169,7 @@ def gradient_argument(result, name: str, options) -> list:
                           f": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
     points = item.has_points and not result.full
-    letters = component_loop(result.output.shape, [a for a, _ in item.pairing]).letters
+    letters = component_loop(result.output.shape, item.pairing.out_axes).letters
     k = ", ".join(letters) if len(letters) == 1 else f"({', '.join(letters)})"
     words = paragraph(f"One backward per component, {count:,} in all, counted from 0 as in "
                       "the code: ", _m("v"), " is 1 on component ", _m(k),
@@ -182,10 +183,10 @@ def gradient_argument(result, name: str, options) -> list:
 
 def shows_v0(result, name: str, options) -> bool:
     """Whether the display shows v_0 as a matrix: where one-hot-with-ones-along-the-points is
-    a pattern worth seeing, and the output is small enough to show whole."""
+    a pattern worth seeing, the output small (a few lines) and this the first input shown."""
     item = result.inputs[name]
     return (item.has_points and not result.full and len(result.gradients[name]) > 1
-            and result.output.numel() <= options.threshold ** 2)
+            and result.output.numel() <= SMALL_V and name == next(iter(result.inputs)))
 
 
 # -- the derivatives ------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def _per_component(result, name: str, options) -> list[Formula]:
     rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
     labels = _component_labels(result, name, comp)
     formulas = []
-    for k in summary_indices(count, SHOWN_COMPONENTS, 2):
+    for k in summary_indices(count, SHOWN_COMPONENTS, 1):
         if k is None:
             formulas.append(Formula(Math(r"\vdots", ":")))
             continue

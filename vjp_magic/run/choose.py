@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import analysis
+from ..core.checks import named_inputs
 from ..core.errors import VJPUsageError
 from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
 from .execute import CellRun, evaluate
@@ -106,11 +106,7 @@ class Given:
         return self.output_name, self.tensor
 
     def inputs(self, wrt, output, output_name: str) -> dict:
-        return _named_inputs(self.given_inputs, self.names)
-
-
-# until core.analysis names it publicly (K)
-_named_inputs = getattr(analysis, "named_inputs", None) or analysis._as_named_inputs
+        return named_inputs(self.given_inputs, self.names)
 
 
 def lookup(scope, source: str, role: str):

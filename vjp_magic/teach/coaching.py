@@ -84,7 +84,7 @@ def _common_point_axes(tensor, structures) -> set:
     """Output axes that are point axes for every input (ones along them is right for all)."""
     axes = set(range(tensor.dim()))
     for s in structures:
-        axes &= {a for a, _ in s.item.pairing}
+        axes &= set(s.item.pairing.out_axes)
     return axes
 
 
