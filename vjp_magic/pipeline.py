@@ -51,7 +51,8 @@ def pipeline(subject, request: Request) -> VJPResult:
     before, after = _teaching(result, request, subject.log)
     report = _symbolic(result, request, subject)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
-                   view=View(request.options, request.jacobian, before + report.sections(), after),
+                   view=View(request.options, request.jacobian, before + report.sections(), after,
+                             explained=request.explain),
                    symbolic=report.formulas, symbolic_check=report.check)
 
 

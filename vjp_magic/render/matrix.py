@@ -19,9 +19,17 @@ HDOTS = Entry(r"\cdots", "...")
 VDOTS = Entry(r"\vdots", ":")
 DDOTS = Entry(r"\ddots", "...")
 BLANK = Entry("", "")
-GAP = 2  # characters between two columns (MathJax's bmatrix: 1 em ≈ two digits)
+# Widths are counted in "characters" of 10 px, as options.width is (render/options.py), but
+# estimated from what MathJax 3 / KaTeX set, in em (16 px at JupyterLab's size): a digit is
+# 0.5 em, a minus or plus 0.78 em, a point or comma 0.28 em, a letter about 0.55 em; a
+# superscript or subscript marker (^ _) takes no room; bmatrix puts 1 em between columns.
+CHARACTER_EM = 0.625  # one counted character: 10 px at 16 px per em
+_EM = {**dict.fromkeys("0123456789", 0.5), "-": 0.78, "+": 0.78, "×": 0.78, "=": 0.78,
+       ".": 0.28, ",": 0.28, ":": 0.28, "'": 0.3, "(": 0.39, ")": 0.39, "[": 0.28, "]": 0.28,
+       "^": 0.0, "_": 0.0, " ": 0.28}
+GAP = 1.0 / CHARACTER_EM  # between two columns: 1 em
 LHS_RESERVE = 12  # characters a display line spends outside the matrix: "f'(x^(i)) = "
-MIN_DIGITS = 3  # the width budget takes digits away down to this, after columns
+MIN_DIGITS = 3  # the width budget takes digits away down to this, before columns
 
 Label = Callable[[int], Entry]
 
@@ -113,23 +121,30 @@ def _matrix(block: Block, grid: _Grid, rows, cols, fmt: NumberFormat) -> Matrix:
     return Matrix(tuple(body), row_labels, col_labels, fmt.factor, block.scalar)
 
 
-def width(matrix: Matrix) -> int:
-    """Characters the matrix takes on a display line, as the plain rendering spells it."""
+def text_width(text: str) -> float:
+    """Counted characters ``text`` (a plain spelling) takes once typeset (see ``_EM``)."""
+    if text == "...":
+        return 1.2 / CHARACTER_EM  # \cdots
+    return sum(_EM.get(ch, 0.55) for ch in text) / CHARACTER_EM
+
+
+def width(matrix: Matrix) -> float:
+    """Counted characters the matrix takes on a display line, as MathJax or KaTeX set it."""
     columns = list(zip(*matrix.rows)) if matrix.rows else []
     if matrix.col_labels is not None:
         columns = [col + (label,) for col, label in zip(columns, matrix.col_labels)]
-    total = sum(max(len(e.plain) for e in col) for col in columns) + GAP * max(0, len(columns) - 1)
-    total += 2  # the brackets
+    total = sum(max(text_width(e.plain) for e in col) for col in columns)
+    total += GAP * max(0, len(columns) - 1) + 1.5  # the gaps, the brackets
     if matrix.row_labels is not None:
-        total += max((len(e.plain) for e in matrix.row_labels), default=0) + 1
+        total += max((text_width(e.plain) for e in matrix.row_labels), default=0) + GAP
     if matrix.factor is not None:
-        total += len(f"10^{matrix.factor} × ")
+        total += text_width(f"10^{matrix.factor} × ")
     return total
 
 
-def reserve(lhs: Math, suffix: Math | None = None) -> int:
-    """Characters of a display line outside its matrix: ``lhs = `` and the suffix after it."""
-    return len(lhs.plain) + 3 + (len(suffix.plain) + 2 if suffix is not None else 0)
+def reserve(lhs: Math, suffix: Math | None = None) -> float:
+    """Counted characters of a display line outside its matrix: ``lhs = `` and the suffix."""
+    return text_width(lhs.plain + " = ") + (text_width(suffix.plain) + 1 if suffix else 0)
 
 
 def layout(block: Block, options: RenderOptions, dtype: torch.dtype, *,

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 
 from .codegen import expression, output_symbol
-from .document import Entry, Math
+from .document import Code, Entry, Math
 from .matrix import multi_index as unravel
 
 _MONO_ESCAPES = {
@@ -72,6 +72,13 @@ def name_tex(identifier: str) -> str:
 def math_name(identifier: str) -> Math:
     """A name of the cell as maths (plain text: the name as the cell spells it)."""
     return Math(name_tex(identifier), identifier)
+
+
+def prose_name(identifier: str) -> Math | Code:
+    """A name of the cell inside a sentence: maths for a name (``x``, ``w_{1}``), copyable code
+    for an expression (``layer.weight``, ``x.T @ w``)."""
+    tex = name_tex(identifier)
+    return Code(identifier) if tex.startswith(r"\mathtt") else Math(tex, identifier)
 
 
 def _atom(identifier: str) -> tuple[str, str]:

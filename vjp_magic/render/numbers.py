@@ -106,9 +106,9 @@ class NumberFormat:
         rounded = _round(value, self.digits)
         exponent = _exponent(rounded)
         mantissa = _fixed(rounded / 10.0**exponent, self.digits)
+        plain = f"{mantissa}e{exponent:+03d}"  # e+00 too: one format for the whole matrix
         if exponent == 0:
-            return Entry(mantissa, mantissa)
-        plain = f"{mantissa}e{exponent:+03d}"
+            return Entry(mantissa, plain)
         if mantissa in ("1", "-1"):
             return Entry(f"{mantissa[:-1]}10^{{{exponent}}}", plain)
         return Entry(f"{mantissa} \\times 10^{{{exponent}}}", plain)

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The width budget, in characters of one display line ("f'(x) = [-4  -2  0  2  4]", counted as the
-# plain-text rendering spells it: one character per digit, two between columns).
+# The width budget, in counted characters of 10 px (16 px per em) of one display line, the
+# matrix's width estimated as MathJax/KaTeX set it (render/matrix.py: digits 0.5 em, minus
+# 0.78 em, 1 em between columns).
 #
-# JupyterLab at 1024 × 768 with the file browser open: 1024 px less the activity bar (33 px),
-# the file browser (≈ 250 px), the cell's prompt column (64 px), paddings and the scroll bar
-# (≈ 60 px) leaves ≈ 600 px of output area, of which ≈ 560 px take maths without clipping.
-# MathJax 3 sets a digit 0.5 em wide, ≈ 8 px at JupyterLab's 14–16 px; minus signs, brackets,
-# subscripted labels and \cdots are wider than a digit, so ≈ 10 px per counted character is the
-# honest average: 560 px / 10 px ≈ 56 characters. The same budget keeps a matrix inside the
-# text width of nbconvert's LaTeX/PDF page (≈ 470 pt, ≈ 5 pt per character at 10 pt).
-DISPLAY_WIDTH = 56
+# JupyterLab at 1024 × 768 with the file browser open leaves a 572 px wide output paragraph
+# (measured by tests/test_browser.py). At 56 counted characters the estimate let the widest
+# real outputs (10^5 rows with a factored power of ten and row labels) reach 639 px; 50 keeps
+# every output of the demo notebooks and tests/clients/cells.ipynb inside. The same budget keeps
+# a matrix inside the text width of nbconvert's LaTeX/PDF page.
+DISPLAY_WIDTH = 50
 
 
 @dataclass

@@ -9,7 +9,7 @@ import textwrap
 
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
                        Section, Span, Text)
-from .matrix import GAP
+PLAIN_GAP = 2  # spaces between two columns of a plain-text matrix
 
 WRAP = 79
 
@@ -50,7 +50,7 @@ def matrix_lines(matrix: Matrix) -> list[str]:
     factor = f"10^{matrix.factor} × " if matrix.factor is not None else ""
     lines = []
     for i, row in enumerate(table):
-        body = (" " * GAP).join(cell.rjust(w) for cell, w in zip(row, widths))
+        body = (" " * PLAIN_GAP).join(cell.rjust(w) for cell, w in zip(row, widths))
         header = matrix.col_labels is not None and i == 0
         prefix = (side[i].rjust(side_width) + " ") if side else ""
         lead = factor if i == (1 if matrix.col_labels is not None else 0) else " " * len(factor)

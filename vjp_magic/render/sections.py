@@ -9,21 +9,25 @@ of v, the loop and the derivatives.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
 from . import notation
 from .codegen import component_loop, display_loop, expression, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
-from .matrix import Block, layout, multi_index, summary_indices, tensor_block, width
+from .matrix import (Block, layout, multi_index, reserve, summary_indices, tensor_block,
+                     width)
 from .numbers import plural
 
 SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
 SHOWN_COMPONENTS = 3  # matrices shown when each component is a matrix (else first, ⋮, last)
 
 
-def derivatives_sections(result, options, jacobian: bool = False) -> tuple[Section, ...]:
-    """The whole display of ``result``: shapes, then per group of inputs, then the notes."""
+def derivatives_sections(result, options, jacobian: bool = False,
+                         explained: bool = False) -> tuple[Section, ...]:
+    """The whole display of ``result``: shapes, then per group of inputs, then the notes
+    (``explained``: v is described by the explanation above, so not here again)."""
     sections = [Section((shapes(result),))]
     for group in point_groups(result):
         blocks: list = []
@@ -33,7 +37,8 @@ def derivatives_sections(result, options, jacobian: bool = False) -> tuple[Secti
                 blocks.append(jacobian_formula(result, name, options))
         if not jacobian and not all(result.inputs[n].unused for n in group):
             used = [n for n in group if not result.inputs[n].unused]
-            blocks.extend(gradient_argument(result, used[0], options))
+            if not explained:
+                blocks.extend(gradient_argument(result, used[0], options))
             blocks.append(CodeBlock(display_loop(result, used)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
@@ -62,7 +67,7 @@ def shapes(result) -> Paragraph:
 
     def described(name, tensor):
         what = notation.dims(tensor.shape) + ("" if one else f", {notation.dtype_text(tensor.dtype)}")
-        return [notation.math_name(name), Text(f" ({what})")]
+        return [notation.prose_name(name), Text(f" ({what})")]
 
     spans: list = [Text("From ")]
     for k, (name, tensor) in enumerate(tensors):
@@ -85,7 +90,7 @@ def _letters(count: int) -> list[str]:
 
 def where(identifier: str, shape, axes: dict[int, str]) -> list:
     """``row i of y``, ``entry i of x``, ``column i of x``, ``entry (i, j) of y``, ``y[i, :, j]``."""
-    name = notation.math_name(identifier)
+    name = notation.prose_name(identifier)
     dim = len(shape)
     if dim <= 2 and len(axes) == dim:
         index = ", ".join(axes[a] for a in range(dim))
@@ -102,7 +107,7 @@ def _what(result, name: str) -> list:
     """What the function is, as spans: the tutorial's F and x^(i) for one input at points."""
     item = result.inputs[name]
     count = math.prod(result.component_shape(name))
-    y, x = notation.math_name(output_symbol(result)), notation.math_name(name)
+    y, x = notation.prose_name(output_symbol(result)), notation.prose_name(name)
     if result.full:
         return [Text("The full Jacobian (--full: no points looked for)")]
     if not item.has_points:
@@ -134,21 +139,21 @@ def _m(tex: str) -> Math:
 def headline(result, name: str) -> Paragraph:
     """The structure in one sentence, with the paired axes and the evidence."""
     item = result.inputs[name]
-    lead = [Text("With respect to "), notation.math_name(name), Text(": ")] \
+    lead = [Text("With respect to "), notation.prose_name(name), Text(": ")] \
         if len(result.inputs) > 1 else []
     y = output_symbol(result)
     if item.unused:
-        return Paragraph(tuple(lead + [notation.math_name(y), Text(" does not depend on "),
-                                       notation.math_name(name), Text(": every derivative is 0.")]))
+        return Paragraph(tuple(lead + [notation.prose_name(y), Text(" does not depend on "),
+                                       notation.prose_name(name), Text(": every derivative is 0.")]))
     spans = lead + _what(result, name)
     pairs = [(a, b) for a, b in item.pairing if item.tensor.shape[b] > 1]
     if item.has_points and not result.full:
         letters = _letters(len(pairs))
         out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
         in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
-        evidence = ([Text(" only (proved for every "), notation.math_name(name), Text(").")]
+        evidence = ([Text(" only (proved for every "), notation.prose_name(name), Text(").")]
                     if item.evidence == "proved" else
-                    [Text(" only (checked at this "), notation.math_name(name), Text(" only).")])
+                    [Text(" only (checked at this "), notation.prose_name(name), Text(" only).")])
         spans += [Text(": ")] + where(y, result.output.shape, out_axes) + [Text(" uses ")]
         spans += where(name, item.tensor.shape, in_axes) + evidence
     else:
@@ -165,7 +170,7 @@ def gradient_argument(result, name: str, options) -> list:
     if result.output.numel() == 1 and not result.full:
         return []  # the headline says it: v = 1, the default
     if count == 1:
-        return [paragraph(_m("v"), " is all ones, shaped like ", notation.math_name(y),
+        return [paragraph(_m("v"), " is all ones, shaped like ", notation.prose_name(y),
                           f": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
     points = item.has_points and not result.full
@@ -183,10 +188,10 @@ def gradient_argument(result, name: str, options) -> list:
 
 def shows_v0(result, name: str, options) -> bool:
     """Whether the display shows v_0 as a matrix: where one-hot-with-ones-along-the-points is
-    a pattern worth seeing, the output small (a few lines) and this the first input shown."""
+    a pattern worth seeing, the output small (a few lines) and the only input."""
     item = result.inputs[name]
     return (item.has_points and not result.full and len(result.gradients[name]) > 1
-            and result.output.numel() <= SMALL_V and name == next(iter(result.inputs)))
+            and result.output.numel() <= SMALL_V and len(result.inputs) == 1)
 
 
 # -- the derivatives ------------------------------------------------------------------------
@@ -205,15 +210,17 @@ def _whole(matrix, shape) -> bool:
 
 def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> Formula:
     """``lhs = matrix``, narrowed so the line fits ``options.width``; the tensor's ``shape``
-    follows as ``∈ ℝ^{m×n}`` where the matrix alone would not show it (1-d, summarised)."""
-    reserved = len(lhs.plain) + 3
+    follows as ``∈ ℝ^{m×n}`` where the matrix alone would not show it (1-d, summarised), or
+    beneath it where beside it would cost columns."""
+    reserved = reserve(lhs)
     matrix = layout(block, options, dtype, reserved=reserved)
     if shape is None or len(shape) == 0 or matrix.scalar or _whole(matrix, shape):
         return Formula(lhs, matrix, None, tuple(caption))
     suffix = _shape_suffix(shape)
-    wider = reserved + len(suffix.plain) + 2
+    wider = reserve(lhs, suffix)
     narrow = layout(block, options, dtype, reserved=wider)
-    if width(narrow) + wider <= options.width:
+    same_columns = len(narrow.rows[0]) == len(matrix.rows[0]) if matrix.rows else True
+    if same_columns and width(narrow) + wider <= options.width:
         return Formula(lhs, narrow, suffix, tuple(caption))
     dims = notation.dims_math(shape)  # no room beside the matrix: the shape goes beneath it
     return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
@@ -268,6 +275,8 @@ def _per_component(result, name: str, options) -> list[Formula]:
     rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
     labels = _component_labels(result, name, comp)
     formulas = []
+    if count > 1:  # several matrices one under the other: fewer rows each
+        options = replace(options, edgeitems=min(options.edgeitems, 2))
     for k in summary_indices(count, SHOWN_COMPONENTS, 1):
         if k is None:
             formulas.append(Formula(Math(r"\vdots", ":")))
@@ -324,8 +333,8 @@ def jacobian_formula(result, name: str, options) -> Formula:
     block = jacobian_block(result, name)
     m, n = block.nrows, block.ncols
     caption = [Text(f"m × n = {m:,} × {n:,}: a row per entry of "),
-               notation.math_name(output_symbol(result)), Text(", a column per entry of "),
-               notation.math_name(name), Text(" (both flattened row-major).")]
+               notation.prose_name(output_symbol(result)), Text(", a column per entry of "),
+               notation.prose_name(name), Text(" (both flattened row-major).")]
     return formula(notation.jacobian_lhs(result, name), block, options,
                    result.inputs[name].derivatives.dtype, caption=caption)  # m × n: the caption
 

@@ -17,15 +17,17 @@ from .sections import derivatives_sections
 @dataclass
 class View:
     """``before`` and ``after``: sections around the derivatives (coaching, explain, code,
-    symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives."""
+    symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives;
+    ``explained``: the explanation above already says what v is (not said twice)."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     jacobian: bool = False
     before: tuple[Section, ...] = ()
     after: tuple[Section, ...] = ()
+    explained: bool = False
 
     def document(self, result) -> Document:
-        middle = derivatives_sections(result, self.options, self.jacobian)
+        middle = derivatives_sections(result, self.options, self.jacobian, self.explained)
         return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
 
     def bundle(self, result) -> dict[str, str]:

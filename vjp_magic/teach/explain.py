@@ -32,7 +32,8 @@ def explain_sections(result, options) -> tuple[Section, ...]:
         blocks += _jacobian(result, name, options)
         blocks += _gradient_argument(result, name, options)
         blocks.append(_product(result, name))
-    return (Section(tuple(blocks), title="Explained"),)
+    # the numbered steps say what they are; several inputs repeat steps 2-4, so a heading helps
+    return (Section(tuple(blocks), title="Explained" if len(result.inputs) > 1 else None),)
 
 
 def _step(number: int, *spans) -> Paragraph:
@@ -42,7 +43,7 @@ def _step(number: int, *spans) -> Paragraph:
 def _function(result) -> Paragraph:
     y = output_symbol(result)
     m = result.output.numel()
-    names = [notation.math_name(n) for n in [y, *result.inputs]]
+    names = [notation.math_name(n) for n in [y, *result.inputs]]  # parts of one formula
     args = ", ".join(n.tex for n in names[1:]), ", ".join(n.plain for n in names[1:])
     item = next(iter(result.inputs.values()))
     f = "F" if len(result.inputs) == 1 and item.has_points and not result.full else "f"
@@ -50,8 +51,8 @@ def _function(result) -> Paragraph:
                                                f"{names[0].plain} = {f}({args[1]})"),
                    Text(". Flattened row-major (indices from 0, as in the code), ")]
     for name, item in result.inputs.items():
-        spans += [notation.math_name(name), Text(f" has n = {item.tensor.numel():,} entries, ")]
-    spans += [notation.math_name(y), Text(f" has m = {m:,}.")]
+        spans += [notation.prose_name(name), Text(f" has n = {item.tensor.numel():,} entries, ")]
+    spans += [notation.prose_name(y), Text(f" has m = {m:,}.")]
     return _step(1, *spans)
 
 
@@ -91,7 +92,7 @@ def _jacobian(result, name: str, options) -> list:
 
 def _gradient_argument(result, name: str, options) -> list:
     item = result.inputs[name]
-    y = notation.math_name(output_symbol(result))
+    y = notation.prose_name(output_symbol(result))
     count = len(result.gradients[name])
     if result.output.numel() == 1 and not result.full:
         return [_step(3, Text("The gradient argument: "), y, Text(" is a scalar, so "),
@@ -130,7 +131,7 @@ def _gradient_rows(result, name: str) -> Block:
 
 def _product(result, name: str) -> Paragraph:
     item = result.inputs[name]
-    x = notation.math_name(name)
+    x = notation.prose_name(name)
     shape = notation.dims(item.tensor.shape)
     if len(result.gradients[name]) == 1:
         return _step(4, Math(r"v^\top J", "v^T J"), Text(", reshaped to the shape of "), x,
