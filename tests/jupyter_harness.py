@@ -1,14 +1,28 @@
-"""Real Jupyter for the notebook and browser tests (and ``docs/make_screenshot.py``).
+"""Real Jupyter and real notebook clients for the notebook, client and browser tests (and
+``docs/make_screenshot.py``).
 
 * :func:`isolated_jupyter_env` — a private Jupyter config/data/runtime tree whose only
   ``python3`` kernelspec runs *this* interpreter (``sys.executable``), so kernels import the
   package under test and nothing leaks into or out of the user's own Jupyter setup;
+* :func:`execute_notebook` / :func:`executed_notebook_files` — each client notebook (the demo
+  notebooks and ``tests/clients/cells.ipynb``) run once per test session by nbclient in such a
+  kernel, its outputs shared by every client check;
 * :class:`LabServer` — ``jupyter lab`` on 127.0.0.1, a free port, a token; always stopped;
-* :func:`launch_chromium` / :func:`run_notebook_in_lab` — headless Chromium through Playwright
-  opening a notebook, running all cells, and waiting for the kernel and MathJax.
+* :func:`launch_chromium` / :func:`run_notebook_in_lab` / :func:`open_notebook_in_lab` — headless
+  Chromium through Playwright opening a notebook (running all cells, or showing the outputs it
+  was saved with), and waiting for the kernel and MathJax; :func:`lab_layout` measures every
+  output against its output area;
+* :func:`render_vscode` — VS Code's notebook renderer (markdown-it + @vscode/markdown-it-katex)
+  under node, from ``tests/clients/node_modules``;
+* :class:`StaticServer` — a local HTTP server (MathJax 2.7 from npm, exported HTML) so that the
+  nbconvert export is rendered with nothing fetched from the network.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import http.server
 import json
 import os
 import re
@@ -17,13 +31,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "demo_notebooks"
+CLIENTS_DIR = ROOT / "tests" / "clients"
+CHECK_NOTEBOOK = CLIENTS_DIR / "cells.ipynb"  # a dozen cells of our own for every client
+NODE_MODULES = CLIENTS_DIR / "node_modules"  # `npm ci --prefix tests/clients` (.ci/run)
+ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--headless", "--disable-gpu", "--no-first-run",
@@ -40,6 +61,11 @@ LAB_SETTINGS = {
 
 def demo_notebooks() -> list[Path]:
     return sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def client_notebooks() -> list[Path]:
+    """Every notebook the client checks render: the demo notebooks and the check notebook."""
+    return [*demo_notebooks(), CHECK_NOTEBOOK]
 
 
 def magic_cells(nb) -> list[int]:
@@ -72,6 +98,97 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyter_environ(base: Path):
+    """Point this process's Jupyter at a private tree under ``base`` for the ``with`` block."""
+    saved = dict(os.environ)
+    os.environ.update(isolated_jupyter_env(base))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+_PROBE = "import sys; print(sys.executable, end='')"
+
+
+@functools.lru_cache(maxsize=None)
+def _execute(path: Path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    base = Path(tempfile.mkdtemp(prefix="vjp-nbclient-"))
+    workdir = base / "work"
+    workdir.mkdir()
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(_PROBE))
+    started = time.monotonic()
+    with jupyter_environ(base / "jupyter"):
+        client = NotebookClient(nb, kernel_name="python3", timeout=180, allow_errors=True,
+                                resources={"metadata": {"path": str(workdir)}})
+        client.execute()
+    nb.metadata.setdefault("vjp_magic_tests", {})["execute_s"] = time.monotonic() - started
+    probe = nb.cells.pop(0)
+    shutil.rmtree(base, ignore_errors=True)
+    return nb, "".join(o.get("text", "") for o in probe.outputs)
+
+
+def execute_notebook(path: Path):
+    """``(nb, kernel_python)``: the notebook at ``path`` run top to bottom by nbclient in a real
+    ipykernel of this interpreter, errors kept as outputs (``allow_errors``). Run once per
+    session; each caller gets its own copy."""
+    nb, kernel_python = _execute(Path(path).resolve())
+    return copy.deepcopy(nb), kernel_python
+
+
+@functools.lru_cache(maxsize=None)
+def executed_notebook_files() -> dict[str, Path]:
+    """Each client notebook, executed, saved as ``artifacts/executed/<name>``: name → path."""
+    import nbformat
+
+    folder = ARTIFACTS / "executed"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for path in client_notebooks():
+        nb, _ = execute_notebook(path)
+        files[path.name] = folder / path.name
+        nbformat.write(nb, files[path.name])
+    return files
+
+
+def display_outputs(nb) -> list[tuple[int, int, dict]]:
+    """``(cell index, output index, data)`` of every rich output (execute_result/display_data)."""
+    return [(i, k, out["data"]) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for k, out in enumerate(cell.outputs)
+            if out.output_type in ("execute_result", "display_data")]
+
+
+_FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)[ \t]*python[^\n]*\n(?P<body>.*?)"
+                    r"^(?P=indent)(?P=fence)[ \t]*$", re.M | re.S)
+
+
+def python_fences(markdown: str) -> list[str]:
+    """The bodies of the fenced ```python blocks of a markdown text (the copyable code)."""
+    return [m.group("body") for m in _FENCE.finditer(markdown)]
+
+
+_MATHTT = re.compile(r"(?P<lone>\$\s*)?\\(?:mathtt|texttt)\{(?P<body>[^{}]*(?:\{[^{}]*\}[^{}]*)*)\}"
+                     r"(?(lone)\s*\$|)")
+
+
+def code_as_maths(text: str) -> list[str]:
+    """Code typeset as maths, which a reader cannot copy (MathJax/KaTeX give whitespace or
+    symbols): a typewriter name standing alone as inline maths in prose (write it as `code`),
+    or typewriter maths holding a line of code (spaces, calls, assignments)."""
+    found = []
+    for m in _MATHTT.finditer(text):
+        body = m.group("body")
+        if m.group("lone") or re.search(r"[(=]|\\phantom|\\ |\s", body):
+            found.append(m.group(0)[:80])
+    return found
 
 
 class LabServer:
@@ -109,7 +226,8 @@ class LabServer:
         self.process: subprocess.Popen | None = None
 
     def notebook_url(self, name: str) -> str:
-        return f"{self.url}/lab/tree/{name}?token={self.token}"
+        """The notebook in a fresh workspace (``reset``: no tabs left from an earlier page)."""
+        return f"{self.url}/lab/tree/{name}?reset&token={self.token}"
 
     def __enter__(self) -> "LabServer":
         self._log = open(self.log_path, "wb")
@@ -190,40 +308,82 @@ def launch_chromium(playwright):
     )
 
 
-# Every LaTeX output typeset (after an error output: every one there is). MathJax replaces all
-# the math of one output node in one pass, so an mjx-container means the node is done.
-_ALL_TYPESET = """(expected) => {
-    const nodes = [...document.querySelectorAll('.jp-Notebook .jp-RenderedLatex')];
-    const failed = document.querySelector(
-        '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
-    return (failed || nodes.length >= expected)
-        && nodes.every(n => n.querySelector('mjx-container'));
-}"""
-_UNTYPESET = """() => [...document.querySelectorAll('.jp-Notebook .jp-RenderedLatex')]
-    .filter(n => !n.querySelector('mjx-container')).map(n => n.textContent.slice(0, 300))"""
+def block_network(page) -> None:
+    """Let the page reach 127.0.0.1 only (no CDN, no fonts from the web): offline for real."""
+    def route(r):
+        host = urllib.parse.urlsplit(r.request.url).hostname
+        local = host in ("127.0.0.1", "localhost")
+        if local or r.request.url.startswith(("data:", "blob:", "file:")):
+            r.continue_()
+        else:
+            r.abort()
+    page.route("**/*", route)
+
+
+# The notebook in the current tab (other tabs' notebooks stay in the DOM, hidden).
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
+CELLS = NOTEBOOK + " .jp-Cell"
+SCROLLER = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer"  # what scrolls
+# A rich output: what JupyterLab's markdown or LaTeX renderer made of a display.
+_RICH_IN_CELL = ".jp-OutputArea-output.jp-RenderedMarkdown, .jp-OutputArea-output.jp-RenderedLatex"
+_RICH = f"{NOTEBOOK} .jp-OutputArea-output.jp-RenderedMarkdown, " \
+        f"{NOTEBOOK} .jp-OutputArea-output.jp-RenderedLatex"
+_FAILED = f'{NOTEBOOK} .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+# Text that MathJax has not (yet) typeset: delimiters or TeX macros outside code and maths.
+_RAW_TEX_JS = r"""
+const rawTex = (root) => {
+    const found = [];
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        if (node.parentElement.closest('mjx-container, code, pre, script, style')) {
+            continue;
+        }
+        if (/\$|\\[a-zA-Z]+|\\[\[\]()]/.test(node.textContent)) {
+            found.push(node.textContent.trim().slice(0, 120));
+        }
+    }
+    return found;
+};
+"""
+# Every rich output present (after an error output: every one there is) and typeset.
+_ALL_TYPESET = "(expected) => {" + _RAW_TEX_JS + f"""
+    const nodes = [...document.querySelectorAll('{_RICH}')];
+    const failed = document.querySelector('{_FAILED}');
+    return (failed || nodes.length >= expected) && nodes.every(n => rawTex(n).length === 0);
+}}"""
+_UNTYPESET = "() => {" + _RAW_TEX_JS + f"""
+    return [...document.querySelectorAll('{_RICH}')].map(rawTex).filter(r => r.length);
+}}"""
 # The kernel is idle and every code cell shows an execution count ("[12]:", not "[*]:" or
 # "[ ]:"), or it is idle after an error output (which cancels the cells queued after it).
 _ALL_EXECUTED = """(codeCells) => {
-    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+    const prompts = [...document.querySelectorAll('%s .jp-CodeCell .jp-InputPrompt')];
     const status = document.querySelector('.jp-Notebook-ExecutionIndicator');
     const idle = !status || status.getAttribute('data-status') === 'idle';
-    const failed = document.querySelector(
-        '.jp-Notebook .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+    const failed = document.querySelector('%s');
     return idle && (failed || (prompts.length === codeCells
         && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))));
-}"""
+}""" % (NOTEBOOK, _FAILED)
+
+
+def _wait_typeset(page, expected: int, timeout: float) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(_ALL_TYPESET, arg=expected, timeout=timeout, polling=250)
+    except PlaywrightTimeout:
+        count = page.locator(_RICH).count()
+        raise AssertionError(f"{count} of {expected} rich outputs; not typeset by MathJax: "
+                             f"{page.evaluate(_UNTYPESET)}") from None
 
 
 def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float = 90) -> None:
     """Open notebook ``name`` (content ``nb``) in JupyterLab, run all cells from the Run menu,
-    and wait until every cell has run and every magic's LaTeX output is typeset by MathJax."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
+    and wait until every cell has run and every magic's output is rendered and typeset."""
     timeout = timeout_s * 1000
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
-    latex_outputs = len(magic_cells(nb))
     page.goto(server.notebook_url(name), timeout=timeout)
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=timeout)
+    page.locator(CELLS).first.wait_for(timeout=timeout)
     # Before the kernel has started the indicator already reads "idle", and "Run All" would ask
     # which kernel to start: wait until the server has the session's kernel up, then the page.
     server.wait_for_kernel(name, timeout_s)
@@ -233,8 +393,160 @@ def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float
     menu_bar.filter(has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).click()
     page.wait_for_function(_ALL_EXECUTED, arg=code_cells, timeout=timeout, polling=250)
+    _wait_typeset(page, len(magic_cells(nb)), timeout)
+
+
+def open_notebook_in_lab(page, server: LabServer, name: str, rich_outputs: int,
+                         timeout_s: float = 90) -> None:
+    """Open notebook ``name`` as saved (executed elsewhere: nothing runs) and wait until its
+    ``rich_outputs`` markdown/LaTeX outputs are rendered and typeset by MathJax."""
+    timeout = timeout_s * 1000
+    page.goto(server.notebook_url(name), timeout=timeout)
+    page.locator(CELLS).first.wait_for(timeout=timeout)
+    _wait_typeset(page, rich_outputs, timeout)
+
+
+def file_browser_visible(page) -> bool:
+    return page.locator(".jp-FileBrowser").first.is_visible()
+
+
+# Every rich output measured against its output area (and the cell), what MathJax flagged,
+# what is left untypeset, and the text of its <pre> blocks; the notebook's own h-scroll.
+_LAYOUT = "() => {" + _RAW_TEX_JS + f"""
+    const describe = (el) => el.tagName.toLowerCase() + (el.getAttribute('class')
+        ? '.' + el.getAttribute('class').trim().split(/\\s+/).slice(0, 2).join('.') : '');
+    const cells = [...document.querySelectorAll('{CELLS}')];
+    const outputs = [];
+    cells.forEach((cell, index) => {{
+        for (const area of cell.querySelectorAll('{_RICH_IN_CELL}')) {{
+            const box = area.getBoundingClientRect();
+            const limit = Math.min(box.right, cell.getBoundingClientRect().right);
+            let worst = null;
+            for (const el of area.querySelectorAll('*')) {{
+                if (el.closest('mjx-assistive-mml')) continue;  // clipped screen-reader copy
+                const r = el.getBoundingClientRect();
+                if (r.width === 0 || r.height === 0) continue;
+                const over = r.right - limit;
+                if (over > 1 && (!worst || over > worst.over)) {{
+                    worst = {{over: Math.round(over), element: describe(el),
+                              text: el.textContent.trim().slice(0, 80)}};
+                }}
+            }}
+            // What scrolls or clips sideways; inside a formula only the formula's own container
+            // counts (MathJax's inner boxes overlap by a pixel or two by design).
+            const scrolling = [area, ...area.querySelectorAll('*')]
+                .filter(el => el.tagName === 'MJX-CONTAINER' || !el.closest('mjx-container'))
+                .filter(el => el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+                .map(el => describe(el) + ` ${{el.scrollWidth}}>${{el.clientWidth}}`);
+            outputs.push({{
+                cell: index, mime: area.getAttribute('data-mime-type'),
+                width: Math.round(box.width), height: Math.round(box.height),
+                overflow: worst, scrolling,
+                merrors: [...area.querySelectorAll('mjx-merror')]
+                    .map(n => n.getAttribute('data-mjx-error') || n.textContent),
+                undefined: [...area.querySelectorAll('mjx-assistive-mml mtext[mathcolor="red"]')]
+                    .map(n => n.textContent),
+                raw: rawTex(area),
+                pre: [...area.querySelectorAll('pre')].map(n => n.textContent),
+                code_elements: area.querySelectorAll('code, pre').length,
+            }});
+        }}
+    }});
+    const scroller = document.querySelector('{SCROLLER}') || document.querySelector('{NOTEBOOK}');
+    return {{
+        outputs,
+        notebook: scroller ? {{scrollWidth: scroller.scrollWidth, clientWidth: scroller.clientWidth,
+                              clientHeight: scroller.clientHeight,
+                              scrollHeight: scroller.scrollHeight}} : null,
+        errors: [...document.querySelectorAll('{_FAILED}')].map(n => n.innerText.slice(0, 500)),
+    }};
+}}"""
+
+
+def lab_layout(page) -> dict:
+    """Measure the open notebook: see ``_LAYOUT``."""
+    return page.evaluate(_LAYOUT)
+
+
+def notebook_screenshot(page, path: Path, cells: dict[int, Path] | None = None,
+                        max_height: int = 16000) -> None:
+    """One picture of the whole notebook at the page's width, and of each cell in ``cells``
+    (index → path): the viewport made as tall as the notebook for the shots (every cell is
+    attached, so nothing re-renders), then put back."""
+    size = page.viewport_size
+    extra = page.evaluate("""() => {
+        const s = document.querySelector('%s');
+        return s ? s.scrollHeight - s.clientHeight : 0;
+    }""" % SCROLLER)
+    tall = min(size["height"] + max(extra, 0) + 40, max_height)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        page.wait_for_function(_ALL_TYPESET, arg=latex_outputs, timeout=timeout, polling=250)
-    except PlaywrightTimeout:
-        raise AssertionError(f"LaTeX outputs not typeset by MathJax: {page.evaluate(_UNTYPESET)}"
-                             ) from None
+        page.set_viewport_size({"width": size["width"], "height": tall})
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(path))
+        for index, cell_path in (cells or {}).items():
+            page.locator(CELLS).nth(index).screenshot(path=str(cell_path))
+    finally:
+        page.set_viewport_size(size)
+        page.wait_for_timeout(200)
+
+
+def node_missing() -> str | None:
+    """Why the node-based client checks cannot run here, or None when they can."""
+    if shutil.which("node") is None:
+        return "node not found (apt-get install nodejs npm)"
+    for package in ("markdown-it", "@vscode/markdown-it-katex", "katex", "mathjax"):
+        if not (NODE_MODULES / package / "package.json").exists():
+            return f"{package} not in {NODE_MODULES} (npm ci --prefix tests/clients)"
+    return None
+
+
+def render_vscode(texts: list[str], page_title: str | None = None):
+    """VS Code's rendering (``tests/clients/vscode_render.js``) of each markdown text:
+    ``[{"html", "errors", "warnings"}]``; with ``page_title``, one HTML page of them all
+    (items may then be ``{"text", "input"}`` dicts: an input cell drawn above its output)."""
+    command = ["node", str(CLIENTS_DIR / "vscode_render.js")]
+    if page_title is not None:
+        command += ["--page", page_title]
+    done = subprocess.run(command, input=json.dumps(texts), capture_output=True, text=True,
+                          cwd=CLIENTS_DIR, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"vscode_render.js failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout if page_title is not None else json.loads(done.stdout)
+
+
+class StaticServer:
+    """Serve folders over HTTP on 127.0.0.1 (a free port) from a thread; a context manager.
+    ``mounts`` maps a URL prefix (``"mathjax"``) to a folder; ``url(prefix, path)``."""
+
+    def __init__(self, mounts: dict[str, Path]):
+        self.mounts = {k.strip("/"): Path(v) for k, v in mounts.items()}
+        mounts_ = self.mounts
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def translate_path(self, path):
+                parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/")
+                prefix, _, rest = parts.partition("/")
+                folder = mounts_.get(prefix)
+                if folder is None:
+                    return str(Path(tempfile.gettempdir()) / "vjp-no-such-file")
+                target = (folder / rest).resolve()
+                return str(target if target.is_relative_to(folder.resolve()) else folder)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, prefix: str, path: str = "") -> str:
+        return f"{self.base}/{prefix.strip('/')}/{urllib.parse.quote(path)}"
+
+    def __enter__(self) -> "StaticServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
