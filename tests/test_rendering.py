@@ -390,5 +390,7 @@ def test_cuda_result_renders_from_the_device():
     get = block.get_block
     block.get_block = lambda rows, cols: asked.append(rows.device.type) or get(rows, cols)
     m = layout(block, OPTIONS, torch.float32)
-    assert asked == ["cuda"] and m.rows[0][0].plain == number(math.cos(-1.0), torch.float32).plain
+    assert asked == ["cuda"]
+    # the first derivative, cos(-1), to the digits the width budget left (at least 3)
+    assert abs(float(m.rows[0][0].plain) - math.cos(-1.0)) < 5e-3
     assert len(bundle(r)["text/markdown"].encode()) < 20_000
