@@ -85,7 +85,8 @@ class VJPMagics(Magics):
     @argument("--explain", action="store_true",
               help="Show the tutorial's steps for this cell: J, each v, and vᵀJ.")
     @argument("--code", action="store_true",
-              help="Show plain PyTorch code (backward with gradient=...) reproducing the numbers.")
+              help="Also point to r.code: the careful plain-PyTorch version of the display's "
+                   "backward loop (keeps .grad, defines d_<name>).")
     @argument("--symbolic", action="store_true",
               help="Also derive the formula with SymPy and cross-check it against autograd.")
     @_common_arguments

@@ -158,9 +158,12 @@ class VJPResult:
         gather = tuple(comp_idx) + tuple(i[None, :] for i in in_idx)
         values = item.derivatives[gather] if gather else item.derivatives.reshape(1, 1)
         values = values.expand(len(rows), len(cols)).clone()
-        for a, b in item.pairing:
-            values = values * (out_idx[a][:, None] == in_idx[b][None, :])
-        return values
+        same_point = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+        for pair in item.pairing:
+            same_point &= out_idx[pair.out][:, None] == in_idx[pair.in_][None, :]
+        # exactly 0 between different points (never -0, nor 0 × inf = NaN)
+        return torch.where(same_point, values, torch.zeros((), dtype=values.dtype,
+                                                           device=values.device))
 
     def _name(self, name: str | None) -> str:
         if name is None:

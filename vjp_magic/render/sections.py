@@ -202,9 +202,10 @@ def _shape_suffix(shape) -> Math:
 
 
 def _whole(matrix, shape) -> bool:
-    """Whether the matrix shows the tensor's shape by itself: 2-d, nothing left out."""
+    """Whether the matrix shows the tensor's shape by itself: 2-d, nothing left out, and no
+    axis of size 1 (a 1 × n matrix would read like a vector)."""
     dots = {r"\cdots", r"\vdots", r"\ddots"}
-    return (len(shape) == 2 and len(matrix.rows) == shape[0]
+    return (len(shape) == 2 and min(shape) > 1 and len(matrix.rows) == shape[0]
             and not any(e.tex in dots for row in matrix.rows for e in row))
 
 
