@@ -25,14 +25,18 @@ def walk_graph(output: torch.Tensor):
 
 
 def walk_nodes(roots):
-    """Every autograd node reachable from the ``roots`` nodes, each once (depth first)."""
-    seen: set[int] = set()
+    """Every autograd node reachable from the ``roots`` nodes, each once (depth first).
+
+    The nodes seen are kept alive until the walk ends: some PyTorch versions (2.11) make a
+    new Python object for a node each time it is reached and free it when dropped, and a
+    freed object's ``id`` is reused, which would skip a node never seen."""
+    seen: dict[int, object] = {}
     stack = list(roots)
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         yield node
         stack.extend(next_node for next_node, _ in node.next_functions)
 
@@ -49,11 +53,6 @@ def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
     return leaves
 
 
-def graph_nodes(output: torch.Tensor) -> set[int]:
-    """``id``s of every autograd node reachable from ``output``."""
-    return {id(node) for node in walk_graph(output)}
-
-
 def is_visible_name(name: str) -> bool:
     """False for IPython's own names (``_``, ``_3``, ``_i3``, ``In``, ``exit``, ...) and dunders."""
     return name not in _HIDDEN_NAMES and not _HIDDEN_PATTERN.fullmatch(name)
@@ -65,7 +64,8 @@ def depends_on(output: torch.Tensor, tensor: torch.Tensor) -> bool:
         return True
     if tensor.grad_fn is None:
         return id(tensor) in graph_leaves(output)
-    return id(tensor.grad_fn) in graph_nodes(output)
+    node = tensor.grad_fn  # held while the walk compares objects, so its identity is stable
+    return any(reached is node for reached in walk_graph(output))
 
 
 def ordered_names(namespace: Mapping[str, object], preferred: Iterable[str] = ()) -> list[str]:

@@ -140,9 +140,11 @@ def _root_nodes(tensors) -> list:
 
 
 def _key(node) -> tuple:
-    """Identifies a node for as long as the cell runs without keeping it alive (``id`` alone
-    could be reused by a new node once the old one is gone)."""
-    return id(node), node._sequence_nr()
+    """Identifies a node for as long as the cell runs without keeping it alive. Not by ``id``:
+    some PyTorch versions (2.11) give the same node a new Python object each time it is
+    reached, and a freed object's ``id`` is reused. A node's sequence number is its own
+    (a per-thread counter at creation; the cell's nodes are made on one thread)."""
+    return type(node).__name__, node._sequence_nr()
 
 
 def _saves_tensors(node) -> bool:
