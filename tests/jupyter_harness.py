@@ -308,6 +308,19 @@ def launch_chromium(playwright):
     )
 
 
+@contextlib.contextmanager
+def chromium_browser():
+    """A launched headless Chromium for the block, closed afterwards whatever happens."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def block_network(page) -> None:
     """Let the page reach 127.0.0.1 only (no CDN, no fonts from the web): offline for real."""
     def route(r):

@@ -21,7 +21,7 @@ import pytest
 
 from jupyter_harness import (
     ARTIFACTS, CELLS, NOTEBOOK_DIR, LabServer, chromium_missing, client_notebooks, code_as_maths,
-    display_outputs, executed_notebook_files, file_browser_visible, lab_layout, launch_chromium,
+    display_outputs, executed_notebook_files, file_browser_visible, lab_layout, chromium_browser,
     magic_cells, notebook_screenshot, open_notebook_in_lab, python_fences, run_notebook_in_lab,
 )
 
@@ -64,14 +64,8 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(lab):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium_browser() as browser:
+        yield browser
 
 
 def where(nb, cell: int) -> str:

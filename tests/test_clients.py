@@ -25,7 +25,7 @@ import pytest
 from jupyter_harness import (
     ARTIFACTS, CLIENTS_DIR, NODE_MODULES, StaticServer, block_network, chromium_missing,
     client_notebooks, code_as_maths, display_outputs, executed_notebook_files, execute_notebook,
-    launch_chromium, node_missing, python_fences, render_vscode,
+    chromium_browser, node_missing, python_fences, render_vscode,
 )
 
 NOTEBOOKS = client_notebooks()
@@ -221,14 +221,8 @@ _HTML_PROBLEMS = r"""() => {
 @pytest.fixture(scope="module")
 def chromium():
     require(chromium_missing())
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium_browser() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
