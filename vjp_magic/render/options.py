@@ -21,7 +21,8 @@ class RenderOptions:
 
     ``precision``: significant digits at most (fewer where the dtype resolves fewer);
     ``threshold``: a matrix axis longer than this is summarised to ``edgeitems`` at each end;
-    ``width``: characters one display line may take (fewer edge columns when entries are wide).
+    ``width``: counted characters one display line may take (fewer digits, then fewer edge
+    columns, when entries are wide).
     """
 
     precision: int = 4
