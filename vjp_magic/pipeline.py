@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from . import symbolic
 from .core import analysis
 from .core.errors import VJPUsageError
 from .core.result import VJPResult
@@ -49,11 +48,11 @@ def pipeline(subject, request: Request) -> VJPResult:
     inputs = subject.inputs(request.wrt, output, output_name)
     result = _differentiate(output, inputs, output_name, request)
     before, after = _teaching(result, request, subject.log)
-    report = _symbolic(result, request, subject)
+    formulas, checks, shown = _symbolic(result, request, subject)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
-                   view=View(request.options, request.jacobian, before + report.sections(), after,
+                   view=View(request.options, request.jacobian, before + shown, after,
                              explained=request.explain),
-                   symbolic=report.formulas, symbolic_check=report.check)
+                   symbolic=formulas, symbolic_check=checks)
 
 
 def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
@@ -92,12 +91,16 @@ def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:
     return mistake_sections(log, result) + explained, code
 
 
-def _symbolic(result: VJPResult, request: Request, subject):
-    """The formulas, when asked for (replaying the torch calls recorded while it ran)."""
+def _symbolic(result: VJPResult, request: Request, subject) -> tuple[dict, dict, tuple]:
+    """The formulas, their check against autograd, and their sections, when asked for
+    (replaying the torch calls recorded while it ran). SymPy is imported only then."""
     if not request.symbolic:
-        return symbolic.SymbolicReport()
-    return symbolic.derive(result, record=subject.record, namespace=subject.namespace,
-                           output_source=subject.output_source, jacobian=request.jacobian)
+        return {}, {}, ()
+    from . import symbolic
+
+    report = symbolic.derive(result, record=subject.record, namespace=subject.namespace,
+                             output_source=subject.output_source, jacobian=request.jacobian)
+    return report.formulas, report.check, report.sections()
 
 
 def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str | None:
