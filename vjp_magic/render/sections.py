@@ -227,11 +227,6 @@ def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> 
     return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
 
 
-def _rows_of(t: torch.Tensor, rows: int, cols: int):
-    flat = t.reshape(rows, cols)
-    return lambda r, c: flat[r][:, c]
-
-
 def _uses_f(result, name: str) -> bool:
     """The tutorial's f / F notation (one input, at points); else the cell's ∂y/∂x."""
     item = result.inputs[name]
@@ -256,14 +251,13 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
         return _per_component(result, name, options)
     elif len(comp) == 1 or (len(comp) >= 2 and len(in_shape) == 1):
         rows, cols = math.prod(comp), (in_shape[0] if in_shape else 1)
-        block = Block(_rows_of(d, rows, cols), rows, cols, d.device,
-                      row_label=_component_labels(result, name, comp))
+        block = tensor_block(d.reshape(rows, cols),
+                             row_label=_component_labels(result, name, comp))
     elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
         block = tensor_block(d)
     else:
         lead = tuple(d.shape[:-1])
-        block = Block(_rows_of(d, math.prod(lead), d.shape[-1]), math.prod(lead), d.shape[-1],
-                      d.device, row_label=notation.slice_label(lead))
+        block = tensor_block(d, row_label=notation.slice_label(lead))
     return [formula(lhs, block, options, d.dtype, d.shape)]
 
 
@@ -283,8 +277,7 @@ def _per_component(result, name: str, options) -> list[Formula]:
             formulas.append(Formula(Math(r"\vdots", ":")))
             continue
         row_label = notation.slice_label(in_shape[:-1]) if len(in_shape) > 2 else None
-        block = Block(_rows_of(flat[k], rows, cols), rows, cols, flat.device,
-                      row_label=row_label)
+        block = tensor_block(flat[k].reshape(rows, cols), row_label=row_label)
         formulas.append(formula(_component_lhs(result, name, labels(k), comp, k), block,
                                 options, flat.dtype, in_shape))
     return formulas
@@ -300,32 +293,18 @@ def _component_lhs(result, name: str, label, comp, k: int) -> Math:
 
 
 def jacobian_block(result, name: str) -> Block:
-    """The flattened m × n Jacobian, labelled where shapes are not plain vectors.
-
-    Entries that belong to different points are exactly 0, even where a derivative is inf
-    or NaN (``r.jacobian_block`` multiplies by a mask, which would spread NaN: 0 × inf).
-    """
+    """The flattened m × n Jacobian, labelled where shapes are not plain vectors (entries
+    between different points are exactly 0: ``r.jacobian_block``)."""
     item = result.inputs[name]
     out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
     m, n = result.output.numel(), item.tensor.numel()
     labelled = len(out_shape) >= 2 or len(in_shape) >= 2
 
-    def entries(rows, cols):
-        values = result.jacobian_block(name, rows, cols)
-        if not item.pairing or bool(torch.isfinite(values).all()):
-            return values
-        out_idx = torch.unravel_index(rows, out_shape)
-        in_idx = torch.unravel_index(cols, in_shape)
-        same = torch.ones(len(rows), len(cols), dtype=torch.bool, device=values.device)
-        for a, b in item.pairing:
-            same &= out_idx[a][:, None] == in_idx[b][None, :]
-        return torch.where(same, values, torch.zeros((), dtype=values.dtype,
-                                                     device=values.device))
-
     row_label = notation.entry_label(output_symbol(result), out_shape) \
         if labelled and out_shape else None
     col_label = notation.entry_label(name, in_shape) if labelled and in_shape else None
-    return Block(entries, m, n, item.derivatives.device, row_label=row_label,
+    return Block(lambda rows, cols: result.jacobian_block(name, rows, cols), m, n,
+                 item.derivatives.device, row_label=row_label,
                  col_label=col_label, scalar=(m == 1 and n == 1))
 
 
