@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -66,6 +66,7 @@ def differentiate(
     max_pairings: int = structure.PER_SIZE,
     graph_proof: bool = True,
     keep_graph: bool = False,
+    given: dict[str, torch.Tensor] | None = None,
 ) -> VJPResult:
     """Derivatives of ``output`` with respect to ``inputs``, with their point structure inferred.
 
@@ -74,6 +75,9 @@ def differentiate(
     ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
     ``max_pairings`` caps the candidate pairings probed per number of point axes;
     ``graph_proof=False`` ignores what the autograd graph proves (every pairing probed).
+    ``given`` maps input names to full Jacobians (``output.shape + input.shape``) computed
+    another way (e.g. vectorised per-sample gradients): each is used only if the probe rule
+    accepts it against the graph's own vector-Jacobian products, else recomputed.
     The result keeps no reference to the output's graph unless ``keep_graph``.
     ``x.grad`` is never changed.
     """
@@ -85,8 +89,12 @@ def differentiate(
     workspace = max(p.workspace for p in proofs.values())
     context = _Context(output, output_name, budget, batched, max_chunk, workspace, full,
                        _Probes(output, named))
-    accepted = _accepted(context, named, proofs, max_pairings)
-    results = {name: _input_result(name, named[name], proofs[name], *accepted[name])
+    accepted = _from_given(context, named, given or {})
+    rest = {n: t for n, t in named.items() if n not in accepted}
+    if rest:
+        accepted.update(_accepted(context, rest, proofs, max_pairings))
+    results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
+                                   rejected=context.rejected.get(name, ()))
                for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget)
@@ -109,11 +117,25 @@ def _accepted(context, named, proofs, max_pairings) -> dict[str, tuple[Candidate
     return _from_verified_pairings(context, named, candidates, context.probes)
 
 
-def _input_result(name, tensor, proof, candidate: Candidate, derivatives) -> InputResult:
+def _from_given(context, named, given) -> dict[str, tuple[Candidate, torch.Tensor]]:
+    """The full Jacobians computed elsewhere that the probe rule accepts."""
+    accepted = {}
+    for name, jacobian in given.items():
+        tensor = named.get(name)
+        shape = tuple(context.output.shape) + tuple(tensor.shape) if tensor is not None else ()
+        if tensor is None or tuple(jacobian.shape) != shape:
+            continue
+        if context.probes.agree(name, jacobian, Pairing()):
+            accepted[name] = (Candidate(Pairing(), True), jacobian)
+    return accepted
+
+
+def _input_result(name, tensor, proof, candidate: Candidate, derivatives,
+                  rejected=()) -> InputResult:
     return InputResult(name=name, tensor=tensor, pairing=candidate.pairing,
                        derivatives=derivatives, unused=not proof.depends,
                        evidence="proved" if candidate.proved else "observed",
-                       unverified=tuple(dict.fromkeys(proof.custom)))
+                       unverified=tuple(dict.fromkeys(proof.custom)), rejected=tuple(rejected))
 
 
 def _proof(output, tensor, graph_proof: bool) -> axisflow.GraphProof:
@@ -135,6 +157,10 @@ class _Context:
     workspace: int
     full: bool
     probes: _Probes
+    rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
+
+    def reject(self, name: str, pairing) -> None:
+        self.rejected.setdefault(name, []).append(pairing)
 
     def vjps(self, tensors, point_out, batched=None):
         """One VJP per component (see :func:`component_vjps`); a batched run starts with a
@@ -314,6 +340,7 @@ def _from_exact_jacobian(context, named, candidates, probes):
             if candidate.proved or probes.agree(name, derivatives, candidate.pairing):
                 accepted[name] = (candidate, derivatives)
                 break
+            context.reject(name, candidate.pairing)
     return accepted
 
 
@@ -348,6 +375,7 @@ def _from_verified_pairings(context, named, candidates, probes):
                 structure.component_shape(output.shape, candidate.pairing)
                 + tuple(named[name].shape))
             if not candidate.proved and not probes.agree(name, derivatives, candidate.pairing):
+                context.reject(name, candidate.pairing)
                 if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
                     candidates[name] = _row_proposal(
                         output, named[name], candidates[name], 1,

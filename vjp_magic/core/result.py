@@ -61,6 +61,7 @@ class InputResult:
     # "observed": larger than what the graph proves, checked by random probes at this input.
     evidence: str = "proved"
     unverified: tuple[str, ...] = ()  # custom autograd.Function backward nodes on the way
+    rejected: tuple[Pairing, ...] = ()  # larger pairings the probe rule rejected, best first
 
     def __post_init__(self) -> None:
         self.pairing = Pairing(self.pairing)  # plain ((a, b), ...) pairs are accepted too
@@ -97,6 +98,8 @@ class VJPResult:
     memory_budget: int | None = None
     symbolic: dict = field(default_factory=dict)
     symbolic_check: dict = field(default_factory=dict)
+    check: object | None = None  # a student's answer graded (%%vjp --check; teach.grading.Check)
+    gradcheck: object | None = None  # the replayed cell against finite differences (--gradcheck)
     # How it displays (a render.view.View: options, sections around the derivatives).
     view: object | None = field(default=None, repr=False, compare=False)
 
