@@ -89,6 +89,16 @@ class VJPMagics(Magics):
                    "backward loop (keeps .grad, defines d_<name>).")
     @argument("--symbolic", action="store_true",
               help="Also derive the formula with SymPy and cross-check it against autograd.")
+    @argument("--check", metavar="NAME", default=None,
+              help="Grade the answer the cell computed into NAME (a tensor, or x.grad) against "
+                   "the true derivatives, without showing them.")
+    @argument("--reveal", action="store_true",
+              help="With --check: also show the true derivatives.")
+    @argument("--gradcheck", action="store_true",
+              help="Replay the cell's tensor operations in float64 against central finite "
+                   "differences (custom backward functions included); the cell is not rerun.")
+    @argument("--picture", action="store_true",
+              help="Draw each Jacobian's nonzero pattern beneath the display.")
     @_common_arguments
     @cell_magic
     def vjp(self, line: str, cell: str):
@@ -107,19 +117,28 @@ class VJPMagics(Magics):
         """
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
         args = self._parse(line)
-        run = run_cell(self.shell, cell, record_ops=args.symbolic)
+        if args.reveal and not args.check:
+            raise UsageError("--reveal goes with --check NAME (the answer to grade).")
+        # the recorded calls serve --symbolic and --gradcheck, and vectorise per-sample
+        # gradients with respect to parameters named with --wrt
+        record = args.symbolic or args.gradcheck or bool(args.wrt)
+        run = run_cell(self.shell, cell, record_ops=record)
         subject = FromCell(run, self.shell)
         with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
             try:
                 result = pipeline(subject, self._request(
                     args, of=_one_output(args.of), wrt=args.wrt, full=args.full,
-                    explain=args.explain, code=args.code))
+                    explain=args.explain, code=args.code, check=args.check,
+                    reveal=args.reveal, gradcheck=args.gradcheck, picture=args.picture))
             finally:  # graphs the cell's own backward would have freed are freed now
                 run.release()
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
         # a trailing ';' hides the display, and keeps the result out of Out, as in a plain cell
-        return None if _ends_with_semicolon(cell) else result
+        if _ends_with_semicolon(cell):
+            return None
+        self._pictures_beneath(result)
+        return result
 
     # -- %jacobian ----------------------------------------------------------------------------
     @magic_arguments()
@@ -127,6 +146,9 @@ class VJPMagics(Magics):
               help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
     @argument("--symbolic", action="store_true",
               help="Also derive the Jacobian with SymPy and cross-check it against autograd.")
+    @argument("--picture", action="store_true",
+              help="Draw the Jacobian's nonzero pattern beneath it (drawn anyway when the "
+                   "Jacobian is too large to show in full).")
     @_common_arguments
     @line_magic
     def jacobian(self, line: str):
@@ -147,15 +169,33 @@ class VJPMagics(Magics):
         if args is None:  # -h
             print(self.jacobian.__doc__)
             return None
-        request = self._request(args, wrt=args.input_names, jacobian=True)
+        request = self._request(args, wrt=args.input_names, jacobian=True,
+                                picture=args.picture)
         with retained_grads_kept(self.shell.user_ns), _usage_errors():
             subject = FromExpression.evaluate(self.shell, args.output_source, args.symbolic)
             try:
-                return pipeline(subject, request)
+                result = pipeline(subject, request)
             finally:
                 subject.release()
+        self._pictures_beneath(result)
+        return result
 
     # -- helpers -----------------------------------------------------------------------------
+    def _pictures_beneath(self, result) -> None:
+        """Display the result's pictures once the result itself is shown: after the cell, as
+        the inline matplotlib backend shows its figures."""
+        pictures = result.view.pictures(result)
+        if not pictures:
+            return
+        events = self.shell.events
+
+        def show(*_):
+            events.unregister("post_run_cell", show)
+            for picture in pictures:
+                display(picture)
+
+        events.register("post_run_cell", show)
+
     def _parse(self, line: str):
         """``%%vjp``'s options; words split outside brackets and strings (``--wrt x[0, 1]``)."""
         try:

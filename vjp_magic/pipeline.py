@@ -20,7 +20,7 @@ from .core.result import VJPResult
 from .core.torch_api import TorchError, torch_error
 from .render.options import RenderOptions
 from .render.view import View
-from .run.choose import Given
+from .run.choose import Given, lookup
 from .teach.code import code_section
 from .teach.coaching import mistake_sections
 from .teach.explain import explain_sections
@@ -38,6 +38,10 @@ class Request:
     explain: bool = False
     code: bool = False
     symbolic: bool = False
+    check: str | None = None  # the student's answer to grade (--check NAME)
+    reveal: bool = False  # show the derivatives beneath a graded answer (--reveal)
+    picture: bool = False  # a picture of each Jacobian's pattern (--picture)
+    gradcheck: bool = False  # the replayed cell against finite differences (--gradcheck)
     memory_budget: float | None = None
     analysis: dict = field(default_factory=dict)  # further keywords of core.analysis.differentiate
 
@@ -46,13 +50,18 @@ def pipeline(subject, request: Request) -> VJPResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    result = _differentiate(output, inputs, output_name, request)
+    given = _per_sample(subject, inputs, output)
+    result = _differentiate(output, inputs, output_name, request, given)
+    graded, check_shown = _check(result, request, subject)
+    gradcheck, gradcheck_shown = _gradcheck(result, request, subject, inputs)
     before, after = _teaching(result, request, subject.log)
     formulas, checks, shown = _symbolic(result, request, subject)
+    view = View(request.options, request.jacobian, check_shown + before + shown,
+                gradcheck_shown + after, explained=request.explain,
+                hidden=graded is not None and not request.reveal, picture=request.picture)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
-                   view=View(request.options, request.jacobian, before + shown, after,
-                             explained=request.explain),
-                   symbolic=formulas, symbolic_check=checks)
+                   view=view, symbolic=formulas, symbolic_check=checks, check=graded,
+                   gradcheck=gradcheck)
 
 
 def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
@@ -71,17 +80,61 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
 
 
 # -- the stages ---------------------------------------------------------------------------------
-def _differentiate(output, inputs, output_name: str, request: Request) -> VJPResult:
+def _differentiate(output, inputs, output_name: str, request: Request,
+                   given=None) -> VJPResult:
     """The numeric core; PyTorch's errors for a graph that can no longer be read, as advice."""
     try:
         return analysis.differentiate(  # the graph is kept until teaching has read it
             output, inputs, output_name=output_name, full=request.full,
-            memory_budget=request.memory_budget, keep_graph=True, **request.analysis)
+            memory_budget=request.memory_budget, keep_graph=True, given=given,
+            **request.analysis)
     except RuntimeError as error:
         message = _graph_error_message(error, output_name, inputs)
         if message is None:
             raise
         raise VJPUsageError(message) from None
+
+
+def _per_sample(subject, inputs: dict, output) -> dict | None:
+    """Per-sample gradients vectorised over the replayed cell, where the record allows it
+    (the analysis uses them only if its probe agrees)."""
+    if getattr(subject, "record", None) is None:
+        return None
+    try:  # TODO(lead): drop once run/persample.py lands
+        from .run.persample import per_sample_jacobians
+    except ImportError:
+        return None
+
+    return per_sample_jacobians(subject.record, inputs, output)
+
+
+def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]:
+    """The student's answer (``--check NAME``) graded, and the verdict's sections."""
+    if request.check is None:
+        return None, ()
+    from .teach.grading import check_sections, grade
+
+    answer = lookup(subject.scope, request.check, "--check")
+    graded = grade(answer, result, _checked_input(request.check, result), log=subject.log)
+    return graded, check_sections(graded, result, request.reveal)
+
+
+def _checked_input(source: str, result: VJPResult) -> str | None:
+    """``x.grad`` checks the input ``x``; any other answer checks the only input (or the
+    grader picks by shape)."""
+    base = source[: -len(".grad")] if source.endswith(".grad") else None
+    return base if base in result.inputs else None
+
+
+def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple[object, tuple]:
+    """The cell's recorded operations replayed in float64 against finite differences."""
+    if not request.gradcheck:
+        return None, ()
+    from .run.gradcheck import gradcheck
+    from .render.gradcheck import gradcheck_sections
+
+    report = gradcheck(subject.record, inputs, result.output, list(inputs))
+    return report, gradcheck_sections(report, result)
 
 
 def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:

@@ -125,6 +125,12 @@ class VJPResult:
             for name, r in self.inputs.items()
         }
 
+    def picture(self, name: str | None = None):
+        """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
+        if self.view is None:
+            raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
+        return self.view.picture(self, self._name(name))
+
     def release_graph(self) -> None:
         """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
         self.output = self.output.detach()

@@ -18,16 +18,21 @@ from .sections import derivatives_sections
 class View:
     """``before`` and ``after``: sections around the derivatives (coaching, explain, code,
     symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives;
-    ``explained``: the explanation above already says what v is (not said twice)."""
+    ``explained``: the explanation above already says what v is (not said twice);
+    ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
+    ``picture``: a picture of each Jacobian's pattern is asked for (``--picture``)."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     jacobian: bool = False
     before: tuple[Section, ...] = ()
     after: tuple[Section, ...] = ()
     explained: bool = False
+    hidden: bool = False
+    picture: bool = False
 
     def document(self, result) -> Document:
-        middle = derivatives_sections(result, self.options, self.jacobian, self.explained)
+        middle = () if self.hidden else derivatives_sections(result, self.options,
+                                                             self.jacobian, self.explained)
         return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
 
     def bundle(self, result) -> dict[str, str]:
@@ -41,6 +46,28 @@ class View:
 
     def plain(self, result) -> str:
         return plain.render(self.document(result))
+
+    def pictures(self, result) -> list:
+        """The pictures shown beneath the display: each input's pattern when asked for, or,
+        under ``%jacobian``, when its Jacobian is too large to show in full."""
+        names = [n for n, item in result.inputs.items() if not item.unused and not self.hidden
+                 and (self.picture or (self.jacobian and self._summarised(result, n)))]
+        if not names:
+            return []
+        from .picture import pictures  # matplotlib only when drawing
+
+        return pictures(result, names)
+
+    def _summarised(self, result, name: str) -> bool:
+        """Whether the Jacobian display leaves entries out (rows or columns past threshold)."""
+        rows, cols = result.output.numel(), result.inputs[name].tensor.numel()
+        return max(rows, cols) > self.options.threshold
+
+    def picture(self, result, name: str):
+        """The picture of one input's Jacobian pattern (``r.picture(name)``)."""
+        from .picture import pattern_picture
+
+        return pattern_picture(result, name)
 
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""

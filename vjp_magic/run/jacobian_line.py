@@ -17,6 +17,7 @@ from ..core.errors import VJPUsageError
 
 _SKIPPED_TOKENS = {tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
                    tokenize.DEDENT, tokenize.COMMENT}
+_FLAGS = {"--symbolic": "symbolic", "--picture": "picture"}
 _NUMBERS = {"-p": "precision", "--precision": "precision", "--threshold": "threshold"}
 
 
@@ -27,6 +28,7 @@ class JacobianLine:
     output_source: str
     input_names: list[str] = field(default_factory=list)
     symbolic: bool = False
+    picture: bool = False
     precision: int | None = None
     threshold: int | None = None
 
@@ -103,8 +105,9 @@ def _options(line_words: list[str], namespace) -> tuple[JacobianLine, int]:
     used = 0
     while used < len(line_words):
         word = line_words[used]
-        if word == "--symbolic":
-            parsed.symbolic, used = True, used + 1
+        if word in _FLAGS:
+            setattr(parsed, _FLAGS[word], True)
+            used += 1
             continue
         flag, value = ("-p", word[2:]) if re.fullmatch(r"-p-?\d+", word) else (
             word.partition("=")[::2] if word.startswith("--") else (word, ""))
@@ -112,7 +115,8 @@ def _options(line_words: list[str], namespace) -> tuple[JacobianLine, int]:
         if key is None:
             if re.fullmatch(r"--[A-Za-z][\w-]*(=.*)?", word):
                 raise VJPUsageError(f"Unknown option {flag} for %jacobian: the options are "
-                                    "--symbolic, -p N (--precision N) and --threshold N, before "
+                                    "--symbolic, --picture, -p N (--precision N) and --threshold N, "
+                                    "before "
                                     "the expression.")
             break
         if not value:
