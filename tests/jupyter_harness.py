@@ -476,6 +476,30 @@ _LAYOUT = "() => {" + _RAW_TEX_JS + f"""
 }}"""
 
 
+# Every image output (a picture of a Jacobian's pattern): its cell, its natural and shown size,
+# and how far it sticks out past its output area.
+_IMAGES = "() => {" + f"""
+    const cells = [...document.querySelectorAll('{CELLS}')];
+    const images = [];
+    cells.forEach((cell, index) => {{
+        for (const img of cell.querySelectorAll('.jp-OutputArea-output.jp-RenderedImage img')) {{
+            const area = img.closest('.jp-OutputArea-output').getBoundingClientRect();
+            const box = img.getBoundingClientRect();
+            images.push({{cell: index, natural: img.naturalWidth, shown: Math.round(box.width),
+                          height: Math.round(box.height), loaded: img.complete && img.naturalWidth > 0,
+                          over: Math.round(box.right - Math.min(area.right,
+                                cell.getBoundingClientRect().right))}});
+        }}
+    }});
+    return images;
+}}"""
+
+
+def lab_images(page) -> list[dict]:
+    """Measure the open notebook's image outputs: see ``_IMAGES``."""
+    return page.evaluate(_IMAGES)
+
+
 def lab_layout(page) -> dict:
     """Measure the open notebook: see ``_LAYOUT``."""
     return page.evaluate(_LAYOUT)

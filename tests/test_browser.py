@@ -21,7 +21,8 @@ import pytest
 
 from jupyter_harness import (
     ARTIFACTS, CELLS, NOTEBOOK_DIR, LabServer, chromium_missing, client_notebooks, code_as_maths,
-    display_outputs, executed_notebook_files, file_browser_visible, lab_layout, chromium_browser,
+    display_outputs, executed_notebook_files, file_browser_visible, lab_images, lab_layout,
+    chromium_browser,
     magic_cells, notebook_screenshot, open_notebook_in_lab, python_fences, run_notebook_in_lab,
 )
 
@@ -108,6 +109,38 @@ def layout_problems(nb, layout: dict, size: str, code: bool = True) -> list[str]
     return list(dict.fromkeys(problems))  # each once
 
 
+def image_problems(nb, images: list[dict], size: str) -> list[str]:
+    """Each picture output (image/png) of ``nb`` must be an image element in the page, loaded,
+    shown at its own size (not shrunk to fit) and inside its output area."""
+    expected = [cell for cell, _, data in display_outputs(nb) if "image/png" in data]
+    shown = [image["cell"] for image in images]
+    problems = [f"{size} {where(nb, c)}: picture missing from the page"
+                for c in sorted(set(expected)) if shown.count(c) < expected.count(c)]
+    for image in images:
+        label = f"{size} {where(nb, image['cell'])}"
+        if not image["loaded"]:
+            problems.append(f"{label}: the picture did not load")
+        elif image["shown"] < image["natural"] - 1:
+            problems.append(f"{label}: the picture is shrunk to {image['shown']} px "
+                            f"(drawn {image['natural']} px wide): draw it narrower")
+        if image["over"] > 1:
+            problems.append(f"{label}: the picture sticks out {image['over']} px")
+    return problems
+
+
+def test_image_problems_can_fail():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("%%vjp --picture")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("display_data", data={
+        "image/png": "", "text/plain": "picture"})]
+    assert image_problems(nb, [], "1024")  # missing
+    shrunk = {"cell": 0, "natural": 700, "shown": 560, "height": 400, "loaded": True, "over": 0}
+    assert image_problems(nb, [shrunk], "1024")
+    clipped = dict(shrunk, natural=560, over=30)
+    assert image_problems(nb, [clipped], "1024")
+    fine = dict(shrunk, natural=560)
+    assert not image_problems(nb, [fine], "1024")
+
+
 def test_notebook_runs_in_jupyterlab(lab, browser):
     """Notebook 01 run in JupyterLab (Run All Cells): no error, every output typeset and fitting."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -150,6 +183,7 @@ def test_outputs_fit_in_jupyterlab(path, lab, browser):
             page.wait_for_timeout(300)
             layout = lab_layout(page)
             problems += layout_problems(nb, layout, size, code=size == "1024")
+            problems += image_problems(nb, lab_images(page), size)
             # The whole notebook, and each cell whose output does not fit, for a person to look at.
             misfits = {out["cell"]: SHOTS / f"{path.stem}-{size}-cell{out['cell']}.png"
                        for out in layout["outputs"] if out["overflow"] or out["scrolling"]}
