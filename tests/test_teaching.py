@@ -44,7 +44,8 @@ def prose(sections) -> str:
 
 
 def formulas(sections) -> list[D.Formula]:
-    return [b for b in blocks(sections) if isinstance(b, D.Formula)]
+    """The matrices shown (the structure in index notation, a formula without one, aside)."""
+    return [b for b in blocks(sections) if isinstance(b, D.Formula) and b.matrix is not None]
 
 
 def codes(sections) -> list[str]:

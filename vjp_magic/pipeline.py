@@ -58,7 +58,7 @@ def pipeline(subject, request: Request) -> VJPResult:
     formulas, checks, shown = _symbolic(result, request, subject)
     view = View(request.options, request.jacobian, check_shown + before + shown,
                 gradcheck_shown + after, explained=request.explain,
-                hidden=graded is not None and not request.reveal, picture=request.picture)
+                hidden=graded is not None and not request.reveal, pictured=request.picture)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
                    view=view, symbolic=formulas, symbolic_check=checks, check=graded,
                    gradcheck=gradcheck)

@@ -144,6 +144,11 @@ def slice_label(lead_shape: Sequence[int]) -> Callable[[int], Entry]:
 
 
 # -- left-hand sides ------------------------------------------------------------------------
+def point_letters(count: int) -> list[str]:
+    """The letters of ``count`` point axes, as every display names them (i; or i, j, l, …)."""
+    return ["i"] if count == 1 else ["i", "j", "l", "m", "n", "p"][:count]
+
+
 def point(identifier: str, letter: str = "i") -> Math:
     """The tutorial's i-th sample point: ``x^{(i)}``."""
     tex, plain = _atom(identifier)

@@ -16,6 +16,7 @@ import torch
 from . import notation
 from .codegen import component_loop, display_loop, expression, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
+from .indices import index_formula
 from .matrix import (Block, layout, multi_index, reserve, summary_indices, tensor_block,
                      width)
 from .numbers import plural
@@ -33,6 +34,9 @@ def derivatives_sections(result, options, jacobian: bool = False,
         blocks: list = []
         for name in group:
             blocks.append(headline(result, name))
+            indexed = index_formula(result, name)
+            if indexed is not None:
+                blocks.append(indexed)
             if jacobian:
                 blocks.append(jacobian_formula(result, name, options))
         if not jacobian and not all(result.inputs[n].unused for n in group):
@@ -84,10 +88,6 @@ def shapes(result) -> Paragraph:
 
 
 # -- the headline: what the function is, which axes are points, how that is known -----------
-def _letters(count: int) -> list[str]:
-    return ["i"] if count == 1 else ["i", "j", "l", "m", "n", "p"][:count]
-
-
 def where(identifier: str, shape, axes: dict[int, str]) -> list:
     """``row i of y``, ``entry i of x``, ``column i of x``, ``entry (i, j) of y``, ``y[i, :, j]``."""
     name = notation.prose_name(identifier)
@@ -148,7 +148,7 @@ def headline(result, name: str) -> Paragraph:
     spans = lead + _what(result, name)
     pairs = [(a, b) for a, b in item.pairing if item.tensor.shape[b] > 1]
     if item.has_points and not result.full:
-        letters = _letters(len(pairs))
+        letters = notation.point_letters(len(pairs))
         out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
         in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
         evidence = ([Text(" only (proved for every "), notation.prose_name(name), Text(").")]

@@ -20,7 +20,7 @@ class View:
     symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives;
     ``explained``: the explanation above already says what v is (not said twice);
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
-    ``picture``: a picture of each Jacobian's pattern is asked for (``--picture``)."""
+    ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``)."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     jacobian: bool = False
@@ -28,7 +28,7 @@ class View:
     after: tuple[Section, ...] = ()
     explained: bool = False
     hidden: bool = False
-    picture: bool = False
+    pictured: bool = False
 
     def document(self, result) -> Document:
         middle = () if self.hidden else derivatives_sections(result, self.options,
@@ -51,7 +51,7 @@ class View:
         """The pictures shown beneath the display: each input's pattern when asked for, or,
         under ``%jacobian``, when its Jacobian is too large to show in full."""
         names = [n for n, item in result.inputs.items() if not item.unused and not self.hidden
-                 and (self.picture or (self.jacobian and self._summarised(result, n)))]
+                 and (self.pictured or (self.jacobian and self._summarised(result, n)))]
         if not names:
             return []
         from .picture import pictures  # matplotlib only when drawing
