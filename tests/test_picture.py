@@ -206,3 +206,29 @@ def test_ipython_displays_it_as_an_image(ip):
     data, metadata = ip.display_formatter.format(picture)
     assert data["image/png"] == picture.png and data["text/plain"] == picture.alt
     assert metadata["image/png"]["width"] == picture.width
+
+
+# -- beneath a magic's display -------------------------------------------------------------------
+def test_picture_flag_shows_the_picture_beneath_the_result(ip, capsys):
+    """``--picture``: the picture is displayed after the cell, below the result's own display."""
+    ip.run_cell("%%vjp --picture\nx = torch.linspace(-1, 1, 6, requires_grad=True)\ny = x**3")
+    shown = capsys.readouterr().out
+    assert "Nonzero pattern of" in shown
+    assert shown.index("From x") < shown.index("Nonzero pattern of")
+    ip.run_cell("%%vjp\nx = torch.linspace(-1, 1, 6, requires_grad=True)\ny = x**3")
+    assert "Nonzero pattern of" not in capsys.readouterr().out  # only when asked
+
+
+def test_jacobian_too_large_to_show_gets_a_picture(ip, capsys):
+    ip.run_cell("x = torch.linspace(-1, 1, 30, requires_grad=True)")
+    ip.run_cell("%jacobian torch.softmax(x, 0) wrt x")
+    assert "Nonzero pattern of" in capsys.readouterr().out
+    ip.run_cell("%jacobian torch.softmax(x[:4], 0) wrt x")  # 4 × 30: columns summarised
+    assert "Nonzero pattern of" in capsys.readouterr().out
+    ip.run_cell("z = torch.tensor([1., 2.], requires_grad=True)\n%jacobian z**2 wrt z")
+    assert "Nonzero pattern of" not in capsys.readouterr().out  # shown in full already
+
+
+def test_no_picture_when_the_display_is_hidden(ip, capsys):
+    ip.run_cell("%%vjp --picture\nx = torch.linspace(-1, 1, 6, requires_grad=True)\ny = x**3;")
+    assert "Nonzero pattern of" not in capsys.readouterr().out
