@@ -63,6 +63,10 @@ FREED_MESSAGE = (
 )
 
 _GRADIENT_POSITION = re.compile(r"grad_output\[(\d+)\]")
+# An op without double backward ("the derivative for 'cdist' is not implemented"), and the
+# node a backward marked @once_differentiable leaves in a create_graph pass.
+NOT_TWICE_DIFFERENTIABLE = re.compile(r"derivative for '([\w.:]+)' is not implemented")
+ONCE_DIFFERENTIABLE_NODE = "torch::autograd::Error"
 
 
 def gradient_position(error: BaseException | str) -> int | None:
@@ -71,5 +75,5 @@ def gradient_position(error: BaseException | str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-__all__ = ["ENGINE", "FREED_MESSAGE", "TorchError", "autograd_grad",
+__all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE", "TorchError", "autograd_grad",
            "engine_wrapped", "gradient_position", "torch_error"]

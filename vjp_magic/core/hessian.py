@@ -1,0 +1,394 @@
+"""Second derivatives from the graph (double backward), with the same structure inference.
+
+:func:`second_derivatives` runs the analysis on the output (which axes are points), recomputes
+the first derivatives ``D`` (``component shape + x.shape``) with ``create_graph=True``, and
+differentiates ``D`` again: along the output's points where it has some, else with the
+analysis run on ``D`` (structure proved from the graph or verified by probes).
+
+``h.derivatives[name]`` holds the per-point Hessians: shape ``(non-point output axes) +
+x.shape + (x's non-point axes)``; entry ``[c, j, k']`` is ∂²y[c, p(j)] / ∂x_j ∂x_(p(j), k'),
+where ``p(j)`` is the point of ``x``'s entry ``j`` and ``k'`` runs over one point's entries.
+So an elementwise f at N points gives f″ at each point (shaped like x); a scalar of a vector
+the n×n Hessian (``x.shape + x.shape``); a row-wise layer one Hessian per row and output
+component. ``h.hessian(name)`` is the full one, ``output.shape + x.shape + x.shape``.
+Several inputs give one Hessian each: no cross terms ∂²y/∂x∂w. ``x.grad`` is never changed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from . import analysis, memory, structure
+from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
+from .errors import VJPUsageError
+from .pairing import Pairing
+from .result import VJPResult
+from .structure import CONFIRMING_PROBES
+from .tolerances import tolerances
+from .torch_api import NOT_TWICE_DIFFERENTIABLE, ONCE_DIFFERENTIABLE_NODE, autograd_grad
+
+# PyTorch's words for an op without a derivative of its backward ("the derivative for
+# '_cdist_backward' is not implemented.").
+# A probe through the double-backward graph sums terms larger than the second derivatives
+# they cancel to: vᵀJ_D is judged with this many times the probe rule's tolerance (float32:
+# 5e-4 of the magnitudes; a coupling between points is of the order of the entries).
+SECOND_ORDER_SLACK = 64
+
+
+@dataclass
+class HessianInput:
+    """The second derivatives with respect to one input: ``pairing`` the output's point axes
+    (``r.point_axes``), ``derivatives`` the per-point Hessians (module docstring);
+    ``structure``/``second``: D's axes paired with x's and ∂D/∂x under that pairing (what
+    :meth:`HessianResult.hessian` assembles); ``symmetric`` within tolerance (``asymmetry``:
+    worst |H - Hᵀ| / its block's largest entry); ``constant``: linear in x (all zero)."""
+
+    name: str
+    tensor: torch.Tensor
+    pairing: Pairing
+    derivatives: torch.Tensor
+    structure: Pairing = Pairing()
+    second: torch.Tensor | None = None
+    evidence: str = "proved"
+    symmetric: bool = True
+    asymmetry: float = 0.0
+    unused: bool = False
+    constant: bool = False
+    unverified: tuple[str, ...] = ()
+
+    point_count = property(lambda self: self.pairing.point_count(self.tensor.shape))
+    has_points = property(lambda self: any(self.tensor.shape[b] > 1
+                                           for b in self.pairing.in_axes))
+
+    @property
+    def per_point_shape(self) -> tuple[int, ...]:
+        """The shape of one point's entries of ``x`` (its non-point axes)."""
+        paired = set(self.pairing.in_axes)
+        return tuple(n for b, n in enumerate(self.tensor.shape) if b not in paired)
+
+    def blocks(self, component_count: int) -> torch.Tensor:
+        """The per-point Hessians as (components, points, m, m), m = entries per point (a
+        view where the axes allow)."""
+        x_ndim, pp = self.tensor.dim(), len(self.per_point_shape)
+        d = self.derivatives.reshape((component_count,) + self.derivatives.shape[
+            self.derivatives.dim() - x_ndim - pp:])
+        in_points = list(self.pairing.in_axes)
+        rest = [b for b in range(x_ndim) if b not in in_points]
+        order = [0] + [1 + b for b in in_points + rest] + list(range(1 + x_ndim, d.dim()))
+        m = math.prod(self.per_point_shape)
+        return d.permute(order).reshape(component_count, self.point_count, m, m)
+
+
+@dataclass
+class HessianResult:
+    """What ``%hessian`` and :func:`vjp_magic.hessian` return.
+
+    ``derivatives[name]``: the per-point Hessians (module docstring for the shape);
+    ``hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape``;
+    ``point_axes[name]``: the output's point axes, as for first derivatives.
+    """
+
+    output: torch.Tensor
+    output_name: str
+    inputs: dict[str, HessianInput]
+    notes: list[str] = field(default_factory=list)
+    memory_budget: int | None = None
+    symbolic: dict = field(default_factory=dict)
+    symbolic_check: dict = field(default_factory=dict)
+    view: object | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def derivatives(self) -> dict[str, torch.Tensor]:
+        return {name: item.derivatives for name, item in self.inputs.items()}
+
+    @property
+    def point_axes(self) -> dict[str, Pairing]:
+        return {name: item.pairing for name, item in self.inputs.items()}
+
+    def component_shape(self, name: str) -> tuple[int, ...]:
+        return self.inputs[name].pairing.component_shape(self.output.shape)
+
+    def hessian(self, name: str | None = None) -> torch.Tensor:
+        """The full Hessian ``output.shape + x.shape + x.shape`` (``torch.autograd.functional.
+        hessian`` for a scalar output): H[y, j, k] = ∂²y/∂x_j∂x_k, 0 across points."""
+        name = self._name(name)
+        item = self.inputs[name]
+        size = self.output.numel() * item.tensor.numel() ** 2
+        budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
+        memory.refuse_if_over(
+            size * item.derivatives.element_size(), budget, f"The full Hessian of "
+            f"{self.output_name} with respect to {name} ({size:,} entries)",
+            advice="Use h.derivatives (the point structure keeps only what is non-zero)")
+        return full_hessian(self.output.shape, item)
+
+    _name = VJPResult._name  # the one input, or the one named (a clear error otherwise)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return {"text/plain": repr(self)} if self.view is None else self.view.bundle(self)
+
+    def __repr__(self) -> str:
+        if self.view is not None:
+            return self.view.plain(self)
+        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
+        return f"<HessianResult: {self.output_name} {tuple(self.output.shape)} of {inputs}>"
+
+
+def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
+                       memory_budget: float | None = None,
+                       **analysis_options) -> HessianResult:
+    """Second derivatives of ``output`` with respect to each input, with their structure.
+
+    ``inputs`` and ``names`` as for :func:`~vjp_magic.core.analysis.differentiate` (whose
+    further keywords ``analysis_options`` are). One Hessian per input, no cross terms. A graph
+    without double backward is a :class:`VJPUsageError` of one sentence.
+    """
+    first = analysis.differentiate(output, inputs, names, output_name=output_name,
+                                   memory_budget=memory_budget, keep_graph=True,
+                                   **analysis_options)
+    output, budget = first.output, first.memory_budget
+    items = {name: _input_hessian(output, output_name, item, budget, analysis_options)
+             for name, item in first.inputs.items()}
+    result = HessianResult(output=output.detach(), output_name=output_name, inputs=items,
+                           memory_budget=budget)
+    result.notes.extend(_notes(result))
+    return result
+
+
+def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
+    """Differentiate the first derivatives of one input again (see the module docstring)."""
+    x, pairing = item.tensor, item.pairing
+    comp = pairing.component_shape(output.shape)
+    per_point = math.prod(n for b, n in enumerate(x.shape) if b not in set(pairing.in_axes))
+    memory.refuse_if_over(math.prod(comp) * x.numel() * per_point * x.element_size(), budget,
+                          f"The second derivatives of {output_name} with respect to "
+                          f"{item.name} ({math.prod(comp) * x.numel() * per_point:,} entries)")
+    base = HessianInput(item.name, x, pairing, derivatives=None, unused=item.unused,
+                        evidence=item.evidence, unverified=item.unverified)
+    d = None if item.unused else first_derivatives(output, x, pairing, budget, item.derivatives)
+    if d is not None:
+        refuse_once_differentiable(d, output_name, item)
+    if d is None or not d.requires_grad:
+        return _zero(base, comp)
+    try:
+        inner = _at_points(d, x, pairing, item.evidence, budget) or \
+            _analysed(d, x, item.name, output_name, budget, options)
+    except (NotImplementedError, RuntimeError) as error:  # an op without double backward
+        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
+            raise
+        raise VJPUsageError(_no_double_backward(output_name, error)) from None
+    if inner.unused:  # the first derivatives do not depend on x: the output is linear in x
+        base.constant = True
+        return _zero(base, comp)
+    base.structure, base.second = inner.pairing, inner.derivatives
+    base.evidence = "proved" if item.evidence == inner.evidence == "proved" else "observed"
+    base.derivatives = per_point_hessians(output.shape, base)
+    base.symmetric, base.asymmetry = symmetry(base, math.prod(comp))
+    return base
+
+
+class _Inner(NamedTuple):
+    """How D depends on x: D's axes paired with x's, the derivatives under that pairing."""
+
+    pairing: Pairing
+    derivatives: torch.Tensor | None
+    evidence: str
+    unused: bool = False
+
+
+def _analysed(d, x, name, output_name, budget, options) -> _Inner:
+    """The analysis run on D as on any output: structure proved, or found by probes."""
+    inner = analysis.differentiate(d, {name: x}, output_name=f"d{output_name}",
+                                   memory_budget=budget, **options).inputs[name]
+    return _Inner(inner.pairing, inner.derivatives, inner.evidence, inner.unused)
+
+
+def _at_points(d, x, pairing: Pairing, evidence: str, budget: int) -> _Inner | None:
+    """Where the output has points, D has the same ones: D[c, j] is a derivative of y at
+    j's point, so it depends on that point's entries of x only (for every x when that holds
+    of y). One VJP per component of D and entry of a point; unless that is proved, checked
+    by probes as the analysis checks a pairing (with :data:`SECOND_ORDER_SLACK`); None (let
+    the analysis decide) when they disagree."""
+    if not any(x.shape[b] > 1 for b in pairing.in_axes):
+        return None
+    k = d.dim() - x.dim()
+    lifted = Pairing((k + b, b) for b in pairing.in_axes)
+    probes = [structure.probe_vector(d, draw) for draw in range(1 + CONFIRMING_PROBES)]
+    (first,) = autograd_grad([d], [x], [probes[0]], retain_graph=True, allow_unused=True)
+    if first is None:
+        return _Inner(lifted, None, evidence, unused=True)
+    stacked, _ = component_vjps(d, [x], lifted.out_axes, budget)
+    second = stacked[0].reshape(lifted.component_shape(d.shape) + tuple(x.shape))
+    checks = [] if evidence == "proved" else \
+        [(probes[0], first)] + [(v, plain_vjp(d, [x], v)[0]) for v in probes[1:]]
+    if any(structure.probe_mismatch(second, v, vjp, lifted) > SECOND_ORDER_SLACK
+           for v, vjp in checks):
+        return None
+    return _Inner(lifted, second, evidence)
+
+
+def _zero(item: HessianInput, comp) -> HessianInput:
+    x = item.tensor
+    item.second = x.new_zeros(comp + tuple(x.shape) + tuple(x.shape))
+    item.derivatives = x.new_zeros(comp + tuple(x.shape) + item.per_point_shape)
+    return item
+
+
+def first_derivatives(output, x, pairing: Pairing, budget: int,
+                      expected: torch.Tensor) -> torch.Tensor | None:
+    """D = the first derivatives (component shape + x.shape), with a graph: one VJP per
+    non-point output component, batched where PyTorch can and checked against ``expected``
+    (the analysis's own first derivatives), else one by one."""
+    comp = pairing.component_shape(output.shape)
+    count = math.prod(comp)
+    step = max(1, chunk_size(output, [x], budget))
+    parts = []
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        vectors = one_hot_gradients(output.shape, pairing.out_axes, start, stop,
+                                    output.dtype, output.device)
+        parts.append(_vjps_with_graph(output, x, vectors, expected.reshape(
+            (count,) + tuple(x.shape))[start:stop]))
+    if any(p is None for p in parts):
+        return None
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(comp + tuple(x.shape))
+
+
+def _vjps_with_graph(output, x, vectors, expected) -> torch.Tensor | None:
+    """vᵀJ with a graph for each v in ``vectors``; None when no result has a graph. The
+    vectors require grad, so a backward marked ``once_differentiable`` leaves its error node
+    (:func:`refuse_once_differentiable`) instead of a silently constant result."""
+    vectors = vectors.detach().clone().requires_grad_(True)
+    if len(vectors) > 1:
+        try:
+            (d,) = autograd_grad([output], [x], [vectors], retain_graph=True,
+                                 create_graph=True, is_grads_batched=True,
+                                 materialize_grads=True)
+            if d.requires_grad and torch.allclose(d.detach(), expected, equal_nan=True):
+                return d
+        except (RuntimeError, NotImplementedError):
+            pass
+    rows = [autograd_grad([output], [x], [v], retain_graph=True, create_graph=True,
+                          materialize_grads=True)[0] for v in vectors]
+    if not any(r.requires_grad for r in rows):
+        return None
+    return torch.stack(rows)
+
+
+def refuse_once_differentiable(d: torch.Tensor, output_name: str, item) -> None:
+    """A create_graph pass through a backward marked ``once_differentiable`` leaves an error
+    node that would only fail (or be skipped as unused) later: refuse it now."""
+    seen, stack = set(), [d.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() == ONCE_DIFFERENTIABLE_NODE:
+            which = ", ".join(n.removesuffix("Backward") for n in item.unverified) \
+                or "a custom autograd.Function"
+            raise VJPUsageError(
+                f"{output_name} cannot be differentiated twice: {which} has no double backward "
+                "(its backward is marked @once_differentiable), so autograd cannot compute "
+                "second derivatives through it.")
+        stack.extend(fn for fn, _ in node.next_functions)
+
+
+def _no_double_backward(output_name: str, error: BaseException) -> str:
+    match = NOT_TWICE_DIFFERENTIABLE.search(str(error))
+    op = match.group(1).strip("_").removesuffix("_backward") if match else "an operation"
+    return (f"{output_name} cannot be differentiated twice: {op} has no double backward in "
+            f"PyTorch ({str(error).strip().rstrip('.')}), so second derivatives through it "
+            "are not available.")
+
+
+# -- assembling: per-point Hessians and the full Hessian from ∂D/∂x ---------------------------
+def _axis(size: int, position: int, ndim: int, device) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[position] = size
+    return torch.arange(size, device=device).reshape(shape)
+
+
+def _read(item: HessianInput, d_index, k_index, shape) -> torch.Tensor:
+    """∂D[d]/∂x[k] at broadcast index tensors (one per axis of D, one per axis of x), read
+    off ``item.second`` under ``item.structure``; 0 where the structure says so."""
+    paired = set(item.structure.out_axes)
+    comp_index = [d_index[a] for a in range(len(d_index)) if a not in paired]
+    second = item.second
+    values = second[tuple(comp_index) + tuple(k_index)] if comp_index or k_index else second
+    same = torch.ones((), dtype=torch.bool, device=second.device)
+    for a, b in item.structure:
+        same = same & (d_index[a] == k_index[b])
+    zero = torch.zeros((), dtype=second.dtype, device=second.device)
+    return torch.where(same, values, zero).expand(shape).clone()
+
+
+def per_point_hessians(out_shape, item: HessianInput) -> torch.Tensor:
+    """``component shape + x.shape + per-point shape``: ∂²y[c, p(j)]/∂x_j ∂x_(p(j), k')."""
+    x_shape = tuple(item.tensor.shape)
+    comp = item.pairing.component_shape(out_shape)
+    pp = item.per_point_shape
+    ndim, device = len(comp) + len(x_shape) + len(pp), item.second.device
+    d_index = [_axis(n, a, ndim, device) for a, n in enumerate(comp + x_shape)]
+    points = set(item.pairing.in_axes)
+    rest = [b for b in range(len(x_shape)) if b not in points]
+    k_index = [d_index[len(comp) + b] if b in points else
+               _axis(x_shape[b], len(comp) + len(x_shape) + rest.index(b), ndim, device)
+               for b in range(len(x_shape))]
+    return _read(item, d_index, k_index, comp + x_shape + pp)
+
+
+def full_hessian(out_shape, item: HessianInput) -> torch.Tensor:
+    """``output.shape + x.shape + x.shape``: H[y, j, k] = ∂D[c(y), j]/∂x_k where ``j`` is at
+    ``y``'s point, else 0."""
+    out_shape, x_shape = tuple(out_shape), tuple(item.tensor.shape)
+    o, n = len(out_shape), len(x_shape)
+    ndim, device = o + 2 * n, item.second.device
+    points = set(item.pairing.out_axes)
+    d_index = [_axis(size, a, ndim, device) for a, size in enumerate(out_shape)
+               if a not in points]
+    d_index += [_axis(size, o + b, ndim, device) for b, size in enumerate(x_shape)]
+    k_index = [_axis(size, o + n + b, ndim, device) for b, size in enumerate(x_shape)]
+    values = _read(item, d_index, k_index, out_shape + x_shape + x_shape)
+    same = torch.ones((), dtype=torch.bool, device=device)
+    for a, b in item.pairing:
+        same = same & (_axis(out_shape[a], a, ndim, device) == _axis(x_shape[b], o + b, ndim,
+                                                                        device))
+    return torch.where(same, values, torch.zeros((), dtype=values.dtype, device=device))
+
+
+def symmetry(item: HessianInput, count: int) -> tuple[bool, float]:
+    """Whether every per-point Hessian is symmetric, and the worst relative asymmetry."""
+    if math.prod(item.per_point_shape) <= 1:
+        return True, 0.0
+    blocks = item.blocks(count)
+    scale = blocks.abs().amax(dim=(-2, -1), keepdim=True)
+    gap = (blocks - blocks.transpose(-2, -1)).abs()
+    relative = torch.where(scale > 0, gap / scale.clamp_min(torch.finfo(blocks.dtype).tiny),
+                           gap)
+    worst = float(relative.nan_to_num(nan=0.0).max())
+    return worst <= tolerances(blocks.dtype).symbolic, worst
+
+
+def _notes(result: HessianResult) -> list[str]:
+    """Non-finite second derivatives, asymmetric Hessians, custom backward functions."""
+    notes = []
+    for name, item in result.inputs.items():
+        d = item.derivatives
+        if d.numel() and not bool(torch.isfinite(d).all()):
+            bad = d.numel() - int(torch.isfinite(d).sum())
+            notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "
+                         "infinite entries: f is not twice differentiable there.")
+        if not item.symmetric:
+            notes.append(f"The Hessian with respect to {name} is not symmetric (|H - Hᵀ| up to "
+                         f"{item.asymmetry:.2g} of its largest entry): the function is not twice "
+                         "continuously differentiable here (a kink, clamp or abs), or a custom "
+                         "backward is not the derivative of its forward.")
+    custom = list(dict.fromkeys(n for i in result.inputs.values() for n in i.unverified))
+    if custom:
+        notes.append(f"The graph contains {', '.join(custom)}, a custom autograd.Function: the "
+                     "second derivatives are the derivatives of its backward, which vjp_magic "
+                     "cannot verify (check with torch.autograd.gradgradcheck).")
+    return notes

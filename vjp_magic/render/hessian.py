@@ -1,0 +1,242 @@
+"""The second-derivatives display as document nodes, and the view that spells it.
+
+Per input: a headline in words ("f″ at each of the 5 points of x", "the 3 × 3 Hessian of s
+with respect to x, symmetric"), then the second derivatives as ``lhs = matrix`` with the
+cell's names (∂²y_i/∂x_i², ∂²s/∂x_i∂x_j, ∇²f(x^{(0)})): one row per component when each
+point has one entry, else one m × m Hessian per component and point (a few when there are
+many), each summarised to the width budget like the first derivatives.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from . import latex, markdown, notation, plain
+from .codegen import expression, output_symbol
+from .document import Document, Entry, Formula, Math, Paragraph, Section, Text, paragraph
+from .matrix import Block, multi_index, summary_indices, tensor_block
+from .numbers import plural
+from .options import RenderOptions
+from .sections import formula, output_note, shapes
+
+SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
+_LETTERS = "ijlmn"
+
+
+def hessian_sections(h, options) -> tuple[Section, ...]:
+    """The whole display of a :class:`~vjp_magic.core.hessian.HessianResult`."""
+    sections = [Section((shapes(h),))]
+    for name, item in h.inputs.items():
+        blocks: list = [headline(h, name)]
+        if not (item.unused or item.constant):
+            blocks.extend(hessian_formulas(h, name, options))
+        sections.append(Section(tuple(blocks)))
+    notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
+    if len(h.inputs) > 1:
+        names = [notation.prose_name(n) for n in h.inputs]
+        y = notation.prose_name(output_symbol(h))
+        notes.insert(0, paragraph("One Hessian per input: the mixed second derivatives of ", y,
+                                  " with respect to two different inputs (", names[0], " and ",
+                                  names[1], ", ..." if len(names) > 2 else "",
+                                  ") are not computed."))
+    if notes:
+        sections.append(Section(tuple(notes)))
+    return tuple(sections)
+
+
+# -- the headline ---------------------------------------------------------------------------
+def _m(tex: str, plain_text: str | None = None) -> Math:
+    return Math(tex, tex if plain_text is None else plain_text)
+
+
+def _evidence(item, name: str) -> list:
+    if item.evidence == "proved":
+        return [Text(" (proved for every "), notation.prose_name(name), Text(")")]
+    return [Text(" (checked at this "), notation.prose_name(name), Text(" only)")]
+
+
+def _square(m: int) -> str:
+    return f"{m:,} × {m:,}"
+
+
+def headline(h, name: str) -> Paragraph:
+    """What the second derivatives are, in one sentence, with the evidence."""
+    item = h.inputs[name]
+    y, x = notation.prose_name(output_symbol(h)), notation.prose_name(name)
+    lead = [Text("With respect to "), x, Text(": ")] if len(h.inputs) > 1 else []
+    if item.unused:
+        return paragraph(*lead, y, " does not depend on ", x, ": every second derivative is 0.")
+    if item.constant:
+        return paragraph(*lead, y, " is linear in ", x, " (its first derivatives do not depend "
+                         "on ", x, "): every second derivative is 0.")
+    count = math.prod(h.component_shape(name))
+    m = math.prod(item.per_point_shape)
+    points = plural(item.point_count, "point")
+    if m == 1 and item.has_points:
+        f = [_m("f''", "f″")] if count == 1 else [_m("f_k''", "f_k″"), Text(
+            f" for each of the {count:,} components")]
+        spans = f + [Text(f" at each of the {points} of "), x]
+    elif m == 1:
+        of = [y] if count == 1 else [Text(f"each of the {count:,} entries of "), y]
+        spans = [Text("The second derivative of ")] + of + [Text(" with respect to "), x]
+    else:
+        of = [y] if count == 1 else [Text(f"each of the {count:,} components of "), y]
+        spans = [Text(f"The {_square(m)} Hessian of ")] + of + [Text(" with respect to "), x]
+        if item.has_points:
+            spans += [Text(f", one at each of the {points}")]
+        spans += [Text(", symmetric" if item.symmetric else ", not symmetric (see below)")]
+        if diagonal(h, name):
+            spans += [Text(", diagonal")]
+    if lead and isinstance(spans[0], Text):
+        spans[0] = Text(spans[0].text[:1].lower() + spans[0].text[1:])
+    return Paragraph(tuple(lead + spans + _evidence(item, name) + [Text(".")]))
+
+
+def diagonal(h, name: str) -> bool:
+    """Whether each first derivative depends on its own entry of x only (within a point)."""
+    item = h.inputs[name]
+    k = len(h.component_shape(name))
+    points = set(item.pairing.in_axes)
+    rest = [b for b in range(item.tensor.dim()) if b not in points]
+    return bool(rest) and all((k + b, b) in set(item.structure) for b in rest)
+
+
+# -- the formulas ---------------------------------------------------------------------------
+def _atom(identifier: str) -> tuple[str, str]:
+    tex = notation.name_tex(identifier)
+    if not (len(tex) == 1 or tex.startswith("\\") and tex[1:].isalpha()):
+        tex = "{" + tex + "}"
+    return tex, expression(identifier)
+
+
+def second_partial(output: str, input_: str, out_index: str, j: str, k: str | None) -> Math:
+    """``∂²y_i/∂x_i²`` (``k`` None) or ``∂²s/∂x_i∂x_j`` with the cell's names."""
+    y, y_plain = _atom(output)
+    x, x_plain = _atom(input_)
+    y_sub, y_sub_plain = (f"_{{{out_index}}}", f"_{out_index}") if out_index else ("", "")
+    if k is None:
+        return Math(rf"\frac{{\partial^2 {y}{y_sub}}}{{\partial {x}_{{{j}}}^2}}",
+                    f"∂²{y_plain}{y_sub_plain}/∂{x_plain}_{j}²")
+    return Math(rf"\frac{{\partial^2 {y}{y_sub}}}{{\partial {x}_{{{j}}}\,\partial {x}_{{{k}}}}}",
+                f"∂²{y_plain}{y_sub_plain}/∂{x_plain}_{j}∂{x_plain}_{k}")
+
+
+def _index(h, name: str, component: str | None, point_letters: dict[int, str]) -> str:
+    """The output's index: point axes by letter, component axes by ``component``."""
+    out_ndim = h.output.dim()
+    if out_ndim == 0:
+        return ""
+    item = h.inputs[name]
+    comp = [a for a in range(out_ndim) if a not in set(item.pairing.out_axes)]
+    parts = {a: point_letters[b] for a, b in item.pairing}
+    values = component.split(",") if component else []
+    parts.update(zip(comp, values))
+    return ",".join(parts.get(a, "k") for a in range(out_ndim))
+
+
+def hessian_formulas(h, name: str, options) -> list[Formula]:
+    """The second derivatives of one input: rows per component, or Hessian matrices."""
+    item = h.inputs[name]
+    if math.prod(item.per_point_shape) == 1:
+        return [_scalar_per_point(h, name, options)]
+    return _per_point_matrices(h, name, options)
+
+
+def _scalar_per_point(h, name: str, options) -> Formula:
+    """f″ at every point: shaped like x (one component), or one row per component."""
+    item = h.inputs[name]
+    d, comp = item.derivatives, h.component_shape(name)
+    letters = {b: _LETTERS[i % len(_LETTERS)] for i, b in enumerate(range(item.tensor.dim()))}
+    x_index = ",".join(letters[b] for b in range(item.tensor.dim()))
+    count = math.prod(comp)
+    if count == 1:
+        block = tensor_block(d) if d.dim() <= 2 else tensor_block(
+            d, row_label=notation.slice_label(tuple(d.shape[:-1])))
+        zeros = ",".join("0" for _ in comp)
+        lhs = second_partial(output_symbol(h), name, _index(h, name, zeros, letters),
+                             x_index, None) if item.has_points else _straight(h, name)
+        return formula(lhs, block, options, d.dtype, d.shape)
+
+    def label(k: int) -> Entry:
+        sub = ",".join(str(i) for i in multi_index(k, comp))
+        return Entry(f"f_{{{sub}}}''", f"f_{sub}″")
+
+    block = tensor_block(d.reshape(count, -1), row_label=label)
+    index = _index(h, name, None, letters)
+    lhs = second_partial(output_symbol(h), name, index, x_index, None) if item.has_points \
+        else _straight(h, name, index)
+    return formula(lhs, block, options, d.dtype, d.shape)
+
+
+def _straight(h, name: str, index: str = "") -> Math:
+    """``d²y/dx²`` (``d²y_k/dx²``): one variable."""
+    (y, y_plain), (x, x_plain) = _atom(output_symbol(h)), _atom(name)
+    sub, sub_plain = (f"_{{{index}}}", f"_{index}") if index else ("", "")
+    return Math(rf"\frac{{d^2 {y}{sub}}}{{d {x}^2}}", f"d²{y_plain}{sub_plain}/d{x_plain}²")
+
+
+def _block_lhs(h, name: str, c: int, p: int) -> Math:
+    """``∂²s/∂x_i∂x_j`` at one point; ``∇²f(x^{(p)})`` (``∇²f_c``) at many points."""
+    item = h.inputs[name]
+    comp = h.component_shape(name)
+    count = math.prod(comp)
+    if item.has_points:
+        sub = ",".join(str(i) for i in multi_index(c, comp))
+        f_tex, f_plain = (r"\nabla^2 f", "∇²f") if count == 1 else \
+            (rf"\nabla^2 f_{{{sub}}}", f"∇²f_{sub}")
+        at = notation.point(name, str(p))
+        return Math(rf"{f_tex}\big({at.tex}\big)", f"{f_plain}({at.plain})")
+    index = ",".join(str(i) for i in multi_index(c, comp)) if count > 1 else ""
+    return second_partial(output_symbol(h), name, index, "i", "j")
+
+
+def _per_point_matrices(h, name: str, options) -> list[Formula]:
+    """One m × m Hessian per component and point; first, ⋮, last when there are many."""
+    item = h.inputs[name]
+    count = math.prod(h.component_shape(name))
+    blocks = item.blocks(count)
+    total, m = count * item.point_count, blocks.shape[-1]
+    pp = item.per_point_shape
+    label = notation.entry_label(name, pp) if len(pp) >= 2 else None
+    if total > 1:
+        options = replace(options, edgeitems=min(options.edgeitems, 2))
+    caption = [Text(f"{_square(m)}: a row and a column per entry of "),
+               notation.prose_name(name) if not item.has_points else Text("one point"),
+               Text(" (flattened row-major).") if len(pp) >= 2 else Text(".")]
+    formulas = []
+    for flat in summary_indices(total, SHOWN_BLOCKS, 1):
+        if flat is None:
+            formulas.append(Formula(Math(r"\vdots", ":")))
+            continue
+        c, p = divmod(flat, item.point_count)
+        matrix = blocks[c, p]
+        block = Block(lambda r, k, t=matrix: t[r[:, None], k[None, :]], m, m, matrix.device,
+                      row_label=label, col_label=label)
+        formulas.append(formula(_block_lhs(h, name, c, p), block, options, matrix.dtype,
+                                caption=caption if flat == 0 else ()))
+    return formulas
+
+
+# -- the view -------------------------------------------------------------------------------
+@dataclass
+class HessianView:
+    """How a :class:`~vjp_magic.core.hessian.HessianResult` shows itself: sections
+    ``before`` (symbolic) and ``after`` around the second derivatives."""
+
+    options: RenderOptions = field(default_factory=RenderOptions)
+    before: tuple[Section, ...] = ()
+    after: tuple[Section, ...] = ()
+
+    def document(self, h) -> Document:
+        middle = hessian_sections(h, self.options)
+        return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
+
+    def bundle(self, h) -> dict[str, str]:
+        """``text/markdown`` (the display), ``text/latex``, ``text/plain``."""
+        document = self.document(h)
+        return {"text/markdown": markdown.render(document),
+                "text/latex": latex.render(document),
+                "text/plain": plain.render(document)}
+
+    def plain(self, h) -> str:
+        return plain.render(self.document(h))
