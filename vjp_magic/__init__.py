@@ -1,13 +1,14 @@
 """vjp_magic: the ``gradient`` argument of ``backward`` worked out, derivatives shown as matrices.
 
-``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and ``%jacobian`` line magic;
+``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and the ``%jacobian`` and
+``%hessian`` line magics;
 :func:`differentiate` does the same analysis from plain Python (see ``docs/api.md``).
 """
 from importlib.metadata import PackageNotFoundError, version
 
 from .core.errors import VJPUsageError
 from .core.result import GradientList, VJPResult
-from .pipeline import differentiate
+from .pipeline import differentiate, hessian
 from .render.options import RenderOptions
 
 try:
@@ -15,7 +16,7 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["differentiate", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
+__all__ = ["differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

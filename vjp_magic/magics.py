@@ -21,7 +21,7 @@ from IPython.display import display
 from traitlets import Float, Int, observe, validate
 
 from .core.errors import VJPUsageError
-from .pipeline import Request, pipeline
+from .pipeline import Request, hessian_pipeline, pipeline
 from .render.options import RenderOptions
 from .run.choose import FromCell, FromExpression
 from .run.execute import CellSyntaxError, run_cell
@@ -180,6 +180,40 @@ class VJPMagics(Magics):
         self._pictures_beneath(result)
         return result
 
+    # -- %hessian -----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("expression", nargs="+",
+              help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
+    @argument("--symbolic", action="store_true",
+              help="Also derive the second derivatives with SymPy and cross-check them.")
+    @_common_arguments
+    @line_magic
+    def hessian(self, line: str):
+        """Show the second derivatives of an output with respect to inputs in the namespace.
+
+        Syntax (as %jacobian's)::
+
+            %hessian y x                    # names: output first, then inputs
+            %hessian (x**2).sum() wrt x     # any expression as the output, then 'wrt'
+            %hessian --symbolic torch.sin(x) wrt x
+
+        An elementwise f at N points gives f'' at each point; a scalar of a vector its n × n
+        Hessian; h.hessian(name) is always the full one (output.shape + x.shape + x.shape).
+        Several inputs give one Hessian each (no cross terms). x.grad is never changed.
+        """
+        with _usage_errors():
+            args = parse_jacobian_line(line, self.shell.user_ns, magic="hessian")
+        if args is None:  # -h
+            print(self.hessian.__doc__)
+            return None
+        request = self._request(args, wrt=args.input_names)
+        with retained_grads_kept(self.shell.user_ns), _usage_errors():
+            subject = FromExpression.evaluate(self.shell, args.output_source, args.symbolic)
+            try:
+                return hessian_pipeline(subject, request)
+            finally:
+                subject.release()
+
     # -- helpers -----------------------------------------------------------------------------
     def _pictures_beneath(self, result) -> None:
         """Display the result's pictures once the result itself is shown: after the cell, as
@@ -261,6 +295,7 @@ def unload(shell) -> None:
     manager = shell.magics_manager
     manager.magics["cell"].pop("vjp", None)
     manager.magics["line"].pop("jacobian", None)
+    manager.magics["line"].pop("hessian", None)
     manager.registry.pop("VJPMagics", None)
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, VJPMagics)]
 

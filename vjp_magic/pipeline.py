@@ -15,9 +15,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .core import analysis
+from .core import hessian as core_hessian
+from .core.hessian import HessianResult
 from .core.errors import VJPUsageError
 from .core.result import VJPResult
 from .core.torch_api import TorchError, torch_error
+from .render.hessian import HessianView
 from .render.options import RenderOptions
 from .render.view import View
 from .run.choose import Given, lookup
@@ -79,6 +82,28 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
     return pipeline(Given(output, inputs, names, output_name), request)
 
 
+def hessian_pipeline(subject, request: Request) -> HessianResult:
+    """The second derivatives of ``subject``'s output with respect to its inputs."""
+    output_name, output = subject.output(request.of)
+    inputs = subject.inputs(request.wrt, output, output_name)
+    result = _second_derivatives(output, inputs, output_name, request)
+    shown, formulas, checks = _symbolic_hessian(result, request, subject)
+    return replace(result, view=HessianView(request.options, before=shown),
+                   symbolic=formulas, symbolic_check=checks)
+
+
+def hessian(output, inputs, names=None, *, output_name: str = "y",
+            options: RenderOptions | None = None, memory_budget: float | None = None,
+            **analysis_options) -> HessianResult:
+    """The second derivatives of ``output`` with respect to each input (no cross terms).
+
+    The plain-Python form of ``%hessian``; see ``docs/api.md``.
+    """
+    request = Request(options=options or RenderOptions(), memory_budget=memory_budget,
+                      analysis=analysis_options)
+    return hessian_pipeline(Given(output, inputs, names, output_name), request)
+
+
 # -- the stages ---------------------------------------------------------------------------------
 def _differentiate(output, inputs, output_name: str, request: Request,
                    given=None) -> VJPResult:
@@ -137,6 +162,30 @@ def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple[ob
     return report, gradcheck_sections(report, result)
 
 
+def _second_derivatives(output, inputs, output_name: str, request: Request) -> HessianResult:
+    """The numeric core of ``%hessian``; a graph that can no longer be read, as advice."""
+    try:
+        return core_hessian.second_derivatives(
+            output, inputs, output_name=output_name, memory_budget=request.memory_budget,
+            full=request.full, **request.analysis)
+    except RuntimeError as error:
+        message = _graph_error_message(error, output_name, inputs)
+        if message is None:
+            raise
+        raise VJPUsageError(message) from None
+
+
+def _symbolic_hessian(result: HessianResult, request: Request, subject) -> tuple:
+    """The formulas' sections, the formulas and their checks, when asked for."""
+    if not request.symbolic:
+        return (), {}, {}
+    from .symbolic.hessian import derive_hessian
+
+    report = derive_hessian(result, record=subject.record, namespace=subject.namespace,
+                            output_source=subject.output_source)
+    return report.sections(), report.formulas, report.check
+
+
 def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:
     """Sections above the derivatives (coaching, explanation) and below them (code)."""
     explained = explain_sections(result, request.options) if request.explain else ()
@@ -173,4 +222,4 @@ def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str |
     return None
 
 
-__all__ = ["Request", "differentiate", "pipeline"]
+__all__ = ["Request", "differentiate", "hessian", "hessian_pipeline", "pipeline"]

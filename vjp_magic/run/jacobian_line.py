@@ -64,17 +64,18 @@ def words(text: str, commas: bool = False) -> list[str]:
     return [text[a:b] for a, b in word_spans(text, commas)]
 
 
-def parse_jacobian_line(line: str, namespace) -> JacobianLine | None:
-    """``%jacobian``'s line read; None for ``-h``/``--help``. ``namespace`` decides whether
-    ``-p`` is an option or minus the user's own ``p``."""
+def parse_jacobian_line(line: str, namespace, magic: str = "jacobian") -> JacobianLine | None:
+    """``%jacobian``'s line read (or ``%hessian``'s: the same grammar, named ``magic`` in
+    the messages); None for ``-h``/``--help``. ``namespace`` decides whether ``-p`` is an
+    option or minus the user's own ``p``."""
     spans = word_spans(line)
     all_words = [line[a:b] for a, b in spans]
     if all_words[:1] in (["-h"], ["--help"]):
         return None
-    parsed, used = _options(all_words, namespace)
+    parsed, used = _options(all_words, namespace, magic)
     rest = line[spans[used][0]:].strip() if used < len(spans) else ""
     if not rest:
-        raise VJPUsageError("Name the output: %jacobian y x, or %jacobian (x**2).sum() wrt x.")
+        raise VJPUsageError(f"Name the output: %{magic} y x, or %{magic} (x**2).sum() wrt x.")
     rest_words = all_words[used:]
     if "wrt" in rest_words:
         at = spans[used + rest_words.index("wrt")]
@@ -82,7 +83,7 @@ def parse_jacobian_line(line: str, namespace) -> JacobianLine | None:
         parsed.input_names = words(line[at[1]:], commas=True)
         if not parsed.output_source or not parsed.input_names:
             raise VJPUsageError("Give the output before 'wrt' and the inputs after it, e.g. "
-                                "%jacobian (x**2).sum() wrt x")
+                                f"%{magic} (x**2).sum() wrt x")
     elif _is_expression(rest):
         parsed.output_source = rest
     else:
@@ -99,7 +100,7 @@ def _is_expression(source: str) -> bool:
     return True
 
 
-def _options(line_words: list[str], namespace) -> tuple[JacobianLine, int]:
+def _options(line_words: list[str], namespace, magic: str) -> tuple[JacobianLine, int]:
     """The known options at the start of a ``%jacobian`` line, and how many words they take."""
     parsed = JacobianLine(output_source="")
     used = 0
@@ -114,7 +115,7 @@ def _options(line_words: list[str], namespace) -> tuple[JacobianLine, int]:
         key = _NUMBERS.get(flag)
         if key is None:
             if re.fullmatch(r"--[A-Za-z][\w-]*(=.*)?", word):
-                raise VJPUsageError(f"Unknown option {flag} for %jacobian: the options are "
+                raise VJPUsageError(f"Unknown option {flag} for %{magic}: the options are "
                                     "--symbolic, --picture, -p N (--precision N) and --threshold N, "
                                     "before "
                                     "the expression.")
@@ -126,7 +127,7 @@ def _options(line_words: list[str], namespace) -> tuple[JacobianLine, int]:
             elif flag == "-p" and "p" in namespace:
                 break  # -p is an expression: minus the user's own p
             else:
-                raise VJPUsageError(f"{flag} takes a whole number, e.g. %jacobian {flag} 3 y x.")
+                raise VJPUsageError(f"{flag} takes a whole number, e.g. %{magic} {flag} 3 y x.")
         try:
             setattr(parsed, key, int(value))
         except ValueError:
