@@ -1105,3 +1105,43 @@ def test_top_level_await_runs_as_in_a_plain_cell(ip, assert_tensor, run_vjp):
     r = run_vjp("async def twice(t):\n    return t * 2\nawait twice(g)")
     assert_tensor(r.derivatives["g"], [2.0, 2.0])
     assert ip.user_ns["g"].grad is None
+
+
+# -- the v of each of the cell's own backward calls (run/mistakes.seeds), summed_calls ----------
+
+@pytest.mark.parametrize("v, kind", [
+    (None, "ones"), (torch.ones(3), "ones"), (torch.tensor([0.0, 1.0, 0.0]), "zero-one"),
+    (torch.tensor([1.0, 0.0, 1.0]), "zero-one"), (torch.tensor([0.5, 1.0, 2.0]), "general"),
+    (2 * torch.ones(3), "general"),
+])
+def test_gradient_kind(v, kind):
+    assert mistakes.gradient_kind(v) == kind
+
+
+def test_seeds_tell_the_output_its_sum_and_other_tensors_apart():
+    x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x**2
+    z = torch.sin(x)
+    with keep_graphs() as log:
+        y.backward(torch.ones_like(y), retain_graph=True)
+        y.sum().backward(retain_graph=True)
+        z.backward(torch.tensor([0.5, -1.0, 2.0]))
+        y.mean().backward()
+    found = [(s.target, s.kind) for s in mistakes.seeds(log, y)]
+    assert found == [("output", "ones"), ("sum", "ones"), ("other", "general"),
+                     ("other", "ones")]
+    assert all(mistakes.reaches(s.call, x) for s in mistakes.seeds(log, y))
+
+
+def test_summed_calls_reads_any_value_against_the_log():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    y = x**3
+    with keep_graphs() as log:
+        y.backward(torch.ones_like(y), retain_graph=True)
+        y.backward(torch.ones_like(y))
+    twice = 2 * 3 * x.detach()**2  # d/dx x³ = 3x², added twice
+    found = mistakes.summed_calls(twice, "x", x, log)
+    assert (found.summed, found.with_before) == (2, False)
+    assert mistakes.summed_calls(3 * x.detach()**2, "x", x, log).summed == 1
+    assert mistakes.summed_calls(x.detach(), "x", x, log) is None
+    assert mistakes.summed_calls(twice, "x", x, None) is None

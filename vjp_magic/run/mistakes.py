@@ -2,7 +2,9 @@
 
 :func:`classify` says which mistake an exception the cell's own ``backward``/``autograd.grad``
 raised stands for (:class:`MistakeKind`); :func:`accumulations` finds inputs whose ``.grad``
-holds several calls' results added up. :func:`find_call`, :func:`set_argument` and
+holds several calls' results added up (:func:`summed_calls`: any value read that way, such
+as a graded answer); :func:`seeds` says which v each successful backward sent (ones, 0/1,
+general; into the output, through ``output.sum()``, or elsewhere). :func:`find_call`, :func:`set_argument` and
 :func:`set_gradient` read and rewrite the user's own call line, so the advice
 (``teach/coaching.py``) can show that very line corrected. Nothing here words advice.
 """
@@ -271,7 +273,8 @@ def _vjp(call: BackwardCall, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x) if g is None else g
 
 
-def _reaches(call: BackwardCall, x: torch.Tensor) -> bool:
+def reaches(call: BackwardCall, x: torch.Tensor) -> bool:
+    """Whether the successful ``backward`` ``call`` went through to the leaf ``x``."""
     if call.kind != "backward" or call.error is not None:
         return False
     if call.inputs is not None and not any(t is x for t in call.inputs):
@@ -280,18 +283,40 @@ def _reaches(call: BackwardCall, x: torch.Tensor) -> bool:
                for t in call.tensors)
 
 
-def _summed(x, calls, before, complete: bool) -> tuple[int, bool] | None:
-    """How many of the last ``calls`` add up to ``x.grad`` (and whether ``before``, what it
-    held before the cell, is in it)."""
-    grad, dtype = x.grad, x.dtype
-    total = torch.zeros_like(grad)
+def _summed(value, x, calls, before, complete: bool) -> tuple[int, bool] | None:
+    """How many of the last ``calls`` add up to ``value`` (``x.grad``, or an answer read off
+    it), and whether ``before``, what ``x.grad`` held before the cell, is in it."""
+    dtype = x.dtype
+    total = torch.zeros_like(x)
     for j in range(len(calls) - 1, -1, -1):
         total = total + _vjp(calls[j], x)
-        if _close(grad, total, dtype):
+        if _close(value, total, dtype):
             return len(calls) - j, False
-        if j == 0 and complete and before is not None and _close(grad, total + before, dtype):
+        if j == 0 and complete and before is not None and _close(value, total + before, dtype):
             return len(calls), True
     return None
+
+
+def summed_calls(value: torch.Tensor, name: str, x: torch.Tensor,
+                 log: BackwardLog) -> Accumulation | None:
+    """``value`` (shaped like ``x``) as the sum of the log's last backward calls reaching
+    ``x`` (plus what ``x.grad`` held before the cell): how many, on which lines; None when it
+    is no such sum."""
+    if log is None or value.shape != x.shape:
+        return None
+    calls = [c for c in log.records if reaches(c, x)]
+    if not calls:
+        return None
+    before = log.grad_before.get(id(x), (None, None))[1]
+    try:
+        summed = _summed(value.to(x.dtype), x, calls, before, log.calls == len(log.records))
+    except RuntimeError:  # the graph changed since (in-place update): nothing to compare
+        return None
+    if summed is None:
+        return None
+    used = calls[len(calls) - summed[0]:]
+    lines = tuple(sorted({c.line for c in used if c.line is not None}))
+    return Accumulation(name, summed[0], summed[1], lines)
 
 
 def accumulations(inputs: dict, log: BackwardLog) -> list[Accumulation]:
@@ -307,18 +332,64 @@ def accumulations(inputs: dict, log: BackwardLog) -> list[Accumulation]:
         grad = x.grad if x.is_leaf else None
         if grad is None or not bool((grad != 0).any()):
             continue
-        calls = [c for c in log.records if _reaches(c, x)]
-        if not calls:
-            continue
-        before = log.grad_before.get(id(x), (None, None))[1]
-        try:
-            summed = _summed(x, calls, before, log.calls == len(log.records))
-        except RuntimeError:  # the graph changed since (in-place update): nothing to compare
-            continue
-        if summed is None or summed == (1, False):
-            continue
-        used = calls[len(calls) - summed[0]:]
-        lines = tuple(sorted({c.line for c in used if c.line is not None}))
-        found.append(Accumulation(name, summed[0], summed[1], lines))
+        summed = summed_calls(grad, name, x, log)
+        if summed is not None and (summed.summed, summed.with_before) != (1, False):
+            found.append(summed)
     return found
 
+
+# -- the v each of the cell's own backward calls sent -------------------------------------------
+@dataclass(frozen=True)
+class Seed:
+    """One tensor a successful ``backward`` of the cell started from, and the v it sent."""
+
+    call: BackwardCall
+    tensor: torch.Tensor  # what backward was called on
+    gradient: torch.Tensor | None  # v as given (None: the implicit 1 of a scalar)
+    kind: str  # "ones", "zero-one" (one-hot vectors, masks) or "general"
+    target: str  # "output" (the tensor is ``output``), "sum" (``output.sum()``), or "other"
+
+
+def gradient_kind(v) -> str:
+    """"ones" (v = ones, or implicit), "zero-one" (0/1 entries: one-hot, masks), "general"."""
+    if not isinstance(v, torch.Tensor):
+        return "ones" if v is None or v == 1 else "general"
+    v = v.detach()
+    if bool((v == 1).all()):
+        return "ones"
+    return "zero-one" if bool(((v == 0) | (v == 1)).all()) else "general"
+
+
+def _node_key(node):
+    return None if node is None else (type(node).__name__, node._sequence_nr())
+
+
+def _is_sum_of(t: torch.Tensor, output: torch.Tensor) -> bool:
+    """``t`` is ``output.sum()`` (over every entry)."""
+    node, of = t.grad_fn, output.grad_fn
+    if node is None or of is None or type(node).__name__ != "SumBackward0":
+        return False
+    following = node.next_functions
+    return len(following) == 1 and _node_key(following[0][0]) == _node_key(of)
+
+
+def seeds(log: BackwardLog | None, output: torch.Tensor | None = None) -> list[Seed]:
+    """Every tensor the cell's successful ``backward`` calls started from, with its v, and
+    whether it is ``output`` or ``output.sum()`` (which sends v = ones into ``output``)."""
+    found = []
+    for call in log.records if log is not None else ():
+        if call.kind != "backward" or call.error is not None:
+            continue
+        grads = call.gradients if call.gradients and len(call.gradients) == len(
+            call.tensors) else [None] * len(call.tensors)
+        for t, g in zip(call.tensors, grads):
+            if not isinstance(t, torch.Tensor) or not t.requires_grad:
+                continue
+            target = "other"
+            if output is not None and t is output:
+                target = "output"
+            elif output is not None and t.numel() == 1 and _is_sum_of(t, output):
+                target = "sum"
+            found.append(Seed(call, t, g if isinstance(g, torch.Tensor) else None,
+                              gradient_kind(g), target))
+    return found

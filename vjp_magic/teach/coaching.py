@@ -3,7 +3,9 @@
 ``run/mistakes.py`` recognises the mistakes (:class:`~vjp_magic.run.mistakes.MistakeKind`,
 summed ``.grad``); here they are taught. :func:`mistake_sections` gives the document sections
 shown above the derivatives: the mistake that stopped the cell (the failing line, PyTorch's
-error, why, the corrected code), then a note per input whose ``.grad`` holds a sum.
+error, why, the corrected code), then a note per input whose ``.grad`` holds a sum, then the
+notes on what successful calls computed (``teach/backward_notes.py``: v = ones summing
+components, a general v).
 :func:`usage_message` is the same coaching as plain text, for a cell that gave no derivatives.
 
 A new mistake: a :class:`MistakeKind` (with its PyTorch text in ``core/torch_api.py``) and
@@ -26,6 +28,7 @@ from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Secti
                                paragraph)
 from ..run.mistakes import (Accumulation, CellMistake, MistakeKind, accumulations, assigned_in,
                             grads_not_zeroed, set_argument, set_gradient)
+from .backward_notes import ones_sections, upstream_sections
 
 VJP = Math(r"v^\top J", "vᵀJ")  # the vector-Jacobian product
 
@@ -277,14 +280,19 @@ def accumulation_sections(result, log) -> tuple[Section, ...]:
     return tuple(accumulation_section(found, result) for found in accumulations(inputs, log))
 
 
-def mistake_sections(log, result) -> tuple[Section, ...]:
+def mistake_sections(log, result, *, notes: bool = True) -> tuple[Section, ...]:
     """The coaching shown above the derivatives: the mistake that stopped the cell, if any
-    (``log.mistake``), then the notes on summed ``.grad``."""
+    (``log.mistake``), then the notes on summed ``.grad``, on v = ones where it sums
+    components, and on a general v (an upstream gradient). ``notes=False``: the mistake only
+    (``--check`` grades the answer and says it instead)."""
     if log is None:
         return ()
     mistake = getattr(log, "mistake", None)
     first = (mistake_section(mistake, result),) if mistake is not None else ()
-    return first + accumulation_sections(result, log)
+    if result is None or not notes:
+        return first
+    return (first + accumulation_sections(result, log) + ones_sections(result, log)
+            + upstream_sections(result, log))
 
 
 def usage_message(mistake: CellMistake, error: BaseException) -> str:

@@ -1,0 +1,160 @@
+"""Notes on what the cell's own successful ``backward`` calls computed (no error, no flag).
+
+Two silent cases (the calls read off the :class:`~vjp_magic.run.guard.BackwardLog`):
+:func:`ones_sections`: v = ones (or ``y.sum().backward()``) on an output with several
+components per point, or whose Jacobian is not block-diagonal: ``.grad`` holds a sum
+(``f₀′ + f₁′``, or the column sums of J). :func:`upstream_sections`: a general v (an upstream
+gradient): what vᵀJ is, ∇(ℓ∘f), and that one call fills every input's ``.grad``.
+"""
+from __future__ import annotations
+
+import ast
+import linecache
+import math
+
+from ..core.tolerances import tolerances
+from ..render.document import Code, Math, Paragraph, Section, Text
+from ..render.matrix import multi_index
+from ..render.notation import math_name, name_tex
+from ..run.mistakes import GRADIENT_ARGUMENT, find_call, reaches, seeds
+
+VJP = Math(r"v^\top J", "vᵀJ")  # the vector-Jacobian product
+
+
+# -- what the cell's own successful backward computed ------------------------------------------
+def _call_text(log, seed) -> tuple[str | None, str | None, str | None]:
+    """The call as the cell wrote it, the tensor it is on, and its gradient argument (each
+    None where the line cannot be read)."""
+    line = seed.call.line
+    text = linecache.getline(log.filename, line).strip() if log.filename and line else ""
+    site = find_call(text, "backward") if text else None
+    if site is None:
+        return None, None, None
+    keyword, position = GRADIENT_ARGUMENT[site.style]
+    given = next((k.value for k in site.node.keywords if k.arg == keyword), None)
+    if given is None and len(site.node.args) > position:
+        given = site.node.args[position]
+    return text, site.y, (ast.get_source_segment(text, given) if given is not None else None)
+
+
+def _summed_components(result, name: str) -> Math:
+    """``f₀′ + f₁′`` (or ``∂y₀/∂x + …``): what v = ones leaves in ``x.grad``."""
+    comp = result.component_shape(name)
+    count = math.prod(comp)
+    item = result.inputs[name]
+    tex, plain = [], []
+    for k in (range(count) if count <= 3 else [0, 1, None, count - 1]):
+        if k is None:
+            tex.append(r"\dots")
+            plain.append("…")
+            continue
+        index = [str(i) for i in multi_index(k, comp)]
+        sub_tex, sub = ",".join(index), ",".join(i.translate(_SUBSCRIPTS) for i in index)
+        if item.has_points and len(result.inputs) == 1:
+            scalar = item.per_point_numel() == 1
+            tex.append(f"f_{{{sub_tex}}}'" if scalar else rf"\nabla f_{{{sub_tex}}}")
+            plain.append(f"f{sub}′" if scalar else f"∇f{sub}")
+        else:
+            y, x = name_tex(result.output_name), name_tex(name)
+            tex.append(rf"\partial {y}_{{{sub_tex}}}/\partial {x}")
+            plain.append(f"∂{result.output_name}{sub}/∂{name}")
+    return Math(" + ".join(tex), " + ".join(plain))
+
+
+_SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def _column_sums_vanish(result, name: str) -> bool:
+    """The column sums of J are 0 (relative to the magnitudes that sum into them)."""
+    d = result.inputs[name].derivatives.detach().double()
+    axes = tuple(range(len(result.component_shape(name))))
+    rtol = tolerances(result.inputs[name].tensor.dtype).backward
+    return bool((d.sum(axes).abs() <= rtol * d.abs().sum(axes) + 1e-300).all())
+
+
+def _ones_note(result, log, seed, name: str) -> Paragraph:
+    text = _call_text(log, seed)[0]
+    call = Code(text) if text else Text("The cell's backward with v = ones")
+    y, item = result.output_name, result.inputs[name]
+    count = math.prod(result.component_shape(name))
+    if item.pairing or item.tensor.numel() == 1:
+        what = (_summed_components(result, name),
+                Text(f", the components summed: {y} has {count:,} components"
+                     f"{' per point' if item.pairing else ''}, and v = ones adds up their "
+                     "derivatives."))
+    else:
+        zero = _column_sums_vanish(result, name)
+        what = (VJP, Text(" with v = ones: the column sums of "), Math("J", "J"),
+                Text(f", here 0 (the entries of {y} add up to a constant)" if zero else ""),
+                Text(f", not the gradient of any entry of {y}."))
+    return Paragraph((Text("Note: "), call, Text(" left "), Code(f"{name}.grad"), Text(" = "))
+                     + what + (Text(" Each component's own is below (v one-hot on it)."),))
+
+
+def ones_sections(result, log) -> tuple[Section, ...]:
+    """The note on the cell's own backward with v = ones (or ``y.sum().backward()``) where
+    each point has several components, or J is not block-diagonal: ``.grad`` holds a sum."""
+    if result.output.numel() < 2:
+        return ()
+    for seed in seeds(log, result.output):
+        if seed.target == "other" or seed.kind != "ones":
+            continue
+        names = [n for n, i in result.inputs.items() if not i.unused and reaches(
+            seed.call, i.tensor) and math.prod(result.component_shape(n)) > 1]
+        if names:
+            return (Section((_ones_note(result, log, seed, names[0]),)),)
+    return ()
+
+
+# -- a general v: an upstream gradient ----------------------------------------------------------
+def _listed(names: list[str]) -> tuple:
+    """``x.grad``, ``W.grad`` and ``b.grad`` as code spans joined by words."""
+    spans: list = []
+    for i, name in enumerate(names):
+        if i:
+            spans.append(Text(" and " if i == len(names) - 1 else ", "))
+        spans.append(Code(f"{name}.grad"))
+    return tuple(spans)
+
+
+def _samples(result, names: list[str]) -> Paragraph | None:
+    """For a layer: output axis 0, where it is a point axis, indexes the samples (the batch);
+    the inputs paired along it get each sample's own, the others add up all samples'."""
+    own = [n for n in names if 0 in result.inputs[n].pairing.out_axes]
+    if not own:
+        return None
+    count = result.output.shape[0]
+    shared = [n for n in names if n not in own]
+    tail = ((Text("; "),) + _listed(shared) + (Text(f" add{'s' if len(shared) == 1 else ''} "
+            f"up all {count:,} samples' contributions"),) if shared else ())
+    return Paragraph((Text(f"Axis 0 of {result.output_name} indexes the {count:,} samples (the "
+                           "batch): "),) + _listed(own)
+                     + (Text(f" hold{'s' if len(own) == 1 else ''} each sample's own"),)
+                     + tail + (Text("."),))
+
+
+def upstream_sections(result, log) -> tuple[Section, ...]:
+    """What the cell's own ``y.backward(gradient=g)`` with a general g (not 0/1 entries)
+    computes: vᵀJ = ∇(ℓ∘f) for v = ∇ℓ(y), every input's ``.grad`` filled by one call."""
+    for seed in seeds(log, result.output):
+        names = [n for n, i in result.inputs.items() if reaches(seed.call, i.tensor)]
+        if seed.kind != "general" or seed.tensor.numel() < 2 or not names:
+            continue
+        text, y, g = _call_text(log, seed)
+        y = y or (result.output_name if seed.target == "output" else "y")
+        call = Code(text) if text else Code(f"{y}.backward(gradient={g or 'g'})")
+        at = ", ".join(name_tex(n) for n in names)
+        lead = Paragraph((call, Text(" computes "), VJP, Text(" with v = "), Code(g or "g"),
+                          Text(". For v = "), Math(rf"\nabla\ell({name_tex(y)})", f"∇ℓ({y})"),
+                          Text(", a loss's gradient at "), math_name(y),
+                          Text(" (an upstream gradient), that is "),
+                          Math(rf"v^\top J = \nabla(\ell\circ f)({at})",
+                               f"vᵀJ = ∇(ℓ∘f)({', '.join(names)})"),
+                          Text(": the loss's gradient.")))
+        fills = Paragraph((Text("This one backward fills "),) + _listed(names) + (
+            Text(" at once, as training does: "), Code("loss.backward()"), Text(" sends "),
+            Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
+            Text(f" into {y} this way.")))
+        samples = _samples(result, names) if seed.target == "output" else None
+        return (Section((lead, fills) + ((samples,) if samples else ())),)
+    return ()
