@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .core.errors import VJPUsageError
 from .core.result import GradientList, VJPResult
-from .pipeline import differentiate, hessian
+from .pipeline import check, differentiate, hessian
 from .render.options import RenderOptions
 
 try:
@@ -16,7 +16,7 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
+__all__ = ["check", "differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

@@ -67,6 +67,24 @@ def pipeline(subject, request: Request) -> VJPResult:
                    gradcheck=gradcheck)
 
 
+def check(answer, output: torch.Tensor, inputs, names=None):
+    """Grade ``answer`` against the derivatives of ``output`` with respect to ``inputs`` (the
+    arguments of :func:`differentiate`): a :class:`~vjp_magic.teach.grading.Check` with
+    ``correct``, ``kind`` and ``hint``. See ``docs/api.md``."""
+    from .teach.grading import grade
+
+    try:
+        result = differentiate(output, inputs, names)
+    except VJPUsageError as error:
+        if "was freed" not in str(error):
+            raise
+        raise VJPUsageError(
+            "The graph of the output was freed, most likely by the backward call that computed "
+            "the answer: give that call retain_graph=True, or call vjp_magic.check before it."
+        ) from None
+    return grade(answer, result)
+
+
 def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
                   full: bool = False, options: RenderOptions | None = None,
                   explain: bool = False, code: bool = False, memory_budget: float | None = None,
@@ -140,15 +158,8 @@ def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]
     from .teach.grading import check_sections, grade
 
     answer = lookup(subject.scope, request.check, "--check")
-    graded = grade(answer, result, _checked_input(request.check, result), log=subject.log)
-    return graded, check_sections(graded, result, request.reveal)
-
-
-def _checked_input(source: str, result: VJPResult) -> str | None:
-    """``x.grad`` checks the input ``x``; any other answer checks the only input (or the
-    grader picks by shape)."""
-    base = source[: -len(".grad")] if source.endswith(".grad") else None
-    return base if base in result.inputs else None
+    graded = grade(answer, result, log=subject.log, answer_name=request.check)
+    return graded, check_sections(graded, result, reveal=False)  # --reveal: the view shows them
 
 
 def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple[object, tuple]:
@@ -187,10 +198,11 @@ def _symbolic_hessian(result: HessianResult, request: Request, subject) -> tuple
 
 
 def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:
-    """Sections above the derivatives (coaching, explanation) and below them (code)."""
+    """Sections above the derivatives (coaching, explanation) and below them (code); a graded
+    exercise's verdict already says what the notes on the cell's own backward would."""
     explained = explain_sections(result, request.options) if request.explain else ()
     code = (code_section(result),) if request.code else ()
-    return mistake_sections(log, result) + explained, code
+    return mistake_sections(log, result, notes=request.check is None) + explained, code
 
 
 def _symbolic(result: VJPResult, request: Request, subject) -> tuple[dict, dict, tuple]:
@@ -222,4 +234,4 @@ def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str |
     return None
 
 
-__all__ = ["Request", "differentiate", "hessian", "hessian_pipeline", "pipeline"]
+__all__ = ["Request", "check", "differentiate", "hessian", "hessian_pipeline", "pipeline"]
