@@ -134,11 +134,11 @@ def component_label(shape: Sequence[int], gradient: bool) -> Callable[[int], Ent
 
 
 def slice_label(lead_shape: Sequence[int]) -> Callable[[int], Entry]:
-    """Rows of a tensor cut into a matrix: ``[0, 1, :]``."""
+    """Rows of a tensor cut into a matrix: ``[0, 1, :]`` (an index, set as maths)."""
 
     def label(flat: int) -> Entry:
         index = ", ".join(str(i) for i in unravel(flat, lead_shape))
-        return Entry(mono(f"[{index}, :]"), f"[{index}, :]")
+        return Entry(f"[{index}, {{:}}]", f"[{index}, :]")
 
     return label
 
