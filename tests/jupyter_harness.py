@@ -69,9 +69,11 @@ def client_notebooks() -> list[Path]:
 
 
 def magic_cells(nb) -> list[int]:
-    """Indices (among all cells) of the code cells that run ``%%vjp`` or ``%jacobian``."""
+    """Indices (among all cells) of the code cells that run ``%%vjp``, ``%jacobian`` or
+    ``%hessian``."""
     return [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-            and (c.source.lstrip().startswith("%%vjp") or "%jacobian" in c.source)]
+            and (c.source.lstrip().startswith("%%vjp") or "%jacobian" in c.source
+                 or "%hessian" in c.source)]
 
 
 def isolated_jupyter_env(base: Path) -> dict[str, str]:

@@ -235,8 +235,9 @@ def html_server():
         yield server, folder
 
 
-def html_problems(chromium, url: str) -> tuple[int, list[str]]:
-    """(formulas typeset, problems) of the page at ``url`` in Chromium, offline."""
+def html_problems(chromium, url: str, nb=None) -> tuple[int, list[str]]:
+    """(formulas typeset, problems) of the page at ``url`` in Chromium, offline; with ``nb``
+    (the notebook exported), also each of its pictures must be an image that loaded."""
     page = chromium.new_page(viewport={"width": 1024, "height": 768})
     try:
         block_network(page)
@@ -246,9 +247,21 @@ def html_problems(chromium, url: str) -> tuple[int, list[str]]:
                                polling=250)
         problems = page.evaluate(_HTML_PROBLEMS)
         typeset = page.locator(".MathJax_CHTML, .MathJax_CHTML_Display, .mjx-chtml").count()
+        images = page.evaluate(_IMAGES_SHOWN)
     finally:
         page.close()
+    expected = sum("image/png" in data for _, _, data in display_outputs(nb)) if nb else 0
+    if len(images) < expected:
+        problems.append(f"{expected} pictures in the notebook, {len(images)} images in the page")
+    problems += [f"a picture did not load or is shrunk: {i}" for i in images
+                 if not i["loaded"] or i["shown"] < i["natural"] - 1]
     return typeset, problems
+
+
+# The page's images: loaded, and shown at the size they were drawn.
+_IMAGES_SHOWN = """() => [...document.querySelectorAll('.jp-OutputArea-output img, .output_png img')]
+    .map(img => ({loaded: img.complete && img.naturalWidth > 0, natural: img.naturalWidth,
+                  shown: Math.round(img.getBoundingClientRect().width)}))"""
 
 
 def export_html(nb, server: StaticServer, folder: Path, name: str) -> str:
@@ -271,7 +284,7 @@ def test_nbconvert_html_typesets_offline(path, executed, html_server, chromium):
     _, nb = executed[path.name]
     server, folder = html_server
     url = export_html(nb, server, folder, path.name.replace(".ipynb", ".html"))
-    typeset, problems = html_problems(chromium, url)
+    typeset, problems = html_problems(chromium, url, nb)
     assert typeset > 0, f"{path.name}: MathJax typeset nothing"
     assert not problems, f"{path.name} in nbconvert's HTML export:\n" + "\n".join(problems[:30])
 
@@ -302,8 +315,11 @@ def latex_problems(nb, folder: Path, stem: str) -> tuple[list[str], list[str]]:
     from nbconvert import LatexExporter
 
     folder.mkdir(parents=True, exist_ok=True)
-    tex, _ = LatexExporter(template_file=str(CLIENTS_DIR / "marked.tex.j2")).from_notebook_node(nb)
+    tex, resources = LatexExporter(
+        template_file=str(CLIENTS_DIR / "marked.tex.j2")).from_notebook_node(nb)
     (folder / f"{stem}.tex").write_text(tex, encoding="utf-8")
+    for name, data in resources.get("outputs", {}).items():  # the pictures, as nbconvert writes them
+        (folder / name).write_bytes(data)
     done = subprocess.run(
         ["xelatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",
          f"{stem}.tex"], cwd=folder, capture_output=True, text=True, timeout=240, check=False)

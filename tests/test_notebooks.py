@@ -16,7 +16,7 @@ import pytest
 from jupyter_harness import CHECK_NOTEBOOK, client_notebooks, demo_notebooks, execute_notebook
 
 NOTEBOOKS = client_notebooks()
-MAGICS = ("%%vjp", "%jacobian")
+MAGICS = ("%%vjp", "%jacobian", "%hessian")
 
 # What each notebook must show (fragments of its markdown displays), beyond "no errors".
 EXPECTED = {
@@ -28,6 +28,12 @@ EXPECTED = {
         r"\begin{bmatrix}0 & 1 \\ 2 & 3 \\ 4 & 5\end{bmatrix}",  # the matrix-valued f at 1
         r"\begin{bmatrix}1 & 1 & 1 & 1 \\ 0 & 2 & 4 & 6\end{bmatrix}",  # J of (sum, sum of squares)
         "y.backward(gradient=torch.ones_like(y))",  # the tutorial's own line, as code
+    ],
+    "03_exercises_hessians_pictures.ipynb": [
+        "✓ correct",  # the right answer
+        "the components summed", "one component only", "accumulated", "transposed",
+        "wrong at some points",  # each classic mistake, graded
+        r"\begin{bmatrix}-28 & 20 \\ 20 & 20\end{bmatrix}",  # H of the Rosenbrock-like f at (-0.5, 1.5)
     ],
     "02_jacobians_and_structure.ipynb": [
         "100,000",  # the large batch, with a thousands separator
@@ -53,7 +59,7 @@ def test_notebook_is_committed_with_outputs_cleared(path):
 
 
 def is_magic(source: str) -> bool:
-    return source.lstrip().startswith(MAGICS) or "\n%jacobian" in source
+    return source.lstrip().startswith(MAGICS) or any(f"\n{m}" in source for m in MAGICS[1:])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
