@@ -1,4 +1,5 @@
-"""Recording the torch calls of the one real run of a cell, for ``--symbolic`` to replay.
+"""Recording the torch calls of the one real run of a cell, for the replays (``--symbolic``,
+``--gradcheck``, per-sample gradients).
 
 Inside :func:`recording`, a :class:`~torch.overrides.TorchFunctionMode` notes every
 outermost torch call (operators, methods, ``__getitem__``/``__setitem__``, in-place
@@ -9,6 +10,11 @@ tracked the result, and, for
 in-place calls, small copies of the tensors as they were before the call. The calls run
 exactly as they would without the mode: same results, same exceptions; the bookkeeping
 itself never raises into the cell. Calls made inside a recorded call are not recorded.
+A custom ``autograd.Function``'s ``apply`` (which the mode does not see) is recorded as one
+call (:class:`FunctionApply`), so a replay runs it, and its own backward, again.
+
+The record gives up (``failed`` says why) past :data:`MAX_CALLS` calls or when the results
+it holds exceed :func:`held_bytes_cap`, so recording never pins unbounded memory.
 
 The record holds the cell's tensors until :meth:`OpRecord.release` (or until it is
 garbage); it is released on its own when the cell raises.
@@ -16,14 +22,20 @@ garbage); it is released on its own when the cell raises.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..core.memory import gb
+
 MAX_CALLS = 50_000  # calls recorded; past this the record gives up (and frees what it held)
 MAX_COPY_ENTRIES = 1 << 16  # entries of one in-place target copied before the call
 MAX_COPY_BYTES = 64 << 20  # all copies together
+MAX_HELD_BYTES = 1 << 30  # result memory held (unique storages); also at most RAM_FRACTION
+RAM_FRACTION = 0.25
 _INPLACE_DUNDERS = {
     "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
     "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__setitem__",
@@ -54,11 +66,14 @@ class OpRecord:
     calls: list = field(default_factory=list)
     failed: str | None = None
     copied_bytes: int = 0
+    held_bytes: int = 0  # memory of the unique result storages the calls hold
+    storages: set = field(default_factory=set, repr=False)
 
     def release(self) -> None:
         """Drop every tensor held (the calls, their arguments and results, the copies)."""
         self.calls = []
-        self.copied_bytes = 0
+        self.copied_bytes = self.held_bytes = 0
+        self.storages = set()
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -66,6 +81,32 @@ class OpRecord:
     def _give_up(self, why: str) -> None:
         self.failed = why
         self.release()
+
+
+def held_bytes_cap() -> int:
+    """The most result memory a record may hold: :data:`MAX_HELD_BYTES`, and at most
+    :data:`RAM_FRACTION` of the machine's memory."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_HELD_BYTES
+    return min(MAX_HELD_BYTES, int(ram * RAM_FRACTION))
+
+
+class FunctionApply:
+    """``Fn.apply`` of a custom ``autograd.Function``, as a recorded call's ``func``: calling
+    it runs ``Fn.apply`` (so autograd uses ``Fn.backward``)."""
+
+    def __init__(self, function: type):
+        self.function = function
+        self.__name__ = self.__qualname__ = f"{function.__name__}.apply"
+        self.__module__ = function.__module__
+
+    def __call__(self, *args, **kwargs):
+        return _ORIGINAL_APPLY.__func__(self.function, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__}>"
 
 
 def tensors_in(value, depth: int = 0) -> list:
@@ -114,6 +155,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.record = record
         self.depth = 0
+        self.cap = held_bytes_cap()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # noqa: F841 - IPython hides this frame unless it is the last
@@ -165,8 +207,72 @@ class _Recorder(TorchFunctionMode):
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
                                           tracked, grad_enabled, targets, before))
+            self._hold(outs, (args, kwargs))
         except Exception as error:  # noqa: BLE001
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
+
+    def _hold(self, tensors, args) -> None:
+        """Count the memory of result storages not counted before, except the memory of
+        tensors the cell had already (a view of a dataset pins nothing new); give up past
+        the cap."""
+        record = self.record
+        for tensor in tensors_in(args):
+            key = _storage_size(tensor)[0]
+            if key is not None and key not in record.storages:
+                record.storages.add(key)  # memory from outside the record: not counted
+        for tensor in tensors:
+            key, size = _storage_size(tensor)
+            if key is not None and key not in record.storages:
+                record.storages.add(key)
+                record.held_bytes += size
+        if record.held_bytes > self.cap:
+            record._give_up(f"the cell's tensors take more than {gb(self.cap)}, more than a "
+                            "record may hold")
+
+    def apply_function(self, function: type, args, kwargs):
+        """A custom Function's ``apply``, recorded as one call like any torch call."""
+        return self.__torch_function__(FunctionApply(function), (), args, kwargs)
+
+
+def _storage_size(tensor: torch.Tensor) -> tuple[int | None, int]:
+    """(address, bytes) of a tensor's memory; (None, 0) where it has none of its own."""
+    try:
+        storage = tensor.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except Exception:  # noqa: BLE001 - sparse, meta …
+        return None, 0
+
+
+_ORIGINAL_APPLY = torch.autograd.Function.__dict__["apply"]
+_ACTIVE = threading.local()  # .recorders: this thread's recorders, innermost last
+_PATCH_LOCK = threading.Lock()
+_PATCHED = [0]  # recordings (all threads) that need Function.apply patched
+
+
+def _recorded_apply(cls, *args, **kwargs):
+    recorders = getattr(_ACTIVE, "recorders", None)
+    if not recorders:
+        return _ORIGINAL_APPLY.__func__(cls, *args, **kwargs)
+    return recorders[-1].apply_function(cls, args, kwargs)
+
+
+@contextlib.contextmanager
+def _custom_functions_recorded(recorder: _Recorder):
+    """While the block runs, ``Function.apply`` in this thread goes through ``recorder``."""
+    recorders = _ACTIVE.__dict__.setdefault("recorders", [])
+    with _PATCH_LOCK:
+        if not _PATCHED[0]:
+            torch.autograd.Function.apply = classmethod(_recorded_apply)
+        _PATCHED[0] += 1
+    recorders.append(recorder)
+    try:
+        yield
+    finally:
+        recorders.remove(recorder)
+        with _PATCH_LOCK:
+            _PATCHED[0] -= 1
+            if not _PATCHED[0]:
+                torch.autograd.Function.apply = _ORIGINAL_APPLY
 
 
 @contextlib.contextmanager
@@ -177,8 +283,9 @@ def recording():
     exception goes on unchanged.
     """
     record = OpRecord()
+    recorder = _Recorder(record)
     try:
-        with _Recorder(record):
+        with recorder, _custom_functions_recorded(recorder):
             yield record
     except BaseException:
         record.release()
