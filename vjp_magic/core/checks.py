@@ -7,7 +7,7 @@ before any backward, and :func:`annotate` on its result (notes for non-finite de
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -15,23 +15,53 @@ from .errors import VJPUsageError
 
 
 def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
-    """``inputs`` (a tensor, a sequence, or a dict name → tensor) as a dict name → tensor."""
+    """``inputs`` (a tensor, a sequence or iterator of tensors, a dict name → tensor, or an
+    ``nn.Module``) as a dict name → tensor. A module stands for its parameters that require
+    grad, named ``"<name>.0.weight"`` (the module's name as given, else ``"0.weight"``);
+    module values in a dict or sequence are expanded the same way."""
     if isinstance(inputs, torch.Tensor):
         name = names if isinstance(names, str) else (names[0] if names else "x")
         return {name: inputs}
+    if isinstance(inputs, torch.nn.Module):
+        prefix = names if isinstance(names, str) else (names[0] if names else None)
+        return module_parameters(inputs, prefix)
     if isinstance(inputs, Mapping):
-        return dict(inputs)
-    if isinstance(inputs, Sequence) and not isinstance(inputs, str):
+        return _expanded(dict(inputs))
+    if isinstance(inputs, Iterable) and not isinstance(inputs, (str, bytes)) \
+            and not hasattr(inputs, "__array__"):
         inputs = list(inputs)
         if names is None:
             names = ["x"] if len(inputs) == 1 else [f"x{i + 1}" for i in range(len(inputs))]
         if isinstance(names, str) or len(names) != len(inputs):
             raise VJPUsageError("Give one name per input: names=['x', 'w'] for inputs=[x, w].")
-        return dict(zip(names, inputs))
+        return _expanded(dict(zip(names, inputs)))
     raise VJPUsageError(
-        f"inputs must be a tensor, a list of tensors or a dict name → tensor, not "
-        f"{type(inputs).__name__}."
+        f"inputs must be a tensor, a list of tensors, a dict name → tensor or an nn.Module, "
+        f"not {type(inputs).__name__}."
     )
+
+
+def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, torch.Tensor]:
+    """A module's parameters that require grad, named ``prefix.0.weight`` (or ``0.weight``)."""
+    found = {f"{prefix}.{name}" if prefix else name: parameter
+             for name, parameter in module.named_parameters() if parameter.requires_grad}
+    if not found:
+        what = prefix or type(module).__name__
+        raise VJPUsageError(f"{what} has no parameters that require grad.")
+    return found
+
+
+def _expanded(named: dict) -> dict[str, torch.Tensor]:
+    """Module values replaced by their parameters (named after the key)."""
+    if not any(isinstance(v, torch.nn.Module) for v in named.values()):
+        return named
+    expanded: dict = {}
+    for name, value in named.items():
+        if isinstance(value, torch.nn.Module):
+            expanded.update(module_parameters(value, name))
+        else:
+            expanded[name] = value
+    return expanded
 
 
 def check_output(output: object, name: str) -> torch.Tensor:
@@ -159,9 +189,9 @@ def unverified_notes(result) -> list[str]:
     which = ", ".join(names)
     return [
         f"The graph of {result.output_name} contains {which}, a custom autograd.Function: "
-        "these derivatives are what its backward computes, and vjp_magic cannot verify it "
-        "(check it with torch.autograd.gradcheck); the structure through it is only "
-        "observed at this input."
+        "these derivatives are what its backward computes, unverified (--gradcheck replays "
+        "the cell against finite differences); the structure through it is only observed at "
+        "this input."
     ]
 
 

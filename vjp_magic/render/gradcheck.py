@@ -18,15 +18,17 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
     spans.append(Text(". Largest error: "))
     for i, (name, error) in enumerate(report.max_error.items()):
         checked = report.checked.get(name)
-        spans += [Text(", " if i else ""), notation.prose_name(name),
-                  Text(f" {error:.1e}" + (f" ({checked:,} entries)" if checked else ""))]
+        entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'})" if checked else ""
+        spans += [Text(", " if i else ""), notation.prose_name(name), Text(f" {error:.1e}{entries}")]
     spans.append(Text("."))
     blocks = [Paragraph(tuple(spans), strong=not report.ok)]
     if not report.ok:
+        culprit = (" a custom autograd.Function's backward is the likely culprit."
+                   if report.custom else "")
         blocks.append(paragraph(
-            "The backward pass disagrees with the function's own values: a custom "
-            "autograd.Function's backward is the likely culprit. The derivatives shown are "
-            "what autograd computes, not the true derivatives."))
+            "The backward pass disagrees with the function's own values" + (":" if culprit
+            else ".") + culprit + " The derivatives below are what autograd computes, not "
+            "necessarily the true ones."))
     if report.note:
         blocks.append(paragraph(report.note))
     return (Section(tuple(blocks)),)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..run.record import FunctionApply
 from .arrays import as_array, wrap
 from .errors import Unsupported
 from .registry import ALIASES, apply, op_name, qualified, unreflect
@@ -19,6 +20,8 @@ _IDENTITY = {"requires_grad_", "retain_grad"}
 def call_name(func) -> tuple[str, str]:
     """(rule name, name as the user knows it) of a recorded call; property reads
     (``x.T``, ``x.data``) are named after the property."""
+    if isinstance(func, FunctionApply):  # a custom autograd.Function: no formula to derive
+        return func.__name__, f"the custom autograd.Function {func.function.__name__}"
     if getattr(func, "__name__", None) in ("__get__", "__set__"):
         prop = getattr(getattr(func, "__self__", None), "__name__", "?")
         return ALIASES.get(prop, prop), f"Tensor.{prop}"
