@@ -123,7 +123,8 @@ class VJPMagics(Magics):
         # gradients with respect to parameters named with --wrt
         record = args.symbolic or args.gradcheck or bool(args.wrt)
         run = run_cell(self.shell, cell, record_ops=record)
-        subject = FromCell(run, self.shell)
+        answer = args.check if args.check and args.check.isidentifier() else None
+        subject = FromCell(run, self.shell, exclude=(answer,) if answer else ())
         with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
             try:
                 result = pipeline(subject, self._request(

@@ -17,6 +17,7 @@ import torch
 from .core import analysis
 from .core import hessian as core_hessian
 from .core.hessian import HessianResult
+from .core.checks import unverified_notes
 from .core.errors import VJPUsageError
 from .core.result import VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -53,18 +54,23 @@ def pipeline(subject, request: Request) -> VJPResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    given = _per_sample(subject, inputs, output)
+    given = _per_sample(subject, inputs, output, request)
     result = _differentiate(output, inputs, output_name, request, given)
     graded, check_shown = _check(result, request, subject)
     gradcheck, gradcheck_shown = _gradcheck(result, request, subject, inputs)
     before, after = _teaching(result, request, subject.log)
     formulas, checks, shown = _symbolic(result, request, subject)
-    view = View(request.options, request.jacobian, check_shown + before + shown,
-                gradcheck_shown + after, explained=request.explain,
+    failed = gradcheck is not None and not gradcheck.ok  # a failed check goes first
+    view = View(request.options, request.jacobian,
+                check_shown + (gradcheck_shown if failed else ()) + before + shown,
+                (() if failed else gradcheck_shown) + after, explained=request.explain,
                 hidden=graded is not None and not request.reveal, pictured=request.picture)
+    notes = result.notes
+    if gradcheck is not None and gradcheck.max_error:  # its verdict replaces "unverified"
+        notes = [n for n in notes if n not in unverified_notes(result)]
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
                    view=view, symbolic=formulas, symbolic_check=checks, check=graded,
-                   gradcheck=gradcheck)
+                   gradcheck=gradcheck, notes=notes)
 
 
 def check(answer, output: torch.Tensor, inputs, names=None):
@@ -126,11 +132,13 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
 def _differentiate(output, inputs, output_name: str, request: Request,
                    given=None) -> VJPResult:
     """The numeric core; PyTorch's errors for a graph that can no longer be read, as advice."""
+    options = dict(request.analysis)
+    given = {**(given or {}), **(options.pop("given", None) or {})}  # the caller's own win
     try:
         return analysis.differentiate(  # the graph is kept until teaching has read it
             output, inputs, output_name=output_name, full=request.full,
-            memory_budget=request.memory_budget, keep_graph=True, given=given,
-            **request.analysis)
+            memory_budget=request.memory_budget, keep_graph=True, given=given or None,
+            **options)
     except RuntimeError as error:
         message = _graph_error_message(error, output_name, inputs)
         if message is None:
@@ -138,17 +146,14 @@ def _differentiate(output, inputs, output_name: str, request: Request,
         raise VJPUsageError(message) from None
 
 
-def _per_sample(subject, inputs: dict, output) -> dict | None:
+def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
     (the analysis uses them only if its probe agrees)."""
-    if getattr(subject, "record", None) is None:
+    if getattr(subject, "record", None) is None or request.full:
         return None
-    try:  # TODO(lead): drop once run/persample.py lands
-        from .run.persample import per_sample_jacobians
-    except ImportError:
-        return None
+    from .run.persample import per_sample_jacobians
 
-    return per_sample_jacobians(subject.record, inputs, output)
+    return per_sample_jacobians(subject.record, inputs, output, request.memory_budget)
 
 
 def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]:

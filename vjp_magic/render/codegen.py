@@ -51,8 +51,15 @@ def fresh(base: str, taken: set[str]) -> str:
 
 def expression(source: str) -> str:
     """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
-    ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``."""
+    ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``, and a module's
+    parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``."""
+    if _PARAMETER_NAME.fullmatch(source) and not _SIMPLE.fullmatch(source):
+        return _MODULE_INDEX.sub(r"[\1]", source)
     return source if _SIMPLE.fullmatch(source) else f"({source})"
+
+
+_PARAMETER_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
+_MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
 def derivative_name(input_name: str, taken: set[str] | None = None) -> str:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import ast
 import re
+import types
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from ..core.checks import named_inputs
+from ..core.checks import module_parameters, named_inputs
 from ..core.errors import VJPUsageError
 from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
 from .execute import CellRun, evaluate
@@ -36,6 +37,7 @@ class FromCell:
     run: CellRun
     scope: object
     chosen: object = None  # the output, once chosen (a final value that is not it is shown)
+    exclude: tuple = ()  # names never taken for the output (the answer of --check NAME)
 
     log = property(lambda self: self.run.log)
     record = property(lambda self: self.run.record)
@@ -47,8 +49,10 @@ class FromCell:
             name, self.chosen = of, lookup(self.scope, of, "--of")
             return name, self.chosen
         run = self.run
+        assigned = [n for n in run.assigned if n not in self.exclude]
+        final = None if run.final_source in self.exclude else run.final_value
         try:
-            name, self.chosen = choose_output(run.found, run.assigned, run.final_value,
+            name, self.chosen = choose_output(run.found, assigned, final,
                                               run.final_source, used=run.reads)
         except VJPUsageError as error:
             raise VJPUsageError(number_output_hint(run.found, run.assigned) or str(error)) \
@@ -135,12 +139,59 @@ def lookup(scope, source: str, role: str):
 
 
 def named(scope, names, output, output_name: str, role: str) -> dict:
-    """The inputs the user named (``--wrt x w``, ``%jacobian y wrt x``)."""
-    inputs = {name: lookup(scope, name, role) for name in names}
+    """The inputs the user named (``--wrt x w``, ``%jacobian y wrt x``); a module
+    (``--wrt mlp``) or its ``mlp.parameters()`` stands for all its parameters, named
+    ``mlp.0.weight`` as ``named_parameters()`` spells them."""
+    inputs: dict = {}
+    for name in names:
+        inputs.update(_expand(scope, name, lookup(scope, name, role)))
     for name, value in inputs.items():
         if _made_off_graph(name, value, output):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name))
     return inputs
+
+
+def _expand(scope, source: str, value) -> dict:
+    """One named input, or the parameters a module or a parameter iterator stands for."""
+    if isinstance(value, torch.nn.Module):
+        return module_parameters(value, source)
+    if not isinstance(value, (types.GeneratorType, list, tuple)):
+        return {source: value}
+    items = list(value)
+    pairs = [i for i in items if isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)]
+    pairs = pairs if len(pairs) == len(items) else []  # named_parameters()
+    tensors = [pair[1] for pair in pairs] if pairs else items
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        return {source: value if not isinstance(value, types.GeneratorType) else items}
+    base = re.fullmatch(r"\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\s*\.\s*(?:named_)?"
+                        r"parameters\s*\(\s*\)\s*", source)
+    owner = lookup(scope, base.group(1), "--wrt") if base else None
+    if isinstance(owner, torch.nn.Module):
+        spelled = {id(p): f"{base.group(1)}.{n}" for n, p in owner.named_parameters()}
+    elif pairs:
+        spelled = {id(p): n for n, p in pairs}
+    else:
+        spelled = _namespace_parameter_names(scope)
+    found = {spelled.get(id(t), f"{source}[{i}]"): t for i, t in enumerate(tensors)
+             if t.requires_grad}
+    if not found:
+        raise VJPUsageError(f"{source} holds no tensors that require grad.")
+    return found
+
+
+def _namespace_parameter_names(scope) -> dict:
+    """id(tensor) -> its name in the user's namespace: ``module.0.weight`` for the parameters
+    of the modules there, else the tensor's own name."""
+    spelled: dict = {}
+    visible = [(n, v) for n, v in scope.user_ns.items() if is_visible_name(n)]
+    for name, value in visible:
+        if isinstance(value, torch.nn.Module):
+            for pname, parameter in value.named_parameters():
+                spelled.setdefault(id(parameter), f"{name}.{pname}")
+    for name, value in visible:
+        if isinstance(value, torch.Tensor):
+            spelled.setdefault(id(value), name)
+    return spelled
 
 
 def found_inputs(scope, output, output_name: str, assigned) -> dict:
