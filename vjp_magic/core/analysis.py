@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import axisflow, checks, memory, structure
+from . import axisflow, checks, dependency, memory, structure
 from .checks import check_output, named_inputs
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
@@ -174,12 +174,14 @@ class _Context:
         return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
                               max_chunk=self.max_chunk, workspace=self.workspace, first=first)
 
-    def refuse_if_over(self, nbytes: int, count: int) -> None:
+    def refuse_if_over(self, nbytes: int, count: int, named=(), point_out=()) -> None:
+        """Refuse over the budget, saying where a rejected pairing broke (for ``named``)."""
         advice = memory.DEFAULT_ADVICE + (
             ", or let the point structure work (drop --full)" if self.full else "")
-        memory.refuse_if_over(
-            nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} backward "
-            "passes)", advice=advice)
+        with dependency.verdict_on_refusal(self, dict(named), point_out):
+            memory.refuse_if_over(
+                nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} "
+                "backward passes)", advice=advice)
 
 
 class _Probes:
@@ -357,7 +359,8 @@ def _from_verified_pairings(context, named, candidates, probes):
         group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
         count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
         context.refuse_if_over(
-            count * sum(named[n].numel() for n in group) * output.element_size(), count)
+            count * sum(named[n].numel() for n in group) * output.element_size(), count,
+            {n: named[n] for n in group}, point_out)
         forward = [n for n in group if count == output.numel() and candidates[n][position[n]].proved
                    and _prefers_forward(output, named[n])]
         for name in forward:

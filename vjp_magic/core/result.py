@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import memory
+from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .pairing import Pairing
 
@@ -173,6 +174,13 @@ class VJPResult:
         # exactly 0 between different points (never -0, nor 0 × inf = NaN)
         return torch.where(same_point, values, torch.zeros((), dtype=values.dtype,
                                                            device=values.device))
+
+    def dependency(self, name: str | None = None, out_axis: int = 0,
+                   in_axis: int = 0) -> Dependency:
+        """Which indices of the output along ``out_axis`` depend on which of input ``name``
+        along ``in_axis`` (exact, read off the derivatives; no backward): ``.kind``,
+        ``.witness`` (``.describe()``: ``y[1] ← x[0]``), ``.offsets``, ``.pattern``."""
+        return from_result(self, self._name(name), out_axis, in_axis)
 
     def _name(self, name: str | None) -> str:
         if name is None:

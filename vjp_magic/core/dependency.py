@@ -1,0 +1,395 @@
+"""Dependency patterns: which entries along an output axis read which entries along an input
+axis, and a verdict on the pattern's shape.
+
+``pattern[i, j]`` is True when some entry of the output with index ``i`` along ``out_axis``
+has a non-zero derivative with respect to some entry of the input with index ``j`` along
+``in_axis`` (exact zeros only: the structure at the evaluated point). Two ways to get it:
+
+- :func:`from_result`: exact, from a result's structured derivatives (no graph needed);
+- :func:`probe_pattern` (and :func:`dependency`): from a live graph, without the Jacobian, by
+  batched random probes vᵀJ supported on sets of output indices (an adaptive group test).
+
+:func:`verdict` names the smallest band of diagonals that holds every dependence.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from . import axisflow, memory, structure
+from .derivatives import chunk_size, vjp_batch
+from .errors import VJPUsageError
+from .torch_api import TorchError, torch_error
+
+KINDS = ("independent", "lower-triangular", "upper-triangular", "band", "dense")
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """The pattern of dependences between two axes, and its verdict.
+
+    ``kind``: one of :data:`KINDS`; ``witness``: the first dependence (row-major) that the
+    nearest simpler kind forbids, as (output index, input index), None for "independent";
+    ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle;
+    ``pattern``: bool, (output axis size × input axis size); ``evidence``: "proved" or
+    "observed" (read off a result, as its pairing is known) or "probed" (random probes).
+    """
+
+    kind: str
+    witness: tuple[int, int] | None
+    offsets: tuple[int, int] | None
+    pattern: torch.Tensor = field(repr=False, compare=False)
+    out_axis: int = 0
+    in_axis: int = 0
+    evidence: str = "probed"
+
+    def describe(self, output_name: str = "y", input_name: str = "x") -> str:
+        """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
+        if self.witness is None:
+            return (f"{_index(output_name, self.out_axis, 'i')} ← "
+                    f"{_index(input_name, self.in_axis, 'i')} only")
+        i, j = self.witness
+        return f"{_index(output_name, self.out_axis, i)} ← {_index(input_name, self.in_axis, j)}"
+
+    def summary(self) -> str:
+        """``band, offsets −1..0`` (the kind, and the offsets where it has them)."""
+        if self.offsets is None:
+            return self.kind
+        lo, hi = (str(o).replace("-", "−") for o in self.offsets)
+        return f"{self.kind}, offsets {lo}..{hi}"
+
+
+def _index(name: str, axis: int, index) -> str:
+    return f"{name}[{':, ' * axis}{index}]"
+
+
+# -- the verdict ----------------------------------------------------------------------------
+def verdict(pattern: torch.Tensor) -> tuple[str, tuple[int, int] | None, tuple[int, int] | None]:
+    """``(kind, witness, offsets)`` of an (m × n) boolean pattern.
+
+    With lo..hi the offsets j − i of the dependences, the kind is the smallest band of
+    diagonals holding them all, named by the corners it reaches (the lower one, (m−1, 0), is
+    offset −(m−1); the upper one, (0, n−1), offset n−1):
+
+    - "independent": only i == j (or nothing at all);
+    - "dense": both corners;
+    - "lower-triangular": the lower corner and hi ≤ 0 (causal: y[t] reads x[s], s ≤ t, back
+      to the first); "upper-triangular" mirrors it;
+    - "band" otherwise (a leak y[1] ← x[0] alone is the band −1..0, not "causal"; a mask that
+      also lets t see t + 1 is the band −(m−1)..1).
+
+    The witness is the first dependence (row-major) the nearest simpler kind forbids: for a
+    triangle or a band reaching no corner, the first off the diagonal; for a band reaching the
+    lower corner, or dense, the first above it (j > i); for a band reaching the upper corner,
+    the first below it. Offsets are given for triangles and bands.
+    """
+    pattern = pattern.to(torch.bool)
+    m, n = pattern.shape
+    rows, cols = pattern.nonzero(as_tuple=True)  # row-major order
+    offset = cols - rows
+    if offset.numel() == 0 or bool((offset == 0).all()):
+        return "independent", None, None
+    lo, hi = int(offset.min()), int(offset.max())
+    low, high = lo == -(m - 1), hi == n - 1
+    if low and high:
+        kind, forbidden = "dense", offset > 0
+    elif low and hi <= 0:
+        kind, forbidden = "lower-triangular", offset != 0
+    elif high and lo >= 0:
+        kind, forbidden = "upper-triangular", offset != 0
+    else:
+        kind = "band"
+        forbidden = offset > 0 if low else offset < 0 if high else offset != 0
+    if not bool(forbidden.any()):  # degenerate shapes (one column): off the diagonal
+        forbidden = offset != 0
+    first = int(forbidden.nonzero()[0])
+    witness = (int(rows[first]), int(cols[first]))
+    return kind, witness, (None if kind == "dense" else (lo, hi))
+
+
+def _dependency(pattern, out_axis, in_axis, evidence) -> Dependency:
+    kind, witness, offsets = verdict(pattern)
+    return Dependency(kind, witness, offsets, pattern, out_axis, in_axis, evidence)
+
+
+def _axis(axis, ndim: int, what: str) -> int:
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < ndim:
+        raise VJPUsageError(f"No axis {axis!r} in the {what}: it has {ndim} "
+                            f"axis{'' if ndim == 1 else 'es'} (0 to {ndim - 1}, or negative).")
+    return axis % ndim
+
+
+# -- exact, from a result -------------------------------------------------------------------
+def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
+    """The exact pattern, read off ``result.inputs[name]`` (pairing and derivatives)."""
+    item = result.inputs[name]
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    a = _axis(out_axis, len(out_shape), f"output ({len(out_shape)}-d)")
+    b = _axis(in_axis, len(in_shape), f"input {name} ({len(in_shape)}-d)")
+    m, n = out_shape[a], in_shape[b]
+    budget = result.memory_budget or memory.resolve_budget(None, result.output.device)
+    memory.refuse_if_over(m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
+                          advice="Take a smaller slice")
+    nonzero = item.derivatives != 0  # component shape + input shape
+    paired = item.pairing.out_to_in()
+    components = [c for c in range(len(out_shape)) if c not in paired]
+    k = len(components)
+    if a not in paired:  # a component axis: its index is D's
+        pattern = _plane(nonzero, components.index(a), k + b)
+    elif paired[a] == b:  # the same points: dependences on the diagonal only
+        pattern = _plane(nonzero, k + b, k + b)
+    else:  # y's index along a is x's index along the axis paired with a
+        pattern = _plane(nonzero, k + paired[a], k + b)
+    return _dependency(pattern.cpu(), a, b, item.evidence)
+
+
+def _plane(nonzero: torch.Tensor, first: int, second: int) -> torch.Tensor:
+    """Any non-zero, reduced onto the (first, second) axes (the same axis twice: a diagonal)."""
+    if first == second:
+        keep = [d for d in range(nonzero.dim()) if d != first]
+        line = nonzero.permute(first, *keep).reshape(nonzero.shape[first], -1).any(1)
+        return torch.diag(line)
+    keep = [d for d in range(nonzero.dim()) if d not in (first, second)]
+    m, n = nonzero.shape[first], nonzero.shape[second]
+    return nonzero.permute(first, second, *keep).reshape(m, n, -1).any(2)
+
+
+# -- from a live graph, by probes -----------------------------------------------------------
+class _OverTime(Exception):
+    """Probing would take longer than it was allowed."""
+
+
+class _Prober:
+    """Which input indices (along ``b``) sets of output indices (along ``a``) reach.
+
+    A probe is a random vector of entries ±(1..2) on the set's slices of the output and 0
+    elsewhere; vᵀJ is non-zero at an input index exactly when some output entry of the set
+    has a non-zero derivative there (barring an exact cancellation: the final check).
+    """
+
+    def __init__(self, output, x, a, b, budget, max_seconds=None, seed: int = 7, limit=None):
+        self.output, self.x, self.a, self.b, self.budget = output, x, a, b, budget
+        # each probe of a batch holds its own copy of every gradient on the graph
+        self.limit = limit or chunk_size(output, [x], budget, axisflow.prove(output, x).workspace)
+        generator = torch.Generator().manual_seed(structure._PROBE_SEED + seed)
+        r = torch.rand(tuple(output.shape), generator=generator) * 2 - 1  # ±(1..2): r + sign r
+        self.values = (r + r.sign()).to(dtype=output.dtype, device=output.device)
+        self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
+
+    def vectors(self, sets: torch.Tensor) -> torch.Tensor:
+        """One random vector restricted to each set: every probe's answer holds on its own
+        (a cancellation needs a relation among the values on the set, which has chance 0)."""
+        on = sets.to(device=self.output.device, dtype=self.output.dtype)
+        on = on.reshape((len(sets),) + tuple(-1 if d == self.a else 1
+                                              for d in range(self.output.dim())))
+        return self.values * on
+
+    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
+        self._check_time(len(sets))
+        parts = []
+        for start in range(0, len(sets), self.limit):
+            part = sets[start:start + self.limit]
+            (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
+            g = g.detach().ne(0).movedim(1 + self.b, 1)
+            parts.append(g.reshape(len(part), g.shape[1], -1).any(2).cpu())
+            self.count += len(part)
+        return torch.cat(parts)
+
+    def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """One probe per output index in ``rows``: (len(rows) × n_in)."""
+        self._check_time(len(rows))
+        parts = []
+        for start in range(0, len(rows), self.limit):
+            chunk = rows[start:start + self.limit]
+            sets = torch.zeros(len(chunk), self.output.shape[self.a], dtype=torch.bool)
+            sets[torch.arange(len(chunk)), chunk] = True
+            parts.append(self.hits(sets, batched))
+        return torch.cat(parts)
+
+    def _check_time(self, more: int) -> None:
+        if self.max_seconds is None or not self.count:
+            return
+        spent = time.perf_counter() - self.began
+        if spent + more * spent / self.count > self.max_seconds:
+            raise _OverTime
+
+
+def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis: int,
+                  budget: int | float | None = None, max_seconds: float | None = None,
+                  ) -> Dependency:
+    """The pattern from a live graph, without the Jacobian (``budget``: bytes, a fraction of
+    free memory, or the default): bit-coded probes, halving for what they leave open, a check
+    with fresh probes, and one probe per output index if the check disagrees."""
+    a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
+    b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")
+    budget = memory.resolve_budget(budget, output.device)
+    m, n = output.shape[a], x.shape[b]
+    memory.refuse_if_over(2 * m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
+                          advice="Take a smaller slice")
+    prober = _Prober(output, x, a, b, budget, max_seconds)
+    pattern = _group_test(prober, m, n)
+    if not _confirmed(prober, pattern):
+        pattern = prober.row_hits(torch.arange(m), batched=False)
+    return _dependency(pattern, a, b, "probed")
+
+
+def _group_test(prober: _Prober, m: int, n: int) -> torch.Tensor:
+    """Bit b of i and its complement, for every bit: a column read by one output index i
+    answers each pair once, spelling i; the rest (several indices) go to :func:`_halving`."""
+    bits = (m - 1).bit_length()
+    if bits == 0:
+        return prober.hits(torch.ones(1, 1, dtype=torch.bool))
+    index = torch.arange(m)
+    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)])
+    answers = prober.hits(torch.cat([on, ~on])).reshape(2, bits, n)
+    one = (answers[0] ^ answers[1]).all(0)
+    row = (answers[0].long() << torch.arange(bits)[:, None]).sum(0)
+    single = one & (row < m)
+    empty = ~(answers[0] | answers[1]).any(0)
+    pattern = torch.zeros(m, n, dtype=torch.bool)
+    columns = single.nonzero().flatten()
+    pattern[row[columns], columns] = True
+    open_ = (~single & ~empty).nonzero().flatten()
+    if open_.numel():
+        pattern[:, open_] = _halving(prober, m, open_)
+    return pattern
+
+
+def _halving(prober: _Prober, m: int, columns: torch.Tensor) -> torch.Tensor:
+    """The rows of ``columns`` (each read by several output indices): halve the blocks of
+    output indices that some column reaches, a level per batched call, or probe each row of
+    the blocks still open when the blocks keep branching (a triangle, a band)."""
+    size = 1 << (m - 1).bit_length()
+    active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
+    previous = 1
+    while size > 1:
+        live = active.any(1).nonzero().flatten()
+        rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
+        levels = size.bit_length() - 1
+        growth = len(live) / previous
+        if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
+            return _rows_of_blocks(prober, m, live, size, columns)
+        size //= 2
+        children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
+        children = children[children * size < m]
+        answers = prober.hits(_blocks(children, size, m))[:, columns]
+        active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
+        active_next[children] = answers & active[children // 2]
+        active, previous = active_next, len(live)
+    return active[:m]
+
+
+def _blocks(blocks: torch.Tensor, size: int, m: int) -> torch.Tensor:
+    """(k × m) sets: output indices ``block * size ..`` of each block."""
+    index = torch.arange(m)
+    return (index[None, :] // size) == blocks[:, None]
+
+
+def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
+    """One probe per output index of the live blocks."""
+    rows = (live[:, None] * size + torch.arange(size)[None, :]).flatten()
+    rows = rows[rows < m]
+    pattern = torch.zeros(m, len(columns), dtype=torch.bool)
+    pattern[rows] = prober.row_hits(rows)[:, columns]
+    return pattern
+
+
+def _confirmed(prober: _Prober, pattern: torch.Tensor) -> bool:
+    """The bit-coded sets again and two random halves, with fresh values, in one batched
+    call, and the first half again from a plain backward: the input indices each set reaches
+    must be those the pattern predicts (a dependence missed by a cancellation shows here),
+    and the plain backward must agree with the batched one (a batching rule gone wrong)."""
+    m = pattern.shape[0]
+    bits = (m - 1).bit_length()
+    index = torch.arange(m)
+    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)]) if bits else \
+        torch.ones(1, m, dtype=torch.bool)
+    generator = torch.Generator().manual_seed(structure._PROBE_SEED + 11)
+    sets = torch.cat([torch.rand(2, m, generator=generator) < 0.5, on, ~on])
+    fresh = _Prober(prober.output, prober.x, prober.a, prober.b, prober.budget, seed=12,
+                    limit=prober.limit)
+    fresh.began, fresh.max_seconds, fresh.count = prober.began, prober.max_seconds, prober.count
+    observed = fresh.hits(sets)
+    plain = fresh.hits(sets[:1], batched=False)
+    return torch.equal(observed, _reached(sets, pattern)) and torch.equal(plain, observed[:1])
+
+
+def _reached(sets: torch.Tensor, pattern: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """(k × m) sets, (m × n) pattern → (k × n): which input indices each set reaches."""
+    rows_, cols = pattern.nonzero(as_tuple=True)
+    if len(rows_) <= 16 * sum(pattern.shape):  # few dependences (a diagonal, leaks)
+        counts = torch.zeros(len(sets), pattern.shape[1])
+        return counts.index_add_(1, cols, sets[:, rows_].float()) > 0
+    reached = torch.zeros(len(sets), pattern.shape[1], dtype=torch.bool)
+    for start in range(0, pattern.shape[0], rows):
+        part = pattern[start:start + rows]
+        if part.any():
+            reached |= (sets[:, start:start + rows].float() @ part.float()) > 0
+    return reached
+
+
+# -- a memory refusal that says where the structure broke ------------------------------------
+REFUSAL_SECONDS = 5.0  # a refusal waits at most about this long for its verdict
+
+
+@contextmanager
+def verdict_on_refusal(context, named: dict, point_out=()):
+    """Around the analysis's memory refusal: when a larger pairing was rejected (or, with
+    none tried, the shapes propose one), re-raise it saying where the structure breaks, with
+    the :class:`Dependency` as ``error.dependency``. ``context`` has ``output``,
+    ``output_name``, ``rejected`` (name → pairings) and ``budget``; ``named``: the inputs
+    refused; ``point_out``: the output axes already taken as points."""
+    try:
+        yield
+    except VJPUsageError as error:
+        found = _refusal_dependency(context, named, point_out)
+        if found is None:
+            raise
+        name, dep = found
+        y = context.output_name
+        refusal = VJPUsageError(
+            f"{error} {y} is not independent of {name} along axis {dep.out_axis}: "
+            f"{dep.describe(y, name)} (pattern: {dep.summary()}).")
+        refusal.dependency = dep
+        raise refusal from None
+
+
+def _refusal_dependency(context, named, point_out):
+    """(name, the first non-independent pattern) over the suspect axis pairs, or None."""
+    for name, x in named.items():
+        rejected = list(context.rejected.get(name, ()))[:1]
+        proposed = rejected or structure.candidate_pairings(context.output.shape, x.shape, 1)[:1]
+        pairs = [(a, b) for a, b in (proposed[0] if proposed else ())
+                 if a not in point_out and x.shape[b] > 1][:2]
+        for a, b in pairs:
+            try:
+                dep = probe_pattern(context.output, x, a, b, context.budget, REFUSAL_SECONDS)
+            except (_OverTime, VJPUsageError):  # too long to wait for, or too large
+                return None
+            if dep.kind != "independent":
+                return name, dep
+    return None
+
+
+def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
+               memory_budget: int | float | None = None) -> Dependency:
+    """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
+    with a verdict (``.kind``, ``.witness``, ``.offsets``, ``.pattern``), from the live
+    autograd graph without computing the Jacobian. ``x.grad`` is never changed."""
+    if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
+        raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
+    if output.grad_fn is None or not x.requires_grad:
+        raise VJPUsageError("The output must be computed from x with autograd on: make x "
+                            "with requires_grad=True and compute the output outside no_grad.")
+    try:
+        return probe_pattern(output, x, out_axis, in_axis, memory_budget)
+    except RuntimeError as error:
+        if torch_error(error) is not TorchError.SECOND_PASS:
+            raise
+        raise VJPUsageError("The output's graph was freed by a backward pass without "
+                            "retain_graph=True: compute the output again.") from None
