@@ -6,6 +6,7 @@
 """
 from importlib.metadata import PackageNotFoundError, version
 
+from .core.dependency import Dependency, dependency
 from .core.errors import VJPUsageError
 from .core.result import GradientList, VJPResult
 from .pipeline import check, differentiate, hessian
@@ -16,7 +17,7 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["check", "differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
+__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

@@ -16,6 +16,7 @@ import torch
 from . import notation
 from .codegen import component_loop, display_loop, expression, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
+from .findings import sensitivity_formula, structure_findings
 from .indices import index_formula
 from .matrix import (Block, layout, multi_index, reserve, summary_indices, tensor_block,
                      width)
@@ -34,6 +35,7 @@ def derivatives_sections(result, options, jacobian: bool = False,
         blocks: list = []
         for name in group:
             blocks.append(headline(result, name))
+            blocks.extend(structure_findings(result, name, options))
             indexed = index_formula(result, name)
             if indexed is not None:
                 blocks.append(indexed)
@@ -46,6 +48,9 @@ def derivatives_sections(result, options, jacobian: bool = False,
             blocks.append(CodeBlock(display_loop(result, used)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
+                summary = sensitivity_formula(result, name, options)
+                if summary is not None:
+                    blocks.append(summary)
         sections.append(Section(tuple(blocks)))
     notes = note_paragraphs(result)
     if notes:

@@ -1,0 +1,254 @@
+"""What the derivatives say to a practitioner, as document nodes: where a structure breaks,
+the shape of a full Jacobian along a shared axis, and per-feature sensitivities at many points.
+
+- a rejected pairing: "The rows of y are not independent of the rows of x: y[1] ← x[0] ...";
+- a full Jacobian whose output and input share an axis: one line with the verdict (causal,
+  a band and its offsets, dense, independent);
+- many points: per feature (component × entry of a point) the mean |∂y/∂x| over the points
+  and the largest, with the point where it is.
+
+Everything is read off the result (:func:`vjp_magic.core.dependency.from_result`): no backward.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import structure
+from ..core.dependency import Dependency, from_result
+from ..core.errors import VJPUsageError
+from . import notation
+from .codegen import output_symbol
+from .document import Entry, Formula, Math, Matrix, Paragraph, Section, Text
+from .matrix import VDOTS, multi_index, summary_indices
+from .numbers import alone, choose_format, plural, significant_digits
+
+
+def findings_sections(result, options) -> tuple[Section, ...]:
+    """Per input: where a pairing broke or the verdict along a shared axis, and the
+    sensitivities at many points; nothing when there is nothing to say."""
+    blocks: list = []
+    for name in result.inputs:
+        blocks.extend(structure_findings(result, name))
+        summary = sensitivity_formula(result, name, options)
+        if summary is not None:
+            blocks.append(summary)
+    return (Section(tuple(blocks)),) if blocks else ()
+
+
+# -- where the structure breaks -------------------------------------------------------------
+def structure_findings(result, name: str, options=None) -> list[Paragraph]:
+    """A rejected pairing's break, else (full Jacobian) the verdict along a shared axis (not
+    "dense" for a Jacobian shown in full beneath: it shows that itself)."""
+    item = result.inputs[name]
+    if item.unused:
+        return []
+    broken = _broken(result, name)
+    if broken is not None:
+        return [_break_line(result, name, broken)]
+    if item.has_points or result.output.dim() == 0:
+        return []
+    verdicts = [d for d in (_read(result, name, a, b) for a, b in _shared_axes(result, name))
+                if d is not None]
+    verdicts.sort(key=lambda dep: _PREFERENCE[dep.kind])
+    if not verdicts or (verdicts[0].kind == "dense" and options is not None
+                        and max(verdicts[0].pattern.shape) <= options.threshold):
+        return []
+    return [_verdict_line(result, name, verdicts[0])]
+
+
+# Which shared axis the line speaks of: the most telling verdict (a conv's band along its
+# positions, not the dense mixing of its channels).
+_PREFERENCE = {"lower-triangular": 0, "upper-triangular": 0, "band": 0, "independent": 1,
+               "dense": 2}
+
+
+def _broken(result, name: str) -> Dependency | None:
+    """The first pair of the best rejected pairing (not kept) whose pattern is not diagonal."""
+    item = result.inputs[name]
+    if not item.rejected:
+        return None
+    kept = set(item.pairing.out_axes)
+    for a, b in item.rejected[0]:
+        if a not in kept and item.tensor.shape[b] > 1:
+            found = _read(result, name, a, b)
+            if found is not None and found.kind != "independent":
+                return found
+    return None
+
+
+def _read(result, name: str, a: int, b: int) -> Dependency | None:
+    """The pattern, or None when it would not fit the memory budget (the display goes on)."""
+    try:
+        return from_result(result, name, a, b)
+    except VJPUsageError:
+        return None
+
+
+def _shared_axes(result, name: str) -> list[tuple[int, int]]:
+    """The output and input axes the shapes would pair first (equal sizes over 1)."""
+    shape = tuple(result.inputs[name].tensor.shape)
+    proposals = structure.candidate_pairings(tuple(result.output.shape), shape, 1)
+    return [(a, b) for a, b in (proposals[0] if proposals else ()) if shape[b] > 1]
+
+
+def _axis_word(shape, axis: int, plural_: bool = True) -> str:
+    """``rows``, ``columns``, ``entries`` or ``entries along axis 2``."""
+    if len(shape) == 1:
+        return "entries" if plural_ else "entry"
+    if len(shape) == 2:
+        return ("rows" if plural_ else "row") if axis == 0 else (
+            "columns" if plural_ else "column")
+    return f"entries along axis {axis}" if plural_ else f"index along axis {axis}"
+
+
+def _indexed(identifier: str, axis: int, index: str) -> Math:
+    """``y[1]`` or ``y[:, t]`` as maths."""
+    lead = ":, " * axis
+    tex_lead = r":,\, " * axis
+    tex = f"{notation.name_tex(identifier)}[{tex_lead}{index}]"
+    return Math(tex, f"{identifier}[{lead}{index}]")
+
+
+def _witness(dep: Dependency, y: str, x: str) -> Math:
+    i, j = dep.witness
+    left, right = _indexed(y, dep.out_axis, str(i)), _indexed(x, dep.in_axis, str(j))
+    return Math(f"{left.tex} \\leftarrow {right.tex}", f"{left.plain} ← {right.plain}")
+
+
+def _break_line(result, name: str, dep: Dependency) -> Paragraph:
+    """"The rows of y are not independent of the rows of x: y[1] ← x[0] (row 1 of y reads
+    row 0 of x); the derivatives below are the full Jacobian." """
+    item = result.inputs[name]
+    y = output_symbol(result)
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    yn, xn = notation.prose_name(y), notation.prose_name(name)
+    i, j = dep.witness
+    kept = [b for b in item.pairing.in_axes if in_shape[b] > 1]
+    rest = ([Text(f"); the derivatives below take only the "
+                  f"{' and '.join(_axis_word(in_shape, b) for b in kept)} of "), xn,
+             Text(" as points.")] if kept else
+            [Text("); the derivatives below are the full Jacobian.")])
+    return Paragraph((
+        Text(f"The {_axis_word(out_shape, dep.out_axis)} of "), yn,
+        Text(f" are not independent of the {_axis_word(in_shape, dep.in_axis)} of "), xn,
+        Text(": "), _witness(dep, y, name),
+        Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
+        Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn, *rest))
+
+
+def _shift(offset: int) -> tuple[str, str]:
+    """``t - 3``, ``t``, ``t + 1`` (TeX, plain)."""
+    if offset == 0:
+        return "t", "t"
+    sign = "+" if offset > 0 else "-"
+    return f"t {sign} {abs(offset)}", f"t {'+' if offset > 0 else '−'} {abs(offset)}"
+
+
+def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
+    """One line: how y[t] reads x[s] along the shared axis, and the kind."""
+    y = output_symbol(result)
+    yt, xs = _indexed(y, dep.out_axis, "t"), _indexed(name, dep.in_axis, "s")
+    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    lead = [Text(f"Along the {_axis_word(out_shape, dep.out_axis)} of "),
+            notation.prose_name(y), Text(f" and the {_axis_word(in_shape, dep.in_axis)} of "),
+            notation.prose_name(name), Text(": "), yt, Text(" reads ")]
+    if dep.kind == "independent":
+        return Paragraph((*lead, _indexed(name, dep.in_axis, "t"),
+                          Text(" only (independent).")))
+    if dep.kind == "dense":
+        return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
+                          Text(" as well as before ("), _witness(dep, y, name),
+                          Text("): dense.")))
+    if dep.kind == "lower-triangular":
+        bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
+    elif dep.kind == "upper-triangular":
+        bound, words = Math(r"s \ge t", "s ≥ t"), "upper-triangular"
+    else:
+        (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
+        bound = Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
+        words = f"a band, offsets {dep.summary().split('offsets ')[1]}"
+    first = [Text(", first "), _witness(dep, y, name)] if dep.witness else []
+    return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *first,
+                      Text(").")))
+
+
+# -- sensitivities at many points -----------------------------------------------------------
+def sensitivity(result, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per feature (component, then entry of a point; row-major): the mean |∂y/∂x| over the
+    points, the largest, and the point where it is (flat, row-major over the paired input
+    axes in the input's order)."""
+    item = result.inputs[name]
+    d = item.derivatives.detach().abs()
+    k = len(result.component_shape(name))
+    paired = sorted(k + b for b in item.pairing.in_axes)
+    features = [a for a in range(d.dim()) if a not in paired]
+    flat = d.permute(features + paired).reshape(
+        math.prod(d.shape[a] for a in features), math.prod(d.shape[a] for a in paired))
+    largest, where = flat.max(dim=1)
+    return flat.mean(dim=1, dtype=torch.float64), largest, where
+
+
+def sensitivity_formula(result, name: str, options) -> Formula | None:
+    """|∂y/∂x| over the points: mean, largest and where, one row per feature (a few
+    rows, numpy-style, when there are many); None unless there are many points."""
+    item = result.inputs[name]
+    if (result.full or item.unused or not item.has_points
+            or item.point_count <= options.threshold):
+        return None
+    mean, largest, where = sensitivity(result, name)
+    shown = summary_indices(len(mean), options.threshold, options.edgeitems)
+    digits = significant_digits(item.derivatives.dtype, options.precision)
+    values = [float(t[f]) for f in shown if f is not None for t in (mean, largest)]
+    fmt = alone(choose_format(values, digits))
+    label = _feature_label(result, name)
+    point_shape = [item.tensor.shape[b] for b in sorted(item.pairing.in_axes)]
+    rows, labels = [], []
+    for f in shown:
+        if f is None:
+            rows.append((VDOTS, VDOTS, VDOTS))
+            labels.append(VDOTS)
+            continue
+        at = multi_index(int(where[f]), point_shape)
+        at_text = str(at[0]) if len(at) == 1 else "(" + ", ".join(map(str, at)) + ")"
+        rows.append((fmt.spell(float(mean[f])), fmt.spell(float(largest[f])),
+                     Entry(at_text, at_text)))
+        labels.append(label(f))
+    header = (Entry(r"\mathrm{mean}", "mean"), Entry(r"\max", "max"), Entry("i", "at i"))
+    lhs = notation.partial(output_symbol(result), name)
+    caption = (Text(f"Over the {plural(item.point_count, 'point')} "), notation.point(name),
+               Text(f": the mean and the largest size per feature ({len(mean):,} in all), "
+                    "and the point i where the largest is."))
+    return Formula(Math(rf"\left|{lhs.tex}\right|", f"|{lhs.plain}|"),
+                   Matrix(tuple(rows), tuple(labels), header), None, caption)
+
+
+def _feature_label(result, name: str):
+    """Row labels: ``f'``, ``f_1'``, ``∂f/∂x_2``, ``∂f_1/∂x_{0,2}`` (component, entry)."""
+    item = result.inputs[name]
+    comp = result.component_shape(name)
+    paired = set(item.pairing.in_axes)
+    entry = tuple(n for b, n in enumerate(item.tensor.shape) if b not in paired)
+    x_tex, entries = notation.name_tex(name), math.prod(entry)
+
+    def label(flat: int) -> Entry:
+        c, e = divmod(flat, entries)
+        sub = ",".join(map(str, multi_index(c, comp)))
+        f_tex, f_plain = (f"f_{{{sub}}}", f"f_{sub}") if comp else ("f", "f")
+        if entries == 1:
+            return Entry(f"{f_tex}'", f"{f_plain}'")
+        at = ",".join(map(str, multi_index(e, entry)))
+        return Entry(rf"\partial {f_tex}/\partial {x_tex}_{{{at}}}", f"∂{f_plain}/∂{name}[{at}]")
+
+    return label
+
+
+def point_rows(result, name: str, options):
+    """Row labels ``i=0``, ``i=1``, … for a derivative matrix whose rows are the points (a
+    2-d input at many points along axis 0), else None: which point a summarised row is."""
+    item = result.inputs[name]
+    if (item.tensor.dim() != 2 or result.full or tuple(item.pairing.in_axes) != (0,)
+            or item.point_count <= options.threshold):
+        return None
+    return lambda r: Entry(f"i{{=}}{r}", f"i={r}")
