@@ -33,8 +33,12 @@ def derivatives_sections(result, options, jacobian: bool = False,
     sections = [Section((shapes(result),))]
     for group in point_groups(result):
         blocks: list = []
+        shared = shared_headline(result, group) if not jacobian else None
+        if shared is not None:
+            blocks.append(shared)
         for name in group:
-            blocks.append(headline(result, name))
+            if shared is None:
+                blocks.append(headline(result, name))
             blocks.extend(structure_findings(result, name, options))
             indexed = index_formula(result, name)
             if indexed is not None:
@@ -164,6 +168,28 @@ def headline(result, name: str) -> Paragraph:
     else:
         spans.append(Text("."))
     return Paragraph(tuple(spans))
+
+
+def shared_headline(result, group: list[str]) -> Paragraph | None:
+    """One sentence for several inputs with no points (a model's parameters): the output's
+    entries, each a gradient of its own (per sample where the output is one value per
+    sample); None where the inputs need a sentence each."""
+    items = [result.inputs[n] for n in group]
+    if (len(group) < 2 or result.full or result.output.numel() < 2
+            or any(i.unused or i.has_points or i.per_point_numel() < 2 for i in items)):
+        return None
+    y = output_symbol(result)
+    spans: list = [notation.prose_name(y),
+                   Text(f" has {result.output.numel():,} entries, each may use every entry of ")]
+    for k, name in enumerate(group):
+        spans += [Text(_joiner(k, len(group))), notation.prose_name(name)]
+    return Paragraph(tuple(spans + [Text(": one gradient each, the rows of the Jacobian "
+                                         "(the per-sample gradients, when the entries are "
+                                         "per-sample losses).")]))
+
+
+def _joiner(k: int, count: int) -> str:
+    return "" if k == 0 else (" and " if k == count - 1 else ", ")
 
 
 # -- the gradient argument v ----------------------------------------------------------------
