@@ -132,7 +132,13 @@ def greek_macro(ch: str) -> str | None:
 
 def escape_text(text: str) -> str:
     """Prose for a LaTeX body: special characters escaped, maths symbols in ``$…$``."""
-    return "".join(_TEXT_ESCAPES.get(ch) or _greek_text(ch) or ch for ch in text)
+    escaped = "".join(_TEXT_ESCAPES.get(ch) or _greek_text(ch) or ch for ch in text)
+    # markdown's maths closes no "$" that a digit follows ("$-$1" is raw text in VS Code):
+    # the digits go inside ("$-1$")
+    return _MATH_THEN_DIGITS.sub(r"$\1\2$", escaped)
+
+
+_MATH_THEN_DIGITS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$(\d+(?:\.\d+)?)")
 
 
 def _greek_text(ch: str) -> str | None:
