@@ -578,3 +578,9 @@ def test_symbolic_without_a_record_says_why():
     h = second_derivatives((x**3).sum(), x)
     report = derive_hessian(h, record=None, namespace={})
     assert report.formulas == {"x": None} and "numbers only" in report.note
+
+
+def test_hessian_refuses_the_picture_flag(usage_error, run_ok):
+    run_ok("x = torch.ones(3, requires_grad=True)")
+    message = usage_error("%hessian --picture (x**3).sum() wrt x")
+    assert "--picture" in message and "%jacobian" in message

@@ -204,6 +204,9 @@ class VJPMagics(Magics):
         """
         with _usage_errors():
             args = parse_jacobian_line(line, self.shell.user_ns, magic="hessian")
+            if args is not None and args.picture:
+                raise VJPUsageError("--picture draws a Jacobian's pattern: use it with %%vjp "
+                                    "or %jacobian, not %hessian.")
         if args is None:  # -h
             print(self.hessian.__doc__)
             return None

@@ -50,18 +50,13 @@ class View:
     def pictures(self, result) -> list:
         """The pictures shown beneath the display: each input's pattern when asked for, or,
         under ``%jacobian``, when its Jacobian is too large to show in full."""
-        names = [n for n, item in result.inputs.items() if not item.unused and not self.hidden
-                 and (self.pictured or (self.jacobian and self._summarised(result, n)))]
-        if not names:
+        if self.hidden or not (self.pictured or self.jacobian):
             return []
-        from .picture import pictures  # matplotlib only when drawing
+        from .picture import pictures, wants_picture  # matplotlib only when drawing
 
-        return pictures(result, names)
-
-    def _summarised(self, result, name: str) -> bool:
-        """Whether the Jacobian display leaves entries out (rows or columns past threshold)."""
-        rows, cols = result.output.numel(), result.inputs[name].tensor.numel()
-        return max(rows, cols) > self.options.threshold
+        names = [n for n, item in result.inputs.items() if not item.unused and (
+            self.pictured or wants_picture(result, n, self.options))]
+        return pictures(result, names) if names else []
 
     def picture(self, result, name: str):
         """The picture of one input's Jacobian pattern (``r.picture(name)``)."""
