@@ -170,14 +170,8 @@ class VJPMagics(Magics):
         if args is None:  # -h
             print(self.jacobian.__doc__)
             return None
-        request = self._request(args, wrt=args.input_names, jacobian=True,
-                                picture=args.picture)
-        with retained_grads_kept(self.shell.user_ns), _usage_errors():
-            subject = FromExpression.evaluate(self.shell, args.output_source, args.symbolic)
-            try:
-                result = pipeline(subject, request)
-            finally:
-                subject.release()
+        result = self._on_expression(pipeline, args, self._request(
+            args, wrt=args.input_names, jacobian=True, picture=args.picture))
         self._pictures_beneath(result)
         return result
 
@@ -210,15 +204,20 @@ class VJPMagics(Magics):
         if args is None:  # -h
             print(self.hessian.__doc__)
             return None
-        request = self._request(args, wrt=args.input_names)
+        return self._on_expression(hessian_pipeline, args,
+                                   self._request(args, wrt=args.input_names))
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _on_expression(self, run_pipeline, args, request):
+        """``%jacobian``'s and ``%hessian``'s run: the line's output expression evaluated in
+        the namespace (its calls recorded for --symbolic), then ``run_pipeline`` on it."""
         with retained_grads_kept(self.shell.user_ns), _usage_errors():
             subject = FromExpression.evaluate(self.shell, args.output_source, args.symbolic)
             try:
-                return hessian_pipeline(subject, request)
+                return run_pipeline(subject, request)
             finally:
                 subject.release()
 
-    # -- helpers -----------------------------------------------------------------------------
     def _pictures_beneath(self, result) -> None:
         """Display the result's pictures once the result itself is shown: after the cell, as
         the inline matplotlib backend shows its figures."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,14 +18,13 @@ import sympy
 from ..render.document import Math, Section, paragraph
 from ..render.notation import math_name
 from .check import _evaluate, _values, compare
-from .deadline import OutOfTime, deadline, spend
+from .deadline import OutOfTime, spend
 from .display import _blocks, _Printer, check_line, heading
 from .errors import RuleBug, Unavailable
-from .formulas import Formula, function_at_a_point
+from .formulas import Formula
 from .layout import as_matrix, at_points
-from .replay import Replay
-from .report import RUN_SECONDS, SymbolicReport, _describe, _groups, _refuse, _unavailable
-from .symbols import group_symbols
+from .report import SymbolicReport, _describe, _unavailable
+from .report import _derive as derive_formulas
 
 
 @dataclass
@@ -64,25 +62,10 @@ def derive_hessian(h, *, record, namespace, output_source: str | None = None) ->
 
 
 def _derive(view, record, namespace, output_source, symbol_tex):
-    _refuse(view, record)
-    names, function, formulas = list(view.inputs), None, {}
-    try:
-        for group in _groups(view, False):
-            symbols = group_symbols(view, group, False, symbol_tex)
-            with deadline(RUN_SECONDS), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                output = Replay(view, record, symbols, namespace, output_source).output()
-            with deadline(RUN_SECONDS):
-                if names[0] in group:
-                    function = function_at_a_point(view, names[0], output, False)
-                for name in group:
-                    formulas[name] = second_formula(view, name, output, symbols)
-    except OutOfTime:
-        raise Unavailable(f"gave up after {RUN_SECONDS:g} s (the expressions grow too large)") \
-            from None
-    except RecursionError:
-        raise Unavailable("the expressions are nested too deeply for SymPy") from None
-    return function, {n: formulas[n] for n in names}
+    """(f at a generic point or None, each input's second-derivative formula)."""
+    return derive_formulas(view, record, namespace, output_source, False, symbol_tex,
+                           lambda name, output, symbols: second_formula(view, name, output,
+                                                                        symbols))
 
 
 def _twice(y: np.ndarray, variables: np.ndarray) -> np.ndarray:

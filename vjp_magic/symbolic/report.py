@@ -111,8 +111,13 @@ def _refuse(result, record) -> None:
         raise Unavailable(f"{record.failed}, so there is no record to replay")
 
 
-def _derive(result, record, namespace, output_source, jacobian, symbol_tex):
-    """(f at a generic point or None, each input's :class:`Formula`), or :class:`Unavailable`."""
+def _derive(result, record, namespace, output_source, jacobian, symbol_tex, derive_one=None):
+    """(f at a generic point or None, each input's :class:`Formula`), or :class:`Unavailable`.
+    ``derive_one(name, output, symbols)`` makes one input's formula (default: its first
+    derivatives; the Hessian's report gives its second)."""
+    if derive_one is None:
+        def derive_one(name, output, symbols):
+            return formula(result, name, output, symbols, jacobian)
     _refuse(result, record)
     names, function, formulas = list(result.inputs), None, {}
     try:
@@ -125,7 +130,7 @@ def _derive(result, record, namespace, output_source, jacobian, symbol_tex):
                 if names[0] in group:
                     function = function_at_a_point(result, names[0], output, jacobian)
                 for name in group:
-                    formulas[name] = formula(result, name, output, symbols, jacobian)
+                    formulas[name] = derive_one(name, output, symbols)
     except OutOfTime:
         raise Unavailable(f"gave up after {RUN_SECONDS:g} s (the expressions grow too large)") \
             from None
