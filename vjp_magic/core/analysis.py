@@ -8,7 +8,6 @@ computes the derivatives with one VJP per component (:mod:`.derivatives`).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +17,7 @@ from .checks import check_output, named_inputs
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
 from .pairing import Pairing
+from .probes import Probes, reach_proofs
 from .result import InputResult, VJPResult
 from .torch_api import TorchError, torch_error
 
@@ -85,12 +85,14 @@ def differentiate(
     named = checks.checked_inputs(inputs, names)
     checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
-    proofs = {name: _proof(output, t, graph_proof) for name, t in named.items()}
-    workspace = max(p.workspace for p in proofs.values())
-    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full,
-                       _Probes(output, named))
-    accepted = _from_given(context, named, given or {})
+    probes = Probes(output, named)
+    accepted = _from_given(output, named, given or {}, probes)
     rest = {n: t for n, t in named.items() if n not in accepted}
+    proofs = {name: _proof(output, t, graph_proof) for name, t in rest.items()}
+    if accepted:  # their derivatives need no structure: only what the graph reaches
+        proofs.update(reach_proofs(output, {n: named[n] for n in accepted}))
+    workspace = max(p.workspace for p in proofs.values())
+    context = _Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
     if rest:
         accepted.update(_accepted(context, rest, proofs, max_pairings))
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
@@ -98,10 +100,19 @@ def differentiate(
                for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget)
-    checks.annotate(result)  # NaN/inf, zero Jacobians, unverified backward functions
+    _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
     if not keep_graph:
         result.release_graph()
     return result
+
+
+def _annotate(result, ordinary: set) -> None:
+    """:func:`.checks.annotate`, without its pass over the derivatives when every input's are
+    known finite and not all 0 (then it would add no note on them)."""
+    if ordinary >= set(result.inputs):
+        result.notes.extend(checks.unverified_notes(result))
+    else:
+        checks.annotate(result)
 
 
 def _accepted(context, named, proofs, max_pairings) -> dict[str, tuple[Candidate, torch.Tensor]]:
@@ -117,17 +128,17 @@ def _accepted(context, named, proofs, max_pairings) -> dict[str, tuple[Candidate
     return _from_verified_pairings(context, named, candidates, context.probes)
 
 
-def _from_given(context, named, given) -> dict[str, tuple[Candidate, torch.Tensor]]:
+def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torch.Tensor]]:
     """The full Jacobians computed elsewhere that the probe rule accepts."""
-    accepted = {}
+    usable = {}
     for name, jacobian in given.items():
         tensor = named.get(name)
-        shape = tuple(context.output.shape) + tuple(tensor.shape) if tensor is not None else ()
-        if tensor is None or tuple(jacobian.shape) != shape:
-            continue
-        if context.probes.agree(name, jacobian, Pairing()):
-            accepted[name] = (Candidate(Pairing(), True), jacobian)
-    return accepted
+        shape = tuple(output.shape) + tuple(tensor.shape) if tensor is not None else ()
+        if tensor is not None and tuple(jacobian.shape) == shape:
+            usable[name] = jacobian
+    agreed = probes.agree_full(usable) if usable else set()
+    return {name: (Candidate(Pairing(), True), usable[name]) for name in usable
+            if name in agreed}
 
 
 def _input_result(name, tensor, proof, candidate: Candidate, derivatives,
@@ -156,7 +167,7 @@ class _Context:
     max_chunk: int | None
     workspace: int
     full: bool
-    probes: _Probes
+    probes: Probes
     rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
 
     def reject(self, name: str, pairing) -> None:
@@ -182,65 +193,6 @@ class _Context:
             memory.refuse_if_over(
                 nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} "
                 "backward passes)", advice=advice)
-
-
-class _Probes:
-    """Random probes vᵀJ, made when first needed.
-
-    Probes come from plain (unbatched) backward passes: comparing them with results of
-    batched ones also catches a batching rule that computes something else than the plain
-    backward does. Probe entries are discrete (signed powers of two), so one probe can cancel
-    a coupling exactly by chance; a structure is accepted only when further independent probes
-    agree too: read off a checked Jacobian where there is one (:meth:`use_jacobian`), else
-    from more plain backward passes. ``seconds`` is how long probe 0's backward took.
-    """
-
-    def __init__(self, output, named):
-        self.output, self.named = output, named
-        self._plain: dict[str, torch.Tensor] | None = None
-        self._jacobians: dict[str, torch.Tensor] = {}
-        self.seconds: float | None = None
-
-    def vector(self, draw: int = 0) -> torch.Tensor:
-        return structure.probe_vector(self.output, draw)
-
-    def vjp(self, name: str) -> torch.Tensor:
-        """Probe 0's vᵀJ from a plain backward (one for all inputs, kept)."""
-        if self._plain is None:
-            names = list(self.named)
-            began = time.perf_counter()
-            grads = plain_vjp(self.output, [self.named[n] for n in names], self.vector())
-            self.seconds = time.perf_counter() - began
-            self._plain = dict(zip(names, grads))
-        return self._plain[name]
-
-    def use_jacobian(self, name: str, flat: torch.Tensor) -> None:
-        """A checked Jacobian (output entries × input shape): more probes cost no backward."""
-        self._jacobians[name] = flat
-
-    def _confirming_vjps(self, name: str):
-        """(v, vᵀJ) for the confirming probes, made one after the other."""
-        if name in self._jacobians:
-            flat = self._jacobians[name]
-            for draw in range(1, structure.EXACT_PROBES + 1):
-                v = self.vector(draw)
-                yield v, structure.predicted_probe(flat, v.reshape(-1), ())
-            return
-        for draw in range(1, structure.CONFIRMING_PROBES + 1):  # one at a time, not kept
-            grads = plain_vjp(self.output, [self.named[name]], self.vector(draw))
-            yield self.vector(draw), grads[0]
-
-    def agree(self, name: str, derivatives, pairing) -> bool:
-        """The probe rule: probe 0, then every confirming probe, must find vᵀJ = vᵀD."""
-        if not structure.probe_agrees(derivatives, self.vector(), self.vjp(name), pairing):
-            return False
-        return all(structure.probe_agrees(derivatives, v, vjp, pairing)
-                   for v, vjp in self._confirming_vjps(name))
-
-    def seconds_per_vector(self) -> float:
-        """How long one backward pass takes (probe 0's, made now if it was not yet)."""
-        self.vjp(next(iter(self.named)))
-        return self.seconds
 
 
 def _prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:
@@ -311,11 +263,23 @@ def _strides(shape) -> list[int]:
     return [math.prod(shape[a + 1:]) for a in range(len(shape))]
 
 
-def _row_proposal(output, tensor, candidates, position, read_row):
+def _row_proposal(output, tensor, candidates, position, read_row, drop=None):
+    """A few rows of J: the pairing they suggest is tried at ``position``. With ``drop`` (called
+    with each), candidates from there on holding a pair the rows break (a non-zero entry off
+    the points) are dropped untried; the proved one is kept."""
     if len(candidates) < 2 or output.numel() <= 1:  # nothing to choose, or a scalar output
         return candidates
-    pairing = structure.consistent_pairing(output.shape, tensor.shape,
-                                           _rows(output, read_row))
+    rows = _rows(output, read_row)
+    if drop is not None:
+        broken = structure.broken_pairs(output.shape, tensor.shape, rows)
+        kept = candidates[:position]
+        for candidate in candidates[position:]:
+            if candidate.proved or not broken & set(candidate.pairing):
+                kept.append(candidate)
+            else:
+                drop(candidate.pairing)
+        candidates = kept
+    pairing = structure.consistent_pairing(output.shape, tensor.shape, rows)
     return _with_proposal(candidates, pairing, position)
 
 
@@ -358,6 +322,8 @@ def _from_verified_pairings(context, named, candidates, probes):
         point_out = _point_out(candidates[pending[0]][position[pending[0]]])
         group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
         count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        if _skip_over_budget(context, named, candidates, position, group, count):
+            continue  # a later candidate may fit
         context.refuse_if_over(
             count * sum(named[n].numel() for n in group) * output.element_size(), count,
             {n: named[n] for n in group}, point_out)
@@ -382,7 +348,8 @@ def _from_verified_pairings(context, named, candidates, probes):
                 if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
                     candidates[name] = _row_proposal(
                         output, named[name], candidates[name], 1,
-                        lambda row, t=named[name]: _one_hot_row(output, t, row))
+                        lambda row, t=named[name]: _one_hot_row(output, t, row),
+                        drop=lambda pairing, n=name: context.reject(n, pairing))
                 position[name] += 1
                 continue
             if was_batched and candidate.proved and not probes.agree(
@@ -391,6 +358,19 @@ def _from_verified_pairings(context, named, candidates, probes):
                     .reshape(derivatives.shape)
             accepted[name] = (candidate, derivatives)
     return accepted
+
+
+def _skip_over_budget(context, named, candidates, position, group, count) -> bool:
+    """When the group's derivatives would be over the budget, skip the largest input's
+    candidate if it is not its last one (True); the last one is refused by the caller."""
+    size = context.output.element_size()
+    if count * sum(named[n].numel() for n in group) * size <= context.budget:
+        return False
+    skippable = [n for n in group if position[n] < len(candidates[n]) - 1]
+    if not skippable:
+        return False
+    position[max(skippable, key=lambda n: named[n].numel())] += 1
+    return True
 
 
 def _point_out(candidate: Candidate) -> tuple[int, ...]:

@@ -61,16 +61,21 @@ def consistent_pairing(out_shape: Sequence[int], in_shape: Sequence[int], rows) 
     along ``b``; an axis claimed twice is ambiguous and dropped. Only a proposal: the probe
     still decides.
     """
-    pairs = []
-    for a, m in enumerate(out_shape):
-        for b, n in enumerate(in_shape):
-            if m == n > 1 and all(bool((support[:, b] == index[a]).all())
-                                  for index, support in rows):
-                pairs.append((a, b))
-    pairs = Pairing(pairs)
+    broken = broken_pairs(out_shape, in_shape, rows)
+    pairs = Pairing((a, b) for a, m in enumerate(out_shape) for b, n in enumerate(in_shape)
+                    if m == n > 1 and (a, b) not in broken)
     outs, ins = pairs.out_axes, pairs.in_axes
     unique = Pairing(p for p in pairs if outs.count(p.out) == 1 and ins.count(p.in_) == 1)
     return (unique + _size_one_pairs(out_shape, in_shape)).sorted()
+
+
+def broken_pairs(out_shape: Sequence[int], in_shape: Sequence[int], rows) -> set[tuple[int, int]]:
+    """The pairs (a, b) of equal size that some row of the Jacobian breaks: a non-zero entry
+    at an index along ``b`` other than the row's index along ``a`` (``rows`` as for
+    :func:`consistent_pairing`). A pairing holding such a pair is not the structure."""
+    return {(a, b) for a, m in enumerate(out_shape) for b, n in enumerate(in_shape)
+            if m == n > 1 and not all(bool((support[:, b] == index[a]).all())
+                                      for index, support in rows)}
 
 
 def row_indices(out_shape: Sequence[int], count: int = 4) -> list[tuple[int, ...]]:
@@ -189,13 +194,19 @@ def probe_mismatch(
     if derivatives.numel() == 0:
         return 0.0
     dtype = derivatives.dtype
-    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    compute = _compute_dtype(dtype)
     derivatives, probe, probe_vjp = (t.to(compute) for t in (derivatives, probe, probe_vjp))
     expected = predicted_probe(derivatives, probe, pairing)
     if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
         return 0.0
     scale = predicted_probe(derivatives.abs(), probe.abs(), pairing)
-    allowed = scale.mul_(tolerances(dtype).probe).add_(torch.finfo(compute).tiny)
+    return _judged(probe_vjp, expected, scale, dtype)
+
+
+def _judged(probe_vjp, expected, scale, dtype) -> float:
+    """:func:`probe_mismatch` once vᵀD (``expected``) and |v|ᵀ|D| (``scale``, overwritten)
+    are known, all in the compute dtype."""
+    allowed = scale.mul_(tolerances(dtype).probe).add_(torch.finfo(scale.dtype).tiny)
     ratio = torch.sub(probe_vjp, expected).abs_().div_(allowed)
     worst = float(ratio.max())
     if worst <= 1.0:  # NaN compares False: the non-finite entries are looked at below
@@ -203,6 +214,77 @@ def probe_mismatch(
     both_nonfinite = ~torch.isfinite(probe_vjp) & ~torch.isfinite(expected)
     ratio = ratio.masked_fill_(both_nonfinite | (probe_vjp == expected), 0.0)
     return float(ratio.nan_to_num_(nan=math.inf).max())
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _full_precision_products(compute: torch.dtype) -> bool:
+    """Whether matrix products round in ``compute`` itself (not TF32 or bfloat16 inside)."""
+    if compute != torch.float32:
+        return True
+    tf32 = torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32
+    return torch.get_float32_matmul_precision() == "highest" and not tf32
+
+
+class FullProbes:
+    """:func:`probe_mismatch` for the full pairing (``derivatives``: output shape + input
+    shape), for several probes of one derivatives tensor at once: vᵀD of every probe as one
+    product; |v|ᵀ|D| only where it is needed.
+
+    Where |vᵀJ − vᵀD| ≤ tol · |vᵀD| · (1 − 2γ) the rule accepts for sure: |vᵀD| ≤ |v|ᵀ|D|,
+    and γ = m·u/(1 − m·u) bounds the rounding of both computed sums of m terms (u: the unit
+    roundoff; products underflowing are far below the ``tiny`` the rule adds). |v|ᵀ|D| is
+    computed for the other columns alone (all columns when many are left), so the verdict
+    is the rule's own."""
+
+    def __init__(self, derivatives: torch.Tensor, probes) -> None:
+        self.dtype = derivatives.dtype
+        compute = _compute_dtype(self.dtype)
+        self.empty = derivatives.numel() == 0
+        self.ordinary = False
+        if self.empty:
+            return
+        m = probes[0].numel()
+        self.d = derivatives.to(compute).reshape(m, -1)
+        self.v = torch.stack([p.reshape(-1) for p in probes]).to(compute)
+        self.expected = self.v @ self.d
+        mu = m * torch.finfo(compute).eps / 2
+        sure = tolerances(self.dtype).probe * (1 - 2 * mu / (1 - mu)) \
+            if mu < 0.25 and _full_precision_products(compute) else 0.0
+        finite = bool(torch.isfinite(self.expected).all())
+        self.sure = self.expected.abs().mul_(sure) if finite and sure > 0 else None
+        # every vᵀD finite: D is (v has no zero); one non-zero: D has one
+        self.ordinary = finite and bool(self.expected.any())
+
+    def mismatch(self, probe_vjps) -> float:
+        """At most 1 where every probe agrees, else the largest :func:`probe_mismatch` over
+        the probes, given each one's vᵀJ."""
+        if self.empty:
+            return 0.0
+        vjps = torch.stack([g.reshape(-1) for g in probe_vjps]).to(self.expected.dtype)
+        if torch.equal(vjps, self.expected):
+            return 0.0
+        if self.sure is None:
+            return _judged(vjps, self.expected, self._scale(), self.dtype)
+        left = (torch.sub(vjps, self.expected).abs_() > self.sure).any(0).nonzero().flatten()
+        if len(left) == 0:
+            return 1.0
+        if 4 * len(left) > self.d.shape[1]:
+            return _judged(vjps, self.expected, self._scale(), self.dtype)
+        return _judged(vjps[:, left], self.expected[:, left],
+                       self._scale(self.d.index_select(1, left)), self.dtype)
+
+    def _scale(self, d: torch.Tensor | None = None) -> torch.Tensor:
+        """|v|ᵀ|D| for every probe (columns ``d`` of D, else all), a block of rows at a time."""
+        d = self.d if d is None else d
+        v = self.v.abs()
+        step = max(1, 2**17 // max(d.shape[1], 1))
+        scale = v[:, :step] @ d[:step].abs()
+        for start in range(step, d.shape[0], step):
+            scale.addmm_(v[:, start:start + step], d[start:start + step].abs())
+        return scale
 
 
 def probe_agrees(
