@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import axisflow, checks, dependency, memory, structure
-from .checks import check_output, named_inputs
+from .checks import check_output
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
 from .pairing import Pairing

@@ -13,7 +13,6 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field

@@ -40,7 +40,7 @@ def derivatives_sections(result, options, jacobian: bool = False,
             if shared is None:
                 blocks.append(headline(result, name))
             blocks.extend(structure_findings(result, name, options))
-            indexed = index_formula(result, name)
+            indexed = None if explained else index_formula(result, name)  # J is explained above
             if indexed is not None:
                 blocks.append(indexed)
             if jacobian:
