@@ -103,6 +103,11 @@ def _axis_word(shape, axis: int, plural_: bool = True) -> str:
     return f"entries along axis {axis}" if plural_ else f"index along axis {axis}"
 
 
+def _the_axis(shape, axis: int) -> str:
+    """``the rows``, ``the entries`` or ``axis 2`` (of a tensor of three or more axes)."""
+    return f"axis {axis}" if len(shape) > 2 else f"the {_axis_word(shape, axis)}"
+
+
 def _indexed(identifier: str, axis: int, index: str) -> Math:
     """``y[1]`` or ``y[:, t]`` as maths."""
     lead = ":, " * axis
@@ -151,9 +156,9 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
     y = output_symbol(result)
     yt, xs = _indexed(y, dep.out_axis, "t"), _indexed(name, dep.in_axis, "s")
     out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
-    lead = [Text(f"Along the {_axis_word(out_shape, dep.out_axis)} of "),
-            notation.prose_name(y), Text(f" and the {_axis_word(in_shape, dep.in_axis)} of "),
-            notation.prose_name(name), Text(": "), yt, Text(" reads ")]
+    lead = [Text(f"Along {_the_axis(out_shape, dep.out_axis)} of "), notation.prose_name(y),
+            Text(f" and {_the_axis(in_shape, dep.in_axis)} of "), notation.prose_name(name),
+            Text(": "), yt, Text(" reads ")]
     if dep.kind == "independent":
         return Paragraph((*lead, _indexed(name, dep.in_axis, "t"),
                           Text(" only (independent).")))
