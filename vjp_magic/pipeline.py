@@ -57,20 +57,15 @@ def pipeline(subject, request: Request) -> VJPResult:
     given = _per_sample(subject, inputs, output, request)
     result = _differentiate(output, inputs, output_name, request, given)
     graded, check_shown = _check(result, request, subject)
-    gradcheck, gradcheck_shown = _gradcheck(result, request, subject, inputs)
+    gradcheck, failed, passed = _gradcheck(result, request, subject, inputs)
     before, after = _teaching(result, request, subject.log)
     formulas, checks, shown = _symbolic(result, request, subject)
-    failed = gradcheck is not None and not gradcheck.ok  # a failed check goes first
-    view = View(request.options, request.jacobian,
-                check_shown + (gradcheck_shown if failed else ()) + before + shown,
-                (() if failed else gradcheck_shown) + after, explained=request.explain,
+    view = View(request.options, request.jacobian, check_shown + failed + before + shown,
+                passed + after, explained=request.explain,
                 hidden=graded is not None and not request.reveal, pictured=request.picture)
-    notes = result.notes
-    if gradcheck is not None and gradcheck.max_error:  # its verdict replaces "unverified"
-        notes = [n for n in notes if n not in unverified_notes(result)]
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
                    view=view, symbolic=formulas, symbolic_check=checks, check=graded,
-                   gradcheck=gradcheck, notes=notes)
+                   gradcheck=gradcheck, notes=_notes(result, gradcheck))
 
 
 def check(answer, output: torch.Tensor, inputs, names=None):
@@ -167,15 +162,24 @@ def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]
     return graded, check_sections(graded, result, reveal=False)  # --reveal: the view shows them
 
 
-def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple[object, tuple]:
-    """The cell's recorded operations replayed in float64 against finite differences."""
+def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple:
+    """The cell's recorded operations replayed in float64 against finite differences: the
+    report, and its sections above the derivatives (failed) or below them (passed)."""
     if not request.gradcheck:
-        return None, ()
-    from .run.gradcheck import gradcheck
+        return None, (), ()
     from .render.gradcheck import gradcheck_sections
+    from .run.gradcheck import gradcheck
 
     report = gradcheck(subject.record, inputs, result.output, list(inputs))
-    return report, gradcheck_sections(report, result)
+    shown = gradcheck_sections(report, result)
+    return (report, (), shown) if report.ok else (report, shown, ())
+
+
+def _notes(result: VJPResult, gradcheck) -> list[str]:
+    """The result's notes; a gradient check that ran replaces "unverified custom backward"."""
+    if gradcheck is None or not gradcheck.max_error:
+        return result.notes
+    return [n for n in result.notes if n not in unverified_notes(result)]
 
 
 def _second_derivatives(output, inputs, output_name: str, request: Request) -> HessianResult:
