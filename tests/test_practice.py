@@ -155,7 +155,7 @@ def test_gradcheck_sampling_stops_at_its_time_limit():
 def test_gradcheck_says_why_it_did_not_run():
     x = torch.randn(1000, requires_grad=True)  # a new dropout mask differs (all but surely)
     report, _ = _checked(lambda: F.dropout(x, 0.5, training=True) * 2, {"x": x})
-    assert report.ok is False and report.max_error == {}
+    assert report.ok is None and report.max_error == {}  # not run: neither passed nor failed
     assert "random draws" in report.note
     y = x * 2
     assert "not recorded" in gradcheck(None, {"x": x}, y, ["x"]).note
@@ -606,7 +606,7 @@ def test_gradcheck_refuses_a_replay_that_stays_in_float32():
 
     x = torch.randn(4, requires_grad=True)
     report, _ = _checked(lambda: Float32Square.apply(x), {"x": x})
-    assert report.ok is False and report.max_error == {} and "float32" in report.note
+    assert report.ok is None and report.max_error == {} and "float32" in report.note
 
 
 def test_wrt_a_tuple_of_tensors_names_each(run_vjp):
@@ -635,3 +635,45 @@ def test_gradcheck_catches_an_error_in_one_entry_of_many():
     x = torch.linspace(-1, 1.5, 48 * 48).reshape(48, 48).requires_grad_()
     report, _ = _checked(lambda: OneEntryWrong.apply(x).sin(), {"x": x})
     assert report.ok is False and report.checked == {"x": 64}
+
+
+# -- the cell's own code runs once ------------------------------------------------------------
+_COUNTED_SQUARE = """
+calls = []
+class Sq(torch.autograd.Function):
+    generate_vmap_rule = True
+    @staticmethod
+    def forward(x):
+        calls.append(1)
+        return x * x
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return 2 * g * x
+"""
+
+
+def test_per_sample_path_never_runs_a_custom_forward_again(ip, run_ok, run_vjp, assert_tensor):
+    """A replay would call the user's forward again: the per-sample path refuses it and the
+    derivatives come from the graph, right, with the forward run once."""
+    run_ok(_COUNTED_SQUARE)
+    r = run_vjp("w = torch.ones(3, requires_grad=True)\ndata = torch.randn(16, 3)\n"
+                "y = Sq.apply(data * w).sum(1)", "--wrt w")
+    assert len(ip.user_ns["calls"]) == 1
+    data = ip.user_ns["data"]
+    expected = torch.autograd.functional.jacobian(lambda w: ((data * w) ** 2).sum(1),
+                                                  torch.ones(3))
+    assert_tensor(r.derivatives["w"], expected)
+
+
+def test_gradcheck_refuses_a_function_applied_through_an_earlier_reference(ip, run_ok, run_vjp):
+    """``sq = Sq.apply`` before the cell: the record holds only the forward's inner ops, so
+    the check says it cannot replay instead of reporting a correct backward as FAILED."""
+    run_ok(_COUNTED_SQUARE + "sq = Sq.apply")
+    r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = sq(x)", "--gradcheck")
+    assert r.gradcheck.ok is None and r.gradcheck.max_error == {}
+    assert "reference made before the cell" in r.gradcheck.note
+    assert "FAILED" not in r._repr_mimebundle_()["text/plain"]

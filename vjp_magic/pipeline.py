@@ -172,7 +172,7 @@ def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple:
 
     report = gradcheck(subject.record, inputs, result.output, list(inputs))
     shown = gradcheck_sections(report, result)
-    return (report, (), shown) if report.ok else (report, shown, ())
+    return (report, shown, ()) if report.ok is False else (report, (), shown)
 
 
 def _notes(result: VJPResult, gradcheck) -> list[str]:

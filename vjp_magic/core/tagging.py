@@ -41,6 +41,13 @@ def walk_nodes(roots):
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
+def custom_backwards(output: torch.Tensor) -> tuple[str, ...]:
+    """The names of the custom ``autograd.Function`` backward nodes in ``output``'s graph."""
+    roots = [output.grad_fn] if output.grad_fn is not None else []
+    return tuple(dict.fromkeys(node.name() for node in walk_nodes(roots) if isinstance(
+        node, torch.autograd.function.BackwardCFunction)))
+
+
 def graph_leaves(output: torch.Tensor) -> dict[int, torch.Tensor]:
     """Leaf tensors (``id`` → tensor) that ``output`` depends on through its autograd graph."""
     if output.grad_fn is None:

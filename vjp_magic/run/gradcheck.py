@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.tagging import custom_backwards
 from .replay import NotReplayable, build
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
@@ -27,11 +28,12 @@ MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least o
 
 @dataclass(frozen=True)
 class GradcheckReport:
-    """The verdict: ``ok`` when every checked entry agrees; ``max_error[name]`` the largest
+    """The verdict: ``ok`` True when every checked entry agrees, False when one does not, None
+    when nothing could be checked (``note`` says why); ``max_error[name]`` the largest
     |analytic − numeric| over its checked entries (``checked[name]`` of them); ``custom`` the
     custom backward functions in the graph; ``note`` why nothing (or not all) was checked."""
 
-    ok: bool
+    ok: bool | None
     max_error: dict = field(default_factory=dict)
     custom: tuple = ()
     checked: dict = field(default_factory=dict)
@@ -47,10 +49,10 @@ def gradcheck(record, inputs: dict, output, names=None,
     try:
         replay = build(record, inputs, output).with_dtype(torch.float64)
     except NotReplayable as reason:
-        return GradcheckReport(ok=False, note=f"The cell's operations cannot be replayed: "
+        return GradcheckReport(ok=None, note=f"The cell's operations cannot be replayed: "
                                               f"{reason}.")
     except Exception as error:  # noqa: BLE001 - never break the cell for the check
-        return GradcheckReport(ok=False, note=f"The replay could not be built "
+        return GradcheckReport(ok=None, note=f"The replay could not be built "
                                               f"({type(error).__name__}: {error}).")
     values = {n: t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
               for n, t in inputs.items()}
@@ -63,7 +65,7 @@ def gradcheck(record, inputs: dict, output, names=None,
             errors[name], checked[name] = error, count
             ok = ok and agree
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
-        return GradcheckReport(ok=False, note=f"The float64 replay failed "
+        return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
     notes = [] if ok else _detached_note(replay)
     if time.perf_counter() >= deadline:
@@ -151,19 +153,4 @@ def _numeric(replay, values: dict, name: str, direction: torch.Tensor,
     return float((v * (results[0] - results[1])).sum()) / (2 * STEP)
 
 
-def custom_backwards(output: torch.Tensor) -> tuple[str, ...]:
-    """The names of custom ``autograd.Function`` backward nodes in ``output``'s graph."""
-    found, seen = [], set()
-    stack = [output.grad_fn] if output.grad_fn is not None else []
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if isinstance(node, torch.autograd.function.BackwardCFunction):
-            found.append(node.name())
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return tuple(dict.fromkeys(found))
-
-
-__all__ = ["GradcheckReport", "custom_backwards", "gradcheck"]
+__all__ = ["GradcheckReport", "gradcheck"]

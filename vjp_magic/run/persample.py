@@ -16,7 +16,7 @@ import math
 import torch
 
 from ..core import memory
-from .replay import Replay, close, replayable
+from .replay import Replay, close, replayable, runs_user_code
 
 _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
@@ -39,7 +39,7 @@ def per_sample_jacobians(record, inputs: dict, output,
         replay = replayable(record, inputs, output, verify=False)
     except Exception:  # noqa: BLE001 - never break the cell for a faster path
         return None
-    if replay is None:
+    if replay is None or runs_user_code(replay):  # the cell's own code runs once only
         return None
     samples = per_sample_constants(replay, output.shape[0], inputs)
     if not samples:

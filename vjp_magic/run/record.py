@@ -103,6 +103,7 @@ class FunctionApply:
         self.__module__ = function.__module__
 
     def __call__(self, *args, **kwargs):
+        __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames
         return _ORIGINAL_APPLY.__func__(self.function, *args, **kwargs)
 
     def __repr__(self) -> str:
@@ -231,6 +232,7 @@ class _Recorder(TorchFunctionMode):
 
     def apply_function(self, function: type, args, kwargs):
         """A custom Function's ``apply``, recorded as one call like any torch call."""
+        __tracebackhide__ = True  # noqa: F841
         return self.__torch_function__(FunctionApply(function), (), args, kwargs)
 
 
@@ -247,9 +249,11 @@ _ORIGINAL_APPLY = torch.autograd.Function.__dict__["apply"]
 _ACTIVE = threading.local()  # .recorders: this thread's recorders, innermost last
 _PATCH_LOCK = threading.Lock()
 _PATCHED = [0]  # recordings (all threads) that need Function.apply patched
+_REPLACED = [_ORIGINAL_APPLY]  # what Function.apply was when the first of them began
 
 
 def _recorded_apply(cls, *args, **kwargs):
+    __tracebackhide__ = True  # noqa: F841
     recorders = getattr(_ACTIVE, "recorders", None)
     if not recorders:
         return _ORIGINAL_APPLY.__func__(cls, *args, **kwargs)
@@ -261,7 +265,8 @@ def _custom_functions_recorded(recorder: _Recorder):
     """While the block runs, ``Function.apply`` in this thread goes through ``recorder``."""
     recorders = _ACTIVE.__dict__.setdefault("recorders", [])
     with _PATCH_LOCK:
-        if not _PATCHED[0]:
+        if not _PATCHED[0]:  # put back afterwards whatever is there now (not only torch's)
+            _REPLACED[0] = torch.autograd.Function.__dict__["apply"]
             torch.autograd.Function.apply = classmethod(_recorded_apply)
         _PATCHED[0] += 1
     recorders.append(recorder)
@@ -272,7 +277,7 @@ def _custom_functions_recorded(recorder: _Recorder):
         with _PATCH_LOCK:
             _PATCHED[0] -= 1
             if not _PATCHED[0]:
-                torch.autograd.Function.apply = _ORIGINAL_APPLY
+                torch.autograd.Function.apply = _REPLACED[0]
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..core.tagging import depends_on
+from ..core.tagging import custom_backwards, depends_on
 from ..core.tolerances import tolerances
-from .record import tensors_in, version
+from .record import FunctionApply, tensors_in, version
 
 _CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
 _NORMS = {"batch_norm", "instance_norm"}  # running statistics updated inside the call
@@ -135,10 +135,30 @@ def build(record, inputs: dict, output, *, verify: bool = True) -> Replay:
     _refuse_unfollowable(calls, set(ids.values()))
     _check_inputs_unchanged(calls, inputs)
     steps = _steps(calls, _copies(record), inputs)
+    _refuse_unrecorded_functions(output, steps)
     replay = Replay(ids, steps, id(output))
     if verify:
         _verify(replay, inputs, output)
     return replay
+
+
+def _refuse_unrecorded_functions(output, steps: list) -> None:
+    """A custom ``autograd.Function`` in the graph must be one call of the record: applied
+    through a reference taken before recording (``sq = Fn.apply``), only its forward's inner
+    operations were recorded, and a replay of those would not be the cell."""
+    applied = {step.func.function.__name__ for step in steps
+               if isinstance(step.func, FunctionApply)}
+    for name in custom_backwards(output):
+        if name.removesuffix("Backward") not in applied:
+            raise NotReplayable(
+                f"{name} (a custom autograd.Function) was applied through a reference made "
+                "before the cell (e.g. sq = Fn.apply), so the record holds only its forward's "
+                "inner operations, not the function itself")
+
+
+def runs_user_code(replay: Replay) -> bool:
+    """Whether replaying calls the user's own Python (a custom Function's forward)."""
+    return any(isinstance(step.func, FunctionApply) for step in replay.steps)
 
 
 def _check_inputs_unchanged(calls: list, inputs: dict) -> None:
