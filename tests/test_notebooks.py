@@ -36,7 +36,7 @@ EXPECTED = {
         r"\begin{bmatrix}-28 & 20 \\ 20 & 20\end{bmatrix}",  # H of the Rosenbrock-like f at (-0.5, 1.5)
     ],
     "04_practitioners.ipynb": [
-        r"y[1] \leftarrow x[0]",  # the batch leak, where it broke
+        "$y[1]$ ← $x[0]$",  # the batch leak, where it broke
         "s \\le t + 1",  # the off-by-one mask: a band reaching t + 1
         "Gradient check FAILED",  # the wrong custom backward
         "mlp.0.weight",  # per-sample gradients, a module's parameters named

@@ -116,10 +116,11 @@ def _indexed(identifier: str, axis: int, index: str) -> Math:
     return Math(tex, f"{identifier}[{lead}{index}]")
 
 
-def _witness(dep: Dependency, y: str, x: str) -> Math:
+def _witness(dep: Dependency, y: str, x: str) -> tuple:
+    """``y[1] ← x[0]`` as spans: two formulas and an arrow between them, so a line can break
+    there (inline maths never breaks, and long indices would stick out at 1024 px)."""
     i, j = dep.witness
-    left, right = _indexed(y, dep.out_axis, str(i)), _indexed(x, dep.in_axis, str(j))
-    return Math(f"{left.tex} \\leftarrow {right.tex}", f"{left.plain} ← {right.plain}")
+    return (_indexed(y, dep.out_axis, str(i)), Text(" ← "), _indexed(x, dep.in_axis, str(j)))
 
 
 def _break_line(result, name: str, dep: Dependency) -> Paragraph:
@@ -138,7 +139,7 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     return Paragraph((
         Text(f"The {_axis_word(out_shape, dep.out_axis)} of "), yn,
         Text(f" are not independent of the {_axis_word(in_shape, dep.in_axis)} of "), xn,
-        Text(": "), _witness(dep, y, name),
+        Text(": "), *_witness(dep, y, name),
         Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
         Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn, *rest))
 
@@ -164,7 +165,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
                           Text(" only (independent).")))
     if dep.kind == "dense":
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
-                          Text(" as well as before ("), _witness(dep, y, name),
+                          Text(" as well as before ("), *_witness(dep, y, name),
                           Text("): dense.")))
     if dep.kind == "lower-triangular":
         bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
@@ -174,7 +175,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
         bound = Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
         words = f"a band, offsets {dep.summary().split('offsets ')[1]}"
-    first = [Text(", first "), _witness(dep, y, name)] if dep.witness else []
+    first = [Text(", first "), *_witness(dep, y, name)] if dep.witness else []
     return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *first,
                       Text(").")))
 
