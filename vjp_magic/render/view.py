@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 from . import latex, markdown, plain
@@ -29,8 +30,18 @@ class View:
     explained: bool = False
     hidden: bool = False
     pictured: bool = False
+    _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
+        """What ``result`` says; made once (a notebook asks again for each display and repr,
+        and the findings and sensitivities read every derivative)."""
+        if self._last and self._last[0]() is result:
+            return self._last[1]
+        document = self._build(result)
+        self._last = (weakref.ref(result), document)
+        return document
+
+    def _build(self, result) -> Document:
         middle = () if self.hidden else derivatives_sections(result, self.options,
                                                              self.jacobian, self.explained)
         return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
