@@ -30,6 +30,9 @@ from .teach.coaching import mistake_sections
 from .teach.explain import explain_sections
 
 
+PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised over the replay
+
+
 @dataclass(frozen=True)
 class Request:
     """What the user asked for (the magic's flags and ``%config``, or keyword arguments)."""
@@ -144,7 +147,8 @@ def _differentiate(output, inputs, output_name: str, request: Request,
 def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
     (the analysis uses them only if its probe agrees)."""
-    if getattr(subject, "record", None) is None or request.full:
+    if getattr(subject, "record", None) is None or request.full \
+            or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
         return None
     from .run.persample import per_sample_jacobians
 
