@@ -194,16 +194,23 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
     """The formulas (``function`` is f at a generic point, or None) and their checks."""
     started = time.monotonic()
     printer = _Printer(symbol_tex)
-    blocks = [paragraph(heading(formulas), strong=True)]
-    if function is not None:
-        args = [math_name(n) for n in result.inputs]
-        left = Math(f"f({', '.join(a.tex for a in args)})",
-                    f"f({', '.join(a.plain for a in args)})")
-        blocks += _blocks(left, function, printer, started)
+    blocks = opening_blocks(list(result.inputs), function, formulas, printer, started)
     for name, formula in formulas.items():
         blocks += _blocks(lhs(result, name, jacobian), formula.derivative, printer, started)
         blocks.append(paragraph(check_line(formula)))
     return (Section(tuple(blocks)),)
+
+
+def opening_blocks(names, function, formulas: dict, printer, started: float) -> list:
+    """The heading, then f at a generic point (``function``, or None) of the inputs
+    ``names``: how every symbolic display begins."""
+    blocks = [paragraph(heading(formulas), strong=True)]
+    if function is not None:
+        args = [math_name(n) for n in names]
+        left = Math(f"f({', '.join(a.tex for a in args)})",
+                    f"f({', '.join(a.plain for a in args)})")
+        blocks += _blocks(left, function, printer, started)
+    return blocks
 
 
 def note_sections(note: str) -> tuple[Section, ...]:

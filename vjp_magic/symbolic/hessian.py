@@ -18,12 +18,12 @@ import sympy
 from ..render.document import Math, Section, paragraph
 from ..render.notation import math_name
 from .check import _evaluate, _values, compare
-from .deadline import OutOfTime, spend
-from .display import _blocks, _Printer, check_line, heading
-from .errors import RuleBug, Unavailable
+from .deadline import spend
+from .display import _blocks, _Printer, check_line, opening_blocks
+from .errors import Unavailable
 from .formulas import Formula
 from .layout import as_matrix, at_points
-from .report import SymbolicReport, _describe, _unavailable
+from .report import SymbolicReport, reported
 from .report import _derive as derive_formulas
 
 
@@ -45,20 +45,10 @@ def derive_hessian(h, *, record, namespace, output_source: str | None = None) ->
     column of f_k″, an m × m matrix, or a tuple of them, one per component).
     """
     view, symbol_tex = _AsFirst(h.output, h.output_name, h.inputs), {}
-    try:
-        function, formulas = _derive(view, record, namespace, output_source, symbol_tex)
-    except Unavailable as reason:
-        return _unavailable(view, f"symbolic: {reason}; numbers only")
-    except (Exception, RuleBug, OutOfTime) as error:  # noqa: BLE001 - a bug here, not the cell's
-        return _unavailable(view, f"symbolic: the replay failed unexpectedly "
-                            f"({_describe(error)}); numbers only")
-    finally:
-        if record is not None:
-            record.release()
-    shown = hessian_symbolic_sections(view, function, formulas, symbol_tex)
-    return SymbolicReport({n: f.derivative for n, f in formulas.items()},
-                          {n: f.check for n, f in formulas.items()}, None, function, formulas,
-                          shown)
+    return reported(
+        view, record, lambda: _derive(view, record, namespace, output_source, symbol_tex),
+        lambda function, formulas: hessian_symbolic_sections(view, function, formulas,
+                                                             symbol_tex))
 
 
 def _derive(view, record, namespace, output_source, symbol_tex):
@@ -155,24 +145,15 @@ def hessian_symbolic_sections(view, function, formulas: dict,
     """The heading, f, each input's second-derivative formula(s) and their check."""
     started = time.monotonic()
     printer = _Printer(symbol_tex)
-    try:
-        blocks = [paragraph(heading(formulas), strong=True)]
-        if function is not None:
-            args = [math_name(n) for n in view.inputs]
-            left = Math(f"f({', '.join(a.tex for a in args)})",
-                        f"f({', '.join(a.plain for a in args)})")
-            blocks += _blocks(left, function, printer, started)
-        for name, formula in formulas.items():
-            values = formula.derivative
-            if isinstance(values, tuple):
-                for k, value in enumerate(values):
-                    blocks += _blocks(_lhs(view, name, k), value, printer, started)
-            else:
-                component = 0 if isinstance(values, sympy.MatrixBase) and values.cols == 1 \
-                    and values.rows > 1 else None
-                blocks += _blocks(_lhs(view, name, component), values, printer, started)
-            blocks.append(paragraph(check_line(formula)))
-    except (Exception, OutOfTime) as error:  # noqa: BLE001
-        return (Section((paragraph(f"symbolic: the formula could not be typeset "
-                                   f"({_describe(error)}); numbers only"),)),)
+    blocks = opening_blocks(list(view.inputs), function, formulas, printer, started)
+    for name, formula in formulas.items():
+        values = formula.derivative
+        if isinstance(values, tuple):
+            for k, value in enumerate(values):
+                blocks += _blocks(_lhs(view, name, k), value, printer, started)
+        else:
+            component = 0 if isinstance(values, sympy.MatrixBase) and values.cols == 1 \
+                and values.rows > 1 else None
+            blocks += _blocks(_lhs(view, name, component), values, printer, started)
+        blocks.append(paragraph(check_line(formula)))
     return (Section(tuple(blocks)),)

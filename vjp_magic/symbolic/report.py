@@ -58,9 +58,18 @@ def derive(result, *, record, namespace, output_source: str | None = None,
     the full Jacobian (``%jacobian``), so the formula is the Jacobian too.
     """
     symbol_tex: dict = {}
+    return reported(
+        result, record,
+        lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex),
+        lambda function, formulas: symbolic_sections(result, function, formulas, symbol_tex,
+                                                     jacobian))
+
+
+def reported(result, record, derived, typeset) -> SymbolicReport:
+    """The report of ``derived()`` → (f or None, formulas) typeset by ``typeset(f, formulas)``;
+    a reason instead where either cannot be done. The record is released either way."""
     try:
-        function, formulas = _derive(result, record, namespace, output_source, jacobian,
-                                     symbol_tex)
+        function, formulas = derived()
     except Unavailable as reason:
         return _unavailable(result, f"symbolic: {reason}; numbers only")
     except (Exception, RuleBug, OutOfTime) as error:  # noqa: BLE001 - a bug here, not the cell's
@@ -70,7 +79,7 @@ def derive(result, *, record, namespace, output_source: str | None = None,
         if record is not None:
             record.release()
     try:
-        shown = symbolic_sections(result, function, formulas, symbol_tex, jacobian)
+        shown = typeset(function, formulas)
     except (Exception, OutOfTime) as error:  # noqa: BLE001
         return _unavailable(result, f"symbolic: the formula could not be typeset "
                             f"({_describe(error)}); numbers only")
