@@ -252,15 +252,11 @@ def _with_proposal(candidates: list[Candidate], pairing, position: int = 0) -> l
 
 def _rows(output, read_row) -> list[tuple[tuple, torch.Tensor]]:
     """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian."""
-    rows = []
+    rows, strides = [], structure.row_major_strides(output.shape)
     for index in structure.row_indices(tuple(output.shape)):
-        flat = sum(i * stride for i, stride in zip(index, _strides(output.shape)))
+        flat = sum(i * stride for i, stride in zip(index, strides))
         rows.append((index, read_row(flat).nonzero()))
     return rows
-
-
-def _strides(shape) -> list[int]:
-    return [math.prod(shape[a + 1:]) for a in range(len(shape))]
 
 
 def _row_proposal(output, tensor, candidates, position, read_row, drop=None):

@@ -17,6 +17,11 @@ from .tolerances import tolerances
 PER_SIZE = 3  # candidate pairings tried per number of point axes (probe path)
 
 
+
+def row_major_strides(shape) -> list[int]:
+    """How far one step along each axis moves in the flattened (row-major) tensor."""
+    return [math.prod(shape[a + 1:]) for a in range(len(shape))]
+
 def _size_one_pairs(out_shape: Sequence[int], in_shape: Sequence[int]) -> Pairing:
     """Size-1 output axes paired in order with size-1 input axes (always valid)."""
     out_ones = [a for a, n in enumerate(out_shape) if n == 1]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.structure import row_major_strides
 from .codegen import expression, output_symbol
 
 MAX_CELLS = 256  # cells along each side of a picture
@@ -116,24 +117,16 @@ def _pictured(result, name: str, max_cells: int):
     return d, tuple(out_shape), tuple(in_shape), shown, total
 
 
-def _strides(shape) -> list[int]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return strides[::-1]
-
-
 def _rows_cols(index, ncomp: int, pairing, out_shape, in_shape):
     """Jacobian row and column of derivative entries (their multi-indices, one tensor an axis)."""
     comp_idx, in_idx = index[:ncomp], index[ncomp:]
     to_in = dict(pairing)
     comps = iter(comp_idx)
     row = torch.zeros_like(index[0]) if index else torch.zeros(1, dtype=torch.long)
-    for a, stride in enumerate(_strides(out_shape)):
+    for a, stride in enumerate(row_major_strides(out_shape)):
         row = row + (in_idx[to_in[a]] if a in to_in else next(comps)) * stride
     col = torch.zeros_like(row)
-    for b, stride in enumerate(_strides(in_shape)):
+    for b, stride in enumerate(row_major_strides(in_shape)):
         col = col + in_idx[b] * stride
     return row, col
 

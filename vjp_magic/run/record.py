@@ -218,11 +218,11 @@ class _Recorder(TorchFunctionMode):
         the cap."""
         record = self.record
         for tensor in tensors_in(args):
-            key = _storage_size(tensor)[0]
+            key = storage_of(tensor)[0]
             if key is not None and key not in record.storages:
                 record.storages.add(key)  # memory from outside the record: not counted
         for tensor in tensors:
-            key, size = _storage_size(tensor)
+            key, size = storage_of(tensor)
             if key is not None and key not in record.storages:
                 record.storages.add(key)
                 record.held_bytes += size
@@ -236,7 +236,7 @@ class _Recorder(TorchFunctionMode):
         return self.__torch_function__(FunctionApply(function), (), args, kwargs)
 
 
-def _storage_size(tensor: torch.Tensor) -> tuple[int | None, int]:
+def storage_of(tensor: torch.Tensor) -> tuple[int | None, int]:
     """(address, bytes) of a tensor's memory; (None, 0) where it has none of its own."""
     try:
         storage = tensor.untyped_storage()

@@ -22,7 +22,7 @@ import torch
 
 from ..core.tagging import custom_backwards, depends_on
 from ..core.tolerances import tolerances
-from .record import FunctionApply, tensors_in, version
+from .record import FunctionApply, storage_of, tensors_in, version
 
 _CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
 _NORMS = {"batch_norm", "instance_norm"}  # running statistics updated inside the call
@@ -217,11 +217,8 @@ def _needed(calls: list, output: torch.Tensor, input_ids: set) -> list:
 
 def storage_key(tensor: torch.Tensor) -> int | None:
     """The memory a tensor lives in (None where it has none of its own)."""
-    try:
-        storage = tensor.untyped_storage()
-        return storage.data_ptr() if storage.nbytes() else None
-    except Exception:  # noqa: BLE001 - sparse, meta …
-        return None
+    key, size = storage_of(tensor)
+    return key if size else None
 
 
 def _copies(record) -> dict:
