@@ -156,13 +156,15 @@ def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
 
 
 def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]:
-    """The student's answer (``--check NAME``) graded, and the verdict's sections."""
+    """The student's answer (``--check NAME``) graded, and the verdict's sections (against
+    float64 derivatives of the replayed record where autograd's float32 ones are imprecise)."""
     if request.check is None:
         return None, ()
     from .teach.grading import check_sections, grade
 
     answer = lookup(subject.scope, request.check, "--check")
-    graded = grade(answer, result, log=subject.log, answer_name=request.check)
+    graded = grade(answer, result, log=subject.log, answer_name=request.check,
+                   record=getattr(subject, "record", None))
     return graded, check_sections(graded, result, reveal=False)  # --reveal: the view shows them
 
 

@@ -13,7 +13,7 @@ import itertools
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,6 +24,11 @@ from ..render.sections import derivative_formulas
 from ..run.mistakes import summed_calls
 from .grading_hints import HINTS as _hints
 from .grading_hints import KINDS
+from .grading_reference import refinement
+from .grading_targets import Target as _Target
+from .grading_targets import as_tensor as _as_tensor
+from .grading_targets import fits as _fits
+from .grading_targets import target as _target
 
 JACOBIAN_LIMIT = 1 << 22  # entries: a full-Jacobian answer is compared up to this size
 COMPARED_ENTRIES = 1 << 26  # entries compared looking for the one component an answer is
@@ -48,80 +53,21 @@ class Check:
 
 
 # -- the answer and what it should be ---------------------------------------------------------
-def _as_tensor(answer) -> tuple[torch.Tensor | None, torch.dtype | None]:
-    """The answer as float64 values (a list/tuple is stacked) and its own dtype."""
-    if isinstance(answer, torch.Tensor):
-        a = answer.detach()
-        if a.is_complex() or a.dtype == torch.bool:
-            return None, None
-        return a.double(), (a.dtype if a.is_floating_point() else None)
-    if isinstance(answer, (list, tuple)) and answer:
-        items = [_as_tensor(a) for a in answer]
-        if all(t is not None for t, _ in items) and len({t.shape for t, _ in items}) == 1:
-            return torch.stack([t for t, _ in items]), items[0][1]
-        return None, None
-    try:
-        return _as_tensor(torch.as_tensor(answer)) if answer is not None else (None, None)
-    except (TypeError, ValueError, RuntimeError):
-        return None, None
-
-
-@dataclass
-class _Target:
-    """Values an answer may equal, each entry's tolerance, and which axes are points."""
-
-    form: str
-    value: torch.Tensor
-    tol: torch.Tensor
-    point_axes: tuple[int, ...] = ()
-
-    def mismatch(self, a: torch.Tensor, factor: int = 1) -> torch.Tensor:
-        e = self.value * factor
-        same = (a == e) | (a.isnan() & e.isnan())
-        return ~(same | ((a - e).abs() <= factor * self.tol))
-
-    def matches(self, a: torch.Tensor, factor: int = 1) -> bool:
-        return a.shape == self.value.shape and not bool(self.mismatch(a, factor).any())
-
-    def multiple(self, a: torch.Tensor) -> int | None:
-        """k ≥ 2 when ``a`` is k times the value."""
-        if a.shape != self.value.shape:
-            return None
-        ok = torch.isfinite(a) & torch.isfinite(self.value)
-        e, x = self.value[ok], a[ok]
-        norm = float((e * e).sum())
-        k = round(float((x * e).sum()) / norm) if norm > 0 else 0
-        return k if k >= 2 and self.matches(a, k) else None
-
-    def permuted(self, order) -> _Target:
-        points = tuple(i for i, old in enumerate(order) if old in self.point_axes)
-        return _Target(self.form, self.value.permute(order), self.tol.permute(order), points)
-
-    def reshaped(self, shape) -> _Target:
-        return _Target(self.form, self.value.reshape(shape), self.tol.reshape(shape))
-
-
-def _target(form: str, value, magnitude, point_axes, rtol: float) -> _Target:
-    """Each entry judged relative to the largest magnitude summing into its point's entries,
-    plus a floor relative to the typical one (rounding where a derivative's terms cancel)."""
-    mag = torch.nan_to_num(magnitude, nan=0.0, posinf=0.0)
-    others = tuple(d for d in range(mag.dim()) if d not in point_axes)
-    local = mag.amax(dim=others, keepdim=True) if others and mag.numel() else mag
-    floor = float(mag.mean()) if mag.numel() else 0.0
-    tol = rtol * (local + floor) + torch.finfo(torch.float64).tiny
-    return _Target(form, value, tol.expand(value.shape), tuple(point_axes))
-
-
 class _Expected:
-    """The derivatives of one input in every accepted form, made on demand."""
+    """The derivatives of one input in every accepted form, made on demand. ``refined``:
+    (values, slack) from :func:`~.grading_reference.refinement`, where autograd's own
+    float32 rounding must not count against an answer."""
 
-    def __init__(self, result, name: str, answer_dtype):
+    def __init__(self, result, name: str, answer_dtype, refined=None):
         self.result, self.name = result, name
         self.item = item = result.inputs[name]
         self.x = item.tensor
         self.comp = tuple(result.component_shape(name))
         self.count = math.prod(self.comp)
         self.d = item.derivatives.detach().double()
+        self.slack = None
+        if refined is not None:
+            self.d, self.slack = (t.to(self.d.device) for t in refined)
         dtypes = [item.derivatives.dtype] + ([answer_dtype] if answer_dtype else [])
         self.rtol = max(tolerances(t).backward for t in dtypes)
         self.points = tuple(len(self.comp) + b for b in item.pairing.in_axes)
@@ -129,7 +75,7 @@ class _Expected:
         self.jacobian_shape = tuple(result.output.shape) + tuple(self.x.shape)
 
     def derivatives(self) -> _Target:
-        return _target("derivatives", self.d, self.d.abs(), self.points, self.rtol)
+        return _target("derivatives", self.d, self.d.abs(), self.points, self.rtol, self.slack)
 
     def gradient(self) -> _Target | None:
         """x-shaped, for one component per point (or a scalar output)."""
@@ -139,19 +85,32 @@ class _Expected:
         size = math.prod(self.jacobian_shape)
         if self.jacobian_shape == self.shape or size > JACOBIAN_LIMIT:
             return None
-        j = self.result.jacobian(self.name).detach().double()
-        return _target("jacobian", j, j.abs(), (), self.rtol)
+        j = self._full(self.d)
+        slack = None if self.slack is None else self._full(self.slack)
+        return _target("jacobian", j, j.abs(), (), self.rtol, slack)
+
+    def _full(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (shaped like the derivatives) placed in the full Jacobian."""
+        if self.slack is None:
+            return self.result.jacobian(self.name).detach().double()
+        item = replace(self.item, derivatives=values)
+        placed = replace(self.result, inputs={**self.result.inputs, self.name: item})
+        return placed.jacobian(self.name).detach().double()
 
     def summed(self) -> _Target:
         """What v = ones gives: the components' derivatives added up (x-shaped)."""
         axes = tuple(range(len(self.comp)))
+        slack = None if self.slack is None else self.slack.sum(axes)
         return _target("gradient", self.d.sum(axes), self.d.abs().sum(axes),
-                       self.item.pairing.in_axes, self.rtol)
+                       self.item.pairing.in_axes, self.rtol, slack)
 
     def component(self, k: int) -> _Target:
         """Component ``k``'s derivatives (row-major), x-shaped."""
-        value = self.d.reshape((self.count,) + tuple(self.x.shape))[k]
-        return _target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol)
+        rows = (self.count,) + tuple(self.x.shape)
+        value = self.d.reshape(rows)[k]
+        slack = None if self.slack is None else self.slack.reshape(rows)[k]
+        return _target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol,
+                       slack)
 
     def accepted(self) -> list[tuple]:
         shapes = [self.shape]
@@ -160,16 +119,6 @@ class _Expected:
         if self.jacobian_shape != self.shape and math.prod(self.jacobian_shape) <= JACOBIAN_LIMIT:
             shapes.append(self.jacobian_shape)
         return shapes
-
-
-def _fits(a: torch.Tensor, shape: tuple) -> torch.Tensor | None:
-    """``a`` in ``shape`` when it has it, or differs only by axes of size 1."""
-    if tuple(a.shape) == shape:
-        return a
-    squeezed = tuple(n for n in a.shape if n != 1)
-    if squeezed == tuple(n for n in shape if n != 1):
-        return a.reshape(shape)
-    return None
 
 
 # -- recognising the mistake ------------------------------------------------------------------
@@ -350,7 +299,7 @@ def _per_input(answer, result, name) -> dict | None:
 
 
 def grade(answer, result, name: str | None = None, *, log=None,
-          answer_name: str | None = None) -> Check:
+          answer_name: str | None = None, record=None, output=None) -> Check:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -359,10 +308,16 @@ def grade(answer, result, name: str | None = None, *, log=None,
     mapping name → answer (or one answer per input, in order) is graded input by input.
     ``log`` (the cell's :class:`~vjp_magic.run.guard.BackwardLog`) names the backward calls
     an accumulated answer adds up; ``answer_name`` is how the hint calls the answer.
+
+    An answer the plain comparison calls wrong is compared again where autograd's own float32
+    value may be the imprecise one (:mod:`.grading_reference`): with ``record`` (the cell's
+    :class:`~vjp_magic.run.record.OpRecord`) against float64 derivatives of its replay, else
+    within a bound on autograd's rounding read off ``output``'s graph (``result.output``'s
+    when not given; without a graph, the plain comparison stands).
     """
     several = _per_input(answer, result, name)
     if several is not None:
-        checks = [grade(value, result, key, log=log,
+        checks = [grade(value, result, key, log=log, record=record, output=output,
                         answer_name=f"{answer_name or 'the answer'}[{key!r}]")
                   for key, value in several.items()]
         return next((c for c in checks if not c.correct), checks[0])
@@ -371,7 +326,21 @@ def grade(answer, result, name: str | None = None, *, log=None,
     case = _Case(a, _Expected(result, name, dtype), answer_name or "the answer", log)
     if a is None:
         return case.verdict("missing", _hints.missing(case, answer))
-    case.a = a.to(case.exp.d.device)
+    found = _recognised(case, a.to(case.exp.d.device))
+    if found.correct or found.kind == "wrong-shape":
+        return found
+    refined = refinement(result, name, record, output)
+    if refined is None:
+        return found
+    again = _Case(a, _Expected(result, name, dtype, refined), case.answer, log)
+    checked = _recognised(again, a.to(again.exp.d.device))
+    # a mistake the plain comparison recognised stands; a plain "wrong" may be recognised now
+    return checked if checked.correct or found.kind == "wrong" else found
+
+
+def _recognised(case: _Case, a: torch.Tensor) -> Check:
+    """The verdict on the answer ``a``: right, the mistake recognised, or just wrong."""
+    case.a = a
     for recognise in (_same_shape, _x_shaped, _arranged):
         found = recognise(case)
         if found is not None:

@@ -1,0 +1,215 @@
+"""How precisely the derivatives an answer is graded against are known (``--check``).
+
+Autograd's float32 derivatives are exact to rounding relative to the *terms that sum into
+them*, not to their own size: ``y = x - sin(x)`` at x = 1e-3 gets 1 - cos(x) as the sum of
+1 and -0.9999995, so autograd says 4.77e-7 where the truth is 5.00e-7. A student who
+computes the true value (in float64, or by 2 sin²(x/2)) must not be told "wrong".
+
+:func:`refinement` gives, for one input, the values to grade against and an extra absolute
+tolerance per entry (``slack``), both shaped like ``r.derivatives[name]``:
+
+- with the cell's record: the derivatives again through a float64 replay of the record (on
+  fresh leaves; the user's tensors, their ``.grad`` and the global RNG are left alone). The
+  reference is the float64 value; the slack twice autograd's own measured error there, so
+  autograd's float32 answer and anything at least about as accurate are right;
+- otherwise (or where the float64 replay disagrees with autograd beyond rounding): autograd's
+  values, with a first-order bound on its rounding error (:func:`rounding_bound`).
+
+Both are computed only for an answer that the plain comparison calls wrong.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.tolerances import tolerances
+from ..run.replay import NotReplayable, build, runs_user_code
+
+MAX_COMPONENTS = 64  # backward passes per input: one per non-point output component
+MAX_NODES = 100_000  # graph nodes hooked by the rounding bound
+
+
+def refinement(result, name: str, record=None, output=None):
+    """(values, slack) for input ``name`` as float64 tensors shaped like its derivatives, or
+    None where neither a float64 replay nor the graph (``output``, else ``result.output``)
+    is at hand, or the output has more than :data:`MAX_COMPONENTS` components."""
+    item = result.inputs[name]
+    vs = list(result.gradients[name])
+    if len(vs) > MAX_COMPONENTS or not item.tensor.is_floating_point():
+        return None
+    d32 = item.derivatives.detach().to(torch.float64)
+    with torch.random.fork_rng(devices=_rng_devices(item.tensor)):
+        replays = _replays(record, result, output)
+        if replays is not None:
+            try:
+                found = _from_replays(replays, result, name, vs, d32)
+            except Exception:  # noqa: BLE001 - an op without float64 support …: no reference
+                found = None
+            if found is not None:
+                return found
+        graph = output if output is not None else result.output
+        if not isinstance(graph, torch.Tensor) or graph.grad_fn is None:
+            return None
+        try:
+            bound = rounding_bound(graph, item.tensor, vs)
+        except RuntimeError:  # the graph was freed (the cell's own backward): no bound
+            return None
+    return None if bound is None else (d32, bound.reshape(d32.shape))
+
+
+def _rng_devices(tensor: torch.Tensor) -> list:
+    """The CUDA devices whose RNG a replay may draw from (only where CUDA is in use)."""
+    if tensor.is_cuda:
+        return [tensor.device.index or 0]
+    return []
+
+
+def _replays(record, result, output):
+    """(float32 replay, float64 replay) of ``record``, or None: no record, not replayable,
+    or replaying would run the user's own Python again (a custom Function's forward)."""
+    if record is None:
+        return None
+    inputs = {n: item.tensor for n, item in result.inputs.items()}
+    target = output if output is not None else result.output
+    try:
+        try:  # at the point: random draws and masks as the cell drew them
+            replay = build(record, inputs, target, at_point=True)
+        except TypeError:  # a replay without that option
+            replay = build(record, inputs, target)
+    except NotReplayable:
+        return None
+    except Exception:  # noqa: BLE001 - never break grading for a reference
+        return None
+    if runs_user_code(replay):
+        return None
+    return replay, replay.with_dtype(torch.float64)
+
+
+def _from_replays(replays, result, name: str, vs: list, d32: torch.Tensor):
+    """The float64 derivatives and autograd's measured error, where that error is within the
+    rounding bound of the float32 replay's own graph, with a margin relative to the largest
+    derivative for sums inside one op (matmul), which the bound does not see (else None)."""
+    replay32, replay64 = replays
+    d64 = _derivatives(replay64, result, name, vs, torch.float64)
+    if d64 is None or d64.shape != d32.shape:
+        return None
+    leaves = _fresh(result, name, None)
+    with torch.enable_grad():
+        out32 = replay32.run(leaves)
+    bound = rounding_bound(out32, leaves[name], vs)
+    error = (d32 - d64).abs()
+    if bound is None:
+        return None
+    ops = tolerances(result.inputs[name].derivatives.dtype).backward * float(d64.abs().max())
+    if not bool((error <= 2 * bound.reshape(d32.shape) + ops).all()):
+        return None  # not rounding: a replay that differs from the cell's graph
+    return d64, 2 * error
+
+
+def _fresh(result, name: str, dtype) -> dict:
+    """New leaves standing for the inputs (only ``name`` requires grad); never the user's."""
+    leaves = {}
+    for key, item in result.inputs.items():
+        value = item.tensor.detach()
+        value = value.to(dtype) if dtype is not None and value.is_floating_point() \
+            else value.clone()
+        leaves[key] = value.requires_grad_(key == name)
+    return leaves
+
+
+def _derivatives(replay, result, name: str, vs: list, dtype) -> torch.Tensor | None:
+    """vᵀJ for each v (the analysis's own ``gradient`` vectors) through ``replay``."""
+    leaves = _fresh(result, name, dtype)
+    with torch.enable_grad():
+        out = replay.run(leaves)
+    if not isinstance(out, torch.Tensor) or out.dtype != dtype or not out.requires_grad:
+        return None
+    rows = []
+    for v in vs:
+        (row,) = torch.autograd.grad(out, leaves[name], v.to(out.dtype), retain_graph=True,
+                                     allow_unused=True)
+        rows.append(torch.zeros_like(leaves[name]) if row is None else row)
+    return torch.stack(rows).reshape(tuple(result.inputs[name].derivatives.shape))
+
+
+def rounding_bound(output: torch.Tensor, leaf: torch.Tensor, vs: list) -> torch.Tensor | None:
+    """A first-order bound on autograd's rounding error in vᵀJ for each v (stacked: one row
+    per v, shaped like ``leaf``): the magnitudes that sum into each entry, carried through
+    the graph. Each node's outgoing gradients carry the relative error of its incoming one
+    (entry by entry where the shapes agree, else its largest) plus one unit roundoff; a
+    sum of several contributions adds one unit roundoff of their magnitudes per addition.
+    None where the graph is too large to hook."""
+    nodes = _nodes(output)
+    if nodes is None:
+        return None
+    edge = torch.autograd.graph.get_gradient_edge(leaf)
+    rows = []
+    for v in vs:
+        errors: dict = {}
+        handles = [node.register_hook(_carry(node, errors)) for node in nodes]
+        try:
+            torch.autograd.grad(output, leaf, v.to(output.dtype), retain_graph=True,
+                                allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        found = _incoming(errors, (edge.node, edge.output_nr))
+        rows.append(torch.zeros(leaf.shape, dtype=torch.float64, device=leaf.device)
+                    if found is None else found.reshape(leaf.shape))
+    return torch.stack(rows)
+
+
+def _nodes(output: torch.Tensor) -> list | None:
+    """Every node of ``output``'s graph that computes gradients (not the leaves' own)."""
+    seen, stack, found = set(), [output.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if len(seen) > MAX_NODES:
+            return None
+        if node.next_functions:
+            found.append(node)
+        stack.extend(n for n, _ in node.next_functions)
+    return found
+
+
+def _carry(node, errors: dict):
+    """The hook that passes ``node``'s incoming error on to the nodes it feeds."""
+    def hook(grad_inputs, grad_outputs):
+        ratios = []
+        for slot, g in enumerate(grad_outputs):
+            if g is None:
+                continue
+            e = _incoming(errors, (node, slot))
+            g = g.detach().to(torch.float64).abs()
+            e = torch.zeros_like(g) if e is None else e.reshape(g.shape)
+            ratios.append(torch.where(g > 0, e / g.clamp_min(1e-300), torch.zeros_like(g)))
+        largest = max((float(r.max()) for r in ratios if r.numel()), default=0.0)
+        for c, (target, slot) in zip(grad_inputs, node.next_functions):
+            if c is None or target is None:
+                continue
+            unit = _unit(c.dtype)
+            c = c.detach().to(torch.float64).abs()
+            ratio = ratios[0] if len(ratios) == 1 and ratios[0].shape == c.shape else largest
+            terms, magnitude, count, _ = errors.get((target, slot), (0, 0, 0, unit))
+            errors[(target, slot)] = (terms + c * (ratio + unit), magnitude + c, count + 1, unit)
+    return hook
+
+
+def _unit(dtype: torch.dtype) -> float:
+    """The unit roundoff of a gradient's dtype (float32's for a non-floating one)."""
+    return torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps / 2
+
+
+def _incoming(errors: dict, key):
+    """The error bound of the gradient arriving at ``key`` (node, slot): its contributions'
+    bounds and the rounding of adding them up."""
+    found = errors.pop(key, None)
+    if found is None:
+        return None
+    terms, magnitude, count, unit = found
+    return terms + (count - 1) * unit * magnitude if count > 1 else terms
+
+
+__all__ = ["MAX_COMPONENTS", "refinement", "rounding_bound"]

@@ -1,0 +1,94 @@
+"""What an answer is compared with (``--check``): the answer read as float64 values, and the
+values it may equal with each entry's tolerance (:class:`Target`).
+
+A tolerance is relative to the magnitudes that sum into the entry's point (never to the
+largest entry overall), plus ``slack``: an absolute allowance per entry where autograd's own
+float32 value is imprecise (:mod:`.grading_reference`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def as_tensor(answer) -> tuple[torch.Tensor | None, torch.dtype | None]:
+    """The answer as float64 values (a list/tuple is stacked) and its own dtype."""
+    if isinstance(answer, torch.Tensor):
+        a = answer.detach()
+        if a.is_complex() or a.dtype == torch.bool:
+            return None, None
+        return a.double(), (a.dtype if a.is_floating_point() else None)
+    if isinstance(answer, (list, tuple)) and answer:
+        items = [as_tensor(a) for a in answer]
+        if all(t is not None for t, _ in items) and len({t.shape for t, _ in items}) == 1:
+            return torch.stack([t for t, _ in items]), items[0][1]
+        return None, None
+    try:
+        return as_tensor(torch.as_tensor(answer)) if answer is not None else (None, None)
+    except (TypeError, ValueError, RuntimeError):
+        return None, None
+
+
+@dataclass
+class Target:
+    """Values an answer may equal, each entry's tolerance, and which axes are points."""
+
+    form: str
+    value: torch.Tensor
+    tol: torch.Tensor
+    point_axes: tuple[int, ...] = ()
+
+    def mismatch(self, a: torch.Tensor, factor: int = 1) -> torch.Tensor:
+        e = self.value * factor
+        same = (a == e) | (a.isnan() & e.isnan())
+        return ~(same | ((a - e).abs() <= factor * self.tol))
+
+    def matches(self, a: torch.Tensor, factor: int = 1) -> bool:
+        return a.shape == self.value.shape and not bool(self.mismatch(a, factor).any())
+
+    def multiple(self, a: torch.Tensor) -> int | None:
+        """k ≥ 2 when ``a`` is k times the value, and no other k would do: some entry is
+        known well enough to tell k from k ± 1 (|value| > (2k + 1)·tol)."""
+        if a.shape != self.value.shape:
+            return None
+        ok = torch.isfinite(a) & torch.isfinite(self.value)
+        e, x = self.value[ok], a[ok]
+        norm = float((e * e).sum())
+        k = round(float((x * e).sum()) / norm) if norm > 0 else 0
+        if k < 2 or not bool((e.abs() > (2 * k + 1) * self.tol[ok]).any()):
+            return None
+        return k if self.matches(a, k) else None
+
+    def permuted(self, order) -> Target:
+        points = tuple(i for i, old in enumerate(order) if old in self.point_axes)
+        return Target(self.form, self.value.permute(order), self.tol.permute(order), points)
+
+    def reshaped(self, shape) -> Target:
+        return Target(self.form, self.value.reshape(shape), self.tol.reshape(shape))
+
+
+def target(form: str, value, magnitude, point_axes, rtol: float, slack=None) -> Target:
+    """Each entry judged relative to the largest magnitude summing into its point's entries,
+    plus a floor relative to the typical one (rounding where a derivative's terms cancel),
+    plus ``slack`` (shaped like ``value``) where autograd's own rounding is larger."""
+    mag = torch.nan_to_num(magnitude, nan=0.0, posinf=0.0)
+    others = tuple(d for d in range(mag.dim()) if d not in point_axes)
+    local = mag.amax(dim=others, keepdim=True) if others and mag.numel() else mag
+    floor = float(mag.mean()) if mag.numel() else 0.0
+    tol = rtol * (local + floor) + torch.finfo(torch.float64).tiny
+    tol = tol.expand(value.shape) if slack is None else tol + torch.nan_to_num(slack, nan=0.0)
+    return Target(form, value, tol.expand(value.shape), tuple(point_axes))
+
+
+def fits(a: torch.Tensor, shape: tuple) -> torch.Tensor | None:
+    """``a`` in ``shape`` when it has it, or differs only by axes of size 1."""
+    if tuple(a.shape) == shape:
+        return a
+    squeezed = tuple(n for n in a.shape if n != 1)
+    if squeezed == tuple(n for n in shape if n != 1):
+        return a.reshape(shape)
+    return None
+
+
+__all__ = ["Target", "as_tensor", "fits", "target"]
