@@ -275,3 +275,57 @@ def test_differentiate_takes_names_and_display_options():
     assert list(r.derivatives) == ["a", "b"] and r.output_name == "s"
     assert "0.33" in shown(r) and "0.333" not in shown(r)
     assert "```python" in shown(r)
+
+
+# -- targets: each part evaluated once, as in a plain cell ----------------------------------------
+TARGET_SETUP = """
+class Holder:
+    reads = 0
+    def __init__(self):
+        self._store = [None]
+    @property
+    def prop(self):
+        Holder.reads += 1
+        return self._store
+"""
+
+
+@pytest.mark.parametrize("cell, check", [
+    ("it = iter(range(5))\nd = {}\nd[next(it)] = x * 2", "next(it) == 1"),
+    ("it = iter(range(5))\nd = {0: 0}\nd[next(it)] += x * 2", "next(it) == 1 and 0 in d"),
+    ("h = Holder()\nh.prop[0] = x * 2", "Holder.reads == 1"),
+    ("h = Holder()\nh.prop[0], other = x * 2, 1", "Holder.reads == 1"),
+    ("h = Holder()\nh._store[0] = x * 1\nh.prop[0] += x * 2", "Holder.reads == 1"),
+    ("it = iter(range(5))\ny = torch.zeros(4)\ny[next(it):next(it)] += x[:1]",
+     "next(it) == 2"),
+])
+def test_targets_are_evaluated_once(ip, run_ok, cell, check):
+    run_ok(TARGET_SETUP + "x = torch.ones(3, requires_grad=True)")
+    run_vjp_cell = f"%%vjp --wrt x\n{cell}"
+    run_ok(run_vjp_cell)
+    assert run_ok(check) is True
+
+
+def test_the_cell_leaves_no_hidden_name(ip, run_ok):
+    from vjp_magic.core.tagging import is_visible_name
+
+    run_ok("x = torch.ones(3, requires_grad=True)")
+    names = set(ip.user_ns)
+    run_ok("%%vjp\nd = {}\nd['y'], e = x * 2, 1\nd['y'] += 1")
+    assert {n for n in set(ip.user_ns) - names if is_visible_name(n)} == {"d", "e"}
+    assert not [n for n in ip.user_ns if "vjp" in n]
+
+
+def test_an_error_in_a_target_points_at_the_users_line(ip, capsys):
+    result = ip.run_cell("%%vjp\nx = torch.ones(3, requires_grad=True)\nd = {}\n"
+                         "d[undefined_key] = x * 2\ny = x")
+    assert isinstance(result.error_in_exec, NameError)
+    shown_text = capsys.readouterr().out
+    assert "----> 3 d[undefined_key] = x * 2" in shown_text and "__vjp" not in shown_text
+    assert "__vjp_cell__" not in ip.user_ns and "y" not in ip.user_ns
+
+
+def test_grad_and_data_targets_are_not_outputs(run_vjp):
+    r = run_vjp("x = torch.ones(3, requires_grad=True)\ny = x * 2\nx.grad = None\n"
+                "w = torch.ones(3)\nw.data = torch.zeros(3)")
+    assert r.output_name == "y"

@@ -1023,6 +1023,12 @@ TARGET_OUTPUTS = [  # (cell, output name): subscript and attribute targets, inde
     ("exec('th2 = torch.tanh(u)')", "th2"),
     ("globals()['th3'] = torch.tanh(u)", "th3"),
     ("_th = torch.tanh(u)", "_th"),
+    ("store = {'f': 0}\nstore['f'] += torch.tanh(u)", "store['f']"),
+    ("store = {}\nstore['g'], store['f'] = u * 2, torch.tanh(u)", "store['f']"),
+    ("store = {}\nstore['f'] = torch.zeros(3)\nstore['f'][:] = torch.tanh(u)", "store['f']"),
+    ("store = {}\nfor k in ['a', 'f']:\n    store[k] = torch.tanh(u)", "store[k]"),
+    ("z = torch.zeros(3)\nz[0:3] += torch.tanh(u)", "z"),
+    ("import types\nm = types.SimpleNamespace(d={})\nm.d['f'] = torch.tanh(u)", "m.d['f']"),
 ]
 
 

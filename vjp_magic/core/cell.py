@@ -1,4 +1,6 @@
-"""Cell parsing: which targets a cell binds and whether it ends in an expression.
+"""Cell parsing: which targets a cell binds and whether it ends in an expression; and the
+cell rewritten so that its subscript and attribute targets record their values as it assigns
+them (:func:`capture_targets`).
 
 Pure ``ast`` work on Python source (IPython syntax is translated by ``run/execute.py``
 before it gets here).
@@ -6,6 +8,7 @@ before it gets here).
 from __future__ import annotations
 
 import ast
+import copy
 from dataclasses import dataclass, field
 
 
@@ -125,3 +128,200 @@ def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
         targets=visitor.targets,
         loaded_names=_loaded_names(tree),
     )
+
+
+# -- the targets' values, recorded as the cell assigns them -------------------------------------
+# While a cell runs, its statements that assign to subscripts and attributes (``d[k] = v``,
+# ``net.out = v``, ``d[k] += v``, ``a, d[k] = pair``) are rewritten so that each part of a target
+# is evaluated once, in Python's own order, into a slot of one hidden dict (``CAPTURE_NAME``); the
+# store itself is the cell's own, and afterwards the dict holds, for each target's source,
+# the values along the target (``d``, ``d['y']``, ..., then the value stored). Nothing of the
+# user's code is evaluated again to learn what a target holds.
+CAPTURE_NAME = "__vjp_cell__"
+
+
+def capture_targets(module: ast.Module) -> ast.Module:
+    """A copy of ``module`` whose subscript and attribute targets record their values into
+    ``CAPTURE_NAME`` (a dict the caller binds while the code runs): ``{source: (values along
+    the target..., value stored)}``. Line numbers are the cell's own."""
+    return ast.fix_missing_locations(_Capture().visit(copy.deepcopy(module)))
+
+
+def _complex(target: ast.AST) -> bool:
+    """Whether a target is, or holds, a subscript or an attribute."""
+    return any(isinstance(n, (ast.Subscript, ast.Attribute)) for n in ast.walk(target))
+
+
+class _Capture(ast.NodeTransformer):
+    """Rewrites the top-level statements that bind subscripts or attributes (not inside
+    function or class bodies, whose statements do not run as the cell's)."""
+
+    def __init__(self) -> None:
+        self.slots = 0
+
+    def slot(self, at: ast.AST, ctx=ast.Load) -> ast.Subscript:
+        """A fresh slot of the hidden dict: ``__vjp_cell__[n]``."""
+        self.slots += 1
+        node = ast.Subscript(value=ast.Name(id=CAPTURE_NAME, ctx=ast.Load()),
+                             slice=ast.Constant(self.slots), ctx=ctx())
+        return _at(node, at)
+
+    def visit_FunctionDef(self, node):
+        return node
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_Assign(self, node: ast.Assign):
+        if not any(_complex(t) for t in node.targets):
+            return node
+        value = self.slot(node.value)
+        statements = [_at(ast.Assign(targets=[_store(value)], value=node.value), node)]
+        for target in node.targets:
+            statements += self.store(target, value, node)
+        return statements
+
+    def visit_AnnAssign(self, node: ast.AnnAssign):
+        if node.value is None or not _complex(node.target):
+            return node
+        value = self.slot(node.value)
+        first = _at(ast.Assign(targets=[_store(value)], value=node.value), node)
+        return [first] + self.store(node.target, value, node, annotation=node.annotation)
+
+    def visit_AugAssign(self, node: ast.AugAssign):
+        if not isinstance(node.target, (ast.Subscript, ast.Attribute)):
+            return node
+        base, chain, statements = self.chain(node.target.value)
+        key = None
+        if isinstance(node.target, ast.Subscript):
+            key, hoisted = self.hoist(node.target.slice)
+            statements += hoisted
+        target = _part(node.target, base, key)
+        current = self.slot(node.target)
+        statements.append(_at(ast.Assign(targets=[_store(current)], value=target), node.target))
+        statements.append(_at(ast.AugAssign(target=_store(current), op=node.op,
+                                            value=node.value), node))
+        statements.append(_at(ast.Assign(targets=[_part(node.target, base, key, ast.Store)],
+                                         value=current), node))
+        return statements + [self.record(node.target, chain + [current], node)]
+
+    def visit_For(self, node):
+        node = self.generic_visit(node)
+        if _complex(node.target):
+            value = self.slot(node.target)
+            node.body = self.store(node.target, value, node.target) + node.body
+            node.target = _store(value)
+        return node
+
+    visit_AsyncFor = visit_For
+
+    def visit_With(self, node):
+        node = self.generic_visit(node)
+        for at, item in reversed(list(enumerate(node.items))):
+            if item.optional_vars is not None and _complex(item.optional_vars):
+                # ``with a as t1, b as t2`` is ``with a as t1: with b as t2``: t1 is bound
+                # before b is entered, so a complex target splits the statement there
+                inner = type(node)(items=node.items[at + 1:], body=node.body) \
+                    if at + 1 < len(node.items) else None
+                value = self.slot(item.optional_vars)
+                stores = self.store(item.optional_vars, value, item.optional_vars)
+                node.body = stores + ([_at(inner, node)] if inner else node.body)
+                node.items = node.items[:at] + [ast.withitem(item.context_expr, _store(value))]
+        return node
+
+    visit_AsyncWith = visit_With
+
+    def store(self, target, value, at, annotation=None) -> list[ast.stmt]:
+        """Statements that store ``value`` (a slot) into ``target`` as Python would, and
+        record what a subscript or attribute target held."""
+        if isinstance(target, (ast.Tuple, ast.List)) and _complex(target):
+            slots = [self.slot(e.value if isinstance(e, ast.Starred) else e) for e in target.elts]
+            elts = [_at(ast.Starred(value=_store(s), ctx=ast.Store()), e)
+                    if isinstance(e, ast.Starred) else _store(s)
+                    for s, e in zip(slots, target.elts)]
+            unpack = _at(ast.Assign(targets=[_at(type(target)(elts=elts, ctx=ast.Store()),
+                                                 target)], value=_load(value)), at)
+            statements = [unpack]
+            for slot, element in zip(slots, target.elts):
+                element = element.value if isinstance(element, ast.Starred) else element
+                statements += self.store(element, slot, element)
+            return statements
+        if not isinstance(target, (ast.Subscript, ast.Attribute)):
+            return [_at(ast.Assign(targets=[target], value=_load(value)), at)]
+        base, chain, statements = self.chain(target.value)
+        key = target.slice if isinstance(target, ast.Subscript) else None
+        stored = _part(target, base, key, ast.Store)
+        statements.append(_at(ast.Assign(targets=[stored], value=_load(value))
+                              if annotation is None else
+                              ast.AnnAssign(target=stored, annotation=annotation,
+                                            value=_load(value), simple=0), at))
+        return statements + [self.record(target, chain + [value], at)]
+
+    def chain(self, node: ast.expr):
+        """Each part along a target (``d``, then ``d['y']``, ...) evaluated once into a slot:
+        (the last slot, every slot, the statements)."""
+        if isinstance(node, (ast.Subscript, ast.Attribute)):
+            base, slots, statements = self.chain(node.value)
+            value = _part(node, base, node.slice if isinstance(node, ast.Subscript) else None)
+        else:
+            slots, statements, value = [], [], node
+        slot = self.slot(node)
+        statements.append(_at(ast.Assign(targets=[_store(slot)], value=value), node))
+        return slot, slots + [slot], statements
+
+    def hoist(self, key: ast.expr):
+        """A subscript's key evaluated once into slots (a slice's bounds, a tuple's items),
+        for ``d[k] += v``, which reads and then writes ``d[k]``: (the key, the statements)."""
+        if isinstance(key, ast.Slice):
+            statements, parts = [], {}
+            for name in ("lower", "upper", "step"):
+                part = getattr(key, name)
+                if part is not None:
+                    hoisted, more = self.hoist(part)
+                    statements, parts[name] = statements + more, hoisted
+            return _at(ast.Slice(**parts), key), statements
+        if isinstance(key, ast.Tuple) and any(isinstance(e, ast.Slice) for e in key.elts):
+            elts, statements = [], []
+            for element in key.elts:
+                hoisted, more = self.hoist(element)
+                elts, statements = elts + [hoisted], statements + more
+            return _at(ast.Tuple(elts=elts, ctx=ast.Load()), key), statements
+        slot = self.slot(key)
+        return _load(slot), [_at(ast.Assign(targets=[_store(slot)], value=key), key)]
+
+    def record(self, target, slots, at) -> ast.stmt:
+        """``__vjp_cell__['d[k]'] = (d, ..., value)``: what the target held, by its source."""
+        entry = ast.Subscript(value=ast.Name(id=CAPTURE_NAME, ctx=ast.Load()),
+                              slice=ast.Constant(ast.unparse(target)), ctx=ast.Store())
+        values = ast.Tuple(elts=[_load(s) for s in slots], ctx=ast.Load())
+        return _at(ast.Assign(targets=[entry], value=values), at)
+
+
+def _at(node: ast.AST, at: ast.AST) -> ast.AST:
+    """``node`` placed at ``at``'s lines and columns, with all its new parts."""
+    ast.copy_location(node, at)
+    for child in ast.walk(node):
+        if not hasattr(child, "lineno") and "lineno" in child._attributes:
+            ast.copy_location(child, at)
+    return node
+
+
+def _store(slot: ast.Subscript) -> ast.Subscript:
+    return ast.Subscript(value=copy.deepcopy(slot.value), slice=copy.deepcopy(slot.slice),
+                         ctx=ast.Store(), **_position(slot))
+
+
+def _load(slot: ast.Subscript) -> ast.Subscript:
+    return ast.Subscript(value=copy.deepcopy(slot.value), slice=copy.deepcopy(slot.slice),
+                         ctx=ast.Load(), **_position(slot))
+
+
+def _position(node: ast.AST) -> dict:
+    return {k: getattr(node, k) for k in ("lineno", "col_offset", "end_lineno",
+                                          "end_col_offset") if hasattr(node, k)}
+
+
+def _part(node, base, key, ctx=ast.Load) -> ast.expr:
+    """``node`` (``c[k]`` or ``c.a``) with its container read from the slot ``base``."""
+    if isinstance(node, ast.Subscript):
+        return _at(ast.Subscript(value=_load(base), slice=copy.deepcopy(key), ctx=ctx()), node)
+    return _at(ast.Attribute(value=_load(base), attr=node.attr, ctx=ctx()), node)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.cell import ParsedCell, parse_cell
+from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
 from ..core.tagging import is_visible_name
 from .guard import BackwardLog, keep_graphs
 from .mistakes import CellMistake, classify
@@ -106,9 +106,10 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     # The namespace before the cell ran: a name counts as assigned by the cell only if it
     # was re-bound, so lines a coached mistake stopped never pick the output.
     before = dict(shell.user_ns)
+    captured: dict = {}  # what its subscript and attribute targets held, as assigned
     with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record:
         try:
-            _run_code(shell, body)
+            _run_body(shell, body, captured)
             if final is not None:
                 final_value = _run_code(shell, final)
         except RuntimeError as error:
@@ -116,7 +117,8 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
             log.mistake = classify(error, log, source)
             if log.mistake is None:
                 raise
-    assigned, targets = _assigned(shell, parsed, before, complete=log.mistake is None)
+    assigned, targets = _assigned(shell, parsed, before, captured,
+                                  complete=log.mistake is None)
     return CellRun(cell=parsed, source=source, final_value=final_value, assigned=assigned,
                    targets=targets, log=log, record=record, namespace=shell.user_ns)
 
@@ -126,10 +128,26 @@ def _compile(shell, parsed: ParsedCell, filename: str):
     ``await`` is allowed where IPython allows it (autoawait)."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if shell.autoawait else 0
     with shell.compile.extra_flags(flags):
-        body = shell.compile(shell.transform_ast(parsed.body), filename, "exec")
+        body = shell.compile(capture_targets(shell.transform_ast(parsed.body)), filename,
+                             "exec")
         final = None if parsed.final_expr is None else shell.compile(
             parsed.final_expr, filename, "eval")
     return body, final
+
+
+def _run_body(shell, code, captured: dict) -> None:
+    """Run the cell's statements; what its subscript and attribute targets held as it
+    assigned them lands in ``captured`` (``{source: (values along the target..., value)}``).
+    The hidden name the rewritten cell records into is gone from the namespace afterwards."""
+    __tracebackhide__ = True  # noqa: F841
+    slots: dict = {}
+    shell.user_ns[CAPTURE_NAME] = slots
+    try:
+        _run_code(shell, code)
+    finally:
+        if shell.user_ns.get(CAPTURE_NAME) is slots:
+            del shell.user_ns[CAPTURE_NAME]
+        captured.update((k, v) for k, v in slots.items() if isinstance(k, str))
 
 
 def _run_code(shell, code):
@@ -155,11 +173,11 @@ def _run_coroutine(coroutine, loop_runner):
         return pool.submit(asyncio.run, coroutine).result()
 
 
-def _assigned(shell, parsed: ParsedCell, before: dict, complete: bool):
+def _assigned(shell, parsed: ParsedCell, before: dict, captured: dict, complete: bool):
     """What the cell bound, in binding order: its targets (names re-bound; in a completed
     cell also in-place updates and targets such as ``d['y']``, ``net.out``), then names
     re-bound another way (``%time y = ...``, ``exec``, ``globals()``). Returns the order and
-    the values of the targets that are not plain names."""
+    the values of the targets that are not plain names, as the cell assigned them."""
     ns = shell.user_ns
     missing = object()
 
@@ -171,7 +189,7 @@ def _assigned(shell, parsed: ParsedCell, before: dict, complete: bool):
         key = target if target.isidentifier() and (
             changed(target) or (complete and target in ns)) else None
         if complete and not target.isidentifier():
-            key, value = _target(shell, target)
+            key, value = _target(target, captured.get(target))
             if key is not None and not key.isidentifier():
                 values[key] = value
         if key is not None:
@@ -180,21 +198,21 @@ def _assigned(shell, parsed: ParsedCell, before: dict, complete: bool):
     return order, values
 
 
-def _target(shell, source: str):
-    """A subscript or attribute target after the cell: (its source, its value) when it
-    holds a tensor with autograd history, else (None, None). Indexing into a tensor
-    (``y[0] = ...``) counts as assigning that tensor."""
-    node = ast.parse(source, mode="eval").body
-    try:
-        while isinstance(node, (ast.Subscript, ast.Attribute)):
-            if not isinstance(evaluate(shell, node.value), torch.Tensor):
-                break
-            if isinstance(node, ast.Attribute):
-                return None, None  # x.grad = None, w.data = ...: not an output
-            node = node.value
-        value = evaluate(shell, node)
-    except Exception:  # noqa: BLE001 - no longer evaluates (del d['y'], a loop's index)
+def _target(source: str, held: tuple | None):
+    """A subscript or attribute target, from what the cell recorded as it assigned it (the
+    values along the target, then the value stored; None if it never ran): (its source, its
+    value) when it holds a tensor with autograd history, else (None, None). Indexing into a
+    tensor (``y[0] = ...``) counts as assigning that tensor."""
+    if held is None:
         return None, None
+    node, at = ast.parse(source, mode="eval").body, len(held) - 1
+    while isinstance(node, (ast.Subscript, ast.Attribute)) and at > 0:
+        if not isinstance(held[at - 1], torch.Tensor):
+            break
+        if isinstance(node, ast.Attribute):
+            return None, None  # x.grad = None, w.data = ...: not an output
+        node, at = node.value, at - 1
+    value = held[at]
     if isinstance(value, torch.Tensor) and value.grad_fn is not None:
         return ast.unparse(node), value
     return None, None
