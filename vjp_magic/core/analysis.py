@@ -67,6 +67,7 @@ def differentiate(
     graph_proof: bool = True,
     keep_graph: bool = False,
     given: dict[str, torch.Tensor] | None = None,
+    seed: int | None = None,
 ) -> VJPResult:
     """Derivatives of ``output`` with respect to ``inputs``, with their point structure inferred.
 
@@ -79,13 +80,16 @@ def differentiate(
     another way (e.g. vectorised per-sample gradients): each is used only if the probe rule
     accepts it against the graph's own vector-Jacobian products, else recomputed.
     The result keeps no reference to the output's graph unless ``keep_graph``.
+    Every random probe is drawn from ``seed`` (a fresh one per call unless given; torch's
+    global RNG is never used), kept as ``r.seed``: the same seed gives the same result.
     ``x.grad`` is never changed.
     """
     output = check_output(output, output_name)
     named = checks.checked_inputs(inputs, names)
     checks.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
-    probes = Probes(output, named)
+    seed = structure.new_seed() if seed is None else int(seed)
+    probes = Probes(output, named, seed)
     accepted = _from_given(output, named, given or {}, probes)
     rest = {n: t for n, t in named.items() if n not in accepted}
     proofs = {name: _proof(output, t, graph_proof) for name, t in rest.items()}
@@ -95,15 +99,61 @@ def differentiate(
     context = _Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
     if rest:
         accepted.update(_accepted(context, rest, proofs, max_pairings))
+    accepted = {name: (candidate, _nan_filled(context, named[name], candidate, derivatives))
+                for name, (candidate, derivatives) in accepted.items()}
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
                                    rejected=context.rejected.get(name, ()))
                for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
-                       memory_budget=budget)
+                       memory_budget=budget, seed=seed)
+    result.notes.extend(_unverifiable_notes(result, probes.nonfinite))
     _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
     if not keep_graph:
         result.release_graph()
     return result
+
+
+def _unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:
+    """A sentence per input whose larger pairing a probe could not verify: vᵀJ or vᵀD was
+    not finite at some entry (named), which tells a coupling from none at no probe value."""
+    notes = []
+    for name, flat in nonfinite.items():
+        item = result.inputs[name]
+        entry = ", ".join(str(int(i)) for i in torch.unravel_index(
+            torch.tensor(flat), tuple(item.tensor.shape))) if item.tensor.dim() else ""
+        shown = "under the structure the graph proves" if item.has_points \
+            else "as the full Jacobian"
+        notes.append(
+            f"The point structure of {result.output_name} with respect to {name} could not be "
+            f"verified: its derivatives are not finite at some entries (e.g. {name}[{entry}]), "
+            "where a random probe cannot tell a dependence across points from none. The "
+            f"derivatives are shown {shown}.")
+    return notes
+
+
+def _nan_filled(context, tensor, candidate: Candidate, derivatives) -> torch.Tensor:
+    """A full Jacobian (no points) with its NaN entries filled from the other mode where it has
+    a number. Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative
+    (every other row of sqrt at 0); forward mode carries another seed through other nodes,
+    so between them an entry is NaN only where both are."""
+    if any(tensor.shape[b] > 1 for b in candidate.pairing.in_axes) \
+            or not bool(derivatives.isnan().any()):
+        return derivatives
+    output = context.output
+    shape = tuple(output.shape) + tuple(tensor.shape)
+    filled = derivatives.reshape(shape)
+    for mode in (lambda: forward_jacobian(output, tensor),
+                 lambda: context.vjps([tensor], (), batched=False)[0][0]):
+        try:
+            other = mode().reshape(shape)
+        except (RuntimeError, NotImplementedError) as error:
+            if torch_error(error) is TorchError.SECOND_PASS:
+                raise
+            continue
+        filled = torch.where(filled.isnan() & ~other.isnan(), other, filled)
+        if not bool(filled.isnan().any()):
+            break
+    return filled.reshape(derivatives.shape)
 
 
 def _annotate(result, ordinary: set) -> None:
@@ -137,6 +187,8 @@ def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torc
         if tensor is not None and tuple(jacobian.shape) == shape:
             usable[name] = jacobian
     agreed = probes.agree_full(usable) if usable else set()
+    for name in usable:  # a given Jacobian not accepted is recomputed: no note on it
+        probes.nonfinite.pop(name, None)
     return {name: (Candidate(Pairing(), True), usable[name]) for name in usable
             if name in agreed}
 
@@ -212,7 +264,8 @@ def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
     try:
         jac = forward_jacobian(output, tensor)
         flat = jac.reshape((output.numel(),) + tuple(tensor.shape))
-        if structure.probe_agrees(flat, probes.vector().reshape(-1), probes.vjp(name), ()):
+        if structure.probe_agrees(flat, probes.vector().reshape(-1), probes.vjp(name), (),
+                                  nonfinite_agree=True):  # the same numbers, another way
             return jac
     except RuntimeError as error:
         if torch_error(error) is TorchError.SECOND_PASS:
@@ -234,7 +287,8 @@ def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
             jacobians[name] = _jacobian_either_mode(context, named[name], probes, name)
             continue
         flat = flats[name]
-        if output.numel() > 1 and not structure.probe_agrees(flat, v, probes.vjp(name), ()):
+        if output.numel() > 1 and not structure.probe_agrees(
+                flat, v, probes.vjp(name), (), nonfinite_agree=True):
             flat = context.vjps([named[name]], (), batched=False)[0][0]  # batching went wrong
         jacobians[name] = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
     return jacobians
@@ -250,22 +304,23 @@ def _with_proposal(candidates: list[Candidate], pairing, position: int = 0) -> l
     return candidates[:position] + [Candidate(pairing, False)] + candidates[position:]
 
 
-def _rows(output, read_row) -> list[tuple[tuple, torch.Tensor]]:
-    """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian."""
+def _rows(output, read_row, seed: int) -> list[tuple[tuple, torch.Tensor]]:
+    """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian, at
+    output entries drawn from the run's ``seed``."""
     rows, strides = [], structure.row_major_strides(output.shape)
-    for index in structure.row_indices(tuple(output.shape)):
+    for index in structure.row_indices(tuple(output.shape), seed):
         flat = sum(i * stride for i, stride in zip(index, strides))
         rows.append((index, read_row(flat).nonzero()))
     return rows
 
 
-def _row_proposal(output, tensor, candidates, position, read_row, drop=None):
+def _row_proposal(output, tensor, candidates, position, read_row, seed, drop=None):
     """A few rows of J: the pairing they suggest is tried at ``position``. With ``drop`` (called
     with each), candidates from there on holding a pair the rows break (a non-zero entry off
     the points) are dropped untried; the proved one is kept."""
     if len(candidates) < 2 or output.numel() <= 1:  # nothing to choose, or a scalar output
         return candidates
-    rows = _rows(output, read_row)
+    rows = _rows(output, read_row, seed)
     if drop is not None:
         broken = structure.broken_pairs(output.shape, tensor.shape, rows)
         kept = candidates[:position]
@@ -295,7 +350,7 @@ def _from_exact_jacobian(context, named, candidates, probes):
         flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
         if not candidates[name][0].proved:  # rows of J suggest a pairing, whatever the order
             candidates[name] = _row_proposal(context.output, named[name], candidates[name], 0,
-                                             lambda row: flat[row])
+                                             lambda row: flat[row], probes.seed)
         probes.use_jacobian(name, flat)
         for candidate in candidates[name]:
             derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)
@@ -344,12 +399,12 @@ def _from_verified_pairings(context, named, candidates, probes):
                 if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
                     candidates[name] = _row_proposal(
                         output, named[name], candidates[name], 1,
-                        lambda row, t=named[name]: _one_hot_row(output, t, row),
+                        lambda row, t=named[name]: _one_hot_row(output, t, row), probes.seed,
                         drop=lambda pairing, n=name: context.reject(n, pairing))
                 position[name] += 1
                 continue
             if was_batched and candidate.proved and not probes.agree(
-                    name, derivatives, candidate.pairing):  # the batching rule went wrong
+                    name, derivatives, candidate.pairing, batching=True):  # batching went wrong
                 derivatives = context.vjps([named[name]], point_out, batched=False)[0][0] \
                     .reshape(derivatives.shape)
             accepted[name] = (candidate, derivatives)

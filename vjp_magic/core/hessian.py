@@ -26,7 +26,6 @@ from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vj
 from .errors import VJPUsageError
 from .pairing import Pairing
 from .result import VJPResult
-from .structure import CONFIRMING_PROBES
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, ONCE_DIFFERENTIABLE_NODE, autograd_grad
 
@@ -88,7 +87,8 @@ class HessianResult:
 
     ``derivatives[name]``: the per-point Hessians (module docstring for the shape);
     ``hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape``;
-    ``point_axes[name]``: the output's point axes, as for first derivatives.
+    ``point_axes[name]``: the output's point axes, as for first derivatives;
+    ``seed``: the seed of every random probe (``hessian(..., seed=h.seed)`` reproduces it).
     """
 
     output: torch.Tensor
@@ -99,6 +99,7 @@ class HessianResult:
     symbolic: dict = field(default_factory=dict)
     symbolic_check: dict = field(default_factory=dict)
     view: object | None = field(default=None, repr=False, compare=False)
+    seed: int | None = None
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:
@@ -149,10 +150,11 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
                                    memory_budget=memory_budget, keep_graph=True,
                                    **analysis_options)
     output, budget = first.output, first.memory_budget
-    items = {name: _input_hessian(output, output_name, item, budget, analysis_options)
+    options = {**analysis_options, "seed": first.seed}  # one seed for every probe of the run
+    items = {name: _input_hessian(output, output_name, item, budget, options)
              for name, item in first.inputs.items()}
     result = HessianResult(output=output.detach(), output_name=output_name, inputs=items,
-                           memory_budget=budget)
+                           memory_budget=budget, seed=first.seed)
     result.notes.extend(_notes(result))
     return result
 
@@ -173,7 +175,7 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     if d is None or not d.requires_grad:
         return _zero(base, comp)
     try:
-        inner = _at_points(d, x, pairing, item.evidence, budget) or \
+        inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"]) or \
             _analysed(d, x, item.name, output_name, budget, options)
     except (NotImplementedError, RuntimeError) as error:  # an op without double backward
         if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
@@ -205,7 +207,7 @@ def _analysed(d, x, name, output_name, budget, options) -> _Inner:
     return _Inner(inner.pairing, inner.derivatives, inner.evidence, inner.unused)
 
 
-def _at_points(d, x, pairing: Pairing, evidence: str, budget: int) -> _Inner | None:
+def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) -> _Inner | None:
     """Where the output has points, D has the same ones: D[c, j] is a derivative of y at
     j's point, so it depends on that point's entries of x only (for every x when that holds
     of y). One VJP per component of D and entry of a point; unless that is proved, checked
@@ -215,7 +217,8 @@ def _at_points(d, x, pairing: Pairing, evidence: str, budget: int) -> _Inner | N
         return None
     k = d.dim() - x.dim()
     lifted = Pairing((k + b, b) for b in pairing.in_axes)
-    probes = [structure.probe_vector(d, draw) for draw in range(1 + CONFIRMING_PROBES)]
+    probes = [structure.probe_vector(d, seed, draw)
+              for draw in range(structure.probe_plan(d.dtype).probes)]
     (first,) = autograd_grad([d], [x], [probes[0]], retain_graph=True, allow_unused=True)
     if first is None:
         return _Inner(lifted, None, evidence, unused=True)

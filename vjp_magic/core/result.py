@@ -88,7 +88,9 @@ class VJPResult:
     ``derivatives[name]`` has shape ``(non-point output axes) + input.shape``;
     ``gradients[name]`` lists the ``gradient`` arguments used (row-major);
     ``point_axes[name]`` the (output_axis, input_axis) pairs recognised as points;
-    ``jacobian(name)`` the full Jacobian, shape ``output.shape + input.shape``.
+    ``jacobian(name)`` the full Jacobian, shape ``output.shape + input.shape``;
+    ``seed`` the seed every random probe of the analysis was drawn from (pass it back as
+    ``differentiate(..., seed=r.seed)`` to reproduce the run).
     """
 
     output: torch.Tensor
@@ -101,6 +103,7 @@ class VJPResult:
     symbolic_check: dict = field(default_factory=dict)
     check: object | None = None  # a student's answer graded (%%vjp --check; teach.grading.Check)
     gradcheck: object | None = None  # the replayed cell against finite differences (--gradcheck)
+    seed: int | None = None  # the probes' seed (core.structure.probe_vector)
     # How it displays (a render.view.View: options, sections around the derivatives).
     view: object | None = field(default=None, repr=False, compare=False)
 

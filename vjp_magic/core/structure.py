@@ -5,9 +5,12 @@ The graph analysis (:mod:`.axisflow`) proves what it can; shapes propose larger 
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
+import secrets
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -83,12 +86,13 @@ def broken_pairs(out_shape: Sequence[int], in_shape: Sequence[int], rows) -> set
                                       for index, support in rows)}
 
 
-def row_indices(out_shape: Sequence[int], count: int = 4) -> list[tuple[int, ...]]:
-    """Which output entries' rows to read for :func:`consistent_pairing`: fixed random
-    multi-indices, so that axes of equal size get different indices (which tells them apart)."""
+def row_indices(out_shape: Sequence[int], seed: int, count: int = 4) -> list[tuple[int, ...]]:
+    """Which output entries' rows to read for :func:`consistent_pairing`: random multi-indices
+    drawn from the run's ``seed``, so that axes of equal size get different indices (which
+    tells them apart)."""
     if math.prod(out_shape) <= 1:
         return []
-    generator = torch.Generator().manual_seed(_PROBE_SEED)
+    generator = probe_generator(seed, "rows")
     picks = torch.stack([torch.randint(0, n, (count,), generator=generator) for n in out_shape], 1)
     return list(dict.fromkeys(tuple(int(i) for i in row) for row in picks))
 
@@ -105,53 +109,83 @@ def component_shape(out_shape: Sequence[int], pairing: Pairing) -> tuple[int, ..
     return Pairing(pairing).component_shape(out_shape)
 
 
-_PROBE_SEED = 20240229
-_probe_cache: dict[tuple[torch.dtype, str, int], torch.Tensor] = {}
+# -- the probes ---------------------------------------------------------------------------------
+# Probe entries are ±2^k, k uniform in -K … K (K per dtype below), signs uniform: 2(2K+1)
+# equally likely values. Where a coupling J[j, i] (j at another point than i) exists, the
+# mismatch vᵀJ − vᵀD at input entry i is a linear form in v with coefficient J[j, i] on v_j;
+# with every other entry fixed, the rule's tolerance there does not depend on v_j, so v_j
+# must fall in one interval for the probe to miss. When |J[j, i]| ≥ 2^(2K+1) · tol · M_i (M_i:
+# the magnitudes of i's own derivatives, tol: the probe rule's tolerance; ``threshold``), that
+# interval is shorter than the smallest gap between two values and holds at most one of them:
+# one probe misses with probability ≤ 1/(2(2K+1)), n independent ones with ≤ (2(2K+1))^(−n).
+# n is the smallest count for which that is ≤ MISS_BOUND. A wider K would make each probe
+# likelier to catch an exact cancellation but raise the threshold: v's own dynamic range,
+# 2^(2K), times tol is how small a coupling can hide next to a large own term.
+MISS_BOUND = 1e-9
+PROBE_EXPONENTS = {torch.float64: 16, torch.float32: 5, torch.float16: 2, torch.bfloat16: 1}
 
 
-# Probe entries are ±2^k with k uniform in -K … K: K = 12 (3 for the half types, whose range
-# is small). A coupling can still cancel exactly in one probe (it does when v_i = v_j for the
-# two entries it joins: probability 1/(2(2K+1)) = 1/50 per probe), so further independent
-# probes must agree as well: this many more plain backward passes (a chance of at most
-# 50⁻³ = 8·10⁻⁶ that a coupling confined to one pair of entries hides in all three), or this
-# many read off a full Jacobian, where they cost nothing (50⁻⁹).
-PROBE_EXPONENTS = {torch.float16: 3, torch.bfloat16: 3}
-DEFAULT_EXPONENTS = 12
-CONFIRMING_PROBES = 2
-EXACT_PROBES = 8
+class ProbePlan(NamedTuple):
+    """How one verification probes, for one dtype (see the table above)."""
+
+    exponents: int  # K: probe entries are ±2^k, |k| ≤ K
+    values: int  # 2(2K+1) equally likely values
+    probes: int  # n: probe 0 and the confirming ones
+    threshold: float  # couplings this large, relative to M_i, are missed with ≤ miss
+    miss: float  # (2(2K+1))^(−n) ≤ MISS_BOUND
+
+    @property
+    def confirming(self) -> int:
+        """Probes after probe 0: plain backward passes on the large path
+        (CONFIRMING_PROBES), products with a checked Jacobian on the small one
+        (EXACT_PROBES)."""
+        return self.probes - 1
 
 
-def probe_vector(output: torch.Tensor, draw: int = 0) -> torch.Tensor:
-    """A random zero-mean probe shaped like the output (``draw``: 0, 1, … independent ones).
+def probe_plan(dtype: torch.dtype) -> ProbePlan:
+    """The :class:`ProbePlan` for ``dtype`` (float32's exponent span for any other dtype)."""
+    span = PROBE_EXPONENTS.get(dtype, PROBE_EXPONENTS[torch.float32])
+    values = 2 * (2 * span + 1)
+    count = 1
+    while values ** count < 1 / MISS_BOUND:
+        count += 1
+    return ProbePlan(span, values, count, 2.0 ** (2 * span + 1) * tolerances(dtype).probe,
+                     float(values) ** -count)
 
-    Entries are random signed powers of two. Scaling by a power of two commutes with
-    rounding, so along a point's own paths the backward with v rounds exactly as v times the
-    backward with a one-hot vector: whatever cancels inside one derivative cancels the same
-    way in both, and only the sum over a point's components can round differently. That is
-    what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
 
-    The draw is seeded, so it is a fixed function of the output's size: the first ``numel``
-    entries of one cached sequence per dtype, device and draw (a prefix of an i.i.d. sequence
-    is i.i.d., and exponents and signs come from generators of their own, so the prefix does
-    not depend on how long a sequence was drawn before).
+CONFIRMING_PROBES = {dtype: probe_plan(dtype).confirming for dtype in PROBE_EXPONENTS}
+EXACT_PROBES = CONFIRMING_PROBES  # the same bound on both paths: the same count
+
+
+def new_seed() -> int:
+    """A fresh seed for one run, from the operating system (torch's global RNG is left alone)."""
+    return secrets.randbits(63)
+
+
+def probe_generator(seed: int, purpose: str, draw: int = 0) -> torch.Generator:
+    """A CPU generator for one independent stream of a run: ``purpose`` and ``draw`` select
+    it, ``seed`` (the run's, kept on its result) makes the run reproducible."""
+    digest = hashlib.blake2b(f"{seed}/{purpose}/{draw}".encode(), digest_size=8).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor:
+    """A random zero-mean probe shaped like the output (``draw``: 0, 1, … independent ones),
+    drawn from the run's ``seed``: the same seed gives the same probes.
+
+    Entries are random signed powers of two (:func:`probe_plan`). Scaling by a power of two
+    commutes with rounding, so along a point's own paths the backward with v rounds exactly
+    as v times the backward with a one-hot vector: whatever cancels inside one derivative
+    cancels the same way in both, and only the sum over a point's components can round
+    differently. That is what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
     """
-    key = (output.dtype, str(output.device), draw)
-    cached = _probe_cache.get(key)
-    numel = output.numel()
-    if cached is None or cached.numel() < numel:
-        size = max(numel, 1024)
-        span = PROBE_EXPONENTS.get(output.dtype, DEFAULT_EXPONENTS)
-        exponents = torch.randint(-span, span + 1, (size,), generator=_generator(draw, 0))
-        signs = torch.randint(0, 2, (size,), generator=_generator(draw, 1)) * 2 - 1
-        fresh = torch.ldexp(signs.to(torch.float32), exponents)
-        cached = fresh.to(dtype=output.dtype, device=output.device)
-        _probe_cache.clear() if sum(t.numel() for t in _probe_cache.values()) > 2**26 else None
-        _probe_cache[key] = cached
-    return cached[:numel].view(output.shape)
-
-
-def _generator(draw: int, stream: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(_PROBE_SEED + 1000 * stream + draw)
+    plan = probe_plan(output.dtype)
+    codes = torch.randint(0, plan.values, (output.numel(),),
+                          generator=probe_generator(seed, "probe", draw))
+    exponents = torch.arange(-plan.exponents, plan.exponents + 1, dtype=torch.float64)
+    magnitudes = torch.exp2(exponents)
+    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(output.dtype)
+    return table[codes].to(output.device).view(output.shape)
 
 
 def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pairing) -> torch.Tensor:
@@ -184,7 +218,8 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pai
 
 
 def probe_mismatch(
-    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing
+    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
+    *, nonfinite_agree: bool = False,
 ) -> float:
     """How far vᵀJ (from autograd) is from vᵀD, in units of its tolerance (≤ 1: agrees).
 
@@ -192,9 +227,13 @@ def probe_mismatch(
     entry of vᵀJ is judged against the magnitudes that sum into it, (|v|ᵀ|D|)_j — never
     against the largest entry overall — so the verdict is the same at every size and every
     dynamic range. Any dependence across points adds terms that D lacks; they show unless
-    they are below the working precision of the entries they add to. Where both sides are
-    non-finite (sqrt at 0; 0·∞ in one-hot products) the entry cannot be compared and counts
-    as agreeing; where one side alone is, it is a mismatch.
+    they are below the working precision of the entries they add to.
+
+    Non-finite entries never agree: where vᵀJ or vᵀD is NaN or ±inf (sqrt at 0; 0·∞), that
+    entry cannot tell a coupling from no coupling, so the pairing is not verified (inf).
+    ``nonfinite_agree`` is for comparing two computations of the same Jacobian (a batching
+    rule, forward against reverse mode), where no structure is at stake: there entries
+    non-finite on both sides count as agreeing.
     """
     if derivatives.numel() == 0:
         return 0.0
@@ -202,20 +241,35 @@ def probe_mismatch(
     compute = _compute_dtype(dtype)
     derivatives, probe, probe_vjp = (t.to(compute) for t in (derivatives, probe, probe_vjp))
     expected = predicted_probe(derivatives, probe, pairing)
+    if not nonfinite_agree and first_nonfinite(probe_vjp, expected) is not None:
+        return math.inf
     if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
         return 0.0
     scale = predicted_probe(derivatives.abs(), probe.abs(), pairing)
-    return _judged(probe_vjp, expected, scale, dtype)
+    return _judged(probe_vjp, expected, scale, dtype, nonfinite_agree)
 
 
-def _judged(probe_vjp, expected, scale, dtype) -> float:
+def first_nonfinite(*tensors: torch.Tensor) -> int | None:
+    """The flat index of the first NaN or ±inf entry of the first of ``tensors`` that has
+    one (None: all finite)."""
+    for tensor in tensors:
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            return int((~finite).reshape(-1).nonzero()[0])
+    return None
+
+
+def _judged(probe_vjp, expected, scale, dtype, nonfinite_agree: bool = False) -> float:
     """:func:`probe_mismatch` once vᵀD (``expected``) and |v|ᵀ|D| (``scale``, overwritten)
     are known, all in the compute dtype."""
     allowed = scale.mul_(tolerances(dtype).probe).add_(torch.finfo(scale.dtype).tiny)
     ratio = torch.sub(probe_vjp, expected).abs_().div_(allowed)
     worst = float(ratio.max())
     if worst <= 1.0:  # NaN compares False: the non-finite entries are looked at below
-        return worst
+        finite = bool(torch.isfinite(ratio).all()) or nonfinite_agree
+        return worst if finite else math.inf
+    if not nonfinite_agree:
+        return float(ratio.nan_to_num_(nan=math.inf).max())
     both_nonfinite = ~torch.isfinite(probe_vjp) & ~torch.isfinite(expected)
     ratio = ratio.masked_fill_(both_nonfinite | (probe_vjp == expected), 0.0)
     return float(ratio.nan_to_num_(nan=math.inf).max())
@@ -248,7 +302,7 @@ class FullProbes:
         self.dtype = derivatives.dtype
         compute = _compute_dtype(self.dtype)
         self.empty = derivatives.numel() == 0
-        self.ordinary = False
+        self.ordinary = self.finite = False
         if self.empty:
             return
         m = probes[0].numel()
@@ -259,6 +313,7 @@ class FullProbes:
         sure = tolerances(self.dtype).probe * (1 - 2 * mu / (1 - mu)) \
             if mu < 0.25 and _full_precision_products(compute) else 0.0
         finite = bool(torch.isfinite(self.expected).all())
+        self.finite = finite
         self.sure = self.expected.abs().mul_(sure) if finite and sure > 0 else None
         # every vᵀD finite: D is (v has no zero); one non-zero: D has one
         self.ordinary = finite and bool(self.expected.any())
@@ -269,6 +324,8 @@ class FullProbes:
         if self.empty:
             return 0.0
         vjps = torch.stack([g.reshape(-1) for g in probe_vjps]).to(self.expected.dtype)
+        if not self.finite or first_nonfinite(vjps) is not None:
+            return math.inf
         if torch.equal(vjps, self.expected):
             return 0.0
         if self.sure is None:
@@ -293,10 +350,12 @@ class FullProbes:
 
 
 def probe_agrees(
-    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing
+    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
+    *, nonfinite_agree: bool = False,
 ) -> bool:
     """True when vᵀJ equals vᵀD within :func:`probe_mismatch`'s tolerance."""
-    return probe_mismatch(derivatives, probe, probe_vjp, pairing) <= 1.0
+    return probe_mismatch(derivatives, probe, probe_vjp, pairing,
+                          nonfinite_agree=nonfinite_agree) <= 1.0
 
 
 def gather_derivatives(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) -> torch.Tensor:
