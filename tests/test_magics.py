@@ -198,6 +198,19 @@ USAGE_ERRORS = [  # (setup cell, magic cell, words in the message)
     ("", "%%vjp --wrt x -x\nx = torch.ones(2, requires_grad=True)", ["parentheses: (-x)"]),
     ("", "%%vjp --of y z\nx = torch.ones(2, requires_grad=True)\ny = z = x * 2",
      ["Give one output to --of"]),
+    ("", "%%vjp --of y, z\nx = torch.ones(2, requires_grad=True)\ny = z = x * 2",
+     ["Give one output to --of", "--of y.sum() + 1"]),
+    ("", "%%vjp --of y * -x\nx = torch.ones(2, requires_grad=True)\ny = x * 2",
+     ["parentheses: (-x)", "quote the whole expression"]),
+    ("", "%%vjp\nx = torch.ones(3, requires_grad=True)\ny = x.to_sparse() * 2",
+     ["y is a sparse tensor (sparse_coo)", "y.to_dense()", "--of y.to_dense()"]),
+    ("", "%%vjp\nx = torch.ones(3, requires_grad=True)\nx.to_sparse() * 2",
+     ["sparse tensor", "(x.to_sparse() * 2).to_dense()"]),
+    ("x = torch.ones(3, requires_grad=True)", "%jacobian x.to_sparse() wrt x",
+     ["x.to_sparse() is a sparse tensor", "%jacobian x.to_sparse().to_dense() wrt x"]),
+    ("", "%%vjp\nx = torch.ones(3, requires_grad=True)\n"
+         "y = torch.utils.checkpoint.checkpoint(torch.sin, x, use_reentrant=True)",
+     ["use_reentrant=True", "torch.autograd.grad", "use_reentrant=False"]),
     ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x > 0).int()",
      ["torch.int32", "integer"]),
     ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x**2, x**3)", ["tuple", "--of y[0]"]),
@@ -323,6 +336,27 @@ def test_an_error_in_a_target_points_at_the_users_line(ip, capsys):
     shown_text = capsys.readouterr().out
     assert "----> 3 d[undefined_key] = x * 2" in shown_text and "__vjp" not in shown_text
     assert "__vjp_cell__" not in ip.user_ns and "y" not in ip.user_ns
+
+
+@pytest.mark.parametrize("line", ["--of y.sum() + 1", '--of "y.sum() + 1"',
+                                  "--of y.sum() + 1 --wrt x", "--of 'y.sum() + 1' --wrt x"])
+def test_of_takes_an_expression_with_spaces(run_vjp, assert_tensor, line):
+    r = run_vjp("x = torch.arange(3., requires_grad=True)\ny = x**2", line=line)
+    assert r.output_name == "y.sum() + 1"
+    assert_tensor(r.derivatives["x"], [0.0, 2.0, 4.0])
+
+
+def test_a_sparse_output_densified_with_of(run_vjp, assert_tensor):
+    r = run_vjp("x = torch.ones(3, requires_grad=True)\ny = x.to_sparse() * 2",
+                line="--of y.to_dense()")
+    assert_tensor(r.derivatives["x"], [2.0, 2.0, 2.0])
+    assert "text/markdown" in r._repr_mimebundle_()
+
+
+def test_sparse_output_in_plain_python_says_what_to_do():
+    x = torch.ones(3, requires_grad=True)
+    with pytest.raises(vjp_magic.core.errors.VJPUsageError, match="to_dense"):
+        vjp_magic.differentiate(x.to_sparse() * 2, x)
 
 
 def test_grad_and_data_targets_are_not_outputs(run_vjp):

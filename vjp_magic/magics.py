@@ -8,6 +8,7 @@ exceptions propagate exactly as in a plain cell.
 """
 from __future__ import annotations
 
+import ast
 import math
 import sys
 import tokenize
@@ -79,7 +80,8 @@ class VJPMagics(Magics):
                    "layer.weight are allowed.")
     @argument("--of", nargs="+", metavar="NAME", default=None,
               help="The output (default: the cell's final expression, else the last assigned "
-                   "tensor with autograd history).")
+                   "tensor with autograd history). A name or any expression, spaces "
+                   "allowed: --of y.sum() + 1, or quoted: --of \"y.sum() + 1\".")
     @argument("--full", action="store_true",
               help="No point-structure inference: the plain full Jacobian.")
     @argument("--explain", action="store_true",
@@ -241,7 +243,8 @@ class VJPMagics(Magics):
             if "unrecognized arguments: -" not in str(error):
                 raise
             raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
-                             "that starts with '-' goes in parentheses: (-x).") from None
+                             "that starts with '-' goes in parentheses: (-x); or quote the "
+                             "whole expression: --of \"y * -x\".") from None
         with _usage_errors():
             return checked_numbers(args)
 
@@ -258,10 +261,28 @@ class VJPMagics(Magics):
 
 
 def _one_output(of: list[str] | None) -> str | None:
-    """``--of``'s one output (checked after the cell ran, which keeps what it assigned)."""
-    if of and len(of) > 1:
-        raise VJPUsageError("Give one output to --of (e.g. --of y).")
-    return of[0] if of else None
+    """``--of``'s one output (checked after the cell ran, which keeps what it assigned). An
+    expression may have spaces (``--of y.sum() + 1``: the line's words after ``--of``, joined)
+    or be quoted (``--of "y.sum() + 1"``)."""
+    if not of:
+        return None
+    source = " ".join(of)
+    node = _expression(source)
+    if len(of) == 1 and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            and _expression(node.value) is not None:
+        return node.value.strip()  # quoted
+    if len(of) > 1 and (node is None or isinstance(node, ast.Tuple)):
+        raise VJPUsageError("Give one output to --of (e.g. --of y, or an expression such as "
+                            "--of y.sum() + 1).")
+    return source
+
+
+def _expression(source: str) -> ast.expr | None:
+    """``source`` parsed as one Python expression, or None where it is not one."""
+    try:
+        return ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return None
 
 
 @contextmanager

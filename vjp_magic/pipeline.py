@@ -246,6 +246,10 @@ def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str |
                 f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
                 "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
                 f"Compute {output_name} after the update, or run the update in a later cell.")
+    if kind is TorchError.REENTRANT_CHECKPOINT:
+        return (f"{output_name} was computed through torch.utils.checkpoint with "
+                "use_reentrant=True, which torch.autograd.grad (what vjp_magic differentiates "
+                "with) does not support: pass use_reentrant=False to checkpoint.")
     return None
 
 

@@ -43,6 +43,8 @@ class TorchError(enum.Enum):
     SECOND_PASS = "backward through the graph a second time"
     GRADIENT_SHAPE = "Mismatch in shape"
     INPLACE = "modified by an inplace operation"
+    # torch.utils.checkpoint(..., use_reentrant=True) refuses torch.autograd.grad
+    REENTRANT_CHECKPOINT = "torch.utils.checkpoint is incompatible with .grad()"
 
 
 def torch_error(error: BaseException | str) -> TorchError | None:

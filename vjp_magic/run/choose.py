@@ -47,7 +47,7 @@ class FromCell:
     def output(self, of: str | None) -> tuple[str, object]:
         if of is not None:
             name, self.chosen = of, lookup(self.scope, of, "--of")
-            return name, self.chosen
+            return name, dense(name, self.chosen, "%%vjp --of {}")
         run = self.run
         assigned = [n for n in run.assigned if n not in self.exclude]
         final = None if run.final_source in self.exclude else run.final_value
@@ -57,7 +57,7 @@ class FromCell:
         except VJPUsageError as error:
             raise VJPUsageError(number_output_hint(run.found, run.assigned) or str(error)) \
                 from None
-        return name, self.chosen
+        return name, dense(name, self.chosen, "%%vjp --of {}")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
@@ -84,7 +84,7 @@ class FromExpression:
         return cls(scope, source, value, record)
 
     def output(self, of: str | None) -> tuple[str, object]:
-        return self.output_source, self.value
+        return self.output_source, dense(self.output_source, self.value, "%jacobian {} wrt x")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
@@ -107,7 +107,8 @@ class Given:
     log = record = output_source = namespace = None
 
     def output(self, of: str | None) -> tuple[str, object]:
-        return self.output_name, self.tensor
+        return self.output_name, dense(self.output_name, self.tensor,
+                                       "vjp_magic.differentiate({}, x)")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         return named_inputs(self.given_inputs, self.names)
@@ -136,6 +137,24 @@ def lookup(scope, source: str, role: str):
         raise VJPUsageError(
             f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}"
         ) from None
+
+
+def dense(name: str, output, how: str):
+    """The output, unless it is a sparse tensor: its derivatives are computed, but nothing
+    past them reads a sparse layout, so the student is told to densify it (``how``: where
+    the dense output goes, e.g. ``%%vjp --of {}``)."""
+    if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
+        return output
+    try:
+        atom = isinstance(ast.parse(name, mode="eval").body,
+                          (ast.Name, ast.Attribute, ast.Subscript, ast.Call))
+    except SyntaxError:
+        atom = False
+    densified = f"{name}.to_dense()" if atom else f"({name}).to_dense()"
+    raise VJPUsageError(
+        f"{name} is a sparse tensor ({str(output.layout).replace('torch.', '')}): vjp_magic "
+        f"shows the derivatives of dense outputs. Differentiate {densified} instead: "
+        f"{how.format(densified)}.")
 
 
 def named(scope, names, output, output_name: str, role: str) -> dict:
