@@ -121,10 +121,9 @@ class VJPMagics(Magics):
         args = self._parse(line)
         if args.reveal and not args.check:
             raise UsageError("--reveal goes with --check NAME (the answer to grade).")
-        # the recorded calls serve --symbolic and --gradcheck, and vectorise per-sample
-        # gradients with respect to parameters named with --wrt
-        record = args.symbolic or args.gradcheck or bool(args.wrt)
-        run = run_cell(self.shell, cell, record_ops=record)
+        # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
+        # and --gradcheck, and vectorise per-sample gradients
+        run = run_cell(self.shell, cell, record_ops=True)
         answer = args.check if args.check and args.check.isidentifier() else None
         subject = FromCell(run, self.shell, exclude=(answer,) if answer else ())
         with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
@@ -214,7 +213,7 @@ class VJPMagics(Magics):
         """``%jacobian``'s and ``%hessian``'s run: the line's output expression evaluated in
         the namespace (its calls recorded for --symbolic), then ``run_pipeline`` on it."""
         with retained_grads_kept(self.shell.user_ns), _usage_errors():
-            subject = FromExpression.evaluate(self.shell, args.output_source, args.symbolic)
+            subject = FromExpression.evaluate(self.shell, args.output_source, record_ops=True)
             try:
                 return run_pipeline(subject, request)
             finally:

@@ -25,6 +25,7 @@ from .render.hessian import HessianView
 from .render.options import RenderOptions
 from .render.view import View
 from .run.choose import Given, lookup
+from .run.hookfree import AnalysedGraph, analysed_graph
 from .teach.code import code_section
 from .teach.coaching import mistake_sections
 from .teach.explain import explain_sections
@@ -57,8 +58,9 @@ def pipeline(subject, request: Request) -> VJPResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
+    graph = analysed_graph(subject.record, inputs, output)  # hook-free, where it can be
     given = _per_sample(subject, inputs, output, request)
-    result = _differentiate(output, inputs, output_name, request, given)
+    result = graph.restore(_differentiate(graph, output_name, request, given), output, inputs)
     graded, check_shown = _check(result, request, subject)
     gradcheck, failed, passed = _gradcheck(result, request, subject, inputs)
     before, after = _teaching(result, request, subject.log)
@@ -108,7 +110,8 @@ def hessian_pipeline(subject, request: Request) -> HessianResult:
     """The second derivatives of ``subject``'s output with respect to its inputs."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    result = _second_derivatives(output, inputs, output_name, request)
+    graph = analysed_graph(subject.record, inputs, output)
+    result = graph.restore(_second_derivatives(graph, output_name, request), output, inputs)
     shown, formulas, checks = _symbolic_hessian(result, request, subject)
     return replace(result, view=HessianView(request.options, before=shown),
                    symbolic=formulas, symbolic_check=checks)
@@ -127,18 +130,21 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
 
 
 # -- the stages ---------------------------------------------------------------------------------
-def _differentiate(output, inputs, output_name: str, request: Request,
+def _differentiate(graph: AnalysedGraph, output_name: str, request: Request,
                    given=None) -> VJPResult:
     """The numeric core; PyTorch's errors for a graph that can no longer be read, as advice."""
     options = dict(request.analysis)
     given = {**(given or {}), **(options.pop("given", None) or {})}  # the caller's own win
+    output, inputs = graph.output, graph.inputs
+    if graph.reason is not None:  # the user's own graph: its hooks see no vmap-batched tensor
+        options.setdefault("batched", False)
     try:
         return analysis.differentiate(  # the graph is kept until teaching has read it
             output, inputs, output_name=output_name, full=request.full,
             memory_budget=request.memory_budget, keep_graph=True, given=given or None,
             **options)
     except RuntimeError as error:
-        message = _graph_error_message(error, output_name, inputs)
+        message = _graph_error_message(error, output_name, inputs, graph)
         if message is None:
             raise
         raise VJPUsageError(message) from None
@@ -148,6 +154,7 @@ def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
     (the analysis uses them only if its probe agrees)."""
     if getattr(subject, "record", None) is None or request.full \
+            or not (request.wrt or request.symbolic or request.gradcheck) \
             or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
         return None
     from .run.persample import per_sample_jacobians
@@ -188,14 +195,16 @@ def _notes(result: VJPResult, gradcheck) -> list[str]:
     return [n for n in result.notes if n not in unverified_notes(result)]
 
 
-def _second_derivatives(output, inputs, output_name: str, request: Request) -> HessianResult:
+def _second_derivatives(graph: AnalysedGraph, output_name: str,
+                        request: Request) -> HessianResult:
     """The numeric core of ``%hessian``; a graph that can no longer be read, as advice."""
+    output, inputs = graph.output, graph.inputs
     try:
         return core_hessian.second_derivatives(
             output, inputs, output_name=output_name, memory_budget=request.memory_budget,
             full=request.full, **request.analysis)
     except RuntimeError as error:
-        message = _graph_error_message(error, output_name, inputs)
+        message = _graph_error_message(error, output_name, inputs, graph)
         if message is None:
             raise
         raise VJPUsageError(message) from None
@@ -232,14 +241,21 @@ def _symbolic(result: VJPResult, request: Request, subject) -> tuple[dict, dict,
     return report.formulas, report.check, report.sections()
 
 
-def _graph_error_message(error: RuntimeError, output_name: str, inputs) -> str | None:
-    """PyTorch's error when the output's graph can no longer be read, as advice; else None."""
+def _graph_error_message(error: RuntimeError, output_name: str, inputs,
+                         graph: AnalysedGraph | None = None) -> str | None:
+    """PyTorch's error when the output's graph can no longer be read, as advice; else None.
+    ``graph``: why the analysis could not use a copy rebuilt from the cell's record."""
     kind = torch_error(error)
-    if kind is TorchError.SECOND_PASS:
+    changed = graph is not None and graph.inputs_changed
+    if kind is TorchError.SECOND_PASS and graph is not None and graph.reason and not changed:
+        return (f"The graph of {output_name} was freed by a backward() call, and vjp_magic "
+                f"could not rebuild it from the cell's operations ({graph.reason}). Pass "
+                f"retain_graph=True to that call, or compute {output_name} again.")
+    if kind is TorchError.SECOND_PASS and not changed:
         return (f"The graph of {output_name} was freed before vjp_magic could read it "
                 "(a backward() call outside this cell). Recompute the output, or use "
                 "retain_graph=True.")
-    if kind is TorchError.INPLACE:
+    if kind in (TorchError.INPLACE, TorchError.SECOND_PASS):
         changed = [n for n, t in inputs.items() if isinstance(t, torch.Tensor) and t._version]
         which = f" ({', '.join(changed)})" if changed else ""
         return (f"{output_name} can no longer be differentiated: a tensor it was computed "

@@ -108,6 +108,7 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     before = dict(shell.user_ns)
     captured: dict = {}  # what its subscript and attribute targets held, as assigned
     with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record:
+        log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:
             _run_body(shell, body, captured)
             if final is not None:

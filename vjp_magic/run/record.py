@@ -42,6 +42,12 @@ _INPLACE_DUNDERS = {
 }
 _NO_SUBCLASS_DISPATCH = torch._C.DisableTorchFunctionSubclass
 _NOT_DATA = {"requires_grad_", "retain_grad_", "share_memory_", "rename_"}
+# Calls whose name holds one of these may draw random numbers: the generators' states are
+# kept from just before them, so a replay draws the same numbers (a call missed here only
+# makes its replay differ from the cell, which the replay's check refuses).
+_RANDOM_WORDS = ("rand", "dropout", "bernoulli", "multinomial", "normal", "uniform", "rrelu",
+                 "gumbel", "poisson", "exponential", "cauchy", "geometric", "attention",
+                 "multi_head", "transformer", "sample")
 
 
 @dataclass(eq=False, slots=True)
@@ -57,6 +63,7 @@ class Call:
     grad_enabled: bool
     targets: tuple = ()  # tensors the call changed in place
     before: tuple = ()  # (version, copy or None) of each target, from just before the call
+    rng: tuple | None = None  # the random generators' states just before a call that draws
 
 
 @dataclass(eq=False)
@@ -185,7 +192,7 @@ class _Recorder(TorchFunctionMode):
             seen = {id(t): (version(t), t.requires_grad) for t in tensors}
             targets = in_place_targets(func, args, kwargs)
             before = tuple((version(t), self._copy(t)) for t in targets)
-            return seen, targets, before, torch.is_grad_enabled()
+            return seen, targets, before, torch.is_grad_enabled(), rng_states(func, tensors)
         except Exception as error:  # noqa: BLE001 - never disturb the cell
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
             return None
@@ -203,11 +210,11 @@ class _Recorder(TorchFunctionMode):
         if started is None or self.record.failed is not None:
             return
         try:
-            seen, targets, before, grad_enabled = started
+            seen, targets, before, grad_enabled, rng = started
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
-                                          tracked, grad_enabled, targets, before))
+                                          tracked, grad_enabled, targets, before, rng))
             self._hold(outs, (args, kwargs))
         except Exception as error:  # noqa: BLE001
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
@@ -234,6 +241,25 @@ class _Recorder(TorchFunctionMode):
         """A custom Function's ``apply``, recorded as one call like any torch call."""
         __tracebackhide__ = True  # noqa: F841
         return self.__torch_function__(FunctionApply(function), (), args, kwargs)
+
+
+def rng_states(func, tensors) -> tuple | None:
+    """The CPU generator's state, and each CUDA device's that the call's tensors are on,
+    when ``func`` may draw random numbers (see :data:`_RANDOM_WORDS`); else None."""
+    name = (getattr(func, "__name__", "") or "").lower()
+    if not any(word in name for word in _RANDOM_WORDS):
+        return None
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    cuda = tuple((d, torch.cuda.get_rng_state(d)) for d in devices)
+    return torch.get_rng_state(), cuda
+
+
+def restore_rng(states) -> None:
+    """Put back the generators' states that :func:`rng_states` kept."""
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    for device, state in cuda:
+        torch.cuda.set_rng_state(state, device)
 
 
 def storage_of(tensor: torch.Tensor) -> tuple[int | None, int]:

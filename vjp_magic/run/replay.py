@@ -15,14 +15,15 @@ changed by a replay.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch.nn.modules._functions import BackwardHookFunction
 
 from ..core.tagging import custom_backwards, depends_on
 from ..core.tolerances import tolerances
-from .record import FunctionApply, storage_of, tensors_in, version
+from .record import FunctionApply, restore_rng, storage_of, tensors_in, version
 
 _CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
 _NORMS = {"batch_norm", "instance_norm"}  # running statistics updated inside the call
@@ -32,6 +33,10 @@ _DETACHING = {"detach", "detach_", "data"}
 
 class NotReplayable(Exception):
     """Why the record cannot be replayed as a pure function."""
+
+
+class InputChanged(NotReplayable):
+    """An input was changed in place after the cell used it (an optimiser step)."""
 
 
 @dataclass(eq=False)
@@ -47,6 +52,7 @@ class _Step:
     consts: dict  # id(recorded tensor) -> the value to use (as it was at the call)
     fresh: dict = field(default_factory=dict)  # constant in-place targets: id -> value before
     scratch: dict = field(default_factory=dict)  # running statistics: id -> a throwaway value
+    rng: tuple | None = None  # the generators' states the call drew from (record.rng_states)
 
 
 @dataclass(eq=False)
@@ -70,8 +76,9 @@ class Replay:
         env = dict(overrides or {})
         for name, key in self.names.items():
             env[key] = self._cast(tensors[name])
-        for step in self.steps:
-            _execute(step, env)
+        with _generators_kept(self.steps):
+            for step in self.steps:
+                _execute(step, env)
         return env[self.output_id]
 
     def with_dtype(self, dtype: torch.dtype) -> Replay:
@@ -116,10 +123,13 @@ def replayable(record, inputs: dict, output, *, verify: bool = True) -> Replay |
         return None
 
 
-def build(record, inputs: dict, output, *, verify: bool = True) -> Replay:
+def build(record, inputs: dict, output, *, verify: bool = True,
+          at_point: bool = False) -> Replay:
     """:func:`replayable`, raising :class:`NotReplayable` with the reason instead of None.
     ``verify=False`` skips the run at the original inputs: only for a caller that compares
-    the replay's values with the output itself."""
+    the replay's values with the output itself. ``at_point=True``: a replay valid at the
+    recorded input values only (what the analysis differentiates): results autograd did not
+    track (masks, indices, random draws, ``detach``) are constants, as recorded."""
     if record is None:
         raise NotReplayable("the cell's operations were not recorded")
     if record.failed is not None:
@@ -127,7 +137,7 @@ def build(record, inputs: dict, output, *, verify: bool = True) -> Replay:
     if not isinstance(output, torch.Tensor):
         raise NotReplayable("the output is not a tensor")
     ids = {name: id(t) for name, t in inputs.items()}
-    calls = _live_calls(record, set(ids.values()))
+    calls = _live_calls(record, set(ids.values()), at_point)
     if id(output) not in {key for call in calls for key in _out_ids(call)}:
         raise NotReplayable("the output was not computed by the recorded operations from "
                             "the inputs")
@@ -148,6 +158,7 @@ def _refuse_unrecorded_functions(output, steps: list) -> None:
     operations were recorded, and a replay of those would not be the cell."""
     applied = {step.func.function.__name__ for step in steps
                if isinstance(step.func, FunctionApply)}
+    applied |= {"BackwardHookFunction"} if any(s.func is _identity for s in steps) else set()
     for name in custom_backwards(output):
         if name.removesuffix("Backward") not in applied:
             raise NotReplayable(
@@ -158,7 +169,13 @@ def _refuse_unrecorded_functions(output, steps: list) -> None:
 
 def runs_user_code(replay: Replay) -> bool:
     """Whether replaying calls the user's own Python (a custom Function's forward)."""
-    return any(isinstance(step.func, FunctionApply) for step in replay.steps)
+    return bool(user_functions(replay))
+
+
+def user_functions(replay: Replay) -> tuple[str, ...]:
+    """The custom ``autograd.Function``\\ s whose forward a replay would run again."""
+    return tuple(dict.fromkeys(step.func.__name__ for step in replay.steps
+                               if isinstance(step.func, FunctionApply)))
 
 
 def _check_inputs_unchanged(calls: list, inputs: dict) -> None:
@@ -168,20 +185,24 @@ def _check_inputs_unchanged(calls: list, inputs: dict) -> None:
     for call in calls:
         for key, (seen, _) in call.seen.items():
             if key in by_id and seen is not None and seen != version(inputs[by_id[key]]):
-                raise NotReplayable(f"{by_id[key]} was changed in place after the cell used it")
+                raise InputChanged(f"{by_id[key]} was changed in place after the cell used it")
 
 
 def _out_ids(call) -> list[int]:
     return [id(t) for t in tensors_in(call.result) + list(call.targets)]
 
 
-def _live_calls(record, input_ids: set) -> list:
-    """The calls that read a tensor computed from the inputs, in order."""
+def _live_calls(record, input_ids: set, at_point: bool = False) -> list:
+    """The calls that read a tensor computed from the inputs, in order (``at_point``: only
+    tensors autograd tracked from them)."""
     live, calls = set(input_ids), []
     for call in record.calls:
         if any(id(t) in live for t in tensors_in((call.args, call.kwargs))):
-            calls.append(call)
-            live.update(key for key in _out_ids(call) if key not in input_ids)
+            outs = [key for key in _out_ids(call) if key not in input_ids
+                    and (not at_point or key in call.tracked)]
+            if outs or not at_point or call.targets:
+                calls.append(call)
+                live.update(outs)
     return calls
 
 
@@ -236,8 +257,8 @@ def _steps(calls: list, copies: dict, inputs: dict) -> list[_Step]:
     is an input), or is a constant, resolved to its value at the call."""
     live, steps = {id(t) for t in inputs.values()}, []
     for call in calls:
-        step = _Step(call.func, call.args, call.kwargs, call.result, call.targets,
-                     call.grad_enabled, {})
+        step = _Step(_replayed_function(call.func), call.args, call.kwargs, call.result,
+                     call.targets, call.grad_enabled, {}, rng=call.rng)
         scratch = _running_stats(call)
         for tensor in tensors_in((call.args, call.kwargs)):
             key = id(tensor)
@@ -253,6 +274,19 @@ def _steps(calls: list, copies: dict, inputs: dict) -> list[_Step]:
         live.update(_out_ids(call))
         steps.append(step)
     return steps
+
+
+def _replayed_function(func):
+    """What a step calls: the recorded function, except torch's module-hook marker
+    (``BackwardHookFunction``), which is the identity with hooks attached in the cell and is
+    replayed as the identity: a replay fires no hook."""
+    if isinstance(func, FunctionApply) and func.function is BackwardHookFunction:
+        return _identity
+    return func
+
+
+def _identity(*args):
+    return args
 
 
 def _running_stats(call) -> dict:
@@ -311,9 +345,23 @@ def _execute(step: _Step, env: dict) -> None:
 
     args = tuple(swap(a) for a in step.args)
     kwargs = {k: swap(v) for k, v in step.kwargs.items()}
+    if step.rng is not None:
+        restore_rng(step.rng)  # the same draws as the cell's
     with nullcontext() if step.grad_enabled else torch.no_grad():
         value = step.func(*args, **kwargs)
     _store(step.result, value, env)
+
+
+@contextmanager
+def _generators_kept(steps: list):
+    """The random generators end as they began: a replay moves no user RNG state."""
+    cpu = torch.get_rng_state()
+    devices = {d for step in steps if step.rng is not None for d, _ in step.rng[1]}
+    cuda = [(d, torch.cuda.get_rng_state(d)) for d in sorted(devices)]
+    try:
+        yield
+    finally:
+        restore_rng((cpu, cuda))
 
 
 def _throwaway(tensor: torch.Tensor) -> torch.Tensor:
@@ -388,4 +436,4 @@ def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
                                equal_nan=True))
 
 
-__all__ = ["NotReplayable", "Replay", "build", "close", "replayable"]
+__all__ = ["InputChanged", "NotReplayable", "Replay", "build", "close", "replayable"]

@@ -1,0 +1,106 @@
+"""The graph the analysis differentiates: a copy of the cell's, rebuilt from its record, with
+none of the user's hooks on it.
+
+The analysis makes many backward passes of its own. On the cell's own graph each would run
+the user's tensor hooks, module backward hooks, ``retain_grad`` and checkpointed blocks, and
+add to the ``.grad`` of the leaves. :func:`analysed_graph` instead replays the cell's
+recorded torch calls (:mod:`.replay`, at the recorded point: what autograd did not track is
+a constant, random draws are the cell's own) on fresh leaves standing for the inputs. The
+replay runs torch's operations only, never the user's Python: no hook, no module, no custom
+``autograd.Function`` forward (a cell with one is differentiated on its own graph, and the
+display says so). It is used only if it gives the cell's output values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..core.tagging import depends_on
+from .replay import InputChanged, NotReplayable, build, close, user_functions
+
+
+@dataclass(eq=False)
+class AnalysedGraph:
+    """An output and inputs to differentiate, standing for the user's ``output``/``inputs``.
+
+    ``replayed``: a hook-free copy rebuilt from the record; else the user's own graph, and
+    ``reason`` says why (None where nothing was recorded to rebuild from)."""
+
+    output: object
+    inputs: dict
+    replayed: bool = False
+    reason: str | None = None
+    hooks: list = field(default_factory=list)  # the inputs' own gradient hooks, named
+    inputs_changed: bool = False  # an input was changed in place after the cell used it
+
+    def restore(self, result, user_output, user_inputs: dict):
+        """``result`` (of the analysis on this graph) holding the user's tensors again, with
+        a note where it ran on the user's own graph or an input has a gradient hook."""
+        items = {name: replace(item, tensor=user_inputs.get(name, item.tensor))
+                 for name, item in result.inputs.items()}
+        notes = list(result.notes) + self.notes(result.output_name)
+        return replace(result, output=user_output, inputs=items, notes=notes)
+
+    def notes(self, output_name: str) -> list[str]:
+        found = []
+        if self.reason is not None:
+            found.append(f"Computed on the cell's own graph of {output_name} ({self.reason}): "
+                         "any hooks on it ran during the analysis.")
+        for name in self.hooks:
+            found.append(f"{name} has a gradient hook (register_hook): a backward through it "
+                         f"passes {name}'s gradient through the hook; the derivatives shown "
+                         "are autograd's without it.")
+        return found
+
+
+def analysed_graph(record, inputs: dict, output) -> AnalysedGraph:
+    """A hook-free copy of ``output``'s graph rebuilt from ``record`` on fresh leaves for
+    ``inputs`` (name → tensor); the user's own graph where that cannot be done faithfully."""
+    hooks = [name for name, t in inputs.items()
+             if isinstance(t, torch.Tensor) and t._backward_hooks]
+    if record is None or not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return AnalysedGraph(output, inputs, hooks=hooks)
+    try:
+        _refuse_nested(inputs)
+        fresh = {name: _fresh_leaf(t) for name, t in inputs.items()}
+        replay = build(record, inputs, output, verify=False, at_point=True)
+        functions = user_functions(replay)
+        if functions:
+            raise NotReplayable(f"{', '.join(functions)} is a custom autograd.Function, whose "
+                                "forward is the cell's own code and runs only once")
+        with torch.enable_grad():
+            value = replay.run(fresh)
+    except NotReplayable as error:
+        return AnalysedGraph(output, inputs, reason=str(error), hooks=hooks,
+                             inputs_changed=isinstance(error, InputChanged))
+    except Exception as error:  # noqa: BLE001 - any failure: the cell's own graph
+        reason = f"replaying failed: {type(error).__name__}: {error}"
+        return AnalysedGraph(output, inputs, reason=reason, hooks=hooks)
+    if not isinstance(value, torch.Tensor) or value.shape != output.shape \
+            or value.dtype != output.dtype or not close(value.detach(), output.detach()):
+        return AnalysedGraph(output, inputs, hooks=hooks, reason="a replay of its operations "
+                             "gave other values (state the record does not show)")
+    return AnalysedGraph(value, fresh, replayed=True, hooks=hooks)
+
+
+def _refuse_nested(inputs: dict) -> None:
+    """Fresh leaves stand for the inputs independently: an input computed from another one
+    (``--wrt h x`` with ``h = 2*x``) needs the cell's own graph, through which ``x`` reaches
+    the output also by way of ``h``."""
+    for name, tensor in inputs.items():
+        if isinstance(tensor, torch.Tensor) and tensor.grad_fn is not None:
+            for other, value in inputs.items():
+                if other != name and value is not tensor and depends_on(tensor, value):
+                    raise NotReplayable(f"{name} is computed from {other}, another input")
+
+
+def _fresh_leaf(tensor):
+    """A new leaf with ``tensor``'s values (its memory shared, never written): no hooks, no
+    ``.grad``, nothing of the user's."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        raise NotReplayable("an input is not a floating-point tensor")
+    return tensor.detach().requires_grad_(tensor.requires_grad)
+
+
+__all__ = ["AnalysedGraph", "analysed_graph"]
