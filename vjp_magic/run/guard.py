@@ -1,13 +1,16 @@
-"""Keeping the autograd graph alive while a cell runs its own ``backward`` — and only then.
+"""Keeping the autograd graph alive while a cell runs its own ``backward`` — only where needed.
 
-A ``%%vjp`` cell may call ``y.backward(v)`` itself, which frees the graph that the analysis
-needs afterwards. While the cell runs (:func:`keep_graphs`), the autograd engine object that
-``backward`` and ``torch.autograd.grad`` hand their work to is wrapped so that every pass
-retains its graph; nothing the user's code can hold a reference to (``torch.autograd.grad``,
-``Tensor.backward``) is replaced, so nothing of the magic outlives the cell. A graph the
-user's code would have freed is remembered: a second pass through it within the cell fails
-with PyTorch's own error, and once the analysis is done :meth:`BackwardLog.release` frees it
-for real, so afterwards memory and errors are as a plain cell leaves them.
+A ``%%vjp`` cell may call ``y.backward(v)`` itself, which frees the graph. The analysis
+rebuilds a graph of its own from the cell's record (:mod:`.hookfree`), so mostly the cell's
+pass frees its graph exactly as in a plain cell. Where the record cannot rebuild it (a custom
+``autograd.Function``, no complete record, nodes from before the cell), the pass keeps its
+graph instead: while the cell runs (:func:`keep_graphs`) the autograd engine object that
+``backward`` and ``torch.autograd.grad`` hand their work to is wrapped; nothing the user's
+code can hold a reference to is replaced, so nothing of the magic outlives the cell. A kept
+graph the user's code would have freed is remembered, node by node as the engine ran them
+(:func:`nodes_run`): a second pass through one of them within the cell fails with PyTorch's
+own error, and once the analysis is done (or at once, if the cell raises)
+:meth:`BackwardLog.release` frees it for real.
 
 Every call is recorded (:class:`BackwardCall`: the cell line it came from, the tensors, a
 copy of the gradients, the error it raised) so that teaching can coach on the cell's
@@ -29,6 +32,7 @@ from ..core.torch_api import ENGINE, FREED_MESSAGE, engine_wrapped
 
 # Calls whose tensors are kept for coaching (older ones are dropped, their graphs with them).
 KEEP_CALLS = 8
+MAX_COPIED_ENTRIES = 1 << 22  # .grad entries copied around each pass, for coaching
 
 
 @dataclass
@@ -44,6 +48,9 @@ class BackwardCall:
     line: int | None  # line in the cell that made the call (innermost cell frame)
     error: BaseException | None = None
     freed_by: int | None = None  # second-pass error: index of the call that freed the graph
+    # id(leaf) → what this call added to the leaf's .grad (read off .grad around the call,
+    # so that coaching needs no pass of its own through a graph the call may have freed)
+    added: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -69,6 +76,41 @@ class BackwardLog:
     mistake: object = None  # set by run.execute when the cell stopped on a coached error
     # id(leaf) → (leaf, copy of its .grad before the cell's first backward reaching it)
     grad_before: dict[int, tuple] = field(default_factory=dict)
+    ops: object = None  # the cell's recorded torch calls (run.record.OpRecord), if any
+    first_node: int = 0  # sequence number of the first autograd node the cell can make
+    retained_any: bool = False  # whether a pass kept a graph its call would have freed
+
+    def must_retain(self, nodes: list) -> bool:
+        """Whether a graph the cell's own pass frees must be kept for the analysis: only where
+        the analysis cannot rebuild it from the record (:mod:`.hookfree`): no complete record,
+        a custom ``autograd.Function`` (its forward is the user's code), or nodes made before
+        the cell."""
+        ops = self.ops
+        if ops is None or ops.failed is not None:
+            return True
+        for node in nodes:
+            if isinstance(node, torch.autograd.function.BackwardCFunction) and \
+                    type(node).__name__ != "BackwardHookFunctionBackward":
+                return True
+            if not hasattr(node, "variable") and node._sequence_nr() < self.first_node:
+                return True
+        return False
+
+    def note_grads_before(self, nodes: list) -> dict:
+        """Keep each reached leaf's ``.grad`` as it was before the cell's first pass to it;
+        return ``{id: (leaf, copy of its .grad now)}`` for the leaves this pass reaches (none
+        when they are too large to copy at every pass)."""
+        leaves = [n.variable for n in nodes if isinstance(getattr(n, "variable", None),
+                                                          torch.Tensor)]
+        now = {}
+        small = sum(leaf.numel() for leaf in leaves) <= MAX_COPIED_ENTRIES
+        for leaf in leaves:
+            grad = leaf.grad
+            copy = None if grad is None else grad.detach().clone()
+            self.grad_before.setdefault(id(leaf), (leaf, copy))
+            if small:
+                now[id(leaf)] = (leaf, copy)
+        return now
 
     def record(self, kind, tensors, gradients, inputs, retain_graph) -> BackwardCall:
         record = BackwardCall(
@@ -228,7 +270,8 @@ def _free_graph(roots, inputs) -> None:
 
 
 class _RetainingEngine:
-    """The autograd engine as the cell sees it: every pass keeps its graph; calls recorded."""
+    """The autograd engine as the cell sees it: every call recorded; a pass keeps its graph
+    only where the analysis will need that graph itself (:meth:`BackwardLog.must_retain`)."""
 
     def __init__(self, engine, log: BackwardLog):
         self._engine = engine
@@ -246,35 +289,88 @@ class _RetainingEngine:
         accumulate = kwargs.get("accumulate_grad", args[1] if len(args) > 1 else True)
         record = log.record("backward" if accumulate else "grad", tensors, grad_tensors,
                             inputs or None, keep_graph)
-        nodes = list(walk_nodes(_root_nodes(tensors)))
-        for node in nodes:
-            key = _key(node)
-            if key in log.freed_by and _saves_tensors(node):
-                record.freed_by = log.freed_by[key]
-                record.error = RuntimeError(FREED_MESSAGE)
-                log.errors.append(record.error)
-                raise record.error
-        if accumulate:
-            for node in nodes:
-                leaf = getattr(node, "variable", None)
-                if isinstance(leaf, torch.Tensor) and id(leaf) not in log.grad_before:
-                    grad = leaf.grad
-                    log.grad_before[id(leaf)] = (leaf, None if grad is None
-                                                 else grad.detach().clone())
+        nodes = nodes_run(_root_nodes(tensors), inputs)
+        freed = next((log.freed_by[_key(n)] for n in nodes
+                      if _key(n) in log.freed_by and _saves_tensors(n)), None)
+        retain = not keep_graph and log.must_retain(nodes)
+        if freed is not None and log.retained_any:  # PyTorch's own error, where it would be
+            record.freed_by = freed
+            record.error = RuntimeError(FREED_MESSAGE)
+            log.errors.append(record.error)
+            raise record.error
+        leaves = log.note_grads_before(nodes) if accumulate else {}
         try:
-            result = self._engine.run_backward(tensors, grad_tensors, True, create_graph,
-                                               inputs, *args, **kwargs)
+            result = self._engine.run_backward(tensors, grad_tensors, keep_graph or retain,
+                                               create_graph, inputs, *args, **kwargs)
         except BaseException as error:
-            record.error = error
+            record.error, record.freed_by = error, freed
             log.errors.append(error)
             raise
+        record.added = _added(leaves)
         if not keep_graph:
             for node in nodes:
                 log.freed_by.setdefault(_key(node), record.index)
+        if retain:
+            log.retained_any = True
             log.freeing.append(_Freeing(
                 [weakref.ref(t) for t in _as_list(tensors) if isinstance(t, torch.Tensor)],
                 None if not inputs else list(inputs)))
         return result
+
+
+def _added(leaves: dict) -> dict:
+    """``{id(leaf): what the pass added to its .grad}``, from the copies made before it."""
+    added = {}
+    for key, (leaf, before) in leaves.items():
+        grad = leaf.grad
+        if grad is not None and not grad.is_sparse:
+            added[key] = grad.detach().clone() if before is None else grad.detach() - before
+    return added
+
+
+def nodes_run(roots: list, inputs) -> list:
+    """The nodes a pass from ``roots`` runs: all it reaches, or with ``inputs`` given
+    (``backward(inputs=…)``, ``autograd.grad``) only those with a way down to one of them
+    (the engine runs nothing else, so nothing else is freed)."""
+    nodes = list(walk_nodes(roots))
+    if not inputs:
+        return nodes
+    targets = _input_nodes(inputs, nodes)
+    reaches: dict[int, bool] = {}
+    for node in reversed(_parents_first(nodes)):  # children before their parents
+        reaches[id(node)] = any(id(n) in targets or reaches.get(id(n), False)
+                                for n, _ in node.next_functions if n is not None)
+    return [n for n in nodes if reaches[id(n)]]
+
+
+def _parents_first(nodes: list) -> list:
+    """``nodes`` (a whole graph below its roots) ordered so that a node comes after every
+    node that points to it (Kahn's algorithm)."""
+    count = {id(n): 0 for n in nodes}
+    for node in nodes:
+        for child, _ in node.next_functions:
+            if child is not None and id(child) in count:
+                count[id(child)] += 1
+    ready = [n for n in nodes if count[id(n)] == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child, _ in node.next_functions:
+            if child is not None and id(child) in count:
+                count[id(child)] -= 1
+                if count[id(child)] == 0:
+                    ready.append(child)
+    return order
+
+
+def _input_nodes(inputs, nodes) -> set:
+    """ids of the nodes where a pass with ``inputs`` takes its gradients: a leaf's gradient
+    accumulator, a non-leaf input's producer (not run for it), a gradient edge's node."""
+    wanted = _as_list(inputs)
+    leaves = {id(t) for t in wanted if isinstance(t, torch.Tensor) and t.grad_fn is None}
+    found = {id(n) for n in nodes if id(getattr(n, "variable", None)) in leaves}
+    return found | {id(n) for n in _root_nodes(wanted)}
 
 
 def _retained_grad_tensors(namespace) -> list[torch.Tensor]:
@@ -311,9 +407,22 @@ def retained_grads_kept(namespace):
 
 @contextmanager
 def keep_graphs(filename: str | None = None):
-    """While the block runs, every backward pass keeps its graph and is recorded; yields the
-    :class:`BackwardLog`. ``filename`` is the name the cell's code was compiled under: calls
-    are recorded with the line of the cell that made them."""
-    log = BackwardLog(filename=filename)
-    with engine_wrapped(lambda engine: _RetainingEngine(engine, log)):
-        yield log
+    """While the block runs, every backward pass is recorded, and keeps its graph where the
+    analysis will need it (:meth:`BackwardLog.must_retain`; set ``log.ops`` to the cell's
+    record first); yields the :class:`BackwardLog`. ``filename`` is the name the cell's code
+    was compiled under: calls are recorded with the line of the cell that made them. If the
+    block raises, the graphs kept are freed at once."""
+    log = BackwardLog(filename=filename, first_node=_next_sequence_number())
+    try:
+        with engine_wrapped(lambda engine: _RetainingEngine(engine, log)):
+            yield log
+    except BaseException:
+        log.release()  # the cell raised or was interrupted: free now what its passes freed
+        raise
+
+
+def _next_sequence_number() -> int:
+    """The sequence number the next autograd node made on this thread will get (at least)."""
+    with torch.enable_grad():
+        probe = torch.zeros((), requires_grad=True).mul(1)
+    return probe.grad_fn._sequence_nr() + 1

@@ -266,6 +266,10 @@ def _close(a: torch.Tensor, b: torch.Tensor, dtype) -> bool:
 
 
 def _vjp(call: BackwardCall, x: torch.Tensor) -> torch.Tensor:
+    """What ``call`` added to ``x.grad``: as the guard saw it, else one pass through the
+    graph where the guard kept it (a RuntimeError where it was freed)."""
+    if id(x) in call.added:
+        return call.added[id(x)]
     grads = call.gradients
     if grads is not None and len(grads) != len(call.tensors):
         grads = None
