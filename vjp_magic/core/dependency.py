@@ -7,7 +7,11 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 
 - :func:`from_result`: exact, from a result's structured derivatives (no graph needed);
 - :func:`probe_pattern` (and :func:`dependency`): from a live graph, without the Jacobian, by
-  batched random probes vᵀJ supported on sets of output indices (an adaptive group test).
+  batched random probes vᵀJ supported on sets of output indices (an adaptive group test),
+  drawn from a seed kept on the answer. A non-finite probe answer (0·∞ where a zero entry of
+  v meets an infinite derivative) is never read as a dependence: such input indices are read
+  again one output index at a time and, through double backward, one input index at a time
+  (forward mode); where the graph proves the axes paired, only the diagonal is probed.
 
 :func:`verdict` names the smallest band of diagonals that holds every dependence.
 """
@@ -22,7 +26,7 @@ import torch
 from . import axisflow, memory, structure
 from .derivatives import chunk_size, vjp_batch
 from .errors import VJPUsageError
-from .torch_api import TorchError, torch_error
+from .torch_api import TorchError, autograd_grad, torch_error
 
 KINDS = ("independent", "lower-triangular", "upper-triangular", "band", "dense")
 
@@ -35,7 +39,8 @@ class Dependency:
     nearest simpler kind forbids, as (output index, input index), None for "independent";
     ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle;
     ``pattern``: bool, (output axis size × input axis size); ``evidence``: "proved" or
-    "observed" (read off a result, as its pairing is known) or "probed" (random probes).
+    "observed" (read off a result, as its pairing is known) or "probed" (random probes);
+    ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again).
     """
 
     kind: str
@@ -45,6 +50,7 @@ class Dependency:
     out_axis: int = 0
     in_axis: int = 0
     evidence: str = "probed"
+    seed: int | None = field(default=None, compare=False)
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
         """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
@@ -110,9 +116,9 @@ def verdict(pattern: torch.Tensor) -> tuple[str, tuple[int, int] | None, tuple[i
     return kind, witness, (None if kind == "dense" else (lo, hi))
 
 
-def _dependency(pattern, out_axis, in_axis, evidence) -> Dependency:
+def _dependency(pattern, out_axis, in_axis, evidence, seed=None) -> Dependency:
     kind, witness, offsets = verdict(pattern)
-    return Dependency(kind, witness, offsets, pattern, out_axis, in_axis, evidence)
+    return Dependency(kind, witness, offsets, pattern, out_axis, in_axis, evidence, seed)
 
 
 def _axis(axis, ndim: int, what: str) -> int:
@@ -143,7 +149,7 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
         pattern = _plane(nonzero, k + b, k + b)
     else:  # y's index along a is x's index along the axis paired with a
         pattern = _plane(nonzero, k + paired[a], k + b)
-    return _dependency(pattern.cpu(), a, b, item.evidence)
+    return _dependency(pattern.cpu(), a, b, item.evidence, getattr(result, "seed", None))
 
 
 def _plane(nonzero: torch.Tensor, first: int, second: int) -> torch.Tensor:
@@ -166,18 +172,23 @@ class _Prober:
     """Which input indices (along ``b``) sets of output indices (along ``a``) reach.
 
     A probe is a random vector of entries ±(1..2) on the set's slices of the output and 0
-    elsewhere; vᵀJ is non-zero at an input index exactly when some output entry of the set
-    has a non-zero derivative there (barring an exact cancellation: the final check).
+    elsewhere, drawn from ``seed`` (``stream``: an independent draw); vᵀJ is non-zero at an
+    input index exactly when some output entry of the set has a non-zero derivative there
+    (barring an exact cancellation: the final check). A non-finite answer says nothing: its
+    input index goes to :attr:`unknown` and is not a hit.
     """
 
-    def __init__(self, output, x, a, b, budget, max_seconds=None, seed: int = 7, limit=None):
+    def __init__(self, output, x, a, b, budget, seed: int, max_seconds=None, stream: int = 0,
+                 limit=None, workspace: int = 0):
         self.output, self.x, self.a, self.b, self.budget = output, x, a, b, budget
+        self.seed = seed
         # each probe of a batch holds its own copy of every gradient on the graph
-        self.limit = limit or chunk_size(output, [x], budget, axisflow.prove(output, x).workspace)
-        generator = torch.Generator().manual_seed(structure._PROBE_SEED + seed)
+        self.limit = limit or chunk_size(output, [x], budget, workspace)
+        generator = structure.probe_generator(seed, "dependency", stream)
         r = torch.rand(tuple(output.shape), generator=generator) * 2 - 1  # ±(1..2): r + sign r
         self.values = (r + r.sign()).to(dtype=output.dtype, device=output.device)
         self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
+        self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
 
     def vectors(self, sets: torch.Tensor) -> torch.Tensor:
         """One random vector restricted to each set: every probe's answer holds on its own
@@ -187,28 +198,34 @@ class _Prober:
                                               for d in range(self.output.dim())))
         return self.values * on
 
-    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
+    def answers(self, sets: torch.Tensor, batched: bool = True):
+        """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches
+        (a finite non-zero), and where its answer was NaN or ±inf."""
         self._check_time(len(sets))
-        parts = []
+        hits, unknown = [], []
         for start in range(0, len(sets), self.limit):
             part = sets[start:start + self.limit]
             (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
-            g = g.detach().ne(0).movedim(1 + self.b, 1)
-            parts.append(g.reshape(len(part), g.shape[1], -1).any(2).cpu())
+            hit, bad = _read(g, 1 + self.b)
+            hits.append(hit)
+            unknown.append(bad)
             self.count += len(part)
-        return torch.cat(parts)
+        return torch.cat(hits), torch.cat(unknown)
+
+    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
+        hit, unknown = self.answers(sets, batched)
+        self.unknown |= unknown.any(0)
+        return hit
 
     def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
         """One probe per output index in ``rows``: (len(rows) × n_in)."""
-        self._check_time(len(rows))
-        parts = []
-        for start in range(0, len(rows), self.limit):
-            chunk = rows[start:start + self.limit]
-            sets = torch.zeros(len(chunk), self.output.shape[self.a], dtype=torch.bool)
-            sets[torch.arange(len(chunk)), chunk] = True
-            parts.append(self.hits(sets, batched))
-        return torch.cat(parts)
+        return self.hits(self.row_sets(rows), batched)
+
+    def row_sets(self, rows: torch.Tensor) -> torch.Tensor:
+        sets = torch.zeros(len(rows), self.output.shape[self.a], dtype=torch.bool)
+        sets[torch.arange(len(rows)), rows] = True
+        return sets
 
     def _check_time(self, more: int) -> None:
         if self.max_seconds is None or not self.count:
@@ -218,23 +235,88 @@ class _Prober:
             raise _OverTime
 
 
+def _read(g: torch.Tensor, axis: int):
+    """(k, …) answers → (k × size along ``axis``) bool twice: a finite non-zero anywhere on
+    the slice, a NaN or ±inf anywhere on it."""
+    g = g.detach().movedim(axis, 1)
+    g = g.reshape(len(g), g.shape[1], -1)
+    bad = ~torch.isfinite(g)
+    return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
+
+
 def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis: int,
                   budget: int | float | None = None, max_seconds: float | None = None,
-                  ) -> Dependency:
+                  seed: int | None = None) -> Dependency:
     """The pattern from a live graph, without the Jacobian (``budget``: bytes, a fraction of
     free memory, or the default): bit-coded probes, halving for what they leave open, a check
-    with fresh probes, and one probe per output index if the check disagrees."""
+    with fresh probes, and one probe per output index if the check disagrees. Input indices
+    where a probe met NaN or ±inf are read both ways (:func:`_resolved`). Where the graph
+    proves the two axes paired (axisflow), dependences off the diagonal are ruled out
+    ("proved"). ``seed``: the probes' seed (a fresh one unless given)."""
     a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
     b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")
     budget = memory.resolve_budget(budget, output.device)
     m, n = output.shape[a], x.shape[b]
     memory.refuse_if_over(2 * m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
                           advice="Take a smaller slice")
-    prober = _Prober(output, x, a, b, budget, max_seconds)
+    seed = structure.new_seed() if seed is None else int(seed)
+    proof = axisflow.prove(output, x)
+    prober = _Prober(output, x, a, b, budget, seed, max_seconds, workspace=proof.workspace)
     pattern = _group_test(prober, m, n)
     if not _confirmed(prober, pattern):
         pattern = prober.row_hits(torch.arange(m), batched=False)
-    return _dependency(pattern, a, b, "probed")
+    columns = prober.unknown.nonzero().flatten()
+    if columns.numel():
+        pattern[:, columns] = _resolved(prober, columns)
+    paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
+    if paired:  # y's index i along a reads x's index i along b only, for every x
+        pattern &= torch.eye(m, dtype=torch.bool)
+    return _dependency(pattern, a, b, "proved" if paired else "probed", seed)
+
+
+def _resolved(prober: _Prober, columns: torch.Tensor) -> torch.Tensor:
+    """(m × len(columns)): the dependences at input indices where a probe answered NaN or
+    ±inf. Each output index's row (reverse mode) and each of these columns (forward mode)
+    are read: an entry is a dependence where either finds a finite non-zero, or where both
+    are non-finite (nothing rules it out); a finite zero either way rules it out."""
+    m = prober.output.shape[prober.a]
+    hit, unknown = prober.answers(prober.row_sets(torch.arange(m)), batched=False)
+    hit, unknown = hit[:, columns], unknown[:, columns]
+    forward_hit, forward_unknown = _forward_answers(prober, columns)
+    return hit | forward_hit | (unknown & forward_unknown)
+
+
+def _forward_answers(prober: _Prober, columns: torch.Tensor):
+    """(m × len(columns)) bool twice: which output indices J u reaches (a finite non-zero)
+    and where it is non-finite, for tangents u of random values on x's slices ``columns``
+    along b. J u is the VJP of g(v) = vᵀJ (double backward); where the graph has none, every
+    entry is unknown."""
+    out, x, m = prober.output, prober.x, prober.output.shape[prober.a]
+    unknown = torch.ones(m, len(columns), dtype=torch.bool)
+    generator = structure.probe_generator(prober.seed, "dependency-tangents")
+    r = torch.rand(tuple(x.shape), generator=generator) * 2 - 1
+    values = (r + r.sign()).to(dtype=x.dtype, device=x.device)
+    shape = (1,) + tuple(-1 if d == prober.b else 1 for d in range(x.dim()))  # a slice along b
+    try:
+        v = torch.zeros_like(out, requires_grad=True)
+        (g,) = autograd_grad([out], [x], [v], retain_graph=True, create_graph=True,
+                             allow_unused=True, materialize_grads=True)
+        if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
+            return ~unknown, ~unknown
+        hits, bad = [], []
+        for start in range(0, len(columns), prober.limit):
+            part = columns[start:start + prober.limit]
+            on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
+            on[torch.arange(len(part)), part.to(x.device)] = 1
+            (ju,) = vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))
+            hit, nonfinite = _read(ju, 1 + prober.a)
+            hits.append(hit)
+            bad.append(nonfinite)
+    except (RuntimeError, NotImplementedError) as error:
+        if torch_error(error) is TorchError.SECOND_PASS:
+            raise
+        return ~unknown, unknown
+    return torch.cat(hits).T, torch.cat(bad).T
 
 
 def _group_test(prober: _Prober, m: int, n: int) -> torch.Tensor:
@@ -308,14 +390,17 @@ def _confirmed(prober: _Prober, pattern: torch.Tensor) -> bool:
     index = torch.arange(m)
     on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)]) if bits else \
         torch.ones(1, m, dtype=torch.bool)
-    generator = torch.Generator().manual_seed(structure._PROBE_SEED + 11)
+    generator = structure.probe_generator(prober.seed, "dependency-sets")
     sets = torch.cat([torch.rand(2, m, generator=generator) < 0.5, on, ~on])
-    fresh = _Prober(prober.output, prober.x, prober.a, prober.b, prober.budget, seed=12,
-                    limit=prober.limit)
-    fresh.began, fresh.max_seconds, fresh.count = prober.began, prober.max_seconds, prober.count
+    fresh = _Prober(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
+                    prober.max_seconds, stream=1, limit=prober.limit)
+    fresh.began, fresh.count = prober.began, prober.count
     observed = fresh.hits(sets)
     plain = fresh.hits(sets[:1], batched=False)
-    return torch.equal(observed, _reached(sets, pattern)) and torch.equal(plain, observed[:1])
+    prober.unknown |= fresh.unknown
+    known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
+    return torch.equal(observed[:, known], _reached(sets, pattern)[:, known]) \
+        and torch.equal(plain[:, known], observed[:1, known])
 
 
 def _reached(sets: torch.Tensor, pattern: torch.Tensor, rows: int = 256) -> torch.Tensor:
@@ -341,7 +426,8 @@ def verdict_on_refusal(context, named: dict, point_out=()):
     """Around the analysis's memory refusal: when a larger pairing was rejected (or, with
     none tried, the shapes propose one), re-raise it saying where the structure breaks, with
     the :class:`Dependency` as ``error.dependency``. ``context`` has ``output``,
-    ``output_name``, ``rejected`` (name → pairings) and ``budget``; ``named``: the inputs
+    ``output_name``, ``rejected`` (name → pairings), ``budget`` and ``probes`` (its
+    ``seed``); ``named``: the inputs
     refused; ``point_out``: the output axes already taken as points."""
     try:
         yield
@@ -367,7 +453,8 @@ def _refusal_dependency(context, named, point_out):
                  if a not in point_out and x.shape[b] > 1][:2]
         for a, b in pairs:
             try:
-                dep = probe_pattern(context.output, x, a, b, context.budget, REFUSAL_SECONDS)
+                dep = probe_pattern(context.output, x, a, b, context.budget, REFUSAL_SECONDS,
+                                    seed=context.probes.seed)
             except (_OverTime, VJPUsageError):  # too long to wait for, or too large
                 return None
             if dep.kind != "independent":
@@ -376,17 +463,18 @@ def _refusal_dependency(context, named, point_out):
 
 
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
-               memory_budget: int | float | None = None) -> Dependency:
+               memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
     with a verdict (``.kind``, ``.witness``, ``.offsets``, ``.pattern``), from the live
-    autograd graph without computing the Jacobian. ``x.grad`` is never changed."""
+    autograd graph without computing the Jacobian. The probes are drawn from ``seed`` (a
+    fresh one unless given), kept as ``.seed``. ``x.grad`` is never changed."""
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
     try:
-        return probe_pattern(output, x, out_axis, in_axis, memory_budget)
+        return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
     except RuntimeError as error:
         if torch_error(error) is not TorchError.SECOND_PASS:
             raise
