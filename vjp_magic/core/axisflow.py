@@ -15,6 +15,10 @@ Jacobian is zero wherever paired indices differ, for every value of the input. A
 nodes without a rule (and custom ``autograd.Function``s) lose everything and are not exact.
 When every node on the way is exact, the proved pairing is the whole structure and no
 numerical check is needed; otherwise larger pairings may still hold and are probed.
+
+The walk reads every tensor's shape off the graph (:func:`.capabilities.graph_shapes`). A
+PyTorch that hides them gets no proof at all: only whether the output depends on the input,
+with the :attr:`GraphProof.limitation` saying what was not proved.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .axisrules import AxisMap, Flow, out_shapes, rule_for
+from . import capabilities
+from .axisrules import AxisMap, Flow, rule_for
+from .capabilities import out_metadata, out_shapes
 from .pairing import Pairing
 
 
@@ -37,6 +43,7 @@ class GraphProof:
     unknown: list[str] = field(default_factory=list)  # node types without a rule
     custom: list[str] = field(default_factory=list)  # custom autograd.Function backward nodes
     workspace: int = 0  # bytes of every tensor on the graph (one backward's gradients)
+    limitation: str | None = None  # what this PyTorch kept from being proved, in a sentence
 
     def pairing(self, out_shape, in_shape) -> Pairing:
         """Proved (output axis, input axis) pairs of equal size, plus the size-1 pairs."""
@@ -58,6 +65,9 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
         return GraphProof(True, identity.carries, True)
     if output.grad_fn is None:
         return GraphProof(False)
+    limitation = capabilities.graph_shapes_limitation()
+    if limitation is not None:
+        return _reach_only(output, tensor, limitation)
     flows: dict[tuple[int, int], Flow] = {}
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
@@ -102,6 +112,24 @@ def _is_source(producer, index: int, tensor: torch.Tensor) -> bool:
     return getattr(producer, "variable", None) is tensor
 
 
+def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> GraphProof:
+    """Whether ``output`` depends on ``tensor`` and through which custom functions, with no
+    structure claimed: for a PyTorch whose graph hides the shapes (``limitation`` says so)."""
+    reached: set[int] = set()
+    proof = GraphProof(False, limitation=limitation)
+    for node in _postorder(output.grad_fn):
+        if node is tensor.grad_fn:
+            continue  # the input itself: what lies below it is constant
+        if any(producer is not None and (_is_source(producer, index, tensor)
+                                         or id(producer) in reached)
+               for producer, index in node.next_functions):
+            reached.add(id(node))
+            if isinstance(node, torch.autograd.function.BackwardCFunction):
+                proof.custom.append(node.name())
+    proof.depends = id(output.grad_fn) in reached
+    return proof
+
+
 def _postorder(root):
     """Every node reachable from ``root``, each after all of its inputs (no recursion)."""
     order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
@@ -119,18 +147,15 @@ def _postorder(root):
 
 
 def _output_bytes(node) -> int:
-    try:
-        metadata = node._input_metadata
-    except (AttributeError, RuntimeError):
-        return 0
+    """The bytes of ``node``'s outputs (only where :func:`.capabilities.graph_shapes`)."""
     total = 0
-    for meta in metadata:
+    for meta in out_metadata(node):
         try:
             count = 1
             for n in meta.shape:
                 count *= int(n)
             total += count * max(meta.dtype.itemsize, 4)
-        except (AttributeError, TypeError, RuntimeError):
+        except (TypeError, RuntimeError):  # a shape that is no list of sizes (nested)
             continue
     return total
 
@@ -162,7 +187,8 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
             return _unknown(node, inputs)
         flows = rule(node, inputs, shapes, x_shape)
     except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
-        proof.unknown.append(type(node).__name__)  # metadata not as expected: claim nothing
+        # a saved attribute the rule reads is missing or not as expected: claim nothing
+        proof.unknown.append(type(node).__name__)
         return _unknown(node, inputs)
     # an output the rule does not speak for may still depend on x: it claims nothing
     return [flow if flow is not None else Flow(shape, {}, exact=False)
@@ -174,6 +200,6 @@ def _unknown(node, inputs) -> list[Flow] | None:
     when not even its outputs' shapes can be read (the walk then treats it as opaque)."""
     try:
         shapes = out_shapes(node)
-    except (AttributeError, RuntimeError):
+    except (TypeError, RuntimeError):  # a shape that is no list of sizes (nested)
         return None
     return [Flow(shape, {}, exact=False) for shape in shapes]

@@ -27,10 +27,6 @@ class Flow:
     exact: bool = True
 
 
-def out_shapes(node) -> list[tuple[int, ...]]:
-    return [tuple(int(n) for n in meta.shape) for meta in node._input_metadata]
-
-
 def _dim(value: int, ndim: int) -> int:
     value = int(value)
     if value >= _WRAP // 2:
