@@ -152,13 +152,33 @@ def test_gradcheck_sampling_stops_at_its_time_limit():
     assert "stopped" in report.note
 
 
+def _written_under_no_grad(x):
+    h = x * 2
+    with torch.no_grad():
+        h[0] = 5.0  # autograd does not see this write: no pure function of x repeats it
+    return h * 3
+
+
 def test_gradcheck_says_why_it_did_not_run():
-    x = torch.randn(1000, requires_grad=True)  # a new dropout mask differs (all but surely)
-    report, _ = _checked(lambda: F.dropout(x, 0.5, training=True) * 2, {"x": x})
+    x = torch.randn(1000, requires_grad=True)
+    report, _ = _checked(lambda: _written_under_no_grad(x), {"x": x})
     assert report.ok is None and report.max_error == {}  # not run: neither passed nor failed
-    assert "random draws" in report.note
+    assert "no_grad" in report.note
     y = x * 2
     assert "not recorded" in gradcheck(None, {"x": x}, y, ["x"]).note
+
+
+def test_gradcheck_replays_the_cells_own_random_draws():
+    """A dropout mask is drawn again from the generator's state kept at the call: the replay
+    is the cell's function at its mask, whose derivative is mask·2/(1−p) (mathematics)."""
+    x = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    state = torch.get_rng_state()
+    report, y = _checked(lambda: F.dropout(x, 0.5, training=True) * 2, {"x": x})
+    assert report.ok is True and report.max_error["x"] < 1e-6
+    assert not torch.equal(state, torch.get_rng_state())  # the cell's own draw moved it once
+    torch.set_rng_state(state)
+    mask = F.dropout(torch.ones(1000, dtype=torch.float64), 0.5, training=True) != 0
+    torch.testing.assert_close(y.detach() != 0, mask)
 
 
 # -- the replay --------------------------------------------------------------------------------
