@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..core.tolerances import tolerances
-from ..run.replay import NotReplayable, build, runs_user_code
+from ..run.replay import build, runs_user_code
 
 MAX_COMPONENTS = 64  # backward passes per input: one per non-point output component
 MAX_NODES = 100_000  # graph nodes hooked by the rounding bound
@@ -71,17 +71,22 @@ def _replays(record, result, output):
     inputs = {n: item.tensor for n, item in result.inputs.items()}
     target = output if output is not None else result.output
     try:
-        try:  # at the point: random draws and masks as the cell drew them
-            replay = build(record, inputs, target, at_point=True)
-        except TypeError:  # a replay without that option
-            replay = build(record, inputs, target)
-    except NotReplayable:
-        return None
-    except Exception:  # noqa: BLE001 - never break grading for a reference
-        return None
-    if runs_user_code(replay):
+        replay = _build(record, inputs, target, verify=False)
+        if runs_user_code(replay):  # checked before the verifying run would call it
+            return None
+        replay = _build(record, inputs, target, verify=True)
+    except Exception:  # noqa: BLE001 - NotReplayable, or anything: no reference
         return None
     return replay, replay.with_dtype(torch.float64)
+
+
+def _build(record, inputs: dict, output, verify: bool):
+    """The replay at the point (random draws and masks as the cell drew them) where the
+    replay offers that, else the plain one."""
+    try:
+        return build(record, inputs, output, verify=verify, at_point=True)
+    except TypeError:  # a replay without the option
+        return build(record, inputs, output, verify=verify)
 
 
 def _from_replays(replays, result, name: str, vs: list, d32: torch.Tensor):
