@@ -16,6 +16,7 @@ The default run is short. ``VJP_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py`` 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -522,3 +523,62 @@ def test_permuted_axes(budget):
 
 def test_scaled_rows_in_a_batch(budget):
     run_property(budget, scaled_row_maps(), check_structured)
+
+
+# -- probes no input can defeat: one coupled pair, at sizes the old fixed-seed probes missed --
+#
+# sin(x) + 2 with y[j] ← c · x[i] once, c at least the probes' threshold times x[i]'s own
+# derivative cos(x[i]) (core.structure.probe_plan): under that pairing the probes, drawn from
+# a fresh seed each run, must reject the pointwise reading, with probability ≥ 1 − 1e-9 per
+# example. Sizes: random on both sides of the exact path, and the ones where the old
+# fixed-seed probes had equal values at entries 0 and N − 1 (test_probes.old_colliding_sizes).
+
+@functools.lru_cache(maxsize=1)
+def _colliding_sizes() -> list[int]:
+    from test_probes import old_colliding_sizes  # the old scheme, redrawn
+    return old_colliding_sizes()
+
+
+@st.composite
+def single_couplings(draw):
+    colliding = _colliding_sizes()
+    n = draw(st.one_of(st.sampled_from(colliding), st.integers(2, 300),
+                       st.integers(301, 400_000)))
+    if n in colliding and draw(st.booleans()):
+        i, j = 0, n - 1  # the pair the old probes could not see
+    else:
+        i = draw(st.integers(0, n - 1))
+        j = draw(st.integers(0, n - 2))
+        j += j >= i
+    dtype = draw(DTYPES)
+    rho = 2.0 ** draw(st.floats(0.0, 8.0)) * draw(st.sampled_from([1.0, -1.0]))
+    return n, i, j, dtype, rho, draw(st.integers(0, 2**16))
+
+
+def check_single_coupling(example) -> None:
+    from vjp_magic.core import structure
+    from vjp_magic.core.probes import Probes
+
+    n, i, j, dtype, rho, seed = example
+    x = _uniform(seed, (n,), -1.0, 1.0, dtype).requires_grad_(True)
+    c = rho * structure.probe_plan(dtype).threshold * math.cos(float(x[i].detach()))
+
+    def f(t):
+        y = torch.sin(t) + 2
+        y[j] = y[j] + c * t[i]
+        return y
+    y = f(x)
+    if n <= 300:  # the exact path, end to end
+        r = differentiate(y, x, graph_proof=False)
+        assert r.point_axes["x"] == (), f"y[{j}] ← x[{i}] missed (seed {r.seed})"
+        entry = r.jacobian_block("x", torch.tensor([j]), torch.tensor([i]))
+        torch.testing.assert_close(entry, torch.tensor([[c]], dtype=dtype))
+        return
+    pointwise = torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True)[0]
+    probes = Probes(y, {"x": x}, structure.new_seed())
+    assert not probes.agree("x", pointwise, ((0, 0),)), \
+        f"y[{j}] ← x[{i}] (c = {c:.3g}) missed at n = {n}, seed {probes.seed}"
+
+
+def test_single_couplings_at_any_size_are_caught(budget):
+    run_property(budget, single_couplings(), check_single_coupling)

@@ -364,7 +364,7 @@ def test_a_coupling_does_not_cancel_in_the_discrete_probes(seed, small, monkeypa
 
 def test_probes_do_not_depend_on_earlier_analyses():
     out = torch.zeros(5)
-    before = [structure.probe_vector(out, d).clone() for d in range(3)]
-    structure.probe_vector(torch.zeros(50_000), 0)  # a longer draw in between
-    structure.probe_vector(torch.zeros(50_000), 1)
-    assert all(torch.equal(b, structure.probe_vector(out, d)) for d, b in enumerate(before))
+    before = [structure.probe_vector(out, 11, d).clone() for d in range(3)]
+    structure.probe_vector(torch.zeros(50_000), 11, 0)  # a longer draw in between
+    structure.probe_vector(torch.zeros(50_000), 11, 1)
+    assert all(torch.equal(b, structure.probe_vector(out, 11, d)) for d, b in enumerate(before))
