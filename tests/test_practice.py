@@ -242,13 +242,30 @@ def test_replay_never_changes_batch_norm_running_statistics():
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
 
 
-@pytest.mark.parametrize("case", ["dropout", "no_grad_write", "computed_before", "unrelated"])
+class _Jitter(torch.autograd.Function):
+    """x ↦ x·u with u drawn inside the forward: the record keeps no generator state for a
+    draw inside a custom Function, so a replay draws other numbers (all but surely)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        u = torch.rand_like(x)
+        ctx.save_for_backward(u)
+        return x * u
+
+    @staticmethod
+    def backward(ctx, g):
+        (u,) = ctx.saved_tensors
+        return g * u
+
+
+@pytest.mark.parametrize("case", ["random_draws", "no_grad_write", "computed_before",
+                                  "unrelated"])
 def test_replay_refuses_what_it_cannot_follow(case):
-    x = torch.randn(1000, requires_grad=True)  # a new dropout mask differs (all but surely)
+    x = torch.randn(1000, requires_grad=True)
     before = x * 3  # computed outside the record
     with recording() as rec:
-        if case == "dropout":
-            y = F.dropout(x * 2, 0.5, training=True)
+        if case == "random_draws":  # a dropout's mask is replayed as drawn; these are not
+            y = _Jitter.apply(x * 2)
         elif case == "no_grad_write":
             h = x * 2
             with torch.no_grad():
@@ -697,3 +714,122 @@ def test_gradcheck_refuses_a_function_applied_through_an_earlier_reference(ip, r
     assert r.gradcheck.ok is None and r.gradcheck.max_error == {}
     assert "reference made before the cell" in r.gradcheck.note
     assert "FAILED" not in r._repr_mimebundle_()["text/plain"]
+
+
+# -- --gradcheck at kinks: inconclusive, never FAILED for a right derivative -------------------
+def _relu_with_backward(at_zero: float, slope: float = 1.0):
+    class CustomRelu(torch.autograd.Function):
+        """relu, backward ``slope`` on x > 0 and ``at_zero`` at x = 0 (right: slope 1 and
+        anything in [0, 1] at 0, the one-sided slopes)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp_min(0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.where(x == 0, at_zero, (x > 0).to(x.dtype) * slope)
+
+    return CustomRelu
+
+
+def test_gradcheck_at_the_tutorials_relu_kink_is_inconclusive(run_vjp):
+    """linspace(-1, 1, 5) holds 0 exactly: relu has no derivative there to check."""
+    r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = torch.relu(x)",
+                "--gradcheck")
+    assert r.gradcheck.ok is None and r.gradcheck.inconclusive == {"x": (2,)}
+    assert r.gradcheck.max_error["x"] < 1e-6 and r.gradcheck.kinks == ("relu",)
+    text = " ".join(r._repr_mimebundle_()["text/plain"].split())
+    assert "inconclusive at x[2] (a kink: relu is not differentiable there)" in text
+    assert "FAILED" not in text and "custom autograd.Function" not in text
+    markdown = r._repr_mimebundle_()["text/markdown"]
+    assert "inconclusive at `x[2]` (a kink: relu is not differentiable there)" in markdown
+
+
+@pytest.mark.parametrize("near", [5e-7, -5e-7, 1e-7, 3e-7 - 1e-6])
+def test_gradcheck_steps_around_a_kink_within_one_step(near):
+    """The kink of relu at 0 lies within the step 1e-6 of x: a one-sided difference (or a
+    smaller step) that does not cross it is used, and agrees (relu' = 1 or 0: mathematics)."""
+    x = torch.tensor([near, 0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    report, _ = _checked(lambda: torch.relu(x) * 2, {"x": x})
+    assert report.ok is True and report.inconclusive == {}
+    assert report.max_error["x"] < 1e-6
+
+
+def test_gradcheck_of_clamp_is_inconclusive_only_at_its_bounds():
+    x = torch.tensor([[0.5, -0.5], [0.5 + 3e-7, 0.2]], requires_grad=True)
+    report, _ = _checked(lambda: torch.clamp(x, -0.5, 0.5), {"x": x})
+    assert report.ok is None and report.inconclusive == {"x": ((0, 0), (0, 1))}
+    assert report.kinks == ("clamp",)
+
+
+def test_gradcheck_of_abs_at_zero_takes_autograds_subgradient():
+    """|x|' at 0 is 0 in autograd: between the one-sided slopes -1 and 1, so inconclusive."""
+    x = torch.tensor([0.0, 1.5, -2.0], dtype=torch.float64, requires_grad=True)
+    report, _ = _checked(lambda: torch.abs(x).sum(), {"x": x})
+    assert report.ok is None and report.inconclusive == {"x": (0,)}
+
+
+@pytest.mark.parametrize("at_zero, slope, ok", [(0.0, 1.0, None), (0.5, 1.0, None),
+                                                (5.0, 1.0, False), (0.0, 2.0, False)])
+def test_a_wrong_custom_backward_at_a_kink_still_fails(at_zero, slope, ok):
+    """FAILED where every safe difference disagrees: a slope of 2, or 5 at the kink (outside
+    the one-sided slopes 0 and 1); a right backward there is only inconclusive."""
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    function = _relu_with_backward(at_zero, slope)
+    report, _ = _checked(lambda: function.apply(x), {"x": x})
+    assert report.ok is ok
+    assert report.custom == ("CustomReluBackward",)
+    if ok is False and slope == 2.0:
+        assert report.max_error["x"] > 0.5  # relu' = 1 at x = 0.5, 1: off by 1
+
+
+def test_a_failure_at_a_kink_without_custom_functions_blames_none(run_vjp, ip):
+    ip.user_ns["Wrong"] = _relu_with_backward(5.0)
+    r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = Wrong.apply(x)",
+                "--gradcheck")
+    assert r.gradcheck.ok is False
+    text = " ".join(r._repr_mimebundle_()["text/plain"].split())
+    assert "custom autograd.Function's backward is the likely culprit" in text
+    r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = torch.relu(x) * 3",
+                "--gradcheck")
+    text = " ".join(r._repr_mimebundle_()["text/plain"].split())
+    assert r.gradcheck.ok is None and "inconclusive at x[2]" in text
+    assert "custom" not in text and "FAILED" not in text
+
+
+# -- --gradcheck leaves the global RNG as a plain run does -------------------------------------
+_RANDOM_CELLS = {
+    "rand_like_dropout": "x = torch.linspace(-1, 1, 6, requires_grad=True)\n"
+                         "noise = torch.rand_like(x)\n"
+                         "y = F.dropout(x * noise, 0.5, training=True)",
+    "drawn_in_a_function": "x = torch.linspace(-1, 1, 6, requires_grad=True)\n"
+                           "y = Jitter.apply(x) * 2",
+}
+
+
+@pytest.mark.parametrize("line", ["--gradcheck", "--gradcheck --wrt x", "--check x"])
+@pytest.mark.parametrize("cell", _RANDOM_CELLS)
+def test_the_rng_after_the_magic_is_as_after_a_plain_run(ip, run_ok, cell, line):
+    run_ok("import torch.nn.functional as F")
+    ip.user_ns["Jitter"] = _Jitter
+    body = _RANDOM_CELLS[cell]
+    torch.manual_seed(5)
+    run_ok(body)
+    plain = torch.get_rng_state()
+    torch.manual_seed(5)
+    run_ok(f"%%vjp {line}\n{body}")
+    assert torch.equal(torch.get_rng_state(), plain)
+
+
+def test_gradcheck_itself_restores_the_rng():
+    """A replay that draws (a custom Function's forward) runs under fork_rng."""
+    x = torch.linspace(-1, 1, 6, requires_grad=True)
+    with recording() as rec:
+        y = _Jitter.apply(x)
+    state = torch.get_rng_state()
+    report = gradcheck(rec, {"x": x}, y)
+    assert report.ok is None and "random draws" in report.note
+    assert torch.equal(torch.get_rng_state(), state)

@@ -7,6 +7,17 @@ checked); the numeric one is
 vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries k of each input (all of them
 when there are few; with a sample, also along one random direction through all entries).
 Entries agree within ``atol + rtol·|numeric|``, the tolerances of ``torch.autograd.gradcheck``.
+
+A step must not cross a kink (relu, clamp, abs at 0): there the central difference is not
+a derivative. Each entry's central difference is used only where the one-sided differences
+agree with it (f is smooth across the step); else a one-sided difference that agrees with
+its own halved step (no kink on that side), else the same at smaller steps. Where both
+sides are smooth but differ, or no step is safe, f has no derivative there to check: the
+entry is *inconclusive*, never failed. A check fails only where every safe difference
+disagrees with autograd.
+
+The replays draw no random numbers from the global generators: they run under
+:func:`torch.random.fork_rng`, so the cell's RNG state is as a plain run leaves it.
 """
 from __future__ import annotations
 
@@ -21,30 +32,52 @@ from .replay import NotReplayable, build
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
+SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 SEED = 0
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
+KINKED = frozenset((
+    "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
+    "leaky_relu", "maximum", "minimum", "max", "min", "amax", "amin", "threshold",
+    "hardshrink", "softshrink", "where", "hardsigmoid", "hardswish", "elu", "selu", "celu",
+    "prelu", "rrelu", "l1_loss", "smooth_l1_loss", "huber_loss", "median", "sort", "topk",
+    "max_pool1d", "max_pool2d", "max_pool3d", "norm", "dist", "cdist",
+))  # ops with kinks: named where an entry is inconclusive
 
 
 @dataclass(frozen=True)
 class GradcheckReport:
-    """The verdict: ``ok`` True when every checked entry agrees, False when one does not, None
-    when nothing could be checked (``note`` says why); ``max_error[name]`` the largest
-    |analytic − numeric| over its checked entries (``checked[name]`` of them); ``custom`` the
-    custom backward functions in the graph; ``note`` why nothing (or not all) was checked."""
+    """The verdict: ``ok`` True when every checked entry agrees, False when one does not
+    (every safe finite difference there disagrees), None when nothing could be checked
+    (``note`` says why) or, none failing, some entries are ``inconclusive`` (a kink: f has no
+    derivative there to check); ``max_error[name]`` the largest |analytic − numeric| over its
+    conclusive entries (``checked[name]`` entries examined); ``inconclusive[name]`` the
+    indices of its inconclusive entries; ``kinks`` the ops with kinks the replay runs;
+    ``custom`` the custom backward functions in the graph; ``note`` why nothing (or not all)
+    was checked."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
     custom: tuple = ()
     checked: dict = field(default_factory=dict)
     note: str | None = None
+    inconclusive: dict = field(default_factory=dict)
+    kinks: tuple = ()
 
 
 def gradcheck(record, inputs: dict, output, names=None,
               seconds: float = MAX_SECONDS) -> GradcheckReport:
     """Check the derivatives of ``output`` with respect to ``inputs`` (name -> tensor; only
     ``names`` if given) on the float64 replay of ``record``; sampling stops after about
-    ``seconds`` (the entries checked by then are reported)."""
+    ``seconds`` (the entries checked by then are reported). The global RNG state (CPU, and
+    CUDA's where the inputs are there) is left as it was."""
+    devices = sorted({t.device.index or 0 for t in inputs.values()
+                      if isinstance(t, torch.Tensor) and t.is_cuda})
+    with torch.random.fork_rng(devices=devices):
+        return _gradcheck(record, inputs, output, names, seconds)
+
+
+def _gradcheck(record, inputs: dict, output, names, seconds: float) -> GradcheckReport:
     names = list(inputs) if names is None else list(names)
     try:
         replay = build(record, inputs, output).with_dtype(torch.float64)
@@ -59,20 +92,39 @@ def gradcheck(record, inputs: dict, output, names=None,
     deadline = time.perf_counter() + seconds
     try:
         analytic, custom, v = _analytic(replay, values, names)
-        errors, checked, ok = {}, {}, True
-        for name in names:
-            error, count, agree = _compare(replay, values, name, analytic[name], v, deadline)
-            errors[name], checked[name] = error, count
-            ok = ok and agree
+        with torch.no_grad():
+            probe = (v, replay.run(values))
+        found = {name: _compare(replay, values, name, analytic[name], probe, deadline)
+                 for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
-    notes = [] if ok else _detached_note(replay)
-    if time.perf_counter() >= deadline:
-        notes.append(f"Sampling stopped after {seconds:g} s; {sum(checked.values()):,} "
-                     "entries checked.")
-    return GradcheckReport(ok=ok, max_error=errors, custom=custom, checked=checked,
-                           note=" ".join(notes) or None)
+    return _report(replay, found, custom, seconds if time.perf_counter() >= deadline else None)
+
+
+def _report(replay, found: dict, custom: tuple, stopped: float | None) -> GradcheckReport:
+    """The verdict from each input's comparison (``stopped``: sampling ran out of time)."""
+    failed = any(not f.agree for f in found.values())
+    inconclusive = {name: f.inconclusive for name, f in found.items() if f.inconclusive}
+    notes = _detached_note(replay) if failed else []
+    if stopped is not None:
+        notes.append(f"Sampling stopped after {stopped:g} s; "
+                     f"{sum(f.checked for f in found.values()):,} entries checked.")
+    return GradcheckReport(
+        ok=False if failed else (None if inconclusive else True),
+        max_error={n: f.worst for n, f in found.items()}, custom=custom,
+        checked={n: f.checked for n, f in found.items()}, note=" ".join(notes) or None,
+        inconclusive=inconclusive, kinks=kinked_ops(replay) if inconclusive else ())
+
+
+def kinked_ops(replay) -> tuple[str, ...]:
+    """The ops with kinks (:data:`KINKED`) among the replay's steps, once each."""
+    found = []
+    for step in replay.steps:
+        name = getattr(step.func, "__name__", "").strip("_")
+        if name in KINKED or name.removesuffix("_") in KINKED:
+            found.append(name.removesuffix("_"))
+    return tuple(dict.fromkeys(found))
 
 
 def _detached_note(replay) -> list[str]:
@@ -105,30 +157,86 @@ def _analytic(replay, values: dict, names: list) -> tuple[dict, tuple, torch.Ten
     return analytic, custom_backwards(out), v
 
 
-def _compare(replay, values: dict, name: str, analytic: torch.Tensor, v: torch.Tensor,
-             deadline: float) -> tuple[float, int, bool]:
-    """(largest error, entries checked, all agree) for one input; at least one entry is
-    checked, more until ``deadline``. Where entries are sampled, one random direction
-    through all of them is checked too (an error outside the sample shows there)."""
+@dataclass
+class _Found:
+    """One input's comparison: the largest conclusive error, entries examined, whether all
+    conclusive ones agree, and the indices of the inconclusive ones."""
+
+    worst: float = 0.0
+    checked: int = 0
+    agree: bool = True
+    inconclusive: tuple = ()
+
+
+def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
+             deadline: float) -> _Found:
+    """One input's entries compared; at least one entry is checked, more until
+    ``deadline``. Where entries are sampled, one random direction through all of them is
+    checked too (an error outside the sample shows there; a kink along it is no verdict)."""
     count = values[name].numel()
     if count <= MAX_ENTRIES:
-        entries = range(count)
+        entries = list(range(count))
     else:
         generator = torch.Generator().manual_seed(SEED + 1)
         entries = torch.randperm(count, generator=generator)[:MAX_ENTRIES].tolist()
-    worst, agree, done = 0.0, True, 0
-    extra = 1 if count > MAX_ENTRIES else 0  # the random direction, checked first
-    directions = [_direction(values[name], None)] * extra + \
-        [_direction(values[name], k) for k in entries]
-    for direction in directions:
-        if done > extra and time.perf_counter() > deadline:
+    found, inconclusive = _Found(), []
+    extra = [None] if count > MAX_ENTRIES else []  # the random direction, checked first
+    for k in extra + entries:
+        if found.checked and time.perf_counter() > deadline:
             break
-        done += 1
-        numeric = _numeric(replay, values, name, direction, v)
-        error = abs(float((analytic * direction).sum()) - numeric)
-        worst = max(worst, error)
-        agree = agree and error <= ATOL + RTOL * abs(numeric)
-    return worst, done - extra, agree
+        direction = _direction(values[name], k)
+        want = float((analytic * direction).sum())
+        verdict, error = _entry(replay, values, name, direction, probe, want)
+        if verdict == "kink":
+            inconclusive += [] if k is None else [_index(values[name].shape, k)]
+        else:
+            found.worst = max(found.worst, error)
+            found.agree = found.agree and verdict == "agree"
+        found.checked += k is not None
+    found.inconclusive = tuple(inconclusive)
+    return found
+
+
+def _index(shape, k: int):
+    """Entry ``k`` (row-major) as an index: an int for a vector, a tuple otherwise."""
+    index = []
+    for size in reversed(tuple(shape)):
+        index.append(k % size)
+        k //= size
+    index = tuple(reversed(index))
+    return index[0] if len(index) == 1 else index
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= ATOL + RTOL * max(abs(a), abs(b))
+
+
+def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
+           want: float) -> tuple[str, float]:
+    """("agree" | "disagree" | "kink", |want − numeric|) along ``u``: the central difference
+    where f is smooth across the step, else a safe one-sided one (see the module)."""
+    v, base = probe
+
+    def along(h: float) -> float:  # vᵀ(f(x + h u) − f(x))
+        with torch.no_grad():
+            moved = replay.run({**values, name: values[name] + h * u})
+        return float((v * (moved - base)).sum())
+
+    for factor in SMALLER:
+        h = STEP * factor
+        up, down = along(h), along(-h)
+        if _close(up / h, -down / h):  # smooth across the step: the central difference
+            numeric = (up - down) / (2 * h)
+            return ("agree" if _close(want, numeric) else "disagree"), abs(want - numeric)
+        safe = [d for d, half in ((up / h, along(h / 2) / (h / 2)),
+                                  (-down / h, -along(-h / 2) / (h / 2))) if _close(d, half)]
+        if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
+            low, high = min(safe), max(safe)  # autograd's choice: a one-sided slope or between
+            inside = _close(want, low) or _close(want, high) or low <= want <= high
+            return ("kink" if inside else "disagree"), min(abs(want - d) for d in safe)
+        if safe:
+            return ("agree" if _close(want, safe[0]) else "disagree"), abs(want - safe[0])
+    return "kink", 0.0
 
 
 def _direction(tensor: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -142,15 +250,4 @@ def _direction(tensor: torch.Tensor, k: int | None) -> torch.Tensor:
     return e.reshape(tensor.shape)
 
 
-def _numeric(replay, values: dict, name: str, direction: torch.Tensor,
-             v: torch.Tensor) -> float:
-    """vᵀ(f(x + h u) − f(x − h u)) / 2h along ``direction`` u."""
-    results = []
-    for sign in (1.0, -1.0):
-        moved = values[name] + (sign * STEP) * direction
-        with torch.no_grad():
-            results.append(replay.run({**values, name: moved}))
-    return float((v * (results[0] - results[1])).sum()) / (2 * STEP)
-
-
-__all__ = ["GradcheckReport", "gradcheck"]
+__all__ = ["GradcheckReport", "gradcheck", "kinked_ops"]

@@ -7,6 +7,7 @@ on that sample alone (its data unsqueezed to a batch of one), the parameters sha
 runs all samples at once. A model that mixes samples (BatchNorm in training mode, a mean
 over the batch inside the loss) gives other per-sample values than the cell did, and is
 refused (None); the analysis also accepts the Jacobians only if its own probe agrees.
+The replay runs under :func:`torch.random.fork_rng`: the global RNG is left as it was.
 """
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ def per_sample_jacobians(record, inputs: dict, output,
     if not samples:
         return None
     replay = batch_of_one(replay, output.shape[0])
-    try:
-        grads, values = _vectorised(replay, inputs, samples, tuple(output.shape[1:]))
+    devices = [output.device.index or 0] if output.is_cuda else []
+    try:  # the global RNG as a plain run leaves it, whatever the replay draws
+        with torch.random.fork_rng(devices=devices):
+            grads, values = _vectorised(replay, inputs, samples, tuple(output.shape[1:]))
     except Exception:  # noqa: BLE001 - an op vmap cannot batch, data-dependent shapes …
         return None
     if not close(values.reshape(output.shape), output.detach()):
