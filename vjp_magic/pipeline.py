@@ -58,7 +58,7 @@ def pipeline(subject, request: Request) -> VJPResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    graph = analysed_graph(subject.record, inputs, output)  # hook-free, where it can be
+    graph = analysed_graph(subject.record, inputs, output, subject.namespace)  # hook-free
     given = _per_sample(subject, inputs, output, request)
     result = graph.restore(_differentiate(graph, output_name, request, given), output, inputs)
     graded, check_shown = _check(result, request, subject)
@@ -110,7 +110,7 @@ def hessian_pipeline(subject, request: Request) -> HessianResult:
     """The second derivatives of ``subject``'s output with respect to its inputs."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    graph = analysed_graph(subject.record, inputs, output)
+    graph = analysed_graph(subject.record, inputs, output, subject.namespace)
     result = graph.restore(_second_derivatives(graph, output_name, request), output, inputs)
     shown, formulas, checks = _symbolic_hessian(result, request, subject)
     return replace(result, view=HessianView(request.options, before=shown),

@@ -47,18 +47,22 @@ class AnalysedGraph:
         if self.reason is not None:
             found.append(f"Computed on the cell's own graph of {output_name} ({self.reason}): "
                          "any hooks on it ran during the analysis.")
-        for name in self.hooks:
-            found.append(f"{name} has a gradient hook (register_hook): a backward through it "
-                         f"passes {name}'s gradient through the hook; the derivatives shown "
-                         "are autograd's without it.")
+        if self.hooks:
+            which = ", ".join(self.hooks)
+            shown = "autograd's, without the hooks" if self.replayed else \
+                "computed through them (on the user's own graph): a hook that changes a " \
+                "gradient changes them too"
+            found.append(f"Gradient hooks on the way ({which}): a backward passes those "
+                         f"gradients through them, and a hook may change them; the "
+                         f"derivatives shown are {shown}.")
         return found
 
 
-def analysed_graph(record, inputs: dict, output) -> AnalysedGraph:
+def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGraph:
     """A hook-free copy of ``output``'s graph rebuilt from ``record`` on fresh leaves for
-    ``inputs`` (name → tensor); the user's own graph where that cannot be done faithfully."""
-    hooks = [name for name, t in inputs.items()
-             if isinstance(t, torch.Tensor) and t._backward_hooks]
+    ``inputs`` (name → tensor); the user's own graph where that cannot be done faithfully.
+    ``namespace`` names the hooked tensors the notes mention."""
+    hooks = gradient_hooks(record, inputs, output, namespace or {})
     if record is None or not isinstance(output, torch.Tensor) or output.grad_fn is None:
         return AnalysedGraph(output, inputs, hooks=hooks)
     try:
@@ -82,6 +86,26 @@ def analysed_graph(record, inputs: dict, output) -> AnalysedGraph:
         return AnalysedGraph(output, inputs, hooks=hooks, reason="a replay of its operations "
                              "gave other values (state the record does not show)")
     return AnalysedGraph(value, fresh, replayed=True, hooks=hooks)
+
+
+def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
+    """The tensors on ``output``'s graph whose gradient a hook may change, as the notes name
+    them: inputs with ``register_hook`` hooks, tensors the cell hooked (``h.register_hook``,
+    named from ``namespace`` where a name holds them), modules with backward hooks."""
+    found = [name for name, t in inputs.items()
+             if isinstance(t, torch.Tensor) and t._backward_hooks]
+    if record is None or not isinstance(output, torch.Tensor):
+        return found
+    names = {id(v): k for k, v in namespace.items() if isinstance(v, torch.Tensor)}
+    for call in record.calls:
+        name = getattr(call.func, "__name__", "")
+        tensor = call.args[0] if call.args else None
+        if name == "register_hook" and isinstance(tensor, torch.Tensor) \
+                and all(tensor is not t for t in inputs.values()) and depends_on(output, tensor):
+            found.append(names.get(id(tensor), f"a tensor of shape {tuple(tensor.shape)}"))
+        elif name == "BackwardHookFunction.apply" and "a module's backward hook" not in found:
+            found.append("a module's backward hook")
+    return list(dict.fromkeys(found))
 
 
 def _refuse_nested(inputs: dict) -> None:
