@@ -487,3 +487,27 @@ class TestMagicCheck:
         check = vjp_magic.check(3 * x.detach()**2, y, x)
         assert (check.correct, check.kind) == (True, "correct")
         assert vjp_magic.check(3 * x.detach()**2 * 2, y, x).kind == "accumulated"
+
+
+# -- autograd's own rounding (more in test_grading_precision.py) ------------------------------
+@pytest.mark.parametrize("line", ["", "--wrt x"])
+def test_a_far_off_answer_is_never_read_as_a_huge_multiple(run_vjp, line):
+    """1 + cos x at x = 1e-3 is about 4·10⁶ times 1 - cos x (5e-7): with a tolerance as
+    large as autograd's rounding such a factor cannot be told from its neighbours, so the
+    verdict is "wrong", never ".grad accumulated 4,000,000 times"."""
+    r = run_vjp("x = torch.tensor([1e-3], requires_grad=True)\ny = x - torch.sin(x)\n"
+                "ans = 1 + torch.cos(x.detach())", f"--check ans {line}")
+    assert (r.check.correct, r.check.kind, r.check.factor) == (False, "wrong", None)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ordinary_mistakes_are_recognised_as_before(n):
+    """Where nothing cancels, the refined comparison changes no verdict: twice the answer is
+    accumulated, the right answer (the mathematics, 3x²) correct."""
+    x = torch.linspace(0.5, 2, n, requires_grad=True)
+    y = x**3
+    r = vjp_magic.differentiate(y, x)
+    true = 3 * x.detach().double() ** 2
+    assert grade(true.float(), r, output=y).correct
+    check = grade((2 * true).float(), r, output=y)
+    assert (check.kind, check.factor) == ("accumulated", 2)

@@ -51,7 +51,7 @@ def refinement(result, name: str, record=None, output=None):
             return None
         try:
             bound = rounding_bound(graph, item.tensor, vs)
-        except RuntimeError:  # the graph was freed (the cell's own backward): no bound
+        except Exception:  # noqa: BLE001 - the graph was freed (the cell's own backward) …
             return None
     return None if bound is None else (d32, bound.reshape(d32.shape))
 
