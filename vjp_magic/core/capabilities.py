@@ -32,8 +32,10 @@ def graph_shapes() -> bool:
 
     with torch.enable_grad():
         leaf = torch.zeros(1, requires_grad=True)
-        nodes = (leaf.exp().grad_fn, _Double.apply(leaf).grad_fn)
-    return all(hasattr(node, SHAPES_ATTRIBUTE) for node in nodes)
+        # the outputs stay alive while their nodes are read: a custom function's node is
+        # freed with its output, and PyTorch 2.5 crashes when it is read after that
+        outputs = (leaf.exp(), _Double.apply(leaf))
+        return all(hasattr(out.grad_fn, SHAPES_ATTRIBUTE) for out in outputs)
 
 
 def out_metadata(node) -> tuple:
