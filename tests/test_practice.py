@@ -758,6 +758,13 @@ def test_gradcheck_steps_around_a_kink_within_one_step(near):
     assert report.max_error["x"] < 1e-6
 
 
+def test_gradcheck_of_relu_near_its_kink_passes_through_the_magic(run_vjp):
+    r = run_vjp("x = torch.tensor([5e-7, -5e-7, 0.3], requires_grad=True)\ny = torch.relu(x)",
+                "--gradcheck")
+    assert r.gradcheck.ok is True and r.gradcheck.inconclusive == {}
+    assert "Gradient check passed" in r._repr_mimebundle_()["text/plain"]
+
+
 def test_gradcheck_of_clamp_is_inconclusive_only_at_its_bounds():
     x = torch.tensor([[0.5, -0.5], [0.5 + 3e-7, 0.2]], requires_grad=True)
     report, _ = _checked(lambda: torch.clamp(x, -0.5, 0.5), {"x": x})
