@@ -99,61 +99,30 @@ def differentiate(
     context = _Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
     if rest:
         accepted.update(_accepted(context, rest, proofs, max_pairings))
-    accepted = {name: (candidate, _nan_filled(context, named[name], candidate, derivatives))
-                for name, (candidate, derivatives) in accepted.items()}
+    accepted = {name: (c, _nan_filled(context, named[name], c.pairing, d))
+                for name, (c, d) in accepted.items()}
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
                                    rejected=context.rejected.get(name, ()))
                for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget, seed=seed)
-    result.notes.extend(_unverifiable_notes(result, probes.nonfinite))
+    result.notes.extend(checks.unverifiable_notes(result, probes.nonfinite))
     _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
     if not keep_graph:
         result.release_graph()
     return result
 
 
-def _unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:
-    """A sentence per input whose larger pairing a probe could not verify: vᵀJ or vᵀD was
-    not finite at some entry (named), which tells a coupling from none at no probe value."""
-    notes = []
-    for name, flat in nonfinite.items():
-        item = result.inputs[name]
-        entry = ", ".join(str(int(i)) for i in torch.unravel_index(
-            torch.tensor(flat), tuple(item.tensor.shape))) if item.tensor.dim() else ""
-        shown = "under the structure the graph proves" if item.has_points \
-            else "as the full Jacobian"
-        notes.append(
-            f"The point structure of {result.output_name} with respect to {name} could not be "
-            f"verified: its derivatives are not finite at some entries (e.g. {name}[{entry}]), "
-            "where a random probe cannot tell a dependence across points from none. The "
-            f"derivatives are shown {shown}.")
-    return notes
-
-
-def _nan_filled(context, tensor, candidate: Candidate, derivatives) -> torch.Tensor:
+def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
     """A full Jacobian (no points) with its NaN entries filled from the other mode where it has
     a number. Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative
     (every other row of sqrt at 0); forward mode carries another seed through other nodes,
     so between them an entry is NaN only where both are."""
-    if any(tensor.shape[b] > 1 for b in candidate.pairing.in_axes) \
-            or not bool(derivatives.isnan().any()):
+    if any(tensor.shape[b] > 1 for b in pairing.in_axes) or not bool(derivatives.isnan().any()):
         return derivatives
     output = context.output
-    shape = tuple(output.shape) + tuple(tensor.shape)
-    filled = derivatives.reshape(shape)
-    for mode in (lambda: forward_jacobian(output, tensor),
-                 lambda: context.vjps([tensor], (), batched=False)[0][0]):
-        try:
-            other = mode().reshape(shape)
-        except (RuntimeError, NotImplementedError) as error:
-            if torch_error(error) is TorchError.SECOND_PASS:
-                raise
-            continue
-        filled = torch.where(filled.isnan() & ~other.isnan(), other, filled)
-        if not bool(filled.isnan().any()):
-            break
-    return filled.reshape(derivatives.shape)
+    return checks.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
+                                           lambda: context.vjps([tensor], (), batched=False)[0][0]))
 
 
 def _annotate(result, ordinary: set) -> None:

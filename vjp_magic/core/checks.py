@@ -2,7 +2,9 @@
 NaN/inf derivatives flagged.
 
 ``differentiate`` calls :func:`checked_inputs`, :func:`check_output` and :func:`refuse_empty`
-before any backward, and :func:`annotate` on its result (notes for non-finite derivatives).
+before any backward, and :func:`annotate` on its result (notes for non-finite derivatives),
+:func:`unverifiable_notes` (a pairing no probe could verify) and :func:`nan_filled` (a full
+Jacobian's NaN from 0·∞ taken from the other mode).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from .errors import VJPUsageError
+from .torch_api import TorchError, torch_error
 
 
 def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
@@ -193,6 +196,42 @@ def unverified_notes(result) -> list[str]:
         "the cell against finite differences); the structure through it is only observed at "
         "this input."
     ]
+
+
+def unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:
+    """A sentence per input whose larger pairing a probe could not verify: vᵀJ or vᵀD was
+    not finite at some entry (named), which tells a coupling from none at no probe value."""
+    notes = []
+    for name, flat in nonfinite.items():
+        item = result.inputs[name]
+        entry = ", ".join(str(int(i)) for i in torch.unravel_index(
+            torch.tensor(flat), tuple(item.tensor.shape))) if item.tensor.dim() else ""
+        shown = "under the structure the graph proves" if item.has_points \
+            else "as the full Jacobian"
+        notes.append(
+            f"The point structure of {result.output_name} with respect to {name} could not be "
+            f"verified: its derivatives are not finite at some entries (e.g. {name}[{entry}]), "
+            "where a random probe cannot tell a dependence across points from none. The "
+            f"derivatives are shown {shown}.")
+    return notes
+
+
+def nan_filled(derivatives: torch.Tensor, others) -> torch.Tensor:
+    """``derivatives`` (a full Jacobian) with NaN entries taken from the first of ``others``
+    (callables computing the same Jacobian another way) that has a number there; one that
+    raises (no double backward) is skipped."""
+    filled = derivatives
+    for compute in others:
+        try:
+            other = compute().reshape(derivatives.shape)
+        except (RuntimeError, NotImplementedError) as error:
+            if torch_error(error) is TorchError.SECOND_PASS:
+                raise
+            continue
+        filled = torch.where(filled.isnan() & ~other.isnan(), other, filled)
+        if not bool(filled.isnan().any()):
+            break
+    return filled
 
 
 def _ordinary(derivatives: torch.Tensor) -> bool:

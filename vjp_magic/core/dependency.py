@@ -17,16 +17,15 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 """
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from . import axisflow, memory, structure
-from .derivatives import chunk_size, vjp_batch
 from .errors import VJPUsageError
-from .torch_api import TorchError, autograd_grad, torch_error
+from .probes import OverTime, SetProber, resolved_columns
+from .torch_api import TorchError, torch_error
 
 KINDS = ("independent", "lower-triangular", "upper-triangular", "band", "dense")
 
@@ -164,93 +163,13 @@ def _plane(nonzero: torch.Tensor, first: int, second: int) -> torch.Tensor:
 
 
 # -- from a live graph, by probes -----------------------------------------------------------
-class _OverTime(Exception):
-    """Probing would take longer than it was allowed."""
-
-
-class _Prober:
-    """Which input indices (along ``b``) sets of output indices (along ``a``) reach.
-
-    A probe is a random vector of entries ±(1..2) on the set's slices of the output and 0
-    elsewhere, drawn from ``seed`` (``stream``: an independent draw); vᵀJ is non-zero at an
-    input index exactly when some output entry of the set has a non-zero derivative there
-    (barring an exact cancellation: the final check). A non-finite answer says nothing: its
-    input index goes to :attr:`unknown` and is not a hit.
-    """
-
-    def __init__(self, output, x, a, b, budget, seed: int, max_seconds=None, stream: int = 0,
-                 limit=None, workspace: int = 0):
-        self.output, self.x, self.a, self.b, self.budget = output, x, a, b, budget
-        self.seed = seed
-        # each probe of a batch holds its own copy of every gradient on the graph
-        self.limit = limit or chunk_size(output, [x], budget, workspace)
-        generator = structure.probe_generator(seed, "dependency", stream)
-        r = torch.rand(tuple(output.shape), generator=generator) * 2 - 1  # ±(1..2): r + sign r
-        self.values = (r + r.sign()).to(dtype=output.dtype, device=output.device)
-        self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
-        self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
-
-    def vectors(self, sets: torch.Tensor) -> torch.Tensor:
-        """One random vector restricted to each set: every probe's answer holds on its own
-        (a cancellation needs a relation among the values on the set, which has chance 0)."""
-        on = sets.to(device=self.output.device, dtype=self.output.dtype)
-        on = on.reshape((len(sets),) + tuple(-1 if d == self.a else 1
-                                              for d in range(self.output.dim())))
-        return self.values * on
-
-    def answers(self, sets: torch.Tensor, batched: bool = True):
-        """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches
-        (a finite non-zero), and where its answer was NaN or ±inf."""
-        self._check_time(len(sets))
-        hits, unknown = [], []
-        for start in range(0, len(sets), self.limit):
-            part = sets[start:start + self.limit]
-            (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
-            hit, bad = _read(g, 1 + self.b)
-            hits.append(hit)
-            unknown.append(bad)
-            self.count += len(part)
-        return torch.cat(hits), torch.cat(unknown)
-
-    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
-        hit, unknown = self.answers(sets, batched)
-        self.unknown |= unknown.any(0)
-        return hit
-
-    def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """One probe per output index in ``rows``: (len(rows) × n_in)."""
-        return self.hits(self.row_sets(rows), batched)
-
-    def row_sets(self, rows: torch.Tensor) -> torch.Tensor:
-        sets = torch.zeros(len(rows), self.output.shape[self.a], dtype=torch.bool)
-        sets[torch.arange(len(rows)), rows] = True
-        return sets
-
-    def _check_time(self, more: int) -> None:
-        if self.max_seconds is None or not self.count:
-            return
-        spent = time.perf_counter() - self.began
-        if spent + more * spent / self.count > self.max_seconds:
-            raise _OverTime
-
-
-def _read(g: torch.Tensor, axis: int):
-    """(k, …) answers → (k × size along ``axis``) bool twice: a finite non-zero anywhere on
-    the slice, a NaN or ±inf anywhere on it."""
-    g = g.detach().movedim(axis, 1)
-    g = g.reshape(len(g), g.shape[1], -1)
-    bad = ~torch.isfinite(g)
-    return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
-
-
 def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis: int,
                   budget: int | float | None = None, max_seconds: float | None = None,
                   seed: int | None = None) -> Dependency:
     """The pattern from a live graph, without the Jacobian (``budget``: bytes, a fraction of
     free memory, or the default): bit-coded probes, halving for what they leave open, a check
     with fresh probes, and one probe per output index if the check disagrees. Input indices
-    where a probe met NaN or ±inf are read both ways (:func:`_resolved`). Where the graph
+    where a probe met NaN or ±inf are read both ways (:func:`.probes.resolved_columns`). Where the graph
     proves the two axes paired (axisflow), dependences off the diagonal are ruled out
     ("proved"). ``seed``: the probes' seed (a fresh one unless given)."""
     a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
@@ -261,65 +180,20 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
                           advice="Take a smaller slice")
     seed = structure.new_seed() if seed is None else int(seed)
     proof = axisflow.prove(output, x)
-    prober = _Prober(output, x, a, b, budget, seed, max_seconds, workspace=proof.workspace)
+    prober = SetProber(output, x, a, b, budget, seed, max_seconds, workspace=proof.workspace)
     pattern = _group_test(prober, m, n)
     if not _confirmed(prober, pattern):
         pattern = prober.row_hits(torch.arange(m), batched=False)
     columns = prober.unknown.nonzero().flatten()
     if columns.numel():
-        pattern[:, columns] = _resolved(prober, columns)
+        pattern[:, columns] = resolved_columns(prober, columns)
     paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
     if paired:  # y's index i along a reads x's index i along b only, for every x
         pattern &= torch.eye(m, dtype=torch.bool)
     return _dependency(pattern, a, b, "proved" if paired else "probed", seed)
 
 
-def _resolved(prober: _Prober, columns: torch.Tensor) -> torch.Tensor:
-    """(m × len(columns)): the dependences at input indices where a probe answered NaN or
-    ±inf. Each output index's row (reverse mode) and each of these columns (forward mode)
-    are read: an entry is a dependence where either finds a finite non-zero, or where both
-    are non-finite (nothing rules it out); a finite zero either way rules it out."""
-    m = prober.output.shape[prober.a]
-    hit, unknown = prober.answers(prober.row_sets(torch.arange(m)), batched=False)
-    hit, unknown = hit[:, columns], unknown[:, columns]
-    forward_hit, forward_unknown = _forward_answers(prober, columns)
-    return hit | forward_hit | (unknown & forward_unknown)
-
-
-def _forward_answers(prober: _Prober, columns: torch.Tensor):
-    """(m × len(columns)) bool twice: which output indices J u reaches (a finite non-zero)
-    and where it is non-finite, for tangents u of random values on x's slices ``columns``
-    along b. J u is the VJP of g(v) = vᵀJ (double backward); where the graph has none, every
-    entry is unknown."""
-    out, x, m = prober.output, prober.x, prober.output.shape[prober.a]
-    unknown = torch.ones(m, len(columns), dtype=torch.bool)
-    generator = structure.probe_generator(prober.seed, "dependency-tangents")
-    r = torch.rand(tuple(x.shape), generator=generator) * 2 - 1
-    values = (r + r.sign()).to(dtype=x.dtype, device=x.device)
-    shape = (1,) + tuple(-1 if d == prober.b else 1 for d in range(x.dim()))  # a slice along b
-    try:
-        v = torch.zeros_like(out, requires_grad=True)
-        (g,) = autograd_grad([out], [x], [v], retain_graph=True, create_graph=True,
-                             allow_unused=True, materialize_grads=True)
-        if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
-            return ~unknown, ~unknown
-        hits, bad = [], []
-        for start in range(0, len(columns), prober.limit):
-            part = columns[start:start + prober.limit]
-            on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
-            on[torch.arange(len(part)), part.to(x.device)] = 1
-            (ju,) = vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))
-            hit, nonfinite = _read(ju, 1 + prober.a)
-            hits.append(hit)
-            bad.append(nonfinite)
-    except (RuntimeError, NotImplementedError) as error:
-        if torch_error(error) is TorchError.SECOND_PASS:
-            raise
-        return ~unknown, unknown
-    return torch.cat(hits).T, torch.cat(bad).T
-
-
-def _group_test(prober: _Prober, m: int, n: int) -> torch.Tensor:
+def _group_test(prober: SetProber, m: int, n: int) -> torch.Tensor:
     """Bit b of i and its complement, for every bit: a column read by one output index i
     answers each pair once, spelling i; the rest (several indices) go to :func:`_halving`."""
     bits = (m - 1).bit_length()
@@ -341,7 +215,7 @@ def _group_test(prober: _Prober, m: int, n: int) -> torch.Tensor:
     return pattern
 
 
-def _halving(prober: _Prober, m: int, columns: torch.Tensor) -> torch.Tensor:
+def _halving(prober: SetProber, m: int, columns: torch.Tensor) -> torch.Tensor:
     """The rows of ``columns`` (each read by several output indices): halve the blocks of
     output indices that some column reaches, a level per batched call, or probe each row of
     the blocks still open when the blocks keep branching (a triangle, a band)."""
@@ -380,7 +254,7 @@ def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
     return pattern
 
 
-def _confirmed(prober: _Prober, pattern: torch.Tensor) -> bool:
+def _confirmed(prober: SetProber, pattern: torch.Tensor) -> bool:
     """The bit-coded sets again and two random halves, with fresh values, in one batched
     call, and the first half again from a plain backward: the input indices each set reaches
     must be those the pattern predicts (a dependence missed by a cancellation shows here),
@@ -392,7 +266,7 @@ def _confirmed(prober: _Prober, pattern: torch.Tensor) -> bool:
         torch.ones(1, m, dtype=torch.bool)
     generator = structure.probe_generator(prober.seed, "dependency-sets")
     sets = torch.cat([torch.rand(2, m, generator=generator) < 0.5, on, ~on])
-    fresh = _Prober(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
+    fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                     prober.max_seconds, stream=1, limit=prober.limit)
     fresh.began, fresh.count = prober.began, prober.count
     observed = fresh.hits(sets)
@@ -455,7 +329,7 @@ def _refusal_dependency(context, named, point_out):
             try:
                 dep = probe_pattern(context.output, x, a, b, context.budget, REFUSAL_SECONDS,
                                     seed=context.probes.seed)
-            except (_OverTime, VJPUsageError):  # too long to wait for, or too large
+            except (OverTime, VJPUsageError):  # too long to wait for, or too large
                 return None
             if dep.kind != "independent":
                 return name, dep

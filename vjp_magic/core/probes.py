@@ -17,7 +17,8 @@ import time
 import torch
 
 from . import structure
-from .derivatives import plain_vjp
+from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .torch_api import TorchError, autograd_grad, torch_error
 
 
 class Probes:
@@ -121,6 +122,133 @@ class Probes:
         """How long one backward pass takes (probe 0's, made now if it was not yet)."""
         self.vjp(next(iter(self.named)))
         return self.seconds
+
+
+# -- probes supported on sets of output indices: dependency patterns ---------------------------
+class OverTime(Exception):
+    """Probing would take longer than it was allowed."""
+
+
+class SetProber:
+    """For dependency patterns (:mod:`.dependency`): which input indices (along ``b``) sets
+    of output indices (along ``a``) reach.
+
+    A probe is a random vector of entries ±(1..2) on the set's slices of the output and 0
+    elsewhere, drawn from ``seed`` (``stream``: an independent draw); vᵀJ is non-zero at an
+    input index exactly when some output entry of the set has a non-zero derivative there
+    (barring an exact cancellation: the final check). A non-finite answer says nothing: its
+    input index goes to :attr:`unknown` and is not a hit.
+    """
+
+    def __init__(self, output, x, a, b, budget, seed: int, max_seconds=None, stream: int = 0,
+                 limit=None, workspace: int = 0):
+        self.output, self.x, self.a, self.b, self.budget = output, x, a, b, budget
+        self.seed = seed
+        # each probe of a batch holds its own copy of every gradient on the graph
+        self.limit = limit or chunk_size(output, [x], budget, workspace)
+        generator = structure.probe_generator(seed, "dependency", stream)
+        r = torch.rand(tuple(output.shape), generator=generator) * 2 - 1  # ±(1..2): r + sign r
+        self.values = (r + r.sign()).to(dtype=output.dtype, device=output.device)
+        self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
+        self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
+
+    def vectors(self, sets: torch.Tensor) -> torch.Tensor:
+        """One random vector restricted to each set: every probe's answer holds on its own
+        (a cancellation needs a relation among the values on the set, which has chance 0)."""
+        on = sets.to(device=self.output.device, dtype=self.output.dtype)
+        on = on.reshape((len(sets),) + tuple(-1 if d == self.a else 1
+                                              for d in range(self.output.dim())))
+        return self.values * on
+
+    def answers(self, sets: torch.Tensor, batched: bool = True):
+        """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches
+        (a finite non-zero), and where its answer was NaN or ±inf."""
+        self._check_time(len(sets))
+        hits, unknown = [], []
+        for start in range(0, len(sets), self.limit):
+            part = sets[start:start + self.limit]
+            (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
+            hit, bad = _read(g, 1 + self.b)
+            hits.append(hit)
+            unknown.append(bad)
+            self.count += len(part)
+        return torch.cat(hits), torch.cat(unknown)
+
+    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
+        hit, unknown = self.answers(sets, batched)
+        self.unknown |= unknown.any(0)
+        return hit
+
+    def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """One probe per output index in ``rows``: (len(rows) × n_in)."""
+        return self.hits(self.row_sets(rows), batched)
+
+    def row_sets(self, rows: torch.Tensor) -> torch.Tensor:
+        sets = torch.zeros(len(rows), self.output.shape[self.a], dtype=torch.bool)
+        sets[torch.arange(len(rows)), rows] = True
+        return sets
+
+    def _check_time(self, more: int) -> None:
+        if self.max_seconds is None or not self.count:
+            return
+        spent = time.perf_counter() - self.began
+        if spent + more * spent / self.count > self.max_seconds:
+            raise OverTime
+
+
+def _read(g: torch.Tensor, axis: int):
+    """(k, …) answers → (k × size along ``axis``) bool twice: a finite non-zero anywhere on
+    the slice, a NaN or ±inf anywhere on it."""
+    g = g.detach().movedim(axis, 1)
+    g = g.reshape(len(g), g.shape[1], -1)
+    bad = ~torch.isfinite(g)
+    return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
+
+
+def resolved_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
+    """(m × len(columns)): the dependences at input indices where a probe answered NaN or
+    ±inf. Each output index's row (reverse mode) and each of these columns (forward mode)
+    are read: an entry is a dependence where either finds a finite non-zero, or where both
+    are non-finite (nothing rules it out); a finite zero either way rules it out."""
+    m = prober.output.shape[prober.a]
+    hit, unknown = prober.answers(prober.row_sets(torch.arange(m)), batched=False)
+    hit, unknown = hit[:, columns], unknown[:, columns]
+    forward_hit, forward_unknown = _forward_answers(prober, columns)
+    return hit | forward_hit | (unknown & forward_unknown)
+
+
+def _forward_answers(prober: SetProber, columns: torch.Tensor):
+    """(m × len(columns)) bool twice: which output indices J u reaches (a finite non-zero)
+    and where it is non-finite, for tangents u of random values on x's slices ``columns``
+    along b. J u is the VJP of g(v) = vᵀJ (double backward); where the graph has none, every
+    entry is unknown."""
+    out, x, m = prober.output, prober.x, prober.output.shape[prober.a]
+    unknown = torch.ones(m, len(columns), dtype=torch.bool)
+    generator = structure.probe_generator(prober.seed, "dependency-tangents")
+    r = torch.rand(tuple(x.shape), generator=generator) * 2 - 1
+    values = (r + r.sign()).to(dtype=x.dtype, device=x.device)
+    shape = (1,) + tuple(-1 if d == prober.b else 1 for d in range(x.dim()))  # a slice along b
+    try:
+        v = torch.zeros_like(out, requires_grad=True)
+        (g,) = autograd_grad([out], [x], [v], retain_graph=True, create_graph=True,
+                             allow_unused=True, materialize_grads=True)
+        if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
+            return ~unknown, ~unknown
+        hits, bad = [], []
+        for start in range(0, len(columns), prober.limit):
+            part = columns[start:start + prober.limit]
+            on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
+            on[torch.arange(len(part)), part.to(x.device)] = 1
+            (ju,) = vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))
+            hit, nonfinite = _read(ju, 1 + prober.a)
+            hits.append(hit)
+            bad.append(nonfinite)
+    except (RuntimeError, NotImplementedError) as error:
+        if torch_error(error) is TorchError.SECOND_PASS:
+            raise
+        return ~unknown, unknown
+    return torch.cat(hits).T, torch.cat(bad).T
 
 
 # -- what a result needs of the graph when its derivatives came from elsewhere --------------
