@@ -319,6 +319,17 @@ def test_targets_are_evaluated_once(ip, run_ok, cell, check):
     assert run_ok(check) is True
 
 
+@pytest.mark.parametrize("cell, name", [
+    ("it = iter(range(5))\nd = {}\nd[next(it)] = x * 2", "d[0]"),
+    ("it = iter('ab')\nd = {'a': {}}\nd[next(it)][str(1)] = x * 2", "d['a']['1']"),
+    ("it = iter(range(5))\nd = {0: 0}\nd[next(it)] += x * 2", "d[0]"),
+    ("d = {}\nd[x.sum()] = x * 2", "d[x.sum()]"),
+])
+def test_a_target_whose_key_calls_something_is_named_by_the_key(run_ok, run_vjp, cell, name):
+    run_ok("x = torch.ones(3, requires_grad=True)")
+    assert run_vjp(cell).output_name == name
+
+
 def test_the_cell_leaves_no_hidden_name(ip, run_ok):
     from vjp_magic.core.tagging import is_visible_name
 
@@ -363,3 +374,64 @@ def test_grad_and_data_targets_are_not_outputs(run_vjp):
     r = run_vjp("x = torch.ones(3, requires_grad=True)\ny = x * 2\nx.grad = None\n"
                 "w = torch.ones(3)\nw.data = torch.zeros(3)")
     assert r.output_name == "y"
+
+
+class _Spy:
+    """Logs every item and attribute access, in order (for the cell rewritten to record its
+    targets: it must do exactly what the plain cell does)."""
+
+    def __init__(self, log, name):
+        vars(self).update(_log=log, _name=name, _items={}, _attrs={})
+
+    def __getitem__(self, key):
+        self._log.append(("get", self._name, repr(key)))
+        return self._items.get(repr(key), _Spy(self._log, f"{self._name}[{key!r}]"))
+
+    def __setitem__(self, key, value):
+        self._log.append(("set", self._name, repr(key)))
+        self._items[repr(key)] = value
+
+    def __getattr__(self, name):
+        self._log.append(("getattr", self._name, name))
+        return self._attrs.get(name) or _Spy(self._log, f"{self._name}.{name}")
+
+    def __setattr__(self, name, value):
+        self._log.append(("setattr", self._name, name))
+        self._attrs[name] = value
+
+    def __iadd__(self, other):
+        self._log.append(("iadd", self._name))
+        return self
+
+    def __enter__(self):
+        self._log.append(("enter", self._name))
+        return self
+
+    def __exit__(self, *exc):
+        self._log.append(("exit", self._name))
+
+
+@pytest.mark.parametrize("cell", [
+    "s[f(1)] = f(2)", "s.a[f(1)].b = f(2)", "s[f(1)] = t[f(2)] = f(3)",
+    "s[f(1)], t.a = f(2), f(3)", "s[f(1)], (t[f(2)], u) = f(3), (f(4), f(5))",
+    "s[f(1)] += f(2)", "s.a.b += f(2)", "s[f(1):f(2)] += f(3)", "s[f(1), f(2):f(3)] += f(4)",
+    "i = 0\ns[i], i = f(1), f(2)", "a, *s[f(1)] = [f(2), f(3), f(4)]",
+    "for s[f(1)] in [f(2), f(3)]:\n    f(4)", "s[f(1)]: int = f(2)",
+    "if f(0):\n    s[f(1)] = f(2)\nelse:\n    t[f(3)] = 1",
+    "while True:\n    s[f(1)] = f(2)\n    break", "try:\n    s[f(1)] = f(2)\nexcept KeyError:\n    pass",
+    "def g():\n    s[f(1)] = f(2)\ng()", "s[(k := f(1))] = f(2)\nt[k] = 1",
+    "with t as s[f(1)], t as t.a, t as u:\n    f(2)",
+])
+def test_the_rewritten_cell_does_what_the_cell_does(cell):
+    import ast
+
+    from vjp_magic.core.cell import CAPTURE_NAME, capture_targets
+
+    def run(tree):
+        log = []
+        ns = {"s": _Spy(log, "s"), "t": _Spy(log, "t"), "f": lambda n: log.append(n) or n,
+              CAPTURE_NAME: {}}
+        exec(compile(tree, "<cell>", "exec"), ns)
+        return log, sorted(ns)
+
+    assert run(capture_targets(ast.parse(cell))) == run(ast.parse(cell))

@@ -142,9 +142,15 @@ CAPTURE_NAME = "__vjp_cell__"
 
 def capture_targets(module: ast.Module) -> ast.Module:
     """A copy of ``module`` whose subscript and attribute targets record their values into
-    ``CAPTURE_NAME`` (a dict the caller binds while the code runs): ``{source: (values along
-    the target..., value stored)}``. Line numbers are the cell's own."""
+    ``CAPTURE_NAME`` (a dict the caller binds while the code runs): ``{source: ((values along
+    the target..., value stored), {level: key})}``, the keys being those that call something
+    (``d[next(it)]``). Line numbers are the cell's own."""
     return ast.fix_missing_locations(_Capture().visit(copy.deepcopy(module)))
+
+
+def _calls(node: ast.AST) -> bool:
+    """Whether evaluating ``node`` calls something (or binds a name)."""
+    return any(isinstance(n, (ast.Call, ast.Await, ast.NamedExpr)) for n in ast.walk(node))
 
 
 def _complex(target: ast.AST) -> bool:
@@ -190,11 +196,14 @@ class _Capture(ast.NodeTransformer):
     def visit_AugAssign(self, node: ast.AugAssign):
         if not isinstance(node.target, (ast.Subscript, ast.Attribute)):
             return node
-        base, chain, statements = self.chain(node.target.value)
+        keys: dict = {}
+        base, chain, statements = self.chain(node.target.value, keys)
         key = None
         if isinstance(node.target, ast.Subscript):
             key, hoisted = self.hoist(node.target.slice)
             statements += hoisted
+            if isinstance(key, ast.Subscript) and _calls(node.target.slice):  # one slot
+                keys[len(chain)] = key
         target = _part(node.target, base, key)
         current = self.slot(node.target)
         statements.append(_at(ast.Assign(targets=[_store(current)], value=target), node.target))
@@ -202,7 +211,7 @@ class _Capture(ast.NodeTransformer):
                                             value=node.value), node))
         statements.append(_at(ast.Assign(targets=[_part(node.target, base, key, ast.Store)],
                                          value=current), node))
-        return statements + [self.record(node.target, chain + [current], node)]
+        return statements + [self.record(node.target, chain + [current], keys, node)]
 
     def visit_For(self, node):
         node = self.generic_visit(node)
@@ -247,26 +256,41 @@ class _Capture(ast.NodeTransformer):
             return statements
         if not isinstance(target, (ast.Subscript, ast.Attribute)):
             return [_at(ast.Assign(targets=[target], value=_load(value)), at)]
-        base, chain, statements = self.chain(target.value)
-        key = target.slice if isinstance(target, ast.Subscript) else None
+        keys: dict = {}
+        base, chain, statements = self.chain(target.value, keys)
+        key = self.key(target, len(chain), keys, statements)
         stored = _part(target, base, key, ast.Store)
         statements.append(_at(ast.Assign(targets=[stored], value=_load(value))
                               if annotation is None else
                               ast.AnnAssign(target=stored, annotation=annotation,
                                             value=_load(value), simple=0), at))
-        return statements + [self.record(target, chain + [value], at)]
+        return statements + [self.record(target, chain + [value], keys, at)]
 
-    def chain(self, node: ast.expr):
+    def chain(self, node: ast.expr, keys: dict):
         """Each part along a target (``d``, then ``d['y']``, ...) evaluated once into a slot:
-        (the last slot, every slot, the statements)."""
+        (the last slot, every slot, the statements); keys that call something go to ``keys``
+        (see :meth:`key`)."""
         if isinstance(node, (ast.Subscript, ast.Attribute)):
-            base, slots, statements = self.chain(node.value)
-            value = _part(node, base, node.slice if isinstance(node, ast.Subscript) else None)
+            base, slots, statements = self.chain(node.value, keys)
+            key = self.key(node, len(slots), keys, statements)
+            value = _part(node, base, key)
         else:
             slots, statements, value = [], [], node
         slot = self.slot(node)
         statements.append(_at(ast.Assign(targets=[_store(slot)], value=value), node))
         return slot, slots + [slot], statements
+
+    def key(self, node: ast.expr, level: int, keys: dict, statements: list):
+        """The key of ``node`` (a subscript at ``level`` along its target; None for an
+        attribute). A key that calls something (``d[next(it)]``) is evaluated into a slot,
+        kept in ``keys`` by its level, so that the target can be named by the key it used."""
+        if not isinstance(node, ast.Subscript):
+            return None
+        if isinstance(node.slice, ast.Slice) or not _calls(node.slice):
+            return node.slice
+        slot = keys[level] = self.slot(node.slice)
+        statements.append(_at(ast.Assign(targets=[_store(slot)], value=node.slice), node.slice))
+        return _load(slot)
 
     def hoist(self, key: ast.expr):
         """A subscript's key evaluated once into slots (a slice's bounds, a tuple's items),
@@ -288,12 +312,16 @@ class _Capture(ast.NodeTransformer):
         slot = self.slot(key)
         return _load(slot), [_at(ast.Assign(targets=[_store(slot)], value=key), key)]
 
-    def record(self, target, slots, at) -> ast.stmt:
-        """``__vjp_cell__['d[k]'] = (d, ..., value)``: what the target held, by its source."""
+    def record(self, target, slots, keys: dict, at) -> ast.stmt:
+        """``__vjp_cell__['d[k]'] = ((d, ..., value), {level: key})``: what the target held,
+        by its source, and the keys that called something, by their level along it."""
         entry = ast.Subscript(value=ast.Name(id=CAPTURE_NAME, ctx=ast.Load()),
                               slice=ast.Constant(ast.unparse(target)), ctx=ast.Store())
         values = ast.Tuple(elts=[_load(s) for s in slots], ctx=ast.Load())
-        return _at(ast.Assign(targets=[entry], value=values), at)
+        called = ast.Dict(keys=[ast.Constant(level) for level in keys],
+                          values=[_load(slot) for slot in keys.values()])
+        return _at(ast.Assign(targets=[entry], value=ast.Tuple(elts=[values, called],
+                                                               ctx=ast.Load())), at)
 
 
 def _at(node: ast.AST, at: ast.AST) -> ast.AST:

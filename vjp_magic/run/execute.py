@@ -138,7 +138,7 @@ def _compile(shell, parsed: ParsedCell, filename: str):
 
 def _run_body(shell, code, captured: dict) -> None:
     """Run the cell's statements; what its subscript and attribute targets held as it
-    assigned them lands in ``captured`` (``{source: (values along the target..., value)}``).
+    assigned them lands in ``captured`` (see :func:`~vjp_magic.core.cell.capture_targets`).
     The hidden name the rewritten cell records into is gone from the namespace afterwards."""
     __tracebackhide__ = True  # noqa: F841
     slots: dict = {}
@@ -201,22 +201,39 @@ def _assigned(shell, parsed: ParsedCell, before: dict, captured: dict, complete:
 
 def _target(source: str, held: tuple | None):
     """A subscript or attribute target, from what the cell recorded as it assigned it (the
-    values along the target, then the value stored; None if it never ran): (its source, its
-    value) when it holds a tensor with autograd history, else (None, None). Indexing into a
-    tensor (``y[0] = ...``) counts as assigning that tensor."""
+    values along the target, then the value stored, and the keys that called something;
+    None if it never ran): (its source, its value) when it holds a tensor with autograd
+    history, else (None, None). Indexing into a tensor (``y[0] = ...``) counts as assigning
+    that tensor; a key that called something is named by its value (``d[next(it)]``: ``d[0]``)."""
     if held is None:
         return None, None
-    node, at = ast.parse(source, mode="eval").body, len(held) - 1
+    (values, keys), node = held, ast.parse(source, mode="eval").body
+    at = len(values) - 1
     while isinstance(node, (ast.Subscript, ast.Attribute)) and at > 0:
-        if not isinstance(held[at - 1], torch.Tensor):
+        if not isinstance(values[at - 1], torch.Tensor):
             break
         if isinstance(node, ast.Attribute):
             return None, None  # x.grad = None, w.data = ...: not an output
         node, at = node.value, at - 1
-    value = held[at]
+    value = values[at]
     if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-        return ast.unparse(node), value
+        return _named_by_keys(node, at, keys), value
     return None, None
+
+
+def _named_by_keys(node: ast.expr, level: int, keys: dict) -> str:
+    """``node``'s source, each key that called something written as the literal it gave
+    (where it is one: a number, a string, a tuple of them)."""
+    part = node
+    while isinstance(part, (ast.Subscript, ast.Attribute)) and level > 0:
+        literal = repr(keys[level]) if level in keys else None
+        try:
+            if literal is not None and ast.literal_eval(literal) == keys[level]:
+                part.slice = ast.parse(literal, mode="eval").body
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass  # not a literal (a tensor, an object): the key's own source stays
+        part, level = part.value, level - 1
+    return ast.unparse(node)
 
 
 def evaluate(shell, node: ast.expr):
