@@ -61,8 +61,8 @@ class FromCell:
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
-            return named(self.scope, wrt, output, output_name, "--wrt")
-        return found_inputs(self.scope, output, output_name, self.run.assigned)
+            return dense_inputs(named(self.scope, wrt, output, output_name, "--wrt"))
+        return dense_inputs(found_inputs(self.scope, output, output_name, self.run.assigned))
 
 
 @dataclass(eq=False)
@@ -88,8 +88,8 @@ class FromExpression:
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
-            return named(self.scope, wrt, output, output_name, "wrt")
-        return found_inputs(self.scope, output, output_name, [])
+            return dense_inputs(named(self.scope, wrt, output, output_name, "wrt"))
+        return dense_inputs(found_inputs(self.scope, output, output_name, []))
 
     def release(self) -> None:
         if self.record is not None:
@@ -111,7 +111,7 @@ class Given:
                                        "vjp_magic.differentiate({}, x)")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
-        return named_inputs(self.given_inputs, self.names)
+        return dense_inputs(named_inputs(self.given_inputs, self.names))
 
 
 def lookup(scope, source: str, role: str):
@@ -155,6 +155,18 @@ def dense(name: str, output, how: str):
         f"{name} is a sparse tensor ({str(output.layout).replace('torch.', '')}): vjp_magic "
         f"shows the derivatives of dense outputs. Differentiate {densified} instead: "
         f"{how.format(densified)}.")
+
+
+def dense_inputs(inputs: dict) -> dict:
+    """The inputs, unless one is a sparse tensor (the analysis reshapes every input)."""
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor) and value.layout != torch.strided:
+            layout = str(value.layout).replace("torch.", "")
+            raise VJPUsageError(
+                f"Input {name} is a sparse tensor ({layout}): vjp_magic differentiates with "
+                f"respect to dense tensors. Make {name} dense with requires_grad=True and "
+                f"call {name}.to_sparse() inside the computation.")
+    return inputs
 
 
 def named(scope, names, output, output_name: str, role: str) -> dict:
