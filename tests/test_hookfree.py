@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian as reference_jacobian
 
-from vjp_magic.run.guard import nodes_run
+from vjp_magic.run.passes import nodes_run
 from vjp_magic.run.hookfree import analysed_graph
 from vjp_magic.run.record import recording
 

@@ -88,7 +88,7 @@ def check(answer, output: torch.Tensor, inputs, names=None):
             "The graph of the output was freed, most likely by the backward call that computed "
             "the answer: give that call retain_graph=True, or call vjp_magic.check before it."
         ) from None
-    return grade(answer, result)
+    return grade(answer, result, output=output)
 
 
 def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",

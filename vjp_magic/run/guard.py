@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.tagging import walk_nodes
-from ..core.torch_api import ENGINE, FREED_MESSAGE, engine_wrapped
+from ..core.torch_api import FREED_MESSAGE, engine_wrapped
+from .passes import (as_list, free_graph, is_functorch, node_key, nodes_run, root_nodes,
+                     saves_tensors)
 
 # Calls whose tensors are kept for coaching (older ones are dropped, their graphs with them).
 KEEP_CALLS = 8
@@ -114,9 +115,9 @@ class BackwardLog:
 
     def record(self, kind, tensors, gradients, inputs, retain_graph) -> BackwardCall:
         record = BackwardCall(
-            index=self.calls, kind=kind, tensors=_as_list(tensors),
+            index=self.calls, kind=kind, tensors=as_list(tensors),
             gradients=_copy_gradients(gradients),
-            inputs=None if inputs is None else _as_list(inputs),
+            inputs=None if inputs is None else as_list(inputs),
             retain_graph=retain_graph, line=_cell_line(self.filename),
         )
         self.calls += 1
@@ -160,37 +161,7 @@ class BackwardLog:
             roots = [r() for r in item.roots]
             if any(r is None for r in roots):
                 continue
-            _free_graph(roots, item.inputs)
-
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    if isinstance(value, (torch.Tensor, torch.autograd.graph.GradientEdge)):
-        return [value]
-    return list(value)
-
-
-def _root_nodes(tensors) -> list:
-    nodes = []
-    for t in _as_list(tensors):
-        if isinstance(t, torch.Tensor):
-            nodes.append(t.grad_fn)
-        elif isinstance(t, torch.autograd.graph.GradientEdge):
-            nodes.append(t.node)
-    return [n for n in nodes if n is not None]
-
-
-def _key(node) -> tuple:
-    """Identifies a node for as long as the cell runs without keeping it alive. Not by ``id``:
-    some PyTorch versions (2.11) give the same node a new Python object each time it is
-    reached, and a freed object's ``id`` is reused. A node's sequence number is its own
-    (a per-thread counter at creation; the cell's nodes are made on one thread)."""
-    return type(node).__name__, node._sequence_nr()
-
-
-def _saves_tensors(node) -> bool:
-    return any(name.startswith("_raw_saved_") for name in dir(node))
+            free_graph(roots, item.inputs)
 
 
 def _cell_line(filename: str | None) -> int | None:
@@ -233,40 +204,8 @@ def _line_in(error: BaseException, filename: str | None) -> int | None:
 def _copy_gradients(gradients) -> list | None:
     if gradients is None:
         return None
-    items = _as_list(gradients)
+    items = as_list(gradients)
     return [g.detach().clone() if isinstance(g, torch.Tensor) else g for g in items] or None
-
-
-def _is_functorch(tensors) -> bool:
-    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in _as_list(tensors))
-
-
-def _has_python_backward(nodes) -> bool:
-    return any(isinstance(n, torch.autograd.function.BackwardCFunction) for n in nodes)
-
-
-def _free_graph(roots, inputs) -> None:
-    """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
-    ``roots``: the engine frees each node's saved tensors as it goes. ``.grad`` is untouched
-    (nothing accumulates). Graphs with Python backward code (custom ``autograd.Function``s)
-    are left retained rather than run again."""
-    nodes = list(walk_nodes(_root_nodes(roots)))
-    if _has_python_backward(nodes):
-        return
-    if inputs is None:
-        inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
-    inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    tensors = [t for t in roots if isinstance(t, torch.Tensor) and t.requires_grad]
-    if not inputs or not tensors:
-        return
-    zeros = tuple(torch.zeros_like(t) for t in tensors)
-    try:
-        ENGINE.run_backward(
-            tuple(tensors), zeros, False, False, tuple(inputs),
-            allow_unreachable=True, accumulate_grad=False)
-    except RuntimeError:
-        pass  # already freed, or modified in place since: nothing left to free here
 
 
 class _RetainingEngine:
@@ -282,16 +221,16 @@ class _RetainingEngine:
 
     def run_backward(self, tensors, grad_tensors, keep_graph, create_graph, inputs=(),
                      *args, **kwargs):
-        if _is_functorch(tensors):  # inside torch.func transforms: not the cell's own call
+        if is_functorch(tensors):  # inside torch.func transforms: not the cell's own call
             return self._engine.run_backward(tensors, grad_tensors, keep_graph, create_graph,
                                              inputs, *args, **kwargs)
         log = self._log
         accumulate = kwargs.get("accumulate_grad", args[1] if len(args) > 1 else True)
         record = log.record("backward" if accumulate else "grad", tensors, grad_tensors,
                             inputs or None, keep_graph)
-        nodes = nodes_run(_root_nodes(tensors), inputs)
-        freed = next((log.freed_by[_key(n)] for n in nodes
-                      if _key(n) in log.freed_by and _saves_tensors(n)), None)
+        nodes = nodes_run(root_nodes(tensors), inputs)
+        freed = next((log.freed_by[node_key(n)] for n in nodes
+                      if node_key(n) in log.freed_by and saves_tensors(n)), None)
         retain = not keep_graph and log.must_retain(nodes)
         if freed is not None and log.retained_any:  # PyTorch's own error, where it would be
             record.freed_by = freed
@@ -309,11 +248,11 @@ class _RetainingEngine:
         record.added = _added(leaves)
         if not keep_graph:
             for node in nodes:
-                log.freed_by.setdefault(_key(node), record.index)
+                log.freed_by.setdefault(node_key(node), record.index)
         if retain:
             log.retained_any = True
             log.freeing.append(_Freeing(
-                [weakref.ref(t) for t in _as_list(tensors) if isinstance(t, torch.Tensor)],
+                [weakref.ref(t) for t in as_list(tensors) if isinstance(t, torch.Tensor)],
                 None if not inputs else list(inputs)))
         return result
 
@@ -326,51 +265,6 @@ def _added(leaves: dict) -> dict:
         if grad is not None and not grad.is_sparse:
             added[key] = grad.detach().clone() if before is None else grad.detach() - before
     return added
-
-
-def nodes_run(roots: list, inputs) -> list:
-    """The nodes a pass from ``roots`` runs: all it reaches, or with ``inputs`` given
-    (``backward(inputs=…)``, ``autograd.grad``) only those with a way down to one of them
-    (the engine runs nothing else, so nothing else is freed)."""
-    nodes = list(walk_nodes(roots))
-    if not inputs:
-        return nodes
-    targets = _input_nodes(inputs, nodes)
-    reaches: dict[int, bool] = {}
-    for node in reversed(_parents_first(nodes)):  # children before their parents
-        reaches[id(node)] = any(id(n) in targets or reaches.get(id(n), False)
-                                for n, _ in node.next_functions if n is not None)
-    return [n for n in nodes if reaches[id(n)]]
-
-
-def _parents_first(nodes: list) -> list:
-    """``nodes`` (a whole graph below its roots) ordered so that a node comes after every
-    node that points to it (Kahn's algorithm)."""
-    count = {id(n): 0 for n in nodes}
-    for node in nodes:
-        for child, _ in node.next_functions:
-            if child is not None and id(child) in count:
-                count[id(child)] += 1
-    ready = [n for n in nodes if count[id(n)] == 0]
-    order = []
-    while ready:
-        node = ready.pop()
-        order.append(node)
-        for child, _ in node.next_functions:
-            if child is not None and id(child) in count:
-                count[id(child)] -= 1
-                if count[id(child)] == 0:
-                    ready.append(child)
-    return order
-
-
-def _input_nodes(inputs, nodes) -> set:
-    """ids of the nodes where a pass with ``inputs`` takes its gradients: a leaf's gradient
-    accumulator, a non-leaf input's producer (not run for it), a gradient edge's node."""
-    wanted = _as_list(inputs)
-    leaves = {id(t) for t in wanted if isinstance(t, torch.Tensor) and t.grad_fn is None}
-    found = {id(n) for n in nodes if id(getattr(n, "variable", None)) in leaves}
-    return found | {id(n) for n in _root_nodes(wanted)}
 
 
 def _retained_grad_tensors(namespace) -> list[torch.Tensor]:

@@ -15,19 +15,16 @@ changed by a replay.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
-from torch.nn.modules._functions import BackwardHookFunction
 
 from ..core.tagging import custom_backwards, depends_on
 from ..core.tolerances import tolerances
-from .record import FunctionApply, restore_rng, storage_of, tensors_in, version
+from .record import FunctionApply, storage_of, tensors_in, version
+from .steps import Step, cast_step, execute, generators_kept, identity, replayed_function
 
-_CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
 _NORMS = {"batch_norm", "instance_norm"}  # running statistics updated inside the call
-_DEPTH = 4
 _DETACHING = {"detach", "detach_", "data"}
 
 
@@ -37,22 +34,6 @@ class NotReplayable(Exception):
 
 class InputChanged(NotReplayable):
     """An input was changed in place after the cell used it (an optimiser step)."""
-
-
-@dataclass(eq=False)
-class _Step:
-    """One recorded call to re-execute."""
-
-    func: object
-    args: tuple
-    kwargs: dict
-    result: object
-    targets: tuple
-    grad_enabled: bool
-    consts: dict  # id(recorded tensor) -> the value to use (as it was at the call)
-    fresh: dict = field(default_factory=dict)  # constant in-place targets: id -> value before
-    scratch: dict = field(default_factory=dict)  # running statistics: id -> a throwaway value
-    rng: tuple | None = None  # the generators' states the call drew from (record.rng_states)
 
 
 @dataclass(eq=False)
@@ -76,14 +57,14 @@ class Replay:
         env = dict(overrides or {})
         for name, key in self.names.items():
             env[key] = self._cast(tensors[name])
-        with _generators_kept(self.steps):
+        with generators_kept(self.steps):
             for step in self.steps:
-                _execute(step, env)
+                execute(step, env)
         return env[self.output_id]
 
     def with_dtype(self, dtype: torch.dtype) -> Replay:
         """The same replay computing in ``dtype`` (e.g. float64 for finite differences)."""
-        steps = [_cast_step(step, dtype) for step in self.steps]
+        steps = [cast_step(step, dtype) for step in self.steps]
         return replace(self, steps=steps, dtype=dtype)
 
     def constants(self) -> dict:
@@ -158,7 +139,7 @@ def _refuse_unrecorded_functions(output, steps: list) -> None:
     operations were recorded, and a replay of those would not be the cell."""
     applied = {step.func.function.__name__ for step in steps
                if isinstance(step.func, FunctionApply)}
-    applied |= {"BackwardHookFunction"} if any(s.func is _identity for s in steps) else set()
+    applied |= {"BackwardHookFunction"} if any(s.func is identity for s in steps) else set()
     for name in custom_backwards(output):
         if name.removesuffix("Backward") not in applied:
             raise NotReplayable(
@@ -252,12 +233,12 @@ def _copies(record) -> dict:
     return copies
 
 
-def _steps(calls: list, copies: dict, inputs: dict) -> list[_Step]:
+def _steps(calls: list, copies: dict, inputs: dict) -> list[Step]:
     """The calls as steps: each tensor argument either has a value from an earlier step (or
     is an input), or is a constant, resolved to its value at the call."""
     live, steps = {id(t) for t in inputs.values()}, []
     for call in calls:
-        step = _Step(_replayed_function(call.func), call.args, call.kwargs, call.result,
+        step = Step(replayed_function(call.func), call.args, call.kwargs, call.result,
                      call.targets, call.grad_enabled, {}, rng=call.rng)
         scratch = _running_stats(call)
         for tensor in tensors_in((call.args, call.kwargs)):
@@ -274,19 +255,6 @@ def _steps(calls: list, copies: dict, inputs: dict) -> list[_Step]:
         live.update(_out_ids(call))
         steps.append(step)
     return steps
-
-
-def _replayed_function(func):
-    """What a step calls: the recorded function, except torch's module-hook marker
-    (``BackwardHookFunction``), which is the identity with hooks attached in the cell and is
-    replayed as the identity: a replay fires no hook."""
-    if isinstance(func, FunctionApply) and func.function is BackwardHookFunction:
-        return _identity
-    return func
-
-
-def _identity(*args):
-    return args
 
 
 def _running_stats(call) -> dict:
@@ -323,90 +291,6 @@ def _refuse_foreign(tensor: torch.Tensor, inputs: dict) -> None:
         if depends_on(tensor, value):
             raise NotReplayable(f"a tensor of shape {tuple(tensor.shape)} was computed from "
                                 f"{name} outside the recorded operations (in an earlier cell?)")
-
-
-def _execute(step: _Step, env: dict) -> None:
-    """Run one step: arguments substituted, result (and in-place targets) into ``env``."""
-    for key, value in step.fresh.items():
-        if key not in env:
-            env[key] = value.clone()
-    local = {key: _throwaway(value) for key, value in step.scratch.items()}
-
-    def swap(value, depth=0):
-        if isinstance(value, torch.Tensor):
-            key = id(value)
-            if key in local:
-                return local[key]
-            found = env.get(key)
-            return found if found is not None else step.consts.get(key, value)
-        if depth < _DEPTH and type(value) in (list, tuple):
-            return type(value)(swap(v, depth + 1) for v in value)
-        return value
-
-    args = tuple(swap(a) for a in step.args)
-    kwargs = {k: swap(v) for k, v in step.kwargs.items()}
-    if step.rng is not None:
-        restore_rng(step.rng)  # the same draws as the cell's
-    with nullcontext() if step.grad_enabled else torch.no_grad():
-        value = step.func(*args, **kwargs)
-    _store(step.result, value, env)
-
-
-@contextmanager
-def _generators_kept(steps: list):
-    """The random generators end as they began: a replay moves no user RNG state."""
-    cpu = torch.get_rng_state()
-    devices = {d for step in steps if step.rng is not None for d, _ in step.rng[1]}
-    cuda = [(d, torch.cuda.get_rng_state(d)) for d in sorted(devices)]
-    try:
-        yield
-    finally:
-        restore_rng((cpu, cuda))
-
-
-def _throwaway(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().clone()
-
-
-def _store(result, value, env: dict, depth: int = 0) -> None:
-    if isinstance(result, torch.Tensor):
-        if isinstance(value, torch.Tensor):
-            env[id(result)] = value
-        return
-    if depth < _DEPTH and isinstance(result, (list, tuple)) and isinstance(value, (list, tuple)):
-        for part, part_value in zip(result, value):
-            _store(part, part_value, env, depth + 1)
-
-
-def _cast_step(step: _Step, dtype: torch.dtype) -> _Step:
-    """The step computing in ``dtype``: floating constants cast, floating dtypes named in the
-    arguments replaced, ``.float()``-style casts made casts to ``dtype``."""
-    def cast(value, depth=0):
-        if isinstance(value, torch.dtype) and value.is_floating_point:
-            return dtype
-        if depth < _DEPTH and type(value) in (list, tuple):
-            return type(value)(cast(v, depth + 1) for v in value)
-        return value  # tensors stay: they are looked up by identity
-
-    def values(found: dict) -> dict:
-        return {k: v.detach().to(dtype) if v.is_floating_point() else v
-                for k, v in found.items()}
-
-    func = _Cast(dtype) if getattr(step.func, "__name__", "") in _CASTS else step.func
-    return replace(step, func=func, args=cast(step.args),
-                   kwargs={k: cast(v) for k, v in step.kwargs.items()},
-                   consts=values(step.consts), fresh=values(step.fresh),
-                   scratch=values(step.scratch))
-
-
-@dataclass(frozen=True)
-class _Cast:
-    """``x.float()`` in a replay computing in another dtype: ``x.to(dtype)``."""
-
-    dtype: torch.dtype
-
-    def __call__(self, tensor, *args, **kwargs):
-        return tensor.to(self.dtype)
 
 
 def _verify(replay: Replay, inputs: dict, output: torch.Tensor) -> None:

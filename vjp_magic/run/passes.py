@@ -1,0 +1,124 @@
+"""Which autograd nodes a backward pass runs, and freeing a graph the guard kept.
+
+The engine runs, from the roots, every node it reaches — or, when the pass names its
+``inputs`` (``backward(inputs=…)``, ``torch.autograd.grad``), only the nodes with a way down
+to one of them; only those are freed by a pass without ``retain_graph``
+(:func:`nodes_run`). :func:`free_graph` frees a kept graph as the user's pass would have.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.tagging import walk_nodes
+from ..core.torch_api import ENGINE
+
+
+def as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (torch.Tensor, torch.autograd.graph.GradientEdge)):
+        return [value]
+    return list(value)
+
+
+def root_nodes(tensors) -> list:
+    nodes = []
+    for t in as_list(tensors):
+        if isinstance(t, torch.Tensor):
+            nodes.append(t.grad_fn)
+        elif isinstance(t, torch.autograd.graph.GradientEdge):
+            nodes.append(t.node)
+    return [n for n in nodes if n is not None]
+
+
+def node_key(node) -> tuple:
+    """Identifies a node for as long as the cell runs without keeping it alive. Not by ``id``:
+    some PyTorch versions (2.11) give the same node a new Python object each time it is
+    reached, and a freed object's ``id`` is reused. A node's sequence number is its own
+    (a per-thread counter at creation; the cell's nodes are made on one thread)."""
+    return type(node).__name__, node._sequence_nr()
+
+
+def saves_tensors(node) -> bool:
+    return any(name.startswith("_raw_saved_") for name in dir(node))
+
+
+def is_functorch(tensors) -> bool:
+    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in as_list(tensors))
+
+
+def _has_python_backward(nodes) -> bool:
+    return any(isinstance(n, torch.autograd.function.BackwardCFunction) for n in nodes)
+
+
+def free_graph(roots, inputs) -> None:
+    """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
+    ``roots``: the engine frees each node's saved tensors as it goes. ``.grad`` is untouched
+    (nothing accumulates). Graphs with Python backward code (custom ``autograd.Function``s)
+    are left retained rather than run again."""
+    nodes = list(walk_nodes(root_nodes(roots)))
+    if _has_python_backward(nodes):
+        return
+    if inputs is None:
+        inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
+    inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    tensors = [t for t in roots if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not inputs or not tensors:
+        return
+    zeros = tuple(torch.zeros_like(t) for t in tensors)
+    try:
+        ENGINE.run_backward(
+            tuple(tensors), zeros, False, False, tuple(inputs),
+            allow_unreachable=True, accumulate_grad=False)
+    except RuntimeError:
+        pass  # already freed, or modified in place since: nothing left to free here
+
+
+def nodes_run(roots: list, inputs) -> list:
+    """The nodes a pass from ``roots`` runs: all it reaches, or with ``inputs`` given
+    (``backward(inputs=…)``, ``autograd.grad``) only those with a way down to one of them
+    (the engine runs nothing else, so nothing else is freed)."""
+    nodes = list(walk_nodes(roots))
+    if not inputs:
+        return nodes
+    targets = _input_nodes(inputs, nodes)
+    reaches: dict[int, bool] = {}
+    for node in reversed(_parents_first(nodes)):  # children before their parents
+        reaches[id(node)] = any(id(n) in targets or reaches.get(id(n), False)
+                                for n, _ in node.next_functions if n is not None)
+    return [n for n in nodes if reaches[id(n)]]
+
+
+def _parents_first(nodes: list) -> list:
+    """``nodes`` (a whole graph below its roots) ordered so that a node comes after every
+    node that points to it (Kahn's algorithm)."""
+    count = {id(n): 0 for n in nodes}
+    for node in nodes:
+        for child, _ in node.next_functions:
+            if child is not None and id(child) in count:
+                count[id(child)] += 1
+    ready = [n for n in nodes if count[id(n)] == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child, _ in node.next_functions:
+            if child is not None and id(child) in count:
+                count[id(child)] -= 1
+                if count[id(child)] == 0:
+                    ready.append(child)
+    return order
+
+
+def _input_nodes(inputs, nodes) -> set:
+    """ids of the nodes where a pass with ``inputs`` takes its gradients: a leaf's gradient
+    accumulator, a non-leaf input's producer (not run for it), a gradient edge's node."""
+    wanted = as_list(inputs)
+    leaves = {id(t) for t in wanted if isinstance(t, torch.Tensor) and t.grad_fn is None}
+    found = {id(n) for n in nodes if id(getattr(n, "variable", None)) in leaves}
+    return found | {id(n) for n in root_nodes(wanted)}
+
+
+__all__ = ["as_list", "free_graph", "is_functorch", "node_key", "nodes_run", "root_nodes",
+           "saves_tensors"]

@@ -1,0 +1,140 @@
+"""One recorded call as a replay re-executes it (:mod:`.replay` builds the list of them).
+
+A :class:`Step` is the call with what it reads resolved: tensors computed by earlier steps
+(or the inputs) come from the replay's environment by the identity of the recorded tensor,
+every other tensor is a constant as it was at the call. Random draws are made from the
+generators' states kept at the call, and the generators end as they began
+(:func:`generators_kept`); torch's module-hook marker is the identity (no hook fires).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .record import FunctionApply, restore_rng
+
+try:  # where PyTorch keeps the marker it applies for module backward hooks
+    from torch.nn.modules._functions import BackwardHookFunction
+except ImportError:  # pragma: no cover - older PyTorch
+    from torch.utils.hooks import BackwardHookFunction
+
+_CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
+_DEPTH = 4
+
+
+@dataclass(eq=False)
+class Step:
+    """One recorded call to re-execute."""
+
+    func: object
+    args: tuple
+    kwargs: dict
+    result: object
+    targets: tuple
+    grad_enabled: bool
+    consts: dict  # id(recorded tensor) -> the value to use (as it was at the call)
+    fresh: dict = field(default_factory=dict)  # constant in-place targets: id -> value before
+    scratch: dict = field(default_factory=dict)  # running statistics: id -> a throwaway value
+    rng: tuple | None = None  # the generators' states the call drew from (record.rng_states)
+
+
+def replayed_function(func):
+    """What a step calls: the recorded function, except torch's module-hook marker
+    (``BackwardHookFunction``), which is the identity with hooks attached in the cell and is
+    replayed as the identity: a replay fires no hook."""
+    if isinstance(func, FunctionApply) and func.function is BackwardHookFunction:
+        return identity
+    return func
+
+
+def identity(*args):
+    return args
+
+
+def execute(step: Step, env: dict) -> None:
+    """Run one step: arguments substituted, result (and in-place targets) into ``env``."""
+    for key, value in step.fresh.items():
+        if key not in env:
+            env[key] = value.clone()
+    local = {key: _throwaway(value) for key, value in step.scratch.items()}
+
+    def swap(value, depth=0):
+        if isinstance(value, torch.Tensor):
+            key = id(value)
+            if key in local:
+                return local[key]
+            found = env.get(key)
+            return found if found is not None else step.consts.get(key, value)
+        if depth < _DEPTH and type(value) in (list, tuple):
+            return type(value)(swap(v, depth + 1) for v in value)
+        return value
+
+    args = tuple(swap(a) for a in step.args)
+    kwargs = {k: swap(v) for k, v in step.kwargs.items()}
+    if step.rng is not None:
+        restore_rng(step.rng)  # the same draws as the cell's
+    with nullcontext() if step.grad_enabled else torch.no_grad():
+        value = step.func(*args, **kwargs)
+    _store(step.result, value, env)
+
+
+@contextmanager
+def generators_kept(steps: list):
+    """The random generators end as they began: a replay moves no user RNG state."""
+    cpu = torch.get_rng_state()
+    devices = {d for step in steps if step.rng is not None for d, _ in step.rng[1]}
+    cuda = [(d, torch.cuda.get_rng_state(d)) for d in sorted(devices)]
+    try:
+        yield
+    finally:
+        restore_rng((cpu, cuda))
+
+
+def _throwaway(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
+
+
+def _store(result, value, env: dict, depth: int = 0) -> None:
+    if isinstance(result, torch.Tensor):
+        if isinstance(value, torch.Tensor):
+            env[id(result)] = value
+        return
+    if depth < _DEPTH and isinstance(result, (list, tuple)) and isinstance(value, (list, tuple)):
+        for part, part_value in zip(result, value):
+            _store(part, part_value, env, depth + 1)
+
+
+def cast_step(step: Step, dtype: torch.dtype) -> Step:
+    """The step computing in ``dtype``: floating constants cast, floating dtypes named in the
+    arguments replaced, ``.float()``-style casts made casts to ``dtype``."""
+    def cast(value, depth=0):
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return dtype
+        if depth < _DEPTH and type(value) in (list, tuple):
+            return type(value)(cast(v, depth + 1) for v in value)
+        return value  # tensors stay: they are looked up by identity
+
+    def values(found: dict) -> dict:
+        return {k: v.detach().to(dtype) if v.is_floating_point() else v
+                for k, v in found.items()}
+
+    func = _Cast(dtype) if getattr(step.func, "__name__", "") in _CASTS else step.func
+    return replace(step, func=func, args=cast(step.args),
+                   kwargs={k: cast(v) for k, v in step.kwargs.items()},
+                   consts=values(step.consts), fresh=values(step.fresh),
+                   scratch=values(step.scratch))
+
+
+@dataclass(frozen=True)
+class _Cast:
+    """``x.float()`` in a replay computing in another dtype: ``x.to(dtype)``."""
+
+    dtype: torch.dtype
+
+    def __call__(self, tensor, *args, **kwargs):
+        return tensor.to(self.dtype)
+
+
+__all__ = ["Step", "cast_step", "execute", "generators_kept", "identity", "replayed_function"]
