@@ -188,11 +188,42 @@ ROWS = [
          setup=MLP + "opt = torch.optim.SGD(mlp.parameters(), lr=0.1)\n",
          refused="was modified in place afterwards"),
     Twin("non_scalar_backward_mistake", X3 + "y = x ** 2\ny.backward()", "y.sum().backward()"),
+    Twin("backward_retain_graph_then_later_backward",
+         X3 + "loss = (x ** 3).sum()\nloss.backward(retain_graph=True)", "loss.backward()"),
+    Twin("create_graph_then_double_backward",
+         X3 + "loss = (x ** 3).sum()\nloss.backward(create_graph=True)\ng = x.grad.clone()\n"
+         "x.grad.sum().backward()", "loss.backward()"),
+    Twin("autograd_backward_of_two_outputs",
+         X3 + "a = x.sin()\nb = x.cos() * 2\n"
+         "torch.autograd.backward([a, b], [torch.ones(3), torch.ones(3)])", "a.sum().backward()"),
+    Twin("post_accumulate_grad_hook",
+         X3 + "x.register_post_accumulate_grad_hook(lambda p: count.append(1))\n"
+         "loss = (x ** 2).sum()\nloss.backward()", "loss.backward()", setup=COUNTED),
+    Twin("multi_grad_hook",
+         X3 + "a = x * 2\nb = x * 3\ntorch.autograd.graph.register_multi_grad_hook("
+         "(a, b), lambda grads: count.append(1))\ny = a + b", "y.sum().backward()",
+         setup=COUNTED),
+    Twin("clip_grad_norm_after_backward",
+         "loss = (mlp(X) ** 2).mean()\nloss.backward()\n"
+         "norm = torch.nn.utils.clip_grad_norm_(mlp.parameters(), 0.01)", "loss.backward()",
+         line="--wrt mlp", setup=MLP),
+    Twin("side_effect_in_forward",
+         X3 + "def f(t):\n    calls.append(1)\n    return t.sin() * t\ny = f(x)",
+         "y.sum().backward()", setup="calls = []\n"),
+    Twin("error_without_backward", X3 + "y = x * 2\nraise KeyError('mine')",
+         "y.sum().backward()"),
+    Twin("final_expression", X3 + "x.exp()", "x.exp().sum().backward()"),
+    Twin("check_x_grad", X3 + "y = x.sin()\ny.backward(torch.ones_like(y))",
+         "y.sum().backward()", line="--check x.grad"),
     # -- randomness ------------------------------------------------------------------------------
     Twin("gradcheck_rand_like_and_dropout",
          "x = torch.randn(4, requires_grad=True)\nnoise = torch.rand_like(x)\n"
          "y = torch.nn.functional.dropout(x * noise, p=0.5, training=True)",
          "y.sum().backward()", line="--gradcheck"),
+    Twin("gradcheck_dropout_module_and_hook",
+         X3 + "h = drop(x * 2)\nh.register_hook(lambda g: count.append(1))\ny = h.exp()",
+         "y.sum().backward()", line="--gradcheck",
+         setup=COUNTED + "drop = torch.nn.Dropout(0.5)\n"),
     Twin("random_draws_in_cell", X3 + "y = x * torch.rand(3) + torch.randn(3)",
          "y.sum().backward()"),
     # -- targets ---------------------------------------------------------------------------------
@@ -332,6 +363,7 @@ def _run(ip, twin: Twin, magic: bool):
     return outcome, state, later, _snapshot(ip)
 
 
+@pytest.mark.filterwarnings("ignore:Using backward() with create_graph=True")
 @pytest.mark.parametrize("twin", ROWS, ids=[t.id for t in ROWS])
 def test_a_vjp_cell_leaves_what_a_plain_cell_leaves(ip, twin):
     plain = _run(ip, twin, magic=False)
