@@ -363,7 +363,7 @@ def _run(ip, twin: Twin, magic: bool):
     return outcome, state, later, _snapshot(ip)
 
 
-@pytest.mark.filterwarnings("ignore:Using backward() with create_graph=True")
+@pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
 @pytest.mark.parametrize("twin", ROWS, ids=[t.id for t in ROWS])
 def test_a_vjp_cell_leaves_what_a_plain_cell_leaves(ip, twin):
     plain = _run(ip, twin, magic=False)
