@@ -27,7 +27,7 @@ from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
 from ..core.tagging import is_visible_name
 from .guard import BackwardLog, keep_graphs
 from .mistakes import CellMistake, classify
-from .record import OpRecord, recording
+from .record import OpRecord, recording, without_record_frames
 
 
 @dataclass(eq=False)
@@ -117,7 +117,9 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
             log.record_failure(error)
             log.mistake = classify(error, log, source)
             if log.mistake is None:
-                raise
+                raise without_record_frames(error)  # noqa: B904 - the user's own error
+        except BaseException as error:
+            raise without_record_frames(error)  # noqa: B904 - the user's own error
     assigned, targets = _assigned(shell, parsed, before, captured,
                                   complete=log.mistake is None)
     return CellRun(cell=parsed, source=source, final_value=final_value, assigned=assigned,

@@ -80,14 +80,16 @@ class BackwardLog:
     ops: object = None  # the cell's recorded torch calls (run.record.OpRecord), if any
     first_node: int = 0  # sequence number of the first autograd node the cell can make
     retained_any: bool = False  # whether a pass kept a graph its call would have freed
+    created_graph: bool = False  # a pass made a graph (create_graph=True): not in the record
 
     def must_retain(self, nodes: list) -> bool:
         """Whether a graph the cell's own pass frees must be kept for the analysis: only where
         the analysis cannot rebuild it from the record (:mod:`.hookfree`): no complete record,
-        a custom ``autograd.Function`` (its forward is the user's code), or nodes made before
-        the cell."""
+        a custom ``autograd.Function`` (its forward is the user's code), nodes made before
+        the cell, or a graph made by an earlier pass (``create_graph=True``), which the
+        record does not see."""
         ops = self.ops
-        if ops is None or ops.failed is not None:
+        if ops is None or ops.failed is not None or self.created_graph:
             return True
         for node in nodes:
             if isinstance(node, torch.autograd.function.BackwardCFunction) and \
@@ -246,6 +248,7 @@ class _RetainingEngine:
             log.errors.append(error)
             raise
         record.added = _added(leaves)
+        log.created_graph = log.created_graph or bool(create_graph)
         if not keep_graph:
             for node in nodes:
                 log.freed_by.setdefault(node_key(node), record.index)
