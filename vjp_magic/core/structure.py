@@ -266,9 +266,8 @@ def _judged(probe_vjp, expected, scale, dtype, nonfinite_agree: bool = False) ->
     ratio = torch.sub(probe_vjp, expected).abs_().div_(allowed)
     worst = float(ratio.max())
     if worst <= 1.0:  # NaN compares False: the non-finite entries are looked at below
-        finite = bool(torch.isfinite(ratio).all()) or nonfinite_agree
-        return worst if finite else math.inf
-    if not nonfinite_agree:
+        return worst
+    if not nonfinite_agree:  # (callers have turned non-finite entries away already)
         return float(ratio.nan_to_num_(nan=math.inf).max())
     both_nonfinite = ~torch.isfinite(probe_vjp) & ~torch.isfinite(expected)
     ratio = ratio.masked_fill_(both_nonfinite | (probe_vjp == expected), 0.0)
