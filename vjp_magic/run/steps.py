@@ -1,10 +1,15 @@
-"""One recorded call as a replay re-executes it (:mod:`.replay` builds the list of them).
+"""The replay engine: one recorded call as a :class:`Step`, and the :class:`Interpreter` that
+runs a list of them (:mod:`.plan` builds the list from a record).
 
 A :class:`Step` is the call with what it reads resolved: tensors computed by earlier steps
-(or the inputs) come from the replay's environment by the identity of the recorded tensor,
-every other tensor is a constant as it was at the call. Random draws are made from the
-generators' states kept at the call, and the generators end as they began
-(:func:`generators_kept`); torch's module-hook marker is the identity (no hook fires).
+(or the inputs) come from the interpreter's environment by the identity of the recorded
+tensor, every other tensor is a constant as it was at the call. The :class:`Interpreter`
+follows ``torch.fx.Interpreter``: it walks the steps, substitutes the arguments and stores
+the results, and :meth:`Interpreter.call_function` is the one place that computes a value.
+As it stands it computes with torch (random draws are made from the generators' states kept
+at the call, and the generators end as they began, :func:`generators_kept`); the symbolic
+replay overrides it to compute with SymPy. Torch's module-hook marker is the identity (no
+hook fires).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ except ImportError:  # pragma: no cover - older PyTorch
 
 _CASTS = {"float", "half", "bfloat16", "double"}  # Tensor methods naming a floating dtype
 _DEPTH = 4
+DETACHING = frozenset({"detach", "detach_", "data"})  # their results leave autograd's graph
 
 
 @dataclass(eq=False)
@@ -38,6 +44,20 @@ class Step:
     fresh: dict = field(default_factory=dict)  # constant in-place targets: id -> value before
     scratch: dict = field(default_factory=dict)  # running statistics: id -> a throwaway value
     rng: tuple | None = None  # the generators' states the call drew from (record.rng_states)
+    live: frozenset = frozenset()  # ids of the results and targets that carry the inputs
+
+    @property
+    def name(self) -> str:
+        """The call's name (see :func:`function_name`)."""
+        return function_name(self.func)
+
+
+def function_name(func) -> str:
+    """A recorded function's name; a property read (``x.data``) is named after the property."""
+    name = getattr(func, "__name__", "?")
+    if name in ("__get__", "__set__"):
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    return name
 
 
 def replayed_function(func):
@@ -53,31 +73,61 @@ def identity(*args):
     return args
 
 
+class Interpreter:
+    """Runs steps in order over ``env`` (id of a recorded tensor -> its value in this run).
+
+    Override :meth:`call_function` to compute with other values (as ``torch.fx.Interpreter``),
+    :meth:`fetch` and :meth:`store` to read and write them differently.
+    """
+
+    def __init__(self, steps: list):
+        self.steps = steps
+
+    def run(self, env: dict) -> dict:
+        """Every step, in order; ``env`` holds the inputs' values and receives the results."""
+        with generators_kept(self.steps):
+            for step in self.steps:
+                self.run_step(step, env)
+        return env
+
+    def run_step(self, step: Step, env: dict) -> None:
+        """One step: arguments substituted, result (and in-place targets) into ``env``."""
+        for key, value in step.fresh.items():
+            if key not in env:
+                env[key] = value.clone()
+        local = {key: _throwaway(value) for key, value in step.scratch.items()}
+
+        def swap(value, depth=0):
+            if isinstance(value, torch.Tensor):
+                return local[id(value)] if id(value) in local else self.fetch(step, value, env)
+            if depth < _DEPTH and type(value) in (list, tuple):
+                return type(value)(swap(v, depth + 1) for v in value)
+            return value
+
+        args = tuple(swap(a) for a in step.args)
+        kwargs = {k: swap(v) for k, v in step.kwargs.items()}
+        self.store(step, self.call_function(step, args, kwargs), env)
+
+    def fetch(self, step: Step, tensor: torch.Tensor, env: dict):
+        """The value of a tensor argument: from ``env``, else the step's constant."""
+        found = env.get(id(tensor))
+        return found if found is not None else step.consts.get(id(tensor), tensor)
+
+    def call_function(self, step: Step, args: tuple, kwargs: dict):
+        """The call's value (torch: the recorded function, its draws and grad mode as then)."""
+        if step.rng is not None:
+            restore_rng(step.rng)  # the same draws as the cell's
+        with nullcontext() if step.grad_enabled else torch.no_grad():
+            return step.func(*args, **kwargs)
+
+    def store(self, step: Step, value, env: dict) -> None:
+        """The value's tensors into ``env`` by the identity of the recorded results."""
+        _store(step.result, value, env)
+
+
 def execute(step: Step, env: dict) -> None:
-    """Run one step: arguments substituted, result (and in-place targets) into ``env``."""
-    for key, value in step.fresh.items():
-        if key not in env:
-            env[key] = value.clone()
-    local = {key: _throwaway(value) for key, value in step.scratch.items()}
-
-    def swap(value, depth=0):
-        if isinstance(value, torch.Tensor):
-            key = id(value)
-            if key in local:
-                return local[key]
-            found = env.get(key)
-            return found if found is not None else step.consts.get(key, value)
-        if depth < _DEPTH and type(value) in (list, tuple):
-            return type(value)(swap(v, depth + 1) for v in value)
-        return value
-
-    args = tuple(swap(a) for a in step.args)
-    kwargs = {k: swap(v) for k, v in step.kwargs.items()}
-    if step.rng is not None:
-        restore_rng(step.rng)  # the same draws as the cell's
-    with nullcontext() if step.grad_enabled else torch.no_grad():
-        value = step.func(*args, **kwargs)
-    _store(step.result, value, env)
+    """Run one step with torch values (see :meth:`Interpreter.run_step`)."""
+    Interpreter([step]).run_step(step, env)
 
 
 @contextmanager
@@ -137,4 +187,5 @@ class _Cast:
         return tensor.to(self.dtype)
 
 
-__all__ = ["Step", "cast_step", "execute", "generators_kept", "identity", "replayed_function"]
+__all__ = ["DETACHING", "Interpreter", "Step", "cast_step", "execute", "function_name",
+           "generators_kept", "identity", "replayed_function"]

@@ -1,0 +1,169 @@
+"""A recording becomes pruned steps: the one builder both replays run.
+
+:func:`pruned_steps` keeps the calls that read a tensor computed from the inputs (``live``
+calls), then only those the output needs (the calls making a tensor it reads, and the
+in-place calls writing into the memory of one before it is read), and turns each into a
+:class:`~.steps.Step` whose constants are resolved to their value at the call. Whatever
+cannot be followed is refused by :mod:`.refusals`. ``at_point=True`` (the analysis and the
+symbolic replay): results autograd did not track (masks, indices, random draws) are
+constants, as recorded; a detaching call (``detach``, ``.data``) stays a step, so each replay
+decides what detaching means for its values.
+
+Also here, the record's memory map for either replay: :func:`storage_key`,
+:func:`layout_key`, :func:`recorded_alias`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .record import storage_of, tensors_in
+from .refusals import (
+    NotReached, check_inputs_unchanged, constant_at, foreign_on_the_way, refuse_foreign,
+    refuse_record, refuse_unfollowable, refuse_unrecorded_functions,
+)
+from .steps import DETACHING, Step, function_name, replayed_function
+
+_NORMS = {"batch_norm", "instance_norm"}  # running statistics updated inside the call
+
+
+def pruned_steps(record, inputs: dict, output, *, at_point: bool = False,
+                 label=None) -> list[Step]:
+    """The steps that compute ``output`` from ``inputs`` (name -> tensor), or a
+    :class:`~.refusals.NotReplayable` saying why there are none. ``label`` names a tensor in
+    the refusals (default: its shape)."""
+    refuse_record(record, output)
+    input_ids = {id(t) for t in inputs.values()}
+    calls = _live_calls(record, input_ids, at_point)
+    if id(output) not in {key for call in calls for key in out_ids(call)}:
+        needed = _needed(record.calls, output, input_ids)
+        raise NotReached(foreign_on_the_way(needed, output, inputs, label))
+    calls = _needed(calls, output, input_ids)
+    refuse_unfollowable(calls, input_ids)
+    check_inputs_unchanged(calls, inputs)
+    steps = _steps(calls, _copies(record), inputs, at_point, label)
+    refuse_unrecorded_functions(output, steps)
+    return steps
+
+
+def out_ids(call) -> list[int]:
+    """The ids of what a call makes or changes: its result's tensors and in-place targets."""
+    return [id(t) for t in tensors_in(call.result) + list(call.targets)]
+
+
+def _live_outs(call, input_ids: set, at_point: bool) -> list[int]:
+    detaching = at_point and function_name(call.func) in DETACHING
+    return [key for key in out_ids(call) if key not in input_ids
+            and (not at_point or key in call.tracked or detaching)]
+
+
+def _live_calls(record, input_ids: set, at_point: bool = False) -> list:
+    """The calls that read a tensor computed from the inputs, in order (``at_point``: only
+    tensors autograd tracked from them, and what a detaching call makes of them)."""
+    live, calls = set(input_ids), []
+    for call in record.calls:
+        if any(id(t) in live for t in tensors_in((call.args, call.kwargs))):
+            outs = _live_outs(call, input_ids, at_point)
+            if outs or not at_point or call.targets:
+                calls.append(call)
+                live.update(outs)
+    return calls
+
+
+def _needed(calls: list, output: torch.Tensor, input_ids: set) -> list:
+    """The calls the output needs: those making a tensor it reads, and the in-place calls
+    that write into the memory of such a tensor before it is read."""
+    needed, memory, kept = {id(output)}, {storage_key(output)}, []
+    for call in reversed(calls):
+        writes = {storage_key(t) for t in call.targets} - {None}
+        if not any(key in needed for key in out_ids(call)) and not writes & memory:
+            continue
+        kept.append(call)
+        for tensor in tensors_in((call.args, call.kwargs)):
+            if id(tensor) not in input_ids:
+                needed.add(id(tensor))
+                memory.add(storage_key(tensor))
+    return kept[::-1]
+
+
+def storage_key(tensor: torch.Tensor) -> int | None:
+    """The memory a tensor lives in (None where it has none of its own)."""
+    key, size = storage_of(tensor)
+    return key if size else None
+
+
+def layout_key(tensor: torch.Tensor) -> tuple | None:
+    """Memory, offset, shape, strides and dtype: equal for a tensor and its detached alias."""
+    memory = storage_key(tensor)
+    if memory is None:
+        return None
+    return (memory, tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+
+
+def recorded_alias(record, inputs: dict, output: torch.Tensor) -> torch.Tensor:
+    """The output among the recorded tensors: itself, or (where the caller holds only a
+    detached alias of it, ``y.data``) the last recorded tensor with the same memory and
+    layout, preferring one computed from the inputs."""
+    input_ids = {id(t) for t in inputs.values()}
+    made = [t for call in record.calls for t in tensors_in(call.result) + list(call.targets)]
+    if id(output) in input_ids or any(t is output for t in made):
+        return output
+    key = layout_key(output)
+    if key is None:
+        return output
+    live = input_ids | {k for call in _live_calls(record, input_ids, True)
+                        for k in _live_outs(call, input_ids, True)}
+    matches = [t for t in list(inputs.values()) + made if layout_key(t) == key]
+    return ([t for t in matches if id(t) in live] or matches or [output])[-1]
+
+
+def _copies(record) -> dict:
+    """(id, version) -> the copy of a tensor taken before an in-place call changed it."""
+    copies: dict = {}
+    for call in record.calls:
+        for target, (seen, copy) in zip(call.targets, call.before):
+            if copy is not None:
+                copies.setdefault((id(target), seen), copy)
+    return copies
+
+
+def _steps(calls: list, copies: dict, inputs: dict, at_point: bool, label) -> list[Step]:
+    """The calls as steps: each tensor argument either has a value from an earlier step (or
+    is an input), or is a constant, resolved to its value at the call."""
+    input_ids = {id(t) for t in inputs.values()}
+    live, steps = set(input_ids), []
+    for call in calls:
+        step = Step(replayed_function(call.func), call.args, call.kwargs, call.result,
+                    call.targets, call.grad_enabled, {}, rng=call.rng,
+                    live=frozenset(_live_outs(call, input_ids, at_point)))
+        scratch = _running_stats(call)
+        for tensor in tensors_in((call.args, call.kwargs)):
+            key = id(tensor)
+            if key in live:
+                continue
+            if key in scratch:
+                step.scratch[key] = tensor
+            elif any(tensor is t for t in call.targets):
+                step.fresh[key] = constant_at(tensor, call, copies, label)
+            else:
+                refuse_foreign(tensor, inputs, label)
+                step.consts[key] = constant_at(tensor, call, copies, label)
+        live.update(out_ids(call))
+        steps.append(step)
+    return steps
+
+
+def _running_stats(call) -> dict:
+    """``batch_norm(..., training=True)`` updates its running statistics in place; the replay
+    gives it throwaway ones (in training mode the output does not read them)."""
+    if getattr(call.func, "__name__", "") not in _NORMS:
+        return {}
+    training = call.kwargs.get("training", call.kwargs.get("use_input_stats"))
+    if training is None and len(call.args) > 5:
+        training = call.args[5]
+    stats = list(call.args[1:3]) + [call.kwargs.get(k) for k in ("running_mean", "running_var")]
+    if not training:
+        return {}
+    return {id(t): t for t in stats if isinstance(t, torch.Tensor)}
+
+
+__all__ = ["layout_key", "out_ids", "pruned_steps", "recorded_alias", "storage_key"]

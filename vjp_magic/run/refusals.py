@@ -1,0 +1,193 @@
+"""Every reason a record cannot be replayed as a pure function of its inputs, in one place.
+
+Both replays (torch values, :mod:`.replay`; SymPy values, :mod:`vjp_magic.symbolic.replay`)
+build their steps with :mod:`.plan`, which asks here. A refusal is a :class:`NotReplayable`;
+the ones a caller may word in its own terms carry the tensor concerned
+(:class:`ForeignTensor`, :class:`ConstantLost`) or the cause found (:class:`NotReached`).
+Messages name a tensor through ``label`` (default: its shape).
+
+The refusals: no complete record; the output not computed from the inputs by the record;
+in-place writes autograd did not see (under ``torch.no_grad``), into an input, or into
+``out=``; an input changed in place after the cell used it; a constant changed in place
+whose earlier value was not kept; a tensor computed from an input outside the record; a
+custom ``autograd.Function`` applied through a reference made before the cell (its forward,
+the user's code, is not in the record); and a replay whose values differ from the cell's
+(random draws or state the record does not show).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.tagging import custom_backwards, depends_on
+from ..core.tolerances import tolerances
+from .record import FunctionApply, tensors_in, version
+from .steps import identity
+
+
+class NotReplayable(Exception):
+    """Why the record cannot be replayed as a pure function."""
+
+
+class InputChanged(NotReplayable):
+    """An input was changed in place after the cell used it (an optimiser step)."""
+
+
+class ForeignTensor(NotReplayable):
+    """A constant was computed from the input ``source`` outside the record."""
+
+    def __init__(self, tensor: torch.Tensor, source: str, label=None):
+        self.tensor, self.source = tensor, source
+        super().__init__(f"{(label or shape_label)(tensor)} was computed from {source} outside "
+                         "the recorded operations (in an earlier cell?)")
+
+
+class ConstantLost(NotReplayable):
+    """A constant changed in place after the call read it, its earlier value not kept."""
+
+    def __init__(self, tensor: torch.Tensor, label=None):
+        self.tensor = tensor
+        super().__init__(f"{(label or shape_label)(tensor)} was changed in place after the cell "
+                         "used it, and its earlier value was not kept")
+
+
+class NotReached(NotReplayable):
+    """The recorded calls do not compute the output from the inputs; ``cause``: the
+    :class:`ForeignTensor` on its way, where there is one."""
+
+    def __init__(self, cause: ForeignTensor | None = None):
+        self.cause = cause
+        super().__init__("the output was not computed by the recorded operations from the "
+                         "inputs")
+
+
+def shape_label(tensor: torch.Tensor) -> str:
+    """How a message names a tensor when nothing better is known."""
+    return f"a tensor of shape {tuple(tensor.shape)}"
+
+
+def refuse_record(record, output) -> None:
+    """A complete record and a tensor output."""
+    if record is None:
+        raise NotReplayable("the cell's operations were not recorded")
+    if record.failed is not None:
+        raise NotReplayable(f"the record is incomplete: {record.failed}")
+    if not isinstance(output, torch.Tensor):
+        raise NotReplayable("the output is not a tensor")
+
+
+def refuse_unfollowable(calls: list, input_ids: set) -> None:
+    """Steps a pure function cannot repeat: in-place writes autograd did not see, writes
+    into an input, results written into ``out=``."""
+    for call in calls:
+        name = getattr(call.func, "__name__", "?")
+        if call.targets and not call.grad_enabled:
+            raise NotReplayable(f"{name} changed a tensor computed from the inputs in place "
+                                "under torch.no_grad")
+        if any(id(t) in input_ids for t in call.targets):
+            raise NotReplayable(f"{name} changed an input in place")
+        if "out" in call.kwargs:
+            raise NotReplayable(f"{name} wrote its result into out=")
+
+
+def check_inputs_unchanged(calls: list, inputs: dict) -> None:
+    """The replay uses each input's current value: it must be the one the calls saw (a
+    module's parameters initialised in place in the cell are, by the time they are used)."""
+    by_id = {id(t): name for name, t in inputs.items()}
+    for call in calls:
+        for key, (seen, _) in call.seen.items():
+            if key in by_id and seen is not None and seen != version(inputs[by_id[key]]):
+                raise InputChanged(f"{by_id[key]} was changed in place after the cell used it")
+
+
+def constant_at(tensor: torch.Tensor, call, copies: dict, label=None) -> torch.Tensor:
+    """A constant's value when the call was made (it may have changed in place since)."""
+    seen = call.seen.get(id(tensor), (None, False))[0]
+    if seen is None or version(tensor) == seen:
+        return tensor
+    copy = copies.get((id(tensor), seen))
+    if copy is None:
+        raise ConstantLost(tensor, label)
+    return copy
+
+
+def refuse_foreign(tensor: torch.Tensor, inputs: dict, label=None) -> None:
+    """A constant computed from an input outside the record would hide a derivative."""
+    if tensor.grad_fn is None:
+        return
+    for name, value in inputs.items():
+        if depends_on(tensor, value):
+            raise ForeignTensor(tensor, name, label)
+
+
+def foreign_on_the_way(calls: list, output: torch.Tensor, inputs: dict,
+                       label=None) -> ForeignTensor | None:
+    """Why ``calls`` (those the output needs, in order) do not reach it from the inputs: the
+    first tensor they read that was computed from an input elsewhere (or the output itself)."""
+    made = {id(t) for t in inputs.values()}
+    for call in calls:
+        for tensor in tensors_in((call.args, call.kwargs)):
+            if id(tensor) not in made:
+                try:
+                    refuse_foreign(tensor, inputs, label)
+                except ForeignTensor as found:
+                    return found
+        made.update(id(t) for t in tensors_in(call.result) + list(call.targets))
+    try:
+        refuse_foreign(output, inputs, label)
+    except ForeignTensor as found:
+        return found
+    return None
+
+
+def refuse_unrecorded_functions(output, steps: list) -> None:
+    """A custom ``autograd.Function`` in the graph must be one call of the record: applied
+    through a reference taken before recording (``sq = Fn.apply``), only its forward's inner
+    operations were recorded, and a replay of those would not be the cell."""
+    applied = {step.func.function.__name__ for step in steps
+               if isinstance(step.func, FunctionApply)}
+    applied |= {"BackwardHookFunction"} if any(s.func is identity for s in steps) else set()
+    for name in custom_backwards(output):
+        if name.removesuffix("Backward") not in applied:
+            raise NotReplayable(
+                f"{name} (a custom autograd.Function) was applied through a reference made "
+                "before the cell (e.g. sq = Fn.apply), so the record holds only its forward's "
+                "inner operations, not the function itself")
+
+
+def user_functions(steps: list) -> tuple[str, ...]:
+    """The custom ``autograd.Function``\\ s whose forward (user code) replaying would run."""
+    return tuple(dict.fromkeys(step.func.__name__ for step in steps
+                               if isinstance(step.func, FunctionApply)))
+
+
+def verify(run, inputs: dict, output: torch.Tensor) -> None:
+    """``run(values)`` at the original inputs must give the recorded output."""
+    try:
+        with torch.no_grad():
+            value = run({n: t.detach() for n, t in inputs.items()})
+    except Exception as error:  # noqa: BLE001 - any failure means: cannot replay
+        raise NotReplayable(f"replaying failed ({type(error).__name__}: {error})") from None
+    if not isinstance(value, torch.Tensor) or value.shape != output.shape:
+        raise NotReplayable("the replay gave a value of another shape")
+    if not close(value, output.detach()):
+        raise NotReplayable("the replay gave other values than the cell (random draws "
+                            "such as dropout, or state the record does not show)")
+
+
+def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal up to the dtype's rounding (relative to the output's size), NaNs where NaNs."""
+    if value.dtype != expected.dtype:
+        value = value.to(expected.dtype)
+    if not expected.is_floating_point():
+        return bool(torch.equal(value, expected))
+    tol = tolerances(expected.dtype).backward
+    finite = torch.isfinite(expected)
+    scale = float(expected[finite].abs().max()) if bool(finite.any()) else 1.0
+    return bool(torch.allclose(value, expected, rtol=tol, atol=tol * max(scale, 1e-30),
+                               equal_nan=True))
+
+
+__all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NotReached",
+           "NotReplayable", "check_inputs_unchanged", "close", "constant_at",
+           "foreign_on_the_way", "refuse_foreign", "refuse_record", "refuse_unfollowable",
+           "refuse_unrecorded_functions", "shape_label", "user_functions", "verify"]
