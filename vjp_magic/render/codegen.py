@@ -20,7 +20,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-_SIMPLE = re.compile(r"[A-Za-z_][A-Za-z_0-9]*(\.[A-Za-z_][A-Za-z_0-9]*)*")
 _ONE_AXIS = "k"
 _AXES = ("i", "j", "l", "m", "n", "p", "q")
 
@@ -33,7 +32,7 @@ def identifiers(sources: Iterable[str]) -> set[str]:
         try:
             tree = ast.parse(source, mode="eval")
         except SyntaxError:
-            found.update(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", source))
+            found.update(re.findall(r"[^\W\d]\w*", source))
             continue
         found.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
     return found
@@ -53,12 +52,19 @@ def expression(source: str) -> str:
     """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
     ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``, and a module's
     parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``."""
-    if _PARAMETER_NAME.fullmatch(source) and not _SIMPLE.fullmatch(source):
+    if _attribute_path(source):  # λ needs no parentheses either: any Python identifier
+        return source
+    if _PARAMETER_NAME.fullmatch(source):
         return _MODULE_INDEX.sub(r"[\1]", source)
-    return source if _SIMPLE.fullmatch(source) else f"({source})"
+    return f"({source})"
 
 
-_PARAMETER_NAME = re.compile(r"[A-Za-z_]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
+def _attribute_path(source: str) -> bool:
+    """``x``, ``λ``, ``layer.weight``: identifiers joined by dots."""
+    return all(part.isidentifier() for part in source.split("."))
+
+
+_PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
 _MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 

@@ -11,7 +11,6 @@ so it keeps to what both accept: :data:`UNSAFE_TEX` lists what no maths may cont
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
                        Section, Span, Text)
@@ -104,31 +103,33 @@ _TEXT_ESCAPES.update({sup: f"$^{d}$" for d, sup in enumerate("⁰¹²³⁴⁵⁶
 _TEXT_ESCAPES.update({sub: f"$_{d}$" for d, sub in enumerate("₀₁₂₃₄₅₆₇₈₉")})
 
 
-# Greek letters as macros both MathJax 3 and LaTeX know; the capitals that have none (and
-# omicron) are written as the Latin letters they look like.
-_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi",
-                   "Psi", "Omega"}
-_LATIN_LOOKALIKES = {"Alpha": "A", "Beta": "B", "Epsilon": "E", "Zeta": "Z", "Eta": "H",
-                     "Iota": "I", "Kappa": "K", "Mu": "M", "Nu": "N", "Omicron": "O", "Rho": "P",
-                     "Tau": "T", "Chi": "X", "omicron": "o"}
+# Greek letters as TeX: each macro is one that MathJax (2.7 and 3), KaTeX and LaTeX (amsmath,
+# amssymb) all know and map back to the same character (KaTeX's and MathJax's own tables:
+# ε is \varepsilon and ϵ \epsilon, φ is \varphi and ϕ \phi). Capitals without a macro of
+# their own (and omicron) are the Latin letters they look like. tests/test_greek.py renders
+# every entry with KaTeX and reads it back from MathJax's table.
+GREEK_TEX = {
+    "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta", "ε": r"\varepsilon",
+    "ζ": r"\zeta", "η": r"\eta", "θ": r"\theta", "ι": r"\iota", "κ": r"\kappa",
+    "λ": r"\lambda", "μ": r"\mu", "ν": r"\nu", "ξ": r"\xi", "ο": "o", "π": r"\pi",
+    "ρ": r"\rho", "ς": r"\varsigma", "σ": r"\sigma", "τ": r"\tau", "υ": r"\upsilon",
+    "φ": r"\varphi", "χ": r"\chi", "ψ": r"\psi", "ω": r"\omega",
+    # the symbol variants
+    "ϵ": r"\epsilon", "ϑ": r"\vartheta", "ϕ": r"\phi", "ϱ": r"\varrho", "ϖ": r"\varpi",
+    "ϰ": r"\varkappa",
+    # capitals
+    "Α": "A", "Β": "B", "Γ": r"\Gamma", "Δ": r"\Delta", "Ε": "E", "Ζ": "Z", "Η": "H",
+    "Θ": r"\Theta", "Ι": "I", "Κ": "K", "Λ": r"\Lambda", "Μ": "M", "Ν": "N", "Ξ": r"\Xi",
+    "Ο": "O", "Π": r"\Pi", "Ρ": "P", "Σ": r"\Sigma", "Τ": "T", "Υ": r"\Upsilon",
+    "Φ": r"\Phi", "Χ": "X", "Ψ": r"\Psi", "Ω": r"\Omega",
+}
 
 
 def greek_macro(ch: str) -> str | None:
     """``α`` → ``\\alpha``, ``λ`` → ``\\lambda``, ``Λ`` → ``\\Lambda``, ``Α`` → ``A``, ``ς`` →
-    ``\\varsigma``; None for anything else (KaTeX's strict mode rejects raw Greek in maths)."""
-    words = unicodedata.name(ch, "").replace("LAMDA", "LAMBDA").split()
-    if words[:1] != ["GREEK"] or words[2:3] != ["LETTER"] or words[1] not in ("SMALL", "CAPITAL"):
-        return None
-    if words[3:] == ["FINAL", "SIGMA"]:
-        return r"\varsigma"
-    if len(words) != 4:
-        return None
-    name = words[3].lower() if words[1] == "SMALL" else words[3].capitalize()
-    if name in _LATIN_LOOKALIKES:
-        return _LATIN_LOOKALIKES[name]
-    if words[1] == "CAPITAL" and name not in _GREEK_CAPITALS:
-        return None
-    return "\\" + name
+    ``\\varsigma`` (:data:`GREEK_TEX`); None for anything else (KaTeX's strict mode rejects raw
+    Greek in maths)."""
+    return GREEK_TEX.get(ch)
 
 
 def escape_text(text: str) -> str:
@@ -168,8 +169,22 @@ _CODE_ESCAPES = {
 
 
 def code_tex(text: str) -> str:
-    """Inline code as maths both KaTeX and LaTeX set in typewriter type."""
-    return r"\texttt{" + "".join(_CODE_ESCAPES.get(ch, ch) for ch in text) + "}"
+    """Inline code as maths both KaTeX and LaTeX set in typewriter type; a Greek letter (no
+    typewriter font has one) as its maths macro between the typewriter runs: ``d_λ`` is
+    ``\\texttt{d\\_}{\\lambda}``."""
+    out, run = [], []
+    for ch in text:
+        macro = greek_macro(ch)
+        if macro is None or not macro.startswith("\\"):
+            run.append(_CODE_ESCAPES.get(ch) or macro or ch)
+            continue
+        if run:
+            out.append(r"\texttt{" + "".join(run) + "}")
+            run = []
+        out.append("{" + macro + "}")
+    if run or not out:
+        out.append(r"\texttt{" + "".join(run) + "}")
+    return "".join(out)
 
 
 def _paragraph(p: Paragraph) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 
 from .codegen import expression, output_symbol
 from .document import Code, Entry, Math
+from .latex import greek_macro
 from .matrix import multi_index as unravel
 
 _MONO_ESCAPES = {
@@ -27,27 +27,21 @@ _MONO_ESCAPES = {
 
 
 def mono(text: str) -> str:
-    """Source text in monospace, math-mode safe (no \\verb, KaTeX and MathJax alike)."""
-    return r"\mathtt{" + "".join(_MONO_ESCAPES.get(ch, ch) for ch in text) + "}"
+    """Source text in monospace, math-mode safe (no \\verb, KaTeX and MathJax alike; a Greek
+    letter as its macro, as KaTeX's strict mode wants)."""
+    return r"\mathtt{" + "".join(_MONO_ESCAPES.get(ch) or _greek(ch) or ch for ch in text) + "}"
 
 
-def greek(char: str) -> str | None:
-    """``α`` → ``\\alpha`` (KaTeX's strict mode rejects raw Unicode letters in math)."""
-    try:
-        words = unicodedata.name(char).split()
-    except ValueError:
-        return None
-    if words[:2] == ["GREEK", "SMALL"] and words[2:3] == ["LETTER"]:
-        return "\\" + words[3].lower()
-    if words[:2] == ["GREEK", "CAPITAL"] and words[2:3] == ["LETTER"]:
-        return "\\" + words[3].capitalize()
-    return None
+def _greek(ch: str) -> str | None:
+    """A Greek letter inside a longer name, braced so that no letter after it joins the macro."""
+    macro = greek_macro(ch)
+    return None if macro is None else "{" + macro + "}"
 
 
 def _word(text: str) -> str | None:
     """A name part: one letter in italics, longer ASCII words upright, Greek as macros."""
-    if len(text) == 1 and greek(text):
-        return greek(text)
+    if len(text) == 1 and greek_macro(text):
+        return greek_macro(text)
     if not re.fullmatch(r"[A-Za-z0-9]+", text):
         return None
     return text if len(text) == 1 or text.isdigit() else r"\mathrm{" + text + "}"
