@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 
 from vjp_magic import differentiate
 from vjp_magic.render.options import RenderOptions
-from vjp_magic.render.picture import (Picture, pattern, pattern_cells, pattern_picture,
+from vjp_magic.render.picture import (Picture, pattern, pattern_picture,
                                       pictures, wants_picture)
 
 Image = pytest.importorskip("PIL.Image")
@@ -75,7 +75,7 @@ def make(case):
 def test_the_pattern_is_the_jacobians(case):
     f, inputs, which, name, word, result = make(case)
     expected = true_pattern(f, inputs, which)
-    cells = pattern_cells(result, name)
+    cells = pattern(result, name).cells
     assert cells.dtype == torch.bool
     assert torch.equal(cells, expected)
     assert pattern(result, name).word == word
@@ -85,7 +85,7 @@ def test_the_pattern_is_the_jacobians(case):
 def test_a_pooled_pattern_is_the_jacobians_pooled(case):
     f, inputs, which, name, _, result = make(case)
     exact = true_pattern(f, inputs, which)
-    cells = pattern_cells(result, name, max_cells=7)
+    cells = pattern(result, name, max_cells=7).cells
     assert cells.shape == (min(exact.shape[0], 7), min(exact.shape[1], 7))
     # few cells: whole point blocks or pooled, but always what the Jacobian's nonzeros fill
     p = pattern(result, name, max_cells=7)

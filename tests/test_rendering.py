@@ -25,7 +25,7 @@ from vjp_magic.render.document import (Bullets, Code, CodeBlock, Document, Entry
 from vjp_magic.render.matrix import (HDOTS, LHS_RESERVE, VDOTS, Block, layout, reserve,
                                      width as matrix_width,
                                      summary_indices, tensor_block)
-from vjp_magic.render.numbers import (choose_format, count, number, plural, resolution,
+from vjp_magic.render.numbers import (choose_format, number, plural, resolution,
                                       significant_digits)
 from vjp_magic.render.options import DISPLAY_WIDTH, RenderOptions
 from vjp_magic.render.view import View
@@ -84,7 +84,6 @@ def test_digits_capped_by_the_dtype():
 
 
 def test_counts_have_thousands_separators():
-    assert count(1_000_000) == "1,000,000"
     assert plural(1, "point") == "1 point" and plural(100_000, "point") == "100,000 points"
 
 

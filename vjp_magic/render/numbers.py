@@ -40,11 +40,6 @@ def resolution(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
 
 
-def count(n: int) -> str:
-    """A count with thousands separators: ``1,000,000``."""
-    return f"{n:,}"
-
-
 def plural(n: int, word: str) -> str:
     """``1 point``, ``1,000,000 points``."""
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
@@ -75,11 +70,6 @@ def _special(value: float) -> Entry | None:
     if math.isinf(value):
         return Entry(r"\infty", "inf") if value > 0 else Entry(r"-\infty", "-inf")
     return None
-
-
-def power_of_ten(exponent: int) -> Entry:
-    """``10^{-5}`` (TeX) and ``10^-5`` (plain), the factor written in front of a matrix."""
-    return Entry(f"10^{{{exponent}}}", f"10^{exponent}")
 
 
 @dataclass(frozen=True)

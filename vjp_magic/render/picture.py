@@ -75,12 +75,6 @@ class Pattern:
 
 
 # -- the pattern ----------------------------------------------------------------------------
-def pattern_cells(result, name: str | None = None, max_cells: int = MAX_CELLS) -> torch.Tensor:
-    """The picture's cells (bool, at most ``max_cells`` a side): True where the Jacobian
-    (of the first pictured points) has a nonzero entry in the cell's block."""
-    return pattern(result, name, max_cells).cells
-
-
 def _pairs(item) -> list[tuple[int, int]]:
     """The point pairs that matter (size > 1), by output axis."""
     return sorted((a, b) for a, b in item.pairing if item.tensor.shape[b] > 1)
