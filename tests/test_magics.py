@@ -60,7 +60,7 @@ def test_syntax_error_is_shown_as_a_syntax_error(ip, capsys):
     assert isinstance(plain.error_before_exec, SyntaxError)
     # exactly IPython's display for the same line: no frames from inside the magic
     assert "SyntaxError: '(' was never closed" in shown_text and "x = (1," in shown_text
-    assert "magics.py" not in shown_text and "run_cell_magic" not in shown_text
+    assert "magics" not in shown_text and "run_cell_magic" not in shown_text
 
 
 def test_final_expression_is_the_output(run_vjp):

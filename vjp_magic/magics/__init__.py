@@ -1,14 +1,15 @@
-"""The thin IPython layer: ``%%vjp``, ``%jacobian``, options via ``%config``.
+"""The thin IPython layer: ``%%vjp``, ``%jacobian``, ``%hessian``, options via ``%config``.
 
-Only this module imports IPython. It reads the line (argparse; ``%jacobian``'s grammar in
-:mod:`vjp_magic.run.jacobian_line`), runs the cell (:mod:`vjp_magic.run.execute`), hands both
-to :func:`vjp_magic.pipeline.pipeline` and returns the result for IPython to display. User
+Only this package imports IPython. Each magic reads its line with its own ``magic_arguments``
+parser (:mod:`vjp_magic.magics.options`), runs the cell or evaluates the expression
+(:mod:`vjp_magic.run.execute`, :mod:`vjp_magic.run.choose`), hands both to
+:func:`vjp_magic.pipeline.pipeline` and returns the result for IPython to display. User
 mistakes (:class:`VJPUsageError`) become short ``UsageError`` messages; the cell's own
 exceptions propagate exactly as in a plain cell.
 """
 from __future__ import annotations
 
-import ast
+import argparse
 import math
 import sys
 import tokenize
@@ -21,25 +22,15 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Float, Int, observe, validate
 
-from .core.errors import VJPUsageError
-from .pipeline import Request, hessian_pipeline, pipeline
-from .render.options import RenderOptions
-from .run.choose import FromCell, FromExpression
-from .run.execute import CellSyntaxError, run_cell
-from .run.guard import retained_grads_kept
-from .run.jacobian_line import checked_numbers, parse_jacobian_line, words
-from .teach.coaching import usage_message
-
-
-def _common_arguments(func):
-    for decorator in reversed([
-        argument("-p", "--precision", type=int, default=None,
-                 help="Significant digits shown (default: VJPMagics.precision)."),
-        argument("--threshold", type=int, default=None,
-                 help="Rows/columns shown in full before summarising with dots."),
-    ]):
-        func = decorator(func)
-    return func
+from ..core.errors import VJPUsageError
+from ..pipeline import Request, hessian_pipeline, pipeline
+from ..render.options import RenderOptions
+from ..run.choose import FromCell, FromExpression
+from ..run.execute import CellSyntaxError, run_cell
+from ..run.guard import retained_grads_kept
+from ..teach.coaching import usage_message
+from .options import (EXPRESSION, common_arguments, one_output, read_cell_line,
+                      read_expression_line)
 
 
 @magics_class
@@ -101,24 +92,38 @@ class VJPMagics(Magics):
                    "differences (custom backward functions included); the cell is not rerun.")
     @argument("--picture", action="store_true",
               help="Draw each Jacobian's nonzero pattern beneath the display.")
-    @_common_arguments
+    @common_arguments
     @cell_magic
     def vjp(self, line: str, cell: str):
         """Run the cell, then show the derivatives of its output with respect to its inputs.
 
-        The cell runs in the notebook's namespace exactly like a normal cell. Afterwards the
-        output and inputs are tagged, the ``gradient`` argument of ``backward`` is inferred
-        from shapes and verified on the autograd graph, and the derivatives are displayed
-        as matrices. ``x.grad`` is never changed. The result is returned (and held in ``_``).
+        The cell runs in the notebook's namespace exactly like a plain cell (variables
+        persist, prints print, its own errors show as usual). Then:
+
+        - inputs: the ``--wrt`` names, else every name bound to a floating-point leaf tensor
+          with ``requires_grad=True`` that the output depends on;
+        - output: ``--of``, else the cell's final expression, else the last tensor it
+          assigned that has autograd history;
+        - the ``gradient`` argument of ``backward`` is worked out from the output's point
+          structure (proved on the autograd graph where possible, always checked by a random
+          probe), and the derivatives are shown as matrices. ``x.grad`` is never changed.
+
+        Returns the result ``r`` (also ``_``; a trailing ``;`` hides it): ``r.derivatives``
+        (per input: the non-point output axes, then the input's shape), ``r.gradients`` (the
+        ``gradient`` vectors used), ``r.point_axes``, ``r.jacobian(name)`` (the full
+        Jacobian), and ``r.check``, ``r.gradcheck``, ``r.symbolic``, ``r.code`` with their
+        flags. ``vjp_magic.differentiate?`` is the same analysis from Python.
 
         Example::
 
             %%vjp
-            x = torch.linspace(-2, 2, 5, requires_grad=True)
-            y = x**2
+            x = torch.tensor([1., 2., 3.], requires_grad=True)
+            y = torch.stack([-x**3, 5*x])    # r.derivatives["x"][k]: f_k' at the 3 points
         """
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
-        args = self._parse(line)
+        args = read_cell_line(self.vjp.parser, line)
+        if args.help:
+            return print(self.vjp.__doc__)
         if args.reveal and not args.check:
             raise UsageError("--reveal goes with --check NAME (the answer to grade).")
         # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
@@ -129,7 +134,7 @@ class VJPMagics(Magics):
         with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
             try:
                 result = pipeline(subject, self._request(
-                    args, of=_one_output(args.of), wrt=args.wrt, full=args.full,
+                    args, of=one_output(args.of), wrt=args.wrt, full=args.full,
                     explain=args.explain, code=args.code, check=args.check,
                     reveal=args.reveal, gradcheck=args.gradcheck, picture=args.picture))
             finally:  # graphs the cell's own backward would have freed are freed now
@@ -144,33 +149,40 @@ class VJPMagics(Magics):
 
     # -- %jacobian ----------------------------------------------------------------------------
     @magic_arguments()
-    @argument("expression", nargs="+",
-              help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
     @argument("--symbolic", action="store_true",
               help="Also derive the Jacobian with SymPy and cross-check it against autograd.")
     @argument("--picture", action="store_true",
               help="Draw the Jacobian's nonzero pattern beneath it (drawn anyway when the "
                    "Jacobian is too large to show in full).")
-    @_common_arguments
+    @common_arguments
+    @EXPRESSION
     @line_magic
     def jacobian(self, line: str):
-        """Show the full Jacobian of an output with respect to inputs already in the namespace.
+        """Show the full Jacobian of an output with respect to tensors in the namespace.
 
-        Syntax::
+        Syntax (the options before the expression)::
 
-            %jacobian y x              # names: output first, then inputs
-            %jacobian y                # inputs found through the autograd graph
+            %jacobian y x                   # names: the output, then its inputs
+            %jacobian y                     # inputs found through the autograd graph
             %jacobian (x**2).sum() wrt x    # any expression as the output, then 'wrt'
-            %jacobian torch.clamp(x, -1, 1) wrt x     # options only before the expression
+            %jacobian a * b wrt a, b        # several inputs, by spaces or commas
+            %jacobian torch.clamp(x, -1, 1) wrt x     # '-' inside the expression is Python
+            %jacobian --symbolic -p 3 torch.softmax(x, 0) wrt x
 
-        The Jacobian is the m × n matrix of the tensors flattened row-major, with rows and
-        columns labelled y_{i,j} / x_{k,l} where shapes are not plain vectors.
+        The expression is evaluated in the namespace (its torch calls recorded, for
+        --symbolic); one that starts with an option's spelling goes in parentheses: (-p).
+        The Jacobian is the m × n matrix of the output and the input flattened row-major,
+        rows and columns labelled y_{i,j} / x_{k,l} where shapes are not plain vectors;
+        beyond --threshold rows or columns it is summarised and its pattern drawn.
+
+        Returns the result ``r`` (as ``%%vjp``'s; also ``_``): ``r.jacobian(name)``, shape
+        ``output.shape + input.shape`` (equal to ``torch.autograd.functional.jacobian``),
+        ``r.derivatives[name]``, and ``r.symbolic[name]`` with --symbolic. ``x.grad`` is
+        never changed.
         """
-        with _usage_errors():
-            args = parse_jacobian_line(line, self.shell.user_ns)
-        if args is None:  # -h
-            print(self.jacobian.__doc__)
-            return None
+        args = read_expression_line(self.jacobian.parser, line, "jacobian")
+        if args.help:
+            return print(self.jacobian.__doc__)
         result = self._on_expression(pipeline, args, self._request(
             args, wrt=args.input_names, jacobian=True, picture=args.picture))
         self._pictures_beneath(result)
@@ -178,33 +190,41 @@ class VJPMagics(Magics):
 
     # -- %hessian -----------------------------------------------------------------------------
     @magic_arguments()
-    @argument("expression", nargs="+",
-              help="OUTPUT [INPUT ...], or OUTPUT-EXPRESSION wrt INPUT [INPUT ...].")
     @argument("--symbolic", action="store_true",
               help="Also derive the second derivatives with SymPy and cross-check them.")
-    @_common_arguments
+    @argument("--picture", action="store_true", help=argparse.SUPPRESS)  # to say where it goes
+    @common_arguments
+    @EXPRESSION
     @line_magic
     def hessian(self, line: str):
-        """Show the second derivatives of an output with respect to inputs in the namespace.
+        """Show the second derivatives of an output with respect to tensors in the namespace.
 
-        Syntax (as %jacobian's)::
+        Syntax (as ``%jacobian``'s)::
 
-            %hessian y x                    # names: output first, then inputs
+            %hessian y x                    # names: the output, then its inputs
             %hessian (x**2).sum() wrt x     # any expression as the output, then 'wrt'
             %hessian --symbolic torch.sin(x) wrt x
 
-        An elementwise f at N points gives f'' at each point; a scalar of a vector its n × n
-        Hessian; h.hessian(name) is always the full one (output.shape + x.shape + x.shape).
-        Several inputs give one Hessian each (no cross terms). x.grad is never changed.
+        From the autograd graph (double backward), with the point structure of ``%%vjp``.
+        Returns ``h`` (also ``_``):
+
+        - ``h.derivatives[name]``: the second derivatives at each point. An elementwise f at
+          N points gives f'' at each point (shaped like x); a scalar of a vector its n × n
+          Hessian; a row-wise layer one d × d Hessian per row;
+        - ``h.hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape`` (for a
+          scalar output, ``torch.autograd.functional.hessian``);
+        - ``h.symbolic``, ``h.symbolic_check`` with --symbolic.
+
+        Several inputs give one Hessian each (no mixed terms). A graph that cannot be
+        differentiated twice (``@once_differentiable``) is refused, naming it. ``x.grad`` is
+        never changed. ``vjp_magic.hessian?`` is the same from Python.
         """
-        with _usage_errors():
-            args = parse_jacobian_line(line, self.shell.user_ns, magic="hessian")
-            if args is not None and args.picture:
-                raise VJPUsageError("--picture draws a Jacobian's pattern: use it with %%vjp "
-                                    "or %jacobian, not %hessian.")
-        if args is None:  # -h
-            print(self.hessian.__doc__)
-            return None
+        args = read_expression_line(self.hessian.parser, line, "hessian")
+        if args.picture:
+            raise UsageError("--picture draws a Jacobian's pattern: use it with %%vjp or "
+                             "%jacobian, not %hessian.")
+        if args.help:
+            return print(self.hessian.__doc__)
         return self._on_expression(hessian_pipeline, args,
                                    self._request(args, wrt=args.input_names))
 
@@ -234,19 +254,6 @@ class VJPMagics(Magics):
 
         events.register("post_run_cell", show)
 
-    def _parse(self, line: str):
-        """``%%vjp``'s options; words split outside brackets and strings (``--wrt x[0, 1]``)."""
-        try:
-            args = self.vjp.parser.parse_args(words(line))
-        except UsageError as error:  # argparse's own message
-            if "unrecognized arguments: -" not in str(error):
-                raise
-            raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
-                             "that starts with '-' goes in parentheses: (-x); or quote the "
-                             "whole expression: --of \"y * -x\".") from None
-        with _usage_errors():
-            return checked_numbers(args)
-
     def _request(self, args, **asked) -> Request:
         """The request: the line's flags, with ``%config`` for what the line leaves out."""
         options = RenderOptions(
@@ -257,31 +264,6 @@ class VJPMagics(Magics):
         wrt = tuple(asked.pop("wrt") or ())
         return Request(options=options, wrt=wrt, symbolic=args.symbolic,
                        memory_budget=self.memory_budget, **asked)
-
-
-def _one_output(of: list[str] | None) -> str | None:
-    """``--of``'s one output (checked after the cell ran, which keeps what it assigned). An
-    expression may have spaces (``--of y.sum() + 1``: the line's words after ``--of``, joined)
-    or be quoted (``--of "y.sum() + 1"``)."""
-    if not of:
-        return None
-    source = " ".join(of)
-    node = _expression(source)
-    if len(of) == 1 and isinstance(node, ast.Constant) and isinstance(node.value, str) \
-            and _expression(node.value) is not None:
-        return node.value.strip()  # quoted
-    if len(of) > 1 and (node is None or isinstance(node, ast.Tuple)):
-        raise VJPUsageError("Give one output to --of (e.g. --of y, or an expression such as "
-                            "--of y.sum() + 1).")
-    return source
-
-
-def _expression(source: str) -> ast.expr | None:
-    """``source`` parsed as one Python expression, or None where it is not one."""
-    try:
-        return ast.parse(source.strip(), mode="eval").body
-    except SyntaxError:
-        return None
 
 
 @contextmanager

@@ -1,0 +1,144 @@
+"""The magics' options: one grammar, IPython's ``magic_arguments``, for all three magics.
+
+Each magic declares its options with ``@argument`` lines and reads its line with its own
+parser (``self.vjp.parser``, ``self.jacobian.parser``, ``self.hessian.parser``); the same
+declarations make ``%%vjp?``, ``%jacobian?`` and ``%hessian?``. Range checks are ``type=``
+validators, so a bad number is refused while the line is read. The line is split into words
+outside brackets and strings (:func:`vjp_magic.run.jacobian_line.words`), so
+``torch.clamp(x, -1, 1)`` is one word.
+
+``%jacobian`` and ``%hessian`` take their expression as ``argparse.REMAINDER``: options go
+before it, and it begins at the first word that is not one of the magic's options, so
+``-t.flip(0)`` or ``x * -y`` are read as Python. What follows is split at ``wrt``
+(:func:`vjp_magic.run.jacobian_line.split_at_wrt`).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument
+
+from ..core.errors import VJPUsageError
+from ..run.jacobian_line import split_at_wrt, word_spans, words
+
+EXPRESSION = argument(
+    "expression", nargs=argparse.REMAINDER, metavar="OUTPUT [INPUT ...]",
+    help="Names (the output, then its inputs), or EXPRESSION wrt INPUT [INPUT ...]: any "
+         "Python expression as the output. Without inputs they are found through the "
+         "autograd graph.")
+
+
+def whole_number(flag: str, low: int, high: int | None, meaning: str):
+    """A ``type=`` validator: a whole number from ``low`` to ``high`` (None: no upper bound),
+    refused with a message that names ``flag`` and says what the number means."""
+    def read(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes a whole number, not {text!r}.") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{flag} is {meaning}, not {value}.")
+        return value
+
+    read.__name__ = flag.lstrip("-")
+    return read
+
+
+def _digits(flag: str):
+    return whole_number(flag, 1, 17, "the number of significant digits shown (the precision), "
+                                     "from 1 to 17")
+
+
+def common_arguments(func):
+    """The options every magic takes: ``-p N``/``--precision N``, ``--threshold N``, ``-h``."""
+    for decorator in reversed([
+        argument("-p", dest="precision", type=_digits("-p"), default=None, metavar="N",
+                 help="Significant digits shown, 1 to 17 (default: VJPMagics.precision)."),
+        argument("--precision", dest="precision", type=_digits("--precision"), default=None,
+                 metavar="N", help="The same as -p N."),
+        argument("--threshold", type=whole_number(
+                     "--threshold", 2, None, "how many rows/columns to show in full (at least 2)"),
+                 default=None, metavar="N",
+                 help="Rows/columns shown in full before summarising with dots (default: "
+                      "VJPMagics.threshold)."),
+        argument("-h", "--help", action="store_true", help="Show this help."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def read_cell_line(parser, line: str) -> argparse.Namespace:
+    """``%%vjp``'s options (words split outside brackets and strings: ``--wrt x[0, 1]``)."""
+    try:
+        return _parsed(parser, words(line))
+    except UsageError as error:  # argparse's own message
+        if "unrecognized arguments: -" not in str(error):
+            raise
+        raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
+                         "that starts with '-' goes in parentheses: (-x); or quote the "
+                         "whole expression: --of \"y * -x\".") from None
+
+
+def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
+    """``%jacobian``'s (or ``%hessian``'s) line: the options, and ``output_source`` and
+    ``input_names`` split from the expression after them (not split when ``help``)."""
+    spans = word_spans(line)
+    argv = [line[a:b] for a, b in spans]
+    args, extras = _parsed(parser, argv, known=True)
+    start = len(argv) - len(args.expression)
+    if extras:  # argparse took the expression's first word for an option: '-t.flip(0)'
+        if re.fullmatch(r"--[A-Za-z][\w-]*(=.*)?", extras[0]):
+            usage = " ".join(parser.format_usage().replace("::", "").split()[:-1])
+            raise UsageError(f"Unknown option {extras[0].partition('=')[0]} for %{magic}. Its "
+                             f"options go before the expression: {usage} EXPRESSION.")
+        start = argv.index(extras[0])
+        args = _parsed(parser, argv[:start])  # what follows is the expression's, options or not
+    args.output_source, args.input_names = "", []
+    if not args.help:
+        source = line[spans[start][0]:] if start < len(spans) else ""
+        try:
+            args.output_source, args.input_names = split_at_wrt(source, magic)
+        except VJPUsageError as error:
+            raise UsageError(str(error)) from None
+    return args
+
+
+def _parsed(parser, argv: list[str], known: bool = False):
+    """``parser``'s reading of ``argv``; a validator's message without argparse's prefix."""
+    try:
+        return parser.parse_known_args(argv) if known else parser.parse_args(argv)
+    except UsageError as error:
+        raise UsageError(re.sub(r"^argument (\S+): (?=\1 )", "", str(error))) from None
+
+
+def one_output(of: list[str] | None) -> str | None:
+    """``--of``'s one output (checked after the cell ran, which keeps what it assigned). An
+    expression may have spaces (``--of y.sum() + 1``: the line's words after ``--of``, joined)
+    or be quoted (``--of "y.sum() + 1"``)."""
+    if not of:
+        return None
+    source = " ".join(of)
+    node = _expression(source)
+    if len(of) == 1 and isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            and _expression(node.value) is not None:
+        return node.value.strip()  # quoted
+    if len(of) > 1 and (node is None or isinstance(node, ast.Tuple)):
+        raise VJPUsageError("Give one output to --of (e.g. --of y, or an expression such as "
+                            "--of y.sum() + 1).")
+    return source
+
+
+def _expression(source: str) -> ast.expr | None:
+    """``source`` parsed as one Python expression, or None where it is not one."""
+    try:
+        return ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+
+
+__all__ = ["EXPRESSION", "common_arguments", "one_output", "read_cell_line",
+           "read_expression_line", "whole_number"]
