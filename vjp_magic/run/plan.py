@@ -10,7 +10,7 @@ constants, as recorded; a detaching call (``detach``, ``.data``) stays a step, s
 decides what detaching means for its values.
 
 Also here, the record's memory map for either replay: :func:`storage_key`,
-:func:`layout_key`, :func:`recorded_alias`.
+:func:`layout_key`, :func:`tensors_by_memory`, :func:`recorded_alias`.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def layout_key(tensor: torch.Tensor) -> tuple | None:
 def recorded_alias(record, inputs: dict, output: torch.Tensor) -> torch.Tensor:
     """The output among the recorded tensors: itself, or (where the caller holds only a
     detached alias of it, ``y.data``) the last recorded tensor with the same memory and
-    layout, preferring one computed from the inputs."""
+    layout, preferring one autograd tracked from the inputs, then one computed from them."""
     input_ids = {id(t) for t in inputs.values()}
     made = [t for call in record.calls for t in tensors_in(call.result) + list(call.targets)]
     if id(output) in input_ids or any(t is output for t in made):
@@ -110,10 +110,25 @@ def recorded_alias(record, inputs: dict, output: torch.Tensor) -> torch.Tensor:
     key = layout_key(output)
     if key is None:
         return output
-    live = input_ids | {k for call in _live_calls(record, input_ids, True)
-                        for k in _live_outs(call, input_ids, True)}
+    calls = _live_calls(record, input_ids, True)
+    live = input_ids | {k for call in calls for k in _live_outs(call, input_ids, True)}
+    tracked = input_ids | {k for call in calls for k in call.tracked}
     matches = [t for t in list(inputs.values()) + made if layout_key(t) == key]
-    return ([t for t in matches if id(t) in live] or matches or [output])[-1]
+    return ([t for t in matches if id(t) in tracked] or [t for t in matches if id(t) in live]
+            or matches or [output])[-1]
+
+
+def tensors_by_memory(record) -> dict[int, list]:
+    """Every recorded tensor (arguments and results, once each) by :func:`storage_key`."""
+    found: dict[int, list] = {}
+    seen: set[int] = set()
+    for call in record.calls:
+        for tensor in tensors_in((call.args, call.kwargs, call.result)):
+            key = storage_key(tensor)
+            if key is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                found.setdefault(key, []).append(tensor)
+    return found
 
 
 def _copies(record) -> dict:
@@ -166,4 +181,5 @@ def _running_stats(call) -> dict:
     return {id(t): t for t in stats if isinstance(t, torch.Tensor)}
 
 
-__all__ = ["layout_key", "out_ids", "pruned_steps", "recorded_alias", "storage_key"]
+__all__ = ["layout_key", "out_ids", "pruned_steps", "recorded_alias", "storage_key",
+           "tensors_by_memory"]

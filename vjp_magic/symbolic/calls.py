@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from ..run.record import FunctionApply
+from ..run.steps import DETACHING
 from .arrays import as_array, wrap
 from .errors import Unsupported
 from .registry import ALIASES, apply, op_name, qualified, unreflect
 from .tensor import SymTensor
 
-DETACHING = {"detach", "detach_", "data"}  # their results leave the graph (see SymTensor.detach)
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__",
                     "__imatmul__"}
 _IDENTITY = {"requires_grad_", "retain_grad"}

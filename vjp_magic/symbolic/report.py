@@ -17,7 +17,7 @@ from .display import note_sections, symbolic_sections
 from .errors import RuleBug, Unavailable
 from .formulas import Formula, formula, function_at_a_point
 from .layout import point_axes
-from .replay import Replay
+from .replay import SymbolicReplay
 from .symbols import group_symbols
 
 RUN_SECONDS = 5.0  # for the replay, and again for differentiating and checking
@@ -134,7 +134,8 @@ def _derive(result, record, namespace, output_source, jacobian, symbol_tex, deri
             symbols = group_symbols(result, group, jacobian, symbol_tex)
             with deadline(RUN_SECONDS), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                output = Replay(result, record, symbols, namespace, output_source).output()
+                output = SymbolicReplay(result, record, symbols, namespace,
+                                        output_source).output()
             with deadline(RUN_SECONDS):
                 if names[0] in group:
                     function = function_at_a_point(result, names[0], output, jacobian)
