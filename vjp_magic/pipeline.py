@@ -74,9 +74,45 @@ def pipeline(subject, request: Request) -> VJPResult:
 
 
 def check(answer, output: torch.Tensor, inputs, names=None):
-    """Grade ``answer`` against the derivatives of ``output`` with respect to ``inputs`` (the
-    arguments of :func:`differentiate`): a :class:`~vjp_magic.teach.grading.Check` with
-    ``correct``, ``kind`` and ``hint``. See ``docs/api.md``."""
+    """Grade ``answer`` against the true derivatives of ``output`` with respect to
+    ``inputs``, without showing them: the plain-Python form of ``%%vjp --check``.
+
+    Args:
+        answer (Tensor, list of Tensors, or dict str → answer): the derivatives in any
+            accepted form: as ``r.derivatives[name]`` holds them (component axes, then the
+            input's shape); the full Jacobian (``output.shape + input.shape``); where the
+            output has one component per point (or is a scalar), the input-shaped gradient
+            ``y.backward(torch.ones_like(y))`` leaves in ``x.grad``; one tensor per
+            component (stacked). Axes of size 1 may differ. With several inputs, a dict
+            ``{name: answer}`` or one answer per input, in order.
+        output (Tensor): the output, its graph still alive (compute the answer with
+            ``retain_graph=True``, or call ``check`` first).
+        inputs, names: as for :func:`differentiate`.
+
+    Returns:
+        Check: ``.correct`` (bool); ``.kind``, ``"correct"`` or the mistake recognised
+        (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"transposed"``,
+        ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``, ``"wrong"``,
+        ``"missing"``); ``.hint``, what to do in the output's and inputs' names, never the
+        expected numbers; ``.points`` (for ``"wrong-at-points"``); ``.name``, ``.form``,
+        ``.expected_shape``, ``.answer_shape``, ``.factor``, ``.component``. Values are
+        compared within the dtype's tolerance (float32: 1e-5, float64: 1e-9).
+
+    Raises:
+        VJPUsageError: as :func:`differentiate`, and for a graph freed by the answer's own
+        ``backward``.
+
+    Example::
+
+        >>> x = torch.tensor([1., 2., 3.], requires_grad=True)
+        >>> y = torch.stack([-x**3, 5*x])
+        >>> y.sum().backward(retain_graph=True)     # both components added up
+        >>> c = vjp_magic.check(x.grad, y, x)
+        >>> c.correct, c.kind
+        (False, 'summed')
+
+    Each kind, and how float32 answers are graded: ``docs/api.md``.
+    """
     from .teach.grading import grade
 
     try:
@@ -95,11 +131,55 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
                   full: bool = False, options: RenderOptions | None = None,
                   explain: bool = False, code: bool = False, memory_budget: float | None = None,
                   **analysis_options) -> VJPResult:
-    """The derivatives of ``output`` with respect to ``inputs``, with their point structure.
+    """The derivatives of ``output`` with respect to ``inputs``, with the ``gradient``
+    argument of ``backward`` worked out: the plain-Python form of ``%%vjp``.
 
-    The plain-Python form of ``%%vjp``; see ``docs/api.md``. ``analysis_options`` go to
-    :func:`vjp_magic.core.analysis.differentiate` (``batched``, ``max_chunk``,
-    ``max_pairings``, ``graph_proof``).
+    The output's axes that are *points* (one function at many inputs: the entries of
+    ``x**2``, the rows of ``x @ W``) are paired with the input axes they run along, proved
+    on the autograd graph where possible and always checked by a random vector-Jacobian
+    probe; then one backward pass per non-point output component, through
+    ``torch.autograd.grad``: ``x.grad`` is never changed and the graph stays usable.
+
+    Args:
+        output (Tensor): a real floating-point tensor with autograd history.
+        inputs (Tensor, sequence of Tensors, dict str → Tensor, or nn.Module): floating
+            point, ``requires_grad=True``; a dict names each input, a module gives all its
+            parameters.
+        names (str or sequence of str, optional): names for a tensor or a sequence of
+            inputs. Default: ``"x"`` for a lone tensor, else ``"x1"``, ``"x2"``, …
+        output_name (str): the output's name in the display and the code. Default: ``"y"``.
+        full (bool): skip the point structure: the plain full Jacobian.
+        options (RenderOptions, optional): how the result displays.
+        explain (bool): add the tutorial's steps (J, each v, vᵀJ), as ``--explain``.
+        code (bool): add the plain PyTorch loop computing the same numbers, as ``--code``.
+        memory_budget (float, optional): a fraction (< 1) of the free memory of the output's
+            device, or bytes. Default: 0.25. A larger full Jacobian is refused, not an OOM.
+        seed (int, optional): the seed of every random probe. Default: a fresh one, kept
+            as ``r.seed`` (torch's global random state is never used).
+        batched, max_chunk, max_pairings, graph_proof: tuning of the numerical core,
+            :func:`vjp_magic.core.analysis.differentiate`.
+
+    Returns:
+        VJPResult: ``r.derivatives[name]`` (the non-point output axes, then the input's
+        shape; for a scalar output what ``x.grad`` holds after ``backward()``),
+        ``r.gradients[name]`` (the ``gradient`` vectors used), ``r.point_axes[name]``,
+        ``r.jacobian(name)`` (``output.shape + input.shape``), ``r.seed``, ``r.notes``. It
+        displays itself; its output is detached, so it keeps no graph alive.
+
+    Raises:
+        VJPUsageError: (a ``ValueError``) a mistake in the call, saying what to do: an input
+        without ``requires_grad``, an integer tensor, a graph freed or modified in place, a
+        full Jacobian over the memory budget.
+
+    Example::
+
+        >>> x = torch.tensor([1., 2., 3.], requires_grad=True)
+        >>> r = vjp_magic.differentiate(torch.stack([-x**3, 5*x]), x)
+        >>> r.derivatives["x"]          # row k: f_k' at the 3 points
+        tensor([[ -3., -12., -27.],
+                [  5.,   5.,   5.]])
+        >>> r.point_axes["x"], r.jacobian("x").shape
+        (((1, 0),), torch.Size([2, 3, 3]))
     """
     request = Request(options=options or RenderOptions(), full=full, explain=explain, code=code,
                       memory_budget=memory_budget, analysis=analysis_options)
@@ -120,9 +200,37 @@ def hessian_pipeline(subject, request: Request) -> HessianResult:
 def hessian(output, inputs, names=None, *, output_name: str = "y",
             options: RenderOptions | None = None, memory_budget: float | None = None,
             **analysis_options) -> HessianResult:
-    """The second derivatives of ``output`` with respect to each input (no cross terms).
+    """The second derivatives of ``output`` with respect to each input, with the point
+    structure of :func:`differentiate`: the plain-Python form of ``%hessian``.
 
-    The plain-Python form of ``%hessian``; see ``docs/api.md``.
+    From the autograd graph (double backward); one Hessian per input, no mixed terms.
+
+    Args:
+        output (Tensor): a real floating-point tensor with autograd history.
+        inputs, names, output_name, options, memory_budget: as for :func:`differentiate`.
+        seed, batched, max_chunk, max_pairings, graph_proof: as for :func:`differentiate`.
+
+    Returns:
+        HessianResult: ``h.derivatives[name]``, the second derivatives at each point: an
+        elementwise f at N points gives f'' at each (shaped like x), a scalar of a vector
+        its n × n Hessian, a row-wise layer one d × d Hessian per row. ``h.hessian(name)``
+        is the full one, ``output.shape + x.shape + x.shape`` (for a scalar output,
+        ``torch.autograd.functional.hessian``). Also ``h.point_axes``, ``h.seed`` and
+        ``h.inputs[name].symmetric``. It displays itself; ``x.grad`` is never changed.
+
+    Raises:
+        VJPUsageError: as :func:`differentiate`, and for a graph that cannot be
+        differentiated twice (``@once_differentiable``, an op without double backward).
+
+    Example::
+
+        >>> x = torch.tensor([1., 2., 3.], requires_grad=True)
+        >>> vjp_magic.hessian(torch.sin(x), x).derivatives["x"]     # -sin at each point
+        tensor([-0.8415, -0.9093, -0.1411])
+        >>> vjp_magic.hessian((x**3).sum(), x).hessian("x")
+        tensor([[ 6.,  0.,  0.],
+                [ 0., 12.,  0.],
+                [ 0.,  0., 18.]])
     """
     request = Request(options=options or RenderOptions(), memory_budget=memory_budget,
                       analysis=analysis_options)
