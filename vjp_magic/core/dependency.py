@@ -339,9 +339,37 @@ def _refusal_dependency(context, named, point_out):
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
-    with a verdict (``.kind``, ``.witness``, ``.offsets``, ``.pattern``), from the live
-    autograd graph without computing the Jacobian. The probes are drawn from ``seed`` (a
-    fresh one unless given), kept as ``.seed``. ``x.grad`` is never changed."""
+    with a verdict, from the live autograd graph without computing the Jacobian.
+
+    Batched random probes vᵀJ supported on sets of output indices (a group test), checked
+    with fresh probes; a NaN or ±inf in a probe is never read as a dependence. Where the
+    graph proves the two axes paired, only the diagonal is probed. ``x.grad`` is never
+    changed. ``r.dependency(name, out_axis, in_axis)`` reads the same off a result.
+
+    Args:
+        output (Tensor): computed from ``x`` with autograd on.
+        x (Tensor): a tensor with ``requires_grad=True``.
+        out_axis, in_axis (int): the axes compared. Default: 0 and 0.
+        memory_budget (int or float, optional): what the pattern (m × n bools) may take: a
+            fraction (< 1) of free memory, or bytes.
+        seed (int, optional): the probes' seed. Default: a fresh one, kept as ``.seed``.
+
+    Returns:
+        Dependency: ``.pattern``, bool (m × n): ``[i, j]`` is True when an output entry
+        with index i along ``out_axis`` has a non-zero derivative with respect to an entry
+        of x with index j along ``in_axis``; ``.kind``, the smallest band of diagonals
+        holding every dependence: ``"independent"``, ``"lower-triangular"`` (causal),
+        ``"upper-triangular"``, ``"band"`` or ``"dense"``; ``.witness``, the first
+        dependence ``(i, j)`` the nearest simpler kind forbids; ``.offsets``, the lowest and
+        highest ``j - i`` (bands and triangles); ``.evidence``; ``.describe("y", "x")``.
+
+    Example::
+
+        >>> x = torch.randn(5, 3, requires_grad=True)
+        >>> d = vjp_magic.dependency(torch.cumsum(x, 0), x)   # y[t] reads x[s], s <= t
+        >>> d.kind, d.witness, d.offsets, d.describe("y", "x")
+        ('lower-triangular', (1, 0), (-4, 0), 'y[1] ← x[0]')
+    """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
     if output.grad_fn is None or not x.requires_grad:
