@@ -1,8 +1,16 @@
 """vjp_magic: the ``gradient`` argument of ``backward`` worked out, derivatives shown as matrices.
 
-``%load_ext vjp_magic`` registers the ``%%vjp`` cell magic and the ``%jacobian`` and
-``%hessian`` line magics;
-:func:`differentiate` does the same analysis from plain Python (see ``docs/api.md``).
+In a notebook, ``%load_ext vjp_magic`` registers:
+
+- ``%%vjp``: run the cell, then show the derivatives of its output with respect to its inputs;
+- ``%jacobian OUTPUT [INPUT ...]`` / ``%jacobian EXPRESSION wrt INPUT ...``: the full Jacobian
+  of tensors already in the namespace;
+- ``%hessian``: the same, for second derivatives.
+
+From plain Python: :func:`differentiate` (as ``%%vjp``), :func:`hessian`, :func:`check`
+(grade an answer) and :func:`dependency` (which output indices read which input indices).
+Each one's help (``vjp_magic.differentiate?``, ``%%vjp?``) is its reference; ``docs/api.md``
+has the whole of it, ``docs/architecture.md`` how the package is built.
 """
 from importlib.metadata import PackageNotFoundError, version
 
@@ -17,12 +25,13 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "VJPResult", "VJPUsageError", "GradientList", "RenderOptions",
+__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "VJPResult",
+           "VJPUsageError", "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 
 def load_ipython_extension(ipython) -> None:
-    """Register ``%%vjp`` and ``%jacobian`` (called by ``%load_ext vjp_magic``)."""
+    """Register ``%%vjp``, ``%jacobian`` and ``%hessian`` (called by ``%load_ext vjp_magic``)."""
     from .magics import load
 
     load(ipython)
