@@ -25,7 +25,7 @@ from vjp_magic.render.document import (Bullets, Code, CodeBlock, Document, Entry
 from vjp_magic.render.matrix import (HDOTS, LHS_RESERVE, VDOTS, Block, layout, reserve,
                                      width as matrix_width,
                                      summary_indices, tensor_block)
-from vjp_magic.render.numbers import (choose_format, number, plural, resolution,
+from vjp_magic.render.numbers import (NumberFormat, choose_format, number, plural, resolution,
                                       significant_digits)
 from vjp_magic.render.options import DISPLAY_WIDTH, RenderOptions
 from vjp_magic.render.view import View
@@ -85,6 +85,19 @@ def test_digits_capped_by_the_dtype():
 
 def test_counts_have_thousands_separators():
     assert plural(1, "point") == "1 point" and plural(100_000, "point") == "100,000 points"
+
+
+@pytest.mark.parametrize("digits", [1, 4, 6, 15])
+def test_a_fixed_entry_is_the_rounded_value_spelled_shortest(digits):
+    """Positional, no trailing zeros, and exactly the value rounded to ``digits`` significant
+    digits (``np.format_float_positional`` of the rounded float)."""
+    values = torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for value in (values * 10.0 ** torch.randint(-4, 5, (2000,))).tolist() + [2.5, -0.0, 99999.5]:
+        text = NumberFormat(digits).spell(value).plain
+        assert re.fullmatch(r"-?\d+(\.\d*[1-9])?", text), text
+        assert float(text) == float(f"{value:.{digits}g}")
+        assert len(text.lstrip("-").replace(".", "").lstrip("0")) <= max(digits, len(
+            str(int(abs(float(text))))))  # no more digits than asked (integral parts aside)
 
 
 def test_one_format_per_matrix_factors_a_power_of_ten():

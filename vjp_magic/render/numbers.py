@@ -18,6 +18,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .document import Entry
@@ -54,14 +55,10 @@ def _exponent(value: float) -> int:
 
 
 def _fixed(value: float, digits: int) -> str:
-    """``value`` to ``digits`` significant digits, in positional notation, no trailing 0s."""
+    """``value`` to ``digits`` significant digits, in positional notation, no trailing 0s
+    (the rounded float's shortest spelling: ``0.3``, ``2``, ``0.00000015``; ``-0`` is ``0``)."""
     rounded = _round(value, digits)
-    if rounded == 0:
-        return "0"
-    if rounded.is_integer():
-        return str(int(rounded))
-    decimals = max(0, digits - 1 - _exponent(rounded))
-    return f"{rounded:.{decimals}f}".rstrip("0").rstrip(".")
+    return "0" if rounded == 0 else np.format_float_positional(rounded, trim="-")
 
 
 def _special(value: float) -> Entry | None:
