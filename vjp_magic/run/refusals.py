@@ -50,6 +50,15 @@ class ConstantLost(NotReplayable):
                          "used it, and its earlier value was not kept")
 
 
+class UntrackedWrite(NotReplayable):
+    """``func`` changed ``tensor``, computed from the inputs, in place under ``no_grad``."""
+
+    def __init__(self, func, tensor: torch.Tensor):
+        self.func, self.tensor = func, tensor
+        super().__init__(f"{getattr(func, '__name__', '?')} changed a tensor computed from the "
+                         "inputs in place under torch.no_grad")
+
+
 class NotReached(NotReplayable):
     """The recorded calls do not compute the output from the inputs; ``cause``: the
     :class:`ForeignTensor` on its way, where there is one."""
@@ -81,8 +90,7 @@ def refuse_unfollowable(calls: list, input_ids: set) -> None:
     for call in calls:
         name = getattr(call.func, "__name__", "?")
         if call.targets and not call.grad_enabled:
-            raise NotReplayable(f"{name} changed a tensor computed from the inputs in place "
-                                "under torch.no_grad")
+            raise UntrackedWrite(call.func, call.targets[0])
         if any(id(t) in input_ids for t in call.targets):
             raise NotReplayable(f"{name} changed an input in place")
         if "out" in call.kwargs:
@@ -112,11 +120,18 @@ def constant_at(tensor: torch.Tensor, call, copies: dict, label=None) -> torch.T
 
 def refuse_foreign(tensor: torch.Tensor, inputs: dict, label=None) -> None:
     """A constant computed from an input outside the record would hide a derivative."""
+    found = _foreign(tensor, inputs, label)
+    if found is not None:
+        raise found
+
+
+def _foreign(tensor: torch.Tensor, inputs: dict, label=None) -> ForeignTensor | None:
     if tensor.grad_fn is None:
-        return
+        return None
     for name, value in inputs.items():
         if depends_on(tensor, value):
-            raise ForeignTensor(tensor, name, label)
+            return ForeignTensor(tensor, name, label)
+    return None
 
 
 def foreign_on_the_way(calls: list, output: torch.Tensor, inputs: dict,
@@ -126,17 +141,11 @@ def foreign_on_the_way(calls: list, output: torch.Tensor, inputs: dict,
     made = {id(t) for t in inputs.values()}
     for call in calls:
         for tensor in tensors_in((call.args, call.kwargs)):
-            if id(tensor) not in made:
-                try:
-                    refuse_foreign(tensor, inputs, label)
-                except ForeignTensor as found:
-                    return found
+            found = None if id(tensor) in made else _foreign(tensor, inputs, label)
+            if found is not None:
+                return found
         made.update(id(t) for t in tensors_in(call.result) + list(call.targets))
-    try:
-        refuse_foreign(output, inputs, label)
-    except ForeignTensor as found:
-        return found
-    return None
+    return _foreign(output, inputs, label)
 
 
 def refuse_unrecorded_functions(output, steps: list) -> None:
@@ -187,7 +196,7 @@ def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
                                equal_nan=True))
 
 
-__all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NotReached",
-           "NotReplayable", "check_inputs_unchanged", "close", "constant_at",
+__all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NotReached", "NotReplayable",
+           "UntrackedWrite", "check_inputs_unchanged", "close", "constant_at",
            "foreign_on_the_way", "refuse_foreign", "refuse_record", "refuse_unfollowable",
            "refuse_unrecorded_functions", "shape_label", "user_functions", "verify"]

@@ -1,7 +1,8 @@
 """``--symbolic``: formulas from SymPy for the derivatives, cross-checked against autograd.
 
 The tour: :mod:`.report` (:func:`derive`, the entry point, and :class:`SymbolicReport`) →
-:mod:`.replay` (the recorded calls re-applied to symbols; :mod:`.calls` for one call) →
+:mod:`.replay` (the pruned steps of the one replay engine, :mod:`vjp_magic.run.plan`, run with
+symbols; :mod:`.calls` maps one step to its rule) →
 :mod:`.tensor` (:class:`SymTensor`) → :mod:`.registry` (the ONE rule table) with the rules in
 :mod:`.rules` and :mod:`.rules_shape` (a new op rule goes there) → :mod:`.arrays`,
 :mod:`.functions`; then :mod:`.formulas` (differentiating), :mod:`.check` (comparing with

@@ -14,7 +14,7 @@ import torch
 
 from ..run.plan import out_ids, pruned_steps, recorded_alias, storage_key, tensors_by_memory
 from ..run.record import tensors_in
-from ..run.refusals import ForeignTensor, NotReached, NotReplayable, shape_label
+from ..run.refusals import ForeignTensor, NotReached, NotReplayable, UntrackedWrite, shape_label
 from ..run.steps import Interpreter, Step, identity
 from .calls import call_name, replay_call
 from .deadline import spend
@@ -171,6 +171,9 @@ class SymbolicReplay:
                 return (f"{label} comes from {type(tensor.grad_fn).__name__}, which the "
                         "symbolic replay cannot follow")
             return f"{label} was computed from the inputs {self._elsewhere()}"
+        if isinstance(refusal, UntrackedWrite):
+            return (f"{call_name(refusal.func)[1]} under torch.no_grad changed "
+                    f"{self._label(refusal.tensor)}, which depends on the inputs")
         return str(refusal)
 
     def _elsewhere(self) -> str:
