@@ -183,6 +183,40 @@ def test_jacobian_help_prints_the_syntax(ip, capsys):
     assert "wrt" in capsys.readouterr().out
 
 
+def test_every_magic_answers_dash_h_with_its_help(ip, capsys):
+    assert ip.run_cell("%%vjp -h\nran = True").result is None
+    assert "ran" not in ip.user_ns and "%%vjp [--wrt" in capsys.readouterr().out
+    assert ip.run_line_magic("hessian", "--help") is None
+    assert "%hessian --symbolic torch.sin(x) wrt x" in capsys.readouterr().out
+
+
+def test_the_magics_read_their_lines_with_their_own_parsers(ip):
+    """One grammar: each magic's options are its magic_arguments parser's, shared ones alike."""
+    from vjp_magic.magics import VJPMagics
+
+    for magic in (VJPMagics.vjp, VJPMagics.jacobian, VJPMagics.hessian):
+        options = {s for a in magic.parser._actions for s in a.option_strings}
+        assert {"-p", "--precision", "--threshold", "-h"} <= options, magic
+    assert "--picture" in ip.magics_manager.magics["line"]["jacobian"].__doc__
+    assert "--picture" not in ip.magics_manager.magics["line"]["hessian"].__doc__  # refused
+
+
+@pytest.mark.parametrize("line", [
+    "--symbolic -p 2 -t * t wrt t",  # the expression begins at its first word, '-' or not
+    "-p 2 --threshold 3 (-t) * t wrt t",
+    "-t * t",  # no options, inputs from the graph
+])
+def test_options_before_an_expression_that_starts_with_minus(ip, run_ok, line):
+    run_ok("t = torch.tensor([1., -2.], requires_grad=True)")
+    r = run_ok(f"%jacobian {line}")
+    torch.testing.assert_close(r.jacobian("t"), torch.diag(torch.tensor([-2.0, 4.0])))
+
+
+def test_options_after_the_expression_belong_to_it(ip, usage_error, run_ok):
+    run_ok("t = torch.tensor([1., -2.], requires_grad=True)")
+    assert "symbolic" in usage_error("%jacobian t * 2 --symbolic wrt t")  # t*2 - -symbolic
+
+
 # -- user mistakes: one table, each message says what to do ----------------------------------
 
 USAGE_ERRORS = [  # (setup cell, magic cell, words in the message)
@@ -440,3 +474,26 @@ def test_the_rewritten_cell_does_what_the_cell_does(cell):
         return log, sorted(ns)
 
     assert run(capture_targets(ast.parse(cell))) == run(ast.parse(cell))
+
+
+# -- the help where people look: public docstrings carry the reference, examples run ----------
+
+@pytest.mark.parametrize("function", [vjp_magic.differentiate, vjp_magic.check,
+                                      vjp_magic.hessian, vjp_magic.dependency],
+                         ids=lambda f: f.__name__)
+def test_public_docstrings_carry_the_reference_and_their_examples_run(function):
+    import doctest
+
+    doc = function.__doc__
+    assert "Args:" in doc and "Returns:" in doc and ">>> " in doc and "see docs/api.md" not in doc
+    tests = doctest.DocTestFinder().find(function, globs={"torch": torch, "vjp_magic": vjp_magic})
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
+
+
+def test_magic_help_says_what_comes_back(ip):
+    for kind, name in (("cell", "vjp"), ("line", "jacobian"), ("line", "hessian")):
+        doc = ip.magics_manager.magics[kind][name].__doc__
+        assert "Returns" in doc and "::" in doc, name  # what comes back, and an example
