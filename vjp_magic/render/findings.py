@@ -239,7 +239,7 @@ def _feature_label(result, name: str):
     x_tex, entries = notation.name_tex(name), math.prod(entry)
 
     def label(flat: int) -> Entry:
-        c, e = divmod(flat, entries)
+        c, e = multi_index(flat, (math.prod(comp), entries))
         sub = ",".join(map(str, multi_index(c, comp)))
         f_tex, f_plain = (f"f_{{{sub}}}", f"f_{sub}") if comp else ("f", "f")
         if entries == 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .document import Entry, Math, Matrix
@@ -62,12 +63,8 @@ def tensor_block(t: torch.Tensor, row_label: Label | None = None,
 
 
 def multi_index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
-    """Row-major multi-index of ``flat`` within ``shape``."""
-    index = []
-    for size in reversed(shape):
-        index.append(flat % size)
-        flat //= size
-    return tuple(reversed(index))
+    """Row-major multi-index of ``flat`` within ``shape`` (``np.unravel_index``, as ints)."""
+    return tuple(int(i) for i in np.unravel_index(flat, tuple(shape)))
 
 
 def summary_indices(size: int, threshold: int, edgeitems: int) -> list[int | None]:
