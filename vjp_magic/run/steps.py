@@ -125,11 +125,6 @@ class Interpreter:
         _store(step.result, value, env)
 
 
-def execute(step: Step, env: dict) -> None:
-    """Run one step with torch values (see :meth:`Interpreter.run_step`)."""
-    Interpreter([step]).run_step(step, env)
-
-
 @contextmanager
 def generators_kept(steps: list):
     """The random generators end as they began: a replay moves no user RNG state."""
@@ -187,5 +182,5 @@ class _Cast:
         return tensor.to(self.dtype)
 
 
-__all__ = ["DETACHING", "Interpreter", "Step", "cast_step", "execute", "function_name",
+__all__ = ["DETACHING", "Interpreter", "Step", "cast_step", "function_name",
            "generators_kept", "identity", "replayed_function"]

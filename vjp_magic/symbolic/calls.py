@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..run.record import FunctionApply
-from ..run.steps import DETACHING
+from ..run.steps import DETACHING, function_name
 from .arrays import as_array, wrap
 from .errors import Unsupported
 from .registry import ALIASES, apply, op_name, qualified, unreflect
@@ -23,7 +23,7 @@ def call_name(func) -> tuple[str, str]:
     if isinstance(func, FunctionApply):  # a custom autograd.Function: no formula to derive
         return func.__name__, f"the custom autograd.Function {func.function.__name__}"
     if getattr(func, "__name__", None) in ("__get__", "__set__"):
-        prop = getattr(getattr(func, "__self__", None), "__name__", "?")
+        prop = function_name(func)
         return ALIASES.get(prop, prop), f"Tensor.{prop}"
     return op_name(func), qualified(func)
 
