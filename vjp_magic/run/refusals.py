@@ -28,6 +28,15 @@ class NotReplayable(Exception):
     """Why the record cannot be replayed as a pure function."""
 
 
+class NoRecord(NotReplayable):
+    """The cell's calls were not recorded, or only in part (``failed`` says why)."""
+
+    def __init__(self, failed: str | None = None):
+        self.failed = failed
+        super().__init__("the cell's operations were not recorded" if failed is None
+                         else f"the record is incomplete: {failed}")
+
+
 class InputChanged(NotReplayable):
     """An input was changed in place after the cell used it (an optimiser step)."""
 
@@ -76,10 +85,8 @@ def shape_label(tensor: torch.Tensor) -> str:
 
 def refuse_record(record, output) -> None:
     """A complete record and a tensor output."""
-    if record is None:
-        raise NotReplayable("the cell's operations were not recorded")
-    if record.failed is not None:
-        raise NotReplayable(f"the record is incomplete: {record.failed}")
+    if record is None or record.failed is not None:
+        raise NoRecord(None if record is None else record.failed)
     if not isinstance(output, torch.Tensor):
         raise NotReplayable("the output is not a tensor")
 
@@ -196,7 +203,7 @@ def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
                                equal_nan=True))
 
 
-__all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NotReached", "NotReplayable",
-           "UntrackedWrite", "check_inputs_unchanged", "close", "constant_at",
+__all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NoRecord", "NotReached",
+           "NotReplayable", "UntrackedWrite", "check_inputs_unchanged", "close", "constant_at",
            "foreign_on_the_way", "refuse_foreign", "refuse_record", "refuse_unfollowable",
            "refuse_unrecorded_functions", "shape_label", "user_functions", "verify"]

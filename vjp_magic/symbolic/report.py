@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from ..render.document import Section
+from ..run.refusals import NoRecord, NotReplayable, refuse_record
 from .deadline import OutOfTime, deadline
 from .display import note_sections, symbolic_sections
 from .errors import RuleBug, Unavailable
@@ -114,10 +115,13 @@ def _refuse(result, record) -> None:
     if total > MAX_ENTRIES:
         raise Unavailable(f"the inputs have {total:,} entries, more than the {MAX_ENTRIES:,} a "
                           "symbolic replay makes symbols for")
-    if record is None:
-        raise Unavailable("no record of the torch calls to replay")
-    if record.failed is not None:
-        raise Unavailable(f"{record.failed}, so there is no record to replay")
+    try:
+        refuse_record(record, result.output)
+    except NotReplayable as refusal:
+        if not isinstance(refusal, NoRecord):
+            raise Unavailable(str(refusal)) from None
+        raise Unavailable("no record of the torch calls to replay" if refusal.failed is None
+                          else f"{refusal.failed}, so there is no record to replay") from None
 
 
 def _derive(result, record, namespace, output_source, jacobian, symbol_tex, derive_one=None):
