@@ -134,11 +134,10 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
     """The derivatives of ``output`` with respect to ``inputs``, with the ``gradient``
     argument of ``backward`` worked out: the plain-Python form of ``%%vjp``.
 
-    The output's axes that are *points* (one function at many inputs: the entries of
-    ``x**2``, the rows of ``x @ W``) are paired with the input axes they run along, proved
-    on the autograd graph where possible and always checked by a random vector-Jacobian
-    probe; then one backward pass per non-point output component, through
-    ``torch.autograd.grad``: ``x.grad`` is never changed and the graph stays usable.
+    The output's axes that are *points* (the entries of ``x**2``, the rows of ``x @ W``)
+    are paired with the input axes they run along, proved on the graph where possible and
+    always checked by a random probe; then one ``torch.autograd.grad`` pass per non-point
+    output component: ``x.grad`` is never changed and the graph stays usable.
 
     Args:
         output (Tensor): a real floating-point tensor with autograd history.
@@ -150,8 +149,8 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
         output_name (str): the output's name in the display and the code. Default: ``"y"``.
         full (bool): skip the point structure: the plain full Jacobian.
         options (RenderOptions, optional): how the result displays.
-        explain (bool): add the tutorial's steps (J, each v, vᵀJ), as ``--explain``.
-        code (bool): add the plain PyTorch loop computing the same numbers, as ``--code``.
+        explain, code (bool): add the tutorial's steps (J, each v, vᵀJ), or the plain
+            PyTorch loop computing the same numbers, as ``--explain`` / ``--code`` do.
         memory_budget (float, optional): a fraction (< 1) of the free memory of the output's
             device, or bytes. Default: 0.25. A larger full Jacobian is refused, not an OOM.
         seed (int, optional): the seed of every random probe. Default: a fresh one, kept
@@ -161,15 +160,13 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
 
     Returns:
         VJPResult: ``r.derivatives[name]`` (the non-point output axes, then the input's
-        shape; for a scalar output what ``x.grad`` holds after ``backward()``),
-        ``r.gradients[name]`` (the ``gradient`` vectors used), ``r.point_axes[name]``,
+        shape), ``r.gradients[name]`` (the ``gradient`` vectors used), ``r.point_axes``,
         ``r.jacobian(name)`` (``output.shape + input.shape``), ``r.seed``, ``r.notes``. It
-        displays itself; its output is detached, so it keeps no graph alive.
+        displays itself and keeps no graph alive.
 
     Raises:
         VJPUsageError: (a ``ValueError``) a mistake in the call, saying what to do: an input
-        without ``requires_grad``, an integer tensor, a graph freed or modified in place, a
-        full Jacobian over the memory budget.
+        without ``requires_grad``, a graph freed or modified, a Jacobian over the budget.
 
     Example::
 

@@ -122,8 +122,9 @@ class VJPMagics(Magics):
         """
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
         args = read_cell_line(self.vjp.parser, line)
-        if args.help:
-            return print(self.vjp.__doc__)
+        if args.help:  # -h, --help
+            print(self.vjp.__doc__)
+            return None
         if args.reveal and not args.check:
             raise UsageError("--reveal goes with --check NAME (the answer to grade).")
         # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
@@ -181,8 +182,9 @@ class VJPMagics(Magics):
         never changed.
         """
         args = read_expression_line(self.jacobian.parser, line, "jacobian")
-        if args.help:
-            return print(self.jacobian.__doc__)
+        if args.help:  # -h, --help
+            print(self.jacobian.__doc__)
+            return None
         result = self._on_expression(pipeline, args, self._request(
             args, wrt=args.input_names, jacobian=True, picture=args.picture))
         self._pictures_beneath(result)
@@ -223,8 +225,9 @@ class VJPMagics(Magics):
         if args.picture:
             raise UsageError("--picture draws a Jacobian's pattern: use it with %%vjp or "
                              "%jacobian, not %hessian.")
-        if args.help:
-            return print(self.hessian.__doc__)
+        if args.help:  # -h, --help
+            print(self.hessian.__doc__)
+            return None
         return self._on_expression(hessian_pipeline, args,
                                    self._request(args, wrt=args.input_names))
 
