@@ -11,8 +11,9 @@ in-place writes autograd did not see (under ``torch.no_grad``), into an input, o
 ``out=``; an input changed in place after the cell used it; a constant changed in place
 whose earlier value was not kept; a tensor computed from an input outside the record; a
 custom ``autograd.Function`` applied through a reference made before the cell (its forward,
-the user's code, is not in the record); and a replay whose values differ from the cell's
-(random draws or state the record does not show).
+the user's code, is not in the record); replaying a custom Function's forward at all, for a
+caller that may not run the user's code twice (:func:`refuse_user_code`); and a replay
+whose values differ from the cell's (random draws or state the record does not show).
 """
 from __future__ import annotations
 
@@ -66,6 +67,10 @@ class UntrackedWrite(NotReplayable):
         self.func, self.tensor = func, tensor
         super().__init__(f"{getattr(func, '__name__', '?')} changed a tensor computed from the "
                          "inputs in place under torch.no_grad")
+
+
+class UserCode(NotReplayable):
+    """Replaying would run the user's own Python again: a custom Function's forward."""
 
 
 class NotReached(NotReplayable):
@@ -176,6 +181,15 @@ def user_functions(steps: list) -> tuple[str, ...]:
                                if isinstance(step.func, FunctionApply)))
 
 
+def refuse_user_code(steps: list) -> None:
+    """For a caller that may not run the cell's code a second time (a custom
+    ``autograd.Function``'s forward is the user's own Python)."""
+    functions = user_functions(steps)
+    if functions:
+        raise UserCode(f"{', '.join(functions)} is a custom autograd.Function, whose forward "
+                       "is the cell's own code and runs only once")
+
+
 def verify(run, inputs: dict, output: torch.Tensor) -> None:
     """``run(values)`` at the original inputs must give the recorded output."""
     try:
@@ -204,6 +218,7 @@ def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
 
 
 __all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NoRecord", "NotReached",
-           "NotReplayable", "UntrackedWrite", "check_inputs_unchanged", "close", "constant_at",
-           "foreign_on_the_way", "refuse_foreign", "refuse_record", "refuse_unfollowable",
-           "refuse_unrecorded_functions", "shape_label", "user_functions", "verify"]
+           "NotReplayable", "UntrackedWrite", "UserCode", "check_inputs_unchanged", "close",
+           "constant_at", "foreign_on_the_way", "refuse_foreign", "refuse_record",
+           "refuse_unfollowable", "refuse_unrecorded_functions", "refuse_user_code",
+           "shape_label", "user_functions", "verify"]

@@ -25,7 +25,7 @@ import torch
 
 from . import refusals
 from .plan import pruned_steps, storage_key
-from .refusals import InputChanged, NotReplayable, close
+from .refusals import InputChanged, NotReplayable, UserCode, close
 from .steps import DETACHING, Interpreter, cast_step
 
 
@@ -82,23 +82,28 @@ class Replay:
         return tensor.to(self.dtype)
 
 
-def replayable(record, inputs: dict, output, *, verify: bool = True) -> Replay | None:
+def replayable(record, inputs: dict, output, *, verify: bool = True,
+               user_code: bool = True) -> Replay | None:
     """The record as a pure function of ``inputs`` (name -> tensor) giving ``output``, or
     None where it cannot be replayed faithfully (:func:`build` says why)."""
     try:
-        return build(record, inputs, output, verify=verify)
+        return build(record, inputs, output, verify=verify, user_code=user_code)
     except NotReplayable:
         return None
 
 
-def build(record, inputs: dict, output, *, verify: bool = True,
-          at_point: bool = False) -> Replay:
+def build(record, inputs: dict, output, *, verify: bool = True, at_point: bool = False,
+          user_code: bool = True) -> Replay:
     """:func:`replayable`, raising :class:`NotReplayable` with the reason instead of None.
     ``verify=False`` skips the run at the original inputs: only for a caller that compares
     the replay's values with the output itself. ``at_point=True``: a replay valid at the
     recorded input values only (what the analysis differentiates): results autograd did not
-    track (masks, indices, random draws) are constants, as recorded; ``detach`` is replayed."""
+    track (masks, indices, random draws) are constants, as recorded; ``detach`` is replayed.
+    ``user_code=False``: refused (:class:`~.refusals.UserCode`) where replaying would run a
+    custom Function's forward again (checked before the verifying run would run it)."""
     steps = pruned_steps(record, inputs, output, at_point=at_point)
+    if not user_code:
+        refusals.refuse_user_code(steps)
     replay = Replay({name: id(t) for name, t in inputs.items()}, steps, id(output))
     if verify:
         refusals.verify(replay.run, inputs, output)
@@ -115,5 +120,5 @@ def user_functions(replay: Replay) -> tuple[str, ...]:
     return refusals.user_functions(replay.steps)
 
 
-__all__ = ["InputChanged", "NotReplayable", "Replay", "build", "close", "replayable",
+__all__ = ["InputChanged", "NotReplayable", "Replay", "UserCode", "build", "close", "replayable",
            "runs_user_code", "storage_key", "user_functions"]
