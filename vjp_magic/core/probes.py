@@ -58,18 +58,13 @@ class Probes:
         """A checked Jacobian (output entries × input shape): more probes cost no backward."""
         self._jacobians[name] = flat
 
-    def _confirming_vjps(self, name: str):
-        """(v, vᵀJ) for the confirming probes, made one after the other."""
-        draws = range(1, self.plan.confirming + 1)
+    def _confirming(self, name: str, draw: int):
+        """(v, vᵀJ) for confirming probe ``draw``: a product with the checked Jacobian where
+        there is one, else a plain backward (not kept)."""
+        v = self.vector(draw)
         if name in self._jacobians:
-            flat = self._jacobians[name]
-            for draw in draws:
-                v = self.vector(draw)
-                yield v, structure.predicted_probe(flat, v.reshape(-1), ())
-            return
-        for draw in draws:  # one at a time, not kept
-            v = self.vector(draw)
-            yield v, plain_vjp(self.output, [self.named[name]], v)[0]
+            return v, structure.predicted_probe(self._jacobians[name], v.reshape(-1), ())
+        return v, plain_vjp(self.output, [self.named[name]], v)[0]
 
     def agree(self, name: str, derivatives, pairing, batching: bool = False) -> bool:
         """The probe rule: probe 0, then every confirming probe, must find vᵀJ = vᵀD. With
@@ -84,8 +79,14 @@ class Probes:
             return False
         if not structure.probe_agrees(derivatives, self.vector(), self.vjp(name), pairing):
             return False
-        return all(self._finite(name, vjp) and structure.probe_agrees(derivatives, v, vjp, pairing)
-                   for v, vjp in self._confirming_vjps(name))
+        for draw in range(1, self.plan.confirming + 1):  # one at a time, each freed at once
+            v, vjp = self._confirming(name, draw)
+            agrees = self._finite(name, vjp) and structure.probe_agrees(derivatives, v, vjp,
+                                                                        pairing)
+            del v, vjp
+            if not agrees:
+                return False
+        return True
 
     def _finite(self, name: str, vjp: torch.Tensor, derivatives=None) -> bool:
         """Whether vᵀJ (and the derivatives, whose non-finite entries make vᵀD non-finite:

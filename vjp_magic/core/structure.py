@@ -180,12 +180,19 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
     differently. That is what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
     """
     plan = probe_plan(output.dtype)
-    codes = torch.randint(0, plan.values, (output.numel(),),
-                          generator=probe_generator(seed, "probe", draw))
-    exponents = torch.arange(-plan.exponents, plan.exponents + 1, dtype=torch.float64)
-    magnitudes = torch.exp2(exponents)
+    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
+                                         dtype=torch.float64))  # exact: powers of two
     table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(output.dtype)
-    return table[codes].to(output.device).view(output.shape)
+    generator = probe_generator(seed, "probe", draw)
+    probe = torch.empty(output.numel(), dtype=output.dtype)
+    for start in range(0, output.numel(), _DRAW_CHUNK):  # no index array as large as v
+        part = probe[start:start + _DRAW_CHUNK]
+        codes = torch.randint(0, plan.values, part.shape, dtype=torch.int32, generator=generator)
+        torch.index_select(table, 0, codes, out=part)
+    return probe.to(output.device).view(output.shape)
+
+
+_DRAW_CHUNK = 2**15
 
 
 def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pairing) -> torch.Tensor:
