@@ -58,8 +58,8 @@ class SymbolicInterpreter(Interpreter):
 
     def call_function(self, step: Step, args: tuple, kwargs: dict):
         """The SymPy value of one step (its rule from :mod:`.calls`)."""
-        if step.func is identity:  # torch's module-hook marker
-            return args
+        if step.func is identity:  # torch's module-hook marker: the hooks may change gradients
+            raise Unsupported("the custom autograd.Function BackwardHookFunction")
         return replay_call(step.func, args, kwargs)
 
     def store(self, step: Step, value, env: dict) -> None:
