@@ -112,7 +112,7 @@ class FunctionApply:
 
     def __call__(self, *args, **kwargs):
         __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames
-        return _ORIGINAL_APPLY.__func__(self.function, *args, **kwargs)
+        return _original_apply(self.function)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<{self.__name__}>"
@@ -289,6 +289,13 @@ def storage_of(tensor: torch.Tensor) -> tuple[int | None, int]:
 
 
 _ORIGINAL_APPLY = torch.autograd.Function.__dict__["apply"]
+
+
+def _original_apply(cls):
+    """PyTorch's own ``apply`` bound to ``cls`` (a Python classmethod in some releases, a C
+    classmethod descriptor in others: both bind through ``__get__``)."""
+    return _ORIGINAL_APPLY.__get__(None, cls)
+
 _ACTIVE = threading.local()  # .recorders: this thread's recorders, innermost last
 _PATCH_LOCK = threading.Lock()
 _PATCHED = [0]  # recordings (all threads) that need Function.apply patched
@@ -299,7 +306,7 @@ def _recorded_apply(cls, *args, **kwargs):
     __tracebackhide__ = True  # noqa: F841
     recorders = getattr(_ACTIVE, "recorders", None)
     if not recorders:
-        return _ORIGINAL_APPLY.__func__(cls, *args, **kwargs)
+        return _original_apply(cls)(*args, **kwargs)
     return recorders[-1].apply_function(cls, args, kwargs)
 
 
