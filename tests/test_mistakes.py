@@ -832,7 +832,7 @@ def refused(ip, capsys, source: str, keep=()) -> str:
     result = ip.run_cell(source)
     shown = "".join(capsys.readouterr())
     assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
-    assert "Traceback" not in shown and not re.search(r"vjp_magic[/\\]\w+\.py", shown), shown
+    assert "Traceback" not in shown and not re.search(r"vjp_magic[/\\][\w/\\]+\.py", shown), shown
     for name in keep:
         assert name in ip.user_ns, name
     return str(result.error_in_exec)
