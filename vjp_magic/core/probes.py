@@ -75,17 +75,12 @@ class Probes:
                                           nonfinite_agree=True)
         if not pairing and name not in self._jacobians:  # a full Jacobian: all probes at once
             return name in self.agree_full({name: derivatives})
-        if not self._finite(name, self.vjp(name), derivatives):
-            return False
-        if not structure.probe_agrees(derivatives, self.vector(), self.vjp(name), pairing):
-            return False
-        for draw in range(1, self.plan.confirming + 1):  # one at a time, each freed at once
-            v, vjp = self._confirming(name, draw)
-            agrees = self._finite(name, vjp) and structure.probe_agrees(derivatives, v, vjp,
-                                                                        pairing)
-            del v, vjp
-            if not agrees:
+        for draw in range(self.plan.probes):  # one at a time, each freed before the next
+            v, vjp = (self.vector(), self.vjp(name)) if draw == 0 else self._confirming(name, draw)
+            if not structure.probe_agrees(derivatives, v, vjp, pairing):
+                self._finite(name, vjp, derivatives)  # keeps a non-finite entry for the note
                 return False
+            del v, vjp
         return True
 
     def _finite(self, name: str, vjp: torch.Tensor, derivatives=None) -> bool:

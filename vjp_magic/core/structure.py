@@ -260,7 +260,9 @@ def first_nonfinite(*tensors: torch.Tensor) -> int | None:
     """The flat index of the first NaN or ±inf entry of the first of ``tensors`` that has
     one (None: all finite)."""
     for tensor in tensors:
-        finite = torch.isfinite(tensor)
+        if tensor.numel() == 0 or math.isfinite(float(tensor.sum())):
+            continue  # a finite sum: every entry is finite (NaN and ±inf carry through sums)
+        finite = torch.isfinite(tensor)  # the sum overflowed, or some entry is not finite
         if not bool(finite.all()):
             return int((~finite).reshape(-1).nonzero()[0])
     return None
