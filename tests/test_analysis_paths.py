@@ -12,12 +12,14 @@ from vjp_magic.core import analysis, structure
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.core.tolerances import tolerances
 
+SEED = 2024  # the rows of J the analysis reads are drawn from the run's seed
+
 
 def _columns_with_a_batch_leak(shape):
     """y = 2x, and row r of y also reads 0.1 · row 0 of x: columns (axis 1) are points,
     rows (axis 0) are not. Row r is one the analysis's sampled rows of J do not read, so
     only the probe can tell that pairing rows breaks."""
-    sampled = {index[0] for index in structure.row_indices(shape)}
+    sampled = {index[0] for index in structure.row_indices(shape, SEED)}
     r = next(i for i in range(1, shape[0]) if i not in sampled)
 
     def f(x):
@@ -39,7 +41,7 @@ def test_a_candidate_over_the_budget_is_skipped_and_the_next_accepted():
                     requires_grad=True)
     # pairing rows, ((0, 0),): 300 components × 1,200 entries × 8 bytes = 2.9 MB (skipped);
     # pairing columns, ((1, 1),): 4 × 1,200 × 8 = 38 kB (fits)
-    r = analysis.differentiate(f(x), x, memory_budget=1_000_000, graph_proof=False)
+    r = analysis.differentiate(f(x), x, memory_budget=1_000_000, graph_proof=False, seed=SEED)
     item = r.inputs["x"]
     assert item.pairing == ((1, 1),) and item.evidence == "observed"
     torch.testing.assert_close(item.derivatives,
@@ -54,7 +56,7 @@ def test_the_same_answer_without_a_budget_to_skip_for():
     f, _ = _columns_with_a_batch_leak(shape)
     x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4),
                     requires_grad=True)
-    r = analysis.differentiate(f(x), x, graph_proof=False)
+    r = analysis.differentiate(f(x), x, graph_proof=False, seed=SEED)
     assert r.inputs["x"].pairing == ((1, 1),)
     torch.testing.assert_close(r.inputs["x"].derivatives,
                                _columns_derivatives(reference_jacobian(f, x.detach())))
@@ -65,7 +67,7 @@ def test_the_last_candidate_over_the_budget_is_refused_with_the_verdict():
     f, leak = _columns_with_a_batch_leak(shape)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     with pytest.raises(VJPUsageError) as info:  # columns need 38 kB, the full J 11.5 MB
-        analysis.differentiate(f(x), x, memory_budget=20_000, graph_proof=False)
+        analysis.differentiate(f(x), x, memory_budget=20_000, graph_proof=False, seed=SEED)
     message = str(info.value)
     assert "(1,200 backward passes)" in message and "memory budget" in message
     assert f"y[{leak}] ← x[0]" in message
@@ -184,7 +186,7 @@ def test_full_probes_give_the_verdict_of_the_probe_rule(dtype, factor, nonfinite
     if nonfinite:
         d[3, 4] = torch.inf
         d[5, 6] = torch.nan
-    probes = [structure.probe_vector(torch.empty(m, dtype=dtype), k) for k in range(3)]
+    probes = [structure.probe_vector(torch.empty(m, dtype=dtype), SEED, k) for k in range(3)]
     vjps = [(p.to(torch.float64) @ d.to(torch.float64)).to(dtype) for p in probes]
     for j in (0, 1, 7):  # off in one entry of one probe, scaled to that entry's tolerance
         scale = float(probes[1].abs().to(torch.float64) @ d[:, j].abs().to(torch.float64))
@@ -193,4 +195,5 @@ def test_full_probes_give_the_verdict_of_the_probe_rule(dtype, factor, nonfinite
         one_by_one = all(structure.probe_mismatch(d, p, v, ()) <= 1.0
                          for p, v in zip(probes, vjps))
         together = structure.FullProbes(d, probes).mismatch(vjps) <= 1.0
-        assert together == one_by_one == (factor <= 1.0)
+        # a non-finite entry never agrees: it cannot tell a coupling from none
+        assert together == one_by_one == (factor <= 1.0 and not nonfinite)
