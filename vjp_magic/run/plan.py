@@ -18,8 +18,8 @@ import torch
 
 from .record import storage_of, tensors_in
 from .refusals import (
-    NotReached, check_inputs_unchanged, constant_at, foreign_on_the_way, refuse_foreign,
-    refuse_record, refuse_unfollowable, refuse_unrecorded_functions,
+    ForeignTensor, NotReached, check_inputs_unchanged, constant_at, foreign_on_the_way,
+    refuse_foreign, refuse_record, refuse_unfollowable, refuse_unrecorded_functions,
 )
 from .steps import DETACHING, Step, function_name, replayed_function
 
@@ -40,7 +40,11 @@ def pruned_steps(record, inputs: dict, output, *, at_point: bool = False,
     calls = _needed(calls, output, input_ids)
     refuse_unfollowable(calls, input_ids)
     check_inputs_unchanged(calls, inputs)
-    steps = _steps(calls, _copies(record), inputs, at_point, label)
+    try:
+        steps = _steps(calls, _copies(record), inputs, at_point, label)
+    except ForeignTensor as found:  # made by calls that read it: name where it began
+        needed = _needed(record.calls, found.tensor, input_ids)
+        raise foreign_on_the_way(needed, found.tensor, inputs, label) or found from None
     refuse_unrecorded_functions(output, steps)
     return steps
 

@@ -144,8 +144,7 @@ class SymbolicReplay:
             error = value.error
             raise error if isinstance(error, RuleBug) else Unavailable(str(error))
         if not isinstance(value, SymTensor):
-            raise Unavailable(f"in the replay, {name} does not depend on "
-                              f"{', '.join(self.result.inputs)}")
+            raise Unavailable(self._independent())
         if tuple(value.shape) != tuple(output.shape):
             raise Unavailable(f"the replay gave {name} the shape {tuple(value.shape)}, not "
                               f"{tuple(output.shape)}")
@@ -162,8 +161,7 @@ class SymbolicReplay:
                             "%jacobian --symbolic (x**2).sum() wrt x")
                 return f"{self.result.output_name} was computed {self._elsewhere()}"
             if refusal.cause is None:
-                return (f"in the replay, {self.result.output_name} does not depend on "
-                        f"{', '.join(self.result.inputs)}")
+                return self._independent()
             refusal = refusal.cause
         if isinstance(refusal, ForeignTensor):
             tensor, label = refusal.tensor, self._label(refusal.tensor)
@@ -175,6 +173,10 @@ class SymbolicReplay:
             return (f"{call_name(refusal.func)[1]} under torch.no_grad changed "
                     f"{self._label(refusal.tensor)}, which depends on the inputs")
         return str(refusal)
+
+    def _independent(self) -> str:
+        return (f"in the replay, {self.result.output_name} does not depend on "
+                f"{', '.join(self.result.inputs)}")
 
     def _elsewhere(self) -> str:
         if self.output_source is None:
