@@ -89,8 +89,6 @@ def test_hidden_shapes_never_claim_a_proof(hidden_shapes, build):
     assert torch.allclose(result.jacobian("x"), expected)
 
 
-@pytest.mark.xfail(strict=False, reason="GraphProof.limitation is not yet carried into "
-                   "result.notes by core/analysis.py")
 def test_hidden_shapes_are_a_note_on_the_result(hidden_shapes):
     x = torch.randn(4, requires_grad=True)
     result = differentiate(torch.sin(x), x)

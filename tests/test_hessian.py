@@ -17,7 +17,6 @@ from torch.func import vmap
 
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.core.hessian import second_derivatives
-from vjp_magic.core.torch_api import NOT_TWICE_DIFFERENTIABLE
 from vjp_magic.render import latex
 from vjp_magic.render.hessian import HessianView
 
@@ -356,16 +355,12 @@ def _twice_differentiable(build, x) -> bool:
 # PyTorch words a missing double backward two ways: "the derivative for '_pdist_backward' is
 # not implemented." (a formula marked not_implemented) and "derivative for
 # aten::multi_margin_loss_backward is not implemented" (no formula at all, every torch ≥ 2.5).
-_UNQUOTED_UNKNOWN = NOT_TWICE_DIFFERENTIABLE.search(
-    "derivative for aten::f_backward is not implemented") is None
 
 
 @pytest.mark.parametrize("build, op", [
     (lambda x: torch.pdist(x.reshape(2, 2)).sum(), "pdist"),
-    pytest.param(lambda x: F.multi_margin_loss(x.reshape(2, 2), torch.tensor([0, 1])),
-                 "multi_margin_loss", marks=pytest.mark.xfail(
-                     _UNQUOTED_UNKNOWN, strict=True, reason="torch_api.NOT_TWICE_DIFFERENTIABLE "
-                     "does not yet read PyTorch's unquoted 'derivative for aten::…' words")),
+    (lambda x: F.multi_margin_loss(x.reshape(2, 2), torch.tensor([0, 1])),
+     "multi_margin_loss"),
 ], ids=["quoted", "unquoted"])
 def test_op_without_double_backward_is_one_sentence(build, op):
     x = _leaf(torch.randn(4), torch.float64)

@@ -244,10 +244,10 @@ USAGE_ERRORS = [  # (setup cell, magic cell, words in the message)
      ["x.to_sparse() is a sparse tensor", "%jacobian x.to_sparse().to_dense() wrt x"]),
     ("", "%%vjp\nA = torch.eye(3).to_sparse().requires_grad_()\ny = torch.sparse.mm(A, "
          "torch.ones(3, 1))", ["Input A is a sparse tensor", "A.to_sparse() inside"]),
-    ("x = torch.ones(3, requires_grad=True)",
+    ("import torch.utils.checkpoint\nx = torch.ones(3, requires_grad=True)",
      "%hessian torch.utils.checkpoint.checkpoint(torch.sin, x, use_reentrant=True).sum() wrt x",
      ["use_reentrant=False"]),
-    ("", "%%vjp\nx = torch.ones(3, requires_grad=True)\n"
+    ("import torch.utils.checkpoint", "%%vjp\nx = torch.ones(3, requires_grad=True)\n"
          "y = torch.utils.checkpoint.checkpoint(torch.sin, x, use_reentrant=True)",
      ["use_reentrant=True", "torch.autograd.grad", "use_reentrant=False"]),
     ("", "%%vjp\nx = torch.randn(3, requires_grad=True)\ny = (x > 0).int()",

@@ -108,6 +108,7 @@ def differentiate(
                        memory_budget=budget, seed=seed)
     result.notes.extend(checks.unverifiable_notes(result, probes.nonfinite))
     _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
+    result.notes.extend(dict.fromkeys(p.limitation for p in proofs.values() if p.limitation))
     if not keep_graph:
         result.release_graph()
     return result

@@ -67,7 +67,7 @@ FREED_MESSAGE = (
 _GRADIENT_POSITION = re.compile(r"grad_output\[(\d+)\]")
 # An op without double backward ("the derivative for 'cdist' is not implemented"), and the
 # node a backward marked @once_differentiable leaves in a create_graph pass.
-NOT_TWICE_DIFFERENTIABLE = re.compile(r"derivative for '([\w.:]+)' is not implemented")
+NOT_TWICE_DIFFERENTIABLE = re.compile(r"derivative for '?(?:aten::)?([\w.]+)'? is not implemented")
 ONCE_DIFFERENTIABLE_NODE = "torch::autograd::Error"
 
 
