@@ -1,6 +1,8 @@
 """The IPython layer: registration, flags, namespace handling, errors, x.grad untouched."""
 from __future__ import annotations
 
+import builtins
+
 import pytest
 import torch
 from IPython.core.error import UsageError
@@ -488,8 +490,13 @@ def test_public_docstrings_carry_the_reference_and_their_examples_run(function):
     assert "Args:" in doc and "Returns:" in doc and ">>> " in doc and "see docs/api.md" not in doc
     tests = doctest.DocTestFinder().find(function, globs={"torch": torch, "vjp_magic": vjp_magic})
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    for test in tests:
-        runner.run(test)
+    had_underscore = hasattr(builtins, "_")
+    try:
+        for test in tests:
+            runner.run(test)
+    finally:  # doctest shows values with sys.__displayhook__, which sets builtins._, and
+        if not had_underscore:  # IPython stops updating _ while builtins has one
+            builtins.__dict__.pop("_", None)
     assert runner.failures == 0 and runner.tries > 0
 
 
