@@ -374,7 +374,7 @@ ELEMENTWISE = frozenset((
     "SpecialLogNdtr SpecialErfcx LogSigmoidForward Tanh NativeDropout Dropout FusedDropout "
     "MaskedFill Remainder Fmod Deg2Rad Rad2Deg Nan2Num NanToNum Square "
     "LogAddExp LogAddExp2 Logaddexp Logaddexp2 Float Double Half Type Conj Real Imag "
-    "Igamma Igammac Ldexp"
+    "Igamma Igammac Ldexp SpecialEntr SpecialXlog1Py Angle"
 ).split())
 
 RULES = {
