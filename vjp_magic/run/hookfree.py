@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core.tagging import depends_on
-from .replay import InputChanged, NotReplayable, build, close, user_functions
+from .replay import InputChanged, NotReplayable, build, close
 
 
 @dataclass(eq=False)
@@ -68,11 +68,7 @@ def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGrap
     try:
         _refuse_nested(inputs)
         fresh = {name: _fresh_leaf(t) for name, t in inputs.items()}
-        replay = build(record, inputs, output, verify=False, at_point=True)
-        functions = user_functions(replay)
-        if functions:
-            raise NotReplayable(f"{', '.join(functions)} is a custom autograd.Function, whose "
-                                "forward is the cell's own code and runs only once")
+        replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
         with torch.enable_grad():
             value = replay.run(fresh)
     except NotReplayable as error:

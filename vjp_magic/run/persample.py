@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..core import memory
-from .replay import Replay, close, replayable, runs_user_code
+from .replay import Replay, close, replayable
 
 _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
@@ -37,10 +37,10 @@ def per_sample_jacobians(record, inputs: dict, output,
     if 2 * need > memory.resolve_budget(memory_budget, output.device):
         return None  # the analysis says so clearly, or finds a cheaper way
     try:  # the replay's values are compared with the output below: no separate check
-        replay = replayable(record, inputs, output, verify=False)
+        replay = replayable(record, inputs, output, verify=False, user_code=False)
     except Exception:  # noqa: BLE001 - never break the cell for a faster path
         return None
-    if replay is None or runs_user_code(replay):  # the cell's own code runs once only
+    if replay is None:  # not replayable, or only by running the cell's own code again
         return None
     samples = per_sample_constants(replay, output.shape[0], inputs)
     if not samples:
