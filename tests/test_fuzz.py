@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -314,8 +315,10 @@ def test_regression_examples_from_the_fuzz():
 #   * ``r.jacobian`` equals ``torch.func.jacrev`` within JACOBIAN_EPS eps of the magnitudes
 #     that sum into the entry (|J_ij| + max(row sum, column sum)), never the largest entry;
 #   * the claimed point axes are valid: off their support, the reference Jacobian has no entry
-#     above COUPLING_EPS eps of its own row or column. A coupling above working precision of
-#     its own entries is never accepted as pointwise.
+#     above COUPLING_EPS eps of its own row or column. A coupling above the probe rule's
+#     tolerance of its own entries (64 eps in float32, the README's "one limit") is never
+#     accepted as pointwise. The probes' seed is part of the example (drawn from it), so a
+#     run is reproducible and the long fuzz varies it with the example.
 # and the axes mathematics says are points are found. The package reads structure from an exact
 # Jacobian when output.numel() * input.numel() <= EXACT_ENTRIES and output.numel() <=
 # EXACT_OUTPUTS, else from a random probe: sizes are drawn on both sides of that line.
@@ -327,7 +330,7 @@ EXACT_ENTRIES = 2**18
 EXACT_OUTPUTS = 4096
 REFERENCE_ENTRIES = 2**23  # largest reference Jacobian formed (64 MB in float64)
 JACOBIAN_EPS = 64
-COUPLING_EPS = 4
+COUPLING_EPS = 64  # the probe rule's tolerance (core/tolerances.py: 64 eps in float32)
 SCALE_EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "15"))
 LONG_EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "10000"))
 DTYPES = st.sampled_from([torch.float32, torch.float64])
@@ -476,7 +479,7 @@ def row_and_column_sums(ref: torch.Tensor, out_ndim: int):
 def check_structured(case: Case) -> None:
     x = case.x.clone().requires_grad_(True)
     y = case.f(x)
-    r = differentiate(y, x)
+    r = differentiate(y, x, seed=zlib.crc32(repr(case).encode() + case.x.numpy().tobytes()))
     ref = torch.func.jacrev(case.f)(case.x).to(torch.float64)
     ours = r.jacobian("x").to(torch.float64)
     eps = torch.finfo(case.x.dtype).eps
