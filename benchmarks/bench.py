@@ -25,7 +25,7 @@ import vjp_magic
 from vjp_magic import dependency, differentiate
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import cells  # noqa: E402 (the tutorial's cells, shared with the tests)
+import cells  # the tutorial's cells, shared with the tests
 
 
 def median_time(fn, repeat: int, warmup: int = 1) -> float:
@@ -142,8 +142,8 @@ def bench_overhead(repeat: int) -> bool:
     for cell in TUTORIAL_CELLS:
         # the same cell through %%vjp, plus the rendering a notebook does on display
         magic, plain = paired_medians(
-            lambda: ip.run_cell_magic("vjp", "", cell)._repr_mimebundle_(),
-            lambda: ip.run_cell(cell, silent=True), repeat * 3)
+            lambda cell=cell: ip.run_cell_magic("vjp", "", cell)._repr_mimebundle_(),
+            lambda cell=cell: ip.run_cell(cell, silent=True), repeat * 3)
         worst = max(worst, magic - plain)
     ok = worst <= 0.030
     print(f"{'per-cell overhead, tutorial cells (worst)':<44} {worst * 1e3:6.2f} ms added "
@@ -308,7 +308,8 @@ def jacrev_pattern(f, x, block: int = 64) -> torch.Tensor:
     pattern = torch.zeros(b, b, dtype=torch.bool)
     for start in range(0, b, block):
         stop = min(b, start + block)
-        jac = torch.func.jacrev(lambda t: f(t)[start:stop])(x.detach())  # (rows, 16, B, 16)
+        # (rows, 16, B, 16)
+        jac = torch.func.jacrev(lambda t, start=start, stop=stop: f(t)[start:stop])(x.detach())
         pattern[start:stop] = (jac != 0).any(3).any(1)
     return pattern
 
@@ -365,8 +366,8 @@ def main() -> int:
         leak_child(args.leak_child[0], int(args.leak_child[1]))
         return 0
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {sys.version.split()[0]}, "
-          f"median of {args.repeat} runs")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"python {sys.version.split()[0]}, median of {args.repeat} runs")
     scale = 10 if args.quick else 1
     results = [
         bench_elementwise(args.repeat, 10**6 // scale),

@@ -17,7 +17,7 @@ import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-import test_opinfo as t  # noqa: E402
+import test_opinfo as t
 
 
 def main() -> None:

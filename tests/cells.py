@@ -4,9 +4,9 @@ Each :class:`Cell` is one code cell of the tutorial "Computing gradients and der
 PyTorch" (whose worked examples ``demo_notebooks/01_backward_gradient.ipynb`` runs), its
 ``In [n]`` label kept, verbatim but for the blog's ``# collapse-…`` directives and trailing
 spaces, with the answers the tutorial gives for it: what it prints, the derivatives of ``y``
-with respect to ``x`` and the ``gradient`` arguments (the tutorial's 0/1 vectors). Where the tutorial prints
-no number (its "Examples revisited" print shapes only) the derivative is the mathematics' own
-(2x for x**2).
+with respect to ``x`` and the ``gradient`` arguments (the tutorial's 0/1 vectors). Where the
+tutorial prints no number (its "Examples revisited" print shapes only) the derivative is the
+mathematics' own (2x for x**2).
 
 Use a cell by name (``cells.MULTIPLE_POINTS.source``), parametrise over :data:`TUTORIAL`
 (``ids=cells.ids(TUTORIAL)``), or take ``cell.short`` — only its ``x =``/``w =``/``y =``

@@ -488,7 +488,8 @@ _IMAGES = "() => {" + f"""
             const area = img.closest('.jp-OutputArea-output').getBoundingClientRect();
             const box = img.getBoundingClientRect();
             images.push({{cell: index, natural: img.naturalWidth, shown: Math.round(box.width),
-                          height: Math.round(box.height), loaded: img.complete && img.naturalWidth > 0,
+                          height: Math.round(box.height),
+                          loaded: img.complete && img.naturalWidth > 0,
                           over: Math.round(box.right - Math.min(area.right,
                                 cell.getBoundingClientRect().right))}});
         }}

@@ -125,7 +125,7 @@ def vscode_problems(nb) -> dict[str, list[str]]:
     rendered = render_vscode([text for *_, text in items]) if items else []
     problems: dict[str, list[str]] = {}
     shown = {}
-    for (cell, k, mime, text), result in zip(items, rendered):
+    for (cell, k, mime, _), result in zip(items, rendered):
         label = f"{where(nb, cell)} {mime}"
         for e in result["errors"]:
             problems.setdefault(f"{mime}: KaTeX error", []).append(
@@ -259,7 +259,8 @@ def html_problems(chromium, url: str, nb=None) -> tuple[int, list[str]]:
 
 
 # The page's images: loaded, and shown at the size they were drawn.
-_IMAGES_SHOWN = """() => [...document.querySelectorAll('.jp-OutputArea-output img, .output_png img')]
+_IMAGES_SHOWN = """() => [...document.querySelectorAll(
+        '.jp-OutputArea-output img, .output_png img')]
     .map(img => ({loaded: img.complete && img.naturalWidth > 0, natural: img.naturalWidth,
                   shown: Math.round(img.getBoundingClientRect().width)}))"""
 
@@ -318,7 +319,8 @@ def latex_problems(nb, folder: Path, stem: str) -> tuple[list[str], list[str]]:
     tex, resources = LatexExporter(
         template_file=str(CLIENTS_DIR / "marked.tex.j2")).from_notebook_node(nb)
     (folder / f"{stem}.tex").write_text(tex, encoding="utf-8")
-    for name, data in resources.get("outputs", {}).items():  # the pictures, as nbconvert writes them
+    # the pictures, as nbconvert writes them
+    for name, data in resources.get("outputs", {}).items():
         (folder / name).write_bytes(data)
     done = subprocess.run(
         ["xelatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape",

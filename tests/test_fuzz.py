@@ -1,4 +1,5 @@
-"""Property-based fuzz: random compositions of common ops against torch.autograd.functional.jacobian.
+"""Property-based fuzz: random compositions of common ops against
+torch.autograd.functional.jacobian.
 
 For random small programs (elementwise maps, reductions, matmul, softmax, stack/cat,
 view/reshape/permute, indexing, ...) in float64, ``differentiate`` must give:

@@ -27,7 +27,7 @@ def test_load_registers_and_unload_removes(ip):
 
 def test_import_does_not_register(ip):
     ip.run_line_magic("unload_ext", "vjp_magic")
-    import vjp_magic  # noqa: F401, F811
+    import vjp_magic  # noqa: F401
 
     assert "vjp" not in ip.magics_manager.magics["cell"]
     ip.run_line_magic("load_ext", "vjp_magic")
@@ -459,7 +459,8 @@ class _Spy:
     "i = 0\ns[i], i = f(1), f(2)", "a, *s[f(1)] = [f(2), f(3), f(4)]",
     "for s[f(1)] in [f(2), f(3)]:\n    f(4)", "s[f(1)]: int = f(2)",
     "if f(0):\n    s[f(1)] = f(2)\nelse:\n    t[f(3)] = 1",
-    "while True:\n    s[f(1)] = f(2)\n    break", "try:\n    s[f(1)] = f(2)\nexcept KeyError:\n    pass",
+    "while True:\n    s[f(1)] = f(2)\n    break",
+    "try:\n    s[f(1)] = f(2)\nexcept KeyError:\n    pass",
     "def g():\n    s[f(1)] = f(2)\ng()", "s[(k := f(1))] = f(2)\nt[k] = 1",
     "with t as s[f(1)], t as t.a, t as u:\n    f(2)",
 ])

@@ -34,7 +34,8 @@ EXPECTED = {
         "✓ correct",  # the right answer
         "the components summed", "one component only", "accumulated", "transposed",
         "wrong at some points",  # each classic mistake, graded
-        r"\begin{bmatrix}-28 & 20 \\ 20 & 20\end{bmatrix}",  # H of the Rosenbrock-like f at (-0.5, 1.5)
+        # H of the Rosenbrock-like f at (-0.5, 1.5)
+        r"\begin{bmatrix}-28 & 20 \\ 20 & 20\end{bmatrix}",
     ],
     "04_practitioners.ipynb": [
         "$y[1]$ ← $x[0]$",  # the batch leak, where it broke

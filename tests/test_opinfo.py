@@ -252,7 +252,7 @@ def check_sample(op, sample, full: bool = True) -> list[Finding]:
         refs = reference_jacobian(selected, primals)
         for k, ref_k in zip(differentiable, refs):
             findings.append(_compare(outputs[k], k, inputs, ref_k,
-                                     lambda: _forward_jacobian(selected, primals, k)))
+                                     lambda k=k: _forward_jacobian(selected, primals, k)))
     return findings or [Finding("skip", "no output tensor")]
 
 

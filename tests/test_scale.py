@@ -33,7 +33,8 @@ def test_full_jacobian_in_chunks_equals_reference():
     x = torch.randn(30, dtype=torch.float64, requires_grad=True)
     y = torch.tanh(a @ x)
     r = differentiate(y, x, full=True, max_chunk=7)
-    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(lambda t: torch.tanh(a @ t), x.detach()))
+    torch.testing.assert_close(r.jacobian("x"),
+                               reference_jacobian(lambda t: torch.tanh(a @ t), x.detach()))
 
 
 def test_result_over_budget_is_refused_with_size_and_advice():

@@ -98,7 +98,8 @@ def test_tiny_cross_point_coupling_is_caught():
     y = x + x.mean()
     r = differentiate(y, x)
     assert r.point_axes["x"] == ()
-    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(lambda t: t + t.mean(), x.detach()))
+    torch.testing.assert_close(r.jacobian("x"),
+                               reference_jacobian(lambda t: t + t.mean(), x.detach()))
 
 
 def test_output_independent_of_input_gives_zeros(path):
@@ -159,7 +160,8 @@ def test_chunked_probe_path_equals_unchunked(monkeypatch):
     assert whole.point_axes["x"] == ((0, 0),) == chunked.point_axes["x"] == looped.point_axes["x"]
     torch.testing.assert_close(chunked.derivatives["x"], whole.derivatives["x"])
     torch.testing.assert_close(looped.derivatives["x"], whole.derivatives["x"])
-    torch.testing.assert_close(whole.jacobian("x"), reference_jacobian(lambda t: torch.cumsum(t, 1), x.detach()))
+    torch.testing.assert_close(whole.jacobian("x"),
+                               reference_jacobian(lambda t: torch.cumsum(t, 1), x.detach()))
 
 
 class _SwapNeighbours(torch.autograd.Function):

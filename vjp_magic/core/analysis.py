@@ -320,7 +320,7 @@ def _from_exact_jacobian(context, named, candidates, probes):
         flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
         if not candidates[name][0].proved:  # rows of J suggest a pairing, whatever the order
             candidates[name] = _row_proposal(context.output, named[name], candidates[name], 0,
-                                             lambda row: flat[row], probes.seed)
+                                             lambda row, flat=flat: flat[row], probes.seed)
         probes.use_jacobian(name, flat)
         for candidate in candidates[name]:
             derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)

@@ -117,7 +117,7 @@ def _along_dim(node, inputs, shapes):
     (flow,) = [f for f in inputs if f is not None][:1]
     dims = getattr(node, "_saved_dim", None)
     if dims is None:
-        dims = getattr(node, "_saved_dims")
+        dims = node._saved_dims
     mixed = set(_dims(dims, len(flow.shape)))
     return [Flow(shapes[0], _drop_axes(flow, mixed, True), flow.exact)]
 

@@ -169,8 +169,8 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     """The pattern from a live graph, without the Jacobian (``budget``: bytes, a fraction of
     free memory, or the default): bit-coded probes, halving for what they leave open, a check
     with fresh probes, and one probe per output index if the check disagrees. Input indices
-    where a probe met NaN or ±inf are read both ways (:func:`.probes.resolved_columns`). Where the graph
-    proves the two axes paired (axisflow), dependences off the diagonal are ruled out
+    where a probe met NaN or ±inf are read both ways (:func:`.probes.resolved_columns`). Where
+    the graph proves the two axes paired (axisflow), dependences off the diagonal are ruled out
     ("proved"). ``seed``: the probes' seed (a fresh one unless given)."""
     a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
     b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")

@@ -238,7 +238,8 @@ def forward_jacobian(
     m, n = output.numel(), tensor.numel()
     if not g.requires_grad:  # vᵀJ does not depend on v: the output does not reach the input
         return tensor.new_zeros(tuple(output.shape) + tuple(tensor.shape))
-    basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape((n,) + tuple(tensor.shape))
+    basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape(
+        (n,) + tuple(tensor.shape))
     (columns,) = in_chunks(  # (n,) + output.shape: J u_j
         lambda start, stop: vjp_batch(g, [v], basis[start:stop], batched=batched), n, n)
     return columns.reshape(n, m).T.reshape(tuple(output.shape) + tuple(tensor.shape))

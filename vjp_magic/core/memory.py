@@ -43,7 +43,8 @@ def _read_cpu_available() -> int:
 
 
 def resolve_budget(budget: int | float | None, device: torch.device) -> int:
-    """Bytes allowed: an explicit count, a fraction (< 1) of free memory, or the default fraction."""
+    """Bytes allowed: an explicit count, a fraction (< 1) of free memory, or the default
+    fraction."""
     if budget is None:
         return int(DEFAULT_FRACTION * available_bytes(device))
     if 0 < budget < 1:

@@ -195,7 +195,8 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
 _DRAW_CHUNK = 2**15
 
 
-def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor, pairing: Pairing) -> torch.Tensor:
+def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor,
+                    pairing: Pairing) -> torch.Tensor:
     """vᵀD for the block-diagonal Jacobian that ``derivatives`` stand for under ``pairing``.
 
     ``derivatives`` has shape ``component_shape + input_shape``; the result is shaped like

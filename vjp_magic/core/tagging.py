@@ -100,13 +100,14 @@ def find_inputs(
     if not found:
         if leaves:
             raise VJPUsageError(
-                f"{output_name} depends on tensors that require grad, but none of them is bound to a "
-                "name in the notebook (module parameters, say). Name the inputs with --wrt, "
+                f"{output_name} depends on tensors that require grad, but none of them is bound "
+                "to a name in the notebook (module parameters, say). Name the inputs with --wrt, "
                 "e.g. --wrt x or --wrt layer.weight."
             )
         raise VJPUsageError(
-            f"{output_name} does not depend on any tensor with requires_grad=True. Create the input "
-            "with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, requires_grad=True)."
+            f"{output_name} does not depend on any tensor with requires_grad=True. "
+            "Create the input with requires_grad=True, "
+            "e.g. x = torch.linspace(-2, 2, 5, requires_grad=True)."
         )
     return found
 

@@ -77,5 +77,5 @@ def gradient_position(error: BaseException | str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-__all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE", "TorchError", "autograd_grad",
-           "engine_wrapped", "gradient_position", "torch_error"]
+__all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
+           "TorchError", "autograd_grad", "engine_wrapped", "gradient_position", "torch_error"]

@@ -120,7 +120,7 @@ class VJPMagics(Magics):
             x = torch.tensor([1., 2., 3.], requires_grad=True)
             y = torch.stack([-x**3, 5*x])    # r.derivatives["x"][k]: f_k' at the 3 points
         """
-        __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
+        __tracebackhide__ = True  # the user's errors show their own frames only
         args = read_cell_line(self.vjp.parser, line)
         if args.help:  # -h, --help
             print(self.vjp.__doc__)

@@ -27,7 +27,8 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
     for i, (name, error) in enumerate(report.max_error.items()):
         checked = report.checked.get(name)
         entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'})" if checked else ""
-        spans += [Text(", " if i else ""), notation.prose_name(name), Text(f" {error:.1e}{entries}")]
+        spans += [Text(", " if i else ""), notation.prose_name(name),
+                  Text(f" {error:.1e}{entries}")]
     spans.append(Text("."))
     blocks = [Paragraph(tuple(spans), strong=report.ok is False)]
     if report.ok is False:

@@ -4,8 +4,9 @@ VS Code shows ``text/latex`` in preference to ``text/markdown`` and typesets it 
 KaTeX, so this spelling is valid in both at once: prose escapes only what markdown reads the
 same way (``\\_ \\% \\& \\# \\$ \\{ \\}``) and no text macros; maths is ``$…$`` and ``$$…$$`` only;
 no environment outside maths (a list item is a paragraph that starts "(1)" or "–"); code is a
-``verbatim`` block indented by four spaces (an indented code block to markdown). The TeX of maths is also what the markdown rendering hands to MathJax 3 and KaTeX,
-so it keeps to what both accept: :data:`UNSAFE_TEX` lists what no maths may contain and
+``verbatim`` block indented by four spaces (an indented code block to markdown). The TeX of
+maths is also what the markdown rendering hands to MathJax 3 and KaTeX, so it keeps to what
+both accept: :data:`UNSAFE_TEX` lists what no maths may contain and
 :func:`tex_problems` finds it (the tests and the symbolic display use the same list).
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ def _span(span: Span) -> str:
 def _spans(spans) -> str:
     """Spans joined on one line; a line that would start like a list item or heading is escaped."""
     pieces = [_span(s) for s in spans]
-    for i, span in enumerate(spans[1:], 1):  # "$x$2" is no maths to KaTeX: "$x$ 2"
+    for i, _ in enumerate(spans[1:], 1):  # "$x$2" is no maths to KaTeX: "$x$ 2"
         if isinstance(spans[i - 1], Math) and pieces[i][:1].isdigit():
             pieces[i] = " " + pieces[i]
     text = "".join(pieces)

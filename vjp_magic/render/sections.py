@@ -79,7 +79,8 @@ def shapes(result) -> Paragraph:
     one = len(dtypes) == 1
 
     def described(name, tensor):
-        what = notation.dims(tensor.shape) + ("" if one else f", {notation.dtype_text(tensor.dtype)}")
+        what = notation.dims(tensor.shape) + (
+            "" if one else f", {notation.dtype_text(tensor.dtype)}")
         return [notation.prose_name(name), Text(f" ({what})")]
 
     spans: list = [Text("From ")]
@@ -98,7 +99,8 @@ def shapes(result) -> Paragraph:
 
 # -- the headline: what the function is, which axes are points, how that is known -----------
 def where(identifier: str, shape, axes: dict[int, str]) -> list:
-    """``row i of y``, ``entry i of x``, ``column i of x``, ``entry (i, j) of y``, ``y[i, :, j]``."""
+    """``row i of y``, ``entry i of x``, ``column i of x``, ``entry (i, j) of y``,
+    ``y[i, :, j]``."""
     name = notation.prose_name(identifier)
     dim = len(shape)
     if dim <= 2 and len(axes) == dim:
@@ -153,7 +155,8 @@ def headline(result, name: str) -> Paragraph:
     y = output_symbol(result)
     if item.unused:
         return Paragraph(tuple(lead + [notation.prose_name(y), Text(" does not depend on "),
-                                       notation.prose_name(name), Text(": every derivative is 0.")]))
+                                       notation.prose_name(name),
+                                       Text(": every derivative is 0.")]))
     spans = lead + _what(result, name)
     pairs = [(a, b) for a, b in item.pairing if item.tensor.shape[b] > 1]
     if item.has_points and not result.full:

@@ -133,7 +133,7 @@ def lookup(scope, source: str, role: str):
         raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.{hint}") from None
     except NameError as error:
         raise VJPUsageError(f"{error} ({role}).") from None
-    except Exception as error:  # the user's expression failed: say so, no traceback
+    except Exception as error:  # noqa: BLE001 - the user's expression failed: say so, no traceback
         raise VJPUsageError(
             f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}"
         ) from None

@@ -94,7 +94,7 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     recognises stops the cell (the rest does not run) and is kept as ``run.mistake``; any
     other exception propagates as in a plain cell (the guard is undone first).
     """
-    __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames only
+    __tracebackhide__ = True  # the user's errors show their own frames only
     source = shell.transform_cell(cell)
     filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
     try:
@@ -118,7 +118,7 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
             log.mistake = classify(error, log, source)
             if log.mistake is None:
                 raise without_record_frames(error)  # noqa: B904 - the user's own error
-        except BaseException as error:
+        except BaseException as error:  # noqa: BLE001 - the user's own error, re-raised
             raise without_record_frames(error)  # noqa: B904 - the user's own error
     assigned, targets = _assigned(shell, parsed, before, captured,
                                   complete=log.mistake is None)
@@ -142,7 +142,7 @@ def _run_body(shell, code, captured: dict) -> None:
     """Run the cell's statements; what its subscript and attribute targets held as it
     assigned them lands in ``captured`` (see :func:`~vjp_magic.core.cell.capture_targets`).
     The hidden name the rewritten cell records into is gone from the namespace afterwards."""
-    __tracebackhide__ = True  # noqa: F841
+    __tracebackhide__ = True
     slots: dict = {}
     shell.user_ns[CAPTURE_NAME] = slots
     try:
@@ -156,7 +156,7 @@ def _run_body(shell, code, captured: dict) -> None:
 def _run_code(shell, code):
     """Run a code object in the user namespace; one with top-level ``await`` (a coroutine
     code object) runs on the shell's loop runner, as IPython runs such a cell."""
-    __tracebackhide__ = True  # noqa: F841
+    __tracebackhide__ = True
     value = eval(code, shell.user_global_ns, shell.user_ns)
     if code.co_flags & inspect.CO_COROUTINE:
         value = _run_coroutine(value, shell.loop_runner)
@@ -167,7 +167,7 @@ def _run_coroutine(coroutine, loop_runner):
     """Run a cell's top-level ``await`` code: on the shell's loop runner, as IPython does, or,
     where an event loop already runs this thread (ipykernel), on a fresh loop in a helper
     thread, since a magic cannot await."""
-    __tracebackhide__ = True  # noqa: F841
+    __tracebackhide__ = True
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -4,9 +4,9 @@
 raised stands for (:class:`MistakeKind`); :func:`accumulations` finds inputs whose ``.grad``
 holds several calls' results added up (:func:`summed_calls`: any value read that way, such
 as a graded answer); :func:`seeds` says which v each successful backward sent (ones, 0/1,
-general; into the output, through ``output.sum()``, or elsewhere). :func:`find_call`, :func:`set_argument` and
-:func:`set_gradient` read and rewrite the user's own call line, so the advice
-(``teach/coaching.py``) can show that very line corrected. Nothing here words advice.
+general; into the output, through ``output.sum()``, or elsewhere). :func:`find_call`,
+:func:`set_argument` and :func:`set_gradient` read and rewrite the user's own call line, so the
+advice (``teach/coaching.py``) can show that very line corrected. Nothing here words advice.
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ class FunctionApply:
         self.__module__ = function.__module__
 
     def __call__(self, *args, **kwargs):
-        __tracebackhide__ = True  # noqa: F841 - the user's errors show their own frames
+        __tracebackhide__ = True  # the user's errors show their own frames
         return _original_apply(self.function)(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -167,7 +167,7 @@ class _Recorder(TorchFunctionMode):
         self.cap = held_bytes_cap()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        __tracebackhide__ = True  # noqa: F841 - IPython hides this frame unless it is the last
+        __tracebackhide__ = True  # IPython hides this frame unless it is the last
         kwargs = kwargs or {}
         if self.depth or self.record.failed is not None:
             return func(*args, **kwargs)
@@ -240,7 +240,7 @@ class _Recorder(TorchFunctionMode):
 
     def apply_function(self, function: type, args, kwargs):
         """A custom Function's ``apply``, recorded as one call like any torch call."""
-        __tracebackhide__ = True  # noqa: F841
+        __tracebackhide__ = True
         return self.__torch_function__(FunctionApply(function), (), args, kwargs)
 
 
@@ -303,7 +303,7 @@ _REPLACED = [_ORIGINAL_APPLY]  # what Function.apply was when the first of them 
 
 
 def _recorded_apply(cls, *args, **kwargs):
-    __tracebackhide__ = True  # noqa: F841
+    __tracebackhide__ = True
     recorders = getattr(_ACTIVE, "recorders", None)
     if not recorders:
         return _original_apply(cls)(*args, **kwargs)
