@@ -108,9 +108,13 @@ class BackwardLog:
         now = {}
         small = sum(leaf.numel() for leaf in leaves) <= MAX_COPIED_ENTRIES
         for leaf in leaves:
+            first = id(leaf) not in self.grad_before
+            if not (small or first):
+                continue  # no copy wanted: none made (a training loop's hot path)
             grad = leaf.grad
             copy = None if grad is None else grad.detach().clone()
-            self.grad_before.setdefault(id(leaf), (leaf, copy))
+            if first:
+                self.grad_before[id(leaf)] = (leaf, copy)
             if small:
                 now[id(leaf)] = (leaf, copy)
         return now

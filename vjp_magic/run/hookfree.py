@@ -31,7 +31,7 @@ class AnalysedGraph:
     inputs: dict
     replayed: bool = False
     reason: str | None = None
-    hooks: list = field(default_factory=list)  # the inputs' own gradient hooks, named
+    hooks: list = field(default_factory=list)  # gradient hooks on the way, named (notes)
     inputs_changed: bool = False  # an input was changed in place after the cell used it
 
     def restore(self, result, user_output, user_inputs: dict):

@@ -266,9 +266,14 @@ def rng_states(func, tensors) -> tuple | None:
     name = (getattr(func, "__name__", "") or "").lower()
     if not any(word in name for word in _RANDOM_WORDS):
         return None
-    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-    cuda = tuple((d, torch.cuda.get_rng_state(d)) for d in devices)
-    return torch.get_rng_state(), cuda
+    return generator_states({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+def generator_states(cuda_devices) -> tuple:
+    """The CPU generator's state and those of ``cuda_devices`` (indices), for
+    :func:`restore_rng`."""
+    return torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d))
+                                        for d in sorted(cuda_devices))
 
 
 def restore_rng(states) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .record import FunctionApply, restore_rng
+from .record import FunctionApply, generator_states, restore_rng
 
 try:  # where PyTorch keeps the marker it applies for module backward hooks
     from torch.nn.modules._functions import BackwardHookFunction
@@ -128,13 +128,12 @@ class Interpreter:
 @contextmanager
 def generators_kept(steps: list):
     """The random generators end as they began: a replay moves no user RNG state."""
-    cpu = torch.get_rng_state()
-    devices = {d for step in steps if step.rng is not None for d, _ in step.rng[1]}
-    cuda = [(d, torch.cuda.get_rng_state(d)) for d in sorted(devices)]
+    states = generator_states({d for step in steps if step.rng is not None
+                               for d, _ in step.rng[1]})
     try:
         yield
     finally:
-        restore_rng((cpu, cuda))
+        restore_rng(states)
 
 
 def _throwaway(tensor: torch.Tensor) -> torch.Tensor:
