@@ -126,6 +126,14 @@ def test_wrong_at_one_cancelling_point_only_is_wrong_there(run_vjp, ip, line):
 
 
 # -- from Python ----------------------------------------------------------------------------
+def _right_and_wrong(true, points, judge) -> None:
+    """Every right form of the answer is graded right by ``judge``, every wrong one wrong."""
+    for how, make in RIGHT.items():
+        assert judge(make(true, points)).correct, how
+    for how, make in WRONG.items():
+        assert not judge(make(true, points)).correct, how
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_grade_against_the_record(case):
     f, true, points = CASES[case]
@@ -133,10 +141,7 @@ def test_grade_against_the_record(case):
     with recording() as rec:
         y = f(x)
     r = vjp_magic.differentiate(y, x)  # its output is detached: the recorded one is y
-    for how, make in RIGHT.items():
-        assert grade(make(true, points), r, record=rec, output=y).correct, how
-    for how, make in WRONG.items():
-        assert not grade(make(true, points), r, record=rec, output=y).correct, how
+    _right_and_wrong(true, points, lambda answer: grade(answer, r, record=rec, output=y))
     assert x.grad is None
 
 
@@ -147,10 +152,7 @@ def test_grade_within_the_rounding_bound_without_a_record(case):
     x = torch.tensor(points, requires_grad=True)
     y = f(x)
     r = vjp_magic.differentiate(y, x)
-    for how, make in RIGHT.items():
-        assert grade(make(true, points), r, output=y).correct, how
-    for how, make in WRONG.items():
-        assert not grade(make(true, points), r, output=y).correct, how
+    _right_and_wrong(true, points, lambda answer: grade(answer, r, output=y))
     assert x.grad is None
 
 
@@ -159,10 +161,7 @@ def test_check_from_python(case):
     f, true, points = CASES[case]
     x = torch.tensor(points, requires_grad=True)
     y = f(x)
-    for how, make in RIGHT.items():
-        assert vjp_magic.check(make(true, points), y, x).correct, how
-    for how, make in WRONG.items():
-        assert not vjp_magic.check(make(true, points), y, x).correct, how
+    _right_and_wrong(true, points, lambda answer: vjp_magic.check(answer, y, x))
 
 
 def test_check_from_python_still_calls_wrong_answers_wrong():
