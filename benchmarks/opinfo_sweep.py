@@ -1,4 +1,4 @@
-"""The OpInfo sweep of tests/test_opinfo.py as a report: per-op time and every failure.
+"""The OpInfo sweep of tests/acceptance/test_opinfo.py as a report: per-op time and every failure.
 
 Run:  python benchmarks/opinfo_sweep.py [--samples N | --all] [--ops REGEX] [--unary]
 

@@ -115,7 +115,7 @@ class HessianResult:
     def hessian(self, name: str | None = None) -> torch.Tensor:
         """The full Hessian ``output.shape + x.shape + x.shape`` (``torch.autograd.functional.
         hessian`` for a scalar output): H[y, j, k] = ∂²y/∂x_j∂x_k, 0 across points."""
-        name = self._name(name)
+        name = self.input_name(name)
         item = self.inputs[name]
         size = self.output.numel() * item.tensor.numel() ** 2
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
@@ -125,7 +125,7 @@ class HessianResult:
             advice="Use h.derivatives (the point structure keeps only what is non-zero)")
         return full_hessian(self.output.shape, item)
 
-    _name = VJPResult._name  # the one input, or the one named (a clear error otherwise)
+    input_name = VJPResult.input_name  # the one input, or the one named (a clear error otherwise)
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {"text/plain": repr(self)} if self.view is None else self.view.bundle(self)

@@ -133,7 +133,7 @@ class VJPResult:
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
         if self.view is None:
             raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
-        return self.view.picture(self, self._name(name))
+        return self.view.picture(self, self.input_name(name))
 
     def release_graph(self) -> None:
         """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
@@ -144,7 +144,7 @@ class VJPResult:
 
     def jacobian(self, name: str | None = None) -> torch.Tensor:
         """The full Jacobian, shape ``output.shape + input.shape`` (assembled, no new backward)."""
-        name = self._name(name)
+        name = self.input_name(name)
         item = self.inputs[name]
         size = self.output.numel() * item.tensor.numel()
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
@@ -183,9 +183,11 @@ class VJPResult:
         """Which indices of the output along ``out_axis`` depend on which of input ``name``
         along ``in_axis`` (exact, read off the derivatives; no backward): ``.kind``,
         ``.witness`` (``.describe()``: ``y[1] ← x[0]``), ``.offsets``, ``.pattern``."""
-        return from_result(self, self._name(name), out_axis, in_axis)
+        return from_result(self, self.input_name(name), out_axis, in_axis)
 
-    def _name(self, name: str | None) -> str:
+    def input_name(self, name: str | None = None) -> str:
+        """The input ``name`` refers to: the one input when ``name`` is None (a ValueError
+        when there are several), else ``name`` itself (a KeyError when there is none such)."""
         if name is None:
             if len(self.inputs) == 1:
                 return next(iter(self.inputs))

@@ -120,7 +120,7 @@ def _caption(result, name: str, out: list[str], inn: list[str], pairs) -> tuple[
 def index_formula(result, name: str | None = None) -> Formula | None:
     """The Jacobian of the output with respect to ``name`` in index notation, with a caption
     saying what δ and D are; None where the graph proves no point structure."""
-    name = result._name(name)
+    name = result.input_name(name)
     math_ = index_math(result, name)
     if math_ is None:
         return None

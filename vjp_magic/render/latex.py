@@ -107,7 +107,7 @@ _TEXT_ESCAPES.update({sub: f"$_{d}$" for d, sub in enumerate("₀₁₂₃₄₅
 # Greek letters as TeX: each macro is one that MathJax (2.7 and 3), KaTeX and LaTeX (amsmath,
 # amssymb) all know and map back to the same character (KaTeX's and MathJax's own tables:
 # ε is \varepsilon and ϵ \epsilon, φ is \varphi and ϕ \phi). Capitals without a macro of
-# their own (and omicron) are the Latin letters they look like. tests/test_greek.py renders
+# their own (and omicron) are the Latin letters they look like. tests/render/test_greek.py renders
 # every entry with KaTeX and reads it back from MathJax's table.
 GREEK_TEX = {
     "α": r"\alpha", "β": r"\beta", "γ": r"\gamma", "δ": r"\delta", "ε": r"\varepsilon",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # 0.78 em, 1 em between columns).
 #
 # JupyterLab at 1024 × 768 with the file browser open leaves a 572 px wide output paragraph
-# (measured by tests/test_browser.py). At 56 counted characters the estimate let the widest
+# (measured by tests/clients/test_browser.py). At 56 counted characters the estimate let the widest
 # real outputs (10^5 rows with a factored power of ten and row labels) reach 639 px; 50 keeps
 # every output of the demo notebooks and tests/clients/cells.ipynb inside. The same budget keeps
 # a matrix inside the text width of nbconvert's LaTeX/PDF page.

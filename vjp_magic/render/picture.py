@@ -151,7 +151,7 @@ def _scatter(d, pairing, out_shape, in_shape, max_cells: int):
 
 def pattern(result, name: str | None = None, max_cells: int = MAX_CELLS) -> Pattern:
     """The nonzero pattern of ∂output/∂input ``name`` at a bounded resolution."""
-    name = result._name(name)
+    name = result.input_name(name)
     item = result.inputs[name]
     d, out_shape, in_shape, points, total = _pictured(result, name, max_cells)
     pairing = () if result.full else tuple(item.pairing)
@@ -303,7 +303,7 @@ def _size(aspect: float, lines: int) -> tuple[float, float]:
 def pattern_picture(result, name: str | None = None, *, max_cells: int = MAX_CELLS) -> Picture:
     """A PNG of the nonzero pattern of ∂output/∂``name`` (the flattened m × n Jacobian), built
     from the point structure; a :class:`Picture` with only a note when matplotlib is missing."""
-    name = result._name(name)
+    name = result.input_name(name)
     try:
         import matplotlib  # noqa: F401  (the [plot] extra)
     except ImportError:
@@ -327,7 +327,7 @@ def pictures(result, names=None) -> list[Picture]:
 def wants_picture(result, name: str | None, options) -> bool:
     """Whether the Jacobian is too large to show in full (its rows or columns beyond
     ``options.threshold``), so a picture should show its pattern instead."""
-    item = result.inputs[result._name(name)]
+    item = result.inputs[result.input_name(name)]
     if item.unused:
         return False
     return max(result.output.numel(), item.tensor.numel()) > options.threshold

@@ -273,7 +273,7 @@ def _arranged(case: _Case) -> Check | None:
 def _input_name(result, name, answer_name, a) -> str:
     """The input graded against: named, read off ``x.grad``, or the one the shape fits."""
     if name is not None or len(result.inputs) == 1:
-        return result._name(name)
+        return result.input_name(name)
     match = re.fullmatch(r"\s*([A-Za-z_]\w*)\.grad\s*", answer_name or "")
     if match and match.group(1) in result.inputs:
         return match.group(1)

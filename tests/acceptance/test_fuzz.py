@@ -12,8 +12,9 @@ Structured maps at scale (wide dynamic range, small couplings, permuted axes, sc
 and float64, on both sides of the exact-path size) are checked against ``torch.func.jacrev``
 entry by entry, with point axes that must be valid and complete (see the section below).
 
-The default run is short. ``VJP_FUZZ_EXAMPLES=10000 pytest tests/test_fuzz.py`` runs long;
-``pytest -m fuzz tests/test_fuzz.py`` runs the structured maps with 10,000 examples each.
+The default run is short. ``VJP_FUZZ_EXAMPLES=10000 pytest tests/acceptance/test_fuzz.py``
+runs long; ``pytest -m fuzz tests/acceptance/test_fuzz.py`` runs the structured maps with 10,000
+examples each.
 """
 from __future__ import annotations
 
@@ -324,8 +325,9 @@ def test_regression_examples_from_the_fuzz():
 # Jacobian when output.numel() * input.numel() <= EXACT_ENTRIES and output.numel() <=
 # EXACT_OUTPUTS, else from a random probe: sizes are drawn on both sides of that line.
 #
-# Default: SCALE_EXAMPLES examples per property, derandomized. ``pytest -m fuzz
-# tests/test_fuzz.py`` runs LONG_EXAMPLES per property (VJP_FUZZ_EXAMPLES overrides both).
+# Default: SCALE_EXAMPLES examples per property, derandomized.
+# ``pytest -m fuzz tests/acceptance/test_fuzz.py`` runs LONG_EXAMPLES per property
+# (VJP_FUZZ_EXAMPLES overrides both).
 
 EXACT_ENTRIES = 2**18
 EXACT_OUTPUTS = 4096

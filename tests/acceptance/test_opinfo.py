@@ -13,8 +13,9 @@
    the derivatives must equal one plain ``torch.autograd.grad(y, x, torch.ones_like(y))``,
    and the 10^5 points must be recognised as points.
 
-Default run: the first ``SAMPLES_PER_OP`` samples of every op. ``pytest -m fuzz
-tests/test_opinfo.py`` runs every sample of every op. ``python benchmarks/opinfo_sweep.py``
+Default run: the first ``SAMPLES_PER_OP`` samples of every op.
+``pytest -m fuzz tests/acceptance/test_opinfo.py`` runs every sample of every op. ``python
+benchmarks/opinfo_sweep.py``
 prints a per-op summary of the same sweep.
 """
 from __future__ import annotations

@@ -3,7 +3,8 @@ for names and prose alike; each macro is one KaTeX and MathJax map back to the s
 cell whose variable is ``λ`` typesets in both and writes ``λ.grad`` in its code.
 
 The KaTeX checks run node with ``tests/clients/node_modules`` (``npm ci --prefix tests/clients``);
-they skip without it locally and fail without it under CI=true, as tests/test_clients.py does.
+they skip without it locally and fail without it under CI=true, as tests/clients/test_clients.py
+does.
 """
 from __future__ import annotations
 
