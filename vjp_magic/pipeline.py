@@ -17,7 +17,7 @@ import torch
 from .core import analysis
 from .core import hessian as core_hessian
 from .core.hessian import HessianResult
-from .core.checks import unverified_notes
+from .core.validation import unverified_notes
 from .core.errors import VJPUsageError
 from .core.result import VJPResult
 from .core.torch_api import TorchError, torch_error

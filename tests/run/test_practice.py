@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian as reference_jacobian
 from torch.func import functional_call, grad, vmap
 
 from vjp_magic.core import analysis
-from vjp_magic.core.checks import named_inputs
+from vjp_magic.core.validation import named_inputs
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.run import record as record_module
 from vjp_magic.run.gradcheck import gradcheck

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import axisflow, checks, dependency, memory, structure
-from .checks import check_output
+from . import axisflow, dependency, memory, structure
+from . import validation
+from .validation import check_output
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_vjp)
 from .pairing import Pairing
@@ -85,8 +86,8 @@ def differentiate(
     ``x.grad`` is never changed.
     """
     output = check_output(output, output_name)
-    named = checks.checked_inputs(inputs, names)
-    checks.refuse_empty(output, named, output_name)
+    named = validation.checked_inputs(inputs, names)
+    validation.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
     seed = structure.new_seed() if seed is None else int(seed)
     probes = Probes(output, named, seed)
@@ -106,7 +107,7 @@ def differentiate(
                for name in named}
     result = VJPResult(output=output, output_name=output_name, inputs=results, full=full,
                        memory_budget=budget, seed=seed)
-    result.notes.extend(checks.unverifiable_notes(result, probes.nonfinite))
+    result.notes.extend(validation.unverifiable_notes(result, probes.nonfinite))
     _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
     result.notes.extend(dict.fromkeys(p.limitation for p in proofs.values() if p.limitation))
     if not keep_graph:
@@ -122,17 +123,17 @@ def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
     if any(tensor.shape[b] > 1 for b in pairing.in_axes) or not bool(derivatives.isnan().any()):
         return derivatives
     output = context.output
-    return checks.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
+    return validation.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
                                            lambda: context.vjps([tensor], (), batched=False)[0][0]))
 
 
 def _annotate(result, ordinary: set) -> None:
-    """:func:`.checks.annotate`, without its pass over the derivatives when every input's are
+    """:func:`.validation.annotate`, without its pass over the derivatives when every input's are
     known finite and not all 0 (then it would add no note on them)."""
     if ordinary >= set(result.inputs):
-        result.notes.extend(checks.unverified_notes(result))
+        result.notes.extend(validation.unverified_notes(result))
     else:
-        checks.annotate(result)
+        validation.annotate(result)
 
 
 def _accepted(context, named, proofs, max_pairings) -> dict[str, tuple[Candidate, torch.Tensor]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.checks import module_parameters, named_inputs
+from ..core.validation import module_parameters, named_inputs
 from ..core.errors import VJPUsageError
 from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
 from .execute import CellRun, evaluate

@@ -1,4 +1,4 @@
-"""Checks around the analysis: its arguments checked, empty tensors refused clearly,
+"""Validation around the analysis: its arguments checked, empty tensors refused clearly,
 NaN/inf derivatives flagged.
 
 ``differentiate`` calls :func:`checked_inputs`, :func:`check_output` and :func:`refuse_empty`
