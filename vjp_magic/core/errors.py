@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes.
+"""The exception types for user mistakes.
 
 Anything raised as :class:`VJPUsageError` is a mistake in how the package was
 used (a wrong name, an input that does not require grad, ...). The magics layer
@@ -10,3 +10,8 @@ keeps its traceback.
 class VJPUsageError(ValueError):
     """A user mistake, with a message that says what to do."""
 
+
+
+class GraphFreed(VJPUsageError):
+    """The output's graph can no longer be read: freed by a ``backward`` call (without
+    ``retain_graph=True``) before the analysis ran."""
