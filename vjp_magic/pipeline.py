@@ -69,7 +69,7 @@ def pipeline(subject, request: Request) -> VJPResult:
                 passed + after, explained=request.explain,
                 hidden=graded is not None and not request.reveal, pictured=request.picture)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
-                   view=view, symbolic=formulas, symbolic_check=checks, check=graded,
+                   view=view, symbolic=formulas, crosscheck=checks, check=graded,
                    gradcheck=gradcheck, notes=_notes(result, gradcheck))
 
 
@@ -191,7 +191,7 @@ def hessian_pipeline(subject, request: Request) -> HessianResult:
     result = graph.restore(_second_derivatives(graph, output_name, request), output, inputs)
     shown, formulas, checks = _symbolic_hessian(result, request, subject)
     return replace(result, view=HessianView(request.options, before=shown),
-                   symbolic=formulas, symbolic_check=checks)
+                   symbolic=formulas, crosscheck=checks)
 
 
 def hessian(output, inputs, names=None, *, output_name: str = "y",

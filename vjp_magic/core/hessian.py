@@ -16,8 +16,8 @@ Several inputs give one Hessian each: no cross terms ∂²y/∂x∂w. ``x.grad``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -25,7 +25,7 @@ from . import analysis, memory, structure
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
 from .pairing import Pairing
-from .result import VJPResult
+from .result import DerivativeResult
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, ONCE_DIFFERENTIABLE_NODE, autograd_grad
 
@@ -81,36 +81,18 @@ class HessianInput:
         return d.permute(order).reshape(component_count, self.point_count, m, m)
 
 
-@dataclass
-class HessianResult:
-    """What ``%hessian`` and :func:`vjp_magic.hessian` return.
+@dataclass(repr=False)
+class HessianResult(DerivativeResult):
+    """What ``%hessian`` and :func:`vjp_magic.hessian` return: second derivatives.
 
     ``derivatives[name]``: the per-point Hessians (module docstring for the shape);
     ``hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape``;
     ``point_axes[name]``: the output's point axes, as for first derivatives;
-    ``seed``: the seed of every random probe (``hessian(..., seed=h.seed)`` reproduces it).
+    ``inputs[name].symmetric``; ``seed``: the seed of every random probe
+    (``hessian(..., seed=h.seed)`` reproduces it).
     """
 
-    output: torch.Tensor
-    output_name: str
-    inputs: dict[str, HessianInput]
-    notes: list[str] = field(default_factory=list)
-    memory_budget: int | None = None
-    symbolic: dict = field(default_factory=dict)
-    symbolic_check: dict = field(default_factory=dict)
-    view: object | None = field(default=None, repr=False, compare=False)
-    seed: int | None = None
-
-    @property
-    def derivatives(self) -> dict[str, torch.Tensor]:
-        return {name: item.derivatives for name, item in self.inputs.items()}
-
-    @property
-    def point_axes(self) -> dict[str, Pairing]:
-        return {name: item.pairing for name, item in self.inputs.items()}
-
-    def component_shape(self, name: str) -> tuple[int, ...]:
-        return self.inputs[name].pairing.component_shape(self.output.shape)
+    order: ClassVar[int] = 2
 
     def hessian(self, name: str | None = None) -> torch.Tensor:
         """The full Hessian ``output.shape + x.shape + x.shape`` (``torch.autograd.functional.
@@ -124,17 +106,6 @@ class HessianResult:
             f"{self.output_name} with respect to {name} ({size:,} entries)",
             advice="Use h.derivatives (the point structure keeps only what is non-zero)")
         return full_hessian(self.output.shape, item)
-
-    input_name = VJPResult.input_name  # the one input, or the one named (a clear error otherwise)
-
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        return {"text/plain": repr(self)} if self.view is None else self.view.bundle(self)
-
-    def __repr__(self) -> str:
-        if self.view is not None:
-            return self.view.plain(self)
-        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
-        return f"<HessianResult: {self.output_name} {tuple(self.output.shape)} of {inputs}>"
 
 
 def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",

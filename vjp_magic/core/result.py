@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -81,46 +82,103 @@ class InputResult:
         return math.prod(n for b, n in enumerate(self.tensor.shape) if b not in paired)
 
 
-@dataclass
-class VJPResult:
-    """What ``%%vjp``, ``%jacobian`` and :func:`vjp_magic.differentiate` return.
+@dataclass(repr=False)
+class DerivativeResult:
+    """What every derivative result holds, of order 1 (:class:`VJPResult`) or 2
+    (:class:`~vjp_magic.core.hessian.HessianResult`).
+
+    ``derivatives[name]`` (their shape depends on the order); ``point_axes[name]`` the
+    (output_axis, input_axis) pairs recognised as points; ``seed`` the seed every random probe
+    was drawn from (pass it back as ``seed=r.seed`` to reproduce the run); ``notes``;
+    ``symbolic[name]`` and ``crosscheck[name]`` with ``--symbolic``: SymPy's formula and
+    whether it agrees with autograd at every point. ``view`` displays it
+    (``render/view.py``, set by the pipeline).
+    """
+
+    order: ClassVar[int] = 1  # of the derivatives: 1 (first) or 2 (second)
+
+    output: torch.Tensor
+    output_name: str
+    inputs: dict  # name → InputResult (order 1) or HessianInput (order 2)
+    full: bool = False  # no point structure was looked for (--full)
+    notes: list[str] = field(default_factory=list)
+    memory_budget: int | None = None
+    seed: int | None = None  # the probes' seed (core.structure.probe_vector)
+    symbolic: dict = field(default_factory=dict)  # SymPy's formulas (--symbolic)
+    crosscheck: dict = field(default_factory=dict)  # each formula agrees with autograd
+    view: object | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def symbolic_check(self) -> dict:
+        """The former name of :attr:`crosscheck`."""
+        return self.crosscheck
+
+    @property
+    def derivatives(self) -> dict[str, torch.Tensor]:
+        return {name: item.derivatives for name, item in self.inputs.items()}
+
+    @property
+    def point_axes(self) -> dict[str, Pairing]:
+        return {name: item.pairing for name, item in self.inputs.items()}
+
+    def component_shape(self, name: str) -> tuple[int, ...]:
+        return self.inputs[name].pairing.component_shape(self.output.shape)
+
+    def release_graph(self) -> None:
+        """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
+        self.output = self.output.detach()
+
+    def input_name(self, name: str | None = None) -> str:
+        """The input ``name`` refers to: the one input when ``name`` is None (a ValueError
+        when there are several), else ``name`` itself (a KeyError when there is none such)."""
+        if name is None:
+            if len(self.inputs) == 1:
+                return next(iter(self.inputs))
+            raise ValueError(f"Name the input: one of {', '.join(self.inputs)}.")
+        if name not in self.inputs:
+            raise KeyError(f"No input named {name!r}; inputs are {', '.join(self.inputs)}.")
+        return name
+
+    def _viewed(self):
+        if self.view is None:
+            raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
+        return self.view
+
+    # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        if self.view is None:
+            return {"text/plain": repr(self)}
+        return self.view.bundle(self)
+
+    def __repr__(self) -> str:
+        if self.view is not None:
+            return self.view.plain(self)
+        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
+        shape = tuple(self.output.shape)
+        return f"<{type(self).__name__}: {self.output_name} {shape} of {inputs}>"
+
+
+@dataclass(repr=False)
+class VJPResult(DerivativeResult):
+    """What ``%%vjp``, ``%jacobian`` and :func:`vjp_magic.differentiate` return: first
+    derivatives.
 
     ``derivatives[name]`` has shape ``(non-point output axes) + input.shape``;
     ``gradients[name]`` lists the ``gradient`` arguments used (row-major);
     ``point_axes[name]`` the (output_axis, input_axis) pairs recognised as points;
     ``jacobian(name)`` the full Jacobian, shape ``output.shape + input.shape``;
     ``seed`` the seed every random probe of the analysis was drawn from (pass it back as
-    ``differentiate(..., seed=r.seed)`` to reproduce the run).
+    ``differentiate(..., seed=r.seed)`` to reproduce the run); ``check`` (``--check``) and
+    ``gradcheck`` (``--gradcheck``) with their flags.
     """
 
-    output: torch.Tensor
-    output_name: str
-    inputs: dict[str, InputResult]
-    full: bool = False
-    notes: list[str] = field(default_factory=list)
-    memory_budget: int | None = None
-    symbolic: dict = field(default_factory=dict)
-    symbolic_check: dict = field(default_factory=dict)
     check: object | None = None  # a student's answer graded (%%vjp --check; teach.grading.Check)
     gradcheck: object | None = None  # the replayed cell against finite differences (--gradcheck)
-    seed: int | None = None  # the probes' seed (core.structure.probe_vector)
-    # How it displays (a render.view.View: options, sections around the derivatives).
-    view: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def code(self) -> str:
         """Plain PyTorch source that reproduces the derivatives as ``d_<name>``."""
-        if self.view is None:
-            raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
-        return self.view.code(self)
-
-    @property
-    def derivatives(self) -> dict[str, torch.Tensor]:
-        return {name: r.derivatives for name, r in self.inputs.items()}
-
-    @property
-    def point_axes(self) -> dict[str, Pairing]:
-        return {name: r.pairing for name, r in self.inputs.items()}
+        return self._viewed().code(self)
 
     @property
     def gradients(self) -> dict[str, GradientList]:
@@ -131,16 +189,7 @@ class VJPResult:
 
     def picture(self, name: str | None = None):
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
-        if self.view is None:
-            raise RuntimeError("This result was made without a view; use vjp_magic.differentiate.")
-        return self.view.picture(self, self.input_name(name))
-
-    def release_graph(self) -> None:
-        """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
-        self.output = self.output.detach()
-
-    def component_shape(self, name: str) -> tuple[int, ...]:
-        return self.inputs[name].pairing.component_shape(self.output.shape)
+        return self._viewed().picture(self, self.input_name(name))
 
     def jacobian(self, name: str | None = None) -> torch.Tensor:
         """The full Jacobian, shape ``output.shape + input.shape`` (assembled, no new backward)."""
@@ -184,29 +233,6 @@ class VJPResult:
         along ``in_axis`` (exact, read off the derivatives; no backward): ``.kind``,
         ``.witness`` (``.describe()``: ``y[1] ← x[0]``), ``.offsets``, ``.pattern``."""
         return from_result(self, self.input_name(name), out_axis, in_axis)
-
-    def input_name(self, name: str | None = None) -> str:
-        """The input ``name`` refers to: the one input when ``name`` is None (a ValueError
-        when there are several), else ``name`` itself (a KeyError when there is none such)."""
-        if name is None:
-            if len(self.inputs) == 1:
-                return next(iter(self.inputs))
-            raise ValueError(f"Name the input: one of {', '.join(self.inputs)}.")
-        if name not in self.inputs:
-            raise KeyError(f"No input named {name!r}; inputs are {', '.join(self.inputs)}.")
-        return name
-
-    # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
-    def _repr_mimebundle_(self, include=None, exclude=None):
-        if self.view is None:
-            return {"text/plain": repr(self)}
-        return self.view.bundle(self)
-
-    def __repr__(self) -> str:
-        if self.view is not None:
-            return self.view.plain(self)
-        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
-        return f"<VJPResult: {self.output_name} {tuple(self.output.shape)} of {inputs}>"
 
 
 def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
