@@ -12,6 +12,7 @@ import math
 import time
 import warnings
 
+import numpy as np
 import pytest
 import sympy
 import torch
@@ -24,7 +25,8 @@ from vjp_magic.render.document import Document, Formula, Paragraph
 from vjp_magic.render.options import DISPLAY_WIDTH
 from vjp_magic.run.guard import keep_graphs
 from vjp_magic.run.record import recording
-from vjp_magic.symbolic import check, derive, display, registry
+from vjp_magic.symbolic import crosscheck, derive, display, registry
+from vjp_magic.symbolic import formulas as symbolic_formulas
 from vjp_magic.symbolic import report as report_module
 from vjp_magic.symbolic.width import fits, width
 
@@ -122,7 +124,7 @@ def test_tutorial_closed_forms(run_vjp, cell):
 @TUTORIAL
 def test_tutorial_displays_are_safe_and_name_the_check(cell):
     _, _, report = derived(cell.source)
-    assert report.note is None and report.check == {"x": True}
+    assert report.note is None and report.crosscheck == {"x": True}
     assert_safe(report)
     assert "agrees with autograd" in words(report)
 
@@ -260,7 +262,7 @@ def test_unsupported_op_gives_one_line_and_the_numbers(ip, run_vjp, line, op):
     assert y.shape == (3,)
     _, _, report = derived(body)
     assert report.note == note and words(report) == note
-    assert report.formulas == {"x": None} and report.check == {}
+    assert report.formulas == {"x": None} and report.crosscheck == {}
 
 
 @pytest.mark.parametrize("cell, words_", [
@@ -296,7 +298,7 @@ def test_disagreement_with_autograd_is_a_visible_warning():
     result.inputs["x"].derivatives = result.inputs["x"].derivatives + torch.tensor([0, 0, 1, 0])
     report = derive(result, record=record, namespace=ns)
     assert same(report.formulas["x"], 3 * x**2)
-    assert report.check["x"] is False
+    assert report.crosscheck["x"] is False
     assert "warning: the formula for x disagrees with autograd at 1 of 4 points" in words(report)
 
 
@@ -331,7 +333,7 @@ def test_derive_leaves_the_namespace_and_grads_alone(cell):
     before = snapshot(ns)
     report = derive(result, record=record, namespace=ns)
     assert record.calls == []  # released
-    assert report.check["x"] is True
+    assert report.crosscheck["x"] is True
     assert_same_state(before, snapshot(ns))
 
 
@@ -398,7 +400,7 @@ def test_a_wide_sum_breaks_over_lines_that_fit_the_screen():
                   if isinstance(b, Formula) and b.lhs.plain.startswith("f'(x) =")]
     assert len(derivative) == 1 and r"\begin{array}{l}f'(x) = " in derivative[0].lhs.tex
     assert derivative[0].lhs.tex.count(r"\qquad") >= 1
-    assert report.check == {"x": True}
+    assert report.crosscheck == {"x": True}
     assert_safe(report)
 
 
@@ -528,7 +530,7 @@ def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(run_vjp, monkeypatch):
     note = derived(body)[2].note
     assert note.startswith("symbolic: ") and note.endswith("; numbers only") and "boom" in note
 
-    monkeypatch.setattr(report_module, "formula", lambda *a: {}["missing"])
+    monkeypatch.setattr(report_module, "symbolic_derivative", lambda *a: {}["missing"])
     r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\ny = x ** 2", "--symbolic")
     assert r.symbolic["x"] is None and "KeyError" in shown(r) and "numbers only" in shown(r)
 
@@ -569,20 +571,51 @@ def test_a_wrong_number_is_still_flagged_next_to_underflow(body):
     numbers = result.inputs["x"].derivatives.clone()
     numbers[(0,) * numbers.dim()] += 1e-3  # far above float32 rounding
     result.inputs["x"].derivatives = numbers
-    assert derive(result, record=record, namespace=ns).check["x"] is False
+    assert derive(result, record=record, namespace=ns).crosscheck["x"] is False
+
+
+def test_differentiate_puts_the_variables_axes_after_the_entries():
+    a, b, c = sympy.symbols("a b c")
+    y = np.array([a * b, b * c**2], dtype=object)
+    v = np.array([a, b, c], dtype=object)
+    first = symbolic_formulas.differentiate(y, v)
+    assert first.shape == (2, 3) and first[0, 0] == b and first[1, 2] == 2 * b * c
+    second = symbolic_formulas.differentiate(y, v, 2)  # [i, j, k]: ∂²y_i / ∂v_j ∂v_k
+    assert second.shape == (2, 3, 3) and second[1, 1, 2] == 2 * c and second[1, 2, 2] == 2 * b
+    assert second[0, 0, 1] == second[0, 1, 0] == 1 and second[0, 2, 2] == 0
+    scalar = symbolic_formulas.differentiate(np.array(a**3, dtype=object),
+                                             np.array(a, dtype=object), 2)
+    assert scalar.shape == () and scalar[()] == 6 * a
+    empty = symbolic_formulas.differentiate(np.empty((2, 0), dtype=object), v)
+    assert empty.shape == (2, 0, 3)
+
+
+def test_derive_gives_second_derivatives_for_a_hessian_result():
+    from vjp_magic.core.hessian import second_derivatives
+    from vjp_magic.symbolic.hessian import derive_hessian
+
+    body = "x = torch.linspace(0.5, 2, 3, requires_grad=True)\ny = torch.stack([-x**3, 5*x])"
+    reports = []
+    for make in (derive, derive_hessian):
+        ns, record = run_recorded(body)
+        h = second_derivatives(ns["y"], {"x": ns["x"]})
+        reports.append(make(h, record=record, namespace=ns))
+    assert reports[0].formulas == reports[1].formulas == {"x": sympy.Matrix([[-6 * x], [0]])}
+    assert reports[0].crosscheck == reports[1].crosscheck == {"x": True}
+    assert "f_k″(x) =" in words(reports[0]) and words(reports[0]) == words(reports[1])
 
 
 def test_compare_treats_inf_and_nan_consistently():
     got = torch.tensor([[math.inf], [math.nan], [math.inf], [math.inf], [1.0]]).numpy()
-    compared = check.compare(
+    compared = crosscheck.compare(
         got, torch.tensor([[math.inf], [math.nan], [-math.inf], [1.0], [1.0]]).numpy(), 5,
         torch.float32)
     # opposite infinities disagree; inf where autograd gives 1 is undefined, not a disagreement
     assert (compared.agree, compared.mismatches, compared.undefined) == (False, 1, 1)
     assert compared.undefined_side == "formula" and math.isnan(compared.worst)
-    compared = check.compare(got[[0, 1, 4]], got[[0, 1, 4]], 3, torch.float64)
+    compared = crosscheck.compare(got[[0, 1, 4]], got[[0, 1, 4]], 3, torch.float64)
     assert (compared.agree, compared.mismatches, compared.undefined) == (True, 0, 0)
-    compared = check.compare(got[[4, 4]], got[[3, 4]], 2, torch.float64)
+    compared = crosscheck.compare(got[[4, 4]], got[[3, 4]], 2, torch.float64)
     assert (compared.agree, compared.undefined, compared.undefined_side) == (True, 1, "autograd")
 
 
@@ -635,7 +668,7 @@ def test_symbol_names_are_valid_latex(name, entry):
     assert entry in tex, tex
     assert not _double_subscript(tex), tex
     assert_safe(report)
-    assert report.check[name] is True
+    assert report.crosscheck[name] is True
     assert _double_subscript(r"x_1_{1,1}") and _double_subscript(r"x_{in}_{1,1}")
 
 
@@ -761,7 +794,7 @@ def test_a_constant_changed_in_place_later_is_read_as_it_was_used():
     r = differentiate(ns["y"], {"x": ns["x"]})
     report = derive(r, record=record, namespace=ns)
     assert same(report.function, x + 1)  # w was 1 when y was computed, 2 now
-    assert report.check["x"] is True
+    assert report.crosscheck["x"] is True
 
 
 def test_a_constant_changed_in_place_without_a_copy_is_named(monkeypatch):
@@ -786,7 +819,7 @@ def test_jacobian_replays_the_recorded_expression():
                     output_source="torch.stack([z.prod(), (z**2).sum()])")
     z1, z2 = sympy.symbols("z_1 z_2", real=True)
     assert same(report.formulas["z"], [[z2, z1], [2 * z1, 2 * z2]])
-    assert report.check["z"] is True
+    assert report.crosscheck["z"] is True
     assert "J_f(z) = [[z_2, z_1], [2*z_1, 2*z_2]]" in words(report)
 
 

@@ -1,5 +1,6 @@
 """The symbolic display as document nodes: a heading, the formulas with the cell's own names,
-what each was checked against; or one line saying why there are none.
+what each was crosschecked against; or one line saying why there are none. First and second
+derivatives alike (:func:`lhs`, :func:`second_lhs` name them).
 
 Each formula is its own display, typeset under a size and time cap, far below MathJax's and
 KaTeX's limits, only if :func:`~vjp_magic.render.latex.tex_problems` finds nothing, and only
@@ -13,8 +14,7 @@ import time
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from ..render.document import Formula as FormulaBlock
-from ..render.document import Math, Section, paragraph
+from ..render.document import Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
 from ..render.notation import dims, math_name, partial
 from .width import LETTER, OPERATOR, fits, width
@@ -26,7 +26,7 @@ MAX_NODES = 1500  # SymPy expression-tree nodes of one formula typeset
 MAX_APART = 9  # entries of a matrix too wide for one line, shown one display each
 
 
-class _Printer(LatexPrinter):
+class Printer(LatexPrinter):
     """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0), and the
     input symbols as :func:`~.symbols.entry_tex` writes them."""
 
@@ -78,16 +78,17 @@ def heading(formulas: dict) -> str:
     return "Symbolic (SymPy), at a generic point:"
 
 
-def check_line(formula) -> str:
-    """What the formula's values at every point said, compared with autograd's numbers."""
+def crosscheck_line(formula) -> str:
+    """What the formula's values at every point said, compared with autograd's numbers
+    (``formula``: a :class:`~.formulas.SymbolicDerivative`)."""
     n, k = formula.points, formula.undefined
     where = "at the point" if n == 1 else f"at all {n:,} points"
-    if formula.check is None:
+    if formula.crosscheck is None:
         return "not checked against autograd"
-    if formula.check and not k:
+    if formula.crosscheck and not k:
         return f"agrees with autograd {where}"
     undefined = _UNDEFINED[formula.undefined_side]
-    if formula.check:
+    if formula.crosscheck:
         if k == n:
             return f"the formula is undefined {where}: {undefined}"
         return (f"agrees with autograd at {n - k:,} of {n:,} points; undefined at the "
@@ -114,7 +115,7 @@ def lhs(result, name: str, jacobian: bool) -> Math:
     return Math(f"J_f({x.tex})", f"J_f({x.plain})")
 
 
-def _entries(left: Math, value, printer: _Printer) -> list | None:
+def _entries(left: Math, value, printer: Printer) -> list | None:
     """A matrix too wide for one line, as one display per entry: ``[f'(x)]_{1,2} = …``;
     None when it has too many entries or one of them is too wide by itself."""
     if not isinstance(value, sympy.MatrixBase) or len(value) > MAX_APART:
@@ -132,7 +133,7 @@ def _entries(left: Math, value, printer: _Printer) -> list | None:
     return blocks
 
 
-def _lines(left: Math, value, printer: _Printer) -> str | None:
+def _lines(left: Math, value, printer: Printer) -> str | None:
     """A sum too wide for one line, broken before a ``+`` or ``-`` into lines that fit, as
     the TeX of one ``array`` display; None when one term alone is too wide."""
     if not isinstance(value, sympy.Add):
@@ -154,7 +155,7 @@ def _lines(left: Math, value, printer: _Printer) -> str | None:
     return "\\begin{array}{l}" + " \\\\ ".join(rows) + "\\end{array}"
 
 
-def _one(left: Math, value, printer: _Printer):
+def _one(left: Math, value, printer: Printer):
     """``left = value`` as one display if it fits the width (a sum may take several lines)
     and typesets safely; else None."""
     if fits(width(value) + LETTER * len(left.plain) + OPERATOR):
@@ -163,10 +164,10 @@ def _one(left: Math, value, printer: _Printer):
         tex = _lines(left, value, printer)
     if tex is None or len(tex) > MAX_DISPLAY_CHARS - 200 or tex_problems(tex):
         return None
-    return FormulaBlock(Math(tex, f"{left.plain} = {_plain(value)}"))
+    return Formula(Math(tex, f"{left.plain} = {_plain(value)}"))
 
 
-def _blocks(left: Math, value, printer: _Printer, started: float) -> list:
+def formula_blocks(left: Math, value, printer: Printer, started: float) -> list:
     """``left = value`` as one display, entry by entry where it is too wide, or a line
     saying why it is not typeset."""
     why = too_big(value)
@@ -189,15 +190,41 @@ def _blocks(left: Math, value, printer: _Printer, started: float) -> list:
     return [paragraph(left, f": {why}")]
 
 
+def second_lhs(result, name: str, component: int | None) -> Math:
+    """f″(x), ∇²f(x), ∇²f_k(x); ∂²y/∂x² for several inputs."""
+    x = math_name(name)
+    if len(result.inputs) > 1:
+        y = math_name(result.output_name)
+        return Math(rf"\frac{{\partial^2 {y.tex}}}{{\partial {x.tex}^2}}",
+                    f"∂²{y.plain}/∂{x.plain}²")
+    if math.prod(result.inputs[name].per_point_shape) == 1:
+        return Math(f"f''({x.tex})", f"f″({x.plain})") if component is None else \
+            Math(f"f_k''({x.tex})", f"f_k″({x.plain})")
+    sub, plain_sub = ("", "") if component is None else (f"_{{{component}}}", f"_{component}")
+    return Math(rf"\nabla^2 f{sub}({x.tex})", f"∇²f{plain_sub}({x.plain})")
+
+
+def equations(result, name: str, value, jacobian: bool) -> list[tuple[Math, object]]:
+    """(left side, value) of each display of one input's derivative ``value``: one for a
+    first derivative; for a second, one per output component where it is a tuple."""
+    if result.order == 1:
+        return [(lhs(result, name, jacobian), value)]
+    if isinstance(value, tuple):
+        return [(second_lhs(result, name, k), v) for k, v in enumerate(value)]
+    column = isinstance(value, sympy.MatrixBase) and value.cols == 1 and value.rows > 1
+    return [(second_lhs(result, name, 0 if column else None), value)]
+
+
 def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
                       jacobian: bool) -> tuple[Section, ...]:
-    """The formulas (``function`` is f at a generic point, or None) and their checks."""
+    """The formulas (``function`` is f at a generic point, or None) and their crosschecks."""
     started = time.monotonic()
-    printer = _Printer(symbol_tex)
+    printer = Printer(symbol_tex)
     blocks = opening_blocks(list(result.inputs), function, formulas, printer, started)
     for name, formula in formulas.items():
-        blocks += _blocks(lhs(result, name, jacobian), formula.derivative, printer, started)
-        blocks.append(paragraph(check_line(formula)))
+        for left, value in equations(result, name, formula.derivative, jacobian):
+            blocks += formula_blocks(left, value, printer, started)
+        blocks.append(paragraph(crosscheck_line(formula)))
     return (Section(tuple(blocks)),)
 
 
@@ -209,7 +236,7 @@ def opening_blocks(names, function, formulas: dict, printer, started: float) -> 
         args = [math_name(n) for n in names]
         left = Math(f"f({', '.join(a.tex for a in args)})",
                     f"f({', '.join(a.plain for a in args)})")
-        blocks += _blocks(left, function, printer, started)
+        blocks += formula_blocks(left, function, printer, started)
     return blocks
 
 

@@ -1,4 +1,8 @@
-"""Where the points are, and one point's derivatives laid out as a SymPy scalar or matrix."""
+"""Where the points are, and one point's derivatives laid out as a SymPy scalar or matrix.
+
+First derivatives (:func:`layout`) and second derivatives (:func:`hessian_layout`) alike: a
+result's ``order`` says which it holds.
+"""
 from __future__ import annotations
 
 import math
@@ -8,7 +12,8 @@ import sympy
 
 
 def point_axes(result, name: str, jacobian: bool) -> list[tuple[int, int]]:
-    """(output axis, input axis) pairs whose shared index is the point; none for a Jacobian."""
+    """(output axis, input axis) pairs whose shared index is the point; none for a Jacobian
+    (``%jacobian``, ``--full``)."""
     if jacobian or result.full:
         return []
     return list(result.inputs[name].pairing)
@@ -53,3 +58,15 @@ def as_matrix(array: np.ndarray, shape: tuple[int, int]):
         return sympy.zeros(*shape)
     return sympy.Matrix([[sympy.sympify(v) for v in row]
                          for row in np.asarray(array, dtype=object).reshape(shape)])
+
+
+def hessian_layout(array: np.ndarray, component, per_point):
+    """One point's second derivatives as SymPy: a scalar f″; a column of f_k″; an m × m
+    Hessian; or a tuple of them, one per output component."""
+    count, m = math.prod(component), math.prod(per_point)
+    if count == 1 and m == 1:
+        return sympy.sympify(array.reshape(-1)[0])
+    if m == 1:
+        return as_matrix(array, (count, 1))
+    matrices = tuple(as_matrix(block, (m, m)) for block in array.reshape((count, m, m)))
+    return matrices[0] if count == 1 else matrices

@@ -1,10 +1,11 @@
-"""``--symbolic``: derive formulas with SymPy, cross-check them against autograd, report.
+"""``--symbolic``: derive formulas with SymPy, crosscheck them against autograd, report.
 
 :func:`derive` replays the record of the cell's one run (:mod:`.replay`) with each input
-replaced by a tensor of SymPy symbols, differentiates the output (:mod:`.formulas`), evaluates
-each formula at every point in float64 and compares it with autograd's numbers
-(:mod:`.check`), and prepares the display (:mod:`.display`). Nothing of the user's code runs
-again, and nothing here fails the cell: what cannot be followed becomes one line.
+replaced by a tensor of SymPy symbols, differentiates the output once or twice, as the result
+holds first or second derivatives (:mod:`.formulas`), evaluates each formula at every point in
+float64 and compares it with autograd's numbers (:mod:`.crosscheck`), and prepares the display
+(:mod:`.display`). Nothing of the user's code runs again, and nothing here fails the cell:
+what cannot be followed becomes one line.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..run.refusals import NoRecord, NotReplayable, refuse_record
 from .deadline import OutOfTime, deadline
 from .display import note_sections, symbolic_sections
 from .errors import RuleBug, Unavailable
-from .formulas import Formula, formula, function_at_a_point
+from .formulas import SymbolicDerivative, function_at_a_point, symbolic_derivative
 from .layout import point_axes
 from .replay import SymbolicReplay
 from .symbols import group_symbols
@@ -29,19 +30,26 @@ MAX_ENTRIES = 4096  # input entries (all inputs together) a replay makes symbols
 class SymbolicReport:
     """What ``--symbolic`` found.
 
-    ``formulas[name]``: the derivative with respect to each input as SymPy (an expression or a
-    Matrix laid out like one point's derivatives), or None for every input when there is no
-    formula; ``check[name]``: whether it agrees with autograd at every point (empty when there
-    is no formula); ``note``: why there is none; ``function``: f at a generic point (None
-    where f differs from point to point); ``details``: each input's :class:`Formula`.
+    ``formulas[name]``: the derivative (first or second) with respect to each input as SymPy
+    (an expression or a Matrix laid out like one point's derivatives; for second derivatives
+    with several components a tuple of them), or None for every input when there is no
+    formula; ``crosscheck[name]``: whether it agrees with autograd at every point (empty when
+    there is no formula); ``note``: why there is none; ``function``: f at a generic point
+    (None where f differs from point to point); ``details``: each input's
+    :class:`~.formulas.SymbolicDerivative`.
     """
 
     formulas: dict = field(default_factory=dict)
-    check: dict = field(default_factory=dict)
+    crosscheck: dict = field(default_factory=dict)
     note: str | None = None
     function: object = None
-    details: dict[str, Formula] = field(default_factory=dict)
+    details: dict[str, SymbolicDerivative] = field(default_factory=dict)
     shown: tuple[Section, ...] = field(default=(), repr=False)
+
+    @property
+    def check(self) -> dict:
+        """The former name of :attr:`crosscheck`."""
+        return self.crosscheck
 
     def sections(self) -> tuple[Section, ...]:
         """The display: above the numeric derivatives."""
@@ -50,23 +58,26 @@ class SymbolicReport:
 
 def derive(result, *, record, namespace, output_source: str | None = None,
            jacobian: bool = False) -> SymbolicReport:
-    """Formulas for ``result``'s derivatives, checked against its numbers.
+    """Formulas for ``result``'s derivatives, crosschecked against its numbers.
 
-    ``record`` (an :class:`~vjp_magic.run.record.OpRecord`) holds the torch calls of the cell's
-    one run (``%%vjp``, ``output_source`` None), or of evaluating the expression
-    ``output_source`` (``%jacobian``); it is replayed, never the user's code, and released
-    afterwards. ``namespace`` names tensors in the messages. ``jacobian``: the display shows
-    the full Jacobian (``%jacobian``), so the formula is the Jacobian too.
+    ``result``: a :class:`~vjp_magic.core.result.VJPResult` (first derivatives) or a
+    :class:`~vjp_magic.core.hessian.HessianResult` (second derivatives: SymPy differentiates
+    twice by one point's variables). ``record`` (an :class:`~vjp_magic.run.record.OpRecord`)
+    holds the torch calls of the cell's one run (``%%vjp``, ``output_source`` None), or of
+    evaluating the expression ``output_source`` (``%jacobian``, ``%hessian``); it is replayed,
+    never the user's code, and released afterwards. ``namespace`` names tensors in the
+    messages. ``jacobian``: the display shows the full Jacobian (``%jacobian``), so the
+    formula is the Jacobian too.
     """
     symbol_tex: dict = {}
-    return reported(
+    return _reported(
         result, record,
         lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex),
         lambda function, formulas: symbolic_sections(result, function, formulas, symbol_tex,
                                                      jacobian))
 
 
-def reported(result, record, derived, typeset) -> SymbolicReport:
+def _reported(result, record, derived, typeset) -> SymbolicReport:
     """The report of ``derived()`` → (f or None, formulas) typeset by ``typeset(f, formulas)``;
     a reason instead where either cannot be done. The record is released either way."""
     try:
@@ -85,8 +96,8 @@ def reported(result, record, derived, typeset) -> SymbolicReport:
         return _unavailable(result, f"symbolic: the formula could not be typeset "
                             f"({_describe(error)}); numbers only")
     return SymbolicReport({n: f.derivative for n, f in formulas.items()},
-                          {n: f.check for n, f in formulas.items()}, None, function, formulas,
-                          shown)
+                          {n: f.crosscheck for n, f in formulas.items()}, None, function,
+                          formulas, shown)
 
 
 def _unavailable(result, note: str) -> SymbolicReport:
@@ -124,13 +135,9 @@ def _refuse(result, record) -> None:
                           else f"{refusal.failed}, so there is no record to replay") from None
 
 
-def _derive(result, record, namespace, output_source, jacobian, symbol_tex, derive_one=None):
-    """(f at a generic point or None, each input's :class:`Formula`), or :class:`Unavailable`.
-    ``derive_one(name, output, symbols)`` makes one input's formula (default: its first
-    derivatives; the Hessian's report gives its second)."""
-    if derive_one is None:
-        def derive_one(name, output, symbols):
-            return formula(result, name, output, symbols, jacobian)
+def _derive(result, record, namespace, output_source, jacobian, symbol_tex):
+    """(f at a generic point or None, each input's :class:`~.formulas.SymbolicDerivative`),
+    or :class:`Unavailable`."""
     _refuse(result, record)
     names, function, formulas = list(result.inputs), None, {}
     try:
@@ -144,7 +151,8 @@ def _derive(result, record, namespace, output_source, jacobian, symbol_tex, deri
                 if names[0] in group:
                     function = function_at_a_point(result, names[0], output, jacobian)
                 for name in group:
-                    formulas[name] = derive_one(name, output, symbols)
+                    formulas[name] = symbolic_derivative(result, name, output, symbols,
+                                                         jacobian)
     except OutOfTime:
         raise Unavailable(f"gave up after {RUN_SECONDS:g} s (the expressions grow too large)") \
             from None

@@ -1,4 +1,8 @@
-"""The cross-check: a formula evaluated at every point in float64, compared with autograd."""
+"""The crosscheck: a formula evaluated at every point in float64, compared with autograd.
+
+:func:`crosscheck` does it for one input's first derivatives (``%%vjp``, ``%jacobian``) or
+second derivatives (``%hessian``): the same points, one more per-point axis block.
+"""
 from __future__ import annotations
 
 import math
@@ -24,26 +28,27 @@ class Comparison(NamedTuple):
     undefined_side: str  # "formula", "autograd" or "either"
 
 
-def _float64(tensor: torch.Tensor) -> np.ndarray:
+def float64(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor``'s values as a float64 NumPy array (on the CPU, detached)."""
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
-def _values(result, name: str, points: int, symbols: dict, jacobian: bool) -> dict:
+def point_values(result, name: str, points: int, symbols: dict, jacobian: bool) -> dict:
     """Each symbol's value: generic symbols one value per point, the others one value."""
     order = [a for a, _ in point_axes(result, name, jacobian)]
     values = {}
     for m, axis_map in partners(result, name, jacobian).items():
-        by_point = at_points(_float64(result.inputs[m].tensor), axis_map, order)
+        by_point = at_points(float64(result.inputs[m].tensor), axis_map, order)
         generic = at_points(symbols[m], axis_map, order)[0, ...].reshape(-1)
         for i, s in enumerate(generic):
             values[s] = by_point.reshape(points, -1)[:, i]
     for m, other in result.inputs.items():
-        for s, v in zip(symbols[m].reshape(-1), _float64(other.tensor).reshape(-1)):
+        for s, v in zip(symbols[m].reshape(-1), float64(other.tensor).reshape(-1)):
             values.setdefault(s, v)
     return values
 
 
-def _evaluate(derivative: np.ndarray, values: dict, shape: tuple) -> np.ndarray:
+def evaluate(derivative: np.ndarray, values: dict, shape: tuple) -> np.ndarray:
     """The entries of ``derivative`` at every point (nan where complex), shaped ``shape``."""
     entries = list(derivative.reshape(-1))
     arguments = sorted(set().union(*(sympy.sympify(e).free_symbols for e in entries)), key=str)
@@ -63,21 +68,25 @@ def _evaluate(derivative: np.ndarray, values: dict, shape: tuple) -> np.ndarray:
         return got.astype(np.float64).reshape(shape)
 
 
-def check(result, name: str, derivative: np.ndarray, sizes: tuple, symbols: dict,
-          jacobian: bool) -> Comparison:
-    """Evaluate one point's ``derivative`` (entries: component + per-point axes) at every
-    point and compare with autograd's numbers; ``sizes`` is (points, component, per_point)."""
+def crosscheck(result, name: str, derivative: np.ndarray, sizes: tuple, symbols: dict,
+               jacobian: bool) -> Comparison:
+    """Evaluate one point's ``derivative`` at every point and compare with autograd's numbers.
+
+    ``sizes`` is (points, component, per_point); the entries of ``derivative`` run over the
+    component axes, then the per-point axes once per order of ``result`` (twice for a
+    :class:`~vjp_magic.core.hessian.HessianResult`). ``jacobian``: against the full Jacobian.
+    """
     points, component, per_point = sizes
-    shape = (points,) + tuple(component) + tuple(per_point)
-    got = _evaluate(derivative, _values(result, name, points, symbols, jacobian), shape)
+    shape = (points,) + tuple(component) + tuple(per_point) * result.order
+    got = evaluate(derivative, point_values(result, name, points, symbols, jacobian), shape)
     item = result.inputs[name]
     if jacobian:
-        expected = _float64(result.jacobian(name)).reshape(shape)
+        expected = float64(result.jacobian(name)).reshape(shape)
     else:
-        order = [a for a, _ in point_axes(result, name, jacobian)]
-        k = len(component)
-        axis_map = {a: k + b for a, b in point_axes(result, name, jacobian)}
-        expected = at_points(_float64(item.derivatives), axis_map, order).reshape(shape)
+        pairs = point_axes(result, name, jacobian)
+        axis_map = {a: len(component) + b for a, b in pairs}
+        expected = at_points(float64(item.derivatives), axis_map, [a for a, _ in pairs])
+        expected = expected.reshape(shape)
     return compare(got, expected, points, item.derivatives.dtype)
 
 
