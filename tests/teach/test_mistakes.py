@@ -1,10 +1,10 @@
 """Coaching on the cell's own backward mistakes, and every bad input answered clearly.
 
-Recognising a mistake (``run/mistakes.py``: :func:`classify`, the call-site rewriting, summed
-``.grad``) and teaching it (``teach/coaching.py``: document sections, the usage message) are
-tested on their own first, then through the magic. Each bad input: a short message
-(UsageError or a rendered note), no traceback from inside the package, the cell's variables
-kept, x.grad untouched.
+Recognising a mistake (``run/mistakes.py``: :func:`classify`; ``run/cell_source.py``: the
+call-site rewriting; ``run/accumulation.py``: summed ``.grad``; ``run/seeds.py``) and teaching
+it (``teach/coaching.py``: document sections, the usage message) are tested on their own first,
+then through the magic. Each bad input: a short message (UsageError or a rendered note), no
+traceback from inside the package, the cell's variables kept, x.grad untouched.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from vjp_magic.core.analysis import differentiate as analyse
 from vjp_magic.core.torch_api import TorchError, torch_error
 from vjp_magic.render.latex import tex_problems
 from vjp_magic.render.document import Bullets, Code, CodeBlock, Math, Paragraph, Section
-from vjp_magic.run import mistakes
+from vjp_magic.run import accumulation, backward_log, cell_source, mistakes, seeds
 from vjp_magic.run.guard import keep_graphs
 from vjp_magic.run.mistakes import MistakeKind
 from vjp_magic.teach import coaching
@@ -164,7 +164,7 @@ FOUND_CALLS = [  # (line, kind, which output, style, y)
 
 @pytest.mark.parametrize("line, kind, index, style, y", FOUND_CALLS)
 def test_find_call_reads_the_call_as_written(line, kind, index, style, y):
-    site = mistakes.find_call(line, kind, index)
+    site = cell_source.find_call(line, kind, index)
     assert site is not None and (site.style, site.y) == (style, y)
 
 
@@ -175,7 +175,7 @@ def test_find_call_reads_the_call_as_written(line, kind, index, style, y):
     ("torch.autograd.grad(inputs=x)", "grad"),  # no outputs given
 ])
 def test_find_call_finds_nothing_where_there_is_no_call(line, kind):
-    assert mistakes.find_call(line, kind) is None
+    assert cell_source.find_call(line, kind) is None
 
 
 SET_ARGUMENTS = [  # (line, kind, keyword, value, position, expected)
@@ -195,7 +195,7 @@ SET_ARGUMENTS = [  # (line, kind, keyword, value, position, expected)
 
 @pytest.mark.parametrize("line, kind, keyword, value, position, expected", SET_ARGUMENTS)
 def test_set_argument_keeps_the_rest_of_the_line(line, kind, keyword, value, position, expected):
-    assert mistakes.set_argument(line, kind, keyword, value, position) == expected
+    assert cell_source.set_argument(line, kind, keyword, value, position) == expected
 
 
 @pytest.mark.parametrize("line, kind, index, expected", [
@@ -207,17 +207,17 @@ def test_set_argument_keeps_the_rest_of_the_line(line, kind, keyword, value, pos
     ("grad([y], [x], grad_outputs=[q])", "grad", 0, "grad([y], [x], grad_outputs=[O])"),
 ])
 def test_set_gradient_sets_the_failing_outputs_own_gradient(line, kind, index, expected):
-    site = mistakes.find_call(line, kind, index)
-    assert mistakes.set_gradient(line, kind, site, "O") == expected
+    site = cell_source.find_call(line, kind, index)
+    assert cell_source.set_gradient(line, kind, site, "O") == expected
 
 
 def test_names_the_cell_assigns_and_grads_it_never_empties():
     source = ("y = x**2\nfor k in range(2):\n    y.backward(v)\n    print(x.grad, w.grad)\n"
               "w.grad = None")
-    assert mistakes.assigned_in(source, "y") and mistakes.assigned_in(source, "k")
-    assert not mistakes.assigned_in(source, "x") and not mistakes.assigned_in("y = (", "y")
-    assert mistakes.grads_not_zeroed(source) == ["x"]
-    assert mistakes.grads_not_zeroed("x.grad.zero_()\nprint(x.grad)") == []
+    assert cell_source.assigned_in(source, "y") and cell_source.assigned_in(source, "k")
+    assert not cell_source.assigned_in(source, "x") and not cell_source.assigned_in("y = (", "y")
+    assert cell_source.grads_not_zeroed(source) == ["x"]
+    assert cell_source.grads_not_zeroed("x.grad.zero_()\nprint(x.grad)") == []
 
 
 def test_accumulations_find_summed_grads_and_only_those():
@@ -228,10 +228,10 @@ def test_accumulations_find_summed_grads_and_only_those():
     x, w = torch.tensor(1., requires_grad=True), torch.tensor(2., requires_grad=True)
     log, error = cell_error(source, {"torch": torch, "x": x, "w": w})
     assert error is None
-    (found,) = mistakes.accumulations({"x": x, "w": w}, log)  # w: one call, nothing summed
-    assert found == mistakes.Accumulation("x", 2, False, (2, 3))
+    (found,) = accumulation.accumulations({"x": x, "w": w}, log)  # w: one call, nothing summed
+    assert found == accumulation.Accumulation("x", 2, False, (2, 3))
     x.grad = None
-    assert mistakes.accumulations({"x": x}, log) == []
+    assert accumulation.accumulations({"x": x}, log) == []
 
 
 # -- teaching it: document sections --------------------------------------------------------------
@@ -1113,7 +1113,7 @@ def test_top_level_await_runs_as_in_a_plain_cell(ip, assert_tensor, run_vjp):
     assert ip.user_ns["g"].grad is None
 
 
-# -- the v of each of the cell's own backward calls (run/mistakes.seeds), summed_calls ----------
+# -- the v of each of the cell's own backward calls (run/seeds.py), summed_calls ---------------
 
 @pytest.mark.parametrize("v, kind", [
     (None, "ones"), (torch.ones(3), "ones"), (torch.tensor([0.0, 1.0, 0.0]), "zero-one"),
@@ -1121,7 +1121,7 @@ def test_top_level_await_runs_as_in_a_plain_cell(ip, assert_tensor, run_vjp):
     (2 * torch.ones(3), "general"),
 ])
 def test_gradient_kind(v, kind):
-    assert mistakes.gradient_kind(v) == kind
+    assert seeds.gradient_kind(v) == kind
 
 
 def test_seeds_tell_the_output_its_sum_and_other_tensors_apart():
@@ -1133,10 +1133,10 @@ def test_seeds_tell_the_output_its_sum_and_other_tensors_apart():
         y.sum().backward(retain_graph=True)
         z.backward(torch.tensor([0.5, -1.0, 2.0]))
         y.mean().backward()
-    found = [(s.target, s.kind) for s in mistakes.seeds(log, y)]
+    found = [(s.target, s.kind) for s in seeds.seeds(log, y)]
     assert found == [("output", "ones"), ("sum", "ones"), ("other", "general"),
                      ("other", "ones")]
-    assert all(mistakes.reaches(s.call, x) for s in mistakes.seeds(log, y))
+    assert all(backward_log.reaches(s.call, x) for s in seeds.seeds(log, y))
 
 
 def test_summed_calls_reads_any_value_against_the_log():
@@ -1146,8 +1146,8 @@ def test_summed_calls_reads_any_value_against_the_log():
         y.backward(torch.ones_like(y), retain_graph=True)
         y.backward(torch.ones_like(y))
     twice = 2 * 3 * x.detach()**2  # d/dx x³ = 3x², added twice
-    found = mistakes.summed_calls(twice, "x", x, log)
+    found = accumulation.summed_calls(twice, "x", x, log)
     assert (found.summed, found.with_before) == (2, False)
-    assert mistakes.summed_calls(3 * x.detach()**2, "x", x, log).summed == 1
-    assert mistakes.summed_calls(x.detach(), "x", x, log) is None
-    assert mistakes.summed_calls(twice, "x", x, None) is None
+    assert accumulation.summed_calls(3 * x.detach()**2, "x", x, log).summed == 1
+    assert accumulation.summed_calls(x.detach(), "x", x, log) is None
+    assert accumulation.summed_calls(twice, "x", x, None) is None

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .torch_api import TorchError, autograd_grad, torch_error
+from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
 _WORKSPACE_FACTOR = 4
@@ -71,15 +71,13 @@ def vjp_batch(
 
 def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     def one(v):
-        return autograd_grad(
-            [output], list(inputs), [v], retain_graph=True, allow_unused=True,
-            materialize_grads=True,
-        )
+        return materialized_grad([output], list(inputs), [v], retain_graph=True)
 
     return list(torch.func.vmap(one)(grad_outputs))
 
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
+    # not materialize_grads: with is_grads_batched its zeros would lack the batch axis
     grads = autograd_grad(
         [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
         is_grads_batched=True,
@@ -88,23 +86,11 @@ def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
 
 
 def _looped_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
-    rows: list[list[torch.Tensor | None]] = []
-    for v in grad_outputs:
-        rows.append(
-            list(autograd_grad([output], list(inputs), [v], retain_graph=True, allow_unused=True))
-        )
-    results = []
-    for i, tensor in enumerate(inputs):
-        column = [row[i] for row in rows]
-        if all(g is None for g in column):
-            results.append(tensor.new_zeros((len(rows),) + tuple(tensor.shape)))
-        elif len(column) == 1:
-            results.append(column[0].unsqueeze(0))
-        else:
-            results.append(
-                torch.stack([g if g is not None else torch.zeros_like(tensor) for g in column])
-            )
-    return results
+    rows = [plain_vjp(output, inputs, v) for v in grad_outputs]
+    if not rows:
+        return [t.new_zeros((0,) + tuple(t.shape)) for t in inputs]
+    return [column[0].unsqueeze(0) if len(column) == 1 else torch.stack(column)
+            for column in zip(*rows)]
 
 
 def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
@@ -117,9 +103,7 @@ def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
 def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
               vector: torch.Tensor) -> list[torch.Tensor]:
     """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached)."""
-    grads = autograd_grad([output], list(inputs), [vector], retain_graph=True,
-                          allow_unused=True)
-    return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, inputs)]
+    return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
 
 
 # Up to this many gradient arguments, plain backward passes one by one: about as fast as a
@@ -233,10 +217,10 @@ def forward_jacobian(
     v = torch.zeros_like(output, requires_grad=True)
     (g,) = autograd_grad(
         [output], [tensor], [v], retain_graph=True, create_graph=True, allow_unused=True,
-        materialize_grads=True,
     )
     m, n = output.numel(), tensor.numel()
-    if not g.requires_grad:  # vᵀJ does not depend on v: the output does not reach the input
+    # None: the output does not reach the input; no graph: vᵀJ does not depend on v
+    if g is None or not g.requires_grad:
         return tensor.new_zeros(tuple(output.shape) + tuple(tensor.shape))
     basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape(
         (n,) + tuple(tensor.shape))

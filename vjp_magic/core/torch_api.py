@@ -23,6 +23,17 @@ autograd_grad = torch.autograd.grad
 ENGINE = Variable._execution_engine  # what backward and autograd.grad hand their passes to
 
 
+def materialized_grad(outputs, inputs, grad_outputs=None, **options) -> tuple:
+    """``torch.autograd.grad`` with zeros, not None, for the inputs the outputs do not reach
+    (``materialize_grads=True``). Without ``create_graph`` no gradient requires grad (older
+    torch releases mark the zeros they fill in as requiring grad)."""
+    grads = autograd_grad(outputs, inputs, grad_outputs, allow_unused=True,
+                          materialize_grads=True, **options)
+    if options.get("create_graph"):
+        return grads
+    return tuple(g.detach() if g.requires_grad and g.is_leaf else g for g in grads)
+
+
 @contextmanager
 def engine_wrapped(wrap):
     """While the block runs, autograd's passes go to ``wrap(engine)`` (the engine in place
@@ -36,7 +47,7 @@ def engine_wrapped(wrap):
 
 
 # -- PyTorch's error texts ---------------------------------------------------------------------
-class TorchError(enum.Enum):
+class TorchError(str, enum.Enum):
     """An autograd error PyTorch raises, by the part of its message that names it."""
 
     IMPLICIT_SCALAR = "grad can be implicitly created only for scalar outputs"
@@ -78,4 +89,5 @@ def gradient_position(error: BaseException | str) -> int | None:
 
 
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
-           "TorchError", "autograd_grad", "engine_wrapped", "gradient_position", "torch_error"]
+           "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
+           "materialized_grad", "torch_error"]

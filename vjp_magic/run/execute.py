@@ -25,7 +25,8 @@ import torch
 
 from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
 from ..core.tagging import is_visible_name
-from .guard import BackwardLog, keep_graphs
+from .backward_log import BackwardLog
+from .guard import keep_graphs
 from .mistakes import CellMistake, classify
 from .record import OpRecord, recording, without_record_frames
 

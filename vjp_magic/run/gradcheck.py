@@ -21,13 +21,16 @@ The replays draw no random numbers from the global generators: they run under
 """
 from __future__ import annotations
 
+import enum
 import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..core.tagging import custom_backwards
+from ..core.torch_api import materialized_grad
 from .replay import NotReplayable, build
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
@@ -152,9 +155,8 @@ def _analytic(replay, values: dict, names: list) -> tuple[dict, tuple, torch.Ten
     v = v.to(out.device)
     if not out.requires_grad:
         return {n: torch.zeros_like(values[n]) for n in names}, (), v
-    grads = torch.autograd.grad(out, [leaves[n] for n in names], v, allow_unused=True)
-    analytic = {n: torch.zeros_like(values[n]) if g is None else g for n, g in zip(names, grads)}
-    return analytic, custom_backwards(out), v
+    grads = materialized_grad(out, [leaves[n] for n in names], v)
+    return dict(zip(names, grads)), custom_backwards(out), v
 
 
 @dataclass
@@ -187,11 +189,11 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
         direction = _direction(values[name], k)
         want = float((analytic * direction).sum())
         verdict, error = _entry(replay, values, name, direction, probe, want)
-        if verdict == "kink":
+        if verdict is Agreement.KINK:
             inconclusive += [] if k is None else [_index(values[name].shape, k)]
         else:
             found.worst = max(found.worst, error)
-            found.agree = found.agree and verdict == "agree"
+            found.agree = found.agree and verdict is Agreement.AGREE
         found.checked += k is not None
     found.inconclusive = tuple(inconclusive)
     return found
@@ -199,11 +201,7 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
 
 def _index(shape, k: int):
     """Entry ``k`` (row-major) as an index: an int for a vector, a tuple otherwise."""
-    index = []
-    for size in reversed(tuple(shape)):
-        index.append(k % size)
-        k //= size
-    index = tuple(reversed(index))
+    index = tuple(int(i) for i in np.unravel_index(k, tuple(shape)))
     return index[0] if len(index) == 1 else index
 
 
@@ -211,9 +209,21 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= ATOL + RTOL * max(abs(a), abs(b))
 
 
+class Agreement(str, enum.Enum):
+    """One entry's finite difference against autograd's."""
+
+    AGREE = "agree"
+    DISAGREE = "disagree"
+    KINK = "kink"  # f kinks at the entry, and autograd took a one-sided slope: no verdict
+
+
+def _agreement(want: float, numeric: float) -> Agreement:
+    return Agreement.AGREE if _close(want, numeric) else Agreement.DISAGREE
+
+
 def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
-           want: float) -> tuple[str, float]:
-    """("agree" | "disagree" | "kink", |want − numeric|) along ``u``: the central difference
+           want: float) -> tuple[Agreement, float]:
+    """(:class:`Agreement`, |want − numeric|) along ``u``: the central difference
     where f is smooth across the step, else a safe one-sided one (see the module)."""
     v, base = probe
 
@@ -227,16 +237,17 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         up, down = along(h), along(-h)
         if _close(up / h, -down / h):  # smooth across the step: the central difference
             numeric = (up - down) / (2 * h)
-            return ("agree" if _close(want, numeric) else "disagree"), abs(want - numeric)
+            return _agreement(want, numeric), abs(want - numeric)
         safe = [d for d, half in ((up / h, along(h / 2) / (h / 2)),
                                   (-down / h, -along(-h / 2) / (h / 2))) if _close(d, half)]
         if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
             low, high = min(safe), max(safe)  # autograd's choice: a one-sided slope or between
             inside = _close(want, low) or _close(want, high) or low <= want <= high
-            return ("kink" if inside else "disagree"), min(abs(want - d) for d in safe)
+            verdict = Agreement.KINK if inside else Agreement.DISAGREE
+            return verdict, min(abs(want - d) for d in safe)
         if safe:
-            return ("agree" if _close(want, safe[0]) else "disagree"), abs(want - safe[0])
-    return "kink", 0.0
+            return _agreement(want, safe[0]), abs(want - safe[0])
+    return Agreement.KINK, 0.0
 
 
 def _direction(tensor: torch.Tensor, k: int | None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Notes on what the cell's own successful ``backward`` calls computed (no error, no flag).
 
-Two silent cases (the calls read off the :class:`~vjp_magic.run.guard.BackwardLog`):
+Two silent cases (the calls read off the :class:`~vjp_magic.run.backward_log.BackwardLog`):
 :func:`ones_sections`: v = ones (or ``y.sum().backward()``) on an output with several
 components per point, or whose Jacobian is not block-diagonal: ``.grad`` holds a sum
 (``f₀′ + f₁′``, or the column sums of J). :func:`upstream_sections`: a general v (an upstream
@@ -16,7 +16,9 @@ from ..core.tolerances import tolerances
 from ..render.document import Code, Math, Paragraph, Section, Text
 from ..render.matrix import multi_index
 from ..render.notation import math_name, name_tex
-from ..run.mistakes import GRADIENT_ARGUMENT, find_call, reaches, seeds
+from ..run.backward_log import CallKind, reaches
+from ..run.cell_source import GRADIENT_ARGUMENT, find_call
+from ..run.seeds import GradientKind, SeedTarget, seeds
 
 VJP = Math(r"v^\top J", "vᵀJ")  # the vector-Jacobian product
 
@@ -27,7 +29,7 @@ def _call_text(log, seed) -> tuple[str | None, str | None, str | None]:
     None where the line cannot be read)."""
     line = seed.call.line
     text = linecache.getline(log.filename, line).strip() if log.filename and line else ""
-    site = find_call(text, "backward") if text else None
+    site = find_call(text, CallKind.BACKWARD) if text else None
     if site is None:
         return None, None, None
     keyword, position = GRADIENT_ARGUMENT[site.style]
@@ -97,7 +99,7 @@ def ones_sections(result, log) -> tuple[Section, ...]:
     if result.output.numel() < 2:
         return ()
     for seed in seeds(log, result.output):
-        if seed.target == "other" or seed.kind != "ones":
+        if seed.target is SeedTarget.OTHER or seed.kind is not GradientKind.ONES:
             continue
         names = [n for n, i in result.inputs.items() if not i.unused and reaches(
             seed.call, i.tensor) and math.prod(result.component_shape(n)) > 1]
@@ -138,10 +140,10 @@ def upstream_sections(result, log) -> tuple[Section, ...]:
     computes: vᵀJ = ∇(ℓ∘f) for v = ∇ℓ(y), every input's ``.grad`` filled by one call."""
     for seed in seeds(log, result.output):
         names = [n for n, i in result.inputs.items() if reaches(seed.call, i.tensor)]
-        if seed.kind != "general" or seed.tensor.numel() < 2 or not names:
+        if seed.kind is not GradientKind.GENERAL or seed.tensor.numel() < 2 or not names:
             continue
         text, y, g = _call_text(log, seed)
-        y = y or (result.output_name if seed.target == "output" else "y")
+        y = y or (result.output_name if seed.target is SeedTarget.OUTPUT else "y")
         call = Code(text) if text else Code(f"{y}.backward(gradient={g or 'g'})")
         at = ", ".join(name_tex(n) for n in names)
         lead = Paragraph((call, Text(" computes "), VJP, Text(" with v = "), Code(g or "g"),
@@ -155,6 +157,6 @@ def upstream_sections(result, log) -> tuple[Section, ...]:
             Text(" at once, as training does: "), Code("loss.backward()"), Text(" sends "),
             Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
             Text(f" into {y} this way.")))
-        samples = _samples(result, names) if seed.target == "output" else None
+        samples = _samples(result, names) if seed.target is SeedTarget.OUTPUT else None
         return (Section((lead, fills) + ((samples,) if samples else ())),)
     return ()

@@ -1,11 +1,11 @@
 """Coaching on the cell's own classic ``backward`` mistakes: what went wrong, why, what to write.
 
-``run/mistakes.py`` recognises the mistakes (:class:`~vjp_magic.run.mistakes.MistakeKind`,
-summed ``.grad``); here they are taught. :func:`mistake_sections` gives the document sections
-shown above the derivatives: the mistake that stopped the cell (the failing line, PyTorch's
-error, why, the corrected code), then a note per input whose ``.grad`` holds a sum, then the
-notes on what successful calls computed (``teach/backward_notes.py``: v = ones summing
-components, a general v).
+``run/mistakes.py`` recognises the mistakes (:class:`~vjp_magic.run.mistakes.MistakeKind`),
+``run/accumulation.py`` a summed ``.grad``; here they are taught. :func:`mistake_sections`
+gives the document sections shown above the derivatives: the mistake that stopped the cell
+(the failing line, PyTorch's error, why, the corrected code), then a note per input whose
+``.grad`` holds a sum, then the notes on what successful calls computed
+(``teach/backward_notes.py``: v = ones summing components, a general v).
 :func:`usage_message` is the same coaching as plain text, for a cell that gave no derivatives.
 
 A new mistake: a :class:`MistakeKind` (with its PyTorch text in ``core/torch_api.py``) and
@@ -26,8 +26,10 @@ from ..render import plain
 from ..render.codegen import component_loop, expression
 from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Section, Span, Text,
                                paragraph)
-from ..run.mistakes import (Accumulation, CellMistake, MistakeKind, accumulations, assigned_in,
-                            grads_not_zeroed, set_argument, set_gradient)
+from ..run.accumulation import Accumulation, accumulations
+from ..run.backward_log import CallKind
+from ..run.cell_source import assigned_in, grads_not_zeroed, set_argument, set_gradient
+from ..run.mistakes import CellMistake, MistakeKind
 from .backward_notes import ones_sections, upstream_sections
 
 VJP = Math(r"v^\top J", "vᵀJ")  # the vector-Jacobian product
@@ -188,7 +190,7 @@ def _freed_before_cell(mistake: CellMistake) -> Advice:
 def _zero_grad_lines(mistake: CellMistake) -> list[str]:
     """After a retained backward, ``.grad`` adds the next backward's result to this one's:
     the lines that empty it, for each ``NAME.grad`` the cell reads and does not zero."""
-    if mistake.call.kind != "backward":
+    if mistake.call.kind is not CallKind.BACKWARD:
         return []
     return [f"{n}.grad.zero_()  # between the two: .grad adds up over backward calls"
             for n in grads_not_zeroed(mistake.source)]
@@ -210,7 +212,7 @@ def _second_pass_advice(mistake: CellMistake, result) -> Advice:
     first_line = mistake.source_line(first)
     fixed = None
     if first_line is not None:
-        kind = mistake.log.kinds.get(mistake.call.freed_by, "backward")
+        kind = mistake.log.kinds.get(mistake.call.freed_by, CallKind.BACKWARD)
         fixed = set_argument(first_line, kind, "retain_graph", "True", None)
     if fixed is None:
         y = result.output_name if result is not None else "y"
