@@ -21,7 +21,7 @@ from vjp_magic.render.document import Document, Formula
 from vjp_magic.render.latex import tex_problems
 from vjp_magic.run.guard import keep_graphs
 from vjp_magic.teach.coaching import mistake_sections
-from vjp_magic.teach.grading import KINDS, Check, check_sections, grade
+from vjp_magic.teach.grading import KINDS, Verdict, VerdictKind, grade, verdict_sections
 
 DTYPES = [torch.float32, torch.float64]
 SIZES = [3, 100_000]
@@ -69,8 +69,8 @@ def test_ones_at_points_is_correct(dtype, n):
     r = vjp_magic.differentiate(y, x)
     y.backward(torch.ones_like(y))
     check = grade(x.grad, r)
-    assert check == Check(True, "correct", check.hint, name="x", expected_shape=(n,),
-                          answer_shape=(n,), form="derivatives")
+    assert check == Verdict(True, "correct", check.hint, name="x", expected_shape=(n,),
+                            answer_shape=(n,), form="derivatives")
     assert check.correct and check.hint.startswith("Right")
     formula = 3 * x.detach()**2 - 2  # the student's own formula, rounded its own way
     assert grade(formula, r).kind == "correct"
@@ -339,6 +339,16 @@ def test_every_kind_has_words():
                           "transposed", "reshaped", "wrong-at-points", "wrong"}
 
 
+def test_a_verdicts_kind_is_a_verdict_kind_equal_to_its_name():
+    x = points(3, torch.float64)
+    r = vjp_magic.differentiate(stacked(x), x)
+    verdict = grade(stacked_derivatives(x).sum(0), r)
+    assert verdict.kind is VerdictKind.SUMMED and verdict.kind == "summed"
+    assert f"{verdict.kind}" == str(verdict.kind) == "summed" and repr(verdict.kind) == "'summed'"
+    assert KINDS["summed"] == verdict.kind.words == "the components summed"
+    assert Verdict(True, "correct", "").kind is VerdictKind.CORRECT
+
+
 # -- the verdict as document sections -----------------------------------------------------------
 
 def test_sections_hide_the_answer_unless_revealed():
@@ -347,13 +357,13 @@ def test_sections_hide_the_answer_unless_revealed():
     r = vjp_magic.differentiate(y, x)
     y.backward(torch.ones_like(y))
     check = grade(x.grad, r, answer_name="x.grad")
-    hidden = plain.render(Document(check_sections(check, r, reveal=False)))
+    hidden = plain.render(Document(verdict_sections(check, r, reveal=False)))
     assert "✗" in hidden and check.hint.split(":")[0] in hidden.replace("\n", " ")
-    assert "-12" not in hidden and "Formula" not in repr(check_sections(check, r, False))
-    shown = check_sections(check, r, reveal=True)
+    assert "-12" not in hidden and "Formula" not in repr(verdict_sections(check, r, False))
+    shown = verdict_sections(check, r, reveal=True)
     assert any(isinstance(b, Formula) for s in shown for b in s.blocks)
     assert "-12" in plain.render(Document(shown))  # f_0'(-2) = -3·4
-    right = plain.render(Document(check_sections(grade(stacked_derivatives(x), r), r, False)))
+    right = plain.render(Document(verdict_sections(grade(stacked_derivatives(x), r), r, False)))
     assert right.strip().startswith("✓ correct")
 
 

@@ -1,24 +1,64 @@
-"""The hints of :mod:`vjp_magic.teach.grading`: what to do, in one or two sentences.
+"""The verdicts' kinds and hints of :mod:`vjp_magic.teach.grading`: what to do, in one or two
+sentences.
 
 Each verdict's sentences, in the cell's names (the answer's, the output's, the input's),
-never the expected numbers. ``case`` is the grading's case: ``case.answer`` (how the answer
-is called), ``case.a`` (its values), ``case.exp`` (the expected derivatives of one input).
+never the expected numbers. ``case`` is the grading's :class:`~.grading.Case`:
+``case.answer`` (how the answer is called), ``case.a`` (its values), ``case.exp`` (the
+:class:`~.grading_targets.Expected` derivatives of one input).
 """
 from __future__ import annotations
 
-# kind → the verdict's words (the kinds are stable names: tests and notebooks rely on them)
-KINDS = {
-    "correct": "correct",
-    "wrong-shape": "wrong shape",
-    "summed": "the components summed",
-    "one-component": "one component only",
-    "accumulated": ".grad accumulated over backward calls",
-    "transposed": "transposed",
-    "reshaped": "right numbers, wrong arrangement",
-    "wrong-at-points": "wrong at some points",
-    "wrong": "not the derivatives",
-    "missing": "no answer",
+import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .grading import Case
+
+
+class VerdictKind(str, enum.Enum):
+    """What a verdict found: ``correct`` or the mistake recognised. A ``str`` that reads as its
+    name everywhere (compare, hash, print, repr), so ``verdict.kind == "summed"`` holds (the
+    kinds are stable names: tests and notebooks rely on them); ``words``: how the verdict
+    says it."""
+
+    CORRECT = "correct"
+    WRONG_SHAPE = "wrong-shape"
+    SUMMED = "summed"
+    ONE_COMPONENT = "one-component"
+    ACCUMULATED = "accumulated"
+    TRANSPOSED = "transposed"
+    RESHAPED = "reshaped"
+    WRONG_AT_POINTS = "wrong-at-points"
+    WRONG = "wrong"
+    MISSING = "missing"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @property
+    def words(self) -> str:
+        return _WORDS[self]
+
+
+_WORDS = {
+    VerdictKind.CORRECT: "correct",
+    VerdictKind.WRONG_SHAPE: "wrong shape",
+    VerdictKind.SUMMED: "the components summed",
+    VerdictKind.ONE_COMPONENT: "one component only",
+    VerdictKind.ACCUMULATED: ".grad accumulated over backward calls",
+    VerdictKind.TRANSPOSED: "transposed",
+    VerdictKind.RESHAPED: "right numbers, wrong arrangement",
+    VerdictKind.WRONG_AT_POINTS: "wrong at some points",
+    VerdictKind.WRONG: "not the derivatives",
+    VerdictKind.MISSING: "no answer",
 }
+KINDS = {kind.value: kind.words for kind in VerdictKind}  # kind → the verdict's words
 SHOWN_POINTS = 3  # points named in a hint
 
 
@@ -40,10 +80,10 @@ class Hints:
     """One or two sentences per verdict."""
 
     @staticmethod
-    def names(case) -> tuple[str, str, str]:
+    def names(case: Case) -> tuple[str, str, str]:
         return case.answer, case.exp.result.output_name, case.exp.name
 
-    def expected(self, case) -> str:
+    def expected(self, case: Case) -> str:
         _, y, x = self.names(case)
         exp = case.exp
         if exp.count == 1:
@@ -51,7 +91,7 @@ class Hints:
         return (f"shape {shape_text(exp.shape)}: an {x}-shaped gradient for each of {y}'s "
                 f"{exp.count:,} components")
 
-    def how(self, case) -> str:
+    def how(self, case: Case) -> str:
         """How to compute them with backward."""
         _, y, x = self.names(case)
         exp = case.exp
@@ -62,20 +102,20 @@ class Hints:
         return (f"use one backward per component of {y}, v one-hot on it{along}, "
                 f"retain_graph=True; store {x}.grad.clone() and zero {x}.grad each time")
 
-    def correct(self, case, form: str) -> str:
+    def correct(self, case: Case, form: str) -> str:
         a, y, x = self.names(case)
         what = {"jacobian": "the full Jacobian", "gradient": "the gradient"}.get(
             form, "the derivatives")
         return f"Right: {a} is {what} of {y} with respect to {x}."
 
-    def wrong_shape(self, case) -> str:
+    def wrong_shape(self, case: Case) -> str:
         a, y, x = self.names(case)
         others = [shape_text(s) for s in case.exp.accepted()[1:]]
         also = f" ({' or '.join(others)} is accepted too)" if others else ""
         return (f"{a} has shape {shape_text(case.a.shape)}; the derivatives of {y} with "
                 f"respect to {x} have {self.expected(case)}{also}.")
 
-    def wrong(self, case) -> str:
+    def wrong(self, case: Case) -> str:
         a, y, x = self.names(case)
         if not bool(case.a.any()):
             return (f"{a} is all zeros. If it holds {x}.grad, store {x}.grad.clone(): "
@@ -83,7 +123,7 @@ class Hints:
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
                 f"{x}. Check the formula; {self.how(case)}.")
 
-    def summed(self, case, times: int | None) -> str:
+    def summed(self, case: Case, times: int | None) -> str:
         a, y, x = self.names(case)
         exp = case.exp
         if exp.item.pairing or exp.x.numel() == 1:
@@ -96,14 +136,14 @@ class Hints:
                  if times else "")
         return f"{what} To get each component's own, {self.how(case)}.{again}"
 
-    def one_component(self, case, index: int) -> str:
+    def one_component(self, case: Case, index: int) -> str:
         a, y, _ = self.names(case)
         exp = case.exp
         return (f"{a} holds the derivatives of one component of {y} (number {index}, "
                 f"row-major) of {exp.count:,}. The answer has {self.expected(case)}: "
                 f"{self.how(case)}.")
 
-    def accumulated(self, case, times: int | None, calls) -> str:
+    def accumulated(self, case: Case, times: int | None, calls) -> str:
         a, _, x = self.names(case)
         if calls is not None:
             where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
@@ -115,14 +155,14 @@ class Hints:
         return (f"{what} Zero it before each backward ({x}.grad.zero_() or {x}.grad = None), "
                 "or run it once.")
 
-    def rows_added(self, case, how: str) -> str:
+    def rows_added(self, case: Case, how: str) -> str:
         a, _, x = self.names(case)
         what = (f"Each row of {a} adds the previous rows to its own" if how == "running"
                 else f"Every row of {a} is the same tensor, all components added up")
         return (what + f": {x}.grad was not zeroed between the "
                 f"backward calls. Store {x}.grad.clone() and zero {x}.grad after each one.")
 
-    def transposed(self, case, order) -> str:
+    def transposed(self, case: Case, order) -> str:
         a, y, x = self.names(case)
         inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
         fix = f"{a}.T" if len(order) == 2 else f"{a}.permute{inverse}"
@@ -130,7 +170,7 @@ class Hints:
                 else f"it is shaped like {x}")
         return f"{a} has the right numbers with its axes swapped: {axes}. Use {fix}."
 
-    def reshaped(self, case, shape) -> str:
+    def reshaped(self, case: Case, shape) -> str:
         a, _, _ = self.names(case)
         if shape is not None:
             return (f"{a} has the right numbers in the right order but shape "
@@ -139,7 +179,7 @@ class Hints:
         return (f"{a} has the right numbers in the wrong places: reshape and view keep the "
                 "row-major order and never swap axes. Use .T or .permute(...) to swap axes.")
 
-    def at_points(self, case, points, total: int) -> str:
+    def at_points(self, case: Case, points, total: int) -> str:
         a, _, x = self.names(case)
         shown = ", ".join(_point_text(x, case.exp.item, p) for p in points[:SHOWN_POINTS])
         more = ", …" if len(points) > SHOWN_POINTS else ""
@@ -147,7 +187,7 @@ class Hints:
                 f"{len(points):,}: {shown}{more}. Look at what is special about {x} there "
                 "(a zero, a kink, a division, a branch of the formula).")
 
-    def missing(self, case, answer) -> str:
+    def missing(self, case: Case, answer) -> str:
         a, _, x = self.names(case)
         if answer is None:
             return (f"{a} is None: nothing was computed into it ({x}.grad stays None until a "

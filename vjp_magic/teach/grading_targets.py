@@ -1,5 +1,6 @@
-"""What an answer is compared with (``--check``): the answer read as float64 values, and the
-values it may equal with each entry's tolerance (:class:`Target`).
+"""What an answer is compared with (``--check``): the answer read as float64 values, the
+values it may equal with each entry's tolerance (:class:`Target`), and the derivatives of one
+input in every accepted form (:class:`Expected`).
 
 A tolerance is relative to the magnitudes that sum into the entry's point (never to the
 largest entry overall), plus ``slack``: an absolute allowance per entry where autograd's own
@@ -7,9 +8,14 @@ float32 value is imprecise (:mod:`.grading_reference`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
+
+from ..core.tolerances import tolerances
+
+JACOBIAN_LIMIT = 1 << 22  # entries: a full-Jacobian answer is compared up to this size
 
 
 def as_tensor(answer) -> tuple[torch.Tensor | None, torch.dtype | None]:
@@ -91,4 +97,74 @@ def fits(a: torch.Tensor, shape: tuple) -> torch.Tensor | None:
     return None
 
 
-__all__ = ["Target", "as_tensor", "fits", "target"]
+class Expected:
+    """The derivatives of one input in every accepted form, made on demand: ``name``, ``item``
+    (the result's input), ``x`` (its tensor), ``comp``/``count`` (the output's component
+    shape and how many), ``d`` (the float64 derivatives), ``shape``, ``jacobian_shape``.
+    ``refined``: (values, slack) from :func:`~.grading_reference.refinement`, where
+    autograd's own float32 rounding must not count against an answer."""
+
+    def __init__(self, result, name: str, answer_dtype, refined=None):
+        self.result, self.name = result, name
+        self.item = item = result.inputs[name]
+        self.x = item.tensor
+        self.comp = tuple(result.component_shape(name))
+        self.count = math.prod(self.comp)
+        self.d = item.derivatives.detach().double()
+        self.slack = None
+        if refined is not None:
+            self.d, self.slack = (t.to(self.d.device) for t in refined)
+        dtypes = [item.derivatives.dtype] + ([answer_dtype] if answer_dtype else [])
+        self.rtol = max(tolerances(t).backward for t in dtypes)
+        self.points = tuple(len(self.comp) + b for b in item.pairing.in_axes)
+        self.shape = tuple(self.d.shape)
+        self.jacobian_shape = tuple(result.output.shape) + tuple(self.x.shape)
+
+    def derivatives(self) -> Target:
+        return target("derivatives", self.d, self.d.abs(), self.points, self.rtol, self.slack)
+
+    def gradient(self) -> Target | None:
+        """x-shaped, for one component per point (or a scalar output)."""
+        return self.component(0) if self.count == 1 else None
+
+    def jacobian(self) -> Target | None:
+        size = math.prod(self.jacobian_shape)
+        if self.jacobian_shape == self.shape or size > JACOBIAN_LIMIT:
+            return None
+        j = self._full(self.d)
+        slack = None if self.slack is None else self._full(self.slack)
+        return target("jacobian", j, j.abs(), (), self.rtol, slack)
+
+    def _full(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` (shaped like the derivatives) placed in the full Jacobian."""
+        if self.slack is None:
+            return self.result.jacobian(self.name).detach().double()
+        item = replace(self.item, derivatives=values)
+        placed = replace(self.result, inputs={**self.result.inputs, self.name: item})
+        return placed.jacobian(self.name).detach().double()
+
+    def summed(self) -> Target:
+        """What v = ones gives: the components' derivatives added up (x-shaped)."""
+        axes = tuple(range(len(self.comp)))
+        slack = None if self.slack is None else self.slack.sum(axes)
+        return target("gradient", self.d.sum(axes), self.d.abs().sum(axes),
+                      self.item.pairing.in_axes, self.rtol, slack)
+
+    def component(self, k: int) -> Target:
+        """Component ``k``'s derivatives (row-major), x-shaped."""
+        rows = (self.count,) + tuple(self.x.shape)
+        value = self.d.reshape(rows)[k]
+        slack = None if self.slack is None else self.slack.reshape(rows)[k]
+        return target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol,
+                      slack)
+
+    def accepted(self) -> list[tuple]:
+        shapes = [self.shape]
+        if self.count == 1 and tuple(self.x.shape) != self.shape:
+            shapes.append(tuple(self.x.shape))
+        if self.jacobian_shape != self.shape and math.prod(self.jacobian_shape) <= JACOBIAN_LIMIT:
+            shapes.append(self.jacobian_shape)
+        return shapes
+
+
+__all__ = ["JACOBIAN_LIMIT", "Expected", "Target", "as_tensor", "fits", "target"]
