@@ -1,76 +1,84 @@
 """The pipeline: from what the user gave to the result that displays itself, one line a stage.
 
-:func:`pipeline` reads top to bottom: choose the output → the inputs → differentiate →
-teaching → symbolic → the result, built once with the :class:`~vjp_magic.render.view.View`
-that displays it. What the user asked for comes in as a :class:`Request`; nothing changes
-the result afterwards. Where the output and inputs come from is the subject's business
-(:mod:`vjp_magic.run.choose`: a cell that ran, an expression, or tensors given in Python).
+:func:`pipeline` reads top to bottom: choose the output → the inputs → the hook-free graph →
+the derivatives (first or second: ``request.order``) → the features
+(:mod:`vjp_magic.features`: grading, gradcheck, coaching, explain, code, symbolic, picture,
+run in the order of :data:`FEATURES`) → the result, built once with the
+:class:`~vjp_magic.render.view.View` that displays it. What the user asked for comes in as a
+:class:`Request`; nothing changes the result afterwards. Where the output and inputs come
+from is the subject's business (:class:`~vjp_magic.run.choose.Subject`: a cell that ran, an
+expression, or tensors given in Python).
 
-``%%vjp``, ``%jacobian`` (:mod:`vjp_magic.magics`) and :func:`differentiate` all go through it.
+``%%vjp``, ``%jacobian``, ``%hessian`` (:mod:`vjp_magic.magics`), :func:`differentiate` and
+:func:`hessian` all go through it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from .core import analysis
 from .core import hessian as core_hessian
+from .core.errors import GraphFreed, VJPUsageError
 from .core.hessian import HessianResult
-from .core.validation import unverified_notes
-from .core.errors import VJPUsageError
-from .core.result import VJPResult
+from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
-from .render.hessian import HessianView
+from .features import (Feature, code, coaching, declared_flags, explain, gather, grading,
+                       gradcheck, is_wanted, picture, symbolic)
 from .render.options import RenderOptions
 from .render.view import View
-from .run.choose import Given, lookup
+from .run.choose import Given, Subject
 from .run.hookfree import AnalysedGraph, analysed_graph
-from .teach.code import code_section
-from .teach.coaching import mistake_sections
-from .teach.explain import explain_sections
-
 
 PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised over the replay
+
+# What a request may add to the derivatives, in the order of their sections.
+FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, explain, code, symbolic, picture)
+FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
+NUMERIC_CORE = {1: analysis.differentiate, 2: core_hessian.second_derivatives}
 
 
 @dataclass(frozen=True)
 class Request:
-    """What the user asked for (the magic's flags and ``%config``, or keyword arguments)."""
+    """What the user asked for (the magic's flags and ``%config``, or keyword arguments).
+
+    ``flags``: the features' flags by name (:data:`FLAGS`: ``check``, ``reveal``,
+    ``gradcheck``, ``explain``, ``code``, ``symbolic``, ``picture``), as the magic parsed them;
+    a flag left out is not set."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     of: str | None = None  # the output, named (--of)
     wrt: tuple[str, ...] = ()  # the inputs, named (--wrt, %jacobian's inputs)
+    order: int = 1  # of the derivatives: 1 (%%vjp, %jacobian) or 2 (%hessian)
     full: bool = False  # no point structure: the plain full Jacobian
     jacobian: bool = False  # display the full Jacobian (%jacobian)
-    explain: bool = False
-    code: bool = False
-    symbolic: bool = False
-    check: str | None = None  # the student's answer to grade (--check NAME)
-    reveal: bool = False  # show the derivatives beneath a graded answer (--reveal)
-    picture: bool = False  # a picture of each Jacobian's pattern (--picture)
-    gradcheck: bool = False  # the replayed cell against finite differences (--gradcheck)
     memory_budget: float | None = None
-    analysis: dict = field(default_factory=dict)  # further keywords of core.analysis.differentiate
+    analysis: dict = field(default_factory=dict)  # further keywords of the numeric core
+    flags: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.order not in NUMERIC_CORE:
+            raise ValueError(f"order is 1 or 2, not {self.order!r}")
+
+    def flag(self, name: str) -> object:
+        """The flag ``name`` as asked (None where it was not)."""
+        return self.flags.get(name)
 
 
-def pipeline(subject, request: Request) -> VJPResult:
+def pipeline(subject: Subject, request: Request,
+             features: Sequence[Feature] = FEATURES) -> DerivativeResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
     graph = analysed_graph(subject.record, inputs, output, subject.namespace)  # hook-free
-    given = _per_sample(subject, inputs, output, request)
-    result = graph.restore(_differentiate(graph, output_name, request, given), output, inputs)
-    graded, check_shown = _check(result, request, subject)
-    gradcheck, failed, passed = _gradcheck(result, request, subject, inputs)
-    before, after = _teaching(result, request, subject.log)
-    formulas, checks, shown = _symbolic(result, request, subject)
-    view = View(request.options, request.jacobian, check_shown + failed + before + shown,
-                passed + after, explained=request.explain,
-                hidden=graded is not None and not request.reveal, pictured=request.picture)
+    given = _per_sample(subject, inputs, output, request, features)
+    result = graph.restore(_derivatives(graph, output_name, request, given), output, inputs)
+    added = gather(features, result, request, subject)
+    view = View(request.options, request.jacobian, added.before, added.after, **added.view)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
-                   view=view, symbolic=formulas, crosscheck=checks, check=graded,
-                   gradcheck=gradcheck, notes=_notes(result, gradcheck))
+                   view=view, **added.stored)
 
 
 def check(answer, output: torch.Tensor, inputs, names=None):
@@ -99,8 +107,8 @@ def check(answer, output: torch.Tensor, inputs, names=None):
         compared within the dtype's tolerance (float32: 1e-5, float64: 1e-9).
 
     Raises:
-        VJPUsageError: as :func:`differentiate`, and for a graph freed by the answer's own
-        ``backward``.
+        VJPUsageError: as :func:`differentiate`; :class:`~vjp_magic.core.errors.GraphFreed`
+        (one) for a graph freed by the answer's own ``backward``.
 
     Example::
 
@@ -117,10 +125,8 @@ def check(answer, output: torch.Tensor, inputs, names=None):
 
     try:
         result = differentiate(output, inputs, names)
-    except VJPUsageError as error:
-        if "was freed" not in str(error):
-            raise
-        raise VJPUsageError(
+    except GraphFreed:
+        raise GraphFreed(
             "The graph of the output was freed, most likely by the backward call that computed "
             "the answer: give that call retain_graph=True, or call vjp_magic.check before it."
         ) from None
@@ -178,20 +184,9 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
         >>> r.point_axes["x"], r.jacobian("x").shape
         (((1, 0),), torch.Size([2, 3, 3]))
     """
-    request = Request(options=options or RenderOptions(), full=full, explain=explain, code=code,
-                      memory_budget=memory_budget, analysis=analysis_options)
+    request = Request(options=options or RenderOptions(), full=full, memory_budget=memory_budget,
+                      analysis=analysis_options, flags={"explain": explain, "code": code})
     return pipeline(Given(output, inputs, names, output_name), request)
-
-
-def hessian_pipeline(subject, request: Request) -> HessianResult:
-    """The second derivatives of ``subject``'s output with respect to its inputs."""
-    output_name, output = subject.output(request.of)
-    inputs = subject.inputs(request.wrt, output, output_name)
-    graph = analysed_graph(subject.record, inputs, output, subject.namespace)
-    result = graph.restore(_second_derivatives(graph, output_name, request), output, inputs)
-    shown, formulas, checks = _symbolic_hessian(result, request, subject)
-    return replace(result, view=HessianView(request.options, before=shown),
-                   symbolic=formulas, crosscheck=checks)
 
 
 def hessian(output, inputs, names=None, *, output_name: str = "y",
@@ -229,37 +224,40 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
                 [ 0., 12.,  0.],
                 [ 0.,  0., 18.]])
     """
-    request = Request(options=options or RenderOptions(), memory_budget=memory_budget,
+    request = Request(options=options or RenderOptions(), order=2, memory_budget=memory_budget,
                       analysis=analysis_options)
-    return hessian_pipeline(Given(output, inputs, names, output_name), request)
+    return pipeline(Given(output, inputs, names, output_name), request)
 
 
 # -- the stages ---------------------------------------------------------------------------------
-def _differentiate(graph: AnalysedGraph, output_name: str, request: Request,
-                   given=None) -> VJPResult:
-    """The numeric core; PyTorch's errors for a graph that can no longer be read, as advice."""
+def _derivatives(graph: AnalysedGraph, output_name: str, request: Request,
+                 given=None) -> DerivativeResult:
+    """The numeric core of the request's order (first derivatives: kept with their graph
+    until the features have read it); PyTorch's errors for a graph that can no longer be
+    read, as advice."""
     options = dict(request.analysis)
-    given = {**(given or {}), **(options.pop("given", None) or {})}  # the caller's own win
-    output, inputs = graph.output, graph.inputs
     if graph.reason is not None:  # the user's own graph: its hooks see no vmap-batched tensor
         options.setdefault("batched", False)
+    if request.order == 1:
+        given = {**(given or {}), **(options.pop("given", None) or {})}  # the caller's own win
+        options.update(keep_graph=True, given=given or None)
     try:
-        return analysis.differentiate(  # the graph is kept until teaching has read it
-            output, inputs, output_name=output_name, full=request.full,
-            memory_budget=request.memory_budget, keep_graph=True, given=given or None,
-            **options)
+        return NUMERIC_CORE[request.order](
+            graph.output, graph.inputs, output_name=output_name, full=request.full,
+            memory_budget=request.memory_budget, **options)
     except RuntimeError as error:
-        message = _graph_error_message(error, output_name, inputs, graph)
-        if message is None:
+        usage = _graph_error(error, output_name, graph.inputs, graph)
+        if usage is None:
             raise
-        raise VJPUsageError(message) from None
+        raise usage from None
 
 
-def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
+def _per_sample(subject: Subject, inputs: dict, output, request: Request,
+                features: Sequence[Feature]) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
-    (the analysis uses them only if its probe agrees)."""
-    if getattr(subject, "record", None) is None or request.full \
-            or not (request.wrt or request.symbolic or request.gradcheck) \
+    and is replayed anyway (the analysis uses them only if its probe agrees)."""
+    replayed = request.wrt or any(f.needs_record and is_wanted(f, request) for f in features)
+    if subject.record is None or request.order != 1 or request.full or not replayed \
             or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
         return None
     from .run.persample import per_sample_jacobians
@@ -267,111 +265,37 @@ def _per_sample(subject, inputs: dict, output, request: Request) -> dict | None:
     return per_sample_jacobians(subject.record, inputs, output, request.memory_budget)
 
 
-def _check(result: VJPResult, request: Request, subject) -> tuple[object, tuple]:
-    """The student's answer (``--check NAME``) graded, and the verdict's sections (against
-    float64 derivatives of the replayed record where autograd's float32 ones are imprecise)."""
-    if request.check is None:
-        return None, ()
-    from .teach.grading import check_sections, grade
-
-    answer = lookup(subject.scope, request.check, "--check")
-    graded = grade(answer, result, log=subject.log, answer_name=request.check,
-                   record=getattr(subject, "record", None))
-    return graded, check_sections(graded, result, reveal=False)  # --reveal: the view shows them
-
-
-def _gradcheck(result: VJPResult, request: Request, subject, inputs) -> tuple:
-    """The cell's recorded operations replayed in float64 against finite differences: the
-    report, and its sections above the derivatives (failed) or below them (passed)."""
-    if not request.gradcheck:
-        return None, (), ()
-    from .render.gradcheck import gradcheck_sections
-    from .run.gradcheck import gradcheck
-
-    report = gradcheck(subject.record, inputs, result.output, list(inputs))
-    shown = gradcheck_sections(report, result)
-    return (report, shown, ()) if report.ok is False else (report, (), shown)
-
-
-def _notes(result: VJPResult, gradcheck) -> list[str]:
-    """The result's notes; a gradient check that ran replaces "unverified custom backward"."""
-    if gradcheck is None or not gradcheck.max_error:
-        return result.notes
-    return [n for n in result.notes if n not in unverified_notes(result)]
-
-
-def _second_derivatives(graph: AnalysedGraph, output_name: str,
-                        request: Request) -> HessianResult:
-    """The numeric core of ``%hessian``; a graph that can no longer be read, as advice."""
-    output, inputs = graph.output, graph.inputs
-    try:
-        return core_hessian.second_derivatives(
-            output, inputs, output_name=output_name, memory_budget=request.memory_budget,
-            full=request.full, **request.analysis)
-    except RuntimeError as error:
-        message = _graph_error_message(error, output_name, inputs, graph)
-        if message is None:
-            raise
-        raise VJPUsageError(message) from None
-
-
-def _symbolic_hessian(result: HessianResult, request: Request, subject) -> tuple:
-    """The formulas' sections, the formulas and their checks, when asked for."""
-    if not request.symbolic:
-        return (), {}, {}
-    from .symbolic.hessian import derive_hessian
-
-    report = derive_hessian(result, record=subject.record, namespace=subject.namespace,
-                            output_source=subject.output_source)
-    return report.sections(), report.formulas, report.check
-
-
-def _teaching(result: VJPResult, request: Request, log) -> tuple[tuple, tuple]:
-    """Sections above the derivatives (coaching, explanation) and below them (code); a graded
-    exercise's verdict already says what the notes on the cell's own backward would."""
-    explained = explain_sections(result, request.options) if request.explain else ()
-    code = (code_section(result),) if request.code else ()
-    return mistake_sections(log, result, notes=request.check is None) + explained, code
-
-
-def _symbolic(result: VJPResult, request: Request, subject) -> tuple[dict, dict, tuple]:
-    """The formulas, their check against autograd, and their sections, when asked for
-    (replaying the torch calls recorded while it ran). SymPy is imported only then."""
-    if not request.symbolic:
-        return {}, {}, ()
-    from . import symbolic
-
-    report = symbolic.derive(result, record=subject.record, namespace=subject.namespace,
-                             output_source=subject.output_source, jacobian=request.jacobian)
-    return report.formulas, report.check, report.sections()
-
-
-def _graph_error_message(error: RuntimeError, output_name: str, inputs,
-                         graph: AnalysedGraph | None = None) -> str | None:
-    """PyTorch's error when the output's graph can no longer be read, as advice; else None.
-    ``graph``: why the analysis could not use a copy rebuilt from the cell's record."""
+def _graph_error(error: RuntimeError, output_name: str, inputs,
+                 graph: AnalysedGraph | None = None) -> VJPUsageError | None:
+    """PyTorch's error when the output's graph can no longer be read, as advice (a
+    :class:`GraphFreed` when a backward freed it); else None. ``graph``: why the analysis
+    could not use a copy rebuilt from the cell's record."""
     kind = torch_error(error)
     changed = graph is not None and graph.inputs_changed
     if kind is TorchError.SECOND_PASS and graph is not None and graph.reason and not changed:
-        return (f"The graph of {output_name} was freed by a backward() call, and vjp_magic "
-                f"could not rebuild it from the cell's operations ({graph.reason}). Pass "
-                f"retain_graph=True to that call, or compute {output_name} again.")
+        return GraphFreed(
+            f"The graph of {output_name} was freed by a backward() call, and vjp_magic could "
+            f"not rebuild it from the cell's operations ({graph.reason}). Pass "
+            f"retain_graph=True to that call, or compute {output_name} again.")
     if kind is TorchError.SECOND_PASS and not changed:
-        return (f"The graph of {output_name} was freed before vjp_magic could read it "
-                "(a backward() call outside this cell). Recompute the output, or use "
-                "retain_graph=True.")
+        return GraphFreed(
+            f"The graph of {output_name} was freed before vjp_magic could read it (a "
+            "backward() call outside this cell). Recompute the output, or use "
+            "retain_graph=True.")
     if kind in (TorchError.INPLACE, TorchError.SECOND_PASS):
         changed = [n for n, t in inputs.items() if isinstance(t, torch.Tensor) and t._version]
         which = f" ({', '.join(changed)})" if changed else ""
-        return (f"{output_name} can no longer be differentiated: a tensor it was computed "
-                f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
-                "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
-                f"Compute {output_name} after the update, or run the update in a later cell.")
+        return VJPUsageError(
+            f"{output_name} can no longer be differentiated: a tensor it was computed "
+            f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
+            "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
+            f"Compute {output_name} after the update, or run the update in a later cell.")
     if kind is TorchError.REENTRANT_CHECKPOINT:
-        return (f"{output_name} was computed through torch.utils.checkpoint with "
-                "use_reentrant=True, which torch.autograd.grad (what vjp_magic differentiates "
-                "with) does not support: pass use_reentrant=False to checkpoint.")
+        return VJPUsageError(
+            f"{output_name} was computed through torch.utils.checkpoint with "
+            "use_reentrant=True, which torch.autograd.grad (what vjp_magic differentiates "
+            "with) does not support: pass use_reentrant=False to checkpoint.")
     return None
 
 
-__all__ = ["Request", "check", "differentiate", "hessian", "hessian_pipeline", "pipeline"]
+__all__ = ["FEATURES", "FLAGS", "Request", "check", "differentiate", "hessian", "pipeline"]

@@ -1,9 +1,11 @@
-"""The package's shape, as issue-independent rules a newcomer can rely on.
+"""The package's shape, as rules a newcomer can rely on.
 
 - folders by responsibility, imports only downward:
-  core → run → render → teach / symbolic → pipeline → magics;
+  magics → pipeline → features → teach / symbolic → render → run → core;
 - only the magics layer imports IPython;
-- no module over 400 lines, no function over 60.
+- no module reaches into another subpackage's private names (``_x``);
+- no function over 60 lines. A module holds one topic: checked by review, not by a count
+  of lines (a cap invites cuts at the cap instead of at the seams).
 """
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vjp_magic"
 # each layer may import from the layers listed after it, never from those before
-LAYERS = ["magics", "pipeline", "teach", "symbolic", "render", "run", "core"]
+LAYERS = ["magics", "pipeline", "features", "teach", "symbolic", "render", "run", "core"]
 ALLOWED = {
     "core": {"core"},
     "run": {"core", "run"},
     "render": {"core", "render"},
     "teach": {"core", "run", "render", "teach"},
     "symbolic": {"core", "run", "render", "symbolic"},
+    "features": {"core", "run", "render", "teach", "symbolic", "features"},
     "pipeline": set(LAYERS) - {"magics"},
     "magics": set(LAYERS),
     "__init__": {"pipeline", "core", "render", "magics"},
@@ -71,13 +74,69 @@ def test_only_the_magics_import_ipython(path):
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
-def test_modules_and_functions_stay_small(path):
-    source = path.read_text()
-    assert len(source.splitlines()) <= 400, f"{path}: {len(source.splitlines())} lines"
-    for node in ast.walk(ast.parse(source)):
+def test_functions_stay_small(path):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= 60, f"{path}:{node.lineno} {node.name} is {length} lines"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _resolved(path: Path, node: ast.ImportFrom) -> list[str] | None:
+    """The package path an import names (``["core", "structure"]``), None outside it."""
+    if node.level:
+        here = list(path.relative_to(PACKAGE).parts[:-1])
+        return here[: len(here) - (node.level - 1)] + (node.module.split(".")
+                                                        if node.module else [])
+    parts = (node.module or "").split(".")
+    return parts[1:] if parts[0] == "vjp_magic" else None
+
+
+def _is_module(parts: list[str]) -> bool:
+    target = PACKAGE.joinpath(*parts)
+    return target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
+
+
+def private_names_from_elsewhere(path: Path, source: str | None = None) -> list[str]:
+    """The private names a module takes from another subpackage: imported by name
+    (``from ..core.structure import _SEED``) or read off a module imported from there
+    (``structure._SEED``)."""
+    tree = ast.parse(path.read_text() if source is None else source)
+    own = path.relative_to(PACKAGE).parts[0] if len(path.relative_to(PACKAGE).parts) > 1 \
+        else None
+    found, modules = [], set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        target = _resolved(path, node)
+        if target is None or (target and target[0] == own):
+            continue
+        for alias in node.names:
+            if _private(alias.name):
+                found.append(".".join(target + [alias.name]))
+            elif _is_module(target + [alias.name]):
+                modules.add(alias.asname or alias.name)
+    found += [f"{n.value.id}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+              and isinstance(n.value, ast.Name) and n.value.id in modules and _private(n.attr)]
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_imports_a_private_name_from_another_subpackage(path):
+    assert not private_names_from_elsewhere(path), (path, private_names_from_elsewhere(path))
+
+
+def test_the_private_name_rule_can_fail():
+    here = PACKAGE / "core" / "dependency.py"
+    assert private_names_from_elsewhere(here, "from ..run.replay import _key\n") == [
+        "run.replay._key"]
+    assert private_names_from_elsewhere(here, "from ..render import matrix\nmatrix._fit(1)\n") \
+        == ["matrix._fit"]
+    assert not private_names_from_elsewhere(here, "from .structure import _SEED\n")  # its own
+    assert not private_names_from_elsewhere(here, "from ..render import matrix\nmatrix.__doc__")
 
 
 def test_the_import_rule_can_fail():

@@ -1,5 +1,5 @@
-"""Second derivatives (issue 12, item 4): ``core.hessian.second_derivatives``, its display,
-and (marked for the lead to unmark once wired) ``%hessian`` and ``vjp_magic.hessian``.
+"""Second derivatives: ``core.hessian.second_derivatives``, their display (the one ``View``,
+body of order 2), and ``%hessian`` and ``vjp_magic.hessian`` through the one pipeline.
 
 Expected numbers come from ``torch.autograd.functional.hessian`` and ``torch.func.hessian``
 (``vmap(hessian(f))`` per point) or from the mathematics, never from the code under test.
@@ -18,7 +18,7 @@ from torch.func import vmap
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.core.hessian import second_derivatives
 from vjp_magic.render import latex
-from vjp_magic.render.hessian import HessianView
+from vjp_magic.render.view import View
 
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-9)}
@@ -398,7 +398,7 @@ def test_output_without_history_is_a_usage_error():
 
 # -- the display ------------------------------------------------------------------------------
 def _bundle(h):
-    h.view = HessianView()
+    h.view = View()
     return h._repr_mimebundle_()
 
 
@@ -460,7 +460,33 @@ def test_display_without_a_view_is_short():
     assert repr(h) == "<HessianResult: y (2,) of x (2,)>"
 
 
-# -- the public names the lead wires ----------------------------------------------------------
+def test_the_document_of_second_derivatives_is_built_once(monkeypatch):
+    """One View for both orders: a notebook asks for the bundle and the repr again and again,
+    and the second derivatives' document is made once (HessianView made it every time)."""
+    from vjp_magic.render import view as view_module
+
+    built = []
+    real = view_module.hessian_sections
+    monkeypatch.setattr(view_module, "hessian_sections",
+                        lambda h, options: built.append(h) or real(h, options))
+    x = _leaf([0.5, 1.0], torch.float32)
+    h = second_derivatives(torch.sin(x), x)
+    h.view = View()
+    first = h._repr_mimebundle_()
+    assert h._repr_mimebundle_() == first and repr(h) == first["text/plain"]
+    assert len(built) == 1
+
+
+def test_first_and_second_derivatives_are_one_family():
+    from vjp_magic.core.result import DerivativeResult, VJPResult
+
+    x = _leaf([0.5, 1.0], torch.float64)
+    h = second_derivatives(torch.sin(x), x)
+    assert isinstance(h, DerivativeResult) and h.order == 2 and VJPResult.order == 1
+    assert h.input_name() == "x" and h.crosscheck == {} and h.symbolic == {}
+
+
+# -- %hessian and vjp_magic.hessian ----------------------------------------------------------------
 class TestWired:
     def test_hessian_function(self):
         import vjp_magic
@@ -500,7 +526,8 @@ class TestWired:
     def test_magic_symbolic(self, ip, run_ok):
         run_ok("x = torch.linspace(0.5, 2, 3, requires_grad=True)")
         h = run_ok("%hessian --symbolic torch.sin(x) wrt x")
-        assert h.symbolic_check.get("x") is True
+        assert h.crosscheck.get("x") is True
+        assert h.symbolic_check is h.crosscheck  # its former name
 
     def test_magic_once_differentiable(self, ip, run_ok, usage_error):
         run_ok("from torch.autograd.function import once_differentiable\n"

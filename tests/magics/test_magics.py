@@ -310,6 +310,25 @@ def test_expression_output_gets_a_name_in_the_hand_written_line(ip, run_vjp):
     torch.testing.assert_close(r.derivatives["x"], 2 * ip.user_ns["x"].detach())
 
 
+# -- one pipeline for every magic -----------------------------------------------------------------
+def test_every_magic_goes_through_the_one_pipeline(ip, run_ok, monkeypatch):
+    """%%vjp and %jacobian ask for first derivatives, %hessian for second ones, of the same
+    pipeline; the features' flags travel by name."""
+    import vjp_magic.magics as magics
+    from vjp_magic.core.hessian import HessianResult
+
+    asked = []
+    real = magics.pipeline
+    monkeypatch.setattr(magics, "pipeline", lambda s, r: asked.append(r) or real(s, r))
+    run_ok("x = torch.linspace(0.5, 2, 3, requires_grad=True)")
+    run_ok("%%vjp --explain\ny = torch.sin(x)")
+    run_ok("%jacobian torch.sin(x) wrt x")
+    h = run_ok("%hessian torch.sin(x) wrt x")
+    assert [(r.order, r.jacobian) for r in asked] == [(1, False), (1, True), (2, False)]
+    assert asked[0].flag("explain") is True and asked[1].flag("explain") is None
+    assert isinstance(h, HessianResult) and h.order == 2
+
+
 # -- the same pipeline from plain Python ------------------------------------------------------
 
 def test_differentiate_in_plain_python_displays_like_the_magic(run_vjp):

@@ -498,6 +498,19 @@ class TestMagicCheck:
         assert (check.correct, check.kind) == (True, "correct")
         assert vjp_magic.check(3 * x.detach()**2 * 2, y, x).kind == "accumulated"
 
+    def test_check_after_the_answers_own_backward_says_the_graph_was_freed(self):
+        """A typed error (GraphFreed, a VJPUsageError) that says what to do, raised from
+        PyTorch's own error and never read off a message."""
+        from vjp_magic.core.errors import GraphFreed
+
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        y = x**3
+        y.backward(torch.ones_like(y))  # frees the graph
+        with pytest.raises(GraphFreed, match="retain_graph=True, or call vjp_magic.check"):
+            vjp_magic.check(x.grad, y, x)
+        with pytest.raises(vjp_magic.VJPUsageError):
+            vjp_magic.check(x.grad, y, x)
+
 
 # -- autograd's own rounding (more in test_grading_precision.py) ------------------------------
 @pytest.mark.parametrize("line", ["", "--wrt x"])

@@ -23,7 +23,7 @@ from IPython.display import display
 from traitlets import Float, Int, observe, validate
 
 from ..core.errors import VJPUsageError
-from ..pipeline import Request, hessian_pipeline, pipeline
+from ..pipeline import FLAGS, Request, pipeline
 from ..render.options import RenderOptions
 from ..run.choose import FromCell, FromExpression
 from ..run.execute import CellSyntaxError, run_cell
@@ -135,9 +135,7 @@ class VJPMagics(Magics):
         with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
             try:
                 result = pipeline(subject, self._request(
-                    args, of=one_output(args.of), wrt=args.wrt, full=args.full,
-                    explain=args.explain, code=args.code, check=args.check,
-                    reveal=args.reveal, gradcheck=args.gradcheck, picture=args.picture))
+                    args, of=one_output(args.of), wrt=args.wrt, full=args.full))
             finally:  # graphs the cell's own backward would have freed are freed now
                 run.release()
         if run.final_value is not None and run.final_value is not subject.chosen:
@@ -185,8 +183,8 @@ class VJPMagics(Magics):
         if args.help:  # -h, --help
             print(self.jacobian.__doc__)
             return None
-        result = self._on_expression(pipeline, args, self._request(
-            args, wrt=args.input_names, jacobian=True, picture=args.picture))
+        result = self._on_expression(args, self._request(args, wrt=args.input_names,
+                                                         jacobian=True))
         self._pictures_beneath(result)
         return result
 
@@ -215,7 +213,7 @@ class VJPMagics(Magics):
           Hessian; a row-wise layer one d × d Hessian per row;
         - ``h.hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape`` (for a
           scalar output, ``torch.autograd.functional.hessian``);
-        - ``h.symbolic``, ``h.symbolic_check`` with --symbolic.
+        - ``h.symbolic``, ``h.crosscheck`` with --symbolic.
 
         Several inputs give one Hessian each (no mixed terms). A graph that cannot be
         differentiated twice (``@once_differentiable``) is refused, naming it. ``x.grad`` is
@@ -228,17 +226,16 @@ class VJPMagics(Magics):
         if args.help:  # -h, --help
             print(self.hessian.__doc__)
             return None
-        return self._on_expression(hessian_pipeline, args,
-                                   self._request(args, wrt=args.input_names))
+        return self._on_expression(args, self._request(args, wrt=args.input_names, order=2))
 
     # -- helpers -----------------------------------------------------------------------------
-    def _on_expression(self, run_pipeline, args, request):
+    def _on_expression(self, args, request):
         """``%jacobian``'s and ``%hessian``'s run: the line's output expression evaluated in
-        the namespace (its calls recorded for --symbolic), then ``run_pipeline`` on it."""
+        the namespace (its calls recorded for --symbolic), then the pipeline on it."""
         with retained_grads_kept(self.shell.user_ns), _usage_errors():
             subject = FromExpression.evaluate(self.shell, args.output_source, record_ops=True)
             try:
-                return run_pipeline(subject, request)
+                return pipeline(subject, request)
             finally:
                 subject.release()
 
@@ -258,15 +255,17 @@ class VJPMagics(Magics):
         events.register("post_run_cell", show)
 
     def _request(self, args, **asked) -> Request:
-        """The request: the line's flags, with ``%config`` for what the line leaves out."""
+        """The request: the line's flags (the features' by their names, :data:`FLAGS`), with
+        ``%config`` for what the line leaves out."""
         options = RenderOptions(
             precision=self.precision if args.precision is None else args.precision,
             threshold=self.threshold if args.threshold is None else args.threshold,
             edgeitems=self.edgeitems,
         )
         wrt = tuple(asked.pop("wrt") or ())
-        return Request(options=options, wrt=wrt, symbolic=args.symbolic,
-                       memory_budget=self.memory_budget, **asked)
+        flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}
+        return Request(options=options, wrt=wrt, flags=flags, memory_budget=self.memory_budget,
+                       **asked)
 
 
 @contextmanager

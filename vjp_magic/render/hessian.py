@@ -1,4 +1,5 @@
-"""The second-derivatives display as document nodes, and the view that spells it.
+"""The second-derivatives display as document nodes (the body of a
+:class:`~vjp_magic.render.view.View` of order 2).
 
 Per input: a headline in words ("f″ at each of the 5 points of x", "the 3 × 3 Hessian of s
 with respect to x, symmetric"), then the second derivatives as ``lhs = matrix`` with the
@@ -9,14 +10,13 @@ many), each summarised to the width budget like the first derivatives.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from . import latex, markdown, notation, plain
+from . import notation
 from .codegen import expression, output_symbol
-from .document import Document, Entry, Formula, Math, Paragraph, Section, Text, paragraph
+from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .matrix import Block, multi_index, summary_indices, tensor_block
 from .numbers import plural
-from .options import RenderOptions
 from .sections import formula, output_note, shapes
 
 SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
@@ -215,28 +215,3 @@ def _per_point_matrices(h, name: str, options) -> list[Formula]:
         formulas.append(formula(_block_lhs(h, name, c, p), block, options, matrix.dtype,
                                 caption=caption if flat == 0 else ()))
     return formulas
-
-
-# -- the view -------------------------------------------------------------------------------
-@dataclass
-class HessianView:
-    """How a :class:`~vjp_magic.core.hessian.HessianResult` shows itself: sections
-    ``before`` (symbolic) and ``after`` around the second derivatives."""
-
-    options: RenderOptions = field(default_factory=RenderOptions)
-    before: tuple[Section, ...] = ()
-    after: tuple[Section, ...] = ()
-
-    def document(self, h) -> Document:
-        middle = hessian_sections(h, self.options)
-        return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
-
-    def bundle(self, h) -> dict[str, str]:
-        """``text/markdown`` (the display), ``text/latex``, ``text/plain``."""
-        document = self.document(h)
-        return {"text/markdown": markdown.render(document),
-                "text/latex": latex.render(document),
-                "text/plain": plain.render(document)}
-
-    def plain(self, h) -> str:
-        return plain.render(self.document(h))

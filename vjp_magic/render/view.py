@@ -1,7 +1,9 @@
 """How a result shows itself: the document (what it says) and its three spellings.
 
-``VJPResult`` holds a :class:`View` (made by the pipeline from the magics' flags); the result's
-``_repr_mimebundle_``, ``__repr__`` and ``code`` delegate to it.
+A result of either order (``VJPResult``, ``HessianResult``) holds a :class:`View` (made by
+the pipeline from the features' sections and flags); the result's ``_repr_mimebundle_``,
+``__repr__`` and ``code`` delegate to it. Its body is the derivatives' sections for first
+derivatives (:mod:`.sections`), the second derivatives' for second ones (:mod:`.hessian`).
 """
 from __future__ import annotations
 
@@ -11,14 +13,16 @@ from dataclasses import dataclass, field
 from . import latex, markdown, plain
 from .codegen import reproducing_code
 from .document import Document, Section
+from .hessian import hessian_sections
 from .options import RenderOptions
 from .sections import derivatives_sections
 
 
 @dataclass
 class View:
-    """``before`` and ``after``: sections around the derivatives (coaching, explain, code,
-    symbolic); ``jacobian``: show the full Jacobian (``%jacobian``) instead of the derivatives;
+    """``before`` and ``after``: sections around the derivatives (the features': coaching,
+    explain, code, symbolic, ...); ``jacobian``: show the full Jacobian (``%jacobian``)
+    instead of the derivatives;
     ``explained``: the explanation above already says what v is (not said twice);
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
     ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``)."""
@@ -42,9 +46,14 @@ class View:
         return document
 
     def _build(self, result) -> Document:
-        middle = () if self.hidden else derivatives_sections(result, self.options,
-                                                             self.jacobian, self.explained)
+        middle = () if self.hidden else self.body(result)
         return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
+
+    def body(self, result) -> tuple[Section, ...]:
+        """The derivatives themselves, as their order shows them."""
+        if result.order == 2:
+            return hessian_sections(result, self.options)
+        return derivatives_sections(result, self.options, self.jacobian, self.explained)
 
     def bundle(self, result) -> dict[str, str]:
         """``text/markdown`` (the display), ``text/latex`` (LaTeX/PDF export), ``text/plain``."""

@@ -1,6 +1,7 @@
 """Choosing the output and the inputs: named by the user, or found.
 
-Three subjects answer the pipeline's first two stages the same way:
+A :class:`Subject` is where a request's output and inputs come from; three answer the
+pipeline's first two stages the same way:
 
 - :class:`FromCell` (``%%vjp``): the output is ``--of``'s expression, else the cell's final
   expression or last assigned tensor with history; the inputs are ``--wrt``'s, else the
@@ -19,7 +20,9 @@ import ast
 import re
 import types
 from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -28,6 +31,39 @@ from ..core.errors import VJPUsageError
 from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
 from .execute import CellRun, evaluate
 from .record import OpRecord, recording
+
+
+@runtime_checkable
+class Subject(Protocol):
+    """What the pipeline differentiates: the output and inputs, and what the features read.
+
+    ``record``: the torch calls recorded while it ran (None: none; replayed for a hook-free
+    graph, ``--symbolic``, ``--gradcheck``); ``namespace``: the user's names (None from plain
+    Python); ``scope``: where ``--check``'s answer is looked up; ``log``: the cell's own
+    ``backward`` calls (None where no cell ran); ``output_source``: the output's expression
+    (``%jacobian``, ``%hessian``; None: the whole cell or given tensors).
+    """
+
+    @property
+    def record(self) -> OpRecord | None: ...
+
+    @property
+    def namespace(self) -> dict | None: ...
+
+    @property
+    def scope(self) -> object: ...
+
+    @property
+    def log(self) -> object: ...
+
+    @property
+    def output_source(self) -> str | None: ...
+
+    def output(self, of: str | None) -> tuple[str, object]:
+        """The output's name and value: ``of`` (``--of``) where named, else found."""
+
+    def inputs(self, wrt: Sequence[str], output, output_name: str) -> dict:
+        """The inputs, name → tensor: ``wrt`` where named, else found through the graph."""
 
 
 @dataclass(eq=False)
@@ -104,7 +140,7 @@ class Given:
     given_inputs: object
     names: object = None
     output_name: str = "y"
-    log = record = output_source = namespace = None
+    log = record = output_source = namespace = scope = None
 
     def output(self, of: str | None) -> tuple[str, object]:
         return self.output_name, dense(self.output_name, self.tensor,
@@ -291,5 +327,5 @@ def _index_hint(subscript: ast.Subscript, base: torch.Tensor) -> str | None:
     return ", ".join(["..."] + [ast.unparse(i) for i in items] + rest)
 
 
-__all__ = ["FromCell", "FromExpression", "Given", "found_inputs", "lookup", "named",
+__all__ = ["FromCell", "FromExpression", "Given", "Subject", "found_inputs", "lookup", "named",
            "number_output_hint"]

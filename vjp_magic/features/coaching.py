@@ -1,0 +1,20 @@
+"""Coaching on the cell's own ``backward`` calls (no flag: always, for first derivatives).
+
+Above the derivatives: the mistake that stopped the cell, if any, then notes on summed
+``.grad``, on v = ones where it sums components, and on a general v. Under ``--check`` the
+mistake only: the graded verdict already says what the notes would.
+"""
+from __future__ import annotations
+
+from ..run.choose import Subject
+from ..teach.coaching import mistake_sections
+from . import Added, Asked
+
+flags = ()
+orders = (1,)
+needs_record = False
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    notes = request.flag("check") is None
+    return Added(before=mistake_sections(subject.log, result, notes=notes))

@@ -1,0 +1,15 @@
+"""``--explain``: the tutorial's steps for this cell (J, each v, vᵀJ), above the derivatives,
+which then do not say again what v is."""
+from __future__ import annotations
+
+from ..run.choose import Subject
+from ..teach.explain import explain_sections
+from . import Added, Asked
+
+flags = ("explain",)
+orders = (1,)
+needs_record = False
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    return Added(before=explain_sections(result, request.options), view={"explained": True})

@@ -1,0 +1,36 @@
+"""``--gradcheck``: the cell's recorded operations replayed in float64 against finite
+differences (custom backward functions included).
+
+Stores ``r.gradcheck`` (:class:`~vjp_magic.run.gradcheck.GradcheckReport`); its section goes
+above the derivatives when it failed, below them otherwise. A check that ran replaces the
+result's "unverified custom backward" notes.
+"""
+from __future__ import annotations
+
+from ..core.validation import unverified_notes
+from ..run.choose import Subject
+from . import Added, Asked
+
+flags = ("gradcheck",)
+orders = (1,)
+needs_record = True
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    from ..render.gradcheck import gradcheck_sections
+    from ..run.gradcheck import gradcheck
+
+    inputs = {name: item.tensor for name, item in result.inputs.items()}  # the user's own
+    report = gradcheck(subject.record, inputs, result.output, list(inputs))
+    shown = gradcheck_sections(report, result)
+    stored = {"gradcheck": report, "notes": _notes(result, report)}
+    if report.ok is False:
+        return Added(before=shown, stored=stored)
+    return Added(after=shown, stored=stored)
+
+
+def _notes(result, report) -> list[str]:
+    """The result's notes; a gradient check that ran replaces "unverified custom backward"."""
+    if not report.max_error:
+        return result.notes
+    return [n for n in result.notes if n not in unverified_notes(result)]
