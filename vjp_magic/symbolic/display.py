@@ -42,6 +42,10 @@ class Printer(LatexPrinter):
         tex = r"\theta\left(" + self._print(expr.args[0]) + r"\right)"
         return tex if exp is None else f"{tex}^{{{exp}}}"
 
+    def ordered_terms(self, value) -> list:
+        """The terms of the sum ``value`` in the order this printer writes them."""
+        return self._as_ordered_terms(value)
+
 
 def too_big(value) -> str | None:
     """Why ``value`` is not typeset: over 6 × 6 entries or too many nodes; else None."""
@@ -139,7 +143,7 @@ def _lines(left: Math, value, printer: Printer) -> str | None:
     if not isinstance(value, sympy.Add):
         return None
     lines, current, used = [], [], LETTER * len(left.plain) + OPERATOR
-    for term in printer._as_ordered_terms(value):
+    for term in printer.ordered_terms(value):
         spent = width(term) + OPERATOR
         if current and not fits(used + spent):
             lines.append(current)
