@@ -14,21 +14,14 @@ import torch
 from .document import Entry, Math, Matrix
 from .numbers import NumberFormat, alone, choose_format, resolution, significant_digits
 from .options import RenderOptions
+from .typeset import BRACKETS, COLUMN_GAP, text_width
 
 ELLIPSIS = None  # marks an elided run of rows or columns in an index list
 HDOTS = Entry(r"\cdots", "...")
 VDOTS = Entry(r"\vdots", ":")
 DDOTS = Entry(r"\ddots", "...")
 BLANK = Entry("", "")
-# Widths are counted in "characters" of 10 px, as options.width is (render/options.py), but
-# estimated from what MathJax 3 / KaTeX set, in em (16 px at JupyterLab's size): a digit is
-# 0.5 em, a minus or plus 0.78 em, a point or comma 0.28 em, a letter about 0.55 em; a
-# superscript or subscript marker (^ _) takes no room; bmatrix puts 1 em between columns.
-CHARACTER_EM = 0.625  # one counted character: 10 px at 16 px per em
-_EM = {**dict.fromkeys("0123456789", 0.5), "-": 0.78, "+": 0.78, "×": 0.78, "=": 0.78,
-       ".": 0.28, ",": 0.28, ":": 0.28, "'": 0.3, "(": 0.39, ")": 0.39, "[": 0.28, "]": 0.28,
-       "^": 0.0, "_": 0.0, " ": 0.28}
-GAP = 1.0 / CHARACTER_EM  # between two columns: 1 em
+# Widths are counted characters, estimated as MathJax / KaTeX set them (render/typeset.py).
 LHS_RESERVE = 12  # characters a display line spends outside the matrix: "f'(x^(i)) = "
 MIN_DIGITS = 3  # the width budget takes digits away down to this, before columns
 
@@ -118,22 +111,15 @@ def _matrix(block: Block, grid: _Grid, rows, cols, fmt: NumberFormat) -> Matrix:
     return Matrix(tuple(body), row_labels, col_labels, fmt.factor, block.scalar)
 
 
-def text_width(text: str) -> float:
-    """Counted characters ``text`` (a plain spelling) takes once typeset (see ``_EM``)."""
-    if text == "...":
-        return 1.2 / CHARACTER_EM  # \cdots
-    return sum(_EM.get(ch, 0.55) for ch in text) / CHARACTER_EM
-
-
 def width(matrix: Matrix) -> float:
     """Counted characters the matrix takes on a display line, as MathJax or KaTeX set it."""
     columns = list(zip(*matrix.rows)) if matrix.rows else []
     if matrix.col_labels is not None:
         columns = [col + (label,) for col, label in zip(columns, matrix.col_labels)]
     total = sum(max(text_width(e.plain) for e in col) for col in columns)
-    total += GAP * max(0, len(columns) - 1) + 1.5  # the gaps, the brackets
+    total += COLUMN_GAP * max(0, len(columns) - 1) + BRACKETS
     if matrix.row_labels is not None:
-        total += max((text_width(e.plain) for e in matrix.row_labels), default=0) + GAP
+        total += max((text_width(e.plain) for e in matrix.row_labels), default=0) + COLUMN_GAP
     if matrix.factor is not None:
         total += text_width(f"10^{matrix.factor} × ")
     return total

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The width budget, in counted characters of 10 px (16 px per em) of one display line, the
-# matrix's width estimated as MathJax/KaTeX set it (render/matrix.py: digits 0.5 em, minus
-# 0.78 em, 1 em between columns).
+# The width budget, in counted characters of 10 px (16 px per em) of one display line, a
+# formula's width estimated as MathJax/KaTeX set it (render/typeset.py: digits 0.5 em, minus
+# 0.78 em, 1 em between a matrix's columns).
 #
 # JupyterLab at 1024 × 768 with the file browser open leaves a 572 px wide output paragraph
 # (measured by tests/clients/test_browser.py). At 56 counted characters the estimate let the widest

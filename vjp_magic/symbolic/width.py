@@ -1,29 +1,29 @@
 """How wide a SymPy formula comes out when MathJax sets it, in the display budget's characters.
 
 The budget (:data:`~vjp_magic.render.options.DISPLAY_WIDTH`) counts ≈ 10 px per character
-at JupyterLab's maths size; the estimate follows the LaTeX layout SymPy prints: a fraction is
-as wide as its wider part, an exponent or subscript is set at about 70 %, a square root adds
-its sign, a matrix is its widest entry per column plus the column gaps. It errs on the wide
-side: a formula judged too wide is shown entry by entry, or not typeset.
+at JupyterLab's maths size; the glyphs' widths are render's one calibration
+(:mod:`vjp_magic.render.typeset`), and the estimate follows the LaTeX layout SymPy prints: a
+fraction is as wide as its wider part, an exponent or subscript is set at 70 %, a square root
+adds its sign, a matrix is its widest entry per column plus the column gaps. It errs on the
+wide side: a formula judged too wide is shown entry by entry, or not typeset.
 """
 from __future__ import annotations
 
 import sympy
 
 from ..render.options import DISPLAY_WIDTH
+from ..render.typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, characters, text_width
 
-LETTER = 0.85  # an italic letter (KaTeX, measured in Chromium, scaled to JupyterLab's size)
-DIGIT = 0.9
-SUBSCRIPT = 0.8  # a character of a subscript (x_{1,2}: the head, then 0.2 + 0.8 per character)
-SCRIPT = 0.7  # an exponent is set at 70 % of its base size ...
-SCRIPT_SPACE = 0.5  # ... plus the space after it
-OPERATOR = 1.65  # "+", "=" with the spacing around it
-UNARY = 0.9  # a leading minus sign
-FRACTION = 0.8  # the padding of a fraction bar
-PARENS = 1.1  # \left( … \right)
-COLUMN_GAP = 1.6  # between the columns of a matrix (MathJax's 1 em)
-BRACKETS = 1.0  # a matrix's [ ]
-SQRT = 1.4  # the radical sign
+LETTER = text_width("x")  # an italic letter
+DIGIT = text_width("0")
+SCRIPT = SCRIPT_SCALE  # an exponent or subscript is set at 70 % of its base size ...
+SCRIPT_SPACE = characters(0.3125)  # ... plus the space after it
+# "+", "=" with the space around it (measured in Chromium's KaTeX: about 1/8 em a side)
+OPERATOR = text_width("+") + characters(2 * 0.125)
+UNARY = text_width("-")  # a leading minus sign
+FRACTION = characters(0.5)  # the padding of a fraction bar
+PARENS = text_width("()")  # \left( … \right)
+SQRT = characters(0.875)  # the radical sign
 _NAMES = {"sigmoid": 1, "Heaviside": 1, "exp": 1}  # σ, θ, e: one letter wide
 
 
@@ -36,15 +36,16 @@ def fits(used: float) -> bool:
 def _symbol(symbol: sympy.Symbol) -> float:
     """``x``, ``x_1``, ``x_{1,2}``, ``w_in[1,2]``: the head full size, the rest as a subscript."""
     head, _, rest = symbol.name.partition("_")
-    rest = rest.replace("{", "").replace("}", "").replace("[", ";").replace("]", "")
-    return LETTER * max(len(head), 1) + (0.2 + SUBSCRIPT * len(rest) if rest else 0.0)
+    rest = rest.replace("{", "").replace("}", "").replace("[", ",").replace("]", "")
+    return LETTER * max(len(head), 1) + (SCRIPT_SPACE + SCRIPT * text_width(rest) if rest
+                                         else 0.0)
 
 
 def _number(value) -> float:
+    sign = UNARY if value < 0 else 0.0
     if isinstance(value, sympy.Rational) and value.q != 1:
-        return max(len(str(abs(value.p))), len(str(value.q))) * DIGIT + FRACTION \
-            + (UNARY if value.p < 0 else 0)
-    return DIGIT * len(str(abs(value))) + (UNARY if value < 0 else 0)
+        return max(text_width(str(abs(value.p))), text_width(str(value.q))) + FRACTION + sign
+    return text_width(str(abs(value))) + sign
 
 
 def _script(expr) -> float:
