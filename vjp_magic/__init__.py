@@ -15,8 +15,9 @@ has the whole of it, ``docs/architecture.md`` how the package is built.
 from importlib.metadata import PackageNotFoundError, version
 
 from .core.dependency import Dependency, dependency
-from .core.errors import VJPUsageError
-from .core.result import GradientList, VJPResult
+from .core.errors import GraphFreed, VJPUsageError
+from .core.hessian import HessianResult
+from .core.result import DerivativeResult, GradientList, VJPResult
 from .pipeline import check, differentiate, hessian
 from .render.options import RenderOptions
 
@@ -25,8 +26,9 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "VJPResult",
-           "VJPUsageError", "GradientList", "RenderOptions",
+__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "DerivativeResult",
+           "VJPResult", "HessianResult", "VJPUsageError", "GraphFreed", "GradientList",
+           "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 
