@@ -90,9 +90,9 @@ class NumberFormat:
         if not self.scientific:
             text = _fixed(value, self.digits)
             return Entry(text, text)
-        rounded = _round(value, self.digits)
-        exponent = _exponent(rounded)
-        mantissa = _fixed(rounded / 10.0**exponent, self.digits)
+        mantissa, _, exponent = np.format_float_scientific(
+            _round(value, self.digits), precision=self.digits - 1, trim="-").partition("e")
+        exponent = int(exponent)
         plain = f"{mantissa}e{exponent:+03d}"  # e+00 too: one format for the whole matrix
         if exponent == 0:
             return Entry(mantissa, plain)
