@@ -8,7 +8,10 @@ Fixtures (request them by name; nothing here is meant to be imported):
 - ``run_vjp(body, line="")``: run ``body`` under ``%%vjp line``, return the result;
 - ``usage_error(source)``: run a cell that must stop with a ``UsageError``, return its text;
 - ``assert_tensor(actual, expected, **kw)``: same shape, close values (``expected`` may be
-  nested lists; it is given ``actual``'s dtype).
+  nested lists; it is given ``actual``'s dtype);
+- ``strategy``: both strategies of the analysis, as keywords of ``differentiate``: ``{}``
+  (small problems are judged on their exact Jacobian) and ``{"exact_up_to": 0}`` (every
+  problem judged per pairing, by the random vᵀJ probes).
 """
 from __future__ import annotations
 
@@ -72,6 +75,13 @@ def _run_vjp_fixture(ip):
 def _usage_error_fixture(ip):
     """``usage_error(source)``: the text of the ``UsageError`` the cell must stop with."""
     return lambda source: _usage_error(ip, source)
+
+
+@pytest.fixture(params=["exact", "probe"])
+def strategy(request) -> dict:
+    """Keywords of ``differentiate`` taking each strategy: the exact Jacobian (the default for
+    small problems), then the random vᵀJ probes per pairing (``exact_up_to=0``)."""
+    return {} if request.param == "exact" else {"exact_up_to": 0}
 
 
 @pytest.fixture(name="assert_tensor")

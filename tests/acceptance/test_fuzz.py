@@ -300,7 +300,7 @@ def test_regression_examples_from_the_fuzz():
     cases = [
         # Values spanning many magnitudes: the probe's float64 floor (1e-8 of the largest
         # entry) accepted the invalid pairing ((0, 1), (2, 0)), hiding cross-point terms of
-        # 4e-8 (fixed in structure.probe_agrees: floor at most 1000 eps).
+        # 4e-8 (fixed in probes.probe_agrees: floor at most 1000 eps).
         ({"mix": None, "ops": [("outer",), ("unary", "cube"), ("unary", "cube"),
                                ("unary", "cube")]},
          torch.tensor([[1.1647, 0.6772], [-0.0165, 1.2574]], dtype=torch.float64), None),
@@ -534,14 +534,14 @@ def test_scaled_rows_in_a_batch(budget):
 # -- probes no input can defeat: one coupled pair, at sizes the old fixed-seed probes missed --
 #
 # sin(x) + 2 with y[j] ← c · x[i] once, c at least the probes' threshold times x[i]'s own
-# derivative cos(x[i]) (core.structure.probe_plan): under that pairing the probes, drawn from
+# derivative cos(x[i]) (core.probes.probe_plan): under that pairing the probes, drawn from
 # a fresh seed each run, must reject the pointwise reading, with probability ≥ 1 − 1e-9 per
 # example. Sizes: random on both sides of the exact path, and the ones where the old
 # fixed-seed probes had equal values at entries 0 and N − 1 (test_probes.old_colliding_sizes).
 
 @functools.lru_cache(maxsize=1)
 def _colliding_sizes() -> list[int]:
-    from test_probes import old_colliding_sizes  # the old scheme, redrawn
+    from core.test_probes import old_colliding_sizes  # the old scheme, redrawn (tests/core)
     return old_colliding_sizes()
 
 
@@ -562,12 +562,11 @@ def single_couplings(draw):
 
 
 def check_single_coupling(example) -> None:
-    from vjp_magic.core import structure
-    from vjp_magic.core.probes import Probes
+    from vjp_magic.core.probes import Probes, new_seed, probe_plan
 
     n, i, j, dtype, rho, seed = example
     x = _uniform(seed, (n,), -1.0, 1.0, dtype).requires_grad_(True)
-    c = rho * structure.probe_plan(dtype).threshold * math.cos(float(x[i].detach()))
+    c = rho * probe_plan(dtype).threshold * math.cos(float(x[i].detach()))
 
     def f(t):
         y = torch.sin(t) + 2
@@ -581,7 +580,7 @@ def check_single_coupling(example) -> None:
         torch.testing.assert_close(entry, torch.tensor([[c]], dtype=dtype))
         return
     pointwise = torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True)[0]
-    probes = Probes(y, {"x": x}, structure.new_seed())
+    probes = Probes(y, {"x": x}, new_seed())
     assert not probes.agree("x", pointwise, ((0, 0),)), \
         f"y[{j}] ← x[{i}] (c = {c:.3g}) missed at n = {n}, seed {probes.seed}"
 

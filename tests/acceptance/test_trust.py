@@ -16,7 +16,8 @@ from torch.autograd.functional import jacobian as reference_jacobian
 
 import vjp_magic
 from vjp_magic import differentiate
-from vjp_magic.core import analysis, axisflow, derivatives, structure
+from vjp_magic.core import axisflow, derivatives, strategies
+from vjp_magic.core.probes import probe_agrees, probe_vector
 from vjp_magic.core.torch_api import TorchError, torch_error
 from vjp_magic.run.guard import keep_graphs
 
@@ -174,23 +175,22 @@ def test_custom_backward_is_named_and_its_structure_only_observed():
     assert any("_WrongBackwardBackward" in note and "gradcheck" in note for note in r.notes)
 
 
-@pytest.mark.parametrize("rows", [6, 200])  # both sides of the exact-path threshold
-def test_a_batching_rule_bug_is_caught_by_the_plain_probe(rows):
-    # vmap over autograd.grad gets torch.cdist(p=1)'s signs wrong; a plain backward does not
+def test_a_batching_rule_bug_is_caught_by_the_plain_probe(strategy):
+    # vmap over autograd.grad gets torch.cdist(p=1)'s signs wrong; a plain backward does not.
+    # Both strategies (the exact Jacobian, and per pairing): each has its own plain probe.
+    rows = 6
     X = torch.randn(rows, 2, dtype=torch.float64, requires_grad=True)
     fn = lambda t: torch.cdist(t, t, p=1)  # noqa: E731
-    r = differentiate(fn(X), X)
-    if rows <= 6:
-        torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, X.detach()))
-    else:  # check a slice of rows against plain backward passes
-        y = fn(X)
-        for i in (0, 7, 150):
-            v = torch.zeros_like(y)
-            v[i, 3] = 1
-            (expected,) = torch.autograd.grad(y, X, v, retain_graph=True)
-            torch.testing.assert_close(r.jacobian_block("x", torch.tensor([i * rows + 3]),
-                                                        torch.arange(X.numel())).reshape(X.shape),
-                                       expected)
+    r = differentiate(fn(X), X, **strategy)
+    torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, X.detach()))
+    y = fn(X)  # and rows of J against plain backward passes
+    for i in (0, 2, 5):
+        v = torch.zeros_like(y)
+        v[i, 3] = 1
+        (expected,) = torch.autograd.grad(y, X, v, retain_graph=True)
+        torch.testing.assert_close(r.jacobian_block("x", torch.tensor([i * rows + 3]),
+                                                    torch.arange(X.numel())).reshape(X.shape),
+                                   expected)
 
 
 def test_sgn_at_many_points():
@@ -218,7 +218,7 @@ def test_batched_backward_comes_in_short_chunks(monkeypatch):
     monkeypatch.setattr(derivatives, "vjp_batch",
                         lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
     monkeypatch.setattr(derivatives, "CHUNK_SECONDS", 1e-9)
-    monkeypatch.setattr(analysis, "CHUNK_SECONDS", 1e-9)  # sizes the first chunk
+    monkeypatch.setattr(strategies, "CHUNK_SECONDS", 1e-9)  # sizes the first chunk
     x = torch.randn(40, requires_grad=True)
     y = torch.softmax(x, 0) * 3
     r = differentiate(y, x, graph_proof=False)
@@ -233,8 +233,8 @@ def test_probe_rule_uses_the_entrys_own_magnitudes():
     v = torch.tensor([1.0, 0.5], dtype=torch.float64)
     exact = v * d
     coupled = exact + torch.tensor([0.5 * 1.0, 0.0], dtype=torch.float64)  # v_1 · J_01
-    assert structure.probe_agrees(d, v, exact, ((0, 0),))
-    assert not structure.probe_agrees(d, v, coupled, ((0, 0),))
+    assert probe_agrees(d, v, exact, ((0, 0),))
+    assert not probe_agrees(d, v, coupled, ((0, 0),))
 
 
 # -- the cell leaves nothing behind ----------------------------------------------------------------
@@ -306,13 +306,12 @@ def test_memory_after_many_cells_with_their_own_backward_is_a_plain_cells(run_ok
     assert magic <= plain + 16, (plain, magic)
 
 
-def test_verified_path_threshold_is_the_same_rule(monkeypatch):
+def test_verified_path_threshold_is_the_same_rule():
     # the same map judged on the exact Jacobian and by probes: the same verdict
     x = torch.linspace(0, 20, 300, dtype=torch.float64, requires_grad=True)
     y = torch.exp(x) + 1e-3 * x.roll(3)
     small = differentiate(y, x, graph_proof=False).point_axes["x"]
-    monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
-    large = differentiate(y, x, graph_proof=False).point_axes["x"]
+    large = differentiate(y, x, graph_proof=False, exact_up_to=0).point_axes["x"]
     assert small == large == ()
 
 
@@ -357,24 +356,21 @@ def test_a_refusal_suggests_only_what_the_user_can_change():
 
 
 @pytest.mark.parametrize("seed", range(40))
-@pytest.mark.parametrize("small", [True, False])
-def test_a_coupling_does_not_cancel_in_the_discrete_probes(seed, small, monkeypatch):
+def test_a_coupling_does_not_cancel_in_the_discrete_probes(seed, strategy):
     # torch.take with repeated indices: outputs reading one input entry the same way, so a
     # single ±2^k probe can cancel the coupling exactly (v_i = v_k); further probes must agree
-    if not small:
-        monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)
     g = torch.Generator().manual_seed(seed)
     n, m = (int(v) for v in torch.randint(2, 6, (2,), generator=g))
     x = torch.randn(n, m, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, n * m, (m,), generator=g)
     fn = lambda t: torch.take(t, index) * torch.arange(1, m + 1)  # noqa: E731
-    r = differentiate(fn(x), x)
+    r = differentiate(fn(x), x, **strategy)
     torch.testing.assert_close(r.jacobian("x"), reference_jacobian(fn, x.detach()))
 
 
 def test_probes_do_not_depend_on_earlier_analyses():
     out = torch.zeros(5)
-    before = [structure.probe_vector(out, 11, d).clone() for d in range(3)]
-    structure.probe_vector(torch.zeros(50_000), 11, 0)  # a longer draw in between
-    structure.probe_vector(torch.zeros(50_000), 11, 1)
-    assert all(torch.equal(b, structure.probe_vector(out, 11, d)) for d, b in enumerate(before))
+    before = [probe_vector(out, 11, d).clone() for d in range(3)]
+    probe_vector(torch.zeros(50_000), 11, 0)  # a longer draw in between
+    probe_vector(torch.zeros(50_000), 11, 1)
+    assert all(torch.equal(b, probe_vector(out, 11, d)) for d, b in enumerate(before))

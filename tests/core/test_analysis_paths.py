@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian as reference_jacobian
 
-from vjp_magic.core import analysis, structure
+from vjp_magic.core import analysis, strategies, structure
+from vjp_magic.core.probes import FullProbes, probe_mismatch, probe_vector
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.core.tolerances import tolerances
 
@@ -84,7 +85,6 @@ def test_all_candidates_over_the_budget_refuse_as_before():
 
 
 def test_candidates_the_rows_break_are_not_tried(monkeypatch):
-    monkeypatch.setattr(analysis, "SMALL_JACOBIAN", 0)  # take the probe path
     g = torch.Generator().manual_seed(7)
     w = torch.randn(3, 3, dtype=torch.float64, generator=g)
 
@@ -92,13 +92,13 @@ def test_candidates_the_rows_break_are_not_tried(monkeypatch):
         return torch.index_add(torch.tanh(x @ w), 0, torch.tensor([1]), 0.1 * x[:1])
     x = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
     asked = []  # the output axes taken as points, per batch of derivatives computed
-    real = analysis.component_vjps
+    real = strategies.component_vjps
 
     def spy(output, tensors, point_out, *args, **kwargs):
         asked.append(tuple(point_out))
         return real(output, tensors, point_out, *args, **kwargs)
-    monkeypatch.setattr(analysis, "component_vjps", spy)
-    r = analysis.differentiate(f(x), x, graph_proof=False)
+    monkeypatch.setattr(strategies, "component_vjps", spy)
+    r = analysis.differentiate(f(x), x, graph_proof=False, exact_up_to=0)  # probes per pairing
     item = r.inputs["x"]
     assert item.pairing == ()
     torch.testing.assert_close(item.derivatives, reference_jacobian(f, x.detach()))
@@ -176,7 +176,7 @@ def test_a_given_jacobian_of_an_intermediate_input():
 @pytest.mark.parametrize("factor", [0.0, 0.5, 2.0, 100.0])
 def test_full_probes_give_the_verdict_of_the_probe_rule(dtype, factor, nonfinite):
     """Several probes of one full Jacobian at once agree exactly when each probe alone
-    agrees (structure.probe_mismatch), off by ``factor`` times the tolerance in one entry,
+    agrees (probes.probe_mismatch), off by ``factor`` times the tolerance in one entry,
     with cancellation (columns summing to about 0), non-finite and all-zero columns."""
     g = torch.Generator().manual_seed(10)
     m, n = 64, 40
@@ -186,14 +186,14 @@ def test_full_probes_give_the_verdict_of_the_probe_rule(dtype, factor, nonfinite
     if nonfinite:
         d[3, 4] = torch.inf
         d[5, 6] = torch.nan
-    probes = [structure.probe_vector(torch.empty(m, dtype=dtype), SEED, k) for k in range(3)]
+    probes = [probe_vector(torch.empty(m, dtype=dtype), SEED, k) for k in range(3)]
     vjps = [(p.to(torch.float64) @ d.to(torch.float64)).to(dtype) for p in probes]
     for j in (0, 1, 7):  # off in one entry of one probe, scaled to that entry's tolerance
         scale = float(probes[1].abs().to(torch.float64) @ d[:, j].abs().to(torch.float64))
         vjps[1] = vjps[1].clone()
         vjps[1][j] += factor * scale * tolerances(dtype).probe
-        one_by_one = all(structure.probe_mismatch(d, p, v, ()) <= 1.0
+        one_by_one = all(probe_mismatch(d, p, v, ()) <= 1.0
                          for p, v in zip(probes, vjps))
-        together = structure.FullProbes(d, probes).mismatch(vjps) <= 1.0
+        together = FullProbes(d, probes).mismatch(vjps) <= 1.0
         # a non-finite entry never agrees: it cannot tell a coupling from none
         assert together == one_by_one == (factor <= 1.0 and not nonfinite)

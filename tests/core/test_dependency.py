@@ -12,12 +12,25 @@ import torch.nn.functional as F
 
 import vjp_magic
 from vjp_magic.core import dependency as dep_module
-from vjp_magic.core.dependency import dependency, probe_pattern, verdict
+from vjp_magic.core import grouptest
+from vjp_magic.core.dependency import Kind, dependency, probe_pattern, verdict
 from vjp_magic.core.errors import VJPUsageError
-from vjp_magic.render import plain
-from vjp_magic.render.document import Document
-from vjp_magic.render.findings import findings_sections, sensitivity
+from vjp_magic.render.findings import sensitivity
 from vjp_magic.render.options import RenderOptions
+
+# A Jacobian this small is shown in full, so the display leaves out its "dense" line: a lower
+# threshold shows the findings of every verdict.
+FINDINGS = RenderOptions(threshold=5)
+
+
+def shown(r) -> str:
+    """What the user sees of a result: its display, as plain text on one line."""
+    return " ".join(repr(r).split())
+
+
+def sensitivity_block(r) -> str:
+    """The sensitivity summary of a result's display (its lines as shown), else ""."""
+    return next((block for block in repr(r).split("\n\n") if block.startswith("|∂y/∂x|")), "")
 
 
 def true_pattern(f, x, out_axis, in_axis):
@@ -60,6 +73,15 @@ def band(n, lo, hi, m=None):
 ])
 def test_verdict_of_hand_made_patterns(pattern, expected):
     assert verdict(pattern) == expected
+
+
+def test_kinds_are_a_closed_set_that_reads_as_words():
+    assert [k.value for k in Kind] == ["independent", "lower-triangular", "upper-triangular",
+                                       "band", "dense"]
+    kind = verdict(band(5, -4, 0))[0]
+    assert kind is Kind.LOWER_TRIANGULAR and kind == "lower-triangular"
+    assert (str(kind), f"{kind}", repr(kind)) == ("lower-triangular", "lower-triangular",
+                                                  "'lower-triangular'")
 
 
 def test_witness_is_the_first_violation_row_major():
@@ -124,7 +146,7 @@ def test_batch_leak_small_from_result_probe_and_truth():
         assert (d.kind, d.witness, d.offsets) == ("band", (1, 0), (-1, 0))
         assert d.describe("y", "x") == "y[1] ← x[0]"
     assert r.inputs["x"].pairing == () and r.inputs["x"].rejected
-    text = " ".join(plain.render(Document(findings_sections(r, RenderOptions()))).split())
+    text = shown(r)
     assert "y[1] ← x[0] (row 1 of y reads row 0 of x)" in text
     assert "the derivatives below are the full Jacobian" in text
 
@@ -173,7 +195,7 @@ def test_the_display_says_where_the_pairing_broke():
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(x * 2 + 0.1 * x.roll(1, 0), x)
     assert r.inputs["x"].rejected and r.inputs["x"].pairing == ((1, 1),)
-    text = plain.render(Document(findings_sections(r, RenderOptions())))
+    text = shown(r)
     assert "y[1] ← x[0]" in text and "row 1 of y" in text.replace("\n", " ")
     assert "not independent" in text
 
@@ -217,9 +239,8 @@ def test_the_display_reads_the_mask():
     ws = [torch.randn(4, 4, dtype=torch.float64) for _ in range(3)]
     lines = {}
     for diagonal in (1, 2, None):
-        r = vjp_magic.differentiate(attention(x, *ws, diagonal), x)
-        text = plain.render(Document(findings_sections(r, RenderOptions())))
-        lines[diagonal] = " ".join(text.split())
+        r = vjp_magic.differentiate(attention(x, *ws, diagonal), x, options=FINDINGS)
+        lines[diagonal] = shown(r)
     assert "s ≤ t only (causal" in lines[1]
     assert "causal:" not in lines[2] and "t − 5 ≤ s ≤ t + 1" in lines[2]
     assert "dense" in lines[None] and "y[0] ← x[1]" in lines[None]
@@ -259,7 +280,7 @@ def test_conv_stacks_are_bands(length, causal):
 def test_a_wrong_group_test_falls_back_to_one_probe_per_row(monkeypatch):
     x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 4, dtype=torch.float64)
-    monkeypatch.setattr(dep_module, "_group_test",
+    monkeypatch.setattr(grouptest, "_group_test",
                         lambda prober, m, n: torch.eye(m, n, dtype=torch.bool))
     d = probe_pattern(leaky(x, w), x, 0, 0)
     assert torch.equal(d.pattern, leak_pattern(8)) and d.witness == (1, 0)
@@ -280,19 +301,20 @@ def test_sensitivity_numbers_match_the_jacobian():
     assert torch.allclose(mean, per_feature.mean(1))
     assert torch.allclose(largest, per_feature.max(1).values)
     assert torch.equal(where, per_feature.argmax(1))
-    text = plain.render(Document(findings_sections(r, RenderOptions())))
+    text = sensitivity_block(r)
     assert "mean" in text and "50 points" in text and str(int(where[0])) in text
 
 
 def test_sensitivity_is_summarised_and_only_for_many_points():
     x = torch.randn(500, 30, requires_grad=True)
     r = vjp_magic.differentiate(torch.tanh(x @ torch.randn(30, 2)), x)
-    text = plain.render(Document(findings_sections(r, RenderOptions())))
+    text = sensitivity_block(r)
     assert "60 in all" in " ".join(text.split()) and "500 points" in text
     assert len(text.splitlines()) <= 12  # a few rows, numpy-style, whatever the count
     x = torch.linspace(-2, 2, 5, requires_grad=True)
     small = vjp_magic.differentiate(x**2, x)
-    assert findings_sections(small, RenderOptions()) == ()
+    assert sensitivity_block(small) == ""  # nothing to say: no summary, no finding
+    assert not any(finding in shown(small) for finding in ("not independent", "Along ", "mean"))
 
 
 # -- every axis pair, read off a result and probed, against torch's Jacobian -------------------
@@ -336,14 +358,15 @@ def test_findings_maths_is_safe_for_katex_and_mathjax():
     conv = torch.randn(1, 2, 12, dtype=torch.float64, requires_grad=True)
     w1, w2 = torch.randn(2, 2, 3, dtype=torch.float64), torch.randn(2, 2, 5, dtype=torch.float64)
     rows = torch.randn(40, 3, requires_grad=True)
-    results = [vjp_magic.differentiate(attention(x, *ws, d), x) for d in (1, 2, None)]
-    results += [vjp_magic.differentiate(conv_stack(conv, w1, w2), conv),
-                vjp_magic.differentiate(x * 2 + 0.1 * x.roll(1, 0), x),
+    results = [vjp_magic.differentiate(attention(x, *ws, d), x, options=FINDINGS)
+               for d in (1, 2, None)]
+    results += [vjp_magic.differentiate(conv_stack(conv, w1, w2), conv, options=FINDINGS),
+                vjp_magic.differentiate(x * 2 + 0.1 * x.roll(1, 0), x, options=FINDINGS),
                 vjp_magic.differentiate(torch.tanh(rows @ torch.randn(3, 2)), rows)]
     for r in results:
-        document = Document(findings_sections(r, RenderOptions()))
-        assert document.sections, r
-        for tex in markdown.maths(markdown.render(document)):
+        text = shown(r)
+        assert any(finding in text for finding in ("not independent", "Along ", "|∂y/∂x|")), r
+        for tex in markdown.maths(r._repr_mimebundle_()["text/markdown"]):
             assert latex.tex_problems(tex) == [], tex
 
 
@@ -356,14 +379,7 @@ def test_a_pattern_over_the_budget_is_refused_not_built():
         dependency(torch.sin(x), x, memory_budget=2**30)
 
 
-def test_rows_at_many_points_are_labelled_and_witnesses_name_their_axis():
-    from vjp_magic.render.findings import point_rows
-
-    x = torch.randn(40, 3, requires_grad=True)
-    r = vjp_magic.differentiate(torch.tanh(x @ torch.randn(3, 2)), x)
-    label = point_rows(r, "x", RenderOptions())
-    assert label(17).plain == "i=17"
-    assert point_rows(r, "x", RenderOptions(threshold=50)) is None  # few points: no labels
+def test_witnesses_name_their_axis():
     y = torch.randn(3, 5, requires_grad=True)
     d = vjp_magic.differentiate(torch.cumsum(y, 1), y).dependency("x", 1, 1)
     assert (d.kind, d.witness, d.describe("s", "y")) == ("lower-triangular", (1, 0),

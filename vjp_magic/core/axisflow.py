@@ -105,6 +105,41 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     return proof
 
 
+# -- what a result needs of the graph when its derivatives came from elsewhere --------------
+def reach_proofs(output: torch.Tensor, named: dict) -> dict:
+    """``{name: GraphProof}`` saying only whether ``output`` depends on each input (``depends``)
+    and which custom backward functions lie on the way (``custom``): one walk of the graph for
+    all inputs, for those whose derivatives need no structure from the graph (accepted full
+    Jacobians). Where a custom function lies on the way, :func:`prove` gives it."""
+    BackwardCFunction = torch.autograd.function.BackwardCFunction
+    if output.grad_fn is None:
+        return {name: GraphProof(output is t, {}) for name, t in named.items()}
+    sources: dict = {}  # (id(node), output index) → the non-leaf inputs that edge carries
+    for name, t in named.items():
+        if t.grad_fn is not None:
+            sources.setdefault((id(t.grad_fn), t.output_nr), set()).add(name)
+    leaves = {id(t): name for name, t in named.items() if t.grad_fn is None}
+    reach: dict[int, frozenset] = {}
+    custom = False
+    for node in _postorder(output.grad_fn):
+        below = set()
+        for producer, index in node.next_functions:
+            if producer is None:
+                continue
+            below |= sources.get((id(producer), index), set())
+            variable = getattr(producer, "variable", None)
+            if variable is not None and id(variable) in leaves:
+                below.add(leaves[id(variable)])
+            # below a non-leaf input's own grad_fn, that input is constant
+            below |= {n for n in reach.get(id(producer), ()) if named[n].grad_fn is not producer}
+        reach[id(node)] = frozenset(below)
+        custom = custom or (bool(below) and isinstance(node, BackwardCFunction))
+    found = reach[id(output.grad_fn)]
+    return {name: (prove(output, t) if custom or output is t
+                   else GraphProof(name in found, {}))
+            for name, t in named.items()}
+
+
 def _is_source(producer, index: int, tensor: torch.Tensor) -> bool:
     """Whether the edge (``producer``, ``index``) carries ``tensor`` itself."""
     if tensor.grad_fn is not None:

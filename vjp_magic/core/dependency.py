@@ -7,13 +7,12 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 
 - :func:`from_result`: exact, from a result's structured derivatives (no graph needed);
 - :func:`probe_pattern` (and :func:`dependency`): from a live graph, without the Jacobian, by
-  batched random probes vᵀJ supported on sets of output indices (an adaptive group test),
-  drawn from a seed kept on the answer. A non-finite probe answer (0·∞ where a zero entry of
-  v meets an infinite derivative) is never read as a dependence: such input indices are read
-  again one output index at a time and, through double backward, one input index at a time
-  (forward mode); where the graph proves the axes paired, only the diagonal is probed.
+  batched random probes vᵀJ supported on sets of output indices (the group test of
+  :mod:`.grouptest`), drawn from a seed kept on the answer; where the graph proves the axes
+  paired, only the diagonal is probed.
 
-:func:`verdict` names the smallest band of diagonals that holds every dependence.
+:func:`verdict` names the smallest band of diagonals that holds every dependence (a
+:class:`Kind`); :func:`verdict_on_refusal` makes a memory refusal say where a structure broke.
 """
 from __future__ import annotations
 
@@ -24,31 +23,47 @@ import torch
 
 from . import axisflow, memory, structure
 from .errors import VJPUsageError
-from .probes import OverTime, SetProber, resolved_columns
+from .grouptest import OverTime, probed_pattern
+from .pairing import Evidence
+from .probes import new_seed
+from .textenum import TextEnum
 from .torch_api import TorchError, torch_error
 
-KINDS = ("independent", "lower-triangular", "upper-triangular", "band", "dense")
+
+class Kind(TextEnum):
+    """The smallest band of diagonals holding every dependence (see :func:`verdict`)."""
+
+    INDEPENDENT = "independent"
+    LOWER_TRIANGULAR = "lower-triangular"
+    UPPER_TRIANGULAR = "upper-triangular"
+    BAND = "band"
+    DENSE = "dense"
+
+
+KINDS = tuple(Kind)
 
 
 @dataclass(frozen=True)
 class Dependency:
     """The pattern of dependences between two axes, and its verdict.
 
-    ``kind``: one of :data:`KINDS`; ``witness``: the first dependence (row-major) that the
-    nearest simpler kind forbids, as (output index, input index), None for "independent";
+    ``kind``: a :class:`Kind` (equal to its word, ``"band"``); ``witness``: the first
+    dependence (row-major) that the nearest simpler kind forbids, as (output index, input
+    index), None for "independent";
     ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle;
-    ``pattern``: bool, (output axis size × input axis size); ``evidence``: "proved" or
-    "observed" (read off a result, as its pairing is known) or "probed" (random probes);
+    ``pattern``: bool, (output axis size × input axis size); ``evidence``: an
+    :class:`.pairing.Evidence`, "proved" or "observed" (read off a result, as its pairing is
+    known) or "probed" (random probes);
     ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again).
     """
 
-    kind: str
+    kind: Kind
     witness: tuple[int, int] | None
     offsets: tuple[int, int] | None
     pattern: torch.Tensor = field(repr=False, compare=False)
     out_axis: int = 0
     in_axis: int = 0
-    evidence: str = "probed"
+    evidence: Evidence = Evidence.PROBED
     seed: int | None = field(default=None, compare=False)
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
@@ -72,7 +87,7 @@ def _index(name: str, axis: int, index) -> str:
 
 
 # -- the verdict ----------------------------------------------------------------------------
-def verdict(pattern: torch.Tensor) -> tuple[str, tuple[int, int] | None, tuple[int, int] | None]:
+def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[int, int] | None]:
     """``(kind, witness, offsets)`` of an (m × n) boolean pattern.
 
     With lo..hi the offsets j − i of the dependences, the kind is the smallest band of
@@ -96,23 +111,23 @@ def verdict(pattern: torch.Tensor) -> tuple[str, tuple[int, int] | None, tuple[i
     rows, cols = pattern.nonzero(as_tuple=True)  # row-major order
     offset = cols - rows
     if offset.numel() == 0 or bool((offset == 0).all()):
-        return "independent", None, None
+        return Kind.INDEPENDENT, None, None
     lo, hi = int(offset.min()), int(offset.max())
     low, high = lo == -(m - 1), hi == n - 1
     if low and high:
-        kind, forbidden = "dense", offset > 0
+        kind, forbidden = Kind.DENSE, offset > 0
     elif low and hi <= 0:
-        kind, forbidden = "lower-triangular", offset != 0
+        kind, forbidden = Kind.LOWER_TRIANGULAR, offset != 0
     elif high and lo >= 0:
-        kind, forbidden = "upper-triangular", offset != 0
+        kind, forbidden = Kind.UPPER_TRIANGULAR, offset != 0
     else:
-        kind = "band"
+        kind = Kind.BAND
         forbidden = offset > 0 if low else offset < 0 if high else offset != 0
     if not bool(forbidden.any()):  # degenerate shapes (one column): off the diagonal
         forbidden = offset != 0
     first = int(forbidden.nonzero()[0])
     witness = (int(rows[first]), int(cols[first]))
-    return kind, witness, (None if kind == "dense" else (lo, hi))
+    return kind, witness, (None if kind == Kind.DENSE else (lo, hi))
 
 
 def _dependency(pattern, out_axis, in_axis, evidence, seed=None) -> Dependency:
@@ -148,7 +163,8 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
         pattern = _plane(nonzero, k + b, k + b)
     else:  # y's index along a is x's index along the axis paired with a
         pattern = _plane(nonzero, k + paired[a], k + b)
-    return _dependency(pattern.cpu(), a, b, item.evidence, getattr(result, "seed", None))
+    return _dependency(pattern.cpu(), a, b, Evidence(item.evidence),
+                       getattr(result, "seed", None))
 
 
 def _plane(nonzero: torch.Tensor, first: int, second: int) -> torch.Tensor:
@@ -167,9 +183,7 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
                   budget: int | float | None = None, max_seconds: float | None = None,
                   seed: int | None = None) -> Dependency:
     """The pattern from a live graph, without the Jacobian (``budget``: bytes, a fraction of
-    free memory, or the default): bit-coded probes, halving for what they leave open, a check
-    with fresh probes, and one probe per output index if the check disagrees. Input indices
-    where a probe met NaN or ±inf are read both ways (:func:`.probes.resolved_columns`). Where
+    free memory, or the default): the group test of :func:`.grouptest.probed_pattern`. Where
     the graph proves the two axes paired (axisflow), dependences off the diagonal are ruled out
     ("proved"). ``seed``: the probes' seed (a fresh one unless given)."""
     a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
@@ -178,117 +192,13 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     m, n = output.shape[a], x.shape[b]
     memory.refuse_if_over(2 * m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
                           advice="Take a smaller slice")
-    seed = structure.new_seed() if seed is None else int(seed)
+    seed = new_seed() if seed is None else int(seed)
     proof = axisflow.prove(output, x)
-    prober = SetProber(output, x, a, b, budget, seed, max_seconds, workspace=proof.workspace)
-    pattern = _group_test(prober, m, n)
-    if not _confirmed(prober, pattern):
-        pattern = prober.row_hits(torch.arange(m), batched=False)
-    columns = prober.unknown.nonzero().flatten()
-    if columns.numel():
-        pattern[:, columns] = resolved_columns(prober, columns)
+    pattern = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
     if paired:  # y's index i along a reads x's index i along b only, for every x
         pattern &= torch.eye(m, dtype=torch.bool)
-    return _dependency(pattern, a, b, "proved" if paired else "probed", seed)
-
-
-def _group_test(prober: SetProber, m: int, n: int) -> torch.Tensor:
-    """Bit b of i and its complement, for every bit: a column read by one output index i
-    answers each pair once, spelling i; the rest (several indices) go to :func:`_halving`."""
-    bits = (m - 1).bit_length()
-    if bits == 0:
-        return prober.hits(torch.ones(1, 1, dtype=torch.bool))
-    index = torch.arange(m)
-    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)])
-    answers = prober.hits(torch.cat([on, ~on])).reshape(2, bits, n)
-    one = (answers[0] ^ answers[1]).all(0)
-    row = (answers[0].long() << torch.arange(bits)[:, None]).sum(0)
-    single = one & (row < m)
-    empty = ~(answers[0] | answers[1]).any(0)
-    pattern = torch.zeros(m, n, dtype=torch.bool)
-    columns = single.nonzero().flatten()
-    pattern[row[columns], columns] = True
-    open_ = (~single & ~empty).nonzero().flatten()
-    if open_.numel():
-        pattern[:, open_] = _halving(prober, m, open_)
-    return pattern
-
-
-def _halving(prober: SetProber, m: int, columns: torch.Tensor) -> torch.Tensor:
-    """The rows of ``columns`` (each read by several output indices): halve the blocks of
-    output indices that some column reaches, a level per batched call, or probe each row of
-    the blocks still open when the blocks keep branching (a triangle, a band)."""
-    size = 1 << (m - 1).bit_length()
-    active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
-    previous = 1
-    while size > 1:
-        live = active.any(1).nonzero().flatten()
-        rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
-        levels = size.bit_length() - 1
-        growth = len(live) / previous
-        if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
-            return _rows_of_blocks(prober, m, live, size, columns)
-        size //= 2
-        children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
-        children = children[children * size < m]
-        answers = prober.hits(_blocks(children, size, m))[:, columns]
-        active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
-        active_next[children] = answers & active[children // 2]
-        active, previous = active_next, len(live)
-    return active[:m]
-
-
-def _blocks(blocks: torch.Tensor, size: int, m: int) -> torch.Tensor:
-    """(k × m) sets: output indices ``block * size ..`` of each block."""
-    index = torch.arange(m)
-    return (index[None, :] // size) == blocks[:, None]
-
-
-def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
-    """One probe per output index of the live blocks."""
-    rows = (live[:, None] * size + torch.arange(size)[None, :]).flatten()
-    rows = rows[rows < m]
-    pattern = torch.zeros(m, len(columns), dtype=torch.bool)
-    pattern[rows] = prober.row_hits(rows)[:, columns]
-    return pattern
-
-
-def _confirmed(prober: SetProber, pattern: torch.Tensor) -> bool:
-    """The bit-coded sets again and two random halves, with fresh values, in one batched
-    call, and the first half again from a plain backward: the input indices each set reaches
-    must be those the pattern predicts (a dependence missed by a cancellation shows here),
-    and the plain backward must agree with the batched one (a batching rule gone wrong)."""
-    m = pattern.shape[0]
-    bits = (m - 1).bit_length()
-    index = torch.arange(m)
-    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)]) if bits else \
-        torch.ones(1, m, dtype=torch.bool)
-    generator = structure.probe_generator(prober.seed, "dependency-sets")
-    sets = torch.cat([torch.rand(2, m, generator=generator) < 0.5, on, ~on])
-    fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
-                    prober.max_seconds, stream=1, limit=prober.limit)
-    fresh.began, fresh.count = prober.began, prober.count
-    observed = fresh.hits(sets)
-    plain = fresh.hits(sets[:1], batched=False)
-    prober.unknown |= fresh.unknown
-    known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
-    return torch.equal(observed[:, known], _reached(sets, pattern)[:, known]) \
-        and torch.equal(plain[:, known], observed[:1, known])
-
-
-def _reached(sets: torch.Tensor, pattern: torch.Tensor, rows: int = 256) -> torch.Tensor:
-    """(k × m) sets, (m × n) pattern → (k × n): which input indices each set reaches."""
-    rows_, cols = pattern.nonzero(as_tuple=True)
-    if len(rows_) <= 16 * sum(pattern.shape):  # few dependences (a diagonal, leaks)
-        counts = torch.zeros(len(sets), pattern.shape[1])
-        return counts.index_add_(1, cols, sets[:, rows_].float()) > 0
-    reached = torch.zeros(len(sets), pattern.shape[1], dtype=torch.bool)
-    for start in range(0, pattern.shape[0], rows):
-        part = pattern[start:start + rows]
-        if part.any():
-            reached |= (sets[:, start:start + rows].float() @ part.float()) > 0
-    return reached
+    return _dependency(pattern, a, b, Evidence.PROVED if paired else Evidence.PROBED, seed)
 
 
 # -- a memory refusal that says where the structure broke ------------------------------------
@@ -331,7 +241,7 @@ def _refusal_dependency(context, named, point_out):
                                     seed=context.probes.seed)
             except (OverTime, VJPUsageError):  # too long to wait for, or too large
                 return None
-            if dep.kind != "independent":
+            if dep.kind != Kind.INDEPENDENT:
                 return name, dep
     return None
 

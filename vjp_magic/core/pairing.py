@@ -1,4 +1,5 @@
-"""Which output axes are "points" for which input axes: the :class:`Pairing` value type.
+"""Which output axes are "points" for which input axes: the :class:`Pairing` value type, and
+the :class:`Evidence` for it.
 
 A pairing ``((a, b), ...)`` says output axis ``a`` and input axis ``b`` index the same points,
 i.e. the Jacobian is zero unless ``y_index[a] == x_index[b]``. It is a tuple of
@@ -10,6 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
+
+from .textenum import TextEnum
+
+
+class Evidence(TextEnum):
+    """How a pairing (or a dependency pattern) is known."""
+
+    PROVED = "proved"  # from the autograd graph: holds for every value of the input
+    OBSERVED = "observed"  # checked at this input (random probes, or read off a result)
+    PROBED = "probed"  # a dependency pattern found by random set probes at this input
 
 
 class AxisPair(NamedTuple):

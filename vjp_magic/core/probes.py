@@ -1,26 +1,300 @@
-"""Random probes vᵀJ on the output's graph: the evidence the probe rule judges a pairing on.
+"""Random probes vᵀJ: how they are drawn (the plan and counts per dtype, the run's seed), how
+vᵀJ is judged against the vᵀD a structure predicts (the probe rule), and :class:`Probes`, which
+runs them for one analysis.
 
 Probes come from plain (unbatched) backward passes: comparing them with results of batched
 ones also catches a batching rule that computes something else than the plain backward does.
 Probe entries are discrete (signed powers of two), so one probe can cancel a coupling exactly
 by chance; a structure is accepted only when further independent probes agree too: read off a
 checked Jacobian where there is one (:meth:`Probes.use_jacobian`), else from more plain
-backward passes (:func:`.structure.probe_plan` says how many, and the bound they give). Every
-probe is drawn from the run's seed (:attr:`Probes.seed`, kept on the result as ``r.seed``).
+backward passes (:func:`probe_plan` says how many, and the bound they give). Every random draw
+of a run, these probes and the set probes of :mod:`.grouptest` alike, comes from the run's
+seed (:func:`new_seed`, kept on the result as ``r.seed``) through :func:`probe_generator`.
 Where vᵀJ or vᵀD is not finite, no pairing is verified: the entry is kept in
 :attr:`Probes.nonfinite` for the result's note.
 """
 from __future__ import annotations
 
+import hashlib
+import math
+import secrets
 import time
+from typing import NamedTuple
 
 import torch
 
-from . import structure
-from .derivatives import chunk_size, plain_vjp, vjp_batch
-from .torch_api import TorchError, autograd_grad, torch_error
+from .derivatives import plain_vjp
+from .pairing import Pairing
+from .tolerances import tolerances
 
 
+# -- how probes are drawn: the plan per dtype, the seed -------------------------------------
+# Probe entries are ±2^k, k uniform in -K … K (K per dtype below), signs uniform: 2(2K+1)
+# equally likely values. Where a coupling J[j, i] (j at another point than i) exists, the
+# mismatch vᵀJ − vᵀD at input entry i is a linear form in v with coefficient J[j, i] on v_j;
+# with every other entry fixed, the rule's tolerance there does not depend on v_j, so v_j
+# must fall in one interval for the probe to miss. When |J[j, i]| ≥ 2^(2K+1) · tol · M_i (M_i:
+# the magnitudes of i's own derivatives, tol: the probe rule's tolerance; ``threshold``), that
+# interval is shorter than the smallest gap between two values and holds at most one of them:
+# one probe misses with probability ≤ 1/(2(2K+1)), n independent ones with ≤ (2(2K+1))^(−n).
+# n is the smallest count for which that is ≤ MISS_BOUND. A wider K would make each probe
+# likelier to catch an exact cancellation but raise the threshold: v's own dynamic range,
+# 2^(2K), times tol is how small a coupling can hide next to a large own term.
+MISS_BOUND = 1e-9
+PROBE_EXPONENTS = {torch.float64: 16, torch.float32: 5, torch.float16: 2, torch.bfloat16: 1}
+
+
+class ProbePlan(NamedTuple):
+    """How one verification probes, for one dtype (see the table above)."""
+
+    exponents: int  # K: probe entries are ±2^k, |k| ≤ K
+    values: int  # 2(2K+1) equally likely values
+    probes: int  # n: probe 0 and the confirming ones
+    threshold: float  # couplings this large, relative to M_i, are missed with ≤ miss
+    miss: float  # (2(2K+1))^(−n) ≤ MISS_BOUND
+
+    @property
+    def confirming(self) -> int:
+        """Probes after probe 0: plain backward passes on the large path
+        (CONFIRMING_PROBES), products with a checked Jacobian on the small one
+        (EXACT_PROBES)."""
+        return self.probes - 1
+
+
+def probe_plan(dtype: torch.dtype) -> ProbePlan:
+    """The :class:`ProbePlan` for ``dtype`` (float32's exponent span for any other dtype)."""
+    span = PROBE_EXPONENTS.get(dtype, PROBE_EXPONENTS[torch.float32])
+    values = 2 * (2 * span + 1)
+    count = 1
+    while values ** count < 1 / MISS_BOUND:
+        count += 1
+    return ProbePlan(span, values, count, 2.0 ** (2 * span + 1) * tolerances(dtype).probe,
+                     float(values) ** -count)
+
+
+CONFIRMING_PROBES = {dtype: probe_plan(dtype).confirming for dtype in PROBE_EXPONENTS}
+EXACT_PROBES = CONFIRMING_PROBES  # the same bound on both paths: the same count
+
+
+def new_seed() -> int:
+    """A fresh seed for one run, from the operating system (torch's global RNG is left alone)."""
+    return secrets.randbits(63)
+
+
+def probe_generator(seed: int, purpose: str, draw: int = 0) -> torch.Generator:
+    """A CPU generator for one independent stream of a run: ``purpose`` and ``draw`` select
+    it, ``seed`` (the run's, kept on its result) makes the run reproducible."""
+    digest = hashlib.blake2b(f"{seed}/{purpose}/{draw}".encode(), digest_size=8).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") >> 1)
+
+
+def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor:
+    """A random zero-mean probe shaped like the output (``draw``: 0, 1, … independent ones),
+    drawn from the run's ``seed``: the same seed gives the same probes.
+
+    Entries are random signed powers of two (:func:`probe_plan`). Scaling by a power of two
+    commutes with rounding, so along a point's own paths the backward with v rounds exactly
+    as v times the backward with a one-hot vector: whatever cancels inside one derivative
+    cancels the same way in both, and only the sum over a point's components can round
+    differently. That is what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
+    """
+    plan = probe_plan(output.dtype)
+    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
+                                         dtype=torch.float64))  # exact: powers of two
+    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(output.dtype)
+    generator = probe_generator(seed, "probe", draw)
+    probe = torch.empty(output.numel(), dtype=output.dtype)
+    for start in range(0, output.numel(), _DRAW_CHUNK):  # no index array as large as v
+        part = probe[start:start + _DRAW_CHUNK]
+        codes = torch.randint(0, plan.values, part.shape, dtype=torch.int32, generator=generator)
+        torch.index_select(table, 0, codes, out=part)
+    return probe.to(output.device).view(output.shape)
+
+
+_DRAW_CHUNK = 2**15
+
+
+def set_probe_values(like: torch.Tensor, seed: int, purpose: str, stream: int = 0) -> torch.Tensor:
+    """Random values ±(1..2) shaped like ``like`` (none near 0, so a probe restricted to a set
+    of entries reaches every index its set reaches), drawn from the run's ``seed``."""
+    r = torch.rand(tuple(like.shape), generator=probe_generator(seed, purpose, stream)) * 2 - 1
+    return (r + r.sign()).to(dtype=like.dtype, device=like.device)
+
+
+# -- the probe rule: vᵀJ judged against vᵀD ------------------------------------------------
+def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor,
+                    pairing: Pairing) -> torch.Tensor:
+    """vᵀD for the block-diagonal Jacobian that ``derivatives`` stand for under ``pairing``.
+
+    ``derivatives`` has shape ``component_shape + input_shape``; the result is shaped like
+    the input: at each input entry, the probe's components at that entry's point times the
+    derivatives there, summed over components.
+    """
+    pairing = Pairing(pairing)
+    point_out = pairing.out_axes
+    k = probe.dim() - len(point_out)
+    in_shape = derivatives.shape[k:]
+    by_input_axis = sorted(pairing, key=lambda pair: pair.in_)
+    order = [a for a in range(probe.dim()) if a not in point_out] + [p.out for p in by_input_axis]
+    paired_inputs = set(pairing.in_axes)
+    count = math.prod(probe.shape[a] for a in order[:k])
+    v = probe.permute(order).reshape(
+        (count,) + tuple(n if b in paired_inputs else 1 for b, n in enumerate(in_shape))
+    )
+    d = derivatives.reshape((count,) + tuple(in_shape))
+    if not pairing or all(in_shape[b] == 1 for b in pairing.in_axes):  # one row times a matrix
+        return (v.reshape(1, count) @ d.reshape(count, -1)).reshape(in_shape)
+    if count > 64:
+        return (v * d).sum(dim=0)
+    expected = d[0] * v[0]
+    for r in range(1, count):
+        expected.addcmul_(d[r], v[r])
+    return expected
+
+
+def probe_mismatch(
+    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
+    *, nonfinite_agree: bool = False,
+) -> float:
+    """How far vᵀJ (from autograd) is from vᵀD, in units of its tolerance (≤ 1: agrees).
+
+    D is the block-diagonal Jacobian that ``derivatives`` stand for under ``pairing``. Each
+    entry of vᵀJ is judged against the magnitudes that sum into it, (|v|ᵀ|D|)_j — never
+    against the largest entry overall — so the verdict is the same at every size and every
+    dynamic range. Any dependence across points adds terms that D lacks; they show unless
+    they are below the working precision of the entries they add to.
+
+    Non-finite entries never agree: where vᵀJ or vᵀD is NaN or ±inf (sqrt at 0; 0·∞), that
+    entry cannot tell a coupling from no coupling, so the pairing is not verified (inf).
+    ``nonfinite_agree`` is for comparing two computations of the same Jacobian (a batching
+    rule, forward against reverse mode), where no structure is at stake: there entries
+    non-finite on both sides count as agreeing.
+    """
+    if derivatives.numel() == 0:
+        return 0.0
+    dtype = derivatives.dtype
+    compute = _compute_dtype(dtype)
+    derivatives, probe, probe_vjp = (t.to(compute) for t in (derivatives, probe, probe_vjp))
+    expected = predicted_probe(derivatives, probe, pairing)
+    if not nonfinite_agree and first_nonfinite(probe_vjp, expected) is not None:
+        return math.inf
+    if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
+        return 0.0
+    scale = predicted_probe(derivatives.abs(), probe.abs(), pairing)
+    return _judged(probe_vjp, expected, scale, dtype, nonfinite_agree)
+
+
+def first_nonfinite(*tensors: torch.Tensor) -> int | None:
+    """The flat index of the first NaN or ±inf entry of the first of ``tensors`` that has
+    one (None: all finite)."""
+    for tensor in tensors:
+        if tensor.numel() == 0 or math.isfinite(float(tensor.sum())):
+            continue  # a finite sum: every entry is finite (NaN and ±inf carry through sums)
+        finite = torch.isfinite(tensor)  # the sum overflowed, or some entry is not finite
+        if not bool(finite.all()):
+            return int((~finite).reshape(-1).nonzero()[0])
+    return None
+
+
+def _judged(probe_vjp, expected, scale, dtype, nonfinite_agree: bool = False) -> float:
+    """:func:`probe_mismatch` once vᵀD (``expected``) and |v|ᵀ|D| (``scale``, overwritten)
+    are known, all in the compute dtype."""
+    allowed = scale.mul_(tolerances(dtype).probe).add_(torch.finfo(scale.dtype).tiny)
+    ratio = torch.sub(probe_vjp, expected).abs_().div_(allowed)
+    worst = float(ratio.max())
+    if worst <= 1.0:  # NaN compares False: the non-finite entries are looked at below
+        return worst
+    if not nonfinite_agree:  # (callers have turned non-finite entries away already)
+        return float(ratio.nan_to_num_(nan=math.inf).max())
+    both_nonfinite = ~torch.isfinite(probe_vjp) & ~torch.isfinite(expected)
+    ratio = ratio.masked_fill_(both_nonfinite | (probe_vjp == expected), 0.0)
+    return float(ratio.nan_to_num_(nan=math.inf).max())
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _full_precision_products(compute: torch.dtype) -> bool:
+    """Whether matrix products round in ``compute`` itself (not TF32 or bfloat16 inside)."""
+    if compute != torch.float32:
+        return True
+    tf32 = torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32
+    return torch.get_float32_matmul_precision() == "highest" and not tf32
+
+
+class FullProbes:
+    """:func:`probe_mismatch` for the full pairing (``derivatives``: output shape + input
+    shape), for several probes of one derivatives tensor at once: vᵀD of every probe as one
+    product; |v|ᵀ|D| only where it is needed.
+
+    Where |vᵀJ − vᵀD| ≤ tol · |vᵀD| · (1 − 2γ) the rule accepts for sure: |vᵀD| ≤ |v|ᵀ|D|,
+    and γ = m·u/(1 − m·u) bounds the rounding of both computed sums of m terms (u: the unit
+    roundoff; products underflowing are far below the ``tiny`` the rule adds). |v|ᵀ|D| is
+    computed for the other columns alone (all columns when many are left), so the verdict
+    is the rule's own."""
+
+    def __init__(self, derivatives: torch.Tensor, probes) -> None:
+        self.dtype = derivatives.dtype
+        compute = _compute_dtype(self.dtype)
+        self.empty = derivatives.numel() == 0
+        self.ordinary = self.finite = False
+        if self.empty:
+            return
+        m = probes[0].numel()
+        self.d = derivatives.to(compute).reshape(m, -1)
+        self.v = torch.stack([p.reshape(-1) for p in probes]).to(compute)
+        self.expected = self.v @ self.d
+        mu = m * torch.finfo(compute).eps / 2
+        sure = tolerances(self.dtype).probe * (1 - 2 * mu / (1 - mu)) \
+            if mu < 0.25 and _full_precision_products(compute) else 0.0
+        finite = bool(torch.isfinite(self.expected).all())
+        self.finite = finite
+        self.sure = self.expected.abs().mul_(sure) if finite and sure > 0 else None
+        # every vᵀD finite: D is (v has no zero); one non-zero: D has one
+        self.ordinary = finite and bool(self.expected.any())
+
+    def mismatch(self, probe_vjps) -> float:
+        """At most 1 where every probe agrees, else the largest :func:`probe_mismatch` over
+        the probes, given each one's vᵀJ."""
+        if self.empty:
+            return 0.0
+        vjps = torch.stack([g.reshape(-1) for g in probe_vjps]).to(self.expected.dtype)
+        if not self.finite or first_nonfinite(vjps) is not None:
+            return math.inf
+        if torch.equal(vjps, self.expected):
+            return 0.0
+        if self.sure is None:
+            return _judged(vjps, self.expected, self._scale(), self.dtype)
+        left = (torch.sub(vjps, self.expected).abs_() > self.sure).any(0).nonzero().flatten()
+        if len(left) == 0:
+            return 1.0
+        if 4 * len(left) > self.d.shape[1]:
+            return _judged(vjps, self.expected, self._scale(), self.dtype)
+        return _judged(vjps[:, left], self.expected[:, left],
+                       self._scale(self.d.index_select(1, left)), self.dtype)
+
+    def _scale(self, d: torch.Tensor | None = None) -> torch.Tensor:
+        """|v|ᵀ|D| for every probe (columns ``d`` of D, else all), a block of rows at a time."""
+        d = self.d if d is None else d
+        v = self.v.abs()
+        step = max(1, 2**17 // max(d.shape[1], 1))
+        scale = v[:, :step] @ d[:step].abs()
+        for start in range(step, d.shape[0], step):
+            scale.addmm_(v[:, start:start + step], d[start:start + step].abs())
+        return scale
+
+
+def probe_agrees(
+    derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
+    *, nonfinite_agree: bool = False,
+) -> bool:
+    """True when vᵀJ equals vᵀD within :func:`probe_mismatch`'s tolerance."""
+    return probe_mismatch(derivatives, probe, probe_vjp, pairing,
+                          nonfinite_agree=nonfinite_agree) <= 1.0
+
+
+# -- the probes of one analysis ---------------------------------------------------------------
 class Probes:
     """Random probes vᵀJ drawn from ``seed``, made when first needed. ``seconds``: how long
     probe 0's backward took; ``nonfinite``: name → the flat index of an input entry where a
@@ -28,7 +302,7 @@ class Probes:
 
     def __init__(self, output, named, seed: int):
         self.output, self.named, self.seed = output, named, seed
-        self.plan = structure.probe_plan(output.dtype)
+        self.plan = probe_plan(output.dtype)
         self._plain: dict[str, torch.Tensor] | None = None
         self._jacobians: dict[str, torch.Tensor] = {}
         self._vectors: dict[int, torch.Tensor] = {}
@@ -39,9 +313,9 @@ class Probes:
     def vector(self, draw: int = 0) -> torch.Tensor:
         """Probe ``draw`` (0, 1, …) of this run; probe 0, asked for again and again, is kept."""
         if draw:
-            return structure.probe_vector(self.output, self.seed, draw)
+            return probe_vector(self.output, self.seed, draw)
         if 0 not in self._vectors:
-            self._vectors[0] = structure.probe_vector(self.output, self.seed, 0)
+            self._vectors[0] = probe_vector(self.output, self.seed, 0)
         return self._vectors[0]
 
     def vjp(self, name: str) -> torch.Tensor:
@@ -63,7 +337,7 @@ class Probes:
         there is one, else a plain backward (not kept)."""
         v = self.vector(draw)
         if name in self._jacobians:
-            return v, structure.predicted_probe(self._jacobians[name], v.reshape(-1), ())
+            return v, predicted_probe(self._jacobians[name], v.reshape(-1), ())
         return v, plain_vjp(self.output, [self.named[name]], v)[0]
 
     def agree(self, name: str, derivatives, pairing, batching: bool = False) -> bool:
@@ -71,13 +345,13 @@ class Probes:
         ``batching`` (a proved structure, batched derivatives) probe 0 alone checks the
         batching rule, and entries non-finite on both sides agree."""
         if batching:
-            return structure.probe_agrees(derivatives, self.vector(), self.vjp(name), pairing,
+            return probe_agrees(derivatives, self.vector(), self.vjp(name), pairing,
                                           nonfinite_agree=True)
         if not pairing and name not in self._jacobians:  # a full Jacobian: all probes at once
             return name in self.agree_full({name: derivatives})
         for draw in range(self.plan.probes):  # one at a time, each freed before the next
             v, vjp = (self.vector(), self.vjp(name)) if draw == 0 else self._confirming(name, draw)
-            if not structure.probe_agrees(derivatives, v, vjp, pairing):
+            if not probe_agrees(derivatives, v, vjp, pairing):
                 self._finite(name, vjp, derivatives)  # keeps a non-finite entry for the note
                 return False
             del v, vjp
@@ -86,7 +360,7 @@ class Probes:
     def _finite(self, name: str, vjp: torch.Tensor, derivatives=None) -> bool:
         """Whether vᵀJ (and the derivatives, whose non-finite entries make vᵀD non-finite:
         v has no zero entry) are finite; where not, the input entry is kept for the note."""
-        index = structure.first_nonfinite(vjp, *(() if derivatives is None else (derivatives,)))
+        index = first_nonfinite(vjp, *(() if derivatives is None else (derivatives,)))
         if index is not None:  # derivatives end with the input's axes
             self.nonfinite.setdefault(name, index % vjp.numel())
         return index is None
@@ -95,7 +369,7 @@ class Probes:
         """The inputs whose full Jacobian (``output.shape + input.shape``) the probe rule
         accepts: the same probes as :meth:`agree` (probe 0, then the confirming ones from
         plain backward passes), but one backward per draw serves every input, and each
-        input's vᵀD for all draws is one product (see :class:`.structure.FullProbes`).
+        input's vᵀD for all draws is one product (see :class:`FullProbes`).
         Accepted ones known finite and not all 0 go to :attr:`ordinary`."""
         names = list(jacobians)
         vectors = [self.vector(draw) for draw in range(self.plan.probes)]
@@ -107,7 +381,7 @@ class Probes:
             if not all(self._finite(name, vjps[i]) for vjps in draws) \
                     or not self._finite(name, draws[0][i], jacobians[name]):
                 continue
-            judge = structure.FullProbes(jacobians[name], vectors)
+            judge = FullProbes(jacobians[name], vectors)
             if judge.mismatch([vjps[i] for vjps in draws]) <= 1.0:
                 agreed.add(name)
                 if judge.ordinary:
@@ -118,170 +392,3 @@ class Probes:
         """How long one backward pass takes (probe 0's, made now if it was not yet)."""
         self.vjp(next(iter(self.named)))
         return self.seconds
-
-
-# -- probes supported on sets of output indices: dependency patterns ---------------------------
-class OverTime(Exception):
-    """Probing would take longer than it was allowed."""
-
-
-class SetProber:
-    """For dependency patterns (:mod:`.dependency`): which input indices (along ``b``) sets
-    of output indices (along ``a``) reach.
-
-    A probe is a random vector of entries ±(1..2) on the set's slices of the output and 0
-    elsewhere, drawn from ``seed`` (``stream``: an independent draw); vᵀJ is non-zero at an
-    input index exactly when some output entry of the set has a non-zero derivative there
-    (barring an exact cancellation: the final check). A non-finite answer says nothing: its
-    input index goes to :attr:`unknown` and is not a hit.
-    """
-
-    def __init__(self, output, x, a, b, budget, seed: int, max_seconds=None, stream: int = 0,
-                 limit=None, workspace: int = 0):
-        self.output, self.x, self.a, self.b, self.budget = output, x, a, b, budget
-        self.seed = seed
-        # each probe of a batch holds its own copy of every gradient on the graph
-        self.limit = limit or chunk_size(output, [x], budget, workspace)
-        generator = structure.probe_generator(seed, "dependency", stream)
-        r = torch.rand(tuple(output.shape), generator=generator) * 2 - 1  # ±(1..2): r + sign r
-        self.values = (r + r.sign()).to(dtype=output.dtype, device=output.device)
-        self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
-        self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
-
-    def vectors(self, sets: torch.Tensor) -> torch.Tensor:
-        """One random vector restricted to each set: every probe's answer holds on its own
-        (a cancellation needs a relation among the values on the set, which has chance 0)."""
-        on = sets.to(device=self.output.device, dtype=self.output.dtype)
-        on = on.reshape((len(sets),) + tuple(-1 if d == self.a else 1
-                                              for d in range(self.output.dim())))
-        return self.values * on
-
-    def answers(self, sets: torch.Tensor, batched: bool = True):
-        """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches
-        (a finite non-zero), and where its answer was NaN or ±inf."""
-        self._check_time(len(sets))
-        hits, unknown = [], []
-        for start in range(0, len(sets), self.limit):
-            part = sets[start:start + self.limit]
-            (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
-            hit, bad = _read(g, 1 + self.b)
-            hits.append(hit)
-            unknown.append(bad)
-            self.count += len(part)
-        return torch.cat(hits), torch.cat(unknown)
-
-    def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
-        hit, unknown = self.answers(sets, batched)
-        self.unknown |= unknown.any(0)
-        return hit
-
-    def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """One probe per output index in ``rows``: (len(rows) × n_in)."""
-        return self.hits(self.row_sets(rows), batched)
-
-    def row_sets(self, rows: torch.Tensor) -> torch.Tensor:
-        sets = torch.zeros(len(rows), self.output.shape[self.a], dtype=torch.bool)
-        sets[torch.arange(len(rows)), rows] = True
-        return sets
-
-    def _check_time(self, more: int) -> None:
-        if self.max_seconds is None or not self.count:
-            return
-        spent = time.perf_counter() - self.began
-        if spent + more * spent / self.count > self.max_seconds:
-            raise OverTime
-
-
-def _read(g: torch.Tensor, axis: int):
-    """(k, …) answers → (k × size along ``axis``) bool twice: a finite non-zero anywhere on
-    the slice, a NaN or ±inf anywhere on it."""
-    g = g.detach().movedim(axis, 1)
-    g = g.reshape(len(g), g.shape[1], -1)
-    if structure.first_nonfinite(g) is None:  # the common case: one sum says so
-        hit = g.ne(0).any(2).cpu()
-        return hit, torch.zeros_like(hit)
-    bad = ~torch.isfinite(g)
-    return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
-
-
-def resolved_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
-    """(m × len(columns)): the dependences at input indices where a probe answered NaN or
-    ±inf. Each output index's row (reverse mode) and each of these columns (forward mode)
-    are read: an entry is a dependence where either finds a finite non-zero, or where both
-    are non-finite (nothing rules it out); a finite zero either way rules it out."""
-    m = prober.output.shape[prober.a]
-    hit, unknown = prober.answers(prober.row_sets(torch.arange(m)), batched=False)
-    hit, unknown = hit[:, columns], unknown[:, columns]
-    forward_hit, forward_unknown = _forward_answers(prober, columns)
-    return hit | forward_hit | (unknown & forward_unknown)
-
-
-def _forward_answers(prober: SetProber, columns: torch.Tensor):
-    """(m × len(columns)) bool twice: which output indices J u reaches (a finite non-zero)
-    and where it is non-finite, for tangents u of random values on x's slices ``columns``
-    along b. J u is the VJP of g(v) = vᵀJ (double backward); where the graph has none, every
-    entry is unknown."""
-    out, x, m = prober.output, prober.x, prober.output.shape[prober.a]
-    unknown = torch.ones(m, len(columns), dtype=torch.bool)
-    generator = structure.probe_generator(prober.seed, "dependency-tangents")
-    r = torch.rand(tuple(x.shape), generator=generator) * 2 - 1
-    values = (r + r.sign()).to(dtype=x.dtype, device=x.device)
-    shape = (1,) + tuple(-1 if d == prober.b else 1 for d in range(x.dim()))  # a slice along b
-    try:
-        v = torch.zeros_like(out, requires_grad=True)
-        (g,) = autograd_grad([out], [x], [v], retain_graph=True, create_graph=True,
-                             allow_unused=True, materialize_grads=True)
-        if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
-            return ~unknown, ~unknown
-        hits, bad = [], []
-        for start in range(0, len(columns), prober.limit):
-            part = columns[start:start + prober.limit]
-            on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
-            on[torch.arange(len(part)), part.to(x.device)] = 1
-            (ju,) = vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))
-            hit, nonfinite = _read(ju, 1 + prober.a)
-            hits.append(hit)
-            bad.append(nonfinite)
-    except (RuntimeError, NotImplementedError) as error:
-        if torch_error(error) is TorchError.SECOND_PASS:
-            raise
-        return ~unknown, unknown
-    return torch.cat(hits).T, torch.cat(bad).T
-
-
-# -- what a result needs of the graph when its derivatives came from elsewhere --------------
-def reach_proofs(output: torch.Tensor, named: dict) -> dict:
-    """``{name: GraphProof}`` saying only whether ``output`` depends on each input (``depends``)
-    and which custom backward functions lie on the way (``custom``): one walk of the graph for
-    all inputs, for those whose derivatives need no structure from the graph (accepted full
-    Jacobians). Where a custom function lies on the way, :func:`.axisflow.prove` gives it."""
-    from .axisflow import GraphProof, _postorder, prove
-
-    BackwardCFunction = torch.autograd.function.BackwardCFunction
-    if output.grad_fn is None:
-        return {name: GraphProof(output is t, {}) for name, t in named.items()}
-    sources: dict = {}  # (id(node), output index) → the non-leaf inputs that edge carries
-    for name, t in named.items():
-        if t.grad_fn is not None:
-            sources.setdefault((id(t.grad_fn), t.output_nr), set()).add(name)
-    leaves = {id(t): name for name, t in named.items() if t.grad_fn is None}
-    reach: dict[int, frozenset] = {}
-    custom = False
-    for node in _postorder(output.grad_fn):
-        below = set()
-        for producer, index in node.next_functions:
-            if producer is None:
-                continue
-            below |= sources.get((id(producer), index), set())
-            variable = getattr(producer, "variable", None)
-            if variable is not None and id(variable) in leaves:
-                below.add(leaves[id(variable)])
-            # below a non-leaf input's own grad_fn, that input is constant
-            below |= {n for n in reach.get(id(producer), ()) if named[n].grad_fn is not producer}
-        reach[id(node)] = frozenset(below)
-        custom = custom or (bool(below) and isinstance(node, BackwardCFunction))
-    found = reach[id(output.grad_fn)]
-    return {name: (prove(output, t) if custom or output is t
-                   else GraphProof(name in found, {}))
-            for name, t in named.items()}

@@ -16,25 +16,13 @@ import math
 import torch
 
 from ..core import structure
-from ..core.dependency import Dependency, from_result
+from ..core.dependency import Dependency, Kind, from_result
 from ..core.errors import VJPUsageError
 from . import notation
 from .codegen import output_symbol
-from .document import Entry, Formula, Math, Matrix, Paragraph, Section, Text
+from .document import Entry, Formula, Math, Matrix, Paragraph, Text
 from .matrix import VDOTS, multi_index, summary_indices
 from .numbers import alone, choose_format, plural, significant_digits
-
-
-def findings_sections(result, options) -> tuple[Section, ...]:
-    """Per input: where a pairing broke or the verdict along a shared axis, and the
-    sensitivities at many points; nothing when there is nothing to say."""
-    blocks: list = []
-    for name in result.inputs:
-        blocks.extend(structure_findings(result, name))
-        summary = sensitivity_formula(result, name, options)
-        if summary is not None:
-            blocks.append(summary)
-    return (Section(tuple(blocks)),) if blocks else ()
 
 
 # -- where the structure breaks -------------------------------------------------------------
@@ -52,7 +40,7 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
     verdicts = [d for d in (_read(result, name, a, b) for a, b in _shared_axes(result, name))
                 if d is not None]
     verdicts.sort(key=lambda dep: _PREFERENCE[dep.kind])
-    if not verdicts or (verdicts[0].kind == "dense" and options is not None
+    if not verdicts or (verdicts[0].kind == Kind.DENSE and options is not None
                         and max(verdicts[0].pattern.shape) <= options.threshold):
         return []
     return [_verdict_line(result, name, verdicts[0])]
@@ -60,8 +48,8 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
 
 # Which shared axis the line speaks of: the most telling verdict (a conv's band along its
 # positions, not the dense mixing of its channels).
-_PREFERENCE = {"lower-triangular": 0, "upper-triangular": 0, "band": 0, "independent": 1,
-               "dense": 2}
+_PREFERENCE = {Kind.LOWER_TRIANGULAR: 0, Kind.UPPER_TRIANGULAR: 0, Kind.BAND: 0,
+               Kind.INDEPENDENT: 1, Kind.DENSE: 2}
 
 
 def _broken(result, name: str) -> Dependency | None:
@@ -73,7 +61,7 @@ def _broken(result, name: str) -> Dependency | None:
     for a, b in item.rejected[0]:
         if a not in kept and item.tensor.shape[b] > 1:
             found = _read(result, name, a, b)
-            if found is not None and found.kind != "independent":
+            if found is not None and found.kind != Kind.INDEPENDENT:
                 return found
     return None
 
@@ -160,16 +148,16 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
     lead = [Text(f"Along {_the_axis(out_shape, dep.out_axis)} of "), notation.prose_name(y),
             Text(f" and {_the_axis(in_shape, dep.in_axis)} of "), notation.prose_name(name),
             Text(": "), yt, Text(" reads ")]
-    if dep.kind == "independent":
+    if dep.kind == Kind.INDEPENDENT:
         return Paragraph((*lead, _indexed(name, dep.in_axis, "t"),
                           Text(" only (independent).")))
-    if dep.kind == "dense":
+    if dep.kind == Kind.DENSE:
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
                           Text(" as well as before ("), *_witness(dep, y, name),
                           Text("): dense.")))
-    if dep.kind == "lower-triangular":
+    if dep.kind == Kind.LOWER_TRIANGULAR:
         bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
-    elif dep.kind == "upper-triangular":
+    elif dep.kind == Kind.UPPER_TRIANGULAR:
         bound, words = Math(r"s \ge t", "s ≥ t"), "upper-triangular"
     else:
         (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
@@ -248,13 +236,3 @@ def _feature_label(result, name: str):
         return Entry(rf"\partial {f_tex}/\partial {x_tex}_{{{at}}}", f"∂{f_plain}/∂{name}[{at}]")
 
     return label
-
-
-def point_rows(result, name: str, options):
-    """Row labels ``i=0``, ``i=1``, … for a derivative matrix whose rows are the points (a
-    2-d input at many points along axis 0), else None: which point a summarised row is."""
-    item = result.inputs[name]
-    if (item.tensor.dim() != 2 or result.full or tuple(item.pairing.in_axes) != (0,)
-            or item.point_count <= options.threshold):
-        return None
-    return lambda r: Entry(f"i{{=}}{r}", f"i={r}")

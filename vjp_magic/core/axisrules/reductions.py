@@ -1,0 +1,54 @@
+"""Reductions, ops along one dim (softmax, cumsum, sort) and normalisations: the axes they mix
+lose their carries, the others keep them."""
+from __future__ import annotations
+
+from .flow import Flow, all_exact, broadcast, drop_axes, meet, to_axes
+
+
+def reduction(node, inputs, shapes):
+    (flow,) = [f for f in inputs if f is not None][:1]
+    ndim = len(flow.shape)
+    out = shapes[0]
+    dims = getattr(node, "_saved_dim", None)
+    keepdim = bool(getattr(node, "_saved_keepdim", False))
+    reduced = set(range(ndim)) if dims is None or len(out) == 0 else set(to_axes(dims, ndim))
+    if not keepdim and len(out) != ndim - len(reduced):
+        reduced = set(range(ndim))  # a full reduction spelled another way
+        keepdim = len(out) == ndim
+    # every output (std_mean / var_mean have two) is the same reduction
+    return [Flow(shape, drop_axes(flow, reduced, keepdim), flow.exact) for shape in shapes]
+
+
+def along_dim(node, inputs, shapes):
+    """softmax, cumsum, … along ``dim``: that axis mixes, the others are untouched."""
+    (flow,) = [f for f in inputs if f is not None][:1]
+    dims = getattr(node, "_saved_dim", None)
+    if dims is None:
+        dims = node._saved_dims
+    mixed = set(to_axes(dims, len(flow.shape)))
+    return [Flow(shapes[0], drop_axes(flow, mixed, True), flow.exact)]
+
+
+def layer_norm(node, inputs, shapes):
+    flow = inputs[0]
+    out = shapes[0]
+    k = len(node._saved_normalized_shape)
+    main = [] if flow is None else [{a: c for a, c in flow.carries.items() if a < len(out) - k}]
+    maps = main + [broadcast(f, out) for f in inputs[1:] if f is not None]
+    return meet(out, maps, all_exact(inputs))
+
+
+def batch_norm(node, inputs, shapes):
+    flow = inputs[0]
+    out = shapes[0]
+    maps = []
+    if flow is not None:
+        training = bool(getattr(node, "_saved_training", True))
+        maps.append(dict(flow.carries) if not training else
+                    {a: c for a, c in flow.carries.items() if a == 1})
+    for f in inputs[1:]:
+        if f is not None:  # weight / bias of shape (C,): channel axis 1
+            maps.append({1: f.carries[0]} if 0 in f.carries else {})
+    return meet(out, maps, all_exact(inputs))
+
+

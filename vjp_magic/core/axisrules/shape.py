@@ -1,0 +1,109 @@
+"""Views and shape ops: reshape, permute, expand, and the rearrangements (roll, flip, repeat)
+that move entries along their dims."""
+from __future__ import annotations
+
+from .flow import AxisMap, Flow, base_name, broadcast, drop_axes, to_axis, to_axes
+
+
+def reshape(node, inputs, shapes, x_shape):
+    """view/reshape/squeeze/unsqueeze: blocks of axes with equal products map onto each other."""
+    (flow,) = [f for f in inputs if f is not None][:1]
+    out = shapes[0]
+    carries, exact = _reshape_carries(flow, out, x_shape)
+    return [Flow(out, carries, flow.exact and exact)]
+
+
+def _blocks(a_shape, b_shape):
+    """Groups of the axes of size > 1 of two shapes of equal numel whose sizes multiply to the
+    same number (size-1 axes carry nothing and are left out)."""
+    a = [k for k, n in enumerate(a_shape) if n > 1]
+    b = [k for k, n in enumerate(b_shape) if n > 1]
+    blocks, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        group_a, group_b = [a[i]], [b[j]]
+        prod_a, prod_b = a_shape[a[i]], b_shape[b[j]]
+        i, j = i + 1, j + 1
+        while prod_a != prod_b:
+            if prod_a < prod_b:
+                group_a.append(a[i])
+                prod_a *= a_shape[a[i]]
+                i += 1
+            else:
+                group_b.append(b[j])
+                prod_b *= b_shape[b[j]]
+                j += 1
+        blocks.append((group_a, group_b))
+    return blocks
+
+
+def _reshape_carries(flow: Flow, out, x_shape) -> tuple[AxisMap, bool]:
+    carries: AxisMap = {}
+    exact = True
+    for big_in, big_out in _blocks(flow.shape, out):
+        if any(a not in flow.carries for a in big_in):
+            exact = exact and not any(a in flow.carries for a in big_in)
+            continue
+        joined = [b for a in big_in for b in flow.carries[a]]
+        split = _split(joined, [out[a] for a in big_out], x_shape)
+        if split is None:
+            exact = False
+            continue
+        carries.update(zip(big_out, split))
+    return carries, exact
+
+
+def _split(joined, sizes, x_shape):
+    """Partition the carried input axes so each output axis gets a run of matching size."""
+    axis_size = dict(enumerate(x_shape))
+    runs, start = [], 0
+    for size in sizes:
+        product, stop = 1, start
+        while stop < len(joined) and product < size:
+            product *= axis_size[joined[stop]]
+            stop += 1
+        if product != size:
+            return None
+        runs.append(tuple(joined[start:stop]))
+        start = stop
+    return runs if start == len(joined) else None
+
+
+def permute(node, inputs, shapes):
+    (flow,) = [f for f in inputs if f is not None][:1]
+    ndim = len(flow.shape)
+    name = base_name(node)
+    if name == "Permute":
+        order = [to_axis(d, ndim) for d in node._saved_dims]
+    else:
+        order = list(range(ndim))
+        if name == "Transpose":
+            d0, d1 = to_axis(node._saved_dim0, ndim), to_axis(node._saved_dim1, ndim)
+        else:  # T: 2-D transpose (1-D: nothing to do)
+            d0, d1 = (0, 1) if ndim == 2 else (0, 0)
+        order[d0], order[d1] = order[d1], order[d0]
+    carries = {new: flow.carries[old] for new, old in enumerate(order) if old in flow.carries}
+    return [Flow(shapes[0], carries, flow.exact)]
+
+
+def expand(node, inputs, shapes):
+    (flow,) = [f for f in inputs if f is not None][:1]
+    return [Flow(shapes[0], broadcast(flow, shapes[0]), flow.exact)]
+
+
+def rearrange(node, inputs, shapes):
+    """roll / flip / repeat: entries move along these dims, so their carries are lost."""
+    (flow,) = [f for f in inputs if f is not None][:1]
+    ndim = len(flow.shape)
+    if base_name(node) == "Repeat":
+        repeats = list(node._saved_repeats)
+        lead = len(repeats) - ndim
+        moved = {a for a in range(ndim) if repeats[a + lead] != 1}
+        carries = {a + lead: c for a, c in flow.carries.items() if a not in moved}
+        return [Flow(shapes[0], carries, flow.exact and not moved & set(flow.carries))]
+    dims = getattr(node, "_saved_dims", None)
+    moved = set(to_axes(dims, ndim)) if dims else set(range(ndim))
+    # a later roll or flip can move the entries back: what is lost here may not stay lost
+    return [Flow(shapes[0], drop_axes(flow, moved, True),
+                 flow.exact and not moved & set(flow.carries))]
+
+

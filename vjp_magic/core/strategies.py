@@ -1,0 +1,195 @@
+"""The two ways one analysis judges its candidate pairings, by the same probe rule:
+
+- :func:`from_exact_jacobian` (small problems): one batched backward gives the whole
+  Jacobian, checked against a plain probe, and every candidate is judged on it;
+- :func:`from_verified_pairings` (large ones): per candidate, one VJP per component, then the
+  probes of :class:`.probes.Probes` on the derivatives.
+
+:class:`Context` is what every stage of one analysis needs to know.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import dependency, memory, structure
+from .candidates import Candidate, one_hot_row, row_proposal
+from .derivatives import CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian
+from .probes import Probes, probe_agrees
+from .torch_api import TorchError, torch_error
+
+
+@dataclass
+class Context:
+    """What every stage of one analysis needs to know."""
+
+    output: torch.Tensor
+    output_name: str
+    budget: int
+    batched: bool
+    max_chunk: int | None
+    workspace: int
+    full: bool
+    probes: Probes
+    rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
+
+    def reject(self, name: str, pairing) -> None:
+        self.rejected.setdefault(name, []).append(pairing)
+
+    def vjps(self, tensors, point_out, batched=None):
+        """One VJP per component (see :func:`component_vjps`); a batched run starts with a
+        chunk sized by how long one plain backward takes, so even its first chunk is short."""
+        batched = self.batched if batched is None else batched
+        count = math.prod(n for a, n in enumerate(self.output.shape) if a not in point_out)
+        first = None
+        if batched and count > LOOP_COMPONENTS:
+            seconds = max(self.probes.seconds_per_vector(), 1e-6)
+            first = max(1, int(CHUNK_SECONDS / seconds))
+        return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
+                              max_chunk=self.max_chunk, workspace=self.workspace, first=first)
+
+    def refuse_if_over(self, nbytes: int, count: int, named=(), point_out=()) -> None:
+        """Refuse over the budget, saying where a rejected pairing broke (for ``named``)."""
+        advice = memory.DEFAULT_ADVICE + (
+            ", or let the point structure work (drop --full)" if self.full else "")
+        with dependency.verdict_on_refusal(self, dict(named), point_out):
+            memory.refuse_if_over(
+                nbytes, self.budget, f"The derivatives of {self.output_name} ({count:,} "
+                "backward passes)", advice=advice)
+
+
+def prefers_forward(output: torch.Tensor, tensor: torch.Tensor) -> bool:
+    return output.numel() > FORWARD_RATIO * tensor.numel()
+
+
+FORWARD_RATIO = 4  # forward mode when the output has this many times more entries than x
+
+
+def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
+    """The full Jacobian: forward mode (n passes) where possible, else reverse (m passes).
+
+    Forward mode relies on double backward, which some graphs silently lack (custom
+    functions marked once_differentiable), so its result is checked with the probe.
+    """
+    output = context.output
+    try:
+        jac = forward_jacobian(output, tensor)
+        flat = jac.reshape((output.numel(),) + tuple(tensor.shape))
+        if probe_agrees(flat, probes.vector().reshape(-1), probes.vjp(name), (),
+                                  nonfinite_agree=True):  # the same numbers, another way
+            return jac
+    except RuntimeError as error:
+        if torch_error(error) is TorchError.SECOND_PASS:
+            raise
+    flat = context.vjps([tensor], (), batched=False)[0][0]
+    return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
+
+
+def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
+    """Full Jacobians from batched backward passes, each checked against the plain probe."""
+    output = context.output
+    reverse = [n for n in named if not prefers_forward(output, named[n])]
+    flats = dict(zip(reverse, context.vjps([named[n] for n in reverse], ())[0])) \
+        if reverse else {}
+    jacobians = {}
+    v = probes.vector().reshape(-1)
+    for name in named:
+        if name not in flats:
+            jacobians[name] = _jacobian_either_mode(context, named[name], probes, name)
+            continue
+        flat = flats[name]
+        if output.numel() > 1 and not probe_agrees(
+                flat, v, probes.vjp(name), (), nonfinite_agree=True):
+            flat = context.vjps([named[name]], (), batched=False)[0][0]  # batching went wrong
+        jacobians[name] = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
+    return jacobians
+
+
+def from_exact_jacobian(context, named, candidates, probes):
+    """Small problems: one batched backward gives the whole Jacobian; each candidate pairing
+    is judged on it by the probe rule (the same rule as for large problems)."""
+    out_ndim = context.output.dim()
+    jacobians = _checked_jacobians(context, named, probes)
+    accepted = {}
+    for name, jac in jacobians.items():
+        flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
+        if not candidates[name][0].proved:  # rows of J suggest a pairing, whatever the order
+            candidates[name] = row_proposal(context.output, named[name], candidates[name], 0,
+                                             lambda row, flat=flat: flat[row], probes.seed)
+        probes.use_jacobian(name, flat)
+        for candidate in candidates[name]:
+            derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)
+            if candidate.proved or probes.agree(name, derivatives, candidate.pairing):
+                accepted[name] = (candidate, derivatives)
+                break
+            context.reject(name, candidate.pairing)
+    return accepted
+
+
+def from_verified_pairings(context, named, candidates, probes):
+    """Large problems: per candidate pairing, one VJP per component; the plain probe checks
+    the structure (unless proved) and the batching (when batched)."""
+    output = context.output
+    position = dict.fromkeys(named, 0)
+    accepted: dict[str, tuple[Candidate, torch.Tensor]] = {}
+    while len(accepted) < len(named):
+        pending = [n for n in named if n not in accepted]
+        # Inputs whose current pairing uses the same output point axes share one backward.
+        point_out = _point_out(candidates[pending[0]][position[pending[0]]])
+        group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
+        count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        if _skip_over_budget(context, named, candidates, position, group, count):
+            continue  # a later candidate may fit
+        context.refuse_if_over(
+            count * sum(named[n].numel() for n in group) * output.element_size(), count,
+            {n: named[n] for n in group}, point_out)
+        forward = [n for n in group if count == output.numel() and candidates[n][position[n]].proved
+                   and prefers_forward(output, named[n])]
+        for name in forward:
+            candidate = candidates[name][position[name]]
+            jac = _jacobian_either_mode(context, named[name], probes, name)
+            accepted[name] = (candidate, structure.gather_derivatives(jac, output.dim(),
+                                                                      candidate.pairing))
+        group = [n for n in group if n not in forward]
+        if not group:
+            continue
+        stacked, was_batched = context.vjps([named[n] for n in group], point_out)
+        for i, name in enumerate(group):
+            candidate = candidates[name][position[name]]
+            derivatives = stacked[i].reshape(
+                structure.component_shape(output.shape, candidate.pairing)
+                + tuple(named[name].shape))
+            if not candidate.proved and not probes.agree(name, derivatives, candidate.pairing):
+                context.reject(name, candidate.pairing)
+                if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
+                    candidates[name] = row_proposal(
+                        output, named[name], candidates[name], 1,
+                        lambda row, t=named[name]: one_hot_row(output, t, row), probes.seed,
+                        drop=lambda pairing, n=name: context.reject(n, pairing))
+                position[name] += 1
+                continue
+            if was_batched and candidate.proved and not probes.agree(
+                    name, derivatives, candidate.pairing, batching=True):  # batching went wrong
+                derivatives = context.vjps([named[name]], point_out, batched=False)[0][0] \
+                    .reshape(derivatives.shape)
+            accepted[name] = (candidate, derivatives)
+    return accepted
+
+
+def _skip_over_budget(context, named, candidates, position, group, count) -> bool:
+    """When the group's derivatives would be over the budget, skip the largest input's
+    candidate if it is not its last one (True); the last one is refused by the caller."""
+    size = context.output.element_size()
+    if count * sum(named[n].numel() for n in group) * size <= context.budget:
+        return False
+    skippable = [n for n in group if position[n] < len(candidates[n]) - 1]
+    if not skippable:
+        return False
+    position[max(skippable, key=lambda n: named[n].numel())] += 1
+    return True
+
+
+def _point_out(candidate: Candidate) -> tuple[int, ...]:
+    return tuple(sorted(candidate.pairing.out_axes))
