@@ -8,14 +8,15 @@ never the expected numbers. ``case`` is the grading's :class:`~.grading.Case`:
 """
 from __future__ import annotations
 
-import enum
 from typing import TYPE_CHECKING
+
+from ..core.textenum import TextEnum
 
 if TYPE_CHECKING:
     from .grading import Case
 
 
-class VerdictKind(str, enum.Enum):
+class VerdictKind(TextEnum):
     """What a verdict found: ``correct`` or the mistake recognised. A ``str`` that reads as its
     name everywhere (compare, hash, print, repr), so ``verdict.kind == "summed"`` holds (the
     kinds are stable names: tests and notebooks rely on them); ``words``: how the verdict
@@ -31,15 +32,6 @@ class VerdictKind(str, enum.Enum):
     WRONG_AT_POINTS = "wrong-at-points"
     WRONG = "wrong"
     MISSING = "missing"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
-
-    def __repr__(self) -> str:
-        return repr(self.value)
 
     @property
     def words(self) -> str:
