@@ -18,6 +18,7 @@ from IPython.core.error import UsageError
 from torch.autograd.functional import jacobian as reference_jacobian
 
 import vjp_magic.core.analysis
+import vjp_magic.pipeline
 from vjp_magic.core.analysis import differentiate as analyse
 from vjp_magic.core.torch_api import TorchError, torch_error
 from vjp_magic.render.latex import tex_problems
@@ -817,6 +818,7 @@ def test_our_own_bug_is_a_real_traceback(ip, monkeypatch):
         return 1 / 0
 
     monkeypatch.setattr(vjp_magic.core.analysis, "differentiate", broken)
+    monkeypatch.setitem(vjp_magic.pipeline.NUMERIC_CORE, 1, broken)  # the pipeline's own seam
     result = ip.run_cell("%%vjp\nx = torch.ones(3, requires_grad=True)\ny = x**2")
     assert isinstance(result.error_in_exec, ZeroDivisionError)
     assert not isinstance(result.error_in_exec, UsageError)
