@@ -11,12 +11,13 @@ must still reach PyTorch's own functions.
 """
 from __future__ import annotations
 
-import enum
 import re
 from contextlib import contextmanager
 
 import torch
 from torch.autograd.variable import Variable
+
+from .textenum import TextEnum
 
 # -- the real functions, captured once ---------------------------------------------------------
 autograd_grad = torch.autograd.grad
@@ -47,7 +48,7 @@ def engine_wrapped(wrap):
 
 
 # -- PyTorch's error texts ---------------------------------------------------------------------
-class TorchError(str, enum.Enum):
+class TorchError(TextEnum):
     """An autograd error PyTorch raises, by the part of its message that names it."""
 
     IMPLICIT_SCALAR = "grad can be implicitly created only for scalar outputs"

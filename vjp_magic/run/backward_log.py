@@ -9,7 +9,6 @@ cell runs). :func:`reaches` says whether a call went through to a leaf.
 """
 from __future__ import annotations
 
-import enum
 import sys
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,10 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.tagging import depends_on
+from ..core.textenum import TextEnum
 from .passes import as_list, free_graph
 
 
-class CallKind(str, enum.Enum):
+class CallKind(TextEnum):
     """Which autograd entry point a cell's call went through."""
 
     BACKWARD = "backward"  # tensor.backward() or torch.autograd.backward(): adds to .grad

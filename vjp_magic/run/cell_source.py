@@ -9,14 +9,14 @@ Nothing here words advice.
 from __future__ import annotations
 
 import ast
-import enum
 import re
 from dataclasses import dataclass, field
 
+from ..core.textenum import TextEnum
 from .backward_log import CallKind
 
 
-class CallStyle(str, enum.Enum):
+class CallStyle(TextEnum):
     """How the call is written."""
 
     METHOD = "method"  # y.backward(...)

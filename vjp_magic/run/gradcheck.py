@@ -21,7 +21,6 @@ The replays draw no random numbers from the global generators: they run under
 """
 from __future__ import annotations
 
-import enum
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..core.tagging import custom_backwards
+from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .replay import NotReplayable, build
 
@@ -209,7 +209,7 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= ATOL + RTOL * max(abs(a), abs(b))
 
 
-class Agreement(str, enum.Enum):
+class Agreement(TextEnum):
     """One entry's finite difference against autograd's."""
 
     AGREE = "agree"

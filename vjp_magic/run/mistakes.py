@@ -9,17 +9,17 @@ successful call sent (:mod:`.seeds`). Nothing here words advice.
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import torch
 
+from ..core.textenum import TextEnum
 from ..core.torch_api import TorchError, gradient_position, torch_error
 from .backward_log import BackwardCall, BackwardLog
 from .cell_source import CallSite, find_call
 
 
-class MistakeKind(str, enum.Enum):
+class MistakeKind(TextEnum):
     """A classic mistake that stops a cell's own ``backward`` (PyTorch's error names it)."""
 
     IMPLICIT_SCALAR = "implicit-scalar"  # y.backward() on a non-scalar y

@@ -6,15 +6,15 @@ into the output, through ``output.sum()``, or elsewhere (:class:`SeedTarget`).
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
+from ..core.textenum import TextEnum
 from .backward_log import BackwardCall, BackwardLog, CallKind
 
 
-class GradientKind(str, enum.Enum):
+class GradientKind(TextEnum):
     """What a gradient argument v holds."""
 
     ONES = "ones"  # v = ones, or the implicit 1 of a scalar
@@ -22,7 +22,7 @@ class GradientKind(str, enum.Enum):
     GENERAL = "general"
 
 
-class SeedTarget(str, enum.Enum):
+class SeedTarget(TextEnum):
     """Where a ``backward`` call's v went in."""
 
     OUTPUT = "output"  # the tensor is the cell's output
