@@ -304,7 +304,4 @@ def verdict_sections(verdict: Verdict, result, reveal: bool = False,
     return (Section(tuple(blocks)),)
 
 
-check_sections = verdict_sections  # the former name
-
-__all__ = ["KINDS", "Case", "Verdict", "VerdictKind", "check_sections", "grade",
-           "verdict_sections"]
+__all__ = ["KINDS", "Case", "Verdict", "VerdictKind", "grade", "verdict_sections"]
