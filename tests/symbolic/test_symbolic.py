@@ -2,7 +2,7 @@
 
 Expected formulas are the closed forms of the mathematics; numeric expectations come from
 ``torch.autograd.functional.jacobian``, never from the code under test. Through the magics a
-test reads ``r.symbolic`` / ``r.symbolic_check`` and the plain display; called directly,
+test reads ``r.symbolic`` / ``r.crosscheck`` and the plain display; called directly,
 :func:`vjp_magic.symbolic.derive` gives a report whose sections are rendered as the notebook
 would (markdown) and checked with the package's own LaTeX-safety test.
 """
@@ -118,7 +118,7 @@ def test_every_tutorial_cell_has_an_expected_formula():
 def test_tutorial_closed_forms(run_vjp, cell):
     r = run_vjp(cell.source, "--symbolic")
     assert same(r.symbolic["x"], EXPECTED[cell.name]), r.symbolic["x"]
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 @TUTORIAL
@@ -159,7 +159,7 @@ def test_sigmoid_and_tanh_rows_match_autograd(run_vjp):
     for value, want in zip(values.tolist(), ref.tolist()):
         assert float(formula.subs(x, value).evalf()) == pytest.approx(want, rel=1e-12)
         assert float(expected.subs(x, value).evalf()) == pytest.approx(want, rel=1e-12)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_softmax_rows_match_autograd(ip, run_vjp):
@@ -177,7 +177,7 @@ def test_softmax_rows_match_autograd(ip, run_vjp):
         want = reference_jacobian(lambda t: torch.softmax(t, 0), row)
         got = formula.subs(dict(zip(xs, row.tolist()))).evalf()
         torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_relu_derivative_is_zero_at_zero_like_torch(run_vjp):
@@ -185,7 +185,7 @@ def test_relu_derivative_is_zero_at_zero_like_torch(run_vjp):
                 "--symbolic")
     assert same(r.symbolic["x"], sympy.Heaviside(x, 0))
     assert r.symbolic["x"].subs(x, 0) == 0
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 # -- the rule table, op by op, against torch.autograd.functional.jacobian --------------------------
@@ -222,7 +222,7 @@ def test_each_rule_matches_autograd(ip, run_ok, expression):
     subs = {sympy.Symbol(f"t_{i + 1}", real=True): v for i, v in enumerate(values.tolist())}
     got = sympy.Matrix(formula).subs(subs).evalf()
     torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
-    assert r.symbolic_check["t"] is True
+    assert r.crosscheck["t"] is True
 
 
 def test_jacobian_symbolic_on_an_expression(ip, run_ok):
@@ -230,7 +230,7 @@ def test_jacobian_symbolic_on_an_expression(ip, run_ok):
     r = run_ok("%jacobian --symbolic torch.stack([z.prod(), (z**2).sum()]) wrt z")
     z1, z2 = sympy.symbols("z_1 z_2", real=True)
     assert same(r.symbolic["z"], [[z2, z1], [2 * z1, 2 * z2]])
-    assert r.symbolic_check["z"] is True
+    assert r.crosscheck["z"] is True
     assert "J_f(z) = [[z_2, z_1], [2*z_1, 2*z_2]]" in shown(r)
 
 
@@ -251,7 +251,7 @@ def test_jacobian_symbolic_of_a_stored_tensor_says_why(run_ok):
 def test_unsupported_op_gives_one_line_and_the_numbers(ip, run_vjp, line, op):
     body = f"x = torch.tensor([2., -1., 0.5], requires_grad=True)\n{line}"
     r = run_vjp(body, "--symbolic")
-    assert r.symbolic["x"] is None and "x" not in r.symbolic_check
+    assert r.symbolic["x"] is None and "x" not in r.crosscheck
     note = f"symbolic: {op} is not supported; numbers only"
     assert note in shown(r)
     y = ip.user_ns["y"]
@@ -350,7 +350,7 @@ y.backward(torch.ones_like(y))
     plain_draw = torch.rand(1)
     plain_names = {n for n in ip.user_ns if not n.startswith("_")}
     r = run_vjp(cell, "--symbolic")
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     torch.testing.assert_close(torch.rand(1), plain_draw)  # nothing drew random numbers again
     assert {n for n in ip.user_ns if not n.startswith("_")} == plain_names
     x_grad = ip.user_ns["x"].grad
@@ -365,7 +365,7 @@ def test_in_place_changes_to_earlier_objects_happen_once(ip, run_ok, run_vjp):
     assert ip.user_ns["acc"] == [1]
     # Nothing runs again: the replay reads w as the cell used it (after its one add_).
     assert same(r.symbolic["x"], 2)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     assert "disagrees" not in shown(r)
 
 
@@ -374,7 +374,7 @@ def test_large_formula_is_not_typeset_but_still_checked(run_vjp):
     body = "x = torch.linspace(1, 2, 8, requires_grad=True)\ny = x * x.sum()"
     r = run_vjp(body, "--symbolic")
     assert r.symbolic["x"].shape == (8, 8)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     assert "symbolic form too large (8 × 8; shown up to 6 × 6)" in shown(r)
     _, _, report = derived(body)
     assert "symbolic form too large (8 × 8; shown up to 6 × 6)" in words(report)
@@ -430,7 +430,7 @@ def test_multiple_inputs_each_get_a_formula(run_vjp):
     w = sympy.Symbol("w", real=True)
     assert same(r.symbolic["x"], w + sympy.cos(x))
     assert same(r.symbolic["w"], x)
-    assert r.symbolic_check == {"x": True, "w": True}
+    assert r.crosscheck == {"x": True, "w": True}
 
 
 def test_linear_layer(ip, run_vjp):
@@ -440,7 +440,7 @@ def test_linear_layer(ip, run_vjp):
     assert r.symbolic["x"].shape == (1, 2)
     got = torch.tensor([float(v) for v in r.symbolic["x"]])
     torch.testing.assert_close(got, weight.reshape(-1))
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_unseeded_random_constants_are_replayed_exactly(ip, run_vjp):
@@ -449,7 +449,7 @@ def test_unseeded_random_constants_are_replayed_exactly(ip, run_vjp):
     weight = ip.user_ns["layer"].weight.detach()
     got = torch.tensor([float(v) for v in r.symbolic["x"]])
     torch.testing.assert_close(got, weight.reshape(-1))
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_an_output_missing_from_the_record_says_where_to_compute_it():
@@ -471,14 +471,14 @@ def test_many_points_share_one_generic_formula(run_vjp):
     for value in (-2.0, -0.3, 0.0, 1.7):
         want = (2 * x * s + x**2 * s * (1 - s)).subs(x, value).evalf()
         assert float(formula.subs(x, value).evalf()) == pytest.approx(float(want), rel=1e-12)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     assert "4,096 points" in shown(r)
 
 
 def test_per_point_constants_with_one_derivative(run_vjp):
     body = "x = torch.linspace(-2, 2, 50, requires_grad=True)\ny = x + torch.arange(50)"
     r = run_vjp(body, "--symbolic")
-    assert r.symbolic["x"] == 1 and r.symbolic_check["x"] is True
+    assert r.symbolic["x"] == 1 and r.crosscheck["x"] is True
     _, _, report = derived(body)
     assert report.function is None  # f itself differs from point to point
     assert "f(x) =" not in words(report)
@@ -514,7 +514,7 @@ def test_element_assignment_gives_the_formula(ip, run_vjp, body, function):
     assert set(names) <= set(symbols)
     got = formula.subs(dict(zip(symbols, values.reshape(-1).tolist()))).evalf()
     torch.testing.assert_close(torch.tensor(got.tolist(), dtype=torch.float64), want)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(run_vjp, monkeypatch):
@@ -524,7 +524,7 @@ def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(run_vjp, monkeypatch):
     monkeypatch.setitem(registry.RULES, "exp", broken)
     body = "x = torch.tensor([1., 2.], requires_grad=True)\ny = x.exp()"
     r = run_vjp(body, "--symbolic")
-    assert r.symbolic["x"] is None and "x" not in r.symbolic_check
+    assert r.symbolic["x"] is None and "x" not in r.crosscheck
     assert "boom" in shown(r)
     torch.testing.assert_close(r.derivatives["x"], torch.tensor([1.0, 2.0]).exp())
     note = derived(body)[2].note
@@ -545,7 +545,7 @@ def test_a_bug_in_the_symbolic_stage_never_fails_the_cell(run_vjp, monkeypatch):
 ])
 def test_float32_underflow_is_not_a_disagreement(run_vjp, body, function, values):
     r = run_vjp(body, "--symbolic")
-    assert r.symbolic_check["x"] is True, shown(r)
+    assert r.crosscheck["x"] is True, shown(r)
     assert "disagrees" not in shown(r)
     # the formula itself is right: in float64 it matches autograd to rounding
     want = reference_jacobian(function, torch.tensor(values, dtype=torch.float64))
@@ -627,7 +627,7 @@ def test_log_and_sqrt_at_zero_leak_no_numpy_warnings(run_vjp):
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], \
         [str(w.message) for w in caught]
     assert same(r.symbolic["x"], 1 / x + 1 / (2 * sympy.sqrt(x)))
-    assert r.symbolic_check["x"] is True  # inf at 0 on both sides
+    assert r.crosscheck["x"] is True  # inf at 0 on both sides
 
 
 def _double_subscript(tex: str) -> bool:
@@ -684,7 +684,7 @@ def test_a_name_updated_from_its_own_earlier_value_is_replayed(ip, run_ok, run_v
     r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\nc = c * 2\ny = c * x**2",
                 "--symbolic")
     assert same(r.symbolic["x"], 8 * x)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     torch.testing.assert_close(ip.user_ns["c"], torch.tensor(4.0))  # the cell ran once
 
 
@@ -706,7 +706,7 @@ def test_a_function_with_a_side_effect_runs_once(ip, run_ok, run_vjp):
     r = run_vjp("x = torch.linspace(0, 1, 3, requires_grad=True)\ny = f(x) * 2", "--symbolic")
     assert ip.user_ns["calls"] == [1]
     assert same(r.symbolic["x"], 2 * sympy.cos(x))
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_a_generator_advances_once(ip, run_ok, run_vjp):
@@ -716,7 +716,7 @@ def test_a_generator_advances_once(ip, run_ok, run_vjp):
                 "--symbolic")
     assert ip.user_ns["k"] == 2 and next(ip.user_ns["g"]) == 3
     assert same(r.symbolic["x"], 2 * x)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_a_file_is_written_once(ip, run_vjp, tmp_path):
@@ -737,7 +737,7 @@ def test_a_forward_hook_runs_once_and_its_change_is_in_the_formula(ip, run_ok, r
     weight = ip.user_ns["layer"].weight.detach().reshape(-1)
     got = torch.tensor([float(v) for v in r.symbolic["x"]])
     torch.testing.assert_close(got, 3 * weight)  # d(3 (w . x + b))/dx = 3 w
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_an_optimizer_step_moves_the_parameter_once(ip, run_ok, run_vjp):
@@ -747,7 +747,7 @@ def test_an_optimizer_step_moves_the_parameter_once(ip, run_ok, run_vjp):
     torch.testing.assert_close(ip.user_ns["w"].detach(), torch.tensor(0.8))  # 1 - 0.1 * 2, once
     torch.testing.assert_close(ip.user_ns["w"].grad, torch.tensor(2.0))  # zero_grad ran once
     assert same(r.symbolic["x"], sympy.Rational(8, 5) * x)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 @pytest.mark.parametrize("values, expected", [
@@ -758,14 +758,14 @@ def test_a_data_dependent_branch_gives_the_formula_of_the_branch_taken(run_vjp, 
     r = run_vjp(f"x = torch.tensor({values}, requires_grad=True)\n"
                 "if x.sum() > 0:\n    y = x**2\nelse:\n    y = x**3", "--symbolic")
     assert same(r.symbolic["x"], expected)
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 def test_element_assignment_into_a_plain_tensor(run_vjp):
     r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.zeros(3)\n"
                 "y[0] = x[0] ** 2\ny[2] = x[1] * x[2]", "--symbolic --full")
     assert same(r.symbolic["x"], [[2 * x1, 0, 0], [0, 0, 0], [0, x3, x2]])
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
 
 
 @pytest.mark.parametrize("expression", ["torch.linalg.norm(x)", "x.norm()"])
@@ -773,7 +773,7 @@ def test_the_norm_at_zero_is_undefined_not_a_disagreement(run_vjp, expression):
     r = run_vjp(f"x = torch.zeros(3, requires_grad=True)\ny = {expression}", "--symbolic")
     norm = sympy.sqrt(x1**2 + x2**2 + x3**2)
     assert same(r.symbolic["x"], [[x1 / norm, x2 / norm, x3 / norm]])
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     text = shown(r)
     assert "undefined at the point" in text and "disagrees" not in text
 
@@ -783,7 +783,7 @@ def test_undefined_points_are_counted_apart_from_the_others(run_vjp):
                 "y = torch.linalg.norm(x, dim=1)", "--symbolic")
     norm = sympy.sqrt(x1**2 + x2**2)
     assert same(r.symbolic["x"], [[x1 / norm, x2 / norm]])
-    assert r.symbolic_check["x"] is True
+    assert r.crosscheck["x"] is True
     assert "agrees with autograd at 2 of 3 points; undefined at the other 1" in shown(r)
 
 
