@@ -98,7 +98,7 @@ def check(answer, output: torch.Tensor, inputs, names=None):
         inputs, names: as for :func:`differentiate`.
 
     Returns:
-        Check: ``.correct`` (bool); ``.kind``, ``"correct"`` or the mistake recognised
+        Verdict: ``.correct`` (bool); ``.kind``, ``"correct"`` or the mistake recognised
         (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"transposed"``,
         ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``, ``"wrong"``,
         ``"missing"``); ``.hint``, what to do in the output's and inputs' names, never the

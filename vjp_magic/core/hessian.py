@@ -21,7 +21,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from . import analysis, memory, structure
+from . import analysis, memory, probes
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
 from .pairing import Pairing
@@ -188,16 +188,16 @@ def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) ->
         return None
     k = d.dim() - x.dim()
     lifted = Pairing((k + b, b) for b in pairing.in_axes)
-    probes = [structure.probe_vector(d, seed, draw)
-              for draw in range(structure.probe_plan(d.dtype).probes)]
-    (first,) = autograd_grad([d], [x], [probes[0]], retain_graph=True, allow_unused=True)
+    vectors = [probes.probe_vector(d, seed, draw)
+               for draw in range(probes.probe_plan(d.dtype).probes)]
+    (first,) = autograd_grad([d], [x], [vectors[0]], retain_graph=True, allow_unused=True)
     if first is None:
         return _Inner(lifted, None, evidence, unused=True)
     stacked, _ = component_vjps(d, [x], lifted.out_axes, budget)
     second = stacked[0].reshape(lifted.component_shape(d.shape) + tuple(x.shape))
     checks = [] if evidence == "proved" else \
-        [(probes[0], first)] + [(v, plain_vjp(d, [x], v)[0]) for v in probes[1:]]
-    if any(structure.probe_mismatch(second, v, vjp, lifted) > SECOND_ORDER_SLACK
+        [(vectors[0], first)] + [(v, plain_vjp(d, [x], v)[0]) for v in vectors[1:]]
+    if any(probes.probe_mismatch(second, v, vjp, lifted) > SECOND_ORDER_SLACK
            for v, vjp in checks):
         return None
     return _Inner(lifted, second, evidence)

@@ -103,15 +103,10 @@ class DerivativeResult:
     full: bool = False  # no point structure was looked for (--full)
     notes: list[str] = field(default_factory=list)
     memory_budget: int | None = None
-    seed: int | None = None  # the probes' seed (core.structure.probe_vector)
+    seed: int | None = None  # the probes' seed (core.probes.new_seed)
     symbolic: dict = field(default_factory=dict)  # SymPy's formulas (--symbolic)
     crosscheck: dict = field(default_factory=dict)  # each formula agrees with autograd
     view: object | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def symbolic_check(self) -> dict:
-        """The former name of :attr:`crosscheck`."""
-        return self.crosscheck
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:
@@ -172,7 +167,7 @@ class VJPResult(DerivativeResult):
     ``gradcheck`` (``--gradcheck``) with their flags.
     """
 
-    check: object | None = None  # a student's answer graded (%%vjp --check; teach.grading.Check)
+    check: object | None = None  # a student's answer graded (%%vjp --check; teach.grading.Verdict)
     gradcheck: object | None = None  # the replayed cell against finite differences (--gradcheck)
 
     @property

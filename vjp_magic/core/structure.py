@@ -14,8 +14,6 @@ import torch
 
 from .pairing import Pairing
 from .probes import probe_generator
-# core/hessian.py reads these three as structure.<name>; their home is .probes
-from .probes import probe_mismatch, probe_plan, probe_vector  # noqa: F401
 
 PER_SIZE = 3  # candidate pairings tried per number of point axes (probe path)
 

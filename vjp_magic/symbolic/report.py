@@ -46,11 +46,6 @@ class SymbolicReport:
     details: dict[str, SymbolicDerivative] = field(default_factory=dict)
     shown: tuple[Section, ...] = field(default=(), repr=False)
 
-    @property
-    def check(self) -> dict:
-        """The former name of :attr:`crosscheck`."""
-        return self.crosscheck
-
     def sections(self) -> tuple[Section, ...]:
         """The display: above the numeric derivatives."""
         return self.shown
