@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..core.tolerances import tolerances
+from ..core.torch_api import materialized_grad
 from ..run.replay import build, runs_user_code
 
 MAX_COMPONENTS = 64  # backward passes per input: one per non-point output component
@@ -130,9 +131,7 @@ def _derivatives(replay, result, name: str, vs: list, dtype) -> torch.Tensor | N
         return None
     rows = []
     for v in vs:
-        (row,) = torch.autograd.grad(out, leaves[name], v.to(out.dtype), retain_graph=True,
-                                     allow_unused=True)
-        rows.append(torch.zeros_like(leaves[name]) if row is None else row)
+        rows.append(materialized_grad(out, leaves[name], v.to(out.dtype), retain_graph=True)[0])
     return torch.stack(rows).reshape(tuple(result.inputs[name].derivatives.shape))
 
 
