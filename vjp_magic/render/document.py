@@ -53,12 +53,8 @@ class Bullets:
     numbered: bool = False
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One cell of a laid-out matrix: a number, a label or a dots marker, spelled both ways."""
-
-    tex: str
-    plain: str
+# One cell of a laid-out matrix (a number, a label or a dots marker): maths spelled both ways.
+Entry = Math
 
 
 @dataclass(frozen=True)
