@@ -48,6 +48,7 @@ class BackwardCall:
     # id(leaf) → what this call added to the leaf's .grad (read off .grad around the call,
     # so that coaching needs no pass of its own through a graph the call may have freed)
     added: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)  # id(leaf) → its .grad just before (None: unset)
 
 
 @dataclass

@@ -65,6 +65,7 @@ class _RetainingEngine:
             log.errors.append(error)
             raise
         record.added = _added(leaves)
+        record.before = {key: copy for key, (_, copy) in leaves.items()}
         log.created_graph = log.created_graph or bool(create_graph)
         if not keep_graph:
             for node in nodes:
