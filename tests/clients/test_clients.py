@@ -31,11 +31,16 @@ from jupyter_harness import (
 NOTEBOOKS = client_notebooks()
 IDS = [p.name for p in NOTEBOOKS]
 RENDERED = ("text/markdown", "text/latex")  # the two mime types a markdown+maths client typesets
-# The order in which VS Code picks one mime type of an output (extensions/ipynb deserializers.ts
-# and vscode-jupyter: `orderOfMimeTypes`): text/latex comes BEFORE text/markdown there.
-VSCODE_ORDER = ("text/html", "application/javascript", "image/gif", "text/latex",
-                "text/markdown", "image/png", "image/svg+xml", "image/jpeg", "application/json",
-                "text/plain")
+# The order in which VS Code picks the one mime type of an output it shows: the workbench's
+# NOTEBOOK_DISPLAY_ORDER (microsoft/vscode src/vs/workbench/contrib/notebook/common/
+# notebookCommon.ts; the user's `notebook.displayOrder` goes first), the first with a renderer.
+# The ipynb extension sorts an output's items the same way (extensions/ipynb/src/
+# deserializers.ts `orderOfMimeTypes`). text/latex comes BEFORE text/markdown in both, and the
+# built-in markdown-it renderer (with markdown-math's KaTeX) renders text/latex as markdown.
+VSCODE_ORDER = ("application/json", "application/javascript", "text/html", "image/svg+xml",
+                "text/latex", "text/markdown", "image/png", "image/jpeg", "text/plain")
+# A TeX environment's own line left visible (the old `\begin{verbatim}` around code)
+_TEX_ENVIRONMENT = re.compile(r"\\(?:begin|end)\{[A-Za-z*]+\}")
 OVERFULL_TOLERANCE_PT = 20.0  # a wide matrix may touch the margin, never leave the page
 
 
@@ -79,7 +84,9 @@ class _Leftovers(html.parser.HTMLParser):
         self.stack: list[bool] = []  # per open element: inside something skipped?
         self.found: list[str] = []
         self.pre_code: list[str] = []
+        self.environments: list[str] = []  # \begin{…}/\end{…} shown as text, code included
         self._code: list[str] | None = None
+        self._katex = 0  # open elements inside KaTeX's output
 
     def handle_starttag(self, tag, attrs):
         if tag in self.VOID:
@@ -88,6 +95,7 @@ class _Leftovers(html.parser.HTMLParser):
         skipped = (bool(self.stack) and self.stack[-1]) or tag in self.SKIP \
             or re.search(r"\bkatex\b|\bkatex-display\b", classes) is not None
         self.stack.append(skipped)
+        self._katex += bool(self._katex or re.search(r"\bkatex\b", classes))
         if tag == "pre":
             self._code = []
 
@@ -96,6 +104,7 @@ class _Leftovers(html.parser.HTMLParser):
             return
         if self.stack:
             self.stack.pop()
+        self._katex = max(0, self._katex - 1)
         if tag == "pre" and self._code is not None:
             self.pre_code.append("".join(self._code))
             self._code = None
@@ -103,6 +112,8 @@ class _Leftovers(html.parser.HTMLParser):
     def handle_data(self, data):
         if self._code is not None:
             self._code.append(data)
+        if not self._katex:
+            self.environments += _TEX_ENVIRONMENT.findall(data)
         if not (self.stack and self.stack[-1]) and re.search(r"\$|\\[a-zA-Z]+", data):
             self.found.append(data.strip()[:120])
 
@@ -145,6 +156,9 @@ def vscode_problems(nb) -> dict[str, list[str]]:
         for found in code_as_maths(data[mime]) if mime == "text/markdown" else ():
             kind = f"VS Code shows {mime}: code not copyable (\\mathtt/\\texttt)"
             problems.setdefault(kind, []).append(f"{where(nb, cell)}: {found!r}")
+        for env in shown[(cell, k, mime)].environments[:1]:
+            kind = f"VS Code shows {mime}: TeX environment lines visible"
+            problems.setdefault(kind, []).append(f"{where(nb, cell)}: {env}")
         code = [re.sub(r"\s+", " ", pre).strip() for pre in shown[(cell, k, mime)].pre_code]
         for fence in python_fences(data.get("text/markdown", "")):
             body = re.sub(r"\s+", " ", fence).strip()
@@ -218,6 +232,52 @@ _HTML_PROBLEMS = r"""() => {
 }"""
 
 
+# Code in the outputs (not the input cells): set in a monospace font (same width for "i" and
+# "M"), and never broken mid-identifier (a soft line break between two word characters).
+_CODE_PROBLEMS = r"""() => {
+    const out = [];
+    const pres = [...document.querySelectorAll('.jp-OutputArea-output pre, .output_area pre')]
+        .filter(pre => !pre.closest('.jp-InputArea, .input_area'));
+    for (const pre of pres) {
+        const width = (text) => {
+            const probe = document.createElement('span');
+            probe.textContent = text;
+            pre.appendChild(probe);
+            const w = probe.getBoundingClientRect().width;
+            probe.remove();
+            return w;
+        };
+        if (Math.abs(width('iiiiiiiiii') - width('MMMMMMMMMM')) > 1) {
+            out.push('code in a proportional font (' + getComputedStyle(pre).fontFamily + '): '
+                     + pre.textContent.trim().slice(0, 60));
+        }
+        const range = document.createRange();
+        const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+        let prev = null;
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (let i = 0; i < node.length; i++) {
+                const ch = node.data[i];
+                if (ch === '\n') { prev = null; continue; }
+                range.setStart(node, i);
+                range.setEnd(node, i + 1);
+                const box = range.getClientRects()[0];
+                if (!box) continue;
+                const soft = prev !== null && box.top > prev.top + 2;
+                if (soft && /\w/.test(prev.ch) && /\w/.test(ch)) {
+                    out.push('code broken mid-identifier at ' + window.innerWidth + ' px: '
+                             + JSON.stringify(prev.line + ' / ' + ch));
+                }
+                prev = {ch, top: box.top, line: ((prev && !soft) ? prev.line : '') + ch};
+            }
+        }
+    }
+    return out;
+}"""
+# JupyterLab at 1024 px with the file browser open gives an output 572 px wide (render/options.py);
+# nbconvert's page gives its outputs that width at about this viewport.
+NARROW = {"width": 620, "height": 768}
+
+
 @pytest.fixture(scope="module")
 def chromium():
     require(chromium_missing())
@@ -245,9 +305,11 @@ def html_problems(chromium, url: str, nb=None) -> tuple[int, list[str]]:
         page.goto(url)
         page.wait_for_function("() => window.__mj && window.__mj.done", timeout=90_000,
                                polling=250)
-        problems = page.evaluate(_HTML_PROBLEMS)
+        problems = page.evaluate(_HTML_PROBLEMS) + page.evaluate(_CODE_PROBLEMS)
         typeset = page.locator(".MathJax_CHTML, .MathJax_CHTML_Display, .mjx-chtml").count()
         images = page.evaluate(_IMAGES_SHOWN)
+        page.set_viewport_size(NARROW)
+        problems += [p for p in page.evaluate(_CODE_PROBLEMS) if "mid-identifier" in p]
     finally:
         page.close()
     expected = sum("image/png" in data for _, _, data in display_outputs(nb)) if nb else 0
@@ -281,7 +343,8 @@ def export_html(nb, server: StaticServer, folder: Path, name: str) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_nbconvert_html_typesets_offline(path, executed, html_server, chromium):
     """The exported HTML in Chromium, nothing from the network: MathJax 2.7 typesets every
-    formula without an error and no raw `$$` or TeX is left."""
+    formula without an error and no raw `$$` or TeX is left; code in outputs is monospace and
+    breaks nowhere mid-identifier, at 1024 px and at JupyterLab's narrowest output width."""
     _, nb = executed[path.name]
     server, folder = html_server
     url = export_html(nb, server, folder, path.name.replace(".ipynb", ".html"))
@@ -373,7 +436,15 @@ BROKEN = [
     {"text/markdown": "Display:\n\n\\[ x^2 \\]\n\nand \\noindent text", "text/plain": "2"},
     {"text/markdown": "ok\n\n```python\ny.backward()\n```\n", "text/plain": "3",
      "text/latex": "ok\n\n\\begin{verbatim}\ny.backward()\n\\end{verbatim}\n"},
+    # the spelling before issue 22: code in an indented verbatim, which markdown shows whole
+    {"text/markdown": "ok\n\n```python\ny.backward()\n```\n", "text/plain": "4",
+     "text/latex": "ok\n\n    \\begin{verbatim}\n    y.backward()\n    \\end{verbatim}\n"},
 ]
+# A code block as markdown spelled it before issue 22: no monospace <div>, a line too long
+OLD_CODE = {"text/markdown": "```python\nd_layer_weight = layer.weight.new_zeros(4, "
+                             "*layer.weight.shape); d_layer_weight[k] = layer.weight.grad; "
+                             "layer.weight.grad = None\n```\n",
+            "text/plain": "5"}
 # (amsmath's bmatrix takes at most 10 columns: more is a LaTeX error, not an overfull box)
 WIDE = "$$\\begin{bmatrix}" + " & ".join(["-0.1234567890"] * 9) + "\\end{bmatrix}$$"
 
@@ -383,15 +454,20 @@ def test_the_vscode_check_catches_broken_outputs():
     problems = vscode_problems(fake_notebook(BROKEN))
     assert set(problems) >= {"text/markdown: KaTeX error", "text/markdown: raw TeX showing",
                              "text/latex: KaTeX error",
-                             "VS Code shows text/latex: code not in a code block"}, problems
+                             "VS Code shows text/latex: code not in a code block",
+                             "VS Code shows text/latex: TeX environment lines visible"}, problems
+    assert any(p.startswith("cell 3 ") for p in  # the old spelling
+               problems["VS Code shows text/latex: TeX environment lines visible"]), problems
 
 
 @pytest.mark.browser
 def test_the_html_check_catches_broken_outputs(html_server, chromium):
     server, folder = html_server
-    url = export_html(fake_notebook(BROKEN[:2]), server, folder, "broken.html")
+    url = export_html(fake_notebook(BROKEN[:2] + [OLD_CODE]), server, folder, "broken.html")
     _, problems = html_problems(chromium, url)
     assert any("foo" in p for p in problems), problems
+    assert any("proportional font" in p for p in problems), problems
+    assert any("mid-identifier at 620 px" in p for p in problems), problems
 
 
 def test_the_latex_check_catches_a_wide_matrix(tmp_path):

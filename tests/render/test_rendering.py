@@ -289,6 +289,7 @@ def test_plain_aligns_columns_and_marks_elisions():
 # -- LaTeX: compiles, and wide matrices stay on the page ----------------------------------------
 PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage{amsmath}\usepackage{amssymb}\usepackage{fontspec}\usepackage{unicode-math}
+\usepackage{fancyvrb}
 \usepackage{geometry}\geometry{tmargin=1in,bmargin=1in,lmargin=1in,rmargin=1in}
 \begin{document}
 """  # the parts of nbconvert's LaTeX template (under xelatex) that outputs rely on
@@ -319,12 +320,14 @@ def test_latex_escapes_prose_and_keeps_code_verbatim():
     tex = latex.render(EVERY_NODE)
     # escapes that markdown reads the same way; symbols markdown would act on as maths
     assert r"100\% of a\_b * c \$5 \#1 \{$\sim$$\wedge$$\backslash$\}" in tex
-    # verbatim indented by four spaces: an indented code block to markdown (VS Code)
-    assert ("    \\begin{verbatim}\n    for k in range(2):\n"
-            "        v = torch.zeros_like(y); v[k] = 1  # 100% _x_\n    \\end{verbatim}") in tex
+    # fancyvrb's Verbatim, a fenced code block to markdown (VS Code) with no TeX line shown:
+    # the fence's info string begins it, an HTML comment hides its end
+    assert ("~~~" + latex._UNTIE + "\\begin{Verbatim}[lastline=2]\nfor k in range(2):\n"
+            "    v = torch.zeros_like(y); v[k] = 1  # 100% _x_\n~~~\n<!--\n\\end{Verbatim}\n"
+            "%-->") in tex
     assert r"$\texttt{x.grad}$" in tex and r"$$J = \left[\begin{array}" in tex
     # nothing outside maths that markdown would show as a macro or read as a list
-    prose = re.sub(r"\$\$.*?\$\$|\$.*?\$|^    .*$", "", tex, flags=re.S | re.M)
+    prose = re.sub(r"\$\$.*?\$\$|\$.*?\$|^~~~.*?^%-->$", "", tex, flags=re.S | re.M)
     assert not re.search(r"\\(begin|textbf|noindent|item|\[)", prose)
     assert not re.search(r"^(\d+[.)]|[-+*]) ", prose, flags=re.M)
 

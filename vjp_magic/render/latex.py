@@ -3,8 +3,9 @@
 VS Code shows ``text/latex`` in preference to ``text/markdown`` and typesets it as markdown with
 KaTeX, so this spelling is valid in both at once: prose escapes only what markdown reads the
 same way (``\\_ \\% \\& \\# \\$ \\{ \\}``) and no text macros; maths is ``$…$`` and ``$$…$$`` only;
-no environment outside maths (a list item is a paragraph that starts "(1)" or "–"); code is a
-``verbatim`` block indented by four spaces (an indented code block to markdown). The TeX of
+no environment outside maths (a list item is a paragraph that starts "(1)" or "–"); code is
+:func:`code_block`, fancyvrb's ``Verbatim`` that markdown reads as a fenced code block with
+nothing else shown (nbconvert's LaTeX template loads fancyvrb). The TeX of
 maths is also what the markdown rendering hands to MathJax 3 and KaTeX, so it keeps to what
 both accept: :data:`UNSAFE_TEX` lists what no maths may contain and
 :func:`tex_problems` finds it (the tests and the symbolic display use the same list).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from .codelines import fit_code
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
                        Section, Span, Text)
 
@@ -210,9 +212,31 @@ def _block(block) -> str:
             out += "\n\n" + _spans(block.caption)
         return out
     if isinstance(block, CodeBlock):
-        lines = ["\\begin{verbatim}", *block.source.rstrip("\n").splitlines(), "\\end{verbatim}"]
-        return "\n".join("    " + line for line in lines)
+        return code_block(block.source)
     raise TypeError(f"not a block: {block!r}")
+
+
+# Before the Verbatim: the ties of the fence (``~~~``, three spaces to TeX) and the paragraph
+# they started taken back, so that no empty line comes before the code.
+_UNTIE = r"\unskip\unpenalty" * 3 + r"\setbox0\lastbox"
+
+
+def code_block(source: str) -> str:
+    """Code that is code to LaTeX and to markdown at once, with no line of either showing::
+
+        ~~~\\unskip…\\begin{Verbatim}[lastline=N]   markdown: a fence, this its info string
+        the N lines of code
+        ~~~                                     markdown: the fence's end; TeX: line N+1,
+        <!--                                    not printed (lastline); markdown: a comment
+        \\end{Verbatim}                          … that hides the end of the Verbatim
+        %-->                                    and ends on a TeX comment
+
+    The lines are those of :func:`.codelines.fit_code`; the fence is longer than any run of
+    tildes in them."""
+    lines = fit_code(source).split("\n")
+    fence = "~" * max([3] + [len(run) + 1 for run in re.findall(r"~{3,}", source)])
+    return "\n".join([fence + _UNTIE + r"\begin{Verbatim}[lastline=%d]" % len(lines), *lines,
+                      fence, "<!--", r"\end{Verbatim}", "%-->"])
 
 
 def _section(section: Section) -> str:

@@ -1,17 +1,22 @@
 """The document spelled as markdown: the display in JupyterLab, Notebook 7, VS Code and Colab.
 
-Short paragraphs and lists that wrap, code in fenced ``python`` blocks (copyable, highlighted),
-maths only for formulas and matrices: ``$…$`` inline, ``$$…$$`` on a line of its own. The TeX is
-the LaTeX rendering's own (:func:`latex.formula_tex`), safe for MathJax 3 and KaTeX.
+Short paragraphs and lists that wrap, code in fenced ``python`` blocks (copyable, highlighted;
+lines fitted by :func:`.codelines.fit_code`) inside a ``<div>`` that sets a monospace font
+(nbconvert's HTML export gives an output's ``<pre>`` ``font-family: inherit``), maths only for
+formulas and matrices: ``$…$`` inline, ``$$…$$`` on a line of its own. The TeX is the LaTeX
+rendering's own (:func:`latex.formula_tex`), safe for MathJax 3 and KaTeX.
 """
 from __future__ import annotations
 
 import re
 
+from .codelines import fit_code
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Paragraph, Section,
                        Span, Text)
 from .latex import formula_tex
 
+# JupyterLab's own code font; the <pre> inherits it in nbconvert's HTML (JupyterLab sets it)
+CODE_FONT = "<div style=\"font-family: Menlo, Consolas, 'DejaVu Sans Mono', monospace\">"
 _ESCAPED = re.compile(r"([\\`*_\[\]<>$|~#&])")
 
 
@@ -63,9 +68,9 @@ def _block(block) -> str:
         out = f"$${formula_tex(block)}$$"
         return out + ("\n\n" + _spans(block.caption) if block.caption else "")
     if isinstance(block, CodeBlock):
-        source = block.source.rstrip("\n")
+        source = fit_code(block.source)
         fence = "````" if "```" in source else "```"
-        return f"{fence}python\n{source}\n{fence}"
+        return f"{CODE_FONT}\n\n{fence}python\n{source}\n{fence}\n\n</div>"
     raise TypeError(f"not a block: {block!r}")
 
 

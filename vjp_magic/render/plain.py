@@ -1,12 +1,14 @@
 """The document spelled as plain text: terminal IPython and ``repr``.
 
 Paragraphs wrap at :data:`WRAP`; matrices keep their columns aligned, ``...`` and ``:`` where
-they are summarised; code is indented four spaces.
+they are summarised; code is indented four spaces, its lines those of
+:func:`.codelines.fit_code`.
 """
 from __future__ import annotations
 
 import textwrap
 
+from .codelines import fit_code
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
                        Section, Span, Text)
 PLAIN_GAP = 2  # spaces between two columns of a plain-text matrix
@@ -85,7 +87,7 @@ def _block(block) -> str:
     if isinstance(block, Formula):
         return "\n".join(formula_lines(block))
     if isinstance(block, CodeBlock):
-        return textwrap.indent(block.source.rstrip("\n"), "    ")
+        return textwrap.indent(fit_code(block.source), "    ")
     raise TypeError(f"not a block: {block!r}")
 
 
