@@ -411,3 +411,21 @@ def test_cuda_result_renders_from_the_device():
     # the first derivative, cos(-1), to the digits the width budget left (at least 3)
     assert abs(float(m.rows[0][0].plain) - math.cos(-1.0)) < 5e-3
     assert len(bundle(r)["text/markdown"].encode()) < 20_000
+
+
+def test_long_code_lines_break_between_tokens_into_the_same_program():
+    import ast
+
+    from vjp_magic.render.codelines import CODE_WIDTH, fit_code
+    source = ("d_layer_weight = layer.weight.new_zeros(4, *layer.weight.shape)\n"
+              "for k in range(4):\n"
+              "    d_layer_weight[k] = layer.weight.grad; layer.weight.grad = None\n"
+              "y.backward(gradient=torch.ones_like(y), retain_graph=True)  # keep it\n"
+              "x = 'a string literal far too long to fit, with nowhere to break it at all'\n")
+    fitted = fit_code(source)
+    assert ast.dump(ast.parse(fitted)) == ast.dump(ast.parse(source))
+    assert fitted.split("\n")[:2] == ["d_layer_weight = layer.weight.new_zeros(",
+                                      "    4, *layer.weight.shape)"]
+    assert "    layer.weight.grad = None" in fitted.split("\n")  # one statement a line
+    assert "           retain_graph=True)  # keep it" in fitted  # under the bracket's content
+    assert [len(line) for line in fitted.split("\n") if len(line) > CODE_WIDTH] == [76]
