@@ -428,4 +428,4 @@ def test_long_code_lines_break_between_tokens_into_the_same_program():
                                       "    4, *layer.weight.shape)"]
     assert "    layer.weight.grad = None" in fitted.split("\n")  # one statement a line
     assert "           retain_graph=True)  # keep it" in fitted  # under the bracket's content
-    assert [len(line) for line in fitted.split("\n") if len(line) > CODE_WIDTH] == [76]
+    assert [len(line) for line in fitted.split("\n") if len(line) > CODE_WIDTH] == [75]
