@@ -8,7 +8,8 @@ In a notebook, ``%load_ext vjp_magic`` registers:
 - ``%hessian``: the same, for second derivatives.
 
 From plain Python: :func:`differentiate` (as ``%%vjp``), :func:`hessian`, :func:`check`
-(grade an answer) and :func:`dependency` (which output indices read which input indices).
+(grade an answer; :func:`assert_correct` for autograded cells) and :func:`dependency` (which
+output indices read which input indices).
 Each one's help (``vjp_magic.differentiate?``, ``%%vjp?``) is its reference; ``docs/api.md``
 has the whole of it, ``docs/architecture.md`` how the package is built.
 """
@@ -18,7 +19,7 @@ from .core.dependency import Dependency, dependency
 from .core.errors import GraphFreed, VJPUsageError
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, GradientList, VJPResult
-from .pipeline import check, differentiate, hessian
+from .pipeline import assert_correct, check, differentiate, hessian
 from .render.options import RenderOptions
 
 try:
@@ -26,9 +27,9 @@ try:
 except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["check", "dependency", "Dependency", "differentiate", "hessian", "DerivativeResult",
-           "VJPResult", "HessianResult", "VJPUsageError", "GraphFreed", "GradientList",
-           "RenderOptions",
+__all__ = ["assert_correct", "check", "dependency", "Dependency", "differentiate", "hessian",
+           "DerivativeResult", "VJPResult", "HessianResult", "VJPUsageError", "GraphFreed",
+           "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 
 

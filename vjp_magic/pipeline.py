@@ -25,6 +25,7 @@ from .core.errors import GraphFreed, VJPUsageError
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
+from .core.validation import named_inputs
 from .features import (Feature, code, coaching, declared_flags, explain, gather, grading,
                        gradcheck, is_wanted, picture, symbolic)
 from .render.options import RenderOptions
@@ -81,34 +82,41 @@ def pipeline(subject: Subject, request: Request,
                    view=view, **added.stored)
 
 
-def check(answer, output: torch.Tensor, inputs, names=None):
-    """Grade ``answer`` against the true derivatives of ``output`` with respect to
-    ``inputs``, without showing them: the plain-Python form of ``%%vjp --check``.
+def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
+    """Grade ``answer`` against the true derivatives, unshown: ``%%vjp --check`` from Python.
+    Against the exercise's f (as ``--against``), or an output tensor's own graph.
 
     Args:
         answer (Tensor, list of Tensors, or dict str → answer): the derivatives in any
             accepted form: as ``r.derivatives[name]`` holds them (component axes, then the
-            input's shape); the full Jacobian (``output.shape + input.shape``); where the
-            output has one component per point (or is a scalar), the input-shaped gradient
+            input's shape); the full Jacobian (``output.shape + input.shape``), or flattened
+            to m × n as ``%jacobian`` shows it; one Jacobian per row (points first: (N, m,
+            d)) where that shape is not another form's; where the output has one component
+            per point (or is a scalar), the input-shaped gradient
             ``y.backward(torch.ones_like(y))`` leaves in ``x.grad``; one tensor per
             component (stacked). Axes of size 1 may differ. With several inputs, a dict
             ``{name: answer}`` or one answer per input, in order.
-        output (Tensor): the output, its graph still alive (compute the answer with
-            ``retain_graph=True``, or call ``check`` first).
+        output (callable or Tensor): the exercise's f, called on fresh copies of the inputs
+            (by name where its parameters are named like them, else in order; ``x.grad``
+            and your tensors are left alone); or the output itself, its graph still alive
+            (compute the answer with ``retain_graph=True``, or call ``check`` first).
         inputs, names: as for :func:`differentiate`.
+        y (Tensor, optional): with a callable f, the student's output: compared with f's at
+            the inputs, and its graph's derivatives with f's (a cut graph is named).
 
     Returns:
         Verdict: ``.correct`` (bool); ``.kind``, ``"correct"`` or the mistake recognised
-        (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"transposed"``,
-        ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``, ``"wrong"``,
-        ``"missing"``); ``.hint``, what to do in the output's and inputs' names, never the
-        expected numbers; ``.points`` (for ``"wrong-at-points"``); ``.name``, ``.form``,
-        ``.expected_shape``, ``.answer_shape``, ``.factor``, ``.component``. Values are
-        compared within the dtype's tolerance (float32: 1e-5, float64: 1e-9).
+        (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"scaled"``,
+        ``"transposed"``, ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``,
+        ``"wrong"``, ``"missing"``; with f and ``y``: ``"output-differs"``, ``"graph-cut"``);
+        ``.hint``, what to do, never the expected numbers; ``.headline`` ("✓ correct (as
+        the full Jacobian)", "✗ …"); ``.points``, ``.name``, ``.form``, ``.factor``,
+        ``.against`` (f, as named), ``.answer_kind`` (the answer's own verdict against f).
+        Within the dtype's tolerance (float32: 1e-5, float64: 1e-9).
 
     Raises:
-        VJPUsageError: as :func:`differentiate`; :class:`~vjp_magic.core.errors.GraphFreed`
-        (one) for a graph freed by the answer's own ``backward``.
+        VJPUsageError: as :func:`differentiate`, or f failing; :class:`~vjp_magic.core.
+        errors.GraphFreed` (one) for a graph freed by the answer's own ``backward``.
 
     Example::
 
@@ -118,19 +126,66 @@ def check(answer, output: torch.Tensor, inputs, names=None):
         >>> c = vjp_magic.check(x.grad, y, x)
         >>> c.correct, c.kind
         (False, 'summed')
+        >>> f = lambda x: x**3 - 2*x                # the exercise
+        >>> y = x.detach()**3 - 2*x                 # the student's y: x**3 cut off
+        >>> vjp_magic.check(-2 * torch.ones(3), f, x, y=y).kind
+        'graph-cut'
 
     Each kind, and how float32 answers are graded: ``docs/api.md``.
     """
+    from .teach import grading_against
     from .teach.grading import grade
 
+    if callable(output) and not isinstance(output, torch.Tensor):
+        named = named_inputs(inputs, names)
+        result = None if y is None else _graded_result(y, named)
+        return grading_against.against(answer, grading_against.from_function(output), named,
+                                       result=result)
+    return grade(answer, _graded_result(output, inputs, names), output=output)
+
+
+def assert_correct(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
+    """:func:`check`, as an assertion for autograded cells (nbgrader): the verdict when the
+    answer is right, else an ``AssertionError`` whose message is the verdict and its hint.
+
+    Args:
+        answer, output, inputs, names, y: as for :func:`check` (``output`` the exercise's
+            f, a function of the inputs, or the output tensor).
+
+    Returns:
+        Verdict: as :func:`check`'s, when ``.correct``.
+
+    Raises:
+        AssertionError: the answer is not right; its message says what it is and what to do.
+        VJPUsageError: as :func:`check`.
+
+    Example::
+
+        >>> x = torch.tensor([1., 2., 3.], requires_grad=True)
+        >>> f = lambda x: torch.stack([-x**3, 5*x])
+        >>> vjp_magic.assert_correct(torch.stack([-3*x.detach()**2, 5*torch.ones(3)]), f, x)
+        ... # doctest: +ELLIPSIS
+        Verdict(correct=True, kind='correct', ...)
+        >>> vjp_magic.assert_correct(-3*x.detach()**2 + 5, f, x)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        AssertionError: ✗ the components summed: The answer is the derivatives of y's 2 ...
+    """
+    verdict = check(answer, output, inputs, names, y=y)
+    if not verdict.correct:
+        raise AssertionError(f"{verdict.headline}: {verdict.hint}")
+    return verdict
+
+
+def _graded_result(output: torch.Tensor, inputs, names=None) -> VJPResult:
+    """The derivatives an answer is graded against; a graph the answer's own backward freed
+    said so."""
     try:
-        result = differentiate(output, inputs, names)
+        return differentiate(output, inputs, names)
     except GraphFreed:
         raise GraphFreed(
             "The graph of the output was freed, most likely by the backward call that computed "
             "the answer: give that call retain_graph=True, or call vjp_magic.check before it."
         ) from None
-    return grade(answer, result, output=output)
 
 
 def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
@@ -300,4 +355,5 @@ def _graph_error(error: RuntimeError, output_name: str, inputs,
     return None
 
 
-__all__ = ["FEATURES", "FLAGS", "Request", "check", "differentiate", "hessian", "pipeline"]
+__all__ = ["FEATURES", "FLAGS", "Request", "assert_correct", "check", "differentiate", "hessian",
+           "pipeline"]

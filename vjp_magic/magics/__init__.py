@@ -85,6 +85,10 @@ class VJPMagics(Magics):
     @argument("--check", metavar="NAME", default=None,
               help="Grade the answer the cell computed into NAME (a tensor, or x.grad) against "
                    "the true derivatives, without showing them.")
+    @argument("--against", nargs="+", metavar="EXPR", default=None,
+              help="With --check: grade against the exercise's f, an expression of the inputs "
+                   "(--against \"torch.stack([-x**3, 5*x])\") or a function of them "
+                   "(--against f), not the cell's own graph.")
     @argument("--reveal", action="store_true",
               help="With --check: also show the true derivatives.")
     @argument("--gradcheck", action="store_true",
@@ -112,7 +116,9 @@ class VJPMagics(Magics):
         (per input: the non-point output axes, then the input's shape), ``r.gradients`` (the
         ``gradient`` vectors used), ``r.point_axes``, ``r.jacobian(name)`` (the full
         Jacobian), and ``r.check``, ``r.gradcheck``, ``r.symbolic``, ``r.code`` with their
-        flags. ``vjp_magic.differentiate?`` is the same analysis from Python.
+        flags. ``--check ans --against f`` grades ``ans`` against the exercise's f at the
+        inputs (f's output and graph, not the cell's). ``vjp_magic.differentiate?`` is the
+        same analysis from Python.
 
         Example::
 

@@ -4,9 +4,13 @@
 VJPResult` and says, as a :class:`Verdict`, whether it is right and, if not, which classic
 mistake made it (its :class:`~.grading_hints.VerdictKind`), recognised from the numbers
 themselves (the answer the mistake builds): shape first, then summed components, one
-component, ``.grad`` accumulated, axes swapped or reshaped, wrong at some points only. Hints
-never spell the expected numbers; :func:`verdict_sections` shows them only when asked to
-reveal.
+component, k times the answer, axes swapped or reshaped, wrong at some points only. The
+cell's backward log only confirms a diagnosis (``.grad`` accumulated over calls, rather than a
+v k times too large or results summed by hand), never overrides what the numbers say. The
+layouts a course uses are right answers where their shape says which they are: the full
+Jacobian, flattened to m × n, or one Jacobian per row (N, m, d). Hints never spell the
+expected numbers; :func:`verdict_sections` shows them only when asked to reveal.
+:mod:`.grading_against` grades against the exercise's own f instead of the cell's graph.
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ import torch
 from ..render.document import Section, paragraph
 from ..render.options import RenderOptions
 from ..render.sections import derivative_formulas
+from ..core.tagging import depends_on
 from ..run.accumulation import summed_calls
+from ..run.backward_log import reaches
 from .grading_hints import HINTS as _hints
-from .grading_hints import KINDS, VerdictKind
+from .grading_hints import KINDS, VerdictKind, shape_text
 from .grading_reference import refinement
 from .grading_targets import Expected, Target, as_tensor, fits
 
@@ -47,9 +53,34 @@ class Verdict:
     factor: int | None = None  # k: the answer is k times what it should be (or what it is)
     component: int | None = None  # "one-component": which one (row-major)
     lines: tuple = ()  # "accumulated": the cell lines of the backward calls summed
+    calls: int | None = None  # "scaled": the backward calls the answer came from
+    against: str | None = None  # graded against the exercise's f (how it was given)
+    answer_kind: VerdictKind | None = None  # with ``against``: the answer's own verdict
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", VerdictKind(self.kind))  # "summed" is accepted too
+
+    @property
+    def headline(self) -> str:
+        """"✓ correct", with the layout where it is not the plain one, or "✗ <the mistake>"."""
+        if self.correct:
+            layout = _layout_words(self.form, self.answer_shape)
+            return "✓ correct" + (f" ({layout})" if layout else "")
+        if self.kind == VerdictKind.SCALED and self.factor:
+            once = " with one backward" if self.calls == 1 else ""
+            return f"✗ {self.factor}× the answer{once}"
+        return f"✗ {self.kind.words}"
+
+
+def _layout_words(form: str | None, shape) -> str | None:
+    """How a right answer was laid out, where it is not the derivatives' own layout."""
+    if form == "jacobian":
+        return "as the full Jacobian"
+    if form == "flat-jacobian" and shape and len(shape) == 2:
+        return f"as the full Jacobian, flattened to {shape[0]} × {shape[1]}"
+    if form == "per-row" and shape:
+        return f"one Jacobian per row, shape {shape_text(shape)}"
+    return None
 
 
 # -- recognising the mistake ------------------------------------------------------------------
@@ -62,6 +93,7 @@ class Case:
     exp: Expected
     answer: str  # how hints call the answer ("ans", "x.grad")
     log: object = None
+    leaf: torch.Tensor | None = None  # the tensor the log's calls reached (default: exp.x)
 
     def verdict(self, kind: VerdictKind, hint: str, **found) -> Verdict:
         shape = None if self.a is None else tuple(self.a.shape)
@@ -71,22 +103,60 @@ class Case:
 
     def fitting(self):
         """(target, the answer in its shape) for the accepted form the answer's shape fits."""
-        exp = self.exp
-        for shape, make in ((exp.shape, exp.derivatives), (tuple(exp.x.shape), exp.gradient),
-                            (exp.jacobian_shape, exp.jacobian)):
+        for shape, make in self.exp.forms():
             a = fits(self.a, shape)
             target = make() if a is not None else None
             if target is not None:
                 return target, a
         return None, None
 
-    def accumulation(self, value):
-        """The log's backward calls ``value`` (x-shaped) is the sum of, when several."""
-        x = self.exp.x
-        if self.log is None or value.shape != x.shape:
+    @property
+    def x(self) -> torch.Tensor:
+        return self.exp.x if self.leaf is None else self.leaf
+
+    def calls_from(self, value):
+        """The log's last backward calls whose sum ``value`` (x-shaped) is, or None."""
+        if self.log is None or value.shape != self.x.shape:
             return None
-        found = summed_calls(value, self.exp.name, x, self.log)
-        return found if found is not None and (found.summed > 1 or found.with_before) else None
+        return summed_calls(value.to(self.x.device), self.exp.name, self.x, self.log)
+
+    def accumulation(self, value):
+        """The log's backward calls ``value`` (x-shaped) is the sum of, when several and
+        ``.grad`` really held their sum (not zeroed between them)."""
+        found = self.calls_from(value)
+        if found is None or (found.summed == 1 and not found.with_before):
+            return None
+        return found if self.grad_kept(found) else None
+
+    def grad_kept(self, found) -> bool:
+        """Whether ``.grad`` went on holding the sum across the calls ``found`` adds up (the
+        log's copy of ``.grad`` before each is not None nor zero; unknown counts as kept)."""
+        calls = [c for c in self.log.records if reaches(c, self.x)][-found.summed:]
+        for call in calls[0 if found.with_before else 1:]:
+            if id(self.x) in call.before:
+                held = call.before[id(self.x)]
+                if held is None or not bool(held.any()):
+                    return False
+        return True
+
+    def zeroed(self) -> bool:
+        """Whether the log shows ``.grad`` zeroed (or None) before a later backward call."""
+        if self.log is None:
+            return False
+        calls = [c for c in self.log.records if reaches(c, self.x)]
+        return any(id(self.x) in c.before and (c.before[id(self.x)] is None
+                                               or not bool(c.before[id(self.x)].any()))
+                   for c in calls[1:])
+
+    def calls_to_input(self) -> list:
+        """The cell's successful backward / autograd.grad calls that went to the input."""
+        if self.log is None:
+            return []
+        x = self.x
+        return [c for c in self.log.records if c.error is None and (
+            reaches(c, x) if c.kind == "backward" else
+            any(t is x for t in (c.inputs or ())) and any(
+                isinstance(t, torch.Tensor) and depends_on(t, x) for t in c.tensors))]
 
 
 def _same_shape(case: Case) -> Verdict | None:
@@ -105,14 +175,28 @@ def _same_shape(case: Case) -> Verdict | None:
 
 
 def _accumulated(case: Case, target: Target, a) -> Verdict | None:
-    """k times the answer, the sum of several backward calls, or rows added up in turn."""
-    exp, summed = case.exp, case.accumulation(a)
+    """k times the answer (a .grad accumulated over calls where the log says so, else a
+    factor), the sum of several backward calls, or rows added up in turn."""
+    summed = case.accumulation(a)
+    if summed is not None:  # the log confirms: .grad held the sum of several calls
+        return case.verdict(VerdictKind.ACCUMULATED, _hints.accumulated(case, None, summed),
+                            form=target.form, factor=summed.summed, lines=summed.lines)
     k = target.multiple(a)
-    if k is not None or summed is not None:
-        lines = summed.lines if summed is not None else ()
-        return case.verdict(VerdictKind.ACCUMULATED, _hints.accumulated(case, k, summed),
-                            form=target.form, factor=k or (summed.summed if summed else None),
-                            lines=lines)
+    calls = None if k is None else case.calls_from(a)
+    if k is not None and calls is None:  # the numbers alone: either cause, named both
+        return case.verdict(VerdictKind.ACCUMULATED,
+                            _hints.accumulated(case, k, None, case.log is not None),
+                            form=target.form, factor=k)
+    if k is not None:  # the log shows the calls it came from, .grad not accumulated
+        return case.verdict(VerdictKind.SCALED, _hints.scaled(case, k, calls), form=target.form,
+                            factor=k, lines=calls.lines if calls else (),
+                            calls=calls.summed if calls else None)
+    return _rows_added(case, target, a)
+
+
+def _rows_added(case: Case, target: Target, a) -> Verdict | None:
+    """Rows that add up the previous ones, are all the same sum, or all the last one."""
+    exp = case.exp
     if target.form != "derivatives" or exp.count < 2:
         return None
     flat = exp.d.reshape(exp.count, -1)
@@ -120,8 +204,13 @@ def _accumulated(case: Case, target: Target, a) -> Verdict | None:
     for how, value in (("running", flat.cumsum(0)), ("same", flat.sum(0).expand_as(flat))):
         candidate = Target(target.form, value.reshape(a.shape), tol.reshape(a.shape))
         if candidate.matches(a):
-            return case.verdict(VerdictKind.ACCUMULATED, _hints.rows_added(case, how),
-                                form=target.form)
+            return case.verdict(VerdictKind.ACCUMULATED,
+                                _hints.rows_added(case, how, case.zeroed()), form=target.form)
+    last = exp.count - 1
+    value = flat[last].expand_as(flat).reshape(a.shape)
+    if Target(target.form, value, target.tol).matches(a) and bool(flat[last].any()):
+        return case.verdict(VerdictKind.ONE_COMPONENT, _hints.rows_one_tensor(case, last),
+                            form=target.form, component=last)
     return None
 
 
@@ -165,13 +254,18 @@ def _x_shaped(case: Case) -> Verdict | None:
     if a is None:
         return None
     summed = exp.summed()
+    vanish = summed.vanishes()  # the column sums are 0: no multiple of them can be told
     if summed.matches(a):
-        calls = case.accumulation(a)
-        if calls is not None and calls.summed > 1:
+        calls = case.calls_from(a)
+        if calls is not None and calls.summed > 1 and case.grad_kept(calls):
             return case.verdict(VerdictKind.ACCUMULATED, _hints.accumulated(case, None, calls),
                                 form="gradient", lines=calls.lines, factor=calls.summed)
-        return case.verdict(VerdictKind.SUMMED, _hints.summed(case, None), form="gradient")
-    k = summed.multiple(a)
+        if calls is not None and calls.summed > 1 and not vanish:  # zeroed: summed by hand
+            return case.verdict(VerdictKind.SUMMED, _hints.summed_by_hand(case, calls),
+                                form="gradient", lines=calls.lines)
+        return case.verdict(VerdictKind.SUMMED, _hints.summed(case, None, vanish),
+                            form="gradient")
+    k = None if vanish else summed.multiple(a)
     if k is not None:
         return case.verdict(VerdictKind.SUMMED, _hints.summed(case, k), form="gradient", factor=k)
     for index in range(min(exp.count, COMPARED_ENTRIES // max(1, exp.x.numel()))):
@@ -237,7 +331,8 @@ def _per_input(answer, result, name) -> dict | None:
 
 
 def grade(answer, result, name: str | None = None, *, log=None,
-          answer_name: str | None = None, record=None, output=None) -> Verdict:
+          answer_name: str | None = None, record=None, output=None,
+          leaves: Mapping | None = None) -> Verdict:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -251,19 +346,22 @@ def grade(answer, result, name: str | None = None, *, log=None,
     value may be the imprecise one (:mod:`.grading_reference`): with ``record`` (the cell's
     :class:`~vjp_magic.run.record.OpRecord`) against float64 derivatives of its replay, else
     within a bound on autograd's rounding read off ``output``'s graph (``result.output``'s
-    when not given; without a graph, the plain comparison stands).
+    when not given; without a graph, the plain comparison stands). ``leaves`` (name →
+    tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     """
     several = _per_input(answer, result, name)
     if several is not None:
         verdicts = [grade(value, result, key, log=log, record=record, output=output,
-                          answer_name=f"{answer_name or 'the answer'}[{key!r}]")
+                          answer_name=f"{answer_name or 'the answer'}[{key!r}]", leaves=leaves)
                     for key, value in several.items()]
         return next((v for v in verdicts if not v.correct), verdicts[0])
     a, dtype = as_tensor(answer)
     name = _input_name(result, name, answer_name, a)
-    case = Case(a, Expected(result, name, dtype), answer_name or "the answer", log)
+    leaf = (leaves or {}).get(name)
+    case = Case(a, Expected(result, name, dtype), answer_name or "the answer", log, leaf)
     if a is None:
-        return case.verdict(VerdictKind.MISSING, _hints.missing(case, answer))
+        return case.verdict(VerdictKind.MISSING,
+                            _hints.missing(case, answer, case.calls_to_input()))
     found = _recognised(case, a.to(case.exp.d.device))
     if found.correct or found.kind == VerdictKind.WRONG_SHAPE:
         return found
@@ -271,7 +369,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     if refined is None:
         return found
     again = Case(a.to(refined[0].device), Expected(result, name, dtype, refined),
-                 case.answer, log)
+                 case.answer, log, leaf)
     target, fitted = again.fitting()
     if target is not None and target.matches(fitted):
         return again.verdict(VerdictKind.CORRECT, _hints.correct(again, target.form),
@@ -294,8 +392,7 @@ def verdict_sections(verdict: Verdict, result, reveal: bool = False,
                      options: RenderOptions | None = None) -> tuple[Section, ...]:
     """The verdict as document sections: "✓ correct", or the mistake and its hint; the
     expected derivatives only with ``reveal``."""
-    mark = "✓ correct" if verdict.correct else f"✗ {VerdictKind(verdict.kind).words}"
-    blocks: list = [paragraph(mark, strong=True)]
+    blocks: list = [paragraph(verdict.headline, strong=True)]
     if not verdict.correct:
         blocks.append(paragraph(verdict.hint))
     if reveal and verdict.name in result.inputs:

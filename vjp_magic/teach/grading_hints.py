@@ -27,11 +27,14 @@ class VerdictKind(TextEnum):
     SUMMED = "summed"
     ONE_COMPONENT = "one-component"
     ACCUMULATED = "accumulated"
+    SCALED = "scaled"
     TRANSPOSED = "transposed"
     RESHAPED = "reshaped"
     WRONG_AT_POINTS = "wrong-at-points"
     WRONG = "wrong"
     MISSING = "missing"
+    OUTPUT_DIFFERS = "output-differs"
+    GRAPH_CUT = "graph-cut"
 
     @property
     def words(self) -> str:
@@ -44,14 +47,21 @@ _WORDS = {
     VerdictKind.SUMMED: "the components summed",
     VerdictKind.ONE_COMPONENT: "one component only",
     VerdictKind.ACCUMULATED: ".grad accumulated over backward calls",
+    VerdictKind.SCALED: "a multiple of the derivatives",
     VerdictKind.TRANSPOSED: "transposed",
     VerdictKind.RESHAPED: "right numbers, wrong arrangement",
     VerdictKind.WRONG_AT_POINTS: "wrong at some points",
     VerdictKind.WRONG: "not the derivatives",
     VerdictKind.MISSING: "no answer",
+    VerdictKind.OUTPUT_DIFFERS: "the output is not the exercise's f",
+    VerdictKind.GRAPH_CUT: "the graph is cut between the input and the output",
 }
 KINDS = {kind.value: kind.words for kind in VerdictKind}  # kind → the verdict's words
 SHOWN_POINTS = 3  # points named in a hint
+FORM_WORDS = {  # how a right answer was read: the layout named in "✓ correct (…)"
+    "gradient": "the gradient", "jacobian": "the full Jacobian",
+    "per-row": "one Jacobian per row", "flat-jacobian": "the full Jacobian (flattened to m × n)",
+}
 
 
 def shape_text(shape) -> str:
@@ -96,8 +106,7 @@ class Hints:
 
     def correct(self, case: Case, form: str) -> str:
         a, y, x = self.names(case)
-        what = {"jacobian": "the full Jacobian", "gradient": "the gradient"}.get(
-            form, "the derivatives")
+        what = FORM_WORDS.get(form, "the derivatives")
         return f"Right: {a} is {what} of {y} with respect to {x}."
 
     def wrong_shape(self, case: Case) -> str:
@@ -115,10 +124,14 @@ class Hints:
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
                 f"{x}. Check the formula; {self.how(case)}.")
 
-    def summed(self, case: Case, times: int | None) -> str:
+    def summed(self, case: Case, times: int | None, vanish: bool = False) -> str:
         a, y, x = self.names(case)
         exp = case.exp
-        if exp.item.pairing or exp.x.numel() == 1:
+        if vanish:
+            what = (f"{a} is vᵀJ with v = ones, the column sums of the Jacobian of {y}: "
+                    f"zero (to rounding), as {y}'s components add up to a constant (as "
+                    "softmax's do), not the gradient of any entry of it.")
+        elif exp.item.pairing or exp.x.numel() == 1:
             what = (f"{a} is the derivatives of {y}'s {exp.count:,} components added up: "
                     "v = ones sums them.")
         else:
@@ -128,6 +141,12 @@ class Hints:
                  if times else "")
         return f"{what} To get each component's own, {self.how(case)}.{again}"
 
+    def summed_by_hand(self, case: Case, calls) -> str:
+        a, _, _ = self.names(case)
+        where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
+        return (f"{a} adds up the results of {calls.summed} backward calls{where}, one "
+                f"component each: keep them apart instead, {self.how(case)}.")
+
     def one_component(self, case: Case, index: int) -> str:
         a, y, _ = self.names(case)
         exp = case.exp
@@ -135,24 +154,53 @@ class Hints:
                 f"row-major) of {exp.count:,}. The answer has {self.expected(case)}: "
                 f"{self.how(case)}.")
 
-    def accumulated(self, case: Case, times: int | None, calls) -> str:
+    def accumulated(self, case: Case, times: int | None, calls, logged: bool = False) -> str:
+        """``calls``: the backward calls summed, as the log shows them; else ``times``, read
+        off the numbers (``logged``: the cell's log shows no backward that made them)."""
         a, _, x = self.names(case)
         if calls is not None:
             where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
             before = " and what it held before this cell" if calls.with_before else ""
             what = (f"{a} is the sum of {calls.summed} backward calls{where}{before}: "
                     "backward adds to .grad.")
-        else:
-            what = f"{a} is {times} times the derivatives: backward adds to .grad."
-        return (f"{what} Zero it before each backward ({x}.grad.zero_() or {x}.grad = None), "
-                "or run it once.")
+            return (f"{what} Zero it before each backward ({x}.grad.zero_() or "
+                    f"{x}.grad = None), or run it once.")
+        if logged:
+            return (f"{a} is {times} times the derivatives, as {x}.grad is after {times} "
+                    f"backward calls without zeroing ({x}.grad.zero_() before each), or after "
+                    f"one with a v {times} times too large; no backward of this cell made it: "
+                    f"look for a factor {times} in the formula.")
+        return (f"{a} is {times} times the derivatives: backward adds to .grad, so {times} "
+                f"backward calls without zeroing in between give this (zero it before each: "
+                f"{x}.grad.zero_() or {x}.grad = None); so does a v {times} times too large.")
 
-    def rows_added(self, case: Case, how: str) -> str:
+    def scaled(self, case: Case, times: int, calls) -> str:
+        """``times`` × the derivatives where the log shows no .grad accumulated."""
+        a, y, _ = self.names(case)
+        what = f"{a} is {times} times the derivatives"
+        where = f" (line{'s' if len(calls.lines) > 1 else ''} " \
+            f"{', '.join(map(str, calls.lines))})" if calls.lines else ""
+        if calls.summed > 1:
+            return (f"{what}: it adds up {calls.summed} backward calls' results{where}, each "
+                    "already the whole derivative. Keep one of them.")
+        return (f"{what}, with one backward{where}: the v given to it (or the tensor it "
+                f"differentiated) is {times} times too large. For the derivatives of {y}, "
+                f"{self.how(case)}.")
+
+    def rows_added(self, case: Case, how: str, zeroed: bool = False) -> str:
         a, _, x = self.names(case)
         what = (f"Each row of {a} adds the previous rows to its own" if how == "running"
                 else f"Every row of {a} is the same tensor, all components added up")
+        if zeroed:  # the log shows .grad zeroed between the calls: the rows were added by hand
+            return what + ": each row should hold one component's derivatives only."
         return (what + f": {x}.grad was not zeroed between the "
                 f"backward calls. Store {x}.grad.clone() and zero {x}.grad after each one.")
+
+    def rows_one_tensor(self, case: Case, index: int) -> str:
+        a, _, x = self.names(case)
+        return (f"Every row of {a} holds the last component's derivatives (number {index}): "
+                f"the rows are one tensor, as when {x}.grad is stored without .clone() and the "
+                f"next backward overwrites it. Store {x}.grad.clone().")
 
     def transposed(self, case: Case, order) -> str:
         a, y, x = self.names(case)
@@ -179,12 +227,22 @@ class Hints:
                 f"{len(points):,}: {shown}{more}. Look at what is special about {x} there "
                 "(a zero, a kink, a division, a branch of the formula).")
 
-    def missing(self, case: Case, answer) -> str:
+    def missing(self, case: Case, answer, calls=()) -> str:
+        """``calls``: the cell's calls that reached the input (``.kind``, ``.line``)."""
         a, _, x = self.names(case)
-        if answer is None:
-            return (f"{a} is None: nothing was computed into it ({x}.grad stays None until a "
-                    f"backward reaches {x}).")
-        return f"{a} is a {type(answer).__name__}, not a tensor of real numbers."
+        if answer is not None:
+            return f"{a} is a {type(answer).__name__}, not a tensor of real numbers."
+        lines = ", ".join(str(c.line) for c in calls if c.line is not None)
+        at = f" (line {lines})" if lines else ""
+        if any(c.kind == "backward" for c in calls):
+            return (f"{a} is None, though a backward reached {x}{at}: {x}.grad was set to "
+                    f"None afterwards ({x}.grad = None, or zero_grad()). Grade a copy taken "
+                    f"before that: {x}.grad.clone().")
+        if calls:
+            return (f"{a} is None: torch.autograd.grad{at} returns the gradients and leaves "
+                    f"{x}.grad alone. Grade what it returned.")
+        return (f"{a} is None: nothing was computed into it ({x}.grad stays None until a "
+                f"backward reaches {x}).")
 
 
 HINTS = Hints()

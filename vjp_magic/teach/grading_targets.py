@@ -1,6 +1,9 @@
 """What an answer is compared with (``--check``): the answer read as float64 values, the
 values it may equal with each entry's tolerance (:class:`Target`), and the derivatives of one
-input in every accepted form (:class:`Expected`).
+input in every accepted form (:class:`Expected`): as ``r.derivatives`` holds them, the
+input-shaped gradient (one component per point), the full Jacobian, and the layouts a course
+uses where their shape tells them apart: one Jacobian per row (points first: (N, m, d)) and
+the full Jacobian flattened to m × n (as ``%jacobian`` shows it).
 
 A tolerance is relative to the magnitudes that sum into the entry's point (never to the
 largest entry overall), plus ``slack``: an absolute allowance per entry where autograd's own
@@ -52,6 +55,10 @@ class Target:
 
     def matches(self, a: torch.Tensor, factor: int = 1) -> bool:
         return a.shape == self.value.shape and not bool(self.mismatch(a, factor).any())
+
+    def vanishes(self) -> bool:
+        """Every entry is zero within its tolerance (softmax's column sums)."""
+        return not bool((self.value.abs() > self.tol).any())
 
     def multiple(self, a: torch.Tensor) -> int | None:
         """k ≥ 2 when ``a`` is k times the value, and no other k would do: some entry is
@@ -123,6 +130,52 @@ class Expected:
     def derivatives(self) -> Target:
         return target("derivatives", self.d, self.d.abs(), self.points, self.rtol, self.slack)
 
+    def forms(self) -> list[tuple]:
+        """(shape, make the Target) for each accepted form, the plain ones first; a layout
+        whose shape another form has (up to axes of size 1) is left out: ambiguous."""
+        found = [(self.shape, self.derivatives), (tuple(self.x.shape), self.gradient),
+                 (self.jacobian_shape, self.jacobian)]
+        for shape, make in ((self._per_row_shape(), self.per_row),
+                            (self._flat_shape(), self.flat_jacobian)):
+            squeezed = tuple(n for n in shape or () if n != 1)
+            if shape and all(squeezed != tuple(n for n in s if n != 1) for s, _ in found):
+                found.append((shape, make))
+        return found
+
+    def _per_row_order(self) -> tuple | None:
+        """The derivatives' axes in per-row order: points, components, the rest of the
+        input's axes; None where there are no points, components or further input axes."""
+        c = len(self.comp)
+        points = list(self.points)
+        rest = [c + b for b in range(self.x.dim()) if c + b not in points]
+        if not points or not c or not rest or not self.item.has_points:
+            return None
+        return tuple(points + list(range(c)) + rest)
+
+    def _per_row_shape(self) -> tuple | None:
+        order = self._per_row_order()
+        return None if order is None else tuple(self.shape[i] for i in order)
+
+    def per_row(self) -> Target | None:
+        """One Jacobian per row (point): shape points + components + the input's other axes."""
+        order = self._per_row_order()
+        if order is None:
+            return None
+        moved = self.derivatives().permuted(order)
+        return Target("per-row", moved.value, moved.tol, moved.point_axes)
+
+    def _flat_shape(self) -> tuple | None:
+        m, n = math.prod(self.jacobian_shape[:len(self.result.output.shape)]), self.x.numel()
+        return (m, n) if m * n <= JACOBIAN_LIMIT else None
+
+    def flat_jacobian(self) -> Target | None:
+        """The full Jacobian as the m × n matrix ``%jacobian`` shows (row-major)."""
+        full = self.jacobian() if self.jacobian_shape != self.shape else self.derivatives()
+        shape = self._flat_shape()
+        if full is None or shape is None:
+            return None
+        return Target("flat-jacobian", full.value.reshape(shape), full.tol.reshape(shape))
+
     def gradient(self) -> Target | None:
         """x-shaped, for one component per point (or a scalar output)."""
         return self.component(0) if self.count == 1 else None
@@ -164,6 +217,7 @@ class Expected:
             shapes.append(tuple(self.x.shape))
         if self.jacobian_shape != self.shape and math.prod(self.jacobian_shape) <= JACOBIAN_LIMIT:
             shapes.append(self.jacobian_shape)
+        shapes += [s for s, _ in self.forms()[3:]]
         return shapes
 
 

@@ -1,0 +1,200 @@
+"""Grading against the exercise's own f (``%%vjp --check NAME --against EXPR``,
+``vjp_magic.check(answer, f, inputs)``), never against the student's graph.
+
+The reference derivatives come from the teacher's f (:class:`Exercise`) evaluated on fresh
+copies of the inputs: the student's cell is not run again, their tensors and ``.grad`` are
+left alone. Where the student's cell is at hand (its result), two more things are compared,
+each named in the verdict and never a ✓:
+
+- its output with f's at the inputs ("your y differs from f(x) at y[1], …": a mistyped f);
+- the derivatives of its graph with f's where the outputs agree ("your graph does not depend
+  on x through all of f": a ``.detach()``, ``.data``, ``torch.tensor(...)`` or ``.numpy()``
+  on the way from x to y, which backward cannot see through).
+
+The answer itself is graded against f's derivatives as :func:`~.grading.grade` grades.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..core import analysis
+from ..core.errors import VJPUsageError
+from ..core.tolerances import tolerances
+from .grading import Verdict, VerdictKind, grade
+from .grading_hints import SHOWN_POINTS, shape_text
+from .grading_targets import JACOBIAN_LIMIT, Expected, target
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """The teacher's f: ``make(fresh)`` gives its output for the inputs ``fresh`` (name →
+    tensor); ``label`` is how verdicts name it: the expression itself, or a function's name,
+    written applied to the inputs (``f(x)``) where ``applied``."""
+
+    make: Callable[[dict], object]
+    label: str
+    applied: bool = False
+
+    def named(self, inputs) -> str:
+        return f"{self.label}({', '.join(inputs)})" if self.applied else self.label
+
+
+def _call(f, fresh: dict):
+    """``f`` called on the inputs: by name where its parameters are named like them, else in
+    order."""
+    try:
+        parameters = inspect.signature(f).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if fresh and set(fresh) <= set(parameters):
+        return f(**fresh)
+    return f(*fresh.values())
+
+
+def from_function(f: Callable) -> Exercise:
+    """A function of the inputs (``check(answer, f, inputs)``, ``--against f``)."""
+    name = getattr(f, "__name__", "f")
+    name = "f" if not name.isidentifier() else name  # a lambda: "f"
+    return Exercise(lambda fresh: _call(f, fresh), name, applied=True)
+
+
+def from_source(source, scope) -> Exercise:
+    """``--against``'s words: an expression of the inputs, or the name of a function of
+    them, evaluated in the namespace with the inputs bound to fresh copies."""
+    text = " ".join(source) if isinstance(source, (list, tuple)) else str(source)
+    text = _unquoted(text.strip())
+
+    def make(fresh: dict):
+        env = {**scope.user_global_ns, **scope.user_ns, **fresh}
+        try:
+            value = eval(text, env)  # the teacher's expression, not the student's cell
+            return _call(value, fresh) if callable(value) else value
+        except Exception as error:  # noqa: BLE001 - the exercise's code failed: say so
+            raise VJPUsageError(f"--against {text}: {type(error).__name__}: {error}") from None
+
+    applied = text.isidentifier() and callable(scope.user_ns.get(text))
+    return Exercise(make, text, applied)
+
+
+def _unquoted(text: str) -> str:
+    """``"x**3 - 2*x"`` → ``x**3 - 2*x`` (a quoted expression on the magic's line)."""
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return text
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value.strip()
+    return text
+
+
+def reference(exercise: Exercise, inputs: Mapping, output_name: str):
+    """(f's derivatives as a result, f's output) on fresh copies of ``inputs``."""
+    fresh = {n: t.detach().clone().requires_grad_(t.is_floating_point())
+             for n, t in inputs.items()}
+    with torch.enable_grad():
+        out = exercise.make(fresh)
+    if not isinstance(out, torch.Tensor):
+        raise VJPUsageError(f"--against {exercise.label}: gave a {type(out).__name__}, not a "
+                            "tensor. Give an expression of the inputs, or a function of them "
+                            "that returns a tensor.")
+    try:
+        ref = analysis.differentiate(out, fresh, output_name=output_name)
+    except VJPUsageError as error:
+        raise VJPUsageError(f"The exercise's f ({exercise.label}): {error}") from None
+    return ref, out
+
+
+def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=None,
+            answer_name: str | None = None, output_name: str = "y") -> Verdict:
+    """``answer`` graded against the derivatives of ``exercise`` at ``inputs`` (name →
+    the student's tensor); with ``result`` (the student's cell's), also its output and its
+    graph against f's."""
+    exercise = replace(exercise, label=exercise.named(inputs), applied=False)
+    output_name = result.output_name if result is not None else output_name
+    ref, out = reference(exercise, inputs, output_name)
+    graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
+                   leaves=dict(inputs))
+    graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
+    if result is None:
+        return graded
+    problem = _output_differs(result, out, exercise.label)
+    kind = VerdictKind.OUTPUT_DIFFERS
+    if problem is None:
+        problem, kind = _graph_cut(result, ref, exercise.label), VerdictKind.GRAPH_CUT
+    if problem is None:
+        return graded
+    a = answer_name or "the answer"
+    own = (f"{a} itself is the derivatives of {exercise.label}." if graded.correct else
+           f"Graded against the derivatives of {exercise.label}, {a} is ✗ "
+           f"{graded.kind.words}.")
+    return replace(graded, correct=False, kind=kind, hint=f"{problem} {own}")
+
+
+def _listed(name: str, indices: list, total: int) -> str:
+    shown = ", ".join(f"{name}[{', '.join(map(str, i))}]" if i else name
+                      for i in indices[:SHOWN_POINTS])
+    more = ", …" if len(indices) > SHOWN_POINTS else ""
+    return f"{shown}{more} ({len(indices):,} of {total:,} entries)"
+
+
+def _output_differs(result, out: torch.Tensor, label: str) -> str | None:
+    """How the student's output differs from f's at the inputs (None where it does not)."""
+    y, f = result.output.detach(), out.detach()
+    name = result.output_name
+    if tuple(y.shape) != tuple(f.shape):
+        return (f"Your {name} has shape {shape_text(tuple(y.shape))}; {label} has shape "
+                f"{shape_text(tuple(f.shape))}: check the formula.")
+    rtol = max(tolerances(t.dtype).backward for t in (y, f))
+    values = f.to(torch.float64)
+    expected = target("output", values, values.abs(), tuple(range(values.dim())), rtol)
+    wrong = expected.mismatch(y.to(torch.float64).to(values.device))
+    if not bool(wrong.any()):
+        return None
+    at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
+    return f"Your {name} differs from {label} at {at}: check the formula."
+
+
+def _graph_cut(result, ref, label: str) -> str | None:
+    """Where the derivatives of the student's graph differ from f's, their outputs equal."""
+    for name in ref.inputs:
+        wrong = _derivative_mismatch(result, ref, name)
+        if wrong is None or not bool(wrong.any()):
+            continue
+        y = result.output_name
+        at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
+        return (f"Your {y} equals {label}, but your graph does not depend on {name} through "
+                f"all of it: its derivative differs from that of {label} at {at}. Something on "
+                f"the way from {name} to {y} is cut off from autograd (.detach(), .data, "
+                "torch.tensor(...), .numpy()), and backward does not see through it.")
+    return None
+
+
+def _derivative_mismatch(result, ref, name: str) -> torch.Tensor | None:
+    """Input-shaped: where the student's graph's derivatives differ from f's (None where
+    they cannot be compared: a Jacobian too large to assemble)."""
+    exp = Expected(ref, name, None)
+    x_dims = exp.x.dim()
+    if name not in result.inputs:  # the student's output does not depend on it at all
+        mine = torch.zeros_like(exp.d)
+        wrong = exp.derivatives().mismatch(mine)
+    else:
+        item = result.inputs[name]
+        mine = item.derivatives.detach().to(torch.float64).to(exp.d.device)
+        if item.pairing == ref.inputs[name].pairing and mine.shape == exp.d.shape:
+            wrong = exp.derivatives().mismatch(mine)
+        elif result.output.numel() * exp.x.numel() <= JACOBIAN_LIMIT:
+            full = exp.jacobian() or exp.derivatives()
+            mine = result.jacobian(name).detach().to(torch.float64).to(exp.d.device)
+            wrong = full.mismatch(mine.reshape(full.value.shape))
+        else:
+            return None
+    lead = wrong.dim() - x_dims
+    return wrong.reshape((-1,) + tuple(exp.x.shape)).any(0) if lead else wrong
+
+
+__all__ = ["Exercise", "against", "from_function", "from_source", "reference"]
