@@ -26,8 +26,8 @@ from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
 from .core.validation import named_inputs
-from .features import (Feature, code, coaching, declared_flags, explain, gather, grading,
-                       gradcheck, is_wanted, picture, symbolic)
+from .features import (Feature, code, coaching, cuts, declared_flags, explain, gather,
+                       grading, gradcheck, is_wanted, picture, symbolic)
 from .render.options import RenderOptions
 from .render.view import View
 from .run.choose import Given, Subject
@@ -36,7 +36,8 @@ from .run.hookfree import AnalysedGraph, analysed_graph
 PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised over the replay
 
 # What a request may add to the derivatives, in the order of their sections.
-FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, explain, code, symbolic, picture)
+FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, code, symbolic,
+                                 picture)
 FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
 ORDERS = (1, 2)  # of the derivatives: first (analysis.differentiate), second (core.hessian)
 

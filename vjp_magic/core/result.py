@@ -106,6 +106,7 @@ class DerivativeResult:
     seed: int | None = None  # the probes' seed (core.probes.new_seed)
     symbolic: dict = field(default_factory=dict)  # SymPy's formulas (--symbolic)
     crosscheck: dict = field(default_factory=dict)  # each formula agrees with autograd
+    cuts: tuple = ()  # values from an input that reach the output as constants (run/cuts.Cut)
     view: object | None = field(default=None, repr=False, compare=False)
 
     @property

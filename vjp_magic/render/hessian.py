@@ -17,7 +17,7 @@ from .codegen import expression, output_symbol
 from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .matrix import Block, multi_index, summary_indices, tensor_block
 from .numbers import plural
-from .sections import formula, output_note, shapes
+from .sections import as_computed, formula, output_note, shapes
 
 SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
 _LETTERS = "ijlmn"
@@ -49,10 +49,11 @@ def _m(tex: str, plain_text: str | None = None) -> Math:
     return Math(tex, tex if plain_text is None else plain_text)
 
 
-def _evidence(item, name: str) -> list:
+def _evidence(item, name: str, result=None) -> list:
+    computed = as_computed(result, name) if result is not None else ""
     if item.evidence == "proved":
-        return [Text(" (proved for every "), notation.prose_name(name), Text(")")]
-    return [Text(" (checked at this "), notation.prose_name(name), Text(" only)")]
+        return [Text(" (proved for every "), notation.prose_name(name), Text(computed + ")")]
+    return [Text(" (checked at this "), notation.prose_name(name), Text(f" only{computed})")]
 
 
 def _square(m: int) -> str:
@@ -89,7 +90,7 @@ def headline(h, name: str) -> Paragraph:
             spans += [Text(", diagonal")]
     if lead and isinstance(spans[0], Text):
         spans[0] = Text(spans[0].text[:1].lower() + spans[0].text[1:])
-    return Paragraph(tuple(lead + spans + _evidence(item, name) + [Text(".")]))
+    return Paragraph(tuple(lead + spans + _evidence(item, name, h) + [Text(".")]))
 
 
 def diagonal(h, name: str) -> bool:

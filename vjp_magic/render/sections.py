@@ -163,14 +163,24 @@ def headline(result, name: str) -> Paragraph:
         letters = notation.point_letters(len(pairs))
         out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
         in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
-        evidence = ([Text(" only (proved for every "), notation.prose_name(name), Text(").")]
-                    if item.evidence == "proved" else
-                    [Text(" only (checked at this "), notation.prose_name(name), Text(" only).")])
+        evidence = ([Text(" only (proved for every "), notation.prose_name(name),
+                     Text(as_computed(result, name) + ").")] if item.evidence == "proved" else
+                    [Text(" only (checked at this "), notation.prose_name(name),
+                     Text(" only" + as_computed(result, name) + ").")])
         spans += [Text(": ")] + where(y, result.output.shape, out_axes) + [Text(" uses ")]
         spans += where(name, item.tensor.shape, in_axes) + evidence
     else:
-        spans.append(Text("."))
+        spans.append(Text(as_computed(result, name, " (") + "."))
     return Paragraph(tuple(spans))
+
+
+def as_computed(result, name: str, opening: str = ", ") -> str:
+    """Where a cut (``r.cuts``, :mod:`vjp_magic.run.cuts`) changes ``name``'s derivatives,
+    what is proved is the graph as computed, not the formula the cell spells: ", of the
+    graph as computed" (``opening`` " (": a parenthesis of its own); else nothing."""
+    if not any(name in cut.inputs for cut in getattr(result, "cuts", ())):
+        return ""
+    return f"{opening}of the graph as computed{')' if opening.endswith('(') else ''}"
 
 
 def shared_headline(result, group: list[str]) -> Paragraph | None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import types
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ _INPLACE_DUNDERS = {
 }
 _NO_SUBCLASS_DISPATCH = torch._C.DisableTorchFunctionSubclass
 _NOT_DATA = {"requires_grad_", "retain_grad_", "share_memory_", "rename_"}
+_TORCH = os.path.dirname(torch.__file__) + os.sep  # frames of torch and of this package are
+_OURS = os.path.dirname(os.path.dirname(__file__)) + os.sep  # not where a call was made
 # Calls whose name holds one of these may draw random numbers: the generators' states are
 # kept from just before them, so a replay draws the same numbers (a call missed here only
 # makes its replay differ from the cell, which the replay's check refuses).
@@ -65,6 +68,7 @@ class Call:
     targets: tuple = ()  # tensors the call changed in place
     before: tuple = ()  # (version, copy or None) of each target, from just before the call
     rng: tuple | None = None  # the random generators' states just before a call that draws
+    site: tuple | None = None  # where the call was made (:func:`call_site`)
 
 
 @dataclass(eq=False)
@@ -193,7 +197,8 @@ class _Recorder(TorchFunctionMode):
             seen = {id(t): (version(t), t.requires_grad) for t in tensors}
             targets = in_place_targets(func, args, kwargs)
             before = tuple((version(t), self._copy(t)) for t in targets)
-            return seen, targets, before, torch.is_grad_enabled(), rng_states(func, tensors)
+            return (seen, targets, before, torch.is_grad_enabled(), rng_states(func, tensors),
+                    call_site(sys._getframe(2)))
         except Exception as error:  # noqa: BLE001 - never disturb the cell
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
             return None
@@ -211,11 +216,11 @@ class _Recorder(TorchFunctionMode):
         if started is None or self.record.failed is not None:
             return
         try:
-            seen, targets, before, grad_enabled, rng = started
+            seen, targets, before, grad_enabled, rng, site = started
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
-                                          tracked, grad_enabled, targets, before, rng))
+                                          tracked, grad_enabled, targets, before, rng, site))
             self._hold(outs, (args, kwargs))
         except Exception as error:  # noqa: BLE001
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
@@ -258,6 +263,23 @@ def without_record_frames(error: BaseException) -> BaseException:
         if entry.tb_frame.f_code.co_filename != __file__:
             kept = types.TracebackType(kept, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
     return error.with_traceback(kept)
+
+
+def call_site(frame, depth: int = 64) -> tuple | None:
+    """Where a recorded call was made: ``(code, lasti, line, in_cell)`` of the innermost frame
+    outside torch and this package, preferring one running the cell's own file (the file of
+    the frame this package ran, the cell or ``%jacobian``'s expression; ``in_cell`` then).
+    Only the code object is kept (positions are read from it when asked), no frame."""
+    found = []
+    while frame is not None and depth:
+        name = frame.f_code.co_filename
+        if name.startswith(_OURS) and found:  # the frame below ours runs the cell
+            cell = [f for f in found if f[0].co_filename == found[-1][0].co_filename]
+            return (*cell[0], True)
+        if not name.startswith((_TORCH, _OURS)):
+            found.append((frame.f_code, frame.f_lasti, frame.f_lineno))
+        frame, depth = frame.f_back, depth - 1
+    return (*found[0], False) if found else None
 
 
 def rng_states(func, tensors) -> tuple | None:

@@ -14,7 +14,7 @@ import time
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from ..render.document import Formula, Math, Section, paragraph
+from ..render.document import Code, Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
 from ..render.notation import dims, math_name, partial
 from .width import LETTER, OPERATOR, fits, width
@@ -242,6 +242,16 @@ def opening_blocks(names, function, formulas: dict, printer, started: float) -> 
                     f"f({', '.join(a.plain for a in args)})")
         blocks += formula_blocks(left, function, printer, started)
     return blocks
+
+
+def cut_note_sections(cuts) -> tuple[Section, ...]:
+    """Above the formulas of a cut graph (:mod:`vjp_magic.run.cuts`): they are those of the
+    graph as computed, as SymPy replays it, not of the formula the cell spells."""
+    spans: list = ["These formulas are of the graph as computed, not of the formula the cell "
+                   "spells:"]
+    for cut in cuts:
+        spans += [" "] + [Code(t) if code else t for t, code in cut.pieces(tail=False)]
+    return (Section((paragraph(*spans),)),)
 
 
 def note_sections(note: str) -> tuple[Section, ...]:

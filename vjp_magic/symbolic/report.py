@@ -10,12 +10,13 @@ what cannot be followed becomes one line.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..render.document import Section
+from ..run.cuts import find_cuts
 from ..run.refusals import NoRecord, NotReplayable, refuse_record
 from .deadline import OutOfTime, deadline
-from .display import note_sections, symbolic_sections
+from .display import cut_note_sections, note_sections, symbolic_sections
 from .errors import RuleBug, Unavailable
 from .formulas import SymbolicDerivative, function_at_a_point, symbolic_derivative
 from .layout import point_axes
@@ -65,11 +66,15 @@ def derive(result, *, record, namespace, output_source: str | None = None,
     formula is the Jacobian too.
     """
     symbol_tex: dict = {}
-    return _reported(
+    cuts = find_cuts(record, {n: i.tensor for n, i in result.inputs.items()}, result.output)
+    report = _reported(
         result, record,
         lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex),
         lambda function, formulas: symbolic_sections(result, function, formulas, symbol_tex,
                                                      jacobian))
+    if not cuts or report.note is not None:
+        return report
+    return replace(report, shown=cut_note_sections(cuts) + report.shown)
 
 
 def _reported(result, record, derived, typeset) -> SymbolicReport:

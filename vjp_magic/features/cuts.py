@@ -1,0 +1,39 @@
+"""Cut graphs, flagged without asking (no flag: always, at both orders).
+
+A value computed from an input that reaches the output as a constant (``x.detach()``,
+``x.data``, ``torch.tensor(x)``, ``.item()``/``.tolist()``/``.numpy()`` round trips,
+``torch.no_grad()``) is named above the derivatives with its cell line and what became
+constant (:func:`vjp_magic.run.cuts.find_cuts`, from the record alone); the derivatives are
+then those of the graph as computed, which the headline says. Stores ``r.cuts``.
+"""
+from __future__ import annotations
+
+from ..render.document import Bullets, Code, Paragraph, Section, Text, paragraph
+from ..run.choose import Subject
+from ..run.cuts import find_cuts
+from . import Added, Asked
+
+flags = ()
+orders = (1, 2)
+needs_record = True  # nothing without one
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    inputs = {name: item.tensor for name, item in result.inputs.items()}
+    cuts = find_cuts(subject.record, inputs, result.output)
+    if not cuts:
+        return Added()
+    return Added(before=cut_sections(cuts), stored={"cuts": cuts})
+
+
+def cut_sections(cuts) -> tuple[Section, ...]:
+    """A bold lead saying what the derivatives are, then each cut in a sentence."""
+    lead = paragraph("The graph is cut: the derivatives below are those of the graph as "
+                     "computed, not of the formula the cell spells.", strong=True)
+    said = [cut_paragraph(cut) for cut in cuts]
+    body = said[0] if len(said) == 1 else Bullets(tuple(said))
+    return (Section((lead, body)),)
+
+
+def cut_paragraph(cut) -> Paragraph:
+    return Paragraph(tuple(Code(text) if code else Text(text) for text, code in cut.pieces()))

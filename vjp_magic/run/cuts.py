@@ -1,0 +1,489 @@
+"""Cut graphs: values computed from an input that reach the output as constants.
+
+``x.detach()``, ``x.data``, ``torch.tensor(x)``, ``x.item()``/``.tolist()``/``.numpy()`` round
+trips and calls under ``torch.no_grad()`` make a value computed from an input that autograd
+does not track. Where such a value reaches the output, the derivatives autograd gives are
+those of the graph as computed, not of the formula the cell spells. :func:`find_cuts` reads
+it off the record of the cell's one run (no user code runs again), by data flow alone:
+
+- *live*: the tensors autograd tracked from an input (through calls that read a live tensor
+  and whose result requires grad; never through ``detach``/``.data``);
+- a *cut*: a call that reads a live tensor and makes a floating value that is not live (a
+  tensor, a Python number or list, a numpy array);
+- *taint*: what is computed from a cut's value without autograd (by identity, and by memory:
+  a numpy array of a tensor's memory, ``torch.from_numpy`` of it);
+- a cut counts where a call whose result is live reads its taint (the *constant*) and the
+  output needs that call. Only floating values carry a derivative: a mask or an index made
+  from a detached value (``x.detach() > 0``) cuts nothing.
+
+Each :class:`Cut` says the op as written, its cell line, what became constant (as written,
+where the source positions are known: Python 3.11+), and the inputs whose derivatives it
+changes. Words for it: :meth:`Cut.pieces`.
+"""
+from __future__ import annotations
+
+import ast
+import linecache
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.textenum import TextEnum
+from .plan import recorded_alias, storage_key
+from .record import tensors_in
+from .steps import DETACHING, function_name
+
+MAX_CUTS = 20  # distinct cuts named; past this the rest are counted
+MAX_TEXT = 60  # characters of an expression quoted
+_COPIES = {"tensor", "as_tensor", "asarray", "new_tensor", "from_numpy"}
+_EXITS = {"item", "tolist", "numpy", "__float__", "__int__", "__complex__", "__array__"}
+_GRAD_SWITCHES = {"_set_grad_enabled", "__enter__", "set_grad_enabled",
+                  "_enter_inference_mode"}
+
+
+class CutKind(TextEnum):
+    """How a value left autograd."""
+
+    DETACH = "detach"  # x.detach()
+    DATA = "data"  # x.data
+    COPY = "copy"  # torch.tensor(x), x.new_tensor(...)
+    EXIT = "exit"  # x.item(), x.tolist(), x.numpy(): out of torch
+    NO_GRAD = "no_grad"  # computed under torch.no_grad()
+    OTHER = "other"  # any other call whose result autograd does not track
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One place a value computed from the inputs became a constant on the way to the output.
+
+    ``op``: the call as written (``x.detach()``; ``torch.no_grad()`` for a call under it) or,
+    where the source is not known, its name (``.detach()``); ``line``: its line in the cell
+    (None outside it); ``constants``: what became constant, as written, conversions left out
+    (``x**3`` of ``x.detach()**3``; empty where not recoverable); ``inputs``: the inputs whose
+    derivatives it changes; ``count``: how many times it ran; ``guessed``: the value went
+    through numpy, where the record cannot follow it, and a tensor made from numpy data
+    reaches the output (it may or may not hold the cut's values)."""
+
+    op: str
+    kind: CutKind
+    line: int | None
+    constants: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    count: int = 1
+    guessed: bool = False
+    alone: bool = True  # the only input of the result (its derivative need not be named)
+
+    def pieces(self, tail: bool = True) -> tuple[tuple[str, bool], ...]:
+        """The sentence as (text, is_code) pieces: "`x.detach()` on line 2 makes `x**3` a
+        constant: the derivative shown is that of the graph as computed, in which it does
+        not change with x." (``tail=False``: up to "a constant.")"""
+        names = _names(self.inputs)
+        out: list = [(self.op, True), (f" on line {self.line}" if self.line else "", False)]
+        if self.count > 1:
+            out.append((f" ({self.count:,} times)", False))
+        if self.guessed:
+            out.append((f" hands values computed from {names} to numpy, and a tensor made "
+                        "from numpy data reaches the output as a constant: if it holds "
+                        f"them, the {self._shown()} of the graph as computed, in which they "
+                        f"do not change with {names}.", False))
+            return tuple(piece for piece in out if piece[0])
+        out.append((" makes ", False))
+        for k, text in enumerate(self.constants):
+            out += [(_joiner(k, len(self.constants)), False), (text, True)]
+        if not self.constants:
+            out.append((f"a value computed from {names}", False))
+        plural = len(self.constants) > 1
+        if not tail:
+            out.append((" constants." if plural else " a constant.", False))
+            return tuple(piece for piece in out if piece[0])
+        out.append((f" {'constants' if plural else 'a constant'}: the {self._shown()} of the "
+                    f"graph as computed, in which {'they do' if plural else 'it does'} not "
+                    f"change with {names}.", False))
+        return tuple(piece for piece in out if piece[0])
+
+    def _shown(self) -> str:
+        if len(self.inputs) > 1:
+            return f"derivatives shown with respect to {_names(self.inputs)} are those"
+        if not self.alone:
+            return f"derivative shown with respect to {_names(self.inputs)} is that"
+        return "derivative shown is that"
+
+    def plain(self) -> str:
+        """:meth:`pieces` as one line of text."""
+        return "".join(text for text, _ in self.pieces())
+
+
+def _joiner(k: int, count: int) -> str:
+    return "" if k == 0 else (" and " if k == count - 1 else ", ")
+
+
+def _names(names) -> str:
+    names = list(names)
+    return "".join(_joiner(k, len(names)) + n for k, n in enumerate(names)) or "the inputs"
+
+
+def cut_inputs(cuts) -> set[str]:
+    """The inputs whose derivatives some cut changes."""
+    return {name for cut in cuts or () for name in cut.inputs}
+
+
+# -- the data flow ----------------------------------------------------------------------------
+@dataclass
+class _Flow:
+    """The forward pass: live tensors (id → input names), taint (key → cut indices), the
+    cuts found (call index, input names), the constants each reaches (cut → [(call index of
+    the live reader, key of the constant)]), and which call made each value."""
+
+    live: dict = field(default_factory=dict)
+    taint: dict = field(default_factory=dict)
+    cuts: list = field(default_factory=list)
+    meets: dict = field(default_factory=dict)
+    made_by: dict = field(default_factory=dict)
+    to_numpy: set = field(default_factory=set)  # cuts whose values went into numpy arrays
+    guessed: set = field(default_factory=set)  # ids tainted by :meth:`from_outside` alone
+
+    def from_outside(self, value) -> set:
+        """The cuts whose values went into numpy, for a floating tensor no recorded call
+        made and whose memory torch did not allocate (``torch.from_numpy`` of an array
+        computed in numpy): the record cannot follow numpy, so these are a guess."""
+        if not self.to_numpy or not isinstance(value, torch.Tensor) \
+                or id(value) in self.made_by or id(value) in self.live \
+                or not (value.is_floating_point() or value.is_complex()):
+            return set()
+        try:
+            external = not value.untyped_storage().resizable()
+        except Exception:  # noqa: BLE001 - sparse, meta …: not numpy's
+            return set()
+        if external:
+            self.guessed.add(id(value))
+            return set(self.to_numpy)
+        return set()
+
+    def tainted(self, value) -> set:
+        """The cuts ``value`` was computed from: by identity; by memory only for a value
+        no recorded call made (``torch.from_numpy`` of a cut's numpy array), never for a live
+        one (``x.detach()`` shares ``x``'s memory, yet ``x`` is not cut)."""
+        if id(value) in self.made_by or id(value) in self.live:
+            return set(self.taint.get(id(value), ()))
+        return set().union(*(self.taint.get(k, ()) for k in _keys(value))) \
+            or self.from_outside(value)
+
+
+def find_cuts(record, inputs: dict, output) -> tuple[Cut, ...]:
+    """The cuts on the way from ``inputs`` (name → tensor) to ``output`` in ``record`` (an
+    :class:`~.record.OpRecord`), in the order they ran; empty without a (complete) record."""
+    if record is None or record.failed is not None or not record.calls \
+            or not isinstance(output, torch.Tensor):
+        return ()
+    output = recorded_alias(record, inputs, output)
+    calls = record.calls
+    flow = _forward(calls, inputs)
+    if not flow.cuts:
+        return ()
+    needed = _needed(calls, output)
+    return _described(calls, flow, needed, inputs)
+
+
+def _forward(calls, inputs: dict) -> _Flow:
+    flow = _Flow(live={id(t): {n} for n, t in inputs.items() if isinstance(t, torch.Tensor)})
+    for index, call in enumerate(calls):
+        read = _objects((call.args, call.kwargs))
+        names = set().union(*(flow.live.get(id(o), ()) for o in read))
+        tainted = set().union(*(flow.tainted(o) for o in read))
+        outside = not tainted and flow.to_numpy and function_name(call.func) in _COPIES \
+            and any(_is_array(o) and id(o) not in flow.made_by for o in read)
+        if outside:  # torch.tensor(a) of an array computed in numpy: a guess, as above
+            tainted = set(flow.to_numpy)
+        outs = _floating(tensors_in(call.result) + list(call.targets)) + _exits(call)
+        detaching = function_name(call.func) in DETACHING
+        live = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
+                and not detaching] if names else []
+        dead = [o for o in outs if not any(o is t for t in live)]
+        for out in outs:
+            flow.made_by[id(out)] = index
+        for out in live:
+            flow.live.setdefault(id(out), set()).update(names)
+        if names and dead:
+            tainted = tainted | {len(flow.cuts)}
+            flow.cuts.append((index, frozenset(names)))
+            for out in dead:  # the cut's own value, where it meets a live call later
+                flow.taint.setdefault(id(out), set()).add(len(flow.cuts) - 1)
+        if not tainted:
+            continue
+        for out in dead:
+            for key in _keys(out):
+                flow.taint.setdefault(key, set()).update(tainted)
+            if _is_array(out):
+                flow.to_numpy.update(tainted)
+            if outside or any(id(o) in flow.guessed for o in read):
+                flow.guessed.add(id(out))
+        if live:
+            for o in read:
+                for cut in flow.tainted(o):
+                    flow.meets.setdefault(cut, []).append((index, id(o)))
+    return flow
+
+
+def _needed(calls, output) -> set[int]:
+    """The indices of the calls whose floating results the output is computed from (by
+    identity, and in-place writes into its memory)."""
+    wanted, memory, kept = {id(output)}, {storage_key(output)} - {None}, set()
+    for index in range(len(calls) - 1, -1, -1):
+        call = calls[index]
+        outs = _floating(tensors_in(call.result) + list(call.targets)) + _exits(call)
+        writes = {storage_key(t) for t in call.targets} - {None}
+        if not any(id(o) in wanted for o in outs) and not writes & memory:
+            continue
+        kept.add(index)
+        for item in _objects((call.args, call.kwargs)):
+            wanted.update(_keys(item))
+            if isinstance(item, torch.Tensor) and storage_key(item) is not None:
+                memory.add(storage_key(item))
+    return kept
+
+
+def _objects(value, depth: int = 0) -> list:
+    """The values a call reads: tensors, Python numbers, lists and tuples (and what they
+    hold), numpy arrays."""
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return [value] if _is_data(value) else []
+    found = [value] if depth else []  # an argument list, not the call's own
+    if depth > 4:
+        return found
+    for item in items:
+        found.extend(_objects(item, depth + 1))
+    return found
+
+
+def _is_data(value) -> bool:
+    return isinstance(value, (torch.Tensor, float, complex)) or _is_array(value)
+
+
+def _is_array(value) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "__array_interface__")
+
+
+def _keys(value) -> list:
+    """How a value is recognised again: its identity, and its memory (a tensor's storage, a
+    numpy array's base)."""
+    keys: list = [id(value)]
+    if isinstance(value, torch.Tensor):
+        memory = storage_key(value)
+        if memory is not None:
+            keys.append(("memory", memory))
+    elif _is_array(value):
+        keys.append(("memory", value.__array_interface__["data"][0]))
+        base = getattr(value, "base", None)
+        if base is not None:
+            keys.append(id(base))
+    return keys
+
+
+def _floating(tensors) -> list:
+    return [t for t in tensors if t.is_floating_point() or t.is_complex()]
+
+
+def _exits(call) -> list:
+    """What a call hands out of torch (a Python number or list, a numpy array), where it
+    holds floating values."""
+    result = call.result
+    if isinstance(result, (float, complex)):
+        return [result]
+    if _is_array(result) and result.dtype.kind in "fc":
+        return [result]
+    if isinstance(result, (list, tuple)) and not tensors_in(result) and _holds_floats(result):
+        return [result] + [o for o in _objects(result, 1) if o is not result]
+    return []
+
+
+def _holds_floats(value, depth: int = 0) -> bool:
+    if isinstance(value, (float, complex)):
+        return True
+    if isinstance(value, (list, tuple)) and value and depth < 6:
+        return _holds_floats(value[0], depth + 1)
+    return False
+
+
+# -- the words --------------------------------------------------------------------------------
+def _described(calls, flow: _Flow, needed: set, inputs: dict) -> tuple[Cut, ...]:
+    """Each cut whose constants the output needs, once per place in the source."""
+    found: dict = {}
+    for cut, (index, names) in enumerate(flow.cuts):
+        reached = [key for at, key in flow.meets.get(cut, ()) if at in needed]
+        if not reached:
+            continue
+        guessed = all(key in flow.guessed for key in reached)
+        call = calls[index]
+        kind = _kind(call)
+        site = _Site.of(call)
+        where = (site.key if site else None, kind, function_name(call.func))
+        entry = found.setdefault(where, {"call": call, "kind": kind, "site": site,
+                                         "names": set(), "constants": [], "count": 0,
+                                         "index": index, "guessed": guessed})
+        entry["guessed"] = entry["guessed"] and guessed
+        entry["names"] |= names
+        entry["count"] += 1
+        for key in reached:
+            made = flow.made_by.get(key)
+            if made is not None and made not in entry["constants"]:
+                entry["constants"].append(made)
+    order = [n for n in inputs]
+    cuts = [_cut(calls, entry, order) for entry in found.values()]
+    return tuple(cuts[:MAX_CUTS])
+
+
+def _cut(calls, entry: dict, order: list) -> Cut:
+    alone = len(order) == 1
+    call, kind, site = entry["call"], entry["kind"], entry["site"]
+    names = tuple(n for n in order if n in entry["names"])
+    own = site.text() if site else None
+    constants: list = []
+    for index in entry["constants"]:
+        made = _Site.of(calls[index])
+        text = _unconverted(made.text()) if made else None
+        if text is None:
+            constants = []
+            break
+        if text not in constants:
+            constants.append(text)
+    op = own or (".data" if kind is CutKind.DATA else f".{function_name(call.func)}()")
+    line = site.line if site else None
+    if kind is CutKind.NO_GRAD:
+        switch = _grad_switch(calls, entry["index"])
+        written = switch.with_item() if switch is not None else None
+        op, line = (written, switch.line) if written else ("torch.no_grad()", line)
+        if own and not constants:
+            constants = [_unconverted(own) or own]
+    return Cut(op, kind, line, tuple(constants[:3]), names, entry["count"], entry["guessed"],
+               alone)
+
+
+# Calls that only convert (leave autograd, change container or device): what became constant
+# is named without them (x**3 of x.detach()**3, x of torch.tensor(x.tolist())).
+_CONVERSIONS = {"detach", "data", "numpy", "tolist", "item", "cpu", "cuda", "clone",
+                "contiguous", "tensor", "as_tensor", "asarray", "array", "from_numpy",
+                "new_tensor", "float", "double"}
+
+
+def _unconverted(text: str | None) -> str | None:
+    """``text`` with conversions taken off (:data:`_CONVERSIONS`), as written otherwise."""
+    if text is None:
+        return None
+    for _ in range(8):  # one conversion at a time, outermost first
+        try:
+            tree = ast.parse(text, mode="eval")
+        except SyntaxError:
+            return text
+        found = next(((node, inner) for node in ast.walk(tree)
+                      if (inner := _converted(node)) is not None), None)
+        if found is None:
+            return text
+        node, inner = found
+        raw = text.encode()
+        text = (raw[:node.col_offset] + raw[inner.col_offset:inner.end_col_offset]
+                + raw[node.end_col_offset:]).decode()
+    return text
+
+
+def _converted(node: ast.expr) -> ast.expr | None:
+    """What a conversion converts (``x`` of ``x.detach()``, ``x.data``, ``torch.tensor(x)``),
+    or None where ``node`` is none."""
+    if isinstance(node, ast.Attribute) and node.attr == "data":
+        return node.value
+    if not isinstance(node, ast.Call) or node.lineno != node.end_lineno:
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in _CONVERSIONS:
+        return None
+    if isinstance(func, ast.Attribute) and not _is_module(func.value):
+        return func.value if not node.args and not node.keywords else None  # x.detach()
+    return node.args[0] if node.args else None  # torch.tensor(a), np.asarray(a)
+
+
+def _is_module(node: ast.expr) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("torch", "np", "numpy")
+
+
+def _kind(call) -> CutKind:
+    name = function_name(call.func)
+    if not call.grad_enabled:
+        return CutKind.NO_GRAD
+    if name in ("detach", "detach_"):
+        return CutKind.DETACH
+    if name == "data":
+        return CutKind.DATA
+    if name in _COPIES:
+        return CutKind.COPY
+    if name in _EXITS:
+        return CutKind.EXIT
+    return CutKind.OTHER
+
+
+def _grad_switch(calls, index: int):
+    """The site of the ``torch.no_grad()`` (or ``set_grad_enabled(False)``) in force at
+    call ``index``: the last switch made with grad enabled before it."""
+    for at in range(index - 1, -1, -1):
+        call = calls[at]
+        if call.grad_enabled and function_name(call.func) in _GRAD_SWITCHES:
+            return _Site.of(call)
+        if call.grad_enabled:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where a recorded call was made (:func:`~.record.call_site`)."""
+
+    code: object
+    lasti: int
+    lineno: int
+    in_cell: bool
+
+    @classmethod
+    def of(cls, call) -> _Site | None:
+        site = getattr(call, "site", None)
+        return cls(*site) if site else None
+
+    @property
+    def key(self) -> tuple:
+        return (id(self.code), self.lasti)
+
+    @property
+    def line(self) -> int | None:
+        return self.lineno if self.in_cell and self.code.co_filename != "<string>" else None
+
+    def with_item(self) -> str | None:
+        """``torch.no_grad()`` of a ``with torch.no_grad():`` line this site is on."""
+        lines = linecache.getlines(self.code.co_filename)
+        if len(lines) < self.lineno:
+            return None
+        line = lines[self.lineno - 1].strip()
+        if not line.startswith("with ") or not line.endswith(":"):
+            return None
+        item = line[5:-1].strip()
+        return item if 0 < len(item) <= MAX_TEXT else None
+
+    def text(self) -> str | None:
+        """The call's expression as written (Python 3.11+: the instruction's positions)."""
+        positions = getattr(self.code, "co_positions", None)
+        if positions is None:
+            return None
+        try:
+            start, end, col, end_col = list(positions())[self.lasti // 2]
+        except (IndexError, ValueError):
+            return None
+        lines = linecache.getlines(self.code.co_filename)
+        if None in (start, end, col, end_col) or start != end or len(lines) < start:
+            return None
+        source = lines[start - 1].encode()  # the positions count UTF-8 bytes
+        text = source[col:end_col].decode(errors="replace").strip()
+        return text if 0 < len(text) <= MAX_TEXT else None
+
+
+__all__ = ["Cut", "CutKind", "cut_inputs", "find_cuts"]
