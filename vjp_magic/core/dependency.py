@@ -81,6 +81,35 @@ class Dependency:
         lo, hi = (str(o).replace("-", "−") for o in self.offsets)
         return f"{self.kind}, offsets {lo}..{hi}"
 
+    def leaking(self) -> list[int]:
+        """The output indices that read an input index other than their own (``pattern[i, j]``
+        with j ≠ i): where the structure "index i reads index i only" breaks, in order."""
+        pattern = self.pattern.to(torch.bool)
+        m, n = pattern.shape
+        own = torch.eye(m, n, dtype=torch.bool, device=pattern.device)
+        return (pattern & ~own).any(1).nonzero().flatten().tolist()
+
+    def reads(self, i: int) -> list[int]:
+        """The input indices other than ``i`` that output index ``i`` reads."""
+        row = self.pattern[i].to(torch.bool).clone()
+        if i < row.numel():
+            row[i] = False
+        return row.nonzero().flatten().tolist()
+
+    def fills_band(self) -> bool:
+        """Whether every dependence the verdict's band allows is there, so that the kind
+        describes every output index (a leak from one row is a band −1..0 it does not fill)."""
+        pattern = self.pattern.to(torch.bool)
+        m, n = pattern.shape
+        offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
+        if self.kind == Kind.INDEPENDENT:
+            band = offset == 0
+        elif self.offsets is None:  # dense
+            band = torch.ones(m, n, dtype=torch.bool)
+        else:
+            band = (offset >= self.offsets[0]) & (offset <= self.offsets[1])
+        return bool(torch.equal(pattern.cpu(), band))
+
 
 def _index(name: str, axis: int, index) -> str:
     return f"{name}[{':, ' * axis}{index}]"

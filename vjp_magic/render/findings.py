@@ -21,7 +21,7 @@ from ..core.errors import VJPUsageError
 from . import notation
 from .codegen import output_symbol
 from .document import Entry, Formula, Math, Matrix, Paragraph, Text
-from .matrix import VDOTS, multi_index, summary_indices
+from .matrix import VDOTS, Block, layout, multi_index, reserve, summary_indices
 from .numbers import alone, choose_format, plural, significant_digits
 
 
@@ -34,16 +34,18 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
         return []
     broken = _broken(result, name)
     if broken is not None:
-        return [_break_line(result, name, broken)]
+        return [_break_line(result, name, broken), *leak_formulas(result, name, broken, options)]
     if item.has_points or result.output.dim() == 0:
         return []
     verdicts = [d for d in (_read(result, name, a, b) for a, b in _shared_axes(result, name))
                 if d is not None]
     verdicts.sort(key=lambda dep: _PREFERENCE[dep.kind])
     if not verdicts or (verdicts[0].kind == Kind.DENSE and options is not None
-                        and max(verdicts[0].pattern.shape) <= options.threshold):
+                        and max(verdicts[0].pattern.shape) <= options.threshold
+                        and few_leaks(verdicts[0]) is None):
         return []
-    return [_verdict_line(result, name, verdicts[0])]
+    return [_verdict_line(result, name, verdicts[0]),
+            *leak_formulas(result, name, verdicts[0], options)]
 
 
 # Which shared axis the line speaks of: the most telling verdict (a conv's band along its
@@ -111,6 +113,104 @@ def _witness(dep: Dependency, y: str, x: str) -> tuple:
     return (_indexed(y, dep.out_axis, str(i)), Text(" ← "), _indexed(x, dep.in_axis, str(j)))
 
 
+# -- a leak: a few output indices that read other input indices ------------------------------
+LEAK_NAMED = 3  # output indices named in a leak's sentence (more: the band is described)
+LEAK_SHOWN = 2  # of them, the matrices shown first, beneath the sentence
+READS_NAMED = 3  # input indices named per leaking output index
+
+
+def few_leaks(dep: Dependency) -> list[int] | None:
+    """The output indices that read input indices other than their own, where they are few
+    (at most :data:`LEAK_NAMED`) and the verdict's band would say every index does; else
+    None."""
+    if dep.kind == Kind.INDEPENDENT or dep.pattern.shape[0] != dep.pattern.shape[1] \
+            or dep.fills_band():
+        return None
+    rows = dep.leaking()
+    return rows if 0 < len(rows) <= LEAK_NAMED else None
+
+
+def _reads(dep: Dependency, y: str, x: str, i: int) -> list:
+    """``y[5] ← x[6], x[7]`` as spans: what output index i reads besides its own."""
+    reads = dep.reads(i)
+    spans: list = [_indexed(y, dep.out_axis, str(i)), Text(" ← ")]
+    for k, j in enumerate(reads[:READS_NAMED]):
+        spans += [Text(", ")] if k else []
+        spans.append(_indexed(x, dep.in_axis, str(j)))
+    if len(reads) > READS_NAMED:
+        spans.append(Text(f" and {len(reads) - READS_NAMED} more"))
+    return spans
+
+
+def _only(dep: Dependency, y: str, x: str, rows: list[int], in_shape) -> list:
+    """``only y[1] reads another row of x: `` (``only y[1] and y[5] read other rows of
+    x: ``) as spans."""
+    names: list = []
+    for k, i in enumerate(rows):
+        names += [Text(_joiner(k, len(rows)))] if k else []
+        names.append(_indexed(y, dep.out_axis, str(i)))
+    one = len(rows) == 1 and len(dep.reads(rows[0])) == 1
+    word = _axis_word(in_shape, dep.in_axis, not one)
+    verb = "reads another" if one else ("reads other" if len(rows) == 1 else "read other")
+    return [Text("only "), *names, Text(f" {verb} {word} of "), notation.prose_name(x),
+            Text(": ")]
+
+
+def _leak_spans(dep: Dependency, y: str, x: str, rows: list[int], in_shape,
+                first_note=()) -> list:
+    """``only y[1] and y[5] read other rows of x: y[1] ← x[0] (note); y[5] ← x[7]``."""
+    spans = _only(dep, y, x, rows, in_shape)
+    for k, i in enumerate(rows):
+        spans += ([Text("; ")] if k else []) + _reads(dep, y, x, i)
+        spans += list(first_note) if k == 0 else []
+    return spans
+
+
+def _joiner(k: int, count: int) -> str:
+    return "" if k == 0 else (" and " if k == count - 1 else ", ")
+
+
+def leak_formulas(result, name: str, dep: Dependency, options=None) -> list[Formula]:
+    """The matrices of a leak, first: ∂y[i]/∂x[j] for the first :data:`LEAK_SHOWN` output
+    indices i that read another input index j (rows: the entries of y[i], columns: those
+    of x[j]), read off the result (none where there is no leak of a few)."""
+    rows = few_leaks(dep)
+    if rows is None:
+        return []
+    from .options import RenderOptions
+
+    options = options or RenderOptions()
+    y = output_symbol(result)
+    item = result.inputs[name]
+    formulas = []
+    for i in rows[:LEAK_SHOWN]:
+        j = dep.reads(i)[0]
+        yi, xj = _indexed(y, dep.out_axis, str(i)), _indexed(name, dep.in_axis, str(j))
+        lhs = Math(rf"\frac{{\partial {yi.tex}}}{{\partial {xj.tex}}}",
+                   f"∂{yi.plain}/∂{xj.plain}")
+        block = _leak_block(result, name, dep, i, j)
+        matrix = layout(block, options, item.derivatives.dtype, reserved=reserve(lhs))
+        caption = () if block.scalar else (
+            Text("rows: the entries of "), yi, Text("; columns: those of "), xj, Text("."))
+        formulas.append(Formula(lhs, matrix, None, caption))
+    return formulas
+
+
+def _leak_block(result, name: str, dep: Dependency, i: int, j: int) -> Block:
+    """The Jacobian's block of y's entries with index i along the output axis by x's with
+    index j along the input axis (entries fetched as shown, :meth:`jacobian_block`)."""
+    item = result.inputs[name]
+    device = item.derivatives.device
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    rows = torch.arange(result.output.numel(), device=device).reshape(out_shape) \
+        .select(dep.out_axis, i).reshape(-1)
+    cols = torch.arange(item.tensor.numel(), device=device).reshape(in_shape) \
+        .select(dep.in_axis, j).reshape(-1)
+    scalar = rows.numel() == 1 and cols.numel() == 1 and len(out_shape) + len(in_shape) == 2
+    return Block(lambda r, c: result.jacobian_block(name, rows[r], cols[c]), rows.numel(),
+                 cols.numel(), device, scalar=scalar)
+
+
 def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     """"The rows of y are not independent of the rows of x: y[1] ← x[0] (row 1 of y reads
     row 0 of x); the derivatives below are the full Jacobian." """
@@ -120,16 +220,21 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     yn, xn = notation.prose_name(y), notation.prose_name(name)
     i, j = dep.witness
     kept = [b for b in item.pairing.in_axes if in_shape[b] > 1]
-    rest = ([Text(f"); the derivatives below take only the "
+    rest = ([Text("; the derivatives below take only the "
                   f"{' and '.join(_axis_word(in_shape, b) for b in kept)} of "), xn,
              Text(" as points.")] if kept else
-            [Text("); the derivatives below are the full Jacobian.")])
+            [Text("; the derivatives below are the full Jacobian.")])
+    leaks = few_leaks(dep)
+    if leaks is not None:  # which: "only y[1] reads another row of x: y[1] ← x[0] (…)"
+        i, j = leaks[0], dep.reads(leaks[0])[0]
+    note = [Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
+            Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn, Text(")")]
+    witness = [*_witness(dep, y, name), *note] if leaks is None else \
+        _leak_spans(dep, y, name, leaks, in_shape, note)
     return Paragraph((
         Text(f"The {_axis_word(out_shape, dep.out_axis)} of "), yn,
         Text(f" are not independent of the {_axis_word(in_shape, dep.in_axis)} of "), xn,
-        Text(": "), *_witness(dep, y, name),
-        Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
-        Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn, *rest))
+        Text(": "), *witness, *rest))
 
 
 def _shift(offset: int) -> tuple[str, str]:
@@ -141,20 +246,31 @@ def _shift(offset: int) -> tuple[str, str]:
 
 
 def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
-    """One line: how y[t] reads x[s] along the shared axis, and the kind."""
+    """One line: how y[t] reads x[s] along the shared axis, and the kind; where a few
+    indices break "y[t] reads x[t] only", those, by name ("only y[1] reads x[0]")."""
     y = output_symbol(result)
     yt, xs = _indexed(y, dep.out_axis, "t"), _indexed(name, dep.in_axis, "s")
     out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
-    lead = [Text(f"Along {_the_axis(out_shape, dep.out_axis)} of "), notation.prose_name(y),
-            Text(f" and {_the_axis(in_shape, dep.in_axis)} of "), notation.prose_name(name),
-            Text(": "), yt, Text(" reads ")]
+    along = [Text(f"Along {_the_axis(out_shape, dep.out_axis)} of "), notation.prose_name(y),
+             Text(f" and {_the_axis(in_shape, dep.in_axis)} of "), notation.prose_name(name)]
+    leaks = few_leaks(dep)
+    if leaks is not None:
+        return Paragraph((*along, Text(", "), *_leak_spans(dep, y, name, leaks, in_shape),
+                          Text("; every other "), yt, Text(" reads "),
+                          _indexed(name, dep.in_axis, "t"), Text(" only.")))
+    lead = [*along, Text(": "), yt, Text(" reads ")]
     if dep.kind == Kind.INDEPENDENT:
         return Paragraph((*lead, _indexed(name, dep.in_axis, "t"),
                           Text(" only (independent).")))
+    some = [] if dep.fills_band() else [Text(
+        f"; {len(dep.leaking())} of the {out_shape[dep.out_axis]:,} "
+        f"{_axis_word(out_shape, dep.out_axis)} of "), notation.prose_name(y),
+        Text(f" read other {_axis_word(in_shape, dep.in_axis)} of "),
+        notation.prose_name(name)]
     if dep.kind == Kind.DENSE:
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
                           Text(" as well as before ("), *_witness(dep, y, name),
-                          Text("): dense.")))
+                          Text("): dense"), *some, Text(".")))
     if dep.kind == Kind.LOWER_TRIANGULAR:
         bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
     elif dep.kind == Kind.UPPER_TRIANGULAR:
@@ -164,8 +280,8 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         bound = Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
         words = f"a band, offsets {dep.summary().split('offsets ')[1]}"
     first = [Text(", first "), *_witness(dep, y, name)] if dep.witness else []
-    return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *first,
-                      Text(").")))
+    return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *some,
+                      *first, Text(").")))
 
 
 # -- sensitivities at many points -----------------------------------------------------------

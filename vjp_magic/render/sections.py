@@ -188,6 +188,9 @@ def shared_headline(result, group: list[str]) -> Paragraph | None:
     entries, each a gradient of its own (per sample where the output is one value per
     sample); None where the inputs need a sentence each."""
     items = [result.inputs[n] for n in group]
+    if len(group) > 1 and result.output.numel() == 1 and not result.full \
+            and not any(i.unused for i in items):  # a scalar: v = 1 for all of them, said once
+        return Paragraph((*_what(result, group[0]), Text(".")))
     if (len(group) < 2 or result.full or result.output.numel() < 2
             or any(i.unused or i.has_points or i.per_point_numel() < 2 for i in items)):
         return None
