@@ -67,6 +67,9 @@ def torch_error(error: BaseException | str) -> TorchError | None:
     return next((kind for kind in TorchError if kind.value in text), None)
 
 
+# backward/grad on a tensor with no graph (its inputs do not require grad, or .data cut it)
+NO_GRAPH = "does not require grad and does not have a grad_fn"
+
 # The full text of SECOND_PASS, raised by the guard as PyTorch would raise it.
 FREED_MESSAGE = (
     "Trying to backward through the graph a second time (or directly access saved tensors "

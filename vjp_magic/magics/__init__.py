@@ -135,6 +135,7 @@ class VJPMagics(Magics):
             raise UsageError("--reveal goes with --check NAME (the answer to grade).")
         # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
         # and --gradcheck, and vectorise per-sample gradients
+        self._forget_last_cell()
         run = run_cell(self.shell, cell, record_ops=True)
         answer = args.check if args.check and args.check.isidentifier() else None
         subject = FromCell(run, self.shell, exclude=(answer,) if answer else ())
@@ -142,8 +143,9 @@ class VJPMagics(Magics):
             try:
                 result = pipeline(subject, self._request(
                     args, of=one_output(args.of), wrt=args.wrt, full=args.full))
-            finally:  # graphs the cell's own backward would have freed are freed now
-                run.release()
+            finally:  # graphs the cell's own backward would have freed are freed now; the
+                # record stays while the output lives, for %jacobian/%hessian on it later
+                self._last_cell = run.release(keep_for=subject.chosen)
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
         # a trailing ';' hides the display, and keeps the result out of Out, as in a plain cell
@@ -239,11 +241,20 @@ class VJPMagics(Magics):
         """``%jacobian``'s and ``%hessian``'s run: the line's output expression evaluated in
         the namespace (its calls recorded for --symbolic), then the pipeline on it."""
         with retained_grads_kept(self.shell.user_ns), _usage_errors():
-            subject = FromExpression.evaluate(self.shell, args.output_source, record_ops=True)
+            subject = FromExpression.evaluate(self.shell, args.output_source, record_ops=True,
+                                              earlier=self._last_cell)
             try:
                 return pipeline(subject, request)
             finally:
                 subject.release()
+
+    _last_cell = None  # the last %%vjp cell's record (run.record.KeptRecord), or None
+
+    def _forget_last_cell(self) -> None:
+        """Drop the record kept from the last ``%%vjp`` cell (a new cell replaces it)."""
+        if self._last_cell is not None:
+            self._last_cell.release()
+        self._last_cell = None
 
     def _pictures_beneath(self, result) -> None:
         """Display the result's pictures once the result itself is shown: after the cell, as
@@ -309,6 +320,8 @@ def unload(shell) -> None:
     manager.magics["cell"].pop("vjp", None)
     manager.magics["line"].pop("jacobian", None)
     manager.magics["line"].pop("hessian", None)
+    for magics in [m for m in shell.configurables if isinstance(m, VJPMagics)]:
+        magics._forget_last_cell()
     manager.registry.pop("VJPMagics", None)
     shell.configurables[:] = [c for c in shell.configurables if not isinstance(c, VJPMagics)]
 

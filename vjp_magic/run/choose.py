@@ -28,9 +28,10 @@ import torch
 
 from ..core.validation import module_parameters, named_inputs
 from ..core.errors import VJPUsageError
-from ..core.tagging import choose_output, depends_on, find_inputs, is_visible_name
-from .execute import CellRun, evaluate
-from .record import OpRecord, recording
+from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
+                            is_visible_name, ordered_names)
+from .execute import CellRun, detached_advice, evaluate
+from .record import KeptRecord, OpRecord, recording
 
 
 @runtime_checkable
@@ -91,8 +92,8 @@ class FromCell:
             name, self.chosen = choose_output(run.found, assigned, final,
                                               run.final_source, used=run.reads)
         except VJPUsageError as error:
-            raise VJPUsageError(number_output_hint(run.found, run.assigned) or str(error)) \
-                from None
+            raise VJPUsageError(number_output_hint(run.found, run.assigned)
+                                or _detached_hint(run) or str(error)) from None
         return name, dense(name, self.chosen, "%%vjp --of {}")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
@@ -114,9 +115,16 @@ class FromExpression:
     namespace = property(lambda self: self.scope.user_ns)
 
     @classmethod
-    def evaluate(cls, scope, source: str, record_ops: bool = False) -> FromExpression:
+    def evaluate(cls, scope, source: str, record_ops: bool = False,
+                 earlier: KeptRecord | None = None) -> FromExpression:
+        """``source`` evaluated; with ``earlier`` (the last ``%%vjp`` cell's record, kept
+        while its output lives) the record is that cell's calls, then the expression's: a
+        graph the cell's own backward freed is rebuilt from them."""
         with recording() if record_ops else nullcontext() as record:
             value = lookup(scope, source, "output")
+        cell = earlier.record() if earlier is not None and record is not None else None
+        if cell is not None and record.failed is None:
+            record = OpRecord(cell.calls + record.calls)
         return cls(scope, source, value, record)
 
     def output(self, of: str | None) -> tuple[str, object]:
@@ -125,7 +133,7 @@ class FromExpression:
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
             return dense_inputs(named(self.scope, wrt, output, output_name, "wrt"))
-        return dense_inputs(found_inputs(self.scope, output, output_name, []))
+        return dense_inputs(found_inputs(self.scope, output, output_name, [], "wrt"))
 
     def release(self) -> None:
         if self.record is not None:
@@ -261,11 +269,93 @@ def _namespace_parameter_names(scope) -> dict:
     return spelled
 
 
-def found_inputs(scope, output, output_name: str, assigned) -> dict:
-    """The named leaves with ``requires_grad=True`` the output's graph reaches."""
-    if isinstance(output, torch.Tensor) and output.requires_grad:
-        return find_inputs(output, scope.user_ns, assigned, output_name)
-    return {}
+class ChosenInputs(dict):
+    """Inputs found, not named (name → tensor), with the sentences that say how they were
+    chosen (``notes``: shown beneath the derivatives)."""
+
+    notes: tuple = ()
+
+
+def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt") -> dict:
+    """The named leaves with ``requires_grad=True`` the output's graph reaches. Where none is
+    named, the parameters of the namespace's modules it reaches, as ``--wrt MODULE`` names
+    them (a model called on data that needs no grad); where some are, a note names the
+    module parameters left out. ``flag``: how the line names inputs (``--wrt``, ``wrt``)."""
+    if not (isinstance(output, torch.Tensor) and output.requires_grad):
+        return {}
+    leaves = graph_leaves(output)
+    modules = reached_modules(scope.user_ns, leaves, assigned)
+    try:
+        found = ChosenInputs(find_inputs(output, scope.user_ns, assigned, output_name))
+    except VJPUsageError:
+        if not leaves:
+            raise
+        if not modules:
+            raise VJPUsageError(_unnamed_message(output_name, flag)) from None
+        found = ChosenInputs()
+        for name, module in modules.items():
+            found.update(module_parameters(module, name))
+        names, first = " ".join(modules), spelled(next(iter(found)))
+        found.notes = (f"No named tensor with requires_grad=True reaches {output_name}, so the "
+                       f"inputs are the parameters of {_listed(list(modules))} (as {flag} "
+                       f"{names}); name fewer with {flag}, e.g. {flag} {first}.",)
+        return found
+    found.notes = _left_out(found, modules, leaves, output_name, flag)
+    return found
+
+
+def reached_modules(namespace, leaves: dict, assigned=()) -> dict:
+    """name → module, for the namespace's modules whose parameters ``leaves`` (id → leaf
+    tensor) holds: the fewest names that cover them, a module holding more first (``mlp``
+    before its layer ``mlp[0]`` bound to a name), the cell's own names before the rest."""
+    order = {name: k for k, name in enumerate(ordered_names(namespace, assigned))}
+    candidates = []
+    for name in order:
+        value = namespace[name]
+        if isinstance(value, torch.nn.Module):
+            reached = {id(p) for p in value.parameters() if id(p) in leaves}
+            if reached:
+                candidates.append((-len(reached), order[name], name, reached))
+    chosen, covered = {}, set()
+    for _, _, name, reached in sorted(candidates):
+        if reached - covered:
+            chosen[name] = namespace[name]
+            covered |= reached
+    return chosen
+
+
+def _left_out(found: dict, modules: dict, leaves: dict, output_name: str, flag: str) -> tuple:
+    """A note naming the module parameters the output reaches that ``found`` leaves out, with
+    the flag that takes them in too."""
+    taken = {id(t) for t in found.values()}
+    left: list[str] = []
+    for name, module in modules.items():
+        named = {n: p for n, p in module_parameters(module, name).items() if id(p) in leaves}
+        missing = [n for n, p in named.items() if id(p) not in taken]
+        if missing:
+            left += [name] if len(missing) == len(named) else [spelled(n) for n in missing]
+    if not left:
+        return ()
+    words = _listed([f"{n}'s parameters" if n in modules else n for n in left])
+    return (f"{output_name} also depends on {words}, left out here: "
+            f"{flag} {' '.join(list(found) + left)} includes them.",)
+
+
+def spelled(name: str) -> str:
+    """A parameter's name as an expression: ``mlp.0.weight`` → ``mlp[0].weight``."""
+    return re.sub(r"[.](\d+)(?=[.]|$)", r"[\1]", name)
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _unnamed_message(output_name: str, flag: str) -> str:
+    """No name in the notebook holds the tensors that require grad the output reaches."""
+    return (f"{output_name} depends on tensors that require grad, but none of them is bound to "
+            "a name in the notebook, nor is a module holding them. Bind the module or the "
+            f"tensor to a name in the cell, then name it with {flag} NAME.")
 
 
 def number_output_hint(ns, assigned) -> str | None:
@@ -281,6 +371,19 @@ def number_output_hint(ns, assigned) -> str | None:
         if isinstance(value, torch.Tensor):
             return None
     return None
+
+
+def _detached_hint(run: CellRun) -> str | None:
+    """No output with history, and the cell read an input through ``.data`` or
+    ``.detach()``: that read, its line, and the line without it."""
+    advice = detached_advice(run.source, run.namespace)
+    if advice is None:
+        return None
+    names = [n for n in run.assigned if isinstance(run.namespace.get(n), torch.Tensor)
+             and not run.namespace[n].requires_grad]
+    lead = f"{names[-1]} has no autograd history: " if names else "No output has autograd " \
+        "history: "
+    return lead + advice
 
 
 def _made_off_graph(source: str, value, output) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import os
+import types
 from collections import ChainMap
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,11 +26,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
+from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
+from . import guard as guard_module
+from . import record as record_module
 from .guard import keep_graphs
 from .mistakes import CellMistake, classify
-from .record import OpRecord, recording, without_record_frames
+from .record import KeptRecord, OpRecord, recording
 
 
 @dataclass(eq=False)
@@ -63,12 +68,25 @@ class CellRun:
         """The cell's names, and its targets such as ``d['y']``, as one mapping."""
         return ChainMap(self.targets, self.namespace)
 
-    def release(self) -> None:
+    def release(self, keep_for=None) -> KeptRecord | None:
         """Free the graphs the cell's own backward freed (as a plain cell would have), and
-        drop the tensors held for coaching and for the symbolic replay."""
+        drop the tensors held for coaching; the record is dropped too, or kept while
+        ``keep_for`` (the output) lives, for a later ``%jacobian`` on it
+        (:class:`~.record.KeptRecord`, returned; None where it is not kept)."""
         self.log.release()
-        if self.record is not None:
+        kept = KeptRecord.keep(self.record, keep_for)
+        if kept is None and self.record is not None:
             self.record.release()
+        return kept
+
+
+class NoGraph(RuntimeError):
+    """The cell's own ``backward`` found no graph (PyTorch's "element 0 of tensors does not
+    require grad", quoted): still the ``RuntimeError`` PyTorch raised, to code that catches
+    one, shown as one line of advice, no traceback (IPython's ``_render_traceback_``)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"RuntimeError: {self}"]
 
 
 class CellSyntaxError(Exception):
@@ -118,9 +136,12 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
             log.record_failure(error)
             log.mistake = classify(error, log, source)
             if log.mistake is None:
-                raise without_record_frames(error)  # noqa: B904 - the user's own error
+                coached = nothing_to_differentiate(error, log, source, shell.user_ns)
+                if coached is not None:
+                    raise NoGraph(coached) from None
+                raise user_frames_only(error)  # noqa: B904 - the user's own error
         except BaseException as error:  # noqa: BLE001 - the user's own error, re-raised
-            raise without_record_frames(error)  # noqa: B904 - the user's own error
+            raise user_frames_only(error)  # noqa: B904 - the user's own error
     assigned, targets = _assigned(shell, parsed, before, captured,
                                   complete=log.mistake is None)
     return CellRun(cell=parsed, source=source, final_value=final_value, assigned=assigned,
@@ -239,10 +260,120 @@ def _named_by_keys(node: ast.expr, level: int, keys: dict) -> str:
     return ast.unparse(node)
 
 
+# -- the user's own errors: their frames only, coached where autograd has nothing to do -----
+_WRAPPERS = {os.path.abspath(record_module.__file__), os.path.abspath(guard_module.__file__)}
+_DISPATCH = os.path.abspath(torch.overrides.__file__)  # hands a call to the recording mode
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def user_frames_only(error: BaseException) -> BaseException:
+    """``error`` with the frames the magic's wrappers add taken out of its traceback: the
+    recorder's and the guard's, and torch's dispatch to the recording mode (the torch
+    function that handed the call over runs again past it), so that the traceback reads as
+    in a plain cell (IPython shows the last frame even where it asks to hide it)."""
+    entries, tb = [], error.__traceback__
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    files = [os.path.abspath(e.tb_frame.f_code.co_filename) for e in entries]
+    dropped = set()
+    for k, name in enumerate(files):
+        if name in _WRAPPERS or name == _DISPATCH:
+            dropped.add(k)
+        if name == _DISPATCH and k and files[k - 1].startswith(_TORCH) \
+                and any(e.tb_frame.f_code is entries[k - 1].tb_frame.f_code
+                        for e in entries[k + 1:]):
+            dropped.add(k - 1)
+    kept = None
+    for k in reversed(range(len(entries))):
+        if k not in dropped:
+            entry = entries[k]
+            kept = types.TracebackType(kept, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return error.with_traceback(kept)
+
+
+def detached_reads(source: str, namespace) -> list[tuple[str, str, int]]:
+    """Where the cell reads a tensor that requires grad outside autograd, ``x.data`` or
+    ``x.detach()`` on a name bound to one: (the expression as written, the name, its line),
+    in order."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    found = []
+    for node in ast.walk(tree):
+        base = None
+        if isinstance(node, ast.Attribute) and node.attr == "data" \
+                and isinstance(node.ctx, ast.Load):
+            base = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "detach" and not node.args:
+            base = node.func.value
+        value = namespace.get(base.id) if isinstance(base, ast.Name) else None
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            written = ast.get_source_segment(source, node) or ast.unparse(node)
+            found.append((written, base.id, node.lineno))
+    return sorted(found, key=lambda item: item[2])
+
+
+def detached_advice(source: str, namespace) -> str | None:
+    """"x.data on line 2 …: use x itself (y = x**2)", for the cell's first detached read."""
+    reads = detached_reads(source, namespace)
+    if not reads:
+        return None
+    written, name, line = reads[0]
+    fixed = source.splitlines()[line - 1].strip()
+    for other, other_name, at in reads:
+        fixed = fixed.replace(other, other_name) if at == line else fixed
+    return (f"{written} on line {line} is {name}'s values without its graph, so what is computed "
+            f"from it is a constant to autograd. Use {name} itself: {fixed}")
+
+
+def nothing_to_differentiate(error, log, source: str, namespace) -> str | None:
+    """The cell's own ``backward``/``grad`` found no graph ("element 0 of tensors does not
+    require grad"): what to do, from the cell's own names; None for any other error."""
+    if NO_GRAPH not in str(error) or not any(e is error for e in log.errors):
+        return None
+    call = next((c for c in reversed(log.records) if c.error is error), None)
+    line = call.line if call is not None else None
+    lines = source.splitlines()
+    written = lines[line - 1].strip() if line and line <= len(lines) else "The cell's backward"
+    head = (f"{written}{f' on line {line}' if line else ''} found no graph: what it "
+            f"differentiates {NO_GRAPH}. ")
+    advice = detached_advice(source, namespace)
+    if advice is not None:
+        return head + advice
+    return head + _requires_grad_advice(source, namespace)
+
+
+def _requires_grad_advice(source: str, namespace) -> str:
+    """Make the cell's input with ``requires_grad=True``: its own line, so amended, where a
+    float tensor the cell makes without it is assigned by a call on one line."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        tree = ast.Module(body=[], type_ignores=[])
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            value = namespace.get(node.targets[0].id)
+            written = ast.get_source_segment(source, node) or ""
+            if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                    and value.grad_fn is None and not value.requires_grad \
+                    and isinstance(node.value, ast.Call) and "\n" not in written \
+                    and written.endswith(")"):
+                sep = ", " if node.value.args or node.value.keywords else ""
+                return ("Create the input with requires_grad=True: "
+                        f"{written[:-1]}{sep}requires_grad=True)")
+    return ("Create the input with requires_grad=True (e.g. x = torch.tensor([1., 2.], "
+            "requires_grad=True)), or call x.requires_grad_() on it before computing.")
+
+
 def evaluate(shell, node: ast.expr):
     """The value of an expression node in the user's namespace."""
     expression = ast.fix_missing_locations(ast.Expression(body=node))
     return eval(compile(expression, "<target>", "eval"), shell.user_global_ns, shell.user_ns)
 
 
-__all__ = ["CellRun", "CellSyntaxError", "evaluate", "run_cell"]
+__all__ = ["CellRun", "CellSyntaxError", "NoGraph", "detached_advice", "detached_reads", "evaluate",
+           "nothing_to_differentiate", "run_cell", "user_frames_only"]

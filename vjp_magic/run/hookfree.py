@@ -18,6 +18,7 @@ import torch
 
 from ..core.tagging import depends_on
 from .replay import InputChanged, NotReplayable, build, close
+from .refusals import NotReached
 
 
 @dataclass(eq=False)
@@ -36,10 +37,13 @@ class AnalysedGraph:
 
     def restore(self, result, user_output, user_inputs: dict):
         """``result`` (of the analysis on this graph) holding the user's tensors again, with
-        a note where it ran on the user's own graph or an input has a gradient hook."""
+        a note where it ran on the user's own graph or an input has a gradient hook, after
+        the notes on how the inputs were chosen (``user_inputs.notes``, where they were
+        found rather than named: :class:`~.choose.ChosenInputs`)."""
         items = {name: replace(item, tensor=user_inputs.get(name, item.tensor))
                  for name, item in result.inputs.items()}
-        notes = list(result.notes) + self.notes(result.output_name)
+        chosen = [n for n in getattr(user_inputs, "notes", ()) if n not in result.notes]
+        notes = chosen + list(result.notes) + self.notes(result.output_name)
         return replace(result, output=user_output, inputs=items, notes=notes)
 
     def notes(self, output_name: str) -> list[str]:
@@ -72,7 +76,10 @@ def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGrap
         with torch.enable_grad():
             value = replay.run(fresh)
     except NotReplayable as error:
-        return AnalysedGraph(output, inputs, reason=str(error), hooks=hooks,
+        reason = str(error)
+        if isinstance(error, NotReached):  # the operations read give no other cause
+            reason = "its graph was begun in an earlier cell, before the recorded operations"
+        return AnalysedGraph(output, inputs, reason=reason, hooks=hooks,
                              inputs_changed=isinstance(error, InputChanged))
     except Exception as error:  # noqa: BLE001 - any failure: the cell's own graph
         reason = f"replaying failed: {type(error).__name__}: {error}"

@@ -22,10 +22,12 @@ garbage); it is released on its own when the cell raises.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
 import types
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -372,3 +374,80 @@ def recording():
     except BaseException:
         record.release()
         raise
+
+
+class KeptRecord:
+    """A ``%%vjp`` cell's record kept after its request, so that a later ``%jacobian`` or
+    ``%hessian`` on its output can rebuild a graph the cell's own ``backward`` freed (the
+    hook-free replay: no user code runs).
+
+    Bounded: only a complete record is kept (so within :func:`held_bytes_cap`), and only while
+    the output tensor lives. The record holds a detached alias in the output's place (same
+    memory, same version counter), so it never keeps the output alive; a weak reference
+    to the output releases the record when the output is garbage."""
+
+    def __init__(self, record: OpRecord, output: torch.Tensor):
+        self._record: OpRecord | None = record
+        self._alias = output.detach()
+        record.calls = [_swapped_call(call, output, self._alias) for call in record.calls]
+        self._output = weakref.ref(output, self._dropped)
+
+    @classmethod
+    def keep(cls, record: OpRecord | None, output) -> KeptRecord | None:
+        """``record`` kept for ``output``, where it is complete and computed the output."""
+        if record is None or record.failed is not None or not isinstance(output, torch.Tensor) \
+                or output.grad_fn is None:
+            return None
+        if not any(t is output for call in record.calls
+                   for t in tensors_in(call.result) + list(call.targets)):
+            return None  # not the cell's own (an --of expression, an earlier cell's tensor)
+        return cls(record, output)
+
+    @property
+    def output(self) -> torch.Tensor | None:
+        """The output, while it lives and the record is kept."""
+        return None if self._record is None else self._output()
+
+    def record(self) -> OpRecord | None:
+        """The calls as the cell made them (the output in its place again), or None once the
+        output is gone or the record released."""
+        output = self.output
+        if output is None:
+            return None
+        return OpRecord([_swapped_call(call, self._alias, output) for call in self._record.calls])
+
+    def release(self) -> None:
+        """Drop the record and everything it holds."""
+        if self._record is not None:
+            self._record.release()
+        self._record = None
+
+    def _dropped(self, _reference) -> None:
+        self.release()
+
+
+def _swapped_call(call: Call, old: torch.Tensor, new: torch.Tensor) -> Call:
+    """``call`` with the tensor ``old`` replaced by ``new`` wherever it holds it (arguments,
+    result, targets, and the ids its versions and tracking are kept under)."""
+    def swap(value, depth=0):
+        if value is old:
+            return new
+        if depth > 3 or not isinstance(value, (list, tuple, dict)):
+            return value
+        if isinstance(value, dict):
+            return {k: swap(v, depth + 1) for k, v in value.items()}
+        items = [swap(v, depth + 1) for v in value]
+        if all(a is b for a, b in zip(items, value)):
+            return value
+        try:
+            return type(value)(items)
+        except TypeError:  # a namedtuple
+            return type(value)(*items)
+
+    def key(k):
+        return id(new) if k == id(old) else k
+
+    return dataclasses.replace(
+        call, args=swap(call.args), kwargs=swap(call.kwargs), result=swap(call.result),
+        targets=swap(call.targets), seen={key(k): v for k, v in call.seen.items()},
+        tracked=frozenset(key(k) for k in call.tracked))
