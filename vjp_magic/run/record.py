@@ -26,7 +26,6 @@ import dataclasses
 import os
 import sys
 import threading
-import types
 import weakref
 from dataclasses import dataclass, field
 
@@ -249,22 +248,6 @@ class _Recorder(TorchFunctionMode):
         """A custom Function's ``apply``, recorded as one call like any torch call."""
         __tracebackhide__ = True
         return self.__torch_function__(FunctionApply(function), (), args, kwargs)
-
-
-def without_record_frames(error: BaseException) -> BaseException:
-    """``error`` with the recorder's frames taken out of its traceback: a torch error in the
-    cell's own code shows the cell's lines, as in a plain cell (IPython shows the last frame
-    even where it asks to hide it, and a torch call raising in C leaves the recorder's
-    frame last)."""
-    entries, tb = [], error.__traceback__
-    while tb is not None:
-        entries.append(tb)
-        tb = tb.tb_next
-    kept = None
-    for entry in reversed(entries):
-        if entry.tb_frame.f_code.co_filename != __file__:
-            kept = types.TracebackType(kept, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
-    return error.with_traceback(kept)
 
 
 def call_site(frame, depth: int = 64) -> tuple | None:
