@@ -131,8 +131,9 @@ class VJPMagics(Magics):
         if args.help:  # -h, --help
             print(self.vjp.__doc__)
             return None
-        if args.reveal and not args.check:
-            raise UsageError("--reveal goes with --check NAME (the answer to grade).")
+        for flag in ("reveal", "against"):  # before the cell runs: nothing is lost
+            if getattr(args, flag) and not args.check:
+                raise UsageError(f"--{flag} goes with --check NAME (the answer to grade).")
         # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
         # and --gradcheck, and vectorise per-sample gradients
         self._forget_last_cell()
