@@ -314,7 +314,7 @@ def _per_sample(subject: Subject, inputs: dict, output, request: Request,
                 features: Sequence[Feature]) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
     and is replayed anyway (the analysis uses them only if its probe agrees)."""
-    replayed = request.wrt or any(f.needs_record and is_wanted(f, request) for f in features)
+    replayed = request.wrt or any(f.replays_record and is_wanted(f, request) for f in features)
     if subject.record is None or request.order != 1 or request.full or not replayed \
             or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
         return None

@@ -34,7 +34,7 @@ def _fake(word: str, *, flags=(), after: str | None = None, stored=None):
                      after=(Section((paragraph(after),)),) if after else (),
                      stored=stored or {})
 
-    return SimpleNamespace(flags=flags, orders=(1,), needs_record=False, add=add, calls=calls)
+    return SimpleNamespace(flags=flags, orders=(1,), replays_record=False, add=add, calls=calls)
 
 
 def _given(output_power: int = 2):
@@ -46,7 +46,7 @@ def _given(output_power: int = 2):
 @pytest.mark.parametrize("feature", FEATURES, ids=lambda f: f.__name__.rsplit(".", 1)[-1])
 def test_every_feature_module_keeps_the_contract(feature):
     assert isinstance(feature, Feature)
-    assert set(feature.orders) <= {1, 2} and isinstance(feature.needs_record, bool)
+    assert set(feature.orders) <= {1, 2} and isinstance(feature.replays_record, bool)
 
 
 def test_every_flag_is_an_argument_of_a_magic(ip):

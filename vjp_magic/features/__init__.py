@@ -8,7 +8,7 @@ as module attributes (:class:`Feature`):
   magics fill :attr:`vjp_magic.pipeline.Request.flags` with these names); it is wanted when
   the first one is set, and always (at its orders) when it has none;
 - ``orders``: the derivatives it applies to (1: ``%%vjp``, ``%jacobian``; 2: ``%hessian``);
-- ``needs_record``: whether it replays the cell's recorded torch calls;
+- ``replays_record``: whether it replays the cell's recorded torch calls;
 - ``add(result, request, subject)``: what it adds, as :class:`Added`: sections above and
   below the derivatives, attributes stored on the result (``r.check``, ``r.symbolic``, ...),
   and how the view shows the derivatives.
@@ -58,7 +58,7 @@ class Feature(Protocol):
 
     flags: Sequence[str]
     orders: Sequence[int]
-    needs_record: bool
+    replays_record: bool
 
     def add(self, result, request: Asked, subject: Subject) -> Added: ...
 

@@ -12,7 +12,7 @@ from . import Added, Asked
 
 flags = ()
 orders = (1,)
-needs_record = False
+replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:

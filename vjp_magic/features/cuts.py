@@ -15,7 +15,7 @@ from . import Added, Asked
 
 flags = ()
 orders = (1, 2)
-needs_record = False  # reads the record (nothing without one), never replays it
+replays_record = False  # reads the record (nothing without one) but never replays it
 
 
 def add(result, request: Asked, subject: Subject) -> Added:

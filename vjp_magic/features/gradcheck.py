@@ -13,7 +13,7 @@ from . import Added, Asked
 
 flags = ("gradcheck",)
 orders = (1,)
-needs_record = True
+replays_record = True
 
 
 def add(result, request: Asked, subject: Subject) -> Added:

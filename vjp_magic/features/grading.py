@@ -14,7 +14,7 @@ from . import Added, Asked
 
 flags = ("check", "reveal", "against")
 orders = (1,)
-needs_record = False  # used where there is one
+replays_record = False  # used where there is one
 
 
 def add(result, request: Asked, subject: Subject) -> Added:

@@ -12,7 +12,7 @@ from . import Added, Asked
 
 flags = ("symbolic",)
 orders = (1, 2)
-needs_record = True
+replays_record = True
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
