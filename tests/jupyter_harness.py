@@ -10,8 +10,10 @@
 * :class:`LabServer` — ``jupyter lab`` on 127.0.0.1, a free port, a token; always stopped;
 * :func:`launch_chromium` / :func:`run_notebook_in_lab` / :func:`open_notebook_in_lab` — headless
   Chromium through Playwright opening a notebook (running all cells, or showing the outputs it
-  was saved with), and waiting for the kernel and MathJax; :func:`lab_layout` measures every
-  output against its output area;
+  was saved with); :func:`wait_rendered` waits for what the checks read (every output written
+  by its renderer, typeset by MathJax, pictures and fonts loaded), :func:`set_viewport` for the
+  layout to come to rest at a new size, never a fixed delay; :func:`lab_layout` measures every
+  output against its output area, :func:`output_boxes` gives each output's box;
 * :func:`render_vscode` — VS Code's notebook renderer (markdown-it + @vscode/markdown-it-katex)
   under node, from ``tests/clients/node_modules``;
 * :class:`StaticServer` — a local HTTP server (MathJax 2.7 from npm, exported HTML) so that the
@@ -341,8 +343,6 @@ CELLS = NOTEBOOK + " .jp-Cell"
 SCROLLER = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer"  # what scrolls
 # A rich output: what JupyterLab's markdown or LaTeX renderer made of a display.
 _RICH_IN_CELL = ".jp-OutputArea-output.jp-RenderedMarkdown, .jp-OutputArea-output.jp-RenderedLatex"
-_RICH = f"{NOTEBOOK} .jp-OutputArea-output.jp-RenderedMarkdown, " \
-        f"{NOTEBOOK} .jp-OutputArea-output.jp-RenderedLatex"
 _FAILED = f'{NOTEBOOK} .jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 # Text that MathJax has not (yet) typeset: delimiters or TeX macros outside code and maths.
 _RAW_TEX_JS = r"""
@@ -360,15 +360,6 @@ const rawTex = (root) => {
     return found;
 };
 """
-# Every rich output present (after an error output: every one there is) and typeset.
-_ALL_TYPESET = "(expected) => {" + _RAW_TEX_JS + f"""
-    const nodes = [...document.querySelectorAll('{_RICH}')];
-    const failed = document.querySelector('{_FAILED}');
-    return (failed || nodes.length >= expected) && nodes.every(n => rawTex(n).length === 0);
-}}"""
-_UNTYPESET = "() => {" + _RAW_TEX_JS + f"""
-    return [...document.querySelectorAll('{_RICH}')].map(rawTex).filter(r => r.length);
-}}"""
 # The kernel is idle and every code cell shows an execution count ("[12]:", not "[*]:" or
 # "[ ]:"), or it is idle after an error output (which cancels the cells queued after it).
 _ALL_EXECUTED = """(codeCells) => {
@@ -381,20 +372,130 @@ _ALL_EXECUTED = """(codeCells) => {
 }""" % (NOTEBOOK, _FAILED)
 
 
-def _wait_typeset(page, expected: int, timeout: float) -> None:
+# Where each output of the open notebook stands, for the waits below: which cell it belongs to,
+# whether the markdown renderer has written it (JupyterLab 4 inserts an empty node per output and
+# fills it in one go once `marked` has parsed the text, which it does only after CodeMirror has
+# highlighted every code block: an empty node is an output still being rendered), TeX that MathJax
+# has not typeset yet (JupyterLab's MathJax 3 has no global promise: it typesets each output
+# synchronously once its MathDocument is loaded, so raw TeX left is typesetting not yet done),
+# pictures not decoded, and whether the web fonts (MathJax's among them) have loaded.
+_RENDER_STATE = "(want) => {" + _RAW_TEX_JS + f"""
+    const cells = [...document.querySelectorAll('{CELLS}')];
+    const cellOf = (n) => cells.findIndex(c => c.contains(n));
+    const outputs = [...document.querySelectorAll('{NOTEBOOK} .jp-OutputArea-output')];
+    const rich = outputs.filter(n => n.matches('{_RICH_IN_CELL}'));
+    const pictures = [...document.querySelectorAll('{NOTEBOOK} .jp-RenderedImage img')];
+    const state = {{
+        outputs: outputs.length, rich: rich.length,
+        failed: document.querySelector('{_FAILED}') !== null,
+        empty: rich.filter(n => !n.hasChildNodes()).map(cellOf),
+        untypeset: rich.filter(n => rawTex(n).length).map(n => [cellOf(n), rawTex(n)[0]]),
+        loading: pictures.filter(img => !img.complete).map(cellOf),
+        fonts: document.fonts.status,
+    }};
+    const stop = want.stopAtError && state.failed;
+    state.done = (stop || ((want.outputs === null || state.outputs === want.outputs)
+                           && state.rich >= want.rich))
+        && !state.empty.length && !state.untypeset.length && !state.loading.length
+        && state.fonts === 'loaded';
+    return state;
+}}"""
+
+
+def _not_rendered(state: dict, want: dict) -> str:
+    """What never happened, from a ``_RENDER_STATE``."""
+    missing = []
+    if want["outputs"] is not None and state["outputs"] != want["outputs"]:
+        missing.append(f"{state['outputs']} of the notebook's {want['outputs']} outputs shown")
+    if state["rich"] < want["rich"]:
+        missing.append(f"{state['rich']} of {want['rich']} markdown/LaTeX outputs shown")
+    if state["empty"]:
+        missing.append(f"the markdown renderer never wrote the output of cells {state['empty']}")
+    if state["untypeset"]:
+        missing.append(f"MathJax never typeset {state['untypeset'][:3]} (cell, text)")
+    if state["loading"]:
+        missing.append(f"the pictures of cells {state['loading']} never loaded")
+    if state["fonts"] != "loaded":
+        missing.append(f"the web fonts never loaded (document.fonts.status {state['fonts']!r})")
+    return "; ".join(missing) or "nothing missing at the last look"
+
+
+def wait_rendered(page, rich: int, outputs: int | None = None, stop_at_error: bool = False,
+                  timeout_s: float = 90) -> None:
+    """Wait until the open notebook shows ``outputs`` outputs (None: any number) of which at
+    least ``rich`` are markdown/LaTeX, each written by its renderer and typeset by MathJax, every
+    picture decoded and every web font loaded. ``stop_at_error``: an error output (which cancels
+    the cells queued after it) ends the wait for the counts. Raises AssertionError saying what
+    never happened within ``timeout_s``."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+    want = {"rich": rich, "outputs": outputs, "stopAtError": stop_at_error}
     try:
-        page.wait_for_function(_ALL_TYPESET, arg=expected, timeout=timeout, polling=250)
+        page.wait_for_function(f"(want) => ({_RENDER_STATE})(want).done", arg=want,
+                               timeout=timeout_s * 1000, polling=100)
     except PlaywrightTimeout:
-        count = page.locator(_RICH).count()
-        raise AssertionError(f"{count} of {expected} rich outputs; not typeset by MathJax: "
-                             f"{page.evaluate(_UNTYPESET)}") from None
+        state = page.evaluate(_RENDER_STATE, want)
+        raise AssertionError(f"after {timeout_s:g} s: {_not_rendered(state, want)}") from None
 
 
-def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float = 90) -> None:
+def shown_outputs(nb) -> int:
+    """How many outputs JupyterLab shows for ``nb`` as saved: one per output, except that its
+    output model merges consecutive stream outputs of one name (stdout, stderr) in a cell."""
+    count = 0
+    for cell in nb.cells:
+        last_stream = None
+        for out in cell.get("outputs", []):
+            stream = out.get("name") if out["output_type"] == "stream" else None
+            count += stream is None or stream != last_stream
+            last_stream = stream
+    return count
+
+
+# The page's layout at rest after a change of viewport: the window has the size asked for, the
+# fonts have loaded, and the notebook's size and every output's box have stayed the same for
+# ``frames`` animation frames in a row (Lumino lays the shell out again in the frames after a
+# resize event; nothing is typeset again).
+_SETTLED = f"""(want) => {{
+    const s = document.querySelector('{SCROLLER}') || document.querySelector('{NOTEBOOK}');
+    const boxes = [...document.querySelectorAll('{NOTEBOOK} .jp-OutputArea-output')]
+        .map(n => {{ const r = n.getBoundingClientRect(); return [r.left, r.width, r.height]; }});
+    const sig = JSON.stringify([innerWidth, innerHeight, boxes,
+        s && [s.clientWidth, s.clientHeight, s.scrollWidth, s.scrollHeight]]);
+    const last = window.__vjpSettle || {{sig: null, same: 0}};
+    window.__vjpSettle = {{sig, same: last.sig === sig ? last.same + 1 : 0}};
+    return innerWidth === want.width && innerHeight === want.height
+        && document.fonts.status === 'loaded' && window.__vjpSettle.same >= want.frames;
+}}"""
+
+
+def wait_settled(page, frames: int = 4, timeout_s: float = 30) -> None:
+    """Wait until the page's layout is at rest at its viewport's size (see ``_SETTLED``)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    size = page.viewport_size
+    page.evaluate("() => { delete window.__vjpSettle; }")
+    try:
+        page.wait_for_function(_SETTLED, arg={**size, "frames": frames},
+                               timeout=timeout_s * 1000, polling="raf")
+    except PlaywrightTimeout:
+        now = page.evaluate("() => [innerWidth, innerHeight, document.fonts.status]")
+        raise AssertionError(f"the layout never came to rest at {size['width']}x{size['height']} "
+                             f"within {timeout_s:g} s (window, fonts: {now})") from None
+
+
+def set_viewport(page, viewport: dict) -> None:
+    """Resize the page to ``viewport`` and wait until its layout is at rest there."""
+    page.set_viewport_size(viewport)
+    wait_settled(page)
+
+
+def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float = 90,
+                        outputs: int | None = None) -> None:
     """Open notebook ``name`` (content ``nb``) in JupyterLab, run all cells from the Run menu,
-    and wait until every cell has run and every magic's output is rendered and typeset."""
+    and wait until the kernel is idle with every cell run, and every magic's output (``outputs``
+    outputs in all, when given) is rendered and typeset: see :func:`wait_rendered`."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     timeout = timeout_s * 1000
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
     page.goto(server.notebook_url(name), timeout=timeout)
@@ -407,22 +508,33 @@ def run_notebook_in_lab(page, server: LabServer, nb, name: str, timeout_s: float
     menu_bar = page.locator("#jp-MainMenu .lm-MenuBar-itemLabel")
     menu_bar.filter(has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel").filter(has_text=re.compile(r"^Run All Cells$")).click()
-    page.wait_for_function(_ALL_EXECUTED, arg=code_cells, timeout=timeout, polling=250)
-    _wait_typeset(page, len(magic_cells(nb)), timeout)
+    try:
+        page.wait_for_function(_ALL_EXECUTED, arg=code_cells, timeout=timeout, polling=250)
+    except PlaywrightTimeout:
+        raise AssertionError(f"after {timeout_s:g} s the kernel was not idle with all "
+                             f"{code_cells} code cells run") from None
+    wait_rendered(page, len(magic_cells(nb)), outputs, stop_at_error=True, timeout_s=timeout_s)
 
 
 def open_notebook_in_lab(page, server: LabServer, name: str, rich_outputs: int,
-                         timeout_s: float = 90) -> None:
+                         timeout_s: float = 90, outputs: int | None = None) -> None:
     """Open notebook ``name`` as saved (executed elsewhere: nothing runs) and wait until its
-    ``rich_outputs`` markdown/LaTeX outputs are rendered and typeset by MathJax."""
-    timeout = timeout_s * 1000
-    page.goto(server.notebook_url(name), timeout=timeout)
-    page.locator(CELLS).first.wait_for(timeout=timeout)
-    _wait_typeset(page, rich_outputs, timeout)
+    ``rich_outputs`` markdown/LaTeX outputs (and ``outputs`` outputs in all, when given: see
+    :func:`shown_outputs`) are rendered and typeset: see :func:`wait_rendered`."""
+    page.goto(server.notebook_url(name), timeout=timeout_s * 1000)
+    page.locator(CELLS).first.wait_for(timeout=timeout_s * 1000)
+    wait_rendered(page, rich_outputs, outputs, timeout_s=timeout_s)
 
 
-def file_browser_visible(page) -> bool:
-    return page.locator(".jp-FileBrowser").first.is_visible()
+def file_browser_visible(page, timeout_s: float = 10) -> bool:
+    """Whether JupyterLab's file browser is shown (waiting up to ``timeout_s`` for it)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator(".jp-FileBrowser").first.wait_for(state="visible", timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 # Every rich output measured against its output area (and the cell), what MathJax flagged,
@@ -508,6 +620,29 @@ def lab_layout(page) -> dict:
     return page.evaluate(_LAYOUT)
 
 
+# Every output of the open notebook as drawn (markdown, LaTeX, text, picture, error): its cell,
+# its place among the outputs the cell shows, its mime type, whether it is a markdown/LaTeX
+# output (those ``_LAYOUT`` measures), and its box in CSS px.
+_BOXES = f"""() => {{
+    const boxes = [];
+    document.querySelectorAll('{CELLS}').forEach((cell, index) => {{
+        cell.querySelectorAll('.jp-OutputArea-output').forEach((out, k) => {{
+            const r = out.getBoundingClientRect();
+            boxes.push({{cell: index, output: k, mime: out.getAttribute('data-mime-type'),
+                         rich: out.matches('{_RICH_IN_CELL}'),
+                         left: Math.round(r.left), top: Math.round(r.top),
+                         width: Math.round(r.width), height: Math.round(r.height)}});
+        }});
+    }});
+    return boxes;
+}}"""
+
+
+def output_boxes(page) -> list[dict]:
+    """Each output's box in the open notebook: see ``_BOXES``."""
+    return page.evaluate(_BOXES)
+
+
 def notebook_screenshot(page, path: Path, cells: dict[int, Path] | None = None,
                         max_height: int = 16000) -> None:
     """One picture of the whole notebook at the page's width, and of each cell in ``cells``
@@ -521,14 +656,13 @@ def notebook_screenshot(page, path: Path, cells: dict[int, Path] | None = None,
     tall = min(size["height"] + max(extra, 0) + 40, max_height)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        page.set_viewport_size({"width": size["width"], "height": tall})
-        page.wait_for_timeout(400)
+        set_viewport(page, {"width": size["width"], "height": tall})
         page.screenshot(path=str(path))
         for index, cell_path in (cells or {}).items():
             page.locator(CELLS).nth(index).screenshot(path=str(cell_path))
     finally:
         page.set_viewport_size(size)
-        page.wait_for_timeout(200)
+    wait_settled(page)
 
 
 def node_missing() -> str | None:

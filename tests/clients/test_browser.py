@@ -7,6 +7,9 @@
   (copyable), MathJax typesets everything without an error; at 1280×800 each output is no taller
   than the notebook's visible height (one screen).
 
+Every check reads the page once what it checks has happened: each output written by its
+renderer (code highlighted), typeset by MathJax, pictures and fonts loaded, the layout at rest
+after each change of size (jupyter_harness.wait_rendered, set_viewport); no fixed delays.
 Screenshots of each notebook at both widths land in artifacts/jupyterlab/. Needs
 /usr/bin/chromium and Python Playwright; skips without them locally, fails in CI (CI=true).
 """
@@ -22,8 +25,8 @@ import pytest
 from jupyter_harness import (
     ARTIFACTS, CELLS, NOTEBOOK_DIR, LabServer, chromium_missing, client_notebooks, code_as_maths,
     display_outputs, executed_notebook_files, file_browser_visible, lab_images, lab_layout,
-    chromium_browser,
-    magic_cells, notebook_screenshot, open_notebook_in_lab, python_fences, run_notebook_in_lab,
+    chromium_browser, magic_cells, notebook_screenshot, open_notebook_in_lab, output_boxes,
+    python_fences, run_notebook_in_lab, set_viewport, shown_outputs,
 )
 
 pytestmark = pytest.mark.browser
@@ -57,6 +60,28 @@ def test_inputs_shown_counts_the_named_inputs():
     assert inputs_shown("From mlp.0.weight (8 × 4), mlp.0.bias (8) and mlp.2.bias\n(3) to "
                         "losses (32)") == 3
     assert inputs_shown("f″ at each of the 5 points") == 0
+
+
+def test_shown_outputs_counts_what_jupyterlab_lists():
+    out = nbformat.v4.new_output
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x"),
+                                         nbformat.v4.new_markdown_cell("text")])
+    nb.cells[0].outputs = [out("stream", name="stdout", text="a"),
+                           out("stream", name="stdout", text="b"),  # merged with "a"
+                           out("stream", name="stderr", text="c"),
+                           out("execute_result", data={"text/plain": "1"}),
+                           out("stream", name="stdout", text="d")]
+    assert shown_outputs(nb) == 4
+
+
+def test_height_problems_can_fail():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "x = torch.ones(3, requires_grad=True)\n%%vjp")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("execute_result", data={
+        "text/plain": "From x (3) to y (3)"})]
+    box = {"cell": 0, "output": 0, "rich": True, "height": 1201}
+    assert height_problems(NOTEBOOK_DIR / "02_x.ipynb", nb, [box], 600)  # two screens allowed
+    assert not height_problems(NOTEBOOK_DIR / "02_x.ipynb", nb, [dict(box, height=1200)], 600)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +148,21 @@ def layout_problems(nb, layout: dict, size: str, code: bool = True) -> list[str]
     return list(dict.fromkeys(problems))  # each once
 
 
+def height_problems(path, nb, boxes: list[dict], screen: int) -> list[str]:
+    """Each output box (see jupyter_harness.output_boxes) of ``nb`` at 1280x800 taller than
+    ``screens_allowed`` notebook heights of ``screen`` px."""
+    problems = []
+    for box in boxes:
+        cell = nb.cells[box["cell"]]
+        shown = next((o.data.get("text/plain", "") for o in cell.outputs
+                      if o.output_type in ("execute_result", "display_data")), "")
+        allowed = screens_allowed(path, cell.source, shown)
+        if box["height"] > allowed * screen:
+            problems.append(f"1280x800 {where(nb, box['cell'])}: {box['height']} px tall, "
+                            f"more than {allowed} screen(s) of {screen} px")
+    return problems
+
+
 def image_problems(nb, images: list[dict], size: str) -> list[str]:
     """Each picture output (image/png) of ``nb`` must be an image element in the page, loaded,
     shown at its own size (not shrunk to fit) and inside its output area."""
@@ -161,7 +201,8 @@ def test_notebook_runs_in_jupyterlab(lab, browser):
     page = browser.new_page(viewport=SMALL)
     try:
         try:
-            run_notebook_in_lab(page, lab, nb, NOTEBOOK.name)
+            executed = nbformat.read(executed_notebook_files()[NOTEBOOK.name], as_version=4)
+            run_notebook_in_lab(page, lab, nb, NOTEBOOK.name, outputs=shown_outputs(executed))
         finally:
             SHOTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SHOTS / "run-01_backward_gradient-1024.png"))
@@ -190,11 +231,10 @@ def test_outputs_fit_in_jupyterlab(path, lab, browser):
     page = browser.new_page(viewport=SMALL)
     problems, heights = [], []
     try:
-        open_notebook_in_lab(page, lab, f"executed/{path.name}", rich)
+        open_notebook_in_lab(page, lab, f"executed/{path.name}", rich, outputs=shown_outputs(nb))
         assert file_browser_visible(page), "the file browser should be open (a student's view)"
         for size, viewport in (("1024", SMALL), ("1400", WIDE)):
-            page.set_viewport_size(viewport)
-            page.wait_for_timeout(300)
+            set_viewport(page, viewport)
             layout = lab_layout(page)
             problems += layout_problems(nb, layout, size, code=size == "1024")
             problems += image_problems(nb, lab_images(page), size)
@@ -202,19 +242,11 @@ def test_outputs_fit_in_jupyterlab(path, lab, browser):
             misfits = {out["cell"]: SHOTS / f"{path.stem}-{size}-cell{out['cell']}.png"
                        for out in layout["outputs"] if out["overflow"] or out["scrolling"]}
             notebook_screenshot(page, SHOTS / f"{path.stem}-{size}.png", misfits)
-        page.set_viewport_size(SCREEN)
-        page.wait_for_timeout(300)
-        layout = lab_layout(page)
-        screen = layout["notebook"]["clientHeight"]
-        for out in layout["outputs"]:
-            heights.append((out["cell"], out["height"]))
-            cell = nb.cells[out["cell"]]
-            shown = next((o.data.get("text/plain", "") for o in cell.outputs
-                          if o.output_type in ("execute_result", "display_data")), "")
-            allowed = screens_allowed(path, cell.source, shown)
-            if out["height"] > allowed * screen:
-                problems.append(f"1280x800 {where(nb, out['cell'])}: {out['height']} px tall, "
-                                f"more than {allowed} screen(s) of {screen} px")
+        set_viewport(page, SCREEN)
+        screen = lab_layout(page)["notebook"]["clientHeight"]
+        boxes = [box for box in output_boxes(page) if box["rich"]]
+        heights = [(box["cell"], box["height"]) for box in boxes]
+        problems += height_problems(path, nb, boxes, screen)
     finally:
         page.close()
     SHOTS.mkdir(parents=True, exist_ok=True)
