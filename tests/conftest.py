@@ -9,16 +9,34 @@ Fixtures (request them by name; nothing here is meant to be imported):
 - ``usage_error(source)``: run a cell that must stop with a ``UsageError``, return its text;
 - ``assert_tensor(actual, expected, **kw)``: same shape, close values (``expected`` may be
   nested lists; it is given ``actual``'s dtype);
+- ``earlier_grad``: a tensor ``keep`` with a ``.grad`` from an earlier cell, checked
+  unchanged after the test (no bad input may touch it);
 - ``strategy``: both strategies of the analysis, as keywords of ``differentiate``: ``{}``
   (small problems are judged on their exact Jacobian) and ``{"exact_up_to": 0}`` (every
   problem judged per pairing, by the random vᵀJ probes).
+
+Tests marked ``slow`` run only when the ``-m`` expression names the marker (``pytest -m slow``
+runs them alone, ``pytest -m "slow or not slow"`` everything), as ``fuzz``'s long budget
+does: ``pytest`` alone, and ``-m "not browser"``, leave them out.
 """
 from __future__ import annotations
+
+import gc
 
 import pytest
 import torch
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out the tests marked ``slow`` unless the ``-m`` expression names ``slow``."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +47,14 @@ def _shell():
 @pytest.fixture
 def ip(_shell):
     """A clean namespace with ``torch`` imported and ``%load_ext vjp_magic`` done."""
-    _shell.reset(new_session=False)
+    # IPython's reset ends in a full gc.collect() over every object alive (torch, SymPy, each
+    # collected test): a third of a second per test. Frozen, those objects are out of its
+    # sight; unfrozen after, the previous test's cycles are left to the automatic collector.
+    gc.freeze()
+    try:
+        _shell.reset(new_session=False)
+    finally:
+        gc.unfreeze()
     _shell.run_line_magic("load_ext", "vjp_magic")
     _shell.run_cell("import torch")
     yield _shell
@@ -88,3 +113,11 @@ def strategy(request) -> dict:
 def _assert_tensor_fixture():
     """``assert_tensor(actual, expected, **kw)``: same shape and close values."""
     return _assert_tensor
+
+
+@pytest.fixture
+def earlier_grad(ip, assert_tensor, run_ok):
+    """A tensor with a .grad from an earlier cell: no bad input may change it."""
+    run_ok("keep = torch.tensor([1., 2.], requires_grad=True)\n(keep**2).sum().backward()")
+    yield
+    assert_tensor(ip.user_ns["keep"].grad, [2.0, 4.0])

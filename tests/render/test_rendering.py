@@ -1,9 +1,8 @@
-"""The document model spelled three ways: numbers, matrix layout, markdown, LaTeX and plain text.
+"""The renderers: markdown, LaTeX and plain text spell the same document.
 
-Numbers and layout are checked against the mathematics (one format per matrix, the digits the
-dtype resolves, a width budget); the markdown's maths against the package's own list of what
-MathJax 3 and KaTeX reject (:data:`render.latex.UNSAFE_TEX`); the LaTeX by compiling it; the
-three renderings of the tutorial's cells by syrupy snapshots.
+The markdown's maths is checked against the package's own list of what MathJax 3 and KaTeX
+reject (:data:`render.latex.UNSAFE_TEX`); the LaTeX by compiling it; the three renderings of
+the tutorial's cells by syrupy snapshots.
 """
 from __future__ import annotations
 
@@ -14,25 +13,28 @@ import shutil
 import subprocess
 import unicodedata
 
+import cells
 import pytest
 import torch
+from layouts import OPTIONS, TERMINAL, formula
 
-import cells
 from vjp_magic import differentiate
 from vjp_magic.render import latex, markdown, plain
-from vjp_magic.render.document import (Bullets, Code, CodeBlock, Document, Entry, Formula, Math,
-                                       Section, Text, paragraph)
-from vjp_magic.render.matrix import (HDOTS, LHS_RESERVE, VDOTS, Block, layout, reserve,
-                                     width as matrix_width,
-                                     summary_indices, tensor_block)
-from vjp_magic.render.numbers import (NumberFormat, choose_format, number, plural, resolution,
-                                      significant_digits)
-from vjp_magic.render.options import DISPLAY_WIDTH, RenderOptions
+from vjp_magic.render.document import (
+    Bullets,
+    Code,
+    CodeBlock,
+    Document,
+    Entry,
+    Formula,
+    Math,
+    Section,
+    Text,
+    paragraph,
+)
+from vjp_magic.render.matrix import Block, layout, reserve, tensor_block
+from vjp_magic.render.matrix import width as matrix_width
 from vjp_magic.render.view import View
-
-TERMINAL = 100  # columns of a terminal the plain rendering may fill
-
-OPTIONS = RenderOptions()
 
 
 def result_of(cell: cells.Cell):
@@ -44,167 +46,6 @@ def result_of(cell: cells.Cell):
 
 def bundle(result, **view) -> dict[str, str]:
     return View(OPTIONS, **view).bundle(result)
-
-
-def formula(matrix, lhs: str = "f'(x)") -> Formula:
-    return Formula(Math(lhs, lhs), matrix)
-
-
-def plain_entries(matrix) -> list[str]:
-    return [e.plain for row in matrix.rows for e in row if e not in (HDOTS, VDOTS)
-            and e.plain != "..."]
-
-
-# -- numbers ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "value, dtype, expected",
-    [
-        (2.0, torch.float32, Entry("2", "2")),  # integral values without a point
-        (-0.0, torch.float32, Entry("0", "0")),  # -0 is 0
-        (1.9999999, torch.float32, Entry("2", "2")),  # float32 noise hidden
-        (0.30000001192092896, torch.float32, Entry("0.3", "0.3")),
-        (-0.4344, torch.float64, Entry("-0.4344", "-0.4344")),
-        (1 / 3, torch.float64, Entry("0.3333", "0.3333")),  # the precision, 4 digits
-        (1.5e-7, torch.float64, Entry(r"1.5 \times 10^{-7}", "1.5e-07")),  # alone: no factor
-        (1e6, torch.float64, Entry("10^{6}", "1e+06")),
-        (float("nan"), torch.float32, Entry(r"\mathrm{NaN}", "nan")),
-        (float("inf"), torch.float32, Entry(r"\infty", "inf")),
-        (float("-inf"), torch.float32, Entry(r"-\infty", "-inf")),
-    ],
-)
-def test_number(value, dtype, expected):
-    assert number(value, dtype) == expected
-
-
-def test_digits_capped_by_the_dtype():
-    assert significant_digits(torch.float32, 10) == 6
-    assert significant_digits(torch.float64, 10) == 10
-    assert significant_digits(torch.float16, 10) == 3
-    assert significant_digits(torch.float64, 4) == 4
-
-
-def test_counts_have_thousands_separators():
-    assert plural(1, "point") == "1 point" and plural(100_000, "point") == "100,000 points"
-
-
-@pytest.mark.parametrize("digits", [1, 4, 6, 15])
-def test_a_fixed_entry_is_the_rounded_value_spelled_shortest(digits):
-    """Positional, no trailing zeros, and exactly the value rounded to ``digits`` significant
-    digits (``np.format_float_positional`` of the rounded float)."""
-    values = torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    for value in (values * 10.0 ** torch.randint(-4, 5, (2000,))).tolist() + [2.5, -0.0, 99999.5]:
-        text = NumberFormat(digits).spell(value).plain
-        assert re.fullmatch(r"-?\d+(\.\d*[1-9])?", text), text
-        assert float(text) == float(f"{value:.{digits}g}")
-        assert len(text.lstrip("-").replace(".", "").lstrip("0")) <= max(digits, len(
-            str(int(abs(float(text))))))  # no more digits than asked (integral parts aside)
-
-
-def test_one_format_per_matrix_factors_a_power_of_ten():
-    """The issue's matrix: −5.43×10⁻⁵ beside 0.0001839 becomes 10⁻⁵ × [18.39, −5.43]."""
-    fmt = choose_format([0.0001839, -5.43e-5], 4)
-    assert fmt.factor == -5
-    assert [fmt.spell(v).plain for v in (0.0001839, -5.43e-5)] == ["18.39", "-5.43"]
-    fixed = choose_format([0.0001839, -0.4344, 2.0], 4)
-    assert fixed.factor is None and not fixed.scientific
-    assert [fixed.spell(v).plain for v in (0.0001839, -0.4344, 2.0)] == [
-        "0.0001839", "-0.4344", "2"]
-    wide = choose_format([1.0, 1e-12], 4)  # no one factor makes both short
-    assert wide.scientific and [wide.spell(v).tex for v in (1.0, 1e-12)] == ["1", "10^{-12}"]
-
-
-def test_float32_noise_beside_large_entries_reads_zero():
-    eps = resolution(torch.float32)
-    fmt = choose_format([3.0000002, 1.49e-8], significant_digits(torch.float32, 4), eps)
-    assert fmt.spell(3.0000002).plain == "3" and fmt.spell(1.49e-8).plain == "0"
-    exact = choose_format([3.0, 1.49e-8], 4, resolution(torch.float64))  # float64 resolves it
-    assert exact.spell(1.49e-8).plain != "0"
-
-
-@pytest.mark.parametrize("scale", [1e-9, 1e-5, 1e-3, 1.0, 1e3, 1e7])
-@pytest.mark.parametrize("spread", [1.0, 30.0, 1e6])
-def test_every_entry_reads_back_within_its_digits(scale, spread):
-    """Whatever the format, an entry read back (times the factor) is the value to 4 digits."""
-    gen = torch.Generator().manual_seed(0)
-    t = (torch.rand(6, 6, generator=gen, dtype=torch.float64) - 0.5) * scale
-    t[0, 0] = scale * spread
-    m = layout(tensor_block(t), RenderOptions(width=200), torch.float64)  # every entry shown
-    assert not any("e" in s for s in plain_entries(m)) or m.factor is None  # one format
-    for i, row in enumerate(m.rows):
-        for j, e in enumerate(row):
-            value, shown = t[i, j].item(), float(e.plain) * 10.0 ** (m.factor or 0)
-            assert math.isclose(shown, value, rel_tol=1e-3, abs_tol=1e-15), (e, value)
-
-
-def test_matrix_never_mixes_formats():
-    t = torch.tensor([[0.0001839, -5.43e-5], [1.2e-4, 3e-5]], dtype=torch.float64)
-    m = layout(tensor_block(t), OPTIONS, torch.float64)
-    assert m.factor == -5 and plain_entries(m) == ["18.39", "-5.43", "12", "3"]
-
-
-def test_negative_zero_and_integral_entries():
-    m = layout(tensor_block(torch.tensor([[-0.0, 2.0], [-4.0, 6.0]])), OPTIONS, torch.float32)
-    assert plain_entries(m) == ["0", "2", "-4", "6"]
-
-
-# -- layout -------------------------------------------------------------------------------------
-def test_summary_indices():
-    assert summary_indices(5, 10, 3) == [0, 1, 2, 3, 4]
-    assert summary_indices(100, 10, 3) == [0, 1, 2, None, 97, 98, 99]
-
-
-def test_count_summary_uses_every_dots():
-    m = layout(tensor_block(torch.ones(50, 40)), OPTIONS, torch.float32)
-    assert len(m.rows) == 7 and len(m.rows[0]) == 7
-    assert m.rows[3][3].tex == r"\ddots" and m.rows[3][0].tex == r"\vdots"
-    assert m.rows[0][3].tex == r"\cdots"
-
-
-def test_only_shown_entries_leave_the_device():
-    asked = []
-    t = torch.randn(1000, 1000)
-
-    def get(rows, cols):
-        asked.append(len(rows) * len(cols))
-        return t[rows][:, cols]
-
-    layout(Block(get, 1000, 1000, "cpu"), OPTIONS, torch.float32)
-    assert sum(asked) <= 49
-
-
-def _wide_blocks():
-    """Blocks whose entries or labels are as wide as they come."""
-    gen = torch.Generator().manual_seed(1)
-    wide = torch.randn(100_000, generator=gen, dtype=torch.float64) * torch.logspace(
-        -12, 12, 100_000, dtype=torch.float64)
-    row = tensor_block(wide.reshape(1, -1))
-    rows = tensor_block(torch.randn(100_000, 8, generator=gen, dtype=torch.float64) * 1e-3,
-                        row_label=lambda i: Entry(f"[{i}, :]", f"[{i}, :]"))
-    million = tensor_block(-torch.rand(1_000_000, generator=gen) * 1e5)
-    label = lambda prefix: lambda i: Entry(f"{prefix}_{{{i + 1}}}", f"{prefix}_{i + 1}")  # noqa
-    jac = Block(lambda r, c: (r[:, None] * 1e-7 - c[None, :] * 3.3).double(), 100_000,
-                1_000_000, "cpu", row_label=label("y"), col_label=label("x"))
-    return {"row of 1e5 wide entries": row, "1e5 labelled rows": rows, "1e6 entries": million,
-            "1e5 x 1e6 labelled Jacobian": jac}
-
-
-@pytest.mark.parametrize("name", list(_wide_blocks()))
-@pytest.mark.parametrize("width", [DISPLAY_WIDTH, 48])
-def test_no_display_line_wider_than_the_budget(name, width):
-    options = RenderOptions(width=width)
-    m = layout(_wide_blocks()[name], options, torch.float64)
-    lhs = "f'(x)"
-    assert len(lhs) + 3 <= LHS_RESERVE
-    lines = plain.formula_lines(formula(m, lhs))
-    # the typeset line (estimated as MathJax sets it) fits; the plain spelling fits a terminal
-    assert reserve(Math(lhs, lhs)) + matrix_width(m) <= width, "\n".join(lines)
-    assert max(len(line) for line in lines) <= TERMINAL, "\n".join(lines)
-    assert len(m.rows[0]) >= 3  # first, dots, last at least
-
-
-def test_narrow_entries_keep_the_count_summary():
-    m = layout(tensor_block(torch.arange(100.0)), OPTIONS, torch.float32)
-    assert [e.plain for e in m.rows[0]] == ["0", "1", "2", "...", "97", "98", "99"]
 
 
 # -- the three renderers on a document with every node --------------------------------------------

@@ -12,58 +12,22 @@ import math
 import time
 import warnings
 
+import cells
 import numpy as np
 import pytest
 import sympy
 import torch
+from closed_forms import run_recorded, same, shown, words, x, x1, x2, x3, x4
 from torch.autograd.functional import jacobian as reference_jacobian
 
-import cells
 from vjp_magic import differentiate
-from vjp_magic.render import latex, markdown, plain
+from vjp_magic.render import latex, markdown
 from vjp_magic.render.document import Document, Formula, Paragraph
 from vjp_magic.render.options import DISPLAY_WIDTH
-from vjp_magic.run.guard import keep_graphs
-from vjp_magic.run.record import recording
 from vjp_magic.symbolic import crosscheck, derive, display, registry
 from vjp_magic.symbolic import formulas as symbolic_formulas
 from vjp_magic.symbolic import report as report_module
 from vjp_magic.symbolic.width import fits, width
-
-x, x1, x2, x3, x4 = (sympy.Symbol(n, real=True) for n in ("x", "x_1", "x_2", "x_3", "x_4"))
-
-
-def same(actual, expected) -> bool:
-    """Mathematically equal (SymPy simplify), scalars and matrices alike; a 1 × 1 matrix
-    equals its entry."""
-    if isinstance(expected, list):
-        expected = sympy.Matrix(expected)
-    if isinstance(actual, sympy.MatrixBase) and actual.shape == (1, 1) \
-            and not isinstance(expected, sympy.MatrixBase):
-        actual = actual[0]
-    if isinstance(expected, sympy.MatrixBase):
-        if not isinstance(actual, sympy.MatrixBase) or actual.shape != expected.shape:
-            return False
-        return all(sympy.simplify(a - b) == 0 for a, b in zip(actual, expected))
-    return not isinstance(actual, sympy.MatrixBase) and sympy.simplify(actual - expected) == 0
-
-
-def shown(result) -> str:
-    """The result's plain display, whitespace folded (a renderer may wrap lines)."""
-    return " ".join(repr(result).split())
-
-
-def words(report) -> str:
-    """The report's sections as plain text, whitespace folded."""
-    return " ".join(plain.render(Document(report.sections())).split())
-
-
-def run_recorded(body: str, ns: dict | None = None):
-    """Run ``body`` once, as the magic does: graphs kept, torch calls recorded."""
-    ns = {"torch": torch, "print": lambda *a, **k: None} if ns is None else ns
-    with keep_graphs(), recording() as record:
-        exec(body, ns)  # noqa: S102
-    return ns, record
 
 
 def derived(body: str, name: str = "x", **options):
@@ -484,7 +448,7 @@ def test_per_point_constants_with_one_derivative(run_vjp):
     assert "f(x) =" not in words(report)
 
 
-# -- QA regressions --------------------------------------------------------------------------------
+# -- element assignment, float32 underflow and non-finite values: agreement judged fairly ----------
 @pytest.mark.parametrize("body, function", [
     ("x = torch.tensor([1., 2.], requires_grad=True)\ny = x.clone()\ny[0] = x[1]**2",
      lambda t: torch.stack([t[1] ** 2, t[1]])),
@@ -654,6 +618,7 @@ def _double_subscript(tex: str) -> bool:
     return False
 
 
+# -- symbol names, names updated from their own value, the time budget -----------------------------
 @pytest.mark.parametrize("name, entry", [
     ("x_1", r"x_{1;\,1,2}"), ("w_2", r"w_{2;\,1,2}"), ("x_in", r"x_{\mathrm{in};\,1,2}"),
     ("x__", r"{\mathtt{x\_\_}}_{1,2}"), ("α", r"\alpha_{1,2}"), ("x", r"x_{1,2}"),
@@ -697,74 +662,7 @@ def test_a_cell_with_huge_expressions_comes_back_in_time(run_vjp, monkeypatch):
     assert r.derivatives["x"].shape == (6, 6) or r.jacobian("x").shape == (6, 6)
 
 
-# -- the cell runs once: its torch calls are recorded and replayed ---------------------------------
-def test_a_function_with_a_side_effect_runs_once(ip, run_ok, run_vjp):
-    run_ok("calls = []\ndef f(t):\n    calls.append(1)\n    return t.sin()")
-    r = run_vjp("x = torch.linspace(0, 1, 3, requires_grad=True)\ny = f(x) * 2", "--symbolic")
-    assert ip.user_ns["calls"] == [1]
-    assert same(r.symbolic["x"], 2 * sympy.cos(x))
-    assert r.crosscheck["x"] is True
-
-
-def test_a_generator_advances_once(ip, run_ok, run_vjp):
-    run_ok("def powers():\n    k = 2\n    while True:\n        yield k\n        k += 1\n"
-               "g = powers()")
-    r = run_vjp("x = torch.linspace(1, 2, 3, requires_grad=True)\nk = next(g)\ny = x ** k",
-                "--symbolic")
-    assert ip.user_ns["k"] == 2 and next(ip.user_ns["g"]) == 3
-    assert same(r.symbolic["x"], 2 * x)
-    assert r.crosscheck["x"] is True
-
-
-def test_a_file_is_written_once(ip, run_vjp, tmp_path):
-    path = tmp_path / "log.txt"
-    ip.user_ns["path"] = str(path)
-    r = run_vjp("with open(path, 'a') as f:\n    f.write('run\\n')\n"
-                "x = torch.tensor([1., 2.], requires_grad=True)\ny = x.exp()", "--symbolic")
-    assert path.read_text() == "run\n"
-    assert same(r.symbolic["x"], sympy.exp(x))
-
-
-def test_a_forward_hook_runs_once_and_its_change_is_in_the_formula(ip, run_ok, run_vjp):
-    run_ok("torch.manual_seed(0)\nhits = []\nlayer = torch.nn.Linear(2, 1)\n"
-           "def hook(module, inputs, output):\n    hits.append(1)\n    return output * 3\n"
-           "handle = layer.register_forward_hook(hook)")
-    r = run_vjp("x = torch.ones(4, 2, requires_grad=True)\ny = layer(x)", "--symbolic --wrt x")
-    assert ip.user_ns["hits"] == [1]
-    weight = ip.user_ns["layer"].weight.detach().reshape(-1)
-    got = torch.tensor([float(v) for v in r.symbolic["x"]])
-    torch.testing.assert_close(got, 3 * weight)  # d(3 (w . x + b))/dx = 3 w
-    assert r.crosscheck["x"] is True
-
-
-def test_an_optimizer_step_moves_the_parameter_once(ip, run_ok, run_vjp):
-    run_ok("w = torch.tensor(1.0, requires_grad=True)\nopt = torch.optim.SGD([w], lr=0.1)")
-    r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\nopt.zero_grad()\n"
-                "(w * 2).backward()\nopt.step()\ny = x ** 2 * w", "--symbolic --wrt x")
-    torch.testing.assert_close(ip.user_ns["w"].detach(), torch.tensor(0.8))  # 1 - 0.1 * 2, once
-    torch.testing.assert_close(ip.user_ns["w"].grad, torch.tensor(2.0))  # zero_grad ran once
-    assert same(r.symbolic["x"], sympy.Rational(8, 5) * x)
-    assert r.crosscheck["x"] is True
-
-
-@pytest.mark.parametrize("values, expected", [
-    ("[0.5, 1.5]", 2 * x),  # x.sum() > 0: the cell took y = x**2
-    ("[-0.5, -1.5]", 3 * x**2),  # otherwise y = x**3
-])
-def test_a_data_dependent_branch_gives_the_formula_of_the_branch_taken(run_vjp, values, expected):
-    r = run_vjp(f"x = torch.tensor({values}, requires_grad=True)\n"
-                "if x.sum() > 0:\n    y = x**2\nelse:\n    y = x**3", "--symbolic")
-    assert same(r.symbolic["x"], expected)
-    assert r.crosscheck["x"] is True
-
-
-def test_element_assignment_into_a_plain_tensor(run_vjp):
-    r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.zeros(3)\n"
-                "y[0] = x[0] ** 2\ny[2] = x[1] * x[2]", "--symbolic --full")
-    assert same(r.symbolic["x"], [[2 * x1, 0, 0], [0, 0, 0], [0, x3, x2]])
-    assert r.crosscheck["x"] is True
-
-
+# -- points where the derivative is undefined: counted apart, never a disagreement -----------------
 @pytest.mark.parametrize("expression", ["torch.linalg.norm(x)", "x.norm()"])
 def test_the_norm_at_zero_is_undefined_not_a_disagreement(run_vjp, expression):
     r = run_vjp(f"x = torch.zeros(3, requires_grad=True)\ny = {expression}", "--symbolic")
@@ -782,87 +680,3 @@ def test_undefined_points_are_counted_apart_from_the_others(run_vjp):
     assert same(r.symbolic["x"], [[x1 / norm, x2 / norm]])
     assert r.crosscheck["x"] is True
     assert "agrees with autograd at 2 of 3 points; undefined at the other 1" in shown(r)
-
-
-def test_a_constant_changed_in_place_later_is_read_as_it_was_used():
-    ns, record = run_recorded("w = torch.ones(3)\n"
-                              "x = torch.tensor([1., 2., 3.], requires_grad=True)"
-                              "\ny = x + w\nw.add_(1)")
-    r = differentiate(ns["y"], {"x": ns["x"]})
-    report = derive(r, record=record, namespace=ns)
-    assert same(report.function, x + 1)  # w was 1 when y was computed, 2 now
-    assert report.crosscheck["x"] is True
-
-
-def test_a_constant_changed_in_place_without_a_copy_is_named(monkeypatch):
-    from vjp_magic.run import record as record_module
-
-    monkeypatch.setattr(record_module, "MAX_COPY_ENTRIES", 0)
-    ns, record = run_recorded("w = torch.ones(3)\n"
-                              "x = torch.tensor([1., 2., 3.], requires_grad=True)"
-                              "\ny = x * 2 + w\nw.add_(1)")
-    r = differentiate(ns["y"], {"x": ns["x"]})
-    report = derive(r, record=record, namespace=ns)
-    assert report.formulas["x"] is None
-    assert "w was changed in place after the cell used it" in report.note
-
-
-def test_jacobian_replays_the_recorded_expression():
-    ns, _ = run_recorded("z = torch.tensor([1.0, 2.0], requires_grad=True)")
-    with recording() as record:
-        output = eval("torch.stack([z.prod(), (z**2).sum()])", ns)  # noqa: S307
-    r = differentiate(output, {"z": ns["z"]})
-    report = derive(r, record=record, namespace=ns, jacobian=True,
-                    output_source="torch.stack([z.prod(), (z**2).sum()])")
-    z1, z2 = sympy.symbols("z_1 z_2", real=True)
-    assert same(report.formulas["z"], [[z2, z1], [2 * z1, 2 * z2]])
-    assert report.crosscheck["z"] is True
-    assert "J_f(z) = [[z_2, z_1], [2*z_1, 2*z_2]]" in words(report)
-
-
-# -- the recorder ----------------------------------------------------------------------------------
-def test_recording_keeps_results_and_exceptions_and_only_outermost_calls():
-    import torch.nn.functional as F
-
-    x_ = torch.linspace(-1, 1, 5, requires_grad=True)
-    with recording() as record:
-        soft = F.softmax(x_, 0)
-        norm = x_.norm()
-    assert [c.result for c in record.calls] == [soft, norm]  # not softmax's or norm's insides
-    torch.testing.assert_close(soft, torch.softmax(x_.detach(), 0))
-    with pytest.raises(RuntimeError) as unrecorded:
-        torch.ones(2) @ torch.ones(3)
-    with pytest.raises(RuntimeError) as recorded, recording() as failed:
-        torch.ones(2) @ torch.ones(3)
-    assert str(recorded.value) == str(unrecorded.value)
-    assert failed.calls == []  # released: the cell raised
-
-
-def test_a_cell_with_too_many_calls_is_not_replayed(monkeypatch):
-    from vjp_magic.run import record as record_module
-
-    monkeypatch.setattr(record_module, "MAX_CALLS", 3)
-    ns, record = run_recorded("x = torch.tensor([1., 2.], requires_grad=True)\n"
-                              "y = x * 2 + 1 - x ** 2")
-    assert record.failed and record.calls == []  # gave up and let go of what it held
-    r = differentiate(ns["y"], {"x": ns["x"]})
-    report = derive(r, record=record, namespace=ns)
-    assert report.note == ("symbolic: the cell made more than 3 torch calls, so there is no "
-                           "record to replay; numbers only")
-
-
-def test_a_released_record_keeps_nothing_alive():
-    import gc
-    import weakref
-
-    with recording() as record:
-        big = torch.ones(1000) * 2
-        big.add_(1)
-    ref = weakref.ref(big)
-    assert len(record) == 3 and record.calls[2].before[0][1] is not None  # ones, *, add_
-    del big
-    gc.collect()
-    assert ref() is not None  # the record holds it
-    record.release()
-    gc.collect()
-    assert ref() is None

@@ -455,7 +455,7 @@ def test_general_gradient_of_parameters_only_names_no_samples(run_vjp):
     assert "samples" not in text
 
 
-# -- %%vjp --check (the lead wires the flag) ------------------------------------------------------
+# -- %%vjp --check: the verdict through the magic --------------------------------------------------
 
 class TestMagicCheck:
     def test_check_a_right_answer(self, run_vjp):
