@@ -222,7 +222,7 @@ def support(pairing, out_shape, in_shape) -> torch.Tensor:
 
 
 def finite(program, x, w) -> bool:
-    """Overflow (exp of cubes, ...) makes inf/NaN: test_mistakes covers those, not the fuzz."""
+    """Overflow (exp of cubes, ...) makes inf/NaN: magics/test_bad_input.py covers those."""
     args = (x, w) if w is not None else (x,)
     refs = reference_jacobian(lambda *a: run_program(program, *a), args)
     refs = refs if isinstance(refs, tuple) else (refs,)

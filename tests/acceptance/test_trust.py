@@ -284,6 +284,7 @@ def _rss_mib() -> float:
     return 0.0
 
 
+@pytest.mark.slow  # 280 cells of 10⁵ entries: 3 s alone, up to 18 s in the whole suite
 def test_memory_after_many_cells_with_their_own_backward_is_a_plain_cells(run_ok, run_vjp):
     body = ("x = torch.randn(100_000, requires_grad=True)\nh = x\n"
             "for _ in range(4):\n    h = torch.sin(h) * 1.1\nloss = h.sum()\nloss.backward()")
