@@ -26,8 +26,8 @@ from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
 from .core.validation import named_inputs
-from .features import (Feature, code, coaching, cuts, declared_flags, explain, gather,
-                       grading, gradcheck, is_wanted, picture, symbolic)
+from .features import (Feature, code, coaching, cuts, declared_flags, exam, explain, gather,
+                       grading, gradcheck, is_wanted, picture, present, symbolic)
 from .render.options import RenderOptions
 from .render.view import View
 from .run.choose import Given, Subject
@@ -37,7 +37,7 @@ PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised o
 
 # What a request may add to the derivatives, in the order of their sections.
 FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, code, symbolic,
-                                 picture)
+                                 picture, present, exam)
 FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
 ORDERS = (1, 2)  # of the derivatives: first (analysis.differentiate), second (core.hessian)
 
@@ -47,8 +47,9 @@ class Request:
     """What the user asked for (the magic's flags and ``%config``, or keyword arguments).
 
     ``flags``: the features' flags by name (:data:`FLAGS`: ``check``, ``reveal``,
-    ``gradcheck``, ``explain``, ``code``, ``symbolic``, ``picture``), as the magic parsed them;
-    a flag left out is not set."""
+    ``gradcheck``, ``explain``, ``code``, ``symbolic``, ``picture``, ``present``, ``exam``), as
+    the magic parsed them (``exam``, ``present`` also from ``%config``); a flag left out is not
+    set."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     of: str | None = None  # the output, named (--of)

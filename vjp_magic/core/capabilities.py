@@ -10,6 +10,8 @@ import functools
 
 import torch
 
+from .marked import marked
+
 # The attribute of an autograd node that lists the shapes and dtypes of its forward outputs
 # (``Node._input_metadata``, in PyTorch 2.5 and later). The structure proof reads the shape of
 # every tensor on the graph from it, and the memory estimate their sizes.
@@ -53,7 +55,8 @@ def graph_shapes_limitation() -> str | None:
     them."""
     if graph_shapes():
         return None
-    return (f"This PyTorch ({torch.__version__}) cannot show the shapes on the autograd graph "
-            f"(Node.{SHAPES_ATTRIBUTE}, PyTorch 2.5 and later): no structure is proved from "
-            "the graph, it is only checked by probes at this input, and the memory estimate "
-            "leaves out the graph's own tensors.")
+    return marked(
+        f"This PyTorch ({torch.__version__}) cannot show the shapes on the autograd graph "
+        f"(`Node.{SHAPES_ATTRIBUTE}`, PyTorch 2.5 and later): no structure is proved from "
+        "the graph, it is only checked by probes at this input, and the memory estimate "
+        "leaves out the graph's own tensors.")

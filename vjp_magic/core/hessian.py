@@ -24,6 +24,7 @@ import torch
 from . import analysis, memory, probes
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
+from .marked import marked
 from .pairing import Pairing
 from .result import DerivativeResult
 from .tolerances import tolerances
@@ -363,7 +364,9 @@ def _notes(result: HessianResult) -> list[str]:
                          "backward is not the derivative of its forward.")
     custom = list(dict.fromkeys(n for i in result.inputs.values() for n in i.unverified))
     if custom:
-        notes.append(f"The graph contains {', '.join(custom)}, a custom autograd.Function: the "
-                     "second derivatives are the derivatives of its backward, which vjp_magic "
-                     "cannot verify (check with torch.autograd.gradgradcheck).")
+        which = ", ".join(f"`{n}`" for n in custom)
+        notes.append(marked(
+            f"The graph contains {which}, a custom `autograd.Function`: the second "
+            "derivatives are the derivatives of its backward, which vjp_magic cannot verify "
+            "(check with `torch.autograd.gradgradcheck`)."))
     return notes

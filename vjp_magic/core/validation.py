@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from .errors import VJPUsageError
+from .marked import marked
 from .torch_api import TorchError, torch_error
 
 
@@ -189,13 +190,13 @@ def unverified_notes(result) -> list[str]:
     names = list(dict.fromkeys(n for item in result.inputs.values() for n in item.unverified))
     if not names:
         return []
-    which = ", ".join(names)
-    return [
-        f"The graph of {result.output_name} contains {which}, a custom autograd.Function: "
-        "these derivatives are what its backward computes, unverified (--gradcheck replays "
+    which = ", ".join(f"`{n}`" for n in names)
+    return [marked(
+        f"The graph of {result.output_name} contains {which}, a custom `autograd.Function`: "
+        "these derivatives are what its backward computes, unverified (`--gradcheck` replays "
         "the cell against finite differences); the structure through it is only observed at "
         "this input."
-    ]
+    )]
 
 
 def unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:

@@ -16,7 +16,8 @@ as module attributes (:class:`Feature`):
 :func:`gather` runs a list of them in order (the pipeline's
 :data:`~vjp_magic.pipeline.FEATURES`): a feature that is not wanted is never called, and the
 list's order is the order of the sections. A new flag is one module here, one line in that
-list and one ``@argument`` line on the magic.
+list and one ``@argument`` line on the magic. In exam mode (the ``exam`` flag,
+:mod:`.exam`) only the features whose module says ``in_exam = True`` run: grading, and exam.
 """
 from __future__ import annotations
 
@@ -64,8 +65,11 @@ class Feature(Protocol):
 
 
 def is_wanted(feature: Feature, request: Asked) -> bool:
-    """At one of the feature's orders, when its first flag is set (always without flags)."""
+    """At one of the feature's orders, when its first flag is set (always without flags); in
+    exam mode only where the feature says ``in_exam``."""
     if request.order not in feature.orders:
+        return False
+    if request.flag("exam") and not getattr(feature, "in_exam", False):
         return False
     return not feature.flags or bool(request.flag(feature.flags[0]))
 

@@ -15,6 +15,7 @@ from . import Added, Asked
 flags = ("check", "reveal", "against")
 orders = (1,)
 replays_record = False  # used where there is one
+in_exam = True  # exam mode shows the verdict, never what --reveal would
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
@@ -27,7 +28,12 @@ def add(result, request: Asked, subject: Subject) -> Added:
         return _against(answer, name, source, result, request, subject)
     graded = grade(answer, result, log=subject.log, answer_name=name, record=subject.record)
     return Added(before=verdict_sections(graded, result, reveal=False),  # --reveal: the view's
-                 stored={"check": graded}, view={"hidden": not request.flag("reveal")})
+                 stored={"check": graded}, view={"hidden": not _revealed(request)})
+
+
+def _revealed(request: Asked) -> bool:
+    """``--reveal``, except in exam mode."""
+    return bool(request.flag("reveal")) and not request.flag("exam")
 
 
 def _against(answer, name: str, source, result, request: Asked, subject: Subject) -> Added:
@@ -41,8 +47,8 @@ def _against(answer, name: str, source, result, request: Asked, subject: Subject
     graded = against(answer, exercise, inputs, result=result, log=subject.log,
                      answer_name=name)
     shown = result
-    if request.flag("reveal"):
+    if _revealed(request):
         shown, _ = reference(exercise, inputs, result.output_name)
-    sections = verdict_sections(graded, shown, reveal=bool(request.flag("reveal")),
+    sections = verdict_sections(graded, shown, reveal=_revealed(request),
                                 options=request.options)
     return Added(before=sections, stored={"check": graded}, view={"hidden": True})

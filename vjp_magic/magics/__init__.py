@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from traitlets import Float, Int, observe, validate
+from traitlets import Bool, Float, Int, observe, validate
 
 from ..core.errors import VJPUsageError
 from ..pipeline import FLAGS, Request, pipeline
@@ -31,6 +31,12 @@ from ..run.guard import retained_grads_kept
 from ..teach.coaching import usage_message
 from .options import (EXPRESSION, common_arguments, one_output, read_cell_line,
                       read_expression_line)
+
+
+PRESENT_HELP = ("Presentation mode: the derivatives first, larger, the headline beneath "
+                "(default: VJPMagics.present).")
+EXAM_HELP = ("Exam mode for this cell: the verdict of --check only, no derivatives or code "
+             "(default: VJPMagics.exam; a cell cannot turn it off).")
 
 
 @magics_class
@@ -46,6 +52,10 @@ class VJPMagics(Magics):
     memory_budget = Float(
         0.25, help="Memory one analysis may use: a fraction (< 1) of free memory, or bytes."
     ).tag(config=True)
+    exam = Bool(False, help="Exam mode: cells show the verdict of --check, never the "
+                            "derivatives or code (features.exam).").tag(config=True)
+    present = Bool(False, help="Presentation mode for every cell, as --present: the "
+                               "derivatives first, larger.").tag(config=True)
 
     @validate("memory_budget")
     def _positive_budget(self, proposal):
@@ -96,6 +106,8 @@ class VJPMagics(Magics):
                    "differences (custom backward functions included); the cell is not rerun.")
     @argument("--picture", action="store_true",
               help="Draw each Jacobian's nonzero pattern beneath the display.")
+    @argument("--present", action="store_true", help=PRESENT_HELP)
+    @argument("--exam", action="store_true", help=EXAM_HELP)
     @common_arguments
     @cell_magic
     def vjp(self, line: str, cell: str):
@@ -120,6 +132,10 @@ class VJPMagics(Magics):
         inputs (f's output and graph, not the cell's). ``vjp_magic.differentiate?`` is the
         same analysis from Python.
 
+        Class modes: ``--present`` (or ``%config VJPMagics.present = True``) shows the
+        derivatives first and larger, the headline beneath; ``%config VJPMagics.exam = True``
+        shows only the verdict of ``--check`` (no derivatives, no code) in every cell.
+
         Example::
 
             %%vjp
@@ -140,7 +156,7 @@ class VJPMagics(Magics):
         run = run_cell(self.shell, cell, record_ops=True)
         answer = args.check if args.check and args.check.isidentifier() else None
         subject = FromCell(run, self.shell, exclude=(answer,) if answer else ())
-        with retained_grads_kept(self.shell.user_ns), _usage_errors(run.mistake):
+        with retained_grads_kept(self.shell.user_ns), _usage_errors(self._coached(run, args)):
             try:
                 result = pipeline(subject, self._request(
                     args, of=one_output(args.of), wrt=args.wrt, full=args.full))
@@ -162,6 +178,8 @@ class VJPMagics(Magics):
     @argument("--picture", action="store_true",
               help="Draw the Jacobian's nonzero pattern beneath it (drawn anyway when the "
                    "Jacobian is too large to show in full).")
+    @argument("--present", action="store_true", help=PRESENT_HELP)
+    @argument("--exam", action="store_true", help=EXAM_HELP)
     @common_arguments
     @EXPRESSION
     @line_magic
@@ -202,6 +220,8 @@ class VJPMagics(Magics):
     @argument("--symbolic", action="store_true",
               help="Also derive the second derivatives with SymPy and cross-check them.")
     @argument("--picture", action="store_true", help=argparse.SUPPRESS)  # to say where it goes
+    @argument("--present", action="store_true", help=PRESENT_HELP)
+    @argument("--exam", action="store_true", help=EXAM_HELP)
     @common_arguments
     @EXPRESSION
     @line_magic
@@ -251,6 +271,11 @@ class VJPMagics(Magics):
 
     _last_cell = None  # the last %%vjp cell's record (run.record.KeptRecord), or None
 
+    def _coached(self, run, args):
+        """The mistake that stopped the cell, to coach on where no derivatives come; None in
+        exam mode (the coaching shows the corrected code)."""
+        return None if self.exam or args.exam else run.mistake
+
     def _forget_last_cell(self) -> None:
         """Drop the record kept from the last ``%%vjp`` cell (a new cell replaces it)."""
         if self._last_cell is not None:
@@ -282,6 +307,8 @@ class VJPMagics(Magics):
         )
         wrt = tuple(asked.pop("wrt") or ())
         flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}
+        flags.update(exam=bool(flags.get("exam")) or self.exam,
+                     present=bool(flags.get("present")) or self.present)
         return Request(options=options, wrt=wrt, flags=flags, memory_budget=self.memory_budget,
                        **asked)
 

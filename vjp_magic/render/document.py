@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
+from ..core.marked import Marked
+
 
 # -- inline spans ---------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -77,12 +79,14 @@ class Matrix:
 @dataclass(frozen=True)
 class Formula:
     """A display formula: ``lhs = matrix`` (or just ``lhs`` when ``matrix`` is None), then
-    an optional ``suffix`` (a shape, ``\\quad (5 \\times 5)``) and ``caption`` words beneath."""
+    an optional ``suffix`` (a shape, ``\\quad (5 \\times 5)``) and ``caption`` words beneath;
+    ``large``: the result itself, shown first and larger (``--present``)."""
 
     lhs: Math
     matrix: Matrix | None = None
     suffix: Math | None = None
     caption: tuple[Span, ...] = ()
+    large: bool = False  # set larger where the client can (presentation mode: markdown)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,18 @@ class Document:
 
 
 # -- small helpers for builders -------------------------------------------------------------
+def prose(text: str) -> tuple[Span, ...]:
+    """A sentence as spans: a :class:`~vjp_magic.core.marked.Marked` one (a note, a hint,
+    written with its code in backticks) as :class:`Text` and a :class:`Code` span per piece of
+    code; a plain ``str`` as one :class:`Text`, never read for backticks."""
+    if not isinstance(text, Marked):
+        return (Text(text),)
+    pieces = text.markup.split("`")
+    return tuple((Code if k % 2 else Text)(piece) for k, piece in enumerate(pieces) if piece)
+
+
 def paragraph(*spans: Span | str, strong: bool = False) -> Paragraph:
-    """``paragraph("with respect to ", Code("a"), ".")``: strings become :class:`Text`."""
-    return Paragraph(tuple(Text(s) if isinstance(s, str) else s for s in spans), strong)
+    """``paragraph("with respect to ", Code("a"), ".")``: strings become :class:`Text` (a
+    marked sentence its text and code spans, :func:`prose`)."""
+    return Paragraph(tuple(piece for s in spans
+                           for piece in (prose(s) if isinstance(s, str) else (s,))), strong)

@@ -3,8 +3,9 @@
 Short paragraphs and lists that wrap, code in fenced ``python`` blocks (copyable, highlighted;
 lines fitted by :func:`.codelines.fit_code`) inside a ``<div>`` that sets a monospace font
 (nbconvert's HTML export gives an output's ``<pre>`` ``font-family: inherit``), maths only for
-formulas and matrices: ``$…$`` inline, ``$$…$$`` on a line of its own. The TeX is the LaTeX
-rendering's own (:func:`latex.formula_tex`), safe for MathJax 3 and KaTeX.
+formulas and matrices: ``$…$`` inline, ``$$…$$`` on a line of its own (a ``large`` formula,
+the result in presentation mode, begins ``\\Large``). The TeX is the LaTeX rendering's own
+(:func:`latex.formula_tex`), safe for MathJax 3 and KaTeX.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .latex import formula_tex
 
 # JupyterLab's own code font; the <pre> inherits it in nbconvert's HTML (JupyterLab sets it)
 CODE_FONT = "<div style=\"font-family: Menlo, Consolas, 'DejaVu Sans Mono', monospace\">"
+LARGE = r"\Large"  # a large formula's size (presentation mode): MathJax 3 and KaTeX know it
 _ESCAPED = re.compile(r"([\\`*_\[\]<>$|~#&])")
 
 
@@ -65,7 +67,8 @@ def _block(block) -> str:
         return "\n".join((f"{n}. " if block.numbered else "- ") + _spans(item.spans)
                          for n, item in enumerate(block.items, 1))
     if isinstance(block, Formula):
-        out = f"$${formula_tex(block)}$$"
+        size = LARGE + " " if block.large else ""
+        out = f"$${size}{formula_tex(block)}$$"
         return out + ("\n\n" + _spans(block.caption) if block.caption else "")
     if isinstance(block, CodeBlock):
         source = fit_code(block.source)

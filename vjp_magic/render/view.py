@@ -4,18 +4,20 @@ A result of either order (``VJPResult``, ``HessianResult``) holds a :class:`View
 the pipeline from the features' sections and flags); the result's ``_repr_mimebundle_``,
 ``__repr__`` and ``code`` delegate to it. Its body is the derivatives' sections for first
 derivatives (:mod:`.sections`), the second derivatives' for second ones (:mod:`.hessian`).
+In presentation mode (``present``) the derivatives' formulas come first, larger, and the rest
+(the headline, v, the loop, the shapes) beneath them.
 """
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, plain
 from .codegen import reproducing_code
-from .document import Document, Section
-from .hessian import hessian_sections
+from .document import Document, Formula, Section
+from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
-from .sections import derivatives_sections
+from .sections import derivative_formulas, derivatives_sections, jacobian_formula, shapes
 
 
 @dataclass
@@ -25,7 +27,9 @@ class View:
     instead of the derivatives;
     ``explained``: the explanation above already says what v is (not said twice);
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
-    ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``)."""
+    ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``);
+    ``present``: presentation mode, the derivatives' formulas first and larger (``--present``).
+    Exam mode (``VJPMagics.exam``) is ``hidden`` with only the verdict's sections around."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
     jacobian: bool = False
@@ -34,6 +38,7 @@ class View:
     explained: bool = False
     hidden: bool = False
     pictured: bool = False
+    present: bool = False
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
@@ -46,8 +51,39 @@ class View:
         return document
 
     def _build(self, result) -> Document:
-        middle = () if self.hidden else self.body(result)
-        return Document(tuple(self.before) + tuple(middle) + tuple(self.after))
+        if self.hidden:
+            return Document(tuple(self.before) + tuple(self.after))
+        if self.present:
+            return self._presented(result)
+        return Document(tuple(self.before) + tuple(self.body(result)) + tuple(self.after))
+
+    def _presented(self, result) -> Document:
+        """The derivatives' formulas first, larger; beneath them the rest of the body (the
+        headline, v, the loop, the notes, then the shapes line), then the features' sections
+        (what is said before the derivatives, then after) as usual."""
+        shown = self.result_formulas(result)
+        rest, shapes_line = [], []
+        for section in self.body(result):
+            blocks = tuple(b for b in section.blocks if not (isinstance(b, Formula)
+                                                             and b in shown))
+            if blocks == (shapes(result),):  # "From x (3) to y (2 × 3)": after the headline
+                shapes_line.append(section)
+            elif blocks or section.title:
+                rest.append(replace(section, blocks=blocks))
+        lead = (Section(tuple(replace(f, large=True) for f in shown)),) if shown else ()
+        return Document(lead + tuple(rest + shapes_line) + tuple(self.before)
+                        + tuple(self.after))
+
+    def result_formulas(self, result) -> list[Formula]:
+        """The formulas that show the derivatives themselves (not v, the structure in index
+        notation or a summary): each input's, in the body's order."""
+        used = [n for n, item in result.inputs.items() if not item.unused]
+        if result.order == 2:
+            return [f for n in used if not result.inputs[n].constant
+                    for f in hessian_formulas(result, n, self.options)]
+        if self.jacobian:
+            return [jacobian_formula(result, n, self.options) for n in result.inputs]
+        return [f for n in used for f in derivative_formulas(result, n, self.options)]
 
     def body(self, result) -> tuple[Section, ...]:
         """The derivatives themselves, as their order shows them."""

@@ -28,6 +28,7 @@ import torch
 
 from ..core.validation import module_parameters, named_inputs
 from ..core.errors import VJPUsageError
+from ..core.marked import marked
 from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, ordered_names)
 from .execute import CellRun, detached_advice, evaluate
@@ -296,9 +297,10 @@ def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt")
         for name, module in modules.items():
             found.update(module_parameters(module, name))
         names, first = " ".join(modules), spelled(next(iter(found)))
-        found.notes = (f"No named tensor with requires_grad=True reaches {output_name}, so the "
-                       f"inputs are the parameters of {_listed(list(modules))} (as {flag} "
-                       f"{names}); name fewer with {flag}, e.g. {flag} {first}.",)
+        found.notes = (marked(
+            f"No named tensor with `requires_grad=True` reaches {output_name}, so the inputs "
+            f"are the parameters of {_listed(list(modules))} (as `{flag} {names}`); name fewer "
+            f"with `{flag}`, e.g. `{flag} {first}`."),)
         return found
     found.notes = _left_out(found, modules, leaves, output_name, flag)
     return found
@@ -337,8 +339,8 @@ def _left_out(found: dict, modules: dict, leaves: dict, output_name: str, flag: 
     if not left:
         return ()
     words = _listed([f"{n}'s parameters" if n in modules else n for n in left])
-    return (f"{output_name} also depends on {words}, left out here: "
-            f"{flag} {' '.join(list(found) + left)} includes them.",)
+    return (marked(f"{output_name} also depends on {words}, left out here: "
+                   f"`{flag} {' '.join(list(found) + left)}` includes them."),)
 
 
 def spelled(name: str) -> str:

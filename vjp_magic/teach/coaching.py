@@ -146,8 +146,8 @@ def _gradient_advice(mistake: CellMistake, result) -> Advice:
         return _pointwise_advice(y, shape, structures, fixed and fixed.strip())
     if structures is not None:
         return _component_advice(y, tensor, structures)
-    why = [_say(Code(y), f" has shape {shape}, not a scalar: backward needs gradient=v "
-                "shaped like ", Code(y), "."),
+    why = [_say(Code(y), f" has shape {shape}, not a scalar: backward needs ",
+                Code("gradient=v"), " shaped like ", Code(y), "."),
            _say("v = ones gives the derivatives at many points when each entry depends only "
                 "on its own point; v one-hot on one entry gives that entry's gradient.")]
     return Advice(why, [f"{expression(y)}.backward(gradient=torch.ones_like({y}))"])
@@ -158,7 +158,8 @@ def _shape_advice(mistake: CellMistake, result) -> Advice:
     given, tensor = mistake.given_gradient(), mistake.failing_tensor()
     if given is not None and tensor is not None:
         advice.why.insert(0, _say(
-            "gradient must have the same shape as the tensor backward is called on: that is "
+            Code("gradient"), " must have the same shape as the tensor backward is called on: "
+            "that is "
             f"{tuple(tensor.shape)}, the gradient given has shape {tuple(given.shape)}."))
     return advice
 
@@ -182,8 +183,8 @@ def _freed_before_cell(mistake: CellMistake) -> Advice:
     why = [_say("The graph behind ", Code(y), " was already freed before this cell ran: a "
                 "backward in an earlier cell went through it without ",
                 Code("retain_graph=True"), f", and {what} was not computed again since."),
-           _say(f"Recompute {what} in this cell before calling backward, or pass "
-                "retain_graph=True to the earlier cell's backward call.")]
+           _say(f"Recompute {what} in this cell before calling backward, or pass ",
+                Code("retain_graph=True"), " to the earlier cell's backward call.")]
     return Advice(why, [recompute] + ([line.strip()] if line is not None else []))
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.marked import marked, markup
 from ..render.document import Section, paragraph
 from ..render.options import RenderOptions
 from ..render.sections import derivative_formulas
@@ -40,7 +41,8 @@ COMPARED_ENTRIES = 1 << 26  # entries compared looking for the one component an 
 class Verdict:
     """The verdict on one answer: ``correct``, the mistake's ``kind`` (a
     :class:`~.grading_hints.VerdictKind`, equal to its name: ``"summed"``) and a ``hint`` that
-    says what to do; ``points`` the wrong points (``"wrong-at-points"``)."""
+    says what to do (plain text; a :class:`~vjp_magic.core.marked.Marked` one whose code the
+    display sets as code); ``points`` the wrong points (``"wrong-at-points"``)."""
 
     correct: bool
     kind: VerdictKind
@@ -69,7 +71,7 @@ class Verdict:
         if self.kind == VerdictKind.SCALED and self.factor:
             once = " with one backward" if self.calls == 1 else ""
             return f"✗ {self.factor}× the answer{once}"
-        return f"✗ {self.kind.words}"
+        return marked(f"✗ {markup(self.kind.words)}")  # its code (.grad) set as code
 
 
 def _layout_words(form: str | None, shape) -> str | None:
@@ -97,7 +99,7 @@ class Case:
 
     def verdict(self, kind: VerdictKind, hint: str, **found) -> Verdict:
         shape = None if self.a is None else tuple(self.a.shape)
-        hint = "T" + hint[1:] if hint.startswith("the answer") else hint
+        hint = marked("T" + hint[1:] if hint.startswith("the answer") else hint)
         return Verdict(kind == VerdictKind.CORRECT, kind, hint, name=self.exp.name,
                      expected_shape=self.exp.shape, answer_shape=shape, **found)
 

@@ -24,6 +24,7 @@ import torch
 
 from ..core import analysis
 from ..core.errors import VJPUsageError
+from ..core.marked import marked, markup
 from ..core.tolerances import tolerances
 from .grading import Verdict, VerdictKind, grade
 from .grading_hints import SHOWN_POINTS, shape_text
@@ -128,11 +129,11 @@ def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=Non
         problem, kind = _graph_cut(result, ref, exercise.label), VerdictKind.GRAPH_CUT
     if problem is None:
         return graded
-    a = answer_name or "the answer"
-    own = (f"{a} itself is the derivatives of {exercise.label}." if graded.correct else
-           f"Graded against the derivatives of {exercise.label}, {a} is ✗ "
-           f"{graded.kind.words}.")
-    return replace(graded, correct=False, kind=kind, hint=f"{problem} {own}")
+    a = f"`{answer_name}`" if answer_name else "the answer"
+    own = (f"{a} itself is the derivatives of `{exercise.label}`." if graded.correct else
+           f"Graded against the derivatives of `{exercise.label}`, {a} is ✗ "
+           f"{markup(graded.kind.words)}.")
+    return replace(graded, correct=False, kind=kind, hint=marked(f"{problem} {own}"))
 
 
 def _listed(name: str, indices: list, total: int) -> str:
@@ -147,7 +148,7 @@ def _output_differs(result, out: torch.Tensor, label: str) -> str | None:
     y, f = result.output.detach(), out.detach()
     name = result.output_name
     if tuple(y.shape) != tuple(f.shape):
-        return (f"Your {name} has shape {shape_text(tuple(y.shape))}; {label} has shape "
+        return (f"Your {name} has shape {shape_text(tuple(y.shape))}; `{label}` has shape "
                 f"{shape_text(tuple(f.shape))}: check the formula.")
     rtol = max(tolerances(t.dtype).backward for t in (y, f))
     values = f.to(torch.float64)
@@ -156,7 +157,7 @@ def _output_differs(result, out: torch.Tensor, label: str) -> str | None:
     if not bool(wrong.any()):
         return None
     at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
-    return f"Your {name} differs from {label} at {at}: check the formula."
+    return f"Your {name} differs from `{label}` at {at}: check the formula."
 
 
 def _graph_cut(result, ref, label: str) -> str | None:
@@ -167,10 +168,10 @@ def _graph_cut(result, ref, label: str) -> str | None:
             continue
         y = result.output_name
         at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
-        return (f"Your {y} equals {label}, but your graph does not depend on {name} through "
-                f"all of it: its derivative differs from that of {label} at {at}. Something on "
-                f"the way from {name} to {y} is cut off from autograd (.detach(), .data, "
-                "torch.tensor(...), .numpy()), and backward does not see through it.")
+        return (f"Your {y} equals `{label}`, but your graph does not depend on {name} through "
+                f"all of it: its derivative differs from that of `{label}` at {at}. Something "
+                f"on the way from {name} to {y} is cut off from autograd (`.detach()`, `.data`, "
+                "`torch.tensor(...)`, `.numpy()`), and backward does not see through it.")
     return None
 
 

@@ -2,7 +2,10 @@
 sentences.
 
 Each verdict's sentences, in the cell's names (the answer's, the output's, the input's),
-never the expected numbers. ``case`` is the grading's :class:`~.grading.Case`:
+never the expected numbers; the code they name between backticks (the verdict makes them
+:class:`~vjp_magic.core.marked.Marked`: plain text as a ``str``, code spans when shown), and
+every shape said with whose it is ("``ans`` has shape (4,); the derivatives have shape
+(2, 4)"). ``case`` is the grading's :class:`~.grading.Case`:
 ``case.answer`` (how the answer is called), ``case.a`` (its values), ``case.exp`` (the
 :class:`~.grading_targets.Expected` derivatives of one input).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..core.marked import code, marked
 from ..core.textenum import TextEnum
 
 if TYPE_CHECKING:
@@ -46,7 +50,7 @@ _WORDS = {
     VerdictKind.WRONG_SHAPE: "wrong shape",
     VerdictKind.SUMMED: "the components summed",
     VerdictKind.ONE_COMPONENT: "one component only",
-    VerdictKind.ACCUMULATED: ".grad accumulated over backward calls",
+    VerdictKind.ACCUMULATED: marked("`.grad` accumulated over backward calls"),
     VerdictKind.SCALED: "a multiple of the derivatives",
     VerdictKind.TRANSPOSED: "transposed",
     VerdictKind.RESHAPED: "right numbers, wrong arrangement",
@@ -85,6 +89,12 @@ class Hints:
     def names(case: Case) -> tuple[str, str, str]:
         return case.answer, case.exp.result.output_name, case.exp.name
 
+    @staticmethod
+    def subject(case: Case) -> str:
+        """The answer as a sentence names it: as code (```ans```, ```x.grad```), or in words
+        ("the answer")."""
+        return case.answer if case.answer.startswith("the ") else code(case.answer)
+
     def expected(self, case: Case) -> str:
         _, y, x = self.names(case)
         exp = case.exp
@@ -99,33 +109,35 @@ class Hints:
         exp = case.exp
         if exp.count == 1:
             v = "" if exp.result.output.numel() == 1 else f"gradient=torch.ones_like({y})"
-            return f"{y}.backward({v}) puts them in {x}.grad"
+            return f"`{y}.backward({v})` puts them in `{x}.grad`"
         along = " (ones along the point axes)" if exp.item.pairing else ""
         return (f"use one backward per component of {y}, v one-hot on it{along}, "
-                f"retain_graph=True; store {x}.grad.clone() and zero {x}.grad each time")
+                f"`retain_graph=True`; store `{x}.grad.clone()` and zero `{x}.grad` each time")
 
     def correct(self, case: Case, form: str) -> str:
-        a, y, x = self.names(case)
+        _, y, x = self.names(case)
         what = FORM_WORDS.get(form, "the derivatives")
-        return f"Right: {a} is {what} of {y} with respect to {x}."
+        return f"Right: {self.subject(case)} is {what} of {y} with respect to {x}."
 
     def wrong_shape(self, case: Case) -> str:
-        a, y, x = self.names(case)
+        _, y, x = self.names(case)
         others = [shape_text(s) for s in case.exp.accepted()[1:]]
         also = f" ({' or '.join(others)} is accepted too)" if others else ""
-        return (f"{a} has shape {shape_text(case.a.shape)}; the derivatives of {y} with "
-                f"respect to {x} have {self.expected(case)}{also}.")
+        return (f"{self.subject(case)} has shape {shape_text(case.a.shape)}; the derivatives "
+                f"of {y} with respect to {x} have {self.expected(case)}{also}.")
 
     def wrong(self, case: Case) -> str:
-        a, y, x = self.names(case)
+        _, y, x = self.names(case)
+        a = self.subject(case)
         if not bool(case.a.any()):
-            return (f"{a} is all zeros. If it holds {x}.grad, store {x}.grad.clone(): "
-                    f"{x}.grad.zero_() afterwards empties the tensor stored too.")
+            return (f"{a} is all zeros. If it holds `{x}.grad`, store `{x}.grad.clone()`: "
+                    f"`{x}.grad.zero_()` afterwards empties the tensor stored too.")
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
                 f"{x}. Check the formula; {self.how(case)}.")
 
     def summed(self, case: Case, times: int | None, vanish: bool = False) -> str:
-        a, y, x = self.names(case)
+        _, y, x = self.names(case)
+        a = self.subject(case)
         exp = case.exp
         if vanish:
             what = (f"{a} is vᵀJ with v = ones, the column sums of the Jacobian of {y}: "
@@ -137,47 +149,51 @@ class Hints:
         else:
             what = (f"{a} is vᵀJ with v = ones, the column sums of the Jacobian of {y}, not "
                     f"the gradient of any entry of {y}.")
-        again = (f" It was also added up {times} times: zero {x}.grad between backward calls."
+        again = (f" It was also added up {times} times: zero `{x}.grad` between backward calls."
                  if times else "")
         return f"{what} To get each component's own, {self.how(case)}.{again}"
 
     def summed_by_hand(self, case: Case, calls) -> str:
-        a, _, _ = self.names(case)
+        a = self.subject(case)
         where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
         return (f"{a} adds up the results of {calls.summed} backward calls{where}, one "
                 f"component each: keep them apart instead, {self.how(case)}.")
 
     def one_component(self, case: Case, index: int) -> str:
-        a, y, _ = self.names(case)
+        _, y, x = self.names(case)
+        a = self.subject(case)
         exp = case.exp
         return (f"{a} holds the derivatives of one component of {y} (number {index}, "
-                f"row-major) of {exp.count:,}. The answer has {self.expected(case)}: "
-                f"{self.how(case)}.")
+                f"row-major) of {exp.count:,}. {a} has shape {shape_text(case.a.shape)}; the "
+                f"derivatives of {y} with respect to {x} have {self.expected(case)}. To get "
+                f"them, {self.how(case)}.")
 
     def accumulated(self, case: Case, times: int | None, calls, logged: bool = False) -> str:
         """``calls``: the backward calls summed, as the log shows them; else ``times``, read
         off the numbers (``logged``: the cell's log shows no backward that made them)."""
-        a, _, x = self.names(case)
+        _, _, x = self.names(case)
+        a = self.subject(case)
         if calls is not None:
             where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
             before = " and what it held before this cell" if calls.with_before else ""
             what = (f"{a} is the sum of {calls.summed} backward calls{where}{before}: "
-                    "backward adds to .grad.")
-            return (f"{what} Zero it before each backward ({x}.grad.zero_() or "
-                    f"{x}.grad = None), or run it once.")
+                    "backward adds to `.grad`.")
+            return (f"{what} Zero it before each backward (`{x}.grad.zero_()` or "
+                    f"`{x}.grad = None`), or run it once.")
         if logged:
-            return (f"{a} is {times} times the derivatives, as {x}.grad is after {times} "
-                    f"backward calls without zeroing ({x}.grad.zero_() before each), or after "
+            return (f"{a} is {times} times the derivatives, as `{x}.grad` is after {times} "
+                    f"backward calls without zeroing (`{x}.grad.zero_()` before each), or after "
                     f"one with a v {times} times too large; no backward of this cell made it: "
                     f"look for a factor {times} in the formula.")
-        return (f"{a} is {times} times the derivatives: backward adds to .grad, so {times} "
+        return (f"{a} is {times} times the derivatives: backward adds to `.grad`, so {times} "
                 f"backward calls without zeroing in between give this (zero it before each: "
-                f"{x}.grad.zero_() or {x}.grad = None); so does a v {times} times too large.")
+                f"`{x}.grad.zero_()` or `{x}.grad = None`); so does a v {times} times too "
+                "large.")
 
     def scaled(self, case: Case, times: int, calls) -> str:
         """``times`` × the derivatives where the log shows no .grad accumulated."""
-        a, y, _ = self.names(case)
-        what = f"{a} is {times} times the derivatives"
+        _, y, _ = self.names(case)
+        what = f"{self.subject(case)} is {times} times the derivatives"
         where = f" (line{'s' if len(calls.lines) > 1 else ''} " \
             f"{', '.join(map(str, calls.lines))})" if calls.lines else ""
         if calls.summed > 1:
@@ -188,19 +204,21 @@ class Hints:
                 f"{self.how(case)}.")
 
     def rows_added(self, case: Case, how: str, zeroed: bool = False) -> str:
-        a, _, x = self.names(case)
+        _, _, x = self.names(case)
+        a = self.subject(case)
         what = (f"Each row of {a} adds the previous rows to its own" if how == "running"
                 else f"Every row of {a} is the same tensor, all components added up")
         if zeroed:  # the log shows .grad zeroed between the calls: the rows were added by hand
             return what + ": each row should hold one component's derivatives only."
-        return (what + f": {x}.grad was not zeroed between the "
-                f"backward calls. Store {x}.grad.clone() and zero {x}.grad after each one.")
+        return (what + f": `{x}.grad` was not zeroed between the backward calls. Store "
+                f"`{x}.grad.clone()` and zero `{x}.grad` after each one.")
 
     def rows_one_tensor(self, case: Case, index: int) -> str:
-        a, _, x = self.names(case)
-        return (f"Every row of {a} holds the last component's derivatives (number {index}): "
-                f"the rows are one tensor, as when {x}.grad is stored without .clone() and the "
-                f"next backward overwrites it. Store {x}.grad.clone().")
+        _, _, x = self.names(case)
+        return (f"Every row of {self.subject(case)} holds the last component's derivatives "
+                f"(number {index}): the rows are one tensor, as when `{x}.grad` is stored "
+                f"without `.clone()` and the next backward overwrites it. Store "
+                f"`{x}.grad.clone()`.")
 
     def transposed(self, case: Case, order) -> str:
         a, y, x = self.names(case)
@@ -208,19 +226,22 @@ class Hints:
         fix = f"{a}.T" if len(order) == 2 else f"{a}.permute{inverse}"
         axes = (f"{y}'s component axes come first, then {x}'s" if case.exp.count > 1
                 else f"it is shaped like {x}")
-        return f"{a} has the right numbers with its axes swapped: {axes}. Use {fix}."
+        return (f"{self.subject(case)} has the right numbers with its axes swapped: {axes}. "
+                f"Use `{fix}`.")
 
     def reshaped(self, case: Case, shape) -> str:
         a, _, _ = self.names(case)
         if shape is not None:
-            return (f"{a} has the right numbers in the right order but shape "
-                    f"{shape_text(case.a.shape)}; the derivatives have {self.expected(case)}. "
-                    f"Use {a}.reshape{shape_text(shape)}.")
-        return (f"{a} has the right numbers in the wrong places: reshape and view keep the "
-                "row-major order and never swap axes. Use .T or .permute(...) to swap axes.")
+            return (f"{self.subject(case)} has shape {shape_text(case.a.shape)}, with the right "
+                    f"numbers in the right order; the derivatives have {self.expected(case)}. "
+                    f"Use `{a}.reshape{shape_text(shape)}`.")
+        return (f"{self.subject(case)} has the right numbers in the wrong places: `reshape` "
+                "and `view` keep the row-major order and never swap axes. Use `.T` or "
+                "`.permute(...)` to swap axes.")
 
     def at_points(self, case: Case, points, total: int) -> str:
-        a, _, x = self.names(case)
+        _, _, x = self.names(case)
+        a = self.subject(case)
         shown = ", ".join(_point_text(x, case.exp.item, p) for p in points[:SHOWN_POINTS])
         more = ", …" if len(points) > SHOWN_POINTS else ""
         return (f"{a} is right at {total - len(points):,} of {total:,} points, wrong at "
@@ -229,19 +250,20 @@ class Hints:
 
     def missing(self, case: Case, answer, calls=()) -> str:
         """``calls``: the cell's calls that reached the input (``.kind``, ``.line``)."""
-        a, _, x = self.names(case)
+        _, _, x = self.names(case)
+        a = self.subject(case)
         if answer is not None:
             return f"{a} is a {type(answer).__name__}, not a tensor of real numbers."
         lines = ", ".join(str(c.line) for c in calls if c.line is not None)
         at = f" (line {lines})" if lines else ""
         if any(c.kind == "backward" for c in calls):
-            return (f"{a} is None, though a backward reached {x}{at}: {x}.grad was set to "
-                    f"None afterwards ({x}.grad = None, or zero_grad()). Grade a copy taken "
-                    f"before that: {x}.grad.clone().")
+            return (f"{a} is None, though a backward reached {x}{at}: `{x}.grad` was set to "
+                    f"None afterwards (`{x}.grad = None`, or `zero_grad()`). Grade a copy "
+                    f"taken before that: `{x}.grad.clone()`.")
         if calls:
-            return (f"{a} is None: torch.autograd.grad{at} returns the gradients and leaves "
-                    f"{x}.grad alone. Grade what it returned.")
-        return (f"{a} is None: nothing was computed into it ({x}.grad stays None until a "
+            return (f"{a} is None: `torch.autograd.grad`{at} returns the gradients and leaves "
+                    f"`{x}.grad` alone. Grade what it returned.")
+        return (f"{a} is None: nothing was computed into it (`{x}.grad` stays None until a "
                 f"backward reaches {x}).")
 
 

@@ -1,0 +1,36 @@
+"""Exam mode (``%config VJPMagics.exam = True``): a cell shows the verdict of ``--check`` and
+nothing that would give the answer away.
+
+While it is on, only the features that say ``in_exam = True`` run (grading and this one,
+:func:`~vjp_magic.features.gather`): no derivatives, no coaching with its corrected code, no
+``--explain``, ``--code``, ``--symbolic``, ``--gradcheck`` or ``--picture``, and ``--reveal``
+reveals nothing. Beneath the verdict (or alone, in a cell without ``--check``) one sentence
+says that the derivatives are hidden, which flags were left off, and how to turn it off. A
+display mode, not a lock: ``r.derivatives`` still holds the numbers.
+"""
+from __future__ import annotations
+
+from ..core.marked import code, marked
+from ..render.document import Section, paragraph
+from ..run.choose import Subject
+from . import Added, Asked
+
+flags = ("exam",)
+orders = (1, 2)
+replays_record = False
+in_exam = True
+# the flags that would show derivatives or code: off in an exam
+SHOWING = ("reveal", "explain", "code", "symbolic", "gradcheck", "picture")
+TURN_OFF = "%config VJPMagics.exam = False"
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    off = [f"--{name}" for name in SHOWING if request.flag(name)]
+    left = (f" ({', '.join(code(f) for f in off)} {'is' if len(off) == 1 else 'are'} off.)"
+            if off else "")
+    if request.flag("check"):
+        said = f"Exam mode: the derivatives are hidden.{left}"
+    else:
+        said = (f"Exam mode hides the derivatives: {code('--check NAME')} grades the answer in "
+                f"NAME. {code(TURN_OFF)} shows them again.{left}")
+    return Added(after=(Section((paragraph(marked(said)),)),), view={"hidden": True})
