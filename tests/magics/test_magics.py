@@ -177,7 +177,7 @@ def test_jacobian_infers_inputs_and_labels_matrix_shapes(run_ok, assert_tensor):
     run_ok("W = torch.ones(2, 2, requires_grad=True)\nz = W * 3")
     r = run_ok("%jacobian z")
     assert_tensor(r.jacobian("W"), 3 * torch.eye(4).reshape(2, 2, 2, 2))
-    assert "z_{1,1}" in shown(r) and "W_{1,1}" in shown(r)  # the tensors' own names
+    assert "z[1,1]" in shown(r) and "W[1,1]" in shown(r)  # the tensors' own names, as the code
 
 
 def test_jacobian_help_prints_the_syntax(ip, capsys):

@@ -21,7 +21,7 @@ from vjp_magic.render.indices import index_formula
 torch.manual_seed(0)
 LHS = re.compile(r"\\frac\{\\partial (\w+)_\{(\w+)\}\}\{\\partial (\w+)_\{(\w+)\}\} = ")
 DELTA = re.compile(r"\\delta_\{(\w)(\w)\}")
-F_PRIME = re.compile(r"f'\((\w+)_\{(\w+)\}\)$")
+F_PRIME = re.compile(r"f'\((\w+)\^\{\((\w+(?:,\w+)*)\)\}\)$")  # the tutorial's f'(x^{(i)})
 D_ENTRY = re.compile(r"\(D_\{(\w+)\}\)_\{(?:(\w+),\\,)?(\w+)\}$")
 
 
@@ -30,13 +30,15 @@ def evaluate(tex: str, derivatives: torch.Tensor, out_shape, in_shape) -> torch.
     _, out, _, inn = LHS.match(tex).groups()
     deltas = DELTA.findall(tex)
     f_prime, d_entry = F_PRIME.search(tex), D_ENTRY.search(tex)
-    comp, at = ("", f_prime.group(2)) if f_prime else (d_entry.group(2) or "", d_entry.group(3))
+    comp, at = ("", f_prime.group(2).replace(",", "")) if f_prime else (
+        d_entry.group(2) or "", d_entry.group(3))
     assert len(out) == len(out_shape) and len(inn) == len(in_shape)
     result = torch.zeros(tuple(out_shape) + tuple(in_shape), dtype=derivatives.dtype)
     for index in itertools.product(*[range(n) for n in tuple(out_shape) + tuple(in_shape)]):
         value = dict(zip(out + inn, index))
         if all(value[a] == value[b] for a, b in deltas):
-            result[index] = derivatives[tuple(value[c] for c in comp + at)]
+            entry = derivatives[tuple(value[c] for c in comp + at)]
+            result[index] = entry.reshape(()) if f_prime else entry  # a point of one entry
     return result
 
 
@@ -56,8 +58,8 @@ def test_elementwise():
     (x,) = tensors((5,))
     result = differentiate(torch.sin(x), x)
     formula = index_formula(result, "x")
-    assert formula.lhs.tex == r"\frac{\partial y_{i}}{\partial x_{j}} = \delta_{ij}\,f'(x_{i})"
-    assert formula.lhs.plain == "∂y_i/∂x_j = δ_ij f'(x_i)"
+    assert formula.lhs.tex == r"\frac{\partial y_{i}}{\partial x_{j}} = \delta_{ij}\,f'(x^{(i)})"
+    assert formula.lhs.plain == "∂y_i/∂x_j = δ_ij f'(x^(i))"
     check(formula, result, "x", torch.sin, [x], 0)
 
 
@@ -65,7 +67,7 @@ def test_elementwise_on_a_matrix():
     (x,) = tensors((3, 4))
     result = differentiate(torch.exp(x), x, names=["X"])
     formula = index_formula(result)
-    assert formula.lhs.plain == "∂y_ij/∂X_kl = δ_ik δ_jl f'(X_ij)"
+    assert formula.lhs.plain == "∂y_ij/∂X_kl = δ_ik δ_jl f'(X^(i,j))"
     check(formula, result, "X", torch.exp, [x], 0)
 
 

@@ -378,8 +378,8 @@ def test_ones_on_two_components_gets_the_summed_note(run_vjp):
                 "y = torch.stack([-x**3, 5*x])\n"
                 "y.backward(torch.ones_like(y))")
     text = _text(r)
-    assert "x.grad = f₀′ + f₁′, the components summed" in text
-    assert "$f_{0}' + f_{1}'$" in r._repr_mimebundle_()["text/markdown"]
+    assert "x.grad = f₁′ + f₂′, the components summed" in text
+    assert "$f_{1}' + f_{2}'$" in r._repr_mimebundle_()["text/markdown"]
 
 
 def test_sum_backward_on_softmax_gets_the_column_sums_note(run_vjp):
@@ -438,7 +438,7 @@ def test_notes_are_safe_maths_and_can_be_left_out(run_vjp):
     sections = mistake_sections(log, r)
     assert len(sections) == 2  # v = ones summed the components; a general v
     words = plain.render(Document(sections))
-    assert "x.grad = ∂y₀,₀/∂x + ∂y₀,₁/∂x + … + ∂y₁,₁/∂x" in words.replace("\n", " ")
+    assert "x.grad = ∂y₁,₁/∂x + ∂y₁,₂/∂x + … + ∂y₂,₂/∂x" in words.replace("\n", " ")
     from vjp_magic.render import markdown
     maths = re.findall(r"\$([^$]+)\$", markdown.render(Document(sections)))
     assert maths and all(not tex_problems(m) for m in maths), maths

@@ -90,14 +90,15 @@ def test_the_tutorial_notation_at_many_points():
     assert matrix_rows(formula.matrix) == [["-4", "-2", "0", "2", "4"]]  # the tutorial's
 
 
-def test_components_at_points_rows_labelled_from_zero():
+def test_components_at_points_rows_labelled_from_one():
     r, _ = result_of(cells.STACK_AT_POINTS.short)
     sections = derivatives_sections(r, OPTIONS)
     v0, derivative = formulas(sections)
-    assert v0.lhs.plain == "v_0" and matrix_rows(v0.matrix) == [["1", "1", "1"], ["0", "0", "0"]]
-    assert [e.plain for e in derivative.matrix.row_labels] == ["f_0'", "f_1'"]
+    assert v0.lhs.plain == "v_1" and matrix_rows(v0.matrix) == [["1", "1", "1"], ["0", "0", "0"]]
+    assert [e.plain for e in derivative.matrix.row_labels] == ["f_1'", "f_2'"]
     assert matrix_rows(derivative.matrix) == [["0", "-3", "-12"], ["5", "5", "5"]]
-    assert "counted from 0 as in the code" in prose(sections)
+    assert "Counted from 1 as the tutorial does, from 0 in the code: f_1 is y[0]" in prose(
+        sections)
 
 
 # -- shapes, sizes, v in words ---------------------------------------------------------------
@@ -178,14 +179,14 @@ def test_result_notes_are_paragraphs():
 
 
 # -- --explain and --code --------------------------------------------------------------------
-def test_explain_names_times_and_zero_based_steps():
+def test_explain_names_times_and_one_based_steps():
     r, _ = result_of("a = torch.linspace(-2, 2, 5, requires_grad=True)\ns = a**2",
                      wrt=("a",), output="s")
     sections = explain_sections(r, OPTIONS)
     text = prose(sections)
     assert "m × n = 5 × 5" in text and " x n" not in text
     assert "∂s_i/∂a_j" in text and "∂y" not in text
-    assert "indices from 0" in text
+    assert "Counted from 1 as the tutorial does, from 0 in the code: a_1 is a[0]" in text
     (J,) = formulas(sections)
     assert matrix_rows(J.matrix)[0] == ["-4", "0", "0", "0", "0"]  # J = diag(2a)
 
@@ -195,7 +196,7 @@ def test_explain_does_not_repeat_v_or_the_derivatives():
     explained = explain_sections(r, OPTIONS)
     shown = explained + derivatives_sections(r, OPTIONS)
     lhs = [f.lhs.plain for f in formulas(shown)]
-    assert lhs.count("v_0") + lhs.count("V") == 1  # v shown once
+    assert lhs.count("v_1") + lhs.count("V") == 1  # v shown once
     assert lhs.count("J_F") == 1
     # the derivatives' row [0, -3, -12] appears in J (as its non-zero entries) and once below
     rows = [row for f in formulas(shown) for row in matrix_rows(f.matrix)]
@@ -205,7 +206,7 @@ def test_explain_does_not_repeat_v_or_the_derivatives():
 def test_explain_shows_every_v_as_rows_of_V_when_the_display_does_not():
     r, _ = result_of(cells.VECTOR_MULTIVARIATE_SINGLE_POINT.short)
     V = [f for f in formulas(explain_sections(r, OPTIONS)) if f.lhs.plain == "V"]
-    assert [e.plain for e in V[0].matrix.row_labels] == ["v_0^T", "v_1^T"]
+    assert [e.plain for e in V[0].matrix.row_labels] == ["v_1^T", "v_2^T"]
     assert matrix_rows(V[0].matrix) == [["1", "0"], ["0", "1"]]
 
 

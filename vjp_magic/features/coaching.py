@@ -17,4 +17,6 @@ replays_record = False
 
 def add(result, request: Asked, subject: Subject) -> Added:
     notes = request.flag("check") is None
-    return Added(before=mistake_sections(subject.log, result, notes=notes))
+    return Added(before=mistake_sections(subject.log, result, notes=notes,
+                                         options=request.options,
+                                         explained=bool(request.flag("explain"))))

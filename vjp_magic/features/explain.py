@@ -12,4 +12,5 @@ replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    return Added(before=explain_sections(result, request.options), view={"explained": True})
+    return Added(before=explain_sections(result, request.options, log=subject.log),
+                 view={"explained": True})

@@ -19,6 +19,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
     from ..symbolic import derive  # SymPy only when asked for
 
     report = derive(result, record=subject.record, namespace=subject.namespace,
-                    output_source=subject.output_source, jacobian=request.jacobian)
+                    output_source=subject.output_source, jacobian=request.jacobian,
+                    index_base=request.options.index_base)
     return Added(before=report.sections(),
                  stored={"symbolic": report.formulas, "crosscheck": report.crosscheck})

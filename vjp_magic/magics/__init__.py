@@ -49,6 +49,9 @@ class VJPMagics(Magics):
         config=True)
     edgeitems = Int(3, help="Rows/columns kept at each edge of a summarised matrix.").tag(
         config=True)
+    index_base = Int(1, help="Where the maths counts components and points from: 1, as the "
+                             "tutorial does (f_1, v_1, x^(1)), or 0; the code always counts "
+                             "from 0.").tag(config=True)
     memory_budget = Float(
         0.25, help="Memory one analysis may use: a fraction (< 1) of free memory, or bytes."
     ).tag(config=True)
@@ -56,6 +59,20 @@ class VJPMagics(Magics):
                             "derivatives or code (features.exam).").tag(config=True)
     present = Bool(False, help="Presentation mode for every cell, as --present: the "
                                "derivatives first, larger.").tag(config=True)
+
+    @validate("index_base")
+    def _zero_or_one(self, proposal):
+        """Refuse a base other than 0 or 1: say so and keep the last good one."""
+        if proposal["value"] in (0, 1):
+            return proposal["value"]
+        kept = getattr(self, "_good_index_base", 1)
+        print(f"VJPMagics.index_base is 1 (as the tutorial counts) or 0 (as the code does), "
+              f"not {proposal['value']!r}. It stays {kept!r}.", file=sys.stderr)
+        return kept
+
+    @observe("index_base")
+    def _keep_good_index_base(self, change):
+        self._good_index_base = change["new"]
 
     @validate("memory_budget")
     def _positive_budget(self, proposal):
@@ -304,6 +321,7 @@ class VJPMagics(Magics):
             precision=self.precision if args.precision is None else args.precision,
             threshold=self.threshold if args.threshold is None else args.threshold,
             edgeitems=self.edgeitems,
+            index_base=self.index_base,
         )
         wrt = tuple(asked.pop("wrt") or ())
         flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}

@@ -312,7 +312,7 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
     digits = significant_digits(item.derivatives.dtype, options.precision)
     values = [float(t[f]) for f in shown if f is not None for t in (mean, largest)]
     fmt = alone(choose_format(values, digits))
-    label = _feature_label(result, name)
+    label = _feature_label(result, name, options.index_base)
     point_shape = [item.tensor.shape[b] for b in sorted(item.pairing.in_axes)]
     rows, labels = [], []
     for f in shown:
@@ -320,7 +320,7 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
             rows.append((VDOTS, VDOTS, VDOTS))
             labels.append(VDOTS)
             continue
-        at = multi_index(int(where[f]), point_shape)
+        at = [i + options.index_base for i in multi_index(int(where[f]), point_shape)]
         at_text = str(at[0]) if len(at) == 1 else "(" + ", ".join(map(str, at)) + ")"
         rows.append((fmt.spell(float(mean[f])), fmt.spell(float(largest[f])),
                      Entry(at_text, at_text)))
@@ -334,21 +334,26 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
                    Matrix(tuple(rows), tuple(labels), header), None, caption)
 
 
-def _feature_label(result, name: str):
-    """Row labels: ``f'``, ``f_1'``, ``∂f/∂x_2``, ``∂f_1/∂x_{0,2}`` (component, entry)."""
+def _feature_label(result, name: str, base: int = 1):
+    """Row labels: ``f'``, ``f_1'``, ``∂f/∂x_3``, ``∂f_1/∂x_{1,3}`` (component, entry; the
+    maths counted from ``base`` in every spelling)."""
     item = result.inputs[name]
     comp = result.component_shape(name)
     paired = set(item.pairing.in_axes)
     entry = tuple(n for b, n in enumerate(item.tensor.shape) if b not in paired)
     x_tex, entries = notation.name_tex(name), math.prod(entry)
+    x_tex = x_tex if len(x_tex) == 1 else "{" + x_tex + "}"
 
     def label(flat: int) -> Entry:
         c, e = multi_index(flat, (math.prod(comp), entries))
-        sub = ",".join(map(str, multi_index(c, comp)))
+        sub = notation.counted(multi_index(c, comp), base)
         f_tex, f_plain = (f"f_{{{sub}}}", f"f_{sub}") if comp else ("f", "f")
         if entries == 1:
             return Entry(f"{f_tex}'", f"{f_plain}'")
-        at = ",".join(map(str, multi_index(e, entry)))
-        return Entry(rf"\partial {f_tex}/\partial {x_tex}_{{{at}}}", f"∂{f_plain}/∂{name}[{at}]")
+        at = notation.counted(multi_index(e, entry), base)
+        x_plain = notation.math_name(name).plain
+        return Entry(rf"\partial {f_tex}/\partial {x_tex}_{{{at}}}",
+                     f"∂{f_plain}/∂{x_plain}_{at}" if "," not in at else
+                     f"∂{f_plain}/∂{x_plain}_{{{at}}}")
 
     return label

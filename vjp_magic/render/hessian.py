@@ -3,7 +3,8 @@
 
 Per input: a headline in words ("f″ at each of the 5 points of x", "the 3 × 3 Hessian of s
 with respect to x, symmetric"), then the second derivatives as ``lhs = matrix`` with the
-cell's names (∂²y_i/∂x_i², ∂²s/∂x_i∂x_j, ∇²f(x^{(0)})): one row per component when each
+cell's names (∂²y_i/∂x_i², ∂²s/∂x_i∂x_j, ∇²f(x^{(1)}), the maths counted from
+``options.index_base``, 1 as the tutorial does): one row per component when each
 point has one entry, else one m × m Hessian per component and point (a few when there are
 many), each summarised to the width budget like the first derivatives.
 """
@@ -153,13 +154,13 @@ def _scalar_per_point(h, name: str, options) -> Formula:
     if count == 1:
         block = tensor_block(d) if d.dim() <= 2 else tensor_block(
             d, row_label=notation.slice_label(tuple(d.shape[:-1])))
-        zeros = ",".join("0" for _ in comp)
+        zeros = notation.counted([0] * len(comp), options.index_base)
         lhs = second_partial(output_symbol(h), name, _index(h, name, zeros, letters),
                              x_index, None) if item.has_points else _straight(h, name)
         return formula(lhs, block, options, d.dtype, d.shape)
 
     def label(k: int) -> Entry:
-        sub = ",".join(str(i) for i in multi_index(k, comp))
+        sub = notation.counted(multi_index(k, comp), options.index_base)
         return Entry(f"f_{{{sub}}}''", f"f_{sub}″")
 
     block = tensor_block(d.reshape(count, -1), row_label=label)
@@ -176,18 +177,19 @@ def _straight(h, name: str, index: str = "") -> Math:
     return Math(rf"\frac{{d^2 {y}{sub}}}{{d {x}^2}}", f"d²{y_plain}{sub_plain}/d{x_plain}²")
 
 
-def _block_lhs(h, name: str, c: int, p: int) -> Math:
-    """``∂²s/∂x_i∂x_j`` at one point; ``∇²f(x^{(p)})`` (``∇²f_c``) at many points."""
+def _block_lhs(h, name: str, c: int, p: int, base: int = 1) -> Math:
+    """``∂²s/∂x_i∂x_j`` at one point; ``∇²f(x^{(p)})`` (``∇²f_c``) at many points, counted
+    from ``base`` (``∂²y_1/∂x_i∂x_j``: the tutorial's y_1)."""
     item = h.inputs[name]
     comp = h.component_shape(name)
     count = math.prod(comp)
     if item.has_points:
-        sub = ",".join(str(i) for i in multi_index(c, comp))
+        sub = notation.counted(multi_index(c, comp), base)
         f_tex, f_plain = (r"\nabla^2 f", "∇²f") if count == 1 else \
             (rf"\nabla^2 f_{{{sub}}}", f"∇²f_{sub}")
-        at = notation.point(name, str(p))
+        at = notation.point(name, str(p + base))
         return Math(rf"{f_tex}\big({at.tex}\big)", f"{f_plain}({at.plain})")
-    index = ",".join(str(i) for i in multi_index(c, comp)) if count > 1 else ""
+    index = notation.counted(multi_index(c, comp), base) if count > 1 else ""
     return second_partial(output_symbol(h), name, index, "i", "j")
 
 
@@ -213,6 +215,7 @@ def _per_point_matrices(h, name: str, options) -> list[Formula]:
         matrix = blocks[c, p]
         block = Block(lambda r, k, t=matrix: t[r[:, None], k[None, :]], m, m, matrix.device,
                       row_label=label, col_label=label)
-        formulas.append(formula(_block_lhs(h, name, c, p), block, options, matrix.dtype,
+        formulas.append(formula(_block_lhs(h, name, c, p, options.index_base), block,
+                                options, matrix.dtype,
                                 caption=caption if flat == 0 else ()))
     return formulas

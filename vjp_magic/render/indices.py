@@ -4,14 +4,16 @@ Every entry of the Jacobian is a product of Kronecker deltas, one per point axis
 entry of the derivatives ``D = r.derivatives[name]`` (shape ``component_shape + x.shape``)::
 
     ∂y_{ik}/∂X_{jl} = δ_{ij} (D_X)_{k,il}        (X @ A: row i of y uses row i of X)
-    ∂y_i/∂x_j = δ_{ij} f'(x_i)                  (an elementwise f)
+    ∂y_i/∂x_j = δ_{ij} f'(x^{(i)})              (an elementwise f, the tutorial's x^{(i)})
+    ∂y_{ij}/∂x_{kl} = δ_{ik} δ_{jl} f'(x^{(i)})  (the same f on a (5, 1) column)
 
 Letters: the output's point axes are named as the headline names them (``row i of y``), one
 component axis ``k`` as the loop beneath counts it (``v[:, k] = 1``); every other axis, the
 input's included, takes the next free letter. Output axis a paired with input axis b gives
 δ_{(letter of a)(letter of b)}; inside D the input index of a paired axis is written with the
 output's letter (equal where δ is not 0). ``D``'s leading indices are the output's non-point
-axes, in order. Pairs of size-1 axes get no δ.
+axes, in order. Every paired axis gets its δ, a pair of size-1 axes too (``δ_{jl}`` above).
+The indices count from 1, as the maths of the display does (``RenderOptions.index_base``).
 
 Only for pairings the graph proves for every input value (``evidence == "proved"``): a pairing
 only observed by random probes at this input gets no formula (``None``), and neither does an
@@ -39,6 +41,11 @@ def _point_pairs(result, name: str) -> list[tuple[int, int]]:
     """The pairs whose axes have more than one point, by output axis."""
     item = result.inputs[name]
     return sorted((a, b) for a, b in item.pairing if item.tensor.shape[b] > 1)
+
+
+def _paired(result, name: str) -> list[tuple[int, int]]:
+    """Every pair of axes, by output axis (a δ each, size-1 axes included)."""
+    return sorted((a, b) for a, b in result.inputs[name].pairing)
 
 
 def index_letters(result, name: str) -> tuple[list[str], list[str]] | None:
@@ -69,12 +76,14 @@ def _uses_f(result, name: str) -> bool:
 
 
 def _factor(result, name: str, out: list[str], inn: list[str], pairs) -> tuple[str, str]:
-    """The derivative entry: ``f'(x_i)`` or ``(D_X)_{j,il}``, in TeX and plain text."""
+    """The derivative entry: ``f'(x^{(i)})`` (the tutorial's point, as the derivatives
+    below name it) or ``(D_X)_{j,il}``, in TeX and plain text."""
     into = {b: out[a] for a, b in pairs}
     at = "".join(into.get(b, letter) for b, letter in enumerate(inn))
     x_tex, x_plain = _base(name)
     if _uses_f(result, name):
-        return f"f'({x_tex}_{{{at}}})", f"f'({x_plain}_{at})"
+        point = ",".join(out[a] for a, _ in _point_pairs(result, name))
+        return f"f'({x_tex}^{{({point})}})", f"f'({x_plain}^({point}))"
     points = {a for a, _ in result.inputs[name].pairing}
     comp = "".join(letter for a, letter in enumerate(out) if a not in points)
     sub_tex = f"{comp},\\,{at}" if comp else at
@@ -91,6 +100,7 @@ def index_math(result, name: str) -> Math | None:
             or letters is None):
         return None
     out, inn = letters
+    pairs = _paired(result, name)
     lhs = notation.partial(output_symbol(result), name, "".join(out), "".join(inn))
     delta_tex = r"\,".join(f"\\delta_{{{out[a]}{inn[b]}}}" for a, b in pairs)
     delta_plain = " ".join(f"δ_{out[a]}{inn[b]}" for a, b in pairs)
@@ -125,4 +135,4 @@ def index_formula(result, name: str | None = None) -> Formula | None:
     if math_ is None:
         return None
     out, inn = index_letters(result, name)
-    return Formula(math_, caption=_caption(result, name, out, inn, _point_pairs(result, name)))
+    return Formula(math_, caption=_caption(result, name, out, inn, _paired(result, name)))

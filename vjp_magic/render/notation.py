@@ -1,10 +1,16 @@
 """Names as mathematics: the cell's own names, in TeX and plain text, chosen once.
 
 ``math_name("w_hidden")`` is :math:`w_{\\mathrm{hidden}}`; an expression (``x.T @ w``) is set
-in monospace. The left-hand sides of the derivative formulas follow the tutorial's notation
-(F for the map at many points, :math:`x^{(i)}`, :math:`f'(x^{(i)})`, :math:`\\nabla f`,
-:math:`J_F`) and carry the cell's own names (∂s_i/∂a_j for an output ``s`` and input ``a``).
-Indices count from 0, as the code's do.
+in monospace, a module's parameter as valid Python (``mlp[0].weight``, never
+``mlp.0.weight``) in every spelling. The left-hand sides of the derivative formulas follow
+the tutorial's notation (F for the map at many points, :math:`x^{(i)}`, :math:`f'(x^{(i)})`,
+:math:`\\nabla f`, :math:`J_F`) and carry the cell's own names (∂s_i/∂a_j for an output ``s``
+and input ``a``).
+
+Two numberings, each in its place: the maths counts components and points from
+``base`` (``RenderOptions.index_base``: 1, the tutorial's f_1′, v_1, x^{(1)}; or 0), the code
+and the labels that name a tensor's entries count as Python does (``y[0]``, ``v[0] = 1``);
+:func:`link` says once how they meet ("f_1 is y[0]").
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from .codegen import expression, output_symbol
-from .document import Code, Entry, Math
+from .document import Code, Entry, Math, Text
 from .latex import greek_macro
 from .matrix import multi_index as unravel
 
@@ -60,19 +66,32 @@ def name_tex(identifier: str) -> str:
             return f"{head_tex}_{{{tail_tex}}}"
         if head_tex is not None and re.fullmatch(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)+", tail):
             return f"{head_tex}_{{\\mathrm{{{tail.replace('_', chr(92) + '_')}}}}}"
-    return mono(identifier)
+    return mono(spelled(identifier))
+
+
+def spelled(identifier: str) -> str:
+    """The name as valid Python, the same in every spelling: a module's parameter as
+    ``named_parameters()`` names it, ``mlp.0.weight``, is ``mlp[0].weight``; others unchanged."""
+    if _PARAMETER_NAME.fullmatch(identifier):
+        return _MODULE_INDEX.sub(r"[\1]", identifier)
+    return identifier
+
+
+_PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
+_MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
 def math_name(identifier: str) -> Math:
-    """A name of the cell as maths (plain text: the name as the cell spells it)."""
-    return Math(name_tex(identifier), identifier)
+    """A name of the cell as maths (plain text: the name as the cell spells it, valid
+    Python)."""
+    return Math(name_tex(identifier), spelled(identifier))
 
 
 def prose_name(identifier: str) -> Math | Code:
     """A name of the cell inside a sentence: maths for a name (``x``, ``w_{1}``), copyable code
-    for an expression (``layer.weight``, ``x.T @ w``)."""
+    for an expression (``layer.weight``, ``mlp[0].weight``, ``x.T @ w``)."""
     tex = name_tex(identifier)
-    return Code(identifier) if tex.startswith(r"\mathtt") else Math(tex, identifier)
+    return Code(spelled(identifier)) if tex.startswith(r"\mathtt") else Math(tex, identifier)
 
 
 def _atom(identifier: str) -> tuple[str, str]:
@@ -100,31 +119,50 @@ def dtype_text(dtype) -> str:
 
 
 # -- labels (R's Block labels: index → Entry) -----------------------------------------------
-def _subscript(index: Sequence[int]) -> tuple[str, str]:
-    return ",".join(str(i) for i in index), ",".join(str(i) for i in index)
+def counted(index: Sequence[int], base: int = 1) -> str:
+    """A maths subscript counted from ``base``: ``(0, 2)`` → ``1,3`` (base 1)."""
+    return ",".join(str(i + base) for i in index)
+
+
+def tensor_entry(identifier: str, index: Sequence[int] | str) -> Math:
+    """One entry of a tensor as the code indexes it, in every spelling: ``y[0,1]``,
+    ``y[:, 0]`` (``index`` a string as written)."""
+    tex, plain = _atom(identifier)
+    sub = index if isinstance(index, str) else ",".join(str(i) for i in index)
+    return Math(f"{tex}[{sub.replace(':', '{:}')}]", f"{plain}[{sub}]")
 
 
 def entry_label(identifier: str, shape: Sequence[int]) -> Callable[[int], Entry]:
-    """Row/column labels of a flattened tensor: ``y_{0,1}`` (plain ``y[0,1]``)."""
-    tex, plain = _atom(identifier)
-
+    """Row/column labels of a flattened tensor, Python's indices in every spelling:
+    ``y[0,1]``."""
     def label(flat: int) -> Entry:
-        sub_tex, sub_plain = _subscript(unravel(flat, shape))
-        return Entry(f"{tex}_{{{sub_tex}}}", f"{plain}[{sub_plain}]")
+        return tensor_entry(identifier, unravel(flat, shape))
 
     return label
 
 
-def component_label(shape: Sequence[int], gradient: bool) -> Callable[[int], Entry]:
-    """Rows of a derivative matrix, one per component: ``f_0'`` or ``\\nabla f_{0,1}``."""
+def component_label(shape: Sequence[int], gradient: bool,
+                    base: int = 1) -> Callable[[int], Entry]:
+    """Rows of a derivative matrix, one per component, counted from ``base``: ``f_1'`` or
+    ``\\nabla f_{1,2}``."""
 
     def label(flat: int) -> Entry:
-        sub_tex, sub_plain = _subscript(unravel(flat, shape))
+        sub = counted(unravel(flat, shape), base)
         if gradient:
-            return Entry(rf"\nabla f_{{{sub_tex}}}", f"grad f_{sub_plain}")
-        return Entry(f"f_{{{sub_tex}}}'", f"f_{sub_plain}'")
+            return Entry(rf"\nabla f_{{{sub}}}", f"grad f_{sub}")
+        return Entry(f"f_{{{sub}}}'", f"f_{sub}'")
 
     return label
+
+
+def link(maths: Math, code: Math | Code, base: int = 1) -> tuple:
+    """How the maths meets the code, said once: ``Counted from 1 as the tutorial does, from 0
+    in the code: f_1 is y[0].`` (``base`` 0: ``Counted from 0 as in the code: f_0 is
+    y[0].``)."""
+    lead = ("Counted from 1 as the tutorial does, from 0 in the code: " if base == 1 else
+            f"Counted from {base} as in the code: " if base == 0 else
+            f"Counted from {base}, from 0 in the code: ")
+    return (Text(lead), maths, Text(" is "), code, Text("."))
 
 
 def slice_label(lead_shape: Sequence[int]) -> Callable[[int], Entry]:

@@ -22,10 +22,14 @@ class RenderOptions:
     ``precision``: significant digits at most (fewer where the dtype resolves fewer);
     ``threshold``: a matrix axis longer than this is summarised to ``edgeitems`` at each end;
     ``width``: counted characters one display line may take (fewer digits, then fewer edge
-    columns, when entries are wide).
+    columns, when entries are wide);
+    ``index_base``: where the maths counts components and points from (1: the tutorial's
+    f_1′, v_1, x^{(1)}; 0: as the code does). Code and tensor labels (``y[0]``) always
+    count from 0.
     """
 
     precision: int = 4
     threshold: int = 10
     edgeitems: int = 3
     width: int = DISPLAY_WIDTH
+    index_base: int = 1

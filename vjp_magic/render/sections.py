@@ -221,16 +221,36 @@ def gradient_argument(result, name: str, options) -> list:
                           f": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
     points = item.has_points and not result.full
-    letters = component_loop(result.output.shape, item.pairing.out_axes).letters
+    loop = component_loop(result.output.shape, item.pairing.out_axes)
+    letters = loop.letters
     k = ", ".join(letters) if len(letters) == 1 else f"({', '.join(letters)})"
-    words = paragraph(f"One backward per component, {count:,} in all, counted from 0 as in "
-                      "the code: ", _m("v"), " is 1 on component ", _m(k),
-                      " (at every point)" if points else "", " and 0 elsewhere.")
+    words = paragraph(f"One backward per component, {count:,} in all: ", _m("v"),
+                      " is 1 on component ", _m(k), " (at every point)" if points else "",
+                      " and 0 elsewhere. ", *component_link(result, name, loop, options))
     if not shows_v0(result, name, options):
         return [words]
     v0 = result.gradients[name][0]
-    return [words, formula(Math("v_0", "v_0"), tensor_block(v0), options, v0.dtype,
+    first = f"v_{options.index_base}"
+    return [words, formula(Math(first, first), tensor_block(v0), options, v0.dtype,
                            v0.shape)]
+
+
+def component_link(result, name: str, loop, options) -> tuple:
+    """The maths' first component as the code indexes it, said once: ``f_1 is y[0]`` (the
+    tutorial's f_1, or y_1 where the display writes ∂y_1/∂x)."""
+    parts = ["0" if part.strip() != ":" else ":" for part in loop.index.split(",")]
+    first = (", " if ":" in parts else ",").join(parts)  # y[0,0] as the labels, y[:, 0]
+    y = output_symbol(result)
+    sub = notation.counted([0] * len(result.component_shape(name)), options.index_base)
+    if not _uses_f(result, name):
+        y_tex = notation.name_tex(y)
+        y_tex = y_tex if len(y_tex) == 1 else "{" + y_tex + "}"
+        f = Math(f"{y_tex}_{{{sub}}}", f"{notation.math_name(y).plain}_{sub}")
+    elif result.inputs[name].per_point_numel() > 1:
+        f = Math(rf"\nabla f_{{{sub}}}", f"grad f_{sub}")
+    else:
+        f = Math(f"f_{{{sub}}}", f"f_{sub}")
+    return notation.link(f, notation.tensor_entry(y, first), options.index_base)
 
 
 def shows_v0(result, name: str, options) -> bool:
@@ -280,9 +300,9 @@ def _uses_f(result, name: str) -> bool:
     return item.has_points and not result.full and len(result.inputs) == 1
 
 
-def _component_labels(result, name: str, comp):
+def _component_labels(result, name: str, comp, base: int = 1):
     if _uses_f(result, name):
-        return notation.component_label(comp, result.inputs[name].per_point_numel() > 1)
+        return notation.component_label(comp, result.inputs[name].per_point_numel() > 1, base)
     return notation.entry_label(output_symbol(result), comp)
 
 
@@ -299,7 +319,8 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
     elif len(comp) == 1 or (len(comp) >= 2 and len(in_shape) == 1):
         rows, cols = math.prod(comp), (in_shape[0] if in_shape else 1)
         block = tensor_block(d.reshape(rows, cols),
-                             row_label=_component_labels(result, name, comp))
+                             row_label=_component_labels(result, name, comp,
+                                                         options.index_base))
     elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
         block = tensor_block(d)
     else:
@@ -315,7 +336,7 @@ def _per_component(result, name: str, options) -> list[Formula]:
     count = math.prod(comp)
     flat = item.derivatives.reshape((count,) + in_shape)
     rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
-    labels = _component_labels(result, name, comp)
+    labels = _component_labels(result, name, comp, options.index_base)
     formulas = []
     if count > 1:  # several matrices one under the other: fewer rows each
         options = replace(options, edgeitems=min(options.edgeitems, 2))
@@ -325,17 +346,19 @@ def _per_component(result, name: str, options) -> list[Formula]:
             continue
         row_label = notation.slice_label(in_shape[:-1]) if len(in_shape) > 2 else None
         block = tensor_block(flat[k].reshape(rows, cols), row_label=row_label)
-        formulas.append(formula(_component_lhs(result, name, labels(k), comp, k), block,
+        formulas.append(formula(_component_lhs(result, name, labels(k), comp, k,
+                                               options.index_base), block,
                                 options, flat.dtype, in_shape))
     return formulas
 
 
-def _component_lhs(result, name: str, label, comp, k: int) -> Math:
-    """``∇f_0(x^{(i)})`` in the tutorial's notation, else ``∂y_0/∂x``."""
+def _component_lhs(result, name: str, label, comp, k: int, base: int = 1) -> Math:
+    """``∇f_1(x^{(i)})`` in the tutorial's notation, else ``∂y_1/∂x`` (the tutorial's y_1,
+    counted from ``base``)."""
     if _uses_f(result, name):
         at = notation.point(name)
         return Math(f"{label.tex}\\big({at.tex}\\big)", f"{label.plain}({at.plain})")
-    index = ",".join(str(i) for i in multi_index(k, comp))
+    index = notation.counted(multi_index(k, comp), base)
     return notation.partial(output_symbol(result), name, out_index=index)
 
 

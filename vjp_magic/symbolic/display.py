@@ -16,7 +16,8 @@ from sympy.printing.latex import LatexPrinter
 
 from ..render.document import Code, Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
-from ..render.notation import dims, math_name, partial
+from ..render.matrix import multi_index
+from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
 from .width import LETTER, OPERATOR, fits, width
 
 RENDER_SECONDS = 2.0  # for turning the formulas into LaTeX
@@ -104,32 +105,76 @@ def crosscheck_line(formula) -> str:
             f"{formula.mismatches:,} of {n:,} points{worst}{more}")
 
 
-def lhs(result, name: str, jacobian: bool) -> Math:
+def lhs(result, name: str, jacobian: bool, base: int = 1) -> Math:
     """What a formula is, at one generic point: f'(x), ∇f(x), J_f(x) for one input; ∂y/∂x for
-    several inputs or ``--full``; J_f(x) for ``%jacobian``."""
+    several inputs or ``--full``; for ``%jacobian`` the Jacobian as the numbers beside it name
+    it (J_F(x) at many points). At many points a matrix per point is the tutorial's stack of
+    gradients, [∇f_1(x); ∇f_2(x)], as the numbers name its rows (never J_f beside J_F)."""
     x = math_name(name)
     if len(result.inputs) > 1 or result.full:
         return partial(result.output_name, name)
     if jacobian:
-        return Math(f"J_f({x.tex})", f"J_f({x.plain})")
+        return jacobian_lhs(result, name)
     if result.inputs[name].per_point_numel() == 1:
         return Math(f"f'({x.tex})", f"f'({x.plain})")
-    if math.prod(result.component_shape(name)) == 1:
+    comp = result.component_shape(name)
+    if math.prod(comp) == 1:
         return Math(rf"\nabla f({x.tex})", f"grad f({x.plain})")
+    if result.inputs[name].has_points:
+        return _gradients(comp, x, base)
     return Math(f"J_f({x.tex})", f"J_f({x.plain})")
 
 
-def _entries(left: Math, value, printer: Printer) -> list | None:
-    """A matrix too wide for one line, as one display per entry: ``[f'(x)]_{1,2} = …``;
-    None when it has too many entries or one of them is too wide by itself."""
+def _partials(result, name: str, jacobian: bool, base: int):
+    """Where the formula is the stack of gradients (:func:`_gradients`), each entry's name
+    ``(i, j) → ∂f_1/∂x_2`` (x's entries as the symbols name them); else None."""
+    item = result.inputs[name]
+    comp = result.component_shape(name)
+    if (result.order != 1 or jacobian or len(result.inputs) > 1 or result.full
+            or not item.has_points or item.per_point_numel() == 1 or math.prod(comp) == 1):
+        return None
+    paired = set(item.pairing.in_axes)
+    per_point = [n for b, n in enumerate(item.tensor.shape) if b not in paired and n != 1]
+    x = math_name(name)
+    x_tex = x.tex if len(x.tex) == 1 else "{" + x.tex + "}"
+
+    def named(i: int, j: int) -> Math:
+        f = counted(multi_index(i, comp), base)
+        at = counted(multi_index(j, per_point), base) if per_point else ""
+        at_plain = at if "," not in at else "{" + at + "}"
+        return Math(rf"\frac{{\partial f_{{{f}}}}}{{\partial {x_tex}_{{{at}}}}}",
+                    f"∂f_{f}/∂{x.plain}_{at_plain}")
+
+    return named
+
+
+def _gradients(comp, x: Math, base: int) -> Math:
+    """``[∇f_1(x); ∇f_2(x)]`` (``[∇f_1(x); ⋮; ∇f_m(x)]`` past two): the tutorial's J_f
+    by its rows, counted from ``base``."""
+    count = math.prod(comp)
+    subs = [counted(multi_index(k, comp), base) for k in ([0, 1] if count == 2 else
+                                                            [0, count - 1])]
+    rows = [(rf"\nabla f_{{{k}}}({x.tex})", f"grad f_{k}({x.plain})") for k in subs]
+    if count > 2:
+        rows.insert(1, (r"\vdots", "…"))
+    return Math(r"\begin{bmatrix}" + r" \\ ".join(t for t, _ in rows) + r"\end{bmatrix}",
+                "[" + "; ".join(p for _, p in rows) + "]")
+
+
+def _entries(left: Math, value, printer: Printer, base: int = 1,
+             named=None) -> list | None:
+    """A matrix too wide for one line, as one display per entry: ``[f'(x)]_{1,2} = …``
+    (``named(i, j)``: each entry's own name, ``∂f_1/∂x_2``); None when it has too many
+    entries or one of them is too wide by itself."""
     if not isinstance(value, sympy.MatrixBase) or len(value) > MAX_APART:
         return None
     blocks = []
     for i in range(value.rows):
         for j in range(value.cols):
-            index = f"{i + 1},{j + 1}" if value.rows > 1 and value.cols > 1 else \
-                str(max(i, j) + 1)
-            entry = Math(f"\\left[{left.tex}\\right]_{{{index}}}", f"[{left.plain}][{index}]")
+            index = f"{i + base},{j + base}" if value.rows > 1 and value.cols > 1 else \
+                str(max(i, j) + base)
+            entry = named(i, j) if named is not None else \
+                Math(f"\\left[{left.tex}\\right]_{{{index}}}", f"[{left.plain}][{index}]")
             block = _one(entry, value[i, j], printer)
             if block is None:
                 return None
@@ -171,7 +216,8 @@ def _one(left: Math, value, printer: Printer):
     return Formula(Math(tex, f"{left.plain} = {_plain(value)}"))
 
 
-def formula_blocks(left: Math, value, printer: Printer, started: float) -> list:
+def formula_blocks(left: Math, value, printer: Printer, started: float,
+                   base: int = 1, named=None) -> list:
     """``left = value`` as one display, entry by entry where it is too wide, or a line
     saying why it is not typeset."""
     why = too_big(value)
@@ -181,7 +227,7 @@ def formula_blocks(left: Math, value, printer: Printer, started: float) -> list:
         whole = _one(left, value, printer)
         if whole is not None:
             return [whole]
-        apart = _entries(left, value, printer)
+        apart = _entries(left, value, printer, base, named)
         if apart is not None:
             return apart
         body = printer.doprint(value)
@@ -194,8 +240,9 @@ def formula_blocks(left: Math, value, printer: Printer, started: float) -> list:
     return [paragraph(left, f": {why}")]
 
 
-def second_lhs(result, name: str, component: int | None) -> Math:
-    """f″(x), ∇²f(x), ∇²f_k(x); ∂²y/∂x² for several inputs."""
+def second_lhs(result, name: str, component: int | None, base: int = 1) -> Math:
+    """f″(x), ∇²f(x), ∇²f_1(x) (components counted from ``base``); ∂²y/∂x² for several
+    inputs."""
     x = math_name(name)
     if len(result.inputs) > 1:
         y = math_name(result.output_name)
@@ -204,35 +251,40 @@ def second_lhs(result, name: str, component: int | None) -> Math:
     if math.prod(result.inputs[name].per_point_shape) == 1:
         return Math(f"f''({x.tex})", f"f″({x.plain})") if component is None else \
             Math(f"f_k''({x.tex})", f"f_k″({x.plain})")
-    sub, plain_sub = ("", "") if component is None else (f"_{{{component}}}", f"_{component}")
+    k = None if component is None else component + base
+    sub, plain_sub = ("", "") if k is None else (f"_{{{k}}}", f"_{k}")
     return Math(rf"\nabla^2 f{sub}({x.tex})", f"∇²f{plain_sub}({x.plain})")
 
 
-def equations(result, name: str, value, jacobian: bool) -> list[tuple[Math, object]]:
+def equations(result, name: str, value, jacobian: bool,
+              base: int = 1) -> list[tuple[Math, object]]:
     """(left side, value) of each display of one input's derivative ``value``: one for a
     first derivative; for a second, one per output component where it is a tuple."""
     if result.order == 1:
-        return [(lhs(result, name, jacobian), value)]
+        return [(lhs(result, name, jacobian, base), value)]
     if isinstance(value, tuple):
-        return [(second_lhs(result, name, k), v) for k, v in enumerate(value)]
+        return [(second_lhs(result, name, k, base), v) for k, v in enumerate(value)]
     column = isinstance(value, sympy.MatrixBase) and value.cols == 1 and value.rows > 1
-    return [(second_lhs(result, name, 0 if column else None), value)]
+    return [(second_lhs(result, name, 0 if column else None, base), value)]
 
 
 def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
-                      jacobian: bool) -> tuple[Section, ...]:
-    """The formulas (``function`` is f at a generic point, or None) and their crosschecks."""
+                      jacobian: bool, base: int = 1) -> tuple[Section, ...]:
+    """The formulas (``function`` is f at a generic point, or None) and their crosschecks;
+    entries and components counted from ``base``."""
     started = time.monotonic()
     printer = Printer(symbol_tex)
-    blocks = opening_blocks(list(result.inputs), function, formulas, printer, started)
+    blocks = opening_blocks(list(result.inputs), function, formulas, printer, started, base)
     for name, formula in formulas.items():
-        for left, value in equations(result, name, formula.derivative, jacobian):
-            blocks += formula_blocks(left, value, printer, started)
+        named = _partials(result, name, jacobian, base)
+        for left, value in equations(result, name, formula.derivative, jacobian, base):
+            blocks += formula_blocks(left, value, printer, started, base, named)
         blocks.append(paragraph(crosscheck_line(formula)))
     return (Section(tuple(blocks)),)
 
 
-def opening_blocks(names, function, formulas: dict, printer, started: float) -> list:
+def opening_blocks(names, function, formulas: dict, printer, started: float,
+                   base: int = 1) -> list:
     """The heading, then f at a generic point (``function``, or None) of the inputs
     ``names``: how every symbolic display begins."""
     blocks = [paragraph(heading(formulas), strong=True)]
@@ -240,7 +292,7 @@ def opening_blocks(names, function, formulas: dict, printer, started: float) -> 
         args = [math_name(n) for n in names]
         left = Math(f"f({', '.join(a.tex for a in args)})",
                     f"f({', '.join(a.plain for a in args)})")
-        blocks += formula_blocks(left, function, printer, started)
+        blocks += formula_blocks(left, function, printer, started, base)
     return blocks
 
 

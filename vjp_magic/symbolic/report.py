@@ -53,7 +53,7 @@ class SymbolicReport:
 
 
 def derive(result, *, record, namespace, output_source: str | None = None,
-           jacobian: bool = False) -> SymbolicReport:
+           jacobian: bool = False, index_base: int = 1) -> SymbolicReport:
     """Formulas for ``result``'s derivatives, crosschecked against its numbers.
 
     ``result``: a :class:`~vjp_magic.core.result.VJPResult` (first derivatives) or a
@@ -63,15 +63,17 @@ def derive(result, *, record, namespace, output_source: str | None = None,
     evaluating the expression ``output_source`` (``%jacobian``, ``%hessian``); it is replayed,
     never the user's code, and released afterwards. ``namespace`` names tensors in the
     messages. ``jacobian``: the display shows the full Jacobian (``%jacobian``), so the
-    formula is the Jacobian too.
+    formula is the Jacobian too. ``index_base``: where the entries' symbols count from
+    (1: ``x_{1,1}``, as the tutorial and the numeric display's maths do; 0: ``x_{0,0}``).
     """
     symbol_tex: dict = {}
     cuts = find_cuts(record, {n: i.tensor for n, i in result.inputs.items()}, result.output)
     report = _reported(
         result, record,
-        lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex),
+        lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex,
+                        index_base),
         lambda function, formulas: symbolic_sections(result, function, formulas, symbol_tex,
-                                                     jacobian))
+                                                     jacobian, index_base))
     if not cuts or report.note is not None:
         return report
     return replace(report, shown=cut_note_sections(cuts) + report.shown)
@@ -135,14 +137,14 @@ def _refuse(result, record) -> None:
                           else f"{refusal.failed}, so there is no record to replay") from None
 
 
-def _derive(result, record, namespace, output_source, jacobian, symbol_tex):
+def _derive(result, record, namespace, output_source, jacobian, symbol_tex, base=1):
     """(f at a generic point or None, each input's :class:`~.formulas.SymbolicDerivative`),
     or :class:`Unavailable`."""
     _refuse(result, record)
     names, function, formulas = list(result.inputs), None, {}
     try:
         for group in _groups(result, jacobian):
-            symbols = group_symbols(result, group, jacobian, symbol_tex)
+            symbols = group_symbols(result, group, jacobian, symbol_tex, base)
             with deadline(RUN_SECONDS), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 output = SymbolicReplay(result, record, symbols, namespace,

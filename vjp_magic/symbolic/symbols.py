@@ -31,14 +31,15 @@ def entry_tex(name: str, index: str | None) -> str:
     return f"{{{base}}}_{{{index}}}"
 
 
-def entry_names(name: str, shape: tuple[int, ...]) -> list[tuple[str, str]]:
+def entry_names(name: str, shape: tuple[int, ...], base: int = 1) -> list[tuple[str, str]]:
     """Each entry's symbol name and LaTeX: ``x`` for one entry, ``x_1 … x_n`` along one axis,
-    ``x_{i,j}`` along several. A name with an underscore numbers its entries in brackets
-    (``x_1[2]``, ``w_in[1,2]``), so they cannot be read as another name's entries."""
+    ``x_{i,j}`` along several, counted from ``base`` (the display's ``index_base``). A name
+    with an underscore numbers its entries in brackets (``x_1[2]``, ``w_in[1,2]``), so they
+    cannot be read as another name's entries."""
     axes = [a for a, n in enumerate(shape) if n != 1]
     names = []
     for index in np.ndindex(*shape):
-        label = ",".join(str(index[a] + 1) for a in axes) if axes else None
+        label = ",".join(str(index[a] + base) for a in axes) if axes else None
         if label is None:
             symbol = name
         elif "_" in name:
@@ -51,10 +52,11 @@ def entry_names(name: str, shape: tuple[int, ...]) -> list[tuple[str, str]]:
     return names
 
 
-def symbol_array(name: str, shape: tuple[int, ...], tex: dict | None = None) -> np.ndarray:
+def symbol_array(name: str, shape: tuple[int, ...], tex: dict | None = None,
+                 base: int = 1) -> np.ndarray:
     array = np.empty(shape, dtype=object)
     flat = array.reshape(-1)
-    for i, (entry, spelled) in enumerate(entry_names(name, shape)):
+    for i, (entry, spelled) in enumerate(entry_names(name, shape, base)):
         flat[i] = sympy.Symbol(entry, real=True)
         if tex is not None:
             tex[flat[i]] = spelled
@@ -62,7 +64,7 @@ def symbol_array(name: str, shape: tuple[int, ...], tex: dict | None = None) -> 
 
 
 def group_symbols(result, group: list[str], jacobian: bool,
-                  tex: dict | None = None) -> dict[str, np.ndarray]:
+                  tex: dict | None = None, base: int = 1) -> dict[str, np.ndarray]:
     """Each input's symbol array for one replay: the group's inputs hold the same generic
     symbols at every point (``x`` or ``x_1 … x_n``), the others a symbol per entry.
     ``tex`` collects each symbol's LaTeX."""
@@ -71,11 +73,11 @@ def group_symbols(result, group: list[str], jacobian: bool,
     for name, item in result.inputs.items():
         shape = tuple(item.tensor.shape)
         if name not in group:
-            arrays[name] = symbol_array(name, shape, tex)
+            arrays[name] = symbol_array(name, shape, tex, base)
         else:
             paired = {b for _, b in point_axes(result, name, jacobian)}
             generic = symbol_array(name, tuple(n for b, n in enumerate(shape) if b not in paired),
-                                   tex)
+                                   tex, base)
             array = np.empty(shape, dtype=object)
             for index in np.ndindex(*shape):
                 array[index] = generic[tuple(i for b, i in enumerate(index) if b not in paired)]

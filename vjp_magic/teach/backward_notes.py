@@ -3,8 +3,9 @@
 Two silent cases (the calls read off the :class:`~vjp_magic.run.backward_log.BackwardLog`):
 :func:`ones_sections`: v = ones (or ``y.sum().backward()``) on an output with several
 components per point, or whose Jacobian is not block-diagonal: ``.grad`` holds a sum
-(``f₀′ + f₁′``, or the column sums of J). :func:`upstream_sections`: a general v (an upstream
-gradient): what vᵀJ is, ∇(ℓ∘f), and that one call fills every input's ``.grad``.
+(``f₁′ + f₂′``, or the column sums of J). :func:`upstream_sections`: a general v (an upstream
+gradient): the tutorial's special case vᵀJ = ∇(ℓ∘f)(x) with this cell's v, J and vᵀJ
+(:func:`chain_rule_blocks`), and that one call fills every input's ``.grad``.
 """
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ import ast
 import linecache
 import math
 
+import torch
+
 from ..core.tolerances import tolerances
 from ..render.document import Code, Math, Paragraph, Section, Text
-from ..render.matrix import multi_index
-from ..render.notation import math_name, name_tex
+from ..render.matrix import multi_index, tensor_block
+from ..render.notation import counted, math_name, name_tex, partial, spelled
+from ..render.options import RenderOptions
+from ..render.sections import formula, jacobian_block
 from ..run.backward_log import CallKind, reaches
 from ..run.cell_source import GRADIENT_ARGUMENT, find_call
 from ..run.seeds import GradientKind, SeedTarget, seeds
@@ -39,8 +44,9 @@ def _call_text(log, seed) -> tuple[str | None, str | None, str | None]:
     return text, site.y, (ast.get_source_segment(text, given) if given is not None else None)
 
 
-def _summed_components(result, name: str) -> Math:
-    """``f₀′ + f₁′`` (or ``∂y₀/∂x + …``): what v = ones leaves in ``x.grad``."""
+def _summed_components(result, name: str, base: int = 1) -> Math:
+    """``f₁′ + f₂′`` (or ``∂y₁/∂x + …``): what v = ones leaves in ``x.grad`` (the maths
+    counted from ``base``)."""
     comp = result.component_shape(name)
     count = math.prod(comp)
     item = result.inputs[name]
@@ -50,8 +56,8 @@ def _summed_components(result, name: str) -> Math:
             tex.append(r"\dots")
             plain.append("…")
             continue
-        index = [str(i) for i in multi_index(k, comp)]
-        sub_tex, sub = ",".join(index), ",".join(i.translate(_SUBSCRIPTS) for i in index)
+        sub_tex = counted(multi_index(k, comp), base)
+        sub = sub_tex.translate(_SUBSCRIPTS)
         if item.has_points and len(result.inputs) == 1:
             scalar = item.per_point_numel() == 1
             tex.append(f"f_{{{sub_tex}}}'" if scalar else rf"\nabla f_{{{sub_tex}}}")
@@ -74,13 +80,13 @@ def _column_sums_vanish(result, name: str) -> bool:
     return bool((d.sum(axes).abs() <= rtol * d.abs().sum(axes) + 1e-300).all())
 
 
-def _ones_note(result, log, seed, name: str) -> Paragraph:
+def _ones_note(result, log, seed, name: str, base: int = 1) -> Paragraph:
     text = _call_text(log, seed)[0]
     call = Code(text) if text else Text("The cell's backward with v = ones")
     y, item = result.output_name, result.inputs[name]
     count = math.prod(result.component_shape(name))
     if item.pairing or item.tensor.numel() == 1:
-        what = (_summed_components(result, name),
+        what = (_summed_components(result, name, base),
                 Text(f", the components summed: {y} has {count:,} components"
                      f"{' per point' if item.pairing else ''}, and v = ones adds up their "
                      "derivatives."))
@@ -89,13 +95,15 @@ def _ones_note(result, log, seed, name: str) -> Paragraph:
         what = (VJP, Text(" with v = ones: the column sums of "), Math("J", "J"),
                 Text(f", here 0 (the entries of {y} add up to a constant)" if zero else ""),
                 Text(f", not the gradient of any entry of {y}."))
-    return Paragraph((Text("Note: "), call, Text(" left "), Code(f"{name}.grad"), Text(" = "))
+    return Paragraph((Text("Note: "), call, Text(" left "), Code(f"{spelled(name)}.grad"),
+                      Text(" = "))
                      + what + (Text(" Each component's own is below (v one-hot on it)."),))
 
 
-def ones_sections(result, log) -> tuple[Section, ...]:
+def ones_sections(result, log, options: RenderOptions | None = None) -> tuple[Section, ...]:
     """The note on the cell's own backward with v = ones (or ``y.sum().backward()``) where
     each point has several components, or J is not block-diagonal: ``.grad`` holds a sum."""
+    base = (options or RenderOptions()).index_base
     if result.output.numel() < 2:
         return ()
     for seed in seeds(log, result.output):
@@ -104,7 +112,7 @@ def ones_sections(result, log) -> tuple[Section, ...]:
         names = [n for n, i in result.inputs.items() if not i.unused and reaches(
             seed.call, i.tensor) and math.prod(result.component_shape(n)) > 1]
         if names:
-            return (Section((_ones_note(result, log, seed, names[0]),)),)
+            return (Section((_ones_note(result, log, seed, names[0], base),)),)
     return ()
 
 
@@ -115,7 +123,7 @@ def _listed(names: list[str]) -> tuple:
     for i, name in enumerate(names):
         if i:
             spans.append(Text(" and " if i == len(names) - 1 else ", "))
-        spans.append(Code(f"{name}.grad"))
+        spans.append(Code(f"{spelled(name)}.grad"))
     return tuple(spans)
 
 
@@ -135,28 +143,86 @@ def _samples(result, names: list[str]) -> Paragraph | None:
                      + tail + (Text("."),))
 
 
-def upstream_sections(result, log) -> tuple[Section, ...]:
-    """What the cell's own ``y.backward(gradient=g)`` with a general g (not 0/1 entries)
-    computes: vᵀJ = ∇(ℓ∘f) for v = ∇ℓ(y), every input's ``.grad`` filled by one call."""
+def upstream_seed(result, log):
+    """The first of the cell's own ``backward`` calls with a general v (not 0/1 entries) on
+    ``result``'s output or what it depends on, and the inputs it reached; (None, [])."""
     for seed in seeds(log, result.output):
         names = [n for n, i in result.inputs.items() if reaches(seed.call, i.tensor)]
-        if seed.kind is not GradientKind.GENERAL or seed.tensor.numel() < 2 or not names:
+        if seed.kind is GradientKind.GENERAL and seed.tensor.numel() >= 2 and names:
+            return seed, names
+    return None, []
+
+
+CHAIN_ENTRIES = 1_000_000  # m × n up to which vᵀJ is computed from J for the display
+
+
+def chain_rule_blocks(result, v, names: list[str], options: RenderOptions,
+                      jacobian: bool = True) -> list:
+    """The tutorial's special case with this cell's numbers: ``v``, then for each input
+    ``J`` (unless ``jacobian`` is False: shown already) and ``vᵀJ = ∇(ℓ∘f)(x)`` (the row
+    vector reshaped like x: what ``x.grad`` holds)."""
+    v = v.detach()
+    blocks = [formula(Math("v", "v"), tensor_block(v), options, v.dtype, tuple(v.shape))]
+    m = result.output.numel()
+    for name in names:
+        item = result.inputs[name]
+        n = item.tensor.numel()
+        if m * n > CHAIN_ENTRIES or v.numel() != m:
             continue
-        text, y, g = _call_text(log, seed)
-        y = y or (result.output_name if seed.target is SeedTarget.OUTPUT else "y")
-        call = Code(text) if text else Code(f"{y}.backward(gradient={g or 'g'})")
-        at = ", ".join(name_tex(n) for n in names)
-        lead = Paragraph((call, Text(" computes "), VJP, Text(" with v = "), Code(g or "g"),
-                          Text(". For v = "), Math(rf"\nabla\ell({name_tex(y)})", f"∇ℓ({y})"),
-                          Text(", a loss's gradient at "), math_name(y),
-                          Text(" (an upstream gradient), that is "),
-                          Math(rf"v^\top J = \nabla(\ell\circ f)({at})",
-                               f"vᵀJ = ∇(ℓ∘f)({', '.join(names)})"),
-                          Text(": the loss's gradient.")))
-        fills = Paragraph((Text("This one backward fills "),) + _listed(names) + (
-            Text(" at once, as training does: "), Code("loss.backward()"), Text(" sends "),
-            Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
-            Text(f" into {y} this way.")))
-        samples = _samples(result, names) if seed.target is SeedTarget.OUTPUT else None
-        return (Section((lead, fills) + ((samples,) if samples else ())),)
-    return ()
+        device = item.derivatives.device
+        jac = result.jacobian_block(name, torch.arange(m, device=device),
+                                    torch.arange(n, device=device))
+        product = (v.reshape(-1).to(device=device, dtype=jac.dtype) @ jac).reshape(
+            item.tensor.shape)
+        several = len(result.inputs) > 1
+        if jacobian:
+            lhs = partial(result.output_name, name, "i", "j") if several else Math("J", "J")
+            blocks.append(formula(lhs, jacobian_block(result, name), options, jac.dtype))
+        blocks.append(formula(_product_lhs(result, name), tensor_block(product), options,
+                              product.dtype, tuple(product.shape)))
+    return blocks
+
+
+def _product_lhs(result, name: str) -> Math:
+    """``vᵀJ = ∇(ℓ∘f)(x)``, as the sentence above says it (``vᵀ∂y/∂x = ∇_x(ℓ∘f)`` beside
+    other inputs)."""
+    x = math_name(name)
+    if len(result.inputs) > 1:
+        d = partial(result.output_name, name)
+        return Math(rf"v^\top {d.tex} = \nabla_{{{x.tex}}}(\ell\circ f)",
+                    f"vᵀ{d.plain} = ∇_{x.plain}(ℓ∘f)")
+    return Math(rf"v^\top J = \nabla(\ell\circ f)({x.tex})", f"vᵀJ = ∇(ℓ∘f)({x.plain})")
+
+
+def upstream_sections(result, log, options: RenderOptions | None = None,
+                      numbers: bool = True) -> tuple[Section, ...]:
+    """What the cell's own ``y.backward(gradient=g)`` with a general g (not 0/1 entries)
+    computes: vᵀJ = ∇(ℓ∘f) for v = ∇ℓ(y), with this cell's v, J and vᵀJ (``numbers``
+    False: ``--explain`` shows them), every input's ``.grad`` filled by one call."""
+    options = options or RenderOptions()
+    seed, names = upstream_seed(result, log)
+    if seed is None:
+        return ()
+    text, y, g = _call_text(log, seed)
+    y = y or (result.output_name if seed.target is SeedTarget.OUTPUT else "y")
+    call = Code(text) if text else Code(f"{y}.backward(gradient={g or 'g'})")
+    at = ", ".join(name_tex(n) for n in names)
+    shown = numbers and seed.target is SeedTarget.OUTPUT
+    tail = (": with this cell's numbers," if shown else
+            "; this cell's numbers are in the explanation." if not numbers and
+            seed.target is SeedTarget.OUTPUT else ".")
+    given = (Text(" with v = "), Code(g or "g")) if (g or "g") != "v" else ()
+    lead = Paragraph((call, Text(" computes "), VJP, *given, Text(". For v = "),
+                      Math(rf"\nabla\ell({name_tex(y)})", f"∇ℓ({y})"),
+                      Text(", a loss's gradient at "), math_name(y),
+                      Text(" (an upstream gradient), that is the tutorial's special case "),
+                      Math(rf"v^\top J = \nabla(\ell\circ f)({at})",
+                           f"vᵀJ = ∇(ℓ∘f)({', '.join(names)})"),
+                      Text(", the loss's gradient" + tail)))
+    chain = chain_rule_blocks(result, seed.gradient, names, options) if shown else []
+    fills = Paragraph((Text("This one backward fills "),) + _listed(names) + (
+        Text(" at once, as training does: "), Code("loss.backward()"), Text(" sends "),
+        Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
+        Text(f" into {y} this way.")))
+    samples = _samples(result, names) if seed.target is SeedTarget.OUTPUT else None
+    return (Section((lead, *chain, fills) + ((samples,) if samples else ())),)

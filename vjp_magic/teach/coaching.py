@@ -271,8 +271,9 @@ def accumulation_section(found: Accumulation, result) -> Section:
     if found.with_before:
         parts.append("what it held before (an earlier cell's backward)")
     how, shown = _own_derivatives(result, name)
-    note = paragraph("Note: ", Code(f"{name}.grad"), f" holds the sum of {' and '.join(parts)}: "
-                     "backward adds to ", Code(".grad"), f". {shown} Zero ", Code(f"{name}.grad"),
+    grad = Code(f"{expression(name)}.grad")
+    note = paragraph("Note: ", grad, f" holds the sum of {' and '.join(parts)}: "
+                     "backward adds to ", Code(".grad"), f". {shown} Zero ", grad,
                      f" before each backward{how}:")
     return Section((note, CodeBlock(f"{expression(name)}.grad.zero_()")))
 
@@ -283,19 +284,21 @@ def accumulation_sections(result, log) -> tuple[Section, ...]:
     return tuple(accumulation_section(found, result) for found in accumulations(inputs, log))
 
 
-def mistake_sections(log, result, *, notes: bool = True) -> tuple[Section, ...]:
+def mistake_sections(log, result, *, notes: bool = True, options=None,
+                     explained: bool = False) -> tuple[Section, ...]:
     """The coaching shown above the derivatives: the mistake that stopped the cell, if any
     (``log.mistake``), then the notes on summed ``.grad``, on v = ones where it sums
-    components, and on a general v (an upstream gradient). ``notes=False``: the mistake only
-    (``--check`` grades the answer and says it instead)."""
+    components, and on a general v (an upstream gradient, with this cell's numbers unless
+    ``explained``: ``--explain`` shows them). ``notes=False``: the mistake only (``--check``
+    grades the answer and says it instead). ``options``: the maths' ``index_base``."""
     if log is None:
         return ()
     mistake = getattr(log, "mistake", None)
     first = (mistake_section(mistake, result),) if mistake is not None else ()
     if result is None or not notes:
         return first
-    return (first + accumulation_sections(result, log) + ones_sections(result, log)
-            + upstream_sections(result, log))
+    return (first + accumulation_sections(result, log) + ones_sections(result, log, options)
+            + upstream_sections(result, log, options, numbers=not explained))
 
 
 def usage_message(mistake: CellMistake, error: BaseException) -> str:

@@ -3,9 +3,13 @@
 1. the function and its shapes (m and n, flattened row-major);
 2. the Jacobian J with its structure (zero between different points);
 3. the gradient argument(s) v, as the rows of one matrix V;
-4. vᵀJ is the derivatives shown below (their numbers are not repeated here).
+4. vᵀJ is the derivatives shown below (their numbers are not repeated here); where the
+   cell's own backward sent a general v (v = ∇ℓ(y)), the tutorial's special case with this
+   cell's v, J and vᵀJ = ∇(ℓ∘f)(x).
 
-Indices count from 0, as in the code beneath.
+The maths counts from ``options.index_base`` (1, as the tutorial does), the labels of J as the
+code does (``x[0,0]``); step 1 says how they meet (``x_{1,1} is x[0,0]``), as ``--symbolic``
+names the entries.
 """
 from __future__ import annotations
 
@@ -19,19 +23,22 @@ from ..render.document import Entry, Math, Paragraph, Section, Text, paragraph
 from ..render.matrix import Block
 from ..render.numbers import plural
 from ..render.sections import formula, jacobian_block, shows_v0
+from .backward_notes import chain_rule_blocks, upstream_seed
 
 SHOWN_GRADIENTS = 4  # rows of V shown (first two, last two) when there are more
 
 
-def explain_sections(result, options) -> tuple[Section, ...]:
-    """One section: step 1 once, steps 2–4 for each input the output depends on."""
-    blocks: list = [_function(result)]
+def explain_sections(result, options, log=None) -> tuple[Section, ...]:
+    """One section: step 1 once, steps 2–4 for each input the output depends on; then the
+    chain rule with the numbers of the cell's own backward with a general v (``log``)."""
+    blocks: list = [_function(result, options.index_base)]
     for name, item in result.inputs.items():
         if item.unused:
             continue
         blocks += _jacobian(result, name, options)
         blocks += _gradient_argument(result, name, options)
         blocks.append(_product(result, name))
+    blocks += _chain_rule(result, log, options)
     # the numbered steps say what they are; several inputs repeat steps 2-4, so a heading helps
     return (Section(tuple(blocks), title="Explained" if len(result.inputs) > 1 else None),)
 
@@ -40,7 +47,36 @@ def _step(number: int, *spans) -> Paragraph:
     return paragraph(f"{number}. ", *spans)
 
 
-def _function(result) -> Paragraph:
+def _chain_rule(result, log, options) -> list:
+    """The tutorial's special case with this cell's numbers: v = ∇ℓ(y) sent by the cell's own
+    backward, J and vᵀJ = ∇(ℓ∘f)(x)."""
+    seed, names = upstream_seed(result, log) if log is not None else (None, [])
+    if seed is None or seed.tensor is not result.output:
+        return []
+    y = notation.prose_name(output_symbol(result))
+    head = paragraph("The cell's own backward sent a v that is not one-hot: for v = ",
+                     Math(r"\nabla\ell(y)", "∇ℓ(y)"), ", the gradient of a loss at ", y,
+                     ", the tutorial's special case ",
+                     Math(r"v^\top J = \nabla(\ell\circ f)(x)", "vᵀJ = ∇(ℓ∘f)(x)"),
+                     ", with this cell's numbers:")
+    return [head, *chain_rule_blocks(result, seed.gradient, names, options, jacobian=False)]
+
+
+def _first_entry(name: str, shape, base: int) -> tuple:
+    """``x_{1,1} is x[0,0]``: the first entry in the maths (as ``--symbolic`` names it) and
+    in the code; nothing for one entry."""
+    axes = [a for a, n in enumerate(shape) if n != 1]
+    if not axes:
+        return ()
+    sub = notation.counted([0] * len(axes), base)
+    x = notation.math_name(name)
+    tex = x.tex if len(x.tex) == 1 else "{" + x.tex + "}"
+    maths = Math(f"{tex}_{{{sub}}}", f"{x.plain}_{sub}" if len(axes) == 1 else
+                 f"{x.plain}_{{{sub}}}")
+    return notation.link(maths, notation.tensor_entry(name, [0] * len(shape)), base)
+
+
+def _function(result, base: int = 1) -> Paragraph:
     y = output_symbol(result)
     m = result.output.numel()
     names = [notation.math_name(n) for n in [y, *result.inputs]]  # parts of one formula
@@ -49,11 +85,12 @@ def _function(result) -> Paragraph:
     f = "F" if len(result.inputs) == 1 and item.has_points and not result.full else "f"
     spans: list = [Text("The function "), Math(f"{names[0].tex} = {f}({args[0]})",
                                                f"{names[0].plain} = {f}({args[1]})"),
-                   Text(". Flattened row-major (indices from 0, as in the code), ")]
+                   Text(". Flattened row-major, ")]
     for name, item in result.inputs.items():
         spans += [notation.prose_name(name), Text(f" has n = {item.tensor.numel():,} entries, ")]
-    spans += [notation.prose_name(y), Text(f" has m = {m:,}.")]
-    return _step(1, *spans)
+    spans += [notation.prose_name(y), Text(f" has m = {m:,}. ")]
+    first = next(iter(result.inputs))
+    return _step(1, *spans, *_first_entry(first, result.inputs[first].tensor.shape, base))
 
 
 def _structure(result, name: str) -> str:
@@ -110,13 +147,14 @@ def _gradient_argument(result, name: str, options) -> list:
                        else ""), Text(", so "), Math(r"v_k^\top J", "v_k^T J"),
                   Text(" is the gradient of component "), Math("k", "k"), Text(" alone."))
     if shows_v0(result, name, options):
-        return [words]  # v_0, shaped like the output, is shown below
-    return [words, formula(Math("V", "V"), _gradient_rows(result, name), options,
-                           result.output.dtype)]
+        return [words]  # v_1, shaped like the output, is shown below
+    return [words, formula(Math("V", "V"), _gradient_rows(result, name, options.index_base),
+                           options, result.output.dtype)]
 
 
-def _gradient_rows(result, name: str) -> Block:
-    """V: the gradient arguments flattened, one per row (v_0ᵀ, v_1ᵀ, …), made on demand."""
+def _gradient_rows(result, name: str, base: int = 1) -> Block:
+    """V: the gradient arguments flattened, one per row (v_1ᵀ, v_2ᵀ, …, counted from
+    ``base``), made on demand."""
     grads = result.gradients[name]
     m = result.output.numel()
 
@@ -124,7 +162,7 @@ def _gradient_rows(result, name: str) -> Block:
         return torch.stack([grads[int(r)].reshape(-1)[cols] for r in rows])
 
     def label(k: int) -> Entry:
-        return Entry(rf"v_{{{k}}}^\top", f"v_{k}^T")
+        return Entry(rf"v_{{{k + base}}}^\top", f"v_{k + base}^T")
 
     return Block(entries, len(grads), m, result.output.device, row_label=label)
 

@@ -163,8 +163,8 @@ class Hints:
         _, y, x = self.names(case)
         a = self.subject(case)
         exp = case.exp
-        return (f"{a} holds the derivatives of one component of {y} (number {index}, "
-                f"row-major) of {exp.count:,}. {a} has shape {shape_text(case.a.shape)}; the "
+        return (f"{a} holds the derivatives of one component of {y} (index {index} in the "
+                f"code, row-major) of {exp.count:,}. {a} has shape {shape_text(case.a.shape)}; the "
                 f"derivatives of {y} with respect to {x} have {self.expected(case)}. To get "
                 f"them, {self.how(case)}.")
 
@@ -216,8 +216,8 @@ class Hints:
     def rows_one_tensor(self, case: Case, index: int) -> str:
         _, _, x = self.names(case)
         return (f"Every row of {self.subject(case)} holds the last component's derivatives "
-                f"(number {index}): the rows are one tensor, as when `{x}.grad` is stored "
-                f"without `.clone()` and the next backward overwrites it. Store "
+                f"(index {index} in the code): the rows are one tensor, as when `{x}.grad` is "
+                f"stored without `.clone()` and the next backward overwrites it. Store "
                 f"`{x}.grad.clone()`.")
 
     def transposed(self, case: Case, order) -> str:
