@@ -24,7 +24,7 @@ from traitlets import Bool, Float, Int, observe, validate
 
 from ..core.errors import VJPUsageError
 from ..pipeline import FLAGS, Request, pipeline
-from ..render.options import RenderOptions
+from ..render.options import DISPLAY_WIDTH, RenderOptions
 from ..run.choose import FromCell, FromExpression
 from ..run.execute import CellSyntaxError, run_cell
 from ..run.guard import retained_grads_kept
@@ -48,6 +48,10 @@ class VJPMagics(Magics):
     threshold = Int(10, help="Rows or columns shown in full; larger ones are summarised.").tag(
         config=True)
     edgeitems = Int(3, help="Rows/columns kept at each edge of a summarised matrix.").tag(
+        config=True)
+    width = Int(DISPLAY_WIDTH, help="Characters one line of maths may take (10 px each, "
+                                    "as JupyterLab sets maths: a digit is half of one); "
+                                    "wider matrices show fewer digits, then fewer columns.").tag(
         config=True)
     index_base = Int(1, help="Where the maths counts components and points from: 1, as the "
                              "tutorial does (f_1, v_1, x^(1)), or 0; the code always counts "
@@ -322,6 +326,8 @@ class VJPMagics(Magics):
             threshold=self.threshold if args.threshold is None else args.threshold,
             edgeitems=self.edgeitems,
             index_base=self.index_base,
+            width=self.width if args.width is None else args.width,
+            full_matrix=args.full_matrix,
         )
         wrt = tuple(asked.pop("wrt") or ())
         flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}

@@ -54,7 +54,8 @@ def _digits(flag: str):
 
 
 def common_arguments(func):
-    """The options every magic takes: ``-p N``/``--precision N``, ``--threshold N``, ``-h``."""
+    """The options every magic takes: ``-p N``/``--precision N``, ``--threshold N``,
+    ``--width N``, ``--full-matrix``, ``-h``."""
     for decorator in reversed([
         argument("-p", dest="precision", type=_digits("-p"), default=None, metavar="N",
                  help="Significant digits shown, 1 to 17 (default: VJPMagics.precision)."),
@@ -65,6 +66,15 @@ def common_arguments(func):
                  default=None, metavar="N",
                  help="Rows/columns shown in full before summarising with dots (default: "
                       "VJPMagics.threshold)."),
+        argument("--width", type=whole_number(
+                     "--width", 20, None, "the characters one line of maths may take (at "
+                     "least 20)"), default=None, metavar="N",
+                 help="Characters one line of maths may take, 10 px each (default: "
+                      "VJPMagics.width, 50: a 1024-px screen with the file browser open)."),
+        argument("--full-matrix", dest="full_matrix", action="store_true",
+                 help="Every entry of each matrix up to 400 entries, in column blocks "
+                      "stacked vertically where wider than the line (the output may then "
+                      "be taller than one screen)."),
         argument("-h", "--help", action="store_true", help="Show this help."),
     ]):
         func = decorator(func)

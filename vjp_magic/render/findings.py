@@ -12,6 +12,7 @@ Everything is read off the result (:func:`vjp_magic.core.dependency.from_result`
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -19,9 +20,10 @@ from ..core import structure
 from ..core.dependency import Dependency, Kind, from_result
 from ..core.errors import VJPUsageError
 from . import notation
+from .budget import remembered
 from .codegen import output_symbol
 from .document import Entry, Formula, Math, Matrix, Paragraph, Text
-from .matrix import VDOTS, Block, layout, multi_index, reserve, summary_indices
+from .matrix import VDOTS, Block, layout, multi_index, reserve, row_indices
 from .numbers import alone, choose_format, plural, significant_digits
 
 
@@ -126,8 +128,9 @@ def few_leaks(dep: Dependency) -> list[int] | None:
     if dep.kind == Kind.INDEPENDENT or dep.pattern.shape[0] != dep.pattern.shape[1] \
             or dep.fills_band():
         return None
-    rows = dep.leaking()
-    return rows if 0 < len(rows) <= LEAK_NAMED else None
+    rows = dep.leaking()  # a few, and fewer than half the indices ("only y[0], y[1], y[2]"
+    # of three rows would say every row leaks as if it were an exception)
+    return rows if 0 < len(rows) <= LEAK_NAMED and 2 * len(rows) < len(dep.pattern) else None
 
 
 def _reads(dep: Dependency, y: str, x: str, i: int) -> list:
@@ -179,7 +182,8 @@ def leak_formulas(result, name: str, dep: Dependency, options=None) -> list[Form
         return []
     from .options import RenderOptions
 
-    options = options or RenderOptions()
+    # the leaks are the point: their matrices keep every row, whatever the height budget
+    options = replace(options, fit=None) if options is not None else RenderOptions()
     y = output_symbol(result)
     item = result.inputs[name]
     formulas = []
@@ -307,8 +311,9 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
     if (result.full or item.unused or not item.has_points
             or item.point_count <= options.threshold):
         return None
-    mean, largest, where = sensitivity(result, name)
-    shown = summary_indices(len(mean), options.threshold, options.edgeitems)
+    mean, largest, where = remembered(options, ("sensitivity", name),
+                                      lambda: sensitivity(result, name))
+    shown = row_indices(len(mean), options)
     digits = significant_digits(item.derivatives.dtype, options.precision)
     values = [float(t[f]) for f in shown if f is not None for t in (mean, largest)]
     fmt = alone(choose_format(values, digits))

@@ -11,7 +11,6 @@ many), each summarised to the width budget like the first derivatives.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from . import notation
 from .codegen import expression, output_symbol
@@ -201,8 +200,6 @@ def _per_point_matrices(h, name: str, options) -> list[Formula]:
     total, m = count * item.point_count, blocks.shape[-1]
     pp = item.per_point_shape
     label = notation.entry_label(name, pp) if len(pp) >= 2 else None
-    if total > 1:
-        options = replace(options, edgeitems=min(options.edgeitems, 2))
     caption = [Text(f"{_square(m)}: a row and a column per entry of "),
                notation.prose_name(name) if not item.has_points else Text("one point"),
                Text(" (flattened row-major).") if len(pp) >= 2 else Text(".")]

@@ -1,12 +1,21 @@
 """Matrices laid out to fit: summarised by count and by a width budget, one number format each.
 
+Rows past ``threshold`` keep ``edgeitems`` at each end (fewer where the height budget asks,
+:mod:`.budget`); columns past it too, and then as many of those as the width budget holds,
+one at a time from the middle. Within one output, matrices of one shape are laid out alike
+(:class:`Plan`): the same columns and digits, the shape beside or beneath all of them.
+``--full-matrix`` shows a small matrix whole, in column blocks stacked vertically
+(:func:`column_blocks`).
+
 Only the entries shown ever leave the device (:func:`fetch_block`), so laying out a derivative
 of 10⁶ entries costs what laying out one of 50 does.
 """
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,7 +23,7 @@ import torch
 from .document import Entry, Math, Matrix
 from .numbers import NumberFormat, alone, choose_format, resolution, significant_digits
 from .options import RenderOptions
-from .typeset import BRACKETS, COLUMN_GAP, text_width
+from .typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, text_width
 
 ELLIPSIS = None  # marks an elided run of rows or columns in an index list
 HDOTS = Entry(r"\cdots", "...")
@@ -24,6 +33,7 @@ BLANK = Entry("", "")
 # Widths are counted characters, estimated as MathJax / KaTeX set them (render/typeset.py).
 LHS_RESERVE = 12  # characters a display line spends outside the matrix: "f'(x^(i)) = "
 MIN_DIGITS = 3  # the width budget takes digits away down to this, before columns
+MIN_COLUMNS = 2  # the width budget keeps the first and the last column at least
 
 Label = Callable[[int], Entry]
 
@@ -78,12 +88,79 @@ def fetch_block(get_block, rows: Sequence[int | None], cols: Sequence[int | None
     return get_block(row_index, col_index).detach().to("cpu", torch.float64).tolist()
 
 
-def _edges(indices: list[int | None], edge: int) -> list[int | None]:
-    """The same summary with ``edge`` items at each end (a subset of ``indices``)."""
+def keep_columns(indices: list[int | None], count: int) -> list[int | None]:
+    """``count`` of the shown indices: the first ``ceil(count / 2)`` and the last
+    ``floor(count / 2)``, dots between them where any are left out (a subset of ``indices``)."""
     shown = [i for i in indices if i is not None]
-    if len(shown) <= 2 * edge + 1 and ELLIPSIS not in indices:
+    if count >= len(shown):
         return indices
-    return shown[:edge] + [ELLIPSIS] + shown[-edge:]
+    head = (count + 1) // 2
+    return shown[:head] + [ELLIPSIS] + shown[len(shown) - (count - head):]
+
+
+# -- one layout per shape within an output ---------------------------------------------------
+@dataclass
+class Decision:
+    """How every matrix of one shape is laid out in one output."""
+
+    columns: int  # shown columns (of the count summary's)
+    digits: int
+    beside: bool = True  # the tensor's shape beside the matrix (else beneath it)
+
+
+@dataclass
+class Plan:
+    """The layout decisions of one output, made in two passes: ``collecting``, each matrix
+    notes its own best layout; then every matrix of a shape takes the narrowest of them (the
+    fewest columns and digits, the shape beneath if any put it there), and an output where
+    any matrix is written in positional notation writes every matrix so where the magnitudes
+    allow it (:func:`.numbers.choose_format`'s ``fixed_low``)."""
+
+    collecting: bool = True
+    decisions: dict = field(default_factory=dict)
+    fixed: bool = False  # some matrix of the output is in positional notation
+    other: bool = False  # some matrix of the output is not
+    differs: bool = False  # some decision was narrowed: the second pass changes the output
+
+    def note(self, key, decision: Decision, fixed: bool) -> None:
+        self.fixed |= fixed
+        self.other |= not fixed
+        self.differs |= self.fixed and self.other
+        old = self.decisions.get(key)
+        if old is None:
+            self.decisions[key] = decision
+            return
+        merged = Decision(min(old.columns, decision.columns), min(old.digits, decision.digits),
+                          old.beside and decision.beside)
+        self.differs |= merged != old or merged != decision
+        self.decisions[key] = merged
+
+    def decided(self, key) -> Decision | None:
+        return None if self.collecting else self.decisions.get(key)
+
+
+def plan_of(options: RenderOptions) -> Plan | None:
+    """The output's plan, carried by its options (:mod:`.budget`), or None."""
+    fit = getattr(options, "fit", None)
+    return getattr(fit, "plan", None)
+
+
+def row_indices(nrows: int, options: RenderOptions) -> list[int | None]:
+    """The rows shown: all up to ``threshold``, else ``edgeitems`` at each end; where the
+    height budget asks for ``r`` rows at each edge (:mod:`.budget`), a matrix of more than
+    ``2r + 1`` rows is summarised to them."""
+    rows = edge_rows(options)
+    threshold = options.threshold if rows == options.edgeitems else min(options.threshold,
+                                                                          2 * rows + 1)
+    return summary_indices(nrows, threshold, rows)
+
+
+def edge_rows(options: RenderOptions) -> int:
+    """Rows kept at each edge of a summarised matrix: ``edgeitems``, fewer where the height
+    budget asks (:mod:`.budget`)."""
+    fit = getattr(options, "fit", None)
+    rows = getattr(fit, "rows", None)
+    return options.edgeitems if rows is None else max(1, min(options.edgeitems, rows))
 
 
 @dataclass
@@ -92,9 +169,9 @@ class _Grid:
 
     values: dict[tuple[int, int], float]
 
-    def format(self, rows, cols, digits, eps) -> NumberFormat:
+    def format(self, rows, cols, digits, eps, fixed_low=None) -> NumberFormat:
         return choose_format((self.values[r, c] for r in rows if r is not None
-                              for c in cols if c is not None), digits, eps)
+                              for c in cols if c is not None), digits, eps, fixed_low)
 
 
 def _matrix(block: Block, grid: _Grid, rows, cols, fmt: NumberFormat) -> Matrix:
@@ -116,47 +193,162 @@ def width(matrix: Matrix) -> float:
     columns = list(zip(*matrix.rows)) if matrix.rows else []
     if matrix.col_labels is not None:
         columns = [col + (label,) for col, label in zip(columns, matrix.col_labels)]
-    total = sum(max(text_width(e.plain) for e in col) for col in columns)
+    total = sum(max(entry_width(e) for e in col) for col in columns)
     total += COLUMN_GAP * max(0, len(columns) - 1) + BRACKETS
     if matrix.row_labels is not None:
-        total += max((text_width(e.plain) for e in matrix.row_labels), default=0) + COLUMN_GAP
+        total += max((entry_width(e) for e in matrix.row_labels), default=0) + COLUMN_GAP
     if matrix.factor is not None:
         total += text_width(f"10^{matrix.factor} × ")
     return total
 
 
+_SCRIPT = re.compile(r"[_^](\([^()]*\)|[\w,]+)")
+
+
+def _scripted_width(plain: str) -> float:
+    """``text_width`` with subscripts and superscripts (``_1``, ``^(i)``) at script size and
+    ``grad`` as the ∇ it spells."""
+    plain = plain.replace("grad ", "∇")
+    scripts = [m.group(1) for m in _SCRIPT.finditer(plain)]
+    base = _SCRIPT.sub("", plain)
+    return text_width(base) + SCRIPT_SCALE * sum(text_width(s) for s in scripts)
+
+
+def entry_width(entry: Entry) -> float:
+    """Counted characters of one entry as typeset: ``m × 10^{e}`` (plain ``me-05``) as the
+    mantissa, a times sign, 10 and a script exponent; else its plain spelling."""
+    if "10^{" not in entry.tex or "e" not in entry.plain:
+        return text_width(entry.plain)
+    mantissa, _, exponent = entry.plain.partition("e")
+    base = mantissa[:-1] + "10" if mantissa in ("1", "-1") else mantissa + " × 10"
+    return text_width(base) + SCRIPT_SCALE * text_width(str(int(exponent)))
+
+
+def lhs_width(lhs: Math) -> float:
+    """Counted characters of a formula's left side: scripts at script size, and a fraction
+    (``∂y_0/∂x``, TeX ``\\frac``) as wide as its wider part, set one over the other."""
+    if r"\frac" in lhs.tex and lhs.plain.count("/") == 1:
+        return max(_scripted_width(part) for part in lhs.plain.split("/"))
+    return _scripted_width(lhs.plain)
+
+
 def reserve(lhs: Math, suffix: Math | None = None) -> float:
     """Counted characters of a display line outside its matrix: ``lhs = `` and the suffix."""
-    return text_width(lhs.plain + " = ") + (text_width(suffix.plain) + 1 if suffix else 0)
+    return lhs_width(lhs) + text_width(" = ") + (text_width(suffix.plain) + 1 if suffix else 0)
 
 
-def layout(block: Block, options: RenderOptions, dtype: torch.dtype, *,
-           reserved: int = LHS_RESERVE) -> Matrix:
-    """The block summarised by count (threshold, edge items) and by ``options.width``.
-
-    ``reserved``: characters the line spends outside the matrix (:func:`reserve`). While the
-    line is too wide, digits go first (down to :data:`MIN_DIGITS`), then columns (fewer at each
-    edge, down to one); each step chooses the number format again from the entries shown.
-    """
-    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
-    rows = summary_indices(block.nrows, options.threshold, options.edgeitems)
-    cols = summary_indices(block.ncols, options.threshold, options.edgeitems)
+def _grid(block: Block, rows, cols) -> _Grid:
     values = fetch_block(block.get_block, rows, cols, block.device)
     shown_rows = [r for r in rows if r is not None]
     shown_cols = [c for c in cols if c is not None]
-    grid = _Grid({(r, c): v for r, row in zip(shown_rows, values)
+    return _Grid({(r, c): v for r, row in zip(shown_rows, values)
                   for c, v in zip(shown_cols, row)})
+
+
+def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: float,
+            fixed_low: int | None) -> tuple[Matrix, Decision, bool]:
+    """The widest layout that fits: while the line is too wide, digits go first (down to
+    :data:`MIN_DIGITS`), then columns, one at a time from the middle (down to
+    :data:`MIN_COLUMNS`); each step chooses the number format again from the entries shown.
+    Returns the matrix, its decision and whether it is in positional notation."""
+    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    rows = row_indices(block.nrows, options)
+    cols = summary_indices(block.ncols, options.threshold, options.edgeitems)
+    grid = _grid(block, rows, cols)
     if block.scalar:
         fmt = alone(grid.format(rows, cols, digits, eps))
-        return _matrix(block, grid, rows, cols, fmt)
+        return _matrix(block, grid, rows, cols, fmt), Decision(1, digits), True
     budget = options.width - reserved
-    edge = (len(shown_cols) + 1) // 2
+    count = sum(c is not None for c in cols)
     while True:
-        matrix = _matrix(block, grid, rows, cols, grid.format(rows, cols, digits, eps))
-        if width(matrix) <= budget or (edge <= 1 and digits <= MIN_DIGITS):
-            return matrix
+        shown = keep_columns(cols, count)
+        fmt = grid.format(rows, shown, digits, eps, fixed_low)
+        matrix = _matrix(block, grid, rows, shown, fmt)
+        if width(matrix) <= budget or (count <= MIN_COLUMNS and digits <= MIN_DIGITS):
+            return matrix, Decision(count, digits), not fmt.scientific and fmt.factor is None
         if digits > MIN_DIGITS:  # a digit less costs less than a column hidden
             digits -= 1
         else:
-            edge -= 1
-            cols = _edges(cols, edge)
+            count -= 1
+
+
+def _decided(block: Block, options: RenderOptions, dtype: torch.dtype, decision: Decision,
+             fixed_low: int | None) -> Matrix:
+    """The block laid out as its shape's decision says (the plan's second pass)."""
+    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    rows = row_indices(block.nrows, options)
+    cols = keep_columns(summary_indices(block.ncols, options.threshold, options.edgeitems),
+                        decision.columns)
+    grid = _grid(block, rows, cols)
+    fmt = grid.format(rows, cols, min(digits, decision.digits), eps, fixed_low)
+    return _matrix(block, grid, rows, cols, alone(fmt) if block.scalar else fmt)
+
+
+# Where an output has a matrix in positional notation, the others are written so too down to
+# entries of 10^-7 (0.0000001234) rather than switching to m × 10^e (numbers.choose_format).
+FIXED_LOW_BESIDE_FIXED = -7
+
+
+def layout_beside(block: Block, options: RenderOptions, dtype: torch.dtype, lhs: Math,
+                  suffix: Math | None = None,
+                  shows_shape: Callable[[Matrix], bool] = lambda m: False
+                  ) -> tuple[Matrix, bool]:
+    """The block laid out on the line ``lhs = matrix``, and whether ``suffix`` (the tensor's
+    shape, None: none to show) goes beside the matrix: where it costs no column and the matrix
+    does not show the shape by itself (``shows_shape``). Matrices of one shape in one output
+    are laid out alike (the options' :class:`Plan`)."""
+    plan, key = plan_of(options), (block.nrows, block.ncols)
+    fixed_low = FIXED_LOW_BESIDE_FIXED if plan is not None and plan.fixed else None
+    decided = plan.decided(key) if plan is not None else None
+    if decided is not None:
+        return _decided(block, options, dtype, decided, fixed_low), decided.beside
+    matrix, decision, fixed = _search(block, options, dtype, reserve(lhs), fixed_low)
+    if suffix is not None and not shows_shape(matrix):
+        wider = reserve(lhs, suffix)
+        narrow, narrowed, narrow_fixed = _search(block, options, dtype, wider, fixed_low)
+        decision.beside = (narrowed.columns == decision.columns
+                           and width(narrow) + wider <= options.width)
+        if decision.beside:
+            matrix, decision, fixed = narrow, narrowed, narrow_fixed
+    if plan is not None:
+        plan.note(key, decision, fixed)
+    return matrix, decision.beside
+
+
+def layout(block: Block, options: RenderOptions, dtype: torch.dtype, *,
+           reserved: float = LHS_RESERVE) -> Matrix:
+    """The block summarised by count (threshold, edge items) and by ``options.width``
+    (``reserved``: characters the line spends outside the matrix, :func:`reserve`), laid out
+    as the other matrices of its shape in the output are (:func:`layout_beside`)."""
+    plan, key = plan_of(options), (block.nrows, block.ncols)
+    fixed_low = FIXED_LOW_BESIDE_FIXED if plan is not None and plan.fixed else None
+    decided = plan.decided(key) if plan is not None else None
+    if decided is not None:
+        return _decided(block, options, dtype, decided, fixed_low)
+    matrix, decision, fixed = _search(block, options, dtype, reserved, fixed_low)
+    if plan is not None:
+        plan.note(key, decision, fixed)
+    return matrix
+
+
+# -- --full-matrix: every entry, in column blocks ---------------------------------------------
+def column_blocks(block: Block, options: RenderOptions, dtype: torch.dtype, *,
+                  reserved: float = LHS_RESERVE) -> list[tuple[range, Matrix]]:
+    """Every entry of ``block``: one matrix, or where it is wider than ``options.width``, the
+    fewest column blocks of about equal width that fit (each with its row labels), in one
+    number format: ``[(columns, matrix), ...]``."""
+    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    rows, cols = list(range(block.nrows)), list(range(block.ncols))
+    grid = _grid(block, rows, cols)
+    fmt = grid.format(rows, cols, digits, eps)
+    if block.scalar:
+        return [(range(1), _matrix(block, grid, rows, cols, alone(fmt)))]
+    budget = options.width - reserved
+    for count in range(1, block.ncols + 1):
+        size = math.ceil(block.ncols / count)
+        parts = [range(start, min(start + size, block.ncols))
+                 for start in range(0, block.ncols, size)]
+        matrices = [_matrix(block, grid, rows, list(part), fmt) for part in parts]
+        if all(width(m) <= budget for m in matrices) or size == 1:
+            return list(zip(parts, matrices))
+    raise AssertionError("unreachable: one column per block always ends the search")

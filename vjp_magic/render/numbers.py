@@ -3,7 +3,9 @@ with thousands separators.
 
 A matrix is spelled in one of three formats, chosen from the entries it shows:
 
-* fixed: every non-zero magnitude between 10⁻⁴ and 10⁵ (``0.0001839``, ``-0.4344``, ``2``);
+* fixed: every non-zero magnitude between 10⁻⁴ and 10⁵ (``0.0001839``, ``-0.4344``, ``2``), or
+  down to 10⁻⁶ where the largest is at least 10⁻² (``0.0000513`` beside ``0.719``), or down to
+  10⁻⁷ in an output whose other matrices are fixed (``render/matrix.py``'s plan);
 * factored: outside that range but within four orders of magnitude of each other: a common power of
   ten comes out in front of the matrix (``10^{-5} ×`` then ``-5.43``, ``18.39``);
 * scientific: magnitudes too far apart for one factor: every entry as ``m × 10^e``.
@@ -25,6 +27,9 @@ from .document import Entry
 
 FIXED_RANGE = (-4, 4)  # decimal exponents of magnitudes written without a factor: 1e-4 ≤ |v| < 1e5
 FACTOR_SPAN = 3  # a common factor when the exponents of the entries differ by at most this much
+# Positional too where the largest entry reads as a decimal (at least 10^-2) and the smallest
+# needs at most 6 zeros (0.0000513 is narrower typeset than 5.13 × 10^{-5} beside 0.719).
+DECIMAL_HIGH, DECIMAL_LOW = -2, -6
 NOISE_ULPS = 4  # entries within this many ulps (of the largest shown entry) of 0 read 0
 
 
@@ -101,8 +106,13 @@ class NumberFormat:
         return Entry(f"{mantissa} \\times 10^{{{exponent}}}", plain)
 
 
-def choose_format(values: Iterable[float], digits: int, eps: float = 0.0) -> NumberFormat:
-    """The one format for a matrix showing ``values`` (only the shown entries are looked at)."""
+def choose_format(values: Iterable[float], digits: int, eps: float = 0.0,
+                  fixed_low: int | None = None) -> NumberFormat:
+    """The one format for a matrix showing ``values`` (only the shown entries are looked at).
+
+    ``fixed_low``: the smallest decimal exponent positional notation may take when the largest
+    entry is in its range (the matrix beside others in positional notation), instead of
+    ``FIXED_RANGE[0]``."""
     finite = [v for v in values if math.isfinite(v)]
     largest = max((abs(v) for v in finite), default=0.0)
     floor = largest * eps * NOISE_ULPS
@@ -111,7 +121,10 @@ def choose_format(values: Iterable[float], digits: int, eps: float = 0.0) -> Num
     if not magnitudes:
         return NumberFormat(digits, floor=floor)
     low, high = _exponent(min(magnitudes)), _exponent(max(magnitudes))
-    if FIXED_RANGE[0] <= low and high <= FIXED_RANGE[1]:
+    lowest = FIXED_RANGE[0] if fixed_low is None else min(FIXED_RANGE[0], fixed_low)
+    if high >= DECIMAL_HIGH:
+        lowest = min(lowest, DECIMAL_LOW)
+    if lowest <= low and FIXED_RANGE[0] <= high <= FIXED_RANGE[1]:
         return NumberFormat(digits, floor=floor)
     if high - low <= FACTOR_SPAN:
         return NumberFormat(digits, factor=low, floor=floor)

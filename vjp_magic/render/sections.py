@@ -9,7 +9,6 @@ of v, the loop and the derivatives.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 
@@ -18,12 +17,13 @@ from .codegen import component_loop, display_loop, expression, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
 from .findings import sensitivity_formula, structure_findings
 from .indices import index_formula
-from .matrix import (Block, layout, multi_index, reserve, summary_indices, tensor_block,
-                     width)
+from .budget import fit_of, remembered
+from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
+                     tensor_block)
 from .numbers import plural
+from .options import FULL_MATRIX_ENTRIES
 
 SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
-SHOWN_COMPONENTS = 3  # matrices shown when each component is a matrix (else first, ⋮, last)
 
 
 def derivatives_sections(result, options, jacobian: bool = False,
@@ -31,20 +31,24 @@ def derivatives_sections(result, options, jacobian: bool = False,
     """The whole display of ``result``: shapes, then per group of inputs, then the notes
     (``explained``: v is described by the explanation above, so not here again)."""
     sections = [Section((shapes(result),))]
-    for group in point_groups(result):
+    fit, shown = fit_of(options), shown_inputs(result, options)
+    for every in point_groups(result):
+        group = [n for n in every if n in shown]
+        if not group:
+            continue
         blocks: list = []
-        shared = shared_headline(result, group) if not jacobian else None
+        shared = shared_headline(result, every) if not jacobian else None
         if shared is not None:
             blocks.append(shared)
         for name in group:
             if shared is None:
                 blocks.append(headline(result, name))
             blocks.extend(structure_findings(result, name, options))
-            indexed = None if explained else index_formula(result, name)  # J is explained above
-            if indexed is not None:
+            indexed = None if explained or not fit.extras else index_formula(result, name)
+            if indexed is not None:  # (with --explain, J is explained above)
                 blocks.append(indexed)
             if jacobian:
-                blocks.append(jacobian_formula(result, name, options))
+                blocks.extend(jacobian_formulas(result, name, options))
         if not jacobian and not all(result.inputs[n].unused for n in group):
             used = [n for n in group if not result.inputs[n].unused]
             if not explained:
@@ -52,11 +56,13 @@ def derivatives_sections(result, options, jacobian: bool = False,
             blocks.append(CodeBlock(display_loop(result, used)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
-                summary = sensitivity_formula(result, name, options)
+                summary = sensitivity_formula(result, name, options) if fit.extras else None
                 if summary is not None:
                     blocks.append(summary)
         sections.append(Section(tuple(blocks)))
-    notes = note_paragraphs(result)
+    if len(shown) < len(result.inputs):
+        sections.append(Section((not_shown(result, shown),)))
+    notes = remembered(options, "notes", lambda: note_paragraphs(result))
     if notes:
         sections.append(Section(notes))
     return tuple(sections)
@@ -69,6 +75,30 @@ def point_groups(result) -> list[list[str]]:
         key = None if item.unused else tuple(sorted(item.pairing.out_axes))
         groups.setdefault(key, []).append(name)
     return list(groups.values())
+
+
+def shown_inputs(result, options) -> list[str]:
+    """The inputs whose derivatives are shown: all, or where the height budget asks
+    (:mod:`.budget`), those that do not depend on an input and the first and last of the rest."""
+    fit = fit_of(options)
+    used = [n for n, item in result.inputs.items() if not item.unused]
+    if fit.inputs is None or len(used) <= fit.inputs:
+        return list(result.inputs)
+    kept = {used[0], used[-1]} if fit.inputs > 1 else {used[0]}
+    return [n for n, item in result.inputs.items() if item.unused or n in kept]
+
+
+def not_shown(result, shown: list[str]) -> Paragraph:
+    """The inputs left out to fit one screen, counted and named, and where their derivatives
+    are: ``r.derivatives[name]`` (``r = _`` right after the cell)."""
+    left = [n for n in result.inputs if n not in shown]
+    spans: list = [Text(f"Not shown, to fit one screen: {len(left)} more "
+                        f"input{'s' if len(left) > 1 else ''}, ")]
+    for k, name in enumerate(left):
+        dims = notation.dims(result.inputs[name].tensor.shape)
+        spans += [Text(_joiner(k, len(left))), notation.prose_name(name), Text(f" ({dims})")]
+    return Paragraph((*spans, Text(", each in "), Code(f"r.derivatives[{left[0]!r}]"),
+                      Text(" by its name ("), Code("r = _"), Text(" after the cell).")))
 
 
 # -- shapes ---------------------------------------------------------------------------------
@@ -258,7 +288,8 @@ def shows_v0(result, name: str, options) -> bool:
     a pattern worth seeing, the output small (a few lines) and the only input."""
     item = result.inputs[name]
     return (item.has_points and not result.full and len(result.gradients[name]) > 1
-            and result.output.numel() <= SMALL_V and len(result.inputs) == 1)
+            and result.output.numel() <= SMALL_V and len(result.inputs) == 1
+            and fit_of(options).extras)
 
 
 # -- the derivatives ------------------------------------------------------------------------
@@ -279,19 +310,37 @@ def _whole(matrix, shape) -> bool:
 def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> Formula:
     """``lhs = matrix``, narrowed so the line fits ``options.width``; the tensor's ``shape``
     follows as ``∈ ℝ^{m×n}`` where the matrix alone would not show it (1-d, summarised), or
-    beneath it where beside it would cost columns."""
-    reserved = reserve(lhs)
-    matrix = layout(block, options, dtype, reserved=reserved)
-    if shape is None or len(shape) == 0 or matrix.scalar or _whole(matrix, shape):
+    beneath it where beside it would cost columns (as for every matrix of its shape in the
+    output, :func:`.matrix.layout_beside`)."""
+    shown = shape is not None and len(shape) > 0 and not block.scalar
+    suffix = _shape_suffix(shape) if shown else None
+    matrix, beside = layout_beside(block, options, dtype, lhs, suffix,
+                                   lambda m: _whole(m, shape))
+    if suffix is None or matrix.scalar or _whole(matrix, shape):
         return Formula(lhs, matrix, None, tuple(caption))
-    suffix = _shape_suffix(shape)
-    wider = reserve(lhs, suffix)
-    narrow = layout(block, options, dtype, reserved=wider)
-    same_columns = len(narrow.rows[0]) == len(matrix.rows[0]) if matrix.rows else True
-    if same_columns and width(narrow) + wider <= options.width:
-        return Formula(lhs, narrow, suffix, tuple(caption))
+    if beside:
+        return Formula(lhs, matrix, suffix, tuple(caption))
     dims = notation.dims_math(shape)  # no room beside the matrix: the shape goes beneath it
     return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
+
+
+def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,
+                    caption=()) -> list[Formula]:
+    """:func:`formula`; with ``--full-matrix`` (``options.full_matrix``) and at most
+    :data:`~.options.FULL_MATRIX_ENTRIES` entries, every entry instead: where wider than the
+    line, in column blocks stacked vertically, each captioned "columns 1–6 of 12" (the later
+    ones under an invisible ``lhs``, so their ``=`` line up)."""
+    if not options.full_matrix or block.scalar or block.nrows * block.ncols > FULL_MATRIX_ENTRIES:
+        return [formula(lhs, block, options, dtype, shape, caption)]
+    parts = column_blocks(block, options, dtype, reserved=reserve(lhs))
+    if len(parts) == 1:
+        return [Formula(lhs, parts[0][1], None, tuple(caption))]
+    blank = Math(rf"\phantom{{{lhs.tex}}}", " " * len(lhs.plain))
+    return [Formula(lhs if k == 0 else blank, matrix, None,
+                    (Text(f"columns {cols.start + 1}–{cols.stop} of {block.ncols}"
+                          + ("." if k < len(parts) - 1 or not caption else "; ")), )
+                    + (tuple(caption) if k == len(parts) - 1 else ()))
+            for k, (cols, matrix) in enumerate(parts)]
 
 
 def _uses_f(result, name: str) -> bool:
@@ -326,7 +375,7 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
     else:
         lead = tuple(d.shape[:-1])
         block = tensor_block(d, row_label=notation.slice_label(lead))
-    return [formula(lhs, block, options, d.dtype, d.shape)]
+    return matrix_formulas(lhs, block, options, d.dtype, d.shape)
 
 
 def _per_component(result, name: str, options) -> list[Formula]:
@@ -338,18 +387,32 @@ def _per_component(result, name: str, options) -> list[Formula]:
     rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
     labels = _component_labels(result, name, comp, options.index_base)
     formulas = []
-    if count > 1:  # several matrices one under the other: fewer rows each
-        options = replace(options, edgeitems=min(options.edgeitems, 2))
-    for k in summary_indices(count, SHOWN_COMPONENTS, 1):
+    shown = component_indices(count, fit_of(options).components)
+    for k in shown:
         if k is None:
-            formulas.append(Formula(Math(r"\vdots", ":")))
+            formulas.append(more_components(name, count - len(shown) + 1))
             continue
         row_label = notation.slice_label(in_shape[:-1]) if len(in_shape) > 2 else None
         block = tensor_block(flat[k].reshape(rows, cols), row_label=row_label)
-        formulas.append(formula(_component_lhs(result, name, labels(k), comp, k,
-                                               options.index_base), block,
-                                options, flat.dtype, in_shape))
+        formulas += matrix_formulas(_component_lhs(result, name, labels(k), comp, k,
+                                                   options.index_base), block,
+                                    options, flat.dtype, in_shape)
     return formulas
+
+
+def component_indices(count: int, shown: int) -> list[int | None]:
+    """The components drawn: all of at most ``shown``, else the first, ⋮ and the last (the
+    first and ⋮ only when ``shown`` is 1)."""
+    if shown <= 1 and count > 1:
+        return [0, None]
+    return summary_indices(count, shown, 1)
+
+
+def more_components(name: str, hidden: int) -> Paragraph:
+    """⋮ for the components not drawn, counted, with where they are."""
+    return Paragraph((Math(r"\vdots", "⋮"), Text(f" {hidden:,} more component"
+                                                  f"{'s' if hidden > 1 else ''}, all in "),
+                      Code(f"r.derivatives[{name!r}]"), Text(".")))
 
 
 def _component_lhs(result, name: str, label, comp, k: int, base: int = 1) -> Math:
@@ -381,12 +444,25 @@ def jacobian_block(result, name: str) -> Block:
 def jacobian_formula(result, name: str, options) -> Formula:
     """``J_f(x) = [...]  (m × n)``: rows y entries, columns x entries, both flattened."""
     block = jacobian_block(result, name)
-    m, n = block.nrows, block.ncols
-    caption = [Text(f"m × n = {m:,} × {n:,}: a row per entry of "),
-               notation.prose_name(output_symbol(result)), Text(", a column per entry of "),
-               notation.prose_name(name), Text(" (both flattened row-major).")]
     return formula(notation.jacobian_lhs(result, name), block, options,
-                   result.inputs[name].derivatives.dtype, caption=caption)  # m × n: the caption
+                   result.inputs[name].derivatives.dtype,
+                   caption=_jacobian_caption(result, name, block))  # m × n: the caption
+
+
+def _jacobian_caption(result, name: str, block: Block) -> list:
+    return [Text(f"m × n = {block.nrows:,} × {block.ncols:,}: a row per entry of "),
+            notation.prose_name(output_symbol(result)), Text(", a column per entry of "),
+            notation.prose_name(name), Text(" (both flattened row-major).")]
+
+
+def jacobian_formulas(result, name: str, options) -> list[Formula]:
+    """:func:`jacobian_formula`, or with ``--full-matrix`` every entry in column blocks."""
+    if not options.full_matrix:
+        return [jacobian_formula(result, name, options)]
+    block = jacobian_block(result, name)
+    return matrix_formulas(notation.jacobian_lhs(result, name), block, options,
+                           result.inputs[name].derivatives.dtype,
+                           caption=_jacobian_caption(result, name, block))
 
 
 # -- notes ----------------------------------------------------------------------------------

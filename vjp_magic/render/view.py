@@ -13,6 +13,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, plain
+from .budget import fitted, spent
 from .codegen import reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
@@ -86,10 +87,16 @@ class View:
         return [f for n in used for f in derivative_formulas(result, n, self.options)]
 
     def body(self, result) -> tuple[Section, ...]:
-        """The derivatives themselves, as their order shows them."""
-        if result.order == 2:
-            return hessian_sections(result, self.options)
-        return derivatives_sections(result, self.options, self.jacobian, self.explained)
+        """The derivatives themselves, as their order shows them, fitted to one screen with
+        what the features say around them (:mod:`.budget`; as built in presentation mode)."""
+        def build(options):
+            if result.order == 2:
+                return hessian_sections(result, options)
+            return derivatives_sections(result, options, self.jacobian, self.explained)
+
+        if self.present:
+            return build(self.options)
+        return fitted(build, self.options, spent(self.before + self.after, self.options))
 
     def bundle(self, result) -> dict[str, str]:
         """``text/markdown`` (the display), ``text/latex`` (LaTeX/PDF export), ``text/plain``."""
