@@ -164,9 +164,9 @@ class Hints:
         a = self.subject(case)
         exp = case.exp
         return (f"{a} holds the derivatives of one component of {y} (index {index} in the "
-                f"code, row-major) of {exp.count:,}. {a} has shape {shape_text(case.a.shape)}; the "
-                f"derivatives of {y} with respect to {x} have {self.expected(case)}. To get "
-                f"them, {self.how(case)}.")
+                f"code, row-major) of {exp.count:,}. {a} has shape "
+                f"{shape_text(case.a.shape)}; the derivatives of {y} with respect to {x} have "
+                f"{self.expected(case)}. To get them, {self.how(case)}.")
 
     def accumulated(self, case: Case, times: int | None, calls, logged: bool = False) -> str:
         """``calls``: the backward calls summed, as the log shows them; else ``times``, read
