@@ -99,7 +99,7 @@ _TEXT_ESCAPES = {
     "×": r"$\times$", "−": "$-$", "→": r"$\to$", "←": r"$\leftarrow$", "↦": r"$\mapsto$",
     "≈": r"$\approx$",
     "≤": r"$\le$", "≥": r"$\ge$", "≠": r"$\ne$", "∂": r"$\partial$", "∇": r"$\nabla$",
-    "∈": r"$\in$", "·": r"$\cdot$", "ᵀ": r"$^\top$", "′": "$'$", "…": r"\dots{}",
+    "∈": r"$\in$", "·": r"$\cdot$", "ᵀ": r"$^\top$", "′": "$'$", "…": r"$\dots$",
     "–": "--", "—": "---", "⁻": "$^-$", "⁽": "$^($", "⁾": "$^)$",
 }
 _TEXT_ESCAPES.update({sup: f"$^{d}$" for d, sup in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
