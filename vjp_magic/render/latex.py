@@ -135,20 +135,21 @@ def greek_macro(ch: str) -> str | None:
     return GREEK_TEX.get(ch)
 
 
+# every character prose spells otherwise: the escapes, then Greek letters (a macro in maths,
+# or the Latin letter they look like)
+_TEXT_TABLE = str.maketrans({**{ch: (f"${tex}$" if tex.startswith("\\") else tex)
+                                for ch, tex in GREEK_TEX.items()}, **_TEXT_ESCAPES})
+
+
 def escape_text(text: str) -> str:
     """Prose for a LaTeX body: special characters escaped, maths symbols in ``$…$``."""
-    escaped = "".join(_TEXT_ESCAPES.get(ch) or _greek_text(ch) or ch for ch in text)
+    escaped = text.translate(_TEXT_TABLE)
     # markdown's maths closes no "$" that a digit follows ("$-$1" is raw text in VS Code):
     # the digits go inside ("$-1$")
     return _MATH_THEN_DIGITS.sub(r"$\1\2$", escaped)
 
 
 _MATH_THEN_DIGITS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$(\d+(?:\.\d+)?)")
-
-
-def _greek_text(ch: str) -> str | None:
-    macro = greek_macro(ch) if ord(ch) > 127 else None
-    return None if macro is None else (f"${macro}$" if macro.startswith("\\") else macro)
 
 
 def _span(span: Span) -> str:
