@@ -724,3 +724,47 @@ class StaticServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# Code in the outputs of JupyterLab or of nbconvert's HTML (not the input cells): set in a
+# monospace font (same width for "i" and "M"), and never broken mid-identifier (a soft line
+# break between two word characters).
+CODE_PROBLEMS = r"""() => {
+    const out = [];
+    const pres = [...document.querySelectorAll('.jp-OutputArea-output pre, .output_area pre')]
+        .filter(pre => !pre.closest('.jp-InputArea, .input_area'));
+    for (const pre of pres) {
+        const width = (text) => {
+            const probe = document.createElement('span');
+            probe.textContent = text;
+            pre.appendChild(probe);
+            const w = probe.getBoundingClientRect().width;
+            probe.remove();
+            return w;
+        };
+        if (Math.abs(width('iiiiiiiiii') - width('MMMMMMMMMM')) > 1) {
+            out.push('code in a proportional font (' + getComputedStyle(pre).fontFamily + '): '
+                     + pre.textContent.trim().slice(0, 60));
+        }
+        const range = document.createRange();
+        const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+        let prev = null;
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (let i = 0; i < node.length; i++) {
+                const ch = node.data[i];
+                if (ch === '\n') { prev = null; continue; }
+                range.setStart(node, i);
+                range.setEnd(node, i + 1);
+                const box = range.getClientRects()[0];
+                if (!box) continue;
+                const soft = prev !== null && box.top > prev.top + 2;
+                if (soft && /\w/.test(prev.ch) && /\w/.test(ch)) {
+                    out.push('code broken mid-identifier at ' + window.innerWidth + ' px: '
+                             + JSON.stringify(prev.line + ' / ' + ch));
+                }
+                prev = {ch, top: box.top, line: ((prev && !soft) ? prev.line : '') + ch};
+            }
+        }
+    }
+    return out;
+}"""

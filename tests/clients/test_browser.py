@@ -24,7 +24,8 @@ import nbformat
 import pytest
 
 from jupyter_harness import (
-    ARTIFACTS, CELLS, NOTEBOOK_DIR, LabServer, chromium_missing, client_notebooks, code_as_maths,
+    ARTIFACTS, CELLS, CODE_PROBLEMS, NOTEBOOK_DIR, LabServer, chromium_missing, client_notebooks,
+    code_as_maths,
     display_outputs, executed_notebook_files, file_browser_visible, lab_images, lab_layout,
     chromium_browser, magic_cells, notebook_screenshot, open_notebook_in_lab, output_boxes,
     python_fences, run_notebook_in_lab, set_viewport, shown_outputs,
@@ -233,7 +234,8 @@ def test_notebook_runs_in_jupyterlab(lab, browser):
 @pytest.mark.parametrize("path", client_notebooks(), ids=lambda p: p.name)
 def test_outputs_fit_in_jupyterlab(path, lab, browser):
     """Each executed client notebook opened in JupyterLab at 1024×768 (file browser open) and at
-    1400×900: every output fits and is typeset, code is a <pre>; at 1024×768 and at 1280×800
+    1400×900: every output fits and is typeset, code is a <pre> in a monospace font, never broken
+    mid-identifier; at 1024×768 and at 1280×800
     each output fits the notebook's visible height."""
     nb = nbformat.read(executed_notebook_files()[path.name], as_version=4)
     rich = sum(any(m in data for m in RENDERED) for _, _, data in display_outputs(nb))
@@ -247,6 +249,7 @@ def test_outputs_fit_in_jupyterlab(path, lab, browser):
             layout = lab_layout(page)
             problems += layout_problems(nb, layout, size, code=size == "1024")
             problems += image_problems(nb, lab_images(page), size)
+            problems += [f"{size}: {p}" for p in page.evaluate(CODE_PROBLEMS)]
             if size == "1024":  # one screen with the file browser open (647 px of notebook)
                 screen = layout["notebook"]["clientHeight"]
                 boxes = [box for box in output_boxes(page) if box["rich"]]

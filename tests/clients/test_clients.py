@@ -25,7 +25,7 @@ import pytest
 from jupyter_harness import (
     ARTIFACTS, CLIENTS_DIR, NODE_MODULES, StaticServer, block_network, chromium_missing,
     client_notebooks, code_as_maths, display_outputs, executed_notebook_files, execute_notebook,
-    chromium_browser, node_missing, python_fences, render_vscode,
+    CODE_PROBLEMS, chromium_browser, node_missing, python_fences, render_vscode,
 )
 
 NOTEBOOKS = client_notebooks()
@@ -232,47 +232,6 @@ _HTML_PROBLEMS = r"""() => {
 }"""
 
 
-# Code in the outputs (not the input cells): set in a monospace font (same width for "i" and
-# "M"), and never broken mid-identifier (a soft line break between two word characters).
-_CODE_PROBLEMS = r"""() => {
-    const out = [];
-    const pres = [...document.querySelectorAll('.jp-OutputArea-output pre, .output_area pre')]
-        .filter(pre => !pre.closest('.jp-InputArea, .input_area'));
-    for (const pre of pres) {
-        const width = (text) => {
-            const probe = document.createElement('span');
-            probe.textContent = text;
-            pre.appendChild(probe);
-            const w = probe.getBoundingClientRect().width;
-            probe.remove();
-            return w;
-        };
-        if (Math.abs(width('iiiiiiiiii') - width('MMMMMMMMMM')) > 1) {
-            out.push('code in a proportional font (' + getComputedStyle(pre).fontFamily + '): '
-                     + pre.textContent.trim().slice(0, 60));
-        }
-        const range = document.createRange();
-        const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
-        let prev = null;
-        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
-            for (let i = 0; i < node.length; i++) {
-                const ch = node.data[i];
-                if (ch === '\n') { prev = null; continue; }
-                range.setStart(node, i);
-                range.setEnd(node, i + 1);
-                const box = range.getClientRects()[0];
-                if (!box) continue;
-                const soft = prev !== null && box.top > prev.top + 2;
-                if (soft && /\w/.test(prev.ch) && /\w/.test(ch)) {
-                    out.push('code broken mid-identifier at ' + window.innerWidth + ' px: '
-                             + JSON.stringify(prev.line + ' / ' + ch));
-                }
-                prev = {ch, top: box.top, line: ((prev && !soft) ? prev.line : '') + ch};
-            }
-        }
-    }
-    return out;
-}"""
 # JupyterLab at 1024 px with the file browser open gives an output 572 px wide (render/options.py);
 # nbconvert's page gives its outputs that width at about this viewport.
 NARROW = {"width": 620, "height": 768}
@@ -305,11 +264,11 @@ def html_problems(chromium, url: str, nb=None) -> tuple[int, list[str]]:
         page.goto(url)
         page.wait_for_function("() => window.__mj && window.__mj.done", timeout=90_000,
                                polling=250)
-        problems = page.evaluate(_HTML_PROBLEMS) + page.evaluate(_CODE_PROBLEMS)
+        problems = page.evaluate(_HTML_PROBLEMS) + page.evaluate(CODE_PROBLEMS)
         typeset = page.locator(".MathJax_CHTML, .MathJax_CHTML_Display, .mjx-chtml").count()
         images = page.evaluate(_IMAGES_SHOWN)
         page.set_viewport_size(NARROW)
-        problems += [p for p in page.evaluate(_CODE_PROBLEMS) if "mid-identifier" in p]
+        problems += [p for p in page.evaluate(CODE_PROBLEMS) if "mid-identifier" in p]
     finally:
         page.close()
     expected = sum("image/png" in data for _, _, data in display_outputs(nb)) if nb else 0
