@@ -227,3 +227,10 @@ def test_only_ipythons_own_names_are_hidden(name, visible):
     from vjp_magic.core.tagging import is_visible_name
 
     assert is_visible_name(name) is visible
+
+
+def test_a_parameter_named_as_named_parameters_spells_it_gets_the_bracketed_form(usage_error):
+    message = usage_error("%%vjp --wrt net.0.weight\n"
+                          "net = torch.nn.Sequential(torch.nn.Linear(3, 2))\n"
+                          "y = net(torch.ones(4, 3))")
+    assert "Index with brackets: net[0].weight" in message

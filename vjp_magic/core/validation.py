@@ -9,6 +9,7 @@ Jacobian's NaN from 0·∞ taken from the other mode).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -43,6 +44,17 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
         f"inputs must be a tensor, a list of tensors, a dict name → tensor or an nn.Module, "
         f"not {type(inputs).__name__}."
     )
+
+
+def parameter_expression(name: str) -> str:
+    """A module's parameter as :func:`module_parameters` (``named_parameters()``) names it,
+    ``mlp.0.weight``, as the Python expression that reaches it, ``mlp[0].weight``; any other
+    name unchanged."""
+    return _MODULE_INDEX.sub(r"[\1]", name) if _PARAMETER_NAME.fullmatch(name) else name
+
+
+_PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
+_MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
 def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..core.validation import parameter_expression
+
 _ONE_AXIS = "k"
 _AXES = ("i", "j", "l", "m", "n", "p", "q")
 
@@ -54,18 +56,13 @@ def expression(source: str) -> str:
     parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``."""
     if _attribute_path(source):  # λ needs no parentheses either: any Python identifier
         return source
-    if _PARAMETER_NAME.fullmatch(source):
-        return _MODULE_INDEX.sub(r"[\1]", source)
-    return f"({source})"
+    spelled = parameter_expression(source)
+    return spelled if spelled != source else f"({source})"
 
 
 def _attribute_path(source: str) -> bool:
     """``x``, ``λ``, ``layer.weight``: identifiers joined by dots."""
     return all(part.isidentifier() for part in source.split("."))
-
-
-_PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
-_MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
 def derivative_name(input_name: str, taken: set[str] | None = None) -> str:

@@ -18,6 +18,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
+from ..core.validation import parameter_expression
 from .codegen import expression, output_symbol
 from .document import Code, Entry, Math, Text
 from .latex import greek_macro
@@ -69,16 +70,9 @@ def name_tex(identifier: str) -> str:
     return mono(spelled(identifier))
 
 
-def spelled(identifier: str) -> str:
-    """The name as valid Python, the same in every spelling: a module's parameter as
-    ``named_parameters()`` names it, ``mlp.0.weight``, is ``mlp[0].weight``; others unchanged."""
-    if _PARAMETER_NAME.fullmatch(identifier):
-        return _MODULE_INDEX.sub(r"[\1]", identifier)
-    return identifier
-
-
-_PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
-_MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+# The name as valid Python, the same in every spelling: a module's parameter as
+# ``named_parameters()`` names it, ``mlp.0.weight``, is ``mlp[0].weight``; others unchanged.
+spelled = parameter_expression
 
 
 def math_name(identifier: str) -> Math:

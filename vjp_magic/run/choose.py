@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..core.validation import module_parameters, named_inputs
+from ..core.validation import module_parameters, named_inputs, parameter_expression
 from ..core.errors import VJPUsageError
 from ..core.marked import marked
 from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
@@ -171,10 +171,8 @@ def lookup(scope, source: str, role: str):
     try:
         return eval(source, scope.user_global_ns, ns)
     except SyntaxError as error:
-        hint = ""
-        if re.search(r"\.\d", source):  # net.0.weight, as named_parameters() spells it
-            bracketed = re.sub(r"[.](\d+)", r"[\1]", source)
-            hint = f" Index with brackets: {bracketed}"
+        bracketed = parameter_expression(source)  # net.0.weight, as named_parameters() has it
+        hint = f" Index with brackets: {bracketed}" if bracketed != source else ""
         raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.{hint}") from None
     except NameError as error:
         raise VJPUsageError(f"{error} ({role}).") from None
@@ -296,7 +294,7 @@ def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt")
         found = ChosenInputs()
         for name, module in modules.items():
             found.update(module_parameters(module, name))
-        names, first = " ".join(modules), spelled(next(iter(found)))
+        names, first = " ".join(modules), parameter_expression(next(iter(found)))
         found.notes = (marked(
             f"No named tensor with `requires_grad=True` reaches {output_name}, so the inputs "
             f"are the parameters of {_listed(list(modules))} (as `{flag} {names}`); name fewer "
@@ -335,17 +333,13 @@ def _left_out(found: dict, modules: dict, leaves: dict, output_name: str, flag: 
         named = {n: p for n, p in module_parameters(module, name).items() if id(p) in leaves}
         missing = [n for n, p in named.items() if id(p) not in taken]
         if missing:
-            left += [name] if len(missing) == len(named) else [spelled(n) for n in missing]
+            left += [name] if len(missing) == len(named) \
+                else [parameter_expression(n) for n in missing]
     if not left:
         return ()
     words = _listed([f"{n}'s parameters" if n in modules else n for n in left])
     return (marked(f"{output_name} also depends on {words}, left out here: "
                    f"`{flag} {' '.join(list(found) + left)}` includes them."),)
-
-
-def spelled(name: str) -> str:
-    """A parameter's name as an expression: ``mlp.0.weight`` → ``mlp[0].weight``."""
-    return re.sub(r"[.](\d+)(?=[.]|$)", r"[\1]", name)
 
 
 def _listed(names: list[str]) -> str:
