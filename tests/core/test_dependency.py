@@ -21,6 +21,9 @@ from vjp_magic.render.options import RenderOptions
 # A Jacobian this small is shown in full, so the display leaves out its "dense" line: a lower
 # threshold shows the findings of every verdict.
 FINDINGS = RenderOptions(threshold=5)
+# Room for every part of a display (the default height budget of one screen leaves out the
+# table of sensitivities first, saying so).
+TALL = RenderOptions(height=10_000)
 
 
 def shown(r) -> str:
@@ -292,7 +295,7 @@ def test_sensitivity_numbers_match_the_jacobian():
     n = 50
     x = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 2, dtype=torch.float64)
-    r = vjp_magic.differentiate(torch.tanh(x @ w), x)
+    r = vjp_magic.differentiate(torch.tanh(x @ w), x, options=TALL)
     assert r.inputs["x"].pairing == ((0, 0),)
     jac = torch.autograd.functional.jacobian(lambda t: torch.tanh(t @ w), x.detach())
     per_point = jac[torch.arange(n), :, torch.arange(n), :].abs()  # (point, k, feature)
@@ -307,7 +310,7 @@ def test_sensitivity_numbers_match_the_jacobian():
 
 def test_sensitivity_is_summarised_and_only_for_many_points():
     x = torch.randn(500, 30, requires_grad=True)
-    r = vjp_magic.differentiate(torch.tanh(x @ torch.randn(30, 2)), x)
+    r = vjp_magic.differentiate(torch.tanh(x @ torch.randn(30, 2)), x, options=TALL)
     text = sensitivity_block(r)
     assert "60 in all" in " ".join(text.split()) and "500 points" in text
     assert len(text.splitlines()) <= 12  # a few rows, numpy-style, whatever the count
@@ -315,6 +318,18 @@ def test_sensitivity_is_summarised_and_only_for_many_points():
     small = vjp_magic.differentiate(x**2, x)
     assert sensitivity_block(small) == ""  # nothing to say: no summary, no finding
     assert not any(finding in shown(small) for finding in ("not independent", "Along ", "mean"))
+
+
+def test_a_table_of_sensitivities_left_out_to_fit_one_screen_is_named():
+    torch.manual_seed(4)
+    x = torch.randn(50, 3, dtype=torch.float64, requires_grad=True)
+    f = torch.tanh(x @ torch.randn(3, 2, dtype=torch.float64))
+    tall = vjp_magic.differentiate(f, x, options=TALL)
+    assert sensitivity_block(tall)  # there is a table to show
+    r = vjp_magic.differentiate(f, x)  # one screen: 2 components of 50 x 3, the loop, no table
+    assert not sensitivity_block(r)
+    assert "Not shown, to fit one screen: the table of sensitivities" in shown(r)
+    assert "VJPMagics.height" in shown(r)  # and how to see it
 
 
 # -- every axis pair, read off a result and probed, against torch's Jacobian -------------------
@@ -362,7 +377,8 @@ def test_findings_maths_is_safe_for_katex_and_mathjax():
                for d in (1, 2, None)]
     results += [vjp_magic.differentiate(conv_stack(conv, w1, w2), conv, options=FINDINGS),
                 vjp_magic.differentiate(x * 2 + 0.1 * x.roll(1, 0), x, options=FINDINGS),
-                vjp_magic.differentiate(torch.tanh(rows @ torch.randn(3, 2)), rows)]
+                vjp_magic.differentiate(torch.tanh(rows @ torch.randn(3, 2)), rows,
+                                        options=TALL)]
     for r in results:
         text = shown(r)
         assert any(finding in text for finding in ("not independent", "Along ", "|∂y/∂x|")), r

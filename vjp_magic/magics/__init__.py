@@ -24,7 +24,7 @@ from traitlets import Bool, Float, Int, observe, validate
 
 from ..core.errors import VJPUsageError
 from ..pipeline import FLAGS, Request, pipeline
-from ..render.options import DISPLAY_WIDTH, RenderOptions
+from ..render.options import DISPLAY_HEIGHT, DISPLAY_WIDTH, RenderOptions
 from ..run.choose import FromCell, FromExpression
 from ..run.execute import CellSyntaxError, run_cell
 from ..run.guard import retained_grads_kept
@@ -53,6 +53,10 @@ class VJPMagics(Magics):
                                     "as JupyterLab sets maths: a digit is half of one); "
                                     "wider matrices show fewer digits, then fewer columns.").tag(
         config=True)
+    height = Int(DISPLAY_HEIGHT, help="CSS px one output may take (647: one screen at 1024 x 768 "
+                                      "with the file browser open); taller ones show fewer "
+                                      "rows, components and inputs, and say what they left "
+                                      "out.").tag(config=True)
     index_base = Int(1, help="Where the maths counts components and points from: 1, as the "
                              "tutorial does (f_1, v_1, x^(1)), or 0; the code always counts "
                              "from 0.").tag(config=True)
@@ -327,6 +331,7 @@ class VJPMagics(Magics):
             edgeitems=self.edgeitems,
             index_base=self.index_base,
             width=self.width if args.width is None else args.width,
+            height=self.height,
             full_matrix=args.full_matrix,
         )
         wrt = tuple(asked.pop("wrt") or ())

@@ -9,6 +9,7 @@ of v, the loop and the derivatives.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -62,6 +63,12 @@ def derivatives_sections(result, options, jacobian: bool = False,
         sections.append(Section(tuple(blocks)))
     if len(shown) < len(result.inputs):
         sections.append(Section((not_shown(result, shown),)))
+    if not fit.extras and not jacobian and any(
+            sensitivity_formula(result, n, replace(options, fit=None)) is not None
+            for n in shown if not result.inputs[n].unused):
+        sections.append(Section((paragraph(
+            "Not shown, to fit one screen: the table of sensitivities (",
+            Code("%config VJPMagics.height = 1300"), " gives an output two screens)."),)))
     notes = remembered(options, "notes", lambda: note_paragraphs(result))
     if notes:
         sections.append(Section(notes))
