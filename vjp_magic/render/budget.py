@@ -5,9 +5,9 @@ file browser open).
 :func:`fitted` builds an output's body at the first :data:`LEVELS` whose estimated height
 (:func:`height`, the calibration of ``render/typeset.py``) fits what the sections around it
 leave: fewer rows at each edge of a summarised matrix, then the first and last inputs only
-(the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0, index
-formula or table of sensitivities, the first and last components only (the rest counted);
-as last resorts, the first input only, then the first component only. ``--full-matrix`` shows
+(the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
+formula, no table of sensitivities (named as left out), the first and last components only
+(the rest counted); as last resorts, the first input only, then the first component only. ``--full-matrix`` shows
 everything (the output may be taller). Each level builds twice where its matrices disagree:
 once to note each matrix's own layout, once to lay out every matrix of a shape alike
 (:class:`.matrix.Plan`).
@@ -32,13 +32,15 @@ class Fit:
     (None: ``edgeitems``); the ``inputs`` whose derivatives are shown (2: the first and the
     last, 1: the first; None: all); ``components``: matrices shown per input when each
     component is a matrix (3: all of 3, else first, ⋮, last; 1: the first, the rest
-    counted); ``extras``: v_0, the index formula and the table of sensitivities; ``plan``:
-    the output's layout plan."""
+    counted); ``extras``: v_0 and the index formula; ``sensitivity``: the table of
+    sensitivities (a finding, so it goes after the teaching extras); ``plan``: the output's
+    layout plan."""
 
     rows: int | None = None
     inputs: int | None = None
     components: int = SHOWN_COMPONENTS
     extras: bool = True
+    sensitivity: bool = True
     plan: Plan | None = field(default=None, compare=False)
     memo: dict | None = field(default=None, compare=False)  # what every level computes alike
 
@@ -49,9 +51,10 @@ LEVELS = (
     Fit(rows=2, inputs=2),
     Fit(rows=1, inputs=2),
     Fit(rows=1, inputs=2, extras=False),
-    Fit(rows=1, inputs=2, components=2, extras=False),
-    Fit(rows=1, inputs=1, components=2, extras=False),  # the last resorts
-    Fit(rows=1, inputs=1, components=1, extras=False),
+    Fit(rows=1, inputs=2, extras=False, sensitivity=False),
+    Fit(rows=1, inputs=2, components=2, extras=False, sensitivity=False),
+    Fit(rows=1, inputs=1, components=2, extras=False, sensitivity=False),  # the last resorts
+    Fit(rows=1, inputs=1, components=1, extras=False, sensitivity=False),
 )
 
 

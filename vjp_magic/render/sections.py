@@ -57,13 +57,14 @@ def derivatives_sections(result, options, jacobian: bool = False,
             blocks.append(CodeBlock(display_loop(result, used)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
-                summary = sensitivity_formula(result, name, options) if fit.extras else None
+                summary = sensitivity_formula(result, name, options) if fit.sensitivity \
+                    else None
                 if summary is not None:
                     blocks.append(summary)
         sections.append(Section(tuple(blocks)))
     if len(shown) < len(result.inputs):
         sections.append(Section((not_shown(result, shown),)))
-    if not fit.extras and not jacobian and any(
+    if not fit.sensitivity and not jacobian and any(
             sensitivity_formula(result, n, replace(options, fit=None)) is not None
             for n in shown if not result.inputs[n].unused):
         sections.append(Section((paragraph(
