@@ -8,9 +8,9 @@ leave: fewer rows at each edge of a summarised matrix, then the first and last i
 (the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
 formula, no table of sensitivities (named as left out), the first and last components only
 (the rest counted); as last resorts, the first input only, then the first component only.
-``--full-matrix`` shows everything (the output may be taller). Each level builds twice where its matrices disagree:
-once to note each matrix's own layout, once to lay out every matrix of a shape alike
-(:class:`.matrix.Plan`).
+``--full-matrix`` shows everything (the output may be taller). Each level builds twice where
+its matrices disagree: once to note each matrix's own layout, once to lay out every matrix of
+a shape alike (:class:`.matrix.Plan`).
 """
 from __future__ import annotations
 
