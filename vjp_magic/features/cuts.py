@@ -28,7 +28,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
 
 def cut_sections(cuts) -> tuple[Section, ...]:
     """A bold lead saying what the derivatives are, then each cut in a sentence."""
-    lead = paragraph("The graph is cut: the derivatives below are those of the graph as "
+    lead = paragraph("The graph is cut: its derivatives are those of the graph as "
                      "computed, not of the formula the cell spells.", strong=True)
     said = [cut_paragraph(cut) for cut in cuts]
     body = said[0] if len(said) == 1 else Bullets(tuple(said))
