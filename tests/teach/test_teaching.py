@@ -225,3 +225,18 @@ def test_each_tutorial_output_with_explain_fits_one_screen(cell):
     lines = plain.render(document).splitlines()
     assert len(lines) <= 52, "\n".join(lines)
     assert max(len(line) for line in lines) <= 100
+
+
+def test_explain_names_each_inputs_jacobian_for_it():
+    a = torch.tensor([1., 2., 3.], requires_grad=True)
+    b = torch.tensor([0.5, -1., 2.], requires_grad=True)
+    r = differentiate(a * b + a**2, {"a": a, "b": b}, output_name="s")
+    sections = explain_sections(r, OPTIONS)
+    text = prose(sections)
+    assert "With respect to a:" in text and "With respect to b:" in text
+    lhs = [f.lhs.plain for f in formulas(sections)]
+    assert lhs == ["J_a", "J_b"]  # one name per matrix, never J_F for both
+    rows = {f.lhs.plain: matrix_rows(f.matrix) for f in formulas(sections)}
+    # ∂s/∂a = diag(b + 2a) = diag(2.5, 3, 8); ∂s/∂b = diag(a)
+    assert [rows["J_a"][k][k] for k in range(3)] == ["2.5", "3", "8"]
+    assert [rows["J_b"][k][k] for k in range(3)] == ["1", "2", "3"]

@@ -97,11 +97,11 @@ def remembered(options, key, compute):
     return memo[key]
 
 
-def spent(sections, options) -> float:
+def spent(sections, options, share: float = 0.5) -> float:
     """What the features' sections around the derivatives take of the height budget: their
-    height, at most half of it (the derivatives keep the other half; --explain, --code or a
+    height, at most ``share`` of it (the derivatives keep the rest; --explain, --code or a
     long coaching may make the output taller than one screen)."""
-    return min(height(sections), options.height / 2)
+    return min(height(sections), options.height * share)
 
 
 # -- heights -------------------------------------------------------------------------------

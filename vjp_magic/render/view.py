@@ -96,7 +96,10 @@ class View:
 
         if self.present:
             return build(self.options)
-        return fitted(build, self.options, spent(self.before + self.after, self.options))
+        options, share = self.options, 0.5
+        if self.explained:  # --explain may take two screens, the derivatives at least half one
+            options, share = replace(options, height=2 * options.height), 0.75
+        return fitted(build, options, spent(self.before + self.after, options, share))
 
     def bundle(self, result) -> dict[str, str]:
         """``text/markdown`` (the display), ``text/latex`` (LaTeX/PDF export), ``text/plain``."""

@@ -32,14 +32,16 @@ def explain_sections(result, options, log=None) -> tuple[Section, ...]:
     """One section: step 1 once, steps 2–4 for each input the output depends on; then the
     chain rule with the numbers of the cell's own backward with a general v (``log``)."""
     blocks: list = [_function(result, options.index_base)]
-    for name, item in result.inputs.items():
-        if item.unused:
-            continue
-        blocks += _jacobian(result, name, options)
+    used = [name for name, item in result.inputs.items() if not item.unused]
+    for name in used:
+        if len(used) > 1:  # steps 2-4 again: for which input, and J named for it
+            blocks.append(paragraph(Text("With respect to "), notation.prose_name(name),
+                                    Text(":"), strong=True))
+        blocks += _jacobian(result, name, options, several=len(used) > 1)
         blocks += _gradient_argument(result, name, options)
         blocks.append(_product(result, name))
     blocks += _chain_rule(result, log, options)
-    # the numbered steps say what they are; several inputs repeat steps 2-4, so a heading helps
+    # the numbered steps say what they are; several inputs repeat steps 2-4 under a lead each
     return (Section(tuple(blocks), title="Explained" if len(result.inputs) > 1 else None),)
 
 
@@ -112,19 +114,23 @@ def _structure(result, name: str) -> str:
     return f"{known}: J is zero between different points, so J is {shape}{ordered}."
 
 
-def _jacobian(result, name: str, options) -> list:
+def _jacobian(result, name: str, options, several: bool = False) -> list:
+    """Step 2: J and its structure; with several inputs J is named for its input (J_a, J_b:
+    one name per matrix in one output)."""
     item = result.inputs[name]
     m, n = result.output.numel(), item.tensor.numel()
     entry = notation.partial(output_symbol(result), name, "i", "j")
     big = "F" if item.has_points and not result.full else "f"
-    head = _step(2, Text("The Jacobian "), Math(f"J_{big}", f"J_{big}"),
+    label = Math(f"J_{{{notation.name_tex(name)}}}", f"J_{notation.math_name(name).plain}") \
+        if several else Math(f"J_{big}", f"J_{big}")
+    head = _step(2, Text("The Jacobian "), label,
                  Text(f", m × n = {m:,} × {n:,}: row "), Math("i", "i"),
                  Text(", column "), Math("j", "j"), Text(" holds "), entry,
                  Text(". " + _structure(result, name)))
     if m == 1:  # J is the gradient itself: the matrix below
         return [head]
     block = jacobian_block(result, name)
-    return [head, formula(Math(f"J_{big}", f"J_{big}"), block, options, item.derivatives.dtype)]
+    return [head, formula(label, block, options, item.derivatives.dtype)]
 
 
 def _gradient_argument(result, name: str, options) -> list:
