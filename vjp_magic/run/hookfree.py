@@ -49,7 +49,7 @@ class AnalysedGraph:
     def notes(self, output_name: str) -> list[str]:
         found = []
         if self.reason is not None:
-            found.append(f"Computed on the cell's own graph of {output_name} ({self.reason}): "
+            found.append(f"Computed on the user's own graph of {output_name} ({self.reason}): "
                          "any hooks on it ran during the analysis.")
         if self.hooks:
             which = ", ".join(self.hooks)
@@ -78,7 +78,7 @@ def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGrap
     except NotReplayable as error:
         reason = str(error)
         if isinstance(error, NotReached):  # the operations read give no other cause
-            reason = "its graph was begun in an earlier cell, before the recorded operations"
+            reason = "built outside what vjp_magic recorded: in a plain cell, or an earlier one"
         return AnalysedGraph(output, inputs, reason=reason, hooks=hooks,
                              inputs_changed=isinstance(error, InputChanged))
     except Exception as error:  # noqa: BLE001 - any failure: the cell's own graph
