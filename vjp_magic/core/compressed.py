@@ -127,6 +127,8 @@ def _exact(output, x, budget: int) -> torch.Tensor:
     refuse_if_over(m * n * x.element_size(), budget,
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
     (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
-    return stacked.detach().reshape(m, n).to_sparse_csr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return stacked.detach().reshape(m, n).to_sparse_csr()
 
 
