@@ -8,13 +8,15 @@ In a notebook, ``%load_ext vjp_magic`` registers:
 - ``%hessian``: the same, for second derivatives.
 
 From plain Python: :func:`differentiate` (as ``%%vjp``), :func:`hessian`, :func:`check`
-(grade an answer; :func:`assert_correct` for autograded cells) and :func:`dependency` (which
-output indices read which input indices).
+(grade an answer; :func:`assert_correct` for autograded cells), :func:`dependency` (which
+output indices read which input indices) and :func:`sparse_jacobian` (a sparse CSR Jacobian
+from the live graph).
 Each one's help (``vjp_magic.differentiate?``, ``%%vjp?``) is its reference; ``docs/api.md``
 has the whole of it, ``docs/architecture.md`` how the package is built.
 """
 from importlib.metadata import PackageNotFoundError, version
 
+from .core.compressed import sparse_jacobian
 from .core.dependency import Dependency, dependency
 from .core.errors import GraphFreed, VJPUsageError
 from .core.hessian import HessianResult
@@ -28,6 +30,7 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 __all__ = ["assert_correct", "check", "dependency", "Dependency", "differentiate", "hessian",
+           "sparse_jacobian",
            "DerivativeResult", "VJPResult", "HessianResult", "VJPUsageError", "GraphFreed",
            "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
