@@ -7,10 +7,11 @@ it (:mod:`.compressed`) check their result with an independent random probe and 
 where it disagrees. Graph rules for index maps (shifts, pads, convolutions) are later work.
 
 Output entries (flat, row-major) are split into k groups by index mod k, k = 1, 2, 4, …;
-within a group, entry i's bits are spelt by probes on the entries whose bit is 1 and on
-those whose bit is 0 (2·log₂(m/k) probes a group). An input entry read by one entry of a
-group answers each pair once and so names it; one read by several answers some pair twice,
-and k doubles. A NaN or ±inf answer says nothing: the pattern is refused (None).
+a group is probed whole, then once per bit of i // k on the entries whose bit is 1
+(1 + log₂(m/k) probes a group). An input entry read by one entry of a group answers each bit
+probe with exactly 0 or exactly the whole probe's value (the other entries add exact zeros)
+and so spells that entry's index; any other answer means several entries read it, and k
+doubles. A NaN or ±inf answer says nothing: the pattern is refused (None).
 """
 from __future__ import annotations
 
@@ -51,11 +52,11 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     limit = max_probes if max_probes is not None else max(m, MIN_PROBES)
     groups, spent = 1, 0
     while True:
-        sets, bits = _group_sets(m, groups)
-        if spent + len(sets) > limit or groups > 2 * _most_per_row(n):
+        bits = _bits(m, groups)
+        if spent + groups * (bits + 1) > limit or groups > 2 * _most_per_row(n):
             return None
-        answers = _answers(flat, x, sets, budget, seed, groups)
-        spent += len(sets)
+        answers = _answers(flat, x, groups, bits, budget, seed)
+        spent += groups * (bits + 1)
         if answers is None:
             return None
         decoded = _decode(answers, m, groups, bits)
@@ -72,41 +73,54 @@ def _most_per_row(n: int) -> float:
     return max(MIN_ROW, n * DENSE_FRACTION)
 
 
-def _group_sets(m: int, groups: int) -> tuple[torch.Tensor, int]:
-    """(groups · 2 · bits × m) bool: for each group, the entries whose bit b of i // groups
-    is 1, then those where it is 0 (bits ≥ 1: a group of one entry is probed twice)."""
+def _bits(m: int, groups: int) -> int:
+    """Bits spelling i // groups within a group (≥ 1)."""
+    return max(1, (max(-(-m // groups), 1) - 1).bit_length())
+
+
+def _group_sets(m: int, first: int, stop: int, groups: int, bits: int) -> torch.Tensor:
+    """((stop - first) · (1 + bits) × m) bool: for each group of ``first:stop``, its entries
+    (index mod ``groups``), then those whose bit b of i // groups is 1, b < bits."""
     index = torch.arange(m)
     group, within = index % groups, index // groups
-    bits = max(1, (max(-(-m // groups), 1) - 1).bit_length())
     bit = ((within[None, :] >> torch.arange(bits)[:, None]) & 1) == 1  # bits × m
-    in_group = group[None, :] == torch.arange(groups)[:, None]  # groups × m
-    sets = torch.stack([in_group[:, None, :] & bit[None], in_group[:, None, :] & ~bit[None]], 1)
-    return sets.reshape(-1, m), bits
+    in_group = group[None, :] == torch.arange(first, stop)[:, None]  # groups × m
+    every = torch.ones(1, m, dtype=torch.bool)
+    return (in_group[:, None, :] & torch.cat([every, bit])[None]).reshape(-1, m)
 
 
-def _answers(flat, x, sets, budget: int, seed: int, draw: int) -> torch.Tensor | None:
-    """(len(sets) × n) bool: which input entries each set reaches; None if any is not finite."""
-    values = set_probe_values(flat, seed, "sparse-pattern", draw)
-    limit = chunk_size(flat, [x], budget)
-    hits = []
-    for start in range(0, len(sets), limit):
-        part = sets[start:start + limit].to(device=flat.device, dtype=flat.dtype)
-        (g,) = vjp_batch(flat, [x], values * part)
-        g = g.detach().reshape(len(part), -1)
-        if not bool(torch.isfinite(g).all()):
+def _answers(flat, x, groups: int, bits: int, budget: int, seed: int):
+    """Per group: (reads, ones, collided), all bool (groups × n, groups × bits × n, groups):
+    which input entries the group's probe reaches, which each bit's probe reaches, and
+    whether some entry is read by several of the group's entries. A bit probe of an entry
+    read by one entry of the group answers exactly 0 or exactly the group probe's value
+    (the other entries contribute exact zeros); anything else is a collision. None if any
+    answer is not finite."""
+    values = set_probe_values(flat, seed, "sparse-pattern", groups)
+    per = max(1, chunk_size(flat, [x], budget) // (bits + 1))  # groups a batch
+    reads, ones, collided = [], [], []
+    for first in range(0, groups, per):
+        stop = min(groups, first + per)
+        sets = _group_sets(flat.numel(), first, stop, groups, bits)
+        v = values * sets.to(device=flat.device, dtype=flat.dtype)
+        (g,) = vjp_batch(flat, [x], v)
+        g = g.detach().reshape(stop - first, bits + 1, -1)
+        if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             return None
-        hits.append(g.ne(0).cpu())
-    return torch.cat(hits)
+        whole, parts = g[:, 0], g[:, 1:]
+        one = parts.ne(0)
+        clean = (~one | parts.eq(whole[:, None])).all(1) & (whole.ne(0) | ~one.any(1))
+        reads.append(whole.ne(0).cpu())
+        ones.append(one.cpu())
+        collided.append((~clean).any(1).cpu())
+    return torch.cat(reads), torch.cat(ones), torch.cat(collided)
 
 
 def _decode(answers, m: int, groups: int, bits: int):
     """(rows, cols) of every dependence, or None where some group has an input entry read by
     several of its entries (k must grow)."""
-    answers = answers.reshape(groups, 2, bits, -1)
-    one, zero = answers[:, 0], answers[:, 1]  # groups × bits × n
-    read = (one | zero).any(1)  # groups × n
-    single = (one ^ zero).all(1)
-    if bool((read & ~single).any()):
+    read, one, collided = answers
+    if bool(collided.any()):
         return None
     within = (one.long() << torch.arange(bits)[None, :, None]).sum(1)  # groups × n
     group, col = read.nonzero(as_tuple=True)
