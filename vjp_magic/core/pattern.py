@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .derivatives import chunk_size, vjp_batch
@@ -78,15 +79,22 @@ def _bits(m: int, groups: int) -> int:
     return max(1, (max(-(-m // groups), 1) - 1).bit_length())
 
 
-def _group_sets(m: int, first: int, stop: int, groups: int, bits: int) -> torch.Tensor:
-    """((stop - first) · (1 + bits) × m) bool: for each group of ``first:stop``, its entries
-    (index mod ``groups``), then those whose bit b of i // groups is 1, b < bits."""
-    index = torch.arange(m)
-    group, within = index % groups, index // groups
-    bit = ((within[None, :] >> torch.arange(bits)[:, None]) & 1) == 1  # bits × m
-    in_group = group[None, :] == torch.arange(first, stop)[:, None]  # groups × m
-    every = torch.ones(1, m, dtype=torch.bool)
-    return (in_group[:, None, :] & torch.cat([every, bit])[None]).reshape(-1, m)
+def _group_probes(values, first: int, stop: int, groups: int, bits: int) -> torch.Tensor:
+    """((stop - first) · (1 + bits) × m) probes: for each group g of ``first:stop``, ``values``
+    on its entries (index mod ``groups`` = g), then on those whose bit b of i // groups is 1,
+    b < bits; 0 elsewhere."""
+    m = values.numel()
+    width = -(-m // groups)
+    padded = values.new_zeros(width * groups)
+    padded[:m] = values.reshape(-1)
+    mine = padded.reshape(width, groups)[:, first:stop].t()  # groups × width
+    within = torch.arange(width, device=values.device)
+    bit = (within[None, :] >> torch.arange(bits, device=values.device)[:, None]) & 1
+    spell = torch.cat([torch.ones_like(bit[:1]), bit]).to(values.dtype)  # (1 + bits) × width
+    probes = values.new_zeros(stop - first, bits + 1, width, groups)
+    k = torch.arange(stop - first, device=values.device)
+    probes[k, :, :, first + k] = spell[None] * mine[:, None, :]
+    return probes.reshape(stop - first, bits + 1, -1)[..., :m].reshape(-1, m)
 
 
 def _answers(flat, x, groups: int, bits: int, budget: int, seed: int):
@@ -101,9 +109,7 @@ def _answers(flat, x, groups: int, bits: int, budget: int, seed: int):
     reads, ones, collided = [], [], []
     for first in range(0, groups, per):
         stop = min(groups, first + per)
-        sets = _group_sets(flat.numel(), first, stop, groups, bits)
-        v = values * sets.to(device=flat.device, dtype=flat.dtype)
-        (g,) = vjp_batch(flat, [x], v)
+        (g,) = vjp_batch(flat, [x], _group_probes(values, first, stop, groups, bits))
         g = g.detach().reshape(stop - first, bits + 1, -1)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             return None
@@ -131,7 +137,8 @@ def _decode(answers, m: int, groups: int, bits: int):
 
 
 def _csr(rows, cols, m: int, n: int, probes: int) -> Pattern:
-    order = torch.argsort(rows * n + cols)
+    # Each row lies in one group, whose columns come ascending: a stable sort by row suffices.
+    order = torch.from_numpy(np.argsort(rows.numpy(), kind="stable"))
     rows, cols = rows[order], cols[order]
     crow = torch.zeros(m + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
