@@ -501,7 +501,8 @@ def test_the_rewritten_cell_does_what_the_cell_does(cell):
 # -- the help where people look: public docstrings carry the reference, examples run ----------
 
 @pytest.mark.parametrize("function", [vjp_magic.differentiate, vjp_magic.check,
-                                      vjp_magic.hessian, vjp_magic.dependency],
+                                      vjp_magic.assert_correct, vjp_magic.hessian,
+                                      vjp_magic.dependency],
                          ids=lambda f: f.__name__)
 def test_public_docstrings_carry_the_reference_and_their_examples_run(function):
     import doctest

@@ -6,8 +6,6 @@ from ``torch.func.jacrev`` / ``torch.autograd.functional.jacobian`` or the mathe
 """
 from __future__ import annotations
 
-import builtins
-import doctest
 
 import pytest
 import torch
@@ -102,19 +100,10 @@ def test_assert_correct_raises_with_the_hint():
 
 @pytest.mark.parametrize("function", [vjp_magic.check, vjp_magic.assert_correct],
                          ids=lambda f: f.__name__)
-def test_docstrings_carry_the_reference_and_their_examples_run(function):
-    doc = function.__doc__
-    assert "Args:" in doc and "Returns:" in doc and "Raises:" in doc and ">>> " in doc
-    tests = doctest.DocTestFinder().find(function, globs={"torch": torch, "vjp_magic": vjp_magic})
-    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    had_underscore = hasattr(builtins, "_")
-    try:
-        for test in tests:
-            runner.run(test)
-    finally:
-        if not had_underscore:
-            builtins.__dict__.pop("_", None)
-    assert runner.failures == 0 and runner.tries > 0
+def test_docstrings_say_what_they_raise(function):
+    # their reference text and examples run with the other public docstrings
+    # (tests/magics/test_magics.py::test_public_docstrings_carry_the_reference_...)
+    assert "Raises:" in function.__doc__
 
 
 # -- %%vjp --check NAME --against EXPR --------------------------------------------------------
