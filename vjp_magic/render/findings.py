@@ -304,13 +304,19 @@ def sensitivity(result, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return flat.mean(dim=1, dtype=torch.float64), largest, where
 
 
+def has_sensitivity(result, name: str, options) -> bool:
+    """Whether ``name`` gets a table of sensitivities: many points (more than ``threshold``)."""
+    item = result.inputs[name]
+    return not (result.full or item.unused or not item.has_points
+                or item.point_count <= options.threshold)
+
+
 def sensitivity_formula(result, name: str, options) -> Formula | None:
     """|∂y/∂x| over the points: mean, largest and where, one row per feature (a few
     rows, numpy-style, when there are many); None unless there are many points."""
-    item = result.inputs[name]
-    if (result.full or item.unused or not item.has_points
-            or item.point_count <= options.threshold):
+    if not has_sensitivity(result, name, options):
         return None
+    item = result.inputs[name]
     mean, largest, where = remembered(options, ("sensitivity", name),
                                       lambda: sensitivity(result, name))
     shown = row_indices(len(mean), options)

@@ -9,14 +9,13 @@ of v, the loop and the derivatives.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 
 from . import notation
 from .codegen import component_loop, display_loop, expression, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
-from .findings import sensitivity_formula, structure_findings
+from .findings import has_sensitivity, sensitivity_formula, structure_findings
 from .indices import index_formula
 from .budget import fit_of, remembered
 from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
@@ -65,8 +64,7 @@ def derivatives_sections(result, options, jacobian: bool = False,
     if len(shown) < len(result.inputs):
         sections.append(Section((not_shown(result, shown),)))
     if not fit.sensitivity and not jacobian and any(
-            sensitivity_formula(result, n, replace(options, fit=None)) is not None
-            for n in shown if not result.inputs[n].unused):
+            has_sensitivity(result, n, options) for n in shown):
         sections.append(Section((paragraph(
             "Not shown, to fit one screen: the table of sensitivities (",
             Code("%config VJPMagics.height = 1300"), " gives an output two screens)."),)))
