@@ -8,7 +8,7 @@ then those of the graph as computed, which the headline says. Stores ``r.cuts``.
 """
 from __future__ import annotations
 
-from ..render.document import Bullets, Code, Paragraph, Section, Text, paragraph
+from ..render.document import Bullets, Paragraph, Section, paragraph
 from ..run.choose import Subject
 from ..run.cuts import find_cuts
 from . import Added, Asked
@@ -36,4 +36,4 @@ def cut_sections(cuts) -> tuple[Section, ...]:
 
 
 def cut_paragraph(cut) -> Paragraph:
-    return Paragraph(tuple(Code(text) if code else Text(text) for text, code in cut.pieces()))
+    return paragraph(cut.sentence())

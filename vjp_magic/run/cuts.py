@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
 from .plan import recorded_alias, storage_key
 from .record import tensors_in
@@ -108,9 +109,14 @@ class Cut:
             return f"derivative shown with respect to {_names(self.inputs)} is that"
         return "derivative shown is that"
 
+    def sentence(self, tail: bool = True) -> Marked:
+        """:meth:`pieces` as one sentence, its code marked (:mod:`vjp_magic.core.marked`)."""
+        return marked("".join(code(text) if is_code else text
+                              for text, is_code in self.pieces(tail)))
+
     def plain(self) -> str:
         """:meth:`pieces` as one line of text."""
-        return "".join(text for text, _ in self.pieces())
+        return str(self.sentence())
 
 
 def _joiner(k: int, count: int) -> str:

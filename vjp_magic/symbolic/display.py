@@ -14,7 +14,7 @@ import time
 import sympy
 from sympy.printing.latex import LatexPrinter
 
-from ..render.document import Code, Formula, Math, Section, paragraph
+from ..render.document import Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
 from ..render.matrix import multi_index
 from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
@@ -302,7 +302,7 @@ def cut_note_sections(cuts) -> tuple[Section, ...]:
     spans: list = ["These formulas are of the graph as computed, not of the formula the cell "
                    "spells:"]
     for cut in cuts:
-        spans += [" "] + [Code(t) if code else t for t, code in cut.pieces(tail=False)]
+        spans += [" ", cut.sentence(tail=False)]
     return (Section((paragraph(*spans),)),)
 
 
