@@ -13,6 +13,7 @@ back to the exact path, never to a wrong sparse matrix.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -20,15 +21,39 @@ from .colouring import colour_rows
 from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
 from .errors import VJPUsageError
 from .memory import refuse_if_over, resolve_budget
+from .pairing import Evidence
 from .pattern import Pattern, observed_pattern
 from .probes import new_seed, probe_plan, probe_vector
 from .tolerances import tolerances
 from .torch_api import TorchError, torch_error
 
 
+@dataclass(frozen=True)
+class SparseJacobian:
+    """A Jacobian computed by compressed passes.
+
+    ``matrix``: 2-D sparse CSR (output.numel() × x.numel()), row-major flattening;
+    ``colours``: int64 (output.numel(),), the colour of each flat output entry (entries of
+    one colour read disjoint entries of x); ``count``: the number of colours, i.e. backward
+    passes for the values; ``evidence``: PROVED (the pattern follows from the graph's rules)
+    or OBSERVED (found by probes at this x); ``pattern_passes``: backward passes spent finding
+    the pattern (0 when proved).
+    """
+
+    matrix: torch.Tensor
+    colours: torch.Tensor
+    count: int
+    evidence: Evidence
+    pattern_passes: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.matrix.col_indices().numel())
+
+
 def compressed_jacobian(output: torch.Tensor, x: torch.Tensor, budget: int,
-                        seed: int) -> torch.Tensor | None:
-    """d output / d x as a sparse CSR tensor (output.numel() × x.numel(), row-major), or
+                        seed: int) -> SparseJacobian | None:
+    """d output / d x by one backward per colour of its pattern (:class:`SparseJacobian`), or
     None: no pattern that pays, over the budget, or the check disagreed."""
     pattern = observed_pattern(output, x, budget, seed)
     if pattern is None or _csr_bytes(pattern, x) > budget:
@@ -36,8 +61,12 @@ def compressed_jacobian(output: torch.Tensor, x: torch.Tensor, budget: int,
     colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1])
     if colours is None:
         return None
-    jacobian = decompressed(output, x, pattern, torch.from_numpy(colours), budget)
-    return jacobian if checked(output, x, jacobian, seed) else None
+    colours = torch.from_numpy(colours)
+    jacobian = decompressed(output, x, pattern, colours, budget)
+    if not checked(output, x, jacobian, seed):
+        return None
+    count = int(colours.max()) + 1 if colours.numel() else 0
+    return SparseJacobian(jacobian, colours, count, Evidence.OBSERVED, pattern.probes)
 
 
 def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
@@ -122,7 +151,7 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     seed = new_seed() if seed is None else seed
     try:
         sparse = compressed_jacobian(output, x, budget, seed)
-        return sparse if sparse is not None else _exact(output, x, budget)
+        return sparse.matrix if sparse is not None else _exact(output, x, budget)
     except RuntimeError as error:
         if torch_error(error) is not TorchError.SECOND_PASS:
             raise
