@@ -28,41 +28,9 @@ import vjp_magic
 from vjp_magic import dependency, differentiate
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-import cells  # the tutorial's cells, shared with the tests
-
-
-def median_time(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def paired_medians(ours, anchor, repeat: int) -> tuple[float, float]:
-    """Median times of ``ours`` and ``anchor``, run alternately so both see the same load."""
-    ours(), anchor()
-    times_ours, times_anchor = [], []
-    for _ in range(repeat):
-        for fn, times in ((ours, times_ours), (anchor, times_anchor)):
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_ours), statistics.median(times_anchor)
-
-
-def row(label: str, ours: float, anchor: float, anchor_name: str, must: float, aim: float) -> bool:
-    ratio = ours / anchor
-    verdict = "ok" if ratio <= must else "OVER"
-    aim_note = " (aim met)" if ratio <= aim else ""
-    print(f"{label:<44} {ratio:6.2f}x  must<={must:<4} aim<={aim:<4} {verdict}{aim_note}"
-          f"   ours {ours * 1e3:8.2f} ms, {anchor_name} {anchor * 1e3:8.2f} ms")
-    return ratio <= must
+import cells  # the tutorial's cells, shared with the tests  # noqa: E402
+import sparse_rows  # noqa: E402
+from timing import median_time, paired_medians, row  # noqa: E402
 
 
 def bench_elementwise(repeat: int, n: int) -> bool:
@@ -76,22 +44,6 @@ def bench_elementwise(repeat: int, n: int) -> bool:
                                   repeat)
     row("  same, probe-verified (graph proof off)", ours, anchor, "one backward", 2.5, 1.5)
     return ok
-
-
-def bench_sparse_tridiagonal(repeat: int, n: int) -> bool:
-    """vjp_magic.sparse_jacobian of the x³ stencil (issue 20), against one plain backward of
-    the same map. Reported, not gated: the target (≤ 10×) is not met by this first slice."""
-    import torch.nn.functional as F
-
-    from vjp_magic import sparse_jacobian
-
-    x = torch.linspace(-2, 2, n, requires_grad=True)
-    y = F.pad(x, (1, 0))[:-1] + x ** 3 + F.pad(x, (0, 1))[1:]
-    backward = lambda: torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True)  # noqa
-    ours, anchor = paired_medians(lambda: sparse_jacobian(y, x, seed=0), backward,
-                                  max(1, repeat // 3))
-    row(f"sparse tridiagonal x**3 stencil, N={n:.0e}", ours, anchor, "one backward", 10, 5)
-    return True
 
 
 def shell():
@@ -419,7 +371,7 @@ def main() -> int:
     results = [
         bench_elementwise(args.repeat, 10**6 // scale),
         bench_cell(args.repeat, 10**6 // scale),
-        bench_sparse_tridiagonal(args.repeat, 10**5 // scale),
+        *sparse_rows.rows(args.repeat, args.quick),
         bench_rowwise(args.repeat, 10**5 // scale),
         bench_dense(args.repeat),
         bench_render(args.repeat),
