@@ -21,7 +21,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
     from ..run.gradcheck import gradcheck
 
     inputs = {name: item.tensor for name, item in result.inputs.items()}  # the user's own
-    report = gradcheck(subject.record, inputs, result.output, list(inputs))
+    report = gradcheck(subject.record, inputs, result.output, list(inputs), seed=result.seed)
     shown = gradcheck_sections(report, result)
     stored = {"gradcheck": report, "notes": _notes(result, report)}
     if report.ok is False:

@@ -39,19 +39,48 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
 
 
 def _failed(report) -> Paragraph:
-    """What a failure means; a custom backward is blamed only where the graph has one."""
-    culprit = (" a custom autograd.Function's backward is the likely culprit."
-               if report.custom else "")
-    return paragraph(
-        "The backward pass disagrees with the function's own values" + (":" if culprit
-        else ".") + culprit + " The derivatives below are what autograd computes, not "
-        "necessarily the true ones.")
+    """What a failure means, by what the graph holds: a custom backward is blamed (by name)
+    only where one lies on the way to the inputs; without one, and nothing detached, the
+    finite differences met a point where the function has no derivative."""
+    spans: list = []
+    if report.unscaled:
+        spans += [Text("The backward does not scale with its incoming gradient: for 2v it "
+                       "does not return twice vᵀJ ("), *_listed(report.unscaled, prose=True),
+                  Text("), as a backward that ignores "), Code("grad_output"),
+                  Text(" does (torch.autograd.gradcheck: \"backward not multiplied by "
+                       "grad_output\"). ")]
+    if report.custom:
+        spans += [Text("The backward pass disagrees with the function's own values: a custom "
+                       "autograd.Function's backward is the likely culprit: "),
+                  *_listed(report.custom), Text(".")]
+    elif report.detached or not report.failed:
+        spans.append(Text("The backward pass disagrees with the function's own values."))
+    else:
+        ops = "/".join(report.kinks)
+        spans += [Text("Finite differences disagree near a point where the function is not "
+                       "differentiable: "), *_places(report.failed),
+                  Text(f"{f' ({ops})' if ops else ''}; no custom autograd.Function is in the "
+                       "graph, and PyTorch's own derivatives are right wherever one exists.")]
+    spans.append(Text(" The derivatives below are what autograd computes, not necessarily "
+                      "the true ones."))
+    return Paragraph(tuple(spans))
 
 
 def _inconclusive(report) -> list:
     """"inconclusive at x[2] (a kink: relu is not differentiable there)"."""
-    where = [(name, index) for name, found in report.inconclusive.items() for index in found]
-    spans: list = [Text("inconclusive at ")]
+    count = sum(len(found) for found in report.inconclusive.values())
+    spans: list = [Text("inconclusive at "), *_places(report.inconclusive)]
+    ops = "/".join(report.kinks) if report.kinks else "the function"
+    verb = "is" if count == 1 else "is not differentiable at any of them"
+    there = " not differentiable there" if count == 1 else ""
+    spans.append(Text(f" (a kink: {ops} {verb}{there})"))
+    return spans
+
+
+def _places(by_name: dict) -> list:
+    """"x[2], x[4] and 3 more entries": the first few entries of ``{name: indices}``."""
+    where = [(name, index) for name, found in by_name.items() for index in found]
+    spans: list = []
     shown = where[:SHOWN_ENTRIES]
     for i, (name, index) in enumerate(shown):
         last = i == len(shown) - 1 and len(where) <= SHOWN_ENTRIES
@@ -59,10 +88,6 @@ def _inconclusive(report) -> list:
     if len(where) > SHOWN_ENTRIES:
         spans.append(Text(f" and {len(where) - SHOWN_ENTRIES:,} more "
                           f"{'entry' if len(where) - SHOWN_ENTRIES == 1 else 'entries'}"))
-    ops = "/".join(report.kinks) if report.kinks else "the function"
-    verb = "is" if len(where) == 1 else "is not differentiable at any of them"
-    there = " not differentiable there" if len(where) == 1 else ""
-    spans.append(Text(f" (a kink: {ops} {verb}{there})"))
     return spans
 
 
@@ -71,8 +96,9 @@ def _entry(name: str, index) -> str:
     return f"{name}[{inside}]"
 
 
-def _listed(names) -> list:
+def _listed(names, prose: bool = False) -> list:
+    """Names as code, comma-separated (``prose``: input names, as the display writes them)."""
     spans: list = []
     for i, name in enumerate(names):
-        spans += [Text(", " if i else ""), Code(name)]
+        spans += [Text(", " if i else ""), notation.prose_name(name) if prose else Code(name)]
     return spans

@@ -1,20 +1,24 @@
 """``--gradcheck``: the cell's recorded operations, replayed in float64, against central
 finite differences (the cell itself is not run again).
 
-For a random v (1 for a scalar output), the analytic vᵀJ comes from one backward pass
-through the float64 replay (so custom ``autograd.Function`` backwards are the ones
-checked); the numeric one is
+For a random, non-uniform v drawn from the run's seed (entries of random sign and magnitude
+in [1.5, 3], so a backward that ignores its incoming gradient shows), the analytic vᵀJ
+comes from one backward pass through the float64 replay (so custom ``autograd.Function``
+backwards are the ones checked), and a second one with 2v must give 2·vᵀJ (a backward not
+multiplied by ``grad_output`` fails, as in ``torch.autograd.gradcheck``); the numeric one is
 vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries k of each input (all of them
 when there are few; with a sample, also along one random direction through all entries).
-Entries agree within ``atol + rtol·|numeric|``, the tolerances of ``torch.autograd.gradcheck``.
+Entries agree within ``atol + rtol·|numeric|``, the tolerances of ``torch.autograd.gradcheck``
+(for a scalar output, both divided by v: errors are in the derivative's own units).
 
 A step must not cross a kink (relu, clamp, abs at 0): there the central difference is not
 a derivative. Each entry's central difference is used only where the one-sided differences
 agree with it (f is smooth across the step); else a one-sided difference that agrees with
 its own halved step (no kink on that side), else the same at smaller steps. Where both
 sides are smooth but differ, or no step is safe, f has no derivative there to check: the
-entry is *inconclusive*, never failed. A check fails only where every safe difference
-disagrees with autograd.
+entry is *inconclusive*, never failed; so is one whose central difference does not settle
+when the step is halved (a jump, as sign at 0). A check fails only where every safe
+difference disagrees with autograd.
 
 The replays draw no random numbers from the global generators: they run under
 :func:`torch.random.fork_rng`, so the cell's RNG state is as a plain run leaves it.
@@ -28,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.tagging import custom_backwards
+from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .replay import NotReplayable, build
@@ -37,7 +41,8 @@ ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
 SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
-SEED = 0
+SEED = 0  # where the run has no seed of its own
+SCALAR_V = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
 KINKED = frozenset((
     "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
@@ -45,7 +50,8 @@ KINKED = frozenset((
     "hardshrink", "softshrink", "where", "hardsigmoid", "hardswish", "elu", "selu", "celu",
     "prelu", "rrelu", "l1_loss", "smooth_l1_loss", "huber_loss", "median", "sort", "topk",
     "max_pool1d", "max_pool2d", "max_pool3d", "norm", "dist", "cdist",
-))  # ops with kinks: named where an entry is inconclusive
+    "sqrt", "rsqrt", "sign", "sgn", "floor", "ceil", "round", "trunc", "frac", "heaviside",
+))  # ops with kinks, jumps or infinite slopes: named where an entry is inconclusive or fails
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,12 @@ class GradcheckReport:
     (``note`` says why) or, none failing, some entries are ``inconclusive`` (a kink: f has no
     derivative there to check); ``max_error[name]`` the largest |analytic − numeric| over its
     conclusive entries (``checked[name]`` entries examined); ``inconclusive[name]`` the
-    indices of its inconclusive entries; ``kinks`` the ops with kinks the replay runs;
-    ``custom`` the custom backward functions in the graph; ``note`` why nothing (or not all)
-    was checked."""
+    indices of its inconclusive entries, ``failed[name]`` those of its disagreeing ones;
+    ``kinks`` the ops with kinks the replay runs (where some entry is inconclusive or fails);
+    ``custom`` the custom backward functions on the way from the output to the checked
+    inputs; ``unscaled`` the inputs whose vᵀJ does not double when v does (a backward that
+    ignores its incoming gradient); ``detached`` the replay's detaching ops (on a failure);
+    ``note`` why nothing (or not all) was checked."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -66,21 +75,27 @@ class GradcheckReport:
     note: str | None = None
     inconclusive: dict = field(default_factory=dict)
     kinks: tuple = ()
+    unscaled: tuple = ()
+    failed: dict = field(default_factory=dict)
+    detached: tuple = ()
 
 
-def gradcheck(record, inputs: dict, output, names=None,
-              seconds: float = MAX_SECONDS) -> GradcheckReport:
+def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
+              seed: int | None = None) -> GradcheckReport:
     """Check the derivatives of ``output`` with respect to ``inputs`` (name -> tensor; only
     ``names`` if given) on the float64 replay of ``record``; sampling stops after about
-    ``seconds`` (the entries checked by then are reported). The global RNG state (CPU, and
-    CUDA's where the inputs are there) is left as it was."""
+    ``seconds`` (the entries checked by then are reported). v and the sampled entries are
+    drawn from ``seed`` (the run's; :data:`SEED` if None), never from torch's global
+    generators, whose state (CPU, and CUDA's where the inputs are there) is left as it was."""
     devices = sorted({t.device.index or 0 for t in inputs.values()
                       if isinstance(t, torch.Tensor) and t.is_cuda})
     with torch.random.fork_rng(devices=devices):
-        return _gradcheck(record, inputs, output, names, seconds)
+        return _gradcheck(record, inputs, output, names, seconds,
+                          SEED if seed is None else seed)
 
 
-def _gradcheck(record, inputs: dict, output, names, seconds: float) -> GradcheckReport:
+def _gradcheck(record, inputs: dict, output, names, seconds: float,
+               seed: int) -> GradcheckReport:
     names = list(inputs) if names is None else list(names)
     try:
         replay = build(record, inputs, output).with_dtype(torch.float64)
@@ -94,30 +109,38 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float) -> Gradcheck
               for n, t in inputs.items()}
     deadline = time.perf_counter() + seconds
     try:
-        analytic, custom, v = _analytic(replay, values, names)
+        analytic = _analytic(replay, values, names, seed)
+        if analytic.note:
+            return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
-            probe = (v, replay.run(values))
-        found = {name: _compare(replay, values, name, analytic[name], probe, deadline)
-                 for name in names}
+            probe = (analytic.numeric_v, replay.run(values))
+        found = {name: _compare(replay, values, name, analytic.grads[name], probe, deadline,
+                                seed) for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
-    return _report(replay, found, custom, seconds if time.perf_counter() >= deadline else None)
+    return _report(replay, found, analytic,
+                   seconds if time.perf_counter() >= deadline else None)
 
 
-def _report(replay, found: dict, custom: tuple, stopped: float | None) -> GradcheckReport:
-    """The verdict from each input's comparison (``stopped``: sampling ran out of time)."""
-    failed = any(not f.agree for f in found.values())
+def _report(replay, found: dict, analytic: _Analytic,
+            stopped: float | None) -> GradcheckReport:
+    """The verdict from each input's comparison and the scaling check (``stopped``:
+    sampling ran out of time)."""
+    failed = {name: f.failed for name, f in found.items() if not f.agree}
     inconclusive = {name: f.inconclusive for name, f in found.items() if f.inconclusive}
-    notes = _detached_note(replay) if failed else []
+    bad = bool(failed or analytic.unscaled)
+    detached = replay.detaching() if bad else ()
+    notes = _detached_note(detached)
     if stopped is not None:
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
-        ok=False if failed else (None if inconclusive else True),
-        max_error={n: f.worst for n, f in found.items()}, custom=custom,
+        ok=False if bad else (None if inconclusive else True),
+        max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
         checked={n: f.checked for n, f in found.items()}, note=" ".join(notes) or None,
-        inconclusive=inconclusive, kinks=kinked_ops(replay) if inconclusive else ())
+        inconclusive=inconclusive, unscaled=analytic.unscaled, failed=failed,
+        kinks=kinked_ops(replay) if inconclusive or failed else (), detached=tuple(detached))
 
 
 def kinked_ops(replay) -> tuple[str, ...]:
@@ -130,9 +153,8 @@ def kinked_ops(replay) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def _detached_note(replay) -> list[str]:
+def _detached_note(detaching) -> list[str]:
     """A failed check where the cell detaches part of its computation: why that fails."""
-    detaching = replay.detaching()
     if not detaching:
         return []
     return [f"The cell detaches part of its computation ({', '.join(detaching)}): autograd "
@@ -140,8 +162,21 @@ def _detached_note(replay) -> list[str]:
             "when every backward is right."]
 
 
-def _analytic(replay, values: dict, names: list) -> tuple[dict, tuple, torch.Tensor]:
-    """vᵀJ for each input by one backward pass through the replay; the custom backwards."""
+@dataclass
+class _Analytic:
+    """The backward side: vᵀJ per input (for a scalar output divided by v: the gradient),
+    the v the finite differences use, the custom backwards on the way, the inputs whose
+    vᵀJ does not scale with v, and why nothing can be checked (``note``)."""
+
+    grads: dict = field(default_factory=dict)
+    numeric_v: torch.Tensor | None = None
+    custom: tuple = ()
+    unscaled: tuple = ()
+    note: str | None = None
+
+
+def _analytic(replay, values: dict, names: list, seed: int) -> _Analytic:
+    """vᵀJ for each input by one backward pass through the replay, and one with 2v."""
     leaves = {n: t.detach().requires_grad_(True) if n in names else t
               for n, t in values.items()}
     with torch.enable_grad():
@@ -149,14 +184,71 @@ def _analytic(replay, values: dict, names: list) -> tuple[dict, tuple, torch.Ten
     if out.dtype != torch.float64:
         raise TypeError(f"the replay computes in {out.dtype}, not float64 (a custom Function "
                         "or an op casts), too coarse for finite differences")
-    generator = torch.Generator().manual_seed(SEED)
-    v = torch.randn(out.shape, generator=generator, dtype=torch.float64) \
-        if out.numel() > 1 else torch.ones(out.shape, dtype=torch.float64)
-    v = v.to(out.device)
+    if not torch.isfinite(out).all():
+        return _Analytic(note=_not_finite(out))
+    v = probe_v(out, seed)
+    scalar = out.numel() == 1
+    numeric_v = torch.ones_like(v) if scalar else v  # a scalar's errors in its own units
     if not out.requires_grad:
-        return {n: torch.zeros_like(values[n]) for n in names}, (), v
-    grads = materialized_grad(out, [leaves[n] for n in names], v)
-    return dict(zip(names, grads)), custom_backwards(out), v
+        return _Analytic({n: torch.zeros_like(values[n]) for n in names}, numeric_v)
+    wrt = [leaves[n] for n in names]
+    grads = materialized_grad(out, wrt, v, retain_graph=True)
+    doubled = materialized_grad(out, wrt, 2 * v)
+    unscaled = tuple(n for n, g, g2 in zip(names, grads, doubled)
+                     if not torch.allclose(g2, 2 * g, rtol=RTOL, atol=ATOL, equal_nan=True))
+    if scalar:
+        grads = tuple(g / v.reshape(()) for g in grads)
+    return _Analytic(dict(zip(names, grads)), numeric_v, custom_on_the_way(out, wrt),
+                     unscaled)
+
+
+def probe_v(out: torch.Tensor, seed: int) -> torch.Tensor:
+    """The check's v, shaped like ``out``, from the run's ``seed``: entries of magnitude
+    in :data:`SCALAR_V` (never near 0 or ±1: an error in any entry shows, and so does a
+    backward that ignores its incoming gradient) and random signs."""
+    generator = probe_generator(seed, "gradcheck")
+    low, high = SCALAR_V
+    magnitude = low + (high - low) * torch.rand(out.shape, generator=generator,
+                                                dtype=torch.float64)
+    sign = torch.randint(0, 2, out.shape, generator=generator).to(torch.float64) * 2 - 1
+    return (sign * magnitude).to(out.device)
+
+
+def custom_on_the_way(out: torch.Tensor, inputs: list) -> tuple[str, ...]:
+    """The custom ``autograd.Function`` backward nodes on some path from ``out`` to one of
+    the leaf tensors ``inputs``, by name, once each (``out``'s graph read once)."""
+    if out.grad_fn is None:
+        return ()
+    wanted = {id(t) for t in inputs}
+    reaches: dict[int, bool] = {}
+    order, stack, seen = [], [(out.grad_fn, False)], {}
+    while stack:  # postorder without recursion: a node after everything below it
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node  # held: the walk compares ids (see core.tagging.walk_nodes)
+        stack.append((node, True))
+        stack.extend((child, False) for child, _ in node.next_functions if child is not None)
+    for node in order:
+        variable = getattr(node, "variable", None)
+        reaches[id(node)] = (variable is not None and id(variable) in wanted) or any(
+            reaches.get(id(child), False) for child, _ in node.next_functions
+            if child is not None)
+    return tuple(dict.fromkeys(
+        node.name() for node in order if reaches[id(node)]
+        and isinstance(node, torch.autograd.function.BackwardCFunction)))
+
+
+def _not_finite(out: torch.Tensor) -> str:
+    """Why a check cannot run where the output holds inf or nan: its first such entry."""
+    flat = out.detach().reshape(-1)
+    k = int((~torch.isfinite(flat)).nonzero()[0])
+    where = "" if out.dim() == 0 else f"[{', '.join(map(str, np.unravel_index(k, out.shape)))}]"
+    return (f"The output is not finite (y{where} = {float(flat[k]):g}): finite differences "
+            "need finite values there.")
 
 
 @dataclass
@@ -168,10 +260,11 @@ class _Found:
     checked: int = 0
     agree: bool = True
     inconclusive: tuple = ()
+    failed: tuple = ()
 
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
-             deadline: float) -> _Found:
+             deadline: float, seed: int) -> _Found:
     """One input's entries compared; at least one entry is checked, more until
     ``deadline``. Where entries are sampled, one random direction through all of them is
     checked too (an error outside the sample shows there; a kink along it is no verdict)."""
@@ -179,23 +272,25 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
     if count <= MAX_ENTRIES:
         entries = list(range(count))
     else:
-        generator = torch.Generator().manual_seed(SEED + 1)
+        generator = probe_generator(seed, "gradcheck-entries")
         entries = torch.randperm(count, generator=generator)[:MAX_ENTRIES].tolist()
-    found, inconclusive = _Found(), []
+    found, inconclusive, failed = _Found(), [], []
     extra = [None] if count > MAX_ENTRIES else []  # the random direction, checked first
     for k in extra + entries:
         if found.checked and time.perf_counter() > deadline:
             break
-        direction = _direction(values[name], k)
-        want = float((analytic * direction).sum())
+        direction = _direction(values[name], k, seed)
+        want = float((analytic * direction).sum() if k is None else analytic.reshape(-1)[k])
         verdict, error = _entry(replay, values, name, direction, probe, want)
+        where = [] if k is None else [_index(values[name].shape, k)]
         if verdict is Agreement.KINK:
-            inconclusive += [] if k is None else [_index(values[name].shape, k)]
+            inconclusive += where
         else:
             found.worst = max(found.worst, error)
             found.agree = found.agree and verdict is Agreement.AGREE
+            failed += where if verdict is Agreement.DISAGREE else []
         found.checked += k is not None
-    found.inconclusive = tuple(inconclusive)
+    found.inconclusive, found.failed = tuple(inconclusive), tuple(failed)
     return found
 
 
@@ -237,6 +332,8 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         up, down = along(h), along(-h)
         if _close(up / h, -down / h):  # smooth across the step: the central difference
             numeric = (up - down) / (2 * h)
+            if not _close(want, numeric) and not _settles(along, h, numeric):
+                return Agreement.KINK, 0.0  # a jump (sign at 0): no derivative there
             return _agreement(want, numeric), abs(want - numeric)
         safe = [d for d, half in ((up / h, along(h / 2) / (h / 2)),
                                   (-down / h, -along(-h / 2) / (h / 2))) if _close(d, half)]
@@ -250,10 +347,16 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
     return Agreement.KINK, 0.0
 
 
-def _direction(tensor: torch.Tensor, k: int | None) -> torch.Tensor:
+def _settles(along, h: float, numeric: float) -> bool:
+    """Whether the central difference at step h/2 agrees with ``numeric`` (at step h): it
+    does where f is differentiable; across a jump it doubles."""
+    return _close(numeric, (along(h / 2) - along(-h / 2)) / h)
+
+
+def _direction(tensor: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
     """The unit vector e_k, or (k None) a random direction: entries ±1/√n."""
     if k is None:
-        generator = torch.Generator().manual_seed(SEED + 2)
+        generator = probe_generator(seed, "gradcheck-direction")
         u = torch.randint(0, 2, tensor.shape, generator=generator).to(torch.float64)
         return u.mul_(2).sub_(1).div_(math.sqrt(tensor.numel())).to(tensor.device)
     e = torch.zeros(tensor.numel(), dtype=torch.float64, device=tensor.device)
@@ -261,4 +364,4 @@ def _direction(tensor: torch.Tensor, k: int | None) -> torch.Tensor:
     return e.reshape(tensor.shape)
 
 
-__all__ = ["GradcheckReport", "gradcheck", "kinked_ops"]
+__all__ = ["GradcheckReport", "custom_on_the_way", "gradcheck", "kinked_ops", "probe_v"]
