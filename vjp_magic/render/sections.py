@@ -22,6 +22,7 @@ from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, 
                      tensor_block)
 from .numbers import plural
 from .options import FULL_MATRIX_ENTRIES
+from .sparse import sparse_blocks, sparse_of
 
 SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
 
@@ -34,6 +35,9 @@ def derivatives_sections(result, options, jacobian: bool = False,
     fit, shown = fit_of(options), shown_inputs(result, options)
     for every in point_groups(result):
         group = [n for n in every if n in shown]
+        sections.extend(Section(tuple(sparse_blocks(result, n, options, explained)))
+                        for n in group if sparse_of(result, n) is not None)  # compressed passes
+        group = [n for n in group if sparse_of(result, n) is None]
         if not group:
             continue
         blocks: list = []

@@ -1,0 +1,526 @@
+"""The display of a Jacobian computed by compressed passes (issue 20): its pattern in words,
+how it is known, the coloured gradient vectors as the code to write, the nonzero values.
+
+An input whose result holds ``sparse`` (a :class:`~vjp_magic.core.compressed.SparseJacobian`:
+the CSR ``matrix``, the row ``colours``, their ``count``, the ``evidence``) is shown by this
+section instead of the one-hot loop and the dense derivatives. Everything is read off the
+CSR index arrays in a few vectorised passes over the nonzeros (never densified), once per
+result (:func:`layout_of`), and only the entries shown are looked up.
+
+The pattern in words: where the output and the input have one shape, the offsets each entry
+reads along each axis (``y[i] reads x[i-1], x[i], x[i+1]``: tridiagonal; five offsets in two
+axes: the 5-point stencil), wrapping around where the indices do (``roll``); else a band of
+the flat index, else "sparse, at most r nonzeros a row". The colours are said in closed form
+(``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a grid) only where that formula is
+exactly the colouring; otherwise the code reads them from ``r.gradients[name]``.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from . import notation
+from .codegen import expression, fresh, identifiers, output_symbol
+from .findings import structure_findings
+from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
+from .matrix import Block
+
+REACH = 4  # offsets along an axis spelled out up to this far (a stencil)
+MAX_OFFSETS = 27  # at most this many offsets are spelled out in words
+SAID = 6  # offsets named in a sentence before "…"
+SAMPLE = 4096  # entries a candidate closed form of the colours is tried on first
+MAX_FORMS = 64  # candidate closed forms tried on a grid
+EXACT_NNZ = 1 << 17  # patterns up to this many nonzeros are read whole
+EDGE_ROWS, MIDDLE_ROWS = 1024, 2048  # else these rows: at each end, and spread between
+_CACHE: dict = {}  # id(sparse) → (weakref to it, Layout)
+
+
+def sparse_of(result, name: str):
+    """The input's :class:`~vjp_magic.core.compressed.SparseJacobian`, or None."""
+    item = result.inputs.get(name)
+    return getattr(item, "sparse", None) if item is not None else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the pattern is: ``kind`` (``diagonal``, ``tridiagonal``, ``band``,
+    ``5-point stencil``, ``stencil``, ``sparse``, ``all zero``); ``per_row`` / ``fewest``: the
+    most and fewest nonzeros of a row; ``offsets``: the per-axis offsets rows read (a stencil;
+    None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
+    ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
+    closed form (``()``: ``flat index mod count``; a tuple of coefficients on the output's
+    axes; None: none), always checked on every entry; ``sampled``: above
+    :data:`EXACT_NNZ` nonzeros the offsets and the band are read off that many rows (the
+    edges and rows spread between), and the words say so."""
+
+    kind: str
+    per_row: int
+    fewest: int
+    offsets: tuple[tuple[int, ...], ...] | None
+    wraps: tuple[bool, ...]
+    edges: bool
+    band: tuple[int, int] | None
+    form: tuple[int, ...] | None
+    first: list  # the first few flat entries of colour 0
+    sampled: int | None = None  # the rows the words were read off, where not all
+
+
+def layout_of(sparse, out_shape, in_shape) -> Layout:
+    """The :class:`Layout` of ``sparse`` (computed once per result)."""
+    key = id(sparse)
+    cached = _CACHE.get(key)
+    if cached is not None and cached[0]() is sparse:
+        return cached[1]
+    found = _analysed(sparse, tuple(out_shape), tuple(in_shape))
+    for stale in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+        del _CACHE[stale]
+    _CACHE[key] = (weakref.ref(sparse), found)
+    return found
+
+
+def _analysed(sparse, out_shape, in_shape) -> Layout:
+    matrix = sparse.matrix
+    crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
+    m, n = matrix.shape
+    counts = crow.diff()
+    form = closed_form(sparse.colours.cpu().reshape(-1), out_shape, sparse.count)
+    first = _first_of_colour(sparse.colours.cpu().reshape(-1))
+    if col.numel() == 0:
+        return Layout("all zero", 0, 0, None, (), True, None, form, first, None)
+    per_row, fewest = int(counts.max()), int(counts.min())
+    ids, sampled = _read_rows(crow, m)
+    picked = counts[ids] if sampled else counts
+    rows = torch.repeat_interleave(ids, picked)
+    col = col[_positions(crow[ids], picked)] if sampled else col
+    band = None
+    if m == n:
+        diff = col - rows
+        band = (int(diff.min()), int(diff.max()))
+    offsets, wraps = (_stencil(rows, col, out_shape) if out_shape == in_shape and out_shape
+                      else (None, ()))
+    edges = offsets is not None and _short_at_edges(ids, picked, len(offsets), offsets, wraps,
+                                                    out_shape)
+    kind = _kind(offsets, band, per_row, n)
+    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first,
+                  len(ids) if sampled else None)
+
+
+def _read_rows(crow, m: int) -> tuple[torch.Tensor, bool]:
+    """The rows the words are read off: all of them up to :data:`EXACT_NNZ` nonzeros, else
+    the first and last :data:`EDGE_ROWS` and :data:`MIDDLE_ROWS` spread between (the
+    display stays O(1) in the size); and whether that is a sample."""
+    if int(crow[-1]) <= EXACT_NNZ:
+        return torch.arange(m), False
+    spread = torch.linspace(0, m - 1, MIDDLE_ROWS).round().long()
+    ids = torch.cat([torch.arange(min(m, EDGE_ROWS)), spread,
+                     torch.arange(max(0, m - EDGE_ROWS), m)])
+    return torch.unique(ids), True
+
+
+def _positions(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Indices into ``col`` of the nonzeros of rows starting at ``starts``."""
+    base = torch.repeat_interleave(starts, counts)
+    ends = torch.cumsum(counts, 0)
+    within = torch.arange(int(ends[-1]) if len(ends) else 0) - \
+        torch.repeat_interleave(ends - counts, counts)
+    return base + within
+
+
+def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
+    """The first few flat entries of colour 0 (the head first: O(1) where it has them)."""
+    head = colours[:SAMPLE]
+    found = (head == 0).nonzero().squeeze(1)[:shown]
+    if len(found) < shown and colours.numel() > SAMPLE:
+        found = (colours == 0).nonzero().squeeze(1)[:shown]
+    return found.tolist()
+
+
+def _axis_offsets(rows, col, size: int, stride: int):
+    """Offsets along one axis (col's index − row's), centred mod ``size`` where the indices
+    wrap around; None when they reach beyond :data:`REACH` either way."""
+    d = torch.remainder(torch.div(col, stride, rounding_mode="floor"), size) - \
+        torch.remainder(torch.div(rows, stride, rounding_mode="floor"), size)
+    if int(d.abs().max()) <= REACH:
+        return d, False
+    centred = torch.remainder(d + size // 2, size) - size // 2
+    if int(centred.abs().max()) <= REACH and size > 2 * REACH + 1:
+        return centred, True
+    return None, False
+
+
+def _stencil(rows, col, shape):
+    """The per-axis offsets read (sorted tuples) and whether each axis wraps, or (None, ())."""
+    strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
+    width = 2 * REACH + 1
+    if width ** len(shape) > 10 ** 6:
+        return None, ()
+    key = torch.zeros_like(rows)
+    wraps = []
+    for size, stride in zip(shape, strides):
+        d, wrapped = _axis_offsets(rows, col, size, stride)
+        if d is None:
+            return None, ()
+        key = key * width + (d + REACH)
+        wraps.append(wrapped)
+    found = torch.bincount(key, minlength=width ** len(shape)).nonzero().squeeze(1).tolist()
+    if len(found) > MAX_OFFSETS:
+        return None, ()
+    offsets = []
+    for k in found:
+        digits = []
+        for _ in shape:
+            digits.append(k % width - REACH)
+            k //= width
+        offsets.append(tuple(reversed(digits)))
+    return tuple(sorted(offsets)), tuple(wraps)
+
+
+def _short_at_edges(ids, counts, full: int, offsets, wraps, shape) -> bool:
+    """Whether every row (of ``ids``, reading ``counts`` entries) that reads fewer than
+    ``full`` lies within reach of an edge along an axis that does not wrap."""
+    short = ids[counts < full]
+    if short.numel() == 0:
+        return True
+    index = torch.stack(torch.unravel_index(short, shape))
+    near = torch.zeros(short.numel(), dtype=torch.bool)
+    for axis, size in enumerate(shape):
+        if wraps[axis]:
+            continue
+        low = -min(o[axis] for o in offsets)
+        high = max(o[axis] for o in offsets)
+        near |= (index[axis] < low) | (index[axis] >= size - high)
+    return bool(near.all())
+
+
+def _kind(offsets, band, per_row: int, n: int) -> str:
+    if offsets is not None:
+        zero = tuple(0 for _ in offsets[0])
+        if offsets == (zero,):
+            return "diagonal"
+        if len(zero) == 1 and offsets == ((-1,), (0,), (1,)):
+            return "tridiagonal"
+        if len(zero) == 1 and [o[0] for o in offsets] == list(range(offsets[0][0],
+                                                                   offsets[-1][0] + 1)):
+            return "band"
+        if offsets == ((-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)):
+            return "5-point stencil"
+        return "stencil"
+    if band is not None and band[1] - band[0] + 1 <= max(8, n // 8):
+        return "band"
+    return "sparse" if per_row > 0 else "all zero"
+
+
+# -- the colours in closed form --------------------------------------------------------------
+def closed_form(colours: torch.Tensor, out_shape, count: int) -> tuple[int, ...] | None:
+    """``()`` when colour = flat index mod ``count`` exactly; else coefficients ``a`` (the
+    last 1) with colour = (a · multi-index) mod ``count`` exactly, on an output of 2 or 3
+    axes; else None. Each candidate is tried on the first :data:`SAMPLE` entries first."""
+    m = colours.numel()
+    if count < 1 or m == 0:
+        return None
+    if _flat_mod(colours, count):
+        return ()
+    flat = torch.arange(m)
+    dims = len(out_shape)
+    if dims not in (2, 3) or count ** (dims - 1) > MAX_FORMS:
+        return None
+    index = torch.stack(torch.unravel_index(flat, tuple(out_shape)))
+    for k in range(count ** (dims - 1)):
+        lead = [(k // count ** p) % count for p in range(dims - 1)]
+        coefficients = tuple(lead) + (1,)
+        weights = torch.tensor(coefficients)[:, None]
+        if _matches(colours, (index * weights).sum(0) % count):
+            return coefficients
+    return None
+
+
+def _flat_mod(colours: torch.Tensor, count: int) -> bool:
+    """colour = flat index mod ``count`` at every entry (compared ``count`` at a time)."""
+    m = colours.numel()
+    whole, cycle = m - m % count, torch.arange(count)
+    head = min(whole, SAMPLE - SAMPLE % count)
+    return all(bool((part.reshape(-1, count) == cycle).all())
+               for part in (colours[:head], colours[head:whole])) \
+        and bool((colours[whole:] == cycle[:m - whole]).all())
+
+
+def _matches(colours: torch.Tensor, candidate: torch.Tensor) -> bool:
+    head = min(SAMPLE, colours.numel())
+    return bool(torch.equal(colours[:head], candidate[:head])) and \
+        bool(torch.equal(colours, candidate))
+
+
+# -- words -----------------------------------------------------------------------------------
+def _offset_index(letters, offset) -> str:
+    parts = []
+    for letter, d in zip(letters, offset):
+        parts.append(letter if d == 0 else f"{letter}{'+' if d > 0 else '-'}{abs(d)}")
+    return ", ".join(parts)
+
+
+def reads_spans(result, name: str, found: Layout) -> list:
+    """``y[i] reads x[i-1], x[i], x[i+1]`` (a stencil), as spans; [] otherwise."""
+    if found.offsets is None:
+        return []
+    y = output_symbol(result)
+    letters = notation.point_letters(len(found.offsets[0]))
+    spans: list = [notation.tensor_entry(y, ", ".join(letters)), Text(" reads ")]
+    said = found.offsets if len(found.offsets) <= SAID + 1 else found.offsets[:SAID]
+    for k, offset in enumerate(said):
+        spans += [Text(", " if k else ""), notation.tensor_entry(name,
+                                                                  _offset_index(letters, offset))]
+    if len(said) < len(found.offsets):
+        spans.append(Text(f", … ({len(found.offsets)} entries)"))
+    notes = ["indices wrap around"] if any(found.wraps) else \
+        ["fewer at the edges" if found.edges else "some read fewer"] \
+        if found.fewest < len(found.offsets) else []
+    if found.sampled is not None:
+        notes.append(f"read off {found.sampled:,} rows: the edges and rows spread between")
+    return spans + ([Text(f" ({'; '.join(notes)})")] if notes else [])
+
+
+def _kind_words(found: Layout, n: int) -> str:
+    cyclic = "cyclic " if any(found.wraps) else ""
+    if found.kind == "tridiagonal":
+        return cyclic + "tridiagonal"
+    if found.kind == "band" and found.offsets is None and found.band is not None:
+        low, high = found.band
+        return f"banded (col − row from {low} to {high}, flattened)"
+    if found.kind == "band":
+        low, high = found.offsets[0][0], found.offsets[-1][0]
+        return f"{cyclic}banded ({low} to {high} about the diagonal)"
+    if found.kind in ("stencil", "5-point stencil") and found.offsets is not None:
+        count = len(found.offsets)
+        return f"{'an' if str(count)[0] == '8' or count in (11, 18) else 'a'} {count}-point stencil"
+    if found.kind == "sparse":
+        return f"sparse, at most {found.per_row:,} nonzero{'s' if found.per_row > 1 else ''} " \
+               "a row"
+    return found.kind
+
+
+def evidence_words(sparse, name: str) -> list:
+    """How the pattern is known: proved from the graph (every x) or observed at this x."""
+    x = notation.prose_name(name)
+    if str(sparse.evidence) == "proved":
+        return [Text("Proved from the autograd graph: the pattern holds for every "), x,
+                Text(".")]
+    passes = getattr(sparse, "pattern_passes", 0)
+    found = f" by {passes:,} grouped probe passes" if passes else ""
+    return [Text("Observed at this "), x, Text(f"{found} and checked by random probes: a "
+                                                 "derivative that happens to be 0 here is "
+                                                 "not in it.")]
+
+
+def pattern_paragraph(result, name: str) -> Paragraph:
+    """The pattern in words, its nonzeros counted, and how it is known."""
+    sparse = sparse_of(result, name)
+    item = result.inputs[name]
+    found = layout_of(sparse, result.output.shape, item.tensor.shape)
+    y = output_symbol(result)
+    lead = [Text("With respect to "), notation.prose_name(name), Text(": ")] \
+        if len(result.inputs) > 1 else []
+    spans = lead + [Text("The Jacobian "), notation.partial(y, name),
+                    Text(f" is {_kind_words(found, item.tensor.numel())}")]
+    reads = reads_spans(result, name, found)
+    spans += ([Text(": ")] + reads if reads else [])
+    m, n = sparse.matrix.shape
+    if found.sampled is not None and not reads and found.kind == "band":
+        spans.append(Text(f" (read off {found.sampled:,} rows: the edges and rows spread "
+                          "between)"))
+    spans.append(Text(f"; {sparse.nnz:,} nonzeros of {m:,} × {n:,}"
+                      + (f", at most {found.per_row:,} a row. " if found.kind != "sparse"
+                         else ". ")))
+    return Paragraph(tuple(spans + evidence_words(sparse, name)))
+
+
+def _form_tex(form: tuple[int, ...], letters) -> tuple[str, str]:
+    terms = [(f"{a}{letter}" if a != 1 else letter) for a, letter in zip(form, letters) if a]
+    text = " + ".join(terms) or "0"
+    return text, text
+
+
+def colour_paragraph(result, name: str) -> Paragraph:
+    """The coloured gradient vectors in words: what v is for the first colour, and what the
+    passes give."""
+    sparse = sparse_of(result, name)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    y, k = notation.prose_name(output_symbol(result)), sparse.count
+    tail = Text(f": {k:,} backward pass{'es' if k != 1 else ''} give"
+                f"{'' if k != 1 else 's'} all {sparse.nnz:,} nonzero derivatives"
+                + (f" (after {sparse.pattern_passes:,} to find the pattern)."
+                   if getattr(sparse, "pattern_passes", 0) else "."))
+    v = Math("v", "v")
+    if found.form is not None and found.form != ():
+        letters = notation.point_letters(len(found.form))
+        tex, plain = _form_tex(found.form, letters)
+        index = ", ".join(letters)
+        return paragraph("Entries of one colour read disjoint entries of ",
+                         notation.prose_name(name), ", so one backward per colour: ", v,
+                         " is 1 on the entries ", notation.tensor_entry(output_symbol(result),
+                                                                        index),
+                         " with ", Math(rf"({tex}) \bmod {k} = c", f"({plain}) mod {k} = c"),
+                         " and 0 elsewhere", tail)
+    first = found.first
+    listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
+    where = [] if found.form == () else [
+        Text(" (the first colour; every colour is in "),
+        Code(f"r.gradients[{name!r}]"), Text(")")]
+    return paragraph("Entries of one colour read disjoint entries of ", notation.prose_name(name),
+                     ", so one backward per colour: ", v, f" is 1 on entries {listed} of ", y,
+                     *where, " and 0 elsewhere", tail)
+
+
+# -- the code to write ------------------------------------------------------------------------
+def colour_code(result, name: str) -> str:
+    """The coloured backward passes as the cell would write them: the colour of each entry
+    of the output (in closed form where it is one), one backward per colour into the rows of
+    ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``."""
+    sparse = sparse_of(result, name)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    taken = identifiers([result.output_name, *result.inputs])
+    y = output_symbol(result)
+    taken.add(y)
+    lines = [] if y == result.output_name else [f"{y} = {result.output_name}"]
+    x = expression(name)
+    if not result.inputs[name].tensor.is_leaf:
+        lines.append(f"{x}.retain_grad()")
+    colour, g, c, v = (fresh(base, taken) for base in ("colour", "g", "c", "v"))
+    k = sparse.count
+    lines += _colour_lines(found.form, colour, y, k, name, taken)
+    lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
+              f"for {c} in range({k}):",
+              f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
+              f"    {x}.grad = None",
+              f"    {y}.backward(gradient={v}, retain_graph=True)",
+              f"    {g}[{c}] = {x}.grad.reshape(-1)",
+              f"{x}.grad = None",
+              f"# J[i, j] (flattened) is {g}[{colour}[i], j] where nonzero"]
+    return "\n".join(lines) + "\n"
+
+
+def _colour_lines(form, colour: str, y: str, k: int, name: str, taken: set) -> list[str]:
+    if form == ():
+        return [f"# the colour of each entry of {y}, flattened",
+                f"{colour} = torch.arange({y}.numel()) % {k}"]
+    if form is not None:
+        letters = [fresh(letter, taken) for letter in notation.point_letters(len(form))]
+        terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
+                           for a, letter in zip(form, letters) if a)
+        return [f"{', '.join(letters)} = torch.unravel_index("
+                f"torch.arange({y}.numel()), {y}.shape)",
+                f"{colour} = ({terms}) % {k}  # the colour of each entry"]
+    vs = fresh("vs", taken)
+    return [f"{vs} = r.gradients[{name!r}]  # r = _ after the cell",
+            f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
+
+
+# -- the nonzero values -----------------------------------------------------------------------
+def _lookup(matrix, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """J[rows[a], targets[a, b]] read off the CSR (0 where absent or ``targets`` < 0)."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    out = values.new_zeros(len(rows), targets.shape[1])
+    for a, r in enumerate(rows.tolist()):
+        lo, hi = int(crow[r]), int(crow[r + 1])
+        if hi == lo:
+            continue
+        cols, wanted = col[lo:hi], targets[a].to(col.device)
+        at = torch.searchsorted(cols, wanted.clamp(min=0)).clamp(max=hi - lo - 1)
+        hit = (cols[at] == wanted) & (wanted >= 0)
+        out[a] = torch.where(hit, values[lo:hi][at], out.new_zeros(()))
+    return out
+
+
+def _neighbour_targets(rows, offsets, wraps, shape) -> torch.Tensor:
+    """Flat index of x[row's index + offset] for each row and offset (-1 past an edge)."""
+    index = torch.stack(torch.unravel_index(rows.cpu(), shape), 1)  # rows × axes
+    shifted = index[:, None, :] + torch.tensor(offsets)[None]  # rows × offsets × axes
+    sizes = torch.tensor(shape)
+    wrapped = torch.tensor(wraps)
+    shifted = torch.where(wrapped, torch.remainder(shifted, sizes), shifted)
+    inside = ((shifted >= 0) & (shifted < sizes)).all(-1)
+    strides = torch.tensor([math.prod(shape[k + 1:]) for k in range(len(shape))])
+    flat = (shifted.clamp(min=0) * strides).sum(-1)
+    return torch.where(inside, flat, torch.full_like(flat, -1))
+
+
+def values_block(result, name: str) -> tuple[Block, list]:
+    """The nonzero values as a matrix, with its caption: for a stencil a row per entry of the
+    output and a column per offset (the diagonals); else the m × n Jacobian, looked up."""
+    sparse = sparse_of(result, name)
+    item = result.inputs[name]
+    shape, out_shape = tuple(item.tensor.shape), tuple(result.output.shape)
+    found = layout_of(sparse, out_shape, shape)
+    matrix, y = sparse.matrix, output_symbol(result)
+    m, n = matrix.shape
+    rows_label = notation.entry_label(y, out_shape) if out_shape else None
+    if found.offsets is not None:
+        offsets, letters = found.offsets, notation.point_letters(len(shape))
+
+        def diagonals(rows, cols):
+            targets = _neighbour_targets(rows, [offsets[int(c)] for c in cols], found.wraps,
+                                         shape)
+            return _lookup(matrix, rows, targets)
+
+        def column(c: int) -> Entry:
+            return notation.tensor_entry(name, _offset_index(letters, offsets[c]))
+
+        caption = [Text("A row per entry of "), notation.prose_name(y),
+                   Text(", a column per entry of "), notation.prose_name(name),
+                   Text(" it reads: the nonzeros, diagonal by diagonal (0 past an edge).")]
+        return Block(diagonals, m, len(offsets), matrix.device, rows_label, column), caption
+    return _first_rows(result, name, sparse, rows_label)
+
+
+FIRST_ROWS = 6  # rows of a pattern that is no stencil shown at the columns they read
+
+
+def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
+    """The first rows of the Jacobian at the columns those rows read (every other entry of
+    them is 0): a small dense matrix, however large the Jacobian."""
+    matrix = sparse.matrix
+    crow, col = matrix.crow_indices(), matrix.col_indices()
+    m, n = matrix.shape
+    shown = min(m, FIRST_ROWS)
+    cols = torch.unique(col[: int(crow[shown])]).cpu()
+    if cols.numel() == 0:
+        cols = torch.zeros(1, dtype=torch.long)
+    shape = tuple(result.inputs[name].tensor.shape)
+    x_label = notation.entry_label(name, shape) if shape else None
+
+    def entries(r, c):
+        return _lookup(matrix, r, cols[c.cpu()][None, :].expand(len(r), -1))
+
+    def column(k: int) -> Entry:
+        return x_label(int(cols[k])) if x_label else Entry(notation.name_tex(name), name)
+
+    caption = [Text(f"The first {shown:,} of {m:,} rows of the {m:,} × {n:,} Jacobian "
+                    "(flattened row-major), at the entries of "), notation.prose_name(name),
+               Text(f" they read; all {sparse.nnz:,} nonzeros are in "),
+               Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"), Text(".")]
+    return Block(entries, shown, len(cols), matrix.device, rows_label, column), caption
+
+
+def value_formulas(result, name: str, options) -> list[Formula]:
+    """The nonzero values summarised to fit the width and height budgets."""
+    from .sections import formula  # the one way a matrix is laid out on its line
+
+    block, caption = values_block(result, name)
+    lhs = notation.partial(output_symbol(result), name, "i", "j") \
+        if layout_of(sparse_of(result, name), result.output.shape,
+                     result.inputs[name].tensor.shape).offsets is None \
+        else notation.partial(output_symbol(result), name)
+    return [formula(lhs, block, options, sparse_of(result, name).matrix.dtype, caption=caption)]
+
+
+def sparse_blocks(result, name: str, options, explained: bool = False) -> list:
+    """The whole display of one input computed by compressed passes: the pattern in words,
+    v (unless ``--explain`` says it above), the code, the nonzero values."""
+    blocks: list = [pattern_paragraph(result, name)]
+    blocks += structure_findings(result, name, options) if result.inputs[name].rejected else []
+    if not explained:
+        blocks.append(colour_paragraph(result, name))
+    blocks.append(CodeBlock(colour_code(result, name)))
+    return blocks + value_formulas(result, name, options)
