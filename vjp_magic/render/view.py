@@ -18,6 +18,7 @@ from .codegen import reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
+from .parameters import parameter_sections, wants_table
 from .sections import derivative_formulas, derivatives_sections, jacobian_formula, shapes
 
 
@@ -92,6 +93,8 @@ class View:
         def build(options):
             if result.order == 2:
                 return hessian_sections(result, options)
+            if not self.jacobian and wants_table(result, options):  # many inputs: a table
+                return parameter_sections(result, options)
             return derivatives_sections(result, options, self.jacobian, self.explained)
 
         if self.present:

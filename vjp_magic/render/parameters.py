@@ -1,0 +1,155 @@
+"""A small display for big models: one table of the inputs instead of every input's matrices.
+
+A result with many inputs (more than :data:`MANY_INPUTS`, typically a module's parameter
+tensors) shows one table within the height budget (:mod:`.budget`): per tensor its name as
+the cell would write it (``mlp[0].weight``), its shape, the norm of its derivatives (over all
+their entries), their largest |entry| and where it is; then the matrices of the few with the
+largest norms (:data:`MATRICES`, fewer where the budget asks);
+and where every tensor's derivatives are (``r.derivatives[name]``). With more than
+:data:`TABLE_ROWS` tensors the table keeps those at its edges and the largest ones, the rest
+counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import notation
+from .budget import fit_of, remembered
+from .codegen import output_symbol
+from .document import Code, Entry, Formula, Matrix, Paragraph, Section, Text
+from .matrix import VDOTS, multi_index
+from .numbers import alone, choose_format, significant_digits
+from .sections import derivative_formulas, note_paragraphs
+
+MANY_INPUTS = 6  # more inputs than this: the table
+TABLE_ROWS = 20  # every tensor has its row up to this many
+EDGE_ROWS = 4  # else the first and last this many, and the largest norms
+MATRICES = 3  # the derivatives shown in full: those with the largest norms
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input's line of the table: ``norm`` of its derivatives (every entry), ``largest``
+    |entry| and its index ``at`` in ``r.derivatives[name]``."""
+
+    name: str
+    shape: tuple
+    norm: float
+    largest: float
+    at: tuple
+
+
+def wants_table(result, options) -> bool:
+    """Whether ``result`` shows the table: first derivatives with more than
+    :data:`MANY_INPUTS` inputs used (fewer are shown as before, the budget naming those it
+    leaves out)."""
+    return result.order == 1 and sum(
+        not item.unused for item in result.inputs.values()) > MANY_INPUTS
+
+
+def parameter_rows(result) -> list[Row]:
+    """Every input's :class:`Row`, in the result's order."""
+    rows = []
+    for name, item in result.inputs.items():
+        d = item.derivatives.detach()
+        if d.numel() == 0:
+            rows.append(Row(name, tuple(item.tensor.shape), 0.0, 0.0, ()))
+            continue
+        flat = d.reshape(-1).abs()
+        k = int(flat.argmax())
+        norm = float(torch.linalg.vector_norm(d.to(torch.float64)))
+        rows.append(Row(name, tuple(item.tensor.shape), norm, float(flat[k]),
+                        tuple(multi_index(k, tuple(d.shape))) if d.dim() else ()))
+    return rows
+
+
+def parameter_sections(result, options) -> tuple[Section, ...]:
+    """The table's display: the shapes and where everything is, the table, the largest
+    tensors' matrices (as many as the budget's level allows), the notes."""
+    rows = remembered(options, "parameter rows", lambda: parameter_rows(result))
+    count = _matrices(fit_of(options))
+    largest = [r.name for r in sorted(rows, key=lambda r: -r.norm)
+               if r.norm > 0 and not result.inputs[r.name].unused][:count]
+    blocks: list = [_lead(result, rows), _table(result, rows, options)]
+    for name in largest:
+        blocks.extend(derivative_formulas(result, name, options))
+    notes = remembered(options, "notes", lambda: note_paragraphs(result))
+    return (Section(tuple(blocks)),) + ((Section(notes),) if notes else ())
+
+
+def _matrices(fit) -> int:
+    """How many tensors' matrices the budget's level shows: all :data:`MATRICES` while every
+    input would be shown, then 2, 1 (no extras), none (the last resorts)."""
+    if fit.inputs is None:
+        return MATRICES
+    if fit.inputs == 1:
+        return 0
+    return 2 if fit.extras else 1
+
+
+def _lead(result, rows: list[Row]) -> Paragraph:
+    """``From 20 tensors (1,241 entries) to y (scalar), torch.float32; each one's derivatives
+    in r.derivatives[name] (r.derivatives['mlp.0.weight'] for mlp[0].weight; r = _ after
+    the cell).``"""
+    entries = sum(result.inputs[r.name].tensor.numel() for r in rows)
+    y = output_symbol(result)
+    first = rows[0].name
+    spans = [Text(f"From {len(rows)} tensors ({entries:,} "
+                  f"{'entry' if entries == 1 else 'entries'}) to "), notation.prose_name(y),
+             Text(f" ({notation.dims(result.output.shape)}), "
+                  f"{notation.dtype_text(result.output.dtype)}; each one's derivatives in "),
+             Code("r.derivatives[name]"), Text(" ("), Code(f"r.derivatives[{first!r}]")]
+    if notation.spelled(first) != first:
+        spans += [Text(" for "), Code(notation.spelled(first))]
+    return Paragraph((*spans, Text("; "), Code("r = _"), Text(" after the cell).")))
+
+
+def _table(result, rows: list[Row], options) -> Formula:
+    """Name, shape, norm, largest |entry| and where: one row per tensor (some, the rest
+    counted, when there are more than :data:`TABLE_ROWS`)."""
+    digits = significant_digits(result.output.dtype, options.precision)
+    shown = _shown(rows)
+    kept = [rows[k] for k in shown if k is not None]
+    norms = alone(choose_format([r.norm for r in kept], digits))
+    largest = alone(choose_format([r.largest for r in kept], digits))
+    lines, labels = [], []
+    for k in shown:
+        if k is None:
+            lines.append((VDOTS, VDOTS, VDOTS, VDOTS))
+            labels.append(VDOTS)
+            continue
+        row = rows[k]
+        at = notation.counted(row.at, options.index_base)
+        at = f"({at})" if len(row.at) > 1 else at or "-"
+        lines.append((notation.dims_math(row.shape), norms.spell(row.norm),
+                      largest.spell(row.largest), Entry(at, at)))
+        labels.append(notation.math_name(row.name))
+    y = output_symbol(result)
+    header = (Entry(r"\mathrm{shape}", "shape"),
+              Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert",
+                    f"‖∂{y}/∂p‖"),
+              Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
+              Entry(r"\mathrm{at}", "at"))
+    lhs = notation.partial(y, "p")
+    return Formula(lhs, Matrix(tuple(lines), tuple(labels), header))
+
+
+def _shown(rows: list[Row]) -> list[int | None]:
+    """The rows kept (None: a gap): all up to :data:`TABLE_ROWS`, else the edges and the
+    largest norms, in order."""
+    if len(rows) <= TABLE_ROWS:
+        return list(range(len(rows)))
+    top = sorted(range(len(rows)), key=lambda k: -rows[k].norm)[:MATRICES]
+    keep = sorted(set(range(EDGE_ROWS)) | set(range(len(rows) - EDGE_ROWS, len(rows)))
+                  | set(top))
+    shown: list[int | None] = []
+    for k in keep:
+        if shown and shown[-1] is not None and k > shown[-1] + 1:
+            shown.append(None)
+        shown.append(k)
+    return shown
+
+
+__all__ = ["Row", "parameter_rows", "parameter_sections", "wants_table"]
