@@ -162,3 +162,10 @@ def test_the_table_in_markdown_and_latex(tmp_path):
     run = subprocess.run(["xelatex", "-interaction=nonstopmode", "-halt-on-error", "out.tex"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (tmp_path / "out.log").read_text(errors="replace")[-3000:]
+
+
+def test_presentation_mode_leads_with_the_largest_few(run_vjp):
+    r = run_vjp(MODEL, "--wrt mlp --present")
+    lead = r.view.document(r).sections[0].blocks
+    assert 1 <= len(lead) <= 3 and all(getattr(b, "large", False) for b in lead)
+    assert "‖∂y/∂p‖" in _plain(r)

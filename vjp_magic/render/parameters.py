@@ -69,14 +69,19 @@ def parameter_sections(result, options) -> tuple[Section, ...]:
     """The table's display: the shapes and where everything is, the table, the largest
     tensors' matrices (as many as the budget's level allows), the notes."""
     rows = remembered(options, "parameter rows", lambda: parameter_rows(result))
-    count = _matrices(fit_of(options))
-    largest = [r.name for r in sorted(rows, key=lambda r: -r.norm)
-               if r.norm > 0 and not result.inputs[r.name].unused][:count]
+    largest = largest_tensors(result, _matrices(fit_of(options)), rows)
     blocks: list = [_lead(result, rows), _table(result, rows, options)]
     for name in largest:
         blocks.extend(derivative_formulas(result, name, options))
     notes = remembered(options, "notes", lambda: note_paragraphs(result))
     return (Section(tuple(blocks)),) + ((Section(notes),) if notes else ())
+
+
+def largest_tensors(result, count: int = MATRICES, rows: list[Row] | None = None) -> list[str]:
+    """The ``count`` inputs whose derivatives have the largest norms (none of norm 0)."""
+    rows = parameter_rows(result) if rows is None else rows
+    return [r.name for r in sorted(rows, key=lambda r: -r.norm)
+            if r.norm > 0 and not result.inputs[r.name].unused][:count]
 
 
 def _matrices(fit) -> int:
@@ -152,4 +157,4 @@ def _shown(rows: list[Row]) -> list[int | None]:
     return shown
 
 
-__all__ = ["Row", "parameter_rows", "parameter_sections", "wants_table"]
+__all__ = ["Row", "largest_tensors", "parameter_rows", "parameter_sections", "wants_table"]

@@ -18,7 +18,7 @@ from .codegen import reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
-from .parameters import parameter_sections, wants_table
+from .parameters import largest_tensors, parameter_sections, wants_table
 from .sections import derivative_formulas, derivatives_sections, jacobian_formula, shapes
 
 
@@ -85,6 +85,7 @@ class View:
                     for f in hessian_formulas(result, n, self.options)]
         if self.jacobian:
             return [jacobian_formula(result, n, self.options) for n in result.inputs]
+        used = largest_tensors(result) if wants_table(result, self.options) else used
         return [f for n in used for f in derivative_formulas(result, n, self.options)]
 
     def body(self, result) -> tuple[Section, ...]:
