@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -51,8 +52,7 @@ class Layout:
     most and fewest nonzeros of a row; ``offsets``: the per-axis offsets rows read (a stencil;
     None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
     ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
-    closed form (``()``: ``flat index mod count``; a tuple of coefficients on the output's
-    axes; None: none), always checked on every entry; ``sampled``: above
+    closed form (:class:`Form`; None: none), always checked on every entry; ``sampled``: above
     :data:`EXACT_NNZ` nonzeros the offsets and the band are read off that many rows (the
     edges and rows spread between), and the words say so."""
 
@@ -63,7 +63,7 @@ class Layout:
     wraps: tuple[bool, ...]
     edges: bool
     band: tuple[int, int] | None
-    form: tuple[int, ...] | None
+    form: Form | None
     first: list  # the first few flat entries of colour 0
     sampled: int | None = None  # the rows the words were read off, where not all
 
@@ -214,43 +214,60 @@ def _kind(offsets, band, per_row: int, n: int) -> str:
 
 
 # -- the colours in closed form --------------------------------------------------------------
-def closed_form(colours: torch.Tensor, out_shape, count: int) -> tuple[int, ...] | None:
-    """``()`` when colour = flat index mod ``count`` exactly; else coefficients ``a`` (the
-    last 1) with colour = (a · multi-index) mod ``count`` exactly, on an output of 2 or 3
-    axes; else None. Each candidate is tried on the first :data:`SAMPLE` entries first."""
+class Form(NamedTuple):
+    """The colour classes are those of (a · index) mod count: ``coefficients`` a on the
+    output's axes, or ``()`` for its flat index. The colours may be numbered otherwise (a
+    permutation of 0..count-1): the vectors, one per class, are the same."""
+
+    coefficients: tuple[int, ...]
+
+
+def closed_form(colours: torch.Tensor, out_shape, count: int) -> Form | None:
+    """The :class:`Form` whose classes are exactly the colours', or None: the flat index
+    mod ``count``, else (on an output of 2 or 3 axes) coefficients whose last is 1. Each
+    candidate is tried on the first :data:`SAMPLE` entries first, then on every entry."""
     m = colours.numel()
     if count < 1 or m == 0:
         return None
-    if _flat_mod(colours, count):
-        return ()
-    flat = torch.arange(m)
+    if _flat_classes(colours, count):
+        return Form(())
     dims = len(out_shape)
     if dims not in (2, 3) or count ** (dims - 1) > MAX_FORMS:
         return None
-    index = torch.stack(torch.unravel_index(flat, tuple(out_shape)))
+    index = torch.stack(torch.unravel_index(torch.arange(m), tuple(out_shape)))
     for k in range(count ** (dims - 1)):
-        lead = [(k // count ** p) % count for p in range(dims - 1)]
-        coefficients = tuple(lead) + (1,)
+        coefficients = tuple((k // count ** p) % count for p in range(dims - 1)) + (1,)
         weights = torch.tensor(coefficients)[:, None]
-        if _matches(colours, (index * weights).sum(0) % count):
-            return coefficients
+        if _same_classes(colours, (index * weights).sum(0) % count, count):
+            return Form(coefficients)
     return None
 
 
-def _flat_mod(colours: torch.Tensor, count: int) -> bool:
-    """colour = flat index mod ``count`` at every entry (compared ``count`` at a time)."""
-    m = colours.numel()
-    whole, cycle = m - m % count, torch.arange(count)
-    head = min(whole, SAMPLE - SAMPLE % count)
-    return all(bool((part.reshape(-1, count) == cycle).all())
-               for part in (colours[:head], colours[head:whole])) \
-        and bool((colours[whole:] == cycle[:m - whole]).all())
-
-
-def _matches(colours: torch.Tensor, candidate: torch.Tensor) -> bool:
+def _relabelling(colours: torch.Tensor, base: torch.Tensor, count: int):
+    """The permutation p with colours = p[base] on the first entries, or None."""
     head = min(SAMPLE, colours.numel())
-    return bool(torch.equal(colours[:head], candidate[:head])) and \
-        bool(torch.equal(colours, candidate))
+    perm = torch.full((count,), -1, dtype=colours.dtype)
+    perm[base[:head]] = colours[:head]
+    if bool((perm < 0).any()) or torch.unique(perm).numel() != count:
+        return None
+    return perm if torch.equal(perm[base[:head]], colours[:head]) else None
+
+
+def _flat_classes(colours: torch.Tensor, count: int) -> bool:
+    """colour = p[flat index mod ``count``] at every entry, p a permutation (compared
+    ``count`` entries at a time, no index tensor made)."""
+    m = colours.numel()
+    whole = m - m % count
+    perm = _relabelling(colours, torch.arange(min(m, SAMPLE)) % count, count)
+    if perm is None:
+        return False
+    return bool((colours[:whole].reshape(-1, count) == perm).all()) \
+        and bool((colours[whole:] == perm[:m - whole]).all())
+
+
+def _same_classes(colours: torch.Tensor, base: torch.Tensor, count: int) -> bool:
+    perm = _relabelling(colours, base, count)
+    return perm is not None and bool(torch.equal(perm[base], colours))
 
 
 # -- words -----------------------------------------------------------------------------------
@@ -336,10 +353,11 @@ def pattern_paragraph(result, name: str) -> Paragraph:
     return Paragraph(tuple(spans + evidence_words(sparse, name)))
 
 
-def _form_tex(form: tuple[int, ...], letters) -> tuple[str, str]:
-    terms = [(f"{a}{letter}" if a != 1 else letter) for a, letter in zip(form, letters) if a]
-    text = " + ".join(terms) or "0"
-    return text, text
+def _form_text(form: Form, letters) -> str:
+    """``2i + j + 3`` (the same in TeX and plain text)."""
+    terms = [(f"{a}{letter}" if a != 1 else letter)
+             for a, letter in zip(form.coefficients, letters) if a]
+    return " + ".join(terms) or "0"
 
 
 def colour_paragraph(result, name: str) -> Paragraph:
@@ -348,14 +366,15 @@ def colour_paragraph(result, name: str) -> Paragraph:
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     y, k = notation.prose_name(output_symbol(result)), sparse.count
+    m = -(-result.output.numel() // max(k, 1))
     tail = Text(f": {k:,} backward pass{'es' if k != 1 else ''} give"
                 f"{'' if k != 1 else 's'} all {sparse.nnz:,} nonzero derivatives"
                 + (f" (after {sparse.pattern_passes:,} to find the pattern)."
                    if getattr(sparse, "pattern_passes", 0) else "."))
     v = Math("v", "v")
-    if found.form is not None and found.form != ():
-        letters = notation.point_letters(len(found.form))
-        tex, plain = _form_tex(found.form, letters)
+    if found.form is not None and found.form.coefficients:
+        letters = notation.point_letters(len(found.form.coefficients))
+        tex = plain = _form_text(found.form, letters)
         index = ", ".join(letters)
         return paragraph("Entries of one colour read disjoint entries of ",
                          notation.prose_name(name), ", so one backward per colour: ", v,
@@ -363,9 +382,9 @@ def colour_paragraph(result, name: str) -> Paragraph:
                                                                         index),
                          " with ", Math(rf"({tex}) \bmod {k} = c", f"({plain}) mod {k} = c"),
                          " and 0 elsewhere", tail)
-    first = found.first
+    first = found.first if found.form is None else [c * k for c in range(min(3, m))]
     listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
-    where = [] if found.form == () else [
+    where = [] if found.form is not None else [
         Text(" (the first colour; every colour is in "),
         Code(f"r.gradients[{name!r}]"), Text(")")]
     return paragraph("Entries of one colour read disjoint entries of ", notation.prose_name(name),
@@ -397,18 +416,18 @@ def colour_code(result, name: str) -> str:
               f"    {y}.backward(gradient={v}, retain_graph=True)",
               f"    {g}[{c}] = {x}.grad.reshape(-1)",
               f"{x}.grad = None",
-              f"# J[i, j] (flattened) is {g}[{colour}[i], j] where nonzero"]
+              f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
     return "\n".join(lines) + "\n"
 
 
 def _colour_lines(form, colour: str, y: str, k: int, name: str, taken: set) -> list[str]:
-    if form == ():
+    if form is not None and not form.coefficients:
         return [f"# the colour of each entry of {y}, flattened",
                 f"{colour} = torch.arange({y}.numel()) % {k}"]
     if form is not None:
-        letters = [fresh(letter, taken) for letter in notation.point_letters(len(form))]
+        letters = [fresh(letter, taken) for letter in notation.point_letters(len(form[0]))]
         terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
-                           for a, letter in zip(form, letters) if a)
+                           for a, letter in zip(form.coefficients, letters) if a)
         return [f"{', '.join(letters)} = torch.unravel_index("
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
@@ -518,9 +537,28 @@ def value_formulas(result, name: str, options) -> list[Formula]:
 def sparse_blocks(result, name: str, options, explained: bool = False) -> list:
     """The whole display of one input computed by compressed passes: the pattern in words,
     v (unless ``--explain`` says it above), the code, the nonzero values."""
-    blocks: list = [pattern_paragraph(result, name)]
-    blocks += structure_findings(result, name, options) if result.inputs[name].rejected else []
+    blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
     if not explained:
         blocks.append(colour_paragraph(result, name))
     blocks.append(CodeBlock(colour_code(result, name)))
     return blocks + value_formulas(result, name, options)
+
+
+SAID_IN_FULL = ("diagonal", "tridiagonal", "band", "5-point stencil")  # no finding adds to them
+
+
+def _findings(result, name: str, options) -> list:
+    """Where a pairing of axes was rejected and the words do not say all (a leak, a generic
+    stencil or pattern): the findings' sentence on where it broke, without its "the
+    derivatives below are the full Jacobian" (they are its nonzeros here)."""
+    found = layout_of(sparse_of(result, name), result.output.shape,
+                      result.inputs[name].tensor.shape)
+    if not result.inputs[name].rejected or found.kind in SAID_IN_FULL:
+        return []
+    said = []
+    for block in structure_findings(result, name, options):
+        last = block.spans[-1] if isinstance(block, Paragraph) and block.spans else None
+        if isinstance(last, Text) and last.text.startswith("; the derivatives below are"):
+            block = Paragraph(block.spans[:-1] + (Text("."),), block.strong)
+        said.append(block)
+    return said
