@@ -44,10 +44,11 @@ def _failed(report) -> Paragraph:
     finite differences met a point where the function has no derivative."""
     spans: list = []
     if report.unscaled:
-        spans += [Text("The backward does not scale with its incoming gradient: for 2v it "
-                       "does not return twice vᵀJ ("), *_listed(report.unscaled, prose=True),
-                  Text("), as a backward that ignores "), Code("grad_output"),
-                  Text(" does (torch.autograd.gradcheck: \"backward not multiplied by "
+        spans += [Text("The backward does not scale with its incoming gradient (for "),
+                  *_listed(report.unscaled, prose=True),
+                  Text(", the vᵀJ it returns for 2v is not twice the one for v), as when a "
+                       "backward ignores "), Code("grad_output"),
+                  Text(" (torch.autograd.gradcheck: \"backward not multiplied by "
                        "grad_output\"). ")]
     if report.custom:
         spans += [Text("The backward pass disagrees with the function's own values: a custom "
