@@ -1,10 +1,12 @@
-"""The sparsity pattern of the Jacobian of an output with respect to one input, observed at
-this x with grouped probes (group testing over output entries), as CSR index arrays.
+"""The sparsity pattern of the Jacobian of an output with respect to one input, as CSR index
+arrays: proved from the autograd graph where the index-map rules reach (:mod:`.indexmaps`),
+else observed at this x with grouped probes (group testing over output entries):
+:func:`find_pattern` says which (:attr:`Pattern.evidence`).
 
-The pattern is *observed at this x*, not proved: a derivative that happens to be 0 here (x³
-at 0), or a coupling a probe cannot see, is missing from it. The compressed passes that use
-it (:mod:`.compressed`) check their result with an independent random probe and give up
-where it disagrees. Graph rules for index maps (shifts, pads, convolutions) are later work.
+An *observed* pattern is not proved: a derivative that happens to be 0 here (x³ at 0), or a
+coupling a probe cannot see, is missing from it. The compressed passes that use either
+(:mod:`.compressed`) check their result with an independent random probe and give up where it
+disagrees.
 
 Output entries (flat, row-major) are split into k groups by index mod k, k = 1, 2, 4, …;
 a group is probed whole, then once per bit of i // k on the entries whose bit is 1
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from .derivatives import chunk_size, vjp_batch
+from .pairing import Evidence
 from .probes import set_probe_values
 
 # Refused when a row reads more than this fraction of the input: colouring would not pay.
@@ -36,10 +39,22 @@ class Pattern(NamedTuple):
     col: torch.Tensor
     shape: tuple[int, int]
     probes: int  # backward passes spent finding it
+    evidence: Evidence = Evidence.OBSERVED  # PROVED: from the graph, for every x
 
     @property
     def nnz(self) -> int:
         return int(self.col.numel())
+
+
+def find_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,
+                 seed: int) -> Pattern | None:
+    """The pattern of d output / d x: proved from the graph (``evidence`` PROVED, no backward
+    pass) where the rules cover it, else :func:`observed_pattern` at this x (OBSERVED); None
+    where neither gives one that pays."""
+    from .indexmaps import proved_pattern  # the rules build Patterns: imported when needed
+
+    proved = proved_pattern(output, x, budget)
+    return proved if proved is not None else observed_pattern(output, x, budget, seed)
 
 
 def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
@@ -54,7 +69,7 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     groups, spent = 1, 0
     while True:
         bits = _bits(m, groups)
-        if spent + groups * (bits + 1) > limit or groups > 2 * _most_per_row(n):
+        if spent + groups * (bits + 1) > limit or groups > 2 * most_per_row(n):
             return None
         answers = _answers(flat, x, groups, bits, budget, seed)
         spent += groups * (bits + 1)
@@ -65,12 +80,13 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
             rows, cols = decoded
             break
         groups *= 2
-    if rows.numel() > _most_per_row(n) * max(m, 1):
+    if rows.numel() > most_per_row(n) * max(m, 1):
         return None
     return _csr(rows, cols, m, n, spent)
 
 
-def _most_per_row(n: int) -> float:
+def most_per_row(n: int) -> float:
+    """The most entries of an input of ``n`` entries a row may read for colouring to pay."""
     return max(MIN_ROW, n * DENSE_FRACTION)
 
 

@@ -1,0 +1,90 @@
+"""Linear algebra: the matmul family (an output entry reads its whole row of the left factor
+and column of the right one) and convolutions (a window of every input channel of its group:
+kernel size, stride, dilation and padding from the node)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .maps import NONE, Edge, IndexMap, Unproved, along, broadcast, grid, to_int
+
+# node name → the role of each forward input: "bias" (broadcast to the output), "left" /
+# "right" (a matrix factor), "vector" (the right factor of a matrix-vector product), "dot"
+FACTORS = {
+    "Mm": ("left", "right"), "Addmm": ("bias", "left", "right"),
+    "Bmm": ("left", "right"), "Baddbmm": ("bias", "left", "right"),
+    "Mv": ("left", "vector"), "Addmv": ("bias", "left", "vector"),
+    "Dot": ("dot", "dot"), "Vdot": ("dot", "dot"),
+}
+
+
+def matmul(edge: Edge) -> IndexMap | None:
+    role = FACTORS[edge.name][edge.i]
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    if role == "bias":
+        return broadcast(shape, out)
+    table = grid(shape)
+    if role == "dot":
+        return along(table.reshape(1, -1), 1)
+    if role == "vector":  # (K,) read whole by every entry of (M,)
+        return along(np.broadcast_to(table, out + shape), math.prod(out))
+    if role == "left" and len(shape) == 2 and out == shape[:1]:  # mv: (M, K) → (M,)
+        return along(table, math.prod(out))
+    if len(shape) != len(out) or len(shape) not in (2, 3):
+        raise Unproved("a matrix product of unexpected shapes")
+    if role == "left":  # (…, M, K): out (…, M, N) reads its row
+        reads = np.broadcast_to(table[..., :, None, :], out + shape[-1:])
+    else:  # (…, K, N): out (…, M, N) reads its column
+        reads = np.broadcast_to(np.swapaxes(table, -1, -2)[..., None, :, :], out + shape[-2:-1])
+    return along(reads, math.prod(out))
+
+
+def convolution(edge: Edge) -> IndexMap:
+    """Input 0 of a (not transposed) convolution: output (n, c_out, o…) reads input
+    (n, c_in, o·stride − padding + k·dilation) for every c_in of its group and k of the kernel,
+    inside the input."""
+    if edge.i != 0 or bool(edge.saved("transposed")):
+        raise Unproved("a convolution's weight or bias, or a transposed convolution")
+    stride = [to_int(s) for s in edge.saved("stride")]
+    padding = [to_int(p) for p in edge.saved("padding")]
+    dilation = [to_int(d) for d in edge.saved("dilation")]
+    groups = to_int(edge.saved("groups"))
+    kernel = tuple(int(k) for k in edge.saved("weight").shape[2:])
+    d = len(kernel)
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    if len(shape) == d + 1:  # unbatched
+        shape, out = (1,) + shape, (1,) + out
+    batch, channels, sizes = shape[0], shape[1], shape[2:]
+    c_out, outs = out[1], out[2:]
+    if len(sizes) != d or len(outs) != d or channels % groups or c_out % groups:
+        raise Unproved("a convolution of unexpected shapes")
+    spatial = _windows(sizes, outs, kernel, stride, padding, dilation)  # (o…, k…)
+    per_group = channels // groups
+    group = np.arange(c_out) // (c_out // groups)
+    c_in = group[:, None] * per_group + np.arange(per_group)[None, :]  # (c_out, per_group)
+    base = (np.arange(batch)[:, None, None] * channels + c_in[None]) * math.prod(sizes)
+    lead = base.reshape((batch, c_out) + (1,) * d + (per_group,) + (1,) * d)
+    table = np.where(spatial >= 0, lead + np.maximum(spatial, 0), NONE)
+    return along(table, math.prod(out))
+
+
+def _windows(sizes, outs, kernel, stride, padding, dilation) -> np.ndarray:
+    """(1, 1, o…, 1, k…): the flat spatial input index each output position reads at each
+    kernel offset, NONE outside the input."""
+    d = len(kernel)
+    flat = np.zeros((1,) * (2 * d), dtype=np.int64)
+    inside = np.ones((1,) * (2 * d), dtype=bool)
+    for t in range(d):
+        expected = (sizes[t] + 2 * padding[t] - dilation[t] * (kernel[t] - 1) - 1) // stride[t] + 1
+        if expected != outs[t]:
+            raise Unproved("a convolution whose output size does not match its parameters")
+        pos = (np.arange(outs[t])[:, None] * stride[t] - padding[t]
+               + np.arange(kernel[t])[None, :] * dilation[t])
+        shape = [1] * (2 * d)
+        shape[t], shape[d + t] = outs[t], kernel[t]
+        pos = pos.reshape(shape)
+        inside = inside & (pos >= 0) & (pos < sizes[t])
+        flat = flat * sizes[t] + pos
+    spatial = np.where(inside, flat, NONE)
+    return spatial.reshape((1, 1) + spatial.shape[:d] + (1,) + spatial.shape[d:])

@@ -1,0 +1,58 @@
+"""Which rule maps each backward node type: node name (the type without ``Backward<n>``, as
+in :mod:`..axisrules`) → ``rule(edge) -> IndexMap | None`` (None: the identity). A node type
+not listed here proves nothing. A new op: its rule in its family's module, its name below."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..axisrules import ELEMENTWISE
+from . import linalg, moves, reductions
+
+Rule = Callable
+
+MASKED = {"Where": moves.where, "MaskedFill": moves.masked_fill}
+
+SAME = "View UnsafeView ReshapeAlias Squeeze Unsqueeze Clone Alias ToCopy"
+
+ENTRIES: list[tuple[str, Rule]] = [
+    (SAME, moves.same_entries),
+    (" ".join(sorted(ELEMENTWISE - set(MASKED) - set(SAME.split()))), moves.elementwise),
+    ("Expand", moves.expand),
+    ("Permute Transpose T", moves.permute),
+    ("Slice", moves.slice_),
+    ("Select", moves.select),
+    ("ConstantPadNd", moves.constant_pad),
+    ("ReflectionPad1D ReflectionPad2D ReflectionPad3D", moves.reflection_pad),
+    ("ReplicationPad1D ReplicationPad2D ReplicationPad3D", moves.replication_pad),
+    ("Roll", moves.roll),
+    ("Flip", moves.flip),
+    ("Cat", moves.cat),
+    ("Stack", moves.stack),
+    ("Split SplitWithSizes UnsafeSplit UnsafeSplitWithSizes Unbind", moves.split),
+    ("IndexSelect", moves.index_select),
+    ("Gather", moves.gather),
+    ("Index", moves.index),
+    ("Take", moves.take),
+    ("Unfold", moves.unfold),
+    ("Repeat", moves.repeat),
+    ("Diagonal", moves.diagonal),
+    ("Tril Triu", moves.triangle),
+    ("Sum Mean Nansum Prod Logsumexp", reductions.reduction),
+    ("Softmax LogSoftmax", reductions.whole_dim),
+    ("Cumsum Cumprod", reductions.prefix),
+    (" ".join(linalg.FACTORS), linalg.matmul),
+    ("Convolution", linalg.convolution),
+] + [(name, rule) for name, rule in MASKED.items()]
+
+
+def _table() -> dict[str, Rule]:
+    rules: dict[str, Rule] = {}
+    for names, rule in ENTRIES:
+        for name in names.split():
+            if name in rules:
+                raise ValueError(f"index-map rules: {name!r} is listed twice")
+            rules[name] = rule
+    return rules
+
+
+RULES = _table()

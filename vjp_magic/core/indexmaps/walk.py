@@ -1,0 +1,125 @@
+"""The walk: from the output's node down to x, every tensor on the way gets the relation
+"output entry → the entries of this tensor it reads", each node's rule composed onto the
+relation of its output, relations joined where branches meet."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import capabilities
+from ..axisrules import base_name
+from ..capabilities import out_shapes
+from ..pattern import Pattern, most_per_row
+from ..pairing import Evidence
+from .maps import Edge, Unproved
+from .relation import Meter, Relation, compose, deduplicated, empty, identity, union
+from .rules import RULES
+
+X = "x"  # the key of the relation that reaches x itself
+
+
+def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Pattern | None:
+    """The sparsity pattern of d output / d x (flat, row-major) proved from the autograd graph,
+    for every value of x (no backward pass: ``probes`` is 0), or None: a node on the way has no
+    rule (a custom ``autograd.Function``, an op not covered, an attribute this PyTorch does
+    not show), the index maps exceed ``budget`` bytes, or a row reads more than
+    :func:`..pattern.most_per_row` entries of x (dense: colouring would not pay)."""
+    if output.is_complex() or x.is_complex() or output.layout != torch.strided \
+            or x.layout != torch.strided or capabilities.graph_shapes_limitation() is not None:
+        return None
+    m, n = output.numel(), x.numel()
+    if output is x:
+        relation = identity(m)
+    elif output.grad_fn is None:
+        relation = empty(m, n)
+    else:
+        try:
+            relation = _walk(output, x, Meter(budget))
+        except (Unproved, AttributeError, RuntimeError, ValueError, IndexError):
+            return None
+    relation = deduplicated(relation)
+    counts = np.bincount(relation.rows, minlength=m)
+    if counts.size and counts.max() > most_per_row(n):
+        return None
+    crow = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(counts, out=crow[1:])
+    return Pattern(torch.from_numpy(crow), torch.from_numpy(relation.cols), (m, n), 0,
+                   Evidence.PROVED)
+
+
+def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
+    order = _postorder(output.grad_fn)
+    reach = _reaching(order, x)
+    n = x.numel()
+    if id(output.grad_fn) not in reach:
+        return empty(output.numel(), n)
+    pending: dict = {(id(output.grad_fn), output.output_nr): [identity(output.numel())]}
+    for node in reversed(order):
+        if id(node) not in reach:
+            continue
+        shapes = out_shapes(node)
+        slots = {k: union(pending.pop((id(node), k))) for k in range(len(shapes))
+                 if (id(node), k) in pending}
+        for relation in slots.values():
+            meter.remove(relation)
+        if slots:
+            _through(node, shapes, slots, x, reach, pending, meter)
+    return union(pending.get(X, [empty(output.numel(), n)]))
+
+
+def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Meter) -> None:
+    """Compose each output slot's relation with ``node``'s rule onto each input reaching x."""
+    rule = RULES.get(base_name(node))
+    if rule is None or isinstance(node, torch.autograd.function.BackwardCFunction):
+        raise Unproved(f"no index-map rule for {type(node).__name__}")
+    edges = node.next_functions
+    in_shapes = [None if p is None else out_shapes(p)[j] if type(p).__name__ != "AccumulateGrad"
+                 else tuple(p.variable.shape) for p, j in edges]
+    for i, (producer, j) in enumerate(edges):
+        if producer is None:
+            continue
+        if _is_x(producer, j, x):
+            target = X
+        elif id(producer) in reach:
+            target = (id(producer), j)
+        else:
+            continue
+        width = int(np.prod(in_shapes[i], dtype=np.int64))
+        for k, relation in slots.items():
+            composed = compose(relation, rule(Edge(node, i, k, in_shapes, shapes)), width, meter)
+            meter.add(composed)
+            pending.setdefault(target, []).append(composed)
+
+
+def _is_x(producer, index: int, x: torch.Tensor) -> bool:
+    if x.grad_fn is not None:
+        return producer is x.grad_fn and index == x.output_nr
+    return getattr(producer, "variable", None) is x
+
+
+def _reaching(order: list, x: torch.Tensor) -> set[int]:
+    """The nodes from which x is reached (x's own node excluded: below it all is constant)."""
+    reach: set[int] = set()
+    for node in order:
+        if node is x.grad_fn:
+            continue
+        if any(p is not None and (_is_x(p, j, x) or id(p) in reach)
+               for p, j in node.next_functions):
+            reach.add(id(node))
+    return reach
+
+
+def _postorder(root) -> list:
+    """Every node reachable from ``root``, each after all of its inputs (no recursion)."""
+    order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
+    while stack:
+        node, children = stack[-1]
+        for child, _ in children:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append((child, iter(child.next_functions)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
