@@ -207,3 +207,23 @@ def test_every_spelling_is_safe_and_latex_compiles(tmp_path):
 
     log = compile_latex([latex.render(r.view.document(r)) for r in results], tmp_path)
     assert "Missing character" not in log
+
+
+def test_the_picture_colours_each_row_and_compresses_it():
+    from vjp_magic.render.sparse_picture import coloured_cells, sparse_picture
+
+    r, _, _ = made(stencil, torch.linspace(-1, 1, 100), colours=torch.arange(100) % 3)
+    pattern, compressed = coloured_cells(r.inputs["x"].sparse)
+    i, j = torch.meshgrid(torch.arange(40), torch.arange(41), indexing="ij")
+    expected = torch.where((i - j).abs() <= 1, i % 3 + 1, 0)  # rows 0-39 read columns 0-40
+    assert torch.equal(pattern, expected)
+    # vᵀJ for colour c, column q: nonzero where a row p of colour c reads q (|p - q| <= 1)
+    c, q = torch.meshgrid(torch.arange(3), torch.arange(41), indexing="ij")
+    read = torch.zeros(3, 41, dtype=torch.bool)
+    for p_ in range(100):
+        read[p_ % 3, max(0, p_ - 1):min(41, p_ + 2)] = True
+    assert torch.equal(compressed, torch.where(read, c + 1, 0)) and not read[2, 0]
+    pytest.importorskip("matplotlib")
+    picture = sparse_picture(r, "x")
+    assert picture.png.startswith(b"\x89PNG") and picture.width <= 520 and picture.height <= 460
+    assert "compressed 3 × 100 matrix" in picture.alt

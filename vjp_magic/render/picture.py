@@ -304,6 +304,9 @@ def pattern_picture(result, name: str | None = None, *, max_cells: int = MAX_CEL
     """A PNG of the nonzero pattern of ∂output/∂``name`` (the flattened m × n Jacobian), built
     from the point structure; a :class:`Picture` with only a note when matplotlib is missing."""
     name = result.input_name(name)
+    if getattr(result.inputs[name], "sparse", None) is not None:  # beside its colours
+        from .sparse_picture import sparse_picture
+        return sparse_picture(result, name)
     try:
         import matplotlib  # noqa: F401  (the [plot] extra)
     except ImportError:
