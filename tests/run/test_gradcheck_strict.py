@@ -192,3 +192,13 @@ def test_no_false_alarm_on_ordinary_ops(shape):
     assert report.ok is True and report.inconclusive == {} and report.unscaled == ()
     assert report.custom == () and report.checked == {"x": 20, "w": 30}
     assert max(report.max_error.values()) < 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_v_is_drawn_on_the_cpu_and_the_device_rng_is_left_alone():
+    x = torch.linspace(0.5, 2.0, 6, dtype=torch.float64, device="cuda", requires_grad=True)
+    state = torch.cuda.get_rng_state()
+    report = _checked(lambda: _square(True).apply(x).sum(), {"x": x}, seed=2)
+    assert report.ok is False and report.unscaled == ("x",)
+    assert _checked(lambda: _square(False).apply(x).sum(), {"x": x}, seed=2).ok is True
+    assert torch.equal(torch.cuda.get_rng_state(), state)
