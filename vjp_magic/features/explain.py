@@ -3,7 +3,7 @@ which then do not say again what v is."""
 from __future__ import annotations
 
 from ..run.choose import Subject
-from ..teach.explain import explain_sections
+from ..teach.sparse_explain import explained_sections
 from . import Added, Asked
 
 flags = ("explain",)
@@ -12,5 +12,5 @@ replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    return Added(before=explain_sections(result, request.options, log=subject.log),
+    return Added(before=explained_sections(result, request.options, log=subject.log),
                  view={"explained": True})
