@@ -227,3 +227,10 @@ def test_the_picture_colours_each_row_and_compresses_it():
     picture = sparse_picture(r, "x")
     assert picture.png.startswith(b"\x89PNG") and picture.width <= 520 and picture.height <= 460
     assert "compressed 3 × 100 matrix" in picture.alt
+
+
+def test_presentation_mode_shows_the_nonzeros_first():
+    r, _, _ = made(stencil, torch.linspace(-1, 1, 12))
+    r.view.present = True
+    text = repr(r)
+    assert text.index("x[i-1]") < text.index("is tridiagonal")  # the nonzeros lead

@@ -20,6 +20,7 @@ from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
 from .parameters import largest_tensors, parameter_sections, wants_table
 from .sections import derivative_formulas, derivatives_sections, jacobian_formula, shapes
+from .sparse import sparse_of, value_formulas
 
 
 @dataclass
@@ -86,7 +87,8 @@ class View:
         if self.jacobian:
             return [jacobian_formula(result, n, self.options) for n in result.inputs]
         used = largest_tensors(result) if wants_table(result, self.options) else used
-        return [f for n in used for f in derivative_formulas(result, n, self.options)]
+        return [f for n in used for f in (value_formulas if sparse_of(result, n) is not None
+                                          else derivative_formulas)(result, n, self.options)]
 
     def body(self, result) -> tuple[Section, ...]:
         """The derivatives themselves, as their order shows them, fitted to one screen with
