@@ -78,14 +78,15 @@ def composition(seed: int, dtype, most: int = 3):
     sizes = [n]
     chosen = []
     for _ in range(rng.randrange(1, most + 1)):
-        ops = unary_ops(rng, sizes[-1], dtype)
-        op = rng.choice(ops)
-        chosen.append(op)
-        probe = op(torch.zeros(sizes[-1], dtype=dtype))
-        if probe.numel() == 0:
-            chosen.pop()
+        op = rng.choice(unary_ops(rng, sizes[-1], dtype))
+        try:  # an op that does not fit the size (a kernel longer than x) ends the chain
+            size = op(torch.zeros(sizes[-1], dtype=dtype)).numel()
+        except RuntimeError:
             break
-        sizes.append(probe.numel())
+        if size == 0:
+            break
+        chosen.append(op)
+        sizes.append(size)
 
     def f(x):
         for op in chosen:

@@ -36,3 +36,27 @@ def test_dense_patterns_are_refused():
 def test_a_non_finite_probe_refuses():
     x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True)
     assert observed_pattern(torch.sqrt(x), x, 2**28, seed=1) is None
+
+
+def test_find_pattern_proves_what_the_rules_cover_and_observes_the_rest():
+    from vjp_magic.core.pairing import Evidence
+    from vjp_magic.core.pattern import find_pattern
+
+    x = torch.tensor([0.0, 1.0, 2.0, 3.0], requires_grad=True)
+    proved = find_pattern(x ** 3, x, 2**28, seed=1)
+    assert proved.evidence == Evidence.PROVED and proved.probes == 0
+    assert proved.col.tolist() == [0, 1, 2, 3]  # d(x³)/dx = 0 at x = 0, still a dependence
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return 2 * t
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    observed = find_pattern(Twice.apply(x) ** 3, x, 2**28, seed=1)
+    assert observed.evidence == Evidence.OBSERVED and observed.probes > 0
+    assert observed.col.tolist() == [1, 2, 3]
+    assert observed_pattern(x ** 3, x, 2**28, seed=1).evidence == Evidence.OBSERVED

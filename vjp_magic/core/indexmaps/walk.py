@@ -58,10 +58,13 @@ def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
         if id(node) not in reach:
             continue
         shapes = out_shapes(node)
-        slots = {k: union(pending.pop((id(node), k))) for k in range(len(shapes))
-                 if (id(node), k) in pending}
-        for relation in slots.values():
-            meter.remove(relation)
+        slots = {}
+        for k in range(len(shapes)):
+            parts = pending.pop((id(node), k), [])
+            for part in parts:
+                meter.remove(part)
+            if parts:
+                slots[k] = union(parts)
         if slots:
             _through(node, shapes, slots, x, reach, pending, meter)
     return union(pending.get(X, [empty(output.numel(), n)]))
