@@ -6,8 +6,8 @@ the cell would write it (``mlp[0].weight``), its shape, the norm of its derivati
 their entries), their largest |entry| and where it is; then the matrices of the few with the
 largest norms (:data:`MATRICES`, fewer where the budget asks);
 and where every tensor's derivatives are (``r.derivatives[name]``). With more than
-:data:`TABLE_ROWS` tensors the table keeps those at its edges and the largest ones, the rest
-counted.
+:data:`TABLE_ROWS` tensors the table keeps those at its edges and the largest ones, a ⋮ row
+for each gap (the lead line counts them all).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def parameter_rows(result) -> list[Row]:
             continue
         flat = d.reshape(-1).abs()
         k = int(flat.argmax())
-        norm = float(torch.linalg.vector_norm(d.to(torch.float64)))
+        norm = float(torch.linalg.vector_norm(d))  # in its dtype: no copy as large
         rows.append(Row(name, tuple(item.tensor.shape), norm, float(flat[k]),
                         tuple(multi_index(k, tuple(d.shape))) if d.dim() else ()))
     return rows
@@ -112,8 +112,8 @@ def _lead(result, rows: list[Row]) -> Paragraph:
 
 
 def _table(result, rows: list[Row], options) -> Formula:
-    """Name, shape, norm, largest |entry| and where: one row per tensor (some, the rest
-    counted, when there are more than :data:`TABLE_ROWS`)."""
+    """Name, shape, norm, largest |entry| and where: one row per tensor (over
+    :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap)."""
     digits = significant_digits(result.output.dtype, options.precision)
     shown = _shown(rows)
     kept = [rows[k] for k in shown if k is not None]
