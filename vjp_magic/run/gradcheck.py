@@ -42,7 +42,7 @@ STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
 SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 SEED = 0  # where the run has no seed of its own
-SCALAR_V = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
+V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
 KINKED = frozenset((
     "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
@@ -204,10 +204,10 @@ def _analytic(replay, values: dict, names: list, seed: int) -> _Analytic:
 
 def probe_v(out: torch.Tensor, seed: int) -> torch.Tensor:
     """The check's v, shaped like ``out``, from the run's ``seed``: entries of magnitude
-    in :data:`SCALAR_V` (never near 0 or ±1: an error in any entry shows, and so does a
+    in :data:`V_MAGNITUDE` (never near 0 or ±1: an error in any entry shows, and so does a
     backward that ignores its incoming gradient) and random signs."""
     generator = probe_generator(seed, "gradcheck")
-    low, high = SCALAR_V
+    low, high = V_MAGNITUDE
     magnitude = low + (high - low) * torch.rand(out.shape, generator=generator,
                                                 dtype=torch.float64)
     sign = torch.randint(0, 2, out.shape, generator=generator).to(torch.float64) * 2 - 1
