@@ -27,15 +27,12 @@ from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Pairing
 from .result import DerivativeResult
+# A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
+from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
+                             empty_csr, sparse_hessian)
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, ONCE_DIFFERENTIABLE_NODE, autograd_grad
 
-# PyTorch's words for an op without a derivative of its backward ("the derivative for
-# '_cdist_backward' is not implemented.").
-# A probe through the double-backward graph sums terms larger than the second derivatives
-# they cancel to: vᵀJ_D is judged with this many times the probe rule's tolerance (float32:
-# 5e-4 of the magnitudes; a coupling between points is of the order of the entries).
-SECOND_ORDER_SLACK = 64
 
 
 @dataclass
@@ -44,7 +41,9 @@ class HessianInput:
     (``r.point_axes``), ``derivatives`` the per-point Hessians (module docstring);
     ``structure``/``second``: D's axes paired with x's and ∂D/∂x under that pairing (what
     :meth:`HessianResult.hessian` assembles); ``symmetric`` within tolerance (``asymmetry``:
-    worst |H - Hᵀ| / its block's largest entry); ``constant``: linear in x (all zero)."""
+    worst |H - Hᵀ| / its block's largest entry); ``constant``: linear in x (all zero);
+    ``sparse``: a large Hessian of a scalar computed sparse (:mod:`.sparse_hessian`), whose
+    ``derivatives`` are then its CSR matrix (x.numel() × x.numel())."""
 
     name: str
     tensor: torch.Tensor
@@ -58,6 +57,7 @@ class HessianInput:
     unused: bool = False
     constant: bool = False
     unverified: tuple[str, ...] = ()
+    sparse: SparseHessian | None = None  # the sparse path's CSR, colours, count, evidence
 
     point_count = property(lambda self: self.pairing.point_count(self.tensor.shape))
     has_points = property(lambda self: any(self.tensor.shape[b] > 1
@@ -87,26 +87,40 @@ class HessianResult(DerivativeResult):
     """What ``%hessian`` and :func:`vjp_magic.hessian` return: second derivatives.
 
     ``derivatives[name]``: the per-point Hessians (module docstring for the shape);
-    ``hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape``;
-    ``point_axes[name]``: the output's point axes, as for first derivatives;
+    ``hessian(name)``: the full Hessian, ``output.shape + x.shape + x.shape``
+    (``layout=torch.sparse_csr``: 2-D CSR); ``point_axes[name]``: the output's point
+    axes, as for first derivatives;
     ``inputs[name].symmetric``; ``seed``: the seed of every random probe
     (``hessian(..., seed=h.seed)`` reproduces it).
     """
 
     order: ClassVar[int] = 2
 
-    def hessian(self, name: str | None = None) -> torch.Tensor:
+    def hessian(self, name: str | None = None, layout=torch.strided) -> torch.Tensor:
         """The full Hessian ``output.shape + x.shape + x.shape`` (``torch.autograd.functional.
-        hessian`` for a scalar output): H[y, j, k] = ∂²y/∂x_j∂x_k, 0 across points."""
+        hessian`` for a scalar output): H[y, j, k] = ∂²y/∂x_j∂x_k, 0 across points.
+        ``layout=torch.sparse_csr``: a 2-D CSR tensor (output.numel() · x.numel() ×
+        x.numel(), flattened row-major), without densifying a Hessian computed sparse."""
         name = self.input_name(name)
         item = self.inputs[name]
-        size = self.output.numel() * item.tensor.numel() ** 2
+        if layout not in (torch.strided, torch.sparse_csr):
+            raise VJPUsageError("layout is torch.strided (dense) or torch.sparse_csr.")
+        n = item.tensor.numel()
+        if layout is torch.sparse_csr and item.sparse is not None:
+            return item.sparse.matrix
+        size = self.output.numel() * n ** 2
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
+        advice = "Use h.hessian(name, layout=torch.sparse_csr)" if item.sparse is not None \
+            else "Use h.derivatives (the point structure keeps only what is non-zero)"
         memory.refuse_if_over(
-            size * item.derivatives.element_size(), budget, f"The full Hessian of "
-            f"{self.output_name} with respect to {name} ({size:,} entries)",
-            advice="Use h.derivatives (the point structure keeps only what is non-zero)")
-        return full_hessian(self.output.shape, item)
+            size * item.tensor.element_size(), budget, f"The full Hessian of "
+            f"{self.output_name} with respect to {name} ({size:,} entries)", advice=advice)
+        if item.sparse is not None:
+            full = item.sparse.matrix.to_dense().reshape(
+                tuple(self.output.shape) + tuple(item.tensor.shape) * 2)
+        else:
+            full = full_hessian(self.output.shape, item)
+        return full if layout is torch.strided else dense_as_csr(full, self.output.numel() * n, n)
 
 
 def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
@@ -132,21 +146,34 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
 
 
 def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
-    """Differentiate the first derivatives of one input again (see the module docstring)."""
+    """Differentiate the first derivatives of one input again (see the module docstring);
+    a large Hessian of a scalar sparse where it can (:mod:`.sparse_hessian`)."""
     x, pairing = item.tensor, item.pairing
     comp = pairing.component_shape(output.shape)
     per_point = math.prod(n for b, n in enumerate(x.shape) if b not in set(pairing.in_axes))
-    memory.refuse_if_over(math.prod(comp) * x.numel() * per_point * x.element_size(), budget,
-                          f"The second derivatives of {output_name} with respect to "
-                          f"{item.name} ({math.prod(comp) * x.numel() * per_point:,} entries)")
+    entries = math.prod(comp) * x.numel() * per_point
+
+    def refuse():
+        memory.refuse_if_over(entries * x.element_size(), budget,
+                              f"The second derivatives of {output_name} with respect to "
+                              f"{item.name} ({entries:,} entries)")
+
+    sparse_first = output.numel() == 1 and x.numel() >= SPARSE_FROM
+    if not sparse_first:
+        refuse()
     base = HessianInput(item.name, x, pairing, derivatives=None, unused=item.unused,
                         evidence=item.evidence, unverified=item.unverified)
     d = None if item.unused else first_derivatives(output, x, pairing, budget, item.derivatives)
     if d is not None:
         refuse_once_differentiable(d, output_name, item)
     if d is None or not d.requires_grad:
-        return _zero(base, comp)
+        return _zero_sparse(base) if sparse_first else _zero(base, comp)
     try:
+        if sparse_first:
+            sparse = sparse_hessian(d, x, budget, options["seed"], item.name)
+            if sparse is not None:
+                return _sparse_input(base, sparse)
+            refuse()
         inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"]) or \
             _analysed(d, x, item.name, output_name, budget, options)
     except (NotImplementedError, RuntimeError) as error:  # an op without double backward
@@ -163,6 +190,25 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     return base
 
 
+def _sparse_input(base: HessianInput, sparse: SparseHessian) -> HessianInput:
+    """The Hessian computed sparse: its CSR as the derivatives. Symmetric: the probes that
+    checked it compare vᵀH with the matrix read off symmetrically."""
+    base.sparse, base.derivatives = sparse, sparse.matrix
+    base.constant = sparse.nnz == 0  # no second derivative: linear in x
+    base.evidence = "proved" if base.evidence == sparse.evidence == "proved" else "observed"
+    return base
+
+
+def _zero_sparse(base: HessianInput) -> HessianInput:
+    """A large scalar linear in x (or not reading it): the empty sparse Hessian."""
+    matrix = empty_csr(base.tensor)
+    base.constant = not base.unused
+    base.sparse = SparseHessian(matrix, torch.zeros(base.tensor.numel(), dtype=torch.int64),
+                                0, 0, "proved")
+    base.derivatives = matrix
+    return base
+
+
 class _Inner(NamedTuple):
     """How D depends on x: D's axes paired with x's, the derivatives under that pairing."""
 
@@ -176,7 +222,10 @@ def _analysed(d, x, name, output_name, budget, options) -> _Inner:
     """The analysis run on D as on any output: structure proved, or found by probes."""
     inner = analysis.differentiate(d, {name: x}, output_name=f"d{output_name}",
                                    memory_budget=budget, **options).inputs[name]
-    return _Inner(inner.pairing, inner.derivatives, inner.evidence, inner.unused)
+    derivatives = inner.derivatives
+    if derivatives is not None and derivatives.layout != torch.strided:
+        derivatives = derivatives.to_dense()  # a sparse Jacobian of D (within the budget)
+    return _Inner(inner.pairing, derivatives, inner.evidence, inner.unused)
 
 
 def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) -> _Inner | None:
@@ -352,7 +401,9 @@ def _notes(result: HessianResult) -> list[str]:
     """Non-finite second derivatives, asymmetric Hessians, custom backward functions."""
     notes = []
     for name, item in result.inputs.items():
-        d = item.derivatives
+        d = item.derivatives if item.sparse is None else item.sparse.matrix.values()
+        if item.sparse is not None and item.sparse.count:
+            notes.append(item.sparse.summary())
         if d.numel() and not bool(torch.isfinite(d).all()):
             bad = d.numel() - int(torch.isfinite(d).sum())
             notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "

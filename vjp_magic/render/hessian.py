@@ -138,6 +138,8 @@ def _index(h, name: str, component: str | None, point_letters: dict[int, str]) -
 def hessian_formulas(h, name: str, options) -> list[Formula]:
     """The second derivatives of one input: rows per component, or Hessian matrices."""
     item = h.inputs[name]
+    if getattr(item, "sparse", None) is not None:  # stated in h.notes, never densified
+        return []
     if math.prod(item.per_point_shape) == 1:
         return [_scalar_per_point(h, name, options)]
     return _per_point_matrices(h, name, options)

@@ -1,0 +1,154 @@
+"""Sparse Hessians of a scalar: one Hessian-vector product per colour, checked, against
+torch.func.hessian (small n, the sparse path forced) and the analytic Rosenbrock Hessian at
+n = 10⁵ (where the dense one, 10¹⁰ entries, is refused)."""
+import numpy as np
+import pytest
+import torch
+
+import vjp_magic
+from vjp_magic.core import hessian as hessian_module
+from vjp_magic.core import sparse_hessian
+from vjp_magic.core.errors import VJPUsageError
+from vjp_magic.core.hessian import second_derivatives
+
+
+def rosenbrock(x):
+    return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+
+
+def rosenbrock_hessian_csr(x):
+    """The analytic tridiagonal Hessian: (crow, col, values) in CSR order."""
+    x = x.detach().double()
+    n = x.numel()
+    diag = torch.zeros(n, dtype=torch.float64)
+    diag[:-1] += 1200 * x[:-1] ** 2 - 400 * x[1:] + 2
+    diag[1:] += 200
+    rows = torch.cat([torch.arange(n), torch.arange(n - 1), torch.arange(1, n)])
+    cols = torch.cat([torch.arange(n), torch.arange(1, n), torch.arange(n - 1)])
+    values = torch.cat([diag, -400 * x[:-1], -400 * x[:-1]])
+    order = torch.from_numpy(np.lexsort((cols.numpy(), rows.numpy())))
+    crow = torch.zeros(n + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
+    return crow, cols[order], values[order]
+
+
+def banded(x):
+    return (x[:-2] * x[2:]).sum() + torch.sin(x).sum() + (x[1:] * x[:-1] ** 2).sum()
+
+
+def arrow(x):
+    return x[0] * x.sum() + (x ** 4).sum() / 12
+
+
+def scattered(x):
+    """Entries coupled through a gather: i with i + 7 and i + 13, wrapping around."""
+    n = x.numel()
+    i = torch.arange(n)
+    return torch.cos(x * x[(i + 7) % n]).sum() + (x * x[(i + 13) % n] ** 2).sum() + \
+        (x ** 3).sum()
+
+
+@pytest.fixture
+def sparse_from_small(monkeypatch):
+    """The sparse path from 1 entry of x (it starts at SPARSE_FROM otherwise)."""
+    monkeypatch.setattr(hessian_module, "SPARSE_FROM", 1)
+
+
+def test_rosenbrock_at_a_hundred_thousand_is_the_analytic_tridiagonal_hessian():
+    n = 100_000
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    h = vjp_magic.hessian(rosenbrock(x), x)
+    matrix = h.hessian("x", layout=torch.sparse_csr)
+    assert matrix.layout == torch.sparse_csr and matrix.shape == (n, n)
+    crow, col, values = rosenbrock_hessian_csr(x)
+    assert torch.equal(matrix.crow_indices(), crow)
+    assert torch.equal(matrix.col_indices(), col)
+    torch.testing.assert_close(matrix.values(), values, rtol=1e-12, atol=1e-9)
+    sparse = h.inputs["x"].sparse
+    assert sparse.count == 3 and sparse.nnz == 3 * n - 2
+    text = repr(h)
+    assert "299,998 nonzeros from 3 Hessian-vector products" in text
+    assert "Tridiagonal" in text and len(text) < 2000
+    assert x.grad is None
+    with pytest.raises(VJPUsageError, match="layout=torch.sparse_csr"):
+        h.hessian("x")  # the dense one is still refused, with the sparse one as the advice
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("f, n", [(rosenbrock, 30), (banded, 25), (arrow, 20),
+                                  (scattered, 40)])
+def test_small_sparse_hessians_equal_torch_func_hessian(sparse_from_small, f, n, dtype):
+    # the arrow's first row reads every entry: no pattern pays, the exact path answers
+    x = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(n))
+    expected = torch.func.hessian(f)(x)
+    x.requires_grad_(True)
+    h = second_derivatives(f(x), {"x": x})
+    assert (h.inputs["x"].sparse is None) == (f is arrow)
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else \
+        {"rtol": 1e-4, "atol": 1e-4}
+    torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected,
+                               **tol)
+    torch.testing.assert_close(h.hessian("x"), expected, **tol)
+
+
+def test_a_failed_check_takes_the_exact_path(sparse_from_small, monkeypatch):
+    monkeypatch.setattr(sparse_hessian, "checked", lambda *args: False)
+    x = torch.randn(12, dtype=torch.float64)
+    expected = torch.func.hessian(banded)(x)
+    x.requires_grad_(True)
+    h = second_derivatives(banded(x), {"x": x})
+    assert h.inputs["x"].sparse is None
+    torch.testing.assert_close(h.hessian("x"), expected)
+
+
+def test_a_failed_check_at_a_large_size_is_todays_refusal(monkeypatch):
+    monkeypatch.setattr(sparse_hessian, "checked", lambda *args: False)
+    x = torch.randn(4096, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(VJPUsageError, match="entries"):
+        second_derivatives(rosenbrock(x), {"x": x}, memory_budget=20e6)
+
+
+def test_the_budget_counts_nonzeros():
+    n = 4096  # dense: 134 MB
+    x = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    h = second_derivatives(rosenbrock(x), {"x": x}, memory_budget=20e6)
+    assert h.inputs["x"].sparse.nnz == 3 * n - 2
+    with pytest.raises(VJPUsageError, match="nonzeros"):
+        second_derivatives(rosenbrock(x), {"x": x}, memory_budget=50e3)
+
+
+def test_dense_results_convert_to_csr():
+    x = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    h = second_derivatives(torch.sin(x), {"x": x})  # non-scalar: (3 · 3) × 3, row-major
+    matrix = h.hessian("x", layout=torch.sparse_csr)
+    assert matrix.layout == torch.sparse_csr and matrix.shape == (9, 3)
+    torch.testing.assert_close(matrix.to_dense(), h.hessian("x").reshape(9, 3))
+    with pytest.raises(VJPUsageError, match="layout"):
+        h.hessian("x", layout=torch.sparse_coo)
+
+
+def test_linear_at_a_large_size_is_an_empty_sparse_hessian():
+    x = torch.randn(5000, dtype=torch.float64, requires_grad=True)
+    h = vjp_magic.hessian((3 * x).sum(), x)
+    item = h.inputs["x"]
+    assert item.constant and item.sparse.nnz == 0
+    assert h.hessian("x", layout=torch.sparse_csr).shape == (5000, 5000)
+    assert "linear" in repr(h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_check_catches_a_missing_coupling(dtype):
+    n = 200
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    crow, col, values = rosenbrock_hessian_csr(x)
+    x = x.to(dtype).requires_grad_(True)
+    matrix = torch.sparse_csr_tensor(crow, col, values.to(dtype), size=(n, n))
+
+    def coupled(x):  # a coupling of entries 0 and 150, 1/100 of a typical entry
+        return rosenbrock(x) + 2.0 * x[0] * x[150]
+
+    (d,) = torch.autograd.grad(rosenbrock(x), x, create_graph=True)
+    assert sparse_hessian.checked(d, x, matrix, seed=0)
+    (d,) = torch.autograd.grad(coupled(x), x, create_graph=True)
+    assert not sparse_hessian.checked(d, x, matrix, seed=0)
