@@ -44,6 +44,12 @@ EXPECTED = {
         "mlp.0.weight",  # per-sample gradients, a module's parameters named
         r"\mathrm{mean} & \max",  # the sensitivity summary
     ],
+    "05_sparse_jacobians.ipynb": [
+        "is tridiagonal: $y[i]$ reads $x[i-1]$",  # the pattern in words, the cell's names
+        "3 backward passes give all 5,998 nonzero derivatives",
+        "colour = torch.arange(y.numel()) % 3",  # the coloured v as the code to write
+        "nothing collides",  # --explain on the 5-point Laplacian
+    ],
     "02_jacobians_and_structure.ipynb": [
         "100,000",  # the large batch, with a thousands separator
         r"\cdots",  # ... summarised

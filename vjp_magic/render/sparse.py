@@ -271,11 +271,11 @@ def _same_classes(colours: torch.Tensor, base: torch.Tensor, count: int) -> bool
 
 
 # -- words -----------------------------------------------------------------------------------
-def _offset_index(letters, offset) -> str:
+def _offset_index(letters, offset, sep: str = ", ") -> str:
     parts = []
     for letter, d in zip(letters, offset):
         parts.append(letter if d == 0 else f"{letter}{'+' if d > 0 else '-'}{abs(d)}")
-    return ", ".join(parts)
+    return sep.join(parts)
 
 
 def reads_spans(result, name: str, found: Layout) -> list:
@@ -484,7 +484,7 @@ def values_block(result, name: str) -> tuple[Block, list]:
             return _lookup(matrix, rows, targets)
 
         def column(c: int) -> Entry:
-            return notation.tensor_entry(name, _offset_index(letters, offsets[c]))
+            return notation.tensor_entry(name, _offset_index(letters, offsets[c], ","))
 
         caption = [Text("A row per entry of "), notation.prose_name(y),
                    Text(", a column per entry of "), notation.prose_name(name),
