@@ -175,3 +175,17 @@ def test_float32_matches_float64():
         y = F.conv1d(x[None, None], torch.ones(1, 1, 5, dtype=dtype), padding=2)[0, 0] * x
         pattern = proved_pattern(y, x, BUDGET)
         assert pattern.nnz == 5 * 30 - 6
+
+
+def test_a_gradients_own_graph_rosenbrock_hessian_is_tridiagonal():
+    def rosenbrock(x):
+        return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
+
+    def pointed(x):
+        return x.select(0, 1) ** 3 + x[-1] ** 3 + (x ** 4).sum() + (x[2:] * x[:-2]).sum()
+
+    for f in (rosenbrock, pointed):
+        x = torch.randn(40, dtype=torch.float64, requires_grad=True)
+        (gradient,) = torch.autograd.grad(f(x), x, create_graph=True)
+        pattern = proved_pattern(gradient, x, BUDGET)
+        assert torch.equal(dense(pattern), torch.func.hessian(f)(x.detach()) != 0)

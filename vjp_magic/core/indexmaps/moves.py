@@ -204,3 +204,23 @@ def triangle(edge: Edge) -> IndexMap:
     k = to_int(edge.saved("diagonal"))
     keep = torch.tril if edge.name == "Tril" else torch.triu
     return replayed(lambda t: keep(t + 1, k) - 1, edge, injective=True)
+
+
+def slice_backward(edge: Edge) -> IndexMap:
+    """slice_backward (in a gradient's own graph: Hessians): the gradient of a slice placed in
+    zeros of the full shape."""
+    ndim = len(edge.out_shape)
+    dim = to_axis(edge.saved("dim"), ndim)
+    start, end = edge.saved("start"), edge.saved("end")
+    step = to_int(edge.saved("step"))
+    if step <= 0:
+        raise Unproved("a slice step that is not positive")
+    part = slice(None if start is None else to_int(start), None if end is None else to_int(end),
+                 step)
+    return _placed(edge, dim, part)
+
+
+def select_backward(edge: Edge) -> IndexMap:
+    """select_backward: the gradient of a select placed in zeros of the full shape."""
+    ndim = len(edge.out_shape)
+    return _placed(edge, to_axis(edge.saved("dim"), ndim), to_int(edge.saved("index")))

@@ -21,6 +21,8 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Permute Transpose T", moves.permute),
     ("Slice", moves.slice_),
     ("Select", moves.select),
+    ("SliceBackward", moves.slice_backward),
+    ("SelectBackward", moves.select_backward),
     ("ConstantPadNd", moves.constant_pad),
     ("ReflectionPad1D ReflectionPad2D ReflectionPad3D", moves.reflection_pad),
     ("ReplicationPad1D ReplicationPad2D ReplicationPad3D", moves.replication_pad),
