@@ -17,6 +17,8 @@ import math
 import torch
 
 from ..core import memory
+from .expanded import per_sample_by_rules
+from .record import tensors_in
 from .replay import Replay, close, replayable
 
 _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
@@ -37,25 +39,81 @@ def per_sample_jacobians(record, inputs: dict, output,
     if 2 * need > memory.resolve_budget(memory_budget, output.device):
         return None  # the analysis says so clearly, or finds a cheaper way
     try:  # the replay's values are compared with the output below: no separate check
-        replay = replayable(record, inputs, output, verify=False, user_code=False)
+        replay, data = sample_data(record, inputs, output)
     except Exception:  # noqa: BLE001 - never break the cell for a faster path
         return None
     if replay is None:  # not replayable, or only by running the cell's own code again
         return None
-    samples = per_sample_constants(replay, output.shape[0], inputs)
-    if not samples:
+    samples = per_sample_constants(replay, output.shape[0], {**inputs, **data})
+    if not samples and not data:
         return None
-    replay = batch_of_one(replay, output.shape[0])
     devices = [output.device.index or 0] if output.is_cuda else []
     try:  # the global RNG as a plain run leaves it, whatever the replay draws
         with torch.random.fork_rng(devices=devices):
-            grads, values = _vectorised(replay, inputs, samples, tuple(output.shape[1:]))
+            grads = _computed(replay, inputs, data, samples, output)
     except Exception:  # noqa: BLE001 - an op vmap cannot batch, data-dependent shapes …
         return None
-    if not close(values.reshape(output.shape), output.detach()):
-        return None  # the samples are not independent: the per-sample forward differs
+    if grads is None:
+        return None
     return {name: grads[name].reshape(tuple(output.shape) + tuple(t.shape))
             for name, t in inputs.items()}
+
+
+def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output) -> dict | None:
+    """By the per-layer rules (one batched replay, two backward passes) where every input
+    has one, else by vmap over samples of the batch-of-one replay (None where its values
+    differ from the output: the samples are not independent)."""
+    grads = per_sample_by_rules(replay, inputs, data, output)
+    if grads is not None:
+        return grads
+    one = batch_of_one(replay, output.shape[0])
+    grads, values = _vectorised(one, inputs, data, samples, tuple(output.shape[1:]))
+    if not close(values.reshape(output.shape), output.detach()):
+        return None  # the samples are not independent: the per-sample forward differs
+    return grads
+
+
+def sample_data(record, inputs: dict, output) -> tuple[Replay | None, dict]:
+    """The replay of ``output`` from ``inputs`` and the per-sample data it reads as inputs
+    (name -> recorded tensor): where a constant carries the batch on another axis than the
+    first (``x.transpose(0, 1)`` inside a batch-first attention), the tensors with the batch
+    size on axis 0 it was computed from, so that the replay computes it per sample."""
+    replay = replayable(record, inputs, output, verify=False, user_code=False)
+    if replay is None:
+        return None, {}
+    batch = output.shape[0]
+    made = _producers(record)
+    roots: dict = {}
+    for key, value in replay.constants().items():
+        if batch in value.shape[1:] and not (value.dim() and value.shape[0] == batch):
+            for tensor in _batch_first_sources(made, key, batch):
+                roots.setdefault(id(tensor), tensor)
+    if not roots:
+        return replay, {}
+    data = {f"sample data {i}": t for i, t in enumerate(roots.values())}
+    named = {**inputs, **data}
+    rebuilt = replayable(record, named, output, verify=False, user_code=False)
+    return (rebuilt, data) if rebuilt is not None else (replay, {})
+
+
+def _producers(record) -> dict:
+    """id of a recorded result -> the call that made it."""
+    return {id(tensor): call for call in record.calls for tensor in tensors_in(call.result)}
+
+
+def _batch_first_sources(made: dict, key: int, batch: int, depth: int = 8) -> list:
+    """The recorded tensors with the batch size on axis 0 that the calls making tensor
+    ``key`` read, following only tensors with an axis of the batch size."""
+    call = made.get(key)
+    if call is None or not depth:
+        return []
+    found = []
+    for tensor in tensors_in((call.args, call.kwargs)):
+        if tensor.dim() and tensor.shape[0] == batch:
+            found.append(tensor)
+        elif batch in tensor.shape:
+            found += _batch_first_sources(made, id(tensor), batch, depth - 1)
+    return found
 
 
 def _per_sample_shape(output) -> bool:
@@ -96,21 +154,24 @@ def _reshape_for_one(step, batch: int):
     return step
 
 
-def _vectorised(replay: Replay, inputs: dict, samples: dict,
+def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
                 rest: tuple) -> tuple[dict, torch.Tensor]:
-    """vmap over samples of grad over the parameters of one sample's loss."""
+    """vmap over samples of grad over the parameters of one sample's loss (the per-sample
+    data, inputs of the replay, and constants, each a batch of one)."""
     keys = list(samples)
     params = {name: t.detach() for name, t in inputs.items()}
+    values = {name: t.detach() for name, t in data.items()}
 
-    def loss(parameters, *sample):
+    def loss(parameters, own, *sample):
         overrides = {key: value.unsqueeze(0) for key, value in zip(keys, sample)}
-        value = replay.run(parameters, overrides)
+        tensors = {**parameters, **{name: t.unsqueeze(0) for name, t in own.items()}}
+        value = replay.run(tensors, overrides)
         value = value.reshape(())
         return value, value
 
     per_sample = torch.func.vmap(torch.func.grad(loss, has_aux=True),
-                                 in_dims=(None,) + (0,) * len(keys))
-    grads, values = per_sample(params, *[samples[k] for k in keys])
+                                 in_dims=(None, 0) + (0,) * len(keys))
+    grads, values = per_sample(params, values, *[samples[k] for k in keys])
     return grads, values.reshape((-1,) + rest)
 
 

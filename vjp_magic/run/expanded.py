@@ -1,0 +1,231 @@
+"""Per-sample gradients by per-layer rules (as Opacus and BackPACK compute them): one replay of
+the cell's recorded calls on the whole batch, the gradients at each layer's output from one
+backward of the summed losses, and each sample's parameter gradient from its own rows.
+
+A Linear weight's gradient for sample b is ``g_bᵀ a_b`` (``a``: the layer's input rows of
+sample b, ``g``: the gradient at its output rows); a convolution's is the same product over
+the unfolded input patches; a LayerNorm's weight reads ``g · x̂``; every bias sums ``g``.
+The replay is the hook-free one (:mod:`.replay`): no user hook, module or ``.grad`` is
+touched. The rules hold only when each sample's loss reads only its own rows of every
+layer's output, which a second backward checks: weighting the losses by powers of two,
+each layer's output gradient must scale row by row by its sample's weight. Where a
+parameter is read by a call without a rule, or the check fails, the answer is None (the
+caller vectorises the replay instead); the analysis verifies whatever is given with its
+probe rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .refusals import close
+from .steps import Interpreter
+
+_SIGNATURES = {
+    "linear": ("input", "weight", "bias"),
+    "conv1d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+}
+_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "eps": 1e-5}
+
+
+@dataclass(eq=False)
+class _Use:
+    """A rule step: its arguments by name, and which inputs (by name) it reads as parameters."""
+
+    kind: str
+    bound: dict
+    params: dict  # "weight"/"bias" -> input name
+
+
+def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) -> dict | None:
+    """``{name: (B, *shape)}`` per-sample gradients of ``output`` (B per-sample losses) with
+    respect to ``params``, by the per-layer rules; None where a parameter has no rule, the
+    samples are not independent at some layer, or the replay differs from ``output``."""
+    uses = rule_uses(replay, params, output.shape[0])
+    if uses is None:
+        return None
+    leaves = {name: t.detach().requires_grad_() for name, t in params.items()}
+    env = {replay.names[name]: value for name, value in leaves.items()}
+    env.update({replay.names[name]: value.detach() for name, value in data.items()})
+    capture = _Capturing(replay.steps, uses)
+    with torch.enable_grad():
+        value = capture.run(env)[replay.output_id]
+    if not close(value.detach(), output.detach()) or not capture.unchanged():
+        return None
+    found = [(use, args, result) for use, args, result in capture.found
+             if result.requires_grad]
+    outs = [result for _, _, result in found]
+    grads = _output_gradients(value, outs)
+    if grads is None:
+        return None
+    per_sample = {name: torch.zeros((output.shape[0],) + tuple(t.shape), dtype=t.dtype,
+                                    device=t.device) for name, t in params.items()}
+    for (use, args, _), grad in zip(found, grads):
+        for slot, gradient in _rule(use, args, grad).items():
+            per_sample[use.params[slot]] += gradient
+    return per_sample
+
+
+def rule_uses(replay, params: dict, batch: int) -> dict | None:
+    """Step index -> :class:`_Use` for every step reading a parameter, where each has a rule
+    (the parameters in its weight/bias slots only, its input and result batch-first);
+    None where some parameter is read otherwise."""
+    ids = {replay.names[name]: name for name in params}
+    uses = {}
+    for index, step in enumerate(replay.steps):
+        read = [id(t) for t in _tensors((step.args, step.kwargs)) if id(t) in ids]
+        if not read:
+            continue
+        use = _use(step, ids, batch)
+        if use is None or len(use.params) != len(read):
+            return None
+        uses[index] = use
+    return uses
+
+
+def _use(step, ids: dict, batch: int) -> _Use | None:
+    names = _SIGNATURES.get(step.name)
+    if names is None or len(step.args) > len(names):
+        return None
+    bound = {**_DEFAULTS, **dict(zip(names, step.args)), **step.kwargs}
+    source, result = bound.get("input"), step.result
+    if not (isinstance(source, torch.Tensor) and isinstance(result, torch.Tensor)) \
+            or id(source) in ids or source.dim() < 2 or result.dim() < 2 \
+            or source.shape[0] != batch or result.shape[0] != batch:
+        return None
+    found = {slot: ids[id(bound[slot])] for slot in ("weight", "bias")
+             if isinstance(bound.get(slot), torch.Tensor) and id(bound[slot]) in ids}
+    return _Use(step.name, bound, found)
+
+
+def _tensors(value, depth: int = 0) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 3 or not isinstance(value, (list, tuple, dict)):
+        return []
+    items = value.values() if isinstance(value, dict) else value
+    return [t for item in items for t in _tensors(item, depth + 1)]
+
+
+class _Capturing(Interpreter):
+    """The replay's interpreter, keeping each rule step's arguments (as computed) and result,
+    and the result's version (a later in-place call would make its gradient another's)."""
+
+    def __init__(self, steps: list, uses: dict):
+        super().__init__(steps)
+        self.uses = {id(steps[i]): use for i, use in uses.items()}
+        self.found: list = []
+        self.versions: list = []
+
+    def call_function(self, step, args: tuple, kwargs: dict):
+        value = super().call_function(step, args, kwargs)
+        use = self.uses.get(id(step))
+        if use is not None:
+            names = _SIGNATURES[use.kind]
+            bound = {**_DEFAULTS, **dict(zip(names, args)), **kwargs}
+            self.found.append((use, bound, value))
+            self.versions.append(value._version)
+        return value
+
+    def unchanged(self) -> bool:
+        return all(r._version == v for (_, _, r), v in zip(self.found, self.versions))
+
+
+def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
+    """The gradient of the summed losses at each output, checked to be per-sample: with the
+    losses weighted by ±2^k, every output's gradient scales row by row by its sample's
+    weight (exactly, absent over- or underflow; a tolerance for reordered sums)."""
+    if not outs:
+        return []
+    ones = torch.ones_like(value)
+    generator = torch.Generator().manual_seed(0)
+    batch = value.shape[0]
+    exponents = torch.randint(-3, 4, (batch,), generator=generator)
+    signs = torch.randint(0, 2, (batch,), generator=generator) * 2 - 1
+    weights = (signs * 2.0 ** exponents).to(value.dtype).to(value.device)
+    weights = weights.reshape((batch,) + (1,) * (value.dim() - 1))
+    plain = torch.autograd.grad(value, outs, ones.expand_as(value), retain_graph=True,
+                                allow_unused=True)
+    weighted = torch.autograd.grad(value, outs, weights.expand_as(value), allow_unused=True)
+    grads = []
+    for out, g, w in zip(outs, plain, weighted):
+        g = torch.zeros_like(out) if g is None else g
+        w = torch.zeros_like(out) if w is None else w
+        scale = weights.reshape((batch,) + (1,) * (g.dim() - 1))
+        expected = g * scale
+        tolerance = 1e-5 * float(expected.abs().max()) if expected.numel() else 0.0
+        if not bool(((w - expected).abs() <= tolerance).all()):
+            return None
+        grads.append(g)
+    return grads
+
+
+def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
+    """Slot ("weight"/"bias") -> per-sample gradient (B, *shape) for one rule step."""
+    grad = grad.detach()
+    batch = grad.shape[0]
+    if use.kind == "linear":
+        source = bound["input"].detach().reshape(batch, -1, bound["input"].shape[-1])
+        g = grad.reshape(batch, -1, grad.shape[-1])
+        found = {"weight": torch.bmm(g.transpose(1, 2), source), "bias": g.sum(1)}
+    elif use.kind == "layer_norm":
+        found = _layer_norm(bound, grad)
+    else:
+        found = _convolution(use.kind, bound, grad)
+    return {slot: found[slot] for slot in use.params}
+
+
+def _layer_norm(bound: dict, grad: torch.Tensor) -> dict:
+    shape = tuple(bound["normalized_shape"])
+    source = bound["input"].detach()
+    normalised = F.layer_norm(source, shape, None, None, bound["eps"])
+    middle = tuple(range(1, grad.dim() - len(shape)))
+    weight = (grad * normalised).sum(middle) if middle else grad * normalised
+    return {"weight": weight, "bias": grad.sum(middle) if middle else grad}
+
+
+def _pair(value, dims: int) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+def _convolution(kind: str, bound: dict, grad: torch.Tensor) -> dict:
+    """Per-sample conv weight gradients: the unfolded input patches times the output
+    gradient, group by group (1-d as 2-d with a height of 1)."""
+    source, weight = bound["input"].detach(), bound["weight"]
+    batch, groups = grad.shape[0], bound["groups"]
+    dims = 1 if kind == "conv1d" else 2
+    if source.dim() == dims + 1:  # unbatched input cannot reach here (batch-first checked)
+        raise ValueError("unbatched convolution")
+    kernel = tuple(weight.shape[2:])
+    stride, dilation = _pair(bound["stride"], dims), _pair(bound["dilation"], dims)
+    source, padding = _padded(source, bound["padding"], kernel, dilation, dims)
+    if dims == 1:
+        source, grad = source.unsqueeze(2), grad.unsqueeze(2)
+        kernel, stride, dilation, padding = ((1,) + kernel, (1,) + stride, (1,) + dilation,
+                                             (0,) + padding)
+    columns = F.unfold(source, kernel, dilation=dilation, padding=padding, stride=stride)
+    columns = columns.reshape(batch, groups, -1, columns.shape[-1])
+    g = grad.reshape(batch, groups, grad.shape[1] // groups, -1)
+    gradient = torch.einsum("bgol,bgcl->bgoc", g, columns).reshape((batch,) + tuple(weight.shape))
+    return {"weight": gradient, "bias": g.sum(-1).reshape(batch, -1)}
+
+
+def _padded(source: torch.Tensor, padding, kernel: tuple, dilation: tuple, dims: int):
+    """The input padded for ``padding='same'`` (torch pads the odd one at the end), and the
+    symmetric padding left for unfold."""
+    if padding == "valid":
+        return source, (0,) * dims
+    if padding != "same":
+        return source, _pair(padding, dims)
+    pads = []
+    for k, d in reversed(list(zip(kernel, dilation))):
+        total = d * (k - 1)
+        pads += [total // 2, total - total // 2]
+    return F.pad(source, pads), (0,) * dims
+
+
+__all__ = ["per_sample_by_rules", "rule_uses"]
