@@ -234,3 +234,12 @@ def test_presentation_mode_shows_the_nonzeros_first():
     r.view.present = True
     text = repr(r)
     assert text.index("x[i-1]") < text.index("is tridiagonal")  # the nonzeros lead
+
+
+def test_jacobian_magic_shows_the_whole_jacobian_summarised():
+    r, y, x = made(stencil, torch.linspace(-1, 1, 12, dtype=torch.float64))
+    r.view = View(jacobian=True)
+    text = said(r)
+    assert "is tridiagonal" in text and "J_f(x) = [" in text
+    expected = jacobian(stencil, x.detach())
+    assert f"J_f(x) = [{expected[0, 0]:g} {expected[0, 1]:g} 0" in text

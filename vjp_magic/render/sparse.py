@@ -534,13 +534,19 @@ def value_formulas(result, name: str, options) -> list[Formula]:
     return [formula(lhs, block, options, sparse_of(result, name).matrix.dtype, caption=caption)]
 
 
-def sparse_blocks(result, name: str, options, explained: bool = False) -> list:
+def sparse_blocks(result, name: str, options, explained: bool = False,
+                  jacobian: bool = False) -> list:
     """The whole display of one input computed by compressed passes: the pattern in words,
-    v (unless ``--explain`` says it above), the code, the nonzero values."""
+    v (unless ``--explain`` says it above), the code, the nonzero values (``jacobian``,
+    ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR)."""
     blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
     if not explained:
         blocks.append(colour_paragraph(result, name))
     blocks.append(CodeBlock(colour_code(result, name)))
+    if jacobian:
+        from .sections import jacobian_formulas  # the full Jacobian, as %jacobian shows it
+
+        return blocks + jacobian_formulas(result, name, options)
     return blocks + value_formulas(result, name, options)
 
 
