@@ -26,18 +26,18 @@ def matmul(edge: Edge) -> IndexMap | None:
         return broadcast(shape, out)
     table = grid(shape)
     if role == "dot":
-        return along(table.reshape(1, -1), 1)
+        return along(table.reshape(1, -1), edge)
     if role == "vector":  # (K,) read whole by every entry of (M,)
-        return along(np.broadcast_to(table, out + shape), math.prod(out))
+        return along(np.broadcast_to(table, out + shape), edge)
     if role == "left" and len(shape) == 2 and out == shape[:1]:  # mv: (M, K) → (M,)
-        return along(table, math.prod(out))
+        return along(table, edge)
     if len(shape) != len(out) or len(shape) not in (2, 3):
         raise Unproved("a matrix product of unexpected shapes")
     if role == "left":  # (…, M, K): out (…, M, N) reads its row
         reads = np.broadcast_to(table[..., :, None, :], out + shape[-1:])
     else:  # (…, K, N): out (…, M, N) reads its column
         reads = np.broadcast_to(np.swapaxes(table, -1, -2)[..., None, :, :], out + shape[-2:-1])
-    return along(reads, math.prod(out))
+    return along(reads, edge)
 
 
 def convolution(edge: Edge) -> IndexMap:
@@ -59,14 +59,15 @@ def convolution(edge: Edge) -> IndexMap:
     c_out, outs = out[1], out[2:]
     if len(sizes) != d or len(outs) != d or channels % groups or c_out % groups:
         raise Unproved("a convolution of unexpected shapes")
-    spatial = _windows(sizes, outs, kernel, stride, padding, dilation)  # (o…, k…)
     per_group = channels // groups
+    edge.afford(math.prod(out) * per_group * math.prod(kernel))
+    spatial = _windows(sizes, outs, kernel, stride, padding, dilation)  # (o…, k…)
     group = np.arange(c_out) // (c_out // groups)
     c_in = group[:, None] * per_group + np.arange(per_group)[None, :]  # (c_out, per_group)
     base = (np.arange(batch)[:, None, None] * channels + c_in[None]) * math.prod(sizes)
     lead = base.reshape((batch, c_out) + (1,) * d + (per_group,) + (1,) * d)
     table = np.where(spatial >= 0, lead + np.maximum(spatial, 0), NONE)
-    return along(table, math.prod(out))
+    return along(table, edge)
 
 
 def _windows(sizes, outs, kernel, stride, padding, dilation) -> np.ndarray:

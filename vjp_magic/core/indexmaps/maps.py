@@ -27,6 +27,7 @@ class Edge(NamedTuple):
     k: int
     in_shapes: list  # per forward input: its shape, or None for a constant (no edge)
     out_shapes: list  # per forward output
+    budget: int = 2**62  # bytes a table may take
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -39,6 +40,12 @@ class Edge(NamedTuple):
     @property
     def name(self) -> str:
         return base_name(self.node)
+
+    def afford(self, entries: int) -> None:
+        """Refuse (:class:`Unproved`) a table of ``entries`` indices over the budget, before
+        it is built."""
+        if entries * 8 > self.budget:
+            raise Unproved("an index table over the memory budget")
 
     def saved(self, attribute: str):
         """``node._saved_<attribute>``; a missing one is :class:`Unproved`."""
@@ -116,9 +123,11 @@ def broadcast(in_shape, out_shape) -> IndexMap | None:
     return moved(table, out_shape, injective=False)
 
 
-def along(table: np.ndarray, out_numel: int) -> IndexMap:
-    """An :class:`IndexMap` of several reads per output entry, ``table`` (…, k) in output
-    order."""
+def along(table: np.ndarray, edge: Edge) -> IndexMap:
+    """An :class:`IndexMap` of several reads per entry of the edge's output, ``table`` (…, k)
+    in output order (a broadcast view: it is built only within the budget)."""
+    out_numel = math.prod(edge.out_shape)
+    edge.afford(table.size)
     table = np.ascontiguousarray(table, dtype=np.int64)
     if table.size % max(out_numel, 1) or (out_numel == 0 and table.size):
         raise Unproved("reads do not line up with the output")

@@ -18,12 +18,12 @@ def reduction(edge: Edge) -> IndexMap:
     if math.prod(edge.in_shape[a] for a in kept) != math.prod(edge.out_shape):
         raise Unproved("a reduction whose output does not match its dims")
     table = np.transpose(grid(edge.in_shape), kept + sorted(reduced))
-    return along(table, math.prod(edge.out_shape))
+    return along(table, edge)
 
 
 def whole_dim(edge: Edge) -> IndexMap:
     """softmax / log_softmax along ``dim``: every entry of that dim, at the same other indices."""
-    return along(_lines(edge), math.prod(edge.out_shape))
+    return along(_lines(edge), edge)
 
 
 def prefix(edge: Edge) -> IndexMap:
@@ -36,7 +36,7 @@ def prefix(edge: Edge) -> IndexMap:
     if edge.in_shape:
         shape[dim] = size
     lines[np.broadcast_to(later.reshape(shape), lines.shape)] = NONE
-    return along(lines, math.prod(edge.out_shape))
+    return along(lines, edge)
 
 
 def _lines(edge: Edge) -> np.ndarray:
@@ -47,5 +47,6 @@ def _lines(edge: Edge) -> np.ndarray:
     if not shape:
         return grid(()).reshape(1)
     dim = to_axis(edge.saved("dim"), len(shape))
+    edge.afford(math.prod(shape) * shape[dim])
     lines = np.moveaxis(grid(shape), dim, -1)  # (others…, size)
     return np.broadcast_to(np.expand_dims(lines, dim), shape + (shape[dim],))

@@ -101,8 +101,14 @@ def deduplicated(relation: Relation) -> Relation:
     if relation.nnz and int(relation.rows[-1] if relation.ordered else relation.rows.max()) \
             >= 2**(62 - shift):
         raise Unproved("too many entries to index")
-    keys = (relation.rows << shift) | relation.cols
+    keys = relation.rows << shift
+    keys |= relation.cols
     keys.sort(kind="stable")
     if keys.size:
-        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-    return Relation(keys >> shift, keys & ((1 << shift) - 1), relation.width, True, True)
+        first = np.empty(keys.size, dtype=bool)
+        first[0] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        keys = keys[first]
+    cols = keys & ((1 << shift) - 1)
+    keys >>= shift
+    return Relation(keys, cols, relation.width, True, True)

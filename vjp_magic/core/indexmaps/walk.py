@@ -35,7 +35,8 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
     else:
         try:
             relation = _walk(output, x, Meter(budget))
-        except (Unproved, AttributeError, RuntimeError, ValueError, IndexError):
+        except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
+            # an attribute missing or not as the rules expect it: claim nothing
             return None
     relation = deduplicated(relation)
     counts = np.bincount(relation.rows, minlength=m)
@@ -76,8 +77,7 @@ def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Met
     if rule is None or isinstance(node, torch.autograd.function.BackwardCFunction):
         raise Unproved(f"no index-map rule for {type(node).__name__}")
     edges = node.next_functions
-    in_shapes = [None if p is None else out_shapes(p)[j] if type(p).__name__ != "AccumulateGrad"
-                 else tuple(p.variable.shape) for p, j in edges]
+    in_shapes = [_shape(p, j) for p, j in edges]
     for i, (producer, j) in enumerate(edges):
         if producer is None:
             continue
@@ -87,11 +87,24 @@ def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Met
             target = (id(producer), j)
         else:
             continue
+        if in_shapes[i] is None:
+            raise Unproved(f"the input of {type(node).__name__} comes from a custom function")
         width = int(np.prod(in_shapes[i], dtype=np.int64))
         for k, relation in slots.items():
-            composed = compose(relation, rule(Edge(node, i, k, in_shapes, shapes)), width, meter)
+            edge = Edge(node, i, k, in_shapes, shapes, meter.budget)
+            composed = compose(relation, rule(edge), width, meter)
             meter.add(composed)
             pending.setdefault(target, []).append(composed)
+
+
+def _shape(producer, index: int):
+    """The shape of the tensor an edge carries; None for a constant, or a custom function's
+    output (whose node is not read)."""
+    if producer is None or isinstance(producer, torch.autograd.function.BackwardCFunction):
+        return None
+    if type(producer).__name__ == "AccumulateGrad":
+        return tuple(producer.variable.shape)
+    return out_shapes(producer)[index]
 
 
 def _is_x(producer, index: int, x: torch.Tensor) -> bool:
