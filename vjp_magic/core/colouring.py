@@ -310,11 +310,20 @@ SMALL_ALWAYS = 2_000  # ... and always tried up to this n (else only past 3 colo
 
 
 def symmetrised(crow, col, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The CSR arrays of P ∪ Pᵀ ∪ diagonal (n × n), columns sorted within each row."""
+    """The CSR arrays of P ∪ Pᵀ ∪ diagonal (n × n), columns sorted within each row; P's own
+    arrays when it is already so (the common case: a Hessian's pattern)."""
     crow, col = np.asarray(crow, np.int64), np.asarray(col, np.int64)
     rows = _rows_of(crow)
-    diag = np.arange(n, dtype=np.int64)
-    keys = np.unique(np.concatenate([rows * n + col, col * n + rows, diag * n + diag]))
+    keys = rows * n + col
+    mirrored = np.sort(col * n + rows)
+    diag = np.arange(n, dtype=np.int64) * (n + 1)
+    if len(keys) == len(mirrored) and np.array_equal(keys, mirrored) and len(keys) and \
+            bool((keys[1:] > keys[:-1]).all()):
+        at = np.minimum(np.searchsorted(keys, diag), len(keys) - 1)
+        if bool((keys[at] == diag).all()):
+            return crow, col
+    keys = np.sort(np.concatenate([keys, mirrored, diag]))
+    keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
     src, dst = keys // n, keys % n
     return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst
 
@@ -377,9 +386,17 @@ def star_colouring(crow, col) -> np.ndarray:
 def _unique_in_row(crow, col, colours) -> np.ndarray:
     """Per nonzero (i, j): whether j is the only column of row i with j's colour."""
     k = max(colour_count(colours), 1)
-    keys = _rows_of(crow) * k + colours[col]
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    return counts[inverse.reshape(-1)] == 1
+    keys = np.repeat(np.arange(len(crow) - 1, dtype=np.int64) * k, np.diff(crow))
+    keys += colours[col]
+    if (len(crow) - 1) * k <= 4 * len(col) + 1_000_000:
+        return np.bincount(keys)[keys] == 1
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    alone = np.ones(len(keys), dtype=bool)
+    same = ordered[1:] == ordered[:-1]
+    alone[order[1:][same]] = False
+    alone[order[:-1][same]] = False
+    return alone
 
 
 def recoverable(crow, col, colours) -> bool:

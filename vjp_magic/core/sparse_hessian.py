@@ -86,7 +86,7 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         return None
     if pattern.nnz == 0:  # d does not depend on x here: f is linear (checked below)
         matrix = empty_csr(x)
-        if not checked(d, x, matrix, seed):
+        if not checked(d, x, matrix, seed, budget):
             return None
         return SparseHessian(matrix, torch.zeros(n, dtype=torch.int64), 0, pattern.probes,
                              str(getattr(pattern, "evidence", "observed")))
@@ -105,7 +105,7 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         matrix = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col),
                                          values.cpu(), size=(n, n),
                                          check_invariants=False).to(x.device)
-    if not checked(d, x, matrix, seed):
+    if not checked(d, x, matrix, seed, budget):
         return None
     return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes,
                          str(getattr(pattern, "evidence", "observed")))
@@ -113,33 +113,43 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
 
 def _products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count: int,
               budget: int) -> torch.Tensor:
-    """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric)."""
+    """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric),
+    from plain backward passes up to :data:`LOOP_PASSES` colours, batched beyond."""
     colours = colours.to(flat.device)
     if count <= LOOP_PASSES:
         rows = [plain_vjp(flat, [x], (colours == c).to(flat.dtype))[0].detach().reshape(-1)
                 for c in range(count)]
         return torch.stack(rows) if rows else x.new_zeros(0, x.numel())
+    ids = torch.arange(count, device=flat.device)
+    return _batched(flat, x, (colours[None, :] == ids[:, None]).to(flat.dtype), budget)
+
+
+def _batched(flat: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor,
+             budget: int | None) -> torch.Tensor:
+    """vᵀ∂flat/∂x for each row v of ``vectors`` (count × n), in batches the budget allows."""
+    limit = len(vectors) if budget is None else chunk_size(flat, [x], budget)
     passes = []
-    limit = chunk_size(flat, [x], budget)
-    for start in range(0, count, limit):
-        ids = torch.arange(start, min(count, start + limit), device=flat.device)
-        v = (colours[None, :] == ids[:, None]).to(flat.dtype)
-        (g,) = vjp_batch(flat, [x], v)
-        passes.append(g.detach().reshape(len(ids), -1))
-    return torch.cat(passes)
+    for start in range(0, len(vectors), max(limit, 1)):
+        part = vectors[start:start + max(limit, 1)]
+        (g,) = vjp_batch(flat, [x], part)
+        passes.append(g.detach().reshape(len(part), -1))
+    return torch.cat(passes) if passes else x.new_zeros(0, x.numel())
 
 
-def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int) -> bool:
-    """Full random probes v (:func:`.probes.probe_vector`, the run's seed): vᵀ∂d/∂x from
+def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
+            budget: int | None = None) -> bool:
+    """Full random probes v (:func:`_check_probes`, the run's seed): vᵀ∂d/∂x from
     autograd against vᵀH_sparse, entry by entry (as :func:`.compressed.checked`). Entry j is
     judged against Σ_i |v_i|·Σ_k |H[i, k]| over the rows i that meet column j, times the probe
     tolerance and :data:`SECOND_ORDER_SLACK`: autograd forms H[j, j] from terms as large as
     the entries of the neighbouring rows (Rosenbrock: 1200x_j² - 400x_(j+1) + 202), which
-    may cancel to far less than column j alone."""
+    may cancel to far less than column j alone. The probes go through one batched backward
+    (vmap: faster here than a loop); the products they check came from plain ones, so a
+    batching rule that went wrong shows as a disagreement, never as a wrong result."""
     flat = d.reshape(-1)
-    count = probes.probe_plan(flat.dtype).probes
-    vectors = torch.stack([probes.probe_vector(flat, seed, draw) for draw in range(count)])
-    observed = torch.stack([plain_vjp(flat, [x], v)[0].detach().reshape(-1) for v in vectors])
+    vectors = _check_probes(flat, seed)
+    count = len(vectors)
+    observed = _batched(flat, x, vectors, budget)
     crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     rows = torch.repeat_interleave(torch.arange(matrix.shape[0], device=crow.device),
                                    crow.diff())
@@ -154,6 +164,19 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int) -
     allowed = scale * (tolerances(flat.dtype).probe * SECOND_ORDER_SLACK) + \
         torch.finfo(scale.dtype).tiny
     return bool(((observed - predicted).abs() <= allowed).all())
+
+
+def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
+    """The check's probes (count × n): random signed powers of two, the count and values of
+    :func:`.probes.probe_plan` for the dtype, drawn all at once from the run's seed on a
+    stream of their own."""
+    plan = probes.probe_plan(flat.dtype)
+    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
+                                         dtype=torch.float64))
+    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(flat.dtype)
+    codes = torch.randint(0, plan.values, (plan.probes * flat.numel(),), dtype=torch.int32,
+                          generator=probes.probe_generator(seed, "sparse-hessian-check"))
+    return torch.index_select(table, 0, codes).reshape(plan.probes, -1).to(flat.device)
 
 
 def empty_csr(x: torch.Tensor) -> torch.Tensor:
