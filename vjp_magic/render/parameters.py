@@ -44,9 +44,10 @@ class Row:
 def wants_table(result, options) -> bool:
     """Whether ``result`` shows the table: first derivatives with more than
     :data:`MANY_INPUTS` inputs used (fewer are shown as before, the budget naming those it
-    leaves out)."""
-    return result.order == 1 and sum(
-        not item.unused for item in result.inputs.values()) > MANY_INPUTS
+    leaves out), none a sparse Jacobian (shown by :mod:`.sparse`)."""
+    items = result.inputs.values()
+    return (result.order == 1 and sum(not item.unused for item in items) > MANY_INPUTS
+            and all(getattr(item, "sparse", None) is None for item in items))
 
 
 def parameter_rows(result) -> list[Row]:
