@@ -152,3 +152,20 @@ def test_the_check_catches_a_missing_coupling(dtype):
     assert sparse_hessian.checked(d, x, matrix, seed=0)
     (d,) = torch.autograd.grad(coupled(x), x, create_graph=True)
     assert not sparse_hessian.checked(d, x, matrix, seed=0)
+
+
+def grid_energy(u):
+    """A 5-point Hessian on a grid: squared differences, a quartic, a product of neighbours."""
+    return ((u[1:, :] - u[:-1, :]) ** 2).sum() + ((u[:, 1:] - u[:, :-1]) ** 2).sum() + \
+        (u ** 4).sum() + torch.sin(u[:, 1:] * u[:, :-1]).sum()
+
+
+@pytest.mark.parametrize("k", [12, 17])
+def test_a_five_point_hessian_takes_five_products(sparse_from_small, k):
+    u = torch.randn(k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(k))
+    expected = torch.func.hessian(grid_energy)(u).reshape(k * k, k * k)
+    u.requires_grad_(True)
+    h = second_derivatives(grid_energy(u), {"u": u})
+    assert h.inputs["u"].sparse.count <= 5
+    torch.testing.assert_close(h.hessian("u", layout=torch.sparse_csr).to_dense(), expected)
+    torch.testing.assert_close(h.hessian("u"), expected.reshape(k, k, k, k))

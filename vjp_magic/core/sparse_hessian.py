@@ -54,9 +54,10 @@ class SparseHessian(NamedTuple):
         products"."""
         kind = band_name(self.matrix)
         products = "product" if self.count == 1 else "products"
+        how = "the pattern proved from the graph for every x" if self.evidence == "proved" \
+            else f"the pattern found at this x by {self.probes:,} probes"
         return (f"{kind} Hessian: {self.nnz:,} nonzeros from {self.count:,} Hessian-vector "
-                f"{products} (the pattern found at this x by {self.probes:,} probes, then "
-                "checked with random probes).")
+                f"{products} ({how}; the values checked with random probes).")
 
 
 def band_name(matrix: torch.Tensor) -> str:
