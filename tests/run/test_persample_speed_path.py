@@ -22,6 +22,9 @@ def _models():
             torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
             torch.nn.Conv2d(4, 6, 3, stride=2, groups=2, padding="valid"), torch.nn.Flatten(),
             torch.nn.Linear(6, 3)), (5, 2, 6, 6)),
+        "cnn_strided_dilated": (lambda: torch.nn.Sequential(
+            torch.nn.Conv2d(2, 3, 3, stride=2, dilation=2, padding=1), torch.nn.Tanh(),
+            torch.nn.Flatten(), torch.nn.Linear(3 * 3 * 3, 3)), (5, 2, 7, 7)),
         "conv1d_same": (lambda: torch.nn.Sequential(
             torch.nn.Conv1d(2, 4, 4, padding="same", dilation=2), torch.nn.ReLU(),
             torch.nn.Flatten(), torch.nn.Linear(4 * 9, 3)), (5, 2, 9)),

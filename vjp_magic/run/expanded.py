@@ -193,39 +193,65 @@ def _pair(value, dims: int) -> tuple:
 
 
 def _convolution(kind: str, bound: dict, grad: torch.Tensor) -> dict:
-    """Per-sample conv weight gradients: the unfolded input patches times the output
-    gradient, group by group (1-d as 2-d with a height of 1)."""
+    """Per-sample conv weight gradients: each sample's padded input correlated with its
+    output gradient (1-d as 2-d with a height of 1)."""
     source, weight = bound["input"].detach(), bound["weight"]
     batch, groups = grad.shape[0], bound["groups"]
     dims = 1 if kind == "conv1d" else 2
-    if source.dim() == dims + 1:  # unbatched input cannot reach here (batch-first checked)
-        raise ValueError("unbatched convolution")
     kernel = tuple(weight.shape[2:])
     stride, dilation = _pair(bound["stride"], dims), _pair(bound["dilation"], dims)
-    source, padding = _padded(source, bound["padding"], kernel, dilation, dims)
+    source = _padded(source, bound["padding"], kernel, dilation, dims)
     if dims == 1:
         source, grad = source.unsqueeze(2), grad.unsqueeze(2)
-        kernel, stride, dilation, padding = ((1,) + kernel, (1,) + stride, (1,) + dilation,
-                                             (0,) + padding)
-    columns = F.unfold(source, kernel, dilation=dilation, padding=padding, stride=stride)
-    columns = columns.reshape(batch, groups, -1, columns.shape[-1])
-    g = grad.reshape(batch, groups, grad.shape[1] // groups, -1)
-    gradient = torch.einsum("bgol,bgcl->bgoc", g, columns).reshape((batch,) + tuple(weight.shape))
-    return {"weight": gradient, "bias": g.sum(-1).reshape(batch, -1)}
+        kernel, stride, dilation = (1,) + kernel, (1,) + stride, (1,) + dilation
+    if groups == 1:
+        gradient = _correlated(source, grad, kernel, stride, dilation)
+    else:
+        gradient = _patches(source, grad, kernel, stride, dilation, groups)
+    return {"weight": gradient.reshape((batch,) + tuple(weight.shape)),
+            "bias": grad.sum((2, 3)).reshape(batch, -1)}
+
+
+def _correlated(source, grad, kernel: tuple, stride: tuple, dilation: tuple) -> torch.Tensor:
+    """(B, O, C, kh, kw): one convolution with the samples as groups, the channels as the
+    batch and the output gradients as kernels (stride and dilation trade places)."""
+    batch, channels, outs = source.shape[0], source.shape[1], grad.shape[1]
+    kernels = grad.reshape(batch * outs, 1, *grad.shape[2:])
+    found = F.conv2d(source.transpose(0, 1), kernels, stride=dilation, dilation=stride,
+                     groups=batch)[..., :kernel[0], :kernel[1]]
+    return found.reshape(channels, batch, outs, *kernel).permute(1, 2, 0, 3, 4)
+
+
+def _patches(source, grad, kernel: tuple, stride: tuple, dilation: tuple,
+             groups: int) -> torch.Tensor:
+    """(B, G, O/G, C/G, kh, kw): the input patches as a strided view, times the output
+    gradient, group by group."""
+    batch, channels = source.shape[:2]
+    height, width = grad.shape[2:]
+    s = source.stride()
+    view = source.as_strided(
+        (batch, channels) + kernel + (height, width),
+        (s[0], s[1], s[2] * dilation[0], s[3] * dilation[1], s[2] * stride[0],
+         s[3] * stride[1]))
+    view = view.reshape(batch, groups, channels // groups, *kernel, height, width)
+    g = grad.reshape(batch, groups, grad.shape[1] // groups, height, width)
+    return torch.einsum("bgohw,bgcijhw->bgocij", g, view)
 
 
 def _padded(source: torch.Tensor, padding, kernel: tuple, dilation: tuple, dims: int):
-    """The input padded for ``padding='same'`` (torch pads the odd one at the end), and the
-    symmetric padding left for unfold."""
+    """The input padded as the convolution pads it (``'same'``: the odd one at the end)."""
     if padding == "valid":
-        return source, (0,) * dims
+        return source
     if padding != "same":
-        return source, _pair(padding, dims)
+        pads = []
+        for p in reversed(_pair(padding, dims)):
+            pads += [p, p]
+        return F.pad(source, pads) if any(pads) else source
     pads = []
     for k, d in reversed(list(zip(kernel, dilation))):
         total = d * (k - 1)
         pads += [total // 2, total - total // 2]
-    return F.pad(source, pads), (0,) * dims
+    return F.pad(source, pads)
 
 
 __all__ = ["per_sample_by_rules", "rule_uses"]

@@ -75,9 +75,10 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output) -
 
 def sample_data(record, inputs: dict, output) -> tuple[Replay | None, dict]:
     """The replay of ``output`` from ``inputs`` and the per-sample data it reads as inputs
-    (name -> recorded tensor): where a constant carries the batch on another axis than the
-    first (``x.transpose(0, 1)`` inside a batch-first attention), the tensors with the batch
-    size on axis 0 it was computed from, so that the replay computes it per sample."""
+    (name -> recorded tensor): where a constant with an axis of the batch size was computed
+    by recorded calls (``x.transpose(0, 1)`` inside a batch-first attention: the batch on
+    axis 1), the tensors with the batch size on axis 0 they read, so that the replay
+    computes it per sample."""
     replay = replayable(record, inputs, output, verify=False, user_code=False)
     if replay is None:
         return None, {}
@@ -85,7 +86,7 @@ def sample_data(record, inputs: dict, output) -> tuple[Replay | None, dict]:
     made = _producers(record)
     roots: dict = {}
     for key, value in replay.constants().items():
-        if batch in value.shape[1:] and not (value.dim() and value.shape[0] == batch):
+        if batch in value.shape:  # on axis 0 too: a sequence as long as the batch
             for tensor in _batch_first_sources(made, key, batch):
                 roots.setdefault(id(tensor), tensor)
     if not roots:
