@@ -130,3 +130,17 @@ def test_random_patterns_take_at_most_natural_greedys_colours():
         columns = colour_columns(crow, col, n)
         t_crow, t_col = _csr(cols, rows, n)
         _pairwise_valid(t_crow, t_col, columns)
+
+
+@pytest.mark.parametrize("k", [130, 141])
+def test_a_grid_is_guessed_from_a_square_patterns_offsets(k):
+    # without shape=: the flat index alone gives 5 colours only for k mod 5 in (2, 3), and
+    # greedy (natural order only at this size) takes 7; the offsets ±k of the middle row
+    # name the grid
+    crow, col = _stencil((k, k), FIVE)
+    colours = colour_rows(crow, col, k * k)
+    rows = np.repeat(np.arange(k * k), np.diff(crow))
+    keys = col * 5 + colours[rows]  # (column, colour) pairs: each at most once
+    assert len(np.unique(keys)) == len(keys)
+    assert colour_count(colours) == 5
+    assert colour_count(natural_greedy(crow, col, k * k)) == 7

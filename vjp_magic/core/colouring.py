@@ -87,7 +87,8 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     bound = int(counts.max()) if len(col) else 0
     if bound <= 1:  # no two rows share a column: one colour
         return np.zeros(m, dtype=np.int64)
-    lattice = _lattice(crow, col, n, bound, _out_shape(shape, m))
+    lattice = _lattice(crow, col, n, bound,
+                       _out_shape(shape, m, *((crow, col) if n == m else ())))
     if lattice is not None and colour_count(lattice) <= bound:
         return lattice  # the lower bound: optimal
     best = greedy_rows(crow, col, n, counts)
@@ -96,16 +97,32 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     return best
 
 
-def _out_shape(shape, m: int) -> tuple[tuple[int, ...], ...]:
-    """The multi-index shapes to try: the output's (when given and it has m entries), then
-    the flat one."""
+def _out_shape(shape, m: int, crow=None, col=None) -> tuple[tuple[int, ...], ...]:
+    """The multi-index shapes to try: the output's (when given and it has m entries), else
+    a grid guessed from a square pattern's offsets (a 5-point stencil on a k × k grid reads
+    i ± k: try (m / k, k)), then the flat one."""
     shapes = []
     if shape is not None:
         out = tuple(int(s) for s in shape[0])
         if int(np.prod(out, dtype=np.int64)) == m and len(out) > 1:
             shapes.append(tuple(s for s in out if s != 1) or (m,))
+    elif crow is not None and m > 1:
+        shapes.extend(_guessed_grids(crow, col, m))
     shapes.append((m,))
     return tuple(dict.fromkeys(shapes))
+
+
+def _guessed_grids(crow, col, m: int) -> list[tuple[int, ...]]:
+    """Grids whose row lengths are the middle row's offsets (|column - row| > 1)."""
+    middle = m // 2
+    offsets = np.unique(np.abs(col[crow[middle]:crow[middle + 1]] - middle))
+    widths = [int(w) for w in offsets if 1 < w < m and m % w == 0]
+    grids = []
+    if widths:
+        grids.append((m // widths[-1], widths[-1]))
+    if len(widths) >= 2 and widths[-1] % widths[0] == 0:
+        grids.append((m // widths[-1], widths[-1] // widths[0], widths[0]))
+    return grids[::-1]
 
 
 # -- 1. lattice colourings ---------------------------------------------------------------------
