@@ -331,15 +331,16 @@ def evidence_words(sparse, name: str) -> list:
                                                  "not in it.")]
 
 
-def pattern_paragraph(result, name: str) -> Paragraph:
-    """The pattern in words, its nonzeros counted, and how it is known."""
+def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
+    """The pattern in words, its nonzeros counted, and how it is known (``lead``: named for
+    its input, where there are several)."""
     sparse = sparse_of(result, name)
     item = result.inputs[name]
     found = layout_of(sparse, result.output.shape, item.tensor.shape)
     y = output_symbol(result)
     lead = [Text("With respect to "), notation.prose_name(name), Text(": ")] \
-        if len(result.inputs) > 1 else []
-    spans = lead + [Text("The Jacobian "), notation.partial(y, name),
+        if lead and len(result.inputs) > 1 else []
+    spans = lead + [Text("the Jacobian " if lead else "The Jacobian "), notation.partial(y, name),
                     Text(f" is {_kind_words(found, item.tensor.numel())}")]
     reads = reads_spans(result, name, found)
     spans += ([Text(": ")] + reads if reads else [])

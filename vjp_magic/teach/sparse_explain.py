@@ -78,7 +78,7 @@ def _pattern_step(result, name: str) -> Paragraph:
     sparse = sparse_of(result, name)
     m, n = sparse.matrix.shape
     y = output_symbol(result)
-    words = pattern_paragraph(result, name)
+    words = pattern_paragraph(result, name, lead=False)  # the explanation names the input
     return paragraph("2. The Jacobian ", Math("J", "J"), f", m × n = {m:,} × {n:,}: row ",
                      Math("i", "i"), " belongs to entry ", Math("i", "i"), " of ",
                      notation.prose_name(y), " (flattened), and it is nonzero only at the "
