@@ -189,3 +189,23 @@ def test_a_gradients_own_graph_rosenbrock_hessian_is_tridiagonal():
         (gradient,) = torch.autograd.grad(f(x), x, create_graph=True)
         pattern = proved_pattern(gradient, x, BUDGET)
         assert torch.equal(dense(pattern), torch.func.hessian(f)(x.detach()) != 0)
+
+
+def test_pooling_and_max_along_a_dim_read_what_the_graph_saved():
+    pools = [
+        lambda x: F.max_pool2d(x.reshape(2, 3, 8, 8), 3, stride=2, padding=1),
+        lambda x: F.max_pool1d(x.reshape(6, 64), 4),
+        lambda x: F.avg_pool2d(x.reshape(2, 3, 8, 8), 3, stride=2, padding=1),
+        lambda x: F.avg_pool2d(x.reshape(6, 8, 8), (2, 3), stride=(1, 2)),
+        lambda x: F.avg_pool3d(x.reshape(1, 3, 2, 8, 8), 2),
+        lambda x: x.reshape(6, 8, 8).max(2).values,
+        lambda x: x.reshape(6, 8, 8).min(0, keepdim=True).values,
+        lambda x: x.reshape(6, 64).median(1).values,
+    ]
+    for pool in pools:
+        def f(x, pool=pool):
+            return pool(x).reshape(-1)
+
+        x = torch.randn(384, dtype=torch.float64, requires_grad=True)
+        pattern = proved_pattern(f(x), x, BUDGET)
+        assert torch.equal(dense(pattern), structural(f, x))

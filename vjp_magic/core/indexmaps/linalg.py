@@ -61,7 +61,7 @@ def convolution(edge: Edge) -> IndexMap:
         raise Unproved("a convolution of unexpected shapes")
     per_group = channels // groups
     edge.afford(math.prod(out) * per_group * math.prod(kernel))
-    spatial = _windows(sizes, outs, kernel, stride, padding, dilation)  # (o…, k…)
+    spatial = windows(sizes, outs, kernel, stride, padding, dilation)  # (o…, k…)
     group = np.arange(c_out) // (c_out // groups)
     c_in = group[:, None] * per_group + np.arange(per_group)[None, :]  # (c_out, per_group)
     base = (np.arange(batch)[:, None, None] * channels + c_in[None]) * math.prod(sizes)
@@ -70,7 +70,7 @@ def convolution(edge: Edge) -> IndexMap:
     return along(table, edge)
 
 
-def _windows(sizes, outs, kernel, stride, padding, dilation) -> np.ndarray:
+def windows(sizes, outs, kernel, stride, padding, dilation) -> np.ndarray:
     """(1, 1, o…, 1, k…): the flat spatial input index each output position reads at each
     kernel offset, NONE outside the input."""
     d = len(kernel)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import linalg, moves, reductions
+from . import linalg, moves, pooling, reductions
 
 Rule = Callable
 
@@ -44,6 +44,9 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Cumsum Cumprod", reductions.prefix),
     (" ".join(linalg.FACTORS), linalg.matmul),
     ("Convolution", linalg.convolution),
+    ("MaxPool2DWithIndices MaxPool3DWithIndices", pooling.max_pool),
+    ("AvgPool2D AvgPool3D", pooling.avg_pool),
+    ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
 ] + [(name, rule) for name, rule in MASKED.items()]
 
 

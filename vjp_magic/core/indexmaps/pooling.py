@@ -1,0 +1,58 @@
+"""Pooling and the reductions that keep their argmax: max pooling and max / min along a dim
+read the one entry whose index the graph saved; average pooling reads its window of its own
+channel."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .linalg import windows
+from .maps import Edge, IndexMap, Unproved, along, grid, moved, to_axis, to_int
+from .reductions import reduction
+
+
+def _planes(edge: Edge, d: int) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray]:
+    """(sizes, output sizes, the flat offset of each (batch, channel) plane shaped to
+    broadcast over the output)."""
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    lead, sizes = shape[:-d], shape[-d:]
+    if len(shape) <= d or out[:-d] != lead:
+        raise Unproved("a pooling of unexpected shapes")
+    offsets = np.arange(math.prod(lead), dtype=np.int64).reshape(lead + (1,) * d)
+    return sizes, out[-d:], offsets * math.prod(sizes)
+
+
+def max_pool(edge: Edge) -> IndexMap:
+    """max_pool with indices: output entry reads the input entry its saved index names."""
+    d = len(edge.saved("kernel_size"))
+    indices = edge.saved("result1").cpu().numpy()
+    _, _, offsets = _planes(edge, d)
+    return moved(offsets + indices, edge.out_shape, injective=False)
+
+
+def avg_pool(edge: Edge) -> IndexMap:
+    kernel = [to_int(k) for k in edge.saved("kernel_size")]
+    d = len(kernel)
+    stride = [to_int(s) for s in edge.saved("stride")] or kernel
+    padding = [to_int(p) for p in edge.saved("padding")]
+    stride, padding = stride * (d // len(stride)), padding * (d // len(padding))
+    sizes, outs, offsets = _planes(edge, d)
+    edge.afford(math.prod(edge.out_shape) * math.prod(kernel))
+    spatial = windows(sizes, outs, kernel, stride, padding, [1] * d)[0, 0]  # (o…, k…)
+    lead = offsets.reshape(offsets.shape + (1,) * (d + 1))  # (lead…, 1…, 1, 1…)
+    return along(np.where(spatial >= 0, lead + np.maximum(spatial, 0), -1), edge)
+
+
+def arg_reduction(edge: Edge) -> IndexMap:
+    """max / min / median / kthvalue / mode along a dim: the entry at the saved index; without
+    a dim (no index saved) every entry, as a reduction reads them."""
+    if not hasattr(edge.node, "_saved_indices"):
+        return reduction(edge)
+    shape = tuple(edge.in_shape)
+    dim = to_axis(edge.saved("dim"), len(shape))
+    indices = edge.saved("indices").cpu().numpy()
+    if not bool(edge.saved("keepdim")):
+        indices = np.expand_dims(indices, dim)
+    table = np.take_along_axis(grid(shape), indices, axis=dim)
+    return moved(table.reshape(edge.out_shape), edge.out_shape, injective=False)
