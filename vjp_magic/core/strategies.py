@@ -34,6 +34,7 @@ class Context:
     full: bool
     probes: Probes
     rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
+    sparse: object | None = None  # the compressed path (core.compressed.SparseChoice)
 
     def reject(self, name: str, pairing) -> None:
         self.rejected.setdefault(name, []).append(pairing)
@@ -140,6 +141,8 @@ def from_verified_pairings(context, named, candidates, probes):
         point_out = _point_out(candidates[pending[0]][position[pending[0]]])
         group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
         count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        if count == output.numel() and context.sparse is not None:  # no points: compressed?
+            group = context.sparse.take(named, group, candidates, position, accepted)
         if _skip_over_budget(context, named, candidates, position, group, count):
             continue  # a later candidate may fit
         context.refuse_if_over(
