@@ -8,10 +8,13 @@ computes the derivatives with one VJP per component (:mod:`.derivatives`).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import axisflow, memory, structure, validation
 from .candidates import Candidate, candidates
+from .compressed import SparseChoice
 from .derivatives import forward_jacobian
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
@@ -49,6 +52,9 @@ def differentiate(
 
     ``inputs`` is a tensor (named ``"x"`` unless ``names`` says otherwise), a sequence of
     tensors, or a dict name → tensor. ``full=True`` skips point inference (plain Jacobian).
+    An input with no points, of an output with 32 entries or more, gets a sparse Jacobian
+    where one backward per colour of its pattern pays (:class:`.compressed.SparseChoice`):
+    ``r.derivatives[name]`` is then sparse COO, ``r.inputs[name].sparse`` says how.
     ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
     ``max_pairings`` caps the candidate pairings probed per number of point axes;
     ``graph_proof=False`` ignores what the autograd graph proves (every pairing probed).
@@ -74,9 +80,11 @@ def differentiate(
     if accepted:  # their derivatives need no structure: only what the graph reaches
         proofs.update(axisflow.reach_proofs(output, {n: named[n] for n in accepted}))
     workspace = max(p.workspace for p in proofs.values())
-    context = Context(output, output_name, budget, batched, max_chunk, workspace, full, probes)
+    context = Context(output, output_name, budget, batched, max_chunk, workspace, full, probes,
+                      sparse=SparseChoice(output, output_name, budget, probes, full))
     if rest:
-        accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))
+        with context.sparse.on_refusal():  # says what a sparse Jacobian would need
+            accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))
     result = _result(context, named, proofs, accepted)
     if not keep_graph:
         result.release_graph()
@@ -89,12 +97,14 @@ def _result(context: Context, named, proofs, accepted) -> VJPResult:
     accepted = {name: (c, _nan_filled(context, named[name], c.pairing, d))
                 for name, (c, d) in accepted.items()}
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
-                                   rejected=context.rejected.get(name, ()))
+                                   rejected=context.rejected.get(name, ()),
+                                   sparse=context.sparse.taken.get(name))
                for name in named}
     result = VJPResult(output=context.output, output_name=context.output_name, inputs=results,
                        full=context.full, memory_budget=context.budget, seed=probes.seed)
     result.notes.extend(validation.unverifiable_notes(result, probes.nonfinite))
-    _annotate(result, probes.ordinary)  # NaN/inf, zero Jacobians, unverified backward
+    _annotate(result, probes.ordinary | set(context.sparse.taken))  # NaN/inf, zeros, custom
+    result.notes.extend(context.sparse.notes)  # a sparsity pattern that did not pay
     result.notes.extend(dict.fromkeys(p.limitation for p in proofs.values() if p.limitation))
     return result
 
@@ -104,7 +114,8 @@ def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
     a number. Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative
     (every other row of sqrt at 0); forward mode carries another seed through other nodes,
     so between them an entry is NaN only where both are."""
-    if any(tensor.shape[b] > 1 for b in pairing.in_axes) or not bool(derivatives.isnan().any()):
+    if derivatives.layout != torch.strided or any(tensor.shape[b] > 1 for b in pairing.in_axes) \
+            or not bool(derivatives.isnan().any()):
         return derivatives
     output = context.output
     return validation.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
@@ -113,11 +124,17 @@ def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
 
 def _annotate(result, ordinary: set) -> None:
     """:func:`.validation.annotate`, without its pass over the derivatives when every input's are
-    known finite and not all 0 (then it would add no note on them)."""
+    known finite and not all 0 (then it would add no note on them); sparse derivatives (their
+    values checked finite) are left out of that pass."""
     if ordinary >= set(result.inputs):
         result.notes.extend(validation.unverified_notes(result))
     else:
-        validation.annotate(result)
+        dense = dataclasses.replace(result, notes=[], inputs={
+            n: i for n, i in result.inputs.items() if i.derivatives.layout == torch.strided})
+        validation.annotate(dense)
+        custom = validation.unverified_notes(dense)
+        result.notes.extend([n for n in dense.notes if n not in custom]
+                            + validation.unverified_notes(result))
 
 
 def _accepted(context, named, proofs, max_pairings,
@@ -131,7 +148,8 @@ def _accepted(context, named, proofs, max_pairings,
     tried = {name: candidates(output, t, proofs[name], context.full, per_size)
              for name, t in named.items()}
     if exact:
-        return from_exact_jacobian(context, named, tried, context.probes)
+        return context.sparse.after_exact(
+            from_exact_jacobian(context, named, tried, context.probes), named)
     return from_verified_pairings(context, named, tried, context.probes)
 
 
@@ -151,11 +169,12 @@ def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torc
 
 
 def _input_result(name, tensor, proof, candidate: Candidate, derivatives,
-                  rejected=()) -> InputResult:
+                  rejected=(), sparse=None) -> InputResult:
     return InputResult(name=name, tensor=tensor, pairing=candidate.pairing,
                        derivatives=derivatives, unused=not proof.depends,
                        evidence=Evidence.PROVED if candidate.proved else Evidence.OBSERVED,
-                       unverified=tuple(dict.fromkeys(proof.custom)), rejected=tuple(rejected))
+                       unverified=tuple(dict.fromkeys(proof.custom)), rejected=tuple(rejected),
+                       sparse=sparse)
 
 
 def _proof(output, tensor, graph_proof: bool) -> axisflow.GraphProof:

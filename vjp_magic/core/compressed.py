@@ -12,18 +12,21 @@ back to the exact path, never to a wrong sparse matrix.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from .colouring import colour_rows
 from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
 from .errors import VJPUsageError
-from .memory import refuse_if_over, resolve_budget
+from .memory import gb, refuse_if_over, resolve_budget
 from .pairing import Evidence
-from .pattern import Pattern, observed_pattern
-from .probes import new_seed, probe_plan, probe_vector
+from .pattern import DENSE_FRACTION, MIN_ROW, Pattern, observed_pattern
+from .probes import Probes, new_seed, probe_generator, probe_plan
+from .sparse_layout import coo_derivatives, csr_rows
 from .tolerances import tolerances
 from .torch_api import TorchError, torch_error
 
@@ -51,22 +54,169 @@ class SparseJacobian:
         return int(self.matrix.col_indices().numel())
 
 
+# The compressed path in :func:`vjp_magic.differentiate`: tried for an input whose structure has
+# no points once the output has this many entries (smaller ones keep the full-Jacobian display
+# of the tutorial's examples), and used when its colours number at most a PAYS_FRACTION of the
+# output entries (fewer passes than one per entry by that factor at least).
+SPARSE_MIN_OUTPUT = 32
+PAYS_FRACTION = 1 / 4
+# Up to this many colours (or probes), plain backward passes one after another: on CPU they
+# beat one vectorised backward of the same vectors (vmap over autograd.grad) many times over.
+LOOP_PASSES = 64
+
+
+class Attempt(NamedTuple):
+    """What :func:`attempt` found: the result, or why there is none (``why``) and, for a
+    pattern over the memory budget, its nonzero count and bytes."""
+
+    sparse: SparseJacobian | None
+    why: str = ""
+    nnz: int = 0
+    nbytes: int = 0
+
+
 def compressed_jacobian(output: torch.Tensor, x: torch.Tensor, budget: int,
                         seed: int) -> SparseJacobian | None:
     """d output / d x by one backward per colour of its pattern (:class:`SparseJacobian`), or
     None: no pattern that pays, over the budget, or the check disagreed."""
+    return attempt(output, x, budget, seed).sparse
+
+
+def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
+            max_colours: int | None = None, known=None) -> Attempt:
+    """:func:`compressed_jacobian`, saying why where it gives none. ``max_colours``: more
+    colours than this do not pay (no passes are spent on the values then); ``known``: see
+    :func:`checked`."""
     pattern = observed_pattern(output, x, budget, seed)
-    if pattern is None or _csr_bytes(pattern, x) > budget:
-        return None
+    if pattern is None:
+        return Attempt(None, TOO_DENSE)
+    nbytes = _csr_bytes(pattern, x)
+    if nbytes > budget:
+        return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
     colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1])
     if colours is None:
-        return None
+        return Attempt(None, "some entry of the input is read by too many output entries")
     colours = torch.from_numpy(colours)
-    jacobian = decompressed(output, x, pattern, colours, budget)
-    if not checked(output, x, jacobian, seed):
-        return None
     count = int(colours.max()) + 1 if colours.numel() else 0
-    return SparseJacobian(jacobian, colours, count, Evidence.OBSERVED, pattern.probes)
+    if max_colours is not None and count > max_colours:
+        return Attempt(None, f"its colouring needs {count:,} backward passes for "
+                             f"{output.numel():,} output entries")
+    jacobian = decompressed(output, x, pattern, colours, budget)
+    if not checked(output, x, jacobian, seed, known):
+        return Attempt(None, "the values from its backward passes disagreed with a random "
+                             "probe (a coupling the pattern did not show)")
+    evidence = getattr(pattern, "evidence", Evidence.OBSERVED)
+    return Attempt(SparseJacobian(jacobian, colours, count, evidence, pattern.probes))
+
+
+class SparseChoice:
+    """The compressed path's part in one analysis (:func:`vjp_magic.differentiate`).
+
+    An input whose accepted structure has no points (the full Jacobian) is computed by
+    compressed passes instead, as a sparse COO tensor (``output.shape + input.shape``), when
+    the output has at least ``SPARSE_MIN_OUTPUT`` entries (not with ``full``), its pattern
+    is colourable in at most ``PAYS_FRACTION`` of the output entries and the check passes.
+    ``taken``: name → :class:`SparseJacobian` of those so computed; ``notes``: a sentence
+    per input whose pattern was found but did not pay, on the path that would have paid most.
+    """
+
+    def __init__(self, output, output_name: str, budget: int, probes: Probes, full: bool):
+        self.output, self.output_name, self.budget = output, output_name, budget
+        self.probes = probes
+        self.enabled = not full and output.numel() >= SPARSE_MIN_OUTPUT
+        self.taken: dict[str, SparseJacobian] = {}
+        self.notes: list[str] = []
+        self._tried: set[str] = set()
+        self.over: dict[str, Attempt] = {}  # name → a sparse Jacobian over the budget
+
+    @contextlib.contextmanager
+    def on_refusal(self):
+        """Around the analysis: a memory refusal also says what a sparse Jacobian over the
+        budget would have needed (its ``dependency``, where it has one, kept)."""
+        try:
+            yield
+        except VJPUsageError as error:
+            if not self.over:
+                raise
+            sizes = "; ".join(f"with respect to {name}, {found.nnz:,} nonzeros that would "
+                              f"need {gb(found.nbytes)}" for name, found in self.over.items())
+            refusal = VJPUsageError(f"{error} As a sparse Jacobian: {sizes}.")
+            refusal.__dict__.update(error.__dict__)
+            raise refusal from None
+
+    @property
+    def max_colours(self) -> int:
+        return int(self.output.numel() * PAYS_FRACTION)
+
+    def take(self, named, group, candidates, position, accepted) -> list[str]:
+        """Large path, at a candidate with no points for every input of ``group``: those the
+        compressed passes compute go into ``accepted``; the rest are returned (for the full
+        Jacobian). An input is tried once."""
+        rest = []
+        for name in group:
+            derivatives = self._computed(name, named[name])
+            if derivatives is None:
+                rest.append(name)
+            else:
+                accepted[name] = (candidates[name][position[name]], derivatives)
+        return rest
+
+    def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        if not self.enabled or name in self._tried:
+            return None
+        self._tried.add(name)
+        known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
+        found = attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
+                        known)
+        if found.nbytes:  # over the budget: the full Jacobian is refused too (on_refusal)
+            self.over[name] = found
+        if found.sparse is None:
+            if found.why not in (TOO_DENSE, OVER_BUDGET):
+                self.notes.append(f"No sparsity pattern paid off for {name}: {found.why}; "
+                                  "the full Jacobian was computed instead.")
+            return None
+        return self._taken(name, tensor, found.sparse)
+
+    def _taken(self, name, tensor, sparse: SparseJacobian) -> torch.Tensor:
+        self.taken[name] = sparse
+        return coo_derivatives(sparse.matrix, self.output.shape, tensor.shape)
+
+    def after_exact(self, accepted: dict, named: dict) -> dict:
+        """Small path: each accepted full Jacobian (no points) whose pattern's colouring pays
+        is kept in its sparse form; its pattern is read off it (no further pass)."""
+        if not self.enabled:
+            return accepted
+        for name, (candidate, derivatives) in accepted.items():
+            tensor = named[name]
+            if not any(tensor.shape[b] > 1 for b in candidate.pairing.in_axes):
+                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1))
+                if sparse is not None:
+                    accepted[name] = (candidate, self._taken(name, tensor, sparse))
+        return accepted
+
+    def _from_dense(self, flat: torch.Tensor) -> SparseJacobian | None:
+        m, n = flat.shape
+        nonzero = flat != 0
+        if int(nonzero.sum(1).max()) > max(MIN_ROW, n * DENSE_FRACTION) \
+                or int(nonzero.sum(0).max()) > self.max_colours:  # a column's rows all differ
+            return None
+        matrix = _quiet_csr(flat)
+        colours = colour_rows(matrix.crow_indices().cpu().numpy(),
+                              matrix.col_indices().cpu().numpy(), n)
+        count = int(colours.max()) + 1 if colours is not None and len(colours) else 0
+        if colours is None or count > self.max_colours:
+            return None
+        return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
+
+
+TOO_DENSE = "a row of the Jacobian reads too many entries"
+OVER_BUDGET = "over the memory budget"
+
+
+def _quiet_csr(dense: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return dense.to_sparse_csr()
 
 
 def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
@@ -74,30 +224,45 @@ def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
 
 
 def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
-    """One VJP per colour (batched), each nonzero read off its row's colour."""
+    """One VJP per colour, each nonzero read off its row's colour's pass."""
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
-    rows = torch.repeat_interleave(torch.arange(pattern.shape[0]), pattern.crow.diff())
-    passes = []
-    limit = chunk_size(flat, [x], budget)
-    for start in range(0, count, limit):
-        ids = torch.arange(start, min(count, start + limit))
-        v = (colours[None, :] == ids[:, None]).to(device=flat.device, dtype=flat.dtype)
-        (g,) = vjp_batch(flat, [x], v)
-        passes.append(g.detach().reshape(len(ids), -1))
-    compressed = torch.cat(passes) if passes else x.new_zeros(0, x.numel())
-    values = compressed[colours[rows].to(compressed.device), pattern.col.to(compressed.device)]
+    compressed = _passes(flat, x, colours.to(flat.device), count, budget)
+    rows = csr_rows(pattern.crow)
+    at = colours[rows] * x.numel() + pattern.col  # flat index into the count × n passes
+    values = compressed.reshape(-1)[at.to(compressed.device)]
     return _csr(pattern.crow, pattern.col, values.cpu(), pattern.shape).to(x.device)
 
 
-def checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
-    """Full random probes: vᵀJ from autograd against vᵀ·J_sparse, entry by entry."""
+def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
+    """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour."""
+    def vector(c):
+        return (colours == c).to(flat.dtype)
+
+    if count <= LOOP_PASSES:
+        rows = [plain_vjp(flat, [x], vector(c))[0].detach().reshape(-1) for c in range(count)]
+        return torch.stack(rows) if rows else x.new_zeros(0, x.numel())
+    passes = []
+    limit = chunk_size(flat, [x], budget)
+    for start in range(0, count, limit):
+        ids = torch.arange(start, min(count, start + limit), device=flat.device)
+        v = (colours[None, :] == ids[:, None]).to(flat.dtype)
+        (g,) = vjp_batch(flat, [x], v)
+        passes.append(g.detach().reshape(len(ids), -1))
+    return torch.cat(passes)
+
+
+def checked(output, x, jacobian: torch.Tensor, seed: int, known=None) -> bool:
+    """Full random probes: vᵀJ from autograd (plain backward passes) against vᵀ·J_sparse,
+    entry by entry. ``known``: (v, vᵀJ) of a probe drawn the same way and already computed
+    (the analysis's probe 0): it stands for the first probe, and saves its backward."""
     flat = output.reshape(-1)
-    count = probe_plan(output.dtype).probes
-    probes = torch.stack([probe_vector(flat, seed, draw) for draw in range(count)])
-    (first,) = plain_vjp(flat, [x], probes[0])
-    rest = vjp_batch(flat, [x], probes[1:])[0] if count > 1 else first[None][:0]
-    observed = torch.cat([first.reshape(1, -1), rest.reshape(count - 1, -1)]).detach()
+    probes = _check_probes(flat, seed)
+    rows = [None] * len(probes)
+    if known is not None:
+        probes[0], rows[0] = known[0].reshape(-1), known[1].detach().reshape(-1)
+    observed = torch.stack([plain_vjp(flat, [x], v)[0].detach().reshape(-1) if row is None
+                            else row for row, v in zip(rows, probes)])
     predicted, scale = _products(jacobian, probes.to(jacobian.device, jacobian.dtype))
     if not (bool(torch.isfinite(observed).all()) and bool(torch.isfinite(predicted).all())):
         return False
@@ -105,20 +270,30 @@ def checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
     return bool(((observed - predicted).abs() <= allowed).all())
 
 
+def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
+    """The check's probes (count × m): random signed powers of two as
+    :func:`.probes.probe_vector` draws them (its count and values for the dtype), drawn all
+    at once from the run's seed on a stream of their own."""
+    plan = probe_plan(flat.dtype)
+    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
+                                         dtype=torch.float64))
+    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(flat.dtype)
+    codes = torch.randint(0, plan.values, (plan.probes * flat.numel(),), dtype=torch.int32,
+                          generator=probe_generator(seed, "sparse-check"))
+    probes = torch.index_select(table, 0, codes).reshape(plan.probes, flat.numel())
+    return probes.to(flat.device)
+
+
 def _products(jacobian: torch.Tensor, probes: torch.Tensor):
-    """(vᵀJ, |v|ᵀ|J|) for each probe v (rows of ``probes``), scattered over the nonzeros:
-    one pass over them a probe, where a sparse CSR matmul with a transpose is far slower."""
-    crow, col, values = jacobian.crow_indices(), jacobian.col_indices(), jacobian.values()
-    rows = torch.repeat_interleave(torch.arange(jacobian.shape[0], device=crow.device),
-                                   crow.diff())
-    shape = (len(probes), jacobian.shape[1])
-    predicted = probes.new_zeros(shape)
-    scale = probes.new_zeros(shape)
-    for k, v in enumerate(probes):
-        terms = v[rows] * values
-        predicted[k].index_add_(0, col, terms)
-        scale[k].index_add_(0, col, terms.abs())
-    return predicted, scale
+    """(vᵀJ, |v|ᵀ|J|) for each probe v (rows of ``probes``): the terms v_i·J[i, j] of all
+    probes side by side (nnz × 2·count), summed into their columns by one index_add, where a
+    sparse CSR matmul with a transpose is far slower."""
+    col, values = jacobian.col_indices(), jacobian.values()
+    count = len(probes)
+    terms = probes.t()[csr_rows(jacobian.crow_indices())] * values[:, None]  # nnz × count
+    both = torch.cat([terms, terms.abs()], 1)
+    sums = both.new_zeros(jacobian.shape[1], 2 * count).index_add_(0, col, both)
+    return sums[:, :count].t(), sums[:, count:].t()
 
 
 def _csr(crow, col, values, shape) -> torch.Tensor:
@@ -165,8 +340,6 @@ def _exact(output, x, budget: int) -> torch.Tensor:
     refuse_if_over(m * n * x.element_size(), budget,
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
     (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        return stacked.detach().reshape(m, n).to_sparse_csr()
+    return _quiet_csr(stacked.detach().reshape(m, n))
 
 

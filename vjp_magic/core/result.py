@@ -11,9 +11,12 @@ from typing import ClassVar
 import torch
 
 from . import memory
+from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
+from .errors import VJPUsageError
 from .pairing import Pairing
+from .sparse_layout import block_csr, csr_block
 
 
 class GradientList(Sequence):
@@ -50,6 +53,26 @@ class GradientList(Sequence):
         return f"<{self._count} gradient argument(s) shaped {tuple(self._shape)}>"
 
 
+class ColouredGradients(GradientList):
+    """The coloured 0/1 ``gradient`` arguments of a sparse Jacobian (one per colour, made on
+    demand): ``[c]`` is 1 on the output entries of colour c, shaped like the output; together
+    they cover every output entry exactly once."""
+
+    def __init__(self, output: torch.Tensor, sparse: SparseJacobian):
+        super().__init__(output, ())
+        self._colours = sparse.colours
+        self._count = sparse.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(f"gradient index {index} out of range for {self._count} gradients")
+        return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
+
+
 @dataclass
 class InputResult:
     """Everything known about one input."""
@@ -64,6 +87,9 @@ class InputResult:
     evidence: str = "proved"
     unverified: tuple[str, ...] = ()  # custom autograd.Function backward nodes on the way
     rejected: tuple[Pairing, ...] = ()  # larger pairings the probe rule rejected, best first
+    # The compressed passes' result, when they computed the derivatives (which are then a
+    # sparse COO tensor, output.shape + input.shape): pattern, colours, evidence.
+    sparse: SparseJacobian | None = None
 
     def __post_init__(self) -> None:
         self.pairing = Pairing(self.pairing)  # plain ((a, b), ...) pairs are accepted too
@@ -179,7 +205,8 @@ class VJPResult(DerivativeResult):
     @property
     def gradients(self) -> dict[str, GradientList]:
         return {
-            name: GradientList(self.output, r.pairing.out_axes)
+            name: GradientList(self.output, r.pairing.out_axes) if r.sparse is None
+            else ColouredGradients(self.output, r.sparse)
             for name, r in self.inputs.items()
         }
 
@@ -187,27 +214,44 @@ class VJPResult(DerivativeResult):
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
         return self._viewed().picture(self, self.input_name(name))
 
-    def jacobian(self, name: str | None = None) -> torch.Tensor:
-        """The full Jacobian, shape ``output.shape + input.shape`` (assembled, no new backward)."""
+    def jacobian(self, name: str | None = None, layout: torch.layout = torch.strided
+                 ) -> torch.Tensor:
+        """The full Jacobian (assembled, no new backward): shape ``output.shape +
+        input.shape`` (``layout=torch.strided``, within the memory budget), or 2-D sparse CSR
+        (``layout=torch.sparse_csr``: output.numel() × input.numel(), row-major, only the
+        nonzeros, at any size)."""
         name = self.input_name(name)
         item = self.inputs[name]
+        if layout == torch.sparse_csr:
+            if item.sparse is not None:
+                return item.sparse.matrix
+            return block_csr(item.derivatives, self.output.shape, item.pairing)
+        if layout != torch.strided:
+            raise VJPUsageError(f"r.jacobian(name, layout=...) takes torch.strided (dense) or "
+                                f"torch.sparse_csr, not {layout}.")
         size = self.output.numel() * item.tensor.numel()
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
+        sparse = item.sparse is not None
         memory.refuse_if_over(
             size * item.derivatives.element_size(), budget, f"The full Jacobian of "
             f"{self.output_name} with respect to {name} ({size:,} entries)",
-            advice="Use r.derivatives (the point structure keeps only what is non-zero) or "
-            "r.jacobian_block(name, rows, cols) for a part of it",
+            advice=f"Use r.jacobian({name!r}, layout=torch.sparse_csr) (its "
+            f"{item.sparse.nnz:,} nonzeros)" if sparse else "Use r.derivatives (the point "
+            "structure keeps only what is non-zero) or r.jacobian_block(name, rows, cols) "
+            "for a part of it",
         )
+        shape = tuple(self.output.shape) + tuple(item.tensor.shape)
+        if sparse:
+            return item.sparse.matrix.to_dense().reshape(shape)
         rows = torch.arange(self.output.numel(), device=item.derivatives.device)
         cols = torch.arange(item.tensor.numel(), device=item.derivatives.device)
-        return self.jacobian_block(name, rows, cols).reshape(
-            tuple(self.output.shape) + tuple(item.tensor.shape)
-        )
+        return self.jacobian_block(name, rows, cols).reshape(shape)
 
     def jacobian_block(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Entries J[rows, cols] of the flattened (m × n) Jacobian, without building all of it."""
         item = self.inputs[name]
+        if item.sparse is not None:
+            return csr_block(item.sparse.matrix, rows, cols)
         out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
         out_idx = _unravel(rows, out_shape)
         in_idx = _unravel(cols, in_shape)

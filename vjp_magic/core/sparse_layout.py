@@ -1,0 +1,103 @@
+"""Sparse layouts of a Jacobian, built without densifying: the COO derivatives of a sparse
+result (``output.shape + input.shape``), the 2-D CSR of a point structure's block-diagonal
+nonzeros, and entries J[rows, cols] read off a CSR matrix.
+
+Flattening is row-major on both sides, as the full-Jacobian display labels it: row i is the
+flat index of an output entry, column j that of an input entry.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from .pairing import Pairing
+
+
+def _quiet(make):
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore")
+        return make()
+
+
+def csr_rows(crow: torch.Tensor) -> torch.Tensor:
+    """The row of each nonzero of a CSR matrix (from its ``crow``), ascending."""
+    m, nnz = crow.numel() - 1, int(crow[-1]) if crow.numel() else 0
+    if nnz == 0 or m == 0:
+        return crow.new_zeros(0)
+    starts = torch.zeros(nnz, dtype=torch.int64, device=crow.device)
+    begins = crow[1:-1]
+    begins = begins[begins < nnz]
+    starts.index_add_(0, begins, torch.ones_like(begins))
+    return torch.cumsum(starts, 0)
+
+
+def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
+    """The 2-D CSR ``matrix`` as a coalesced sparse COO tensor of shape
+    ``out_shape + in_shape`` (its rows and columns unravelled)."""
+    rows, cols = csr_rows(matrix.crow_indices()), matrix.col_indices()
+    out_shape, in_shape = tuple(out_shape), tuple(in_shape)
+    parts = [*_unravel(rows, out_shape), *_unravel(cols, in_shape)]
+    indices = torch.stack(parts) if parts else rows.new_zeros(0, rows.numel())
+    # rows ascending, columns ascending within a row: already in coalesced (row-major) order
+    return _quiet(lambda: torch.sparse_coo_tensor(indices, matrix.values(),
+                                                  out_shape + in_shape, is_coalesced=True))
+
+
+def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    if not shape:
+        return []
+    return list(torch.unravel_index(flat, shape))
+
+
+def block_csr(derivatives: torch.Tensor, out_shape, pairing: Pairing) -> torch.Tensor:
+    """The nonzeros of the full Jacobian of a point structure (``derivatives``: component
+    shape + input shape; zero between different points) as a 2-D CSR tensor. Each entry of
+    the derivatives sits at one (row, column): the column its input index, the row its
+    component index along the component axes and the input index along the point axes."""
+    out_shape = tuple(out_shape)
+    points = dict(pairing)  # output axis → input axis
+    component = [a for a in range(len(out_shape)) if a not in points]
+    count = math.prod(out_shape[a] for a in component)
+    in_shape = tuple(derivatives.shape[len(component):])
+    n, m = math.prod(in_shape), math.prod(out_shape)
+    device = derivatives.device
+    strides = [math.prod(out_shape[a + 1:]) for a in range(len(out_shape))]
+    comp_row = torch.zeros(count, dtype=torch.int64, device=device)
+    for a, index in zip(component, _unravel(torch.arange(count, device=device),
+                                            tuple(out_shape[a] for a in component))):
+        comp_row += index * strides[a]
+    in_row = torch.zeros(n, dtype=torch.int64, device=device)
+    in_index = _unravel(torch.arange(n, device=device), in_shape)
+    for a, b in points.items():
+        in_row += in_index[b] * strides[a]
+    values = derivatives.reshape(count, n)
+    keep = values != 0
+    rows = (comp_row[:, None] + in_row[None, :])[keep]
+    cols = torch.arange(n, device=device).expand(count, n)[keep]
+    values = values[keep]
+    order = torch.argsort(rows * max(n, 1) + cols)
+    rows, cols, values = rows[order], cols[order], values[order]
+    crow = torch.zeros(m + 1, dtype=torch.int64, device=device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
+    return _quiet(lambda: torch.sparse_csr_tensor(crow, cols, values, size=(m, n),
+                                                  check_invariants=False))
+
+
+def csr_block(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Entries ``matrix[rows][:, cols]`` (dense, len(rows) × len(cols)) of a 2-D CSR matrix,
+    reading only the requested rows' nonzeros."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    rows, cols = rows.to(crow.device), cols.to(crow.device)
+    starts, lengths = crow[rows], crow[rows + 1] - crow[rows]
+    local = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), lengths)
+    offsets = torch.arange(int(lengths.sum()), device=crow.device) - \
+        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    at = starts[local] + offsets
+    wanted, inverse = torch.unique(cols, return_inverse=True)
+    place = torch.searchsorted(wanted, col[at]).clamp(max=max(len(wanted) - 1, 0))
+    hit = wanted[place] == col[at] if len(wanted) else torch.zeros_like(at, dtype=torch.bool)
+    block = values.new_zeros(len(rows), len(wanted))
+    block[local[hit], place[hit]] = values[at[hit]]
+    return block[:, inverse]
