@@ -17,13 +17,14 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 
 from . import axisflow, memory, structure
 from .errors import VJPUsageError
-from .grouptest import OverTime, probed_pattern
+from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
 from .textenum import TextEnum
@@ -31,12 +32,15 @@ from .torch_api import TorchError, torch_error
 
 
 class Kind(TextEnum):
-    """The smallest band of diagonals holding every dependence (see :func:`verdict`)."""
+    """The smallest description holding every dependence (see :func:`verdict`)."""
 
     INDEPENDENT = "independent"
     LOWER_TRIANGULAR = "lower-triangular"
     UPPER_TRIANGULAR = "upper-triangular"
     BAND = "band"
+    BLOCK_DIAGONAL = "block-diagonal"
+    PERIODIC_BAND = "band with wrap-around"
+    SPARSE = "sparse"
     DENSE = "dense"
 
 
@@ -49,8 +53,14 @@ class Dependency:
 
     ``kind``: a :class:`Kind` (equal to its word, ``"band"``); ``witness``: the first
     dependence (row-major) that the nearest simpler kind forbids, as (output index, input
-    index), None for "independent";
-    ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle;
+    index), None for "independent" (block-diagonal: the first crossing between blocks, if
+    any);
+    ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle (a
+    band with wrap-around: modulo n, nearest 0); ``blocks``: the block sizes of a
+    block-diagonal pattern; ``nonzeros``: (most, mean) input indices an output index reads,
+    for a sparse one; ``note``: a caveat, in words (float32 underflow; a pattern bounded, not
+    resolved entry by entry); ``complete``: False when ``pattern`` holds the band the verdict
+    implies beyond the output indices probed one by one (a wide mixing at a large size);
     ``pattern``: bool, (output axis size × input axis size); ``evidence``: an
     :class:`.pairing.Evidence`, "proved" or "observed" (read off a result, as its pairing is
     known) or "probed" (random probes);
@@ -65,6 +75,10 @@ class Dependency:
     in_axis: int = 0
     evidence: Evidence = Evidence.PROBED
     seed: int | None = field(default=None, compare=False)
+    blocks: tuple[int, ...] | None = None
+    nonzeros: tuple[int, float] | None = None
+    note: str | None = field(default=None, compare=False)
+    complete: bool = True
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
         """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
@@ -75,11 +89,18 @@ class Dependency:
         return f"{_index(output_name, self.out_axis, i)} ← {_index(input_name, self.in_axis, j)}"
 
     def summary(self) -> str:
-        """``band, offsets −1..0`` (the kind, and the offsets where it has them)."""
-        if self.offsets is None:
-            return self.kind
-        lo, hi = (str(o).replace("-", "−") for o in self.offsets)
-        return f"{self.kind}, offsets {lo}..{hi}"
+        """``band, offsets −1..0`` (the kind, its offsets, blocks or nonzeros per row; the
+        note, if any, in brackets)."""
+        text = str(self.kind)
+        if self.offsets is not None:
+            lo, hi = (str(o).replace("-", "−") for o in self.offsets)
+            wrap = f" modulo {self.pattern.shape[1]:,}" if self.kind == Kind.PERIODIC_BAND else ""
+            text = f"{text}, offsets {lo}..{hi}{wrap}"
+        elif self.blocks is not None:
+            text = f"{text}, {_blocks_words(self.blocks)}"
+        elif self.nonzeros is not None:
+            text = f"{text}, at most {self.nonzeros[0]:,} per row (mean {self.nonzeros[1]:.3g})"
+        return text if self.note is None else f"{text} ({self.note})"
 
     def leaking(self) -> list[int]:
         """The output indices that read an input index other than their own (``pattern[i, j]``
@@ -104,6 +125,14 @@ class Dependency:
         offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
         if self.kind == Kind.INDEPENDENT:
             band = offset == 0
+        elif self.kind == Kind.PERIODIC_BAND:
+            offset = (offset + n // 2) % n - n // 2
+            band = (offset >= self.offsets[0]) & (offset <= self.offsets[1])
+        elif self.kind == Kind.BLOCK_DIAGONAL:
+            block = _block_index(self.blocks, max(m, n))
+            band = block[:m, None] == block[None, :n]
+        elif self.kind == Kind.SPARSE:
+            return False
         elif self.offsets is None:  # dense
             band = torch.ones(m, n, dtype=torch.bool)
         else:
@@ -115,12 +144,36 @@ def _index(name: str, axis: int, index) -> str:
     return f"{name}[{':, ' * axis}{index}]"
 
 
+def _blocks_words(blocks: tuple[int, ...]) -> str:
+    """``512 blocks of 8`` or ``3 blocks of 2 to 5``."""
+    lo, hi = min(blocks), max(blocks)
+    size = f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
+    return f"{len(blocks):,} blocks of {size}"
+
+
+def _block_index(blocks: tuple[int, ...], size: int) -> torch.Tensor:
+    """The block of each index (indices past the blocks: a block each)."""
+    ends = torch.tensor(blocks).cumsum(0)
+    index = torch.searchsorted(ends, torch.arange(size), right=True)
+    return torch.where(torch.arange(size) < int(ends[-1]), index, len(blocks) + torch.arange(size))
+
+
 # -- the verdict ----------------------------------------------------------------------------
+class Verdict(NamedTuple):
+    """A pattern's kind, witness and offsets, and the block sizes or nonzeros per row."""
+
+    kind: Kind
+    witness: tuple[int, int] | None
+    offsets: tuple[int, int] | None
+    blocks: tuple[int, ...] | None = None
+    nonzeros: tuple[int, float] | None = None
+
+
 def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[int, int] | None]:
     """``(kind, witness, offsets)`` of an (m × n) boolean pattern.
 
-    With lo..hi the offsets j − i of the dependences, the kind is the smallest band of
-    diagonals holding them all, named by the corners it reaches (the lower one, (m−1, 0), is
+    With lo..hi the offsets j − i of the dependences, the band kinds name the smallest band of
+    diagonals holding them all, by the corners it reaches (the lower one, (m−1, 0), is
     offset −(m−1); the upper one, (0, n−1), offset n−1):
 
     - "independent": only i == j (or nothing at all);
@@ -130,38 +183,157 @@ def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[
     - "band" otherwise (a leak y[1] ← x[0] alone is the band −1..0, not "causal"; a mask that
       also lets t see t + 1 is the band −(m−1)..1).
 
+    A band or "dense" gives way to a smaller description (:func:`full_verdict`): blocks along
+    the diagonal ("block-diagonal", a batch of graphs), a band modulo n ("band with
+    wrap-around", a periodic stencil), or "sparse" (a gather, a permutation, mixup).
+
     The witness is the first dependence (row-major) the nearest simpler kind forbids: for a
     triangle or a band reaching no corner, the first off the diagonal; for a band reaching the
     lower corner, or dense, the first above it (j > i); for a band reaching the upper corner,
     the first below it. Offsets are given for triangles and bands.
     """
-    pattern = pattern.to(torch.bool)
+    return full_verdict(pattern)[:3]
+
+
+def full_verdict(pattern: torch.Tensor) -> Verdict:
+    """:func:`verdict`, with the block sizes (block-diagonal) or the most and mean input
+    indices per output index (sparse). Of the band, the blocks, the band modulo n and the
+    nonzeros themselves, the kind allowing the fewest entries wins (a band on a tie; sparse
+    only where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
+    pattern = pattern.to(torch.bool).cpu()
     m, n = pattern.shape
-    rows, cols = pattern.nonzero(as_tuple=True)  # row-major order
-    offset = cols - rows
-    if offset.numel() == 0 or bool((offset == 0).all()):
-        return Kind.INDEPENDENT, None, None
-    lo, hi = int(offset.min()), int(offset.max())
+    rows = pattern.any(1)
+    count = int(pattern.sum())
+    own = torch.zeros_like(rows)
+    own[:min(m, n)] = pattern.diagonal()
+    if count == int(own.sum()):
+        return Verdict(Kind.INDEPENDENT, None, None)
+    first = torch.where(rows, pattern.to(torch.uint8).argmax(1), n)
+    last = torch.where(rows, n - 1 - pattern.flip(1).to(torch.uint8).argmax(1), -1)
+    index = torch.arange(m)
+    lo, hi = int((first - index)[rows].min()), int((last - index)[rows].max())
+    band = _band_verdict(pattern, lo, hi, first, last)
+    if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2 or count > 2**22:
+        return band
+    options = [(_band_size(m, n, lo, hi), band)]
+    for other in (_block_verdict(pattern), _periodic_verdict(pattern)):
+        if other is not None:
+            options.append(other)
+    size, best = min(options, key=lambda option: option[0])
+    if size > SPARSE_RATIO * count:
+        degree = pattern.sum(1)
+        best = Verdict(Kind.SPARSE, _off_diagonal(pattern), None, None,
+                       (int(degree.max()), float(degree.float().mean())))
+    return best
+
+
+SPARSE_RATIO = 4  # "sparse" where every structured kind allows over 4× the nonzeros
+
+
+def _band_verdict(pattern, lo: int, hi: int, first, last) -> Verdict:
+    m, n = pattern.shape
     low, high = lo == -(m - 1), hi == n - 1
     if low and high:
-        kind, forbidden = Kind.DENSE, offset > 0
-    elif low and hi <= 0:
-        kind, forbidden = Kind.LOWER_TRIANGULAR, offset != 0
+        return Verdict(Kind.DENSE, _first_above(pattern, last) or _off_diagonal(pattern), None)
+    if low and hi <= 0:
+        kind, witness = Kind.LOWER_TRIANGULAR, _off_diagonal(pattern)
     elif high and lo >= 0:
-        kind, forbidden = Kind.UPPER_TRIANGULAR, offset != 0
+        kind, witness = Kind.UPPER_TRIANGULAR, _off_diagonal(pattern)
     else:
         kind = Kind.BAND
-        forbidden = offset > 0 if low else offset < 0 if high else offset != 0
-    if not bool(forbidden.any()):  # degenerate shapes (one column): off the diagonal
-        forbidden = offset != 0
-    first = int(forbidden.nonzero()[0])
-    witness = (int(rows[first]), int(cols[first]))
-    return kind, witness, (None if kind == Kind.DENSE else (lo, hi))
+        witness = (_first_above(pattern, last) if low else
+                   _first_below(pattern, first) if high else _off_diagonal(pattern))
+    return Verdict(kind, witness or _off_diagonal(pattern), (lo, hi))
 
 
-def _dependency(pattern, out_axis, in_axis, evidence, seed=None) -> Dependency:
-    kind, witness, offsets = verdict(pattern)
-    return Dependency(kind, witness, offsets, pattern, out_axis, in_axis, evidence, seed)
+def _first_above(pattern, last):
+    rows = (last > torch.arange(len(last))).nonzero().flatten()
+    if not rows.numel():
+        return None
+    i = int(rows[0])
+    return i, i + 1 + int(pattern[i, i + 1:].to(torch.uint8).argmax())
+
+
+def _first_below(pattern, first):
+    rows = (first < torch.arange(len(first))).nonzero().flatten()
+    return (int(rows[0]), int(first[rows[0]])) if rows.numel() else None
+
+
+def _off_diagonal(pattern):
+    """The first dependence (row-major) off the diagonal."""
+    m, n = pattern.shape
+    own = torch.zeros(m, dtype=torch.bool)
+    own[:min(m, n)] = pattern.diagonal()
+    rows = (pattern.sum(1) > own.long()).nonzero().flatten()
+    if not rows.numel():
+        return None
+    i = int(rows[0])
+    row = pattern[i].clone()
+    if i < n:
+        row[i] = False
+    return i, int(row.to(torch.uint8).argmax())
+
+
+def _band_size(m: int, n: int, lo: int, hi: int) -> int:
+    """Entries of an (m × n) matrix with lo ≤ j − i ≤ hi."""
+    offsets = torch.arange(lo, hi + 1)
+    length = (torch.minimum(torch.full_like(offsets, m), n - offsets) - (-offsets).clamp(min=0))
+    return int(length.clamp(min=0).sum())
+
+
+def _block_verdict(pattern):
+    """(entries allowed, Verdict) for blocks along the diagonal, each of two indices or more,
+    split where the fewest dependences cross (a few crossings at most: the witness is the
+    first); None where there are no such blocks."""
+    m, n = pattern.shape
+    if m != n or m < 4:
+        return None
+    r, c = pattern.nonzero(as_tuple=True)
+    low, high = torch.minimum(r, c), torch.maximum(r, c)
+    crossing = torch.zeros(n + 1, dtype=torch.long)
+    crossing.index_add_(0, low + 1, torch.ones_like(low))
+    crossing.index_add_(0, high + 1, -torch.ones_like(high))
+    crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
+    fewest = int(crossing.min())
+    cuts = (crossing == fewest).nonzero().flatten() + 1
+    bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])])
+    sizes = bounds.diff()
+    if len(sizes) < 2 or int(sizes.min()) < 2:
+        return None
+    block = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    across = block[r] != block[c]
+    if int(across.sum()) > max(4, len(r) // 64):
+        return None
+    witness = (int(r[across][0]), int(c[across][0])) if bool(across.any()) else \
+        _off_diagonal(pattern)
+    allowed = int((sizes**2).sum()) + int(across.sum())
+    return allowed, Verdict(Kind.BLOCK_DIAGONAL, witness, None, tuple(sizes.tolist()))
+
+
+def _periodic_verdict(pattern):
+    """(entries allowed, Verdict) for a band of offsets modulo n (nearest 0) that wraps
+    around; None where none wraps or the band is as wide as the matrix."""
+    m, n = pattern.shape
+    if m != n or n < 3:
+        return None
+    r, c = pattern.nonzero(as_tuple=True)
+    plain = c - r
+    offset = (plain + n // 2) % n - n // 2
+    wraps = offset != plain
+    lo, hi = int(offset.min()), int(offset.max())
+    if not bool(wraps.any()) or hi - lo + 1 >= n:
+        return None
+    inside = (~wraps & (plain != 0)).nonzero().flatten()  # a plain neighbour, not the wrap
+    pick = inside[0] if inside.numel() else wraps.nonzero().flatten()[0]
+    witness = (int(r[pick]), int(c[pick]))
+    return n * (hi - lo + 1), Verdict(Kind.PERIODIC_BAND, witness, (lo, hi))
+
+
+def _dependency(pattern, out_axis, in_axis, evidence, seed=None, note=None,
+                complete=True) -> Dependency:
+    found = full_verdict(pattern)
+    return Dependency(found.kind, found.witness, found.offsets, pattern, out_axis, in_axis,
+                      evidence, seed, found.blocks, found.nonzeros, note, complete)
 
 
 def _axis(axis, ndim: int, what: str) -> int:
@@ -182,18 +354,35 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     budget = result.memory_budget or memory.resolve_budget(None, result.output.device)
     memory.refuse_if_over(m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
                           advice="Take a smaller slice")
-    nonzero = item.derivatives != 0  # component shape + input shape
     paired = item.pairing.out_to_in()
     components = [c for c in range(len(out_shape)) if c not in paired]
     k = len(components)
     if a not in paired:  # a component axis: its index is D's
-        pattern = _plane(nonzero, components.index(a), k + b)
+        first, second = components.index(a), k + b
     elif paired[a] == b:  # the same points: dependences on the diagonal only
-        pattern = _plane(nonzero, k + b, k + b)
+        first = second = k + b
     else:  # y's index along a is x's index along the axis paired with a
-        pattern = _plane(nonzero, k + paired[a], k + b)
+        first, second = k + paired[a], k + b
+    derivatives = item.derivatives
+    if derivatives.layout == torch.strided:
+        pattern = _plane(derivatives != 0, first, second)  # component shape + input shape
+    else:
+        pattern = _sparse_plane(derivatives, first, second)
     return _dependency(pattern.cpu(), a, b, Evidence(item.evidence),
                        getattr(result, "seed", None))
+
+
+def _sparse_plane(derivatives: torch.Tensor, first: int, second: int) -> torch.Tensor:
+    """:func:`_plane` of a sparse (COO) tensor's non-zero entries."""
+    d = derivatives.to_sparse_coo().coalesce()
+    at = d.indices()[:, d.values() != 0]
+    m, n = d.shape[first], d.shape[second]
+    pattern = torch.zeros(m, n, dtype=torch.bool)
+    if first == second:
+        pattern[at[first], at[first]] = True
+    else:
+        pattern[at[first], at[second]] = True
+    return pattern
 
 
 def _plane(nonzero: torch.Tensor, first: int, second: int) -> torch.Tensor:
@@ -223,11 +412,36 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
                           advice="Take a smaller slice")
     seed = new_seed() if seed is None else int(seed)
     proof = axisflow.prove(output, x)
-    pattern = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
     if paired:  # y's index i along a reads x's index i along b only, for every x
-        pattern &= torch.eye(m, dtype=torch.bool)
-    return _dependency(pattern, a, b, Evidence.PROVED if paired else Evidence.PROBED, seed)
+        diagonal = diagonal_hits(output, x, a, b, budget, seed)
+        return _dependency(torch.diag(diagonal), a, b, Evidence.PROVED, seed)
+    found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
+    note = _bounded_note(found, m) if not found.complete else None
+    dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
+    return _with_underflow_note(dep, output.dtype, found.smallest)
+
+
+def _bounded_note(found, m: int) -> str:
+    return (f"{found.rows} of the {m:,} output indices probed one by one, the rest bounded "
+            f"by {found.probes - found.rows} grouped probes: the pattern is the band they imply")
+
+
+UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with x.double()"
+UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest normal
+
+
+def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float) -> Dependency:
+    """A band or triangle in a low-precision dtype whose probes met derivatives within
+    :data:`UNDERFLOW_MARGIN` of the smallest normal number: its zeros may be underflow."""
+    kinds = (Kind.BAND, Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR, Kind.PERIODIC_BAND,
+             Kind.SPARSE)
+    if dep.kind not in kinds or not dtype.is_floating_point or torch.finfo(dtype).bits > 32 \
+            or smallest > torch.finfo(dtype).tiny * UNDERFLOW_MARGIN:
+        return dep
+    note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""))
+    note = note if dep.note is None else f"{dep.note}; {note}"
+    return replace(dep, note=note)
 
 
 # -- a memory refusal that says where the structure broke ------------------------------------

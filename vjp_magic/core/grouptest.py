@@ -2,38 +2,88 @@
 an input axis, without the Jacobian.
 
 :class:`SetProber` draws random vectors vᵀ supported on sets of output indices (values from
-:func:`.probes.set_probe_values`, the run's seed) and reads where vᵀJ is non-zero;
-:func:`probed_pattern` decodes the pattern from batched sets: bit-coded sets first (2·log₂ m
-probes name every input index read by one output index), halving for the rest, a check with
-fresh values, and one probe per output index if the check disagrees. A non-finite answer
-(0·∞ where a zero entry of v meets an infinite derivative) is never read as a dependence:
-those input indices are read again one output index at a time and, through double backward,
-one input index at a time (forward mode; :func:`resolved_columns`).
+:func:`.probes.set_probe_values`, the run's seed) and reads where vᵀJ is non-zero, in batched
+calls sized to take about :data:`.derivatives.CHUNK_SECONDS` each (an interrupt is answered
+between two). :func:`probed_pattern` decodes the pattern at a cost that grows with the
+structure, not the size (:mod:`.setdecode`): a few output indices one by one; a dense or
+triangular mixing too costly to resolve row by row is bounded from those rows and prefix sets
+(the pattern then not complete); otherwise bit-coded sets (2·log₂ m probes name every input
+index read by one output index, or by its own index and one other), a band decoded from one
+set per colour, halving for what is left; then a check with fresh values, and one probe per
+output index if the check disagrees. A non-finite answer (0·∞ where a zero entry of v meets
+an infinite derivative) is never read as a dependence: those input indices are read again
+one output index at a time and, through double backward, one input index at a time (forward
+mode; :func:`resolved_columns`).
 """
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import torch
 
-from .derivatives import chunk_size, vjp_batch
-from .probes import first_nonfinite, probe_generator, set_probe_values
+from . import setdecode
+from .derivatives import CHUNK_SECONDS, chunk_size, vjp_batch
+from .probes import probe_generator, set_probe_values
 from .torch_api import TorchError, autograd_grad, torch_error
+
+# Resolve a wide (dense, triangular) pattern row by row when that takes at most this long.
+RESOLVE_SECONDS = 0.5
+RESOLVE_ROWS = 256  # ... or the axis has at most this many indices
+
+
+class Probed(NamedTuple):
+    """A probed pattern. ``complete``: every entry resolved; False for a wide mixing bounded
+    from ``rows`` output indices probed one by one (the rest: the band they imply)."""
+
+    pattern: torch.Tensor
+    complete: bool
+    rows: int
+    probes: int
+    smallest: float  # the smallest non-zero |vᵀJ| seen (underflow shows as exact zeros)
 
 
 def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
-                   max_seconds: float | None = None, workspace: int = 0) -> torch.Tensor:
+                   max_seconds: float | None = None, workspace: int = 0) -> Probed:
     """(m × n) bool: which indices of ``output`` along ``a`` reach which of ``x`` along
     ``b``, by set probes drawn from ``seed`` (raises :class:`OverTime` past ``max_seconds``)."""
     m, n = output.shape[a], x.shape[b]
     prober = SetProber(output, x, a, b, budget, seed, max_seconds, workspace=workspace)
-    pattern = _group_test(prober, m, n)
-    if not _confirmed(prober, pattern):
+    sample = setdecode.sample_rows(m, seed)
+    prober.track_smallest = output.dtype.is_floating_point and output.element_size() <= 4
+    rows = prober.row_hits(sample)  # one by one: their smallest answers are underflow's edge
+    prober.track_smallest = False
+    prober.sample, prober.sampled = sample, rows
+    if setdecode.wide(rows, n):  # dense, triangular: row by row, or bounded
+        if not _cheap(prober, m):
+            pattern = setdecode.mixing(prober, sample, rows)
+            return Probed(pattern, False, len(sample), prober.count, prober.smallest)
+        pattern = None
+    else:
+        pattern = _group_test(prober, m, n)
+    if pattern is None or not _confirmed(prober, pattern):
         pattern = prober.row_hits(torch.arange(m), batched=False)
     columns = prober.unknown.nonzero().flatten()
     if columns.numel():
         pattern[:, columns] = resolved_columns(prober, columns)
-    return pattern
+    return Probed(pattern, True, m, prober.count, prober.smallest)
+
+
+def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Tensor:
+    """(m,) bool: which output indices read their own input index, where the graph proves no
+    other is read (one probe on every output index; non-finite answers read again)."""
+    m = output.shape[a]
+    prober = SetProber(output, x, a, b, budget, seed)
+    hit = prober.hits(torch.ones(1, m, dtype=torch.bool))[0]
+    columns = prober.unknown.nonzero().flatten()
+    if columns.numel():
+        hit[columns] = resolved_columns(prober, columns)[columns, torch.arange(len(columns))]
+    return hit
+
+
+def _cheap(prober, m: int) -> bool:
+    """Whether one probe per output index is affordable (exact, even for a wide pattern)."""
+    return m <= RESOLVE_ROWS or m * prober.seconds_per_vector() <= RESOLVE_SECONDS
 
 
 # -- the set prober ------------------------------------------------------------------------
@@ -60,6 +110,12 @@ class SetProber:
         self.values = set_probe_values(output, seed, "dependency", stream)
         self.began, self.max_seconds, self.count = time.perf_counter(), max_seconds, 0
         self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
+        self.step, self.seconds, self.smallest = 2, 0.0, float("inf")
+        self.track_smallest = False  # the smallest |vᵀJ| (costs a pass over each answer)
+
+    def seconds_per_vector(self) -> float:
+        """Measured seconds per probe so far (0 before any)."""
+        return self.seconds / max(self.count, 1)
 
     def vectors(self, sets: torch.Tensor) -> torch.Tensor:
         """One random vector restricted to each set: every probe's answer holds on its own
@@ -74,13 +130,21 @@ class SetProber:
         (a finite non-zero), and where its answer was NaN or ±inf."""
         self._check_time(len(sets))
         hits, unknown = [], []
-        for start in range(0, len(sets), self.limit):
-            part = sets[start:start + self.limit]
+        start = 0
+        while start < len(sets):  # calls of about CHUNK_SECONDS each: Ctrl-C gets through
+            part = sets[start:start + max(1, min(self.limit, self.step))]
+            began = time.perf_counter()
             (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
             hit, bad = _read(g, 1 + self.b)
+            if self.track_smallest:
+                self.smallest = min(self.smallest, _smallest(g))
+            elapsed = time.perf_counter() - began
+            self.seconds += elapsed
+            self.step = max(1, int(len(part) * CHUNK_SECONDS / max(elapsed, 1e-6)))
             hits.append(hit)
             unknown.append(bad)
             self.count += len(part)
+            start += len(part)
         return torch.cat(hits), torch.cat(unknown)
 
     def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
@@ -106,13 +170,20 @@ class SetProber:
             raise OverTime
 
 
+def _smallest(g: torch.Tensor) -> float:
+    """The smallest finite non-zero |entry| of ``g`` (inf if none)."""
+    g = g.detach().abs_().nan_to_num_(nan=0.0, posinf=0.0)
+    return float(g.masked_fill_(g == 0, float("inf")).min()) if g.numel() else float("inf")
+
+
 def _read(g: torch.Tensor, axis: int):
     """(k, …) answers → (k × size along ``axis``) bool twice: a finite non-zero anywhere on
     the slice, a NaN or ±inf anywhere on it."""
     g = g.detach().movedim(axis, 1)
     g = g.reshape(len(g), g.shape[1], -1)
-    if first_nonfinite(g) is None:  # the common case: one sum says so
-        hit = g.ne(0).any(2).cpu()
+    top = torch.linalg.vector_norm(g, float("inf"), dim=2)  # max |g|: NaN and ±inf carry
+    if bool(torch.isfinite(top).all()):  # the common case: one pass says so
+        hit = top.ne(0).cpu()
         return hit, torch.zeros_like(hit)
     bad = ~torch.isfinite(g)
     return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
@@ -163,84 +234,30 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
 
 # -- decoding the pattern from sets -------------------------------------------------------
 def _group_test(prober: SetProber, m: int, n: int) -> torch.Tensor:
-    """Bit b of i and its complement, for every bit: a column read by one output index i
-    answers each pair once, spelling i; the rest (several indices) go to :func:`_halving`."""
-    bits = (m - 1).bit_length()
-    if bits == 0:
-        return prober.hits(torch.ones(1, 1, dtype=torch.bool))
-    index = torch.arange(m)
-    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)])
-    answers = prober.hits(torch.cat([on, ~on])).reshape(2, bits, n)
-    one = (answers[0] ^ answers[1]).all(0)
-    row = (answers[0].long() << torch.arange(bits)[:, None]).sum(0)
-    single = one & (row < m)
-    empty = ~(answers[0] | answers[1]).any(0)
-    pattern = torch.zeros(m, n, dtype=torch.bool)
-    columns = single.nonzero().flatten()
-    pattern[row[columns], columns] = True
-    open_ = (~single & ~empty).nonzero().flatten()
-    if open_.numel():
-        pattern[:, open_] = _halving(prober, m, open_)
-    return pattern
-
-
-def _halving(prober: SetProber, m: int, columns: torch.Tensor) -> torch.Tensor:
-    """The rows of ``columns`` (each read by several output indices): halve the blocks of
-    output indices that some column reaches, a level per batched call, or probe each row of
-    the blocks still open when the blocks keep branching (a triangle, a band)."""
-    size = 1 << (m - 1).bit_length()
-    active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
-    previous = 1
-    while size > 1:
-        live = active.any(1).nonzero().flatten()
-        rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
-        levels = size.bit_length() - 1
-        growth = len(live) / previous
-        if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
-            return _rows_of_blocks(prober, m, live, size, columns)
-        size //= 2
-        children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
-        children = children[children * size < m]
-        answers = prober.hits(_blocks(children, size, m))[:, columns]
-        active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
-        active_next[children] = answers & active[children // 2]
-        active, previous = active_next, len(live)
-    return active[:m]
-
-
-def _blocks(blocks: torch.Tensor, size: int, m: int) -> torch.Tensor:
-    """(k × m) sets: output indices ``block * size ..`` of each block."""
-    index = torch.arange(m)
-    return (index[None, :] // size) == blocks[:, None]
-
-
-def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
-    """One probe per output index of the live blocks."""
-    rows = (live[:, None] * size + torch.arange(size)[None, :]).flatten()
-    rows = rows[rows < m]
-    pattern = torch.zeros(m, len(columns), dtype=torch.bool)
-    pattern[rows] = prober.row_hits(rows)[:, columns]
-    return pattern
+    """The pattern decoded from the sampled rows and set probes (:func:`.setdecode.decoded`)."""
+    return setdecode.decoded(prober, prober.sample, prober.sampled)
 
 
 def _confirmed(prober: SetProber, pattern: torch.Tensor) -> bool:
-    """The bit-coded sets again and two random halves, with fresh values, in one batched
-    call, and the first half again from a plain backward: the input indices each set reaches
-    must be those the pattern predicts (a dependence missed by a cancellation shows here),
-    and the plain backward must agree with the batched one (a batching rule gone wrong)."""
+    """Random sets (a half, a quarter, an eighth of the output indices) and one set per
+    colour of the pattern (output indices of a colour read disjoint input indices, so each
+    claimed zero is tested apart from the other readers of its input index), with fresh
+    values, in batched calls, and the first random set again from a plain backward: the input
+    indices each set reaches must be those the pattern predicts (a dependence missed by a
+    cancellation or a wrong decoding shows here), and the plain backward must agree with the
+    batched one (a batching rule gone wrong)."""
     m = pattern.shape[0]
-    bits = (m - 1).bit_length()
-    index = torch.arange(m)
-    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)]) if bits else \
-        torch.ones(1, m, dtype=torch.bool)
     generator = probe_generator(prober.seed, "dependency-sets")
-    sets = torch.cat([torch.rand(2, m, generator=generator) < 0.5, on, ~on])
+    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
+    sets = torch.cat([torch.rand(len(density), m, generator=generator) < density,
+                      setdecode.colour_sets(pattern)])
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                     prober.max_seconds, stream=1, limit=prober.limit)
-    fresh.began, fresh.count = prober.began, prober.count
+    fresh.began, fresh.count, fresh.step = prober.began, prober.count, prober.step
     observed = fresh.hits(sets)
     plain = fresh.hits(sets[:1], batched=False)
     prober.unknown |= fresh.unknown
+    prober.count, prober.seconds = fresh.count, prober.seconds + fresh.seconds
     known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
     return torch.equal(observed[:, known], _reached(sets, pattern)[:, known]) \
         and torch.equal(plain[:, known], observed[:1, known])

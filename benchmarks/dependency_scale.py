@@ -1,0 +1,118 @@
+"""Dependency verdicts at scale (issue 23 item 2, issue 20 item 5): time and peak RSS growth of
+``vjp_magic.dependency`` per model, each case in a fresh process (so that one case's peak does
+not hide the next's).
+
+    python benchmarks/dependency_scale.py            # every case, median of 3
+    python benchmarks/dependency_scale.py bn mixup   # some cases
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+B, T, L = 4096, 1024, 4096
+
+
+def mlp(x, leak=None):
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(64, 64) / 8, torch.randn(64, 64) / 8
+    y = torch.tanh(x @ w1) @ w2
+    if leak is not None:
+        i, j = leak
+        y = torch.index_add(y, 0, torch.tensor([i]), 0.1 * x[j:j + 1])
+    return y
+
+
+def attention(x, mask=None):
+    torch.manual_seed(0)
+    d = x.shape[1]
+    wq, wk, wv = (torch.randn(d, d) / d**0.5 for _ in range(3))
+    s = (x @ wq) @ (x @ wk).T / d**0.5
+    causal = torch.triu(torch.ones(len(x), len(x), dtype=torch.bool), 1)
+    if mask == "causal":
+        s = s.masked_fill(causal, -torch.inf)
+    a = torch.softmax(s, -1)
+    if mask == "after":
+        a = a.masked_fill(causal, 0.0)
+    return a @ (x @ wv)
+
+
+def conv_stack(x):
+    torch.manual_seed(0)
+    for _ in range(3):
+        x = torch.tanh(torch.nn.functional.conv1d(x, torch.randn(8, 8, 3) / 5, padding=1))
+    return x
+
+
+def case(name):
+    """(output, x, out_axis, in_axis) of one case."""
+    torch.manual_seed(1)
+    if name.startswith("mlp") or name in ("adjacent", "distant", "bn", "mixup"):
+        x = torch.randn(B, 64, requires_grad=True)
+        if name == "bn":
+            bn = torch.nn.BatchNorm1d(64).train()
+            return mlp(bn(x)), x, 0, 0
+        if name == "mixup":
+            perm = torch.randperm(B, generator=torch.Generator().manual_seed(2))
+            return mlp(0.7 * x + 0.3 * x[perm]), x, 0, 0
+        leak = {"adjacent": (1, 0), "distant": (2048, 1365)}.get(name)
+        return mlp(x, leak), x, 0, 0
+    if name.startswith("attention"):
+        x = torch.randn(T, 64, requires_grad=True)
+        return attention(x, name.partition("-")[2] or None), x, 0, 0
+    if name == "conv":
+        x = torch.randn(1, 8, L, requires_grad=True)
+        return conv_stack(x), x, 2, 2
+    if name == "periodic":
+        x = torch.randn(L, requires_grad=True)
+        return x.roll(1) - 2 * x + x.roll(-1) + x**3, x, 0, 0
+    raise ValueError(name)
+
+
+CASES = ["mlp", "adjacent", "distant", "bn", "mixup", "attention", "attention-causal",
+         "attention-after", "conv", "periodic"]
+
+
+def run_one(name):
+    import vjp_magic
+    y, x, a, b = case(name)
+    v = torch.randn_like(y)
+    torch.autograd.grad(y, x, v, retain_graph=True)  # torch's first-call set-up, not ours
+    began = time.perf_counter()
+    torch.autograd.grad(y, x, v, retain_graph=True)
+    backward = time.perf_counter() - began
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    began = time.perf_counter()
+    d = vjp_magic.dependency(y, x, a, b)
+    seconds = time.perf_counter() - began
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20  # GiB
+    print(json.dumps({"case": name, "seconds": seconds, "rss_gib": grown, "backward": backward,
+                      "verdict": d.summary(), "witness": d.witness}))
+
+
+def main(names, repeats=3):
+    for name in names:
+        runs = []
+        for _ in range(repeats):
+            out = subprocess.run([sys.executable, __file__, "--one", name], check=True,
+                                 capture_output=True, text=True).stdout
+            runs.append(json.loads(out.strip().splitlines()[-1]))
+        seconds = statistics.median(r["seconds"] for r in runs)
+        grown = statistics.median(r["rss_gib"] for r in runs)
+        ratio = statistics.median(r["seconds"] / r["backward"] for r in runs)
+        print(f"{name:18s} {seconds:6.2f} s  {ratio:6.1f}× a backward  {grown:5.2f} GiB  "
+              f"{runs[0]['verdict']}"
+              f"  witness {runs[0]['witness']}", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        run_one(sys.argv[2])
+    else:
+        main(sys.argv[1:] or CASES)

@@ -1,0 +1,242 @@
+"""Decoding a dependency pattern from set probes (:class:`.grouptest.SetProber`) at a cost
+set by its structure, not by the size of the axis.
+
+- :func:`sample_rows`: a few output indices probed one by one (both ends and a spread): their
+  rows are exact, and say whether the pattern is wide (a dense or triangular mixing).
+- :func:`mixing`: a wide pattern too costly to resolve row by row, bounded: the offsets
+  j − i reached by the sampled rows, widened where a prefix (or suffix) of output indices
+  reaches further than they imply. Its pattern is that band, with the sampled rows exact.
+- :func:`decoded`: bit-coded sets (bit b of i, and its complement) name every input index
+  read by one output index, and every one read by its own index and one other (the bits
+  where both halves answer are where the other index differs); a band is decoded from one set
+  per colour (output indices whose bands cannot overlap share a colour, so a reached input
+  index has one reader in the set); halving resolves what is left.
+
+Every decoded pattern is then checked with fresh sets (:func:`.grouptest.probed_pattern`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .probes import probe_generator
+
+WIDE = 1 / 8  # a pattern is wide when its sampled rows read more than this share of the input
+FEW = 16  # open input indices halved directly
+MAX_BAND = 64  # widest band decoded by colours (diagonals)
+
+
+def sample_rows(m: int, seed: int, spread: int = 4, drawn: int = 2) -> torch.Tensor:
+    """Output indices probed one by one: the first and last three, a spread, a few drawn."""
+    generator = probe_generator(seed, "dependency-rows")
+    picked = torch.cat([torch.arange(3), m - 1 - torch.arange(3),
+                        torch.linspace(0, m - 1, spread).round().long(),
+                        torch.randint(0, max(m, 1), (drawn,), generator=generator)])
+    return torch.unique(picked.clamp(0, max(m - 1, 0)))
+
+
+def wide(rows: torch.Tensor, n: int) -> bool:
+    """Whether the sampled rows read more than :data:`WIDE` of the input indices, on average."""
+    return bool(rows.float().sum(1).mean() > max(n * WIDE, 1))
+
+
+# -- a wide mixing, bounded --------------------------------------------------------------------
+def mixing(prober, sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The band of offsets the sampled rows reach, widened where a prefix of output indices
+    reaches input indices past it (or a suffix before it); the sampled rows exact."""
+    m, n = prober.output.shape[prober.a], rows.shape[1]
+    r, c = rows.nonzero(as_tuple=True)
+    offsets = c - sample[r]
+    lo, hi = (int(offsets.min()), int(offsets.max())) if offsets.numel() else (0, 0)
+    offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
+    if lo == -(m - 1) and hi == n - 1:  # both corners read: dense, whatever the rest
+        pattern = torch.ones(m, n, dtype=torch.bool)
+        pattern[sample] = rows
+        return pattern
+    generator = probe_generator(prober.seed, "dependency-prefixes")
+    cuts = torch.cat([torch.tensor([m // 2, m // 4, 3 * m // 4, m // 8, 7 * m // 8]),
+                      torch.randint(1, max(m, 2), (3,), generator=generator)])
+    cuts = torch.unique(cuts.clamp(1, max(m - 1, 1)))
+    index = torch.arange(m)
+    sets = torch.cat([index[None, :] < cuts[:, None], index[None, :] >= cuts[:, None]])
+    reached = prober.hits(sets)
+    column = torch.arange(n)
+    for k, prefix, suffix in zip(cuts.tolist(), reached[:len(cuts)], reached[len(cuts):]):
+        if prefix.any():  # a row below k reaches column c: an offset of at least c − (k − 1)
+            hi = max(hi, int(column[prefix].max()) - (k - 1))
+        if suffix.any():  # a row at or above k reaches c: an offset of at most c − k
+            lo = min(lo, int(column[suffix].min()) - k)
+    pattern = (offset >= lo) & (offset <= hi)
+    pattern[sample] = rows
+    return pattern
+
+
+# -- a pattern decoded exactly -----------------------------------------------------------------
+def decoded(prober, sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(m × n) bool from bit-coded sets, then a band by colours, an index and one other, or
+    halving, for the input indices several output indices read."""
+    m, n = prober.output.shape[prober.a], rows.shape[1]
+    bits = (m - 1).bit_length()
+    if bits == 0:
+        return prober.hits(torch.ones(1, 1, dtype=torch.bool))
+    index = torch.arange(m)
+    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)])
+    answers = prober.hits(torch.cat([on, ~on])).reshape(2, bits, n)
+    one = (answers[0] ^ answers[1]).all(0)
+    row = (answers[0].long() << torch.arange(bits)[:, None]).sum(0)
+    single = one & (row < m)
+    empty = ~(answers[0] | answers[1]).any(0)
+    pattern = torch.zeros(m, n, dtype=torch.bool)
+    pattern[sample] = rows
+    columns = single.nonzero().flatten()
+    pattern[row[columns], columns] = True
+    open_ = (~single & ~empty).nonzero().flatten()
+    if open_.numel() > FEW:
+        band = banded(prober, pattern, m, n)
+        if band is not None:
+            return band
+    if open_.numel() and int(rows.sum(1).max()) <= 2:  # its own and one other, each
+        open_ = _own_and_one(pattern, answers, open_, m)
+    if open_.numel():
+        pattern[:, open_] = halving(prober, m, open_)
+    return pattern
+
+
+def _own_and_one(pattern, answers, open_, m: int) -> torch.Tensor:
+    """Input indices j read by output index j and one other r: r's bits are j's, flipped where
+    both a bit's set and its complement answer. Writes them; returns the indices left open."""
+    bits = answers.shape[1]
+    cols = open_[open_ < m]
+    place = torch.arange(bits)[:, None]
+    own = ((cols[None, :] >> place) & 1).bool()
+    on, off = answers[0][:, cols], answers[1][:, cols]
+    both = on & off
+    other = ((own ^ both).long() << place).sum(0)
+    fits = torch.where(own, on, off).all(0) & both.any(0) & (other < m)
+    cols, other = cols[fits], other[fits]
+    pattern[cols, cols] = True
+    pattern[other, cols] = True
+    done = torch.zeros(pattern.shape[1], dtype=torch.bool)
+    done[cols] = True
+    return open_[~done[open_]]
+
+
+def band_offsets(known: torch.Tensor, m: int, n: int):
+    """(lo, hi, circular): the offsets j − i of the known dependences, one wider each way
+    (taken modulo n, nearest 0, for a square pattern: a band may wrap around)."""
+    r, c = known.nonzero(as_tuple=True)
+    offsets = c - r
+    circular = m == n
+    if circular:
+        offsets = (offsets + n // 2) % n - n // 2
+    if not offsets.numel():
+        return 0, 0, circular
+    return int(offsets.min()) - 1, int(offsets.max()) + 1, circular
+
+
+def banded(prober, known: torch.Tensor, m: int, n: int) -> torch.Tensor | None:
+    """The pattern within the band of :func:`band_offsets`, from one set per colour; None when
+    the band is too wide or some set reaches an input index outside its rows' bands."""
+    lo, hi, circular = band_offsets(known, m, n)
+    width = hi - lo + 1
+    if width > MAX_BAND or 4 * width > m:
+        return None
+    colour = _colours(m, width, circular)
+    count = int(colour.max()) + 1
+    sets = colour[None, :] == torch.arange(count)[:, None]
+    reached = prober.hits(sets)  # colours × n
+    cols = torch.arange(m)[:, None] + torch.arange(lo, hi + 1)[None, :]  # m × width
+    valid = (cols >= 0) & (cols < n)
+    cols = cols % n if circular else cols.clamp(0, n - 1)
+    valid = valid | circular
+    covered = torch.zeros(count, n, dtype=torch.bool)
+    covered[colour[:, None].expand_as(cols)[valid], cols[valid]] = True
+    if bool((reached & ~covered).any()):
+        return None
+    pattern = torch.zeros(m, n, dtype=torch.bool)
+    hit = reached[colour[:, None].expand_as(cols), cols] & valid
+    rows = torch.arange(m)[:, None].expand_as(cols)
+    pattern[rows[hit], cols[hit]] = True
+    return pattern
+
+
+def _colours(m: int, width: int, circular: bool) -> torch.Tensor:
+    """i mod width; on a circle, the indices past the last whole block get colours of their
+    own (so that two indices of one colour are at least ``width`` apart, around the circle)."""
+    index = torch.arange(m)
+    colour = index % width
+    if circular:
+        whole = (m // width) * width
+        colour[whole:] = width + index[whole:] - whole
+    return colour
+
+
+# -- checking a decoded pattern -------------------------------------------------------------
+MAX_COLOURS = 64
+
+
+def colour_sets(pattern: torch.Tensor) -> torch.Tensor:
+    """(colours × m) sets: output indices greedily coloured so that two of one colour read no
+    common input index; none when that takes more than :data:`MAX_COLOURS` colours."""
+    m = pattern.shape[0]
+    empty = torch.zeros(0, m, dtype=torch.bool)
+    degree = pattern.sum(1)
+    if pattern.shape[1] == 0 or int(degree.max()) * 4 > pattern.shape[1] \
+            or int(degree.sum()) > 2**20:
+        return empty
+    r, c = pattern.nonzero(as_tuple=True)
+    readers = pattern.sum(0)
+    alone = ~(pattern & (readers > 1)[None, :]).any(1)  # reads no shared input index
+    reads = torch.split(c, degree.tolist())
+    used: dict[int, set] = {}
+    colour = [0] * m
+    for i in (~alone).nonzero().flatten().tolist():
+        columns = reads[i].tolist()
+        taken = set().union(*(used.get(j, ()) for j in columns)) if columns else set()
+        k = next(k for k in range(len(taken) + 1) if k not in taken)
+        if k >= MAX_COLOURS:
+            return empty
+        colour[i] = k
+        for j in columns:
+            used.setdefault(j, set()).add(k)
+    colour_ = torch.tensor(colour)
+    return colour_[None, :] == torch.arange(int(colour_.max()) + 1)[:, None]
+
+
+# -- halving ----------------------------------------------------------------------------------
+def halving(prober, m: int, columns: torch.Tensor) -> torch.Tensor:
+    """The rows of ``columns`` (each read by several output indices): halve the blocks of
+    output indices that some column reaches, a level per batched call, or probe each row of
+    the blocks still open when the blocks keep branching (a triangle, a band)."""
+    size = 1 << (m - 1).bit_length()
+    active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
+    previous = 1
+    while size > 1:
+        live = active.any(1).nonzero().flatten()
+        rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
+        levels = size.bit_length() - 1
+        growth = len(live) / previous
+        if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
+            return _rows_of_blocks(prober, m, live, size, columns)
+        size //= 2
+        children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
+        children = children[children * size < m]
+        answers = prober.hits(_blocks(children, size, m))[:, columns]
+        active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
+        active_next[children] = answers & active[children // 2]
+        active, previous = active_next, len(live)
+    return active[:m]
+
+
+def _blocks(blocks: torch.Tensor, size: int, m: int) -> torch.Tensor:
+    """(k × m) sets: output indices ``block * size ..`` of each block."""
+    index = torch.arange(m)
+    return (index[None, :] // size) == blocks[:, None]
+
+
+def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
+    """One probe per output index of the live blocks."""
+    rows = (live[:, None] * size + torch.arange(size)[None, :]).flatten()
+    rows = rows[rows < m]
+    pattern = torch.zeros(m, len(columns), dtype=torch.bool)
+    pattern[rows] = prober.row_hits(rows)[:, columns]
+    return pattern
