@@ -243,3 +243,22 @@ def test_jacobian_magic_shows_the_whole_jacobian_summarised():
     assert "is tridiagonal" in text and "J_f(x) = [" in text
     expected = jacobian(stencil, x.detach())
     assert f"J_f(x) = [{expected[0, 0]:g} {expected[0, 1]:g} 0" in text
+
+
+@pytest.mark.parametrize("f, x", [(stencil, torch.linspace(-1, 1, 12, dtype=torch.float64)),
+                                  (laplacian, torch.randn(5, 6, dtype=torch.float64)),
+                                  (periodic, torch.randn(12, dtype=torch.float64))])
+def test_r_code_builds_the_sparse_derivatives(f, x):
+    colours = None
+    if f is laplacian:  # the 5-point stencil's lattice colouring, (2i + j) mod 5
+        i, j = torch.unravel_index(torch.arange(x.numel()), x.shape)
+        colours = (2 * i + j) % 5
+    r, y, x = made(f, x, colours=colours)
+    code = r.code
+    assert "torch.sparse_coo_tensor" in code
+    namespace = {"torch": torch, "y": y, "x": x}
+    exec(code, namespace)  # noqa: S102 - r.code is written to be run
+    assert x.grad is None
+    expected = jacobian(f, x.detach())
+    torch.testing.assert_close(namespace["d_x"].to_dense(), expected)
+    torch.testing.assert_close(namespace["d_x"].to_dense(), r.derivatives["x"].to_dense())

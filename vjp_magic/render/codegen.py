@@ -174,6 +174,9 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
 # -- r.code: the careful version ------------------------------------------------------------
 def reproducing_code(result) -> str:
     """The source; ``derivative_name(name)`` is bound for every input of ``result``."""
+    from .sparse import sparse_code  # a stencil by compressed passes (render/sparse.py)
+    if (code := sparse_code(result)) is not None:
+        return code
     names = list(result.inputs)
     taken = identifiers([result.output_name, *names])
     y, body = _output_variable(result, taken)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from . import notation
-from .codegen import expression, fresh, identifiers, output_symbol
+from .codegen import derivative_name, expression, fresh, identifiers, output_symbol
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
 from .matrix import Block
@@ -569,3 +569,66 @@ def _findings(result, name: str, options) -> list:
             block = Paragraph(block.spans[:-1] + (Text("."),), block.strong)
         said.append(block)
     return said
+
+
+# -- r.code ----------------------------------------------------------------------------------
+def sparse_code(result) -> str | None:
+    """``r.code`` for one input whose Jacobian is a stencil computed by compressed passes,
+    its colours in closed form: the coloured backward passes, then ``d_<name>`` as a sparse
+    COO tensor (``output.shape + input.shape``) read off them at each entry's neighbours
+    (an entry whose derivative is 0 here is stored as an explicit 0). None otherwise (the
+    one-hot loop is written instead)."""
+    if len(result.inputs) != 1:
+        return None
+    name, item = next(iter(result.inputs.items()))
+    sparse = sparse_of(result, name)
+    if sparse is None:
+        return None
+    found = layout_of(sparse, result.output.shape, item.tensor.shape)
+    if found.offsets is None or found.form is None or found.sampled is not None:
+        return None
+    taken = identifiers([result.output_name, name])
+    y = output_symbol(result)
+    taken.add(y)
+    lines = ["import torch", ""] + ([] if y == result.output_name else
+                                    [f"{y} = {result.output_name}  # the output, computed again"])
+    x = expression(name)
+    d = derivative_name(name, taken)
+    saved, colour, g, c, v, rows, p, q, off, j, inside = (fresh(b, taken) for b in (
+        "saved_grad", "colour", "g", "c", "v", "rows", "p", "q", "offset", "j", "inside"))
+    if not item.tensor.is_leaf:
+        lines.append(f"{x}.retain_grad()  # {name} is not a leaf: let backward fill its .grad")
+    lines += [f"{saved} = {x}.grad  # backward adds to .grad: keep what it holds, restored below",
+              f"{x}.grad = None"]
+    lines += _colour_lines(found.form, colour, y, sparse.count, name, taken)
+    lines += [f"{g} = {x}.new_zeros({sparse.count}, {x}.numel())  # row c: v^T J, v of colour c",
+              f"for {c} in range({sparse.count}):",
+              f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
+              f"    if {x}.grad is not None: {x}.grad.zero_()",
+              f"    {y}.backward(gradient={v}, retain_graph=True, inputs=[{x}])",
+              f"    {g}[{c}] = {x}.grad.reshape(-1)"]
+    lines += _decompressed(found, y, x, d, (colour, g, rows, p, q, off, j, inside))
+    lines.append(f"{x}.grad = {saved}  # restore the notebook's .grad")
+    return "\n".join(lines) + "\n"
+
+
+def _decompressed(found: Layout, y: str, x: str, d: str, names) -> list[str]:
+    """Lines making ``d`` from the colour passes: entry p of y reads x at p + offset."""
+    colour, g, rows, p, q, off, j, inside = names
+    wraps = "".join(f"{j}[:, {k}] %= {x}.shape[{k}]; " for k, w in enumerate(found.wraps) if w)
+    return [
+        f"# {y}[i] reads {x} at i + offset: J[p, q] = {g}[{colour}[p], q] (flat p, q)",
+        f"{rows} = torch.stack(torch.unravel_index(torch.arange({y}.numel()), {y}.shape), 1)",
+        f"{p}, {q} = [], []",
+        f"for {off} in {[tuple(o) for o in found.offsets]}:",
+        f"    {j} = {rows} + torch.tensor({off})",
+        *([f"    {wraps.strip().rstrip(';')}"] if wraps else []),
+        f"    {inside} = (({j} >= 0) & ({j} < torch.tensor({x}.shape))).all(1)",
+        f"    {p}.append({inside}.nonzero().squeeze(1))",
+        f"    {q}.append(torch.arange({x}.numel()).reshape({x}.shape)[tuple({j}[{inside}].T)])",
+        f"{p}, {q} = torch.cat({p}), torch.cat({q})",
+        f"{d} = torch.sparse_coo_tensor(torch.cat([",
+        f"    torch.stack(torch.unravel_index({p}, {y}.shape)),",
+        f"    torch.stack(torch.unravel_index({q}, {x}.shape))]),",
+        f"    {g}[{colour}[{p}], {q}], tuple({y}.shape) + tuple({x}.shape),",
+        "    check_invariants=True).coalesce()"]
