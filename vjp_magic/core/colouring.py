@@ -13,7 +13,8 @@ Jacobian?", SIAM Review 2005).
 How rows are coloured, in order:
 
 1. A lattice (stencils, shift-invariant patterns): colour (Σ_j a_j·idx_j) mod p over the
-   output's multi-index (the flat index when no shape is given), p from the lower bound (the
+   output's multi-index (without ``shape``: a grid guessed from a square pattern's offsets,
+   i ± k giving k columns, then the flat index), p from the lower bound (the
    most rows reading one column) upward, small coefficients a. Candidates are screened on the
    row differences that conflict near a few interior rows, then the chosen one is verified on
    the whole pattern with one ``bincount`` over (column, colour): O(nnz), no loop per row.
