@@ -130,12 +130,10 @@ def _guessed_grids(crow, col, m: int) -> list[tuple[int, ...]]:
 def _lattice(crow, col, n: int, bound: int, shapes) -> np.ndarray | None:
     """The first verified lattice colouring (smallest p first, then each shape), or None."""
     tried = 0
+    deltas = {out: _conflict_deltas(crow, col, out) for out in shapes if len(out) <= 4}
     for p in range(bound, bound + LATTICE_SPAN + 1):
-        for out in shapes:
-            if len(out) > 4:
-                continue
-            deltas = _conflict_deltas(crow, col, out)
-            for coeffs in _screened(deltas, p, len(out)):
+        for out, found in deltas.items():
+            for coeffs in _screened(found, p, len(out)):
                 colours = _lattice_colours(out, coeffs, p)
                 tried += 1
                 if valid_rows(crow, col, n, colours):
