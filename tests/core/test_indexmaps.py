@@ -201,6 +201,8 @@ def test_pooling_and_max_along_a_dim_read_what_the_graph_saved():
         lambda x: x.reshape(6, 8, 8).max(2).values,
         lambda x: x.reshape(6, 8, 8).min(0, keepdim=True).values,
         lambda x: x.reshape(6, 64).median(1).values,
+        lambda x: x.reshape(12, 4, 8).norm(dim=(1, 2)) + x.reshape(12, 32).std(1),
+        lambda x: torch.linalg.vector_norm(x.reshape(48, 8), dim=0, keepdim=True) * 2,
     ]
     for pool in pools:
         def f(x, pool=pool):

@@ -39,7 +39,7 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Repeat", moves.repeat),
     ("Diagonal", moves.diagonal),
     ("Tril Triu", moves.triangle),
-    ("Sum Mean Nansum Prod Logsumexp", reductions.reduction),
+    ("Sum Mean Nansum Prod Logsumexp LinalgVectorNorm Std Var", reductions.reduction),
     ("Softmax LogSoftmax", reductions.whole_dim),
     ("Cumsum Cumprod", reductions.prefix),
     (" ".join(linalg.FACTORS), linalg.matmul),
