@@ -24,7 +24,8 @@ from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
 from .errors import VJPUsageError
 from .memory import gb, refuse_if_over, resolve_budget
 from .pairing import Evidence
-from .pattern import DENSE_FRACTION, MIN_ROW, Pattern, observed_pattern
+from .indexmaps import proved_pattern
+from .pattern import Pattern, find_pattern, most_per_row
 from .probes import Probes, new_seed, probe_generator, probe_plan
 from .sparse_layout import coo_derivatives, csr_rows
 from .tolerances import tolerances
@@ -87,13 +88,14 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     """:func:`compressed_jacobian`, saying why where it gives none. ``max_colours``: more
     colours than this do not pay (no passes are spent on the values then); ``known``: see
     :func:`checked`."""
-    pattern = observed_pattern(output, x, budget, seed)
+    pattern = find_pattern(output, x, budget, seed)
     if pattern is None:
         return Attempt(None, TOO_DENSE)
     nbytes = _csr_bytes(pattern, x)
     if nbytes > budget:
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
-    colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1])
+    colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
+                          shape=(tuple(output.shape), tuple(x.shape)))
     if colours is None:
         return Attempt(None, "some entry of the input is read by too many output entries")
     colours = torch.from_numpy(colours)
@@ -105,8 +107,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if not checked(output, x, jacobian, seed, known):
         return Attempt(None, "the values from its backward passes disagreed with a random "
                              "probe (a coupling the pattern did not show)")
-    evidence = getattr(pattern, "evidence", Evidence.OBSERVED)
-    return Attempt(SparseJacobian(jacobian, colours, count, evidence, pattern.probes))
+    return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes))
 
 
 class SparseChoice:
@@ -189,23 +190,38 @@ class SparseChoice:
         for name, (candidate, derivatives) in accepted.items():
             tensor = named[name]
             if not any(tensor.shape[b] > 1 for b in candidate.pairing.in_axes):
-                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1))
+                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1), tensor)
                 if sparse is not None:
                     accepted[name] = (candidate, self._taken(name, tensor, sparse))
         return accepted
 
-    def _from_dense(self, flat: torch.Tensor) -> SparseJacobian | None:
+    def _from_dense(self, flat: torch.Tensor, tensor) -> SparseJacobian | None:
+        """The full Jacobian ``flat`` (m × n) in sparse form: on the pattern the graph proves
+        (no pass; where J has no nonzero off it), else on its own nonzeros (OBSERVED, found
+        by the m passes that computed it); None where the colouring does not pay."""
         m, n = flat.shape
         nonzero = flat != 0
-        if int(nonzero.sum(1).max()) > max(MIN_ROW, n * DENSE_FRACTION) \
-                or int(nonzero.sum(0).max()) > self.max_colours:  # a column's rows all differ
-            return None
-        matrix = _quiet_csr(flat)
+        proved = proved_pattern(self.output, tensor, self.budget)
+        if proved is not None:
+            on = torch.zeros_like(nonzero)
+            on[csr_rows(proved.crow), proved.col] = True
+            proved = None if bool((nonzero & ~on).any()) else proved
+        if proved is None and (int(nonzero.sum(1).max()) > most_per_row(n)
+                               or int(nonzero.sum(0).max()) > self.max_colours):
+            return None  # too dense; and a column's rows all take different colours
+        if proved is not None:
+            crow, col = proved.crow.to(flat.device), proved.col.to(flat.device)
+            matrix = _csr(crow, col, flat[csr_rows(crow), col], (m, n))
+        else:
+            matrix = _quiet_csr(flat)
         colours = colour_rows(matrix.crow_indices().cpu().numpy(),
-                              matrix.col_indices().cpu().numpy(), n)
+                              matrix.col_indices().cpu().numpy(), n,
+                              shape=(tuple(self.output.shape), tuple(tensor.shape)))
         count = int(colours.max()) + 1 if colours is not None and len(colours) else 0
         if colours is None or count > self.max_colours:
             return None
+        if proved is not None:
+            return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0)
         return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
 
 
