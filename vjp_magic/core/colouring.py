@@ -344,8 +344,8 @@ def symmetrised(crow, col, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([[0], np.cumsum(np.bincount(src, minlength=n))]), dst
 
 
-def colour_symmetric(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
-                     shape=None) -> np.ndarray | None:
+def colour_symmetric(crow, col, n: int, max_pairs: int = MAX_PAIRS, *, shape=None,
+                     symmetric: bool = False) -> np.ndarray | None:
     """int64 colours for the n rows/columns of a symmetric pattern (made symmetric, with its
     diagonal, first) such that every nonzero can be read directly from one Hessian-vector
     product per colour (:func:`recover_symmetric`). The fewer-coloured valid one of a
@@ -353,8 +353,9 @@ def colour_symmetric(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     of the pattern with its diagonal) and a star colouring (Gebremedhin, Manne and Pothen
     2005, Algorithm 4.1: a distance-1 colouring with no two-coloured path on four vertices).
     None when neither is available (a dense row, and too large for the star colouring).
-    ``shape``: x's shape, for the lattice of the distance-2 colouring."""
-    scrow, scol = symmetrised(crow, col, n)
+    ``shape``: x's shape, for the lattice of the distance-2 colouring; ``symmetric``: the
+    pattern is already :func:`symmetrised`."""
+    scrow, scol = (crow, col) if symmetric else symmetrised(crow, col, n)
     found = []
     d2 = colour_rows(scrow, scol, n, max_pairs,
                      shape=None if shape is None else (shape, shape))

@@ -95,7 +95,7 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     nnz = len(col)
     memory.refuse_if_over(nnz * (8 + x.element_size()) + 8 * (n + 1), budget,
                           f"The sparse Hessian with respect to {name} ({nnz:,} nonzeros)")
-    colours = colour_symmetric(crow, col, n, shape=tuple(x.shape))
+    colours = colour_symmetric(crow, col, n, shape=tuple(x.shape), symmetric=True)
     if colours is None:
         return None
     count = colour_count(colours)
@@ -155,16 +155,22 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
     rows = torch.repeat_interleave(torch.arange(matrix.shape[0], device=crow.device),
                                    crow.diff())
     row_sums = values.abs().new_zeros(matrix.shape[0]).index_add_(0, rows, values.abs())
-    v_rows = vectors.t().to(values.device, values.dtype)[rows]  # nnz × count
-    both = torch.cat([v_rows * values[:, None], v_rows.abs() * row_sums[rows, None]], 1)
-    sums = both.new_zeros(matrix.shape[1], 2 * count).index_add_(0, col, both)
-    predicted, scale = sums[:, :count].t(), sums[:, count:].t()
+    v_rows = vectors.to(values.device, values.dtype)[:, rows]  # count × nnz
+    shape = (count, matrix.shape[1])
+    predicted = values.new_zeros(shape).index_add_(1, col, v_rows * values)
+    v_rows.abs_().mul_(row_sums[rows])
+    scale = values.new_zeros(shape).index_add_(1, col, v_rows)
     observed = observed.to(predicted.device)
-    if not (bool(torch.isfinite(observed).all()) and bool(torch.isfinite(predicted).all())):
+    if not (_finite(observed) and _finite(predicted)):
         return False
     allowed = scale * (tolerances(flat.dtype).probe * SECOND_ORDER_SLACK) + \
         torch.finfo(scale.dtype).tiny
     return bool(((observed - predicted).abs() <= allowed).all())
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Every entry finite (the sum first: one pass, and exact whenever it is finite)."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
