@@ -423,8 +423,12 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
 
 
 def _bounded_note(found, m: int) -> str:
-    return (f"{found.rows} of the {m:,} output indices probed one by one, the rest bounded "
-            f"by {found.probes - found.rows} grouped probes: the pattern is the band they imply")
+    """Says how a wide pattern was bounded rather than resolved entry by entry."""
+    sets = found.probes - found.rows
+    rest = (f"{sets} prefix and suffix sets bound the others" if sets else
+            "they reach both corners, so it is dense whatever the others read")
+    return (f"{found.rows} of the {m:,} output indices probed one by one and {rest}; "
+            "the other rows of .pattern are the band this implies, not resolved one by one")
 
 
 UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with x.double()"
