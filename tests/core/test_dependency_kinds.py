@@ -125,3 +125,13 @@ def test_underflow_note_in_float32_not_in_float64():
     assert torch.equal(d64.pattern, true_pattern(long_chain, x64, 0, 0))
     x_short = torch.randn(8, 2, requires_grad=True)  # nothing near underflow: no note
     assert dependency(long_chain(x_short), x_short).note is None
+
+
+def test_the_display_says_zeros_may_be_underflow():
+    import vjp_magic
+    torch.manual_seed(0)
+    x = torch.randn(96, 2, requires_grad=True)
+    text = " ".join(repr(vjp_magic.differentiate(long_chain(x), x)).split())
+    assert "zeros may be float32 underflow: check in float64 with x.double()" in text
+    x64 = x.detach().double().requires_grad_()
+    assert "underflow" not in repr(vjp_magic.differentiate(long_chain(x64), x64))

@@ -368,8 +368,17 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
         pattern = _plane(derivatives != 0, first, second)  # component shape + input shape
     else:
         pattern = _sparse_plane(derivatives, first, second)
-    return _dependency(pattern.cpu(), a, b, Evidence(item.evidence),
-                       getattr(result, "seed", None))
+    dep = _dependency(pattern.cpu(), a, b, Evidence(item.evidence),
+                      getattr(result, "seed", None))
+    return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives))
+
+
+def _smallest(derivatives: torch.Tensor) -> float:
+    """The smallest non-zero |derivative| (inf if none)."""
+    values = derivatives.coalesce().values() if derivatives.is_sparse else derivatives
+    values = values.detach().abs()
+    values = values[(values > 0) & torch.isfinite(values)]
+    return float(values.min()) if values.numel() else float("inf")
 
 
 def _sparse_plane(derivatives: torch.Tensor, first: int, second: int) -> torch.Tensor:

@@ -53,6 +53,7 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
 # Which shared axis the line speaks of: the most telling verdict (a conv's band along its
 # positions, not the dense mixing of its channels).
 _PREFERENCE = {Kind.LOWER_TRIANGULAR: 0, Kind.UPPER_TRIANGULAR: 0, Kind.BAND: 0,
+               Kind.BLOCK_DIAGONAL: 0, Kind.PERIODIC_BAND: 0, Kind.SPARSE: 0,
                Kind.INDEPENDENT: 1, Kind.DENSE: 2}
 
 
@@ -238,7 +239,7 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     return Paragraph((
         Text(f"The {_axis_word(out_shape, dep.out_axis)} of "), yn,
         Text(f" are not independent of the {_axis_word(in_shape, dep.in_axis)} of "), xn,
-        Text(": "), *witness, *rest))
+        Text(": "), *witness, *([Text(f" ({dep.note})")] if dep.note else []), *rest))
 
 
 def _shift(offset: int) -> tuple[str, str]:
@@ -271,10 +272,16 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         f"{_axis_word(out_shape, dep.out_axis)} of "), notation.prose_name(y),
         Text(f" read other {_axis_word(in_shape, dep.in_axis)} of "),
         notation.prose_name(name)]
+    note = [Text(f"; {dep.note}")] if dep.note else []
     if dep.kind == Kind.DENSE:
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
                           Text(" as well as before ("), *_witness(dep, y, name),
-                          Text("): dense"), *some, Text(".")))
+                          Text("): dense"), *some, *note, Text(".")))
+    if dep.kind in (Kind.BLOCK_DIAGONAL, Kind.SPARSE):
+        return Paragraph((*lead, Text(f"a few {_axis_word(in_shape, dep.in_axis)} of "),
+                          notation.prose_name(name), Text(f" ({dep.summary()}"), *some,
+                          Text(f", {_crossing(dep) or 'first'} "), *_witness(dep, y, name),
+                          Text(").")))
     if dep.kind == Kind.LOWER_TRIANGULAR:
         bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
     elif dep.kind == Kind.UPPER_TRIANGULAR:
@@ -282,10 +289,20 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
     else:
         (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
         bound = Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
-        words = f"a band, offsets {dep.summary().split('offsets ')[1]}"
+        summary = dep.summary().removesuffix(f" ({dep.note})")
+        words = f"a {dep.kind}, offsets {summary.split('offsets ')[1]}"
     first = [Text(", first "), *_witness(dep, y, name)] if dep.witness else []
     return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *some,
-                      *first, Text(").")))
+                      *first, *note, Text(").")))
+
+
+def _crossing(dep: Dependency) -> str:
+    """``a crossing between blocks`` where a block-diagonal verdict's witness is one."""
+    if dep.kind != Kind.BLOCK_DIAGONAL or dep.witness is None:
+        return ""
+    ends = torch.tensor(dep.blocks).cumsum(0)
+    i, j = (int(torch.searchsorted(ends, k, right=True)) for k in dep.witness)
+    return "a crossing between blocks" if i != j else ""
 
 
 # -- sensitivities at many points -----------------------------------------------------------
