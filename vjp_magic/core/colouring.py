@@ -130,10 +130,12 @@ def _guessed_grids(crow, col, m: int) -> list[tuple[int, ...]]:
 def _lattice(crow, col, n: int, bound: int, shapes) -> np.ndarray | None:
     """The first verified lattice colouring (smallest p first, then each shape), or None."""
     tried = 0
-    deltas = {out: _conflict_deltas(crow, col, out) for out in shapes if len(out) <= 4}
+    deltas: dict = {}  # the conflict offsets of each shape, found when first needed
     for p in range(bound, bound + LATTICE_SPAN + 1):
-        for out, found in deltas.items():
-            for coeffs in _screened(found, p, len(out)):
+        for out in (s for s in shapes if len(s) <= 4):
+            if out not in deltas:
+                deltas[out] = _conflict_deltas(crow, col, out)
+            for coeffs in _screened(deltas[out], p, len(out)):
                 colours = _lattice_colours(out, coeffs, p)
                 tried += 1
                 if valid_rows(crow, col, n, colours):
