@@ -155,11 +155,11 @@ def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
     for out, g, w in zip(outs, plain, weighted):
         g = torch.zeros_like(out) if g is None else g
         w = torch.zeros_like(out) if w is None else w
-        scale = weights.reshape((batch,) + (1,) * (g.dim() - 1))
-        expected = g * scale
-        tolerance = 1e-5 * float(expected.abs().max()) if expected.numel() else 0.0
-        if not bool(((w - expected).abs() <= tolerance).all()):
-            return None
+        expected = g * weights.reshape((batch,) + (1,) * (g.dim() - 1))
+        if g.numel() and not torch.equal(w, expected):
+            tolerance = 1e-5 * float(expected.abs().max())
+            if float(w.sub_(expected).abs_().max()) > tolerance:
+                return None
         grads.append(g)
     return grads
 
