@@ -135,3 +135,13 @@ def test_the_display_says_zeros_may_be_underflow():
     assert "zeros may be float32 underflow: check in float64 with x.double()" in text
     x64 = x.detach().double().requires_grad_()
     assert "underflow" not in repr(vjp_magic.differentiate(long_chain(x64), x64))
+
+
+def test_wide_patterns_judged_row_by_row_give_the_same_verdict(monkeypatch):
+    from core.test_dependency import band
+    from vjp_magic.core import dependency as dep_module
+    patterns = [band(7, -6, 0), band(7, 0, 6), band(7, -6, 1), band(7, -2, 6), band(7, -1, 1),
+                torch.ones(5, 5, dtype=torch.bool), band(5, -1, 1, m=3)]
+    listed = [verdict(p) for p in patterns]
+    monkeypatch.setattr(dep_module, "ENTRIES", 0)  # every pattern row by row
+    assert [verdict(p) for p in patterns] == listed

@@ -202,48 +202,77 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     only where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
     pattern = pattern.to(torch.bool).cpu()
     m, n = pattern.shape
-    rows = pattern.any(1)
-    count = int(pattern.sum())
-    own = torch.zeros_like(rows)
-    own[:min(m, n)] = pattern.diagonal()
-    if count == int(own.sum()):
+    count = int(torch.count_nonzero(pattern))
+    if count > ENTRIES:  # too many to list: row by row (a band, a triangle or dense)
+        return _wide_verdict(pattern)
+    r, c = pattern.nonzero(as_tuple=True)  # row-major
+    if bool((r == c).all()):
         return Verdict(Kind.INDEPENDENT, None, None)
-    first = torch.where(rows, pattern.to(torch.uint8).argmax(1), n)
-    last = torch.where(rows, n - 1 - pattern.flip(1).to(torch.uint8).argmax(1), -1)
-    index = torch.arange(m)
-    lo, hi = int((first - index)[rows].min()), int((last - index)[rows].max())
-    band = _band_verdict(pattern, lo, hi, first, last)
-    if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2 or count > 2**22:
+    lo, hi = int((c - r).min()), int((c - r).max())
+    band = _band_verdict(m, n, lo, hi, lambda where: _first(r, c, where(r, c)))
+    if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2:
         return band
     options = [(_band_size(m, n, lo, hi), band)]
-    for other in (_block_verdict(pattern), _periodic_verdict(pattern)):
+    for other in (_block_verdict(m, n, r, c), _periodic_verdict(m, n, r, c)):
         if other is not None:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
     if size > SPARSE_RATIO * count:
-        degree = pattern.sum(1)
-        best = Verdict(Kind.SPARSE, _off_diagonal(pattern), None, None,
+        degree = torch.bincount(r, minlength=m)
+        best = Verdict(Kind.SPARSE, _first(r, c, r != c), None, None,
                        (int(degree.max()), float(degree.float().mean())))
     return best
 
 
 SPARSE_RATIO = 4  # "sparse" where every structured kind allows over 4× the nonzeros
+ENTRIES = 2**22  # patterns with more dependences are judged row by row (no list of them)
 
 
-def _band_verdict(pattern, lo: int, hi: int, first, last) -> Verdict:
+def _first(r, c, where) -> tuple[int, int] | None:
+    """The first listed dependence where ``where`` holds."""
+    at = where.nonzero().flatten()
+    return (int(r[at[0]]), int(c[at[0]])) if at.numel() else None
+
+
+def _wide_verdict(pattern) -> Verdict:
+    """The band verdict of a pattern with many dependences, from each row's first and last."""
     m, n = pattern.shape
+    rows = pattern.any(1)
+    first = torch.where(rows, pattern.to(torch.uint8).argmax(1), n)
+    last = torch.where(rows, n - 1 - pattern.flip(1).to(torch.uint8).argmax(1), -1)
+    index = torch.arange(m)
+    lo, hi = int((first - index)[rows].min()), int((last - index)[rows].max())
+    finders = {"_above": lambda: _first_above(pattern, last),
+               "_below": lambda: _first_below(pattern, first),
+               "_off": lambda: _off_diagonal(pattern)}
+    return _band_verdict(m, n, lo, hi, lambda where: finders[where.__name__]())
+
+
+def _above(r, c):
+    return c > r
+
+
+def _below(r, c):
+    return c < r
+
+
+def _off(r, c):
+    return c != r
+
+
+def _band_verdict(m: int, n: int, lo: int, hi: int, first) -> Verdict:
+    """The band kinds; ``first(_above | _below | _off)``: the first dependence so placed."""
     low, high = lo == -(m - 1), hi == n - 1
     if low and high:
-        return Verdict(Kind.DENSE, _first_above(pattern, last) or _off_diagonal(pattern), None)
+        return Verdict(Kind.DENSE, first(_above) or first(_off), None)
     if low and hi <= 0:
-        kind, witness = Kind.LOWER_TRIANGULAR, _off_diagonal(pattern)
+        kind, witness = Kind.LOWER_TRIANGULAR, first(_off)
     elif high and lo >= 0:
-        kind, witness = Kind.UPPER_TRIANGULAR, _off_diagonal(pattern)
+        kind, witness = Kind.UPPER_TRIANGULAR, first(_off)
     else:
         kind = Kind.BAND
-        witness = (_first_above(pattern, last) if low else
-                   _first_below(pattern, first) if high else _off_diagonal(pattern))
-    return Verdict(kind, witness or _off_diagonal(pattern), (lo, hi))
+        witness = first(_above) if low else first(_below) if high else first(_off)
+    return Verdict(kind, witness or first(_off), (lo, hi))
 
 
 def _first_above(pattern, last):
@@ -281,14 +310,12 @@ def _band_size(m: int, n: int, lo: int, hi: int) -> int:
     return int(length.clamp(min=0).sum())
 
 
-def _block_verdict(pattern):
+def _block_verdict(m: int, n: int, r, c):
     """(entries allowed, Verdict) for blocks along the diagonal, each of two indices or more,
     split where the fewest dependences cross (a few crossings at most: the witness is the
     first); None where there are no such blocks."""
-    m, n = pattern.shape
     if m != n or m < 4:
         return None
-    r, c = pattern.nonzero(as_tuple=True)
     low, high = torch.minimum(r, c), torch.maximum(r, c)
     crossing = torch.zeros(n + 1, dtype=torch.long)
     crossing.index_add_(0, low + 1, torch.ones_like(low))
@@ -304,19 +331,16 @@ def _block_verdict(pattern):
     across = block[r] != block[c]
     if int(across.sum()) > max(4, len(r) // 64):
         return None
-    witness = (int(r[across][0]), int(c[across][0])) if bool(across.any()) else \
-        _off_diagonal(pattern)
+    witness = _first(r, c, across) or _first(r, c, r != c)
     allowed = int((sizes**2).sum()) + int(across.sum())
     return allowed, Verdict(Kind.BLOCK_DIAGONAL, witness, None, tuple(sizes.tolist()))
 
 
-def _periodic_verdict(pattern):
+def _periodic_verdict(m: int, n: int, r, c):
     """(entries allowed, Verdict) for a band of offsets modulo n (nearest 0) that wraps
     around; None where none wraps or the band is as wide as the matrix."""
-    m, n = pattern.shape
     if m != n or n < 3:
         return None
-    r, c = pattern.nonzero(as_tuple=True)
     plain = c - r
     offset = (plain + n // 2) % n - n // 2
     wraps = offset != plain

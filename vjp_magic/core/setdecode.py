@@ -177,15 +177,16 @@ MAX_COLOURS = 64
 def colour_sets(pattern: torch.Tensor) -> torch.Tensor:
     """(colours × m) sets: output indices greedily coloured so that two of one colour read no
     common input index; none when that takes more than :data:`MAX_COLOURS` colours."""
-    m = pattern.shape[0]
+    m, n = pattern.shape
     empty = torch.zeros(0, m, dtype=torch.bool)
-    degree = pattern.sum(1)
-    if pattern.shape[1] == 0 or int(degree.max()) * 4 > pattern.shape[1] \
-            or int(degree.sum()) > 2**20:
+    if n == 0 or int(torch.count_nonzero(pattern)) > 2**20:
         return empty
     r, c = pattern.nonzero(as_tuple=True)
-    readers = pattern.sum(0)
-    alone = ~(pattern & (readers > 1)[None, :]).any(1)  # reads no shared input index
+    degree = torch.bincount(r, minlength=m)
+    if int(degree.max()) * 4 > n:
+        return empty
+    shared = torch.bincount(c, minlength=n)[c] > 1  # entries on an input index read twice
+    alone = torch.bincount(r[shared], minlength=m) == 0  # reads no shared input index
     reads = torch.split(c, degree.tolist())
     used: dict[int, set] = {}
     colour = [0] * m
