@@ -547,11 +547,14 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     Returns:
         Dependency: ``.pattern``, bool (m × n): ``[i, j]`` is True when an output entry
         with index i along ``out_axis`` has a non-zero derivative with respect to an entry
-        of x with index j along ``in_axis``; ``.kind``, the smallest band of diagonals
-        holding every dependence: ``"independent"``, ``"lower-triangular"`` (causal),
-        ``"upper-triangular"``, ``"band"`` or ``"dense"``; ``.witness``, the first
-        dependence ``(i, j)`` the nearest simpler kind forbids; ``.offsets``, the lowest and
-        highest ``j - i`` (bands and triangles); ``.evidence``; ``.describe("y", "x")``.
+        of x with index j along ``in_axis``; ``.kind``, the smallest description holding
+        every dependence: ``"independent"``, ``"lower-triangular"`` (causal),
+        ``"upper-triangular"``, ``"band"``, ``"block-diagonal"`` (``.blocks``),
+        ``"band with wrap-around"``, ``"sparse"`` (``.nonzeros``) or ``"dense"``;
+        ``.witness``, the first dependence ``(i, j)`` the nearest simpler kind forbids (a
+        crossing between blocks); ``.offsets``, the lowest and highest ``j - i`` (bands and
+        triangles; modulo n with wrap-around); ``.note`` (float32 underflow; a pattern
+        bounded, ``.complete`` False); ``.evidence``; ``.describe("y", "x")``.
 
     Example::
 
