@@ -172,8 +172,10 @@ class SetProber:
 
 def _smallest(g: torch.Tensor) -> float:
     """The smallest finite non-zero |entry| of ``g`` (inf if none)."""
-    g = g.detach().abs_().nan_to_num_(nan=0.0, posinf=0.0)
-    return float(g.masked_fill_(g == 0, float("inf")).min()) if g.numel() else float("inf")
+    if not g.numel():
+        return float("inf")
+    g = g.detach().abs()  # NaN compares false (left out); inf is never the smallest
+    return float(torch.where(g > 0, g, torch.inf).amin())
 
 
 def _read(g: torch.Tensor, axis: int):
