@@ -118,6 +118,12 @@ def flip(edge: Edge) -> IndexMap:
 
 
 def cat(edge: Edge) -> IndexMap:
+    dim, start, stop = cat_span(edge)
+    return _placed(edge, dim, slice(start, stop))
+
+
+def cat_span(edge: Edge) -> tuple[int, int, int]:
+    """(dim, start, stop): where this input lies along the cat's dim of its output."""
     out = edge.out_shape
     dim = to_axis(edge.saved("dim"), len(out))
     sizes = [None if s is None else (s[dim] if len(s) == len(out) else 0)
@@ -128,7 +134,7 @@ def cat(edge: Edge) -> IndexMap:
     elif unknown and min(unknown) < edge.i:
         raise Unproved("cat: the sizes of the constant parts before this one are unknown")
     offset = sum(sizes[:edge.i])
-    return _placed(edge, dim, slice(offset, offset + sizes[edge.i]))
+    return dim, offset, offset + sizes[edge.i]
 
 
 def stack(edge: Edge) -> IndexMap:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import linalg, moves, pooling, reductions
+from . import linalg, moves, pooling, reductions, shifts
 
 Rule = Callable
 
@@ -61,3 +61,12 @@ def _table() -> dict[str, Rule]:
 
 
 RULES = _table()
+
+# node name → ``shift(edge) -> list[Piece] | None``: the same maps as pieces (:mod:`.offsets`)
+# where they are shift-like; a node not listed converts the relation to index arrays
+_SAME_RULES = (moves.same_entries, moves.elementwise, moves.expand)
+SHIFTS = {name: shifts.same for name, rule in RULES.items() if rule in _SAME_RULES}
+SHIFTS.update({"Slice": shifts.slice_, "SliceBackward": shifts.slice_backward,
+               "ConstantPadNd": shifts.constant_pad, "Roll": shifts.roll, "Cat": shifts.cat,
+               "Split": shifts.split, "SplitWithSizes": shifts.split,
+               "UnsafeSplit": shifts.split, "UnsafeSplitWithSizes": shifts.split})

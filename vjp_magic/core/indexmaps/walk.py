@@ -11,9 +11,11 @@ from ..axisrules import base_name
 from ..capabilities import out_shapes
 from ..pattern import Pattern, most_per_row
 from ..pairing import Evidence
+from . import offsets
 from .maps import Edge, Unproved
+from .offsets import Offsets
 from .relation import Meter, Relation, compose, deduplicated, empty, identity, union
-from .rules import RULES
+from .rules import RULES, SHIFTS
 
 X = "x"  # the key of the relation that reaches x itself
 
@@ -35,17 +37,26 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
     else:
         try:
             relation = _walk(output, x, Meter(budget))
+            counts, cols = _rows(relation, Meter(budget), m)
         except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
             # an attribute missing or not as the rules expect it: claim nothing
             return None
-    relation = deduplicated(relation)
-    counts = np.bincount(relation.rows, minlength=m)
+    if output is x or output.grad_fn is None:
+        counts, cols = _rows(relation, Meter(budget), m)
     if counts.size and counts.max() > most_per_row(n):
         return None
     crow = np.zeros(m + 1, dtype=np.int64)
     np.cumsum(counts, out=crow[1:])
-    return Pattern(torch.from_numpy(crow), torch.from_numpy(relation.cols), (m, n), 0,
-                   Evidence.PROVED)
+    return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED)
+
+
+def _rows(relation, meter: Meter, m: int):
+    """(per-row counts, columns) of the relation that reaches x: built from the terms while the
+    graph stayed shift-like, else from the index arrays."""
+    if isinstance(relation, Offsets):
+        return offsets.csr(relation, meter)
+    relation = deduplicated(relation)
+    return np.bincount(relation.rows, minlength=m), relation.cols
 
 
 def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
@@ -54,7 +65,7 @@ def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
     n = x.numel()
     if id(output.grad_fn) not in reach:
         return empty(output.numel(), n)
-    pending: dict = {(id(output.grad_fn), output.output_nr): [identity(output.numel())]}
+    pending: dict = {(id(output.grad_fn), output.output_nr): [offsets.identity(output.shape)]}
     for node in reversed(order):
         if id(node) not in reach:
             continue
@@ -65,10 +76,25 @@ def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
             for part in parts:
                 meter.remove(part)
             if parts:
-                slots[k] = union(parts)
+                slots[k] = _joined(parts, meter)
         if slots:
             _through(node, shapes, slots, x, reach, pending, meter)
-    return union(pending.get(X, [empty(output.numel(), n)]))
+    return _joined(pending.get(X, [empty(output.numel(), n)]), meter)
+
+
+def _joined(parts: list, meter: Meter):
+    """The union of the relations reaching one tensor: terms while they all are, else index
+    arrays."""
+    if all(isinstance(p, Offsets) for p in parts):
+        try:
+            return offsets.union(parts)
+        except offsets.TooMany:
+            pass
+    return union([_general(p, meter) for p in parts])
+
+
+def _general(relation, meter: Meter) -> Relation:
+    return offsets.general(relation, meter) if isinstance(relation, Offsets) else relation
 
 
 def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Meter) -> None:
@@ -92,9 +118,26 @@ def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Met
         width = int(np.prod(in_shapes[i], dtype=np.int64))
         for k, relation in slots.items():
             edge = Edge(node, i, k, in_shapes, shapes, meter.budget)
-            composed = compose(relation, rule(edge), width, meter)
+            composed = _shifted(relation, edge)
+            if composed is None:
+                slots[k] = relation = _general(relation, meter)
+                composed = compose(relation, rule(edge), width, meter)
             meter.add(composed)
             pending.setdefault(target, []).append(composed)
+
+
+def _shifted(relation, edge: Edge) -> Offsets | None:
+    """The terms through a shift-like node; None where the index arrays must take over."""
+    shift = SHIFTS.get(edge.name)
+    if not isinstance(relation, Offsets) or shift is None:
+        return None
+    pieces = shift(edge)
+    if pieces is None:
+        return None
+    try:
+        return offsets.through(relation, pieces, edge.in_shape)
+    except offsets.TooMany:
+        return None
 
 
 def _shape(producer, index: int):

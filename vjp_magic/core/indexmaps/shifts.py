@@ -1,0 +1,111 @@
+"""The shift-like rules (:mod:`.offsets`): a node that maps each output position ``p`` to input
+``p + e`` on boxes of ``p`` (same number of dims) gives its pieces, without an index table;
+None where this node, here, is not shift-like (a broadcast, a strided slice, a flattened
+roll): the index arrays take over."""
+from __future__ import annotations
+
+from .maps import Edge, to_axis, to_int
+from .moves import cat_span
+from .offsets import Piece, whole
+
+
+def same(edge: Edge) -> list[Piece] | None:
+    """Elementwise maps, views, clones: the identity where the shapes agree."""
+    if tuple(edge.in_shape) != tuple(edge.out_shape):
+        return None
+    return [whole(edge.out_shape)]
+
+
+def _along(edge: Edge, dim: int, shift: int, lo: int, hi: int) -> list[Piece]:
+    """One piece: along ``dim`` positions ``lo <= p < hi`` read ``p + shift``."""
+    out = tuple(edge.out_shape)
+    e, low, high = [0] * len(out), [0] * len(out), list(out)
+    e[dim], low[dim], high[dim] = shift, max(lo, 0), min(hi, out[dim])
+    return [Piece(tuple(e), tuple(low), tuple(high))]
+
+
+def _ranks_agree(edge: Edge) -> bool:
+    return len(edge.in_shape) == len(edge.out_shape) and len(edge.out_shape) > 0
+
+
+def slice_(edge: Edge) -> list[Piece] | None:
+    if not _ranks_agree(edge) or to_int(edge.saved("step")) != 1:
+        return None
+    dim = to_axis(edge.saved("dim"), len(edge.in_shape))
+    start = _start(edge, edge.in_shape[dim])
+    if edge.in_shape[dim] - start < edge.out_shape[dim]:
+        return None
+    return _along(edge, dim, start, 0, edge.out_shape[dim])
+
+
+def _start(edge: Edge, size: int) -> int:
+    start, end = edge.saved("start"), edge.saved("end")
+    part = slice(None if start is None else to_int(start), None if end is None else to_int(end))
+    return part.indices(size)[0]
+
+
+def slice_backward(edge: Edge) -> list[Piece] | None:
+    """slice_backward: the full-shape output reads the slice's gradient on the sliced range."""
+    if not _ranks_agree(edge) or to_int(edge.saved("step")) != 1:
+        return None
+    dim = to_axis(edge.saved("dim"), len(edge.out_shape))
+    start = _start(edge, edge.out_shape[dim])
+    return _along(edge, dim, -start, start, start + edge.in_shape[dim])
+
+
+def constant_pad(edge: Edge) -> list[Piece] | None:
+    """Padding (negative: cropping) per dim, torch's order (last dim first)."""
+    if not _ranks_agree(edge):
+        return None
+    out, shape = tuple(edge.out_shape), tuple(edge.in_shape)
+    pad = [to_int(p) for p in edge.saved("pad")]
+    e, lo, hi = [0] * len(out), [0] * len(out), list(out)
+    for t in range(len(pad) // 2):
+        a = len(out) - 1 - t
+        if out[a] != shape[a] + pad[2 * t] + pad[2 * t + 1]:
+            return None
+        e[a], lo[a], hi[a] = -pad[2 * t], max(0, pad[2 * t]), min(out[a], pad[2 * t] + shape[a])
+    return [Piece(tuple(e), tuple(lo), tuple(hi))]
+
+
+def roll(edge: Edge) -> list[Piece] | None:
+    """roll along dims: each dim splits in two pieces (the part that wraps around)."""
+    out = tuple(edge.out_shape)
+    dims = [to_axis(d, len(out)) for d in edge.saved("dims")] if out else []
+    if not dims or len(set(dims)) < len(dims) or tuple(edge.in_shape) != out:
+        return None
+    pieces = [whole(out)]
+    for shift, a in zip([to_int(s) for s in edge.saved("shifts")], dims):
+        k = shift % out[a] if out[a] else 0
+        pieces = [_split(p, a, k, out[a]) for p in pieces]
+        pieces = [q for pair in pieces for q in pair if q.hi[a] > q.lo[a]]
+    return pieces
+
+
+def _split(piece: Piece, a: int, k: int, size: int) -> tuple[Piece, Piece]:
+    """Positions ``k <= p`` read ``p - k``, positions ``p < k`` read ``p - k + size``."""
+    def put(values, value):
+        return values[:a] + (value,) + values[a + 1:]
+    return (Piece(put(piece.e, piece.e[a] - k), put(piece.lo, k), piece.hi),
+            Piece(put(piece.e, piece.e[a] - k + size), piece.lo, put(piece.hi, k)))
+
+
+def cat(edge: Edge) -> list[Piece] | None:
+    """cat part: output positions ``start <= p < stop`` read ``p - start``."""
+    if not _ranks_agree(edge):
+        return None
+    dim, start, stop = cat_span(edge)
+    if stop - start != edge.in_shape[dim]:
+        return None
+    return _along(edge, dim, -start, start, stop)
+
+
+def split(edge: Edge) -> list[Piece] | None:
+    if edge.name == "Unbind" or not _ranks_agree(edge):
+        return None
+    dim = to_axis(edge.saved("dim"), len(edge.in_shape))
+    if edge.name == "SplitWithSizes":
+        sizes = [to_int(s) for s in edge.saved("split_sizes")]
+    else:
+        sizes = [to_int(edge.saved("split_size"))] * len(edge.out_shapes)
+    return _along(edge, dim, sum(sizes[:edge.k]), 0, edge.out_shape[dim])
