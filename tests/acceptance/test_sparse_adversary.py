@@ -307,3 +307,55 @@ def test_sparse_hessian_equals_torch_func_hessian(case):
     assert h.inputs["x"].sparse is not None
     torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected)
     assert x.grad is None
+
+
+# -- user mistakes ---------------------------------------------------------------------------
+@pytest.mark.parametrize("api", [
+    "differentiate",
+    pytest.param("sparse_jacobian", marks=pytest.mark.xfail(
+        strict=True, reason="sparse_jacobian lets torch's raw RuntimeError through for a graph "
+                            "whose input was modified in place (differentiate and hessian say "
+                            "what to do)")),
+    "hessian"])
+def test_an_input_modified_in_place_after_the_output_gets_a_usage_error(api):
+    x = torch.randn(2048, dtype=torch.float64, requires_grad=True)
+    y = _stencil(x)
+    with torch.no_grad():
+        x.add_(1.)
+    call = {"differentiate": lambda: vjp_magic.differentiate(y, x, seed=0),
+            "sparse_jacobian": lambda: vjp_magic.sparse_jacobian(y, x, seed=0),
+            "hessian": lambda: vjp_magic.hessian((y ** 2).sum(), x, seed=0)}[api]
+    with pytest.raises(vjp_magic.VJPUsageError):
+        call()
+
+
+# -- per-sample rules (run/expanded.py) through %%vjp ------------------------------------------
+PER_SAMPLE = {
+    "a Linear applied twice (tied)": (
+        "lin = torch.nn.Linear(5, 5).double()\nX = torch.randn(6, 5, dtype=torch.float64)\n"
+        "t = torch.randint(0, 5, (6,))\n",
+        "losses = F.cross_entropy(lin(torch.tanh(lin(X))), t, reduction='none')"),
+    "sequence-first, T == B": (
+        "lin = torch.nn.Linear(5, 3).double()\nX = torch.randn(6, 6, 5, dtype=torch.float64)\n",
+        "losses = (lin(X) ** 2).mean((0, 2))"),
+    "the batch transposed in": (
+        "lin = torch.nn.Linear(6, 3).double()\nX = torch.randn(6, 6, dtype=torch.float64)\n",
+        "losses = (lin(X.t()) ** 2).mean(1)"),
+    "samples mixed by a roll": (
+        "lin = torch.nn.Linear(5, 3).double()\nX = torch.randn(6, 5, dtype=torch.float64)\n",
+        "h = lin(X)\nlosses = (h * h.roll(1, 0)).mean(1)"),
+}
+
+
+@pytest.mark.parametrize("case", list(PER_SAMPLE))
+def test_per_sample_jacobians_equal_a_loop_of_backward_passes(ip, run_ok, case):
+    setup, body = PER_SAMPLE[case]
+    run_ok("import torch.nn.functional as F\ntorch.manual_seed(0)\n" + setup)
+    r = run_ok("%%vjp --of losses --wrt lin\n" + body)
+    losses, params = ip.user_ns["losses"], dict(ip.user_ns["lin"].named_parameters())
+    rows = [torch.autograd.grad(losses[b], list(params.values()), retain_graph=True)
+            for b in range(losses.shape[0])]
+    for i, name in enumerate(params):
+        expected = torch.stack([row[i] for row in rows])
+        torch.testing.assert_close(r.jacobian(f"lin.{name}").reshape(expected.shape), expected)
+        assert params[name].grad is None
