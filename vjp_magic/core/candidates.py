@@ -76,7 +76,25 @@ def row_proposal(output, tensor, candidates, position, read_row, seed, drop=None
     return with_proposal(candidates, pairing, position)
 
 
-def one_hot_row(output, tensor, flat: int) -> torch.Tensor:
-    v = torch.zeros(output.numel(), dtype=output.dtype, device=output.device)
-    v[flat] = 1
-    return plain_vjp(output, [tensor], v.reshape(output.shape))[0]
+class SharedRows:
+    """Rows of J read for several inputs at once (:func:`row_proposal`'s ``read_row`` per
+    input, :meth:`reader`): the rows read depend on the output alone, so the first read of a
+    row computes it for every input with one plain backward."""
+
+    def __init__(self, output: torch.Tensor, tensors: dict) -> None:
+        self.output, self.tensors = output, tensors
+        self.rows: dict[int, dict] = {}
+
+    def reader(self, name: str):
+        return lambda flat: self.read(flat)[name]
+
+    def read(self, flat: int) -> dict:
+        """Row ``flat`` of J (output entries flattened), name → the row shaped like its input."""
+        if flat not in self.rows:
+            v = torch.zeros(self.output.numel(), dtype=self.output.dtype,
+                            device=self.output.device)
+            v[flat] = 1
+            grads = plain_vjp(self.output, list(self.tensors.values()),
+                              v.reshape(self.output.shape))
+            self.rows[flat] = dict(zip(self.tensors, grads))
+        return self.rows[flat]

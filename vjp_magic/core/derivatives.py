@@ -45,27 +45,49 @@ def one_hot_gradients(
     return selector.reshape(view_shape).expand(count, *output_shape)
 
 
+_MEMORY_ERRORS = ("out of memory", "can't allocate memory")  # CUDA's, the CPU allocator's
+
+
+class Batching:
+    """What the batched backward passes of one computation learned (:func:`vjp_batch`'s
+    ``log``): the vectorised methods still worth trying (one that failed for a reason other
+    than memory is not tried again on the next chunk: its error would be the same), and
+    whether the last call's VJPs came from one of them (``vectorised``) or plain passes."""
+
+    def __init__(self) -> None:
+        self.methods = [_vmap_grad, _legacy_batched_grad]
+        self.vectorised = False
+
+
 def vjp_batch(
     output: torch.Tensor,
     inputs: Sequence[torch.Tensor],
     grad_outputs: torch.Tensor,
     batched: bool = True,
+    log: Batching | None = None,
 ) -> list[torch.Tensor]:
     """vᵀJ for each ``v`` in ``grad_outputs`` (leading batch axis), for every input.
 
     Tries one vectorised backward — ``torch.func.vmap`` over ``autograd.grad`` (fast batching
     rules), then the older ``is_grads_batched`` — and falls back to a loop for operations
-    that cannot be batched. Inputs the output does not reach get zeros.
+    that cannot be batched. Inputs the output does not reach get zeros. ``log`` (a
+    :class:`Batching` shared by the chunks of one computation) records what happened.
     """
+    log = Batching() if log is None else log
+    log.vectorised = False
     if batched and grad_outputs.shape[0] > 1:
-        for method in (_vmap_grad, _legacy_batched_grad):
+        for method in list(log.methods):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    return method(output, inputs, grad_outputs)
+                    grads = method(output, inputs, grad_outputs)
+                log.vectorised = True
+                return grads
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
                 if torch_error(error) is TorchError.SECOND_PASS:
                     raise
+                if not any(text in str(error) for text in _MEMORY_ERRORS):
+                    log.methods.remove(method)  # (out of memory: a smaller chunk may fit)
     return _looped_grad(output, inputs, grad_outputs)
 
 
@@ -162,25 +184,40 @@ def component_vjps(
     max_chunk: int | None = None,
     workspace: int = 0,
     first: int | None = None,
-) -> tuple[list[torch.Tensor], bool]:
-    """One VJP per non-point output component, for every input, in budget-sized batches.
+) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """One VJP per non-point output component, for every input, in budget-sized batches:
+    each backward serves all ``inputs`` at once.
 
-    Returns ``(stacked, was_batched)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``;
-    ``was_batched`` says whether a batched backward computed them (then the caller checks
-    them against a plain one). Batches grow to about :data:`CHUNK_SECONDS` each, from
-    ``first`` vectors (default :data:`FIRST_CHUNK`).
+    Returns ``(stacked, vectorised)``: ``stacked[i]`` has shape ``(K,) + inputs[i].shape``;
+    ``vectorised`` lists the components ``(start, stop)`` a vectorised backward computed
+    (the caller checks them against a plain one, and may compute them again with
+    :func:`plain_components`); empty (false) when every one came from a plain backward.
+    Batches grow to about :data:`CHUNK_SECONDS` each, from ``first`` vectors (default
+    :data:`FIRST_CHUNK`).
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
     batched = batched and count > LOOP_COMPONENTS
     limit = chunk_size(output, inputs, budget, workspace)
     if max_chunk is not None:
         limit = min(limit, max_chunk)
-    stacked = in_chunks(
-        lambda start, stop: vjp_batch(output, inputs,
-                                      gradient_batch(output, point_out_axes, start, stop),
-                                      batched=batched),
-        count, limit, first=(first or FIRST_CHUNK) if batched else limit)
-    return stacked, batched
+    log, vectorised = Batching(), []
+
+    def run(start: int, stop: int) -> list[torch.Tensor]:
+        grads = vjp_batch(output, inputs, gradient_batch(output, point_out_axes, start, stop),
+                          batched=batched, log=log)
+        if log.vectorised:
+            vectorised.append((start, stop))
+        return grads
+
+    stacked = in_chunks(run, count, limit, first=(first or FIRST_CHUNK) if batched else limit)
+    return stacked, vectorised
+
+
+def plain_components(output: torch.Tensor, inputs: Sequence[torch.Tensor],
+                     point_out_axes: Sequence[int], start: int, stop: int) -> list[torch.Tensor]:
+    """Components ``start:stop`` of :func:`component_vjps`, from plain backward passes."""
+    return vjp_batch(output, inputs, gradient_batch(output, point_out_axes, start, stop),
+                     batched=False)
 
 
 def in_chunks(run, count: int, limit: int, first: int = FIRST_CHUNK) -> list[torch.Tensor]:

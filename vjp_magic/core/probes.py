@@ -332,13 +332,16 @@ class Probes:
         """A checked Jacobian (output entries × input shape): more probes cost no backward."""
         self._jacobians[name] = flat
 
-    def _confirming(self, name: str, draw: int):
-        """(v, vᵀJ) for confirming probe ``draw``: a product with the checked Jacobian where
-        there is one, else a plain backward (not kept)."""
+    def _confirming(self, names, draw: int):
+        """(v, name → vᵀJ) for confirming probe ``draw``: a product with the checked Jacobian
+        where there is one, else one plain backward for all the others (not kept)."""
         v = self.vector(draw)
-        if name in self._jacobians:
-            return v, predicted_probe(self._jacobians[name], v.reshape(-1), ())
-        return v, plain_vjp(self.output, [self.named[name]], v)[0]
+        vjps = {n: predicted_probe(self._jacobians[n], v.reshape(-1), ())
+                for n in names if n in self._jacobians}
+        rest = [n for n in names if n not in vjps]
+        if rest:
+            vjps.update(zip(rest, plain_vjp(self.output, [self.named[n] for n in rest], v)))
+        return v, vjps
 
     def agree(self, name: str, derivatives, pairing, batching: bool = False) -> bool:
         """The probe rule: probe 0, then every confirming probe, must find vᵀJ = vᵀD. With
@@ -347,15 +350,28 @@ class Probes:
         if batching:
             return probe_agrees(derivatives, self.vector(), self.vjp(name), pairing,
                                           nonfinite_agree=True)
-        if not pairing and name not in self._jacobians:  # a full Jacobian: all probes at once
-            return name in self.agree_full({name: derivatives})
-        for draw in range(self.plan.probes):  # one at a time, each freed before the next
-            v, vjp = (self.vector(), self.vjp(name)) if draw == 0 else self._confirming(name, draw)
-            if not probe_agrees(derivatives, v, vjp, pairing):
-                self._finite(name, vjp, derivatives)  # keeps a non-finite entry for the note
-                return False
-            del v, vjp
-        return True
+        return name in self.agree_many({name: (derivatives, pairing)})
+
+    def agree_many(self, judged: dict) -> set[str]:
+        """The names of ``judged`` (name → (derivatives, pairing)) that :meth:`agree` accepts,
+        judged together: each probe's vᵀJ comes from one plain backward for every input still
+        in the running (one whose probe disagrees drops out; the others go on)."""
+        full = {n: d for n, (d, pairing) in judged.items()
+                if not pairing and n not in self._jacobians}  # full Jacobians: all probes at once
+        agreed = self.agree_full(full) if full else set()
+        running = [n for n in judged if n not in full]
+        for draw in range(self.plan.probes):  # one draw at a time, each freed before the next
+            if not running:
+                break
+            v, vjps = (self.vector(), {n: self.vjp(n) for n in running}) if draw == 0 \
+                else self._confirming(running, draw)
+            for name in list(running):
+                derivatives, pairing = judged[name]
+                if not probe_agrees(derivatives, v, vjps[name], pairing):
+                    self._finite(name, vjps[name], derivatives)  # keeps a non-finite entry
+                    running.remove(name)
+            del v, vjps
+        return agreed | set(running)
 
     def _finite(self, name: str, vjp: torch.Tensor, derivatives=None) -> bool:
         """Whether vᵀJ (and the derivatives, whose non-finite entries make vᵀD non-finite:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import dependency, memory, structure
-from .candidates import Candidate, one_hot_row, row_proposal
-from .derivatives import CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian
+from .candidates import Candidate, SharedRows, row_proposal
+from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
+                          plain_components)
 from .probes import Probes, probe_agrees
 from .torch_api import TorchError, torch_error
 
@@ -89,23 +90,44 @@ def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
 
 
 def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
-    """Full Jacobians from batched backward passes, each checked against the plain probe."""
+    """Full Jacobians from batched backward passes (one run for all inputs), each checked
+    against the plain probe where a vectorised backward computed some of it."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
-    flats = dict(zip(reverse, context.vjps([named[n] for n in reverse], ())[0])) \
-        if reverse else {}
-    jacobians = {}
+    stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
+    flats = dict(zip(reverse, stacked))
+    del stacked
     v = probes.vector().reshape(-1)
-    for name in named:
-        if name not in flats:
-            jacobians[name] = _jacobian_either_mode(context, named[name], probes, name)
-            continue
-        flat = flats[name]
-        if output.numel() > 1 and not probe_agrees(
-                flat, v, probes.vjp(name), (), nonfinite_agree=True):
-            flat = context.vjps([named[name]], (), batched=False)[0][0]  # batching went wrong
-        jacobians[name] = flat.reshape(tuple(output.shape) + tuple(named[name].shape))
-    return jacobians
+    redo = [n for n in reverse if vectorised and output.numel() > 1 and not probe_agrees(
+        flats[n], v, probes.vjp(n), (), nonfinite_agree=True)]  # batching went wrong
+    flats.update(_plain_again(output, {n: named[n] for n in redo}, (), vectorised, flats))
+    return {name: flats[name].reshape(tuple(output.shape) + tuple(named[name].shape))
+            if name in flats else _jacobian_either_mode(context, named[name], probes, name)
+            for name in named}
+
+
+def _plain_again(output, redo: dict, point_out, vectorised, derivatives) -> dict:
+    """name → ``derivatives[name]`` of the inputs in ``redo`` with the components a vectorised
+    backward computed (``vectorised``: spans) computed again by plain passes, each pass for
+    all of them."""
+    if not redo:
+        return {}
+    again = [plain_components(output, list(redo.values()), point_out, *span)
+             for span in vectorised]
+    return {name: _with_rows(derivatives[name], vectorised, [part[i] for part in again])
+            for i, name in enumerate(redo)}
+
+
+def _with_rows(derivatives, spans, rows) -> torch.Tensor:
+    """``derivatives`` with its components ``start:stop`` (flattened) replaced by ``rows``,
+    for each span."""
+    flat = derivatives.reshape((-1,) + tuple(rows[0].shape[1:]))
+    pieces, at = [], 0
+    for (start, stop), part in zip(spans, rows):
+        pieces += [flat[at:start], part]
+        at = stop
+    pieces.append(flat[at:])
+    return torch.cat(pieces).reshape(derivatives.shape)
 
 
 def from_exact_jacobian(context, named, candidates, probes):
@@ -131,7 +153,8 @@ def from_exact_jacobian(context, named, candidates, probes):
 
 def from_verified_pairings(context, named, candidates, probes):
     """Large problems: per candidate pairing, one VJP per component; the plain probe checks
-    the structure (unless proved) and the batching (when batched)."""
+    the structure (unless proved) and the batching (when batched). Inputs whose current
+    pairings have the same output point axes share every backward pass."""
     output = context.output
     position = dict.fromkeys(named, 0)
     accepted: dict[str, tuple[Candidate, torch.Tensor]] = {}
@@ -156,29 +179,49 @@ def from_verified_pairings(context, named, candidates, probes):
             accepted[name] = (candidate, structure.gather_derivatives(jac, output.dim(),
                                                                       candidate.pairing))
         group = [n for n in group if n not in forward]
-        if not group:
-            continue
-        stacked, was_batched = context.vjps([named[n] for n in group], point_out)
-        for i, name in enumerate(group):
-            candidate = candidates[name][position[name]]
-            derivatives = stacked[i].reshape(
-                structure.component_shape(output.shape, candidate.pairing)
-                + tuple(named[name].shape))
-            if not candidate.proved and not probes.agree(name, derivatives, candidate.pairing):
-                context.reject(name, candidate.pairing)
-                if position[name] == 0:  # the likeliest pairing failed: ask a few rows of J
-                    candidates[name] = row_proposal(
-                        output, named[name], candidates[name], 1,
-                        lambda row, t=named[name]: one_hot_row(output, t, row), probes.seed,
-                        drop=lambda pairing, n=name: context.reject(n, pairing))
-                position[name] += 1
-                continue
-            if was_batched and candidate.proved and not probes.agree(
-                    name, derivatives, candidate.pairing, batching=True):  # batching went wrong
-                derivatives = context.vjps([named[name]], point_out, batched=False)[0][0] \
-                    .reshape(derivatives.shape)
-            accepted[name] = (candidate, derivatives)
+        if group:
+            accepted.update(_group_derivatives(context, named, candidates, position, group,
+                                               point_out))
     return accepted
+
+
+def _group_derivatives(context, named, candidates, position, group, point_out):
+    """The group's derivatives from one VJP per component for all its inputs at once, judged
+    by probes shared by all of them too: name → (candidate, derivatives) for those accepted.
+    An input whose pairing the probe rule rejects moves on to its next candidate alone;
+    where a probe finds batched derivatives wrong, the components a vectorised backward
+    computed are computed again by plain passes (one per component for all such inputs)."""
+    output, probes = context.output, context.probes
+    current = {name: candidates[name][position[name]] for name in group}
+    stacked, vectorised = context.vjps([named[n] for n in group], point_out)
+    derivatives = {name: stacked[i].reshape(
+        structure.component_shape(output.shape, current[name].pairing)
+        + tuple(named[name].shape)) for i, name in enumerate(group)}
+    del stacked
+    unproved = {n: (derivatives[n], current[n].pairing) for n in group if not current[n].proved}
+    agreed = probes.agree_many(unproved) if unproved else set()
+    rejected = [name for name in unproved if name not in agreed]
+    rows = SharedRows(output, {n: named[n] for n in rejected if position[n] == 0})
+    for name in rejected:
+        del derivatives[name]
+        _next_candidate(context, named, candidates, position, name, rows)
+    redo = [n for n in derivatives if vectorised and current[n].proved and not probes.agree(
+        n, derivatives[n], current[n].pairing, batching=True)]  # batching went wrong
+    derivatives.update(_plain_again(output, {n: named[n] for n in redo}, point_out, vectorised,
+                                    derivatives))
+    return {name: (current[name], d) for name, d in derivatives.items()}
+
+
+def _next_candidate(context, named, candidates, position, name, rows: SharedRows) -> None:
+    """``name``'s current pairing was rejected: on to its next candidate (after the likeliest
+    one, a few rows of J, read for every such input at once, propose one and rule out those
+    they break)."""
+    context.reject(name, candidates[name][position[name]].pairing)
+    if position[name] == 0:
+        candidates[name] = row_proposal(
+            context.output, named[name], candidates[name], 1, rows.reader(name),
+            context.probes.seed, drop=lambda pairing, n=name: context.reject(n, pairing))
+    position[name] += 1
 
 
 def _skip_over_budget(context, named, candidates, position, group, count) -> bool:
