@@ -80,7 +80,7 @@ def _composition(x, rng: random.Random, depth: int):
     return t
 
 
-SHAPES = [(37,), (1,), (2,), (9, 11), (1, 7), (4, 5, 6), (3, 1, 4)]
+SHAPES = [(37,), (1,), (2,), (9, 11), (1, 7), (4, 5, 6), (3, 1, 4), (300,), (3, 70), (2, 3, 80)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)

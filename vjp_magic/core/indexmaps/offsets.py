@@ -95,29 +95,90 @@ class TooMany(Exception):
     """More terms than :data:`MAX_TERMS`: convert to index arrays."""
 
 
-def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray]:
-    """(per-row counts, columns) of the relation, rows in order and each row's columns sorted,
-    without a sort: the distinct offsets in flat order, each with the mask of rows it holds."""
+def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray, int]:
+    """(crow, columns, the most entries in a row) of the relation, rows in order and each
+    row's columns sorted, without a sort: the distinct offsets in flat order, and runs of rows
+    that hold the same offsets written whole."""
     out, shape = relation.out_shape, relation.shape
     m = math.prod(out)
     strides = np.array([math.prod(shape[a + 1:]) for a in range(len(shape))], dtype=np.int64)
     keys: dict[int, list[Term]] = {}
     for term in relation.terms:
         keys.setdefault(int(np.dot(term.d, strides)) if shape else 0, []).append(term)
-    order = sorted(keys)
-    meter.check(m * (len(order) + 1) * ENTRY_BYTES)
-    if not order:
-        return np.zeros(m, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    base = _base(out, strides)
-    if len(order) == 1 and len(keys[order[0]]) == 1 and _full(keys[order[0]][0], out):
-        return np.ones(m, dtype=np.int64), base + order[0]
-    masks = np.zeros((m, len(order)), dtype=bool)
-    for k, key in enumerate(order):
+    order = np.array(sorted(keys), dtype=np.int64)
+    meter.check(m * (order.size + 2) * ENTRY_BYTES)
+    base = np.arange(m, dtype=np.int64) if shape == out else _base(out, strides)
+    crow = np.zeros(m + 1, dtype=np.int64)
+    if order.size == 1 and len(keys[int(order[0])]) == 1 and _full(keys[int(order[0])][0], out):
+        crow[1:] = np.arange(1, m + 1)
+        return crow, base + order[0], 1
+    if order.size == 0 or order.size > 63:
+        return _by_masks(keys, order, out, base, crow)
+    signature = _signatures(keys, order, out, m)
+    counts = _popcount(signature, order.size)
+    np.cumsum(counts, out=crow[1:])
+    cols = np.empty(int(crow[-1]), dtype=np.int64)
+    starts = np.flatnonzero(signature[1:] != signature[:-1]) + 1
+    bounds = np.concatenate([[0], starts, [m]])
+    lengths = np.diff(bounds)
+    long = lengths >= LONG_RUN
+    for r0, r1 in zip(bounds[:-1][long].tolist(), bounds[1:][long].tolist()):
+        held = order[_bits(int(signature[r0]), order.size)]
+        np.add(base[r0:r1, None], held[None, :],
+               out=cols[crow[r0]:crow[r1]].reshape(r1 - r0, held.size))
+    rows = np.flatnonzero(np.repeat(~long, lengths))
+    for value in np.unique(signature[rows]).tolist():
+        chosen = rows[signature[rows] == value]
+        held = order[_bits(value, order.size)]
+        at = crow[chosen][:, None] + np.arange(held.size)[None, :]
+        cols[at] = base[chosen][:, None] + held[None, :]
+    return crow, cols, int(counts.max()) if m else 0
+
+
+LONG_RUN = 32  # rows holding the same offsets written as one block
+
+
+def _bits(value: int, k: int) -> np.ndarray:
+    return np.array([(value >> b) & 1 for b in range(k)], dtype=bool)
+
+
+def _signatures(keys: dict, order: np.ndarray, out, m: int) -> np.ndarray:
+    """Per output entry, bit k set where offset ``order[k]`` holds it (in some term's box):
+    one pass over each box (overlapping boxes of one offset set the same bit)."""
+    signature = np.zeros(m, dtype=np.uint8 if order.size <= 8 else np.uint64)
+    view = signature.reshape(out) if out else signature
+    for k, key in enumerate(order.tolist()):
+        bit = signature.dtype.type(1 << k)
+        for term in keys[key]:
+            view[tuple(slice(a, b) for a, b in zip(term.lo, term.hi))] |= bit
+    return signature
+
+
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.int64)
+
+
+def _popcount(signature: np.ndarray, k: int) -> np.ndarray:
+    if signature.dtype == np.uint8:
+        return _POPCOUNT[signature]
+    counts = np.zeros(signature.size, dtype=np.int64)
+    for b in range(k):
+        counts += ((signature >> np.uint64(b)) & np.uint64(1)).astype(np.int64)
+    return counts
+
+
+def _by_masks(keys: dict, order: np.ndarray, out, base: np.ndarray,
+              crow: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The same from one mask per offset (no offsets, or more than a signature holds)."""
+    m = base.size
+    masks = np.zeros((m, order.size), dtype=bool)
+    for k, key in enumerate(order.tolist()):
         view = masks[:, k].reshape(out) if out else masks[:, k]
         for term in keys[key]:
             view[tuple(slice(a, b) for a, b in zip(term.lo, term.hi))] = True
-    cols = (base[:, None] + np.array(order, dtype=np.int64)[None, :])[masks]
-    return masks.sum(axis=1, dtype=np.int64), cols
+    counts = masks.sum(axis=1, dtype=np.int64)
+    np.cumsum(counts, out=crow[1:])
+    cols = (base[:, None] + order[None, :])[masks]
+    return crow, cols, int(counts.max()) if m else 0
 
 
 def _full(term: Term, out) -> bool:
@@ -136,6 +197,6 @@ def _base(out, strides: np.ndarray) -> np.ndarray:
 
 def general(relation: Offsets, meter: Meter) -> Relation:
     """The same relation as index arrays (clean, ordered)."""
-    counts, cols = csr(relation, meter)
-    rows = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    crow, cols, _ = csr(relation, meter)
+    rows = np.repeat(np.arange(crow.size - 1, dtype=np.int64), np.diff(crow))
     return Relation(rows, cols, relation.width)

@@ -37,26 +37,28 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
     else:
         try:
             relation = _walk(output, x, Meter(budget))
-            counts, cols = _rows(relation, Meter(budget), m)
         except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
             # an attribute missing or not as the rules expect it: claim nothing
             return None
-    if output is x or output.grad_fn is None:
-        counts, cols = _rows(relation, Meter(budget), m)
-    if counts.size and counts.max() > most_per_row(n):
+    try:
+        crow, cols, most = _rows(relation, Meter(budget), m)
+    except Unproved:
         return None
-    crow = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum(counts, out=crow[1:])
+    if most > most_per_row(n):
+        return None
     return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED)
 
 
-def _rows(relation, meter: Meter, m: int):
-    """(per-row counts, columns) of the relation that reaches x: built from the terms while the
-    graph stayed shift-like, else from the index arrays."""
+def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(crow, columns, the most entries in a row) of the relation that reaches x: built from
+    the terms while the graph stayed shift-like, else from the index arrays."""
     if isinstance(relation, Offsets):
         return offsets.csr(relation, meter)
     relation = deduplicated(relation)
-    return np.bincount(relation.rows, minlength=m), relation.cols
+    counts = np.bincount(relation.rows, minlength=m)
+    crow = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(counts, out=crow[1:])
+    return crow, relation.cols, int(counts.max()) if counts.size else 0
 
 
 def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
