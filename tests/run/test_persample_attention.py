@@ -2,7 +2,8 @@
 ``TransformerEncoderLayer`` transposes its input inside the module, so the tensor the recorded
 ``multi_head_attention_forward`` reads carries the batch on axis 1; the vectorised replay
 reads the batch-first data it came from instead. Against a loop of ``torch.autograd.grad``
-per sample (float64, dropout 0), also when the sequence is as long as the batch."""
+per sample (float64, dropout 0), also when the sequence is as long as the batch; unmasked
+self-attention also by the per-layer rules (``run/expanded.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from vjp_magic.core import analysis
 from vjp_magic.run import persample
+from vjp_magic.run.expanded import rule_uses
 from vjp_magic.run.record import recording
 
 
@@ -32,8 +34,11 @@ def _loop(losses, params: dict) -> dict:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # vmap's fallback for attention kernels
+@pytest.mark.parametrize("path", ["rules", "vmap"])
 @pytest.mark.parametrize("batch, length", [(6, 4), (4, 4), (5, 8)])
-def test_encoder_layer_per_sample_gradients_are_vectorised(batch, length, monkeypatch):
+def test_encoder_layer_per_sample_gradients(batch, length, path, monkeypatch):
+    """By the rules (self-attention's two projections are Linear rules on the batch axis 1),
+    and by vmap over the replay (the rules turned off), as the issue's failing case."""
     torch.manual_seed(batch)
     model = Encoder().double()
     x = torch.randn(batch, length, 8, dtype=torch.float64)
@@ -41,12 +46,15 @@ def test_encoder_layer_per_sample_gradients_are_vectorised(batch, length, monkey
     with recording() as record:
         losses = F.cross_entropy(model(x), targets, reduction="none")
     params = dict(model.named_parameters())
-    vectorised = []
+    replay, _ = persample.sample_data(record, params, losses)
+    assert rule_uses(replay, params, batch) is not None
+    used = []
     original = persample._vectorised
-    monkeypatch.setattr(persample, "_vectorised",
-                        lambda *a: vectorised.append(1) or original(*a))
+    monkeypatch.setattr(persample, "_vectorised", lambda *a: used.append(1) or original(*a))
+    if path == "vmap":
+        monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a: None)
     got = persample.per_sample_jacobians(record, params, losses)
-    assert got is not None and vectorised  # attention has no rule: vmap over the replay
+    assert got is not None and bool(used) == (path == "vmap")
     expected = _loop(losses, params)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-11)
@@ -67,6 +75,8 @@ def test_a_key_padding_mask_is_per_sample_data():
         hidden = model.layer(x, src_key_padding_mask=mask)
         losses = F.cross_entropy(model.head(hidden[:, 0]), targets, reduction="none")
     params = dict(model.named_parameters())
+    replay, _ = persample.sample_data(record, params, losses)
+    assert rule_uses(replay, params, 5) is None  # a masked attention has no rule: vmap
     got = persample.per_sample_jacobians(record, params, losses)
     assert got is not None
     expected = _loop(losses, params)

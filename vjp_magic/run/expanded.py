@@ -39,6 +39,7 @@ class _Use:
     kind: str
     bound: dict
     params: dict  # "weight"/"bias" -> input name
+    axis: int = 0  # the batch axis of its input and output
 
 
 def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) -> dict | None:
@@ -58,7 +59,7 @@ def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) 
         return None
     found = [(use, args, result) for use, args, result in capture.found
              if result.requires_grad]
-    outs = [result for _, _, result in found]
+    outs = [(result, use.axis) for use, _, result in found]
     grads = _output_gradients(value, outs)
     if grads is None:
         return None
@@ -80,7 +81,8 @@ def rule_uses(replay, params: dict, batch: int) -> dict | None:
         read = [id(t) for t in _tensors((step.args, step.kwargs)) if id(t) in ids]
         if not read:
             continue
-        use = _use(step, ids, batch)
+        use = _attention_use(step, ids, batch) if step.name == _ATTENTION \
+            else _use(step, ids, batch)
         if use is None or len(use.params) != len(read):
             return None
         uses[index] = use
@@ -100,6 +102,68 @@ def _use(step, ids: dict, batch: int) -> _Use | None:
     found = {slot: ids[id(bound[slot])] for slot in ("weight", "bias")
              if isinstance(bound.get(slot), torch.Tensor) and id(bound[slot]) in ids}
     return _Use(step.name, bound, found)
+
+
+_ATTENTION = "multi_head_attention_forward"
+_ATTENTION_ARGS = (
+    "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight",
+    "in_proj_bias", "bias_k", "bias_v", "add_zero_attn", "dropout_p", "out_proj_weight",
+    "out_proj_bias", "training", "key_padding_mask", "need_weights", "attn_mask",
+    "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+    "static_k", "static_v", "average_attn_weights", "is_causal")
+_ATTENTION_PLAIN = {"bias_k": None, "bias_v": None, "add_zero_attn": False,
+                    "key_padding_mask": None, "need_weights": False, "attn_mask": None,
+                    "use_separate_proj_weight": False, "static_k": None, "static_v": None,
+                    "is_causal": False}
+
+
+def _attention_use(step, ids: dict, batch: int) -> _Use | None:
+    """Self-attention (query, key and value one tensor, sequence-first as the module passes
+    it, packed projections, no mask, bias_k, dropout or weights asked): its two projections
+    are Linear rules on the batch axis 1."""
+    if len(step.args) > len(_ATTENTION_ARGS):
+        return None
+    bound = {**dict(zip(_ATTENTION_ARGS, step.args)), **step.kwargs}
+    query = bound.get("query")
+    if not (isinstance(query, torch.Tensor) and query.dim() == 3 and query.shape[1] == batch
+            and bound.get("key") is query and bound.get("value") is query
+            and id(query) not in ids and isinstance(step.result, tuple)):
+        return None
+    for name, plain in _ATTENTION_PLAIN.items():
+        found = bound.get(name, plain)
+        if found is not plain and (plain is None or isinstance(found, torch.Tensor)
+                                   or found != plain):
+            return None
+    if bound.get("dropout_p", 0.0) and bound.get("training", True):
+        return None
+    slots = {"in_weight": "in_proj_weight", "in_bias": "in_proj_bias",
+             "out_weight": "out_proj_weight", "out_bias": "out_proj_bias"}
+    found = {slot: ids[id(bound[arg])] for slot, arg in slots.items()
+             if isinstance(bound.get(arg), torch.Tensor) and id(bound[arg]) in ids}
+    return _Use(_ATTENTION, bound, found, axis=1)
+
+
+def _attention(bound: dict, use: _Use, keep) -> tuple:
+    """``multi_head_attention_forward`` in the case :func:`_attention_use` admits, its two
+    projections as separate Linear calls handed to ``keep`` (the same numbers, within
+    rounding: the replay's output is compared with the cell's)."""
+    query, heads = bound["query"], bound["num_heads"]
+    length, batch, width = query.shape
+    projected = F.linear(query, bound["in_proj_weight"], bound["in_proj_bias"])
+    keep(_sub_use(use, "in"), {"input": query}, projected)
+    q, k, v = (t.reshape(length, batch, heads, width // heads).permute(1, 2, 0, 3)
+               for t in projected.chunk(3, -1))
+    mixed = F.scaled_dot_product_attention(q, k, v)
+    mixed = mixed.permute(2, 0, 1, 3).reshape(length, batch, width)
+    out = F.linear(mixed, bound["out_proj_weight"], bound["out_proj_bias"])
+    keep(_sub_use(use, "out"), {"input": mixed}, out)
+    return out, None
+
+
+def _sub_use(use: _Use, which: str) -> _Use:
+    params = {slot: use.params[f"{which}_{slot}"] for slot in ("weight", "bias")
+              if f"{which}_{slot}" in use.params}
+    return _Use("linear", {}, params, axis=1)
 
 
 def _tensors(value, depth: int = 0) -> list:
@@ -122,40 +186,49 @@ class _Capturing(Interpreter):
         self.versions: list = []
 
     def call_function(self, step, args: tuple, kwargs: dict):
-        value = super().call_function(step, args, kwargs)
         use = self.uses.get(id(step))
+        if use is not None and use.kind == _ATTENTION:
+            bound = dict(zip(_ATTENTION_ARGS, args), **kwargs)
+            return _attention(bound, use, self.keep)
+        value = super().call_function(step, args, kwargs)
         if use is not None:
             names = _SIGNATURES[use.kind]
-            bound = {**_DEFAULTS, **dict(zip(names, args)), **kwargs}
-            self.found.append((use, bound, value))
-            self.versions.append(value._version)
+            self.keep(use, {**_DEFAULTS, **dict(zip(names, args)), **kwargs}, value)
         return value
+
+    def keep(self, use: _Use, bound: dict, value: torch.Tensor) -> None:
+        self.found.append((use, bound, value))
+        self.versions.append(value._version)
 
     def unchanged(self) -> bool:
         return all(r._version == v for (_, _, r), v in zip(self.found, self.versions))
 
 
 def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
-    """The gradient of the summed losses at each output, checked to be per-sample: with the
-    losses weighted by ±2^k, every output's gradient scales row by row by its sample's
-    weight (exactly, absent over- or underflow; a tolerance for reordered sums)."""
+    """The gradient of the summed losses at each output (``outs``: (tensor, batch axis)),
+    checked to be per-sample: with the losses weighted by ±2^k, every output's gradient
+    scales by its sample's weight along its batch axis (exactly, absent over- or underflow;
+    a tolerance for reordered sums)."""
     if not outs:
         return []
-    ones = torch.ones_like(value)
     generator = torch.Generator().manual_seed(0)
     batch = value.shape[0]
     exponents = torch.randint(-3, 4, (batch,), generator=generator)
     signs = torch.randint(0, 2, (batch,), generator=generator) * 2 - 1
     weights = (signs * 2.0 ** exponents).to(value.dtype).to(value.device)
-    weights = weights.reshape((batch,) + (1,) * (value.dim() - 1))
-    plain = torch.autograd.grad(value, outs, ones.expand_as(value), retain_graph=True,
+    tensors = [out for out, _ in outs]
+    plain = torch.autograd.grad(value, tensors, torch.ones_like(value), retain_graph=True,
                                 allow_unused=True)
-    weighted = torch.autograd.grad(value, outs, weights.expand_as(value), allow_unused=True)
+    weighted = torch.autograd.grad(
+        value, tensors, weights.reshape((batch,) + (1,) * (value.dim() - 1)).expand_as(value),
+        allow_unused=True)
     grads = []
-    for out, g, w in zip(outs, plain, weighted):
+    for (out, axis), g, w in zip(outs, plain, weighted):
         g = torch.zeros_like(out) if g is None else g
         w = torch.zeros_like(out) if w is None else w
-        expected = g * weights.reshape((batch,) + (1,) * (g.dim() - 1))
+        shape = [1] * g.dim()
+        shape[axis] = batch
+        expected = g * weights.reshape(shape)
         if g.numel() and not torch.equal(w, expected):
             tolerance = 1e-5 * float(expected.abs().max())
             if float(w.sub_(expected).abs_().max()) > tolerance:
@@ -169,8 +242,10 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
     grad = grad.detach()
     batch = grad.shape[0]
     if use.kind == "linear":
-        source = bound["input"].detach().reshape(batch, -1, bound["input"].shape[-1])
-        g = grad.reshape(batch, -1, grad.shape[-1])
+        source = bound["input"].detach().movedim(use.axis, 0)
+        g = grad.movedim(use.axis, 0)
+        batch = g.shape[0]
+        source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
         found = {"weight": torch.bmm(g.transpose(1, 2), source), "bias": g.sum(1)}
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)
