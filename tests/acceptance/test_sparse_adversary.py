@@ -359,3 +359,31 @@ def test_per_sample_jacobians_equal_a_loop_of_backward_passes(ip, run_ok, case):
         expected = torch.stack([row[i] for row in rows])
         torch.testing.assert_close(r.jacobian(f"lin.{name}").reshape(expected.shape), expected)
         assert params[name].grad is None
+
+
+# -- the coloured gradient vectors, and %hessian -----------------------------------------------
+@pytest.mark.parametrize("case", ["roll 2-D negative shifts", "reflect pad 2-D", "kron"])
+def test_coloured_vectors_cover_each_entry_once_and_read_disjoint_inputs(case):
+    f, shape = OPS[case]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = f(x)
+    r = vjp_magic.differentiate(y, x, seed=0, exact_up_to=0)
+    vectors = torch.stack([torch.as_tensor(v) for v in r.gradients["x"]])
+    assert vectors.shape[1:] == y.shape
+    assert bool(((vectors == 0) | (vectors == 1)).all()) and bool((vectors.sum(0) == 1).all())
+    jacobian = _reference(f, x)
+    for v in vectors:  # rows of one colour never read the same entry of x
+        assert bool(((jacobian[v.reshape(-1).bool()] != 0).sum(0) <= 1).all())
+
+
+def test_hessian_magic_on_a_banded_expression_fires_no_hook(ip, run_ok):
+    run_ok("x = torch.randn(2048, dtype=torch.float64, requires_grad=True)\ncalls = []\n"
+           "x.register_hook(lambda g: calls.append(1))\nstate = torch.get_rng_state()")
+    h = run_ok("%hessian (x[:-2] * x[2:]).sum() + torch.sin(x).sum() wrt x")
+    x = ip.user_ns["x"]
+    expected = torch.func.hessian(
+        lambda t: (t[:-2] * t[2:]).sum() + torch.sin(t).sum())(x.detach())
+    assert h.inputs["x"].sparse is not None
+    torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected)
+    assert ip.user_ns["calls"] == [] and x.grad is None
+    assert torch.equal(torch.get_rng_state(), ip.user_ns["state"])
