@@ -13,6 +13,8 @@ back to the exact path, never to a wrong sparse matrix.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -103,8 +105,9 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if max_colours is not None and count > max_colours:
         return Attempt(None, f"its colouring needs {count:,} backward passes for "
                              f"{output.numel():,} output entries")
-    jacobian = decompressed(output, x, pattern, colours, budget)
-    if not checked(output, x, jacobian, seed, known):
+    passes = colour_passes(output, x, pattern, colours, budget)
+    jacobian = _csr(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
+    if not checked(output, x, jacobian, seed, known, passes):
         return Attempt(None, "the values from its backward passes disagreed with a random "
                              "probe (a coupling the pattern did not show)")
     return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes))
@@ -239,15 +242,34 @@ def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
     return pattern.nnz * (8 + x.element_size()) + 8 * (pattern.shape[0] + 1)
 
 
-def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
-    """One VJP per colour, each nonzero read off its row's colour's pass."""
+class Passes(NamedTuple):
+    """The compressed passes of one colouring: ``values`` (count × n), vᵀJ for v = 1 on
+    each colour's output entries; for each nonzero of the pattern (CSR order) ``at``, its
+    flat index into them, and ``rows``, its row."""
+
+    values: torch.Tensor
+    at: torch.Tensor
+    rows: torch.Tensor
+
+    def held(self) -> torch.Tensor:
+        """The nonzeros' values, in CSR order."""
+        return torch.index_select(self.values.reshape(-1), 0, self.at)
+
+
+def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int) -> Passes:
+    """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour."""
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
-    compressed = _passes(flat, x, colours.to(flat.device), count, budget)
+    values = _passes(flat, x, colours.to(flat.device), count, budget)
     rows = csr_rows(pattern.crow)
-    at = colours[rows] * x.numel() + pattern.col  # flat index into the count × n passes
-    values = compressed.reshape(-1)[at.to(compressed.device)]
-    return _csr(pattern.crow, pattern.col, values.cpu(), pattern.shape).to(x.device)
+    at = torch.index_select(colours, 0, rows) * x.numel() + pattern.col
+    return Passes(values, at.to(values.device), rows.to(values.device))
+
+
+def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
+    """d output / d x as CSR from one VJP per colour (:func:`colour_passes`)."""
+    passes = colour_passes(output, x, pattern, colours, budget)
+    return _csr(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
 
 
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
@@ -268,48 +290,96 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
     return torch.cat(passes)
 
 
-def checked(output, x, jacobian: torch.Tensor, seed: int, known=None) -> bool:
-    """Full random probes: vᵀJ from autograd (plain backward passes) against vᵀ·J_sparse,
-    entry by entry. ``known``: (v, vᵀJ) of a probe drawn the same way and already computed
-    (the analysis's probe 0): it stands for the first probe, and saves its backward."""
+def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
+            passes: Passes | None = None) -> bool:
+    """Full random probes, one at a time (each one's arrays stay in cache): vᵀJ from a plain
+    backward against vᵀ·J_sparse, entry by entry, each within the probe tolerance of
+    |v|ᵀ|J_sparse|; the first disagreement refuses. ``known``: (v, vᵀJ) of a probe drawn
+    the same way and already computed (the analysis's probe 0): it stands for the first
+    probe and saves its backward. ``passes``: the colour passes ``jacobian`` was read off,
+    which give the products without a scatter (:class:`_ColourProducts`)."""
     flat = output.reshape(-1)
-    probes = _check_probes(flat, seed)
-    rows = [None] * len(probes)
-    if known is not None:
-        probes[0], rows[0] = known[0].reshape(-1), known[1].detach().reshape(-1)
-    observed = torch.stack([plain_vjp(flat, [x], v)[0].detach().reshape(-1) if row is None
-                            else row for row, v in zip(rows, probes)])
-    predicted, scale = _products(jacobian, probes.to(jacobian.device, jacobian.dtype))
-    if not (bool(torch.isfinite(observed).all()) and bool(torch.isfinite(predicted).all())):
-        return False
-    allowed = scale * tolerances(output.dtype).probe + torch.finfo(scale.dtype).tiny
-    return bool(((observed - predicted).abs() <= allowed).all())
+    count = 0 if passes is None else passes.values.shape[0]
+    products = _ColourProducts(passes, flat.numel()) if passes is not None and \
+        count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1) else _CsrProducts(jacobian)
+    tolerance = tolerances(output.dtype).probe
+    for draw in range(probe_plan(flat.dtype).probes):
+        if draw == 0 and known is not None:
+            v, observed = known[0].reshape(-1), known[1].detach().reshape(-1)
+        else:
+            v = _check_probe(flat, seed, draw)
+            observed = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
+        predicted, scale = products(v.to(jacobian.device, jacobian.dtype))
+        allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
+        # NaN anywhere fails the comparison; an infinite bound would pass anything: refused
+        if allowed.numel() and not (bool(observed.sub_(predicted).abs_().le_(allowed).all())
+                                    and bool(allowed.max() < math.inf)):
+            return False
+    return True
 
 
-def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
-    """The check's probes (count × m): random signed powers of two as
-    :func:`.probes.probe_vector` draws them (its count and values for the dtype), drawn all
-    at once from the run's seed on a stream of their own."""
+def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
+    """Check probe ``draw``: random signed powers of two as :func:`.probes.probe_vector`
+    draws them (its values for the dtype), from the run's seed on a stream of its own. Each
+    62-bit draw gives two 31-bit numbers r, each the code ⌊r·values / 2³¹⌋ (a bias under
+    10⁻⁸): far faster than a small-range draw per entry."""
     plan = probe_plan(flat.dtype)
+    table = _probe_values(flat.dtype)
+    m = flat.numel()
+    raw = torch.randint(0, 2**62, (-(-m // 2),), generator=probe_generator(
+        seed, "sparse-check", draw))
+    codes = torch.cat([raw & (2**31 - 1), raw >> 31])[:m].mul_(plan.values) >> 31
+    return torch.index_select(table, 0, codes).to(flat.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_values(dtype: torch.dtype) -> torch.Tensor:
+    """The 2(2K + 1) values ±2^k, |k| ≤ K, of a probe of ``dtype``."""
+    plan = probe_plan(dtype)
     magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
                                          dtype=torch.float64))
-    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(flat.dtype)
-    codes = torch.randint(0, plan.values, (plan.probes * flat.numel(),), dtype=torch.int32,
-                          generator=probe_generator(seed, "sparse-check"))
-    probes = torch.index_select(table, 0, codes).reshape(plan.probes, flat.numel())
-    return probes.to(flat.device)
+    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
 
 
-def _products(jacobian: torch.Tensor, probes: torch.Tensor):
-    """(vᵀJ, |v|ᵀ|J|) for each probe v (rows of ``probes``): the terms v_i·J[i, j] of all
-    probes side by side (nnz × 2·count), summed into their columns by one index_add, where a
-    sparse CSR matmul with a transpose is far slower."""
-    col, values = jacobian.col_indices(), jacobian.values()
-    count = len(probes)
-    terms = probes.t()[csr_rows(jacobian.crow_indices())] * values[:, None]  # nnz × count
-    both = torch.cat([terms, terms.abs()], 1)
-    sums = both.new_zeros(jacobian.shape[1], 2 * count).index_add_(0, col, both)
-    return sums[:, :count].t(), sums[:, count:].t()
+class _ColourProducts:
+    """(vᵀJ, |v|ᵀ|J|) off the colour passes: rows of one colour read disjoint columns, so
+    column j of colour c's pass holds J[i, j] of at most one row i = i_c(j), and
+    vᵀJ = Σ_c v[i_c(j)]·J[i_c(j), j]: per colour a gather and a multiply-add, no scatter."""
+
+    def __init__(self, passes: Passes, m: int):
+        count, n = passes.values.shape
+        device = passes.values.device
+        self.row = torch.full((count * n,), m, dtype=torch.int64, device=device)
+        self.row.index_copy_(0, passes.at, passes.rows)  # i_c(j), or m where there is none
+        self.row = self.row.reshape(count, n)
+        held = torch.zeros(count * n, dtype=passes.values.dtype, device=device)
+        self.held = held.index_copy_(0, passes.at, passes.held()).reshape(count, n)
+        self.size = held.abs().reshape(count, n)
+
+    def __call__(self, v: torch.Tensor):
+        padded = torch.cat([v, v.new_zeros(1)])  # entry m: 0, for columns a colour skips
+        predicted = v.new_zeros(self.held.shape[1])
+        scale = v.new_zeros(self.held.shape[1])
+        for row, held, size in zip(self.row, self.held, self.size):
+            picked = torch.index_select(padded, 0, row)
+            predicted.addcmul_(picked, held)
+            scale.addcmul_(picked.abs_(), size)
+        return predicted, scale
+
+
+class _CsrProducts:
+    """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] summed into their
+    columns by index_add."""
+
+    def __init__(self, jacobian: torch.Tensor):
+        self.rows = csr_rows(jacobian.crow_indices())
+        self.col, self.values = jacobian.col_indices(), jacobian.values()
+        self.n = jacobian.shape[1]
+
+    def __call__(self, v: torch.Tensor):
+        terms = torch.index_select(v, 0, self.rows).mul_(self.values)
+        predicted = terms.new_zeros(self.n).index_add_(0, self.col, terms)
+        return predicted, terms.new_zeros(self.n).index_add_(0, self.col, terms.abs_())
 
 
 def _csr(crow, col, values, shape) -> torch.Tensor:
