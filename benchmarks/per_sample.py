@@ -137,6 +137,23 @@ def backpack(ns: dict):
     return run
 
 
+def per_sample_only(ns: dict):
+    """The cell's forward recorded, then ``per_sample_jacobians`` (what ``%%vjp`` hands the
+    analysis as ``given``), without the analysis' probe check."""
+    import torch.nn.functional as F
+
+    from vjp_magic.run.persample import per_sample_jacobians
+    from vjp_magic.run.record import recording
+
+    params = dict(ns["model"].named_parameters())
+
+    def run():
+        with recording() as record:
+            losses = F.cross_entropy(ns["model"](ns["data"]), ns["targets"], reduction="none")
+        return per_sample_jacobians(record, params, losses)
+    return run
+
+
 def check_equal(result, expected: dict) -> bool:
     """Whether the magic's per-sample gradients equal the anchor's (float32 tolerance)."""
     return all(torch.allclose(result.derivatives[f"model.{name}"], value, rtol=1e-4, atol=1e-5)
@@ -155,11 +172,15 @@ def bench(ip, which: str, repeat: int) -> dict:
             anchors[name] = run
     ours = lambda: ip.run_cell_magic("vjp", "--wrt model", CELL)  # noqa: E731
     equal = check_equal(ours(), anchors["vmap(grad)"]())
-    medians = paired_medians({"%%vjp": ours, **anchors}, repeat)
+    medians = paired_medians({"%%vjp": ours, "per-sample only": per_sample_only(ns),
+                              **anchors}, repeat)
     base = medians["vmap(grad)"]
     print(f"{which} B={batch}: %%vjp {medians['%%vjp'] * 1e3:.1f} ms "
           f"= {medians['%%vjp'] / base:.2f}x vmap(grad) ({base * 1e3:.1f} ms)"
           f"{'' if equal else '  VALUES DIFFER'}")
+    only = medians["per-sample only"]
+    print(f"    per-sample gradients alone (record, replay, rules or vmap; no probe check): "
+          f"{only * 1e3:.1f} ms = {only / base:.2f}x vmap(grad)")
     for name in anchors:
         if name != "vmap(grad)":
             print(f"    {name}: {medians[name] * 1e3:.1f} ms = {medians[name] / base:.2f}x "
