@@ -27,7 +27,7 @@ from .errors import VJPUsageError
 from .memory import gb, refuse_if_over, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
-from .pattern import Pattern, find_pattern, most_per_row
+from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import Probes, new_seed, probe_generator, probe_plan
 from .sparse_layout import coo_derivatives, csr_rows
 from .tolerances import tolerances
@@ -90,7 +90,8 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     """:func:`compressed_jacobian`, saying why where it gives none. ``max_colours``: more
     colours than this do not pay (no passes are spent on the values then); ``known``: see
     :func:`checked`."""
-    pattern = find_pattern(output, x, budget, seed)
+    probes = None if max_colours is None else max(max_colours, SAMPLE_ROWS * 16)
+    pattern = _pattern(output, x, budget, seed, probes)
     if pattern is None:
         return Attempt(None, TOO_DENSE)
     nbytes = _csr_bytes(pattern, x)
@@ -236,6 +237,30 @@ def _quiet_csr(dense: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
         return dense.to_sparse_csr()
+
+
+def _pattern(output, x, budget: int, seed: int, max_probes: int | None) -> Pattern | None:
+    """:func:`.pattern.find_pattern`'s pattern (the proved one, else the observed one), with
+    two guards before observing: a few rows of J (one-hot backward passes, at rows drawn from
+    the seed) reading more than :func:`.pattern.most_per_row` entries say "dense" at once,
+    where the grouped probes would double their groups up to m passes first (softmax at
+    2·10⁵: minutes, gigabytes); and ``max_probes`` caps those probes (a pattern that costs
+    more passes than the colouring may save does not pay)."""
+    proved = proved_pattern(output, x, budget)
+    if proved is not None:
+        return proved
+    flat = output.reshape(-1)
+    rows = torch.randint(0, max(flat.numel(), 1), (SAMPLE_ROWS,),
+                         generator=probe_generator(seed, "sparse-rows"))
+    for row in rows.tolist() if flat.numel() else ():
+        v = torch.zeros_like(flat)
+        v[row] = 1
+        if int(plain_vjp(flat, [x], v)[0].count_nonzero()) > most_per_row(x.numel()):
+            return None
+    return observed_pattern(output, x, budget, seed, max_probes)
+
+
+SAMPLE_ROWS = 3
 
 
 def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
