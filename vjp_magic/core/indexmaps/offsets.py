@@ -115,24 +115,33 @@ def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray, int]:
     if order.size == 0 or order.size > 63:
         return _by_masks(keys, order, out, base, crow)
     signature = _signatures(keys, order, out, m)
-    counts = _popcount(signature, order.size)
-    np.cumsum(counts, out=crow[1:])
-    cols = np.empty(int(crow[-1]), dtype=np.int64)
-    starts = np.flatnonzero(signature[1:] != signature[:-1]) + 1
-    bounds = np.concatenate([[0], starts, [m]])
-    lengths = np.diff(bounds)
+    bounds = np.concatenate([[0], np.flatnonzero(signature[1:] != signature[:-1]) + 1, [m]])
+    lengths, held = np.diff(bounds), _popcount(signature[bounds[:-1]], order.size)
+    first = np.concatenate([[0], np.cumsum(held * lengths)])  # crow where each run starts
+    cols = np.empty(int(first[-1]), dtype=np.int64)
     long = lengths >= LONG_RUN
-    for r0, r1 in zip(bounds[:-1][long].tolist(), bounds[1:][long].tolist()):
-        held = order[_bits(int(signature[r0]), order.size)]
-        np.add(base[r0:r1, None], held[None, :],
-               out=cols[crow[r0]:crow[r1]].reshape(r1 - r0, held.size))
-    rows = np.flatnonzero(np.repeat(~long, lengths))
-    for value in np.unique(signature[rows]).tolist():
-        chosen = rows[signature[rows] == value]
-        held = order[_bits(value, order.size)]
-        at = crow[chosen][:, None] + np.arange(held.size)[None, :]
-        cols[at] = base[chosen][:, None] + held[None, :]
-    return crow, cols, int(counts.max()) if m else 0
+    for j in np.flatnonzero(long).tolist():
+        r0, r1, c, at = int(bounds[j]), int(bounds[j + 1]), int(held[j]), int(first[j])
+        crow[r0 + 1:r1 + 1] = np.arange(at + c, at + c * (r1 - r0) + 1, c) if c else at
+        np.add(base[r0:r1, None], order[_bits(int(signature[r0]), order.size)][None, :],
+               out=cols[at:int(first[j + 1])].reshape(r1 - r0, c))
+    _short_runs(signature, order, base, crow, cols, (bounds, lengths, held, first, ~long))
+    return crow, cols, int(held.max()) if m else 0
+
+
+def _short_runs(signature, order, base, crow, cols, runs) -> None:
+    """crow and columns of the rows in short runs, all rows of one signature at once."""
+    bounds, lengths, held, first, short = runs
+    run = np.repeat(np.flatnonzero(short), lengths[short])
+    rows = np.flatnonzero(np.repeat(short, lengths))
+    starts = first[run] + (rows - bounds[run]) * held[run]  # crow at each of these rows
+    crow[rows + 1] = starts + held[run]
+    values = signature[rows]
+    for value in np.unique(values).tolist():
+        chosen = values == value
+        offsets = order[_bits(value, order.size)]
+        at = starts[chosen][:, None] + np.arange(offsets.size)[None, :]
+        cols[at] = base[rows[chosen]][:, None] + offsets[None, :]
 
 
 LONG_RUN = 32  # rows holding the same offsets written as one block
