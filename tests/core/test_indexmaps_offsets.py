@@ -43,7 +43,11 @@ def _step(t, rng: random.Random):
     a = rng.randrange(t.ndim)
     size = t.shape[a]
     k = rng.randrange(1, max(2, size))
-    choice = rng.randrange(9)
+    choice = rng.randrange(11)
+    if choice == 9:  # a flat shift through views: the terms end in other coordinates
+        return F.pad(t.reshape(-1), (k, 0))[:t.numel()].reshape(t.shape)
+    if choice == 10:
+        return t.unsqueeze(0).squeeze(0).reshape(t.shape[::-1]).reshape(t.shape)
     if choice == 0:  # shift right, zero fill (pad then cut)
         return F.pad(t, _pad(t.ndim, a, k, 0)).narrow(a, 0, size)
     if choice == 1:  # shift left (cut then pad)
@@ -137,3 +141,16 @@ def test_general_path_halfway_and_strided_slices(monkeypatch):
     y = F.pad(x.flip(0), (2, 1))[:, ::2].roll(1, 1) + x[:, 1:7].repeat(1, 1) ** 2
     _same(y, x, monkeypatch)
     _same(torch.cat([x, x.roll(3, 0)], dim=0).sum(0), x, monkeypatch)  # a reduction at the end
+
+
+def test_views_at_both_ends(monkeypatch):
+    k = 40
+    x = torch.randn(k * k, requires_grad=True)
+    u = x.reshape(k, k)
+    p = F.pad(u, (1, 1, 1, 1))
+    y = (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * u + u ** 3).reshape(-1)
+    assert _same(y, x, monkeypatch).nnz == 5 * k * k - 4 * k
+    w = x.reshape(k, k)
+    mixed = (w.roll(1, 0) + x.roll(3).reshape(k, k)).reshape(-1)  # parts in other coordinates
+    assert _same(mixed, x, monkeypatch).nnz == 2 * k * k
+    _same(x.reshape(2, -1).unsqueeze(0)[:, :, 1:] * 2, x, monkeypatch)

@@ -35,11 +35,18 @@ class Piece(NamedTuple):
 
 
 class Offsets(NamedTuple):
-    """A relation from the output (``out_shape``) to a tensor of ``shape`` as terms."""
+    """A relation from the output (``out_shape``) to a tensor as terms over its multi-index
+    in ``shape``; ``viewed``: the tensor's own shape where a view (same flat order) made it
+    another one (no further piece applies then: only its flat indices)."""
 
     out_shape: tuple[int, ...]
     shape: tuple[int, ...]
     terms: tuple[Term, ...]
+    viewed: tuple[int, ...] | None = None
+
+    @property
+    def tensor_shape(self) -> tuple[int, ...]:
+        return self.shape if self.viewed is None else self.viewed
 
     @property
     def width(self) -> int:
@@ -76,23 +83,36 @@ def through(relation: Offsets, pieces: list[Piece], in_shape) -> Offsets:
     return _capped(Offsets(relation.out_shape, tuple(int(s) for s in in_shape), tuple(terms)))
 
 
+def view(relation: Offsets, in_shape) -> Offsets:
+    """Through a view (reshape, squeeze, …: the same flat order) onto ``in_shape``."""
+    in_shape = tuple(int(s) for s in in_shape)
+    if math.prod(in_shape) != relation.width:
+        raise Unproved("a view that changes the number of entries")
+    if relation.viewed is None and relation.out_shape == relation.shape \
+            and relation.terms == identity(relation.shape).terms:
+        return identity(in_shape)  # rows read in the view's shape: the same flat order
+    return relation._replace(viewed=None if in_shape == relation.shape else in_shape)
+
+
 def union(parts: list[Offsets]) -> Offsets:
     """Every part's terms (a term reached twice counts once)."""
     first = parts[0]
-    if any(p.shape != first.shape or p.out_shape != first.out_shape for p in parts):
-        raise Unproved("branches meet at tensors of different shapes")
+    if any(p.shape != first.shape or p.out_shape != first.out_shape
+           or p.viewed != first.viewed for p in parts):
+        raise NotTerms  # in other coordinates: the index arrays join them
     terms = tuple(dict.fromkeys(t for p in parts for t in p.terms))
-    return _capped(Offsets(first.out_shape, first.shape, terms))
+    return _capped(first._replace(terms=terms))
 
 
 def _capped(relation: Offsets) -> Offsets:
     if len(relation.terms) > MAX_TERMS:
-        raise TooMany
+        raise NotTerms
     return relation
 
 
-class TooMany(Exception):
-    """More terms than :data:`MAX_TERMS`: convert to index arrays."""
+class NotTerms(Exception):
+    """More terms than :data:`MAX_TERMS`, or parts in other coordinates: convert to index
+    arrays."""
 
 
 def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray, int]:

@@ -65,6 +65,7 @@ RULES = _table()
 # node name → ``shift(edge) -> list[Piece] | None``: the same maps as pieces (:mod:`.offsets`)
 # where they are shift-like; a node not listed converts the relation to index arrays
 _SAME_RULES = (moves.same_entries, moves.elementwise, moves.expand)
+VIEWS = frozenset(SAME.split())  # the same flat order: :func:`.offsets.view`
 SHIFTS = {name: shifts.same for name, rule in RULES.items() if rule in _SAME_RULES}
 SHIFTS.update({"Slice": shifts.slice_, "SliceBackward": shifts.slice_backward,
                "ConstantPadNd": shifts.constant_pad, "Roll": shifts.roll, "Cat": shifts.cat,

@@ -15,7 +15,7 @@ from . import offsets
 from .maps import Edge, Unproved
 from .offsets import Offsets
 from .relation import Meter, Relation, compose, deduplicated, empty, identity, union
-from .rules import RULES, SHIFTS
+from .rules import RULES, SHIFTS, VIEWS
 
 X = "x"  # the key of the relation that reaches x itself
 
@@ -90,7 +90,7 @@ def _joined(parts: list, meter: Meter):
     if all(isinstance(p, Offsets) for p in parts):
         try:
             return offsets.union(parts)
-        except offsets.TooMany:
+        except offsets.NotTerms:
             pass
     return union([_general(p, meter) for p in parts])
 
@@ -133,12 +133,18 @@ def _shifted(relation, edge: Edge) -> Offsets | None:
     shift = SHIFTS.get(edge.name)
     if not isinstance(relation, Offsets) or shift is None:
         return None
+    if tuple(edge.out_shape) != relation.tensor_shape:
+        raise Unproved("an index map does not fit the tensor it starts from")
+    if edge.name in VIEWS:
+        return offsets.view(relation, edge.in_shape)
+    if relation.viewed is not None:
+        return None
     pieces = shift(edge)
     if pieces is None:
         return None
     try:
         return offsets.through(relation, pieces, edge.in_shape)
-    except offsets.TooMany:
+    except offsets.NotTerms:
         return None
 
 
