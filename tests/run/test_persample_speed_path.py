@@ -158,3 +158,22 @@ data.register_hook(tensor_hook)
     expected = _loop(losses, params)
     for name, value in expected.items():
         torch.testing.assert_close(result.derivatives[f"model.{name}"], value)
+
+
+def test_dropout_in_training_mode_uses_the_cells_own_mask():
+    """The rules replay the batch with the cell's random draws (vmap over samples cannot:
+    each sample would draw its own mask); the global RNG is left as it was."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(7, 3)).double()
+    x, targets = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    with recording() as record:
+        losses = F.cross_entropy(model(x), targets, reduction="none")
+    params = dict(model.named_parameters())
+    state = torch.get_rng_state()
+    got = persample.per_sample_jacobians(record, params, losses)
+    assert torch.equal(state, torch.get_rng_state())
+    expected = _loop(losses, params)
+    assert got is not None
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-10, atol=1e-12)
