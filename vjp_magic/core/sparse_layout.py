@@ -24,13 +24,8 @@ def _quiet(make):
 def csr_rows(crow: torch.Tensor) -> torch.Tensor:
     """The row of each nonzero of a CSR matrix (from its ``crow``), ascending."""
     m, nnz = crow.numel() - 1, int(crow[-1]) if crow.numel() else 0
-    if nnz == 0 or m == 0:
-        return crow.new_zeros(0)
-    starts = torch.zeros(nnz, dtype=torch.int64, device=crow.device)
-    begins = crow[1:-1]
-    begins = begins[begins < nnz]
-    starts.index_add_(0, begins, torch.ones_like(begins))
-    return torch.cumsum(starts, 0)
+    return torch.repeat_interleave(torch.arange(max(m, 0), device=crow.device), crow.diff(),
+                                   output_size=nnz)
 
 
 def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
@@ -46,8 +41,8 @@ def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
 
 
 def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
-    if not shape:
-        return []
+    if len(shape) <= 1:  # nothing to unravel (a division per entry saved)
+        return [flat] if shape else []
     return list(torch.unravel_index(flat, shape))
 
 
