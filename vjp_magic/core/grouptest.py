@@ -175,7 +175,7 @@ def _smallest(g: torch.Tensor) -> float:
     if not g.numel():
         return float("inf")
     g = g.detach().abs()  # NaN compares false (left out); inf is never the smallest
-    return float(torch.where(g > 0, g, torch.inf).amin())
+    return float(torch.where(g > 0, g, float("inf")).amin())
 
 
 def _read(g: torch.Tensor, axis: int):
