@@ -69,8 +69,8 @@ def test_ten_parameter_tensors_cost_b_passes_and_a_probe(batched):
     assert len(params) == 10
     r, passes = counted(lambda: analysis.differentiate(
         losses, params, exact_up_to=0, batched=batched, keep_graph=True, seed=0))
-    # one pass per sample for all ten tensors at once (batched: fewer), and probe 0 to check
-    # a batched run (a proved structure needs no other)
+    # one pass per sample for all ten tensors at once (batched: fewer), and probe 0 where a
+    # vectorised run is to be checked (a proved structure needs no other)
     assert passes <= batch + 1
     expected = _looped(losses, params)
     for name in params:
@@ -134,7 +134,7 @@ def test_chunks_from_plain_passes_are_not_checked_as_batched(monkeypatch):
     r, passes = counted(lambda: analysis.differentiate(losses, params, exact_up_to=0,
                                                        keep_graph=True, max_chunk=2))
     assert len(tried) == 2  # vmap once, is_grads_batched once
-    assert passes == batch + 1  # probe 0 (it sizes the first chunk) and one per sample
+    assert passes == batch  # one per sample: no probe (nothing vectorised to check)
     expected = _looped(losses, params)
     for name in params:
         torch.testing.assert_close(r.inputs[name].derivatives, expected[name],

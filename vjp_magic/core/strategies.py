@@ -42,13 +42,14 @@ class Context:
 
     def vjps(self, tensors, point_out, batched=None):
         """One VJP per component (see :func:`component_vjps`); a batched run starts with a
-        chunk sized by how long one plain backward takes, so even its first chunk is short."""
+        chunk sized by how long one plain backward takes (the probe's, if it ran already;
+        else the first chunk is one plain pass, timed), so even its first chunk is short."""
         batched = self.batched if batched is None else batched
         count = math.prod(n for a, n in enumerate(self.output.shape) if a not in point_out)
         first = None
         if batched and count > LOOP_COMPONENTS:
-            seconds = max(self.probes.seconds_per_vector(), 1e-6)
-            first = max(1, int(CHUNK_SECONDS / seconds))
+            seconds = self.probes.seconds  # no probe made only to time it: one pass less
+            first = 1 if seconds is None else max(1, int(CHUNK_SECONDS / max(seconds, 1e-6)))
         return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
                               max_chunk=self.max_chunk, workspace=self.workspace, first=first)
 
