@@ -155,3 +155,19 @@ def test_a_sparse_pattern_over_the_budget_is_refused_with_its_nonzero_count():
     x = torch.randn(20_000, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError, match=r"59,998 nonzeros that would need"):
         vjp_magic.differentiate(stencil(x), x, memory_budget=200_000)
+
+
+@pytest.mark.parametrize("exact_up_to", [0, 2**18])
+def test_a_small_input_beside_a_sparse_one_keeps_its_full_jacobian_without_a_note(exact_up_to):
+    x = torch.randn(64, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        return stencil(x) * w[0] + x * w[1]
+
+    r = vjp_magic.differentiate(f(x, w), {"x": x, "w": w}, seed=6, exact_up_to=exact_up_to)
+    assert r.inputs["x"].sparse is not None and r.inputs["w"].sparse is None
+    assert not [note for note in r.notes if "sparsity" in note]
+    jx, jw = torch.autograd.functional.jacobian(f, (x.detach(), w.detach()))
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), jx)
+    torch.testing.assert_close(r.derivatives["w"], jw)

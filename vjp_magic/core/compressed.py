@@ -149,6 +149,13 @@ class SparseChoice:
             refusal.__dict__.update(error.__dict__)
             raise refusal from None
 
+    def _worth(self, tensor) -> bool:
+        """Whether to try: not for an input of fewer than SPARSE_MIN_OUTPUT entries whose full
+        Jacobian fits the budget (a few forward passes give it; colours could not pay)."""
+        small = tensor.numel() < SPARSE_MIN_OUTPUT and \
+            self.output.numel() * tensor.numel() * self.output.element_size() <= self.budget
+        return self.enabled and not small
+
     @property
     def max_colours(self) -> int:
         return int(self.output.numel() * PAYS_FRACTION)
@@ -167,7 +174,7 @@ class SparseChoice:
         return rest
 
     def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
-        if not self.enabled or name in self._tried:
+        if not self._worth(tensor) or name in self._tried:
             return None
         self._tried.add(name)
         known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
@@ -193,7 +200,8 @@ class SparseChoice:
             return accepted
         for name, (candidate, derivatives) in accepted.items():
             tensor = named[name]
-            if not any(tensor.shape[b] > 1 for b in candidate.pairing.in_axes):
+            if self._worth(tensor) and not any(tensor.shape[b] > 1
+                                               for b in candidate.pairing.in_axes):
                 sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1), tensor)
                 if sparse is not None:
                     accepted[name] = (candidate, self._taken(name, tensor, sparse))
