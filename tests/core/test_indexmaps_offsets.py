@@ -154,3 +154,39 @@ def test_views_at_both_ends(monkeypatch):
     mixed = (w.roll(1, 0) + x.roll(3).reshape(k, k)).reshape(-1)  # parts in other coordinates
     assert _same(mixed, x, monkeypatch).nnz == 2 * k * k
     _same(x.reshape(2, -1).unsqueeze(0)[:, :, 1:] * 2, x, monkeypatch)
+
+
+CONVS = [  # (dims, in channels, out channels, kernel, padding, dilation, stride, groups)
+    (1, 1, 1, 3, 1, 1, 1, 1), (1, 3, 2, 5, 2, 1, 1, 1), (1, 2, 4, 3, 0, 2, 1, 1),
+    (1, 4, 4, 3, 3, 3, 1, 4), (1, 4, 4, 3, 1, 1, 1, 2), (1, 2, 2, 3, 1, 1, 2, 1),
+    (2, 2, 3, 3, 1, 1, 1, 1), (2, 3, 3, (3, 1), (0, 1), (2, 1), 1, 3), (3, 1, 2, 3, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("spec", CONVS)
+@pytest.mark.parametrize("batched", [True, False])
+def test_convolution_stacks(spec, batched, monkeypatch):
+    dims, c_in, c_out, kernel, padding, dilation, stride, groups = spec
+    conv = [torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d][dims - 1]
+    first = conv(c_in, c_out, kernel, stride, padding, dilation, groups)
+    second = conv(c_out, c_out, 3, 1, 1, 1, 1)
+    spatial = {1: (80,), 2: (20, 14), 3: (12, 10, 9)}[dims]
+    size = (1, c_in) + spatial if batched else (c_in,) + spatial
+    x = torch.randn((2,) + size[1:] if batched else size, requires_grad=True)
+    pattern = _same(second(first(x).roll(1, -1)).sin(), x, monkeypatch)
+    assert pattern is not None
+    _same(first(F.pad(x, (1, 2) * dims)) ** 2, x, monkeypatch)
+
+
+@pytest.mark.parametrize("gap", [0, 1, 2])
+def test_pieces_of_one_offset_with_and_without_gaps(gap, monkeypatch):
+    n = 50
+    x = torch.randn(n, requires_grad=True)
+    y = F.pad(x[:10], (0, n - 10)) + F.pad(x[10 + gap:], (10 + gap, 0)) + F.pad(x[20:30], (20, 20))
+    pattern = _same(y, x, monkeypatch)
+    read = [i for i in range(n) if not 10 <= i < 10 + gap]
+    assert pattern.col.tolist() == read
+    assert torch.equal(torch.repeat_interleave(torch.arange(n), pattern.crow.diff()), pattern.col)
+    u = torch.randn(6, 7, requires_grad=True)
+    corners = F.pad(u[:3, :3], (0, 4, 0, 3)) + F.pad(u[3 + gap:, 3:], (3, 0, 3 + gap, 0))
+    assert _same(corners, u, monkeypatch).nnz == 9 + (3 - gap) * 4

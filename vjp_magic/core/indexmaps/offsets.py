@@ -15,7 +15,7 @@ import numpy as np
 from .maps import Unproved
 from .relation import ENTRY_BYTES, Meter, Relation
 
-MAX_TERMS = 64  # more terms than this: the index arrays are cheaper
+MAX_TERMS = 512  # more terms than this: the index arrays are cheaper
 
 
 class Term(NamedTuple):
@@ -80,7 +80,7 @@ def through(relation: Offsets, pieces: list[Piece], in_shape) -> Offsets:
             hi = tuple(min(a, b - d) for a, b, d in zip(term.hi, piece.hi, term.d))
             if all(h > low for low, h in zip(lo, hi)):
                 terms.append(Term(tuple(d + e for d, e in zip(term.d, piece.e)), lo, hi))
-    return _capped(Offsets(relation.out_shape, tuple(int(s) for s in in_shape), tuple(terms)))
+    return _capped(Offsets(relation.out_shape, tuple(int(s) for s in in_shape), _merged(terms)))
 
 
 def view(relation: Offsets, in_shape) -> Offsets:
@@ -100,8 +100,51 @@ def union(parts: list[Offsets]) -> Offsets:
     if any(p.shape != first.shape or p.out_shape != first.out_shape
            or p.viewed != first.viewed for p in parts):
         raise NotTerms  # in other coordinates: the index arrays join them
-    terms = tuple(dict.fromkeys(t for p in parts for t in p.terms))
-    return _capped(first._replace(terms=terms))
+    return _capped(first._replace(terms=_merged([t for p in parts for t in p.terms])))
+
+
+def _merged(terms) -> tuple[Term, ...]:
+    """The same terms, fewer: each offset's boxes without those inside another, and boxes
+    that differ along one axis only, overlapping or touching there, made one."""
+    if len(terms) > 8 * MAX_TERMS:
+        raise NotTerms
+    boxes: dict[tuple, list] = {}
+    for term in dict.fromkeys(terms):
+        boxes.setdefault(term.d, []).append((term.lo, term.hi))
+    return tuple(Term(d, lo, hi) for d, group in boxes.items() for lo, hi in _fewer(group))
+
+
+def _fewer(boxes: list) -> list:
+    done: list = []
+    while boxes:
+        box = boxes.pop()
+        for k, other in enumerate(done + boxes):
+            joined = _joined_box(box, other)
+            if joined is not None:
+                (done if k < len(done) else boxes).remove(other)
+                boxes.append(joined)
+                break
+        else:
+            done.append(box)
+    return done
+
+
+def _joined_box(a, b):
+    """One box covering exactly ``a`` and ``b``, or None."""
+    (alo, ahi), (blo, bhi) = a, b
+    if all(x <= y for x, y in zip(alo, blo)) and all(x >= y for x, y in zip(ahi, bhi)):
+        return a
+    if all(x >= y for x, y in zip(alo, blo)) and all(x <= y for x, y in zip(ahi, bhi)):
+        return b
+    differ = [t for t in range(len(alo)) if (alo[t], ahi[t]) != (blo[t], bhi[t])]
+    if len(differ) != 1:
+        return None
+    t = differ[0]
+    if max(alo[t], blo[t]) > min(ahi[t], bhi[t]):
+        return None
+    lo, hi = list(alo), list(ahi)
+    lo[t], hi[t] = min(alo[t], blo[t]), max(ahi[t], bhi[t])
+    return tuple(lo), tuple(hi)
 
 
 def _capped(relation: Offsets) -> Offsets:

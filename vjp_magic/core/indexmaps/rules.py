@@ -70,4 +70,5 @@ SHIFTS = {name: shifts.same for name, rule in RULES.items() if rule in _SAME_RUL
 SHIFTS.update({"Slice": shifts.slice_, "SliceBackward": shifts.slice_backward,
                "ConstantPadNd": shifts.constant_pad, "Roll": shifts.roll, "Cat": shifts.cat,
                "Split": shifts.split, "SplitWithSizes": shifts.split,
-               "UnsafeSplit": shifts.split, "UnsafeSplitWithSizes": shifts.split})
+               "UnsafeSplit": shifts.split, "UnsafeSplitWithSizes": shifts.split,
+               "Convolution": shifts.convolution})

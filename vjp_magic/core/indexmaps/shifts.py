@@ -109,3 +109,54 @@ def split(edge: Edge) -> list[Piece] | None:
     else:
         sizes = [to_int(edge.saved("split_size"))] * len(edge.out_shapes)
     return _along(edge, dim, sum(sizes[:edge.k]), 0, edge.out_shape[dim])
+
+
+def convolution(edge: Edge) -> list[Piece] | None:
+    """Input 0 of a convolution of stride 1 (groups 1: every input channel, as channel
+    offsets; depthwise: its own channel): one piece per channel offset and kernel offset."""
+    if edge.i != 0 or bool(edge.saved("transposed")):
+        return None
+    stride = [to_int(s) for s in edge.saved("stride")]
+    padding = [to_int(p) for p in edge.saved("padding")]
+    dilation = [to_int(d) for d in edge.saved("dilation")]
+    groups = to_int(edge.saved("groups"))
+    kernel = tuple(int(k) for k in edge.saved("weight").shape[2:])
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    lead = len(shape) - len(kernel) - 1  # 1 batched, 0 not
+    if lead not in (0, 1) or len(out) != len(shape) or any(s != 1 for s in stride) \
+            or shape[:lead] != out[:lead]:
+        return None
+    c_in, c_out = shape[lead], out[lead]
+    if groups == 1:
+        channel_offsets = range(-(c_out - 1), c_in)
+    elif groups == c_in == c_out:
+        channel_offsets = range(0, 1)
+    else:
+        return None
+    sizes, outs = shape[lead + 1:], out[lead + 1:]
+    if any(o != s + 2 * p - d * (k - 1) for o, s, p, d, k
+           in zip(outs, sizes, padding, dilation, kernel)):
+        return None
+    return _windows(out[:lead], channel_offsets, (c_in, c_out), sizes, outs,
+                    _kernel_offsets(kernel, dilation, padding))
+
+
+def _kernel_offsets(kernel, dilation, padding) -> list[tuple[int, ...]]:
+    offsets = [()]
+    for k, d, p in zip(kernel, dilation, padding):
+        offsets = [o + (j * d - p,) for o in offsets for j in range(k)]
+    return offsets
+
+
+def _windows(batch, channel_offsets, channels, sizes, outs, kernel_offsets) -> list[Piece]:
+    c_in, c_out = channels
+    pieces = []
+    for dc in channel_offsets:
+        for ks in kernel_offsets:
+            lo = tuple(max(0, -k) for k in ks)
+            hi = tuple(min(o, s - k) for o, s, k in zip(outs, sizes, ks))
+            if all(h > low for low, h in zip(lo, hi)):
+                pieces.append(Piece((0,) * len(batch) + (dc,) + ks,
+                                    (0,) * len(batch) + (max(0, -dc),) + lo,
+                                    tuple(batch) + (min(c_out, c_in - dc),) + hi))
+    return pieces
