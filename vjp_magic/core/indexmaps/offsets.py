@@ -183,11 +183,17 @@ def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray, int]:
     first = np.concatenate([[0], np.cumsum(held * lengths)])  # crow where each run starts
     cols = np.empty(int(first[-1]), dtype=np.int64)
     long = lengths >= LONG_RUN
-    for j in np.flatnonzero(long).tolist():
-        r0, r1, c, at = int(bounds[j]), int(bounds[j + 1]), int(held[j]), int(first[j])
+    chosen = np.flatnonzero(long)
+    held_by: dict[int, list[int]] = {}  # signature → its offsets
+    for r0, r1, c, at, value in zip(bounds[chosen].tolist(), bounds[chosen + 1].tolist(),
+                                    held[chosen].tolist(), first[chosen].tolist(),
+                                    signature[bounds[chosen]].tolist()):
         crow[r0 + 1:r1 + 1] = np.arange(at + c, at + c * (r1 - r0) + 1, c) if c else at
-        np.add(base[r0:r1, None], order[_bits(int(signature[r0]), order.size)][None, :],
-               out=cols[at:int(first[j + 1])].reshape(r1 - r0, c))
+        block = cols[at:at + c * (r1 - r0)].reshape(r1 - r0, c)
+        if value not in held_by:
+            held_by[value] = order[_bits(value, order.size)].tolist()
+        for k, key in enumerate(held_by[value]):
+            np.add(base[r0:r1], key, out=block[:, k])  # one offset at a time: long loops
     _short_runs(signature, order, base, crow, cols, (bounds, lengths, held, first, ~long))
     return crow, cols, int(held.max()) if m else 0
 
