@@ -171,8 +171,8 @@ def test_memory_refusal_at_4096_carries_the_verdict():
     w = torch.randn(16, 16)
     h = torch.tanh(x @ w)
     y = torch.index_add(h, 0, torch.tensor([1]), 0.1 * x[:1])
-    with pytest.raises(VJPUsageError) as info:
-        vjp_magic.differentiate(y, x, memory_budget=2**26)
+    with pytest.raises(VJPUsageError) as info:  # full: no sparse path (see test_sparse_leak)
+        vjp_magic.differentiate(y, x, memory_budget=2**26, full=True)
     message = str(info.value)
     assert "memory budget" in message and "y[1] ← x[0]" in message
     assert "band, offsets −1..0" in message
@@ -184,14 +184,14 @@ def test_a_refusal_without_a_verdict_stays_as_it_was(monkeypatch):
     x = torch.randn(3000, requires_grad=True)
     y = torch.softmax(x, 0)  # the pattern itself (3,000²) is over this budget
     with pytest.raises(VJPUsageError) as info:
-        vjp_magic.differentiate(y, x, memory_budget=2**20)
+        vjp_magic.differentiate(y, x, memory_budget=2**20, full=True)
     assert "memory budget" in str(info.value) and "independent" not in str(info.value)
     assert not hasattr(info.value, "dependency")
     monkeypatch.setattr(dep_module, "REFUSAL_SECONDS", 0.0)  # a verdict too slow to wait for
     x = torch.randn(4096, 16, requires_grad=True)
     y = torch.index_add(x.sin(), 0, torch.tensor([1]), 0.1 * x[:1])
     with pytest.raises(VJPUsageError) as info:
-        vjp_magic.differentiate(y, x, memory_budget=2**26)
+        vjp_magic.differentiate(y, x, memory_budget=2**26, full=True)
     assert not hasattr(info.value, "dependency") and "←" not in str(info.value)
 
 

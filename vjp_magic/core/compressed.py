@@ -13,8 +13,6 @@ back to the exact path, never to a wrong sparse matrix.
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -28,9 +26,9 @@ from .memory import gb, refuse_if_over, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Pattern, most_per_row, observed_pattern
-from .probes import Probes, new_seed, probe_generator, probe_plan
+from .probes import Probes, new_seed, probe_generator
+from .sparse_check import checked, rows_checked
 from .sparse_layout import coo_derivatives, csr_rows
-from .tolerances import tolerances
 from .torch_api import TorchError, torch_error
 
 
@@ -58,10 +56,12 @@ class SparseJacobian:
 
 
 # The compressed path in :func:`vjp_magic.differentiate`: tried for an input whose structure has
-# no points once the output has this many entries (smaller ones keep the full-Jacobian display
-# of the tutorial's examples), and used when its colours number at most a PAYS_FRACTION of the
+# no points once the output has SPARSE_MIN_OUTPUT entries and the Jacobian more than
+# SPARSE_MIN_ENTRIES (a smaller one is shown whole, as the tutorial's examples are: every
+# entry fits the display), and used when its colours number at most a PAYS_FRACTION of the
 # output entries (fewer passes than one per entry by that factor at least).
 SPARSE_MIN_OUTPUT = 32
+SPARSE_MIN_ENTRIES = 64 * 64
 PAYS_FRACTION = 1 / 4
 # Up to this many colours (or probes), plain backward passes one after another: on CPU they
 # beat one vectorised backward of the same vectors (vmap over autograd.grad) many times over.
@@ -108,7 +108,9 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
                              f"{output.numel():,} output entries")
     passes = colour_passes(output, x, pattern, colours, budget)
     jacobian = _csr(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
-    if not checked(output, x, jacobian, seed, known, passes):
+    proved = pattern.evidence is Evidence.PROVED
+    if not (checked(output, x, jacobian, seed, known, passes, draws=1 if proved else None)
+            and (proved or rows_checked(output, x, jacobian, seed))):
         return Attempt(None, "the values from its backward passes disagreed with a random "
                              "probe (a coupling the pattern did not show)")
     return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes))
@@ -150,10 +152,13 @@ class SparseChoice:
             raise refusal from None
 
     def _worth(self, tensor) -> bool:
-        """Whether to try: not for an input of fewer than SPARSE_MIN_OUTPUT entries whose full
-        Jacobian fits the budget (a few forward passes give it; colours could not pay)."""
-        small = tensor.numel() < SPARSE_MIN_OUTPUT and \
-            self.output.numel() * tensor.numel() * self.output.element_size() <= self.budget
+        """Whether to try: not for a Jacobian of at most SPARSE_MIN_ENTRIES entries (shown
+        whole), nor for an input of fewer than SPARSE_MIN_OUTPUT entries whose full Jacobian
+        fits the budget (a few forward passes give it; colours could not pay)."""
+        entries = self.output.numel() * tensor.numel()
+        small = entries <= SPARSE_MIN_ENTRIES or (
+            tensor.numel() < SPARSE_MIN_OUTPUT
+            and entries * self.output.element_size() <= self.budget)
         return self.enabled and not small
 
     @property
@@ -323,106 +328,6 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
     return torch.cat(passes)
 
 
-def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
-            passes: Passes | None = None) -> bool:
-    """Full random probes, one at a time (each one's arrays stay in cache): vᵀJ from a plain
-    backward against vᵀ·J_sparse, entry by entry, each within the probe tolerance of
-    |v|ᵀ|J_sparse|; the first disagreement refuses. ``known``: (v, vᵀJ) of a probe drawn
-    the same way and already computed (the analysis's probe 0): it stands for the first
-    probe and saves its backward. ``passes``: the colour passes ``jacobian`` was read off,
-    which give the products without a scatter (:class:`_ColourProducts`)."""
-    flat = output.reshape(-1)
-    count = 0 if passes is None else passes.values.shape[0]
-    products = _ColourProducts(passes, flat.numel()) if passes is not None and \
-        count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1) else _CsrProducts(jacobian)
-    tolerance = tolerances(output.dtype).probe
-    for draw in range(probe_plan(flat.dtype).probes):
-        if draw == 0 and known is not None:
-            v, observed = known[0].reshape(-1), known[1].detach().reshape(-1)
-        else:
-            v = _check_probe(flat, seed, draw)
-            observed = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
-        predicted, scale = products(v.to(jacobian.device, jacobian.dtype))
-        allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
-        # NaN anywhere fails the comparison; an infinite bound would pass anything: refused
-        if allowed.numel() and not (bool(observed.sub_(predicted).abs_().le_(allowed).all())
-                                    and bool(allowed.max() < math.inf)):
-            return False
-    return True
-
-
-def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
-    """Check probe ``draw``: random signed powers of two as :func:`.probes.probe_vector`
-    draws them (its values for the dtype), from the run's seed on a stream of its own. One
-    draw r of ``bits`` bits (r·values < 2⁶³) gives several codes, each the integer part of
-    r·values (r a fraction, its fractional part carried on to the next), while at least
-    log₂(values) + 20 bits remain: a bias under 10⁻⁶, and 4 to 10 times fewer draws, which
-    cost more than the backward pass itself at 10⁶ entries."""
-    values = probe_plan(flat.dtype).values
-    bits = 63 - (values - 1).bit_length()
-    per = max(1, int((bits - 20) / math.log2(values)) - 1)
-    m = flat.numel()
-    width = -(-m // per)
-    r = torch.randint(0, 2**bits, (width,), generator=probe_generator(seed, "sparse-check", draw))
-    codes = torch.empty(per, width, dtype=torch.int64)
-    for k in range(per):
-        r.mul_(values)
-        torch.bitwise_right_shift(r, bits, out=codes[k])
-        r.bitwise_and_(2**bits - 1)
-    return torch.index_select(_probe_values(flat.dtype), 0, codes.reshape(-1)[:m]) \
-        .to(flat.device)
-
-
-@functools.lru_cache(maxsize=None)
-def _probe_values(dtype: torch.dtype) -> torch.Tensor:
-    """The 2(2K + 1) values ±2^k, |k| ≤ K, of a probe of ``dtype``."""
-    plan = probe_plan(dtype)
-    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
-                                         dtype=torch.float64))
-    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
-
-
-class _ColourProducts:
-    """(vᵀJ, |v|ᵀ|J|) off the colour passes: rows of one colour read disjoint columns, so
-    column j of colour c's pass holds J[i, j] of at most one row i = i_c(j), and
-    vᵀJ = Σ_c v[i_c(j)]·J[i_c(j), j]: per colour a gather and a multiply-add, no scatter."""
-
-    def __init__(self, passes: Passes, m: int):
-        count, n = passes.values.shape
-        device = passes.values.device
-        self.row = torch.full((count * n,), m, dtype=torch.int64, device=device)
-        self.row.index_copy_(0, passes.at, passes.rows)  # i_c(j), or m where there is none
-        self.row = self.row.reshape(count, n)
-        held = torch.zeros(count * n, dtype=passes.values.dtype, device=device)
-        self.held = held.index_copy_(0, passes.at, passes.held()).reshape(count, n)
-        self.size = held.abs().reshape(count, n)
-
-    def __call__(self, v: torch.Tensor):
-        padded = torch.cat([v, v.new_zeros(1)])  # entry m: 0, for columns a colour skips
-        predicted = v.new_zeros(self.held.shape[1])
-        scale = v.new_zeros(self.held.shape[1])
-        for row, held, size in zip(self.row, self.held, self.size):
-            picked = torch.index_select(padded, 0, row)
-            predicted.addcmul_(picked, held)
-            scale.addcmul_(picked.abs_(), size)
-        return predicted, scale
-
-
-class _CsrProducts:
-    """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] summed into their
-    columns by index_add."""
-
-    def __init__(self, jacobian: torch.Tensor):
-        self.rows = csr_rows(jacobian.crow_indices())
-        self.col, self.values = jacobian.col_indices(), jacobian.values()
-        self.n = jacobian.shape[1]
-
-    def __call__(self, v: torch.Tensor):
-        terms = torch.index_select(v, 0, self.rows).mul_(self.values)
-        predicted = terms.new_zeros(self.n).index_add_(0, self.col, terms)
-        return predicted, terms.new_zeros(self.n).index_add_(0, self.col, terms.abs_())
-
-
 def _csr(crow, col, values, shape) -> torch.Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore")
@@ -455,7 +360,12 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         sparse = compressed_jacobian(output, x, budget, seed)
         return sparse.matrix if sparse is not None else _exact(output, x, budget)
     except RuntimeError as error:
-        if torch_error(error) is not TorchError.SECOND_PASS:
+        kind = torch_error(error)
+        if kind is TorchError.INPLACE:
+            raise VJPUsageError("The output can no longer be differentiated: x (or a tensor "
+                                "it was computed from) was modified in place afterwards. "
+                                "Compute the output again after the update.") from None
+        if kind is not TorchError.SECOND_PASS:
             raise
         raise VJPUsageError("The output's graph was freed by a backward pass without "
                             "retain_graph=True: compute the output again.") from None

@@ -103,6 +103,8 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
                       else (None, ()))
     edges = offsets is not None and _short_at_edges(ids, picked, len(offsets), offsets, wraps,
                                                     out_shape)
+    if offsets is not None and not edges:  # some row inside reads fewer: no stencil
+        offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
     return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first,
                   len(ids) if sampled else None)

@@ -1,0 +1,159 @@
+"""The check of a compressed Jacobian (:mod:`.compressed`): independent random probes,
+judged entry by entry as every structure is (:mod:`.probes`).
+
+- Columns: vᵀJ from a plain backward against vᵀ·J_sparse, each entry j within the probe
+  tolerance of |v|ᵀ|J_sparse| (the magnitudes that sum into it). A proved pattern (the
+  graph's rules, every x) takes one probe; an observed one the full probe plan.
+- Rows, for an observed pattern: J·w (a forward-mode product, by double backward) against
+  J_sparse·w, each entry i within the tolerance of |J_sparse|·|w|. Grouped probes can miss a
+  small derivative that shares a column with a huge one (1 + 10¹² rounds to 10¹²): the
+  column check judges it against the huge one, the row check against its own row. A graph
+  without double backward cannot be checked so: the observed pattern is then refused.
+
+A disagreement refuses the sparse result; the caller falls back to the exact path.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .derivatives import plain_vjp
+from .probes import probe_generator, probe_plan
+from .sparse_layout import csr_rows
+from .tolerances import tolerances
+
+
+def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
+            passes=None, draws: int | None = None) -> bool:
+    """Full random probes, one at a time (each one's arrays stay in cache): vᵀJ from a plain
+    backward against vᵀ·J_sparse, entry by entry, each within the probe tolerance of
+    |v|ᵀ|J_sparse|; the first disagreement refuses. ``known``: (v, vᵀJ) of a probe drawn
+    the same way and already computed (the analysis's probe 0): it stands for the first
+    probe and saves its backward. ``passes``: the colour passes ``jacobian`` was read off,
+    which give the products without a scatter (:class:`_ColourProducts`). ``draws``: how
+    many probes (default: the probe plan's count for the dtype)."""
+    flat = output.reshape(-1)
+    count = 0 if passes is None else passes.values.shape[0]
+    products = _ColourProducts(passes, flat.numel()) if passes is not None and \
+        count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1) else _CsrProducts(jacobian)
+    tolerance = tolerances(output.dtype).probe
+    for draw in range(probe_plan(flat.dtype).probes if draws is None else draws):
+        if draw == 0 and known is not None:
+            v, observed = known[0].reshape(-1), known[1].detach().reshape(-1)
+        else:
+            v = _check_probe(flat, seed, draw)
+            observed = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
+        predicted, scale = products(v.to(jacobian.device, jacobian.dtype))
+        allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
+        # NaN anywhere fails the comparison; an infinite bound would pass anything: refused
+        if allowed.numel() and not (bool(observed.sub_(predicted).abs_().le_(allowed).all())
+                                    and bool(allowed.max() < math.inf)):
+            return False
+    return True
+
+
+def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
+    """Check probe ``draw``: random signed powers of two as :func:`.probes.probe_vector`
+    draws them (its values for the dtype), from the run's seed on a stream of its own. One
+    draw r of ``bits`` bits (r·values < 2⁶³) gives several codes, each the integer part of
+    r·values (r a fraction, its fractional part carried on to the next), while at least
+    log₂(values) + 20 bits remain: a bias under 10⁻⁶, and 4 to 10 times fewer draws, which
+    cost more than the backward pass itself at 10⁶ entries."""
+    values = probe_plan(flat.dtype).values
+    bits = 63 - (values - 1).bit_length()
+    per = max(1, int((bits - 20) / math.log2(values)) - 1)
+    m = flat.numel()
+    width = -(-m // per)
+    r = torch.randint(0, 2**bits, (width,), generator=probe_generator(seed, "sparse-check", draw))
+    codes = torch.empty(per, width, dtype=torch.int64)
+    for k in range(per):
+        r.mul_(values)
+        torch.bitwise_right_shift(r, bits, out=codes[k])
+        r.bitwise_and_(2**bits - 1)
+    return torch.index_select(_probe_values(flat.dtype), 0, codes.reshape(-1)[:m]) \
+        .to(flat.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_values(dtype: torch.dtype) -> torch.Tensor:
+    """The 2(2K + 1) values ±2^k, |k| ≤ K, of a probe of ``dtype``."""
+    plan = probe_plan(dtype)
+    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
+                                         dtype=torch.float64))
+    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
+
+
+class _ColourProducts:
+    """(vᵀJ, |v|ᵀ|J|) off the colour passes: rows of one colour read disjoint columns, so
+    column j of colour c's pass holds J[i, j] of at most one row i = i_c(j), and
+    vᵀJ = Σ_c v[i_c(j)]·J[i_c(j), j]: per colour a gather and a multiply-add, no scatter."""
+
+    def __init__(self, passes, m: int):  # a compressed.Passes
+        count, n = passes.values.shape
+        device = passes.values.device
+        self.row = torch.full((count * n,), m, dtype=torch.int64, device=device)
+        self.row.index_copy_(0, passes.at, passes.rows)  # i_c(j), or m where there is none
+        self.row = self.row.reshape(count, n)
+        held = torch.zeros(count * n, dtype=passes.values.dtype, device=device)
+        self.held = held.index_copy_(0, passes.at, passes.held()).reshape(count, n)
+        self.size = held.abs().reshape(count, n)
+
+    def __call__(self, v: torch.Tensor):
+        padded = torch.cat([v, v.new_zeros(1)])  # entry m: 0, for columns a colour skips
+        predicted = v.new_zeros(self.held.shape[1])
+        scale = v.new_zeros(self.held.shape[1])
+        for row, held, size in zip(self.row, self.held, self.size):
+            picked = torch.index_select(padded, 0, row)
+            predicted.addcmul_(picked, held)
+            scale.addcmul_(picked.abs_(), size)
+        return predicted, scale
+
+
+class _CsrProducts:
+    """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] summed into their
+    columns by index_add."""
+
+    def __init__(self, jacobian: torch.Tensor):
+        self.rows = csr_rows(jacobian.crow_indices())
+        self.col, self.values = jacobian.col_indices(), jacobian.values()
+        self.n = jacobian.shape[1]
+
+    def __call__(self, v: torch.Tensor):
+        terms = torch.index_select(v, 0, self.rows).mul_(self.values)
+        predicted = terms.new_zeros(self.n).index_add_(0, self.col, terms)
+        return predicted, terms.new_zeros(self.n).index_add_(0, self.col, terms.abs_())
+
+
+def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
+    """J·w for random probes w (forward mode by double backward: the VJP's graph is linear
+    in v, and its VJP against w is J·w) against J_sparse·w, entry i within the probe
+    tolerance of |J_sparse|·|w|; False where they disagree, or where the graph has no
+    double backward (nothing can check the rows then)."""
+    flat = output.reshape(-1)
+    tolerance = tolerances(output.dtype).probe
+    v = torch.zeros_like(flat, requires_grad=True)
+    try:
+        (g,) = torch.autograd.grad(flat, x, v, retain_graph=True, create_graph=True)
+    except RuntimeError:
+        return False
+    if g.grad_fn is None:  # J·w = 0 for every w: the rows hold no nonzero
+        return jacobian.values().numel() == 0 or not bool(jacobian.values().ne(0).any())
+    rows = csr_rows(jacobian.crow_indices())
+    col, values = jacobian.col_indices(), jacobian.values()
+    for draw in range(probe_plan(flat.dtype).probes):
+        w = _check_probe(g.reshape(-1), seed ^ 0x5EED, draw).reshape(x.shape)
+        try:
+            (observed,) = torch.autograd.grad(g, v, w, retain_graph=True)
+        except RuntimeError:
+            return False
+        w = w.reshape(-1).to(values.device, values.dtype)
+        terms = torch.index_select(w, 0, col).mul_(values)
+        predicted = terms.new_zeros(flat.numel()).index_add_(0, rows, terms)
+        scale = terms.new_zeros(flat.numel()).index_add_(0, rows, terms.abs_())
+        allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
+        error = observed.detach().reshape(-1).to(values.device) - predicted
+        if not (bool(error.abs().le(allowed).all()) and bool(allowed.max() < math.inf)):
+            return False
+    return True
