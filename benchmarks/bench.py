@@ -9,7 +9,10 @@ per-cell overhead of %%vjp on the tutorial's small examples; peak memory (RSS hi
 mark, reset between measurements) of the 10^6-point case vs the single backward; how fast
 an oversized Jacobian is refused; how soon Ctrl-C is answered during a long Jacobian;
 per-sample gradients of an MLP at B=1,024 vs vmap(grad); the batch-leak verdict at B=4,096
-(time, peak memory) vs torch.func.jacrev on blocks of rows (minutes: --quick uses B=1,024).
+(time, peak memory) vs torch.func.jacrev on blocks of rows (minutes: --quick uses B=1,024);
+then the sparse rows (``sparse_rows.py``: stencils, Laplacian, Rosenbrock Hessian, asdex) and
+the rows at model scale (``scale_rows.py``: dependency verdicts, per-sample gradients against
+vmap(grad)/Opacus/BackPACK, --wrt net against a loop of backward calls).
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ from vjp_magic import dependency, differentiate
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 import cells  # the tutorial's cells, shared with the tests  # noqa: E402
+import scale_rows  # noqa: E402
 import sparse_rows  # noqa: E402
-from timing import median_time, paired_medians, row  # noqa: E402
+from timing import median_time, paired_medians, row, shell  # noqa: E402
 
 
 def bench_elementwise(repeat: int, n: int) -> bool:
@@ -44,18 +48,6 @@ def bench_elementwise(repeat: int, n: int) -> bool:
                                   repeat)
     row("  same, probe-verified (graph proof off)", ours, anchor, "one backward", 2.5, 1.5)
     return ok
-
-
-def shell():
-    """The one IPython shell of the run, the extension loaded (``start_ipython`` makes it on
-    its first call only and returns None after: two rows each calling it broke the second)."""
-    from IPython.testing.globalipapp import start_ipython
-
-    start_ipython()
-    ip = get_ipython()  # noqa: F821 - start_ipython puts it in builtins
-    if "vjp_magic" not in ip.extension_manager.loaded:
-        ip.run_line_magic("load_ext", "vjp_magic")
-    return ip
 
 
 def bench_cell(repeat: int, n: int) -> bool:
@@ -381,6 +373,7 @@ def main() -> int:
         bench_interrupt(),
         bench_per_sample(args.repeat),
         bench_leak(1024 if args.quick else 4096),
+        *scale_rows.rows(shell(), args.repeat, args.quick),
     ]
     print("all rows within 'must reach'" if all(results) else "SOME ROWS OVER TARGET")
     return 0 if all(results) else 1

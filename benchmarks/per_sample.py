@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
-import statistics
 import sys
-import time
 
 import torch
+
+from timing import alternated_medians, shell
 
 SETUP = {
     "mlp": (1024, """
@@ -47,30 +46,6 @@ data, targets = torch.randn(B, 16, 64), torch.randint(0, 10, (B,))
 """),
 }
 CELL = "losses = F.cross_entropy(model(data), targets, reduction='none')"
-
-
-def paired_medians(functions: dict, repeat: int) -> dict:
-    """Median seconds of each function, run in turn so all see the same load (one warm-up)."""
-    for fn in functions.values():
-        fn()
-    times: dict = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, fn in functions.items():
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def shell():
-    from IPython.testing.globalipapp import start_ipython
-
-    start_ipython()
-    ip = get_ipython()  # noqa: F821 - start_ipython puts it in builtins
-    if "vjp_magic" not in ip.extension_manager.loaded:
-        ip.run_line_magic("load_ext", "vjp_magic")
-    return ip
 
 
 def vmap_grad(ns: dict):
@@ -172,7 +147,7 @@ def bench(ip, which: str, repeat: int) -> dict:
             anchors[name] = run
     ours = lambda: ip.run_cell_magic("vjp", "--wrt model", CELL)  # noqa: E731
     equal = check_equal(ours(), anchors["vmap(grad)"]())
-    medians = paired_medians({"%%vjp": ours, "per-sample only": per_sample_only(ns),
+    medians = alternated_medians({"%%vjp": ours, "per-sample only": per_sample_only(ns),
                               **anchors}, repeat)
     base = medians["vmap(grad)"]
     print(f"{which} B={batch}: %%vjp {medians['%%vjp'] * 1e3:.1f} ms "

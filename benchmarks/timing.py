@@ -1,5 +1,5 @@
-"""Timing helpers every benchmark row shares: medians, alternated runs (both sides see the
-same load), and one printed row per ratio against its anchor."""
+"""What every benchmark row shares: medians, alternated runs (all sides see the same load),
+one printed row per ratio against its anchor, and the run's one IPython shell."""
 from __future__ import annotations
 
 import gc
@@ -19,17 +19,24 @@ def median_time(fn, repeat: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def paired_medians(ours, anchor, repeat: int) -> tuple[float, float]:
-    """Median times of ``ours`` and ``anchor``, run alternately so both see the same load."""
-    ours(), anchor()
-    times_ours, times_anchor = [], []
+def alternated_medians(functions: dict, repeat: int) -> dict:
+    """Median seconds of each function, run in turn so all see the same load (one warm-up)."""
+    for fn in functions.values():
+        fn()
+    times: dict = {name: [] for name in functions}
     for _ in range(repeat):
-        for fn, times in ((ours, times_ours), (anchor, times_anchor)):
+        for name, fn in functions.items():
             gc.collect()
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_ours), statistics.median(times_anchor)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired_medians(ours, anchor, repeat: int) -> tuple[float, float]:
+    """Median times of ``ours`` and ``anchor``, run alternately so both see the same load."""
+    medians = alternated_medians({"ours": ours, "anchor": anchor}, repeat)
+    return medians["ours"], medians["anchor"]
 
 
 def row(label: str, ours: float, anchor: float, anchor_name: str, must: float, aim: float) -> bool:
@@ -39,3 +46,15 @@ def row(label: str, ours: float, anchor: float, anchor_name: str, must: float, a
     print(f"{label:<44} {ratio:6.2f}x  must<={must:<4} aim<={aim:<4} {verdict}{aim_note}"
           f"   ours {ours * 1e3:8.2f} ms, {anchor_name} {anchor * 1e3:8.2f} ms")
     return ratio <= must
+
+
+def shell():
+    """The one IPython shell of the run, the extension loaded (``start_ipython`` makes it on
+    its first call only and returns None after: two rows each calling it broke the second)."""
+    from IPython.testing.globalipapp import start_ipython
+
+    start_ipython()
+    ip = get_ipython()  # noqa: F821 - start_ipython puts it in builtins
+    if "vjp_magic" not in ip.extension_manager.loaded:
+        ip.run_line_magic("load_ext", "vjp_magic")
+    return ip
