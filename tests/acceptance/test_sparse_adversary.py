@@ -230,25 +230,18 @@ STENCIL_CELL = ("import torch.nn.functional as F\n"
                 "y = F.pad(x, (1, 1))[2:] + x**2\n")
 
 
-@pytest.mark.xfail(strict=True, reason="%%vjp crashes (RuntimeError add(sparse, dense) in "
-                   "teach/backward_notes._column_sums_vanish) when the cell calls "
-                   "y.backward(torch.ones_like(y)) and the Jacobian is sparse")
 def test_magic_with_the_cells_own_ones_backward_on_a_sparse_jacobian(ip):
     result = ip.run_cell("%%vjp\n" + STENCIL_CELL + "y.backward(torch.ones_like(y))\n")
     assert result.success, result.error_in_exec
     assert result.result.inputs["x"].sparse is not None
 
 
-@pytest.mark.xfail(strict=True, reason="%%vjp --check x crashes (NotImplementedError amax "
-                   "on SparseCPU in teach/grading_targets) when the Jacobian is sparse")
 def test_magic_check_on_a_sparse_jacobian(ip):
     result = ip.run_cell("%%vjp --check x\n" + STENCIL_CELL
                          + "v = torch.zeros_like(y)\nv[3] = 1.\ny.backward(v)\n")
     assert result.success, result.error_in_exec
 
 
-@pytest.mark.xfail(strict=True, reason="vjp_magic.check(answer, y, x) crashes "
-                   "(NotImplementedError amax on SparseCPU) when y's Jacobian is sparse")
 def test_check_grades_an_answer_for_a_sparse_jacobian():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     y = F.pad(x, (1, 1))[2:] + x ** 2

@@ -24,6 +24,7 @@ from ..render.sections import formula, jacobian_block
 from ..run.backward_log import CallKind, reaches
 from ..run.cell_source import GRADIENT_ARGUMENT, find_call
 from ..run.seeds import GradientKind, SeedTarget, seeds
+from .sparse_dense import column_sums, is_sparse
 
 VJP = Math(r"v^\top J", "vᵀJ")  # the vector-Jacobian product
 
@@ -74,10 +75,15 @@ _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 def _column_sums_vanish(result, name: str) -> bool:
     """The column sums of J are 0 (relative to the magnitudes that sum into them)."""
-    d = result.inputs[name].derivatives.detach().double()
-    axes = tuple(range(len(result.component_shape(name))))
-    rtol = tolerances(result.inputs[name].tensor.dtype).backward
-    return bool((d.sum(axes).abs() <= rtol * d.abs().sum(axes) + 1e-300).all())
+    item = result.inputs[name]
+    rtol = tolerances(item.tensor.dtype).backward
+    if is_sparse(item):  # from the CSR: no dense sum of the sparse derivatives
+        sums, magnitudes = (column_sums(item.sparse.matrix, a) for a in (False, True))
+    else:
+        d = item.derivatives.detach().double()
+        axes = tuple(range(len(result.component_shape(name))))
+        sums, magnitudes = d.sum(axes), d.abs().sum(axes)
+    return bool((sums.abs() <= rtol * magnitudes + 1e-300).all())
 
 
 def _ones_note(result, log, seed, name: str, base: int = 1) -> Paragraph:

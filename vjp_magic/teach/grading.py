@@ -31,6 +31,7 @@ from ..run.accumulation import summed_calls
 from ..run.backward_log import reaches
 from .grading_hints import HINTS as _hints
 from .grading_hints import KINDS, VerdictKind, shape_text
+from .sparse_dense import densified, is_sparse
 from .grading_reference import refinement
 from .grading_targets import Expected, Target, as_tensor, fits
 
@@ -351,6 +352,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     when not given; without a graph, the plain comparison stands). ``leaves`` (name →
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     """
+    result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
     if several is not None:
         verdicts = [grade(value, result, key, log=log, record=record, output=output,
@@ -364,7 +366,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     if a is None:
         return case.verdict(VerdictKind.MISSING,
                             _hints.missing(case, answer, case.calls_to_input()))
-    found = _recognised(case, a.to(case.exp.d.device))
+    found = _recognised(case, a.to(case.exp.device))
     if found.correct or found.kind == VerdictKind.WRONG_SHAPE:
         return found
     refined = refinement(result, name, record, output)
@@ -398,8 +400,14 @@ def verdict_sections(verdict: Verdict, result, reveal: bool = False,
     if not verdict.correct:
         blocks.append(paragraph(verdict.hint))
     if reveal and verdict.name in result.inputs:
-        blocks.append(paragraph("The expected answer:"))
-        blocks.extend(derivative_formulas(result, verdict.name, options or RenderOptions()))
+        shown = densified(result, [verdict.name])
+        if is_sparse(shown.inputs[verdict.name]):
+            blocks.append(paragraph(f"The expected answer is r.derivatives[{verdict.name!r}] "
+                                    "(sparse: too large to show whole here)."))
+        else:
+            blocks.append(paragraph("The expected answer:"))
+            blocks.extend(derivative_formulas(shown, verdict.name,
+                                              options or RenderOptions()))
     return (Section(tuple(blocks)),)
 
 

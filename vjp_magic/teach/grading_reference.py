@@ -24,6 +24,7 @@ import torch
 from ..core.tolerances import tolerances
 from ..core.torch_api import materialized_grad
 from ..run.replay import build, runs_user_code
+from .sparse_dense import is_sparse
 
 MAX_COMPONENTS = 64  # backward passes per input: one per non-point output component
 MAX_NODES = 100_000  # graph nodes hooked by the rounding bound
@@ -35,7 +36,7 @@ def refinement(result, name: str, record=None, output=None):
     is at hand, or the output has more than :data:`MAX_COMPONENTS` components."""
     item = result.inputs[name]
     vs = list(result.gradients[name])
-    if len(vs) > MAX_COMPONENTS or not item.tensor.is_floating_point():
+    if len(vs) > MAX_COMPONENTS or not item.tensor.is_floating_point() or is_sparse(item):
         return None
     d32 = item.derivatives.detach().to(torch.float64)
     with torch.random.fork_rng(devices=_rng_devices(item.tensor)):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..core.tolerances import tolerances
+from .sparse_dense import column_sums, csr_row, is_sparse
 
 JACOBIAN_LIMIT = 1 << 22  # entries: a full-Jacobian answer is compared up to this size
 
@@ -117,17 +118,26 @@ class Expected:
         self.x = item.tensor
         self.comp = tuple(result.component_shape(name))
         self.count = math.prod(self.comp)
-        self.d = item.derivatives.detach().double()
+        # a sparse Jacobian too large to densify (:func:`~.sparse_dense.densified` made the
+        # others dense): graded from its CSR, the forms that need every entry left out
+        self.csr = item.sparse.matrix if is_sparse(item) else None
+        self.d = None if self.csr is not None else item.derivatives.detach().double()
         self.slack = None
         if refined is not None:
             self.d, self.slack = (t.to(self.d.device) for t in refined)
         dtypes = [item.derivatives.dtype] + ([answer_dtype] if answer_dtype else [])
         self.rtol = max(tolerances(t).backward for t in dtypes)
         self.points = tuple(len(self.comp) + b for b in item.pairing.in_axes)
-        self.shape = tuple(self.d.shape)
         self.jacobian_shape = tuple(result.output.shape) + tuple(self.x.shape)
+        self.shape = self.jacobian_shape if self.d is None else tuple(self.d.shape)
 
-    def derivatives(self) -> Target:
+    @property
+    def device(self) -> torch.device:
+        return self.csr.device if self.d is None else self.d.device
+
+    def derivatives(self) -> Target | None:
+        if self.d is None:
+            return None
         return target("derivatives", self.d, self.d.abs(), self.points, self.rtol, self.slack)
 
     def forms(self) -> list[tuple]:
@@ -166,7 +176,7 @@ class Expected:
 
     def _flat_shape(self) -> tuple | None:
         m, n = math.prod(self.jacobian_shape[:len(self.result.output.shape)]), self.x.numel()
-        return (m, n) if m * n <= JACOBIAN_LIMIT else None
+        return (m, n) if m * n <= JACOBIAN_LIMIT and self.d is not None else None
 
     def flat_jacobian(self) -> Target | None:
         """The full Jacobian as the m × n matrix ``%jacobian`` shows (row-major)."""
@@ -182,7 +192,7 @@ class Expected:
 
     def jacobian(self) -> Target | None:
         size = math.prod(self.jacobian_shape)
-        if self.jacobian_shape == self.shape or size > JACOBIAN_LIMIT:
+        if self.jacobian_shape == self.shape or size > JACOBIAN_LIMIT or self.d is None:
             return None
         j = self._full(self.d)
         slack = None if self.slack is None else self._full(self.slack)
@@ -198,6 +208,10 @@ class Expected:
 
     def summed(self) -> Target:
         """What v = ones gives: the components' derivatives added up (x-shaped)."""
+        if self.d is None:  # vᵀJ with v = ones from the CSR's columns
+            sums, magnitude = (column_sums(self.csr, a).reshape(self.x.shape)
+                               for a in (False, True))
+            return target("gradient", sums, magnitude, self.item.pairing.in_axes, self.rtol)
         axes = tuple(range(len(self.comp)))
         slack = None if self.slack is None else self.slack.sum(axes)
         return target("gradient", self.d.sum(axes), self.d.abs().sum(axes),
@@ -206,6 +220,9 @@ class Expected:
     def component(self, k: int) -> Target:
         """Component ``k``'s derivatives (row-major), x-shaped."""
         rows = (self.count,) + tuple(self.x.shape)
+        if self.d is None:  # one row of the CSR
+            value = csr_row(self.csr, k).reshape(self.x.shape)
+            return target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol)
         value = self.d.reshape(rows)[k]
         slack = None if self.slack is None else self.slack.reshape(rows)[k]
         return target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol,
