@@ -73,6 +73,8 @@ def whole(shape) -> Piece:
 def through(relation: Offsets, pieces: list[Piece], in_shape) -> Offsets:
     """The relation through a node whose pieces map the relation's tensor to one of
     ``in_shape``; each piece's box keeps ``p + e`` inside that input."""
+    if len(relation.terms) * len(pieces) > 8 * MAX_TERMS:
+        raise NotTerms
     terms = []
     for term in relation.terms:
         for piece in pieces:
