@@ -24,14 +24,17 @@ def _along(edge: Edge, dim: int, shift: int, lo: int, hi: int) -> list[Piece]:
     return [Piece(tuple(e), tuple(low), tuple(high))]
 
 
-def _ranks_agree(edge: Edge) -> bool:
-    return len(edge.in_shape) == len(edge.out_shape) and len(edge.out_shape) > 0
+def _ranks_agree(edge: Edge, *dims: int) -> bool:
+    """Input and output have the same dims, of the same sizes but along ``dims``."""
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    return len(shape) == len(out) > 0 and all(
+        a in dims or shape[a] == out[a] for a in range(len(out)))
 
 
 def slice_(edge: Edge) -> list[Piece] | None:
-    if not _ranks_agree(edge) or to_int(edge.saved("step")) != 1:
-        return None
     dim = to_axis(edge.saved("dim"), len(edge.in_shape))
+    if not _ranks_agree(edge, dim) or to_int(edge.saved("step")) != 1:
+        return None
     start = _start(edge, edge.in_shape[dim])
     if edge.in_shape[dim] - start < edge.out_shape[dim]:
         return None
@@ -46,19 +49,19 @@ def _start(edge: Edge, size: int) -> int:
 
 def slice_backward(edge: Edge) -> list[Piece] | None:
     """slice_backward: the full-shape output reads the slice's gradient on the sliced range."""
-    if not _ranks_agree(edge) or to_int(edge.saved("step")) != 1:
-        return None
     dim = to_axis(edge.saved("dim"), len(edge.out_shape))
+    if not _ranks_agree(edge, dim) or to_int(edge.saved("step")) != 1:
+        return None
     start = _start(edge, edge.out_shape[dim])
     return _along(edge, dim, -start, start, start + edge.in_shape[dim])
 
 
 def constant_pad(edge: Edge) -> list[Piece] | None:
     """Padding (negative: cropping) per dim, torch's order (last dim first)."""
-    if not _ranks_agree(edge):
+    pad = [to_int(p) for p in edge.saved("pad")]
+    if not _ranks_agree(edge, *range(len(edge.out_shape) - len(pad) // 2, len(edge.out_shape))):
         return None
     out, shape = tuple(edge.out_shape), tuple(edge.in_shape)
-    pad = [to_int(p) for p in edge.saved("pad")]
     e, lo, hi = [0] * len(out), [0] * len(out), list(out)
     for t in range(len(pad) // 2):
         a = len(out) - 1 - t
@@ -92,18 +95,18 @@ def _split(piece: Piece, a: int, k: int, size: int) -> tuple[Piece, Piece]:
 
 def cat(edge: Edge) -> list[Piece] | None:
     """cat part: output positions ``start <= p < stop`` read ``p - start``."""
-    if not _ranks_agree(edge):
-        return None
     dim, start, stop = cat_span(edge)
-    if stop - start != edge.in_shape[dim]:
+    if not _ranks_agree(edge, dim) or stop - start != edge.in_shape[dim]:
         return None
     return _along(edge, dim, -start, start, stop)
 
 
 def split(edge: Edge) -> list[Piece] | None:
-    if edge.name == "Unbind" or not _ranks_agree(edge):
+    if edge.name == "Unbind":
         return None
     dim = to_axis(edge.saved("dim"), len(edge.in_shape))
+    if not _ranks_agree(edge, dim):
+        return None
     if edge.name == "SplitWithSizes":
         sizes = [to_int(s) for s in edge.saved("split_sizes")]
     else:
