@@ -166,9 +166,6 @@ def _stencil(u):
     return p[2:] + p[:-2] - 2 * u + u ** 3
 
 
-@pytest.mark.xfail(strict=True, reason="differentiate's batched passes leave a vmap "
-                   "BatchedTensor in a retain_grad tensor's .grad: the user's next backward "
-                   "raises")
 def test_retain_grad_survives_differentiate():
     x = torch.randn(256, dtype=torch.float64, requires_grad=True)
     u = torch.sin(x)

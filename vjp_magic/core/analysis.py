@@ -19,6 +19,7 @@ from .derivatives import forward_jacobian
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
 from .result import InputResult, VJPResult
+from .retained import keeps_retained_grads
 from .strategies import Context, from_exact_jacobian, from_verified_pairings
 
 # Up to this many Jacobian entries (output entries × input entries; the default of
@@ -31,6 +32,7 @@ SMALL_OUTPUT = 4096
 EXACT_PER_SIZE = 24  # candidate pairings per number of point axes on the exact path
 
 
+@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def differentiate(
     output: torch.Tensor,
     inputs,

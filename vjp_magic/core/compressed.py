@@ -27,6 +27,7 @@ from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import Probes, new_seed, probe_generator
+from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_layout import coo_derivatives, csr_rows
 from .torch_api import TorchError, torch_error
@@ -334,6 +335,7 @@ def _csr(crow, col, values, shape) -> torch.Tensor:
         return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
+@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
                     memory_budget: int | float | None = None,
                     seed: int | None = None) -> torch.Tensor:

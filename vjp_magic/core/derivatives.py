@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .retained import cleared
 from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
@@ -80,7 +81,10 @@ def vjp_batch(
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    grads = method(output, inputs, grad_outputs)
+                    try:
+                        grads = method(output, inputs, grad_outputs)
+                    finally:  # no vmap BatchedTensor left in a retain_grad tensor's .grad
+                        cleared()
                 log.vectorised = True
                 return grads
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:

@@ -27,6 +27,7 @@ from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Pairing
 from .result import DerivativeResult
+from .retained import keeps_retained_grads
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
                              empty_csr, sparse_hessian)
@@ -123,6 +124,7 @@ class HessianResult(DerivativeResult):
         return full if layout is torch.strided else dense_as_csr(full, self.output.numel() * n, n)
 
 
+@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
                        memory_budget: float | None = None,
                        **analysis_options) -> HessianResult:
