@@ -31,6 +31,7 @@ from . import capabilities
 from .axisrules import AxisMap, Flow, rule_for
 from .capabilities import out_metadata, out_shapes
 from .pairing import Pairing
+from .tagging import postorder
 
 
 @dataclass
@@ -71,7 +72,7 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     flows: dict[tuple[int, int], Flow] = {}
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
-    for node in _postorder(output.grad_fn):
+    for node in postorder(output.grad_fn):
         proof.workspace += _output_bytes(node)
         if node is tensor.grad_fn:
             continue  # the input itself: what lies below it is constant
@@ -121,7 +122,7 @@ def reach_proofs(output: torch.Tensor, named: dict) -> dict:
     leaves = {id(t): name for name, t in named.items() if t.grad_fn is None}
     reach: dict[int, frozenset] = {}
     custom = False
-    for node in _postorder(output.grad_fn):
+    for node in postorder(output.grad_fn):
         below = set()
         for producer, index in node.next_functions:
             if producer is None:
@@ -152,7 +153,7 @@ def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> 
     structure claimed: for a PyTorch whose graph hides the shapes (``limitation`` says so)."""
     reached: set[int] = set()
     proof = GraphProof(False, limitation=limitation)
-    for node in _postorder(output.grad_fn):
+    for node in postorder(output.grad_fn):
         if node is tensor.grad_fn:
             continue  # the input itself: what lies below it is constant
         if any(producer is not None and (_is_source(producer, index, tensor)
@@ -163,22 +164,6 @@ def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> 
                 proof.custom.append(node.name())
     proof.depends = id(output.grad_fn) in reached
     return proof
-
-
-def _postorder(root):
-    """Every node reachable from ``root``, each after all of its inputs (no recursion)."""
-    order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
-    while stack:
-        node, children = stack[-1]
-        for child, _ in children:
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append((child, iter(child.next_functions)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    return order
 
 
 def _output_bytes(node) -> int:

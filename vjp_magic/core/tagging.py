@@ -41,6 +41,23 @@ def walk_nodes(roots):
         stack.extend(next_node for next_node, _ in node.next_functions)
 
 
+def postorder(root) -> list:
+    """Every node reachable from ``root``, each after all of its inputs (no recursion; the
+    nodes are kept alive in the list, so their ids stay theirs: see :func:`walk_nodes`)."""
+    order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
+    while stack:
+        node, children = stack[-1]
+        for child, _ in children:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                stack.append((child, iter(child.next_functions)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
+
+
 def custom_backwards(output: torch.Tensor) -> tuple[str, ...]:
     """The names of the custom ``autograd.Function`` backward nodes in ``output``'s graph."""
     roots = [output.grad_fn] if output.grad_fn is not None else []

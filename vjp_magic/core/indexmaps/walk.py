@@ -11,6 +11,7 @@ from ..axisrules import base_name
 from ..capabilities import out_shapes
 from ..pattern import Pattern, most_per_row
 from ..pairing import Evidence
+from ..tagging import postorder
 from . import offsets
 from .maps import Edge, Unproved
 from .offsets import Offsets
@@ -62,7 +63,7 @@ def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
-    order = _postorder(output.grad_fn)
+    order = postorder(output.grad_fn)
     reach = _reaching(order, x)
     n = x.numel()
     if id(output.grad_fn) not in reach:
@@ -174,19 +175,3 @@ def _reaching(order: list, x: torch.Tensor) -> set[int]:
                for p, j in node.next_functions):
             reach.add(id(node))
     return reach
-
-
-def _postorder(root) -> list:
-    """Every node reachable from ``root``, each after all of its inputs (no recursion)."""
-    order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
-    while stack:
-        node, children = stack[-1]
-        for child, _ in children:
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append((child, iter(child.next_functions)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    return order
