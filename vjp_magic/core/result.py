@@ -45,6 +45,9 @@ class GradientList(Sequence):
             index += self._count
         if not 0 <= index < self._count:
             raise IndexError(f"gradient index {index} out of range for {self._count} gradients")
+        return self._vector(index)
+
+    def _vector(self, index: int) -> torch.Tensor:
         return one_hot_gradients(
             self._shape, self.point_out_axes, index, index + 1, self._dtype, self._device
         )[0].contiguous()
@@ -63,13 +66,7 @@ class ColouredGradients(GradientList):
         self._colours = sparse.colours
         self._count = sparse.count
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._count))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError(f"gradient index {index} out of range for {self._count} gradients")
+    def _vector(self, index: int) -> torch.Tensor:
         return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
 
 

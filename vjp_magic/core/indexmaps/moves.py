@@ -53,14 +53,7 @@ def permute(edge: Edge) -> IndexMap:
 
 
 def slice_(edge: Edge) -> IndexMap:
-    ndim = len(edge.in_shape)
-    dim = to_axis(edge.saved("dim"), ndim)
-    start, end = edge.saved("start"), edge.saved("end")
-    step = to_int(edge.saved("step"))
-    if step <= 0:
-        raise Unproved("a slice step that is not positive")
-    part = slice(None if start is None else to_int(start), None if end is None else to_int(end),
-                 step)
+    dim, part = _saved_slice(edge, len(edge.in_shape))
     return moved(grid(edge.in_shape)[(slice(None),) * dim + (part,)], edge.out_shape)
 
 
@@ -215,15 +208,19 @@ def triangle(edge: Edge) -> IndexMap:
 def slice_backward(edge: Edge) -> IndexMap:
     """slice_backward (in a gradient's own graph: Hessians): the gradient of a slice placed in
     zeros of the full shape."""
-    ndim = len(edge.out_shape)
+    dim, part = _saved_slice(edge, len(edge.out_shape))
+    return _placed(edge, dim, part)
+
+
+def _saved_slice(edge: Edge, ndim: int) -> tuple[int, slice]:
+    """The (dim, slice) a slice node saved; a step that is not positive is not proved."""
     dim = to_axis(edge.saved("dim"), ndim)
     start, end = edge.saved("start"), edge.saved("end")
     step = to_int(edge.saved("step"))
     if step <= 0:
         raise Unproved("a slice step that is not positive")
-    part = slice(None if start is None else to_int(start), None if end is None else to_int(end),
-                 step)
-    return _placed(edge, dim, part)
+    return dim, slice(None if start is None else to_int(start),
+                      None if end is None else to_int(end), step)
 
 
 def select_backward(edge: Edge) -> IndexMap:
