@@ -2,7 +2,8 @@
 
 - dependency verdicts at B = 4,096 (clean MLP, adjacent and distant leak, BatchNorm in
   training mode, mixup: ≤ 1 s and ≤ 0.5 GiB of peak RSS growth) and attention at T = 1,024
-  (plain, causal, mask after softmax: ≤ 2 s), each case in a fresh process
+  (plain, causal, mask after softmax: ≤ 2 s), three width-3 Conv1d layers at L = 4,096 and
+  the periodic stencil (issue 20: band verdicts, ≤ 1 s), each case in a fresh process
   (``dependency_scale.py``), with one plain backward of the same model timed there too;
 - per-sample gradients, ``%%vjp --wrt model`` end to end against the forward plus
   ``vmap(grad)`` (≤ 2×), for an MLP at B = 1,024, a CNN at B = 256 and a transformer encoder
@@ -26,7 +27,8 @@ from timing import row
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEPENDENCY_CASES = {"mlp": 1.0, "adjacent": 1.0, "distant": 1.0, "bn": 1.0, "mixup": 1.0,
-                    "attention": 2.0, "attention-causal": 2.0, "attention-after": 2.0}
+                    "attention": 2.0, "attention-causal": 2.0, "attention-after": 2.0,
+                    "conv": 1.0, "periodic": 1.0}
 MAX_GIB = 0.5
 
 
@@ -39,8 +41,9 @@ def bench_dependency(quick: bool) -> bool:
         found = json.loads(out.strip().splitlines()[-1])
         good = found["seconds"] <= must and found["rss_gib"] <= MAX_GIB
         ok &= good
-        size = f"T={dependency_scale.T}" if name.startswith("attention") else \
-            f"B={dependency_scale.B}"
+        size = {"attention": f"T={dependency_scale.T}", "conv": f"L={dependency_scale.L}",
+                "periodic": f"n={dependency_scale.L}"}.get(name.partition("-")[0],
+                                                          f"B={dependency_scale.B}")
         print(f"{'dependency, ' + name + ', ' + size:<44} {found['seconds']:6.2f} s   "
               f"must<={must:.0f} s, <={MAX_GIB} GiB {'ok' if good else 'OVER'}   "
               f"{found['rss_gib']:.2f} GiB, {found['seconds'] / found['backward']:.0f}x one "
