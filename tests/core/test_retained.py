@@ -78,3 +78,25 @@ def test_no_scan_inside_a_nested_entry_point(monkeypatch):
     x = torch.randn(256, dtype=torch.float64, requires_grad=True)
     vjp_magic.hessian((torch.sin(x) ** 2).sum(), x, seed=1)
     assert len(calls) == 1
+
+
+class _Holder:
+    """An object the frame walk does not look into."""
+
+
+@pytest.mark.parametrize("graph", list(GRAPHS))
+def test_one_not_found_never_keeps_a_batched_tensor(graph):
+    import gc
+
+    f, df = GRAPHS[graph]
+    x = torch.randn(256, dtype=torch.float64, requires_grad=True)
+    holder = _Holder()
+    holder.u = torch.sin(x)
+    holder.u.retain_grad()
+    gc.collect()  # old now: not among the young objects either
+    y = f(holder.u)
+    vjp_magic.differentiate(y, x, seed=1)
+    vjp_magic.hessian((y ** 2).sum(), x, seed=1)
+    holder.u.grad = None  # (not found: its value is not promised, but no BatchedTensor)
+    y.sum().backward()
+    torch.testing.assert_close(holder.u.grad, df(holder.u.detach()))

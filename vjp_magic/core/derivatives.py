@@ -84,7 +84,7 @@ def vjp_batch(
                     try:
                         grads = method(output, inputs, grad_outputs)
                     finally:  # no vmap BatchedTensor left in a retain_grad tensor's .grad
-                        cleared()
+                        cleared(batched="grads" in locals())
                 log.vectorised = True
                 return grads
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:

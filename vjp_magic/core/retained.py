@@ -96,39 +96,79 @@ def _nodes(root) -> set:
     return seen
 
 
+_ESCAPED = "escaped from inside a function being vmapped"  # a BatchedTensor met outside vmap
+
+
+def _every_retaining() -> list:
+    """All live retain_grad tensors: a full gc scan (tens of ms), only after a missed one."""
+    return [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.retains_grad]
+
+
+def _flush(output: torch.Tensor) -> None:
+    """After vectorised passes: one plain pass of zeros through ``output``'s graph. A
+    retain_grad tensor not found and left holding a BatchedTensor makes its hook raise;
+    then every live one is looked at (full scan) and none keeps a BatchedTensor."""
+    leaves = [n.variable for n in _nodes(output.grad_fn) if hasattr(n, "variable")]
+    try:
+        if leaves:
+            torch.autograd.grad(output, leaves, torch.zeros_like(output), retain_graph=True,
+                                allow_unused=True)
+    except RuntimeError:
+        _unbatch(_every_retaining())
+
+
+def _unbatch(tensors) -> None:
+    for t in tensors:
+        if _is_batched(t.grad):
+            t.grad = None
+
+
 @contextlib.contextmanager
-def grads_kept(output: torch.Tensor):
-    """Every retain_grad tensor found on ``output``'s graph has its ``.grad`` (the same tensor
-    object, or None) back on leaving; nested uses scan once."""
+def grads_kept(output: torch.Tensor, everything: bool = False):
+    """Every retain_grad tensor found on ``output``'s graph (``everything``: all live ones)
+    has its ``.grad`` (the same tensor object, or None) back on leaving; nested uses scan
+    once; after vectorised passes none is left holding a vmap BatchedTensor."""
     if getattr(_STATE, "depth", 0):
         yield
         return
-    kept = [(t, t.grad) for t in retained(output, sys._getframe(2))]
+    found = _every_retaining() if everything else retained(output, sys._getframe(2))
+    kept = [(t, t.grad) for t in found]
     _STATE.depth, _STATE.kept, _STATE.batched = 1, [t for t, _ in kept], False
     try:
         yield
     finally:
         batched, _STATE.depth, _STATE.kept, _STATE.batched = _STATE.batched, 0, [], False
+        if batched and isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            _flush(output)
         for t, grad in kept:
             t.grad = grad
-        for t in _young() if batched else ():  # no BatchedTensor left, even in one not found
-            if t.retains_grad and _is_batched(t.grad):
-                t.grad = None
 
 
-def cleared() -> None:
-    """After a backward pass inside :func:`grads_kept`: the found tensors' ``.grad`` None
-    again, so the next pass's hook neither adds to it nor meets a vmap BatchedTensor there."""
-    _STATE.batched = True
+def cleared(batched: bool = True) -> None:
+    """After a vectorised pass inside :func:`grads_kept`: the found tensors' ``.grad`` None
+    again, so the next pass's hook neither adds to it nor meets a vmap BatchedTensor there.
+    ``batched``: the pass completed (a failed one is followed by plain passes, which raise
+    on a BatchedTensor left in a tensor not found: the call is then made again)."""
+    _STATE.batched = getattr(_STATE, "batched", False) or batched
     for t in getattr(_STATE, "kept", ()):
         t.grad = None
 
 
 def keeps_retained_grads(function):
-    """Decorator for an entry point whose first argument is the output: :func:`grads_kept`."""
+    """Decorator for an entry point whose first argument is the output: :func:`grads_kept`;
+    where a retain_grad tensor not found broke a pass (its BatchedTensor met outside vmap),
+    the call is made again with every live one kept."""
     @functools.wraps(function)
     def wrapper(output, *args, **kwargs):
-        with grads_kept(output):
+        outer = not getattr(_STATE, "depth", 0)
+        try:
+            with grads_kept(output):
+                return function(output, *args, **kwargs)
+        except RuntimeError as error:
+            if not outer or _ESCAPED not in str(error):
+                raise
+        _unbatch(_every_retaining())
+        with grads_kept(output, everything=True):
             return function(output, *args, **kwargs)
     return wrapper
 
