@@ -233,7 +233,7 @@ def test_presentation_mode_shows_the_nonzeros_first():
     r, _, _ = made(stencil, torch.linspace(-1, 1, 12))
     r.view.present = True
     text = repr(r)
-    assert text.index("x[i-1]") < text.index("is tridiagonal")  # the nonzeros lead
+    assert text.index("x[i - 1]") < text.index("is tridiagonal")  # the nonzeros lead
 
 
 def test_jacobian_magic_shows_the_whole_jacobian_summarised():

@@ -273,10 +273,12 @@ def _same_classes(colours: torch.Tensor, base: torch.Tensor, count: int) -> bool
 
 
 # -- words -----------------------------------------------------------------------------------
-def _offset_index(letters, offset, sep: str = ", ") -> str:
+def _offset_index(letters, offset, sep: str = ", ", spaced: bool = False) -> str:
+    """``i-1, j`` (``spaced``: ``i - 1, j``, as wide as TeX sets the binary minus)."""
+    gap = " " if spaced else ""
     parts = []
     for letter, d in zip(letters, offset):
-        parts.append(letter if d == 0 else f"{letter}{'+' if d > 0 else '-'}{abs(d)}")
+        parts.append(letter if d == 0 else f"{letter}{gap}{'+' if d > 0 else '-'}{gap}{abs(d)}")
     return sep.join(parts)
 
 
@@ -486,8 +488,10 @@ def values_block(result, name: str) -> tuple[Block, list]:
                                          shape)
             return _lookup(matrix, rows, targets)
 
-        def column(c: int) -> Entry:
-            return notation.tensor_entry(name, _offset_index(letters, offsets[c], ","))
+        def column(c: int) -> Entry:  # plain counted as typeset: TeX spaces i − 1
+            tex = notation.tensor_entry(name, _offset_index(letters, offsets[c], ",")).tex
+            plain = notation.tensor_entry(name, _offset_index(letters, offsets[c], ", ", True))
+            return type(plain)(tex, plain.plain)
 
         caption = [Text("A row per entry of "), notation.prose_name(y),
                    Text(", a column per entry of "), notation.prose_name(name),
