@@ -1,5 +1,6 @@
-"""A leaky batch (one row reads another) at B = 4,096: the analysis computes its Jacobian by
-compressed passes instead of refusing the full one, and the values are the mathematics'."""
+"""Sparse edge cases: a leaky batch (one row reads another) at B = 4,096, whose Jacobian the
+analysis computes by compressed passes instead of refusing the full one, with the values of
+the mathematics; the identity map (y is x)."""
 import torch
 
 import vjp_magic
@@ -28,3 +29,10 @@ def test_a_leaky_batch_at_4096_is_computed_sparse_not_refused():
         torch.testing.assert_close(dense[i], expected)
     assert j.col_indices().numel() == 4096 * 16 * 16 + 16  # every block, and the leak
     assert x.grad is None
+
+
+def test_the_identity_map_has_the_identity_jacobian():  # y is x: a composition of no ops
+    x = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    got = vjp_magic.sparse_jacobian(x, x)
+    assert got.layout == torch.sparse_csr
+    torch.testing.assert_close(got.to_dense(), torch.eye(5, dtype=torch.float64))

@@ -353,6 +353,10 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
+    if output is x and x.requires_grad:  # the identity map: J = I
+        n = x.numel()
+        return _csr(torch.arange(n + 1), torch.arange(n), torch.ones(n, dtype=x.dtype),
+                    (n, n)).to(x.device)
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
