@@ -26,7 +26,9 @@ def _check(seed: int, dtype) -> bool:
     expected = torch.func.jacrev(f)(x.detach()).reshape(y.numel(), n)
     got = vjp_magic.sparse_jacobian(y, x, seed=seed)
     assert got.layout == torch.sparse_csr and got.shape == (y.numel(), n)
-    torch.testing.assert_close(got.to_dense(), expected, msg=lambda m: f"seed {seed}: {m}")
+    # equal_nan: float32 overflow (exp of a cube) makes NaN entries in jacrev too
+    torch.testing.assert_close(got.to_dense(), expected, equal_nan=True,
+                               msg=lambda m: f"seed {seed}: {m}")
     assert x.grad is None
     return True
 
