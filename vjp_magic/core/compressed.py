@@ -219,14 +219,16 @@ class SparseChoice:
         by the m passes that computed it); None where the colouring does not pay."""
         m, n = flat.shape
         nonzero = flat != 0
+        # too dense, or a column whose rows all take different colours: no pattern that holds
+        # these nonzeros pays (a proved one holds at least them), so none is proved
+        if int(nonzero.sum(1).max()) > most_per_row(n) or \
+                int(nonzero.sum(0).max()) > self.max_colours:
+            return None
         proved = proved_pattern(self.output, tensor, self.budget)
         if proved is not None:
             on = torch.zeros_like(nonzero)
             on[csr_rows(proved.crow), proved.col] = True
             proved = None if bool((nonzero & ~on).any()) else proved
-        if proved is None and (int(nonzero.sum(1).max()) > most_per_row(n)
-                               or int(nonzero.sum(0).max()) > self.max_colours):
-            return None  # too dense; and a column's rows all take different colours
         if proved is not None:
             crow, col = proved.crow.to(flat.device), proved.col.to(flat.device)
             matrix = _csr(crow, col, flat[csr_rows(crow), col], (m, n))
