@@ -107,7 +107,7 @@ def _out_shape(shape, m: int, crow=None, col=None) -> tuple[tuple[int, ...], ...
         out = tuple(int(s) for s in shape[0])
         if int(np.prod(out, dtype=np.int64)) == m and len(out) > 1:
             shapes.append(tuple(s for s in out if s != 1) or (m,))
-    elif crow is not None and m > 1:
+    if not shapes and crow is not None and m > 1:  # a flat output may hide a grid (reshape)
         shapes.extend(_guessed_grids(crow, col, m))
     shapes.append((m,))
     return tuple(dict.fromkeys(shapes))
