@@ -59,6 +59,18 @@ def x_sin(missing: bool):
     return XSin
 
 
+class Twice(torch.autograd.Function):
+    """x ↦ 2x with a right backward: a custom Function the graph's rules cannot read."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
 class Jitter(torch.autograd.Function):
     """x ↦ x·u with u drawn inside the forward: the record keeps no generator state for a
     draw inside a custom Function, so a replay draws other numbers (all but surely)."""

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from compositions import composition
+from custom_functions import Twice
 
 from vjp_magic.core.indexmaps import proved_pattern
 from vjp_magic.core.pairing import Evidence
@@ -140,24 +141,14 @@ def test_an_intermediate_input_and_a_constant_output():
     assert proved_pattern(x, x, BUDGET).nnz == 10
 
 
-class _Double(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return 2 * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return 2 * grad
-
-
 def test_a_custom_function_or_an_op_without_a_rule_proves_nothing():
     x = torch.randn(10, requires_grad=True)
-    assert proved_pattern(_Double.apply(x).roll(1), x, BUDGET) is None
+    assert proved_pattern(Twice.apply(x).roll(1), x, BUDGET) is None
     assert proved_pattern(x.sort().values, x, BUDGET) is None
     assert proved_pattern(torch.fft.fft(x).real, x, BUDGET) is None
     # a custom function on a branch that does not reach x is no obstacle
     other = torch.randn(10, requires_grad=True)
-    assert proved_pattern(x.roll(1) * _Double.apply(other), x, BUDGET) is not None
+    assert proved_pattern(x.roll(1) * Twice.apply(other), x, BUDGET) is not None
 
 
 def test_dense_rows_and_a_small_budget_are_refused():

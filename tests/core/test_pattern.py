@@ -1,6 +1,7 @@
 """The observed sparsity pattern: exact on local maps, refused when dense."""
 import torch
 import torch.nn.functional as F
+from custom_functions import Twice
 
 from vjp_magic.core.pattern import observed_pattern
 
@@ -46,15 +47,6 @@ def test_find_pattern_proves_what_the_rules_cover_and_observes_the_rest():
     proved = find_pattern(x ** 3, x, 2**28, seed=1)
     assert proved.evidence == Evidence.PROVED and proved.probes == 0
     assert proved.col.tolist() == [0, 1, 2, 3]  # d(x³)/dx = 0 at x = 0, still a dependence
-
-    class Twice(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t):
-            return 2 * t
-
-        @staticmethod
-        def backward(ctx, grad):
-            return 2 * grad
 
     observed = find_pattern(Twice.apply(x) ** 3, x, 2**28, seed=1)
     assert observed.evidence == Evidence.OBSERVED and observed.probes > 0

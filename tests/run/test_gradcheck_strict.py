@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from custom_functions import Twice
 
 from vjp_magic.render import plain
 from vjp_magic.render.document import Document
@@ -155,15 +156,6 @@ def test_a_failure_without_a_custom_function_names_the_non_differentiable_point(
 
 
 def test_only_custom_functions_on_the_way_are_named():
-    class Twice(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t):
-            return t * 2
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * 2
-
     x = torch.randn(3, dtype=torch.float64, requires_grad=True)
     c = torch.randn(3, dtype=torch.float64, requires_grad=True)
     y = x.sin() + Twice.apply(c)
