@@ -9,7 +9,8 @@ timed in the same run:
 - one-off (forward, pattern, colouring, first evaluation) against ``asdex`` (JAX) on the same
   functions and sizes (≤ 0.5× its time), when a Python with asdex is found: ``$BENCH_ASDEX_PYTHON``,
   else ``../benchenv/bin/python`` beside the project; otherwise the row says it was skipped;
-- the colour counts against the optimum on the stencils (3 and 5).
+- the colour counts against the optimum on the stencils (3 and 5), and the colouring alone on
+  stencils built from their definition (tridiagonal 10⁶, 5-point 1000 × 1000, 7-point 100³).
 """
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 import vjp_magic
-from timing import paired_medians, row
+from timing import median_time, paired_medians, row
+from vjp_magic.core.colouring import colour_count, colour_rows
 from vjp_magic.core.errors import VJPUsageError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from stencils import stencil  # noqa: E402 - patterns from their definition, as the tests
 
 
 def tridiagonal(x):
@@ -97,6 +102,27 @@ def colour_counts() -> bool:
     return ok
 
 
+def colouring_times(repeat: int) -> bool:
+    """The colouring alone (no passes) on stencils: colours and median time."""
+    cases = [("tridiagonal 10⁶", (10 ** 6,), [(-1,), (0,), (1,)], 3),
+             ("5-point 1000 × 1000", (1000, 1000), [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)], 5),
+             ("7-point 100³", (100, 100, 100), [(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0),
+                                                 (0, -1, 0), (0, 0, 1), (0, 0, -1)], 7)]
+    ok = True
+    for name, shape, offsets, best in cases:
+        crow, col = stencil(shape, offsets)
+        n = int(np.prod(shape))
+        def colour(crow=crow, col=col, n=n, shapes=(shape, shape)):
+            return colour_rows(crow, col, n, shape=shapes)
+
+        count = colour_count(colour())
+        seconds = median_time(colour, repeat)
+        ok &= count == best
+        print(f"{'colouring alone, ' + name:<44} {count:>6}   optimum {best}  "
+              f"{'ok' if count == best else 'OVER'}   {seconds * 1e3:.0f} ms")
+    return ok
+
+
 def _asdex_python() -> str | None:
     python = os.environ.get("BENCH_ASDEX_PYTHON",
                             os.path.join(HERE, "..", "..", "benchenv", "bin", "python"))
@@ -143,6 +169,7 @@ def rows(repeat: int, quick: bool) -> list[bool]:
                        20, 10),
         bench_rosenbrock(10**6 // scale, few),
         colour_counts(),
+        colouring_times(few),
         bench_asdex(10**6 // scale, quick),
     ]
 

@@ -3,6 +3,7 @@ reading one column), verified pair by pair; column colourings are valid."""
 import time
 
 import numpy as np
+from stencils import csr, stencil
 import pytest
 
 from vjp_magic.core.colouring import (colour_columns, colour_count, colour_rows,
@@ -10,25 +11,6 @@ from vjp_magic.core.colouring import (colour_columns, colour_count, colour_rows,
 
 FIVE = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
 SEVEN = [(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
-
-
-def _csr(rows, cols, m):
-    order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
-    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))]), cols
-
-
-def _stencil(shape, offsets, periodic=False):
-    index = np.indices(shape).reshape(len(shape), -1).T
-    rows, cols = [], []
-    for offset in offsets:
-        other = index + np.array(offset)
-        if periodic:
-            other = other % np.array(shape)
-        inside = ((other >= 0) & (other < np.array(shape))).all(1)
-        rows.append(np.ravel_multi_index(index[inside].T, shape))
-        cols.append(np.ravel_multi_index(other[inside].T, shape))
-    return _csr(np.concatenate(rows), np.concatenate(cols), int(np.prod(shape)))
 
 
 def _pairwise_valid(crow, col, colours):
@@ -44,7 +26,7 @@ def _pairwise_valid(crow, col, colours):
 @pytest.mark.parametrize("k", [3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16, 25])
 def test_five_point_stencil_takes_five_colours_on_any_grid(k):
     # a row and its four neighbours pairwise share a column: 5 is a lower bound
-    crow, col = _stencil((k, k), FIVE)
+    crow, col = stencil((k, k), FIVE)
     colours = colour_rows(crow, col, k * k, shape=((k, k), (k, k)))
     _pairwise_valid(crow, col, colours)
     assert colour_count(colours) == 5
@@ -52,7 +34,7 @@ def test_five_point_stencil_takes_five_colours_on_any_grid(k):
 
 @pytest.mark.parametrize("k", [3, 4, 6, 8, 11])
 def test_seven_point_stencil_takes_seven_colours(k):
-    crow, col = _stencil((k, k, k), SEVEN)
+    crow, col = stencil((k, k, k), SEVEN)
     colours = colour_rows(crow, col, k ** 3, shape=((k, k, k), (k, k, k)))
     _pairwise_valid(crow, col, colours)
     assert colour_count(colours) == 7
@@ -60,19 +42,19 @@ def test_seven_point_stencil_takes_seven_colours(k):
 
 @pytest.mark.parametrize("n", [3, 4, 7, 100, 1001])
 def test_tridiagonal_and_periodic_bands(n):
-    crow, col = _stencil((n,), [(-1,), (0,), (1,)])
+    crow, col = stencil((n,), [(-1,), (0,), (1,)])
     colours = colour_rows(crow, col, n)
     _pairwise_valid(crow, col, colours)
     assert colour_count(colours) == 3
     # half-width 2: rows i..i+4 pairwise share a column, 5 is optimal
-    crow, col = _stencil((n,), [(d,) for d in range(-2, 3)])
+    crow, col = stencil((n,), [(d,) for d in range(-2, 3)])
     assert colour_count(colour_rows(crow, col, n)) == min(n, 5)
 
 
 def test_periodic_band_is_valid():
     # wrap-around: n not a multiple of 3 needs a 4th colour (a lattice mod 3 collides)
     for n in (9, 10, 11, 12):
-        crow, col = _stencil((n,), [(-1,), (0,), (1,)], periodic=True)
+        crow, col = stencil((n,), [(-1,), (0,), (1,)], periodic=True)
         colours = colour_rows(crow, col, n)
         _pairwise_valid(crow, col, colours)
         assert colour_count(colours) == (3 if n % 3 == 0 else 4)
@@ -80,7 +62,7 @@ def test_periodic_band_is_valid():
 
 def test_tridiagonal_at_a_million_rows_is_fast_and_optimal():
     n = 10 ** 6
-    crow, col = _stencil((n,), [(-1,), (0,), (1,)])
+    crow, col = stencil((n,), [(-1,), (0,), (1,)])
     start = time.perf_counter()
     colours = colour_rows(crow, col, n)
     elapsed = time.perf_counter() - start
@@ -93,12 +75,12 @@ def test_a_lattice_that_does_not_fit_is_rejected_by_the_verification():
     # rows share a column only near the middle of a band of rows: the screen (on interior
     # rows) may pass a lattice the whole pattern breaks; the result must still be valid
     rng = np.random.default_rng(3)
-    crow, col = _stencil((60,), [(-1,), (0,), (1,)])
+    crow, col = stencil((60,), [(-1,), (0,), (1,)])
     extra_r = rng.integers(0, 60, 30)
     extra_c = rng.integers(0, 60, 30)
     rows = np.concatenate([np.repeat(np.arange(60), np.diff(crow)), extra_r])
     keys = np.unique(rows * 60 + np.concatenate([col, extra_c]))
-    crow, col = _csr(keys // 60, keys % 60, 60)
+    crow, col = csr(keys // 60, keys % 60, 60)
     _pairwise_valid(crow, col, colour_rows(crow, col, 60))
 
 
@@ -108,7 +90,7 @@ def test_column_colouring_is_valid_and_few_on_a_wide_pattern():
     m, n = 50, 200
     rows = np.repeat(np.arange(m), 4)
     cols = (np.arange(m)[:, None] * 4 + np.arange(4)[None]).reshape(-1)
-    crow, col = _csr(rows, cols, m)
+    crow, col = csr(rows, cols, m)
     colours = colour_columns(crow, col, n)
     assert colour_count(colours) == 4
     cols_of = colours[col]
@@ -123,12 +105,12 @@ def test_random_patterns_take_at_most_natural_greedys_colours():
         m, n = rng.integers(1, 150, size=2)
         dense = rng.random((m, n)) < rng.uniform(0.01, 0.2)
         rows, cols = dense.nonzero()
-        crow, col = _csr(rows, cols, m)
+        crow, col = csr(rows, cols, m)
         colours = colour_rows(crow, col, n)
         _pairwise_valid(crow, col, colours)
         assert colour_count(colours) <= 1.1 * colour_count(natural_greedy(crow, col, n))
         columns = colour_columns(crow, col, n)
-        t_crow, t_col = _csr(cols, rows, n)
+        t_crow, t_col = csr(cols, rows, n)
         _pairwise_valid(t_crow, t_col, columns)
 
 
@@ -137,7 +119,7 @@ def test_a_grid_is_guessed_from_a_square_patterns_offsets(k):
     # without shape=: the flat index alone gives 5 colours only for k mod 5 in (2, 3), and
     # greedy (natural order only at this size) takes 7; the offsets ±k of the middle row
     # name the grid
-    crow, col = _stencil((k, k), FIVE)
+    crow, col = stencil((k, k), FIVE)
     colours = colour_rows(crow, col, k * k)
     rows = np.repeat(np.arange(k * k), np.diff(crow))
     keys = col * 5 + colours[rows]  # (column, colour) pairs: each at most once
