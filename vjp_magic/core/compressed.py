@@ -13,7 +13,6 @@ back to the exact path, never to a wrong sparse matrix.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -29,7 +28,7 @@ from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import Probes, new_seed, probe_generator
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
-from .sparse_layout import coo_derivatives, csr_rows
+from .sparse_layout import coo_derivatives, csr_matrix, csr_rows, dense_to_csr
 from .torch_api import TorchError, torch_error
 
 
@@ -108,7 +107,8 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         return Attempt(None, f"its colouring needs {count:,} backward passes for "
                              f"{output.numel():,} output entries")
     passes = colour_passes(output, x, pattern, colours, budget)
-    jacobian = _csr(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
+    jacobian = csr_matrix(pattern.crow, pattern.col, passes.held().cpu(),
+                          pattern.shape).to(x.device)
     proved = pattern.evidence is Evidence.PROVED
     if not (checked(output, x, jacobian, seed, known, passes, draws=1 if proved else None)
             and (proved or rows_checked(output, x, jacobian, seed))):
@@ -231,9 +231,9 @@ class SparseChoice:
             proved = None if bool((nonzero & ~on).any()) else proved
         if proved is not None:
             crow, col = proved.crow.to(flat.device), proved.col.to(flat.device)
-            matrix = _csr(crow, col, flat[csr_rows(crow), col], (m, n))
+            matrix = csr_matrix(crow, col, flat[csr_rows(crow), col], (m, n))
         else:
-            matrix = _quiet_csr(flat)
+            matrix = dense_to_csr(flat)
         colours = colour_rows(matrix.crow_indices().cpu().numpy(),
                               matrix.col_indices().cpu().numpy(), n,
                               shape=(tuple(self.output.shape), tuple(tensor.shape)))
@@ -247,12 +247,6 @@ class SparseChoice:
 
 TOO_DENSE = "a row of the Jacobian reads too many entries"
 OVER_BUDGET = "over the memory budget"
-
-
-def _quiet_csr(dense: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        return dense.to_sparse_csr()
 
 
 def _pattern(output, x, budget: int, seed: int, max_probes: int | None) -> Pattern | None:
@@ -310,7 +304,7 @@ def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: in
 def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
     """d output / d x as CSR from one VJP per colour (:func:`colour_passes`)."""
     passes = colour_passes(output, x, pattern, colours, budget)
-    return _csr(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
+    return csr_matrix(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
 
 
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
@@ -329,12 +323,6 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
         (g,) = vjp_batch(flat, [x], v)
         passes.append(g.detach().reshape(len(ids), -1))
     return torch.cat(passes)
-
-
-def _csr(crow, col, values, shape) -> torch.Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
 
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
@@ -357,7 +345,7 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
     if output is x and x.requires_grad:  # the identity map: J = I
         n = x.numel()
-        return _csr(torch.arange(n + 1), torch.arange(n), torch.ones(n, dtype=x.dtype),
+        return csr_matrix(torch.arange(n + 1), torch.arange(n), torch.ones(n, dtype=x.dtype),
                     (n, n)).to(x.device)
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
@@ -385,6 +373,6 @@ def _exact(output, x, budget: int) -> torch.Tensor:
     refuse_if_over(m * n * x.element_size(), budget,
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
     (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
-    return _quiet_csr(stacked.detach().reshape(m, n))
+    return dense_to_csr(stacked.detach().reshape(m, n))
 
 

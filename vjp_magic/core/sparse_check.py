@@ -72,12 +72,12 @@ def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
         r.mul_(values)
         torch.bitwise_right_shift(r, bits, out=codes[k])
         r.bitwise_and_(2**bits - 1)
-    return torch.index_select(_probe_values(flat.dtype), 0, codes.reshape(-1)[:m]) \
+    return torch.index_select(probe_values(flat.dtype), 0, codes.reshape(-1)[:m]) \
         .to(flat.device)
 
 
 @functools.lru_cache(maxsize=None)
-def _probe_values(dtype: torch.dtype) -> torch.Tensor:
+def probe_values(dtype: torch.dtype) -> torch.Tensor:
     """The 2(2K + 1) values ±2^k, |k| ≤ K, of a probe of ``dtype``."""
     plan = probe_plan(dtype)
     magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,

@@ -13,7 +13,6 @@ takes the exact path instead. The memory budget counts nonzeros here.
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -22,6 +21,8 @@ from . import memory, probes
 from . import pattern as patterns
 from .colouring import colour_count, colour_symmetric, recover_symmetric, symmetrised
 from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .sparse_check import probe_values
+from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .tolerances import tolerances
 
 # Up to this many colours, plain backward passes one after another (faster on CPU than one
@@ -64,7 +65,7 @@ def band_name(matrix: torch.Tensor) -> str:
     """"Diagonal", "tridiagonal", "banded (half-width k)" or "sparse", from the nonzeros."""
     n = matrix.shape[0]
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
-    rows = torch.repeat_interleave(torch.arange(n), crow.diff())
+    rows = csr_rows(crow)
     width = int((rows - col).abs().max()) if col.numel() else 0
     if width == 0:
         return "Diagonal"
@@ -101,11 +102,8 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     count = colour_count(colours)
     products = _products(d.reshape(-1), x, torch.from_numpy(colours), count, budget)
     values = recover_symmetric(crow, col, colours, products)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        matrix = torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(col),
-                                         values.cpu(), size=(n, n),
-                                         check_invariants=False).to(x.device)
+    matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), values.cpu(),
+                        (n, n)).to(x.device)
     if not checked(d, x, matrix, seed, budget):
         return None
     return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes,
@@ -152,8 +150,7 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
     count = len(vectors)
     observed = _batched(flat, x, vectors, budget)
     crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    rows = torch.repeat_interleave(torch.arange(matrix.shape[0], device=crow.device),
-                                   crow.diff())
+    rows = csr_rows(crow)
     row_sums = values.abs().new_zeros(matrix.shape[0]).index_add_(0, rows, values.abs())
     v_rows = vectors.to(values.device, values.dtype)[:, rows]  # count × nnz
     shape = (count, matrix.shape[1])
@@ -178,9 +175,7 @@ def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
     :func:`.probes.probe_plan` for the dtype, drawn all at once from the run's seed on a
     stream of their own."""
     plan = probes.probe_plan(flat.dtype)
-    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
-                                         dtype=torch.float64))
-    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(flat.dtype)
+    table = probe_values(flat.dtype)
     codes = torch.randint(0, plan.values, (plan.probes * flat.numel(),), dtype=torch.int32,
                           generator=probes.probe_generator(seed, "sparse-hessian-check"))
     return torch.index_select(table, 0, codes).reshape(plan.probes, -1).to(flat.device)
@@ -189,18 +184,13 @@ def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
 def empty_csr(x: torch.Tensor) -> torch.Tensor:
     """The n × n CSR with no nonzeros (n = x.numel()), on x's device and dtype."""
     n = x.numel()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore")
-        return torch.sparse_csr_tensor(
-            torch.zeros(n + 1, dtype=torch.int64, device=x.device),
-            torch.zeros(0, dtype=torch.int64, device=x.device), x.new_zeros(0), size=(n, n))
+    return csr_matrix(torch.zeros(n + 1, dtype=torch.int64, device=x.device),
+                      torch.zeros(0, dtype=torch.int64, device=x.device), x.new_zeros(0), (n, n))
 
 
 def dense_as_csr(hessian: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """A dense Hessian as a 2-D CSR tensor (rows × cols, row-major)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return hessian.reshape(rows, cols).to_sparse_csr()
+    return dense_to_csr(hessian.reshape(rows, cols))
 
 
 def sparse_as_dense(sparse: SparseHessian, shape) -> torch.Tensor:

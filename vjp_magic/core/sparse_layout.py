@@ -21,6 +21,18 @@ def _quiet(make):
         return make()
 
 
+def csr_matrix(crow, col, values, shape) -> torch.Tensor:
+    """A 2-D sparse CSR tensor from its parts (invariants not re-checked: the callers build
+    sorted rows)."""
+    return _quiet(lambda: torch.sparse_csr_tensor(crow, col, values, size=tuple(shape),
+                                                  check_invariants=False))
+
+
+def dense_to_csr(dense: torch.Tensor) -> torch.Tensor:
+    """A 2-D dense tensor in the CSR layout."""
+    return _quiet(dense.to_sparse_csr)
+
+
 def csr_rows(crow: torch.Tensor) -> torch.Tensor:
     """The row of each nonzero of a CSR matrix (from its ``crow``), ascending."""
     m, nnz = crow.numel() - 1, int(crow[-1]) if crow.numel() else 0
