@@ -92,16 +92,23 @@ def block_csr(derivatives: torch.Tensor, out_shape, pairing: Pairing) -> torch.T
                                                   check_invariants=False))
 
 
+def nonzero_positions(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Indices into a CSR's ``col``/``values`` of the nonzeros of the rows starting at
+    ``starts`` with ``lengths`` nonzeros each, row after row."""
+    ends = torch.cumsum(lengths, 0)
+    within = torch.arange(int(ends[-1]) if len(ends) else 0, device=starts.device) - \
+        torch.repeat_interleave(ends - lengths, lengths)
+    return torch.repeat_interleave(starts, lengths) + within
+
+
 def csr_block(matrix: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Entries ``matrix[rows][:, cols]`` (dense, len(rows) × len(cols)) of a 2-D CSR matrix,
     reading only the requested rows' nonzeros."""
     crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
     rows, cols = rows.to(crow.device), cols.to(crow.device)
-    starts, lengths = crow[rows], crow[rows + 1] - crow[rows]
+    lengths = crow[rows + 1] - crow[rows]
     local = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), lengths)
-    offsets = torch.arange(int(lengths.sum()), device=crow.device) - \
-        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    at = starts[local] + offsets
+    at = nonzero_positions(crow[rows], lengths)
     wanted, inverse = torch.unique(cols, return_inverse=True)
     place = torch.searchsorted(wanted, col[at]).clamp(max=max(len(wanted) - 1, 0))
     hit = wanted[place] == col[at] if len(wanted) else torch.zeros_like(at, dtype=torch.bool)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..core.sparse_layout import nonzero_positions
 from . import notation
 from .codegen import derivative_name, expression, fresh, identifiers, output_symbol
 from .findings import structure_findings
@@ -94,7 +95,7 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     ids, sampled = _read_rows(crow, m)
     picked = counts[ids] if sampled else counts
     rows = torch.repeat_interleave(ids, picked)
-    col = col[_positions(crow[ids], picked)] if sampled else col
+    col = col[nonzero_positions(crow[ids], picked)] if sampled else col
     band = None
     if m == n:
         diff = col - rows
@@ -120,15 +121,6 @@ def _read_rows(crow, m: int) -> tuple[torch.Tensor, bool]:
     ids = torch.cat([torch.arange(min(m, EDGE_ROWS)), spread,
                      torch.arange(max(0, m - EDGE_ROWS), m)])
     return torch.unique(ids), True
-
-
-def _positions(starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Indices into ``col`` of the nonzeros of rows starting at ``starts``."""
-    base = torch.repeat_interleave(starts, counts)
-    ends = torch.cumsum(counts, 0)
-    within = torch.arange(int(ends[-1]) if len(ends) else 0) - \
-        torch.repeat_interleave(ends - counts, counts)
-    return base + within
 
 
 def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
