@@ -41,7 +41,9 @@ class SparseJacobian:
     one colour read disjoint entries of x); ``count``: the number of colours, i.e. backward
     passes for the values; ``evidence``: PROVED (the pattern follows from the graph's rules)
     or OBSERVED (found by probes at this x); ``pattern_passes``: backward passes spent finding
-    the pattern (0 when proved).
+    the pattern (0 when proved); ``mode``: "rows" (one backward per colour of the output's
+    entries) or "columns" (``colours`` then has one per flat input entry, and ``count``
+    forward-mode passes J·u gave the values: :mod:`.column_passes`).
     """
 
     matrix: torch.Tensor
@@ -49,6 +51,7 @@ class SparseJacobian:
     count: int
     evidence: Evidence
     pattern_passes: int
+    mode: str = "rows"
 
     @property
     def nnz(self) -> int:

@@ -1,0 +1,171 @@
+"""Column colouring: one forward-mode pass (a Jacobian-vector product J·u) per colour of the
+input's entries, where that takes fewer passes than one backward per colour of the output's.
+
+Entries of x of one colour are never read by one output entry, so u = 1 on them gives J·u
+whose entry i is J[i, j] for the one j of that colour that row i reads: a dense column
+(every output reads x[0], as in y = f(x) + x[0]) needs as many row colours as outputs but
+only two column colours.
+
+Forward mode on the graph already recorded (the user's code is not run again), by double
+backward: g(v) = Jᵀv once with ``create_graph=True`` (v a zero tensor that requires grad;
+g is linear in v), then J·u = the VJP of g against u, one per colour. A graph without
+double backward (a custom ``autograd.Function`` marked ``once_differentiable``) gives none:
+:func:`column_attempt` returns None and the rows stay. The result is checked as the rows'
+are (:func:`.sparse_check.checked`, plus :func:`.sparse_check.rows_checked` for an OBSERVED
+pattern): the check's plain backward passes do not use the double backward, so a custom
+backward that drops the dependence on v (a numpy backward) shows there.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .colouring import colour_columns, colour_count
+from .derivatives import chunk_size, vjp_batch
+from .pairing import Evidence
+from .pattern import Pattern
+from .sparse_check import checked, rows_checked
+from .sparse_layout import csr_matrix, csr_rows
+from .textenum import TextEnum
+
+if TYPE_CHECKING:
+    from .compressed import SparseJacobian
+
+# One double-backward JVP costs about this many plain backward passes of the same map:
+# measured on this 2-core CPU (float64, one thread, medians of 7, three noisy runs):
+# sin(x)·x[0] at 10⁶ 0.3–0.5×, a 3-point stencil plus x³ at 10⁶ 0.3–0.7×, tanh(A x) at 10³
+# 0.9–1.0×, cumsum(softplus) at 10⁵ 1.0–1.4×, two width-3 Conv1d at 10⁵ 3.1–6.2× (conv's
+# double backward is a full convolution_backward); the g = Jᵀv pass with create_graph, once,
+# costs 0.4–1.2 backward. 2 is the middle of that spread, on the side of the rows (the path
+# that needs no double backward), so columns are used only where their colours times 2 are
+# fewer than the rows'.
+COST_RATIO = 2
+# Up to this many colours, one pass after another (as the row passes, compressed.LOOP_PASSES).
+LOOP_PASSES = 64
+
+
+class Mode(TextEnum):
+    """Which passes computed a :class:`.compressed.SparseJacobian` (its ``mode``)."""
+
+    ROWS = "rows"  # one backward (vᵀJ) per colour of the output's entries
+    COLUMNS = "columns"  # one forward-mode pass (J·u) per colour of the input's entries
+
+
+def column_colours(pattern: Pattern, row_count: int | None, out_shape=None,
+                   in_shape=None, max_colours: int | None = None) -> np.ndarray | None:
+    """int64 colours for the input's entries (:func:`.colouring.colour_columns`) where column
+    passes pay more than ``row_count`` row passes (None: rows refused), else None. Not
+    coloured at all where they cannot pay: a row reading k entries needs k column colours."""
+    widest = int(np.diff(pattern.crow.numpy()).max()) if pattern.shape[0] else 0
+    if row_count is not None and widest * COST_RATIO >= row_count:
+        return None
+    shape = None if out_shape is None else (tuple(out_shape), tuple(in_shape))
+    colours = colour_columns(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
+                             shape=shape)
+    if colours is None:
+        return None
+    count = colour_count(colours)
+    if max_colours is not None and count * COST_RATIO > max_colours:
+        return None
+    return colours if prefer_columns(row_count, count) else None
+
+
+def prefer_columns(row_count: int | None, column_count: int | None) -> bool:
+    """Whether ``column_count`` forward-mode passes beat ``row_count`` backward ones (None:
+    that colouring was refused)."""
+    if column_count is None:
+        return False
+    return row_count is None or column_count * COST_RATIO < row_count
+
+
+def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
+                   colours: np.ndarray, budget: int, seed: int,
+                   known=None) -> SparseJacobian | None:
+    """d output / d x on ``pattern`` from one J·u per colour of ``colours`` (the input's
+    entries), checked (:mod:`.sparse_check`); None where the graph has no double backward
+    or the check disagrees. ``known``: as :func:`.sparse_check.checked`."""
+    from .compressed import SparseJacobian  # compressed imports this module: import when used
+
+    colours = torch.from_numpy(np.asarray(colours, np.int64))
+    jacobian = column_jacobian(output, x, pattern, colours, budget)
+    if jacobian is None:
+        return None
+    proved = pattern.evidence is Evidence.PROVED
+    if not (checked(output, x, jacobian, seed, known, draws=1 if proved else None)
+            and (proved or rows_checked(output, x, jacobian, seed))):
+        return None
+    count = int(colours.max()) + 1 if colours.numel() else 0
+    return SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
+                          Mode.COLUMNS)
+
+
+def column_jacobian(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
+                    colours: torch.Tensor, budget: int) -> torch.Tensor | None:
+    """The CSR Jacobian on ``pattern``: J[i, j] = (J·u_c)[i], c the colour of j, u_c = 1 on
+    the entries of x of colour c. Unchecked; None without double backward."""
+    products = jvps(output, x, colours, budget)
+    if products is None:
+        return None
+    m = pattern.shape[0]
+    at = torch.index_select(colours, 0, pattern.col) * m + csr_rows(pattern.crow)
+    values = torch.index_select(products.reshape(-1), 0, at.to(products.device))
+    return csr_matrix(pattern.crow, pattern.col, values.cpu(), pattern.shape).to(x.device)
+
+
+def tangents(x: torch.Tensor, colours: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """u_c for c in ``first:stop``, stacked, each shaped like x: 1 on the entries of colour c."""
+    ids = torch.arange(first, stop, device=x.device)
+    return (colours.to(x.device)[None, :] == ids[:, None]).to(x.dtype) \
+        .reshape((stop - first,) + tuple(x.shape))
+
+
+def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
+         budget: int) -> torch.Tensor | None:
+    """(count × output.numel()): J·u_c for each colour c, by double backward; None where the
+    graph has none."""
+    flat = output.reshape(-1)
+    count = int(colours.max()) + 1 if colours.numel() else 0
+    v = torch.zeros_like(flat, requires_grad=True)
+    try:
+        (g,) = torch.autograd.grad(flat, x, v, retain_graph=True, create_graph=True,
+                                   allow_unused=True)
+    except RuntimeError:
+        return None
+    if g is None or g.grad_fn is None:  # Jᵀv does not depend on v: J = 0
+        return flat.new_zeros(count, flat.numel()).detach()
+    if refuses_double_backward(g):
+        return None
+    rows = []
+    try:
+        if count <= LOOP_PASSES:
+            for c in range(count):
+                (jv,) = torch.autograd.grad(g, v, tangents(x, colours, c, c + 1)[0],
+                                            retain_graph=True)
+                rows.append(jv.detach().reshape(1, -1))
+        else:
+            limit = chunk_size(g, [v], budget)
+            for first in range(0, count, limit):
+                stop = min(count, first + limit)
+                (jv,) = vjp_batch(g, [v], tangents(x, colours, first, stop))
+                rows.append(jv.detach().reshape(stop - first, -1))
+    except RuntimeError:  # once_differentiable, or a backward that is not differentiable
+        return None
+    return torch.cat(rows) if rows else flat.new_zeros(0, flat.numel()).detach()
+
+
+def refuses_double_backward(g: torch.Tensor) -> bool:
+    """Whether the graph of ``g`` holds the node a ``once_differentiable`` backward leaves
+    (its ``Error`` node is cut off from v, so autograd skips it without raising and J·u
+    would silently lack that term)."""
+    seen, stack = set(), [g.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in ("Error", "DelayedError"):
+            return True
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return False
