@@ -22,6 +22,7 @@ import torch
 from .core import analysis
 from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
+from .core.marked import marked
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -30,7 +31,8 @@ from .features import (Feature, code, coaching, cuts, declared_flags, exam, expl
                        grading, gradcheck, is_wanted, picture, present, symbolic)
 from .render.options import RenderOptions
 from .render.view import View
-from .run.choose import Given, Subject
+from .run.called import Called, is_function
+from .run.choose import Given, Subject, dense_inputs
 from .run.hookfree import AnalysedGraph, analysed_graph
 
 PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised over the replay
@@ -190,7 +192,7 @@ def _graded_result(output: torch.Tensor, inputs, names=None) -> VJPResult:
         ) from None
 
 
-def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str = "y",
+def differentiate(output, inputs, names=None, *, output_name: str = "y",
                   full: bool = False, options: RenderOptions | None = None,
                   explain: bool = False, code: bool = False, memory_budget: float | None = None,
                   **analysis_options) -> VJPResult:
@@ -203,7 +205,9 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
     output component: ``x.grad`` is never changed and the graph stays usable.
 
     Args:
-        output (Tensor): a real floating-point tensor with autograd history.
+        output (Tensor or callable): a real floating-point tensor with autograd history, or
+            a zero-argument function returning it, called once and recorded as a ``%%vjp``
+            cell is (per-sample losses then take a vectorised replay, as ``vmap(grad)``).
         inputs (Tensor, sequence of Tensors, dict str → Tensor, or nn.Module): floating
             point, ``requires_grad=True``; a dict names each input, a module gives all its
             parameters.
@@ -240,10 +244,14 @@ def differentiate(output: torch.Tensor, inputs, names=None, *, output_name: str 
                 [  5.,   5.,   5.]])
         >>> r.point_axes["x"], r.jacobian("x").shape
         (((1, 0),), torch.Size([2, 3, 3]))
+        >>> mlp, data = torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(64, 4)
+        >>> r = vjp_magic.differentiate(lambda: mlp(data).tanh().sum(1), mlp, names="mlp")
+        >>> r.derivatives["mlp.0.weight"].shape     # sample b's gradient at [b]
+        torch.Size([64, 3, 4])
     """
     request = Request(options=options or RenderOptions(), full=full, memory_budget=memory_budget,
                       analysis=analysis_options, flags={"explain": explain, "code": code})
-    return pipeline(Given(output, inputs, names, output_name), request)
+    return _from_python(output, inputs, names, output_name, request)
 
 
 def hessian(output, inputs, names=None, *, output_name: str = "y",
@@ -255,7 +263,8 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
     From the autograd graph (double backward); one Hessian per input, no mixed terms.
 
     Args:
-        output (Tensor): a real floating-point tensor with autograd history.
+        output (Tensor or callable): a real floating-point tensor with autograd history, or
+            a function of no arguments returning it (called once, as for :func:`differentiate`).
         inputs, names, output_name, options, memory_budget: as for :func:`differentiate`.
         seed, batched, max_chunk, max_pairings, graph_proof: as for :func:`differentiate`.
 
@@ -283,7 +292,44 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
     """
     request = Request(options=options or RenderOptions(), order=2, memory_budget=memory_budget,
                       analysis=analysis_options)
-    return pipeline(Given(output, inputs, names, output_name), request)
+    return _from_python(output, inputs, names, output_name, request)
+
+
+def _from_python(output, inputs, names, output_name: str,
+                 request: Request) -> DerivativeResult:
+    """The pipeline on a given output tensor (:class:`~.run.choose.Given`), or on a function
+    called once (:func:`_called`)."""
+    if is_function(output):
+        return _called(output, inputs, names, output_name, request)
+    result = pipeline(Given(output, inputs, names, output_name), request)
+    return _with_replay_hint(result, inputs) if request.order == 1 else result
+
+
+def _called(fn, inputs, names, output_name: str, request: Request) -> DerivativeResult:
+    """The pipeline on ``fn()``, called once and recorded (:class:`~.run.called.Called`); the
+    inputs are named before it runs, and ``request.wrt`` names them, as ``--wrt`` would (a
+    cell's inputs named so are what the per-sample replay waits for)."""
+    named = dense_inputs(named_inputs(inputs, names))
+    subject = Called.call(fn, named, output_name)
+    try:
+        return pipeline(subject, replace(request, wrt=tuple(named)))
+    finally:  # the record's tensors: a result pins no graph
+        subject.release()
+
+
+def _with_replay_hint(result: DerivativeResult, inputs) -> DerivativeResult:
+    """``result`` of per-sample losses given as a tensor with respect to a module, with a
+    note on the vectorised path a callable takes."""
+    output = result.output
+    modules = inputs.values() if isinstance(inputs, Mapping) else \
+        inputs if isinstance(inputs, (list, tuple)) else (inputs,)
+    if output.dim() < 1 or output.numel() < PER_SAMPLE_FROM or output.numel() != len(output) \
+            or not any(isinstance(m, torch.nn.Module) for m in modules):
+        return result
+    return replace(result, notes=[*result.notes, marked(
+        "For faster per-sample gradients, pass the computation as a function, "
+        "`differentiate(lambda: F.cross_entropy(model(data), t, reduction='none'), model)`: "
+        "it is called once, recorded, and its per-sample gradients vectorised as `vmap(grad)`.")])
 
 
 # -- the stages ---------------------------------------------------------------------------------
