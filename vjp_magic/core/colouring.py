@@ -12,6 +12,10 @@ Jacobian?", SIAM Review 2005).
 
 How rows are coloured, in order:
 
+0. A pattern proved from offset terms (:class:`.pattern.Lattice`) lists every difference of
+   two rows that share a column: (a·o) mod p with p its lower bound and a·δ ≢ 0 (mod p) for
+   each listed δ is valid by that alone and optimal (:func:`proved_lattice`), with no pass
+   over the pattern. Otherwise:
 1. A lattice (stencils, shift-invariant patterns): colour (Σ_j a_j·idx_j) mod p over the
    output's multi-index (without ``shape``: a grid guessed from a square pattern's offsets,
    i ± k giving k columns, then the flat index), p from the lower bound (the
@@ -72,14 +76,20 @@ def valid_rows(crow, col, n: int, colours: np.ndarray) -> bool:
 
 
 def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
-                shape=None) -> np.ndarray | None:
+                shape=None, lattice=None) -> np.ndarray | None:
     """int64 colours 0..k-1 for the m rows of the CSR pattern (``crow``, ``col``, n columns):
     rows sharing a column differ. None when the conflict graph would hold more than
     ``max_pairs`` row pairs (a dense column: colouring would not pay).
 
     ``shape=(out_shape, in_shape)``: the output's shape, whose multi-index the lattice
-    colouring uses (the flat index otherwise). See the module docstring for the method.
+    colouring uses (the flat index otherwise). ``lattice``: the pattern's proved conflicts
+    (:class:`.pattern.Lattice`), which may give an optimal lattice colouring without
+    reading the pattern (:func:`proved_lattice`). See the module docstring for the method.
     """
+    if lattice is not None:
+        proved = proved_lattice(lattice)
+        if proved is not None:
+            return proved
     crow, col = np.asarray(crow, np.int64), np.asarray(col, np.int64)
     m = len(crow) - 1
     counts = np.bincount(col, minlength=n).astype(np.int64)
@@ -181,17 +191,46 @@ def _screened(deltas: np.ndarray, p: int, ndim: int):
     return [tuple(c) for c in candidates[:LATTICE_VERIFIED]]
 
 
+def proved_lattice(lattice) -> np.ndarray | None:
+    """The lattice colouring (a·o) mod p of the rows' multi-indices o in ``lattice.grid``
+    with p = ``lattice.bound`` colours, where some coefficients a give a·δ ≢ 0 (mod p) for
+    every conflict difference δ in ``lattice.deltas``: rows o1 ≠ o2 sharing a column differ
+    by such a δ, so their colours differ; valid by that argument alone (nothing verified on
+    the pattern), and optimal (``bound`` rows read one column). None where no a passes."""
+    grid, deltas, p = lattice.grid, lattice.deltas, lattice.bound
+    if len(deltas) == 0:  # no two rows share a column
+        return np.zeros(int(np.prod(grid, dtype=np.int64)), dtype=np.int64)
+    if p < 2 or len(grid) > 4 or len(deltas) > MAX_DELTAS:
+        return None
+    for coeffs in _screened(deltas, p, len(grid)):
+        return _lattice_colours(grid, coeffs, p)
+    return None
+
+
+MAX_DELTAS = 20_000  # conflict differences screened at once (candidates × deltas products)
+
+
 def _lattice_colours(out: tuple[int, ...], coeffs, p: int) -> np.ndarray:
-    total = np.zeros((), dtype=np.int64)
-    for axis, (size, a) in enumerate(zip(out, coeffs)):
-        shape = [1] * len(out)
-        shape[axis] = size
-        total = total + (np.arange(size, dtype=np.int64) * a).reshape(shape)
-    colours = (np.broadcast_to(total, out) % p).reshape(-1)
-    used = np.bincount(colours, minlength=p) > 0
-    if used.all():
-        return colours.astype(np.int64)
-    return (np.cumsum(used) - 1)[colours]  # unused colours dropped
+    """(Σ a_k·o_k) mod p over the row-major multi-indices of ``out``, colours no index
+    reaches dropped; axis by axis, as row copies of a (p × size) table (no O(m) modulo)."""
+    colours, used = None, {0}  # colours of the axes so far (flat); the values they take
+    for size, a in zip(out, coeffs):
+        step = np.tile((np.arange(p, dtype=np.int64) * a) % p, -(-size // p))[:size]
+        if colours is None:
+            colours = step
+        elif colours.size >= p:
+            table = (np.arange(p, dtype=np.int64)[:, None] + step[None, :]) % p
+            colours = table[colours].reshape(-1)
+        else:
+            colours = ((colours[:, None] + step[None, :]) % p).reshape(-1)
+        used = {(u + v) % p for u in used for v in step[:p].tolist()}
+    if colours is None:  # no axes: one row
+        colours = np.zeros(1, dtype=np.int64)
+    if len(used) == p:
+        return colours
+    keep = np.zeros(p, dtype=bool)
+    keep[sorted(used)] = True
+    return (np.cumsum(keep) - 1)[colours]  # unused colours dropped
 
 
 # -- 2. greedy colourings ----------------------------------------------------------------------

@@ -101,7 +101,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if nbytes > budget:
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
     colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
-                          shape=(tuple(output.shape), tuple(x.shape)))
+                          shape=(tuple(output.shape), tuple(x.shape)), lattice=pattern.lattice)
     if colours is None:
         return Attempt(None, "some entry of the input is read by too many output entries")
     colours = torch.from_numpy(colours)

@@ -40,10 +40,56 @@ class Pattern(NamedTuple):
     shape: tuple[int, int]
     probes: int  # backward passes spent finding it
     evidence: Evidence = Evidence.OBSERVED  # PROVED: from the graph, for every x
+    lattice: Lattice | None = None  # proved shift-only patterns: their conflicts, exactly
 
     @property
     def nnz(self) -> int:
         return int(self.col.numel())
+
+
+class Lattice(NamedTuple):
+    """What a pattern proved from offset terms (row multi-index ``o`` in ``grid`` reads the
+    input entry ``o + d`` for each term whose box holds ``o``) says about its conflicts:
+    two rows ``o1 ≠ o2`` read one input entry only if ``o1 - o2`` is one of ``deltas``
+    (k × ndim, int64; every such difference is there, some perhaps never realised), and
+    some input entry is read by ``bound`` rows (a lower bound on any row colouring)."""
+
+    grid: tuple[int, ...]
+    deltas: np.ndarray
+    bound: int
+
+
+def lattice_of(grid, shape, terms) -> Lattice | None:
+    """The :class:`Lattice` of offset terms ``(d, lo, hi)`` from rows in ``grid`` to a tensor
+    of ``shape`` (the same number of axes: entry ``o + d``, flat in ``shape``'s row-major
+    order), or None where they are too many to list their differences. Rows ``o1 ∈ box_a``
+    and ``o2 ∈ box_b`` read one entry when ``o1 + d_a = o2 + d_b``: the difference
+    ``d_b - d_a`` is kept where the boxes' Minkowski difference holds it."""
+    if not terms or len(terms) > MAX_LATTICE_TERMS or len(grid) != len(shape):
+        return None if terms else Lattice(tuple(grid), np.zeros((0, len(grid)), np.int64), 0)
+    d = np.array([t[0] for t in terms], dtype=np.int64).reshape(len(terms), len(grid))
+    lo = np.array([t[1] for t in terms], dtype=np.int64).reshape(d.shape)
+    hi = np.array([t[2] for t in terms], dtype=np.int64).reshape(d.shape) - 1  # inclusive
+    delta = d[None, :, :] - d[:, None, :]  # [a, b] = d_b - d_a = o1 - o2
+    fits = ((lo[:, None] - hi[None, :] <= delta) & (delta <= hi[:, None] - lo[None, :])).all(2)
+    deltas = np.unique(delta[fits & (delta != 0).any(2)], axis=0).reshape(-1, len(grid))
+    return Lattice(tuple(int(s) for s in grid), deltas, _bound(d, lo, hi, shape))
+
+
+MAX_LATTICE_TERMS = 256
+
+
+def _bound(d, lo, hi, shape) -> int:
+    """The most rows reading one of a few input entries (the centre, quarter points): the
+    distinct offsets ``d`` with ``c - d`` inside one of their boxes, for entry ``c``."""
+    picks = np.array([[s // 2 for s in shape], [s // 4 for s in shape],
+                      [s - 1 - s // 4 for s in shape]], dtype=np.int64).reshape(3, len(shape))
+    best = 0
+    for c in picks:
+        row = c[None, :] - d
+        inside = ((lo <= row) & (row <= hi)).all(1)
+        best = max(best, len(np.unique(d[inside], axis=0)) if inside.any() else 0)
+    return best
 
 
 def find_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,

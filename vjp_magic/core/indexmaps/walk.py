@@ -9,7 +9,7 @@ import torch
 from .. import capabilities
 from ..axisrules import base_name
 from ..capabilities import out_shapes
-from ..pattern import Pattern, most_per_row
+from ..pattern import Pattern, lattice_of, most_per_row
 from ..pairing import Evidence
 from ..tagging import postorder
 from . import offsets
@@ -47,7 +47,10 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
         return None
     if most > most_per_row(n):
         return None
-    return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED)
+    lattice = lattice_of(relation.out_shape, relation.shape, relation.terms) \
+        if isinstance(relation, Offsets) else None  # columns flat in relation.shape's order
+    return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED,
+                   lattice)
 
 
 def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
