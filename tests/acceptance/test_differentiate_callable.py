@@ -188,6 +188,8 @@ def test_a_function_needing_arguments_or_wrong_inputs_is_refused_before_it_runs(
         vjp_magic.differentiate(lambda x: x.sin(), x)
     with pytest.raises(vjp_magic.VJPUsageError, match="inputs must be"):
         vjp_magic.differentiate(f, 3)
+    with pytest.raises(vjp_magic.VJPUsageError, match="does not require grad"):
+        vjp_magic.differentiate(f, x.detach())
     assert f.calls == 0
 
 
