@@ -59,10 +59,11 @@ class GradientList(Sequence):
 class ColouredGradients(GradientList):
     """The coloured 0/1 ``gradient`` arguments of a sparse Jacobian (one per colour, made on
     demand): ``[c]`` is 1 on the output entries of colour c, shaped like the output; together
-    they cover every output entry exactly once."""
+    they cover every output entry exactly once. Computed by columns (``sparse.mode``): the
+    tangents u instead, shaped like the input (``like``), 1 on its entries of colour c."""
 
-    def __init__(self, output: torch.Tensor, sparse: SparseJacobian):
-        super().__init__(output, ())
+    def __init__(self, like: torch.Tensor, sparse: SparseJacobian):
+        super().__init__(like, ())
         self._colours = sparse.colours
         self._count = sparse.count
 
@@ -203,7 +204,8 @@ class VJPResult(DerivativeResult):
     def gradients(self) -> dict[str, GradientList]:
         return {
             name: GradientList(self.output, r.pairing.out_axes) if r.sparse is None
-            else ColouredGradients(self.output, r.sparse)
+            else ColouredGradients(r.tensor if r.sparse.mode == "columns" else self.output,
+                                   r.sparse)
             for name, r in self.inputs.items()
         }
 

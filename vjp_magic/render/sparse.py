@@ -13,6 +13,10 @@ axes: the 5-point stencil), wrapping around where the indices do (``roll``); els
 the flat index, else "sparse, at most r nonzeros a row". The colours are said in closed form
 (``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a grid) only where that formula is
 exactly the colouring; otherwise the code reads them from ``r.gradients[name]``.
+
+A result computed by columns (``sparse.mode == "columns"``, :mod:`~vjp_magic.core.column_passes`)
+has one colour per entry of the input: the words, the closed form and the code are then of
+u, 1 on the input's entries of one colour, and of the forward-mode products J·u.
 """
 from __future__ import annotations
 
@@ -46,6 +50,12 @@ def sparse_of(result, name: str):
     return getattr(item, "sparse", None) if item is not None else None
 
 
+def by_columns(sparse) -> bool:
+    """Whether ``sparse`` was computed by forward-mode passes, one per colour of the input's
+    entries (its ``colours`` are the input's), rather than one backward per output colour."""
+    return str(getattr(sparse, "mode", "rows")) == "columns"
+
+
 @dataclass(frozen=True)
 class Layout:
     """What the pattern is: ``kind`` (``diagonal``, ``tridiagonal``, ``band``,
@@ -53,7 +63,8 @@ class Layout:
     most and fewest nonzeros of a row; ``offsets``: the per-axis offsets rows read (a stencil;
     None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
     ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
-    closed form (:class:`Form`; None: none), always checked on every entry; ``sampled``: above
+    closed form (:class:`Form`, over the input's entries for a result by columns; None:
+    none), always checked on every entry; ``sampled``: above
     :data:`EXACT_NNZ` nonzeros the offsets and the band are read off that many rows (the
     edges and rows spread between), and the words say so."""
 
@@ -65,7 +76,7 @@ class Layout:
     edges: bool
     band: tuple[int, int] | None
     form: Form | None
-    first: list  # the first few flat entries of colour 0
+    first: list  # the first few flat entries of colour 0 (of the input's, by columns)
     sampled: int | None = None  # the rows the words were read off, where not all
 
 
@@ -87,7 +98,8 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
     m, n = matrix.shape
     counts = crow.diff()
-    form = closed_form(sparse.colours.cpu().reshape(-1), out_shape, sparse.count)
+    form = closed_form(sparse.colours.cpu().reshape(-1),
+                       in_shape if by_columns(sparse) else out_shape, sparse.count)
     first = _first_of_colour(sparse.colours.cpu().reshape(-1))
     if col.numel() == 0:
         return Layout("all zero", 0, 0, None, (), True, None, form, first, None)
@@ -358,25 +370,29 @@ def _form_text(form: Form, letters) -> str:
 
 
 def colour_paragraph(result, name: str) -> Paragraph:
-    """The coloured gradient vectors in words: what v is for the first colour, and what the
-    passes give."""
+    """The coloured gradient vectors in words: what v (by columns: u) is for the first
+    colour, and what the passes give."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
-    y, k = notation.prose_name(output_symbol(result)), sparse.count
-    m = -(-result.output.numel() // max(k, 1))
-    tail = Text(f": {k:,} backward pass{'es' if k != 1 else ''} give"
+    y, k = output_symbol(result), sparse.count
+    columns = by_columns(sparse)
+    coloured = name if columns else y  # whose entries carry the colours
+    m = -(-(result.inputs[name].tensor if columns else result.output).numel() // max(k, 1))
+    passes = "forward-mode pass" if columns else "backward pass"
+    tail = Text(f": {k:,} {passes}{'es' if k != 1 else ''}{' (J·u)' if columns else ''} give"
                 f"{'' if k != 1 else 's'} all {sparse.nnz:,} nonzero derivatives"
                 + (f" (after {sparse.pattern_passes:,} to find the pattern)."
                    if getattr(sparse, "pattern_passes", 0) else "."))
-    v = Math("v", "v")
+    lead = ["Entries of ", notation.prose_name(name), " of one colour are never read by one "
+            "entry of ", notation.prose_name(y), ", so one forward-mode pass per colour: ",
+            Math("u", "u")] if columns else [
+        "Entries of one colour read disjoint entries of ", notation.prose_name(name),
+        ", so one backward per colour: ", Math("v", "v")]
     if found.form is not None and found.form.coefficients:
         letters = notation.point_letters(len(found.form.coefficients))
         tex = plain = _form_text(found.form, letters)
         index = ", ".join(letters)
-        return paragraph("Entries of one colour read disjoint entries of ",
-                         notation.prose_name(name), ", so one backward per colour: ", v,
-                         " is 1 on the entries ", notation.tensor_entry(output_symbol(result),
-                                                                        index),
+        return paragraph(*lead, " is 1 on the entries ", notation.tensor_entry(coloured, index),
                          " with ", Math(rf"({tex}) \bmod {k} = c", f"({plain}) mod {k} = c"),
                          " and 0 elsewhere", tail)
     first = found.first if found.form is None else [c * k for c in range(min(3, m))]
@@ -384,8 +400,8 @@ def colour_paragraph(result, name: str) -> Paragraph:
     where = [] if found.form is not None else [
         Text(" (the first colour; every colour is in "),
         Code(f"r.gradients[{name!r}]"), Text(")")]
-    return paragraph("Entries of one colour read disjoint entries of ", notation.prose_name(name),
-                     ", so one backward per colour: ", v, f" is 1 on entries {listed} of ", y,
+    entries = "entries" if len(first) > 1 else "entry"
+    return paragraph(*lead, f" is 1 on {entries} {listed} of ", notation.prose_name(coloured),
                      *where, " and 0 elsewhere", tail)
 
 
@@ -393,7 +409,8 @@ def colour_paragraph(result, name: str) -> Paragraph:
 def colour_code(result, name: str) -> str:
     """The coloured backward passes as the cell would write them: the colour of each entry
     of the output (in closed form where it is one), one backward per colour into the rows of
-    ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``."""
+    ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``. By columns: the forward-mode
+    passes (:func:`_column_lines`)."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     taken = identifiers([result.output_name, *result.inputs])
@@ -401,6 +418,9 @@ def colour_code(result, name: str) -> str:
     taken.add(y)
     lines = [] if y == result.output_name else [f"{y} = {result.output_name}"]
     x = expression(name)
+    if by_columns(sparse):  # autograd.grad: no .grad, no retain_grad
+        return "\n".join(lines + _column_lines(found.form, x, y, sparse.count, name,
+                                               taken)) + "\n"
     if not result.inputs[name].tensor.is_leaf:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (fresh(base, taken) for base in ("colour", "g", "c", "v"))
@@ -415,6 +435,21 @@ def colour_code(result, name: str) -> str:
               f"{x}.grad = None",
               f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
     return "\n".join(lines) + "\n"
+
+
+def _column_lines(form, x: str, y: str, k: int, name: str, taken: set) -> list[str]:
+    """Forward mode on the recorded graph, as a cell writes it: g = Jᵀv with create_graph
+    (v a zero tensor that requires grad), then J·u = the VJP of g against u, per colour."""
+    colour, g, c, u, v, ju = (fresh(base, taken) for base in ("colour", "g", "c", "u", "v", "Ju"))
+    return _colour_lines(form, colour, x, k, name, taken) + [
+        f"# forward mode: {g} = J^T {v} is linear in {v}, so its VJP with {u} is J {u}",
+        f"{v} = torch.zeros_like({y}, requires_grad=True)",
+        f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
+        f"{ju} = {y}.new_zeros({k}, {y}.numel())  # row c: J u",
+        f"for {c} in range({k}):",
+        f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
+        f"    {ju}[{c}] = torch.autograd.grad({g}, {v}, {u}, retain_graph=True)[0].flatten()",
+        f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
 
 
 def _colour_lines(form, colour: str, y: str, k: int, name: str, taken: set) -> list[str]:
@@ -583,7 +618,8 @@ def sparse_code(result) -> str | None:
     if sparse is None:
         return None
     found = layout_of(sparse, result.output.shape, item.tensor.shape)
-    if found.offsets is None or found.form is None or found.sampled is not None:
+    if found.offsets is None or found.form is None or found.sampled is not None or \
+            by_columns(sparse):  # (by columns: the one-hot loop is written)
         return None
     taken = identifiers([result.output_name, name])
     y = output_symbol(result)

@@ -4,7 +4,9 @@ of that colour, count × n), where every nonzero of the pattern lands in its col
 
 Both are read off the CSR index arrays (never densified), one cell an entry, whatever the
 size: the first :data:`WINDOW` rows at the columns they read, and the compressed matrix at
-those columns.
+those columns. A result computed by columns (forward-mode passes) colours each nonzero by its
+column's colour, and its compressed matrix is J·U (those rows × count): column c is J·u for
+the u of colour c.
 Drawn with matplotlib (the ``[plot]`` extra) as :mod:`.picture` draws, imported lazily.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from .codegen import output_symbol
 from .picture import DPI, MISSING, WIDTH, Picture, _escaped
-from .sparse import layout_of, sparse_of
+from .sparse import by_columns, layout_of, sparse_of
 
 PALETTE = ("#1f4e8c", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d96a3", "#6a4c93",
            "#e07a5f", "#3d405b", "#81b29a")  # colour c is PALETTE[c % 10]
@@ -30,7 +32,9 @@ def coloured_cells(sparse, rows: int = WINDOW) -> tuple[torch.Tensor, torch.Tens
     """(pattern, compressed), int cells, 0 empty, c + 1 where a nonzero of colour c lies:
     the first ``rows`` rows of the Jacobian at the columns they read (from 0, at most
     :data:`MAX_COLUMNS`), and the count × those columns compressed matrix (every nonzero in
-    those columns, in its row's colour), one cell an entry."""
+    those columns, in its row's colour), one cell an entry. By columns: the pattern in its
+    columns' colours, and the compressed matrix those rows × count (each nonzero of them in
+    its column's colour's column)."""
     matrix = sparse.matrix
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
     m, n = matrix.shape
@@ -43,6 +47,12 @@ def coloured_cells(sparse, rows: int = WINDOW) -> tuple[torch.Tensor, torch.Tens
     first = torch.repeat_interleave(torch.arange(shown), crow[:shown + 1].diff())
     inside = col[:stop] < width
     pattern[first[inside], col[:stop][inside]] = colours[first[inside]] + 1
+    if by_columns(sparse):  # each nonzero in its column's colour; J·U, rows × count
+        rows, cols = first[inside], col[:stop][inside]
+        pattern[rows, cols] = colours[cols] + 1
+        compressed = torch.zeros(shown, count, dtype=torch.long)
+        compressed[rows, colours[cols]] = colours[cols] + 1
+        return pattern, compressed
     within = (col < width).nonzero().squeeze(1)
     owner = torch.searchsorted(crow, within, right=True) - 1  # the row of each nonzero
     compressed = torch.zeros(count, width, dtype=torch.long)
@@ -59,6 +69,14 @@ def _texts(result, name: str, pattern: torch.Tensor) -> tuple[str, str, str]:
     part = f"rows 0–{rows - 1} of {m:,}, columns 0–{cols - 1} of {n:,}" \
         if (rows, cols) != (m, n) else f"{m:,} × {n:,}"
     left = f"∂{y}/∂{name}: {found.kind}\n{part}"
+    if by_columns(sparse):
+        right = f"{k} forward-mode pass{'es' if k != 1 else ''}:\ncolumn c: J·u, u of colour c"
+        alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({found.kind}; "
+               f"{part}), each nonzero coloured by its column's forward-mode pass, beside the "
+               f"compressed {m:,} × {k} matrix: column c is J·u for the u that is 1 on the "
+               f"entries of {name} of colour c; each of its nonzeros comes from exactly one "
+               "column of the Jacobian.")
+        return left, right, alt
     right = f"{k} backward pass{'es' if k != 1 else ''}:\nrow c is vᵀJ, v of colour c"
     alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({found.kind}; "
            f"{part}), each nonzero coloured by its row's backward pass, beside the compressed "
@@ -67,7 +85,8 @@ def _texts(result, name: str, pattern: torch.Tensor) -> tuple[str, str, str]:
     return left, right, alt
 
 
-def _draw(pattern: torch.Tensor, compressed: torch.Tensor, count: int, texts):
+def _draw(pattern: torch.Tensor, compressed: torch.Tensor, count: int, texts,
+          columns: bool = False):
     """The PNG: two panels of one explicit Agg figure, freed when drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
@@ -89,9 +108,15 @@ def _draw(pattern: torch.Tensor, compressed: torch.Tensor, count: int, texts):
             axis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
         ax.tick_params(labelsize=7)
     left.set_ylabel(_escaped("entry of the output (flat)"), fontsize=8)
-    right.set_ylabel("colour c", fontsize=8)
-    if count <= 12:
-        right.set_yticks(range(count))
+    if columns:  # J·U: the output's entries down, a column per colour
+        right.set_ylabel(_escaped("entry of the output (flat)"), fontsize=8)
+        right.set_xlabel("colour c", fontsize=8)
+        if count <= 12:
+            right.set_xticks(range(count))
+    else:
+        right.set_ylabel("colour c", fontsize=8)
+        if count <= 12:
+            right.set_yticks(range(count))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     fig.clear()
@@ -111,5 +136,6 @@ def sparse_picture(result, name: str) -> Picture:
                              f"respect to {name} has no entries.")
     pattern, compressed = coloured_cells(sparse)
     texts = _texts(result, name, pattern)
-    png, (width, height) = _draw(pattern, compressed, max(sparse.count, 1), texts)
+    png, (width, height) = _draw(pattern, compressed, max(sparse.count, 1), texts,
+                                 by_columns(sparse))
     return Picture(png, texts[2], width, height)

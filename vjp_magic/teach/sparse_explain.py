@@ -9,6 +9,11 @@ gives every nonzero, in the cell's names.
 4. vᵀJ for the v of one colour: each of its entries is a sum over that colour's rows, of which
    at most one is nonzero, so it is exactly one derivative: nothing collides.
 
+Computed by columns (forward-mode passes, ``sparse.mode == "columns"``): 3. the entries of x
+are coloured so that no entry of y reads two of one colour (two of the first colour and the
+entries of y reading each); 4. entry i of J·u is a sum over that colour's columns, of which
+row i reads at most one.
+
 Other inputs of the same result are explained as ``teach/explain.py`` explains them.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ..render import notation
 from ..render.codegen import output_symbol
 from ..render.matrix import multi_index
 from ..render.document import Math, Paragraph, Section, Text, paragraph
-from ..render.sparse import layout_of, pattern_paragraph, sparse_of
+from ..render.sparse import by_columns, layout_of, pattern_paragraph, sparse_of
 from .explain import (_chain_rule, _function, _gradient_argument, _jacobian, _product,
                       explain_sections)
 
@@ -49,6 +54,9 @@ def explained_sections(result, options, log=None) -> tuple[Section, ...]:
 
 def sparse_steps(result, name: str) -> list[Paragraph]:
     """Steps 2-4 for an input computed by compressed passes."""
+    if by_columns(sparse_of(result, name)):
+        return [_pattern_step(result, name), _column_colour_step(result, name),
+                _column_no_collision_step(result, name)]
     return [_pattern_step(result, name), _colour_step(result, name),
             _no_collision_step(result, name)]
 
@@ -135,3 +143,72 @@ def _no_collision_step(result, name: str) -> Paragraph:
         Math("J_{ij}", "J_ij"), " for that row, and nothing collides. One backward per colour, "
         f"{sparse.count} in all, gives every one of the {sparse.nnz:,} nonzeros of ",
         Math("J", "J"), ", each read off at its row's colour.")
+
+
+# -- computed by columns: one forward-mode pass per colour of x's entries ----------------------
+def _read_by(result, name: str, flat: int) -> list[int]:
+    """The flat entries of the output that read entry ``flat`` of x (its column of the
+    pattern)."""
+    matrix = sparse_of(result, name).matrix
+    crow, col = matrix.crow_indices(), matrix.col_indices()
+    at = (col == flat).nonzero().squeeze(1)
+    return (torch.searchsorted(crow, at, right=True) - 1).tolist()
+
+
+def _pair(sparse) -> list[int]:
+    """The first two flat entries of x of the first colour that has two (fewer where none
+    has): the first colour may be a dense column alone."""
+    colours = sparse.colours.cpu().reshape(-1)
+    counts = torch.bincount(colours, minlength=1)
+    shared = (counts >= 2).nonzero().squeeze(1)
+    colour = int(shared[0]) if shared.numel() else 0
+    return (colours == colour).nonzero().squeeze(1)[:2].tolist()
+
+
+def _column_colour_step(result, name: str) -> Paragraph:
+    sparse = sparse_of(result, name)
+    item = result.inputs[name]
+    y, out_shape, in_shape = output_symbol(result), result.output.shape, item.tensor.shape
+    crow = sparse.matrix.crow_indices()
+    k, widest = sparse.count, int(crow.diff().max()) if crow.numel() > 1 else 0
+    spans: list = [Text("3. The entries of "), notation.prose_name(name),
+                   Text(f" are given {k} colour{'s' if k != 1 else ''}, so that no entry of "),
+                   notation.prose_name(y), Text(" reads two entries of one colour. ")]
+    first = _pair(sparse)
+    if len(first) >= 2:
+        p, q = first[0], first[1]
+        spans += [_entry(name, p, in_shape), Text(" is read by "),
+                  *_listed(y, _read_by(result, name, p), out_shape), Text("; "),
+                  _entry(name, q, in_shape), Text(", of the same colour, by "),
+                  *_listed(y, _read_by(result, name, q), out_shape),
+                  Text(f": columns {p} and {q} of "), Math("J", "J"),
+                  Text(" are nonzero in disjoint rows. ")]
+    spans += [Text("An entry of "), notation.prose_name(y),
+              Text(f" reads up to {widest} entries of "), notation.prose_name(name),
+              Text(f", which must all differ in colour: no colouring needs fewer than {widest}"
+                   " passes" + ("; this one is the fewest." if k == widest else
+                                f"; this one takes {k}.")),
+              Text(f" Colouring the entries of {y} instead would take at least "
+                   f"{_fewest(sparse)} backward passes (an entry of {name} is read by that "
+                   "many).")]
+    return Paragraph(tuple(spans))
+
+
+def _column_no_collision_step(result, name: str) -> Paragraph:
+    sparse = sparse_of(result, name)
+    first = _pair(sparse)
+    ones = " + ".join(f"e_{{{j}}}" for j in first[:2]) + r" + \dots"
+    ones_plain = " + ".join(f"e{j}" for j in first[:2]) + " + …"
+    return paragraph(
+        "4. For the ", Math("u", "u"), " of one colour (", Math(f"u = {ones}", f"u = {ones_plain}"),
+        ", 1 on its entries of ", notation.prose_name(name), " and 0 elsewhere), entry ",
+        Math("i", "i"), " of ", Math("J u", "J·u"), " is ",
+        Math(r"\sum_{j \text{ of that colour}} J_{ij}", "Σ J_ij over the columns j of that colour"),
+        ". Row ", Math("i", "i"), " reads at most one of those entries, so the sum has at most "
+        "one nonzero term: it is exactly ", Math("J_{ij}", "J_ij"), " for that column, and "
+        "nothing collides. Each ", Math("J u", "J·u"), " is a forward-mode product, taken on "
+        "the recorded graph by differentiating twice: ", Math(r"g = J^\top v", "g = Jᵀv"),
+        " is linear in ", Math("v", "v"), ", so the vector-Jacobian product of ",
+        Math("g", "g"), " with ", Math("u", "u"), " is ", Math("J u", "J·u"),
+        f". One per colour, {sparse.count} in all, gives every one of the {sparse.nnz:,} "
+        "nonzeros of ", Math("J", "J"), ", each read off at its column's colour.")
