@@ -11,12 +11,12 @@ from torch.autograd.function import once_differentiable
 from custom_functions import Twice
 from vjp_magic.core.colouring import colour_rows
 from vjp_magic.core.column_passes import (
-    COST_RATIO, Mode, column_attempt, column_colours, jvps, prefer_columns,
+    COST_RATIO, Mode, column_attempt, column_colours, jvps, observed_columns, prefer_columns,
 )
 from vjp_magic.core.indexmaps import proved_pattern
 from vjp_magic.core.pairing import Evidence
-from vjp_magic.core.pattern import Pattern
-from vjp_magic.core.sparse_layout import dense_to_csr
+from vjp_magic.core.pattern import Pattern, observed_pattern
+from vjp_magic.core.sparse_layout import csr_rows, dense_to_csr
 
 BUDGET = 2 ** 30
 
@@ -212,3 +212,39 @@ def test_x_grad_untouched_and_many_colours_batched():
     sparse = column_attempt(y, x, pattern, colours, BUDGET, 2)
     assert sparse is not None and x.grad is None
     torch.testing.assert_close(sparse.matrix.to_dense(), dense)
+
+
+# -- the pattern observed by columns ---------------------------------------------------------
+def twice_x0(t, custom=True):  # a dense column behind a custom Function (no proved pattern)
+    doubled = Twice.apply(t) if custom else 2 * t
+    return doubled * t[0] + F.pad(t, (1, 1))[2:]
+
+
+def several_dense(t, custom=True):  # x[0..4], x[7] and the last three read by every row
+    doubled = Twice.apply(t) if custom else 2 * t
+    return doubled ** 2 + F.pad(t, (1, 1))[2:] + t[:5].sum() + t[7] * t[-3:].mean()
+
+
+@pytest.mark.parametrize("f", [twice_x0, several_dense])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_observed_columns_finds_dense_columns_the_rows_cannot(f, dtype):
+    x = torch.randn(1500, dtype=dtype, requires_grad=True)
+    y = f(x)
+    assert proved_pattern(y, x, BUDGET) is None  # the custom Function hides it
+    assert observed_pattern(y, x, BUDGET, 0) is None  # the row probes give up
+    expected = torch.func.jacrev(lambda t: f(t, custom=False))(x.detach())
+    pattern = observed_columns(y, x, BUDGET, 0)
+    assert pattern is not None and pattern.evidence == "observed" and pattern.probes < 100
+    got = torch.zeros(expected.shape, dtype=torch.bool)
+    got[csr_rows(pattern.crow), pattern.col] = True
+    assert torch.equal(got, expected != 0)
+    sparse = column_attempt(y, x, pattern, column_colours(pattern, None), BUDGET, 0)
+    assert sparse is not None and sparse.count == int((expected != 0).sum(1).max())
+    torch.testing.assert_close(sparse.matrix.to_dense(), expected)
+
+
+def test_observed_columns_refuses_dense_rows_and_no_double_backward():
+    x = torch.randn(400, dtype=torch.float64, requires_grad=True)
+    assert observed_columns(torch.softmax(x, 0) * x[0], x, BUDGET, 0) is None
+    y = NoDoubleBackward.apply(x) * x[0]
+    assert observed_columns(y, x, BUDGET, 0) is None

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from .colouring import colour_columns, colour_count
-from .derivatives import chunk_size, vjp_batch
+from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .pairing import Evidence
-from .pattern import Pattern
+from .pattern import Pattern, most_per_row, observed_pattern
+from .probes import probe_generator
 from .sparse_check import checked, rows_checked
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
@@ -121,22 +122,93 @@ def tangents(x: torch.Tensor, colours: torch.Tensor, first: int, stop: int) -> t
         .reshape((stop - first,) + tuple(x.shape))
 
 
-def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
-         budget: int) -> torch.Tensor | None:
-    """(count × output.numel()): J·u_c for each colour c, by double backward; None where the
-    graph has none."""
+def observed_columns(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
+                     max_probes: int | None = None) -> Pattern | None:
+    """The pattern of d output / d x at this x, observed by columns, where a dense column
+    makes the row probes (:func:`.pattern.observed_pattern`) give up: a few sampled rows
+    (one-hot VJPs) name the entries of x most of them read; each such column is read whole
+    (one J·e_j), and the rest by the grouped probes of :func:`.pattern.observed_pattern` run
+    on g = Jᵀv without those entries, against v (their VJPs are J·u: they group the entries
+    of x). OBSERVED, (m × n) CSR; None as :func:`.pattern.observed_pattern`, where a sampled
+    row reads too much (a dense row: no colouring pays), or without double backward."""
     flat = output.reshape(-1)
-    count = int(colours.max()) + 1 if colours.numel() else 0
+    m, n = flat.numel(), x.numel()
+    dense = _dense_columns(flat, x, seed)
+    operator = transpose_operator(flat, x) if dense is not None else None
+    if operator is None or operator[0] is None:
+        return None
+    g, v = operator
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[dense] = False
+    kept = keep.nonzero().squeeze(1)
+    found = observed_pattern(g.reshape(-1)[kept.to(g.device)], v, budget, seed, max_probes)
+    if found is None:
+        return None
+    pairs = [(kept[torch.repeat_interleave(torch.arange(len(kept)), found.crow.diff())],
+              found.col)]  # (column of J, row of J) of each nonzero
+    for j in dense.tolist():
+        u = torch.zeros(n, dtype=g.dtype, device=g.device)
+        u[j] = 1
+        (column,) = torch.autograd.grad(g.reshape(-1), v, u, retain_graph=True)
+        read = column.detach().reshape(-1).ne(0).nonzero().squeeze(1).cpu()
+        pairs.append((torch.full_like(read, j), read))
+    cols, rows = (torch.cat(part) for part in zip(*pairs))
+    order = np.lexsort((cols.numpy(), rows.numpy()))
+    crow = torch.zeros(m + 1, dtype=torch.int64)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
+    return Pattern(crow, cols[torch.from_numpy(order)], (m, n), found.probes + len(dense))
+
+
+SAMPLE_ROWS = 8  # one-hot rows read before observing
+MOST_DENSE = 32  # dense columns read whole, at most
+
+
+def _dense_columns(flat, x, seed: int) -> torch.Tensor | None:
+    """The entries of x that at least half of :data:`SAMPLE_ROWS` sampled rows read (at most
+    :data:`MOST_DENSE`), or None where a sampled row reads more than
+    :func:`.pattern.most_per_row` entries."""
+    m, n = flat.numel(), x.numel()
+    rows = torch.randint(0, max(m, 1), (SAMPLE_ROWS,),
+                         generator=probe_generator(seed, "column-rows"))
+    hits = torch.zeros(n, dtype=torch.int64)
+    for row in rows.tolist() if m else ():
+        v = torch.zeros_like(flat)
+        v[row] = 1
+        read = plain_vjp(flat, [x], v)[0].reshape(-1).ne(0).cpu()
+        if int(read.sum()) > most_per_row(n):
+            return None
+        hits += read
+    dense = (hits * 2 >= SAMPLE_ROWS).nonzero().squeeze(1) if m else hits[:0]
+    return dense[torch.argsort(hits[dense], descending=True, stable=True)][:MOST_DENSE]
+
+
+def transpose_operator(flat: torch.Tensor, x: torch.Tensor):
+    """(g, v): g = Jᵀv with ``create_graph=True``, v a zero tensor like ``flat`` that requires
+    grad, so that the VJP of g with u is J·u; g None where it does not depend on v (J = 0);
+    None where the graph has no double backward."""
     v = torch.zeros_like(flat, requires_grad=True)
     try:
         (g,) = torch.autograd.grad(flat, x, v, retain_graph=True, create_graph=True,
                                    allow_unused=True)
     except RuntimeError:
         return None
-    if g is None or g.grad_fn is None:  # Jᵀv does not depend on v: J = 0
-        return flat.new_zeros(count, flat.numel()).detach()
-    if refuses_double_backward(g):
+    if g is None or g.grad_fn is None:
+        return None, v
+    return None if refuses_double_backward(g) else (g, v)
+
+
+def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
+         budget: int) -> torch.Tensor | None:
+    """(count × output.numel()): J·u_c for each colour c, by double backward; None where the
+    graph has none."""
+    flat = output.reshape(-1)
+    count = int(colours.max()) + 1 if colours.numel() else 0
+    operator = transpose_operator(flat, x)
+    if operator is None:
         return None
+    g, v = operator
+    if g is None:  # Jᵀv does not depend on v: J = 0
+        return flat.new_zeros(count, flat.numel()).detach()
     rows = []
     try:
         if count <= LOOP_PASSES:
