@@ -217,3 +217,25 @@ def test_dependency_refuses_a_function_clearly():
     x = torch.randn(4, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError, match="tensors"):
         vjp_magic.dependency(lambda: x.cumsum(0), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_generators_are_left_as_a_plain_call_leaves_them():
+    def build():
+        torch.manual_seed(5)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5),
+                                    torch.nn.Linear(8, 3)).cuda()
+        data = torch.randn(64, 6, device="cuda")
+        targets = torch.randint(0, 3, (64,), device="cuda")
+        return model, lambda: F.cross_entropy(model(data), targets, reduction="none")
+
+    model, fn = build()
+    torch.cuda.manual_seed(7)
+    plain = fn().detach()
+    states = torch.get_rng_state(), torch.cuda.get_rng_state()
+    model, fn = build()
+    torch.cuda.manual_seed(7)
+    r = vjp_magic.differentiate(fn, model, names="model")
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert torch.equal(torch.cuda.get_rng_state(), states[1])
+    torch.testing.assert_close(r.output, plain)
