@@ -21,12 +21,12 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
-from . import analysis, memory, probes
+from . import analysis, axisflow, memory, probes, validation
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
 from .marked import marked
-from .pairing import Pairing
-from .result import DerivativeResult
+from .pairing import Evidence, Pairing
+from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
@@ -134,9 +134,11 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
     further keywords ``analysis_options`` are). One Hessian per input, no cross terms. A graph
     without double backward is a :class:`VJPUsageError` of one sentence.
     """
-    first = analysis.differentiate(output, inputs, names, output_name=output_name,
-                                   memory_budget=memory_budget, keep_graph=True,
-                                   **analysis_options)
+    first = _scalar_first_order(output, inputs, names, output_name, memory_budget,
+                                analysis_options) or \
+        analysis.differentiate(output, inputs, names, output_name=output_name,
+                               memory_budget=memory_budget, keep_graph=True,
+                               **analysis_options)
     output, budget = first.output, first.memory_budget
     options = {**analysis_options, "seed": first.seed}  # one seed for every probe of the run
     items = {name: _input_hessian(output, output_name, item, budget, options)
@@ -145,6 +147,43 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
                            memory_budget=budget, seed=first.seed)
     result.notes.extend(_notes(result))
     return result
+
+
+class _FirstOrder(NamedTuple):
+    """What the second derivatives read of a first-order result."""
+
+    output: torch.Tensor
+    inputs: dict
+    memory_budget: int
+    seed: int
+
+
+def _scalar_first_order(output, inputs, names, output_name, memory_budget,
+                        options) -> _FirstOrder | None:
+    """For a scalar of inputs that all take the sparse path (:data:`SPARSE_FROM` entries or
+    more), what the first-order analysis would give without its gradient, which nothing here
+    reads (:func:`first_derivatives` computes it again, with a graph): the output and inputs
+    checked as it checks them, no points (the empty pairing, proved), and whether the scalar
+    reads each input and through which custom functions (one walk of the graph). None: the
+    analysis itself is needed (another output, a smaller input, an option that changes it)."""
+    output = validation.check_output(output, output_name)
+    named = validation.checked_inputs(inputs, names)
+    validation.refuse_empty(output, named, output_name)
+    if output.numel() != 1 or options.get("full") or options.get("given") or \
+            not options.get("graph_proof", True) or \
+            any(t.numel() < SPARSE_FROM for t in named.values()):
+        return None
+    proofs = axisflow.reach_proofs(output, named)
+    items = {}
+    for name, tensor in named.items():
+        pairing = proofs[name].pairing(tuple(output.shape), tuple(tensor.shape))
+        if pairing:  # size-1 axes paired: the analysis decides
+            return None
+        items[name] = InputResult(name, tensor, pairing, None, not proofs[name].depends,
+                                  Evidence.PROVED, tuple(dict.fromkeys(proofs[name].custom)))
+    seed = options.get("seed")
+    return _FirstOrder(output, items, memory.resolve_budget(memory_budget, output.device),
+                       probes.new_seed() if seed is None else int(seed))
 
 
 def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
@@ -172,7 +211,8 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         return _zero_sparse(base) if sparse_first else _zero(base, comp)
     try:
         if sparse_first:
-            sparse = sparse_hessian(d, x, budget, options["seed"], item.name)
+            sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output,
+                                    options.get("batched", True))
             if sparse is not None:
                 return _sparse_input(base, sparse)
             refuse()
@@ -275,8 +315,8 @@ def first_derivatives(output, x, pairing: Pairing, budget: int,
         stop = min(count, start + step)
         vectors = one_hot_gradients(output.shape, pairing.out_axes, start, stop,
                                     output.dtype, output.device)
-        parts.append(_vjps_with_graph(output, x, vectors, expected.reshape(
-            (count,) + tuple(x.shape))[start:stop]))
+        parts.append(_vjps_with_graph(output, x, vectors, None if expected is None else
+                                      expected.reshape((count,) + tuple(x.shape))[start:stop]))
     if any(p is None for p in parts):
         return None
     return (torch.cat(parts) if len(parts) > 1 else parts[0]).reshape(comp + tuple(x.shape))
@@ -287,7 +327,7 @@ def _vjps_with_graph(output, x, vectors, expected) -> torch.Tensor | None:
     vectors require grad, so a backward marked ``once_differentiable`` leaves its error node
     (:func:`refuse_once_differentiable`) instead of a silently constant result."""
     vectors = vectors.detach().clone().requires_grad_(True)
-    if len(vectors) > 1:
+    if len(vectors) > 1 and expected is not None:
         try:
             (d,) = autograd_grad([output], [x], [vectors], retain_graph=True,
                                  create_graph=True, is_grads_batched=True,
@@ -406,7 +446,7 @@ def _notes(result: HessianResult) -> list[str]:
         d = item.derivatives if item.sparse is None else item.sparse.matrix.values()
         if item.sparse is not None and item.sparse.count:
             notes.append(item.sparse.summary())
-        if d.numel() and not bool(torch.isfinite(d).all()):
+        if d.numel() and not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
             bad = d.numel() - int(torch.isfinite(d).sum())
             notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "
                          "infinite entries: f is not twice differentiable there.")

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import memory, probes
 from . import pattern as patterns
 from .colouring import colour_count, colour_symmetric, recover_symmetric, symmetrised
 from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .indexmaps.summed import depends, summed_hessian_pattern
 from .sparse_check import probe_values
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .tolerances import tolerances
@@ -35,6 +37,7 @@ SECOND_ORDER_SLACK = 64
 # A Hessian is tried sparse from this many entries of x (n² ≥ 2²² entries dense): smaller
 # ones keep the dense display the tutorial's examples show.
 SPARSE_FROM = 2048
+LATTICE_TRIES = 16  # periods tried past a row's nonzeros for the j mod p colouring
 
 
 class SparseHessian(NamedTuple):
@@ -45,6 +48,8 @@ class SparseHessian(NamedTuple):
     count: int  # Hessian-vector products (colours)
     probes: int  # backward passes spent finding the pattern
     evidence: str = "observed"
+    kind: str = ""  # band_name(matrix), when it was known as the matrix was built
+
 
     @property
     def nnz(self) -> int:
@@ -53,7 +58,7 @@ class SparseHessian(NamedTuple):
     def summary(self) -> str:
         """One sentence: "tridiagonal Hessian: 299,998 nonzeros from 3 Hessian-vector
         products"."""
-        kind = band_name(self.matrix)
+        kind = self.kind or band_name(self.matrix)
         products = "product" if self.count == 1 else "products"
         how = "the pattern proved from the graph for every x" if self.evidence == "proved" \
             else f"the pattern found at this x by {self.probes:,} probes"
@@ -61,12 +66,13 @@ class SparseHessian(NamedTuple):
                 f"{products} ({how}; the values checked with random probes).")
 
 
-def band_name(matrix: torch.Tensor) -> str:
-    """"Diagonal", "tridiagonal", "banded (half-width k)" or "sparse", from the nonzeros."""
+def band_name(matrix: torch.Tensor, rows: torch.Tensor | None = None) -> str:
+    """"Diagonal", "tridiagonal", "banded (half-width k)" or "sparse", from the nonzeros
+    (``rows``: each one's row, where known)."""
     n = matrix.shape[0]
-    crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
-    rows = csr_rows(crow)
-    width = int((rows - col).abs().max()) if col.numel() else 0
+    col = matrix.col_indices()
+    rows = csr_rows(matrix.crow_indices()) if rows is None else rows
+    width = int((rows - col).abs_().max()) if col.numel() else 0
     if width == 0:
         return "Diagonal"
     if width == 1:
@@ -77,45 +83,104 @@ def band_name(matrix: torch.Tensor) -> str:
 
 
 def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
-                   name: str = "x") -> SparseHessian | None:
+                   name: str = "x", output: torch.Tensor | None = None,
+                   batched: bool = True) -> SparseHessian | None:
     """The Hessian whose gradient ``d`` (shaped like x, with its graph) is given, sparse, or
-    None: no pattern that pays, no colouring, or the probes disagreed. A pattern whose
-    nonzeros exceed the memory budget is refused (VJPUsageError, with the count)."""
+    None: no pattern that pays, no colouring, or the probes disagreed. ``output``: the scalar
+    itself, whose first-order graph may prove the pattern (:func:`.indexmaps.summed`: a sum
+    of terms); else the pattern of ∂d/∂x is found as any Jacobian's. ``batched``: the
+    products may go through one vectorised backward (not where the user's hooks would see
+    batched tensors). A pattern whose nonzeros exceed the memory budget is refused
+    (VJPUsageError, with the count)."""
     n = x.numel()
-    finder = getattr(patterns, "find_pattern", None) or patterns.observed_pattern
-    pattern = finder(d, x, budget, seed)
+    summed = None if output is None else summed_hessian_pattern(output, x, budget)
+    if summed is not None:
+        pattern, offsets = summed
+        if not depends(d, x):  # the gradient is constant: f is linear in x
+            pattern = pattern._replace(crow=torch.zeros(n + 1, dtype=torch.int64),
+                                       col=torch.zeros(0, dtype=torch.int64))
+    else:
+        finder = getattr(patterns, "find_pattern", None) or patterns.observed_pattern
+        pattern, offsets = finder(d, x, budget, seed), None
     if pattern is None:
         return None
-    if pattern.nnz == 0:  # d does not depend on x here: f is linear (checked below)
+    evidence = str(getattr(pattern, "evidence", "observed"))
+    draws = 1 if evidence == "proved" else None  # as a sparse Jacobian's check
+    if pattern.nnz == 0:  # d does not depend on x: f is linear (checked below)
         matrix = empty_csr(x)
-        if not checked(d, x, matrix, seed, budget):
+        if not checked(d, x, matrix, seed, budget, draws):
             return None
         return SparseHessian(matrix, torch.zeros(n, dtype=torch.int64), 0, pattern.probes,
-                             str(getattr(pattern, "evidence", "observed")))
-    crow, col = symmetrised(pattern.crow.numpy(), pattern.col.numpy(), n)
+                             evidence)
+    crow, col = (pattern.crow.numpy(), pattern.col.numpy()) if summed is not None \
+        else symmetrised(pattern.crow.numpy(), pattern.col.numpy(), n)
     nnz = len(col)
     memory.refuse_if_over(nnz * (8 + x.element_size()) + 8 * (n + 1), budget,
                           f"The sparse Hessian with respect to {name} ({nnz:,} nonzeros)")
-    colours = colour_symmetric(crow, col, n, shape=tuple(x.shape), symmetric=True)
-    if colours is None:
+    coloured = _coloured(crow, col, n, tuple(x.shape), offsets)
+    if coloured is None:
         return None
+    colours, direct = coloured
     count = colour_count(colours)
-    products = _products(d.reshape(-1), x, torch.from_numpy(colours), count, budget)
-    values = recover_symmetric(crow, col, colours, products)
+    products = _products(d.reshape(-1), x, torch.from_numpy(colours), count, budget,
+                         batched and draws == 1)
+    rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(crow)))
+    values = _direct(rows, col, colours, products) if direct else \
+        recover_symmetric(crow, col, colours, products)
     matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), values.cpu(),
                         (n, n)).to(x.device)
-    if not checked(d, x, matrix, seed, budget):
+    rows = rows.to(x.device)
+    if not checked(d, x, matrix, seed, budget, draws, rows):
         return None
-    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes,
-                         str(getattr(pattern, "evidence", "observed")))
+    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence,
+                         band_name(matrix, rows))
+
+
+def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | None:
+    """(colours, every nonzero read directly): j mod p where the pattern's rows draw their
+    columns from j + ``offsets`` and p, as few colours as a row's nonzeros, separates those
+    offsets (:func:`lattice_period`); else :func:`.colouring.colour_symmetric` (or the
+    lattice where that needs more)."""
+    most = int(np.diff(crow).max()) if n else 0
+    period = None if offsets is None else lattice_period(offsets, most)
+    if period is not None and period == most:
+        return np.arange(n, dtype=np.int64) % period, True
+    colours = colour_symmetric(crow, col, n, shape=shape, symmetric=True)
+    if period is not None and (colours is None or colour_count(colours) > period):
+        return np.arange(n, dtype=np.int64) % period, True
+    return None if colours is None else (colours, False)
+
+
+def lattice_period(offsets: np.ndarray, least: int) -> int | None:
+    """The smallest p ≥ ``least`` (up to :data:`LATTICE_TRIES` more) dividing no difference
+    of two ``offsets``: then j mod p gives the columns j + d of any row distinct colours (a
+    distance-2 colouring, every Hessian entry read directly), or None."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    gaps = np.unique(np.abs(offsets[:, None] - offsets[None, :]))
+    gaps = gaps[gaps > 0]
+    for p in range(max(least, 1), max(least, 1) + LATTICE_TRIES):
+        if not bool((gaps % p == 0).any()):
+            return p
+    return None
+
+
+def _direct(rows: torch.Tensor, col, colours, products: torch.Tensor) -> torch.Tensor:
+    """The values of a distance-2 coloured pattern: H[i, j] = (H·v_(colour j))[i]."""
+    device = products.device
+    at = torch.from_numpy(colours[col]).to(device).mul_(products.shape[1]).add_(rows.to(device))
+    return torch.take(products, at)
 
 
 def _products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count: int,
-              budget: int) -> torch.Tensor:
-    """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric),
-    from plain backward passes up to :data:`LOOP_PASSES` colours, batched beyond."""
+              budget: int, batched: bool = False) -> torch.Tensor:
+    """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric).
+    ``batched`` (a proved pattern, checked by one plain probe): one vectorised backward for
+    them all, which reads each of the graph's saved tensors once (about 2× faster than a
+    loop at three colours on 10⁶ entries); else plain backward passes one after another up
+    to :data:`LOOP_PASSES` colours, batched beyond. The check's probes then go the other
+    way, so a batching rule that went wrong shows as a disagreement."""
     colours = colours.to(flat.device)
-    if count <= LOOP_PASSES:
+    if count <= LOOP_PASSES and not (batched and count > 1):
         rows = [plain_vjp(flat, [x], (colours == c).to(flat.dtype))[0].detach().reshape(-1)
                 for c in range(count)]
         return torch.stack(rows) if rows else x.new_zeros(0, x.numel())
@@ -136,33 +201,41 @@ def _batched(flat: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor,
 
 
 def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
-            budget: int | None = None) -> bool:
-    """Full random probes v (:func:`_check_probes`, the run's seed): vᵀ∂d/∂x from
-    autograd against vᵀH_sparse, entry by entry (as :func:`.compressed.checked`). Entry j is
-    judged against Σ_i |v_i|·Σ_k |H[i, k]| over the rows i that meet column j, times the probe
-    tolerance and :data:`SECOND_ORDER_SLACK`: autograd forms H[j, j] from terms as large as
-    the entries of the neighbouring rows (Rosenbrock: 1200x_j² - 400x_(j+1) + 202), which
-    may cancel to far less than column j alone. The probes go through one batched backward
-    (vmap: faster here than a loop); the products they check came from plain ones, so a
-    batching rule that went wrong shows as a disagreement, never as a wrong result."""
+            budget: int | None = None, draws: int | None = None,
+            rows: torch.Tensor | None = None) -> bool:
+    """Full random probes v (:func:`_check_probes`, the run's seed; ``draws`` of them, by
+    default the probe plan's count: a proved pattern takes one, as a sparse Jacobian's
+    check): vᵀ∂d/∂x from autograd against vᵀH_sparse, entry by entry (as
+    :func:`.compressed.checked`). Entry j is judged against Σ_i |v_i|·Σ_k |H[i, k]| over the
+    rows i that meet column j, times the probe tolerance and :data:`SECOND_ORDER_SLACK`:
+    autograd forms H[j, j] from terms as large as the entries of the neighbouring rows
+    (Rosenbrock: 1200x_j² - 400x_(j+1) + 202), which may cancel to far less than column j
+    alone. Several probes go through one batched backward (vmap: faster here than a loop);
+    the products they check came from plain ones, so a batching rule that went wrong shows
+    as a disagreement, never as a wrong result. One probe at a time, each a few arrays of
+    the nonzeros' size. ``rows``: each nonzero's row, where known."""
     flat = d.reshape(-1)
-    vectors = _check_probes(flat, seed)
-    count = len(vectors)
-    observed = _batched(flat, x, vectors, budget)
-    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    rows = csr_rows(crow)
-    row_sums = values.abs().new_zeros(matrix.shape[0]).index_add_(0, rows, values.abs())
-    v_rows = vectors.to(values.device, values.dtype)[:, rows]  # count × nnz
-    shape = (count, matrix.shape[1])
-    predicted = values.new_zeros(shape).index_add_(1, col, v_rows * values)
-    v_rows.abs_().mul_(row_sums[rows])
-    scale = values.new_zeros(shape).index_add_(1, col, v_rows)
-    observed = observed.to(predicted.device)
-    if not (_finite(observed) and _finite(predicted)):
+    vectors = _check_probes(flat, seed, draws)
+    observed = plain_vjp(flat, [x], vectors[0])[0].detach().reshape(1, -1) \
+        if len(vectors) == 1 else _batched(flat, x, vectors, budget)
+    if not _finite(observed):
         return False
-    allowed = scale * (tolerances(flat.dtype).probe * SECOND_ORDER_SLACK) + \
-        torch.finfo(scale.dtype).tiny
-    return bool(((observed - predicted).abs() <= allowed).all())
+    col, values = matrix.col_indices(), matrix.values()
+    rows = csr_rows(matrix.crow_indices()) if rows is None else rows
+    magnitudes = values.abs()
+    row_sums = magnitudes.new_zeros(matrix.shape[0]).index_add_(0, rows, magnitudes)
+    tolerance = tolerances(flat.dtype).probe * SECOND_ORDER_SLACK
+    for v, seen in zip(vectors.to(values.device, values.dtype), observed):
+        v_rows = torch.index_select(v, 0, rows)
+        predicted = values.new_zeros(matrix.shape[1]).index_add_(0, col, v_rows * values)
+        if not _finite(predicted):
+            return False
+        v_rows.abs_().mul_(torch.index_select(row_sums, 0, rows))
+        allowed = values.new_zeros(matrix.shape[1]).index_add_(0, col, v_rows)
+        allowed.mul_(tolerance).add_(torch.finfo(allowed.dtype).tiny)
+        if not bool(seen.to(predicted.device).sub_(predicted).abs_().le_(allowed).all()):
+            return False
+    return True
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -170,15 +243,16 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _check_probes(flat: torch.Tensor, seed: int) -> torch.Tensor:
-    """The check's probes (count × n): random signed powers of two, the count and values of
-    :func:`.probes.probe_plan` for the dtype, drawn all at once from the run's seed on a
-    stream of their own."""
+def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None) -> torch.Tensor:
+    """The check's probes (draws × n, by default the count of :func:`.probes.probe_plan` for
+    the dtype): random signed powers of two, its values, drawn all at once from the run's
+    seed on a stream of their own."""
     plan = probes.probe_plan(flat.dtype)
+    count = plan.probes if draws is None else draws
     table = probe_values(flat.dtype)
-    codes = torch.randint(0, plan.values, (plan.probes * flat.numel(),), dtype=torch.int32,
+    codes = torch.randint(0, plan.values, (count * flat.numel(),), dtype=torch.int32,
                           generator=probes.probe_generator(seed, "sparse-hessian-check"))
-    return torch.index_select(table, 0, codes).reshape(plan.probes, -1).to(flat.device)
+    return torch.index_select(table, 0, codes).reshape(count, -1).to(flat.device)
 
 
 def empty_csr(x: torch.Tensor) -> torch.Tensor:
