@@ -248,3 +248,18 @@ def test_observed_columns_refuses_dense_rows_and_no_double_backward():
     assert observed_columns(torch.softmax(x, 0) * x[0], x, BUDGET, 0) is None
     y = NoDoubleBackward.apply(x) * x[0]
     assert observed_columns(y, x, BUDGET, 0) is None
+
+
+def test_dense_columns_peeled_then_the_rest_coloured_on_its_lattice():
+    from vjp_magic.core.column_passes import peeled_colours
+
+    x = torch.randn(3000, dtype=torch.float64, requires_grad=True)
+    y = several_dense(x, custom=False)
+    pattern = proved_pattern(y, x, BUDGET)
+    colours = peeled_colours(pattern.crow.numpy(), pattern.col.numpy(), 3000)
+    dense = [0, 1, 2, 3, 4, 7, 2997, 2998, 2999]
+    assert sorted(colours[dense].tolist()) == list(range(9))  # one colour each
+    assert int(colours.max()) + 1 == 11  # and two for x[i], x[i + 1]: the widest row's 11
+    on = torch.zeros(3000, 3000, dtype=torch.float64)
+    on[csr_rows(pattern.crow), pattern.col] = 1
+    assert int((on @ F.one_hot(torch.from_numpy(colours)).double()).max()) == 1
