@@ -16,6 +16,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .colouring import colour_rows
@@ -110,7 +111,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         return Attempt(None, f"its colouring needs {count:,} backward passes for "
                              f"{output.numel():,} output entries")
     passes = colour_passes(output, x, pattern, colours, budget)
-    jacobian = csr_matrix(pattern.crow, pattern.col, passes.held().cpu(),
+    jacobian = csr_matrix(pattern.crow, pattern.col, passes.held.cpu(),
                           pattern.shape).to(x.device)
     proved = pattern.evidence is Evidence.PROVED
     if not (checked(output, x, jacobian, seed, known, passes, draws=1 if proved else None)
@@ -283,31 +284,32 @@ def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
 class Passes(NamedTuple):
     """The compressed passes of one colouring: ``values`` (count × n), vᵀJ for v = 1 on
     each colour's output entries; for each nonzero of the pattern (CSR order) ``at``, its
-    flat index into them, and ``rows``, its row."""
+    flat index into them, and ``held``, its value there; ``crow``: the pattern's."""
 
     values: torch.Tensor
     at: torch.Tensor
-    rows: torch.Tensor
-
-    def held(self) -> torch.Tensor:
-        """The nonzeros' values, in CSR order."""
-        return torch.index_select(self.values.reshape(-1), 0, self.at)
+    held: torch.Tensor
+    crow: torch.Tensor
 
 
 def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int) -> Passes:
-    """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour."""
+    """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour (its
+    flat index c_i·n + j computed in place from the colours repeated along the rows)."""
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
     values = _passes(flat, x, colours.to(flat.device), count, budget)
-    rows = csr_rows(pattern.crow)
-    at = torch.index_select(colours, 0, rows) * x.numel() + pattern.col
-    return Passes(values, at.to(values.device), rows.to(values.device))
+    at = np.repeat(colours.cpu().numpy(), np.diff(pattern.crow.numpy()))
+    at *= x.numel()
+    at += pattern.col.numpy()
+    at = torch.from_numpy(at).to(values.device)
+    held = torch.index_select(values.reshape(-1), 0, at)
+    return Passes(values, at, held, pattern.crow)
 
 
 def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
     """d output / d x as CSR from one VJP per colour (:func:`colour_passes`)."""
     passes = colour_passes(output, x, pattern, colours, budget)
-    return csr_matrix(pattern.crow, pattern.col, passes.held().cpu(), pattern.shape).to(x.device)
+    return csr_matrix(pattern.crow, pattern.col, passes.held.cpu(), pattern.shape).to(x.device)
 
 
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:

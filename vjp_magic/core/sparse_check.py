@@ -88,17 +88,17 @@ def probe_values(dtype: torch.dtype) -> torch.Tensor:
 class _ColourProducts:
     """(vᵀJ, |v|ᵀ|J|) off the colour passes: rows of one colour read disjoint columns, so
     column j of colour c's pass holds J[i, j] of at most one row i = i_c(j), and
-    vᵀJ = Σ_c v[i_c(j)]·J[i_c(j), j]: per colour a gather and a multiply-add, no scatter."""
+    vᵀJ = Σ_c v[i_c(j)]·J[i_c(j), j]: per colour a gather and a multiply-add, no scatter.
+    A pass's entries off the pattern (no i_c(j)) count as 0, as they do in J_sparse."""
 
     def __init__(self, passes, m: int):  # a compressed.Passes
         count, n = passes.values.shape
         device = passes.values.device
         self.row = torch.full((count * n,), m, dtype=torch.int64, device=device)
-        self.row.index_copy_(0, passes.at, passes.rows)  # i_c(j), or m where there is none
-        self.row = self.row.reshape(count, n)
-        held = torch.zeros(count * n, dtype=passes.values.dtype, device=device)
-        self.held = held.index_copy_(0, passes.at, passes.held()).reshape(count, n)
-        self.size = held.abs().reshape(count, n)
+        self.row.index_copy_(0, passes.at, csr_rows(passes.crow).to(device))
+        self.row = self.row.reshape(count, n)  # i_c(j), or m where there is none
+        self.held = torch.where(self.row < m, passes.values, 0)
+        self.size = self.held.abs()
 
     def __call__(self, v: torch.Tensor):
         padded = torch.cat([v, v.new_zeros(1)])  # entry m: 0, for columns a colour skips

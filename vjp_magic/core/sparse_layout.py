@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import torch
 
 from .pairing import Pairing
@@ -34,8 +35,12 @@ def dense_to_csr(dense: torch.Tensor) -> torch.Tensor:
 
 
 def csr_rows(crow: torch.Tensor) -> torch.Tensor:
-    """The row of each nonzero of a CSR matrix (from its ``crow``), ascending."""
+    """The row of each nonzero of a CSR matrix (from its ``crow``), ascending, int64 (on the
+    CPU by numpy's repeat: about twice as fast as torch's repeat_interleave)."""
     m, nnz = crow.numel() - 1, int(crow[-1]) if crow.numel() else 0
+    if crow.device.type == "cpu" and m > 0:
+        return torch.from_numpy(np.repeat(np.arange(m, dtype=np.int64),
+                                          np.diff(crow.numpy()).astype(np.int64, copy=False)))
     return torch.repeat_interleave(torch.arange(max(m, 0), device=crow.device), crow.diff(),
                                    output_size=nnz)
 
