@@ -365,9 +365,9 @@ def _per_sample(subject: Subject, inputs: dict, output, request: Request,
     if subject.record is None or request.order != 1 or request.full or not replayed \
             or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
         return None
-    from .run.persample import per_sample_jacobians
+    from .run.persample import per_sample_given
 
-    return per_sample_jacobians(subject.record, inputs, output, request.memory_budget)
+    return per_sample_given(subject.record, inputs, output, request.memory_budget)
 
 
 def _graph_error(error: RuntimeError, output_name: str, inputs,

@@ -63,12 +63,35 @@ def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) 
     grads = _output_gradients(value, outs)
     if grads is None:
         return None
-    per_sample = {name: torch.zeros((output.shape[0],) + tuple(t.shape), dtype=t.dtype,
-                                    device=t.device) for name, t in params.items()}
-    for (use, args, _), grad in zip(found, grads):
-        for slot, gradient in _rule(use, args, grad).items():
-            per_sample[use.params[slot]] += gradient
-    return per_sample
+    return _summed(params, output.shape[0],
+                   [(use, _rule(use, args, grad)) for (use, args, _), grad in zip(found, grads)])
+
+
+class PerSampleGradients(dict):
+    """name -> per-sample gradients (B, *shape), with ``magnitudes``: name -> the sums of
+    the absolute terms that add up to each entry, for the parameters read by a rule that sums
+    over rows or positions (a bias: ``|g|`` summed where ``g`` is); the others have none."""
+
+    def __init__(self, gradients: dict, magnitudes: dict | None = None):
+        super().__init__(gradients)
+        self.magnitudes = magnitudes or {}
+
+
+def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
+    """Every use's (gradient, magnitudes) per slot summed per parameter; a parameter's
+    magnitudes where some use has them (the others' count as ``|gradient|``)."""
+    per_sample = {name: torch.zeros((batch,) + tuple(t.shape), dtype=t.dtype, device=t.device)
+                  for name, t in params.items()}
+    terms: dict = {}
+    for use, found in parts:
+        for slot, (gradient, magnitude) in found.items():
+            name = use.params[slot]
+            per_sample[name] += gradient
+            terms.setdefault(name, []).append((gradient, magnitude))
+    magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
+                  for name, found in terms.items()
+                  if any(m is not None for _, m in found)}
+    return PerSampleGradients(per_sample, magnitudes)
 
 
 def rule_uses(replay, params: dict, batch: int) -> dict | None:
@@ -238,7 +261,11 @@ def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
 
 
 def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
-    """Slot ("weight"/"bias") -> per-sample gradient (B, *shape) for one rule step."""
+    """Slot ("weight"/"bias") -> (per-sample gradient (B, *shape), its magnitudes or None)
+    for one rule step. A bias summed over rows or positions gets the sum of ``|g|`` as its
+    magnitudes: where those terms cancel (the key projection's bias in attention, whose true
+    gradient is exactly 0: softmax ignores a constant added to every score of a query), the
+    computed sum is rounding noise of that size, and the analysis' probes judge it so."""
     grad = grad.detach()
     batch = grad.shape[0]
     if use.kind == "linear":
@@ -246,12 +273,21 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
         g = grad.movedim(use.axis, 0)
         batch = g.shape[0]
         source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
-        found = {"weight": torch.bmm(g.transpose(1, 2), source), "bias": g.sum(1)}
+        found = {"weight": (torch.bmm(g.transpose(1, 2), source), None),
+                 "bias": _summed_terms(g, (1,))}
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)
     else:
         found = _convolution(use.kind, bound, grad)
     return {slot: found[slot] for slot in use.params}
+
+
+def _summed_terms(g: torch.Tensor, dims: tuple) -> tuple:
+    """``g`` summed over ``dims``, with the sum of ``|g|`` there where more than one term
+    adds up (else None: the entry is its one term)."""
+    if not dims or all(g.shape[d] == 1 for d in dims):
+        return g.sum(dims) if dims else g, None
+    return g.sum(dims), g.abs().sum(dims)
 
 
 def _layer_norm(bound: dict, grad: torch.Tensor) -> dict:
@@ -260,7 +296,7 @@ def _layer_norm(bound: dict, grad: torch.Tensor) -> dict:
     normalised = F.layer_norm(source, shape, None, None, bound["eps"])
     middle = tuple(range(1, grad.dim() - len(shape)))
     weight = (grad * normalised).sum(middle) if middle else grad * normalised
-    return {"weight": weight, "bias": grad.sum(middle) if middle else grad}
+    return {"weight": (weight, None), "bias": _summed_terms(grad, middle)}
 
 
 def _pair(value, dims: int) -> tuple:
@@ -283,8 +319,10 @@ def _convolution(kind: str, bound: dict, grad: torch.Tensor) -> dict:
         gradient = _correlated(source, grad, kernel, stride, dilation)
     else:
         gradient = _patches(source, grad, kernel, stride, dilation, groups)
-    return {"weight": gradient.reshape((batch,) + tuple(weight.shape)),
-            "bias": grad.sum((2, 3)).reshape(batch, -1)}
+    bias, magnitudes = _summed_terms(grad, (2, 3))
+    return {"weight": (gradient.reshape((batch,) + tuple(weight.shape)), None),
+            "bias": (bias.reshape(batch, -1),
+                     None if magnitudes is None else magnitudes.reshape(batch, -1))}
 
 
 def _correlated(source, grad, kernel: tuple, stride: tuple, dilation: tuple) -> torch.Tensor:
@@ -329,4 +367,4 @@ def _padded(source: torch.Tensor, padding, kernel: tuple, dilation: tuple, dims:
     return F.pad(source, pads)
 
 
-__all__ = ["per_sample_by_rules", "rule_uses"]
+__all__ = ["PerSampleGradients", "per_sample_by_rules", "rule_uses"]

@@ -17,7 +17,7 @@ import math
 import torch
 
 from ..core import memory
-from .expanded import per_sample_by_rules
+from .expanded import PerSampleGradients, per_sample_by_rules
 from .record import tensors_in
 from .replay import Replay, close, replayable
 
@@ -29,7 +29,9 @@ def per_sample_jacobians(record, inputs: dict, output,
     """``{name: J}`` with ``J`` of shape ``output.shape + input.shape`` (row b: the gradient
     of sample b's loss), or None where the case does not apply, the Jacobians would not fit
     ``memory_budget`` (bytes or a fraction of free memory, as the analysis reads it), or
-    the replay cannot be vectorised faithfully."""
+    the replay cannot be vectorised faithfully. By the per-layer rules, the dict's
+    ``magnitudes`` holds, for a parameter whose entries sum terms (a bias over positions),
+    the sums of those terms' absolute values, shaped like its Jacobian."""
     if not _per_sample_shape(output) or not inputs or record is None \
             or getattr(record, "failed", None) is not None:
         return None
@@ -55,8 +57,22 @@ def per_sample_jacobians(record, inputs: dict, output,
         return None
     if grads is None:
         return None
-    return {name: grads[name].reshape(tuple(output.shape) + tuple(t.shape))
-            for name, t in inputs.items()}
+    shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
+    magnitudes = getattr(grads, "magnitudes", {})
+    return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
+                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()})
+
+
+def per_sample_given(record, inputs: dict, output,
+                     memory_budget: float | None = None) -> dict | None:
+    """:func:`per_sample_jacobians` as the analysis takes them (``given``): name -> the
+    Jacobian, or (Jacobian, magnitudes) where a rule summed terms that may cancel."""
+    found = per_sample_jacobians(record, inputs, output, memory_budget)
+    if found is None:
+        return None
+    magnitudes = getattr(found, "magnitudes", {})
+    return {name: (j, magnitudes[name]) if name in magnitudes else j
+            for name, j in found.items()}
 
 
 def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output) -> dict | None:
@@ -176,4 +192,4 @@ def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
     return grads, values.reshape((-1,) + rest)
 
 
-__all__ = ["batch_of_one", "per_sample_constants", "per_sample_jacobians"]
+__all__ = ["batch_of_one", "per_sample_constants", "per_sample_given", "per_sample_jacobians"]
