@@ -263,3 +263,14 @@ def test_dense_columns_peeled_then_the_rest_coloured_on_its_lattice():
     on = torch.zeros(3000, 3000, dtype=torch.float64)
     on[csr_rows(pattern.crow), pattern.col] = 1
     assert int((on @ F.one_hot(torch.from_numpy(colours)).double()).max()) == 1
+
+
+def test_dense_columns_from_a_few_sampled_rows():
+    from vjp_magic.core.column_passes import dense_columns
+
+    x = torch.randn(2000, dtype=torch.float64, requires_grad=True)
+    assert dense_columns(stencil_and_x0(x), x, 0).tolist() == [0]
+    assert sorted(dense_columns(several_dense(x, custom=False), x, 0).tolist()) == \
+        [0, 1, 2, 3, 4, 7, 1997, 1998, 1999]
+    assert dense_columns(tridiagonal(x), x, 0).numel() == 0
+    assert dense_columns(torch.softmax(x, 0), x, 0) is None  # a dense row

@@ -445,10 +445,11 @@ def _column_lines(form, x: str, y: str, k: int, name: str, taken: set) -> list[s
         f"# forward mode: {g} = J^T {v} is linear in {v}, so its VJP with {u} is J {u}",
         f"{v} = torch.zeros_like({y}, requires_grad=True)",
         f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
-        f"{ju} = {y}.new_zeros({k}, {y}.numel())  # row c: J u",
+        f"{ju} = []  # J u for each colour c",
         f"for {c} in range({k}):",
         f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
-        f"    {ju}[{c}] = torch.autograd.grad({g}, {v}, {u}, retain_graph=True)[0].flatten()",
+        f"    {ju} += torch.autograd.grad({g}, {v}, {u}, retain_graph=True)",
+        f"{ju} = torch.stack({ju}).reshape({k}, -1)  # row c: J u",
         f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
 
 
