@@ -211,8 +211,7 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         return _zero_sparse(base) if sparse_first else _zero(base, comp)
     try:
         if sparse_first:
-            sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output,
-                                    options.get("batched", True))
+            sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output)
             if sparse is not None:
                 return _sparse_input(base, sparse)
             refuse()
