@@ -274,3 +274,16 @@ def test_dense_columns_from_a_few_sampled_rows():
         [0, 1, 2, 3, 4, 7, 1997, 1998, 1999]
     assert dense_columns(tridiagonal(x), x, 0).numel() == 0
     assert dense_columns(torch.softmax(x, 0), x, 0) is None  # a dense row
+
+
+def test_a_whole_jacobian_kept_by_columns():
+    from vjp_magic.core.column_passes import kept_by_columns
+
+    x = torch.randn(300, dtype=torch.float64)
+    matrix = dense_to_csr(torch.func.jacrev(stencil_and_x0)(x))
+    kept = kept_by_columns(matrix, (300,), (300,), Evidence.OBSERVED, 300, max_colours=75)
+    assert kept is not None and kept.mode == "columns" and kept.count == 4
+    assert kept.matrix is matrix and kept.pattern_passes == 300
+    tridiagonal_matrix = dense_to_csr(torch.func.jacrev(tridiagonal)(x))
+    assert kept_by_columns(tridiagonal_matrix, (300,), (300,), Evidence.OBSERVED, 300,
+                           row_count=3) is None  # rows: 3 colours already

@@ -132,6 +132,23 @@ def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
                           Mode.COLUMNS)
 
 
+def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern_passes: int,
+                    row_count: int | None = None,
+                    max_colours: int | None = None) -> SparseJacobian | None:
+    """A CSR Jacobian already computed whole (the small path's m passes) kept in sparse form
+    by columns where :func:`column_colours` finds they pay (no pass is spent: the colours
+    only say how it would be computed, for the display and ``r.gradients``), else None."""
+    from .compressed import SparseJacobian  # compressed imports this module: import when used
+
+    crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
+    pattern = Pattern(crow, col, tuple(matrix.shape), pattern_passes, evidence)
+    colours = column_colours(pattern, row_count, out_shape, in_shape, max_colours)
+    if colours is None:
+        return None
+    return SparseJacobian(matrix, torch.from_numpy(colours), colour_count(colours), evidence,
+                          pattern_passes, Mode.COLUMNS)
+
+
 def column_jacobian(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
                     colours: torch.Tensor, budget: int) -> torch.Tensor | None:
     """The CSR Jacobian on ``pattern``: J[i, j] = (J·u_c)[i], c the colour of j, u_c = 1 on
