@@ -90,12 +90,13 @@ def compressed_jacobian(output: torch.Tensor, x: torch.Tensor, budget: int,
 
 
 def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
-            max_colours: int | None = None, known=None) -> Attempt:
+            max_colours: int | None = None, known=None, pattern=None) -> Attempt:
     """:func:`compressed_jacobian`, saying why where it gives none. ``max_colours``: more
     colours than this do not pay (no passes are spent on the values then); ``known``: see
-    :func:`checked`."""
+    :func:`checked`; ``pattern``: the proved one, where it is known already."""
     probes = None if max_colours is None else max(max_colours, SAMPLE_ROWS * 16)
-    pattern = _pattern(output, x, budget, seed, probes)
+    if pattern is None:
+        pattern = _pattern(output, x, budget, seed, probes)
     if pattern is None:
         return Attempt(None, TOO_DENSE)
     nbytes = _csr_bytes(pattern, x)
@@ -139,6 +140,7 @@ class SparseChoice:
         self.taken: dict[str, SparseJacobian] = {}
         self.notes: list[str] = []
         self._tried: set[str] = set()
+        self._early: dict[str, Attempt] = {}  # name → an attempt made for row_reader
         self.over: dict[str, Attempt] = {}  # name → a sparse Jacobian over the budget
 
     @contextlib.contextmanager
@@ -183,13 +185,30 @@ class SparseChoice:
                 accepted[name] = (candidates[name][position[name]], derivatives)
         return rest
 
+    def row_reader(self, name: str, tensor: torch.Tensor):
+        """Large path, after ``name``'s likeliest pairing (with points) was rejected and when
+        its last candidate has none: where the graph proves its pattern, the compressed
+        Jacobian now (kept for :meth:`take`), and a reader of its rows for the row proposal
+        (:func:`.candidates.row_proposal`), which then spends no backward pass per row; None
+        otherwise. Its rows are J's rows: the probe check accepted it."""
+        if not self._worth(tensor) or name in self._tried or name in self._early:
+            return None
+        pattern = proved_pattern(self.output, tensor, self.budget)
+        if pattern is None:
+            return None
+        self._early[name] = found = self._attempt(name, tensor, pattern)
+        return None if found.sparse is None else _row_reader(found.sparse.matrix, tensor.shape)
+
+    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
+        known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
+        return attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
+                       known, pattern)
+
     def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
         if not self._worth(tensor) or name in self._tried:
             return None
         self._tried.add(name)
-        known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
-        found = attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
-                        known)
+        found = self._early.pop(name) if name in self._early else self._attempt(name, tensor)
         if found.nbytes:  # over the budget: the full Jacobian is refused too (on_refusal)
             self.over[name] = found
         if found.sparse is None:
@@ -247,6 +266,18 @@ class SparseChoice:
         if proved is not None:
             return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0)
         return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
+
+
+def _row_reader(matrix: torch.Tensor, shape):
+    """Row ``flat`` of the CSR ``matrix``, dense and shaped like the input (``shape``)."""
+    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+
+    def read(flat: int) -> torch.Tensor:
+        start, stop = int(crow[flat]), int(crow[flat + 1])
+        row = values.new_zeros(matrix.shape[1])
+        row[col[start:stop]] = values[start:stop]
+        return row.reshape(shape)
+    return read
 
 
 TOO_DENSE = "a row of the Jacobian reads too many entries"

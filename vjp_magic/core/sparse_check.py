@@ -48,7 +48,8 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
         predicted, scale = products(v.to(jacobian.device, jacobian.dtype))
         allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
         # NaN anywhere fails the comparison; an infinite bound would pass anything: refused
-        if allowed.numel() and not (bool(observed.sub_(predicted).abs_().le_(allowed).all())
+        # not in place: a known probe's vᵀJ is the analysis's own, used again after the check
+        if allowed.numel() and not (bool(predicted.sub_(observed).abs_().le_(allowed).all())
                                     and bool(allowed.max() < math.inf)):
             return False
     return True

@@ -202,10 +202,14 @@ def _group_derivatives(context, named, candidates, position, group, point_out):
     unproved = {n: (derivatives[n], current[n].pairing) for n in group if not current[n].proved}
     agreed = probes.agree_many(unproved) if unproved else set()
     rejected = [name for name in unproved if name not in agreed]
-    rows = SharedRows(output, {n: named[n] for n in rejected if position[n] == 0})
+    readers = _sparse_readers(context, named, candidates, [n for n in rejected
+                                                           if position[n] == 0])
+    rows = SharedRows(output, {n: named[n] for n in rejected
+                               if position[n] == 0 and n not in readers})
     for name in rejected:
         del derivatives[name]
-        _next_candidate(context, named, candidates, position, name, rows)
+        _next_candidate(context, named, candidates, position, name,
+                        readers.get(name) or rows.reader(name))
     redo = [n for n in derivatives if vectorised and current[n].proved and not probes.agree(
         n, derivatives[n], current[n].pairing, batching=True)]  # batching went wrong
     derivatives.update(_plain_again(output, {n: named[n] for n in redo}, point_out, vectorised,
@@ -213,16 +217,31 @@ def _group_derivatives(context, named, candidates, position, group, point_out):
     return {name: (current[name], d) for name, d in derivatives.items()}
 
 
-def _next_candidate(context, named, candidates, position, name, rows: SharedRows) -> None:
+def _next_candidate(context, named, candidates, position, name, read_row) -> None:
     """``name``'s current pairing was rejected: on to its next candidate (after the likeliest
-    one, a few rows of J, read for every such input at once, propose one and rule out those
-    they break)."""
+    one, a few rows of J, ``read_row``, propose one and rule out those they break)."""
     context.reject(name, candidates[name][position[name]].pairing)
     if position[name] == 0:
         candidates[name] = row_proposal(
-            context.output, named[name], candidates[name], 1, rows.reader(name),
+            context.output, named[name], candidates[name], 1, read_row,
             context.probes.seed, drop=lambda pairing, n=name: context.reject(n, pairing))
     position[name] += 1
+
+
+def _sparse_readers(context, named, candidates, names) -> dict:
+    """name → a reader of J's rows off its compressed Jacobian, for the inputs of ``names``
+    whose last candidate (always reached) has no points, so that the compressed passes would
+    run anyway unless a pairing with points is accepted first (:meth:`.compressed.SparseChoice.
+    row_reader`); the others read rows by one-hot backward passes (:class:`SharedRows`)."""
+    readers = {}
+    numel = context.output.numel()
+    for name in names if context.sparse is not None else ():
+        last = _point_out(candidates[name][-1])
+        if math.prod(context.output.shape[a] for a in last) == 1 and numel > 1:
+            reader = context.sparse.row_reader(name, named[name])
+            if reader is not None:
+                readers[name] = reader
+    return readers
 
 
 def _skip_over_budget(context, named, candidates, position, group, count) -> bool:
