@@ -45,6 +45,8 @@ SUMS = {
     "gather": lambda x: (x * x[_permutation(x.numel())] ** 2).sum(),
     "scalar term": lambda x: (x ** 2).sum() + x[0] * x[5] ** 2,
     "two sums": lambda x: (x[1:] ** 2 * x[:-1]).sum() - torch.sin(x[::2]).sum(),
+    "grid energy": lambda x: ((x.reshape(6, 8)[1:] - x.reshape(6, 8)[:-1]) ** 2).sum()
+    + ((x.reshape(6, 8)[:, 1:] - x.reshape(6, 8)[:, :-1]) ** 2).sum() + (x ** 4).sum() / 4,
 }
 
 

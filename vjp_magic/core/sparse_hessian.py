@@ -20,7 +20,8 @@ import torch
 
 from . import memory, probes
 from . import pattern as patterns
-from .colouring import colour_count, colour_symmetric, recover_symmetric, symmetrised
+from .colouring import (colour_count, colour_symmetric, recover_symmetric, symmetrised,
+                        valid_rows)
 from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .indexmaps.summed import depends, summed_hessian_pattern
 from .sparse_check import probe_values
@@ -139,7 +140,7 @@ def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | No
     """(colours, every nonzero read directly): j mod p where the pattern's rows draw their
     columns from j + ``offsets`` and p, as few colours as a row's nonzeros, separates those
     offsets (:func:`lattice_period`); else :func:`.colouring.colour_symmetric` (or the
-    lattice where that needs more)."""
+    lattice where that needs more), read directly where it is a distance-2 colouring."""
     most = int(np.diff(crow).max()) if n else 0
     period = None if offsets is None else lattice_period(offsets, most)
     if period is not None and period == most:
@@ -147,7 +148,8 @@ def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | No
     colours = colour_symmetric(crow, col, n, shape=shape, symmetric=True)
     if period is not None and (colours is None or colour_count(colours) > period):
         return np.arange(n, dtype=np.int64) % period, True
-    return None if colours is None else (colours, False)
+    # a distance-2 colouring (rows sharing a column apart) reads every entry directly
+    return None if colours is None else (colours, valid_rows(crow, col, n, colours))
 
 
 def lattice_period(offsets: np.ndarray, least: int) -> int | None:

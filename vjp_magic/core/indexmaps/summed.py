@@ -69,6 +69,7 @@ def summed_hessian_pattern(output: torch.Tensor, x: torch.Tensor,
             return None
         relations = [offsets.identity(tuple(x.shape)) if s is None else _walk(s, x, meter)
                      for s in starts]
+        relations = [r for r in relations if not _one_entry_each(r)] or relations[:1]
         found = _from_offsets(relations, meter) if all(
             isinstance(r, Offsets) for r in relations) else None
         if found is None:
@@ -136,6 +137,13 @@ def _term(edge, x: torch.Tensor) -> _Start | None:
     return _Start(producer, j, tuple(shape))
 
 
+def _one_entry_each(relation) -> bool:
+    """Whether every entry of the term reads one entry of x (one offset): its Hessians lie on
+    the diagonal, which the pattern holds anyway."""
+    return isinstance(relation, Offsets) and relation.viewed is None and \
+        len({t.d for t in relation.terms}) <= 1
+
+
 def _from_offsets(relations: list, meter: Meter):
     """((crow, columns, most per row), flat offsets) of ∪ S_i × S_i from shift-like terms,
     in the coordinates the terms reach x in; None where they differ or are too many."""
@@ -174,7 +182,9 @@ def _from_rows(relations: list, sizes: list[int], meter: Meter, n: int):
         total = int((counts * counts).sum())
         meter.check((total + sum(k.size for k in keys)) * ENTRY_BYTES)
         keys.append(_row_pairs(crow, cols, counts, total, n))
-    merged = np.unique(np.concatenate(keys))
+    merged = np.concatenate(keys)
+    merged.sort()
+    merged = merged[np.concatenate([[True], merged[1:] != merged[:-1]])]
     rows = merged // n
     crow = np.zeros(n + 1, dtype=np.int64)
     per_row = np.bincount(rows, minlength=n)
