@@ -227,3 +227,51 @@ def test_a_graph_modified_in_place_gets_a_usage_error(api):
                                              y, x)}[api]
     with pytest.raises(vjp_magic.VJPUsageError):
         call()
+
+
+# -- dependency: one leak in a block-diagonal batch (groups of 8, as a batch of graphs) -------
+def _grouped_with_leak(n: int, size: int, leak):
+    """y[i] = Σ_j tanh(w_ij·x[j] + 0.3) over the j of i's group of ``size``, plus one leak
+    (i, j) across groups: every derivative of order 1 (no dynamic range at play)."""
+    pattern = torch.zeros(n, n, dtype=torch.bool)
+    for start in range(0, n, size):
+        pattern[start:start + size, start:start + size] = True
+    if leak is not None:
+        pattern[leak] = True
+    rows, cols = pattern.nonzero(as_tuple=True)
+    w = torch.randn(rows.numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def f(x):
+        terms = torch.tanh(x[cols] * w[:, None] + 0.3)
+        return torch.zeros(n, x.shape[1], dtype=x.dtype).index_add(0, rows, terms)
+    return f, pattern
+
+
+@pytest.mark.xfail(strict=True, reason="dependency's group test loses or misplaces a leak in a "
+                   "block-diagonal batch: groups of 8 over 100 rows plus y[77] ← x[10] gives, for "
+                   "about 6 seeds in 10, 'block-diagonal, blocks of 8' with the leak missing "
+                   "(seed 0, complete=True, no note) or a phantom y[13] ← x[10] in its place "
+                   "(77 = 13 + 64); r.dependency on a differentiate result gets it right")
+@pytest.mark.parametrize("seed", [0, 1, 2, 4, 6, 8])  # seeds 3, 5, 7 happen to get it right
+def test_dependency_finds_one_leak_in_a_grouped_batch(seed):
+    f, pattern = _grouped_with_leak(100, 8, (77, 10))
+    x = torch.randn(100, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    assert torch.equal(vjp_magic.dependency(f(x), x, seed=seed).pattern, pattern)
+
+
+@pytest.mark.parametrize("leak", [None, (40, 3)])
+def test_dependency_on_grouped_batches_it_gets_right(leak):
+    f, pattern = _grouped_with_leak(64, 8, leak)
+    x = torch.randn(64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    for seed in range(4):
+        assert torch.equal(vjp_magic.dependency(f(x), x, seed=seed).pattern, pattern)
+
+
+def test_result_dependency_finds_the_leak():
+    f, pattern = _grouped_with_leak(100, 8, (77, 10))
+    x = torch.randn(100, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    d = vjp_magic.differentiate(f(x), x, seed=0).dependency("x", 0, 0)
+    assert torch.equal(d.pattern, pattern)
