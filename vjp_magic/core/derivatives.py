@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .retained import cleared
+from .retained import cleared, plain_pass
 from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
@@ -84,7 +84,7 @@ def vjp_batch(
                     try:
                         grads = method(output, inputs, grad_outputs)
                     finally:  # no vmap BatchedTensor left in a retain_grad tensor's .grad
-                        cleared(batched="grads" in locals())
+                        cleared("grads" in locals(), output, inputs)
                 log.vectorised = True
                 return grads
             except (RuntimeError, NotImplementedError, ValueError, TypeError) as error:
@@ -129,7 +129,9 @@ def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
 def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
               vector: torch.Tensor) -> list[torch.Tensor]:
     """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached)."""
-    return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+    grads = list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+    plain_pass(output, inputs)  # (a vectorised pass before it needs no pass of zeros)
+    return grads
 
 
 # Up to this many gradient arguments, plain backward passes one by one: about as fast as a

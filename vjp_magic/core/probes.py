@@ -15,6 +15,7 @@ Where vᵀJ or vᵀD is not finite, no pairing is verified: the entry is kept in
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import secrets
@@ -61,6 +62,7 @@ class ProbePlan(NamedTuple):
         return self.probes - 1
 
 
+@functools.lru_cache(maxsize=None)
 def probe_plan(dtype: torch.dtype) -> ProbePlan:
     """The :class:`ProbePlan` for ``dtype`` (float32's exponent span for any other dtype)."""
     span = PROBE_EXPONENTS.get(dtype, PROBE_EXPONENTS[torch.float32])
@@ -99,9 +101,7 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
     differently. That is what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
     """
     plan = probe_plan(output.dtype)
-    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
-                                         dtype=torch.float64))  # exact: powers of two
-    table = torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(output.dtype)
+    table = _probe_table(output.dtype)
     generator = probe_generator(seed, "probe", draw)
     probe = torch.empty(output.numel(), dtype=output.dtype)
     for start in range(0, output.numel(), _DRAW_CHUNK):  # no index array as large as v
@@ -112,6 +112,14 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
 
 
 _DRAW_CHUNK = 2**15
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_table(dtype: torch.dtype) -> torch.Tensor:
+    """The values a probe entry takes, ±2^k (:func:`probe_plan`), on the CPU (never written)."""
+    span = probe_plan(dtype).exponents
+    magnitudes = torch.exp2(torch.arange(-span, span + 1, dtype=torch.float64))  # exact
+    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
 
 
 def set_probe_values(like: torch.Tensor, seed: int, purpose: str, stream: int = 0) -> torch.Tensor:
@@ -130,6 +138,10 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor,
     the input: at each input entry, the probe's components at that entry's point times the
     derivatives there, summed over components.
     """
+    if not pairing:  # the full Jacobian: one row times a matrix
+        count = probe.numel()
+        return (probe.reshape(1, count) @ derivatives.reshape(count, -1)).reshape(
+            derivatives.shape[probe.dim():])
     pairing = Pairing(pairing)
     point_out = pairing.out_axes
     k = probe.dim() - len(point_out)
@@ -245,9 +257,7 @@ class FullProbes:
         self.d = derivatives.to(compute).reshape(m, -1)
         self.v = torch.stack([p.reshape(-1) for p in probes]).to(compute)
         self.expected = self.v @ self.d
-        mu = m * torch.finfo(compute).eps / 2
-        sure = tolerances(self.dtype).probe * (1 - 2 * mu / (1 - mu)) \
-            if mu < 0.25 and _full_precision_products(compute) else 0.0
+        sure = _sure_factor(self.dtype, m)
         finite = bool(torch.isfinite(self.expected).all())
         self.finite = finite
         self.sure = self.expected.abs().mul_(sure) if finite and sure > 0 else None
@@ -292,6 +302,15 @@ def probe_agrees(
     """True when vᵀJ equals vᵀD within :func:`probe_mismatch`'s tolerance."""
     return probe_mismatch(derivatives, probe, probe_vjp, pairing,
                           nonfinite_agree=nonfinite_agree) <= 1.0
+
+
+def _sure_factor(dtype: torch.dtype, terms: int) -> float:
+    """tol · (1 − 2γ) for sums of at most ``terms`` products (0: no such bound holds)."""
+    compute = _compute_dtype(dtype)
+    mu = terms * torch.finfo(compute).eps / 2
+    if mu >= 0.25 or not _full_precision_products(compute):
+        return 0.0
+    return tolerances(dtype).probe * (1 - 2 * mu / (1 - mu))
 
 
 # -- the probes of one analysis ---------------------------------------------------------------
