@@ -287,3 +287,17 @@ def test_a_whole_jacobian_kept_by_columns():
     tridiagonal_matrix = dense_to_csr(torch.func.jacrev(tridiagonal)(x))
     assert kept_by_columns(tridiagonal_matrix, (300,), (300,), Evidence.OBSERVED, 300,
                            row_count=3) is None  # rows: 3 colours already
+
+
+def test_computed_by_columns_only_where_they_pay():
+    from vjp_magic.core.column_passes import computed_by_columns
+
+    x = torch.randn(400, dtype=torch.float64, requires_grad=True)
+    y = stencil_and_x0(x)
+    pattern = proved_pattern(y, x, BUDGET)
+    sparse = computed_by_columns(y, x, pattern, None, BUDGET, 0, max_colours=100)
+    assert sparse is not None and sparse.mode == "columns" and sparse.count == 4
+    torch.testing.assert_close(sparse.matrix.to_dense(),
+                               torch.func.jacrev(stencil_and_x0)(x.detach()))
+    assert computed_by_columns(y, x, pattern, 8, BUDGET, 0) is None  # 8 rows: 4 · 2 ≥ 8
+    assert computed_by_columns(y, x, pattern, 9, BUDGET, 0) is not None

@@ -111,6 +111,17 @@ def prefer_columns(row_count: int | None, column_count: int | None) -> bool:
     return row_count is None or column_count * COST_RATIO < row_count
 
 
+def computed_by_columns(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
+                        row_count: int | None, budget: int, seed: int,
+                        max_colours: int | None = None, known=None) -> SparseJacobian | None:
+    """The Jacobian by columns where they pay (:func:`column_colours` against ``row_count``
+    row colours, None: rows refused) and the passes and check succeed; None: keep the rows."""
+    colours = column_colours(pattern, row_count, output.shape, x.shape, max_colours)
+    if colours is None:
+        return None
+    return column_attempt(output, x, pattern, colours, budget, seed, known)
+
+
 def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
                    colours: np.ndarray, budget: int, seed: int,
                    known=None) -> SparseJacobian | None:
