@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 from .derivatives import plain_vjp
@@ -32,14 +33,16 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
     |v|ᵀ|J_sparse|; the first disagreement refuses. ``known``: (v, vᵀJ) of a probe drawn
     the same way and already computed (the analysis's probe 0): it stands for the first
     probe and saves its backward. ``passes``: the colour passes ``jacobian`` was read off,
-    which give the products without a scatter (:class:`_ColourProducts`). ``draws``: how
-    many probes (default: the probe plan's count for the dtype)."""
+    which give the products without a scatter (:class:`_ColourProducts`, worth building for
+    several probes). ``draws``: how many probes (default: the probe plan's count for the
+    dtype)."""
     flat = output.reshape(-1)
     count = 0 if passes is None else passes.values.shape[0]
-    products = _ColourProducts(passes, flat.numel()) if passes is not None and \
+    draws = probe_plan(flat.dtype).probes if draws is None else draws
+    products = _ColourProducts(passes, flat.numel()) if passes is not None and draws > 1 and \
         count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1) else _CsrProducts(jacobian)
     tolerance = tolerances(output.dtype).probe
-    for draw in range(probe_plan(flat.dtype).probes if draws is None else draws):
+    for draw in range(draws):
         if draw == 0 and known is not None:
             v, observed = known[0].reshape(-1), known[1].detach().reshape(-1)
         else:
@@ -113,18 +116,26 @@ class _ColourProducts:
 
 
 class _CsrProducts:
-    """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] summed into their
-    columns by index_add."""
+    """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] (v repeated along each
+    row's nonzeros) summed into their columns by index_add."""
 
     def __init__(self, jacobian: torch.Tensor):
-        self.rows = csr_rows(jacobian.crow_indices())
+        self.crow = jacobian.crow_indices()
         self.col, self.values = jacobian.col_indices(), jacobian.values()
         self.n = jacobian.shape[1]
 
     def __call__(self, v: torch.Tensor):
-        terms = torch.index_select(v, 0, self.rows).mul_(self.values)
+        terms = along_rows(v, self.crow).mul_(self.values)
         predicted = terms.new_zeros(self.n).index_add_(0, self.col, terms)
         return predicted, terms.new_zeros(self.n).index_add_(0, self.col, terms.abs_())
+
+
+def along_rows(v: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
+    """v[i] for each nonzero of a CSR matrix (row i), in CSR order: a new tensor."""
+    if v.device.type == "cpu" and crow.device.type == "cpu" and v.numel():
+        counts = np.diff(crow.numpy()).astype(np.int64, copy=False)
+        return torch.from_numpy(np.repeat(v.detach().numpy(), counts))
+    return torch.repeat_interleave(v, crow.diff().to(v.device), output_size=int(crow[-1]))
 
 
 def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
