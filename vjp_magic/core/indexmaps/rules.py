@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import linalg, moves, pooling, reductions, shifts
+from . import linalg, moves, pooling, reductions, scatters, shifts
 
 Rule = Callable
 
@@ -47,6 +47,9 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("MaxPool2DWithIndices MaxPool3DWithIndices", pooling.max_pool),
     ("AvgPool2D AvgPool3D", pooling.avg_pool),
     ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
+    ("Scatter ScatterAdd", scatters.scatter),
+    ("IndexAdd", scatters.index_add),
+    ("AsStrided", scatters.as_strided),
 ] + [(name, rule) for name, rule in MASKED.items()]
 
 
