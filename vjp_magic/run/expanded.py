@@ -80,14 +80,18 @@ class PerSampleGradients(dict):
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
     """Every use's (gradient, magnitudes) per slot summed per parameter; a parameter's
     magnitudes where some use has them (the others' count as ``|gradient|``)."""
-    per_sample = {name: torch.zeros((batch,) + tuple(t.shape), dtype=t.dtype, device=t.device)
-                  for name, t in params.items()}
+    per_sample: dict = {}
     terms: dict = {}
     for use, found in parts:
         for slot, (gradient, magnitude) in found.items():
             name = use.params[slot]
-            per_sample[name] += gradient
+            shape = (batch,) + tuple(params[name].shape)
+            per_sample[name] = gradient.reshape(shape) if name not in per_sample \
+                else per_sample[name] + gradient.reshape(shape)  # a new tensor: none aliased
             terms.setdefault(name, []).append((gradient, magnitude))
+    for name, t in params.items():  # read only where its result needs no gradient
+        if name not in per_sample:
+            per_sample[name] = t.new_zeros((batch,) + tuple(t.shape))
     magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
                   for name, found in terms.items()
                   if any(m is not None for _, m in found)}
