@@ -47,13 +47,16 @@ def csr_rows(crow: torch.Tensor) -> torch.Tensor:
 
 def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
     """The 2-D CSR ``matrix`` as a coalesced sparse COO tensor of shape
-    ``out_shape + in_shape`` (its rows and columns unravelled)."""
-    rows, cols = csr_rows(matrix.crow_indices()), matrix.col_indices()
+    ``out_shape + in_shape`` (its rows and columns unravelled; torch's own conversion gives
+    the 2-D indices, about twice as fast as repeating the rows and stacking)."""
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
-    parts = [*_unravel(rows, out_shape), *_unravel(cols, in_shape)]
-    indices = torch.stack(parts) if parts else rows.new_zeros(0, rows.numel())
+    flat = _quiet(matrix.to_sparse_coo)
+    indices = flat.indices()
+    if len(out_shape) != 1 or len(in_shape) != 1:  # unravel (or drop) each side's index
+        parts = [*_unravel(indices[0], out_shape), *_unravel(indices[1], in_shape)]
+        indices = torch.stack(parts) if parts else indices.new_zeros(0, indices.shape[1])
     # rows ascending, columns ascending within a row: already in coalesced (row-major) order
-    return _quiet(lambda: torch.sparse_coo_tensor(indices, matrix.values(),
+    return _quiet(lambda: torch.sparse_coo_tensor(indices, flat.values(),
                                                   out_shape + in_shape, is_coalesced=True))
 
 
