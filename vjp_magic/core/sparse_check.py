@@ -117,17 +117,17 @@ class _ColourProducts:
 
 class _CsrProducts:
     """(vᵀJ, |v|ᵀ|J|) for any CSR ``jacobian``: the terms v_i·J[i, j] (v repeated along each
-    row's nonzeros) summed into their columns by index_add."""
+    row's nonzeros) summed into their columns (scatter_add: faster than index_add here)."""
 
     def __init__(self, jacobian: torch.Tensor):
         self.crow = jacobian.crow_indices()
-        self.col, self.values = jacobian.col_indices(), jacobian.values()
+        self.col, self.values = jacobian.col_indices().long(), jacobian.values()
         self.n = jacobian.shape[1]
 
     def __call__(self, v: torch.Tensor):
         terms = along_rows(v, self.crow).mul_(self.values)
-        predicted = terms.new_zeros(self.n).index_add_(0, self.col, terms)
-        return predicted, terms.new_zeros(self.n).index_add_(0, self.col, terms.abs_())
+        predicted = terms.new_zeros(self.n).scatter_add_(0, self.col, terms)
+        return predicted, terms.new_zeros(self.n).scatter_add_(0, self.col, terms.abs_())
 
 
 def along_rows(v: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
@@ -162,8 +162,8 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
             return False
         w = w.reshape(-1).to(values.device, values.dtype)
         terms = torch.index_select(w, 0, col).mul_(values)
-        predicted = terms.new_zeros(flat.numel()).index_add_(0, rows, terms)
-        scale = terms.new_zeros(flat.numel()).index_add_(0, rows, terms.abs_())
+        predicted = terms.new_zeros(flat.numel()).scatter_add_(0, rows, terms)
+        scale = terms.new_zeros(flat.numel()).scatter_add_(0, rows, terms.abs_())
         allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
         error = observed.detach().reshape(-1).to(values.device) - predicted
         if not (bool(error.abs().le(allowed).all()) and bool(allowed.max() < math.inf)):
