@@ -72,7 +72,8 @@ def lattice_of(grid, shape, terms) -> Lattice | None:
     hi = np.array([t[2] for t in terms], dtype=np.int64).reshape(d.shape) - 1  # inclusive
     delta = d[None, :, :] - d[:, None, :]  # [a, b] = d_b - d_a = o1 - o2
     fits = ((lo[:, None] - hi[None, :] <= delta) & (delta <= hi[:, None] - lo[None, :])).all(2)
-    deltas = np.unique(delta[fits & (delta != 0).any(2)], axis=0).reshape(-1, len(grid))
+    distinct = sorted(set(map(tuple, delta[fits & (delta != 0).any(2)].tolist())))
+    deltas = np.array(distinct, dtype=np.int64).reshape(-1, len(grid))
     return Lattice(tuple(int(s) for s in grid), deltas, _bound(d, lo, hi, shape))
 
 
@@ -88,7 +89,7 @@ def _bound(d, lo, hi, shape) -> int:
     for c in picks:
         row = c[None, :] - d
         inside = ((lo <= row) & (row <= hi)).all(1)
-        best = max(best, len(np.unique(d[inside], axis=0)) if inside.any() else 0)
+        best = max(best, len(set(map(tuple, d[inside].tolist()))))
     return best
 
 
