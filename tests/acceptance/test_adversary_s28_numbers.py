@@ -135,11 +135,6 @@ def test_packed_attention_pattern_is_exact(causal, leak):
     assert torch.equal(d.pattern, _pattern(lambda t: _packed_attention(t, causal, leak), x))
 
 
-@pytest.mark.xfail(strict=True, reason="a leak between two packed causal sequences (query 8, "
-                   "the first of sequence 2, reads key 7, the last of sequence 1) gives the very "
-                   "verdict of the clean batch: 'band', offsets (-7, 0), witness y[1] ← x[0]; "
-                   "block-lower-triangular batches have no kind, and the crossing is named "
-                   "nowhere but in d.pattern")
 def test_a_leak_between_packed_causal_sequences_changes_the_verdict():
     x = torch.randn(LENGTH * SEQUENCES, 4, dtype=torch.float64, requires_grad=True)
     clean = vjp_magic.dependency(_packed_attention(x, True), x, seed=0)
@@ -149,10 +144,6 @@ def test_a_leak_between_packed_causal_sequences_changes_the_verdict():
     assert leaky.witness == (8, 7)
 
 
-@pytest.mark.xfail(strict=True, reason="a leak between adjacent packed sequences merges them: "
-                   "'block-diagonal', blocks (16, 8, 8, 8, 8, 8, 8), witness y[0] ← x[1] (a "
-                   "dependence inside a sequence), while a leak between the first and the last "
-                   "sequence keeps blocks of 8 and names the crossing y[63] ← x[0]")
 def test_a_leak_between_adjacent_packed_sequences_is_named():
     x = torch.randn(LENGTH * SEQUENCES, 4, dtype=torch.float64, requires_grad=True)
     leaky = vjp_magic.dependency(_packed_attention(x, False, (8, 7)), x, seed=0)
@@ -186,9 +177,6 @@ def test_sparse_jacobian_refuses_a_complex_output():
         vjp_magic.sparse_jacobian(_complex_output(x), x, seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="dependency of a complex output says 'independent' "
-                   "(it probes the real part, here 0), though y[i] reads x[i-1]: a verdict "
-                   "shown with confidence that is wrong; differentiate refuses complex")
 def test_dependency_refuses_or_reads_a_complex_output():
     x = torch.randn(3000, dtype=torch.float64, requires_grad=True)
     try:
@@ -199,10 +187,6 @@ def test_dependency_refuses_or_reads_a_complex_output():
 
 
 # -- dependency: a graph modified in place --------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="dependency on a graph whose saved tensor was modified in "
-                   "place raises torch's raw 'modified by an inplace operation' RuntimeError; "
-                   "differentiate, sparse_jacobian, hessian and check say what to do "
-                   "(VJPUsageError)")
 def test_dependency_on_a_graph_modified_in_place_gets_a_usage_error():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     h = torch.sin(x)
@@ -261,11 +245,6 @@ def _tridiagonal_with_leak(n: int, leak):
     return _reading(pattern), pattern
 
 
-@pytest.mark.xfail(strict=True, reason="dependency's group test loses or misplaces a leak in a "
-                   "block-diagonal batch: groups of 8 over 100 rows plus y[77] ← x[10] gives, for "
-                   "about 6 seeds in 10, 'block-diagonal, blocks of 8' with the leak missing "
-                   "(seed 0, complete=True, no note) or a phantom y[13] ← x[10] in its place "
-                   "(77 = 13 + 64); r.dependency on a differentiate result gets it right")
 @pytest.mark.parametrize("seed", [0, 1, 2, 4, 6, 8])  # seeds 3, 5, 7 happen to get it right
 def test_dependency_finds_one_leak_in_a_grouped_batch(seed):
     f, pattern = _grouped_with_leak(100, 8, (77, 10))
@@ -291,10 +270,6 @@ def test_result_dependency_finds_the_leak():
     assert torch.equal(d.pattern, pattern)
 
 
-@pytest.mark.xfail(strict=True, reason="dependency's group test drops one distant leak beside a "
-                   "band: a tridiagonal batch of 100 plus y[60] ← x[20] reads 'band, offsets "
-                   "(-1, 1)', the clean batch's very verdict, for about half the seeds (the "
-                   "issue's 'distant leak' case; a diagonal batch with the same leak is right)")
 @pytest.mark.parametrize("seed", [1, 2, 4, 6, 7, 9])  # seeds 0, 3, 5, 8 happen to get it right
 def test_dependency_finds_a_distant_leak_beside_a_band(seed):
     f, pattern = _tridiagonal_with_leak(100, (60, 20))

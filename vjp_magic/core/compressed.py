@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .colouring import colour_rows
+from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
 from .errors import VJPUsageError
 from .memory import gb, refuse_if_over, resolve_budget
@@ -29,6 +30,7 @@ from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import Probes, new_seed, probe_generator
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
+from .sparse_exact import exact_csr, without_false_nan
 from .sparse_layout import coo_derivatives, csr_matrix, csr_rows, dense_to_csr
 from .torch_api import TorchError, torch_error
 
@@ -373,12 +375,19 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     every nonzero; the result is checked with independent random probes. Where no pattern
     pays (a row reads more than 1/8 of x), or the check disagrees (a coupling the probes
     could not see, e.g. a custom ``autograd.Function``), the exact Jacobian (one backward
-    per output entry) is computed instead and returned in the same layout. The memory budget
-    counts nonzeros on the sparse path, the dense size on the exact one. ``x.grad`` is never
-    changed.
+    per output entry) is computed instead and returned in the same layout. So it is where an
+    observed pattern misses a nonzero the probes cannot resolve (checked where x or the output
+    has at most 64 entries: :mod:`.couplings`), and where the result holds NaN (reverse mode's
+    0·NaN, filled from forward mode as ``differentiate`` does: :mod:`.sparse_exact`). The
+    memory budget counts nonzeros on the sparse path, the dense size on the exact one.
+    Complex tensors are refused. ``x.grad`` is never changed.
     """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
+    if output.is_complex() or x.is_complex():
+        raise VJPUsageError("sparse_jacobian differentiates real tensors, and the output or x is "
+                            "complex: take its real and imaginary parts separately "
+                            "(output.real, output.imag).")
     if output is x and x.requires_grad:  # the identity map: J = I
         n = x.numel()
         return csr_matrix(torch.arange(n + 1), torch.arange(n), torch.ones(n, dtype=x.dtype),
@@ -390,7 +399,10 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     seed = new_seed() if seed is None else seed
     try:
         sparse = compressed_jacobian(output, x, budget, seed)
-        return sparse.matrix if sparse is not None else _exact(output, x, budget)
+        if sparse is None or sparse.evidence is Evidence.OBSERVED and outside_entries(
+                output, x, csr_inside(sparse.matrix)).coupled:  # under the probes' resolution
+            return exact_csr(output, x, budget)
+        return without_false_nan(output, x, sparse.matrix, budget)
     except RuntimeError as error:
         kind = torch_error(error)
         if kind is TorchError.INPLACE:

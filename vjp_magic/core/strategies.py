@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import dependency, memory, structure
+from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           plain_components)
@@ -145,7 +145,8 @@ def from_exact_jacobian(context, named, candidates, probes):
         probes.use_jacobian(name, flat)
         for candidate in candidates[name]:
             derivatives = structure.gather_derivatives(jac, out_ndim, candidate.pairing)
-            if candidate.proved or probes.agree(name, derivatives, candidate.pairing):
+            if candidate.proved or probes.agree(name, derivatives, candidate.pairing) and \
+                    not couplings.nonzero_outside(jac, out_ndim, candidate.pairing):
                 accepted[name] = (candidate, derivatives)
                 break
             context.reject(name, candidate.pairing)
@@ -200,7 +201,8 @@ def _group_derivatives(context, named, candidates, position, group, point_out):
         + tuple(named[name].shape)) for i, name in enumerate(group)}
     del stacked
     unproved = {n: (derivatives[n], current[n].pairing) for n in group if not current[n].proved}
-    agreed = probes.agree_many(unproved) if unproved else set()
+    agreed = couplings.confirmed(context, named, unproved, probes.agree_many(unproved)) \
+        if unproved else set()
     rejected = [name for name in unproved if name not in agreed]
     readers = _sparse_readers(context, named, candidates, [n for n in rejected
                                                            if position[n] == 0])

@@ -1,0 +1,186 @@
+"""Couplings the probes cannot see: a structure accepted by random probes only (OBSERVED),
+checked against the entries the autograd graph allows outside it.
+
+A probe compares vᵀJ with vᵀD entry by entry, relative to the magnitudes that sum into each
+entry, so a derivative below the dtype's resolution relative to both its row and its column
+(1 beside 10¹²·x on the diagonal, in float32) passes every probe. The graph's index maps
+(:func:`.indexmaps.proved_pattern`) say which entries can be nonzero for every x; those
+outside the accepted structure are few columns or rows in the cases that matter. Each of
+them is computed exactly, once, and any nonzero there rejects the structure:
+
+- a column J·e_j by forward mode (double backward: :func:`.column_passes.jvps`);
+- a row e_iᵀJ by one one-hot backward pass.
+
+With no proved pattern (a custom ``autograd.Function``, an op without a rule) every entry is
+allowed: the columns or rows are all of them, computed only when they number at most
+:data:`MOST_PASSES`. Over that, the structure stands as the probes found it and
+:func:`unchecked_note` says what could hide.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from .column_passes import jvps
+from .derivatives import plain_vjp
+from .indexmaps import proved_pattern
+from .pairing import Pairing
+from .sparse_layout import csr_rows
+from .tolerances import tolerances
+
+MOST_PASSES = 64  # columns or rows computed exactly to check one structure, at most
+
+Inside = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows, cols) → bool mask
+
+
+class Verdict(NamedTuple):
+    """What :func:`outside_entries` found: ``coupled`` (a nonzero derivative outside the
+    structure), ``checked`` (every entry the graph allows outside it is known: none, or
+    computed), and ``passes`` (columns or rows computed)."""
+
+    coupled: bool
+    checked: bool
+    passes: int = 0
+
+
+def pairing_inside(out_shape, in_shape, pairing: Pairing) -> Inside:
+    """(flat rows, flat columns) → whether each entry lies in the structure of ``pairing``:
+    its output and input indices agree on every paired axis."""
+    out_strides, in_strides = _strides(out_shape), _strides(in_shape)
+
+    def inside(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(torch.broadcast_shapes(rows.shape, cols.shape), dtype=torch.bool,
+                          device=rows.device)
+        for a, b in pairing:
+            mask &= (rows // out_strides[a]) % out_shape[a] \
+                == (cols // in_strides[b]) % in_shape[b]
+        return mask
+    return inside
+
+
+def csr_inside(matrix: torch.Tensor) -> Inside:
+    """(flat rows, flat columns) → whether each entry is stored in the CSR ``matrix``."""
+    n = matrix.shape[1]
+    keys = csr_rows(matrix.crow_indices().cpu()) * n + matrix.col_indices().cpu()
+    keys = torch.sort(keys).values
+
+    def inside(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        wanted = (rows.cpu() * n + cols.cpu()).reshape(-1)
+        at = torch.searchsorted(keys, wanted).clamp_(max=max(keys.numel() - 1, 0))
+        found = keys[at] == wanted if keys.numel() else torch.zeros_like(wanted, dtype=torch.bool)
+        return found.reshape(torch.broadcast_shapes(rows.shape, cols.shape)).to(rows.device)
+    return inside
+
+
+def nonzero_outside(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) -> bool:
+    """Whether the full ``jacobian`` (output shape + input shape) has a finite nonzero entry
+    outside the structure of ``pairing`` (NaN from 0·NaN and ∞ are the probes' business)."""
+    if not pairing or jacobian.numel() == 0:
+        return False
+    m = math.prod(jacobian.shape[:out_ndim])
+    flat = jacobian.reshape(m, -1)
+    inside = pairing_inside(jacobian.shape[:out_ndim], jacobian.shape[out_ndim:], pairing)
+    rows = torch.arange(m, device=flat.device)[:, None]
+    cols = torch.arange(flat.shape[1], device=flat.device)[None, :]
+    found = (flat != 0) & flat.isfinite() & ~inside(rows, cols)
+    return bool(found.any())
+
+
+def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, pattern=None,
+                    most: int = MOST_PASSES) -> Verdict:
+    """Whether d output / d x has a nonzero outside the structure ``inside`` says, among the
+    entries the proved ``pattern`` allows (every entry where it is None): the fewer of their
+    columns and rows computed exactly, up to ``most`` passes (else unchecked)."""
+    m, n = output.numel(), x.numel()
+    if pattern is None:
+        rows, cols = torch.arange(m), torch.arange(n)
+    else:
+        all_rows, all_cols = csr_rows(pattern.crow), pattern.col
+        outside = ~inside(all_rows, all_cols).cpu()
+        if not bool(outside.any()):
+            return Verdict(False, True)  # the graph allows nothing outside: proved
+        rows, cols = torch.unique(all_rows[outside]), torch.unique(all_cols[outside])
+    if cols.numel() <= rows.numel() and cols.numel() <= most:
+        coupled = _by_columns(output, x, inside, cols)
+        if coupled is not None:
+            return Verdict(coupled, True, cols.numel())
+    if rows.numel() <= most:
+        return Verdict(_by_rows(output, x, inside, rows), True, rows.numel())
+    return Verdict(False, False)
+
+
+def _by_columns(output, x, inside: Inside, cols: torch.Tensor) -> bool | None:
+    """Columns ``cols`` of J by forward mode, one pass each; None without double backward."""
+    colours = torch.full((x.numel(),), -1, dtype=torch.int64)
+    colours[cols] = torch.arange(cols.numel())
+    columns = jvps(output, x, colours, 2**62)  # at most MOST_PASSES: a loop, no batch
+    if columns is None:
+        return None
+    rows = torch.arange(output.numel(), device=columns.device)
+    for k, j in enumerate(cols.tolist()):
+        if _found(columns[k], inside(rows, torch.full_like(rows, j))):
+            return True
+    return False
+
+
+def _by_rows(output, x, inside: Inside, rows: torch.Tensor) -> bool:
+    """Rows ``rows`` of J by one one-hot backward each."""
+    flat = output.reshape(-1)
+    cols = torch.arange(x.numel(), device=x.device)
+    for i in rows.tolist():
+        v = torch.zeros_like(flat)
+        v[i] = 1
+        row = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
+        if _found(row, inside(torch.full_like(cols, i), cols)):
+            return True
+    return False
+
+
+def _found(values: torch.Tensor, inside: torch.Tensor) -> bool:
+    return bool(((values != 0) & values.isfinite() & ~inside.to(values.device)).any())
+
+
+def confirmed(context, named: dict, unproved: dict, agreed: set) -> set:
+    """Of the inputs whose structure the probes ``agreed`` on (``unproved``: name →
+    (derivatives, pairing)), those with no nonzero derivative outside it where the graph
+    allows one (:func:`outside_entries`); the others are rejected as a probe's disagreement
+    would be. A structure nothing could check gets :func:`unchecked_note` (in
+    ``context.sparse.notes``, which the result's notes take)."""
+    kept = set()
+    for name in agreed:
+        derivatives, pairing = unproved[name]
+        x = named[name]
+        if not pairing:
+            kept.add(name)
+            continue
+        pattern = proved_pattern(context.output, x, context.budget)
+        inside = pairing_inside(context.output.shape, x.shape, pairing)
+        verdict = outside_entries(context.output, x, inside, pattern)
+        if verdict.coupled:
+            continue
+        kept.add(name)
+        if not verdict.checked and getattr(context, "sparse", None) is not None:
+            context.sparse.notes.append(unchecked_note(name, derivatives))
+    return kept
+
+
+def unchecked_note(name: str, derivatives: torch.Tensor) -> str:
+    """The sentence for a structure the probes accepted that nothing else could check."""
+    finite = derivatives[derivatives.isfinite()] if derivatives.numel() else derivatives
+    largest = float(finite.abs().max()) if finite.numel() else 0.0
+    bound = largest * tolerances(derivatives.dtype).probe
+    kind = str(derivatives.dtype).replace("torch.", "")
+    return (f"The points of {name} were checked by random probes: a derivative below {kind} "
+            f"resolution relative to its row and column (here up to {bound:.1e}) would not "
+            "show; full=True computes every entry.")
+
+
+def _strides(shape) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(step)
+        step *= int(size)
+    return strides[::-1]
