@@ -21,8 +21,12 @@ from .validation import nan_filled
 
 def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tensor:
     """d output / d x from one VJP per output entry, NaN entries filled from forward mode
-    where it has a number, as a 2-D CSR tensor (output.numel() × x.numel())."""
+    where it has a number, as a 2-D CSR tensor (output.numel() × x.numel()). Over the
+    budget, refused (saying NaN where x or the output holds NaN or inf)."""
     m, n = output.numel(), x.numel()
+    if 2 * m * n * x.element_size() > budget and not (
+            bool(x.detach().isfinite().all()) and bool(output.detach().isfinite().all())):
+        _refuse_nan(m, n, 2 * m * n * x.element_size())  # the likelier reason, said
     refuse_if_over(m * n * x.element_size(), budget,
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
     (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
@@ -41,10 +45,13 @@ def without_false_nan(output: torch.Tensor, x: torch.Tensor, matrix: torch.Tenso
     m, n = output.numel(), x.numel()
     nbytes = 2 * m * n * x.element_size()  # the reverse Jacobian and the forward one
     if nbytes > budget:
-        raise VJPUsageError(
-            f"d output / d x has NaN entries at this x (x, or a value computed from it, holds "
-            f"NaN or inf). A backward pass reads 0·NaN as NaN, so telling a true NaN "
-            f"derivative from a zero one takes the dense {m:,} × {n:,} Jacobian ({gb(nbytes)}), "
-            "over the memory budget: raise memory_budget, or find where the NaN comes from "
-            "(torch.isnan(x).any()).")
+        _refuse_nan(m, n, nbytes)
     return exact_csr(output, x, budget)
+
+
+def _refuse_nan(m: int, n: int, nbytes: int):
+    raise VJPUsageError(
+        "x or a value computed from it holds NaN or inf, and a backward pass reads 0·NaN as "
+        "NaN: telling a true NaN derivative from a zero one takes the dense "
+        f"{m:,} × {n:,} Jacobian ({gb(nbytes)}), over the memory budget. Raise "
+        "memory_budget, or find where the NaN comes from (torch.isnan(x).any()).")
