@@ -121,3 +121,38 @@ def test_magnitudes_below_the_entries_do_not_loosen_the_rule():
     wrong[2, 2, 1] *= 1.001
     assert given_jacobians.agreed(probes, {"x": wrong}, {"x": zeros}) == set()
     assert given_jacobians.agreed(probes, {"x": wrong}, {}) == set()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_magic_takes_the_rules_for_a_float32_encoder(ip, run_ok, monkeypatch):
+    """``%%vjp --wrt model`` end to end: the pipeline hands the magnitudes on, every parameter's
+    per-sample gradients are accepted as given, and they equal ``vmap(grad)``'s."""
+    run_ok("""
+import torch.nn.functional as F
+torch.manual_seed(5)
+layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+head = torch.nn.Linear(16, 3)
+model = torch.nn.ModuleDict({"layer": layer, "head": head})
+data, targets = torch.randn(40, 6, 16), torch.randint(0, 3, (40,))
+""")
+    seen = _accepted(monkeypatch)
+    result = run_ok("%%vjp --wrt model\n"
+                    "losses = F.cross_entropy(head(layer(data).mean(1)), targets, "
+                    "reduction='none')")
+    model = ip.user_ns["model"]
+    params = dict(model.named_parameters())
+    assert seen and seen[0] == {f"model.{name}" for name in params}
+    data, targets = ip.user_ns["data"], ip.user_ns["targets"]
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def loss(p, xb, tb):
+        hidden = functional_call(model["layer"], {k[6:]: v for k, v in p.items()
+                                                  if k.startswith("layer.")}, (xb[None],))
+        logits = functional_call(model["head"], {k[5:]: v for k, v in p.items()
+                                                 if k.startswith("head.")}, (hidden.mean(1),))
+        return F.cross_entropy(logits, tb[None])
+
+    expected = vmap(grad(loss), in_dims=(None, 0, 0))(detached, data, targets)
+    for name, value in expected.items():
+        torch.testing.assert_close(result.derivatives[f"model.{name}"], value,
+                                   rtol=1e-4, atol=1e-5)
