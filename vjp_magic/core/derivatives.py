@@ -158,6 +158,7 @@ def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int
 
 
 _batch_cache: dict[tuple, torch.Tensor] = {}  # the last large batch of gradient arguments
+_ALL_CACHED = 2**18  # entries: every component's one-hot vector kept at once, sliced per chunk
 
 
 def gradient_batch(
@@ -166,19 +167,25 @@ def gradient_batch(
     """One-hot gradient arguments ``start:stop``, stacked.
 
     The batch is a fixed function of the output's shape, dtype and device: the last large
-    one is kept, and re-analysing the same shapes skips building it.
+    one is kept, and re-analysing the same shapes skips building it. Where all of them
+    together are small (:data:`_ALL_CACHED` entries), all are kept and each chunk is a slice.
     """
-    key = (tuple(output.shape), tuple(point_out_axes), start, stop, output.dtype,
-           str(output.device))
-    cached = _batch_cache.get(key)
-    if cached is not None:
-        return cached
-    vectors = one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
-                                output.device)
-    if vectors.numel() >= 2**16:
-        _batch_cache.clear()
-        _batch_cache[key] = vectors
-    return vectors
+    shape = tuple(output.shape)
+    count = math.prod(n for a, n in enumerate(shape) if a not in point_out_axes)
+    if count * output.numel() <= _ALL_CACHED:
+        start, stop, chunk = 0, count, (start, stop)
+    else:
+        chunk = None
+    key = (shape, tuple(point_out_axes), start, stop, output.dtype, str(output.device))
+    vectors = _batch_cache.get(key)
+    if vectors is None:
+        vectors = one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
+                                    output.device)
+        if vectors.numel() >= 2**16 or chunk is not None:
+            if len(_batch_cache) >= 4:
+                _batch_cache.clear()
+            _batch_cache[key] = vectors
+    return vectors if chunk is None else vectors[chunk[0]:chunk[1]]
 
 
 def component_vjps(
