@@ -156,3 +156,16 @@ data, targets = torch.randn(40, 6, 16), torch.randint(0, 3, (40,))
     for name, value in expected.items():
         torch.testing.assert_close(result.derivatives[f"model.{name}"], value,
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_infinite_magnitudes_are_not_used():
+    torch.manual_seed(6)
+    x = torch.randn(5, 2, requires_grad=True)
+    y = (x**3).sum(1)
+    wrong = torch.zeros(5, 5, 2)
+    for b in range(5):
+        wrong[b, b] = 3 * x[b].detach() ** 2
+    wrong[1, 1, 0] += 0.5
+    probes = Probes(y, {"x": x}, 12)
+    infinite = torch.full_like(wrong, float("inf"))
+    assert given_jacobians.agreed(probes, {"x": wrong}, {"x": infinite}) == set()

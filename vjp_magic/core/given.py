@@ -71,11 +71,13 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict) -> set[str]:
 
 class ScaledProbes(FullProbes):
     """:class:`.probes.FullProbes` judging each entry against |v|ᵀ·max(M, |D|) where the
-    terms' magnitudes M are given (|v|ᵀ|D| where not)."""
+    terms' magnitudes M are given and finite (|v|ᵀ|D| where not)."""
 
     def __init__(self, derivatives: torch.Tensor, probes, magnitudes=None) -> None:
         super().__init__(derivatives, probes)
-        self.magnitudes = None if magnitudes is None or self.empty else \
+        usable = magnitudes is not None and not self.empty \
+            and first_nonfinite(magnitudes) is None  # an infinite scale would pass anything
+        self.magnitudes = None if not usable else \
             torch.maximum(magnitudes.to(self.d.dtype).reshape(self.d.shape), self.d.abs())
 
     def mismatch(self, probe_vjps) -> float:
