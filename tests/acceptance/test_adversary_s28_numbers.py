@@ -55,10 +55,6 @@ def test_differentiate_at_a_nan_input_keeps_nan_where_both_modes_do():
     torch.testing.assert_close(r.jacobian("x"), expected, equal_nan=True)
 
 
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian does not fill reverse mode's 0·NaN "
-                   "entries as differentiate does: one NaN in x gives 5,000 NaN entries (a whole "
-                   "row and column of the 'sparse' CSR) where differentiate shows 4, and "
-                   "entries whose true value is 0 (y[0] does not read x[7]) read NaN")
 def test_sparse_jacobian_at_a_nan_input_equals_differentiate():
     x = torch.randn(2500, dtype=torch.float64)
     x[7] = float("nan")
@@ -77,11 +73,6 @@ def _huge_diagonal_plus_coupling(x, big, a, b, identity=Identity.apply):
     return big * u * u / 2 + one_hot * u[a]  # dy[b]/dx[a] = 1 beside big·x on the diagonal
 
 
-@pytest.mark.xfail(strict=True, reason="a coupling below the dtype's resolution relative to "
-                   "both its row and its column (1 beside 1e12·x in float32, 1e20·x in float64) "
-                   "passes every probe: points are claimed and dy[4]/dx[5] = 1 is shown as 0, "
-                   "where one-hot backward passes and jacrev give 1 (a precision limit of "
-                   "probing: either say so in the note, or accept and document it)")
 @pytest.mark.parametrize("dtype,big", [(torch.float32, 1e12), (torch.float64, 1e20)])
 def test_a_unit_coupling_beside_a_huge_diagonal_is_kept(dtype, big):
     x = torch.rand(64, dtype=dtype, generator=torch.Generator().manual_seed(0)) + 0.5
@@ -167,10 +158,6 @@ def test_differentiate_refuses_a_complex_output():
         vjp_magic.differentiate(_complex_output(x), x)
 
 
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian of a complex output returns a real CSR "
-                   "of d Re(y)/dx with no word (torch casts the probes' complex products to real "
-                   "with a ComplexWarning): for y = 1j·(sin(x)·roll(x)) an all-zero Jacobian, "
-                   "though y[i] reads x[i] and x[i-1]; differentiate and hessian refuse complex")
 def test_sparse_jacobian_refuses_a_complex_output():
     x = torch.randn(3000, dtype=torch.float64, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError, match="complex"):
