@@ -212,3 +212,36 @@ def test_sparse_jacobian_of_random_compositions_equals_jacrev(seed):
     matrix = vjp_magic.sparse_jacobian(y, leaf, seed=seed)
     expected = torch.func.jacrev(f)(x).reshape(y.numel(), x.numel())
     torch.testing.assert_close(matrix.to_dense(), expected)
+
+
+def _conv(x):
+    weight = torch.arange(18, dtype=x.dtype).reshape(2, 1, 3, 3) / 7 - 1
+    return torch.nn.functional.conv2d(x.reshape(1, 1, 12, 10), weight, padding=1).sin()
+
+
+OTHER_SHAPES = [
+    (lambda x: x[1:] - x[:-1], (50,)),  # fewer rows than x
+    (lambda x: F.pad(x, (2, 3)) ** 2 + F.pad(x, (4, 1)), (50,)),  # more rows
+    (lambda x: (x[:, 1:] * x[:, :-1]).reshape(-1), (6, 9)),  # a flat output of a grid
+    (lambda x: x.reshape(6, 9)[1:-1, 1:-1] + x.reshape(6, 9)[2:, :-2], (54,)),
+    (_conv, (120,)),  # channels: an axis of conflicts of its own
+]
+
+
+@pytest.mark.parametrize("case", range(len(OTHER_SHAPES)))
+def test_outputs_shaped_unlike_x_get_a_valid_optimal_lattice(case, monkeypatch):
+    f, shape = OTHER_SHAPES[case]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = f(x)
+    pattern = proved_pattern(y, x, BUDGET)
+    assert pattern is not None and pattern.lattice is not None
+    crow, col = pattern.crow.numpy(), pattern.col.numpy()
+    found, most = _conflicts(crow, col, pattern.lattice.grid)
+    assert found <= {tuple(d) for d in pattern.lattice.deltas.tolist()}
+    colours = proved_lattice(pattern.lattice)
+    if colours is not None:
+        assert _pairwise_valid(crow, col, colours)
+        assert colours.max() + 1 == max(most, 1)
+    matrix = vjp_magic.sparse_jacobian(y, x, seed=case)
+    expected = torch.func.jacrev(f)(x.detach()).reshape(y.numel(), x.numel())
+    torch.testing.assert_close(matrix.to_dense(), expected)
