@@ -245,3 +245,13 @@ def test_outputs_shaped_unlike_x_get_a_valid_optimal_lattice(case, monkeypatch):
     matrix = vjp_magic.sparse_jacobian(y, x, seed=case)
     expected = torch.func.jacrev(f)(x.detach()).reshape(y.numel(), x.numel())
     torch.testing.assert_close(matrix.to_dense(), expected)
+
+
+def test_terms_reaching_outside_the_tensor_claim_nothing():
+    """o + d past the tensor's edge would let flat indices meet where multi-indices do not
+    (row 0 reading entry (1, 4) + (0, 1) = flat 10 = (2, 0)): no lattice then."""
+    assert lattice_of((5,), (5,), [((1,), (0,), (5,))]) is None
+    assert lattice_of((3, 5), (3, 5), [((0, 1), (0, 0), (3, 5))]) is None
+    inside = lattice_of((3, 5), (3, 5), [((0, 1), (0, 0), (3, 4)), ((0, 0), (0, 0), (3, 5))])
+    assert {tuple(d) for d in inside.deltas.tolist()} == {(0, 1), (0, -1)}
+    assert inside.bound == 2

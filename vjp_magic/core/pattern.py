@@ -70,6 +70,9 @@ def lattice_of(grid, shape, terms) -> Lattice | None:
     d = np.array([t[0] for t in terms], dtype=np.int64).reshape(len(terms), len(grid))
     lo = np.array([t[1] for t in terms], dtype=np.int64).reshape(d.shape)
     hi = np.array([t[2] for t in terms], dtype=np.int64).reshape(d.shape) - 1  # inclusive
+    size = np.array(shape, dtype=np.int64).reshape(1, -1)
+    if bool(((lo + d < 0) | (hi + d >= size)).any()):  # o + d outside the tensor: flat
+        return None  # indices could then meet without the multi-indices meeting: claim nothing
     delta = d[None, :, :] - d[:, None, :]  # [a, b] = d_b - d_a = o1 - o2
     fits = ((lo[:, None] - hi[None, :] <= delta) & (delta <= hi[:, None] - lo[None, :])).all(2)
     distinct = sorted(set(map(tuple, delta[fits & (delta != 0).any(2)].tolist())))
