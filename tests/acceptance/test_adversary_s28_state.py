@@ -39,10 +39,6 @@ def _user_backward_after(y, h):
 
 
 # -- dependency: retain_grad tensors ----------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="vjp_magic.dependency is not wrapped in grads_kept: its "
-                   "vectorised probes leave a vmap BatchedTensor in a retain_grad tensor's .grad, "
-                   "its own plain passes then raise torch's 'escaped from inside a function being "
-                   "vmapped' RuntimeError, and the user's next backward raises the same")
 @pytest.mark.parametrize("n", [8, 300])
 def test_dependency_with_a_retain_grad_tensor_on_the_graph(n):
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)

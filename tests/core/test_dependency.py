@@ -80,8 +80,8 @@ def test_verdict_of_hand_made_patterns(pattern, expected):
 
 def test_kinds_are_a_closed_set_that_reads_as_words():
     assert [k.value for k in Kind] == ["independent", "lower-triangular", "upper-triangular",
-                                       "band", "block-diagonal", "band with wrap-around",
-                                       "sparse", "dense"]
+                                       "band", "block-diagonal", "block-lower-triangular",
+                                       "band with wrap-around", "sparse", "dense"]
     kind = verdict(band(5, -4, 0))[0]
     assert kind is Kind.LOWER_TRIANGULAR and kind == "lower-triangular"
     assert (str(kind), f"{kind}", repr(kind)) == ("lower-triangular", "lower-triangular",

@@ -27,6 +27,7 @@ from .errors import VJPUsageError
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
+from .retained import keeps_retained_grads
 from .textenum import TextEnum
 from .torch_api import TorchError, torch_error
 
@@ -39,6 +40,7 @@ class Kind(TextEnum):
     UPPER_TRIANGULAR = "upper-triangular"
     BAND = "band"
     BLOCK_DIAGONAL = "block-diagonal"
+    BLOCK_LOWER_TRIANGULAR = "block-lower-triangular"
     PERIODIC_BAND = "band with wrap-around"
     SPARSE = "sparse"
     DENSE = "dense"
@@ -128,9 +130,11 @@ class Dependency:
         elif self.kind == Kind.PERIODIC_BAND:
             offset = (offset + n // 2) % n - n // 2
             band = (offset >= self.offsets[0]) & (offset <= self.offsets[1])
-        elif self.kind == Kind.BLOCK_DIAGONAL:
+        elif self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
             block = _block_index(self.blocks, max(m, n))
             band = block[:m, None] == block[None, :n]
+            if self.kind == Kind.BLOCK_LOWER_TRIANGULAR:
+                band &= offset <= 0
         elif self.kind == Kind.SPARSE:
             return False
         elif self.offsets is None:  # dense
@@ -311,9 +315,12 @@ def _band_size(m: int, n: int, lo: int, hi: int) -> int:
 
 
 def _block_verdict(m: int, n: int, r, c):
-    """(entries allowed, Verdict) for blocks along the diagonal, each of two indices or more,
-    split where the fewest dependences cross (a few crossings at most: the witness is the
-    first); None where there are no such blocks."""
+    """(entries allowed, Verdict) for blocks along the diagonal, each of two indices or more
+    (lower-triangular blocks where no dependence inside a block reads a later index: packed
+    causal sequences), split at the cuts crossed by at most ``fewest + t`` dependences for
+    the t (up to the crossings allowed) that allows the fewest entries: a leak between two
+    blocks raises the count at the cuts it spans by one, so it neither merges them nor hides.
+    A few crossings at most: the witness is the first; None where there are no such blocks."""
     if m != n or m < 4:
         return None
     low, high = torch.minimum(r, c), torch.maximum(r, c)
@@ -321,17 +328,30 @@ def _block_verdict(m: int, n: int, r, c):
     crossing.index_add_(0, low + 1, torch.ones_like(low))
     crossing.index_add_(0, high + 1, -torch.ones_like(high))
     crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
-    fewest = int(crossing.min())
-    cuts = (crossing == fewest).nonzero().flatten() + 1
+    fewest, most = int(crossing.min()), max(4, len(r) // 64)
+    levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
+    options = [_blocks_at(n, r, c, (crossing <= level).nonzero().flatten() + 1, most)
+               for level in levels]
+    options = [option for option in options if option is not None]
+    return min(options, key=lambda option: option[0]) if options else None
+
+
+def _blocks_at(n: int, r, c, cuts, most: int):
+    """(entries allowed, Verdict) for the blocks between ``cuts``, or None (a block of one
+    index, or more than ``most`` dependences crossing)."""
     bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])])
     sizes = bounds.diff()
     if len(sizes) < 2 or int(sizes.min()) < 2:
         return None
     block = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     across = block[r] != block[c]
-    if int(across.sum()) > max(4, len(r) // 64):
+    if int(across.sum()) > most:
         return None
     witness = _first(r, c, across) or _first(r, c, r != c)
+    if bool((c[~across] <= r[~across]).all()) and bool((c[~across] < r[~across]).any()):
+        allowed = int((sizes * (sizes + 1) // 2).sum()) + int(across.sum())
+        return allowed, Verdict(Kind.BLOCK_LOWER_TRIANGULAR, witness, None,
+                                tuple(sizes.tolist()))
     allowed = int((sizes**2).sum()) + int(across.sum())
     return allowed, Verdict(Kind.BLOCK_DIAGONAL, witness, None, tuple(sizes.tolist()))
 
@@ -526,6 +546,7 @@ def _refusal_dependency(context, named, point_out):
     return None
 
 
+@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
@@ -565,13 +586,21 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
+    if output.is_complex() or x.is_complex():
+        raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
+                            "on output.real and output.imag (or x.real, x.imag) separately.")
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
     except RuntimeError as error:
-        if torch_error(error) is not TorchError.SECOND_PASS:
+        kind = torch_error(error)
+        if kind is TorchError.INPLACE:
+            raise VJPUsageError("The output can no longer be differentiated: x (or a tensor "
+                                "it was computed from) was modified in place afterwards. "
+                                "Compute the output again after the update.") from None
+        if kind is not TorchError.SECOND_PASS:
             raise
         raise VJPUsageError("The output's graph was freed by a backward pass without "
                             "retain_graph=True: compute the output again.") from None

@@ -61,7 +61,9 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
         pattern = None
     else:
         pattern = _group_test(prober, m, n)
-    if pattern is None or not _confirmed(prober, pattern):
+    if pattern is not None:
+        pattern = _verified(prober, pattern)
+    if pattern is None:
         pattern = prober.row_hits(torch.arange(m), batched=False)
     columns = prober.unknown.nonzero().flatten()
     if columns.numel():
@@ -146,6 +148,22 @@ class SetProber:
             self.count += len(part)
             start += len(part)
         return torch.cat(hits), torch.cat(unknown)
+
+    def projections(self, weights: torch.Tensor, u: torch.Tensor):
+        """(k × n_out) float weights on output indices → (k × n_in) four times: the answers
+        vᵀJ projected on ``u`` (random weights over each input slice), their magnitudes
+        (|vᵀJ|·|u|), where they are non-zero, and where non-finite."""
+        self._check_time(len(weights))
+        parts = []
+        for start in range(0, len(weights), max(1, min(self.limit, self.step))):
+            part = weights[start:start + max(1, min(self.limit, self.step))]
+            (g,) = vjp_batch(self.output, [self.x], self.vectors(part))
+            hit, bad = _read(g, 1 + self.b)
+            g = g.detach().movedim(1 + self.b, 1).reshape(len(part), hit.shape[1], -1)
+            g = torch.where(torch.isfinite(g), g, 0).to(u.dtype)
+            parts.append((g @ u.to(g.device), g.abs() @ u.abs().to(g.device), hit, bad))
+            self.count += len(part)
+        return tuple(torch.cat([p[i].cpu() for p in parts]) for i in range(4))
 
     def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
         """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
@@ -240,29 +258,92 @@ def _group_test(prober: SetProber, m: int, n: int) -> torch.Tensor:
     return setdecode.decoded(prober, prober.sample, prober.sampled)
 
 
-def _confirmed(prober: SetProber, pattern: torch.Tensor) -> bool:
-    """Random sets (a half, a quarter, an eighth of the output indices) and one set per
-    colour of the pattern (output indices of a colour read disjoint input indices, so each
-    claimed zero is tested apart from the other readers of its input index), with fresh
-    values, in batched calls, and the first random set again from a plain backward: the input
-    indices each set reaches must be those the pattern predicts (a dependence missed by a
-    cancellation or a wrong decoding shows here), and the plain backward must agree with the
-    batched one (a batching rule gone wrong)."""
-    m = pattern.shape[0]
-    generator = probe_generator(prober.seed, "dependency-sets")
-    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
-    sets = torch.cat([torch.rand(len(density), m, generator=generator) < density,
-                      setdecode.colour_sets(pattern)])
+def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
+    """The decoded pattern, every input index (column) checked and the columns that fail read
+    again exactly (:func:`exact_columns`); None where it cannot be checked (the caller then
+    probes each output index). A decoding can lose a dependence behind another reader of its
+    column (a band's colour i mod w aliases a distant leak onto a row of the band): zero or
+    non-zero answers cannot tell, the answers' values do (:func:`_value_check`)."""
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
-                    prober.max_seconds, stream=1, limit=prober.limit)
+                      prober.max_seconds, stream=1, limit=prober.limit)
     fresh.began, fresh.count, fresh.step = prober.began, prober.count, prober.step
+    try:
+        agrees, wrong = _set_check(fresh, pattern)
+        colour = setdecode.check_colours(pattern) if agrees else None
+        if colour is not None:
+            wrong |= _value_check(fresh, pattern, colour)
+    finally:
+        prober.unknown |= fresh.unknown
+        prober.count, prober.seconds = fresh.count, prober.seconds + fresh.seconds
+    if colour is None:
+        return None
+    columns = (wrong & ~prober.unknown).nonzero().flatten()
+    if columns.numel():
+        pattern[:, columns] = exact_columns(prober, columns)
+    return pattern
+
+
+def _set_check(fresh: SetProber, pattern: torch.Tensor):
+    """Random sets (a half, a quarter, an eighth of the output indices) with fresh values, in
+    batched calls, and the first again from a plain backward: (whether the plain backward
+    agrees with the batched one, (n,) bool: the input indices where some set's answer is not
+    the one the pattern predicts)."""
+    m = pattern.shape[0]
+    generator = probe_generator(fresh.seed, "dependency-sets")
+    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
+    sets = torch.rand(len(density), m, generator=generator) < density
     observed = fresh.hits(sets)
     plain = fresh.hits(sets[:1], batched=False)
-    prober.unknown |= fresh.unknown
-    prober.count, prober.seconds = fresh.count, prober.seconds + fresh.seconds
-    known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
-    return torch.equal(observed[:, known], _reached(sets, pattern)[:, known]) \
-        and torch.equal(plain[:, known], observed[:1, known])
+    known = ~fresh.unknown  # the columns some probe answered NaN or ±inf are read again
+    agrees = torch.equal(plain[:, known], observed[:1, known])
+    return agrees, (observed != _reached(sets, pattern)).any(0)
+
+
+VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the terms' magnitudes
+
+
+def _value_check(fresh: SetProber, pattern: torch.Tensor, colour: torch.Tensor):
+    """(n,) bool: the input indices j where the pattern's claim fails. One probe per colour
+    (output indices of a colour claim disjoint input indices, so each answer at j is the
+    term vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides there) and one
+    on every output index, its slices weighted by random αᵢ: that answer at j must equal
+    Σ αᵢ·(colour answer) over j's claimed readers. A colour with no claimed reader answering
+    at j, or a claimed reader's colour answering exactly 0 (a phantom), fails exactly; a
+    hidden reader h beside a claimed one i adds (α_h − α_i)·v_hᵀJ_hj, which fails beyond
+    :data:`VALUE_TOLERANCE` (relative to the terms' magnitudes; smaller: a precision limit)."""
+    m, n = pattern.shape
+    generator = probe_generator(fresh.seed, "dependency-weights")
+    alpha = torch.rand(m, generator=generator) + 1
+    alpha = torch.where(torch.rand(m, generator=generator) < 0.5, -alpha, alpha)
+    count = int(colour.max()) + 1 if m else 0
+    weights = torch.cat([(colour[None, :] == torch.arange(count)[:, None]).double(),
+                         alpha.double()[None, :]])
+    features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
+    u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
+    value, size, hit, _ = fresh.projections(weights, u)
+    r, c = pattern.nonzero(as_tuple=True)
+    claimed = torch.zeros(count, n, dtype=torch.bool)
+    claimed[colour[r], c] = True
+    coefficient = torch.zeros(count, n, dtype=torch.float64)
+    coefficient[colour[r], c] = alpha.double()[r]
+    wrong = (hit[:count] & ~claimed).any(0)  # a reader where none is claimed
+    wrong[c[~hit[colour[r], c]]] = True  # a claimed reader whose colour answers 0
+    predicted = (coefficient * value[:count]).sum(0)
+    scale = size[count] + (coefficient.abs() * size[:count]).sum(0)
+    eps = torch.finfo(fresh.output.dtype).eps if fresh.output.is_floating_point() else 0.0
+    return wrong | ((value[count] - predicted).abs() > VALUE_TOLERANCE * eps * scale)
+
+
+def exact_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
+    """(m × len(columns)): which output indices read each of ``columns``, exactly: forward
+    mode (one tangent per column, through double backward) where it answers finite, halving
+    of the output indices for the rest."""
+    m = prober.output.shape[prober.a]
+    hit, unknown = _forward_answers(prober, columns)
+    open_ = unknown.any(0)
+    if bool(open_.any()):
+        hit[:, open_] = setdecode.halving(prober, m, columns[open_])
+    return hit
 
 
 def _reached(sets: torch.Tensor, pattern: torch.Tensor, rows: int = 256) -> torch.Tensor:

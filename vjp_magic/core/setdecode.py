@@ -12,7 +12,8 @@ set by its structure, not by the size of the axis.
   per colour (output indices whose bands cannot overlap share a colour, so a reached input
   index has one reader in the set); halving resolves what is left.
 
-Every decoded pattern is then checked with fresh sets (:func:`.grouptest.probed_pattern`).
+Every decoded pattern is then checked, input index by input index, with fresh values
+(:func:`.grouptest.probed_pattern`): the decoding's guesses are never trusted.
 """
 from __future__ import annotations
 
@@ -204,6 +205,15 @@ def colour_sets(pattern: torch.Tensor) -> torch.Tensor:
             used.setdefault(j, set()).add(k)
     colour_ = torch.tensor(colour)
     return colour_[None, :] == torch.arange(int(colour_.max()) + 1)[:, None]
+
+
+def check_colours(pattern: torch.Tensor) -> torch.Tensor | None:
+    """(m,) long: a colour per output index such that two of one colour read no common input
+    index (:func:`colour_sets`), for checking the pattern; None where none is found."""
+    sets = colour_sets(pattern)
+    if not len(sets):
+        return None
+    return sets.to(torch.uint8).argmax(0)
 
 
 def _modular_colours(r, c, m: int, n: int) -> torch.Tensor | None:

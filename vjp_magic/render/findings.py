@@ -53,7 +53,8 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
 # Which shared axis the line speaks of: the most telling verdict (a conv's band along its
 # positions, not the dense mixing of its channels).
 _PREFERENCE = {Kind.LOWER_TRIANGULAR: 0, Kind.UPPER_TRIANGULAR: 0, Kind.BAND: 0,
-               Kind.BLOCK_DIAGONAL: 0, Kind.PERIODIC_BAND: 0, Kind.SPARSE: 0,
+               Kind.BLOCK_DIAGONAL: 0, Kind.BLOCK_LOWER_TRIANGULAR: 0,
+               Kind.PERIODIC_BAND: 0, Kind.SPARSE: 0,
                Kind.INDEPENDENT: 1, Kind.DENSE: 2}
 
 
@@ -277,7 +278,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
                           Text(" as well as before ("), *_witness(dep, y, name),
                           Text("): dense"), *some, *note, Text(".")))
-    if dep.kind in (Kind.BLOCK_DIAGONAL, Kind.SPARSE):
+    if dep.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR, Kind.SPARSE):
         return Paragraph((*lead, Text(f"a few {_axis_word(in_shape, dep.in_axis)} of "),
                           notation.prose_name(name), Text(f" ({dep.summary()}"), *some,
                           Text(f", {_crossing(dep) or 'first'} "), *_witness(dep, y, name),
@@ -298,7 +299,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
 
 def _crossing(dep: Dependency) -> str:
     """``a crossing between blocks`` where a block-diagonal verdict's witness is one."""
-    if dep.kind != Kind.BLOCK_DIAGONAL or dep.witness is None:
+    if dep.kind not in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR) or dep.witness is None:
         return ""
     ends = torch.tensor(dep.blocks).cumsum(0)
     i, j = (int(torch.searchsorted(ends, k, right=True)) for k in dep.witness)
