@@ -68,7 +68,8 @@ def test_attention_rules_are_accepted_in_float32(seed, monkeypatch):
     given = persample.per_sample_given(record, params, losses)
     assert given is not None
     bias = "layer.self_attn.in_proj_bias"
-    assert isinstance(given[bias], tuple)  # summed over positions: magnitudes come along
+    assert given[bias].magnitudes is not None  # summed over positions: magnitudes come along
+    assert given["layer.linear1.weight"].magnitudes is None
     seen = _accepted(monkeypatch)
     r = analysis.differentiate(losses, params, given=given, seed=seed)
     assert seen and seen[0] == set(params)  # every one accepted: no per-sample fallback
@@ -86,18 +87,16 @@ def test_a_wrong_entry_is_refused_despite_the_magnitudes(which, monkeypatch):
     params = dict(model.named_parameters())
     given = persample.per_sample_given(record, params, losses)
     bias = "layer.self_attn.in_proj_bias"
-    jacobian, magnitudes = given[bias]
     if which == "weight":
         name = "layer.linear1.weight"
-        wrong = given[name].clone()
+        wrong = given[name].jacobian.clone()
         wrong[5, 2, 3] += 1e-2 * float(wrong.abs().max())
-        given = {**given, name: wrong}
     else:
         name = bias
-        wrong = jacobian.clone()
+        wrong = given[bias].jacobian.clone()
         entry = 20 if which == "key bias" else 36
-        wrong[5, entry] += 1e-2 * float(jacobian.abs().max())
-        given = {**given, bias: (wrong, magnitudes)}
+        wrong[5, entry] += 1e-2 * float(wrong.abs().max())
+    given = {**given, name: given[name]._replace(jacobian=wrong)}
     seen = _accepted(monkeypatch)
     r = analysis.differentiate(losses, params, given=given, seed=3)
     assert name not in seen[0] and set(seen[0]) == set(params) - {name}

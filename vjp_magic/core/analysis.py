@@ -65,10 +65,10 @@ def differentiate(
     pairings are judged on the whole Jacobian from one batched backward; above it, per
     pairing (``exact_up_to=0``: always per pairing). The same probe rule judges either way.
     ``given`` maps input names to full Jacobians (``output.shape + input.shape``) computed
-    another way (e.g. vectorised per-sample gradients), or to (Jacobian, magnitudes) pairs
-    whose magnitudes are the sums of the absolute terms adding up to each entry: each is
-    used only if the probe rule accepts it against the graph's own vector-Jacobian
-    products (:mod:`.given`), else recomputed.
+    another way (e.g. vectorised per-sample gradients), or to :class:`.given.GivenJacobian`
+    tuples (Jacobian, magnitudes: the sums of the absolute terms adding up to each entry,
+    samples_separated): each is used only if the probe rule accepts it against the graph's
+    own vector-Jacobian products (:mod:`.given`), else recomputed.
     The result keeps no reference to the output's graph unless ``keep_graph``.
     Every random probe is drawn from ``seed`` (a fresh one per call unless given; torch's
     global RNG is never used), kept as ``r.seed``: the same seed gives the same result.
@@ -161,14 +161,14 @@ def _accepted(context, named, proofs, max_pairings,
 
 def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torch.Tensor]]:
     """The full Jacobians computed elsewhere that the probe rule accepts (:mod:`.given`)."""
-    jacobians, magnitudes = given_jacobians.split(given)
+    jacobians, magnitudes, separated = given_jacobians.split(given)
     usable = {}
     for name, jacobian in jacobians.items():
         tensor = named.get(name)
         shape = tuple(output.shape) + tuple(tensor.shape) if tensor is not None else ()
         if tensor is not None and tuple(jacobian.shape) == shape:
             usable[name] = jacobian
-    agreed = given_jacobians.agreed(probes, usable, magnitudes) if usable else set()
+    agreed = given_jacobians.agreed(probes, usable, magnitudes, separated) if usable else set()
     for name in usable:  # a given Jacobian not accepted is recomputed: no note on it
         probes.nonfinite.pop(name, None)
     return {name: (Candidate(Pairing(), True), usable[name]) for name in usable

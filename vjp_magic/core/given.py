@@ -16,10 +16,31 @@ than the tolerance times the terms' magnitudes, which is the rounding any comput
 sum has; and M is not taken on trust from nowhere: the per-layer rules make it from the same
 layer-output gradients whose products with the layer's inputs are the weight's entries, and
 those are judged at their own magnitudes by the same probes.
+
+How many probes. The probe plan (:mod:`.probes`: 7 probes in float32) bounds the chance that
+every probe misses an error of at least its threshold (2^(2K+1)·tol, 1.6 % in float32) times
+M_i, the magnitudes Σ_b |D_bi| of the column it is in (or the given ones). An error confined
+to one sample's row b is caught by every single probe: |v_b·E_bi| ≥ 2^(−K)·2^(2K+1)·tol·M_i
+exceeds the tolerance tol·(|v|ᵀ|D|)_i ≤ tol·2^K·M_i whatever v is. What one probe can miss,
+with probability 1/22, is an error that moves a term between two samples' rows (E_b = −E_c:
+missed when v_b = v_c) — exactly what a loss reading another sample's rows does to per-layer
+rules. (Smaller errors, below the threshold, are caught by chance: more often by seven
+probes.) A Jacobian marked ``samples_separated`` comes with a check that rules this out: the
+per-layer rules weight the losses by ±2^k in passes where any two samples get different
+weights at least once, and refuse unless each layer's output gradient, divided by its
+sample's weight, is the unweighted one — so a term of sample c's loss in sample b's rows
+shows (times w_c/w_b − 1, never below 1/2; above 1e-5 of the row's largest entry) in a pass
+that tells them apart, for every pair, not with a probability. What is left for the probes
+is the arithmetic of exact formulas (the rows are then each sample's own gradient), which
+probe 0, judged entry by entry, checks as it checks a batched derivative of a proved
+structure (and as the sparse path's one probe checks a proved pattern). Terms from several
+samples that cancel exactly in every weighted pass would still have to meet a probe that
+misses them. Anything unmarked (the vmap path) gets the full plan.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -28,30 +49,45 @@ from .probes import FullProbes, Probes, first_nonfinite
 from .tolerances import tolerances
 
 
-def split(given: dict) -> tuple[dict, dict]:
-    """``given`` (name -> Jacobian, or (Jacobian, magnitudes or None)) as two dicts."""
-    jacobians, magnitudes = {}, {}
+class GivenJacobian(NamedTuple):
+    """A Jacobian computed another way, with what its method knows about it."""
+
+    jacobian: torch.Tensor  # output.shape + input.shape
+    magnitudes: torch.Tensor | None = None  # the sums of |terms| adding up to each entry
+    samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
+
+
+def split(given: dict) -> tuple[dict, dict, set]:
+    """``given`` (name -> Jacobian, a (Jacobian, magnitudes) pair or a
+    :class:`GivenJacobian`) as the Jacobians, the magnitudes where known, and the names
+    whose rows were checked per sample for every pair."""
+    jacobians, magnitudes, separated = {}, {}, set()
     for name, value in given.items():
         if isinstance(value, (tuple, list)):
-            value, scale = value
-            if scale is not None:
-                magnitudes[name] = scale
+            value = GivenJacobian(*value)
+            if value.magnitudes is not None:
+                magnitudes[name] = value.magnitudes
+            if value.samples_separated:
+                separated.add(name)
+            value = value.jacobian
         jacobians[name] = value
-    return jacobians, magnitudes
+    return jacobians, magnitudes, separated
 
 
-def agreed(probes: Probes, jacobians: dict, magnitudes: dict) -> set[str]:
+def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
+           separated: set | frozenset = frozenset()) -> set[str]:
     """The names whose Jacobian (``output.shape + input.shape``) the probe rule accepts, with
     ``magnitudes`` (same shape, where known) as the terms' sizes; the probes are those of
-    :meth:`.probes.Probes.agree_full`, one backward per draw for all. Accepted ones known
-    finite and not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``."""
+    :meth:`.probes.Probes.agree_full`, one backward per draw for all — probe 0 alone where
+    every one is ``separated`` (see the module's docstring). Accepted ones known finite and
+    not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``."""
     scaled = {n for n in jacobians if n in magnitudes
               and tuple(magnitudes[n].shape) == tuple(jacobians[n].shape)}
-    plain = {n: j for n, j in jacobians.items() if n not in scaled}
-    if not scaled:
-        return probes.agree_full(plain) if plain else set()
+    one = bool(jacobians) and set(jacobians) <= set(separated)
+    if not scaled and not one:
+        return probes.agree_full(jacobians) if jacobians else set()
     names = list(jacobians)
-    vectors = [probes.vector(draw) for draw in range(probes.plan.probes)]
+    vectors = [probes.vector(draw) for draw in range(1 if one else probes.plan.probes)]
     draws = [[probes.vjp(n) for n in names]]
     draws += [plain_vjp(probes.output, [probes.named[n] for n in names], v) for v in vectors[1:]]
     found = set()
@@ -93,4 +129,4 @@ class ScaledProbes(FullProbes):
         return float(vjps.sub_(self.expected).abs_().div_(allowed).max())
 
 
-__all__ = ["ScaledProbes", "agreed", "split"]
+__all__ = ["GivenJacobian", "ScaledProbes", "agreed", "split"]

@@ -15,6 +15,7 @@ probe rule.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -70,11 +71,15 @@ def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) 
 class PerSampleGradients(dict):
     """name -> per-sample gradients (B, *shape), with ``magnitudes``: name -> the sums of
     the absolute terms that add up to each entry, for the parameters read by a rule that sums
-    over rows or positions (a bias: ``|g|`` summed where ``g`` is); the others have none."""
+    over rows or positions (a bias: ``|g|`` summed where ``g`` is); the others have none.
+    ``separated``: each layer's output gradient was checked per sample for every pair of
+    samples (:func:`_output_gradients`)."""
 
-    def __init__(self, gradients: dict, magnitudes: dict | None = None):
+    def __init__(self, gradients: dict, magnitudes: dict | None = None,
+                 separated: bool = False):
         super().__init__(gradients)
         self.magnitudes = magnitudes or {}
+        self.separated = separated  # every pair of samples checked apart (the rules' check)
 
 
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
@@ -95,7 +100,7 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
     magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
                   for name, found in terms.items()
                   if any(m is not None for _, m in found)}
-    return PerSampleGradients(per_sample, magnitudes)
+    return PerSampleGradients(per_sample, magnitudes, separated=True)
 
 
 def rule_uses(replay, params: dict, batch: int) -> dict | None:
@@ -233,35 +238,69 @@ class _Capturing(Interpreter):
 
 def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
     """The gradient of the summed losses at each output (``outs``: (tensor, batch axis)),
-    checked to be per-sample: with the losses weighted by ±2^k, every output's gradient
-    scales by its sample's weight along its batch axis (exactly, absent over- or underflow;
-    a tolerance for reordered sums)."""
+    checked to be per-sample for every pair of samples: with the losses weighted by ±2^k
+    (:func:`check_weights`: any two samples get different weights in at least one pass),
+    every output's gradient, divided by its sample's weight along its batch axis, must be
+    the unweighted one (exactly, absent over- or underflow; within 1e-5 of each row's
+    largest entry for reordered sums). A term of sample c's loss in sample b's rows shows
+    in a pass where their weights differ, scaled by w_c/w_b − 1 (at least 1/2 in size)."""
     if not outs:
         return []
-    generator = torch.Generator().manual_seed(0)
-    batch = value.shape[0]
-    exponents = torch.randint(-3, 4, (batch,), generator=generator)
-    signs = torch.randint(0, 2, (batch,), generator=generator) * 2 - 1
-    weights = (signs * 2.0 ** exponents).to(value.dtype).to(value.device)
     tensors = [out for out, _ in outs]
-    plain = torch.autograd.grad(value, tensors, torch.ones_like(value), retain_graph=True,
-                                allow_unused=True)
-    weighted = torch.autograd.grad(
-        value, tensors, weights.reshape((batch,) + (1,) * (value.dim() - 1)).expand_as(value),
-        allow_unused=True)
-    grads = []
-    for (out, axis), g, w in zip(outs, plain, weighted):
-        g = torch.zeros_like(out) if g is None else g
-        w = torch.zeros_like(out) if w is None else w
-        shape = [1] * g.dim()
-        shape[axis] = batch
-        expected = g * weights.reshape(shape)
-        if g.numel() and not torch.equal(w, expected):
-            tolerance = 1e-5 * float(expected.abs().max())
-            if float(w.sub_(expected).abs_().max()) > tolerance:
-                return None
-        grads.append(g)
+    shape = (value.shape[0],) + (1,) * (value.dim() - 1)
+    passes = [torch.ones(value.shape[0], dtype=value.dtype, device=value.device)]
+    passes += check_weights(value.shape[0], value.dtype, value.device)
+    grads = None
+    for index, weights in enumerate(passes):
+        found = torch.autograd.grad(value, tensors, weights.reshape(shape).expand_as(value),
+                                    retain_graph=index + 1 < len(passes), allow_unused=True)
+        found = [torch.zeros_like(out) if g is None else g for out, g in zip(tensors, found)]
+        if grads is None:
+            grads = found
+        elif not all(_scaled(g, w, axis, weights) for g, w, (_, axis) in zip(grads, found, outs)):
+            return None
     return grads
+
+
+def _scaled(plain: torch.Tensor, weighted: torch.Tensor, axis: int, weights) -> bool:
+    """Whether ``weighted`` is ``plain`` with each row along ``axis`` times its weight."""
+    if not plain.numel():
+        return True
+    shape = [1] * plain.dim()
+    shape[axis] = -1
+    divided = weighted / weights.reshape(shape)  # exact: powers of two
+    if torch.equal(divided, plain):
+        return True
+    if not bool(torch.isfinite(divided).all()):
+        return False
+    others = [d for d in range(plain.dim()) if d != axis]
+    rows = plain.abs().amax(others, keepdim=True) if others else plain.abs()
+    return bool((divided - plain).abs_().le_(rows * 1e-5).all())
+
+
+CHECK_SPAN = {torch.float16: 4}  # |k| of the check weights ±2^k (else 40: 2^±40 keeps
+# gradients of any ordinary size clear of float32's over- and underflow)
+
+
+def check_weights(batch: int, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
+    """Weights ±2^k for the per-sample check, one vector per pass, as few passes as give
+    every pair of the ``batch`` samples different weights in at least one: each sample gets
+    a distinct code (a random permutation), whose digits in base 2(2K+1) pick its weight
+    in each pass."""
+    span = CHECK_SPAN.get(dtype, 40)
+    values = 2 * (2 * span + 1)
+    count = 1
+    while values ** count < batch:
+        count += 1
+    codes = torch.randperm(batch, generator=torch.Generator().manual_seed(secrets.randbits(62)))
+    found = []
+    for _ in range(count):
+        digit = codes % values
+        codes = codes // values
+        signs = 1.0 - 2.0 * (digit % 2).to(torch.float64)
+        found.append((signs * torch.exp2((digit // 2 - span).to(torch.float64)))
+                     .to(dtype=dtype, device=device))
+    return found
 
 
 def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:

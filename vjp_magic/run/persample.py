@@ -17,6 +17,7 @@ import math
 import torch
 
 from ..core import memory
+from ..core.given import GivenJacobian
 from .expanded import PerSampleGradients, per_sample_by_rules
 from .record import tensors_in
 from .replay import Replay, close, replayable
@@ -60,18 +61,21 @@ def per_sample_jacobians(record, inputs: dict, output,
     shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
     magnitudes = getattr(grads, "magnitudes", {})
     return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
-                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()})
+                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
+                              separated=getattr(grads, "separated", False))
 
 
 def per_sample_given(record, inputs: dict, output,
                      memory_budget: float | None = None) -> dict | None:
-    """:func:`per_sample_jacobians` as the analysis takes them (``given``): name -> the
-    Jacobian, or (Jacobian, magnitudes) where a rule summed terms that may cancel."""
+    """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
+    :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
+    that may cancel; whether the rules checked every pair of samples apart)."""
     found = per_sample_jacobians(record, inputs, output, memory_budget)
     if found is None:
         return None
     magnitudes = getattr(found, "magnitudes", {})
-    return {name: (j, magnitudes[name]) if name in magnitudes else j
+    separated = bool(getattr(found, "separated", False))
+    return {name: GivenJacobian(j, magnitudes.get(name), separated)
             for name, j in found.items()}
 
 
