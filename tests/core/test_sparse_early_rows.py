@@ -87,3 +87,19 @@ def test_a_custom_function_is_not_taken_early_and_still_checked():
     expected = torch.autograd.functional.jacobian(f, x.detach())  # jacrev needs setup_context
     got = result.derivatives["x"]
     torch.testing.assert_close(got.to_dense() if got.is_sparse else got, expected)
+
+
+def _laplacian(x):
+    k = int(round(x.numel() ** 0.5))
+    u = x.reshape(k, k)
+    p = F.pad(u, (1, 1, 1, 1))
+    return (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * u + u ** 3).reshape(-1)
+
+
+def test_the_laplacian_costs_five_colours_and_the_rejected_pairing():
+    x = torch.randn(1600, dtype=torch.float64, requires_grad=True)
+    result, passes = _counted(lambda: vjp_magic.differentiate(_laplacian(x), x, seed=1))
+    assert result.inputs["x"].sparse.count == 5
+    assert passes == 7
+    expected = torch.func.jacrev(_laplacian)(x.detach())
+    torch.testing.assert_close(result.derivatives["x"].to_dense(), expected)
