@@ -158,3 +158,10 @@ def test_unbatched_products_give_the_same_hessian(sparse_from_small):
     looped = second_derivatives(rosenbrock(x), {"x": x}, seed=3, batched=False).hessian("x")
     torch.testing.assert_close(looped, expected)
     torch.testing.assert_close(expected, torch.func.hessian(rosenbrock)(x.detach()))
+
+
+def test_a_term_reading_all_of_x_is_refused_before_its_pairs_are_built():
+    x = torch.randn(20_000, dtype=torch.float64, requires_grad=True)
+    # one term reads 20,000 entries: 4·10⁸ pairs if they were listed
+    assert summed_hessian_pattern(torch.logsumexp(x[1:] * x[:-1], 0), x, 2**40) is None
+    assert summed_hessian_pattern((x[1:] * x[:-1]).sum() + x.prod(), x, 2**40) is None

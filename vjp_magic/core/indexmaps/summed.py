@@ -25,6 +25,7 @@ from .relation import ENTRY_BYTES, Meter
 from .walk import _is_x, _reaching, _rows, _shape, _walk
 
 MAX_TERMS = 64  # summed branches walked one by one: more, and the general path is cheaper
+MAX_PAIRS = 50_000_000  # (a, b) pairs read by one term, summed over terms: past it, unproved
 # Scalar nodes whose value is a constant-weighted sum of their inputs that reach x.
 _SUMS = {"Sum", "Mean"}
 _LINEAR = {"Add", "Sub"}
@@ -179,7 +180,11 @@ def _from_rows(relations: list, sizes: list[int], meter: Meter, n: int):
     for relation, m in zip(relations, sizes):
         crow, cols, _ = _rows(relation, meter, m)
         counts = np.diff(crow)
+        if counts.size and int(counts.max()) > most_per_row(n):
+            raise Unproved("a term reads too much of x: its Hessian is dense")
         total = int((counts * counts).sum())
+        if total > MAX_PAIRS:
+            raise Unproved("too many pairs of entries read by one term")
         meter.check((total + sum(k.size for k in keys)) * ENTRY_BYTES)
         keys.append(_row_pairs(crow, cols, counts, total, n))
     merged = np.concatenate(keys)
