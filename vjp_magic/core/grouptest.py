@@ -163,6 +163,7 @@ class SetProber:
             g = torch.where(torch.isfinite(g), g, 0).to(u.dtype)
             parts.append((g @ u.to(g.device), g.abs() @ u.abs().to(g.device), hit, bad))
             self.count += len(part)
+            self.unknown |= bad.any(0)
         return tuple(torch.cat([p[i].cpu() for p in parts]) for i in range(4))
 
     def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
@@ -263,74 +264,81 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     again exactly (:func:`exact_columns`); None where it cannot be checked (the caller then
     probes each output index). A decoding can lose a dependence behind another reader of its
     column (a band's colour i mod w aliases a distant leak onto a row of the band): zero or
-    non-zero answers cannot tell, the answers' values do (:func:`_value_check`)."""
+    non-zero answers cannot tell, the answers' values do (:func:`_value_check`). Random sets
+    (a half, a quarter, an eighth of the output indices) are checked too, and the first again
+    from a plain backward, which must agree with the batched one (a batching rule gone
+    wrong). All with fresh values, in one batched call."""
+    colour = setdecode.check_colours(pattern)
+    if colour is None:
+        return None
+    colour, heavy = colour
+    m = pattern.shape[0]
+    generator = probe_generator(prober.seed, "dependency-sets")
+    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
+    sets = torch.rand(len(density), m, generator=generator) < density
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                       prober.max_seconds, stream=1, limit=prober.limit)
     fresh.began, fresh.count, fresh.step = prober.began, prober.count, prober.step
     try:
-        agrees, wrong = _set_check(fresh, pattern)
-        colour = setdecode.check_colours(pattern) if agrees else None
-        if colour is not None:
-            wrong |= _value_check(fresh, pattern, colour)
+        answers = _value_answers(fresh, sets, colour)
+        plain = fresh.hits(sets[:1], batched=False)
     finally:
         prober.unknown |= fresh.unknown
         prober.count, prober.seconds = fresh.count, prober.seconds + fresh.seconds
-    if colour is None:
+    known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
+    hit = answers[2][:len(sets)]
+    if not torch.equal(plain[:, known], hit[:1, known]):
         return None
-    columns = (wrong & ~prober.unknown).nonzero().flatten()
+    wrong = (hit != _reached(sets, pattern)).any(0) | heavy
+    wrong |= _value_check(pattern & ~heavy[None, :], colour, answers[3],
+                          *(a[len(sets):] for a in answers[:3]), fresh.output.dtype)
+    columns = (wrong & known).nonzero().flatten()
     if columns.numel():
         pattern[:, columns] = exact_columns(prober, columns)
     return pattern
 
 
-def _set_check(fresh: SetProber, pattern: torch.Tensor):
-    """Random sets (a half, a quarter, an eighth of the output indices) with fresh values, in
-    batched calls, and the first again from a plain backward: (whether the plain backward
-    agrees with the batched one, (n,) bool: the input indices where some set's answer is not
-    the one the pattern predicts)."""
-    m = pattern.shape[0]
-    generator = probe_generator(fresh.seed, "dependency-sets")
-    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
-    sets = torch.rand(len(density), m, generator=generator) < density
-    observed = fresh.hits(sets)
-    plain = fresh.hits(sets[:1], batched=False)
-    known = ~fresh.unknown  # the columns some probe answered NaN or ±inf are read again
-    agrees = torch.equal(plain[:, known], observed[:1, known])
-    return agrees, (observed != _reached(sets, pattern)).any(0)
+def _value_answers(fresh: SetProber, sets: torch.Tensor, colour: torch.Tensor):
+    """:meth:`SetProber.projections` of ``sets``, one set per colour, and every output index
+    weighted by random αᵢ (±(1..2)), the last: (values, magnitudes, non-zeros, α)."""
+    m = len(colour)
+    generator = probe_generator(fresh.seed, "dependency-weights")
+    alpha = torch.rand(m, generator=generator, dtype=torch.float64) + 1
+    alpha = torch.where(torch.rand(m, generator=generator) < 0.5, -alpha, alpha)
+    count = int(colour.max()) + 1 if m else 0
+    weights = torch.cat([sets.double(), (colour[None, :] == torch.arange(count)[:, None])
+                         .double(), alpha[None, :]])
+    features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
+    u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
+    value, size, hit, bad = fresh.projections(weights, u)
+    fresh.unknown |= bad.any(0)
+    return value, size, hit, alpha
 
 
 VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the terms' magnitudes
 
 
-def _value_check(fresh: SetProber, pattern: torch.Tensor, colour: torch.Tensor):
-    """(n,) bool: the input indices j where the pattern's claim fails. One probe per colour
-    (output indices of a colour claim disjoint input indices, so each answer at j is the
-    term vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides there) and one
-    on every output index, its slices weighted by random αᵢ: that answer at j must equal
-    Σ αᵢ·(colour answer) over j's claimed readers. A colour with no claimed reader answering
-    at j, or a claimed reader's colour answering exactly 0 (a phantom), fails exactly; a
-    hidden reader h beside a claimed one i adds (α_h − α_i)·v_hᵀJ_hj, which fails beyond
-    :data:`VALUE_TOLERANCE` (relative to the terms' magnitudes; smaller: a precision limit)."""
-    m, n = pattern.shape
-    generator = probe_generator(fresh.seed, "dependency-weights")
-    alpha = torch.rand(m, generator=generator) + 1
-    alpha = torch.where(torch.rand(m, generator=generator) < 0.5, -alpha, alpha)
-    count = int(colour.max()) + 1 if m else 0
-    weights = torch.cat([(colour[None, :] == torch.arange(count)[:, None]).double(),
-                         alpha.double()[None, :]])
-    features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
-    u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
-    value, size, hit, _ = fresh.projections(weights, u)
+def _value_check(pattern, colour, alpha, value, size, hit, dtype) -> torch.Tensor:
+    """(n,) bool: the input indices j where the pattern's claim fails, from one probe per
+    colour (output indices of a colour claim disjoint input indices, so each answer at j is
+    the term vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides there) and
+    one on every output index, its slices weighted by random αᵢ (the last): that answer at j
+    must equal Σ αᵢ·(colour answer) over j's claimed readers. A colour with no claimed reader
+    answering at j, or a claimed reader's colour answering exactly 0 (a phantom), fails
+    exactly; a hidden reader h beside a claimed one i adds (α_h − α_i)·v_hᵀJ_hj, which fails
+    beyond :data:`VALUE_TOLERANCE` (relative to the terms' magnitudes; smaller: a precision
+    limit). ``value``, ``size``, ``hit``: projections, magnitudes, non-zeros."""
+    count, n = len(value) - 1, pattern.shape[1]
     r, c = pattern.nonzero(as_tuple=True)
     claimed = torch.zeros(count, n, dtype=torch.bool)
     claimed[colour[r], c] = True
     coefficient = torch.zeros(count, n, dtype=torch.float64)
-    coefficient[colour[r], c] = alpha.double()[r]
+    coefficient[colour[r], c] = alpha[r]
     wrong = (hit[:count] & ~claimed).any(0)  # a reader where none is claimed
     wrong[c[~hit[colour[r], c]]] = True  # a claimed reader whose colour answers 0
     predicted = (coefficient * value[:count]).sum(0)
     scale = size[count] + (coefficient.abs() * size[:count]).sum(0)
-    eps = torch.finfo(fresh.output.dtype).eps if fresh.output.is_floating_point() else 0.0
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
     return wrong | ((value[count] - predicted).abs() > VALUE_TOLERANCE * eps * scale)
 
 

@@ -207,13 +207,28 @@ def colour_sets(pattern: torch.Tensor) -> torch.Tensor:
     return colour_[None, :] == torch.arange(int(colour_.max()) + 1)[:, None]
 
 
-def check_colours(pattern: torch.Tensor) -> torch.Tensor | None:
-    """(m,) long: a colour per output index such that two of one colour read no common input
-    index (:func:`colour_sets`), for checking the pattern; None where none is found."""
-    sets = colour_sets(pattern)
+HEAVY = 32  # an input index read by more output indices is read exactly (forward mode)
+MAX_HEAVY = 64  # at most this many such input indices, or output indices reading many
+
+
+def check_colours(pattern: torch.Tensor):
+    """For checking the pattern: ((m,) long colour per output index, (n,) bool heavy input
+    indices) such that two output indices of one colour read no common input index other
+    than a heavy one (read by over :data:`HEAVY`: those are read exactly instead); an output
+    index reading over a quarter of the input gets a colour of its own. None where that
+    takes more than :data:`MAX_COLOURS` colours, or too many heavy indices."""
+    m, n = pattern.shape
+    heavy = pattern.sum(0) > HEAVY
+    rest = pattern & ~heavy[None, :]
+    hubs = rest.sum(1) * 4 > n
+    if int(heavy.sum()) > MAX_HEAVY or int(hubs.sum()) > MAX_HEAVY:
+        return None
+    sets = colour_sets(rest & ~hubs[:, None])
     if not len(sets):
         return None
-    return sets.to(torch.uint8).argmax(0)
+    colour = sets.to(torch.uint8).argmax(0)
+    colour[hubs] = int(colour.max()) + 1 + torch.arange(int(hubs.sum()))
+    return colour, heavy
 
 
 def _modular_colours(r, c, m: int, n: int) -> torch.Tensor | None:
