@@ -188,7 +188,8 @@ def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[
       also lets t see t + 1 is the band −(m−1)..1).
 
     A band or "dense" gives way to a smaller description (:func:`full_verdict`): blocks along
-    the diagonal ("block-diagonal", a batch of graphs), a band modulo n ("band with
+    the diagonal ("block-diagonal", a batch of graphs; "block-lower-triangular", packed causal
+    sequences), a band modulo n ("band with
     wrap-around", a periodic stencil), or "sparse" (a gather, a permutation, mixup).
 
     The witness is the first dependence (row-major) the nearest simpler kind forbids: for a
@@ -552,10 +553,12 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
     with a verdict, from the live autograd graph without computing the Jacobian.
 
-    Batched random probes vᵀJ supported on sets of output indices (a group test), checked
-    with fresh probes; a NaN or ±inf in a probe is never read as a dependence. Where the
-    graph proves the two axes paired, only the diagonal is probed. ``x.grad`` is never
-    changed. ``r.dependency(name, out_axis, in_axis)`` reads the same off a result.
+    Batched random probes vᵀJ supported on sets of output indices (a group test), every input
+    index checked with fresh probes (the columns that fail are read exactly); a NaN or ±inf
+    in a probe is never read as a dependence. Where the graph proves the two axes paired,
+    only the diagonal is probed. ``x.grad`` is never changed. A complex output is refused
+    (call it on ``.real`` and ``.imag``). ``r.dependency(name, out_axis, in_axis)`` reads the
+    same off a result.
 
     Args:
         output (Tensor): computed from ``x`` with autograd on.
@@ -571,6 +574,7 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
         of x with index j along ``in_axis``; ``.kind``, the smallest description holding
         every dependence: ``"independent"``, ``"lower-triangular"`` (causal),
         ``"upper-triangular"``, ``"band"``, ``"block-diagonal"`` (``.blocks``),
+        ``"block-lower-triangular"`` (packed causal sequences, ``.blocks``),
         ``"band with wrap-around"``, ``"sparse"`` (``.nonzeros``) or ``"dense"``;
         ``.witness``, the first dependence ``(i, j)`` the nearest simpler kind forbids (a
         crossing between blocks); ``.offsets``, the lowest and highest ``j - i`` (bands and
