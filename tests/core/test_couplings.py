@@ -185,3 +185,24 @@ def test_sparse_jacobian_refuses_a_complex_input():
     x = torch.randn(100, dtype=torch.complex128, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError, match="complex"):
         vjp_magic.sparse_jacobian((x * x).real, x, seed=0)
+
+
+# -- batched points (one paired axis of two) ----------------------------------------------
+def _batched(x, big, identity=Identity.apply):
+    u = identity(x)
+    coupling = torch.zeros_like(x)
+    coupling[2, 1] = 1.0
+    return big * u * u / 2 + coupling * u[5, 1]  # beside the huge entry of x[5, 1]
+
+
+@pytest.mark.parametrize("exact_up_to", [2**18, 0])  # the whole Jacobian, or per pairing
+@pytest.mark.parametrize("identity", [Identity.apply, lambda s: s])
+def test_a_hidden_coupling_between_samples_is_kept(exact_up_to, identity):
+    x = torch.rand(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) + 0.5
+    expected = torch.func.jacrev(lambda t: _batched(t, 1e20, lambda s: s))(x)
+    assert expected[2, 1, 5, 1] == 1.0
+    x.requires_grad_()
+    r = vjp_magic.differentiate(_batched(x, 1e20, identity), x, seed=0, exact_up_to=exact_up_to)
+    assert 0 not in [a for a, _ in r.point_axes["x"]]  # samples 2 and 5 are coupled
+    torch.testing.assert_close(r.jacobian("x"), expected)
+    assert not [n for n in r.notes if "resolution" in n]  # 64 columns or rows: all checked
