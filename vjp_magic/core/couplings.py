@@ -189,4 +189,4 @@ def unchecked_note(name: str, derivatives: torch.Tensor) -> str:
     kind = str(derivatives.dtype).replace("torch.", "")
     return (f"The points of {name} were checked by random probes: a derivative below {kind} "
             f"resolution relative to its row and column (here up to {bound:.1e}) would not "
-            "show; full=True computes every entry.")
+            "show; full=True (--full) computes every entry.")
