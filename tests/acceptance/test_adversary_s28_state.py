@@ -155,3 +155,48 @@ def test_magic_per_sample_with_batchnorm_keeps_buffers(ip, run_ok):
     run_ok("%%vjp --of losses --wrt m\n" + body)
     for key, value in ip.user_ns["m"].state_dict().items():
         assert torch.equal(value, plain[key]), key
+
+
+class _KeepsThen(nn.Module):
+    """Keeps its activation h = sin(x) (retain_grad) on itself, then applies ``post``."""
+
+    def __init__(self, post):
+        super().__init__()
+        self.post = post
+
+    def forward(self, x):
+        h = torch.sin(x)
+        h.retain_grad()
+        self.h = h
+        return self.post(h)
+
+
+MODULE_KEPT = {
+    "differentiate, a scalar (one backward)": (64, lambda h: (h ** 2).sum(),
+                                                lambda y, x: vjp_magic.differentiate(y, x, seed=0)),
+    "differentiate, probes, elementwise": (
+        400, lambda h: h ** 2, lambda y, x: vjp_magic.differentiate(y, x, seed=0, exact_up_to=0)),
+    "differentiate, row-wise softmax": (4000, lambda h: h.reshape(-1, 4).softmax(1),
+                                        lambda y, x: vjp_magic.differentiate(y, x, seed=0)),
+    "dependency, elementwise": (400, lambda h: h ** 2,
+                                lambda y, x: vjp_magic.dependency(y, x, seed=0)),
+    "hessian, a scalar": (4000, lambda h: (h ** 2).sum(),
+                          lambda y, x: vjp_magic.hessian(y, x, seed=0)),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="a retain_grad activation kept on a module attribute "
+                   "(self.h = h, as activation-inspection code does) is missed once the gc has "
+                   "aged it, and every entry point's passes add into its .grad: differentiate of "
+                   "a scalar at 64 entries (one backward) leaves |h.grad| = 10.6, the row-wise "
+                   "softmax at 4,000 1.8e5; dependency and hessian the same (the frame walk does "
+                   "not look inside objects)")
+@pytest.mark.parametrize("case", list(MODULE_KEPT))
+def test_a_module_kept_activation_is_left_alone(case):
+    n, post, call = MODULE_KEPT[case]
+    x = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    net = _KeepsThen(post)
+    y = net(x)
+    gc.collect()  # a notebook ages objects between cells
+    call(y, x)
+    assert net.h.grad is None
