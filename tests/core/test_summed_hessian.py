@@ -45,6 +45,7 @@ SUMS = {
     "gather": lambda x: (x * x[_permutation(x.numel())] ** 2).sum(),
     "scalar term": lambda x: (x ** 2).sum() + x[0] * x[5] ** 2,
     "two sums": lambda x: (x[1:] ** 2 * x[:-1]).sum() - torch.sin(x[::2]).sum(),
+    "reshaped": lambda x: -(x[1:] ** 2 * x[:-1]).sum().reshape(1),
     "grid energy": lambda x: ((x.reshape(6, 8)[1:] - x.reshape(6, 8)[:-1]) ** 2).sum()
     + ((x.reshape(6, 8)[:, 1:] - x.reshape(6, 8)[:, :-1]) ** 2).sum() + (x ** 4).sum() / 4,
 }
@@ -118,8 +119,8 @@ def test_sparse_hessian_of_sums_equals_torch(sparse_from_small, name, dtype):
     item = h.inputs["x"]
     assert item.sparse is not None and item.evidence == "proved"
     tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-4}
-    torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected,
-                               **tol)
+    torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(),
+                               expected.reshape(-1, n), **tol)  # (a (1,) output: n × n too)
     assert x.grad is None
 
 
@@ -165,3 +166,9 @@ def test_a_term_reading_all_of_x_is_refused_before_its_pairs_are_built():
     # one term reads 20,000 entries: 4·10⁸ pairs if they were listed
     assert summed_hessian_pattern(torch.logsumexp(x[1:] * x[:-1], 0), x, 2**40) is None
     assert summed_hessian_pattern((x[1:] * x[:-1]).sum() + x.prod(), x, 2**40) is None
+
+
+def test_a_cast_of_the_sum_is_still_a_sum():
+    x = torch.randn(40, requires_grad=True)  # float32, the sum cast to float64
+    found = summed_hessian_pattern((x[1:] * x[:-1] ** 2).sum().double(), x, BUDGET)
+    assert found is not None and found.offsets.tolist() == [-1, 0, 1]

@@ -31,7 +31,7 @@ _SUMS = {"Sum", "Mean"}
 _LINEAR = {"Add", "Sub"}
 _SCALED = {"Mul", "Div"}  # linear in the one input that reaches x (the numerator for Div)
 _PASSING = {"Neg", "Clone", "View", "Reshape", "ReshapeAlias", "Squeeze", "Unsqueeze",
-            "Expand", "Alias"}
+            "Expand", "Alias", "ToCopy"}
 
 
 class SummedPattern(NamedTuple):
