@@ -68,8 +68,8 @@ def _from_frames(found: dict, frame) -> None:
         level = deeper
 
 
-# The C base class: isinstance against it skips torch.Tensor's Python __instancecheck__ (10×
-# faster over the thousands of young objects a session holds).
+# The C base class: a type is classified against it, never through torch.Tensor's Python
+# __instancecheck__ (slow, and it touches deprecated objects, which warn, in a full scan).
 _TENSOR_BASE = getattr(torch._C, "TensorBase", None) or torch._C._TensorBase
 _SEQUENCES = (list, tuple, set, frozenset)
 
