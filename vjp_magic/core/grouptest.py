@@ -268,7 +268,8 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     (a half, a quarter, an eighth of the output indices) are checked too, and the first again
     from a plain backward, which must agree with the batched one (a batching rule gone
     wrong). All with fresh values, in one batched call."""
-    colour = setdecode.check_colours(pattern)
+    r, c = pattern.nonzero(as_tuple=True)
+    colour = setdecode.check_colours(pattern, r, c)
     if colour is None:
         return None
     colour, heavy = colour
@@ -289,8 +290,9 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     hit = answers[2][:len(sets)]
     if not torch.equal(plain[:, known], hit[:1, known]):
         return None
-    wrong = (hit != _reached(sets, pattern)).any(0) | heavy
-    wrong |= _value_check(pattern & ~heavy[None, :], colour, answers[3],
+    wrong = (hit != _reached(sets, pattern, (r, c))).any(0) | heavy
+    light = ~heavy[c]
+    wrong |= _value_check((r[light], c[light]), colour, answers[3],
                           *(a[len(sets):] for a in answers[:3]), fresh.output.dtype)
     columns = (wrong & known).nonzero().flatten()
     if columns.numel():
@@ -299,47 +301,49 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
 
 
 def _value_answers(fresh: SetProber, sets: torch.Tensor, colour: torch.Tensor):
-    """:meth:`SetProber.projections` of ``sets``, one set per colour, and every output index
-    weighted by random αᵢ (±(1..2)), the last: (values, magnitudes, non-zeros, α)."""
+    """:meth:`SetProber.projections` of ``sets``, one set per colour, and one set per colour
+    again with each output index's slice weighted by a random βᵢ (±(1..2)): (values,
+    magnitudes, non-zeros, β)."""
     m = len(colour)
     generator = probe_generator(fresh.seed, "dependency-weights")
-    alpha = torch.rand(m, generator=generator, dtype=torch.float64) + 1
-    alpha = torch.where(torch.rand(m, generator=generator) < 0.5, -alpha, alpha)
+    beta = torch.rand(m, generator=generator, dtype=torch.float64) + 1
+    beta = torch.where(torch.rand(m, generator=generator) < 0.5, -beta, beta)
     count = int(colour.max()) + 1 if m else 0
-    weights = torch.cat([sets.double(), (colour[None, :] == torch.arange(count)[:, None])
-                         .double(), alpha[None, :]])
+    colours = (colour[None, :] == torch.arange(count)[:, None]).double()
+    weights = torch.cat([sets.double(), colours, colours * beta[None, :]])
     features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
     u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
     value, size, hit, bad = fresh.projections(weights, u)
     fresh.unknown |= bad.any(0)
-    return value, size, hit, alpha
+    return value, size, hit, beta
 
 
-VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the terms' magnitudes
+VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the colour's own terms
 
 
-def _value_check(pattern, colour, alpha, value, size, hit, dtype) -> torch.Tensor:
-    """(n,) bool: the input indices j where the pattern's claim fails, from one probe per
+def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
+    """(n,) bool: the input indices j where the pattern's claim fails, from two probes per
     colour (output indices of a colour claim disjoint input indices, so each answer at j is
-    the term vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides there) and
-    one on every output index, its slices weighted by random αᵢ (the last): that answer at j
-    must equal Σ αᵢ·(colour answer) over j's claimed readers. A colour with no claimed reader
-    answering at j, or a claimed reader's colour answering exactly 0 (a phantom), fails
-    exactly; a hidden reader h beside a claimed one i adds (α_h − α_i)·v_hᵀJ_hj, which fails
-    beyond :data:`VALUE_TOLERANCE` (relative to the terms' magnitudes; smaller: a precision
-    limit). ``value``, ``size``, ``hit``: projections, magnitudes, non-zeros."""
-    count, n = len(value) - 1, pattern.shape[1]
-    r, c = pattern.nonzero(as_tuple=True)
+    the term tᵢ = vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides
+    there), the second with each slice weighted by βᵢ: it must answer βᵢ·(the first). A
+    colour with no claimed reader answering at j, or a claimed reader's colour answering
+    exactly 0 (a phantom), fails exactly; a hidden reader h beside a claimed one i adds
+    (β_h − β_i)·t_h, which fails beyond :data:`VALUE_TOLERANCE` relative to the magnitudes
+    of that colour's own terms at j (a term that small beside them: a precision limit).
+    ``claims``: (output, input) indices of the claimed dependences; ``value``, ``size``,
+    ``hit``: projections, magnitudes, non-zeros, the plain colours then the weighted."""
+    (count, n), (r, c) = (len(value) // 2, value.shape[1]), claims
     claimed = torch.zeros(count, n, dtype=torch.bool)
     claimed[colour[r], c] = True
     coefficient = torch.zeros(count, n, dtype=torch.float64)
-    coefficient[colour[r], c] = alpha[r]
-    wrong = (hit[:count] & ~claimed).any(0)  # a reader where none is claimed
+    coefficient[colour[r], c] = beta[r]
+    plain, weighted = value[:count], value[count:]
+    wrong = ((hit[:count] | hit[count:]) & ~claimed).any(0)  # a reader where none is claimed
     wrong[c[~hit[colour[r], c]]] = True  # a claimed reader whose colour answers 0
-    predicted = (coefficient * value[:count]).sum(0)
-    scale = size[count] + (coefficient.abs() * size[:count]).sum(0)
+    scale = size[count:] + coefficient.abs() * size[:count]
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
-    return wrong | ((value[count] - predicted).abs() > VALUE_TOLERANCE * eps * scale)
+    off = (weighted - coefficient * plain).abs() > VALUE_TOLERANCE * eps * scale
+    return wrong | (off & claimed).any(0)
 
 
 def exact_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
@@ -354,9 +358,10 @@ def exact_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
     return hit
 
 
-def _reached(sets: torch.Tensor, pattern: torch.Tensor, rows: int = 256) -> torch.Tensor:
-    """(k × m) sets, (m × n) pattern → (k × n): which input indices each set reaches."""
-    rows_, cols = pattern.nonzero(as_tuple=True)
+def _reached(sets: torch.Tensor, pattern: torch.Tensor, nonzeros, rows: int = 256):
+    """(k × m) sets, (m × n) pattern and its nonzeros → (k × n) bool: which input indices each
+    set reaches."""
+    rows_, cols = nonzeros
     if len(rows_) <= 16 * sum(pattern.shape):  # few dependences (a diagonal, leaks)
         counts = torch.zeros(len(sets), pattern.shape[1])
         return counts.index_add_(1, cols, sets[:, rows_].float()) > 0

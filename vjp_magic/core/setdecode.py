@@ -175,14 +175,15 @@ def _colours(m: int, width: int, circular: bool) -> torch.Tensor:
 MAX_COLOURS = 64
 
 
-def colour_sets(pattern: torch.Tensor) -> torch.Tensor:
+def colour_sets(pattern: torch.Tensor, nonzeros=None) -> torch.Tensor:
     """(colours × m) sets: output indices greedily coloured so that two of one colour read no
-    common input index; none when that takes more than :data:`MAX_COLOURS` colours."""
+    common input index; none when that takes more than :data:`MAX_COLOURS` colours.
+    ``nonzeros``: the pattern's ``nonzero(as_tuple=True)``, where already known."""
     m, n = pattern.shape
     empty = torch.zeros(0, m, dtype=torch.bool)
-    if n == 0 or int(torch.count_nonzero(pattern)) > 2**20:
+    r, c = pattern.nonzero(as_tuple=True) if nonzeros is None else nonzeros
+    if n == 0 or len(r) > 2**20:
         return empty
-    r, c = pattern.nonzero(as_tuple=True)
     degree = torch.bincount(r, minlength=m)
     if int(degree.max()) * 4 > n:
         return empty
@@ -211,19 +212,23 @@ HEAVY = 32  # an input index read by more output indices is read exactly (forwar
 MAX_HEAVY = 64  # at most this many such input indices, or output indices reading many
 
 
-def check_colours(pattern: torch.Tensor):
-    """For checking the pattern: ((m,) long colour per output index, (n,) bool heavy input
-    indices) such that two output indices of one colour read no common input index other
-    than a heavy one (read by over :data:`HEAVY`: those are read exactly instead); an output
-    index reading over a quarter of the input gets a colour of its own. None where that
+def check_colours(pattern: torch.Tensor, r, c):
+    """For checking the pattern (its nonzeros ``r``, ``c``): ((m,) long colour per output
+    index, (n,) bool heavy input indices) such that two output indices of one colour read no
+    common input index other than a heavy one (read by over :data:`HEAVY`: those are read
+    exactly instead); an output index reading over a quarter of the input gets a colour of
+    its own. None where that
     takes more than :data:`MAX_COLOURS` colours, or too many heavy indices."""
     m, n = pattern.shape
-    heavy = pattern.sum(0) > HEAVY
-    rest = pattern & ~heavy[None, :]
-    hubs = rest.sum(1) * 4 > n
+    heavy = torch.bincount(c, minlength=n) > HEAVY
+    hubs = torch.bincount(r[~heavy[c]], minlength=m) * 4 > n
     if int(heavy.sum()) > MAX_HEAVY or int(hubs.sum()) > MAX_HEAVY:
         return None
-    sets = colour_sets(rest & ~hubs[:, None])
+    if heavy.any() or hubs.any():
+        keep = ~heavy[c] & ~hubs[r]
+        sets = colour_sets(pattern & ~heavy[None, :] & ~hubs[:, None], (r[keep], c[keep]))
+    else:
+        sets = colour_sets(pattern, (r, c))
     if not len(sets):
         return None
     colour = sets.to(torch.uint8).argmax(0)
