@@ -66,10 +66,6 @@ def test_result_dependency_with_a_retain_grad_tensor_on_the_graph():
 
 
 # -- sparse_jacobian: a retain_grad tensor kept by a module ---------------------------------
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian's passes add into the .grad of a "
-                   "retain_grad tensor reachable only from a module attribute once the gc has "
-                   "aged it (the frame walk does not enter objects, the young-generation scan "
-                   "misses it); differentiate on the same graph leaves it alone")
 def test_sparse_jacobian_leaves_a_module_kept_activation_alone():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     net = _Keeps()
@@ -185,12 +181,6 @@ MODULE_KEPT = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="a retain_grad activation kept on a module attribute "
-                   "(self.h = h, as activation-inspection code does) is missed once the gc has "
-                   "aged it, and every entry point's passes add into its .grad: differentiate of "
-                   "a scalar at 64 entries (one backward) leaves |h.grad| = 10.6, the row-wise "
-                   "softmax at 4,000 1.8e5; dependency and hessian the same (the frame walk does "
-                   "not look inside objects)")
 @pytest.mark.parametrize("case", list(MODULE_KEPT))
 def test_a_module_kept_activation_is_left_alone(case):
     n, post, call = MODULE_KEPT[case]
@@ -211,10 +201,6 @@ KEEPS_CELL = ("import gc\nimport torch.nn.functional as F\n"
               "net = Keeps()\ny = net(x)\ngc.collect()\n")
 
 
-@pytest.mark.xfail(strict=True, reason="%jacobian / %hessian / %%vjp on a graph built in an "
-                   "earlier cell (no replay: the user's graph is differentiated) add into the "
-                   ".grad of a retain_grad activation the model keeps on itself: "
-                   "retained_grads_kept scans the namespace's values, not the objects in it")
 @pytest.mark.parametrize("magic", ["%jacobian y x", "%hessian (y ** 2).sum() wrt x",
                                    "%%vjp --wrt x\nz = y * 2"])
 def test_magics_on_an_earlier_graph_leave_a_module_kept_activation_alone(ip, run_ok, magic):

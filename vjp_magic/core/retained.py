@@ -4,16 +4,17 @@ Autograd runs a tensor's retains-grad hook on every backward pass through its no
 ``torch.autograd.grad`` included, so the analysis's passes would add their vectors into the
 ``.grad`` of a tensor the user marked with ``retain_grad()`` (and a vectorised pass leaves a
 vmap BatchedTensor there, on which the user's next backward raises). PyTorch lists no such
-tensors, so :func:`grads_kept` looks for them where they can be found cheaply: the output, the
-locals and module globals of the frames on the stack (and the lists, tuples, dicts and sets in
-them, a few levels deep), and the young generations of the garbage collector (tensors made
-recently); each found on the output's graph has its ``.grad`` put back afterwards. Objects
-are picked by their type at C speed (each distinct type classified once), about 0.1 ms a
-call. A full ``gc.get_objects()`` scan is not made: it costs milliseconds with a loaded torch
-(about 170,000 objects), every call. A retain_grad tensor reachable only from an old object
-elsewhere is missed, but never left holding a BatchedTensor: after vectorised passes, a plain
-pass through the same nodes (the probe the analysis makes anyway, else one pass of zeros on
-leaving) runs its hook, which raises on one; then every live retain_grad tensor is looked at.
+tensors, so :func:`grads_kept` looks for them where they can be found cheaply: the output,
+the locals and module globals of the frames on the stack (and the lists, tuples, dicts, sets
+and ``nn.Module`` attributes in them, a few levels deep), and the young generations of the
+garbage collector (tensors made recently); each found on the output's graph has its
+``.grad`` put back afterwards. Objects are picked by their type at C speed (each distinct
+type classified once), about 0.1 ms a call. A full ``gc.get_objects()`` scan is not made: it
+costs milliseconds with a loaded torch (about 170,000 objects), every call. A retain_grad
+tensor reachable only from an old object elsewhere is missed, but never left holding a
+BatchedTensor: after vectorised passes, a plain pass through the same nodes (the probe the
+analysis makes anyway, else one pass of zeros on leaving) runs its hook, which raises on
+one; then every live retain_grad tensor is looked at.
 """
 from __future__ import annotations
 
@@ -53,15 +54,16 @@ def _from_frames(found: dict, frame) -> None:
     for _ in range(DEPTH + 1):
         level = level[:budget]
         budget -= len(level)
-        tensors, sequences, mappings = _split(level)
+        tensors, sequences, mappings, modules = _split(level)
         for t in tensors:
             if t.retains_grad:
                 found[id(t)] = t
         deeper: list = []
-        for obj in itertools.chain(sequences, mappings):
+        for obj in itertools.chain(sequences, mappings, modules):
             if id(obj) not in seen and len(deeper) < budget:
                 seen.add(id(obj))
-                items = obj.values() if isinstance(obj, dict) else obj
+                items = obj if isinstance(obj, _SEQUENCES) else \
+                    obj.values() if isinstance(obj, dict) else vars(obj).values()
                 deeper.extend(itertools.islice(items, budget - len(deeper)))
         if not deeper or budget <= 0:
             return
@@ -75,10 +77,12 @@ _SEQUENCES = (list, tuple, set, frozenset)
 
 
 def _split(objects: list) -> tuple:
-    """(tensors, sequences, mappings) among ``objects``: each distinct type is classified once,
-    the objects picked by their type at C speed (no Python step per object)."""
+    """(tensors, sequences, mappings, modules) among ``objects``: each distinct type is
+    classified once, the objects picked by their type at C speed (no Python step per
+    object). Modules: ``nn.Module`` instances, whose attributes (``self.h = h``, as
+    activation-inspection code keeps a retain_grad tensor) are looked into."""
     kinds = list(map(type, objects))
-    picked: tuple[set, set, set] = (set(), set(), set())
+    picked: tuple[set, set, set, set] = (set(), set(), set(), set())
     for kind in set(kinds):
         if issubclass(kind, _TENSOR_BASE):
             picked[0].add(kind)
@@ -86,6 +90,8 @@ def _split(objects: list) -> tuple:
             picked[1].add(kind)
         elif issubclass(kind, dict):
             picked[2].add(kind)
+        elif issubclass(kind, torch.nn.Module):
+            picked[3].add(kind)
     return tuple(list(itertools.compress(objects, map(types.__contains__, kinds)))
                  if types else [] for types in picked)
 
