@@ -19,7 +19,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .colouring import colour_rows
+from .colouring import colour_count, colour_rows
+from .column_passes import (computed_by_columns, dense_columns, kept_by_columns,
+                             observed_columns)
 from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
 from .errors import VJPUsageError
@@ -27,7 +29,7 @@ from .memory import gb, refuse_if_over, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Pattern, most_per_row, observed_pattern
-from .probes import Probes, new_seed, probe_generator
+from .probes import Probes, new_seed
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
@@ -96,7 +98,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     """:func:`compressed_jacobian`, saying why where it gives none. ``max_colours``: more
     colours than this do not pay (no passes are spent on the values then); ``known``: see
     :func:`checked`; ``pattern``: the proved one, where it is known already."""
-    probes = None if max_colours is None else max(max_colours, SAMPLE_ROWS * 16)
+    probes = None if max_colours is None else max(max_colours, MIN_PATTERN_PROBES)
     if pattern is None:
         pattern = _pattern(output, x, budget, seed, probes)
     if pattern is None:
@@ -106,6 +108,10 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
     colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
                           shape=(tuple(output.shape), tuple(x.shape)), lattice=pattern.lattice)
+    by_columns = computed_by_columns(output, x, pattern, None if colours is None else
+                                     colour_count(colours), budget, seed, max_colours, known)
+    if by_columns is not None:  # fewer forward-mode passes than backward ones
+        return Attempt(by_columns)
     if colours is None:
         return Attempt(None, "some entry of the input is read by too many output entries")
     colours = torch.from_numpy(colours)
@@ -248,9 +254,11 @@ class SparseChoice:
         nonzero = flat != 0
         # too dense, or a column whose rows all take different colours: no pattern that holds
         # these nonzeros pays (a proved one holds at least them), so none is proved
-        if int(nonzero.sum(1).max()) > most_per_row(n) or \
-                int(nonzero.sum(0).max()) > self.max_colours:
+        if int(nonzero.sum(1).max()) > most_per_row(n):
             return None
+        if int(nonzero.sum(0).max()) > self.max_colours:  # a dense column: by columns, if any
+            return kept_by_columns(dense_to_csr(flat), self.output.shape, tensor.shape,
+                                   Evidence.OBSERVED, m, max_colours=self.max_colours)
         proved = proved_pattern(self.output, tensor, self.budget)
         if proved is not None:
             on = torch.zeros_like(nonzero)
@@ -298,18 +306,15 @@ def _pattern(output, x, budget: int, seed: int, max_probes: int | None) -> Patte
     proved = proved_pattern(output, x, budget)
     if proved is not None:
         return proved
-    flat = output.reshape(-1)
-    rows = torch.randint(0, max(flat.numel(), 1), (SAMPLE_ROWS,),
-                         generator=probe_generator(seed, "sparse-rows"))
-    for row in rows.tolist() if flat.numel() else ():
-        v = torch.zeros_like(flat)
-        v[row] = 1
-        if int(plain_vjp(flat, [x], v)[0].count_nonzero()) > most_per_row(x.numel()):
-            return None
+    dense = dense_columns(output, x, seed)  # a few one-hot rows: a dense row, a dense column
+    if dense is None:
+        return None
+    if len(dense):  # the row probes would give up after up to m/4 passes: observe by columns
+        return observed_columns(output, x, budget, seed, max_probes)
     return observed_pattern(output, x, budget, seed, max_probes)
 
 
-SAMPLE_ROWS = 3
+MIN_PATTERN_PROBES = 48  # grouped probes allowed to observe a pattern, at least
 
 
 def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
