@@ -7,7 +7,10 @@ vmap BatchedTensor there, on which the user's next backward raises). PyTorch lis
 tensors, so :func:`grads_kept` looks for them where they can be found cheaply: the output,
 the locals and module globals of the frames on the stack (and the lists, tuples, dicts, sets
 and ``nn.Module`` attributes in them, a few levels deep), and the young generations of the
-garbage collector (tensors made recently); each found on the output's graph has its
+garbage collector (tensors made recently), and a weak registry of every tensor marked with
+``retain_grad()`` since vjp_magic was imported (``Tensor.retain_grad`` is wrapped, with the
+same behaviour, to note it: so one kept by an old object no scan reaches, a dict in another
+module or a closure, is found too); each found on the output's graph has its
 ``.grad`` put back afterwards. Objects are picked by their type at C speed (each distinct
 type classified once), about 0.1 ms a call. A full ``gc.get_objects()`` scan is not made: it
 costs milliseconds with a loaded torch (about 170,000 objects), every call. A retain_grad
@@ -24,9 +27,33 @@ import gc
 import itertools
 import sys
 import threading
+import weakref
 
 import torch
 
+_REGISTERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor
+
+
+def _register_retain_grad() -> None:
+    """Wrap ``torch.Tensor.retain_grad`` (once) so that each tensor it marks is noted in
+    :data:`_REGISTERED`, weakly: PyTorch keeps no list of them and autograd's nodes do not
+    show their retains-grad hooks. The call itself is torch's, unchanged."""
+    original = torch.Tensor.retain_grad
+    if getattr(original, "_vjp_magic_registers", False):
+        return
+
+    @functools.wraps(original)
+    def retain_grad(self):
+        result = original(self)
+        if self.retains_grad:
+            _REGISTERED[id(self)] = self
+        return result
+
+    retain_grad._vjp_magic_registers = True
+    torch.Tensor.retain_grad = retain_grad
+
+
+_register_retain_grad()
 MAX_VISITED = 1_000  # objects looked at from the frames (about 0.1 ms at most)
 DEPTH = 3  # container levels below a frame's variables
 _STATE = threading.local()
@@ -115,7 +142,7 @@ def retained(output: torch.Tensor, frame=None) -> list[torch.Tensor]:
     if isinstance(output, torch.Tensor) and output.retains_grad:
         found[id(output)] = output
     _from_frames(found, frame if frame is not None else sys._getframe(1))
-    for t in _young():
+    for t in list(_REGISTERED.values()) + _young():
         if t.retains_grad:
             found[id(t)] = t
     if not found or not isinstance(output, torch.Tensor) or output.grad_fn is None:
