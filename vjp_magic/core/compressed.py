@@ -256,7 +256,9 @@ class SparseChoice:
         # these nonzeros pays (a proved one holds at least them), so none is proved
         if int(nonzero.sum(1).max()) > most_per_row(n):
             return None
-        if int(nonzero.sum(0).max()) > self.max_colours:  # a dense column: by columns, if any
+        if int(nonzero.sum(0).max()) > self.max_colours:  # a dense column: by columns, if any,
+            if not bool(flat.isfinite().all()):  # but not reverse mode's 0·NaN row or column:
+                return None  # the exact path fills those from forward mode
             return kept_by_columns(dense_to_csr(flat), self.output.shape, tensor.shape,
                                    Evidence.OBSERVED, m, max_colours=self.max_colours)
         proved = proved_pattern(self.output, tensor, self.budget)
