@@ -143,8 +143,8 @@ def test_rosenbrock_at_a_large_size_against_its_analytic_hessian():
     torch.testing.assert_close(got.values(), expected.values(), rtol=1e-12, atol=1e-9)
     item = h.inputs["x"]
     assert item.sparse.count == 3 and item.evidence == "proved"
-    assert "Tridiagonal Hessian: 599,998 nonzeros from 3 Hessian-vector products (the " \
-        "pattern proved from the graph" in " ".join(repr(h).split())
+    assert "The Hessian is tridiagonal: 599,998 nonzeros from 3 Hessian-vector products " \
+        "(the pattern proved from the graph" in " ".join(repr(h).split())
 
 
 def test_linear_sum_is_the_empty_hessian():

@@ -443,8 +443,6 @@ def _notes(result: HessianResult) -> list[str]:
     notes = []
     for name, item in result.inputs.items():
         d = item.derivatives if item.sparse is None else item.sparse.matrix.values()
-        if item.sparse is not None and item.sparse.count:
-            notes.append(item.sparse.summary())
         if d.numel() and not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
             bad = d.numel() - int(torch.isfinite(d).sum())
             notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "

@@ -42,46 +42,18 @@ LATTICE_TRIES = 16  # periods tried past a row's nonzeros for the j mod p colour
 
 
 class SparseHessian(NamedTuple):
-    """The sparse Hessian and how it was found (what the display states)."""
+    """The sparse Hessian and how it was found (the display words its pattern:
+    :func:`vjp_magic.render.sparse.hessian_paragraph`)."""
 
     matrix: torch.Tensor  # sparse CSR, x.numel() × x.numel() (flattened row-major)
     colours: torch.Tensor  # int64, one per entry of x: the products' indicator vectors
     count: int  # Hessian-vector products (colours)
     probes: int  # backward passes spent finding the pattern
     evidence: str = "observed"
-    kind: str = ""  # band_name(matrix), when it was known as the matrix was built
-
 
     @property
     def nnz(self) -> int:
         return int(self.matrix.col_indices().numel())
-
-    def summary(self) -> str:
-        """One sentence: "tridiagonal Hessian: 299,998 nonzeros from 3 Hessian-vector
-        products"."""
-        kind = self.kind or band_name(self.matrix)
-        products = "product" if self.count == 1 else "products"
-        how = "the pattern proved from the graph for every x" if self.evidence == "proved" \
-            else f"the pattern found at this x by {self.probes:,} probes"
-        return (f"{kind} Hessian: {self.nnz:,} nonzeros from {self.count:,} Hessian-vector "
-                f"{products} ({how}; the values checked with random probes).")
-
-
-def band_name(matrix: torch.Tensor, width: int | None = None) -> str:
-    """"Diagonal", "tridiagonal", "banded (half-width k)" or "sparse", from the nonzeros
-    (``width``: the largest |column - row|, where known)."""
-    n = matrix.shape[0]
-    col = matrix.col_indices()
-    if width is None:
-        rows = csr_rows(matrix.crow_indices())
-        width = int((rows - col).abs_().max()) if col.numel() else 0
-    if width == 0:
-        return "Diagonal"
-    if width == 1:
-        return "Tridiagonal"
-    if width <= 8 and col.numel() > 0.5 * n * (2 * width + 1):
-        return f"Banded (half-width {width})"
-    return f"Sparse ({col.numel() / max(n, 1):.1f} nonzeros a row)"
 
 
 def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
@@ -131,9 +103,7 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     rows = rows.to(x.device)
     if not checked(flat, x, matrix, seed, budget, draws, rows):
         return None
-    width = None if offsets is None else int(np.abs(offsets).max())  # (flat offsets)
-    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence,
-                         band_name(matrix, width))
+    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence)
 
 
 def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | None:

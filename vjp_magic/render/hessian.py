@@ -18,6 +18,7 @@ from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .matrix import Block, multi_index, summary_indices, tensor_block
 from .numbers import plural
 from .sections import as_computed, formula, output_note, shapes
+from .sparse import hessian_paragraph
 
 SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
 _LETTERS = "ijlmn"
@@ -30,6 +31,8 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
         blocks: list = [headline(h, name)]
         if not (item.unused or item.constant):
             blocks.extend(hessian_formulas(h, name, options))
+        if getattr(item, "sparse", None) is not None and item.sparse.count:
+            blocks.append(hessian_paragraph(h, name))  # its pattern, worded by .sparse
         sections.append(Section(tuple(blocks)))
     notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
     if len(h.inputs) > 1:

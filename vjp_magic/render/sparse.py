@@ -41,7 +41,7 @@ SAMPLE = 4096  # entries a candidate closed form of the colours is tried on firs
 MAX_FORMS = 64  # candidate closed forms tried on a grid
 EXACT_NNZ = 1 << 17  # patterns up to this many nonzeros are read whole
 EDGE_ROWS, MIDDLE_ROWS = 1024, 2048  # else these rows: at each end, and spread between
-_CACHE: dict = {}  # id(sparse) → (weakref to it, Layout)
+_CACHE: dict = {}  # ids of (matrix, colours) → (weakrefs to them, Layout)
 
 
 def sparse_of(result, name: str):
@@ -82,14 +82,14 @@ class Layout:
 
 def layout_of(sparse, out_shape, in_shape) -> Layout:
     """The :class:`Layout` of ``sparse`` (computed once per result)."""
-    key = id(sparse)
+    key = (id(sparse.matrix), id(sparse.colours))  # tensors (a NamedTuple has no weakref)
     cached = _CACHE.get(key)
-    if cached is not None and cached[0]() is sparse:
-        return cached[1]
+    if cached is not None and cached[0]() is sparse.matrix and cached[1]() is sparse.colours:
+        return cached[2]
     found = _analysed(sparse, tuple(out_shape), tuple(in_shape))
-    for stale in [k for k, (ref, _) in _CACHE.items() if ref() is None]:
+    for stale in [k for k, (mat, cols, _) in _CACHE.items() if mat() is None or cols() is None]:
         del _CACHE[stale]
-    _CACHE[key] = (weakref.ref(sparse), found)
+    _CACHE[key] = (weakref.ref(sparse.matrix), weakref.ref(sparse.colours), found)
     return found
 
 
@@ -360,6 +360,26 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
                       + (f", at most {found.per_row:,} a row. " if found.kind != "sparse"
                          else ". ")))
     return Paragraph(tuple(spans + evidence_words(sparse, name)))
+
+
+def hessian_paragraph(h, name: str) -> Paragraph:
+    """A sparse Hessian's pattern in the same words as a Jacobian's (:func:`_kind_words`: a
+    row and a column per entry of x), its nonzeros, the products and how it is known: "The
+    Hessian is tridiagonal: 299,998 nonzeros from 3 Hessian-vector products (…)"."""
+    sparse = sparse_of(h, name)
+    shape = tuple(h.inputs[name].tensor.shape)
+    found = layout_of(sparse, shape, shape)
+    x = notation.prose_name(name)
+    products = "product" if sparse.count == 1 else "products"
+    how = [Text("the pattern proved from the graph for every "), x] \
+        if str(sparse.evidence) == "proved" else \
+        [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
+    sampled = [] if found.sampled is None else [Text(
+        f"; its shape read off {found.sampled:,} rows: the edges and rows spread between")]
+    return Paragraph(tuple(
+        [Text(f"The Hessian is {_kind_words(found, math.prod(shape))}: "
+              f"{sparse.nnz:,} nonzeros from {sparse.count:,} Hessian-vector {products} (")]
+        + how + [Text("; the values checked with random probes")] + sampled + [Text(").")]))
 
 
 def _form_text(form: Form, letters) -> str:
