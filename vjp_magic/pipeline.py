@@ -77,8 +77,9 @@ def pipeline(subject: Subject, request: Request,
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    graph = analysed_graph(subject.record, inputs, output, subject.namespace)  # hook-free
-    given = _per_sample(subject, inputs, output, request, features)
+    capture = _per_sample_capture(subject, inputs, output, request, features)
+    graph = analysed_graph(subject.record, inputs, output, subject.namespace, capture)  # hook-free
+    given = _per_sample(subject, inputs, output, request, features, graph)
     result = graph.restore(_derivatives(graph, output_name, request, given), output, inputs)
     added = gather(features, result, request, subject)
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
@@ -358,16 +359,35 @@ def _derivatives(graph: AnalysedGraph, output_name: str, request: Request,
 
 
 def _per_sample(subject: Subject, inputs: dict, output, request: Request,
-                features: Sequence[Feature]) -> dict | None:
+                features: Sequence[Feature], graph: AnalysedGraph | None = None) -> dict | None:
     """Per-sample gradients vectorised over the replayed cell, where the record allows it
-    and is replayed anyway (the analysis uses them only if its probe agrees)."""
-    replayed = request.wrt or any(f.replays_record and is_wanted(f, request) for f in features)
-    if subject.record is None or request.order != 1 or request.full or not replayed \
-            or output.numel() < PER_SAMPLE_FROM:  # a few backward passes cost less
+    and is replayed anyway (the analysis uses them only if its probe agrees); ``graph``:
+    the analysed graph, replayed with :func:`_per_sample_capture`'s interpreter."""
+    if not _wants_per_sample(subject, output, request, features):
         return None
     from .run.persample import per_sample_given
 
-    return per_sample_given(subject.record, inputs, output, request.memory_budget)
+    given = per_sample_given(subject.record, inputs, output, request.memory_budget, graph=graph)
+    if graph is not None:
+        graph.interpreter = None  # the layer outputs it kept are not needed any more
+    return given
+
+
+def _per_sample_capture(subject: Subject, inputs: dict, output, request: Request,
+                        features: Sequence[Feature]):
+    """What the analysed graph's replay keeps for the per-sample rules (None: nothing)."""
+    if not _wants_per_sample(subject, output, request, features):
+        return None
+    from .run.persample import rules_capture
+
+    return rules_capture(inputs, output)
+
+
+def _wants_per_sample(subject: Subject, output, request: Request,
+                      features: Sequence[Feature]) -> bool:
+    replayed = request.wrt or any(f.replays_record and is_wanted(f, request) for f in features)
+    return not (subject.record is None or request.order != 1 or request.full or not replayed
+                or output.numel() < PER_SAMPLE_FROM)  # a few backward passes cost less
 
 
 def _graph_error(error: RuntimeError, output_name: str, inputs,

@@ -57,12 +57,34 @@ def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) 
     capture = _Capturing(replay.steps, uses)
     with torch.enable_grad():
         value = capture.run(env)[replay.output_id]
-    if not close(value.detach(), output.detach()) or not capture.unchanged():
+    return captured_gradients(capture, value, params, output)
+
+
+def rules_interpreter(params: dict, batch: int):
+    """replay -> an interpreter for :meth:`.replay.Replay.run` that keeps the rule steps'
+    arguments and results while computing exactly the plain values (no attention rule: it
+    computes its own way), or None where some parameter has no such rule; for
+    :func:`captured_gradients` on another's replay of the batch (the analysed graph's)."""
+    def interpreter(replay):
+        uses = rule_uses(replay, params, batch)
+        if uses is None or any(use.kind == _ATTENTION for use in uses.values()):
+            return None
+        return _Capturing(replay.steps, uses)
+    return interpreter
+
+
+def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch.Tensor,
+                       keep_graph: bool = False) -> dict | None:
+    """:func:`per_sample_by_rules` from a replay already run by ``capture`` (a
+    :func:`rules_interpreter`'s) to ``value`` on leaves standing for ``params``;
+    ``keep_graph``: ``value``'s graph outlives the passes (another differentiates it)."""
+    if not isinstance(capture, _Capturing) or not close(value.detach(), output.detach()) \
+            or not capture.unchanged():
         return None
     found = [(use, args, result) for use, args, result in capture.found
              if result.requires_grad]
     outs = [(result, use.axis) for use, _, result in found]
-    grads = _output_gradients(value, outs)
+    grads = _output_gradients(value, outs, keep_graph)
     if grads is None:
         return None
     return _summed(params, output.shape[0],
@@ -237,7 +259,7 @@ class _Capturing(Interpreter):
         return all(r._version == v for (_, _, r), v in zip(self.found, self.versions))
 
 
-def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
+def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False) -> list | None:
     """The gradient of the summed losses at each output (``outs``: (tensor, batch axis)),
     checked to be per-sample for every pair of samples: with the losses weighted by ±2^k
     (:func:`check_weights`: any two samples get different weights in at least one pass),
@@ -254,7 +276,8 @@ def _output_gradients(value: torch.Tensor, outs: list) -> list | None:
     grads = None
     for index, weights in enumerate(passes):
         found = torch.autograd.grad(value, tensors, weights.reshape(shape).expand_as(value),
-                                    retain_graph=index + 1 < len(passes), allow_unused=True)
+                                    retain_graph=keep_graph or index + 1 < len(passes),
+                                    allow_unused=True)
         found = [torch.zeros_like(out) if g is None else g for out, g in zip(tensors, found)]
         if grads is None:
             grads = found
@@ -411,4 +434,5 @@ def _padded(source: torch.Tensor, padding, kernel: tuple, dilation: tuple, dims:
     return F.pad(source, pads)
 
 
-__all__ = ["PerSampleGradients", "per_sample_by_rules", "rule_uses"]
+__all__ = ["PerSampleGradients", "captured_gradients", "per_sample_by_rules", "rule_uses",
+           "rules_interpreter"]

@@ -34,6 +34,7 @@ class AnalysedGraph:
     reason: str | None = None
     hooks: list = field(default_factory=list)  # gradient hooks on the way, named (notes)
     inputs_changed: bool = False  # an input was changed in place after the cell used it
+    interpreter: object = None  # what ran the replay where a caller asked for its own
 
     def restore(self, result, user_output, user_inputs: dict):
         """``result`` (of the analysis on this graph) holding the user's tensors again, with
@@ -62,10 +63,14 @@ class AnalysedGraph:
         return found
 
 
-def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGraph:
+def analysed_graph(record, inputs: dict, output, namespace=None,
+                   interpreter=None) -> AnalysedGraph:
     """A hook-free copy of ``output``'s graph rebuilt from ``record`` on fresh leaves for
     ``inputs`` (name → tensor); the user's own graph where that cannot be done faithfully.
-    ``namespace`` names the hooked tensors the notes mention."""
+    ``namespace`` names the hooked tensors the notes mention. ``interpreter``: replay ->
+    an :class:`~.steps.Interpreter` computing the same values that keeps what its caller
+    needs from this one replay (the per-layer rules' layer outputs), or None (a plain one);
+    it is the graph's ``interpreter``."""
     hooks = gradient_hooks(record, inputs, output, namespace or {})
     if record is None or not isinstance(output, torch.Tensor) or output.grad_fn is None:
         return AnalysedGraph(output, inputs, hooks=hooks)
@@ -73,8 +78,9 @@ def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGrap
         _refuse_nested(inputs)
         fresh = {name: _fresh_leaf(t) for name, t in inputs.items()}
         replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
+        runner = interpreter(replay) if interpreter is not None else None
         with torch.enable_grad():
-            value = replay.run(fresh)
+            value = replay.run(fresh, interpreter=runner)
     except NotReplayable as error:
         reason = str(error)
         if isinstance(error, NotReached):  # the operations read give no other cause
@@ -88,7 +94,7 @@ def analysed_graph(record, inputs: dict, output, namespace=None) -> AnalysedGrap
             or value.dtype != output.dtype or not _same(value.detach(), output.detach()):
         return AnalysedGraph(output, inputs, hooks=hooks, reason="a replay of its operations "
                              "gave other values (state the record does not show)")
-    return AnalysedGraph(value, fresh, replayed=True, hooks=hooks)
+    return AnalysedGraph(value, fresh, replayed=True, hooks=hooks, interpreter=runner)
 
 
 def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:

@@ -18,21 +18,24 @@ import torch
 
 from ..core import memory
 from ..core.given import GivenJacobian
-from .expanded import PerSampleGradients, per_sample_by_rules
+from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
+                       rules_interpreter)
 from .record import tensors_in
 from .replay import Replay, close, replayable
 
 _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
 
-def per_sample_jacobians(record, inputs: dict, output,
-                         memory_budget: float | None = None) -> dict | None:
+def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | None = None,
+                         graph=None) -> dict | None:
     """``{name: J}`` with ``J`` of shape ``output.shape + input.shape`` (row b: the gradient
     of sample b's loss), or None where the case does not apply, the Jacobians would not fit
     ``memory_budget`` (bytes or a fraction of free memory, as the analysis reads it), or
     the replay cannot be vectorised faithfully. By the per-layer rules, the dict's
     ``magnitudes`` holds, for a parameter whose entries sum terms (a bias over positions),
-    the sums of those terms' absolute values, shaped like its Jacobian."""
+    the sums of those terms' absolute values, shaped like its Jacobian. ``graph``: the
+    analysed graph (:func:`.hookfree.analysed_graph`), replayed with :func:`rules_capture`'s
+    interpreter: the rules read its replay instead of running one of their own."""
     if not _per_sample_shape(output) or not inputs or record is None \
             or getattr(record, "failed", None) is not None:
         return None
@@ -41,6 +44,23 @@ def per_sample_jacobians(record, inputs: dict, output,
     need = output.numel() * sum(t.numel() * t.element_size() for t in inputs.values())
     if 2 * need > memory.resolve_budget(memory_budget, output.device):
         return None  # the analysis says so clearly, or finds a cheaper way
+    shared = _shared(graph, output.shape[0])
+    grads = None if shared is None else captured_gradients(
+        shared, graph.output, graph.inputs, output, keep_graph=True)
+    if grads is None:
+        grads = _replayed(record, inputs, output, rules=shared is None)
+    if grads is None:
+        return None
+    shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
+    magnitudes = getattr(grads, "magnitudes", {})
+    return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
+                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
+                              separated=getattr(grads, "separated", False))
+
+
+def _replayed(record, inputs: dict, output, rules: bool = True) -> dict | None:
+    """The per-sample gradients from a replay of the per-layer rules' own (``rules``) or
+    vmap's; None where it cannot be built or vectorised faithfully."""
     try:  # the replay's values are compared with the output below: no separate check
         replay, data = sample_data(record, inputs, output)
     except Exception:  # noqa: BLE001 - never break the cell for a faster path
@@ -53,24 +73,40 @@ def per_sample_jacobians(record, inputs: dict, output,
     devices = [output.device.index or 0] if output.is_cuda else []
     try:  # the global RNG as a plain run leaves it, whatever the replay draws
         with torch.random.fork_rng(devices=devices):
-            grads = _computed(replay, inputs, data, samples, output)
+            return _computed(replay, inputs, data, samples, output, rules)
     except Exception:  # noqa: BLE001 - an op vmap cannot batch, data-dependent shapes …
         return None
-    if grads is None:
+
+
+def rules_capture(inputs: dict, output):
+    """The interpreter factory to hand :func:`.hookfree.analysed_graph` so that the rules
+    read its replay (:func:`.expanded.rules_interpreter`), or None where they would not."""
+    if not _per_sample_shape(output) or not inputs or not all(
+            isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad
+            for t in inputs.values()):
         return None
-    shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
-    magnitudes = getattr(grads, "magnitudes", {})
-    return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
-                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
-                              separated=getattr(grads, "separated", False))
+    return rules_interpreter(inputs, output.shape[0])
 
 
-def per_sample_given(record, inputs: dict, output,
-                     memory_budget: float | None = None) -> dict | None:
+def _shared(graph, batch: int):
+    """The analysed graph's capturing interpreter, where its replay kept the rule steps and
+    reads per-sample data (a constant with the batch on axis 0, as :func:`_replayed` asks)."""
+    capture = getattr(graph, "interpreter", None) if getattr(graph, "replayed", False) else None
+    if capture is None:
+        return None
+    inputs = {id(t) for t in graph.inputs.values()}
+    if not any(key not in inputs and value.dim() and value.shape[0] == batch
+               for step in capture.steps for key, value in step.consts.items()):
+        return None
+    return capture
+
+
+def per_sample_given(record, inputs: dict, output, memory_budget: float | None = None,
+                     graph=None) -> dict | None:
     """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
     :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
     that may cancel; whether the rules checked every pair of samples apart)."""
-    found = per_sample_jacobians(record, inputs, output, memory_budget)
+    found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph)
     if found is None:
         return None
     magnitudes = getattr(found, "magnitudes", {})
@@ -79,11 +115,13 @@ def per_sample_given(record, inputs: dict, output,
             for name, j in found.items()}
 
 
-def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output) -> dict | None:
+def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
+              rules: bool = True) -> dict | None:
     """By the per-layer rules (one batched replay, two backward passes) where every input
-    has one, else by vmap over samples of the batch-of-one replay (None where its values
-    differ from the output: the samples are not independent)."""
-    grads = per_sample_by_rules(replay, inputs, data, output)
+    has one (and ``rules``: not already tried on the analysed graph's replay), else by vmap
+    over samples of the batch-of-one replay (None where its values differ from the output:
+    the samples are not independent)."""
+    grads = per_sample_by_rules(replay, inputs, data, output) if rules else None
     if grads is not None:
         return grads
     one = batch_of_one(replay, output.shape[0])
@@ -196,4 +234,5 @@ def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
     return grads, values.reshape((-1,) + rest)
 
 
-__all__ = ["batch_of_one", "per_sample_constants", "per_sample_given", "per_sample_jacobians"]
+__all__ = ["batch_of_one", "per_sample_constants", "per_sample_given", "per_sample_jacobians",
+           "rules_capture"]

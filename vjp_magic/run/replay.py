@@ -44,13 +44,15 @@ class Replay:
     def __call__(self, **tensors) -> torch.Tensor:
         return self.run(tensors)
 
-    def run(self, tensors: dict, overrides: dict | None = None) -> torch.Tensor:
+    def run(self, tensors: dict, overrides: dict | None = None,
+            interpreter: Interpreter | None = None) -> torch.Tensor:
         """The output for input values ``tensors`` (by name); ``overrides`` replaces
-        constants by the id of the recorded tensor (e.g. one sample of a batch)."""
+        constants by the id of the recorded tensor (e.g. one sample of a batch);
+        ``interpreter``: one over these steps that also keeps what it needs (else a plain one)."""
         env = dict(overrides or {})
         for name, key in self.names.items():
             env[key] = self._cast(tensors[name])
-        return Interpreter(self.steps).run(env)[self.output_id]
+        return (interpreter or Interpreter(self.steps)).run(env)[self.output_id]
 
     def with_dtype(self, dtype: torch.dtype) -> Replay:
         """The same replay computing in ``dtype`` (e.g. float64 for finite differences)."""
