@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.sparse_layout import nonzero_positions
+from ..core.sparse_layout import csr_block, nonzero_positions
 from . import notation
 from .codegen import derivative_name, expression, fresh, identifiers, output_symbol
 from .findings import structure_findings
@@ -565,7 +565,7 @@ def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
     x_label = notation.entry_label(name, shape) if shape else None
 
     def entries(r, c):
-        return _lookup(matrix, r, cols[c.cpu()][None, :].expand(len(r), -1))
+        return csr_block(matrix, r, cols[c.cpu()])  # the same columns in every row
 
     def column(k: int) -> Entry:
         return x_label(int(cols[k])) if x_label else Entry(notation.name_tex(name), name)
