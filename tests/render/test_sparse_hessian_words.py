@@ -77,3 +77,17 @@ def test_observed_pattern_says_how_it_was_found(dtype):
     assert "The Hessian is banded (-2 to 2 about the diagonal)" in text
     assert ("the pattern proved from the graph" in text) or ("the pattern found at this x by"
                                                               in text)
+
+
+def test_every_spelling_of_the_sentence_is_safe():
+    from vjp_magic.render import latex, markdown
+
+    x_1 = torch.randn(3000, dtype=torch.float64, requires_grad=True)
+    h = vjp_magic.hessian(rosenbrock(x_1), x_1, ["x_1"])
+    bundle = h._repr_mimebundle_()
+    said = " ".join(bundle["text/markdown"].split())
+    assert "The Hessian is tridiagonal: 8,998 nonzeros" in said
+    assert "the pattern proved from the graph for every $x_{1}$;" in said  # the cell's name
+    for tex in markdown.maths(bundle["text/markdown"]):
+        assert latex.tex_problems(tex) == [], tex
+    assert "The Hessian is tridiagonal" in latex.render(h.view.document(h))
