@@ -16,7 +16,7 @@ from . import axisflow, memory, structure, validation
 from . import given as given_jacobians
 from .candidates import Candidate, candidates
 from .compressed import SparseChoice
-from .derivatives import forward_jacobian
+from .derivatives import forward_jacobian, pass_key, remember_seconds
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
 from .result import InputResult, VJPResult
@@ -90,6 +90,7 @@ def differentiate(
     if rest:
         with context.sparse.on_refusal():  # says what a sparse Jacobian would need
             accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))
+    remember_seconds(pass_key(output, named.values(), workspace), probes.seconds)
     result = _result(context, named, proofs, accepted)
     if not keep_graph:
         result.release_graph()

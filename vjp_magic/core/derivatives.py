@@ -143,6 +143,30 @@ CHUNK_SECONDS = 0.2
 FIRST_CHUNK = 16
 
 
+_pass_seconds: dict[tuple, float] = {}  # a graph's fingerprint → one plain backward's time
+
+
+def pass_key(output: torch.Tensor, inputs: Sequence[torch.Tensor], workspace: int) -> tuple:
+    """A graph's fingerprint for :func:`remembered_seconds`: the output's node, shape, dtype
+    and device, the inputs' shapes, and the bytes of the graph's tensors."""
+    return (type(output.grad_fn).__name__, tuple(output.shape), output.dtype,
+            str(output.device), tuple(tuple(t.shape) for t in inputs), workspace)
+
+
+def remembered_seconds(key: tuple) -> float | None:
+    """How long one plain backward took on the last analysed graph with this fingerprint
+    (:func:`pass_key`), else None: a re-run cell's first batched chunk is sized by it
+    without a plain pass made only to time it. (It sizes chunks only, never a result.)"""
+    return _pass_seconds.get(key)
+
+
+def remember_seconds(key: tuple, seconds: float | None) -> None:
+    if seconds is not None:
+        if len(_pass_seconds) >= 64:
+            _pass_seconds.clear()
+        _pass_seconds[key] = seconds
+
+
 def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int,
                workspace: int = 0) -> int:
     """How many gradient arguments one batched backward may take within ``budget`` bytes.

@@ -6,8 +6,9 @@ Autograd runs a tensor's retains-grad hook on every backward pass through its no
 vmap BatchedTensor there, on which the user's next backward raises). PyTorch lists no such
 tensors, so :func:`grads_kept` looks for them where they can be found cheaply: the output,
 the locals and module globals of the frames on the stack (and the lists, tuples, dicts, sets
-and ``nn.Module`` attributes in them, a few levels deep), and the young generations of the
-garbage collector (tensors made recently), and a weak registry of every tensor marked with
+and ``nn.Module`` attributes in them, a few levels deep), the young generations of the
+garbage collector (tensors made recently: only until the collector has aged every object made
+before the import), and a weak registry of every tensor marked with
 ``retain_grad()`` since vjp_magic was imported (``Tensor.retain_grad`` is wrapped, with the
 same behaviour, to note it: so one kept by an old object no scan reaches, a dict in another
 module or a closure, is found too); each found on the output's graph has its
@@ -130,8 +131,23 @@ def _tensors(objects: list) -> list:
     return list(itertools.compress(objects, map(tensor_types.__contains__, kinds)))
 
 
+def _older_collections() -> int:
+    """How many collections of the older generations (1 and 2) the garbage collector made."""
+    return sum(stats.get("collections", 0) for stats in gc.get_stats()[1:])
+
+
+# Once the collector has collected generation 1 or 2 after vjp_magic's import, every object
+# made before it is old (a collection of generation i moves its survivors and all younger
+# ones to generation i + 1, CPython up to 3.13): a young tensor was made since, and if marked,
+# marked through the wrapped ``retain_grad`` (:data:`_REGISTERED` has it).
+_OLD_AT = _older_collections() if sys.version_info < (3, 14) else None
+
+
 def _young() -> list:
-    """The tensors among the young generations of the garbage collector."""
+    """The tensors among the young generations of the garbage collector (none to look at
+    where every object made before the import is old: see :data:`_OLD_AT`)."""
+    if _OLD_AT is not None and _older_collections() > _OLD_AT:
+        return []
     return _tensors(gc.get_objects(0) + gc.get_objects(1))
 
 

@@ -17,7 +17,7 @@ import torch
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
-                          plain_components)
+                          pass_key, plain_components, remembered_seconds)
 from .probes import Probes, probe_agrees
 from .torch_api import TorchError, torch_error
 
@@ -42,13 +42,17 @@ class Context:
 
     def vjps(self, tensors, point_out, batched=None):
         """One VJP per component (see :func:`component_vjps`); a batched run starts with a
-        chunk sized by how long one plain backward takes (the probe's, if it ran already;
-        else the first chunk is one plain pass, timed), so even its first chunk is short."""
+        chunk sized by how long one plain backward takes (the probe's, if it ran already, or
+        on the last run of the same graph, :func:`remembered_seconds`; else the first chunk is
+        one plain pass, timed), so even its first chunk is short."""
         batched = self.batched if batched is None else batched
         count = math.prod(n for a, n in enumerate(self.output.shape) if a not in point_out)
         first = None
         if batched and count > LOOP_COMPONENTS:
             seconds = self.probes.seconds  # no probe made only to time it: one pass less
+            if seconds is None:
+                seconds = remembered_seconds(pass_key(self.output, self.probes.named.values(),
+                                                      self.workspace))
             first = 1 if seconds is None else max(1, int(CHUNK_SECONDS / max(seconds, 1e-6)))
         return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
                               max_chunk=self.max_chunk, workspace=self.workspace, first=first)
