@@ -302,48 +302,81 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
 
 def _value_answers(fresh: SetProber, sets: torch.Tensor, colour: torch.Tensor):
     """:meth:`SetProber.projections` of ``sets``, one set per colour, and one set per colour
-    again with each output index's slice weighted by a random βᵢ (±(1..2)): (values,
-    magnitudes, non-zeros, β)."""
+    again for each weighting of :func:`_weightings` (each output index's slice weighted by its
+    βᵢ): (values, magnitudes, non-zeros, β as weightings × m)."""
     m = len(colour)
-    generator = probe_generator(fresh.seed, "dependency-weights")
-    beta = torch.rand(m, generator=generator, dtype=torch.float64) + 1
-    beta = torch.where(torch.rand(m, generator=generator) < 0.5, -beta, beta)
+    beta = _weightings(colour, probe_generator(fresh.seed, "dependency-weights"))
     count = int(colour.max()) + 1 if m else 0
     colours = (colour[None, :] == torch.arange(count)[:, None]).double()
-    weights = torch.cat([sets.double(), colours, colours * beta[None, :]])
+    weights = torch.cat([sets.double(), colours, *(colours * b[None, :] for b in beta)])
     features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
+    generator = probe_generator(fresh.seed, "dependency-features")
     u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
     value, size, hit, bad = fresh.projections(weights, u)
     fresh.unknown |= bad.any(0)
     return value, size, hit, beta
 
 
+DIGITS = 16  # a grid weighting per base-16 digit of an output index's rank in its colour
+
+
+def _weightings(colour: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(1 + d) × m weights βᵢ, each ±(1..2): one drawn at random (no relation among several
+    hidden readers cancels in it), then one per base-16 digit of each output index's rank
+    (random) among its colour's d ≥ log₁₆ of the largest colour: two members of one colour
+    differ in some digit, so in some weighting by ≥ 1/15 (a guaranteed gap; random weights
+    alone put two within 0.007 in one colour of 100 with chance ~1/2, and the check then
+    misses a term 100× its tolerance)."""
+    m = len(colour)
+    beta = torch.rand(m, generator=generator, dtype=torch.float64) + 1
+    rows = [torch.where(torch.rand(m, generator=generator) < 0.5, -beta, beta)]
+    if m:
+        key = colour.long() * m + torch.randperm(m, generator=generator)
+        order = torch.argsort(key)
+        sizes = torch.bincount(colour.long())
+        rank = torch.empty(m, dtype=torch.long)
+        rank[order] = torch.arange(m) - (torch.cumsum(sizes, 0) - sizes)[colour[order].long()]
+        place = 1
+        while place < int(sizes.max()):
+            grid = 1 + ((rank // place) % DIGITS).double() / (DIGITS - 1)
+            sign = torch.rand(m, generator=generator) < 0.5
+            rows.append(torch.where(sign, -grid, grid))
+            place *= DIGITS
+    return torch.stack(rows)
+
+
 VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the colour's own terms
+# A hidden term at least this many epsilons of the colour's terms is always caught (the grid
+# weightings' gap 1/15 times the tolerance)
+RESOLUTION = VALUE_TOLERANCE * (DIGITS - 1)
 
 
 def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
-    """(n,) bool: the input indices j where the pattern's claim fails, from two probes per
+    """(n,) bool: the input indices j where the pattern's claim fails, from probes per
     colour (output indices of a colour claim disjoint input indices, so each answer at j is
     the term tᵢ = vᵢᵀJᵢⱼ of the one claimed reader i of its colour, plus whatever hides
-    there), the second with each slice weighted by βᵢ: it must answer βᵢ·(the first). A
-    colour with no claimed reader answering at j, or a claimed reader's colour answering
-    exactly 0 (a phantom), fails exactly; a hidden reader h beside a claimed one i adds
-    (β_h − β_i)·t_h, which fails beyond :data:`VALUE_TOLERANCE` relative to the magnitudes
-    of that colour's own terms at j (a term that small beside them: a precision limit).
-    ``claims``: (output, input) indices of the claimed dependences; ``value``, ``size``,
-    ``hit``: projections, magnitudes, non-zeros, the plain colours then the weighted."""
-    (count, n), (r, c) = (len(value) // 2, value.shape[1]), claims
+    there), the others with each slice weighted by βᵢ (a row of ``beta`` each): each must
+    answer βᵢ·(the first). A colour with no claimed reader answering at j, or a claimed
+    reader's colour answering exactly 0 (a phantom), fails exactly; a hidden reader h beside
+    a claimed one i adds (β_h − β_i)·t_h, which fails beyond :data:`VALUE_TOLERANCE` relative
+    to the magnitudes of that colour's own terms at j: in some weighting |β_h − β_i| ≥ 1/15,
+    so any |t_h| over :data:`RESOLUTION` epsilons of them is caught. ``value``, ``size``,
+    ``hit``: projections, magnitudes, non-zeros, the plain colours then each weighting's."""
+    (count, n), (r, c) = (value.shape[0] // (1 + len(beta)), value.shape[1]), claims
     claimed = torch.zeros(count, n, dtype=torch.bool)
     claimed[colour[r], c] = True
-    coefficient = torch.zeros(count, n, dtype=torch.float64)
-    coefficient[colour[r], c] = beta[r]
-    plain, weighted = value[:count], value[count:]
-    wrong = ((hit[:count] | hit[count:]) & ~claimed).any(0)  # a reader where none is claimed
+    plain = value[:count]
+    wrong = (hit.reshape(-1, count, n).any(0) & ~claimed).any(0)  # a reader, none claimed
     wrong[c[~hit[colour[r], c]]] = True  # a claimed reader whose colour answers 0
-    scale = size[count:] + coefficient.abs() * size[:count]
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
-    off = (weighted - coefficient * plain).abs() > VALUE_TOLERANCE * eps * scale
-    return wrong | (off & claimed).any(0)
+    for k, b in enumerate(beta, start=1):
+        coefficient = torch.zeros(count, n, dtype=torch.float64)
+        coefficient[colour[r], c] = b[r]
+        weighted = value[k * count:(k + 1) * count]
+        scale = size[k * count:(k + 1) * count] + coefficient.abs() * size[:count]
+        off = (weighted - coefficient * plain).abs() > VALUE_TOLERANCE * eps * scale
+        wrong |= (off & claimed).any(0)
+    return wrong
 
 
 def exact_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
