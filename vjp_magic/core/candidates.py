@@ -48,11 +48,13 @@ def with_proposal(candidates: list[Candidate], pairing, position: int = 0) -> li
 
 def _rows(output, read_row, seed: int) -> list[tuple[tuple, torch.Tensor]]:
     """(output multi-index, nonzero input multi-indices) for a few rows of the Jacobian, at
-    output entries drawn from the run's ``seed``."""
+    output entries drawn from the run's ``seed``; a reader with a ``nonzero`` method (a
+    sparse Jacobian's) gives those indices without a dense row."""
     rows, strides = [], structure.row_major_strides(output.shape)
+    nonzero = getattr(read_row, "nonzero", None)
     for index in structure.row_indices(tuple(output.shape), seed):
         flat = sum(i * stride for i, stride in zip(index, strides))
-        rows.append((index, read_row(flat).nonzero()))
+        rows.append((index, read_row(flat).nonzero() if nonzero is None else nonzero(flat)))
     return rows
 
 

@@ -205,7 +205,7 @@ class SparseChoice:
         if pattern is None:
             return None
         self._early[name] = found = self._attempt(name, tensor, pattern)
-        return None if found.sparse is None else _row_reader(found.sparse.matrix, tensor.shape)
+        return None if found.sparse is None else _RowReader(found.sparse.matrix, tensor.shape)
 
     def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
         known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
@@ -282,16 +282,33 @@ class SparseChoice:
         return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
 
 
-def _row_reader(matrix: torch.Tensor, shape):
-    """Row ``flat`` of the CSR ``matrix``, dense and shaped like the input (``shape``)."""
-    crow, col, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+class _RowReader:
+    """Row ``flat`` of the CSR ``matrix``, dense and shaped like the input (``shape``), or
+    (:meth:`nonzero`) only its nonzeros' multi-indices, as ``row.nonzero()`` gives them,
+    read off the row's own entries (no dense row of x.numel() entries to fill and scan)."""
 
-    def read(flat: int) -> torch.Tensor:
-        start, stop = int(crow[flat]), int(crow[flat + 1])
-        row = values.new_zeros(matrix.shape[1])
-        row[col[start:stop]] = values[start:stop]
-        return row.reshape(shape)
-    return read
+    def __init__(self, matrix: torch.Tensor, shape):
+        self.crow, self.col = matrix.crow_indices(), matrix.col_indices()
+        self.values, self.n, self.shape = matrix.values(), matrix.shape[1], tuple(shape)
+
+    def _entries(self, flat: int):
+        start, stop = int(self.crow[flat]), int(self.crow[flat + 1])
+        return self.col[start:stop], self.values[start:stop]
+
+    def __call__(self, flat: int) -> torch.Tensor:
+        col, values = self._entries(flat)
+        row = self.values.new_zeros(self.n)
+        row[col] = values
+        return row.reshape(self.shape)
+
+    def nonzero(self, flat: int) -> torch.Tensor:
+        col, values = self._entries(flat)
+        col = col[values != 0].long()  # columns ascending: row-major order, as nonzero()
+        if len(self.shape) == 1:
+            return col[:, None]
+        if not self.shape:
+            return col.new_zeros(col.numel(), 0)
+        return torch.stack(torch.unravel_index(col, self.shape), 1)
 
 
 TOO_DENSE = "a row of the Jacobian reads too many entries"
@@ -336,12 +353,12 @@ class Passes(NamedTuple):
 
 def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int) -> Passes:
     """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour (its
-    flat index c_i·n + j computed in place from the colours repeated along the rows)."""
+    flat index c_i·n + j: c_i·n on the m rows, repeated along them, plus j; one array of
+    nnz entries in all, each fresh one costs its page faults)."""
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
     values = _passes(flat, x, colours.to(flat.device), count, budget)
-    at = np.repeat(colours.cpu().numpy(), np.diff(pattern.crow.numpy()))
-    at *= x.numel()
+    at = np.repeat(colours.cpu().numpy() * x.numel(), np.diff(pattern.crow.numpy()))
     at += pattern.col.numpy()
     at = torch.from_numpy(at).to(values.device)
     held = torch.index_select(values.reshape(-1), 0, at)
@@ -356,7 +373,11 @@ def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int
 
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
     """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour."""
-    def vector(c):
+    on_cpu = colours.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS
+
+    def vector(c):  # numpy's == and astype: about 5x torch's on the CPU
+        if on_cpu:
+            return torch.from_numpy((colours.numpy() == c).astype(_NUMPY_FLOATS[flat.dtype]))
         return (colours == c).to(flat.dtype)
 
     if count <= LOOP_PASSES:
@@ -370,6 +391,10 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
         (g,) = vjp_batch(flat, [x], v)
         passes.append(g.detach().reshape(len(ids), -1))
     return torch.cat(passes)
+
+
+_NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32,
+                 torch.float64: np.float64}
 
 
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
