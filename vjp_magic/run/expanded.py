@@ -340,7 +340,9 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
         g = grad.movedim(use.axis, 0)
         batch = g.shape[0]
         source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
-        found = {"weight": (torch.bmm(g.transpose(1, 2), source), None),
+        outer = g.transpose(1, 2) * source if g.shape[1] == 1 else None  # one product each
+        found = {"weight": (torch.bmm(g.transpose(1, 2), source) if outer is None else outer,
+                            None),
                  "bias": _summed_terms(g, (1,))}
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)
