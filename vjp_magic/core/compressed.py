@@ -358,8 +358,10 @@ def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: in
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
     values = _passes(flat, x, colours.to(flat.device), count, budget)
-    at = np.repeat(colours.cpu().numpy() * x.numel(), np.diff(pattern.crow.numpy()))
-    at += pattern.col.numpy()
+    n, small = x.numel(), count * x.numel() < 2**31  # int32 indices: half the bytes
+    at = np.repeat((colours.cpu().numpy() * n).astype(np.int32 if small else np.int64),
+                   np.diff(pattern.crow.numpy()))
+    np.add(at, pattern.col.numpy(), out=at, casting="unsafe")
     at = torch.from_numpy(at).to(values.device)
     held = torch.index_select(values.reshape(-1), 0, at)
     return Passes(values, at, held, pattern.crow)

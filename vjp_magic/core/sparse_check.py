@@ -109,7 +109,7 @@ class _ColourProducts:
         count, n = passes.values.shape
         device = passes.values.device
         self.row = torch.full((count * n,), m, dtype=torch.int64, device=device)
-        self.row.index_copy_(0, passes.at, csr_rows(passes.crow).to(device))
+        self.row.index_copy_(0, passes.at.long(), csr_rows(passes.crow).to(device))
         self.row = self.row.reshape(count, n)  # i_c(j), or m where there is none
         self.held = torch.where(self.row < m, passes.values, 0)
         self.size = self.held.abs()
