@@ -93,11 +93,13 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     found = set()
     for i, name in enumerate(names):
         vjps = [d[i] for d in draws]
-        index = first_nonfinite(*vjps, jacobians[name])
+        judge = ScaledProbes(jacobians[name], vectors, magnitudes.get(name))
+        # vᵀD finite for a v without zeros (signed powers of two): every entry of D is
+        scan = vjps if judge.finite else vjps + [jacobians[name]]
+        index = first_nonfinite(*scan)
         if index is not None:
             probes.nonfinite.setdefault(name, index % vjps[0].numel())
             continue
-        judge = ScaledProbes(jacobians[name], vectors, magnitudes.get(name))
         if judge.mismatch(vjps) <= 1.0:
             found.add(name)
             if judge.ordinary:
