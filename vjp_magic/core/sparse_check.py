@@ -56,16 +56,17 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
 
 def _within(predicted: torch.Tensor, observed: torch.Tensor, scale: torch.Tensor,
             tolerance: float) -> bool:
-    """Each |predicted - observed| within ``tolerance``·scale (+ the dtype's tiny), by the
-    largest excess (a max, three times cheaper than a boolean comparison and all): NaN
-    anywhere propagates to it and fails; an infinite bound would pass anything: refused.
-    ``predicted`` and ``scale`` are overwritten; ``observed`` is not (a known probe's vᵀJ is
+    """Each |predicted - observed| within ``tolerance``·scale + the dtype's tiny, judged by
+    the largest excess |predicted - observed| - tolerance·scale (one max: three times
+    cheaper than a boolean comparison and all): NaN anywhere propagates to it and fails; an
+    infinite bound (tolerance < 1: an infinite scale) would pass anything: refused.
+    ``predicted`` is overwritten; ``observed`` and ``scale`` are not (a known probe's vᵀJ is
     the analysis's own, used again after the check)."""
     if not scale.numel():
         return True
-    allowed = scale.mul_(tolerance).add_(torch.finfo(scale.dtype).tiny)
-    excess = predicted.sub_(observed).abs_().sub_(allowed)
-    return bool(excess.max() <= 0) and bool(allowed.max() < math.inf)
+    excess = predicted.sub_(observed).abs_().sub_(scale, alpha=tolerance)
+    return bool(excess.max() <= torch.finfo(scale.dtype).tiny) and \
+        bool(scale.max() * tolerance < math.inf)
 
 
 def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
