@@ -90,7 +90,6 @@ def differentiate(
     if rest:
         with context.sparse.on_refusal():  # says what a sparse Jacobian would need
             accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))
-    remember_seconds(pass_key(output, named.values(), workspace), probes.seconds)
     result = _result(context, named, proofs, accepted)
     if not keep_graph:
         result.release_graph()
@@ -99,7 +98,8 @@ def differentiate(
 
 def _result(context: Context, named, proofs, accepted) -> VJPResult:
     """The result of the accepted candidates and their derivatives, with its notes."""
-    probes = context.probes
+    probes = context.probes  # its plain pass's time sizes the next run's first chunk
+    remember_seconds(pass_key(context.output, named.values(), context.workspace), probes.seconds)
     accepted = {name: (c, d if name in probes.ordinary  # known finite: no NaN to fill
                        else _nan_filled(context, named[name], c.pairing, d))
                 for name, (c, d) in accepted.items()}

@@ -29,7 +29,7 @@ import torch
 
 from . import capabilities
 from .axisrules import AxisMap, Flow, rule_for
-from .capabilities import out_metadata, out_shapes
+from .capabilities import out_metadata
 from .pairing import Pairing
 from .tagging import postorder
 
@@ -73,7 +73,8 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
     for node in postorder(output.grad_fn):
-        proof.workspace += _output_bytes(node)
+        shapes, size = _shapes_and_bytes(node)  # read once: for the workspace and the rule
+        proof.workspace += size
         if node is tensor.grad_fn:
             continue  # the input itself: what lies below it is constant
         inputs = []
@@ -87,7 +88,7 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
         reached = any(p is not None and id(p) in opaque for p, _ in node.next_functions)
         if all(flow is None for flow in inputs) and not reached:
             continue
-        outputs = None if reached else _apply_rule(node, inputs, proof, shape)
+        outputs = None if reached else _apply_rule(node, inputs, proof, shape, shapes)
         if outputs is None:
             opaque.add(id(node))
             continue
@@ -166,18 +167,24 @@ def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> 
     return proof
 
 
-def _output_bytes(node) -> int:
-    """The bytes of ``node``'s outputs (only where :func:`.capabilities.graph_shapes`)."""
+def _shapes_and_bytes(node) -> tuple[list[tuple[int, ...]] | None, int]:
+    """The shapes of ``node``'s outputs (None where one is no list of sizes: nested) and
+    their bytes (only where :func:`.capabilities.graph_shapes`)."""
+    shapes: list | None = []
     total = 0
     for meta in out_metadata(node):
         try:
-            count = 1
-            for n in meta.shape:
-                count *= int(n)
-            total += count * max(meta.dtype.itemsize, 4)
+            shape = tuple(int(n) for n in meta.shape)
         except (TypeError, RuntimeError):  # a shape that is no list of sizes (nested)
+            shapes = None
             continue
-    return total
+        count = 1
+        for n in shape:
+            count *= n
+        total += count * max(meta.dtype.itemsize, 4)
+        if shapes is not None:
+            shapes.append(shape)
+    return shapes, total
 
 
 def _normalised(flow: Flow, in_shape: tuple[int, ...]) -> Flow:
@@ -193,33 +200,34 @@ def _normalised(flow: Flow, in_shape: tuple[int, ...]) -> Flow:
 
 
 def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
-                x_shape: tuple[int, ...]) -> list[Flow | None]:
+                x_shape: tuple[int, ...], shapes) -> list[Flow | None] | None:
+    """The flows of ``node``'s outputs (``shapes``, from :func:`_shapes_and_bytes`)."""
     if isinstance(node, torch.autograd.function.BackwardCFunction):
         proof.custom.append(node.name())
-        return _unknown(node, inputs)
+        return _unknown(shapes)
     if type(node).__name__ == "AccumulateGrad":
         return []
+    if shapes is None:
+        proof.unknown.append(type(node).__name__)
+        return None
     try:
-        shapes = out_shapes(node)
         rule = rule_for(node)
         if rule is None:
             proof.unknown.append(type(node).__name__)
-            return _unknown(node, inputs)
+            return _unknown(shapes)
         flows = rule(node, inputs, shapes, x_shape)
     except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
         # a saved attribute the rule reads is missing or not as expected: claim nothing
         proof.unknown.append(type(node).__name__)
-        return _unknown(node, inputs)
+        return _unknown(shapes)
     # an output the rule does not speak for may still depend on x: it claims nothing
     return [flow if flow is not None else Flow(shape, {}, exact=False)
             for flow, shape in itertools.zip_longest(flows, shapes)][:len(shapes)]
 
 
-def _unknown(node, inputs) -> list[Flow] | None:
+def _unknown(shapes) -> list[Flow] | None:
     """Every output of a node without a rule depends on x, with no structure claimed; None
     when not even its outputs' shapes can be read (the walk then treats it as opaque)."""
-    try:
-        shapes = out_shapes(node)
-    except (TypeError, RuntimeError):  # a shape that is no list of sizes (nested)
+    if shapes is None:
         return None
     return [Flow(shape, {}, exact=False) for shape in shapes]

@@ -149,8 +149,8 @@ _pass_seconds: dict[tuple, float] = {}  # a graph's fingerprint → one plain ba
 def pass_key(output: torch.Tensor, inputs: Sequence[torch.Tensor], workspace: int) -> tuple:
     """A graph's fingerprint for :func:`remembered_seconds`: the output's node, shape, dtype
     and device, the inputs' shapes, and the bytes of the graph's tensors."""
-    return (type(output.grad_fn).__name__, tuple(output.shape), output.dtype,
-            str(output.device), tuple(tuple(t.shape) for t in inputs), workspace)
+    return (type(output.grad_fn), output.shape, output.dtype, output.device,
+            tuple(t.shape for t in inputs), workspace)
 
 
 def remembered_seconds(key: tuple) -> float | None:
