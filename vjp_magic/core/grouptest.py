@@ -150,9 +150,10 @@ class SetProber:
         return torch.cat(hits), torch.cat(unknown)
 
     def projections(self, weights: torch.Tensor, u: torch.Tensor):
-        """(k × n_out) float weights on output indices → (k × n_in) four times: the answers
-        vᵀJ projected on ``u`` (random weights over each input slice), their magnitudes
-        (|vᵀJ|·|u|), where they are non-zero, and where non-finite."""
+        """(k × n_out) float weights on output indices → the answers vᵀJ projected on the
+        columns of ``u`` (weights over each input slice: k × n_in × u's columns), their
+        magnitudes (|vᵀJ|·|u|, likewise), and (k × n_in) where they are non-zero and where
+        non-finite."""
         self._check_time(len(weights))
         parts = []
         for start in range(0, len(weights), max(1, min(self.limit, self.step))):
@@ -309,12 +310,24 @@ def _value_answers(fresh: SetProber, sets: torch.Tensor, colour: torch.Tensor):
     count = int(colour.max()) + 1 if m else 0
     colours = (colour[None, :] == torch.arange(count)[:, None]).double()
     weights = torch.cat([sets.double(), colours, *(colours * b[None, :] for b in beta)])
-    features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
-    generator = probe_generator(fresh.seed, "dependency-features")
-    u = torch.rand(features, generator=generator, dtype=torch.float64) + 1
-    value, size, hit, bad = fresh.projections(weights, u)
+    value, size, hit, bad = fresh.projections(weights, _features(fresh))
     fresh.unknown |= bad.any(0)
     return value, size, hit, beta
+
+
+FEATURES = 8  # an input slice of at most this many entries is compared entry by entry
+
+
+def _features(fresh: SetProber) -> torch.Tensor:
+    """(F × F') weights over each input slice's F entries: the identity where F is at most
+    :data:`FEATURES` (each entry's residual is judged against the whole slice's terms: one
+    random projection put a hidden term [a, −a] within δ of 0 with a chance of ~2δ), else
+    F' = FEATURES random ones in 1..2."""
+    features = fresh.x.numel() // max(fresh.x.shape[fresh.b], 1)
+    if features <= FEATURES:
+        return torch.eye(features, dtype=torch.float64)
+    generator = probe_generator(fresh.seed, "dependency-features")
+    return torch.rand(features, FEATURES, generator=generator, dtype=torch.float64) + 1
 
 
 DIGITS = 16  # a grid weighting per base-16 digit of an output index's rank in its colour
@@ -358,9 +371,10 @@ def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
     there), the others with each slice weighted by βᵢ (a row of ``beta`` each): each must
     answer βᵢ·(the first). A colour with no claimed reader answering at j, or a claimed
     reader's colour answering exactly 0 (a phantom), fails exactly; a hidden reader h beside
-    a claimed one i adds (β_h − β_i)·t_h, which fails beyond :data:`VALUE_TOLERANCE` relative
-    to the magnitudes of that colour's own terms at j: in some weighting |β_h − β_i| ≥ 1/15,
-    so any |t_h| over :data:`RESOLUTION` epsilons of them is caught. ``value``, ``size``,
+    a claimed one i adds (β_h − β_i)·t_h (an entry of x's slice j each, :func:`_features`),
+    which fails beyond :data:`VALUE_TOLERANCE` relative to that colour's own terms at j: in
+    some weighting |β_h − β_i| ≥ 1/15, so any |t_h| over :data:`RESOLUTION` epsilons of them
+    is caught. ``value``, ``size``,
     ``hit``: projections, magnitudes, non-zeros, the plain colours then each weighting's."""
     (count, n), (r, c) = (value.shape[0] // (1 + len(beta)), value.shape[1]), claims
     claimed = torch.zeros(count, n, dtype=torch.bool)
@@ -370,12 +384,13 @@ def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
     wrong[c[~hit[colour[r], c]]] = True  # a claimed reader whose colour answers 0
     eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
     for k, b in enumerate(beta, start=1):
-        coefficient = torch.zeros(count, n, dtype=torch.float64)
-        coefficient[colour[r], c] = b[r]
+        coefficient = torch.zeros(count, n, 1, dtype=torch.float64)
+        coefficient[colour[r], c] = b[r, None]
         weighted = value[k * count:(k + 1) * count]
         scale = size[k * count:(k + 1) * count] + coefficient.abs() * size[:count]
+        scale = scale.sum(2, keepdim=True)  # the slice's terms, all its entries together
         off = (weighted - coefficient * plain).abs() > VALUE_TOLERANCE * eps * scale
-        wrong |= (off & claimed).any(0)
+        wrong |= (off.any(2) & claimed).any(0)
     return wrong
 
 
