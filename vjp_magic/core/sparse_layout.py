@@ -47,10 +47,19 @@ def csr_rows(crow: torch.Tensor) -> torch.Tensor:
 
 def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
     """The 2-D CSR ``matrix`` as a coalesced sparse COO tensor of shape
-    ``out_shape + in_shape`` (its rows and columns unravelled; torch's own conversion gives
-    the 2-D indices, about twice as fast as repeating the rows and stacking)."""
+    ``out_shape + in_shape`` (its rows and columns unravelled; the 2-D indices from torch's
+    own conversion, up to :data:`NUMPY_COO_NNZ` nonzeros on the CPU, else numpy's repeat
+    of the rows stacked with the columns: 1.3x slower than torch's at 10⁵ nonzeros, 1.5x
+    faster at 3·10⁶, one thread)."""
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
-    flat = _quiet(matrix.to_sparse_coo)
+    crow = matrix.crow_indices()
+    if crow.device.type == "cpu" and matrix.col_indices().numel() >= NUMPY_COO_NNZ:
+        indices = torch.from_numpy(np.stack([csr_rows(crow).numpy(),
+                                             matrix.col_indices().long().numpy()]))
+        flat = _quiet(lambda: torch.sparse_coo_tensor(indices, matrix.values(), matrix.shape,
+                                                      is_coalesced=True))
+    else:
+        flat = _quiet(matrix.to_sparse_coo)
     indices = flat.indices()
     if len(out_shape) != 1 or len(in_shape) != 1:  # unravel (or drop) each side's index
         parts = [*_unravel(indices[0], out_shape), *_unravel(indices[1], in_shape)]
@@ -58,6 +67,9 @@ def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
     # rows ascending, columns ascending within a row: already in coalesced (row-major) order
     return _quiet(lambda: torch.sparse_coo_tensor(indices, flat.values(),
                                                   out_shape + in_shape, is_coalesced=True))
+
+
+NUMPY_COO_NNZ = 2_000_000
 
 
 def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
