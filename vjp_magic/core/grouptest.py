@@ -330,16 +330,16 @@ def _features(fresh: SetProber) -> torch.Tensor:
     return torch.rand(features, FEATURES, generator=generator, dtype=torch.float64) + 1
 
 
-DIGITS = 16  # a grid weighting per base-16 digit of an output index's rank in its colour
+GRID = (-2.0, -1.0, 1.0, 2.0)  # a weighting per base-4 digit of a rank: any two differ by 1
 
 
 def _weightings(colour: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """(1 + d) × m weights βᵢ, each ±(1..2): one drawn at random (no relation among several
-    hidden readers cancels in it), then one per base-16 digit of each output index's rank
-    (random) among its colour's d ≥ log₁₆ of the largest colour: two members of one colour
-    differ in some digit, so in some weighting by ≥ 1/15 (a guaranteed gap; random weights
-    alone put two within 0.007 in one colour of 100 with chance ~1/2, and the check then
-    misses a term 100× its tolerance)."""
+    hidden readers cancels in it), then one per base-4 digit of each output index's rank
+    (random) among its colour, d ≥ log₄ of the largest colour, the digit's weight from
+    :data:`GRID`: two members of one colour differ in some digit, so in some weighting by
+    ≥ 1 (a guaranteed gap; random weights alone put two within 0.007 in one colour of 100
+    with chance ~1/2, and the check then missed a term 100× its tolerance)."""
     m = len(colour)
     beta = torch.rand(m, generator=generator, dtype=torch.float64) + 1
     rows = [torch.where(torch.rand(m, generator=generator) < 0.5, -beta, beta)]
@@ -349,19 +349,17 @@ def _weightings(colour: torch.Tensor, generator: torch.Generator) -> torch.Tenso
         sizes = torch.bincount(colour.long())
         rank = torch.empty(m, dtype=torch.long)
         rank[order] = torch.arange(m) - (torch.cumsum(sizes, 0) - sizes)[colour[order].long()]
-        place = 1
+        grid, place = torch.tensor(GRID, dtype=torch.float64), 1
         while place < int(sizes.max()):
-            grid = 1 + ((rank // place) % DIGITS).double() / (DIGITS - 1)
-            sign = torch.rand(m, generator=generator) < 0.5
-            rows.append(torch.where(sign, -grid, grid))
-            place *= DIGITS
+            rows.append(grid[(rank // place) % len(GRID)])
+            place *= len(GRID)
     return torch.stack(rows)
 
 
 VALUE_TOLERANCE = 2.0**8  # units of the dtype's epsilon, relative to the colour's own terms
 # A hidden term at least this many epsilons of the colour's terms is always caught (the grid
-# weightings' gap 1/15 times the tolerance)
-RESOLUTION = VALUE_TOLERANCE * (DIGITS - 1)
+# weightings part any two members of a colour by at least 1)
+RESOLUTION = VALUE_TOLERANCE
 
 
 def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
@@ -373,7 +371,7 @@ def _value_check(claims, colour, beta, value, size, hit, dtype) -> torch.Tensor:
     reader's colour answering exactly 0 (a phantom), fails exactly; a hidden reader h beside
     a claimed one i adds (β_h − β_i)·t_h (an entry of x's slice j each, :func:`_features`),
     which fails beyond :data:`VALUE_TOLERANCE` relative to that colour's own terms at j: in
-    some weighting |β_h − β_i| ≥ 1/15, so any |t_h| over :data:`RESOLUTION` epsilons of them
+    some weighting |β_h − β_i| ≥ 1, so any |t_h| over :data:`RESOLUTION` epsilons of them
     is caught. ``value``, ``size``,
     ``hit``: projections, magnitudes, non-zeros, the plain colours then each weighting's."""
     (count, n), (r, c) = (value.shape[0] // (1 + len(beta)), value.shape[1]), claims
