@@ -79,3 +79,30 @@ def test_small_leaks_are_found(k):
 def test_small_leaks_are_found_many_examples():
     for k in range(9, 9 + int(os.environ.get("VJP_FUZZ_EXAMPLES", "200"))):
         _check(k)
+
+
+def _cancelling_leak():
+    """A cyclic band (offsets −2..1 mod 400) with weights over e^±4 summing both features of
+    x, plus the leak y[251] += 0.01·(x[354, 0] − x[354, 1]): [a, −a] across the slice (a
+    projection onto random weights can put it near 0), a few 10⁻⁴ of its claimed neighbour."""
+    n, index = 400, torch.arange(400)
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(n, 4, dtype=torch.float64, generator=g)
+    w = (w * torch.exp(torch.empty(n, 4, dtype=torch.float64).uniform_(-4, 4, generator=g)))
+    w = w.float()
+
+    def f(x):
+        y = sum(w[:, k:k + 1] * torch.tanh(x[(index + k - 2) % n]).sum(1, keepdim=True)
+                for k in range(4))
+        return y.index_add(0, torch.tensor([251]), (0.01 * (x[354, 0] - x[354, 1])).reshape(1, 1))
+    return f, torch.randn(n, 2, generator=g)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_leak_cancelling_across_features_is_found(seed):
+    f, x = _cancelling_leak()
+    truth = (torch.autograd.functional.jacobian(f, x) != 0).any(3).any(1)
+    assert bool(truth[251, 354])
+    x.requires_grad_()
+    d = dependency(f(x), x, seed=seed)
+    assert torch.equal(d.pattern, truth), str(d)
