@@ -30,6 +30,7 @@ from .probes import probe_generator
 from .sparse_check import checked, rows_checked
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
+from .torch_api import once_differentiable_node
 
 if TYPE_CHECKING:
     from .compressed import SparseJacobian
@@ -292,13 +293,4 @@ def refuses_double_backward(g: torch.Tensor) -> bool:
     """Whether the graph of ``g`` holds the node a ``once_differentiable`` backward leaves
     (its ``Error`` node is cut off from v, so autograd skips it without raising and J·u
     would silently lack that term)."""
-    seen, stack = set(), [g.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if "Error" in type(node).__name__:  # Error (torch 2.x), DelayedError…
-            return True
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return False
+    return once_differentiable_node(g.grad_fn) is not None

@@ -32,7 +32,7 @@ from .retained import keeps_retained_grads
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
                              empty_csr, sparse_hessian)
 from .tolerances import tolerances
-from .torch_api import NOT_TWICE_DIFFERENTIABLE, ONCE_DIFFERENTIABLE_NODE, autograd_grad
+from .torch_api import NOT_TWICE_DIFFERENTIABLE, autograd_grad, once_differentiable_node
 
 
 
@@ -346,20 +346,13 @@ def _vjps_with_graph(output, x, vectors, expected) -> torch.Tensor | None:
 def refuse_once_differentiable(d: torch.Tensor, output_name: str, item) -> None:
     """A create_graph pass through a backward marked ``once_differentiable`` leaves an error
     node that would only fail (or be skipped as unused) later: refuse it now."""
-    seen, stack = set(), [d.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node.name() == ONCE_DIFFERENTIABLE_NODE:
-            which = ", ".join(n.removesuffix("Backward") for n in item.unverified) \
-                or "a custom autograd.Function"
-            raise VJPUsageError(
-                f"{output_name} cannot be differentiated twice: {which} has no double backward "
-                "(its backward is marked @once_differentiable), so autograd cannot compute "
-                "second derivatives through it.")
-        stack.extend(fn for fn, _ in node.next_functions)
+    if once_differentiable_node(d.grad_fn) is not None:
+        which = ", ".join(n.removesuffix("Backward") for n in item.unverified) \
+            or "a custom autograd.Function"
+        raise VJPUsageError(
+            f"{output_name} cannot be differentiated twice: {which} has no double backward "
+            "(its backward is marked @once_differentiable), so autograd cannot compute "
+            "second derivatives through it.")
 
 
 def _no_double_backward(output_name: str, error: BaseException) -> str:

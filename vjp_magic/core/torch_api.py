@@ -86,12 +86,45 @@ NOT_TWICE_DIFFERENTIABLE = re.compile(r"derivative for '?(?:aten::)?([\w.]+)'? i
 ONCE_DIFFERENTIABLE_NODE = "torch::autograd::Error"
 
 
+def once_differentiable_node(root):
+    """The node a ``once_differentiable`` backward leaves in a create_graph pass's graph
+    (``Error``; ``DelayedError`` too), reachable from ``root``, or None. Autograd skips it
+    silently where it is cut off from what a pass differentiates, so it is looked for."""
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() == ONCE_DIFFERENTIABLE_NODE or "Error" in type(node).__name__:
+            return node
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return None
+
+
 def gradient_position(error: BaseException | str) -> int | None:
     """In a GRADIENT_SHAPE error ("grad_output[1] has a shape of ..."): which gradient."""
     match = _GRADIENT_POSITION.search(str(error))
     return int(match.group(1)) if match else None
 
 
+def graph_usage_error(error: BaseException):
+    """PyTorch's error when a live output's graph can no longer be differentiated (an input
+    modified in place afterwards, a graph freed by a backward pass), as a
+    :class:`.errors.VJPUsageError` saying what to do; None for any other error."""
+    from .errors import VJPUsageError
+
+    kind = torch_error(error)
+    if kind is TorchError.INPLACE:
+        return VJPUsageError("The output can no longer be differentiated: x (or a tensor it "
+                             "was computed from) was modified in place afterwards. Compute "
+                             "the output again after the update.")
+    if kind is TorchError.SECOND_PASS:
+        return VJPUsageError("The output's graph was freed by a backward pass without "
+                             "retain_graph=True: compute the output again.")
+    return None
+
+
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
            "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
-           "materialized_grad", "torch_error"]
+           "graph_usage_error", "materialized_grad", "once_differentiable_node", "torch_error"]
