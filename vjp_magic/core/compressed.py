@@ -34,7 +34,7 @@ from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
 from .sparse_layout import coo_derivatives, csr_matrix, csr_rows, dense_to_csr
-from .torch_api import TorchError, torch_error
+from .torch_api import graph_usage_error
 
 
 @dataclass(frozen=True)
@@ -440,15 +440,10 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
             return exact_csr(output, x, budget)
         return without_false_nan(output, x, sparse.matrix, budget)
     except RuntimeError as error:
-        kind = torch_error(error)
-        if kind is TorchError.INPLACE:
-            raise VJPUsageError("The output can no longer be differentiated: x (or a tensor "
-                                "it was computed from) was modified in place afterwards. "
-                                "Compute the output again after the update.") from None
-        if kind is not TorchError.SECOND_PASS:
+        usage = graph_usage_error(error)
+        if usage is None:
             raise
-        raise VJPUsageError("The output's graph was freed by a backward pass without "
-                            "retain_graph=True: compute the output again.") from None
+        raise usage from None
 
 
 def _exact(output, x, budget: int) -> torch.Tensor:

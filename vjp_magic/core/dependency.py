@@ -29,7 +29,7 @@ from .pairing import Evidence
 from .probes import new_seed
 from .retained import keeps_retained_grads
 from .textenum import TextEnum
-from .torch_api import TorchError, torch_error
+from .torch_api import graph_usage_error
 
 
 class Kind(TextEnum):
@@ -599,12 +599,7 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
     except RuntimeError as error:
-        kind = torch_error(error)
-        if kind is TorchError.INPLACE:
-            raise VJPUsageError("The output can no longer be differentiated: x (or a tensor "
-                                "it was computed from) was modified in place afterwards. "
-                                "Compute the output again after the update.") from None
-        if kind is not TorchError.SECOND_PASS:
+        usage = graph_usage_error(error)
+        if usage is None:
             raise
-        raise VJPUsageError("The output's graph was freed by a backward pass without "
-                            "retain_graph=True: compute the output again.") from None
+        raise usage from None
