@@ -19,32 +19,13 @@ import torch
 from torch import nn
 
 import vjp_magic
-from vjp_magic.core.torch_api import engine_wrapped
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from pass_counter import counted  # noqa: E402 - the tests' pass counter
 from timing import paired_medians, row  # noqa: E402
 
 
-class _Counting:
-    """An autograd engine that counts the backward passes handed to it."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.passes = engine, 0
-
-    def run_backward(self, *args, **kwargs):
-        self.passes += 1
-        return self.engine.run_backward(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-
-def count_passes(fn) -> int:
-    """How many backward passes ``fn()`` makes."""
-    counter = []
-    with engine_wrapped(lambda engine: counter.append(_Counting(engine)) or counter[-1]):
-        fn()
-    return counter[0].passes
 
 
 def _block(c: int) -> nn.Module:
@@ -98,7 +79,7 @@ def bench_mode(net: nn.Module, train: bool, batch: int, repeat: int) -> bool:
     for (name, _), column in zip(params.items(), zip(*rows)):  # the same numbers as the loop
         torch.testing.assert_close(result.inputs[name].derivatives, torch.stack(column),
                                    rtol=1e-4, atol=1e-5)
-    passes = count_passes(ours)
+    passes = counted(ours)[1]
     t_ours, t_loop = paired_medians(ours, loop, repeat)
     mode = "train" if train else "eval"
     label = f"--wrt net, ResNet-like, {mode}, B={batch}"

@@ -12,32 +12,11 @@ from torch.autograd.functional import jacobian as reference_jacobian
 
 from vjp_magic.core import analysis, derivatives, strategies
 from vjp_magic.core.probes import probe_plan
-from vjp_magic.core.torch_api import engine_wrapped
+from pass_counter import counted
 
 PROBES = probe_plan(torch.float64).probes  # probe 0 and the confirming ones
 
 
-class _Counting:
-    """Autograd's engine, counting the backward passes handed to it (a vmap-batched backward
-    is one pass)."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.passes = engine, 0
-
-    def run_backward(self, *args, **kwargs):
-        self.passes += 1
-        return self.engine.run_backward(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-
-def counted(fn):
-    """``(fn(), the backward passes it made)``."""
-    engines = []
-    with engine_wrapped(lambda engine: engines.append(_Counting(engine)) or engines[-1]):
-        value = fn()
-    return value, engines[0].passes
 
 
 def _mlp(batch: int, widths=(6, 5, 7, 9, 4, 3)):

@@ -9,26 +9,9 @@ import torch
 import torch.nn.functional as F
 
 import vjp_magic
-from vjp_magic.core.torch_api import engine_wrapped
+from pass_counter import counted
 
 
-class _Counting:
-    def __init__(self, engine) -> None:
-        self.engine, self.passes = engine, 0
-
-    def run_backward(self, *args, **kwargs):
-        self.passes += 1
-        return self.engine.run_backward(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.engine, name)
-
-
-def _counted(fn):
-    engines = []
-    with engine_wrapped(lambda engine: engines.append(_Counting(engine)) or engines[-1]):
-        value = fn()
-    return value, engines[0].passes
 
 
 def _tridiagonal(x):
@@ -40,7 +23,7 @@ def test_a_stencil_costs_its_colours_and_the_rejected_pairing_only():
     against probe 0 (no pass): 5 in all, whatever n (one backward per row read before)."""
     x = torch.randn(5000, dtype=torch.float64, requires_grad=True)
     y = _tridiagonal(x)
-    result, passes = _counted(lambda: vjp_magic.differentiate(y, x, seed=4))
+    result, passes = counted(lambda: vjp_magic.differentiate(y, x, seed=4))
     assert passes == 5
     sparse = result.inputs["x"].sparse
     assert sparse is not None and sparse.count == 3
@@ -98,7 +81,7 @@ def _laplacian(x):
 
 def test_the_laplacian_costs_five_colours_and_the_rejected_pairing():
     x = torch.randn(1600, dtype=torch.float64, requires_grad=True)
-    result, passes = _counted(lambda: vjp_magic.differentiate(_laplacian(x), x, seed=1))
+    result, passes = counted(lambda: vjp_magic.differentiate(_laplacian(x), x, seed=1))
     assert result.inputs["x"].sparse.count == 5
     assert passes == 7
     expected = torch.func.jacrev(_laplacian)(x.detach())
