@@ -128,7 +128,12 @@ def _fill_unused(grads, inputs, batch: int) -> list[torch.Tensor]:
 
 def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
               vector: torch.Tensor) -> list[torch.Tensor]:
-    """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached)."""
+    """vᵀJ for one ``vector``, from one plain backward (zeros for inputs not reached). A view
+    (a row of a stacked batch) is handed over as a tensor of its own: a backward that reads
+    its gradient with ``as_strided`` (``as_strided_scatter``'s) reads from the storage's
+    start, whatever the view's offset, and would take another row's values."""
+    if vector._base is not None:
+        vector = vector.clone()
     grads = list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
     plain_pass(output, inputs)  # (a vectorised pass before it needs no pass of zeros)
     return grads
@@ -181,35 +186,14 @@ def chunk_size(output: torch.Tensor, inputs: Sequence[torch.Tensor], budget: int
     return max(1, budget // max(per_vector, 1))
 
 
-_batch_cache: dict[tuple, torch.Tensor] = {}  # the last large batch of gradient arguments
-_ALL_CACHED = 2**18  # entries: every component's one-hot vector kept at once, sliced per chunk
-
-
 def gradient_batch(
     output: torch.Tensor, point_out_axes: Sequence[int], start: int, stop: int
 ) -> torch.Tensor:
-    """One-hot gradient arguments ``start:stop``, stacked.
-
-    The batch is a fixed function of the output's shape, dtype and device: the last large
-    one is kept, and re-analysing the same shapes skips building it. Where all of them
-    together are small (:data:`_ALL_CACHED` entries), all are kept and each chunk is a slice.
-    """
-    shape = tuple(output.shape)
-    count = math.prod(n for a, n in enumerate(shape) if a not in point_out_axes)
-    if count * output.numel() <= _ALL_CACHED:
-        start, stop, chunk = 0, count, (start, stop)
-    else:
-        chunk = None
-    key = (shape, tuple(point_out_axes), start, stop, output.dtype, str(output.device))
-    vectors = _batch_cache.get(key)
-    if vectors is None:
-        vectors = one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
-                                    output.device)
-        if vectors.numel() >= 2**16 or chunk is not None:
-            if len(_batch_cache) >= 4:
-                _batch_cache.clear()
-            _batch_cache[key] = vectors
-    return vectors if chunk is None else vectors[chunk[0]:chunk[1]]
+    """One-hot gradient arguments ``start:stop``, stacked, made afresh for every pass: a
+    backward may write into the gradient it is handed (``as_strided_scatter``'s does), so a
+    batch kept for the next pass could come back altered (the Jacobian then wrong)."""
+    return one_hot_gradients(output.shape, point_out_axes, start, stop, output.dtype,
+                             output.device)
 
 
 def component_vjps(
