@@ -45,7 +45,7 @@ def _register_retain_grad() -> None:
 
     @functools.wraps(original)
     def retain_grad(self):
-        result = original(self)
+        result = super(torch.Tensor, self).retain_grad()  # torch's own (traceable by dynamo)
         if self.retains_grad:
             _REGISTERED[id(self)] = self
         return result
