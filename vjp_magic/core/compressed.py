@@ -23,9 +23,9 @@ from .colouring import colour_count, colour_rows
 from .column_passes import (computed_by_columns, dense_columns, kept_by_columns,
                              observed_columns)
 from .couplings import csr_inside, outside_entries
-from .derivatives import chunk_size, component_vjps, plain_vjp, vjp_batch
+from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .errors import VJPUsageError
-from .memory import gb, refuse_if_over, resolve_budget
+from .memory import gb, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Pattern, most_per_row, observed_pattern
@@ -367,12 +367,6 @@ def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: in
     return Passes(values, at, held, pattern.crow)
 
 
-def decompressed(output, x, pattern: Pattern, colours: torch.Tensor, budget: int):
-    """d output / d x as CSR from one VJP per colour (:func:`colour_passes`)."""
-    passes = colour_passes(output, x, pattern, colours, budget)
-    return csr_matrix(pattern.crow, pattern.col, passes.held.cpu(), pattern.shape).to(x.device)
-
-
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
     """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour."""
     on_cpu = colours.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS
@@ -444,14 +438,5 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         if usage is None:
             raise
         raise usage from None
-
-
-def _exact(output, x, budget: int) -> torch.Tensor:
-    """Today's exact path: one VJP per output entry, the dense Jacobian, then CSR."""
-    m, n = output.numel(), x.numel()
-    refuse_if_over(m * n * x.element_size(), budget,
-                   f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
-    (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
-    return dense_to_csr(stacked.detach().reshape(m, n))
 
 

@@ -236,6 +236,3 @@ def dense_as_csr(hessian: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return dense_to_csr(hessian.reshape(rows, cols))
 
 
-def sparse_as_dense(sparse: SparseHessian, shape) -> torch.Tensor:
-    """The sparse Hessian densified into ``shape`` (output.shape + x.shape + x.shape)."""
-    return sparse.matrix.to_dense().reshape(shape)
