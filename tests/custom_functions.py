@@ -59,6 +59,19 @@ def x_sin(missing: bool):
     return XSin
 
 
+class Identity(torch.autograd.Function):
+    """y = x through a custom Function: no graph rule (axis pairing or index map) sees
+    through it, so structures and patterns behind it are observed, never proved."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
 class Twice(torch.autograd.Function):
     """x ↦ 2x with a right backward: a custom Function the graph's rules cannot read."""
 

@@ -11,19 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from custom_functions import Identity
 import vjp_magic
-
-
-class Identity(torch.autograd.Function):
-    """A custom Function: the rules cannot see through it, so patterns are observed."""
-
-    @staticmethod
-    def forward(ctx, t):
-        return t.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def _rows(f, x):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from custom_functions import Identity
 import vjp_magic
 
 N = 96  # >= SPARSE_MIN_OUTPUT entries, and few enough colours for the sparse path to pay
@@ -20,18 +21,6 @@ DUPLICATES = torch.randint(0, N, (N,), generator=_G)  # an index with repeats
 W1 = torch.randn(4, 2, 3, dtype=torch.float64, generator=_G)
 W2 = torch.randn(3, 3, 3, 3, dtype=torch.float64, generator=_G)
 MASK = torch.rand(1, 12, generator=_G) > 0.5
-
-
-class Identity(torch.autograd.Function):
-    """A custom Function: no index-map rule can see through it (the pattern is observed)."""
-
-    @staticmethod
-    def forward(ctx, t):
-        return t.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 def _reference(f, x):
