@@ -1,10 +1,10 @@
-"""The compressed Jacobian's row reader (:class:`vjp_magic.core.compressed._RowReader` through
+"""The compressed Jacobian's row reader (:class:`vjp_magic.core.sparse_choice._RowReader` through
 SparseChoice.row_reader): its ``nonzero`` gives exactly what the dense row's ``nonzero()``
 gives (torch's own), for inputs of any rank, explicit zeros and NaN included."""
 import pytest
 import torch
 
-from vjp_magic.core.compressed import _RowReader
+from vjp_magic.core.sparse_choice import _RowReader
 from vjp_magic.core.sparse_layout import csr_matrix
 
 

@@ -15,7 +15,7 @@ import torch
 from . import axisflow, memory, structure, validation
 from . import given as given_jacobians
 from .candidates import Candidate, candidates
-from .compressed import SparseChoice
+from .sparse_choice import SparseChoice
 from .derivatives import forward_jacobian, pass_key, remember_seconds
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
@@ -56,7 +56,7 @@ def differentiate(
     ``inputs`` is a tensor (named ``"x"`` unless ``names`` says otherwise), a sequence of
     tensors, or a dict name → tensor. ``full=True`` skips point inference (plain Jacobian).
     An input with no points, of an output with 32 entries or more, gets a sparse Jacobian
-    where one backward per colour of its pattern pays (:class:`.compressed.SparseChoice`):
+    where one backward per colour of its pattern pays (:class:`.sparse_choice.SparseChoice`):
     ``r.derivatives[name]`` is then sparse COO, ``r.inputs[name].sparse`` says how.
     ``memory_budget`` is bytes, or a fraction of free memory (default 0.25).
     ``max_pairings`` caps the candidate pairings probed per number of point axes;

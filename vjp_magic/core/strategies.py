@@ -35,7 +35,7 @@ class Context:
     full: bool
     probes: Probes
     rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
-    sparse: object | None = None  # the compressed path (core.compressed.SparseChoice)
+    sparse: object | None = None  # the compressed path (core.sparse_choice.SparseChoice)
 
     def reject(self, name: str, pairing) -> None:
         self.rejected.setdefault(name, []).append(pairing)
@@ -237,7 +237,7 @@ def _next_candidate(context, named, candidates, position, name, read_row) -> Non
 def _sparse_readers(context, named, candidates, names) -> dict:
     """name → a reader of J's rows off its compressed Jacobian, for the inputs of ``names``
     whose last candidate (always reached) has no points, so that the compressed passes would
-    run anyway unless a pairing with points is accepted first (:meth:`.compressed.SparseChoice.
+    run anyway unless a pairing with points is accepted first (:meth:`.sparse_choice.SparseChoice.
     row_reader`); the others read rows by one-hot backward passes (:class:`SharedRows`)."""
     readers = {}
     numel = context.output.numel()

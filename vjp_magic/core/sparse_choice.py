@@ -1,0 +1,201 @@
+"""The compressed path's part in one analysis (:func:`vjp_magic.differentiate`): which inputs
+get a sparse Jacobian from compressed passes (:mod:`.compressed`) instead of the full one, and a
+reader of J's rows off it for the row proposal."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .colouring import colour_rows
+from .column_passes import kept_by_columns
+from .compressed import (OVER_BUDGET, PAYS_FRACTION, SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT,
+                         TOO_DENSE, Attempt, SparseJacobian, attempt)
+from .errors import VJPUsageError
+from .indexmaps import proved_pattern
+from .memory import gb
+from .pairing import Evidence
+from .pattern import most_per_row
+from .probes import Probes
+from .sparse_layout import coo_derivatives, csr_matrix, csr_rows, dense_to_csr
+
+
+class SparseChoice:
+    """The compressed path's part in one analysis (:func:`vjp_magic.differentiate`).
+
+    An input whose accepted structure has no points (the full Jacobian) is computed by
+    compressed passes instead, as a sparse COO tensor (``output.shape + input.shape``), when
+    the output has at least ``SPARSE_MIN_OUTPUT`` entries (not with ``full``), its pattern
+    is colourable in at most ``PAYS_FRACTION`` of the output entries and the check passes.
+    ``taken``: name → :class:`SparseJacobian` of those so computed; ``notes``: a sentence
+    per input whose pattern was found but did not pay, on the path that would have paid most.
+    """
+
+    def __init__(self, output, output_name: str, budget: int, probes: Probes, full: bool):
+        self.output, self.output_name, self.budget = output, output_name, budget
+        self.probes = probes
+        self.enabled = not full and output.numel() >= SPARSE_MIN_OUTPUT
+        self.taken: dict[str, SparseJacobian] = {}
+        self.notes: list[str] = []
+        self._tried: set[str] = set()
+        self._early: dict[str, Attempt] = {}  # name → an attempt made for row_reader
+        self.over: dict[str, Attempt] = {}  # name → a sparse Jacobian over the budget
+
+    @contextlib.contextmanager
+    def on_refusal(self):
+        """Around the analysis: a memory refusal also says what a sparse Jacobian over the
+        budget would have needed (its ``dependency``, where it has one, kept)."""
+        try:
+            yield
+        except VJPUsageError as error:
+            if not self.over:
+                raise
+            sizes = "; ".join(f"with respect to {name}, {found.nnz:,} nonzeros that would "
+                              f"need {gb(found.nbytes)}" for name, found in self.over.items())
+            refusal = VJPUsageError(f"{error} As a sparse Jacobian: {sizes}.")
+            refusal.__dict__.update(error.__dict__)
+            raise refusal from None
+
+    def _worth(self, tensor) -> bool:
+        """Whether to try: not for a Jacobian of at most SPARSE_MIN_ENTRIES entries (shown
+        whole), nor for an input of fewer than SPARSE_MIN_OUTPUT entries whose full Jacobian
+        fits the budget (a few forward passes give it; colours could not pay)."""
+        entries = self.output.numel() * tensor.numel()
+        small = entries <= SPARSE_MIN_ENTRIES or (
+            tensor.numel() < SPARSE_MIN_OUTPUT
+            and entries * self.output.element_size() <= self.budget)
+        return self.enabled and not small
+
+    @property
+    def max_colours(self) -> int:
+        return int(self.output.numel() * PAYS_FRACTION)
+
+    def take(self, named, group, candidates, position, accepted) -> list[str]:
+        """Large path, at a candidate with no points for every input of ``group``: those the
+        compressed passes compute go into ``accepted``; the rest are returned (for the full
+        Jacobian). An input is tried once."""
+        rest = []
+        for name in group:
+            derivatives = self._computed(name, named[name])
+            if derivatives is None:
+                rest.append(name)
+            else:
+                accepted[name] = (candidates[name][position[name]], derivatives)
+        return rest
+
+    def row_reader(self, name: str, tensor: torch.Tensor):
+        """Large path, after ``name``'s likeliest pairing (with points) was rejected and when
+        its last candidate has none: where the graph proves its pattern, the compressed
+        Jacobian now (kept for :meth:`take`), and a reader of its rows for the row proposal
+        (:func:`.candidates.row_proposal`), which then spends no backward pass per row; None
+        otherwise. Its rows are J's rows: the probe check accepted it."""
+        if not self._worth(tensor) or name in self._tried or name in self._early:
+            return None
+        pattern = proved_pattern(self.output, tensor, self.budget)
+        if pattern is None:
+            return None
+        self._early[name] = found = self._attempt(name, tensor, pattern)
+        return None if found.sparse is None else _RowReader(found.sparse.matrix, tensor.shape)
+
+    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
+        known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
+        return attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
+                       known, pattern)
+
+    def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
+        if not self._worth(tensor) or name in self._tried:
+            return None
+        self._tried.add(name)
+        found = self._early.pop(name) if name in self._early else self._attempt(name, tensor)
+        if found.nbytes:  # over the budget: the full Jacobian is refused too (on_refusal)
+            self.over[name] = found
+        if found.sparse is None:
+            if found.why not in (TOO_DENSE, OVER_BUDGET):
+                self.notes.append(f"No sparsity pattern paid off for {name}: {found.why}; "
+                                  "the full Jacobian was computed instead.")
+            return None
+        return self._taken(name, tensor, found.sparse)
+
+    def _taken(self, name, tensor, sparse: SparseJacobian) -> torch.Tensor:
+        self.taken[name] = sparse
+        return coo_derivatives(sparse.matrix, self.output.shape, tensor.shape)
+
+    def after_exact(self, accepted: dict, named: dict) -> dict:
+        """Small path: each accepted full Jacobian (no points) whose pattern's colouring pays
+        is kept in its sparse form; its pattern is read off it (no further pass)."""
+        if not self.enabled:
+            return accepted
+        for name, (candidate, derivatives) in accepted.items():
+            tensor = named[name]
+            if self._worth(tensor) and not any(tensor.shape[b] > 1
+                                               for b in candidate.pairing.in_axes):
+                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1), tensor)
+                if sparse is not None:
+                    accepted[name] = (candidate, self._taken(name, tensor, sparse))
+        return accepted
+
+    def _from_dense(self, flat: torch.Tensor, tensor) -> SparseJacobian | None:
+        """The full Jacobian ``flat`` (m × n) in sparse form: on the pattern the graph proves
+        (no pass; where J has no nonzero off it), else on its own nonzeros (OBSERVED, found
+        by the m passes that computed it); None where the colouring does not pay."""
+        m, n = flat.shape
+        if m and int(torch.count_nonzero(flat[0])) > most_per_row(n):
+            return None  # one row too dense already (the check below, 40x cheaper)
+        nonzero = flat != 0
+        # too dense, or a column whose rows all take different colours: no pattern that holds
+        # these nonzeros pays (a proved one holds at least them), so none is proved
+        if int(nonzero.sum(1).max()) > most_per_row(n):
+            return None
+        if int(nonzero.sum(0).max()) > self.max_colours:  # a dense column: by columns, if any,
+            if not bool(flat.isfinite().all()):  # but not reverse mode's 0·NaN row or column:
+                return None  # the exact path fills those from forward mode
+            return kept_by_columns(dense_to_csr(flat), self.output.shape, tensor.shape,
+                                   Evidence.OBSERVED, m, max_colours=self.max_colours)
+        proved = proved_pattern(self.output, tensor, self.budget)
+        if proved is not None:
+            on = torch.zeros_like(nonzero)
+            on[csr_rows(proved.crow), proved.col] = True
+            proved = None if bool((nonzero & ~on).any()) else proved
+        if proved is not None:
+            crow, col = proved.crow.to(flat.device), proved.col.to(flat.device)
+            matrix = csr_matrix(crow, col, flat[csr_rows(crow), col], (m, n))
+        else:
+            matrix = dense_to_csr(flat)
+        colours = colour_rows(matrix.crow_indices().cpu().numpy(),
+                              matrix.col_indices().cpu().numpy(), n,
+                              shape=(tuple(self.output.shape), tuple(tensor.shape)))
+        count = int(colours.max()) + 1 if colours is not None and len(colours) else 0
+        if colours is None or count > self.max_colours:
+            return None
+        if proved is not None:
+            return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0)
+        return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
+
+
+class _RowReader:
+    """Row ``flat`` of the CSR ``matrix``, dense and shaped like the input (``shape``), or
+    (:meth:`nonzero`) only its nonzeros' multi-indices, as ``row.nonzero()`` gives them,
+    read off the row's own entries (no dense row of x.numel() entries to fill and scan)."""
+
+    def __init__(self, matrix: torch.Tensor, shape):
+        self.crow, self.col = matrix.crow_indices(), matrix.col_indices()
+        self.values, self.n, self.shape = matrix.values(), matrix.shape[1], tuple(shape)
+
+    def _entries(self, flat: int):
+        start, stop = int(self.crow[flat]), int(self.crow[flat + 1])
+        return self.col[start:stop], self.values[start:stop]
+
+    def __call__(self, flat: int) -> torch.Tensor:
+        col, values = self._entries(flat)
+        row = self.values.new_zeros(self.n)
+        row[col] = values
+        return row.reshape(self.shape)
+
+    def nonzero(self, flat: int) -> torch.Tensor:
+        col, values = self._entries(flat)
+        col = col[values != 0].long()  # columns ascending: row-major order, as nonzero()
+        if len(self.shape) == 1:
+            return col[:, None]
+        if not self.shape:
+            return col.new_zeros(col.numel(), 0)
+        return torch.stack(torch.unravel_index(col, self.shape), 1)
