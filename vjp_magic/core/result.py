@@ -3,10 +3,11 @@
 How it displays is its ``view``'s business (``render/view.py``, set by the pipeline)."""
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -16,7 +17,7 @@ from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import VJPUsageError
 from .pairing import Pairing
-from .sparse_layout import block_csr, csr_block
+from .sparse_layout import block_csr, coo_derivatives, csr_block
 
 
 class GradientList(Sequence):
@@ -71,6 +72,53 @@ class ColouredGradients(GradientList):
         return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
 
 
+class SparseDerivatives(NamedTuple):
+    """Derivatives kept as the 2-D CSR ``matrix`` (output.numel() × input.numel()) until read:
+    :class:`InputResult` makes them the sparse COO tensor ``out_shape + in_shape`` when its
+    ``derivatives`` are first read (:func:`.sparse_layout.coo_derivatives`), so an analysis
+    whose caller reads only the CSR (``r.jacobian(name, layout=torch.sparse_csr)``) never
+    builds it. ``layout``, ``shape``, ``dtype`` and ``device`` are the COO tensor's."""
+
+    matrix: torch.Tensor
+    out_shape: tuple
+    in_shape: tuple
+    layout = torch.sparse_coo
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(tuple(self.out_shape) + tuple(self.in_shape))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrix.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrix.device
+
+    def tensor(self) -> torch.Tensor:
+        return coo_derivatives(self.matrix, self.out_shape, self.in_shape)
+
+
+class _Derivatives:
+    """:attr:`InputResult.derivatives`: held as given, a :class:`SparseDerivatives` made
+    into its tensor when first read (and kept)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, item, owner=None):
+        if item is None:  # on the class: a dataclass field without a default
+            raise AttributeError("derivatives")
+        value = item.__dict__[self.slot]
+        if isinstance(value, SparseDerivatives):
+            value = item.__dict__[self.slot] = value.tensor()
+        return value
+
+    def __set__(self, item, value) -> None:
+        item.__dict__[self.slot] = value
+
+
 @dataclass
 class InputResult:
     """Everything known about one input."""
@@ -78,7 +126,7 @@ class InputResult:
     name: str
     tensor: torch.Tensor
     pairing: Pairing
-    derivatives: torch.Tensor
+    derivatives: torch.Tensor = _Derivatives()  # type: ignore[assignment]
     unused: bool = False
     # "proved": the pairing follows from the autograd graph and holds for every input value;
     # "observed": larger than what the graph proves, checked by random probes at this input.
@@ -104,6 +152,14 @@ class InputResult:
     def per_point_numel(self) -> int:
         paired = set(self.pairing.in_axes)
         return math.prod(n for b, n in enumerate(self.tensor.shape) if b not in paired)
+
+
+def with_tensor(item, tensor: torch.Tensor):
+    """``item`` (an :class:`InputResult`, or a Hessian's input) holding ``tensor``, its other
+    fields as they are: a shallow copy, so derivatives not read yet are not made."""
+    item = copy.copy(item)
+    item.tensor = tensor
+    return item
 
 
 @dataclass(repr=False)

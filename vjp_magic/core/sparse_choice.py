@@ -16,8 +16,10 @@ from .indexmaps import proved_pattern
 from .memory import gb
 from .pairing import Evidence
 from .pattern import most_per_row
-from .probes import Probes
-from .sparse_layout import coo_derivatives, csr_matrix, csr_rows, dense_to_csr
+from .probes import Probes, first_nonfinite
+from .result import SparseDerivatives
+from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
+from .structure import row_major_strides
 
 
 class SparseChoice:
@@ -38,7 +40,8 @@ class SparseChoice:
         self.taken: dict[str, SparseJacobian] = {}
         self.notes: list[str] = []
         self._tried: set[str] = set()
-        self._early: dict[str, Attempt] = {}  # name → an attempt made for row_reader
+        self._early: dict[str, Attempt] = {}  # name → an attempt made before take
+        self._patterns: dict = {}  # name → its proved pattern (or None), made once
         self.over: dict[str, Attempt] = {}  # name → a sparse Jacobian over the budget
 
     @contextlib.contextmanager
@@ -89,13 +92,50 @@ class SparseChoice:
         Jacobian now (kept for :meth:`take`), and a reader of its rows for the row proposal
         (:func:`.candidates.row_proposal`), which then spends no backward pass per row; None
         otherwise. Its rows are J's rows: the probe check accepted it."""
-        if not self._worth(tensor) or name in self._tried or name in self._early:
+        found = self._early_attempt(name, tensor)
+        return None if found is None or found.sparse is None else \
+            _RowReader(found.sparse.matrix, tensor.shape)
+
+    def refuting(self, name: str, tensor: torch.Tensor, pairing) -> _RowReader | None:
+        """Large path, for ``name``'s current pairing (with points) when its last candidate has
+        none: a reader of J's rows (:meth:`row_reader`) where the compressed Jacobian has a
+        finite nonzero off the pairing's points, which rejects the pairing with no pass of
+        its own (J's values are exact and checked); None where it cannot say (no proved
+        pattern, one that lies on the points: the pairing may hold; no checked Jacobian; a
+        non-finite probe, which the probes' own verdict notes). The proved pattern holds
+        every nonzero of J, so the passes run only where it has an entry off the points."""
+        if not self._worth(tensor) or name in self._tried:
             return None
-        pattern = proved_pattern(self.output, tensor, self.budget)
-        if pattern is None:
+        pattern = self._proved(name, tensor)
+        shapes = (tuple(self.output.shape), tuple(tensor.shape))
+        if pattern is None or not off_points(pattern.crow, pattern.col, None, *shapes, pairing):
             return None
-        self._early[name] = found = self._attempt(name, tensor, pattern)
-        return None if found.sparse is None else _RowReader(found.sparse.matrix, tensor.shape)
+        if first_nonfinite(self.probes.vjp(name)) is not None:
+            return None
+        reader = self.row_reader(name, tensor)
+        if reader is None or not off_points(reader.crow, reader.col, reader.values, *shapes,
+                                            pairing):
+            return None
+        return reader
+
+    def _proved(self, name: str, tensor: torch.Tensor):
+        """The proved pattern of d output / d ``name`` (:func:`.indexmaps.proved_pattern`),
+        made once per analysis."""
+        if name not in self._patterns:
+            self._patterns[name] = proved_pattern(self.output, tensor, self.budget)
+        return self._patterns[name]
+
+    def _early_attempt(self, name: str, tensor: torch.Tensor) -> Attempt | None:
+        """The compressed attempt for ``name`` made before :meth:`take` (once, kept for it),
+        on the proved pattern; None where it is not worth it or none is proved."""
+        if not self._worth(tensor) or name in self._tried:
+            return None
+        if name not in self._early:
+            pattern = self._proved(name, tensor)
+            if pattern is None:
+                return None
+            self._early[name] = self._attempt(name, tensor, pattern)
+        return self._early[name]
 
     def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
         known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
@@ -106,7 +146,8 @@ class SparseChoice:
         if not self._worth(tensor) or name in self._tried:
             return None
         self._tried.add(name)
-        found = self._early.pop(name) if name in self._early else self._attempt(name, tensor)
+        found = self._early.pop(name) if name in self._early else \
+            self._attempt(name, tensor, self._proved(name, tensor))
         if found.nbytes:  # over the budget: the full Jacobian is refused too (on_refusal)
             self.over[name] = found
         if found.sparse is None:
@@ -116,9 +157,10 @@ class SparseChoice:
             return None
         return self._taken(name, tensor, found.sparse)
 
-    def _taken(self, name, tensor, sparse: SparseJacobian) -> torch.Tensor:
+    def _taken(self, name, tensor, sparse: SparseJacobian) -> SparseDerivatives:
+        """The derivatives of ``sparse``, made a COO tensor when the result's are read."""
         self.taken[name] = sparse
-        return coo_derivatives(sparse.matrix, self.output.shape, tensor.shape)
+        return SparseDerivatives(sparse.matrix, tuple(self.output.shape), tuple(tensor.shape))
 
     def after_exact(self, accepted: dict, named: dict) -> dict:
         """Small path: each accepted full Jacobian (no points) whose pattern's colouring pays
@@ -129,12 +171,13 @@ class SparseChoice:
             tensor = named[name]
             if self._worth(tensor) and not any(tensor.shape[b] > 1
                                                for b in candidate.pairing.in_axes):
-                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1), tensor)
+                sparse = self._from_dense(derivatives.reshape(self.output.numel(), -1), name,
+                                          tensor)
                 if sparse is not None:
                     accepted[name] = (candidate, self._taken(name, tensor, sparse))
         return accepted
 
-    def _from_dense(self, flat: torch.Tensor, tensor) -> SparseJacobian | None:
+    def _from_dense(self, flat: torch.Tensor, name: str, tensor) -> SparseJacobian | None:
         """The full Jacobian ``flat`` (m × n) in sparse form: on the pattern the graph proves
         (no pass; where J has no nonzero off it), else on its own nonzeros (OBSERVED, found
         by the m passes that computed it); None where the colouring does not pay."""
@@ -151,7 +194,7 @@ class SparseChoice:
                 return None  # the exact path fills those from forward mode
             return kept_by_columns(dense_to_csr(flat), self.output.shape, tensor.shape,
                                    Evidence.OBSERVED, m, max_colours=self.max_colours)
-        proved = proved_pattern(self.output, tensor, self.budget)
+        proved = self._proved(name, tensor)
         if proved is not None:
             on = torch.zeros_like(nonzero)
             on[csr_rows(proved.crow), proved.col] = True
@@ -199,3 +242,29 @@ class _RowReader:
         if not self.shape:
             return col.new_zeros(col.numel(), 0)
         return torch.stack(torch.unravel_index(col, self.shape), 1)
+
+
+def off_points(crow, col, values, out_shape, in_shape, pairing) -> bool:
+    """Whether the 2-D CSR (``crow``, ``col``; with ``values``, only its finite nonzeros) has an
+    entry off the points of ``pairing``: an output and an input index that differ on a paired
+    axis. Rows are read in blocks growing fourfold (such an entry usually lies in the first),
+    each side's paired indices unravelled from the flat ones."""
+    m, start, size = crow.numel() - 1, 0, 1024
+    pairs = [(a, b) for a, b in pairing]
+    out_strides, in_strides = row_major_strides(out_shape), row_major_strides(in_shape)
+    while start < m and pairs:
+        stop = min(m, start + size)
+        begin, end = int(crow[start]), int(crow[stop])
+        if end > begin:
+            rows = csr_rows(crow[start:stop + 1] - begin).to(col.device) + start
+            cols = col[begin:end].long()
+            off = torch.zeros(end - begin, dtype=torch.bool, device=col.device)
+            for a, b in pairs:  # index along a differs from index along b
+                off |= rows // out_strides[a] % out_shape[a] != cols // in_strides[b] % in_shape[b]
+            if values is not None:
+                held = values[begin:end]
+                off &= (held != 0) & held.isfinite()
+            if bool(off.any()):
+                return True
+        start, size = stop, size * 4
+    return False

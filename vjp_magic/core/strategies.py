@@ -166,6 +166,7 @@ def from_verified_pairings(context, named, candidates, probes):
     accepted: dict[str, tuple[Candidate, torch.Tensor]] = {}
     while len(accepted) < len(named):
         pending = [n for n in named if n not in accepted]
+        _refuted_by_sparse(context, named, candidates, position, pending)
         # Inputs whose current pairing uses the same output point axes share one backward.
         point_out = _point_out(candidates[pending[0]][position[pending[0]]])
         group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
@@ -234,16 +235,36 @@ def _next_candidate(context, named, candidates, position, name, read_row) -> Non
     position[name] += 1
 
 
+def _refuted_by_sparse(context, named, candidates, position, pending) -> None:
+    """Each pending input whose current pairing (with points) its compressed Jacobian refutes
+    (:meth:`.sparse_choice.SparseChoice.refuting`, where the last candidate has no points, so
+    the passes would run anyway) moves on untried: no VJP per component, no probe. The
+    refuted likeliest pairing's rows for the row proposal are read off that Jacobian."""
+    for name in pending if context.sparse is not None else ():
+        while not candidates[name][position[name]].proved and _ends_without_points(
+                context, candidates[name]):
+            reader = context.sparse.refuting(name, named[name],
+                                             candidates[name][position[name]].pairing)
+            if reader is None:
+                break
+            _next_candidate(context, named, candidates, position, name, reader)
+
+
+def _ends_without_points(context, candidates) -> bool:
+    """Whether the last candidate (always reached) has no points: its derivatives are the
+    full Jacobian."""
+    last = _point_out(candidates[-1])
+    return math.prod(context.output.shape[a] for a in last) == 1 and context.output.numel() > 1
+
+
 def _sparse_readers(context, named, candidates, names) -> dict:
     """name → a reader of J's rows off its compressed Jacobian, for the inputs of ``names``
     whose last candidate (always reached) has no points, so that the compressed passes would
     run anyway unless a pairing with points is accepted first (:meth:`.sparse_choice.SparseChoice.
     row_reader`); the others read rows by one-hot backward passes (:class:`SharedRows`)."""
     readers = {}
-    numel = context.output.numel()
     for name in names if context.sparse is not None else ():
-        last = _point_out(candidates[name][-1])
-        if math.prod(context.output.shape[a] for a in last) == 1 and numel > 1:
+        if _ends_without_points(context, candidates[name]):
             reader = context.sparse.row_reader(name, named[name])
             if reader is not None:
                 readers[name] = reader

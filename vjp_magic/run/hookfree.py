@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..core.result import with_tensor
 from ..core.tagging import depends_on
 from .replay import InputChanged, NotReplayable, build, close
 from .refusals import NotReached
@@ -41,7 +42,7 @@ class AnalysedGraph:
         a note where it ran on the user's own graph or an input has a gradient hook, after
         the notes on how the inputs were chosen (``user_inputs.notes``, where they were
         found rather than named: :class:`~.choose.ChosenInputs`)."""
-        items = {name: replace(item, tensor=user_inputs.get(name, item.tensor))
+        items = {name: with_tensor(item, user_inputs.get(name, item.tensor))
                  for name, item in result.inputs.items()}
         chosen = [n for n in getattr(user_inputs, "notes", ()) if n not in result.notes]
         notes = chosen + list(result.notes) + self.notes(result.output_name)
