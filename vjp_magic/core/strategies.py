@@ -239,15 +239,25 @@ def _refuted_by_sparse(context, named, candidates, position, pending) -> None:
     """Each pending input whose current pairing (with points) its compressed Jacobian refutes
     (:meth:`.sparse_choice.SparseChoice.refuting`, where the last candidate has no points, so
     the passes would run anyway) moves on untried: no VJP per component, no probe. The
-    refuted likeliest pairing's rows for the row proposal are read off that Jacobian."""
+    refuted likeliest pairing's rows for the row proposal are read off that Jacobian. A
+    pairing over the budget is left to be skipped, never tried, as before."""
     for name in pending if context.sparse is not None else ():
         while not candidates[name][position[name]].proved and _ends_without_points(
-                context, candidates[name]):
+                context, candidates[name]) and _fits(context, named[name],
+                                                     candidates[name][position[name]]):
             reader = context.sparse.refuting(name, named[name],
                                              candidates[name][position[name]].pairing)
             if reader is None:
                 break
             _next_candidate(context, named, candidates, position, name, reader)
+
+
+def _fits(context, tensor, candidate: Candidate) -> bool:
+    """Whether ``candidate``'s derivatives of ``tensor`` fit the budget."""
+    output = context.output
+    count = math.prod(output.shape[a] for a in range(output.dim())
+                      if a not in _point_out(candidate))
+    return count * tensor.numel() * output.element_size() <= context.budget
 
 
 def _ends_without_points(context, candidates) -> bool:
