@@ -249,7 +249,7 @@ def off_points(crow, col, values, out_shape, in_shape, pairing) -> bool:
     entry off the points of ``pairing``: an output and an input index that differ on a paired
     axis. Rows are read in blocks growing fourfold (such an entry usually lies in the first),
     each side's paired indices unravelled from the flat ones."""
-    m, start, size = crow.numel() - 1, 0, 1024
+    m, start, size = crow.numel() - 1, 0, 256
     pairs = [(a, b) for a, b in pairing]
     out_strides, in_strides = row_major_strides(out_shape), row_major_strides(in_shape)
     while start < m and pairs:
@@ -260,7 +260,8 @@ def off_points(crow, col, values, out_shape, in_shape, pairing) -> bool:
             cols = col[begin:end].long()
             off = torch.zeros(end - begin, dtype=torch.bool, device=col.device)
             for a, b in pairs:  # index along a differs from index along b
-                off |= rows // out_strides[a] % out_shape[a] != cols // in_strides[b] % in_shape[b]
+                off |= _index(rows, out_strides[a], out_shape, a) != \
+                    _index(cols, in_strides[b], in_shape, b)
             if values is not None:
                 held = values[begin:end]
                 off &= (held != 0) & held.isfinite()
@@ -268,3 +269,9 @@ def off_points(crow, col, values, out_shape, in_shape, pairing) -> bool:
                 return True
         start, size = stop, size * 4
     return False
+
+
+def _index(flat: torch.Tensor, stride: int, shape, axis: int) -> torch.Tensor:
+    """The index along ``axis`` of each flat (row-major) index of a tensor of ``shape``."""
+    index = flat if stride == 1 else torch.div(flat, stride, rounding_mode="floor")
+    return index if axis == 0 else index % shape[axis]
