@@ -290,10 +290,6 @@ def test_dependency_claims_no_dependence_that_is_not_there():
     assert not bool((d.pattern & ~truth).any())
 
 
-@pytest.mark.xfail(strict=True, reason="a future leak inside one packed causal sequence (query 3 "
-                   "reads key 5) turns the verdict into 'block-diagonal' with witness y[1] ← x[0], "
-                   "a legitimate dependence; the violation y[3] ← x[5] is named nowhere but in "
-                   "d.pattern (unpacked causal attention with the same leak names (3, 5))")
 def test_a_future_leak_inside_a_packed_causal_sequence_is_named():
     x = torch.randn(LENGTH * SEQUENCES, 4, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(_packed_attention(x, True, (3, 5)), x, seed=0)

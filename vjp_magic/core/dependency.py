@@ -47,6 +47,8 @@ class Kind(TextEnum):
 
 
 KINDS = tuple(Kind)
+# kinds that allow a few dependences outside their structure (Dependency.exceptions)
+EXCEPTING = (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR, Kind.PERIODIC_BAND, Kind.SPARSE)
 
 
 @dataclass(frozen=True)
@@ -90,17 +92,22 @@ class Dependency:
         i, j = self.witness
         return f"{_index(output_name, self.out_axis, i)} ← {_index(input_name, self.in_axis, j)}"
 
-    def summary(self) -> str:
-        """``band, offsets −1..0`` (the kind, its offsets, blocks or nonzeros per row; the
-        note, if any, in brackets)."""
+    def summary(self, exceptions: bool = True) -> str:
+        """``band, offsets −1..0`` (the kind, its offsets, blocks or nonzeros per row, and
+        how many exceptions unless ``exceptions`` is False; the note, if any, in
+        brackets)."""
         text = str(self.kind)
         if self.offsets is not None:
             lo, hi = (str(o).replace("-", "−") for o in self.offsets)
             wrap = f" modulo {self.pattern.shape[1]:,}" if self.kind == Kind.PERIODIC_BAND else ""
-            text = f"{text}, offsets {lo}..{hi}{wrap}"
+            text = (f"{text}: band {lo}..{hi}" if self.kind == Kind.SPARSE else
+                    f"{text}, offsets {lo}..{hi}{wrap}")
         elif self.blocks is not None:
             text = f"{text}, {_blocks_words(self.blocks)}"
-        elif self.nonzeros is not None:
+        count = len(self.exceptions()) if exceptions and self.kind in EXCEPTING else 0
+        if count:
+            text = f"{text} with {count:,} exception{'' if count == 1 else 's'}"
+        if self.nonzeros is not None:
             text = f"{text}, at most {self.nonzeros[0]:,} per row (mean {self.nonzeros[1]:.3g})"
         return text if self.note is None else f"{text} ({self.note})"
 
@@ -122,26 +129,36 @@ class Dependency:
     def fills_band(self) -> bool:
         """Whether every dependence the verdict's band allows is there, so that the kind
         describes every output index (a leak from one row is a band −1..0 it does not fill)."""
-        pattern = self.pattern.to(torch.bool)
-        m, n = pattern.shape
+        if self.kind == Kind.SPARSE:
+            return False
+        return bool(torch.equal(self.pattern.to(torch.bool).cpu(), self._region()))
+
+    def exceptions(self) -> list[tuple[int, int]]:
+        """The dependences ``(i, j)`` (row-major) outside the structure the kind names, a
+        few at most: crossings between blocks, a later index read inside a block of a
+        block-lower-triangular pattern, reads outside a band with wrap-around or outside the
+        band ``offsets`` of a sparse pattern (a band with a distant leak). Empty where the
+        kind holds every dependence (a band, a triangle, dense, independent)."""
+        if self.kind == Kind.SPARSE and self.offsets is None:
+            return []
+        outside = self.pattern.to(torch.bool).cpu() & ~self._region()
+        return [(int(i), int(j)) for i, j in outside.nonzero().tolist()]
+
+    def _region(self) -> torch.Tensor:
+        """The (m × n) entries the kind allows (a sparse pattern: its band ``offsets``)."""
+        m, n = self.pattern.shape
         offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
         if self.kind == Kind.INDEPENDENT:
-            band = offset == 0
-        elif self.kind == Kind.PERIODIC_BAND:
+            return offset == 0
+        if self.kind == Kind.PERIODIC_BAND:
             offset = (offset + n // 2) % n - n // 2
-            band = (offset >= self.offsets[0]) & (offset <= self.offsets[1])
-        elif self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
+        if self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
             block = _block_index(self.blocks, max(m, n))
             band = block[:m, None] == block[None, :n]
-            if self.kind == Kind.BLOCK_LOWER_TRIANGULAR:
-                band &= offset <= 0
-        elif self.kind == Kind.SPARSE:
-            return False
-        elif self.offsets is None:  # dense
-            band = torch.ones(m, n, dtype=torch.bool)
-        else:
-            band = (offset >= self.offsets[0]) & (offset <= self.offsets[1])
-        return bool(torch.equal(pattern.cpu(), band))
+            return band & (offset <= 0) if self.kind == Kind.BLOCK_LOWER_TRIANGULAR else band
+        if self.offsets is None:  # dense
+            return torch.ones(m, n, dtype=torch.bool)
+        return (offset >= self.offsets[0]) & (offset <= self.offsets[1])
 
 
 def _index(name: str, axis: int, index) -> str:
@@ -223,13 +240,60 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
     if size > SPARSE_RATIO * count:
-        degree = torch.bincount(r, minlength=m)
-        best = Verdict(Kind.SPARSE, _first(r, c, r != c), None, None,
-                       (int(degree.max()), float(degree.float().mean())))
+        best = _sparse_verdict(m, n, r, c)
     return best
 
 
 SPARSE_RATIO = 4  # "sparse" where every structured kind allows over 4× the nonzeros
+
+
+def few(count: int) -> int:
+    """How many dependences outside a structure are "a few" (exceptions the kind allows, as a
+    leak between blocks): 4, or one in 64 of the ``count`` dependences if that is more."""
+    return max(4, count // 64)
+
+
+def _sparse_verdict(m: int, n: int, r, c) -> Verdict:
+    """"sparse", with the most and mean input indices per output index; where all but a few
+    dependences lie in one band (other than the diagonal alone), its offsets, and the first
+    dependence outside it as the witness (a band with a distant leak), else the first off
+    the diagonal."""
+    degree = torch.bincount(r, minlength=m)
+    nonzeros = (int(degree.max()), float(degree.float().mean()))
+    bulk = _bulk(r, c, m, n)
+    if bulk is not None:
+        (lo, hi), outside = bulk
+        return Verdict(Kind.SPARSE, _first(r, c, outside), (lo, hi), None, nonzeros)
+    return Verdict(Kind.SPARSE, _first(r, c, r != c), None, None, nonzeros)
+
+
+def _bulk(r, c, m: int, n: int, period: int | None = None):
+    """((lo, hi), the dependences outside) for the band of offsets (modulo ``period``,
+    nearest 0, where given) that holds all but a few dependences, or None: the run of
+    diagonals at least half full holding the most of them, with 1 to :func:`few` outside it
+    and not the diagonal alone."""
+    offset = c - r
+    if period is not None:
+        offset = (offset + period // 2) % period - period // 2
+        first, lengths = -(period // 2), torch.full((period,), period)
+    else:
+        first = -(m - 1)
+        k = torch.arange(-(m - 1), n)
+        lengths = torch.minimum(torch.full_like(k, m), n - k) - (-k).clamp(min=0)
+    counts = torch.bincount(offset - first, minlength=len(lengths))
+    full = (2 * counts >= lengths) & (counts > 0)
+    if not bool(full.any()):
+        return None
+    run = torch.cumsum(torch.cat([full[:1], full[1:] & ~full[:-1]]).long(), 0) * full
+    held = torch.zeros(int(run.max()) + 1, dtype=torch.long).index_add_(0, run, counts)
+    held[0] = -1
+    best = int(held.argmax())
+    where = (run == best).nonzero().flatten()
+    lo, hi = int(where[0]) + first, int(where[-1]) + first
+    outside = (offset < lo) | (offset > hi)
+    if (lo, hi) == (0, 0) or not 0 < int(outside.sum()) <= few(len(r)):
+        return None
+    return (lo, hi), outside
 ENTRIES = 2**22  # patterns with more dependences are judged row by row (no list of them)
 
 
@@ -329,7 +393,7 @@ def _block_verdict(m: int, n: int, r, c):
     crossing.index_add_(0, low + 1, torch.ones_like(low))
     crossing.index_add_(0, high + 1, -torch.ones_like(high))
     crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
-    fewest, most = int(crossing.min()), max(4, len(r) // 64)
+    fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
     options = [_blocks_at(n, r, c, (crossing <= level).nonzero().flatten() + 1, most)
                for level in levels]
@@ -339,33 +403,51 @@ def _block_verdict(m: int, n: int, r, c):
 
 def _blocks_at(n: int, r, c, cuts, most: int):
     """(entries allowed, Verdict) for the blocks between ``cuts``, or None (a block of one
-    index, or more than ``most`` dependences crossing)."""
+    index, or more than ``most`` dependences crossing). Lower-triangular blocks where that
+    allows fewer entries, counting as exceptions the dependences inside a block on a later
+    index (a future leak inside one packed causal sequence) with the crossings: at most
+    ``most`` in all; the witness is the first exception."""
     bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])])
     sizes = bounds.diff()
     if len(sizes) < 2 or int(sizes.min()) < 2:
         return None
     block = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
     across = block[r] != block[c]
-    if int(across.sum()) > most:
+    crossings = int(across.sum())
+    if crossings > most:
         return None
-    witness = _first(r, c, across) or _first(r, c, r != c)
-    if bool((c[~across] <= r[~across]).all()) and bool((c[~across] < r[~across]).any()):
-        allowed = int((sizes * (sizes + 1) // 2).sum()) + int(across.sum())
-        return allowed, Verdict(Kind.BLOCK_LOWER_TRIANGULAR, witness, None,
-                                tuple(sizes.tolist()))
-    allowed = int((sizes**2).sum()) + int(across.sum())
-    return allowed, Verdict(Kind.BLOCK_DIAGONAL, witness, None, tuple(sizes.tolist()))
+    blocks = tuple(sizes.tolist())
+    diagonal = int((sizes**2).sum()) + crossings, Verdict(
+        Kind.BLOCK_DIAGONAL, _first(r, c, across) or _first(r, c, r != c), None, blocks)
+    later = ~across & (c > r)  # inside a block, on a later index
+    if not bool((~across & (c < r)).any()) or crossings + int(later.sum()) > most:
+        return diagonal
+    lower = int((sizes * (sizes + 1) // 2).sum()) + crossings + int(later.sum()), Verdict(
+        Kind.BLOCK_LOWER_TRIANGULAR, _first(r, c, across | later) or _first(r, c, r != c),
+        None, blocks)
+    return lower if lower[0] < diagonal[0] else diagonal
 
 
 def _periodic_verdict(m: int, n: int, r, c):
     """(entries allowed, Verdict) for a band of offsets modulo n (nearest 0) that wraps
-    around; None where none wraps or the band is as wide as the matrix."""
+    around; None where none wraps or the band is as wide as the matrix. A few dependences
+    outside the band (:func:`_bulk`) are exceptions, the first the witness; the band is
+    then the one the others follow."""
     if m != n or n < 3:
         return None
     plain = c - r
     offset = (plain + n // 2) % n - n // 2
     wraps = offset != plain
     lo, hi = int(offset.min()), int(offset.max())
+    bulk = _bulk(r, c, m, n, period=n)
+    if bulk is not None and (n * (bulk[0][1] - bulk[0][0] + 1) + int(bulk[1].sum())
+                             < n * (hi - lo + 1)):
+        (lo, hi), outside = bulk
+        wraps = wraps & ~outside
+        if not bool(wraps.any()):
+            return None
+        return n * (hi - lo + 1) + int(outside.sum()), Verdict(
+            Kind.PERIODIC_BAND, _first(r, c, outside), (lo, hi))
     if not bool(wraps.any()) or hi - lo + 1 >= n:
         return None
     inside = (~wraps & (plain != 0)).nonzero().flatten()  # a plain neighbour, not the wrap

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from ..core import structure
-from ..core.dependency import Dependency, Kind, from_result
+from ..core.dependency import EXCEPTING, Dependency, Kind, from_result
 from ..core.errors import VJPUsageError
 from . import notation
 from .budget import remembered
@@ -233,14 +233,24 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     leaks = few_leaks(dep)
     if leaks is not None:  # which: "only y[1] reads another row of x: y[1] ← x[0] (…)"
         i, j = leaks[0], dep.reads(leaks[0])[0]
+    summary = dep.summary().removesuffix(f" ({dep.note})")  # the note follows on its own
+    structure = [Text(f"; the pattern is {_article(dep)}{summary}")] \
+        if dep.kind in EXCEPTING and dep.exceptions() else []
     note = [Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
-            Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn, Text(")")]
+            Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn,
+            *structure, Text(")")]
     witness = [*_witness(dep, y, name), *note] if leaks is None else \
         _leak_spans(dep, y, name, leaks, in_shape, note)
     return Paragraph((
         Text(f"The {_axis_word(out_shape, dep.out_axis)} of "), yn,
         Text(f" are not independent of the {_axis_word(in_shape, dep.in_axis)} of "), xn,
         Text(": "), *witness, *([Text(f" ({dep.note})")] if dep.note else []), *rest))
+
+
+def _article(dep: Dependency) -> str:
+    """``a `` before a kind that is a noun (a band with wrap-around), none before an
+    adjective (sparse, block-diagonal)."""
+    return "a " if dep.kind == Kind.PERIODIC_BAND else ""
 
 
 def _shift(offset: int) -> tuple[str, str]:
@@ -274,36 +284,72 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         Text(f" read other {_axis_word(in_shape, dep.in_axis)} of "),
         notation.prose_name(name)]
     note = [Text(f"; {dep.note}")] if dep.note else []
+    exceptions = dep.exceptions() if dep.kind in EXCEPTING else []
+    if exceptions and dep.offsets is not None:  # a band the bulk follows, and a few others
+        return Paragraph((*lead, xs, Text(" for "), _bound(dep), Text(", "),
+                          *_exception_spans(dep, y, name, exceptions),
+                          Text(f" ({dep.summary(exceptions=False)}).")))
     if dep.kind == Kind.DENSE:
         return Paragraph((*lead, xs, Text(" after "), Math("t", "t"),
                           Text(" as well as before ("), *_witness(dep, y, name),
                           Text("): dense"), *some, *note, Text(".")))
+    if exceptions:  # blocks, and a few dependences outside them
+        return Paragraph((*lead, Text(f"a few {_axis_word(in_shape, dep.in_axis)} of "),
+                          notation.prose_name(name),
+                          Text(f" ({dep.summary(exceptions=False)}), "),
+                          *_exception_spans(dep, y, name, exceptions), Text(".")))
     if dep.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR, Kind.SPARSE):
         return Paragraph((*lead, Text(f"a few {_axis_word(in_shape, dep.in_axis)} of "),
                           notation.prose_name(name), Text(f" ({dep.summary()}"), *some,
-                          Text(f", {_crossing(dep) or 'first'} "), *_witness(dep, y, name),
-                          Text(").")))
+                          Text(", first "), *_witness(dep, y, name), Text(").")))
     if dep.kind == Kind.LOWER_TRIANGULAR:
-        bound, words = Math(r"s \le t", "s ≤ t"), "causal: lower-triangular"
+        words = "causal: lower-triangular"
     elif dep.kind == Kind.UPPER_TRIANGULAR:
-        bound, words = Math(r"s \ge t", "s ≥ t"), "upper-triangular"
+        words = "upper-triangular"
     else:
-        (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
-        bound = Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
         summary = dep.summary().removesuffix(f" ({dep.note})")
         words = f"a {dep.kind}, offsets {summary.split('offsets ')[1]}"
     first = [Text(", first "), *_witness(dep, y, name)] if dep.witness else []
-    return Paragraph((*lead, xs, Text(" for "), bound, Text(f" only ({words}"), *some,
+    return Paragraph((*lead, xs, Text(" for "), _bound(dep), Text(f" only ({words}"), *some,
                       *first, *note, Text(").")))
 
 
+def _bound(dep: Dependency) -> Math:
+    """``s ≤ t`` (lower-triangular), ``s ≥ t`` (upper), ``t − 1 ≤ s ≤ t + 1`` (a band, of
+    a sparse pattern's bulk too; ``modulo n`` with wrap-around)."""
+    if dep.kind == Kind.LOWER_TRIANGULAR:
+        return Math(r"s \le t", "s ≤ t")
+    if dep.kind == Kind.UPPER_TRIANGULAR:
+        return Math(r"s \ge t", "s ≥ t")
+    (lo_tex, lo_plain), (hi_tex, hi_plain) = _shift(dep.offsets[0]), _shift(dep.offsets[1])
+    if dep.kind == Kind.PERIODIC_BAND:
+        n = dep.pattern.shape[1]
+        return Math(f"{lo_tex} \\le s \\le {hi_tex} \\pmod{{{n}}}",
+                    f"{lo_plain} ≤ s ≤ {hi_plain} (mod {n:,})")
+    return Math(f"{lo_tex} \\le s \\le {hi_tex}", f"{lo_plain} ≤ s ≤ {hi_plain}")
+
+
+def _exception_spans(dep: Dependency, y: str, x: str, exceptions: list) -> list:
+    """``with one exception, a crossing between blocks: y[8] ← x[7]`` (``with 3 exceptions,
+    the first …``): the dependences the structure forbids, named by the first (the
+    witness)."""
+    count = len(exceptions)
+    what = _crossing(dep)
+    head = "with one exception" if count == 1 else f"with {count:,} exceptions, the first"
+    return [Text(f"{head}{', ' + what if what else ''}: "), *_witness(dep, y, x)]
+
+
 def _crossing(dep: Dependency) -> str:
-    """``a crossing between blocks`` where a block-diagonal verdict's witness is one."""
+    """``a crossing between blocks`` where a block-diagonal verdict's witness is one (``a
+    later index read inside a block`` where a block-lower-triangular one's is that)."""
     if dep.kind not in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR) or dep.witness is None:
         return ""
     ends = torch.tensor(dep.blocks).cumsum(0)
     i, j = (int(torch.searchsorted(ends, k, right=True)) for k in dep.witness)
-    return "a crossing between blocks" if i != j else ""
+    if i != j:
+        return "a crossing between blocks"
+    later = dep.kind == Kind.BLOCK_LOWER_TRIANGULAR and dep.witness[1] > dep.witness[0]
+    return "a later index read inside a block" if later else ""
 
 
 # -- sensitivities at many points -----------------------------------------------------------
