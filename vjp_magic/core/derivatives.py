@@ -1,7 +1,8 @@
 """Derivatives: vector-Jacobian products, batched, chunked to a memory budget.
 
-Everything goes through ``torch.autograd.grad`` with ``retain_graph=True``, so
-``x.grad`` is never touched and the graph stays usable for the user's next cell.
+Every pass is autograd's engine with ``retain_graph=True`` and nothing accumulated (as
+``torch.autograd.grad`` runs it), so ``x.grad`` is never touched and the graph stays usable
+for the user's next cell.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.variable import Variable
+from torch.overrides import has_torch_function
 
 from .retained import cleared, plain_pass
 from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
@@ -31,19 +34,19 @@ def one_hot_gradients(
 
     Each is shaped like the output: 1 on the component it selects, for every point at once.
     """
+    count = stop - start
+    if not point_out_axes:  # (the common case, without the shapes' bookkeeping)
+        selector = torch.zeros(count, math.prod(output_shape), dtype=dtype, device=device)
+        selector.diagonal(start).fill_(1)  # row i selects entry start + i
+        return selector.view(count, *output_shape)
     component_axes = [a for a in range(len(output_shape)) if a not in point_out_axes]
     component_shape = [output_shape[a] for a in component_axes]
-    count = stop - start
     selector = torch.zeros(count, math.prod(component_shape), dtype=dtype, device=device)
-    selector[torch.arange(count, device=device), torch.arange(start, stop, device=device)] = 1
+    selector.diagonal(start).fill_(1)  # row i selects component start + i
     view_shape = [count] + [
         output_shape[a] if a in component_axes else 1 for a in range(len(output_shape))
     ]
-    # Reshape the flat component index into the component axes, keeping size 1 at point axes.
-    selector = selector.reshape([count] + component_shape)
-    for axis in sorted(point_out_axes):
-        selector = selector.unsqueeze(1 + axis)
-    return selector.reshape(view_shape).expand(count, *output_shape)
+    return selector.view(view_shape).expand(count, *output_shape)
 
 
 _MEMORY_ERRORS = ("out of memory", "can't allocate memory")  # CUDA's, the CPU allocator's
@@ -96,10 +99,40 @@ def vjp_batch(
 
 
 def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
+    """``torch.func.vmap`` over one ``autograd.grad``: through torch's own vmap primitives
+    where this torch has them (what ``vmap`` does once it has flattened its arguments, without
+    that Python work), else through ``torch.func.vmap`` itself."""
     def one(v):
-        return materialized_grad([output], list(inputs), [v], retain_graph=True)
+        return _grad(output, inputs, v)
 
-    return list(torch.func.vmap(one)(grad_outputs))
+    if _VMAP is None:
+        return list(torch.func.vmap(one)(grad_outputs))
+    increment, decrement, add_batch_dim, remove_batch_dim, load = _VMAP
+    load()  # (vmap's batching rules written in Python, registered on first use)
+    batch = grad_outputs.shape[0]
+    level = increment(batch, "error")  # torch.func.vmap's default randomness
+    try:
+        grads = one(add_batch_dim(grad_outputs, 0, level))
+        return [remove_batch_dim(g, level, batch, 0) for g in grads]
+    finally:
+        decrement()
+
+
+def _vmap_primitives() -> tuple | None:
+    """``torch.func.vmap``'s primitives (nesting level, batch dimension in and out, the lazy
+    decompositions), or None where this torch does not have them under these names."""
+    try:
+        from torch._C import _functorch
+        from torch._functorch.vmap import lazy_load_decompositions
+
+        return (_functorch._vmap_increment_nesting, _functorch._vmap_decrement_nesting,
+                _functorch._add_batch_dim, _functorch._remove_batch_dim,
+                lazy_load_decompositions)
+    except (ImportError, AttributeError):
+        return None
+
+
+_VMAP = _vmap_primitives()
 
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
@@ -134,9 +167,23 @@ def plain_vjp(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     start, whatever the view's offset, and would take another row's values."""
     if vector._base is not None:
         vector = vector.clone()
-    grads = list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+    grads = _grad(output, inputs, vector)
     plain_pass(output, inputs)  # (a vectorised pass before it needs no pass of zeros)
     return grads
+
+
+def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
+          vector: torch.Tensor) -> list[torch.Tensor]:
+    """``materialized_grad([output], inputs, [vector], retain_graph=True)``: the engine's pass
+    itself, without ``autograd.grad``'s Python checks of gradient arguments (``vector`` is the
+    analysis's own, shaped and typed like the output), which cost about as much as a small
+    graph's backward; tensors with a ``__torch_function__`` go through ``autograd.grad``."""
+    if has_torch_function((output, *inputs)):
+        return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+    engine = Variable._execution_engine  # the one autograd.grad would hand the pass to
+    grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
+                                allow_unreachable=True, accumulate_grad=False)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
 
 
 # Up to this many gradient arguments, plain backward passes one by one: about as fast as a

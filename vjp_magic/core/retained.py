@@ -105,23 +105,31 @@ _SEQUENCES = (list, tuple, set, frozenset)
 
 
 def _split(objects: list) -> tuple:
-    """(tensors, sequences, mappings, modules) among ``objects``: each distinct type is
-    classified once, the objects picked by their type at C speed (no Python step per
-    object). Modules: ``nn.Module`` instances, whose attributes (``self.h = h``, as
-    activation-inspection code keeps a retain_grad tensor) are looked into."""
+    """(tensors, sequences, mappings, modules) among ``objects``, by type: each distinct type
+    is classified once and remembered (:data:`_KINDS`); many objects are picked at C speed
+    (no Python step per object), a few by one loop. Modules: ``nn.Module`` instances, whose
+    attributes (``self.h = h``, as activation-inspection code keeps a retain_grad tensor)
+    are looked into."""
     kinds = list(map(type, objects))
-    picked: tuple[set, set, set, set] = (set(), set(), set(), set())
-    for kind in set(kinds):
-        if issubclass(kind, _TENSOR_BASE):
-            picked[0].add(kind)
-        elif issubclass(kind, _SEQUENCES):
-            picked[1].add(kind)
-        elif issubclass(kind, dict):
-            picked[2].add(kind)
-        elif issubclass(kind, torch.nn.Module):
-            picked[3].add(kind)
-    return tuple(list(itertools.compress(objects, map(types.__contains__, kinds)))
-                 if types else [] for types in picked)
+    if len(_KINDS) >= 4096:  # (types made on the fly: the table stays small)
+        _KINDS.clear()
+    for kind in set(kinds).difference(_KINDS):
+        _KINDS[kind] = 1 if issubclass(kind, _TENSOR_BASE) else \
+            2 if issubclass(kind, _SEQUENCES) else 3 if issubclass(kind, dict) else \
+            4 if issubclass(kind, torch.nn.Module) else 0
+    if len(objects) > 64:
+        picked: tuple[set, ...] = (set(), set(), set(), set(), set())
+        for kind in set(kinds):
+            picked[_KINDS[kind]].add(kind)
+        return tuple(list(itertools.compress(objects, map(types.__contains__, kinds)))
+                     if types else [] for types in picked[1:])
+    lists: tuple[list, ...] = ([], [], [], [], [])
+    for obj, code in zip(objects, map(_KINDS.__getitem__, kinds)):
+        lists[code].append(obj)
+    return lists[1:]
+
+
+_KINDS: dict = {}  # type → 1 tensor, 2 sequence, 3 mapping, 4 module, 0 anything else
 
 
 def _tensors(objects: list) -> list:
