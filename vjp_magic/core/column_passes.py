@@ -60,7 +60,8 @@ def column_colours(pattern: Pattern, row_count: int | None, out_shape=None,
     """int64 colours for the input's entries (:func:`.colouring.colour_columns`) where column
     passes pay more than ``row_count`` row passes (None: rows refused), else None. Not
     coloured at all where they cannot pay: a row reading k entries needs k column colours."""
-    widest = int(np.diff(pattern.crow.numpy()).max()) if pattern.shape[0] else 0
+    widest = pattern.diagonals.most if pattern.diagonals is not None else \
+        int(np.diff(pattern.crow.numpy()).max()) if pattern.shape[0] else 0
     if row_count is not None and widest * COST_RATIO >= row_count:
         return None
     shape = None if out_shape is None else (tuple(out_shape), tuple(in_shape))

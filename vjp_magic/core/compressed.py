@@ -26,7 +26,7 @@ from .errors import VJPUsageError
 from .memory import resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
-from .pattern import Pattern, observed_pattern
+from .pattern import Diagonals, Pattern, observed_pattern
 from .probes import new_seed
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
@@ -157,31 +157,95 @@ def _csr_bytes(pattern: Pattern, x: torch.Tensor) -> int:
     return pattern.nnz * (8 + x.element_size()) + 8 * (pattern.shape[0] + 1)
 
 
-class Passes(NamedTuple):
-    """The compressed passes of one colouring: ``values`` (count × n), vᵀJ for v = 1 on
-    each colour's output entries; for each nonzero of the pattern (CSR order) ``at``, its
-    flat index into them, and ``held``, its value there; ``crow``: the pattern's."""
+class DiagonalPasses(NamedTuple):
+    """The passes read off per diagonal: ``table`` (m × K, 0 off the pattern), the
+    :class:`.pattern.Diagonals`, and the CSR parts read off them (``held``, the values)."""
 
-    values: torch.Tensor
-    at: torch.Tensor
+    table: torch.Tensor
+    diagonals: Diagonals
     held: torch.Tensor
     crow: torch.Tensor
+    col: torch.Tensor
+
+
+class Passes:
+    """The compressed passes of one colouring: ``values`` (count × n), vᵀJ for v = 1 on
+    each colour's output entries; for each nonzero of the pattern (CSR order) ``at``, its
+    flat index into them (built when first read where the pattern is held as diagonals),
+    and ``held``, its value there; ``crow``: the pattern's. ``diagonals``, for a pattern held
+    as diagonals: :class:`DiagonalPasses`, which the check reads while the matrix it judges
+    is the one read off them (:func:`.sparse_check.checked`)."""
+
+    def __init__(self, values, at, held, crow, diagonals=None, locate=None):
+        self.values, self._at, self.held, self.crow = values, at, held, crow
+        self.diagonals, self._locate = diagonals, locate
+
+    @property
+    def at(self) -> torch.Tensor:
+        if self._at is None:
+            self._at = self._locate()
+        return self._at
+
+    def _replace(self, **changes) -> Passes:
+        fields = dict(values=self.values, at=self._at, held=self.held, crow=self.crow,
+                      diagonals=self.diagonals, locate=self._locate)
+        fields.update(changes)
+        return Passes(**fields)
 
 
 def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int) -> Passes:
-    """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour (its
-    flat index c_i·n + j: c_i·n on the m rows, repeated along them, plus j; one array of
-    nnz entries in all, each fresh one costs its page faults)."""
+    """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour: read
+    off per diagonal where the pattern is held so (:func:`diagonal_values`: no index array
+    at all), else at its flat index c_i·n + j (:func:`_flat_at`)."""
     flat = output.reshape(-1)
     count = int(colours.max()) + 1 if colours.numel() else 0
     values = _passes(flat, x, colours.to(flat.device), count, budget)
-    n, small = x.numel(), count * x.numel() < 2**31  # int32 indices: half the bytes
+
+    def locate():
+        return _flat_at(values, pattern, colours)
+
+    if pattern.diagonals is not None:
+        table = diagonal_values(values, pattern.diagonals, colours, flat.numel())
+        held = pattern.diagonals.deleted(table.reshape(-1))
+        return Passes(values, None, held, pattern.crow,
+                      DiagonalPasses(table, pattern.diagonals, held, pattern.crow, pattern.col),
+                      locate)
+    at = locate()
+    return Passes(values, at, torch.index_select(values.reshape(-1), 0, at), pattern.crow)
+
+
+def _flat_at(values: torch.Tensor, pattern: Pattern, colours: torch.Tensor) -> torch.Tensor:
+    """Each nonzero's flat index c_i·n + j into the passes: c_i·n on the m rows, repeated
+    along them, plus j (one array of nnz entries in all; each fresh one costs its page
+    faults)."""
+    count, n = values.shape
+    small = count * n < 2**31  # int32 indices: half the bytes
     at = np.repeat((colours.cpu().numpy() * n).astype(np.int32 if small else np.int64),
                    np.diff(pattern.crow.numpy()))
     np.add(at, pattern.col.numpy(), out=at, casting="unsafe")
-    at = torch.from_numpy(at).to(values.device)
-    held = torch.index_select(values.reshape(-1), 0, at)
-    return Passes(values, at, held, pattern.crow)
+    return torch.from_numpy(at).to(values.device)
+
+
+def diagonal_values(values: torch.Tensor, diagonals, colours: torch.Tensor,
+                    m: int) -> torch.Tensor:
+    """(m × K): J[r, r + keys[k]] at [r, k], 0 where the pattern has no such entry. Row r's
+    entries are in the pass of its colour c_r, at r + keys[k]: per diagonal one gather along
+    the colours (index c_r) from the passes shifted by keys[k]."""
+    n = values.shape[1]
+    table = values.new_empty(m, len(diagonals.keys))
+    index = colours.to(values.device).reshape(1, -1)
+    for k, key in enumerate(diagonals.keys.tolist()):
+        lo, hi = diagonals.rows(k, m, n)
+        column = table[:, k]
+        column[:lo] = 0
+        column[hi:] = 0
+        if hi > lo:  # straight into the strided column: 1.4x a copy after
+            torch.gather(values[:, lo + key:hi + key], 0, index[:, lo:hi],
+                         out=column[lo:hi].unsqueeze(0))
+    if len(diagonals.missing):
+        table.reshape(-1).index_fill_(0, torch.from_numpy(diagonals.missing).to(values.device),
+                                      0)
+    return table
 
 
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:

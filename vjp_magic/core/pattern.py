@@ -41,10 +41,75 @@ class Pattern(NamedTuple):
     probes: int  # backward passes spent finding it
     evidence: Evidence = Evidence.OBSERVED  # PROVED: from the graph, for every x
     lattice: Lattice | None = None  # proved shift-only patterns: their conflicts, exactly
+    diagonals: Diagonals | None = None  # proved patterns whose row r reads r + fixed offsets
 
     @property
     def nnz(self) -> int:
         return int(self.col.numel())
+
+
+class Diagonals(NamedTuple):
+    """A pattern held as a few diagonals (proved from offset terms): row r reads columns
+    r + ``keys[k]`` (int64, ascending), except at the flat positions r·K + k listed in
+    ``missing`` (int64, ascending; K = len(keys)). The CSR arrays are the (m × K) array of
+    those columns, row-major, with the missing positions deleted, so values held per
+    diagonal (m × K) become the CSR values the same way (:func:`deleted`). ``most``: the
+    most nonzeros in a row."""
+
+    keys: np.ndarray
+    missing: np.ndarray
+    most: int
+
+    def rows(self, k: int, m: int, n: int) -> tuple[int, int]:
+        """The rows r whose column r + keys[k] lies inside the n columns (a range)."""
+        key = int(self.keys[k])
+        return max(0, -key), max(max(0, -key), min(m, n - key))
+
+    def deleted(self, full):
+        """``full`` (m·K entries, a flat numpy array or torch tensor in the diagonal order)
+        without the missing positions: a view where they lie at its two ends only."""
+        return deleted(full, self.missing)
+
+
+def deleted(full, missing: np.ndarray):
+    """The flat array ``full`` without the entries at the ascending positions ``missing``: a
+    slice where they are a prefix and a suffix only, else a boolean mask."""
+    size = len(full)
+    if len(missing) == 0:
+        return full
+    head = _prefix(missing)
+    tail = _prefix(size - 1 - missing[::-1])
+    if head + tail >= len(missing):
+        return full[head:size - tail]
+    keep = np.ones(size, dtype=bool)
+    keep[missing] = False
+    if isinstance(full, np.ndarray):
+        return full[keep]
+    if full.device.type == "cpu":
+        return torch.from_numpy(full.numpy()[keep])
+    return full[torch.from_numpy(keep).to(full.device)]
+
+
+def expanded(kept: torch.Tensor, missing: np.ndarray, size: int) -> torch.Tensor:
+    """The inverse of :func:`deleted`: ``size`` entries, ``kept`` in order at the positions
+    not in ``missing``, 0 at those."""
+    full = kept.new_zeros(size)
+    head, tail = _prefix(missing), _prefix(size - 1 - missing[::-1])
+    if head + tail >= len(missing):
+        full[head:size - tail] = kept
+        return full
+    keep = np.ones(size, dtype=bool)
+    keep[missing] = False
+    full[torch.from_numpy(keep).to(full.device)] = kept
+    return full
+
+
+def _prefix(ascending: np.ndarray) -> int:
+    """How many of the ascending positions are 0, 1, 2, …, from the first."""
+    if len(ascending) == 0 or ascending[0] != 0:
+        return 0
+    runs = np.flatnonzero(ascending != np.arange(len(ascending)))
+    return int(runs[0]) if len(runs) else len(ascending)
 
 
 class Lattice(NamedTuple):

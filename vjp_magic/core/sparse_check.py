@@ -22,6 +22,7 @@ import torch
 
 from .derivatives import plain_vjp
 from .probes import probe_generator, probe_plan
+from .pattern import expanded
 from .sparse_layout import csr_rows
 from .tolerances import tolerances
 
@@ -37,10 +38,8 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
     several probes). ``draws``: how many probes (default: the probe plan's count for the
     dtype)."""
     flat = output.reshape(-1)
-    count = 0 if passes is None else passes.values.shape[0]
     draws = probe_plan(flat.dtype).probes if draws is None else draws
-    products = _ColourProducts(passes, flat.numel()) if passes is not None and draws > 1 and \
-        count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1) else _CsrProducts(jacobian)
+    products = _products(passes, jacobian, draws)
     tolerance = tolerances(output.dtype).probe
     for draw in range(draws):
         if draw == 0 and known is not None:
@@ -52,6 +51,33 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
         if not _within(predicted, observed, scale, tolerance):
             return False
     return True
+
+
+def _products(passes, jacobian: torch.Tensor, draws: int):
+    """What gives (vᵀJ_sparse, |v|ᵀ|J_sparse|): the diagonals where the matrix is the one
+    read off them (its index arrays those very ones; its values too, else put back in
+    their diagonals), the colour passes for several probes where they are not much larger
+    than the nonzeros, else the CSR matrix."""
+    diagonal = None if passes is None else passes.diagonals
+    if diagonal is not None and _same(jacobian.crow_indices(), diagonal.crow) and \
+            _same(jacobian.col_indices(), diagonal.col):
+        table = diagonal.table  # the matrix's values, in their diagonals
+        if not _same(jacobian.values(), diagonal.held):
+            table = expanded(jacobian.values(), diagonal.diagonals.missing,
+                             table.numel()).reshape(table.shape)
+        return _DiagonalProducts(table, diagonal.diagonals, jacobian.shape[1])
+    count = 0 if passes is None else passes.values.shape[0]
+    if passes is not None and draws > 1 and \
+            count * jacobian.shape[1] <= 4 * max(passes.at.numel(), 1):
+        return _ColourProducts(passes, jacobian.shape[0])
+    return _CsrProducts(jacobian)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors are one view of the same memory (the same entries, not equal
+    ones)."""
+    return a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape and \
+        a.stride() == b.stride() and a.dtype == b.dtype
 
 
 def _within(predicted: torch.Tensor, observed: torch.Tensor, scale: torch.Tensor,
@@ -123,6 +149,25 @@ class _ColourProducts:
             picked = torch.index_select(padded, 0, row)
             predicted.addcmul_(picked, held)
             scale.addcmul_(picked.abs_(), size)
+        return predicted, scale
+
+
+class _DiagonalProducts:
+    """(vᵀJ, |v|ᵀ|J|) of a pattern held as diagonals (:class:`.pattern.Diagonals`): row r's
+    entry on diagonal k is in column r + keys[k], so vᵀJ is Σ_k (v ⊙ diagonal k) shifted by
+    keys[k]: K multiply-adds, no scatter. ``table``: (m × K), 0 off the pattern."""
+
+    def __init__(self, table: torch.Tensor, diagonals, n: int):
+        self.table, self.size, self.diagonals, self.n = table, table.abs(), diagonals, n
+
+    def __call__(self, v: torch.Tensor):
+        m = v.numel()
+        predicted, scale = v.new_zeros(self.n), v.new_zeros(self.n)
+        magnitude = v.abs()
+        for k, key in enumerate(self.diagonals.keys.tolist()):
+            lo, hi = self.diagonals.rows(k, m, self.n)
+            predicted[lo + key:hi + key].addcmul_(v[lo:hi], self.table[lo:hi, k])
+            scale[lo + key:hi + key].addcmul_(magnitude[lo:hi], self.size[lo:hi, k])
         return predicted, scale
 
 

@@ -200,6 +200,110 @@ def csr(relation: Offsets, meter: Meter) -> tuple[np.ndarray, np.ndarray, int]:
     return crow, cols, int(held.max()) if m else 0
 
 
+def diagonal_csr(relation: Offsets, meter: Meter):
+    """(crow, columns, the most entries in a row, :class:`..pattern.Diagonals`) of a relation
+    whose row r reads r + a few fixed flat offsets (the output and the tensor alike past
+    their first axis, so the tensor's flat index of row o is r), or None (not so, more than
+    :data:`MOST_DIAGONALS` offsets, or more than a quarter of the diagonals' entries off the
+    pattern: :func:`csr` then). The columns are the (m × K) array r + keys[k] with the
+    missing positions deleted: no per-row work beyond one pass."""
+    from ..pattern import Diagonals, deleted  # the pattern module builds on the index maps
+
+    out, shape = relation.out_shape, relation.shape
+    if not out or len(out) != len(shape) or tuple(out[1:]) != tuple(shape[1:]):
+        return None
+    strides = [math.prod(shape[a + 1:]) for a in range(len(shape))]
+    keys: dict[int, list[Term]] = {}
+    for term in relation.terms:
+        keys.setdefault(sum(d * s for d, s in zip(term.d, strides)), []).append(term)
+    order = np.array(sorted(keys), dtype=np.int64)
+    m, k = math.prod(out), order.size
+    if k == 0 or k > MOST_DIAGONALS or m == 0:
+        return None
+    meter.check(m * (k + 2) * ENTRY_BYTES)
+    missing = _missing(keys, order, out, m)
+    if missing is None:
+        return None
+    rows, counts = np.unique(missing // k, return_counts=True)
+    most = k - int(counts.min()) if len(rows) == m and m else k
+    crow = _diagonal_crow(rows, counts, m, k)
+    cols = deleted(diagonal_columns(order, m), missing)
+    return crow, cols, most, Diagonals(order, missing, most)
+
+
+def diagonal_columns(keys: np.ndarray, m: int) -> np.ndarray:
+    """r + keys[k] for r < m, row-major (m·K, int64), by doubling: rows [L, 2L) are rows
+    [0, L) plus L, one contiguous add each (numpy's broadcast add over a short last axis,
+    or one add per strided column, is 2 to 6 times slower)."""
+    cols = np.empty((m, keys.size), dtype=np.int64)
+    if m:
+        cols[0] = keys
+    filled = 1
+    while filled < m:
+        step = min(filled, m - filled)
+        np.add(cols[:step], filled, out=cols[filled:filled + step])
+        filled += step
+    return cols.reshape(-1)
+
+
+MOST_DIAGONALS = 64
+
+
+def _missing(keys: dict, order: np.ndarray, out, m: int) -> np.ndarray | None:
+    """The ascending positions r·K + k of the rows r outside every box of offset
+    ``order[k]``; None where they are more than a quarter of m·K."""
+    k, parts, count = order.size, [], 0
+    for index, key in enumerate(order.tolist()):
+        terms = keys[key]
+        if len(terms) == 1:
+            rows = _outside(terms[0], out)
+        else:
+            has = np.zeros(out, dtype=bool)
+            for term in terms:
+                has[tuple(slice(a, b) for a, b in zip(term.lo, term.hi))] = True
+            rows = np.flatnonzero(~has.reshape(-1))
+        count += len(rows)
+        if count * 4 > m * k:
+            return None
+        parts.append(rows * k + index)
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _outside(term: Term, out) -> np.ndarray:
+    """The flat row indices outside the term's box: for each axis a, the rows inside the box
+    on the axes before a and outside it on a (disjoint slabs), each a product of ranges."""
+    strides = [math.prod(out[a + 1:]) for a in range(len(out))]
+    slabs = []
+    for a in range(len(out)):
+        outside = np.concatenate([np.arange(0, term.lo[a]), np.arange(term.hi[a], out[a])])
+        if outside.size == 0:
+            continue
+        ranges = [np.arange(term.lo[b], term.hi[b]) for b in range(a)] + [outside] + \
+            [np.arange(out[b]) for b in range(a + 1, len(out))]
+        flat = np.zeros((1,) * len(out), dtype=np.int64)
+        for b, values in enumerate(ranges):
+            shape = [1] * len(out)
+            shape[b] = values.size
+            flat = flat + (values.astype(np.int64) * strides[b]).reshape(shape)
+        slabs.append(flat.reshape(-1))
+    return np.concatenate(slabs) if slabs else np.zeros(0, dtype=np.int64)
+
+
+def _diagonal_crow(rows: np.ndarray, counts: np.ndarray, m: int, k: int) -> np.ndarray:
+    """crow of the diagonals' pattern: (r + 1)·K less the missing entries in rows ≤ r
+    (``rows``: those with some missing, ascending; ``counts``: how many each)."""
+    crow = np.arange(0, (m + 1) * k, k, dtype=np.int64)
+    if len(rows) <= 2:  # a 1-D stencil: its first and last rows, one slice each
+        for row, count in zip(rows.tolist(), counts.tolist()):
+            crow[row + 1:] -= count
+        return crow
+    correction = np.zeros(m + 1, dtype=np.int64)
+    correction[rows + 1] = counts
+    np.cumsum(correction, out=correction)
+    crow -= correction
+    return crow
+
+
 def _short_runs(signature, order, base, crow, cols, runs) -> None:
     """crow and columns of the rows in short runs, all rows of one signature at once."""
     bounds, lengths, held, first, short = runs

@@ -42,7 +42,12 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
             # an attribute missing or not as the rules expect it: claim nothing
             return None
     try:
-        crow, cols, most = _rows(relation, Meter(budget), m)
+        diagonals = offsets.diagonal_csr(relation, Meter(budget)) \
+            if isinstance(relation, Offsets) else None  # row r reads r + fixed offsets
+        if diagonals is not None:
+            crow, cols, most, diagonals = diagonals
+        else:
+            crow, cols, most = _rows(relation, Meter(budget), m)
     except Unproved:
         return None
     if most > most_per_row(n):
@@ -50,7 +55,7 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
     lattice = lattice_of(relation.out_shape, relation.shape, relation.terms) \
         if isinstance(relation, Offsets) else None  # columns flat in relation.shape's order
     return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED,
-                   lattice)
+                   lattice, diagonals)
 
 
 def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
