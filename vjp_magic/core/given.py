@@ -36,10 +36,18 @@ probe 0, judged entry by entry, checks as it checks a batched derivative of a pr
 structure (and as the sparse path's one probe checks a proved pattern). Terms from several
 samples that cancel exactly in every weighted pass would still have to meet a probe that
 misses them. Anything unmarked (the vmap path) gets the full plan.
+
+Where M would be as large as D itself (a Linear weight: one product per sample and entry, or
+a sum over positions), the method may give |v|ᵀM directly instead (``weighted_magnitudes``: a
+function of the rows |v|, computed from the factors whose products are D's terms, |g|ᵀ|a|
+weighted by |v|: one small product, where |v|ᵀ|D| reads all of D a second time). That scale
+is the terms' own, never above |v|ᵀ·max(M, |D|): judged against it alone, the rule is at
+least as strict as with M given entry by entry.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -55,18 +63,23 @@ class GivenJacobian(NamedTuple):
     jacobian: torch.Tensor  # output.shape + input.shape
     magnitudes: torch.Tensor | None = None  # the sums of |terms| adding up to each entry
     samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
+    # |v| rows (k, *output.shape) -> |v|ᵀM (k, input entries): M made from its factors
+    weighted_magnitudes: Callable | None = None
 
 
 def split(given: dict) -> tuple[dict, dict, set]:
     """``given`` (name -> Jacobian, a (Jacobian, magnitudes) pair or a
-    :class:`GivenJacobian`) as the Jacobians, the magnitudes where known, and the names
-    whose rows were checked per sample for every pair."""
+    :class:`GivenJacobian`) as the Jacobians, the magnitudes where known (a tensor shaped
+    like the Jacobian, or the function giving |v|ᵀM), and the names whose rows were checked
+    per sample for every pair."""
     jacobians, magnitudes, separated = {}, {}, set()
     for name, value in given.items():
         if isinstance(value, (tuple, list)):
             value = GivenJacobian(*value)
             if value.magnitudes is not None:
                 magnitudes[name] = value.magnitudes
+            elif value.weighted_magnitudes is not None:
+                magnitudes[name] = value.weighted_magnitudes
             if value.samples_separated:
                 separated.add(name)
             value = value.jacobian
@@ -81,8 +94,8 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     :meth:`.probes.Probes.agree_full`, one backward per draw for all — probe 0 alone where
     every one is ``separated`` (see the module's docstring). Accepted ones known finite and
     not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``."""
-    scaled = {n for n in jacobians if n in magnitudes
-              and tuple(magnitudes[n].shape) == tuple(jacobians[n].shape)}
+    scaled = {n for n in jacobians if n in magnitudes and (callable(magnitudes[n]) or tuple(
+        magnitudes[n].shape) == tuple(jacobians[n].shape))}
     one = bool(jacobians) and set(jacobians) <= set(separated)
     if not scaled and not one:
         return probes.agree_full(jacobians) if jacobians else set()
@@ -109,25 +122,34 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
 
 class ScaledProbes(FullProbes):
     """:class:`.probes.FullProbes` judging each entry against |v|ᵀ·max(M, |D|) where the
-    terms' magnitudes M are given and finite (|v|ᵀ|D| where not)."""
+    terms' magnitudes M are given and finite, or against |v|ᵀM where M comes as the
+    function giving it (|v|ᵀ|D| where neither)."""
 
     def __init__(self, derivatives: torch.Tensor, probes, magnitudes=None) -> None:
         super().__init__(derivatives, probes)
-        usable = magnitudes is not None and not self.empty \
-            and first_nonfinite(magnitudes) is None  # an infinite scale would pass anything
-        self.magnitudes = None if not usable else \
-            torch.maximum(magnitudes.to(self.d.dtype).reshape(self.d.shape), self.d.abs())
+        self.magnitudes = self.weighted = None
+        if magnitudes is None or self.empty:
+            return
+        if callable(magnitudes):  # |v|ᵀM itself, from M's factors: D is not read again
+            weighted = magnitudes(self.v.abs())
+            if tuple(weighted.shape) == tuple(self.expected.shape) \
+                    and first_nonfinite(weighted) is None:  # an infinite scale passes anything
+                self.weighted = weighted.to(self.expected.dtype)
+        elif first_nonfinite(magnitudes) is None:
+            self.magnitudes = \
+                torch.maximum(magnitudes.to(self.d.dtype).reshape(self.d.shape), self.d.abs())
 
     def mismatch(self, probe_vjps) -> float:
-        if self.magnitudes is None or self.empty:
+        if (self.magnitudes is None and self.weighted is None) or self.empty:
             return super().mismatch(probe_vjps)
         vjps = torch.stack([g.reshape(-1) for g in probe_vjps]).to(self.expected.dtype)
         if not self.finite:
             return math.inf
         if torch.equal(vjps, self.expected):
             return 0.0
-        allowed = (self.v.abs() @ self.magnitudes).mul_(tolerances(self.dtype).probe)
-        allowed.add_(torch.finfo(allowed.dtype).tiny)
+        allowed = (self.v.abs() @ self.magnitudes) if self.weighted is None \
+            else self.weighted.clone()
+        allowed.mul_(tolerances(self.dtype).probe).add_(torch.finfo(allowed.dtype).tiny)
         return float(vjps.sub_(self.expected).abs_().div_(allowed).max())
 
 

@@ -95,14 +95,34 @@ class PerSampleGradients(dict):
     """name -> per-sample gradients (B, *shape), with ``magnitudes``: name -> the sums of
     the absolute terms that add up to each entry, for the parameters read by a rule that sums
     over rows or positions (a bias: ``|g|`` summed where ``g`` is); the others have none.
-    ``separated``: each layer's output gradient was checked per sample for every pair of
-    samples (:func:`_output_gradients`)."""
+    ``weighted``: name -> the function giving |v|ᵀM from M's factors without making M (a
+    Linear weight read by one rule: :class:`_WeightedMagnitudes`), for
+    :class:`~vjp_magic.core.given.GivenJacobian`. ``separated``: each layer's output
+    gradient was checked per sample for every pair of samples (:func:`_output_gradients`)."""
 
     def __init__(self, gradients: dict, magnitudes: dict | None = None,
-                 separated: bool = False):
+                 separated: bool = False, weighted: dict | None = None):
         super().__init__(gradients)
         self.magnitudes = magnitudes or {}
+        self.weighted = weighted or {}
         self.separated = separated  # every pair of samples checked apart (the rules' check)
+
+
+class _WeightedMagnitudes:
+    """|v|ᵀM for a Linear weight's per-sample gradients, M_b = Σ_t |g_bt| |a_btᵀ| (the sums
+    of the absolute terms of D_b = Σ_t g_bt a_btᵀ): ``(|v| ∘ |g|)ᵀ |a|``, one product the
+    size of the weight per row of |v|, where |v|ᵀ|D| reads every per-sample gradient."""
+
+    def __init__(self, g: torch.Tensor, source: torch.Tensor):
+        self.g, self.source = g, source  # (B, T, out), (B, T, in): the rule's own factors
+
+    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
+        """``weights``: rows |v| (k, B, …) -> (k, out · in)."""
+        batch = self.g.shape[0]
+        g, source = (t.to(weights.dtype).abs() for t in (self.g, self.source))
+        rows = weights.reshape(-1, batch, 1, 1)
+        return torch.stack([(g * row).flatten(0, 1).transpose(0, 1)
+                            .mm(source.flatten(0, 1)).reshape(-1) for row in rows])
 
 
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
@@ -120,10 +140,14 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
     for name, t in params.items():  # read only where its result needs no gradient
         if name not in per_sample:
             per_sample[name] = t.new_zeros((batch,) + tuple(t.shape))
+    weighted = {name: found[0][1] for name, found in terms.items()
+                if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}
+    terms = {name: [(g, None if isinstance(m, _WeightedMagnitudes) else m) for g, m in found]
+             for name, found in terms.items() if name not in weighted}
     magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
                   for name, found in terms.items()
                   if any(m is not None for _, m in found)}
-    return PerSampleGradients(per_sample, magnitudes, separated=True)
+    return PerSampleGradients(per_sample, magnitudes, separated=True, weighted=weighted)
 
 
 def rule_uses(replay, params: dict, batch: int) -> dict | None:
@@ -342,7 +366,7 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
         source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
         outer = g.transpose(1, 2) * source if g.shape[1] == 1 else None  # one product each
         found = {"weight": (torch.bmm(g.transpose(1, 2), source) if outer is None else outer,
-                            None),
+                            _WeightedMagnitudes(g, source)),
                  "bias": _summed_terms(g, (1,))}
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)

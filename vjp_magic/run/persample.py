@@ -55,7 +55,8 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     magnitudes = getattr(grads, "magnitudes", {})
     return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
                               {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
-                              separated=getattr(grads, "separated", False))
+                              separated=getattr(grads, "separated", False),
+                              weighted=getattr(grads, "weighted", {}))
 
 
 def _replayed(record, inputs: dict, output, rules: bool = True) -> dict | None:
@@ -110,8 +111,9 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     if found is None:
         return None
     magnitudes = getattr(found, "magnitudes", {})
+    weighted = getattr(found, "weighted", {})
     separated = bool(getattr(found, "separated", False))
-    return {name: GivenJacobian(j, magnitudes.get(name), separated)
+    return {name: GivenJacobian(j, magnitudes.get(name), separated, weighted.get(name))
             for name, j in found.items()}
 
 
