@@ -31,7 +31,7 @@ from .probes import new_seed
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
-from .sparse_layout import csr_matrix
+from .sparse_layout import csr_matrix, fresh
 from .torch_api import graph_usage_error
 
 
@@ -232,7 +232,7 @@ def diagonal_values(values: torch.Tensor, diagonals, colours: torch.Tensor,
     entries are in the pass of its colour c_r, at r + keys[k]: per diagonal one gather along
     the colours (index c_r) from the passes shifted by keys[k]."""
     n = values.shape[1]
-    table = values.new_empty(m, len(diagonals.keys))
+    table = fresh((m, len(diagonals.keys)), values.dtype, values.device)
     index = colours.to(values.device).reshape(1, -1)
     for k, key in enumerate(diagonals.keys.tolist()):
         lo, hi = diagonals.rows(k, m, n)
@@ -251,15 +251,21 @@ def diagonal_values(values: torch.Tensor, diagonals, colours: torch.Tensor,
 def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
     """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour."""
     on_cpu = colours.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS
+    if on_cpu:  # numpy's == and a cast: about 5x torch's on the CPU; one buffer for all:
+        chosen = np.empty(flat.numel(), dtype=bool)  # each pass is over before the next
+        buffer = np.empty(flat.numel(), dtype=_NUMPY_FLOATS[flat.dtype])
 
-    def vector(c):  # numpy's == and astype: about 5x torch's on the CPU
+    def vector(c):
         if on_cpu:
-            return torch.from_numpy((colours.numpy() == c).astype(_NUMPY_FLOATS[flat.dtype]))
+            np.copyto(buffer, np.equal(colours.numpy(), c, out=chosen))
+            return torch.from_numpy(buffer)
         return (colours == c).to(flat.dtype)
 
     if count <= LOOP_PASSES:
-        rows = [plain_vjp(flat, [x], vector(c))[0].detach().reshape(-1) for c in range(count)]
-        return torch.stack(rows) if rows else x.new_zeros(0, x.numel())
+        stacked = fresh((count, x.numel()), x.dtype, x.device)
+        for c in range(count):
+            stacked[c] = plain_vjp(flat, [x], vector(c))[0].detach().reshape(-1)
+        return stacked
     passes = []
     limit = chunk_size(flat, [x], budget)
     for start in range(0, count, limit):
