@@ -99,11 +99,16 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     one = bool(jacobians) and set(jacobians) <= set(separated)
     if not scaled and not one:
         return probes.agree_full(jacobians) if jacobians else set()
-    names = list(jacobians)
+    names, found = list(jacobians), set()
+    if one:  # probe 0 alone: every Jacobian that can be, judged at once
+        found = at_once(probes, {n: jacobians[n] for n in names
+                                 if _at_once_suits(jacobians[n], magnitudes.get(n))}, magnitudes)
+        names = [n for n in names if n not in found]
+        if not names:
+            return found
     vectors = [probes.vector(draw) for draw in range(1 if one else probes.plan.probes)]
     draws = [[probes.vjp(n) for n in names]]
     draws += [plain_vjp(probes.output, [probes.named[n] for n in names], v) for v in vectors[1:]]
-    found = set()
     for i, name in enumerate(names):
         vjps = [d[i] for d in draws]
         judge = ScaledProbes(jacobians[name], vectors, magnitudes.get(name))
@@ -118,6 +123,54 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
             if judge.ordinary:
                 probes.ordinary.add(name)
     return found
+
+
+AT_ONCE_ENTRIES = 2**20  # a Jacobian without its |v|ᵀM this large: judged alone (FullProbes)
+
+
+def _at_once_suits(jacobian: torch.Tensor, magnitudes) -> bool:
+    return jacobian.numel() > 0 and (callable(magnitudes) or jacobian.numel() <= AT_ONCE_ENTRIES)
+
+
+def at_once(probes: Probes, jacobians: dict, magnitudes: dict) -> set[str]:
+    """All of ``jacobians`` where probe 0 accepts every one by :class:`ScaledProbes`' rule,
+    judged together: vᵀD and its scale per Jacobian, then one comparison over all their
+    entries; else none (each is then judged alone, as :func:`agreed` does, which also says
+    where an entry is not finite). The rule is the same entry by entry: vᵀJ within
+    tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a function; |v|ᵀ|D| with no M)."""
+    if not jacobians:
+        return set()
+    v = probes.vector(0).reshape(1, -1)
+    gaps, allowed, ordinary = [], [], []
+    for name, jacobian in jacobians.items():
+        compute = torch.float32 if jacobian.dtype in (torch.float16, torch.bfloat16) \
+            else jacobian.dtype  # as FullProbes computes
+        row, d = v.to(compute), jacobian.to(compute).reshape(v.numel(), -1)
+        expected = (row @ d).reshape(-1)
+        scale = _scale(row.abs(), d, magnitudes.get(name))
+        if scale is None or tuple(scale.shape) != tuple(expected.shape):
+            return set()
+        gaps.append(probes.vjp(name).reshape(-1).to(compute).sub(expected).abs_())
+        allowed.append(scale.mul_(tolerances(jacobian.dtype).probe)
+                       .add_(torch.finfo(compute).tiny))
+        ordinary.append(expected.count_nonzero())
+    gaps, allowed = torch.cat(gaps), torch.cat(allowed)
+    # every gap and scale finite (a sum of finite non-negative terms, unless it overflows)
+    if not math.isfinite(float(gaps.sum() + allowed.sum())) or not bool((gaps <= allowed).all()):
+        return set()
+    probes.ordinary.update(n for n, count in zip(jacobians, torch.stack(ordinary).tolist())
+                           if count)  # vᵀD finite and not all 0: D is too
+    return set(jacobians)
+
+
+def _scale(v: torch.Tensor, d: torch.Tensor, magnitudes) -> torch.Tensor | None:
+    """|v|ᵀ·max(M, |D|) (``v``: |v| as one row; ``d``: D as m × n), flat; None where M
+    comes as a function (|v|ᵀM) whose value is not finite."""
+    if callable(magnitudes):
+        return magnitudes(v).reshape(-1).to(d.dtype)
+    terms = d.abs() if magnitudes is None else torch.maximum(
+        magnitudes.to(d.dtype).reshape(d.shape), d.abs())
+    return (v @ terms).reshape(-1)
 
 
 class ScaledProbes(FullProbes):
