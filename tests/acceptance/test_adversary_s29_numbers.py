@@ -1,0 +1,53 @@
+"""Adversarial review, session 29 (issues 20 and 23): numbers a sparse result states, against
+what autograd and the other entry points say on the same graph.
+
+Expected values come from the mathematics of each map (stated beside it) or from
+``torch.func.jacrev``. Tests marked ``xfail(strict=True)`` are bugs found in this review;
+unmarked ones guard a class of inputs that holds today.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from custom_functions import Identity
+import vjp_magic
+
+
+# -- a unit coupling beside a huge diagonal, past the 64 entries the coupling check reads -------
+def _huge_diagonal_plus_coupling(x, big, a=5, b=4):
+    """big·x²/2 through an opaque Function, plus x[a] added to entry b: dy[b]/dx[a] = 1."""
+    u = Identity.apply(x)
+    one_hot = torch.zeros_like(x)
+    one_hot[b] = 1.0
+    return big * u * u / 2 + one_hot * u[a]
+
+
+def _x(n, dtype):
+    generator = torch.Generator().manual_seed(0)
+    return (torch.rand(n, dtype=dtype, generator=generator) + 0.5).requires_grad_()
+
+
+@pytest.mark.parametrize("n", [65, 200])
+def test_dependency_and_differentiate_see_the_coupling_past_64_entries(n):
+    x = _x(n, torch.float32)
+    y = _huge_diagonal_plus_coupling(x, 1e12)
+    assert vjp_magic.dependency(y, x, seed=0).pattern[4, 5]
+    r = vjp_magic.differentiate(y, x, seed=0)
+    assert r.jacobian_block("x", torch.tensor([4]), torch.tensor([5])).item() == 1.0
+
+
+@pytest.mark.xfail(strict=True, reason="sparse_jacobian returns 0 for dy[4]/dx[5] = 1 beside a "
+                   "1e12 diagonal (float32, 65 or more entries) with nothing to say so, where "
+                   "dependency and differentiate on the same graph find the 1")
+@pytest.mark.parametrize("n", [65, 200])
+def test_sparse_jacobian_keeps_the_coupling_past_64_entries(n):
+    x = _x(n, torch.float32)
+    y = _huge_diagonal_plus_coupling(x, 1e12)
+    assert vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()[4, 5] == 1.0
+
+
+def test_sparse_jacobian_keeps_the_coupling_in_float64_past_64_entries():
+    x = _x(200, torch.float64)
+    y = _huge_diagonal_plus_coupling(x, 1e20)
+    assert vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()[4, 5] == 1.0
