@@ -49,16 +49,38 @@ class Verdict(NamedTuple):
 
 def pairing_inside(out_shape, in_shape, pairing: Pairing) -> Inside:
     """(flat rows, flat columns) → whether each entry lies in the structure of ``pairing``:
-    its output and input indices agree on every paired axis (one key per point, read off a
-    table per side: no division per entry)."""
-    out_keys = _point_keys(out_shape, [a for a, _ in pairing], [in_shape[b] for _, b in pairing])
-    in_keys = _point_keys(in_shape, [b for _, b in pairing], [in_shape[b] for _, b in pairing])
+    its output and input indices agree on every paired axis (one key per point and side,
+    :func:`_point_key`)."""
+    sizes = [int(in_shape[b]) for _, b in pairing]
+    out_key = _point_key(out_shape, [a for a, _ in pairing], sizes)
+    in_key = _point_key(in_shape, [b for _, b in pairing], sizes)
 
     def inside(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        left = torch.index_select(out_keys.to(rows.device), 0, rows.reshape(-1))
-        right = torch.index_select(in_keys.to(cols.device), 0, cols.reshape(-1))
-        return left.reshape(rows.shape) == right.reshape(cols.shape)
+        return out_key(rows) == in_key(cols)
     return inside
+
+
+def _point_key(shape, axes: list[int], sizes: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Flat index → the number of its point (:func:`_point_keys`). Where ``axes`` are
+    consecutive axes in order, each as long as its partner (an elementwise map, a batch
+    axis), that is arithmetic on the flat index: the flat index itself, or one division
+    or remainder; else one gather from a table of every flat index's key."""
+    shape = [int(n) for n in shape]
+    start = axes[0] if axes else 0
+    if list(axes) == list(range(start, start + len(axes))) and \
+            all(shape[a] == size for a, size in zip(axes, sizes)):
+        inner = max(1, math.prod(shape[start + len(axes):]))
+        span = math.prod(sizes)
+
+        def key(flat: torch.Tensor) -> torch.Tensor:
+            flat = flat if inner == 1 else torch.div(flat, inner, rounding_mode="floor")
+            return flat if start == 0 else flat.remainder(span)  # no leading axes: below span
+        return key
+    table = _point_keys(shape, axes, sizes)
+
+    def looked_up(flat: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(table.to(flat.device), 0, flat.reshape(-1)).reshape(flat.shape)
+    return looked_up
 
 
 def _point_keys(shape, axes: list[int], sizes: list[int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ import secrets
 import time
 from typing import NamedTuple
 
+import numpy
 import torch
 
 from .derivatives import plain_vjp
@@ -86,8 +87,13 @@ def new_seed() -> int:
 def probe_generator(seed: int, purpose: str, draw: int = 0) -> torch.Generator:
     """A CPU generator for one independent stream of a run: ``purpose`` and ``draw`` select
     it, ``seed`` (the run's, kept on its result) makes the run reproducible."""
+    return torch.Generator(device="cpu").manual_seed(stream_seed(seed, purpose, draw))
+
+
+def stream_seed(seed: int, purpose: str, draw: int = 0) -> int:
+    """The seed (63 bits) of one independent stream of a run (:func:`probe_generator`)."""
     digest = hashlib.blake2b(f"{seed}/{purpose}/{draw}".encode(), digest_size=8).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest, "little") >> 1)
+    return int.from_bytes(digest, "little") >> 1
 
 
 def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor:
@@ -99,19 +105,50 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
     as v times the backward with a one-hot vector: whatever cancels inside one derivative
     cancels the same way in both, and only the sum over a point's components can round
     differently. That is what lets :func:`probe_mismatch` judge each entry by |v|ᵀ|D| alone.
+    Several probes of one run: :class:`ProbeDraws` (this draws them all for one).
     """
-    plan = probe_plan(output.dtype)
-    table = _probe_table(output.dtype)
-    generator = probe_generator(seed, "probe", draw)
-    probe = torch.empty(output.numel(), dtype=output.dtype)
-    for start in range(0, output.numel(), _DRAW_CHUNK):  # no index array as large as v
-        part = probe[start:start + _DRAW_CHUNK]
-        codes = torch.randint(0, plan.values, part.shape, dtype=torch.int32, generator=generator)
-        torch.index_select(table, 0, codes, out=part)
-    return probe.to(output.device).view(output.shape)
+    return ProbeDraws(output, seed).vector(draw)
 
 
-_DRAW_CHUNK = 2**15
+class ProbeDraws:
+    """The codes of every probe of one run (:func:`probe_plan`'s count), drawn at once: per
+    output entry one tuple of codes, exactly uniform over all ``values ** probes`` tuples
+    (the probes' entries independent, each exactly uniform over the ``values`` values), so
+    ``(values ** probes)⁻¹`` bounds the chance that every probe misses (see the plan).
+
+    Per entry two independent parts, A uniform in [0, values^a) and B in [0, values^b)
+    (a + b = probes), each one bounded draw of numpy's PCG64 generator (Lemire's method:
+    exactly uniform; two draws per entry, where one per probe and entry took seven), each
+    part from the run's seed on a stream of its own (:func:`stream_seed`). Probe k's entry is the
+    k-th digit of A (or of B) in base ``values``, as a probe value: one gather from a table
+    of that digit's value for every part."""
+
+    def __init__(self, output: torch.Tensor, seed: int) -> None:
+        self.shape, self.dtype, self.device = output.shape, output.dtype, output.device
+        self.plan = probe_plan(output.dtype)
+        self.first = self.plan.probes // 2  # probes 0 … first-1 read A, the others B
+        self.parts = tuple(torch.from_numpy(
+            numpy.random.Generator(numpy.random.PCG64(stream_seed(seed, "probes", part)))
+            .integers(0, self.plan.values ** digits, output.numel(), dtype=numpy.int32))
+            for part, digits in enumerate((self.first, self.plan.probes - self.first)))
+
+    def vector(self, draw: int) -> torch.Tensor:
+        """Probe ``draw`` (0 … probes-1), a tensor of its own shaped like the output."""
+        if not 0 <= draw < self.plan.probes:
+            raise ValueError(f"probe {draw} of a plan of {self.plan.probes}")
+        part, digit = (0, draw) if draw < self.first else (1, draw - self.first)
+        digits = self.plan.probes - self.first if part else self.first
+        values = self.plan.values
+        inner = values ** (digits - 1 - digit)  # the digit's place value
+        probe = torch.empty(self.shape, dtype=self.dtype)
+        if self.parts[part].numel() < values ** digits:  # fewer entries than a table would have
+            codes = torch.div(self.parts[part], inner, rounding_mode="floor").remainder_(values)
+            torch.index_select(_probe_table(self.dtype), 0, codes, out=probe.view(-1))
+        else:  # one gather from the table of this digit's value for every part
+            table = _probe_table(self.dtype)[None, :, None].expand(
+                values ** digit, values, inner).reshape(-1)
+            torch.index_select(table, 0, self.parts[part], out=probe.view(-1))
+        return probe if self.device.type == "cpu" else probe.to(self.device)
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,7 +203,7 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor,
 
 def probe_mismatch(
     derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
-    *, nonfinite_agree: bool = False,
+    *, nonfinite_agree: bool = False, finite_products: bool = False,
 ) -> float:
     """How far vᵀJ (from autograd) is from vᵀD, in units of its tolerance (≤ 1: agrees).
 
@@ -180,7 +217,8 @@ def probe_mismatch(
     entry cannot tell a coupling from no coupling, so the pairing is not verified (inf).
     ``nonfinite_agree`` is for comparing two computations of the same Jacobian (a batching
     rule, forward against reverse mode), where no structure is at stake: there entries
-    non-finite on both sides count as agreeing.
+    non-finite on both sides count as agreeing. ``finite_products``: vᵀD is known finite
+    (:func:`products_finite`), so a bit-exact vᵀJ needs no scan of its own.
     """
     if derivatives.numel() == 0:
         return 0.0
@@ -188,12 +226,28 @@ def probe_mismatch(
     compute = _compute_dtype(dtype)
     derivatives, probe, probe_vjp = (t.to(compute) for t in (derivatives, probe, probe_vjp))
     expected = predicted_probe(derivatives, probe, pairing)
+    if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
+        # (no NaN on either side then, and ±inf at the same entries: one side says it all)
+        known = nonfinite_agree or finite_products
+        return 0.0 if known or first_nonfinite(probe_vjp) is None else math.inf
     if not nonfinite_agree and first_nonfinite(probe_vjp, expected) is not None:
         return math.inf
-    if torch.equal(probe_vjp, expected):  # the common case for a true structure: bit-exact
-        return 0.0
     scale = predicted_probe(derivatives.abs(), probe.abs(), pairing)
     return _judged(probe_vjp, expected, scale, dtype, nonfinite_agree)
+
+
+def products_finite(derivatives: torch.Tensor, components: int) -> bool:
+    """Whether vᵀD is finite for every probe v of the plan, where each entry of vᵀD sums
+    ``components`` products v·D: every D finite, and the sum bounded by components · 2^K ·
+    max |D| (with room for rounding) below the compute dtype's largest number."""
+    if derivatives.numel() == 0:
+        return True
+    compute = _compute_dtype(derivatives.dtype)
+    largest = float(torch.linalg.vector_norm(derivatives, ord=math.inf, dtype=compute))
+    terms = max(components, 1)
+    bound = largest * 2.0 ** probe_plan(derivatives.dtype).exponents * terms
+    bound *= 2 + terms * torch.finfo(compute).eps  # a sum's rounding: at most a factor 1 + mu
+    return math.isfinite(bound) and bound < torch.finfo(compute).max
 
 
 def first_nonfinite(*tensors: torch.Tensor) -> int | None:
@@ -297,11 +351,11 @@ class FullProbes:
 
 def probe_agrees(
     derivatives: torch.Tensor, probe: torch.Tensor, probe_vjp: torch.Tensor, pairing: Pairing,
-    *, nonfinite_agree: bool = False,
+    *, nonfinite_agree: bool = False, finite_products: bool = False,
 ) -> bool:
     """True when vᵀJ equals vᵀD within :func:`probe_mismatch`'s tolerance."""
-    return probe_mismatch(derivatives, probe, probe_vjp, pairing,
-                          nonfinite_agree=nonfinite_agree) <= 1.0
+    return probe_mismatch(derivatives, probe, probe_vjp, pairing, nonfinite_agree=nonfinite_agree,
+                          finite_products=finite_products) <= 1.0
 
 
 def _sure_factor(dtype: torch.dtype, terms: int) -> float:
@@ -325,17 +379,29 @@ class Probes:
         self._plain: dict[str, torch.Tensor] | None = None
         self._jacobians: dict[str, torch.Tensor] = {}
         self._vectors: dict[int, torch.Tensor] = {}
+        self._draws: ProbeDraws | None = None
         self.seconds: float | None = None
         self.ordinary: set[str] = set()  # accepted derivatives known finite, not all 0
         self.nonfinite: dict[str, int] = {}
 
     def vector(self, draw: int = 0) -> torch.Tensor:
-        """Probe ``draw`` (0, 1, …) of this run; probe 0, asked for again and again, is kept."""
-        if draw:
-            return probe_vector(self.output, self.seed, draw)
-        if 0 not in self._vectors:
-            self._vectors[0] = probe_vector(self.output, self.seed, 0)
-        return self._vectors[0]
+        """Probe ``draw`` (0, 1, …) of this run; probe 0, asked for again and again, is kept.
+        The codes of all probes are drawn once, kept until :meth:`release`."""
+        if draw in self._vectors:
+            return self._vectors[draw]
+        if self._draws is None:
+            self._draws = ProbeDraws(self.output, self.seed)
+        vector = self._draws.vector(draw)
+        if draw == 0:
+            self._vectors[0] = vector
+        if draw == self.plan.probes - 1:  # the last one: drawn in order, the codes are done
+            self.release()
+        return vector
+
+    def release(self) -> None:
+        """Forget the probes' codes (drawn again, the same, when next needed): they are as
+        large as the output, twice over."""
+        self._draws = None
 
     def vjp(self, name: str) -> torch.Tensor:
         """Probe 0's vᵀJ from a plain backward (one for all inputs, kept)."""
@@ -379,6 +445,8 @@ class Probes:
                 if not pairing and n not in self._jacobians}  # full Jacobians: all probes at once
         agreed = self.agree_full(full) if full else set()
         running = [n for n in judged if n not in full]
+        finite = {n: products_finite(judged[n][0], judged[n][0].numel()
+                                     // max(self.named[n].numel(), 1)) for n in running}
         for draw in range(self.plan.probes):  # one draw at a time, each freed before the next
             if not running:
                 break
@@ -386,10 +454,12 @@ class Probes:
                 else self._confirming(running, draw)
             for name in list(running):
                 derivatives, pairing = judged[name]
-                if not probe_agrees(derivatives, v, vjps[name], pairing):
+                if not probe_agrees(derivatives, v, vjps[name], pairing,
+                                    finite_products=finite[name]):
                     self._finite(name, vjps[name], derivatives)  # keeps a non-finite entry
                     running.remove(name)
             del v, vjps
+        self.release()
         return agreed | set(running)
 
     def _finite(self, name: str, vjp: torch.Tensor, derivatives=None) -> bool:
@@ -408,6 +478,7 @@ class Probes:
         Accepted ones known finite and not all 0 go to :attr:`ordinary`."""
         names = list(jacobians)
         vectors = [self.vector(draw) for draw in range(self.plan.probes)]
+        self.release()
         tensors = [self.named[n] for n in names]
         draws = [[self.vjp(n) for n in names]]
         draws += [plain_vjp(self.output, tensors, v) for v in vectors[1:]]
