@@ -16,7 +16,7 @@ from .indexmaps import proved_pattern
 from .memory import gb
 from .pairing import Evidence
 from .pattern import most_per_row
-from .probes import Probes, first_nonfinite
+from .probes import Probes
 from .result import SparseDerivatives
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .structure import row_major_strides
@@ -101,18 +101,16 @@ class SparseChoice:
         none: a reader of J's rows (:meth:`row_reader`) where the compressed Jacobian has a
         finite nonzero off the pairing's points, which rejects the pairing with no pass of
         its own (J's values are exact and checked); None where it cannot say (no proved
-        pattern, one that lies on the points: the pairing may hold; no checked Jacobian; a
-        non-finite probe, which the probes' own verdict notes). The proved pattern holds
-        every nonzero of J, so the passes run only where it has an entry off the points."""
+        pattern, one that lies on the points: the pairing may hold; no checked Jacobian).
+        The proved pattern holds every nonzero of J, so the passes run only where it has an
+        entry off the points."""
         if not self._worth(tensor) or name in self._tried:
             return None
         pattern = self._proved(name, tensor)
         shapes = (tuple(self.output.shape), tuple(tensor.shape))
         if pattern is None or not off_points(pattern.crow, pattern.col, None, *shapes, pairing):
             return None
-        if first_nonfinite(self.probes.vjp(name)) is not None:
-            return None
-        reader = self.row_reader(name, tensor)
+        reader = self.row_reader(name, tensor)  # checked: every value finite (a NaN or ∞ fails)
         if reader is None or not off_points(reader.crow, reader.col, reader.values, *shapes,
                                             pairing):
             return None
@@ -138,7 +136,11 @@ class SparseChoice:
         return self._early[name]
 
     def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
-        known = (self.probes.vector(), self.probes.vjp(name))  # probe 0, computed already
+        """:func:`.compressed.attempt` checked against the analysis's probe 0 where it serves
+        more (computed already, or shared by several inputs), else against a probe of its
+        own (drawn at a third of the cost: probe 0 may never be needed)."""
+        shared = self.probes.seconds is not None or len(self.probes.named) > 1
+        known = (self.probes.vector(), self.probes.vjp(name)) if shared else None
         return attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
                        known, pattern)
 
