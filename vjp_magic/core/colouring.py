@@ -215,7 +215,7 @@ def _lattice_colours(out: tuple[int, ...], coeffs, p: int) -> np.ndarray:
     reaches dropped; axis by axis, as row copies of a (p × size) table (no O(m) modulo)."""
     colours, used = None, {0}  # colours of the axes so far (flat); the values they take
     for size, a in zip(out, coeffs):
-        step = np.tile((np.arange(p, dtype=np.int64) * a) % p, -(-size // p))[:size]
+        step = _periodic((np.arange(p, dtype=np.int64) * a) % p, size)
         if colours is None:
             colours = step
         elif colours.size >= p:
@@ -231,6 +231,19 @@ def _lattice_colours(out: tuple[int, ...], coeffs, p: int) -> np.ndarray:
     keep = np.zeros(p, dtype=bool)
     keep[sorted(used)] = True
     return (np.cumsum(keep) - 1)[colours]  # unused colours dropped
+
+
+def _periodic(period: np.ndarray, size: int) -> np.ndarray:
+    """``period`` repeated to ``size`` entries, by doubling copies (np.tile copies a row of
+    p entries at a time: 3 to 5 times slower at 10⁵)."""
+    out = np.empty(size, dtype=period.dtype)
+    filled = min(len(period), size)
+    out[:filled] = period[:filled]
+    while 0 < filled < size:
+        step = min(filled, size - filled)
+        out[filled:filled + step] = out[:step]
+        filled += step
+    return out
 
 
 # -- 2. greedy colourings ----------------------------------------------------------------------

@@ -106,18 +106,18 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
     colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
                           shape=(tuple(output.shape), tuple(x.shape)), lattice=pattern.lattice)
-    by_columns = computed_by_columns(output, x, pattern, None if colours is None else
-                                     colour_count(colours), budget, seed, max_colours, known)
+    count = None if colours is None else colour_count(colours)
+    by_columns = computed_by_columns(output, x, pattern, count, budget, seed, max_colours,
+                                     known)
     if by_columns is not None:  # fewer forward-mode passes than backward ones
         return Attempt(by_columns)
     if colours is None:
         return Attempt(None, "some entry of the input is read by too many output entries")
     colours = torch.from_numpy(colours)
-    count = int(colours.max()) + 1 if colours.numel() else 0
     if max_colours is not None and count > max_colours:
         return Attempt(None, f"its colouring needs {count:,} backward passes for "
                              f"{output.numel():,} output entries")
-    passes = colour_passes(output, x, pattern, colours, budget)
+    passes = colour_passes(output, x, pattern, colours, budget, count)
     jacobian = csr_matrix(pattern.crow, pattern.col, passes.held.cpu(),
                           pattern.shape).to(x.device)
     proved = pattern.evidence is Evidence.PROVED
@@ -193,12 +193,15 @@ class Passes:
         return Passes(**fields)
 
 
-def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int) -> Passes:
+def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int,
+                  count: int | None = None) -> Passes:
     """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour: read
     off per diagonal where the pattern is held so (:func:`diagonal_values`: no index array
-    at all), else at its flat index c_i·n + j (:func:`_flat_at`)."""
+    at all), else at its flat index c_i·n + j (:func:`_flat_at`). ``count``: the number of
+    colours, where known."""
     flat = output.reshape(-1)
-    count = int(colours.max()) + 1 if colours.numel() else 0
+    if count is None:
+        count = int(colours.max()) + 1 if colours.numel() else 0
     values = _passes(flat, x, colours.to(flat.device), count, budget)
 
     def locate():

@@ -3,6 +3,8 @@
 relation of its output, relations joined where branches meet."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -96,6 +98,8 @@ def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
 def _joined(parts: list, meter: Meter):
     """The union of the relations reaching one tensor: terms while they all are, else index
     arrays."""
+    if len(parts) == 1:
+        return parts[0]
     if all(isinstance(p, Offsets) for p in parts):
         try:
             return offsets.union(parts)
@@ -126,7 +130,7 @@ def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Met
             continue
         if in_shapes[i] is None:
             raise Unproved(f"the input of {type(node).__name__} comes from a custom function")
-        width = int(np.prod(in_shapes[i], dtype=np.int64))
+        width = math.prod(in_shapes[i])
         for k, relation in slots.items():
             edge = Edge(node, i, k, in_shapes, shapes, meter.budget)
             composed = _shifted(relation, edge)
