@@ -133,7 +133,7 @@ def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, patte
     if pattern is None:
         rows, cols = torch.arange(m), torch.arange(n)
     else:
-        all_rows, all_cols = csr_rows(pattern.crow), pattern.col
+        all_rows, all_cols = _pattern_rows(pattern.crow, pattern.col.numel()), pattern.col
         outside = ~inside(all_rows, all_cols).cpu()
         if not bool(outside.any()):
             return Verdict(False, True)  # the graph allows nothing outside: proved
@@ -145,6 +145,17 @@ def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, patte
     if rows.numel() <= most:
         return Verdict(_by_rows(output, x, inside, rows), True, rows.numel())
     return Verdict(False, False)
+
+
+def _pattern_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
+    """The row of each entry of a CSR pattern: with one entry per row (a diagonal, any
+    elementwise map) the rows themselves, with no expansion."""
+    m = crow.numel() - 1
+    if nnz == m:
+        rows = torch.arange(m + 1, device=crow.device)
+        if torch.equal(crow, rows):
+            return rows[:m]
+    return csr_rows(crow)
 
 
 def _by_columns(output, x, inside: Inside, cols: torch.Tensor) -> bool | None:

@@ -9,7 +9,8 @@ by chance; a structure is accepted only when further independent probes agree to
 checked Jacobian where there is one (:meth:`Probes.use_jacobian`), else from more plain
 backward passes (:func:`probe_plan` says how many, and the bound they give). Every random draw
 of a run, these probes and the set probes of :mod:`.grouptest` alike, comes from the run's
-seed (:func:`new_seed`, kept on the result as ``r.seed``) through :func:`probe_generator`.
+seed (:func:`new_seed`, kept on the result as ``r.seed``) through :func:`stream_seed`
+(:func:`probe_generator`; the probes' codes: :class:`ProbeDraws`, all drawn at once).
 Where vᵀJ or vᵀD is not finite, no pairing is verified: the entry is kept in
 :attr:`Probes.nonfinite` for the result's note.
 """
