@@ -343,6 +343,8 @@ def _derivatives(graph: AnalysedGraph, output_name: str, request: Request,
     if graph.reason is not None:  # the user's own graph: its hooks see no vmap-batched tensor
         options.setdefault("batched", False)
     if request.order == 1:
+        if getattr(given, "seed", None) is not None:  # the per-sample rules' probe 0 is ours
+            options.setdefault("seed", given.seed)
         given = {**(given or {}), **(options.pop("given", None) or {})}  # the caller's own win
         options.update(keep_graph=True, given=given or None)
     try:
@@ -367,7 +369,8 @@ def _per_sample(subject: Subject, inputs: dict, output, request: Request,
         return None
     from .run.persample import per_sample_given
 
-    given = per_sample_given(subject.record, inputs, output, request.memory_budget, graph=graph)
+    given = per_sample_given(subject.record, inputs, output, request.memory_budget, graph=graph,
+                             seed=request.analysis.get("seed"))
     if graph is not None:
         graph.interpreter = None  # the layer outputs it kept are not needed any more
     return given

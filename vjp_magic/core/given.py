@@ -65,6 +65,19 @@ class GivenJacobian(NamedTuple):
     samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
     # |v| rows (k, *output.shape) -> |v|ᵀM (k, input entries): M made from its factors
     weighted_magnitudes: Callable | None = None
+    # (v, vᵀJ): a probe and its vᵀJ from a plain backward of the graph the analysis reads
+    probe_vjp: tuple | None = None
+
+
+class Separated(set):
+    """The names whose rows were checked per sample for every pair, with ``probe``: name ->
+    (v, vᵀJ) where the method computing the Jacobian also ran a plain backward of the same
+    graph with a probe v (the per-layer rules weight a check pass by the analysis' probe 0,
+    drawn from its seed): used as probe 0's only where v is probe 0."""
+
+    def __init__(self, names=(), probe: dict | None = None):
+        super().__init__(names)
+        self.probe = probe or {}
 
 
 def split(given: dict) -> tuple[dict, dict, set]:
@@ -72,7 +85,7 @@ def split(given: dict) -> tuple[dict, dict, set]:
     :class:`GivenJacobian`) as the Jacobians, the magnitudes where known (a tensor shaped
     like the Jacobian, or the function giving |v|ᵀM), and the names whose rows were checked
     per sample for every pair."""
-    jacobians, magnitudes, separated = {}, {}, set()
+    jacobians, magnitudes, separated = {}, {}, Separated()
     for name, value in given.items():
         if isinstance(value, (tuple, list)):
             value = GivenJacobian(*value)
@@ -82,6 +95,8 @@ def split(given: dict) -> tuple[dict, dict, set]:
                 magnitudes[name] = value.weighted_magnitudes
             if value.samples_separated:
                 separated.add(name)
+            if value.probe_vjp is not None:
+                separated.probe[name] = value.probe_vjp
             value = value.jacobian
         jacobians[name] = value
     return jacobians, magnitudes, separated
@@ -100,14 +115,17 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     if not scaled and not one:
         return probes.agree_full(jacobians) if jacobians else set()
     names, found = list(jacobians), set()
+    given = {n: vjp for n, (v, vjp) in getattr(separated, "probe", {}).items()
+             if n in jacobians and torch.equal(v, probes.vector(0))}  # probe 0's own vᵀJ
     if one:  # probe 0 alone: every Jacobian that can be, judged at once
         found = at_once(probes, {n: jacobians[n] for n in names
-                                 if _at_once_suits(jacobians[n], magnitudes.get(n))}, magnitudes)
+                                 if _at_once_suits(jacobians[n], magnitudes.get(n))},
+                        magnitudes, given)
         names = [n for n in names if n not in found]
         if not names:
             return found
     vectors = [probes.vector(draw) for draw in range(1 if one else probes.plan.probes)]
-    draws = [[probes.vjp(n) for n in names]]
+    draws = [[given[n] if n in given else probes.vjp(n) for n in names]]
     draws += [plain_vjp(probes.output, [probes.named[n] for n in names], v) for v in vectors[1:]]
     for i, name in enumerate(names):
         vjps = [d[i] for d in draws]
@@ -132,12 +150,14 @@ def _at_once_suits(jacobian: torch.Tensor, magnitudes) -> bool:
     return jacobian.numel() > 0 and (callable(magnitudes) or jacobian.numel() <= AT_ONCE_ENTRIES)
 
 
-def at_once(probes: Probes, jacobians: dict, magnitudes: dict) -> set[str]:
+def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
+            given: dict | None = None) -> set[str]:
     """All of ``jacobians`` where probe 0 accepts every one by :class:`ScaledProbes`' rule,
     judged together: vᵀD and its scale per Jacobian, then one comparison over all their
     entries; else none (each is then judged alone, as :func:`agreed` does, which also says
     where an entry is not finite). The rule is the same entry by entry: vᵀJ within
-    tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a function; |v|ᵀ|D| with no M)."""
+    tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a function; |v|ᵀ|D| with no M).
+    ``given``: name -> probe 0's vᵀJ where already computed (else ``probes.vjp``)."""
     if not jacobians:
         return set()
     v = probes.vector(0).reshape(1, -1)
@@ -150,7 +170,8 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict) -> set[str]:
         scale = _scale(row.abs(), d, magnitudes.get(name))
         if scale is None or tuple(scale.shape) != tuple(expected.shape):
             return set()
-        gaps.append(probes.vjp(name).reshape(-1).to(compute).sub(expected).abs_())
+        vjp = given[name] if given and name in given else probes.vjp(name)
+        gaps.append(vjp.reshape(-1).to(compute).sub(expected).abs_())
         allowed.append(scale.mul_(tolerances(jacobian.dtype).probe)
                        .add_(torch.finfo(compute).tiny))
         ordinary.append(expected.count_nonzero())
@@ -206,4 +227,4 @@ class ScaledProbes(FullProbes):
         return float(vjps.sub_(self.expected).abs_().div_(allowed).max())
 
 
-__all__ = ["GivenJacobian", "ScaledProbes", "agreed", "split"]
+__all__ = ["GivenJacobian", "ScaledProbes", "Separated", "agreed", "at_once", "split"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..core.derivatives import plain_vjp
 from .refusals import close
 from .steps import Interpreter
 
@@ -74,21 +75,28 @@ def rules_interpreter(params: dict, batch: int):
 
 
 def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch.Tensor,
-                       keep_graph: bool = False) -> dict | None:
+                       keep_graph: bool = False, probe: torch.Tensor | None = None) -> dict | None:
     """:func:`per_sample_by_rules` from a replay already run by ``capture`` (a
     :func:`rules_interpreter`'s) to ``value`` on leaves standing for ``params``;
-    ``keep_graph``: ``value``'s graph outlives the passes (another differentiates it)."""
+    ``keep_graph``: ``value``'s graph outlives the passes (another differentiates it).
+    ``probe``: a vector of signed powers of two shaped like ``value`` (the analysis' probe
+    0) that weights the first check pass; that pass also gives vᵀJ for ``params``, kept as
+    the result's ``probe_vjps`` (name -> vᵀJ; empty where no pass ran)."""
     if not isinstance(capture, _Capturing) or not close(value.detach(), output.detach()) \
             or not capture.unchanged():
         return None
     found = [(use, args, result) for use, args, result in capture.found
              if result.requires_grad]
     outs = [(result, use.axis) for use, _, result in found]
-    grads = _output_gradients(value, outs, keep_graph)
+    leaves = list(params.values()) if probe is not None else []
+    grads = _output_gradients(value, outs, keep_graph, probe, leaves)
     if grads is None:
         return None
-    return _summed(params, output.shape[0],
-                   [(use, _rule(use, args, grad)) for (use, args, _), grad in zip(found, grads)])
+    grads, vjps = grads
+    result = _summed(params, output.shape[0],
+                     [(use, _rule(use, args, grad)) for (use, args, _), grad in zip(found, grads)])
+    result.probe_vjps = dict(zip(params, vjps)) if vjps else {}
+    return result
 
 
 class PerSampleGradients(dict):
@@ -283,31 +291,46 @@ class _Capturing(Interpreter):
         return all(r._version == v for (_, _, r), v in zip(self.found, self.versions))
 
 
-def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False) -> list | None:
+def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
+                      probe: torch.Tensor | None = None, leaves: list = ()) -> tuple | None:
     """The gradient of the summed losses at each output (``outs``: (tensor, batch axis)),
     checked to be per-sample for every pair of samples: with the losses weighted by ±2^k
     (:func:`check_weights`: any two samples get different weights in at least one pass),
     every output's gradient, divided by its sample's weight along its batch axis, must be
     the unweighted one (exactly, absent over- or underflow; within 1e-5 of each row's
     largest entry for reordered sums). A term of sample c's loss in sample b's rows shows
-    in a pass where their weights differ, scaled by w_c/w_b − 1 (at least 1/2 in size)."""
+    in a pass where their weights differ, scaled by w_c/w_b − 1 (at least 1/2 in size).
+    With ``probe`` (weights of that kind) the first weighted pass is the probe's, and also
+    gives vᵀJ for ``leaves``. Returns (gradients, those vᵀJ), or None where the check fails."""
     if not outs:
-        return []
+        return [], []
     tensors = [out for out, _ in outs]
     shape = (value.shape[0],) + (1,) * (value.dim() - 1)
     passes = [torch.ones(value.shape[0], dtype=value.dtype, device=value.device)]
-    passes += check_weights(value.shape[0], value.dtype, value.device)
-    grads = None
+    passes += check_weights(value.shape[0], value.dtype, value.device,
+                            first=None if probe is None else probe.reshape(-1))
+    grads, vjps = None, []
     for index, weights in enumerate(passes):
-        found = torch.autograd.grad(value, tensors, weights.reshape(shape).expand_as(value),
-                                    retain_graph=keep_graph or index + 1 < len(passes),
-                                    allow_unused=True)
-        found = [torch.zeros_like(out) if g is None else g for out, g in zip(tensors, found)]
+        wanted = tensors + list(leaves) if index == 1 and probe is not None else tensors
+        found = _pass(value, wanted, weights.reshape(shape).expand_as(value),
+                      keep_graph or index + 1 < len(passes))
+        found, vjps = (found[:len(tensors)], found[len(tensors):]) if index == 1 \
+            and probe is not None else (found, vjps)
         if grads is None:
             grads = found
         elif not all(_scaled(g, w, axis, weights) for g, w, (_, axis) in zip(grads, found, outs)):
             return None
-    return grads
+    return grads, vjps
+
+
+def _pass(value: torch.Tensor, tensors: list, weights: torch.Tensor, keep: bool) -> list:
+    """One backward of ``value`` weighted by ``weights`` to ``tensors`` (zeros where not
+    reached): :func:`~vjp_magic.core.derivatives.plain_vjp` where the graph is kept (the
+    engine's pass without autograd.grad's Python checks), else one that frees it."""
+    if keep:
+        return plain_vjp(value, tensors, weights)
+    found = torch.autograd.grad(value, tensors, weights, allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]
 
 
 def _scaled(plain: torch.Tensor, weighted: torch.Tensor, axis: int, weights) -> bool:
@@ -330,18 +353,25 @@ CHECK_SPAN = {torch.float16: 4}  # |k| of the check weights ±2^k (else 40: 2^±
 # gradients of any ordinary size clear of float32's over- and underflow)
 
 
-def check_weights(batch: int, dtype: torch.dtype, device=None) -> list[torch.Tensor]:
+def check_weights(batch: int, dtype: torch.dtype, device=None,
+                  first: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Weights ±2^k for the per-sample check, one vector per pass, as few passes as give
     every pair of the ``batch`` samples different weights in at least one: each sample gets
     a distinct code (a random permutation), whose digits in base 2(2K+1) pick its weight
-    in each pass."""
+    in each pass. With ``first`` (weights of that kind, e.g. the analysis' probe 0) the
+    first pass is ``first``, and the codes need only tell apart the samples it weights
+    alike: their random ranks among those."""
     span = CHECK_SPAN.get(dtype, 40)
     values = 2 * (2 * span + 1)
-    count = 1
-    while values ** count < batch:
+    generator = torch.Generator().manual_seed(secrets.randbits(62))
+    if first is None:
+        codes, found, count = torch.randperm(batch, generator=generator), [], 1
+        size = batch
+    else:
+        codes, found, count = _ranks(first.detach().cpu(), generator), [first], 0
+        size = int(codes.max()) + 1 if batch else 0
+    while values ** count < size:
         count += 1
-    codes = torch.randperm(batch, generator=torch.Generator().manual_seed(secrets.randbits(62)))
-    found = []
     for _ in range(count):
         digit = codes % values
         codes = codes // values
@@ -349,6 +379,17 @@ def check_weights(batch: int, dtype: torch.dtype, device=None) -> list[torch.Ten
         found.append((signs * torch.exp2((digit // 2 - span).to(torch.float64)))
                      .to(dtype=dtype, device=device))
     return found
+
+
+def _ranks(keys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each entry's rank among the entries equal to it, in a random order."""
+    shuffled = torch.randperm(keys.numel(), generator=generator)
+    ids = shuffled[torch.sort(keys[shuffled], stable=True).indices]  # equal keys together
+    counts = torch.unique_consecutive(keys[ids], return_counts=True)[1]
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    ranks = torch.empty_like(ids)
+    ranks[ids] = torch.arange(keys.numel()) - starts
+    return ranks
 
 
 def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:

@@ -18,6 +18,7 @@ import torch
 
 from ..core import memory
 from ..core.given import GivenJacobian
+from ..core.probes import new_seed, probe_vector
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rules_interpreter)
 from .record import tensors_in
@@ -27,7 +28,7 @@ _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
 
 def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | None = None,
-                         graph=None) -> dict | None:
+                         graph=None, probe: torch.Tensor | None = None) -> dict | None:
     """``{name: J}`` with ``J`` of shape ``output.shape + input.shape`` (row b: the gradient
     of sample b's loss), or None where the case does not apply, the Jacobians would not fit
     ``memory_budget`` (bytes or a fraction of free memory, as the analysis reads it), or
@@ -35,7 +36,9 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     ``magnitudes`` holds, for a parameter whose entries sum terms (a bias over positions),
     the sums of those terms' absolute values, shaped like its Jacobian. ``graph``: the
     analysed graph (:func:`.hookfree.analysed_graph`), replayed with :func:`rules_capture`'s
-    interpreter: the rules read its replay instead of running one of their own."""
+    interpreter: the rules read its replay instead of running one of their own; there,
+    ``probe`` (shaped like the output: the analysis' probe 0) weights one of the rules' check
+    passes, which also gives its vᵀJ on that graph (the dict's ``probe_vjps``)."""
     if not _per_sample_shape(output) or not inputs or record is None \
             or getattr(record, "failed", None) is not None:
         return None
@@ -46,17 +49,19 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
         return None  # the analysis says so clearly, or finds a cheaper way
     shared = _shared(graph, output.shape[0])
     grads = None if shared is None else captured_gradients(
-        shared, graph.output, graph.inputs, output, keep_graph=True)
+        shared, graph.output, graph.inputs, output, keep_graph=True, probe=probe)
     if grads is None:
         grads = _replayed(record, inputs, output, rules=shared is None)
     if grads is None:
         return None
     shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
     magnitudes = getattr(grads, "magnitudes", {})
-    return PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
-                              {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
-                              separated=getattr(grads, "separated", False),
-                              weighted=getattr(grads, "weighted", {}))
+    found = PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
+                               {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
+                               separated=getattr(grads, "separated", False),
+                               weighted=getattr(grads, "weighted", {}))
+    found.probe_vjps = getattr(grads, "probe_vjps", {})
+    return found
 
 
 def _replayed(record, inputs: dict, output, rules: bool = True) -> dict | None:
@@ -102,19 +107,38 @@ def _shared(graph, batch: int):
     return capture
 
 
+class PerSampleGiven(dict):
+    """name -> :class:`~vjp_magic.core.given.GivenJacobian`; ``seed``: the analysis' seed
+    whose probe 0 the rules' check pass used (its vᵀJ comes with each Jacobian), or None."""
+
+    seed: int | None = None
+
+
 def per_sample_given(record, inputs: dict, output, memory_budget: float | None = None,
-                     graph=None) -> dict | None:
+                     graph=None, seed: int | None = None) -> dict | None:
     """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
     :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
-    that may cancel; whether the rules checked every pair of samples apart)."""
-    found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph)
+    that may cancel; whether the rules checked every pair of samples apart). On the
+    analysed ``graph``, one of the rules' check passes is weighted by probe 0 of ``seed``
+    (a fresh one where None; the result's ``seed``: hand it to the analysis), so that the
+    analysis needs no backward of its own for it."""
+    probe = None
+    if graph is not None and getattr(graph, "replayed", False) and _per_sample_shape(output):
+        seed = new_seed() if seed is None else int(seed)
+        probe = probe_vector(graph.output, seed, 0)
+    found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph,
+                                 probe=probe)
     if found is None:
         return None
     magnitudes = getattr(found, "magnitudes", {})
     weighted = getattr(found, "weighted", {})
+    vjps = getattr(found, "probe_vjps", {})
     separated = bool(getattr(found, "separated", False))
-    return {name: GivenJacobian(j, magnitudes.get(name), separated, weighted.get(name))
-            for name, j in found.items()}
+    given = PerSampleGiven({name: GivenJacobian(
+        j, magnitudes.get(name), separated, weighted.get(name),
+        None if name not in vjps else (probe, vjps[name])) for name, j in found.items()})
+    given.seed = seed if vjps else None
+    return given
 
 
 def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
@@ -236,5 +260,5 @@ def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
     return grads, values.reshape((-1,) + rest)
 
 
-__all__ = ["batch_of_one", "per_sample_constants", "per_sample_given", "per_sample_jacobians",
-           "rules_capture"]
+__all__ = ["PerSampleGiven", "batch_of_one", "per_sample_constants", "per_sample_given",
+           "per_sample_jacobians", "rules_capture"]
