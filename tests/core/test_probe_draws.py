@@ -135,3 +135,30 @@ def test_a_coupling_at_the_threshold_is_caught_on_the_table_path():
     derivatives = torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True)[0]
     for seed in range(12):
         assert not Probes(y, {"x": x}, seed).agree("x", derivatives, ((0, 0),))
+
+
+# -- the finiteness shortcut: a bit-exact vᵀJ is scanned unless vᵀD is known finite ----------
+def test_products_finite_bounds_every_probe():
+    from vjp_magic.core.probes import products_finite
+
+    big = torch.finfo(torch.float32).max / 2**6  # times 2^5 (the largest probe) still finite
+    assert products_finite(torch.tensor([1.0, -big / 4]), 1)
+    assert not products_finite(torch.tensor([1.0, big * 2]), 1)  # 2^5 · d overflows
+    assert not products_finite(torch.tensor([1.0, big / 4]), 8)  # a sum of 8 may overflow
+    assert not products_finite(torch.tensor([1.0, math.inf]), 1)
+    assert not products_finite(torch.tensor([math.nan, 1.0]), 1)
+    assert products_finite(torch.zeros(0), 3)
+
+
+@pytest.mark.parametrize("scale", [math.inf, 3e38])
+def test_equal_but_infinite_probes_never_verify(scale):
+    """vᵀJ = vᵀD = ±inf entry by entry (an infinite derivative, or v·D overflowing): equal,
+    yet nothing is verified there (the rule: non-finite entries never agree)."""
+    n = 1000
+    x = torch.linspace(0, 1, n, requires_grad=True)  # sqrt at x[0] = 0: d = inf
+    y = torch.sqrt(x) if scale == math.inf else x * scale
+    derivatives = torch.autograd.grad(y, x, torch.ones_like(y), retain_graph=True)[0]
+    assert not bool(torch.isfinite(derivatives).all()) or scale < math.inf
+    probes = Probes(y, {"x": x}, 5)
+    assert not probes.agree("x", derivatives, ((0, 0),))
+    assert "x" in probes.nonfinite
