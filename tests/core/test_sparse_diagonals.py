@@ -120,3 +120,48 @@ def test_mostly_missing_diagonals_are_left_to_the_general_builder(f, n):
     expected = torch.func.jacrev(f)(x.detach())
     torch.testing.assert_close(vjp_magic.sparse_jacobian(y, x, seed=1).to_dense(), expected,
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 10, 101, 1000])
+def test_periodic_colours_repeat_the_period(p, size):
+    from vjp_magic.core.colouring import _periodic
+
+    period = np.arange(p, dtype=np.int64)[::-1].copy()
+    expected = [int(period[i % p]) for i in range(size)]
+    assert _periodic(period, size).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_check_probes_are_reproducible_signed_powers_of_two(dtype):
+    from vjp_magic.core.probes import probe_plan
+    from vjp_magic.core.sparse_check import _check_probe
+
+    flat = torch.zeros(60_000, dtype=dtype)
+    v = _check_probe(flat, 11, 0)
+    assert v.dtype == dtype and v.shape == flat.shape
+    assert torch.equal(v, _check_probe(flat, 11, 0))  # the seed gives the same probe
+    assert not torch.equal(v, _check_probe(flat, 11, 1))  # another draw, another probe
+    span = probe_plan(dtype).exponents
+    exponents = torch.log2(v.abs())
+    assert torch.equal(exponents, exponents.round())
+    assert int(exponents.min()) == -span and int(exponents.max()) == span
+    values, counts = torch.unique(v, return_counts=True)
+    assert len(values) == probe_plan(dtype).values  # every value drawn, about as often
+    expected = flat.numel() / len(values)
+    assert int(counts.min()) > 0.8 * expected and int(counts.max()) < 1.2 * expected
+
+
+def test_the_flat_indices_of_diagonal_passes_are_built_when_read():
+    x = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    y = _tridiagonal(x)
+    pattern = proved_pattern(y, x, BUDGET)
+    colours = torch.from_numpy(proved_lattice(pattern.lattice))
+    passes = colour_passes(y, x, pattern, colours, BUDGET)
+    assert passes.diagonals is not None
+    rows = torch.repeat_interleave(torch.arange(30), pattern.crow.diff())
+    expected = colours[rows] * 30 + pattern.col  # c_i·n + j
+    assert passes.at.tolist() == expected.tolist()
+    assert torch.equal(passes.values.reshape(-1)[passes.at.long()], passes.held)
+    replaced = passes._replace(held=passes.held * 2)
+    assert torch.equal(replaced.at, passes.at) and torch.equal(replaced.values, passes.values)
