@@ -145,3 +145,22 @@ def test_the_scan_sorts_objects_by_type_few_or_many():
             [2 * k, 2 * k, k, k]
         assert all(isinstance(o, torch.Tensor) for o in tensors)
         assert all(isinstance(o, torch.nn.Module) for o in modules)
+
+
+@pytest.mark.parametrize("module", ["__main__", "some_module"])
+def test_a_module_frames_variables_are_looked_at(module):
+    """A module-level frame's locals are its globals: __main__'s are looked at once, another
+    module's (a frame running at its import) are looked at too."""
+    code = ("import torch\nx = torch.randn(4, requires_grad=True)\nu = torch.sin(x)\n"
+            "u.retain_grad()\nfound = [t for t in retained._from_frames_found(u * 2)]\n")
+    names = {"__name__": module, "retained": _Finder}
+    exec(compile(code, "<cell>", "exec"), names)
+    assert any(t is names["u"] for t in names["found"])
+
+
+class _Finder:
+    @staticmethod
+    def _from_frames_found(y):
+        found: dict = {}
+        retained._from_frames(found, sys._getframe(1))
+        return found.values()

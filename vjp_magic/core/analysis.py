@@ -100,7 +100,9 @@ def _result(context: Context, named, proofs, accepted) -> VJPResult:
     """The result of the accepted candidates and their derivatives, with its notes."""
     probes = context.probes  # its plain pass's time sizes the next run's first chunk
     remember_seconds(pass_key(context.output, named.values(), context.workspace), probes.seconds)
-    accepted = {name: (c, d if name in probes.ordinary  # known finite: no NaN to fill
+    ordinary = probes.ordinary | {name for name, (_, d) in accepted.items()
+                                  if name not in probes.ordinary and _ordinary(d)}
+    accepted = {name: (c, d if name in ordinary  # known finite: no NaN to fill
                        else _nan_filled(context, named[name], c.pairing, d))
                 for name, (c, d) in accepted.items()}
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
@@ -110,10 +112,16 @@ def _result(context: Context, named, proofs, accepted) -> VJPResult:
     result = VJPResult(output=context.output, output_name=context.output_name, inputs=results,
                        full=context.full, memory_budget=context.budget, seed=probes.seed)
     result.notes.extend(validation.unverifiable_notes(result, probes.nonfinite))
-    _annotate(result, probes.ordinary | set(context.sparse.taken))  # NaN/inf, zeros, custom
+    _annotate(result, ordinary | set(context.sparse.taken))  # NaN/inf, zeros, custom
     result.notes.extend(context.sparse.notes)  # a sparsity pattern that did not pay
     result.notes.extend(dict.fromkeys(p.limitation for p in proofs.values() if p.limitation))
     return result
+
+
+def _ordinary(derivatives) -> bool:
+    """Dense derivatives every entry of which is finite and not all 0, by one sum (as
+    :func:`.validation.annotate` tells them): no NaN to fill, no note to add on them."""
+    return derivatives.layout == torch.strided and validation._ordinary(derivatives)
 
 
 def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:

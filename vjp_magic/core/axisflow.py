@@ -23,6 +23,7 @@ with the :attr:`GraphProof.limitation` saying what was not proved.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -174,14 +175,11 @@ def _shapes_and_bytes(node) -> tuple[list[tuple[int, ...]] | None, int]:
     total = 0
     for meta in out_metadata(node):
         try:
-            shape = tuple(int(n) for n in meta.shape)
+            shape = tuple(map(int, meta.shape))
         except (TypeError, RuntimeError):  # a shape that is no list of sizes (nested)
             shapes = None
             continue
-        count = 1
-        for n in shape:
-            count *= n
-        total += count * max(meta.dtype.itemsize, 4)
+        total += math.prod(shape) * max(meta.dtype.itemsize, 4)
         if shapes is not None:
             shapes.append(shape)
     return shapes, total
@@ -211,7 +209,8 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
         proof.unknown.append(type(node).__name__)
         return None
     try:
-        rule = rule_for(node)
+        kind = type(node)  # (a rule depends on the node's type alone: looked up once)
+        rule = _RULES[kind] if kind in _RULES else _RULES.setdefault(kind, rule_for(node))
         if rule is None:
             proof.unknown.append(type(node).__name__)
             return _unknown(shapes)
@@ -223,6 +222,9 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
     # an output the rule does not speak for may still depend on x: it claims nothing
     return [flow if flow is not None else Flow(shape, {}, exact=False)
             for flow, shape in itertools.zip_longest(flows, shapes)][:len(shapes)]
+
+
+_RULES: dict = {}  # node type → :func:`.axisrules.rule_for`'s rule (by type name)
 
 
 def _unknown(shapes) -> list[Flow] | None:

@@ -71,9 +71,11 @@ def _from_frames(found: dict, frame) -> None:
     level: list = []
     globals_seen: set[int] = set()
     while frame is not None:
-        level.extend(frame.f_locals.values())  # 3.13: a proxy, not a dict
-        g = frame.f_globals
-        if id(g) not in globals_seen and g.get("__name__") == "__main__":
+        g, local = frame.f_globals, frame.f_locals  # 3.13: a proxy, not a dict
+        main = g.get("__name__") == "__main__"
+        if local is not g or not main:  # (__main__'s own frame: its globals, added once)
+            level.extend(local.values())
+        if main and id(g) not in globals_seen:
             globals_seen.add(id(g))
             level.extend(g.values())
         frame = frame.f_back
@@ -151,10 +153,14 @@ def _older_collections() -> int:
 _OLD_AT = _older_collections() if sys.version_info < (3, 14) else None
 
 
+_AGED = [False]  # once every object made before the import is old, it stays so
+
+
 def _young() -> list:
     """The tensors among the young generations of the garbage collector (none to look at
     where every object made before the import is old: see :data:`_OLD_AT`)."""
-    if _OLD_AT is not None and _older_collections() > _OLD_AT:
+    if _AGED[0] or _OLD_AT is not None and _older_collections() > _OLD_AT:
+        _AGED[0] = True
         return []
     return _tensors(gc.get_objects(0) + gc.get_objects(1))
 
@@ -166,7 +172,7 @@ def retained(output: torch.Tensor, frame=None) -> list[torch.Tensor]:
     if isinstance(output, torch.Tensor) and output.retains_grad:
         found[id(output)] = output
     _from_frames(found, frame if frame is not None else sys._getframe(1))
-    for t in list(_REGISTERED.values()) + _young():
+    for t in (list(_REGISTERED.values()) if _REGISTERED else []) + _young():
         if t.retains_grad:
             found[id(t)] = t
     if not found or not isinstance(output, torch.Tensor) or output.grad_fn is None:
