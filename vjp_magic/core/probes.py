@@ -112,43 +112,54 @@ def probe_vector(output: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor
 
 
 class ProbeDraws:
-    """The codes of every probe of one run (:func:`probe_plan`'s count), drawn at once: per
-    output entry one tuple of codes, exactly uniform over all ``values ** probes`` tuples
-    (the probes' entries independent, each exactly uniform over the ``values`` values), so
-    ``(values ** probes)⁻¹`` bounds the chance that every probe misses (see the plan).
+    """The codes of every probe of one run (:func:`probe_plan`'s count): per output entry one
+    tuple of codes, exactly uniform over all ``values ** probes`` tuples (the probes' entries
+    independent, each exactly uniform over the ``values`` values), so ``(values ** probes)⁻¹``
+    bounds the chance that every probe misses (see the plan).
 
     Per entry two independent parts, A uniform in [0, values^a) and B in [0, values^b)
     (a + b = probes), each one bounded draw of numpy's PCG64 generator (Lemire's method:
     exactly uniform; two draws per entry, where one per probe and entry took seven), each
-    part from the run's seed on a stream of its own (:func:`stream_seed`). Probe k's entry is the
-    k-th digit of A (or of B) in base ``values``, as a probe value: one gather from a table
-    of that digit's value for every part."""
+    part from the run's seed on a stream of its own (:func:`stream_seed`). Probe k's entry
+    is the k-th digit of A (or of B) in base ``values``, as a probe value: one gather from a
+    table of that digit's value for every part. A part is drawn when its first probe is
+    asked for and let go after its last (probes asked for in order: one part alive at a
+    time; B never drawn where an early probe already disagreed)."""
 
     def __init__(self, output: torch.Tensor, seed: int) -> None:
         self.shape, self.dtype, self.device = output.shape, output.dtype, output.device
-        self.plan = probe_plan(output.dtype)
+        self.seed, self.plan = seed, probe_plan(output.dtype)
         self.first = self.plan.probes // 2  # probes 0 … first-1 read A, the others B
-        self.parts = tuple(torch.from_numpy(
-            numpy.random.Generator(numpy.random.PCG64(stream_seed(seed, "probes", part)))
-            .integers(0, self.plan.values ** digits, output.numel(), dtype=numpy.int32))
-            for part, digits in enumerate((self.first, self.plan.probes - self.first)))
+        self.digits = (self.first, self.plan.probes - self.first)
+        self._parts: list[torch.Tensor | None] = [None, None]
+
+    def part(self, part: int) -> torch.Tensor:
+        """Part A (0) or B (1): one int32 per output entry, drawn when first needed."""
+        if self._parts[part] is None:
+            generator = numpy.random.Generator(
+                numpy.random.PCG64(stream_seed(self.seed, "probes", part)))
+            self._parts[part] = torch.from_numpy(generator.integers(
+                0, self.plan.values ** self.digits[part], math.prod(self.shape),
+                dtype=numpy.int32))
+        return self._parts[part]
 
     def vector(self, draw: int) -> torch.Tensor:
         """Probe ``draw`` (0 … probes-1), a tensor of its own shaped like the output."""
         if not 0 <= draw < self.plan.probes:
             raise ValueError(f"probe {draw} of a plan of {self.plan.probes}")
         part, digit = (0, draw) if draw < self.first else (1, draw - self.first)
-        digits = self.plan.probes - self.first if part else self.first
-        values = self.plan.values
-        inner = values ** (digits - 1 - digit)  # the digit's place value
+        values, codes = self.plan.values, self.part(part)
+        inner = values ** (self.digits[part] - 1 - digit)  # the digit's place value
         probe = torch.empty(self.shape, dtype=self.dtype)
-        if self.parts[part].numel() < values ** digits:  # fewer entries than a table would have
-            codes = torch.div(self.parts[part], inner, rounding_mode="floor").remainder_(values)
+        if codes.numel() < values ** self.digits[part]:  # fewer entries than a table has
+            codes = torch.div(codes, inner, rounding_mode="floor").remainder_(values)
             torch.index_select(_probe_table(self.dtype), 0, codes, out=probe.view(-1))
         else:  # one gather from the table of this digit's value for every part
             table = _probe_table(self.dtype)[None, :, None].expand(
                 values ** digit, values, inner).reshape(-1)
-            torch.index_select(table, 0, self.parts[part], out=probe.view(-1))
+            torch.index_select(table, 0, codes, out=probe.view(-1))
+        if digit == self.digits[part] - 1:  # the part's last probe: drawn again if needed
+            self._parts[part] = None
         return probe if self.device.type == "cpu" else probe.to(self.device)
 
 
