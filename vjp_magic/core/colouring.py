@@ -36,6 +36,7 @@ are not Python packages. numpy does the vectorised parts.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 
@@ -178,7 +179,19 @@ def _conflict_deltas(crow, col, out: tuple[int, ...]) -> np.ndarray:
 
 
 def _screened(deltas: np.ndarray, p: int, ndim: int):
-    """Coefficient vectors a (the last ones small first) with a·δ ≠ 0 mod p for every δ."""
+    """Coefficient vectors a (the last ones small first) with a·δ ≠ 0 mod p for every δ
+    (remembered for the last few differences asked: a stencil's, call after call)."""
+    deltas = np.asarray(deltas, dtype=np.int64).reshape(-1, ndim)
+    return _screened_for(deltas.tobytes(), len(deltas), p, ndim)
+
+
+@functools.lru_cache(maxsize=64)
+def _screened_for(key: bytes, count: int, p: int, ndim: int) -> tuple:
+    deltas = np.frombuffer(key, dtype=np.int64).reshape(count, ndim)
+    return tuple(_screen(deltas, p, ndim))
+
+
+def _screen(deltas: np.ndarray, p: int, ndim: int):
     ranges = [range(p)] * (ndim - 1) + [range(1, p)]
     candidates = np.array(list(itertools.islice(itertools.product(*ranges),
                                                 LATTICE_CANDIDATES)), dtype=np.int64)

@@ -17,6 +17,7 @@ doubles. A NaN or ±inf answer says nothing: the pattern is refused (None).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -130,8 +131,16 @@ def lattice_of(grid, shape, terms) -> Lattice | None:
     order), or None where they are too many to list their differences. Rows ``o1 ∈ box_a``
     and ``o2 ∈ box_b`` read one entry when ``o1 + d_a = o2 + d_b``: the difference
     ``d_b - d_a`` is kept where the boxes' Minkowski difference holds it."""
+    return _lattice_of(tuple(int(s) for s in grid), tuple(int(s) for s in shape),
+                       tuple((tuple(t[0]), tuple(t[1]), tuple(t[2])) for t in terms))
+
+
+@functools.lru_cache(maxsize=64)  # a stencil's, call after call (its arrays: not to be changed)
+def _lattice_of(grid, shape, terms) -> Lattice | None:
     if not terms or len(terms) > MAX_LATTICE_TERMS or len(grid) != len(shape):
-        return None if terms else Lattice(tuple(grid), np.zeros((0, len(grid)), np.int64), 0)
+        none = np.zeros((0, len(grid)), np.int64)
+        none.flags.writeable = False
+        return None if terms else Lattice(tuple(grid), none, 0)
     d = np.array([t[0] for t in terms], dtype=np.int64).reshape(len(terms), len(grid))
     lo = np.array([t[1] for t in terms], dtype=np.int64).reshape(d.shape)
     hi = np.array([t[2] for t in terms], dtype=np.int64).reshape(d.shape) - 1  # inclusive
@@ -142,6 +151,7 @@ def lattice_of(grid, shape, terms) -> Lattice | None:
     fits = ((lo[:, None] - hi[None, :] <= delta) & (delta <= hi[:, None] - lo[None, :])).all(2)
     distinct = sorted(set(map(tuple, delta[fits & (delta != 0).any(2)].tolist())))
     deltas = np.array(distinct, dtype=np.int64).reshape(-1, len(grid))
+    deltas.flags.writeable = False  # kept for later calls (the cache above)
     return Lattice(tuple(int(s) for s in grid), deltas, _bound(d, lo, hi, shape))
 
 
