@@ -84,14 +84,14 @@ def test_the_analysis_takes_probe_0_from_the_rules_pass(seed, monkeypatch):
         torch.testing.assert_close(r.derivatives[f"m.{name}"], value, rtol=1e-4, atol=1e-5)
 
 
-def test_a_vjp_of_another_probe_is_not_taken(monkeypatch):
+def test_a_vjp_of_another_seeds_probe_is_not_taken(monkeypatch):
     model, x, targets = _mlp(2)
     with recording() as record:
         losses = F.cross_entropy(model(x), targets, reduction="none")
     params = dict(model.named_parameters())
     given = persample.per_sample_given(record, params, losses)
     other = probe_vector(losses, seed=99, draw=0)
-    forged = {n: g._replace(probe_vjp=(other, torch.zeros_like(params[n])))
+    forged = {n: g._replace(probe_vjp=(99, other, torch.zeros_like(params[n])))
               for n, g in given.items()}
     calls = _counted(monkeypatch)
     r = analysis.differentiate(losses, params, given=forged, seed=3)

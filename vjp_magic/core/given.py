@@ -65,15 +65,16 @@ class GivenJacobian(NamedTuple):
     samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
     # |v| rows (k, *output.shape) -> |v|ᵀM (k, input entries): M made from its factors
     weighted_magnitudes: Callable | None = None
-    # (v, vᵀJ): a probe and its vᵀJ from a plain backward of the graph the analysis reads
+    # (seed, v, vᵀJ): probe 0 of that seed (the analysis' when the seeds match) and its vᵀJ
+    # from a plain backward of the graph the analysis reads (the per-sample rules' pass)
     probe_vjp: tuple | None = None
 
 
 class Separated(set):
     """The names whose rows were checked per sample for every pair, with ``probe``: name ->
-    (v, vᵀJ) where the method computing the Jacobian also ran a plain backward of the same
-    graph with a probe v (the per-layer rules weight a check pass by the analysis' probe 0,
-    drawn from its seed): used as probe 0's only where v is probe 0."""
+    (seed, v, vᵀJ) where the method computing the Jacobian also ran a plain backward of the
+    same graph with probe 0 of a seed (the per-layer rules weight a check pass by it): used
+    as probe 0 and its vᵀJ where that seed is the analysis' own."""
 
     def __init__(self, names=(), probe: dict | None = None):
         super().__init__(names)
@@ -115,8 +116,8 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     if not scaled and not one:
         return probes.agree_full(jacobians) if jacobians else set()
     names, found = list(jacobians), set()
-    given = {n: vjp for n, (v, vjp) in getattr(separated, "probe", {}).items()
-             if n in jacobians and torch.equal(v, probes.vector(0))}  # probe 0's own vᵀJ
+    given = {n: (v, vjp) for n, (seed, v, vjp) in getattr(separated, "probe", {}).items()
+             if n in jacobians and seed == probes.seed}  # probe 0 of this run, and its vᵀJ
     if one:  # probe 0 alone: every Jacobian that can be, judged at once
         found = at_once(probes, {n: jacobians[n] for n in names
                                  if _at_once_suits(jacobians[n], magnitudes.get(n))},
@@ -125,7 +126,7 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
         if not names:
             return found
     vectors = [probes.vector(draw) for draw in range(1 if one else probes.plan.probes)]
-    draws = [[given[n] if n in given else probes.vjp(n) for n in names]]
+    draws = [[given[n][1] if n in given else probes.vjp(n) for n in names]]
     draws += [plain_vjp(probes.output, [probes.named[n] for n in names], v) for v in vectors[1:]]
     for i, name in enumerate(names):
         vjps = [d[i] for d in draws]
@@ -157,10 +158,11 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
     entries; else none (each is then judged alone, as :func:`agreed` does, which also says
     where an entry is not finite). The rule is the same entry by entry: vᵀJ within
     tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a function; |v|ᵀ|D| with no M).
-    ``given``: name -> probe 0's vᵀJ where already computed (else ``probes.vjp``)."""
+    ``given``: name -> (probe 0, its vᵀJ) where already computed (else ``probes.vjp``)."""
     if not jacobians:
         return set()
-    v = probes.vector(0).reshape(1, -1)
+    ready = [given[n][0] for n in jacobians if given and n in given]
+    v = (ready[0] if len(ready) == len(jacobians) else probes.vector(0)).reshape(1, -1)
     gaps, allowed, ordinary = [], [], []
     for name, jacobian in jacobians.items():
         compute = torch.float32 if jacobian.dtype in (torch.float16, torch.bfloat16) \
@@ -170,7 +172,7 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
         scale = _scale(row.abs(), d, magnitudes.get(name))
         if scale is None or tuple(scale.shape) != tuple(expected.shape):
             return set()
-        vjp = given[name] if given and name in given else probes.vjp(name)
+        vjp = given[name][1] if given and name in given else probes.vjp(name)
         gaps.append(vjp.reshape(-1).to(compute).sub(expected).abs_())
         allowed.append(scale.mul_(tolerances(jacobian.dtype).probe)
                        .add_(torch.finfo(compute).tiny))

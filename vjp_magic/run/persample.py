@@ -136,7 +136,7 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     separated = bool(getattr(found, "separated", False))
     given = PerSampleGiven({name: GivenJacobian(
         j, magnitudes.get(name), separated, weighted.get(name),
-        None if name not in vjps else (probe, vjps[name])) for name, j in found.items()})
+        None if name not in vjps else (seed, probe, vjps[name])) for name, j in found.items()})
     given.seed = seed if vjps else None
     return given
 
