@@ -164,3 +164,32 @@ class _Finder:
         found: dict = {}
         retained._from_frames(found, sys._getframe(1))
         return found.values()
+
+
+def _empty_frame():
+    def idle():
+        yield
+    gen = idle()
+    return gen, gen.gi_frame  # a frame with no variables and none above it
+
+
+def test_objects_given_are_looked_at_alongside_the_frames():
+    """An entry point's own arguments are looked at with the frames outside vjp_magic: a
+    retain_grad tensor (marked past the registry) reached only through them is found."""
+    import gc
+
+    x = torch.randn(4, requires_grad=True)
+    box = [torch.sin(x)]
+    torch._C.TensorBase.retain_grad(box[0])  # torch's own method: not in the registry
+    y = box[0] * 2
+    gc.collect()  # aged: not among the young objects either
+    gen, frame = _empty_frame()
+    assert [t is box[0] for t in retained.retained(y, frame, given=(box,))] == [True]
+    assert retained.retained(y, frame) == []
+
+
+def test_the_frames_looked_at_start_outside_vjp_magic():
+    names = {"__name__": "vjp_magic.somewhere", "sys": sys, "retained": retained}
+    exec(compile("def inner():\n    return retained._outside(sys._getframe())\n", "<x>", "exec"),
+         names)
+    assert names["inner"]() is sys._getframe()

@@ -5,16 +5,18 @@ Autograd runs a tensor's retains-grad hook on every backward pass through its no
 ``.grad`` of a tensor the user marked with ``retain_grad()`` (and a vectorised pass leaves a
 vmap BatchedTensor there, on which the user's next backward raises). PyTorch lists no such
 tensors, so :func:`grads_kept` looks for them where they can be found cheaply: the output,
-the locals and module globals of the frames on the stack (and the lists, tuples, dicts, sets
-and ``nn.Module`` attributes in them, a few levels deep), the young generations of the
+the entry point's arguments and the locals and ``__main__`` globals of the frames on the stack
+outside vjp_magic (and the lists, tuples, dicts, sets and ``nn.Module`` attributes in them, a
+few levels deep), the young generations of the
 garbage collector (tensors made recently: only until the collector has aged every object made
 before the import), and a weak registry of every tensor marked with
 ``retain_grad()`` since vjp_magic was imported (``Tensor.retain_grad`` is wrapped, with the
 same behaviour, to note it: so one kept by an old object no scan reaches, a dict in another
 module or a closure, is found too); each found on the output's graph has its
-``.grad`` put back afterwards. Objects are picked by their type at C speed (each distinct
-type classified once), about 0.1 ms a call. A full ``gc.get_objects()`` scan is not made: it
-costs milliseconds with a loaded torch (about 170,000 objects), every call. A retain_grad
+``.grad`` put back afterwards. Objects are picked by their type (each distinct type
+classified once, and remembered), well under 0.1 ms a call. A full ``gc.get_objects()``
+scan is not made: it costs milliseconds with a loaded torch (about 170,000 objects), every
+call. A retain_grad
 tensor reachable only from an old object elsewhere is missed, but never left holding a
 BatchedTensor: after vectorised passes, a plain pass through the same nodes (the probe the
 analysis makes anyway, else one pass of zeros on leaving) runs its hook, which raises on
@@ -65,10 +67,10 @@ def _is_batched(t) -> bool:
     return bool(check is not None and isinstance(t, torch.Tensor) and check(t))
 
 
-def _from_frames(found: dict, frame) -> None:
-    """Breadth first from the frames' variables, at most :data:`MAX_VISITED` objects looked
-    at (each container once)."""
-    level: list = []
+def _from_frames(found: dict, frame, given=()) -> None:
+    """Breadth first from the frames' variables (and the objects ``given``, alongside them),
+    at most :data:`MAX_VISITED` objects looked at (each container once)."""
+    level: list = list(given)
     globals_seen: set[int] = set()
     while frame is not None:
         g, local = frame.f_globals, frame.f_locals  # 3.13: a proxy, not a dict
@@ -165,13 +167,13 @@ def _young() -> list:
     return _tensors(gc.get_objects(0) + gc.get_objects(1))
 
 
-def retained(output: torch.Tensor, frame=None) -> list[torch.Tensor]:
-    """The retain_grad tensors found (see the module's note) whose node is on ``output``'s
-    graph."""
+def retained(output: torch.Tensor, frame=None, given=()) -> list[torch.Tensor]:
+    """The retain_grad tensors found (see the module's note; ``given``: objects looked at
+    alongside the frames' variables) whose node is on ``output``'s graph."""
     found: dict[int, torch.Tensor] = {}
     if isinstance(output, torch.Tensor) and output.retains_grad:
         found[id(output)] = output
-    _from_frames(found, frame if frame is not None else sys._getframe(1))
+    _from_frames(found, frame if frame is not None else sys._getframe(1), given)
     for t in (list(_REGISTERED.values()) if _REGISTERED else []) + _young():
         if t.retains_grad:
             found[id(t)] = t
@@ -219,14 +221,17 @@ def _unbatch(tensors) -> None:
 
 
 @contextlib.contextmanager
-def grads_kept(output: torch.Tensor, everything: bool = False):
+def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
     """Every retain_grad tensor found on ``output``'s graph (``everything``: all live ones)
     has its ``.grad`` (the same tensor object, or None) back on leaving; nested uses scan
-    once; after vectorised passes none is left holding a vmap BatchedTensor."""
+    once; after vectorised passes none is left holding a vmap BatchedTensor. The frames
+    looked at start at the caller's first one outside vjp_magic (the package's own hold
+    what the caller gave, ``given``, and objects of its own)."""
     if getattr(_STATE, "depth", 0):
         yield
         return
-    found = _every_retaining() if everything else retained(output, sys._getframe(2))
+    found = _every_retaining() if everything else \
+        retained(output, _outside(sys._getframe(2)), given)
     kept = [(t, t.grad) for t in found]
     _STATE.depth, _STATE.kept, _STATE.pending = 1, [t for t, _ in kept], []
     try:
@@ -263,6 +268,16 @@ def plain_pass(output, inputs) -> None:
         _STATE.pending = [(o, s) for o, s in pending if o is not output or not s <= ids]
 
 
+def _outside(frame):
+    """The first frame at or above ``frame`` whose module is not vjp_magic's."""
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_PACKAGE):
+        frame = frame.f_back
+    return frame
+
+
+_PACKAGE = __name__.split(".")[0] + "."  # "vjp_magic."
+
+
 def keeps_retained_grads(function):
     """Decorator for an entry point whose first argument is the output: :func:`grads_kept`;
     where a retain_grad tensor not found broke a pass (its BatchedTensor met outside vmap),
@@ -271,7 +286,7 @@ def keeps_retained_grads(function):
     def wrapper(output, *args, **kwargs):
         outer = not getattr(_STATE, "depth", 0)
         try:
-            with grads_kept(output):
+            with grads_kept(output, given=(*args, *kwargs.values())):
                 return function(output, *args, **kwargs)
         except RuntimeError as error:
             if not outer or _ESCAPED not in str(error):
