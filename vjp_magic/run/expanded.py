@@ -134,6 +134,25 @@ class _WeightedMagnitudes:
                             .mm(source.flatten(0, 1)).reshape(-1) for row in rows])
 
 
+class _WeightedConvMagnitudes(_WeightedMagnitudes):
+    """|v|ᵀM for a convolution's per-sample weight gradients, M_b = Σ_p |g_bp| |x_bp| (the
+    sums of the absolute terms over output positions p, x_bp: the input patch there): the
+    batch's weight gradient of the same convolution (torch's own) for the output gradient
+    |v| ∘ |g| and the input |x| (padded, as 2-d)."""
+
+    def __init__(self, g: torch.Tensor, source: torch.Tensor, layout: tuple, shape: tuple):
+        super().__init__(g, source)  # (B, O, H, W), (B, C, H', W'), padded
+        self.layout, self.shape = layout, shape  # (stride, dilation, groups), 2-d weight
+
+    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
+        batch = self.g.shape[0]
+        g, source = (t.to(weights.dtype).abs() for t in (self.g, self.source))
+        stride, dilation, groups = self.layout
+        return torch.stack([torch.nn.grad.conv2d_weight(
+            source, self.shape, g * row, stride=stride, padding=0, dilation=dilation,
+            groups=groups).reshape(-1) for row in weights.reshape(-1, batch, 1, 1, 1)])
+
+
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
     """Every use's (gradient, magnitudes) per slot summed per parameter; a parameter's
     magnitudes where some use has them (the others' count as ``|gradient|``)."""
@@ -150,7 +169,7 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
         if name not in per_sample:
             per_sample[name] = t.new_zeros((batch,) + tuple(t.shape))
     weighted = {name: found[0][1] for name, found in terms.items()
-                if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}
+                if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}  # or a conv
     terms = {name: [(g, None if isinstance(m, _WeightedMagnitudes) else m) for g, m in found]
              for name, found in terms.items() if name not in weighted}
     magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
@@ -462,7 +481,9 @@ def _convolution(kind: str, bound: dict, grad: torch.Tensor) -> dict:
     else:
         gradient = _patches(source, grad, kernel, stride, dilation, groups)
     bias, magnitudes = _summed_terms(grad, (2, 3))
-    return {"weight": (gradient.reshape((batch,) + tuple(weight.shape)), None),
+    weighted = _WeightedConvMagnitudes(grad, source, (stride, dilation, groups),
+                                       (weight.shape[0], source.shape[1] // groups) + kernel)
+    return {"weight": (gradient.reshape((batch,) + tuple(weight.shape)), weighted),
             "bias": (bias.reshape(batch, -1),
                      None if magnitudes is None else magnitudes.reshape(batch, -1))}
 
