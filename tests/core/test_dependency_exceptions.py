@@ -121,6 +121,23 @@ def test_many_leaks_are_not_a_few_exceptions():
     assert d.witness == tuple(off.nonzero()[0].tolist())  # the first off the diagonal
 
 
+def test_a_near_leak_beside_a_band_is_an_exception_not_a_wider_band():
+    """Band −3..1 and y[19] ← x[3] (offset −16): not the band −16..1, which would read as a
+    receptive field of 16, but the band −3..1 with the leak as witness."""
+    pattern = with_leaks(band(120, -3, 1), [(19, 3)])
+    d = live(pattern)
+    assert (d.kind, d.witness, d.offsets) == ("sparse", (19, 3), (-3, 1))
+    consistent(d)
+
+
+def test_a_ragged_edge_is_no_exception():
+    """A band whose last diagonal is partly filled (as float32 underflow leaves one) is the
+    band, not a narrower band with exceptions."""
+    n = 200
+    pattern = band(n, -4, 0) | ((offsets_of(n) == -5) & (torch.arange(n)[:, None] % 4 == 0))
+    assert verdict(pattern) == ("band", (1, 0), (-5, 0))
+
+
 def test_a_whole_extra_diagonal_widens_the_band():
     """A mask that also lets every t see t − 5 is the band −5..1 (fewer entries than the band
     −1..1 and n − 5 exceptions, and far more than a few)."""
@@ -193,6 +210,55 @@ def test_a_causal_future_leak_stays_the_band_that_names_it():
     the lower corner, and the leak, the first above the diagonal, is the witness."""
     pattern = with_leaks(band(64, -63, 0), [(3, 5)])
     assert verdict(pattern) == ("band", (3, 5), (-63, 2))
+
+
+# -- many structures, one or two leaks each: the verdict names them ---------------------------
+def structure(k: int, g: torch.Generator):
+    """A clean band, band with wrap-around, block-diagonal or packed causal pattern."""
+    n = int(torch.randint(40, 300, (1,), generator=g))
+    lo, hi = (int(v) for v in torch.randint(0, 4, (2,), generator=g))
+    if k % 4 == 0:
+        return band(n, -lo, hi)
+    if k % 4 == 1:
+        return cyclic(n, -lo, hi)
+    sizes, left = [], n
+    while left:
+        sizes.append(min(left, int(torch.randint(3, 12, (1,), generator=g))))
+        left -= sizes[-1]
+    if sizes[-1] < 2:
+        sizes[-2] += sizes.pop()
+    if k % 4 == 3:
+        return packed_causal(sizes)
+    block = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return block[:, None] == block[None, :]
+
+
+def check_named(k: int) -> None:
+    """One or two dependences outside a clean structure (which fills its region): the
+    verdict's witness is the first of them."""
+    g = torch.Generator().manual_seed(k)
+    base = structure(k, g)
+    n = base.shape[0]
+    leaks = []
+    for _ in range(1 + k % 2):
+        i, j = (int(v) for v in torch.randint(0, n, (2,), generator=g))
+        if not bool(base[i, j]):
+            leaks.append((i, j))
+    found = full_verdict(with_leaks(base, leaks))
+    if leaks:
+        assert found.witness == min(leaks), (k, found.kind, leaks)
+
+
+@pytest.mark.parametrize("k", range(0, 80, 8))
+def test_one_or_two_leaks_in_a_structure_are_the_witness(k):
+    for j in range(k, k + 8):
+        check_named(j)
+
+
+@pytest.mark.slow
+def test_one_or_two_leaks_in_a_structure_are_the_witness_many():
+    for k in range(80, 1000):
+        check_named(k)
 
 
 # -- the display -----------------------------------------------------------------------------

@@ -57,10 +57,11 @@ class Dependency:
 
     ``kind``: a :class:`Kind` (equal to its word, ``"band"``); ``witness``: the first
     dependence (row-major) that the nearest simpler kind forbids, as (output index, input
-    index), None for "independent" (block-diagonal: the first crossing between blocks, if
-    any);
+    index), None for "independent" (the first exception where the kind has some: a
+    crossing between blocks, see :meth:`exceptions`);
     ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle (a
-    band with wrap-around: modulo n, nearest 0); ``blocks``: the block sizes of a
+    band with wrap-around: modulo n, nearest 0, of all but its exceptions; sparse: the band
+    all but a few fill, if any); ``blocks``: the block sizes of a
     block-diagonal pattern; ``nonzeros``: (most, mean) input indices an output index reads,
     for a sparse one; ``note``: a caveat, in words (float32 underflow; a pattern bounded, not
     resolved entry by entry); ``complete``: False when ``pattern`` holds the band the verdict
@@ -219,9 +220,10 @@ def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[
 
 def full_verdict(pattern: torch.Tensor) -> Verdict:
     """:func:`verdict`, with the block sizes (block-diagonal) or the most and mean input
-    indices per output index (sparse). Of the band, the blocks, the band modulo n and the
-    nonzeros themselves, the kind allowing the fewest entries wins (a band on a tie; sparse
-    only where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
+    indices per output index (sparse). Of the band, the blocks, the band modulo n, a band
+    with a few exceptions (said as sparse, its band as offsets) and the nonzeros themselves,
+    the kind allowing the fewest entries wins (a band on a tie; sparse with no band only
+    where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
     pattern = pattern.to(torch.bool).cpu()
     m, n = pattern.shape
     count = int(torch.count_nonzero(pattern))
@@ -235,7 +237,8 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2:
         return band
     options = [(_band_size(m, n, lo, hi), band)]
-    for other in (_block_verdict(m, n, r, c), _periodic_verdict(m, n, r, c)):
+    for other in (_block_verdict(m, n, r, c), _periodic_verdict(m, n, r, c),
+                  _excepted_band(m, n, r, c)):
         if other is not None:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
@@ -254,24 +257,35 @@ def few(count: int) -> int:
 
 
 def _sparse_verdict(m: int, n: int, r, c) -> Verdict:
-    """"sparse", with the most and mean input indices per output index; where all but a few
-    dependences lie in one band (other than the diagonal alone), its offsets, and the first
-    dependence outside it as the witness (a band with a distant leak), else the first off
-    the diagonal."""
+    """"sparse": the most and mean input indices per output index; the witness is the
+    first dependence off the diagonal."""
     degree = torch.bincount(r, minlength=m)
-    nonzeros = (int(degree.max()), float(degree.float().mean()))
+    return Verdict(Kind.SPARSE, _first(r, c, r != c), None, None,
+                   (int(degree.max()), float(degree.float().mean())))
+
+
+def _excepted_band(m: int, n: int, r, c):
+    """(entries allowed, Verdict) for a band that all but a few dependences fill (a band
+    with a leak: :func:`_bulk`), said as "sparse" with the band as ``offsets`` and the first
+    dependence outside it as the witness ("band" promises every dependence within its
+    offsets); None where there is no such band."""
     bulk = _bulk(r, c, m, n)
-    if bulk is not None:
-        (lo, hi), outside = bulk
-        return Verdict(Kind.SPARSE, _first(r, c, outside), (lo, hi), None, nonzeros)
-    return Verdict(Kind.SPARSE, _first(r, c, r != c), None, None, nonzeros)
+    if bulk is None:
+        return None
+    (lo, hi), outside = bulk
+    degree = torch.bincount(r, minlength=m)
+    return _band_size(m, n, lo, hi) + int(outside.sum()), Verdict(
+        Kind.SPARSE, _first(r, c, outside), (lo, hi), None,
+        (int(degree.max()), float(degree.float().mean())))
 
 
 def _bulk(r, c, m: int, n: int, period: int | None = None):
     """((lo, hi), the dependences outside) for the band of offsets (modulo ``period``,
-    nearest 0, where given) that holds all but a few dependences, or None: the run of
-    diagonals at least half full holding the most of them, with 1 to :func:`few` outside it
-    and not the diagonal alone."""
+    nearest 0, where given) that holds all but a few dependences, or None. The band is the
+    run of diagonals at least half full holding the most dependences; it must be full, the
+    diagonal on either side of it at most 1/16 full (a ragged edge, as float32 underflow
+    leaves, is no leak), reach no corner, and not be the diagonal alone; 1 to :func:`few`
+    dependences outside it."""
     offset = c - r
     if period is not None:
         offset = (offset + period // 2) % period - period // 2
@@ -281,19 +295,27 @@ def _bulk(r, c, m: int, n: int, period: int | None = None):
         k = torch.arange(-(m - 1), n)
         lengths = torch.minimum(torch.full_like(k, m), n - k) - (-k).clamp(min=0)
     counts = torch.bincount(offset - first, minlength=len(lengths))
-    full = (2 * counts >= lengths) & (counts > 0)
-    if not bool(full.any()):
+    half = (2 * counts >= lengths) & (counts > 0)
+    if not bool(half.any()):
         return None
-    run = torch.cumsum(torch.cat([full[:1], full[1:] & ~full[:-1]]).long(), 0) * full
+    run = torch.cumsum(torch.cat([half[:1], half[1:] & ~half[:-1]]).long(), 0) * half
     held = torch.zeros(int(run.max()) + 1, dtype=torch.long).index_add_(0, run, counts)
     held[0] = -1
-    best = int(held.argmax())
-    where = (run == best).nonzero().flatten()
-    lo, hi = int(where[0]) + first, int(where[-1]) + first
+    where = (run == int(held.argmax())).nonzero().flatten()
+    a, b = int(where[0]), int(where[-1])
+    lo, hi = a + first, b + first
+    size = len(lengths)
+    sides = [(a - 1) % size, (b + 1) % size] if period is not None else \
+        [k for k in (a - 1, b + 1) if 0 <= k < size]
     outside = (offset < lo) | (offset > hi)
-    if (lo, hi) == (0, 0) or not 0 < int(outside.sum()) <= few(len(r)):
+    if (lo, hi) == (0, 0) or len(sides) < 2 \
+            or bool((counts[sides] > (lengths[sides] // 16).clamp(min=1)).any()) \
+            or not torch.equal(counts[a:b + 1], lengths[a:b + 1]) \
+            or not 0 < int(outside.sum()) <= few(len(r)):
         return None
     return (lo, hi), outside
+
+
 ENTRIES = 2**22  # patterns with more dependences are judged row by row (no list of them)
 
 
@@ -395,10 +417,22 @@ def _block_verdict(m: int, n: int, r, c):
     crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
     fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
-    options = [_blocks_at(n, r, c, (crossing <= level).nonzero().flatten() + 1, most)
-               for level in levels]
+    options = [_blocks_at(n, r, c, _ends_of_runs((crossing <= level).nonzero().flatten() + 1,
+                                                 n), most) for level in levels]
     options = [option for option in options if option is not None]
     return min(options, key=lambda option: option[0]) if options else None
+
+
+def _ends_of_runs(cuts: torch.Tensor, n: int) -> torch.Tensor:
+    """The cuts (in 1..n−1) less those inside a run of consecutive ones, the ends 0 and n
+    counted: a short block (a causal one of 3 is crossed by 2 inside) cut at every index
+    where leaks raise the level between blocks to its own count is one block, from the
+    run's first cut to its last."""
+    bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])])
+    inner = torch.zeros_like(bounds, dtype=torch.bool)
+    inner[1:-1] = (bounds[1:-1] - bounds[:-2] == 1) & (bounds[2:] - bounds[1:-1] == 1)
+    inner[1:-1] |= (bounds[1:-1] == 1) | (bounds[1:-1] == n - 1)  # no block of one at an end
+    return bounds[1:-1][~inner[1:-1]]
 
 
 def _blocks_at(n: int, r, c, cuts, most: int):
@@ -654,12 +688,13 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
         Dependency: ``.pattern``, bool (m × n): ``[i, j]`` is True when an output entry
         with index i along ``out_axis`` has a non-zero derivative with respect to an entry
         of x with index j along ``in_axis``; ``.kind``, the smallest description holding
-        every dependence: ``"independent"``, ``"lower-triangular"`` (causal),
-        ``"upper-triangular"``, ``"band"``, ``"block-diagonal"`` (``.blocks``),
-        ``"block-lower-triangular"`` (packed causal sequences, ``.blocks``),
-        ``"band with wrap-around"``, ``"sparse"`` (``.nonzeros``) or ``"dense"``;
-        ``.witness``, the first dependence ``(i, j)`` the nearest simpler kind forbids (a
-        crossing between blocks); ``.offsets``, the lowest and highest ``j - i`` (bands and
+        every dependence but a few exceptions (``.exceptions()``): ``"independent"``,
+        ``"lower-triangular"`` (causal), ``"upper-triangular"``, ``"band"``,
+        ``"block-diagonal"`` (``.blocks``), ``"block-lower-triangular"`` (packed causal
+        sequences, ``.blocks``), ``"band with wrap-around"``, ``"sparse"`` (``.nonzeros``;
+        a band with a leak: its band as ``.offsets``) or ``"dense"``;
+        ``.witness``, the first dependence ``(i, j)`` the nearest simpler kind forbids (the
+        first exception); ``.offsets``, the lowest and highest ``j - i`` (bands and
         triangles; modulo n with wrap-around); ``.note`` (float32 underflow; a pattern
         bounded, ``.complete`` False); ``.evidence``; ``.describe("y", "x")``.
 
