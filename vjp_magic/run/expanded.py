@@ -117,6 +117,11 @@ class PerSampleGradients(dict):
         self.separated = separated  # every pair of samples checked apart (the rules' check)
 
 
+# Positions per sample up to which a Linear weight's |v|ᵀM is made from its factors: that
+# product costs 2T multiply-adds per entry of D, where |v|ᵀ|D| reads D once.
+FACTORED_POSITIONS = 8
+
+
 class _WeightedMagnitudes:
     """|v|ᵀM for a Linear weight's per-sample gradients, M_b = Σ_t |g_bt| |a_btᵀ| (the sums
     of the absolute terms of D_b = Σ_t g_bt a_btᵀ): ``(|v| ∘ |g|)ᵀ |a|``, one product the
@@ -132,25 +137,6 @@ class _WeightedMagnitudes:
         rows = weights.reshape(-1, batch, 1, 1)
         return torch.stack([(g * row).flatten(0, 1).transpose(0, 1)
                             .mm(source.flatten(0, 1)).reshape(-1) for row in rows])
-
-
-class _WeightedConvMagnitudes(_WeightedMagnitudes):
-    """|v|ᵀM for a convolution's per-sample weight gradients, M_b = Σ_p |g_bp| |x_bp| (the
-    sums of the absolute terms over output positions p, x_bp: the input patch there): the
-    batch's weight gradient of the same convolution (torch's own) for the output gradient
-    |v| ∘ |g| and the input |x| (padded, as 2-d)."""
-
-    def __init__(self, g: torch.Tensor, source: torch.Tensor, layout: tuple, shape: tuple):
-        super().__init__(g, source)  # (B, O, H, W), (B, C, H', W'), padded
-        self.layout, self.shape = layout, shape  # (stride, dilation, groups), 2-d weight
-
-    def __call__(self, weights: torch.Tensor) -> torch.Tensor:
-        batch = self.g.shape[0]
-        g, source = (t.to(weights.dtype).abs() for t in (self.g, self.source))
-        stride, dilation, groups = self.layout
-        return torch.stack([torch.nn.grad.conv2d_weight(
-            source, self.shape, g * row, stride=stride, padding=0, dilation=dilation,
-            groups=groups).reshape(-1) for row in weights.reshape(-1, batch, 1, 1, 1)])
 
 
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
@@ -169,7 +155,7 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
         if name not in per_sample:
             per_sample[name] = t.new_zeros((batch,) + tuple(t.shape))
     weighted = {name: found[0][1] for name, found in terms.items()
-                if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}  # or a conv
+                if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}
     terms = {name: [(g, None if isinstance(m, _WeightedMagnitudes) else m) for g, m in found]
              for name, found in terms.items() if name not in weighted}
     magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
@@ -433,8 +419,9 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
         batch = g.shape[0]
         source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
         outer = g.transpose(1, 2) * source if g.shape[1] == 1 else None  # one product each
+        factored = _WeightedMagnitudes(g, source) if g.shape[1] <= FACTORED_POSITIONS else None
         found = {"weight": (torch.bmm(g.transpose(1, 2), source) if outer is None else outer,
-                            _WeightedMagnitudes(g, source)),
+                            factored),
                  "bias": _summed_terms(g, (1,))}
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)
@@ -481,9 +468,7 @@ def _convolution(kind: str, bound: dict, grad: torch.Tensor) -> dict:
     else:
         gradient = _patches(source, grad, kernel, stride, dilation, groups)
     bias, magnitudes = _summed_terms(grad, (2, 3))
-    weighted = _WeightedConvMagnitudes(grad, source, (stride, dilation, groups),
-                                       (weight.shape[0], source.shape[1] // groups) + kernel)
-    return {"weight": (gradient.reshape((batch,) + tuple(weight.shape)), weighted),
+    return {"weight": (gradient.reshape((batch,) + tuple(weight.shape)), None),
             "bias": (bias.reshape(batch, -1),
                      None if magnitudes is None else magnitudes.reshape(batch, -1))}
 
