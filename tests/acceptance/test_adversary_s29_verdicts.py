@@ -75,3 +75,33 @@ def test_six_leaks_beside_a_band_name_a_leak():
     assert int((pattern & ~allowed).sum()) == 6
     assert torch.equal(d.pattern, pattern)
     assert not allowed[d.witness]
+
+
+# -- zeros that are float32 underflow ---------------------------------------------------------
+def _recurrence(x, decay):
+    """h[t] = decay·h[t-1] + x[t]: dh[t]/dx[s] = decay^(t-s) for s ≤ t (lower-triangular)."""
+    states, h = [], torch.zeros((), dtype=x.dtype)
+    for t in range(x.shape[0]):
+        h = decay * h + x[t]
+        states.append(h)
+    return torch.stack(states)
+
+
+def _recurrence_verdict(decay):
+    x = torch.randn(64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    return vjp_magic.dependency(_recurrence(x, decay), x, seed=0)
+
+
+def test_a_slow_underflow_is_noted():
+    d = _recurrence_verdict(1e-3)  # 1e-3^k reaches float32's subnormals gradually
+    assert d.kind == "band" and "underflow" in d.note
+
+
+@pytest.mark.xfail(strict=True, reason="h = 1e-30·h + x[t] in float32 reads 'band −1..0' with no "
+                   "underflow note: decay^k is exactly 0 past k = 1 (1e-60), without a derivative "
+                   "near float32's smallest normal to set the note off; the real pattern is "
+                   "lower-triangular (float64 reads band −10..0)")
+def test_an_abrupt_underflow_is_noted():
+    d = _recurrence_verdict(1e-30)
+    assert d.offsets == (-1, 0)  # the float32 pattern, exact zeros
+    assert d.note is not None and "underflow" in d.note
