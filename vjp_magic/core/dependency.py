@@ -417,8 +417,11 @@ def _block_verdict(m: int, n: int, r, c):
     crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
     fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
-    options = [_blocks_at(n, r, c, _ends_of_runs((crossing <= level).nonzero().flatten() + 1,
-                                                 n), most) for level in levels]
+    cut_sets = dict.fromkeys(  # in level order; levels whose cuts differ inside runs: once
+        tuple(_ends_of_runs((crossing <= level).nonzero().flatten() + 1, n).tolist())
+        for level in levels)
+    options = [_blocks_at(n, r, c, torch.tensor(cuts, dtype=torch.long), most)
+               for cuts in cut_sets]
     options = [option for option in options if option is not None]
     return min(options, key=lambda option: option[0]) if options else None
 
@@ -445,8 +448,7 @@ def _blocks_at(n: int, r, c, cuts, most: int):
     sizes = bounds.diff()
     if len(sizes) < 2 or int(sizes.min()) < 2:
         return None
-    block = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
-    across = block[r] != block[c]
+    across = torch.searchsorted(cuts, r, right=True) != torch.searchsorted(cuts, c, right=True)
     crossings = int(across.sum())
     if crossings > most:
         return None
