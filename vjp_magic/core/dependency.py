@@ -132,34 +132,53 @@ class Dependency:
         describes every output index (a leak from one row is a band −1..0 it does not fill)."""
         if self.kind == Kind.SPARSE:
             return False
-        return bool(torch.equal(self.pattern.to(torch.bool).cpu(), self._region()))
+        r, c = self.pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
+        return bool(self._allowed(r, c).all()) and len(r) == self._region_size()
 
     def exceptions(self) -> list[tuple[int, int]]:
         """The dependences ``(i, j)`` (row-major) outside the structure the kind names, a
         few at most: crossings between blocks, a later index read inside a block of a
         block-lower-triangular pattern, reads outside a band with wrap-around or outside the
-        band ``offsets`` of a sparse pattern (a band with a distant leak). Empty where the
-        kind holds every dependence (a band, a triangle, dense, independent)."""
+        band ``offsets`` of a sparse pattern (a band with a leak). Empty where the kind
+        holds every dependence (a band, a triangle, dense, independent)."""
         if self.kind == Kind.SPARSE and self.offsets is None:
             return []
-        outside = self.pattern.to(torch.bool).cpu() & ~self._region()
-        return [(int(i), int(j)) for i, j in outside.nonzero().tolist()]
+        r, c = self.pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
+        outside = ~self._allowed(r, c)
+        return list(zip(r[outside].tolist(), c[outside].tolist()))
 
-    def _region(self) -> torch.Tensor:
-        """The (m × n) entries the kind allows (a sparse pattern: its band ``offsets``)."""
+    def _allowed(self, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Whether the kind allows each entry (r, c) (a sparse pattern: its band
+        ``offsets``), without building the (m × n) region."""
         m, n = self.pattern.shape
-        offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
+        offset = c - r
         if self.kind == Kind.INDEPENDENT:
             return offset == 0
-        if self.kind == Kind.PERIODIC_BAND:
-            offset = (offset + n // 2) % n - n // 2
         if self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
             block = _block_index(self.blocks, max(m, n))
-            band = block[:m, None] == block[None, :n]
-            return band & (offset <= 0) if self.kind == Kind.BLOCK_LOWER_TRIANGULAR else band
+            same = block[r] == block[c]
+            return same & (offset <= 0) if self.kind == Kind.BLOCK_LOWER_TRIANGULAR else same
         if self.offsets is None:  # dense
-            return torch.ones(m, n, dtype=torch.bool)
+            return torch.ones_like(offset, dtype=torch.bool)
+        if self.kind == Kind.PERIODIC_BAND:
+            offset = (offset + n // 2) % n - n // 2
         return (offset >= self.offsets[0]) & (offset <= self.offsets[1])
+
+    def _region_size(self) -> int:
+        """How many entries the kind allows."""
+        m, n = self.pattern.shape
+        if self.kind == Kind.INDEPENDENT:
+            return min(m, n)
+        if self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
+            sizes = torch.tensor(self.blocks)
+            inside = sizes * (sizes + 1) // 2 if self.kind == Kind.BLOCK_LOWER_TRIANGULAR \
+                else sizes**2
+            return int(inside.sum()) + max(0, min(m, n) - int(sizes.sum()))
+        if self.offsets is None:  # dense
+            return m * n
+        if self.kind == Kind.PERIODIC_BAND:
+            return n * (self.offsets[1] - self.offsets[0] + 1)
+        return _band_size(m, n, *self.offsets)
 
 
 def _index(name: str, axis: int, index) -> str:
