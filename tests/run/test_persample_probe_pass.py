@@ -123,3 +123,22 @@ def test_a_wrong_row_is_refused_with_the_rules_probe(row, monkeypatch):
     expected = _loop(losses, dict(model.named_parameters()))
     torch.testing.assert_close(r.derivatives["m.0.weight"], expected["0.weight"],
                                rtol=1e-4, atol=1e-5)  # refused, and recomputed
+
+
+def test_the_rules_own_dict_is_taken_as_checked_per_sample(monkeypatch):
+    """``per_sample_jacobians``' dict (marked ``separated``) is judged as
+    ``per_sample_given``'s: probe 0 alone; bare tensors still take the full plan."""
+    model, x, targets = _mlp(4)
+    with recording() as record:
+        losses = F.cross_entropy(model(x), targets, reduction="none")
+    params = dict(model.named_parameters())
+    found = persample.per_sample_jacobians(record, params, losses)
+    assert found.separated
+    calls = _counted(monkeypatch)
+    r = analysis.differentiate(losses, params, given=found, seed=4)
+    assert len(calls) == 1
+    for name, value in _loop(losses, params).items():
+        torch.testing.assert_close(r.derivatives[name], value, rtol=1e-4, atol=1e-5)
+    calls.clear()
+    analysis.differentiate(losses, params, given=dict(found), seed=4)
+    assert len(calls) > 1  # unmarked: the whole probe plan

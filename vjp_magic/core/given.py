@@ -85,9 +85,14 @@ def split(given: dict) -> tuple[dict, dict, set]:
     """``given`` (name -> Jacobian, a (Jacobian, magnitudes) pair or a
     :class:`GivenJacobian`) as the Jacobians, the magnitudes where known (a tensor shaped
     like the Jacobian, or the function giving |v|ᵀM), and the names whose rows were checked
-    per sample for every pair."""
+    per sample for every pair (all of a dict marked ``separated``, with its ``magnitudes``
+    and ``weighted``: the per-layer rules' :class:`~vjp_magic.run.expanded.PerSampleGradients`)."""
     jacobians, magnitudes, separated = {}, {}, Separated()
+    rows = bool(getattr(given, "separated", False))  # per-sample rules' own dict: all checked
     for name, value in given.items():
+        if rows and isinstance(value, torch.Tensor):
+            value = GivenJacobian(value, getattr(given, "magnitudes", {}).get(name), True,
+                                  getattr(given, "weighted", {}).get(name))
         if isinstance(value, (tuple, list)):
             value = GivenJacobian(*value)
             if value.magnitudes is not None:
