@@ -8,9 +8,9 @@ from __future__ import annotations
 import sys
 
 import pytest
+from per_sample_reference import vmap_grad
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
 
 import vjp_magic
 from vjp_magic import pipeline
@@ -29,16 +29,6 @@ def cnn_case(batch: int = 40):
         torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3))
     return model, torch.randn(batch, 1, 8, 8), torch.randint(0, 3, (batch,))
-
-
-def vmap_grad(model, data, targets) -> dict:
-    """The anchor: per-sample gradients by torch.func, named as named_parameters() does."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, x, t):
-        return F.cross_entropy(functional_call(model, p, (x.unsqueeze(0),)), t.unsqueeze(0))
-
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, data, targets)
 
 
 def counted(fn):

@@ -4,6 +4,7 @@ samples mix or a module keeps batch statistics, and a custom forward never run a
 from __future__ import annotations
 
 import pytest
+from per_sample_reference import vmap_grad
 import torch
 import torch.nn.functional as F
 from custom_functions import COUNTED_SQUARE
@@ -29,21 +30,12 @@ def _mlp_losses(batch: int, seed: int = 0):
     return mlp, data, targets, rec, losses
 
 
-def _vmap_grad(model, data, targets) -> dict:
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, x, t):
-        return F.cross_entropy(functional_call(model, p, (x.unsqueeze(0),)), t.unsqueeze(0))
-
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, data, targets)
-
-
 @pytest.mark.parametrize("batch", [8, 1024])
 def test_per_sample_gradients_equal_vmap_grad(batch):
     mlp, data, targets, rec, losses = _mlp_losses(batch)
     params = dict(mlp.named_parameters())
     jacobians = per_sample_jacobians(rec, params, losses)
-    expected = _vmap_grad(mlp, data, targets)
+    expected = vmap_grad(mlp, data, targets)
     assert jacobians is not None and set(jacobians) == set(expected)
     for name, tensor in expected.items():
         assert jacobians[name].shape == (batch,) + tuple(params[name].shape)
@@ -153,7 +145,7 @@ losses = F.cross_entropy(mlp(data), targets, reduction="none")
 def test_per_sample_gradients_through_the_magic(run_vjp, ip, batch):
     r = run_vjp(PER_SAMPLE_CELL.format(batch=batch), "--wrt mlp")
     ns = ip.user_ns
-    expected = _vmap_grad(ns["mlp"], ns["data"], ns["targets"])
+    expected = vmap_grad(ns["mlp"], ns["data"], ns["targets"])
     assert list(r.derivatives) == [f"mlp.{n}" for n in expected]
     for name, tensor in expected.items():
         torch.testing.assert_close(r.derivatives[f"mlp.{name}"], tensor)
@@ -182,7 +174,7 @@ def test_per_sample_through_differentiate():
 
     r = vjp_magic.differentiate(losses, params,
                                 given=per_sample_jacobians(rec, params, losses))
-    for name, tensor in _vmap_grad(mlp, data, targets).items():
+    for name, tensor in vmap_grad(mlp, data, targets).items():
         torch.testing.assert_close(r.derivatives[name], tensor)
 
 def test_the_magic_takes_the_vectorised_path(run_vjp, monkeypatch):

@@ -7,6 +7,7 @@ values from ``torch.func.vmap(grad(...))``."""
 from __future__ import annotations
 
 import pytest
+from per_sample_reference import vmap_grad
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
@@ -39,15 +40,6 @@ def _case(seed: int, batch: int = 24, length: int = 6):
     return model, x, targets, record, losses
 
 
-def _vmap_grad(model, x, targets) -> dict:
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, xb, tb):
-        return F.cross_entropy(functional_call(model, p, (xb.unsqueeze(0),)), tb.unsqueeze(0))
-
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, targets)
-
-
 def _accepted(monkeypatch) -> list:
     seen = []
     original = given_jacobians.agreed
@@ -73,7 +65,7 @@ def test_attention_rules_are_accepted_in_float32(seed, monkeypatch):
     seen = _accepted(monkeypatch)
     r = analysis.differentiate(losses, params, given=given, seed=seed)
     assert seen and seen[0] == set(params)  # every one accepted: no per-sample fallback
-    expected = _vmap_grad(model, x, targets)
+    expected = vmap_grad(model, x, targets)
     for name, value in expected.items():
         torch.testing.assert_close(r.derivatives[name], value, rtol=1e-4, atol=1e-5)
     key = slice(16, 32)  # the key projection's bias: its true gradient is 0
@@ -100,7 +92,7 @@ def test_a_wrong_entry_is_refused_despite_the_magnitudes(which, monkeypatch):
     seen = _accepted(monkeypatch)
     r = analysis.differentiate(losses, params, given=given, seed=3)
     assert name not in seen[0] and set(seen[0]) == set(params) - {name}
-    expected = _vmap_grad(model, x, targets)  # recomputed by the analysis: right again
+    expected = vmap_grad(model, x, targets)  # recomputed by the analysis: right again
     torch.testing.assert_close(r.derivatives[name], expected[name], rtol=1e-4, atol=1e-5)
 
 

@@ -6,9 +6,9 @@ values from ``torch.func.vmap(grad(...))``."""
 from __future__ import annotations
 
 import pytest
+from per_sample_reference import vmap_grad
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
 
 from vjp_magic.core import analysis
 from vjp_magic.core import given as given_jacobians
@@ -40,15 +40,6 @@ def _case(seed: int, batch: int = 40, length: int = 4, dtype=torch.float32):
     return model, x, targets, record, losses
 
 
-def _vmap_grad(model, x, targets) -> dict:
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def loss(p, xb, tb):
-        return F.cross_entropy(functional_call(model, p, (xb.unsqueeze(0),)), tb.unsqueeze(0))
-
-    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, targets)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_weighted_magnitudes_are_the_terms_sizes(seed):
     model, x, targets, _, _ = _case(seed, dtype=torch.float64)
@@ -76,7 +67,7 @@ def test_accepted_by_probe_0_with_the_vmap_values(seed):
     assert all(given[n].weighted_magnitudes is not None for n in ("inner.weight", "head.weight"))
     r = analysis.differentiate(losses, params, given=given, seed=seed)
     assert set(r.inputs) == set(params)
-    expected = _vmap_grad(model, x, targets)
+    expected = vmap_grad(model, x, targets)
     for name, value in expected.items():
         torch.testing.assert_close(r.derivatives[name], value, rtol=1e-4, atol=1e-5)
     j, m, s = given_jacobians.split(given)
@@ -96,7 +87,7 @@ def test_a_wrong_entry_is_still_refused(row):
     assert given_jacobians.agreed(Probes(losses, params, 3), j, m, s) == set(params) - {name}
     r = analysis.differentiate(losses, params, seed=3,
                                given={**given, name: given[name]._replace(jacobian=wrong)})
-    torch.testing.assert_close(r.derivatives[name], _vmap_grad(model, x, targets)[name],
+    torch.testing.assert_close(r.derivatives[name], vmap_grad(model, x, targets)[name],
                                rtol=1e-4, atol=1e-5)  # recomputed: right again
 
 
@@ -135,7 +126,6 @@ def test_a_weight_read_twice_keeps_the_entrywise_rule():
     torch.testing.assert_close(r.derivatives["weight"], torch.stack(rows), rtol=1e-4, atol=1e-5)
 
 
-
 def test_a_cnns_rules_are_accepted_and_a_wrong_conv_entry_refused():
     """A convolution's weight keeps the entrywise rule (|v|ᵀM from its factors would cost a
     convolution per probe, more than reading its per-sample gradients once)."""
@@ -157,7 +147,7 @@ def test_a_cnns_rules_are_accepted_and_a_wrong_conv_entry_refused():
     assert given_jacobians.agreed(Probes(losses, params, 7), j, m, s) == set(params) - {
         "0.weight"}
     r = analysis.differentiate(losses, params, given=given, seed=7)
-    for name, value in _vmap_grad(model, x, targets).items():
+    for name, value in vmap_grad(model, x, targets).items():
         torch.testing.assert_close(r.derivatives[name], value, rtol=1e-4, atol=1e-5)
 
 
@@ -168,5 +158,5 @@ def test_a_long_sequence_keeps_the_entrywise_rule():
     assert given["inner.weight"].weighted_magnitudes is None
     assert given["head.weight"].weighted_magnitudes is not None  # one position per sample
     r = analysis.differentiate(losses, dict(model.named_parameters()), given=given, seed=8)
-    for name, value in _vmap_grad(model, x, targets).items():
+    for name, value in vmap_grad(model, x, targets).items():
         torch.testing.assert_close(r.derivatives[name], value, rtol=1e-4, atol=1e-5)
