@@ -35,9 +35,6 @@ def test_sparse_jacobian_in_float16_equals_jacrev(f):
     torch.testing.assert_close(got.to_dense(), expected, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian on a bfloat16 x crashes with numpy's "
-                   "TypeError 'Got unsupported ScalarType BFloat16' (core/sparse_check.py "
-                   "along_rows) instead of computing it as differentiate does at 300 entries")
 @pytest.mark.parametrize("f", [_cyclic, _neighbours])
 def test_sparse_jacobian_in_bfloat16_equals_jacrev(f):
     x = _x(300, torch.bfloat16)
@@ -46,9 +43,6 @@ def test_sparse_jacobian_in_bfloat16_equals_jacrev(f):
     torch.testing.assert_close(got.to_dense(), expected, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="differentiate on a bfloat16 x of 5,000 entries (the "
-                   "sparse path) crashes with numpy's TypeError 'Got unsupported ScalarType "
-                   "BFloat16' instead of giving the derivatives")
 def test_differentiate_a_large_bfloat16_stencil():
     _large_stencil(torch.bfloat16)
 

@@ -185,11 +185,16 @@ class _CsrProducts:
 
 
 def along_rows(v: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
-    """v[i] for each nonzero of a CSR matrix (row i), in CSR order: a new tensor."""
-    if v.device.type == "cpu" and crow.device.type == "cpu" and v.numel():
+    """v[i] for each nonzero of a CSR matrix (row i), in CSR order: a new tensor (numpy's
+    repeat on the CPU for the dtypes numpy has, not bfloat16; else torch's)."""
+    if v.device.type == "cpu" and crow.device.type == "cpu" and v.numel() and \
+            v.dtype in _NUMPY_FLOATS:
         counts = np.diff(crow.numpy()).astype(np.int64, copy=False)
         return torch.from_numpy(np.repeat(v.detach().numpy(), counts))
     return torch.repeat_interleave(v, crow.diff().to(v.device), output_size=int(crow[-1]))
+
+
+_NUMPY_FLOATS = (torch.float64, torch.float32, torch.float16)
 
 
 def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
