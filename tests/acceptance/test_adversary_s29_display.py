@@ -4,7 +4,6 @@ review; unmarked ones guard a class of inputs that holds today.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -28,9 +27,6 @@ def test_the_values_at_zeros_are_right():
     assert "tridiagonal" in r._repr_mimebundle_()["text/markdown"]
 
 
-@pytest.mark.xfail(strict=True, reason="the display says '3 backward passes give all 8,998 nonzero "
-                   "derivatives' where 1,500 of the 8,998 proved entries are exactly 0 at this x "
-                   "(3x² at x = 0): the pattern's entries are counted as nonzero derivatives")
 def test_the_display_does_not_call_zero_derivatives_nonzero():
     markdown = _stencil_at_zeros()._repr_mimebundle_()["text/markdown"]
     assert "8,998 nonzero derivatives" not in markdown

@@ -50,6 +50,26 @@ def sparse_of(result, name: str):
     return getattr(item, "sparse", None) if item is not None else None
 
 
+def zeros_here(sparse) -> int:
+    """How many entries of the pattern are exactly 0 at this x (a proved pattern holds every
+    entry the graph allows; a derivative such as 3x² at x = 0 is one of them and 0 here)."""
+    matrix = getattr(sparse, "matrix", None)
+    if matrix is None:
+        return 0
+    values = matrix.values()
+    return values.numel() - int(torch.count_nonzero(values))
+
+
+def entries_words(sparse, nonzero: str = "nonzero derivatives",
+                  noun: str = "derivatives") -> str:
+    """The pattern's entries counted truly: "5,998 nonzero derivatives" (``nonzero``) where
+    all are nonzero here, else "8,998 derivatives its pattern allows (7,498 nonzero here)"."""
+    zeros = zeros_here(sparse)
+    if not zeros:
+        return f"{sparse.nnz:,} {nonzero}"
+    return f"{sparse.nnz:,} {noun} its pattern allows ({sparse.nnz - zeros:,} nonzero here)"
+
+
 def by_columns(sparse) -> bool:
     """Whether ``sparse`` was computed by forward-mode passes, one per colour of the input's
     entries (its ``colours`` are the input's), rather than one backward per output colour."""
@@ -356,7 +376,11 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
     if found.sampled is not None and not reads and found.kind == "band":
         spans.append(Text(f" (read off {found.sampled:,} rows: the edges and rows spread "
                           "between)"))
-    spans.append(Text(f"; {sparse.nnz:,} nonzeros of {m:,} × {n:,}"
+    zeros = zeros_here(sparse)
+    counted = f"{sparse.nnz:,} nonzeros of {m:,} × {n:,}" if not zeros else \
+        f"{sparse.nnz:,} entries of {m:,} × {n:,} in the pattern " \
+        f"({sparse.nnz - zeros:,} nonzero here)"
+    spans.append(Text(f"; {counted}"
                       + (f", at most {found.per_row:,} a row. " if found.kind != "sparse"
                          else ". ")))
     return Paragraph(tuple(spans + evidence_words(sparse, name)))
@@ -378,7 +402,8 @@ def hessian_paragraph(h, name: str) -> Paragraph:
         f"; its shape read off {found.sampled:,} rows: the edges and rows spread between")]
     return Paragraph(tuple(
         [Text(f"The Hessian is {_kind_words(found, math.prod(shape))}: "
-              f"{sparse.nnz:,} nonzeros from {sparse.count:,} Hessian-vector {products} (")]
+              f"{entries_words(sparse, 'nonzeros', 'entries')} from {sparse.count:,} "
+              f"Hessian-vector {products} (")]
         + how + [Text("; the values checked with random probes")] + sampled + [Text(").")]))
 
 
@@ -400,7 +425,7 @@ def colour_paragraph(result, name: str) -> Paragraph:
     m = -(-(result.inputs[name].tensor if columns else result.output).numel() // max(k, 1))
     passes = "forward-mode pass" if columns else "backward pass"
     tail = Text(f": {k:,} {passes}{'es' if k != 1 else ''}{' (J·u)' if columns else ''} give"
-                f"{'' if k != 1 else 's'} all {sparse.nnz:,} nonzero derivatives"
+                f"{'' if k != 1 else 's'} all {entries_words(sparse)}"
                 + (f" (after {sparse.pattern_passes:,} to find the pattern)."
                    if getattr(sparse, "pattern_passes", 0) else "."))
     lead = ["Entries of ", notation.prose_name(name), " of one colour are never read by one "
@@ -572,7 +597,7 @@ def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
 
     caption = [Text(f"The first {shown:,} of {m:,} rows of the {m:,} × {n:,} Jacobian "
                     "(flattened row-major), at the entries of "), notation.prose_name(name),
-               Text(f" they read; all {sparse.nnz:,} nonzeros are in "),
+               Text(f" they read; all {entries_words(sparse, 'nonzeros', 'entries')} are in "),
                Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"), Text(".")]
     return Block(entries, shown, len(cols), matrix.device, rows_label, column), caption
 

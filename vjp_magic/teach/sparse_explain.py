@@ -24,7 +24,7 @@ from ..render import notation
 from ..render.codegen import output_symbol
 from ..render.matrix import multi_index
 from ..render.document import Math, Paragraph, Section, Text, paragraph
-from ..render.sparse import by_columns, layout_of, pattern_paragraph, sparse_of
+from ..render.sparse import by_columns, entries_words, layout_of, pattern_paragraph, sparse_of
 from .explain import (_chain_rule, _function, _gradient_argument, _jacobian, _product,
                       explain_sections)
 
@@ -141,8 +141,9 @@ def _no_collision_step(result, name: str) -> Paragraph:
         ". At most one of those rows reads entry ", Math("j", "j"), " of ",
         notation.prose_name(name), ", so the sum has at most one nonzero term: it is exactly ",
         Math("J_{ij}", "J_ij"), " for that row, and nothing collides. One backward per colour, "
-        f"{sparse.count} in all, gives every one of the {sparse.nnz:,} nonzeros of ",
-        Math("J", "J"), ", each read off at its row's colour.")
+        f"{sparse.count} in all, gives every one of the "
+        f"{entries_words(sparse, 'nonzeros', 'entries')} of ", Math("J", "J"),
+        ", each read off at its row's colour.")
 
 
 # -- computed by columns: one forward-mode pass per colour of x's entries ----------------------
@@ -210,5 +211,6 @@ def _column_no_collision_step(result, name: str) -> Paragraph:
         "the recorded graph by differentiating twice: ", Math(r"g = J^\top v", "g = Jᵀv"),
         " is linear in ", Math("v", "v"), ", so the vector-Jacobian product of ",
         Math("g", "g"), " with ", Math("u", "u"), " is ", Math("J u", "J·u"),
-        f". One per colour, {sparse.count} in all, gives every one of the {sparse.nnz:,} "
-        "nonzeros of ", Math("J", "J"), ", each read off at its column's colour.")
+        f". One per colour, {sparse.count} in all, gives every one of the "
+        f"{entries_words(sparse, 'nonzeros', 'entries')} of ", Math("J", "J"),
+        ", each read off at its column's colour.")
