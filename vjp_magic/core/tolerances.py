@@ -44,6 +44,11 @@ TOLERANCES: dict[torch.dtype, Tolerances] = {
 # probe values: float64 5.7e-14, float32 7.6e-6, float16 1.6e-2, bfloat16 1.3e-1
 
 
+# A proved pattern's probe that fails the probe tolerance is judged again per entry against
+# this many times the rounding noise of its vᵀJ, measured (:mod:`.sparse_check`).
+NOISE_MULTIPLE = 16
+
+
 def tolerances(dtype: torch.dtype) -> Tolerances:
     """The row of :data:`TOLERANCES` for ``dtype`` (float32's for any other dtype)."""
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
