@@ -35,6 +35,7 @@ def test_an_observed_pattern_past_the_exact_check_warns_and_says_what_to_do():
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "observed" in message and "differentiate" in message and "float64" in message
+    assert "64" in message
     assert caught[0].filename == __file__  # points at the caller's line
 
 

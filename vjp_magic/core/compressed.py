@@ -343,8 +343,10 @@ OBSERVED_WARNING = (
     "x by grouped probes (an operation the graph rules cannot read, e.g. a custom "
     "autograd.Function), not proved, and it is too large to compute the entries outside it "
     "exactly (64 rows or columns at most): a derivative below the float resolution of a much "
-    "larger one in its row and column may read 0. For a checked result use "
-    "vjp_magic.differentiate(output, x), or compute in float64.")
+    "larger one in its row and column may read 0. vjp_magic.differentiate(output, x) computes "
+    "the entries the graph allows outside the pattern exactly where they lie in at most 64 "
+    "rows or columns; float64 resolves ratios about 10^9 times smaller; torch.func.jacrev "
+    "gives every entry.")
 
 
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
