@@ -49,17 +49,11 @@ def test_a_crossing_edge_between_graphs_of_8_is_the_witness(crossings):
     assert d.witness == crossings[0]
 
 
-@pytest.mark.xfail(strict=True, reason="a batch of 16 ring-like graphs of 16 nodes with one edge "
-                   "crossing graphs reads 'sparse' with witness (0, 13), an edge inside graph 0: "
-                   "the crossing edge shows only in d.pattern (issue 23's own complaint)")
 def test_a_crossing_edge_between_sparse_graphs_of_16_is_the_witness():
     d, graph = _verdict(256, 16, [(5, 38)])
     assert graph[d.witness[0]] != graph[d.witness[1]]
 
 
-@pytest.mark.xfail(strict=True, reason="six leaks beside a tridiagonal band over 64 rows read "
-                   "'sparse' with witness (0, 1), a band entry, where four leaks read 'band -1..1 "
-                   "with 4 exceptions' and name the first leak")
 def test_six_leaks_beside_a_band_name_a_leak():
     n = 64
     index = torch.arange(n)
@@ -97,10 +91,6 @@ def test_a_slow_underflow_is_noted():
     assert d.kind == "band" and "underflow" in d.note
 
 
-@pytest.mark.xfail(strict=True, reason="h = 1e-30·h + x[t] in float32 reads 'band −1..0' with no "
-                   "underflow note: decay^k is exactly 0 past k = 1 (1e-60), without a derivative "
-                   "near float32's smallest normal to set the note off; the real pattern is "
-                   "lower-triangular (float64 reads band −10..0)")
 def test_an_abrupt_underflow_is_noted():
     d = _recurrence_verdict(1e-30)
     assert d.offsets == (-1, 0)  # the float32 pattern, exact zeros

@@ -61,11 +61,13 @@ class Dependency:
     crossing between blocks, see :meth:`exceptions`);
     ``offsets``: lowest and highest j − i over the dependences, for a band or a triangle (a
     band with wrap-around: modulo n, nearest 0, of all but its exceptions; sparse: the band
-    all but a few fill, if any); ``blocks``: the block sizes of a
-    block-diagonal pattern; ``nonzeros``: (most, mean) input indices an output index reads,
-    for a sparse one; ``note``: a caveat, in words (float32 underflow; a pattern bounded, not
-    resolved entry by entry); ``complete``: False when ``pattern`` holds the band the verdict
-    implies beyond the output indices probed one by one (a wide mixing at a large size);
+    all but a few fill, if any); ``blocks``: the block sizes of a block-diagonal pattern
+    (sparse: blocks that a few dependences cross, four or more, most of them not joined at
+    their edges as a band's are: sparse graphs in a batch); ``nonzeros``: (most,
+    mean) input indices an output index reads, for a sparse one; ``note``: a caveat, in words
+    (float32 underflow; a pattern bounded, not resolved entry by entry); ``complete``: False
+    when ``pattern`` holds the band the verdict implies beyond the output indices probed one
+    by one (a wide mixing at a large size);
     ``pattern``: bool, (output axis size × input axis size); ``evidence``: an
     :class:`.pairing.Evidence`, "proved" or "observed" (read off a result, as its pairing is
     known) or "probed" (random probes);
@@ -141,7 +143,7 @@ class Dependency:
         block-lower-triangular pattern, reads outside a band with wrap-around or outside the
         band ``offsets`` of a sparse pattern (a band with a leak). Empty where the kind
         holds every dependence (a band, a triangle, dense, independent)."""
-        if self.kind == Kind.SPARSE and self.offsets is None:
+        if self.kind == Kind.SPARSE and self.offsets is None and self.blocks is None:
             return []
         r, c = self.pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
         outside = ~self._allowed(r, c)
@@ -154,7 +156,8 @@ class Dependency:
         offset = c - r
         if self.kind == Kind.INDEPENDENT:
             return offset == 0
-        if self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR):
+        if self.kind in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR) \
+                or (self.kind == Kind.SPARSE and self.blocks is not None):
             block = _block_index(self.blocks, max(m, n))
             same = block[r] == block[c]
             return same & (offset <= 0) if self.kind == Kind.BLOCK_LOWER_TRIANGULAR else same
@@ -256,13 +259,13 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2:
         return band
     options = [(_band_size(m, n, lo, hi), band)]
-    for other in (_block_verdict(m, n, r, c), _periodic_verdict(m, n, r, c),
-                  _excepted_band(m, n, r, c)):
+    blocks = _block_verdict(m, n, r, c)
+    for other in (blocks, _periodic_verdict(m, n, r, c), _excepted_band(m, n, r, c)):
         if other is not None:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
     if size > SPARSE_RATIO * count:
-        best = _sparse_verdict(m, n, r, c)
+        best = _sparse_verdict(m, n, r, c, None if blocks is None else blocks[1].blocks)
     return best
 
 
@@ -271,16 +274,42 @@ SPARSE_RATIO = 4  # "sparse" where every structured kind allows over 4× the non
 
 def few(count: int) -> int:
     """How many dependences outside a structure are "a few" (exceptions the kind allows, as a
-    leak between blocks): 4, or one in 64 of the ``count`` dependences if that is more."""
-    return max(4, count // 64)
+    leak between blocks): 6 (six leaks beside a band of 64 rows are still its exceptions),
+    or one in 64 of the ``count`` dependences if that is more."""
+    return max(6, count // 64)
 
 
-def _sparse_verdict(m: int, n: int, r, c) -> Verdict:
+def _sparse_verdict(m: int, n: int, r, c, blocks=None) -> Verdict:
     """"sparse": the most and mean input indices per output index; the witness is the
-    first dependence off the diagonal."""
+    first dependence off the diagonal, or, with the ``blocks`` all but a few dependences
+    stay inside (sparse graphs in a batch), the first crossing between them."""
     degree = torch.bincount(r, minlength=m)
-    return Verdict(Kind.SPARSE, _first(r, c, r != c), None, None,
+    witness = None
+    if blocks is not None:
+        block = _block_index(blocks, max(m, n))
+        witness = _first(r, c, block[r] != block[c])
+        blocks = blocks if witness is not None and _separated(n, r, c, blocks) else None
+    return Verdict(Kind.SPARSE, witness if blocks else _first(r, c, r != c), None, blocks,
                    (int(degree.max()), float(degree.float().mean())))
+
+
+def _separated(n: int, r, c, blocks) -> bool:
+    """Whether four blocks or more are separated: fewer than half the cuts between them
+    have a dependence joining the two indices either side (a batch of graphs; a band
+    joins them at every cut)."""
+    starts = torch.tensor(blocks).cumsum(0)[:-1]
+    near = ((c - r).abs() == 1) & torch.isin(torch.maximum(r, c), starts)
+    joined = torch.unique(torch.maximum(r, c)[near]).numel()
+    return len(blocks) >= 4 and 2 * joined < len(starts)
+
+
+def _crossings(n: int, r, c) -> torch.Tensor:
+    """Dependences across the cut before index k, for k = 1..n−1."""
+    low, high = torch.minimum(r, c), torch.maximum(r, c)
+    crossing = torch.zeros(n + 1, dtype=torch.long)
+    crossing.index_add_(0, low + 1, torch.ones_like(low))
+    crossing.index_add_(0, high + 1, -torch.ones_like(high))
+    return crossing.cumsum(0)[1:n]
 
 
 def _excepted_band(m: int, n: int, r, c):
@@ -429,11 +458,7 @@ def _block_verdict(m: int, n: int, r, c):
     A few crossings at most: the witness is the first; None where there are no such blocks."""
     if m != n or m < 4:
         return None
-    low, high = torch.minimum(r, c), torch.maximum(r, c)
-    crossing = torch.zeros(n + 1, dtype=torch.long)
-    crossing.index_add_(0, low + 1, torch.ones_like(low))
-    crossing.index_add_(0, high + 1, -torch.ones_like(high))
-    crossing = crossing.cumsum(0)[1:n]  # dependences across the cut before index k = 1..n−1
+    crossing = _crossings(n, r, c)  # dependences across the cut before index k = 1..n−1
     fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
     cut_sets = dict.fromkeys(  # in level order; levels whose cuts differ inside runs: once
@@ -628,11 +653,15 @@ UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest no
 
 def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float) -> Dependency:
     """A band or triangle in a low-precision dtype whose probes met derivatives within
-    :data:`UNDERFLOW_MARGIN` of the smallest normal number: its zeros may be underflow."""
+    :data:`UNDERFLOW_MARGIN` of the smallest normal number, or below its square root (a
+    product of two such factors, h = 1e-30·h + x[t] two steps back, is 0): its zeros may be
+    underflow."""
     kinds = (Kind.BAND, Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR, Kind.PERIODIC_BAND,
              Kind.SPARSE)
-    if dep.kind not in kinds or not dtype.is_floating_point or torch.finfo(dtype).bits > 32 \
-            or smallest > torch.finfo(dtype).tiny * UNDERFLOW_MARGIN:
+    if dep.kind not in kinds or not dtype.is_floating_point or torch.finfo(dtype).bits > 32:
+        return dep
+    tiny = torch.finfo(dtype).tiny
+    if smallest > max(tiny * UNDERFLOW_MARGIN, tiny ** 0.5):
         return dep
     note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""))
     note = note if dep.note is None else f"{dep.note}; {note}"

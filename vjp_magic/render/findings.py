@@ -342,7 +342,7 @@ def _exception_spans(dep: Dependency, y: str, x: str, exceptions: list) -> list:
 def _crossing(dep: Dependency) -> str:
     """``a crossing between blocks`` where a block-diagonal verdict's witness is one (``a
     later index read inside a block`` where a block-lower-triangular one's is that)."""
-    if dep.kind not in (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR) or dep.witness is None:
+    if dep.blocks is None or dep.witness is None:
         return ""
     ends = torch.tensor(dep.blocks).cumsum(0)
     i, j = (int(torch.searchsorted(ends, k, right=True)) for k in dep.witness)
