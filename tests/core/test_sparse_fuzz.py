@@ -1,4 +1,5 @@
-"""Fuzz: the public ``vjp_magic.sparse_jacobian`` equals ``torch.func.jacrev`` on random
+"""Fuzz: the public ``vjp_magic.sparse_jacobian`` equals ``torch.func.jacrev`` (its NaNs filled
+from ``torch.func.jacfwd``: the documented NaN rule, see ``_reference``) on random
 compositions of shifts, pads, slices, convolutions, gathers, reductions, matmuls and
 elementwise maps (below 10⁴ Jacobian entries), float32 and float64, with the dtype's default
 tolerance. The default run is short; ``pytest -m slow`` runs ``VJP_FUZZ_EXAMPLES`` examples
@@ -15,6 +16,18 @@ import vjp_magic
 SLOW_EXAMPLES = int(os.environ.get("VJP_FUZZ_EXAMPLES", "1000"))
 
 
+def _reference(f, x):
+    """jacrev's Jacobian with its NaNs filled from jacfwd where forward mode is not NaN.
+
+    At overflow jacrev reads 0·inf as NaN across whole columns; the package's documented rule
+    (docs/api.md) gives NaN only where both reverse and forward mode give NaN."""
+    reverse = torch.func.jacrev(f)(x)
+    if not reverse.isnan().any():
+        return reverse
+    forward = torch.func.jacfwd(f)(x)
+    return torch.where(reverse.isnan() & ~forward.isnan(), forward, reverse)
+
+
 def _check(seed: int, dtype) -> bool:
     """Whether the example ran (False: its Jacobian has 10⁴ entries or more)."""
     f, n = composition(seed, dtype, most=4)
@@ -23,10 +36,10 @@ def _check(seed: int, dtype) -> bool:
     y = f(x)
     if y.numel() * n >= 10_000:
         return False
-    expected = torch.func.jacrev(f)(x.detach()).reshape(y.numel(), n)
+    expected = _reference(f, x.detach()).reshape(y.numel(), n)
     got = vjp_magic.sparse_jacobian(y, x, seed=seed)
     assert got.layout == torch.sparse_csr and got.shape == (y.numel(), n)
-    # equal_nan: float32 overflow (exp of a cube) makes NaN entries in jacrev too
+    # equal_nan: overflow (exp of a cube) leaves NaN where both modes give NaN
     torch.testing.assert_close(got.to_dense(), expected, equal_nan=True,
                                msg=lambda m: f"seed {seed}: {m}")
     assert x.grad is None
@@ -43,4 +56,5 @@ def test_sparse_jacobian_equals_jacrev_on_random_compositions(dtype):
 def test_sparse_jacobian_fuzz(dtype):
     count = SLOW_EXAMPLES // 2
     ran = sum(_check(10_000 + seed, dtype) for seed in range(count))
+    print(f"{dtype}: {ran} of {count} examples ran (the rest: 10⁴ Jacobian entries or more)")
     assert ran >= 0.9 * count
