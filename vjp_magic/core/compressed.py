@@ -179,14 +179,8 @@ class Passes:
     is the one read off them (:func:`.sparse_check.checked`)."""
 
     def __init__(self, values, at, held, crow, diagonals=None, locate=None):
-        self._values, self._at, self.held, self.crow = values, at, held, crow
+        self.values, self._at, self.held, self.crow = values, at, held, crow
         self.diagonals, self._locate = diagonals, locate
-
-    @property
-    def values(self) -> torch.Tensor:
-        if isinstance(self._values, list):  # the loop's passes, stacked when first read
-            self._values = torch.stack(self._values)
-        return self._values
 
     @property
     def at(self) -> torch.Tensor:
@@ -195,7 +189,7 @@ class Passes:
         return self._at
 
     def _replace(self, **changes) -> Passes:
-        fields = dict(values=self._values, at=self._at, held=self.held, crow=self.crow,
+        fields = dict(values=self.values, at=self._at, held=self.held, crow=self.crow,
                       diagonals=self.diagonals, locate=self._locate)
         fields.update(changes)
         return Passes(**fields)
@@ -210,23 +204,19 @@ def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: in
     flat = output.reshape(-1)
     if count is None:
         count = int(colours.max()) + 1 if colours.numel() else 0
-    period = periodic(colours, count)
-    values = _passes(flat, x, colours.to(flat.device), count, budget, period)
-    if pattern.diagonals is not None and period is not None:  # rows read one by one
-        table = diagonal_values(values, pattern.diagonals, colours, flat.numel(), period)
-    else:
-        values = torch.stack(values) if isinstance(values, list) else values
-        table = None if pattern.diagonals is None else \
-            diagonal_values(values, pattern.diagonals, colours, flat.numel())
-    passes = Passes(values, None, None, pattern.crow)
-    passes._locate = lambda: _flat_at(passes.values, pattern, colours)
-    if table is not None:
-        passes.held = pattern.diagonals.deleted(table.reshape(-1))
-        passes.diagonals = DiagonalPasses(table, pattern.diagonals, passes.held, pattern.crow,
-                                          pattern.col)
-        return passes
-    passes.held = torch.index_select(passes.values.reshape(-1), 0, passes.at)
-    return passes
+    values = _passes(flat, x, colours.to(flat.device), count, budget)
+
+    def locate():
+        return _flat_at(values, pattern, colours)
+
+    if pattern.diagonals is not None:
+        table = diagonal_values(values, pattern.diagonals, colours, flat.numel())
+        held = pattern.diagonals.deleted(table.reshape(-1))
+        return Passes(values, None, held, pattern.crow,
+                      DiagonalPasses(table, pattern.diagonals, held, pattern.crow, pattern.col),
+                      locate)
+    at = locate()
+    return Passes(values, at, torch.index_select(values.reshape(-1), 0, at), pattern.crow)
 
 
 def _flat_at(values: torch.Tensor, pattern: Pattern, colours: torch.Tensor) -> torch.Tensor:
@@ -241,79 +231,38 @@ def _flat_at(values: torch.Tensor, pattern: Pattern, colours: torch.Tensor) -> t
     return torch.from_numpy(at).to(values.device)
 
 
-def periodic(colours: torch.Tensor, count: int) -> int | None:
-    """``count`` where the colours repeat with that period (c_r = c_{r mod count}, as a 1-D
-    stencil's lattice colouring does), on the CPU with a numpy dtype; else None. One
-    comparison of the array against itself shifted (a fraction of a pass at 10⁶)."""
-    m = colours.numel()
-    if colours.device.type != "cpu" or not 1 < count <= MOST_PERIOD or m < 2 * count:
-        return None
-    c = colours.numpy()
-    return count if np.array_equal(c[count:], c[:-count]) else None
-
-
-MOST_PERIOD = 16  # periods read off by strided copies (period x diagonals copies in all)
-
-
 def diagonal_values(values: torch.Tensor, diagonals, colours: torch.Tensor,
-                    m: int, period: int | None = None) -> torch.Tensor:
+                    m: int) -> torch.Tensor:
     """(m × K): J[r, r + keys[k]] at [r, k], 0 where the pattern has no such entry. Row r's
     entries are in the pass of its colour c_r, at r + keys[k]: per diagonal one gather along
-    the colours (index c_r) from the passes shifted by keys[k]; with periodic colours
-    (``period``: :func:`periodic`), per diagonal and residue s one strided numpy copy of
-    rows s, s + p, … from the pass of c_s (about 5x the gathers' speed at 10⁶)."""
-    first = values[0]
-    n, dtype, device = first.shape[-1], first.dtype, first.device
-    table = fresh((m, len(diagonals.keys)), dtype, device)
-    strided = period is not None and device.type == "cpu" and dtype in _NUMPY_FLOATS
-    if not strided and isinstance(values, list):
-        values = torch.stack(values)
-    index = None if strided else colours.to(device).reshape(1, -1)
+    the colours (index c_r) from the passes shifted by keys[k]."""
+    n = values.shape[1]
+    table = fresh((m, len(diagonals.keys)), values.dtype, values.device)
+    index = colours.to(values.device).reshape(1, -1)
     for k, key in enumerate(diagonals.keys.tolist()):
         lo, hi = diagonals.rows(k, m, n)  # rows outside: missing, so zeroed below
-        if hi > lo and strided:
-            _strided_diagonal(values, table.numpy()[:, k], colours.numpy(), (lo, hi, key),
-                              period)
-        elif hi > lo:  # straight into the strided column: 1.4x a copy after
+        if hi > lo:  # straight into the strided column: 1.4x a copy after
             torch.gather(values[:, lo + key:hi + key], 0, index[:, lo:hi],
                          out=table[lo:hi, k].unsqueeze(0))
     if len(diagonals.missing):
-        table.reshape(-1).index_fill_(0, torch.from_numpy(diagonals.missing).to(device), 0)
+        table.reshape(-1).index_fill_(0, torch.from_numpy(diagonals.missing).to(values.device),
+                                      0)
     return table
 
 
-def _strided_diagonal(values, column: np.ndarray, colours: np.ndarray, rows,
-                      period: int) -> None:
-    """column[r] = values[c_r][r + key] for lo ≤ r < hi, colours of period ``period``: rows
-    r ≡ s (mod period) all read the pass of c_s (``values``: the passes, a tensor or list)."""
-    lo, hi, key = rows
-    for s in range(lo, min(hi, lo + period)):
-        column[s:hi:period] = values[int(colours[s])].numpy()[s + key:hi + key:period]
-
-
-def _passes(flat, x, colours: torch.Tensor, count: int, budget: int,
-            period: int | None = None) -> torch.Tensor:
-    """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour; with
-    periodic colours (``period``) v is written as strided ones, and the passes come as a
-    list (no copy into one array; :class:`Passes` stacks them where read so)."""
+def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Tensor:
+    """(count × x.numel()): vᵀJ for v = 1 on the output entries of each colour."""
     on_cpu = colours.device.type == "cpu" and flat.dtype in _NUMPY_FLOATS
     if on_cpu:  # numpy's == and a cast: about 5x torch's on the CPU; one buffer for all:
         chosen = np.empty(flat.numel(), dtype=bool)  # each pass is over before the next
         buffer = np.empty(flat.numel(), dtype=_NUMPY_FLOATS[flat.dtype])
 
     def vector(c):
-        if on_cpu and period is not None:  # a fresh v each: a pass may return v itself
-            ones = np.zeros(flat.numel(), dtype=_NUMPY_FLOATS[flat.dtype])
-            for s in np.flatnonzero(colours.numpy()[:period] == c).tolist():
-                ones[s::period] = 1
-            return torch.from_numpy(ones)
         if on_cpu:
             np.copyto(buffer, np.equal(colours.numpy(), c, out=chosen))
             return torch.from_numpy(buffer)
         return (colours == c).to(flat.dtype)
 
-    if count <= LOOP_PASSES and period is not None:  # a list: stacked only where read so
-        return [plain_vjp(flat, [x], vector(c))[0].detach().reshape(-1) for c in range(count)]
     if count <= LOOP_PASSES:
         stacked = fresh((count, x.numel()), x.dtype, x.device)
         for c in range(count):
