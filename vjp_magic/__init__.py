@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .core.compressed import sparse_jacobian
 from .core.dependency import Dependency, dependency
-from .core.errors import GraphFreed, VJPUsageError
+from .core.errors import GraphFreed, ObservedPatternWarning, VJPUsageError
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, GradientList, VJPResult
 from .pipeline import assert_correct, check, differentiate, hessian
@@ -32,6 +32,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 __all__ = ["assert_correct", "check", "dependency", "Dependency", "differentiate", "hessian",
            "sparse_jacobian",
            "DerivativeResult", "VJPResult", "HessianResult", "VJPUsageError", "GraphFreed",
+           "ObservedPatternWarning",
            "GradientList", "RenderOptions",
            "load_ipython_extension", "unload_ipython_extension"]
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from custom_functions import Identity
 import vjp_magic
-from vjp_magic.core.compressed import ObservedPatternWarning
+from vjp_magic import ObservedPatternWarning
 
 
 def _opaque_stencil(x):

@@ -23,7 +23,7 @@ from .colouring import colour_count, colour_rows
 from .column_passes import (computed_by_columns, dense_columns, observed_columns)
 from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, plain_vjp, vjp_batch
-from .errors import VJPUsageError
+from .errors import ObservedPatternWarning, VJPUsageError
 from .memory import resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
@@ -280,11 +280,6 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
 
 _NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32,
                  torch.float64: np.float64}
-
-
-class ObservedPatternWarning(UserWarning):
-    """:func:`sparse_jacobian`'s pattern was observed at this x by grouped probes, not
-    proved from the graph, and too large to compute the entries outside it exactly."""
 
 
 OBSERVED_WARNING = (

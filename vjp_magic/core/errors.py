@@ -1,4 +1,4 @@
-"""The exception types for user mistakes.
+"""The exception types for user mistakes, and the one warning.
 
 Anything raised as :class:`VJPUsageError` is a mistake in how the package was
 used (a wrong name, an input that does not require grad, ...). The magics layer
@@ -15,3 +15,8 @@ class VJPUsageError(ValueError):
 class GraphFreed(VJPUsageError):
     """The output's graph can no longer be read: freed by a ``backward`` call (without
     ``retain_graph=True``) before the analysis ran."""
+
+
+class ObservedPatternWarning(UserWarning):
+    """:func:`vjp_magic.sparse_jacobian`'s pattern was observed at this x by grouped probes,
+    not proved from the graph, and too large to compute the entries outside it exactly."""
