@@ -1,6 +1,20 @@
-"""CSR patterns built from their definitions (for the colouring tests and the benchmarks):
-never from the code under test."""
+"""CSR patterns built from their definitions, and the stencil maps whose Jacobians have them
+(for the colouring and sparse tests and the benchmarks): never from the code under test."""
 import numpy as np
+import torch.nn.functional as F
+
+
+def tridiagonal(x):
+    """y[i] = x[i-1] + x[i]³ + x[i+1] (zero outside), for a 1-D x: a tridiagonal Jacobian."""
+    return F.pad(x, (1, 0))[:-1] + x ** 3 + F.pad(x, (0, 1))[1:]
+
+
+def laplacian(x):
+    """The 2-D 5-point Laplacian plus u³ of a flat x of k² entries (zero outside the grid)."""
+    k = int(round(x.numel() ** 0.5))
+    u = x.reshape(k, k)
+    p = F.pad(u, (1, 1, 1, 1))
+    return (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * u + u ** 3).reshape(-1)
 
 
 def csr(rows, cols, m: int):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from stencils import laplacian, tridiagonal
 import torch
 import torch.nn.functional as F
 
@@ -19,17 +20,6 @@ from vjp_magic.core.sparse_check import checked
 from vjp_magic.core.sparse_layout import csr_matrix
 
 BUDGET = 2**32
-
-
-def _tridiagonal(x):
-    return F.pad(x, (1, 0))[:-1] + x ** 3 + F.pad(x, (0, 1))[1:]
-
-
-def _laplacian(x):
-    k = int(round(x.numel() ** 0.5))
-    u = x.reshape(k, k)
-    p = F.pad(u, (1, 1, 1, 1))
-    return (p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * u + u ** 3).reshape(-1)
 
 
 def _gapped(x):  # offset 0 held by two boxes with a gap between them
@@ -49,8 +39,8 @@ def _wide(x):  # five offsets, some rows missing several
     return sum(F.pad(x, (s, 0))[:-s] * (s + 1) for s in (1, 2, 3, 4)) + x.cos()
 
 
-CASES = [(_tridiagonal, 50), (_laplacian, 49), (_gapped, 40), (_shorter, 30),
-         (_grid_rows, 30), (_wide, 25), (_tridiagonal, 4)]
+CASES = [(tridiagonal, 50), (laplacian, 49), (_gapped, 40), (_shorter, 30),
+         (_grid_rows, 30), (_wide, 25), (tridiagonal, 4)]
 
 
 @pytest.mark.parametrize("f,n", CASES)
@@ -89,7 +79,7 @@ def test_deleted_and_expanded_are_inverse(missing):
     assert deleted(full.numpy(), missing).tolist() == kept.tolist()
 
 
-@pytest.mark.parametrize("f,n", [(_tridiagonal, 60), (_laplacian, 64)])
+@pytest.mark.parametrize("f,n", [(tridiagonal, 60), (laplacian, 64)])
 def test_the_check_judges_the_matrix_it_is_given(f, n):
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)
     y = f(x)
@@ -109,7 +99,7 @@ def test_the_check_judges_the_matrix_it_is_given(f, n):
                        passes=passes, draws=1)
 
 
-@pytest.mark.parametrize("f,n", [(_tridiagonal, 2), (_wide, 3)])
+@pytest.mark.parametrize("f,n", [(tridiagonal, 2), (_wide, 3)])
 def test_mostly_missing_diagonals_are_left_to_the_general_builder(f, n):
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)
     y = f(x)
@@ -154,7 +144,7 @@ def test_check_probes_are_reproducible_signed_powers_of_two(dtype):
 
 def test_the_flat_indices_of_diagonal_passes_are_built_when_read():
     x = torch.randn(30, dtype=torch.float64, requires_grad=True)
-    y = _tridiagonal(x)
+    y = tridiagonal(x)
     pattern = proved_pattern(y, x, BUDGET)
     colours = torch.from_numpy(proved_lattice(pattern.lattice))
     passes = colour_passes(y, x, pattern, colours, BUDGET)
