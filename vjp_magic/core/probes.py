@@ -154,7 +154,7 @@ class ProbeDraws:
             probe = _digit_probe(codes, inner, values, self.dtype, self.shape)
         else:  # one gather from the table of this digit's value for every part
             probe = torch.empty(self.shape, dtype=self.dtype)
-            table = _probe_table(self.dtype)[None, :, None].expand(
+            table = probe_values(self.dtype)[None, :, None].expand(
                 values ** digit, values, inner).reshape(-1)
             torch.index_select(table, 0, torch.from_numpy(codes), out=probe.view(-1))
         if digit == self.digits[part] - 1:  # the part's last probe: drawn again if needed
@@ -171,7 +171,7 @@ def _digit_probe(codes: numpy.ndarray, inner: int, values: int, dtype: torch.dty
     table = _numpy_table(dtype)
     if table is None:  # a dtype numpy lacks (bfloat16)
         probe = torch.empty(shape, dtype=dtype)
-        torch.index_select(_probe_table(dtype), 0, torch.from_numpy(digits), out=probe.view(-1))
+        torch.index_select(probe_values(dtype), 0, torch.from_numpy(digits), out=probe.view(-1))
         return probe
     return torch.from_numpy(table[digits].reshape(tuple(shape)))
 
@@ -197,7 +197,7 @@ def _stream_generator(seed: int, purpose: str, draw: int = 0) -> numpy.random.Ge
 
 
 @functools.lru_cache(maxsize=None)
-def _probe_table(dtype: torch.dtype) -> torch.Tensor:
+def probe_values(dtype: torch.dtype) -> torch.Tensor:
     """The values a probe entry takes, ±2^k (:func:`probe_plan`), on the CPU (never written)."""
     span = probe_plan(dtype).exponents
     magnitudes = torch.exp2(torch.arange(-span, span + 1, dtype=torch.float64))  # exact
@@ -206,9 +206,9 @@ def _probe_table(dtype: torch.dtype) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _numpy_table(dtype: torch.dtype) -> numpy.ndarray | None:
-    """:func:`_probe_table` as a numpy array (never written; None where numpy lacks the dtype)."""
+    """:func:`probe_values` as a numpy array (never written; None where numpy lacks the dtype)."""
     try:
-        return _probe_table(dtype).numpy()
+        return probe_values(dtype).numpy()
     except TypeError:
         return None
 

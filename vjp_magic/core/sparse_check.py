@@ -26,14 +26,13 @@ judgement alone: there a coupling below a column's rounding noise could be real.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
 from .derivatives import plain_vjp
-from .probes import probe_generator, probe_plan
+from .probes import probe_generator, probe_plan, probe_values
 from .pattern import expanded
 from .sparse_layout import csr_rows, fresh
 from .tolerances import NOISE_MULTIPLE, tolerances
@@ -146,15 +145,6 @@ def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
     codes.mul_(values).bitwise_right_shift_(16)
     table = probe_values(flat.dtype)
     return torch.index_select(table, 0, codes, out=fresh(m, table.dtype)).to(flat.device)
-
-
-@functools.lru_cache(maxsize=None)
-def probe_values(dtype: torch.dtype) -> torch.Tensor:
-    """The 2(2K + 1) values ±2^k, |k| ≤ K, of a probe of ``dtype``."""
-    plan = probe_plan(dtype)
-    magnitudes = torch.exp2(torch.arange(-plan.exponents, plan.exponents + 1,
-                                         dtype=torch.float64))
-    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
 
 
 class _ColourProducts:

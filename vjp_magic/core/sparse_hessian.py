@@ -24,7 +24,6 @@ from .colouring import (colour_count, colour_symmetric, recover_symmetric, symme
                         valid_rows)
 from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .indexmaps.summed import depends, summed_hessian_pattern
-from .sparse_check import probe_values
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .tolerances import tolerances
 
@@ -218,7 +217,7 @@ def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None) -> to
     seed on a stream of their own."""
     plan = probes.probe_plan(flat.dtype)
     count = plan.probes if draws is None else draws
-    table = probe_values(flat.dtype)
+    table = probes.probe_values(flat.dtype)
     codes = torch.randint(0, plan.values, (count * flat.numel(),), dtype=torch.int32,
                           generator=probes.probe_generator(seed, "sparse-hessian-check"))
     return torch.index_select(table, 0, codes).reshape(count, -1).to(flat.device)
