@@ -9,6 +9,7 @@ ones guard a class of inputs that holds today.
 from __future__ import annotations
 
 import pytest
+from recurrences import recurrence
 import torch
 
 import vjp_magic
@@ -72,18 +73,9 @@ def test_six_leaks_beside_a_band_name_a_leak():
 
 
 # -- zeros that are float32 underflow ---------------------------------------------------------
-def _recurrence(x, decay):
-    """h[t] = decay·h[t-1] + x[t]: dh[t]/dx[s] = decay^(t-s) for s ≤ t (lower-triangular)."""
-    states, h = [], torch.zeros((), dtype=x.dtype)
-    for t in range(x.shape[0]):
-        h = decay * h + x[t]
-        states.append(h)
-    return torch.stack(states)
-
-
 def _recurrence_verdict(decay):
     x = torch.randn(64, generator=torch.Generator().manual_seed(0)).requires_grad_()
-    return vjp_magic.dependency(_recurrence(x, decay), x, seed=0)
+    return vjp_magic.dependency(recurrence(x, decay), x, seed=0)
 
 
 def test_a_slow_underflow_is_noted():

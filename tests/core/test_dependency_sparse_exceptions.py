@@ -4,6 +4,7 @@ stay the band's exceptions. The patterns are read off ``torch.autograd.functiona
 from __future__ import annotations
 
 import pytest
+from recurrences import recurrence
 import torch
 
 import vjp_magic
@@ -73,27 +74,18 @@ def test_a_band_with_a_leak_in_every_few_rows_is_not_excepted():
 
 
 # -- an abrupt float32 underflow ----------------------------------------------------------------
-def _recurrence(x, decay):
-    """h[t] = decay·h[t-1] + x[t]: dh[t]/dx[s] = decay^(t-s) for s ≤ t."""
-    states, h = [], torch.zeros((), dtype=x.dtype)
-    for t in range(x.shape[0]):
-        h = decay * h + x[t]
-        states.append(h)
-    return torch.stack(states)
-
-
 @pytest.mark.parametrize("decay", [1e-30, 1e-25, 1e-15])
 def test_an_abrupt_float32_underflow_is_noted(decay):
     x = torch.randn(32, generator=torch.Generator().manual_seed(0))
-    truth = torch.autograd.functional.jacobian(lambda v: _recurrence(v, decay), x).ne(0)
-    wider = torch.autograd.functional.jacobian(lambda v: _recurrence(v, decay), x.double())
+    truth = torch.autograd.functional.jacobian(lambda v: recurrence(v, decay), x).ne(0)
+    wider = torch.autograd.functional.jacobian(lambda v: recurrence(v, decay), x.double())
     assert int(wider.ne(0).sum()) > int(truth.sum())  # float32 rounds decay^k to 0 sooner
     x.requires_grad_()
-    d = vjp_magic.dependency(_recurrence(x, decay), x, seed=0)
+    d = vjp_magic.dependency(recurrence(x, decay), x, seed=0)
     assert torch.equal(d.pattern, truth)
     assert d.note is not None and "float32 underflow" in d.note
 
 
 def test_derivatives_of_ordinary_size_get_no_note():
     x = torch.randn(32, requires_grad=True)
-    assert vjp_magic.dependency(_recurrence(x, 0.5), x, seed=0).note is None
+    assert vjp_magic.dependency(recurrence(x, 0.5), x, seed=0).note is None
