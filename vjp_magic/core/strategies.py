@@ -46,7 +46,7 @@ class Context:
         on the last run of the same graph, :func:`remembered_seconds`; else the first chunk is
         one plain pass, timed), so even its first chunk is short."""
         batched = self.batched if batched is None else batched
-        count = math.prod(n for a, n in enumerate(self.output.shape) if a not in point_out)
+        count = _components(self.output, point_out)
         first = None
         if batched and count > LOOP_COMPONENTS:
             seconds = self.probes.seconds  # no probe made only to time it: one pass less
@@ -170,7 +170,7 @@ def from_verified_pairings(context, named, candidates, probes):
         # Inputs whose current pairing uses the same output point axes share one backward.
         point_out = _point_out(candidates[pending[0]][position[pending[0]]])
         group = [n for n in pending if _point_out(candidates[n][position[n]]) == point_out]
-        count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out)
+        count = _components(output, point_out)
         if count == output.numel() and context.sparse is not None:  # no points: compressed?
             group = context.sparse.take(named, group, candidates, position, accepted)
         if _skip_over_budget(context, named, candidates, position, group, count):
@@ -255,8 +255,7 @@ def _refuted_by_sparse(context, named, candidates, position, pending) -> None:
 def _fits(context, tensor, candidate: Candidate) -> bool:
     """Whether ``candidate``'s derivatives of ``tensor`` fit the budget."""
     output = context.output
-    count = math.prod(output.shape[a] for a in range(output.dim())
-                      if a not in _point_out(candidate))
+    count = _components(output, _point_out(candidate))
     return count * tensor.numel() * output.element_size() <= context.budget
 
 
@@ -292,6 +291,12 @@ def _skip_over_budget(context, named, candidates, position, group, count) -> boo
         return False
     position[max(skippable, key=lambda n: named[n].numel())] += 1
     return True
+
+
+def _components(output: torch.Tensor, point_out) -> int:
+    """How many components (one VJP each) a pairing whose output point axes are
+    ``point_out`` has: the product of the output's other axes."""
+    return math.prod(n for a, n in enumerate(output.shape) if a not in point_out)
 
 
 def _point_out(candidate: Candidate) -> tuple[int, ...]:
