@@ -199,9 +199,15 @@ def _stream_generator(seed: int, purpose: str, draw: int = 0) -> numpy.random.Ge
 @functools.lru_cache(maxsize=None)
 def probe_values(dtype: torch.dtype) -> torch.Tensor:
     """The values a probe entry takes, ±2^k (:func:`probe_plan`), on the CPU (never written)."""
-    span = probe_plan(dtype).exponents
+    return signed_powers(probe_plan(dtype).exponents, dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def signed_powers(span: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """The 2(2·span + 1) values ±2^k, |k| ≤ span, by code d: (−1)^d · 2^(⌊d/2⌋ − span)
+    (never written)."""
     magnitudes = torch.exp2(torch.arange(-span, span + 1, dtype=torch.float64))  # exact
-    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype)
+    return torch.stack([magnitudes, -magnitudes], 1).reshape(-1).to(dtype=dtype, device=device)
 
 
 @functools.lru_cache(maxsize=None)

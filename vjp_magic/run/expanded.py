@@ -16,7 +16,6 @@ alone for gradients so checked: :mod:`vjp_magic.core.given`).
 """
 from __future__ import annotations
 
-import functools
 import secrets
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.derivatives import plain_vjp
+from ..core.probes import signed_powers
 from .refusals import close
 from .steps import Interpreter
 
@@ -378,20 +378,11 @@ def check_weights(batch: int, dtype: torch.dtype, device=None,
         size = int(codes.max()) + 1 if batch else 0
     while values ** count < size:
         count += 1
-    table = _weight_table(span, dtype, device)
+    table = signed_powers(span, dtype, device)  # the check weights by digit
     for _ in range(count):
         found.append(table[(codes % values).to(table.device)])
         codes = codes // values
     return found
-
-
-@functools.lru_cache(maxsize=16)
-def _weight_table(span: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """The check weights by digit d: (−1)^d · 2^(⌊d/2⌋ − span) (never written)."""
-    digits = torch.arange(2 * (2 * span + 1))
-    signs = 1.0 - 2.0 * (digits % 2).to(torch.float64)
-    return (signs * torch.exp2((digits // 2 - span).to(torch.float64))).to(dtype=dtype,
-                                                                           device=device)
 
 
 def _ranks(keys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
