@@ -53,9 +53,6 @@ def test_pads_are_proved(f):
     assert (sparse.evidence, sparse.pattern_passes) == ("proved", 0)
 
 
-@pytest.mark.xfail(strict=True, reason="F.pad(mode='circular') (Conv's padding_mode='circular') "
-                   "is not proved from the graph: its pattern is observed with 74 grouped passes "
-                   "at 2,000 entries (seconds), where the equal roll or a constant pad is proved")
 @pytest.mark.parametrize("f", [_circular, _circular_conv])
 def test_circular_pads_are_proved(f):
     sparse = _sparse(f)

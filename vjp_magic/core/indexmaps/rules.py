@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import linalg, moves, pooling, reductions, scatters, shifts
+from . import copies, linalg, moves, pooling, reductions, scatters, shifts
 
 Rule = Callable
 
@@ -50,6 +50,7 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Scatter ScatterAdd", scatters.scatter),
     ("IndexAdd", scatters.index_add),
     ("AsStrided", scatters.as_strided),
+    ("CopySlices", copies.copy_slices),
 ] + [(name, rule) for name, rule in MASKED.items()]
 
 

@@ -14,7 +14,7 @@ from ..capabilities import out_shapes
 from ..pattern import Pattern, lattice_of, most_per_row
 from ..pairing import Evidence
 from ..tagging import postorder
-from . import offsets
+from . import copies, offsets
 from .maps import Edge, Unproved
 from .offsets import Offsets
 from .relation import Meter, Relation, compose, deduplicated, empty, identity, union
@@ -43,6 +43,8 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
         except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
             # an attribute missing or not as the rules expect it: claim nothing
             return None
+        finally:
+            copies.forget()
     try:
         diagonals = offsets.diagonal_csr(relation, Meter(budget)) \
             if isinstance(relation, Offsets) else None  # row r reads r + fixed offsets

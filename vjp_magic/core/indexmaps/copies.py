@@ -1,0 +1,138 @@
+"""Writes into part of a tensor: ``out[..., a:b] = src`` and the ``copy_`` calls circular
+padding is made of (``F.pad(mode="circular")`` and Conv's ``padding_mode="circular"`` fill an
+empty tensor by copies into its slices on torch 2.5 .. 2.15), which leave a ``CopySlices``
+node. The node does not show where its view lies, so its own backward (a built-in C++ node,
+nothing of the user's) is called on index grids: output entry ``j`` carries the label ``j + 1``,
+and each input's reply says which output entry each of its entries lands in.
+
+The replies are accepted only as a copy's: every entry of every reply is one label or 0, no
+label twice, and a shifted grid and a shuffled grid move the same way (a scaled, summed,
+broadcast or value-dependent write such as ``view.mul_(w)`` fails these, and proves nothing).
+A Python frame started during the call (a custom ``autograd.Function`` written in place into a
+view, a dispatch mode) stops the call before its first line: nothing of the user's runs.
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+
+from ..capabilities import out_metadata
+from .maps import NONE, Edge, IndexMap, Unproved
+
+
+class _PythonReached(Exception):
+    """The node's backward would run Python code (a custom function): it is not called."""
+
+
+def _refuse_python(frame, event, arg):
+    raise _PythonReached(frame.f_code.co_name)
+
+
+_LAST: list = []  # [node, its replies]: the base's and the source's edges ask once
+
+
+def forget() -> None:
+    """Drop the replies kept for the last node (the walk calls it when it ends, so no graph
+    is kept alive)."""
+    _LAST.clear()
+
+
+def copy_slices(edge: Edge) -> IndexMap:
+    """Input ``edge.i`` of a ``CopySlices``: the base outside the written view, the source on
+    it (each read once: injective)."""
+    if not _LAST or _LAST[0] is not edge.node:
+        forget()
+        _LAST.extend([edge.node, _replies(edge.node)])
+    replies = _LAST[1]
+    reply = replies[edge.i] if edge.i < len(replies) else None
+    if reply is None or math.prod(reply.shape) != math.prod(edge.in_shape):
+        raise Unproved("CopySlices: no reply for this input")
+    out_numel = math.prod(edge.out_shape)
+    edge.afford(out_numel)
+    labels = reply.reshape(-1)
+    landed = labels > 0
+    table = np.full(out_numel, NONE, dtype=np.int64)
+    table[labels[landed] - 1] = np.flatnonzero(landed)
+    return IndexMap(table.reshape(-1, 1), injective=True)
+
+
+def _replies(node) -> list[np.ndarray | None]:
+    """Per input of ``node``: the label of the output entry each of its entries lands in (0:
+    none), checked to be a copy's; :class:`Unproved` otherwise."""
+    metadata = out_metadata(node)
+    if len(metadata) != 1 or not metadata[0].dtype.is_floating_point \
+            or metadata[0].dtype.is_complex:
+        raise Unproved("CopySlices with other than one real floating output")
+    meta = metadata[0]
+    shape = tuple(int(s) for s in meta.shape)
+    m = math.prod(shape)
+    labels = torch.arange(1, m + 1, dtype=torch.int64, device=meta.device)
+    shuffle = (labels - 1) * _coprime(m) % max(m, 1) + 1  # a bijection of 1 .. m
+    calls = [_call(node, g.to(meta.dtype).reshape(shape), m + 1)
+             for g in (labels, labels + 1, shuffle)]
+    replies: list[np.ndarray | None] = []
+    for first, shifted, shuffled in zip(*calls):
+        if first is None or shifted is None or shuffled is None:
+            if not (first is None and shifted is None and shuffled is None):
+                raise Unproved("CopySlices: replies that come and go")
+            replies.append(None)
+            continue
+        replies.append(_checked(first, shifted, shuffled, shuffle, m))
+    landed = [r[r > 0] for r in replies if r is not None]
+    if landed and (np.bincount(np.concatenate(landed), minlength=m + 1) > 1).any():
+        raise Unproved("CopySlices: an output entry read from two places")
+    return replies
+
+
+def _coprime(m: int) -> int:
+    """A multiplier near ``0.618 m`` with no factor in common with ``m``."""
+    a = max(int(0.618 * m) | 1, 1)
+    while math.gcd(a, m) != 1:
+        a += 2
+    return a
+
+
+def _call(node, grid: torch.Tensor, largest: int) -> list[torch.Tensor | None]:
+    """The node's backward on ``grid`` (refused where a dtype cannot hold ``largest``
+    exactly)."""
+    if not _exact(grid.dtype, largest):
+        raise Unproved("CopySlices: labels this dtype cannot hold exactly")
+    old = sys.gettrace()
+    try:
+        with torch.no_grad():
+            sys.settrace(_refuse_python)
+            try:
+                replies = node(grid)
+            finally:
+                sys.settrace(old)
+    except _PythonReached as error:
+        raise Unproved("CopySlices around Python code") from error
+    replies = replies if isinstance(replies, tuple) else (replies,)
+    for reply in replies:
+        if reply is not None and (not reply.dtype.is_floating_point or reply.dtype.is_complex
+                                  or not _exact(reply.dtype, largest)):
+            raise Unproved("CopySlices: a reply this dtype cannot hold exactly")
+    return [None if r is None else r.detach().reshape(-1) for r in replies]
+
+
+def _exact(dtype: torch.dtype, largest: int) -> bool:
+    """Whether ``dtype`` holds every integer up to ``largest`` exactly."""
+    return largest < 2 / torch.finfo(dtype).eps
+
+
+def _checked(first, shifted, shuffled, shuffle: torch.Tensor, m: int) -> np.ndarray:
+    """The labels ``first`` holds, where every entry is one label or nothing: the shifted grid
+    adds exactly 1 where a label lands (a row summing to 1), the shuffled grid moves the same
+    way (one entry, not a mix)."""
+    if not bool(((first >= 0) & (first <= m) & (first == first.round())).all()):
+        raise Unproved("CopySlices: not a copy (a reply that is not a label)")
+    labels = first.to(torch.int64)
+    landed = labels > 0
+    moved = torch.where(landed, shuffle[(labels - 1).clamp_(min=0)], 0)
+    if not (torch.equal(shifted, (labels + landed).to(shifted.dtype))
+            and torch.equal(shuffled, moved.to(shuffled.dtype))):
+        raise Unproved("CopySlices: not a copy (replies that do not move as labels)")
+    return labels.cpu().numpy()
