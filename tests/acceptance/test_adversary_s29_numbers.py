@@ -37,10 +37,6 @@ def test_dependency_and_differentiate_see_the_coupling_past_64_entries(n):
     assert r.jacobian_block("x", torch.tensor([4]), torch.tensor([5])).item() == 1.0
 
 
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian returns 0 for dy[4]/dx[5] = 1 beside a "
-                   "1e12 diagonal (float32, 65 or more entries; an observed pattern, so it "
-                   "warns ObservedPatternWarning that such a derivative may read 0), where "
-                   "dependency and differentiate on the same graph find the 1")
 @pytest.mark.parametrize("n", [65, 200])
 def test_sparse_jacobian_keeps_the_coupling_past_64_entries(n):
     x = _x(n, torch.float32)

@@ -81,7 +81,10 @@ def test_without_a_proved_pattern_few_rows_are_all_computed():
     assert couplings.outside_entries(y, x, inside, None) == couplings.Verdict(True, True, 40)
     clean = Identity.apply(x)[:40] * 1e20
     assert couplings.outside_entries(clean, x, inside, None) == couplings.Verdict(False, True, 40)
-    assert not couplings.outside_entries(y, x, inside, None, most=16).checked
+    verdict = couplings.outside_entries(y, x, inside, None, most=16)  # past most: observed
+    assert verdict.coupled and verdict.checked
+    dense = Identity.apply(x)[:40] * 1e20 + Identity.apply(x).sum()  # every row reads all of x
+    assert not couplings.outside_entries(dense, x, inside, None, most=16).checked
 
 
 # -- differentiate, large path (per pairing) ------------------------------------------------
@@ -96,15 +99,31 @@ def test_large_path_rejects_points_the_graph_does_not_hold(dtype, big):
     torch.testing.assert_close(r.jacobian("x"), expected)
 
 
+def _dense_coupled(x, big):
+    """big·x²/2 behind an opaque Function, plus the sum of x on every entry: a coupling of 1
+    in every row, which no pattern observation can resolve (every row reads all of x)."""
+    u = Identity.apply(x)
+    return big * u * u / 2 + u.sum()
+
+
 def test_large_path_notes_what_it_could_not_check():
     x = torch.rand(600, dtype=torch.float32, generator=torch.Generator().manual_seed(1)) + 0.5
     x.requires_grad_()
-    r = vjp_magic.differentiate(_coupled(x, 1e12, 7, 300), x, seed=0)
+    r = vjp_magic.differentiate(_dense_coupled(x, 1e12), x, seed=0)
     assert r.point_axes["x"] == ((0, 0),)  # today's behaviour, said honestly
     notes = [n for n in r.notes if "resolution" in n]
     assert len(notes) == 1 and "full=True" in notes[0] and "float32" in notes[0]
-    full = vjp_magic.differentiate(_coupled(x, 1e12, 7, 300), x, seed=0, full=True)
+    full = vjp_magic.differentiate(_dense_coupled(x, 1e12), x, seed=0, full=True)
     assert full.jacobian("x")[300, 7] == 1.0
+
+
+def test_large_path_rejects_points_hiding_one_coupling_past_64_entries():
+    x = torch.rand(600, dtype=torch.float32, generator=torch.Generator().manual_seed(1)) + 0.5
+    x.requires_grad_()
+    r = vjp_magic.differentiate(_coupled(x, 1e12, 7, 300), x, seed=0)
+    assert r.point_axes["x"] == ()  # the observed pattern shows the coupling beside 1e12
+    assert not [n for n in r.notes if "resolution" in n]
+    assert r.jacobian_block("x", torch.tensor([300]), torch.tensor([7])).item() == 1.0
 
 
 def test_large_path_clean_points_keep_no_note():

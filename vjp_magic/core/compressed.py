@@ -285,12 +285,12 @@ _NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32,
 OBSERVED_WARNING = (
     "sparse_jacobian: the sparsity pattern of this {m:,} x {n:,} Jacobian was observed at this "
     "x by grouped probes (an operation the graph rules cannot read, e.g. a custom "
-    "autograd.Function), not proved, and it is too large to compute the entries outside it "
-    "exactly (64 rows or columns at most): a derivative below the float resolution of a much "
-    "larger one in its row and column may read 0. vjp_magic.differentiate(output, x) computes "
-    "the entries the graph allows outside the pattern exactly where they lie in at most 64 "
-    "rows or columns; float64 resolves ratios about 10^9 times smaller; torch.func.jacrev "
-    "gives every entry.")
+    "autograd.Function), not proved, and the entries outside it could not be checked: over 64 "
+    "rows and columns to compute exactly, and no second observation with fresh values (a row "
+    "or column reading over 1/8 of the other side, or a NaN or ±inf answer). A derivative "
+    "below the float resolution of a much larger one in its row and column may read 0 there. "
+    "float64 resolves ratios about 10^9 times smaller; vjp_magic.differentiate(output, x, "
+    "full=True) and torch.func.jacrev give every entry.")
 
 
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
@@ -306,8 +306,8 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     pays (a row reads more than 1/8 of x), or the check disagrees (a coupling the probes
     could not see, e.g. a custom ``autograd.Function``), the exact Jacobian (one backward
     per output entry) is computed instead and returned in the same layout. So it is where an
-    observed pattern misses a nonzero the probes cannot resolve (checked where x or the output
-    has at most 64 entries: :mod:`.couplings`), and where the result holds NaN (reverse mode's
+    observed pattern misses a nonzero (its entries outside are checked: :mod:`.couplings`;
+    ObservedPatternWarning where they cannot be), and where the result holds NaN (reverse mode's
     0·NaN, filled from forward mode as ``differentiate`` does: :mod:`.sparse_exact`). The
     memory budget counts nonzeros on the sparse path, the dense size on the exact one.
     Complex tensors are refused. ``x.grad`` is never changed.

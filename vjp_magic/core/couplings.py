@@ -12,9 +12,12 @@ them is computed exactly, once, and any nonzero there rejects the structure:
 - a row e_iᵀJ by one one-hot backward pass.
 
 With no proved pattern (a custom ``autograd.Function``, an op without a rule) every entry is
-allowed: the columns or rows are all of them, computed only when they number at most
-:data:`MOST_PASSES`. Over that, the structure stands as the probes found it and
-:func:`unchecked_note` says what could hide.
+allowed: the columns or rows are all of them, computed when they number at most
+:data:`MOST_PASSES`. Over that, every entry non-zero at this x is observed by bit-coded sets
+read as zero or non-zero (:func:`.pattern.observed_pattern`, ~2·log₂ m passes for a diagonal),
+which a small derivative beside a large one cannot hide from. Only where no pattern can be
+observed (a dense row or column, a NaN or ±inf answer) does the structure stand as the
+probes found it, and :func:`unchecked_note` says what could hide.
 """
 from __future__ import annotations
 
@@ -24,14 +27,16 @@ from typing import NamedTuple
 
 import torch
 
-from .column_passes import jvps
+from .column_passes import jvps, observed_columns
 from .derivatives import plain_vjp
 from .indexmaps import proved_pattern
 from .pairing import Pairing
+from .pattern import observed_pattern
 from .sparse_layout import csr_rows
 from .tolerances import tolerances
 
 MOST_PASSES = 64  # columns or rows computed exactly to check one structure, at most
+CHECK_BUDGET = 2**28  # bytes for the batched probes of an observed check
 PATTERN_BYTES = 512  # per output and input entry, for the index maps of the proved pattern
 
 Inside = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows, cols) → bool mask
@@ -125,10 +130,11 @@ def nonzero_outside(jacobian: torch.Tensor, out_ndim: int, pairing: Pairing) -> 
 
 
 def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, pattern=None,
-                    most: int = MOST_PASSES) -> Verdict:
+                    most: int = MOST_PASSES, seed: int = 0) -> Verdict:
     """Whether d output / d x has a nonzero outside the structure ``inside`` says, among the
     entries the proved ``pattern`` allows (every entry where it is None): the fewer of their
-    columns and rows computed exactly, up to ``most`` passes (else unchecked)."""
+    columns and rows computed exactly, up to ``most`` passes, else every non-zero entry at
+    this x observed (:func:`_by_observing`; unchecked where it cannot be)."""
     m, n = output.numel(), x.numel()
     if pattern is None:
         rows, cols = torch.arange(m), torch.arange(n)
@@ -144,7 +150,21 @@ def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, patte
             return Verdict(coupled, True, cols.numel())
     if rows.numel() <= most:
         return Verdict(_by_rows(output, x, inside, rows), True, rows.numel())
-    return Verdict(False, False)
+    return _by_observing(output, x, inside, seed)
+
+
+def _by_observing(output, x, inside: Inside, seed: int) -> Verdict:
+    """Every entry non-zero at this x, observed by bit-coded sets read as zero or non-zero
+    (:func:`.pattern.observed_pattern`, with values drawn for this check: a derivative of 1
+    beside 10¹² shows), against the structure; unchecked where no pattern can be observed (a
+    row or column reading over 1/8 of the other side, a NaN or ±inf answer)."""
+    found = observed_pattern(output, x, CHECK_BUDGET, seed, purpose="couplings")
+    if found is None:
+        found = observed_columns(output, x, CHECK_BUDGET, seed)
+    if found is None:
+        return Verdict(False, False)
+    rows = _pattern_rows(found.crow, found.nnz)
+    return Verdict(not bool(inside(rows, found.col).all()), True, found.probes)
 
 
 def _pattern_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
@@ -205,7 +225,8 @@ def confirmed(context, named: dict, unproved: dict, agreed: set) -> set:
         pattern = proved_pattern(context.output, x, min(context.budget, PATTERN_BYTES * (
             context.output.numel() + x.numel())))  # a check worth a few passes: no more
         inside = pairing_inside(context.output.shape, x.shape, pairing)
-        verdict = outside_entries(context.output, x, inside, pattern)
+        verdict = outside_entries(context.output, x, inside, pattern,
+                                  seed=getattr(getattr(context, "probes", None), "seed", 0))
         if verdict.coupled:
             continue
         kept.add(name)

@@ -8,12 +8,15 @@ coupling a probe cannot see, is missing from it. The compressed passes that use 
 (:mod:`.compressed`) check their result with an independent random probe and give up where it
 disagrees.
 
-Output entries (flat, row-major) are split into k groups by index mod k, k = 1, 2, 4, …;
-a group is probed whole, then once per bit of i // k on the entries whose bit is 1
-(1 + log₂(m/k) probes a group). An input entry read by one entry of a group answers each bit
-probe with exactly 0 or exactly the whole probe's value (the other entries add exact zeros)
-and so spells that entry's index; any other answer means several entries read it, and k
-doubles. A NaN or ±inf answer says nothing: the pattern is refused (None).
+Output entries (flat, row-major) are split into k groups by index mod k, k = 1, 2, 3, 5, …;
+a group is probed on each side of each bit of i // k (2·log₂(m/k) probes a group, the sets of
+:func:`.setdecode.bit_sets`, which :mod:`.dependency`'s decoding reads the same way). An input
+entry read by one entry of a group answers non-zero on exactly one side of every bit, which
+spells that entry's index; two readers differ in some bit and both sides answer there: that
+input entry waits for the next k (the others are known). Answers are read as zero or
+non-zero only, never compared in value: a derivative of 1 beside 10¹² in its row and column
+is found as a one-hot backward pass would find it. A NaN or ±inf answer says nothing: the
+pattern is refused (None).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import torch
 from .derivatives import chunk_size, vjp_batch
 from .pairing import Evidence
 from .probes import set_probe_values
+from .setdecode import bit_sets, spelled
 
 # Refused when a row reads more than this fraction of the input: colouring would not pay.
 DENSE_FRACTION = 1 / 8
@@ -183,31 +187,51 @@ def find_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,
 
 
 def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
-                     max_probes: int | None = None) -> Pattern | None:
+                     max_probes: int | None = None,
+                     purpose: str = "sparse-pattern") -> Pattern | None:
     """The pattern of d output / d x at this x (flat, row-major), or None: too dense (a row
     reads more than ``DENSE_FRACTION`` of x, and more than ``MIN_ROW`` entries), a
     non-finite probe, or more than ``max_probes`` backward passes (default: m, what one
-    pass per row would take, or ``MIN_PROBES`` on a small output)."""
+    pass per row would take, or ``MIN_PROBES`` on a small output). Every entry whose
+    derivative a one-hot backward pass would find non-zero is in it (answers are read as
+    zero or non-zero only, :func:`.setdecode.spelled`), however small beside the others of
+    its row and column; only an exact cancellation among one probe's readers could hide one.
+    ``purpose``: names the draw of the probe values (a check observes with values of its own)."""
     flat = output.reshape(-1)
     m, n = flat.numel(), x.numel()
     limit = max_probes if max_probes is not None else max(m, MIN_PROBES)
-    groups, spent = 1, 0
-    while True:
+    found = torch.zeros(n, dtype=torch.bool)  # columns whose readers are all known
+    rows, cols, spent = [], [], 0
+    for groups in _group_counts():
         bits = _bits(m, groups)
-        if spent + groups * (bits + 1) > limit or groups > 2 * most_per_row(n):
+        if spent + groups * 2 * bits > limit or groups > 2 * most_per_row(n):
             return None
-        answers = _answers(flat, x, groups, bits, budget, seed)
-        spent += groups * (bits + 1)
+        answers = _answers(flat, x, groups, bits, budget, seed, purpose)
+        spent += groups * 2 * bits
         if answers is None:
             return None
-        decoded = _decode(answers, m, groups, bits)
-        if decoded is not None:
-            rows, cols = decoded
+        group, col, within, collided = answers
+        new = ~collided & ~found
+        keep = new[col]
+        rows.append(within[keep] * groups + group[keep])
+        cols.append(col[keep])
+        found |= new
+        if bool(found.all()):
             break
-        groups *= 2
+    rows, cols = torch.cat(rows), torch.cat(cols)
     if rows.numel() > most_per_row(n) * max(m, 1):
         return None
     return _csr(rows, cols, m, n, spent)
+
+
+def _group_counts():
+    """k = 1, 2, 3, 5, 8, 13, …: consecutive ones coprime, so two readers i, i' of a column,
+    in one group under k when k divides i - i', are parted by the next (powers of 2 left a
+    difference of 32 together up to k = 64)."""
+    a, b = 1, 2
+    while True:
+        yield a
+        a, b = b, a + b
 
 
 def most_per_row(n: int) -> float:
@@ -221,60 +245,43 @@ def _bits(m: int, groups: int) -> int:
 
 
 def _group_probes(values, first: int, stop: int, groups: int, bits: int) -> torch.Tensor:
-    """((stop - first) · (1 + bits) × m) probes: for each group g of ``first:stop``, ``values``
-    on its entries (index mod ``groups`` = g), then on those whose bit b of i // groups is 1,
-    b < bits; 0 elsewhere."""
+    """((stop - first) · 2·bits × m) probes: for each group g of ``first:stop`` (the entries
+    whose index mod ``groups`` is g), ``values`` on the side of each bit of i // groups where
+    it is 1, then where it is 0 (:func:`.setdecode.bit_sets`); 0 elsewhere."""
     m = values.numel()
     width = -(-m // groups)
     padded = values.new_zeros(width * groups)
     padded[:m] = values.reshape(-1)
     mine = padded.reshape(width, groups)[:, first:stop].t()  # groups × width
-    within = torch.arange(width, device=values.device)
-    bit = (within[None, :] >> torch.arange(bits, device=values.device)[:, None]) & 1
-    spell = torch.cat([torch.ones_like(bit[:1]), bit]).to(values.dtype)  # (1 + bits) × width
-    probes = values.new_zeros(stop - first, bits + 1, width, groups)
+    spell = bit_sets(width, bits).to(device=values.device, dtype=values.dtype)
+    probes = values.new_zeros(stop - first, 2 * bits, width, groups)
     k = torch.arange(stop - first, device=values.device)
     probes[k, :, :, first + k] = spell[None] * mine[:, None, :]
-    return probes.reshape(stop - first, bits + 1, -1)[..., :m].reshape(-1, m)
+    return probes.reshape(stop - first, 2 * bits, -1)[..., :m].reshape(-1, m)
 
 
-def _answers(flat, x, groups: int, bits: int, budget: int, seed: int):
-    """Per group: (reads, ones, collided), all bool (groups × n, groups × bits × n, groups):
-    which input entries the group's probe reaches, which each bit's probe reaches, and
-    whether some entry is read by several of the group's entries. A bit probe of an entry
-    read by one entry of the group answers exactly 0 or exactly the group probe's value
-    (the other entries contribute exact zeros); anything else is a collision. None if any
-    answer is not finite."""
-    values = set_probe_values(flat, seed, "sparse-pattern", groups)
-    per = max(1, chunk_size(flat, [x], budget) // (bits + 1))  # groups a batch
-    reads, ones, collided = [], [], []
+def _answers(flat, x, groups: int, bits: int, budget: int, seed: int, purpose: str):
+    """(group, col, within, collided): for each (group, input entry) the group reaches, its
+    index and that of the one entry of the group reading it (i // groups; meaningful where
+    the column did not collide), and (n,) bool: the input entries some group's entries read
+    several of (:func:`.setdecode.spelled`). None if any answer is not finite."""
+    values = set_probe_values(flat, seed, purpose, groups)
+    per = max(1, chunk_size(flat, [x], budget) // (2 * bits))  # groups a batch
+    parts, collided = [], torch.zeros(x.numel(), dtype=torch.bool)
     for first in range(0, groups, per):
         stop = min(groups, first + per)
         (g,) = vjp_batch(flat, [x], _group_probes(values, first, stop, groups, bits))
-        g = g.detach().reshape(stop - first, bits + 1, -1)
+        g = g.detach().reshape(stop - first, 2 * bits, -1)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             return None
-        whole, parts = g[:, 0], g[:, 1:]
-        one = parts.ne(0)
-        clean = (~one | parts.eq(whole[:, None])).all(1) & (whole.ne(0) | ~one.any(1))
-        reads.append(whole.ne(0).cpu())
-        ones.append(one.cpu())
-        collided.append((~clean).any(1).cpu())
-    return torch.cat(reads), torch.cat(ones), torch.cat(collided)
-
-
-def _decode(answers, m: int, groups: int, bits: int):
-    """(rows, cols) of every dependence, or None where some group has an input entry read by
-    several of its entries (k must grow)."""
-    read, one, collided = answers
-    if bool(collided.any()):
-        return None
-    within = (one.long() << torch.arange(bits)[None, :, None]).sum(1)  # groups × n
-    group, col = read.nonzero(as_tuple=True)
-    rows = within[group, col] * groups + group
-    if bool((rows >= m).any()):
-        return None
-    return rows, col
+        hit = g.ne(0).cpu()
+        single, row, empty = spelled(hit[:, :bits], hit[:, bits:])
+        single &= row * groups + torch.arange(first, stop)[:, None] < flat.numel()
+        collided |= (~single & ~empty).any(0)
+        group, col = (~empty).nonzero(as_tuple=True)
+        parts.append((group + first, col, row[group, col]))
+    group, col, within = (torch.cat(p) for p in zip(*parts))
+    return group, col, within, collided
 
 
 def _csr(rows, cols, m: int, n: int, probes: int) -> Pattern:

@@ -79,13 +79,9 @@ def decoded(prober, sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     bits = (m - 1).bit_length()
     if bits == 0:
         return prober.hits(torch.ones(1, 1, dtype=torch.bool))
-    index = torch.arange(m)
-    on = torch.stack([(index >> bit) & 1 == 1 for bit in range(bits)])
-    answers = prober.hits(torch.cat([on, ~on])).reshape(2, bits, n)
-    one = (answers[0] ^ answers[1]).all(0)
-    row = (answers[0].long() << torch.arange(bits)[:, None]).sum(0)
-    single = one & (row < m)
-    empty = ~(answers[0] | answers[1]).any(0)
+    answers = prober.hits(bit_sets(m, bits)).reshape(2, bits, n)
+    single, row, empty = spelled(answers[0], answers[1])
+    single &= row < m
     pattern = torch.zeros(m, n, dtype=torch.bool)
     pattern[sample] = rows
     columns = single.nonzero().flatten()
@@ -100,6 +96,28 @@ def decoded(prober, sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if open_.numel():
         pattern[:, open_] = halving(prober, m, open_)
     return pattern
+
+
+def bit_sets(width: int, bits: int) -> torch.Tensor:
+    """(2·bits × width) bool: row b holds the indices whose bit b is 1, row bits + b those
+    whose bit b is 0 (every index lies on exactly one side of each bit)."""
+    index = torch.arange(width)
+    on = ((index[None, :] >> torch.arange(bits)[:, None]) & 1).bool()
+    return torch.cat([on, ~on])
+
+
+def spelled(on: torch.Tensor, off: torch.Tensor):
+    """What the answers of :func:`bit_sets` say, read as zero or non-zero only ((…, bits, n)
+    bool each: where the set of a bit's 1 side, and of its 0 side, reached input index j):
+    (single, row, empty), each (…, n). One reader answers on exactly one side of every bit,
+    and its sides spell its index (``row``); two readers differ in some bit, and both sides
+    answer there, however small one's derivative beside the other's (no value is compared:
+    only an exact cancellation among the readers on one side can hide one); ``empty``: no
+    reader. Neither single nor empty: several readers."""
+    single = (on ^ off).all(-2)
+    place = torch.arange(on.shape[-2])[:, None]
+    row = (on.long() << place).sum(-2)
+    return single, row, ~(on | off).any(-2)
 
 
 def _own_and_one(pattern, answers, open_, m: int) -> torch.Tensor:
