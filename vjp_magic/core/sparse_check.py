@@ -59,9 +59,10 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
         else:
             v = _check_probe(flat, seed, draw)
             observed = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
-        predicted, scale = products(v.to(jacobian.device, jacobian.dtype))
-        if not _within(predicted, observed, scale, tolerance) and not (
-                proved and _within_noise(flat, x, v, observed, predicted, scale, tolerance)):
+        difference, scale = products(v.to(jacobian.device, jacobian.dtype),
+                                     observed.to(jacobian.device))
+        if not _within(difference, scale, tolerance) and not (
+                proved and _within_noise(flat, x, v, observed, difference, scale, tolerance)):
             return False
     return True
 
@@ -69,7 +70,7 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
 def _within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch.Tensor,
                   scale: torch.Tensor, tolerance: float) -> bool:
     """The second judgement of a proved pattern's failed probe: each entry's ``excess``
-    (|predicted - observed| - tolerance·scale, as :func:`_within` left it) within
+    (|vᵀJ_sparse - observed| - tolerance·scale, as :func:`_within` left it) within
     :data:`.tolerances.NOISE_MULTIPLE` times that entry's rounding noise, measured: vᵀJ
     again from (c·v)ᵀJ / c for each c of :data:`_NOISE_FACTORS`, |that - observed| at its
     largest. An infinite scale is refused as in :func:`_within`."""
@@ -81,7 +82,7 @@ def _within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torc
         again = plain_vjp(flat, [x], v * factor)[0].detach().reshape(-1)
         noise = torch.maximum(noise, again.div_(factor).sub_(observed).abs_())
     noise = noise.to(excess.device, excess.dtype).mul_(NOISE_MULTIPLE)
-    return bool(excess.sub_(noise).max() <= torch.finfo(scale.dtype).tiny)
+    return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)
 
 
 # Not dyadic: c·v rounds in other places than v (v holds powers of two).
@@ -89,10 +90,10 @@ _NOISE_FACTORS = (1.3125 + 1 / 3, 0.7 + 1 / 7)
 
 
 def _products(passes, jacobian: torch.Tensor, draws: int):
-    """What gives (vᵀJ_sparse, |v|ᵀ|J_sparse|): the diagonals where the matrix is the one
-    read off them (its index arrays those very ones; its values too, else put back in
-    their diagonals), the colour passes for several probes where they are not much larger
-    than the nonzeros, else the CSR matrix."""
+    """What gives (vᵀJ_sparse - vᵀJ, |v|ᵀ|J_sparse|) from (v, vᵀJ): the diagonals where the
+    matrix is the one read off them (its index arrays those very ones; its values too, else
+    put back in their diagonals), the colour passes for several probes where they are not
+    much larger than the nonzeros, else the CSR matrix."""
     diagonal = None if passes is None else passes.diagonals
     if diagonal is not None and _same(jacobian.crow_indices(), diagonal.crow) and \
             _same(jacobian.col_indices(), diagonal.col):
@@ -115,19 +116,18 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
         a.stride() == b.stride() and a.dtype == b.dtype
 
 
-def _within(predicted: torch.Tensor, observed: torch.Tensor, scale: torch.Tensor,
-            tolerance: float) -> bool:
-    """Each |predicted - observed| within ``tolerance``·scale + the dtype's tiny, judged by
-    the largest excess |predicted - observed| - tolerance·scale (one max: three times
+def _within(difference: torch.Tensor, scale: torch.Tensor, tolerance: float) -> bool:
+    """Each |difference| (vᵀJ_sparse - vᵀJ) within ``tolerance``·scale + the dtype's tiny,
+    judged by the largest excess |difference| - tolerance·scale (one amax: three times
     cheaper than a boolean comparison and all): NaN anywhere propagates to it and fails; an
     infinite bound (tolerance < 1: an infinite scale) would pass anything: refused.
-    ``predicted`` is overwritten; ``observed`` and ``scale`` are not (a known probe's vᵀJ is
-    the analysis's own, used again after the check)."""
+    ``difference`` is overwritten by the excess (the products' own tensor: a known probe's
+    vᵀJ is the analysis's own, used again after the check, and never written)."""
     if not scale.numel():
         return True
-    excess = predicted.sub_(observed).abs_().sub_(scale, alpha=tolerance)
-    return bool(excess.max() <= torch.finfo(scale.dtype).tiny) and \
-        bool(scale.max() * tolerance < math.inf)
+    excess = difference.abs_().sub_(scale, alpha=tolerance)
+    return bool(excess.amax() <= torch.finfo(scale.dtype).tiny) and \
+        bool(scale.amax() * tolerance < math.inf)
 
 
 def _check_probe(flat: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
@@ -162,7 +162,7 @@ class _ColourProducts:
         self.held = torch.where(self.row < m, passes.values, 0)
         self.size = self.held.abs()
 
-    def __call__(self, v: torch.Tensor):
+    def __call__(self, v: torch.Tensor, observed: torch.Tensor):
         padded = torch.cat([v, v.new_zeros(1)])  # entry m: 0, for columns a colour skips
         predicted = v.new_zeros(self.held.shape[1])
         scale = v.new_zeros(self.held.shape[1])
@@ -170,29 +170,41 @@ class _ColourProducts:
             picked = torch.index_select(padded, 0, row)
             predicted.addcmul_(picked, held)
             scale.addcmul_(picked.abs_(), size)
-        return predicted, scale
+        return predicted.sub_(observed), scale
 
 
 class _DiagonalProducts:
-    """(vᵀJ, |v|ᵀ|J|) of a pattern held as diagonals (:class:`.pattern.Diagonals`): row r's
-    entry on diagonal k is in column r + keys[k], so vᵀJ is Σ_k (v ⊙ diagonal k) shifted by
-    keys[k]: K multiply-adds, no scatter. ``table``: (m × K), 0 off the pattern."""
+    """(vᵀJ_sparse - vᵀJ, |v|ᵀ|J_sparse|) of a pattern held as diagonals
+    (:class:`.pattern.Diagonals`): row r's entry on diagonal k is in column r + keys[k], so
+    vᵀJ_sparse is Σ_k (v ⊙ diagonal k) shifted by keys[k]: K multiply-adds, no scatter; the
+    first diagonal's products written straight into both sums (0 outside it), not added to
+    zeroed ones. ``table``: (m × K), 0 off the pattern."""
 
     def __init__(self, table: torch.Tensor, diagonals, n: int):
         self.table, self.diagonals, self.n = table, diagonals, n
 
-    def __call__(self, v: torch.Tensor):
-        m = v.numel()
+    def __call__(self, v: torch.Tensor, observed: torch.Tensor):
+        m, written = v.numel(), False
         predicted, scale = fresh(self.n, v.dtype, v.device), fresh(self.n, v.dtype, v.device)
-        predicted.zero_()
-        scale.zero_()
         terms = fresh(m, v.dtype, v.device)
         for k, key in enumerate(self.diagonals.keys.tolist()):  # 3x two addcmul_ at 10⁵
             lo, hi = self.diagonals.rows(k, m, self.n)
+            if not written:  # the first diagonal: written (0 outside it)
+                term = torch.mul(v[lo:hi], self.table[lo:hi, k],
+                                 out=predicted[lo + key:hi + key])
+                torch.abs(term, out=scale[lo + key:hi + key])
+                for part in (predicted, scale):
+                    part[:lo + key].zero_()
+                    part[hi + key:].zero_()
+                written = True
+                continue
             term = torch.mul(v[lo:hi], self.table[lo:hi, k], out=terms[lo:hi])
             predicted[lo + key:hi + key] += term
             scale[lo + key:hi + key] += term.abs_()
-        return predicted, scale
+        if not written:
+            predicted.zero_()
+            scale.zero_()
+        return predicted.sub_(observed), scale
 
 
 class _CsrProducts:
@@ -204,10 +216,11 @@ class _CsrProducts:
         self.col, self.values = jacobian.col_indices().long(), jacobian.values()
         self.n = jacobian.shape[1]
 
-    def __call__(self, v: torch.Tensor):
+    def __call__(self, v: torch.Tensor, observed: torch.Tensor):
         terms = along_rows(v, self.crow).mul_(self.values)
         predicted = terms.new_zeros(self.n).scatter_add_(0, self.col, terms)
-        return predicted, terms.new_zeros(self.n).scatter_add_(0, self.col, terms.abs_())
+        return predicted.sub_(observed), \
+            terms.new_zeros(self.n).scatter_add_(0, self.col, terms.abs_())
 
 
 def along_rows(v: torch.Tensor, crow: torch.Tensor) -> torch.Tensor:
@@ -247,9 +260,9 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
             return False
         w = w.reshape(-1).to(values.device, values.dtype)
         terms = torch.index_select(w, 0, col).mul_(values)
-        predicted = terms.new_zeros(flat.numel()).scatter_add_(0, rows, terms)
+        difference = terms.new_zeros(flat.numel()).scatter_add_(0, rows, terms).sub_(
+            observed.detach().reshape(-1).to(values.device))
         scale = terms.new_zeros(flat.numel()).scatter_add_(0, rows, terms.abs_())
-        if not _within(predicted, observed.detach().reshape(-1).to(values.device), scale,
-                       tolerance):
+        if not _within(difference, scale, tolerance):
             return False
     return True
