@@ -6,13 +6,14 @@ found at this x (:mod:`.pattern`), made symmetric with its diagonal, and coloure
 every nonzero can be read directly from the products H·v_c, v_c = 1 on the entries of colour
 c (:func:`.colouring.colour_symmetric`: distance-2 or star colouring). Each product is one
 backward pass through d (vᵀ∂d/∂x = (Hv)ᵀ, H symmetric). The result is then checked as a
-sparse Jacobian is (full random probes vᵀH against vᵀH_sparse, each entry within the probe
-rule's tolerance of |v|ᵀ|H_sparse| times :data:`SECOND_ORDER_SLACK`); a coupling the
-pattern missed, or an H that is not symmetric, fails there, and the caller
+sparse Jacobian is (:func:`checked`: full random probes vᵀH against vᵀH_sparse, each entry
+within the probe tolerance of its magnitudes, else of its measured rounding noise); a
+coupling the pattern missed, or an H that is not symmetric, fails there, and the caller
 takes the exact path instead. The memory budget counts nonzeros here.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from .colouring import (colour_count, colour_symmetric, recover_symmetric, symme
                         valid_rows)
 from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .indexmaps.summed import depends, summed_hessian_pattern
+from .sparse_check import _within_noise  # the sparse Jacobian's noise judgement, reused
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .tolerances import tolerances
 
@@ -31,8 +33,8 @@ from .tolerances import tolerances
 # vectorised backward of the same vectors); batched beyond.
 LOOP_PASSES = 64
 # A probe through the double-backward graph sums terms larger than the second derivatives
-# they cancel to: vᵀH is judged with this many times the probe rule's tolerance (float32:
-# 5e-4 of the magnitudes; a coupling the pattern missed is of the order of the entries).
+# they cancel to: vᵀH is judged first with this many times the probe rule's tolerance (float32:
+# 5e-4 of the magnitudes), then against its measured noise (:func:`checked`).
 SECOND_ORDER_SLACK = 64
 # A Hessian is tried sparse from this many entries of x (n² ≥ 2²² entries dense): smaller
 # ones keep the dense display the tutorial's examples show.
@@ -173,15 +175,18 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
             rows: torch.Tensor | None = None) -> bool:
     """Full random probes v (:func:`_check_probes`, the run's seed; ``draws`` of them, by
     default the probe plan's count: a proved pattern takes one, as a sparse Jacobian's
-    check): vᵀ∂d/∂x from autograd against vᵀH_sparse, entry by entry (as
-    :func:`.compressed.checked`). Entry j is judged against Σ_i |v_i|·Σ_k |H[i, k]| over the
-    rows i that meet column j, times the probe tolerance and :data:`SECOND_ORDER_SLACK`:
-    autograd forms H[j, j] from terms as large as the entries of the neighbouring rows
-    (Rosenbrock: 1200x_j² - 400x_(j+1) + 202), which may cancel to far less than column j
-    alone. Several probes go through one batched backward (vmap: faster here than a loop);
-    the products they check came from plain ones, so a batching rule that went wrong shows
-    as a disagreement, never as a wrong result. One probe at a time, each a few arrays of
-    the nonzeros' size. ``rows``: each nonzero's row, where known."""
+    check): vᵀ∂d/∂x from autograd against vᵀH_sparse, entry by entry, judged as
+    :func:`.sparse_check.checked` judges a sparse Jacobian: entry j within the probe
+    tolerance (times :data:`SECOND_ORDER_SLACK`) of its scale (:func:`_scale`), else within
+    :data:`.tolerances.NOISE_MULTIPLE` times the rounding noise of its vᵀ∂d/∂x, measured
+    (:func:`.sparse_check._within_noise`: autograd forms H[j, j] of Rosenbrock from
+    1200x_j² - 400x_(j+1) + 202, and an MLP's from a sum over hidden units, whose terms may
+    cancel to far less than they are). The noise judgement holds for an observed pattern
+    too: the observer finds every derivative non-zero at this x (:mod:`.pattern`), and a
+    coupling the matrix lacks appears alike in each re-scaled product, so never as noise.
+    Several probes go through one batched backward (vmap: faster here than a loop); the
+    products they check came from plain ones, so a batching rule that went wrong shows as
+    a disagreement, never as a wrong result. ``rows``: each nonzero's row, where known."""
     flat = d if d.dim() == 1 else d.reshape(-1)
     vectors = _check_probes(flat, seed, draws)
     observed = plain_vjp(flat, [x], vectors[0])[0].detach().reshape(1, -1) \
@@ -190,20 +195,32 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
         return False
     col, values = matrix.col_indices(), matrix.values()
     rows = csr_rows(matrix.crow_indices()) if rows is None else rows
-    magnitudes = values.abs()
-    row_sums = magnitudes.new_zeros(matrix.shape[0]).index_add_(0, rows, magnitudes)
+    row_sums = values.abs().new_zeros(matrix.shape[0]).index_add_(0, rows, values.abs())
     tolerance = tolerances(flat.dtype).probe * SECOND_ORDER_SLACK
-    for v, seen in zip(vectors.to(values.device, values.dtype), observed):
-        v_rows = torch.index_select(v, 0, rows)
+    for v, seen in zip(vectors, observed):
+        v_rows = torch.index_select(v.to(values.device, values.dtype), 0, rows)
         predicted = values.new_zeros(matrix.shape[1]).index_add_(0, col, v_rows * values)
         if not _finite(predicted):
             return False
-        v_rows.abs_().mul_(torch.index_select(row_sums, 0, rows))
-        allowed = values.new_zeros(matrix.shape[1]).index_add_(0, col, v_rows)
-        allowed.mul_(tolerance).add_(torch.finfo(allowed.dtype).tiny)
-        if not bool(seen.to(predicted.device).sub_(predicted).abs_().le_(allowed).all()):
+        scale = _scale(v_rows, row_sums, rows, col, matrix.shape[1])
+        excess = seen.to(predicted.device).sub(predicted).abs_().sub_(scale, alpha=tolerance)
+        if bool(excess.amax() <= torch.finfo(excess.dtype).tiny) and \
+                bool(scale.amax() * tolerance < math.inf):
+            continue
+        if len(vectors) > 1:  # the noise is measured by plain passes: vᵀ∂d/∂x by one too
+            seen = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
+            excess = seen.to(predicted.device).sub(predicted).abs_().sub_(scale,
+                                                                         alpha=tolerance)
+        if not _within_noise(flat, x, v.to(flat.device), seen, excess, scale, tolerance):
             return False
     return True
+
+
+def _scale(v_rows, row_sums, rows, col, n: int) -> torch.Tensor:
+    """Per column j: Σ_i |v_i|·Σ_k |H[i, k]| over the rows i that meet column j (autograd
+    forms H[j, j] from terms as large as the entries of the neighbouring rows)."""
+    weights = v_rows.abs().mul_(torch.index_select(row_sums, 0, rows))
+    return weights.new_zeros(n).index_add_(0, col, weights)
 
 
 def _finite(t: torch.Tensor) -> bool:
@@ -213,14 +230,12 @@ def _finite(t: torch.Tensor) -> bool:
 
 def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None) -> torch.Tensor:
     """The check's probes (draws × n, by default the count of :func:`.probes.probe_plan` for
-    the dtype): random signed powers of two, its values, drawn all at once from the run's
-    seed on a stream of their own."""
+    the dtype): :class:`.probes.ProbeDraws` (random signed powers of two, exactly uniform),
+    from the run's seed on a stream of their own."""
     plan = probes.probe_plan(flat.dtype)
-    count = plan.probes if draws is None else draws
-    table = probes.probe_values(flat.dtype)
-    codes = torch.randint(0, plan.values, (count * flat.numel(),), dtype=torch.int32,
-                          generator=probes.probe_generator(seed, "sparse-hessian-check"))
-    return torch.index_select(table, 0, codes).reshape(count, -1).to(flat.device)
+    count = plan.probes if draws is None else min(draws, plan.probes)
+    drawn = probes.ProbeDraws(flat, probes.stream_seed(seed, "sparse-hessian-check"))
+    return torch.stack([drawn.vector(k).reshape(-1) for k in range(count)])
 
 
 def empty_csr(x: torch.Tensor) -> torch.Tensor:
