@@ -20,14 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+import math
+
 import torch
 
 from . import axisflow, memory, structure
+from .compressed import compressed_jacobian
+from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
 from .retained import keeps_retained_grads
+from .sparse_exact import without_false_nan
+from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
 from .torch_api import graph_usage_error
 
@@ -68,7 +74,9 @@ class Dependency:
     (float32 underflow; a pattern bounded, not resolved entry by entry); ``complete``: False
     when ``pattern`` holds the band the verdict implies beyond the output indices probed one
     by one (a wide mixing at a large size);
-    ``pattern``: bool, (output axis size × input axis size); ``evidence``: an
+    ``pattern``: bool, (output axis size × input axis size), dense where it fits the memory
+    budget, else a sparse CSR bool tensor of the dependences (:func:`dependency` past the
+    budget: the methods and the verdict read either); ``evidence``: an
     :class:`.pairing.Evidence`, "proved" or "observed" (read off a result, as its pairing is
     known) or "probed" (random probes);
     ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again).
@@ -117,6 +125,9 @@ class Dependency:
     def leaking(self) -> list[int]:
         """The output indices that read an input index other than their own (``pattern[i, j]``
         with j ≠ i): where the structure "index i reads index i only" breaks, in order."""
+        if self.pattern.layout == torch.sparse_csr:
+            r, c = entries(self.pattern)
+            return torch.unique(r[r != c]).tolist()
         pattern = self.pattern.to(torch.bool)
         m, n = pattern.shape
         own = torch.eye(m, n, dtype=torch.bool, device=pattern.device)
@@ -124,6 +135,10 @@ class Dependency:
 
     def reads(self, i: int) -> list[int]:
         """The input indices other than ``i`` that output index ``i`` reads."""
+        if self.pattern.layout == torch.sparse_csr:
+            crow = self.pattern.crow_indices()
+            cols = self.pattern.col_indices()[int(crow[i]):int(crow[i + 1])].cpu()
+            return cols[cols != i].tolist()
         row = self.pattern[i].to(torch.bool).clone()
         if i < row.numel():
             row[i] = False
@@ -134,7 +149,7 @@ class Dependency:
         describes every output index (a leak from one row is a band −1..0 it does not fill)."""
         if self.kind == Kind.SPARSE:
             return False
-        r, c = self.pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
+        r, c = entries(self.pattern)
         return bool(self._allowed(r, c).all()) and len(r) == self._region_size()
 
     def exceptions(self) -> list[tuple[int, int]]:
@@ -145,7 +160,7 @@ class Dependency:
         holds every dependence (a band, a triangle, dense, independent)."""
         if self.kind == Kind.SPARSE and self.offsets is None and self.blocks is None:
             return []
-        r, c = self.pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
+        r, c = entries(self.pattern)
         outside = ~self._allowed(r, c)
         return list(zip(r[outside].tolist(), c[outside].tolist()))
 
@@ -182,6 +197,24 @@ class Dependency:
         if self.kind == Kind.PERIODIC_BAND:
             return n * (self.offsets[1] - self.offsets[0] + 1)
         return _band_size(m, n, *self.offsets)
+
+
+def entries(pattern: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the dependences of a dense bool pattern or a sparse CSR one, on the
+    CPU, row-major."""
+    if pattern.layout == torch.sparse_csr:
+        rows = csr_rows(pattern.crow_indices().cpu())
+        cols, held = pattern.col_indices().cpu(), pattern.values().cpu().to(torch.bool)
+        return (rows, cols) if bool(held.all()) else (rows[held], cols[held])
+    return pattern.to(torch.bool).cpu().nonzero(as_tuple=True)
+
+
+def sparse_pattern(rows: torch.Tensor, cols: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """The (m × n) bool sparse CSR pattern of the dependences (rows, cols), given row-major
+    and each once."""
+    crow = torch.zeros(m + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(rows, minlength=m).cumsum(0)
+    return csr_matrix(crow, cols, torch.ones(cols.numel(), dtype=torch.bool), (m, n))
 
 
 def _index(name: str, axis: int, index) -> str:
@@ -246,12 +279,16 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     with a few exceptions (said as sparse, its band as offsets) and the nonzeros themselves,
     the kind allowing the fewest entries wins (a band on a tie; sparse with no band only
     where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
-    pattern = pattern.to(torch.bool).cpu()
     m, n = pattern.shape
-    count = int(torch.count_nonzero(pattern))
-    if count > ENTRIES:  # too many to list: row by row (a band, a triangle or dense)
-        return _wide_verdict(pattern)
-    r, c = pattern.nonzero(as_tuple=True)  # row-major
+    if pattern.layout == torch.sparse_csr:  # listed already
+        r, c = entries(pattern)
+        count = len(r)
+    else:
+        pattern = pattern.to(torch.bool).cpu()
+        count = int(torch.count_nonzero(pattern))
+        if count > ENTRIES:  # too many to list: row by row (a band, a triangle or dense)
+            return _wide_verdict(pattern)
+        r, c = pattern.nonzero(as_tuple=True)  # row-major
     if bool((r == c).all()):
         return Verdict(Kind.INDEPENDENT, None, None)
     lo, hi = int((c - r).min()), int((c - r).max())
@@ -624,18 +661,66 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")
     budget = memory.resolve_budget(budget, output.device)
     m, n = output.shape[a], x.shape[b]
-    memory.refuse_if_over(2 * m * n, budget, f"The dependency pattern ({m:,} × {n:,})",
-                          advice="Take a smaller slice")
+    dense = 2 * m * n <= budget  # else held sparsely: not within max_seconds (a refusal's)
+    if not dense and max_seconds is not None:
+        _refuse(m, n, budget)
     seed = new_seed() if seed is None else int(seed)
     proof = axisflow.prove(output, x)
     paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
     if paired:  # y's index i along a reads x's index i along b only, for every x
         diagonal = diagonal_hits(output, x, a, b, budget, seed)
-        return _dependency(torch.diag(diagonal), a, b, Evidence.PROVED, seed)
+        own = diagonal.cpu().nonzero().flatten()
+        pattern = torch.diag(diagonal) if dense else sparse_pattern(own, own, m, n)
+        return _dependency(pattern, a, b, Evidence.PROVED, seed)
+    if not dense:
+        return _held_sparsely(output, x, a, b, budget, seed)
     found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     note = _bounded_note(found, m) if not found.complete else None
     dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
     return _with_underflow_note(dep, output.dtype, found.smallest)
+
+
+def _refuse(m: int, n: int, budget: int, why: str = "") -> None:
+    memory.refuse_if_over(2 * m * n, budget, f"The dependency pattern ({m:,} × {n:,}){why}",
+                          advice="Take a smaller slice")
+
+
+def _held_sparsely(output, x, a: int, b: int, budget: int, seed: int) -> Dependency:
+    """The pattern where its dense form (m × n bools, twice while probed) is over the budget:
+    the Jacobian's nonzeros at this x by one backward per colour of its flat pattern (proved
+    from the graph, else observed, and checked: :func:`.compressed.compressed_jacobian`),
+    projected onto the two axes and held as a sparse CSR bool tensor. Refused as the dense
+    one is where no flat pattern pays (a row reading over 1/8 of x: dense), or its
+    dependences do not fit the budget either."""
+    m, n = output.shape[a], x.shape[b]
+    sparse = compressed_jacobian(output, x, budget, seed)
+    if sparse is None:
+        _refuse(m, n, budget, ", with no sparse pattern of the Jacobian to hold it,")
+    matrix = without_false_nan(output, x, sparse.matrix, budget)
+    note = None
+    if sparse.evidence is Evidence.OBSERVED:  # a coupling under the probes' resolution?
+        verdict = outside_entries(output, x, csr_inside(matrix), seed=seed)
+        if verdict.coupled:
+            _refuse(m, n, budget, ", with a coupling its sparse pattern missed,")
+        note = None if verdict.checked else OBSERVED_NOTE
+    values = matrix.values().cpu()
+    held = values != 0  # NaN counts: both readings non-finite (without_false_nan)
+    rows, cols = csr_rows(matrix.crow_indices().cpu())[held], matrix.col_indices().cpu()[held]
+    keys = rows // math.prod(output.shape[a + 1:]) % m * n + cols // math.prod(x.shape[b + 1:]) % n
+    if not bool((keys[1:] > keys[:-1]).all()):  # one axis each: row-major already
+        keys = torch.unique(keys)  # sorted: row-major
+    if keys.numel() * 24 > budget:  # the indices, and the verdict's (rows, cols)
+        _refuse(m, n, budget, f", with {keys.numel():,} dependences,")
+    dep = _dependency(sparse_pattern(keys // n, keys % n, m, n), a, b, Evidence.PROBED, seed,
+                      note)
+    finite = values[held].abs()
+    finite = finite[torch.isfinite(finite)]
+    return _with_underflow_note(dep, output.dtype,
+                                float(finite.min()) if finite.numel() else float("inf"))
+
+
+OBSERVED_NOTE = ("observed at this x with grouped probes: a derivative under their "
+                 "resolution may read 0")
 
 
 def _bounded_note(found, m: int) -> str:
@@ -731,7 +816,10 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
         x (Tensor): a tensor with ``requires_grad=True``.
         out_axis, in_axis (int): the axes compared. Default: 0 and 0.
         memory_budget (int or float, optional): what the pattern (m × n bools) may take: a
-            fraction (< 1) of free memory, or bytes.
+            fraction (< 1) of free memory, or bytes. Past it, the pattern is held sparsely
+            (the Jacobian's nonzeros by compressed passes, as ``sparse_jacobian``): a
+            ``torch.sparse_csr`` bool ``.pattern``, the same verdict; refused where the
+            Jacobian has no sparse pattern.
         seed (int, optional): the probes' seed. Default: a fresh one, kept as ``.seed``.
 
     Returns:
