@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -210,14 +211,38 @@ def proved_lattice(lattice) -> np.ndarray | None:
     every conflict difference δ in ``lattice.deltas``: rows o1 ≠ o2 sharing a column differ
     by such a δ, so their colours differ; valid by that argument alone (nothing verified on
     the pattern), and optimal (``bound`` rows read one column). None where no a passes."""
+    found = periodic_lattice(lattice)
+    return None if found is None else found[0]
+
+
+def periodic_lattice(lattice) -> tuple[np.ndarray, int] | None:
+    """:func:`proved_lattice`'s colours and their period along the flat row index (the
+    colour of row r is that of row r mod the period), 0 where they are not periodic so:
+    (a·o) mod p is (a_last·r) mod p, period p, where a_k ≡ a_last·stride_k (mod p) on every
+    axis k longer than 1 (r = Σ stride_k·o_k); one colour has period 1."""
     grid, deltas, p = lattice.grid, lattice.deltas, lattice.bound
     if len(deltas) == 0:  # no two rows share a column
-        return np.zeros(int(np.prod(grid, dtype=np.int64)), dtype=np.int64)
+        return np.zeros(int(np.prod(grid, dtype=np.int64)), dtype=np.int64), 1
     if p < 2 or len(grid) > 4 or len(deltas) > MAX_DELTAS:
         return None
     for coeffs in _screened(deltas, p, len(grid)):
-        return _lattice_colours(grid, coeffs, p)
+        strides = [math.prod(grid[k + 1:]) for k in range(len(grid))]
+        flat = all(size == 1 or (a - coeffs[-1] * stride) % p == 0
+                   for a, size, stride in zip(coeffs, grid, strides))
+        return _lattice_colours(grid, coeffs, p), p if flat else 0
     return None
+
+
+def row_colouring(crow, col, n: int, *, shape=None, lattice=None) -> tuple[np.ndarray | None,
+                                                                           int]:
+    """:func:`colour_rows`'s colours (``crow``, ``col``: numpy arrays, read only where the
+    lattice does not decide) and their period along the flat row index where it is known
+    by construction (:func:`periodic_lattice`), else 0."""
+    if lattice is not None:
+        found = periodic_lattice(lattice)
+        if found is not None:
+            return found
+    return colour_rows(crow, col, n, shape=shape), 0
 
 
 MAX_DELTAS = 20_000  # conflict differences screened at once (candidates × deltas products)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .colouring import colour_count, colour_rows
+from .colouring import colour_count, row_colouring
 from .column_passes import (computed_by_columns, dense_columns, observed_columns)
 from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, plain_vjp, vjp_batch
@@ -105,9 +105,10 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     nbytes = _csr_bytes(pattern, x)
     if nbytes > budget:
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
-    colours = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1],
-                          shape=(tuple(output.shape), tuple(x.shape)), lattice=pattern.lattice)
-    count = None if colours is None else colour_count(colours)
+    colours, period = row_colouring(pattern.crow.numpy(), pattern.col.numpy(),
+                                    pattern.shape[1], lattice=pattern.lattice,
+                                    shape=(tuple(output.shape), tuple(x.shape)))
+    count = None if colours is None else colour_count(colours[:period or len(colours)])
     by_columns = computed_by_columns(output, x, pattern, count, budget, seed, max_colours,
                                      known)
     if by_columns is not None:  # fewer forward-mode passes than backward ones
@@ -118,7 +119,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if max_colours is not None and count > max_colours:
         return Attempt(None, f"its colouring needs {count:,} backward passes for "
                              f"{output.numel():,} output entries")
-    passes = colour_passes(output, x, pattern, colours, budget, count)
+    passes = colour_passes(output, x, pattern, colours, budget, count, period)
     jacobian = csr_matrix(pattern.crow, pattern.col, passes.held.cpu(),
                           pattern.shape).to(x.device)
     proved = pattern.evidence is Evidence.PROVED
@@ -172,15 +173,22 @@ class DiagonalPasses(NamedTuple):
 
 class Passes:
     """The compressed passes of one colouring: ``values`` (count × n), vᵀJ for v = 1 on
-    each colour's output entries; for each nonzero of the pattern (CSR order) ``at``, its
-    flat index into them (built when first read where the pattern is held as diagonals),
-    and ``held``, its value there; ``crow``: the pattern's. ``diagonals``, for a pattern held
+    each colour's output entries (stacked when first read where they were kept apart:
+    :func:`periodic_values`); for each nonzero of the pattern (CSR order) ``at``, its flat
+    index into them (built when first read where the pattern is held as diagonals), and
+    ``held``, its value there; ``crow``: the pattern's. ``diagonals``, for a pattern held
     as diagonals: :class:`DiagonalPasses`, which the check reads while the matrix it judges
     is the one read off them (:func:`.sparse_check.checked`)."""
 
     def __init__(self, values, at, held, crow, diagonals=None, locate=None):
-        self.values, self._at, self.held, self.crow = values, at, held, crow
+        self._values, self._at, self.held, self.crow = values, at, held, crow
         self.diagonals, self._locate = diagonals, locate
+
+    @property
+    def values(self) -> torch.Tensor:
+        if isinstance(self._values, list):
+            self._values = torch.stack(self._values)
+        return self._values
 
     @property
     def at(self) -> torch.Tensor:
@@ -189,32 +197,40 @@ class Passes:
         return self._at
 
     def _replace(self, **changes) -> Passes:
-        fields = dict(values=self.values, at=self._at, held=self.held, crow=self.crow,
+        fields = dict(values=self._values, at=self._at, held=self.held, crow=self.crow,
                       diagonals=self.diagonals, locate=self._locate)
         fields.update(changes)
         return Passes(**fields)
 
 
 def colour_passes(output, x, pattern: Pattern, colours: torch.Tensor, budget: int,
-                  count: int | None = None) -> Passes:
+                  count: int | None = None, period: int = 0) -> Passes:
     """One VJP per colour; each nonzero J[i, j] is entry j of the pass of i's colour: read
     off per diagonal where the pattern is held so (:func:`diagonal_values`: no index array
-    at all), else at its flat index c_i·n + j (:func:`_flat_at`). ``count``: the number of
-    colours, where known."""
+    at all; by windows of each pass where the colours repeat with ``period`` along the flat
+    rows and the diagonals are evenly spaced: :func:`periodic_values`), else at its flat
+    index c_i·n + j (:func:`_flat_at`). ``count``: the number of colours, where known."""
     flat = output.reshape(-1)
     if count is None:
         count = int(colours.max()) + 1 if colours.numel() else 0
-    values = _passes(flat, x, colours.to(flat.device), count, budget)
+    diagonals = pattern.diagonals
+    if diagonals is not None and periodic_fits(diagonals, flat.numel(), x.numel(), period,
+                                               count):
+        values = _periodic_passes(flat, x, colours[:period], count)
+        table = periodic_values(values, diagonals, colours, period, flat.numel(), x.numel())
+    else:
+        values = _passes(flat, x, colours.to(flat.device), count, budget)
+        table = None if diagonals is None else \
+            diagonal_values(values, diagonals, colours, flat.numel())
 
     def locate():
-        return _flat_at(values, pattern, colours)
+        return _flat_at(torch.stack(values) if isinstance(values, list) else values, pattern,
+                        colours)
 
-    if pattern.diagonals is not None:
-        table = diagonal_values(values, pattern.diagonals, colours, flat.numel())
-        held = pattern.diagonals.deleted(table.reshape(-1))
+    if table is not None:
+        held = diagonals.deleted(table.reshape(-1))
         return Passes(values, None, held, pattern.crow,
-                      DiagonalPasses(table, pattern.diagonals, held, pattern.crow, pattern.col),
-                      locate)
+                      DiagonalPasses(table, diagonals, held, pattern.crow, pattern.col), locate)
     at = locate()
     return Passes(values, at, torch.index_select(values.reshape(-1), 0, at), pattern.crow)
 
@@ -276,6 +292,78 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
         (g,) = vjp_batch(flat, [x], v)
         passes.append(g.detach().reshape(len(ids), -1))
     return torch.cat(passes)
+
+
+def _periodic_passes(flat, x, residues: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """vᵀJ for v = 1 on the output entries of each colour, the colours repeating with period
+    p = len(``residues``) along the flat output (entry r has colour residues[r mod p]): one
+    vector, each colour's entries set to 1 by strided fills and back to 0 after its pass
+    (no comparison over the colours, no cast), each pass kept as its own tensor (a pass
+    that is the vector itself, as an identity's is, copied before the vector changes)."""
+    p, v = len(residues), fresh(flat.numel(), flat.dtype, flat.device)
+    v.zero_()
+    chosen = [[s for s in range(p) if int(residues[s]) == c] for c in range(count)]
+    passes = []
+    for c in range(count):
+        for s in chosen[c]:
+            v[s::p] = 1
+        (g,) = plain_vjp(flat, [x], v)
+        g = g.detach().reshape(-1).contiguous()
+        if g.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+            g = g.clone()
+        passes.append(g)
+        for s in chosen[c]:
+            v[s::p] = 0
+    return passes
+
+
+def periodic_fits(diagonals, m: int, n: int, period: int, count: int) -> bool:
+    """Whether :func:`periodic_values` reads this pattern's passes: colours repeating with
+    ``period`` along the flat rows (up to :data:`LOOP_PASSES` of them), diagonals evenly
+    spaced (keys[k] = keys[0] + k·d, d > 0: a 1-D stencil's), and at most 1/64 of the rows
+    with a window leaving the columns."""
+    keys = diagonals.keys.tolist()
+    spacing = keys[1] - keys[0] if len(keys) > 1 else 1
+    lo, hi = max(0, -keys[0]), min(m, n - keys[-1])
+    return period > 0 and 0 < count <= LOOP_PASSES and spacing > 0 and hi > lo and \
+        all(b - a == spacing for a, b in zip(keys, keys[1:])) and 64 * (m - (hi - lo)) <= m
+
+
+def periodic_values(passes: list, diagonals, colours: torch.Tensor, period: int, m: int,
+                    n: int) -> torch.Tensor:
+    """:func:`diagonal_values` where :func:`periodic_fits`: the table rows r ≡ s (mod p)
+    are windows of the pass of their colour (row r's K entries at r + keys[0] + k·d), so
+    one strided copy per residue s fills them; the rows whose window leaves the columns by
+    a few index copies (:func:`_edge_values`)."""
+    keys = diagonals.keys.tolist()
+    spacing = keys[1] - keys[0] if len(keys) > 1 else 1
+    lo, hi = max(0, -keys[0]), min(m, n - keys[-1])  # rows whose whole window is inside
+    table = fresh((m, len(keys)), passes[0].dtype, passes[0].device)
+    for s in range(period):
+        first = lo + (s - lo) % period  # the first row ≥ lo of residue s
+        if first < hi:
+            source = passes[int(colours[first])]
+            rows = table[first:hi:period]
+            rows.copy_(source.as_strided(rows.shape, (period, spacing),
+                                         source.storage_offset() + first + keys[0]))
+    _edge_values(table, passes, colours, torch.cat([torch.arange(0, lo), torch.arange(hi, m)]),
+                 keys, n)
+    if len(diagonals.missing):
+        table.reshape(-1).index_fill_(0, torch.from_numpy(diagonals.missing).to(table.device),
+                                      0)
+    return table
+
+
+def _edge_values(table, passes, colours: torch.Tensor, rows: torch.Tensor, keys, n: int):
+    """Table rows ``rows`` (a few) read off the passes by index: entry k of row r from the
+    pass of r's colour at column r + keys[k], where that column exists (others are missing
+    from the pattern, zeroed by the caller)."""
+    colour = colours[rows]
+    for k, key in enumerate(keys):
+        inside = (rows + key >= 0) & (rows + key < n)
+        for c in torch.unique(colour[inside]).tolist():
+            chosen = rows[inside & (colour == c)]
+            table[chosen.to(table.device), k] = passes[c][(chosen + key).to(table.device)]
 
 
 _NUMPY_FLOATS = {torch.float16: np.float16, torch.float32: np.float32,
