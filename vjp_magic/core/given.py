@@ -159,36 +159,49 @@ def _at_once_suits(jacobian: torch.Tensor, magnitudes) -> bool:
 def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
             given: dict | None = None) -> set[str]:
     """All of ``jacobians`` where probe 0 accepts every one by :class:`ScaledProbes`' rule,
-    judged together: vᵀD and its scale per Jacobian, then one comparison over all their
-    entries; else none (each is then judged alone, as :func:`agreed` does, which also says
-    where an entry is not finite). The rule is the same entry by entry: vᵀJ within
-    tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a function; |v|ᵀ|D| with no M).
-    ``given``: name -> (probe 0, its vᵀJ) where already computed (else ``probes.vjp``)."""
+    judged together: vᵀD and its scale per Jacobian (one product with D each), then one
+    comparison over all their entries; else none (each is then judged alone, as
+    :func:`agreed` does, which also says where an entry is not finite). The rule is the same
+    entry by entry: vᵀJ within tol·|v|ᵀ·max(M, |D|) of vᵀD (|v|ᵀM where given as a
+    function; |v|ᵀ|D| with no M). ``given``: name -> (probe 0, its vᵀJ) where already
+    computed (else ``probes.vjp``)."""
     if not jacobians:
         return set()
     ready = [given[n][0] for n in jacobians if given and n in given]
     v = (ready[0] if len(ready) == len(jacobians) else probes.vector(0)).reshape(1, -1)
-    gaps, allowed, ordinary = [], [], []
+    rows: dict = {}  # compute dtype -> (v, |v|) in it
+    expected, vjps, allowed = [], [], []
     for name, jacobian in jacobians.items():
         compute = torch.float32 if jacobian.dtype in (torch.float16, torch.bfloat16) \
             else jacobian.dtype  # as FullProbes computes
-        row, d = v.to(compute), jacobian.to(compute).reshape(v.numel(), -1)
-        expected = (row @ d).reshape(-1)
-        scale = _scale(row.abs(), d, magnitudes.get(name))
-        if scale is None or tuple(scale.shape) != tuple(expected.shape):
+        if compute not in rows:
+            row = v.to(compute)
+            rows[compute] = row, row.abs()
+        row, size = rows[compute]
+        d = jacobian.to(compute).reshape(row.shape[1], -1)
+        found = (row @ d).reshape(-1)
+        scale = _scale(size, d, magnitudes.get(name))
+        if scale is None or tuple(scale.shape) != tuple(found.shape):
             return set()
         vjp = given[name][1] if given and name in given else probes.vjp(name)
-        gaps.append(vjp.reshape(-1).to(compute).sub(expected).abs_())
-        allowed.append(scale.mul_(tolerances(jacobian.dtype).probe)
-                       .add_(torch.finfo(compute).tiny))
-        ordinary.append(expected.count_nonzero())
-    gaps, allowed = torch.cat(gaps), torch.cat(allowed)
-    # every gap and scale finite (a sum of finite non-negative terms, unless it overflows)
-    if not math.isfinite(float(gaps.sum() + allowed.sum())) or not bool((gaps <= allowed).all()):
+        expected.append(found)
+        vjps.append(vjp.reshape(-1).to(compute))
+        allowed.append(scale.mul_(tolerances(jacobian.dtype).probe))
+    if len(rows) > 1:  # mixed precisions: each judged in its own
+        gaps = [g.sub(e).abs_() for g, e in zip(vjps, expected)]
+        bounds = [a.add_(torch.finfo(a.dtype).tiny) for a in allowed]
+        passed = all(math.isfinite(float(g.sum() + b.sum())) and bool((g <= b).all())
+                     for g, b in zip(gaps, bounds))
+    else:
+        gaps = torch.cat(vjps).sub_(torch.cat(expected)).abs_()
+        bound = torch.cat(allowed).add_(torch.finfo(gaps.dtype).tiny)
+        # every gap and scale finite (a sum of finite non-negative terms, unless it overflows)
+        passed = math.isfinite(float(gaps.sum() + bound.sum())) and bool((gaps <= bound).all())
+    if not passed:
         return set()
-    probes.ordinary.update(n for n, count in zip(jacobians, torch.stack(ordinary).tolist())
-                           if count)  # vᵀD finite and not all 0: D is too
-    return set(jacobians)
+    counts = torch.stack([e.count_nonzero() for e in expected]).tolist()
+    probes.ordinary.update(n for n, count in zip(jacobians, counts) if count)
+    return set(jacobians)  # (vᵀD finite and not all 0: D is too)
 
 
 def _scale(v: torch.Tensor, d: torch.Tensor, magnitudes) -> torch.Tensor | None:

@@ -176,6 +176,14 @@ def _digit_probe(codes: numpy.ndarray, inner: int, values: int, dtype: torch.dty
     return torch.from_numpy(table[digits].reshape(tuple(shape)))
 
 
+def fresh_stream(purpose: str) -> numpy.random.Generator:
+    """numpy's PCG64 on a stream of its own from a fresh seed of the operating system (not
+    reproducible from the run's seed: for draws an adversary must not predict, such as the
+    per-layer rules' check weights). Use it at once: the thread's one generator is set to
+    another stream by the next draw."""
+    return _stream_generator(secrets.randbits(63), purpose)
+
+
 _GENERATORS = threading.local()  # one numpy generator per thread, set to each stream in turn
 
 

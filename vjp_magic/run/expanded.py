@@ -16,14 +16,14 @@ alone for gradients so checked: :mod:`vjp_magic.core.given`).
 """
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
+import numpy
 import torch
 import torch.nn.functional as F
 
 from ..core.derivatives import plain_vjp
-from ..core.probes import signed_powers
+from ..core.probes import fresh_stream, signed_powers
 from .refusals import close
 from .steps import Interpreter
 
@@ -76,15 +76,17 @@ def rules_interpreter(params: dict, batch: int):
 
 
 def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch.Tensor,
-                       keep_graph: bool = False, probe: torch.Tensor | None = None) -> dict | None:
+                       keep_graph: bool = False, probe: torch.Tensor | None = None,
+                       compared: bool = False) -> dict | None:
     """:func:`per_sample_by_rules` from a replay already run by ``capture`` (a
     :func:`rules_interpreter`'s) to ``value`` on leaves standing for ``params``;
     ``keep_graph``: ``value``'s graph outlives the passes (another differentiates it).
     ``probe``: a vector of signed powers of two shaped like ``value`` (the analysis' probe
     0) that weights the first check pass; that pass also gives vᵀJ for ``params``, kept as
-    the result's ``probe_vjps`` (name -> vᵀJ; empty where no pass ran)."""
-    if not isinstance(capture, _Capturing) or not close(value.detach(), output.detach()) \
-            or not capture.unchanged():
+    the result's ``probe_vjps`` (name -> vᵀJ; empty where no pass ran). ``compared``:
+    ``value`` was already found equal to ``output`` (the analysed graph's replay is)."""
+    if not isinstance(capture, _Capturing) or not capture.unchanged() \
+            or not (compared or close(value.detach(), output.detach())):
         return None
     found = [(use, args, result) for use, args, result in capture.found
              if result.requires_grad]
@@ -133,10 +135,10 @@ class _WeightedMagnitudes:
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
         """``weights``: rows |v| (k, B, …) -> (k, out · in)."""
         batch = self.g.shape[0]
-        g, source = (t.to(weights.dtype).abs() for t in (self.g, self.source))
+        g, source = self.g.to(weights.dtype), self.source.to(weights.dtype).abs().flatten(0, 1)
         rows = weights.reshape(-1, batch, 1, 1)
-        return torch.stack([(g * row).flatten(0, 1).transpose(0, 1)
-                            .mm(source.flatten(0, 1)).reshape(-1) for row in rows])
+        return torch.stack([torch.mul(g, row).abs_().flatten(0, 1).transpose(0, 1)
+                            .mm(source).reshape(-1) for row in rows])  # |g|·|v| = |g·v|
 
 
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
@@ -369,30 +371,38 @@ def check_weights(batch: int, dtype: torch.dtype, device=None,
     alike: their random ranks among those."""
     span = CHECK_SPAN.get(dtype, 40)
     values = 2 * (2 * span + 1)
-    generator = torch.Generator().manual_seed(secrets.randbits(62))
+    generator = fresh_stream("check weights")  # numpy: cheaper than torch at these sizes
     if first is None:
-        codes, found, count = torch.randperm(batch, generator=generator), [], 1
+        codes, found, count = generator.permutation(batch), [], 1
         size = batch
     else:
-        codes, found, count = _ranks(first.detach().cpu(), generator), [first], 0
+        codes, found, count = _ranks(first, generator), [first], 0
         size = int(codes.max()) + 1 if batch else 0
     while values ** count < size:
         count += 1
     table = signed_powers(span, dtype, device)  # the check weights by digit
     for _ in range(count):
-        found.append(table[(codes % values).to(table.device)])
+        found.append(table[torch.from_numpy(codes % values).to(table.device)])
         codes = codes // values
     return found
 
 
-def _ranks(keys: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _ranks(keys: torch.Tensor, generator: numpy.random.Generator) -> numpy.ndarray:
     """Each entry's rank among the entries equal to it, in a random order."""
-    shuffled = torch.randperm(keys.numel(), generator=generator)
-    ids = shuffled[torch.sort(keys[shuffled], stable=True).indices]  # equal keys together
-    counts = torch.unique_consecutive(keys[ids], return_counts=True)[1]
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    ranks = torch.empty_like(ids)
-    ranks[ids] = torch.arange(keys.numel()) - starts
+    keys = keys.detach().reshape(-1).cpu()
+    keys = (keys.float() if keys.dtype == torch.bfloat16 else keys).numpy()  # exact
+    count = keys.size
+    if not count:
+        return numpy.zeros(0, dtype=numpy.int64)
+    shuffled = generator.permutation(count)
+    ids = shuffled[numpy.argsort(keys[shuffled], kind="stable")]  # equal keys together
+    ordered = keys[ids]
+    starts = numpy.empty(count, dtype=bool)  # where a run of equal keys begins
+    starts[0] = True
+    numpy.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    places = numpy.arange(count)
+    ranks = numpy.empty(count, dtype=numpy.int64)
+    ranks[ids] = places - numpy.maximum.accumulate(numpy.where(starts, places, 0))
     return ranks
 
 
@@ -424,8 +434,8 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
 def _summed_terms(g: torch.Tensor, dims: tuple) -> tuple:
     """``g`` summed over ``dims``, with the sum of ``|g|`` there where more than one term
     adds up (else None: the entry is its one term)."""
-    if not dims or all(g.shape[d] == 1 for d in dims):
-        return g.sum(dims) if dims else g, None
+    if not dims or all(g.shape[d] == 1 for d in dims):  # one term each: ``g`` itself
+        return g.reshape([n for d, n in enumerate(g.shape) if d not in dims]), None
     return g.sum(dims), g.abs().sum(dims)
 
 

@@ -411,7 +411,12 @@ class KeptRecord:
 
 def _swapped_call(call: Call, old: torch.Tensor, new: torch.Tensor) -> Call:
     """``call`` with the tensor ``old`` replaced by ``new`` wherever it holds it (arguments,
-    result, targets, and the ids its versions and tracking are kept under)."""
+    result, targets, and the ids its versions and tracking are kept under); ``call`` itself
+    where it holds ``old`` nowhere (its arguments are seen by id, its results by identity)."""
+    if id(old) not in call.seen and not any(t is old for t in tensors_in(call.result)) \
+            and not any(t is old for t in call.targets):
+        return call
+
     def swap(value, depth=0):
         if value is old:
             return new
