@@ -31,6 +31,11 @@ def _pad3(x):
     return y[..., :3, :4, 1:6].reshape(-1) * y[..., 3:, 1:, :5].reshape(-1)
 
 
+def _crop(x):  # a negative amount crops that side, the other wraps around
+    y = F.pad(x.reshape(1, 2, 30), (-1, 2), mode="circular")
+    return F.pad(y, (3, -2), mode="circular").reshape(-1)[: x.numel()] * x
+
+
 _GENERATOR = torch.Generator().manual_seed(3)
 _CONV1 = torch.nn.Conv1d(2, 3, 5, padding=2, padding_mode="circular").double()
 _CONV2 = torch.nn.Conv2d(1, 2, (3, 2), padding=(1, 1), padding_mode="circular",
@@ -56,7 +61,8 @@ def _slices(x):  # the user's own copies into slices of a new tensor
     return out[1:] + out[:-1] ** 2
 
 
-CASES = [(_pad1, 42), (_pad2, 60), (_pad3, 60), (_conv1, 200), (_conv2, 42), (_slices, 30)]
+CASES = [(_pad1, 42), (_pad2, 60), (_pad3, 60), (_crop, 60), (_conv1, 200), (_conv2, 42),
+         (_slices, 30)]
 
 
 @pytest.mark.parametrize("f,n", CASES, ids=[f.__name__ for f, _ in CASES])
