@@ -43,8 +43,6 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
         except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
             # an attribute missing or not as the rules expect it: claim nothing
             return None
-        finally:
-            copies.forget()
     try:
         diagonals = offsets.diagonal_csr(relation, Meter(budget)) \
             if isinstance(relation, Offsets) else None  # row r reads r + fixed offsets
@@ -75,6 +73,13 @@ def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _walk(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
+    try:
+        return _walked(output, x, meter)
+    finally:
+        copies.forget()  # no graph kept alive by the replies kept for a CopySlices node
+
+
+def _walked(output: torch.Tensor, x: torch.Tensor, meter: Meter) -> Relation:
     order = postorder(output.grad_fn)
     reach = _reaching(order, x)
     n = x.numel()
