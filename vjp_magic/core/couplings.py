@@ -241,6 +241,8 @@ def unchecked_note(name: str, derivatives: torch.Tensor) -> str:
     largest = float(finite.abs().max()) if finite.numel() else 0.0
     bound = largest * tolerances(derivatives.dtype).probe
     kind = str(derivatives.dtype).replace("torch.", "")
-    return (f"The points of {name} were checked by random probes: a derivative below {kind} "
+    return (f"The points of {name} were checked by random probes only (no pattern could be "
+            "observed to check the entries off them: a row or column reads over 1/8 of the "
+            f"other side, or a probe was NaN or ±inf): a derivative below {kind} "
             f"resolution relative to its row and column (here up to {bound:.1e}) would not "
             "show; full=True (--full) computes every entry.")
