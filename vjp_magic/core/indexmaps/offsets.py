@@ -11,6 +11,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from .maps import Unproved
 from .relation import ENTRY_BYTES, Meter, Relation
@@ -234,17 +235,24 @@ def diagonal_csr(relation: Offsets, meter: Meter):
 def diagonal_columns(keys: np.ndarray, m: int) -> np.ndarray:
     """r + keys[k] for r < m, row-major (m·K, int64), by doubling: rows [L, 2L) are rows
     [0, L) plus L, one contiguous add each (numpy's broadcast add over a short last axis,
-    or one add per strided column, is 2 to 6 times slower; torch's doubling 2 to 3 times,
-    its fresh memory costing more)."""
+    or one add per strided column, is 2 to 6 times slower); the large adds by torch into
+    numpy's memory (as fast on one thread, split over the threads torch has; its own fresh
+    memory costs more)."""
     cols = np.empty((m, keys.size), dtype=np.int64)
     if m:
         cols[0] = keys
-    filled = 1
+    filled, shared = 1, torch.from_numpy(cols)
     while filled < m:
         step = min(filled, m - filled)
-        np.add(cols[:step], filled, out=cols[filled:filled + step])
+        if step * keys.size < PARALLEL_ENTRIES:
+            np.add(cols[:step], filled, out=cols[filled:filled + step])
+        else:
+            torch.add(shared[:step], filled, out=shared[filled:filled + step])
         filled += step
     return cols.reshape(-1)
+
+
+PARALLEL_ENTRIES = 1 << 16  # adds this large go to torch (its grain: 32,768 entries a thread)
 
 
 MOST_DIAGONALS = 64
@@ -293,11 +301,15 @@ def _outside(term: Term, out) -> np.ndarray:
 def _diagonal_crow(rows: np.ndarray, counts: np.ndarray, m: int, k: int) -> np.ndarray:
     """crow of the diagonals' pattern: (r + 1)·K less the missing entries in rows ≤ r
     (``rows``: those with some missing, ascending; ``counts``: how many each)."""
-    crow = np.arange(0, (m + 1) * k, k, dtype=np.int64)
-    if len(rows) <= 2:  # a 1-D stencil: its first and last rows, one slice each
-        for row, count in zip(rows.tolist(), counts.tolist()):
-            crow[row + 1:] -= count
+    crow = np.empty(m + 1, dtype=np.int64)
+    if len(rows) <= 2:  # a 1-D stencil (its first and last rows): one arange per stretch
+        at, less = 0, 0
+        for row, count in [*zip(rows.tolist(), counts.tolist()), (m, 0)]:
+            torch.arange(at * k - less, (row + 1) * k - less, k,
+                         out=torch.from_numpy(crow[at:row + 1]))
+            at, less = row + 1, less + count
         return crow
+    torch.arange(0, (m + 1) * k, k, out=torch.from_numpy(crow))
     correction = np.zeros(m + 1, dtype=np.int64)
     correction[rows + 1] = counts
     np.cumsum(correction, out=correction)
