@@ -7,7 +7,8 @@ and each input's reply says which output entry each of its entries lands in.
 
 The replies are accepted only as a copy's: every entry of every reply is one label or 0, no
 label twice, and a shifted grid and a shuffled grid move the same way (a scaled, summed,
-broadcast or value-dependent write such as ``view.mul_(w)`` fails these, and proves nothing).
+broadcast or value-dependent write such as ``view.mul_(w)`` fails these, unless its values
+happen to be exactly those of a copy, and proves nothing).
 A Python frame started during the call (a custom ``autograd.Function`` written in place into a
 view, a dispatch mode) stops the call before its first line: nothing of the user's runs.
 """
@@ -43,6 +44,7 @@ def forget() -> None:
 def copy_slices(edge: Edge) -> IndexMap:
     """Input ``edge.i`` of a ``CopySlices``: the base outside the written view, the source on
     it (each read once: injective)."""
+    edge.afford(4 * math.prod(edge.out_shape))  # the three grids and their replies
     if not _LAST or _LAST[0] is not edge.node:
         forget()
         _LAST.extend([edge.node, _replies(edge.node)])
@@ -51,7 +53,6 @@ def copy_slices(edge: Edge) -> IndexMap:
     if reply is None or math.prod(reply.shape) != math.prod(edge.in_shape):
         raise Unproved("CopySlices: no reply for this input")
     out_numel = math.prod(edge.out_shape)
-    edge.afford(out_numel)
     labels = reply.reshape(-1)
     landed = labels > 0
     table = np.full(out_numel, NONE, dtype=np.int64)
@@ -69,6 +70,8 @@ def _replies(node) -> list[np.ndarray | None]:
     meta = metadata[0]
     shape = tuple(int(s) for s in meta.shape)
     m = math.prod(shape)
+    if m >= 2**31:  # the shuffle's products stay within int64
+        raise Unproved("CopySlices: too many entries to label")
     labels = torch.arange(1, m + 1, dtype=torch.int64, device=meta.device)
     shuffle = (labels - 1) * _coprime(m) % max(m, 1) + 1  # a bijection of 1 .. m
     calls = [_call(node, g.to(meta.dtype).reshape(shape), m + 1)
