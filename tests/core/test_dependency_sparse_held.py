@@ -140,3 +140,24 @@ def test_a_dense_pattern_past_the_budget_is_still_refused():
     x = torch.randn(100_000, requires_grad=True)
     with pytest.raises(VJPUsageError, match="dependency pattern"):
         dependency(torch.cumsum(x, 0), x, memory_budget=2**30, seed=0)
+
+
+class _Shift(torch.autograd.Function):  # no rule sees through it: the pattern is observed
+    @staticmethod
+    def forward(ctx, x):
+        return F.pad(x, (1, 0))[:-1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return F.pad(grad, (0, 1))[1:]
+
+
+def test_a_pattern_the_graph_does_not_prove_is_observed_and_held_sparsely():
+    def f(x):
+        return _Shift.apply(x) + x ** 3
+    x = torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x.requires_grad_()
+    d = dependency(f(x), x, memory_budget=2 * N * N - 1, seed=0)
+    assert d.pattern.layout == torch.sparse_csr
+    assert torch.equal(d.pattern.to_dense(), true_pattern(f, x, 0, 0))
+    assert (d.kind, d.offsets, d.witness) == ("band", (-1, 0), (1, 0))
