@@ -17,6 +17,7 @@ from torch.overrides import has_torch_function
 
 from .retained import cleared, plain_pass
 from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
+from .vectorising import Payoff
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
 _WORKSPACE_FACTOR = 4
@@ -252,6 +253,7 @@ def component_vjps(
     max_chunk: int | None = None,
     workspace: int = 0,
     first: int | None = None,
+    seconds: float | None = None,
 ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """One VJP per non-point output component, for every input, in budget-sized batches:
     each backward serves all ``inputs`` at once.
@@ -261,7 +263,8 @@ def component_vjps(
     (the caller checks them against a plain one, and may compute them again with
     :func:`plain_components`); empty (false) when every one came from a plain backward.
     Batches grow to about :data:`CHUNK_SECONDS` each, from ``first`` vectors (default
-    :data:`FIRST_CHUNK`).
+    :data:`FIRST_CHUNK`). Where plain passes are heavy (``seconds``: one plain pass's time,
+    if known), vectorising goes on only if it pays (:class:`.vectorising.Payoff`).
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
     batched = batched and count > LOOP_COMPONENTS
@@ -269,15 +272,27 @@ def component_vjps(
     if max_chunk is not None:
         limit = min(limit, max_chunk)
     log, vectorised = Batching(), []
+    payoff = Payoff(pass_key(output, inputs, workspace), seconds)
+    batched = batched and payoff.worth_trying()
 
-    def run(start: int, stop: int) -> list[torch.Tensor]:
+    def part(start: int, stop: int) -> list[torch.Tensor]:
+        began = time.process_time()
         grads = vjp_batch(output, inputs, gradient_batch(output, point_out_axes, start, stop),
                           batched=batched, log=log)
         if log.vectorised:
             vectorised.append((start, stop))
+        if not payoff.timed(stop - start, time.process_time() - began, log.vectorised):
+            log.methods.clear()  # plain passes were faster here: the rest are plain
         return grads
 
-    stacked = in_chunks(run, count, limit, first=(first or FIRST_CHUNK) if batched else limit)
+    def run(start: int, stop: int) -> list[torch.Tensor]:
+        cut = payoff.cut(start, stop, batched and bool(log.methods) and stop - start > 1)
+        if cut == stop:
+            return part(start, stop)
+        return [torch.cat(pair) for pair in zip(part(start, cut), part(cut, stop))]
+
+    first = payoff.first(first or FIRST_CHUNK) if batched else limit
+    stacked = in_chunks(run, count, limit, first=first)
     return stacked, vectorised
 
 

@@ -47,7 +47,7 @@ class Context:
         one plain pass, timed), so even its first chunk is short."""
         batched = self.batched if batched is None else batched
         count = _components(self.output, point_out)
-        first = None
+        first = seconds = None
         if batched and count > LOOP_COMPONENTS:
             seconds = self.probes.seconds  # no probe made only to time it: one pass less
             if seconds is None:
@@ -55,7 +55,8 @@ class Context:
                                                       self.workspace))
             first = 1 if seconds is None else max(1, int(CHUNK_SECONDS / max(seconds, 1e-6)))
         return component_vjps(self.output, tensors, point_out, self.budget, batched=batched,
-                              max_chunk=self.max_chunk, workspace=self.workspace, first=first)
+                              max_chunk=self.max_chunk, workspace=self.workspace, first=first,
+                              seconds=seconds)
 
     def refuse_if_over(self, nbytes: int, count: int, named=(), point_out=()) -> None:
         """Refuse over the budget, saying where a rejected pairing broke (for ``named``)."""
