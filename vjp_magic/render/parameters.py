@@ -11,6 +11,7 @@ for each gap (the lead line counts them all).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,12 +59,30 @@ def parameter_rows(result) -> list[Row]:
         if d.numel() == 0:
             rows.append(Row(name, tuple(item.tensor.shape), 0.0, 0.0, ()))
             continue
-        flat = d.reshape(-1).abs()
-        k = int(flat.argmax())
+        k, largest = _largest(d.reshape(-1))
         norm = float(torch.linalg.vector_norm(d))  # in its dtype: no copy as large
-        rows.append(Row(name, tuple(item.tensor.shape), norm, float(flat[k]),
+        rows.append(Row(name, tuple(item.tensor.shape), norm, largest,
                         tuple(multi_index(k, tuple(d.shape))) if d.dim() else ()))
     return rows
+
+
+def _largest(flat: torch.Tensor) -> tuple[int, float]:
+    """The flat index of the first largest |entry| and that |entry|, without an ``abs`` copy
+    as large as the derivatives (a module's, megabytes): their least and greatest entries in
+    one pass, then the first index of the one with the larger magnitude (of both, the first,
+    where they tie); NaN or ±inf as ``abs().argmax()`` reads them."""
+    lo = hi = math.nan
+    if flat.dtype in (torch.float32, torch.float64):
+        lo, hi = (float(v) for v in torch.aminmax(flat))
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # (and other dtypes)
+        magnitudes = flat.abs()
+        k = int(magnitudes.argmax())
+        return k, float(magnitudes[k])
+    if hi > -lo:
+        return int(flat.max(0).indices), hi
+    if hi < -lo:
+        return int(flat.min(0).indices), -lo
+    return min(int(flat.max(0).indices), int(flat.min(0).indices)), hi
 
 
 def parameter_sections(result, options) -> tuple[Section, ...]:
