@@ -105,6 +105,13 @@ def _loaded_names(tree: ast.AST) -> list[str]:
     return list(dict.fromkeys(n.id for n in loads))
 
 
+# What parse_cell reads off a source text besides its tree (targets, names read, the final
+# expression's source), by the text: a cell run again is parsed again (a fresh tree, which
+# IPython's AST transformers may change) but not read again. Bounded, oldest dropped first.
+_READ: dict[str, tuple] = {}
+_READ_MAX = 64
+
+
 def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
     """Parse ``source``; a trailing expression statement is split off so its value can be kept.
 
@@ -112,22 +119,34 @@ def parse_cell(source: str, filename: str = "<cell>") -> ParsedCell:
     """
     tree = ast.parse(source, filename=filename, mode="exec")
     statements = list(tree.body)
-    final_expr = final_source = None
+    final_expr = None
     if statements and isinstance(statements[-1], ast.Expr):
         last = statements.pop()
         final_expr = ast.Expression(body=last.value)
         ast.copy_location(final_expr, last)
-        final_source = ast.get_source_segment(source, last.value)
-    body = ast.Module(body=statements, type_ignores=[])
-    visitor = _Targets()
-    visitor.visit(tree)
+    read = _READ.get(source)
+    if read is None:
+        read = _read(source, tree, final_expr)
+        while len(_READ) >= _READ_MAX:
+            del _READ[next(iter(_READ))]
+        _READ[source] = read
+    targets, loaded, final_source = read
     return ParsedCell(
-        body=body,
+        body=ast.Module(body=statements, type_ignores=[]),
         final_expr=final_expr,
         final_source=final_source,
-        targets=visitor.targets,
-        loaded_names=_loaded_names(tree),
+        targets=list(targets),
+        loaded_names=list(loaded),
     )
+
+
+def _read(source: str, tree: ast.Module, final_expr: ast.Expression | None) -> tuple:
+    """(targets, names read, the final expression's source) of a freshly parsed cell."""
+    visitor = _Targets()
+    visitor.visit(tree)
+    final_source = None if final_expr is None else \
+        ast.get_source_segment(source, final_expr.body)
+    return tuple(visitor.targets), tuple(_loaded_names(tree)), final_source
 
 
 # -- the targets' values, recorded as the cell assigns them -------------------------------------
@@ -144,8 +163,18 @@ def capture_targets(module: ast.Module) -> ast.Module:
     """A copy of ``module`` whose subscript and attribute targets record their values into
     ``CAPTURE_NAME`` (a dict the caller binds while the code runs): ``{source: ((values along
     the target..., value stored), {level: key})}``, the keys being those that call something
-    (``d[next(it)]``). Line numbers are the cell's own."""
+    (``d[next(it)]``). Line numbers are the cell's own. A module that stores into no
+    subscript or attribute is returned as it is (nothing to rewrite, nothing copied)."""
+    if not _stores_into_parts(module):
+        return module
     return ast.fix_missing_locations(_Capture().visit(copy.deepcopy(module)))
+
+
+def _stores_into_parts(module: ast.AST) -> bool:
+    """Whether any subscript or attribute is a target anywhere in ``module`` (its stores are
+    the only statements :class:`_Capture` rewrites)."""
+    return any(isinstance(n, (ast.Subscript, ast.Attribute)) and isinstance(n.ctx, ast.Store)
+               for n in ast.walk(module))
 
 
 def _calls(node: ast.AST) -> bool:

@@ -14,6 +14,7 @@ import math
 import sys
 import tokenize
 from contextlib import contextmanager
+from functools import lru_cache
 
 from IPython.core.displayhook import DisplayHook
 from IPython.core.error import UsageError
@@ -353,6 +354,7 @@ def _usage_errors(mistake=None):
         raise UsageError(message) from None
 
 
+@lru_cache(maxsize=64)  # a pure function of the text: a cell run again is not tokenized again
 def _ends_with_semicolon(source: str) -> bool:
     """Whether the cell's last token is ';' (IPython's own rule for plain cells)."""
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import re
+import weakref
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
@@ -82,15 +83,35 @@ def common_arguments(func):
 
 
 def read_cell_line(parser, line: str) -> argparse.Namespace:
-    """``%%vjp``'s options (words split outside brackets and strings: ``--wrt x[0, 1]``)."""
+    """``%%vjp``'s options (words split outside brackets and strings: ``--wrt x[0, 1]``); a
+    line read before is not read again (a fresh copy of its options)."""
+    read = _READ_LINES.setdefault(parser, {})
+    if line in read:
+        return _fresh(read[line])
     try:
-        return _parsed(parser, words(line))
+        args = _parsed(parser, words(line))
     except UsageError as error:  # argparse's own message
         if "unrecognized arguments: -" not in str(error):
             raise
         raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
                          "that starts with '-' goes in parentheses: (-x); or quote the "
                          "whole expression: --of \"y * -x\".") from None
+    if len(read) >= _READ_MAX:
+        read.pop(next(iter(read)))
+    read[line] = _fresh(args)
+    return args
+
+
+# Lines each parser read (parser -> line -> its options), bounded: the line of a cell run
+# again is not parsed again (argparse costs about as much as a small cell's forward).
+_READ_LINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_READ_MAX = 64
+
+
+def _fresh(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of ``args`` whose lists are copies too (nothing read is shared)."""
+    return argparse.Namespace(**{k: list(v) if isinstance(v, list) else v
+                                 for k, v in vars(args).items()})
 
 
 def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
