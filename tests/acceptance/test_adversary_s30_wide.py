@@ -60,3 +60,32 @@ def test_a_future_leak_in_causal_attention_at_1024_is_bounded_honestly():
     assert _reads(y, x, d.witness[0])[d.witness[1]], f"witness {d.witness} is no dependence"
     assert d.offsets[1] >= 200
     assert d.pattern[700, 900]
+
+
+def _packed(x, sizes):
+    """Causal attention over packed sequences of ``sizes`` (each reads only its own past)."""
+    q, k, v = x @ WQ, x @ WK, x @ WV
+    sequence = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    mask = (sequence[:, None] == sequence[None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
+    return torch.softmax((q @ k.T / D ** 0.5).masked_fill(~mask, float("-inf")), 1) @ v
+
+
+def test_two_packed_sequences_of_512_are_bounded_by_their_band():
+    x = _x()
+    y = _packed(x, [512, 512])
+    d = vjp_magic.dependency(y, x, seed=0)
+    assert d.offsets == (-511, 0) and not d.pattern[T - 1, 0]
+    assert _reads(y, x, 511)[0] and d.pattern[511, 0]
+
+
+@pytest.mark.xfail(strict=True, reason="packed causal sequences of 768 and 256 at T = 1,024: "
+                   "dependency says band -682..0 (complete=False), but y[767] reads x[0] "
+                   "(offset -767): the stated band, which api.md calls the lowest and highest "
+                   "j - i of the dependences, leaves out real ones, and pattern[767, 0] is False")
+def test_packed_sequences_of_768_and_256_are_bounded_by_a_band_holding_them():
+    x = _x()
+    y = _packed(x, [768, 256])
+    d = vjp_magic.dependency(y, x, seed=0)
+    assert _reads(y, x, 767)[0]
+    assert d.offsets[0] <= -767
+    assert d.pattern[767, 0]
