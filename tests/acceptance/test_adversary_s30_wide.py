@@ -89,3 +89,25 @@ def test_packed_sequences_of_768_and_256_are_bounded_by_a_band_holding_them():
     assert _reads(y, x, 767)[0]
     assert d.offsets[0] <= -767
     assert d.pattern[767, 0]
+
+
+def _anticausal(x, leak):
+    """Attention reading the future only (upper-triangular), plus one past read ``leak``."""
+    q, k, v = x @ WQ, x @ WK, x @ WV
+    mask = torch.ones(T, T, dtype=torch.bool).triu()
+    mask[leak] = True
+    return torch.softmax((q @ k.T / D ** 0.5).masked_fill(~mask, float("-inf")), 1) @ v
+
+
+@pytest.mark.xfail(strict=True, reason="anti-causal attention at T = 1,024 with one past leak "
+                   "y[900] <- x[100]: dependency says band -796..1023 with witness (3, 0), but "
+                   "y[3] does not read x[0], the band's low offset -796 is above the leak's "
+                   "-800, and pattern[900, 100] is False (the mirror of the future-leak case)")
+def test_a_past_leak_in_anticausal_attention_is_bounded_honestly():
+    x = _x()
+    y = _anticausal(x, (900, 100))
+    d = vjp_magic.dependency(y, x, seed=0)
+    assert _reads(y, x, 900)[100]
+    assert _reads(y, x, d.witness[0])[d.witness[1]], f"witness {d.witness} is no dependence"
+    assert d.offsets[0] <= -800
+    assert d.pattern[900, 100]
