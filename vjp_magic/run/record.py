@@ -138,19 +138,47 @@ def tensors_in(value, depth: int = 0) -> list:
     return found
 
 
+# What a function's name says, by the function (torch's functions and methods: a bounded
+# set; a custom Function's FunctionApply, made per call, is not kept): (its name, whether
+# the name says it writes in place, whether it may draw random numbers).
+_NAMED: dict = {}
+_NAMED_MAX = 4096
+
+
+def _named(func) -> tuple[str, bool, bool]:
+    """(name, writes in place by its name, may draw random numbers) of ``func``."""
+    try:
+        return _NAMED[func]
+    except (KeyError, TypeError):  # not seen yet, or unhashable
+        pass
+    name = getattr(func, "__name__", "") or ""
+    lower = name.lower()
+    facts = (name, name in _INPLACE_DUNDERS or (
+        name.endswith("_") and not name.endswith("__") and name not in _NOT_DATA),
+        any(word in lower for word in _RANDOM_WORDS))
+    if not isinstance(func, FunctionApply):
+        try:
+            if len(_NAMED) >= _NAMED_MAX:
+                _NAMED.clear()
+            _NAMED[func] = facts
+        except TypeError:
+            pass
+    return facts
+
+
 def in_place_targets(func, args, kwargs) -> tuple:
     """The tensors a call writes into: ``x.add_(…)``, ``x += …``, ``x[i] = …``, ``out=``,
     ``inplace=True``, and the lists of ``torch._foreach_*_``."""
-    name = getattr(func, "__name__", "") or ""
+    name, in_place, _ = _named(func)
     first = args[0] if args else None
     targets: list = []
-    if name in _INPLACE_DUNDERS or kwargs.get("inplace") is True or (
-            name.endswith("_") and not name.endswith("__") and name not in _NOT_DATA):
+    if in_place or kwargs.get("inplace") is True:
         if isinstance(first, torch.Tensor):
             targets.append(first)
         elif name.startswith("_foreach_") and isinstance(first, (list, tuple)):
             targets.extend(t for t in first if isinstance(t, torch.Tensor))
-    targets.extend(tensors_in(kwargs.get("out")))
+    if "out" in kwargs:
+        targets.extend(tensors_in(kwargs["out"]))
     return tuple(targets)
 
 
@@ -258,20 +286,36 @@ def call_site(frame, depth: int = 64) -> tuple | None:
     found = []
     while frame is not None and depth:
         name = frame.f_code.co_filename
-        if name.startswith(_OURS) and found:  # the frame below ours runs the cell
+        kind = _FILE_KINDS.get(name)
+        if kind is None:
+            kind = _file_kind(name)
+        if kind == _IN_OURS and found:  # the frame below ours runs the cell
             cell = [f for f in found if f[0].co_filename == found[-1][0].co_filename]
             return (*cell[0], True)
-        if not name.startswith((_TORCH, _OURS)):
+        if kind == _IN_USERS:
             found.append((frame.f_code, frame.f_lasti, frame.f_lineno))
         frame, depth = frame.f_back, depth - 1
     return (*found[0], False) if found else None
 
 
+_IN_USERS, _IN_TORCH, _IN_OURS = range(3)
+_FILE_KINDS: dict = {}  # a frame's file -> whose code it is (above), bounded
+
+
+def _file_kind(name: str) -> int:
+    """Whose frames file ``name`` holds: this package's, torch's or the user's, remembered."""
+    kind = _IN_OURS if name.startswith(_OURS) else \
+        _IN_TORCH if name.startswith(_TORCH) else _IN_USERS
+    if len(_FILE_KINDS) >= _NAMED_MAX:
+        _FILE_KINDS.clear()
+    _FILE_KINDS[name] = kind
+    return kind
+
+
 def rng_states(func, tensors) -> tuple | None:
     """The CPU generator's state, and each CUDA device's that the call's tensors are on,
     when ``func`` may draw random numbers (see :data:`_RANDOM_WORDS`); else None."""
-    name = (getattr(func, "__name__", "") or "").lower()
-    if not any(word in name for word in _RANDOM_WORDS):
+    if not _named(func)[2]:
         return None
     return generator_states({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
 
