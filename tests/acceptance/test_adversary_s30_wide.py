@@ -111,3 +111,16 @@ def test_a_past_leak_in_anticausal_attention_is_bounded_honestly():
     assert _reads(y, x, d.witness[0])[d.witness[1]], f"witness {d.witness} is no dependence"
     assert d.offsets[0] <= -800
     assert d.pattern[900, 100]
+
+
+@pytest.mark.xfail(strict=True, reason="differentiate's memory refusal on causal attention at "
+                   "T = 1,024 with the future leak y[700] <- x[900] (memory_budget=1e8) tells "
+                   "the user 'y is not independent of x along axis 0: y[3] <- x[4]', a "
+                   "dependence that is not there, from the bounded verdict's witness")
+def test_the_memory_refusal_names_a_real_dependence():
+    x = _x()
+    y = _attention(x, leak=(700, 900))
+    with pytest.raises(vjp_magic.VJPUsageError) as error:
+        vjp_magic.differentiate(y, x, memory_budget=1e8, seed=0)
+    d = error.value.dependency
+    assert _reads(y, x, d.witness[0])[d.witness[1]]
