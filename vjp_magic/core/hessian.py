@@ -28,6 +28,7 @@ from .marked import marked
 from .pairing import Evidence, Pairing
 from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
+from .sparse_layout import block_csr, csr_matrix, csr_rows
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
                              empty_csr, sparse_hessian)
@@ -111,6 +112,9 @@ class HessianResult(DerivativeResult):
             return item.sparse.matrix
         size = self.output.numel() * n ** 2
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
+        if layout is torch.sparse_csr and item.second is not None and size:
+            return points_csr(self.output.shape, item, budget,
+                              f"The sparse Hessian of {self.output_name} with respect to {name}")
         advice = "Use h.hessian(name, layout=torch.sparse_csr)" if item.sparse is not None \
             else "Use h.derivatives (the point structure keeps only what is non-zero)"
         memory.refuse_if_over(
@@ -416,6 +420,46 @@ def full_hessian(out_shape, item: HessianInput) -> torch.Tensor:
         same = same & (_axis(out_shape[a], a, ndim, device) == _axis(x_shape[b], o + b, ndim,
                                                                         device))
     return torch.where(same, values, torch.zeros((), dtype=values.dtype, device=device))
+
+
+def points_csr(out_shape, item: HessianInput, budget: int, what: str) -> torch.Tensor:
+    """The full Hessian of a point structure as 2-D CSR (output.numel()·n × n, row-major),
+    with no dense Hessian: ∂D/∂x as CSR (:func:`.sparse_layout.block_csr` of ``item.second``
+    under ``item.structure``, rows (c, j) of D = ∂y/∂x), each row moved to the Hessian's row
+    (y, j), y the output entry of component c at j's point (one y per (c, j)). Refused over
+    the budget, which counts its row pointers and nonzeros."""
+    out_shape, x_shape = tuple(out_shape), tuple(item.tensor.shape)
+    n, m = item.tensor.numel(), math.prod(out_shape)
+    comp = item.pairing.component_shape(out_shape)
+    d = block_csr(item.second, comp + x_shape, item.structure)
+    cols, values = d.col_indices(), d.values()
+    memory.refuse_if_over(8 * (m * n + 1) + cols.numel() * (8 + values.element_size()),
+                          budget, f"{what} ({cols.numel():,} nonzeros in {m * n:,} rows)")
+    rows = csr_rows(d.crow_indices())  # D's row c·n + j
+    component, j = torch.div(rows, n, rounding_mode="floor"), rows.remainder(n)
+    strides = [math.prod(out_shape[a + 1:]) for a in range(len(out_shape))]
+    points = dict(item.pairing)
+    y = torch.zeros_like(rows)
+    for a, index in zip([a for a in range(len(out_shape)) if a not in points],
+                        _unravelled(component, comp)):
+        y += index * strides[a]
+    at = _unravelled(j, x_shape)
+    for a, b in points.items():
+        y += at[b] * strides[a]
+    moved = y * n + j  # distinct rows of D go to distinct rows: a stable sort keeps columns
+    order = torch.sort(moved, stable=True).indices
+    crow = torch.zeros(m * n + 1, dtype=torch.int64, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(moved, minlength=m * n), 0)
+    return csr_matrix(crow, cols[order], values[order], (m * n, n))
+
+
+def _unravelled(flat: torch.Tensor, shape) -> list[torch.Tensor]:
+    """Each axis's index of the flat indices ``flat`` into ``shape``."""
+    index, out = flat, []
+    for size in reversed(tuple(shape)):
+        out.append(index.remainder(size))
+        index = torch.div(index, size, rounding_mode="floor")
+    return out[::-1]
 
 
 def symmetry(item: HessianInput, count: int) -> tuple[bool, float]:
