@@ -195,7 +195,8 @@ def _forward(calls, inputs: dict) -> _Flow:
     for index, call in enumerate(calls):
         read = _objects((call.args, call.kwargs))
         names = set().union(*(flow.live.get(id(o), ()) for o in read))
-        tainted = set().union(*(flow.tainted(o) for o in read))
+        tainted = set().union(*(flow.tainted(o) for o in read)) \
+            if flow.taint or flow.to_numpy else set()  # nothing is tainted before a cut
         outside = not tainted and flow.to_numpy and function_name(call.func) in _COPIES \
             and any(_is_array(o) and id(o) not in flow.made_by for o in read)
         if outside:  # torch.tensor(a) of an array computed in numpy: a guess, as above
