@@ -78,3 +78,30 @@ def test_a_differentiate_point_structure_hiding_a_coupling_is_rejected_past_64_e
     y = _huge_diagonal_plus_couplings(x, 1e12, [(250, 20)], [1.0])
     r = vjp_magic.differentiate(y, x, seed=0)
     assert r.jacobian_block("x", torch.tensor([250]), torch.tensor([20])).item() == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e8), (torch.float64, 1e16)])
+def test_observed_patterns_fuzz(dtype, big):
+    """Random couplings (any offsets, powers of 2 among them) of 1e-8..1 beside a big diagonal:
+    the observed pattern is exactly jacrev's nonzeros, or None (never a wrong pattern)."""
+    generator = torch.Generator().manual_seed(11)
+    refused = 0
+    for trial in range(150):
+        n = int(torch.randint(2, 400, (1,), generator=generator))
+        count = int(torch.randint(1, 16, (1,), generator=generator))
+        pairs = torch.randint(0, n, (count, 2), generator=generator)
+        if trial % 3 == 0:  # readers 2^k apart
+            shift = 2 ** torch.randint(0, 8, (count,), generator=generator)
+            pairs[:, 0] = (pairs[:, 1] + shift) % n
+        pairs = pairs.tolist()
+        scales = (10.0 ** torch.randint(-8, 1, (count,), generator=generator)).tolist()
+        x = _x(n, dtype, trial).requires_grad_()
+        found = observed_pattern(_huge_diagonal_plus_couplings(x, big, pairs, scales), x,
+                                 2**28, seed=trial)
+        if found is None:
+            refused += 1
+            continue
+        expected = _expected(x, big, pairs, scales) != 0
+        assert torch.equal(_dense(found), expected), (trial, n, pairs, scales)
+    assert refused <= 15
