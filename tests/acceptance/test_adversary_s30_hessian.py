@@ -30,12 +30,6 @@ def test_points_hessian_csr_small_equals_torch_func_hessian():
     torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="h.hessian('x', layout=torch.sparse_csr) of y = sin(x)·x "
-                   "at n = 1,000 (1,000 nonzeros), memory_budget 1 GiB, is refused: 'The full "
-                   "Hessian ... (1,000,000,000 entries) would need 8.0 GB, over the memory "
-                   "budget', though the CSR layout's budget counts nonzeros (issue 20) and "
-                   "r.jacobian(..., layout=torch.sparse_csr) of points is built without "
-                   "densifying")
 def test_points_hessian_csr_is_not_refused_for_its_dense_size():
     n = 1000
     x = _x(n)
