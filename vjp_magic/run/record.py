@@ -227,7 +227,7 @@ class _Recorder(TorchFunctionMode):
             targets = in_place_targets(func, args, kwargs)
             before = tuple((version(t), self._copy(t)) for t in targets)
             return (seen, targets, before, torch.is_grad_enabled(), rng_states(func, tensors),
-                    call_site(sys._getframe(2)))
+                    call_site(sys._getframe(2)), tensors)
         except Exception as error:  # noqa: BLE001 - never disturb the cell
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
             return None
@@ -245,21 +245,21 @@ class _Recorder(TorchFunctionMode):
         if started is None or self.record.failed is not None:
             return
         try:
-            seen, targets, before, grad_enabled, rng, site = started
+            seen, targets, before, grad_enabled, rng, site, read = started
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
                                           tracked, grad_enabled, targets, before, rng, site))
-            self._hold(outs, (args, kwargs))
+            self._hold(outs, read)
         except Exception as error:  # noqa: BLE001
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
 
-    def _hold(self, tensors, args) -> None:
-        """Count the memory of result storages not counted before, except the memory of
-        tensors the cell had already (a view of a dataset pins nothing new); give up past
-        the cap."""
+    def _hold(self, tensors, read) -> None:
+        """Count the memory of result storages (``tensors``) not counted before, except the
+        memory of tensors the cell had already (``read``: the call's tensor arguments; a view
+        of a dataset pins nothing new); give up past the cap."""
         record = self.record
-        for tensor in tensors_in(args):
+        for tensor in read:
             key = storage_of(tensor)[0]
             if key is not None and key not in record.storages:
                 record.storages.add(key)  # memory from outside the record: not counted
