@@ -106,12 +106,14 @@ def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
              if isinstance(t, torch.Tensor) and t._backward_hooks]
     if record is None or not isinstance(output, torch.Tensor):
         return found
-    names = {id(v): k for k, v in namespace.items() if isinstance(v, torch.Tensor)}
+    names = None  # the namespace's tensors by id, read once a hook is found
     for call in record.calls:
         name = getattr(call.func, "__name__", "")
         tensor = call.args[0] if call.args else None
         if name == "register_hook" and isinstance(tensor, torch.Tensor) \
                 and all(tensor is not t for t in inputs.values()) and depends_on(output, tensor):
+            if names is None:
+                names = {id(v): k for k, v in namespace.items() if isinstance(v, torch.Tensor)}
             found.append(names.get(id(tensor), f"a tensor of shape {tuple(tensor.shape)}"))
         elif name == "BackwardHookFunction.apply" and "a module's backward hook" not in found:
             found.append("a module's backward hook")
