@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vjp_magic
 
@@ -124,3 +125,18 @@ def test_the_memory_refusal_names_a_real_dependence():
         vjp_magic.differentiate(y, x, memory_budget=1e8, seed=0)
     d = error.value.dependency
     assert _reads(y, x, d.witness[0])[d.witness[1]]
+
+
+@pytest.mark.xfail(strict=True, reason="a causal running sum at 4,096 rows with one future leak "
+                   "y[100] <- x[3000] (cumsum(x)·tanh(x) + 0.5·x[3000] at row 100, 0.6 s): "
+                   "dependency says band -4095..2792 with witness (3, 4), but y[3] reads only "
+                   "x[0..3], the band's top offset 2792 is below the leak's 2900, and "
+                   "pattern[100, 3000] is False")
+def test_a_future_leak_in_a_running_sum_at_4096_is_named():
+    x = torch.randn(4096, 2, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    y = torch.cumsum(x, 0) * torch.tanh(x) + 0.5 * F.pad(x[3000:3001], (0, 0, 100, 3995))
+    d = vjp_magic.dependency(y, x, seed=0)
+    assert _reads(y, x, 100)[3000]
+    assert _reads(y, x, d.witness[0])[d.witness[1]], f"witness {d.witness} is no dependence"
+    assert d.offsets[1] >= 2900
+    assert d.pattern[100, 3000]
