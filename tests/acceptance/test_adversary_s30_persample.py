@@ -262,11 +262,6 @@ def test_per_sample_gradients_equal_a_loop_and_leave_the_state(case):
 
 
 # -- a convolution without a batch axis, with as many channels as per-sample losses -------------
-@pytest.mark.xfail(strict=True, reason="differentiate(lambda: conv(x).pow(2).flatten(1).sum(1), "
-                   "conv) with nn.Conv1d(40, 40, 3) on an unbatched x of shape (40, 9) (40 "
-                   "per-channel losses) raises RuntimeError from run/expanded.py's conv rule "
-                   "('Expected 4-dimensional input for 4-dimensional weight [280, 9, 1, 3]'): "
-                   "the rule takes the channel axis for the batch; Conv2d on (32, 5, 5) too")
 @pytest.mark.parametrize("conv, shape", [(lambda: nn.Conv1d(40, 40, 3), (40, 9)),
                                          (lambda: nn.Conv2d(32, 32, 3), (32, 5, 5))])
 def test_an_unbatched_convolution_with_channels_as_samples(conv, shape):

@@ -34,6 +34,7 @@ _SIGNATURES = {
     "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
 }
 _DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "eps": 1e-5}
+_BATCHED_RANK = {"conv1d": 3, "conv2d": 4}  # the input's rank with a batch axis (else unbatched)
 
 
 @dataclass(eq=False)
@@ -192,11 +193,25 @@ def _use(step, ids: dict, batch: int) -> _Use | None:
     source, result = bound.get("input"), step.result
     if not (isinstance(source, torch.Tensor) and isinstance(result, torch.Tensor)) \
             or id(source) in ids or source.dim() < 2 or result.dim() < 2 \
-            or source.shape[0] != batch or result.shape[0] != batch:
+            or source.shape[0] != batch or result.shape[0] != batch \
+            or not _batched(step.name, bound, source):
         return None
     found = {slot: ids[id(bound[slot])] for slot in ("weight", "bias")
              if isinstance(bound.get(slot), torch.Tensor) and id(bound[slot]) in ids}
     return _Use(step.name, bound, found)
+
+
+def _batched(kind: str, bound: dict, source: torch.Tensor) -> bool:
+    """Whether axis 0 of the call's input is a batch axis the rule can take for the samples:
+    not a channel axis (an unbatched convolution's (C, L) or (C, H, W) input) nor one that a
+    LayerNorm normalises over (a loss per channel or per row there is no per-layer case)."""
+    if kind in _BATCHED_RANK:
+        return source.dim() == _BATCHED_RANK[kind]
+    if kind == "layer_norm":
+        shape = bound.get("normalized_shape")
+        count = 1 if isinstance(shape, int) else len(tuple(shape or ()))
+        return source.dim() > count
+    return True
 
 
 _ATTENTION = "multi_head_attention_forward"
