@@ -388,9 +388,11 @@ def _per_sample_capture(subject: Subject, inputs: dict, output, request: Request
 
 def _wants_per_sample(subject: Subject, output, request: Request,
                       features: Sequence[Feature]) -> bool:
-    replayed = request.wrt or any(f.replays_record and is_wanted(f, request) for f in features)
-    return not (subject.record is None or request.order != 1 or request.full or not replayed
-                or output.numel() < PER_SAMPLE_FROM)  # a few backward passes cost less
+    if subject.record is None or request.order != 1 or request.full \
+            or output.numel() < PER_SAMPLE_FROM:  # (a few backward passes cost less)
+        return False  # (looked at first: the features' flags need not be)
+    return bool(request.wrt) or any(f.replays_record and is_wanted(f, request)
+                                    for f in features)
 
 
 def _graph_error(error: RuntimeError, output_name: str, inputs,

@@ -37,7 +37,10 @@ def one_hot_gradients(
     """
     count = stop - start
     if not point_out_axes:  # (the common case, without the shapes' bookkeeping)
-        selector = torch.zeros(count, math.prod(output_shape), dtype=dtype, device=device)
+        total = math.prod(output_shape)
+        if start == 0:  # one call: the identity's first rows
+            return torch.eye(count, total, dtype=dtype, device=device).view(count, *output_shape)
+        selector = torch.zeros(count, total, dtype=dtype, device=device)
         selector.diagonal(start).fill_(1)  # row i selects entry start + i
         return selector.view(count, *output_shape)
     component_axes = [a for a in range(len(output_shape)) if a not in point_out_axes]

@@ -16,8 +16,9 @@ import torch
 
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
+from .batching_check import batching_agrees, batching_vector, plain_probe
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
-                          pass_key, plain_components, remembered_seconds)
+                          pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
 from .torch_api import TorchError, torch_error
 
@@ -95,21 +96,38 @@ def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
     return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
 
 
-def _checked_jacobians(context, named, probes) -> dict[str, torch.Tensor]:
+def _checked_jacobians(context, named, probes, proved=False) -> dict[str, torch.Tensor]:
     """Full Jacobians from batched backward passes (one run for all inputs), each checked
-    against the plain probe where a vectorised backward computed some of it."""
+    against a plain probe where a vectorised backward computed some of it (``proved``: no
+    structure is probed afterwards, so the check need not use probe 0)."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
     stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
     flats = dict(zip(reverse, stacked))
     del stacked
-    v = probes.vector().reshape(-1)
-    redo = [n for n in reverse if vectorised and output.numel() > 1 and not probe_agrees(
-        flats[n], v, probes.vjp(n), (), nonfinite_agree=True)]  # batching went wrong
+    redo = []
+    if vectorised and output.numel() > 1:
+        v, vjps = _batching_probe(context, {n: named[n] for n in reverse}, probes,
+                                  own=proved and len(reverse) == len(named))
+        redo = [n for n in reverse if not batching_agrees(flats[n], v, vjps[n])]  # went wrong
     flats.update(_plain_again(output, {n: named[n] for n in redo}, (), vectorised, flats))
     return {name: flats[name].reshape(tuple(output.shape) + tuple(named[name].shape))
             if name in flats else _jacobian_either_mode(context, named[name], probes, name)
             for name in named}
+
+
+def _batching_probe(context, named, probes, own: bool) -> tuple[torch.Tensor, dict]:
+    """(v, name → vᵀJ from one plain backward for every input of ``named``): probe 0 where
+    it is made anyway (``own`` false: structures are probed too, or forward mode checks with
+    it; or it was made already), else :func:`.batching_check.batching_vector`, its pass timed
+    for the next run's chunks as probe 0's would be."""
+    if not own or probes.seconds is not None:
+        return probes.vector().reshape(-1), {n: probes.vjp(n) for n in named}
+    output = context.output
+    v = batching_vector(output, probes.seed)
+    grads, seconds = plain_probe(output, list(named.values()), v)
+    remember_seconds(pass_key(output, probes.named.values(), context.workspace), seconds)
+    return v.reshape(-1), dict(zip(named, grads))
 
 
 def _plain_again(output, redo: dict, point_out, vectorised, derivatives) -> dict:
@@ -140,7 +158,8 @@ def from_exact_jacobian(context, named, candidates, probes):
     """Small problems: one batched backward gives the whole Jacobian; each candidate pairing
     is judged on it by the probe rule (the same rule as for large problems)."""
     out_ndim = context.output.dim()
-    jacobians = _checked_jacobians(context, named, probes)
+    jacobians = _checked_jacobians(context, named, probes,
+                                   proved=all(candidates[n][0].proved for n in named))
     accepted = {}
     for name, jac in jacobians.items():
         flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
