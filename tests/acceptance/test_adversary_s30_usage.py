@@ -20,9 +20,6 @@ def _roll_times(x):
 
 
 # -- duplicate names: one input silently dropped ---------------------------------------------
-@pytest.mark.xfail(strict=True, reason="differentiate(y, [x, z], names=['a', 'a']) keeps one "
-                   "input 'a' (z's, all zeros) and says 'y does not depend on a', silently "
-                   "dropping x, on which y depends; duplicate names should be a VJPUsageError")
 def test_duplicate_names_are_refused_by_differentiate():
     x = torch.randn(50, requires_grad=True)
     z = torch.randn(50, requires_grad=True)
@@ -30,9 +27,6 @@ def test_duplicate_names_are_refused_by_differentiate():
         vjp_magic.differentiate(_roll_times(x), [x, z], names=["a", "a"], seed=0)
 
 
-@pytest.mark.xfail(strict=True, reason="hessian(f, [x, z], names=['a', 'a']) keeps only z's "
-                   "Hessian (all zeros) as 'a', silently dropping x's; duplicate names should "
-                   "be a VJPUsageError")
 def test_duplicate_names_are_refused_by_hessian():
     x = torch.randn(4, requires_grad=True)
     z = torch.randn(4, requires_grad=True)
@@ -58,11 +52,6 @@ def test_the_same_tensor_twice_gives_its_jacobian_twice():
 
 
 # -- a sparse result over the budget: the refusal says why -------------------------------------
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian of a 2-colour map at n = 10^5 over "
-                   "memory_budget=1e6 says 'No sparsity pattern paid off, and the dense "
-                   "100,000 x 100,000 Jacobian would need 40.0 GB', where the pattern did pay "
-                   "(200,000 nonzeros, 3.2 MB, as differentiate's refusal says); api.md: a "
-                   "memory refusal gives the nonzero count a sparse Jacobian would need")
 def test_sparse_jacobian_refusal_gives_the_nonzero_count():
     x = torch.randn(100_000, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError) as error:
@@ -79,18 +68,12 @@ def test_differentiate_refusal_gives_the_nonzero_count():
 
 
 # -- arguments of the wrong type: a usage error, not a traceback --------------------------------
-@pytest.mark.xfail(strict=True, reason="sparse_jacobian(..., memory_budget='1GB') raises "
-                   "TypeError from core/memory.py ('<' not supported between 'int' and 'str') "
-                   "instead of a VJPUsageError saying a fraction or a number of bytes")
 def test_a_string_budget_is_a_usage_error():
     x = torch.randn(50, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError):
         vjp_magic.sparse_jacobian(_roll_times(x), x, memory_budget="1GB")
 
 
-@pytest.mark.xfail(strict=True, reason="differentiate(..., seed='abc') raises ValueError from "
-                   "core/analysis.py (int('abc')) instead of a VJPUsageError saying the seed "
-                   "is an int")
 def test_a_string_seed_is_a_usage_error():
     x = torch.randn(50, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError):

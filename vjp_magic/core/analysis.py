@@ -78,7 +78,7 @@ def differentiate(
     named = validation.checked_inputs(inputs, names)
     validation.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
-    probes = Probes(output, named, new_seed() if seed is None else int(seed))
+    probes = Probes(output, named, new_seed() if seed is None else validation.checked_seed(seed))
     accepted = _from_given(output, named, given or {}, probes)
     rest = {n: t for n, t in named.items() if n not in accepted}
     proofs = {name: _proof(output, t, graph_proof) for name, t in rest.items()}

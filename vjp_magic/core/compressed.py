@@ -24,7 +24,7 @@ from .column_passes import (computed_by_columns, dense_columns, observed_columns
 from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .errors import ObservedPatternWarning, VJPUsageError
-from .memory import resolve_budget
+from .memory import gb, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Diagonals, Pattern, observed_pattern
@@ -34,6 +34,7 @@ from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
 from .sparse_layout import csr_matrix, fresh
 from .torch_api import graph_usage_error
+from .validation import checked_seed
 
 
 @dataclass(frozen=True)
@@ -406,6 +407,8 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         raise VJPUsageError("sparse_jacobian differentiates real tensors, and the output or x is "
                             "complex: take its real and imaginary parts separately "
                             "(output.real, output.imag).")
+    budget = resolve_budget(memory_budget, x.device)  # a wrong type: a usage error, here
+    seed = checked_seed(seed)
     if output is x and x.requires_grad:  # the identity map: J = I
         n = x.numel()
         return csr_matrix(torch.arange(n + 1), torch.arange(n), torch.ones(n, dtype=x.dtype),
@@ -413,11 +416,11 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
-    budget = resolve_budget(memory_budget, x.device)
-    seed = new_seed() if seed is None else seed
     try:
-        sparse = compressed_jacobian(output, x, budget, seed)
+        found = attempt(output, x, budget, new_seed() if seed is None else seed)
+        sparse = found.sparse
         if sparse is None:
+            _refuse_if_sparse_over(found, output, x, budget)
             return exact_csr(output, x, budget)
         if sparse.evidence is Evidence.OBSERVED:  # under the probes' resolution?
             verdict = outside_entries(output, x, csr_inside(sparse.matrix))
@@ -434,3 +437,30 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         raise usage from None
 
 
+def sparse_need(found: Attempt) -> str:
+    """What a sparse Jacobian over the memory budget would need, as every refusal says it:
+    '200,000 nonzeros that would need 3.2 MB'."""
+    return f"{found.nnz:,} nonzeros that would need {gb(found.nbytes)}"
+
+
+def _refuse_if_sparse_over(found: Attempt, output: torch.Tensor, x: torch.Tensor,
+                           budget: int) -> None:
+    """A pattern that pays but whose sparse Jacobian is over the budget, where the dense one
+    is too: refused with the nonzero count and what it would need."""
+    dense = output.numel() * x.numel() * x.element_size()
+    if found.why != OVER_BUDGET or dense <= budget:
+        return
+    raise VJPUsageError(
+        f"The sparse Jacobian of the output with respect to x has {sparse_need(found)}, over "
+        f"the memory budget of {gb(budget)} (the dense {output.numel():,} × {x.numel():,} one: "
+        f"{gb(dense)}). Raise memory_budget (in bytes: memory_budget={_above(found.nbytes)}), "
+        "or take a smaller slice of the output.")
+
+
+def _above(nbytes: int) -> str:
+    """A round number of bytes at least ``nbytes``, as Python reads it: '4e6' for 3.2 MB."""
+    exponent = max(len(str(int(nbytes))) - 1, 0)
+    lead = -(-int(nbytes) // 10 ** exponent)  # rounded up
+    if lead == 10:
+        lead, exponent = 1, exponent + 1
+    return f"{lead}e{exponent}"

@@ -187,7 +187,7 @@ def _scalar_first_order(output, inputs, names, output_name, memory_budget,
                                   Evidence.PROVED, tuple(dict.fromkeys(proofs[name].custom)))
     seed = options.get("seed")
     return _FirstOrder(output, items, memory.resolve_budget(memory_budget, output.device),
-                       probes.new_seed() if seed is None else int(seed))
+                       probes.new_seed() if seed is None else validation.checked_seed(seed))
 
 
 def _input_hessian(output, output_name, item, budget, options) -> HessianInput:

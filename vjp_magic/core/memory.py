@@ -1,6 +1,8 @@
 """Memory budget: how many bytes one analysis may hold at once."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import time
 
@@ -44,9 +46,15 @@ def _read_cpu_available() -> int:
 
 def resolve_budget(budget: int | float | None, device: torch.device) -> int:
     """Bytes allowed: an explicit count, a fraction (< 1) of free memory, or the default
-    fraction."""
+    fraction. Anything else (a string, 0, a negative number, NaN) is a usage error: every
+    public entry reads its ``memory_budget`` here."""
     if budget is None:
         return int(DEFAULT_FRACTION * available_bytes(device))
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) \
+            or not math.isfinite(budget) or budget <= 0:
+        raise VJPUsageError(
+            f"memory_budget is a fraction of free memory (0 < f < 1, e.g. 0.25) or a number "
+            f"of bytes (e.g. 2e9 for 2 GB), not {budget!r}.")
     if 0 < budget < 1:
         return int(budget * available_bytes(device))
     return int(budget)

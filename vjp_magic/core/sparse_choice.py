@@ -10,10 +10,9 @@ import torch
 from .colouring import colour_rows
 from .column_passes import kept_by_columns
 from .compressed import (OVER_BUDGET, PAYS_FRACTION, SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT,
-                         TOO_DENSE, Attempt, SparseJacobian, attempt)
+                         TOO_DENSE, Attempt, SparseJacobian, attempt, sparse_need)
 from .errors import VJPUsageError
 from .indexmaps import proved_pattern
-from .memory import gb
 from .pairing import Evidence
 from .pattern import most_per_row
 from .probes import Probes
@@ -53,8 +52,8 @@ class SparseChoice:
         except VJPUsageError as error:
             if not self.over:
                 raise
-            sizes = "; ".join(f"with respect to {name}, {found.nnz:,} nonzeros that would "
-                              f"need {gb(found.nbytes)}" for name, found in self.over.items())
+            sizes = "; ".join(f"with respect to {name}, {sparse_need(found)}"
+                              for name, found in self.over.items())
             refusal = VJPUsageError(f"{error} As a sparse Jacobian: {sizes}.")
             refusal.__dict__.update(error.__dict__)
             raise refusal from None

@@ -9,6 +9,7 @@ Jacobian's NaN from 0·∞ taken from the other mode).
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections.abc import Iterable, Mapping
 
@@ -39,6 +40,9 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
             names = ["x"] if len(inputs) == 1 else [f"x{i + 1}" for i in range(len(inputs))]
         if isinstance(names, str) or len(names) != len(inputs):
             raise VJPUsageError("Give one name per input: names=['x', 'w'] for inputs=[x, w].")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise VJPUsageError(_same_name(name, f" (names=['{name}', '{name}2'])"))
         return _expanded(dict(zip(names, inputs)))
     raise VJPUsageError(
         f"inputs must be a tensor, a list of tensors, a dict name → tensor or an nn.Module, "
@@ -73,11 +77,38 @@ def _expanded(named: dict) -> dict[str, torch.Tensor]:
         return named
     expanded: dict = {}
     for name, value in named.items():
-        if isinstance(value, torch.nn.Module):
-            expanded.update(module_parameters(value, name))
-        else:
-            expanded[name] = value
+        found = module_parameters(value, name) if isinstance(value, torch.nn.Module) \
+            else {name: value}
+        add_named(expanded, found)
     return expanded
+
+
+def add_named(named: dict, more: dict) -> dict:
+    """``named`` updated with ``more`` (name -> input); a name already given to another
+    input is a usage error (one of them would silently be dropped)."""
+    for name, value in more.items():
+        if named.get(name, value) is not value:
+            raise VJPUsageError(_same_name(name))
+        named[name] = value
+    return named
+
+
+def _same_name(name: str, example: str = "") -> str:
+    return (f"Two different inputs are named {name!r}: names must differ, or one of them "
+            f"would be dropped. Give each input its own name{example}.")
+
+
+def checked_seed(seed: object) -> int | None:
+    """``seed`` as an int (None stays None: a fresh one is drawn); anything else, e.g. a
+    string, is a usage error saying what to pass."""
+    if seed is None:
+        return None
+    if not isinstance(seed, bool):
+        try:
+            return operator.index(seed)
+        except TypeError:
+            pass
+    raise VJPUsageError(f"seed is an int, e.g. seed=0 (or None for a fresh one), not {seed!r}.")
 
 
 def check_output(output: object, name: str) -> torch.Tensor:

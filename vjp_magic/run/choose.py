@@ -26,7 +26,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..core.validation import module_parameters, named_inputs, parameter_expression
+from ..core.validation import (add_named, module_parameters, named_inputs,
+                                parameter_expression)
 from ..core.errors import VJPUsageError
 from ..core.marked import marked
 from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
@@ -218,7 +219,7 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     ``mlp.0.weight`` as ``named_parameters()`` spells them."""
     inputs: dict = {}
     for name in names:
-        inputs.update(_expand(scope, name, lookup(scope, name, role)))
+        add_named(inputs, _expand(scope, name, lookup(scope, name, role)))  # none dropped
     for name, value in inputs.items():
         if _made_off_graph(name, value, output):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name))

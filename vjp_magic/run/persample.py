@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ..core import memory
+from ..core import memory, validation
 from ..core.given import GivenJacobian
 from ..core.probes import new_seed, probe_vector
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
@@ -125,7 +125,7 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     analysis needs no backward of its own for it."""
     probe = None
     if graph is not None and getattr(graph, "replayed", False) and _per_sample_shape(output):
-        seed = new_seed() if seed is None else int(seed)
+        seed = new_seed() if seed is None else validation.checked_seed(seed)
         probe = probe_vector(graph.output, seed, 0)
     found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph,
                                  probe=probe)
