@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from . import axisflow, memory, structure
+from . import axisflow, memory, structure, validation
 from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError
@@ -664,7 +664,7 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     dense = 2 * m * n <= budget  # else held sparsely: not within max_seconds (a refusal's)
     if not dense and max_seconds is not None:
         _refuse(m, n, budget)
-    seed = new_seed() if seed is None else int(seed)
+    seed = new_seed() if seed is None else validation.checked_seed(seed)
     proof = axisflow.prove(output, x)
     paired = m == n > 1 and tuple(proof.carries.get(a, ())) == (b,)
     if paired:  # y's index i along a reads x's index i along b only, for every x
