@@ -35,10 +35,6 @@ def _half_input(n, dtype):
 
 
 # -- bfloat16: the decoded pattern mixes up readers ----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="dependency of y = x[idx] + x (idx with repeats) in "
-                   "bfloat16 at n = 1,500 claims dependences that are not there (y[22] <- "
-                   "x[873]) and misses real ones (y[23] <- x[254]), kind 'sparse', no note; the "
-                   "same graph in float32 is exact, and so is r.dependency from differentiate")
 def test_bfloat16_gather_claims_no_dependence_that_is_not_there():
     f = _gather_plus_self(1500)
     x = _half_input(1500, torch.bfloat16)
@@ -48,17 +44,12 @@ def test_bfloat16_gather_claims_no_dependence_that_is_not_there():
     assert torch.equal(d.pattern, truth)
 
 
-@pytest.mark.xfail(strict=True, reason="dependency of y = x[idx] + x in bfloat16 at n = 100 "
-                   "(seed 0) misses y[80] <- x[82], with no note that bfloat16 probes may "
-                   "cancel; float32 gets it")
 def test_bfloat16_gather_small_is_exact():
     f = _gather_plus_self(100)
     x = _half_input(100, torch.bfloat16)
     assert torch.equal(vjp_magic.dependency(f(x), x, seed=0).pattern, _truth(f, x))
 
 
-@pytest.mark.xfail(strict=True, reason="dependency of y = x[idx] + x in float16 at n = 1,500 "
-                   "(seed 1) misses one dependence; float32 gets it")
 def test_float16_gather_is_exact():
     f = _gather_plus_self(1500)
     x = _half_input(1500, torch.float16)

@@ -35,6 +35,7 @@ def test_an_observed_pattern_past_the_exact_check_warns_and_says_what_to_do(monk
     from vjp_magic.core import couplings
     monkeypatch.setattr(couplings, "observed_pattern", lambda *a, **k: None)  # no second
     monkeypatch.setattr(couplings, "observed_columns", lambda *a, **k: None)  # observation
+    monkeypatch.setattr(couplings, "_by_colours", lambda *a, **k: None)  # nor structure check
     caught = _observed_warnings(_opaque_stencil, 200)
     assert len(caught) == 1
     message = str(caught[0].message)

@@ -13,9 +13,11 @@ them is computed exactly, once, and any nonzero there rejects the structure:
 
 With no proved pattern (a custom ``autograd.Function``, an op without a rule) every entry is
 allowed: the columns or rows are all of them, computed when they number at most
-:data:`MOST_PASSES`. Over that, every entry non-zero at this x is observed by bit-coded sets
-read as zero or non-zero (:func:`.pattern.observed_pattern`, ~2·log₂ m passes for a diagonal),
-which a small derivative beside a large one cannot hide from. Only where no pattern can be
+:data:`MOST_PASSES`. Over that, points are checked by ~log₂ m sets read only off their own
+points (:func:`_by_points`: 23 for 10⁶ points); where that sees a coupling (or cannot run),
+every entry non-zero at this x is observed by sets read as zero or non-zero
+(:func:`.pattern.observed_pattern`), which a small derivative beside a large one cannot hide
+from. Only where no pattern can be
 observed (a dense row or column, a NaN or ±inf answer) does the structure stand as the
 probes found it, and :func:`unchecked_note` says what could hide.
 """
@@ -28,10 +30,12 @@ from typing import NamedTuple
 import torch
 
 from .column_passes import jvps, observed_columns
-from .derivatives import plain_vjp
+from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .indexmaps import proved_pattern
 from .pairing import Pairing
 from .pattern import observed_pattern
+from .probes import set_probe_values
+from .setdecode import row_colours, weight_code, weight_sets
 from .sparse_layout import csr_rows
 from .tolerances import tolerances
 
@@ -62,6 +66,7 @@ def pairing_inside(out_shape, in_shape, pairing: Pairing) -> Inside:
 
     def inside(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return out_key(rows) == in_key(cols)
+    inside.point_keys = (out_key, in_key)  # for :func:`_by_points`
     return inside
 
 
@@ -112,6 +117,7 @@ def csr_inside(matrix: torch.Tensor) -> Inside:
         at = torch.searchsorted(keys, wanted).clamp_(max=max(keys.numel() - 1, 0))
         found = keys[at] == wanted if keys.numel() else torch.zeros_like(wanted, dtype=torch.bool)
         return found.reshape(torch.broadcast_shapes(rows.shape, cols.shape)).to(rows.device)
+    inside.matrix = matrix  # for :func:`_by_colours`
     return inside
 
 
@@ -154,10 +160,16 @@ def outside_entries(output: torch.Tensor, x: torch.Tensor, inside: Inside, patte
 
 
 def _by_observing(output, x, inside: Inside, seed: int) -> Verdict:
-    """Every entry non-zero at this x, observed by bit-coded sets read as zero or non-zero
+    """Points first: no coupling seen by :func:`_by_points` (~log₂ m sets) is checked. Else
+    every entry non-zero at this x, observed by sets read as zero or non-zero
     (:func:`.pattern.observed_pattern`, with values drawn for this check: a derivative of 1
     beside 10¹² shows), against the structure; unchecked where no pattern can be observed (a
     row or column reading over 1/8 of the other side, a NaN or ±inf answer)."""
+    keys, matrix = getattr(inside, "point_keys", None), getattr(inside, "matrix", None)
+    clean = _by_points(output, x, *keys, seed) if keys is not None else \
+        _by_colours(output, x, matrix, seed) if matrix is not None else None
+    if clean is not None:
+        return Verdict(False, True, clean)
     found = observed_pattern(output, x, CHECK_BUDGET, seed, purpose="couplings")
     if found is None:
         found = observed_columns(output, x, CHECK_BUDGET, seed)
@@ -165,6 +177,79 @@ def _by_observing(output, x, inside: Inside, seed: int) -> Verdict:
         return Verdict(False, False)
     rows = _pattern_rows(found.crow, found.nnz)
     return Verdict(not bool(inside(rows, found.col).all()), True, found.probes)
+
+
+def _by_points(output, x, out_key, in_key, seed: int) -> int | None:
+    """The sets it took (L) where no entry off the points is non-zero at this x; None where
+    one is, or an answer is not finite, or an index lies past its partner's size.
+
+    Each point p gets a word of w = L // 2 ones over L bits (:func:`.setdecode.weight_sets`,
+    L the fewest with C(L, w) ≥ the points: 23 for 10⁶, 1 set less than half of both sides
+    of every bit). Set b probes the output entries whose point's word has a 1 at b, with
+    values drawn for this check, and is read only at the input entries whose point's word
+    has a 0 there: no entry of their own point is in the set, so the diagonal cannot mask
+    what is read, and any non-zero read is a coupling. For a coupling (i, j), points p ≠ q,
+    the word of p is not inside that of q (one weight): at some b, i is in the set and j is
+    read. So every entry a one-hot pass sees non-zero shows, read as zero or non-zero, unless
+    the couplings of one input entry in one set cancel exactly."""
+    flat = output.reshape(-1)
+    m, n = flat.numel(), x.numel()
+    rows = out_key(torch.arange(m, device=flat.device)).reshape(-1).cpu()
+    cols = in_key(torch.arange(n, device=flat.device)).reshape(-1).cpu()
+    if m == 0 or n == 0 or bool((rows < 0).any()) or bool((cols < 0).any()):
+        return None
+    points = int(max(int(rows.max()), int(cols.max()))) + 1
+    length, weight = weight_code(max(points, 2))
+    words = weight_sets(max(points, 2), length, weight)  # L × points
+    values = set_probe_values(flat, seed, "couplings-points")
+    sets = words[:, rows].to(device=flat.device, dtype=flat.dtype)  # one batched backward,
+    (g,) = vjp_batch(flat, [x], sets * values)  # as many vectors as one group observed
+    g = g.detach().reshape(length, -1)[~words[:, cols].to(g.device)]
+    if not bool(torch.isfinite(g).all()) or bool(g.ne(0).any()):
+        return None
+    return length
+
+
+def _by_colours(output, x, matrix: torch.Tensor, seed: int) -> int | None:
+    """:func:`_by_points` for any CSR structure S: the sets it took where no entry outside
+    S is non-zero at this x; None where one is, an answer is not finite, or S's rows need
+    over :data:`.setdecode.MAX_COLOURS` colours.
+
+    S's rows are coloured so that two of one colour read no common input entry inside S
+    (:func:`.setdecode.colour_sets`: 3 for a tridiagonal S). Within colour c, each row gets a
+    word of w ones over L bits (its rank in c), and set (c, b) probes the rows of c whose
+    word has a 1 at b. Input entry j has at most one reader inside S in colour c, r(j); the
+    set is read at j only where r(j) is not in it (or there is none), so what is read holds
+    entries outside S only. For an entry (i, j) outside S, i of colour c, i ≠ r(j): some b
+    has i in the set and r(j) not (words of one weight). So every entry outside S that a
+    one-hot pass sees non-zero shows, unless the outside entries of one input entry in one
+    set cancel exactly (values drawn for this check)."""
+    flat = output.reshape(-1)
+    m, n = flat.numel(), x.numel()
+    r, c = csr_rows(matrix.crow_indices().cpu()), matrix.col_indices().cpu()
+    sets = row_colours(r, c, m, n)
+    if m == 0 or not len(sets):
+        return None
+    colour = sets.to(torch.uint8).argmax(0)
+    rank = (sets.cumsum(1) - 1).gather(0, colour[None, :])[0]
+    length, weight = weight_code(max(int(sets.sum(1).max()), 2))
+    words = weight_sets(max(int(sets.sum(1).max()), 2), length, weight)[:, rank]  # L × m
+    values = set_probe_values(flat, seed, "couplings-colours")
+    per = max(1, chunk_size(flat, [x], CHECK_BUDGET) // length)  # colours a batch
+    for first in range(0, len(sets), per):
+        chosen = torch.arange(first, min(len(sets), first + per))
+        probes = (sets[chosen][:, None, :] & words[None]).reshape(-1, m)
+        (g,) = vjp_batch(flat, [x], probes.to(device=flat.device, dtype=flat.dtype) * values)
+        blocked = torch.zeros(len(chosen), length, n, dtype=torch.bool)
+        mine = (colour[r] >= first) & (colour[r] < first + len(chosen))
+        rows, cols = r[mine], c[mine]
+        for b in range(length):  # r(j) in set (colour, b): not read there
+            held = words[b, rows]
+            blocked[colour[rows[held]] - first, b, cols[held]] = True
+        g = g.detach().reshape(len(chosen) * length, -1)[~blocked.reshape(-1, n).to(g.device)]
+        if not bool(torch.isfinite(g).all()) or bool(g.ne(0).any()):
+            return None
+    return len(sets) * length
 
 
 def _pattern_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:

@@ -9,14 +9,18 @@ coupling a probe cannot see, is missing from it. The compressed passes that use 
 disagrees.
 
 Output entries (flat, row-major) are split into k groups by index mod k, k = 1, 2, 3, 5, …;
-a group is probed on each side of each bit of i // k (2·log₂(m/k) probes a group, the sets of
-:func:`.setdecode.bit_sets`, which :mod:`.dependency`'s decoding reads the same way). An input
-entry read by one entry of a group answers non-zero on exactly one side of every bit, which
-spells that entry's index; two readers differ in some bit and both sides answer there: that
-input entry waits for the next k (the others are known). Answers are read as zero or
-non-zero only, never compared in value: a derivative of 1 beside 10¹² in its row and column
-is found as a one-hot backward pass would find it. A NaN or ±inf answer says nothing: the
-pattern is refused (None).
+each entry i of a group gets a word of w ones over L bits (its rank i // k in colex order,
+:func:`.setdecode.weight_sets`; L the fewest with C(L, L // 2) ≥ m/k: 13 sets for 1,000
+entries, 23 for 10⁶, where both sides of every bit took 20 and 40), and set b probes the
+entries whose word has a 1 at b. An input entry read by one entry of a group answers
+non-zero on exactly w sets, which spell that entry's index; two readers have distinct words
+of one weight, neither inside the other, so their sets together are more than w: that input
+entry waits for the next k (the others are known). Answers are read as zero or non-zero
+only, never compared in value: a derivative of 1 beside 10¹² in its row and column is found
+as a one-hot backward pass would find it (only an exact cancellation among one set's
+readers, on every set by which their words differ, could hide one; the values are drawn
+afresh per purpose, continuous in ±(1..2)). A NaN or ±inf answer says nothing: the pattern
+is refused (None).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import torch
 from .derivatives import chunk_size, vjp_batch
 from .pairing import Evidence
 from .probes import set_probe_values
-from .setdecode import bit_sets, spelled
+from .setdecode import weighed, weight_code, weight_sets
 
 # Refused when a row reads more than this fraction of the input: colouring would not pay.
 DENSE_FRACTION = 1 / 8
@@ -194,7 +198,7 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     non-finite probe, or more than ``max_probes`` backward passes (default: m, what one
     pass per row would take, or ``MIN_PROBES`` on a small output). Every entry whose
     derivative a one-hot backward pass would find non-zero is in it (answers are read as
-    zero or non-zero only, :func:`.setdecode.spelled`), however small beside the others of
+    zero or non-zero only, :func:`.setdecode.weighed`), however small beside the others of
     its row and column; only an exact cancellation among one probe's readers could hide one.
     ``purpose``: names the draw of the probe values (a check observes with values of its own)."""
     flat = output.reshape(-1)
@@ -203,11 +207,11 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     found = torch.zeros(n, dtype=torch.bool)  # columns whose readers are all known
     rows, cols, spent = [], [], 0
     for groups in _group_counts():
-        bits = _bits(m, groups)
-        if spent + groups * 2 * bits > limit or groups > 2 * most_per_row(n):
+        code = weight_code(-(-m // groups))
+        if spent + groups * code[0] > limit or groups > 2 * most_per_row(n):
             return None
-        answers = _answers(flat, x, groups, bits, budget, seed, purpose)
-        spent += groups * 2 * bits
+        answers = _answers(flat, x, groups, code, budget, seed, purpose)
+        spent += groups * code[0]
         if answers is None:
             return None
         group, col, within, collided = answers
@@ -239,43 +243,39 @@ def most_per_row(n: int) -> float:
     return max(MIN_ROW, n * DENSE_FRACTION)
 
 
-def _bits(m: int, groups: int) -> int:
-    """Bits spelling i // groups within a group (≥ 1)."""
-    return max(1, (max(-(-m // groups), 1) - 1).bit_length())
-
-
-def _group_probes(values, first: int, stop: int, groups: int, bits: int) -> torch.Tensor:
-    """((stop - first) · 2·bits × m) probes: for each group g of ``first:stop`` (the entries
-    whose index mod ``groups`` is g), ``values`` on the side of each bit of i // groups where
-    it is 1, then where it is 0 (:func:`.setdecode.bit_sets`); 0 elsewhere."""
+def _group_probes(values, first: int, stop: int, groups: int, code) -> torch.Tensor:
+    """((stop - first) · L × m) probes: for each group g of ``first:stop`` (the entries whose
+    index mod ``groups`` is g), ``values`` on the entries whose word (of ``code`` = (L, w),
+    :func:`.setdecode.weight_sets`, by i // groups) has a 1 at each bit; 0 elsewhere."""
     m = values.numel()
     width = -(-m // groups)
     padded = values.new_zeros(width * groups)
     padded[:m] = values.reshape(-1)
     mine = padded.reshape(width, groups)[:, first:stop].t()  # groups × width
-    spell = bit_sets(width, bits).to(device=values.device, dtype=values.dtype)
-    probes = values.new_zeros(stop - first, 2 * bits, width, groups)
+    spell = weight_sets(width, *code).to(device=values.device, dtype=values.dtype)
+    length = code[0]
+    probes = values.new_zeros(stop - first, length, width, groups)
     k = torch.arange(stop - first, device=values.device)
     probes[k, :, :, first + k] = spell[None] * mine[:, None, :]
-    return probes.reshape(stop - first, 2 * bits, -1)[..., :m].reshape(-1, m)
+    return probes.reshape(stop - first, length, -1)[..., :m].reshape(-1, m)
 
 
-def _answers(flat, x, groups: int, bits: int, budget: int, seed: int, purpose: str):
+def _answers(flat, x, groups: int, code, budget: int, seed: int, purpose: str):
     """(group, col, within, collided): for each (group, input entry) the group reaches, its
     index and that of the one entry of the group reading it (i // groups; meaningful where
     the column did not collide), and (n,) bool: the input entries some group's entries read
-    several of (:func:`.setdecode.spelled`). None if any answer is not finite."""
+    several of (:func:`.setdecode.weighed`). None if any answer is not finite."""
     values = set_probe_values(flat, seed, purpose, groups)
-    per = max(1, chunk_size(flat, [x], budget) // (2 * bits))  # groups a batch
+    length, weight = code
+    per = max(1, chunk_size(flat, [x], budget) // length)  # groups a batch
     parts, collided = [], torch.zeros(x.numel(), dtype=torch.bool)
     for first in range(0, groups, per):
         stop = min(groups, first + per)
-        (g,) = vjp_batch(flat, [x], _group_probes(values, first, stop, groups, bits))
-        g = g.detach().reshape(stop - first, 2 * bits, -1)
+        (g,) = vjp_batch(flat, [x], _group_probes(values, first, stop, groups, code))
+        g = g.detach().reshape(stop - first, length, -1)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             return None
-        hit = g.ne(0).cpu()
-        single, row, empty = spelled(hit[:, :bits], hit[:, bits:])
+        single, row, empty = weighed(g.ne(0).cpu(), weight)
         single &= row * groups + torch.arange(first, stop)[:, None] < flat.numel()
         collided |= (~single & ~empty).any(0)
         group, col = (~empty).nonzero(as_tuple=True)

@@ -120,6 +120,58 @@ def spelled(on: torch.Tensor, off: torch.Tensor):
     return single, row, ~(on | off).any(-2)
 
 
+def weight_code(width: int) -> tuple[int, int]:
+    """(length L, weight w): the fewest sets L with C(L, w) ≥ ``width`` words of weight
+    w = L // 2 (about log₂ width + ½·log₂ log₂ width + 1, against 2·log₂ width for both sides of
+    every bit). No word of one weight covers another (a Sperner family), so for any two
+    indices i ≠ j some set holds i and not j (a completely separating family)."""
+    length = 1
+    while _binomial(length, max(1, length // 2)) < max(width, 1):
+        length += 1
+    return length, max(1, length // 2)
+
+
+def _binomial(n: int, k: int) -> int:
+    from math import comb
+    return comb(n, k) if 0 <= k <= n else 0
+
+
+def weight_sets(width: int, length: int, weight: int) -> torch.Tensor:
+    """(length × width) bool: column i is the i-th word of ``weight`` ones over ``length``
+    bits in colex order (the combinatorial number system: i = Σ C(c_k, k) over its ones
+    c_1 < … < c_w), so row b holds the indices whose word has a 1 at b."""
+    table = _binomials(length, weight)  # [c, k] = C(c, k)
+    rank = torch.arange(width, dtype=torch.int64)
+    sets = torch.zeros(length, width, dtype=torch.bool)
+    for k in range(weight, 0, -1):  # the largest c with C(c, k) ≤ rank, from the top one
+        c = torch.searchsorted(table[:, k].contiguous(), rank, right=True) - 1
+        sets[c, torch.arange(width)] = True
+        rank = rank - table[c, k]
+    return sets
+
+
+def _binomials(length: int, weight: int) -> torch.Tensor:
+    return torch.tensor([[_binomial(c, k) for k in range(weight + 1)] for c in range(length)],
+                        dtype=torch.int64)
+
+
+def weighed(hit: torch.Tensor, weight: int):
+    """What the answers of :func:`weight_sets` say, read as zero or non-zero only ((…, L, n)
+    bool: where each set reached input index j): (single, index, empty), each (…, n). One
+    reader answers on exactly the ``weight`` sets of its word, whose rank is its index
+    (``index``); several distinct words of one weight answer on more sets than any one (no
+    value compared: only an exact cancellation among one set's readers can hide one, and it
+    must hide every set by which their words differ); ``empty``: no reader."""
+    length = hit.shape[-2]
+    count = hit.sum(-2)
+    ones_so_far = hit.long().cumsum(-2)  # k of each 1: the ones at or below its bit
+    table = _binomials(length, weight).to(hit.device)
+    place = torch.arange(length, device=hit.device).reshape(length, 1)
+    term = table[place.expand_as(ones_so_far), ones_so_far.clamp(max=weight)]
+    index = (term * hit).sum(-2)
+    return count == weight, index, count == 0
+
+
 def _own_and_one(pattern, answers, open_, m: int) -> torch.Tensor:
     """Input indices j read by output index j and one other r: r's bits are j's, flipped where
     both a bit's set and its complement answer. Writes them; returns the indices left open."""
@@ -224,6 +276,12 @@ def colour_sets(pattern: torch.Tensor, nonzeros=None) -> torch.Tensor:
             used.setdefault(j, set()).add(k)
     colour_ = torch.tensor(colour)
     return colour_[None, :] == torch.arange(int(colour_.max()) + 1)[:, None]
+
+
+def row_colours(r: torch.Tensor, c: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """:func:`colour_sets` of the (m × n) pattern whose nonzeros are ``r``, ``c`` (no dense
+    pattern made)."""
+    return colour_sets(torch.empty(m, n, dtype=torch.bool, device="meta"), (r, c))
 
 
 HEAVY = 32  # an input index read by more output indices is read exactly (forward mode)
