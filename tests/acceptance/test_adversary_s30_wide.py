@@ -48,11 +48,6 @@ def test_causal_attention_at_1024_is_lower_triangular():
     assert _reads(y, x, d.witness[0])[d.witness[1]]
 
 
-@pytest.mark.xfail(strict=True, reason="causal attention at T = 1,024 with one future leak "
-                   "y[700] <- x[900]: dependency says band -1023..133 (complete=False) with "
-                   "witness (3, 4), but y[3] does not read x[4] (a fabricated dependence), the "
-                   "band's top offset 133 is below the leak's 200, and pattern[700, 900] is "
-                   "False: the leak is neither named nor inside the stated band")
 def test_a_future_leak_in_causal_attention_at_1024_is_bounded_honestly():
     x = _x()
     y = _attention(x, leak=(700, 900))
@@ -79,10 +74,6 @@ def test_two_packed_sequences_of_512_are_bounded_by_their_band():
     assert _reads(y, x, 511)[0] and d.pattern[511, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="packed causal sequences of 768 and 256 at T = 1,024: "
-                   "dependency says band -682..0 (complete=False), but y[767] reads x[0] "
-                   "(offset -767): the stated band, which api.md calls the lowest and highest "
-                   "j - i of the dependences, leaves out real ones, and pattern[767, 0] is False")
 def test_packed_sequences_of_768_and_256_are_bounded_by_a_band_holding_them():
     x = _x()
     y = _packed(x, [768, 256])
@@ -100,10 +91,6 @@ def _anticausal(x, leak):
     return torch.softmax((q @ k.T / D ** 0.5).masked_fill(~mask, float("-inf")), 1) @ v
 
 
-@pytest.mark.xfail(strict=True, reason="anti-causal attention at T = 1,024 with one past leak "
-                   "y[900] <- x[100]: dependency says band -796..1023 with witness (3, 0), but "
-                   "y[3] does not read x[0], the band's low offset -796 is above the leak's "
-                   "-800, and pattern[900, 100] is False (the mirror of the future-leak case)")
 def test_a_past_leak_in_anticausal_attention_is_bounded_honestly():
     x = _x()
     y = _anticausal(x, (900, 100))
@@ -114,10 +101,6 @@ def test_a_past_leak_in_anticausal_attention_is_bounded_honestly():
     assert d.pattern[900, 100]
 
 
-@pytest.mark.xfail(strict=True, reason="differentiate's memory refusal on causal attention at "
-                   "T = 1,024 with the future leak y[700] <- x[900] (memory_budget=1e8) tells "
-                   "the user 'y is not independent of x along axis 0: y[3] <- x[4]', a "
-                   "dependence that is not there, from the bounded verdict's witness")
 def test_the_memory_refusal_names_a_real_dependence():
     x = _x()
     y = _attention(x, leak=(700, 900))
@@ -127,11 +110,6 @@ def test_the_memory_refusal_names_a_real_dependence():
     assert _reads(y, x, d.witness[0])[d.witness[1]]
 
 
-@pytest.mark.xfail(strict=True, reason="a causal running sum at 4,096 rows with one future leak "
-                   "y[100] <- x[3000] (cumsum(x)·tanh(x) + 0.5·x[3000] at row 100, 0.6 s): "
-                   "dependency says band -4095..2792 with witness (3, 4), but y[3] reads only "
-                   "x[0..3], the band's top offset 2792 is below the leak's 2900, and "
-                   "pattern[100, 3000] is False")
 def test_a_future_leak_in_a_running_sum_at_4096_is_named():
     x = torch.randn(4096, 2, generator=torch.Generator().manual_seed(0)).requires_grad_()
     y = torch.cumsum(x, 0) * torch.tanh(x) + 0.5 * F.pad(x[3000:3001], (0, 0, 100, 3995))

@@ -73,7 +73,8 @@ class Dependency:
     mean) input indices an output index reads, for a sparse one; ``note``: a caveat, in words
     (float32 underflow; a pattern bounded, not resolved entry by entry); ``complete``: False
     when ``pattern`` holds the band the verdict implies beyond the output indices probed one
-    by one (a wide mixing at a large size);
+    by one (a wide mixing at a large size; the witness is still a dependence shown, and the
+    note says how many diagonals past the band were not checked);
     ``pattern``: bool, (output axis size × input axis size), dense where it fits the memory
     budget, else a sparse CSR bool tensor of the dependences (:func:`dependency` past the
     budget: the methods and the verdict read either); ``evidence``: an
@@ -677,6 +678,8 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     note = _bounded_note(found, m) if not found.complete else None
     dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
+    if not found.complete:
+        dep = _shown_witness(dep, found.exact_rows, found.exact_columns)
     return _with_underflow_note(dep, output.dtype, found.smallest)
 
 
@@ -724,12 +727,47 @@ OBSERVED_NOTE = ("observed at this x with grouped probes: a derivative under the
 
 
 def _bounded_note(found, m: int) -> str:
-    """Says how a wide pattern was bounded rather than resolved entry by entry."""
-    sets = found.probes - found.rows
-    rest = (f"{sets} prefix and suffix sets bound the others" if sets else
-            "they reach both corners, so it is dense whatever the others read")
-    return (f"{found.rows} of the {m:,} output indices probed one by one and {rest}; "
-            "the other rows of .pattern are the band this implies, not resolved one by one")
+    """Says how a wide pattern was bounded rather than resolved entry by entry, and what
+    was not checked."""
+    if not found.cuts and found.margin == 0 and not len(found.exact_columns):
+        return (f"{found.rows} of the {m:,} output indices probed one by one and they reach "
+                "both corners, so it is dense whatever the others read; the other rows of "
+                ".pattern are the band this implies, not resolved one by one")
+    read = len(found.exact_columns)
+    columns = (f", {read} input ind{'ex' if read == 1 else 'ices'} past the band read "
+               "exactly" if read else "")
+    margin = (f"; a dependence on those rows up to {found.margin} diagonals past the band "
+              "is not ruled out" if found.margin else "")
+    return (f"{found.rows} of the {m:,} output indices probed one by one, {found.cuts} prefix "
+            f"and suffix sets bound the others{columns}; the other rows of .pattern are the "
+            f"band this implies, not resolved one by one{margin}")
+
+
+def _shown_witness(dep: Dependency, rows, columns) -> Dependency:
+    """A bounded pattern's witness, as a dependence shown (on a row or column read exactly),
+    never one its band implies: the first shown one the kind's simpler structure forbids
+    (else the first shown off the diagonal)."""
+    if dep.witness is None:
+        return dep
+    pattern = dep.pattern
+    shown = torch.zeros_like(pattern, dtype=torch.bool)
+    shown[rows] = pattern[rows]
+    shown[:, columns] = pattern[:, columns]
+    if shown[dep.witness]:
+        return dep
+    r, c = shown.nonzero(as_tuple=True)
+    m, n = pattern.shape
+    if dep.kind in EXCEPTING and (dep.offsets is not None or dep.blocks is not None):
+        first = [~dep._allowed(r, c)]
+    elif dep.kind == Kind.DENSE or (dep.kind == Kind.BAND and dep.offsets[0] == -(m - 1)):
+        first = [c > r]
+    elif dep.kind == Kind.BAND and dep.offsets[1] == n - 1:
+        first = [c < r]
+    else:
+        first = []
+    witness = next((w for w in (_first(r, c, where) for where in first + [c != r]) if w),
+                   None)
+    return replace(dep, witness=witness)
 
 
 UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with x.double()"

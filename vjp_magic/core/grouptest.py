@@ -6,11 +6,13 @@ an input axis, without the Jacobian.
 calls sized to take about :data:`.derivatives.CHUNK_SECONDS` each (an interrupt is answered
 between two). :func:`probed_pattern` decodes the pattern at a cost that grows with the
 structure, not the size (:mod:`.setdecode`): a few output indices one by one; a dense or
-triangular mixing too costly to resolve row by row is bounded from those rows and prefix sets
-(the pattern then not complete); otherwise bit-coded sets (2·log₂ m probes name every input
+triangular mixing too costly to resolve row by row is bounded from those rows, and prefix and
+suffix sets find what lies past their band, read exactly (the pattern then not complete:
+:func:`_bounded`); otherwise bit-coded sets (2·log₂ m probes name every input
 index read by one output index, or by its own index and one other), a band decoded from one
-set per colour, halving for what is left; then a check with fresh values, and one probe per
-output index if the check disagrees. A non-finite answer (0·∞ where a zero entry of v meets
+set per colour, halving for what is left; then a check with fresh values (by zero or
+non-zero only in float16 and bfloat16: :func:`_rank_sets`), and one probe per output index if
+the check disagrees. A non-finite answer (0·∞ where a zero entry of v meets
 an infinite derivative) is never read as a dependence: those input indices are read again
 one output index at a time and, through double backward, one input index at a time (forward
 mode; :func:`resolved_columns`).
@@ -34,13 +36,20 @@ RESOLVE_ROWS = 256  # ... or the axis has at most this many indices
 
 class Probed(NamedTuple):
     """A probed pattern. ``complete``: every entry resolved; False for a wide mixing bounded
-    from ``rows`` output indices probed one by one (the rest: the band they imply)."""
+    from ``rows`` output indices probed one by one (the rest: the band they imply), where
+    ``exact_rows`` and ``exact_columns`` are read exactly (their entries are dependences
+    shown, the others' may be implied), and a dependence up to ``margin`` diagonals beyond
+    the band, on a row not read, is not ruled out (``cuts``: the prefix and suffix sets)."""
 
     pattern: torch.Tensor
     complete: bool
     rows: int
     probes: int
     smallest: float  # the smallest non-zero |vᵀJ| seen (underflow shows as exact zeros)
+    exact_rows: torch.Tensor | None = None
+    exact_columns: torch.Tensor | None = None
+    margin: int = 0
+    cuts: int = 0
 
 
 def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
@@ -56,8 +65,7 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
     prober.sample, prober.sampled = sample, rows
     if setdecode.wide(rows, n):  # dense, triangular: row by row, or bounded
         if not _cheap(prober, m):
-            pattern = setdecode.mixing(prober, sample, rows)
-            return Probed(pattern, False, len(sample), prober.count, prober.smallest)
+            return _bounded(prober, sample, rows)
         pattern = None
     else:
         pattern = _group_test(prober, m, n)
@@ -86,6 +94,76 @@ def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Te
 def _cheap(prober, m: int) -> bool:
     """Whether one probe per output index is affordable (exact, even for a wide pattern)."""
     return m <= RESOLVE_ROWS or m * prober.seconds_per_vector() <= RESOLVE_SECONDS
+
+
+# -- a wide mixing, bounded --------------------------------------------------------------------
+BOUND_SECONDS = 0.5  # the prefix and suffix sets of a bounded pattern take about this long
+CUTS = (16, 28)  # ... and are at least, at most this many
+EXACT_COLUMNS = 16  # input indices a cut shows beyond the band, read exactly (the farthest)
+
+
+def _bounded(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed:
+    """A wide pattern too costly to resolve row by row: the band of offsets j − i the sampled
+    rows read, the rows exact. A prefix set of output indices (below a cut k) reaching an
+    input index past its band (c > k − 1 + hi), or a suffix set (from k) one before it, shows
+    a dependence outside the band: the farthest such input indices are read exactly (forward
+    mode), the band widened to hold the rest. Cuts every g indices find every dependence
+    at least g − 1 diagonals past the band (the one of the largest offset lies below the next
+    cut): nearer ones, on rows not read, are the pattern's ``margin``, not ruled out."""
+    m, n = prober.output.shape[prober.a], rows.shape[1]
+    r, c = rows.nonzero(as_tuple=True)
+    offsets = c - sample[r]
+    lo, hi = (int(offsets.min()), int(offsets.max())) if offsets.numel() else (0, 0)
+    empty = torch.zeros(0, dtype=torch.long)
+    if lo == -(m - 1) and hi == n - 1:  # both corners read: dense, whatever the rest
+        pattern = torch.ones(m, n, dtype=torch.bool)
+        pattern[sample] = rows
+        return Probed(pattern, False, len(sample), prober.count, prober.smallest, sample, empty)
+    prefixes, suffixes, gap = _cuts(prober, m, n, lo, hi)
+    index = torch.arange(m)
+    sets = torch.cat([index[None, :] < prefixes[:, None], index[None, :] >= suffixes[:, None]])
+    reached = prober.hits(sets) if len(sets) else torch.zeros(0, n, dtype=torch.bool)
+    column = torch.arange(n)
+    # how far past the band each reached input index lies, for the cut that says most
+    past = torch.cat([column[None, :] - (prefixes[:, None] - 1) - hi,
+                      suffixes[:, None] + lo - column[None, :]])
+    past = torch.where(reached, past, 0).amax(0) if len(sets) else torch.zeros(n, dtype=torch.long)
+    outside = (past > 0).nonzero().flatten()
+    farthest = outside[torch.argsort(past[outside], descending=True, stable=True)]
+    read, rest = farthest[:EXACT_COLUMNS].sort().values, farthest[EXACT_COLUMNS:]
+    if rest.numel():  # widened to hold what the cuts reached past it
+        hi_rest = torch.cat([column[None, :] - (prefixes[:, None] - 1), torch.full(
+            (len(suffixes), n), hi)])
+        lo_rest = torch.cat([torch.full((len(prefixes), n), lo),
+                             column[None, :] - suffixes[:, None]])
+        keep = reached & torch.isin(column, rest)[None, :]
+        hi = max(hi, int(torch.where(keep, hi_rest, hi).max()))
+        lo = min(lo, int(torch.where(keep, lo_rest, lo).min()))
+    offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
+    pattern = (offset >= lo) & (offset <= hi)
+    pattern[sample] = rows
+    if read.numel():
+        pattern[:, read] = exact_columns(prober, read)
+    return Probed(pattern, False, len(sample), prober.count, prober.smallest, sample, read,
+                  gap - 1, len(sets))
+
+
+def _cuts(prober, m: int, n: int, lo: int, hi: int):
+    """(prefix cuts, suffix cuts, spacing g): cuts every g output indices, as many as take
+    about :data:`BOUND_SECONDS` (within :data:`CUTS`), on the sides where a dependence
+    can lie past the band (none after a band reaching the last input index: a triangle needs
+    prefixes only); a cut whose set could show nothing is left out."""
+    per = prober.seconds_per_vector()
+    count = int(min(max(BOUND_SECONDS / per if per > 0 else CUTS[1], CUTS[0]), CUTS[1]))
+    before, after = lo > -(m - 1), hi < n - 1
+    sides = max(int(before) + int(after), 1)
+    gap = max(1, -(-m // (count // sides + 1)))
+    cuts = torch.arange(gap, m + 1, gap) if m > 1 else torch.zeros(0, dtype=torch.long)
+    prefixes = torch.cat([cuts, torch.tensor([m])]).unique() if after else cuts[:0]
+    prefixes = prefixes[prefixes - 1 + hi < n - 1]  # some input index past the band
+    suffixes = torch.cat([torch.tensor([0]), cuts[cuts < m]]) if before else cuts[:0]
+    suffixes = suffixes[suffixes + lo > 0]
+    return prefixes, suffixes, gap
 
 
 # -- the set prober ------------------------------------------------------------------------
@@ -278,27 +356,62 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     generator = probe_generator(prober.seed, "dependency-sets")
     density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
     sets = torch.rand(len(density), m, generator=generator) < density
+    coarse = coarse_dtype(prober.output.dtype)
+    if coarse:  # values too coarse to compare: sets that part any two of a colour instead
+        sets = torch.cat([sets, _rank_sets(colour, generator)])
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                       prober.max_seconds, stream=1, limit=prober.limit)
     fresh.began, fresh.count, fresh.step = prober.began, prober.count, prober.step
     try:
-        answers = _value_answers(fresh, sets, colour)
+        answers = None if coarse else _value_answers(fresh, sets, colour)
+        hit = fresh.hits(sets) if coarse else answers[2][:len(sets)]
         plain = fresh.hits(sets[:1], batched=False)
     finally:
         prober.unknown |= fresh.unknown
         prober.count, prober.seconds = fresh.count, prober.seconds + fresh.seconds
     known = ~prober.unknown  # the columns some probe answered NaN or ±inf are read again
-    hit = answers[2][:len(sets)]
     if not torch.equal(plain[:, known], hit[:1, known]):
         return None
     wrong = (hit != _reached(sets, pattern, (r, c))).any(0) | heavy
     light = ~heavy[c]
-    wrong |= _value_check((r[light], c[light]), colour, answers[3],
-                          *(a[len(sets):] for a in answers[:3]), fresh.output.dtype)
+    if not coarse:
+        wrong |= _value_check((r[light], c[light]), colour, answers[3],
+                              *(a[len(sets):] for a in answers[:3]), fresh.output.dtype)
     columns = (wrong & known).nonzero().flatten()
     if columns.numel():
         pattern[:, columns] = exact_columns(prober, columns)
     return pattern
+
+
+def coarse_dtype(dtype: torch.dtype) -> bool:
+    """Whether a dtype's values are too coarse for the value check (float16, bfloat16: its
+    tolerance of 2⁸ ε is over 1/4 of the terms; probe sums cancel exactly with a chance of
+    about 2⁻⁸ per pair, not 0)."""
+    return dtype.is_floating_point and torch.finfo(dtype).eps > torch.finfo(torch.float32).eps
+
+
+def _rank_sets(colour: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(k × m) sets for a check by zero or non-zero only: each colour, and each colour's
+    members whose (random) rank in it has bit b set, and those with it clear. Output indices
+    of one colour claim disjoint input indices (heavy ones aside), so at a claimed input index
+    j a set is reached exactly when the claimed reader is in it; a hidden reader of the colour
+    differs from the claimed one in some bit, and a set holding it and not the claimed one
+    answers where none is claimed."""
+    m = len(colour)
+    if not m:
+        return torch.zeros(0, 0, dtype=torch.bool)
+    colour = colour.long()
+    count = int(colour.max()) + 1
+    order = torch.argsort(colour * m + torch.randperm(m, generator=generator))
+    sizes = torch.bincount(colour, minlength=count)
+    rank = torch.empty(m, dtype=torch.long)
+    rank[order] = torch.arange(m) - (torch.cumsum(sizes, 0) - sizes)[colour[order]]
+    member = colour[None, :] == torch.arange(count)[:, None]  # colours × m
+    bits = torch.arange(max(int(sizes.max()) - 1, 0).bit_length())
+    on = ((rank[None, :] >> bits[:, None]) & 1).bool()  # bits × m
+    parts = [member, (member[:, None, :] & on[None]).reshape(-1, m),
+             (member[:, None, :] & ~on[None]).reshape(-1, m)]
+    return torch.cat(parts)
 
 
 def _value_answers(fresh: SetProber, sets: torch.Tensor, colour: torch.Tensor):
