@@ -8,14 +8,19 @@ SHOWN_ENTRIES = 4  # inconclusive entries named; the rest counted
 
 
 def gradcheck_sections(report, result) -> tuple[Section, ...]:
-    """One short section: passed, FAILED or inconclusive (where, and why: a kink), the largest
-    error per input, the custom backward functions that were checked (``report``: a
-    ``run.gradcheck.GradcheckReport``)."""
+    """One short section: passed, FAILED or inconclusive (where, and why: a kink, or values
+    too large for finite differences at the step), the largest error per input (none where
+    no entry was conclusive), the custom backward functions that were checked (``report``:
+    a ``run.gradcheck.GradcheckReport``)."""
     if report.note and not report.max_error:
         return (Section((paragraph("Gradient check: not run. ", report.note),)),)
     spans: list = [Text("Gradient check ")]
-    if report.ok is None and report.inconclusive:
-        spans += _inconclusive(report) + [Text(": elsewhere the cell's operations replayed "
+    unsure = sum(len(found) for by_name in (report.inconclusive, report.noisy)
+                 for found in by_name.values())
+    every = report.ok is None and unsure >= sum(report.checked.values())  # none conclusive
+    if report.ok is None and unsure:
+        spans += _inconclusive(report) + [Text("" if every else
+                                               ": elsewhere the cell's operations replayed "
                                                "in float64 agree with central finite "
                                                "differences")]
     else:
@@ -23,13 +28,13 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
                           "replayed in float64 against central finite differences"))
     if report.custom:
         spans += [Text(", custom backward "), *_listed(report.custom)]
-    spans.append(Text(". Largest error: "))
-    for i, (name, error) in enumerate(report.max_error.items()):
+    spans.append(Text("." if every else ". Largest error: "))
+    for i, (name, error) in enumerate(() if every else report.max_error.items()):
         checked = report.checked.get(name)
         entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'})" if checked else ""
         spans += [Text(", " if i else ""), notation.prose_name(name),
                   Text(f" {error:.1e}{entries}")]
-    spans.append(Text("."))
+    spans.append(Text("" if every else "."))
     blocks = [Paragraph(tuple(spans), strong=report.ok is False)]
     if report.ok is False:
         blocks.append(_failed(report))
@@ -68,13 +73,21 @@ def _failed(report) -> Paragraph:
 
 
 def _inconclusive(report) -> list:
-    """"inconclusive at x[2] (a kink: relu is not differentiable there)"."""
-    count = sum(len(found) for found in report.inconclusive.values())
-    spans: list = [Text("inconclusive at "), *_places(report.inconclusive)]
-    ops = "/".join(report.kinks) if report.kinks else "the function"
-    verb = "is" if count == 1 else "is not differentiable at any of them"
-    there = " not differentiable there" if count == 1 else ""
-    spans.append(Text(f" (a kink: {ops} {verb}{there})"))
+    """"inconclusive at x[2] (a kink: relu is not differentiable there)", and where the
+    finite differences' rounding noise is over the tolerance, that."""
+    spans: list = [Text("inconclusive at ")]
+    if report.inconclusive:
+        count = sum(len(found) for found in report.inconclusive.values())
+        spans += _places(report.inconclusive)
+        ops = "/".join(report.kinks) if report.kinks else "the function"
+        verb = "is" if count == 1 else "is not differentiable at any of them"
+        there = " not differentiable there" if count == 1 else ""
+        spans.append(Text(f" (a kink: {ops} {verb}{there})"))
+    if report.noisy:
+        spans += [Text(" and at " if report.inconclusive else ""), *_places(report.noisy),
+                  Text(" (the values are too large for finite differences at this step: "
+                       f"their rounding noise, up to {report.noise:.1g}, is over the "
+                       "tolerance)")]
     return spans
 
 

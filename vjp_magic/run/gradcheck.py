@@ -9,7 +9,8 @@ multiplied by ``grad_output`` fails, as in ``torch.autograd.gradcheck``); the nu
 vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries k of each input (all of them
 when there are few; with a sample, also along one random direction through all entries).
 Entries agree within ``atol + rtol·|numeric|``, the tolerances of ``torch.autograd.gradcheck``
-(for a scalar output, both divided by v: errors are in the derivative's own units).
+(for a scalar output, both divided by v: errors are in the derivative's own units), atol
+scaled down where every derivative is below 1 (:func:`_atol`).
 
 A step must not cross a kink (relu, clamp, abs at 0): there the central difference is not
 a derivative. Each entry's central difference is used only where the one-sided differences
@@ -19,6 +20,13 @@ sides are smooth but differ, or no step is safe, f has no derivative there to ch
 entry is *inconclusive*, never failed; so is one whose central difference does not settle
 when the step is halved (a jump, as sign at 0). A check fails only where every safe
 difference disagrees with autograd.
+
+Each difference is judged against its own rounding noise: :data:`NOISE_ULPS` ulps of every
+output entry it moved (an entry that did not move is exact), plus what rounding x + h·e_k
+moved the step by. Where an entry's disagreement is within that noise but over the
+tolerance, the values are too large for finite differences at this step (y = x + 1e12:
+noise ≈ ε·1e12/h ≈ 100): the entry is *inconclusive* (``noisy``), never failed; a
+disagreement beyond tolerance plus noise still fails.
 
 The replays draw no random numbers from the global generators: they run under
 :func:`torch.random.fork_rng`, so the cell's RNG state is as a plain run leaves it.
@@ -44,6 +52,8 @@ MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
+NOISE_ULPS = 4  # rounding noise of an output entry (at x and moved), in ulps of its value
+EPS = torch.finfo(torch.float64).eps
 KINKED = frozenset((
     "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
     "leaky_relu", "maximum", "minimum", "max", "min", "amax", "amin", "threshold",
@@ -66,7 +76,9 @@ class GradcheckReport:
     ``custom`` the custom backward functions on the way from the output to the checked
     inputs; ``unscaled`` the inputs whose vᵀJ does not double when v does (a backward that
     ignores its incoming gradient); ``detached`` the replay's detaching ops (on a failure);
-    ``note`` why nothing (or not all) was checked."""
+    ``note`` why nothing (or not all) was checked; ``noisy[name]`` the indices of entries
+    inconclusive because the finite differences' rounding noise is over the tolerance there
+    (values too large for the step), ``noise`` the largest such noise (derivative units)."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -78,6 +90,8 @@ class GradcheckReport:
     unscaled: tuple = ()
     failed: dict = field(default_factory=dict)
     detached: tuple = ()
+    noisy: dict = field(default_factory=dict)
+    noise: float = 0.0
 
 
 def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
@@ -114,8 +128,9 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
             return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
             probe = (analytic.numeric_v, replay.run(values))
+        atol = _atol(analytic.grads.values())
         found = {name: _compare(replay, values, name, analytic.grads[name], probe, deadline,
-                                seed) for name in names}
+                                seed, atol) for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
@@ -129,6 +144,7 @@ def _report(replay, found: dict, analytic: _Analytic,
     sampling ran out of time)."""
     failed = {name: f.failed for name, f in found.items() if not f.agree}
     inconclusive = {name: f.inconclusive for name, f in found.items() if f.inconclusive}
+    noisy = {name: f.noisy for name, f in found.items() if f.noisy}
     bad = bool(failed or analytic.unscaled)
     detached = replay.detaching() if bad else ()
     notes = _detached_note(detached)
@@ -136,11 +152,12 @@ def _report(replay, found: dict, analytic: _Analytic,
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
-        ok=False if bad else (None if inconclusive else True),
+        ok=False if bad else (None if inconclusive or noisy else True),
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
         checked={n: f.checked for n, f in found.items()}, note=" ".join(notes) or None,
         inconclusive=inconclusive, unscaled=analytic.unscaled, failed=failed,
-        kinks=kinked_ops(replay) if inconclusive or failed else (), detached=tuple(detached))
+        kinks=kinked_ops(replay) if inconclusive or failed else (), detached=tuple(detached),
+        noisy=noisy, noise=max((f.noise for f in found.values()), default=0.0))
 
 
 def kinked_ops(replay) -> tuple[str, ...]:
@@ -194,12 +211,23 @@ def _analytic(replay, values: dict, names: list, seed: int) -> _Analytic:
     wrt = [leaves[n] for n in names]
     grads = materialized_grad(out, wrt, v, retain_graph=True)
     doubled = materialized_grad(out, wrt, 2 * v)
+    atol = _atol(doubled)  # scaling by 2 is exact: a tolerance for reordered sums only
     unscaled = tuple(n for n, g, g2 in zip(names, grads, doubled)
-                     if not torch.allclose(g2, 2 * g, rtol=RTOL, atol=ATOL, equal_nan=True))
+                     if not torch.allclose(g2, 2 * g, rtol=RTOL, atol=atol, equal_nan=True))
     if scalar:
         grads = tuple(g / v.reshape(()) for g in grads)
     return _Analytic(dict(zip(names, grads)), numeric_v, custom_on_the_way(out, wrt),
                      unscaled)
+
+
+def _atol(derivatives) -> float:
+    """The absolute tolerance: :data:`ATOL`, or less where every input's derivatives are
+    smaller than 1 (ATOL times the largest of them all): a backward 1 % off, or one ignoring
+    ``grad_output``, fails at 1e-6 as at 1, while an input whose true derivatives are 0
+    beside others' (a bias before BatchNorm) keeps a tolerance for its rounding noise."""
+    sizes = [float(d.detach().abs().nan_to_num(posinf=1.0).max()) for d in derivatives
+             if d.numel()]
+    return ATOL * min(1.0, max(sizes, default=1.0))
 
 
 def probe_v(out: torch.Tensor, seed: int) -> torch.Tensor:
@@ -261,10 +289,12 @@ class _Found:
     agree: bool = True
     inconclusive: tuple = ()
     failed: tuple = ()
+    noisy: tuple = ()
+    noise: float = 0.0  # the largest rounding noise of a noisy entry
 
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
-             deadline: float, seed: int) -> _Found:
+             deadline: float, seed: int, atol: float = ATOL) -> _Found:
     """One input's entries compared; at least one entry is checked, more until
     ``deadline``. Where entries are sampled, one random direction through all of them is
     checked too (an error outside the sample shows there; a kink along it is no verdict)."""
@@ -274,23 +304,27 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
     else:
         generator = probe_generator(seed, "gradcheck-entries")
         entries = torch.randperm(count, generator=generator)[:MAX_ENTRIES].tolist()
-    found, inconclusive, failed = _Found(), [], []
+    found, inconclusive, failed, noisy = _Found(), [], [], []
     extra = [None] if count > MAX_ENTRIES else []  # the random direction, checked first
     for k in extra + entries:
         if found.checked and time.perf_counter() > deadline:
             break
         direction = _direction(values[name], k, seed)
         want = float((analytic * direction).sum() if k is None else analytic.reshape(-1)[k])
-        verdict, error = _entry(replay, values, name, direction, probe, want)
+        verdict, error = _entry(replay, values, name, direction, probe, want, analytic, atol)
         where = [] if k is None else [_index(values[name].shape, k)]
         if verdict is Agreement.KINK:
             inconclusive += where
+        elif verdict is Agreement.NOISY:
+            noisy += where
+            found.noise = max(found.noise, error)
         else:
             found.worst = max(found.worst, error)
             found.agree = found.agree and verdict is Agreement.AGREE
             failed += where if verdict is Agreement.DISAGREE else []
         found.checked += k is not None
-    found.inconclusive, found.failed = tuple(inconclusive), tuple(failed)
+    found.inconclusive, found.failed, found.noisy = tuple(inconclusive), tuple(failed), \
+        tuple(noisy)
     return found
 
 
@@ -300,8 +334,10 @@ def _index(shape, k: int):
     return index[0] if len(index) == 1 else index
 
 
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= ATOL + RTOL * max(abs(a), abs(b))
+def _close(a: float, b: float, noise: float = 0.0, atol: float = ATOL) -> bool:
+    """Whether ``a`` and ``b`` agree within the tolerances, ``noise`` (their rounding noise)
+    allowed on top."""
+    return abs(a - b) <= atol + RTOL * max(abs(a), abs(b)) + noise
 
 
 class Agreement(TextEnum):
@@ -310,47 +346,105 @@ class Agreement(TextEnum):
     AGREE = "agree"
     DISAGREE = "disagree"
     KINK = "kink"  # f kinks at the entry, and autograd took a one-sided slope: no verdict
+    NOISY = "noisy"  # within the differences' rounding noise, not the tolerance: no verdict
 
 
-def _agreement(want: float, numeric: float) -> Agreement:
-    return Agreement.AGREE if _close(want, numeric) else Agreement.DISAGREE
+def _agreement(want: float, numeric: float, noise: float = 0.0,
+               atol: float = ATOL) -> Agreement:
+    """AGREE within the tolerances; NOISY where only the rounding ``noise`` of ``numeric``
+    covers the difference; else DISAGREE."""
+    if _close(want, numeric, 0.0, atol):
+        return Agreement.AGREE
+    return Agreement.NOISY if _close(want, numeric, noise, atol) else Agreement.DISAGREE
 
 
 def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
-           want: float) -> tuple[Agreement, float]:
-    """(:class:`Agreement`, |want − numeric|) along ``u``: the central difference
-    where f is smooth across the step, else a safe one-sided one (see the module)."""
+           want: float, analytic: torch.Tensor, atol: float = ATOL) -> tuple[Agreement, float]:
+    """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
+    central difference where f is smooth across the step, else a safe one-sided one (see
+    the module), each judged with its rounding noise (:func:`_difference`): first counting
+    every output entry, then, where that leaves it NOISY, only those that move along ``u``
+    (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x)."""
     v, base = probe
+    start = values[name]
 
-    def along(h: float) -> float:  # vᵀ(f(x + h u) − f(x))
-        with torch.no_grad():
-            moved = replay.run({**values, name: values[name] + h * u})
-        return float((v * (moved - base)).sum())
+    def along_within(mask):
+        def along(h: float) -> tuple[float, float]:  # vᵀ(f(x + h u) − f(x)), its noise
+            moved = start + h * u
+            with torch.no_grad():
+                out = replay.run({**values, name: moved})
+            return _difference(v, out, base, analytic, (moved - start) - h * u, mask)
+        return along
 
+    found = _judged(along_within(None), want, atol)
+    if found[0] is Agreement.NOISY:
+        found = _judged(along_within(_support(replay, values, name, u, base)), want, atol)
+    return found
+
+
+def _judged(along, want: float, atol: float) -> tuple[Agreement, float]:
+    """:func:`_entry`'s verdict from ``along`` (h -> vᵀ(f(x + h u) − f(x)), its noise)."""
     for factor in SMALLER:
         h = STEP * factor
-        up, down = along(h), along(-h)
-        if _close(up / h, -down / h):  # smooth across the step: the central difference
-            numeric = (up - down) / (2 * h)
-            if not _close(want, numeric) and not _settles(along, h, numeric):
+        (up, n_up), (down, n_down) = along(h), along(-h)
+        if _close(up / h, -down / h, (n_up + n_down) / h, atol):  # smooth across: central
+            numeric, noise = (up - down) / (2 * h), (n_up + n_down) / (2 * h)
+            verdict = _agreement(want, numeric, noise, atol)
+            if verdict is Agreement.DISAGREE and not _settles(along, h, numeric, noise, atol):
                 return Agreement.KINK, 0.0  # a jump (sign at 0): no derivative there
-            return _agreement(want, numeric), abs(want - numeric)
-        safe = [d for d, half in ((up / h, along(h / 2) / (h / 2)),
-                                  (-down / h, -along(-h / 2) / (h / 2))) if _close(d, half)]
+            return verdict, noise if verdict is Agreement.NOISY else abs(want - numeric)
+        safe = []
+        for sign, (d, n) in ((1.0, (up, n_up)), (-1.0, (down, n_down))):
+            half, n_half = along(sign * h / 2)
+            if _close(sign * d / h, sign * half / (h / 2), n / h + n_half / (h / 2), atol):
+                safe.append((sign * d / h, n / h))
         if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
-            low, high = min(safe), max(safe)  # autograd's choice: a one-sided slope or between
-            inside = _close(want, low) or _close(want, high) or low <= want <= high
+            low, high = sorted(d for d, _ in safe)  # autograd's choice: one-sided or between
+            inside = any(_close(want, d, n, atol) for d, n in safe) or low <= want <= high
             verdict = Agreement.KINK if inside else Agreement.DISAGREE
-            return verdict, min(abs(want - d) for d in safe)
+            return verdict, min(abs(want - d) for d, _ in safe)
         if safe:
-            return _agreement(want, safe[0]), abs(want - safe[0])
+            verdict = _agreement(want, *safe[0], atol)
+            return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
     return Agreement.KINK, 0.0
 
 
-def _settles(along, h: float, numeric: float) -> bool:
-    """Whether the central difference at step h/2 agrees with ``numeric`` (at step h): it
-    does where f is differentiable; across a jump it doubles."""
-    return _close(numeric, (along(h / 2) - along(-h / 2)) / h)
+SUPPORT_STEP = 1e-2  # the large steps (times 1 + max |x|) that tell which outputs move
+
+
+def _support(replay, values: dict, name: str, u: torch.Tensor,
+             base: torch.Tensor) -> torch.Tensor:
+    """The output entries that move when x moves along ``u`` by a large step, either way
+    (two steps: an entry that returns to its value at one, as x² at ±a, moves at the other):
+    the ones that depend on x there, whose rounding a difference may hold."""
+    start = values[name]
+    step = SUPPORT_STEP * (1.0 + float(start.abs().max()))
+    moved = torch.zeros_like(base, dtype=torch.bool)
+    for h in (step, -0.7 * step):
+        with torch.no_grad():
+            moved |= replay.run({**values, name: start + h * u}) != base  # NaN: moved
+    return moved
+
+
+def _difference(v: torch.Tensor, out: torch.Tensor, base: torch.Tensor,
+                analytic: torch.Tensor, off: torch.Tensor,
+                mask: torch.Tensor | None) -> tuple[float, float]:
+    """vᵀ(out − base) and the rounding noise it may hold: :data:`NOISE_ULPS` ulps of each
+    output entry in ``mask`` (None: every one), plus |vᵀJ|ᵀ|off| (``off``: the step as
+    rounded into x minus as meant; x + h gives x where h is below x's ulp)."""
+    weights = v.abs() * (out.abs() + base.abs())
+    if mask is not None:
+        weights = weights[mask]
+    noise = NOISE_ULPS * EPS * float(weights.sum()) + float((analytic.abs() * off.abs()).sum())
+    return float((v * (out - base)).sum()), noise
+
+
+def _settles(along, h: float, numeric: float, noise: float = 0.0,
+             atol: float = ATOL) -> bool:
+    """Whether the central difference at step h/2 agrees with ``numeric`` (at step h, of
+    rounding ``noise``): it does where f is differentiable; across a jump it doubles."""
+    (up, n_up), (down, n_down) = along(h / 2), along(-h / 2)
+    return _close(numeric, (up - down) / h, noise + (n_up + n_down) / h, atol)
 
 
 def _direction(tensor: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
