@@ -69,6 +69,24 @@ def test_rounding_noise_is_inconclusive_not_failed(build, x, seed):
     assert "too large for finite differences" in text
 
 
+@pytest.mark.parametrize("build", [
+    lambda x: (x + 1e12) * 2 - 2e12,  # the output is 2x: the step is lost inside, in x + 1e12
+    lambda x: (x + 1e12) - 1e12,
+    lambda x: torch.sin(x + 1e8),  # rounding of x + 1e8 (1.5e-8) against a step of 1e-6
+], ids=["offset-inside", "offset-cancelled", "sin-offset-inside"])
+def test_rounding_inside_the_computation_is_inconclusive_not_failed_nor_a_kink(build):
+    report = _checked(build, _x(1, 2))
+    assert report.ok is None and report.failed == {} and report.inconclusive == {}, report
+    assert report.noisy
+    assert "kink" not in _text(report) and "too large for finite differences" in _text(report)
+
+
+def test_a_wrong_backward_with_rounding_inside_still_fails():
+    # backward 3·t instead of 2·t for t = x + 1e4: error ~1e4·|v|, far over the noise
+    report = _checked(lambda x: square(3.0).apply(x + 1e4) - 1e8, _x(1, 2))
+    assert report.ok is False and report.failed.get("x")
+
+
 def test_an_all_noisy_check_claims_no_largest_error():
     report = _checked(lambda x: x + 1e12, _x(1, 2))
     assert sum(len(v) for v in report.noisy.values()) == 5

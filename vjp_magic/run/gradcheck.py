@@ -22,11 +22,14 @@ when the step is halved (a jump, as sign at 0). A check fails only where every s
 difference disagrees with autograd.
 
 Each difference is judged against its own rounding noise: :data:`NOISE_ULPS` ulps of every
-output entry it moved (an entry that did not move is exact), plus what rounding x + h·e_k
-moved the step by. Where an entry's disagreement is within that noise but over the
-tolerance, the values are too large for finite differences at this step (y = x + 1e12:
-noise ≈ ε·1e12/h ≈ 100): the entry is *inconclusive* (``noisy``), never failed; a
-disagreement beyond tolerance plus noise still fails.
+output entry (where that leaves it in doubt, of those that move along the direction: one
+that does not is exact), plus what rounding x + h·e_k moved the step by. Where an entry's
+disagreement is within that noise but over the tolerance, the values are too large for
+finite differences at this step (y = x + 1e12: noise ≈ ε·1e12/h ≈ 100): the entry is
+*inconclusive* (``noisy``), never failed; a disagreement beyond tolerance plus noise still
+fails. A disagreement, or an apparent kink, is also weighed against the rounding of the
+values inside (:mod:`.gradcheck_noise`: ``(x + 1e12) - 1e12`` loses the step in x + 1e12,
+though its output is small).
 
 The replays draw no random numbers from the global generators: they run under
 :func:`torch.random.fork_rng`, so the cell's RNG state is as a plain run leaves it.
@@ -43,6 +46,7 @@ import torch
 from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
+from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise
 from .replay import NotReplayable, build
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
@@ -52,8 +56,6 @@ MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
-NOISE_ULPS = 4  # rounding noise of an output entry (at x and moved), in ulps of its value
-EPS = torch.finfo(torch.float64).eps
 KINKED = frozenset((
     "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
     "leaky_relu", "maximum", "minimum", "max", "min", "amax", "amin", "threshold",
@@ -127,7 +129,8 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
         if analytic.note:
             return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
-            probe = (analytic.numeric_v, replay.run(values))
+            probe = (analytic.numeric_v, replay.run(values),
+                     HiddenNoise(replay, values, analytic.numeric_v, names))
         atol = _atol(analytic.grads.values())
         found = {name: _compare(replay, values, name, analytic.grads[name], probe, deadline,
                                 seed, atol) for name in names}
@@ -365,7 +368,7 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
     the module), each judged with its rounding noise (:func:`_difference`): first counting
     every output entry, then, where that leaves it NOISY, only those that move along ``u``
     (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x)."""
-    v, base = probe
+    v, base, hidden = probe
     start = values[name]
 
     def along_within(mask):
@@ -379,6 +382,13 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
     found = _judged(along_within(None), want, atol)
     if found[0] is Agreement.NOISY:
         found = _judged(along_within(_support(replay, values, name, u, base)), want, atol)
+    if found[0] in (Agreement.DISAGREE, Agreement.KINK):  # rounding inside may explain it
+        inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12)
+        noise = 0.0 if inside is None else 2 * inside / STEP
+        error = found[1] if found[0] is Agreement.DISAGREE else 0.0  # a kink: any noise over
+        if noise > atol + RTOL * abs(want) and error <= atol + RTOL * (abs(want) + error) \
+                + noise:  # the tolerance makes it noise, not a kink
+            return Agreement.NOISY, noise
     return found
 
 
@@ -407,9 +417,6 @@ def _judged(along, want: float, atol: float) -> tuple[Agreement, float]:
             verdict = _agreement(want, *safe[0], atol)
             return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
     return Agreement.KINK, 0.0
-
-
-SUPPORT_STEP = 1e-2  # the large steps (times 1 + max |x|) that tell which outputs move
 
 
 def _support(replay, values: dict, name: str, u: torch.Tensor,
