@@ -26,7 +26,7 @@ from .core.marked import marked
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
-from .core.validation import checked_inputs, named_inputs
+from .core.validation import check_arguments, checked_inputs, named_inputs
 from .features import (Feature, code, coaching, cuts, declared_flags, exam, explain, gather,
                        grading, gradcheck, is_wanted, picture, present, symbolic)
 from .render.options import RenderOptions
@@ -311,6 +311,7 @@ def _called(fn, inputs, names, output_name: str, request: Request) -> Derivative
     inputs are named before it runs, and ``request.wrt`` names them, as ``--wrt`` would (a
     cell's inputs named so are what the per-sample replay waits for)."""
     named = dense_inputs(checked_inputs(inputs, names))  # a mistake here: fn never runs
+    check_arguments(request.memory_budget, request.analysis.get("seed"))
     subject = Called.call(fn, named, output_name)
     try:
         return pipeline(subject, replace(request, wrt=tuple(named)))

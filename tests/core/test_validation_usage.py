@@ -167,3 +167,17 @@ def test_good_seeds_are_taken(seed):
     assert r.seed == int(seed) and isinstance(r.seed, int)
     torch.testing.assert_close(r.jacobian("x"), torch.autograd.functional.jacobian(
         lambda a: a.roll(1) * a, x.detach()))
+
+
+@pytest.mark.parametrize("call", ["differentiate", "hessian"])
+@pytest.mark.parametrize("keyword", [{"seed": "abc"}, {"memory_budget": "1GB"}], ids=repr)
+def test_a_bad_seed_or_budget_is_refused_before_the_function_runs(call, keyword):
+    x, z = _xz()
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return (x * z).sum()
+    with pytest.raises(vjp_magic.VJPUsageError):
+        getattr(vjp_magic, call)(fn, x, **keyword)
+    assert calls == []

@@ -50,14 +50,20 @@ def resolve_budget(budget: int | float | None, device: torch.device) -> int:
     public entry reads its ``memory_budget`` here."""
     if budget is None:
         return int(DEFAULT_FRACTION * available_bytes(device))
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) \
-            or not math.isfinite(budget) or budget <= 0:
-        raise VJPUsageError(
-            f"memory_budget is a fraction of free memory (0 < f < 1, e.g. 0.25) or a number "
-            f"of bytes (e.g. 2e9 for 2 GB), not {budget!r}.")
+    checked_budget(budget)
     if 0 < budget < 1:
         return int(budget * available_bytes(device))
     return int(budget)
+
+
+def checked_budget(budget) -> None:
+    """A memory budget is None, a fraction (0 < f < 1) or a positive number of bytes; else
+    a usage error saying what to pass."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Real)
+                               or not math.isfinite(budget) or budget <= 0):
+        raise VJPUsageError(
+            f"memory_budget is a fraction of free memory (0 < f < 1, e.g. 0.25) or a number "
+            f"of bytes (e.g. 2e9 for 2 GB), not {budget!r}.")
 
 
 def gb(nbytes: float) -> str:

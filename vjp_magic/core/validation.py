@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from .errors import VJPUsageError
+from .memory import checked_budget
 from .marked import marked
 from .torch_api import TorchError, torch_error
 
@@ -96,6 +97,13 @@ def add_named(named: dict, more: dict) -> dict:
 def _same_name(name: str, example: str = "") -> str:
     return (f"Two different inputs are named {name!r}: names must differ, or one of them "
             f"would be dropped. Give each input its own name{example}.")
+
+
+def check_arguments(memory_budget=None, seed=None) -> None:
+    """``memory_budget`` and ``seed`` checked before anything runs (a function handed to
+    ``differentiate`` is called once: a mistake in them must not wait for it)."""
+    checked_budget(memory_budget)
+    checked_seed(seed)
 
 
 def checked_seed(seed: object) -> int | None:
