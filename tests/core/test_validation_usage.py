@@ -88,11 +88,12 @@ m1, m2 = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
 p1, p2 = list(m1.named_parameters()), list(m2.named_parameters())
 x = torch.randn(3)
 y = m1(x) * m2(x)
+s = y.sum()
 """
 
 
 @pytest.mark.parametrize("line", ["%%vjp --wrt p1 p2\ny = m1(x) * m2(x)",
-                                  "%jacobian y wrt p1 p2"])
+                                  "%jacobian y wrt p1 p2", "%hessian s wrt p1 p2"])
 def test_the_magics_refuse_two_inputs_under_one_name(ip, run_ok, usage_error, line):
     run_ok(_TWO_MODULES)  # both lists name their tensors 'weight' and 'bias'
     assert "names must differ" in usage_error(line)
