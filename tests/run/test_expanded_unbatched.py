@@ -55,6 +55,16 @@ def _linear_rows():  # a Linear on (B, in): rows are independent, the rule holds
     return layer, lambda: layer(x).tanh().sum(1)
 
 
+def _linear_seq_first():  # (T, B, in) with T = B: axis 0 is time, the samples on axis 1
+    layer, x = nn.Linear(3, 4), torch.randn(B, B, 3)
+    return layer, lambda: layer(x).tanh().pow(2).sum((0, 2))
+
+
+def _conv1d_length_as_batch():  # batched (N, C, L) with N = 1 and L = B: samples along L
+    layer, x = nn.Conv1d(B, 2, 1), torch.randn(1, B, B)
+    return layer, lambda: layer(x).pow(2).sum(1)[0]
+
+
 def _layer_norm_all():  # a LayerNorm over every axis of its (B, 5) input
     lin, ln = nn.Linear(4, 5), nn.LayerNorm((B, 5))
     model, x = nn.Sequential(lin, ln), torch.randn(B, 4)
@@ -88,7 +98,8 @@ def _gru():
 
 CASES = {"conv1d": _conv1d, "conv1d_grouped": _conv1d_grouped, "conv2d": _conv2d,
          "conv1d_positions": _conv1d_positions, "linear_vector": _linear_vector,
-         "linear_rows": _linear_rows, "layer_norm_all": _layer_norm_all,
+         "linear_rows": _linear_rows, "linear_seq_first": _linear_seq_first,
+         "conv1d_length_as_batch": _conv1d_length_as_batch, "layer_norm_all": _layer_norm_all,
          "layer_norm_rows": _layer_norm_rows, "embedding": _embedding,
          "attention": _attention, "rnn": _rnn, "gru": _gru}
 
