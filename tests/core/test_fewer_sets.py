@@ -80,12 +80,28 @@ def _dense(found):
     return out
 
 
-def test_an_opaque_tridiagonal_is_observed_in_70_sets_at_1000():
+def test_an_opaque_tridiagonal_is_observed_in_one_round_of_3_groups_at_1000():
     x = (torch.rand(1000, dtype=torch.float64) + 0.5).requires_grad_()
     found = observed_pattern(_tridiagonal(x), x, 2**28, seed=0)
-    # k = 1, 2, 3 groups of 1000, 500, 334 entries (both sides of each bit: 20 + 36 + 54)
-    assert found.probes == _fewest(1000) + 2 * _fewest(500) + 3 * _fewest(334) == 70
+    # 3 or 4 rows read exactly say offsets -1, 0, 1: 3 groups of 334 entries (before: k = 1,
+    # 2, 3 on both sides of each bit, 20 + 36 + 54 sets)
+    assert 3 + 3 * _fewest(334) <= found.probes <= 4 + 3 * _fewest(334) == 37
     assert torch.equal(_dense(found), _jacrev_tridiagonal(x) != 0)
+
+
+def test_a_5_point_stencil_is_observed_in_one_round_of_6_groups():
+    side = 40
+    x = (torch.rand(side, side, dtype=torch.float64) + 0.5).requires_grad_()
+
+    def stencil(t, identity=Identity.apply):
+        u = identity(t)
+        p = F.pad(u, (1, 1, 1, 1))
+        return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:] - 4 * u + u**3
+    found = observed_pattern(stencil(x), x, 2**28, seed=1)
+    # offsets 0, ±1, ±40: k = 5 leaves 40 - (-40) = 80 together, k = 6 parts them all
+    assert found.probes <= 4 + 6 * _fewest(-(-side * side // 6))
+    expected = torch.func.jacrev(functools.partial(stencil, identity=lambda s: s))(x.detach())
+    assert torch.equal(_dense(found), expected.reshape(side * side, -1) != 0)
 
 
 def _x(n, dtype, seed=0):

@@ -200,14 +200,21 @@ def _by_points(output, x, out_key, in_key, seed: int) -> int | None:
         return None
     points = int(max(int(rows.max()), int(cols.max()))) + 1
     length, weight = weight_code(max(points, 2))
-    words = weight_sets(max(points, 2), length, weight)  # L × points
+    words = weight_sets(max(points, 2), length, weight).to(flat.device)  # L × points
     values = set_probe_values(flat, seed, "couplings-points")
-    sets = words[:, rows].to(device=flat.device, dtype=flat.dtype)  # one batched backward,
-    (g,) = vjp_batch(flat, [x], sets * values)  # as many vectors as one group observed
-    g = g.detach().reshape(length, -1)[~words[:, cols].to(g.device)]
-    if not bool(torch.isfinite(g).all()) or bool(g.ne(0).any()):
+    sets = words[:, :m] if _identity(rows, points) else words[:, rows.to(flat.device)]
+    (g,) = vjp_batch(flat, [x], values * sets)  # one batched backward, L vectors
+    mine = words[:, :n] if _identity(cols, points) else words[:, cols.to(flat.device)]
+    g = g.detach().reshape(length, -1).masked_fill_(mine, 0)  # read off their own points
+    if bool(g.ne(0).any()):  # a coupling, or NaN or ±inf: not clean
         return None
     return length
+
+
+def _identity(keys: torch.Tensor, points: int) -> bool:
+    """Whether ``keys`` are 0, 1, …, their number - 1 (each entry its own point)."""
+    return keys.numel() <= points and int(keys[0]) == 0 and \
+        bool((keys.diff() == 1).all()) if keys.numel() else False
 
 
 def _by_colours(output, x, matrix: torch.Tensor, seed: int) -> int | None:
@@ -246,9 +253,9 @@ def _by_colours(output, x, matrix: torch.Tensor, seed: int) -> int | None:
         for b in range(length):  # r(j) in set (colour, b): not read there
             held = words[b, rows]
             blocked[colour[rows[held]] - first, b, cols[held]] = True
-        g = g.detach().reshape(len(chosen) * length, -1)[~blocked.reshape(-1, n).to(g.device)]
-        if not bool(torch.isfinite(g).all()) or bool(g.ne(0).any()):
-            return None
+        g = g.detach().reshape(len(chosen) * length, -1)
+        if bool(g.masked_fill_(blocked.reshape(-1, n).to(g.device), 0).ne(0).any()):
+            return None  # a coupling, or NaN or ±inf: not clean
     return len(sets) * length
 
 

@@ -17,6 +17,8 @@ Every decoded pattern is then checked, input index by input index, with fresh va
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .probes import probe_generator
@@ -139,7 +141,13 @@ def _binomial(n: int, k: int) -> int:
 def weight_sets(width: int, length: int, weight: int) -> torch.Tensor:
     """(length × width) bool: column i is the i-th word of ``weight`` ones over ``length``
     bits in colex order (the combinatorial number system: i = Σ C(c_k, k) over its ones
-    c_1 < … < c_w), so row b holds the indices whose word has a 1 at b."""
+    c_1 < … < c_w), so row b holds the indices whose word has a 1 at b. Kept for the next
+    call (the same sizes, call after call): not to be changed."""
+    return _weight_sets(int(width), int(length), int(weight))
+
+
+@functools.lru_cache(maxsize=8)
+def _weight_sets(width: int, length: int, weight: int) -> torch.Tensor:
     table = _binomials(length, weight)  # [c, k] = C(c, k)
     rank = torch.arange(width, dtype=torch.int64)
     sets = torch.zeros(length, width, dtype=torch.bool)
