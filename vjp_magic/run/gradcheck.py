@@ -308,13 +308,15 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
         generator = probe_generator(seed, "gradcheck-entries")
         entries = torch.randperm(count, generator=generator)[:MAX_ENTRIES].tolist()
     found, inconclusive, failed, noisy = _Found(), [], [], []
+    noise = _Noise(probe[0], probe[1], analytic, values[name])
     extra = [None] if count > MAX_ENTRIES else []  # the random direction, checked first
     for k in extra + entries:
         if found.checked and time.perf_counter() > deadline:
             break
         direction = _direction(values[name], k, seed)
         want = float((analytic * direction).sum() if k is None else analytic.reshape(-1)[k])
-        verdict, error = _entry(replay, values, name, direction, probe, want, analytic, atol)
+        verdict, error = _entry(replay, values, name, direction, probe, want, analytic, atol,
+                                noise)
         where = [] if k is None else [_index(values[name].shape, k)]
         if verdict is Agreement.KINK:
             inconclusive += where
@@ -362,7 +364,8 @@ def _agreement(want: float, numeric: float, noise: float = 0.0,
 
 
 def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
-           want: float, analytic: torch.Tensor, atol: float = ATOL) -> tuple[Agreement, float]:
+           want: float, analytic: torch.Tensor, atol: float = ATOL,
+           noise: _Noise | None = None) -> tuple[Agreement, float]:
     """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
     central difference where f is smooth across the step, else a safe one-sided one (see
     the module), each judged with its rounding noise (:func:`_difference`): first counting
@@ -370,13 +373,14 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
     (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x)."""
     v, base, hidden = probe
     start = values[name]
+    noise = noise or _Noise(v, base, analytic, start)  # (made once per input by the caller)
 
     def along_within(mask):
         def along(h: float) -> tuple[float, float]:  # vᵀ(f(x + h u) − f(x)), its noise
             moved = start + h * u
             with torch.no_grad():
                 out = replay.run({**values, name: moved})
-            return _difference(v, out, base, analytic, (moved - start) - h * u, mask)
+            return float(v.mul(out - base).sum()), noise(out, mask, moved, h * u)
         return along
 
     found = _judged(along_within(None), want, atol)
@@ -384,11 +388,11 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         found = _judged(along_within(_support(replay, values, name, u, base)), want, atol)
     if found[0] in (Agreement.DISAGREE, Agreement.KINK):  # rounding inside may explain it
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12)
-        noise = 0.0 if inside is None else 2 * inside / STEP
+        inside = 0.0 if inside is None else 2 * inside / STEP
         error = found[1] if found[0] is Agreement.DISAGREE else 0.0  # a kink: any noise over
-        if noise > atol + RTOL * abs(want) and error <= atol + RTOL * (abs(want) + error) \
-                + noise:  # the tolerance makes it noise, not a kink
-            return Agreement.NOISY, noise
+        if inside > atol + RTOL * abs(want) and error <= atol + RTOL * (abs(want) + error) \
+                + inside:  # the tolerance makes it noise, not a kink
+            return Agreement.NOISY, inside
     return found
 
 
@@ -433,17 +437,28 @@ def _support(replay, values: dict, name: str, u: torch.Tensor,
     return moved
 
 
-def _difference(v: torch.Tensor, out: torch.Tensor, base: torch.Tensor,
-                analytic: torch.Tensor, off: torch.Tensor,
-                mask: torch.Tensor | None) -> tuple[float, float]:
-    """vᵀ(out − base) and the rounding noise it may hold: :data:`NOISE_ULPS` ulps of each
-    output entry in ``mask`` (None: every one), plus |vᵀJ|ᵀ|off| (``off``: the step as
-    rounded into x minus as meant; x + h gives x where h is below x's ulp)."""
-    weights = v.abs() * (out.abs() + base.abs())
-    if mask is not None:
-        weights = weights[mask]
-    noise = NOISE_ULPS * EPS * float(weights.sum()) + float((analytic.abs() * off.abs()).sum())
-    return float((v * (out - base)).sum()), noise
+class _Noise:
+    """The rounding noise a difference vᵀ(f(x + h u) − f(x)) may hold: :data:`NOISE_ULPS`
+    ulps of each output entry (at x and moved; only those in ``mask`` where given), plus
+    |vᵀJ|ᵀ|off| where x is large enough for x + h u to round the step (``off``: the step as
+    rounded into x minus as meant; x + h is x where h is below x's ulp)."""
+
+    def __init__(self, v: torch.Tensor, base: torch.Tensor, analytic: torch.Tensor,
+                 start: torch.Tensor):
+        self.weights = v.abs()
+        self.fixed = self.weights * base.abs()  # |v|·|f(x)|, the same in every difference
+        self.analytic = analytic.abs()
+        smallest = STEP * min(SMALLER)  # a step rounded by under 1e-4 of itself: not counted
+        self.inexact = EPS * float(start.abs().max()) > 1e-4 * smallest if start.numel() \
+            else False
+        self.start = start
+
+    def __call__(self, out: torch.Tensor, mask, moved: torch.Tensor, step) -> float:
+        terms = torch.addcmul(self.fixed, self.weights, out.abs())
+        noise = NOISE_ULPS * EPS * float((terms if mask is None else terms[mask]).sum())
+        if self.inexact:
+            noise += float(self.analytic.mul(((moved - self.start) - step).abs_()).sum())
+        return noise
 
 
 def _settles(along, h: float, numeric: float, noise: float = 0.0,
