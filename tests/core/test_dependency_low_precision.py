@@ -85,3 +85,25 @@ def test_random_structures_are_exact_in_half_precision(dtype):
         f = _map(pattern, g)
         x = torch.randn(pattern.shape[1], 2, dtype=torch.float64, generator=g).to(dtype)
         _exact(f, x, seeds=[seed])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_proved_diagonal_is_whole_in_half_precision(dtype):
+    """y[i] = x[i]·(1, 1): one probe's sum v₁ + v₂ cancels exactly at ~1 index in 256 (14 of
+    4,096 read as independent of their own index before)."""
+    x = _input((4096,), dtype).requires_grad_()
+    y = x[:, None] * torch.ones(2, dtype=dtype)
+    for seed in range(2):
+        d = dependency(y, x, seed=seed)
+        assert d.kind == "independent" and bool(d.pattern.diagonal().all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_columns_of_two_entry_slices_in_half_precision(dtype):
+    """A distant leak beside a band, read exactly through two-entry slices of x (a sum over
+    the slice that one tangent could cancel)."""
+    def f(x):
+        band = F.pad(x, (0, 0, 1, 1))
+        y = (band[:-2] + band[2:] + x).sum(1)
+        return y + F.pad(x[7:8].sum(1), (900, 99))
+    _exact(f, _input((1000, 2), dtype))

@@ -81,10 +81,19 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
 
 def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Tensor:
     """(m,) bool: which output indices read their own input index, where the graph proves no
-    other is read (one probe on every output index; non-finite answers read again)."""
+    other is read (one probe on every output index; non-finite answers read again; in float16
+    and bfloat16, zeros again with fresh values, three times: a sum over a slice cancels
+    exactly with a chance near 2⁻⁸)."""
     m = output.shape[a]
     prober = SetProber(output, x, a, b, budget, seed)
     hit = prober.hits(torch.ones(1, m, dtype=torch.bool))[0]
+    for stream in range(1, 4) if coarse_dtype(output.dtype) else ():  # a sum that cancelled?
+        zero = ~hit & ~prober.unknown
+        if not bool(zero.any()):
+            break
+        again = SetProber(output, x, a, b, budget, seed, stream=stream, limit=prober.limit)
+        hit |= again.hits(zero[None])[0] & zero  # fresh values on the zeros alone
+        prober.unknown |= again.unknown
     columns = prober.unknown.nonzero().flatten()
     if columns.numel():
         hit[columns] = resolved_columns(prober, columns)[columns, torch.arange(len(columns))]
@@ -305,10 +314,12 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
     """(m × len(columns)) bool twice: which output indices J u reaches (a finite non-zero)
     and where it is non-finite, for tangents u of random values on x's slices ``columns``
     along b. J u is the VJP of g(v) = vᵀJ (double backward); where the graph has none, every
-    entry is unknown."""
+    entry is unknown. In float16 and bfloat16, slices of several entries take two draws of u
+    (a sum over a slice cancels exactly with a chance near 2⁻⁸, not 0)."""
     out, x, m = prober.output, prober.x, prober.output.shape[prober.a]
     unknown = torch.ones(m, len(columns), dtype=torch.bool)
-    values = set_probe_values(x, prober.seed, "dependency-tangents")
+    draws = 2 if coarse_dtype(x.dtype) and x.numel() > x.shape[prober.b] else 1
+    draws = [set_probe_values(x, prober.seed, "dependency-tangents", k) for k in range(draws)]
     shape = (1,) + tuple(-1 if d == prober.b else 1 for d in range(x.dim()))  # a slice along b
     try:
         v = torch.zeros_like(out, requires_grad=True)
@@ -321,10 +332,10 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
             part = columns[start:start + prober.limit]
             on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
             on[torch.arange(len(part)), part.to(x.device)] = 1
-            (ju,) = vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))
-            hit, nonfinite = _read(ju, 1 + prober.a)
-            hits.append(hit)
-            bad.append(nonfinite)
+            answers = [_read(vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))[0],
+                             1 + prober.a) for values in draws]
+            hits.append(torch.stack([hit for hit, _ in answers]).any(0))
+            bad.append(torch.stack([nonfinite for _, nonfinite in answers]).any(0))
     except (RuntimeError, NotImplementedError) as error:
         if torch_error(error) is TorchError.SECOND_PASS:
             raise
