@@ -87,6 +87,14 @@ def test_a_wrong_backward_with_rounding_inside_still_fails():
     assert report.ok is False and report.failed.get("x")
 
 
+@pytest.mark.parametrize("factor", [2e6, 1e20])
+def test_a_hugely_wrong_backward_is_not_hidden_by_its_own_size(factor):
+    # the noise is read off forward values only: a backward 1e6 or 1e20 times too large,
+    # under an offset inside, is no reason to call the differences noise
+    report = _checked(lambda x: square(factor).apply(x + 10.0) - 100.0, _x(1, 2))
+    assert report.ok is False and report.failed.get("x"), report
+
+
 def test_an_all_noisy_check_claims_no_largest_error():
     report = _checked(lambda x: x + 1e12, _x(1, 2))
     assert sum(len(v) for v in report.noisy.values()) == 5

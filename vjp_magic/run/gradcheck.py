@@ -130,7 +130,7 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
             return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
             probe = (analytic.numeric_v, replay.run(values),
-                     HiddenNoise(replay, values, analytic.numeric_v, names))
+                     HiddenNoise(replay, values, analytic.numeric_v))
         atol = _atol(analytic.grads.values())
         found = {name: _compare(replay, values, name, analytic.grads[name], probe, deadline,
                                 seed, atol) for name in names}
@@ -368,7 +368,7 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
            noise: _Noise | None = None) -> tuple[Agreement, float]:
     """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
     central difference where f is smooth across the step, else a safe one-sided one (see
-    the module), each judged with its rounding noise (:func:`_difference`): first counting
+    the module), each judged with its rounding noise (:class:`_Noise`): first counting
     every output entry, then, where that leaves it NOISY, only those that move along ``u``
     (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x)."""
     v, base, hidden = probe
