@@ -8,16 +8,21 @@ non-finite on both sides agreeing). Where no structure is probed, probe 0's vect
 (:meth:`.probes.Probes.vector`) is not needed: :func:`batching_vector` draws one of the same
 values (±2^k, :func:`.probes.probe_plan`) from the run's seed on a stream of its own, in a
 few tensor operations. :func:`batching_agrees` gives the rule's verdict in fewer operations
-where it accepts.
+where it accepts. A probe the rule fails is judged again against the measured rounding noise
+of vᵀJ (:func:`within_noise`, as :mod:`.sparse_check` does for a proved pattern): where
+per-sample rows cancel (BatchNorm in training mode), a loop and a vectorised pass differ by
+rounding at intermediate values that the rule's scale |v|ᵀ|D| does not see.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
 from .derivatives import plain_vjp
-from .probes import probe_agrees, probe_generator, probe_values
+from .probes import predicted_probe, probe_agrees, probe_generator, probe_values
+from .sparse_check import rounding_noise
 from .tolerances import tolerances
 
 _EXACT_DTYPES = (torch.float32, torch.float64)  # the rule computes in these themselves
@@ -55,3 +60,47 @@ def batching_agrees(flat: torch.Tensor, vector: torch.Tensor, vjp: torch.Tensor)
         if bool(torch.sub(vjp, expected).abs_().le_(allowed).all()):
             return True
     return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True)
+
+
+def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:
+    """The names of ``judged`` (name → (derivatives, pairing) that failed the batching probe
+    ``vector``, ``vjps[name]`` its plain vᵀJ) whose every entry is within the rule's bound
+    plus :func:`.sparse_check.rounding_noise` (two plain passes for all of them) times
+    :func:`_rows`: the batched derivatives differ from a plain pass by rounding only.
+    Float32 and float64 (the rule computes in those); a NaN or ±inf not on both sides is
+    never within noise."""
+    excess = {}
+    for name, (derivatives, pairing) in judged.items():
+        if derivatives.dtype in _EXACT_DTYPES and vector.dtype == derivatives.dtype == \
+                vjps[name].dtype:
+            excess[name] = _excess(derivatives, vector, vjps[name], pairing)
+    if not excess:
+        return set()
+    v = vector.reshape(output.shape)
+    noise = rounding_noise(output, [named[n] for n in excess], v,
+                           [vjps[n].detach() for n in excess])
+    kept = set()
+    for (name, over), bound in zip(excess.items(), noise):
+        over.sub_(bound.to(over.device), alpha=_rows(judged[name][0], over))
+        if bool(over.amax() <= torch.finfo(over.dtype).tiny):  # NaN: never
+            kept.add(name)
+    return kept
+
+
+def _rows(derivatives: torch.Tensor, vjp: torch.Tensor) -> float:
+    """√(rows of D summed into each entry of vᵀD): each row is computed on its own (a
+    vectorised pass rounds it as a plain pass would, which the noise measures), its
+    rounding independent of the others'."""
+    return math.sqrt(max(derivatives.numel() // max(vjp.numel(), 1), 1))
+
+
+def _excess(derivatives: torch.Tensor, vector: torch.Tensor, vjp: torch.Tensor, pairing):
+    """|vᵀJ − vᵀD| − tol·|v|ᵀ|D| at each entry (0 where both sides are equal or both not
+    finite; NaN where one side is not finite, or the bound is infinite)."""
+    expected = predicted_probe(derivatives, vector, pairing).reshape(vjp.shape)
+    scale = predicted_probe(derivatives.abs(), vector.abs(), pairing).reshape(vjp.shape)
+    tolerance = tolerances(derivatives.dtype).probe
+    excess = torch.sub(vjp, expected).abs_().sub_(scale, alpha=tolerance)
+    excess.masked_fill_(torch.isinf(scale), math.nan)
+    agreed = (vjp == expected) | (~torch.isfinite(vjp) & ~torch.isfinite(expected))
+    return excess.masked_fill_(agreed, 0.0)

@@ -48,7 +48,7 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
     which give the products without a scatter (:class:`_ColourProducts`, worth building for
     several probes). ``draws``: how many probes (default: the probe plan's count for the
     dtype). ``proved``: the pattern is the graph's own (every x): a probe that fails is
-    judged again against the measured rounding noise of its vᵀJ (:func:`_within_noise`)."""
+    judged again against the measured rounding noise of its vᵀJ (:func:`within_noise`)."""
     flat = output.reshape(-1)
     draws = probe_plan(flat.dtype).probes if draws is None else draws
     products = _products(passes, jacobian, draws)
@@ -62,27 +62,39 @@ def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
         difference, scale = products(v.to(jacobian.device, jacobian.dtype),
                                      observed.to(jacobian.device))
         if not _within(difference, scale, tolerance) and not (
-                proved and _within_noise(flat, x, v, observed, difference, scale, tolerance)):
+                proved and within_noise(flat, x, v, observed, difference, scale, tolerance)):
             return False
     return True
 
 
-def _within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch.Tensor,
-                  scale: torch.Tensor, tolerance: float) -> bool:
+def within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch.Tensor,
+                 scale: torch.Tensor, tolerance: float) -> bool:
     """The second judgement of a proved pattern's failed probe: each entry's ``excess``
     (|vᵀJ_sparse - observed| - tolerance·scale, as :func:`_within` left it) within
-    :data:`.tolerances.NOISE_MULTIPLE` times that entry's rounding noise, measured: vᵀJ
-    again from (c·v)ᵀJ / c for each c of :data:`_NOISE_FACTORS`, |that - observed| at its
-    largest. An infinite scale is refused as in :func:`_within`."""
+    :data:`.tolerances.NOISE_MULTIPLE` times that entry's rounding noise, measured
+    (:func:`rounding_noise`). An infinite scale is refused as in :func:`_within`."""
     if not bool(scale.max() * tolerance < math.inf):
         return False
-    noise = torch.zeros_like(observed)
+    noise = rounding_noise(flat, [x], v, [observed])[0]
+    noise = noise.to(excess.device, excess.dtype)
+    return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)
+
+
+_within_noise = within_noise  # the name sparse_hessian imports
+
+
+def rounding_noise(output, inputs, v: torch.Tensor, observed) -> list:
+    """:data:`.tolerances.NOISE_MULTIPLE` times the measured rounding noise of each input's
+    vᵀJ (``observed``, from a plain pass of ``v`` shaped like ``output``): vᵀJ again from
+    (c·v)ᵀJ / c for each c of :data:`_NOISE_FACTORS` (one plain pass for all ``inputs``),
+    |that - observed| at its largest, entry by entry."""
+    noise = [torch.zeros_like(o) for o in observed]
     for factor in _NOISE_FACTORS:
         factor = torch.tensor(factor, dtype=v.dtype).item()  # c·v exact: v's are powers of 2
-        again = plain_vjp(flat, [x], v * factor)[0].detach().reshape(-1)
-        noise = torch.maximum(noise, again.div_(factor).sub_(observed).abs_())
-    noise = noise.to(excess.device, excess.dtype).mul_(NOISE_MULTIPLE)
-    return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)
+        again = plain_vjp(output, inputs, v * factor)
+        noise = [torch.maximum(z, a.detach().reshape(o.shape).div_(factor).sub_(o).abs_())
+                 for z, a, o in zip(noise, again, observed)]
+    return [z.mul_(NOISE_MULTIPLE) for z in noise]
 
 
 # Not dyadic: c·v rounds in other places than v (v holds powers of two).

@@ -16,7 +16,7 @@ import torch
 
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
-from .batching_check import batching_agrees, batching_vector, plain_probe
+from .batching_check import batching_agrees, batching_vector, plain_probe, within_noise
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
@@ -110,6 +110,8 @@ def _checked_jacobians(context, named, probes, proved=False) -> dict[str, torch.
         v, vjps = _batching_probe(context, {n: named[n] for n in reverse}, probes,
                                   own=proved and len(reverse) == len(named))
         redo = [n for n in reverse if not batching_agrees(flats[n], v, vjps[n])]  # went wrong
+        noisy = within_noise(output, named, v, vjps, {n: (flats[n], ()) for n in redo})
+        redo = [n for n in redo if n not in noisy]  # rounding only: kept
     flats.update(_plain_again(output, {n: named[n] for n in redo}, (), vectorised, flats))
     return {name: flats[name].reshape(tuple(output.shape) + tuple(named[name].shape))
             if name in flats else _jacobian_either_mode(context, named[name], probes, name)
@@ -239,6 +241,10 @@ def _group_derivatives(context, named, candidates, position, group, point_out):
                         readers.get(name) or rows.reader(name))
     redo = [n for n in derivatives if vectorised and current[n].proved and not probes.agree(
         n, derivatives[n], current[n].pairing, batching=True)]  # batching went wrong
+    if redo:  # rounding only: kept
+        noisy = within_noise(output, named, probes.vector(), {n: probes.vjp(n) for n in redo},
+                             {n: (derivatives[n], current[n].pairing) for n in redo})
+        redo = [n for n in redo if n not in noisy]
     derivatives.update(_plain_again(output, {n: named[n] for n in redo}, point_out, vectorised,
                                     derivatives))
     return {name: (current[name], d) for name, d in derivatives.items()}
