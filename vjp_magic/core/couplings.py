@@ -205,7 +205,7 @@ def _by_points(output, x, out_key, in_key, seed: int) -> int | None:
     sets = words[:, :m] if _identity(rows, points) else words[:, rows.to(flat.device)]
     (g,) = vjp_batch(flat, [x], values * sets)  # one batched backward, L vectors
     mine = words[:, :n] if _identity(cols, points) else words[:, cols.to(flat.device)]
-    g = g.detach().reshape(length, -1).masked_fill_(mine, 0)  # read off their own points
+    g = g.detach().reshape(length, -1).masked_fill(mine, 0)  # read off their own points
     if bool(g.ne(0).any()):  # a coupling, or NaN or ±inf: not clean
         return None
     return length
@@ -254,7 +254,7 @@ def _by_colours(output, x, matrix: torch.Tensor, seed: int) -> int | None:
             held = words[b, rows]
             blocked[colour[rows[held]] - first, b, cols[held]] = True
         g = g.detach().reshape(len(chosen) * length, -1)
-        if bool(g.masked_fill_(blocked.reshape(-1, n).to(g.device), 0).ne(0).any()):
+        if bool(g.masked_fill(blocked.reshape(-1, n).to(g.device), 0).ne(0).any()):
             return None  # a coupling, or NaN or ±inf: not clean
     return len(sets) * length
 

@@ -17,10 +17,12 @@ non-zero on exactly w sets, which spell that entry's index; two readers have dis
 of one weight, neither inside the other, so their sets together are more than w: that input
 entry waits for the next k (the others are known). Answers are read as zero or non-zero
 only, never compared in value: a derivative of 1 beside 10¹² in its row and column is found
-as a one-hot backward pass would find it (only an exact cancellation among one set's
-readers, on every set by which their words differ, could hide one; the values are drawn
-afresh per purpose, continuous in ±(1..2)). A NaN or ±inf answer says nothing: the pattern
-is refused (None).
+as a one-hot backward pass would find it. Only exact cancellations can mislead it: two
+readers whose words differ in d places pass for one where d of the sets holding both
+cancel exactly (with both sides of every bit, at twice the sets, two readers could not
+pass for one); the values are drawn afresh per purpose (±(1..2), 2⁻²⁴ apart), and
+:mod:`.couplings` checks an observed structure again with values of its own.
+A NaN or ±inf answer says nothing: the pattern is refused (None).
 """
 from __future__ import annotations
 

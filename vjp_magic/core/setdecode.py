@@ -168,8 +168,8 @@ def weighed(hit: torch.Tensor, weight: int):
     bool: where each set reached input index j): (single, index, empty), each (…, n). One
     reader answers on exactly the ``weight`` sets of its word, whose rank is its index
     (``index``); several distinct words of one weight answer on more sets than any one (no
-    value compared: only an exact cancellation among one set's readers can hide one, and it
-    must hide every set by which their words differ); ``empty``: no reader."""
+    value compared: two readers whose words differ in d places pass for one only where d
+    sets holding both cancel exactly to 0); ``empty``: no reader."""
     length = hit.shape[-2]
     count = hit.sum(-2)
     ones_so_far = hit.long().cumsum(-2)  # k of each 1: the ones at or below its bit
