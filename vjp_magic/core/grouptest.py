@@ -106,7 +106,7 @@ def _cheap(prober, m: int) -> bool:
 
 
 # -- a wide mixing, bounded --------------------------------------------------------------------
-BOUND_SECONDS = 0.5  # the prefix and suffix sets of a bounded pattern take about this long
+BOUND_SECONDS = 0.25  # the prefix and suffix sets of a bounded pattern take about this long
 CUTS = (16, 28)  # ... and are at least, at most this many
 EXACT_COLUMNS = 16  # input indices a cut shows beyond the band, read exactly (the farthest)
 
