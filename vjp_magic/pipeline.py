@@ -390,6 +390,7 @@ def _per_sample_capture(subject: Subject, inputs: dict, output, request: Request
 def _wants_per_sample(subject: Subject, output, request: Request,
                       features: Sequence[Feature]) -> bool:
     if subject.record is None or request.order != 1 or request.full \
+            or not isinstance(output, torch.Tensor) \
             or output.numel() < PER_SAMPLE_FROM:  # (a few backward passes cost less)
         return False  # (looked at first: the features' flags need not be)
     return bool(request.wrt) or any(f.replays_record and is_wanted(f, request)
