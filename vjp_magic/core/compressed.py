@@ -417,13 +417,14 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
     try:
-        found = attempt(output, x, budget, new_seed() if seed is None else seed)
+        seed = new_seed() if seed is None else seed
+        found = attempt(output, x, budget, seed)
         sparse = found.sparse
         if sparse is None:
             _refuse_if_sparse_over(found, output, x, budget)
             return exact_csr(output, x, budget)
         if sparse.evidence is Evidence.OBSERVED:  # under the probes' resolution?
-            verdict = outside_entries(output, x, csr_inside(sparse.matrix))
+            verdict = outside_entries(output, x, csr_inside(sparse.matrix), seed=seed)
             if verdict.coupled:
                 return exact_csr(output, x, budget)
             if not verdict.checked:
