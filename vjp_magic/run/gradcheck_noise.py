@@ -2,13 +2,16 @@
 
 A finite difference vᵀ(f(x + h u) − f(x)) holds the rounding of every value computed on the
 way, not only of f's: in ``(x + 1e12) * 2 - 2e12`` the output is about x, but x + 1e12 is
-rounded to 1.2e-4, so a step of 1e-6 is lost in it. First-order rounding analysis bounds
-that noise: each entry t_i of an intermediate, rounded by ε·|t_i|, moves vᵀf by about
-|∂(vᵀf)/∂t_i|·ε·|t_i|. The gain |∂(vᵀf)/∂t| is read off the forward values alone, at a
-large step along u either way (|Δ(vᵀf)| / max |Δt|: no backward is trusted, so a wrong one
-cannot hide behind its own noise), and only the entries that move there count (the others
-do not depend on x along u: their rounding cancels exactly). Three runs of the replay per
-direction; used only where a difference disagrees with autograd or looks like a kink.
+rounded to 1.2e-4, so a step of 1e-6 is lost in it. That noise is measured, not estimated
+from the intermediates: the central difference of g(t) = vᵀf(x + t u) at the check's step,
+taken at a few base points either side of x (no window holds x: a kink there is not noise),
+scatters around a straight line by its rounding only (a smooth g's differences follow it).
+Where the two sides' lines do not meet at x within that scatter, x is a kink and no noise is
+told. Where g takes only a few values there (a staircase: its rounding is coarser than the
+step, x + 1e12), the stair, found at spacings 100-fold larger, over the step is the noise.
+Only forward values are read: no backward is trusted, so a wrong one cannot hide behind its
+own noise. Used only where a difference disagrees with autograd or looks like a kink; the
+difference is then judged again with that noise (:func:`.gradcheck._entry`).
 """
 from __future__ import annotations
 
@@ -16,70 +19,69 @@ import math
 
 import torch
 
-from .steps import Interpreter
-
-NOISE_ULPS = 4  # rounding per intermediate entry, in ulps of its value (as the output's)
+NOISE_ULPS = 4  # rounding per output entry, in ulps of its value
 EPS = torch.finfo(torch.float64).eps
 SUPPORT_STEP = 1e-2  # the large steps (times 1 + max |x|) that tell which entries move
-
-
-class _Kept(Interpreter):
-    """The replay's interpreter, keeping a copy of every floating result in call order (a
-    later in-place call does not change what was kept)."""
-
-    def __init__(self, steps: list):
-        super().__init__(steps)
-        self.found: list = []
-
-    def call_function(self, step, args: tuple, kwargs: dict):
-        value = super().call_function(step, args, kwargs)
-        items = value if isinstance(value, (tuple, list)) else (value,)
-        for item in items:
-            if isinstance(item, torch.Tensor) and item.is_floating_point():
-                self.found.append(item.detach().clone())
-        return value
+SIDE = (1.37, 2.11, 2.85, 3.59)  # base points each side, in steps: no window holds x itself
+MARGIN = 2.0  # the largest of 4 scatters is about 2σ; a difference's noise within 2 of them
+STAIRS = (1e-4, 1e-2)  # spacings (times 1 + max |x|) where a staircase's stair is looked for
 
 
 class HiddenNoise:
-    """(name, u) -> the rounding noise vᵀ(f(x + h u) − f(x)) may hold from every
-    intermediate entry that moves along u (``name``'s direction), or None where it cannot be
-    told (``v``: the check's weights of the output)."""
+    """(name, u) -> the rounding noise of the central difference of vᵀf along u
+    (``name``'s direction) at ``step``, in derivative units, or None where it cannot be told
+    (``v``: the check's weights of the output)."""
 
-    def __init__(self, replay, values: dict, v: torch.Tensor):
-        self.replay, self.values, self.v = replay, values, v
+    def __init__(self, replay, values: dict, v: torch.Tensor, step: float):
+        self.replay, self.values, self.v, self.step = replay, values, v, step
 
-    def _runs(self, name: str, u: torch.Tensor) -> list:
-        start = self.values[name]
-        step = SUPPORT_STEP * (1.0 + float(start.abs().max()))
-        runs = []
-        for h in (0.0, step, -0.7 * step):
-            kept = _Kept(self.replay.steps)
-            with torch.no_grad():
-                out = self.replay.run({**self.values, name: start + h * u}, interpreter=kept)
-            runs.append((float(self.v.mul(out).sum()), kept.found))
-        return runs
+    def _g(self, name: str, u: torch.Tensor, t: float) -> float:
+        with torch.no_grad():
+            out = self.replay.run({**self.values, name: self.values[name] + t * u})
+        return float(self.v.mul(out).sum())
 
     def __call__(self, name: str, u: torch.Tensor) -> float | None:
+        h, offsets = self.step, [-o for o in reversed(SIDE)] + list(SIDE)
         try:
-            (value, base), *moved = self._runs(name, u)
+            pairs = [(self._g(name, u, (o + 1) * h), self._g(name, u, (o - 1) * h))
+                     for o in offsets]
         except Exception:  # noqa: BLE001 - no estimate: the difference stands as it is
             return None
-        if not all(len(found) == len(base) for _, found in moved):
+        values = [g for pair in pairs for g in pair]
+        if not all(map(math.isfinite, values)):
             return None
-        total = 0.0
-        for j, t in enumerate(base):
-            gain, entries = 0.0, torch.zeros_like(t, dtype=torch.bool)
-            for other, found in moved:
-                if found[j].shape != t.shape:
-                    return None
-                change = (found[j] - t).abs().nan_to_num(nan=math.inf)
-                entries |= change != 0
-                largest = float(change.max()) if change.numel() else 0.0
-                if largest:  # |Δ(vᵀf)| per unit of t's largest move
-                    gain = max(gain, abs(other - value) / largest)
-            if gain and bool(entries.any()):
-                total += gain * float(t.abs()[entries].nan_to_num(posinf=0.0).sum())
-        return NOISE_ULPS * EPS * total if math.isfinite(total) else None
+        if len(set(values)) <= len(values) // 3:  # a staircase: the stair over the step
+            stair = self._stair(name, u)
+            return None if stair is None else stair / h
+        slopes = [(up - down) / (2 * h) for up, down in pairs]
+        half = len(SIDE)
+        (left, at_left), (right, at_right) = (line(offsets[:half], slopes[:half]),
+                                              line(offsets[half:], slopes[half:]))
+        spread = MARGIN * max(left, right)
+        return spread if abs(at_left - at_right) <= 2 * spread else None
+
+    def _stair(self, name: str, u: torch.Tensor) -> float | None:
+        scale = 1.0 + float(self.values[name].abs().max())
+        for spacing in STAIRS:
+            try:
+                g = [self._g(name, u, i * spacing * scale) for i in range(8)]
+            except Exception:  # noqa: BLE001
+                return None
+            rises = [abs(b - a) for a, b in zip(g, g[1:]) if b != a]
+            if rises and all(map(math.isfinite, rises)):
+                return min(rises)
+        return None
 
 
-__all__ = ["HiddenNoise"]
+def line(t: list[float], d: list[float]) -> tuple[float, float]:
+    """(the largest distance of the points (t, d) from their least-squares line, the line's
+    value at t = 0)."""
+    n = len(t)
+    mean_t, mean_d = sum(t) / n, sum(d) / n
+    spread = sum((a - mean_t) ** 2 for a in t)
+    slope = sum((a - mean_t) * (b - mean_d) for a, b in zip(t, d)) / spread if spread else 0.0
+    farthest = max(abs(b - mean_d - slope * (a - mean_t)) for a, b in zip(t, d))
+    return farthest, mean_d - slope * mean_t
+
+
+__all__ = ["HiddenNoise", "line"]
