@@ -1,7 +1,8 @@
 """The batching check's second judgement (core.batching_check.within_noise): a vectorised
 pass whose probe fails only by rounding (BatchNorm in training mode: per-sample rows cancel)
-is kept, not recomputed by plain passes; a real batching error, even a small one, is still
-recomputed. Values are those of a loop of torch.autograd.grad either way."""
+is kept where that noise is small beside the derivatives, else recomputed by plain passes;
+a real batching error, even a small one, is still recomputed. Values are those of a loop of
+torch.autograd.grad either way."""
 from __future__ import annotations
 
 import sys
@@ -62,16 +63,18 @@ def _redone(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_batchnorm_train_rounding_is_not_recomputed(monkeypatch, seed):
+def test_batchnorm_train_rounding_is_kept_only_where_small_beside_the_derivatives(
+        monkeypatch, seed):
+    """Per-sample rows cancel in vᵀD, so its measured noise reaches 100-300 times the probe's
+    tolerance of |v|ᵀ|D| here: more than within_noise takes for rounding (CAP_MULTIPLE), as
+    a batching rule percents off could hide in it; those tensors are recomputed, and every
+    value is the loop's."""
     losses, params = _resnet_losses(seed)
     expected = _looped(losses, params)
     redone = _redone(monkeypatch)
     result, passes = counted(lambda: analysis.differentiate(losses, params, exact_up_to=0,
                                                             keep_graph=True, seed=seed))
-    assert not any(redone)  # nothing recomputed
-    # a timed plain pass, one vectorised pass, the probe, the noise's two (recomputing the
-    # vectorised components: B - 1 more)
-    assert passes <= 5
+    assert all(size <= len(params) for size in redone)
     for name in params:
         torch.testing.assert_close(result.inputs[name].derivatives, expected[name],
                                    rtol=1e-4, atol=1e-5)
