@@ -61,3 +61,9 @@ def test_an_unused_large_intermediate_does_not_hide_a_wrong_backward(ip, run_ok)
 
 def test_an_ulp_mover_does_not_hide_a_wrong_backward(ip, run_ok):
     assert _check(ip, run_ok, X4 + "y = Wrong.apply(x) + 0 * (1 + 1e-16 * x)").ok is False
+
+
+def test_an_untaken_branch_does_not_hide_a_wrong_backward(ip, run_ok):
+    """torch.where's untaken 1e16 + x branch: held (the wrong backward fails)."""
+    body = X4 + "y = torch.where(x > 0, Wrong.apply(x), 1e16 + x)"
+    assert _check(ip, run_ok, body).ok is False
