@@ -82,17 +82,20 @@ def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: 
     kept = set()
     for (name, over), bound in zip(excess.items(), noise):
         bound = bound.to(over.device).mul_(_rows(judged[name][0], over))
-        cap = scales[name].mul(CAP_MULTIPLE * tolerances(over.dtype).probe)
-        if bool((bound <= cap).all()) and \
-                bool(over.sub_(bound).amax() <= torch.finfo(over.dtype).tiny):  # NaN: never
+        scale, tolerance = scales[name], tolerances(over.dtype).probe
+        cap = scale.mul(CAP_MULTIPLE * tolerance).add_(tolerance * float(scale.amax()))
+        tiny = torch.finfo(over.dtype).tiny
+        excused = (over <= tiny) | (bound <= cap)  # noise small beside |v|ᵀ|D| where needed
+        if bool(excused.all()) and bool(over.sub_(bound).amax() <= tiny):  # NaN: never
             kept.add(name)
     return kept
 
 
-# Rounding accepted as such only where it is small beside the derivatives themselves: at
-# most this many times the probe's own tolerance of |v|ᵀ|D|. Where the plain passes' noise is
-# larger (cancellation at large intermediate values: u·3e5 − u·(3e5 − 1)), it could hide a
-# batching rule that is percents off, so the derivatives are recomputed by plain passes.
+# Rounding accepted as such only where the excess over the tolerance is small beside the
+# derivatives themselves: at most this many times the probe's own tolerance of |v|ᵀ|D| (plus
+# that tolerance of its largest entry, for entries where D is 0 and a plain pass rounds). Where
+# the plain passes' noise is larger (cancellation at large intermediate values: u·3e5 −
+# u·(3e5 − 1)), it could hide a batching rule percents off: recomputed by plain passes.
 CAP_MULTIPLE = 16
 
 
