@@ -19,10 +19,6 @@ def test_one_name_twice_is_taken_once(ip, run_ok):
     torch.testing.assert_close(r.jacobian("x"), torch.diag(torch.cos(x) * ip.user_ns["z"].detach()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "'%%vjp --wrt x --wrt z' silently differentiates z only (argparse keeps the last --wrt): "
-    "x is dropped without a word; either both or a usage error saying to list them in one "
-    "--wrt"))
 def test_wrt_given_twice_keeps_both_or_says_so(ip):
     ip.run_cell(SETUP)
     result = ip.run_cell("%%vjp --wrt x --wrt z" + CELL)

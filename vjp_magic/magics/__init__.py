@@ -101,7 +101,7 @@ class VJPMagics(Magics):
 
     # -- %%vjp ------------------------------------------------------------------------------
     @magic_arguments()
-    @argument("--wrt", nargs="+", metavar="NAME", default=None,
+    @argument("--wrt", nargs="+", action="extend", metavar="NAME", default=None,
               help="Inputs to differentiate with respect to (default: every named leaf tensor "
                    "with requires_grad=True the output depends on). Expressions such as "
                    "layer.weight are allowed.")

@@ -88,8 +88,10 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
     read = _READ_LINES.setdefault(parser, {})
     if line in read:
         return _fresh(read[line])
+    argv = words(line)
+    _given_once(parser, argv)
     try:
-        args = _parsed(parser, words(line))
+        args = _parsed(parser, argv)
     except UsageError as error:  # argparse's own message
         if "unrecognized arguments: -" not in str(error):
             raise
@@ -100,6 +102,21 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
         read.pop(next(iter(read)))
     read[line] = _fresh(args)
     return args
+
+
+def _given_once(parser, argv: list[str]) -> None:
+    """A usage error where an option that takes values (other than one that gathers them,
+    as ``--wrt``) is given twice: argparse would keep the last, dropping the first silently."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its options there only
+        if action.nargs == 0 or not action.option_strings or isinstance(
+                action, argparse._ExtendAction):  # noqa: SLF001
+            continue
+        given = [w for w in argv if w in action.option_strings
+                 or w.startswith(tuple(o + "=" for o in action.option_strings))]
+        if len(given) > 1:
+            name = action.option_strings[-1]
+            raise UsageError(f"{name} is given {len(given)} times; give it once (the last "
+                             f"would replace the others).")
 
 
 # Lines each parser read (parser -> line -> its options), bounded: the line of a cell run
