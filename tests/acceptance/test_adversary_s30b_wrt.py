@@ -3,7 +3,6 @@ gets a short usage error or does what was asked; an input is never dropped silen
 Expected: mathematics (d(sin(x)·z)/dz = sin(x)). Strict xfails are bugs."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 SETUP = ("x = torch.linspace(0.1, 1, 3, dtype=torch.float64, requires_grad=True)\n"
@@ -25,9 +24,6 @@ def test_wrt_given_twice_keeps_both_or_says_so(ip):
     assert not result.success or sorted(result.result.derivatives) == ["x", "z"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "'%%vjp --wrt x[0] x[0]' is refused as 'Two different inputs are named x[0]' while "
-    "'--wrt x x' takes x once: the same expression twice is one input, not two"))
 def test_one_entry_twice_is_taken_once(ip):
     ip.run_cell(SETUP)
     assert ip.run_cell("%%vjp --wrt x[0] x[0]" + CELL).success

@@ -98,6 +98,8 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
         raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
                          "that starts with '-' goes in parentheses: (-x); or quote the "
                          "whole expression: --of \"y * -x\".") from None
+    if getattr(args, "wrt", None):  # one expression named twice is one input
+        args.wrt = list(dict.fromkeys(args.wrt))
     if len(read) >= _READ_MAX:
         read.pop(next(iter(read)))
     read[line] = _fresh(args)
@@ -152,6 +154,7 @@ def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
             args.output_source, args.input_names = split_at_wrt(source, magic)
         except VJPUsageError as error:
             raise UsageError(str(error)) from None
+        args.input_names = list(dict.fromkeys(args.input_names))  # x[0] x[0]: one input
     return args
 
 
