@@ -218,6 +218,9 @@ class SetProber:
         """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches
         (a finite non-zero), and where its answer was NaN or ±inf."""
         self._check_time(len(sets))
+        if not len(sets):  # no set to ask about (no rows left): no answers
+            empty = torch.zeros(0, self.x.shape[self.b], dtype=torch.bool)
+            return empty, empty.clone()
         hits, unknown = [], []
         start = 0
         while start < len(sets):  # calls of about CHUNK_SECONDS each: Ctrl-C gets through
