@@ -76,11 +76,6 @@ def test_torchs_own_gradcheck_passes_a_steep_sine():
     assert torch.autograd.gradcheck(lambda t: torch.sin(1000 * t), (x,))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a smooth steep map is called a kink: y = torch.sin(1000 * x), x = linspace(0.1, 0.2, 4) "
-    "float64, gets ok None, 'Gradient check inconclusive at x[3] (a kink: the function is not "
-    "differentiable ...)' with kinks () (no kinked op), though sin is differentiable "
-    "everywhere and torch.autograd.gradcheck passes; sin(1e5 x) says the same at x[0..2]"))
 def test_a_steep_sine_is_not_called_a_kink(ip, run_ok):
     body = X5.replace("linspace(1, 2, 5", "linspace(0.1, 0.2, 4") + "y = torch.sin(1000 * x)"
     assert run_ok("%%vjp --gradcheck\n" + body).gradcheck.ok is True
