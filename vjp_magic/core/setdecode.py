@@ -3,9 +3,6 @@ set by its structure, not by the size of the axis.
 
 - :func:`sample_rows`: a few output indices probed one by one (both ends and a spread): their
   rows are exact, and say whether the pattern is wide (a dense or triangular mixing).
-- :func:`mixing`: a wide pattern too costly to resolve row by row, bounded: the offsets
-  j − i reached by the sampled rows, widened where a prefix (or suffix) of output indices
-  reaches further than they imply. Its pattern is that band, with the sampled rows exact.
 - :func:`decoded`: bit-coded sets (bit b of i, and its complement) name every input index
   read by one output index, and every one read by its own index and one other (the bits
   where both halves answer are where the other index differs); a band is decoded from one set
@@ -40,37 +37,6 @@ def sample_rows(m: int, seed: int, spread: int = 4, drawn: int = 2) -> torch.Ten
 def wide(rows: torch.Tensor, n: int) -> bool:
     """Whether the sampled rows read more than :data:`WIDE` of the input indices, on average."""
     return bool(rows.float().sum(1).mean() > max(n * WIDE, 1))
-
-
-# -- a wide mixing, bounded --------------------------------------------------------------------
-def mixing(prober, sample: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The band of offsets the sampled rows reach, widened where a prefix of output indices
-    reaches input indices past it (or a suffix before it); the sampled rows exact."""
-    m, n = prober.output.shape[prober.a], rows.shape[1]
-    r, c = rows.nonzero(as_tuple=True)
-    offsets = c - sample[r]
-    lo, hi = (int(offsets.min()), int(offsets.max())) if offsets.numel() else (0, 0)
-    offset = torch.arange(n)[None, :] - torch.arange(m)[:, None]
-    if lo == -(m - 1) and hi == n - 1:  # both corners read: dense, whatever the rest
-        pattern = torch.ones(m, n, dtype=torch.bool)
-        pattern[sample] = rows
-        return pattern
-    generator = probe_generator(prober.seed, "dependency-prefixes")
-    cuts = torch.cat([torch.tensor([m // 2, m // 4, 3 * m // 4, m // 8, 7 * m // 8]),
-                      torch.randint(1, max(m, 2), (3,), generator=generator)])
-    cuts = torch.unique(cuts.clamp(1, max(m - 1, 1)))
-    index = torch.arange(m)
-    sets = torch.cat([index[None, :] < cuts[:, None], index[None, :] >= cuts[:, None]])
-    reached = prober.hits(sets)
-    column = torch.arange(n)
-    for k, prefix, suffix in zip(cuts.tolist(), reached[:len(cuts)], reached[len(cuts):]):
-        if prefix.any():  # a row below k reaches column c: an offset of at least c − (k − 1)
-            hi = max(hi, int(column[prefix].max()) - (k - 1))
-        if suffix.any():  # a row at or above k reaches c: an offset of at most c − k
-            lo = min(lo, int(column[suffix].min()) - k)
-    pattern = (offset >= lo) & (offset <= hi)
-    pattern[sample] = rows
-    return pattern
 
 
 # -- a pattern decoded exactly -----------------------------------------------------------------
