@@ -46,7 +46,7 @@ import torch
 from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
-from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise
+from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
 from .replay import NotReplayable, build
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
@@ -377,11 +377,9 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
 
     def along_within(mask, inside: float = 0.0):
         def along(h: float) -> tuple[float, float]:  # vᵀ(f(x + h u) − f(x)), its noise
-            moved = start + h * u
-            with torch.no_grad():
-                out = replay.run({**values, name: moved})
+            out = moved_output(replay, values, name, h * u)
             return (float(v.mul(out - base).sum()),
-                    noise(out, mask, moved, h * u) + inside * STEP)
+                    noise(out, mask, start + h * u, h * u) + inside * STEP)
         return along
 
     found = _judged(along_within(None), want, atol)
@@ -442,8 +440,7 @@ def _support(replay, values: dict, name: str, u: torch.Tensor,
     step = SUPPORT_STEP * (1.0 + float(start.abs().max()))
     moved = torch.zeros_like(base, dtype=torch.bool)
     for h in (step, -0.7 * step):
-        with torch.no_grad():
-            moved |= replay.run({**values, name: start + h * u}) != base  # NaN: moved
+        moved |= moved_output(replay, values, name, h * u) != base  # NaN: moved
     return moved
 
 

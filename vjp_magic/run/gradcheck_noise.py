@@ -36,9 +36,7 @@ class HiddenNoise:
         self.replay, self.values, self.v, self.step = replay, values, v, step
 
     def _g(self, name: str, u: torch.Tensor, t: float) -> float:
-        with torch.no_grad():
-            out = self.replay.run({**self.values, name: self.values[name] + t * u})
-        return float(self.v.mul(out).sum())
+        return float(self.v.mul(moved_output(self.replay, self.values, name, t * u)).sum())
 
     def __call__(self, name: str, u: torch.Tensor) -> float | None:
         h, offsets = self.step, [-o for o in reversed(SIDE)] + list(SIDE)
@@ -73,6 +71,13 @@ class HiddenNoise:
         return None
 
 
+def moved_output(replay, values: dict, name: str, step: torch.Tensor) -> torch.Tensor:
+    """The replayed output with input ``name`` moved by ``step`` (the others as in ``values``),
+    with no graph."""
+    with torch.no_grad():
+        return replay.run({**values, name: values[name] + step})
+
+
 def line(t: list[float], d: list[float]) -> tuple[float, float]:
     """(the largest distance of the points (t, d) from their least-squares line, the line's
     value at t = 0)."""
@@ -84,4 +89,4 @@ def line(t: list[float], d: list[float]) -> tuple[float, float]:
     return farthest, mean_d - slope * mean_t
 
 
-__all__ = ["HiddenNoise", "line"]
+__all__ = ["HiddenNoise", "line", "moved_output"]
