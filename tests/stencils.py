@@ -1,6 +1,7 @@
 """CSR patterns built from their definitions, and the stencil maps whose Jacobians have them
 (for the colouring and sparse tests and the benchmarks): never from the code under test."""
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 
@@ -37,3 +38,11 @@ def stencil(shape, offsets, periodic: bool = False):
         rows.append(np.ravel_multi_index(index[inside].T, shape))
         cols.append(np.ravel_multi_index(other[inside].T, shape))
     return csr(np.concatenate(rows), np.concatenate(cols), int(np.prod(shape)))
+
+
+def dense(pattern):
+    """A :class:`vjp_magic.core.pattern.Pattern`'s (crow, col) as an m × n bool tensor."""
+    rows = torch.repeat_interleave(torch.arange(pattern.shape[0]), pattern.crow.diff())
+    out = torch.zeros(pattern.shape, dtype=torch.bool)
+    out[rows, pattern.col] = True
+    return out

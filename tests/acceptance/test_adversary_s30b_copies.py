@@ -11,17 +11,11 @@ import pytest
 import torch
 
 import vjp_magic
+from stencils import dense
 from vjp_magic.core.indexmaps import proved_pattern
 
 IDX = torch.tensor
 BUDGET = 2**28
-
-
-def dense(pattern) -> torch.Tensor:
-    rows = torch.repeat_interleave(torch.arange(pattern.shape[0]), pattern.crow.diff())
-    out = torch.zeros(pattern.shape, dtype=torch.bool)
-    out[rows, pattern.col] = True
-    return out
 
 
 def structural(f, x: torch.Tensor) -> torch.Tensor:

@@ -7,17 +7,11 @@ import torch.nn.functional as F
 from compositions import composition
 from custom_functions import Twice
 
+from stencils import dense
 from vjp_magic.core.indexmaps import proved_pattern
 from vjp_magic.core.pairing import Evidence
 
 BUDGET = 2**28
-
-
-def dense(pattern) -> torch.Tensor:
-    rows = torch.repeat_interleave(torch.arange(pattern.shape[0]), pattern.crow.diff())
-    out = torch.zeros(pattern.shape, dtype=torch.bool)
-    out[rows, pattern.col] = True
-    return out
 
 
 def structural(f, x: torch.Tensor) -> torch.Tensor:
