@@ -80,8 +80,6 @@ def within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch
     return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)
 
 
-_within_noise = within_noise  # the name sparse_hessian imports
-
 
 def rounding_noise(output, inputs, v: torch.Tensor, observed) -> list:
     """:data:`.tolerances.NOISE_MULTIPLE` times the measured rounding noise of each input's

@@ -25,7 +25,7 @@ from .colouring import (colour_count, colour_symmetric, recover_symmetric, symme
                         valid_rows)
 from .derivatives import chunk_size, plain_vjp, vjp_batch
 from .indexmaps.summed import depends, summed_hessian_pattern
-from .sparse_check import _within_noise  # the sparse Jacobian's noise judgement, reused
+from .sparse_check import within_noise  # the sparse Jacobian's noise judgement, reused
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
 from .tolerances import tolerances
 
@@ -179,7 +179,7 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
     :func:`.sparse_check.checked` judges a sparse Jacobian: entry j within the probe
     tolerance (times :data:`SECOND_ORDER_SLACK`) of its scale (:func:`_scale`), else within
     :data:`.tolerances.NOISE_MULTIPLE` times the rounding noise of its vᵀ∂d/∂x, measured
-    (:func:`.sparse_check._within_noise`: autograd forms H[j, j] of Rosenbrock from
+    (:func:`.sparse_check.within_noise`: autograd forms H[j, j] of Rosenbrock from
     1200x_j² - 400x_(j+1) + 202, and an MLP's from a sum over hidden units, whose terms may
     cancel to far less than they are). The noise judgement holds for an observed pattern
     too: the observer finds every derivative non-zero at this x (:mod:`.pattern`), and a
@@ -211,7 +211,7 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
             seen = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
             excess = seen.to(predicted.device).sub(predicted).abs_().sub_(scale,
                                                                          alpha=tolerance)
-        if not _within_noise(flat, x, v.to(flat.device), seen, excess, scale, tolerance):
+        if not within_noise(flat, x, v.to(flat.device), seen, excess, scale, tolerance):
             return False
     return True
 
