@@ -1,0 +1,122 @@
+"""Adversarial review, session 31 (issue 20): a pattern called "proved" must hold for every x.
+
+The index-map rules read index tensors, masks and conditions the graph saved (gather / index /
+take / index_select / scatter indices, ``torch.where``'s condition, ``masked_fill``'s mask).
+Where those tensors are constants the proved pattern holds at every x. Where they were
+computed from x itself (``x.argsort()``, ``x > 0``), the pattern holds only at this x, yet
+the result says "Proved from the autograd graph: the pattern holds for every x" (evidence
+``proved``). Each case evaluates the claimed pattern at a second x with ``torch.func.jacrev``
+/ ``torch.func.hessian``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vjp_magic
+
+N = 96
+HN = 2100  # a scalar of 2,048 entries or more is tried sparse
+_G = torch.Generator().manual_seed(5)
+INDEX = torch.randint(0, N, (N,), generator=_G)  # a constant index, with repeats
+MASK = torch.rand(N, generator=_G) > 0.5  # a constant mask
+
+
+def _support(matrix: torch.Tensor) -> torch.Tensor:
+    """The claimed pattern: the stored entries of a CSR matrix, as a dense bool matrix."""
+    crow, col = matrix.crow_indices(), matrix.col_indices()
+    rows = torch.repeat_interleave(torch.arange(matrix.shape[0]), crow.diff())
+    support = torch.zeros(matrix.shape, dtype=torch.bool)
+    support[rows, col] = True
+    return support
+
+
+def _claimed(f, shape, seed=1):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x.requires_grad_()
+    r = vjp_magic.differentiate(f(x), x, seed=0, exact_up_to=0)
+    return r.inputs["x"].sparse, x
+
+
+def _missed_elsewhere(f, shape, matrix) -> int:
+    """Nonzeros of the Jacobian at another x that the claimed pattern leaves out."""
+    other = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    jacobian = torch.func.jacrev(f)(other).reshape(matrix.shape)
+    return int(((jacobian != 0) & ~_support(matrix)).sum())
+
+
+CONSTANT = {
+    "gather by a constant index": (lambda x: x[INDEX] * x.roll(1), (N,)),
+    "where by a constant mask": (lambda x: torch.where(MASK, x.roll(1), x.roll(-1)) * x, (N,)),
+    "masked_fill by a constant mask": (lambda x: x.roll(2).masked_fill(MASK, 0.) * x, (N,)),
+    "take by a constant index": (lambda x: x.take(INDEX) ** 2, (N,)),
+    "scatter by a constant index": (
+        lambda x: torch.zeros(N, dtype=x.dtype).scatter(0, INDEX.argsort(), x ** 2), (N,)),
+}
+
+FROM_X = {
+    "x[x.argsort()]": (lambda x: x[x.argsort()] * x, (N,)),
+    "index_select by x.argsort()": (lambda x: x.index_select(0, x.argsort()) * x, (N,)),
+    "take by x.argsort()": (lambda x: x.take(x.argsort()) * x, (N,)),
+    "scatter by x.argsort()": (
+        lambda x: torch.zeros(N, dtype=x.dtype).scatter(0, x.argsort(), x ** 2), (N,)),
+    "gather by x.argmax()": (
+        lambda x: x.roll(1).gather(0, x.argmax().reshape(1).expand(N)) * x, (N,)),
+    "torch.where(x > 0, ...)": (lambda x: torch.where(x > 0, x.roll(1), x.roll(-1)), (N,)),
+    "masked_fill(x > 0, 0)": (lambda x: x.roll(1).masked_fill(x > 0, 0.) * x, (N,)),
+}
+
+
+@pytest.mark.parametrize("case", list(CONSTANT))
+def test_a_pattern_proved_from_constant_indices_holds_at_another_x(case):
+    f, shape = CONSTANT[case]
+    sparse, x = _claimed(f, shape)
+    assert sparse is not None and str(sparse.evidence) == "proved"
+    assert _missed_elsewhere(f, shape, sparse.matrix) == 0
+    assert x.grad is None
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(
+    strict=True, reason=f"{case}: the index/mask/condition the graph saved was computed from x, "
+    "so the pattern read from it holds at this x only, yet evidence is 'proved' and the "
+    "display says 'the pattern holds for every x' (core/indexmaps/moves.py, scatters.py: "
+    "saved index tensors taken as constants)")) for case in FROM_X])
+def test_a_pattern_called_proved_holds_at_another_x(case):
+    f, shape = FROM_X[case]
+    sparse, _ = _claimed(f, shape)
+    assert sparse is not None  # values at this x are right: the claim is what is wrong
+    if str(sparse.evidence) == "proved":
+        assert _missed_elsewhere(f, shape, sparse.matrix) == 0
+
+
+def test_values_at_this_x_are_still_right_where_the_index_comes_from_x():
+    """The finding above is about the claim, not the numbers."""
+    for f, shape in FROM_X.values():
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        expected = torch.func.jacrev(f)(x).reshape(N, N)
+        x.requires_grad_()
+        got = vjp_magic.sparse_jacobian(f(x), x, seed=2).to_dense()
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+HESSIANS = {
+    "torch.where(x > 0, ...)": lambda x: torch.where(x > 0, x * x.roll(1), x * x.roll(-1)).sum(),
+    "x[x.argsort()]": lambda x: (x[x.argsort()] * x.roll(1)).pow(2).sum(),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.xfail(
+    strict=True, reason=f"sparse Hessian of {case}: pattern proved from a mask/index computed "
+    "from x is called 'proved' (every x) but misses nonzeros at another x "
+    "(core/indexmaps/summed.py via the index-map rules)")) for case in HESSIANS])
+def test_a_hessian_pattern_called_proved_holds_at_another_x(case):
+    f = HESSIANS[case]
+    x = torch.randn(HN, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = torch.func.hessian(f)(x)
+    x.requires_grad_()
+    h = vjp_magic.hessian(f(x), x, seed=0)
+    matrix = h.hessian("x", layout=torch.sparse_csr)
+    torch.testing.assert_close(matrix.to_dense(), expected)  # right here
+    if str(h.inputs["x"].sparse.evidence) == "proved":
+        other = torch.randn(HN, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+        assert int(((torch.func.hessian(f)(other) != 0) & ~_support(matrix)).sum()) == 0
