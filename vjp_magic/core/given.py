@@ -170,48 +170,59 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
     ready = [given[n][0] for n in jacobians if given and n in given]
     v = (ready[0] if len(ready) == len(jacobians) else probes.vector(0)).reshape(1, -1)
     rows: dict = {}  # compute dtype -> (v, |v|) in it
-    expected, vjps, allowed = [], [], []
+    expected, vjps, allowed, limits = [], [], [], []
     for name, jacobian in jacobians.items():
         compute = torch.float32 if jacobian.dtype in (torch.float16, torch.bfloat16) \
             else jacobian.dtype  # as FullProbes computes
         if compute not in rows:
-            row = v.to(compute)
+            row = v if v.dtype == compute else v.to(compute)
             rows[compute] = row, row.abs()
         row, size = rows[compute]
-        d = jacobian.to(compute).reshape(row.shape[1], -1)
-        found = (row @ d).reshape(-1)
+        d = _as(jacobian.reshape(row.shape[1], -1), compute)
+        found = row @ d  # (1, n): read from the very tensor handed over
         scale = _scale(size, d, magnitudes.get(name))
-        if scale is None or tuple(scale.shape) != tuple(found.shape):
+        if scale is None or scale.numel() != found.numel():
             return set()
         vjp = given[name][1] if given and name in given else probes.vjp(name)
-        expected.append(found)
-        vjps.append(vjp.reshape(-1).to(compute))
-        allowed.append(scale.mul_(tolerances(jacobian.dtype).probe))
-    if len(rows) > 1:  # mixed precisions: each judged in its own
+        expected.append(found.reshape(-1))
+        vjps.append(_as(vjp.reshape(-1), compute))
+        allowed.append(scale.reshape(-1))
+        limits.append(tolerances(jacobian.dtype).probe)
+    if len(rows) > 1 or len(set(limits)) > 1:  # mixed precisions: each judged in its own
         gaps = [g.sub(e).abs_() for g, e in zip(vjps, expected)]
-        bounds = [a.add_(torch.finfo(a.dtype).tiny) for a in allowed]
-        passed = all(math.isfinite(float(g.sum() + b.sum())) and bool((g <= b).all())
+        bounds = [a.mul(t).add_(torch.finfo(a.dtype).tiny) for a, t in zip(allowed, limits)]
+        passed = all(math.isfinite(float(b.sum())) and bool((g <= b).all())
                      for g, b in zip(gaps, bounds))
     else:
-        gaps = torch.cat(vjps).sub_(torch.cat(expected)).abs_()
-        bound = torch.cat(allowed).add_(torch.finfo(gaps.dtype).tiny)
-        # every gap and scale finite (a sum of finite non-negative terms, unless it overflows)
-        passed = math.isfinite(float(gaps.sum() + bound.sum())) and bool((gaps <= bound).all())
+        found = _joined(expected)
+        gaps = _joined(vjps).sub(found).abs_()
+        bound = _joined(allowed).mul(limits[0]).add_(torch.finfo(gaps.dtype).tiny)
+        # a finite bound (a sum of non-negative terms, finite unless one is not or it
+        # overflows): a gap within it is finite too, and a NaN gap is never within it
+        passed = math.isfinite(float(bound.sum())) and bool((gaps <= bound).all())
     if not passed:
         return set()
-    counts = torch.stack([e.count_nonzero() for e in expected]).tolist()
-    probes.ordinary.update(n for n, count in zip(jacobians, counts) if count)
+    probes.ordinary.update(n for n, e in zip(jacobians, expected) if bool(e.any()))
     return set(jacobians)  # (vᵀD finite and not all 0: D is too)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _joined(parts: list) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _scale(v: torch.Tensor, d: torch.Tensor, magnitudes) -> torch.Tensor | None:
-    """|v|ᵀ·max(M, |D|) (``v``: |v| as one row; ``d``: D as m × n), flat; None where M
-    comes as a function (|v|ᵀM) whose value is not finite."""
+    """|v|ᵀ·max(M, |D|) (``v``: |v| as one row; ``d``: D as m × n), one row of n; where M
+    comes as a function, |v|ᵀM (its own shape; a non-finite value fails the caller's
+    bound)."""
     if callable(magnitudes):
-        return magnitudes(v).reshape(-1).to(d.dtype)
+        return _as(magnitudes(v), d.dtype)
     terms = d.abs() if magnitudes is None else torch.maximum(
         magnitudes.to(d.dtype).reshape(d.shape), d.abs())
-    return (v @ terms).reshape(-1)
+    return v @ terms
 
 
 class ScaledProbes(FullProbes):

@@ -134,12 +134,22 @@ class _WeightedMagnitudes:
         self.g, self.source = g, source  # (B, T, out), (B, T, in): the rule's own factors
 
     def __call__(self, weights: torch.Tensor) -> torch.Tensor:
-        """``weights``: rows |v| (k, B, …) -> (k, out · in)."""
-        batch = self.g.shape[0]
-        g, source = self.g.to(weights.dtype), self.source.to(weights.dtype).abs().flatten(0, 1)
-        rows = weights.reshape(-1, batch, 1, 1)
-        return torch.stack([torch.mul(g, row).abs_().flatten(0, 1).transpose(0, 1)
-                            .mm(source).reshape(-1) for row in rows])  # |g|·|v| = |g·v|
+        """``weights``: rows |v| (k, B, …) -> (k, out · in). With one position per sample,
+        M_b = |g_b| |a_bᵀ| = |D_b| entry by entry (one term each): |v|ᵀM is |v|ᵀ|D| itself,
+        and with more it is at least that (|Σ_t x_t| ≤ Σ_t |x_t|)."""
+        batch, dtype = self.g.shape[0], weights.dtype
+        g, source = self.g.flatten(0, 1), self.source.flatten(0, 1)
+        if g.dtype != dtype:
+            g, source = g.to(dtype), source.to(dtype)
+        source = source.abs()
+        positions = g.shape[0] // batch if batch else 1
+        rows = weights.reshape(-1, batch, 1)
+        if positions != 1:
+            rows = rows.expand(-1, batch, positions).reshape(rows.shape[0], -1, 1)
+        if rows.shape[0] == 1:  # |g|·|v| = |g·v|, one product for the weight's entries
+            return torch.mul(g, rows[0]).abs_().t().mm(source).reshape(1, -1)
+        return torch.stack([torch.mul(g, row).abs_().t().mm(source).reshape(-1)
+                            for row in rows])
 
 
 def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
@@ -151,8 +161,9 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
         for slot, (gradient, magnitude) in found.items():
             name = use.params[slot]
             shape = (batch,) + tuple(params[name].shape)
-            per_sample[name] = gradient.reshape(shape) if name not in per_sample \
-                else per_sample[name] + gradient.reshape(shape)  # a new tensor: none aliased
+            shaped = gradient if gradient.shape == shape else gradient.reshape(shape)
+            per_sample[name] = shaped if name not in per_sample \
+                else per_sample[name] + shaped  # a new tensor: none aliased
             terms.setdefault(name, []).append((gradient, magnitude))
     for name, t in params.items():  # read only where its result needs no gradient
         if name not in per_sample:
@@ -328,15 +339,14 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     if not outs:
         return [], []
     tensors = [out for out, _ in outs]
-    shape = (value.shape[0],) + (1,) * (value.dim() - 1)
     passes = [torch.ones(value.shape[0], dtype=value.dtype, device=value.device)]
     passes += check_weights(value.shape[0], value.dtype, value.device,
                             first=None if probe is None else probe.reshape(-1))
     grads, vjps = None, []
     for index, weights in enumerate(passes):
         wanted = tensors + list(leaves) if index == 1 and probe is not None else tensors
-        found = _pass(value, wanted, weights.reshape(shape).expand_as(value),
-                      keep_graph or index + 1 < len(passes))
+        vector = probe if index == 1 and probe is not None else weights
+        found = _pass(value, wanted, _shaped(vector, value), keep_graph or index + 1 < len(passes))
         found, vjps = (found[:len(tensors)], found[len(tensors):]) if index == 1 \
             and probe is not None else (found, vjps)
         if grads is None:
@@ -344,6 +354,15 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
         elif not all(_scaled(g, w, axis, weights) for g, w, (_, axis) in zip(grads, found, outs)):
             return None
     return grads, vjps
+
+
+def _shaped(weights: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``weights`` as the gradient argument for ``value``: the tensor itself where
+    shaped like it (no view for the pass to copy), else along its batch axis."""
+    if weights.shape == value.shape:
+        return weights
+    shape = (value.shape[0],) + (1,) * (value.dim() - 1)
+    return weights.reshape(shape).expand_as(value)
 
 
 def _pass(value: torch.Tensor, tensors: list, weights: torch.Tensor, keep: bool) -> list:
@@ -428,22 +447,30 @@ def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
     gradient is exactly 0: softmax ignores a constant added to every score of a query), the
     computed sum is rounding noise of that size, and the analysis' probes judge it so."""
     grad = grad.detach()
-    batch = grad.shape[0]
     if use.kind == "linear":
-        source = bound["input"].detach().movedim(use.axis, 0)
-        g = grad.movedim(use.axis, 0)
-        batch = g.shape[0]
-        source, g = source.reshape(batch, -1, source.shape[-1]), g.reshape(batch, -1, g.shape[-1])
-        outer = g.transpose(1, 2) * source if g.shape[1] == 1 else None  # one product each
-        factored = _WeightedMagnitudes(g, source) if g.shape[1] <= FACTORED_POSITIONS else None
-        found = {"weight": (torch.bmm(g.transpose(1, 2), source) if outer is None else outer,
-                            factored),
-                 "bias": _summed_terms(g, (1,))}
+        found = _linear(bound["input"].detach(), grad, use.axis)
     elif use.kind == "layer_norm":
         found = _layer_norm(bound, grad)
     else:
         found = _convolution(use.kind, bound, grad)
     return {slot: found[slot] for slot in use.params}
+
+
+def _linear(source: torch.Tensor, grad: torch.Tensor, axis: int) -> dict:
+    """A Linear's per-sample weight (B, out, in), written once: one sample's outer product
+    g_bᵀ a_b where it reads one position (contiguous, no copy after), else a batched
+    product over its positions; and its bias."""
+    if axis:
+        source, grad = source.movedim(axis, 0), grad.movedim(axis, 0)
+    batch = grad.shape[0]
+    if source.dim() != 3 or grad.dim() != 3:
+        source = source.reshape(batch, -1, source.shape[-1])
+        grad = grad.reshape(batch, -1, grad.shape[-1])
+    columns = grad.transpose(1, 2)
+    weight = columns * source if grad.shape[1] == 1 else torch.bmm(columns, source)
+    factored = _WeightedMagnitudes(grad, source) if grad.shape[1] <= FACTORED_POSITIONS \
+        else None
+    return {"weight": (weight, factored), "bias": _summed_terms(grad, (1,))}
 
 
 def _summed_terms(g: torch.Tensor, dims: tuple) -> tuple:

@@ -57,12 +57,16 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
         return None
     shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
     magnitudes = getattr(grads, "magnitudes", {})
-    found = PerSampleGradients({name: grads[name].reshape(shape) for name, shape in shapes.items()},
-                               {name: m.reshape(shapes[name]) for name, m in magnitudes.items()},
+    found = PerSampleGradients({name: _shaped(grads[name], s) for name, s in shapes.items()},
+                               {name: _shaped(m, shapes[name]) for name, m in magnitudes.items()},
                                separated=getattr(grads, "separated", False),
                                weighted=getattr(grads, "weighted", {}))
     found.probe_vjps = getattr(grads, "probe_vjps", {})
     return found
+
+
+def _shaped(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    return t if t.shape == shape else t.reshape(shape)
 
 
 def _replayed(record, inputs: dict, output, rules: bool = True) -> dict | None:
