@@ -31,7 +31,7 @@ import torch
 from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
 from .plan import recorded_alias, storage_key
-from .record import tensors_in
+from .record import outs_of, tensors_in
 from .steps import DETACHING, function_name
 
 MAX_CUTS = 20  # distinct cuts named; past this the rest are counted
@@ -181,8 +181,10 @@ def find_cuts(record, inputs: dict, output) -> tuple[Cut, ...]:
     if record is None or record.failed is not None or not record.calls \
             or not isinstance(output, torch.Tensor):
         return ()
-    output = recorded_alias(record, inputs, output)
     calls = record.calls
+    if not any(_makes_untracked(call) for call in calls):
+        return ()  # nothing left autograd anywhere (what _forward would find, read cheaply)
+    output = recorded_alias(record, inputs, output)
     flow = _forward(calls, inputs)
     if not flow.cuts:
         return ()
@@ -201,7 +203,7 @@ def _forward(calls, inputs: dict) -> _Flow:
             and any(_is_array(o) and id(o) not in flow.made_by for o in read)
         if outside:  # torch.tensor(a) of an array computed in numpy: a guess, as above
             tainted = set(flow.to_numpy)
-        outs = _floating(tensors_in(call.result) + list(call.targets)) + _exits(call)
+        outs = _floating(outs_of(call)) + _exits(call)
         detaching = function_name(call.func) in DETACHING
         live = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
                 and not detaching] if names else []
@@ -231,13 +233,22 @@ def _forward(calls, inputs: dict) -> _Flow:
     return flow
 
 
+def _makes_untracked(call) -> bool:
+    """Whether a call makes a floating value autograd does not track (a detaching call, a
+    result or target without grad, a value out of torch): only such a call can be a cut."""
+    if function_name(call.func) in DETACHING or _exits(call):
+        return True
+    return any(id(out) not in call.tracked
+               for out in _floating(outs_of(call)))
+
+
 def _needed(calls, output) -> set[int]:
     """The indices of the calls whose floating results the output is computed from (by
     identity, and in-place writes into its memory)."""
     wanted, memory, kept = {id(output)}, {storage_key(output)} - {None}, set()
     for index in range(len(calls) - 1, -1, -1):
         call = calls[index]
-        outs = _floating(tensors_in(call.result) + list(call.targets)) + _exits(call)
+        outs = _floating(outs_of(call)) + _exits(call)
         writes = {storage_key(t) for t in call.targets} - {None}
         if not any(id(o) in wanted for o in outs) and not writes & memory:
             continue

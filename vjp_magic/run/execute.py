@@ -21,7 +21,7 @@ import types
 from collections import ChainMap
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -114,11 +114,10 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     other exception propagates as in a plain cell (the guard is undone first).
     """
     __tracebackhide__ = True  # the user's errors show their own frames only
-    source = shell.transform_cell(cell)
+    source = transform_cell(shell, cell)
     filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)
     try:
-        parsed = parse_cell(source, filename)
-        body, final = _compile(shell, parsed, filename)
+        parsed, body, final = _compiled(shell, source, filename)
     except SyntaxError as error:
         raise CellSyntaxError(error, shell) from None
     final_value = None
@@ -146,6 +145,84 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
                                   complete=log.mistake is None)
     return CellRun(cell=parsed, source=source, final_value=final_value, assigned=assigned,
                    targets=targets, log=log, record=record, namespace=shell.user_ns)
+
+
+# What a cell's text determines, kept by the text and the shell state that fully determines
+# it (a cell run again is not transformed, parsed or compiled again): IPython's static input
+# transformation by (text, its transformers), the parsed cell and its code objects by (source,
+# file name, the compiler's flags, autoawait) where no AST transformer is registered (one
+# may change a fresh tree each run). Bounded, oldest dropped first.
+_STATIC: dict = {}
+_COMPILED: dict = {}
+_KEPT_MAX = 64
+
+
+def transform_cell(shell, cell: str) -> str:
+    """``shell.transform_cell(cell)``, IPython's own, with the part that depends on the text
+    alone (its input transformer manager's static transforms) taken from :data:`_STATIC`
+    where the same text went through the same transformers before; the dynamic part (single
+    lines, post-transformers) runs every time, as it reads the namespace."""
+    manager = getattr(shell, "input_transformer_manager", None)
+    key = _static_key(manager, cell)
+    if key is None:
+        return shell.transform_cell(cell)
+    static = manager.transform_cell  # the class's method: no instance attribute is set now
+
+    def cached(text: str) -> str:
+        if text != cell:  # another caller (another thread): IPython's own
+            return static(text)
+        found = _STATIC.get(key)
+        if found is None:
+            found = _kept(_STATIC, key, static(text))
+        return found
+
+    manager.transform_cell = cached  # for this call only (an instance attribute)
+    try:
+        return shell.transform_cell(cell)
+    finally:
+        del manager.transform_cell
+
+
+def _static_key(manager, cell: str) -> tuple | None:
+    """(text, the manager's transformer lists as they are now), or None where they cannot be
+    read or compared (not IPython's TransformerManager, an unhashable transformer, the method
+    already replaced)."""
+    lists = [getattr(manager, name, None)
+             for name in ("cleanup_transforms", "line_transforms", "token_transformers")]
+    if manager is None or "transform_cell" in vars(manager) \
+            or not all(isinstance(items, list) for items in lists):
+        return None
+    key = (cell, type(manager), *map(tuple, lists))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _kept(cache: dict, key, value):
+    while len(cache) >= _KEPT_MAX:
+        del cache[next(iter(cache))]
+    cache[key] = value
+    return value
+
+
+def _compiled(shell, source: str, filename: str):
+    """(the parsed cell, the code of its statements, of its final expression or None), from
+    :data:`_COMPILED` where the same source was compiled under the same name and flags."""
+    flags = getattr(shell.compile, "flags", None)
+    key = (source, filename, flags, bool(shell.autoawait)) \
+        if isinstance(flags, int) and getattr(shell, "ast_transformers", None) == [] else None
+    found = _COMPILED.get(key) if key is not None else None
+    if found is None:
+        parsed = parse_cell(source, filename)
+        found = (parsed, *_compile(shell, parsed, filename))
+        flags = getattr(shell.compile, "flags", None)  # a __future__ import changes them
+        if key is not None and key[2] == flags:
+            _kept(_COMPILED, key, found)
+    parsed, body, final = found
+    return replace(parsed, targets=list(parsed.targets),
+                   loaded_names=list(parsed.loaded_names)), body, final
 
 
 def _compile(shell, parsed: ParsedCell, filename: str):
@@ -219,7 +296,7 @@ def _assigned(shell, parsed: ParsedCell, before: dict, captured: dict, complete:
                 values[key] = value
         if key is not None:
             order = [k for k in order if k != key] + [key]
-    order += [n for n in ns if is_visible_name(n) and changed(n) and n not in order]
+    order += [n for n in ns if changed(n) and is_visible_name(n) and n not in order]
     return order, values
 
 

@@ -92,11 +92,18 @@ def _retained_grad_tensors(namespace) -> list[torch.Tensor]:
     """Non-leaf tensors with ``retain_grad()`` among the namespace's values (and one level of
     lists, tuples and dicts in it): any backward pass through them adds to their ``.grad``."""
     found, seen = [], set()
+    tensor = torch.Tensor
     for value in list(namespace.values()):
-        items = value.values() if isinstance(value, dict) else \
-            value if isinstance(value, (list, tuple)) else (value,)
+        if isinstance(value, tensor):
+            items = (value,)
+        elif isinstance(value, dict):
+            items = value.values()
+        elif isinstance(value, (list, tuple)):
+            items = value
+        else:
+            continue  # (a module, a function, a number: no tensor of its own here)
         for item in items:
-            if isinstance(item, torch.Tensor) and id(item) not in seen and item.retains_grad:
+            if isinstance(item, tensor) and item.retains_grad and id(item) not in seen:
                 seen.add(id(item))
                 found.append(item)
     return found
@@ -136,8 +143,11 @@ def keep_graphs(filename: str | None = None):
         raise
 
 
+_PROBE = torch.zeros((), requires_grad=True)  # a leaf of ours, only ever viewed
+
+
 def _next_sequence_number() -> int:
     """The sequence number the next autograd node made on this thread will get (at least)."""
     with torch.enable_grad():
-        probe = torch.zeros((), requires_grad=True).mul(1)
+        probe = _PROBE.view(())  # a node of its own, nothing computed or allocated
     return probe.grad_fn._sequence_nr() + 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .record import storage_of, tensors_in
+from .record import outs_of, reads_of, storage_of, tensors_in
 from .refusals import (
     ForeignTensor, NotReached, check_inputs_unchanged, constant_at, foreign_on_the_way,
     refuse_foreign, refuse_record, refuse_unfollowable, refuse_unrecorded_functions,
@@ -51,7 +51,7 @@ def pruned_steps(record, inputs: dict, output, *, at_point: bool = False,
 
 def out_ids(call) -> list[int]:
     """The ids of what a call makes or changes: its result's tensors and in-place targets."""
-    return [id(t) for t in tensors_in(call.result) + list(call.targets)]
+    return [id(t) for t in outs_of(call)]
 
 
 def _live_outs(call, input_ids: set, at_point: bool) -> list[int]:
@@ -65,7 +65,7 @@ def _live_calls(record, input_ids: set, at_point: bool = False) -> list:
     tensors autograd tracked from them, and what a detaching call makes of them)."""
     live, calls = set(input_ids), []
     for call in record.calls:
-        if any(id(t) in live for t in tensors_in((call.args, call.kwargs))):
+        if any(id(t) in live for t in reads_of(call)):
             outs = _live_outs(call, input_ids, at_point)
             if outs or not at_point or call.targets:
                 calls.append(call)
@@ -82,7 +82,7 @@ def _needed(calls: list, output: torch.Tensor, input_ids: set) -> list:
         if not any(key in needed for key in out_ids(call)) and not writes & memory:
             continue
         kept.append(call)
-        for tensor in tensors_in((call.args, call.kwargs)):
+        for tensor in reads_of(call):
             if id(tensor) not in input_ids:
                 needed.add(id(tensor))
                 memory.add(storage_key(tensor))
@@ -108,7 +108,7 @@ def recorded_alias(record, inputs: dict, output: torch.Tensor) -> torch.Tensor:
     detached alias of it, ``y.data``) the last recorded tensor with the same memory and
     layout, preferring one autograd tracked from the inputs, then one computed from them."""
     input_ids = {id(t) for t in inputs.values()}
-    made = [t for call in record.calls for t in tensors_in(call.result) + list(call.targets)]
+    made = [t for call in record.calls for t in outs_of(call)]
     if id(output) in input_ids or any(t is output for t in made):
         return output
     key = layout_key(output)
@@ -155,7 +155,7 @@ def _steps(calls: list, copies: dict, inputs: dict, at_point: bool, label) -> li
                     call.targets, call.grad_enabled, {}, rng=call.rng,
                     live=frozenset(_live_outs(call, input_ids, at_point)))
         scratch = _running_stats(call)
-        for tensor in tensors_in((call.args, call.kwargs)):
+        for tensor in reads_of(call):
             key = id(tensor)
             if key in live:
                 continue

@@ -70,6 +70,8 @@ class Call:
     before: tuple = ()  # (version, copy or None) of each target, from just before the call
     rng: tuple | None = None  # the random generators' states just before a call that draws
     site: tuple | None = None  # where the call was made (:func:`call_site`)
+    made: tuple | None = None  # its result's tensors, then its targets (:func:`outs_of`)
+    reads: tuple | None = None  # the tensors of its arguments, once read (:func:`reads_of`)
 
 
 @dataclass(eq=False)
@@ -99,11 +101,22 @@ class OpRecord:
 def held_bytes_cap() -> int:
     """The most result memory a record may hold: :data:`MAX_HELD_BYTES`, and at most
     :data:`RAM_FRACTION` of the machine's memory."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
+    ram = _physical_memory()
+    if ram is None:
         return MAX_HELD_BYTES
     return min(MAX_HELD_BYTES, int(ram * RAM_FRACTION))
+
+
+_RAM: list = []  # the machine's memory in bytes (None where unknown), read once
+
+
+def _physical_memory() -> int | None:
+    if not _RAM:
+        try:
+            _RAM.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (AttributeError, ValueError, OSError):
+            _RAM.append(None)
+    return _RAM[0]
 
 
 class FunctionApply:
@@ -164,6 +177,24 @@ def _named(func) -> tuple[str, bool, bool]:
         except TypeError:
             pass
     return facts
+
+
+def reads_of(call: Call) -> tuple:
+    """The tensors a recorded call read, ``tensors_in((call.args, call.kwargs))``, found once
+    per call (the replays' planner and the cuts read them several times)."""
+    reads = call.reads
+    if reads is None:
+        reads = call.reads = tuple(tensors_in((call.args, call.kwargs)))
+    return reads
+
+
+def outs_of(call: Call) -> tuple:
+    """The tensors a recorded call made or changed: ``tensors_in(call.result)``, then its
+    in-place targets (noted as it was recorded)."""
+    made = call.made
+    if made is None:
+        made = call.made = tuple(tensors_in(call.result)) + tuple(call.targets)
+    return made
 
 
 def in_place_targets(func, args, kwargs) -> tuple:
@@ -249,7 +280,8 @@ class _Recorder(TorchFunctionMode):
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
-                                          tracked, grad_enabled, targets, before, rng, site))
+                                          tracked, grad_enabled, targets, before, rng, site,
+                                          tuple(outs)))
             self._hold(outs, read)
         except Exception as error:  # noqa: BLE001
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
@@ -425,8 +457,7 @@ class KeptRecord:
         if record is None or record.failed is not None or not isinstance(output, torch.Tensor) \
                 or output.grad_fn is None:
             return None
-        if not any(t is output for call in record.calls
-                   for t in tensors_in(call.result) + list(call.targets)):
+        if not any(t is output for call in record.calls for t in outs_of(call)):
             return None  # not the cell's own (an --of expression, an earlier cell's tensor)
         return cls(record, output)
 
@@ -457,8 +488,7 @@ def _swapped_call(call: Call, old: torch.Tensor, new: torch.Tensor) -> Call:
     """``call`` with the tensor ``old`` replaced by ``new`` wherever it holds it (arguments,
     result, targets, and the ids its versions and tracking are kept under); ``call`` itself
     where it holds ``old`` nowhere (its arguments are seen by id, its results by identity)."""
-    if id(old) not in call.seen and not any(t is old for t in tensors_in(call.result)) \
-            and not any(t is old for t in call.targets):
+    if id(old) not in call.seen and not any(t is old for t in outs_of(call)):
         return call
 
     def swap(value, depth=0):
@@ -482,4 +512,4 @@ def _swapped_call(call: Call, old: torch.Tensor, new: torch.Tensor) -> Call:
     return dataclasses.replace(
         call, args=swap(call.args), kwargs=swap(call.kwargs), result=swap(call.result),
         targets=swap(call.targets), seen={key(k): v for k, v in call.seen.items()},
-        tracked=frozenset(key(k) for k in call.tracked))
+        tracked=frozenset(key(k) for k in call.tracked), made=None, reads=None)

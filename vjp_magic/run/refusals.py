@@ -21,7 +21,7 @@ import torch
 
 from ..core.tagging import custom_backwards, depends_on
 from ..core.tolerances import tolerances
-from .record import FunctionApply, tensors_in, version
+from .record import FunctionApply, outs_of, reads_of, version
 from .steps import identity
 
 
@@ -152,11 +152,11 @@ def foreign_on_the_way(calls: list, output: torch.Tensor, inputs: dict,
     first tensor they read that was computed from an input elsewhere (or the output itself)."""
     made = {id(t) for t in inputs.values()}
     for call in calls:
-        for tensor in tensors_in((call.args, call.kwargs)):
+        for tensor in reads_of(call):
             found = None if id(tensor) in made else _foreign(tensor, inputs, label)
             if found is not None:
                 return found
-        made.update(id(t) for t in tensors_in(call.result) + list(call.targets))
+        made.update(id(t) for t in outs_of(call))
     return _foreign(output, inputs, label)
 
 

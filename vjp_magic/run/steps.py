@@ -96,16 +96,17 @@ class Interpreter:
             if key not in env:
                 env[key] = value.clone()
         local = {key: _throwaway(value) for key, value in step.scratch.items()}
+        fetch = self.fetch
 
         def swap(value, depth=0):
             if isinstance(value, torch.Tensor):
-                return local[id(value)] if id(value) in local else self.fetch(step, value, env)
+                return local[id(value)] if id(value) in local else fetch(step, value, env)
             if depth < _DEPTH and type(value) in (list, tuple):
-                return type(value)(swap(v, depth + 1) for v in value)
+                return type(value)([swap(v, depth + 1) for v in value])
             return value
 
-        args = tuple(swap(a) for a in step.args)
-        kwargs = {k: swap(v) for k, v in step.kwargs.items()}
+        args = tuple([swap(a) for a in step.args])
+        kwargs = {k: swap(v) for k, v in step.kwargs.items()} if step.kwargs else {}
         self.store(step, self.call_function(step, args, kwargs), env)
 
     def fetch(self, step: Step, tensor: torch.Tensor, env: dict):
