@@ -184,9 +184,10 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
         if scale is None or scale.numel() != found.numel():
             return set()
         vjp = given[name][1] if given and name in given else probes.vjp(name)
-        expected.append(found.reshape(-1))
-        vjps.append(_as(vjp.reshape(-1), compute))
-        allowed.append(scale.reshape(-1))
+        expected.append(found)  # all as rows (1, n): joined along the entries
+        vjps.append(_as(vjp.reshape(1, -1), compute))
+        allowed.append(scale if scale.dim() == 2 and scale.shape[0] == 1
+                       else scale.reshape(1, -1))
         limits.append(tolerances(jacobian.dtype).probe)
     if len(rows) > 1 or len(set(limits)) > 1:  # mixed precisions: each judged in its own
         gaps = [g.sub(e).abs_() for g, e in zip(vjps, expected)]
@@ -211,7 +212,7 @@ def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _joined(parts: list) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def _scale(v: torch.Tensor, d: torch.Tensor, magnitudes) -> torch.Tensor | None:
