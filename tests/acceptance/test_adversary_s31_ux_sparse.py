@@ -143,6 +143,28 @@ def test_gather_forward_mode_code_gives_the_product_rule(ip, run_vjp, run_ok):
     torch.testing.assert_close(ju[colour[other], rows], x[idx])  # dy_p/dx_other[p]
 
 
+def test_the_first_colour_named_is_r_gradients_first(run_vjp):
+    """'v is 1 on entries 0, 8, 13, … of y' (a batch leak, greedy colours): those are the
+    first entries of r.gradients['x'][0], and the vectors cover y once."""
+    r = run_vjp(TALL["batch leak y[t] <- x[t-1], B = 1024"].replace("1024", "64"))
+    first = r.gradients["x"][0].reshape(-1).nonzero().reshape(-1)[:3].tolist()
+    text = _flat(_plain(r))
+    assert f"v is 1 on entries {first[0]}, {first[1]}, {first[2]}, … of y" in text
+    cover = torch.stack(list(r.gradients["x"])).sum(0)
+    assert torch.equal(cover, torch.ones_like(cover))
+
+
+@pytest.mark.xfail(strict=True, reason="--code on a coloured result points to 'the careful "
+                   "version of this code' (teach/code.py), but r.code is the dense one-hot loop "
+                   "(render/codegen.py reproducing_code): at n = 100,000 it allocates "
+                   "x.new_zeros(100000, *x.shape) (40 GB) and runs 100,000 backward passes "
+                   "where the display's code takes 3")
+def test_r_code_of_a_coloured_result_keeps_the_colours(run_vjp):
+    r = run_vjp(TRIDIAGONAL.format(n=10**5), "--code")
+    assert "r.code" in _plain(r)
+    assert "range(100000)" not in r.code and "new_zeros(100000" not in r.code, r.code
+
+
 # -- the words: what the sentences claim is the Jacobian's own pattern ---------------------------
 def test_explain_reason_is_the_patterns_own(run_vjp):
     r = run_vjp(TRIDIAGONAL.format(n=2000), "--explain")
