@@ -229,6 +229,7 @@ class _Recorder(TorchFunctionMode):
         self.record = record
         self.depth = 0
         self.cap = held_bytes_cap()
+        self.noted: set = set()  # ids of the argument tensors whose memory _hold has noted
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # IPython hides this frame unless it is the last
@@ -254,10 +255,14 @@ class _Recorder(TorchFunctionMode):
                 record._give_up(f"the cell made more than {MAX_CALLS:,} torch calls")
                 return None
             tensors = tensors_in(args) + tensors_in(kwargs) if kwargs else tensors_in(args)
-            seen = {id(t): (version(t), t.requires_grad) for t in tensors}
+            try:
+                seen = {id(t): (t._version, t.requires_grad) for t in tensors}
+            except Exception:  # noqa: BLE001 - an inference tensor: no version
+                seen = {id(t): (version(t), t.requires_grad) for t in tensors}
             targets = in_place_targets(func, args, kwargs)
-            before = tuple((version(t), self._copy(t)) for t in targets)
-            return (seen, targets, before, torch.is_grad_enabled(), rng_states(func, tensors),
+            before = tuple((version(t), self._copy(t)) for t in targets) if targets else ()
+            rng = rng_states(func, tensors) if _named(func)[2] else None
+            return (seen, targets, before, torch.is_grad_enabled(), rng,
                     call_site(sys._getframe(2)), tensors)
         except Exception as error:  # noqa: BLE001 - never disturb the cell
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
@@ -290,12 +295,16 @@ class _Recorder(TorchFunctionMode):
         """Count the memory of result storages (``tensors``) not counted before, except the
         memory of tensors the cell had already (``read``: the call's tensor arguments; a view
         of a dataset pins nothing new); give up past the cap."""
-        record = self.record
+        record, noted = self.record, self.noted
         for tensor in read:
+            if id(tensor) in noted:  # (held by the record: its id is its own)
+                continue
+            noted.add(id(tensor))
             key = storage_of(tensor)[0]
             if key is not None and key not in record.storages:
                 record.storages.add(key)  # memory from outside the record: not counted
-        for tensor in tensors:
+        for tensor in tensors:  # (a target's memory may have changed: looked up again)
+            noted.add(id(tensor))
             key, size = storage_of(tensor)
             if key is not None and key not in record.storages:
                 record.storages.add(key)
