@@ -100,3 +100,59 @@ def test_the_at_column_points_at_the_largest_entry_or_says_how_it_counts(ip, sca
     at = int(_table_row(text, "net[38].bias").rstrip("]").split()[-1])
     said = "Counted from 1" in text or "from 1" in text
     assert said or expected.abs().argmax().item() == at, (at, expected)
+
+
+# -- a practitioner's mistakes with --wrt MODULE -------------------------------------------------
+MISTAKES = """import torch.nn as nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+frozen = nn.Linear(4, 2).requires_grad_(False)
+relu = nn.ReLU()
+xb = torch.randn(6, 4)"""
+
+
+@pytest.mark.parametrize("line, body, words", [
+    ("--wrt nte", "loss = net(xb).sum()", ["No variable named 'nte'"]),
+    ("--wrt net.weight", "loss = net(xb).sum()", ["Could not evaluate 'net.weight'",
+                                                  "no attribute 'weight'"]),
+    ("--wrt net[5]", "loss = net(xb).sum()", ["Could not evaluate 'net[5]'"]),
+    ("--wrt net", "loss = net(xb).sum().item()", ["loss is a Python float", "Keep it a tensor"]),
+    ("--wrt net", "with torch.no_grad():\n    loss = net(xb).sum()", ["torch.no_grad()"]),
+])
+def test_module_mistakes_say_what_to_do(ip, run_ok, usage_error, line, body, words):
+    run_ok(MISTAKES)
+    message = usage_error(f"%%vjp {line}\n{body}")
+    for word in words:
+        assert word in message, message
+    assert all(p.grad is None for p in ip.user_ns["net"].parameters())
+
+
+def test_a_parameter_by_its_path_works(ip, run_ok, run_vjp):
+    run_ok(MISTAKES)
+    r = run_vjp("loss = net(xb).sum()", "--wrt net[0].weight")
+    net, xb = ip.user_ns["net"], ip.user_ns["xb"]
+    (expected,) = torch.autograd.grad(net(xb).sum(), net[0].weight)
+    torch.testing.assert_close(r.derivatives["net[0].weight"], expected)
+
+
+@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt relu' (a module with no parameters) and "
+                   "'--wrt frozen' (parameters with requires_grad=False) get the generic 'None "
+                   "of the cell's tensors requires grad ... e.g. x = torch.linspace(-2, 2, 5, "
+                   "requires_grad=True)': it names neither the module nor the cause (no "
+                   "parameters; frozen.requires_grad_(True)) (core/tagging.py)")
+@pytest.mark.parametrize("module", ["relu", "frozen"])
+def test_a_module_without_trainable_parameters_is_named(run_ok, usage_error, module):
+    run_ok(MISTAKES)
+    message = usage_error(f"%%vjp --wrt {module}\nloss = {module}(xb).sum()")
+    assert module in message, message
+
+
+@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt net' on 'loss = net(xb).argmax()' says "
+                   "'Differentiate a floating tensor computed from x instead. And create the "
+                   "input as floats ... x = torch.linspace(...)': there is no x in the cell; the "
+                   "input named on the line is net (core/tagging.py _integer_message)")
+def test_the_integer_message_speaks_of_the_named_module(run_ok, usage_error):
+    run_ok(MISTAKES)
+    message = usage_error("%%vjp --wrt net\nloss = net(xb).argmax()")
+    assert "integer tensors have no derivatives" in message
+    assert "computed from x" not in message, message
