@@ -145,3 +145,31 @@ def test_dependency_guards_hold():
         with pytest.raises(vjp_magic.VJPUsageError, match=word):
             vjp_magic.dependency(*args, **kw)
     assert x.grad is None
+
+
+# -- the cell's own .grad and retain_grad tensors, through a sparse result and a refusal --------
+STENCIL_WITH_GRADS = """import torch.nn.functional as F
+x = torch.linspace(0, 1, 100_000, requires_grad=True)
+p = F.pad(x, (1, 1))
+p.retain_grad()
+y = p[:-2] - 2*p[1:-1] + p[2:] + x**3
+y.sum().backward(retain_graph=True)"""
+
+
+@pytest.mark.parametrize("line", ["", "--full", "--explain --gradcheck"])
+def test_the_cells_own_grads_survive_the_analysis(ip, earlier_grad, line):
+    result = ip.run_cell(f"%%vjp {line}\n{STENCIL_WITH_GRADS}")
+    if line == "--full":  # 100,000 one-hot passes: refused, with what to do
+        assert "over the memory budget" in str(result.error_in_exec)
+        assert "drop --full" in str(result.error_in_exec)
+    else:
+        assert result.success, result.error_in_exec
+    x, p = ip.user_ns["x"], ip.user_ns["p"]
+    expected = 3 * x.detach() ** 2  # column sums of the stencil's Jacobian
+    expected[0] -= 1
+    expected[-1] -= 1
+    torch.testing.assert_close(x.grad, expected)
+    expected_p = torch.zeros(100_002)  # d sum(y) / d p: 1 - 2 + 1 inside, the edges apart
+    expected_p[[0, -1]] = 1
+    expected_p[[1, -2]] = -1
+    torch.testing.assert_close(p.grad, expected_p)
