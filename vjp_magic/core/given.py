@@ -179,8 +179,12 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
             rows[compute] = row, row.abs()
         row, size = rows[compute]
         d = _as(jacobian.reshape(row.shape[1], -1), compute)
-        found = row @ d  # (1, n): read from the very tensor handed over
-        scale = _scale(size, d, magnitudes.get(name))
+        given_scale = magnitudes.get(name)
+        if given_scale is None and d.device.type == "cpu" and d.numel() > 2 * READ_BLOCK:
+            found, scale = read_once(row, size, d)
+        else:
+            found = row @ d  # (1, n): read from the very tensor handed over
+            scale = _scale(size, d, given_scale)
         if scale is None or scale.numel() != found.numel():
             return set()
         vjp = given[name][1] if given and name in given else probes.vjp(name)
@@ -206,6 +210,25 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
     counts = torch.stack([e.count_nonzero() for e in expected]).tolist()
     probes.ordinary.update(n for n, count in zip(jacobians, counts) if count)
     return set(jacobians)  # (vᵀD finite and not all 0: D is too)
+
+
+# Entries of D per block in :func:`read_once`: 512 KB of float32, which stays in a CPU core's
+# cache between the block's two products (measured 35-40 % faster than vᵀD, then |D| made
+# whole and read again, for 1-13 M entries; more passes of Python below about 2^16).
+READ_BLOCK = 2**17
+
+
+def read_once(v: torch.Tensor, size: torch.Tensor, d: torch.Tensor) -> tuple:
+    """(vᵀD, |v|ᵀ|D|) for ``v`` and ``size`` = |v| as rows (1, m) and D as m × n, reading D
+    from memory once: block by block of rows, each block's |D| made while it is in cache
+    and never the whole |D| (the same sums, added in another order: within rounding)."""
+    step = max(1, READ_BLOCK // max(1, d.shape[1]))
+    found, scale = v[:, :step] @ d[:step], size[:, :step] @ d[:step].abs()
+    for start in range(step, d.shape[0], step):
+        block = d[start:start + step]
+        found.addmm_(v[:, start:start + step], block)
+        scale.addmm_(size[:, start:start + step], block.abs())
+    return found, scale
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -260,4 +283,4 @@ class ScaledProbes(FullProbes):
         return float(vjps.sub_(self.expected).abs_().div_(allowed).max())
 
 
-__all__ = ["GivenJacobian", "ScaledProbes", "Separated", "agreed", "at_once", "split"]
+__all__ = ["GivenJacobian", "ScaledProbes", "Separated", "agreed", "at_once", "read_once", "split"]
