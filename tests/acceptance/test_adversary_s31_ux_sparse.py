@@ -266,3 +266,44 @@ def test_the_default_sparse_display_fits_one_screen(run_vjp, case):
     r = run_vjp(body)
     assert "backward" in _plain(r) or "forward-mode" in _plain(r)  # the coloured path
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
+
+
+# -- grading what the display teaches ------------------------------------------------------------
+COLOURED_BY_HAND = TRIDIAGONAL.format(n=10_000) + """
+g = torch.zeros(3, 10_000)
+for c in range(3):
+    v = (torch.arange(10_000) % 3 == c).float()
+    x.grad = None
+    y.backward(v, retain_graph=True)
+    g[c] = x.grad
+x.grad = None"""
+
+
+def test_summed_answer_on_a_stencil_is_caught(ip, run_vjp):
+    r = run_vjp(TRIDIAGONAL.format(n=10_000) + "\ny.backward(torch.ones_like(y))",
+                "--check x.grad")
+    assert r.check.correct is False and r.check.kind == "summed"
+    expected = 3 * ip.user_ns["x"].detach() ** 2  # the column sums the student got
+    expected[[0, -1]] -= 1
+    torch.testing.assert_close(ip.user_ns["x"].grad, expected)
+
+
+@pytest.mark.xfail(strict=True, reason="on a tridiagonal stencil the 'summed' hint says 'use "
+                   "one backward per component of y, v one-hot on it' (10,000 passes), where the "
+                   "display teaches 3 coloured vectors (teach/grading_hints.py knows no colours)")
+def test_summed_hint_on_a_stencil_points_to_the_colours(run_vjp):
+    r = run_vjp(TRIDIAGONAL.format(n=10_000) + "\ny.backward(torch.ones_like(y))",
+                "--check x.grad")
+    assert "colour" in r.check.hint, r.check.hint
+
+
+@pytest.mark.xfail(strict=True, reason="a student who computes the display's own compressed "
+                   "rows g (3 × n: row c is vᵀJ for colour c) and runs '--check g' is told '✗ "
+                   "wrong shape ... (10000, 10000)': grading (teach/grading.py, "
+                   "grading_targets.py) does not know the coloured form the display teaches")
+def test_the_displays_compressed_rows_are_not_called_wrong(ip, run_vjp):
+    r = run_vjp(COLOURED_BY_HAND, "--check g")
+    rows = torch.arange(10_000)  # the rows are right: J[p, p] = g[p % 3, p]
+    torch.testing.assert_close(ip.user_ns["g"][rows % 3, rows],
+                               -2 + 3 * ip.user_ns["x"].detach() ** 2)
+    assert r.check.correct or r.check.kind != "wrong-shape", (r.check.kind, r.check.hint)
