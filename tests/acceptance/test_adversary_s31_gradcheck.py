@@ -149,3 +149,51 @@ def test_a_backward_wrong_for_negative_grad_output_is_never_passed(ip, run_ok, m
         assert r.seed == seed
         verdicts.append(r.gradcheck.ok)
     assert True not in verdicts, verdicts
+
+
+# -- staircases finer than the step: locally constant, so autograd's 0 is their derivative ------
+X_OFF_GRID = ("x = torch.tensor([0.10000034, 0.12500117], dtype=torch.float64, "
+              "requires_grad=True)\n")
+STAIRS = {
+    "floor(x * 1e6) * 1e-6 + x**2": "y = torch.floor(x * 1e6) * 1e-6 + x**2",
+    "round(x * 1e6) / 1e6 + x**2": "y = torch.round(x * 1e6) / 1e6 + x**2",
+    "fake quantisation round(x * 2**20) / 2**20 + x**2":
+        "y = torch.round(x * 2**20) / 2**20 + x**2",
+    "floor(x * 1e7) * 1e-7 + x**2": "y = torch.floor(x * 1e7) * 1e-7 + x**2",
+}
+STAIRCASE = (
+    "--gradcheck says FAILED on a right built-in backward: a staircase finer than the step "
+    "h = 1e-6 (floor / round of x times 1e6..1e7, fake quantisation at 2**-20) is locally "
+    "constant at these off-grid x, so autograd's derivative is right, and the steps h/16 and "
+    "h/256 that api.md promises cross no stair there; every difference tried crosses one "
+    "(run/gradcheck.py, run/gradcheck_noise.py: the smaller steps are not tried, or the "
+    "staircase noise is not applied)")
+
+
+def test_the_staircases_are_smooth_at_these_points():
+    """Mathematics behind the xfail: at h/256 no stair lies within the step, and the central
+    difference there equals autograd's derivative."""
+    x = torch.tensor([0.10000034, 0.12500117], dtype=torch.float64)
+    h = 1e-6 / 256
+
+    def f(body, t):
+        scope = {"torch": torch, "x": t}
+        exec(body, scope)
+        return scope["y"]
+    for case, body in STAIRS.items():
+        xr = x.clone().requires_grad_()
+        (analytic,) = torch.autograd.grad(f(body, xr).sum(), xr)
+        numeric = (f(body, x + h) - f(body, x - h)) / (2 * h)
+        torch.testing.assert_close(numeric, analytic, rtol=1e-3, atol=1e-5, msg=case)
+
+
+@pytest.mark.xfail(strict=True, reason=STAIRCASE)
+@pytest.mark.parametrize("case", list(STAIRS))
+def test_a_fine_staircase_is_not_failed(ip, run_ok, case):
+    assert run_ok("%%vjp --gradcheck\n" + X_OFF_GRID + STAIRS[case]).gradcheck.ok is not False
+
+
+@pytest.mark.parametrize("scale", ["6e5", "3e5"])
+def test_a_staircase_coarser_than_two_steps_passes(ip, run_ok, scale):
+    body = X_OFF_GRID + f"y = torch.floor(x * {scale}) + x"
+    assert run_ok("%%vjp --gradcheck\n" + body).gradcheck.ok is True
