@@ -382,13 +382,25 @@ def _scaled(plain: torch.Tensor, weighted: torch.Tensor, axis: int, weights) -> 
     shape = [1] * plain.dim()
     shape[axis] = -1
     divided = weighted / weights.reshape(shape)  # exact: powers of two
-    if torch.equal(divided, plain):
+    if _equal(divided, plain):
         return True
     if not bool(torch.isfinite(divided).all()):
         return False
     others = [d for d in range(plain.dim()) if d != axis]
     rows = plain.abs().amax(others, keepdim=True) if others else plain.abs()
     return bool((divided - plain).abs_().le_(rows * 1e-5).all())
+
+
+_NUMPY_EQUAL = (torch.float16, torch.float32, torch.float64)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal(a, b)`` (same shape and dtype: every entry equal, a NaN never): by numpy
+    on the CPU, measured 2-5 times faster there (7 vs 36 µs for 1024 × 64 float32)."""
+    if a.device.type == "cpu" and b.device.type == "cpu" and a.dtype == b.dtype \
+            and a.dtype in _NUMPY_EQUAL and a.shape == b.shape:
+        return bool((a.detach().numpy() == b.detach().numpy()).all())
+    return torch.equal(a, b)
 
 
 CHECK_SPAN = {torch.float16: 4}  # |k| of the check weights ±2^k (else 40: 2^±40 keeps
