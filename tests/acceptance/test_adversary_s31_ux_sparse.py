@@ -146,7 +146,7 @@ def test_gather_forward_mode_code_gives_the_product_rule(ip, run_vjp, run_ok):
 def test_the_first_colour_named_is_r_gradients_first(run_vjp):
     """'v is 1 on entries 0, 8, 13, … of y' (a batch leak, greedy colours): those are the
     first entries of r.gradients['x'][0], and the vectors cover y once."""
-    r = run_vjp(TALL["batch leak y[t] <- x[t-1], B = 1024"].replace("1024", "64"))
+    r = run_vjp(TALL["batch leak y[t] <- x[t-1], B = 64"])
     first = r.gradients["x"][0].reshape(-1).nonzero().reshape(-1)[:3].tolist()
     text = _flat(_plain(r))
     assert f"v is 1 on entries {first[0]}, {first[1]}, {first[2]}, … of y" in text
@@ -244,16 +244,16 @@ def test_markdown_prose_has_no_raw_latex_and_maths_no_prose(run_vjp):
 
 TALL = {
     "cyclic tridiagonal, 10^5": CYCLIC.format(n=10**5),
-    "5-point Laplacian, 1000^2": LAPLACIAN.format(n=1000),
+    "5-point Laplacian, 100^2": LAPLACIAN.format(n=100),
     "two width-5 Conv1d, L = 4096": "import torch.nn as nn\n"
     "x = torch.randn(1, 1, 4096, requires_grad=True)\nconv = nn.Conv1d(1, 1, 5, padding=2)\n"
     "y = conv(torch.tanh(conv(x)))",
-    "batch leak y[t] <- x[t-1], B = 1024": "torch.manual_seed(0)\n"
-    "x = torch.randn(1024, 8, requires_grad=True)\nW = torch.randn(8, 3)\n"
+    "batch leak y[t] <- x[t-1], B = 64": "torch.manual_seed(0)\n"
+    "x = torch.randn(64, 8, requires_grad=True)\nW = torch.randn(8, 3)\n"
     "z = (x @ W).tanh()\ny = z + torch.cat([torch.zeros(1, 3), z[:-1]]) * 0.1",
 }
 TALL_REASON = ("the default display of a coloured sparse result is taller than one screen by "
-               "the package's own estimate (render/budget.height > 647 px: 651 to 716 px); the "
+               "the package's own estimate (render/budget.height > 647 px: 651 to 692 px); the "
                "sparse sections (render/sparse.py) are not fitted as the dense ones are")
 
 
