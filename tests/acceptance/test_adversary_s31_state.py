@@ -223,3 +223,23 @@ def test_wrt_net_with_a_reentrant_checkpoint_and_an_input_that_requires_grad(ip,
         torch.testing.assert_close(r.jacobian(f"net.{name}").reshape(rows.shape), rows,
                                    rtol=1e-5, atol=1e-6, msg=name)
     _compare(plain, after)
+
+
+@pytest.mark.xfail(strict=True, reason=REENTRANT_ZEROS.replace(
+    "%%vjp --wrt net on a cell", "differentiate(fn, net) on a function"))
+def test_differentiate_a_function_through_a_reentrant_checkpoint_per_sample(ip, run_ok):
+    import vjp_magic
+
+    setup = SETUP.replace("REENTRANT", "True").replace(
+        "torch.manual_seed(5)", "X.requires_grad_()\ntorch.manual_seed(5)")
+    run_ok(setup)
+    run_ok(CELLS["plain"])
+    expected = _backward_loop(ip.user_ns)
+    run_ok(setup)
+    ns = ip.user_ns
+    r = vjp_magic.differentiate(
+        lambda: ns["F"].cross_entropy(ns["net"](ns["X"]), ns["t"], reduction="none"),
+        ns["net"], names="net")
+    for name, rows in expected.items():
+        torch.testing.assert_close(r.jacobian(f"net.{name}").reshape(rows.shape), rows,
+                                   rtol=1e-5, atol=1e-6, msg=name)
