@@ -197,3 +197,66 @@ def test_a_fine_staircase_is_not_failed(ip, run_ok, case):
 def test_a_staircase_coarser_than_two_steps_passes(ip, run_ok, scale):
     body = X_OFF_GRID + f"y = torch.floor(x * {scale}) + x"
     assert run_ok("%%vjp --gradcheck\n" + body).gradcheck.ok is True
+
+
+# -- one wrong entry among many: the sample of 64 entries and the one random direction ---------
+ONE_ENTRY = """import torch
+class OneEntry(torch.autograd.Function):
+    factor, entry = 1.0, 0
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        d = 2 * g * x
+        d[..., OneEntry.entry] = d[..., OneEntry.entry] * OneEntry.factor
+        return d
+"""
+
+
+def _one_entry(ip, run_ok, monkeypatch, n, factor, seed):
+    monkeypatch.setattr("vjp_magic.core.analysis.new_seed", lambda: seed)
+    ip.run_cell(ONE_ENTRY)
+    ip.run_cell(f"OneEntry.factor, OneEntry.entry = {factor}, {n - 23}")
+    body = f"x = torch.linspace(0.5, 2, {n}, dtype=torch.float64, requires_grad=True)\n" \
+           "y = OneEntry.apply(x)"
+    return run_ok("%%vjp --gradcheck\n" + body).gradcheck.ok
+
+
+@pytest.mark.parametrize("factor", [-1.0, 1.1, 0.0])
+@pytest.mark.parametrize("n", [100, 5000])
+def test_one_entry_wrong_by_10_percent_or_more_among_many_fails(ip, run_ok, monkeypatch, n,
+                                                                 factor):
+    assert _one_entry(ip, run_ok, monkeypatch, n, factor, seed=3) is False
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "--gradcheck passes a backward 1 % off (10x its rtol) on one entry among n > 64 whenever "
+    "that entry is outside the 64-entry sample: the one random direction through all entries "
+    "that api.md says makes 'an error in an entry outside the sample still show' dilutes it "
+    "below the tolerance (n = 100 and 1,000, seeds 0-3; torch.autograd.gradcheck checks every "
+    "entry and fails it) (run/gradcheck.py)"))
+@pytest.mark.parametrize("n", [100, 1000])
+def test_one_entry_wrong_by_1_percent_among_many_is_never_passed(ip, run_ok, monkeypatch, n):
+    verdicts = [_one_entry(ip, run_ok, monkeypatch, n, 1.01, seed) for seed in range(4)]
+    assert True not in verdicts, verdicts
+
+
+def test_torch_gradcheck_fails_the_1_percent_entry():
+    """The standard behind the xfail above."""
+    class OneEntry(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            d = 2 * g * x
+            d[77] = d[77] * 1.01
+            return d
+    x = torch.linspace(0.5, 2, 100, dtype=torch.float64, requires_grad=True)
+    assert not torch.autograd.gradcheck(OneEntry.apply, (x,), raise_exception=False)
