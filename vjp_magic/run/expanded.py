@@ -339,14 +339,17 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     if not outs:
         return [], []
     tensors = [out for out, _ in outs]
+    shape = (value.shape[0],) + (1,) * (value.dim() - 1)
     passes = [torch.ones(value.shape[0], dtype=value.dtype, device=value.device)]
     passes += check_weights(value.shape[0], value.dtype, value.device,
                             first=None if probe is None else probe.reshape(-1))
     grads, vjps = None, []
     for index, weights in enumerate(passes):
         wanted = tensors + list(leaves) if index == 1 and probe is not None else tensors
-        vector = probe if index == 1 and probe is not None else weights
-        found = _pass(value, wanted, _shaped(vector, value), keep_graph or index + 1 < len(passes))
+        # a view: the pass reads a copy (plain_vjp), so a backward that writes into its
+        # gradient argument changes neither the weights divided by below nor the probe
+        found = _pass(value, wanted, weights.reshape(shape).expand_as(value),
+                      keep_graph or index + 1 < len(passes))
         found, vjps = (found[:len(tensors)], found[len(tensors):]) if index == 1 \
             and probe is not None else (found, vjps)
         if grads is None:
@@ -356,22 +359,14 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     return grads, vjps
 
 
-def _shaped(weights: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Per-sample ``weights`` as the gradient argument for ``value``: the tensor itself where
-    shaped like it (no view for the pass to copy), else along its batch axis."""
-    if weights.shape == value.shape:
-        return weights
-    shape = (value.shape[0],) + (1,) * (value.dim() - 1)
-    return weights.reshape(shape).expand_as(value)
-
-
 def _pass(value: torch.Tensor, tensors: list, weights: torch.Tensor, keep: bool) -> list:
     """One backward of ``value`` weighted by ``weights`` to ``tensors`` (zeros where not
     reached): :func:`~vjp_magic.core.derivatives.plain_vjp` where the graph is kept (the
-    engine's pass without autograd.grad's Python checks), else one that frees it."""
+    engine's pass without autograd.grad's Python checks), else one that frees it; either
+    reads a copy of ``weights``, which a backward writing into its argument leaves as is."""
     if keep:
         return plain_vjp(value, tensors, weights)
-    found = torch.autograd.grad(value, tensors, weights, allow_unused=True)
+    found = torch.autograd.grad(value, tensors, weights.clone(), allow_unused=True)  # as above
     return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]
 
 
