@@ -160,6 +160,18 @@ def test_explain_reason_is_the_patterns_own(run_vjp):
     assert f"no colouring needs fewer than {most} passes; this one is the fewest" in text
 
 
+def test_forward_mode_explain_counts_the_readers_of_the_busiest_entry(ip, run_vjp):
+    r = run_vjp(GATHER, "--explain")
+    text = flat(plain(r))
+    idx = ip.user_ns["idx"]
+    readers = torch.bincount(idx, minlength=50000) + torch.bincount((idx + 7) % 50000,
+                                                                    minlength=50000)
+    most = int(readers.max())  # the backward colouring's lower bound: one entry's readers
+    assert f"would take at least {most} backward passes" in text
+    assert "An entry of y reads up to 2 entries of x" in text
+    assert len(r.gradients["x"]) == 2
+
+
 def test_cyclic_explain_says_the_fourth_colour_is_over_the_bound(run_vjp):
     r = run_vjp(CYCLIC.format(n=1000), "--explain")
     text = flat(plain(r))
