@@ -169,38 +169,48 @@ def test_random_compositions_in_half_precision(dtype):
         _judge(f, x, got)
 
 
-BFLOAT16 = ("sparse_jacobian crashes with TypeError 'Got unsupported ScalarType BFloat16' on a "
-            "bfloat16 grouped (depthwise) convolution with padding of a reshaped 4-d input: "
-            "core/pattern.py deleted() "
-            "calls full.numpy() on the bfloat16 values (via compressed.colour_passes, "
-            "diagonals.deleted)")
+BFLOAT16 = ("sparse_jacobian crashes with TypeError 'Got unsupported ScalarType BFloat16' on "
+            "bfloat16 stencils whose diagonals have gaps inside (a row-wise shift or diff of a "
+            "2-D input, the 5-point stencil, a depthwise convolution with padding): "
+            "core/pattern.py deleted() calls full.numpy() on the bfloat16 values (via "
+            "compressed.colour_passes, diagonals.deleted)")
+
+
+def _row_shift(t):
+    return F.pad(t[:, :-1], (1, 0)) * t
+
+
+def _five_point(t):
+    return (F.pad(t[:, :-1], (1, 0)) + F.pad(t[:, 1:], (0, 1)) + F.pad(t[:-1], (0, 0, 1, 0))
+            + F.pad(t[1:], (0, 0, 0, 1)) - 4 * t)
+
+
+def _depthwise(t):
+    kernel = torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(0))
+    return F.conv1d(t.reshape(1, 2, 60), kernel.to(t.dtype), padding=1, groups=2)
+
+
+GAPS = {"row-wise shift of a 2-D input": (_row_shift, (12, 10)),
+        "5-point stencil": (_five_point, (12, 10)),
+        "depthwise conv1d of a reshaped input": (_depthwise, (1, 2, 6, 10)),
+        "grouped conv2d, then sin": (lambda t: torch.sin(_grouped_conv2d(t)), (N,))}
 
 
 @pytest.mark.xfail(strict=True, reason=BFLOAT16, raises=TypeError)
-@pytest.mark.parametrize("case", ["depthwise conv1d", "grouped conv2d, then sin"])
-def test_bfloat16_grouped_convolutions(case):
-    kernel = torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(0))
-    if case == "depthwise conv1d":
-        def f(t):  # the input a 4-d tensor, read as two channels of 60
-            return F.conv1d(t.reshape(1, 2, 60), kernel.to(t.dtype), padding=1, groups=2)
-        x = torch.randn(1, 2, 6, 10, generator=torch.Generator().manual_seed(1))
-    else:
-        def f(t):
-            return torch.sin(_grouped_conv2d(t))
-        x = torch.randn(N, generator=torch.Generator().manual_seed(1))
-    x = x.to(torch.bfloat16)
+@pytest.mark.parametrize("case", list(GAPS))
+def test_bfloat16_stencils_with_gaps(case):
+    f, shape = GAPS[case]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
     expected = torch.autograd.functional.jacobian(f, x).reshape(f(x).numel(), x.numel())
     x.requires_grad_()
     got = vjp_magic.sparse_jacobian(f(x), x, seed=0).to_dense()
     torch.testing.assert_close(got, expected)
 
 
-def test_float16_grouped_convolutions_hold():
-    kernel = torch.randn(2, 1, 3, generator=torch.Generator().manual_seed(0))
-
-    def f(t):
-        return F.conv1d(t[None], kernel.to(t.dtype), padding=1, groups=2)[0]
-    x = torch.randn(2, 60, generator=torch.Generator().manual_seed(1)).half()
-    expected = torch.autograd.functional.jacobian(f, x).reshape(120, 120)
+@pytest.mark.parametrize("case", list(GAPS))
+def test_float16_stencils_with_gaps_hold(case):
+    f, shape = GAPS[case]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1)).half()
+    expected = torch.autograd.functional.jacobian(f, x).reshape(f(x).numel(), x.numel())
     x.requires_grad_()
     torch.testing.assert_close(vjp_magic.sparse_jacobian(f(x), x, seed=0).to_dense(), expected)
