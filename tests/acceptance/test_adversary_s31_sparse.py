@@ -214,3 +214,13 @@ def test_float16_stencils_with_gaps_hold(case):
     expected = torch.autograd.functional.jacobian(f, x).reshape(f(x).numel(), x.numel())
     x.requires_grad_()
     torch.testing.assert_close(vjp_magic.sparse_jacobian(f(x), x, seed=0).to_dense(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=BFLOAT16.replace("sparse_jacobian", "differentiate"),
+                   raises=TypeError)
+def test_differentiate_a_bfloat16_5_point_stencil():
+    x = torch.randn(50, 42, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    expected = torch.autograd.functional.jacobian(_five_point, x).reshape(2100, 2100)
+    x.requires_grad_()
+    r = vjp_magic.differentiate(_five_point(x), x, seed=0)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected)
