@@ -51,21 +51,12 @@ def test_a_prefix_of_a_flag_is_the_flag(run_vjp):
     torch.testing.assert_close(r.derivatives["x"], 2 * torch.linspace(-2, 2, 5))
 
 
-@pytest.mark.xfail(strict=True, reason="an unknown %%vjp option (--seed, --budget, --layout, "
-                   "--picutre) is answered 'Could not read the options ... An expression that "
-                   "starts with '-' goes in parentheses' (magics/options.py read_cell_line): "
-                   "the hint is about --of expressions, and the message neither names the "
-                   "unknown option as unknown nor lists the options, as %jacobian's does")
 @pytest.mark.parametrize("line", ["--seed 3", "--picutre"])
 def test_an_unknown_vjp_option_is_named_unknown(usage_error, line):
     message = usage_error(f"%%vjp {line}\n{CELL}")
     assert "parentheses" not in message and "Unknown option" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="a value given to a switch, '%%vjp --explain=yes', is "
-                   "answered with argparse's own words 'argument --explain: ignored explicit "
-                   "argument 'yes'' (magics/options.py), which do not say the flag takes no "
-                   "value")
 def test_a_value_given_to_a_switch_says_it_takes_none(usage_error):
     message = usage_error(f"%%vjp --explain=yes\n{CELL}")
     assert "ignored explicit argument" not in message, message
@@ -105,10 +96,6 @@ def test_line_magic_mistakes_say_what_to_do(ip, run_ok, usage_error, earlier_gra
     assert ip.user_ns["x"].grad is None
 
 
-@pytest.mark.xfail(strict=True, reason="an option after the expression, '%jacobian y x "
-                   "--picture', is read as the Python '--picture' and answered \"name "
-                   "'picture' is not defined (wrt)\" (magics/options.py read_expression_line): "
-                   "it should say that options go before the expression")
 def test_an_option_after_the_expression_says_options_go_first(run_ok, usage_error):
     run_ok(NAMES)
     message = usage_error("%jacobian y x --picture")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import re
 import weakref
 
@@ -90,20 +91,60 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
         return _fresh(read[line])
     argv = words(line)
     _given_once(parser, argv)
-    try:
-        args = _parsed(parser, argv)
-    except UsageError as error:  # argparse's own message
-        if "unrecognized arguments: -" not in str(error):
-            raise
-        raise UsageError(f"Could not read the options {line!r}: {error}. An expression "
-                         "that starts with '-' goes in parentheses: (-x); or quote the "
-                         "whole expression: --of \"y * -x\".") from None
+    args, extras = _parsed(parser, argv, known=True)
+    if extras:
+        raise _unread(parser, line, extras)
     if getattr(args, "wrt", None):  # one expression named twice is one input
         args.wrt = list(dict.fromkeys(args.wrt))
     if len(read) >= _READ_MAX:
         read.pop(next(iter(read)))
     read[line] = _fresh(args)
     return args
+
+
+OPTION = re.compile(r"--[A-Za-z][\w-]*(=.*)?")
+
+
+def _unread(parser, line: str, extras: list[str]) -> UsageError:
+    """What to say of the words of ``%%vjp``'s line no option took: an unknown option
+    (named, with the closest one and the list), a '-' expression, or a stray name."""
+    first = extras[0]
+    if OPTION.fullmatch(first):
+        return unknown_option(parser, first, "%%vjp", "; ".join([
+            f"unrecognized arguments: {' '.join(extras)}",
+            "its options: " + ", ".join(_option_names(parser))]))
+    if first.startswith("-"):
+        return UsageError(f"Could not read the options {line!r}: unrecognized arguments: "
+                          f"{' '.join(extras)}. An expression that starts with '-' goes in "
+                          "parentheses: (-x); or quote the whole expression: --of \"y * -x\".")
+    return UsageError(f"Could not read the options {line!r}: {first!r} follows no option "
+                      f"that takes it. Name inputs with --wrt {first}, the output with "
+                      f"--of {first}.")
+
+
+def unknown_option(parser, word: str, magic: str, options: str) -> UsageError:
+    """``word`` (``--name`` or ``--name=value``) is none of ``magic``'s options: said so, with
+    the closest option (difflib) and ``options`` (the ones it has)."""
+    flag = word.partition("=")[0]
+    close = difflib.get_close_matches(flag, _option_names(parser, every=True), n=1, cutoff=0.75)
+    hint = f" Did you mean {close[0]}?" if close else ""
+    if flag in CELL_OPTIONS and magic != "%%vjp":
+        hint = f" {flag} is an option of %%vjp (a cell magic)."
+    if flag in ("--wrt", "--of") and magic != "%%vjp":  # spelled in the line here
+        hint = f" Name the output, then its inputs after wrt: {magic} y wrt x."
+    return UsageError(f"Unknown option {flag} for {magic}.{hint} ({options}; {magic}? says "
+                      "what each does.)")
+
+
+def _option_names(parser, every: bool = False) -> list[str]:
+    """``parser``'s options, one spelling each (all spellings where ``every``); hidden ones
+    (help=SUPPRESS) left out of the list."""
+    names = []
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps its options there only
+        if not action.option_strings or (action.help == argparse.SUPPRESS and not every):
+            continue
+        names += action.option_strings if every else ["/".join(action.option_strings)]
+    return names
 
 
 def _given_once(parser, argv: list[str]) -> None:
@@ -141,12 +182,12 @@ def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
     args, extras = _parsed(parser, argv, known=True)
     start = len(argv) - len(args.expression)
     if extras:  # argparse took the expression's first word for an option: '-t.flip(0)'
-        if re.fullmatch(r"--[A-Za-z][\w-]*(=.*)?", extras[0]):
-            usage = " ".join(parser.format_usage().replace("::", "").split()[:-1])
-            raise UsageError(f"Unknown option {extras[0].partition('=')[0]} for %{magic}. Its "
-                             f"options go before the expression: {usage} EXPRESSION.")
+        if OPTION.fullmatch(extras[0]):
+            raise unknown_option(parser, extras[0], f"%{magic}", "its options go before the "
+                                 f"expression: {_usage(parser)} EXPRESSION")
         start = argv.index(extras[0])
         args = _parsed(parser, argv[:start])  # what follows is the expression's, options or not
+    _no_option_after(parser, argv[start:], magic)
     args.output_source, args.input_names = "", []
     if not args.help:
         source = line[spans[start][0]:] if start < len(spans) else ""
@@ -158,11 +199,50 @@ def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
     return args
 
 
+# %%vjp's own options: spelled in a %jacobian or %hessian line, they are options, not Python
+CELL_OPTIONS = ("--wrt", "--of", "--full", "--explain", "--code", "--check", "--against",
+                "--reveal", "--gradcheck")
+
+
+def _usage(parser) -> str:
+    """``parser``'s usage line, without argparse's 'usage:' and the expression's metavar."""
+    return " ".join(parser.format_usage().replace("::", "").split()[:-1])
+
+
+def _no_option_after(parser, expression: list[str], magic: str) -> None:
+    """A usage error where one of the magic's options follows the expression's first word
+    (``%jacobian y x --picture``, ``... -p 3``), which Python would read as ``-(-picture)``."""
+    actions = {o: a for a in parser._actions for o in a.option_strings}  # noqa: SLF001
+    for i, word in enumerate(expression[1:], 1):
+        flag = word.partition("=")[0]
+        after = expression[i + 1:i + 2]
+        takes = flag in actions and actions[flag].nargs != 0 and "=" not in word
+        if flag not in actions and OPTION.fullmatch(word) and (
+                flag in CELL_OPTIONS or not flag[2:].isidentifier()
+                or difflib.get_close_matches(flag, list(actions), n=1, cutoff=0.75)):
+            raise unknown_option(parser, word, f"%{magic}", "its options go before the "
+                                 f"expression: {_usage(parser)} EXPRESSION")
+        if flag not in actions or not (flag.startswith("--") or after[:1] != [] and
+                                       after[0].isdigit()):
+            continue
+        option = [word] + (after if takes else [])
+        rest = expression[:i] + expression[i + len(option):]
+        raise UsageError(f"{flag} comes after the expression: options go before it, "
+                         f"%{magic} {' '.join(option + rest)}.")
+
+
 def _parsed(parser, argv: list[str], known: bool = False):
-    """``parser``'s reading of ``argv``; a validator's message without argparse's prefix."""
+    """``parser``'s reading of ``argv``; a validator's message without argparse's prefix, and
+    a value given to a switch (``--explain=yes``) said so."""
     try:
         return parser.parse_known_args(argv) if known else parser.parse_args(argv)
     except UsageError as error:
+        switch = re.match(r"argument (\S+): ignored explicit argument (.*)", str(error))
+        if switch:
+            flag = switch.group(1).split("/")[-1]
+            raise UsageError(f"{flag} is a switch and takes no value ({flag}="
+                             f"{switch.group(2).strip(chr(39))} given): write {flag} alone, or "
+                             f"leave it out.") from None
         raise UsageError(re.sub(r"^argument (\S+): (?=\1 )", "", str(error))) from None
 
 
