@@ -75,3 +75,34 @@ def test_the_magic_on_a_vector_with_a_sparse_jacobian(ip, run_ok):
     h = run_ok("%hessian y wrt x")
     x = ip.user_ns["x"].detach()
     torch.testing.assert_close(h.hessian("x"), _expected(_neighbours, x))
+
+
+def _two_inputs_a(a, b):
+    return a * a.roll(1) + b ** 2
+
+
+def _two_inputs_both(a, b):
+    return a * b.roll(1)
+
+
+@pytest.mark.xfail(strict=True, reason=CRASH, raises=RuntimeError)
+@pytest.mark.parametrize("f", [_two_inputs_a, _two_inputs_both], ids=["sparse in a", "both"])
+def test_a_vector_hessian_of_two_inputs_with_a_sparse_jacobian(f):
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(80, dtype=torch.float64, generator=g) for _ in range(2))
+    expected = torch.func.jacfwd(torch.func.jacrev(f, argnums=(0, 1)), argnums=(0, 1))(a, b)
+    a.requires_grad_()
+    b.requires_grad_()
+    h = vjp_magic.hessian(f(a, b), {"a": a, "b": b}, seed=0)
+    torch.testing.assert_close(h.hessian("a"), expected[0][0])
+    torch.testing.assert_close(h.hessian("b"), expected[1][1])
+
+
+@pytest.mark.xfail(strict=True, reason=CRASH, raises=RuntimeError)
+def test_a_2d_output_hessian_with_a_sparse_jacobian():
+    def f(x):
+        return (x * x.roll(1)).reshape(8, 10)
+    x = torch.randn(80, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = _expected(f, x)
+    x.requires_grad_()
+    torch.testing.assert_close(vjp_magic.hessian(f(x), x, seed=0).hessian("x"), expected)
