@@ -6,7 +6,6 @@ Tests marked ``xfail(strict=True)`` are findings of this review.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
 import vjp_magic
@@ -111,12 +110,6 @@ def test_the_dense_display_states_a_causal_kind():
     assert "y[t] reads x[s] for s ≤ t only (causal: lower-triangular" in text
 
 
-@pytest.mark.xfail(strict=True, reason="a batch leak that fills a band (every y[t] reads x[t-1]; "
-                   "r.dependency('x') is 'band, offsets −1..0') is shown on the sparse path "
-                   "only as 'The rows of y are not independent of the rows of x: y[1] ← x[0]': "
-                   "a reader takes it for one leaking row; the band is never stated "
-                   "(render/findings.py, rejected-pairing sentence), while the dense path says "
-                   "the kind")
 def test_the_sparse_display_states_the_band_of_a_leak():
     torch.manual_seed(0)
     x, w = torch.randn(64, 8, requires_grad=True), torch.randn(8, 3)
@@ -138,10 +131,6 @@ def test_the_display_names_the_blocks_when_an_edge_crosses_them():
     assert "the pattern is block-diagonal, 16 blocks of 4 with 1 exception" in text
 
 
-@pytest.mark.xfail(strict=True, reason="a clean batch of groups (r.dependency('x') is "
-                   "'block-diagonal, 16 blocks of 4') is shown as 'The rows of y are not "
-                   "independent of the rows of x: y[0] ← x[1]' with no kind and no group size; "
-                   "the kind appears only once an edge crosses the groups (render/findings.py)")
 def test_the_display_names_the_blocks_of_a_clean_batch_of_groups():
     torch.manual_seed(0)
     x = torch.randn(64, 3, requires_grad=True)

@@ -233,12 +233,9 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     leaks = few_leaks(dep)
     if leaks is not None:  # which: "only y[1] reads another row of x: y[1] ← x[0] (…)"
         i, j = leaks[0], dep.reads(leaks[0])[0]
-    summary = dep.summary().removesuffix(f" ({dep.note})")  # the note follows on its own
-    structure = [Text(f"; the pattern is {_article(dep)}{summary}")] \
-        if dep.kind in EXCEPTING and dep.exceptions() else []
     note = [Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
             Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn,
-            *structure, Text(")")]
+            *([] if leaks is not None else _kind_spans(dep, y, name)), Text(")")]
     witness = [*_witness(dep, y, name), *note] if leaks is None else \
         _leak_spans(dep, y, name, leaks, in_shape, note)
     return Paragraph((
@@ -247,10 +244,24 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
         Text(": "), *witness, *([Text(f" ({dep.note})")] if dep.note else []), *rest))
 
 
+def _kind_spans(dep: Dependency, y: str, x: str) -> list:
+    """``; the pattern is a band, offsets −1..0: y[t] reads x[s] for t − 1 ≤ s ≤ t`` (the
+    verdict's kind in words, as the dense path states it: its offsets, blocks, nonzeros per
+    row or exceptions), so that one witness is not taken for the only leaking index."""
+    summary = dep.summary().removesuffix(f" ({dep.note})")  # the note follows on its own
+    spans: list = [Text(f"; the pattern is {_article(dep)}{summary}")]
+    bounded = dep.kind in (Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR) or (
+        dep.kind in (Kind.BAND, Kind.PERIODIC_BAND) and dep.offsets is not None)
+    if bounded and not (dep.kind in EXCEPTING and dep.exceptions()):
+        spans += [Text(": "), _indexed(y, dep.out_axis, "t"), Text(" reads "),
+                  _indexed(x, dep.in_axis, "s"), Text(" for "), _bound(dep)]
+    return spans
+
+
 def _article(dep: Dependency) -> str:
-    """``a `` before a kind that is a noun (a band with wrap-around), none before an
+    """``a `` before a kind that is a noun (a band, a band with wrap-around), none before an
     adjective (sparse, block-diagonal)."""
-    return "a " if dep.kind == Kind.PERIODIC_BAND else ""
+    return "a " if dep.kind in (Kind.PERIODIC_BAND, Kind.BAND) else ""
 
 
 def _shift(offset: int) -> tuple[str, str]:
