@@ -59,18 +59,11 @@ def test_the_small_hessian_shows_its_numbers(ip, run_ok):
     assert "-6" in text  # 6·x[0] at x[0] = -1
 
 
-@pytest.mark.xfail(strict=True, reason="above the dense size (here n = 20,000) the %hessian "
-                   "display is two sentences: 'The Hessian is diagonal: 20,000 nonzeros from 1 "
-                   "Hessian-vector product' — not one second derivative is shown (6·x[0] = -6), "
-                   "where %%vjp's sparse display shows the band's values (render/hessian.py)")
 def test_the_sparse_hessian_shows_some_of_its_numbers(big, run_ok):
     text = _plain(run_ok("%hessian (x**3).sum() wrt x"))
     assert "-6" in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="the sparse %hessian display never says where its "
-                   "values are (h.derivatives['x'] / h.hessian('x', layout=torch.sparse_csr)), "
-                   "and shows no Hessian-vector products as code (render/hessian.py)")
 def test_the_sparse_hessian_says_where_its_values_are(big, run_ok):
     text = _plain(run_ok(f"%hessian {ROSENBROCK} wrt x"))
     assert "sparse_csr" in text or ".derivatives[" in text, text

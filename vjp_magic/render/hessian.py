@@ -15,6 +15,7 @@ import math
 from . import notation
 from .codegen import expression, output_symbol
 from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
+from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, summary_indices, tensor_block
 from .numbers import plural
 from .sections import as_computed, formula, output_note, shapes
@@ -33,6 +34,7 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
             blocks.extend(hessian_formulas(h, name, options))
         if getattr(item, "sparse", None) is not None and item.sparse.count:
             blocks.append(hessian_paragraph(h, name))  # its pattern, worded by .sparse
+            blocks.extend(sparse_hessian_blocks(h, name, options))  # values, where, code
         sections.append(Section(tuple(blocks)))
     notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
     if len(h.inputs) > 1:

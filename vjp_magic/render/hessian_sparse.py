@@ -1,0 +1,94 @@
+"""A sparse Hessian's values, where they are, and the products as code (the rest of a
+``%hessian`` display above the dense size, below its pattern in words).
+
+The values are shown as ``%%vjp``'s sparse display shows a Jacobian's
+(:func:`.sparse.values_block`: for a stencil a row per entry of x and a column per neighbour
+it couples with, else the first rows at the entries they couple), read off the CSR, never
+densified; the code is the coloured Hessian-vector products in the cell's names.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from . import notation
+from .codegen import expression, fresh, identifiers, output_symbol
+from .document import Code, CodeBlock, Math, Paragraph, Text
+from .sparse import Form, entries_words, layout_of, sparse_of, values_block
+
+
+def sparse_hessian_blocks(h, name: str, options) -> list:
+    """The values (summarised to the budgets), where all of them are, and the code."""
+    from .sections import formula  # the one way a matrix is laid out on its line
+
+    sparse = sparse_of(h, name)
+    shape = tuple(h.inputs[name].tensor.shape)
+    rows_as_x = SimpleNamespace(inputs={name: h.inputs[name]}, output_name=name,
+                                output=h.inputs[name].tensor)  # a row per entry of x
+    block, _ = values_block(rows_as_x, name)
+    found = layout_of(sparse, shape, shape)
+    y, x = output_symbol(h), notation.prose_name(name)
+    lhs = _second(y, name)
+    caption = ([Text("A row per entry of "), x, Text(", a column per entry of "), x,
+                Text(" it is coupled with: the nonzeros, diagonal by diagonal (0 past an "
+                     "edge).")] if found.offsets is not None else
+               [Text(f"The first {block.nrows:,} rows, at the entries of "), x,
+                Text(" they couple with.")])
+    where = Paragraph((Text(f"All {entries_words(sparse, 'nonzeros', 'entries')} are in "),
+                       Code(f"h.hessian({name!r}, layout=torch.sparse_csr)"), Text(" (also "),
+                       Code(f"h.derivatives[{name!r}]"), Text("), h the result ("),
+                       Code("h = _"), Text(" after the cell)"), *_code_lead(found.form, x)))
+    blocks: list = [formula(lhs, block, options, sparse.matrix.dtype, caption=caption), where]
+    code = product_code(h, name, found.form)
+    return blocks + ([CodeBlock(code)] if code else [])
+
+
+def _second(y: str, x: str) -> Math:
+    """``∂²y/∂x²`` with the cell's names (the columns say which entries)."""
+    y_tex, x_tex = notation.name_tex(y), notation.name_tex(x)
+    x_tex = x_tex if len(x_tex) == 1 else "{" + x_tex + "}"
+    return Math(rf"\frac{{\partial^2 {y_tex}}}{{\partial {x_tex}^2}}",
+                f"∂²{notation.math_name(y).plain}/∂{notation.math_name(x).plain}²")
+
+
+def _code_lead(form: Form | None, x) -> list:
+    if form is None:
+        return [Text(".")]
+    return [Text("; the products, one per colour of the entries of "), x,
+            Text(", as a cell writes them:")]
+
+
+def product_code(h, name: str, form: Form | None) -> str | None:
+    """The coloured products H·u as the cell would write them (None where the colours have
+    no closed form: the code would need the result): the gradient with its graph, the
+    colour of each entry of x, one ``autograd.grad`` of the gradient per colour; each nonzero
+    H[p, q] is then ``Hu[colour[q], p]``."""
+    if form is None:
+        return None
+    sparse = sparse_of(h, name)
+    taken = identifiers([h.output_name, *h.inputs])
+    y = output_symbol(h)
+    taken.add(y)
+    lines = [] if y == h.output_name else [f"{y} = {h.output_name}"]
+    x, k = expression(name), sparse.count
+    g, colour, hu, c, u = (fresh(base, taken) for base in ("g", "colour", "Hu", "c", "u"))
+    index = f"torch.arange({x}.numel())"
+    if form.coefficients:
+        letters = [fresh(letter, taken) for letter in notation.point_letters(
+            len(form.coefficients))]
+        terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
+                           for a, letter in zip(form.coefficients, letters) if a)
+        colours = [f"{', '.join(letters)} = torch.unravel_index({index}, {x}.shape)",
+                   f"{colour} = ({terms}) % {k}"]
+    else:
+        colours = [f"{colour} = {index} % {k}"]
+    lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)",
+              "# the colour of each entry of x (flattened)".replace(" x ", f" {x} "),
+              *colours,
+              f"{hu} = []  # H u for each colour c",
+              f"for {c} in range({k}):",
+              f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
+              f"    {hu} += torch.autograd.grad({g}, {x}, {u},",
+              " " * len(f"    {hu} += torch.autograd.grad(") + "retain_graph=True)",
+              f"{hu} = torch.stack({hu}).reshape({k}, -1)  # row c: H u",
+              f"# H[p, q] (flattened) is {hu}[{colour}[q], p] where nonzero"]
+    return "\n".join(lines) + "\n"
