@@ -81,7 +81,7 @@ def test_a_dense_column_points_to_the_gradients():
                                   (grid_with_corner, torch.randn(5, 7, dtype=torch.float64))])
 def test_the_code_gives_every_nonzero(f, x):
     r, y, x = by_columns(f, x)
-    namespace = {"torch": torch, "y": y, "x": x, "r": r}
+    namespace = {"torch": torch, "y": y, "x": x, "_": r}  # _: the result, as IPython binds it
     exec(code_of(r), namespace)  # noqa: S102 - the code the display tells a student to run
     assert x.grad is None
     ju, colour = namespace["Ju"], namespace["colour"]

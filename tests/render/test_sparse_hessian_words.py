@@ -52,7 +52,7 @@ def test_the_words_are_the_displays_not_cores():
     assert _text(h).count("Hessian-vector products") == 1
 
 
-def test_a_large_pattern_says_it_was_read_off_some_rows_and_stays_fast():
+def test_a_large_pattern_is_read_off_every_row_and_stays_fast():
     n = 1_000_000
     x = torch.randn(n, dtype=torch.float64, requires_grad=True)
     h = vjp_magic.hessian(rosenbrock(x), x)
@@ -60,7 +60,7 @@ def test_a_large_pattern_says_it_was_read_off_some_rows_and_stays_fast():
     text = _text(h)
     took = time.perf_counter() - start
     assert f"The Hessian is tridiagonal: {3 * n - 2:,} nonzeros" in text
-    assert "read off" in text and "rows: the edges and rows spread between" in text
+    assert "read off" not in text  # every row, not a sample (issue 20, s31)
     assert took < 1.0, took
 
 

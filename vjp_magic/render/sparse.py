@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.sparse_layout import csr_block, nonzero_positions
+from ..core.sparse_layout import csr_block
 from . import notation
 from .codegen import derivative_name, expression, fresh, identifiers, output_symbol
 from .findings import structure_findings
@@ -39,8 +39,6 @@ MAX_OFFSETS = 27  # at most this many offsets are spelled out in words
 SAID = 6  # offsets named in a sentence before "…"
 SAMPLE = 4096  # entries a candidate closed form of the colours is tried on first
 MAX_FORMS = 64  # candidate closed forms tried on a grid
-EXACT_NNZ = 1 << 17  # patterns up to this many nonzeros are read whole
-EDGE_ROWS, MIDDLE_ROWS = 1024, 2048  # else these rows: at each end, and spread between
 _CACHE: dict = {}  # ids of (matrix, colours) → (weakrefs to them, Layout)
 
 
@@ -84,9 +82,7 @@ class Layout:
     None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
     ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
     closed form (:class:`Form`, over the input's entries for a result by columns; None:
-    none), always checked on every entry; ``sampled``: above
-    :data:`EXACT_NNZ` nonzeros the offsets and the band are read off that many rows (the
-    edges and rows spread between), and the words say so."""
+    none), always checked on every entry. Everything is read off every nonzero."""
 
     kind: str
     per_row: int
@@ -97,7 +93,6 @@ class Layout:
     band: tuple[int, int] | None
     form: Form | None
     first: list  # the first few flat entries of colour 0 (of the input's, by columns)
-    sampled: int | None = None  # the rows the words were read off, where not all
 
 
 def layout_of(sparse, out_shape, in_shape) -> Layout:
@@ -114,6 +109,8 @@ def layout_of(sparse, out_shape, in_shape) -> Layout:
 
 
 def _analysed(sparse, out_shape, in_shape) -> Layout:
+    """Read off every nonzero of the pattern (vectorised: a few passes over the CSR index
+    arrays), never a sample, so the words hold for every row."""
     matrix = sparse.matrix
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
     m, n = matrix.shape
@@ -122,37 +119,23 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
                        in_shape if by_columns(sparse) else out_shape, sparse.count)
     first = _first_of_colour(sparse.colours.cpu().reshape(-1))
     if col.numel() == 0:
-        return Layout("all zero", 0, 0, None, (), True, None, form, first, None)
+        return Layout("all zero", 0, 0, None, (), True, None, form, first)
     per_row, fewest = int(counts.max()), int(counts.min())
-    ids, sampled = _read_rows(crow, m)
-    picked = counts[ids] if sampled else counts
-    rows = torch.repeat_interleave(ids, picked)
-    col = col[nonzero_positions(crow[ids], picked)] if sampled else col
-    band = None
+    ids = torch.arange(m)
+    rows = torch.repeat_interleave(ids, counts)
+    band, diff = None, None
     if m == n:
         diff = col - rows
-        band = (int(diff.min()), int(diff.max()))
-    offsets, wraps = (_stencil(rows, col, out_shape) if out_shape == in_shape and out_shape
+        low, high = torch.aminmax(diff)
+        band = (int(low), int(high))
+    offsets, wraps = (_stencil(rows, col, out_shape, diff) if out_shape == in_shape and out_shape
                       else (None, ()))
-    edges = offsets is not None and _short_at_edges(ids, picked, len(offsets), offsets, wraps,
+    edges = offsets is not None and _short_at_edges(ids, counts, len(offsets), offsets, wraps,
                                                     out_shape)
     if offsets is not None and not edges:  # some row inside reads fewer: no stencil
         offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
-    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first,
-                  len(ids) if sampled else None)
-
-
-def _read_rows(crow, m: int) -> tuple[torch.Tensor, bool]:
-    """The rows the words are read off: all of them up to :data:`EXACT_NNZ` nonzeros, else
-    the first and last :data:`EDGE_ROWS` and :data:`MIDDLE_ROWS` spread between (the
-    display stays O(1) in the size); and whether that is a sample."""
-    if int(crow[-1]) <= EXACT_NNZ:
-        return torch.arange(m), False
-    spread = torch.linspace(0, m - 1, MIDDLE_ROWS).round().long()
-    ids = torch.cat([torch.arange(min(m, EDGE_ROWS)), spread,
-                     torch.arange(max(0, m - EDGE_ROWS), m)])
-    return torch.unique(ids), True
+    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first)
 
 
 def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
@@ -164,32 +147,40 @@ def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
     return found.tolist()
 
 
-def _axis_offsets(rows, col, size: int, stride: int):
+def _axis_offsets(rows, col, size: int, stride: int, first: bool, diff=None):
     """Offsets along one axis (col's index − row's), centred mod ``size`` where the indices
-    wrap around; None when they reach beyond :data:`REACH` either way."""
-    d = torch.remainder(torch.div(col, stride, rounding_mode="floor"), size) - \
-        torch.remainder(torch.div(rows, stride, rounding_mode="floor"), size)
-    if int(d.abs().max()) <= REACH:
+    wrap around; None when they reach beyond :data:`REACH` either way. ``diff``: col − row
+    (flat), the offsets themselves on a 1-D shape."""
+    def along(index):  # the index along this axis (no pass where it is the identity)
+        index = index if stride == 1 else torch.div(index, stride, rounding_mode="floor")
+        return index if first else torch.remainder(index, size)
+
+    d = diff if diff is not None and first and stride == 1 else along(col) - along(rows)
+    if _reach(d) <= REACH:
         return d, False
     centred = torch.remainder(d + size // 2, size) - size // 2
-    if int(centred.abs().max()) <= REACH and size > 2 * REACH + 1:
+    if _reach(centred) <= REACH and size > 2 * REACH + 1:
         return centred, True
     return None, False
 
 
-def _stencil(rows, col, shape):
+def _reach(d: torch.Tensor) -> int:
+    low, high = torch.aminmax(d)
+    return max(-int(low), int(high))
+
+
+def _stencil(rows, col, shape, diff=None):
     """The per-axis offsets read (sorted tuples) and whether each axis wraps, or (None, ())."""
     strides = [math.prod(shape[k + 1:]) for k in range(len(shape))]
     width = 2 * REACH + 1
     if width ** len(shape) > 10 ** 6:
         return None, ()
-    key = torch.zeros_like(rows)
-    wraps = []
-    for size, stride in zip(shape, strides):
-        d, wrapped = _axis_offsets(rows, col, size, stride)
+    key, wraps = None, []
+    for axis, (size, stride) in enumerate(zip(shape, strides)):
+        d, wrapped = _axis_offsets(rows, col, size, stride, axis == 0, diff)
         if d is None:
             return None, ()
-        key = key * width + (d + REACH)
+        key = d + REACH if key is None else key * width + (d + REACH)
         wraps.append(wrapped)
     found = torch.bincount(key, minlength=width ** len(shape)).nonzero().squeeze(1).tolist()
     if len(found) > MAX_OFFSETS:
@@ -243,14 +234,22 @@ def _kind(offsets, band, per_row: int, n: int) -> str:
 class Form(NamedTuple):
     """The colour classes are those of (a · index) mod count: ``coefficients`` a on the
     output's axes, or ``()`` for its flat index. The colours may be numbered otherwise (a
-    permutation of 0..count-1): the vectors, one per class, are the same."""
+    permutation of 0..count-1): the vectors, one per class, are the same. ``period``: the
+    flat index is taken mod this (0: mod count), and ``exceptions`` (flat entry, colour) are
+    the few entries coloured otherwise (a wrap-around), numbered as the code numbers them."""
 
     coefficients: tuple[int, ...]
+    period: int = 0
+    exceptions: tuple[tuple[int, int], ...] = ()
+
+
+MAX_EXCEPTIONS = 8  # entries a flat closed form may list as coloured otherwise (< its period)
 
 
 def closed_form(colours: torch.Tensor, out_shape, count: int) -> Form | None:
     """The :class:`Form` whose classes are exactly the colours', or None: the flat index
-    mod ``count``, else (on an output of 2 or 3 axes) coefficients whose last is 1. Each
+    mod ``count``, else (on an output of 2 or 3 axes) coefficients whose last is 1, else the
+    flat index mod a smaller period but for at most :data:`MAX_EXCEPTIONS` entries. Each
     candidate is tried on the first :data:`SAMPLE` entries first, then on every entry."""
     m = colours.numel()
     if count < 1 or m == 0:
@@ -258,14 +257,35 @@ def closed_form(colours: torch.Tensor, out_shape, count: int) -> Form | None:
     if _flat_classes(colours, count):
         return Form(())
     dims = len(out_shape)
-    if dims not in (2, 3) or count ** (dims - 1) > MAX_FORMS:
-        return None
-    index = torch.stack(torch.unravel_index(torch.arange(m), tuple(out_shape)))
-    for k in range(count ** (dims - 1)):
-        coefficients = tuple((k // count ** p) % count for p in range(dims - 1)) + (1,)
-        weights = torch.tensor(coefficients)[:, None]
-        if _same_classes(colours, (index * weights).sum(0) % count, count):
-            return Form(coefficients)
+    if dims in (2, 3) and count ** (dims - 1) <= MAX_FORMS:
+        index = torch.stack(torch.unravel_index(torch.arange(m), tuple(out_shape)))
+        for k in range(count ** (dims - 1)):
+            coefficients = tuple((k // count ** p) % count for p in range(dims - 1)) + (1,)
+            weights = torch.tensor(coefficients)[:, None]
+            if _same_classes(colours, (index * weights).sum(0) % count, count):
+                return Form(coefficients)
+    return _with_exceptions(colours, count)
+
+
+def _with_exceptions(colours: torch.Tensor, count: int) -> Form | None:
+    """colour = p[flat index mod a period] at all but a few entries (a cyclic stencil whose
+    length the period does not divide), p one-to-one; the others listed, renumbered."""
+    m = colours.numel()
+    colours = colours.long()
+    for period in range(2, min(count, 16)):
+        base = torch.arange(m) % period
+        table = torch.bincount(base * count + colours, minlength=period * count)
+        perm = table.reshape(period, count).argmax(1)  # each class's usual colour
+        if torch.unique(perm).numel() != period:
+            continue
+        odd = (perm[base] != colours).nonzero().reshape(-1)
+        if odd.numel() == 0 or odd.numel() >= min(period, MAX_EXCEPTIONS + 1):
+            continue
+        number = torch.full((count,), -1, dtype=torch.long)
+        number[perm] = torch.arange(period)
+        rest = [c for c in range(count) if int(number[c]) < 0]
+        number[torch.tensor(rest, dtype=torch.long)] = torch.arange(period, count)
+        return Form((), period, tuple((int(e), int(number[colours[e]])) for e in odd))
     return None
 
 
@@ -322,8 +342,6 @@ def reads_spans(result, name: str, found: Layout) -> list:
     notes = ["indices wrap around"] if any(found.wraps) else \
         ["fewer at the edges" if found.edges else "some read fewer"] \
         if found.fewest < len(found.offsets) else []
-    if found.sampled is not None:
-        notes.append(f"read off {found.sampled:,} rows: the edges and rows spread between")
     return spans + ([Text(f" ({'; '.join(notes)})")] if notes else [])
 
 
@@ -373,9 +391,6 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
     reads = reads_spans(result, name, found)
     spans += ([Text(": ")] + reads if reads else [])
     m, n = sparse.matrix.shape
-    if found.sampled is not None and not reads and found.kind == "band":
-        spans.append(Text(f" (read off {found.sampled:,} rows: the edges and rows spread "
-                          "between)"))
     zeros = zeros_here(sparse)
     counted = f"{sparse.nnz:,} nonzeros of {m:,} × {n:,}" if not zeros else \
         f"{sparse.nnz:,} entries of {m:,} × {n:,} in the pattern " \
@@ -398,13 +413,11 @@ def hessian_paragraph(h, name: str) -> Paragraph:
     how = [Text("the pattern proved from the graph for every "), x] \
         if str(sparse.evidence) == "proved" else \
         [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
-    sampled = [] if found.sampled is None else [Text(
-        f"; its shape read off {found.sampled:,} rows: the edges and rows spread between")]
     return Paragraph(tuple(
         [Text(f"The Hessian is {_kind_words(found, math.prod(shape))}: "
               f"{entries_words(sparse, 'nonzeros', 'entries')} from {sparse.count:,} "
               f"Hessian-vector {products} (")]
-        + how + [Text("; the values checked with random probes")] + sampled + [Text(").")]))
+        + how + [Text("; the values checked with random probes"), Text(").")]))
 
 
 def _form_text(form: Form, letters) -> str:
@@ -428,11 +441,12 @@ def colour_paragraph(result, name: str) -> Paragraph:
                 f"{'' if k != 1 else 's'} all {entries_words(sparse)}"
                 + (f" (after {sparse.pattern_passes:,} to find the pattern)."
                    if getattr(sparse, "pattern_passes", 0) else "."))
+    vector = code_names(result, name)[0]["u" if columns else "v"]  # as the code names it
     lead = ["Entries of ", notation.prose_name(name), " of one colour are never read by one "
             "entry of ", notation.prose_name(y), ", so one forward-mode pass per colour: ",
-            Math("u", "u")] if columns else [
+            notation.prose_name(vector)] if columns else [
         "Entries of one colour read disjoint entries of ", notation.prose_name(name),
-        ", so one backward per colour: ", Math("v", "v")]
+        ", so one backward per colour: ", notation.prose_name(vector)]
     if found.form is not None and found.form.coefficients:
         letters = notation.point_letters(len(found.form.coefficients))
         tex = plain = _form_text(found.form, letters)
@@ -440,9 +454,11 @@ def colour_paragraph(result, name: str) -> Paragraph:
         return paragraph(*lead, " is 1 on the entries ", notation.tensor_entry(coloured, index),
                          " with ", Math(rf"({tex}) \bmod {k} = c", f"({plain}) mod {k} = c"),
                          " and 0 elsewhere", tail)
-    first = found.first if found.form is None else [c * k for c in range(min(3, m))]
+    form = found.form
+    first = found.first if form is None or form.exceptions else \
+        [c * (form.period or k) for c in range(min(3, m))]
     listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
-    where = [] if found.form is not None else [
+    where = [] if form is not None and not form.exceptions else [
         Text(" (the first colour; every colour is in "),
         Code(f"r.gradients[{name!r}]"), Text(")")]
     entries = "entries" if len(first) > 1 else "entry"
@@ -451,26 +467,40 @@ def colour_paragraph(result, name: str) -> Paragraph:
 
 
 # -- the code to write ------------------------------------------------------------------------
+def code_names(result, name: str) -> tuple[dict, set]:
+    """The names the code beneath the cell binds (``colour``, ``g``, ``c``, ``v``, ``vs``; by
+    columns also ``u``, ``Ju``), each fresh against the cell's names, and ``y``: the same
+    names the sentences use. Also the names taken, for any further helper."""
+    taken = identifiers([result.output_name, *result.inputs])
+    y = output_symbol(result)
+    taken.add(y)
+    columns = by_columns(sparse_of(result, name))
+    bases = ("colour", "g", "c", "u", "v", "Ju", "vs") if columns else \
+        ("colour", "g", "c", "v", "vs")
+    names = {base: fresh(base, taken) for base in bases}
+    names["y"] = y
+    return names, taken
+
+
 def colour_code(result, name: str) -> str:
     """The coloured backward passes as the cell would write them: the colour of each entry
     of the output (in closed form where it is one), one backward per colour into the rows of
     ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``. By columns: the forward-mode
-    passes (:func:`_column_lines`)."""
+    passes (:func:`_column_lines`). Pasted into the next cell it runs as it is."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
-    taken = identifiers([result.output_name, *result.inputs])
-    y = output_symbol(result)
-    taken.add(y)
+    names, taken = code_names(result, name)
+    y = names["y"]
     lines = [] if y == result.output_name else [f"{y} = {result.output_name}"]
     x = expression(name)
     if by_columns(sparse):  # autograd.grad: no .grad, no retain_grad
-        return "\n".join(lines + _column_lines(found.form, x, y, sparse.count, name,
+        return "\n".join(lines + _column_lines(found.form, x, sparse.count, name, names,
                                                taken)) + "\n"
     if not result.inputs[name].tensor.is_leaf:
         lines.append(f"{x}.retain_grad()")
-    colour, g, c, v = (fresh(base, taken) for base in ("colour", "g", "c", "v"))
+    colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
     k = sparse.count
-    lines += _colour_lines(found.form, colour, y, k, name, taken)
+    lines += _colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
@@ -482,11 +512,12 @@ def colour_code(result, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _column_lines(form, x: str, y: str, k: int, name: str, taken: set) -> list[str]:
+def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> list[str]:
     """Forward mode on the recorded graph, as a cell writes it: g = Jᵀv with create_graph
     (v a zero tensor that requires grad), then J·u = the VJP of g against u, per colour."""
-    colour, g, c, u, v, ju = (fresh(base, taken) for base in ("colour", "g", "c", "u", "v", "Ju"))
-    return _colour_lines(form, colour, x, k, name, taken) + [
+    colour, g, c, u, v, ju = (names[b] for b in ("colour", "g", "c", "u", "v", "Ju"))
+    y = names["y"]
+    return _colour_lines(form, x, k, name, names, taken) + [
         f"# forward mode: {g} = J^T {v} is linear in {v}, so its VJP with {u} is J {u}",
         f"{v} = torch.zeros_like({y}, requires_grad=True)",
         f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
@@ -498,10 +529,20 @@ def _column_lines(form, x: str, y: str, k: int, name: str, taken: set) -> list[s
         f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
 
 
-def _colour_lines(form, colour: str, y: str, k: int, name: str, taken: set) -> list[str]:
+def _colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
+    """The colour of each entry of ``y`` (the input, by columns): in closed form, with its
+    few exceptions, else read off the cell's result ``_`` (IPython's last output)."""
+    colour = names["colour"]
     if form is not None and not form.coefficients:
-        return [f"# the colour of each entry of {y}, flattened",
-                f"{colour} = torch.arange({y}.numel()) % {k}"]
+        lines = [f"# the colour of each entry of {y}, flattened",
+                 f"{colour} = torch.arange({y}.numel()) % {form.period or k}"]
+        if form.exceptions:
+            at = [e for e, _ in form.exceptions]
+            to = [c for _, c in form.exceptions]
+            lines += [f"# {len(at)} {'entry' if len(at) == 1 else 'entries'} coloured apart",
+                      f"{colour}[{at[0]}] = {to[0]}" if len(at) == 1 else
+                      f"{colour}[{at}] = torch.tensor({to})"]
+        return lines
     if form is not None:
         letters = [fresh(letter, taken) for letter in notation.point_letters(len(form[0]))]
         terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
@@ -509,8 +550,9 @@ def _colour_lines(form, colour: str, y: str, k: int, name: str, taken: set) -> l
         return [f"{', '.join(letters)} = torch.unravel_index("
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
-    vs = fresh("vs", taken)
-    return [f"{vs} = r.gradients[{name!r}]  # r = _ after the cell",
+    vs = names["vs"]
+    return ["# _ is the cell's result: run this right after it",
+            f"{vs} = _.gradients[{name!r}]",
             f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
 
 
@@ -664,7 +706,7 @@ def sparse_code(result) -> str | None:
     if sparse is None:
         return None
     found = layout_of(sparse, result.output.shape, item.tensor.shape)
-    if found.offsets is None or found.form is None or found.sampled is not None or \
+    if found.offsets is None or found.form is None or \
             by_columns(sparse):  # (by columns: the one-hot loop is written)
         return None
     taken = identifiers([result.output_name, name])
@@ -680,7 +722,7 @@ def sparse_code(result) -> str | None:
         lines.append(f"{x}.retain_grad()  # {name} is not a leaf: let backward fill its .grad")
     lines += [f"{saved} = {x}.grad  # backward adds to .grad: keep what it holds, restored below",
               f"{x}.grad = None"]
-    lines += _colour_lines(found.form, colour, y, sparse.count, name, taken)
+    lines += _colour_lines(found.form, y, sparse.count, name, {"colour": colour}, taken)
     lines += [f"{g} = {x}.new_zeros({sparse.count}, {x}.numel())  # row c: v^T J, v of colour c",
               f"for {c} in range({sparse.count}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
