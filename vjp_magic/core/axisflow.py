@@ -49,6 +49,8 @@ class GraphProof:
 
     def pairing(self, out_shape, in_shape) -> Pairing:
         """Proved (output axis, input axis) pairs of equal size, plus the size-1 pairs."""
+        if not self.carries and 1 not in out_shape and 1 not in in_shape:
+            return Pairing()  # (nothing proved, no size-1 axes: no pair)
         pairs = Pairing((a, c[0]) for a, c in self.carries.items()
                         if len(c) == 1 and out_shape[a] == in_shape[c[0]] > 1)
         used = pairs.in_axes
@@ -78,16 +80,8 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
         proof.workspace += size
         if node is tensor.grad_fn:
             continue  # the input itself: what lies below it is constant
-        inputs = []
-        for producer, index in node.next_functions:
-            if producer is None:
-                inputs.append(None)
-            elif _is_source(producer, index, tensor):
-                inputs.append(identity)
-            else:
-                inputs.append(flows.get((id(producer), index)))
-        reached = any(p is not None and id(p) in opaque for p, _ in node.next_functions)
-        if all(flow is None for flow in inputs) and not reached:
+        inputs, reached = _inputs(node, tensor, identity, flows, opaque)
+        if not reached and all(flow is None for flow in inputs):
             continue
         outputs = None if reached else _apply_rule(node, inputs, proof, shape, shapes)
         if outputs is None:
@@ -141,6 +135,21 @@ def reach_proofs(output: torch.Tensor, named: dict) -> dict:
     return {name: (prove(output, t) if custom or output is t
                    else GraphProof(name in found, {}))
             for name, t in named.items()}
+
+
+def _inputs(node, tensor, identity: Flow, flows: dict, opaque: set) -> tuple[list, bool]:
+    """(the flow of each of ``node``'s inputs: ``identity`` for ``tensor`` itself, None where
+    it does not depend on it; whether one comes from a node whose outputs could not be
+    read)."""
+    inputs, reached = [], False
+    for producer, index in node.next_functions:
+        if producer is None:
+            inputs.append(None)
+            continue
+        reached = reached or id(producer) in opaque
+        inputs.append(identity if _is_source(producer, index, tensor)
+                      else flows.get((id(producer), index)))
+    return inputs, reached
 
 
 def _is_source(producer, index: int, tensor: torch.Tensor) -> bool:
@@ -200,16 +209,16 @@ def _normalised(flow: Flow, in_shape: tuple[int, ...]) -> Flow:
 def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
                 x_shape: tuple[int, ...], shapes) -> list[Flow | None] | None:
     """The flows of ``node``'s outputs (``shapes``, from :func:`_shapes_and_bytes`)."""
-    if isinstance(node, torch.autograd.function.BackwardCFunction):
+    if isinstance(node, _CUSTOM):
         proof.custom.append(node.name())
         return _unknown(shapes)
-    if type(node).__name__ == "AccumulateGrad":
+    kind = type(node)  # (a rule depends on the node's type alone: looked up once)
+    if kind.__name__ == "AccumulateGrad":
         return []
     if shapes is None:
-        proof.unknown.append(type(node).__name__)
+        proof.unknown.append(kind.__name__)
         return None
     try:
-        kind = type(node)  # (a rule depends on the node's type alone: looked up once)
         rule = _RULES[kind] if kind in _RULES else _RULES.setdefault(kind, rule_for(node))
         if rule is None:
             proof.unknown.append(type(node).__name__)
@@ -225,6 +234,7 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
 
 
 _RULES: dict = {}  # node type → :func:`.axisrules.rule_for`'s rule (by type name)
+_CUSTOM = torch.autograd.function.BackwardCFunction  # custom autograd.Function backward nodes
 
 
 def _unknown(shapes) -> list[Flow] | None:

@@ -16,12 +16,13 @@ rounding at intermediate values that the rule's scale |v|ᵀ|D| does not see.
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import torch
 
 from .derivatives import plain_vjp
-from .probes import predicted_probe, probe_agrees, probe_generator, probe_values
+from .probes import predicted_probe, probe_agrees, probe_values, stream_seed
 from .sparse_check import rounding_noise
 from .tolerances import tolerances
 
@@ -30,11 +31,20 @@ _EXACT_DTYPES = (torch.float32, torch.float64)  # the rule computes in these the
 
 def batching_vector(output: torch.Tensor, seed: int) -> torch.Tensor:
     """A random probe shaped like ``output`` (a tensor of its own), its entries drawn from the
-    probe plan's values, from the run's ``seed`` (stream "batching")."""
+    probe plan's values, from the run's ``seed`` (stream "batching": the draws of
+    :func:`.probes.probe_generator`'s generator, from one CPU generator per thread seeded
+    afresh, as a new one would be)."""
     values = probe_values(output.dtype)
-    codes = torch.randint(len(values), (output.numel(),),
-                          generator=probe_generator(seed, "batching"))
-    return values.index_select(0, codes).view(output.shape).to(output.device)
+    generator = getattr(_THREAD, "generator", None)
+    if generator is None:
+        generator = _THREAD.generator = torch.Generator(device="cpu")
+    generator.manual_seed(stream_seed(seed, "batching"))
+    codes = torch.randint(len(values), (output.numel(),), generator=generator)
+    vector = values.index_select(0, codes).view(output.shape)
+    return vector if vector.device == output.device else vector.to(output.device)
+
+
+_THREAD = threading.local()
 
 
 def plain_probe(output: torch.Tensor, inputs, vector: torch.Tensor) -> tuple[list, float]:
@@ -46,10 +56,23 @@ def plain_probe(output: torch.Tensor, inputs, vector: torch.Tensor) -> tuple[lis
 
 def batching_agrees(flat: torch.Tensor, vector: torch.Tensor, vjp: torch.Tensor) -> bool:
     """``probe_agrees(flat, vector, vjp, (), nonfinite_agree=True)`` for a full Jacobian
-    ``flat`` (output entries × input shape), in fewer operations where it accepts: the rule's
-    own products (vᵀflat, |v|ᵀ|flat|, as :func:`.probes.predicted_probe` forms them) and its
-    bound |vᵀJ − vᵀflat| ≤ tol · |v|ᵀ|flat| + tiny at every entry, by one comparison;
-    anything else (a larger difference, a NaN or ±inf) is the rule's to judge."""
+    ``flat`` (output entries × input shape), in fewer operations where it accepts
+    (:func:`batching_verdict`)."""
+    return batching_verdict(flat, vector, vjp)[0]
+
+
+def batching_verdict(flat: torch.Tensor, vector: torch.Tensor,
+                     vjp: torch.Tensor) -> tuple[bool, bool]:
+    """(:func:`batching_agrees`'s verdict, whether ``flat`` is known finite and not all 0).
+
+    Where it accepts, in fewer operations: the rule's own products (vᵀflat, |v|ᵀ|flat|, as
+    :func:`.probes.predicted_probe` forms them) and its bound |vᵀJ − vᵀflat| < tol ·
+    |v|ᵀ|flat| + tiny at every entry, by one comparison; anything else (a larger difference,
+    a NaN or ±inf on either side, which no entry of that comparison passes) is the rule's to
+    judge. Accepted so, every vᵀflat is finite: so is every entry of ``flat`` (v has no 0
+    entry, an infinite or NaN one would make its column's sum infinite or NaN), and one
+    non-zero vᵀflat shows a non-zero entry (the analysis then needs no pass of its own over
+    ``flat`` for its notes)."""
     dtype = flat.dtype
     if dtype in _EXACT_DTYPES and vector.dtype == dtype == vjp.dtype and flat.numel():
         m = vector.numel()
@@ -57,9 +80,9 @@ def batching_agrees(flat: torch.Tensor, vector: torch.Tensor, vjp: torch.Tensor)
         expected = (v @ d).reshape(vjp.shape)
         allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
         allowed.mul_(tolerances(dtype).probe).add_(torch.finfo(dtype).tiny)
-        if bool(torch.sub(vjp, expected).abs_().le_(allowed).all()):
-            return True
-    return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True)
+        if bool(torch.sub(vjp, expected).abs_().lt_(allowed).all()):
+            return True, bool(expected.any())
+    return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True), False
 
 
 def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:

@@ -295,6 +295,8 @@ def component_vjps(
         return [torch.cat(pair) for pair in zip(part(start, cut), part(cut, stop))]
 
     first = payoff.first(first or FIRST_CHUNK) if batched else limit
+    if 0 < count <= min(limit, first):  # one chunk holds them all: no chunks to size
+        return part(0, count), vectorised  # (nothing timed yet, so no trial to cut: run's)
     stacked = in_chunks(run, count, limit, first=first)
     return stacked, vectorised
 

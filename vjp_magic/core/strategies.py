@@ -16,7 +16,7 @@ import torch
 
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
-from .batching_check import batching_agrees, batching_vector, plain_probe, within_noise
+from .batching_check import batching_vector, batching_verdict, plain_probe, within_noise
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
@@ -96,10 +96,12 @@ def _jacobian_either_mode(context, tensor, probes, name) -> torch.Tensor:
     return flat.reshape(tuple(output.shape) + tuple(tensor.shape))
 
 
-def _checked_jacobians(context, named, probes, proved=False) -> dict[str, torch.Tensor]:
+def _checked_jacobians(context, named, probes, proved=False,
+                       ordinary=None) -> dict[str, torch.Tensor]:
     """Full Jacobians from batched backward passes (one run for all inputs), each checked
     against a plain probe where a vectorised backward computed some of it (``proved``: no
-    structure is probed afterwards, so the check need not use probe 0)."""
+    structure is probed afterwards, so the check need not use probe 0). ``ordinary`` (a set)
+    gets the names whose Jacobian that check showed finite and not all 0."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
     stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
@@ -109,7 +111,10 @@ def _checked_jacobians(context, named, probes, proved=False) -> dict[str, torch.
     if vectorised and output.numel() > 1:
         v, vjps = _batching_probe(context, {n: named[n] for n in reverse}, probes,
                                   own=proved and len(reverse) == len(named))
-        redo = [n for n in reverse if not batching_agrees(flats[n], v, vjps[n])]  # went wrong
+        verdicts = {n: batching_verdict(flats[n], v, vjps[n]) for n in reverse}
+        redo = [n for n in reverse if not verdicts[n][0]]  # went wrong
+        if ordinary is not None:
+            ordinary.update(n for n in reverse if all(verdicts[n]))
         noisy = within_noise(output, named, v, vjps, {n: (flats[n], ()) for n in redo})
         redo = [n for n in redo if n not in noisy]  # rounding only: kept
     flats.update(_plain_again(output, {n: named[n] for n in redo}, (), vectorised, flats))
@@ -160,8 +165,10 @@ def from_exact_jacobian(context, named, candidates, probes):
     """Small problems: one batched backward gives the whole Jacobian; each candidate pairing
     is judged on it by the probe rule (the same rule as for large problems)."""
     out_ndim = context.output.dim()
+    known = set()  # Jacobians the batching check saw finite and not all 0
     jacobians = _checked_jacobians(context, named, probes,
-                                   proved=all(candidates[n][0].proved for n in named))
+                                   proved=all(candidates[n][0].proved for n in named),
+                                   ordinary=known)
     accepted = {}
     for name, jac in jacobians.items():
         flat = jac.reshape((context.output.numel(),) + tuple(named[name].shape))
@@ -174,6 +181,8 @@ def from_exact_jacobian(context, named, candidates, probes):
             if candidate.proved or probes.agree(name, derivatives, candidate.pairing) and \
                     not couplings.nonzero_outside(jac, out_ndim, candidate.pairing):
                 accepted[name] = (candidate, derivatives)
+                if name in known and derivatives.numel() == jac.numel():  # every entry of J
+                    probes.ordinary.add(name)
                 break
             context.reject(name, candidate.pairing)
     return accepted

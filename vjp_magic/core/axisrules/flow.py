@@ -2,6 +2,7 @@
 of the graph) and the operations on its carries (broadcast, meet, drop axes)."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -41,7 +42,13 @@ def to_axes(value, ndim: int) -> list[int]:
 
 def base_name(node) -> str:
     """The node's type name without ``Backward<n>``: the key of the rule tables."""
-    return re.sub(r"Backward\d*$", "", type(node).__name__)
+    return _base_name(type(node))
+
+
+@functools.lru_cache(maxsize=1024)
+def _base_name(kind: type) -> str:
+    """:func:`base_name` of a node type (each type's name read once)."""
+    return re.sub(r"Backward\d*$", "", kind.__name__)
 
 
 def all_exact(inputs) -> bool:
