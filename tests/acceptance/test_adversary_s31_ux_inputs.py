@@ -39,10 +39,6 @@ def test_a_wrong_tensor_gets_a_short_message(ip, usage_error, earlier_grad, body
     assert last in ip.user_ns  # the cell ran and its names are kept
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp' on 'x = torch.arange(5); y = x**2', with a "
-                   "float leaf keep from an earlier cell, says 'Differentiate a floating tensor "
-                   "computed from keep instead': it names a tensor this cell never reads and "
-                   "drops the advice to create x as floats (core/tagging.py _integer_message)")
 def test_the_integer_message_names_the_cells_own_input(usage_error, earlier_grad):
     message = usage_error("%%vjp\nx = torch.arange(5)\ny = x**2")
     assert "keep" not in message, message

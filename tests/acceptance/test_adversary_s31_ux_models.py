@@ -90,10 +90,6 @@ def test_per_sample_losses_keep_one_table(ip, run_ok, run_vjp):
         torch.testing.assert_close(r.derivatives[f"net.{name}"], value)
 
 
-@pytest.mark.xfail(strict=True, reason="the parameter table's 'at' column counts from 1 "
-                   "(VJPMagics.index_base, render/parameters.py _table) beside row labels that "
-                   "are code, counted from 0 (net[38].bias), and nothing in the display says so: "
-                   "r.derivatives['net.38.bias'][at] is not the largest entry")
 def test_the_at_column_points_at_the_largest_entry_or_says_how_it_counts(ip, scalar):
     text = _plain(scalar)
     expected = _expected(ip, "net(xb).pow(2).sum()")["net.38.bias"]
@@ -135,11 +131,6 @@ def test_a_parameter_by_its_path_works(ip, run_ok, run_vjp):
     torch.testing.assert_close(r.derivatives["net[0].weight"], expected)
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt relu' (a module with no parameters) and "
-                   "'--wrt frozen' (parameters with requires_grad=False) get the generic 'None "
-                   "of the cell's tensors requires grad ... e.g. x = torch.linspace(-2, 2, 5, "
-                   "requires_grad=True)': it names neither the module nor the cause (no "
-                   "parameters; frozen.requires_grad_(True)) (core/tagging.py)")
 @pytest.mark.parametrize("module", ["relu", "frozen"])
 def test_a_module_without_trainable_parameters_is_named(run_ok, usage_error, module):
     run_ok(MISTAKES)
@@ -147,10 +138,6 @@ def test_a_module_without_trainable_parameters_is_named(run_ok, usage_error, mod
     assert module in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt net' on 'loss = net(xb).argmax()' says "
-                   "'Differentiate a floating tensor computed from x instead. And create the "
-                   "input as floats ... x = torch.linspace(...)': there is no x in the cell; the "
-                   "input named on the line is net (core/tagging.py _integer_message)")
 def test_the_integer_message_speaks_of_the_named_module(run_ok, usage_error):
     run_ok(MISTAKES)
     message = usage_error("%%vjp --wrt net\nloss = net(xb).argmax()")
@@ -173,10 +160,6 @@ def published(ip, monkeypatch):
     return seen
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt net --explain' on 40 parameter tensors "
-                   "renders 22.5 KB of markdown and 24 KB of LaTeX (10,573 px, 16 screens): "
-                   "step 1 alone lists all 40 names as f's arguments, each step repeats them "
-                   "(teach/explain.py has no many-inputs form, as the table has)")
 def test_explain_on_a_big_model_stays_under_20_kb(ip, run_ok, run_vjp):
     run_ok(MODEL)
     r = run_vjp("loss = net(xb).pow(2).sum()", "--wrt net --explain")
@@ -184,11 +167,6 @@ def test_explain_on_a_big_model_stays_under_20_kb(ip, run_ok, run_vjp):
         assert len(rendered.encode()) < 20_000, (kind, len(rendered.encode()))
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt net --picture' on 40 parameter tensors "
-                   "draws 40 pictures, one per tensor (each a dense 1 × 64 or 1 × 8 row), "
-                   "captioned with the keys ('∂loss/∂net.0.weight') rather than the cell's "
-                   "spelling net[0].weight: about 40 screens where the table takes one "
-                   "(render/view.py pictures draws every input)")
 def test_picture_on_a_big_model_draws_a_few(ip, run_ok, run_vjp, published):
     run_ok(MODEL)
     run_vjp("loss = net(xb).pow(2).sum()", "--wrt net --picture")

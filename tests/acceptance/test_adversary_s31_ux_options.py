@@ -62,10 +62,6 @@ def test_a_value_given_to_a_switch_says_it_takes_none(usage_error):
     assert "ignored explicit argument" not in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt x.grad' before any backward says 'Input "
-                   "x.grad is a NoneType, not a tensor.' (core/validation.py): a Python type name "
-                   "where the student needs 'x.grad is None (no backward has filled it); use "
-                   "--wrt x'")
 def test_wrt_of_an_empty_grad_names_none_not_nonetype(usage_error):
     message = usage_error(f"%%vjp --wrt x.grad\n{CELL}")
     assert "NoneType" not in message, message
@@ -102,9 +98,6 @@ def test_an_option_after_the_expression_says_options_go_first(run_ok, usage_erro
     assert "before" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="a complex expression's message suggests 'c**2.real, "
-                   "c**2.imag', which is not Python (SyntaxError: invalid decimal literal): "
-                   "an expression needs parentheses, (c**2).real (core/validation.py)")
 def test_the_complex_advice_is_valid_python(run_ok, usage_error):
     run_ok(NAMES)
     message = usage_error("%jacobian c**2 wrt c")
@@ -144,10 +137,6 @@ def test_an_unknown_name_lists_the_inputs():
         r.jacobian("z")
 
 
-@pytest.mark.xfail(strict=True, reason="differentiate(y, x, names=['a', 'b']) with one input "
-                   "silently keeps 'a' and drops 'b' (pipeline.py / core/given.py): a name "
-                   "count that does not match the inputs should be a VJPUsageError, as "
-                   "duplicate names are")
 def test_more_names_than_inputs_is_refused():
     x = torch.randn(5, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError):
@@ -170,11 +159,6 @@ def test_config_refuses_a_bad_index_base_and_says_it_stays(ip, capsys, restored)
     assert "not 2. It stays 1" in out.out + out.err
 
 
-@pytest.mark.xfail(strict=True, reason="'%config VJPMagics.precision = 0' (also width = 5, "
-                   "threshold = 1, edgeitems = 0) is taken silently, where the flags refuse "
-                   "-p 0, --width 5 and --threshold 1 with a message; the display then shows "
-                   "1-digit numbers (magics/__init__.py validates only index_base and "
-                   "memory_budget)")
 @pytest.mark.parametrize("setting, flag", [("precision = 0", "-p 0"), ("width = 5", "--width 5"),
                                            ("threshold = 1", "--threshold 1")])
 def test_config_refuses_what_the_flag_refuses(ip, usage_error, capsys, restored, setting, flag):

@@ -5,11 +5,22 @@ used (a wrong name, an input that does not require grad, ...). The magics layer
 turns it into a short IPython ``UsageError``; every other exception is a bug and
 keeps its traceback.
 """
+import ast
 
 
 class VJPUsageError(ValueError):
     """A user mistake, with a message that says what to do."""
 
+
+def operand(source: str) -> str:
+    """``source`` spelled so that an attribute may follow it in advice: ``y`` → ``y``,
+    ``c**2`` → ``(c**2)`` (``c**2.real`` is a SyntaxError, ``-y.real`` another number)."""
+    try:
+        atom = isinstance(ast.parse(source.strip(), mode="eval").body,
+                          (ast.Name, ast.Attribute, ast.Subscript, ast.Call, ast.Constant))
+    except SyntaxError:
+        atom = False
+    return source if atom else f"({source})"
 
 
 class GraphFreed(VJPUsageError):

@@ -199,8 +199,11 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
                if isinstance(namespace.get(n), torch.Tensor)]
     leaves = [n for n, t in tensors if t.requires_grad]
     plain = [n for n, t in tensors if not t.requires_grad]
+    used = [n for n in used if n in namespace]
     if tensors and not tensors[-1][1].is_floating_point() and not tensors[-1][1].is_complex():
-        return _integer_message(*tensors[-1], leaves or _requiring_grad(namespace, used))
+        grad_names = leaves or [n for n in used if _trainable(namespace[n])]
+        return _integer_message(*tensors[-1], grad_names,
+                                _integer_leaf(namespace, assigned + used, tensors[-1][0]))
     if leaves and plain:
         return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
                 "computed under torch.no_grad() or .detach()ed? Compute the output outside "
@@ -208,31 +211,67 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
     if leaves:
         return ("The cell keeps no tensor computed from its inputs: assign the output to a name "
                 "(y = f(x)) or end the cell with it, or name it with --of y.")
+    modules = "" if any(_trainable(namespace[n]) for n in used) else \
+        _untrainable_modules(namespace, used)
+    if modules:
+        floats = [n for n in used if isinstance(namespace[n], torch.Tensor)
+                  and namespace[n].is_floating_point()]
+        example = f"{floats[0]}.requires_grad_()" if floats else "x = torch.linspace(-2, 2, 5, " \
+            "requires_grad=True)"
+        return (f"{modules} Nor does any tensor the cell uses require grad: to differentiate "
+                f"with respect to one, create it with requires_grad=True (e.g. {example}).")
     if tensors:
-        return ("None of the cell's tensors requires grad, so nothing has derivatives: create the "
-                "input with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, "
-                "requires_grad=True). (If it does, the output was computed under "
-                "torch.no_grad() or .detach()ed.)")
+        return (
+            "None of the cell's tensors requires grad, so nothing has derivatives: create the "
+            "input with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, "
+            "requires_grad=True). (If it does, the output was computed under "
+            "torch.no_grad() or .detach()ed.)")
     return ("Found no output: the cell assigns no tensor. Assign the output (y = f(x)) or name "
             "it with --of y.")
 
 
-def _requiring_grad(namespace: Mapping[str, object], used: Iterable[str] = ()) -> list[str]:
-    """Names bound to a tensor with ``requires_grad=True``: those the cell reads first, then
-    leaves of earlier cells, the latest defined first."""
-    def requires(name):
+def _trainable(value: object) -> bool:
+    """A tensor that requires grad, or a module with a parameter that does."""
+    if isinstance(value, torch.nn.Module):
+        return any(p.requires_grad for p in value.parameters())
+    return isinstance(value, torch.Tensor) and value.requires_grad
+
+
+def _untrainable_modules(namespace: Mapping[str, object], used: list[str]) -> str:
+    """What the modules the cell reads lack: parameters, or parameters that require grad
+    (and how to change that); '' where no module lacks them."""
+    said = []
+    for name in used:
+        module = namespace[name]
+        if not isinstance(module, torch.nn.Module) or _trainable(module):
+            continue
+        if next(module.parameters(), None) is None:
+            said.append(f"{name} ({type(module).__name__}) has no parameters: nothing in it "
+                        "has derivatives.")
+        else:
+            said.append(f"{name}'s parameters have requires_grad=False (frozen): call "
+                        f"{name}.requires_grad_() before computing the output to differentiate "
+                        "with respect to them.")
+    return " ".join(said)
+
+
+def _integer_leaf(namespace: Mapping[str, object], names: list[str], output: str) -> str | None:
+    """The cell's own integer or bool tensor that is made, not computed (x = torch.arange(5)):
+    the input to create as floats."""
+    for name in dict.fromkeys(names):
         value = namespace.get(name)
-        return isinstance(value, torch.Tensor) and value.requires_grad
-
-    read = [n for n in used if n in namespace and requires(n)]
-    earlier = [n for n in list(namespace)[::-1]
-               if is_visible_name(n) and requires(n) and namespace[n].grad_fn is None]
-    return read + earlier
+        if name != output and isinstance(value, torch.Tensor) and value.grad_fn is None \
+                and not value.is_floating_point() and not value.is_complex():
+            return name
+    return None
 
 
-def _integer_message(name: str, tensor: torch.Tensor, grad_names: list[str]) -> str:
-    """The cell's last tensor is a bool or integer tensor: say why it has no derivatives."""
-    x = grad_names[0] if grad_names else "x"
+def _integer_message(name: str, tensor: torch.Tensor, grad_names: list[str],
+                     leaf: str | None = None) -> str:
+    """The cell's last tensor is a bool or integer tensor: say why it has no derivatives,
+    naming what the cell computes from (``grad_names``: what requires grad that it uses;
+    ``leaf``: its own integer tensor, to create as floats)."""
+    x = grad_names[0] if grad_names else leaf or "x"
     if tensor.dtype == torch.bool:
         why = (f"{name} is a bool tensor (torch.bool): comparisons such as {x} > 0 give "
                "True/False values, which leave autograd and have no derivatives.")
@@ -242,7 +281,10 @@ def _integer_message(name: str, tensor: torch.Tensor, grad_names: list[str]) -> 
         why = (f"{name} has dtype {tensor.dtype}: integer tensors have no derivatives "
                "(argmax, .int(), .long() and integer arithmetic leave autograd).")
         fix = f"Differentiate a floating tensor computed from {x} instead."
-    if not grad_names:
+    if not grad_names and leaf:
+        fix += (f" And create {leaf} as floats with requires_grad=True, e.g. "
+                f"{leaf} = {leaf}.float().requires_grad_() after it is made.")
+    elif not grad_names:
         fix += (" And create the input as floats with requires_grad=True, e.g. "
                 "x = torch.linspace(-2, 2, 5, requires_grad=True).")
     return f"{why} {fix}"

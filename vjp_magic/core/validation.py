@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .errors import VJPUsageError
+from .errors import VJPUsageError, operand
 from .memory import checked_budget
 from .marked import marked
 from .torch_api import TorchError, torch_error
@@ -26,6 +26,12 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
     ``nn.Module``) as a dict name → tensor. A module stands for its parameters that require
     grad, named ``"<name>.0.weight"`` (the module's name as given, else ``"0.weight"``);
     module values in a dict or sequence are expanded the same way."""
+    if isinstance(inputs, (torch.Tensor, torch.nn.Module)) and isinstance(names, (list, tuple)) \
+            and len(names) != 1:
+        raise VJPUsageError(f"One input, {len(names)} names ({list(names)!r}): give one name, "
+                            "names='x', or pass as many inputs as names.")
+    if isinstance(inputs, Mapping) and names is not None:
+        raise VJPUsageError("The dict of inputs names them (its keys): leave out names=.")
     if isinstance(inputs, torch.Tensor):
         name = names if isinstance(names, str) else (names[0] if names else "x")
         return {name: inputs}
@@ -68,7 +74,12 @@ def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, 
              for name, parameter in module.named_parameters() if parameter.requires_grad}
     if not found:
         what = prefix or type(module).__name__
-        raise VJPUsageError(f"{what} has no parameters that require grad.")
+        if next(module.parameters(), None) is None:
+            raise VJPUsageError(f"{what} ({type(module).__name__}) has no parameters: nothing "
+                                "in it has derivatives. Differentiate with respect to a tensor "
+                                "it is applied to, created with requires_grad=True.")
+        raise VJPUsageError(f"{what} has no parameters that require grad (frozen): call "
+                            f"{what}.requires_grad_() before computing the output.")
     return found
 
 
@@ -134,9 +145,12 @@ def check_output(output: object, name: str) -> torch.Tensor:
     _refuse_unless_real_floating(
         output,
         f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
-        f"Differentiate its real and imaginary parts separately: {name}.real, {name}.imag.",
-        f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives. "
-        "Make the input a floating tensor, e.g. torch.arange(3, dtype=torch.float32).")
+        f"Differentiate its real and imaginary parts separately: {operand(name)}.real, "
+        f"{operand(name)}.imag.",
+        f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives "
+        "(argmax, comparisons, .int() and .long() leave autograd). Differentiate a floating "
+        "tensor computed from the inputs; an input made of integers is created as floats, "
+        "e.g. torch.arange(3, dtype=torch.float32).")
     if not output.requires_grad:
         raise VJPUsageError(
             f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
@@ -148,12 +162,15 @@ def check_output(output: object, name: str) -> torch.Tensor:
 
 def check_input(tensor: object, name: str) -> torch.Tensor:
     """An input must be a real floating tensor with requires_grad=True."""
+    if tensor is None and name.endswith(".grad"):
+        raise VJPUsageError(f"{name} is None (no backward has filled it); use --wrt "
+                            f"{name[:-len('.grad')]}: its derivatives are what .grad would hold.")
     if not isinstance(tensor, torch.Tensor):
         raise VJPUsageError(f"Input {name} is a {type(tensor).__name__}, not a tensor.")
     _refuse_unless_real_floating(
         tensor,
         f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
-        f"Use {name}.real and {name}.imag as separate real inputs.",
+        f"Use {operand(name)}.real and {operand(name)}.imag as separate real inputs.",
         f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
         "Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True).")
     if not tensor.requires_grad:

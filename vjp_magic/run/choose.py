@@ -28,7 +28,7 @@ import torch
 
 from ..core.validation import (add_named, module_parameters, named_inputs,
                                 parameter_expression)
-from ..core.errors import VJPUsageError
+from ..core.errors import VJPUsageError, operand
 from ..core.marked import marked
 from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, ordered_names)
@@ -189,12 +189,7 @@ def dense(name: str, output, how: str):
     the dense output goes, e.g. ``%%vjp --of {}``)."""
     if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
         return output
-    try:
-        atom = isinstance(ast.parse(name, mode="eval").body,
-                          (ast.Name, ast.Attribute, ast.Subscript, ast.Call))
-    except SyntaxError:
-        atom = False
-    densified = f"{name}.to_dense()" if atom else f"({name}).to_dense()"
+    densified = f"{operand(name)}.to_dense()"
     raise VJPUsageError(
         f"{name} is a sparse tensor ({str(output.layout).replace('torch.', '')}): vjp_magic "
         f"shows the derivatives of dense outputs. Differentiate {densified} instead: "
