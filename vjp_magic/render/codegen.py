@@ -1,7 +1,8 @@
 """The one code generator: the one-hot component loop, names as expressions, ``r.code``.
 
 Everything that writes PyTorch source for a reader goes through here: the short loop shown
-beneath a result (as short as the tutorial's own), ``r.code`` (the careful version, below),
+beneath a result (as short as the tutorial's own), ``r.code`` (the careful version, below;
+an input computed by compressed passes gets its coloured passes from :mod:`.sparse_code`),
 and the coaching's corrected code. ``component_loop`` picks the loop letters, v's index and
 the loop header once, so the three never disagree.
 
@@ -173,10 +174,10 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
 
 # -- r.code: the careful version ------------------------------------------------------------
 def reproducing_code(result) -> str:
-    """The source; ``derivative_name(name)`` is bound for every input of ``result``."""
-    from .sparse import sparse_code  # a stencil by compressed passes (render/sparse.py)
-    if (code := sparse_code(result)) is not None:
-        return code
+    """The source; ``derivative_name(name)`` is bound for every input of ``result``. An input
+    computed by compressed passes gets its coloured passes (:mod:`.sparse_code`), never the
+    one-hot loop."""
+    from .sparse_code import coloured_lines  # (it imports this module)
     names = list(result.inputs)
     taken = identifiers([result.output_name, *names])
     y, body = _output_variable(result, taken)
@@ -192,6 +193,8 @@ def reproducing_code(result) -> str:
         if item.unused:
             body.append(_zeros(result, name, xs[name], d_names[name])
                         + f"  # {result.output_name} does not depend on {name}")
+        elif getattr(item, "sparse", None) is not None:
+            body += coloured_lines(result, name, xs[name], d_names[name], y, taken)
         else:
             groups.setdefault(tuple(sorted(item.pairing.out_axes)), []).append(name)
     itertools_needed = False

@@ -29,7 +29,7 @@ import torch
 
 from ..core.sparse_layout import csr_block
 from . import notation
-from .codegen import derivative_name, expression, fresh, identifiers, output_symbol
+from .codegen import expression, fresh, identifiers, output_symbol
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
 from .matrix import Block
@@ -500,7 +500,7 @@ def colour_code(result, name: str) -> str:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
     k = sparse.count
-    lines += _colour_lines(found.form, y, k, name, names, taken)
+    lines += colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
@@ -517,7 +517,7 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
     (v a zero tensor that requires grad), then J·u = the VJP of g against u, per colour."""
     colour, g, c, u, v, ju = (names[b] for b in ("colour", "g", "c", "u", "v", "Ju"))
     y = names["y"]
-    return _colour_lines(form, x, k, name, names, taken) + [
+    return colour_lines(form, x, k, name, names, taken) + [
         f"# forward mode: {g} = J^T {v} is linear in {v}, so its VJP with {u} is J {u}",
         f"{v} = torch.zeros_like({y}, requires_grad=True)",
         f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
@@ -529,7 +529,7 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
         f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
 
 
-def _colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
+def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
     """The colour of each entry of ``y`` (the input, by columns): in closed form, with its
     few exceptions, else read off the cell's result ``_`` (IPython's last output)."""
     colour = names["colour"]
@@ -694,63 +694,10 @@ def _findings(result, name: str, options) -> list:
 
 # -- r.code ----------------------------------------------------------------------------------
 def sparse_code(result) -> str | None:
-    """``r.code`` for one input whose Jacobian is a stencil computed by compressed passes,
-    its colours in closed form: the coloured backward passes, then ``d_<name>`` as a sparse
-    COO tensor (``output.shape + input.shape``) read off them at each entry's neighbours
-    (an entry whose derivative is 0 here is stored as an explicit 0). None otherwise (the
-    one-hot loop is written instead)."""
-    if len(result.inputs) != 1:
+    """``r.code`` where some input's Jacobian was computed by compressed passes (its coloured
+    passes: :func:`~vjp_magic.render.sparse_code.coloured_lines`); None where none was."""
+    if not any(sparse_of(result, name) is not None for name in result.inputs):
         return None
-    name, item = next(iter(result.inputs.items()))
-    sparse = sparse_of(result, name)
-    if sparse is None:
-        return None
-    found = layout_of(sparse, result.output.shape, item.tensor.shape)
-    if found.offsets is None or found.form is None or \
-            by_columns(sparse):  # (by columns: the one-hot loop is written)
-        return None
-    taken = identifiers([result.output_name, name])
-    y = output_symbol(result)
-    taken.add(y)
-    lines = ["import torch", ""] + ([] if y == result.output_name else
-                                    [f"{y} = {result.output_name}  # the output, computed again"])
-    x = expression(name)
-    d = derivative_name(name, taken)
-    saved, colour, g, c, v, rows, p, q, off, j, inside = (fresh(b, taken) for b in (
-        "saved_grad", "colour", "g", "c", "v", "rows", "p", "q", "offset", "j", "inside"))
-    if not item.tensor.is_leaf:
-        lines.append(f"{x}.retain_grad()  # {name} is not a leaf: let backward fill its .grad")
-    lines += [f"{saved} = {x}.grad  # backward adds to .grad: keep what it holds, restored below",
-              f"{x}.grad = None"]
-    lines += _colour_lines(found.form, y, sparse.count, name, {"colour": colour}, taken)
-    lines += [f"{g} = {x}.new_zeros({sparse.count}, {x}.numel())  # row c: v^T J, v of colour c",
-              f"for {c} in range({sparse.count}):",
-              f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
-              f"    if {x}.grad is not None: {x}.grad.zero_()",
-              f"    {y}.backward(gradient={v}, retain_graph=True, inputs=[{x}])",
-              f"    {g}[{c}] = {x}.grad.reshape(-1)"]
-    lines += _decompressed(found, y, x, d, (colour, g, rows, p, q, off, j, inside))
-    lines.append(f"{x}.grad = {saved}  # restore the notebook's .grad")
-    return "\n".join(lines) + "\n"
+    from .codegen import reproducing_code  # (it writes each coloured input's passes)
 
-
-def _decompressed(found: Layout, y: str, x: str, d: str, names) -> list[str]:
-    """Lines making ``d`` from the colour passes: entry p of y reads x at p + offset."""
-    colour, g, rows, p, q, off, j, inside = names
-    wraps = "".join(f"{j}[:, {k}] %= {x}.shape[{k}]; " for k, w in enumerate(found.wraps) if w)
-    return [
-        f"# {y}[i] reads {x} at i + offset: J[p, q] = {g}[{colour}[p], q] (flat p, q)",
-        f"{rows} = torch.stack(torch.unravel_index(torch.arange({y}.numel()), {y}.shape), 1)",
-        f"{p}, {q} = [], []",
-        f"for {off} in {[tuple(o) for o in found.offsets]}:",
-        f"    {j} = {rows} + torch.tensor({off})",
-        *([f"    {wraps.strip().rstrip(';')}"] if wraps else []),
-        f"    {inside} = (({j} >= 0) & ({j} < torch.tensor({x}.shape))).all(1)",
-        f"    {p}.append({inside}.nonzero().squeeze(1))",
-        f"    {q}.append(torch.arange({x}.numel()).reshape({x}.shape)[tuple({j}[{inside}].T)])",
-        f"{p}, {q} = torch.cat({p}), torch.cat({q})",
-        f"{d} = torch.sparse_coo_tensor(torch.cat([",
-        f"    torch.stack(torch.unravel_index({p}, {y}.shape)),",
-        f"    torch.stack(torch.unravel_index({q}, {x}.shape))]),",
-        f"    {g}[{colour}[{p}], {q}], tuple({y}.shape) + tuple({x}.shape),",
-        "    check_invariants=True).coalesce()"]
+    return reproducing_code(result)
