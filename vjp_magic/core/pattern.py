@@ -96,9 +96,15 @@ def deleted(full, missing: np.ndarray):
     keep[missing] = False
     if isinstance(full, np.ndarray):
         return full[keep]
-    if full.device.type == "cpu":
+    if full.device.type == "cpu" and full.dtype in NUMPY_DTYPES:
         return torch.from_numpy(full.numpy()[keep])
     return full[torch.from_numpy(keep).to(full.device)]
+
+
+#: torch dtypes whose tensors ``.numpy()`` takes (bfloat16 and the 8-bit floats it does not)
+NUMPY_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.complex64,
+                          torch.complex128, torch.int64, torch.int32, torch.int16, torch.int8,
+                          torch.uint8, torch.bool})
 
 
 def expanded(kept: torch.Tensor, missing: np.ndarray, size: int) -> torch.Tensor:
