@@ -99,7 +99,9 @@ def differentiate(
 def _result(context: Context, named, proofs, accepted) -> VJPResult:
     """The result of the accepted candidates and their derivatives, with its notes."""
     probes = context.probes  # its plain pass's time sizes the next run's first chunk
-    remember_seconds(pass_key(context.output, named.values(), context.workspace), probes.seconds)
+    if probes.seconds is not None:
+        remember_seconds(pass_key(context.output, named.values(), context.workspace),
+                         probes.seconds)
     ordinary = probes.ordinary | {name for name, (_, d) in accepted.items()
                                   if name not in probes.ordinary and _ordinary(d)}
     accepted = {name: (c, d if name in ordinary  # known finite: no NaN to fill
