@@ -132,7 +132,8 @@ def _lead(result, rows: list[Row]) -> Paragraph:
 
 
 def _table(result, rows: list[Row], options) -> Formula:
-    """Name, shape, norm, largest |entry| and where: one row per tensor (over
+    """Name, shape, norm, largest |entry| and where, counted from ``index_base`` as the
+    header says (the row labels are code, from 0): one row per tensor (over
     :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap)."""
     digits = significant_digits(result.output.dtype, options.precision)
     shown = _shown(rows)
@@ -156,7 +157,8 @@ def _table(result, rows: list[Row], options) -> Formula:
               Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert",
                     f"‖∂{y}/∂p‖"),
               Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
-              Entry(r"\mathrm{at}", "at"))
+              Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
+                    f"at (from {options.index_base})"))  # the labels are code, from 0
     lhs = notation.partial(y, "p")
     return Formula(lhs, Matrix(tuple(lines), tuple(labels), header))
 
