@@ -207,9 +207,6 @@ def test_the_sentence_names_the_vector_the_code_uses(run_vjp):
     assert "u is 1 on entries" not in text, text[:600]
 
 
-@pytest.mark.xfail(strict=True, reason="--explain's first step writes the first entry of a "
-                   "2-D input as raw LaTeX in text/plain: 'u_{1,1} is u[0,0]' "
-                   "(teach/explain.py _first_entry); the plain display elsewhere says 'y_1,1'")
 def test_explain_plain_text_has_no_latex_braces(run_vjp):
     r = run_vjp(LAPLACIAN.format(n=40), "--explain")
     text = plain(r)

@@ -3,6 +3,7 @@ which then do not say again what v is."""
 from __future__ import annotations
 
 from ..run.choose import Subject
+from ..teach.explain import SYMPY_NAMES
 from ..teach.sparse_explain import explained_sections
 from . import Added, Asked
 
@@ -12,5 +13,9 @@ replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    return Added(before=explained_sections(result, request.options, log=subject.log),
-                 view={"explained": True})
+    token = SYMPY_NAMES.set(bool(request.flag("symbolic")))  # its plain names match SymPy's
+    try:
+        before = explained_sections(result, request.options, log=subject.log)
+    finally:
+        SYMPY_NAMES.reset(token)
+    return Added(before=before, view={"explained": True})

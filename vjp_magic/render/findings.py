@@ -421,7 +421,7 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
 
 
 def _feature_label(result, name: str, base: int = 1):
-    """Row labels: ``f'``, ``f_1'``, ``∂f/∂x_3``, ``∂f_1/∂x_{1,3}`` (component, entry; the
+    """Row labels: ``f'``, ``f_1'``, ``∂f/∂x_3``, ``∂f_1/∂x_1,3`` (component, entry; the
     maths counted from ``base`` in every spelling)."""
     item = result.inputs[name]
     comp = result.component_shape(name)
@@ -439,7 +439,6 @@ def _feature_label(result, name: str, base: int = 1):
         at = notation.counted(multi_index(e, entry), base)
         x_plain = notation.math_name(name).plain
         return Entry(rf"\partial {f_tex}/\partial {x_tex}_{{{at}}}",
-                     f"∂{f_plain}/∂{x_plain}_{at}" if "," not in at else
-                     f"∂{f_plain}/∂{x_plain}_{{{at}}}")
+                     f"∂{f_plain}/∂{x_plain}_{at}")  # plain: x_1,3, no TeX braces
 
     return label

@@ -14,25 +14,31 @@ names the entries.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import torch
 
 from ..render import notation
 from ..render.codegen import output_symbol
-from ..render.document import Entry, Math, Paragraph, Section, Text, paragraph
+from ..render.document import Code, Entry, Math, Paragraph, Section, Text, paragraph
 from ..render.matrix import Block
 from ..render.numbers import plural
+from ..render.parameters import MANY_INPUTS, largest_tensors
 from ..render.sections import formula, jacobian_block, shows_v0
 from .backward_notes import chain_rule_blocks, upstream_seed
 
 SHOWN_GRADIENTS = 4  # rows of V shown (first two, last two) when there are more
+# set (features.explain) while --symbolic shows SymPy's names x_{1,1} in the same display
+SYMPY_NAMES: ContextVar[bool] = ContextVar("SYMPY_NAMES", default=False)
 
 
 def explain_sections(result, options, log=None) -> tuple[Section, ...]:
     """One section: step 1 once, steps 2–4 for each input the output depends on; then the
     chain rule with the numbers of the cell's own backward with a general v (``log``)."""
-    blocks: list = [_function(result, options.index_base)]
     used = [name for name, item in result.inputs.items() if not item.unused]
+    if len(used) > MANY_INPUTS:  # a module's parameters: the steps once, as the table is one
+        return (Section(tuple(_many_inputs(result, used, options, log)), title="Explained"),)
+    blocks: list = [_function(result, options.index_base)]
     for name in used:
         if len(used) > 1:  # steps 2-4 again: for which input, and J named for it
             blocks.append(paragraph(Text("With respect to "), notation.prose_name(name),
@@ -45,16 +51,43 @@ def explain_sections(result, options, log=None) -> tuple[Section, ...]:
     return (Section(tuple(blocks), title="Explained" if len(result.inputs) > 1 else None),)
 
 
+def _many_inputs(result, used: list[str], options, log) -> list:
+    """Step 1 for all the tensors at once (a few named, the rest counted), steps 2–4 for the
+    one with the largest derivatives (the others' are alike: their rows of the table; its J
+    is the matrix of its derivatives below), and the chain rule for it alone: within one
+    screen however many tensors there are."""
+    y = output_symbol(result)
+    name = (largest_tensors(result, 1) or used)[-1]
+    n = sum(result.inputs[k].tensor.numel() for k in used)
+    shown = [notation.prose_name(k) for k in (used[:2] + used[-1:])]
+    y_math, count = notation.math_name(y), len(used)
+    f = Math(rf"{y_math.tex} = f(p_1, \dots, p_{{{count}}})",
+             f"{y_math.plain} = f(p_1, …, p_{count})")
+    head = _step(1, Text("The function "), f, Text(f" of {count} tensors p: "), shown[0],
+                 Text(", "), shown[1], Text(", …, "), shown[2],
+                 Text(f". Flattened row-major, they have n = {n:,} entries in all, "),
+                 notation.prose_name(y), Text(f" has m = {result.output.numel():,}."))
+    lead = paragraph(Text("Steps 2–4 are alike for every tensor p; here for "),
+                     notation.prose_name(name), Text(", whose derivatives are the largest "
+                                                     "(each other one's: its row of the "
+                                                     "table below and "),
+                     Code("r.derivatives[name]"), Text("):"), strong=True)
+    return [head, lead, *_jacobian(result, name, options, several=True)[:1],  # J: below
+            *_gradient_argument(result, name, options), _product(result, name),
+            *_chain_rule(result, log, options, only=name)]
+
+
 def _step(number: int, *spans) -> Paragraph:
     return paragraph(f"{number}. ", *spans)
 
 
-def _chain_rule(result, log, options) -> list:
+def _chain_rule(result, log, options, only: str | None = None) -> list:
     """The tutorial's special case with this cell's numbers: v = ∇ℓ(y) sent by the cell's own
-    backward, J and vᵀJ = ∇(ℓ∘f)(x)."""
+    backward, J and vᵀJ = ∇(ℓ∘f)(x) (for the input ``only``, where given)."""
     seed, names = upstream_seed(result, log) if log is not None else (None, [])
     if seed is None or seed.tensor is not result.output:
         return []
+    names = names if only is None else [k for k in names if k == only]
     y = notation.prose_name(output_symbol(result))
     head = paragraph("The cell's own backward sent a v that is not one-hot: for v = ",
                      Math(r"\nabla\ell(y)", "∇ℓ(y)"), ", the gradient of a loss at ", y,
@@ -65,16 +98,17 @@ def _chain_rule(result, log, options) -> list:
 
 
 def _first_entry(name: str, shape, base: int) -> tuple:
-    """``x_{1,1} is x[0,0]``: the first entry in the maths (as ``--symbolic`` names it) and
-    in the code; nothing for one entry."""
+    """``x_{1,1} is x[0,0]``: the first entry in the maths and in the code; nothing for one
+    entry. Plain text reads ``x_1,1`` as the numbers' labels do, ``x_{1,1}`` only beside
+    ``--symbolic`` (:data:`SYMPY_NAMES`), whose SymPy symbols print so."""
     axes = [a for a, n in enumerate(shape) if n != 1]
     if not axes:
         return ()
     sub = notation.counted([0] * len(axes), base)
     x = notation.math_name(name)
     tex = x.tex if len(x.tex) == 1 else "{" + x.tex + "}"
-    maths = Math(f"{tex}_{{{sub}}}", f"{x.plain}_{sub}" if len(axes) == 1 else
-                 f"{x.plain}_{{{sub}}}")
+    braced = SYMPY_NAMES.get() and len(axes) > 1  # as SymPy prints x_{1,1} beside it
+    maths = Math(f"{tex}_{{{sub}}}", f"{x.plain}_{{{sub}}}" if braced else f"{x.plain}_{sub}")
     return notation.link(maths, notation.tensor_entry(name, [0] * len(shape)), base)
 
 
