@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.structure import row_major_strides
+from . import notation
 from .codegen import expression, output_symbol
 
 MAX_CELLS = 256  # cells along each side of a picture
@@ -222,7 +223,7 @@ def _letters(result, name: str, p: Pattern) -> tuple[list[str], list[str], list[
             inn[pairs[a]] = letter
     inn = [letter or ("0" if size == 1 else next(entries, "*"))
            for letter, size in zip(inn, p.in_shape)]
-    y, x = output_symbol(result), name
+    y, x = output_symbol(result), notation.spelled(name)
     if not pairs:
         return out, inn, []
     roles = [("ijpqrs", out, "point"), ("klmnuv", out, f"component of {y}"),
@@ -233,7 +234,7 @@ def _letters(result, name: str, p: Pattern) -> tuple[list[str], list[str], list[
 
 
 def _texts(result, name: str, p: Pattern) -> _Texts:
-    y, x = output_symbol(result), name
+    y, x = output_symbol(result), notation.spelled(name)  # net[0].weight, as the cell has it
     out, inn, legend = _letters(result, name, p)
     points = f", {p.total_points:,} points" if p.total_points > 1 else ""
     title = f"nonzero pattern of ∂{y}/∂{x}: {p.word}{points}"

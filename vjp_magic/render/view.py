@@ -12,7 +12,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field, replace
 
-from . import latex, markdown, plain
+from . import latex, markdown, notation, plain
 from .budget import fitted, spent
 from .codegen import reproducing_code
 from .document import Document, Formula, Section
@@ -128,6 +128,8 @@ class View:
 
         names = [n for n, item in result.inputs.items() if not item.unused and (
             self.pictured or wants_picture(result, n, self.options))]
+        if wants_table(result, self.options):  # a module's tensors: the few that matter
+            return _few_pictures(result, names, pictures)
         return pictures(result, names) if names else []
 
     def picture(self, result, name: str):
@@ -139,3 +141,21 @@ class View:
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
         return reproducing_code(result)
+
+
+def _few_pictures(result, names: list[str], draw) -> list:
+    """The pictures of the :data:`~.parameters.MATRICES` tensors with the largest derivatives
+    (as the table shows their matrices), then one line for the rest: within one screen however
+    many tensors there are."""
+    from .picture import Picture
+
+    few = [n for n in largest_tensors(result) if n in names] or names[:1]
+    rest = [n for n in names if n not in few]
+    if not rest:
+        return draw(result, few)
+    spelled = ", ".join(notation.spelled(n) for n in few)
+    note = (f"Pictured: the {len(few)} tensors with the largest derivatives ({spelled}); "
+            f"the other {len(rest)}: r.picture(name), e.g. r.picture({rest[0]!r}) for "
+            f"{notation.spelled(rest[0])}.")
+    return [*draw(result, few), Picture(None, note)]
+
