@@ -40,6 +40,18 @@ EXAM_HELP = ("Exam mode for this cell: the verdict of --check only, no derivativ
              "(default: VJPMagics.exam; a cell cannot turn it off).")
 
 
+# The display settings' limits, as the line's flags have them (magics.options): low, high
+# (None: no upper limit) and what the value is, for the message.
+_DISPLAY_LIMITS = {
+    "precision": (1, 17, "the number of significant digits shown, from 1 to 17"),
+    "threshold": (2, None, "how many rows/columns to show in full (at least 2)"),
+    "width": (20, None, "the characters one line of maths may take (at least 20)"),
+    "edgeitems": (1, None, "the rows/columns kept at each edge of a summarised matrix "
+                           "(at least 1)"),
+    "height": (1, None, "the CSS px one output may take (at least 1)"),
+}
+
+
 @magics_class
 class VJPMagics(Magics):
     """Magics that infer the ``gradient`` argument of ``backward`` and render derivatives."""
@@ -82,6 +94,23 @@ class VJPMagics(Magics):
     @observe("index_base")
     def _keep_good_index_base(self, change):
         self._good_index_base = change["new"]
+
+    @validate(*_DISPLAY_LIMITS)
+    def _within_limits(self, proposal):
+        """Refuse what the line's flags refuse (``-p 0``, ``--width 5``): say so, keep the last
+        good value."""
+        name, value = proposal["trait"].name, proposal["value"]
+        low, high, meaning = _DISPLAY_LIMITS[name]
+        if low <= value and (high is None or value <= high):
+            return value
+        kept = getattr(self, "_good_display", {}).get(name, proposal["trait"].default_value)
+        print(f"VJPMagics.{name} is {meaning}, not {value!r}. It stays {kept!r}.",
+              file=sys.stderr)
+        return kept
+
+    @observe(*_DISPLAY_LIMITS)
+    def _keep_good_display(self, change):
+        self._good_display = {**getattr(self, "_good_display", {}), change["name"]: change["new"]}
 
     @validate("memory_budget")
     def _positive_budget(self, proposal):
