@@ -20,6 +20,7 @@ from ..render.document import Code, Math, Paragraph, Section, Text
 from ..render.matrix import multi_index, tensor_block
 from ..render.notation import counted, math_name, name_tex, partial, spelled
 from ..render.options import RenderOptions
+from ..render.parameters import MANY_INPUTS, largest_tensors
 from ..render.sections import formula, jacobian_block
 from ..run.backward_log import CallKind, reaches
 from ..run.cell_source import GRADIENT_ARGUMENT, find_call
@@ -124,7 +125,12 @@ def ones_sections(result, log, options: RenderOptions | None = None) -> tuple[Se
 
 # -- a general v: an upstream gradient ----------------------------------------------------------
 def _listed(names: list[str]) -> tuple:
-    """``x.grad``, ``W.grad`` and ``b.grad`` as code spans joined by words."""
+    """``x.grad``, ``W.grad`` and ``b.grad`` as code spans joined by words (of a module's
+    many tensors the first two and the last: ``net[0].weight.grad, net[0].bias.grad, …,
+    net[38].bias.grad (40 tensors)``)."""
+    if len(names) > MANY_INPUTS:
+        return (*_listed(names[:2])[:1], Text(", "), *_listed(names[1:2]), Text(", …, "),
+                *_listed(names[-1:]), Text(f" ({len(names)} tensors)"))
     spans: list = []
     for i, name in enumerate(names):
         if i:
@@ -212,7 +218,9 @@ def upstream_sections(result, log, options: RenderOptions | None = None,
     text, y, g = _call_text(log, seed)
     y = y or (result.output_name if seed.target is SeedTarget.OUTPUT else "y")
     call = Code(text) if text else Code(f"{y}.backward(gradient={g or 'g'})")
-    at = ", ".join(name_tex(n) for n in names)
+    many = len(names) > MANY_INPUTS  # a module's parameters: named by p_k, one pictured
+    at, at_plain = ((rf"p_1, \dots, p_{{{len(names)}}}", f"p_1, …, p_{len(names)}") if many else
+                    (", ".join(name_tex(n) for n in names), ", ".join(names)))
     shown = numbers and seed.target is SeedTarget.OUTPUT
     tail = (": with this cell's numbers," if shown else
             "; this cell's numbers are in the explanation." if not numbers and
@@ -223,9 +231,10 @@ def upstream_sections(result, log, options: RenderOptions | None = None,
                       Text(", a loss's gradient at "), math_name(y),
                       Text(" (an upstream gradient), that is the tutorial's special case "),
                       Math(rf"v^\top J = \nabla(\ell\circ f)({at})",
-                           f"vᵀJ = ∇(ℓ∘f)({', '.join(names)})"),
+                           f"vᵀJ = ∇(ℓ∘f)({at_plain})"),
                       Text(", the loss's gradient" + tail)))
-    chain = chain_rule_blocks(result, seed.gradient, names, options) if shown else []
+    chained = [n for n in largest_tensors(result, 1) if n in names] if many else names
+    chain = chain_rule_blocks(result, seed.gradient, chained, options) if shown else []
     fills = Paragraph((Text("This one backward fills "),) + _listed(names) + (
         Text(" at once, as training does: "), Code("loss.backward()"), Text(" sends "),
         Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
