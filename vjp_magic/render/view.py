@@ -67,19 +67,20 @@ class View:
         shown = self.result_formulas(result)
         rest, shapes_line = [], []
         for section in self.body(result):
-            blocks = tuple(b for b in section.blocks if not (isinstance(b, Formula)
-                                                             and b in shown))
+            blocks = tuple(b for b in section.blocks if b not in shown)
             if blocks == (shapes(result),):  # "From x (3) to y (2 × 3)": after the headline
                 shapes_line.append(section)
             elif blocks or section.title:
                 rest.append(replace(section, blocks=blocks))
-        lead = (Section(tuple(replace(f, large=True) for f in shown)),) if shown else ()
+        lead = (Section(tuple(replace(f, large=True) if isinstance(f, Formula) else f
+                              for f in shown)),) if shown else ()  # "⋮ 2 more" as it is
         return Document(lead + tuple(rest + shapes_line) + tuple(self.before)
                         + tuple(self.after))
 
     def result_formulas(self, result) -> list[Formula]:
         """The formulas that show the derivatives themselves (not v, the structure in index
-        notation or a summary): each input's, in the body's order."""
+        notation or a summary): each input's, in the body's order (with the line that counts
+        the components left out between them, a Paragraph)."""
         used = [n for n, item in result.inputs.items() if not item.unused]
         if result.order == 2:
             return [f for n in used if not result.inputs[n].constant
