@@ -22,8 +22,8 @@ def _stencil(x):
 
 
 CASES = {"x * x.roll(1)": _neighbours, "a squared 3-point stencil": _stencil}
-CRASH = ("hessian of a vector output whose Jacobian is computed sparse (> 64x64 entries, no "
-         "points) crashes: RuntimeError 'reshape is not implemented for sparse tensors' in "
+CRASH = ("(fixed) hessian of a vector output whose Jacobian is computed sparse (> 64x64 "
+         "entries, no points) crashed: 'reshape is not implemented for sparse tensors' in "
          "core/hessian.py first_derivatives (expected.reshape on the sparse CSR Jacobian)")
 
 
@@ -55,7 +55,6 @@ def test_an_elementwise_vector_hessian_at_150():
                                expected.reshape(150 * 150, 150))
 
 
-@pytest.mark.xfail(strict=True, reason=CRASH, raises=RuntimeError)
 @pytest.mark.parametrize("n", [65, 120])
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_vector_hessian_with_a_sparse_jacobian(case, n):
@@ -69,7 +68,6 @@ def test_a_vector_hessian_with_a_sparse_jacobian(case, n):
                                expected.reshape(n * n, n))
 
 
-@pytest.mark.xfail(strict=True, reason=CRASH.replace("hessian of", "%hessian y wrt x on"))
 def test_the_magic_on_a_vector_with_a_sparse_jacobian(ip, run_ok):
     run_ok("x = torch.randn(65, dtype=torch.float64, requires_grad=True)\ny = x * x.roll(1)")
     h = run_ok("%hessian y wrt x")
@@ -85,7 +83,6 @@ def _two_inputs_both(a, b):
     return a * b.roll(1)
 
 
-@pytest.mark.xfail(strict=True, reason=CRASH, raises=RuntimeError)
 @pytest.mark.parametrize("f", [_two_inputs_a, _two_inputs_both], ids=["sparse in a", "both"])
 def test_a_vector_hessian_of_two_inputs_with_a_sparse_jacobian(f):
     g = torch.Generator().manual_seed(0)
@@ -98,7 +95,6 @@ def test_a_vector_hessian_of_two_inputs_with_a_sparse_jacobian(f):
     torch.testing.assert_close(h.hessian("b"), expected[1][1])
 
 
-@pytest.mark.xfail(strict=True, reason=CRASH, raises=RuntimeError)
 def test_a_2d_output_hessian_with_a_sparse_jacobian():
     def f(x):
         return (x * x.roll(1)).reshape(8, 10)
