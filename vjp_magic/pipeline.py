@@ -23,6 +23,7 @@ from .core import analysis
 from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
 from .core.marked import marked
+from .core.reentrant import refuse_reentrant
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -77,6 +78,7 @@ def pipeline(subject: Subject, request: Request,
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
+    refuse_reentrant(output, output_name)  # a backward re-running the forward: before any pass
     capture = _per_sample_capture(subject, inputs, output, request, features)
     graph = analysed_graph(subject.record, inputs, output, subject.namespace, capture)  # hook-free
     given = _per_sample(subject, inputs, output, request, features, graph)

@@ -29,6 +29,7 @@ from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Diagonals, Pattern, observed_pattern
 from .probes import new_seed
+from .reentrant import refuse_reentrant
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
@@ -416,6 +417,7 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
+    refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
     try:
         seed = new_seed() if seed is None else seed
         found = attempt(output, x, budget, seed)

@@ -31,6 +31,7 @@ from .errors import VJPUsageError
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
+from .reentrant import refuse_reentrant
 from .retained import keeps_retained_grads
 from .sparse_exact import without_false_nan
 from .sparse_layout import csr_matrix, csr_rows
@@ -889,6 +890,7 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
+    refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
     except RuntimeError as error:
