@@ -1,7 +1,7 @@
 """Adversarial review, session 31 (issue 20): sizes and screens of sparse (coloured) results —
 under 20 KB in each format, lines a terminal holds, one screen by the package's own height
 estimate (render/budget.height against 647 px), no raw LaTeX in prose and no prose in maths.
-Tests marked ``xfail(strict=True)`` are findings of this review.
+Its findings (each default display taller than one screen) are fixed; the tests stay.
 """
 from __future__ import annotations
 
@@ -34,15 +34,9 @@ def test_markdown_prose_has_no_raw_latex_and_maths_no_prose(run_vjp):
         assert not re.search(r"(?<![\\{A-Za-z])[a-z]{3,} [a-z]{3,} [a-z]{3,}", maths), maths
 
 
-TALL_REASON = ("the default display of a coloured sparse result is taller than one screen by "
-               "the package's own estimate (render/budget.height > 647 px: 651 to 692 px); the "
-               "sparse sections (render/sparse.py) are not fitted as the dense ones are")
-
-
 @pytest.mark.parametrize("case", [
     pytest.param("tridiagonal, 10^5", id="tridiagonal"),
-    *[pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=TALL_REASON), id=name)
-      for name in TALL]])
+    *[pytest.param(name, id=name) for name in TALL]])
 def test_the_default_sparse_display_fits_one_screen(run_vjp, case):
     body = TRIDIAGONAL.format(n=10**5) if case == "tridiagonal, 10^5" else TALL[case]
     r = run_vjp(body)

@@ -100,8 +100,10 @@ def remembered(options, key, compute):
 def spent(sections, options, share: float = 0.5) -> float:
     """What the features' sections around the derivatives take of the height budget: their
     height, at most ``share`` of it (the derivatives keep the rest; --explain, --code or a
-    long coaching may make the output taller than one screen)."""
-    return min(height(sections), options.height * share)
+    long coaching may make the output taller than one screen). The output area's own padding
+    is counted once, in the derivatives' height, not again here."""
+    taken = height(sections) - OUTPUT_PX if sections else 0.0
+    return min(taken, options.height * share)
 
 
 # -- heights -------------------------------------------------------------------------------

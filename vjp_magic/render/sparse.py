@@ -29,7 +29,9 @@ import torch
 
 from ..core.sparse_layout import csr_block
 from . import notation
+from .budget import fit_of
 from .codegen import expression, fresh, identifiers, output_symbol
+from .codelines import CODE_WIDTH
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
 from .matrix import Block
@@ -37,6 +39,7 @@ from .matrix import Block
 REACH = 4  # offsets along an axis spelled out up to this far (a stencil)
 MAX_OFFSETS = 27  # at most this many offsets are spelled out in words
 SAID = 6  # offsets named in a sentence before "…"
+LONG_READS = 60  # characters of offsets spelled out before a run is said first, …, last
 SAMPLE = 4096  # entries a candidate closed form of the colours is tried on first
 MAX_FORMS = 64  # candidate closed forms tried on a grid
 _CACHE: dict = {}  # ids of (matrix, colours) → (weakrefs to them, Layout)
@@ -334,15 +337,29 @@ def reads_spans(result, name: str, found: Layout) -> list:
     letters = notation.point_letters(len(found.offsets[0]))
     spans: list = [notation.tensor_entry(y, ", ".join(letters)), Text(" reads ")]
     said = found.offsets if len(found.offsets) <= SAID + 1 else found.offsets[:SAID]
+    spelled = sum(len(name) + len(_offset_index(letters, o)) + 4 for o in said)
+    if len(found.offsets) > 3 and (len(said) < len(found.offsets) or spelled > LONG_READS) \
+            and _contiguous(found.offsets):  # first, …, last
+        said = (found.offsets[0], found.offsets[-1])
     for k, offset in enumerate(said):
-        spans += [Text(", " if k else ""), notation.tensor_entry(name,
-                                                                  _offset_index(letters, offset))]
-    if len(said) < len(found.offsets):
-        spans.append(Text(f", … ({len(found.offsets)} entries)"))
+        spans += [Text((", …, " if len(said) == 2 else ", ") if k else ""),
+                  notation.tensor_entry(name, _offset_index(letters, offset))]
     notes = ["indices wrap around"] if any(found.wraps) else \
         ["fewer at the edges" if found.edges else "some read fewer"] \
         if found.fewest < len(found.offsets) else []
+    if len(said) < len(found.offsets):
+        spans.append(Text("" if len(said) == 2 else ", …"))
+        notes.insert(0, f"{len(found.offsets)} entries")
     return spans + ([Text(f" ({'; '.join(notes)})")] if notes else [])
+
+
+def _contiguous(offsets) -> bool:
+    """Whether the offsets run along one axis without a gap (all others 0)."""
+    moving = [a for a in range(len(offsets[0])) if len({o[a] for o in offsets}) > 1]
+    if len(moving) != 1:
+        return False
+    steps = [o[moving[0]] for o in offsets]
+    return steps == list(range(steps[0], steps[0] + len(steps)))
 
 
 def _kind_words(found: Layout, n: int) -> str:
@@ -367,6 +384,11 @@ def _kind_words(found: Layout, n: int) -> str:
 def evidence_words(sparse, name: str) -> list:
     """How the pattern is known: proved from the graph (every x) or observed at this x."""
     x = notation.prose_name(name)
+    given = ", ".join(getattr(sparse, "conditional_on", ()))
+    if str(sparse.evidence) == "proved" and given:  # the saved selections may come from x
+        return [Text(f"Proved from the autograd graph, given the indices and masks it saved "
+                     f"({given}): the pattern holds for every "), x,
+                Text(" that gives the same ones.")]
     if str(sparse.evidence) == "proved":
         return [Text("Proved from the autograd graph: the pattern holds for every "), x,
                 Text(".")]
@@ -410,7 +432,9 @@ def hessian_paragraph(h, name: str) -> Paragraph:
     found = layout_of(sparse, shape, shape)
     x = notation.prose_name(name)
     products = "product" if sparse.count == 1 else "products"
-    how = [Text("the pattern proved from the graph for every "), x] \
+    given = ", ".join(getattr(sparse, "conditional_on", ()))
+    how = [Text("the pattern proved from the graph for every "), x] + (
+        [Text(f" that gives the same indices and masks it saved ({given})")] if given else []) \
         if str(sparse.evidence) == "proved" else \
         [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
     return Paragraph(tuple(
@@ -427,9 +451,10 @@ def _form_text(form: Form, letters) -> str:
     return " + ".join(terms) or "0"
 
 
-def colour_paragraph(result, name: str) -> Paragraph:
+def colour_paragraph(result, name: str, options=None) -> Paragraph:
     """The coloured gradient vectors in words: what v (by columns: u) is for the first
-    colour, and what the passes give."""
+    colour, and what the passes give (where the screen is short, :class:`.budget.Fit`'s
+    ``extras`` off: without the pointer to every colour, which the code reads)."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     y, k = output_symbol(result), sparse.count
@@ -458,7 +483,7 @@ def colour_paragraph(result, name: str) -> Paragraph:
     first = found.first if form is None or form.exceptions else \
         [c * (form.period or k) for c in range(min(3, m))]
     listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
-    where = [] if form is not None and not form.exceptions else [
+    where = [] if form is not None and not form.exceptions or not fit_of(options).extras else [
         Text(" (the first colour; every colour is in "),
         Code(f"r.gradients[{name!r}]"), Text(")")]
     entries = "entries" if len(first) > 1 else "entry"
@@ -494,8 +519,7 @@ def colour_code(result, name: str) -> str:
     lines = [] if y == result.output_name else [f"{y} = {result.output_name}"]
     x = expression(name)
     if by_columns(sparse):  # autograd.grad: no .grad, no retain_grad
-        return "\n".join(lines + _column_lines(found.form, x, sparse.count, name, names,
-                                               taken)) + "\n"
+        return _joined(lines + _column_lines(found.form, x, sparse.count, name, names, taken))
     if not result.inputs[name].tensor.is_leaf:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
@@ -503,13 +527,21 @@ def colour_code(result, name: str) -> str:
     lines += colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
               f"for {c} in range({k}):",
-              f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y}.dtype)",
+              f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
               f"    {x}.grad = None",
               f"    {y}.backward(gradient={v}, retain_graph=True)",
               f"    {g}[{c}] = {x}.grad.reshape(-1)",
               f"{x}.grad = None",
               f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
-    return "\n".join(lines) + "\n"
+    return _joined(lines)
+
+
+def _joined(lines: list[str]) -> str:
+    """The lines as source, a trailing comment dropped where it would make its line wider
+    than a code block shows (:data:`.codelines.CODE_WIDTH`, long names)."""
+    kept = [line.split("  # ")[0] if len(line) > CODE_WIDTH and "  # " in line else line
+            for line in lines]
+    return "\n".join(kept) + "\n"
 
 
 def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> list[str]:
@@ -523,7 +555,7 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
         f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
         f"{ju} = []  # J u for each colour c",
         f"for {c} in range({k}):",
-        f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
+        f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x})",
         f"    {ju} += torch.autograd.grad({g}, {v}, {u}, retain_graph=True)",
         f"{ju} = torch.stack({ju}).reshape({k}, -1)  # row c: J u",
         f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
@@ -534,14 +566,12 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
     few exceptions, else read off the cell's result ``_`` (IPython's last output)."""
     colour = names["colour"]
     if form is not None and not form.coefficients:
-        lines = [f"# the colour of each entry of {y}, flattened",
-                 f"{colour} = torch.arange({y}.numel()) % {form.period or k}"]
-        if form.exceptions:
+        lines = [f"{colour} = torch.arange({y}.numel()) % {form.period or k}"]
+        if form.exceptions:  # (a wrap-around's few entries, coloured apart)
             at = [e for e, _ in form.exceptions]
             to = [c for _, c in form.exceptions]
-            lines += [f"# {len(at)} {'entry' if len(at) == 1 else 'entries'} coloured apart",
-                      f"{colour}[{at[0]}] = {to[0]}" if len(at) == 1 else
-                      f"{colour}[{at}] = torch.tensor({to})"]
+            lines.append(f"{colour}[{at[0]}] = {to[0]}" if len(at) == 1 else
+                         f"{colour}[{at}] = torch.tensor({to})")
         return lines
     if form is not None:
         letters = [fresh(letter, taken) for letter in notation.point_letters(len(form[0]))]
@@ -551,8 +581,7 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
     vs = names["vs"]
-    return ["# _ is the cell's result: run this right after it",
-            f"{vs} = _.gradients[{name!r}]",
+    return [f"{vs} = _.gradients[{name!r}]  # _: the cell's result",
             f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
 
 
@@ -608,9 +637,8 @@ def values_block(result, name: str) -> tuple[Block, list]:
             plain = notation.tensor_entry(name, _offset_index(letters, offsets[c], ", ", True))
             return type(plain)(tex, plain.plain)
 
-        caption = [Text("A row per entry of "), notation.prose_name(y),
-                   Text(", a column per entry of "), notation.prose_name(name),
-                   Text(" it reads: the nonzeros, diagonal by diagonal (0 past an edge).")]
+        caption = [Text("The nonzeros: a row per entry of "), notation.prose_name(y),
+                   Text(", a column per offset (0 past an edge).")]
         return Block(diagonals, m, len(offsets), matrix.device, rows_label, column), caption
     return _first_rows(result, name, sparse, rows_label)
 
@@ -637,9 +665,9 @@ def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
     def column(k: int) -> Entry:
         return x_label(int(cols[k])) if x_label else Entry(notation.name_tex(name), name)
 
-    caption = [Text(f"The first {shown:,} of {m:,} rows of the {m:,} × {n:,} Jacobian "
-                    "(flattened row-major), at the entries of "), notation.prose_name(name),
-               Text(f" they read; all {entries_words(sparse, 'nonzeros', 'entries')} are in "),
+    caption = [Text(f"The first {shown:,} of {m:,} rows (flattened), at the entries of "),
+               notation.prose_name(name),
+               Text(f" they read; all {entries_words(sparse, 'nonzeros', 'entries')}: "),
                Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"), Text(".")]
     return Block(entries, shown, len(cols), matrix.device, rows_label, column), caption
 
@@ -649,10 +677,16 @@ def value_formulas(result, name: str, options) -> list[Formula]:
     from .sections import formula  # the one way a matrix is laid out on its line
 
     block, caption = values_block(result, name)
-    lhs = notation.partial(output_symbol(result), name, "i", "j") \
-        if layout_of(sparse_of(result, name), result.output.shape,
-                     result.inputs[name].tensor.shape).offsets is None \
-        else notation.partial(output_symbol(result), name)
+    stencil = layout_of(sparse_of(result, name), result.output.shape,
+                        result.inputs[name].tensor.shape).offsets is not None
+    lhs = notation.partial(output_symbol(result), name) if stencil else \
+        notation.partial(output_symbol(result), name, "i", "j")
+    fit = fit_of(options)
+    if not stencil and not fit.extras:  # a short screen: the pointer alone
+        caption = [Text(f"{block.nrows:,} of {result.output.numel():,} rows; all in "),
+                   Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"), Text(".")]
+    elif stencil and not fit.sensitivity:  # shorter still: the column labels say it
+        caption = []
     return [formula(lhs, block, options, sparse_of(result, name).matrix.dtype, caption=caption)]
 
 
@@ -660,15 +694,20 @@ def sparse_blocks(result, name: str, options, explained: bool = False,
                   jacobian: bool = False) -> list:
     """The whole display of one input computed by compressed passes: the pattern in words,
     v (unless ``--explain`` says it above), the code, the nonzero values (``jacobian``,
-    ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR)."""
+    ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR; at the
+    last :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them)."""
     blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
     if not explained:
-        blocks.append(colour_paragraph(result, name))
+        blocks.append(colour_paragraph(result, name, options))
     blocks.append(CodeBlock(colour_code(result, name)))
     if jacobian:
         from .sections import jacobian_formulas  # the full Jacobian, as %jacobian shows it
 
         return blocks + jacobian_formulas(result, name, options)
+    if fit_of(options).components == 1:  # the last resort of a short screen: a pointer
+        return blocks + [paragraph(f"Its {entries_words(sparse_of(result, name))} are in ",
+                                   Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"),
+                                   " (too tall to show here).")]
     return blocks + value_formulas(result, name, options)
 
 
