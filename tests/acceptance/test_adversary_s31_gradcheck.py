@@ -6,7 +6,8 @@ Each wrong backward is a custom ``autograd.Function`` whose forward is x² (or a
 product) and whose backward differs from the mathematics (d(x²)/dx = 2x) in one way: it
 ignores grad_output, has a wrong sign on one entry, is wrong only for negative inputs, only in
 float32, only for negative grad_output entries, mixes entries of grad_output, or is wrong for
-one of two inputs or outputs. Strict xfails are bugs; unmarked tests guard what held.
+one of two inputs or outputs. The strict xfails (bugs when written) were fixed in session 31;
+the reasons (FLOAT32, NEGATIVE_G, STAIRCASE) stay as the tests' documentation.
 """
 from __future__ import annotations
 
@@ -111,14 +112,13 @@ FLOAT32 = ("--gradcheck replays the cell in float64 only, so a custom backward w
            "are never compared with the float64 replay)")
 
 
-@pytest.mark.xfail(strict=True, reason=FLOAT32)
 @pytest.mark.parametrize("output", ["vector", "scalar", "through exp"])
 def test_a_backward_wrong_only_in_float32_is_not_passed_in_float32(ip, run_ok, output):
     assert _gradcheck(ip, run_ok, "float32 only", X32 + OUTPUTS[output]).ok is not True
 
 
 def test_the_float32_derivatives_are_indeed_wrong(ip, run_ok):
-    """Behind the xfail above: the cell's derivatives are 5 % off d(x²)/dx = 2x."""
+    """Behind the test above: the cell's derivatives are 5 % off d(x²)/dx = 2x."""
     _gradcheck(ip, run_ok, "float32 only", X32 + OUTPUTS["vector"])
     r = run_ok("%%vjp\n" + X32 + OUTPUTS["vector"])
     x = torch.linspace(0.5, 2, 6)
@@ -136,7 +136,6 @@ NEGATIVE_G = ("--gradcheck draws one v (random sign) and checks that v^T J doubl
               "positive (half the seeds for a scalar output; run/gradcheck.py _analytic)")
 
 
-@pytest.mark.xfail(strict=True, reason=NEGATIVE_G)
 @pytest.mark.parametrize("output", ["scalar", "weighted scalar", "matrix rows"])
 def test_a_backward_wrong_for_negative_grad_output_is_never_passed(ip, run_ok, monkeypatch,
                                                                    output):
@@ -171,7 +170,7 @@ STAIRCASE = (
 
 
 def test_the_staircases_are_smooth_at_these_points():
-    """Mathematics behind the xfail: at h/256 no stair lies within the step, and the central
+    """Mathematics behind the test below: at h/256 no stair lies within the step, and the central
     difference there equals autograd's derivative."""
     x = torch.tensor([0.10000034, 0.12500117], dtype=torch.float64)
     h = 1e-6 / 256
@@ -187,7 +186,6 @@ def test_the_staircases_are_smooth_at_these_points():
         torch.testing.assert_close(numeric, analytic, rtol=1e-3, atol=1e-5, msg=case)
 
 
-@pytest.mark.xfail(strict=True, reason=STAIRCASE)
 @pytest.mark.parametrize("case", list(STAIRS))
 def test_a_fine_staircase_is_not_failed(ip, run_ok, case):
     assert run_ok("%%vjp --gradcheck\n" + X_OFF_GRID + STAIRS[case]).gradcheck.ok is not False
@@ -232,12 +230,6 @@ def test_one_entry_wrong_by_10_percent_or_more_among_many_fails(ip, run_ok, monk
     assert _one_entry(ip, run_ok, monkeypatch, n, factor, seed=3) is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--gradcheck passes a backward 1 % off (10x its rtol) on one entry among n > 64 whenever "
-    "that entry is outside the 64-entry sample: the one random direction through all entries "
-    "that api.md says makes 'an error in an entry outside the sample still show' dilutes it "
-    "below the tolerance (n = 100 and 1,000, seeds 0-3; torch.autograd.gradcheck checks every "
-    "entry and fails it) (run/gradcheck.py)"))
 @pytest.mark.parametrize("n", [100, 1000])
 def test_one_entry_wrong_by_1_percent_among_many_is_never_passed(ip, run_ok, monkeypatch, n):
     verdicts = [_one_entry(ip, run_ok, monkeypatch, n, 1.01, seed) for seed in range(4)]
@@ -245,7 +237,7 @@ def test_one_entry_wrong_by_1_percent_among_many_is_never_passed(ip, run_ok, mon
 
 
 def test_torch_gradcheck_fails_the_1_percent_entry():
-    """The standard behind the xfail above."""
+    """The standard behind the test above."""
     class OneEntry(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):

@@ -26,12 +26,16 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
     else:
         spans.append(Text(f"{'passed' if report.ok else 'FAILED'}: the cell's operations "
                           "replayed in float64 against central finite differences"))
+    if getattr(report, "cell_dtype", None):
+        spans.append(Text(f", and in {report.cell_dtype} (the cell's dtype) against the "
+                          "float64 derivatives"))
     if report.custom:
         spans += [Text(", custom backward "), *_listed(report.custom)]
     spans.append(Text("." if every else ". Largest error: "))
     for i, (name, error) in enumerate(() if every else report.max_error.items()):
         checked = report.checked.get(name)
-        entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'})" if checked else ""
+        entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'}" \
+                  f"{_grouped(report, name)})" if checked else ""
         spans += [Text(", " if i else ""), notation.prose_name(name),
                   Text(f" {error:.1e}{entries}")]
     spans.append(Text("" if every else "."))
@@ -43,22 +47,45 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
     return (Section(tuple(blocks)),)
 
 
+def _grouped(report, name: str) -> str:
+    """", 2,240 more in groups": the entries outside the sample, checked in groups."""
+    covered = getattr(report, "covered", {}).get(name)
+    return f", {covered:,} more in groups" if covered else ""
+
+
+def _cell_failed(report) -> list:
+    """Where the cell's own (float32) derivatives disagree with the float64 ones."""
+    cell = getattr(report, "cell_failed", ())
+    if not cell:
+        return []
+    worst = max(report.cell_error.get(name, 0.0) for name in cell)
+    return [Text(f"In {report.cell_dtype}, the dtype the cell ran in, its derivatives for "),
+            *_listed(cell, prose=True),
+            Text(f" differ from the float64 ones by up to {worst:.1%} of the largest, beyond "
+                 f"{report.cell_dtype}'s rounding: a backward wrong only in "
+                 f"{report.cell_dtype}. ")]
+
+
 def _failed(report) -> Paragraph:
     """What a failure means, by what the graph holds: a custom backward is blamed (by name)
     only where one lies on the way to the inputs; without one, and nothing detached, the
     finite differences met a point where the function has no derivative."""
-    spans: list = []
+    spans: list = _cell_failed(report)
     if report.unscaled:
         spans += [Text("The backward does not scale with its incoming gradient (for "),
                   *_listed(report.unscaled, prose=True),
-                  Text(", the vᵀJ it returns for 2v is not twice the one for v), as when a "
-                       "backward ignores "), Code("grad_output"),
-                  Text(" (torch.autograd.gradcheck: \"backward not multiplied by "
-                       "grad_output\"). ")]
+                  Text(", the vᵀJ it returns for 2v or −v/2 is not that multiple of the one "
+                       "for v), as when a backward ignores "), Code("grad_output"),
+                  Text(" or uses its absolute value (torch.autograd.gradcheck: \"backward not "
+                       "multiplied by grad_output\"). ")]
+    only_cell = not (report.failed or report.unscaled) and bool(spans)
     if report.custom:
-        spans += [Text("The backward pass disagrees with the function's own values: a custom "
-                       "autograd.Function's backward is the likely culprit: "),
-                  *_listed(report.custom), Text(".")]
+        spans += [Text("A custom autograd.Function's backward is the likely culprit: "
+                       if only_cell else "The backward pass disagrees with the function's "
+                       "own values: a custom autograd.Function's backward is the likely "
+                       "culprit: "), *_listed(report.custom), Text(".")]
+    elif only_cell:
+        pass  # said above: only the cell dtype's derivatives are wrong
     elif report.detached or not report.failed:
         spans.append(Text("The backward pass disagrees with the function's own values."))
     else:

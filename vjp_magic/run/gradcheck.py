@@ -53,6 +53,10 @@ ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
 SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
+GROUP = 8  # entries per group direction (the entries outside the sample), at least
+MAX_GROUPS = 64  # group directions per input, at most (larger groups beyond)
+SCALES = (2.0, -0.5)  # vᵀJ at these multiples of v must be these multiples of it (exact)
+CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its epsilons
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
@@ -80,7 +84,11 @@ class GradcheckReport:
     ignores its incoming gradient); ``detached`` the replay's detaching ops (on a failure);
     ``note`` why nothing (or not all) was checked; ``noisy[name]`` the indices of entries
     inconclusive because the finite differences' rounding noise is over the tolerance there
-    (values too large for the step), ``noise`` the largest such noise (derivative units)."""
+    (values too large for the step), ``noise`` the largest such noise (derivative units);
+    ``covered[name]`` the entries outside the sample checked in groups (one direction per
+    group); ``cell_dtype`` the cell's dtype where it is not float64 and its own derivatives
+    were compared with the float64 ones (``cell_error[name]``: the largest difference,
+    relative to the largest derivative; ``cell_failed``: the inputs where they disagree)."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -94,6 +102,10 @@ class GradcheckReport:
     detached: tuple = ()
     noisy: dict = field(default_factory=dict)
     noise: float = 0.0
+    covered: dict = field(default_factory=dict)
+    cell_dtype: str | None = None
+    cell_error: dict = field(default_factory=dict)
+    cell_failed: tuple = ()
 
 
 def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
@@ -125,7 +137,7 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
               for n, t in inputs.items()}
     deadline = time.perf_counter() + seconds
     try:
-        analytic = _analytic(replay, values, names, seed)
+        analytic = _analytic(replay, values, names, seed, _cell_dtype(output))
         if analytic.note:
             return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
@@ -137,25 +149,28 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
+    cell = _cell_derivatives(record, inputs, output, names, analytic, probe[1])
     return _report(replay, found, analytic,
-                   seconds if time.perf_counter() >= deadline else None)
+                   seconds if time.perf_counter() >= deadline else None, cell)
 
 
-def _report(replay, found: dict, analytic: _Analytic,
-            stopped: float | None) -> GradcheckReport:
-    """The verdict from each input's comparison and the scaling check (``stopped``:
-    sampling ran out of time)."""
-    failed = {name: f.failed for name, f in found.items() if not f.agree}
-    inconclusive = {name: f.inconclusive for name, f in found.items() if f.inconclusive}
-    noisy = {name: f.noisy for name, f in found.items() if f.noisy}
-    bad = bool(failed or analytic.unscaled)
-    detached = replay.detaching() if bad else ()
-    notes = _detached_note(detached)
+def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
+            cell: _Cell) -> GradcheckReport:
+    """The verdict from each input's comparison, the scaling check and the cell dtype's
+    derivatives (``stopped``: sampling ran out of time)."""
+    failed = {name: tuple(f.failed) for name, f in found.items() if not f.agree}
+    inconclusive = {name: tuple(f.inconclusive) for name, f in found.items() if f.inconclusive}
+    noisy = {name: tuple(f.noisy) for name, f in found.items() if f.noisy}
+    bad = bool(failed or analytic.unscaled or cell.failed)
+    detached = replay.detaching() if failed or analytic.unscaled else ()
+    notes = _detached_note(detached) + ([cell.note] if cell.note else [])
     if stopped is not None:
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
         ok=False if bad else (None if inconclusive or noisy else True),
+        covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
+        cell_error=cell.error, cell_failed=cell.failed,
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
         checked={n: f.checked for n, f in found.items()}, note=" ".join(notes) or None,
         inconclusive=inconclusive, unscaled=analytic.unscaled, failed=failed,
@@ -193,10 +208,14 @@ class _Analytic:
     custom: tuple = ()
     unscaled: tuple = ()
     note: str | None = None
+    raw: dict = field(default_factory=dict)  # vᵀJ per input, for a scalar output too
+    v: torch.Tensor | None = None
 
 
-def _analytic(replay, values: dict, names: list, seed: int) -> _Analytic:
-    """vᵀJ for each input by one backward pass through the replay, and one with 2v."""
+def _analytic(replay, values: dict, names: list, seed: int,
+              cell_dtype: torch.dtype | None = None) -> _Analytic:
+    """vᵀJ for each input by one backward pass through the replay, and the scaling check
+    (``cell_dtype``: where the cell computes in less than float64, v is exact in it)."""
     leaves = {n: t.detach().requires_grad_(True) if n in names else t
               for n, t in values.items()}
     with torch.enable_grad():
@@ -207,20 +226,96 @@ def _analytic(replay, values: dict, names: list, seed: int) -> _Analytic:
     if not torch.isfinite(out).all():
         return _Analytic(note=_not_finite(out))
     v = probe_v(out, seed)
+    if cell_dtype is not None:  # exact in the cell's dtype: its check uses the same v
+        v = v.to(cell_dtype).to(torch.float64)
     scalar = out.numel() == 1
     numeric_v = torch.ones_like(v) if scalar else v  # a scalar's errors in its own units
     if not out.requires_grad:
         return _Analytic({n: torch.zeros_like(values[n]) for n in names}, numeric_v)
     wrt = [leaves[n] for n in names]
-    grads = materialized_grad(out, wrt, v, retain_graph=True)
-    doubled = materialized_grad(out, wrt, 2 * v)
-    atol = _atol(doubled)  # scaling by 2 is exact: a tolerance for reordered sums only
-    unscaled = tuple(n for n, g, g2 in zip(names, grads, doubled)
-                     if not torch.allclose(g2, 2 * g, rtol=RTOL, atol=atol, equal_nan=True))
-    if scalar:
-        grads = tuple(g / v.reshape(()) for g in grads)
+    raw = materialized_grad(out, wrt, v, retain_graph=True)
+    unscaled = _unscaled(out, wrt, names, v, raw)
+    grads = tuple(g / v.reshape(()) for g in raw) if scalar else raw
     return _Analytic(dict(zip(names, grads)), numeric_v, custom_on_the_way(out, wrt),
-                     unscaled)
+                     unscaled, raw=dict(zip(names, raw)), v=v)
+
+
+def _unscaled(out: torch.Tensor, wrt: list, names: list, v: torch.Tensor,
+              grads: tuple) -> tuple[str, ...]:
+    """The inputs whose vᵀJ is not linear in v: at each of :data:`SCALES` times v (twice,
+    and minus a half: another sign and size), not that multiple of ``grads``, as when a
+    backward ignores ``grad_output`` or uses |grad_output| (for a scalar output v is one
+    number: its own sign alone cannot tell g from |g|)."""
+    found: set = set()
+    for i, scale in enumerate(SCALES):
+        scaled = materialized_grad(out, wrt, scale * v, retain_graph=i < len(SCALES) - 1)
+        atol = _atol(scaled)  # scaling by a power of 2 is exact: for reordered sums only
+        found.update(n for n, g, gs in zip(names, grads, scaled)
+                     if not torch.allclose(gs, scale * g, rtol=RTOL, atol=atol,
+                                           equal_nan=True))
+    return tuple(n for n in names if n in found)
+
+
+def _cell_dtype(output) -> torch.dtype | None:
+    """The cell's floating dtype where it is coarser than float64, else None."""
+    dtype = getattr(output, "dtype", None)
+    if dtype is None or not dtype.is_floating_point or dtype.is_complex:
+        return None
+    return dtype if torch.finfo(dtype).eps > torch.finfo(torch.float64).eps else None
+
+
+@dataclass
+class _Cell:
+    """The cell dtype's own derivatives against the float64 ones (see :func:`_cell_derivatives`)."""
+
+    dtype: str | None = None
+    error: dict = field(default_factory=dict)
+    failed: tuple = ()
+    note: str | None = None
+
+
+def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Analytic,
+                      base: torch.Tensor) -> _Cell:
+    """The cell's vᵀJ computed in its own dtype (float32: its custom backwards at that
+    dtype, as the cell ran them) against the float64 one, within that dtype's rounding:
+    :data:`CELL_ULPS` of its epsilon (at least :data:`RTOL`) of each entry plus a tenth of the
+    largest of all inputs'. Judged only where the forward values in that dtype agree with
+    float64's to a tenth of that (else its rounding may move the derivatives: no verdict, a
+    note)."""
+    dtype = _cell_dtype(output)
+    if dtype is None or analytic.v is None or not analytic.raw:
+        return _Cell()
+    try:
+        replay = build(record, inputs, output)
+        leaves = {n: t.detach().requires_grad_(True) if n in names else t.detach()
+                  for n, t in inputs.items()}
+        with torch.enable_grad():
+            out = replay.run(leaves)
+        if out.dtype != dtype or not out.requires_grad:
+            return _Cell()
+        grads = materialized_grad(out, [leaves[n] for n in names], analytic.v.to(dtype))
+    except Exception:  # noqa: BLE001 - the float64 check stands alone
+        return _Cell()
+    tol = max(RTOL, CELL_ULPS * torch.finfo(dtype).eps)
+    label = str(dtype).removeprefix("torch.")
+    forward = float((out.detach().double() - base).abs().max()) / max(
+        float(base.abs().max()), torch.finfo(torch.float64).tiny)
+    if not forward <= tol / 10:
+        return _Cell(note=f"The {label} derivatives were not compared with the float64 ones: "
+                          f"the {label} values already differ by {forward:.1e} of the "
+                          "largest.")
+    scale = max((float(g.abs().max()) for g in analytic.raw.values() if g.numel()),
+                default=0.0) or 1.0  # the largest derivative of all (a bias before
+    error, failed = {}, []  # BatchNorm: 0 in float64, float32's rounding beside the others')
+    for name, g in zip(names, grads):
+        want = analytic.raw[name]
+        if not want.numel():
+            continue
+        gap = (g.double() - want).abs()
+        error[name] = float(gap.max()) / scale
+        if not bool((gap <= tol * (want.abs() + 0.1 * scale)).all()):
+            failed.append(name)
+    return _Cell(label, error, tuple(failed))
 
 
 def _atol(derivatives) -> float:
@@ -282,69 +377,6 @@ def _not_finite(out: torch.Tensor) -> str:
             "need finite values there.")
 
 
-@dataclass
-class _Found:
-    """One input's comparison: the largest conclusive error, entries examined, whether all
-    conclusive ones agree, and the indices of the inconclusive ones."""
-
-    worst: float = 0.0
-    checked: int = 0
-    agree: bool = True
-    inconclusive: tuple = ()
-    failed: tuple = ()
-    noisy: tuple = ()
-    noise: float = 0.0  # the largest rounding noise of a noisy entry
-
-
-def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
-             deadline: float, seed: int, atol: float = ATOL) -> _Found:
-    """One input's entries compared; at least one entry is checked, more until
-    ``deadline``. Where entries are sampled, one random direction through all of them is
-    checked too (an error outside the sample shows there; a kink along it is no verdict)."""
-    count = values[name].numel()
-    if count <= MAX_ENTRIES:
-        entries = list(range(count))
-    else:
-        generator = probe_generator(seed, "gradcheck-entries")
-        entries = torch.randperm(count, generator=generator)[:MAX_ENTRIES].tolist()
-    found, inconclusive, failed, noisy = _Found(), [], [], []
-    noise = _Noise(probe[0], probe[1], analytic, values[name])
-    extra = [None] if count > MAX_ENTRIES else []  # the random direction, checked first
-    for k in extra + entries:
-        if found.checked and time.perf_counter() > deadline:
-            break
-        direction = _direction(values[name], k, seed)
-        want = float((analytic * direction).sum() if k is None else analytic.reshape(-1)[k])
-        verdict, error = _entry(replay, values, name, direction, probe, want, analytic, atol,
-                                noise)
-        where = [] if k is None else [_index(values[name].shape, k)]
-        if verdict is Agreement.KINK:
-            inconclusive += where
-        elif verdict is Agreement.NOISY:
-            noisy += where
-            found.noise = max(found.noise, error)
-        else:
-            found.worst = max(found.worst, error)
-            found.agree = found.agree and verdict is Agreement.AGREE
-            failed += where if verdict is Agreement.DISAGREE else []
-        found.checked += k is not None
-    found.inconclusive, found.failed, found.noisy = tuple(inconclusive), tuple(failed), \
-        tuple(noisy)
-    return found
-
-
-def _index(shape, k: int):
-    """Entry ``k`` (row-major) as an index: an int for a vector, a tuple otherwise."""
-    index = tuple(int(i) for i in np.unravel_index(k, tuple(shape)))
-    return index[0] if len(index) == 1 else index
-
-
-def _close(a: float, b: float, noise: float = 0.0, atol: float = ATOL) -> bool:
-    """Whether ``a`` and ``b`` agree within the tolerances, ``noise`` (their rounding noise)
-    allowed on top."""
-    return abs(a - b) <= atol + RTOL * max(abs(a), abs(b)) + noise
-
-
 class Agreement(TextEnum):
     """One entry's finite difference against autograd's."""
 
@@ -354,23 +386,145 @@ class Agreement(TextEnum):
     NOISY = "noisy"  # within the differences' rounding noise, not the tolerance: no verdict
 
 
+@dataclass
+class _Found:
+    """One input's comparison: the largest conclusive error, entries examined, whether all
+    conclusive ones agree, and the indices of the inconclusive ones."""
+
+    worst: float = 0.0
+    checked: int = 0
+    agree: bool = True
+    inconclusive: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    noisy: list = field(default_factory=list)
+    noise: float = 0.0  # the largest rounding noise of a noisy entry
+    covered: int = 0  # entries outside the sample checked (in groups, or singly)
+
+    def add(self, verdict: Agreement, error: float, where: list) -> None:
+        """One entry's (or direction's: ``where`` empty) verdict and error, recorded."""
+        if verdict is Agreement.KINK:
+            self.inconclusive += where
+        elif verdict is Agreement.NOISY:
+            self.noisy += where
+            self.noise = max(self.noise, error)
+        else:
+            self.worst = max(self.worst, error)
+            self.agree = self.agree and verdict is Agreement.AGREE
+            self.failed += where if verdict is Agreement.DISAGREE else []
+
+
+@dataclass
+class _Input:
+    """What one input's checks share: the replay, the values, the input's name, its vᵀJ,
+    the probe (v, f(x), hidden noise), the tolerance and the rounding noise."""
+
+    replay: object
+    values: dict
+    name: str
+    analytic: torch.Tensor
+    probe: tuple
+    atol: float
+    noise: _Noise
+
+    def entry(self, found: _Found, k: int) -> Agreement:
+        """Entry ``k`` checked on its own, recorded in ``found``."""
+        direction = _direction(self.values[self.name], k, 0)
+        want = float(self.analytic.reshape(-1)[k])
+        verdict, error = _entry(self.replay, self.values, self.name, direction, self.probe,
+                                want, self.analytic, self.atol, self.noise,
+                                retry=found.agree)
+        found.add(verdict, error, [_index(self.values[self.name].shape, k)])
+        return verdict
+
+
+def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
+             deadline: float, seed: int, atol: float = ATOL) -> _Found:
+    """One input's entries compared; at least one entry is checked, more until
+    ``deadline``. Where entries are sampled, the others are checked in groups after them
+    (:func:`_groups`), until one fails or the time is up."""
+    count = values[name].numel()
+    if count <= MAX_ENTRIES:
+        order = list(range(count))
+    else:
+        generator = probe_generator(seed, "gradcheck-entries")
+        order = torch.randperm(count, generator=generator).tolist()
+    found = _Found()
+    checks = _Input(replay, values, name, analytic, probe, atol,
+                    _Noise(probe[0], probe[1], analytic, values[name]))
+    for k in order[:MAX_ENTRIES]:
+        if found.checked and time.perf_counter() > deadline:
+            break
+        checks.entry(found, k)
+        found.checked += 1
+    if found.agree and len(order) > MAX_ENTRIES:
+        _groups(checks, found, order[MAX_ENTRIES:], deadline, seed)
+    return found
+
+
+def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: int) -> None:
+    """The entries outside the sample, in groups of :data:`GROUP` or more (at most
+    :data:`MAX_GROUPS` groups), each along one direction of random signs on its entries,
+    judged without a relative tolerance against the one its entries' own would allow
+    together (``atol``·√n + ``RTOL``·|their vᵀJ|₂): a single entry 1 % off stands out. A
+    group in doubt (a kink, noise, a failure) has its entries checked singly, so a failure
+    is told by entry; the groups stop at the first failure or at ``deadline``."""
+    size = max(GROUP, -(-len(rest) // MAX_GROUPS))
+    generator = probe_generator(seed, "gradcheck-direction")
+    signs = torch.randint(0, 2, (checks.analytic.numel(),), generator=generator)
+    signs = signs.to(torch.float64).mul_(2).sub_(1).to(checks.analytic.device)
+    flat = checks.analytic.reshape(-1)
+    for start in range(0, len(rest), size):
+        if time.perf_counter() > deadline or not found.agree:
+            return
+        group = torch.tensor(rest[start:start + size], device=flat.device)
+        u = torch.zeros_like(flat)
+        u[group] = signs[group]
+        tol = checks.atol * math.sqrt(len(group)) + RTOL * float(flat[group].norm())
+        verdict, error = _entry(checks.replay, checks.values, checks.name,
+                                u.reshape(checks.analytic.shape), checks.probe,
+                                float(flat[group] @ signs[group]), checks.analytic, tol,
+                                checks.noise, rtol=0.0)
+        if verdict is not Agreement.AGREE:
+            singly = [checks.entry(found, k) for k in group.tolist()
+                      if time.perf_counter() <= deadline]
+            if verdict is Agreement.DISAGREE and Agreement.DISAGREE not in singly \
+                    and len(singly) == len(group):  # small errors that add up
+                found.add(verdict, error, [])
+        found.covered += len(group)
+
+
+def _index(shape, k: int):
+    """Entry ``k`` (row-major) as an index: an int for a vector, a tuple otherwise."""
+    index = tuple(int(i) for i in np.unravel_index(k, tuple(shape)))
+    return index[0] if len(index) == 1 else index
+
+
+def _close(a: float, b: float, noise: float = 0.0, atol: float = ATOL,
+           rtol: float = RTOL) -> bool:
+    """Whether ``a`` and ``b`` agree within the tolerances, ``noise`` (their rounding noise)
+    allowed on top."""
+    return abs(a - b) <= atol + rtol * max(abs(a), abs(b)) + noise
+
+
 def _agreement(want: float, numeric: float, noise: float = 0.0,
-               atol: float = ATOL) -> Agreement:
+               atol: float = ATOL, rtol: float = RTOL) -> Agreement:
     """AGREE within the tolerances; NOISY where only the rounding ``noise`` of ``numeric``
     covers the difference; else DISAGREE."""
-    if _close(want, numeric, 0.0, atol):
+    if _close(want, numeric, 0.0, atol, rtol):
         return Agreement.AGREE
-    return Agreement.NOISY if _close(want, numeric, noise, atol) else Agreement.DISAGREE
+    return Agreement.NOISY if _close(want, numeric, noise, atol, rtol) else Agreement.DISAGREE
 
 
 def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
            want: float, analytic: torch.Tensor, atol: float = ATOL,
-           noise: _Noise | None = None) -> tuple[Agreement, float]:
+           noise: _Noise | None = None, rtol: float = RTOL,
+           retry: bool = True) -> tuple[Agreement, float]:
     """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
     central difference where f is smooth across the step, else a safe one-sided one (see
     the module), each judged with its rounding noise (:class:`_Noise`): first counting
     every output entry, then, where that leaves it NOISY, only those that move along ``u``
-    (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x)."""
+    (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x). ``retry``:
+    a disagreement is tried again at the smaller steps (:func:`_judged`)."""
     v, base, hidden = probe
     start = values[name]
     noise = noise or _Noise(v, base, analytic, start)  # (made once per input by the caller)
@@ -382,43 +536,68 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
                     noise(out, mask, start + h * u, h * u) + inside * STEP)
         return along
 
-    found = _judged(along_within(None), want, atol)
+    tolerance = (atol, rtol, retry)
+    found = _judged(along_within(None), want, *tolerance)
     if found[0] is Agreement.NOISY:
-        found = _judged(along_within(_support(replay, values, name, u, base)), want, atol)
+        found = _judged(along_within(_support(replay, values, name, u, base)), want,
+                        *tolerance)
     if found[0] in (Agreement.DISAGREE, Agreement.KINK):  # rounding inside may explain it
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12), measured
         if inside:  # judged again, each difference with that noise as well
-            found = _judged(along_within(None, inside), want, atol)
+            found = _judged(along_within(None, inside), want, *tolerance)
     return found
 
 
-def _judged(along, want: float, atol: float) -> tuple[Agreement, float]:
-    """:func:`_entry`'s verdict from ``along`` (h -> vᵀ(f(x + h u) − f(x)), its noise)."""
+def _judged(along, want: float, atol: float, rtol: float = RTOL,
+            retry: bool = True) -> tuple[Agreement, float]:
+    """:func:`_entry`'s verdict from ``along`` (h -> vᵀ(f(x + h u) − f(x)), its noise), at
+    the first of the steps :data:`SMALLER` that gives one; a disagreement is tried again at
+    the smaller ones (``retry``) and stands unless one agrees or finds a kink: a staircase
+    finer than the step (floor(x·1e6)) is locally constant, and at h/256 no stair lies in
+    the step."""
+    first = None
     for factor in SMALLER:
-        h = STEP * factor
-        (up, n_up), (down, n_down) = along(h), along(-h)
-        if _close(up / h, -down / h, (n_up + n_down) / h, atol):  # smooth across: central
-            numeric, noise = (up - down) / (2 * h), (n_up + n_down) / (2 * h)
-            verdict = _agreement(want, numeric, noise, atol)
-            if verdict is Agreement.DISAGREE and not _settles(along, h, numeric, noise, atol):
-                return Agreement.KINK, 0.0  # a jump (sign at 0): no derivative there
-            return verdict, noise if verdict is Agreement.NOISY else abs(want - numeric)
-        if factor != SMALLER[-1] and _curved(along, h, up, down):
-            continue  # smooth but curved (sin(1000 x)): a smaller step brings the sides together
-        safe = []
-        for sign, (d, n) in ((1.0, (up, n_up)), (-1.0, (down, n_down))):
-            half, n_half = along(sign * h / 2)
-            if _close(sign * d / h, sign * half / (h / 2), n / h + n_half / (h / 2), atol):
-                safe.append((sign * d / h, n / h))
-        if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
-            low, high = sorted(d for d, _ in safe)  # autograd's choice: one-sided or between
-            inside = any(_close(want, d, n, atol) for d, n in safe) or low <= want <= high
-            verdict = Agreement.KINK if inside else Agreement.DISAGREE
-            return verdict, min(abs(want - d) for d, _ in safe)
-        if safe:
-            verdict = _agreement(want, *safe[0], atol)
-            return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
-    return Agreement.KINK, 0.0
+        found = _at_step(along, STEP * factor, want, atol, rtol, factor == SMALLER[-1])
+        if found is None:
+            continue
+        if first is None and found[0] is not Agreement.DISAGREE:
+            return found
+        if found[0] in (Agreement.AGREE, Agreement.KINK):  # not NOISY: noise grows as h falls
+            return found
+        first = first or found
+        if not retry:
+            break
+    return first or (Agreement.KINK, 0.0)
+
+
+def _at_step(along, h: float, want: float, atol: float, rtol: float,
+             last: bool) -> tuple[Agreement, float] | None:
+    """:func:`_judged`'s verdict at step ``h``, or None where a smaller step must tell (f
+    curved at this step, or no side safe)."""
+    (up, n_up), (down, n_down) = along(h), along(-h)
+    if _close(up / h, -down / h, (n_up + n_down) / h, atol, rtol):  # smooth across: central
+        numeric, noise = (up - down) / (2 * h), (n_up + n_down) / (2 * h)
+        verdict = _agreement(want, numeric, noise, atol, rtol)
+        if verdict is Agreement.DISAGREE and not _settles(along, h, numeric, noise, atol,
+                                                          rtol):
+            return Agreement.KINK, 0.0  # a jump (sign at 0): no derivative there
+        return verdict, noise if verdict is Agreement.NOISY else abs(want - numeric)
+    if not last and _curved(along, h, up, down):
+        return None  # smooth but curved (sin(1000 x)): a smaller step brings the sides together
+    safe = []
+    for sign, (d, n) in ((1.0, (up, n_up)), (-1.0, (down, n_down))):
+        half, n_half = along(sign * h / 2)
+        if _close(sign * d / h, sign * half / (h / 2), n / h + n_half / (h / 2), atol, rtol):
+            safe.append((sign * d / h, n / h))
+    if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
+        low, high = sorted(d for d, _ in safe)  # autograd's choice: one-sided or between
+        inside = any(_close(want, d, n, atol, rtol) for d, n in safe) or low <= want <= high
+        verdict = Agreement.KINK if inside else Agreement.DISAGREE
+        return verdict, min(abs(want - d) for d, _ in safe)
+    if safe:
+        verdict = _agreement(want, *safe[0], atol, rtol)
+        return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
+    return None
 
 
 def _curved(along, h: float, up: float, down: float) -> bool:
@@ -469,11 +648,11 @@ class _Noise:
 
 
 def _settles(along, h: float, numeric: float, noise: float = 0.0,
-             atol: float = ATOL) -> bool:
+             atol: float = ATOL, rtol: float = RTOL) -> bool:
     """Whether the central difference at step h/2 agrees with ``numeric`` (at step h, of
     rounding ``noise``): it does where f is differentiable; across a jump it doubles."""
     (up, n_up), (down, n_down) = along(h / 2), along(-h / 2)
-    return _close(numeric, (up - down) / h, noise + (n_up + n_down) / h, atol)
+    return _close(numeric, (up - down) / h, noise + (n_up + n_down) / h, atol, rtol)
 
 
 def _direction(tensor: torch.Tensor, k: int | None, seed: int) -> torch.Tensor:
