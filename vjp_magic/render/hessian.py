@@ -14,6 +14,7 @@ import math
 
 from . import notation
 from .codegen import expression, output_symbol
+from .budget import remembered
 from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, summary_indices, tensor_block
@@ -33,7 +34,8 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
         if not (item.unused or item.constant):
             blocks.extend(hessian_formulas(h, name, options))
         if getattr(item, "sparse", None) is not None and item.sparse.count:
-            blocks.append(hessian_paragraph(h, name))  # its pattern, worded by .sparse
+            blocks.append(remembered(options, ("hessian pattern", name),  # once per fit
+                                     lambda n=name: hessian_paragraph(h, n)))
             blocks.extend(sparse_hessian_blocks(h, name, options))  # values, where, code
         sections.append(Section(tuple(blocks)))
     notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
@@ -56,6 +58,10 @@ def _m(tex: str, plain_text: str | None = None) -> Math:
 
 def _evidence(item, name: str, result=None) -> list:
     computed = as_computed(result, name) if result is not None else ""
+    given = ", ".join(getattr(item, "conditional_on", ()))
+    if item.evidence == "proved" and given:  # saved indices / masks that may come from x
+        return [Text(" (proved for every "), notation.prose_name(name),
+                Text(f" that gives the same indices and masks ({given}){computed})")]
     if item.evidence == "proved":
         return [Text(" (proved for every "), notation.prose_name(name), Text(computed + ")")]
     return [Text(" (checked at this "), notation.prose_name(name), Text(f" only{computed})")]

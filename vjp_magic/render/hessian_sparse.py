@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from . import notation
+from .budget import remembered
 from .codegen import expression, fresh, identifiers, output_symbol
 from .document import Code, CodeBlock, Math, Paragraph, Text
 from .sparse import Form, entries_words, layout_of, sparse_of, values_block
@@ -20,26 +21,34 @@ def sparse_hessian_blocks(h, name: str, options) -> list:
     """The values (summarised to the budgets), where all of them are, and the code."""
     from .sections import formula  # the one way a matrix is laid out on its line
 
+    block, caption, where, code = remembered(options, ("sparse hessian", name),
+                                             lambda: _parts(h, name))  # once per fit
+    lhs = _second(output_symbol(h), name)
+    blocks: list = [formula(lhs, block, options, sparse_of(h, name).matrix.dtype,
+                            caption=caption), where]
+    return blocks + ([CodeBlock(code)] if code else [])
+
+
+def _parts(h, name: str) -> tuple:
+    """What does not depend on the budget's level: the values' block and caption, the
+    sentence on where all of them are, the code."""
     sparse = sparse_of(h, name)
     shape = tuple(h.inputs[name].tensor.shape)
     rows_as_x = SimpleNamespace(inputs={name: h.inputs[name]}, output_name=name,
                                 output=h.inputs[name].tensor)  # a row per entry of x
     block, _ = values_block(rows_as_x, name)
     found = layout_of(sparse, shape, shape)
-    y, x = output_symbol(h), notation.prose_name(name)
-    lhs = _second(y, name)
-    caption = ([Text("A row per entry of "), x, Text(", a column per entry of "), x,
-                Text(" it is coupled with: the nonzeros, diagonal by diagonal (0 past an "
-                     "edge).")] if found.offsets is not None else
+    x = notation.prose_name(name)
+    caption = ([Text("A row per entry of "), x, Text(", a column per neighbour: the nonzeros, "
+                                                    "diagonal by diagonal (0 past an edge).")]
+               if found.offsets is not None else
                [Text(f"The first {block.nrows:,} rows, at the entries of "), x,
                 Text(" they couple with.")])
-    where = Paragraph((Text(f"All {entries_words(sparse, 'nonzeros', 'entries')} are in "),
-                       Code(f"h.hessian({name!r}, layout=torch.sparse_csr)"), Text(" (also "),
-                       Code(f"h.derivatives[{name!r}]"), Text("), h the result ("),
-                       Code("h = _"), Text(" after the cell)"), *_code_lead(found.form, x)))
-    blocks: list = [formula(lhs, block, options, sparse.matrix.dtype, caption=caption), where]
-    code = product_code(h, name, found.form)
-    return blocks + ([CodeBlock(code)] if code else [])
+    where = Paragraph((Text(f"All {entries_words(sparse, 'nonzeros', 'entries')}: "),
+                       Code(f"h.hessian({name!r}, layout=torch.sparse_csr)"), Text(" or "),
+                       Code(f"h.derivatives[{name!r}]"), Text(" ("), Code("h = _"),
+                       Text(" after the cell)"), *_code_lead(found.form)))
+    return block, caption, where, product_code(h, name, found.form)
 
 
 def _second(y: str, x: str) -> Math:
@@ -50,11 +59,8 @@ def _second(y: str, x: str) -> Math:
                 f"∂²{notation.math_name(y).plain}/∂{notation.math_name(x).plain}²")
 
 
-def _code_lead(form: Form | None, x) -> list:
-    if form is None:
-        return [Text(".")]
-    return [Text("; the products, one per colour of the entries of "), x,
-            Text(", as a cell writes them:")]
+def _code_lead(form: Form | None) -> list:
+    return [Text(".")] if form is None else [Text("; the products, one per colour:")]
 
 
 def product_code(h, name: str, form: Form | None) -> str | None:
@@ -78,17 +84,14 @@ def product_code(h, name: str, form: Form | None) -> str | None:
         terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
                            for a, letter in zip(form.coefficients, letters) if a)
         colours = [f"{', '.join(letters)} = torch.unravel_index({index}, {x}.shape)",
-                   f"{colour} = ({terms}) % {k}"]
+                   f"{colour} = ({terms}) % {k}  # of each entry"]
     else:
-        colours = [f"{colour} = {index} % {k}"]
-    lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)",
-              "# the colour of each entry of x (flattened)".replace(" x ", f" {x} "),
-              *colours,
-              f"{hu} = []  # H u for each colour c",
+        colours = [f"{colour} = {index} % {k}  # of each entry"]
+    lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)", *colours,
+              f"{hu} = []  # row c: H u; H[p, q] = {hu}[{colour}[q], p]",
               f"for {c} in range({k}):",
               f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
               f"    {hu} += torch.autograd.grad({g}, {x}, {u},",
               " " * len(f"    {hu} += torch.autograd.grad(") + "retain_graph=True)",
-              f"{hu} = torch.stack({hu}).reshape({k}, -1)  # row c: H u",
-              f"# H[p, q] (flattened) is {hu}[{colour}[q], p] where nonzero"]
+              f"{hu} = torch.stack({hu}).reshape({k}, -1)  # flattened"]
     return "\n".join(lines) + "\n"
