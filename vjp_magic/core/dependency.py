@@ -583,10 +583,25 @@ def _dependency(pattern, out_axis, in_axis, evidence, seed=None, note=None,
 
 
 def _axis(axis, ndim: int, what: str) -> int:
+    """``axis`` of a tensor of ``ndim`` axes, counted from 0; a usage error that says what to
+    give where there is no such axis (none at all in a 0-d tensor)."""
+    if ndim == 0:
+        raise VJPUsageError(f"The {what} is a scalar: it has no axis whose indices could read "
+                            "(or be read by) the other's. Give a tensor with an axis, or take its "
+                            "derivatives with vjp_magic.differentiate.")
     if not isinstance(axis, int) or isinstance(axis, bool) or not -ndim <= axis < ndim:
-        raise VJPUsageError(f"No axis {axis!r} in the {what}: it has {ndim} "
-                            f"axis{'' if ndim == 1 else 'es'} (0 to {ndim - 1}, or negative).")
+        axes = "0 (or -1)" if ndim == 1 else f"0 to {ndim - 1} (or -{ndim} to -1)"
+        raise VJPUsageError(f"No axis {axis!r} in the {what}: give an axis from {axes}.")
     return axis % ndim
+
+
+def _refuse_empty(output: torch.Tensor, x: torch.Tensor) -> None:
+    """An empty output or input has no indices to compare: a usage error saying so."""
+    for role, tensor in (("output", output), ("input", x)):
+        if tensor.numel() == 0:
+            raise VJPUsageError(f"The {role} is empty (shape {tuple(tensor.shape)}): it has no "
+                                "entries, so no index reads another. Give it at least one "
+                                "entry.")
 
 
 # -- exact, from a result -------------------------------------------------------------------
@@ -661,6 +676,7 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     ("proved"). ``seed``: the probes' seed (a fresh one unless given)."""
     a = _axis(out_axis, output.dim(), f"output ({output.dim()}-d)")
     b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")
+    _refuse_empty(output, x)
     budget = memory.resolve_budget(budget, output.device)
     m, n = output.shape[a], x.shape[b]
     dense = 2 * m * n <= budget  # else held sparsely: not within max_seconds (a refusal's)
