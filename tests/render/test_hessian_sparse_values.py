@@ -81,3 +81,15 @@ def test_the_code_uses_fresh_names_where_the_cell_has_them():
     rows, cols = expected.nonzero().unbind(1)
     torch.testing.assert_close(namespace["Hu"][namespace["colour"][cols], rows],
                                expected[rows, cols])
+
+
+@pytest.mark.parametrize("f, shape", [(_rosenbrock, (20_000,)), (_grid, (64, 64)),
+                                      (_cyclic, (5000,))])
+def test_the_sparse_hessian_display_fits_one_screen(f, shape):
+    from vjp_magic.render.budget import height
+    from vjp_magic.render.options import DISPLAY_HEIGHT
+
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    h = vjp_magic.hessian(f(x), x)
+    assert height(h.view.document(h).sections) <= DISPLAY_HEIGHT
+    assert "h.hessian('x', layout=torch.sparse_csr)" in _plain(h)
