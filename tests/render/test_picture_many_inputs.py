@@ -30,3 +30,13 @@ def test_the_few_largest_are_pictured_and_the_rest_summarised():
         assert "net." not in picture.alt
     note = pictures[-1].alt
     assert f"the other {12 - len(drawn)}" in note and "r.picture(" in note
+
+
+def test_nothing_is_drawn_where_no_input_asks_for_a_picture():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(6)])
+    params = {f"net.{k}": v for k, v in net.named_parameters()}
+    r = vjp_magic.differentiate(net(torch.randn(2, 3)).pow(2).sum(), params)
+    r.view.jacobian = True  # %jacobian: a picture only where the Jacobian is too large
+    assert max(p.numel() for p in params.values()) <= r.view.options.threshold
+    assert r.view.pictures(r) == []

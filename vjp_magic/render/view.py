@@ -129,7 +129,7 @@ class View:
 
         names = [n for n, item in result.inputs.items() if not item.unused and (
             self.pictured or wants_picture(result, n, self.options))]
-        if wants_table(result, self.options):  # a module's tensors: the few that matter
+        if names and wants_table(result, self.options):  # a module's: the few that matter
             return _few_pictures(result, names, pictures)
         return pictures(result, names) if names else []
 
