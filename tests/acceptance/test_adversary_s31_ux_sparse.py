@@ -4,8 +4,8 @@ beneath a sparse (coloured) result, used through IPython as a student would.
 The code shown beneath the cell is pasted into the next cell and run: its compressed rows
 must give the derivatives that mathematics gives (the stencils' analytic values, or the
 gather's product rule), never values taken from the code under test. The sentences are
-checked against the Jacobian's own pattern. Tests marked ``xfail(strict=True)`` are bugs
-found in this review (they pass once fixed and then lose the mark). The cells are in
+checked against the Jacobian's own pattern. The bugs this review found (strict xfails when
+written) are fixed and the tests guard them. The cells are in
 ``tests/sparse_cells_s31.py``; sizes and screens in ``test_adversary_s31_ux_screens.py``.
 """
 from __future__ import annotations
@@ -51,10 +51,6 @@ def test_cyclic_code_run_after_r_equals_underscore_gives_the_derivatives(ip, run
     torch.testing.assert_close(got, expected[p, q])
 
 
-@pytest.mark.xfail(strict=True, reason="the code shown beneath a cyclic stencil (and any "
-                   "pattern without a closed-form colouring) starts `vs = r.gradients['x']  # "
-                   "r = _ after the cell`: pasted as-is into the next cell it stops with "
-                   "NameError: name 'r' is not defined (render/codegen.py / render/sparse.py)")
 def test_cyclic_code_pasted_as_is_runs(ip, run_vjp):
     r = run_vjp(CYCLIC.format(n=1000))
     result = ip.run_cell(shown_code(r))
@@ -70,11 +66,6 @@ def _follow_the_comment(ip, code: str) -> None:
     assert result.success, result.error_in_exec
 
 
-@pytest.mark.xfail(strict=True, reason="where the cell's input (or output) is named r, the code "
-                   "beneath a cyclic stencil reads 'vs = r.gradients['r']  # r = _ after the "
-                   "cell' then 'g = r.new_zeros(...)', 'r.grad = None': following its comment "
-                   "overwrites the student's tensor r with the result, and the code fails "
-                   "either way (render/codegen.py renames v and g on a clash, never r)")
 @pytest.mark.parametrize("body", [
     "r = torch.linspace(0, 1, 1000, requires_grad=True)\ny = r.roll(1) - 2*r + r.roll(-1) + r**3",
     "x = torch.linspace(0, 1, 1000, requires_grad=True)\nr = x.roll(1) - 2*x + x.roll(-1) + x**3",
@@ -136,11 +127,6 @@ def test_the_first_colour_named_is_r_gradients_first(run_vjp):
     assert torch.equal(cover, torch.ones_like(cover))
 
 
-@pytest.mark.xfail(strict=True, reason="--code on a coloured result points to 'the careful "
-                   "version of this code' (teach/code.py), but r.code is the dense one-hot loop "
-                   "(render/codegen.py reproducing_code): at n = 100,000 it allocates "
-                   "x.new_zeros(100000, *x.shape) (40 GB) and runs 100,000 backward passes "
-                   "where the display's code takes 3")
 def test_r_code_of_a_coloured_result_keeps_the_colours(run_vjp):
     r = run_vjp(TRIDIAGONAL.format(n=10**5), "--code")
     assert "r.code" in plain(r)
@@ -179,11 +165,6 @@ def test_cyclic_explain_says_the_fourth_colour_is_over_the_bound(run_vjp):
     assert len(r.gradients["x"]) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="the sparse display's words are read off a sample of "
-                   "rows above 2^17 nonzeros (render/sparse.py _read_rows): a cyclic stencil "
-                   "whose row 50001 also reads x[7] (index_add) is called 'cyclic tridiagonal: "
-                   "y[i] reads x[i-1], x[i], x[i+1] ... Proved from the autograd graph' while "
-                   "the same sentence says 'at most 4 a row' and 300,001 nonzeros")
 def test_sampled_words_do_not_call_an_exception_tridiagonal():
     n = 100_000
     x = torch.linspace(0, 1, n, requires_grad=True)
@@ -196,10 +177,6 @@ def test_sampled_words_do_not_call_an_exception_tridiagonal():
     assert "tridiagonal" not in text or "x[7]" in text, text[:600]
 
 
-@pytest.mark.xfail(strict=True, reason="where the cell's input is named u (v), the prose "
-                   "names the probe vector u (v) too: 'u is 1 on entries 0, 2, 4, … of u', "
-                   "while the code beneath renames it u2 (render/sparse.py's sentence does not "
-                   "use codegen's collision-free name)")
 def test_the_sentence_names_the_vector_the_code_uses(run_vjp):
     r = run_vjp(GATHER.replace("x", "u").replace("y =", "v ="))
     code, text = shown_code(r), flat(plain(r))
@@ -233,19 +210,12 @@ def test_summed_answer_on_a_stencil_is_caught(ip, run_vjp):
     torch.testing.assert_close(ip.user_ns["x"].grad, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="on a tridiagonal stencil the 'summed' hint says 'use "
-                   "one backward per component of y, v one-hot on it' (10,000 passes), where the "
-                   "display teaches 3 coloured vectors (teach/grading_hints.py knows no colours)")
 def test_summed_hint_on_a_stencil_points_to_the_colours(run_vjp):
     r = run_vjp(TRIDIAGONAL.format(n=10_000) + "\ny.backward(torch.ones_like(y))",
                 "--check x.grad")
     assert "colour" in r.check.hint, r.check.hint
 
 
-@pytest.mark.xfail(strict=True, reason="a student who computes the display's own compressed "
-                   "rows g (3 × n: row c is vᵀJ for colour c) and runs '--check g' is told '✗ "
-                   "wrong shape ... (10000, 10000)': grading (teach/grading.py, "
-                   "grading_targets.py) does not know the coloured form the display teaches")
 def test_the_displays_compressed_rows_are_not_called_wrong(ip, run_vjp):
     r = run_vjp(COLOURED_BY_HAND, "--check g")
     rows = torch.arange(10_000)  # the rows are right: J[p, p] = g[p % 3, p]

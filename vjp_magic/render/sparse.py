@@ -319,6 +319,25 @@ def _same_classes(colours: torch.Tensor, base: torch.Tensor, count: int) -> bool
     return perm is not None and bool(torch.equal(perm[base], colours))
 
 
+def display_colours(sparse, out_shape, in_shape) -> torch.Tensor:
+    """The colour of each flat entry of the output (by columns: of the input) as the code
+    beneath the cell numbers it (:func:`colour_lines`): its closed form, with its exceptions,
+    else the result's own colours (``r.gradients[name]``'s order)."""
+    found = layout_of(sparse, out_shape, in_shape)
+    form, colours = found.form, sparse.colours.reshape(-1).cpu().long()
+    if form is None:
+        return colours
+    m = colours.numel()
+    if not form.coefficients:
+        numbered = torch.arange(m) % (form.period or sparse.count)
+        for entry, colour in form.exceptions:
+            numbered[entry] = colour
+        return numbered
+    shape = tuple(in_shape if by_columns(sparse) else out_shape)
+    index = torch.stack(torch.unravel_index(torch.arange(m), shape))
+    return (index * torch.tensor(form.coefficients)[:, None]).sum(0) % sparse.count
+
+
 # -- words -----------------------------------------------------------------------------------
 def _offset_index(letters, offset, sep: str = ", ", spaced: bool = False) -> str:
     """``i-1, j`` (``spaced``: ``i - 1, j``, as wide as TeX sets the binary minus)."""

@@ -79,6 +79,8 @@ def _layout_words(form: str | None, shape) -> str | None:
     """How a right answer was laid out, where it is not the derivatives' own layout."""
     if form == "jacobian":
         return "as the full Jacobian"
+    if form == "compressed":
+        return "as the compressed rows, one per colour"
     if form == "flat-jacobian" and shape and len(shape) == 2:
         return f"as the full Jacobian, flattened to {shape[0]} × {shape[1]}"
     if form == "per-row" and shape:
@@ -303,6 +305,36 @@ def _arranged(case: Case) -> Verdict | None:
     return None
 
 
+def _compressed(case: Case) -> Verdict | None:
+    """The compressed rows the display teaches (a sparse Jacobian: one row per colour, vᵀJ
+    for v = 1 on the entries of that colour): right where each row is a colour's, in the
+    display's numbering or any other (rows matched to colours one to one), else wrong."""
+    exp = case.exp
+    a = next((fits(case.a, s) for s in exp.compressed_shapes()
+              if fits(case.a, s) is not None), None)
+    if a is None:
+        return None
+    expected = exp.compressed()
+    a = a.reshape(expected.value.shape)
+    if expected.matches(a) or _rows_matched(expected, a):
+        return case.verdict(VerdictKind.CORRECT, _hints.correct(case, "compressed"),
+                            form="compressed")
+    return case.verdict(VerdictKind.WRONG, _hints.wrong(case, coloured=True), form="compressed")
+
+
+def _rows_matched(expected: Target, a: torch.Tensor) -> bool:
+    """Whether the rows of ``a`` are those of ``expected`` in some order (colours numbered
+    otherwise): each row of ``a`` matches exactly one unused row of ``expected``."""
+    left = list(range(a.shape[0]))
+    for row in a:
+        hit = next((k for k in left if not bool(
+            Target("compressed", expected.value[k], expected.tol[k]).mismatch(row).any())), None)
+        if hit is None:
+            return False
+        left.remove(hit)
+    return True
+
+
 # -- grading ----------------------------------------------------------------------------------
 def _input_name(result, name, answer_name, a) -> str:
     """The input graded against: named, read off ``x.grad``, or the one the shape fits."""
@@ -352,6 +384,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     when not given; without a graph, the plain comparison stands). ``leaves`` (name →
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     """
+    coloured = {n: item.sparse for n, item in result.inputs.items() if is_sparse(item)}
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
     if several is not None:
@@ -362,7 +395,8 @@ def grade(answer, result, name: str | None = None, *, log=None,
     a, dtype = as_tensor(answer)
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
-    case = Case(a, Expected(result, name, dtype), answer_name or "the answer", log, leaf)
+    case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
+                answer_name or "the answer", log, leaf)
     if a is None:
         return case.verdict(VerdictKind.MISSING,
                             _hints.missing(case, answer, case.calls_to_input()))
@@ -372,8 +406,9 @@ def grade(answer, result, name: str | None = None, *, log=None,
     refined = refinement(result, name, record, output)
     if refined is None:
         return found
-    again = Case(a.to(refined[0].device), Expected(result, name, dtype, refined),
-                 case.answer, log, leaf)
+    again = Case(a.to(refined[0].device),
+                 Expected(result, name, dtype, refined, coloured.get(name)), case.answer, log,
+                 leaf)
     target, fitted = again.fitting()
     if target is not None and target.matches(fitted):
         return again.verdict(VerdictKind.CORRECT, _hints.correct(again, target.form),
@@ -385,7 +420,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
 def _recognised(case: Case, a: torch.Tensor) -> Verdict:
     """The verdict on the answer ``a``: right, the mistake recognised, or just wrong."""
     case.a = a
-    for recognise in (_same_shape, _x_shaped, _arranged):
+    for recognise in (_same_shape, _x_shaped, _arranged, _compressed):
         found = recognise(case)
         if found is not None:
             return found

@@ -65,6 +65,7 @@ SHOWN_POINTS = 3  # points named in a hint
 FORM_WORDS = {  # how a right answer was read: the layout named in "✓ correct (…)"
     "gradient": "the gradient", "jacobian": "the full Jacobian",
     "per-row": "one Jacobian per row", "flat-jacobian": "the full Jacobian (flattened to m × n)",
+    "compressed": "the compressed rows (one per colour) of the Jacobian",
 }
 
 
@@ -103,13 +104,25 @@ class Hints:
         return (f"shape {shape_text(exp.shape)}: an {x}-shaped gradient for each of {y}'s "
                 f"{exp.count:,} components")
 
-    def how(self, case: Case) -> str:
-        """How to compute them with backward."""
+    def how(self, case: Case, coloured: bool = False) -> str:
+        """How to compute them with backward (``coloured``: on a sparse Jacobian, the
+        coloured passes the display teaches rather than one per component)."""
         _, y, x = self.names(case)
         exp = case.exp
         if exp.count == 1:
             v = "" if exp.result.output.numel() == 1 else f"gradient=torch.ones_like({y})"
             return f"`{y}.backward({v})` puts them in `{x}.grad`"
+        sparse = getattr(exp, "coloured", None) if coloured else None
+        columns = sparse is not None and str(getattr(sparse, "mode", "rows")) == "columns"
+        if columns:  # the forward-mode passes the display teaches
+            return (f"use one forward-mode pass per colour of {x}'s entries ({sparse.count:,} "
+                    f"colours), as the code beneath the result does: row c of Ju is J·u for "
+                    f"u = 1 on the entries of {x} of colour c, and J[p, q] is Ju[colour[q], p]")
+        if sparse is not None and sparse.count < exp.count:  # the colours the display teaches
+            return (f"use one backward per colour, not per component: v = 1 on the entries "
+                    f"of {y} of one colour ({sparse.count:,} colours, as the code beneath "
+                    f"the result makes them), `retain_graph=True`; row c of g is `{x}.grad` "
+                    f"for colour c, and each derivative J[p, q] is g[colour[p], q]")
         along = " (ones along the point axes)" if exp.item.pairing else ""
         return (f"use one backward per component of {y}, v one-hot on it{along}, "
                 f"`retain_graph=True`; store `{x}.grad.clone()` and zero `{x}.grad` each time")
@@ -126,14 +139,14 @@ class Hints:
         return (f"{self.subject(case)} has shape {shape_text(case.a.shape)}; the derivatives "
                 f"of {y} with respect to {x} have {self.expected(case)}{also}.")
 
-    def wrong(self, case: Case) -> str:
+    def wrong(self, case: Case, coloured: bool = False) -> str:
         _, y, x = self.names(case)
         a = self.subject(case)
         if not bool(case.a.any()):
             return (f"{a} is all zeros. If it holds `{x}.grad`, store `{x}.grad.clone()`: "
                     f"`{x}.grad.zero_()` afterwards empties the tensor stored too.")
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
-                f"{x}. Check the formula; {self.how(case)}.")
+                f"{x}. Check the formula; {self.how(case, coloured)}.")
 
     def summed(self, case: Case, times: int | None, vanish: bool = False) -> str:
         _, y, x = self.names(case)
@@ -151,7 +164,7 @@ class Hints:
                     f"the gradient of any entry of {y}.")
         again = (f" It was also added up {times} times: zero `{x}.grad` between backward calls."
                  if times else "")
-        return f"{what} To get each component's own, {self.how(case)}.{again}"
+        return f"{what} To get each component's own, {self.how(case, True)}.{again}"
 
     def summed_by_hand(self, case: Case, calls) -> str:
         a = self.subject(case)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..core.tolerances import tolerances
+from ..render.sparse import display_colours
 from .sparse_dense import column_sums, csr_row, is_sparse
 
 JACOBIAN_LIMIT = 1 << 22  # entries: a full-Jacobian answer is compared up to this size
@@ -112,8 +113,9 @@ class Expected:
     ``refined``: (values, slack) from :func:`~.grading_reference.refinement`, where
     autograd's own float32 rounding must not count against an answer."""
 
-    def __init__(self, result, name: str, answer_dtype, refined=None):
+    def __init__(self, result, name: str, answer_dtype, refined=None, coloured=None):
         self.result, self.name = result, name
+        self.coloured = coloured  # the SparseJacobian the display taught (kept when densified)
         self.item = item = result.inputs[name]
         self.x = item.tensor
         self.comp = tuple(result.component_shape(name))
@@ -227,6 +229,38 @@ class Expected:
         slack = None if self.slack is None else self.slack.reshape(rows)[k]
         return target("gradient", value, value.abs(), self.item.pairing.in_axes, self.rtol,
                       slack)
+
+    def compressed_shapes(self) -> list[tuple]:
+        """The shapes of the compressed rows the display teaches: (colours, n) and (colours,
+        *x.shape) — by columns, (colours, m) and (colours, *y.shape) — or none."""
+        sparse = self.coloured
+        if sparse is None:
+            return []
+        across = self.result.output if str(getattr(sparse, "mode", "rows")) == "columns" \
+            else self.x
+        return [(sparse.count, across.numel()), (sparse.count, *across.shape)]
+
+    def compressed(self) -> Target | None:
+        """The compressed rows the display's code computes, numbered as it numbers the
+        colours (:func:`~vjp_magic.render.sparse.display_colours`): row c is vᵀJ for v = 1 on
+        the output's entries of colour c (by columns: J u, u = 1 on the input's), read off
+        the pattern's every nonzero; each entry judged against its column's magnitudes."""
+        sparse = self.coloured
+        if sparse is None:
+            return None
+        matrix = sparse.matrix
+        crow, col = matrix.crow_indices(), matrix.col_indices()
+        values = matrix.values().detach().double()
+        m, n = matrix.shape
+        rows = torch.repeat_interleave(torch.arange(m, device=crow.device), crow.diff())
+        colour = display_colours(sparse, self.result.output.shape, self.x.shape).to(crow.device)
+        if str(getattr(sparse, "mode", "rows")) == "columns":
+            at, width = colour[col] * m + rows, m
+        else:
+            at, width = colour[rows] * n + col, n
+        made = [torch.zeros(sparse.count * width, dtype=torch.float64, device=values.device)
+                .index_add_(0, at, v).reshape(sparse.count, width) for v in (values, values.abs())]
+        return target("compressed", made[0], made[1], (1,), self.rtol)
 
     def accepted(self) -> list[tuple]:
         shapes = [self.shape]
