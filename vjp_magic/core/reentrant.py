@@ -14,6 +14,7 @@ levels down) reads; an ordinary custom backward (``2 * x * g``) is left alone.
 """
 from __future__ import annotations
 
+import sys
 import types
 import weakref
 
@@ -72,7 +73,8 @@ def _is_reentrant(node) -> bool:
 
 
 def _function_is_reentrant(cls: type) -> bool:
-    checkpoint = getattr(torch.utils.checkpoint, "CheckpointFunction", None)
+    module = sys.modules.get("torch.utils.checkpoint")  # (not imported: none on any graph)
+    checkpoint = getattr(module, "CheckpointFunction", None)
     if checkpoint is not None and issubclass(cls, checkpoint):
         return True
     return any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
