@@ -93,3 +93,22 @@ def test_the_sparse_hessian_display_fits_one_screen(f, shape):
     h = vjp_magic.hessian(f(x), x)
     assert height(h.view.document(h).sections) <= DISPLAY_HEIGHT
     assert "h.hessian('x', layout=torch.sparse_csr)" in _plain(h)
+
+
+def test_colours_without_a_closed_form_are_read_off_the_result():
+    torch.manual_seed(0)
+    perm = torch.randperm(3000)
+
+    def f(x):
+        return ((x[perm] * x) ** 2).sum()
+
+    x = torch.randn(3000, dtype=torch.float64, requires_grad=True)
+    h = vjp_magic.hessian(f(x), x)
+    code = _code(h)
+    assert "_.inputs['x'].sparse.colours" in code
+    namespace = {"torch": torch, "x": x, "y": f(x), "_": h}  # _: the cell's result
+    exec(code, namespace)  # noqa: S102
+    expected = torch.func.hessian(f)(x.detach())
+    rows, cols = expected.nonzero().unbind(1)
+    torch.testing.assert_close(namespace["Hu"][namespace["colour"][cols], rows],
+                               expected[rows, cols])

@@ -26,7 +26,7 @@ def sparse_hessian_blocks(h, name: str, options) -> list:
     lhs = _second(output_symbol(h), name)
     blocks: list = [formula(lhs, block, options, sparse_of(h, name).matrix.dtype,
                             caption=caption), where]
-    return blocks + ([CodeBlock(code)] if code else [])
+    return [*blocks, CodeBlock(code)]
 
 
 def _parts(h, name: str) -> tuple:
@@ -47,7 +47,7 @@ def _parts(h, name: str) -> tuple:
     where = Paragraph((Text(f"All {entries_words(sparse, 'nonzeros', 'entries')}: "),
                        Code(f"h.hessian({name!r}, layout=torch.sparse_csr)"), Text(" or "),
                        Code(f"h.derivatives[{name!r}]"), Text(" ("), Code("h = _"),
-                       Text(" after the cell)"), *_code_lead(found.form)))
+                       Text(" after the cell)"), *_code_lead()))
     return block, caption, where, product_code(h, name, found.form)
 
 
@@ -59,17 +59,15 @@ def _second(y: str, x: str) -> Math:
                 f"∂²{notation.math_name(y).plain}/∂{notation.math_name(x).plain}²")
 
 
-def _code_lead(form: Form | None) -> list:
-    return [Text(".")] if form is None else [Text("; the products, one per colour:")]
+def _code_lead() -> list:
+    return [Text("; the products, one per colour:")]
 
 
-def product_code(h, name: str, form: Form | None) -> str | None:
-    """The coloured products H·u as the cell would write them (None where the colours have
-    no closed form: the code would need the result): the gradient with its graph, the
-    colour of each entry of x, one ``autograd.grad`` of the gradient per colour; each nonzero
+def product_code(h, name: str, form: Form | None) -> str:
+    """The coloured products H·u as the cell would write them: the gradient with its graph,
+    the colour of each entry of x (in closed form, else read off the result ``_`` right
+    after the cell), one ``autograd.grad`` of the gradient per colour; each nonzero
     H[p, q] is then ``Hu[colour[q], p]``."""
-    if form is None:
-        return None
     sparse = sparse_of(h, name)
     taken = identifiers([h.output_name, *h.inputs])
     y = output_symbol(h)
@@ -78,7 +76,10 @@ def product_code(h, name: str, form: Form | None) -> str | None:
     x, k = expression(name), sparse.count
     g, colour, hu, c, u = (fresh(base, taken) for base in ("g", "colour", "Hu", "c", "u"))
     index = f"torch.arange({x}.numel())"
-    if form.coefficients:
+    if form is None:
+        colours = ["# _: the cell's result (h), right after the cell",
+                   f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"]
+    elif form.coefficients:
         letters = [fresh(letter, taken) for letter in notation.point_letters(
             len(form.coefficients))]
         terms = " + ".join(f"{a} * {letter}" if a != 1 else letter
