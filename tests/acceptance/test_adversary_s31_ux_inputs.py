@@ -78,12 +78,6 @@ def test_an_output_that_does_not_reach_the_input_says_every_derivative_is_0(run_
     assert torch.count_nonzero(r.jacobian("x")) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="'%%vjp --wrt x' on a cell whose y = z**2 (not reading "
-                   "x) was built in that very cell, and '--of y[0]' on y = z**2 + x, add "
-                   "'Computed on the user's own graph of y (built outside what vjp_magic "
-                   "recorded: in a plain cell, or an earlier one): any hooks on it ran during "
-                   "the analysis' — untrue: the cell built it, and it has no hooks "
-                   "(run/hookfree.py analysed_graph words every NotReached so)")
 @pytest.mark.parametrize("line, y", [("--wrt x", "z**2"), ("--of y[0]", "z**2 + x")])
 def test_no_untrue_note_about_where_the_graph_was_built(run_vjp, line, y):
     r = run_vjp(LEAF + f"z = torch.randn(5, requires_grad=True)\ny = {y}", line)
@@ -167,11 +161,6 @@ def test_a_detached_input_is_named_with_its_line(usage_error):
     assert "x.detach() on line 2" in message and "y = torch.nn.Parameter(x * 2)" in message
 
 
-@pytest.mark.xfail(strict=True, reason="'y = x.detach().requires_grad_()' is answered 'Use x "
-                   "itself: y = x.requires_grad_()'; the student who follows it is refused "
-                   "again ('The cell keeps no tensor computed from its inputs: assign the output "
-                   "to a name (y = f(x))') although y is assigned: the advice is a dead end "
-                   "(run/execute.py writes the advice)")
 def test_the_detach_advice_leads_to_a_result(ip, usage_error):
     message = usage_error("%%vjp\n" + LEAF + "y = x.detach().requires_grad_()")
     advice = message.split("Use x itself: ", 1)[1].rstrip(".")
@@ -179,11 +168,6 @@ def test_the_detach_advice_leads_to_a_result(ip, usage_error):
     assert result.success, result.error_in_exec
 
 
-@pytest.mark.xfail(strict=True, reason="a cell on meta tensors "
-                   "(no values: x = torch.randn(3, requires_grad=True, device='meta')) stops "
-                   "with NotImplementedError 'aten::equal ... Meta tensors' from "
-                   "run/hookfree.py _same, not a message saying that meta tensors have no "
-                   "values to differentiate at")
 def test_meta_tensors_get_a_message(ip):
     result = ip.run_cell("%%vjp\nx = torch.randn(3, requires_grad=True, device='meta')\n"
                          "y = x**2")

@@ -27,7 +27,7 @@ import torch
 from . import axisflow, memory, structure, validation
 from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
-from .errors import VJPUsageError
+from .errors import VJPUsageError, refuse_meta
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
@@ -854,6 +854,20 @@ def _refusal_dependency(context, named, point_out):
 
 
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
+def _check_tensors(output, x) -> None:
+    """``dependency``'s two tensors: real, with values, the output computed from x."""
+    if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
+        raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
+    refuse_meta("The output", output)
+    refuse_meta("The input", x)
+    if output.is_complex() or x.is_complex():
+        raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
+                            "on output.real and output.imag (or x.real, x.imag) separately.")
+    if output.grad_fn is None or not x.requires_grad:
+        raise VJPUsageError("The output must be computed from x with autograd on: make x "
+                            "with requires_grad=True and compute the output outside no_grad.")
+
+
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
@@ -898,14 +912,7 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
         >>> d.kind, d.witness, d.offsets, d.describe("y", "x")
         ('lower-triangular', (1, 0), (-4, 0), 'y[1] ← x[0]')
     """
-    if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
-        raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
-    if output.is_complex() or x.is_complex():
-        raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
-                            "on output.real and output.imag (or x.real, x.imag) separately.")
-    if output.grad_fn is None or not x.requires_grad:
-        raise VJPUsageError("The output must be computed from x with autograd on: make x "
-                            "with requires_grad=True and compute the output outside no_grad.")
+    _check_tensors(output, x)
     refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)

@@ -23,6 +23,16 @@ def operand(source: str) -> str:
     return source if atom else f"({source})"
 
 
+def refuse_meta(name: str, value: object) -> None:
+    """A usage error where ``value`` is a meta tensor: a shape and no values, so nothing to
+    differentiate at (``name``: how the message names it)."""
+    if getattr(value, "is_meta", False):
+        raise VJPUsageError(
+            f"{name} is a meta tensor (device='meta'): it has a shape but no values, so it has "
+            "no derivatives to show. Create the tensors on 'cpu' or 'cuda' (a module on the "
+            "meta device: .to_empty(device='cpu'), then load its weights).")
+
+
 class GraphFreed(VJPUsageError):
     """The output's graph can no longer be read: freed by a ``backward`` call (without
     ``retain_graph=True``) before the analysis ran."""

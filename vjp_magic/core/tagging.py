@@ -208,6 +208,14 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
         return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
                 "computed under torch.no_grad() or .detach()ed? Compute the output outside "
                 "torch.no_grad() and without .detach().")
+    if len(leaves) > 1:  # the last is a leaf of its own: a copy made a leaf, not computed
+        y, x = leaves[-1], leaves[0]
+        how = "nn.Parameter makes a new leaf of its values" if isinstance(
+            namespace.get(y), torch.nn.Parameter) else "it was made, not computed"
+        return (f"{y} requires grad but is a leaf of its own ({how}): it is not computed from "
+                f"{x}, so it has no derivatives with respect to it. Compute {y} from {x} with "
+                f"torch operations (e.g. {y} = {x} * 2, {y} = {x}.clone()), or name the output "
+                "with --of.")
     if leaves:
         return ("The cell keeps no tensor computed from its inputs: assign the output to a name "
                 "(y = f(x)) or end the cell with it, or name it with --of y.")

@@ -28,7 +28,7 @@ import torch
 
 from ..core.validation import (add_named, module_parameters, named_inputs,
                                 parameter_expression)
-from ..core.errors import VJPUsageError, operand
+from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
 from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, ordered_names)
@@ -85,7 +85,7 @@ class FromCell:
 
     def output(self, of: str | None) -> tuple[str, object]:
         if of is not None:
-            name, self.chosen = of, lookup(self.scope, of, "--of")
+            name, self.chosen = of, self._evaluated(of)
             return name, dense(name, self.chosen, "%%vjp --of {}")
         run = self.run
         assigned = [n for n in run.assigned if n not in self.exclude]
@@ -102,6 +102,18 @@ class FromCell:
         if wrt:
             return dense_inputs(named(self.scope, wrt, output, output_name, "--wrt"))
         return dense_inputs(found_inputs(self.scope, output, output_name, self.run.assigned))
+
+    def _evaluated(self, of: str):
+        """``--of``'s expression, evaluated after the cell; its torch calls (``y[0]``,
+        ``y.sum()``) recorded after the cell's, so the hook-free copy reaches its value."""
+        cell = self.run.record
+        if cell is None or cell.failed is not None:
+            return lookup(self.scope, of, "--of")
+        with recording() as record:
+            value = lookup(self.scope, of, "--of")
+        if record.calls and record.failed is None:
+            self.run.record = OpRecord(cell.calls + record.calls)
+        return value
 
 
 @dataclass(eq=False)
@@ -186,7 +198,8 @@ def lookup(scope, source: str, role: str):
 def dense(name: str, output, how: str):
     """The output, unless it is a sparse tensor: its derivatives are computed, but nothing
     past them reads a sparse layout, so the student is told to densify it (``how``: where
-    the dense output goes, e.g. ``%%vjp --of {}``)."""
+    the dense output goes, e.g. ``%%vjp --of {}``); or a meta tensor (no values)."""
+    refuse_meta(name, output)
     if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
         return output
     densified = f"{operand(name)}.to_dense()"
@@ -197,8 +210,10 @@ def dense(name: str, output, how: str):
 
 
 def dense_inputs(inputs: dict) -> dict:
-    """The inputs, unless one is a sparse tensor (the analysis reshapes every input)."""
+    """The inputs, unless one is a sparse tensor (the analysis reshapes every input) or a
+    meta tensor."""
     for name, value in inputs.items():
+        refuse_meta(f"Input {name}", value)
         if isinstance(value, torch.Tensor) and value.layout != torch.strided:
             layout = str(value.layout).replace("torch.", "")
             raise VJPUsageError(

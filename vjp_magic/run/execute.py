@@ -402,8 +402,43 @@ def detached_advice(source: str, namespace) -> str | None:
     fixed = source.splitlines()[line - 1].strip()
     for other, other_name, at in reads:
         fixed = fixed.replace(other, other_name) if at == line else fixed
+    working, why = _still_computed(fixed)
+    again = f" ({fixed} would be refused too: {why})" if why else ""
     return (f"{written} on line {line} is {name}'s values without its graph, so what is computed "
-            f"from it is a constant to autograd. Use {name} itself: {fixed}")
+            f"from it is a constant to autograd{again}. Use {name} itself: {working}")
+
+
+_NEW_LEAF = ("torch.nn.Parameter", "nn.Parameter", "Parameter")
+
+
+def _still_computed(line: str) -> tuple[str, str | None]:
+    """``line`` (an assignment whose ``.detach()`` was taken out) changed so that its value is
+    computed from the input, not a new leaf: ``nn.Parameter(...)`` taken out, ``y = x`` made
+    ``y = x.clone()``; and why the line as it was would be refused (None: it would not)."""
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return line, None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign):
+        return line, None
+    statement, why = tree.body[0], None
+    value = statement.value
+    while isinstance(value, ast.Call):  # what wraps the value: a leaf-maker, a no-op on it
+        func = value.func
+        if isinstance(func, ast.Attribute) and func.attr == "requires_grad_" and not value.args \
+                and not value.keywords:
+            value = func.value
+        elif ast.unparse(func) in _NEW_LEAF and len(value.args) == 1:
+            value, why = value.args[0], "nn.Parameter makes a new leaf of its values"
+        else:
+            break
+    if isinstance(value, ast.Name):  # y = x: the input itself, not computed from it
+        why = why or f"it is {value.id} itself, not a tensor computed from it"
+        value = ast.Call(ast.Attribute(value, "clone", ast.Load()), [], [])
+    if why is None:
+        return line, None
+    statement.value = value
+    return ast.unparse(statement), why
 
 
 def nothing_to_differentiate(error, log, source: str, namespace) -> str | None:

@@ -84,6 +84,8 @@ def analysed_graph(record, inputs: dict, output, namespace=None,
             value = replay.run(fresh, interpreter=runner)
     except NotReplayable as error:
         reason = str(error)
+        if isinstance(error, NotReached) and not _reaches(output, inputs):
+            return AnalysedGraph(output, inputs, hooks=hooks)  # no backward runs a node of it
         if isinstance(error, NotReached):  # the operations read give no other cause
             reason = "built outside what vjp_magic recorded: in a plain cell, or an earlier one"
         return AnalysedGraph(output, inputs, reason=reason, hooks=hooks,
@@ -118,6 +120,12 @@ def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
         elif name == "BackwardHookFunction.apply" and "a module's backward hook" not in found:
             found.append("a module's backward hook")
     return list(dict.fromkeys(found))
+
+
+def _reaches(output: torch.Tensor, inputs: dict) -> bool:
+    """Whether ``output``'s graph reaches an input: where none, a backward toward the inputs
+    runs none of its nodes (nor their hooks), and the notes say nothing of its graph."""
+    return any(isinstance(t, torch.Tensor) and depends_on(output, t) for t in inputs.values())
 
 
 def _same(value: torch.Tensor, output: torch.Tensor) -> bool:
