@@ -143,7 +143,7 @@ def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
         return None
     count = int(colours.max()) + 1 if colours.numel() else 0
     return SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
-                          Mode.COLUMNS)
+                          Mode.COLUMNS, pattern.conditional_on)
 
 
 def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern_passes: int,

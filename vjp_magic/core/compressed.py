@@ -49,7 +49,9 @@ class SparseJacobian:
     or OBSERVED (found by probes at this x); ``pattern_passes``: backward passes spent finding
     the pattern (0 when proved); ``mode``: "rows" (one backward per colour of the output's
     entries) or "columns" (``colours`` then has one per flat input entry, and ``count``
-    forward-mode passes J·u gave the values: :mod:`.column_passes`).
+    forward-mode passes J·u gave the values: :mod:`.column_passes`); ``conditional_on``: the
+    ops whose saved indices, masks or conditions a PROVED pattern read (empty: it holds for
+    every x; else for every x that gives the same ones, :attr:`.pattern.Pattern.conditional_on`).
     """
 
     matrix: torch.Tensor
@@ -58,6 +60,7 @@ class SparseJacobian:
     evidence: Evidence
     pattern_passes: int
     mode: str = "rows"
+    conditional_on: tuple[str, ...] = ()
 
     @property
     def nnz(self) -> int:
@@ -130,7 +133,8 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
             and (proved or rows_checked(output, x, jacobian, seed))):
         return Attempt(None, "the values from its backward passes disagreed with a random "
                              "probe (a coupling the pattern did not show)")
-    return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes))
+    return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
+                                  conditional_on=pattern.conditional_on))
 
 
 TOO_DENSE = "a row of the Jacobian reads too many entries"

@@ -45,7 +45,9 @@ class HessianInput:
     :meth:`HessianResult.hessian` assembles); ``symmetric`` within tolerance (``asymmetry``:
     worst |H - Hᵀ| / its block's largest entry); ``constant``: linear in x (all zero);
     ``sparse``: a large Hessian of a scalar computed sparse (:mod:`.sparse_hessian`), whose
-    ``derivatives`` are then its CSR matrix (x.numel() × x.numel())."""
+    ``derivatives`` are then its CSR matrix (x.numel() × x.numel()); ``conditional_on``: the
+    ops whose saved indices, masks or conditions a proof read (then "proved" holds for every
+    x that gives the same ones: :attr:`.pattern.Pattern.conditional_on`)."""
 
     name: str
     tensor: torch.Tensor
@@ -60,6 +62,7 @@ class HessianInput:
     constant: bool = False
     unverified: tuple[str, ...] = ()
     sparse: SparseHessian | None = None  # the sparse path's CSR, colours, count, evidence
+    conditional_on: tuple[str, ...] = ()
 
     point_count = property(lambda self: self.pairing.point_count(self.tensor.shape))
     has_points = property(lambda self: any(self.tensor.shape[b] > 1
@@ -207,7 +210,8 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     if not sparse_first:
         refuse()
     base = HessianInput(item.name, x, pairing, derivatives=None, unused=item.unused,
-                        evidence=item.evidence, unverified=item.unverified)
+                        evidence=item.evidence, unverified=item.unverified,
+                        conditional_on=_conditional(item))
     d = None if item.unused else first_derivatives(output, x, pairing, budget, item.derivatives)
     if d is not None:
         refuse_once_differentiable(d, output_name, item)
@@ -230,6 +234,7 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         return _zero(base, comp)
     base.structure, base.second = inner.pairing, inner.derivatives
     base.evidence = "proved" if item.evidence == inner.evidence == "proved" else "observed"
+    base.conditional_on = _joined(base.conditional_on, inner.conditional_on)
     base.derivatives = per_point_hessians(output.shape, base)
     base.symmetric, base.asymmetry = symmetry(base, math.prod(comp))
     return base
@@ -241,7 +246,17 @@ def _sparse_input(base: HessianInput, sparse: SparseHessian) -> HessianInput:
     base.sparse, base.derivatives = sparse, sparse.matrix
     base.constant = sparse.nnz == 0  # no second derivative: linear in x
     base.evidence = "proved" if base.evidence == sparse.evidence == "proved" else "observed"
+    base.conditional_on = _joined(base.conditional_on, sparse.conditional_on)
     return base
+
+
+def _conditional(item) -> tuple[str, ...]:
+    """The saved selections a first-order result's proved sparse pattern read, if any."""
+    return tuple(getattr(getattr(item, "sparse", None), "conditional_on", ()) or ())
+
+
+def _joined(*parts: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for part in parts for name in part))
 
 
 def _zero_sparse(base: HessianInput) -> HessianInput:
@@ -261,6 +276,7 @@ class _Inner(NamedTuple):
     derivatives: torch.Tensor | None
     evidence: str
     unused: bool = False
+    conditional_on: tuple[str, ...] = ()
 
 
 def _analysed(d, x, name, output_name, budget, options) -> _Inner:
@@ -270,7 +286,7 @@ def _analysed(d, x, name, output_name, budget, options) -> _Inner:
     derivatives = inner.derivatives
     if derivatives is not None and derivatives.layout != torch.strided:
         derivatives = derivatives.to_dense()  # a sparse Jacobian of D (within the budget)
-    return _Inner(inner.pairing, derivatives, inner.evidence, inner.unused)
+    return _Inner(inner.pairing, derivatives, inner.evidence, inner.unused, _conditional(inner))
 
 
 def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) -> _Inner | None:

@@ -16,9 +16,16 @@ from .textenum import TextEnum
 
 
 class Evidence(TextEnum):
-    """How a pairing (or a dependency pattern) is known."""
+    """How a pairing (or a dependency pattern) is known.
 
-    PROVED = "proved"  # from the autograd graph: holds for every value of the input
+    PROVED: from the autograd graph, for every value of the input, except that a sparsity
+    pattern read off saved index, mask or condition tensors (gather / index / take /
+    index_select / scatter indices, ``torch.where``'s condition, ``masked_fill``'s mask, the
+    argmax of max pooling / max / kthvalue / median) holds for THIS graph's selections: for
+    every x that gives the same ones (those may be computed from x, as ``x.argsort()`` or
+    ``x > 0`` are; the pattern's ``conditional_on`` names their ops)."""
+
+    PROVED = "proved"  # from the autograd graph (for every x, or given its saved selections)
     OBSERVED = "observed"  # checked at this input (random probes, or read off a result)
     PROBED = "probed"  # a dependency pattern found by random set probes at this input
 

@@ -53,6 +53,9 @@ class Pattern(NamedTuple):
     evidence: Evidence = Evidence.OBSERVED  # PROVED: from the graph, for every x
     lattice: Lattice | None = None  # proved shift-only patterns: their conflicts, exactly
     diagonals: Diagonals | None = None  # proved patterns whose row r reads r + fixed offsets
+    # PROVED given the index / mask / condition tensors these ops saved (their values, which
+    # may come from x: ``x.argsort()``, ``x > 0``): it holds for every x giving the same ones
+    conditional_on: tuple[str, ...] = ()
 
     @property
     def nnz(self) -> int:

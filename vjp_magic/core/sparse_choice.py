@@ -212,7 +212,8 @@ class SparseChoice:
         if colours is None or count > self.max_colours:
             return None
         if proved is not None:
-            return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0)
+            return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0,
+                                  conditional_on=proved.conditional_on)
         return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
 
 

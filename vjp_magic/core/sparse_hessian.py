@@ -51,6 +51,8 @@ class SparseHessian(NamedTuple):
     count: int  # Hessian-vector products (colours)
     probes: int  # backward passes spent finding the pattern
     evidence: str = "observed"
+    # a proved pattern's saved selections (:attr:`.pattern.Pattern.conditional_on`)
+    conditional_on: tuple[str, ...] = ()
 
     @property
     def nnz(self) -> int:
@@ -77,13 +79,14 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if pattern is None:
         return None
     evidence = str(getattr(pattern, "evidence", "observed"))
+    conditional = tuple(getattr(pattern, "conditional_on", ())) if evidence == "proved" else ()
     draws = 1 if evidence == "proved" else None  # as a sparse Jacobian's check
     if pattern.nnz == 0:  # d does not depend on x: f is linear (checked below)
         matrix = empty_csr(x)
         if not checked(d, x, matrix, seed, budget, draws):
             return None
         return SparseHessian(matrix, torch.zeros(n, dtype=torch.int64), 0, pattern.probes,
-                             evidence)
+                             evidence, conditional)
     crow, col = (pattern.crow.numpy(), pattern.col.numpy()) if summed is not None \
         else symmetrised(pattern.crow.numpy(), pattern.col.numpy(), n)
     nnz = len(col)
@@ -104,7 +107,8 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     rows = rows.to(x.device)
     if not checked(flat, x, matrix, seed, budget, draws, rows):
         return None
-    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence)
+    return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence,
+                         conditional)
 
 
 def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | None:

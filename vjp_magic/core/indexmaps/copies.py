@@ -8,7 +8,11 @@ and each input's reply says which output entry each of its entries lands in.
 The replies are accepted only as a copy's: every entry of every reply is one label or 0, no
 label twice, and a shifted grid and a shuffled grid move the same way (a scaled, summed,
 broadcast or value-dependent write such as ``view.mul_(w)`` fails these, unless its values
-happen to be exactly those of a copy, and proves nothing).
+happen to be exactly those of a copy, and proves nothing). A write selected by a mask
+(``view.masked_fill_(mask, 0)``, ``view[mask] = src``) passes them, but where it lands depends
+on the mask's values, which may come from x: unless every source entry lands at output
+positions affine in its index and the base loses exactly those (or, with no source, a box),
+the proof is recorded as conditional on it (:meth:`.maps.Edge.selection`).
 A Python frame started during the call (a custom ``autograd.Function`` written in place into a
 view, a dispatch mode) stops the call before its first line: nothing of the user's runs.
 """
@@ -47,8 +51,11 @@ def copy_slices(edge: Edge) -> IndexMap:
     edge.afford(4 * math.prod(edge.out_shape))  # the three grids and their replies
     if not _LAST or _LAST[0] is not edge.node:
         forget()
-        _LAST.extend([edge.node, _replies(edge.node)])
+        replies = _replies(edge.node)
+        _LAST.extend([edge.node, replies, _strided(replies, edge.in_shapes, edge.out_shape)])
     replies = _LAST[1]
+    if not _LAST[2] and edge.reads is not None:  # where it lands may depend on a mask
+        edge.reads.append(MASKED_WRITE)
     reply = replies[edge.i] if edge.i < len(replies) else None
     if reply is None or math.prod(reply.shape) != math.prod(edge.in_shape):
         raise Unproved("CopySlices: no reply for this input")
@@ -58,6 +65,52 @@ def copy_slices(edge: Edge) -> IndexMap:
     table = np.full(out_numel, NONE, dtype=np.int64)
     table[labels[landed] - 1] = np.flatnonzero(landed)
     return IndexMap(table.reshape(-1, 1), injective=True)
+
+
+MASKED_WRITE = "an in-place write into a view"
+
+
+def _strided(replies: list, in_shapes: list, out_shape) -> bool:
+    """Whether the write lands where a strided view puts it, whatever any value: each source
+    (input 1, 2, …) lands whole, at positions affine in its multi-index, and the base (input
+    0, where it has a reply) loses exactly those; with no source, a box (a fill)."""
+    landed = []
+    for reply, shape in zip(replies[1:], in_shapes[1:]):
+        if reply is None:
+            continue
+        if shape is None or not bool((reply > 0).all()) or not _affine(reply - 1, shape):
+            return False
+        landed.append(reply - 1)
+    base = replies[0] if replies else None
+    if base is None:
+        return True
+    lost = np.flatnonzero(base.reshape(-1) == 0)
+    if landed:
+        return np.array_equal(lost, np.sort(np.concatenate(landed)))
+    return _box(lost, tuple(out_shape))
+
+
+def _affine(positions: np.ndarray, shape) -> bool:
+    """Whether flat ``positions`` (one per entry of a tensor of ``shape``) step by a constant
+    along each axis."""
+    table = positions.reshape(tuple(shape))
+    for axis in range(table.ndim):
+        if table.shape[axis] > 1:
+            steps = np.diff(table, axis=axis)
+            if not bool((steps == steps.reshape(-1)[0]).all()):
+                return False
+    return True
+
+
+def _box(flat: np.ndarray, shape: tuple) -> bool:
+    """Whether the flat positions ``flat`` are every combination of a progression per axis."""
+    if flat.size == 0:
+        return True
+    axes = np.unravel_index(flat, shape)
+    values = [np.unique(a) for a in axes]
+    if flat.size != math.prod(len(v) for v in values):
+        return False
+    return all(len(v) < 3 or bool((np.diff(v) == v[1] - v[0]).all()) for v in values)
 
 
 def _replies(node) -> list[np.ndarray | None]:

@@ -4,6 +4,7 @@ reads), built on index grids (``numpy`` int64 arrays of flat row-major input ind
 from __future__ import annotations
 
 import math
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +29,7 @@ class Edge(NamedTuple):
     in_shapes: list  # per forward input: its shape, or None for a constant (no edge)
     out_shapes: list  # per forward output
     budget: int = 2**62  # bytes a table may take
+    reads: list | None = None  # where :meth:`selection` records the saved selections read
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -53,6 +55,26 @@ class Edge(NamedTuple):
             return getattr(self.node, "_saved_" + attribute)
         except (AttributeError, RuntimeError) as error:
             raise Unproved(f"{type(self.node).__name__} has no {attribute}") from error
+
+    def selection(self, attribute: str):
+        """A saved index, mask or condition whose VALUES the rule reads (:meth:`saved`), its
+        op recorded in ``reads``: those values may have been computed from x itself
+        (``x.argsort()``, ``x > 0``), so what the rule proves holds for this graph's
+        selections only (:attr:`..pattern.Pattern.conditional_on`)."""
+        value = self.saved(attribute)
+        if self.reads is not None:
+            self.reads.append(selection_name(self.name))
+        return value
+
+
+_NAMES = {"Index": "indexing", "MaxPool2DWithIndices": "max_pool2d",
+          "MaxPool3DWithIndices": "max_pool3d"}
+
+
+def selection_name(node_name: str) -> str:
+    """The op a saved selection belongs to, as the user wrote it: ``IndexSelect`` →
+    ``index_select``, ``Index`` → ``indexing``."""
+    return _NAMES.get(node_name) or re.sub(r"(?<!^)(?=[A-Z])", "_", node_name).lower()
 
 
 class IndexMap(NamedTuple):

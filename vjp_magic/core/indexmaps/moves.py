@@ -25,7 +25,7 @@ def elementwise(edge: Edge) -> IndexMap | None:
 
 def where(edge: Edge) -> IndexMap | None:
     """where(condition, self, other): self is read where the condition holds, other elsewhere."""
-    condition = np.broadcast_to(edge.saved("condition").cpu().numpy(), edge.out_shape)
+    condition = np.broadcast_to(edge.selection("condition").cpu().numpy(), edge.out_shape)
     table = np.broadcast_to(grid(edge.in_shape), edge.out_shape).copy()
     table[~condition if edge.i == 0 else condition] = NONE
     return moved(table, edge.out_shape, injective=False)
@@ -33,7 +33,7 @@ def where(edge: Edge) -> IndexMap | None:
 
 def masked_fill(edge: Edge) -> IndexMap | None:
     """masked_fill(self, mask, value): self is read where the mask is off, value where on."""
-    mask = np.broadcast_to(edge.saved("mask").cpu().numpy(), edge.out_shape)
+    mask = np.broadcast_to(edge.selection("mask").cpu().numpy(), edge.out_shape)
     table = np.broadcast_to(grid(edge.in_shape), edge.out_shape).copy()
     table[mask if edge.i == 0 else ~mask] = NONE
     return moved(table, edge.out_shape, injective=False)
@@ -157,22 +157,22 @@ def split(edge: Edge) -> IndexMap:
 
 
 def index_select(edge: Edge) -> IndexMap:
-    dim, index = to_axis(edge.saved("dim"), len(edge.in_shape)), edge.saved("index").cpu()
+    dim, index = to_axis(edge.saved("dim"), len(edge.in_shape)), edge.selection("index").cpu()
     return replayed(lambda t: t.index_select(dim, index), edge)
 
 
 def gather(edge: Edge) -> IndexMap:
-    dim, index = to_axis(edge.saved("dim"), len(edge.in_shape)), edge.saved("index").cpu()
+    dim, index = to_axis(edge.saved("dim"), len(edge.in_shape)), edge.selection("index").cpu()
     return replayed(lambda t: t.gather(dim, index), edge)
 
 
 def index(edge: Edge) -> IndexMap:
-    indices = [None if i is None else i.cpu() for i in edge.saved("indices")]
+    indices = [None if i is None else i.cpu() for i in edge.selection("indices")]
     return replayed(lambda t: torch.ops.aten.index.Tensor(t, indices), edge)
 
 
 def take(edge: Edge) -> IndexMap:
-    index = edge.saved("index").cpu()
+    index = edge.selection("index").cpu()
     return replayed(lambda t: t.take(index), edge)
 
 

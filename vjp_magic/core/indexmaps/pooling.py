@@ -26,7 +26,7 @@ def _planes(edge: Edge, d: int) -> tuple[tuple[int, ...], tuple[int, ...], np.nd
 def max_pool(edge: Edge) -> IndexMap:
     """max_pool with indices: output entry reads the input entry its saved index names."""
     d = len(edge.saved("kernel_size"))
-    indices = edge.saved("result1").cpu().numpy()
+    indices = edge.selection("result1").cpu().numpy()
     _, _, offsets = _planes(edge, d)
     return moved(offsets + indices, edge.out_shape, injective=False)
 
@@ -51,7 +51,7 @@ def arg_reduction(edge: Edge) -> IndexMap:
         return reduction(edge)
     shape = tuple(edge.in_shape)
     dim = to_axis(edge.saved("dim"), len(shape))
-    indices = edge.saved("indices").cpu().numpy()
+    indices = edge.selection("indices").cpu().numpy()
     if not bool(edge.saved("keepdim")):
         indices = np.expand_dims(indices, dim)
     table = np.take_along_axis(grid(shape), indices, axis=dim)

@@ -38,10 +38,17 @@ def empty(m: int, width: int) -> Relation:
 
 
 class Meter:
-    """The bytes of index arrays alive at once, refused past ``budget``."""
+    """The bytes of index arrays alive at once, refused past ``budget``; ``reads``: the ops
+    whose saved selections the rules read on the way (:meth:`.maps.Edge.selection`)."""
 
     def __init__(self, budget: int):
         self.budget, self.live = budget, 0
+        self.reads: list[str] = []
+
+    @property
+    def conditional_on(self) -> tuple[str, ...]:
+        """The ops whose saved selections were read, each once, in the order met."""
+        return tuple(dict.fromkeys(self.reads))
 
     def check(self, nbytes: int) -> None:
         if self.live + nbytes > self.budget:

@@ -51,7 +51,7 @@ def scatter(edge: Edge) -> IndexMap | None:
     if edge.i == 0:
         return _destination(edge)
     ndim = len(edge.out_shape)
-    index = edge.saved("index").cpu().numpy().astype(np.int64)
+    index = edge.selection("index").cpu().numpy().astype(np.int64)
     if ndim == 0 or index.ndim != ndim or len(edge.in_shape) != ndim:
         raise Unproved("scatter of tensors of different ranks")
     dim = to_axis(edge.saved("dim"), ndim)
@@ -71,7 +71,7 @@ def index_add(edge: Edge) -> IndexMap | None:
     if ndim == 0 or len(in_shape) != ndim:
         raise Unproved("index_add of tensors of different ranks")
     dim = to_axis(edge.saved("dim"), ndim)
-    index = edge.saved("index").cpu().numpy().astype(np.int64).reshape(-1)
+    index = edge.selection("index").cpu().numpy().astype(np.int64).reshape(-1)
     if index.size != in_shape[dim]:
         raise Unproved("an index that does not fit the source")
     positions = [a.astype(np.int64) for a in np.indices(in_shape)]

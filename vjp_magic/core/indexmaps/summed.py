@@ -82,7 +82,7 @@ def summed_hessian_pattern(output: torch.Tensor, x: torch.Tensor,
     if most > most_per_row(n):
         return None
     pattern = Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (n, n), 0,
-                      Evidence.PROVED)
+                      Evidence.PROVED, conditional_on=meter.conditional_on)
     return SummedPattern(pattern, flat)
 
 

@@ -33,13 +33,14 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
             or x.layout != torch.strided or capabilities.graph_shapes_limitation() is not None:
         return None
     m, n = output.numel(), x.numel()
+    meter = Meter(budget)  # the walk's bytes, and the saved selections its rules read
     if output is x:
         relation = identity(m)
     elif output.grad_fn is None:
         relation = empty(m, n)
     else:
         try:
-            relation = _walk(output, x, Meter(budget))
+            relation = _walk(output, x, meter)
         except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
             # an attribute missing or not as the rules expect it: claim nothing
             return None
@@ -57,7 +58,7 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
     lattice = lattice_of(relation.out_shape, relation.shape, relation.terms) \
         if isinstance(relation, Offsets) else None  # columns flat in relation.shape's order
     return Pattern(torch.from_numpy(crow), torch.from_numpy(cols), (m, n), 0, Evidence.PROVED,
-                   lattice, diagonals)
+                   lattice, diagonals, meter.conditional_on)
 
 
 def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -139,7 +140,7 @@ def _through(node, shapes, slots: dict, x, reach: set, pending: dict, meter: Met
             raise Unproved(f"the input of {type(node).__name__} comes from a custom function")
         width = math.prod(in_shapes[i])
         for k, relation in slots.items():
-            edge = Edge(node, i, k, in_shapes, shapes, meter.budget)
+            edge = Edge(node, i, k, in_shapes, shapes, meter.budget, meter.reads)
             composed = _shifted(relation, edge)
             if composed is None:
                 slots[k] = relation = _general(relation, meter)
