@@ -29,7 +29,7 @@ import torch
 
 from ..core.sparse_layout import csr_block
 from . import notation
-from .budget import fit_of
+from .budget import fit_of, remembered
 from .codegen import expression, fresh, identifiers, output_symbol
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
@@ -96,6 +96,21 @@ class Layout:
     band: tuple[int, int] | None
     form: Form | None
     first: list  # the first few flat entries of colour 0 (of the input's, by columns)
+    mostly: Mostly | None = None  # no stencil, but one but for a few rows (said so)
+
+
+class Mostly(NamedTuple):
+    """A pattern that is a stencil but for ``count`` rows (at most :data:`MAX_ODD_ROWS`):
+    ``rest`` the :class:`Layout` of the other rows; ``odd`` (row, the far columns it reads)
+    for the first few of them (flat indices)."""
+
+    rest: Layout
+    odd: tuple[tuple[int, tuple[int, ...]], ...]
+    count: int
+
+
+MAX_ODD_ROWS = 8  # rows a stencil may be said "except" for
+ODD_SAID = 2  # of them named with what they read
 
 
 def layout_of(sparse, out_shape, in_shape) -> Layout:
@@ -138,7 +153,39 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     if offsets is not None and not edges:  # some row inside reads fewer: no stencil
         offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
-    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first)
+    mostly = None
+    if offsets is None and out_shape == in_shape and out_shape:
+        mostly = _mostly(rows, col, counts, out_shape, (band, form, first))
+    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first, mostly)
+
+
+def _mostly(rows, col, counts, shape, rest) -> Mostly | None:
+    """The stencil of every row but a few that read far (beyond :data:`REACH` along an axis,
+    wrapped or not), where there are at most :data:`MAX_ODD_ROWS` of them; else None."""
+    far = torch.zeros(col.numel(), dtype=torch.bool)
+    for axis, size in enumerate(shape):
+        stride = math.prod(shape[axis + 1:])
+        d = torch.remainder(torch.div(col, stride, rounding_mode="floor"), size) - \
+            torch.remainder(torch.div(rows, stride, rounding_mode="floor"), size)
+        centred = torch.remainder(d + size // 2, size) - size // 2
+        far |= (d.abs() > REACH) & (centred.abs() > REACH)
+    odd = torch.unique(rows[far])
+    if not 0 < odd.numel() <= MAX_ODD_ROWS:
+        return None
+    keep = ~torch.isin(rows, odd)
+    offsets, wraps = _stencil(rows[keep], col[keep], shape)
+    others = torch.ones(counts.numel(), dtype=torch.bool)
+    others[odd] = False
+    ids = torch.arange(counts.numel())[others]
+    if offsets is None or not _short_at_edges(ids, counts[others], len(offsets), offsets, wraps,
+                                              shape):
+        return None
+    band, form, first = rest
+    short = counts[others]
+    layout = Layout(_kind(offsets, band, int(short.max()), counts.numel()), int(short.max()),
+                    int(short.min()), offsets, wraps, True, band, form, first)
+    said = tuple((int(r), tuple(col[far & (rows == r)].tolist())) for r in odd[:ODD_SAID])
+    return Mostly(layout, said, odd.numel())
 
 
 def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
@@ -400,6 +447,32 @@ def _kind_words(found: Layout, n: int) -> str:
     return found.kind
 
 
+def _mostly_spans(result, name: str, found: Layout) -> list:
+    """", like a cyclic tridiagonal one but for 1 row: y[i] reads …, except y[50001], which
+    also reads x[7]" (a :class:`Mostly` pattern; [] otherwise)."""
+    mostly = found.mostly
+    if mostly is None:
+        return []
+    y = output_symbol(result)
+    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    rows = "row" if mostly.count == 1 else "rows"
+    words = _kind_words(mostly.rest, math.prod(in_shape))
+    like = words if words.startswith(("a ", "an ")) else f"a {words} one"
+    spans: list = [Text(f", like {like} but for {mostly.count} {rows}: ")]
+    spans += reads_spans(result, name, mostly.rest)
+    for k, (row, cols) in enumerate(mostly.odd):
+        spans += [Text(", except " if k == 0 else "; "),
+                  notation.tensor_entry(y, notation.unravel(row, out_shape)),
+                  Text(", which also reads ")]
+        for j, q in enumerate(cols[:SAID]):
+            spans += [Text(", " if j else ""),
+                      notation.tensor_entry(name, notation.unravel(q, in_shape))]
+        spans.append(Text(", …" if len(cols) > SAID else ""))
+    if mostly.count > len(mostly.odd):
+        spans.append(Text(f", and {mostly.count - len(mostly.odd):,} more"))
+    return spans
+
+
 def evidence_words(sparse, name: str) -> list:
     """How the pattern is known: proved from the graph (every x) or observed at this x."""
     x = notation.prose_name(name)
@@ -430,7 +503,7 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
     spans = lead + [Text("the Jacobian " if lead else "The Jacobian "), notation.partial(y, name),
                     Text(f" is {_kind_words(found, item.tensor.numel())}")]
     reads = reads_spans(result, name, found)
-    spans += ([Text(": ")] + reads if reads else [])
+    spans += ([Text(": ")] + reads if reads else []) + _mostly_spans(result, name, found)
     m, n = sparse.matrix.shape
     zeros = zeros_here(sparse)
     counted = f"{sparse.nnz:,} nonzeros of {m:,} × {n:,}" if not zeros else \
@@ -739,10 +812,12 @@ def _findings(result, name: str, options) -> list:
     derivatives below are the full Jacobian" (they are its nonzeros here)."""
     found = layout_of(sparse_of(result, name), result.output.shape,
                       result.inputs[name].tensor.shape)
-    if not result.inputs[name].rejected or found.kind in SAID_IN_FULL:
-        return []
+    if not result.inputs[name].rejected or found.kind in SAID_IN_FULL or found.mostly:
+        return []  # (a stencil but for a few rows: the words name them)
     said = []
-    for block in structure_findings(result, name, options):
+    found = remembered(options, ("sparse findings", name),  # (once per fitting, not per level)
+                       lambda: structure_findings(result, name, options))
+    for block in found:
         last = block.spans[-1] if isinstance(block, Paragraph) and block.spans else None
         if isinstance(last, Text) and last.text.startswith("; the derivatives below are"):
             block = Paragraph(block.spans[:-1] + (Text("."),), block.strong)
