@@ -18,6 +18,7 @@ import torch
 
 from ..core.result import with_tensor
 from ..core.tagging import depends_on
+from .record import outs_of
 from .replay import InputChanged, NotReplayable, build, close
 from .refusals import NotReached
 
@@ -101,9 +102,11 @@ def analysed_graph(record, inputs: dict, output, namespace=None,
 
 
 def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
-    """The tensors on ``output``'s graph whose gradient a hook may change, as the notes name
-    them: inputs with ``register_hook`` hooks, tensors the cell hooked (``h.register_hook``,
-    named from ``namespace`` where a name holds them), modules with backward hooks."""
+    """The tensors between ``output`` and the inputs whose gradient a hook may change, as the
+    notes name them: inputs with ``register_hook`` hooks, tensors the cell hooked
+    (``h.register_hook``, named from ``namespace`` where a name holds them), modules with
+    backward hooks. One off the way (``z``'s hook where ``y = z**2`` and the input is ``x``)
+    never runs in a backward toward the inputs: not named."""
     found = [name for name, t in inputs.items()
              if isinstance(t, torch.Tensor) and t._backward_hooks]
     if record is None or not isinstance(output, torch.Tensor):
@@ -113,18 +116,26 @@ def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
         name = getattr(call.func, "__name__", "")
         tensor = call.args[0] if call.args else None
         if name == "register_hook" and isinstance(tensor, torch.Tensor) \
-                and all(tensor is not t for t in inputs.values()) and depends_on(output, tensor):
+                and all(tensor is not t for t in inputs.values()) \
+                and _on_the_way(output, tensor, inputs):
             if names is None:
                 names = {id(v): k for k, v in namespace.items() if isinstance(v, torch.Tensor)}
             found.append(names.get(id(tensor), f"a tensor of shape {tuple(tensor.shape)}"))
-        elif name == "BackwardHookFunction.apply" and "a module's backward hook" not in found:
+        elif name == "BackwardHookFunction.apply" and "a module's backward hook" not in found \
+                and any(_on_the_way(output, t, inputs) for t in outs_of(call)):
             found.append("a module's backward hook")
     return list(dict.fromkeys(found))
 
 
+def _on_the_way(output: torch.Tensor, tensor: torch.Tensor, inputs: dict) -> bool:
+    """Whether a backward from ``output`` toward the inputs passes through ``tensor``."""
+    return isinstance(tensor, torch.Tensor) and depends_on(output, tensor) and _reaches(
+        tensor, inputs)
+
+
 def _reaches(output: torch.Tensor, inputs: dict) -> bool:
-    """Whether ``output``'s graph reaches an input: where none, a backward toward the inputs
-    runs none of its nodes (nor their hooks), and the notes say nothing of its graph."""
+    """Whether ``output``'s graph reaches an input (or is one): where none, a backward toward
+    the inputs runs none of its nodes (nor their hooks), and the notes say nothing of it."""
     return any(isinstance(t, torch.Tensor) and depends_on(output, t) for t in inputs.values())
 
 
