@@ -90,3 +90,22 @@ def test_mixed_inputs_colour_the_sparse_ones_only():
         got = ns[f"d_{name}"]
         torch.testing.assert_close(got.to_dense() if got.is_sparse else got, expected)
     assert x.grad is None and w.grad is None and b.grad is None
+
+
+@pytest.mark.parametrize("n", [3000, 3001])  # 3,001: a closed form with an exception
+def test_the_hessian_products_code_keeps_its_colouring_valid(n):
+    from vjp_magic.render.hessian_sparse import product_code
+    from vjp_magic.render.sparse import layout_of
+
+    def f(x):
+        return ((x.roll(1) - x) ** 4).sum() + (x ** 3).sum()
+
+    x = torch.randn(n, dtype=torch.float64, requires_grad=True,
+                    generator=torch.Generator().manual_seed(0))
+    y = f(x)
+    h = vjp_magic.hessian(y, x)
+    found = layout_of(sparse_of(h, "x"), x.shape, x.shape)
+    ns = _run(product_code(h, "x", found.form), {"torch": torch, "x": x, "y": y, "_": h})
+    expected = torch.func.hessian(f)(x.detach())
+    p, q = expected.nonzero(as_tuple=True)
+    torch.testing.assert_close(ns["Hu"][ns["colour"][q], p], expected[p, q])

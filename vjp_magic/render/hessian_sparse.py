@@ -76,7 +76,7 @@ def product_code(h, name: str, form: Form | None) -> str:
     x, k = expression(name), sparse.count
     g, colour, hu, c, u = (fresh(base, taken) for base in ("g", "colour", "Hu", "c", "u"))
     index = f"torch.arange({x}.numel())"
-    if form is None:
+    if form is None or form.exceptions:  # (no closed form, or one with exceptions: read off)
         colours = ["# _: the cell's result (h), right after the cell",
                    f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"]
     elif form.coefficients:
