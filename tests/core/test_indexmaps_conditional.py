@@ -202,10 +202,24 @@ def test_copies_a_copy_into_a_strided_view_is_unconditional(f):
     assert _proved(f).conditional_on == ()
 
 
-def test_copies_a_masked_write_into_a_view_is_conditional():
-    """The CopySlices replies of a masked write look like a copy's; where it lands depends on
-    the mask, here computed from x, so the pattern misses nonzeros at another x."""
-    pattern = _proved(_masked_write)
+def _clamped_view(x):
+    u = x * 1
+    u[5:30].clamp_(min=0)
+    return u * x.roll(1)
+
+
+def _index_copied(x):
+    u = x * 1
+    u[2:12].index_copy_(0, x[:3].detach().argsort(), x[20:23] * 2)
+    return u
+
+
+@pytest.mark.parametrize("f", [_masked_write, _clamped_view, _index_copied])
+def test_copies_a_write_into_a_view_that_x_steers_is_conditional(f):
+    """The CopySlices replies of a masked, clamped or indexed write look like a copy's; where
+    it lands depends on x, so the pattern misses nonzeros at another x."""
+    pattern = _proved(f)
     assert pattern.conditional_on == ("an in-place write into a view",)
-    jacobian = torch.func.jacrev(_masked_write)(_x(seed=9).detach())
-    assert bool(((jacobian != 0) & ~_support(pattern)).any())
+    misses = [((torch.func.jacrev(f)(_x(seed=s).detach()) != 0) & ~_support(pattern)).any()
+              for s in range(9, 15)]
+    assert any(bool(m) for m in misses)

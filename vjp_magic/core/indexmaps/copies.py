@@ -8,11 +8,12 @@ and each input's reply says which output entry each of its entries lands in.
 The replies are accepted only as a copy's: every entry of every reply is one label or 0, no
 label twice, and a shifted grid and a shuffled grid move the same way (a scaled, summed,
 broadcast or value-dependent write such as ``view.mul_(w)`` fails these, unless its values
-happen to be exactly those of a copy, and proves nothing). A write selected by a mask
-(``view.masked_fill_(mask, 0)``, ``view[mask] = src``) passes them, but where it lands depends
-on the mask's values, which may come from x: unless every source entry lands at output
-positions affine in its index and the base loses exactly those (or, with no source, a box),
-the proof is recorded as conditional on it (:meth:`.maps.Edge.selection`).
+happen to be exactly those of a copy, and proves nothing). A write selected by a mask or an
+index (``view.masked_fill_(mask, 0)``, ``view[mask] = src``, ``view.index_copy_``), or with
+derivatives that vanish where x says (``view.clamp_(min=0)``), passes them, but where it lands
+may depend on x: unless every source entry lands at output positions affine in its index with
+positive steps (a view's strides) and the base loses exactly those (or, with no source, a
+box), the proof is recorded as conditional on it (:meth:`.maps.Edge.selection`).
 A Python frame started during the call (a custom ``autograd.Function`` written in place into a
 view, a dispatch mode) stops the call before its first line: nothing of the user's runs.
 """
@@ -91,13 +92,15 @@ def _strided(replies: list, in_shapes: list, out_shape) -> bool:
 
 
 def _affine(positions: np.ndarray, shape) -> bool:
-    """Whether flat ``positions`` (one per entry of a tensor of ``shape``) step by a constant
-    along each axis."""
+    """Whether flat ``positions`` (one per entry of a tensor of ``shape``) step by a positive
+    constant along each axis, as a view's strides place them (PyTorch has no negative
+    strides: a reversed placement is an index's, as ``scatter_`` by [5, 4, 3])."""
     table = positions.reshape(tuple(shape))
     for axis in range(table.ndim):
         if table.shape[axis] > 1:
             steps = np.diff(table, axis=axis)
-            if not bool((steps == steps.reshape(-1)[0]).all()):
+            step = steps.reshape(-1)[0]
+            if step <= 0 or not bool((steps == step).all()):
                 return False
     return True
 
