@@ -143,3 +143,19 @@ def test_meta_tensors_are_a_usage_error(call):
     x = torch.randn(3, requires_grad=True, device="meta")
     with pytest.raises(VJPUsageError, match="meta tensor"):
         call(x**2, x)
+
+
+@pytest.mark.parametrize("value, name, words", [
+    (None, "x.grad", ["x.grad is None", "create_graph=True"]),
+    (None, "nothing", ["nothing is None, not a tensor"]),
+])
+def test_a_none_output_says_none_not_nonetype(value, name, words):
+    message = str(pytest.raises(VJPUsageError, check_output, value, name).value)
+    for word in words:
+        assert word in message, message
+    assert "NoneType" not in message
+
+
+def test_a_none_input_says_none_not_nonetype():
+    message = str(pytest.raises(VJPUsageError, check_input, None, "w").value)
+    assert "Input w is None" in message and "NoneType" not in message

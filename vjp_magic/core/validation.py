@@ -137,9 +137,15 @@ def check_output(output: object, name: str) -> torch.Tensor:
             f"{name} is a {type(output).__name__} of tensors: name one of them as the output "
             f"(--of {name}[0]) or torch.stack them into one tensor."
         )
-    if not isinstance(output, torch.Tensor):
+    if output is None and name.endswith(".grad"):
         raise VJPUsageError(
-            f"{name} is a {type(output).__name__}, not a tensor: compute it with torch operations "
+            f"{name} is None (no backward has filled it), and a gradient is differentiated as "
+            "a tensor with a graph: make it with torch.autograd.grad(..., create_graph=True), "
+            "or take second derivatives with %hessian (vjp_magic.hessian).")
+    if not isinstance(output, torch.Tensor):
+        what = "None" if output is None else f"a {type(output).__name__}"
+        raise VJPUsageError(
+            f"{name} is {what}, not a tensor: compute it with torch operations "
             f"on a tensor that has requires_grad=True."
         )
     _refuse_unless_real_floating(
@@ -163,10 +169,13 @@ def check_output(output: object, name: str) -> torch.Tensor:
 def check_input(tensor: object, name: str) -> torch.Tensor:
     """An input must be a real floating tensor with requires_grad=True."""
     if tensor is None and name.endswith(".grad"):
-        raise VJPUsageError(f"{name} is None (no backward has filled it); use --wrt "
-                            f"{name[:-len('.grad')]}: its derivatives are what .grad would hold.")
+        base = name[:-len(".grad")]
+        raise VJPUsageError(f"{name} is None (no backward has filled it); use --wrt {base} "
+                            f"(%jacobian: wrt {base}): its derivatives are what {name} would "
+                            "hold.")
     if not isinstance(tensor, torch.Tensor):
-        raise VJPUsageError(f"Input {name} is a {type(tensor).__name__}, not a tensor.")
+        what = "None" if tensor is None else f"a {type(tensor).__name__}"
+        raise VJPUsageError(f"Input {name} is {what}, not a tensor.")
     _refuse_unless_real_floating(
         tensor,
         f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
