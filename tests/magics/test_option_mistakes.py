@@ -63,3 +63,21 @@ def test_python_that_looks_like_an_option_is_still_python(run_ok):
     run_ok(CELL)
     r = run_ok("%jacobian y --x wrt x")  # y - (-x)
     assert r is not None and "x" in r.derivatives
+
+
+@pytest.mark.parametrize("line, words", [
+    ("%%vjp --wrt", ["--wrt needs a value after it: --wrt NAME [NAME ...]."]),
+    ("%%vjp --check", ["--check needs a value after it: --check NAME."]),
+    ("%%vjp -p", ["-p needs a value after it: -p N."]),
+    ("%jacobian --width", ["--width needs a value after it: --width N."]),
+    ("%%vjp --p 3", ["--p is the start of several options", "--precision", "in full"]),
+    ("%%vjp --f", ["--f is the start of several options", "--full-matrix"]),
+    ("%%vjp -q", ["Unknown option -q for %%vjp"]),
+    ("%%vjp --wrt x -x", ["parentheses: (-x)"]),
+])
+def test_argparse_mistakes_in_words_that_say_what_to_do(run_ok, usage_error, line, words):
+    run_ok(CELL)
+    message = usage_error(f"{line}\n{CELL}" if line.startswith("%%") else line)
+    for word in words:
+        assert word in message, message
+    assert "expected one argument" not in message and "ambiguous option" not in message

@@ -93,7 +93,7 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
     _given_once(parser, argv)
     args, extras = _parsed(parser, argv, known=True)
     if extras:
-        raise _unread(parser, line, extras)
+        raise _unread(parser, line, extras, argv)
     if getattr(args, "wrt", None):  # one expression named twice is one input
         args.wrt = list(dict.fromkeys(args.wrt))
     if len(read) >= _READ_MAX:
@@ -105,11 +105,14 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
 OPTION = re.compile(r"--[A-Za-z][\w-]*(=.*)?")
 
 
-def _unread(parser, line: str, extras: list[str]) -> UsageError:
+def _unread(parser, line: str, extras: list[str], argv: list[str]) -> UsageError:
     """What to say of the words of ``%%vjp``'s line no option took: an unknown option
-    (named, with the closest one and the list), a '-' expression, or a stray name."""
+    (named, with the closest one and the list), a '-' expression after an option that takes
+    expressions, or a stray name."""
     first = extras[0]
-    if OPTION.fullmatch(first):
+    before = argv[:argv.index(first)]
+    expression = any(w.startswith(("--of", "--wrt", "--against")) for w in before)
+    if OPTION.fullmatch(first) or (first.startswith("-") and not expression):
         return unknown_option(parser, first, "%%vjp", "; ".join([
             f"unrecognized arguments: {' '.join(extras)}",
             "its options: " + ", ".join(_option_names(parser))]))
@@ -237,13 +240,30 @@ def _parsed(parser, argv: list[str], known: bool = False):
     try:
         return parser.parse_known_args(argv) if known else parser.parse_args(argv)
     except UsageError as error:
-        switch = re.match(r"argument (\S+): ignored explicit argument (.*)", str(error))
-        if switch:
-            flag = switch.group(1).split("/")[-1]
-            raise UsageError(f"{flag} is a switch and takes no value ({flag}="
-                             f"{switch.group(2).strip(chr(39))} given): write {flag} alone, or "
-                             f"leave it out.") from None
-        raise UsageError(re.sub(r"^argument (\S+): (?=\1 )", "", str(error))) from None
+        raise UsageError(_argparse_words(parser, str(error))) from None
+
+
+def _argparse_words(parser, message: str) -> str:
+    """argparse's own message as what to do: a value given to a switch, an option without
+    its value, an abbreviation of several options; a validator's message without argparse's
+    prefix."""
+    switch = re.match(r"argument (\S+): ignored explicit argument (.*)", message)
+    if switch:
+        flag = switch.group(1).split("/")[-1]
+        return (f"{flag} is a switch and takes no value ({flag}="
+                f"{switch.group(2).strip(chr(39))} given): write {flag} alone, or leave it out.")
+    missing = re.match(r"argument (\S+): expected (one|at least one) argument", message)
+    if missing:
+        flag = missing.group(1).split("/")[-1]
+        action = next(a for a in parser._actions if flag in a.option_strings)  # noqa: SLF001
+        value = action.metavar or "VALUE"
+        more = f" [{value} ...]" if missing.group(2) != "one" else ""
+        return f"{flag} needs a value after it: {flag} {value}{more}."
+    ambiguous = re.match(r"ambiguous option: (\S+) could match (.*)", message)
+    if ambiguous:
+        return (f"{ambiguous.group(1)} is the start of several options "
+                f"({ambiguous.group(2)}): write the one you mean in full.")
+    return re.sub(r"^argument (\S+): (?=\1 )", "", message)
 
 
 def one_output(of: list[str] | None) -> str | None:
