@@ -24,7 +24,8 @@ from ..render import notation
 from ..render.codegen import output_symbol
 from ..render.matrix import multi_index
 from ..render.document import Math, Paragraph, Section, Text, paragraph
-from ..render.sparse import by_columns, entries_words, layout_of, pattern_paragraph, sparse_of
+from ..render.sparse import (by_columns, code_names, entries_words, layout_of, pattern_paragraph,
+                             sparse_of)
 from .explain import (_chain_rule, _function, _gradient_argument, _jacobian, _product,
                       explain_sections)
 
@@ -133,10 +134,12 @@ def _no_collision_step(result, name: str) -> Paragraph:
     first = found.first
     ones = " + ".join(f"e_{{{i}}}" for i in first[:2]) + r" + \dots"
     ones_plain = " + ".join(f"e{i}" for i in first[:2]) + " + …"
+    v = code_names(result, name)[0]["v"]  # as the code beneath names it (v2 beside a v)
+    tex = notation.name_tex(v)
     return paragraph(
-        "4. For the ", Math("v", "v"), " of one colour (",
-        Math(f"v = {ones}", f"v = {ones_plain}"), ", 1 on its entries and 0 elsewhere), entry ",
-        Math("j", "j"), " of ", Math(r"v^\top J", "vᵀJ"), " is ",
+        "4. For the ", notation.prose_name(v), " of one colour (",
+        Math(f"{tex} = {ones}", f"{v} = {ones_plain}"), ", 1 on its entries and 0 elsewhere), "
+        "entry ", Math("j", "j"), " of ", Math(rf"{tex}^\top J", f"{v}ᵀJ"), " is ",
         Math(r"\sum_{i \text{ of that colour}} J_{ij}", "Σ J_ij over the rows i of that colour"),
         ". At most one of those rows reads entry ", Math("j", "j"), " of ",
         notation.prose_name(name), ", so the sum has at most one nonzero term: it is exactly ",
@@ -200,17 +203,23 @@ def _column_no_collision_step(result, name: str) -> Paragraph:
     first = _pair(sparse)
     ones = " + ".join(f"e_{{{j}}}" for j in first[:2]) + r" + \dots"
     ones_plain = " + ".join(f"e{j}" for j in first[:2]) + " + …"
+    names = code_names(result, name)[0]  # as the code beneath names them
+    u, v, g = names["u"], names["v"], names["g"]
+    ut, vt, gt = (notation.name_tex(n) for n in (u, v, g))
+    ju = Math(f"J {ut}", f"J·{u}")
     return paragraph(
-        "4. For the ", Math("u", "u"), " of one colour (", Math(f"u = {ones}", f"u = {ones_plain}"),
+        "4. For the ", notation.prose_name(u), " of one colour (",
+        Math(f"{ut} = {ones}", f"{u} = {ones_plain}"),
         ", 1 on its entries of ", notation.prose_name(name), " and 0 elsewhere), entry ",
-        Math("i", "i"), " of ", Math("J u", "J·u"), " is ",
+        Math("i", "i"), " of ", ju, " is ",
         Math(r"\sum_{j \text{ of that colour}} J_{ij}", "Σ J_ij over the columns j of that colour"),
         ". Row ", Math("i", "i"), " reads at most one of those entries, so the sum has at most "
         "one nonzero term: it is exactly ", Math("J_{ij}", "J_ij"), " for that column, and "
-        "nothing collides. Each ", Math("J u", "J·u"), " is a forward-mode product, taken on "
-        "the recorded graph by differentiating twice: ", Math(r"g = J^\top v", "g = Jᵀv"),
-        " is linear in ", Math("v", "v"), ", so the vector-Jacobian product of ",
-        Math("g", "g"), " with ", Math("u", "u"), " is ", Math("J u", "J·u"),
+        "nothing collides. Each ", ju, " is a forward-mode product, taken on "
+        "the recorded graph by differentiating twice: ",
+        Math(rf"{gt} = J^\top {vt}", f"{g} = Jᵀ{v}"), " is linear in ", notation.prose_name(v),
+        ", so the vector-Jacobian product of ", notation.prose_name(g), " with ",
+        notation.prose_name(u), " is ", ju,
         f". One per colour, {sparse.count} in all, gives every one of the "
         f"{entries_words(sparse, 'nonzeros', 'entries')} of ", Math("J", "J"),
         ", each read off at its column's colour.")
