@@ -436,6 +436,29 @@ class _Input:
         found.add(verdict, error, [_index(self.values[self.name].shape, k)])
         return verdict
 
+    def group_agrees(self, u: torch.Tensor, want: float, loose: float) -> bool:
+        """Whether the central differences along ``u`` at steps h and h/2 agree with ``want``
+        within ``atol`` plus their measured error: twice their gap (a smooth f's truncation
+        error at h/2 is a third of it) plus their rounding noise. In doubt (False) where the
+        gap or the noise is over ``loose`` (a kink or a stair within the step, values too
+        large): the loose tolerance there would hide a wrong entry."""
+        v, base, _ = self.probe
+        start = self.values[self.name]
+        central = []
+        for h in (STEP, STEP / 2):
+            sides = []
+            for t in (h, -h):
+                out = moved_output(self.replay, self.values, self.name, t * u)
+                sides.append((float(v.mul(out - base).sum()),
+                              self.noise(out, None, start + t * u, t * u)))
+            (up, n_up), (down, n_down) = sides
+            central.append(((up - down) / (2 * h), (n_up + n_down) / (2 * h)))
+        (wide, n_wide), (narrow, n_narrow) = central
+        gap, noise = abs(wide - narrow), n_wide + n_narrow
+        if not math.isfinite(gap + noise + narrow) or gap > loose or noise > loose:
+            return False
+        return abs(narrow - want) <= self.atol + 2 * gap + noise
+
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
              deadline: float, seed: int, atol: float = ATOL) -> _Found:
@@ -464,10 +487,11 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
 def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: int) -> None:
     """The entries outside the sample, in groups of :data:`GROUP` or more (at most
     :data:`MAX_GROUPS` groups), each along one direction of random signs on its entries,
-    judged without a relative tolerance against the one its entries' own would allow
-    together (``atol``·√n + ``RTOL``·|their vᵀJ|₂): a single entry 1 % off stands out. A
-    group in doubt (a kink, noise, a failure) has its entries checked singly, so a failure
-    is told by entry; the groups stop at the first failure or at ``deadline``."""
+    held to the measured error of its finite differences (:meth:`_Input.group_agrees`), not
+    to a relative tolerance: a single entry 1 % off stands out of thousands. Only a
+    detector: a group in doubt (a disagreement, a kink, noise) has its entries checked
+    singly, and they give the verdict, by entry (a right backward is never failed for a
+    group). The groups stop at the first failure or at ``deadline``."""
     size = max(GROUP, -(-len(rest) // MAX_GROUPS))
     generator = probe_generator(seed, "gradcheck-direction")
     signs = torch.randint(0, 2, (checks.analytic.numel(),), generator=generator)
@@ -479,17 +503,14 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
         group = torch.tensor(rest[start:start + size], device=flat.device)
         u = torch.zeros_like(flat)
         u[group] = signs[group]
-        tol = checks.atol * math.sqrt(len(group)) + RTOL * float(flat[group].norm())
-        verdict, error = _entry(checks.replay, checks.values, checks.name,
-                                u.reshape(checks.analytic.shape), checks.probe,
-                                float(flat[group] @ signs[group]), checks.analytic, tol,
-                                checks.noise, rtol=0.0)
-        if verdict is not Agreement.AGREE:
-            singly = [checks.entry(found, k) for k in group.tolist()
-                      if time.perf_counter() <= deadline]
-            if verdict is Agreement.DISAGREE and Agreement.DISAGREE not in singly \
-                    and len(singly) == len(group):  # small errors that add up
-                found.add(verdict, error, [])
+        root = math.sqrt(len(group))
+        loose = checks.atol * root + RTOL * float(flat[group].norm()) / root
+        if not checks.group_agrees(u.reshape(checks.analytic.shape),
+                                   float(flat[group] @ signs[group]), loose):
+            # in doubt: the entries themselves tell
+            for k in group.tolist():
+                if time.perf_counter() <= deadline:
+                    checks.entry(found, k)
         found.covered += len(group)
 
 
@@ -551,20 +572,20 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
 def _judged(along, want: float, atol: float, rtol: float = RTOL,
             retry: bool = True) -> tuple[Agreement, float]:
     """:func:`_entry`'s verdict from ``along`` (h -> vᵀ(f(x + h u) − f(x)), its noise), at
-    the first of the steps :data:`SMALLER` that gives one; a disagreement is tried again at
-    the smaller ones (``retry``) and stands unless one agrees or finds a kink: a staircase
-    finer than the step (floor(x·1e6)) is locally constant, and at h/256 no stair lies in
-    the step."""
+    the first of the steps :data:`SMALLER` that gives one; a disagreement or a kink is tried
+    again at the smaller ones (``retry``): one that agrees there agrees (a staircase finer
+    than the step, floor(x·1e6), is locally constant: at h/256 no stair lies in the step; a
+    kink farther than the step is no kink at x); else a kink found at any step is a kink,
+    and a disagreement stands only where no step agrees or finds one."""
     first = None
     for factor in SMALLER:
         found = _at_step(along, STEP * factor, want, atol, rtol, factor == SMALLER[-1])
         if found is None:
             continue
-        if first is None and found[0] is not Agreement.DISAGREE:
-            return found
-        if found[0] in (Agreement.AGREE, Agreement.KINK):  # not NOISY: noise grows as h falls
-            return found
-        first = first or found
+        if found[0] is Agreement.AGREE or (first is None and found[0] is Agreement.NOISY):
+            return found  # (NOISY after a verdict: the noise grows as the step falls)
+        if first is None or found[0] is Agreement.KINK:
+            first = found
         if not retry:
             break
     return first or (Agreement.KINK, 0.0)
