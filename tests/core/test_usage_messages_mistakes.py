@@ -159,3 +159,27 @@ def test_a_none_output_says_none_not_nonetype(value, name, words):
 def test_a_none_input_says_none_not_nonetype():
     message = str(pytest.raises(VJPUsageError, check_input, None, "w").value)
     assert "Input w is None" in message and "NoneType" not in message
+
+
+@pytest.mark.parametrize("names", [3, [1], ["a", None]])
+def test_names_that_are_not_strings_are_refused(names):
+    x = torch.randn(3, requires_grad=True)
+    with pytest.raises(VJPUsageError, match="names is a str or a list of str"):
+        vjp_magic.differentiate(x.sin(), [x, x * 1] if isinstance(names, list) and
+                                len(names) == 2 else x, names=names, seed=0)
+
+
+def test_names_from_any_iterable_of_strings():
+    x, w = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    r = vjp_magic.differentiate(x.sin() * w, [x, w], names=iter(["a", "b"]), seed=0)
+    assert list(r.derivatives) == ["a", "b"]
+
+
+@pytest.mark.parametrize("make, role", [
+    (lambda x: (x.sin().long(), x), "output"), (lambda x: (x.sin(), torch.arange(5)), "input"),
+    (lambda x: (x.sin() > 0, x), "output"),
+])
+def test_dependency_of_integer_tensors_says_floats(make, role):
+    x = torch.randn(5, requires_grad=True)
+    with pytest.raises(VJPUsageError, match=f"The {role} has dtype .*as floats"):
+        vjp_magic.dependency(*make(x))

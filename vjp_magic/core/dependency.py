@@ -863,6 +863,11 @@ def _check_tensors(output, x) -> None:
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
                             "on output.real and output.imag (or x.real, x.imag) separately.")
+    for role, tensor in (("output", output), ("input", x)):
+        if not tensor.is_floating_point():
+            raise VJPUsageError(f"The {role} has dtype {tensor.dtype}: integer and bool tensors "
+                                "have no derivatives. Create the input as floats with "
+                                "requires_grad=True and compute a floating output from it.")
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")

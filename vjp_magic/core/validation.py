@@ -26,6 +26,12 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
     ``nn.Module``) as a dict name → tensor. A module stands for its parameters that require
     grad, named ``"<name>.0.weight"`` (the module's name as given, else ``"0.weight"``);
     module values in a dict or sequence are expanded the same way."""
+    if names is not None and not isinstance(names, str):
+        given = names
+        names = list(names) if isinstance(names, Iterable) else None
+        if names is None or not all(isinstance(n, str) for n in names):
+            raise VJPUsageError(f"names is a str or a list of str (names='x', names=['x', "
+                                f"'w']), not {given!r}.")
     if isinstance(inputs, (torch.Tensor, torch.nn.Module)) and isinstance(names, (list, tuple)) \
             and len(names) != 1:
         raise VJPUsageError(f"One input, {len(names)} names ({list(names)!r}): give one name, "
@@ -53,7 +59,7 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
         return _expanded(dict(zip(names, inputs)))
     raise VJPUsageError(
         f"inputs must be a tensor, a list of tensors, a dict name → tensor or an nn.Module, "
-        f"not {type(inputs).__name__}."
+        f"not {'None' if inputs is None else type(inputs).__name__}."
     )
 
 
