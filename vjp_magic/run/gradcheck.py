@@ -57,6 +57,7 @@ GROUP = 8  # entries per group direction (the entries outside the sample), at le
 MAX_GROUPS = 64  # group directions per input, at most (larger groups beyond)
 SCALES = (2.0, -0.5)  # vᵀJ at these multiples of v must be these multiples of it (exact)
 CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its epsilons
+COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no comparison
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
@@ -149,7 +150,7 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
-    cell = _cell_derivatives(record, inputs, output, names, analytic, probe[1])
+    cell = _cell_derivatives(record, inputs, output, names, analytic, replay, probe[1])
     return _report(replay, found, analytic,
                    seconds if time.perf_counter() >= deadline else None, cell)
 
@@ -168,7 +169,7 @@ def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
-        ok=False if bad else (None if inconclusive or noisy else True),
+        ok=False if bad else (None if inconclusive or noisy or cell.doubtful else True),
         covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
         cell_error=cell.error, cell_failed=cell.failed,
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
@@ -266,44 +267,48 @@ def _cell_dtype(output) -> torch.dtype | None:
 
 @dataclass
 class _Cell:
-    """The cell dtype's own derivatives against the float64 ones (see :func:`_cell_derivatives`)."""
+    """The cell dtype's own derivatives against the float64 ones (:func:`_cell_derivatives`):
+    the dtype compared, the largest difference per input, the inputs failed, and those in
+    doubt (the cell branches: float32 may take the other side of a kink than float64)."""
 
     dtype: str | None = None
     error: dict = field(default_factory=dict)
     failed: tuple = ()
     note: str | None = None
+    doubtful: tuple = ()
+
+
+BRANCHING = frozenset(("gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal",
+                       "less_equal", "argmax", "argmin", "argsort", "bucketize",
+                       "searchsorted"))  # with KINKED: where float32 may branch otherwise
 
 
 def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Analytic,
-                      base: torch.Tensor) -> _Cell:
+                      replay, base: torch.Tensor) -> _Cell:
     """The cell's vᵀJ computed in its own dtype (float32: its custom backwards at that
     dtype, as the cell ran them) against the float64 one, within that dtype's rounding:
-    :data:`CELL_ULPS` of its epsilon (at least :data:`RTOL`) of each entry plus a tenth of the
-    largest of all inputs'. Judged only where the forward values in that dtype agree with
-    float64's to a tenth of that (else its rounding may move the derivatives: no verdict, a
-    note)."""
+    :data:`CELL_ULPS` of its epsilon (at least :data:`RTOL`), plus 10 times the values' own
+    measured difference from float64's (cancellation in a float32 matmul), of each entry
+    plus a tenth of the largest of all inputs'. Only where a custom backward lies on the way
+    (PyTorch's own are right in every dtype: a difference there is rounding); where the
+    values differ by over :data:`COARSE`, or the derivatives differ where the cell branches
+    (relu, a comparison: the two dtypes may fall on either side), the custom backwards are
+    in doubt (the verdict inconclusive, a note), not failed."""
     dtype = _cell_dtype(output)
-    if dtype is None or analytic.v is None or not analytic.raw:
+    if dtype is None or analytic.v is None or not analytic.raw or not analytic.custom:
         return _Cell()
-    try:
-        replay = build(record, inputs, output)
-        leaves = {n: t.detach().requires_grad_(True) if n in names else t.detach()
-                  for n, t in inputs.items()}
-        with torch.enable_grad():
-            out = replay.run(leaves)
-        if out.dtype != dtype or not out.requires_grad:
-            return _Cell()
-        grads = materialized_grad(out, [leaves[n] for n in names], analytic.v.to(dtype))
-    except Exception:  # noqa: BLE001 - the float64 check stands alone
+    computed = _cell_vjp(record, inputs, output, names, analytic.v.to(dtype))
+    if computed is None:
         return _Cell()
-    tol = max(RTOL, CELL_ULPS * torch.finfo(dtype).eps)
-    label = str(dtype).removeprefix("torch.")
-    forward = float((out.detach().double() - base).abs().max()) / max(
+    out, grads = computed
+    tol, label = max(RTOL, CELL_ULPS * torch.finfo(dtype).eps), str(dtype).split(".")[-1]
+    forward = float((out.double() - base).abs().max()) / max(
         float(base.abs().max()), torch.finfo(torch.float64).tiny)
-    if not forward <= tol / 10:
-        return _Cell(note=f"The {label} derivatives were not compared with the float64 ones: "
-                          f"the {label} values already differ by {forward:.1e} of the "
-                          "largest.")
+    if not forward <= COARSE:
+        return _Cell(label, doubtful=tuple(names), note=(
+            f"The {label} derivatives (custom backward {', '.join(analytic.custom)}) were "
+            f"not compared with the float64 ones: the {label} values already differ by "
+            f"{forward:.1e} of the largest."))
     scale = max((float(g.abs().max()) for g in analytic.raw.values() if g.numel()),
                 default=0.0) or 1.0  # the largest derivative of all (a bias before
     error, failed = {}, []  # BatchNorm: 0 in float64, float32's rounding beside the others')
@@ -313,9 +318,35 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
             continue
         gap = (g.double() - want).abs()
         error[name] = float(gap.max()) / scale
-        if not bool((gap <= tol * (want.abs() + 0.1 * scale)).all()):
+        if not bool((gap <= (tol + 10 * forward) * (want.abs() + 0.1 * scale)).all()):
             failed.append(name)
+    branches = [*kinked_ops(replay), *_branching(replay)]
+    if failed and branches:
+        return _Cell(label, error, doubtful=tuple(failed), note=(
+            f"The {label} derivatives differ from the float64 ones, but the cell branches "
+            f"({', '.join(dict.fromkeys(branches))}): {label} may take the other side there."))
     return _Cell(label, error, tuple(failed))
+
+
+def _branching(replay) -> list[str]:
+    """The comparisons among the replay's steps (:data:`BRANCHING`)."""
+    names = (getattr(step.func, "__name__", "").strip("_") for step in replay.steps)
+    return [n.removesuffix("_") for n in names if n.removesuffix("_") in BRANCHING]
+
+
+def _cell_vjp(record, inputs: dict, output, names: list, v: torch.Tensor):
+    """(the output, vᵀJ per input) of the cell replayed in its own dtype, or None."""
+    try:
+        replay = build(record, inputs, output)
+        leaves = {n: t.detach().requires_grad_(True) if n in names else t.detach()
+                  for n, t in inputs.items()}
+        with torch.enable_grad():
+            out = replay.run(leaves)
+        if out.dtype != v.dtype or not out.requires_grad:
+            return None
+        return out.detach(), materialized_grad(out, [leaves[n] for n in names], v)
+    except Exception:  # noqa: BLE001 - the float64 check stands alone
+        return None
 
 
 def _atol(derivatives) -> float:
