@@ -81,3 +81,23 @@ def test_meta_tensors_get_a_message(ip, source):
     result = ip.run_cell(source)
     assert isinstance(result.error_in_exec, UsageError), repr(result.error_in_exec)[:200]
     assert "meta tensor" in str(result.error_in_exec)
+
+
+@pytest.mark.parametrize("setup, cell, advice", [
+    ("", "w = torch.randn(3)\nloss = (w * 2).sum()", "w = torch.randn(3, requires_grad=True)"),
+    ("", "x = torch.arange(5.)\ny = x**2", "x = torch.arange(5., requires_grad=True)"),
+    ("xb = torch.randn(4)", "xb2 = xb.clone()\nloss = (xb2 * 2).sum()",
+     "xb2 = xb.clone().requires_grad_()"),
+    ("xb = torch.randn(4)", "loss = (xb * 2).sum()", "xb.requires_grad_()"),
+])
+def test_no_grad_advice_in_the_cells_own_names_leads_to_a_result(ip, run_ok, usage_error,
+                                                                 setup, cell, advice):
+    if setup:
+        run_ok(setup)
+    message = usage_error("%%vjp\n" + cell)
+    assert "None of the cell's tensors requires grad" in message and advice in message, message
+    lines = cell.split("\n")
+    same = advice.split(" = ")[0] == lines[0].split(" = ")[0]  # the line amended, else added
+    fixed = "\n".join([advice] + lines[1:] if same else [advice] + lines)
+    result = ip.run_cell("%%vjp\n" + fixed)
+    assert result.success, (fixed, result.error_in_exec)

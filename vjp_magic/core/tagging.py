@@ -229,13 +229,19 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
         return (f"{modules} Nor does any tensor the cell uses require grad: to differentiate "
                 f"with respect to one, create it with requires_grad=True (e.g. {example}).")
     if tensors:
-        return (
-            "None of the cell's tensors requires grad, so nothing has derivatives: create the "
-            "input with requires_grad=True, e.g. x = torch.linspace(-2, 2, 5, "
-            "requires_grad=True). (If it does, the output was computed under "
-            "torch.no_grad() or .detach()ed.)")
+        return no_grad_message("create the input with requires_grad=True, e.g. "
+                               "x = torch.linspace(-2, 2, 5, requires_grad=True).")
     return ("Found no output: the cell assigns no tensor. Assign the output (y = f(x)) or name "
             "it with --of y.")
+
+
+NO_GRAD = "None of the cell's tensors requires grad, so nothing has derivatives: "
+
+
+def no_grad_message(advice: str) -> str:
+    """No tensor of the cell requires grad: ``advice`` says how to make its input."""
+    return (f"{NO_GRAD}{advice} (If it does, the output was computed under torch.no_grad() "
+            "or .detach()ed.)")
 
 
 def _trainable(value: object) -> bool:

@@ -30,9 +30,9 @@ from ..core.validation import (add_named, module_parameters, named_inputs,
                                 parameter_expression)
 from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
-from ..core.tagging import (choose_output, depends_on, find_inputs, graph_leaves,
-                            is_visible_name, ordered_names)
-from .execute import CellRun, detached_advice, evaluate
+from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
+                            is_visible_name, no_grad_message, ordered_names)
+from .execute import CellRun, detached_advice, evaluate, own_requires_grad_advice
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -95,7 +95,8 @@ class FromCell:
                                               run.final_source, used=run.reads)
         except VJPUsageError as error:
             raise VJPUsageError(number_output_hint(run.found, run.assigned)
-                                or _detached_hint(run) or str(error)) from None
+                                or _detached_hint(run) or _no_grad_hint(run, str(error))
+                                or str(error)) from None
         return name, dense(name, self.chosen, "%%vjp --of {}")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
@@ -391,6 +392,17 @@ def _detached_hint(run: CellRun) -> str | None:
     lead = f"{names[-1]} has no autograd history: " if names else "No output has autograd " \
         "history: "
     return lead + advice
+
+
+def _no_grad_hint(run: CellRun, message: str) -> str | None:
+    """No tensor of the cell requires grad: the advice in its own names (its line that makes
+    the input, amended), where the message is the generic one."""
+    if not message.startswith(NO_GRAD):
+        return None
+    tensors = [n for n in run.assigned if isinstance(run.namespace.get(n), torch.Tensor)]
+    advice = own_requires_grad_advice(run.source, run.namespace,
+                                      tensors[-1] if tensors else None, run.reads)
+    return no_grad_message(f"{advice[0].lower()}{advice[1:].rstrip('.')}.") if advice else None
 
 
 def _made_off_graph(source: str, value, output) -> bool:
