@@ -77,9 +77,10 @@ class FromCell:
     scope: object
     chosen: object = None  # the output, once chosen (a final value that is not it is shown)
     exclude: tuple = ()  # names never taken for the output (the answer of --check NAME)
+    of_record: OpRecord | None = None  # the cell's calls, then --of's expression's
 
     log = property(lambda self: self.run.log)
-    record = property(lambda self: self.run.record)
+    record = property(lambda self: self.of_record or self.run.record)
     namespace = property(lambda self: self.scope.user_ns)
     output_source = None  # the replay follows the whole cell
 
@@ -106,14 +107,15 @@ class FromCell:
 
     def _evaluated(self, of: str):
         """``--of``'s expression, evaluated after the cell; its torch calls (``y[0]``,
-        ``y.sum()``) recorded after the cell's, so the hook-free copy reaches its value."""
+        ``y.sum()``) recorded after the cell's (``record``; the cell's own record, kept for a
+        later ``%jacobian``, stays the cell's), so the hook-free copy reaches its value."""
         cell = self.run.record
         if cell is None or cell.failed is not None:
             return lookup(self.scope, of, "--of")
         with recording() as record:
             value = lookup(self.scope, of, "--of")
         if record.calls and record.failed is None:
-            self.run.record = OpRecord(cell.calls + record.calls)
+            self.of_record = OpRecord(cell.calls + record.calls)
         return value
 
 
