@@ -1,5 +1,5 @@
 """``--gradcheck``: the cell's recorded operations replayed in float64 against finite
-differences (custom backward functions included).
+differences (custom backward functions included, and in float32 cells checked at float32 too).
 
 Stores ``r.gradcheck`` (:class:`~vjp_magic.run.gradcheck.GradcheckReport`); its section goes
 above the derivatives when it failed, below them otherwise. A check that ran replaces the

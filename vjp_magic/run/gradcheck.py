@@ -4,18 +4,21 @@ finite differences (the cell itself is not run again).
 For a random, non-uniform v drawn from the run's seed (entries of random sign and magnitude
 in [1.5, 3], so a backward that ignores its incoming gradient shows), the analytic vᵀJ
 comes from one backward pass through the float64 replay (so custom ``autograd.Function``
-backwards are the ones checked), and a second one with 2v must give 2·vᵀJ (a backward not
-multiplied by ``grad_output`` fails, as in ``torch.autograd.gradcheck``); the numeric one is
-vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries k of each input (all of them
-when there are few; with a sample, also along one random direction through all entries).
-Entries agree within ``atol + rtol·|numeric|``, the tolerances of ``torch.autograd.gradcheck``
-(for a scalar output, both divided by v: errors are in the derivative's own units), atol
-scaled down where every derivative is below 1 (:func:`_atol`).
+backwards are the ones checked), and passes with 2v and −v/2 must give those multiples of it
+(a backward not multiplied by ``grad_output``, or using |grad_output|, fails, for a scalar
+output too); the numeric one is vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries
+k of each input (all of them when there are few; with a sample, every other entry in groups,
+:func:`_groups`). Entries agree within ``atol + rtol·|numeric|``, the tolerances of
+``torch.autograd.gradcheck`` (for a scalar output, both divided by v: errors are in the
+derivative's own units), atol scaled down where every derivative is below 1 (:func:`_atol`).
+Where the cell computes in float32, its custom backwards are also checked at that dtype
+against the float64 vᵀJ (:func:`_cell_derivatives`).
 
 A step must not cross a kink (relu, clamp, abs at 0): there the central difference is not
 a derivative. Each entry's central difference is used only where the one-sided differences
 agree with it (f is smooth across the step); else a one-sided difference that agrees with
-its own halved step (no kink on that side), else the same at smaller steps. Where both
+its own halved step (no kink on that side), else the same at smaller steps; a disagreement
+or a kink is tried again at the smaller steps (a staircase finer than the step). Where both
 sides are smooth but differ, or no step is safe, f has no derivative there to check: the
 entry is *inconclusive*, never failed; so is one whose central difference does not settle
 when the step is halved (a jump, as sign at 0). A check fails only where every safe
@@ -474,21 +477,25 @@ class _Input:
         gap or the noise is over ``loose`` (a kink or a stair within the step, values too
         large): the loose tolerance there would hide a wrong entry."""
         v, base, _ = self.probe
-        start = self.values[self.name]
-        central = []
-        for h in (STEP, STEP / 2):
-            sides = []
-            for t in (h, -h):
-                out = moved_output(self.replay, self.values, self.name, t * u)
-                sides.append((float(v.mul(out - base).sum()),
-                              self.noise(out, None, start + t * u, t * u)))
-            (up, n_up), (down, n_down) = sides
-            central.append(((up - down) / (2 * h), (n_up + n_down) / (2 * h)))
-        (wide, n_wide), (narrow, n_narrow) = central
-        gap, noise = abs(wide - narrow), n_wide + n_narrow
-        if not math.isfinite(gap + noise + narrow) or gap > loose or noise > loose:
+        steps = (STEP, -STEP, STEP / 2, -STEP / 2)
+        outs = [moved_output(self.replay, self.values, self.name, t * u) for t in steps]
+        g = [float(v.mul(out - base).sum()) for out in outs]
+        wide, narrow = (g[0] - g[1]) / (2 * STEP), (g[2] - g[3]) / STEP
+        gap = abs(wide - narrow)
+        if not math.isfinite(gap + narrow) or gap > loose:
             return False
-        return abs(narrow - want) <= self.atol + 2 * gap + noise
+        noise = self._group_noise(u, outs, steps, None)
+        if noise > loose:  # counting only the outputs that move along u (many outputs)
+            noise = self._group_noise(u, outs, steps, _support(
+                self.replay, self.values, self.name, u, base))
+        return noise <= loose and abs(narrow - want) <= self.atol + 2 * gap + noise
+
+    def _group_noise(self, u: torch.Tensor, outs: list, steps: tuple, mask) -> float:
+        """The rounding noise of :meth:`group_agrees`' two central differences, summed."""
+        start = self.values[self.name]
+        noises = [self.noise(out, mask, start + t * u, t * u) / abs(t)
+                  for out, t in zip(outs, steps)]
+        return (noises[0] + noises[1]) / 2 + (noises[2] + noises[3]) / 2
 
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
