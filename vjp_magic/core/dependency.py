@@ -853,7 +853,6 @@ def _refusal_dependency(context, named, point_out):
     return None
 
 
-@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def _check_tensors(output, x) -> None:
     """``dependency``'s two tensors: real, with values, the output computed from x."""
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
@@ -873,6 +872,7 @@ def _check_tensors(output, x) -> None:
                             "with requires_grad=True and compute the output outside no_grad.")
 
 
+@keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:
     """Which indices of ``output`` along ``out_axis`` read which of ``x`` along ``in_axis``,
