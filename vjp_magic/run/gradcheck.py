@@ -58,6 +58,7 @@ SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is wit
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 GROUP = 8  # entries per group direction (the entries outside the sample), at least
 MAX_GROUPS = 64  # group directions per input, at most (larger groups beyond)
+MAX_SINGLES = 4 * MAX_ENTRIES  # entries of groups in doubt checked singly, per input
 SCALES = (2.0, -0.5)  # vᵀJ at these multiples of v must be these multiples of it (exact)
 CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its epsilons
 COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no comparison
@@ -168,6 +169,9 @@ def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
     bad = bool(failed or analytic.unscaled or cell.failed)
     detached = replay.detaching() if failed or analytic.unscaled else ()
     notes = _detached_note(detached) + ([cell.note] if cell.note else [])
+    notes += [f"{name}: {f.unchecked:,} entries beyond the sample were not checked (their "
+              "groups are in doubt: kinks or rounding noise)." for name, f in found.items()
+              if f.unchecked]
     if stopped is not None:
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
@@ -433,6 +437,8 @@ class _Found:
     noisy: list = field(default_factory=list)
     noise: float = 0.0  # the largest rounding noise of a noisy entry
     covered: int = 0  # entries outside the sample checked (in groups, or singly)
+    singles: int = 0  # of them, checked singly (their group in doubt)
+    unchecked: int = 0  # left unchecked: too many groups in doubt (MAX_SINGLES)
 
     def add(self, verdict: Agreement, error: float, where: list) -> None:
         """One entry's (or direction's: ``where`` empty) verdict and error, recorded."""
@@ -529,7 +535,8 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
     to a relative tolerance: a single entry 1 % off stands out of thousands. Only a
     detector: a group in doubt (a disagreement, a kink, noise) has its entries checked
     singly, and they give the verdict, by entry (a right backward is never failed for a
-    group). The groups stop at the first failure or at ``deadline``."""
+    group); after :data:`MAX_SINGLES` such entries the rest is left (``unchecked``: the
+    values are noisy there). The groups stop at the first failure or at ``deadline``."""
     size = max(GROUP, -(-len(rest) // MAX_GROUPS))
     generator = probe_generator(seed, "gradcheck-direction")
     signs = torch.randint(0, 2, (checks.analytic.numel(),), generator=generator)
@@ -543,13 +550,17 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
         u[group] = signs[group]
         root = math.sqrt(len(group))
         loose = checks.atol * root + RTOL * float(flat[group].norm()) / root
-        if not checks.group_agrees(u.reshape(checks.analytic.shape),
-                                   float(flat[group] @ signs[group]), loose):
-            # in doubt: the entries themselves tell
-            for k in group.tolist():
-                if time.perf_counter() <= deadline:
-                    checks.entry(found, k)
-        found.covered += len(group)
+        if checks.group_agrees(u.reshape(checks.analytic.shape),
+                               float(flat[group] @ signs[group]), loose):
+            found.covered += len(group)
+            continue
+        if found.singles + len(group) > MAX_SINGLES:  # many in doubt (noise): enough
+            found.unchecked = len(rest) - found.covered
+            return
+        for k in group.tolist():  # in doubt: the entries themselves tell
+            if time.perf_counter() <= deadline:
+                checks.entry(found, k)
+                found.singles, found.covered = found.singles + 1, found.covered + 1
 
 
 def _index(shape, k: int):
