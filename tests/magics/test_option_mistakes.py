@@ -51,6 +51,8 @@ def test_an_option_after_the_expression_says_where_it_goes(run_ok, usage_error, 
     ("%jacobian y x --picutre", ["Unknown option --picutre", "Did you mean --picture?"]),
     ("%jacobian y x --explain", ["Unknown option --explain", "an option of %%vjp"]),
     ("%hessian --wrt x (x**3).sum()", ["Unknown option --wrt", "after wrt"]),
+    ("%hessian (x**3).sum() wrt x --picture", ["--picture is not an option of %hessian",
+                                               "%%vjp or %jacobian"]),
 ])
 def test_a_cell_option_or_a_typo_in_a_line_magic(run_ok, usage_error, line, words):
     run_ok(CELL)

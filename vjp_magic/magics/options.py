@@ -228,6 +228,9 @@ def _no_option_after(parser, expression: list[str], magic: str) -> None:
         if flag not in actions or not (flag.startswith("--") or after[:1] != [] and
                                        after[0].isdigit()):
             continue
+        if actions[flag].help == argparse.SUPPRESS:  # named only to say where it belongs
+            raise UsageError(f"{flag} is not an option of %{magic} ({flag} goes with %%vjp "
+                             f"or %jacobian, before the expression; %{magic}? lists its own).")
         option = [word] + (after if takes else [])
         rest = expression[:i] + expression[i + len(option):]
         raise UsageError(f"{flag} comes after the expression: options go before it, "
