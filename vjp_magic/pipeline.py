@@ -214,9 +214,8 @@ def differentiate(output, inputs, names=None, *, output_name: str = "y",
         inputs (Tensor, sequence of Tensors, dict str → Tensor, or nn.Module): floating
             point, ``requires_grad=True``; a dict names each input, a module gives all its
             parameters.
-        names (str or sequence of str, optional): names for a tensor or a sequence of
-            inputs, one each (a count that does not match is a ``VJPUsageError``; a dict
-            names its inputs itself). Default: ``"x"`` for a lone tensor, else ``"x1"``, …
+        names (str or sequence of str, optional): one per input (else a ``VJPUsageError``).
+            Default: ``"x"`` for a lone tensor, else ``"x1"``, ``"x2"``, …
         output_name (str): the output's name in the display and the code. Default: ``"y"``.
         full (bool): skip the point structure: the plain full Jacobian.
         options (RenderOptions, optional): how the result displays.
