@@ -138,7 +138,8 @@ def test_dependency_mistakes_say_what_to_give(make, kw, words):
     assert "axises" not in str(error.value) and x.grad is None
 
 
-@pytest.mark.parametrize("call", [vjp_magic.differentiate, vjp_magic.dependency])
+@pytest.mark.parametrize("call", [vjp_magic.differentiate, vjp_magic.dependency,
+                                  vjp_magic.sparse_jacobian])
 def test_meta_tensors_are_a_usage_error(call):
     x = torch.randn(3, requires_grad=True, device="meta")
     with pytest.raises(VJPUsageError, match="meta tensor"):

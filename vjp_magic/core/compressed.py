@@ -23,7 +23,7 @@ from .colouring import colour_count, row_colouring
 from .column_passes import (computed_by_columns, dense_columns, observed_columns)
 from .couplings import csr_inside, outside_entries
 from .derivatives import chunk_size, plain_vjp, vjp_batch
-from .errors import ObservedPatternWarning, VJPUsageError
+from .errors import ObservedPatternWarning, VJPUsageError, refuse_meta
 from .memory import gb, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
@@ -408,6 +408,8 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
+    refuse_meta("The output", output)
+    refuse_meta("The input", x)
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("sparse_jacobian differentiates real tensors, and the output or x is "
                             "complex: take its real and imaginary parts separately "
