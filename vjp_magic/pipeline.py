@@ -302,6 +302,9 @@ def _from_python(output, inputs, names, output_name: str,
                  request: Request) -> DerivativeResult:
     """The pipeline on a given output tensor (:class:`~.run.choose.Given`), or on a function
     called once (:func:`_called`)."""
+    if not isinstance(output_name, str) or not output_name.strip():
+        raise VJPUsageError(f"output_name is the output's name, a str (e.g. output_name='loss'),"
+                            f" not {output_name!r}.")
     if is_function(output):
         return _called(output, inputs, names, output_name, request)
     result = pipeline(Given(output, inputs, names, output_name), request)

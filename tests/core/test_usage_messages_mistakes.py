@@ -184,3 +184,11 @@ def test_dependency_of_integer_tensors_says_floats(make, role):
     x = torch.randn(5, requires_grad=True)
     with pytest.raises(VJPUsageError, match=f"The {role} has dtype .*as floats"):
         vjp_magic.dependency(*make(x))
+
+
+@pytest.mark.parametrize("name", [3, "", None])
+def test_a_wrong_output_name_says_it_is_a_str(name):
+    x = torch.randn(4, requires_grad=True)
+    for call, y in ((vjp_magic.differentiate, x.sin()), (vjp_magic.hessian, (x**3).sum())):
+        with pytest.raises(VJPUsageError, match="output_name is the output's name, a str"):
+            call(y, x, output_name=name, seed=0)
