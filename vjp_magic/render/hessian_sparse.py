@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from . import notation
+from ..core.colouring import valid_rows
 from .budget import remembered
 from .codegen import expression, fresh, identifiers, output_symbol
 from .document import Code, CodeBlock, Math, Paragraph, Text
@@ -66,8 +67,8 @@ def _code_lead() -> list:
 def product_code(h, name: str, form: Form | None) -> str:
     """The coloured products H·u as the cell would write them: the gradient with its graph,
     the colour of each entry of x (in closed form, else read off the result ``_`` right
-    after the cell), one ``autograd.grad`` of the gradient per colour; each nonzero
-    H[p, q] is then ``Hu[colour[q], p]``."""
+    after the cell), one ``autograd.grad`` of the gradient per colour; then H read off
+    them as core reads it (:func:`_read_off`)."""
     sparse = sparse_of(h, name)
     taken = identifiers([h.output_name, *h.inputs])
     y = output_symbol(h)
@@ -76,7 +77,9 @@ def product_code(h, name: str, form: Form | None) -> str:
     x, k = expression(name), sparse.count
     g, colour, hu, c, u = (fresh(base, taken) for base in ("g", "colour", "Hu", "c", "u"))
     index = f"torch.arange({x}.numel())"
-    if form is None or form.exceptions:  # (no closed form, or one with exceptions: read off)
+    reads_result = form is None or bool(form.exceptions)
+    direct = _direct(sparse)
+    if reads_result:  # (no closed form, or one with exceptions: read off)
         colours = ["# _: the cell's result (h), right after the cell",
                    f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"]
     elif form.coefficients:
@@ -89,10 +92,53 @@ def product_code(h, name: str, form: Form | None) -> str:
     else:
         colours = [f"{colour} = {index} % {k}  # of each entry"]
     lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)", *colours,
-              f"{hu} = []  # row c: H u; H[p, q] = {hu}[{colour}[q], p]",
+              f"{hu} = []  # row c: H u" + (f"; H[p, q] = {hu}[{colour}[q], p] at each nonzero"
+                                             if direct and not reads_result else ""),
               f"for {c} in range({k}):",
-              f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x}.dtype)",
+              f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x})",
               f"    {hu} += torch.autograd.grad({g}, {x}, {u},",
               " " * len(f"    {hu} += torch.autograd.grad(") + "retain_graph=True)",
               f"{hu} = torch.stack({hu}).reshape({k}, -1)  # flattened"]
+    if reads_result or not direct:  # H itself, from the result's pattern
+        lines += _read_off(name, SimpleNamespace(x=x, colour=colour, hu=hu, k=k, direct=direct,
+                                                 n=sparse.matrix.shape[0]), taken)
     return "\n".join(lines) + "\n"
+
+
+def _direct(sparse) -> bool:
+    """Whether no two columns of a row share a colour (a distance-2 colouring): then every
+    H[p, q] is Hu[colour[q], p], as core reads it."""
+    matrix = sparse.matrix
+    return valid_rows(matrix.crow_indices().cpu().numpy(), matrix.col_indices().cpu().numpy(),
+                      matrix.shape[0], sparse.colours.reshape(-1).cpu().numpy())
+
+
+def _read_off(name: str, at, taken: set) -> list[str]:
+    """Lines making H (sparse CSR, the result's pattern) from the products exactly as
+    :func:`.core.colouring.recover_symmetric` does: H[p, q] = Hu[colour[q], p] where q is the
+    only column of its colour in row p (every entry, for a distance-2 colouring), else
+    Hu[colour[p], q] (a star colouring: read from the other side, H symmetric)."""
+    pattern, crow, col, row, key, alone, h = (fresh(base, taken) for base in (
+        "pattern", "crow", "col", "row", "key", "alone", "H"))
+    colour, hu = at.colour, at.hu
+    lines = ["# the nonzeros' places: the result's (_ right after the cell)",
+             f"{pattern} = _.hessian({name!r}, layout=torch.sparse_csr)",
+             f"{crow}, {col} = {pattern}.crow_indices(), {pattern}.col_indices()",
+             f"{row} = torch.repeat_interleave(torch.arange({at.x}.numel(), "
+             f"device={crow}.device), {crow}.diff())",
+             f"{colour} = {colour}.to({crow}.device)"]
+    if at.direct:  # no two columns of a row share a colour
+        values = f"{hu}[{colour}[{col}], {row}]"
+        lines.append(f"# H[p, q] = {hu}[{colour}[q], p]: q is the only entry of its colour "
+                     "in row p")
+    else:
+        indent = " " * (len(h) + len(crow) + len(col) + 43)  # under torch.where's first
+        values = (f"torch.where({alone}, {hu}[{colour}[{col}], {row}],\n"
+                  f"{indent}{hu}[{colour}[{row}], {col}])")
+        lines += [f"# H[p, q] = {hu}[{colour}[q], p] where q is the only entry of its colour "
+                  "in row p,",
+                  f"# else {hu}[{colour}[p], q] (read from the other side: H is symmetric)",
+                  f"{key} = {row} * {at.k} + {colour}[{col}]",
+                  f"{alone} = torch.bincount({key}, minlength={at.n * at.k})[{key}] == 1"]
+    lines.append(f"{h} = torch.sparse_csr_tensor({crow}, {col}, {values}, {pattern}.shape)")
+    return lines
