@@ -99,6 +99,12 @@ def test_an_empty_grad_says_use_the_tensor():
     assert "w.grad is None" in message and "--wrt w" in message and "NoneType" not in message
 
 
+def test_a_filled_grad_says_use_the_tensor_not_requires_grad():
+    grad = torch.ones(3)  # what a backward leaves in w.grad
+    message = str(pytest.raises(VJPUsageError, check_input, grad, "w.grad").value)
+    assert "--wrt w" in message and "requires_grad_()" not in message
+
+
 @pytest.mark.parametrize("name, spelled", [
     ("c", "c"), ("c**2", "(c**2)"), ("-c", "(-c)"), ("c * 2", "(c * 2)"), ("c[0]", "c[0]"),
     ("f(c)", "f(c)"), ("c.conj()", "c.conj()"), ("a if t else b", "(a if t else b)"),

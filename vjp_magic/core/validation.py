@@ -174,11 +174,14 @@ def check_output(output: object, name: str) -> torch.Tensor:
 
 def check_input(tensor: object, name: str) -> torch.Tensor:
     """An input must be a real floating tensor with requires_grad=True."""
-    if tensor is None and name.endswith(".grad"):
+    if name.endswith(".grad") and (tensor is None or isinstance(tensor, torch.Tensor)
+                                   and not tensor.requires_grad):
         base = name[:-len(".grad")]
-        raise VJPUsageError(f"{name} is None (no backward has filled it); use --wrt {base} "
-                            f"(%jacobian: wrt {base}): its derivatives are what {name} would "
-                            "hold.")
+        what = "None (no backward has filled it)" if tensor is None else \
+            "a backward's result, a constant to autograd"
+        raise VJPUsageError(f"{name} is {what}; use --wrt {base} (%jacobian: wrt {base}): "
+                            f"derivatives with respect to {base} are what a backward puts "
+                            f"into {name}.")
     if not isinstance(tensor, torch.Tensor):
         what = "None" if tensor is None else f"a {type(tensor).__name__}"
         raise VJPUsageError(f"Input {name} is {what}, not a tensor.")
