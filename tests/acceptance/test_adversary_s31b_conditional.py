@@ -27,6 +27,19 @@ def _box_index_put(x):
     return y
 
 
+def _sorted_index_copy(x):
+    """index_copy_ into a view by x.argsort(): at a sorted x the index is 0, 1, 2, ..."""
+    y = x.clone() * x.roll(1)
+    y[4:].index_copy_(0, x[4:].detach().argsort(), x[4:] ** 2 * x[3:-1])
+    return y
+
+
+def _sorted_scatter(x):
+    y = x.clone() * x.roll(1)
+    y[4:].scatter_(0, x[4:].detach().argsort(), x[4:] ** 2 * x[3:-1])
+    return y
+
+
 def _clamped_view(x):
     y = x * x.roll(1)
     y[2:].clamp_(min=0)
@@ -36,6 +49,8 @@ def _clamped_view(x):
 BOXES = {
     "masked_fill_ on a view, mask a box at this x": (_box_write, True),
     "view[mask] = 0, mask a box at this x": (_box_index_put, True),
+    "index_copy_ into a view by argsort, sorted here": (_sorted_index_copy, True),
+    "scatter_ into a view by argsort, sorted here": (_sorted_scatter, True),
 }
 
 FROM_X = {
@@ -69,11 +84,12 @@ def test_a_proved_pattern_resting_on_x_says_so(case):
 
 @pytest.mark.parametrize("case", list(BOXES))
 @pytest.mark.xfail(strict=True, reason=(
-    "core/indexmaps/copies.py: a masked write into a view (y[4:].masked_fill_(x[4:] > 0, 0), "
-    "y[4:][x[4:] > 0] = 0) whose mask happens to be a contiguous box at this x (x sorted) "
+    "core/indexmaps/copies.py: a masked or indexed write into a view (y[4:].masked_fill_(x[4:] "
+    "> 0, 0), y[4:][x[4:] > 0] = 0, y[4:].index_copy_/scatter_(0, x[4:].argsort(), src)) whose "
+    "mask is a contiguous box / whose index is 0, 1, 2, ... at this x (x sorted) "
     "passes the 'affine with positive steps / the base loses a box' test, so the proof is "
     "recorded UNconditional (conditional_on=()) and the display says the pattern holds for "
-    "every x; at an unsorted x, 40 nonzeros lie outside it (jacrev)"))
+    "every x; at an unsorted x, 40 (mask) / 182 (index) nonzeros lie outside it (jacrev)"))
 def test_a_masked_view_write_that_is_a_box_here_says_so(case):
     _check(*BOXES[case])
 
