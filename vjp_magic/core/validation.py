@@ -154,15 +154,16 @@ def check_output(output: object, name: str) -> torch.Tensor:
             f"{name} is {what}, not a tensor: compute it with torch operations "
             f"on a tensor that has requires_grad=True."
         )
-    _refuse_unless_real_floating(
-        output,
-        f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
-        f"Differentiate its real and imaginary parts separately: {operand(name)}.real, "
-        f"{operand(name)}.imag.",
-        f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives "
-        "(argmax, comparisons, .int() and .long() leave autograd). Differentiate a floating "
-        "tensor computed from the inputs; an input made of integers is created as floats, "
-        "e.g. torch.arange(3, dtype=torch.float32).")
+    if not output.is_floating_point():  # (complex is not floating point either)
+        _refuse_unless_real_floating(
+            output,
+            f"{name} is complex ({output.dtype}): vjp_magic differentiates real tensors. "
+            f"Differentiate its real and imaginary parts separately: {operand(name)}.real, "
+            f"{operand(name)}.imag.",
+            f"{name} has dtype {output.dtype}: integer and bool tensors have no derivatives "
+            "(argmax, comparisons, .int() and .long() leave autograd). Differentiate a floating "
+            "tensor computed from the inputs; an input made of integers is created as floats, "
+            "e.g. torch.arange(3, dtype=torch.float32).")
     if not output.requires_grad:
         raise VJPUsageError(
             f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
@@ -185,12 +186,13 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         what = "None" if tensor is None else f"a {type(tensor).__name__}"
         raise VJPUsageError(f"Input {name} is {what}, not a tensor.")
-    _refuse_unless_real_floating(
-        tensor,
-        f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
-        f"Use {operand(name)}.real and {operand(name)}.imag as separate real inputs.",
-        f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
-        "Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True).")
+    if not tensor.is_floating_point():  # (the messages built only when one is said)
+        _refuse_unless_real_floating(
+            tensor,
+            f"Input {name} is complex ({tensor.dtype}): vjp_magic differentiates real tensors. "
+            f"Use {operand(name)}.real and {operand(name)}.imag as separate real inputs.",
+            f"Input {name} has dtype {tensor.dtype}: only floating tensors have derivatives. "
+            "Create it as floats, e.g. torch.arange(3, dtype=torch.float32, requires_grad=True).")
     if not tensor.requires_grad:
         raise VJPUsageError(
             f"Input {name} does not require grad. Create it with requires_grad=True or call "
