@@ -102,6 +102,36 @@ def vjp_batch(
     return _looped_grad(output, inputs, grad_outputs)
 
 
+class PaidBatches:
+    """:func:`vjp_batch` for the batched passes of one computation outside
+    :func:`component_vjps` (a pattern's probes, a sparse Hessian's products and checks),
+    vectorised only while that pays (:meth:`.vectorising.Payoff.pays`): the first batch's first
+    vector goes through a plain pass, timed (a vector computed like any other: no extra
+    pass); each vectorised batch after it is timed against it, and once one is slower per
+    vector, the rest are plain passes (``index_put`` under ``vmap`` has no batching rule:
+    its fallback made a permutation's Hessian pattern 20× slower than plain passes)."""
+
+    def __init__(self) -> None:
+        self.payoff, self.log = Payoff(()), Batching()
+
+    def __call__(self, output: torch.Tensor, inputs: Sequence[torch.Tensor],
+                 grad_outputs: torch.Tensor) -> list[torch.Tensor]:
+        if len(grad_outputs) < 2 or not self.log.methods:
+            return vjp_batch(output, inputs, grad_outputs, batched=bool(self.log.methods))
+        if self.payoff.plain is None:  # the first vector, plain and timed
+            began = time.process_time()
+            head = vjp_batch(output, inputs, grad_outputs[:1], batched=False)
+            self.payoff.timed(1, time.process_time() - began, False)
+            rest = self(output, inputs, grad_outputs[1:])
+            return [torch.cat(pair) for pair in zip(head, rest)]
+        began = time.process_time()
+        grads = vjp_batch(output, inputs, grad_outputs, log=self.log)
+        if self.log.vectorised and not self.payoff.pays(len(grad_outputs),
+                                                        time.process_time() - began):
+            self.log.methods.clear()  # plain passes were faster here: the rest are plain
+        return grads
+
+
 def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     """``torch.func.vmap`` over one ``autograd.grad``: through torch's own vmap primitives
     where this torch has them (what ``vmap`` does once it has flattened its arguments, without

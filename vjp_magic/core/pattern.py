@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .derivatives import chunk_size, vjp_batch
+from .derivatives import PaidBatches, chunk_size
 from .pairing import Evidence
 from .probes import probe_generator, set_probe_values
 from .setdecode import weighed, weight_code, weight_sets
@@ -216,7 +216,8 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     m, n = flat.numel(), x.numel()
     limit = max_probes if max_probes is not None else max(m, MIN_PROBES)
     found = torch.zeros(n, dtype=torch.bool)  # columns whose readers are all known
-    first, spent = _first_groups(flat, x, seed, purpose) if m >= 8 else (1, 0)
+    passes = PaidBatches()  # vectorised while that pays on this graph
+    first, spent = _first_groups(flat, x, seed, purpose, passes) if m >= 8 else (1, 0)
     rows, cols = [], []
     for groups in _group_counts(first):
         code = weight_code(-(-m // groups))
@@ -224,7 +225,7 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
             if groups == first > 1:
                 continue  # a guess that does not pay: the sequence from 1
             return None
-        answers = _answers(flat, x, groups, code, budget, seed, purpose)
+        answers = _answers(flat, x, groups, code, (budget, seed, purpose), passes)
         spent += groups * code[0]
         if answers is None:
             return None
@@ -258,7 +259,8 @@ def _group_counts(first: int = 1):
 MAX_FIRST = 64  # the most groups guessed from the sampled rows
 
 
-def _first_groups(flat, x, seed: int, purpose: str) -> tuple[int, int]:
+def _first_groups(flat, x, seed: int, purpose: str,
+                  passes: PaidBatches | None = None) -> tuple[int, int]:
     """(k, passes): the groups to try first, guessed from a few rows read exactly (one-hot
     passes in one batch, at a quarter, half, three quarters and one drawn row): the fewest k
     under which their offsets j − i are distinct modulo k, so a pattern that repeats them
@@ -271,7 +273,7 @@ def _first_groups(flat, x, seed: int, purpose: str) -> tuple[int, int]:
     picked = torch.unique(torch.cat([torch.tensor([m // 4, m // 2, 3 * m // 4]), drawn]))
     one_hot = torch.zeros(len(picked), m, dtype=flat.dtype, device=flat.device)
     one_hot[torch.arange(len(picked)), picked.to(flat.device)] = 1
-    (g,) = vjp_batch(flat, [x], one_hot)
+    (g,) = (passes or PaidBatches())(flat, [x], one_hot)
     row, col = g.detach().reshape(len(picked), -1).ne(0).cpu().nonzero(as_tuple=True)
     offsets = torch.unique(col - picked[row])
     if offsets.numel() > MAX_FIRST:
@@ -306,18 +308,20 @@ def _group_probes(values, first: int, stop: int, groups: int, code) -> torch.Ten
     return probes.reshape(stop - first, length, -1)[..., :m].reshape(-1, m)
 
 
-def _answers(flat, x, groups: int, code, budget: int, seed: int, purpose: str):
+def _answers(flat, x, groups: int, code, run: tuple, passes: PaidBatches):
     """(group, col, within, collided): for each (group, input entry) the group reaches, its
     index and that of the one entry of the group reading it (i // groups; meaningful where
     the column did not collide), and (n,) bool: the input entries some group's entries read
-    several of (:func:`.setdecode.weighed`). None if any answer is not finite."""
+    several of (:func:`.setdecode.weighed`). None if any answer is not finite. ``run``:
+    (budget, seed, purpose); ``passes``: the batched backward, vectorised while it pays."""
+    budget, seed, purpose = run
     values = set_probe_values(flat, seed, purpose, groups)
     length, weight = code
     per = max(1, chunk_size(flat, [x], budget) // length)  # groups a batch
     parts, collided = [], torch.zeros(x.numel(), dtype=torch.bool)
     for first in range(0, groups, per):
         stop = min(groups, first + per)
-        (g,) = vjp_batch(flat, [x], _group_probes(values, first, stop, groups, code))
+        (g,) = passes(flat, [x], _group_probes(values, first, stop, groups, code))
         g = g.detach().reshape(stop - first, length, -1)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             return None

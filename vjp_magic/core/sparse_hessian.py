@@ -23,7 +23,7 @@ from . import memory, probes
 from . import pattern as patterns
 from .colouring import (colour_count, colour_symmetric, recover_symmetric, symmetrised,
                         valid_rows)
-from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .derivatives import PaidBatches, chunk_size, plain_vjp
 from .indexmaps.summed import depends, summed_hessian_pattern
 from .sparse_check import within_noise  # the sparse Jacobian's noise judgement, reused
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
@@ -164,12 +164,13 @@ def _products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count:
 
 def _batched(flat: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor,
              budget: int | None) -> torch.Tensor:
-    """vᵀ∂flat/∂x for each row v of ``vectors`` (count × n), in batches the budget allows."""
+    """vᵀ∂flat/∂x for each row v of ``vectors`` (count × n), in batches the budget allows,
+    vectorised while that pays (:class:`.derivatives.PaidBatches`)."""
     limit = len(vectors) if budget is None else chunk_size(flat, [x], budget)
-    passes = []
+    passes, batches = [], PaidBatches()
     for start in range(0, len(vectors), max(limit, 1)):
         part = vectors[start:start + max(limit, 1)]
-        (g,) = vjp_batch(flat, [x], part)
+        (g,) = batches(flat, [x], part)
         passes.append(g.detach().reshape(len(part), -1))
     return torch.cat(passes) if passes else x.new_zeros(0, x.numel())
 

@@ -16,6 +16,7 @@ are checked as before.
 """
 from __future__ import annotations
 
+JUDGED_FROM = 0.002  # seconds: a vectorised chunk shorter than this is not judged (noise)
 HEAVY_PASS = 0.01  # seconds: a plain pass at least this long is mostly arithmetic
 TRIAL = 4  # vectors in the first vectorised chunk after heavy plain passes
 SLOWER = 1.0  # vectorising stops where its time per vector is over this × a plain pass
@@ -62,6 +63,17 @@ class Payoff:
             _plain_faster.clear()
         _plain_faster.add(self.key)
         return False
+
+    def pays(self, count: int, seconds: float) -> bool:
+        """Whether a vectorised chunk of ``count`` vectors that took ``seconds`` of CPU time
+        was at most :data:`SLOWER` × a plain pass per vector (heavy passes or not: a batched
+        pass outside the components' loop, :class:`.derivatives.PaidBatches`, judges every
+        chunk; a batching rule's slow fallback, ``index_put`` under ``vmap``, costs 10-100×
+        a plain pass per vector on a light graph). True until a plain pass was timed, and
+        for a chunk under :data:`JUDGED_FROM` seconds."""
+        if self.plain is None or seconds < JUDGED_FROM:
+            return True
+        return seconds / max(count, 1) <= SLOWER * self.plain
 
     def _heavy(self) -> bool:
         """Whether a plain pass was timed here and took at least :data:`HEAVY_PASS`."""
