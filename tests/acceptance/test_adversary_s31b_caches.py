@@ -80,11 +80,6 @@ def _count_line(lines):
     return lines + ["RUNS.append(1)\n"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LOW (run/execute.py run_cell -> transform_cell): a %%vjp body is transformed again after "
-    "IPython already ran its cleanup transforms on the whole cell, so a non-idempotent "
-    "cleanup transform (one adding a line) acts twice: its line runs 2 times where a plain "
-    "cell runs it once (IPython's own %%timeit transforms its body again too)"))
 def test_a_cell_runs_its_transformed_text_once_as_a_plain_cell_does(ip, run_ok):
     run_ok("import torch\nRUNS = []")
     body = "x = torch.linspace(1, 2, 4, dtype=torch.float64, requires_grad=True)\ny = x ** 2\n"

@@ -13,6 +13,7 @@ The IPython shell is passed in as an object (``transform_cell``, ``compile``,
 """
 from __future__ import annotations
 
+
 import ast
 import asyncio
 import inspect
@@ -20,7 +21,7 @@ import os
 import types
 from collections import ChainMap
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -164,6 +165,32 @@ def transform_cell(shell, cell: str) -> str:
     where the same text went through the same transformers before; the dynamic part (single
     lines, post-transformers) runs every time, as it reads the namespace."""
     manager = getattr(shell, "input_transformer_manager", None)
+    with _cleaned_once(manager):
+        return _transformed(shell, manager, cell)
+
+
+@contextmanager
+def _cleaned_once(manager):
+    """IPython ran its cleanup transforms on the whole cell, this body included, before it
+    called the magic: only its own (idempotent: prompts, indentation) run on the body again,
+    so a cleanup transform a user registered acts once, as in a plain cell."""
+    cleanup = getattr(manager, "cleanup_transforms", None)
+    if not isinstance(cleanup, list):
+        yield
+        return
+    manager.cleanup_transforms = [t for t in cleanup if _ipython_own(t)]
+    try:
+        yield
+    finally:
+        manager.cleanup_transforms = cleanup
+
+
+def _ipython_own(transform) -> bool:
+    module = getattr(transform, "__module__", None) or type(transform).__module__
+    return module.split(".")[0] == "IPython"
+
+
+def _transformed(shell, manager, cell: str) -> str:
     key = _static_key(manager, cell)
     if key is None:
         return shell.transform_cell(cell)
