@@ -17,6 +17,11 @@ def periodic(x):  # a wrap-around chain whose length 3 does not divide: a star c
     return ((x - x.roll(1)) ** 2 * x).sum() + (x ** 4).sum()
 
 
+def torus(x):  # a periodic 2-D grid: a star colouring (8 colours) at 64 x 64
+    return (((x - x.roll(1, 0)) ** 2) * x).sum() + (((x - x.roll(1, 1)) ** 2) * x).sum() \
+        + (x ** 4).sum()
+
+
 def rosenbrock(x):
     return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
@@ -40,7 +45,7 @@ def banded(x):  # pentadiagonal
 
 CASES = [(periodic, (3002,)), (periodic, (3001,)), (periodic, (3000,)), (rosenbrock, (3000,)),
          (laplacian, (60, 55)), (flat_laplacian, (3300,)), (diagonal, (3000,)),
-         (banded, (3000,))]
+         (banded, (3000,)), (torus, (64, 64))]
 
 
 def _pasted(f, shape) -> tuple:

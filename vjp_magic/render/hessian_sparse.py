@@ -140,5 +140,6 @@ def _read_off(name: str, at, taken: set) -> list[str]:
                   f"# else {hu}[{colour}[p], q] (read from the other side: H is symmetric)",
                   f"{key} = {row} * {at.k} + {colour}[{col}]",
                   f"{alone} = torch.bincount({key}, minlength={at.n * at.k})[{key}] == 1"]
-    lines.append(f"{h} = torch.sparse_csr_tensor({crow}, {col}, {values}, {pattern}.shape)")
+    lines.append(f"{h} = torch.sparse_csr_tensor({crow}, {col}, {values}, {pattern}.shape,\n"
+                 f"{' ' * (len(h) + 27)}check_invariants=True)")
     return lines
