@@ -83,13 +83,6 @@ def test_a_proved_pattern_resting_on_x_says_so(case):
 
 
 @pytest.mark.parametrize("case", list(BOXES))
-@pytest.mark.xfail(strict=True, reason=(
-    "core/indexmaps/copies.py: a masked or indexed write into a view (y[4:].masked_fill_(x[4:] "
-    "> 0, 0), y[4:][x[4:] > 0] = 0, y[4:].index_copy_/scatter_(0, x[4:].argsort(), src)) whose "
-    "mask is a contiguous box / whose index is 0, 1, 2, ... at this x (x sorted) "
-    "passes the 'affine with positive steps / the base loses a box' test, so the proof is "
-    "recorded UNconditional (conditional_on=()) and the display says the pattern holds for "
-    "every x; at an unsorted x, 40 (mask) / 182 (index) nonzeros lie outside it (jacrev)"))
 def test_a_masked_view_write_that_is_a_box_here_says_so(case):
     _check(*BOXES[case])
 

@@ -13,7 +13,9 @@ index (``view.masked_fill_(mask, 0)``, ``view[mask] = src``, ``view.index_copy_`
 derivatives that vanish where x says (``view.clamp_(min=0)``), passes them, but where it lands
 may depend on x: unless every source entry lands at output positions affine in its index with
 positive steps (a view's strides) and the base loses exactly those (or, with no source, a
-box), the proof is recorded as conditional on it (:meth:`.maps.Edge.selection`).
+box), the proof is recorded as conditional on it (:meth:`.maps.Edge.selection`); so it is
+whenever the wrapped op reads a saved index, mask or condition (an integer or boolean tensor
+seen by a dispatch mode in one more call), whatever shape its values happen to have here.
 A Python frame started during the call (a custom ``autograd.Function`` written in place into a
 view, a dispatch mode) stops the call before its first line: nothing of the user's runs.
 """
@@ -24,6 +26,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..capabilities import out_metadata
 from .maps import NONE, Edge, IndexMap, Unproved
@@ -53,9 +56,10 @@ def copy_slices(edge: Edge) -> IndexMap:
     if not _LAST or _LAST[0] is not edge.node:
         forget()
         replies = _replies(edge.node)
-        _LAST.extend([edge.node, replies, _strided(replies, edge.in_shapes, edge.out_shape)])
+        strided = _strided(replies, edge.in_shapes, edge.out_shape)
+        _LAST.extend([edge.node, replies, strided and not _reads_selection(edge.node)])
     replies = _LAST[1]
-    if not _LAST[2] and edge.reads is not None:  # where it lands may depend on a mask
+    if not _LAST[2] and edge.reads is not None:  # where it lands may depend on a selection
         edge.reads.append(MASKED_WRITE)
     reply = replies[edge.i] if edge.i < len(replies) else None
     if reply is None or math.prod(reply.shape) != math.prod(edge.in_shape):
@@ -89,6 +93,44 @@ def _strided(replies: list, in_shapes: list, out_shape) -> bool:
     if landed:
         return np.array_equal(lost, np.sort(np.concatenate(landed)))
     return _box(lost, tuple(out_shape))
+
+
+class _Selections(TorchDispatchMode):
+    """Records whether an op the node runs takes an integer or boolean tensor (a saved index,
+    mask or condition: ``masked_fill``, ``index_put``, ``index_fill``, ``scatter``, ``where``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.read = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.read = self.read or any(
+            not (t.dtype.is_floating_point or t.dtype.is_complex)
+            for t in _tensors([args, list(kwargs.values())]))
+        return func(*args, **kwargs)
+
+
+def _tensors(value):
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, torch.Tensor):
+        yield value
+
+
+def _reads_selection(node) -> bool:
+    """Whether the wrapped in-place op (CopySlices' inner node) reads a saved selection: then
+    where it writes is the selection's, not the view's, whatever shape its values have here
+    (a mask that is a box at this x). Called only after :func:`_replies` met no Python frame."""
+    meta = out_metadata(node)[0]
+    mode = _Selections()
+    try:
+        with torch.no_grad(), mode:
+            node(torch.zeros(tuple(meta.shape), dtype=meta.dtype, device=meta.device))
+    except RuntimeError:
+        return True  # not seen through: not claimed unconditional
+    return mode.read
 
 
 def _affine(positions: np.ndarray, shape) -> bool:
