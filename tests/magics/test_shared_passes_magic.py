@@ -28,9 +28,12 @@ def test_wrt_net_makes_b_passes_for_all_its_parameters(ip, run_ok, run_vjp):
     net, losses = ip.user_ns["net"], ip.user_ns["losses"]
     params = dict(net.named_parameters())
     assert len(params) == 14 and len(r.derivatives) == 14
-    # not 8 per parameter tensor: B, the probe, the two passes measuring its rounding noise
-    # and one plain recomputation where that noise is too large to excuse a failed probe
-    assert passes <= 8 + 4
+    # not 8 per parameter tensor (14 x 8 = 112): B, the probe, the two passes measuring its
+    # rounding noise, and where that noise cannot be excused (the conv biases before a
+    # BatchNorm have derivatives exactly 0, computed as rounding at O(1) intermediate values:
+    # about one run in five, by the run's random probe) the B - 1 vectorised components
+    # computed again by plain passes, as the batching check does
+    assert passes <= 2 * 8 + 5
     rows = [torch.autograd.grad(losses[i], list(params.values()), retain_graph=True)
             for i in range(8)]
     for (name, p), column in zip(params.items(), zip(*rows)):
