@@ -55,12 +55,6 @@ def test_a_wrong_entry_beyond_the_sample_fails_where_groups_are_clear(bad):
 
 
 @pytest.mark.parametrize("bad", [-1, N // 2])
-@pytest.mark.xfail(strict=True, reason=(
-    "run/gradcheck.py _groups/_report: y = Square(x) + 1e5 (n = 5,000, backward 50 % off at "
-    "one entry): every group is in doubt (offset rounding) though single entries are "
-    "conclusive (noise 2e-5 against a tolerance of 4e-3); after MAX_SINGLES = 256 entries the "
-    "other 4,702 are left `unchecked`, and _report does not count `unchecked` toward "
-    "inconclusive: ok is True, 'Gradient check passed', with only a note"))
 def test_a_wrong_entry_left_unchecked_is_never_passed(bad):
     report = _checked(1e5, bad)
     assert report.ok is not True, " ".join(plain.render(Document(tuple(
@@ -105,10 +99,5 @@ def test_a_float32_only_wrong_backward_fails_without_a_branch():
 
 
 @pytest.mark.parametrize("case", list(FAR))
-@pytest.mark.xfail(strict=True, reason=(
-    "run/gradcheck.py _cell_derivatives/_branching: a custom backward 5 % off in float32 "
-    "only is called inconclusive (ok None, 'the cell branches (relu): float32 may take the "
-    "other side there'), never failed, wherever ANY branching op is in the cell, though every "
-    "branch input is 10 or more from its kink (float32 cannot take the other side)"))
 def test_a_float32_only_wrong_backward_fails_beside_a_far_branch(case):
     assert _checked32(FAR[case]).ok is False

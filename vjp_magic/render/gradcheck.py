@@ -23,6 +23,11 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
                                                ": elsewhere the cell's operations replayed "
                                                "in float64 agree with central finite "
                                                "differences")]
+    elif report.ok is None and getattr(report, "unchecked", None):  # the note: what to do
+        left = sum(report.unchecked.values())
+        spans.append(Text(f"inconclusive: {left:,} {'entry was' if left == 1 else 'entries were'}"
+                          " not checked; the cell's operations replayed in float64 agree "
+                          "with central finite differences at the others"))
     elif report.ok is None:  # only the cell dtype's derivatives in doubt (the note: why)
         spans.append(Text(f"inconclusive in {report.cell_dtype}: the cell's operations "
                           "replayed in float64 agree with central finite differences"))

@@ -51,6 +51,7 @@ from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
 from .replay import NotReplayable, build
+from .steps import Interpreter
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
@@ -77,23 +78,25 @@ KINKED = frozenset((
 
 @dataclass(frozen=True)
 class GradcheckReport:
-    """The verdict: ``ok`` True when every checked entry agrees, False when one does not
-    (every safe finite difference there disagrees), None when nothing could be checked
-    (``note`` says why) or, none failing, some entries are ``inconclusive`` (a kink: f has no
-    derivative there to check); ``max_error[name]`` the largest |analytic − numeric| over its
-    conclusive entries (``checked[name]`` entries examined); ``inconclusive[name]`` the
-    indices of its inconclusive entries, ``failed[name]`` those of its disagreeing ones;
-    ``kinks`` the ops with kinks the replay runs (where some entry is inconclusive or fails);
-    ``custom`` the custom backward functions on the way from the output to the checked
-    inputs; ``unscaled`` the inputs whose vᵀJ does not double when v does (a backward that
-    ignores its incoming gradient); ``detached`` the replay's detaching ops (on a failure);
-    ``note`` why nothing (or not all) was checked; ``noisy[name]`` the indices of entries
-    inconclusive because the finite differences' rounding noise is over the tolerance there
-    (values too large for the step), ``noise`` the largest such noise (derivative units);
-    ``covered[name]`` the entries outside the sample checked in groups (one direction per
-    group); ``cell_dtype`` the cell's dtype where it is not float64 and its own derivatives
-    were compared with the float64 ones (``cell_error[name]``: the largest difference,
-    relative to the largest derivative; ``cell_failed``: the inputs where they disagree)."""
+    """The verdict: ``ok`` True when every checked entry agrees, False when one does not (every
+    safe finite difference there disagrees), None when nothing could be checked (``note`` says
+    why) or, none failing, some entries are ``inconclusive`` (a kink: f has no derivative there
+    to check) or ``unchecked``; ``max_error[name]`` the largest |analytic − numeric| over its
+    conclusive entries (``checked[name]`` entries examined); ``inconclusive[name]`` the indices
+    of its inconclusive entries, ``failed[name]`` those of its disagreeing ones; ``kinks`` the
+    ops with kinks the replay runs (where some entry is inconclusive or fails); ``custom`` the
+    custom backward functions on the way from the output to the checked inputs; ``unscaled`` the
+    inputs whose vᵀJ does not double when v does (a backward that ignores its incoming
+    gradient); ``detached`` the replay's detaching ops (on a failure); ``note`` why nothing (or
+    not all) was checked; ``noisy[name]`` the indices of entries inconclusive because the finite
+    differences' rounding noise is over the tolerance there (values too large for the step),
+    ``noise`` the largest such noise (derivative units); ``covered[name]`` the entries outside
+    the sample checked in groups (one direction per group); ``cell_dtype`` the cell's dtype
+    where it is not float64 and its own derivatives were compared with the float64 ones
+    (``cell_error[name]``: the largest difference, relative to the largest derivative;
+    ``cell_failed``: the inputs where they disagree); ``unchecked[name]`` how many entries were
+    left unchecked (groups in doubt past :data:`MAX_SINGLES`): the check is then never passed
+    (ok None, failed if one failed)."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -111,6 +114,7 @@ class GradcheckReport:
     cell_dtype: str | None = None
     cell_error: dict = field(default_factory=dict)
     cell_failed: tuple = ()
+    unchecked: dict = field(default_factory=dict)
 
 
 def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
@@ -169,14 +173,18 @@ def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
     bad = bool(failed or analytic.unscaled or cell.failed)
     detached = replay.detaching() if failed or analytic.unscaled else ()
     notes = _detached_note(detached) + ([cell.note] if cell.note else [])
-    notes += [f"{name}: {f.unchecked:,} entries beyond the sample were not checked (their "
-              "groups are in doubt: kinks or rounding noise)." for name, f in found.items()
-              if f.unchecked]
+    unchecked = {name: f.unchecked for name, f in found.items() if f.unchecked}
+    notes += [f"{name}: {count:,} entries beyond the sample were not checked (their groups "
+              "are in doubt: kinks or rounding noise), so the check cannot pass; to check "
+              "them, try a smaller input, the cell in float64, or values nearer 0 (a large "
+              "offset such as + 1e5 drowns the step in rounding)." for name, count in
+              unchecked.items()]
     if stopped is not None:
         notes.append(f"Sampling stopped after {stopped:g} s; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
-        ok=False if bad else (None if inconclusive or noisy or cell.doubtful else True),
+        ok=False if bad else (None if inconclusive or noisy or cell.doubtful or unchecked
+                              else True), unchecked=unchecked,
         covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
         cell_error=cell.error, cell_failed=cell.failed,
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
@@ -276,7 +284,7 @@ def _cell_dtype(output) -> torch.dtype | None:
 class _Cell:
     """The cell dtype's own derivatives against the float64 ones (:func:`_cell_derivatives`):
     the dtype compared, the largest difference per input, the inputs failed, and those in
-    doubt (the cell branches: float32 may take the other side of a kink than float64)."""
+    doubt (the cell branches, and float32 takes the other side of a kink than float64)."""
 
     dtype: str | None = None
     error: dict = field(default_factory=dict)
@@ -299,8 +307,9 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
     plus a tenth of the largest of all inputs'. Only where a custom backward lies on the way
     (PyTorch's own are right in every dtype: a difference there is rounding); where the
     values differ by over :data:`COARSE`, or the derivatives differ where the cell branches
-    (relu, a comparison: the two dtypes may fall on either side), the custom backwards are
-    in doubt (the verdict inconclusive, a note), not failed."""
+    (relu, a comparison) and the two dtypes take different branches there
+    (:func:`_same_branches`), the custom backwards are in doubt (the verdict inconclusive, a
+    note), not failed."""
     dtype = _cell_dtype(output)
     if dtype is None or analytic.v is None or not analytic.raw or not analytic.custom:
         return _Cell()
@@ -328,11 +337,85 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
         if not bool((gap <= (tol + 10 * forward) * (want.abs() + 0.1 * scale)).all()):
             failed.append(name)
     branches = [*kinked_ops(replay), *_branching(replay)]
-    if failed and branches:
+    if failed and branches and not _same_branches(record, inputs, output, replay):
         return _Cell(label, error, doubtful=tuple(failed), note=(
             f"The {label} derivatives differ from the float64 ones, but the cell branches "
-            f"({', '.join(dict.fromkeys(branches))}): {label} may take the other side there."))
+            f"({', '.join(dict.fromkeys(branches))}) and {label} takes another branch there "
+            "than float64 (or the branches could not be compared)."))
     return _Cell(label, error, tuple(failed))
+
+
+class _Decisions(Interpreter):
+    """A replay that keeps, for each branching step (:data:`KINKED`, :data:`BRANCHING`),
+    which branch it took: a comparison's (integer or boolean) result, else the step's vᵀJ
+    for a fixed w of alternating signs (:func:`_branch_w`): which side of a kink (relu's
+    0 or w), which entry a max or sort picks (w's entries differ, neighbours in sign)."""
+
+    def __init__(self, steps: list):
+        super().__init__(steps)
+        self.decisions: list = []
+
+    def call_function(self, step, args: tuple, kwargs: dict):
+        name = getattr(step.func, "__name__", "").strip("_").removesuffix("_")
+        if name not in KINKED and name not in BRANCHING:
+            return super().call_function(step, args, kwargs)
+        wrt = [a.detach().requires_grad_(True) for a in args
+               if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        leaves = iter(wrt)  # cloned: an in-place op (relu_) acts on a non-leaf
+        with torch.enable_grad():
+            value = super().call_function(step, tuple(
+                next(leaves).clone() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                else a for a in args), kwargs)
+        parts = list(value) if isinstance(value, (tuple, list)) else [value]
+        if not all(isinstance(part, torch.Tensor) for part in parts):
+            raise TypeError(f"{name} returns {type(value).__name__}")
+        moving = [p for p in parts if p.is_floating_point() and p.requires_grad]
+        self.decisions += [p.detach() for p in parts  # (sort's indices)
+                           if not any(p is m for m in moving)]
+        if moving and wrt:
+            self.decisions.append(materialized_grad(moving, wrt, [_branch_w(p) for p in moving]))
+        return value  # (the steps after it run without grad)
+
+
+def _branch_w(value: torch.Tensor) -> torch.Tensor:
+    """±(1 + (k mod 16)/16) at flat entry k, the sign alternating: exact in float32."""
+    k = torch.arange(value.numel(), device=value.device)
+    w = (1 + (k % 16) / 16) * (1 - 2 * (k % 2))
+    return w.to(value.dtype).reshape(value.shape)
+
+
+def _same_branches(record, inputs: dict, output, replay) -> bool:
+    """Whether the cell's dtype takes the same branch as float64 at every branching step
+    (:class:`_Decisions`: equal results or signs, magnitudes within :data:`RTOL`): then a
+    difference of their derivatives is not a branch's. False where it cannot tell."""
+    try:
+        cell = build(record, inputs, output)
+        coarse, fine = _Decisions(cell.steps), _Decisions(replay.steps)
+        with torch.no_grad():
+            values = {n: t.detach() for n, t in inputs.items()}
+            cell.run(values, interpreter=coarse)
+            replay.run(values, interpreter=fine)
+    except Exception:  # noqa: BLE001 - cannot tell: in doubt, as before
+        return False
+    if len(coarse.decisions) != len(fine.decisions):
+        return False
+    return all(_same_decision(a, b) for a, b in zip(coarse.decisions, fine.decisions))
+
+
+def _same_decision(coarse, fine) -> bool:
+    """One branching step's decisions in the two dtypes agree (see :func:`_same_branches`)."""
+    pairs = list(zip(coarse, fine)) if isinstance(coarse, tuple) else [(coarse, fine)]
+    for a, b in pairs:
+        if a.shape != b.shape:
+            return False
+        if not a.is_floating_point():
+            if not torch.equal(a, b.to(a.dtype)):
+                return False
+            continue
+        a = a.to(torch.float64)
+        if not (torch.equal(a.sign(), b.sign()) and torch.allclose(a, b, rtol=RTOL, atol=0)):
+            return False
+    return True
 
 
 def _branching(replay) -> list[str]:
@@ -536,7 +619,8 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
     detector: a group in doubt (a disagreement, a kink, noise) has its entries checked
     singly, and they give the verdict, by entry (a right backward is never failed for a
     group); after :data:`MAX_SINGLES` such entries the rest is left (``unchecked``: the
-    values are noisy there). The groups stop at the first failure or at ``deadline``."""
+    values are noisy there; the check is then not passed). The groups stop at the first
+    failure or at ``deadline``."""
     size = max(GROUP, -(-len(rest) // MAX_GROUPS))
     generator = probe_generator(seed, "gradcheck-direction")
     signs = torch.randint(0, 2, (checks.analytic.numel(),), generator=generator)
