@@ -158,21 +158,11 @@ def test_the_helpers_really_are_reentrant():
 
 
 @pytest.mark.parametrize("name", list(MISSED))
-@pytest.mark.xfail(strict=True, reason=(
-    "core/reentrant.py judges a custom Function by the global/attribute NAMES its backward's "
-    "code reads ('autograd'/'func' with 'grad'/'backward', a global bound to "
-    "torch.autograd.grad, plain global functions 3 levels down): autograd reached through a "
-    "module alias (ag.grad, engine.backward), getattr, a callable on ctx, a method or lambda "
-    "of the class, functools.partial or an nn.Module is not seen, so the graph is not refused"))
 def test_reentrant_backward_is_found(name):
     _, y = _through(MISSED[name])
     assert reentrant_nodes(y), name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a reentrant custom Function missed by core/reentrant.py (backward reaches "
-    "torch.autograd through 'import torch.autograd as ag') is not refused by differentiate: "
-    "the user's block re-runs during the analysis instead of the short usage error"))
 def test_differentiate_through_an_aliased_reentrant_backward_runs_no_user_code():
     x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
     before = RUNS["block"]
@@ -226,11 +216,6 @@ ORDINARY = {"ctx.func and ctx.jacobian attributes": Scaled,
 
 
 @pytest.mark.parametrize("name", list(ORDINARY))
-@pytest.mark.xfail(strict=True, reason=(
-    "false refusal (core/reentrant.py _reads_autograd): an ordinary custom backward is called "
-    "reentrant when its code merely reads the names 'func'/'autograd' beside "
-    "'grad'/'jacobian'/'hessian' as attributes (ctx.func + ctx.jacobian; torch.nn.grad."
-    "conv1d_input + torch.autograd.function.FunctionCtx): %%vjp refuses a closed-form backward"))
 def test_ordinary_custom_backward_is_not_refused(name):
     cls = ORDINARY[name]
     x = torch.linspace(-1, 1, 5, dtype=torch.float64).reshape(1, 1, 5).requires_grad_()
@@ -258,10 +243,6 @@ def _patched_backward(ctx, g):
     return torch.autograd.grad(out, h, g)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/reentrant.py caches its verdict per Function class (_SEEN): a class first seen "
-    "ordinary whose backward is then replaced by a reentrant one (Cls.backward = ...) is "
-    "still judged ordinary, so the graph is not refused"))
 def test_a_backward_replaced_later_is_judged_again():
     original = Patched.backward
     try:
@@ -293,10 +274,6 @@ class Block(torch.autograd.Function):
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/reentrant.py misses a custom Function whose backward re-runs a module through a "
-    "callable stored on ctx (ctx.fn(...)): %%vjp's passes run the module again and its "
-    "forward hook fires (the cell ran it once) instead of the short usage error"))
 def test_vjp_cell_through_ctx_fn_fires_no_hook(ip, run_ok):
     run_ok(CELL_SETUP)
     try:

@@ -15,6 +15,7 @@ import torch
 from torch.autograd.variable import Variable
 from torch.overrides import has_torch_function
 
+from .reentrant import pass_guard
 from .retained import cleared, plain_pass
 from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
 from .vectorising import Payoff
@@ -171,10 +172,11 @@ _VMAP = _vmap_primitives()
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     # not materialize_grads: with is_grads_batched its zeros would lack the batch axis
-    grads = autograd_grad(
-        [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
-        is_grads_batched=True,
-    )
+    with pass_guard():
+        grads = autograd_grad(
+            [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
+            is_grads_batched=True,
+        )
     return _fill_unused(grads, inputs, grad_outputs.shape[0])
 
 
@@ -213,10 +215,12 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     analysis's own, shaped and typed like the output), which cost about as much as a small
     graph's backward; tensors with a ``__torch_function__`` go through ``autograd.grad``."""
     if has_torch_function((output, *inputs)):
-        return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+        with pass_guard():  # (a custom backward that re-enters autograd: the usage error)
+            return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
     engine = Variable._execution_engine  # the one autograd.grad would hand the pass to
-    grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
-                                allow_unreachable=True, accumulate_grad=False)
+    with pass_guard():
+        grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
+                                    allow_unreachable=True, accumulate_grad=False)
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
 
 

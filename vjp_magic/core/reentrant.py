@@ -3,54 +3,60 @@
 A node of the graph is *reentrant* when its backward runs a forward again and calls autograd
 itself: ``torch.utils.checkpoint(..., use_reentrant=True)`` (``CheckpointFunctionBackward``
 re-runs the checkpointed block, its module hooks included, and calls
-``torch.autograd.backward``), or a custom ``autograd.Function`` whose backward calls
-``torch.autograd.grad`` / ``backward`` (or ``torch.func``) on a graph it rebuilds. Every pass
-of the analysis through such a node would run the user's Python again, fire their hooks, and
-miss the tensors the block reads but the graph does not show (its parameters get no
-derivative from ``torch.autograd.grad``). :func:`refuse_reentrant` finds them by walking the
-graph's nodes alone (no backward, no hook) and raises the short usage error. A custom
-Function is judged by the names its backward's code (and the plain functions it calls, a few
-levels down) reads; an ordinary custom backward (``2 * x * g``) is left alone.
+``torch.autograd.backward``), or a custom ``autograd.Function`` whose backward enters
+``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine or a
+``torch.func`` transform. Every pass of the analysis through such a node would run the user's
+Python again and fire their hooks. :func:`refuse_reentrant` raises the short usage error
+before any pass: a checkpoint by its node type; a custom Function whose backward (or a plain
+function it calls, a few levels down) names one of those entry points through its globals
+(``torch.autograd.grad``, ``ag.grad``, ``grad`` imported by name), else by calling its
+backward once on zero gradients under :func:`reentrant_guard`, which stops it before any of
+those entry points starts (``ctx.fn(...)``, ``getattr``, a method, ``functools.partial``, a
+module). An ordinary custom backward (``2 * x * g``) is left alone.
 """
 from __future__ import annotations
 
+import contextlib
+import dis
 import sys
+import threading
 import types
-import weakref
 
 import torch
 
 from .errors import VJPUsageError
 from .tagging import walk_nodes
 
-_DEPTH = 3  # how far the functions a backward calls are read
-_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Function class -> verdict
+_DEPTH = 3  # how far the plain functions a backward calls are read
 
 
 def reentrant_nodes(output) -> tuple[str, ...]:
     """The names of the reentrant nodes on ``output``'s graph (none for a non-tensor or a
-    tensor without history)."""
+    tensor without history). A custom Function not judged by its code has its backward called
+    once on zeros, stopped before it could re-enter autograd; no node hook fires."""
+    return _judged(output)[0]
+
+
+def _judged(output) -> tuple[tuple[str, ...], bool]:
+    """The reentrant nodes' names, and whether the graph holds a user's custom Function."""
     if not isinstance(output, torch.Tensor) or output.grad_fn is None:
-        return ()
-    return tuple(dict.fromkeys(node.name() for node in walk_nodes([output.grad_fn])
-                               if _is_reentrant(node)))
+        return (), False
+    nodes = [node for node in walk_nodes([output.grad_fn])
+             if isinstance(node, torch.autograd.function.BackwardCFunction)]
+    custom = any(not (getattr(node, "_forward_cls", type).__module__ or "").startswith("torch.")
+                 for node in nodes)
+    return tuple(dict.fromkeys(node.name() for node in nodes if _is_reentrant(node))), custom
 
 
 def refuse_reentrant(output, output_name: str = "the output") -> None:
     """A :class:`VJPUsageError` where ``output``'s graph holds a reentrant node, before any
-    pass on it: nothing is run, no hook fires, no state changes."""
-    found = reentrant_nodes(output)
+    pass on it: no forward runs again, no hook fires, no state changes."""
+    found, _ARMED.custom = _judged(output)
     if not found:
         return
     if any(name == "CheckpointFunctionBackward" for name in found):
         raise VJPUsageError(checkpoint_message(output_name))
-    function = found[0].removesuffix("Backward")
-    raise VJPUsageError(
-        f"{output_name} was computed through {function}, a custom autograd.Function whose "
-        "backward calls autograd itself on a graph it rebuilds (as torch.utils.checkpoint "
-        "with use_reentrant=True does), so each of vjp_magic's passes would run that code "
-        "again: compute its backward from saved tensors without autograd, or checkpoint "
-        "with use_reentrant=False.")
+    raise VJPUsageError(function_message(found[0].removesuffix("Backward"), output_name))
 
 
 def checkpoint_message(output_name: str) -> str:
@@ -60,30 +66,53 @@ def checkpoint_message(output_name: str) -> str:
             "with) does not support: pass use_reentrant=False to checkpoint.")
 
 
+def function_message(function: str, output_name: str = "the output") -> str:
+    """The usage error for a custom Function whose backward re-enters autograd."""
+    return (f"{output_name} was computed through {function}, a custom autograd.Function whose "
+            "backward calls autograd itself on a graph it rebuilds (as torch.utils.checkpoint "
+            "with use_reentrant=True does), so each of vjp_magic's passes would run that code "
+            "again: compute its backward from saved tensors without autograd, or checkpoint "
+            "with use_reentrant=False.")
+
+
 def _is_reentrant(node) -> bool:
     if not isinstance(node, torch.autograd.function.BackwardCFunction):
         return False
     cls = getattr(node, "_forward_cls", None)
     if not isinstance(cls, type):
         return False
-    verdict = _SEEN.get(cls)
-    if verdict is None:
-        verdict = _SEEN[cls] = _function_is_reentrant(cls)
-    return verdict
-
-
-def _function_is_reentrant(cls: type) -> bool:
     module = sys.modules.get("torch.utils.checkpoint")  # (not imported: none on any graph)
     checkpoint = getattr(module, "CheckpointFunction", None)
     if checkpoint is not None and issubclass(cls, checkpoint):
         return True
-    return any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
-               for name in ("backward", "vjp"))
+    if (cls.__module__ or "").startswith("torch."):  # PyTorch's own (a module's hooks)
+        return False
+    if any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
+           for name in ("backward", "vjp")):
+        return True
+    return _probe(node)
+
+
+def _probe(node) -> bool:
+    """Whether ``node``'s backward, called once on zero gradients without grad mode, is
+    stopped by :func:`reentrant_guard` (any other error: left to the passes)."""
+    metadata = getattr(node, "_input_metadata", None)  # (older PyTorch: the passes' guard)
+    if metadata is None or any(m.is_nested_tensor for m in metadata):
+        return False
+    zeros = [torch.zeros(tuple(m.shape), dtype=m.dtype, device=m.device) for m in metadata]
+    guard = _Guard()
+    try:
+        with torch.no_grad(), guard:
+            node.apply(*zeros)
+    except Exception:  # noqa: BLE001 - the user's backward, on zeros: the passes judge it
+        pass
+    return guard.tripped is not None
 
 
 def _calls_autograd(function, depth: int, seen: set) -> bool:
     """Whether ``function`` (unwrapped; PyTorch's own ``Function`` defaults excluded), or a
-    plain function it calls by a global name, calls autograd."""
+    plain function it reaches through its globals, names an autograd entry point: a chain
+    ``a.b.c`` of its bytecode that starts at a global and resolves to one (however aliased)."""
     function = getattr(function, "__func__", function)
     while hasattr(function, "__wrapped__"):  # @once_differentiable, functools.wraps
         function = function.__wrapped__
@@ -92,50 +121,182 @@ def _calls_autograd(function, depth: int, seen: set) -> bool:
             or getattr(function, "__module__", "") == "torch.autograd.function":
         return False
     seen.add(id(code))
-    names = _names(code)
-    if _reads_autograd(names, getattr(function, "__globals__", {})):
-        return True
-    if depth <= 0:
-        return False
-    scope = getattr(function, "__globals__", {})
-    return any(_calls_autograd(scope[name], depth - 1, seen) for name in names
-               if isinstance(scope.get(name), types.FunctionType)
-               and not getattr(scope[name], "__module__", "").startswith("torch"))
+    targets = _entry_points()
+    for found in _globals_read(code, getattr(function, "__globals__", {})):
+        if any(found is target for target in targets):
+            return True
+        if depth > 0 and isinstance(found, types.FunctionType) \
+                and not (getattr(found, "__module__", "") or "").startswith("torch") \
+                and _calls_autograd(found, depth - 1, seen):
+            return True
+    return False
 
 
-def _names(code: types.CodeType) -> set[str]:
-    """The global and attribute names ``code`` and the functions defined in it read."""
-    names, stack = set(), [code]
+def _globals_read(code: types.CodeType, scope: dict) -> list:
+    """The objects ``code`` (and the code defined in it) reaches by a global name followed by
+    attributes of modules and classes (``torch.autograd.grad``, ``ag.grad``, ``helper``)."""
+    found, stack = [], [code]
     while stack:
         now = stack.pop()
-        names.update(now.co_names)
         stack.extend(c for c in now.co_consts if isinstance(c, types.CodeType))
-    return names
+        current = None
+        for ins in dis.get_instructions(now):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                current = scope.get(ins.argval, _MISSING)
+            elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and \
+                    isinstance(current, (types.ModuleType, type)):
+                current = getattr(current, ins.argval, _MISSING)
+            else:
+                current = None
+                continue
+            if current is not _MISSING:
+                found.append(current)
+    return found
 
 
-_AUTOGRAD_CALLS = {"grad", "backward", "vjp", "jacobian", "hessian"}
+_MISSING = object()
+_FUNC_TRANSFORMS = ("vjp", "grad", "grad_and_value", "jacrev", "jacfwd", "hessian", "jvp",
+                    "linearize")
+_FUNCTIONAL = ("jacobian", "hessian", "vjp", "jvp", "hvp", "vhp")
 
 
-def _reads_autograd(names: set[str], scope: dict) -> bool:
-    """``torch.autograd.grad(...)``, ``torch.autograd.backward``, ``y.backward()`` under
-    ``enable_grad``, ``torch.func.vjp``, the engine itself; or such a function imported by
-    name (``from torch.autograd import grad``)."""
-    if names & {"run_backward", "_run_backward"}:  # the engine itself
-        return True
-    if ("autograd" in names or "func" in names) and names & _AUTOGRAD_CALLS:
-        return True
-    if "enable_grad" in names and "backward" in names:
-        return True
-    return any(any(scope.get(name) is target for target in _targets()) for name in names)
-
-
-def _targets() -> tuple:
-    """autograd's entry points, as a backward may have imported them by name."""
-    found = [torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward]
+def _entry_points() -> tuple:
+    """autograd's entry points a backward may name: ``grad``, ``backward``, ``enable_grad``,
+    ``torch.autograd.functional``'s and ``torch.func``'s transforms."""
+    found = [torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward,
+             torch.enable_grad, torch.autograd.enable_grad]
     func = getattr(torch, "func", None)
-    found += [getattr(func, name) for name in ("vjp", "grad", "jacrev", "hessian")
-              if hasattr(func, name)]
+    found += [getattr(func, name) for name in _FUNC_TRANSFORMS if hasattr(func, name)]
+    functional = getattr(torch.autograd, "functional", None)
+    found += [getattr(functional, name) for name in _FUNCTIONAL if hasattr(functional, name)]
     return tuple(found)
 
 
-__all__ = ["checkpoint_message", "reentrant_nodes", "refuse_reentrant"]
+def reentrant_guard():
+    """A context manager for a pass on a graph with a custom Function: any such backward that
+    enters ``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine
+    or a ``torch.func`` transform is stopped with the usage error before that starts (a
+    ``sys.setprofile`` on this thread, the backward run on it; the previous one restored)."""
+    stack = contextlib.ExitStack()
+    if hasattr(torch.autograd, "set_multithreading_enabled"):  # CUDA backwards on this thread
+        stack.enter_context(torch.autograd.set_multithreading_enabled(False))
+    stack.enter_context(_Guard())
+    return stack
+
+
+class _Armed(threading.local):
+    custom = False  # the graph refuse_reentrant judged last holds a user's custom Function
+
+
+_ARMED = _Armed()
+_UNGUARDED = contextlib.nullcontext()
+
+
+def pass_guard():
+    """:func:`reentrant_guard` for a pass of the analysis where the graph
+    :func:`refuse_reentrant` judged last (its entry point's) holds a user's custom Function
+    (one whose backward escaped the check on zeros, say reentrant only on some gradients);
+    nothing otherwise (no cost)."""
+    return reentrant_guard() if _ARMED.custom else _UNGUARDED
+
+
+class _Guard:
+    """The profiler of :func:`reentrant_guard`: it polices the code running under a custom
+    Function's backward (``BackwardCFunction.apply``) only, not a non-reentrant checkpoint's
+    recomputation (its unpack hook) nor the analysis's own calls."""
+
+    def __init__(self) -> None:
+        self.tripped: str | None = None
+        self._frames: list = []  # (frame, policed) of the backwards and unpack hooks running
+        self._was_enabled = True
+        self._previous = None
+        self._thread = None
+
+    def __enter__(self) -> _Guard:
+        self._previous, self._thread = sys.getprofile(), threading.get_ident()
+        sys.setprofile(self._watch)
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        sys.setprofile(self._previous)
+        if self.tripped is not None and kind is None:  # the backward swallowed the error
+            raise VJPUsageError(function_message(self.tripped))
+
+    def _watch(self, frame, event, arg) -> None:
+        if event == "call":
+            self._call(frame)
+        elif event == "return":
+            if self._frames and self._frames[-1][0] is frame:
+                self._frames.pop()
+        elif event in ("c_call", "c_return") and self._frames and self._frames[-1][1]:
+            self._c_call(frame, event, arg)
+
+    def _call(self, frame) -> None:
+        code, watched = frame.f_code, _watched()
+        if code is watched.apply:
+            self._frames.append((frame, True))
+        elif code.co_name == "unpack_hook" and code.co_filename.endswith(_CHECKPOINT_FILE):
+            self._frames.append((frame, False))
+        elif code in watched.calls and self._frames and self._frames[-1][1]:
+            self._trip()
+
+    def _c_call(self, frame, event, arg) -> None:
+        if arg is torch._C._set_grad_enabled:
+            if event == "c_return":
+                if not self._was_enabled and torch.is_grad_enabled():
+                    torch._C._set_grad_enabled(False)
+                    self._trip()
+            elif _enabling(frame):
+                self._trip()
+            else:
+                self._was_enabled = torch.is_grad_enabled()
+        elif event == "c_call" and getattr(arg, "__name__", "") == "run_backward" \
+                and getattr(arg, "__self__", None) is _engine():
+            self._trip()
+
+    def _trip(self) -> None:
+        frame = next(f for f, policed in reversed(self._frames) if policed)
+        cls = getattr(frame.f_locals.get("self"), "_forward_cls", None)
+        self.tripped = getattr(cls, "__name__", "a custom autograd.Function")
+        raise VJPUsageError(function_message(self.tripped))
+
+
+_CHECKPOINT_FILE = "checkpoint.py"
+
+
+def _enabling(frame) -> bool:
+    """Whether the ``torch._C._set_grad_enabled`` that ``frame`` calls turns grad mode on."""
+    code = frame.f_code
+    if code is torch.enable_grad.__enter__.__code__:
+        return True
+    if code is torch.set_grad_enabled.__init__.__code__:
+        return bool(frame.f_locals.get("mode"))
+    return False
+
+
+def _engine():
+    return torch.autograd.Variable._execution_engine
+
+
+class _Watched(types.SimpleNamespace):
+    apply: types.CodeType
+    calls: frozenset
+
+
+_WATCHED: list = []
+
+
+def _watched() -> _Watched:
+    """The code objects the guard knows: ``BackwardCFunction.apply`` and the calls it stops."""
+    if not _WATCHED:
+        functions = [torch.nn.Module.__call__, torch.nn.Module._call_impl,
+                     getattr(torch.nn.Module, "_wrapped_call_impl", None), *_entry_points()]
+        functions = [getattr(f, "__func__", f) for f in functions]
+        calls = frozenset(f.__code__ for f in functions if isinstance(f, types.FunctionType))
+        apply = torch.autograd.function.BackwardCFunction.apply
+        _WATCHED.append(_Watched(apply=apply.__code__, calls=calls))
+    return _WATCHED[0]
+
+
+__all__ = ["checkpoint_message", "function_message", "pass_guard", "reentrant_guard",
+           "reentrant_nodes", "refuse_reentrant"]
