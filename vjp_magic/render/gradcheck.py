@@ -28,6 +28,10 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
         spans.append(Text(f"inconclusive: {left:,} {'entry was' if left == 1 else 'entries were'}"
                           " not checked; the cell's operations replayed in float64 agree "
                           "with central finite differences at the others"))
+    elif report.ok is None and getattr(report, "stopped", None) is not None:
+        spans.append(Text(f"inconclusive: sampling stopped after {report.stopped:g} s, the "
+                          "other entries not checked; the cell's operations replayed in "
+                          "float64 agree with central finite differences at those checked"))
     elif report.ok is None:  # only the cell dtype's derivatives in doubt (the note: why)
         spans.append(Text(f"inconclusive in {report.cell_dtype}: the cell's operations "
                           "replayed in float64 agree with central finite differences"))

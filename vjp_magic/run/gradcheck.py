@@ -96,7 +96,8 @@ class GradcheckReport:
     (``cell_error[name]``: the largest difference, relative to the largest derivative;
     ``cell_failed``: the inputs where they disagree); ``unchecked[name]`` how many entries were
     left unchecked (groups in doubt past :data:`MAX_SINGLES`): the check is then never passed
-    (ok None, failed if one failed)."""
+    (ok None, failed if one failed); ``stopped``: the seconds after which sampling ran out of
+    time, the rest unchecked (never passed either)."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -115,6 +116,7 @@ class GradcheckReport:
     cell_error: dict = field(default_factory=dict)
     cell_failed: tuple = ()
     unchecked: dict = field(default_factory=dict)
+    stopped: float | None = None
 
 
 def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
@@ -184,7 +186,8 @@ def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
         ok=False if bad else (None if inconclusive or noisy or cell.doubtful or unchecked
-                              else True), unchecked=unchecked,
+                              or stopped is not None else True), unchecked=unchecked,
+        stopped=stopped,
         covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
         cell_error=cell.error, cell_failed=cell.failed,
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
