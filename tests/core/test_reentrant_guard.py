@@ -173,9 +173,11 @@ def test_a_debuggers_profiler_is_restored():
     previous = sys.getprofile()
     sys.setprofile(debugger)
     try:
+        threads = torch._C._is_multithreading_enabled()
         with reentrant_guard():
             assert sys.getprofile() is not debugger
-        assert sys.getprofile() is debugger
+            assert not torch._C._is_multithreading_enabled()  # (a CUDA backward on this thread)
+        assert sys.getprofile() is debugger and torch._C._is_multithreading_enabled() == threads
         Reentering.entry[0] = _module
         x = torch.ones(3, dtype=torch.float64, requires_grad=True)
         with pytest.raises(vjp_magic.VJPUsageError), reentrant_guard():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dis
+import functools
 import sys
 import threading
 import types
@@ -134,24 +135,38 @@ def _calls_autograd(function, depth: int, seen: set) -> bool:
 
 def _globals_read(code: types.CodeType, scope: dict) -> list:
     """The objects ``code`` (and the code defined in it) reaches by a global name followed by
-    attributes of modules and classes (``torch.autograd.grad``, ``ag.grad``, ``helper``)."""
-    found, stack = [], [code]
+    attributes of modules and classes (``torch.autograd.grad``, ``ag.grad``, ``helper``),
+    resolved now (the names are read once per code object)."""
+    found = []
+    for chain in _chains(code):
+        current = scope.get(chain[0], _MISSING)
+        for depth, name in enumerate(chain):
+            if depth and isinstance(current, (types.ModuleType, type)):
+                current = getattr(current, name, _MISSING)
+            elif depth:
+                break
+            if current is _MISSING:
+                break
+            found.append(current)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
+    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load."""
+    chains, stack = [], [code]
     while stack:
         now = stack.pop()
         stack.extend(c for c in now.co_consts if isinstance(c, types.CodeType))
-        current = None
+        chain: list[str] = []
         for ins in dis.get_instructions(now):
-            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                current = scope.get(ins.argval, _MISSING)
-            elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and \
-                    isinstance(current, (types.ModuleType, type)):
-                current = getattr(current, ins.argval, _MISSING)
-            else:
-                current = None
+            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
+                chain.append(ins.argval)
                 continue
-            if current is not _MISSING:
-                found.append(current)
-    return found
+            chains.append(tuple(chain))
+            chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else []
+        chains.append(tuple(chain))
+    return tuple(dict.fromkeys(c for c in chains if c))
 
 
 _MISSING = object()
@@ -172,16 +187,12 @@ def _entry_points() -> tuple:
     return tuple(found)
 
 
-def reentrant_guard():
+def reentrant_guard() -> _Guard:
     """A context manager for a pass on a graph with a custom Function: any such backward that
     enters ``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine
     or a ``torch.func`` transform is stopped with the usage error before that starts (a
     ``sys.setprofile`` on this thread, the backward run on it; the previous one restored)."""
-    stack = contextlib.ExitStack()
-    if hasattr(torch.autograd, "set_multithreading_enabled"):  # CUDA backwards on this thread
-        stack.enter_context(torch.autograd.set_multithreading_enabled(False))
-    stack.enter_context(_Guard())
-    return stack
+    return _Guard(on_this_thread=True)
 
 
 class _Armed(threading.local):
@@ -205,20 +216,26 @@ class _Guard:
     Function's backward (``BackwardCFunction.apply``) only, not a non-reentrant checkpoint's
     recomputation (its unpack hook) nor the analysis's own calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
+        self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
+        self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         self._frames: list = []  # (frame, policed) of the backwards and unpack hooks running
         self._was_enabled = True
         self._previous = None
-        self._thread = None
 
     def __enter__(self) -> _Guard:
-        self._previous, self._thread = sys.getprofile(), threading.get_ident()
+        if self._on_this_thread:
+            self._threads = torch._C._is_multithreading_enabled()
+            torch._C._set_multithreading_enabled(False)
+        self._previous = sys.getprofile()
         sys.setprofile(self._watch)
         return self
 
     def __exit__(self, kind, error, trace) -> None:
         sys.setprofile(self._previous)
+        if self._threads is not None:
+            torch._C._set_multithreading_enabled(self._threads)
         if self.tripped is not None and kind is None:  # the backward swallowed the error
             raise VJPUsageError(function_message(self.tripped))
 
