@@ -44,7 +44,7 @@ def _check(f, shapes, names, dtype, atol=None):
     r = vjp_magic.differentiate(y, xs, names=list(names), seed=0)
     assert any(sparse_of(r, n) is not None for n in names), "expected a coloured result"
     out = "y" if "y" not in names else "out"
-    ns = _run(r.code, {"torch": torch, **dict(zip(names, xs)), out: y, "_": r})
+    ns = _run(r.code, {"torch": torch, **dict(zip(names, xs)), out: y, "r": r})
     full = torch.func.jacrev(f, argnums=tuple(range(len(xs))))(*[x.detach() for x in xs])
     for name, expected in zip(names, full):
         got = ns[_d_name(r.code, name, ns, names)]
@@ -94,11 +94,6 @@ def test_columns_code_with_helper_named_inputs():
     assert "forward-mode" in code, code
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "render/sparse_code.py: r.code of a colouring without a closed form reads the colours and "
-    "the pattern off `_`; after r = vjp_magic.differentiate(...) and print(r.code), `_` is "
-    "NOT r but IPython's previous output (here an earlier result of the same shapes), so the "
-    "pasted code silently decompresses with another result's colours and pattern: wrong d_x"))
 def test_r_code_of_differentiate_does_not_read_an_earlier_result():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     earlier = vjp_magic.differentiate(gather_by(1)(x), x, seed=0)  # what _ holds
@@ -113,9 +108,6 @@ def test_r_code_of_differentiate_does_not_read_an_earlier_result():
     torch.testing.assert_close(ns["d_x"].to_dense(), torch.func.jacrev(f)(x.detach()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "render/sparse_code.py: r.code of a differentiate() result in a script (no IPython `_`) "
-    "raises NameError: name '_' is not defined, though r is bound"))
 def test_r_code_of_differentiate_runs_in_a_script():
     x = torch.randn(300, dtype=torch.float64, requires_grad=True)
     f = gather_by(0)

@@ -52,7 +52,7 @@ def test_r_code_is_coloured_and_gives_the_jacobian(f, shape):
     assert f"range({y.numel()})" not in code and f"range({x.numel()})" not in code, code
     assert f"range({sparse.count})" in code
     x.grad = torch.full_like(x, 7.0)  # r.code keeps it
-    ns = _run(code, {"torch": torch, "x": x, "y": y, "_": r})
+    ns = _run(code, {"torch": torch, "x": x, "y": y, "r": r})
     assert torch.equal(x.grad, torch.full_like(x, 7.0))
     expected = torch.func.jacrev(f)(x.detach())
     torch.testing.assert_close(ns["d_x"].to_dense(), expected)
@@ -83,7 +83,7 @@ def test_mixed_inputs_colour_the_sparse_ones_only():
     y = cyclic(x) * w + b.roll(1)
     r = vjp_magic.differentiate(y, [x, w, b], seed=0)
     names = list(r.inputs)
-    ns = _run(r.code, {"torch": torch, **dict(zip(names, (x, w, b))), "y": y, "_": r})
+    ns = _run(r.code, {"torch": torch, **dict(zip(names, (x, w, b))), "y": y, "r": r})
     full = torch.func.jacrev(lambda x, w, b: cyclic(x) * w + b.roll(1), argnums=(0, 1, 2))(
         x.detach(), w.detach(), b.detach())
     for name, expected in zip(names, full):

@@ -173,13 +173,16 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
 
 
 # -- r.code: the careful version ------------------------------------------------------------
-def reproducing_code(result) -> str:
+def reproducing_code(result, result_name: str | None = None) -> str:
     """The source; ``derivative_name(name)`` is bound for every input of ``result``. An input
     computed by compressed passes gets its coloured passes (:mod:`.sparse_code`), never the
-    one-hot loop."""
+    one-hot loop; where they read the colours or the pattern off the result, they read it as
+    ``result_name`` (default ``r``; ``result`` where a cell tensor is ``r``), checked first
+    (:func:`result_check`)."""
     from .sparse_code import coloured_lines  # (it imports this module)
     names = list(result.inputs)
     taken = identifiers([result.output_name, *names])
+    source, said = _result_source(result, taken, result_name)
     y, body = _output_variable(result, taken)
     if body:
         body[0] += "  # the output, computed again"
@@ -194,7 +197,7 @@ def reproducing_code(result) -> str:
             body.append(_zeros(result, name, xs[name], d_names[name])
                         + f"  # {result.output_name} does not depend on {name}")
         elif getattr(item, "sparse", None) is not None:
-            body += coloured_lines(result, name, xs[name], d_names[name], y, taken)
+            body += coloured_lines(result, name, xs[name], d_names[name], y, taken, source)
         else:
             groups.setdefault(tuple(sorted(item.pairing.out_axes)), []).append(name)
     itertools_needed = False
@@ -205,7 +208,33 @@ def reproducing_code(result) -> str:
     grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
     head = ["import torch"] + (["import itertools"] if itertools_needed else [])
+    if any(re.search(rf"(?<![\w.]){source}\.(gradients|jacobian)\b", line) for line in body):
+        head += ["", *said, result_check(source, result)]  # before .grad is touched
     return "\n".join(head + [""] + body) + "\n"
+
+
+def _result_source(result, taken: set[str], given: str | None) -> tuple[str, list[str]]:
+    """The name r.code reads the result as, and the comment saying so where the docs' ``r``
+    is a tensor of the cell."""
+    if given:
+        taken.add(given)
+        return given, []
+    if "r" not in taken:
+        taken.add("r")
+        return "r", []
+    source = fresh("result", taken)
+    taken.add(source)
+    return source, [f"# r is a tensor of the cell: the result is read as {source} "
+                    f"({source} = the result this code came from)"]
+
+
+def result_check(source: str, result) -> str:
+    """The line that checks ``source`` is ``result`` (its seed is drawn per run), so code run
+    with a stale or another result fails loudly instead of silently mixing them."""
+    fix = "run it right after that result's cell" if source == "_" else \
+        f"bind {source} to it first ({source} = _ after its cell)"
+    return (f"assert {source}.seed == {result.seed}, "
+            f"\"{source} is not the result this code was written for: {fix}\"")
 
 
 def _save_grads(result, xs: dict[str, str], saved: str) -> list[str]:

@@ -672,8 +672,8 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
         return [f"{', '.join(letters)} = torch.unravel_index("
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
-    vs = names["vs"]
-    return [f"{vs} = _.gradients[{name!r}]  # _: the cell's result",
+    vs, source = names["vs"], names.get("result", "_")
+    return [f"{vs} = {source}.gradients[{name!r}]  # {source}: the cell's result",
             f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
 
 

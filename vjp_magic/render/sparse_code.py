@@ -6,8 +6,10 @@ sparse COO tensor shaped ``output.shape + input.shape``, as ``r.derivatives[name
 Never the one-hot loop (at n = 10⁵ that is 10⁵ passes and a dense n × n tensor). A stencil
 whose colours have a closed form needs nothing but the cell's tensors: each entry's
 neighbours are its offsets. Otherwise the colours and the pattern (where J may be nonzero)
-are read off the cell's result ``_`` (IPython's last output: ``print(_.code)`` keeps it),
-and the values still come from the passes.
+are read off the result, as ``r`` (the caller names it; :func:`.codegen.reproducing_code`
+checks it is this result first: never IPython's ``_``, which after ``r = differentiate(...)``
+is an earlier output, or no name at all in a script), and the values still come from the
+passes.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from .codegen import fresh
 from .sparse import by_columns, colour_lines, layout_of, sparse_of
 
 
-def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set) -> list[str]:
+def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
+                   source: str = "r") -> list[str]:
     """The passes for input ``name`` (spelled ``x``; the output ``y``) into ``d``; every
-    helper name fresh against ``taken``. ``.grad`` is zeroed before each backward and only
-    ``x``'s is filled (``inputs=[x]``); the caller saves and restores it."""
+    helper name fresh against ``taken``; the result, where read, is ``source``. ``.grad`` is
+    zeroed before each backward and only ``x``'s is filled (``inputs=[x]``); the caller saves
+    and restores it."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     k, columns = sparse.count, by_columns(sparse)
@@ -26,7 +30,8 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set) -> lis
     head = [f"# {name}: {k:,} {'forward-mode' if columns else 'backward'} "
             f"pass{'es' if k != 1 else ''}, one per colour"]
     head += colour_lines(found.form, x if columns else y, k, name, {"colour": colour,
-                                                                   "vs": fresh("vs", taken)},
+                                                                   "vs": fresh("vs", taken),
+                                                                   "result": source},
                          taken)
     if columns:
         u, v, ju = (fresh(b, taken) for b in ("u", "v", "Ju"))
@@ -51,7 +56,7 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set) -> lis
     if found.offsets is not None and found.form is not None:
         where = _at_offsets(found, y, x, (p, q), taken)
     else:
-        where = _from_pattern(name, (p, q), fresh("pattern", taken))
+        where = _from_pattern(name, (p, q), fresh("pattern", taken), source)
     return head + where + _coo(d, y, x, p, q, value.format(p=p, q=q))
 
 
@@ -74,12 +79,12 @@ def _at_offsets(found, y: str, x: str, pq, taken: set) -> list[str]:
         f"{p}, {q} = torch.cat({p}), torch.cat({q})"]
 
 
-def _from_pattern(name: str, pq, pattern: str) -> list[str]:
+def _from_pattern(name: str, pq, pattern: str, source: str) -> list[str]:
     """``p``, ``q`` where J may be nonzero: the pattern the analysis found (its indices only;
     the values are the passes')."""
     p, q = pq
-    return ["# where J may be nonzero: the pattern in the cell's result _",
-            f"{pattern} = _.jacobian({name!r}, layout=torch.sparse_csr)",
+    return [f"# where J may be nonzero: the pattern in the result {source}",
+            f"{pattern} = {source}.jacobian({name!r}, layout=torch.sparse_csr)",
             f"{p} = torch.arange({pattern}.shape[0], device={pattern}.device).repeat_interleave(",
             f"    {pattern}.crow_indices().diff())",
             f"{q} = {pattern}.col_indices()"]
