@@ -102,3 +102,27 @@ def test_a_permutations_vector_hessian_is_torchs():
     h = vjp_magic.hessian(f(x), x)
     expected = torch.func.jacfwd(torch.func.jacrev(f))(x.detach())
     torch.testing.assert_close(h.hessian("x").reshape(expected.shape), expected)
+
+
+def test_a_graph_that_indexes_x_gets_its_first_derivatives_from_plain_passes(monkeypatch):
+    """Through a D made by one batched pass over x[perm] (index_put: no batching rule), the
+    second derivatives' vmapped passes take the slow fallback: D comes from plain passes."""
+    from vjp_magic.core import hessian
+
+    batched: list = []
+    real = hessian.autograd_grad
+
+    def spy(*args, **kwargs):
+        batched.append(bool(kwargs.get("is_grads_batched")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hessian, "autograd_grad", spy)
+    x = torch.randn(80, dtype=torch.float64, requires_grad=True)
+    assert hessian._indexes(x[PERM] * x.roll(1)) and not hessian._indexes(x * x.roll(1))
+    h = vjp_magic.hessian(x[PERM] * x.roll(1), x)
+    assert batched and not any(batched), batched
+    expected = torch.func.jacfwd(torch.func.jacrev(lambda t: t[PERM] * t.roll(1)))(x.detach())
+    torch.testing.assert_close(h.hessian("x").reshape(expected.shape), expected)
+    batched.clear()
+    vjp_magic.hessian(x * x.roll(1), x)  # no indexing: one batched pass, as before
+    assert any(batched), batched
