@@ -334,7 +334,7 @@ def first_derivatives(output, x, pairing: Pairing, budget: int,
         expected = expected.to_dense()  # D is as large, and dense: within the refused budget
         if expected.numel() != count * x.numel():  # not laid out per component: no check
             expected = None
-    if count <= PLAIN_ROWS and _indexes(output):  # plain passes: D's graph vmaps fast
+    if 1 < count <= PLAIN_ROWS and _indexes(output):  # plain passes: D's graph vmaps fast
         expected = None
     step = max(1, chunk_size(output, [x], budget))
     parts = []
