@@ -15,7 +15,8 @@ from ..core.colouring import valid_rows
 from .budget import remembered
 from .codegen import expression, fresh, identifiers, output_symbol
 from .document import Code, CodeBlock, Math, Paragraph, Text
-from .sparse import Form, entries_words, layout_of, sparse_of, values_block
+from .codelines import CODE_WIDTH
+from .sparse import Form, entries_words, layout_of, sparse_of, stale_check, values_block
 
 
 def sparse_hessian_blocks(h, name: str, options) -> list:
@@ -80,8 +81,9 @@ def product_code(h, name: str, form: Form | None) -> str:
     reads_result = form is None or bool(form.exceptions)
     direct = _direct(sparse)
     if reads_result:  # (no closed form, or one with exceptions: read off)
-        colours = ["# _: the cell's result (h), right after the cell",
-                   f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"]
+        read = f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"
+        note = "  # _: h, the cell's result"
+        colours = [stale_check(h.seed), read + note if len(read + note) <= CODE_WIDTH else read]
     elif form.coefficients:
         letters = [fresh(letter, taken) for letter in notation.point_letters(
             len(form.coefficients))]

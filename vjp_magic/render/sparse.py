@@ -595,7 +595,7 @@ def code_names(result, name: str) -> tuple[dict, set]:
     bases = ("colour", "g", "c", "u", "v", "Ju", "vs") if columns else \
         ("colour", "g", "c", "v", "vs")
     names = {base: fresh(base, taken) for base in bases}
-    names["y"] = y
+    names["y"], names["seed"] = y, result.seed
     return names, taken
 
 
@@ -618,12 +618,11 @@ def colour_code(result, name: str) -> str:
     k = sparse.count
     lines += colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
+              f"{x}.grad = None  # backward adds to .grad: start from none",
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
-              f"    {x}.grad = None",
               f"    {y}.backward(gradient={v}, retain_graph=True)",
-              f"    {g}[{c}] = {x}.grad.reshape(-1)",
-              f"{x}.grad = None",
+              f"    {g}[{c}], {x}.grad = {x}.grad.reshape(-1), None  # read, cleared",
               f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
     return _joined(lines)
 
@@ -655,7 +654,9 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
 
 def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
     """The colour of each entry of ``y`` (the input, by columns): in closed form, with its
-    few exceptions, else read off the cell's result ``_`` (IPython's last output)."""
+    few exceptions, else read off the cell's result ``_`` (IPython's last output), checked
+    first by its seed (:func:`stale_check`; ``names["seed"]``) unless ``names["result"]``
+    names it (``r.code`` checks its own)."""
     colour = names["colour"]
     if form is not None and not form.coefficients:
         lines = [f"{colour} = torch.arange({y}.numel()) % {form.period or k}"]
@@ -673,8 +674,17 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
     vs, source = names["vs"], names.get("result", "_")
-    return [f"{vs} = {source}.gradients[{name!r}]  # {source}: the cell's result",
-            f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
+    check = [stale_check(names["seed"])] if source == "_" else []  # (r.code checks its own)
+    return check + [f"{vs} = {source}.gradients[{name!r}]  # {source}: the cell's result",
+                    f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
+
+
+def stale_check(seed) -> str:
+    """The line that checks IPython's ``_`` is still the cell's result (its seed is drawn per
+    run): run after another cell's output, the code raises instead of reading another
+    result's colours or pattern."""
+    return f'assert _.seed == {seed}, "_ is stale"'  # (≤ 56 characters: a 63-bit seed)
+
 
 
 # -- the nonzero values -----------------------------------------------------------------------
