@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from . import notation
 from ..core.colouring import valid_rows
-from .budget import remembered
+from .budget import fit_of, remembered
 from .codegen import expression, fresh, identifiers, output_symbol
 from .document import Code, CodeBlock, Math, Paragraph, Text
 from .codelines import CODE_WIDTH
@@ -20,15 +20,20 @@ from .sparse import Form, entries_words, layout_of, sparse_of, stale_check, valu
 
 
 def sparse_hessian_blocks(h, name: str, options) -> list:
-    """The values (summarised to the budgets), where all of them are, and the code."""
+    """The values (summarised to the budgets), where all of them are, and the code; on a
+    short screen (:data:`.budget.LEVELS`) the code's comment lines go, then the values."""
     from .sections import formula  # the one way a matrix is laid out on its line
 
     block, caption, where, code = remembered(options, ("sparse hessian", name),
                                              lambda: _parts(h, name))  # once per fit
-    lhs = _second(output_symbol(h), name)
-    blocks: list = [formula(lhs, block, options, sparse_of(h, name).matrix.dtype,
-                            caption=caption), where]
-    return [*blocks, CodeBlock(code)]
+    fit = fit_of(options)
+    blocks: list = [] if fit.components == 1 else [  # (the last resort: ``where`` says where)
+        formula(_second(output_symbol(h), name), block, options,
+                sparse_of(h, name).matrix.dtype, caption=caption)]
+    if not fit.extras:  # a short screen: the code without its comment lines (it runs alike)
+        code = "".join(line for line in code.splitlines(keepends=True)
+                       if not line.lstrip().startswith("#"))
+    return [*blocks, where, CodeBlock(code)]
 
 
 def _parts(h, name: str) -> tuple:
@@ -98,8 +103,7 @@ def product_code(h, name: str, form: Form | None) -> str:
                                              if direct and not reads_result else ""),
               f"for {c} in range({k}):",
               f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x})",
-              f"    {hu} += torch.autograd.grad({g}, {x}, {u},",
-              " " * len(f"    {hu} += torch.autograd.grad(") + "retain_graph=True)",
+              f"    {hu} += torch.autograd.grad({g}, {x}, {u}, retain_graph=True)",
               f"{hu} = torch.stack({hu}).reshape({k}, -1)  # flattened"]
     if reads_result or not direct:  # H itself, from the result's pattern
         lines += _read_off(name, SimpleNamespace(x=x, colour=colour, hu=hu, k=k, direct=direct,
