@@ -30,7 +30,7 @@ from .probes import probe_generator
 from .sparse_check import checked, rows_checked
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
-from .torch_api import once_differentiable_node
+from .torch_api import guarded_grad, once_differentiable_node
 
 if TYPE_CHECKING:
     from .compressed import SparseJacobian
@@ -210,7 +210,7 @@ def observed_columns(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     for j in dense.tolist():
         u = torch.zeros(n, dtype=g.dtype, device=g.device)
         u[j] = 1
-        (column,) = torch.autograd.grad(g.reshape(-1), v, u, retain_graph=True)
+        (column,) = guarded_grad(g.reshape(-1), v, u, retain_graph=True)
         read = column.detach().reshape(-1).ne(0).nonzero().squeeze(1).cpu()
         pairs.append((torch.full_like(read, j), read))
     cols, rows = (torch.cat(part) for part in zip(*pairs))
@@ -252,8 +252,8 @@ def transpose_operator(flat: torch.Tensor, x: torch.Tensor):
     None where the graph has no double backward."""
     v = torch.zeros_like(flat, requires_grad=True)
     try:
-        (g,) = torch.autograd.grad(flat, x, v, retain_graph=True, create_graph=True,
-                                   allow_unused=True)
+        (g,) = guarded_grad(flat, x, v, retain_graph=True, create_graph=True,
+                            allow_unused=True)
     except RuntimeError:
         return None
     if g is None or g.grad_fn is None:
@@ -277,8 +277,8 @@ def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
     try:
         if count <= LOOP_PASSES:
             for c in range(count):
-                (jv,) = torch.autograd.grad(g, v, tangents(x, colours, c, c + 1)[0],
-                                            retain_graph=True)
+                (jv,) = guarded_grad(g, v, tangents(x, colours, c, c + 1)[0],
+                                     retain_graph=True)
                 rows.append(jv.detach().reshape(1, -1))
         else:
             limit = chunk_size(g, [v], budget)

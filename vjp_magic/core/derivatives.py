@@ -17,7 +17,7 @@ from torch.overrides import has_torch_function
 
 from .reentrant import pass_guard
 from .retained import cleared, plain_pass
-from .torch_api import TorchError, autograd_grad, materialized_grad, torch_error
+from .torch_api import TorchError, autograd_grad, guarded_grad, materialized_grad, torch_error
 from .vectorising import Payoff
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
@@ -374,7 +374,7 @@ def forward_jacobian(
     Raises ``RuntimeError`` for graphs without double-backward support (callers fall back).
     """
     v = torch.zeros_like(output, requires_grad=True)
-    (g,) = autograd_grad(
+    (g,) = guarded_grad(
         [output], [tensor], [v], retain_graph=True, create_graph=True, allow_unused=True,
     )
     m, n = output.numel(), tensor.numel()

@@ -27,7 +27,8 @@ import torch
 from . import setdecode
 from .derivatives import CHUNK_SECONDS, chunk_size, vjp_batch
 from .probes import probe_generator, set_probe_values
-from .torch_api import TorchError, autograd_grad, torch_error
+from .torch_api import TorchError, torch_error
+from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 
 # Resolve a wide (dense, triangular) pattern row by row when that takes at most this long.
 RESOLVE_SECONDS = 0.5

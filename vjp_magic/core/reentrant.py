@@ -189,9 +189,10 @@ def _entry_points() -> tuple:
 
 def reentrant_guard() -> _Guard:
     """A context manager for a pass on a graph with a custom Function: any such backward that
-    enters ``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine
-    or a ``torch.func`` transform is stopped with the usage error before that starts (a
-    ``sys.setprofile`` on this thread, the backward run on it; the previous one restored)."""
+    enters ``enable_grad`` (in a pass without ``create_graph``: grad mode off), calls a
+    module, ``torch.autograd.grad`` / ``backward``, the engine or a ``torch.func`` transform
+    is stopped with the usage error before that starts (a ``sys.setprofile`` on this thread,
+    the backward run on it; the previous one restored)."""
     return _Guard(on_this_thread=True)
 
 
@@ -220,7 +221,8 @@ class _Guard:
         self.tripped: str | None = None
         self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
-        self._frames: list = []  # (frame, policed) of the backwards and unpack hooks running
+        # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
+        self._frames: list = []
         self._was_enabled = True
         self._previous = None
 
@@ -246,19 +248,24 @@ class _Guard:
             if self._frames and self._frames[-1][0] is frame:
                 self._frames.pop()
         elif event in ("c_call", "c_return") and self._frames and self._frames[-1][1]:
-            self._c_call(frame, event, arg)
+            self._c_call(frame, event, arg, self._frames[-1][2])
 
     def _call(self, frame) -> None:
         code, watched = frame.f_code, _watched()
         if code is watched.apply:
-            self._frames.append((frame, True))
+            self._frames.append((frame, True, torch.is_grad_enabled()))
         elif code.co_name == "unpack_hook" and code.co_filename.endswith(_CHECKPOINT_FILE):
-            self._frames.append((frame, False))
+            self._frames.append((frame, False, True))
         elif code in watched.calls and self._frames and self._frames[-1][1]:
             self._trip()
 
-    def _c_call(self, frame, event, arg) -> None:
+    def _c_call(self, frame, event, arg, graphed: bool) -> None:
+        """``graphed``: the backward runs in a ``create_graph`` pass (grad mode on already),
+        where switching grad mode on (leaving a ``no_grad``, ``once_differentiable``) is none
+        of a re-entry; a module, autograd or the engine still is."""
         if arg is torch._C._set_grad_enabled:
+            if graphed:
+                return
             if event == "c_return":
                 if not self._was_enabled and torch.is_grad_enabled():
                     torch._C._set_grad_enabled(False)
@@ -272,7 +279,7 @@ class _Guard:
             self._trip()
 
     def _trip(self) -> None:
-        frame = next(f for f, policed in reversed(self._frames) if policed)
+        frame = next(f for f, policed, _ in reversed(self._frames) if policed)
         cls = getattr(frame.f_locals.get("self"), "_forward_cls", None)
         self.tripped = getattr(cls, "__name__", "a custom autograd.Function")
         raise VJPUsageError(function_message(self.tripped))

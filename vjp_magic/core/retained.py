@@ -34,6 +34,8 @@ import weakref
 
 import torch
 
+from .torch_api import guarded_grad
+
 _REGISTERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor
 
 
@@ -208,8 +210,8 @@ def _flush(output: torch.Tensor) -> None:
     leaves = [n.variable for n in _nodes(output.grad_fn) if hasattr(n, "variable")]
     try:
         if leaves:
-            torch.autograd.grad(output, leaves, torch.zeros_like(output), retain_graph=True,
-                                allow_unused=True)
+            guarded_grad(output, leaves, torch.zeros_like(output), retain_graph=True,
+                         allow_unused=True)
     except RuntimeError:
         _unbatch(_every_retaining())
 

@@ -36,6 +36,7 @@ from .probes import probe_generator, probe_plan, probe_values
 from .pattern import expanded
 from .sparse_layout import csr_rows, fresh
 from .tolerances import NOISE_MULTIPLE, tolerances
+from .torch_api import guarded_grad
 
 
 def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
@@ -255,7 +256,7 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
     tolerance = tolerances(output.dtype).probe
     v = torch.zeros_like(flat, requires_grad=True)
     try:
-        (g,) = torch.autograd.grad(flat, x, v, retain_graph=True, create_graph=True)
+        (g,) = guarded_grad(flat, x, v, retain_graph=True, create_graph=True)
     except RuntimeError:
         return False
     if g.grad_fn is None:  # J·w = 0 for every w: the rows hold no nonzero
@@ -265,7 +266,7 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
     for draw in range(probe_plan(flat.dtype).probes):
         w = _check_probe(g.reshape(-1), seed ^ 0x5EED, draw).reshape(x.shape)
         try:
-            (observed,) = torch.autograd.grad(g, v, w, retain_graph=True)
+            (observed,) = guarded_grad(g, v, w, retain_graph=True)
         except RuntimeError:
             return False
         w = w.reshape(-1).to(values.device, values.dtype)

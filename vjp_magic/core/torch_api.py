@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.variable import Variable
 
+from .reentrant import pass_guard
 from .textenum import TextEnum
 
 # -- the real functions, captured once ---------------------------------------------------------
@@ -24,12 +25,20 @@ autograd_grad = torch.autograd.grad
 ENGINE = Variable._execution_engine  # what backward and autograd.grad hand their passes to
 
 
+def guarded_grad(*args, **options) -> tuple:
+    """:data:`autograd_grad` under :func:`.reentrant.pass_guard`: the one way the analysis
+    differentiates a graph that may be the user's (a custom backward that re-enters autograd
+    on some gradients only: the usage error before it runs; no cost on other graphs)."""
+    with pass_guard():
+        return autograd_grad(*args, **options)
+
+
 def materialized_grad(outputs, inputs, grad_outputs=None, **options) -> tuple:
     """``torch.autograd.grad`` with zeros, not None, for the inputs the outputs do not reach
     (``materialize_grads=True``). Without ``create_graph`` no gradient requires grad (older
     torch releases mark the zeros they fill in as requiring grad)."""
-    grads = autograd_grad(outputs, inputs, grad_outputs, allow_unused=True,
-                          materialize_grads=True, **options)
+    grads = guarded_grad(outputs, inputs, grad_outputs, allow_unused=True,
+                         materialize_grads=True, **options)
     if options.get("create_graph"):
         return grads
     return tuple(g.detach() if g.requires_grad and g.is_leaf else g for g in grads)
@@ -127,4 +136,5 @@ def graph_usage_error(error: BaseException):
 
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
            "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
-           "graph_usage_error", "materialized_grad", "once_differentiable_node", "torch_error"]
+           "graph_usage_error", "guarded_grad", "materialized_grad", "once_differentiable_node",
+           "torch_error"]

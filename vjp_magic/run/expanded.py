@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..core.derivatives import plain_vjp
 from ..core.probes import fresh_stream, signed_powers
+from ..core.torch_api import guarded_grad
 from .refusals import close
 from .steps import Interpreter
 
@@ -366,7 +367,7 @@ def _pass(value: torch.Tensor, tensors: list, weights: torch.Tensor, keep: bool)
     reads a copy of ``weights``, which a backward writing into its argument leaves as is."""
     if keep:
         return plain_vjp(value, tensors, weights)
-    found = torch.autograd.grad(value, tensors, weights.clone(), allow_unused=True)  # as above
+    found = guarded_grad(value, tensors, weights.clone(), allow_unused=True)  # as above
     return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, found)]
 
 
