@@ -153,3 +153,21 @@ def test_guarded_grad_is_autograd_grad_on_an_ordinary_graph():
                                                        x.detach())
     torch.testing.assert_close(found, expected)
     assert x.grad is None
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_gradcheck_reports_it_without_running_it(entry):
+    """run.gradcheck end to end: the replay's passes are stopped (a note, never a verdict);
+    no hook fires, ``x.grad`` stays None."""
+    from vjp_magic.run.gradcheck import gradcheck
+    from vjp_magic.run.record import recording
+
+    Sometimes.entry[0] = ENTRIES[entry]
+    x = _x()
+    with recording() as record:
+        y = Sometimes.apply(x * 1.0) * 3.0
+    refuse_reentrant(y)  # (as the pipeline does before --gradcheck)
+    before = dict(RUNS)
+    report = gradcheck(record, {"x": x}, y, ["x"], seed=0, seconds=5.0)
+    assert report.ok is None and "Sometimes" in report.note, report
+    assert RUNS == before and x.grad is None
