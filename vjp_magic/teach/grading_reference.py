@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..core.tolerances import tolerances
-from ..core.torch_api import materialized_grad
+from ..core.torch_api import guarded_grad, materialized_grad
 from ..run.replay import build, runs_user_code
 from .sparse_dense import is_sparse
 
@@ -152,8 +152,8 @@ def rounding_bound(output: torch.Tensor, leaf: torch.Tensor, vs: list) -> torch.
         errors: dict = {}
         handles = [node.register_hook(_carry(node, errors)) for node in nodes]
         try:
-            torch.autograd.grad(output, leaf, v.to(output.dtype), retain_graph=True,
-                                allow_unused=True)
+            guarded_grad(output, leaf, v.to(output.dtype), retain_graph=True,
+                         allow_unused=True)  # (a reentrant custom backward: refused first)
         finally:
             for handle in handles:
                 handle.remove()
