@@ -17,7 +17,7 @@ from torch.overrides import has_torch_function
 
 from .reentrant import pass_guard
 from .retained import cleared, plain_pass
-from .torch_api import TorchError, autograd_grad, guarded_grad, materialized_grad, torch_error
+from .torch_api import TorchError, guarded_grad, materialized_grad, torch_error
 from .vectorising import Payoff
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
@@ -172,11 +172,10 @@ _VMAP = _vmap_primitives()
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     # not materialize_grads: with is_grads_batched its zeros would lack the batch axis
-    with pass_guard():
-        grads = autograd_grad(
-            [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
-            is_grads_batched=True,
-        )
+    grads = guarded_grad(
+        [output], list(inputs), [grad_outputs], retain_graph=True, allow_unused=True,
+        is_grads_batched=True,
+    )
     return _fill_unused(grads, inputs, grad_outputs.shape[0])
 
 
@@ -215,8 +214,7 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     analysis's own, shaped and typed like the output), which cost about as much as a small
     graph's backward; tensors with a ``__torch_function__`` go through ``autograd.grad``."""
     if has_torch_function((output, *inputs)):
-        with pass_guard():  # (a custom backward that re-enters autograd: the usage error)
-            return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
+        return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
     engine = Variable._execution_engine  # the one autograd.grad would hand the pass to
     with pass_guard():
         grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
