@@ -22,6 +22,7 @@ import functools
 import sys
 import threading
 import types
+from typing import NamedTuple
 
 import torch
 
@@ -44,8 +45,7 @@ def _judged(output) -> tuple[tuple[str, ...], bool]:
         return (), False
     nodes = [node for node in walk_nodes([output.grad_fn])
              if isinstance(node, torch.autograd.function.BackwardCFunction)]
-    custom = any(not (getattr(node, "_forward_cls", type).__module__ or "").startswith("torch.")
-                 for node in nodes)
+    custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in nodes)
     return tuple(dict.fromkeys(node.name() for node in nodes if _is_reentrant(node))), custom
 
 
@@ -86,12 +86,17 @@ def _is_reentrant(node) -> bool:
     checkpoint = getattr(module, "CheckpointFunction", None)
     if checkpoint is not None and issubclass(cls, checkpoint):
         return True
-    if (cls.__module__ or "").startswith("torch."):  # PyTorch's own (a module's hooks)
+    if _pytorch_own(cls):  # (a module's hooks)
         return False
     if any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
            for name in ("backward", "vjp")):
         return True
     return _probe(node)
+
+
+def _pytorch_own(cls: type) -> bool:
+    """Whether a custom Function class is PyTorch's own, not the user's."""
+    return (cls.__module__ or "").startswith("torch.")
 
 
 def _probe(node) -> bool:
@@ -175,6 +180,7 @@ _FUNC_TRANSFORMS = ("vjp", "grad", "grad_and_value", "jacrev", "jacfwd", "hessia
 _FUNCTIONAL = ("jacobian", "hessian", "vjp", "jvp", "hvp", "vhp")
 
 
+@functools.lru_cache(maxsize=1)
 def _entry_points() -> tuple:
     """autograd's entry points a backward may name: ``grad``, ``backward``, ``enable_grad``,
     ``torch.autograd.functional``'s and ``torch.func``'s transforms."""
@@ -302,24 +308,19 @@ def _engine():
     return torch.autograd.Variable._execution_engine
 
 
-class _Watched(types.SimpleNamespace):
+class _Watched(NamedTuple):
     apply: types.CodeType
     calls: frozenset
 
 
-_WATCHED: list = []
-
-
+@functools.lru_cache(maxsize=1)
 def _watched() -> _Watched:
     """The code objects the guard knows: ``BackwardCFunction.apply`` and the calls it stops."""
-    if not _WATCHED:
-        functions = [torch.nn.Module.__call__, torch.nn.Module._call_impl,
-                     getattr(torch.nn.Module, "_wrapped_call_impl", None), *_entry_points()]
-        functions = [getattr(f, "__func__", f) for f in functions]
-        calls = frozenset(f.__code__ for f in functions if isinstance(f, types.FunctionType))
-        apply = torch.autograd.function.BackwardCFunction.apply
-        _WATCHED.append(_Watched(apply=apply.__code__, calls=calls))
-    return _WATCHED[0]
+    functions = [torch.nn.Module.__call__, torch.nn.Module._call_impl,
+                 getattr(torch.nn.Module, "_wrapped_call_impl", None), *_entry_points()]
+    functions = [getattr(f, "__func__", f) for f in functions]
+    calls = frozenset(f.__code__ for f in functions if isinstance(f, types.FunctionType))
+    return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
 
 
 __all__ = ["checkpoint_message", "function_message", "pass_guard", "reentrant_guard",
