@@ -209,7 +209,7 @@ def reproducing_code(result, result_name: str | None = None) -> str:
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
     head = ["import torch"] + (["import itertools"] if itertools_needed else [])
     if any(re.search(rf"(?<![\w.]){source}\.(gradients|jacobian)\b", line) for line in body):
-        head += ["", *said, result_check(source, result)]  # before .grad is touched
+        head += ["", *said, result_check(source, result.seed)]  # before .grad is touched
     return "\n".join(head + [""] + body) + "\n"
 
 
@@ -228,13 +228,15 @@ def _result_source(result, taken: set[str], given: str | None) -> tuple[str, lis
                     f"({source} = the result this code came from)"]
 
 
-def result_check(source: str, result) -> str:
-    """The line that checks ``source`` is ``result`` (its seed is drawn per run), so code run
-    with a stale or another result fails loudly instead of silently mixing them."""
-    fix = "run it right after that result's cell" if source == "_" else \
-        f"bind {source} to it first ({source} = _ after its cell)"
-    return (f"assert {source}.seed == {result.seed}, "
-            f"\"{source} is not the result this code was written for: {fix}\"")
+def result_check(source: str, seed) -> str:
+    """The line that checks ``source`` is the result whose ``seed`` it names (drawn per run),
+    so code run with a stale or another result fails loudly instead of silently mixing them.
+    IPython's ``_`` (the code shown beneath the cell) gets a message short enough for the
+    display's code width (56 characters with a 63-bit seed)."""
+    if source == "_":
+        return f'assert _.seed == {seed}, "_ is stale"'
+    return (f"assert {source}.seed == {seed}, \"{source} is not the result this code was "
+            f"written for: bind {source} to it first ({source} = _ after its cell)\"")
 
 
 def _save_grads(result, xs: dict[str, str], saved: str) -> list[str]:

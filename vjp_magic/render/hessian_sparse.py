@@ -13,10 +13,10 @@ from types import SimpleNamespace
 from . import notation
 from ..core.colouring import valid_rows
 from .budget import fit_of, remembered
-from .codegen import expression, fresh, identifiers, output_symbol
+from .codegen import expression, fresh, identifiers, output_symbol, result_check
 from .document import Code, CodeBlock, Math, Paragraph, Text
 from .codelines import CODE_WIDTH
-from .sparse import Form, entries_words, layout_of, sparse_of, stale_check, values_block
+from .sparse import Form, entries_words, layout_of, sparse_of, values_block
 
 
 def sparse_hessian_blocks(h, name: str, options) -> list:
@@ -88,7 +88,8 @@ def product_code(h, name: str, form: Form | None) -> str:
     if reads_result:  # (no closed form, or one with exceptions: read off)
         read = f"{colour} = _.inputs[{name!r}].sparse.colours.reshape(-1)"
         note = "  # _: h, the cell's result"
-        colours = [stale_check(h.seed), read + note if len(read + note) <= CODE_WIDTH else read]
+        colours = [result_check("_", h.seed),
+                   read + note if len(read + note) <= CODE_WIDTH else read]
     elif form.coefficients:
         letters = [fresh(letter, taken) for letter in notation.point_letters(
             len(form.coefficients))]

@@ -30,7 +30,7 @@ import torch
 from ..core.sparse_layout import csr_block
 from . import notation
 from .budget import fit_of, remembered
-from .codegen import expression, fresh, identifiers, output_symbol
+from .codegen import expression, fresh, identifiers, output_symbol, result_check
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
@@ -655,7 +655,7 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
 def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
     """The colour of each entry of ``y`` (the input, by columns): in closed form, with its
     few exceptions, else read off the cell's result ``_`` (IPython's last output), checked
-    first by its seed (:func:`stale_check`; ``names["seed"]``) unless ``names["result"]``
+    first by its seed (:func:`.codegen.result_check`; ``names["seed"]``) unless ``names["result"]``
     names it (``r.code`` checks its own)."""
     colour = names["colour"]
     if form is not None and not form.coefficients:
@@ -674,17 +674,9 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
                 f"torch.arange({y}.numel()), {y}.shape)",
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
     vs, source = names["vs"], names.get("result", "_")
-    check = [stale_check(names["seed"])] if source == "_" else []  # (r.code checks its own)
+    check = [result_check("_", names["seed"])] if source == "_" else []  # (r.code checks its own)
     return check + [f"{vs} = {source}.gradients[{name!r}]  # {source}: the cell's result",
                     f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
-
-
-def stale_check(seed) -> str:
-    """The line that checks IPython's ``_`` is still the cell's result (its seed is drawn per
-    run): run after another cell's output, the code raises instead of reading another
-    result's colours or pattern."""
-    return f'assert _.seed == {seed}, "_ is stale"'  # (≤ 56 characters: a 63-bit seed)
-
 
 
 # -- the nonzero values -----------------------------------------------------------------------
