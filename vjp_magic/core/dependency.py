@@ -79,9 +79,14 @@ class Dependency:
     ``pattern``: bool, (output axis size × input axis size), dense where it fits the memory
     budget, else a sparse CSR bool tensor of the dependences (:func:`dependency` past the
     budget: the methods and the verdict read either); ``evidence``: an
-    :class:`.pairing.Evidence`, "proved" or "observed" (read off a result, as its pairing is
-    known) or "probed" (random probes);
-    ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again).
+    :class:`.pairing.Evidence`: "proved" (from the graph: a pairing's own axes, or a proved
+    sparse pattern's entries, zeros at this x included), "observed" (read off a result's
+    values at this x: a derivative that happens to be 0 there is not a dependence) or
+    "probed" (random probes);
+    ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again);
+    ``conditional_on``: where "proved" rests on index, mask or condition tensors the graph
+    saved (``gather``, ``where``, max pooling: :attr:`.pattern.Pattern.conditional_on`), their
+    ops: the pattern holds for every x that gives the same ones (the note says so).
     """
 
     kind: Kind
@@ -96,6 +101,7 @@ class Dependency:
     nonzeros: tuple[int, float] | None = None
     note: str | None = field(default=None, compare=False)
     complete: bool = True
+    conditional_on: tuple[str, ...] = ()
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
         """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
@@ -624,13 +630,20 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
         first = second = k + b
     else:  # y's index along a is x's index along the axis paired with a
         first, second = k + paired[a], k + b
-    derivatives = item.derivatives
+    derivatives, sparse = item.derivatives, item.sparse
+    # what the graph proves: a proved sparse pattern's entries (its zeros at this x included),
+    # or the pairing's own diagonal; any other pattern is read off values at this x
+    structural = sparse is not None and str(sparse.evidence) == "proved"
     if derivatives.layout == torch.strided:
-        pattern = _plane(derivatives != 0, first, second)  # component shape + input shape
+        pattern = _plane(derivatives != 0, first, second)
     else:
-        pattern = _sparse_plane(derivatives, first, second)
-    dep = _dependency(pattern.cpu(), a, b, Evidence(item.evidence),
+        pattern = _sparse_plane(derivatives, first, second, zeros=structural)
+    proved = structural or (str(item.evidence) == "proved" and paired.get(a) == b)
+    dep = _dependency(pattern.cpu(), a, b, Evidence.PROVED if proved else Evidence.OBSERVED,
                       getattr(result, "seed", None))
+    given = tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ()
+    if given:
+        dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
     return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives))
 
 
@@ -642,10 +655,12 @@ def _smallest(derivatives: torch.Tensor) -> float:
     return float(values.min()) if values.numel() else float("inf")
 
 
-def _sparse_plane(derivatives: torch.Tensor, first: int, second: int) -> torch.Tensor:
-    """:func:`_plane` of a sparse (COO) tensor's non-zero entries."""
+def _sparse_plane(derivatives: torch.Tensor, first: int, second: int,
+                  zeros: bool = False) -> torch.Tensor:
+    """:func:`_plane` of a sparse (COO) tensor's non-zero entries (``zeros``: of all its
+    stored entries, those 0 at this x included)."""
     d = derivatives.to_sparse_coo().coalesce()
-    at = d.indices()[:, d.values() != 0]
+    at = d.indices() if zeros else d.indices()[:, d.values() != 0]
     m, n = d.shape[first], d.shape[second]
     pattern = torch.zeros(m, n, dtype=torch.bool)
     if first == second:
@@ -787,6 +802,8 @@ def _shown_witness(dep: Dependency, rows, columns) -> Dependency:
     return replace(dep, witness=witness)
 
 
+CONDITIONAL_NOTE = ("proved given the indices and masks the graph saved ({}): for every x "
+                    "that gives the same ones")
 UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with x.double()"
 UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest normal
 
