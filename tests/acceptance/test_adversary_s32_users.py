@@ -63,6 +63,20 @@ def test_the_loop_pasted_after_the_short_cell_gives_the_tutorials_numbers(
     assert ip.user_ns["x"].grad is None
 
 
+@pytest.mark.xfail(strict=True, reason="the display's loop names its one-hot vector v even "
+                   "where the cell's input is v: pasted, it overwrites the input and reads the "
+                   "one-hot's .grad (TypeError: can't assign a NoneType)")
+def test_the_loop_pasted_for_an_input_named_v_gives_its_derivatives(ip, run_vjp, assert_tensor):
+    r = run_vjp("v = torch.linspace(-1, 1, 4, requires_grad=True)\n"
+                "out = torch.stack([v**2, v*3])")
+    v = ip.user_ns["v"]
+    (code,) = shown_code(r)
+    result = ip.run_cell(code)
+    assert result.success, result.error_in_exec
+    assert ip.user_ns["v"] is v  # the cell's input is still there
+    assert_tensor(ip.user_ns["d_v"], [[2 * t for t in v.tolist()], [3.0] * 4])
+
+
 # -- advice that is code: it must be valid Python and do what it says -----------------------------
 @pytest.mark.xfail(strict=True, reason="the advice appends requires_grad=True to a call that "
                    "already has requires_grad=False: 'torch.ones(3, requires_grad=False, "
