@@ -123,7 +123,8 @@ def test_a_lambda_variable_typesets_in_katex_and_mathjax(run_vjp, line):
     for maths in markdown.maths(md):  # what MathJax 3 and KaTeX (strict) reject
         assert latex.tex_problems(maths) == [], maths
     if line != "--full":
-        assert "```python\ny.backward(gradient=torch.ones_like(y))\nλ.grad\n```" in md
+        assert ("```python\nλ.grad = None  # backward adds to .grad: start from none\n"
+                "y.backward(gradient=torch.ones_like(y))\nλ.grad\n```") in md
         assert "    λ.grad\n" in text
     require_node()
     for mime, shown in zip(("text/markdown", "text/latex"), render_vscode([md, tex])):

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..core.validation import parameter_expression
+from .codelines import CODE_WIDTH
 
 _ONE_AXIS = "k"
 _AXES = ("i", "j", "l", "m", "n", "p", "q")
@@ -149,13 +150,18 @@ def _output_variable(result, taken: set[str]) -> tuple[str, list[str]]:
 
 def display_loop(result, names: Sequence[str] | None = None) -> str:
     """The tutorial's own few lines for the derivatives with respect to ``names`` (default:
-    every input), which must share their point axes; nothing saved or restored."""
+    every input), which must share their point axes; nothing saved or restored.
+
+    Pasted into the next cell they give the numbers shown whatever ``.grad`` the cell left
+    (its own ``backward`` adds to it): each ``.grad`` is cleared before the first backward,
+    and the loop clears it after reading each component, so none is left behind."""
     names = list(result.inputs if names is None else names)
     taken = identifiers([result.output_name, *result.inputs])
     y, first = _output_variable(result, taken)
     xs = [expression(name) for name in names]
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
+    first.append(cleared_grads(xs))
     reads = [f"{x}.grad" for x in xs]
     if result.output.numel() == 1 and not result.full:
         return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"
@@ -170,6 +176,14 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
     stores = [f"{d}[{', '.join(loop.letters)}] = {x}.grad; {x}.grad = None"
               for x, d in zip(xs, ds)]
     return "\n".join(head + loop.lines(y, stores)) + "\n"
+
+
+def cleared_grads(xs: Sequence[str]) -> str:
+    """``x.grad = None`` for each of ``xs`` (spelled as code), with why where it fits the
+    code width: backward adds to ``.grad``, so code that reads it starts from none."""
+    line = " = ".join(f"{x}.grad" for x in xs) + " = None"
+    said = f"{line}  # backward adds to .grad: start from none"
+    return said if len(said) <= CODE_WIDTH else line
 
 
 # -- r.code: the careful version ------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch
 from ..core.sparse_layout import csr_block
 from . import notation
 from .budget import fit_of, remembered
-from .codegen import expression, fresh, identifiers, output_symbol, result_check
+from .codegen import cleared_grads, expression, fresh, identifiers, output_symbol, result_check
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
@@ -618,7 +618,7 @@ def colour_code(result, name: str) -> str:
     k = sparse.count
     lines += colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
-              f"{x}.grad = None  # backward adds to .grad: start from none",
+              cleared_grads([x]),
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
               f"    {y}.backward(gradient={v}, retain_graph=True)",
