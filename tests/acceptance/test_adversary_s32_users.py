@@ -164,6 +164,49 @@ def test_jacobian_of_an_underscored_input_is_shown(run_ok):
     assert "x_" in bundle(r)["text/plain"]
 
 
+# -- --check: answers of other layouts and dtypes -------------------------------------------------
+def _stacked():
+    x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)
+    y = torch.stack([x**2, x**3])
+    return x, y, torch.stack([2 * x, 3 * x**2]).detach()
+
+
+@pytest.mark.xfail(strict=True, reason="a sparse answer (the layout r.jacobian(..., "
+                   "layout=torch.sparse_csr) gives) crashes grading: NotImplementedError / "
+                   "RuntimeError from teach/grading, not a verdict or a short message")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_sparse_answer_gets_a_verdict_or_a_short_message(layout):
+    x, y, d = _stacked()
+    answer = d.to_sparse() if layout == "coo" else d.to_sparse_csr()
+    try:
+        verdict = vjp_magic.check(answer, y, x)
+    except vjp_magic.VJPUsageError as error:
+        assert "dense" in str(error) or "sparse" in str(error)
+    else:
+        assert verdict.correct  # the right numbers, stored sparse
+
+
+@pytest.mark.xfail(strict=True, reason="a sparse answer under %%vjp --check shows our traceback "
+                   "(NotImplementedError in teach/grading._recognised)")
+def test_a_sparse_answer_in_a_cell_gets_no_traceback(ip):
+    result = ip.run_cell("%%vjp --check ans\nx = torch.tensor([0.3, 1.7, 2.9], "
+                         "requires_grad=True)\ny = torch.stack([x**2, x**3])\n"
+                         "ans = torch.stack([2*x, 3*x**2]).detach().to_sparse()")
+    assert result.error_in_exec is None or isinstance(result.error_in_exec, UsageError)
+
+
+@pytest.mark.xfail(strict=True, reason="a bool or complex answer is 'a Tensor, not a tensor of "
+                   "real numbers': the hint contradicts itself and does not name the dtype")
+@pytest.mark.parametrize("dtype", [torch.bool, torch.complex64], ids=str)
+def test_an_answer_of_the_wrong_dtype_is_named_by_its_dtype(dtype):
+    x, y, d = _stacked()
+    answer = d > 0 if dtype is torch.bool else d.to(dtype)
+    verdict = vjp_magic.check(answer, y, x)
+    assert not verdict.correct
+    assert "a Tensor, not a tensor" not in verdict.hint
+    assert str(dtype).removeprefix("torch.") in verdict.hint
+
+
 # -- the prose that links the maths to the code ---------------------------------------------------
 @pytest.mark.xfail(strict=True, reason="'Counted from 1 ...: grad f_1 is y[0]' equates a "
                    "gradient with an output entry: f_1 is y[0]; grad f_1 is d_x[0]")
