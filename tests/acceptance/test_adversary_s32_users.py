@@ -33,20 +33,16 @@ def shown_code(result) -> list[str]:
 
 
 # -- the code beneath a cell, pasted into the next cell -------------------------------------------
-@pytest.mark.xfail(strict=True, reason="the display's loop reads x.grad before clearing it: "
-                   "pasted after the tutorial's In [19] (which leaves x.grad = 5) it gives "
-                   "dy/dx[0,0] = 5, the display says 0")
 def test_the_loop_pasted_after_the_tutorials_matrix_cell_gives_its_numbers(
         ip, run_vjp, run_ok, assert_tensor):
-    cell = cells.MATRIX_VALUED_UNIVARIATE  # the tutorial's own loop, retain_graph=True
+    # the tutorial's own loop (retain_graph=True) leaves x.grad = 5: found here, fixed in c487503
+    cell = cells.MATRIX_VALUED_UNIVARIATE
     r = run_vjp(cell.source)
     (code,) = shown_code(r)
     run_ok(code)
     assert_tensor(ip.user_ns["d_x"], cell.derivatives)
 
 
-@pytest.mark.xfail(strict=True, reason="the one-line code beneath a cell adds to the .grad "
-                   "the cell's own backward left: pasted, x.grad is twice the derivatives shown")
 def test_the_line_pasted_after_a_cell_with_its_own_backward_gives_its_numbers(
         ip, run_vjp, run_ok, assert_tensor):
     r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = x.sum()\ny.backward()")
