@@ -221,6 +221,35 @@ def test_an_answer_of_the_wrong_dtype_is_named_by_its_dtype(dtype):
     assert str(dtype).removeprefix("torch.") in verdict.hint
 
 
+@pytest.fixture
+def exam(ip):
+    ip.run_line_magic("config", "VJPMagics.exam = True")
+    yield
+    ip.run_line_magic("config", "VJPMagics.exam = False")
+
+
+@pytest.mark.xfail(strict=True, reason="exam mode hides the coaching's corrected code, but a "
+                   "wrong answer's hint spells the same code: 'y.backward(gradient="
+                   "torch.ones_like(y)) puts them in x.grad' is the exercise's answer")
+def test_exam_hints_do_not_spell_the_backward_that_answers_the_exercise(run_vjp, exam):
+    r = run_vjp("x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\ny = x**2\n"
+                "ans = 3*x", "--check ans")
+    assert not r.check.correct
+    shown = bundle(r)
+    assert "gradient=torch.ones_like" not in shown["text/plain"]
+    assert "gradient=torch.ones_like" not in shown["text/markdown"]
+
+
+@pytest.mark.xfail(strict=True, reason="--check x.grad zeroed by the cell is told 'x.grad is "
+                   "all zeros. If it holds x.grad, store x.grad.clone()': the hint written for "
+                   "an answer variable, about x.grad itself")
+def test_the_zeroed_grad_hint_speaks_of_x_grad_itself(run_vjp):
+    r = run_vjp("x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\ny = x**2\n"
+                "y.sum().backward()\nx.grad.zero_()", "--check x.grad")
+    assert not r.check.correct
+    assert "If it holds x.grad" not in r.check.hint
+
+
 # -- the prose that links the maths to the code ---------------------------------------------------
 @pytest.mark.xfail(strict=True, reason="'Counted from 1 ...: grad f_1 is y[0]' equates a "
                    "gradient with an output entry: f_1 is y[0]; grad f_1 is d_x[0]")
