@@ -8,6 +8,7 @@ Jacobian's NaN from 0·∞ taken from the other mode).
 """
 from __future__ import annotations
 
+import ast
 import math
 import operator
 import re
@@ -136,13 +137,59 @@ def checked_seed(seed: object) -> int | None:
     raise VJPUsageError(f"seed is an int, e.g. seed=0 (or None for a fresh one), not {seed!r}.")
 
 
+def refuse_sequence(name: str, output: object, how: str = "{}") -> None:
+    """A usage error where the output is a tuple, list or dict of tensors: one of them named
+    in the syntax of the caller, ``how`` (``"%%vjp --of {}"``, ``"%jacobian {0} wrt {1}"``,
+    ``"vjp_magic.differentiate({}, x)"``: ``{0}`` the output, ``{1}`` the inputs). Where
+    ``name`` is written as a tuple whose other items are leaves that require grad (``y, x``:
+    a comma where ``%jacobian`` wants a space or ``wrt``), those are the inputs."""
+    items = dict(output) if isinstance(output, Mapping) else \
+        dict(enumerate(output)) if isinstance(output, (tuple, list)) else {}
+    tensors = [k for k, v in items.items() if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return
+    key = next((k for k in tensors if items[k].grad_fn is not None), tensors[0])
+    kind = type(output).__name__
+    python = how.startswith("vjp_magic.")
+    written = _elements(name, len(items)) if not isinstance(output, Mapping) else None
+    if written is not None:
+        example = written[key]
+        leaves = [source for k, source in enumerate(written) if k != key and source.isidentifier()
+                  and _leaf_requiring_grad(items[k])]
+    else:
+        example, leaves = f"{'outputs' if python else operand(name)}[{key!r}]", []
+    if leaves and "{1}" in how:  # %jacobian y, x: the output, then its inputs
+        advice = how.format(example, " ".join(leaves))
+        raise VJPUsageError(
+            f"{name} is read as one output, a {kind} of tensors. The output comes first, "
+            f"then the inputs after wrt: {advice}.")
+    advice = how.format(example, "x").removeprefix("%%vjp ")
+    if python:
+        raise VJPUsageError(f"The output is a {kind} of {len(tensors)} tensors: pass one of them "
+                            f"({advice}) or torch.stack them into one tensor.")
+    raise VJPUsageError(f"{name} is a {kind} of tensors: name one of them as the output "
+                        f"({advice}) or torch.stack them into one tensor.")
+
+
+def _elements(source: str, count: int) -> list[str] | None:
+    """The item sources of ``source`` written as a tuple or list of ``count`` items."""
+    try:
+        node = ast.parse(source.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+    if not isinstance(node, (ast.Tuple, ast.List)) or len(node.elts) != count \
+            or any(isinstance(e, ast.Starred) for e in node.elts):
+        return None
+    return [ast.unparse(e) for e in node.elts]
+
+
+def _leaf_requiring_grad(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.requires_grad and value.grad_fn is None
+
+
 def check_output(output: object, name: str) -> torch.Tensor:
     """The output must be a real floating tensor that autograd can differentiate."""
-    if isinstance(output, (tuple, list)) and any(isinstance(t, torch.Tensor) for t in output):
-        raise VJPUsageError(
-            f"{name} is a {type(output).__name__} of tensors: name one of them as the output "
-            f"(--of {name}[0]) or torch.stack them into one tensor."
-        )
+    refuse_sequence(name, output)
     if output is None and name.endswith(".grad"):
         raise VJPUsageError(
             f"{name} is None (no backward has filled it), and a gradient is differentiated as "

@@ -281,8 +281,10 @@ def one_output(of: list[str] | None) -> str | None:
             and _expression(node.value) is not None:
         return node.value.strip()  # quoted
     if len(of) > 1 and (node is None or isinstance(node, ast.Tuple)):
-        raise VJPUsageError("Give one output to --of (e.g. --of y, or an expression such as "
-                            "--of y.sum() + 1).")
+        first = ast.unparse(node.elts[0]) if isinstance(node, ast.Tuple) and node.elts else \
+            of[0].rstrip(",") if _expression(of[0].rstrip(",")) is not None else "y"
+        raise VJPUsageError(f"Give one output to --of (--of {first}), or torch.stack several "
+                            "into one tensor (an expression may have spaces: --of y.sum() + 1).")
     return source
 
 

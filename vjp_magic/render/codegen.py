@@ -157,11 +157,11 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
     and the loop clears it after reading each component, so none is left behind."""
     names = list(result.inputs if names is None else names)
     taken = identifiers([result.output_name, *result.inputs])
-    y, first = _output_variable(result, taken)
+    y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
+    first = [cleared_grads(xs), *named]
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
-    first.append(cleared_grads(xs))
     reads = [f"{x}.grad" for x in xs]
     if result.output.numel() == 1 and not result.full:
         return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"

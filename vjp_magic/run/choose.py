@@ -27,12 +27,13 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..core.validation import (add_named, module_parameters, named_inputs,
-                                parameter_expression)
+                                parameter_expression, refuse_sequence)
 from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
-                            is_visible_name, no_grad_message, ordered_names)
-from .execute import CellRun, detached_advice, evaluate, own_requires_grad_advice
+                            is_visible_name, no_grad_message, ordered_names, walk_graph)
+from .execute import CellRun, detached_advice, evaluate
+from .grad_advice import own_requires_grad_advice
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -145,7 +146,8 @@ class FromExpression:
         return cls(scope, source, value, record)
 
     def output(self, of: str | None) -> tuple[str, object]:
-        return self.output_source, dense(self.output_source, self.value, "%jacobian {} wrt x")
+        return self.output_source, dense(self.output_source, self.value,
+                                           "%jacobian {0} wrt {1}")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
@@ -201,15 +203,17 @@ def lookup(scope, source: str, role: str):
 def dense(name: str, output, how: str):
     """The output, unless it is a sparse tensor: its derivatives are computed, but nothing
     past them reads a sparse layout, so the student is told to densify it (``how``: where
-    the dense output goes, e.g. ``%%vjp --of {}``); or a meta tensor (no values)."""
+    the dense output goes, e.g. ``%%vjp --of {}``, ``{1}`` the inputs where it names them);
+    or a meta tensor (no values); or a tuple, list or dict of tensors (one of them named)."""
     refuse_meta(name, output)
+    refuse_sequence(name, output, how)
     if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
         return output
     densified = f"{operand(name)}.to_dense()"
     raise VJPUsageError(
         f"{name} is a sparse tensor ({str(output.layout).replace('torch.', '')}): vjp_magic "
         f"shows the derivatives of dense outputs. Differentiate {densified} instead: "
-        f"{how.format(densified)}.")
+        f"{how.format(densified, 'x')}.")
 
 
 def dense_inputs(inputs: dict) -> dict:
@@ -304,7 +308,8 @@ def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt")
         if not leaves:
             raise
         if not modules:
-            raise VJPUsageError(_unnamed_message(output_name, flag)) from None
+            raise VJPUsageError(_unnamed_message(output_name, flag, _leaf_copies(
+                scope.user_ns, output, assigned))) from None
         found = ChosenInputs()
         for name, module in modules.items():
             found.update(module_parameters(module, name))
@@ -315,6 +320,11 @@ def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt")
             f"with `{flag}`, e.g. `{flag} {first}`."),)
         return found
     found.notes = _left_out(found, modules, leaves, output_name, flag)
+    taken = {id(t) for t in found.values()} | {
+        id(p) for module in modules.values() for p in module.parameters()}
+    if any(i not in taken for i in leaves):  # a leaf with no name: a named copy of it?
+        copies = _leaf_copies(scope.user_ns, output, assigned, taken)
+        found.notes += _copies_left_out(found, copies, output_name, flag)
     return found
 
 
@@ -356,16 +366,62 @@ def _left_out(found: dict, modules: dict, leaves: dict, output_name: str, flag: 
                    f"`{flag} {' '.join(list(found) + left)}` includes them."),)
 
 
+def _copies_left_out(found: dict, copies, output_name: str, flag: str) -> tuple:
+    """A note naming the tensors the output is computed from that are copies of a leaf with
+    no name (``x = torch.tensor(..., requires_grad=True).double()``), left out of ``found``."""
+    left = [name for name, _ in copies if name not in found]
+    if not left:
+        return ()
+    return (marked(f"{output_name} also depends on {_listed(left)}, not a leaf (computed from a "
+                   "tensor that requires grad and has no name, e.g. by `.double()` after "
+                   f"`requires_grad=True`), left out here: `{flag} {' '.join([*found, *left])}` "
+                   "includes it."),)
+
+
 def _listed(names: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def _unnamed_message(output_name: str, flag: str) -> str:
-    """No name in the notebook holds the tensors that require grad the output reaches."""
+def _unnamed_message(output_name: str, flag: str, copies: Sequence[tuple] = ()) -> str:
+    """No name in the notebook holds the tensors that require grad the output reaches;
+    ``copies``: the named tensors computed straight from such a tensor, (name, tensor),
+    which the student took for the inputs (``x = torch.tensor(..., requires_grad=True)
+    .double()``)."""
+    if copies:
+        names = " ".join(name for name, _ in copies)
+        name, value = copies[0]
+        kind = value.grad_fn.name()
+        if kind == "ToCopyBackward0":  # .double(), .float(), .to(...), .cuda()
+            made = [f"dtype={value.dtype}"] + ([f"device='{value.device}'"]
+                                              if value.device.type != "cpu" else [])
+            return (f"{name} is not a leaf: converting (.double(), .to(...), .cuda()) after "
+                    "requires_grad=True makes a copy, and the leaf before it has no name. "
+                    f"Differentiate with respect to the copy ({flag} {names}), or convert "
+                    f"before requiring grad: {name} = torch.tensor(..., {', '.join(made)}, "
+                    "requires_grad=True).")
+        return (f"{name} is not a leaf: it is computed ({kind}) from a tensor that requires "
+                f"grad and has no name. Differentiate with respect to {name} ({flag} {names}), "
+                f"or bind that tensor to a name in the cell and compute {name} from it.")
     return (f"{output_name} depends on tensors that require grad, but none of them is bound to "
             "a name in the notebook, nor is a module holding them. Bind the module or the "
             f"tensor to a name in the cell, then name it with {flag} NAME.")
+
+
+def _leaf_copies(namespace, output, assigned, named: set[int] = frozenset()) -> list[tuple]:
+    """(name, tensor) for the named tensors on ``output``'s graph computed straight from a
+    leaf that requires grad and is not in ``named`` (ids) (a conversion, a clone, any op),
+    the cell's names first."""
+    on_graph = {id(node): node for node in walk_graph(output)} if output.grad_fn else {}
+    copies = []
+    for name in ordered_names(namespace, assigned):
+        value = namespace[name]
+        node = value.grad_fn if isinstance(value, torch.Tensor) else None
+        if node is not None and id(node) in on_graph and any(
+                isinstance(getattr(n, "variable", None), torch.Tensor)
+                and id(n.variable) not in named for n, _ in node.next_functions):
+            copies.append((name, value))
+    return copies
 
 
 def number_output_hint(ns, assigned) -> str | None:

@@ -1,0 +1,151 @@
+"""Advice that makes a cell's input require grad, written in the cell's own lines.
+
+The advice is code the student copies, so it must be Python that, followed, gives a result:
+a factory's ``requires_grad=False`` is set to ``True`` (never a second keyword), a
+``.requires_grad_(False)`` becomes ``.requires_grad_()`` (never a second call), and where the
+line that makes the input already asks for grad, the later line that turned it off
+(``x.requires_grad = False``, ``x.requires_grad_(False)``, ``x.detach_()``) is the one named.
+Each amended line is compiled before it is advised.
+"""
+from __future__ import annotations
+
+import ast
+
+import torch
+
+from ..core.errors import operand
+
+# torch's factories that take requires_grad=: the cell's own line, so amended, is the advice
+FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "eye", "rand", "randn", "linspace",
+             "logspace", "arange", "zeros_like", "ones_like", "full_like", "empty_like",
+             "rand_like", "randn_like"}
+GENERIC = ("Create the input with requires_grad=True (e.g. x = torch.tensor([1., 2.], "
+           "requires_grad=True)), or call x.requires_grad_() on it before computing.")
+
+
+def requires_grad_advice(source: str, namespace) -> str:
+    """Make the cell's input with ``requires_grad=True``, in its own names where it can."""
+    return own_requires_grad_advice(source, namespace) or GENERIC
+
+
+def own_requires_grad_advice(source: str, namespace, output: str | None = None,
+                             reads=()) -> str | None:
+    """Make the cell's input with ``requires_grad=True``: the line that turned it off, named,
+    or its own line, so amended, where a float tensor the cell makes without it (not
+    ``output``) is assigned on one line (its last assignment); else a tensor it reads
+    (``reads``: from an earlier cell) made to require grad; else None."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        body = []
+    for k, node in enumerate(body):
+        name = _assigned_name(node)
+        if name is None or name == output or not _float_leaf(namespace.get(name)) \
+                or any(_assigned_name(later) == name for later in body[k + 1:]):
+            continue
+        written = (ast.get_source_segment(source, node) or "").strip()
+        off = next((stmt for stmt in reversed(body[k + 1:]) if _turns_off(stmt, name)), None)
+        amended = _amended(source, node, name, written) if "\n" not in written else None
+        if off is not None:
+            line = (ast.get_source_segment(source, off) or ast.unparse(off)).strip()
+            if amended is None:  # the line that makes it asks for grad already
+                return (f"Delete the line {line}: it turns requires_grad off for {name}, "
+                        f"which {written} asks for.")
+            return f"{amended}, and delete {line}, which turns it off."
+        if amended is not None:
+            return amended
+    read = [n for n in reads if n != output and _float_leaf(namespace.get(n))]
+    if read:
+        return f"Make {read[0]} require grad: {read[0]}.requires_grad_() before computing."
+    return None
+
+
+def _assigned_name(node) -> str | None:
+    """``x`` of a statement ``x = …`` (one plain name as the target), else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+            and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id
+    return None
+
+
+def _amended(source: str, node: ast.Assign, name: str, written: str) -> str | None:
+    """The assignment with requires_grad asked for: the factory's keyword set to True (or
+    added), a trailing ``.requires_grad_(…)`` made ``.requires_grad_()``, else that call
+    appended; None where the line already asks for it or the amended line would not
+    compile."""
+    call = node.value
+    if isinstance(call, ast.Call) and _is_factory(call.func) and written.endswith(")"):
+        given = next((kw for kw in call.keywords if kw.arg == "requires_grad"), None)
+        if given is not None:
+            if isinstance(given.value, ast.Constant) and given.value.value is True:
+                return None  # asked for, and turned off elsewhere
+            fixed = _replaced(source, node, given, "requires_grad=True")
+        else:
+            sep = ", " if call.args or call.keywords else ""
+            fixed = f"{written[:-1]}{sep}requires_grad=True)"
+        return _checked(fixed, "Create the input with requires_grad=True: ")
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+            and call.func.attr == "requires_grad_":
+        if not call.args and not call.keywords or _is_true(call):
+            return None  # asked for, and turned off elsewhere
+        fixed = _replaced(source, node, call, f"{ast.get_source_segment(source, call.func)}()")
+        return _checked(fixed, f"Make {name} require grad: ")
+    rhs = ast.get_source_segment(source, call) or ast.unparse(call)
+    return _checked(f"{name} = {operand(rhs)}.requires_grad_()", f"Make {name} require grad: ")
+
+
+def _is_factory(func) -> bool:
+    spelled = ast.unparse(func)
+    return spelled.startswith("torch.") and spelled.rsplit(".", 1)[-1] in FACTORIES
+
+
+def _is_true(call: ast.Call) -> bool:
+    values = [*call.args, *(kw.value for kw in call.keywords)]
+    return len(values) == 1 and isinstance(values[0], ast.Constant) and values[0].value is True
+
+
+def _replaced(source: str, node: ast.stmt, part: ast.AST, text: str) -> str:
+    """The one-line statement ``node`` with ``part`` of it replaced by ``text``."""
+    written = ast.get_source_segment(source, node) or ""
+    start, end = part.col_offset - node.col_offset, part.end_col_offset - node.col_offset
+    return written[:start] + text + written[end:]
+
+
+def _checked(fixed: str, lead: str) -> str | None:
+    """``lead`` + the amended line, where it compiles (advice is never a SyntaxError)."""
+    fixed = fixed.strip()
+    try:
+        compile(fixed, "<advice>", "exec")
+    except SyntaxError:
+        return None
+    return lead + fixed
+
+
+def _turns_off(stmt: ast.stmt, name: str) -> bool:
+    """Whether ``stmt`` turns requires_grad off for ``name``: ``name.requires_grad = …``,
+    ``name.requires_grad_(False)`` (any argument but True), ``name.detach_()``."""
+    for node in ast.walk(stmt):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        if any(_on(t, name, "requires_grad") for t in targets):
+            return True
+        if isinstance(node, ast.Call) and _on(node.func, name, "detach_"):
+            return True
+        if isinstance(node, ast.Call) and _on(node.func, name, "requires_grad_") \
+                and (node.args or node.keywords) and not _is_true(node):
+            return True
+    return False
+
+
+def _on(node, name: str, attr: str) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == attr \
+        and isinstance(node.value, ast.Name) and node.value.id == name
+
+
+def _float_leaf(value) -> bool:
+    """A floating tensor made, not computed, that does not require grad."""
+    return isinstance(value, torch.Tensor) and value.is_floating_point() \
+        and value.grad_fn is None and not value.requires_grad
+
+
+__all__ = ["FACTORIES", "GENERIC", "own_requires_grad_advice", "requires_grad_advice"]
