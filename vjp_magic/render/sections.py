@@ -178,6 +178,7 @@ def _what(result, name: str) -> list:
         [Text("one scalar function "), _m("f")]
     if count > 1:
         f = [Text(f"{count:,} functions "), _m("f_k")]
+    y, x = notation.math_name(output_symbol(result)), notation.math_name(name)  # (x_: mono)
     return [Math(f"{y.tex} = F({x.tex})", f"{y.plain} = F({x.plain})"), Text(" applies "), *f,
             Text(f" at {points} "), notation.point(name)]
 
