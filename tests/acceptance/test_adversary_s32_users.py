@@ -94,9 +94,6 @@ def test_an_expression_output_is_not_named_after_another_cell_value(ip, run_vjp,
 
 
 # -- advice that is code: it must be valid Python and do what it says -----------------------------
-@pytest.mark.xfail(strict=True, reason="the advice appends requires_grad=True to a call that "
-                   "already has requires_grad=False: 'torch.ones(3, requires_grad=False, "
-                   "requires_grad=True)' is a SyntaxError")
 @pytest.mark.parametrize("line", ["x = torch.ones(3, requires_grad=False)",
                                   "x = torch.linspace(-1, 1, 5, requires_grad=False)"])
 def test_the_requires_grad_advice_is_valid_python(usage_error, line):
@@ -106,9 +103,6 @@ def test_the_requires_grad_advice_is_valid_python(usage_error, line):
     assert "requires_grad=True" in advised
 
 
-@pytest.mark.xfail(strict=True, reason="the advice appends .requires_grad_() to the line that "
-                   "already calls it; the line that turned it off (x.requires_grad = False) "
-                   "is not named")
 def test_the_requires_grad_advice_names_the_line_that_turned_it_off(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2., 3.]).requires_grad_()\n"
                           "x.requires_grad = False\ny = x**2")
@@ -116,8 +110,6 @@ def test_the_requires_grad_advice_names_the_line_that_turned_it_off(usage_error)
     assert "requires_grad = False" in message or "line 2" in message
 
 
-@pytest.mark.xfail(strict=True, reason="advice to a tuple output is %%vjp's flag in the wrong "
-                   "place: differentiate() from Python is told '--of y[0]'")
 def test_a_tuple_output_from_python_gets_python_advice():
     x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError) as caught:
@@ -125,8 +117,6 @@ def test_a_tuple_output_from_python_gets_python_advice():
     assert "--of" not in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason="'--of y,z' gets the advice '--of y,z[0]', which is the "
-                   "tuple (y, z[0]) again: following it gives the same refusal")
 def test_the_tuple_advice_when_followed_leads_to_a_result(ip, usage_error):
     body = "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2\nz = x*3"
     message = usage_error(f"%%vjp --of y,z\n{body}")
@@ -135,8 +125,6 @@ def test_the_tuple_advice_when_followed_leads_to_a_result(ip, usage_error):
     assert result.success, result.error_in_exec
 
 
-@pytest.mark.xfail(strict=True, reason="%jacobian y, x (a comma where a space was meant) is "
-                   "told to use --of, an option %jacobian does not have")
 def test_a_tuple_expression_in_jacobian_gets_jacobians_syntax(run_ok, usage_error):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2")
     message = usage_error("%jacobian y, x")
@@ -144,9 +132,6 @@ def test_a_tuple_expression_in_jacobian_gets_jacobians_syntax(run_ok, usage_erro
     assert "%jacobian" in message or "wrt" in message
 
 
-@pytest.mark.xfail(strict=True, reason="x = torch.tensor(..., requires_grad=True).double() "
-                   "is refused with 'none of them is bound to a name' while x is bound: x is "
-                   "a copy, not a leaf, and the message does not say so")
 def test_an_input_converted_after_requires_grad_is_named(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2., 3.], requires_grad=True).double()"
                           "\ny = x**2")
@@ -155,9 +140,6 @@ def test_an_input_converted_after_requires_grad_is_named(usage_error):
 
 
 # -- the cell's own names --------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="a name with a leading, trailing or double underscore "
-                   "(x_, _x, y_) is spelled as Code, and the points headline reads its .tex: "
-                   "AttributeError from render/sections._what instead of the display")
 @pytest.mark.parametrize("body", [
     "x_ = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x_**2",
     "_x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = _x**2",
@@ -170,8 +152,6 @@ def test_an_underscored_name_is_shown(run_vjp, body):
     assert name in shown["text/plain"] and name in shown["text/markdown"]
 
 
-@pytest.mark.xfail(strict=True, reason="%jacobian on an input named x_ crashes in the "
-                   "headline (Code has no .tex)")
 def test_jacobian_of_an_underscored_input_is_shown(run_ok):
     run_ok("x_ = torch.linspace(-1, 1, 4, requires_grad=True)")
     r = run_ok("%jacobian x_**2 wrt x_")
