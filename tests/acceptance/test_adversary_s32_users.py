@@ -144,11 +144,13 @@ def test_an_input_converted_after_requires_grad_is_named(usage_error):
     "x_ = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x_**2",
     "_x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = _x**2",
     "x = torch.randn(3, 2, requires_grad=True)\ny_ = x.sum(1)",
-], ids=["x_", "_x", "y_"])
+    "Δt = torch.linspace(-1, 1, 4, requires_grad=True)\ny = Δt**2",
+    "x = torch.randn(3, 2, requires_grad=True)\nŷ = x.sum(1)",
+], ids=["x_", "_x", "y_", "Δt", "ŷ"])
 def test_an_underscored_name_is_shown(run_vjp, body):
     r = run_vjp(body)
     shown = bundle(r)  # IPython would print our traceback here, and no derivatives
-    name = body.split(" = ")[0] if "y_" not in body else "y_"
+    name = body.split(" = ")[0] if "sum(1)" not in body else body.split("\n")[1].split(" = ")[0]
     assert name in shown["text/plain"] and name in shown["text/markdown"]
 
 
