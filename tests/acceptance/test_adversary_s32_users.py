@@ -255,6 +255,17 @@ def test_a_tilde_in_the_output_expression_is_typeset_in_vscode(run_vjp):
     assert "$\\sim$" not in rendered["html"]
 
 
+@pytest.mark.xfail(strict=True, reason="the table's 'at i' column counts from 1 ((1, 4, 1)) "
+                   "while the same display labels rows from 0 ([0, 0, :] ... [1, 3, :]) and "
+                   "never says how it counts: img[1, 4, 1] is an IndexError")
+def test_the_at_column_counts_as_the_display_says(run_vjp):
+    r = run_vjp("img = ((torch.arange(32.) - 12.2) / 10).reshape(2, 4, 4).requires_grad_()\n"
+                "out = torch.sigmoid(img)")  # sigmoid' is largest at img[0, 3, 0] = -0.02
+    text = bundle(r)["text/plain"]
+    assert "[1, 3, :]" in text  # rows as the code indexes them
+    assert "(0, 3, 0)" in text or "from 1" in text
+
+
 # -- presentation mode on a 1024 x 768 projector ---------------------------------------------------
 @pytest.mark.xfail(strict=True, reason="--present skips the height budget: the tutorial's "
                    "In [18] is 718 px by the package's own estimate (without \\Large), over "
