@@ -139,7 +139,6 @@ def test_an_input_converted_after_requires_grad_is_named(usage_error):
     assert "--wrt x" in message or "leaf" in message
 
 
-
 @pytest.mark.xfail(strict=True, reason="where the leaf has no name (x rebound or deleted, or "
                    "never named), the non-leaf advice (d20397a) picks the output itself: 'y is "
                    "not a leaf ... Differentiate with respect to y (--wrt y)', i.e. dy/dy")
@@ -150,6 +149,7 @@ def test_an_input_converted_after_requires_grad_is_named(usage_error):
 def test_the_output_is_never_advised_as_its_own_input(usage_error, body):
     message = usage_error(f"%%vjp\n{body}")
     assert "--wrt y" not in message and "y is not a leaf" not in message
+
 
 # -- the cell's own names --------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [
