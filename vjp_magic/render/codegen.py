@@ -89,6 +89,7 @@ class ComponentLoop:
     index: str  # v's subscript: "k", ":, k", "i, j"
     header: str  # "for k in range(3):"
     needs_itertools: bool
+    imports: tuple[str, ...] = ()  # ("import itertools",), or "as itertools2" beside a name
 
     def one_hot(self, y: str, v: str = "v") -> str:
         return f"{v} = torch.zeros_like({y}); {v}[{self.index}] = 1"
@@ -122,13 +123,16 @@ def component_loop(out_shape: Sequence[int], point_axes: Iterable[int],
     index = [":" if a in points else next(spelled) for a in range(len(out_shape))]
     while index and index[-1] == ":":
         index.pop()
+    imports: tuple[str, ...] = ()
     if len(shape) == 1:
         header = f"for {letters[0]} in range({shape[0]}):"
     else:
         ranges = ", ".join(f"range({n})" for n in shape)
-        header = f"for {', '.join(letters)} in itertools.product({ranges}):"
+        module = fresh("itertools", set(taken))  # (not kept: every loop imports it alike)
+        imports = ("import itertools" + (f" as {module}" if module != "itertools" else ""),)
+        header = f"for {', '.join(letters)} in {module}.product({ranges}):"
     return ComponentLoop(shape, math.prod(shape), letters, ", ".join(index), header,
-                         len(shape) > 1)
+                         len(shape) > 1, imports)
 
 
 # -- the short loop shown beneath a result --------------------------------------------------
@@ -148,6 +152,19 @@ def _output_variable(result, taken: set[str]) -> tuple[str, list[str]]:
     return y, ([] if y == result.output_name else [f"{y} = {result.output_name}"])
 
 
+def loop_names(result, point_out: Iterable[int],
+               taken: set[str] | None = None) -> tuple[str, str, ComponentLoop]:
+    """The output's name, the one-hot vector's (``v``) and the component loop, as the short
+    loop beneath a result spells them and the prose beside it says them: none of them one of
+    the cell's names (an input named ``v`` makes the vector ``v2``). ``taken``: the names
+    already spoken for (default: the output's and the inputs'), to which these are added."""
+    taken = identifiers([result.output_name, *result.inputs]) if taken is None else taken
+    y = output_symbol(result)
+    taken.add(y)
+    v = fresh("v", taken)
+    return y, v, component_loop(result.output.shape, point_out, taken)
+
+
 def display_loop(result, names: Sequence[str] | None = None) -> str:
     """The tutorial's own few lines for the derivatives with respect to ``names`` (default:
     every input), which must share their point axes; nothing saved or restored.
@@ -165,17 +182,16 @@ def display_loop(result, names: Sequence[str] | None = None) -> str:
     reads = [f"{x}.grad" for x in xs]
     if result.output.numel() == 1 and not result.full:
         return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"
-    point_out = result.inputs[names[0]].pairing.out_axes
-    loop = component_loop(result.output.shape, point_out, taken)
+    _, v, loop = loop_names(result, result.inputs[names[0]].pairing.out_axes, taken)
     if loop.count == 1:
         return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}))", *reads]) + "\n"
     ds = [derivative_name(name, taken) for name in names]
-    head = ["import itertools"] if loop.needs_itertools else []
+    head = list(loop.imports)
     head += first + [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
                      for x, d in zip(xs, ds)]
     stores = [f"{d}[{', '.join(loop.letters)}] = {x}.grad; {x}.grad = None"
               for x, d in zip(xs, ds)]
-    return "\n".join(head + loop.lines(y, stores)) + "\n"
+    return "\n".join(head + loop.lines(y, stores, v)) + "\n"
 
 
 def cleared_grads(xs: Sequence[str]) -> str:
@@ -214,14 +230,14 @@ def reproducing_code(result, result_name: str | None = None) -> str:
             body += coloured_lines(result, name, xs[name], d_names[name], y, taken, source)
         else:
             groups.setdefault(tuple(sorted(item.pairing.out_axes)), []).append(name)
-    itertools_needed = False
+    imports: dict[str, None] = {}
     for point_out, group in groups.items():
         loop = component_loop(result.output.shape, point_out, taken)
-        itertools_needed |= loop.needs_itertools
+        imports.update(dict.fromkeys(loop.imports))
         body += _group_code(result, y, loop, [(xs[n], d_names[n]) for n in group], taken)
     grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
-    head = ["import torch"] + (["import itertools"] if itertools_needed else [])
+    head = ["import torch", *imports]
     if any(re.search(rf"(?<![\w.]){source}\.(gradients|jacobian)\b", line) for line in body):
         head += ["", *said, result_check(source, result.seed)]  # before .grad is touched
     return "\n".join(head + [""] + body) + "\n"

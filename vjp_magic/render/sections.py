@@ -13,7 +13,7 @@ import math
 import torch
 
 from . import notation
-from .codegen import component_loop, display_loop, expression, output_symbol
+from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
 from .findings import has_sensitivity, sensitivity_formula, structure_findings
 from .indices import index_formula
@@ -258,14 +258,16 @@ def gradient_argument(result, name: str, options) -> list:
     if result.output.numel() == 1 and not result.full:
         return []  # the headline says it: v = 1, the default
     if count == 1:
-        return [paragraph(_m("v"), " is all ones, shaped like ", notation.prose_name(y),
+        v = loop_names(result, item.pairing.out_axes)[1]
+        return [paragraph(notation.math_name(v), " is all ones, shaped like ",
+                          notation.prose_name(y),
                           f": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
     points = item.has_points and not result.full
-    loop = component_loop(result.output.shape, item.pairing.out_axes)
+    _, v, loop = loop_names(result, item.pairing.out_axes)  # as the loop beneath spells them
     letters = loop.letters
     k = ", ".join(letters) if len(letters) == 1 else f"({', '.join(letters)})"
-    words = paragraph(f"One backward per component, {count:,} in all: ", _m("v"),
+    words = paragraph(f"One backward per component, {count:,} in all: ", notation.math_name(v),
                       " is 1 on component ", _m(k), " (at every point)" if points else "",
                       " and 0 elsewhere. ", *component_link(result, name, loop, options))
     if not shows_v0(result, name, options):
@@ -287,9 +289,7 @@ def component_link(result, name: str, loop, options) -> tuple:
         y_tex = notation.name_tex(y)
         y_tex = y_tex if len(y_tex) == 1 else "{" + y_tex + "}"
         f = Math(f"{y_tex}_{{{sub}}}", f"{notation.math_name(y).plain}_{sub}")
-    elif result.inputs[name].per_point_numel() > 1:
-        f = Math(rf"\nabla f_{{{sub}}}", f"grad f_{sub}")
-    else:
+    else:  # the component function f_1 is the output's entry; its gradient ∇f_1 is not
         f = Math(f"f_{{{sub}}}", f"f_{sub}")
     return notation.link(f, notation.tensor_entry(y, first), options.index_base)
 

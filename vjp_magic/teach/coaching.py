@@ -127,7 +127,7 @@ def _component_advice(y: str, tensor, structures) -> Advice:
     which = ", ".join(loop.letters)
     reads = [line for x in xs for line in (
         f"print({x}.grad)  # the derivatives of component {which}", f"{x}.grad.zero_()")]
-    imports = ["import itertools"] if loop.needs_itertools else []
+    imports = list(loop.imports)
     return Advice([head, how], imports + loop.lines(expression(y), reads))
 
 

@@ -1,0 +1,48 @@
+"""The code beneath a cell never takes one of the cell's names for its helpers, and the
+prose beside it says the names the code uses (s32, G7's class)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from jupyter_harness import python_fences
+
+
+def _code(result) -> str:
+    bundle = result._repr_mimebundle_()
+    bundle = bundle[0] if isinstance(bundle, tuple) else bundle
+    (code,) = python_fences(bundle["text/markdown"])
+    return code, bundle
+
+
+@pytest.mark.parametrize("name", ["v", "k", "i", "j", "itertools"])
+@pytest.mark.parametrize("shape", ["components", "matrix"])
+def test_an_input_named_like_a_helper_survives_the_pasted_loop(ip, run_vjp, name, shape):
+    body = (f"{name} = torch.linspace(-1, 1, 4, requires_grad=True)\n"
+            + (f"out = torch.stack([{name}**2, {name}*3])" if shape == "components" else
+               f"out = torch.stack([{name}**2, {name}*3, {name}]).reshape(3, 1, 4)"
+               f".expand(3, 2, 4) * torch.tensor([1., 2.])[:, None]"))
+    r = run_vjp(body)
+    x = ip.user_ns[name]
+    code, _ = _code(r)
+    result = ip.run_cell(code)
+    assert result.success, (code, result.error_in_exec)
+    assert ip.user_ns[name] is x
+    d = ip.user_ns[f"d_{name}"]
+    torch.testing.assert_close(d, r.derivatives[name])
+
+
+def test_the_prose_names_the_vector_the_code_uses(run_vjp):
+    r = run_vjp("v = torch.linspace(-1, 1, 4, requires_grad=True)\n"
+                "out = torch.stack([v**2, v*3])")
+    code, bundle = _code(r)
+    assert "v2 = torch.zeros_like(out)" in code
+    assert "$v_{2}$ is 1 on component" in bundle["text/markdown"] or \
+        "v2" in bundle["text/markdown"].split("```")[0]
+
+
+def test_the_counting_sentence_links_the_component_not_its_gradient(run_vjp):
+    r = run_vjp("x = torch.randn(4, 2, requires_grad=True)\n"
+                "y = torch.stack([x.sum(1), (x**2).sum(1)])")
+    text = " ".join(r._repr_mimebundle_()["text/plain"].split())
+    assert "grad f_1 is" not in text
+    assert "f_1 is y[0]" in text
