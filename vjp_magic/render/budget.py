@@ -20,7 +20,7 @@ from .codelines import fit_code
 from .document import Bullets, Code, CodeBlock, Formula, Math, Paragraph, Section, Text
 from .matrix import Plan
 from .typeset import (CHARACTER_PX, CODE_BLOCK_PX, CODE_CHARACTER_PX, CODE_LINE_PX,
-                      DISPLAY_PX, FRACTION_PX, LINE_PX, OUTPUT_PX, PARAGRAPH_PX,
+                      DISPLAY_PX, FRACTION_PX, LARGE_SCALE, LINE_PX, OUTPUT_PX, PARAGRAPH_PX,
                       PROSE_CHARACTER_PX, ROW_PX, prose_lines, text_width)
 
 SHOWN_COMPONENTS = 3  # matrices shown when each component is a matrix (else first, ⋮, last)
@@ -129,9 +129,10 @@ def formula_height(formula: Formula) -> float:
     rows = 1
     if matrix is not None and not matrix.scalar:
         rows = len(matrix.rows) + (matrix.col_labels is not None)
-    px = DISPLAY_PX + ROW_PX * rows
+    px = ROW_PX * rows
     if rows <= 2 and r"\frac" in formula.lhs.tex:
         px += FRACTION_PX
+    px = DISPLAY_PX + px * (LARGE_SCALE if formula.large else 1.0)
     return px + (paragraph_height(formula.caption) if formula.caption else 0.0)
 
 

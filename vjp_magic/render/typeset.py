@@ -59,6 +59,7 @@ FRACTION_PX = 22  # a fraction's extra height on a one-row line
 CODE_BLOCK_PX = 12  # a code block's padding and margin
 CODE_LINE_PX = 19  # a line of a code block
 OUTPUT_PX = 8  # the output area's own padding
+LARGE_SCALE = 1.44  # \Large (presentation mode's result formulas) to the normal size
 
 
 def prose_lines(pixels: float, width_px: float = PROSE_WIDTH_PX) -> int:

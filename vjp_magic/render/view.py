@@ -19,7 +19,9 @@ from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
 from .parameters import largest_tensors, parameter_sections, wants_table
-from .sections import derivative_formulas, derivatives_sections, jacobian_formula, shapes
+from .sections import (derivative_formulas, derivatives_sections, jacobian_formula, shapes,
+                       shown_inputs)
+from .typeset import LARGE_SCALE
 from .sparse import sparse_of, value_formulas
 
 
@@ -63,46 +65,60 @@ class View:
     def _presented(self, result) -> Document:
         """The derivatives' formulas first, larger; beneath them the rest of the body (the
         headline, v, the loop, the notes, then the shapes line), then the features' sections
-        (what is said before the derivatives, then after) as usual."""
-        shown = self.result_formulas(result)
-        rest, shapes_line = [], []
-        for section in self.body(result):
-            blocks = tuple(b for b in section.blocks if b not in shown)
-            if blocks == (shapes(result),):  # "From x (3) to y (2 × 3)": after the headline
-                shapes_line.append(section)
-            elif blocks or section.title:
-                rest.append(replace(section, blocks=blocks))
-        lead = (Section(tuple(replace(f, large=True) if isinstance(f, Formula) else f
-                              for f in shown)),) if shown else ()  # "⋮ 2 more" as it is
-        return Document(lead + tuple(rest + shapes_line) + tuple(self.before)
-                        + tuple(self.after))
+        (what is said before the derivatives, then after) as usual. Fitted to one screen as
+        any output is (:mod:`.budget`, the large formulas counted larger), their matrices
+        laid out for the larger type (a width :data:`.typeset.LARGE_SCALE` times narrower)."""
+        def arrange(options):
+            shown = self.result_formulas(result, options)
+            rest, shapes_line = [], []
+            for section in self._sections(result, options):
+                blocks = tuple(b for b in section.blocks if b not in shown)
+                if blocks == (shapes(result),):  # "From x (3) to y (2 × 3)": after the headline
+                    shapes_line.append(section)
+                elif blocks or section.title:
+                    rest.append(replace(section, blocks=blocks))
+            lead = (Section(tuple(replace(f, large=True) if isinstance(f, Formula) else f
+                                  for f in shown)),) if shown else ()  # "⋮ 2 more" as it is
+            return lead + tuple(rest + shapes_line)
 
-    def result_formulas(self, result) -> list[Formula]:
+        options = replace(self.options, width=max(1, int(self.options.width / LARGE_SCALE)))
+        around = tuple(self.before) + tuple(self.after)
+        body = fitted(arrange, options, spent(around, options))
+        return Document(body + around)
+
+    def result_formulas(self, result, options=None) -> list[Formula]:
         """The formulas that show the derivatives themselves (not v, the structure in index
         notation or a summary): each input's, in the body's order (with the line that counts
-        the components left out between them, a Paragraph)."""
+        the components left out between them, a Paragraph); built with ``options`` (default:
+        the view's)."""
+        options = self.options if options is None else options
         used = [n for n, item in result.inputs.items() if not item.unused]
         if result.order == 2:
             return [f for n in used if not result.inputs[n].constant
-                    for f in hessian_formulas(result, n, self.options)]
+                    for f in hessian_formulas(result, n, options)]
         if self.jacobian:
-            return [jacobian_formula(result, n, self.options) for n in result.inputs]
-        used = largest_tensors(result) if wants_table(result, self.options) else used
+            return [jacobian_formula(result, n, options) for n in result.inputs]
+        if wants_table(result, options):
+            used = [n for n in largest_tensors(result) if n in shown_inputs(result, options)]
+        else:
+            used = [n for n in used if n in shown_inputs(result, options)]
         return [f for n in used for f in (value_formulas if sparse_of(result, n) is not None
-                                          else derivative_formulas)(result, n, self.options)]
+                                          else derivative_formulas)(result, n, options)]
+
+    def _sections(self, result, options) -> tuple[Section, ...]:
+        """The body's sections at ``options`` (one level of the height budget)."""
+        if result.order == 2:
+            return hessian_sections(result, options)
+        if not self.jacobian and wants_table(result, options):  # many inputs: a table
+            return parameter_sections(result, options)
+        return derivatives_sections(result, options, self.jacobian, self.explained)
 
     def body(self, result) -> tuple[Section, ...]:
         """The derivatives themselves, as their order shows them, fitted to one screen with
-        what the features say around them (:mod:`.budget`; as built in presentation mode)."""
+        what the features say around them (:mod:`.budget`)."""
         def build(options):
-            if result.order == 2:
-                return hessian_sections(result, options)
-            if not self.jacobian and wants_table(result, options):  # many inputs: a table
-                return parameter_sections(result, options)
-            return derivatives_sections(result, options, self.jacobian, self.explained)
+            return self._sections(result, options)
 
-        if self.present:
-            return build(self.options)
         options, share = self.options, 0.5
         if self.explained:  # --explain may take two screens, the derivatives at least half one
             options, share = replace(options, height=2 * options.height), 0.75
