@@ -1,0 +1,83 @@
+"""Where ``%%vjp --wrt model``'s per-sample time goes beyond the arithmetic it cannot skip (issue
+23): the MLP of ``per_sample.py`` timed against BackPACK and against the *compute floor* of the
+checked per-layer rules, written out in plain torch with no framework around it: the cell's
+forward, the replay's forward, three backward passes to the layer outputs (unweighted, probe 0
+also to the parameters, one check pass: the fewest that tell 1,024 float32 samples apart, see
+``run/expanded.check_weights``), the per-sample gradients G written and probe 0's vᵀG read.
+What ``%%vjp`` spends above the floor is the pipeline's own (recording, replay planning, the
+check's bookkeeping, the analysis, the result); against BackPACK it bounds what trimming that
+can reach.
+
+Run:  python benchmarks/per_sample_floor.py [--batch 1024] [--rounds 30]
+
+CPU time of this thread (``time.thread_time``) with one torch thread, the three run in turn:
+far steadier than wall time on a shared machine, but not the figure ``per_sample.py`` reports.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from per_sample import CELL, SETUP, backpack
+from timing import shell
+
+
+def floor(ns: dict, batch: int):
+    """The checked rules' unavoidable arithmetic for the MLP, in plain torch."""
+    model, data, targets = ns["model"], ns["data"], ns["targets"]
+    w0, b0, w2, b2 = (p.detach().requires_grad_() for p in model.parameters())
+    v = torch.randn(batch).sign()
+    ones = torch.ones(batch)
+
+    def run():
+        F.cross_entropy(model(data), targets, reduction="none")  # the cell
+        h1 = F.linear(data, w0, b0)  # the replay
+        r = torch.relu(h1)
+        h2 = F.linear(r, w2, b2)
+        loss = F.cross_entropy(h2, targets, reduction="none")
+        g1, g2 = torch.autograd.grad(loss, [h1, h2], ones, retain_graph=True)
+        torch.autograd.grad(loss, [h1, h2, w0, b0, w2, b2], v, retain_graph=True)
+        torch.autograd.grad(loss, [h1, h2], v)
+        g0 = g1[:, :, None] * data[:, None, :]  # G, then vᵀG read from it
+        g2w = g2[:, :, None] * r.detach()[:, None, :]
+        return v[None] @ g0.reshape(batch, -1), v[None] @ g2w.reshape(batch, -1)
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=SETUP["mlp"][0])
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ip = shell()
+    ip.run_cell("import torch, torch.nn.functional as F\ntorch.manual_seed(0)\n"
+                f"B = {args.batch}\n" + SETUP["mlp"][1])
+    runs = {"%%vjp": lambda: ip.run_cell_magic("vjp", "--wrt model", CELL),
+            "BackPACK": backpack(ip.user_ns), "floor": floor(ip.user_ns, args.batch)}
+    runs = {name: run for name, run in runs.items() if run is not None}
+    times: dict = {name: [] for name in runs}
+    for run in runs.values():
+        for _ in range(5):
+            run()
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            for _ in range(10):
+                start = time.thread_time()
+                run()
+                times[name].append(time.thread_time() - start)
+    quartile = {name: sorted(t)[len(t) // 4] for name, t in times.items()}
+    anchor = quartile.get("BackPACK")
+    print(f"MLP B={args.batch}, CPU ms (lower quartile, one torch thread):")
+    for name, seconds in quartile.items():
+        ratio = f"  {seconds / anchor:.2f}x BackPACK" if anchor else ""
+        print(f"    {name:<9} {seconds * 1e3:6.2f}{ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
