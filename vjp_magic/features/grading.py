@@ -26,7 +26,8 @@ def add(result, request: Asked, subject: Subject) -> Added:
     source = request.flag("against")
     if source:
         return _against(answer, name, source, result, request, subject)
-    graded = grade(answer, result, log=subject.log, answer_name=name, record=subject.record)
+    graded = grade(answer, result, log=subject.log, answer_name=name, record=subject.record,
+                   exam=bool(request.flag("exam")))
     return Added(before=verdict_sections(graded, result, reveal=False),  # --reveal: the view's
                  stored={"check": graded}, view={"hidden": not _revealed(request)})
 

@@ -99,6 +99,7 @@ class Case:
     answer: str  # how hints call the answer ("ans", "x.grad")
     log: object = None
     leaf: torch.Tensor | None = None  # the tensor the log's calls reached (default: exp.x)
+    exam: bool = False  # exam mode: hints never spell the code that computes the answer
 
     def verdict(self, kind: VerdictKind, hint: str, **found) -> Verdict:
         shape = None if self.a is None else tuple(self.a.shape)
@@ -367,7 +368,7 @@ def _per_input(answer, result, name) -> dict | None:
 
 def grade(answer, result, name: str | None = None, *, log=None,
           answer_name: str | None = None, record=None, output=None,
-          leaves: Mapping | None = None) -> Verdict:
+          leaves: Mapping | None = None, exam: bool = False) -> Verdict:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -383,20 +384,22 @@ def grade(answer, result, name: str | None = None, *, log=None,
     within a bound on autograd's rounding read off ``output``'s graph (``result.output``'s
     when not given; without a graph, the plain comparison stands). ``leaves`` (name →
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
+    ``exam``: exam mode, whose hints say what is wrong but never the code that answers.
     """
     coloured = {n: item.sparse for n, item in result.inputs.items() if is_sparse(item)}
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
     if several is not None:
         verdicts = [grade(value, result, key, log=log, record=record, output=output,
-                          answer_name=f"{answer_name or 'the answer'}[{key!r}]", leaves=leaves)
+                          answer_name=f"{answer_name or 'the answer'}[{key!r}]", leaves=leaves,
+                          exam=exam)
                     for key, value in several.items()]
         return next((v for v in verdicts if not v.correct), verdicts[0])
     a, dtype = as_tensor(answer)
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
     case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
-                answer_name or "the answer", log, leaf)
+                answer_name or "the answer", log, leaf, exam)
     if a is None:
         return case.verdict(VerdictKind.MISSING,
                             _hints.missing(case, answer, case.calls_to_input()))
@@ -408,7 +411,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
         return found
     again = Case(a.to(refined[0].device),
                  Expected(result, name, dtype, refined, coloured.get(name)), case.answer, log,
-                 leaf)
+                 leaf, exam)
     target, fitted = again.fitting()
     if target is not None and target.matches(fitted):
         return again.verdict(VerdictKind.CORRECT, _hints.correct(again, target.form),

@@ -11,7 +11,10 @@ every shape said with whose it is ("``ans`` has shape (4,); the derivatives have
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
+
+import torch
 
 from ..core.marked import code, marked
 from ..core.textenum import TextEnum
@@ -109,6 +112,9 @@ class Hints:
         coloured passes the display teaches rather than one per component)."""
         _, y, x = self.names(case)
         exp = case.exp
+        if getattr(case, "exam", False):  # the code would be the exercise's answer
+            return ("work out which backward calls give them (exam mode: the code is "
+                    "the exercise)")
         if exp.count == 1:
             v = "" if exp.result.output.numel() == 1 else f"gradient=torch.ones_like({y})"
             return f"`{y}.backward({v})` puts them in `{x}.grad`"
@@ -143,6 +149,10 @@ class Hints:
         _, y, x = self.names(case)
         a = self.subject(case)
         if not bool(case.a.any()):
+            if re.fullmatch(rf"\s*{re.escape(x)}\.grad\s*", case.answer):  # x.grad itself
+                return (f"{a} is all zeros: it was zeroed (`{x}.grad.zero_()`, or "
+                        f"`zero_grad()`) after the backward that filled it. Grade it before "
+                        f"zeroing, or grade a copy taken then: `{x}.grad.clone()`.")
             return (f"{a} is all zeros. If it holds `{x}.grad`, store `{x}.grad.clone()`: "
                     f"`{x}.grad.zero_()` afterwards empties the tensor stored too.")
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
@@ -265,6 +275,13 @@ class Hints:
         """``calls``: the cell's calls that reached the input (``.kind``, ``.line``)."""
         _, _, x = self.names(case)
         a = self.subject(case)
+        if isinstance(answer, torch.Tensor):
+            kind = ("bool" if answer.dtype == torch.bool else
+                    "complex" if answer.is_complex() else "")
+            dtype = str(answer.dtype).removeprefix("torch.")
+            return (f"{a} is a tensor of {dtype}, {kind + ' values' if kind else 'its dtype'}, "
+                    "not real numbers: the derivatives are floating-point numbers (e.g. "
+                    "float32); grade those.")
         if answer is not None:
             return f"{a} is a {type(answer).__name__}, not a tensor of real numbers."
         lines = ", ".join(str(c.line) for c in calls if c.line is not None)

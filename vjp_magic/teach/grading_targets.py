@@ -16,11 +16,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..core.errors import VJPUsageError
 from ..core.tolerances import tolerances
 from ..render.sparse import display_colours
 from .sparse_dense import column_sums, csr_row, is_sparse
 
 JACOBIAN_LIMIT = 1 << 22  # entries: a full-Jacobian answer is compared up to this size
+
+
+DENSE_ANSWER_ENTRIES = 1 << 24  # a sparse answer is graded dense up to this many entries
 
 
 def as_tensor(answer) -> tuple[torch.Tensor | None, torch.dtype | None]:
@@ -29,6 +33,12 @@ def as_tensor(answer) -> tuple[torch.Tensor | None, torch.dtype | None]:
         a = answer.detach()
         if a.is_complex() or a.dtype == torch.bool:
             return None, None
+        if a.layout != torch.strided:  # the layout r.jacobian(..., layout=) gives: its values
+            if a.numel() > DENSE_ANSWER_ENTRIES:
+                raise VJPUsageError(
+                    f"The answer is a sparse tensor of {a.numel():,} entries (dense), too many "
+                    "to grade: grade the answer of a smaller problem.")
+            a = a.to_dense()
         return a.double(), (a.dtype if a.is_floating_point() else None)
     if isinstance(answer, (list, tuple)) and answer:
         items = [as_tensor(a) for a in answer]

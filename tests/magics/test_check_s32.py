@@ -1,0 +1,97 @@
+"""--check answers of any layout or dtype get a verdict or a short message, and exam mode's
+hints never spell the code that answers the exercise (s32, G7's classes)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+import vjp_magic
+
+X = "x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\n"
+
+
+def _stacked():
+    x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)
+    return x, torch.stack([x**2, x**3]), torch.stack([2 * x, 3 * x**2]).detach()
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr", "csc", "bsr"])
+@pytest.mark.parametrize("right", [True, False])
+def test_a_sparse_answer_is_graded_by_its_values(layout, right):
+    x, y, d = _stacked()
+    d = d if right else d * 2
+    answer = {"coo": d.to_sparse(), "csr": d.to_sparse_csr(), "csc": d.to_sparse_csc(),
+              "bsr": d.to_sparse_bsr((1, 1))}[layout]
+    verdict = vjp_magic.check(answer, y, x)
+    assert verdict.correct is right, verdict.hint
+
+
+def test_a_sparse_jacobian_from_the_result_is_a_right_answer():
+    x, y, _ = _stacked()
+    r = vjp_magic.differentiate(y, x)
+    verdict = vjp_magic.check(r.jacobian("x", layout=torch.sparse_csr), y, x)
+    assert verdict.correct, verdict.hint
+
+
+def test_a_sparse_answer_in_a_cell_gets_a_verdict(ip):
+    result = ip.run_cell(f"%%vjp --check ans\n{X}y = torch.stack([x**2, x**3])\n"
+                         "ans = torch.stack([2*x, 3*x**2]).detach().to_sparse_csr()")
+    assert result.success, result.error_in_exec
+    assert result.result.check.correct
+
+
+@pytest.mark.parametrize("make, dtype", [
+    (lambda d: d > 0, "bool"), (lambda d: d.to(torch.complex64), "complex64"),
+    (lambda d: d.to(torch.complex128), "complex128")])
+def test_an_answer_of_a_wrong_dtype_is_named_by_it(make, dtype):
+    x, y, d = _stacked()
+    verdict = vjp_magic.check(make(d), y, x)
+    assert not verdict.correct
+    assert dtype in verdict.hint and "a Tensor, not" not in verdict.hint, verdict.hint
+
+
+@pytest.fixture
+def exam(ip):
+    ip.run_line_magic("config", "VJPMagics.exam = True")
+    yield
+    ip.run_line_magic("config", "VJPMagics.exam = False")
+
+
+@pytest.mark.parametrize("body, answer", [
+    ("y = x**2", "ans = 3*x"),  # wrong: the hint would say how
+    ("y = x**2", "ans = torch.zeros(3)"),
+    ("y = torch.stack([x**2, x**3])", "ans = torch.stack([2*x, 3*x**2]).sum(0)"),  # summed
+    ("y = torch.stack([x**2, x**3])", "ans = torch.stack([3*x, 3*x**2])"),
+    ("y = torch.stack([x**2, x**3])", "ans = 2*x"),  # wrong shape
+])
+def test_exam_hints_never_spell_backward_code(run_vjp, exam, body, answer):
+    r = run_vjp(f"{X}{body}\n{answer}", "--check ans")
+    assert not r.check.correct
+    bundle = r._repr_mimebundle_()
+    for mime in ("text/plain", "text/markdown", "text/latex"):
+        shown = bundle[mime]
+        assert ".backward(" not in shown and "ones_like" not in shown, (mime, shown)
+
+
+def test_x_grad_zeroed_is_told_about_x_grad_itself(run_vjp):
+    r = run_vjp(f"{X}y = x**2\ny.sum().backward()\nx.grad.zero_()", "--check x.grad")
+    assert not r.check.correct
+    assert "If it holds x.grad" not in r.check.hint
+    assert "zeroed" in r.check.hint and "x.grad.clone()" in r.check.hint
+
+
+def test_an_answer_variable_of_zeros_keeps_its_hint(run_vjp):
+    r = run_vjp(f"{X}y = x**2\ny.sum().backward()\nans = x.grad\nx.grad.zero_()",
+                "--check ans")
+    assert "If it holds x.grad" in r.check.hint
+
+
+def test_a_huge_sparse_answer_is_a_short_message(monkeypatch):
+    import vjp_magic.teach.grading_targets as targets
+
+    monkeypatch.setattr(targets, "DENSE_ANSWER_ENTRIES", 4)
+    x, y, d = _stacked()
+    with pytest.raises((vjp_magic.VJPUsageError, UsageError)) as caught:
+        vjp_magic.check(d.to_sparse(), y, x)
+    assert "sparse" in str(caught.value)
