@@ -165,6 +165,31 @@ def test_a_number_or_list_as_gradient_is_coached(ip, call):
     assert "torch.ones_like(y)" in plain(result.result)
 
 
+
+XW = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([0.5, 1., 2.])"
+
+
+@pytest.mark.xfail(strict=True, reason="'wrt x.detach()' is told to 'call x.detach()."
+                   "requires_grad_() before computing the output': a new tensor the output was "
+                   "not computed from (followed, every derivative is a false 0); x is the input")
+def test_the_advice_for_a_detached_input_expression_names_x(run_ok, usage_error):
+    run_ok(XW)
+    message = usage_error("%jacobian x*w wrt x.detach()")
+    assert "x.detach().requires_grad_()" not in message
+    assert "wrt x" in message
+
+
+@pytest.mark.xfail(strict=True, reason="an input expression that makes a fresh leaf "
+                   "(x.detach().requires_grad_()) is shown as 'does not depend: every derivative "
+                   "is 0', where x.T or x**2 is refused as a false 0")
+@pytest.mark.parametrize("expression", ["x.detach().requires_grad_()",
+                                        "x.data.requires_grad_()"])
+def test_a_fresh_leaf_as_input_expression_is_refused_as_a_false_0(run_ok, usage_error,
+                                                                 expression):
+    run_ok(XW)
+    message = usage_error(f"%jacobian x*w wrt {expression}")
+    assert "false 0" in message or "new tensor" in message
+
 # -- the cell's own names --------------------------------------------------------------------------
 @pytest.mark.parametrize("body", [
     "x_ = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x_**2",
