@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..run.choose import Subject
 from ..teach.coaching import mistake_sections
 from . import Added, Asked
+from .names import naming
 
 flags = ()
 orders = (1,)
@@ -17,6 +18,7 @@ replays_record = False
 
 def add(result, request: Asked, subject: Subject) -> Added:
     notes = request.flag("check") is None
-    return Added(before=mistake_sections(subject.log, result, notes=notes,
-                                         options=request.options,
-                                         explained=bool(request.flag("explain"))))
+    with naming(subject):
+        return Added(before=mistake_sections(subject.log, result, notes=notes,
+                                             options=request.options,
+                                             explained=bool(request.flag("explain"))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..run.choose import Subject
 from ..teach.code import code_section
 from . import Added, Asked
+from .names import naming
 
 flags = ("code",)
 orders = (1,)
@@ -12,4 +13,5 @@ replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    return Added(after=(code_section(result),))
+    with naming(subject):
+        return Added(after=(code_section(result),))

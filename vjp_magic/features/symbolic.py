@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..run.choose import Subject
 from . import Added, Asked
+from .names import naming
 
 flags = ("symbolic",)
 orders = (1, 2)
@@ -18,8 +19,10 @@ replays_record = True
 def add(result, request: Asked, subject: Subject) -> Added:
     from ..symbolic import derive  # SymPy only when asked for
 
-    report = derive(result, record=subject.record, namespace=subject.namespace,
-                    output_source=subject.output_source, jacobian=request.jacobian,
-                    index_base=request.options.index_base)
-    return Added(before=report.sections(),
+    with naming(subject):
+        report = derive(result, record=subject.record, namespace=subject.namespace,
+                        output_source=subject.output_source, jacobian=request.jacobian,
+                        index_base=request.options.index_base)
+        sections = report.sections()
+    return Added(before=sections,
                  stored={"symbolic": report.formulas, "crosscheck": report.crosscheck})

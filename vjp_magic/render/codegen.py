@@ -19,6 +19,8 @@ import ast
 import math
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from ..core.validation import parameter_expression
@@ -136,13 +138,29 @@ def component_loop(out_shape: Sequence[int], point_axes: Iterable[int],
 
 
 # -- the short loop shown beneath a result --------------------------------------------------
+# The names the user's namespace binds while a result's display is built (View.names, set by
+# the features that build text): an expression output is never named after one of them.
+CELL_NAMES: ContextVar[frozenset] = ContextVar("vjp_magic_cell_names", default=frozenset())
+
+
+@contextmanager
+def naming(names: Iterable[str]):
+    """Build text with ``names`` taken (the namespace's): :func:`output_symbol` avoids them."""
+    token = CELL_NAMES.set(frozenset(names))
+    try:
+        yield
+    finally:
+        CELL_NAMES.reset(token)
+
+
 def output_symbol(result) -> str:
-    """The output's name in code and formulas: the cell's name, or ``y`` (``out`` when the
-    cell uses ``y``) for an expression output such as ``torch.softmax(x, 0)``."""
+    """The output's name in code and formulas: the cell's name, or ``y`` (``out``, ``out2``
+    where the cell or the notebook binds ``y``: pasted code would overwrite it) for an
+    expression output such as ``torch.softmax(x, 0)``."""
     if result.output_name.isidentifier():
         return result.output_name
-    taken = identifiers([result.output_name, *result.inputs])
-    return "y" if "y" not in taken else fresh("out", taken)
+    taken = identifiers([result.output_name, *result.inputs]) | CELL_NAMES.get()
+    return "y" if "y" not in taken else fresh("out", set(taken))
 
 
 def _output_variable(result, taken: set[str]) -> tuple[str, list[str]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, notation, plain
 from .budget import fitted, spent
-from .codegen import reproducing_code
+from .codegen import naming, reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
@@ -33,7 +33,8 @@ class View:
     ``explained``: the explanation above already says what v is (not said twice);
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
     ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``);
-    ``present``: presentation mode, the derivatives' formulas first and larger (``--present``).
+    ``present``: presentation mode, the derivatives' formulas first and larger (``--present``);
+    ``names``: the names the user's namespace binds (an expression output is named apart).
     Exam mode (``VJPMagics.exam``) is ``hidden`` with only the verdict's sections around."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
@@ -44,6 +45,7 @@ class View:
     hidden: bool = False
     pictured: bool = False
     present: bool = False
+    names: frozenset = frozenset()  # the namespace's names: an expression output avoids them
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
@@ -51,7 +53,8 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        document = self._build(result)
+        with naming(self.names):
+            document = self._build(result)
         self._last = (weakref.ref(result), document)
         return document
 
@@ -157,7 +160,8 @@ class View:
 
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
-        return reproducing_code(result)
+        with naming(self.names):
+            return reproducing_code(result)
 
 
 def _few_pictures(result, names: list[str], draw) -> list:

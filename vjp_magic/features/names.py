@@ -1,0 +1,41 @@
+"""The names the user's namespace binds, so that nothing shown takes one of them (no flag:
+always, at both orders, in exam mode too).
+
+An expression output (``%jacobian x**2``, a cell ending in ``x**2``, ``--of y.sum()``) is
+named ``y`` in the formulas and in the code beneath it, ``out`` where ``y`` is bound, and so
+on: pasted into the next cell, that code never overwrites one of the user's values
+(:func:`vjp_magic.render.codegen.output_symbol`). This feature hands the names to the view
+(``View.names``); the features that build text of their own build it under :func:`naming`.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+from ..core.tagging import is_visible_name
+from ..render.codegen import naming as _naming
+from ..run.choose import Subject
+from . import Added, Asked
+
+flags = ()
+orders = (1, 2)
+replays_record = False
+in_exam = True  # r.code is there in exam mode too
+
+
+def cell_names(subject: Subject) -> frozenset:
+    """The visible names of the subject's namespace (none from plain Python)."""
+    namespace = getattr(subject, "namespace", None)
+    if not namespace:
+        return frozenset()
+    return frozenset(name for name in namespace if is_visible_name(name))
+
+
+def naming(subject: Subject):
+    """A context in which text for ``subject``'s result is built with its names taken."""
+    names = cell_names(subject)
+    return _naming(names) if names else nullcontext()
+
+
+def add(result, request: Asked, subject: Subject) -> Added:
+    names = cell_names(subject)
+    return Added(view={"names": names}) if names else Added()
