@@ -339,6 +339,19 @@ def test_a_points_own_derivative_never_reads_0_beside_a_large_one(run_vjp, dtype
     assert entries[-1] != "0", line
 
 
+@pytest.mark.xfail(strict=True, reason="%hessian of clamp / where(x > 0, x, -2*x) says 'y is "
+                   "linear in x (its first derivatives do not depend on x)': they are piecewise "
+                   "linear, their first derivatives jump with x; only at this x is every second "
+                   "derivative 0")
+@pytest.mark.parametrize("expression", ["torch.clamp(x, 0, 1)", "torch.where(x > 0, x, -2*x)"])
+def test_a_piecewise_linear_output_is_not_called_linear(run_ok, expression):
+    run_ok("x = torch.tensor([-1., 0.5, 2.], requires_grad=True)")
+    h = run_ok(f"%hessian {expression} wrt x")
+    assert not h.derivatives["x"].any()  # every second derivative is 0 here
+    text = plain(h)
+    assert "is linear in x" not in text or "piecewise" in text or "at this x" in text
+
+
 # -- presentation mode on a 1024 x 768 projector ---------------------------------------------------
 @pytest.mark.parametrize("body", [
     cells.VECTOR_MULTIVARIATE_MULTIPLE_POINTS.short,  # 718 px before f78a5df
