@@ -166,6 +166,26 @@ def test_a_number_or_list_as_gradient_is_coached(ip, call):
 
 
 
+
+@pytest.mark.xfail(strict=True, reason="requires_grad set after the output was computed is "
+                   "diagnosed as 'computed under torch.no_grad() or .detach()ed?': neither "
+                   "happened; the line order is the mistake and is not named")
+@pytest.mark.parametrize("late", ["x.requires_grad_()", "x.requires_grad = True"])
+def test_requires_grad_set_after_the_output_is_named_as_the_cause(usage_error, late):
+    message = usage_error(f"%%vjp\nx = torch.tensor([1., 2., 3.])\ny = x**2\n{late}")
+    assert "no_grad" not in message and ".detach()" not in message
+    assert "line 3" in message or "before" in message
+
+
+@pytest.mark.xfail(strict=True, reason="an output rebuilt with torch.tensor(...) (a copy "
+                   "without the graph) is diagnosed as 'computed under torch.no_grad() or "
+                   ".detach()ed?'; x.data gets its line named, torch.tensor does not")
+@pytest.mark.parametrize("rhs", ["torch.tensor(x**2)", "torch.tensor([xi**2 for xi in x])"])
+def test_an_output_copied_by_torch_tensor_names_the_copy(usage_error, rhs):
+    message = usage_error(f"%%vjp\nx = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+                          f"y = {rhs}")
+    assert "torch.tensor" in message and "no_grad" not in message
+
 XW = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([0.5, 1., 2.])"
 
 
