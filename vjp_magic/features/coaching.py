@@ -2,12 +2,15 @@
 
 Above the derivatives: the mistake that stopped the cell, if any, then notes on summed
 ``.grad``, on v = ones where it sums components, and on a general v. Under ``--check`` the
-mistake only: the graded verdict already says what the notes would.
+mistake only: the graded verdict already says what the notes would. Where the cell's own
+backward freed the output's graph, the code beneath starts by making it again (or says how:
+:mod:`vjp_magic.teach.freed_graph`).
 """
 from __future__ import annotations
 
 from ..run.choose import Subject
 from ..teach.coaching import mistake_sections
+from ..teach.freed_graph import freed_lines
 from . import Added, Asked
 from .names import naming
 
@@ -19,6 +22,7 @@ replays_record = False
 def add(result, request: Asked, subject: Subject) -> Added:
     notes = request.flag("check") is None
     with naming(subject):
-        return Added(before=mistake_sections(subject.log, result, notes=notes,
-                                             options=request.options,
-                                             explained=bool(request.flag("explain"))))
+        before = mistake_sections(subject.log, result, notes=notes, options=request.options,
+                                  explained=bool(request.flag("explain")))
+    freed = freed_lines(result, subject.log, subject.record, subject.namespace)
+    return Added(before=before, view={"freed": freed} if freed else {})

@@ -183,18 +183,20 @@ def loop_names(result, point_out: Iterable[int],
     return y, v, component_loop(result.output.shape, point_out, taken)
 
 
-def display_loop(result, names: Sequence[str] | None = None) -> str:
+def display_loop(result, names: Sequence[str] | None = None,
+                 first: Sequence[str] = ()) -> str:
     """The tutorial's own few lines for the derivatives with respect to ``names`` (default:
     every input), which must share their point axes; nothing saved or restored.
 
     Pasted into the next cell they give the numbers shown whatever ``.grad`` the cell left
     (its own ``backward`` adds to it): each ``.grad`` is cleared before the first backward,
-    and the loop clears it after reading each component, so none is left behind."""
+    and the loop clears it after reading each component, so none is left behind. ``first``:
+    lines before them (the output computed again where the cell's backward freed its graph)."""
     names = list(result.inputs if names is None else names)
     taken = identifiers([result.output_name, *result.inputs])
     y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
-    first = [cleared_grads(xs), *named]
+    first = [*first, cleared_grads(xs), *named]
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
     reads = [f"{x}.grad" for x in xs]
@@ -221,12 +223,14 @@ def cleared_grads(xs: Sequence[str]) -> str:
 
 
 # -- r.code: the careful version ------------------------------------------------------------
-def reproducing_code(result, result_name: str | None = None) -> str:
+def reproducing_code(result, result_name: str | None = None,
+                     first: Sequence[str] = ()) -> str:
     """The source; ``derivative_name(name)`` is bound for every input of ``result``. An input
     computed by compressed passes gets its coloured passes (:mod:`.sparse_code`), never the
     one-hot loop; where they read the colours or the pattern off the result, they read it as
     ``result_name`` (default ``r``; ``result`` where a cell tensor is ``r``), checked first
-    (:func:`result_check`)."""
+    (:func:`result_check`). ``first``: lines before the passes (the output computed again
+    where the cell's backward freed its graph)."""
     from .sparse_code import coloured_lines  # (it imports this module)
     names = list(result.inputs)
     taken = identifiers([result.output_name, *names])
@@ -234,6 +238,7 @@ def reproducing_code(result, result_name: str | None = None) -> str:
     y, body = _output_variable(result, taken)
     if body:
         body[0] += "  # the output, computed again"
+    body = [*first, *body]
     xs = {name: expression(name) for name in names}
     d_names = {name: derivative_name(name, taken) for name in names}
     saved = fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)

@@ -27,10 +27,11 @@ from .sparse import sparse_blocks, sparse_of
 SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
 
 
-def derivatives_sections(result, options, jacobian: bool = False,
-                         explained: bool = False) -> tuple[Section, ...]:
+def derivatives_sections(result, options, jacobian: bool = False, explained: bool = False,
+                         freed: tuple[str, ...] = ()) -> tuple[Section, ...]:
     """The whole display of ``result``: shapes, then per group of inputs, then the notes
-    (``explained``: v is described by the explanation above, so not here again)."""
+    (``explained``: v is described by the explanation above, so not here again; ``freed``:
+    the lines the code beneath starts with, the cell's backward having freed the graph)."""
     sections = [Section((shapes(result),))]
     fit, shown = fit_of(options), shown_inputs(result, options)
     for every in point_groups(result):
@@ -57,7 +58,7 @@ def derivatives_sections(result, options, jacobian: bool = False,
             used = [n for n in group if not result.inputs[n].unused]
             if not explained:
                 blocks.extend(gradient_argument(result, used[0], options))
-            blocks.append(CodeBlock(display_loop(result, used)))
+            blocks.append(CodeBlock(display_loop(result, used, first=freed)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
                 summary = sensitivity_formula(result, name, options) if fit.sensitivity \

@@ -34,7 +34,9 @@ class View:
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
     ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``);
     ``present``: presentation mode, the derivatives' formulas first and larger (``--present``);
-    ``names``: the names the user's namespace binds (an expression output is named apart).
+    ``names``: the names the user's namespace binds (an expression output is named apart);
+    ``freed``: lines the code beneath starts with where the cell's own backward freed the
+    output's graph (the output computed again, or what to do).
     Exam mode (``VJPMagics.exam``) is ``hidden`` with only the verdict's sections around."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
@@ -46,6 +48,7 @@ class View:
     pictured: bool = False
     present: bool = False
     names: frozenset = frozenset()  # the namespace's names: an expression output avoids them
+    freed: tuple[str, ...] = ()  # lines first in the code beneath: the cell's backward freed it
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
@@ -114,7 +117,8 @@ class View:
             return hessian_sections(result, options)
         if not self.jacobian and wants_table(result, options):  # many inputs: a table
             return parameter_sections(result, options)
-        return derivatives_sections(result, options, self.jacobian, self.explained)
+        return derivatives_sections(result, options, self.jacobian, self.explained,
+                                    self.freed)
 
     def body(self, result) -> tuple[Section, ...]:
         """The derivatives themselves, as their order shows them, fitted to one screen with
@@ -161,7 +165,7 @@ class View:
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
         with naming(self.names):
-            return reproducing_code(result)
+            return reproducing_code(result, first=self.freed)
 
 
 def _few_pictures(result, names: list[str], draw) -> list:

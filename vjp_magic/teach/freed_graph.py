@@ -1,0 +1,91 @@
+"""The code beneath a cell whose own ``backward`` freed the output's graph.
+
+That code differentiates the output again, which PyTorch refuses once the cell's backward has
+freed the graph (``retain_graph`` not given). Where the cell computed the output in one line
+from its inputs alone (``y = x**2``: no other tensor with a graph, no module, no function of
+the user's, no random draw in the record), that line comes first, so that the pasted code
+builds the graph again and gives the numbers shown; otherwise two comment lines say what to
+do (pass ``retain_graph=True`` to the cell's backward and run it again).
+"""
+from __future__ import annotations
+
+import ast
+import linecache
+import math
+import types
+
+import torch
+
+from ..core.tagging import walk_graph
+from ..run.passes import node_key, saves_tensors
+
+
+def freed_lines(result, log, record, namespace) -> tuple[str, ...]:
+    """The lines to put before the code beneath ``result`` (none where the graph is whole)."""
+    output = result.output
+    if log is None or not getattr(log, "freed_by", None) \
+            or not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return ()
+    call = next((log.freed_by[node_key(n)] for n in walk_graph(output)
+                 if node_key(n) in log.freed_by and saves_tensors(n)), None)
+    if call is None:
+        return ()
+    line = log.lines.get(call)
+    again = _recomputed(result, log, record, namespace or {}, line)
+    y = result.output_name
+    if again is not None:
+        return (f"# {y} again: the cell's backward freed its graph", again)
+    where = f" (line {line})" if line else ""
+    return (f"# the cell's backward{where} freed {y}'s graph: give it",
+            "# retain_graph=True and run the cell again, then this:")
+
+
+def _recomputed(result, log, record, namespace, line: int | None) -> str | None:
+    """The cell's one line ``y = …`` that made the output from its inputs alone, else None."""
+    y = result.output_name
+    source = "".join(linecache.getlines(log.filename)) if log.filename else ""
+    if not y.isidentifier() or not source or namespace.get(y) is not result.output:
+        return None
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    made = [node for node in body if isinstance(node, ast.Assign) and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name) and node.targets[0].id == y
+            and (line is None or node.lineno < line)]
+    if not made or made[-1].lineno != made[-1].end_lineno:
+        return None
+    node = made[-1]
+    if any(not _constant_or_input(name.id, namespace, result)
+           for name in ast.walk(node.value) if isinstance(name, ast.Name)):
+        return None
+    if not _drew_nothing(record, node.lineno):
+        return None
+    return ast.get_source_segment(source, node)
+
+
+def _constant_or_input(name: str, namespace, result) -> bool:
+    """An input bound to its tensor still, torch or math, or a value with no graph."""
+    if name in result.inputs:
+        return namespace.get(name) is result.inputs[name].tensor
+    value = namespace.get(name)
+    if isinstance(value, types.ModuleType):
+        return value in (torch, math)
+    if isinstance(value, torch.Tensor):
+        return not value.requires_grad
+    return isinstance(value, (int, float, complex, bool))
+
+
+def _drew_nothing(record, line: int) -> bool:
+    """The record shows no call on ``line`` of the cell that may draw random numbers (no
+    record, or an incomplete one: unknown, so not)."""
+    if record is None or getattr(record, "failed", None) is not None:
+        return False
+    for call in record.calls:
+        site = call.site
+        if site is not None and site[-1] and site[2] == line and call.rng is not None:
+            return False
+    return True
+
+
+__all__ = ["freed_lines"]
