@@ -121,3 +121,58 @@ def test_a_copy_beside_a_named_input_is_noted_not_dropped(run_vjp):
     assert list(r.inputs) == ["w"]
     (note,) = [n for n in r.notes if "not a leaf" in n]
     assert note.startswith("y also depends on x, not a leaf") and "--wrt w x " in note, note
+
+
+# -- the cause named: requires_grad too late, a copy by torch.tensor, a new tensor as input -------
+@pytest.mark.parametrize("body", [
+    "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.sin(x)\ndel x",
+    "y = torch.sin(torch.tensor([1., 2., 3.], requires_grad=True))",
+    "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x.double()\nx = 0",
+])
+def test_the_output_is_never_its_own_input(usage_error, body):
+    message = usage_error(f"%%vjp\n{body}")
+    assert "--wrt y" not in message and "y is not a leaf" not in message, message
+
+
+@pytest.mark.parametrize("late", ["x.requires_grad_()", "x.requires_grad = True",
+                                  "x.requires_grad_(True)"])
+@pytest.mark.parametrize("compute", ["y = x**2", "y = torch.sin(x) * 2"])
+def test_requires_grad_after_the_output_names_the_two_lines(ip, usage_error, late, compute):
+    body = f"x = torch.tensor([1., 2., 3.])\n{compute}\n{late}"
+    message = usage_error(f"%%vjp\n{body}")
+    assert "no_grad" not in message and "Move line 3 before line 2" in message, message
+    lines = body.split("\n")
+    assert ip.run_cell("%%vjp\n" + "\n".join([lines[0], lines[2], lines[1]])).success
+
+
+@pytest.mark.parametrize("rhs, kept", [
+    ("torch.tensor(x**2)", "y = x**2"),
+    ("torch.tensor([xi**2 for xi in x])", "y = torch.stack([xi**2 for xi in x])"),
+    ("torch.tensor([x[0], x[1] * 2])", "y = torch.stack([x[0], x[1] * 2])"),
+])
+def test_an_output_copied_by_torch_tensor_is_told_the_computation_to_keep(ip, usage_error,
+                                                                          rhs, kept):
+    head = "x = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+    message = usage_error(f"%%vjp\n{head}y = {rhs}")
+    assert "torch.tensor" in message and "no_grad" not in message and kept in message, message
+    assert ip.run_cell(f"%%vjp\n{head}{kept}").success
+
+
+XW = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([0.5, 1., 2.])\n"
+
+
+@pytest.mark.parametrize("expression", ["x.detach()", "x.data", "x.detach().requires_grad_()",
+                                        "x.data.requires_grad_()", "x.clone().detach()"])
+@pytest.mark.parametrize("magic", ["%jacobian x*w wrt {}", "%%vjp --wrt {}\ny = x*w"])
+def test_a_new_tensor_as_input_is_refused_and_x_advised(run_ok, usage_error, expression,
+                                                        magic):
+    run_ok(XW)
+    message = usage_error(magic.format(expression))
+    assert "false 0" in message and "requires_grad_() before" not in message, message
+    assert "wrt x)" in message, message
+
+
+def test_a_module_parameter_as_an_input_expression_is_still_taken(run_ok):
+    run_ok(XW + "lin = torch.nn.Linear(3, 1)\nz = x * w")
+    r = run_ok("%jacobian z wrt x lin.weight")
+    assert not r.inputs["lin.weight"].tensor.grad_fn and r.inputs["lin.weight"].unused

@@ -97,6 +97,7 @@ class FromCell:
                                               run.final_source, used=run.reads)
         except VJPUsageError as error:
             raise VJPUsageError(number_output_hint(run.found, run.assigned)
+                                or _late_grad_hint(run) or _copied_hint(run)
                                 or _detached_hint(run) or _no_grad_hint(run, str(error))
                                 or str(error)) from None
         return name, dense(name, self.chosen, "%%vjp --of {}")
@@ -238,8 +239,8 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     for name in names:
         add_named(inputs, _expand(scope, name, lookup(scope, name, role)))  # none dropped
     for name, value in inputs.items():
-        if _made_off_graph(name, value, output):
-            raise VJPUsageError(_new_tensor_message(scope, name, output, output_name))
+        if _made_off_graph(scope, name, value, output):
+            raise VJPUsageError(_new_tensor_message(scope, name, output, output_name, role))
     return inputs
 
 
@@ -411,12 +412,13 @@ def _unnamed_message(output_name: str, flag: str, copies: Sequence[tuple] = ()) 
 def _leaf_copies(namespace, output, assigned, named: set[int] = frozenset()) -> list[tuple]:
     """(name, tensor) for the named tensors on ``output``'s graph computed straight from a
     leaf that requires grad and is not in ``named`` (ids) (a conversion, a clone, any op),
-    the cell's names first."""
+    the cell's names first; never the output (nor a name bound to its node)."""
     on_graph = {id(node): node for node in walk_graph(output)} if output.grad_fn else {}
     copies = []
     for name in ordered_names(namespace, assigned):
         value = namespace[name]
-        node = value.grad_fn if isinstance(value, torch.Tensor) else None
+        node = value.grad_fn if isinstance(value, torch.Tensor) and value is not output \
+            else None  # (never the output itself)
         if node is not None and id(node) in on_graph and any(
                 isinstance(getattr(n, "variable", None), torch.Tensor)
                 and id(n.variable) not in named for n, _ in node.next_functions):
@@ -436,6 +438,80 @@ def number_output_hint(ns, assigned) -> str | None:
             )
         if isinstance(value, torch.Tensor):
             return None
+    return None
+
+
+def _statements(source: str) -> list:
+    try:
+        return ast.parse(source).body
+    except SyntaxError:
+        return []
+
+
+def _turns_on(stmt, name: str) -> bool:
+    """``name.requires_grad_()`` (or ``(True)``) or ``name.requires_grad = True``."""
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr == "requires_grad"
+                and isinstance(t.value, ast.Name) and t.value.id == name for t in node.targets):
+            return isinstance(node.value, ast.Constant) and node.value.value is True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "requires_grad_" and isinstance(node.func.value, ast.Name) \
+                and node.func.value.id == name:
+            args = [*node.args, *(k.value for k in node.keywords)]
+            return not args or (isinstance(args[0], ast.Constant) and args[0].value is True)
+    return False
+
+
+def _late_grad_hint(run: CellRun) -> str | None:
+    """No output with history, because a tensor the output was computed from was made to
+    require grad only after it: the two lines, in the order to put them."""
+    body, ns = _statements(run.source), run.namespace
+    for k, stmt in enumerate(body):
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)):
+            continue
+        y = stmt.targets[0].id
+        value = ns.get(y)
+        if not isinstance(value, torch.Tensor) or value.requires_grad:
+            continue
+        reads = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
+        for later in body[k + 1:]:
+            late = next((x for x in reads if isinstance(ns.get(x), torch.Tensor)
+                         and ns[x].requires_grad and _turns_on(later, x)), None)
+            if late is not None:
+                text = (ast.get_source_segment(run.source, later) or "").strip()
+                return (f"{y} was computed (line {stmt.lineno}) before {late} required grad "
+                        f"(line {later.lineno}: {text}): autograd records only what is done "
+                        f"to a tensor that already requires grad. Move line {later.lineno} "
+                        f"before line {stmt.lineno}.")
+    return None
+
+
+def _copied_hint(run: CellRun) -> str | None:
+    """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
+    (a copy of the values, without the graph): the line, and the computation that keeps it."""
+    ns = run.namespace
+    for stmt in reversed(_statements(run.source)):
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)):
+            continue
+        y, call = stmt.targets[0].id, stmt.value
+        if not (isinstance(ns.get(y), torch.Tensor) and isinstance(call, ast.Call)
+                and ast.unparse(call.func) in ("torch.tensor", "torch.Tensor", "torch.FloatTensor")
+                and call.args):
+            continue
+        reads = {n.id for n in ast.walk(call) if isinstance(n, ast.Name)}
+        if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad for x in reads):
+            continue
+        arg = call.args[0]
+        written = ast.get_source_segment(run.source, arg) or ast.unparse(arg)
+        keep = (f"torch.stack({written})" if isinstance(arg, (ast.List, ast.ListComp, ast.Tuple))
+                else written)
+        func = ast.unparse(call.func)
+        return (f"{y} = {func}(...) (line {stmt.lineno}) copies the values into a new tensor "
+                f"without the graph, so {y} has no derivatives. Keep the computation: "
+                f"{y} = {keep}.")
     return None
 
 
@@ -463,15 +539,21 @@ def _no_grad_hint(run: CellRun, message: str) -> str | None:
     return no_grad_message(f"{advice[0].lower()}{advice[1:].rstrip('.')}.") if advice else None
 
 
-def _made_off_graph(source: str, value, output) -> bool:
+def _made_off_graph(scope, source: str, value, output) -> bool:
     """An input expression (not a plain name) whose value is a new tensor that ``output``'s
-    graph does not reach: differentiating with respect to it would give false zeros."""
-    return (not source.isidentifier() and isinstance(value, torch.Tensor)
-            and value.grad_fn is not None and isinstance(output, torch.Tensor)
-            and output.requires_grad and not depends_on(output, value))
+    graph does not reach: differentiating with respect to it would give false zeros. A new
+    tensor: one with a graph (``x.T``, ``x**2``), or a leaf no name nor module of the
+    namespace holds (``x.detach()``, ``x.detach().requires_grad_()``, ``x.data``)."""
+    if source.isidentifier() or not isinstance(value, torch.Tensor) \
+            or not (isinstance(output, torch.Tensor) and output.requires_grad):
+        return False
+    if value.grad_fn is None and id(value) in _namespace_parameter_names(scope):
+        return False  # a tensor the notebook holds (mlp[0].weight): its zeros are true
+    return not depends_on(output, value)
 
 
-def _new_tensor_message(scope, source: str, output, output_name: str) -> str:
+def _new_tensor_message(scope, source: str, output, output_name: str,
+                        role: str = "--wrt") -> str:
     """An input expression (``x[0]``, ``w.T``) made a new tensor off the output's graph."""
     base, outer, value = None, None, None
     node = ast.parse(source, mode="eval").body
@@ -487,15 +569,19 @@ def _new_tensor_message(scope, source: str, output, output_name: str) -> str:
             base = ast.unparse(node)
     if base is None:
         advice = "Differentiate with respect to the named tensor it was made from"
+    elif re.fullmatch(rf"{re.escape(base)}(\.(data|detach\(\)|detach_\(\)|clone\(\)|"
+                      r"requires_grad_\(\)|requires_grad_\(True\)))+", source.replace(" ", "")):
+        advice = (f"It holds {base}'s values without its graph: differentiate with respect "
+                  f"to {base} itself ({role} {base})")
     else:
         index = _index_hint(outer, value) if isinstance(outer, ast.Subscript) else None
-        advice = (f"Differentiate with respect to {base} and index the result, e.g. "
-                  f"r.derivatives['{base}'][{index}]" if index else
-                  f"Differentiate with respect to {base} and transform the result "
-                  f"(r.derivatives['{base}'])")
+        advice = (f"Differentiate with respect to {base} ({role} {base}) and index the "
+                  f"result, e.g. r.derivatives['{base}'][{index}]" if index else
+                  f"Differentiate with respect to {base} ({role} {base}) and transform the "
+                  f"result (r.derivatives['{base}'])")
     return (f"{source} makes a new tensor, and {output_name} was not computed from it, so "
             f"every derivative would be a false 0. {advice}; or compute {output_name} from "
-            f"that tensor in the cell (t = {source}, then {output_name} from t, --wrt t).")
+            f"that tensor in the cell (t = {source}, then {output_name} from t, {role} t).")
 
 
 def _index_hint(subscript: ast.Subscript, base: torch.Tensor) -> str | None:
