@@ -226,7 +226,8 @@ def _unbatch(tensors) -> None:
 def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
     """Every retain_grad tensor found on ``output``'s graph (``everything``: all live ones)
     has its ``.grad`` (the same tensor object, or None) back on leaving; nested uses scan
-    once; after vectorised passes none is left holding a vmap BatchedTensor. The frames
+    once; after vectorised passes none is left holding a vmap BatchedTensor (by a pass of
+    zeros; after a Ctrl-C, by looking at every live one instead: no pass runs). The frames
     looked at start at the caller's first one outside vjp_magic (the package's own hold
     what the caller gave, ``given``, and objects of its own)."""
     if getattr(_STATE, "depth", 0):
@@ -236,11 +237,17 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
         retained(output, _outside(sys._getframe(2)), given)
     kept = [(t, t.grad) for t in found]
     _STATE.depth, _STATE.kept, _STATE.pending = 1, [t for t, _ in kept], []
+    interrupted = False
     try:
         yield
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         pending, _STATE.depth, _STATE.kept, _STATE.pending = _STATE.pending, 0, [], []
-        if pending and isinstance(output, torch.Tensor) and output.grad_fn is not None:
+        if pending and interrupted:  # after a Ctrl-C, no pass runs the user's backward again
+            _unbatch(_every_retaining())
+        elif pending and isinstance(output, torch.Tensor) and output.grad_fn is not None:
             _flush(output)
         for t, grad in kept:
             t.grad = grad
