@@ -143,9 +143,6 @@ def test_an_input_converted_after_requires_grad_is_named(usage_error):
     assert "--wrt x" in message or "leaf" in message
 
 
-@pytest.mark.xfail(strict=True, reason="where the leaf has no name (x rebound or deleted, or "
-                   "never named), the non-leaf advice (d20397a) picks the output itself: 'y is "
-                   "not a leaf ... Differentiate with respect to y (--wrt y)', i.e. dy/dy")
 @pytest.mark.parametrize("body", [
     "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = torch.sin(x)\ndel x",
     "y = torch.sin(torch.tensor([1., 2., 3.], requires_grad=True))",
@@ -169,9 +166,6 @@ def test_a_number_or_list_as_gradient_is_coached(ip, call):
 
 
 
-@pytest.mark.xfail(strict=True, reason="requires_grad set after the output was computed is "
-                   "diagnosed as 'computed under torch.no_grad() or .detach()ed?': neither "
-                   "happened; the line order is the mistake and is not named")
 @pytest.mark.parametrize("late", ["x.requires_grad_()", "x.requires_grad = True"])
 def test_requires_grad_set_after_the_output_is_named_as_the_cause(usage_error, late):
     message = usage_error(f"%%vjp\nx = torch.tensor([1., 2., 3.])\ny = x**2\n{late}")
@@ -179,9 +173,6 @@ def test_requires_grad_set_after_the_output_is_named_as_the_cause(usage_error, l
     assert "line 3" in message or "before" in message
 
 
-@pytest.mark.xfail(strict=True, reason="an output rebuilt with torch.tensor(...) (a copy "
-                   "without the graph) is diagnosed as 'computed under torch.no_grad() or "
-                   ".detach()ed?'; x.data gets its line named, torch.tensor does not")
 @pytest.mark.parametrize("rhs", ["torch.tensor(x**2)", "torch.tensor([xi**2 for xi in x])"])
 def test_an_output_copied_by_torch_tensor_names_the_copy(usage_error, rhs):
     message = usage_error(f"%%vjp\nx = torch.tensor([1., 2., 3.], requires_grad=True)\n"
@@ -191,9 +182,6 @@ def test_an_output_copied_by_torch_tensor_names_the_copy(usage_error, rhs):
 XW = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([0.5, 1., 2.])"
 
 
-@pytest.mark.xfail(strict=True, reason="'wrt x.detach()' is told to 'call x.detach()."
-                   "requires_grad_() before computing the output': a new tensor the output was "
-                   "not computed from (followed, every derivative is a false 0); x is the input")
 def test_the_advice_for_a_detached_input_expression_names_x(run_ok, usage_error):
     run_ok(XW)
     message = usage_error("%jacobian x*w wrt x.detach()")
@@ -201,9 +189,6 @@ def test_the_advice_for_a_detached_input_expression_names_x(run_ok, usage_error)
     assert "wrt x" in message
 
 
-@pytest.mark.xfail(strict=True, reason="an input expression that makes a fresh leaf "
-                   "(x.detach().requires_grad_()) is shown as 'does not depend: every derivative "
-                   "is 0', where x.T or x**2 is refused as a false 0")
 @pytest.mark.parametrize("expression", ["x.detach().requires_grad_()",
                                         "x.data.requires_grad_()"])
 def test_a_fresh_leaf_as_input_expression_is_refused_as_a_false_0(run_ok, usage_error,
