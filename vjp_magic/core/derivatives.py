@@ -17,7 +17,7 @@ from torch.overrides import has_torch_function
 
 from .reentrant import pass_guard
 from .retained import cleared, plain_pass
-from .torch_api import TorchError, guarded_grad, materialized_grad, torch_error
+from .torch_api import TorchError, guarded_grad, materialized_grad, strided, torch_error
 from .vectorising import Payoff
 
 # Intermediate buffers of a batched backward are a few times the size of its grad_outputs.
@@ -219,7 +219,7 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     with pass_guard():
         grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
                                     allow_unreachable=True, accumulate_grad=False)
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(strided(grads), inputs)]
 
 
 # Up to this many gradient arguments, plain backward passes one by one: about as fast as a

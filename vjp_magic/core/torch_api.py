@@ -30,7 +30,16 @@ def guarded_grad(*args, **options) -> tuple:
     differentiates a graph that may be the user's (a custom backward that re-enters autograd
     on some gradients only: the usage error before it runs; no cost on other graphs)."""
     with pass_guard():
-        return autograd_grad(*args, **options)
+        return strided(autograd_grad(*args, **options))
+
+
+def strided(grads) -> tuple:
+    """``grads`` with a sparse gradient of a dense tensor (``nn.Embedding(sparse=True)``'s,
+    ``EmbeddingBag``'s, a custom backward's) made dense: what the analysis compares, stacks
+    and shows is laid out as the input is."""
+    if not any(g is not None and g.layout != torch.strided for g in grads):
+        return tuple(grads)
+    return tuple(g if g is None or g.layout == torch.strided else g.to_dense() for g in grads)
 
 
 def materialized_grad(outputs, inputs, grad_outputs=None, **options) -> tuple:
@@ -137,4 +146,4 @@ def graph_usage_error(error: BaseException):
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
            "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
            "graph_usage_error", "guarded_grad", "materialized_grad", "once_differentiable_node",
-           "torch_error"]
+           "strided", "torch_error"]
