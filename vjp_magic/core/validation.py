@@ -304,6 +304,12 @@ def nonfinite_notes(result) -> list[str]:
     return notes
 
 
+def _spelled(name: str) -> str:
+    """A name in a marked note: as it is (``x``, ``layer.weight``), an expression as code
+    (```~y.bool() * y```)."""
+    return name if all(p.isidentifier() for p in name.split(".")) else f"`{name}`"
+
+
 def zero_notes(result) -> list[str]:
     """A warning per input the output depends on whose derivatives are all exactly 0 here."""
     notes = []
@@ -311,12 +317,14 @@ def zero_notes(result) -> list[str]:
         d = item.derivatives
         if item.unused or d.numel() == 0 or bool(d.any()) or bool(d.isnan().any()):
             continue
-        notes.append(
-            f"Every derivative of {result.output_name} with respect to {name} is 0 at this "
-            f"{name}, although {result.output_name} depends on {name} through the graph (an "
+        y = _spelled(result.output_name)
+        x = _spelled(name)
+        notes.append(marked(
+            f"Every derivative of {y} with respect to {x} is 0 at this "
+            f"{x}, although {y} depends on {x} through the graph (an "
             "inactive relu or clamp, a product with 0, ...): at another value of "
-            f"{name} they may not be."
-        )
+            f"{x} they may not be."
+        ))
     return notes
 
 

@@ -79,8 +79,11 @@ def headline(h, name: str) -> Paragraph:
     if item.unused:
         return paragraph(*lead, y, " does not depend on ", x, ": every second derivative is 0.")
     if item.constant:
-        return paragraph(*lead, y, " is linear in ", x, " (its first derivatives do not depend "
-                         "on ", x, "): every second derivative is 0.")
+        return paragraph(*lead, "Every second derivative is 0 at this ", x, ": the first "
+                         "derivatives of ", y, " have no graph back to ", x, ", so ", y,
+                         " is linear in ", x, " near it (or piecewise linear, as clamp, relu "
+                         "or where make it: its first derivatives then jump where the pieces "
+                         "meet).")
     count = math.prod(h.component_shape(name))
     m = math.prod(item.per_point_shape)
     points = plural(item.point_count, "point")

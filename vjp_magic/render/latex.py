@@ -144,12 +144,14 @@ _TEXT_TABLE = str.maketrans({**{ch: (f"${tex}$" if tex.startswith("\\") else tex
 def escape_text(text: str) -> str:
     """Prose for a LaTeX body: special characters escaped, maths symbols in ``$…$``."""
     escaped = text.translate(_TEXT_TABLE)
-    # markdown's maths closes no "$" that a digit follows ("$-$1" is raw text in VS Code):
-    # the digits go inside ("$-1$")
-    return _MATH_THEN_DIGITS.sub(r"$\1\2$", escaped)
+    # markdown's maths closes no "$" that a digit or a letter follows ("$-$1", "$\sim$y" are
+    # raw text in VS Code): the digits go inside ("$-1$"), the letters as text ("$\sim\text{y}$")
+    escaped = _MATH_THEN_DIGITS.sub(r"$\1\2$", escaped)
+    return _MATH_THEN_LETTERS.sub(r"$\1\\text{\2}$", escaped)
 
 
 _MATH_THEN_DIGITS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$(\d+(?:\.\d+)?)")
+_MATH_THEN_LETTERS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$([A-Za-z]+)")
 
 
 def _span(span: Span) -> str:
