@@ -89,6 +89,32 @@ def test_wrt_a_model_with_a_sparse_embedding(ip, run_ok):
         torch.testing.assert_close(got, rows, rtol=1e-5, atol=1e-6)
 
 
+def _rolled_lookup():
+    """Row i of y reads row i - 1 (mod 50) of the table: a permutation of the table's rows."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 4, sparse=True)
+    y = emb(torch.arange(50).roll(1)).sin()  # (50, 4)
+    return emb, y
+
+
+@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD + " (here core/column_passes.py)")
+def test_sparse_jacobian_of_a_sparse_gradient_table():
+    emb, y = _rolled_lookup()
+    expected, = _rows(y, [emb.weight])
+    got = vjp_magic.sparse_jacobian(y, emb.weight)
+    torch.testing.assert_close(got.to_dense(), expected.reshape(200, 200))
+
+
+@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD + " (here core/grouptest.py)")
+def test_dependency_on_a_sparse_gradient_table():
+    emb, y = _rolled_lookup()
+    d = vjp_magic.dependency(y, emb.weight, 0, 0)
+    expected = torch.zeros(50, 50, dtype=torch.bool)
+    expected[torch.arange(50), torch.arange(50).roll(1)] = True
+    assert torch.equal(_dense(d.pattern), expected)
+    assert d.kind == "band with wrap-around" and d.offsets == (-1, -1)  # as with sparse=False
+
+
 def test_a_sparse_leaf_is_a_usage_error():
     """Guard: a sparse input (not a sparse gradient) gets the short message."""
     xs = torch.randn(5, 5).to_sparse().requires_grad_()
