@@ -413,9 +413,11 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
         labels.append(label(f))
     header = (Entry(r"\mathrm{mean}", "mean"), Entry(r"\max", "max"), Entry("i", "at i"))
     lhs = notation.partial(output_symbol(result), name)
+    counted = (f"counted from {options.index_base}, from 0 in the code"
+               if options.index_base != 0 else "counted from 0 as in the code")
     caption = (Text(f"Over the {plural(item.point_count, 'point')} "), notation.point(name),
                Text(f": the mean and the largest size per feature ({len(mean):,} in all), "
-                    "and the point i where the largest is."))
+                    f"and the point i where the largest is ({counted})."))
     return Formula(Math(rf"\left|{lhs.tex}\right|", f"|{lhs.plain}|"),
                    Matrix(tuple(rows), tuple(labels), header), None, caption)
 

@@ -135,8 +135,8 @@ def _structure(result, name: str) -> str:
     if result.full or not item.has_points:
         if result.output.numel() == 1:
             return f"{y} is a single number: J has one row, the gradient shown below."
-        return ("Nothing is known to be zero: each row of J (one entry of "
-                f"{y}) needs its own backward.")
+        return (f"J is not block-diagonal (no entries of {y} are points of their own): each "
+                f"row of J (one entry of {y}) needs its own backward.")
     known = ("The autograd graph proves it" if item.evidence == "proved" else
              f"Random probes show it at this {name} only")
     per_point = item.per_point_numel()

@@ -1,0 +1,25 @@
+"""Prose that agrees with the rest of the display (s32, G7's class): how a table's point
+column counts, and --explain never denying zeros the display states."""
+from __future__ import annotations
+
+import pytest
+
+
+def _text(result) -> str:
+    return " ".join(result._repr_mimebundle_()["text/plain"].split())
+
+
+def test_the_at_column_says_how_it_counts(run_vjp):
+    r = run_vjp("img = ((torch.arange(32.) - 12.2) / 10).reshape(2, 4, 4).requires_grad_()\n"
+                "out = torch.sigmoid(img)")
+    assert "the point i where the largest is (counted from 1, from 0 in the code)" in _text(r)
+
+
+@pytest.mark.parametrize("body", [
+    "y = torch.cumsum(x, 0)",
+    "y = torch.stack([x[0], x[0] + x[1], x[2] * 2])",
+    "y = x.flip(0) * x",
+])
+def test_explain_never_denies_zeros(run_vjp, body):
+    r = run_vjp(f"x = torch.tensor([0.5, -1., 2.], requires_grad=True)\n{body}", "--explain")
+    assert "Nothing is known to be zero" not in _text(r)
