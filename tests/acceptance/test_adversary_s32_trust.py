@@ -41,13 +41,11 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
 
 # -- 1. sparse gradients of a dense parameter -------------------------------------------------
 
-SPARSE_GRAD = ("differentiate / %%vjp crash with RuntimeError 'reshape is not implemented for "
-               "sparse tensors' (core/strategies.py _checked_jacobians) where autograd returns a "
-               "sparse COO gradient for a dense parameter: nn.Embedding(sparse=True), "
-               "nn.EmbeddingBag(sparse=True)")
+# Were strict xfails (s32 G6), fixed in 87f26b4: differentiate, %%vjp --wrt net,
+# sparse_jacobian and dependency crashed with RuntimeError 'reshape is not implemented for
+# sparse tensors' where autograd returns a sparse COO gradient for a dense parameter.
 
 
-@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD)
 def test_embedding_with_sparse_gradients_per_row():
     torch.manual_seed(0)
     emb = nn.Embedding(10, 4, sparse=True)
@@ -59,7 +57,6 @@ def test_embedding_with_sparse_gradients_per_row():
     assert emb.weight.grad is None
 
 
-@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD)
 def test_embedding_bag_with_sparse_gradients():
     torch.manual_seed(0)
     bag = nn.EmbeddingBag(10, 4, mode="sum", sparse=True)
@@ -70,7 +67,6 @@ def test_embedding_bag_with_sparse_gradients():
     torch.testing.assert_close(_dense(r.jacobian("w")), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD)
 def test_wrt_a_model_with_a_sparse_embedding(ip, run_ok):
     run_ok("import torch.nn as nn, torch.nn.functional as F\n"
            "torch.manual_seed(0)\n"
@@ -97,7 +93,6 @@ def _rolled_lookup():
     return emb, y
 
 
-@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD + " (here core/column_passes.py)")
 def test_sparse_jacobian_of_a_sparse_gradient_table():
     emb, y = _rolled_lookup()
     expected, = _rows(y, [emb.weight])
@@ -105,7 +100,6 @@ def test_sparse_jacobian_of_a_sparse_gradient_table():
     torch.testing.assert_close(got.to_dense(), expected.reshape(200, 200))
 
 
-@pytest.mark.xfail(strict=True, reason=SPARSE_GRAD + " (here core/grouptest.py)")
 def test_dependency_on_a_sparse_gradient_table():
     emb, y = _rolled_lookup()
     d = vjp_magic.dependency(y, emb.weight, 0, 0)
@@ -143,11 +137,9 @@ class _Interrupted(torch.autograd.Function):
         return g * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after a KeyboardInterrupt in the user's backward during differentiate(), the analysis "
-    "runs one more backward pass of the user's code (core/retained.py grads_kept's finally: "
-    "_flush's pass of zeros after vectorised passes), and a second Ctrl-C traceback chains "
-    "onto the first"))
+# Was a strict xfail (s32 G6), fixed in 49d0e8e: after a KeyboardInterrupt in the user's
+# backward during differentiate(), core/retained.py grads_kept's finally ran one more pass of
+# zeros through the user's code, and its second interrupt chained onto the first.
 def test_ctrl_c_in_a_pass_runs_no_further_pass():
     x = torch.randn(40, requires_grad=True, generator=torch.Generator().manual_seed(0))
     y = _Interrupted.apply(x).roll(1) * x
