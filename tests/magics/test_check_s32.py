@@ -95,3 +95,27 @@ def test_a_huge_sparse_answer_is_a_short_message(monkeypatch):
     with pytest.raises((vjp_magic.VJPUsageError, UsageError)) as caught:
         vjp_magic.check(d.to_sparse(), y, x)
     assert "sparse" in str(caught.value)
+
+
+# -- with several inputs, an answer right for one of them is right --------------------------------
+WX = ("w = torch.tensor([0.5, -1., 4.], requires_grad=True)\n"
+      "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x*w\n")
+
+
+@pytest.mark.parametrize("answer, right", [
+    ("ans = w.detach()", "x"),  # dy/dx = w: right for x
+    ("ans = x.detach()", "w"),  # dy/dw = x: right for w
+])
+def test_an_answer_right_for_another_input_is_right(run_vjp, answer, right):
+    r = run_vjp(WX + answer, "--check ans")
+    assert r.check.correct and r.check.name == right, r.check.hint
+
+
+def test_an_answer_wrong_for_both_inputs_is_graded_against_the_first(run_vjp):
+    r = run_vjp(WX + "ans = 2 * w.detach()", "--check ans")
+    assert not r.check.correct and r.check.name == "w"
+
+
+def test_x_grad_is_still_graded_against_x(run_vjp):
+    r = run_vjp(WX + "y.sum().backward()\nx.grad.mul_(3)", "--check x.grad")
+    assert not r.check.correct and r.check.name == "x"

@@ -351,6 +351,12 @@ def _input_name(result, name, answer_name, a) -> str:
     return next(iter(result.inputs))
 
 
+def _fitting_inputs(result, a: torch.Tensor) -> list[str]:
+    """The inputs whose accepted shapes ``a`` fits, in the result's order."""
+    return [n for n in result.inputs
+            if any(fits(a, s) is not None for s in Expected(result, n, None).accepted())]
+
+
 def _per_input(answer, result, name) -> dict | None:
     """An answer per input: a mapping name → answer, or one entry per input in order."""
     if name is not None or len(result.inputs) < 2:
@@ -396,6 +402,19 @@ def grade(answer, result, name: str | None = None, *, log=None,
                     for key, value in several.items()]
         return next((v for v in verdicts if not v.correct), verdicts[0])
     a, dtype = as_tensor(answer)
+    if name is None and len(result.inputs) > 1 and a is not None:
+        # graded against the input its name or shape says; where it is wrong there but right
+        # for another input its shape fits, it is right for that one
+        first = _input_name(result, None, answer_name, a)
+        again = dict(log=log, answer_name=answer_name, record=record, output=output,
+                     leaves=leaves, exam=exam)
+        verdict = grade(answer, result, first, **again)
+        for other in ([] if verdict.correct else _fitting_inputs(result, a)):
+            if other != first:
+                found = grade(answer, result, other, **again)
+                if found.correct:
+                    return found
+        return verdict
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
     case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
