@@ -254,10 +254,6 @@ def test_an_answer_of_the_wrong_dtype_is_named_by_its_dtype(dtype):
     assert str(dtype).removeprefix("torch.") in verdict.hint
 
 
-@pytest.mark.xfail(strict=True, reason="with two inputs --check grades against the first the "
-                   "cell assigns (w); an answer that is exactly the derivatives with respect to "
-                   "the other (x) is told 'not the derivatives ... Check the formula', not "
-                   "which input it matches or --wrt x")
 def test_an_answer_for_the_other_input_is_recognised(run_vjp):
     r = run_vjp("w = torch.tensor([0.5, -1., 4.], requires_grad=True)\n"
                 "x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x*w\n"
@@ -309,9 +305,6 @@ def test_the_counting_sentence_names_a_component_as_the_output_entry(run_vjp):
     assert r"$\nabla f_{1}$ is $y[0]$" not in bundle(r)["text/markdown"]
 
 
-@pytest.mark.xfail(strict=True, reason="text/latex spells a ~ in the output expression "
-                   "'$\\sim$y.bool()': VS Code (which shows text/latex first) leaves '$\\sim$' "
-                   "as raw TeX, the closing $ being followed by a letter")
 def test_a_tilde_in_the_output_expression_is_typeset_in_vscode(run_vjp):
     if node_missing():
         pytest.skip(node_missing())
@@ -322,9 +315,6 @@ def test_a_tilde_in_the_output_expression_is_typeset_in_vscode(run_vjp):
     assert "$\\sim$" not in rendered["html"]
 
 
-@pytest.mark.xfail(strict=True, reason="the table's 'at i' column counts from 1 ((1, 4, 1)) "
-                   "while the same display labels rows from 0 ([0, 0, :] ... [1, 3, :]) and "
-                   "never says how it counts: img[1, 4, 1] is an IndexError")
 def test_the_at_column_counts_as_the_display_says(run_vjp):
     r = run_vjp("img = ((torch.arange(32.) - 12.2) / 10).reshape(2, 4, 4).requires_grad_()\n"
                 "out = torch.sigmoid(img)")  # sigmoid' is largest at img[0, 3, 0] = -0.02
@@ -333,9 +323,6 @@ def test_the_at_column_counts_as_the_display_says(run_vjp):
     assert "(0, 3, 0)" in text or "from 1" in text
 
 
-@pytest.mark.xfail(strict=True, reason="--explain on a cumsum says 'Nothing is known to be "
-                   "zero' above a J with three zeros, and the same display then states the "
-                   "lower triangle (y[t] reads x[s] for s <= t only)")
 def test_explain_does_not_deny_the_zeros_the_display_states(run_vjp):
     r = run_vjp("x = torch.tensor([0.5, -1., 2.], requires_grad=True)\ny = torch.cumsum(x, 0)",
                 "--explain")
@@ -359,10 +346,6 @@ def test_a_points_own_derivative_never_reads_0_beside_a_large_one(run_vjp, dtype
     assert entries[-1] != "0", line
 
 
-@pytest.mark.xfail(strict=True, reason="%hessian of clamp / where(x > 0, x, -2*x) says 'y is "
-                   "linear in x (its first derivatives do not depend on x)': they are piecewise "
-                   "linear, their first derivatives jump with x; only at this x is every second "
-                   "derivative 0")
 @pytest.mark.parametrize("expression", ["torch.clamp(x, 0, 1)", "torch.where(x > 0, x, -2*x)"])
 def test_a_piecewise_linear_output_is_not_called_linear(run_ok, expression):
     run_ok("x = torch.tensor([-1., 0.5, 2.], requires_grad=True)")
