@@ -330,8 +330,8 @@ def _with_replay_hint(result: DerivativeResult, inputs) -> DerivativeResult:
     output = result.output
     modules = inputs.values() if isinstance(inputs, Mapping) else \
         inputs if isinstance(inputs, (list, tuple)) else (inputs,)
-    if output.dim() < 1 or output.numel() < PER_SAMPLE_FROM or output.numel() != len(output) \
-            or not any(isinstance(m, torch.nn.Module) for m in modules):
+    if not any(isinstance(m, torch.nn.Module) for m in modules) or output.dim() < 1 \
+            or output.numel() < PER_SAMPLE_FROM or output.numel() != len(output):
         return result
     return replace(result, notes=[*result.notes, marked(
         "For faster per-sample gradients, pass the computation as a function, "

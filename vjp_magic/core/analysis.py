@@ -79,14 +79,15 @@ def differentiate(
     validation.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
     probes = Probes(output, named, new_seed() if seed is None else validation.checked_seed(seed))
-    accepted = _from_given(output, named, given or {}, probes)
+    accepted = _from_given(output, named, given, probes) if given else {}
     rest = {n: t for n, t in named.items() if n not in accepted}
     proofs = {name: _proof(output, t, graph_proof) for name, t in rest.items()}
     if accepted:  # their derivatives need no structure: only what the graph reaches
         proofs.update(axisflow.reach_proofs(output, {n: named[n] for n in accepted}))
     workspace = max(p.workspace for p in proofs.values())
     context = Context(output, output_name, budget, batched, max_chunk, workspace, full, probes,
-                      sparse=SparseChoice(output, output_name, budget, probes, full))
+                      sparse=SparseChoice(output, output_name, budget, probes, full),
+                      key=pass_key(output, named.values(), workspace))
     if rest:
         with context.sparse.on_refusal():  # says what a sparse Jacobian would need
             accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))
@@ -99,9 +100,7 @@ def differentiate(
 def _result(context: Context, named, proofs, accepted) -> VJPResult:
     """The result of the accepted candidates and their derivatives, with its notes."""
     probes = context.probes  # its plain pass's time sizes the next run's first chunk
-    if probes.seconds is not None:
-        remember_seconds(pass_key(context.output, named.values(), context.workspace),
-                         probes.seconds)
+    remember_seconds(context.key, probes.seconds)
     ordinary = probes.ordinary | {name for name, (_, d) in accepted.items()
                                   if name not in probes.ordinary and _ordinary(d)}
     accepted = {name: (c, d if name in ordinary  # known finite: no NaN to fill

@@ -7,6 +7,7 @@ for the user's next cell.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -143,7 +144,10 @@ def _vmap_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
     if _VMAP is None:
         return list(torch.func.vmap(one)(grad_outputs))
     increment, decrement, add_batch_dim, remove_batch_dim, load = _VMAP
-    load()  # (vmap's batching rules written in Python, registered on first use)
+    if not _LOADED:  # vmap's batching rules written in Python, registered on first use
+        load()
+        if getattr(sys.modules.get(load.__module__), "DECOMPOSITIONS_LOADED", False):
+            _LOADED.append(True)  # (torch's own flag: loaded for good, not asked again)
     batch = grad_outputs.shape[0]
     level = increment(batch, "error")  # torch.func.vmap's default randomness
     try:
@@ -168,6 +172,7 @@ def _vmap_primitives() -> tuple | None:
 
 
 _VMAP = _vmap_primitives()
+_LOADED: list = []  # non-empty once torch says the lazy decompositions are loaded
 
 
 def _legacy_batched_grad(output, inputs, grad_outputs) -> list[torch.Tensor]:
@@ -289,6 +294,7 @@ def component_vjps(
     workspace: int = 0,
     first: int | None = None,
     seconds: float | None = None,
+    key: tuple | None = None,
 ) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """One VJP per non-point output component, for every input, in budget-sized batches:
     each backward serves all ``inputs`` at once.
@@ -299,7 +305,8 @@ def component_vjps(
     :func:`plain_components`); empty (false) when every one came from a plain backward.
     Batches grow to about :data:`CHUNK_SECONDS` each, from ``first`` vectors (default
     :data:`FIRST_CHUNK`). Where plain passes are heavy (``seconds``: one plain pass's time,
-    if known), vectorising goes on only if it pays (:class:`.vectorising.Payoff`).
+    if known), vectorising goes on only if it pays (:class:`.vectorising.Payoff`). ``key``:
+    the graph's :func:`pass_key` with these ``inputs``, where the caller has it already.
     """
     count = math.prod(output.shape[a] for a in range(output.dim()) if a not in point_out_axes)
     batched = batched and count > LOOP_COMPONENTS
@@ -307,7 +314,7 @@ def component_vjps(
     if max_chunk is not None:
         limit = min(limit, max_chunk)
     log, vectorised = Batching(), []
-    payoff = Payoff(pass_key(output, inputs, workspace), seconds)
+    payoff = Payoff(key or pass_key(output, inputs, workspace), seconds)
     batched = batched and payoff.worth_trying()
 
     def part(start: int, stop: int) -> list[torch.Tensor]:

@@ -1,0 +1,50 @@
+"""The dense row's glue made leaner (issue 20, s32): the graph's fingerprint read once per
+analysis and the next run's chunk sized by it as before; no given Jacobians, no look at them;
+the vectorised-replay hint still for per-sample losses of a module, never for a tensor input.
+Expected values from torch.func.jacrev."""
+from __future__ import annotations
+
+import torch
+
+import vjp_magic
+from vjp_magic.core import analysis, derivatives, given
+
+
+def _dense(n=24):
+    g = torch.Generator().manual_seed(4)
+    w1 = torch.randn(n, n, generator=g) / n**0.5
+    w2 = torch.randn(n, n, generator=g) / n**0.5
+    x = torch.randn(n, generator=g, requires_grad=True)
+    return (lambda v: torch.tanh(w2 @ torch.tanh(w1 @ v))), x
+
+
+def test_the_plain_pass_is_remembered_under_the_graphs_fingerprint():
+    f, x = _dense()
+    derivatives._pass_seconds.clear()
+    y = f(x)
+    r = analysis.differentiate(y, x, keep_graph=True)
+    torch.testing.assert_close(r.derivatives["x"], torch.func.jacrev(f)(x.detach()))
+    workspace = analysis.axisflow.prove(y, x).workspace
+    assert derivatives.remembered_seconds(derivatives.pass_key(y, [x], workspace)) is not None
+
+
+def test_no_given_jacobians_are_not_looked_at(monkeypatch):
+    f, x = _dense()
+
+    def split(*args):
+        raise AssertionError("no given Jacobian to split")
+
+    monkeypatch.setattr(given, "split", split)
+    r = vjp_magic.differentiate(f(x), x)
+    torch.testing.assert_close(r.derivatives["x"], torch.func.jacrev(f)(x.detach()))
+
+
+def test_the_replay_hint_is_for_modules_only():
+    model = torch.nn.Linear(3, 1)
+    data = torch.randn(40, 3)
+    losses = model(data).squeeze(1).tanh()
+    hinted = vjp_magic.differentiate(losses, model)
+    assert any("pass the computation as a function" in n for n in hinted.notes)
+    x = torch.randn(40, requires_grad=True)
+    plain = vjp_magic.differentiate(x.tanh(), x)
+    assert not any("pass the computation as a function" in n for n in plain.notes)
