@@ -46,3 +46,17 @@ def test_the_counting_sentence_links_the_component_not_its_gradient(run_vjp):
     text = " ".join(r._repr_mimebundle_()["text/plain"].split())
     assert "grad f_1 is" not in text
     assert "f_1 is y[0]" in text
+
+
+@pytest.mark.parametrize("name", ["input_features_tensor", "pixel_intensities_2"])
+@pytest.mark.parametrize("out", ["torch.softmax({x}, 1)", "torch.stack([{x}.sum(1), {x}.amax(1)])",
+                                 "({x} ** 2).sum()"])
+def test_the_code_beneath_fits_the_output_with_long_names(ip, run_vjp, name, out):
+    from vjp_magic.render.codelines import OUTPUT_WIDTH, fit_code
+
+    r = run_vjp(f"{name} = torch.randn(3, 4, requires_grad=True)\n"
+                f"attention_weights_of_layer = {out.format(x=name)}")
+    code, _ = _code(r)
+    shown = fit_code(code)  # as every spelling shows it
+    assert max(len(line) for line in shown.splitlines()) <= OUTPUT_WIDTH, shown
+    assert ip.run_cell(shown).success

@@ -17,6 +17,9 @@ import io
 import tokenize
 
 CODE_WIDTH = 56
+# What JupyterLab's output area shows of a code line at all (572 px of 8.4 px characters): a
+# line with no break within CODE_WIDTH is broken where its pieces fit this instead.
+OUTPUT_WIDTH = 68
 _AFTER = (tokenize.NEWLINE, tokenize.NL, tokenize.DEDENT, tokenize.ENDMARKER)  # past the line
 _COMPOUND = {"for", "while", "if", "elif", "else", "with", "def", "class", "try", "except",
              "finally", "async", "match", "case"}
@@ -86,14 +89,21 @@ def _break_in_brackets(line: str, ops, width: int, indent: str) -> list[str]:
     pieces: list[tuple[int, int]] = []  # (start column in line, lead spaces) of each output line
     start, lead = 0, 0
     while lead + len(line[start:].rstrip()) > width:
-        fitting = [(depth, cut, content) for depth, cut, content in candidates
-                   if cut > start and lead + len(line[start:cut].rstrip()) <= width
-                   and line[cut:].strip() and not line[cut:].lstrip().startswith("#")
-                   and (content is None or _shown(content, pieces + [(start, lead)]) <= width // 2)]
+        # within the width, else within what the output shows, else (last resort) the
+        # shortest first piece: a long name's line is never left whole
+        for limit in (width, max(width, OUTPUT_WIDTH), len(line)):
+            fitting = [(depth, cut, content) for depth, cut, content in candidates
+                       if cut > start and lead + len(line[start:cut].rstrip()) <= limit
+                       and line[cut:].strip() and not line[cut:].lstrip().startswith("#")
+                       and (content is None
+                            or _shown(content, pieces + [(start, lead)]) <= width // 2)]
+            if fitting:
+                break
         if not fitting:
             break
         depth = min(f[0] for f in fitting)
-        _, cut, content = [f for f in fitting if f[0] == depth][-1]
+        at_depth = [f for f in fitting if f[0] == depth]
+        _, cut, content = at_depth[-1] if limit < len(line) else at_depth[0]
         pieces.append((start, lead))
         hanging = (lead if start else len(indent)) + 4  # four in from the line it leaves
         lead = hanging if content is None else _shown(content, pieces)
