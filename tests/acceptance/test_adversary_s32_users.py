@@ -275,6 +275,17 @@ def test_python_hints_without_a_name_read_as_code_and_sentences():
     assert ". the answer" not in other.hint, other.hint
 
 
+@pytest.mark.xfail(strict=True, reason="--check ans.T (an expression of the answer) leaves "
+                   "ans among the outputs to choose: ans (a tensor with history) becomes the "
+                   "output, and a right answer is graded 'not the derivatives of ans'")
+def test_checking_an_expression_of_the_answer_grades_the_cells_output(run_vjp):
+    r = run_vjp("x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\n"
+                "y = torch.stack([x**2, x**3])\nans = torch.stack([2*x, 3*x**2]).T",
+                "--check ans.T")
+    assert r.output_name == "y"
+    assert r.check.correct, r.check.hint
+
+
 @pytest.fixture
 def exam(ip):
     ip.run_line_magic("config", "VJPMagics.exam = True")
