@@ -278,10 +278,12 @@ def test_python_hints_without_a_name_read_as_code_and_sentences():
 @pytest.mark.xfail(strict=True, reason="--check ans.T (an expression of the answer) leaves "
                    "ans among the outputs to choose: ans (a tensor with history) becomes the "
                    "output, and a right answer is graded 'not the derivatives of ans'")
-def test_checking_an_expression_of_the_answer_grades_the_cells_output(run_vjp):
+@pytest.mark.parametrize("answer, line", [("torch.stack([2*x, 3*x**2]).T", "--check ans.T"),
+                                          ("torch.stack([2*x, 3*x**2])", "--check ans.detach()")],
+                         ids=["T", "detach"])
+def test_checking_an_expression_of_the_answer_grades_the_cells_output(run_vjp, answer, line):
     r = run_vjp("x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\n"
-                "y = torch.stack([x**2, x**3])\nans = torch.stack([2*x, 3*x**2]).T",
-                "--check ans.T")
+                f"y = torch.stack([x**2, x**3])\nans = {answer}", line)
     assert r.output_name == "y"
     assert r.check.correct, r.check.hint
 
