@@ -179,6 +179,21 @@ def test_an_output_copied_by_torch_tensor_names_the_copy(usage_error, rhs):
                           f"y = {rhs}")
     assert "torch.tensor" in message and "no_grad" not in message
 
+
+@pytest.mark.xfail(strict=True, reason="a second derivative attempted with g.backward() / "
+                   "x.grad.backward() (g made without create_graph=True) is told to 'Create "
+                   "the input with requires_grad=True', which x already has; create_graph=True "
+                   "(or %hessian) is not named")
+@pytest.mark.parametrize("lines", ["g, = torch.autograd.grad(y.sum(), x)\ng.sum().backward()",
+                                   "y.sum().backward()\nx.grad.sum().backward()"],
+                         ids=["autograd.grad", "x.grad"])
+def test_a_second_derivative_without_create_graph_names_create_graph(ip, lines):
+    result = ip.run_cell(f"%%vjp\nx = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+                         f"y = x**3\n{lines}")
+    error = result.error_in_exec
+    text = str(error) if error is not None else plain(result.result)
+    assert "create_graph" in text or "%hessian" in text, text
+
 XW = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([0.5, 1., 2.])"
 
 
