@@ -119,3 +119,27 @@ def test_an_answer_wrong_for_both_inputs_is_graded_against_the_first(run_vjp):
 def test_x_grad_is_still_graded_against_x(run_vjp):
     r = run_vjp(WX + "y.sum().backward()\nx.grad.mul_(3)", "--check x.grad")
     assert not r.check.correct and r.check.name == "x"
+
+
+# -- from Python the answer has no name: hints read as code and sentences -------------------------
+def test_python_hints_spell_code_with_a_name_and_sentences_capitalised():
+    x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)
+    d = torch.stack([2 * x, 3 * x**2]).detach()
+    f = lambda t: torch.stack([t**2, t**3])  # noqa: E731
+    for answer in (d.T, d.reshape(3, 2), d[0].expand(2, 3).clone() * 0 + d[1]):
+        hint = vjp_magic.check(answer, f, x).hint
+        assert "the answer." not in hint and "`the answer" not in hint, hint
+        assert ". the answer" not in hint, hint
+    other = vjp_magic.check(2 * x.detach(), lambda t: t**2, x, y=x**3)
+    assert ". the answer" not in other.hint, other.hint
+
+
+@pytest.mark.parametrize("line", ["--check ans.T", "--check ans.detach()", "--check ans[:]"])
+def test_an_expression_of_the_answer_is_never_the_output(ip, line):
+    from vjp_magic.run.choose import FromCell
+    from vjp_magic.run.execute import run_cell
+
+    run = run_cell(ip, "x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)\n"
+                   "y = torch.stack([x**2, x**3])\nans = torch.stack([2*x, 3*x**2]).T")
+    name, _ = FromCell(run, ip, exclude=(line.split()[1],)).output(None)
+    assert name == "y"

@@ -90,7 +90,8 @@ class FromCell:
             name, self.chosen = of, self._evaluated(of)
             return name, dense(name, self.chosen, "%%vjp --of {}")
         run = self.run
-        assigned = [n for n in run.assigned if n not in self.exclude]
+        excluded = _names_read(self.exclude)  # --check ans.T: ans is the answer, not an output
+        assigned = [n for n in run.assigned if n not in excluded]
         final = None if run.final_source in self.exclude else run.final_value
         try:
             name, self.chosen = choose_output(run.found, assigned, final,
@@ -176,6 +177,18 @@ class Given:
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         return dense_inputs(named_inputs(self.given_inputs, self.names))
+
+
+def _names_read(sources) -> set[str]:
+    """The sources themselves and every name their expressions read."""
+    found = set(sources)
+    for source in sources:
+        try:
+            found.update(n.id for n in ast.walk(ast.parse(source, mode="eval"))
+                         if isinstance(n, ast.Name))
+        except SyntaxError:
+            pass
+    return found
 
 
 def lookup(scope, source: str, role: str):

@@ -131,7 +131,8 @@ def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=Non
     if problem is None:
         return graded
     a = f"`{answer_name}`" if answer_name else "the answer"
-    own = (f"{a} itself is the derivatives of `{exercise.label}`." if graded.correct else
+    own = (f"{a[0].upper()}{a[1:]} itself is the derivatives of `{exercise.label}`."
+           if graded.correct else
            f"Graded against the derivatives of `{exercise.label}`, {a} is ✗ "
            f"{markup(graded.kind.words)}.")
     return replace(graded, correct=False, kind=kind, hint=marked(f"{problem} {own}"))

@@ -91,7 +91,10 @@ class Hints:
 
     @staticmethod
     def names(case: Case) -> tuple[str, str, str]:
-        return case.answer, case.exp.result.output_name, case.exp.name
+        """The answer as code spells it (``answer`` where it has no name: from Python), the
+        output's name, the input's."""
+        answer = "answer" if case.answer.startswith("the ") else case.answer
+        return answer, case.exp.result.output_name, case.exp.name
 
     @staticmethod
     def subject(case: Case) -> str:
@@ -187,7 +190,7 @@ class Hints:
         a = self.subject(case)
         exp = case.exp
         return (f"{a} holds the derivatives of one component of {y} (index {index} in the "
-                f"code, row-major) of {exp.count:,}. {a} has shape "
+                f"code, row-major) of {exp.count:,}. {a[0].upper()}{a[1:]} has shape "
                 f"{shape_text(case.a.shape)}; the derivatives of {y} with respect to {x} have "
                 f"{self.expected(case)}. To get them, {self.how(case)}.")
 
