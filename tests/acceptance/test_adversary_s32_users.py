@@ -303,6 +303,20 @@ def test_checking_an_expression_of_the_answer_grades_the_cells_output(run_vjp, a
     assert r.check.correct, r.check.hint
 
 
+@pytest.mark.xfail(strict=True, reason="h.grad of a non-leaf h is None because h is not a leaf "
+                   "(no h.retain_grad()), but the hint says 'x.grad was set to None afterwards "
+                   "(x.grad = None, or zero_grad())', which the cell never did")
+@pytest.mark.parametrize("line, last", [("--check h.grad", ""),
+                                        ("--check ans --wrt h", "\nans = h.grad")],
+                         ids=["h.grad", "ans"])
+def test_the_grad_of_a_non_leaf_is_explained_by_retain_grad(run_vjp, line, last):
+    r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\nh = x * 2\ny = h**2\n"
+                f"y.backward(torch.ones_like(y)){last}", line)
+    hint = " ".join(r.check.hint.split())
+    assert r.check.kind == "missing"
+    assert "retain_grad" in hint and "set to None afterwards" not in hint, hint
+
+
 @pytest.fixture
 def exam(ip):
     ip.run_line_magic("config", "VJPMagics.exam = True")
