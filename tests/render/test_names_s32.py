@@ -37,3 +37,21 @@ def test_jacobian_and_hessian_of_an_odd_name(run_ok, x):
                  f"%jacobian {x}.sin()"):
         shown = _shown(run_ok(line))
         assert x in shown["text/plain"], line
+
+
+@pytest.mark.parametrize("name", ["données", "ŷ", "x_é", "Δté"])
+def test_an_accented_name_is_text_inside_monospace_maths(run_vjp, name):
+    from jupyter_harness import node_missing, render_vscode
+
+    from vjp_magic.render.notation import name_tex
+
+    tex = name_tex(name)
+    for ch in name:
+        if not ch.isascii() and ch not in "Δ":
+            assert r"\text{" + ch + "}" in tex, tex
+    if node_missing():
+        return
+    r = run_vjp(f"{name} = torch.linspace(-1, 1, 4, requires_grad=True)\nout = {name}**2")
+    shown = _shown(r)
+    for rendered in render_vscode([shown["text/markdown"], shown["text/latex"]]):
+        assert not rendered["errors"] and not rendered["warnings"], rendered["warnings"][:1]

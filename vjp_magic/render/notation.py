@@ -35,8 +35,15 @@ _MONO_ESCAPES = {
 
 def mono(text: str) -> str:
     """Source text in monospace, math-mode safe (no \\verb, KaTeX and MathJax alike; a Greek
-    letter as its macro, as KaTeX's strict mode wants)."""
-    return r"\mathtt{" + "".join(_MONO_ESCAPES.get(ch) or _greek(ch) or ch for ch in text) + "}"
+    letter as its macro, as KaTeX's strict mode wants; another letter outside ASCII as text)."""
+    return r"\mathtt{" + "".join(_MONO_ESCAPES.get(ch) or _greek(ch) or _unicode(ch)
+                                 for ch in text) + "}"
+
+
+def _unicode(ch: str) -> str:
+    """Any other character outside ASCII (é, ŷ) as text: KaTeX warns on an accented letter in
+    maths ("Accented Unicode text character used in math mode")."""
+    return ch if ch.isascii() else r"\text{" + ch + "}"
 
 
 def _greek(ch: str) -> str | None:
