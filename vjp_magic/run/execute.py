@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
-from ..core.errors import operand
 from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
+from .grad_advice import requires_grad_advice
 from . import guard as guard_module
 from . import record as record_module
 from .guard import keep_graphs
@@ -486,55 +486,6 @@ def nothing_to_differentiate(error, log, source: str, namespace) -> str | None:
     return head + requires_grad_advice(source, namespace)
 
 
-# torch's factories that take requires_grad=: the cell's own line, so amended, is the advice
-_FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "eye", "rand", "randn", "linspace",
-              "logspace", "arange", "zeros_like", "ones_like", "full_like", "empty_like",
-              "rand_like", "randn_like"}
-
-
-def requires_grad_advice(source: str, namespace) -> str:
-    """Make the cell's input with ``requires_grad=True``, in its own names where it can."""
-    return own_requires_grad_advice(source, namespace) or (
-        "Create the input with requires_grad=True (e.g. x = torch.tensor([1., 2.], "
-        "requires_grad=True)), or call x.requires_grad_() on it before computing.")
-
-
-def own_requires_grad_advice(source: str, namespace, output: str | None = None,
-                             reads=()) -> str | None:
-    """Make the cell's input with ``requires_grad=True``: its own line, so amended, where a
-    float tensor the cell makes without it (not ``output``) is assigned on one line; else a
-    tensor it reads (``reads``: from an earlier cell) made to require grad; else None."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        tree = ast.Module(body=[], type_ignores=[])
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id != output):
-            continue
-        name, written = node.targets[0].id, ast.get_source_segment(source, node) or ""
-        if _float_leaf(namespace.get(name)) and "\n" not in written:
-            call = node.value
-            if isinstance(call, ast.Call) and ast.unparse(call.func).startswith("torch.") \
-                    and ast.unparse(call.func).rsplit(".", 1)[-1] in _FACTORIES \
-                    and written.endswith(")"):
-                sep = ", " if call.args or call.keywords else ""
-                return ("Create the input with requires_grad=True: "
-                        f"{written[:-1]}{sep}requires_grad=True)")
-            rhs = ast.get_source_segment(source, node.value) or ast.unparse(node.value)
-            return (f"Make {name} require grad: {name} = {operand(rhs)}.requires_grad_()")
-    read = [n for n in reads if n != output and _float_leaf(namespace.get(n))]
-    if read:
-        return f"Make {read[0]} require grad: {read[0]}.requires_grad_() before computing."
-    return None
-
-
-def _float_leaf(value) -> bool:
-    """A floating tensor made, not computed, that does not require grad."""
-    return isinstance(value, torch.Tensor) and value.is_floating_point() \
-        and value.grad_fn is None and not value.requires_grad
-
-
 def evaluate(shell, node: ast.expr):
     """The value of an expression node in the user's namespace."""
     expression = ast.fix_missing_locations(ast.Expression(body=node))
@@ -542,5 +493,4 @@ def evaluate(shell, node: ast.expr):
 
 
 __all__ = ["CellRun", "CellSyntaxError", "NoGraph", "detached_advice", "detached_reads", "evaluate",
-           "own_requires_grad_advice", "requires_grad_advice",
            "nothing_to_differentiate", "run_cell", "user_frames_only"]
