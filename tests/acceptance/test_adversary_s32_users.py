@@ -277,9 +277,6 @@ def test_an_answer_for_the_other_input_is_recognised(run_vjp):
     assert r.check.correct or "--wrt x" in hint or "with respect to x" in hint, hint
 
 
-@pytest.mark.xfail(strict=True, reason="from Python the answer has no name, and the hints "
-                   "splice 'the answer' into code and sentences: 'Use the answer.T.', '... "
-                   "check the formula. the answer itself is the derivatives of f(x).'")
 def test_python_hints_without_a_name_read_as_code_and_sentences():
     x = torch.tensor([0.3, 1.7, 2.9], requires_grad=True)
     d = torch.stack([2 * x, 3 * x**2]).detach()
@@ -410,10 +407,6 @@ def test_a_piecewise_linear_output_is_not_called_linear(run_ok, expression):
     assert "is linear in x" not in text or "piecewise" in text or "at this x" in text
 
 
-@pytest.mark.xfail(strict=True, reason="with a practitioner's name (input_features_tensor) "
-                   "the loop's 'd_... = ....new_zeros(4, *....shape)' is left at 90 characters "
-                   "(codelines.fit_code finds no break that fits 56 and gives up): 756 px of "
-                   "code in a 572 px output, broken mid-identifier by JupyterLab")
 def test_the_code_beneath_a_cell_fits_the_output_with_long_names(run_vjp):
     r = run_vjp("input_features_tensor = torch.randn(3, 4, requires_grad=True)\n"
                 "attention_weights = torch.softmax(input_features_tensor, 1)")
