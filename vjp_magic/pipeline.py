@@ -29,7 +29,7 @@ from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
 from .core.validation import check_arguments, checked_inputs, named_inputs
 from .features import (Feature, code, coaching, cuts, declared_flags, exam, explain, gather,
-                       grading, gradcheck, is_wanted, picture, present, symbolic)
+                       grading, gradcheck, is_wanted, names, picture, present, symbolic)
 from .render.options import RenderOptions
 from .render.view import View
 from .run.called import Called, is_function
@@ -40,7 +40,7 @@ PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised o
 
 # What a request may add to the derivatives, in the order of their sections.
 FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, code, symbolic,
-                                 picture, present, exam)
+                                 picture, present, exam, names)
 FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
 ORDERS = (1, 2)  # of the derivatives: first (analysis.differentiate), second (core.hessian)
 
