@@ -50,6 +50,22 @@ def test_the_loop_pasted_after_the_tutorials_matrix_cell_gives_its_numbers(
     assert_tensor(ip.user_ns["d_x"], cell.derivatives)
 
 
+@pytest.mark.parametrize("cell", cells.TUTORIAL, ids=cells.ids(cells.TUTORIAL))
+def test_the_code_pasted_after_each_tutorial_cell_gives_its_numbers(ip, run_vjp, cell):
+    """Each tutorial cell calls backward itself (freeing the graph, filling x.grad): the code
+    beneath it, pasted into the next cell, still gives the tutorial's numbers, or says why not
+    in a comment (b69165e)."""
+    r = run_vjp(cell.source)
+    for code in shown_code(r):
+        if "retain_graph=True and run the cell again" in " ".join(code.split()):
+            continue  # said in the code itself
+        result = ip.run_cell(code)
+        assert result.success, (code, result.error_in_exec)
+        got = ip.user_ns["d_x"] if "d_x" in code else ip.user_ns["x"].grad
+        expected = torch.as_tensor(cell.derivatives, dtype=got.dtype)
+        torch.testing.assert_close(got.reshape(expected.shape), expected)
+
+
 def test_the_line_pasted_after_a_cell_with_its_own_backward_gives_its_numbers(
         ip, run_vjp, run_ok, assert_tensor):
     r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = x.sum()\ny.backward()")
