@@ -23,3 +23,18 @@ def test_the_at_column_says_how_it_counts(run_vjp):
 def test_explain_never_denies_zeros(run_vjp, body):
     r = run_vjp(f"x = torch.tensor([0.5, -1., 2.], requires_grad=True)\n{body}", "--explain")
     assert "Nothing is known to be zero" not in _text(r)
+
+
+@pytest.mark.parametrize("body", [
+    "y = torch.stack([x[0]**2, torch.sin(x[1]), torch.exp(x[2])])",
+    "y = torch.cat([x[:1].exp(), x[1:] * 3])",
+])
+def test_points_the_graph_does_not_prove_are_not_one_function(run_vjp, body):
+    r = run_vjp(f"x = torch.tensor([0.5, -1., 2.], requires_grad=True)\n{body}")
+    if r.inputs["x"].evidence != "proved":
+        assert "one function f" not in _text(r) and "one by one" in _text(r)
+
+
+def test_a_proved_elementwise_map_keeps_the_tutorials_words(run_vjp):
+    r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2")
+    assert "applies one function f at 5 points" in _text(r)

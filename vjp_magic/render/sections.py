@@ -175,13 +175,17 @@ def _what(result, name: str) -> list:
     if len(result.inputs) > 1:
         what = "one value" if count == 1 else plural(count, "component")
         return [Text(f"{what} at each of {points}")]
+    y, x = notation.math_name(output_symbol(result)), notation.math_name(name)  # (x_: mono)
+    big = Math(f"{y.tex} = F({x.tex})", f"{y.plain} = F({x.plain})")
+    if item.evidence != "proved":  # the graph does not show one f: each point may have its own
+        what = "" if count == 1 else f" ({count:,} components each)"
+        return [big, Text(f" acts on {points}{what} "), notation.point(name),
+                Text(" one by one")]
     f = [Text("one function "), _m("f")] if item.per_point_numel() == 1 else \
         [Text("one scalar function "), _m("f")]
     if count > 1:
         f = [Text(f"{count:,} functions "), _m("f_k")]
-    y, x = notation.math_name(output_symbol(result)), notation.math_name(name)  # (x_: mono)
-    return [Math(f"{y.tex} = F({x.tex})", f"{y.plain} = F({x.plain})"), Text(" applies "), *f,
-            Text(f" at {points} "), notation.point(name)]
+    return [big, Text(" applies "), *f, Text(f" at {points} "), notation.point(name)]
 
 
 def _m(tex: str) -> Math:
