@@ -66,6 +66,26 @@ def test_the_code_pasted_after_each_tutorial_cell_gives_its_numbers(ip, run_vjp,
         torch.testing.assert_close(got.reshape(expected.shape), expected)
 
 
+@pytest.mark.xfail(strict=True, reason="the code beneath a cell whose backward freed the graph "
+                   "computes y again from its line (b69165e), but that line reads a name the "
+                   "cell changed afterwards (w += 1, k = 3.0): pasted, x.grad is 2 where the "
+                   "display says 1, 3x^2 where it says 2x")
+@pytest.mark.parametrize("body, expected", [
+    ("w = torch.ones(3)\ny = x*w\ny.backward(torch.ones_like(y))\nw += 1", [1.0, 1.0, 1.0]),
+    ("k = 2.0\ny = x**k\ny.backward(torch.ones_like(y))\nk = 3.0", [2.0, 4.0, 6.0]),
+], ids=["in-place", "rebound"])
+def test_the_recomputed_line_reads_the_values_the_output_was_made_from(ip, run_vjp,
+                                                                      assert_tensor, body,
+                                                                      expected):
+    r = run_vjp(f"x = torch.tensor([1., 2., 3.], requires_grad=True)\n{body}")
+    assert_tensor(r.derivatives["x"], expected)
+    (code,) = shown_code(r)
+    if "retain_graph=True and run the cell again" in " ".join(code.split()):
+        return  # the code says it cannot build the graph again
+    ip.run_cell(code)
+    assert_tensor(ip.user_ns["x"].grad, expected)
+
+
 def test_the_line_pasted_after_a_cell_with_its_own_backward_gives_its_numbers(
         ip, run_vjp, run_ok, assert_tensor):
     r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = x.sum()\ny.backward()")
