@@ -176,3 +176,29 @@ def test_a_module_parameter_as_an_input_expression_is_still_taken(run_ok):
     run_ok(XW + "lin = torch.nn.Linear(3, 1)\nz = x * w")
     r = run_ok("%jacobian z wrt x lin.weight")
     assert not r.inputs["lin.weight"].tensor.grad_fn and r.inputs["lin.weight"].unused
+
+
+# -- a second derivative without create_graph (wired into execute.nothing_to_differentiate by P3) -
+@pytest.mark.parametrize("lines, want", [
+    ("g, = torch.autograd.grad(y.sum(), x)\ng.sum().backward()",
+     "torch.autograd.grad(y.sum(), x, create_graph=True)"),
+    ("(g,) = torch.autograd.grad(y.sum(), [x])\ntorch.autograd.grad(g.sum(), x)",
+     "torch.autograd.grad(y.sum(), [x], create_graph=True)"),
+    ("y.sum().backward()\nx.grad.sum().backward()", "create_graph=True to the first backward"),
+])
+def test_a_second_derivative_without_create_graph_is_told_create_graph(lines, want):
+    from vjp_magic.run.grad_advice import second_derivative_advice
+
+    source = f"x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**3\n{lines}"
+    advice = second_derivative_advice(source, 4)
+    assert advice is not None and want in advice and "%hessian" in advice, advice
+    fixed = source.replace("grad(y.sum(), x)", "grad(y.sum(), x, create_graph=True)").replace(
+        "grad(y.sum(), [x])", "grad(y.sum(), [x], create_graph=True)").replace(
+        "y.sum().backward()", "y.sum().backward(create_graph=True)")
+    exec(fixed, {"torch": torch})  # followed, the second pass runs
+
+
+def test_a_plain_missing_graph_is_not_called_a_second_derivative():
+    from vjp_magic.run.grad_advice import second_derivative_advice
+
+    assert second_derivative_advice("x = torch.ones(3)\ny = x**3\ny.sum().backward()", 3) is None

@@ -148,4 +148,45 @@ def _float_leaf(value) -> bool:
         and value.grad_fn is None and not value.requires_grad
 
 
-__all__ = ["FACTORIES", "GENERIC", "own_requires_grad_advice", "requires_grad_advice"]
+
+
+def second_derivative_advice(source: str, line: int | None) -> str | None:
+    """The cell's backward on ``line`` found no graph because it differentiates a gradient
+    made without ``create_graph=True`` (``x.grad``, or a result of ``torch.autograd.grad``):
+    what to pass where, or ``%hessian``; None where the line reads no such gradient."""
+    lines = source.splitlines()
+    if not line or line > len(lines):
+        return None
+    try:
+        body = ast.parse(source).body
+        failing = ast.parse(lines[line - 1].strip())
+    except SyntaxError:
+        return None
+    grads = {}  # name → the statement that made it with autograd.grad (no create_graph)
+    for stmt in body:
+        if stmt.lineno >= line or not isinstance(stmt, ast.Assign):
+            continue
+        call = stmt.value
+        if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("autograd.grad") \
+                and not any(k.arg == "create_graph" for k in call.keywords):
+            for target in stmt.targets:
+                for node in ast.walk(target):
+                    if isinstance(node, ast.Name):
+                        grads[node.id] = stmt
+    read = [n for n in ast.walk(failing) if isinstance(n, (ast.Name, ast.Attribute))]
+    made = next((grads[n.id] for n in read if isinstance(n, ast.Name) and n.id in grads), None)
+    if made is not None:
+        first = (ast.get_source_segment(source, made.value) or "").strip()
+        fixed = f"{first[:-1]}, create_graph=True)" if first.endswith(")") else first
+        return (f"It differentiates a gradient made by torch.autograd.grad without "
+                f"create_graph=True: no graph was kept for a second derivative. Make it with "
+                f"{fixed}, or take second derivatives with %hessian.")
+    if any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in read):
+        return ("It differentiates .grad, which backward fills without a graph: for a second "
+                "derivative pass create_graph=True to the first backward (or make the gradient "
+                "with torch.autograd.grad(..., create_graph=True)), or use %hessian.")
+    return None
+
+
+__all__ = ["FACTORIES", "GENERIC", "own_requires_grad_advice", "requires_grad_advice",
+           "second_derivative_advice"]
