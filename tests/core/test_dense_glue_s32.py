@@ -48,3 +48,20 @@ def test_the_replay_hint_is_for_modules_only():
     x = torch.randn(40, requires_grad=True)
     plain = vjp_magic.differentiate(x.tanh(), x)
     assert not any("pass the computation as a function" in n for n in plain.notes)
+
+
+def test_the_batching_vector_of_a_vector_output_is_a_tensor_of_its_own():
+    # no view, so a plain pass takes it as it is (a view would be copied first); the same
+    # draw as the generator's, shaped like the output
+    from vjp_magic.core import batching_check
+    from vjp_magic.core.probes import probe_generator, probe_values
+
+    for shape in [(7,), (3, 5)]:
+        y = torch.zeros(shape)
+        v = batching_check.batching_vector(y, 9)
+        values = probe_values(torch.float32)
+        codes = torch.randint(len(values), (y.numel(),),
+                              generator=probe_generator(9, "batching"))
+        assert v.shape == y.shape
+        assert torch.equal(v.reshape(-1), values[codes])
+        assert (v._base is None) == (len(shape) == 1)

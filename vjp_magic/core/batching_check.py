@@ -42,7 +42,9 @@ def batching_vector(output: torch.Tensor, seed: int) -> torch.Tensor:
         generator = _THREAD.generator = torch.Generator(device="cpu")
     generator.manual_seed(stream_seed(seed, "batching"))
     codes = torch.randint(len(values), (output.numel(),), generator=generator)
-    vector = values.index_select(0, codes).view(output.shape)
+    vector = values.index_select(0, codes)
+    if vector.shape != output.shape:  # (a view has a base: a plain pass copies it first)
+        vector = vector.view(output.shape)
     return vector if vector.device == output.device else vector.to(output.device)
 
 
