@@ -468,10 +468,6 @@ def test_the_code_beneath_a_cell_fits_the_output_with_long_names(run_vjp):
     assert len(widest) * CODE_CHARACTER_PX <= PROSE_WIDTH_PX, widest
 
 
-@pytest.mark.xfail(strict=True, reason="y = stack([x[0]**2, sin(x[1]), exp(x[2])]) is said to "
-                   "apply 'one function f at 3 points' with f'(x^(i)) = [1 0.5403 7.389]: three "
-                   "different functions (the graph shows Pow, Sin, Exp); only the Jacobian's "
-                   "diagonal structure is known")
 def test_different_functions_per_entry_are_not_called_one_function(run_vjp, assert_tensor):
     r = run_vjp("x = torch.tensor([0.5, -1., 2.], requires_grad=True)\n"
                 "y = torch.stack([x[0]**2, torch.sin(x[1]), torch.exp(x[2])])")
