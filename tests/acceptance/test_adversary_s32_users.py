@@ -390,9 +390,6 @@ def test_the_zeroed_grad_hint_speaks_of_x_grad_itself(run_vjp):
     assert "If it holds x.grad" not in r.check.hint
 
 
-@pytest.mark.xfail(strict=True, reason="a name with an accented letter (données, ŷ) is set "
-                   "as \\mathtt{données} inside maths: KaTeX (VS Code) warns 'Accented Unicode "
-                   "text character used in math mode', a problem the client checks count")
 @pytest.mark.parametrize("name", ["données", "ŷ"])
 def test_an_accented_name_typesets_without_katex_warnings(run_vjp, name):
     if node_missing():
