@@ -22,6 +22,7 @@ with the :attr:`GraphProof.limitation` saying what was not proved.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -75,13 +76,14 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     flows: dict[tuple[int, int], Flow] = {}
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
+    source = tensor.grad_fn  # (read once, and held: the walk meets this very object)
     for node in postorder(output.grad_fn):
         shapes, size = _shapes_and_bytes(node)  # read once: for the workspace and the rule
         proof.workspace += size
-        if node is tensor.grad_fn:
+        if node is source:
             continue  # the input itself: what lies below it is constant
-        inputs, reached = _inputs(node, tensor, identity, flows, opaque)
-        if not reached and all(flow is None for flow in inputs):
+        inputs, reached = _inputs(node, tensor, source, identity, flows, opaque)
+        if not reached and inputs.count(None) == len(inputs):
             continue
         outputs = None if reached else _apply_rule(node, inputs, proof, shape, shapes)
         if outputs is None:
@@ -137,26 +139,36 @@ def reach_proofs(output: torch.Tensor, named: dict) -> dict:
             for name, t in named.items()}
 
 
-def _inputs(node, tensor, identity: Flow, flows: dict, opaque: set) -> tuple[list, bool]:
+def _inputs(node, tensor, source, identity: Flow, flows: dict,
+            opaque: set) -> tuple[list, bool]:
     """(the flow of each of ``node``'s inputs: ``identity`` for ``tensor`` itself, None where
     it does not depend on it; whether one comes from a node whose outputs could not be
-    read)."""
+    read). ``source``: ``tensor.grad_fn``."""
     inputs, reached = [], False
     for producer, index in node.next_functions:
         if producer is None:
             inputs.append(None)
             continue
         reached = reached or id(producer) in opaque
-        inputs.append(identity if _is_source(producer, index, tensor)
+        inputs.append(identity if _is_source(producer, index, tensor, source)
                       else flows.get((id(producer), index)))
     return inputs, reached
 
 
-def _is_source(producer, index: int, tensor: torch.Tensor) -> bool:
-    """Whether the edge (``producer``, ``index``) carries ``tensor`` itself."""
-    if tensor.grad_fn is not None:
-        return producer is tensor.grad_fn and index == tensor.output_nr
-    return getattr(producer, "variable", None) is tensor
+def _is_source(producer, index: int, tensor: torch.Tensor, source) -> bool:
+    """Whether the edge (``producer``, ``index``) carries ``tensor`` itself (``source``:
+    its ``grad_fn``; a leaf's edge comes from the node holding it as ``variable``)."""
+    if source is not None:
+        return producer is source and index == tensor.output_nr
+    return _may_hold_variable(type(producer)) and getattr(producer, "variable", None) is tensor
+
+
+@functools.lru_cache(maxsize=256)
+def _may_hold_variable(kind: type) -> bool:
+    """Whether a node of type ``kind`` may have a ``variable`` (``AccumulateGrad``'s leaf, or
+    any attribute of a custom Function's node, which has a ``__dict__``): asked of the type,
+    so that no other node's missing attribute is looked up, and failed, per edge."""
+    return hasattr(kind, "variable") or kind.__dictoffset__ != 0
 
 
 def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> GraphProof:
@@ -164,10 +176,11 @@ def _reach_only(output: torch.Tensor, tensor: torch.Tensor, limitation: str) -> 
     structure claimed: for a PyTorch whose graph hides the shapes (``limitation`` says so)."""
     reached: set[int] = set()
     proof = GraphProof(False, limitation=limitation)
+    source = tensor.grad_fn
     for node in postorder(output.grad_fn):
         if node is tensor.grad_fn:
             continue  # the input itself: what lies below it is constant
-        if any(producer is not None and (_is_source(producer, index, tensor)
+        if any(producer is not None and (_is_source(producer, index, tensor, source)
                                          or id(producer) in reached)
                for producer, index in node.next_functions):
             reached.add(id(node))
