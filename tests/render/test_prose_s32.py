@@ -38,3 +38,20 @@ def test_points_the_graph_does_not_prove_are_not_one_function(run_vjp, body):
 def test_a_proved_elementwise_map_keeps_the_tutorials_words(run_vjp):
     r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2")
     assert "applies one function f at 5 points" in _text(r)
+
+
+@pytest.mark.parametrize("dtype, big", [("float32", "1e8"), ("float64", "1e20"),
+                                        ("float32", "-4e9")])
+def test_a_points_own_derivative_is_never_0_beside_a_larger_one(run_vjp, dtype, big):
+    r = run_vjp(f"x = torch.tensor([{big}, -3.0, 0.5], dtype=torch.{dtype}, "
+                "requires_grad=True)\ny = x**2")
+    shown = r._repr_mimebundle_()["text/plain"]
+    row = next(t for t in shown.splitlines() if t.startswith("f'(x^(i))"))
+    entries = row[row.index("[") + 1:row.index("]")].split()
+    assert entries[1] != "0" and entries[2] != "0", row
+
+
+def test_cancellation_noise_beside_a_large_entry_of_one_gradient_still_reads_0(run_vjp):
+    r = run_vjp("x = torch.tensor([[1e4, 1.0]], requires_grad=True)\n"
+                "y = ((x[:, 0] + x[:, 1]) - x[:, 0]) * x[:, 0]")
+    assert r.inputs["x"].per_point_numel() == 2  # a gradient per point: the floor stays

@@ -50,6 +50,9 @@ class Block:
     row_label: Label | None = None
     col_label: Label | None = None
     scalar: bool = False
+    # each entry stands alone (a point's own derivative of a scalar function: no other entry
+    # sums into it), so none reads 0 for being small beside the largest (no noise floor)
+    alone: bool = False
 
 
 def tensor_block(t: torch.Tensor, row_label: Label | None = None,
@@ -63,6 +66,12 @@ def tensor_block(t: torch.Tensor, row_label: Label | None = None,
     # gather the asked entries only (flat[r][:, c] would copy whole rows first)
     return Block(lambda r, c: flat[r[:, None], c[None, :]], rows, cols, t.device, row_label,
                  col_label)
+
+
+def _noise(block: Block, dtype: torch.dtype) -> float:
+    """The relative size below which an entry reads 0 beside the largest: the dtype's
+    resolution, none for a block whose entries stand alone."""
+    return 0.0 if block.alone else resolution(dtype)
 
 
 def multi_index(flat: int, shape: Sequence[int]) -> tuple[int, ...]:
@@ -251,7 +260,7 @@ def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: 
     :data:`MIN_DIGITS`), then columns, one at a time from the middle (down to
     :data:`MIN_COLUMNS`); each step chooses the number format again from the entries shown.
     Returns the matrix, its decision and whether it is in positional notation."""
-    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    digits, eps = significant_digits(dtype, options.precision), _noise(block, dtype)
     rows = row_indices(block.nrows, options)
     cols = summary_indices(block.ncols, options.threshold, options.edgeitems)
     grid = _grid(block, rows, cols)
@@ -275,7 +284,7 @@ def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: 
 def _decided(block: Block, options: RenderOptions, dtype: torch.dtype, decision: Decision,
              fixed_low: int | None) -> Matrix:
     """The block laid out as its shape's decision says (the plan's second pass)."""
-    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    digits, eps = significant_digits(dtype, options.precision), _noise(block, dtype)
     rows = row_indices(block.nrows, options)
     cols = keep_columns(summary_indices(block.ncols, options.threshold, options.edgeitems),
                         decision.columns)
@@ -337,7 +346,7 @@ def column_blocks(block: Block, options: RenderOptions, dtype: torch.dtype, *,
     """Every entry of ``block``: one matrix, or where it is wider than ``options.width``, the
     fewest column blocks of about equal width that fit (each with its row labels), in one
     number format: ``[(columns, matrix), ...]``."""
-    digits, eps = significant_digits(dtype, options.precision), resolution(dtype)
+    digits, eps = significant_digits(dtype, options.precision), _noise(block, dtype)
     rows, cols = list(range(block.nrows)), list(range(block.ncols))
     grid = _grid(block, rows, cols)
     fmt = grid.format(rows, cols, digits, eps)

@@ -9,6 +9,7 @@ of v, the loop and the derivatives.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -391,7 +392,15 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
     else:
         lead = tuple(d.shape[:-1])
         block = tensor_block(d, row_label=notation.slice_label(lead))
+    block = replace(block, alone=_alone(result, name))
     return matrix_formulas(lhs, block, options, d.dtype, d.shape)
+
+
+def _alone(result, name: str) -> bool:
+    """Whether every derivative shown is one point's own of a scalar function of one
+    variable (nothing else sums into it): none then reads 0 beside a larger one."""
+    item = result.inputs[name]
+    return bool(item.has_points) and not result.full and item.per_point_numel() == 1
 
 
 def _per_component(result, name: str, options) -> list[Formula]:
@@ -409,7 +418,8 @@ def _per_component(result, name: str, options) -> list[Formula]:
             formulas.append(more_components(name, count - len(shown) + 1))
             continue
         row_label = notation.slice_label(in_shape[:-1]) if len(in_shape) > 2 else None
-        block = tensor_block(flat[k].reshape(rows, cols), row_label=row_label)
+        block = replace(tensor_block(flat[k].reshape(rows, cols), row_label=row_label),
+                        alone=_alone(result, name))
         formulas += matrix_formulas(_component_lhs(result, name, labels(k), comp, k,
                                                    options.index_base), block,
                                     options, flat.dtype, in_shape)
