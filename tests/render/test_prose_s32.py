@@ -55,3 +55,11 @@ def test_cancellation_noise_beside_a_large_entry_of_one_gradient_still_reads_0(r
     r = run_vjp("x = torch.tensor([[1e4, 1.0]], requires_grad=True)\n"
                 "y = ((x[:, 0] + x[:, 1]) - x[:, 0]) * x[:, 0]")
     assert r.inputs["x"].per_point_numel() == 2  # a gradient per point: the floor stays
+
+
+@pytest.mark.parametrize("body", ["y = x[1:] - x[:-1]", "y = torch.softmax(x, 0)",
+                                  "y = torch.cumsum(x, 0)"])
+def test_explain_never_says_every_row_needs_its_own_backward(run_vjp, body):
+    r = run_vjp(f"x = torch.tensor([0.5, -1., 2., 1.5, 3.], requires_grad=True)\n{body}",
+                "--explain")
+    assert "needs its own backward" not in _text(r)

@@ -135,8 +135,9 @@ def _structure(result, name: str) -> str:
     if result.full or not item.has_points:
         if result.output.numel() == 1:
             return f"{y} is a single number: J has one row, the gradient shown below."
-        return (f"J is not block-diagonal (no entries of {y} are points of their own): each "
-                f"row of J (one entry of {y}) needs its own backward.")
+        return (f"J is not block-diagonal (no entries of {y} are points of their own): the "
+                f"plain way is one backward per row of J (one entry of {y}); rows that read "
+                f"no entry of {name} in common could share one.")
     known = ("The autograd graph proves it" if item.evidence == "proved" else
              f"Random probes show it at this {name} only")
     per_point = item.per_point_numel()
