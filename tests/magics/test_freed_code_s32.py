@@ -64,3 +64,21 @@ def test_a_random_line_is_never_computed_again(ip, run_vjp):
     r = run_vjp(X3 + "y = torch.nn.functional.dropout(x.sin(), 0.5)\n"
                 "y.backward(torch.ones_like(y))")
     assert "dropout" not in _code(r)
+
+
+@pytest.mark.parametrize("body", [
+    X3 + "w = torch.ones(3)\ny = x*w\ny.backward(torch.ones_like(y))\nw += 1",
+    X3 + "k = 2.0\ny = x**k\ny.backward(torch.ones_like(y))\nk = 3.0",
+    X3 + "w = torch.ones(3)\ny = x*w\ny.backward(torch.ones_like(y))\nw.mul_(2)",
+    X3 + "w = torch.ones(3)\ny = x*w\ny.backward(torch.ones_like(y))\nw[0] = 5",
+])
+def test_a_line_whose_reads_changed_later_is_never_computed_again(ip, run_vjp, body):
+    r = run_vjp(body)
+    code = _code(r)
+    assert code.startswith("#"), code  # says what to do instead of a line giving other numbers
+
+
+def test_a_saved_tensor_changed_in_place_is_said(ip, run_vjp):
+    r = run_vjp(X3 + "w = torch.ones(3)\ny = x*w\nw += 1")
+    assert "changed in place" in _code(r)
+    torch.testing.assert_close(r.derivatives["x"], torch.ones(3))

@@ -4,8 +4,11 @@ That code differentiates the output again, which PyTorch refuses once the cell's
 freed the graph (``retain_graph`` not given). Where the cell computed the output in one line
 from its inputs alone (``y = x**2``: no other tensor with a graph, no module, no function of
 the user's, no random draw in the record), that line comes first, so that the pasted code
-builds the graph again and gives the numbers shown; otherwise two comment lines say what to
-do (pass ``retain_graph=True`` to the cell's backward and run it again).
+builds the graph again and gives the numbers shown, unless a later line changes what it reads
+(``w += 1``, ``k = 3.0``); otherwise two comment lines say what to do (pass
+``retain_graph=True`` to the cell's backward and run it again). A tensor the graph saved and
+the cell changed in place since (``w += 1`` after ``y = x*w``) makes any backward through it
+fail: two comment lines say so.
 """
 from __future__ import annotations
 
@@ -20,11 +23,20 @@ from ..core.tagging import walk_graph
 from ..run.passes import node_key, saves_tensors
 
 
+CHECKED_NODES = 512  # graphs up to this many nodes are looked at for values changed in place
+
+
 def freed_lines(result, log, record, namespace) -> tuple[str, ...]:
     """The lines to put before the code beneath ``result`` (none where the graph is whole)."""
     output = result.output
-    if log is None or not getattr(log, "freed_by", None) \
-            or not isinstance(output, torch.Tensor) or output.grad_fn is None:
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return ()
+    changed = _changed_in_place(output)
+    if changed:
+        y = result.output_name
+        return (f"# a tensor {y}'s graph saved was changed in place after {y}",
+                f"# was computed: compute {y} again first (from the values it had)")
+    if log is None or not getattr(log, "freed_by", None):
         return ()
     call = next((log.freed_by[node_key(n)] for n in walk_graph(output)
                  if node_key(n) in log.freed_by and saves_tensors(n)), None)
@@ -56,12 +68,55 @@ def _recomputed(result, log, record, namespace, line: int | None) -> str | None:
     if not made or made[-1].lineno != made[-1].end_lineno:
         return None
     node = made[-1]
-    if any(not _constant_or_input(name.id, namespace, result)
-           for name in ast.walk(node.value) if isinstance(name, ast.Name)):
+    reads = {name.id for name in ast.walk(node.value) if isinstance(name, ast.Name)}
+    if any(not _constant_or_input(name, namespace, result) for name in reads) \
+            or not _unchanged_after(body, node, reads):
         return None
     if not _drew_nothing(record, node.lineno):
         return None
     return ast.get_source_segment(source, node)
+
+
+def _changed_in_place(output: torch.Tensor) -> bool:
+    """Whether a tensor the output's graph saved was changed in place since (a backward
+    through it would raise): read off the saved tensors, no pass (small graphs only)."""
+    nodes = []
+    for node in walk_graph(output):
+        nodes.append(node)
+        if len(nodes) > CHECKED_NODES:
+            return False
+    for node in nodes:
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            try:
+                getattr(node, attr)
+            except RuntimeError as error:
+                if "modified by an inplace operation" in str(error):
+                    return True
+    return False
+
+
+def _unchanged_after(body, node, names: set[str]) -> bool:
+    """No statement after ``node`` rebinds, augments, deletes, indexes into or calls an
+    in-place method (``w.add_(1)``) on one of ``names``."""
+    for later in body:
+        if later.lineno <= node.end_lineno:
+            continue
+        for part in ast.walk(later):
+            if isinstance(part, ast.Name) and part.id in names \
+                    and isinstance(part.ctx, (ast.Store, ast.Del)):
+                return False
+            if isinstance(part, (ast.Subscript, ast.Attribute)) \
+                    and isinstance(part.ctx, (ast.Store, ast.Del)) \
+                    and isinstance(part.value, ast.Name) and part.value.id in names:
+                return False
+            if isinstance(part, ast.Call) and isinstance(part.func, ast.Attribute) \
+                    and part.func.attr.endswith("_") and not part.func.attr.endswith("__") \
+                    and isinstance(part.func.value, ast.Name) and part.func.value.id in names \
+                    and part.func.attr not in ("requires_grad_", "retain_grad"):
+                return False
+    return True
 
 
 def _constant_or_input(name: str, namespace, result) -> bool:
