@@ -66,10 +66,6 @@ def test_the_code_pasted_after_each_tutorial_cell_gives_its_numbers(ip, run_vjp,
         torch.testing.assert_close(got.reshape(expected.shape), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="the code beneath a cell whose backward freed the graph "
-                   "computes y again from its line (b69165e), but that line reads a name the "
-                   "cell changed afterwards (w += 1, k = 3.0): pasted, x.grad is 2 where the "
-                   "display says 1, 3x^2 where it says 2x; r.code's d_x alike")
 @pytest.mark.parametrize("body, expected", [
     ("w = torch.ones(3)\ny = x*w\ny.backward(torch.ones_like(y))\nw += 1", [1.0, 1.0, 1.0]),
     ("k = 2.0\ny = x**k\ny.backward(torch.ones_like(y))\nk = 3.0", [2.0, 4.0, 6.0]),
@@ -89,10 +85,6 @@ def test_the_recomputed_line_reads_the_values_the_output_was_made_from(ip, run_v
     assert_tensor(ip.user_ns["x"].grad, expected)
 
 
-@pytest.mark.xfail(strict=True, reason="a constant the output saved is changed in place after "
-                   "(w += 1): the display shows dy/dx = w as it was, but its code (y.backward) "
-                   "raises 'modified by an inplace operation' when pasted, and nothing says so "
-                   "(a modified parameter is refused with a message)")
 def test_the_code_runs_or_says_why_after_a_saved_constant_changed_in_place(ip, run_vjp,
                                                                            assert_tensor):
     r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.ones(3)\n"
