@@ -143,3 +143,29 @@ def test_an_expression_of_the_answer_is_never_the_output(ip, line):
                    "y = torch.stack([x**2, x**3])\nans = torch.stack([2*x, 3*x**2]).T")
     name, _ = FromCell(run, ip, exclude=(line.split()[1],)).output(None)
     assert name == "y"
+
+
+# -- .grad that backward never filled: a non-leaf, or a gradient without create_graph -------------
+H = "x = torch.tensor([1., 2., 3.], requires_grad=True)\nh = x * 2\ny = h**2\n" \
+    "y.backward(torch.ones_like(y))"
+
+
+@pytest.mark.parametrize("line, last", [("--check h.grad", ""),
+                                        ("--check ans --wrt h", "\nans = h.grad"),
+                                        ("--check h.grad --wrt h", "")])
+def test_a_non_leafs_grad_is_explained_by_retain_grad(run_vjp, line, last):
+    r = run_vjp(H + last, line)
+    hint = " ".join(r.check.hint.split())
+    assert r.check.kind == "missing" and "h.retain_grad()" in hint, hint
+    assert "set to None afterwards" not in hint
+
+
+def test_a_leafs_grad_set_to_none_keeps_its_hint(run_vjp):
+    r = run_vjp(H + "\nx.grad = None", "--check x.grad")
+    assert "set to None afterwards" in " ".join(r.check.hint.split())
+
+
+def test_of_x_grad_without_create_graph_names_create_graph(usage_error):
+    message = usage_error("%%vjp --of x.grad\nx = torch.tensor([1., 2., 3.], requires_grad=True)"
+                          "\ny = x**3\ny.sum().backward()")
+    assert "create_graph=True" in message and "no_grad" not in message, message

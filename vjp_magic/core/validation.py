@@ -212,6 +212,12 @@ def check_output(output: object, name: str) -> torch.Tensor:
             "tensor computed from the inputs; an input made of integers is created as floats, "
             "e.g. torch.arange(3, dtype=torch.float32).")
     if not output.requires_grad:
+        if re.fullmatch(r".*\.grad\s*", name):  # x.grad: filled by a backward, with no graph
+            raise VJPUsageError(
+                f"{name} has no autograd history: backward fills .grad without a graph unless "
+                "it is told create_graph=True. For second derivatives pass create_graph=True to "
+                "that backward (or use torch.autograd.grad(..., create_graph=True)), or use "
+                "%hessian (vjp_magic.hessian).")
         raise VJPUsageError(
             f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
             "or from tensors without requires_grad=True. Create the input with requires_grad=True "

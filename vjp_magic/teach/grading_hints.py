@@ -289,6 +289,19 @@ class Hints:
             return f"{a} is a {type(answer).__name__}, not a tensor of real numbers."
         lines = ", ".join(str(c.line) for c in calls if c.line is not None)
         at = f" (line {lines})" if lines else ""
+        other = re.fullmatch(r"\s*([^\W\d]\w*)\.grad\s*", case.answer)
+        if other and other.group(1) != x:  # h.grad beside input x: h is likely computed
+            h = other.group(1)
+            return (f"{a} is None: backward fills `.grad` of leaves only (tensors made, not "
+                    f"computed). If {h} is computed from another tensor, call "
+                    f"`{h}.retain_grad()` before the backward to keep `{h}.grad`.")
+        tensor = case.x
+        if isinstance(tensor, torch.Tensor) and not tensor.is_leaf \
+                and not tensor.retains_grad:  # h = x * 2: backward fills leaves' .grad only
+            return (f"{a} is None: {x} is not a leaf (it is computed from another tensor), "
+                    f"and backward fills `.grad` of leaves only. Call `{x}.retain_grad()` "
+                    f"before the backward to keep `{x}.grad`, or differentiate with "
+                    f"`torch.autograd.grad(..., {x})`.")
         if any(c.kind == "backward" for c in calls):
             return (f"{a} is None, though a backward reached {x}{at}: `{x}.grad` was set to "
                     f"None afterwards (`{x}.grad = None`, or `zero_grad()`). Grade a copy "
