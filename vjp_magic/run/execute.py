@@ -30,7 +30,7 @@ from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
 from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
-from .grad_advice import requires_grad_advice
+from .grad_advice import requires_grad_advice, second_derivative_advice
 from . import guard as guard_module
 from . import record as record_module
 from .guard import keep_graphs
@@ -480,7 +480,7 @@ def nothing_to_differentiate(error, log, source: str, namespace) -> str | None:
     written = lines[line - 1].strip() if line and line <= len(lines) else "The cell's backward"
     head = (f"{written}{f' on line {line}' if line else ''} found no graph: what it "
             f"differentiates {NO_GRAPH}. ")
-    advice = detached_advice(source, namespace)
+    advice = second_derivative_advice(source, line) or detached_advice(source, namespace)
     if advice is not None:
         return head + advice
     return head + requires_grad_advice(source, namespace)
