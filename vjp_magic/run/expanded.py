@@ -183,7 +183,7 @@ def rule_uses(replay, params: dict, batch: int) -> dict | None:
     """Step index -> :class:`_Use` for every step reading a parameter, where each has a rule
     (the parameters in its weight/bias slots only, its input and result batch-first);
     None where some parameter is read otherwise."""
-    ids = {replay.names[name]: name for name in params}
+    ids = {replay.names[name]: name for name in reversed(params)}  # one tensor: first name
     uses = {}
     for index, step in enumerate(replay.steps):
         read = [id(t) for t in _tensors((step.args, step.kwargs)) if id(t) in ids]

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..core.marked import code, marked
 from ..core.result import with_tensor
 from ..core.tagging import depends_on
 from .record import outs_of
-from .replay import InputChanged, NotReplayable, build, close
+from ..core.validation import parameter_expression
+from .replay import InputChanged, NotReplayable, aliases, build, close, distinct, one_tensor_names
 from .refusals import NotReached
 
 
@@ -46,6 +48,7 @@ class AnalysedGraph:
         items = {name: with_tensor(item, user_inputs.get(name, item.tensor))
                  for name, item in result.inputs.items()}
         chosen = [n for n in getattr(user_inputs, "notes", ()) if n not in result.notes]
+        chosen += [n for n in one_tensor_note(user_inputs) if n not in result.notes]
         notes = chosen + list(result.notes) + self.notes(result.output_name)
         return replace(result, output=user_output, inputs=items, notes=notes)
 
@@ -78,7 +81,7 @@ def analysed_graph(record, inputs: dict, output, namespace=None,
         return AnalysedGraph(output, inputs, hooks=hooks)
     try:
         _refuse_nested(inputs)
-        fresh = {name: _fresh_leaf(t) for name, t in inputs.items()}
+        fresh = fresh_leaves(inputs)
         replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
         runner = interpreter(replay) if interpreter is not None else None
         with torch.enable_grad():
@@ -154,6 +157,36 @@ def _refuse_nested(inputs: dict) -> None:
             for other, value in inputs.items():
                 if other != name and value is not tensor and depends_on(tensor, value):
                     raise NotReplayable(f"{name} is computed from {other}, another input")
+
+
+def fresh_leaves(inputs: dict) -> dict:
+    """name -> a fresh leaf for each input, one per tensor: names that hold one tensor
+    (``b = a``; a layer's parameters under ``enc`` and ``dec.0``) get one leaf, as autograd
+    sees one tensor, so that each name gets all its derivatives."""
+    made = {name: _fresh_leaf(t) for name, t in distinct(inputs).items()}
+    return {name: made[first] for name, first in aliases(inputs).items()}
+
+
+def one_tensor_note(inputs: dict) -> list:
+    """A note naming the inputs that are one tensor under several names (``--wrt a b`` with
+    ``b = a``), where some are: each name has all that tensor's derivatives."""
+    groups = [[code(parameter_expression(n)) for n in names]
+              for names in one_tensor_names(inputs)]
+    if not groups:
+        return []
+    listed = [_listed(names) for names in groups]
+    if len(groups) == 1:
+        which = f"{listed[0]} are one tensor"
+    elif len(groups) == 2:
+        which = f"{listed[0]} are one tensor, as are {listed[1]}"
+    else:
+        which = (f"{len(groups)} tensors have two names or more ({listed[0]}, "
+                 f"{listed[1]}, …)")
+    return [marked(f"{which}: each name gets all of its derivatives.")]
+
+
+def _listed(names: list) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _fresh_leaf(tensor):

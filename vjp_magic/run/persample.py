@@ -22,7 +22,7 @@ from ..core.probes import new_seed, probe_vector
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rules_interpreter)
 from .record import tensors_in
-from .replay import Replay, close, replayable
+from .replay import Replay, aliases, close, distinct, replayable
 
 _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
@@ -44,24 +44,27 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
         return None
     if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in inputs.values()):
         return None
+    names, inputs = aliases(inputs), distinct(inputs)  # one tensor named twice: once
     need = output.numel() * sum(t.numel() * t.element_size() for t in inputs.values())
     if 2 * need > memory.resolve_budget(memory_budget, output.device):
         return None  # the analysis says so clearly, or finds a cheaper way
     shared = _shared(graph, output.shape[0])
     grads = None if shared is None else captured_gradients(
-        shared, graph.output, graph.inputs, output, keep_graph=True, probe=probe,
-        compared=True)  # the analysed graph's output equals the cell's
+        shared, graph.output, {name: graph.inputs[name] for name in inputs}, output,
+        keep_graph=True, probe=probe, compared=True)  # the analysed graph's output: the cell's
     if grads is None:
         grads = _replayed(record, inputs, output, rules=shared is None)
     if grads is None:
         return None
     shapes = {name: tuple(output.shape) + tuple(t.shape) for name, t in inputs.items()}
-    magnitudes = getattr(grads, "magnitudes", {})
-    found = PerSampleGradients({name: _shaped(grads[name], s) for name, s in shapes.items()},
-                               {name: _shaped(m, shapes[name]) for name, m in magnitudes.items()},
-                               separated=getattr(grads, "separated", False),
-                               weighted=getattr(grads, "weighted", {}))
-    found.probe_vjps = getattr(grads, "probe_vjps", {})
+    magnitudes, weighted = getattr(grads, "magnitudes", {}), getattr(grads, "weighted", {})
+    vjps = getattr(grads, "probe_vjps", {})
+    found = PerSampleGradients(
+        {name: _shaped(grads[first], shapes[first]) for name, first in names.items()},
+        {name: _shaped(magnitudes[first], shapes[first]) for name, first in names.items()
+         if first in magnitudes}, separated=getattr(grads, "separated", False),
+        weighted={name: weighted[first] for name, first in names.items() if first in weighted})
+    found.probe_vjps = {name: vjps[first] for name, first in names.items() if first in vjps}
     return found
 
 

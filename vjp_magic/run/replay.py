@@ -50,9 +50,18 @@ class Replay:
         constants by the id of the recorded tensor (e.g. one sample of a batch);
         ``interpreter``: one over these steps that also keeps what it needs (else a plain one)."""
         env = dict(overrides or {})
-        for name, key in self.names.items():
+        for key, names in self.slots().items():  # names of one tensor: the first one given
+            name = next((n for n in names if n in tensors), names[0])
             env[key] = self._cast(tensors[name])
         return (interpreter or Interpreter(self.steps)).run(env)[self.output_id]
+
+    def slots(self) -> dict:
+        """id of a recorded input -> the names that hold it (several where one tensor was
+        named twice: ``b = a``, a layer's parameters under the model's name too)."""
+        found: dict = {}
+        for name, key in self.names.items():
+            found.setdefault(key, []).append(name)
+        return found
 
     def with_dtype(self, dtype: torch.dtype) -> Replay:
         """The same replay computing in ``dtype`` (e.g. float64 for finite differences)."""
@@ -82,6 +91,30 @@ class Replay:
                 or not tensor.is_floating_point() or tensor.dtype == self.dtype:
             return tensor
         return tensor.to(self.dtype)
+
+
+def distinct(inputs: dict) -> dict:
+    """``inputs`` (name -> tensor) with each tensor once, under its first name: what a
+    replay's leaves, and every gradient taken through it, are made for (one tensor is one
+    leaf to autograd, whatever its names). :func:`aliases` maps every name back."""
+    seen: set = set()
+    return {name: t for name, t in inputs.items()
+            if not (id(t) in seen or seen.add(id(t)))}
+
+
+def aliases(inputs: dict) -> dict:
+    """name -> the first name holding the same tensor (itself where it is the first): the
+    names a result computed for :func:`distinct` inputs is copied back to."""
+    first: dict = {}
+    return {name: first.setdefault(id(t), name) for name, t in inputs.items()}
+
+
+def one_tensor_names(inputs: dict) -> list[list[str]]:
+    """The groups of two or more names that hold one tensor, in order."""
+    groups: dict = {}
+    for name, canonical in aliases(inputs).items():
+        groups.setdefault(canonical, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def replayable(record, inputs: dict, output, *, verify: bool = True,
@@ -122,5 +155,6 @@ def user_functions(replay: Replay) -> tuple[str, ...]:
     return refusals.user_functions(replay.steps)
 
 
-__all__ = ["InputChanged", "NotReplayable", "Replay", "UserCode", "build", "close", "replayable",
-           "runs_user_code", "storage_key", "user_functions"]
+__all__ = ["InputChanged", "NotReplayable", "Replay", "UserCode", "aliases", "build", "close",
+           "distinct", "one_tensor_names", "replayable", "runs_user_code", "storage_key",
+           "user_functions"]
