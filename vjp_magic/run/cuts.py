@@ -193,7 +193,10 @@ def find_cuts(record, inputs: dict, output) -> tuple[Cut, ...]:
 
 
 def _forward(calls, inputs: dict) -> _Flow:
-    flow = _Flow(live={id(t): {n} for n, t in inputs.items() if isinstance(t, torch.Tensor)})
+    flow = _Flow(live={})
+    for name, t in inputs.items():  # one tensor named twice (b = a): both names
+        if isinstance(t, torch.Tensor):
+            flow.live.setdefault(id(t), set()).add(name)
     for index, call in enumerate(calls):
         read = _objects((call.args, call.kwargs))
         names = set().union(*(flow.live.get(id(o), ()) for o in read))

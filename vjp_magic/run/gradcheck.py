@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
-from .replay import NotReplayable, build
+from .replay import NotReplayable, aliases, build, distinct
 from .steps import Interpreter
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
@@ -128,9 +128,27 @@ def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SEC
     generators, whose state (CPU, and CUDA's where the inputs are there) is left as it was."""
     devices = sorted({t.device.index or 0 for t in inputs.values()
                       if isinstance(t, torch.Tensor) and t.is_cuda})
+    names = list(inputs) if names is None else list(names)
+    first = aliases(inputs)  # one tensor named twice is checked once, reported under both
     with torch.random.fork_rng(devices=devices):
-        return _gradcheck(record, inputs, output, names, seconds,
-                          SEED if seed is None else seed)
+        report = _gradcheck(record, distinct(inputs), output,
+                            list(dict.fromkeys(first.get(n, n) for n in names)), seconds,
+                            SEED if seed is None else seed)
+    return _named(report, first, names) if len(set(first.values())) < len(first) else report
+
+
+_BY_NAME = ("max_error", "checked", "inconclusive", "failed", "noisy", "covered", "cell_error",
+            "unchecked")  # GradcheckReport's fields keyed by input name
+_NAMES = ("unscaled", "cell_failed")  # and those that list input names
+
+
+def _named(report: GradcheckReport, first: dict, names: list) -> GradcheckReport:
+    """``report`` (made for each tensor under its first name) under every name in ``names``."""
+    keyed = {f: {n: getattr(report, f)[first.get(n, n)] for n in names
+                 if first.get(n, n) in getattr(report, f)} for f in _BY_NAME}
+    listed = {f: tuple(n for n in names if first.get(n, n) in getattr(report, f))
+              for f in _NAMES}
+    return replace(report, **keyed, **listed)
 
 
 def _gradcheck(record, inputs: dict, output, names, seconds: float,
