@@ -225,10 +225,6 @@ def test_an_output_copied_by_torch_tensor_names_the_copy(usage_error, rhs):
     assert "torch.tensor" in message and "no_grad" not in message
 
 
-@pytest.mark.xfail(strict=True, reason="a second derivative attempted with g.backward() / "
-                   "x.grad.backward() (g made without create_graph=True) is told to 'Create "
-                   "the input with requires_grad=True', which x already has; create_graph=True "
-                   "(or %hessian) is not named")
 @pytest.mark.parametrize("lines", ["g, = torch.autograd.grad(y.sum(), x)\ng.sum().backward()",
                                    "y.sum().backward()\nx.grad.sum().backward()"],
                          ids=["autograd.grad", "x.grad"])
@@ -240,9 +236,6 @@ def test_a_second_derivative_without_create_graph_names_create_graph(ip, lines):
     assert "create_graph" in text or "%hessian" in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="--of x.grad after a backward without create_graph=True "
-                   "is told it was 'computed under torch.no_grad(), .detach()ed, or from "
-                   "tensors without requires_grad=True': create_graph=True is the cause")
 def test_of_a_grad_without_create_graph_names_create_graph(usage_error):
     message = usage_error("%%vjp --of x.grad\nx = torch.tensor([1., 2., 3.], requires_grad=True)"
                           "\ny = x**3\ny.sum().backward()")
@@ -354,9 +347,6 @@ def test_checking_an_expression_of_the_answer_grades_the_cells_output(run_vjp, a
     assert r.check.correct, r.check.hint
 
 
-@pytest.mark.xfail(strict=True, reason="h.grad of a non-leaf h is None because h is not a leaf "
-                   "(no h.retain_grad()), but the hint says 'x.grad was set to None afterwards "
-                   "(x.grad = None, or zero_grad())', which the cell never did")
 @pytest.mark.parametrize("line, last", [("--check h.grad", ""),
                                         ("--check ans --wrt h", "\nans = h.grad")],
                          ids=["h.grad", "ans"])
