@@ -151,6 +151,20 @@ def test_the_note_names_parameters_as_python_reaches_them():
         "name gets all of its derivatives."]
 
 
+def test_two_names_one_spelling():
+    """--wrt net net[0].weight: the keys net.0.weight and net[0].weight, one spelling."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 2))
+    data = torch.randn(2, 3)
+    r = vjp_magic.differentiate(lambda: net(data).sum(1), [net[0].weight, net[0].weight],
+                                names=["net.0.weight", "net[0].weight"])
+    assert [n for n in r.notes if "named twice" in n] == [
+        "net[0].weight is named twice: each name gets all of its derivatives."]
+    rows, = _rows(net(data).sum(1), [net[0].weight])
+    for name in ("net.0.weight", "net[0].weight"):
+        torch.testing.assert_close(r.jacobian(name), rows)
+
+
 def test_gradcheck_checks_both_names():
     a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, dtype=torch.float64, requires_grad=True,

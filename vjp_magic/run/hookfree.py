@@ -170,23 +170,27 @@ def fresh_leaves(inputs: dict) -> dict:
 def one_tensor_note(inputs: dict) -> list:
     """A note naming the inputs that are one tensor under several names (``--wrt a b`` with
     ``b = a``), where some are: each name has all that tensor's derivatives."""
-    groups = [[code(parameter_expression(n)) for n in names]
-              for names in one_tensor_names(inputs)]
+    groups = [list(dict.fromkeys(code(parameter_expression(n)) for n in names))
+              for names in one_tensor_names(inputs)]  # net.0.weight is net[0].weight
     if not groups:
         return []
-    listed = [_listed(names) for names in groups]
+    said = [_one_tensor(names) for names in groups]
     if len(groups) == 1:
-        which = f"{listed[0]} are one tensor"
+        which = said[0]
     elif len(groups) == 2:
-        which = f"{listed[0]} are one tensor, as are {listed[1]}"
+        which = f"{said[0]}, as are {said[1].removesuffix(' are one tensor')}" \
+            if all(len(names) > 1 for names in groups) else f"{said[0]}; {said[1]}"
     else:
-        which = (f"{len(groups)} tensors have two names or more ({listed[0]}, "
-                 f"{listed[1]}, …)")
+        which = f"{len(groups)} tensors have two names or more ({said[0]}; {said[1]}; …)"
     return [marked(f"{which}: each name gets all of its derivatives.")]
 
 
-def _listed(names: list) -> str:
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+def _one_tensor(spelled: list) -> str:
+    """``a`` and ``b`` are one tensor; ``net[0].weight`` is named twice (``--wrt net
+    net[0].weight``: two names, one spelling)."""
+    if len(spelled) == 1:
+        return f"{spelled[0]} is named twice"
+    return f"{', '.join(spelled[:-1])} and {spelled[-1]} are one tensor"
 
 
 def _fresh_leaf(tensor):
