@@ -165,6 +165,28 @@ def test_hessian_of_a_function_of_one_tensor_named_twice():
     torch.testing.assert_close(h.hessian("q"), expected)
 
 
+@pytest.mark.xfail(strict=True, reason=ALIASED)
+def test_jacobian_of_an_expression_wrt_one_tensor_named_twice(ip, run_ok):
+    run_ok("a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)\nb = a")
+    r = run_ok("%jacobian torch.sin(a) a b")
+    cos = torch.cos(ip.user_ns["a"].detach())
+    for name in ("a", "b"):
+        torch.testing.assert_close(r.jacobian(name), torch.diag(cos))
+
+
+@pytest.mark.xfail(strict=True, reason=ALIASED + " (here the per-sample path, B = 40)")
+def test_per_sample_gradients_of_a_model_and_its_first_layer(ip, run_ok):
+    run_ok("import torch.nn as nn, torch.nn.functional as F\ntorch.manual_seed(0)\n"
+           "net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))\n"
+           "X, t = torch.randn(40, 4), torch.randint(0, 3, (40,))")
+    r = run_ok('%%vjp --wrt net net[0]\nlosses = F.cross_entropy(net(X), t, reduction="none")')
+    net, losses = ip.user_ns["net"], ip.user_ns["losses"]
+    weight, bias = _rows(losses, [net[0].weight, net[0].bias])
+    for name in ("net.0", "net[0]"):  # one layer, under the model's name and its own
+        torch.testing.assert_close(r.jacobian(f"{name}.weight"), weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r.jacobian(f"{name}.bias"), bias, rtol=1e-5, atol=1e-6)
+
+
 def test_differentiate_a_tensor_named_twice_on_the_live_graph():
     """Guard: on the live graph (no record) both names get the Jacobian (s30 usage)."""
     a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)
