@@ -118,14 +118,12 @@ def test_a_sparse_leaf_is_a_usage_error():
 
 # -- 3. one tensor under two names on a recorded (replayed) graph --------------------------------
 
-ALIASED = ("one tensor under two names where the graph is replayed (%%vjp, differentiate(fn, "
-           "...), hessian(fn, ...)) gets all its derivatives under one name and exact zeros, "
-           "'y does not depend on a: every derivative is 0', under the other: "
-           "run/hookfree.py analysed_graph makes one fresh leaf per name, and the replay "
-           "reads only one of them")
+# Were strict xfails (s32 G6), fixed in 6afee1d: one tensor under two names where the graph
+# is replayed (%%vjp, %jacobian EXPR, differentiate/hessian(fn, ...), the per-sample path) got
+# all its derivatives under one name and exact zeros, "y does not depend on a: every
+# derivative is 0", under the other (run/hookfree.py made one fresh leaf per name).
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED)
 def test_one_tensor_under_two_names_in_a_cell(ip, run_ok):
     run_ok("a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)\nb = a")
     r = run_ok("%%vjp --wrt a b\ny = torch.sin(a)")
@@ -135,7 +133,6 @@ def test_one_tensor_under_two_names_in_a_cell(ip, run_ok):
     assert "does not depend" not in r._repr_mimebundle_()["text/plain"]
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED)
 def test_a_layer_and_the_model_that_holds_it(ip, run_ok):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\nenc = nn.Linear(3, 2)\n"
            "dec = nn.Sequential(enc, nn.Tanh())\nx = torch.randn(3)")
@@ -147,7 +144,6 @@ def test_a_layer_and_the_model_that_holds_it(ip, run_ok):
         torch.testing.assert_close(r.jacobian(f"{name}.bias"), bias)
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED)
 def test_differentiate_a_function_of_one_tensor_named_twice():
     a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(lambda: torch.sin(a), [a, a], names=["p", "q"])
@@ -156,7 +152,6 @@ def test_differentiate_a_function_of_one_tensor_named_twice():
     torch.testing.assert_close(r.jacobian("q"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED)
 def test_hessian_of_a_function_of_one_tensor_named_twice():
     a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)
     h = vjp_magic.hessian(lambda: torch.sin(a).sum(), [a, a], names=["p", "q"])
@@ -165,7 +160,6 @@ def test_hessian_of_a_function_of_one_tensor_named_twice():
     torch.testing.assert_close(h.hessian("q"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED)
 def test_jacobian_of_an_expression_wrt_one_tensor_named_twice(ip, run_ok):
     run_ok("a = torch.linspace(0.1, 1, 4, dtype=torch.float64, requires_grad=True)\nb = a")
     r = run_ok("%jacobian torch.sin(a) a b")
@@ -174,7 +168,6 @@ def test_jacobian_of_an_expression_wrt_one_tensor_named_twice(ip, run_ok):
         torch.testing.assert_close(r.jacobian(name), torch.diag(cos))
 
 
-@pytest.mark.xfail(strict=True, reason=ALIASED + " (here the per-sample path, B = 40)")
 def test_per_sample_gradients_of_a_model_and_its_first_layer(ip, run_ok):
     run_ok("import torch.nn as nn, torch.nn.functional as F\ntorch.manual_seed(0)\n"
            "net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))\n"
