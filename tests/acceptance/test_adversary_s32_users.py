@@ -1,7 +1,10 @@
 """Adversarial review, session 32 (G7): vjp_magic as a student, a teacher and a practitioner use
 it in an IPython shell — the tutorial's cells with the code beneath them pasted into the next
-cell, a student's mistakes and the advice they get, presentation mode on a 1024 × 768
-projector, the prose that links the maths to the code.
+cell (and r.code), a student's mistakes and the advice they get (which must be valid Python
+that, followed, works), --check answers of other names, layouts and dtypes, exam and
+presentation modes on a 1024 × 768 projector, names the maths cannot spell, numbers at a wide
+dynamic range, --symbolic, --explain and %hessian wording, the prose that links the maths to
+the code.
 
 Expected numbers come from the tutorial (``cells.py``) or from plain PyTorch; advice is
 checked by doing what it says. Tests marked ``xfail(strict=True)`` are findings of this
