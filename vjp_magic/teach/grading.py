@@ -351,6 +351,19 @@ def _input_name(result, name, answer_name, a) -> str:
     return next(iter(result.inputs))
 
 
+def _against_fitting(answer, a: torch.Tensor, result, again: dict) -> Verdict:
+    """Graded against the input its name or shape says; where it is wrong there but right
+    for another input its shape fits, it is right for that one."""
+    first = _input_name(result, None, again["answer_name"], a)
+    verdict = grade(answer, result, first, **again)
+    for other in ([] if verdict.correct else _fitting_inputs(result, a)):
+        if other != first:
+            found = grade(answer, result, other, **again)
+            if found.correct:
+                return found
+    return verdict
+
+
 def _fitting_inputs(result, a: torch.Tensor) -> list[str]:
     """The inputs whose accepted shapes ``a`` fits, in the result's order."""
     return [n for n in result.inputs
@@ -403,18 +416,9 @@ def grade(answer, result, name: str | None = None, *, log=None,
         return next((v for v in verdicts if not v.correct), verdicts[0])
     a, dtype = as_tensor(answer)
     if name is None and len(result.inputs) > 1 and a is not None:
-        # graded against the input its name or shape says; where it is wrong there but right
-        # for another input its shape fits, it is right for that one
-        first = _input_name(result, None, answer_name, a)
-        again = dict(log=log, answer_name=answer_name, record=record, output=output,
-                     leaves=leaves, exam=exam)
-        verdict = grade(answer, result, first, **again)
-        for other in ([] if verdict.correct else _fitting_inputs(result, a)):
-            if other != first:
-                found = grade(answer, result, other, **again)
-                if found.correct:
-                    return found
-        return verdict
+        return _against_fitting(answer, a, result, dict(
+            log=log, answer_name=answer_name, record=record, output=output, leaves=leaves,
+            exam=exam))
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
     case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
