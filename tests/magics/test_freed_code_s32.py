@@ -82,3 +82,31 @@ def test_a_saved_tensor_changed_in_place_is_said(ip, run_vjp):
     r = run_vjp(X3 + "w = torch.ones(3)\ny = x*w\nw += 1")
     assert "changed in place" in _code(r)
     torch.testing.assert_close(r.derivatives["x"], torch.ones(3))
+
+
+@pytest.mark.parametrize("line, body", [
+    ("--wrt h", X3 + "h = x*2\ny = h**2\ny.backward(torch.ones_like(y))"),
+    ("", "x = torch.linspace(-1, 1, 300, dtype=torch.float64, requires_grad=True)\n"
+         "y = x.roll(1) - 2*x + x.roll(-1)\ny.backward(torch.ones_like(y))"),
+    ("", "x = torch.linspace(-1, 1, 300, dtype=torch.float64, requires_grad=True)\n"
+         "w = torch.ones(300, dtype=torch.float64)\n"
+         "y = (x.roll(1) - 2*x + x.roll(-1)) * w\ny.backward(torch.ones_like(y))\nw += 1"),
+], ids=["non-leaf", "coloured", "coloured-changed"])
+def test_every_code_beneath_runs_or_says_why_after_the_cells_backward(ip, run_vjp, line, body):
+    r = run_vjp(body, line)
+    bundle = r._repr_mimebundle_()
+    for code in python_fences(bundle["text/markdown"]):
+        if code.startswith("#"):
+            continue  # it says what to do first
+        result = ip.run_cell(code)
+        assert result.success, (code, result.error_in_exec)
+
+
+def test_the_coloured_code_after_the_cells_backward_gives_the_values(ip, run_vjp):
+    r = run_vjp("x = torch.linspace(-1, 1, 300, dtype=torch.float64, requires_grad=True)\n"
+                "y = x.roll(1) - 2*x + x.roll(-1)\ny.backward(torch.ones_like(y))")
+    (code,) = python_fences(r._repr_mimebundle_()["text/markdown"])
+    assert code.startswith("# y again")
+    assert ip.run_cell(code).success
+    g = ip.user_ns["g"]  # row c: vᵀJ for colour c; every J entry of this stencil is 1 or -2
+    assert set(g.unique().tolist()) <= {-2.0, 0.0, 1.0}

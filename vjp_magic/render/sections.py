@@ -37,7 +37,8 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
     fit, shown = fit_of(options), shown_inputs(result, options)
     for every in point_groups(result):
         group = [n for n in every if n in shown]
-        sections.extend(Section(tuple(sparse_blocks(result, n, options, explained, jacobian)))
+        sections.extend(Section(tuple(sparse_blocks(result, n, options, explained, jacobian,
+                                                    freed)))
                         for n in group if sparse_of(result, n) is not None)  # compressed passes
         group = [n for n in group if sparse_of(result, n) is None]
         if not group:

@@ -599,16 +599,17 @@ def code_names(result, name: str) -> tuple[dict, set]:
     return names, taken
 
 
-def colour_code(result, name: str) -> str:
+def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
     """The coloured backward passes as the cell would write them: the colour of each entry
     of the output (in closed form where it is one), one backward per colour into the rows of
     ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``. By columns: the forward-mode
-    passes (:func:`_column_lines`). Pasted into the next cell it runs as it is."""
+    passes (:func:`_column_lines`). Pasted into the next cell it runs as it is (``first``:
+    lines before it, the output computed again where the cell's backward freed its graph)."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     names, taken = code_names(result, name)
     y = names["y"]
-    lines = [] if y == result.output_name else [f"{y} = {result.output_name}"]
+    lines = [*first] + ([] if y == result.output_name else [f"{y} = {result.output_name}"])
     x = expression(name)
     if by_columns(sparse):  # autograd.grad: no .grad, no retain_grad
         return _joined(lines + _column_lines(found.form, x, sparse.count, name, names, taken))
@@ -785,15 +786,16 @@ def value_formulas(result, name: str, options) -> list[Formula]:
 
 
 def sparse_blocks(result, name: str, options, explained: bool = False,
-                  jacobian: bool = False) -> list:
+                  jacobian: bool = False, freed: tuple[str, ...] = ()) -> list:
     """The whole display of one input computed by compressed passes: the pattern in words,
     v (unless ``--explain`` says it above), the code, the nonzero values (``jacobian``,
     ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR; at the
-    last :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them)."""
+    last :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them);
+    ``freed``: the lines the code starts with, the cell's backward having freed the graph."""
     blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
     if not explained:
         blocks.append(colour_paragraph(result, name, options))
-    blocks.append(CodeBlock(colour_code(result, name)))
+    blocks.append(CodeBlock(colour_code(result, name, freed)))
     if jacobian:
         from .sections import jacobian_formulas  # the full Jacobian, as %jacobian shows it
 

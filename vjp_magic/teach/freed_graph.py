@@ -121,8 +121,9 @@ def _unchanged_after(body, node, names: set[str]) -> bool:
 
 def _constant_or_input(name: str, namespace, result) -> bool:
     """An input bound to its tensor still, torch or math, or a value with no graph."""
-    if name in result.inputs:
-        return namespace.get(name) is result.inputs[name].tensor
+    if name in result.inputs:  # (a non-leaf's own graph was freed too: not built again)
+        tensor = result.inputs[name].tensor
+        return namespace.get(name) is tensor and tensor.is_leaf
     value = namespace.get(name)
     if isinstance(value, types.ModuleType):
         return value in (torch, math)
