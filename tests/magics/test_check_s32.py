@@ -169,3 +169,10 @@ def test_of_x_grad_without_create_graph_names_create_graph(usage_error):
     message = usage_error("%%vjp --of x.grad\nx = torch.tensor([1., 2., 3.], requires_grad=True)"
                           "\ny = x**3\ny.sum().backward()")
     assert "create_graph=True" in message and "no_grad" not in message, message
+
+
+@pytest.mark.parametrize("magic", ["%jacobian y x", "%hessian y.sum() x"])
+def test_exam_mode_on_a_line_magic_points_to_a_vjp_cell(run_ok, exam, magic):
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2")
+    text = " ".join(run_ok(magic)._repr_mimebundle_()["text/plain"].split())
+    assert "%%vjp --check NAME" in text, text

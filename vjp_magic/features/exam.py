@@ -30,6 +30,9 @@ def add(result, request: Asked, subject: Subject) -> Added:
             if off else "")
     if request.flag("check"):
         said = f"Exam mode: the derivatives are hidden.{left}"
+    elif request.jacobian or request.order == 2:  # %jacobian, %hessian: no --check of their own
+        said = (f"Exam mode hides the derivatives: a {code('%%vjp --check NAME')} cell grades "
+                f"the answer in NAME. {code(TURN_OFF)} shows them again.{left}")
     else:
         said = (f"Exam mode hides the derivatives: {code('--check NAME')} grades the answer in "
                 f"NAME. {code(TURN_OFF)} shows them again.{left}")
