@@ -63,3 +63,21 @@ def test_explain_never_says_every_row_needs_its_own_backward(run_vjp, body):
     r = run_vjp(f"x = torch.tensor([0.5, -1., 2., 1.5, 3.], requires_grad=True)\n{body}",
                 "--explain")
     assert "needs its own backward" not in _text(r)
+
+
+def test_a_small_rows_gradient_never_reads_0_beside_a_large_row(run_vjp):
+    r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+                "y = torch.stack([(x**2).sum() * 1e6, x.mean(), (x * 1e-3).sum()])")
+    shown = r._repr_mimebundle_()["text/plain"]
+    for label in ("y[1]", "y[2]"):
+        row = next(t for t in shown.splitlines() if label in t and "[" in t)
+        entries = row[row.rindex("[") + 1:row.rindex("]")].split()
+        assert "0" not in entries, row
+
+
+def test_noise_within_one_row_still_reads_0(run_vjp):
+    r = run_vjp("x = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+                "y = torch.stack([x[0] * 1e8 + x[1] * 1e-9, x.sum()])")
+    shown = r._repr_mimebundle_()["text/plain"]
+    row = next(t for t in shown.splitlines() if "y[0]" in t and "[" in t)
+    assert row[row.rindex("[") + 1:row.rindex("]")].split()[-1] == "0", row

@@ -21,7 +21,7 @@ from .indices import index_formula
 from .budget import fit_of, remembered
 from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
                      tensor_block)
-from .numbers import plural
+from .numbers import NOISE_ULPS, plural, resolution
 from .options import FULL_MATRIX_ENTRIES
 from .sparse import sparse_blocks, sparse_of
 
@@ -385,16 +385,27 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
         return _per_component(result, name, options)
     elif len(comp) == 1 or (len(comp) >= 2 and len(in_shape) == 1):
         rows, cols = math.prod(comp), (in_shape[0] if in_shape else 1)
-        block = tensor_block(d.reshape(rows, cols),
+        block = tensor_block(_row_noise_zeroed(d.reshape(rows, cols)),
                              row_label=_component_labels(result, name, comp,
                                                          options.index_base))
+        block = replace(block, alone=True)  # each row judged on its own, above
     elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
         block = tensor_block(d)
     else:
         lead = tuple(d.shape[:-1])
         block = tensor_block(d, row_label=notation.slice_label(lead))
-    block = replace(block, alone=_alone(result, name))
+    block = replace(block, alone=block.alone or _alone(result, name))
     return matrix_formulas(lhs, block, options, d.dtype, d.shape)
+
+
+def _row_noise_zeroed(rows: torch.Tensor) -> torch.Tensor:
+    """Each row (one component's gradient: a backward of its own, nothing of another row sums
+    into it) with the entries within the dtype's noise of its own largest read as 0; none is
+    judged against another row's (a mean's 1/3 beside a row of 10^6 read 0)."""
+    if not rows.is_floating_point() or rows.numel() == 0:
+        return rows
+    floor = rows.abs().amax(dim=1, keepdim=True) * resolution(rows.dtype) * NOISE_ULPS
+    return torch.where(rows.abs() <= floor, torch.zeros_like(rows), rows)
 
 
 def _alone(result, name: str) -> bool:
