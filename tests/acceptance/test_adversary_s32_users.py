@@ -499,6 +499,20 @@ def test_a_small_rows_gradient_never_reads_0_beside_a_large_row(run_vjp):
     assert "0" not in entries, row
 
 
+@pytest.mark.xfail(strict=True, reason="a linear model on unscaled features: d prediction/dw = "
+                   "features = [3.2e7, 0.25] reads '10^7 x [3.2  0]': the entries of one gradient "
+                   "are separate sums (w[1]'s is the single term 0.25), yet the floor of the "
+                   "largest entry in the row zeroes it (dc4b025 kept 'noise within a row')")
+def test_a_gradient_entry_never_reads_0_beside_a_large_one_it_does_not_sum_with(run_vjp):
+    r = run_vjp("features = torch.tensor([3.2e7, 0.25])\n"
+                "w = torch.tensor([0.5, -1.0], requires_grad=True)\n"
+                "prediction = (w * features).sum()")
+    assert r.derivatives["w"][1].item() == 0.25
+    line = next(t for t in bundle(r)["text/plain"].splitlines() if t.startswith("∂prediction"))
+    entries = line[line.index("[") + 1:line.index("]")].split()
+    assert entries[-1] != "0", line
+
+
 # -- presentation mode on a 1024 x 768 projector ---------------------------------------------------
 @pytest.mark.parametrize("body", [
     cells.VECTOR_MULTIVARIATE_MULTIPLE_POINTS.short,  # 718 px before f78a5df
