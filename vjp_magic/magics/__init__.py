@@ -209,8 +209,8 @@ class VJPMagics(Magics):
         # and --gradcheck, and vectorise per-sample gradients
         self._forget_last_cell()
         run = run_cell(self.shell, cell, record_ops=True)
-        answer = args.check if args.check and args.check.isidentifier() else None
-        subject = FromCell(run, self.shell, exclude=(answer,) if answer else ())
+        # the answer (--check ans, or an expression of it: ans.T) is never the output
+        subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
         with retained_grads_kept(self.shell.user_ns), _usage_errors(self._coached(run, args)):
             try:
                 result = pipeline(subject, self._request(
