@@ -86,15 +86,22 @@ def _changed_in_place(output: torch.Tensor) -> bool:
         if len(nodes) > CHECKED_NODES:
             return False
     for node in nodes:
-        for attr in dir(node):
-            if not attr.startswith("_saved_"):
-                continue
+        for attr in _saved_names(type(node), node):
             try:
                 getattr(node, attr)
             except RuntimeError as error:
                 if "modified by an inplace operation" in str(error):
                     return True
     return False
+
+
+_SAVED: dict = {}  # node type → the names of the tensors it saves (read once per type)
+
+
+def _saved_names(kind, node) -> tuple[str, ...]:
+    if kind not in _SAVED:
+        _SAVED[kind] = tuple(a for a in dir(node) if a.startswith("_saved_"))
+    return _SAVED[kind]
 
 
 def _unchanged_after(body, node, names: set[str]) -> bool:
