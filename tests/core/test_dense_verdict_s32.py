@@ -1,8 +1,9 @@
-"""The batching check's verdict judged mostly without |flat| (issue 20's dense row, s32): every
-verdict is the probe rule's own (``probes.probe_agrees``), near its bound too, where most
-entries are shown by the sure bound, where a few are left to their own columns, where many
-are, and for NaN, ±inf and zeros. Expected verdicts come from the probe rule; the bound's
-entries from a float64 |v|ᵀ|J| computed here."""
+"""The batching check's verdict near the probe rule's bound (issue 20's dense row, s32): every
+verdict is the rule's own (``probes.probe_agrees``) where a few entries of vᵀJ are moved by
+a fraction or a multiple of the bound, where many are, where a column cancels in vᵀflat, and
+for NaN, ±inf and zeros. (A verdict reading |flat| only for the columns a sure bound left was
+tried against these and reverted: in the pipeline it cost more than it saved.) Expected
+verdicts come from the probe rule; the bound's entries from a float64 |v|ᵀ|J| computed here."""
 from __future__ import annotations
 
 import pytest

@@ -15,16 +15,14 @@ rounding at intermediate values that the rule's scale |v|ᵀ|D| does not see.
 """
 from __future__ import annotations
 
-import functools
 import math
 import threading
 import time
 
-import numpy
 import torch
 
 from .derivatives import plain_vjp
-from .probes import _sure_factor, predicted_probe, probe_agrees, probe_values, stream_seed
+from .probes import predicted_probe, probe_agrees, probe_values, stream_seed
 from .sparse_check import rounding_noise
 from .tolerances import tolerances
 
@@ -69,11 +67,10 @@ def batching_verdict(flat: torch.Tensor, vector: torch.Tensor,
                      vjp: torch.Tensor) -> tuple[bool, bool]:
     """(:func:`batching_agrees`'s verdict, whether ``flat`` is known finite and not all 0).
 
-    Where it accepts, in fewer operations: vᵀflat is the rule's own product (as
-    :func:`.probes.predicted_probe` forms it) and each entry must lie within the rule's bound
-    |vᵀJ − vᵀflat| ≤ tol · |v|ᵀ|flat| + tiny (:func:`_within_bound`, which asks for no
-    more, and reads |flat| only where it must); anything else (a larger difference, a NaN
-    or ±inf on either side, which no entry of those comparisons passes) is the rule's to
+    Where it accepts, in fewer operations: the rule's own products (vᵀflat, |v|ᵀ|flat|, as
+    :func:`.probes.predicted_probe` forms them) and its bound |vᵀJ − vᵀflat| < tol ·
+    |v|ᵀ|flat| + tiny at every entry, by one comparison; anything else (a larger difference,
+    a NaN or ±inf on either side, which no entry of that comparison passes) is the rule's to
     judge. Accepted so, every vᵀflat is finite: so is every entry of ``flat`` (v has no 0
     entry, an infinite or NaN one would make its column's sum infinite or NaN), and one
     non-zero vᵀflat shows a non-zero entry (the analysis then needs no pass of its own over
@@ -82,60 +79,12 @@ def batching_verdict(flat: torch.Tensor, vector: torch.Tensor,
     if dtype in _EXACT_DTYPES and vector.dtype == dtype == vjp.dtype and flat.numel():
         m = vector.numel()
         d, v = flat.reshape(m, -1), vector.reshape(1, m)
-        expected = (v @ d).reshape(-1)  # the rule's own vᵀflat
-        on_cpu = d.device.type == "cpu" and not any(t.requires_grad for t in (vjp, v, d))
-        if _within_bound(vjp.reshape(-1), expected, v, d, on_cpu):
-            return True, bool(expected.numpy().any() if on_cpu else expected.any())
+        expected = (v @ d).reshape(vjp.shape)
+        allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
+        allowed.mul_(tolerances(dtype).probe).add_(torch.finfo(dtype).tiny)
+        if bool(torch.sub(vjp, expected).abs_().lt_(allowed).all()):
+            return True, bool(expected.any())
     return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True), False
-
-
-def _within_bound(vjp: torch.Tensor, expected: torch.Tensor, v: torch.Tensor,
-                  d: torch.Tensor, on_cpu: bool) -> bool:
-    """Whether |vᵀJ − vᵀD| < tol · |v|ᵀ|D| + tiny at every entry, as the probe rule computes
-    both sides (``expected``: its vᵀD; ``v``: 1 × m, entries ±2^k; ``d``: m × n); False
-    also where that is not shown here (the rule then judges).
-
-    Most entries are shown without |D|: |vᵀD| ≤ |v|ᵀ|D|, and with γ = m·u/(1 − m·u) bounding
-    the rounding of both computed sums of m terms, ``bound`` = tol · (1 − 2γ) (a little less,
-    so that the dtype never rounds it above) makes bound · |vᵀD| at most the rule's own
-    tol · |v|ᵀ|D| (:func:`.probes._sure_factor`, as :class:`.probes.FullProbes` judges).
-    The entries left are judged against bound · |v|ᵀ|D| + tiny on their own columns (summed
-    in any order: ``bound`` covers it); where many are left, all columns, as the rule
-    forms them (:func:`_within_rule`).
-    Comparisons are strict, so a NaN or ±inf never passes. The small vectors are judged in
-    numpy where ``on_cpu`` (CPU tensors without autograd history: elementwise IEEE operations,
-    the same numbers, fewer fixed costs)."""
-    dtype = d.dtype
-    sure = _sure_factor(dtype, v.numel())
-    if sure <= 0 or not on_cpu:
-        return _within_rule(vjp, expected, v, d)
-    bound, tiny = _numpy_bound(dtype, sure)
-    with numpy.errstate(all="ignore"):  # NaN and ±inf: no warning, they pass no comparison
-        wanted = expected.numpy()
-        off = numpy.abs(vjp.numpy() - wanted)
-        left = numpy.flatnonzero(~(off < numpy.abs(wanted) * bound))
-        if len(left) == 0:
-            return True
-        if 4 * len(left) > len(off):  # many left: every column, as the rule forms |v|ᵀ|D|
-            return _within_rule(vjp, expected, v, d)
-        scale = numpy.abs(v.numpy()) @ numpy.abs(d.numpy()[:, left])
-        return bool((off[left] < scale.reshape(-1) * bound + tiny).all())
-
-
-@functools.lru_cache(maxsize=16)
-def _numpy_bound(dtype: torch.dtype, sure: float) -> tuple:
-    """(tol · (1 − 2γ) a little less, so that the dtype never rounds it above; the dtype's
-    smallest normal number), as numpy scalars of ``dtype`` (a pure function of both)."""
-    finfo, kind = torch.finfo(dtype), {torch.float32: numpy.float32}.get(dtype, numpy.float64)
-    return kind(sure * (1 - 2 * finfo.eps)), kind(finfo.tiny)
-
-
-def _within_rule(vjp, expected, v, d) -> bool:
-    """|vᵀJ − vᵀD| < tol · |v|ᵀ|D| + tiny at every entry, |v|ᵀ|D| formed as the rule forms it
-    (:func:`.probes.predicted_probe` of the absolute values)."""
-    allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
-    allowed.mul_(tolerances(d.dtype).probe).add_(torch.finfo(d.dtype).tiny)
-    return bool(torch.sub(vjp, expected).abs_().lt_(allowed).all())
 
 
 def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:
