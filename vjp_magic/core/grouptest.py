@@ -369,8 +369,8 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     colour, heavy = colour
     m = pattern.shape[0]
     generator = probe_generator(prober.seed, "dependency-sets")
-    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125])[:, None]
-    sets = torch.rand(len(density), m, generator=generator) < density
+    density = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.125, 0.125], dtype=torch.float32)[:, None]
+    sets = torch.rand(len(density), m, generator=generator, dtype=torch.float32) < density
     coarse = coarse_dtype(prober.output.dtype)
     if coarse:  # values too coarse to compare: sets that part any two of a colour instead
         sets = torch.cat([sets, _rank_sets(colour, generator)])
@@ -470,7 +470,8 @@ def _weightings(colour: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     with chance ~1/2, and the check then missed a term 100× its tolerance)."""
     m = len(colour)
     beta = torch.rand(m, generator=generator, dtype=torch.float64) + 1
-    rows = [torch.where(torch.rand(m, generator=generator) < 0.5, -beta, beta)]
+    rows = [torch.where(torch.rand(m, generator=generator, dtype=torch.float32) < 0.5,
+                        -beta, beta)]
     if m:
         key = colour.long() * m + torch.randperm(m, generator=generator)
         order = torch.argsort(key)
@@ -537,8 +538,8 @@ def _reached(sets: torch.Tensor, pattern: torch.Tensor, nonzeros, rows: int = 25
     set reaches."""
     rows_, cols = nonzeros
     if len(rows_) <= 16 * sum(pattern.shape):  # few dependences (a diagonal, leaks)
-        counts = torch.zeros(len(sets), pattern.shape[1])
-        return counts.index_add_(1, cols, sets[:, rows_].float()) > 0
+        counts = torch.zeros(len(sets), pattern.shape[1], dtype=torch.float32)  # not the
+        return counts.index_add_(1, cols, sets[:, rows_].float()) > 0  # default dtype's
     reached = torch.zeros(len(sets), pattern.shape[1], dtype=torch.bool)
     for start in range(0, pattern.shape[0], rows):
         part = pattern[start:start + rows]

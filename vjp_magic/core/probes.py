@@ -230,7 +230,8 @@ def _numpy_table(dtype: torch.dtype) -> numpy.ndarray | None:
 def set_probe_values(like: torch.Tensor, seed: int, purpose: str, stream: int = 0) -> torch.Tensor:
     """Random values ±(1..2) shaped like ``like`` (none near 0, so a probe restricted to a set
     of entries reaches every index its set reaches), drawn from the run's ``seed``."""
-    r = torch.rand(tuple(like.shape), generator=probe_generator(seed, purpose, stream)) * 2 - 1
+    r = torch.rand(tuple(like.shape), generator=probe_generator(seed, purpose, stream),
+                   dtype=torch.float32) * 2 - 1  # the same draws whatever the default dtype
     return (r + r.sign()).to(dtype=like.dtype, device=like.device)
 
 
