@@ -827,6 +827,10 @@ def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float) -
 
 # -- a memory refusal that says where the structure broke ------------------------------------
 REFUSAL_SECONDS = 5.0  # a refusal waits at most about this long for its verdict
+# ... and holds at most this much for its pattern (m × n bools, twice while probed): a 40,000-
+# entry softmax's 1.6 GB pattern took 15 s to judge after its probes, and past this size the
+# refusal says what to do without the verdict
+REFUSAL_PATTERN_BYTES = 2**27
 
 
 @contextmanager
@@ -861,7 +865,8 @@ def _refusal_dependency(context, named, point_out):
                  if a not in point_out and x.shape[b] > 1][:2]
         for a, b in pairs:
             try:
-                dep = probe_pattern(context.output, x, a, b, context.budget, REFUSAL_SECONDS,
+                dep = probe_pattern(context.output, x, a, b,
+                                    min(context.budget, REFUSAL_PATTERN_BYTES), REFUSAL_SECONDS,
                                     seed=context.probes.seed)
             except (OverTime, VJPUsageError):  # too long to wait for, or too large
                 return None
