@@ -355,6 +355,75 @@ def test_saved_tensor_hooks_active_around_the_cell_do_not_fire_for_the_analysis(
     torch.testing.assert_close(r.derivatives["x"], 0.5 / torch.sqrt(ip.user_ns["x"].detach()))
 
 
+# -- 7. called inside torch.no_grad() / torch.inference_mode() ------------------------------------
+# The output was built with grad mode on; only the call is inside the block (an evaluation
+# loop, a @torch.no_grad() helper). torch.autograd.grad needs no grad mode for first
+# derivatives; second derivatives need it for their create_graph pass, which
+# torch.autograd.functional.hessian switches on itself.
+
+def _neighbour_product():
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64, requires_grad=True)
+    return x, lambda t: torch.tanh(t) * t.roll(1)
+
+
+NO_GRAD_HESSIAN = ("vjp_magic.hessian called inside torch.no_grad() or torch.inference_mode() "
+                   "(output built outside) returns an all-zero Hessian, 'symmetric (proved for "
+                   "every x)': its create_graph pass builds no graph under the caller's grad "
+                   "mode (core/hessian.py)")
+
+
+@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN)
+@pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
+def test_hessian_of_a_scalar_called_inside_a_no_grad_block(block):
+    x, f = _neighbour_product()
+    s = f(x).sum()
+    with block():
+        h = vjp_magic.hessian(s, x)
+    torch.testing.assert_close(h.hessian("x"), torch.func.hessian(lambda t: f(t).sum())(x.detach()))
+
+
+@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; a vector output under no_grad "
+                   "crashes with RuntimeError 'element 0 of tensors does not require grad'")
+@pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
+def test_hessian_of_a_vector_called_inside_a_no_grad_block(block):
+    x, f = _neighbour_product()
+    y = f(x)
+    with block():
+        h = vjp_magic.hessian(y, x)
+    torch.testing.assert_close(h.hessian("x"), torch.func.jacfwd(torch.func.jacrev(f))(x.detach()))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sparse_jacobian / differentiate called inside torch.no_grad() or torch.inference_mode() on "
+    "a stencil of 3,000 entries crash with RuntimeError 'element 0 of tensors does not require "
+    "grad and does not have a grad_fn' (core/derivatives.py: a double-backward pass under the "
+    "caller's grad mode)"))
+@pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
+def test_a_sparse_jacobian_called_inside_a_no_grad_block(block):
+    x = torch.randn(3000, dtype=torch.float64, requires_grad=True,
+                    generator=torch.Generator().manual_seed(0))
+    y = x.roll(1) - 2 * x ** 3 + x.roll(-1)
+    ones = torch.ones(2999, dtype=torch.float64)
+    expected = torch.diag(-6 * x.detach() ** 2) + torch.diag(ones, 1) + torch.diag(ones, -1)
+    expected[0, -1] = expected[-1, 0] = 1
+    with block():
+        got = (vjp_magic.sparse_jacobian(y, x),
+               vjp_magic.differentiate(y, x).jacobian("x", layout=torch.sparse_csr))
+    for J in got:
+        torch.testing.assert_close(J.to_dense(), expected)
+
+
+def test_small_jacobians_and_dependency_called_inside_a_no_grad_block():
+    """Guard: what works there today."""
+    x, f = _neighbour_product()
+    y = f(x)
+    with torch.no_grad():
+        J = vjp_magic.differentiate(y, x).jacobian("x")
+        d = vjp_magic.dependency(y, x)
+    torch.testing.assert_close(J, torch.autograd.functional.jacobian(f, x.detach()))
+    assert d.kind == "band with wrap-around" and d.offsets == (-1, 0)
+
+
 # -- 2. Ctrl-C during the analysis -------------------------------------------------------------
 
 class _Interrupted(torch.autograd.Function):
