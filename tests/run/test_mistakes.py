@@ -35,8 +35,11 @@ def test_classify_leaves_other_errors_alone():
 
 
 def test_every_mistake_kind_is_one_of_pytorchs_errors():
+    """... but a gradient given as a number or a list, which torch meets as a TypeError of
+    Python's own words ('int' object is not iterable): the recorded call tells it."""
     for kind in MistakeKind:
-        assert TorchError[kind.name] is not None
+        if kind is not MistakeKind.GRADIENT_TYPE:
+            assert TorchError[kind.name] is not None
 
 
 def test_a_graph_freed_by_an_earlier_cell_is_told_apart():

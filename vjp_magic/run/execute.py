@@ -133,7 +133,7 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
             _run_body(shell, body, captured)
             if final is not None:
                 final_value = _run_code(shell, final)
-        except RuntimeError as error:
+        except (RuntimeError, TypeError) as error:  # TypeError: gradient=1, a list
             log.record_failure(error)
             log.mistake = classify(error, log, source)
             if log.mistake is None:

@@ -25,6 +25,7 @@ class MistakeKind(TextEnum):
     IMPLICIT_SCALAR = "implicit-scalar"  # y.backward() on a non-scalar y
     SECOND_PASS = "second-pass"  # a second backward through a freed graph
     GRADIENT_SHAPE = "gradient-shape"  # gradient=v not shaped like y
+    GRADIENT_TYPE = "gradient-type"  # gradient=1 or [1., 1.]: a number or list, not a tensor
 
 
 _KIND_OF_ERROR = {TorchError.IMPLICIT_SCALAR: MistakeKind.IMPLICIT_SCALAR,
@@ -103,11 +104,18 @@ class CellMistake:
 
 def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake | None:
     """The mistake ``error`` stands for, if the cell's own backward raised it for a classic
-    reason (an error the user's code raised elsewhere, or caught, is not coached)."""
+    reason (an error the user's code raised elsewhere, or caught, is not coached): PyTorch's
+    words for it, or a TypeError raised on a gradient given as a number or a list (the
+    recorded call says which)."""
     kind = _KIND_OF_ERROR.get(torch_error(error))
-    if kind is None or not any(e is error for e in log.errors):
+    if not any(e is error for e in log.errors):
         return None
     call = next((c for c in reversed(log.records) if c.error is error), None)
     if call is None:
+        return None
+    if kind is None and isinstance(error, TypeError) and call.gradients and any(
+            g is not None and not isinstance(g, torch.Tensor) for g in call.gradients):
+        kind = MistakeKind.GRADIENT_TYPE  # torch's own words: "'int' object is not iterable"
+    if kind is None:
         return None
     return CellMistake(kind=kind, error=error, call=call, source=source, log=log)

@@ -7,6 +7,8 @@ to one of them; only those are freed by a pass without ``retain_graph``
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from ..core.tagging import walk_nodes
@@ -14,9 +16,12 @@ from ..core.torch_api import ENGINE
 
 
 def as_list(value) -> list:
+    """A backward call's tensors or gradients as a list: one tensor (or a number, as
+    ``gradient=1`` is given by mistake) as a list of one."""
     if value is None:
         return []
-    if isinstance(value, (torch.Tensor, torch.autograd.graph.GradientEdge)):
+    if isinstance(value, (torch.Tensor, torch.autograd.graph.GradientEdge)) \
+            or not isinstance(value, Iterable):
         return [value]
     return list(value)
 

@@ -164,6 +164,23 @@ def _shape_advice(mistake: CellMistake, result) -> Advice:
     return advice
 
 
+def _type_advice(mistake: CellMistake, result) -> Advice:
+    """``gradient=1`` or ``[1., 1.]``: a tensor shaped like the output is wanted."""
+    advice = _gradient_advice(mistake, result)
+    grads = mistake.call.gradients or []
+    given = next((g for g in grads if g is not None and not isinstance(g, torch.Tensor)), None)
+    if len(grads) > len(mistake.call.tensors or ()):  # one list of numbers for one tensor
+        given = list(grads)
+    what = type(given).__name__ if given is not None else "not a tensor"
+    site = mistake.call_site()
+    y = site.y if site is not None and site.y else (
+        result.output_name if result is not None else "y")
+    advice.why.insert(0, _say(
+        Code("gradient"), f" is a tensor shaped like the tensor backward is called on, not a "
+        f"{what} ({given!r}): make it one, e.g. ", Code(f"torch.ones_like({y})"), "."))
+    return advice
+
+
 # -- advice for a second pass through a freed graph --------------------------------------------
 def _freed_before_cell(mistake: CellMistake) -> Advice:
     """No backward of this cell freed the graph: an earlier cell's did, and the tensor was
@@ -225,6 +242,7 @@ def _second_pass_advice(mistake: CellMistake, result) -> Advice:
 _ADVICE = {
     MistakeKind.IMPLICIT_SCALAR: _gradient_advice,
     MistakeKind.GRADIENT_SHAPE: _shape_advice,
+    MistakeKind.GRADIENT_TYPE: _type_advice,
     MistakeKind.SECOND_PASS: _second_pass_advice,
 }
 
