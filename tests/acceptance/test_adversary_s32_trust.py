@@ -199,11 +199,9 @@ def default_float64():
     torch.set_default_dtype(before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "under torch.set_default_dtype(torch.float64) (or float16) vjp_magic.dependency crashes "
-    "with RuntimeError 'index_add_(): self (Double) and source (Float) must have the same "
-    "scalar type' on a tridiagonal map at n = 100: core/grouptest.py _reached makes "
-    "torch.zeros(...) in the default dtype and adds sets[...].float() into it"))
+# Was a strict xfail (s32 G6), fixed in 97b1634: under torch.set_default_dtype(torch.float64)
+# (or float16) dependency() crashed with RuntimeError 'index_add_(): self (Double) and source
+# (Float) must have the same scalar type' (core/grouptest.py _reached).
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_dependency_under_a_float64_default_dtype(default_float64, dtype):
     x = torch.randn(100, dtype=dtype, requires_grad=True,
