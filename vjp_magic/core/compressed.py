@@ -29,6 +29,7 @@ from .pairing import Evidence
 from .indexmaps import proved_pattern
 from .pattern import Diagonals, Pattern, observed_pattern
 from .probes import new_seed
+from .quiet import quiet_autograd
 from .reentrant import refuse_reentrant
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
@@ -387,6 +388,7 @@ OBSERVED_WARNING = (
     "full=True) and torch.func.jacrev give every entry.")
 
 
+@quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: not for us
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
                     memory_budget: int | float | None = None,

@@ -31,6 +31,7 @@ from .errors import VJPUsageError, refuse_meta
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
+from .quiet import quiet_autograd
 from .reentrant import refuse_reentrant
 from .retained import keeps_retained_grads
 from .sparse_exact import without_false_nan
@@ -894,6 +895,7 @@ def _check_tensors(output, x) -> None:
                             "with requires_grad=True and compute the output outside no_grad.")
 
 
+@quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: not for us
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:

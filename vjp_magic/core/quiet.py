@@ -1,0 +1,38 @@
+"""Autograd's global modes the user set for their own code, off for the analysis' own work.
+
+A notebook may leave ``torch.autograd.set_detect_anomaly(True)`` on (debugging NaNs) or enter
+``torch.autograd.graph.saved_tensors_hooks`` / ``save_on_cpu`` around its cells. The cell runs
+under them as it would without vjp_magic; the analysis' own replays and passes must not:
+anomaly mode raises on a NaN that a probe's 0 times an infinite derivative makes (the
+derivative shown is inf, as the cell's own backward gives it), and the user's pack/unpack
+hooks would count, move or change the analysis' saved tensors. :func:`quiet_autograd` turns
+both off and puts them back as they were, whatever happens inside.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
+
+
+@contextlib.contextmanager
+def quiet_autograd():
+    """Anomaly detection off and no default saved-tensor hooks inside; both restored after
+    (also as a decorator)."""
+    anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    popped = []
+    while (top := _hooks._top_saved_tensors_default_hooks(True)) is not None:
+        popped.append(top)
+        _hooks._pop_saved_tensors_default_hooks()
+    torch.set_anomaly_enabled(False)
+    try:
+        yield
+    finally:
+        torch.set_anomaly_enabled(*anomaly)
+        for pack, unpack in reversed(popped):
+            _hooks._push_saved_tensors_default_hooks(pack, unpack)
+
+
+__all__ = ["quiet_autograd"]
