@@ -24,6 +24,7 @@ from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import refuse_reentrant
+from .core.quiet import quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -73,6 +74,7 @@ class Request:
         return self.flags.get(name)
 
 
+@quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: for the cell, not for us
 def pipeline(subject: Subject, request: Request,
              features: Sequence[Feature] = FEATURES) -> DerivativeResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
