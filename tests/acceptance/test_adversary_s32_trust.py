@@ -332,7 +332,8 @@ def test_a_tridiagonal_map_in_anomaly_mode(anomaly_mode):
     "saved-tensor hooks the user entered before the cell (torch.autograd.graph."
     "saved_tensors_hooks / save_on_cpu, still active) fire for the analysis: the replay packs "
     "every saved tensor again and its passes unpack them (a plain run: 1 pack, 0 unpacks; "
-    "%%vjp: 2 packs, 3 unpacks on y = sqrt(x); after 3b0a177 still 1 unpack)"))
+    "%%vjp: 2 packs, 3 unpacks on y = sqrt(x); after 3b0a177 still 1 unpack, from "
+    "teach/freed_graph.py _changed_in_place reading the node's saved tensors)"))
 def test_saved_tensor_hooks_active_around_the_cell_do_not_fire_for_the_analysis(ip, run_ok):
     count = {"pack": 0, "unpack": 0}
 
