@@ -22,7 +22,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
     with naming(subject):
         report = derive(result, record=subject.record, namespace=subject.namespace,
                         output_source=subject.output_source, jacobian=request.jacobian,
-                        index_base=request.options.index_base)
+                        options=request.options)
         sections = report.sections()
     return Added(before=sections,
                  stored={"symbolic": report.formulas, "crosscheck": report.crosscheck})

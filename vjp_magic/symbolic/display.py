@@ -4,20 +4,32 @@ derivatives alike (:func:`lhs`, :func:`second_lhs` name them).
 
 Each formula is its own display, typeset under a size and time cap, far below MathJax's and
 KaTeX's limits, only if :func:`~vjp_magic.render.latex.tex_problems` finds nothing, and only
-as wide as the screen (:mod:`.width`; a small matrix too wide is shown entry by entry).
+as wide as the display's width (``RenderOptions.width``, :mod:`.width`; a small matrix too wide
+is shown entry by entry); its numbers as short as the result's dtype allows (:mod:`.digits`);
+its text/plain wrapped at the plain rendering's width. The whole fits its share of the height
+budget (:func:`symbolic_sections`): entries shown apart are summarised, then f(x) left out.
 """
 from __future__ import annotations
 
 import math
+import textwrap
 import time
+from dataclasses import dataclass, field
 
 import sympy
+import torch
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.str import StrPrinter
 
+from ..render.budget import block_height
 from ..render.document import Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
 from ..render.matrix import multi_index
 from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
+from ..render.options import RenderOptions
+from ..render.plain import WRAP
+from ..render.typeset import DISPLAY_PX, FRACTION_PX, ROW_PX
+from .digits import display_dtype, spelled
 from .width import LETTER, OPERATOR, fits, width
 
 RENDER_SECONDS = 2.0  # for turning the formulas into LaTeX
@@ -25,19 +37,40 @@ MAX_SHOWN = 6  # rows and columns of a formula shown
 MAX_DISPLAY_CHARS = 3500  # one $$ display, far below MathJax's and KaTeX's limits
 MAX_NODES = 1500  # SymPy expression-tree nodes of one formula typeset
 MAX_APART = 9  # entries of a matrix too wide for one line, shown one display each
+# The formulas' share of the height budget: what the derivatives beneath them leave to the
+# sections around them (render/budget.spent's share), so that the whole output fits.
+HEIGHT_SHARE = 0.5
+# How much is shown, tried in turn until the display fits its share of the height: entries
+# shown apart (first ones, then the last; the rest counted), whether f(x) is shown, and the
+# components of a vector's Hessians (None: all; 1: the first, the rest counted).
+# Last, each formula named only (0: r.symbolic holds it).
+LEVELS = ((MAX_APART, True, None), (3, True, None), (3, False, None), (1, False, None),
+          (1, False, 1), (0, False, 1))
+
+
+def _float(value) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 class Printer(LatexPrinter):
-    """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0), and the
-    input symbols as :func:`~.symbols.entry_tex` writes them."""
+    """SymPy's LaTeX, with Heaviside(x, 0) written θ(x) (its value at 0 is torch's, 0), the
+    input symbols as :func:`~.symbols.entry_tex` writes them, and numbers as short as ``dtype``
+    allows (:func:`~.digits.spelled`)."""
 
-    def __init__(self, symbol_tex: dict | None = None):
+    def __init__(self, symbol_tex: dict | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
         self._symbol_tex = symbol_tex or {}
+        self._dtype = dtype
 
     def _print_Symbol(self, expr, style="plain"):
         tex = self._symbol_tex.get(expr)
         return tex if tex is not None else super()._print_Symbol(expr, style)
+
+    def _print_Float(self, expr):
+        number = _float(expr)
+        return super()._print_Float(expr) if number is None else spelled(number,
+                                                                           self._dtype).tex
 
     def _print_Heaviside(self, expr, exp=None):
         tex = r"\theta\left(" + self._print(expr.args[0]) + r"\right)"
@@ -46,6 +79,66 @@ class Printer(LatexPrinter):
     def ordered_terms(self, value) -> list:
         """The terms of the sum ``value`` in the order this printer writes them."""
         return self._as_ordered_terms(value)
+
+
+class PlainPrinter(StrPrinter):
+    """SymPy's text, numbers as short as ``dtype`` allows."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64):
+        super().__init__()
+        self._dtype = dtype
+
+    def _print_Float(self, expr):
+        number = _float(expr)
+        return super()._print_Float(expr) if number is None else spelled(number,
+                                                                           self._dtype).plain
+
+
+@dataclass
+class Typesetter:
+    """How one result's formulas are typeset: the printers (numbers in ``dtype``), the width
+    budget in counted characters, entries counted from ``base``, the clock for
+    :data:`RENDER_SECONDS`, and how many entries of a matrix too wide go apart."""
+
+    symbol_tex: dict = field(default_factory=dict)
+    dtype: torch.dtype = torch.float64
+    width: int = RenderOptions.width
+    base: int = 1
+    apart: int = MAX_APART
+    started: float = field(default_factory=time.monotonic)
+    shown: dict = field(default_factory=dict)  # each display typeset once, whatever the level
+
+    def __post_init__(self):
+        self.printer = Printer(self.symbol_tex, self.dtype)
+        self.plain_printer = PlainPrinter(self.dtype)
+
+    def fits(self, used: float) -> bool:
+        return fits(used, self.width)
+
+    def measure(self, expr) -> float:
+        return width(expr, self.dtype)
+
+    def plain(self, left: str, value) -> str:
+        """``left = value`` as text, wrapped at the plain rendering's width: a matrix a row a
+        line, a line too long broken at its spaces (before or after a + or -)."""
+        lead = f"{left} = "
+        if isinstance(value, sympy.MatrixBase):
+            rows = ["[" + ", ".join(self.plain_printer.doprint(e) for e in row) + "]"
+                    for row in value.tolist()]
+            one = lead + "[" + ", ".join(rows) + "]"
+            if len(one) <= WRAP or not rows:
+                return one
+            indent = " " * (len(lead) + 1)
+            lines = [("[" if k == 0 else " ") + row + ("]" if k == len(rows) - 1 else ",")
+                     for k, row in enumerate(rows)]
+            return "\n".join(_fill(lead + lines[0] if k == 0 else " " * len(lead) + line,
+                                    indent + "  ") for k, line in enumerate(lines))
+        return _fill(lead + self.plain_printer.doprint(value), " " * min(len(lead), 24))
+
+
+def _fill(text: str, indent: str) -> str:
+    return textwrap.fill(text, WRAP, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def too_big(value) -> str | None:
@@ -59,12 +152,6 @@ def too_big(value) -> str | None:
         if nodes > MAX_NODES:
             return "symbolic form too large to display"
     return None
-
-
-def _plain(value) -> str:
-    if isinstance(value, sympy.MatrixBase):
-        return sympy.sstr(value.tolist())
-    return sympy.sstr(value)
 
 
 _UNDEFINED = {
@@ -161,41 +248,47 @@ def _gradients(comp, x: Math, base: int) -> Math:
                 "[" + "; ".join(p for _, p in rows) + "]")
 
 
-def _entries(left: Math, value, printer: Printer, base: int = 1,
-             named=None) -> list | None:
+def _entries(left: Math, value, ts: Typesetter, named=None, holder: str = "") -> list | None:
     """A matrix too wide for one line, as one display per entry: ``[f'(x)]_{1,2} = …``
-    (``named(i, j)``: each entry's own name, ``∂f_1/∂x_2``); None when it has too many
-    entries or one of them is too wide by itself."""
+    (``named(i, j)``: each entry's own name, ``∂f_1/∂x_2``), the first ``ts.apart - 1`` and
+    the last where there are more (the rest counted, ``holder`` saying where they are); None
+    when it has too many entries or one of them is too wide by itself."""
     if not isinstance(value, sympy.MatrixBase) or len(value) > MAX_APART:
         return None
+    cells = [(i, j) for i in range(value.rows) for j in range(value.cols)]
+    shown = cells if len(cells) <= ts.apart else \
+        cells[:max(ts.apart - 1, 1)] + (cells[-1:] if ts.apart > 1 else [])
     blocks = []
-    for i in range(value.rows):
-        for j in range(value.cols):
-            index = f"{i + base},{j + base}" if value.rows > 1 and value.cols > 1 else \
-                str(max(i, j) + base)
-            entry = named(i, j) if named is not None else \
-                Math(f"\\left[{left.tex}\\right]_{{{index}}}", f"[{left.plain}][{index}]")
-            block = _one(entry, value[i, j], printer)
-            if block is None:
-                return None
-            blocks.append(block)
+    for i, j in shown:
+        index = f"{i + ts.base},{j + ts.base}" if value.rows > 1 and value.cols > 1 else \
+            str(max(i, j) + ts.base)
+        entry = named(i, j) if named is not None else \
+            Math(f"\\left[{left.tex}\\right]_{{{index}}}", f"[{left.plain}][{index}]")
+        block = _one(entry, value[i, j], ts)
+        if block is None:
+            return None
+        blocks.append(block)
+    left_out = len(cells) - len(shown)
+    if left_out:
+        more = f" {left_out} more {'entry' if left_out == 1 else 'entries'} not shown{holder}"
+        blocks.insert(len(blocks) - (ts.apart > 1), paragraph(Math(r"\vdots", "⋮"), more))
     return blocks
 
 
-def _lines(left: Math, value, printer: Printer) -> str | None:
+def _lines(left: Math, value, ts: Typesetter) -> str | None:
     """A sum too wide for one line, broken before a ``+`` or ``-`` into lines that fit, as
     the TeX of one ``array`` display; None when one term alone is too wide."""
     if not isinstance(value, sympy.Add):
         return None
     lines, current, used = [], [], LETTER * len(left.plain) + OPERATOR
-    for term in printer.ordered_terms(value):
-        spent = width(term) + OPERATOR
-        if current and not fits(used + spent):
+    for term in ts.printer.ordered_terms(value):
+        spent = ts.measure(term) + OPERATOR
+        if current and not ts.fits(used + spent):
             lines.append(current)
             current, used = [], 2 * OPERATOR  # continuation lines start indented
-        if not fits(used + spent):
+        if not ts.fits(used + spent):
             return None
-        current.append(printer.doprint(term))
+        current.append(ts.printer.doprint(term))
         used += spent
     lines.append(current)
     text = [" ".join(t if t.startswith("-") or i == 0 and n == 0 else "+ " + t
@@ -204,33 +297,41 @@ def _lines(left: Math, value, printer: Printer) -> str | None:
     return "\\begin{array}{l}" + " \\\\ ".join(rows) + "\\end{array}"
 
 
-def _one(left: Math, value, printer: Printer):
+def _one(left: Math, value, ts: Typesetter):
     """``left = value`` as one display if it fits the width (a sum may take several lines)
     and typesets safely; else None."""
-    if fits(width(value) + LETTER * len(left.plain) + OPERATOR):
-        tex = f"{left.tex} = {printer.doprint(value)}"
+    key = (left, id(value))  # a Matrix is not hashable; the memo keeps value alive
+    if key not in ts.shown:
+        ts.shown[key] = (value, _typeset(left, value, ts))
+    return ts.shown[key][1]
+
+
+def _typeset(left: Math, value, ts: Typesetter):
+    if ts.fits(ts.measure(value) + LETTER * len(left.plain) + OPERATOR):
+        tex = f"{left.tex} = {ts.printer.doprint(value)}"
     else:
-        tex = _lines(left, value, printer)
+        tex = _lines(left, value, ts)
     if tex is None or len(tex) > MAX_DISPLAY_CHARS - 200 or tex_problems(tex):
         return None
-    return Formula(Math(tex, f"{left.plain} = {_plain(value)}"))
+    return Formula(Math(tex, ts.plain(left.plain, value)))
 
 
-def formula_blocks(left: Math, value, printer: Printer, started: float,
-                   base: int = 1, named=None) -> list:
+def formula_blocks(left: Math, value, ts: Typesetter, named=None, holder: str = "") -> list:
     """``left = value`` as one display, entry by entry where it is too wide, or a line
     saying why it is not typeset."""
     why = too_big(value)
-    if why is None and time.monotonic() - started > RENDER_SECONDS:
+    if why is None and not ts.apart:
+        why = "too tall for one screen (the result's .symbolic holds it; --full-matrix shows it)"
+    if why is None and time.monotonic() - ts.started > RENDER_SECONDS:
         why = "symbolic form too large (it took too long to typeset)"
     if why is None:
-        whole = _one(left, value, printer)
+        whole = _one(left, value, ts)
         if whole is not None:
             return [whole]
-        apart = _entries(left, value, printer, base, named)
+        apart = _entries(left, value, ts, named, holder)
         if apart is not None:
             return apart
-        body = printer.doprint(value)
+        body = ts.printer.doprint(value)
         if len(body) > MAX_DISPLAY_CHARS - 200:
             why = "symbolic form too large to display"
         elif tex_problems(body):
@@ -238,6 +339,23 @@ def formula_blocks(left: Math, value, printer: Printer, started: float,
         else:
             why = "symbolic form too wide for the screen (the result's .symbolic holds it)"
     return [paragraph(left, f": {why}")]
+
+
+def display_height(blocks) -> float:
+    """Estimated CSS px of the blocks: render's estimate (:func:`~.budget.block_height`), a
+    display at least a row per line of its array or matrix (a fraction's extra height on
+    each line that has one)."""
+    px = 0.0
+    for block in blocks:
+        own = 0.0
+        if isinstance(block, Formula):
+            tex = block.lhs.tex
+            if not tex.startswith(r"\begin{array}"):
+                tex = tex.split(" = ", 1)[-1]  # the value's rows (its name's are beside them)
+            rows = tex.split(r"\\")
+            own = DISPLAY_PX + sum(ROW_PX + (FRACTION_PX if r"\frac" in r else 0) for r in rows)
+        px += max(own, block_height(block))
+    return px
 
 
 def second_lhs(result, name: str, component: int | None, base: int = 1) -> Math:
@@ -269,22 +387,38 @@ def equations(result, name: str, value, jacobian: bool,
 
 
 def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
-                      jacobian: bool, base: int = 1) -> tuple[Section, ...]:
-    """The formulas (``function`` is f at a generic point, or None) and their crosschecks;
-    entries and components counted from ``base``."""
-    started = time.monotonic()
-    printer = Printer(symbol_tex)
-    blocks = opening_blocks(list(result.inputs), function, formulas, printer, started, base)
-    for name, formula in formulas.items():
-        named = _partials(result, name, jacobian, base)
-        for left, value in equations(result, name, formula.derivative, jacobian, base):
-            blocks += formula_blocks(left, value, printer, started, base, named)
-        blocks.append(paragraph(crosscheck_line(formula)))
+                      jacobian: bool, options: RenderOptions, fit: bool = True
+                      ) -> tuple[Section, ...]:
+    """The formulas (``function`` is f at a generic point, or None) and their crosschecks, as
+    wide as ``options.width`` and, where ``fit``, at the first of :data:`LEVELS` that fits
+    :data:`HEIGHT_SHARE` of ``options.height`` (``--full-matrix``: everything); entries and
+    components counted from ``options.index_base``."""
+    fit = fit and not options.full_matrix
+    ts = Typesetter(symbol_tex, display_dtype(result), options.width, options.index_base)
+    blocks: list = []
+    for apart, with_function, components in LEVELS if fit else LEVELS[:1]:
+        ts.apart = apart
+        blocks = opening_blocks(list(result.inputs), function if with_function else None,
+                                formulas, ts)
+        if function is not None and not with_function:
+            blocks.append(paragraph("f(x) is left out to fit one screen (--full-matrix shows it)"))
+        for name, formula in formulas.items():
+            named = _partials(result, name, jacobian, ts.base)
+            holder = f" (r.symbolic[{name!r}] holds every entry)"
+            shown = equations(result, name, formula.derivative, jacobian, ts.base)
+            left_out = len(shown) - (components or len(shown))
+            for left, value in shown[:components]:
+                blocks += formula_blocks(left, value, ts, named, holder)
+            if left_out > 0:
+                blocks.append(paragraph(Math(r"\vdots", "⋮"), f" {left_out} more components "
+                                        f"not shown (r.symbolic[{name!r}] holds each)"))
+            blocks.append(paragraph(crosscheck_line(formula)))
+        if display_height(blocks) <= options.height * HEIGHT_SHARE:
+            break
     return (Section(tuple(blocks)),)
 
 
-def opening_blocks(names, function, formulas: dict, printer, started: float,
-                   base: int = 1) -> list:
+def opening_blocks(names, function, formulas: dict, ts: Typesetter) -> list:
     """The heading, then f at a generic point (``function``, or None) of the inputs
     ``names``: how every symbolic display begins."""
     blocks = [paragraph(heading(formulas), strong=True)]
@@ -292,7 +426,7 @@ def opening_blocks(names, function, formulas: dict, printer, started: float,
         args = [math_name(n) for n in names]
         left = Math(f"f({', '.join(a.tex for a in args)})",
                     f"f({', '.join(a.plain for a in args)})")
-        blocks += formula_blocks(left, function, printer, started, base)
+        blocks += formula_blocks(left, function, ts)
     return blocks
 
 

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 from ..render.document import Section
+from ..render.options import RenderOptions
 from ..run.cuts import find_cuts
 from ..run.refusals import NoRecord, NotReplayable, refuse_record
 from .deadline import OutOfTime, deadline
@@ -53,7 +54,8 @@ class SymbolicReport:
 
 
 def derive(result, *, record, namespace, output_source: str | None = None,
-           jacobian: bool = False, index_base: int = 1) -> SymbolicReport:
+           jacobian: bool = False, index_base: int = 1,
+           options: RenderOptions | None = None) -> SymbolicReport:
     """Formulas for ``result``'s derivatives, crosschecked against its numbers.
 
     ``result``: a :class:`~vjp_magic.core.result.VJPResult` (first derivatives) or a
@@ -65,15 +67,21 @@ def derive(result, *, record, namespace, output_source: str | None = None,
     messages. ``jacobian``: the display shows the full Jacobian (``%jacobian``), so the
     formula is the Jacobian too. ``index_base``: where the entries' symbols count from
     (1: ``x_{1,1}``, as the tutorial and the numeric display's maths do; 0: ``x_{0,0}``).
+    ``options``: the display's :class:`~vjp_magic.render.options.RenderOptions` (its width,
+    its height budget, its ``index_base``, which then wins); None: the default width and no
+    height budget.
     """
+    if options is not None:
+        index_base = options.index_base
     symbol_tex: dict = {}
     cuts = find_cuts(record, {n: i.tensor for n, i in result.inputs.items()}, result.output)
     report = _reported(
         result, record,
         lambda: _derive(result, record, namespace, output_source, jacobian, symbol_tex,
                         index_base),
-        lambda function, formulas: symbolic_sections(result, function, formulas, symbol_tex,
-                                                     jacobian, index_base))
+        lambda function, formulas: symbolic_sections(
+            result, function, formulas, symbol_tex, jacobian,
+            options or RenderOptions(index_base=index_base), fit=options is not None))
     if not cuts or report.note is not None:
         return report
     return replace(report, shown=cut_note_sections(cuts) + report.shown)
