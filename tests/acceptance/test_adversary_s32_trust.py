@@ -382,6 +382,21 @@ def test_hessian_of_a_scalar_called_inside_a_no_grad_block(block):
     torch.testing.assert_close(h.hessian("x"), torch.func.hessian(lambda t: f(t).sum())(x.detach()))
 
 
+@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; here %hessian after an earlier "
+                   "cell's torch.set_grad_enabled(False)")
+def test_hessian_magic_after_grad_mode_was_switched_off(ip, run_ok):
+    run_ok("x = torch.linspace(-1, 1, 6, dtype=torch.float64, requires_grad=True)\n"
+           "s = (torch.tanh(x) * x.roll(1)).sum()")
+    try:
+        run_ok("torch.set_grad_enabled(False)")
+        h = run_ok("%hessian s x")
+    finally:
+        torch.set_grad_enabled(True)
+    expected = torch.func.hessian(lambda t: (torch.tanh(t) * t.roll(1)).sum())(
+        ip.user_ns["x"].detach())
+    torch.testing.assert_close(h.hessian("x"), expected)
+
+
 @pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; at 3,000 entries (the sparse path) "
                    "the display says 'Every second derivative is 0 at this x ... y is linear in "
                    "x near it'")
