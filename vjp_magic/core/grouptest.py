@@ -19,6 +19,7 @@ mode; :func:`resolved_columns`).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
@@ -26,6 +27,7 @@ import torch
 
 from . import setdecode
 from .derivatives import CHUNK_SECONDS, chunk_size, vjp_batch
+from .indexmaps import proved_pattern
 from .probes import probe_generator, set_probe_values
 from .torch_api import TorchError, torch_error
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
@@ -306,12 +308,33 @@ def resolved_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
     """(m × len(columns)): the dependences at input indices where a probe answered NaN or
     ±inf. Each output index's row (reverse mode) and each of these columns (forward mode)
     are read: an entry is a dependence where either finds a finite non-zero, or where both
-    are non-finite (nothing rules it out); a finite zero either way rules it out."""
+    are non-finite and the graph's index maps allow it (0·∞ in a row that never reads that
+    index, at a zero of sqrt's input, is no dependence); a finite zero either way rules it
+    out."""
     m = prober.output.shape[prober.a]
     hit, unknown = prober.answers(prober.row_sets(torch.arange(m)), batched=False)
     hit, unknown = hit[:, columns], unknown[:, columns]
     forward_hit, forward_unknown = _forward_answers(prober, columns)
-    return hit | forward_hit | (unknown & forward_unknown)
+    both = unknown & forward_unknown
+    if bool(both.any()):
+        both &= _allowed(prober, columns)
+    return hit | forward_hit | both
+
+
+def _allowed(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
+    """(m × len(columns)) bool: the dependences the graph's index maps allow between the two
+    axes (:func:`.indexmaps.proved_pattern`, projected onto them); all where none is proved."""
+    output, x, a, b = prober.output, prober.x, prober.a, prober.b
+    m = output.shape[a]
+    proved = proved_pattern(output, x, prober.budget)
+    if proved is None:
+        return torch.ones(m, len(columns), dtype=torch.bool)
+    rows = torch.repeat_interleave(torch.arange(proved.shape[0]), proved.crow.diff().cpu())
+    rows = rows // math.prod(output.shape[a + 1:]) % m
+    cols = proved.col.cpu() // math.prod(x.shape[b + 1:]) % x.shape[b]
+    allowed = torch.zeros(m, x.shape[b], dtype=torch.bool)
+    allowed[rows, cols] = True
+    return allowed[:, columns.cpu()]
 
 
 def _forward_answers(prober: SetProber, columns: torch.Tensor):
