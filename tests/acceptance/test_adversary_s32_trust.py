@@ -1,21 +1,22 @@
 """Adversarial review, session 32 (trust: numbers, models, state). Classes the earlier
 reviews did not cover:
 
-* gradients that autograd returns in the sparse COO layout for a dense parameter
-  (``nn.Embedding(sparse=True)``, ``nn.EmbeddingBag(sparse=True)``: the usual recommender
-  layers), through ``differentiate`` and ``%%vjp --wrt``;
-* a Ctrl-C (``KeyboardInterrupt`` raised inside a custom backward) during the analysis: the
-  user's code must not run again after it;
-* guards for what held in this review: per-sample gradients of RMSNorm, sparse-free
-  Embedding options, masked and scaled weights, a batch-second Linear; aliasing writes
-  (a view written with a detached copy, writes through ``.detach()`` / ``.data``); global
-  module hooks; grad mode, default dtype, deterministic flags, thread count and RNG after
-  ``%%vjp``.
+1. gradients autograd returns in the sparse COO layout for a dense parameter
+   (``nn.Embedding(sparse=True)``, ``nn.EmbeddingBag(sparse=True)``);
+2. a Ctrl-C (``KeyboardInterrupt`` raised in a custom backward) during the analysis;
+3. one tensor under two names on a replayed graph (``b = a``; a layer and the model holding
+   it; ``[a, a]``);
+4. the global default dtype (``torch.set_default_dtype(torch.float64)``);
+5. autograd's global modes set before the call: anomaly detection, saved-tensor hooks;
+6. NaN artefacts (0·inf of both modes) outside the band the graph proves;
+7. calls inside ``torch.no_grad()`` / ``torch.inference_mode()`` or after
+   ``torch.set_grad_enabled(False)`` on an output built with grad mode on.
 
-Expected values: a loop of ``torch.autograd.grad`` over the rows on the graph the cell built
-(what a plain backward gives), ``.to_dense()`` where autograd hands a sparse gradient.
-Tests marked ``xfail(strict=True)`` are bugs found in this review (they pass once fixed and
-then lose the mark); unmarked ones guard what held.
+Expected values: mathematics, ``torch.func`` (``jacrev``, ``jacfwd``, ``hessian``), or a
+loop of ``torch.autograd.grad`` over the rows of the graph the cell built (``.to_dense()``
+where autograd hands a sparse gradient). Tests marked ``xfail(strict=True)`` are bugs found
+in this review (they pass once fixed and then lose the mark); unmarked ones guard what
+holds or what was fixed (said beside them).
 """
 from __future__ import annotations
 
