@@ -494,10 +494,7 @@ def test_a_small_rows_gradient_never_reads_0_beside_a_large_row(run_vjp):
     assert "0" not in entries, row
 
 
-@pytest.mark.xfail(strict=True, reason="a linear model on unscaled features: d prediction/dw = "
-                   "features = [3.2e7, 0.25] reads '10^7 x [3.2  0]': the entries of one gradient "
-                   "are separate sums (w[1]'s is the single term 0.25), yet the floor of the "
-                   "largest entry in the row zeroes it (dc4b025 kept 'noise within a row')")
+# was a strict xfail (s32 G7), fixed this session: the test stays as a guard
 def test_a_gradient_entry_never_reads_0_beside_a_large_one_it_does_not_sum_with(run_vjp):
     r = run_vjp("features = torch.tensor([3.2e7, 0.25])\n"
                 "w = torch.tensor([0.5, -1.0], requires_grad=True)\n"
@@ -530,9 +527,7 @@ LINEAR = ("W = torch.tensor([[0.6213, -0.4519, -0.1661], [-1.523, 0.3817, -1.028
           "y = W @ x")
 
 
-@pytest.mark.xfail(strict=True, reason="--symbolic writes float32 constants with 15 digits "
-                   "(0.621299982070923 for W's 0.6213): digits float32 does not hold, beside "
-                   "the matrix's 0.6213")
+# was a strict xfail (s32 G7), fixed this session: the test stays as a guard
 def test_symbolic_constants_show_the_digits_the_dtype_holds(run_vjp):
     r = run_vjp(LINEAR, "--symbolic")
     for mime in ("text/markdown", "text/plain"):
@@ -540,17 +535,13 @@ def test_symbolic_constants_show_the_digits_the_dtype_holds(run_vjp):
         assert all(len(n.replace(".", "").lstrip("0")) <= 8 for n in numbers), (mime, numbers)
 
 
-@pytest.mark.xfail(strict=True, reason="--symbolic on y = W @ x (3 x 3) shows each of the 9 "
-                   "constant Jacobian entries as its own display: about 1,200 px by the "
-                   "package's estimate, two 1024 x 768 screens")
+# was a strict xfail (s32 G7), fixed this session: the test stays as a guard
 def test_symbolic_of_a_three_by_three_linear_map_fits_one_screen(run_vjp):
     r = run_vjp(LINEAR, "--symbolic")
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
 
 
-@pytest.mark.xfail(strict=True, reason="--symbolic's text/plain writes f(x) of a 4-entry "
-                   "softmax on one 231-character line (the markdown breaks it): past the 100 "
-                   "columns a terminal gives the plain rendering")
+# was a strict xfail (s32 G7), fixed this session: the test stays as a guard
 def test_symbolic_plain_text_fits_a_terminal(run_vjp):
     r = run_vjp("x = torch.tensor([0.1, 0.2, 0.3, 0.4], requires_grad=True)\n"
                 "y = torch.softmax(x, 0)", "--symbolic")
@@ -558,10 +549,7 @@ def test_symbolic_plain_text_fits_a_terminal(run_vjp):
     assert len(widest) <= 100, widest
 
 
-@pytest.mark.xfail(strict=True, reason="--symbolic lays formulas out for the default width "
-                   "(symbolic/width.fits reads DISPLAY_WIDTH): with --width 20 (or %config "
-                   "VJPMagics.width) f'(x), about 33 characters by its own estimate, is the same "
-                   "one line as at 50, while the matrices beside it obey the width")
+# was a strict xfail (s32 G7), fixed this session: the test stays as a guard
 def test_symbolic_formulas_follow_the_configured_width(run_vjp):
     body = ("x = torch.tensor([0.1, 0.2], requires_grad=True)\n"
             "y = torch.sin(x) * torch.exp(x) + x**3 / (1 + x**2)")

@@ -80,10 +80,14 @@ def test_one_format_per_matrix_factors_a_power_of_ten():
     assert wide.scientific and [wide.spell(v).tex for v in (1.0, 1e-12)] == ["1", "10^{-12}"]
 
 
-def test_float32_noise_beside_large_entries_reads_zero():
+def test_float32_noise_beside_large_entries_reads_approximately_zero():
+    """Below the dtype's resolution beside the largest: ≈0, never 0 (it may be a true value,
+    as a single term 1.49e-8 is); only an exact 0 reads 0."""
     eps = resolution(torch.float32)
-    fmt = choose_format([3.0000002, 1.49e-8], significant_digits(torch.float32, 4), eps)
-    assert fmt.spell(3.0000002).plain == "3" and fmt.spell(1.49e-8).plain == "0"
+    fmt = choose_format([3.0000002, 1.49e-8, 0.0], significant_digits(torch.float32, 4), eps)
+    assert fmt.spell(3.0000002).plain == "3" and fmt.spell(1.49e-8).plain == "≈0"
+    assert fmt.spell(1.49e-8).tex == r"\approx 0" and fmt.spell(0.0).plain == "0"
+    assert fmt.spell(-0.0).plain == "0"
     exact = choose_format([3.0, 1.49e-8], 4, resolution(torch.float64))  # float64 resolves it
     assert exact.spell(1.49e-8).plain != "0"
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .document import Entry, Math, Matrix
-from .numbers import NumberFormat, alone, choose_format, resolution, significant_digits
+from .numbers import NEAR_ZERO, NumberFormat, alone, choose_format, resolution, significant_digits
 from .options import RenderOptions
 from .typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, text_width
 
@@ -53,6 +53,9 @@ class Block:
     # each entry stands alone (a point's own derivative of a scalar function: no other entry
     # sums into it), so none reads 0 for being small beside the largest (no noise floor)
     alone: bool = False
+    # the entries within their own row's noise (each row a backward of its own), at two index
+    # tensors as ``get_block``: they read ≈0 and do not choose the format
+    near_zero: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def tensor_block(t: torch.Tensor, row_label: Label | None = None,
@@ -177,10 +180,15 @@ class _Grid:
     """The fetched entries, addressed by (row index, column index)."""
 
     values: dict[tuple[int, int], float]
+    near: frozenset = frozenset()  # (row, column) of the entries that read ≈0 (Block.near_zero)
 
     def format(self, rows, cols, digits, eps, fixed_low=None) -> NumberFormat:
-        return choose_format((self.values[r, c] for r in rows if r is not None
+        return choose_format((0.0 if (r, c) in self.near else self.values[r, c]
+                              for r in rows if r is not None
                               for c in cols if c is not None), digits, eps, fixed_low)
+
+    def spell(self, fmt: NumberFormat, r: int, c: int) -> Entry:
+        return NEAR_ZERO if (r, c) in self.near else fmt.spell(self.values[r, c])
 
 
 def _matrix(block: Block, grid: _Grid, rows, cols, fmt: NumberFormat) -> Matrix:
@@ -189,7 +197,7 @@ def _matrix(block: Block, grid: _Grid, rows, cols, fmt: NumberFormat) -> Matrix:
         if r is None:
             body.append(tuple(DDOTS if c is None else VDOTS for c in cols))
         else:
-            body.append(tuple(HDOTS if c is None else fmt.spell(grid.values[r, c]) for c in cols))
+            body.append(tuple(HDOTS if c is None else grid.spell(fmt, r, c) for c in cols))
     row_labels = (tuple(VDOTS if r is None else block.row_label(r) for r in rows)
                   if block.row_label is not None else None)
     col_labels = (tuple(HDOTS if c is None else block.col_label(c) for c in cols)
@@ -250,8 +258,11 @@ def _grid(block: Block, rows, cols) -> _Grid:
     values = fetch_block(block.get_block, rows, cols, block.device)
     shown_rows = [r for r in rows if r is not None]
     shown_cols = [c for c in cols if c is not None]
+    near = fetch_block(block.near_zero, rows, cols, block.device) if block.near_zero else []
     return _Grid({(r, c): v for r, row in zip(shown_rows, values)
-                  for c, v in zip(shown_cols, row)})
+                  for c, v in zip(shown_cols, row)},
+                 frozenset((r, c) for r, row in zip(shown_rows, near)
+                           for c, v in zip(shown_cols, row) if v))
 
 
 def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: float,

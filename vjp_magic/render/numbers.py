@@ -11,8 +11,10 @@ A matrix is spelled in one of three formats, chosen from the entries it shows:
 * scientific: magnitudes too far apart for one factor: every entry as ``m × 10^e``.
 
 Digits are the requested precision capped by what the dtype resolves (float32: 6), so float32 noise
-(``2.9999998``) never shows; entries below the dtype's resolution relative to the largest shown
-entry (a float32 ``1.5e-08`` beside ``1``) read 0; ``-0`` reads ``0``; integral values read ``2``.
+(``2.9999998``) never shows; a non-zero entry below the dtype's resolution relative to the
+largest shown entry (a float32 ``1.5e-08`` beside ``1``: rounding noise, or a true value too
+small to show beside it) reads ≈0, only an exact 0 reads ``0`` (``-0`` too); integral values
+read ``2``.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ FACTOR_SPAN = 3  # a common factor when the exponents of the entries differ by a
 # Positional too where the largest entry reads as a decimal (at least 10^-2) and the smallest
 # needs at most 6 zeros (0.0000513 is narrower typeset than 5.13 × 10^{-5} beside 0.719).
 DECIMAL_HIGH, DECIMAL_LOW = -2, -6
-NOISE_ULPS = 4  # entries within this many ulps (of the largest shown entry) of 0 read 0
+NEAR_ZERO = Entry(r"\approx 0", "≈0")  # not 0, but within the noise of the largest beside it
+NOISE_ULPS = 4  # entries within this many ulps (of the largest shown entry) of 0 read ≈0
 
 
 def significant_digits(dtype: torch.dtype, precision: int) -> int:
@@ -87,8 +90,10 @@ class NumberFormat:
         special = _special(value)
         if special is not None:
             return special
-        if abs(value) <= self.floor or _round(value, self.digits) == 0:
+        if value == 0:
             return Entry("0", "0")
+        if abs(value) <= self.floor:  # not 0: within the dtype's noise of the largest shown
+            return NEAR_ZERO
         if self.factor is not None:
             text = _fixed(_round(value, self.digits) / 10.0**self.factor, self.digits)
             return Entry(text, text)

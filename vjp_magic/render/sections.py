@@ -385,10 +385,12 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
         return _per_component(result, name, options)
     elif len(comp) == 1 or (len(comp) >= 2 and len(in_shape) == 1):
         rows, cols = math.prod(comp), (in_shape[0] if in_shape else 1)
-        block = tensor_block(_row_noise_zeroed(d.reshape(rows, cols)),
-                             row_label=_component_labels(result, name, comp,
-                                                         options.index_base))
-        block = replace(block, alone=True)  # each row judged on its own, above
+        flat = d.reshape(rows, cols)
+        block = tensor_block(flat, row_label=_component_labels(result, name, comp,
+                                                               options.index_base))
+        near = _row_noise(flat)  # each row judged on its own
+        block = replace(block, alone=True,
+                        near_zero=None if near is None else lambda r, c: near[r[:, None], c])
     elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
         block = tensor_block(d)
     else:
@@ -398,14 +400,14 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
     return matrix_formulas(lhs, block, options, d.dtype, d.shape)
 
 
-def _row_noise_zeroed(rows: torch.Tensor) -> torch.Tensor:
-    """Each row (one component's gradient: a backward of its own, nothing of another row sums
-    into it) with the entries within the dtype's noise of its own largest read as 0; none is
-    judged against another row's (a mean's 1/3 beside a row of 10^6 read 0)."""
+def _row_noise(rows: torch.Tensor) -> torch.Tensor | None:
+    """Of each row (one component's gradient: a backward of its own, nothing of another row
+    sums into it), the non-zero entries within the dtype's noise of its own largest: they read
+    ≈0, never 0; none is judged against another row's (a mean's 1/3 beside a row of 10^6)."""
     if not rows.is_floating_point() or rows.numel() == 0:
-        return rows
+        return None
     floor = rows.abs().amax(dim=1, keepdim=True) * resolution(rows.dtype) * NOISE_ULPS
-    return torch.where(rows.abs() <= floor, torch.zeros_like(rows), rows)
+    return (rows.abs() <= floor) & (rows != 0)
 
 
 def _alone(result, name: str) -> bool:
