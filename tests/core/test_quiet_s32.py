@@ -102,3 +102,23 @@ def test_saved_tensor_hooks_do_not_see_the_analysis(monkeypatch):
         assert hooks.count == {"pack": 2, "unpack": 0}
     torch.testing.assert_close(r.derivatives["x"], 0.5 / torch.sqrt(x.detach()))
     torch.testing.assert_close(h.hessian("x"), torch.diag(-0.25 * x.detach() ** -1.5))
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad",
+                                                                             "inference_mode"])
+def test_called_with_grad_mode_off(mode):
+    """The output built with autograd on, the call made inside no_grad / inference_mode: the
+    analysis' passes still build their graphs (a Hessian read all zeros, a stencil's
+    compressed passes crashed), and the mode is as it was afterwards."""
+    x = torch.linspace(0.5, 2, 5, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z.requires_grad_()
+    scalar, stencil = (x ** 3).sum(), z.roll(1) * z
+    expected = torch.diag(z.detach().roll(1)) + torch.diag(z.detach()[1:], -1)
+    expected[0, -1] = z.detach()[0]
+    with mode():
+        h = vjp_magic.hessian(scalar, x)
+        J = vjp_magic.sparse_jacobian(stencil, z)
+        assert not torch.is_grad_enabled()
+    torch.testing.assert_close(h.hessian("x"), torch.diag(6 * x.detach()))
+    torch.testing.assert_close(J.to_dense(), expected)

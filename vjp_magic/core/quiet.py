@@ -6,7 +6,10 @@ under them as it would without vjp_magic; the analysis' own replays and passes m
 anomaly mode raises on a NaN that a probe's 0 times an infinite derivative makes (the
 derivative shown is inf, as the cell's own backward gives it), and the user's pack/unpack
 hooks would count, move or change the analysis' saved tensors. :func:`quiet_autograd` turns
-both off and puts them back as they were, whatever happens inside.
+both off and puts them back as they were, whatever happens inside. Likewise grad mode: called
+inside ``torch.no_grad()`` / ``inference_mode()`` (or after ``torch.set_grad_enabled(False)``),
+the analysis' own passes still build their graphs (a Hessian's ``create_graph`` pass read
+all zeros without one).
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no pub
 
 @contextlib.contextmanager
 def quiet_autograd():
-    """Anomaly detection off and no default saved-tensor hooks inside; both restored after
-    (also as a decorator)."""
+    """Anomaly detection off, no default saved-tensor hooks, grad mode on and inference mode
+    off inside; all restored after (also as a decorator)."""
     anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
     popped = []
     while (top := _hooks._top_saved_tensors_default_hooks(True)) is not None:
@@ -28,7 +31,8 @@ def quiet_autograd():
         _hooks._pop_saved_tensors_default_hooks()
     torch.set_anomaly_enabled(False)
     try:
-        yield
+        with torch.inference_mode(False), torch.enable_grad():  # our passes build graphs
+            yield
     finally:
         torch.set_anomaly_enabled(*anomaly)
         for pack, unpack in reversed(popped):
