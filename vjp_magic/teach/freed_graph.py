@@ -87,12 +87,22 @@ def _changed_in_place(output: torch.Tensor) -> bool:
             return False
     for node in nodes:
         for attr in _saved_names(type(node), node):
+            if _hooked(getattr(node, "_raw" + attr, None)):
+                continue  # unpacking would run the user's hook (a checkpoint recomputes)
             try:
                 getattr(node, attr)
             except RuntimeError as error:
                 if "modified by an inplace operation" in str(error):
                     return True
     return False
+
+
+def _hooked(raw) -> bool:
+    """Whether a node's raw saved tensor (or any of a saved list) has an unpack hook:
+    ``saved_tensors_hooks``, ``save_on_cpu``, a non-reentrant checkpoint's recomputation."""
+    if isinstance(raw, (list, tuple)):
+        return any(_hooked(item) for item in raw)
+    return getattr(raw, "unpack_hook", None) is not None
 
 
 _SAVED: dict = {}  # node type → the names of the tensors it saves (read once per type)
