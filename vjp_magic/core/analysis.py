@@ -70,9 +70,8 @@ def differentiate(
     samples_separated): each is used only if the probe rule accepts it against the graph's
     own vector-Jacobian products (:mod:`.given`), else recomputed.
     The result keeps no reference to the output's graph unless ``keep_graph``.
-    Every random probe is drawn from ``seed`` (a fresh one per call unless given; torch's
-    global RNG is never used), kept as ``r.seed``: the same seed gives the same result.
-    ``x.grad`` is never changed.
+    Every probe is drawn from ``seed`` (fresh per call unless given; never torch's global RNG),
+    kept as ``r.seed``: the same seed, the same result. ``x.grad`` is never changed.
     """
     output = validation.check_output(output, output_name)
     named = validation.checked_inputs(inputs, names)
