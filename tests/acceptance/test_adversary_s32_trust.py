@@ -234,12 +234,8 @@ def test_the_rest_under_a_float64_default_dtype(default_float64):
 
 # -- 6. NaN artefacts outside the structure the graph allows --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vjp_magic.dependency(x.roll(1) * sqrt(x), x) at x with zeros says 'sparse, at most 43 "
-    "per row' with witness y[0] <- x[7]: y[0] = x[299] * sqrt(x[0]) cannot read x[7] (the "
-    "graph's index maps allow only x[0] and x[299]); both readings of that entry are 0*inf "
-    "NaN artefacts at the other zeros of x (core/dependency.py counts 'both non-finite' as a "
-    "dependence even outside the proved band: 1,806 false dependences)"))
+# Was a strict xfail (s32 G6), fixed in 1a04d43: 1,806 false dependences from 0*inf
+# artefacts outside the graph's band ('sparse, at most 43 per row', witness y[0] <- x[7]).
 def test_nan_artefacts_are_no_dependence_outside_the_graphs_band():
     x, y, band = _sqrt_neighbours()
     d = vjp_magic.dependency(y, x)
@@ -329,12 +325,8 @@ def test_a_tridiagonal_map_in_anomaly_mode(anomaly_mode):
     torch.testing.assert_close(J.to_dense(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "saved-tensor hooks the user entered before the cell (torch.autograd.graph."
-    "saved_tensors_hooks / save_on_cpu, still active) fire for the analysis: the replay packs "
-    "every saved tensor again and its passes unpack them (a plain run: 1 pack, 0 unpacks; "
-    "%%vjp: 2 packs, 3 unpacks on y = sqrt(x); after 3b0a177 still 1 unpack, from "
-    "teach/freed_graph.py _changed_in_place reading the node's saved tensors)"))
+# Was a strict xfail (s32 G6), fixed in 44728ff, 3b0a177 and bc508d1: saved-tensor hooks
+# active around a cell fired for the replay, its passes and the in-place check.
 def test_saved_tensor_hooks_active_around_the_cell_do_not_fire_for_the_analysis(ip, run_ok):
     count = {"pack": 0, "unpack": 0}
 
@@ -367,13 +359,12 @@ def _neighbour_product():
     return x, lambda t: torch.tanh(t) * t.roll(1)
 
 
-NO_GRAD_HESSIAN = ("vjp_magic.hessian called inside torch.no_grad() or torch.inference_mode() "
-                   "(output built outside) returns an all-zero Hessian, 'symmetric (proved for "
-                   "every x)': its create_graph pass builds no graph under the caller's grad "
-                   "mode (core/hessian.py)")
+# Were strict xfails (s32 G6), fixed in 2860586 (core/quiet.quiet_autograd turns grad mode on
+# for the analysis): hessian read an all-zero Hessian "symmetric (proved for every x)" (the
+# sparse one: "every second derivative is 0 ... y is linear in x"); a vector output, and
+# sparse_jacobian / differentiate / %%vjp on a stencil, crashed.
 
 
-@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN)
 @pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
 def test_hessian_of_a_scalar_called_inside_a_no_grad_block(block):
     x, f = _neighbour_product()
@@ -383,8 +374,6 @@ def test_hessian_of_a_scalar_called_inside_a_no_grad_block(block):
     torch.testing.assert_close(h.hessian("x"), torch.func.hessian(lambda t: f(t).sum())(x.detach()))
 
 
-@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; here %hessian after an earlier "
-                   "cell's torch.set_grad_enabled(False)")
 def test_hessian_magic_after_grad_mode_was_switched_off(ip, run_ok):
     run_ok("x = torch.linspace(-1, 1, 6, dtype=torch.float64, requires_grad=True)\n"
            "s = (torch.tanh(x) * x.roll(1)).sum()")
@@ -398,9 +387,6 @@ def test_hessian_magic_after_grad_mode_was_switched_off(ip, run_ok):
     torch.testing.assert_close(h.hessian("x"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; at 3,000 entries (the sparse path) "
-                   "the display says 'Every second derivative is 0 at this x ... y is linear in "
-                   "x near it'")
 def test_a_sparse_hessian_called_inside_a_no_grad_block():
     x = torch.randn(3000, dtype=torch.float64, requires_grad=True,
                     generator=torch.Generator().manual_seed(0))
@@ -413,8 +399,6 @@ def test_a_sparse_hessian_called_inside_a_no_grad_block():
     torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=NO_GRAD_HESSIAN + "; a vector output under no_grad "
-                   "crashes with RuntimeError 'element 0 of tensors does not require grad'")
 @pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
 def test_hessian_of_a_vector_called_inside_a_no_grad_block(block):
     x, f = _neighbour_product()
@@ -424,11 +408,7 @@ def test_hessian_of_a_vector_called_inside_a_no_grad_block(block):
     torch.testing.assert_close(h.hessian("x"), torch.func.jacfwd(torch.func.jacrev(f))(x.detach()))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian / differentiate called inside torch.no_grad() or torch.inference_mode() on "
-    "a stencil of 3,000 entries crash with RuntimeError 'element 0 of tensors does not require "
-    "grad and does not have a grad_fn' (core/derivatives.py: a double-backward pass under the "
-    "caller's grad mode)"))
+# Was a strict xfail (s32 G6), fixed in 2860586: both crashed there.
 @pytest.mark.parametrize("block", [torch.no_grad, torch.inference_mode])
 def test_a_sparse_jacobian_called_inside_a_no_grad_block(block):
     x = torch.randn(3000, dtype=torch.float64, requires_grad=True,
@@ -444,10 +424,8 @@ def test_a_sparse_jacobian_called_inside_a_no_grad_block(block):
         torch.testing.assert_close(J.to_dense(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "%%vjp on a 3,000-entry stencil built under the cell's own torch.enable_grad() after an "
-    "earlier cell's torch.set_grad_enabled(False) crashes with RuntimeError 'element 0 of "
-    "tensors does not require grad' (the analysis runs under the notebook's grad mode)"))
+# Was a strict xfail (s32 G6), fixed in 2860586: it crashed with 'element 0 of tensors does
+# not require grad'.
 def test_vjp_magic_on_a_stencil_after_grad_mode_was_switched_off(ip, run_ok):
     try:
         run_ok("torch.set_grad_enabled(False)")
