@@ -80,7 +80,8 @@ def vscode_picture(nb, index: int, out: Path, playwright) -> None:
 def side_by_side(left: Path, right: Path, out: Path, playwright) -> None:
     def img(path: Path, caption: str) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
-        return (f'<figure><img src="data:image/png;base64,{data}" style="width:{WIDTH}px">'
+        return (f'<figure style="margin:0"><img src="data:image/png;base64,{data}" '
+                f'style="width:{WIDTH}px">'
                 f"<figcaption>{caption}</figcaption></figure>")
 
     html = ("<html><body style='margin:0;background:#fff;font:14px sans-serif;color:#555'>"
