@@ -11,6 +11,7 @@ import numpy as np
 import sympy
 
 from ..render.notation import name_tex
+from ..run.replay import aliases
 from .errors import Unavailable
 from .layout import point_axes
 
@@ -70,8 +71,12 @@ def group_symbols(result, group: list[str], jacobian: bool,
     ``tex`` collects each symbol's LaTeX."""
     arrays = {}
     owner: dict = {}
+    first = aliases({name: item.tensor for name, item in result.inputs.items()})
     for name, item in result.inputs.items():
         shape = tuple(item.tensor.shape)
+        if first[name] != name:  # one tensor under two names: its symbols, under both
+            arrays[name] = arrays[first[name]]
+            continue
         if name not in group:
             arrays[name] = symbol_array(name, shape, tex, base)
         else:
