@@ -70,7 +70,7 @@ def _recomputed(result, log, record, namespace, line: int | None) -> str | None:
     node = made[-1]
     reads = {name.id for name in ast.walk(node.value) if isinstance(name, ast.Name)}
     if any(not _constant_or_input(name, namespace, result) for name in reads) \
-            or not _unchanged_after(body, node, reads):
+            or not _unchanged_after(body, node, reads | {y}):  # y *= x after it: not y
         return None
     if not _drew_nothing(record, node.lineno):
         return None
