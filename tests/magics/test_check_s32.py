@@ -176,3 +176,11 @@ def test_exam_mode_on_a_line_magic_points_to_a_vjp_cell(run_ok, exam, magic):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2")
     text = " ".join(run_ok(magic)._repr_mimebundle_()["text/plain"].split())
     assert "%%vjp --check NAME" in text, text
+
+
+def test_exam_mode_on_hessian_says_second_derivatives_are_not_graded(run_ok, exam):
+    """G8: %hessian in exam mode sent students to %%vjp --check, which grades a Hessian
+    against the first derivatives ('wrong shape ... like x')."""
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = (x**3).sum()")
+    text = " ".join(run_ok("%hessian y x")._repr_mimebundle_()["text/plain"].split())
+    assert "not graded" in text and "first derivatives only" in text, text

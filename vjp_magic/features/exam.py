@@ -30,7 +30,11 @@ def add(result, request: Asked, subject: Subject) -> Added:
             if off else "")
     if request.flag("check"):
         said = f"Exam mode: the derivatives are hidden.{left}"
-    elif request.jacobian or request.order == 2:  # %jacobian, %hessian: no --check of their own
+    elif request.order == 2:  # %hessian: --check grades first derivatives only
+        said = (f"Exam mode hides the derivatives. Second derivatives are not graded (a "
+                f"{code('%%vjp --check NAME')} cell grades first derivatives only); "
+                f"{code(TURN_OFF)} shows them again.{left}")
+    elif request.jacobian:  # %jacobian: no --check of its own
         said = (f"Exam mode hides the derivatives: a {code('%%vjp --check NAME')} cell grades "
                 f"the answer in NAME. {code(TURN_OFF)} shows them again.{left}")
     else:
