@@ -202,3 +202,18 @@ def test_a_plain_missing_graph_is_not_called_a_second_derivative():
     from vjp_magic.run.grad_advice import second_derivative_advice
 
     assert second_derivative_advice("x = torch.ones(3)\ny = x**3\ny.sum().backward()", 3) is None
+
+
+@pytest.mark.parametrize("keyword", ["", ", create_graph=False"])
+def test_a_gradient_made_without_a_graph_is_advised_valid_code(keyword):
+    """G8: torch.autograd.grad(..., create_graph=False) counted as create_graph given, and
+    the advice would have appended a second create_graph keyword (a SyntaxError)."""
+    from vjp_magic.run.grad_advice import second_derivative_advice
+
+    source = ("x = torch.ones(3, requires_grad=True)\ny = (x**3).sum()\n"
+              f"(g,) = torch.autograd.grad(y, x{keyword})\ng.sum().backward()")
+    advice = second_derivative_advice(source, 4)
+    assert advice is not None
+    line = advice.split("Make it with ", 1)[1].split(", or take", 1)[0]
+    compile(line, "<advice>", "exec")  # valid Python
+    assert line.count("create_graph") == 1 and "create_graph=True" in line, line

@@ -150,6 +150,12 @@ def _float_leaf(value) -> bool:
 
 
 
+def _creates_graph(call: ast.Call) -> bool:
+    """Whether ``call`` passes ``create_graph=True`` (a constant: False or a name does not)."""
+    return any(k.arg == "create_graph" and isinstance(k.value, ast.Constant)
+               and k.value.value is True for k in call.keywords)
+
+
 def second_derivative_advice(source: str, line: int | None) -> str | None:
     """The cell's backward on ``line`` found no graph because it differentiates a gradient
     made without ``create_graph=True`` (``x.grad``, or a result of ``torch.autograd.grad``):
@@ -168,7 +174,7 @@ def second_derivative_advice(source: str, line: int | None) -> str | None:
             continue
         call = stmt.value
         if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("autograd.grad") \
-                and not any(k.arg == "create_graph" for k in call.keywords):
+                and not _creates_graph(call):
             for target in stmt.targets:
                 for node in ast.walk(target):
                     if isinstance(node, ast.Name):
@@ -176,8 +182,12 @@ def second_derivative_advice(source: str, line: int | None) -> str | None:
     read = [n for n in ast.walk(failing) if isinstance(n, (ast.Name, ast.Attribute))]
     made = next((grads[n.id] for n in read if isinstance(n, ast.Name) and n.id in grads), None)
     if made is not None:
-        first = (ast.get_source_segment(source, made.value) or "").strip()
-        fixed = f"{first[:-1]}, create_graph=True)" if first.endswith(")") else first
+        given = next((k for k in made.value.keywords if k.arg == "create_graph"), None)
+        first = (ast.get_source_segment(source, made) or "").strip()  # the whole line
+        if given is not None and made.lineno == made.end_lineno:  # create_graph=False: True
+            fixed = _replaced(source, made, given.value, "True").strip()
+        else:
+            fixed = f"{first[:-1]}, create_graph=True)" if first.endswith(")") else first
         return (f"It differentiates a gradient made by torch.autograd.grad without "
                 f"create_graph=True: no graph was kept for a second derivative. Make it with "
                 f"{fixed}, or take second derivatives with %hessian.")
