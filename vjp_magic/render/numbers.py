@@ -111,6 +111,12 @@ class NumberFormat:
         return Entry(f"{mantissa} \\times 10^{{{exponent}}}", plain)
 
 
+def noise_floor(largest, eps: float):
+    """The magnitude at or below which an entry beside ``largest`` (a number or a tensor of
+    them) is within the noise of a dtype of resolution ``eps``: read ≈0 (:data:`NEAR_ZERO`)."""
+    return largest * eps * NOISE_ULPS
+
+
 def choose_format(values: Iterable[float], digits: int, eps: float = 0.0,
                   fixed_low: int | None = None) -> NumberFormat:
     """The one format for a matrix showing ``values`` (only the shown entries are looked at).
@@ -119,8 +125,7 @@ def choose_format(values: Iterable[float], digits: int, eps: float = 0.0,
     entry is in its range (the matrix beside others in positional notation), instead of
     ``FIXED_RANGE[0]``."""
     finite = [v for v in values if math.isfinite(v)]
-    largest = max((abs(v) for v in finite), default=0.0)
-    floor = largest * eps * NOISE_ULPS
+    floor = noise_floor(max((abs(v) for v in finite), default=0.0), eps)
     rounded = [_round(v, digits) for v in finite if abs(v) > floor]
     magnitudes = [abs(v) for v in rounded if v != 0]
     if not magnitudes:

@@ -21,7 +21,7 @@ from .indices import index_formula
 from .budget import fit_of, remembered
 from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
                      tensor_block)
-from .numbers import NOISE_ULPS, plural, resolution
+from .numbers import noise_floor, plural, resolution
 from .options import FULL_MATRIX_ENTRIES
 from .sparse import sparse_blocks, sparse_of
 
@@ -406,7 +406,7 @@ def _row_noise(rows: torch.Tensor) -> torch.Tensor | None:
     ≈0, never 0; none is judged against another row's (a mean's 1/3 beside a row of 10^6)."""
     if not rows.is_floating_point() or rows.numel() == 0:
         return None
-    floor = rows.abs().amax(dim=1, keepdim=True) * resolution(rows.dtype) * NOISE_ULPS
+    floor = noise_floor(rows.abs().amax(dim=1, keepdim=True), resolution(rows.dtype))
     return (rows.abs() <= floor) & (rows != 0)
 
 
