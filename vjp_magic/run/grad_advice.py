@@ -1,4 +1,5 @@
-"""Advice that makes a cell's input require grad, written in the cell's own lines.
+"""Advice that makes a cell's input require grad (or keep the graph of a gradient for a second
+derivative: :func:`second_derivative_advice`), written in the cell's own lines.
 
 The advice is code the student copies, so it must be Python that, followed, gives a result:
 a factory's ``requires_grad=False`` is set to ``True`` (never a second keyword), a
@@ -146,8 +147,6 @@ def _float_leaf(value) -> bool:
     """A floating tensor made, not computed, that does not require grad."""
     return isinstance(value, torch.Tensor) and value.is_floating_point() \
         and value.grad_fn is None and not value.requires_grad
-
-
 
 
 def _creates_graph(call: ast.Call) -> bool:
