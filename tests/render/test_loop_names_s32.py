@@ -60,3 +60,38 @@ def test_the_code_beneath_fits_the_output_with_long_names(ip, run_vjp, name, out
     shown = fit_code(code)  # as every spelling shows it
     assert max(len(line) for line in shown.splitlines()) <= OUTPUT_WIDTH, shown
     assert ip.run_cell(shown).success
+
+
+@pytest.mark.parametrize("name", ["v", "k", "i", "d_x", "itertools"])
+@pytest.mark.parametrize("shape", ["components", "matrix"])
+def test_a_cell_variable_named_like_a_helper_survives_the_pasted_loop(ip, run_vjp, name, shape):
+    """Not an input, not the output: a value the cell binds (G8). The loop beneath the cell
+    must not assign to it, and pasted it still gives r.derivatives."""
+    x_shape = "3" if shape == "components" else "2, 3"
+    r = run_vjp(f"x = torch.linspace(-1, 1, 6)[:{x_shape.replace(', ', '*')}]"
+                f".reshape({x_shape}).requires_grad_()\n"
+                f"{name} = torch.tensor([1., 2.])\n"
+                f"y = torch.stack([{name}[0] * x, {name}[1] * x**2])")
+    kept = ip.user_ns[name]
+    code, _ = _code(r)
+    result = ip.run_cell(code)
+    assert result.success, (code, result.error_in_exec)
+    assert ip.user_ns[name] is kept, code
+    torch.testing.assert_close(ip.user_ns[name], torch.tensor([1., 2.]))
+    d = next(ip.user_ns[n] for n in ("d_x", "d_x2") if n != name and n in ip.user_ns)
+    torch.testing.assert_close(d, r.derivatives["x"])
+
+
+@pytest.mark.parametrize("name", ["v", "k", "d_x", "saved_grad", "itertools"])
+def test_r_code_keeps_a_cell_variable_named_like_a_helper(ip, run_vjp, name):
+    r = run_vjp("x = torch.linspace(-1, 1, 6).reshape(2, 3).requires_grad_()\n"
+                f"{name} = torch.tensor([1., 2.])\n"
+                f"y = torch.stack([{name}[0] * x, {name}[1] * x**2])")
+    ip.user_ns["r"] = r
+    kept = ip.user_ns[name]
+    code = r.code
+    result = ip.run_cell(code)
+    assert result.success, (code, result.error_in_exec)
+    assert ip.user_ns[name] is kept, code
+    d = next(ip.user_ns[n] for n in ("d_x", "d_x2") if n != name and n in ip.user_ns)
+    torch.testing.assert_close(d, r.derivatives["x"])

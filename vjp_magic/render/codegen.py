@@ -153,13 +153,20 @@ def naming(names: Iterable[str]):
         CELL_NAMES.reset(token)
 
 
+def _taken(result) -> set[str]:
+    """The names code written for ``result`` must not bind: the output's and the inputs'
+    identifiers and the namespace's (:func:`naming`); pasted, a helper named like one of
+    them (``v``, ``k``, ``d_x``, ``saved_grad``, ``itertools``) would overwrite it."""
+    return identifiers([result.output_name, *result.inputs]) | CELL_NAMES.get()
+
+
 def output_symbol(result) -> str:
     """The output's name in code and formulas: the cell's name, or ``y`` (``out``, ``out2``
     where the cell or the notebook binds ``y``: pasted code would overwrite it) for an
     expression output such as ``torch.softmax(x, 0)``."""
     if result.output_name.isidentifier():
         return result.output_name
-    taken = identifiers([result.output_name, *result.inputs]) | CELL_NAMES.get()
+    taken = _taken(result)
     return "y" if "y" not in taken else fresh("out", set(taken))
 
 
@@ -175,8 +182,9 @@ def loop_names(result, point_out: Iterable[int],
     """The output's name, the one-hot vector's (``v``) and the component loop, as the short
     loop beneath a result spells them and the prose beside it says them: none of them one of
     the cell's names (an input named ``v`` makes the vector ``v2``). ``taken``: the names
-    already spoken for (default: the output's and the inputs'), to which these are added."""
-    taken = identifiers([result.output_name, *result.inputs]) if taken is None else taken
+    already spoken for (default: the output's, the inputs' and the namespace's), to which
+    these are added."""
+    taken = _taken(result) if taken is None else taken
     y = output_symbol(result)
     taken.add(y)
     v = fresh("v", taken)
@@ -193,7 +201,7 @@ def display_loop(result, names: Sequence[str] | None = None,
     and the loop clears it after reading each component, so none is left behind. ``first``:
     lines before them (the output computed again where the cell's backward freed its graph)."""
     names = list(result.inputs if names is None else names)
-    taken = identifiers([result.output_name, *result.inputs])
+    taken = _taken(result)
     y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
     first = [*first, cleared_grads(xs), *named]
@@ -233,8 +241,9 @@ def reproducing_code(result, result_name: str | None = None,
     where the cell's backward freed its graph)."""
     from .sparse_code import coloured_lines  # (it imports this module)
     names = list(result.inputs)
-    taken = identifiers([result.output_name, *names])
-    source, said = _result_source(result, taken, result_name)
+    taken = identifiers([result.output_name, *names])  # (r is read, never bound: a
+    source, said = _result_source(result, taken, result_name)  # notebook's r is the result)
+    taken |= CELL_NAMES.get()
     y, body = _output_variable(result, taken)
     if body:
         body[0] += "  # the output, computed again"
