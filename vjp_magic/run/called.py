@@ -31,13 +31,16 @@ class Called:
     record: OpRecord | None
     given_inputs: dict  # name -> tensor (:func:`~vjp_magic.core.validation.named_inputs`)
     output_name: str = "y"
+    entry: str = "differentiate"  # the function called (e.g. "hessian"): the advice names it
     log = output_source = namespace = scope = None
 
     @classmethod
-    def call(cls, fn, inputs: dict, output_name: str = "y") -> Called:
+    def call(cls, fn, inputs: dict, output_name: str = "y",
+             entry: str = "differentiate") -> Called:
         """``fn()`` run once, recorded; its own exception goes on as it was raised (with a
         note saying that vjp_magic called it, where Python keeps notes). ``inputs``: name ->
-        tensor, named before the call (a mistake there is refused before ``fn`` runs)."""
+        tensor, named before the call (a mistake there is refused before ``fn`` runs);
+        ``entry``: the vjp_magic function called, as the advice names it."""
         __tracebackhide__ = True
         takes_no_arguments(fn)
         with recording() as record:
@@ -48,7 +51,7 @@ class Called:
                     error.add_note(f"(raised by the function given to vjp_magic, called once "
                                    f"to compute {output_name}; nothing was differentiated)")
                 raise user_frames_only(error)  # noqa: B904 - the user's error, as raised
-        return cls(value, record, inputs, output_name)
+        return cls(value, record, inputs, output_name, entry)
 
     def output(self, of: str | None) -> tuple[str, object]:
         if not isinstance(self.value, torch.Tensor):
@@ -57,7 +60,7 @@ class Called:
                 f"to differentiate ({self.output_name}), e.g. lambda: F.cross_entropy("
                 "model(data), targets, reduction='none') for per-sample losses.")
         return self.output_name, dense(self.output_name, self.value,
-                                       "vjp_magic.differentiate(lambda: {}, x)")
+                                       f"vjp_magic.{self.entry}(lambda: {{}}, x)")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         """The inputs given with the callable (``wrt``, their names, changes nothing)."""

@@ -163,17 +163,19 @@ class FromExpression:
 
 @dataclass(eq=False)
 class Given:
-    """:func:`vjp_magic.differentiate`: the tensors themselves."""
+    """:func:`vjp_magic.differentiate` (or ``entry``, the function called, e.g.
+    ``"hessian"``, which the advice names): the tensors themselves."""
 
     tensor: object
     given_inputs: object
     names: object = None
     output_name: str = "y"
+    entry: str = "differentiate"
     log = record = output_source = namespace = scope = None
 
     def output(self, of: str | None) -> tuple[str, object]:
         return self.output_name, dense(self.output_name, self.tensor,
-                                       "vjp_magic.differentiate({}, x)")
+                                       f"vjp_magic.{self.entry}({{}}, x)")
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         return dense_inputs(named_inputs(self.given_inputs, self.names))
