@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..core.errors import operand
 from ..core.marked import code, marked
 from ..core.textenum import TextEnum
 
@@ -91,9 +92,9 @@ class Hints:
 
     @staticmethod
     def names(case: Case) -> tuple[str, str, str]:
-        """The answer as code spells it (``answer`` where it has no name: from Python), the
-        output's name, the input's."""
-        answer = "answer" if case.answer.startswith("the ") else case.answer
+        """The answer as code spells it (``answer``, ``answer['x']`` for a dict's entry,
+        where it has no name: from Python), the output's name, the input's."""
+        answer = case.answer.removeprefix("the ")
         return answer, case.exp.result.output_name, case.exp.name
 
     @staticmethod
@@ -120,7 +121,7 @@ class Hints:
                     "the exercise)")
         if exp.count == 1:
             v = "" if exp.result.output.numel() == 1 else f"gradient=torch.ones_like({y})"
-            return f"`{y}.backward({v})` puts them in `{x}.grad`"
+            return f"`{operand(y)}.backward({v})` puts them in `{x}.grad`"
         sparse = getattr(exp, "coloured", None) if coloured else None
         columns = sparse is not None and str(getattr(sparse, "mode", "rows")) == "columns"
         if columns:  # the forward-mode passes the display teaches
@@ -249,7 +250,7 @@ class Hints:
     def transposed(self, case: Case, order) -> str:
         a, y, x = self.names(case)
         inverse = tuple(sorted(range(len(order)), key=order.__getitem__))
-        fix = f"{a}.T" if len(order) == 2 else f"{a}.permute{inverse}"
+        fix = f"{operand(a)}.T" if len(order) == 2 else f"{operand(a)}.permute{inverse}"
         axes = (f"{y}'s component axes come first, then {x}'s" if case.exp.count > 1
                 else f"it is shaped like {x}")
         return (f"{self.subject(case)} has the right numbers with its axes swapped: {axes}. "
@@ -260,7 +261,7 @@ class Hints:
         if shape is not None:
             return (f"{self.subject(case)} has shape {shape_text(case.a.shape)}, with the right "
                     f"numbers in the right order; the derivatives have {self.expected(case)}. "
-                    f"Use `{a}.reshape{shape_text(shape)}`.")
+                    f"Use `{operand(a)}.reshape{shape_text(shape)}`.")
         return (f"{self.subject(case)} has the right numbers in the wrong places: `reshape` "
                 "and `view` keep the row-major order and never swap axes. Use `.T` or "
                 "`.permute(...)` to swap axes.")
