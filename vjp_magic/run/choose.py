@@ -33,7 +33,7 @@ from ..core.marked import marked
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
-from .grad_advice import own_requires_grad_advice
+from .grad_advice import copied_hint, late_grad_hint, own_requires_grad_advice
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -98,7 +98,8 @@ class FromCell:
                                               run.final_source, used=run.reads)
         except VJPUsageError as error:
             raise VJPUsageError(number_output_hint(run.found, run.assigned)
-                                or _late_grad_hint(run) or _copied_hint(run)
+                                or late_grad_hint(run.source, run.namespace)
+                                or copied_hint(run.source, run.namespace)
                                 or _detached_hint(run) or _no_grad_hint(run, str(error))
                                 or str(error)) from None
         return name, dense(name, self.chosen, "%%vjp --of {}")
@@ -453,80 +454,6 @@ def number_output_hint(ns, assigned) -> str | None:
             )
         if isinstance(value, torch.Tensor):
             return None
-    return None
-
-
-def _statements(source: str) -> list:
-    try:
-        return ast.parse(source).body
-    except SyntaxError:
-        return []
-
-
-def _turns_on(stmt, name: str) -> bool:
-    """``name.requires_grad_()`` (or ``(True)``) or ``name.requires_grad = True``."""
-    for node in ast.walk(stmt):
-        if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Attribute) and t.attr == "requires_grad"
-                and isinstance(t.value, ast.Name) and t.value.id == name for t in node.targets):
-            return isinstance(node.value, ast.Constant) and node.value.value is True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr == "requires_grad_" and isinstance(node.func.value, ast.Name) \
-                and node.func.value.id == name:
-            args = [*node.args, *(k.value for k in node.keywords)]
-            return not args or (isinstance(args[0], ast.Constant) and args[0].value is True)
-    return False
-
-
-def _late_grad_hint(run: CellRun) -> str | None:
-    """No output with history, because a tensor the output was computed from was made to
-    require grad only after it: the two lines, in the order to put them."""
-    body, ns = _statements(run.source), run.namespace
-    for k, stmt in enumerate(body):
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name)):
-            continue
-        y = stmt.targets[0].id
-        value = ns.get(y)
-        if not isinstance(value, torch.Tensor) or value.requires_grad:
-            continue
-        reads = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
-        for later in body[k + 1:]:
-            late = next((x for x in reads if isinstance(ns.get(x), torch.Tensor)
-                         and ns[x].requires_grad and _turns_on(later, x)), None)
-            if late is not None:
-                text = (ast.get_source_segment(run.source, later) or "").strip()
-                return (f"{y} was computed (line {stmt.lineno}) before {late} required grad "
-                        f"(line {later.lineno}: {text}): autograd records only what is done "
-                        f"to a tensor that already requires grad. Move line {later.lineno} "
-                        f"before line {stmt.lineno}.")
-    return None
-
-
-def _copied_hint(run: CellRun) -> str | None:
-    """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
-    (a copy of the values, without the graph): the line, and the computation that keeps it."""
-    ns = run.namespace
-    for stmt in reversed(_statements(run.source)):
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-                and isinstance(stmt.targets[0], ast.Name)):
-            continue
-        y, call = stmt.targets[0].id, stmt.value
-        if not (isinstance(ns.get(y), torch.Tensor) and isinstance(call, ast.Call)
-                and ast.unparse(call.func) in ("torch.tensor", "torch.Tensor", "torch.FloatTensor")
-                and call.args):
-            continue
-        reads = {n.id for n in ast.walk(call) if isinstance(n, ast.Name)}
-        if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad for x in reads):
-            continue
-        arg = call.args[0]
-        written = ast.get_source_segment(run.source, arg) or ast.unparse(arg)
-        keep = (f"torch.stack({written})" if isinstance(arg, (ast.List, ast.ListComp, ast.Tuple))
-                else written)
-        func = ast.unparse(call.func)
-        return (f"{y} = {func}(...) (line {stmt.lineno}) copies the values into a new tensor "
-                f"without the graph, so {y} has no derivatives. Keep the computation: "
-                f"{y} = {keep}.")
     return None
 
 

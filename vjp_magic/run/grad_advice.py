@@ -6,7 +6,9 @@ a factory's ``requires_grad=False`` is set to ``True`` (never a second keyword),
 ``.requires_grad_(False)`` becomes ``.requires_grad_()`` (never a second call), and where the
 line that makes the input already asks for grad, the later line that turned it off
 (``x.requires_grad = False``, ``x.requires_grad_(False)``, ``x.detach_()``) is the one named.
-Each amended line is compiled before it is advised.
+Each amended line is compiled before it is advised. It also owns the cell-reading helpers
+this advice needs (:func:`statements`, :func:`assigned_name`, :func:`names_read`) and the
+hints for an output without history (:func:`late_grad_hint`, :func:`copied_hint`).
 """
 from __future__ import annotations
 
@@ -35,14 +37,11 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
     or its own line, so amended, where a float tensor the cell makes without it (not
     ``output``) is assigned on one line (its last assignment); else a tensor it reads
     (``reads``: from an earlier cell) made to require grad; else None."""
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        body = []
+    body = statements(source)
     for k, node in enumerate(body):
-        name = _assigned_name(node)
+        name = assigned_name(node)
         if name is None or name == output or not _float_leaf(namespace.get(name)) \
-                or any(_assigned_name(later) == name for later in body[k + 1:]):
+                or any(assigned_name(later) == name for later in body[k + 1:]):
             continue
         written = (ast.get_source_segment(source, node) or "").strip()
         off = next((stmt for stmt in reversed(body[k + 1:]) if _turns_off(stmt, name)), None)
@@ -61,11 +60,90 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
     return None
 
 
-def _assigned_name(node) -> str | None:
+def statements(source: str) -> list:
+    """The cell's top-level statements (none where it does not parse)."""
+    try:
+        return ast.parse(source).body
+    except SyntaxError:
+        return []
+
+
+def assigned_name(node) -> str | None:
     """``x`` of a statement ``x = …`` (one plain name as the target), else None."""
     if isinstance(node, ast.Assign) and len(node.targets) == 1 \
             and isinstance(node.targets[0], ast.Name):
         return node.targets[0].id
+    return None
+
+
+def names_read(node) -> set[str]:
+    """The plain names an expression (or statement) reads."""
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def turns_on(stmt, name: str) -> bool:
+    """``name.requires_grad_()`` (or ``(True)``) or ``name.requires_grad = True``."""
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Attribute) and t.attr == "requires_grad"
+                and isinstance(t.value, ast.Name) and t.value.id == name for t in node.targets):
+            return isinstance(node.value, ast.Constant) and node.value.value is True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "requires_grad_" and isinstance(node.func.value, ast.Name) \
+                and node.func.value.id == name:
+            args = [*node.args, *(k.value for k in node.keywords)]
+            return not args or (isinstance(args[0], ast.Constant) and args[0].value is True)
+    return False
+
+
+def late_grad_hint(source: str, namespace) -> str | None:
+    """No output with history, because a tensor the output was computed from was made to
+    require grad only after it: the two lines, in the order to put them."""
+    body, ns = statements(source), namespace
+    for k, stmt in enumerate(body):
+        y = assigned_name(stmt)
+        if y is None:
+            continue
+        value = ns.get(y)
+        if not isinstance(value, torch.Tensor) or value.requires_grad:
+            continue
+        reads = names_read(stmt.value)
+        for later in body[k + 1:]:
+            late = next((x for x in reads if isinstance(ns.get(x), torch.Tensor)
+                         and ns[x].requires_grad and turns_on(later, x)), None)
+            if late is not None:
+                text = (ast.get_source_segment(source, later) or "").strip()
+                return (f"{y} was computed (line {stmt.lineno}) before {late} required grad "
+                        f"(line {later.lineno}: {text}): autograd records only what is done "
+                        f"to a tensor that already requires grad. Move line {later.lineno} "
+                        f"before line {stmt.lineno}.")
+    return None
+
+
+def copied_hint(source: str, namespace) -> str | None:
+    """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
+    (a copy of the values, without the graph): the line, and the computation that keeps it."""
+    ns = namespace
+    for stmt in reversed(statements(source)):
+        y = assigned_name(stmt)
+        if y is None:
+            continue
+        call = stmt.value
+        if not (isinstance(ns.get(y), torch.Tensor) and isinstance(call, ast.Call)
+                and ast.unparse(call.func) in ("torch.tensor", "torch.Tensor", "torch.FloatTensor")
+                and call.args):
+            continue
+        if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad
+                   for x in names_read(call)):
+            continue
+        arg = call.args[0]
+        written = ast.get_source_segment(source, arg) or ast.unparse(arg)
+        keep = (f"torch.stack({written})" if isinstance(arg, (ast.List, ast.ListComp, ast.Tuple))
+                else written)
+        func = ast.unparse(call.func)
+        return (f"{y} = {func}(...) (line {stmt.lineno}) copies the values into a new tensor "
+                f"without the graph, so {y} has no derivatives. Keep the computation: "
+                f"{y} = {keep}.")
     return None
 
 

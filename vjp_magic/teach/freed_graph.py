@@ -20,6 +20,7 @@ import types
 import torch
 
 from ..core.tagging import walk_graph
+from ..run.grad_advice import assigned_name, names_read, statements
 from ..run.passes import node_key, saves_tensors
 
 
@@ -58,17 +59,13 @@ def _recomputed(result, log, record, namespace, line: int | None) -> str | None:
     source = "".join(linecache.getlines(log.filename)) if log.filename else ""
     if not y.isidentifier() or not source or namespace.get(y) is not result.output:
         return None
-    try:
-        body = ast.parse(source).body
-    except SyntaxError:
-        return None
-    made = [node for node in body if isinstance(node, ast.Assign) and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name) and node.targets[0].id == y
+    body = statements(source)
+    made = [node for node in body if assigned_name(node) == y
             and (line is None or node.lineno < line)]
     if not made or made[-1].lineno != made[-1].end_lineno:
         return None
     node = made[-1]
-    reads = {name.id for name in ast.walk(node.value) if isinstance(name, ast.Name)}
+    reads = names_read(node.value)
     if any(not _constant_or_input(name, namespace, result) for name in reads) \
             or not _unchanged_after(body, node, reads | {y}):  # y *= x after it: not y
         return None
