@@ -44,6 +44,7 @@ FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, co
                                  picture, present, exam, names)
 FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
 ORDERS = (1, 2)  # of the derivatives: first (analysis.differentiate), second (core.hessian)
+ENTRIES = {1: "differentiate", 2: "hessian"}  # the Python entry point of each order
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,8 @@ def _from_python(output, inputs, names, output_name: str,
                             f" not {output_name!r}.")
     if is_function(output):
         return _called(output, inputs, names, output_name, request)
-    result = pipeline(Given(output, inputs, names, output_name), request)
+    entry = ENTRIES[request.order]  # the function called, as advice names it
+    result = pipeline(Given(output, inputs, names, output_name, entry), request)
     return _with_replay_hint(result, inputs) if request.order == 1 else result
 
 
@@ -319,7 +321,7 @@ def _called(fn, inputs, names, output_name: str, request: Request) -> Derivative
     cell's inputs named so are what the per-sample replay waits for)."""
     named = dense_inputs(checked_inputs(inputs, names))  # a mistake here: fn never runs
     check_arguments(request.memory_budget, request.analysis.get("seed"))
-    subject = Called.call(fn, named, output_name)
+    subject = Called.call(fn, named, output_name, ENTRIES[request.order])
     try:
         return pipeline(subject, replace(request, wrt=tuple(named)))
     finally:  # the record's tensors: a result pins no graph

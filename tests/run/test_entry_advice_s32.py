@@ -47,8 +47,6 @@ def test_differentiate_of_a_tuple_advises_differentiate():
         vjp_magic.differentiate(outputs, x)
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline._from_python/_called do not pass "
-                   "entry='hessian' to Given/Called.call yet (pipeline.py is not F1's)")
 @pytest.mark.parametrize("callable_", [False, True])
 def test_hessian_advises_hessian(callable_):
     """A tuple given, or a sparse tensor returned by the function given."""
