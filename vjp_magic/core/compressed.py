@@ -388,6 +388,11 @@ OBSERVED_WARNING = (
     "full=True) and torch.func.jacrev give every entry.")
 
 
+# the warning points at the caller's line: past this function, keeps_retained_grads' wrapper
+# and quiet_autograd's (contextlib's ContextDecorator.inner)
+_CALLER = 4
+
+
 @quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: not for us
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
@@ -439,7 +444,7 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
                 return exact_csr(output, x, budget)
             if not verdict.checked:
                 warnings.warn(OBSERVED_WARNING.format(m=output.numel(), n=x.numel()),
-                              ObservedPatternWarning, stacklevel=3)
+                              ObservedPatternWarning, stacklevel=_CALLER)
         return without_false_nan(output, x, sparse.matrix, budget)
     except RuntimeError as error:
         usage = graph_usage_error(error)
