@@ -26,8 +26,10 @@ def quiet_autograd():
     off inside; all restored after (also as a decorator)."""
     anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
     popped = []
-    while (top := _hooks._top_saved_tensors_default_hooks(True)) is not None:
-        popped.append(top)
+    # (older PyTorch, before 2.6, has no reader of the stack: its hooks are left in place)
+    top = getattr(_hooks, "_top_saved_tensors_default_hooks", lambda _: None)
+    while (hooks := top(True)) is not None:
+        popped.append(hooks)
         _hooks._pop_saved_tensors_default_hooks()
     torch.set_anomaly_enabled(False)
     try:
