@@ -153,7 +153,7 @@ def naming(names: Iterable[str]):
         CELL_NAMES.reset(token)
 
 
-def _taken(result) -> set[str]:
+def taken_names(result) -> set[str]:
     """The names code written for ``result`` must not bind: the output's and the inputs'
     identifiers and the namespace's (:func:`naming`); pasted, a helper named like one of
     them (``v``, ``k``, ``d_x``, ``saved_grad``, ``itertools``) would overwrite it."""
@@ -166,7 +166,7 @@ def output_symbol(result) -> str:
     expression output such as ``torch.softmax(x, 0)``."""
     if result.output_name.isidentifier():
         return result.output_name
-    taken = _taken(result)
+    taken = taken_names(result)
     return "y" if "y" not in taken else fresh("out", set(taken))
 
 
@@ -184,7 +184,7 @@ def loop_names(result, point_out: Iterable[int],
     the cell's names (an input named ``v`` makes the vector ``v2``). ``taken``: the names
     already spoken for (default: the output's, the inputs' and the namespace's), to which
     these are added."""
-    taken = _taken(result) if taken is None else taken
+    taken = taken_names(result) if taken is None else taken
     y = output_symbol(result)
     taken.add(y)
     v = fresh("v", taken)
@@ -201,7 +201,7 @@ def display_loop(result, names: Sequence[str] | None = None,
     and the loop clears it after reading each component, so none is left behind. ``first``:
     lines before them (the output computed again where the cell's backward freed its graph)."""
     names = list(result.inputs if names is None else names)
-    taken = _taken(result)
+    taken = taken_names(result)
     y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
     first = [*first, cleared_grads(xs), *named]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from . import notation
 from ..core.colouring import valid_rows
 from .budget import fit_of, remembered
-from .codegen import expression, fresh, identifiers, output_symbol, result_check
+from .codegen import expression, fresh, output_symbol, result_check, taken_names
 from .document import Code, CodeBlock, Math, Paragraph, Text
 from .codelines import CODE_WIDTH
 from .sparse import Form, entries_words, layout_of, sparse_of, values_block
@@ -76,7 +76,7 @@ def product_code(h, name: str, form: Form | None) -> str:
     after the cell), one ``autograd.grad`` of the gradient per colour; then H read off
     them as core reads it (:func:`_read_off`)."""
     sparse = sparse_of(h, name)
-    taken = identifiers([h.output_name, *h.inputs])
+    taken = taken_names(h)
     y = output_symbol(h)
     taken.add(y)
     lines = [] if y == h.output_name else [f"{y} = {h.output_name}"]

@@ -30,7 +30,7 @@ import torch
 from ..core.sparse_layout import csr_block
 from . import notation
 from .budget import fit_of, remembered
-from .codegen import cleared_grads, expression, fresh, identifiers, output_symbol, result_check
+from .codegen import cleared_grads, expression, fresh, output_symbol, result_check, taken_names
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
@@ -588,7 +588,7 @@ def code_names(result, name: str) -> tuple[dict, set]:
     """The names the code beneath the cell binds (``colour``, ``g``, ``c``, ``v``, ``vs``; by
     columns also ``u``, ``Ju``), each fresh against the cell's names, and ``y``: the same
     names the sentences use. Also the names taken, for any further helper."""
-    taken = identifiers([result.output_name, *result.inputs])
+    taken = taken_names(result)
     y = output_symbol(result)
     taken.add(y)
     columns = by_columns(sparse_of(result, name))
