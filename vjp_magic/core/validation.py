@@ -187,6 +187,14 @@ def _leaf_requiring_grad(value) -> bool:
     return isinstance(value, torch.Tensor) and value.requires_grad and value.grad_fn is None
 
 
+# what to do where a .grad is differentiated (a second derivative): backward filled it
+# without a graph (the magic's --of x.grad, a cell's x.grad.sum().backward())
+GRAD_WITHOUT_GRAPH = (
+    "backward fills .grad without a graph unless it is told create_graph=True. For second "
+    "derivatives pass create_graph=True to the first backward (or make the gradient with "
+    "torch.autograd.grad(..., create_graph=True)), or use %hessian (vjp_magic.hessian).")
+
+
 def check_output(output: object, name: str) -> torch.Tensor:
     """The output must be a real floating tensor that autograd can differentiate."""
     refuse_sequence(name, output)
@@ -213,11 +221,7 @@ def check_output(output: object, name: str) -> torch.Tensor:
             "e.g. torch.arange(3, dtype=torch.float32).")
     if not output.requires_grad:
         if re.fullmatch(r".*\.grad\s*", name):  # x.grad: filled by a backward, with no graph
-            raise VJPUsageError(
-                f"{name} has no autograd history: backward fills .grad without a graph unless "
-                "it is told create_graph=True. For second derivatives pass create_graph=True to "
-                "that backward (or use torch.autograd.grad(..., create_graph=True)), or use "
-                "%hessian (vjp_magic.hessian).")
+            raise VJPUsageError(f"{name} has no autograd history: {GRAD_WITHOUT_GRAPH}")
         raise VJPUsageError(
             f"{name} has no autograd history: it was computed under torch.no_grad(), .detach()ed, "
             "or from tensors without requires_grad=True. Create the input with requires_grad=True "

@@ -17,6 +17,7 @@ import ast
 import torch
 
 from ..core.errors import operand
+from ..core.validation import GRAD_WITHOUT_GRAPH
 
 # torch's factories that take requires_grad=: the cell's own line, so amended, is the advice
 FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "eye", "rand", "randn", "linspace",
@@ -269,9 +270,7 @@ def second_derivative_advice(source: str, line: int | None) -> str | None:
                 f"create_graph=True: no graph was kept for a second derivative. Make it with "
                 f"{fixed}, or take second derivatives with %hessian.")
     if any(isinstance(n, ast.Attribute) and n.attr == "grad" for n in read):
-        return ("It differentiates .grad, which backward fills without a graph: for a second "
-                "derivative pass create_graph=True to the first backward (or make the gradient "
-                "with torch.autograd.grad(..., create_graph=True)), or use %hessian.")
+        return f"It differentiates .grad: {GRAD_WITHOUT_GRAPH}"
     return None
 
 
