@@ -49,7 +49,16 @@ def run(code: str, namespace: dict) -> dict:
 def test_component_loop_letters_index_and_header(shape, points, letters, index, header):
     loop = component_loop(shape, points)
     assert (loop.letters, loop.index, loop.header) == (letters, index, header)
-    assert loop.needs_itertools == (len(letters) > 1)
+    # the code shown runs as pasted, with its own imports (itertools for several letters) and
+    # nothing else: one backward per component, each reading row k of the Jacobian of 2·x
+    x = torch.arange(float(torch.Size(shape).numel())).reshape(shape).requires_grad_()
+    rows = []
+    code = "\n".join([*loop.imports,
+                      *loop.lines("y", ["rows.append(x.grad.clone()); x.grad = None"])])
+    run(code, {"torch": torch, "x": x, "y": 2 * x, "rows": rows})
+    assert len(rows) == loop.count == torch.Size(loop.shape).numel()
+    assert all(((row == 0) | (row == 2)).all() for row in rows)
+    torch.testing.assert_close(sum(rows), torch.full(shape, 2.0))
 
 
 def test_component_loop_counts_and_one_hot_line():

@@ -90,7 +90,6 @@ class ComponentLoop:
     letters: tuple[str, ...]  # ("k",) / ("i", "j")
     index: str  # v's subscript: "k", ":, k", "i, j"
     header: str  # "for k in range(3):"
-    needs_itertools: bool
     imports: tuple[str, ...] = ()  # ("import itertools",), or "as itertools2" beside a name
 
     def one_hot(self, y: str, v: str = "v") -> str:
@@ -133,8 +132,7 @@ def component_loop(out_shape: Sequence[int], point_axes: Iterable[int],
         module = fresh("itertools", set(taken))  # (not kept: every loop imports it alike)
         imports = ("import itertools" + (f" as {module}" if module != "itertools" else ""),)
         header = f"for {', '.join(letters)} in {module}.product({ranges}):"
-    return ComponentLoop(shape, math.prod(shape), letters, ", ".join(index), header,
-                         len(shape) > 1, imports)
+    return ComponentLoop(shape, math.prod(shape), letters, ", ".join(index), header, imports)
 
 
 # -- the short loop shown beneath a result --------------------------------------------------
