@@ -127,3 +127,29 @@ def test_vjp_cell_with_a_multi_grad_hook_on_the_inputs(ip, run_ok):
         assert ip.user_ns["x"].grad is None
     finally:
         ip.user_ns["h"].remove()
+
+
+# -- 3. grading: one full Jacobian per input, the inputs of one shape ---------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "check([diag(w), diag(b)], b * w, {'b': b, 'w': w}) (the full Jacobian per input, in "
+    "order, as check's docstring accepts) grades '✗ wrong shape ... (2, 3, 3)': with inputs "
+    "of one shape teach/grading._per_input stacks the list unless each entry fits its "
+    "input's own shape, though (2, 3, 3) fits no form of either input"))
+def test_a_full_jacobian_per_input_of_one_shape_is_correct():
+    b = torch.tensor([1., 2., 3.], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([5., -7., 11.], dtype=torch.float64, requires_grad=True)
+    y = b * w
+    answer = [torch.diag(w.detach()), torch.diag(b.detach())]  # d y / d b, d y / d w
+    verdict = vjp_magic.check(answer, y, {"b": b, "w": w})
+    assert verdict.correct, verdict.headline
+
+
+def test_a_full_jacobian_per_input_of_different_shapes_is_correct():
+    """Held: shapes that differ say which entry is which input's."""
+    a = torch.tensor([1., 2., 3., 4.], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([5., -7., 11.], dtype=torch.float64, requires_grad=True)
+    y = a[:3] * w
+    d_a = torch.cat([torch.diag(w.detach()), torch.zeros(3, 1, dtype=torch.float64)], 1)
+    verdict = vjp_magic.check([d_a, torch.diag(a.detach()[:3])], y, {"a": a, "w": w})
+    assert verdict.correct, verdict.headline
