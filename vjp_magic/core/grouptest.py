@@ -326,7 +326,7 @@ def _allowed(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
     axes (:func:`.indexmaps.proved_pattern`, projected onto them); all where none is proved."""
     output, x, a, b = prober.output, prober.x, prober.a, prober.b
     m = output.shape[a]
-    proved = proved_pattern(output, x, prober.budget)
+    proved = proved_pattern(output, x, prober.budget, dense=True)
     if proved is None:
         return torch.ones(m, len(columns), dtype=torch.bool)
     rows = torch.repeat_interleave(torch.arange(proved.shape[0]), proved.crow.diff().cpu())

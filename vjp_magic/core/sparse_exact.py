@@ -1,6 +1,7 @@
 """The exact path of :func:`.compressed.sparse_jacobian`, and its NaN rule: the dense Jacobian
 (one backward per output entry) in CSR, its NaN entries filled from forward mode as
-:func:`vjp_magic.differentiate` fills them (:func:`.validation.nan_filled`).
+:func:`vjp_magic.differentiate` fills them (:func:`.validation.nan_filled`), and those outside
+the pattern the graph proves 0 (:func:`.validation.outside_proved_zeroed`: 0·∞ artefacts).
 
 Reverse mode reads 0·NaN as NaN: one NaN in x, met by a zero seed at a node that multiplies
 by it, makes a whole column of NaN where the true derivatives are numbers or 0; forward mode
@@ -14,15 +15,17 @@ import torch
 
 from .derivatives import component_vjps, forward_jacobian
 from .errors import VJPUsageError
+from .indexmaps import proved_pattern
 from .memory import gb, refuse_if_over
 from .sparse_layout import dense_to_csr
 from .validation import nan_filled
 
 
 def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tensor:
-    """d output / d x from one VJP per output entry, NaN entries filled from forward mode
-    where it has a number, as a 2-D CSR tensor (output.numel() × x.numel()). Over the
-    budget, refused (saying NaN where x or the output holds NaN or inf)."""
+    """d output / d x from one VJP per output entry, as a 2-D CSR tensor (output.numel() ×
+    x.numel()): non-finite entries outside the proved pattern 0, NaN entries filled from
+    forward mode where it has a number. Over the budget, refused (saying NaN where x or the
+    output holds NaN or inf)."""
     m, n = output.numel(), x.numel()
     if 2 * m * n * x.element_size() > budget and not (
             bool(x.detach().isfinite().all()) and bool(output.detach().isfinite().all())):
@@ -31,8 +34,9 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
     (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
     dense = stacked.detach().reshape(m, n)
-    if bool(dense.isnan().any()):
-        dense = nan_filled(dense, (lambda: forward_jacobian(output.reshape(-1), x).detach(),))
+    if not bool(dense.isfinite().all()):
+        dense = nan_filled(dense, (lambda: forward_jacobian(output.reshape(-1), x).detach(),),
+                           proved=lambda: proved_pattern(output, x, budget, dense=True))
     return dense_to_csr(dense)
 
 

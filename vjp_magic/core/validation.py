@@ -370,12 +370,18 @@ def unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:
     return notes
 
 
-def nan_filled(derivatives: torch.Tensor, others) -> torch.Tensor:
+def nan_filled(derivatives: torch.Tensor, others, proved=None) -> torch.Tensor:
     """``derivatives`` (a full Jacobian) with NaN entries taken from the first of ``others``
     (callables computing the same Jacobian another way) that has a number there; one that
-    raises (no double backward) is skipped."""
+    raises (no double backward) is skipped. ``proved``: a callable giving the pattern the
+    graph proves (:func:`.indexmaps.proved_pattern`, or None), read first: the non-finite
+    entries outside it are 0 (:func:`outside_proved_zeroed`)."""
     filled = derivatives
+    if proved is not None:
+        filled = outside_proved_zeroed(filled, proved())
     for compute in others:
+        if not bool(filled.isnan().any()):
+            break
         try:
             other = compute().reshape(derivatives.shape)
         except (RuntimeError, NotImplementedError) as error:
@@ -383,9 +389,31 @@ def nan_filled(derivatives: torch.Tensor, others) -> torch.Tensor:
                 raise
             continue
         filled = torch.where(filled.isnan() & ~other.isnan(), other, filled)
-        if not bool(filled.isnan().any()):
-            break
     return filled
+
+
+def outside_proved_zeroed(jacobian: torch.Tensor, pattern) -> torch.Tensor:
+    """``jacobian`` (any shape whose row-major flattening is the pattern's m × n) with its
+    non-finite entries outside a PROVED ``pattern`` set to 0; unchanged where ``pattern`` is
+    None or only observed.
+
+    The index maps prove that y[i] reads no entry x[j] outside the pattern, so y[i] is
+    constant in x[j] and d y[i] / d x[j] = 0. Autograd can still read NaN there: a zero seed
+    (or tangent) met by an infinite local derivative (sqrt at 0) gives 0·∞ = NaN, which
+    both modes carry along every path (y = x.roll(1) * sqrt(x) at x[7] = 0: NaN at
+    J[0, 7]). Such a NaN is an artefact, not a derivative; inside the pattern NaN and ±∞
+    stay what they are (both readings non-finite). An observed pattern proves nothing, so
+    nothing is changed under it."""
+    if pattern is None or str(getattr(pattern, "evidence", "")) != "proved":
+        return jacobian
+    m, n = pattern.shape
+    flat = jacobian.reshape(m, n)
+    bad = ~torch.isfinite(flat)
+    if not bool(bad.any()):
+        return jacobian
+    rows = torch.repeat_interleave(torch.arange(m), torch.diff(pattern.crow))
+    bad[rows.to(bad.device), pattern.col.to(bad.device)] = False  # inside: left as they are
+    return flat.masked_fill(bad, 0).reshape(jacobian.shape)
 
 
 def _ordinary(derivatives: torch.Tensor) -> bool:

@@ -23,12 +23,14 @@ from .rules import RULES, SHIFTS, VIEWS
 X = "x"  # the key of the relation that reaches x itself
 
 
-def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Pattern | None:
+def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,
+                   dense: bool = False) -> Pattern | None:
     """The sparsity pattern of d output / d x (flat, row-major) proved from the autograd graph,
     for every value of x (no backward pass: ``probes`` is 0), or None: a node on the way has no
     rule (a custom ``autograd.Function``, an op not covered, an attribute this PyTorch does
     not show), the index maps exceed ``budget`` bytes, or a row reads more than
-    :func:`..pattern.most_per_row` entries of x (dense: colouring would not pay)."""
+    :func:`..pattern.most_per_row` entries of x (dense: colouring would not pay; ``dense``:
+    any number, for a caller that holds the dense Jacobian already)."""
     if output.is_complex() or x.is_complex() or output.layout != torch.strided \
             or x.layout != torch.strided or capabilities.graph_shapes_limitation() is not None:
         return None
@@ -53,7 +55,7 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int) -> Patter
             crow, cols, most = _rows(relation, Meter(budget), m)
     except Unproved:
         return None
-    if most > most_per_row(n):
+    if most > most_per_row(n) and not dense:
         return None
     lattice = lattice_of(relation.out_shape, relation.shape, relation.terms) \
         if isinstance(relation, Offsets) else None  # columns flat in relation.shape's order

@@ -1,0 +1,171 @@
+"""Trust fixes, session 33 (T5): the class of each fix, beyond the example that found it.
+
+1. A non-finite entry autograd gives outside the pattern the graph PROVES is a 0·inf artefact
+   (a zero seed or tangent met by sqrt's infinite derivative at 0), not a derivative: y[i]
+   reads no x[j] there, so d y[i] / d x[j] = 0 (core/validation.outside_proved_zeroed). An
+   observed pattern proves nothing, so nothing is changed under it; inside the pattern NaN and
+   inf stay.
+
+Expected values: mathematics, by the twin reasoning of
+tests/acceptance/test_adversary_s31_dependency.py: where both modes (torch.func.jacrev,
+jacfwd) read NaN or inf, a twin of the input with its zeros made positive has the same
+dependences, and where the twin's finite Jacobian is 0 so is the derivative.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vjp_magic
+from vjp_magic.core.pairing import Evidence
+from vjp_magic.core.pattern import Pattern
+from vjp_magic.core.validation import outside_proved_zeroed
+
+ANALYSIS_PATCH = ("needs /work/briefs/s33/patches/T5-nan-artefacts.patch (analysis._nan_filled "
+                  "reads the proved pattern): differentiate's dense Jacobian keeps 0*inf NaN "
+                  "outside it")
+
+
+def _mathematics(f, x: torch.Tensor) -> torch.Tensor:
+    """The Jacobian of f at x: reverse mode's NaN filled from forward mode, and every entry
+    still non-finite where a twin (x's zeros made 0.5) has a finite 0 set to 0."""
+    reverse, forward = torch.func.jacrev(f)(x), torch.func.jacfwd(f)(x)
+    jacobian = torch.where(reverse.isnan(), forward, reverse)
+    twin = torch.where(x == 0, torch.full_like(x, 0.5), x)
+    support = torch.func.jacrev(f)(twin) != 0
+    return torch.where(jacobian.isfinite() | support, jacobian, torch.zeros((), dtype=x.dtype))
+
+
+def _zeros_every_seventh(n: int, dtype) -> torch.Tensor:
+    x = torch.rand(n, dtype=dtype, generator=torch.Generator().manual_seed(0)) + 0.25
+    x[::7] = 0
+    return x
+
+
+def _running_sum(t):
+    """y[i] = Σ_{k ≤ i} t[k-1]·sqrt(t[k]): row i reads x[:i+1] (and x[-1]); more than an
+    eighth of x per row, where the colouring's proved pattern stops (``dense=True`` reads on)."""
+    return torch.cumsum(t.roll(1) * t.sqrt(), 0)
+
+
+def _neighbours(t):
+    return t.roll(1) * t.sqrt()
+
+
+CASES = {"neighbours": _neighbours, "running sum": _running_sum}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparse_jacobian_has_no_artefact_outside_the_proved_pattern(case, dtype):
+    f = CASES[case]
+    x = _zeros_every_seventh(60, dtype)
+    expected = _mathematics(f, x)
+    assert bool(expected.isinf().any())  # the non-finite entries inside stay
+    x.requires_grad_()
+    got = vjp_magic.sparse_jacobian(f(x), x, seed=0).to_dense()
+    torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_dependency_reads_no_artefact_outside_the_proved_pattern(case, dtype):
+    f = CASES[case]
+    x = _zeros_every_seventh(60, dtype)
+    expected = _mathematics(f, x) != 0
+    x.requires_grad_()
+    d = vjp_magic.dependency(f(x), x, seed=0)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    assert torch.equal(pattern.bool(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(CASES))
+def test_differentiate_has_no_artefact_outside_the_proved_pattern(case, dtype):
+    f = CASES[case]
+    x = _zeros_every_seventh(60, dtype)
+    expected = _mathematics(f, x)
+    x.requires_grad_()
+    r = vjp_magic.differentiate(f(x), x, seed=0)
+    torch.testing.assert_close(r.jacobian("x"), expected, equal_nan=True)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected,
+                               equal_nan=True)
+    d = r.dependency("x")
+    assert torch.equal(d.pattern.bool() if d.pattern.layout == torch.strided
+                       else d.pattern.to_dense().bool(), expected != 0)
+    assert not [n for n in r.notes if "NaN" in n]  # only the infinite entries are noted
+
+
+@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
+def test_hessian_has_no_artefact_outside_the_proved_pattern():
+    x = _zeros_every_seventh(60, torch.float64)
+    s = lambda t: _running_sum(t).sum()  # noqa: E731
+    hessian = torch.func.hessian(s)
+    twin = torch.where(x == 0, torch.full_like(x, 0.5), x)
+    support = hessian(twin) != 0
+    x.requires_grad_()
+    H = vjp_magic.hessian(s(x), x).hessian("x")
+    assert torch.equal(H[~support], torch.zeros_like(H[~support]))
+    expected = hessian(x.detach())
+    finite = expected.isfinite()
+    torch.testing.assert_close(H[finite], expected[finite])
+
+
+@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
+def test_a_magic_shows_no_artefact_outside_the_proved_pattern(run_vjp):
+    """%%vjp's result and display: 0 outside the band, and only infinite entries noted."""
+    r = run_vjp("x = torch.rand(40, dtype=torch.float64) + 0.25\n"
+                "x[::7] = 0\n"
+                "x.requires_grad_()\n"
+                "y = x.roll(1) * x.sqrt()\n")
+    i = torch.arange(40)
+    band = torch.zeros(40, 40, dtype=torch.bool)
+    band[i, i] = band[i, (i - 1) % 40] = True
+    J = r.jacobian("x")
+    assert torch.equal(J[~band], torch.zeros_like(J[~band]))
+    shown = r._repr_mimebundle_()["text/plain"]
+    assert "NaN" not in shown and "inf" in shown.lower()
+
+
+# -- the rule itself, on hand-made patterns ------------------------------------------------
+
+def _pattern(evidence) -> Pattern:
+    """Row 0 reads column 0, row 1 reads columns 1 and 2 (a 2 x 3 Jacobian)."""
+    return Pattern(torch.tensor([0, 1, 3]), torch.tensor([0, 1, 2]), (2, 3), 0, evidence)
+
+
+def test_only_non_finite_entries_outside_a_proved_pattern_become_zero():
+    nan, inf = float("nan"), float("inf")
+    jacobian = torch.tensor([[nan, inf, 5.0], [nan, -inf, nan]])
+    got = outside_proved_zeroed(jacobian, _pattern(Evidence.PROVED))
+    # outside: (0, 1) inf -> 0, (0, 2) a finite 5 stays (no artefact: a rule's bug would
+    # show), (1, 0) NaN -> 0; inside: NaN at (0, 0), -inf at (1, 1), NaN at (1, 2) stay
+    expected = torch.tensor([[nan, 0.0, 5.0], [0.0, -inf, nan]])
+    torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize("pattern", [None, _pattern(Evidence.OBSERVED)])
+def test_an_observed_or_missing_pattern_changes_nothing(pattern):
+    jacobian = torch.tensor([[float("nan"), float("nan"), 1.0], [float("nan")] * 3])
+    assert outside_proved_zeroed(jacobian, pattern) is jacobian
+
+
+def test_a_custom_function_leaves_its_nan_as_both_modes_read_them():
+    """Guard: a custom autograd.Function has no index-map rule, so no pattern is proved and
+    both modes' NaN stay (said as NaN, never silently 0)."""
+    class Root(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.sqrt()
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g / (2 * t.sqrt())
+
+    x = _zeros_every_seventh(60, torch.float64).requires_grad_()
+    y = x.roll(1) * Root.apply(x)
+    got = vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()
+    assert bool(got[0, 7].isnan())  # 0·inf here too, but nothing proves y[0] skips x[7]
