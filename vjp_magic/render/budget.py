@@ -14,6 +14,7 @@ a shape alike (:class:`.matrix.Plan`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from .codelines import fit_code
@@ -122,16 +123,62 @@ def paragraph_height(spans) -> float:
     return PARAGRAPH_PX + LINE_PX * prose_lines(sum(_span_px(s) for s in spans))
 
 
+_TEX_TOKEN = re.compile(r"\\\\|\\begin\{[^}]*\}|\\end\{[^}]*\}|(?<!\\)&")
+_FRACTION = re.compile(r"\\[dt]?frac(?![a-z])")
+
+
+def tex_height(tex: str) -> float:
+    """CSS px of one line of display TeX: a row per line, each a fraction's extra height
+    taller where it holds one; an environment (a matrix, cases, aligned, array) as tall as
+    its rows, each row as tall as its tallest cell, nested environments alike."""
+    stack: list = [[[[]]]]  # open environments, each its rows of cells of pieces
+    at = 0
+    for match in _TEX_TOKEN.finditer(tex):
+        stack[-1][-1][-1].append(tex[at:match.start()])
+        at, token = match.end(), match.group()
+        if token == "\\\\":
+            stack[-1].append([[]])
+        elif token == "&":
+            stack[-1][-1].append([])
+        elif token.startswith("\\begin"):
+            stack.append([[[]]])
+        elif len(stack) > 1:  # \end{...}: the environment is a piece of the cell around it
+            inner = stack.pop()
+            stack[-1][-1][-1].append(_rows_px(inner))
+    stack[-1][-1][-1].append(tex[at:])
+    while len(stack) > 1:  # an environment left open: its rows count all the same
+        inner = stack.pop()
+        stack[-1][-1][-1].append(_rows_px(inner))
+    return _rows_px(stack[0])
+
+
+def _rows_px(rows) -> float:
+    """Rows of cells: each row as tall as its tallest cell (a trailing empty row is none)."""
+    if len(rows) > 1 and all(not "".join(p for p in cell if isinstance(p, str)).strip()
+                             and not any(isinstance(p, float) for p in cell)
+                             for cell in rows[-1]):
+        rows = rows[:-1]
+    return sum(max(_cell_px(cell) for cell in row) for row in rows)
+
+
+def _cell_px(cell) -> float:
+    text = "".join(p for p in cell if isinstance(p, str))
+    line = ROW_PX + (FRACTION_PX if _FRACTION.search(text) else 0.0)
+    return max([line, *(p for p in cell if isinstance(p, float))])
+
+
 def formula_height(formula: Formula) -> float:
     """A display formula: its margins, a row per matrix row (a header row too), a fraction's
-    extra height on a one-row line, then its caption."""
+    extra height on a one-row line, or its TeX's rows (:func:`tex_height`: a symbolic
+    matrix, cases, a sum broken over lines) where they are taller, then its caption."""
     matrix = formula.matrix
     rows = 1
     if matrix is not None and not matrix.scalar:
         rows = len(matrix.rows) + (matrix.col_labels is not None)
     px = ROW_PX * rows
-    if rows <= 2 and r"\frac" in formula.lhs.tex:
+    if rows <= 2 and _FRACTION.search(formula.lhs.tex):
         px += FRACTION_PX
+    px = max(px, tex_height(formula.lhs.tex))
     px = DISPLAY_PX + px * (LARGE_SCALE if formula.large else 1.0)
     return px + (paragraph_height(formula.caption) if formula.caption else 0.0)
 

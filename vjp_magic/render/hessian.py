@@ -14,12 +14,13 @@ import math
 
 from . import notation
 from .codegen import expression, output_symbol
-from .budget import remembered
-from .document import Entry, Formula, Math, Paragraph, Section, Text, paragraph
+from .budget import fit_of, remembered
+from .document import Code, Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .hessian_sparse import sparse_hessian_blocks
-from .matrix import Block, multi_index, summary_indices, tensor_block
+from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
-from .sections import as_computed, formula, output_note, shapes
+from .sections import (as_computed, component_indices, formula, not_shown, output_note,
+                       shapes, shown_inputs)
 from .sparse import hessian_paragraph
 
 SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
@@ -29,7 +30,10 @@ _LETTERS = "ijlmn"
 def hessian_sections(h, options) -> tuple[Section, ...]:
     """The whole display of a :class:`~vjp_magic.core.hessian.HessianResult`."""
     sections = [Section((shapes(h),))]
+    shown = shown_inputs(h, options)  # all, or the first and last where the height asks
     for name, item in h.inputs.items():
+        if name not in shown:
+            continue
         blocks: list = [headline(h, name)]
         if not (item.unused or item.constant):
             blocks.extend(hessian_formulas(h, name, options))
@@ -38,6 +42,8 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
                                      lambda n=name: hessian_paragraph(h, n)))
             blocks.extend(sparse_hessian_blocks(h, name, options))  # values, where, code
         sections.append(Section(tuple(blocks)))
+    if len(shown) < len(h.inputs):
+        sections.append(Section((not_shown(h, shown),)))
     notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
     if len(h.inputs) > 1:
         names = [notation.prose_name(n) for n in h.inputs]
@@ -208,8 +214,16 @@ def _block_lhs(h, name: str, c: int, p: int, base: int = 1) -> Math:
     return second_partial(output_symbol(h), name, index, "i", "j")
 
 
-def _per_point_matrices(h, name: str, options) -> list[Formula]:
-    """One m × m Hessian per component and point; first, ⋮, last when there are many."""
+def _more_hessians(name: str, hidden: int) -> Paragraph:
+    """⋮ for the Hessians not drawn, counted, with where they are."""
+    return Paragraph((Math(r"\vdots", "⋮"), Text(f" {hidden:,} more Hessian"
+                                                  f"{'s' if hidden > 1 else ''}, all in "),
+                      Code(f"r.derivatives[{name!r}]"), Text(".")))
+
+
+def _per_point_matrices(h, name: str, options) -> list:
+    """One m × m Hessian per component and point; first, ⋮, last when there are many (the
+    first and ⋮ only where the height budget asks, :mod:`.budget`)."""
     item = h.inputs[name]
     count = math.prod(h.component_shape(name))
     blocks = item.blocks(count)
@@ -219,10 +233,11 @@ def _per_point_matrices(h, name: str, options) -> list[Formula]:
     caption = [Text(f"{_square(m)}: a row and a column per entry of "),
                notation.prose_name(name) if not item.has_points else Text("one point"),
                Text(" (flattened row-major).") if len(pp) >= 2 else Text(".")]
-    formulas = []
-    for flat in summary_indices(total, SHOWN_BLOCKS, 1):
+    formulas: list = []
+    shown = component_indices(total, min(SHOWN_BLOCKS, fit_of(options).components))
+    for flat in shown:
         if flat is None:
-            formulas.append(Formula(Math(r"\vdots", ":")))
+            formulas.append(_more_hessians(name, total - len(shown) + 1))
             continue
         c, p = divmod(flat, item.point_count)
         matrix = blocks[c, p]

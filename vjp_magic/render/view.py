@@ -101,6 +101,7 @@ class View:
         used = [n for n, item in result.inputs.items() if not item.unused]
         if result.order == 2:
             return [f for n in used if not result.inputs[n].constant
+                    and n in shown_inputs(result, options)
                     for f in hessian_formulas(result, n, options)]
         if self.jacobian:
             return [jacobian_formula(result, n, options) for n in result.inputs]

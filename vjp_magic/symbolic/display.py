@@ -28,7 +28,6 @@ from ..render.matrix import multi_index
 from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
 from ..render.options import RenderOptions
 from ..render.plain import WRAP
-from ..render.typeset import DISPLAY_PX, FRACTION_PX, ROW_PX
 from .digits import display_dtype, spelled
 from .width import LETTER, OPERATOR, fits, width
 
@@ -341,23 +340,6 @@ def formula_blocks(left: Math, value, ts: Typesetter, named=None, holder: str = 
     return [paragraph(left, f": {why}")]
 
 
-def display_height(blocks) -> float:
-    """Estimated CSS px of the blocks: render's estimate (:func:`~.budget.block_height`), a
-    display at least a row per line of its array or matrix (a fraction's extra height on
-    each line that has one)."""
-    px = 0.0
-    for block in blocks:
-        own = 0.0
-        if isinstance(block, Formula):
-            tex = block.lhs.tex
-            if not tex.startswith(r"\begin{array}"):
-                tex = tex.split(" = ", 1)[-1]  # the value's rows (its name's are beside them)
-            rows = tex.split(r"\\")
-            own = DISPLAY_PX + sum(ROW_PX + (FRACTION_PX if r"\frac" in r else 0) for r in rows)
-        px += max(own, block_height(block))
-    return px
-
-
 def second_lhs(result, name: str, component: int | None, base: int = 1) -> Math:
     """f″(x), ∇²f(x), ∇²f_1(x) (components counted from ``base``); ∂²y/∂x² for several
     inputs."""
@@ -413,7 +395,7 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
                 blocks.append(paragraph(Math(r"\vdots", "⋮"), f" {left_out} more components "
                                         f"not shown (r.symbolic[{name!r}] holds each)"))
             blocks.append(paragraph(crosscheck_line(formula)))
-        if display_height(blocks) <= options.height * HEIGHT_SHARE:
+        if sum(map(block_height, blocks)) <= options.height * HEIGHT_SHARE:
             break
     return (Section(tuple(blocks)),)
 
