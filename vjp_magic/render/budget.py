@@ -86,6 +86,13 @@ def fitted(build, options, spent: float = 0.0) -> tuple[Section, ...]:
     return sections
 
 
+def least(build, options) -> float:
+    """The height of ``build(options)``'s sections at the level :func:`fitted` ends at: the
+    least they take (what the sections around them may take is the rest of the budget)."""
+    level = LEVELS[0] if options.full_matrix else LEVELS[-1]
+    return height(build(replace(options, fit=replace(level, plan=Plan(), memo={}))))
+
+
 def remembered(options, key, compute):
     """``compute()``, computed once while :func:`fitted` tries its levels (the options'
     memo; every time without one)."""

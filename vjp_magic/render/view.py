@@ -13,7 +13,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, notation, plain
-from .budget import fitted, spent
+from .budget import fitted, least, spent
 from .codegen import naming, reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
@@ -167,6 +167,13 @@ class View:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
         with naming(self.names):
             return reproducing_code(result, first=self.freed)
+
+
+def least_height(result, options: RenderOptions, jacobian: bool = False) -> float:
+    """The least height the derivatives of ``result`` take beneath the sections a feature
+    adds (``jacobian``: as ``%jacobian`` shows them): a feature fits its own in the rest."""
+    view = View(options, jacobian)
+    return least(lambda fit_options: view._sections(result, fit_options), options)
 
 
 def _few_pictures(result, names: list[str], draw) -> list:

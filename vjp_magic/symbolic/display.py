@@ -28,6 +28,7 @@ from ..render.matrix import multi_index
 from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
 from ..render.options import RenderOptions
 from ..render.plain import WRAP
+from ..render.view import least_height
 from .digits import display_dtype, spelled
 from .width import LETTER, OPERATOR, fits, width
 
@@ -373,12 +374,18 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
                       ) -> tuple[Section, ...]:
     """The formulas (``function`` is f at a generic point, or None) and their crosschecks, as
     wide as ``options.width`` and, where ``fit``, at the first of :data:`LEVELS` that fits
-    :data:`HEIGHT_SHARE` of ``options.height`` (``--full-matrix``: everything); entries and
-    components counted from ``options.index_base``."""
+    :data:`HEIGHT_SHARE` of ``options.height``, or what the derivatives beneath leave of it
+    (:func:`~vjp_magic.render.view.least_height`) where they need more, formulas named only
+    never for that alone (``--full-matrix``: everything); entries and components counted
+    from ``options.index_base``."""
     fit = fit and not options.full_matrix
+    share = options.height * HEIGHT_SHARE if fit else math.inf
+    room = min(share, options.height - least_height(result, options, jacobian)) if fit \
+        else share  # what the derivatives beneath leave, where they need more than the rest
     ts = Typesetter(symbol_tex, display_dtype(result), options.width, options.index_base)
     blocks: list = []
-    for apart, with_function, components in LEVELS if fit else LEVELS[:1]:
+    levels = LEVELS if fit else LEVELS[:1]
+    for k, (apart, with_function, components) in enumerate(levels):
         ts.apart = apart
         blocks = opening_blocks(list(result.inputs), function if with_function else None,
                                 formulas, ts)
@@ -395,8 +402,10 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
                 blocks.append(paragraph(Math(r"\vdots", "⋮"), f" {left_out} more components "
                                         f"not shown (r.symbolic[{name!r}] holds each)"))
             blocks.append(paragraph(crosscheck_line(formula)))
-        if sum(map(block_height, blocks)) <= options.height * HEIGHT_SHARE:
-            break
+        px = sum(map(block_height, blocks))
+        named_only = k + 1 < len(levels) and levels[k + 1][0] == 0
+        if px <= room or px <= share and named_only:  # the formulas stay where they fit
+            break  # their share: the derivatives beneath then take a little more than theirs
     return (Section(tuple(blocks)),)
 
 
