@@ -332,3 +332,60 @@ def test_overlapping_analyses_in_two_threads_leave_anomaly_mode_on(anomaly_mode)
     if fired != {"first", "second"}:
         pytest.skip("the analyses did not overlap (no hook of a live graph fired)")
     assert torch.is_anomaly_enabled()
+
+
+# -- 8. the user's profiler (cProfile: %prun, %%prun, cProfile.run) ---------------------------
+
+class _Cube(torch.autograd.Function):
+    """x³ with a right backward in torch ops: a custom Function, so the analysis's passes run
+    under core/reentrant's profile-function guard."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x**2 * g
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "with cProfile enabled (%prun / %%prun / cProfile.run), differentiate on a graph with a "
+    "custom autograd.Function leaves sys.getprofile() None: the user's profiler is switched "
+    "off for the rest of the run (core/reentrant._Guard restores the C-level profiler with "
+    "sys.setprofile(previous), and a cProfile.Profile is not a Python profile function)"))
+def test_a_custom_function_leaves_the_users_profiler_running():
+    import cProfile
+    import sys
+
+    x = torch.linspace(-1, 1, 50, requires_grad=True)
+    y = _Cube.apply(x) * x.roll(1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        r = vjp_magic.differentiate(y, x)
+        still = sys.getprofile()
+    finally:
+        profiler.disable()
+    expected = torch.autograd.functional.jacobian(lambda t: t**3 * t.roll(1), x.detach())
+    torch.testing.assert_close(r.jacobian("x"), expected)
+    assert still is profiler
+
+
+def test_a_graph_without_custom_functions_leaves_the_users_profiler_running():
+    """Held: no guard, no change."""
+    import cProfile
+    import sys
+
+    x = torch.linspace(-1, 1, 50, requires_grad=True)
+    y = x**3 * x.roll(1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        vjp_magic.differentiate(y, x)
+        still = sys.getprofile()
+    finally:
+        profiler.disable()
+    assert still is profiler
