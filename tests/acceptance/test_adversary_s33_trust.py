@@ -228,12 +228,6 @@ class _CubeDetached(torch.autograd.Function):
         return g * 3 * x.detach() ** 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hessian(Cube.apply(x).sum(), x), Cube = x³ with a backward that builds no graph "
-    "(NumPy, no_grad, x.detach()), shows every second derivative 0 ('y is linear in x near "
-    "it', or 'symmetric (proved for every x)') where d²/dx² x³ = 6x: core/hessian reads a "
-    "first derivative without a graph through a custom Function as linearity instead of "
-    "refusing as it does @once_differentiable"))
 @pytest.mark.parametrize("cube", [_CubeNumpy, _CubeNoGrad, _CubeDetached])
 @pytest.mark.parametrize("n", [3, 300])
 def test_hessian_through_a_backward_without_a_graph_is_never_zero(cube, n):

@@ -169,3 +169,79 @@ def test_a_custom_function_leaves_its_nan_as_both_modes_read_them():
     y = x.roll(1) * Root.apply(x)
     got = vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()
     assert bool(got[0, 7].isnan())  # 0·inf here too, but nothing proves y[0] skips x[7]
+
+
+# -- 2. second derivatives through a custom Function whose backward builds no graph ----------
+# (G9's test_hessian_through_a_backward_without_a_graph_is_never_zero, the class: whatever else
+# the output holds, whichever path the Hessian takes.)
+
+def _cube(how: str):
+    """x³ as a custom Function whose backward reads its saved x ``how``."""
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t**3
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            if how == "numpy":
+                return g * torch.from_numpy(3 * t.detach().numpy() ** 2)
+            if how == "detach":
+                return g * 3 * t.detach() ** 2
+            return g * 3 * t**2  # torch operations: a graph for second derivatives
+    return Cube
+
+
+@pytest.mark.parametrize("n", [5, 2048])  # the dense path, and the sparse one (SPARSE_FROM)
+@pytest.mark.parametrize("how", ["numpy", "detach"])
+@pytest.mark.parametrize("beside", ["alone", "plus x²", "times x"])
+def test_a_backward_without_a_graph_is_refused_whatever_else_the_output_holds(how, beside, n):
+    """Beside a term with a graph (x²: D requires grad) the Hessian read 2 where it is
+    2 + 6x; times x, D's graph reaches x through the incoming gradient only."""
+    x = torch.linspace(-1, 1, n, dtype=torch.float64, requires_grad=True)
+    c = _cube(how).apply(x)
+    s = {"alone": c.sum(), "plus x²": c.sum() + (x**2).sum(), "times x": (c * x).sum()}[beside]
+    with pytest.raises(vjp_magic.VJPUsageError, match="Cube.*without a graph"):
+        vjp_magic.hessian(s, x)
+
+
+def _exp_saving_its_output():
+    class Exp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            y = t.exp()
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return g * y
+    return Exp
+
+
+class _Doubled(torch.autograd.Function):
+    """2x, saving nothing: linear, its second derivatives 0 as autograd reads them."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return 2 * t
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+@pytest.mark.parametrize("case", ["cube in torch ops", "exp saving its output", "linear"])
+def test_a_backward_with_a_graph_or_nothing_saved_is_differentiated(case):
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    f, expected = {
+        "cube in torch ops": (lambda t: _cube("torch").apply(t).sum(), torch.diag(6 * x.detach())),
+        "exp saving its output": (lambda t: _exp_saving_its_output().apply(t).sum(),
+                                  torch.diag(x.detach().exp())),
+        "linear": (lambda t: (_Doubled.apply(t) * t).sum(), 4 * torch.eye(5, dtype=torch.float64)),
+    }[case]
+    H = vjp_magic.hessian(f(x), x).hessian("x")
+    torch.testing.assert_close(H, expected)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
+from torch.autograd.function import BackwardCFunction
 
 from . import analysis, axisflow, memory, probes, validation
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
@@ -29,7 +30,7 @@ from .pairing import Evidence, Pairing
 from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows
-from .tagging import walk_nodes
+from .tagging import depends_on, walk_nodes
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
                              empty_csr, sparse_hessian)
@@ -217,6 +218,8 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     d = None if item.unused else first_derivatives(output, x, pairing, budget, item.derivatives)
     if d is not None:
         refuse_once_differentiable(d, output_name, item)
+    if not item.unused:
+        refuse_graphless_backward(output, x, output_name, item)
     if d is None or not d.requires_grad:
         return _zero_sparse(base) if sparse_first else _zero(base, comp)
     try:
@@ -404,6 +407,57 @@ def refuse_once_differentiable(d: torch.Tensor, output_name: str, item) -> None:
             f"{output_name} cannot be differentiated twice: {which} has no double backward "
             "(its backward is marked @once_differentiable), so autograd cannot compute "
             "second derivatives through it.")
+
+
+def refuse_graphless_backward(output: torch.Tensor, x: torch.Tensor, output_name: str,
+                              item) -> None:
+    """A custom ``autograd.Function`` between the output and x whose backward reads what it
+    saved without a graph (through NumPy, under ``no_grad``, or ``.detach()``) has right
+    first derivatives, but autograd's second derivatives through it are 0 where they are
+    not (x³: 0 for 6x), as if it were linear: refused, naming it. Each such node's backward
+    is called once more on ones (:func:`_reads_saved`); one that saved nothing needing grad
+    (a linear map, a straight-through estimator) is taken as autograd reads it."""
+    if not item.unverified or output.grad_fn is None:
+        return
+    for node in walk_nodes([output.grad_fn]):
+        if not isinstance(node, BackwardCFunction):
+            continue
+        try:
+            saved = [t for t in node.saved_tensors if t is not None and t.requires_grad]
+        except RuntimeError:  # freed: the passes before would have said so
+            continue
+        if saved and _reaches(node, x) and _reads_saved(node, saved) is False:
+            name = type(node).__name__.removesuffix("Backward")
+            raise VJPUsageError(
+                f"{output_name} cannot be differentiated twice: the backward of {name} (a "
+                "custom autograd.Function) reads the tensors it saved without a graph "
+                "(through NumPy, under torch.no_grad() or .detach()), so autograd would give "
+                "0 for its second derivatives. Write its backward in torch operations on "
+                "ctx.saved_tensors, or mark it @once_differentiable.")
+
+
+def _reaches(node, x: torch.Tensor) -> bool:
+    """Whether x (a leaf, or the output of a node) lies below ``node`` on the graph."""
+    target = x.grad_fn
+    for below in walk_nodes([node]):
+        if below is target if target is not None else getattr(below, "variable", None) is x:
+            return True
+    return False
+
+
+def _reads_saved(node, saved: list[torch.Tensor]) -> bool | None:
+    """Whether the custom node's backward, called on ones that require grad, gives an output
+    whose graph reaches one of ``saved``; None where it cannot be called so (it raised)."""
+    grads = [torch.ones(m.shape, dtype=m.dtype, device=m.device, requires_grad=True)
+             for m in node._input_metadata]
+    try:
+        with torch.enable_grad():
+            outputs = node.apply(*grads)
+    except Exception:  # noqa: BLE001 - the user's backward, called as no pass calls it
+        return None
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return any(isinstance(o, torch.Tensor) and o.requires_grad and depends_on(o, t)
+               for o in outputs for t in saved)
 
 
 def _no_double_backward(output_name: str, error: BaseException) -> str:
