@@ -28,8 +28,11 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
         spans.append(Text(f"inconclusive: {left:,} {'entry was' if left == 1 else 'entries were'}"
                           " not checked; the cell's operations replayed in float64 agree "
                           "with central finite differences at the others"))
-    elif report.ok is None and getattr(report, "stopped", None) is not None:
-        spans.append(Text(f"inconclusive: sampling stopped after {report.stopped:g} s, the "
+    elif report.ok is None and (getattr(report, "stopped", None) is not None
+                                or getattr(report, "passes", None) is not None):
+        after = f"{report.stopped:g} s" if report.stopped is not None else \
+            f"{report.passes:,} checks"
+        spans.append(Text(f"inconclusive: sampling stopped after {after}, the "
                           "other entries not checked; the cell's operations replayed in "
                           "float64 agree with central finite differences at those checked"))
     elif report.ok is None:  # only the cell dtype's derivatives in doubt (the note: why)

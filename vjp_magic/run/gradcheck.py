@@ -66,6 +66,10 @@ COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no 
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
+# A count budget instead (``gradcheck(passes=...)``, or this default where it is not None):
+# at most this many checks (sampled entries, group directions, entries of groups in doubt),
+# the same at any machine load. None: the time budget (the user's). Tests set it.
+PASSES: int | None = None
 KINKED = frozenset((
     "relu", "relu6", "clamp", "clip", "clamp_min", "clamp_max", "abs", "hardtanh",
     "leaky_relu", "maximum", "minimum", "max", "min", "amax", "amin", "threshold",
@@ -97,7 +101,8 @@ class GradcheckReport:
     ``cell_failed``: the inputs where they disagree); ``unchecked[name]`` how many entries were
     left unchecked (groups in doubt past :data:`MAX_SINGLES`): the check is then never passed
     (ok None, failed if one failed); ``stopped``: the seconds after which sampling ran out of
-    time, the rest unchecked (never passed either)."""
+    time, the rest unchecked (never passed either); ``passes``: likewise, the count budget that
+    ran out (``gradcheck(passes=...)``)."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -117,22 +122,52 @@ class GradcheckReport:
     cell_failed: tuple = ()
     unchecked: dict = field(default_factory=dict)
     stopped: float | None = None
+    passes: int | None = None
+
+
+@dataclass
+class Budget:
+    """When sampling stops: after ``passes`` checks where that is set (counted: the same at
+    any load), else at ``seconds`` of wall clock; the first entry of each input is always
+    checked. ``ran_out``: a check was left for want of budget."""
+
+    seconds: float = MAX_SECONDS
+    passes: int | None = None
+    used: int = 0
+    ran_out: bool = False
+    deadline: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = time.perf_counter() + self.seconds
+
+    def allows(self, free: bool = False) -> bool:
+        """Whether one more check may run (``free``: it runs whatever is left), counted."""
+        spent = self.used >= self.passes if self.passes is not None else \
+            time.perf_counter() > self.deadline
+        if spent and not free:
+            self.ran_out = True
+            return False
+        self.used += 1
+        return True
 
 
 def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SECONDS,
-              seed: int | None = None) -> GradcheckReport:
+              seed: int | None = None, passes: int | None = None) -> GradcheckReport:
     """Check the derivatives of ``output`` with respect to ``inputs`` (name -> tensor; only
     ``names`` if given) on the float64 replay of ``record``; sampling stops after about
-    ``seconds`` (the entries checked by then are reported). v and the sampled entries are
-    drawn from ``seed`` (the run's; :data:`SEED` if None), never from torch's global
-    generators, whose state (CPU, and CUDA's where the inputs are there) is left as it was."""
+    ``seconds``, or, where ``passes`` (else :data:`PASSES`) is set, after that many checks
+    instead (:class:`Budget`; the entries checked by then are reported). v and the sampled
+    entries are drawn from ``seed`` (the run's; :data:`SEED` if None), never from torch's
+    global generators, whose state (CPU, and CUDA's where the inputs are there) is left as
+    it was."""
     devices = sorted({t.device.index or 0 for t in inputs.values()
                       if isinstance(t, torch.Tensor) and t.is_cuda})
     names = list(inputs) if names is None else list(names)
     first = aliases(inputs)  # one tensor named twice is checked once, reported under both
     with torch.random.fork_rng(devices=devices):
         report = _gradcheck(record, distinct(inputs), output,
-                            list(dict.fromkeys(first.get(n, n) for n in names)), seconds,
+                            list(dict.fromkeys(first.get(n, n) for n in names)),
+                            Budget(seconds, PASSES if passes is None else passes),
                             SEED if seed is None else seed)
     return _named(report, first, names) if len(set(first.values())) < len(first) else report
 
@@ -151,7 +186,7 @@ def _named(report: GradcheckReport, first: dict, names: list) -> GradcheckReport
     return replace(report, **keyed, **listed)
 
 
-def _gradcheck(record, inputs: dict, output, names, seconds: float,
+def _gradcheck(record, inputs: dict, output, names, budget: Budget,
                seed: int) -> GradcheckReport:
     names = list(inputs) if names is None else list(names)
     try:
@@ -164,7 +199,6 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
                                               f"({type(error).__name__}: {error}).")
     values = {n: t.detach().to(torch.float64) if t.is_floating_point() else t.detach()
               for n, t in inputs.items()}
-    deadline = time.perf_counter() + seconds
     try:
         analytic = _analytic(replay, values, names, seed, _cell_dtype(output))
         if analytic.note:
@@ -173,20 +207,19 @@ def _gradcheck(record, inputs: dict, output, names, seconds: float,
             probe = (analytic.numeric_v, replay.run(values),
                      HiddenNoise(replay, values, analytic.numeric_v, STEP))
         atol = _atol(analytic.grads.values())
-        found = {name: _compare(replay, values, name, analytic.grads[name], probe, deadline,
+        found = {name: _compare(replay, values, name, analytic.grads[name], probe, budget,
                                 seed, atol) for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
     cell = _cell_derivatives(record, inputs, output, names, analytic, replay, probe[1])
-    return _report(replay, found, analytic,
-                   seconds if time.perf_counter() >= deadline else None, cell)
+    return _report(replay, found, analytic, budget, cell)
 
 
-def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
+def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
             cell: _Cell) -> GradcheckReport:
     """The verdict from each input's comparison, the scaling check and the cell dtype's
-    derivatives (``stopped``: sampling ran out of time)."""
+    derivatives (sampling stopped where the ``budget`` ran out)."""
     failed = {name: tuple(f.failed) for name, f in found.items() if not f.agree}
     inconclusive = {name: tuple(f.inconclusive) for name, f in found.items() if f.inconclusive}
     noisy = {name: tuple(f.noisy) for name, f in found.items() if f.noisy}
@@ -199,13 +232,17 @@ def _report(replay, found: dict, analytic: _Analytic, stopped: float | None,
               "them, try a smaller input, the cell in float64, or values nearer 0 (a large "
               "offset such as + 1e5 drowns the step in rounding)." for name, count in
               unchecked.items()]
-    if stopped is not None:
-        notes.append(f"Sampling stopped after {stopped:g} s; "
+    stopped = passes = None
+    if budget.ran_out:
+        stopped, passes = (budget.seconds, None) if budget.passes is None else \
+            (None, budget.passes)
+        after = f"{stopped:g} s" if passes is None else f"{passes:,} checks"
+        notes.append(f"Sampling stopped after {after}; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
         ok=False if bad else (None if inconclusive or noisy or cell.doubtful or unchecked
-                              or stopped is not None else True), unchecked=unchecked,
-        stopped=stopped,
+                              or budget.ran_out else True), unchecked=unchecked,
+        stopped=stopped, passes=passes,
         covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
         cell_error=cell.error, cell_failed=cell.failed,
         max_error={n: f.worst for n, f in found.items()}, custom=analytic.custom,
@@ -609,10 +646,10 @@ class _Input:
 
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
-             deadline: float, seed: int, atol: float = ATOL) -> _Found:
-    """One input's entries compared; at least one entry is checked, more until
-    ``deadline``. Where entries are sampled, the others are checked in groups after them
-    (:func:`_groups`), until one fails or the time is up."""
+             budget: Budget, seed: int, atol: float = ATOL) -> _Found:
+    """One input's entries compared; at least one entry is checked, more while the
+    ``budget`` lasts. Where entries are sampled, the others are checked in groups after them
+    (:func:`_groups`), until one fails or the budget is spent."""
     count = values[name].numel()
     if count <= MAX_ENTRIES:
         order = list(range(count))
@@ -623,16 +660,16 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
     checks = _Input(replay, values, name, analytic, probe, atol,
                     _Noise(probe[0], probe[1], analytic, values[name]))
     for k in order[:MAX_ENTRIES]:
-        if found.checked and time.perf_counter() > deadline:
+        if not budget.allows(free=not found.checked):
             break
         checks.entry(found, k)
         found.checked += 1
     if found.agree and len(order) > MAX_ENTRIES:
-        _groups(checks, found, order[MAX_ENTRIES:], deadline, seed)
+        _groups(checks, found, order[MAX_ENTRIES:], budget, seed)
     return found
 
 
-def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: int) -> None:
+def _groups(checks: _Input, found: _Found, rest: list, budget: Budget, seed: int) -> None:
     """The entries outside the sample, in groups of :data:`GROUP` or more (at most
     :data:`MAX_GROUPS` groups), each along one direction of random signs on its entries,
     held to the measured error of its finite differences (:meth:`_Input.group_agrees`), not
@@ -641,14 +678,14 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
     singly, and they give the verdict, by entry (a right backward is never failed for a
     group); after :data:`MAX_SINGLES` such entries the rest is left (``unchecked``: the
     values are noisy there; the check is then not passed). The groups stop at the first
-    failure or at ``deadline``."""
+    failure or where the ``budget`` is spent."""
     size = max(GROUP, -(-len(rest) // MAX_GROUPS))
     generator = probe_generator(seed, "gradcheck-direction")
     signs = torch.randint(0, 2, (checks.analytic.numel(),), generator=generator)
     signs = signs.to(torch.float64).mul_(2).sub_(1).to(checks.analytic.device)
     flat = checks.analytic.reshape(-1)
     for start in range(0, len(rest), size):
-        if time.perf_counter() > deadline or not found.agree:
+        if not found.agree or not budget.allows():
             return
         group = torch.tensor(rest[start:start + size], device=flat.device)
         u = torch.zeros_like(flat)
@@ -663,7 +700,7 @@ def _groups(checks: _Input, found: _Found, rest: list, deadline: float, seed: in
             found.unchecked = len(rest) - found.covered
             return
         for k in group.tolist():  # in doubt: the entries themselves tell
-            if time.perf_counter() <= deadline:
+            if budget.allows():
                 checks.entry(found, k)
                 found.singles, found.covered = found.singles + 1, found.covered + 1
 
