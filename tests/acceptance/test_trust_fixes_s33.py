@@ -13,6 +13,8 @@ dependences, and where the twin's finite Jacobian is 0 so is the derivative.
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -245,3 +247,31 @@ def test_a_backward_with_a_graph_or_nothing_saved_is_differentiated(case):
     }[case]
     H = vjp_magic.hessian(f(x), x).hessian("x")
     torch.testing.assert_close(H, expected)
+
+
+# -- 3. grading one full Jacobian per input, the inputs of one shape -------------------------
+# (G9's test_a_full_jacobian_per_input_of_one_shape_is_correct, the class: any count of
+# inputs, any rank; a stacked answer that fits one input's form still reads as stacked.)
+
+GRADING_PATCH = ("needs /work/briefs/s33/patches/T5-grading.patch (teach/grading._per_input): "
+                 "a list of one full Jacobian per input of one shape is stacked and graded "
+                 "'wrong shape'")
+
+
+@pytest.mark.xfail(strict=True, reason=GRADING_PATCH)
+@pytest.mark.parametrize("shape", [(3,), (2, 2)])
+def test_one_full_jacobian_per_input_of_three_inputs_of_one_shape(shape):
+    a, b, c = (torch.arange(1., 5.)[:math.prod(shape)].reshape(shape).double() + k
+               for k in (0, 10, 20))
+    for t in (a, b, c):
+        t.requires_grad_()
+    y = a * b * c
+    eye = torch.eye(math.prod(shape), dtype=torch.float64).reshape(shape + shape)
+    jacobian = {n: eye * (p * q).detach().reshape(shape + (1,) * len(shape))
+                for n, p, q in (("a", b, c), ("b", a, c), ("c", a, b))}
+    verdict = vjp_magic.check([jacobian["a"], jacobian["b"], jacobian["c"]], y,
+                              {"a": a, "b": b, "c": c})
+    assert verdict.correct, verdict.headline
+    swapped = vjp_magic.check([jacobian["b"], jacobian["a"], jacobian["c"]], y,
+                              {"a": a, "b": b, "c": c})
+    assert not swapped.correct
