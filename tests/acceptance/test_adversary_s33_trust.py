@@ -459,3 +459,17 @@ def test_a_points_own_second_derivative_never_reads_near_zero():
     h = vjp_magic.hessian(x**3, x)
     torch.testing.assert_close(h.derivatives["x"], torch.tensor([6e7, 6., 18.]))
     assert not _near_zero_shown(h)
+
+
+# -- 11. 0·inf artefacts across the components at one point ------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "differentiate(stack([1/x, 5*x]), x) at x = [0, 1, 2] gives f_2'(0) = NaN where d(5x)/dx "
+    "= 5: the one backward per component sends v = 0 into 1/x's branch, whose -inf "
+    "derivative at 0 makes 0*(-inf) = NaN in the other component's row (the s32 class of "
+    "0*inf artefacts, here across components at one point, not outside a band)"))
+def test_a_components_derivative_is_not_nan_where_another_component_is_infinite():
+    x = torch.tensor([0., 1., 2.], dtype=torch.float64, requires_grad=True)
+    r = vjp_magic.differentiate(torch.stack([1 / x, 5 * x]), x)
+    expected = torch.tensor([[-float("inf"), -1., -0.25], [5., 5., 5.]], dtype=torch.float64)
+    torch.testing.assert_close(r.derivatives["x"], expected)
