@@ -243,12 +243,11 @@ def test_nan_artefacts_are_no_dependence_outside_the_graphs_band():
     assert d.witness is None or band[d.witness]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian / differentiate(x.roll(1) * sqrt(x), x) at x with zeros give NaN at "
-    "1,806 entries such as J[0, 7] ('not differentiable there'), where y[0] = x[299] * "
-    "sqrt(x[0]) does not involve x[7] (d y[0] / d x[7] = 0): 0*inf artefacts of both modes "
-    "outside the band the graph proves (core/sparse_exact.py fills the exact Jacobian's NaN "
-    "from forward mode, NaN there too)"))
+# Were strict xfails (s32 G6), fixed by the rule that a non-finite entry outside the pattern
+# the graph proves is a 0·inf artefact, 0 (core/validation.outside_proved_zeroed, read by
+# sparse_exact.exact_csr and analysis._nan_filled): sparse_jacobian and differentiate gave NaN
+# at 1,806 entries such as J[0, 7], r.dependency read them as dependences (witness
+# y[0] <- x[7]), and the Hessian had 7,267 NaN such as H[0, 7].
 def test_nan_artefacts_outside_the_graphs_band_are_zero_in_the_jacobian():
     x, y, band = _sqrt_neighbours()
     for J in (vjp_magic.sparse_jacobian(y, x),
@@ -259,21 +258,12 @@ def test_nan_artefacts_outside_the_graphs_band_are_zero_in_the_jacobian():
         torch.testing.assert_close(J.diagonal(), inside)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "r.dependency of differentiate(x.roll(1) * sqrt(x), x) at x with zeros reads the "
-    "result's NaN entries (the Jacobian's 0*inf artefacts outside the band) as dependences: "
-    "'sparse', witness y[0] <- x[7], where vjp_magic.dependency on the same graph is fixed "
-    "(1a04d43)"))
 def test_a_results_dependency_has_no_nan_artefacts_outside_the_band():
     x, y, band = _sqrt_neighbours()
     d = vjp_magic.differentiate(y, x).dependency("x", 0, 0)
     assert not (_dense(d.pattern) & ~band).any()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vjp_magic.hessian(sum(x.roll(1) * sqrt(x)), x) at x with zeros has 7,267 NaN entries "
-    "such as H[0, 7], where d²s / dx[0] dx[7] = 0 (no term reads both): 0*inf artefacts "
-    "outside the pattern the first-order graph proves (each term reads x[i-1] and x[i])"))
 def test_nan_artefacts_outside_the_proved_pattern_are_zero_in_the_hessian():
     x, y, band = _sqrt_neighbours()
     H = vjp_magic.hessian(y.sum(), x).hessian("x", layout=torch.sparse_csr).to_dense()

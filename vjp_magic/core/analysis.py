@@ -17,6 +17,7 @@ from . import given as given_jacobians
 from .candidates import Candidate, candidates
 from .sparse_choice import SparseChoice
 from .derivatives import forward_jacobian, pass_key, remember_seconds
+from .indexmaps import proved_pattern
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
 from .result import InputResult, VJPResult
@@ -128,13 +129,16 @@ def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
     """A full Jacobian (no points) with its NaN entries filled from the other mode where it has
     a number. Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative
     (every other row of sqrt at 0); forward mode carries another seed through other nodes,
-    so between them an entry is NaN only where both are."""
+    so between them an entry is NaN only where both are; outside the pattern the graph
+    proves, both are 0·∞ artefacts and the entry is 0 (:func:`.validation.nan_filled`)."""
     if derivatives.layout != torch.strided or any(tensor.shape[b] > 1 for b in pairing.in_axes) \
             or not (bool(derivatives.sum().isnan()) and bool(derivatives.isnan().any())):
         return derivatives  # (a NaN entry makes the sum NaN: a cheap first look)
     output = context.output
     return validation.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
-                                           lambda: context.vjps([tensor], (), batched=False)[0][0]))
+                                           lambda: context.vjps([tensor], (), batched=False)[0][0]),
+                                 proved=lambda: proved_pattern(output, tensor, context.budget,
+                                                              dense=True))
 
 
 def _annotate(result, ordinary: set) -> None:
