@@ -38,6 +38,10 @@ from .run.choose import Given, Subject, dense_inputs
 from .run.hookfree import AnalysedGraph, analysed_graph
 
 PER_SAMPLE_FROM = 32  # samples from which per-sample gradients are vectorised over the replay
+# Per-sample gradients of every input accepted by the probe rule: the result built from them
+# directly (run.persample.accepted_result), not by the general analysis, which would decide
+# nothing more. False: always the analysis (the tests compare the two).
+PER_SAMPLE_DIRECT = True
 
 # What a request may add to the derivatives, in the order of their sections.
 FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, code, symbolic,
@@ -45,6 +49,7 @@ FEATURES: tuple[Feature, ...] = (grading, gradcheck, coaching, cuts, explain, co
 FLAGS = declared_flags(FEATURES)  # the flags the magics hand over in Request.flags
 ORDERS = (1, 2)  # of the derivatives: first (analysis.differentiate), second (core.hessian)
 ENTRIES = {1: "differentiate", 2: "hessian"}  # the Python entry point of each order
+_ANALYSIS = analysis.differentiate  # the numeric core of order 1 as imported (not patched)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,9 @@ def pipeline(subject: Subject, request: Request,
     capture = _per_sample_capture(subject, inputs, output, request, features)
     graph = analysed_graph(subject.record, inputs, output, subject.namespace, capture)  # hook-free
     given = _per_sample(subject, inputs, output, request, features, graph)
-    result = graph.restore(_derivatives(graph, output_name, request, given), output, inputs)
+    found = _accepted(graph, output_name, request, given)  # None: the analysis decides
+    result = graph.restore(found if found is not None else
+                           _derivatives(graph, output_name, request, given), output, inputs)
     added = gather(features, result, request, subject)
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
@@ -368,6 +375,20 @@ def _derivatives(graph: AnalysedGraph, output_name: str, request: Request,
         if usage is None:
             raise
         raise usage from None
+
+
+def _accepted(graph: AnalysedGraph, output_name: str, request: Request,
+              given) -> DerivativeResult | None:
+    """The result of per-sample gradients that all pass the probe rule, built directly where
+    the request asks nothing the analysis would decide (:func:`.run.persample.
+    accepted_result`); else None. A patched numeric core is the core (as in
+    :func:`_derivatives`): whoever wraps ``analysis.differentiate`` sees every request."""
+    if given is None or not PER_SAMPLE_DIRECT or request.order != 1 or request.full \
+            or set(request.analysis) - {"seed"} or analysis.differentiate is not _ANALYSIS:
+        return None
+    from .run.persample import accepted_result
+
+    return accepted_result(graph, given, output_name, request.memory_budget)
 
 
 def _per_sample(subject: Subject, inputs: dict, output, request: Request,

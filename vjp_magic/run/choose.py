@@ -254,8 +254,9 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     inputs: dict = {}
     for name in names:
         add_named(inputs, _expand(scope, name, lookup(scope, name, role)))  # none dropped
+    held: list = []  # the namespace's tensors by id, read once for all the inputs
     for name, value in inputs.items():
-        if _made_off_graph(scope, name, value, output):
+        if _made_off_graph(scope, name, value, output, held):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name, role))
     return inputs
 
@@ -481,16 +482,22 @@ def _no_grad_hint(run: CellRun, message: str) -> str | None:
     return no_grad_message(f"{advice[0].lower()}{advice[1:].rstrip('.')}.") if advice else None
 
 
-def _made_off_graph(scope, source: str, value, output) -> bool:
+def _made_off_graph(scope, source: str, value, output, held: list | None = None) -> bool:
     """An input expression (not a plain name) whose value is a new tensor that ``output``'s
     graph does not reach: differentiating with respect to it would give false zeros. A new
     tensor: one with a graph (``x.T``, ``x**2``), or a leaf no name nor module of the
-    namespace holds (``x.detach()``, ``x.detach().requires_grad_()``, ``x.data``)."""
+    namespace holds (``x.detach()``, ``x.detach().requires_grad_()``, ``x.data``).
+    ``held``: a list that keeps the namespace's tensors by id once read (one read for all
+    the inputs a caller checks, as ``--wrt model``'s parameters)."""
     if source.isidentifier() or not isinstance(value, torch.Tensor) \
             or not (isinstance(output, torch.Tensor) and output.requires_grad):
         return False
-    if value.grad_fn is None and id(value) in _namespace_parameter_names(scope):
-        return False  # a tensor the notebook holds (mlp[0].weight): its zeros are true
+    if value.grad_fn is None:
+        if not held:
+            held = held if held is not None else []
+            held.append(_namespace_parameter_names(scope))
+        if id(value) in held[0]:
+            return False  # a tensor the notebook holds (mlp[0].weight): its zeros are true
     return not depends_on(output, value)
 
 

@@ -16,9 +16,13 @@ import math
 
 import torch
 
-from ..core import memory, validation
+from ..core import axisflow, memory, validation
+from ..core import given as given_jacobians
+from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import GivenJacobian
-from ..core.probes import new_seed, probe_vector
+from ..core.pairing import Evidence, Pairing
+from ..core.probes import Probes, new_seed, probe_vector
+from ..core.result import InputResult, VJPResult
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rules_interpreter)
 from .record import tensors_in
@@ -149,6 +153,47 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     return given
 
 
+def accepted_result(graph, given, output_name: str,
+                    memory_budget: float | None = None) -> VJPResult | None:
+    """The result of the per-sample gradients ``given`` (:func:`per_sample_given` on the
+    analysed ``graph``) where the probe rule accepts every input's, as the general analysis
+    (:func:`vjp_magic.core.analysis.differentiate`) would build it from them: the same
+    check (:func:`vjp_magic.core.given.agreed`, with the probes of the same seed), the same
+    fields. Nothing is left for the analysis to decide there (a full Jacobian needs no
+    pairing; no pass runs, so no ``retain_grad`` tensor needs keeping). None wherever it
+    would decide something: a graph that is not the hook-free replay, an input without a
+    Jacobian checked per sample, a Jacobian not accepted, not finite or all 0 (notes, NaN
+    filling), a custom Function on the way; the caller then runs the analysis."""
+    if not isinstance(given, PerSampleGiven) or given.seed is None \
+            or not getattr(graph, "replayed", False):
+        return None
+    output, named = graph.output, graph.inputs
+    if set(given) != set(named) or not all(
+            isinstance(g, GivenJacobian) and g.samples_separated and g.probe_vjp is not None
+            and g.probe_vjp[0] == given.seed
+            and tuple(g.jacobian.shape) == tuple(output.shape) + tuple(named[n].shape)
+            for n, g in given.items()):
+        return None
+    output = validation.check_output(output, output_name)
+    named = validation.checked_inputs(named, None)
+    validation.refuse_empty(output, named, output_name)
+    budget = memory.resolve_budget(memory_budget, output.device)
+    probes = Probes(output, named, given.seed)
+    jacobians, magnitudes, separated = given_jacobians.split(given)
+    if given_jacobians.agreed(probes, jacobians, magnitudes, separated) != set(named) \
+            or not probes.ordinary >= set(named) or probes.nonfinite:
+        return None
+    proofs = axisflow.reach_proofs(output, named)
+    if not all(p.depends and not p.custom and p.limitation is None for p in proofs.values()):
+        return None
+    remember_seconds(pass_key(output, named.values(), 0), probes.seconds)
+    inputs = {name: InputResult(name=name, tensor=tensor, pairing=Pairing(),
+                                derivatives=jacobians[name], evidence=Evidence.PROVED)
+              for name, tensor in named.items()}
+    return VJPResult(output=output, output_name=output_name, inputs=inputs, full=False,
+                     memory_budget=budget, seed=probes.seed)
+
+
 def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
               rules: bool = True) -> dict | None:
     """By the per-layer rules (one batched replay, two backward passes) where every input
@@ -268,5 +313,5 @@ def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
     return grads, values.reshape((-1,) + rest)
 
 
-__all__ = ["PerSampleGiven", "batch_of_one", "per_sample_constants", "per_sample_given",
-           "per_sample_jacobians", "rules_capture"]
+__all__ = ["PerSampleGiven", "accepted_result", "batch_of_one", "per_sample_constants",
+           "per_sample_given", "per_sample_jacobians", "rules_capture"]
