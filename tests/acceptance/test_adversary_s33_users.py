@@ -391,3 +391,39 @@ def test_the_code_for_a_modules_parameters_fits_the_output_area(ip, run_ok, run_
         torch.testing.assert_close(p.grad, g)
     widest = max(code.splitlines(), key=len)
     assert len(widest) <= OUTPUT_WIDTH, widest
+
+
+# -- a batch of 1 ------------------------------------------------------------------------------
+ONE = """import torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+xb = torch.randn(1, 3)"""
+
+
+@pytest.mark.xfail(strict=True, reason="a one-entry output and several parameters: the display "
+                   "shows one code block per parameter, each calling losses.backward() without "
+                   "retain_graph, so the second block pasted after the first raises 'Trying to "
+                   "backward through the graph a second time'")
+def test_each_code_block_of_a_batch_of_one_runs_after_the_other(ip, run_ok, run_vjp):
+    run_ok(ONE)
+    r = run_vjp("losses = model(xb).squeeze(1)**2", "--wrt model")
+    blocks = shown_code(r)
+    assert blocks
+    for code in blocks:  # pasted one after another, as the display shows them
+        result = ip.run_cell(code)
+        assert result.success, (code, result.error_in_exec)
+
+
+@pytest.mark.xfail(strict=True, reason="a batch of 1: the batch axis of losses (size 1) is paired "
+                   "as a points axis with a parameter's size-1 axis (out_features = 1), so "
+                   "r.derivatives['model.2.weight'] is (1, 4) and model.2.bias (1,), where "
+                   "every other parameter (and any batch > 1) gets (B,) + p.shape")
+def test_a_batch_of_one_keeps_the_per_sample_shapes(ip, run_ok, run_vjp):
+    run_ok(ONE)
+    r = run_vjp("losses = model(xb).squeeze(1)**2", "--wrt model")
+    model = ip.user_ns["model"]
+    for name, p in model.named_parameters():
+        got = r.derivatives[f"model.{name}"]
+        (expected,) = torch.autograd.grad((model(ip.user_ns["xb"]).squeeze(1) ** 2).sum(), p)
+        torch.testing.assert_close(got.reshape(-1), expected.reshape(-1))
+        assert got.shape == (1, *p.shape), (name, tuple(got.shape))
