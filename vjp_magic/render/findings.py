@@ -97,6 +97,12 @@ def _axis_word(shape, axis: int, plural_: bool = True) -> str:
     return f"entries along axis {axis}" if plural_ else f"index along axis {axis}"
 
 
+def _at_index(shape, axis: int, index: int) -> str:
+    """``row 1``, ``column 1``, ``entry 1`` or ``index 1 along axis 2``."""
+    word = _axis_word(shape, axis, False)
+    return f"{word} {index}" if len(shape) <= 2 else f"index {index} along axis {axis}"
+
+
 def _the_axis(shape, axis: int) -> str:
     """``the rows``, ``the entries`` or ``axis 2`` (of a tensor of three or more axes)."""
     return f"axis {axis}" if len(shape) > 2 else f"the {_axis_word(shape, axis)}"
@@ -233,8 +239,8 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     leaks = few_leaks(dep)
     if leaks is not None:  # which: "only y[1] reads another row of x: y[1] ← x[0] (…)"
         i, j = leaks[0], dep.reads(leaks[0])[0]
-    note = [Text(f" ({_axis_word(out_shape, dep.out_axis, False)} {i} of "), yn,
-            Text(f" reads {_axis_word(in_shape, dep.in_axis, False)} {j} of "), xn,
+    note = [Text(f" ({_at_index(out_shape, dep.out_axis, i)} of "), yn,
+            Text(f" reads {_at_index(in_shape, dep.in_axis, j)} of "), xn,
             *([] if leaks is not None else _kind_spans(dep, y, name)), Text(")")]
     witness = [*_witness(dep, y, name), *note] if leaks is None else \
         _leak_spans(dep, y, name, leaks, in_shape, note)
@@ -431,11 +437,12 @@ def _feature_label(result, name: str, base: int = 1):
     entry = tuple(n for b, n in enumerate(item.tensor.shape) if b not in paired)
     x_tex, entries = notation.name_tex(name), math.prod(entry)
     x_tex = x_tex if len(x_tex) == 1 else "{" + x_tex + "}"
+    f = notation.letters()[0]
 
     def label(flat: int) -> Entry:
         c, e = multi_index(flat, (math.prod(comp), entries))
         sub = notation.counted(multi_index(c, comp), base)
-        f_tex, f_plain = (f"f_{{{sub}}}", f"f_{sub}") if comp else ("f", "f")
+        f_tex, f_plain = (f"{f}_{{{sub}}}", f"{f}_{sub}") if comp else (f, f)
         if entries == 1:
             return Entry(f"{f_tex}'", f"{f_plain}'")
         at = notation.counted(multi_index(e, entry), base)

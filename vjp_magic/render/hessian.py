@@ -94,7 +94,8 @@ def headline(h, name: str) -> Paragraph:
     m = math.prod(item.per_point_shape)
     points = plural(item.point_count, "point")
     if m == 1 and item.has_points:
-        f = [_m("f''", "f″")] if count == 1 else [_m("f_k''", "f_k″"), Text(
+        g = notation.letters()[0]
+        f = [_m(f"{g}''", f"{g}″")] if count == 1 else [_m(f"{g}_k''", f"{g}_k″"), Text(
             f" for each of the {count:,} components")]
         spans = f + [Text(f" at each of the {points} of "), x]
     elif m == 1:
@@ -180,9 +181,11 @@ def _scalar_per_point(h, name: str, options) -> Formula:
                              x_index, None) if item.has_points else _straight(h, name)
         return formula(lhs, block, options, d.dtype, d.shape)
 
+    f = notation.letters()[0]
+
     def label(k: int) -> Entry:
         sub = notation.counted(multi_index(k, comp), options.index_base)
-        return Entry(f"f_{{{sub}}}''", f"f_{sub}″")
+        return Entry(f"{f}_{{{sub}}}''", f"{f}_{sub}″")
 
     block = tensor_block(d.reshape(count, -1), row_label=label)
     index = _index(h, name, None, letters)
@@ -206,8 +209,9 @@ def _block_lhs(h, name: str, c: int, p: int, base: int = 1) -> Math:
     count = math.prod(comp)
     if item.has_points:
         sub = notation.counted(multi_index(c, comp), base)
-        f_tex, f_plain = (r"\nabla^2 f", "∇²f") if count == 1 else \
-            (rf"\nabla^2 f_{{{sub}}}", f"∇²f_{sub}")
+        f = notation.letters()[0]
+        f_tex, f_plain = (rf"\nabla^2 {f}", f"∇²{f}") if count == 1 else \
+            (rf"\nabla^2 {f}_{{{sub}}}", f"∇²{f}_{sub}")
         at = notation.point(name, str(p + base))
         return Math(rf"{f_tex}\big({at.tex}\big)", f"{f_plain}({at.plain})")
     index = notation.counted(multi_index(c, comp), base) if count > 1 else ""

@@ -83,7 +83,8 @@ def _factor(result, name: str, out: list[str], inn: list[str], pairs) -> tuple[s
     x_tex, x_plain = _base(name)
     if _uses_f(result, name):
         point = ",".join(out[a] for a, _ in _point_pairs(result, name))
-        return f"f'({x_tex}^{{({point})}})", f"f'({x_plain}^({point}))"
+        f = notation.letters()[0]
+        return f"{f}'({x_tex}^{{({point})}})", f"{f}'({x_plain}^({point}))"
     points = {a for a, _ in result.inputs[name].pairing}
     comp = "".join(letter for a, letter in enumerate(out) if a not in points)
     sub_tex = f"{comp},\\,{at}" if comp else at
@@ -119,8 +120,9 @@ def _caption(result, name: str, out: list[str], inn: list[str], pairs) -> tuple[
     spans.append(Text(", else 0"))  # proved for every x: the headline above says so
     item = result.inputs[name]
     if _uses_f(result, name):
-        return tuple(spans + [Text("; "), Math("f'", "f'"), Text(" is the derivative at each "
-                                                                 "point.")])
+        f = notation.letters()[0]
+        return tuple(spans + [Text("; "), Math(f"{f}'", f"{f}'"),
+                              Text(" is the derivative at each point.")])
     x_tex, x_plain = _base(name)
     dims = notation.dims(tuple(item.derivatives.shape))
     return tuple(spans + [Text("; "), Math(f"D_{{{x_tex}}}", f"D_{x_plain}"),

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from ..core.validation import parameter_expression
-from .codegen import expression, output_symbol
+from .codegen import CELL_NAMES, expression, output_symbol
 from .document import Code, Entry, Math, Text
 from .latex import greek_macro
 from .matrix import multi_index as unravel
@@ -142,16 +142,30 @@ def entry_label(identifier: str, shape: Sequence[int]) -> Callable[[int], Entry]
     return label
 
 
+_LETTERS = "fghpqruw"  # the generic function's letter: the tutorial's f, else the first free
+
+
+def letters() -> tuple[str, str]:
+    """The letters of the function at one point and of the map at many (the tutorial's f
+    and F): the first pair of which the cell binds neither (with ``f = torch.sin(x)`` bound,
+    f' would read as the derivative of that tensor), f and F where it binds them all."""
+    taken = CELL_NAMES.get()
+    return next(((c, c.upper()) for c in _LETTERS if c not in taken and c.upper() not in taken),
+                ("f", "F"))
+
+
 def component_label(shape: Sequence[int], gradient: bool,
                     base: int = 1) -> Callable[[int], Entry]:
     """Rows of a derivative matrix, one per component, counted from ``base``: ``f_1'`` or
     ``\\nabla f_{1,2}``."""
 
+    f = letters()[0]
+
     def label(flat: int) -> Entry:
         sub = counted(unravel(flat, shape), base)
         if gradient:
-            return Entry(rf"\nabla f_{{{sub}}}", f"grad f_{sub}")
-        return Entry(f"f_{{{sub}}}'", f"f_{sub}'")
+            return Entry(rf"\nabla {f}_{{{sub}}}", f"grad {f}_{sub}")
+        return Entry(f"{f}_{{{sub}}}'", f"{f}_{sub}'")
 
     return label
 
@@ -214,11 +228,12 @@ def derivative_lhs(result, name: str) -> Math:
     comp = math.prod(result.component_shape(name))
     scalar_in = item.per_point_numel() == 1
     if item.has_points and not result.full and len(result.inputs) == 1:
-        at = point(name)
-        f = "f'" if scalar_in else r"\nabla f"
-        f_plain = "f'" if scalar_in else "grad f"
+        at, g = point(name), letters()[0]
+        f = f"{g}'" if scalar_in else rf"\nabla {g}"
+        f_plain = f"{g}'" if scalar_in else f"grad {g}"
         if comp > 1:
-            f, f_plain = ("f_k'", "f_k'") if scalar_in else (r"\nabla f_k", "grad f_k")
+            f, f_plain = (f"{g}_k'", f"{g}_k'") if scalar_in else \
+                (rf"\nabla {g}_k", f"grad {g}_k")
         return Math(f"{f}\\big({at.tex}\\big)", f"{f_plain}({at.plain})")
     if item.tensor.numel() == 1:  # one variable: dy/dx (a column when y has several entries)
         return partial(output_symbol(result), name, straight=len(result.inputs) == 1)
@@ -232,6 +247,7 @@ def jacobian_lhs(result, name: str) -> Math:
     item = result.inputs[name]
     if len(result.inputs) > 1:
         return partial(output_symbol(result), name, "i", "j")
-    big = "F" if item.has_points and not result.full else "f"
+    small, capital = letters()
+    big = capital if item.has_points and not result.full else small
     x_plain = _atom(name)[1]
     return Math(f"J_{big}({name_tex(name)})", f"J_{big}({x_plain})")

@@ -178,16 +178,17 @@ def _what(result, name: str) -> list:
         what = "one value" if count == 1 else plural(count, "component")
         return [Text(f"{what} at each of {points}")]
     y, x = notation.math_name(output_symbol(result)), notation.math_name(name)  # (x_: mono)
-    big = Math(f"{y.tex} = F({x.tex})", f"{y.plain} = F({x.plain})")
+    f, capital = notation.letters()
+    big = Math(f"{y.tex} = {capital}({x.tex})", f"{y.plain} = {capital}({x.plain})")
     if item.evidence != "proved":  # the graph does not show one f: each point may have its own
         what = "" if count == 1 else f" ({count:,} components each)"
         return [big, Text(f" acts on {points}{what} "), notation.point(name),
                 Text(" one by one")]
-    f = [Text("one function "), _m("f")] if item.per_point_numel() == 1 else \
-        [Text("one scalar function "), _m("f")]
+    spans = [Text("one function "), _m(f)] if item.per_point_numel() == 1 else \
+        [Text("one scalar function "), _m(f)]
     if count > 1:
-        f = [Text(f"{count:,} functions "), _m("f_k")]
-    return [big, Text(" applies "), *f, Text(f" at {points} "), notation.point(name)]
+        spans = [Text(f"{count:,} functions "), _m(f"{f}_k")]
+    return [big, Text(" applies "), *spans, Text(f" at {points} "), notation.point(name)]
 
 
 def _m(tex: str) -> Math:
@@ -297,7 +298,8 @@ def component_link(result, name: str, loop, options) -> tuple:
         y_tex = y_tex if len(y_tex) == 1 else "{" + y_tex + "}"
         f = Math(f"{y_tex}_{{{sub}}}", f"{notation.math_name(y).plain}_{sub}")
     else:  # the component function f_1 is the output's entry; its gradient ∇f_1 is not
-        f = Math(f"f_{{{sub}}}", f"f_{sub}")
+        g = notation.letters()[0]
+        f = Math(f"{g}_{{{sub}}}", f"{g}_{sub}")
     return notation.link(f, notation.tensor_entry(y, first), options.index_base)
 
 
@@ -519,9 +521,11 @@ def output_note(result) -> str | None:
     what = " and ".join(p for p in [f"NaN at {nan:,}" if nan else "",
                                     f"infinite at {inf:,}" if inf else ""] if p)
     entries = "entry" if y.numel() == 1 else f"{y.numel():,} entries"
-    return (f"{output_symbol(result)} itself is {what} of its {entries}: f is not defined there "
-            "(log or sqrt of a negative number, a division by zero, ...), so the derivatives "
-            "shown at those entries are what the formula for f' gives, not a derivative of f.")
+    f = notation.letters()[0]
+    return (f"{output_symbol(result)} itself is {what} of its {entries}: {f} is not defined "
+            "there (log or sqrt of a negative number, a division by zero, ...), so the "
+            f"derivatives shown at those entries are what the formula for {f}' gives, not a "
+            f"derivative of {f}.")
 
 
 def note_paragraphs(result) -> tuple[Paragraph, ...]:

@@ -25,7 +25,7 @@ from ..render.budget import block_height
 from ..render.document import Formula, Math, Section, paragraph
 from ..render.latex import tex_problems
 from ..render.matrix import multi_index
-from ..render.notation import counted, dims, jacobian_lhs, math_name, partial
+from ..render.notation import counted, dims, jacobian_lhs, letters, math_name, partial
 from ..render.options import RenderOptions
 from ..render.plain import WRAP
 from ..render.view import least_height
@@ -202,14 +202,15 @@ def lhs(result, name: str, jacobian: bool, base: int = 1) -> Math:
         return partial(result.output_name, name)
     if jacobian:
         return jacobian_lhs(result, name)
+    f = letters()[0]
     if result.inputs[name].per_point_numel() == 1:
-        return Math(f"f'({x.tex})", f"f'({x.plain})")
+        return Math(f"{f}'({x.tex})", f"{f}'({x.plain})")
     comp = result.component_shape(name)
     if math.prod(comp) == 1:
-        return Math(rf"\nabla f({x.tex})", f"grad f({x.plain})")
+        return Math(rf"\nabla {f}({x.tex})", f"grad {f}({x.plain})")
     if result.inputs[name].has_points:
         return _gradients(comp, x, base)
-    return Math(f"J_f({x.tex})", f"J_f({x.plain})")
+    return Math(f"J_{f}({x.tex})", f"J_{f}({x.plain})")
 
 
 def _partials(result, name: str, jacobian: bool, base: int):
@@ -224,13 +225,14 @@ def _partials(result, name: str, jacobian: bool, base: int):
     per_point = [n for b, n in enumerate(item.tensor.shape) if b not in paired and n != 1]
     x = math_name(name)
     x_tex = x.tex if len(x.tex) == 1 else "{" + x.tex + "}"
+    g = letters()[0]
 
     def named(i: int, j: int) -> Math:
         f = counted(multi_index(i, comp), base)
         at = counted(multi_index(j, per_point), base) if per_point else ""
         at_plain = at if "," not in at else "{" + at + "}"
-        return Math(rf"\frac{{\partial f_{{{f}}}}}{{\partial {x_tex}_{{{at}}}}}",
-                    f"∂f_{f}/∂{x.plain}_{at_plain}")
+        return Math(rf"\frac{{\partial {g}_{{{f}}}}}{{\partial {x_tex}_{{{at}}}}}",
+                    f"∂{g}_{f}/∂{x.plain}_{at_plain}")
 
     return named
 
@@ -241,7 +243,8 @@ def _gradients(comp, x: Math, base: int) -> Math:
     count = math.prod(comp)
     subs = [counted(multi_index(k, comp), base) for k in ([0, 1] if count == 2 else
                                                             [0, count - 1])]
-    rows = [(rf"\nabla f_{{{k}}}({x.tex})", f"grad f_{k}({x.plain})") for k in subs]
+    f = letters()[0]
+    rows = [(rf"\nabla {f}_{{{k}}}({x.tex})", f"grad {f}_{k}({x.plain})") for k in subs]
     if count > 2:
         rows.insert(1, (r"\vdots", "…"))
     return Math(r"\begin{bmatrix}" + r" \\ ".join(t for t, _ in rows) + r"\end{bmatrix}",
@@ -349,12 +352,13 @@ def second_lhs(result, name: str, component: int | None, base: int = 1) -> Math:
         y = math_name(result.output_name)
         return Math(rf"\frac{{\partial^2 {y.tex}}}{{\partial {x.tex}^2}}",
                     f"∂²{y.plain}/∂{x.plain}²")
+    f = letters()[0]
     if math.prod(result.inputs[name].per_point_shape) == 1:
-        return Math(f"f''({x.tex})", f"f″({x.plain})") if component is None else \
-            Math(f"f_k''({x.tex})", f"f_k″({x.plain})")
+        return Math(f"{f}''({x.tex})", f"{f}″({x.plain})") if component is None else \
+            Math(f"{f}_k''({x.tex})", f"{f}_k″({x.plain})")
     k = None if component is None else component + base
     sub, plain_sub = ("", "") if k is None else (f"_{{{k}}}", f"_{k}")
-    return Math(rf"\nabla^2 f{sub}({x.tex})", f"∇²f{plain_sub}({x.plain})")
+    return Math(rf"\nabla^2 {f}{sub}({x.tex})", f"∇²{f}{plain_sub}({x.plain})")
 
 
 def equations(result, name: str, value, jacobian: bool,
@@ -390,7 +394,8 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
         blocks = opening_blocks(list(result.inputs), function if with_function else None,
                                 formulas, ts)
         if function is not None and not with_function:
-            blocks.append(paragraph("f(x) is left out to fit one screen (--full-matrix shows it)"))
+            blocks.append(paragraph(f"{letters()[0]}(x) is left out to fit one screen "
+                                    "(--full-matrix shows it)"))
         for name, formula in formulas.items():
             named = _partials(result, name, jacobian, ts.base)
             holder = f" (r.symbolic[{name!r}] holds every entry)"
@@ -415,8 +420,9 @@ def opening_blocks(names, function, formulas: dict, ts: Typesetter) -> list:
     blocks = [paragraph(heading(formulas), strong=True)]
     if function is not None:
         args = [math_name(n) for n in names]
-        left = Math(f"f({', '.join(a.tex for a in args)})",
-                    f"f({', '.join(a.plain for a in args)})")
+        f = letters()[0]
+        left = Math(f"{f}({', '.join(a.tex for a in args)})",
+                    f"{f}({', '.join(a.plain for a in args)})")
         blocks += formula_blocks(left, function, ts)
     return blocks
 

@@ -18,7 +18,7 @@ import torch
 from ..core.tolerances import tolerances
 from ..render.document import Code, Math, Paragraph, Section, Text
 from ..render.matrix import multi_index, tensor_block
-from ..render.notation import counted, math_name, name_tex, partial, spelled
+from ..render.notation import counted, letters, math_name, name_tex, partial, spelled
 from ..render.options import RenderOptions
 from ..render.parameters import MANY_INPUTS, largest_tensors
 from ..render.sections import formula, jacobian_block
@@ -62,8 +62,9 @@ def _summed_components(result, name: str, base: int = 1) -> Math:
         sub = sub_tex.translate(_SUBSCRIPTS)
         if item.has_points and len(result.inputs) == 1:
             scalar = item.per_point_numel() == 1
-            tex.append(f"f_{{{sub_tex}}}'" if scalar else rf"\nabla f_{{{sub_tex}}}")
-            plain.append(f"f{sub}′" if scalar else f"∇f{sub}")
+            f = letters()[0]
+            tex.append(f"{f}_{{{sub_tex}}}'" if scalar else rf"\nabla {f}_{{{sub_tex}}}")
+            plain.append(f"{f}{sub}′" if scalar else f"∇{f}{sub}")
         else:
             y, x = name_tex(result.output_name), name_tex(name)
             tex.append(rf"\partial {y}_{{{sub_tex}}}/\partial {x}")

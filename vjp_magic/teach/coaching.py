@@ -22,7 +22,7 @@ import torch
 from ..core import analysis
 from ..core.errors import VJPUsageError
 from ..core.tagging import depends_on
-from ..render import plain
+from ..render import notation, plain
 from ..render.codegen import component_loop, expression
 from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Section, Span, Text,
                                paragraph)
@@ -276,7 +276,8 @@ def _own_derivatives(result, name: str) -> tuple[str, str]:
         return (", as the tutorial does between components",
                 f"The derivatives below are each of {y}'s {count:,} components' own, once.")
     if item.has_points:
-        return "", f"The derivatives below are f' at each of the {item.point_count:,} points, once."
+        return "", (f"The derivatives below are {notation.letters()[0]}' at each of the "
+                    f"{item.point_count:,} points, once.")
     return "", f"The derivatives below are the gradient of {y} alone, once."
 
 

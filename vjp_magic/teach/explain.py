@@ -61,8 +61,9 @@ def _many_inputs(result, used: list[str], options, log) -> list:
     n = sum(result.inputs[k].tensor.numel() for k in used)
     shown = [notation.prose_name(k) for k in (used[:2] + used[-1:])]
     y_math, count = notation.math_name(y), len(used)
-    f = Math(rf"{y_math.tex} = f(p_1, \dots, p_{{{count}}})",
-             f"{y_math.plain} = f(p_1, …, p_{count})")
+    g = notation.letters()[0]
+    f = Math(rf"{y_math.tex} = {g}(p_1, \dots, p_{{{count}}})",
+             f"{y_math.plain} = {g}(p_1, …, p_{count})")
     head = _step(1, Text("The function "), f, Text(f" of {count} tensors p: "), shown[0],
                  Text(", "), shown[1], Text(", …, "), shown[2],
                  Text(f". Flattened row-major, they have n = {n:,} entries in all, "),
@@ -118,7 +119,8 @@ def _function(result, base: int = 1) -> Paragraph:
     names = [notation.math_name(n) for n in [y, *result.inputs]]  # parts of one formula
     args = ", ".join(n.tex for n in names[1:]), ", ".join(n.plain for n in names[1:])
     item = next(iter(result.inputs.values()))
-    f = "F" if len(result.inputs) == 1 and item.has_points and not result.full else "f"
+    small, capital = notation.letters()
+    f = capital if len(result.inputs) == 1 and item.has_points and not result.full else small
     spans: list = [Text("The function "), Math(f"{names[0].tex} = {f}({args[0]})",
                                                f"{names[0].plain} = {f}({args[1]})"),
                    Text(". Flattened row-major, ")]
@@ -155,7 +157,8 @@ def _jacobian(result, name: str, options, several: bool = False) -> list:
     item = result.inputs[name]
     m, n = result.output.numel(), item.tensor.numel()
     entry = notation.partial(output_symbol(result), name, "i", "j")
-    big = "F" if item.has_points and not result.full else "f"
+    small, capital = notation.letters()
+    big = capital if item.has_points and not result.full else small
     label = Math(f"J_{{{notation.name_tex(name)}}}", f"J_{notation.math_name(name).plain}") \
         if several else Math(f"J_{big}", f"J_{big}")
     head = _step(2, Text("The Jacobian "), label,
