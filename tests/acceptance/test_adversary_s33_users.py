@@ -250,9 +250,6 @@ def test_the_underflow_note_names_the_cells_input(ip, run_vjp):
     assert "x.double()" not in text.replace("xq.double()", ""), text
 
 
-@pytest.mark.xfail(strict=True, reason="a leak along axis 0 of a 3-axis tensor reads 'index "
-                   "along axis 0 1 of out reads index along axis 0 0 of xs' "
-                   "(render/findings._axis_word then the index)")
 def test_the_leak_sentence_of_a_three_axis_tensor_is_prose(run_vjp):
     r = run_vjp(SLOW_DECAY.replace("torch.ones(40,", "torch.ones(40, 1, 2,")
                 .replace("torch.zeros(())", "torch.zeros(1, 2)").replace("yq", "out")
@@ -265,9 +262,6 @@ def test_the_leak_sentence_of_a_three_axis_tensor_is_prose(run_vjp):
 
 
 # -- one fact, one word: the kind of a grouped (block-diagonal) Jacobian -------------------------
-@pytest.mark.xfail(strict=True, reason="softmax over groups of 4 of a flat vector: "
-                   "r.dependency says block-diagonal (blocks of 4), the display calls the same "
-                   "Jacobian 'banded (col − row from -3 to 3)', a band of 7 it is not")
 def test_a_grouped_softmax_is_called_block_diagonal_in_the_display_too(run_vjp):
     r = run_vjp("torch.manual_seed(0)\nx = torch.randn(1000, requires_grad=True)\n"
                 "y = torch.softmax(x.view(-1, 4), -1).view(-1)")

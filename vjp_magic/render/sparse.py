@@ -80,7 +80,8 @@ def by_columns(sparse) -> bool:
 @dataclass(frozen=True)
 class Layout:
     """What the pattern is: ``kind`` (``diagonal``, ``tridiagonal``, ``band``,
-    ``5-point stencil``, ``stencil``, ``sparse``, ``all zero``); ``per_row`` / ``fewest``: the
+    ``block-diagonal`` (flat b × b blocks, b from ``band``), ``5-point stencil``, ``stencil``,
+    ``sparse``, ``all zero``); ``per_row`` / ``fewest``: the
     most and fewest nonzeros of a row; ``offsets``: the per-axis offsets rows read (a stencil;
     None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
     ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
@@ -153,6 +154,8 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     if offsets is not None and not edges:  # some row inside reads fewer: no stencil
         offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
+    if offsets is None and band is not None and _in_blocks(rows, col, band):
+        kind = "block-diagonal"
     mostly = None
     if offsets is None and out_shape == in_shape and out_shape:
         mostly = _mostly(rows, col, counts, out_shape, (band, form, first))
@@ -260,6 +263,21 @@ def _short_at_edges(ids, counts, full: int, offsets, wraps, shape) -> bool:
         high = max(o[axis] for o in offsets)
         near |= (index[axis] < low) | (index[axis] >= size - high)
     return bool(near.all())
+
+
+def _block(band) -> int:
+    """The size b of the flat blocks a pattern reaching ``band`` (col − row) would fill."""
+    low, high = band
+    return (high - low) // 2 + 1
+
+
+def _in_blocks(rows, col, band) -> bool:
+    """Whether every nonzero lies in a b × b block on the diagonal (flat row // b = col // b,
+    b > 1 from the band the blocks reach): block-diagonal, as r.dependency says."""
+    b = _block(band)
+    return band[0] == -band[1] and b > 1 and bool(
+        torch.equal(torch.div(rows, b, rounding_mode="floor"),
+                    torch.div(col, b, rounding_mode="floor")))
 
 
 def _kind(offsets, band, per_row: int, n: int) -> str:
@@ -432,6 +450,9 @@ def _kind_words(found: Layout, n: int) -> str:
     cyclic = "cyclic " if any(found.wraps) else ""
     if found.kind == "tridiagonal":
         return cyclic + "tridiagonal"
+    if found.kind == "block-diagonal":
+        b = _block(found.band)
+        return f"block-diagonal ({b:,} × {b:,} blocks on the diagonal, flattened)"
     if found.kind == "band" and found.offsets is None and found.band is not None:
         low, high = found.band
         return f"banded (col − row from {low} to {high}, flattened)"
