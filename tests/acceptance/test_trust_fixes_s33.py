@@ -23,11 +23,6 @@ from vjp_magic.core.pairing import Evidence
 from vjp_magic.core.pattern import Pattern
 from vjp_magic.core.validation import outside_proved_zeroed
 
-ANALYSIS_PATCH = ("needs /work/briefs/s33/patches/T5-nan-artefacts.patch (analysis._nan_filled "
-                  "reads the proved pattern): differentiate's dense Jacobian keeps 0*inf NaN "
-                  "outside it")
-
-
 def _mathematics(f, x: torch.Tensor) -> torch.Tensor:
     """The Jacobian of f at x: reverse mode's NaN filled from forward mode, and every entry
     still non-finite where a twin (x's zeros made 0.5) has a finite 0 set to 0."""
@@ -81,7 +76,6 @@ def test_dependency_reads_no_artefact_outside_the_proved_pattern(case, dtype):
     assert torch.equal(pattern.bool(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", list(CASES))
 def test_differentiate_has_no_artefact_outside_the_proved_pattern(case, dtype):
@@ -99,7 +93,6 @@ def test_differentiate_has_no_artefact_outside_the_proved_pattern(case, dtype):
     assert not [n for n in r.notes if "NaN" in n]  # only the infinite entries are noted
 
 
-@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
 def test_hessian_has_no_artefact_outside_the_proved_pattern():
     x = _zeros_every_seventh(60, torch.float64)
     s = lambda t: _running_sum(t).sum()  # noqa: E731
@@ -114,7 +107,6 @@ def test_hessian_has_no_artefact_outside_the_proved_pattern():
     torch.testing.assert_close(H[finite], expected[finite])
 
 
-@pytest.mark.xfail(strict=True, reason=ANALYSIS_PATCH)
 def test_a_magic_shows_no_artefact_outside_the_proved_pattern(run_vjp):
     """%%vjp's result and display: 0 outside the band, and only infinite entries noted."""
     r = run_vjp("x = torch.rand(40, dtype=torch.float64) + 0.25\n"
@@ -275,3 +267,36 @@ def test_one_full_jacobian_per_input_of_three_inputs_of_one_shape(shape):
     swapped = vjp_magic.check([jacobian["b"], jacobian["a"], jacobian["c"]], y,
                               {"a": a, "b": b, "c": c})
     assert not swapped.correct
+
+
+# -- 4. 0·inf of another component's branch at a point -----------------------------------------
+# (G9's test_a_components_derivative_is_not_nan_where_another_component_is_infinite, the class:
+# rows of several entries, float32, and second derivatives at points.) Reverse mode sends
+# v = 0 into the other components' branches; forward mode carries x's tangent, and reads NaN
+# there only where the derivative is NaN (core/validation.forward_at_points).
+
+POINTS_PATCH = ("needs /work/briefs/s33/patches/T5-points-nan.patch (analysis._nan_filled fills "
+                "derivatives at proved points from forward mode)")
+
+
+@pytest.mark.xfail(strict=True, reason=POINTS_PATCH)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_first_derivatives_of_rows_beside_an_infinite_component(dtype):
+    """Rows (a, b) -> (1/a, 5b + a²b): d(5b + a²b)/da = 2ab is 0 at a = 0, d/db = 5 + a²."""
+    x = torch.tensor([[0., 1.], [2., 3.], [4., 0.]], dtype=dtype, requires_grad=True)
+    a, b = x.detach()[:, 0], x.detach()[:, 1]
+    y = torch.stack([1 / x[:, 0], 5 * x[:, 1] + x[:, 0] ** 2 * x[:, 1]], 1)
+    r = vjp_magic.differentiate(y, x)
+    assert r.point_axes["x"] == ((0, 0),)
+    expected = torch.stack([torch.stack([-1 / a**2, torch.zeros_like(a)], 1),
+                            torch.stack([2 * a * b, 5 + a**2], 1)])
+    torch.testing.assert_close(r.derivatives["x"], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_second_derivatives_at_points_beside_an_infinite_component(dtype):
+    """stack([1/x, 5x²]): f_1'' = 2/x³ (inf at 0), f_2'' = 10 everywhere."""
+    x = torch.tensor([0., 1., 2.], dtype=dtype, requires_grad=True)
+    h = vjp_magic.hessian(torch.stack([1 / x, 5 * x**2]), x)
+    expected = torch.stack([2 / x.detach() ** 3, torch.full_like(x.detach(), 10.)])
+    torch.testing.assert_close(h.derivatives["x"], expected)

@@ -228,7 +228,7 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
             if sparse is not None:
                 return _sparse_input(base, sparse)
             refuse()
-        inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"]) or \
+        inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"], output) or \
             _analysed(d, x, item.name, output_name, budget, options)
     except (NotImplementedError, RuntimeError) as error:  # an op without double backward
         if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
@@ -294,7 +294,8 @@ def _analysed(d, x, name, output_name, budget, options) -> _Inner:
     return _Inner(inner.pairing, derivatives, inner.evidence, inner.unused, _conditional(inner))
 
 
-def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) -> _Inner | None:
+def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int,
+               output=None) -> _Inner | None:
     """Where the output has points, D has the same ones: D[c, j] is a derivative of y at
     j's point, so it depends on that point's entries of x only (for every x when that holds
     of y). One VJP per component of D and entry of a point; unless that is proved, checked
@@ -316,7 +317,19 @@ def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int) ->
     if any(probes.probe_mismatch(second, v, vjp, lifted) > SECOND_ORDER_SLACK
            for v, vjp in checks):
         return None
+    if evidence == "proved" and output is not None and bool(second.detach().isnan().any()):
+        second = validation.nan_filled(second.detach(), (
+            lambda: _forward_twice(output, x, pairing, lifted),))
     return _Inner(lifted, second, evidence)
+
+
+def _forward_twice(output, x, pairing: Pairing, lifted: Pairing) -> torch.Tensor | None:
+    """Second derivatives at proved points by forward mode over forward mode: reverse mode
+    sends v = 0 into every other component's branch, whose infinite derivative makes 0·∞ =
+    NaN in D and so in ∂D/∂x (stack([1/x, 5x²]) at 0: f_2''(0) NaN, where it is 10)."""
+    d = validation.forward_at_points(output, x, pairing, graph=True)
+    return None if d is None or not d.requires_grad else \
+        validation.forward_at_points(d, x, lifted)
 
 
 def _zero(item: HessianInput, comp) -> HessianInput:
