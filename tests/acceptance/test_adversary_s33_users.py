@@ -418,3 +418,45 @@ def test_a_batch_of_one_keeps_the_per_sample_shapes(ip, run_ok, run_vjp):
         (expected,) = torch.autograd.grad((model(ip.user_ns["xb"]).squeeze(1) ** 2).sum(), p)
         torch.testing.assert_close(got.reshape(-1), expected.reshape(-1))
         assert got.shape == (1, *p.shape), (name, tuple(got.shape))
+
+
+# -- a float32 Hessian's rounding read as a kink -------------------------------------------------
+ATTENTION = """import torch.nn as nn
+torch.manual_seed(0)
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W_q = nn.Parameter(torch.randn(4, 4))
+        self.W_k = nn.Parameter(torch.randn(4, 4))
+        self.ff = nn.Linear(4, 4)
+        self.ln = nn.LayerNorm(4)
+        self.register_buffer('causal_mask', torch.triu(torch.ones(6, 6, dtype=torch.bool), 1))
+    def forward(self, x):
+        s = (x @ self.W_q) @ (x @ self.W_k).T
+        a = s.masked_fill(self.causal_mask, float('-inf')).softmax(-1)
+        return self.ln(self.ff(a @ x))
+net = Attn()
+x_seq = torch.randn(6, 4)"""
+
+
+@pytest.mark.xfail(strict=True, reason="a float32 Hessian's rounding (|H - Hᵀ| 7e-4 of its "
+                   "largest entry; 1e-12 in float64) is judged against one fixed tolerance of "
+                   "the largest entry, not the magnitudes summing into each entry, and the "
+                   "display says the function has a kink or a wrong custom backward")
+def test_a_smooth_models_float32_hessian_is_not_called_asymmetric(ip, run_ok):
+    run_ok(ATTENTION)
+    h = run_ok("%hessian net(x_seq).pow(2).sum() net.W_q")
+    net, x_seq = ip.user_ns["net"], ip.user_ns["x_seq"]
+    twin = type(net)().double()
+    twin.load_state_dict(net.state_dict())
+
+    def f(w):
+        params = {**dict(twin.named_parameters()), "W_q": w}
+        return torch.func.functional_call(twin, params, (x_seq.double(),)).pow(2).sum()
+
+    truth = torch.autograd.functional.hessian(f, net.W_q.detach().double()).reshape(16, 16)
+    assert (truth - truth.T).abs().max() <= 1e-10 * truth.abs().max()  # smooth: symmetric
+    got = h.hessian("net.W_q").reshape(16, 16).double()
+    torch.testing.assert_close(got, truth, atol=1e-2 * float(truth.abs().max()), rtol=0)
+    text = plain(h)
+    assert "not symmetric" not in text and "kink" not in text, text
