@@ -197,9 +197,6 @@ def test_the_sparse_hessians_code_gives_the_hessian(ip, run_ok):
     assert sparse._nnz() == 3 * 50_000 - 2
 
 
-@pytest.mark.xfail(strict=True, reason="%hessian of a tridiagonal Hessian at 10^5 shows no "
-                   "derivative at all (words and code only), where the sparse Jacobian shows "
-                   "its nonzeros by offset")
 def test_the_sparse_hessian_shows_some_of_its_values(ip, run_ok):
     run_ok(ROSENBROCK.format(n=100_000))
     h = run_ok("%hessian f x")

@@ -21,7 +21,8 @@ from .sparse import Form, entries_words, layout_of, sparse_of, values_block
 
 def sparse_hessian_blocks(h, name: str, options) -> list:
     """The values (summarised to the budgets), where all of them are, and the code; on a
-    short screen (:data:`.budget.LEVELS`) the code's comment lines go, then the values."""
+    short screen (:data:`.budget.LEVELS`) the values' caption and the code's comment lines
+    go (the column labels still name the neighbours), then the values."""
     from .sections import formula  # the one way a matrix is laid out on its line
 
     block, caption, where, code = remembered(options, ("sparse hessian", name),
@@ -29,7 +30,7 @@ def sparse_hessian_blocks(h, name: str, options) -> list:
     fit = fit_of(options)
     blocks: list = [] if fit.components == 1 else [  # (the last resort: ``where`` says where)
         formula(_second(output_symbol(h), name), block, options,
-                sparse_of(h, name).matrix.dtype, caption=caption)]
+                sparse_of(h, name).matrix.dtype, caption=caption if fit.extras else ())]
     if not fit.extras:  # a short screen: the code without its comment lines (it runs alike)
         code = "".join(line for line in code.splitlines(keepends=True)
                        if not line.lstrip().startswith("#"))
