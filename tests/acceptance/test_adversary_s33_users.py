@@ -477,3 +477,16 @@ def test_the_training_step_refusal_names_parameters_as_the_cell_writes_them(ip, 
     assert all(not torch.equal(a, b) for a, b in zip(after, before))  # the step ran, once
     assert "modified in place" in message
     assert "model[0].weight" in message and "model.0.weight" not in message, message
+
+
+@pytest.mark.xfail(strict=True, reason="--check under --wrt model names the parameter by its key "
+                   "('with respect to model.0.weight ... like model.0.weight'), not as the "
+                   "cell and the rest of the display write it (model[0].weight)")
+def test_the_check_hint_names_parameters_as_the_cell_writes_them(ip, run_ok, run_vjp):
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))\n"
+           "xb = torch.randn(6, 3)")
+    r = run_vjp("loss = model(xb).sum()\ng = 3", "--wrt model --check g")
+    assert r.check.correct is False
+    text = plain(r) + " " + r.check.hint
+    assert "model.0.weight" not in text, text
