@@ -583,3 +583,24 @@ def test_the_analysis_runs_no_subclass_torch_function(ip, run_ok, api):
     output = "y.sum()" if api == "hessian" else "y"
     run_ok(f"calls[0] = 0\nout = vjp_magic.{api}({output}, x)")
     assert ip.user_ns["calls"][0] <= (1 if api == "hessian" else 0)  # y.sum() is the user's
+
+
+# -- 16. the cell's own batched backward (is_grads_batched, vectorize=True) --------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a %%vjp cell calling torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True) "
+    "(or torch.autograd.functional.jacobian / hessian with vectorize=True) stops with "
+    "RuntimeError 'Batching rule not implemented for aten::detach ...' raised in the user's "
+    "own line, where the plain cell runs: run/backward_log._copy_gradients detaches the "
+    "vmapped gradient the call hands the engine"))
+@pytest.mark.parametrize("line, name", [
+    ("g, = torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True, retain_graph=True)",
+     "g"),
+    ("g = torch.autograd.functional.jacobian(lambda t: t.sin() * 2, x, vectorize=True)", "g"),
+])
+def test_the_cells_own_batched_backward_runs_under_vjp(ip, run_ok, line, name):
+    cell = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x.sin() * 2\n" + line
+    r = run_ok("%%vjp\n" + cell)
+    x = ip.user_ns["x"].detach()
+    torch.testing.assert_close(ip.user_ns[name], torch.diag(2 * x.cos()))  # the user's J
+    torch.testing.assert_close(r.derivatives["x"], 2 * x.cos())
