@@ -300,3 +300,55 @@ def test_second_derivatives_at_points_beside_an_infinite_component(dtype):
     h = vjp_magic.hessian(torch.stack([1 / x, 5 * x**2]), x)
     expected = torch.stack([2 / x.detach() ** 3, torch.full_like(x.detach(), 10.)])
     torch.testing.assert_close(h.derivatives["x"], expected)
+
+
+# -- 5. autocast and anomaly mode around the analysis ------------------------------------------
+# (G9's test_analysis_called_inside_autocast_keeps_float32 and
+# test_overlapping_analyses_in_two_threads_leave_anomaly_mode_on, the class: every entry point,
+# the modes as the user left them afterwards, an analysis that fails.)
+
+_M = torch.tensor([[1.001, 0.5, 0.], [0., 1., 0.], [0., 0., 1.]])  # 1.001 is 1 in bfloat16
+
+
+@pytest.mark.parametrize("api", ["dependency", "check", "jacobian of a result"])
+def test_every_entry_point_keeps_float32_inside_autocast(api):
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    y = x @ _M
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if api == "dependency":
+            got = vjp_magic.dependency(y * 1e-3 + x.roll(1) * 0, x).pattern
+            assert torch.equal(got.to_dense() if got.layout != torch.strided else got,
+                               _M.T != 0)
+        elif api == "check":
+            assert vjp_magic.check(_M.T, y, x).correct
+            assert not vjp_magic.check(torch.tensor([[1., 0, 0], [0.5, 1, 0], [0, 0, 1]]),
+                                       y, x).correct  # the 1.001 read as 1 is wrong
+        else:
+            torch.testing.assert_close(vjp_magic.differentiate(y, x).jacobian("x"), _M.T)
+        assert torch.is_autocast_enabled("cpu")  # the user's autocast, back after each call
+
+
+def test_a_magic_keeps_float32_inside_autocast(ip, run_ok):
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+           "M = torch.tensor([[1.001, 0.5, 0.], [0., 1., 0.], [0., 0., 1.]])\n"
+           "y = x @ M")
+    run_ok("ctx = torch.autocast('cpu', dtype=torch.bfloat16); ctx.__enter__()")
+    try:
+        r = run_ok("%jacobian y x")
+    finally:
+        run_ok("ctx.__exit__(None, None, None)")
+    torch.testing.assert_close(r.jacobian("x"), _M.T)
+
+
+def test_anomaly_mode_is_back_after_nested_and_failed_analyses():
+    before = torch.is_anomaly_enabled()
+    torch.autograd.set_detect_anomaly(True)
+    try:
+        x = torch.tensor([0., 1., 2.], dtype=torch.float64, requires_grad=True)
+        vjp_magic.hessian((x.sqrt() * x).sum(), x)  # the analysis inside the Hessian's
+        assert torch.is_anomaly_enabled()
+        with pytest.raises(vjp_magic.VJPUsageError):
+            vjp_magic.differentiate(x.detach() * 2, x)  # refused: no graph to x
+        assert torch.is_anomaly_enabled()
+    finally:
+        torch.autograd.set_detect_anomaly(before)

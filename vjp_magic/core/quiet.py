@@ -9,34 +9,79 @@ hooks would count, move or change the analysis' saved tensors. :func:`quiet_auto
 both off and puts them back as they were, whatever happens inside. Likewise grad mode: called
 inside ``torch.no_grad()`` / ``inference_mode()`` (or after ``torch.set_grad_enabled(False)``),
 the analysis' own passes still build their graphs (a Hessian's ``create_graph`` pass read
-all zeros without one).
+all zeros without one). And autocast: called inside ``torch.autocast(...)`` on a float32
+graph, the analysis' passes would run in bfloat16 (d(x @ M)/dx read 1 for 1.001).
+
+Anomaly mode is one flag for the whole process (the others are per thread): analyses that
+overlap in two threads share one saving of it, made by the first to enter and put back by
+the last to leave.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
+# autocast's device types, each switched off where it is on (its state is per thread)
+_AUTOCAST = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
+class _Anomaly:
+    """The process-wide anomaly flag, off while any analysis runs: saved by the first to
+    enter, restored by the last to leave."""
+
+    def __init__(self):
+        self._lock, self._depth, self._saved = threading.Lock(), 0, (False, True)
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+            self._depth += 1
+            torch.set_anomaly_enabled(False)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                torch.set_anomaly_enabled(*self._saved)
+
+
+_anomaly = _Anomaly()
+
+
+def _autocast_off(stack: contextlib.ExitStack) -> None:
+    """Each device type's autocast that is on, off inside ``stack``."""
+    for device in _AUTOCAST:
+        try:
+            on = torch.is_autocast_enabled(device)
+        except (RuntimeError, TypeError):  # a device type this PyTorch does not know
+            continue
+        if on:
+            stack.enter_context(torch.autocast(device, enabled=False))
 
 
 @contextlib.contextmanager
 def quiet_autograd():
-    """Anomaly detection off, no default saved-tensor hooks, grad mode on and inference mode
-    off inside; all restored after (also as a decorator)."""
-    anomaly = torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()
+    """Anomaly detection off, no default saved-tensor hooks, grad mode on, inference mode and
+    autocast off inside; all restored after (also as a decorator)."""
     popped = []
     # (older PyTorch, before 2.6, has no reader of the stack: its hooks are left in place)
     top = getattr(_hooks, "_top_saved_tensors_default_hooks", lambda _: None)
     while (hooks := top(True)) is not None:
         popped.append(hooks)
         _hooks._pop_saved_tensors_default_hooks()
-    torch.set_anomaly_enabled(False)
+    _anomaly.enter()
     try:
-        with torch.inference_mode(False), torch.enable_grad():  # our passes build graphs
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.inference_mode(False))
+            stack.enter_context(torch.enable_grad())  # our passes build graphs
+            _autocast_off(stack)
             yield
     finally:
-        torch.set_anomaly_enabled(*anomaly)
+        _anomaly.leave()
         for pack, unpack in reversed(popped):
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
