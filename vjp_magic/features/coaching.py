@@ -12,7 +12,6 @@ from ..run.choose import Subject
 from ..teach.coaching import mistake_sections
 from ..teach.freed_graph import freed_lines
 from . import Added, Asked
-from .names import naming
 
 flags = ()
 orders = (1,)
@@ -21,8 +20,7 @@ replays_record = False
 
 def add(result, request: Asked, subject: Subject) -> Added:
     notes = request.flag("check") is None
-    with naming(subject):
-        before = mistake_sections(subject.log, result, notes=notes, options=request.options,
-                                  explained=bool(request.flag("explain")))
+    before = mistake_sections(subject.log, result, notes=notes, options=request.options,
+                              explained=bool(request.flag("explain")))
     freed = freed_lines(result, subject.log, subject.record, subject.namespace)
     return Added(before=before, view={"freed": freed} if freed else {})

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ..run.choose import Subject
 from ..teach.code import code_section
 from . import Added, Asked
-from .names import naming
 
 flags = ("code",)
 orders = (1,)
@@ -13,5 +12,4 @@ replays_record = False
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    with naming(subject):
-        return Added(after=(code_section(result),))
+    return Added(after=(code_section(result),))

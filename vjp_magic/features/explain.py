@@ -6,7 +6,6 @@ from ..run.choose import Subject
 from ..teach.explain import SYMPY_NAMES
 from ..teach.sparse_explain import explained_sections
 from . import Added, Asked
-from .names import naming
 
 flags = ("explain",)
 orders = (1,)
@@ -16,8 +15,7 @@ replays_record = False
 def add(result, request: Asked, subject: Subject) -> Added:
     token = SYMPY_NAMES.set(bool(request.flag("symbolic")))  # its plain names match SymPy's
     try:
-        with naming(subject):
-            before = explained_sections(result, request.options, log=subject.log)
+        before = explained_sections(result, request.options, log=subject.log)
     finally:
         SYMPY_NAMES.reset(token)
     return Added(before=before, view={"explained": True})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from ..run.choose import Subject, lookup
 from . import Added, Asked
-from .names import naming
 
 flags = ("check", "reveal", "against")
 orders = (1,)
@@ -27,10 +26,9 @@ def add(result, request: Asked, subject: Subject) -> Added:
     source = request.flag("against")
     if source:
         return _against(answer, name, source, result, request, subject)
-    with naming(subject):
-        graded = grade(answer, result, log=subject.log, answer_name=name,
-                       record=subject.record, exam=bool(request.flag("exam")))
-        shown = verdict_sections(graded, result, reveal=False)  # --reveal: the view's
+    graded = grade(answer, result, log=subject.log, answer_name=name, record=subject.record,
+                   exam=bool(request.flag("exam")))
+    shown = verdict_sections(graded, result, reveal=False)  # --reveal: the view's
     return Added(before=shown, stored={"check": graded},
                  view={"hidden": not _revealed(request)})
 

@@ -5,7 +5,8 @@ An expression output (``%jacobian x**2``, a cell ending in ``x**2``, ``--of y.su
 named ``y`` in the formulas and in the code beneath it, ``out`` where ``y`` is bound, and so
 on: pasted into the next cell, that code never overwrites one of the user's values
 (:func:`vjp_magic.render.codegen.output_symbol`). This feature hands the names to the view
-(``View.names``); the features that build text of their own build it under :func:`naming`.
+(``View.names``, under which the view builds its text); the pipeline runs every feature under
+:func:`naming`, so the text they build takes the names too.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def cell_names(subject: Subject) -> frozenset:
 
 
 def naming(subject: Subject):
-    """A context in which text for ``subject``'s result is built with its names taken."""
+    """A context in which text for ``subject``'s result is built with its names taken (the
+    pipeline's, around every feature)."""
     names = cell_names(subject)
     return _naming(names) if names else nullcontext()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ..run.choose import Subject
 from . import Added, Asked
-from .names import naming
 
 flags = ("symbolic",)
 orders = (1, 2)
@@ -19,10 +18,8 @@ replays_record = True
 def add(result, request: Asked, subject: Subject) -> Added:
     from ..symbolic import derive  # SymPy only when asked for
 
-    with naming(subject):
-        report = derive(result, record=subject.record, namespace=subject.namespace,
-                        output_source=subject.output_source, jacobian=request.jacobian,
-                        options=request.options)
-        sections = report.sections()
-    return Added(before=sections,
+    report = derive(result, record=subject.record, namespace=subject.namespace,
+                    output_source=subject.output_source, jacobian=request.jacobian,
+                    options=request.options)
+    return Added(before=report.sections(),
                  stored={"symbolic": report.formulas, "crosscheck": report.crosscheck})
