@@ -515,10 +515,6 @@ def test_analysis_called_inside_autocast_keeps_float32(api):
 
 # -- 14. a 0-d input to sparse_jacobian -----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian(x**2, x) with a 0-d x (a scalar input) crashes with numpy's ValueError "
-    "'cannot reshape array of size 0 into shape (0)' from core/pattern._lattice_of (no axis "
-    "to read a lattice on), where r.jacobian('x', layout=torch.sparse_csr) gives [[2x]]"))
 def test_sparse_jacobian_of_a_scalar_input():
     x = torch.tensor(3., requires_grad=True)
     J = vjp_magic.sparse_jacobian(x**2, x)

@@ -352,3 +352,25 @@ def test_anomaly_mode_is_back_after_nested_and_failed_analyses():
         assert torch.is_anomaly_enabled()
     finally:
         torch.autograd.set_detect_anomaly(before)
+
+
+# -- 6. 0-d tensors through the proved pattern's lattice --------------------------------------
+# (G9's test_sparse_jacobian_of_a_scalar_input, the class: a 0-d input or output wherever
+# the offsets walk proves a pattern: core/pattern._lattice_of had no axis to read.)
+
+_ZERO_D = {
+    "x²": (lambda t: t**2, ()),
+    "a scalar broadcast then summed up": (lambda t: (t * torch.ones(40)).cumsum(0), ()),
+    "a 0-d output of a vector": (lambda t: t.sum() * t[3], (40,)),
+    "a 0-d output of an entry": (lambda t: t[3] * 2, (40,)),
+}
+
+
+@pytest.mark.parametrize("case", list(_ZERO_D))
+def test_sparse_jacobian_with_a_0d_tensor(case):
+    f, shape = _ZERO_D[case]
+    x = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) + 1).requires_grad_()
+    expected = torch.autograd.functional.jacobian(f, x.detach())
+    y = f(x)
+    got = vjp_magic.sparse_jacobian(y, x).to_dense()
+    torch.testing.assert_close(got, expected.reshape(max(y.numel(), 1), max(x.numel(), 1)))

@@ -169,7 +169,7 @@ def _lattice_of(grid, shape, terms) -> Lattice | None:
     delta = d[None, :, :] - d[:, None, :]  # [a, b] = d_b - d_a = o1 - o2
     fits = ((lo[:, None] - hi[None, :] <= delta) & (delta <= hi[:, None] - lo[None, :])).all(2)
     distinct = sorted(set(map(tuple, delta[fits & (delta != 0).any(2)].tolist())))
-    deltas = np.array(distinct, dtype=np.int64).reshape(-1, len(grid))
+    deltas = np.array(distinct, dtype=np.int64).reshape(len(distinct), len(grid))  # 0-d too
     deltas.flags.writeable = False  # kept for later calls (the cache above)
     return Lattice(tuple(int(s) for s in grid), deltas, _bound(d, lo, hi, shape))
 
