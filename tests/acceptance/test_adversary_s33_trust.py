@@ -591,3 +591,28 @@ def test_the_cells_own_batched_backward_runs_under_vjp(ip, run_ok, line, name):
     x = ip.user_ns["x"].detach()
     torch.testing.assert_close(ip.user_ns[name], torch.diag(2 * x.cos()))  # the user's J
     torch.testing.assert_close(r.derivatives["x"], 2 * x.cos())
+
+
+# -- 17. the input itself as the output ----------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dependency(x, x) (the identity: the output is the leaf x itself) refuses with 'The "
+    "output must be computed from x with autograd on: make x with requires_grad=True ...', "
+    "advice x already follows, where differentiate(x, x) and sparse_jacobian(x, x) give "
+    "the identity"))
+def test_dependency_of_the_input_itself():
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    d = vjp_magic.dependency(x, x)
+    assert d.kind == "independent"  # y[i] = x[i]: entry i reads entry i only
+    assert torch.equal(_dense_pattern(d.pattern), torch.eye(3, dtype=torch.bool))
+
+
+def _dense_pattern(pattern: torch.Tensor) -> torch.Tensor:
+    return pattern.to_dense() if pattern.layout != torch.strided else pattern
+
+
+def test_differentiate_and_sparse_jacobian_of_the_input_itself():
+    """Held: the identity."""
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    torch.testing.assert_close(vjp_magic.differentiate(x, x).jacobian("x"), torch.eye(3))
+    torch.testing.assert_close(vjp_magic.sparse_jacobian(x, x).to_dense(), torch.eye(3))
