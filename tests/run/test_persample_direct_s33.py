@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import vjp_magic
 from vjp_magic import pipeline
 from vjp_magic.core import analysis
 from vjp_magic.run import expanded, persample
@@ -151,3 +152,35 @@ def test_a_parameter_with_all_zero_gradients_goes_to_the_analysis(ip, monkeypatc
     assert direct.notes == general.notes
     assert direct._repr_mimebundle_() == general._repr_mimebundle_()
     assert float(direct.derivatives["model.1.weight"].abs().sum()) == 0.0
+
+
+def _differentiated(monkeypatch, direct: bool, inputs, names, made: list):
+    monkeypatch.setattr(pipeline, "PER_SAMPLE_DIRECT", direct)
+    original = persample.accepted_result
+    monkeypatch.setattr(persample, "accepted_result",
+                        lambda *a, **k: made.append(original(*a, **k)) or made[-1])
+    torch.manual_seed(5)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    data, targets = torch.randn(48, 5), torch.randint(0, 3, (48,))
+    losses = lambda: torch.nn.functional.cross_entropy(model(data), targets,  # noqa: E731
+                                                       reduction="none")
+    return vjp_magic.differentiate(losses, inputs(model), names=names, seed=11), model
+
+
+@pytest.mark.parametrize("aliased", [False, True])
+def test_differentiate_of_a_function_gives_the_analysis_result(monkeypatch, aliased):
+    """``differentiate(fn, model, seed=...)``; and one parameter under two names (the
+    analysis decides then: each name gets all its derivatives)."""
+    inputs = (lambda m: {"m": m, "w": m[0].weight}) if aliased else (lambda m: m)
+    names = None if aliased else "m"
+    made: list = []
+    (direct, model), (general, _) = (_differentiated(monkeypatch, flag, inputs, names, made)
+                                     for flag in (True, False))
+    assert len(made) == 1 and (made[0] is None) == aliased  # the direct path, where it can
+    assert direct.seed == general.seed == 11 and direct.notes == general.notes
+    assert list(direct.inputs) == list(general.inputs)
+    for name in direct.inputs:
+        assert torch.equal(direct.derivatives[name], general.derivatives[name]), name
+    assert direct._repr_mimebundle_() == general._repr_mimebundle_()
+    if aliased:
+        assert torch.equal(direct.derivatives["w"], direct.derivatives["m.0.weight"])
