@@ -4,7 +4,6 @@ same numbers (session 33, F2). The count is of a custom backward's calls, the nu
 torch.autograd.functional.hessian."""
 from __future__ import annotations
 
-import pytest
 import torch
 from torch.autograd.functional import hessian as reference_hessian
 
@@ -44,9 +43,6 @@ def test_both_names_get_the_hessian():
     assert "With respect to a" in text and "With respect to b" in text
 
 
-@pytest.mark.xfail(strict=True, reason="core/hessian.second_derivatives differentiates one "
-                   "tensor again under each of its names (patch: "
-                   "patches/F2-hessian-one-tensor-once.patch, T5's file)")
 def test_one_tensor_under_two_names_is_differentiated_once():
     *_, once = _hessian(["a"])
     *_, twice = _hessian(["a", "b"])

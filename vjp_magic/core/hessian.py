@@ -16,7 +16,7 @@ Several inputs give one Hessian each: no cross terms ∂²y/∂x∂w. ``x.grad``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -151,8 +151,13 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
                                **analysis_options)
     output, budget = first.output, first.memory_budget
     options = {**analysis_options, "seed": first.seed}  # one seed for every probe of the run
-    items = {name: _input_hessian(output, output_name, item, budget, options)
-             for name, item in first.inputs.items()}
+    items: dict = {}
+    first_name: dict = {}  # one tensor under several names: its Hessian computed once
+    for name, item in first.inputs.items():
+        twin = first_name.setdefault(id(item.tensor), name)
+        items[name] = _input_hessian(output, output_name, item, budget, options) \
+            if twin == name else replace(items[twin], name=name,
+                                          derivatives=items[twin].derivatives.clone())
     result = HessianResult(output=output.detach(), output_name=output_name, inputs=items,
                            memory_budget=budget, seed=first.seed)
     result.notes.extend(_notes(result))
