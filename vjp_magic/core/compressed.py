@@ -393,7 +393,7 @@ OBSERVED_WARNING = (
 _CALLER = 4
 
 
-@quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: not for us
+@quiet_autograd(default_device=True)  # the user's global modes: not for us
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
                     memory_budget: int | float | None = None,

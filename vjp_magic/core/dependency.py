@@ -895,7 +895,7 @@ def _check_tensors(output, x) -> None:
                             "with requires_grad=True and compute the output outside no_grad.")
 
 
-@quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: not for us
+@quiet_autograd(default_device=True)  # the user's global modes: not for us
 @keeps_retained_grads  # a retain_grad tensor's .grad as a plain run leaves it
 def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis: int = 0,
                memory_budget: int | float | None = None, seed: int | None = None) -> Dependency:

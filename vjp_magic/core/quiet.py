@@ -64,9 +64,25 @@ def _autocast_off(stack: contextlib.ExitStack) -> None:
 
 
 @contextlib.contextmanager
-def quiet_autograd():
+def analysis_device():
+    """The default device the analysis is written for (the CPU: each tensor it makes on
+    another device says so), where ``torch.set_default_device`` named another: its probes,
+    seeds and index arrays were made there (meta, or CUDA beside CPU inputs) and every entry
+    point crashed. Entered only after the user's own code has run (a function handed to
+    ``differentiate`` runs under the user's default)."""
+    if torch.get_default_device().type == "cpu":
+        yield
+        return
+    with torch.device("cpu"):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_autograd(default_device: bool = False):
     """Anomaly detection off, no default saved-tensor hooks, grad mode on, inference mode and
-    autocast off inside; all restored after (also as a decorator)."""
+    autocast off inside; all restored after (also as a decorator). ``default_device``: the
+    CPU as the default device inside too (:func:`analysis_device`: for an entry point that
+    runs none of the user's code)."""
     popped = []
     # (older PyTorch, before 2.6, has no reader of the stack: its hooks are left in place)
     top = getattr(_hooks, "_top_saved_tensors_default_hooks", lambda _: None)
@@ -79,6 +95,8 @@ def quiet_autograd():
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())  # our passes build graphs
             _autocast_off(stack)
+            if default_device:
+                stack.enter_context(analysis_device())
             yield
     finally:
         _anomaly.leave()
@@ -86,4 +104,4 @@ def quiet_autograd():
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
-__all__ = ["quiet_autograd"]
+__all__ = ["analysis_device", "quiet_autograd"]
