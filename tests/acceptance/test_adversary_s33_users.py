@@ -361,9 +361,6 @@ def test_a_block_diagonal_hessian_is_judged_by_its_nonzeros(ip, run_ok, small_bu
 
 
 # -- the code beneath --wrt MODULE, in a 1024 px output area --------------------------------------
-@pytest.mark.xfail(strict=True, reason="the line clearing each parameter's .grad is one chained "
-                   "assignment (model[0].weight.grad = ... = model[2].bias.grad = None, 95 "
-                   "characters) that codelines cannot break: JupyterLab breaks it mid-name")
 @pytest.mark.parametrize("line", ["--wrt model", "--wrt model.parameters()"])
 def test_the_code_for_a_modules_parameters_fits_the_output_area(ip, run_ok, run_vjp, line):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
@@ -388,10 +385,6 @@ model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
 xb = torch.randn(1, 3)"""
 
 
-@pytest.mark.xfail(strict=True, reason="a one-entry output and several parameters: the display "
-                   "shows one code block per parameter, each calling losses.backward() without "
-                   "retain_graph, so the second block pasted after the first raises 'Trying to "
-                   "backward through the graph a second time'")
 def test_each_code_block_of_a_batch_of_one_runs_after_the_other(ip, run_ok, run_vjp):
     run_ok(ONE)
     r = run_vjp("losses = model(xb).squeeze(1)**2", "--wrt model")

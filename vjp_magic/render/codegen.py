@@ -190,27 +190,31 @@ def loop_names(result, point_out: Iterable[int],
 
 
 def display_loop(result, names: Sequence[str] | None = None,
-                 first: Sequence[str] = ()) -> str:
+                 first: Sequence[str] = (), retain: bool = False) -> str:
     """The tutorial's own few lines for the derivatives with respect to ``names`` (default:
     every input), which must share their point axes; nothing saved or restored.
 
     Pasted into the next cell they give the numbers shown whatever ``.grad`` the cell left
     (its own ``backward`` adds to it): each ``.grad`` is cleared before the first backward,
     and the loop clears it after reading each component, so none is left behind. ``first``:
-    lines before them (the output computed again where the cell's backward freed its graph)."""
+    lines before them (the output computed again where the cell's backward freed its graph);
+    ``retain``: another code block shown beside this one calls backward on the same graph, so
+    this one's backward keeps it (``retain_graph=True``; the loop's always does)."""
     names = list(result.inputs if names is None else names)
     taken = taken_names(result)
     y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
-    first = [*first, cleared_grads(xs), *named]
+    first = [*first, cleared_grads(xs, taken), *named]
+    keep = ", retain_graph=True" if retain else ""
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
     reads = [f"{x}.grad" for x in xs]
     if result.output.numel() == 1 and not result.full:
-        return "\n".join(first + [f"{y}.backward()", *reads]) + "\n"
+        return "\n".join(first + [f"{y}.backward({keep[2:]})", *reads]) + "\n"
     _, v, loop = loop_names(result, result.inputs[names[0]].pairing.out_axes, taken)
     if loop.count == 1:
-        return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}))", *reads]) + "\n"
+        return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}){keep})",
+                                   *reads]) + "\n"
     ds = [derivative_name(name, taken) for name in names]
     head = list(loop.imports)
     head += first + [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
@@ -220,12 +224,19 @@ def display_loop(result, names: Sequence[str] | None = None,
     return "\n".join(head + loop.lines(y, stores, v)) + "\n"
 
 
-def cleared_grads(xs: Sequence[str]) -> str:
+def cleared_grads(xs: Sequence[str], taken: set[str] | None = None) -> str:
     """``x.grad = None`` for each of ``xs`` (spelled as code), with why where it fits the
-    code width: backward adds to ``.grad``, so code that reads it starts from none."""
+    code width: backward adds to ``.grad``, so code that reads it starts from none. Past
+    the code width, a loop over them (its tuple breaks after a comma, :mod:`.codelines`;
+    a chained assignment cannot break), its name not one of ``taken``."""
     line = " = ".join(f"{x}.grad" for x in xs) + " = None"
     said = f"{line}  # backward adds to .grad: start from none"
-    return said if len(said) <= CODE_WIDTH else line
+    if len(said) <= CODE_WIDTH:
+        return said
+    if len(line) <= CODE_WIDTH or len(xs) == 1:
+        return line
+    p = fresh("p", set() if taken is None else taken)
+    return f"for {p} in ({', '.join(xs)}):\n    {p}.grad = None  # backward adds to .grad"
 
 
 # -- r.code: the careful version ------------------------------------------------------------

@@ -35,6 +35,9 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
     the lines the code beneath starts with, the cell's backward having freed the graph)."""
     sections = [Section((shapes(result),))]
     fit, shown = fit_of(options), shown_inputs(result, options)
+    loops = 0 if jacobian else sum(  # code blocks shown with a backward on the same graph
+        any(n in shown and not result.inputs[n].unused and sparse_of(result, n) is None
+            for n in every) for every in point_groups(result))
     for every in point_groups(result):
         group = [n for n in every if n in shown]
         sections.extend(Section(tuple(sparse_blocks(result, n, options, explained, jacobian,
@@ -60,7 +63,7 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
             used = [n for n in group if not result.inputs[n].unused]
             if not explained:
                 blocks.extend(gradient_argument(result, used[0], options))
-            blocks.append(CodeBlock(display_loop(result, used, first=freed)))
+            blocks.append(CodeBlock(display_loop(result, used, first=freed, retain=loops > 1)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
                 summary = sensitivity_formula(result, name, options) if fit.sensitivity \

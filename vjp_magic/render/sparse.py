@@ -154,7 +154,7 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     if offsets is not None and not edges:  # some row inside reads fewer: no stencil
         offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
-    if offsets is None and band is not None and _in_blocks(rows, col, band):
+    if offsets is None and band is not None and _in_blocks(rows, col, band, n):
         kind = "block-diagonal"
     mostly = None
     if offsets is None and out_shape == in_shape and out_shape:
@@ -271,11 +271,12 @@ def _block(band) -> int:
     return (high - low) // 2 + 1
 
 
-def _in_blocks(rows, col, band) -> bool:
+def _in_blocks(rows, col, band, n: int) -> bool:
     """Whether every nonzero lies in a b × b block on the diagonal (flat row // b = col // b,
-    b > 1 from the band the blocks reach): block-diagonal, as r.dependency says."""
+    b > 1 from the band the blocks reach, two blocks at least of ``n`` rows): block-diagonal,
+    as r.dependency says."""
     b = _block(band)
-    return band[0] == -band[1] and b > 1 and bool(
+    return band[0] == -band[1] and 1 < b and 2 * b <= n and bool(
         torch.equal(torch.div(rows, b, rounding_mode="floor"),
                     torch.div(col, b, rounding_mode="floor")))
 
