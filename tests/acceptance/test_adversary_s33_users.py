@@ -522,3 +522,23 @@ def test_the_sparse_hessians_comment_names_the_vector_the_code_uses(ip, run_ok):
     assert float(hu[colour[151], 151]) == pytest.approx(8 + 12 * float(u[1, 1]) ** 2)
     assert "u2 = (colour == c)" in code
     assert "H u;" not in code, code
+
+
+# -- --gradcheck beside a model's table ------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="--wrt net --gradcheck on a 20-tensor model: the table "
+                   "keeps its 20 rows and the check's sentence names all 20 tensors' largest "
+                   "errors, 918 px where one screen holds 647 (the table never gives way to "
+                   "the features around it)")
+def test_gradcheck_beside_a_models_table_fits_one_screen(ip, run_ok, run_vjp):
+    from vjp_magic.render.budget import height
+    from vjp_magic.render.options import DISPLAY_HEIGHT
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "net = nn.Sequential(*[m for _ in range(10) for m in (nn.Linear(2, 2), nn.Tanh())]"
+           "[:-1])\nxb = torch.randn(3, 2)")
+    r = run_vjp("loss = net(xb).pow(2).sum()", "--wrt net --gradcheck")
+    assert r.gradcheck.ok
+    net, xb = ip.user_ns["net"], ip.user_ns["xb"]
+    expected = torch.autograd.grad(net(xb).pow(2).sum(), list(net.parameters()))
+    for (name, _), grad in zip(net.named_parameters(), expected):
+        torch.testing.assert_close(r.derivatives[f"net.{name}"], grad)
+    assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
