@@ -145,11 +145,6 @@ def test_vjp_cell_with_a_multi_grad_hook_on_the_inputs(ip, run_ok):
 
 # -- 3. grading: one full Jacobian per input, the inputs of one shape ---------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check([diag(w), diag(b)], b * w, {'b': b, 'w': w}) (the full Jacobian per input, in "
-    "order, as check's docstring accepts) grades '✗ wrong shape ... (2, 3, 3)': with inputs "
-    "of one shape teach/grading._per_input stacks the list unless each entry fits its "
-    "input's own shape, though (2, 3, 3) fits no form of either input"))
 def test_a_full_jacobian_per_input_of_one_shape_is_correct():
     b = torch.tensor([1., 2., 3.], dtype=torch.float64, requires_grad=True)
     w = torch.tensor([5., -7., 11.], dtype=torch.float64, requires_grad=True)
@@ -459,11 +454,6 @@ def test_a_points_own_second_derivative_never_reads_near_zero():
 
 # -- 11. 0·inf artefacts across the components at one point ------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "differentiate(stack([1/x, 5*x]), x) at x = [0, 1, 2] gives f_2'(0) = NaN where d(5x)/dx "
-    "= 5: the one backward per component sends v = 0 into 1/x's branch, whose -inf "
-    "derivative at 0 makes 0*(-inf) = NaN in the other component's row (the s32 class of "
-    "0*inf artefacts, here across components at one point, not outside a band)"))
 def test_a_components_derivative_is_not_nan_where_another_component_is_infinite():
     x = torch.tensor([0., 1., 2.], dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(torch.stack([1 / x, 5 * x]), x)

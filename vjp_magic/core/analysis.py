@@ -104,7 +104,7 @@ def _result(context: Context, named, proofs, accepted) -> VJPResult:
     ordinary = probes.ordinary | {name for name, (_, d) in accepted.items()
                                   if name not in probes.ordinary and _ordinary(d)}
     accepted = {name: (c, d if name in ordinary  # known finite: no NaN to fill
-                       else _nan_filled(context, named[name], c.pairing, d))
+                       else _nan_filled(context, named[name], c, d))
                 for name, (c, d) in accepted.items()}
     results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
                                    rejected=context.rejected.get(name, ()),
@@ -125,16 +125,24 @@ def _ordinary(derivatives) -> bool:
     return derivatives.layout == torch.strided and validation._ordinary(derivatives)
 
 
-def _nan_filled(context, tensor, pairing, derivatives) -> torch.Tensor:
-    """A full Jacobian (no points) with its NaN entries filled from the other mode where it has
-    a number. Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative
-    (every other row of sqrt at 0); forward mode carries another seed through other nodes,
-    so between them an entry is NaN only where both are; outside the pattern the graph
-    proves, both are 0·∞ artefacts and the entry is 0 (:func:`.validation.nan_filled`)."""
-    if derivatives.layout != torch.strided or any(tensor.shape[b] > 1 for b in pairing.in_axes) \
+def _nan_filled(context, tensor, candidate: Candidate, derivatives) -> torch.Tensor:
+    """Derivatives with their NaN entries filled from the other mode where it has a number.
+    Reverse mode reads 0·∞ where a zero seed meets an infinite local derivative (every other
+    row of sqrt at 0, another component's branch at a point); forward mode carries another
+    seed through other nodes, so between them an entry is NaN only where both are; outside
+    the pattern the graph proves, both are 0·∞ artefacts and the entry is 0
+    (:func:`.validation.nan_filled`). At points, forward mode reads a proved pairing only
+    (:func:`.validation.forward_at_points`)."""
+    pairing = candidate.pairing
+    if derivatives.layout != torch.strided \
             or not (bool(derivatives.sum().isnan()) and bool(derivatives.isnan().any())):
         return derivatives  # (a NaN entry makes the sum NaN: a cheap first look)
     output = context.output
+    if any(tensor.shape[b] > 1 for b in pairing.in_axes):  # points
+        if not candidate.proved:
+            return derivatives
+        return validation.nan_filled(derivatives, (
+            lambda: validation.forward_at_points(output, tensor, pairing),))
     return validation.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
                                            lambda: context.vjps([tensor], (), batched=False)[0][0]),
                                  proved=lambda: proved_pattern(output, tensor, context.budget,

@@ -382,7 +382,25 @@ def _per_input(answer, result, name) -> dict | None:
                                   for t, i in zip(answer, result.inputs.values())
                                   if as_tensor(t)[0] is not None):
             return dict(zip(result.inputs, answer))
+        # one shape: stacked (rows of one input's answer) where that fits an input's form,
+        # else one answer per input where each fits its own (a full Jacobian per input)
+        stacked = as_tensor(answer)[0]
+        if stacked is not None and not any(_fits_a_form(stacked, result, n)
+                                           for n in result.inputs) and \
+                all(_fits_a_form(as_tensor(t)[0], result, n)
+                    for t, n in zip(answer, result.inputs)):
+            return dict(zip(result.inputs, answer))
     return None
+
+
+def _fits_a_form(a, result, name: str) -> bool:
+    """Whether ``a`` has the shape of a form an answer for input ``name`` may take: x's, the
+    derivatives' (components + x's) or the full Jacobian's (output's + x's)."""
+    if a is None:
+        return False
+    x = tuple(result.inputs[name].tensor.shape)
+    forms = (x, tuple(result.inputs[name].derivatives.shape), tuple(result.output.shape) + x)
+    return any(fits(a, form) is not None for form in forms)
 
 
 def grade(answer, result, name: str | None = None, *, log=None,
