@@ -542,3 +542,22 @@ def test_gradcheck_beside_a_models_table_fits_one_screen(ip, run_ok, run_vjp):
     for (name, _), grad in zip(net.named_parameters(), expected):
         torch.testing.assert_close(r.derivatives[f"net.{name}"], grad)
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
+
+
+@pytest.mark.xfail(strict=True, reason="a moving window (x.unfold(0, 3, 1), 1,998 × 2,000): "
+                   "r.dependency says band, offsets 0..2, the display calls the same Jacobian "
+                   "only 'sparse, at most 3 nonzeros a row' (a band that is not square is "
+                   "never called one)")
+def test_a_moving_windows_band_is_called_a_band_in_the_display_too(run_vjp):
+    r = run_vjp("x = torch.linspace(0, 1, 2000, requires_grad=True)\n"
+                "y = (x.unfold(0, 3, 1) ** 2).sum(-1)")
+    d = r.dependency("x")
+    assert d.kind == "band" and tuple(d.offsets) == (0, 2)
+    j = r.jacobian("x", layout=torch.sparse_csr).to_dense()
+    x = torch.linspace(0, 1, 2000)
+    truth = torch.zeros(1998, 2000)
+    for k in range(3):  # y[i] = x[i]² + x[i+1]² + x[i+2]²: ∂y[i]/∂x[i+k] = 2 x[i+k]
+        truth[torch.arange(1998), torch.arange(1998) + k] = 2 * x[k:k + 1998]
+    torch.testing.assert_close(j, truth)
+    text = plain(r)
+    assert "band" in text, text[:600]
