@@ -331,9 +331,23 @@ def closed_form(colours: torch.Tensor, out_shape, count: int) -> Form | None:
         for k in range(count ** (dims - 1)):
             coefficients = tuple((k // count ** p) % count for p in range(dims - 1)) + (1,)
             weights = torch.tensor(coefficients)[:, None]
-            if _same_classes(colours, (index * weights).sum(0) % count, count):
-                return Form(coefficients)
+            base = (index * weights).sum(0) % count
+            if _same_classes(colours, base, count):
+                return Form(_numbered_as(colours, base, coefficients, count))
     return _with_exceptions(colours, count)
+
+
+def _numbered_as(colours: torch.Tensor, base: torch.Tensor, coefficients: tuple,
+                 count: int) -> tuple[int, ...]:
+    """``coefficients`` times k (mod ``count``) where the colours number the classes k·c (a
+    unit k), so that class c of the form is r.gradients[name][c] (a 5-point stencil's
+    colours 2c for (3i + j) mod 5 = c: (i + 2j) mod 5 is theirs); else as they are."""
+    perm = _relabelling(colours, base, count)
+    k = int(perm[1]) if perm is not None and count > 1 else 1
+    if perm is None or math.gcd(k, count) != 1 or \
+            not torch.equal(perm, torch.arange(count, dtype=perm.dtype) * k % count):
+        return coefficients
+    return tuple(a * k % count for a in coefficients)
 
 
 def _with_exceptions(colours: torch.Tensor, count: int) -> Form | None:
