@@ -561,3 +561,31 @@ def test_a_moving_windows_band_is_called_a_band_in_the_display_too(run_vjp):
     torch.testing.assert_close(j, truth)
     text = plain(r)
     assert "band" in text, text[:600]
+
+
+# -- a typo in --wrt: say what to write ------------------------------------------------------------
+TYPOS = """import torch.nn as nn
+torch.manual_seed(0)
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(3, 3)])
+        self.head = nn.Linear(3, 1)
+    def forward(self, x):
+        return self.head(self.layers[0](x))
+model = Net()
+xb = torch.randn(4, 3)"""
+
+
+@pytest.mark.xfail(strict=True, reason="a typo in --wrt gets what is wrong ('No variable named "
+                   "modle', \"'Net' object has no attribute 'layer'\") but not what to write: "
+                   "the near name the namespace or the module has (model, model.layers, "
+                   "model.head.weight), as Python's own NameError/AttributeError suggest")
+@pytest.mark.parametrize("typo, meant", [("modle", "model"), ("model.layer", "model.layers"),
+                                         ("model.head.weights", "model.head.weight")])
+def test_a_wrt_typo_is_told_the_near_name(ip, run_ok, usage_error, typo, meant):
+    run_ok(TYPOS)
+    assert eval(meant, {"model": ip.user_ns["model"]}) is not None  # noqa: S307 - it exists
+    message = usage_error(f"%%vjp --wrt {typo}\nloss = model(xb).sum()")
+    assert re.search(rf"{re.escape(meant)}(?![\w.\[])", message), message
+    assert all(p.grad is None for p in ip.user_ns["model"].parameters())
