@@ -571,11 +571,6 @@ def test_the_cells_own_batched_backward_runs_under_vjp(ip, run_ok, line, name):
 
 # -- 17. the input itself as the output ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dependency(x, x) (the identity: the output is the leaf x itself) refuses with 'The "
-    "output must be computed from x with autograd on: make x with requires_grad=True ...', "
-    "advice x already follows, where differentiate(x, x) and sparse_jacobian(x, x) give "
-    "the identity"))
 def test_dependency_of_the_input_itself():
     x = torch.tensor([1., 2., 3.], requires_grad=True)
     d = vjp_magic.dependency(x, x)

@@ -430,3 +430,25 @@ def test_a_magic_under_another_default_device(ip, run_ok):
     x = ip.user_ns["x"].detach()
     torch.testing.assert_close(r.jacobian("x"), torch.autograd.functional.jacobian(
         _neighbours_product, x))
+
+
+# -- 8. the input itself as the output of dependency ------------------------------------------
+# (G9's test_dependency_of_the_input_itself, the class: any two axes, one held sparsely.)
+
+@pytest.mark.parametrize("axes, expected", [((0, 0), torch.eye(3, dtype=torch.bool)),
+                                            ((1, 1), torch.eye(4, dtype=torch.bool)),
+                                            ((0, 1), torch.ones(3, 4, dtype=torch.bool))])
+def test_dependency_of_the_input_itself_along_any_axes(axes, expected):
+    """y = x: y[i, k] reads x[i, k] only, so along one axis i reads i; along two, every
+    (i, k) pair meets in the entry [i, k]."""
+    x = torch.rand(3, 4, requires_grad=True)
+    d = vjp_magic.dependency(x, x, *axes)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    assert torch.equal(pattern, expected)
+
+
+def test_dependency_of_a_large_input_itself_is_held_sparsely():
+    x = torch.rand(100_000, requires_grad=True)
+    d = vjp_magic.dependency(x, x, memory_budget=10**6)
+    assert d.kind == "independent"
+    assert d.pattern.layout == torch.sparse_csr and d.pattern.values().numel() == 100_000

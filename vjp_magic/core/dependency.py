@@ -876,6 +876,23 @@ def _refusal_dependency(context, named, point_out):
     return None
 
 
+def _identity(x: torch.Tensor, out_axis: int, in_axis: int, budget, seed) -> Dependency:
+    """The pattern of y = x itself (as :func:`vjp_magic.sparse_jacobian` gives I): along one
+    axis index i reads index i only; along two axes every pair meets in some entry."""
+    a = _axis(out_axis, x.dim(), f"output ({x.dim()}-d)")
+    b = _axis(in_axis, x.dim(), f"input ({x.dim()}-d)")
+    _refuse_empty(x, x)
+    m, n = x.shape[a], x.shape[b]
+    budget = memory.resolve_budget(budget, x.device)
+    seed = new_seed() if seed is None else validation.checked_seed(seed)
+    if a == b and 2 * m * n > budget:  # the diagonal, held sparsely
+        own = torch.arange(m)
+        return _dependency(sparse_pattern(own, own, m, n), a, b, Evidence.PROVED, seed)
+    _refuse(m, n, budget)
+    pattern = torch.eye(m, dtype=torch.bool) if a == b else torch.ones(m, n, dtype=torch.bool)
+    return _dependency(pattern, a, b, Evidence.PROVED, seed)
+
+
 def _check_tensors(output, x) -> None:
     """``dependency``'s two tensors: real, with values, the output computed from x."""
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
@@ -890,7 +907,7 @@ def _check_tensors(output, x) -> None:
             raise VJPUsageError(f"The {role} has dtype {tensor.dtype}: integer and bool tensors "
                                 "have no derivatives. Create the input as floats with "
                                 "requires_grad=True and compute a floating output from it.")
-    if output.grad_fn is None or not x.requires_grad:
+    if (output.grad_fn is None and output is not x) or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
 
@@ -942,6 +959,8 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
         ('lower-triangular', (1, 0), (-4, 0), 'y[1] ← x[0]')
     """
     _check_tensors(output, x)
+    if output is x:  # the identity: no graph, no pass
+        return _identity(x, out_axis, in_axis, memory_budget, seed)
     refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
