@@ -589,3 +589,22 @@ def test_a_wrt_typo_is_told_the_near_name(ip, run_ok, usage_error, typo, meant):
     message = usage_error(f"%%vjp --wrt {typo}\nloss = model(xb).sum()")
     assert re.search(rf"{re.escape(meant)}(?![\w.\[])", message), message
     assert all(p.grad is None for p in ip.user_ns["model"].parameters())
+
+
+# -- --wrt MODEL with frozen layers ---------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="--wrt big with big[0] frozen: the table says 'From 14 "
+                   "tensors' and never names the 2 it left out (requires_grad=False); a user "
+                   "who asked for the model's parameters cannot tell frozen from lost")
+def test_frozen_parameters_left_out_are_named(ip, run_ok, run_vjp):
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "big = nn.Sequential(*[nn.Linear(3, 3) for _ in range(8)])\n"
+           "big[0].requires_grad_(False)\nxb = torch.randn(5, 3)")
+    r = run_vjp("loss = big(xb).pow(2).sum()", "--wrt big")
+    big, xb = ip.user_ns["big"], ip.user_ns["xb"]
+    trainable = {n: p for n, p in big.named_parameters() if p.requires_grad}
+    assert set(r.derivatives) == {f"big.{n}" for n in trainable}  # the frozen ones left out
+    for name, grad in zip(trainable, torch.autograd.grad(big(xb).pow(2).sum(),
+                                                         list(trainable.values()))):
+        torch.testing.assert_close(r.derivatives[f"big.{name}"], grad)
+    text = plain(r)
+    assert "big[0]" in text and ("frozen" in text or "requires_grad" in text), text[:400]
