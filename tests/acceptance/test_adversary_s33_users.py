@@ -505,9 +505,6 @@ def test_the_laplacians_stated_colours_are_r_gradients(ip, run_vjp):
         assert torch.equal(v.reshape(-1) != 0, stated == c), c
 
 
-@pytest.mark.xfail(strict=True, reason="a sparse Hessian with respect to an input named u: the "
-                   "colour vector is renamed u2, but the code's comment still says 'row c: H u', "
-                   "which names the cell's own u (the point), not the vector")
 def test_the_sparse_hessians_comment_names_the_vector_the_code_uses(ip, run_ok):
     run_ok("torch.manual_seed(0)\nu = torch.rand(150, 150, dtype=torch.float64, "
            "requires_grad=True)\nE = ((u[1:, :] - u[:-1, :])**2).sum() + "

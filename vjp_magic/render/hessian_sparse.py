@@ -101,8 +101,9 @@ def product_code(h, name: str, form: Form | None) -> str:
     else:
         colours = [f"{colour} = {index} % {k}  # of each entry"]
     lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)", *colours,
-              f"{hu} = []  # row c: H u" + (f"; H[p, q] = {hu}[{colour}[q], p] at each nonzero"
-                                             if direct and not reads_result else ""),
+              f"{hu} = []  # row {c}: H {u}" + (f"; H[p, q] = {hu}[{colour}[q], p] at each "
+                                                 "nonzero" if direct and not reads_result
+                                                 else ""),
               f"for {c} in range({k}):",
               f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x})",
               f"    {hu} += torch.autograd.grad({g}, {x}, {u}, retain_graph=True)",

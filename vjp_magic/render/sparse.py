@@ -654,7 +654,7 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
     k = sparse.count
     lines += colour_lines(found.form, y, k, name, names, taken)
-    lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row c: v^T J",
+    lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row {c}: {v}^T J",
               cleared_grads([x]),
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
