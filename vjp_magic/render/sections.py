@@ -393,7 +393,9 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
         flat = d.reshape(rows, cols)
         block = tensor_block(flat, row_label=_component_labels(result, name, comp,
                                                                options.index_base))
-        near = _row_noise(flat)  # each row judged on its own
+        # each row judged on its own; each entry on its own where it is one point's own
+        # derivative (nothing of another point sums into it)
+        near = None if _alone(result, name) else _row_noise(flat)
         block = replace(block, alone=True,
                         near_zero=None if near is None else lambda r, c: near[r[:, None], c])
     elif d.dim() <= 2:  # a gradient shaped like x, or a matrix-valued function of one variable
@@ -407,11 +409,13 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
 
 def _row_noise(rows: torch.Tensor) -> torch.Tensor | None:
     """Of each row (one component's gradient: a backward of its own, nothing of another row
-    sums into it), the non-zero entries within the dtype's noise of its own largest: they read
-    ≈0, never 0; none is judged against another row's (a mean's 1/3 beside a row of 10^6)."""
+    sums into it), the non-zero entries within the dtype's noise of its own largest finite
+    entry: they read ≈0, never 0; none is judged against another row's (a mean's 1/3 beside a
+    row of 10^6), nor against an infinite one (which would make every entry ≈0)."""
     if not rows.is_floating_point() or rows.numel() == 0:
         return None
-    floor = noise_floor(rows.abs().amax(dim=1, keepdim=True), resolution(rows.dtype))
+    finite = torch.where(rows.isfinite(), rows.abs(), 0)  # an inf is no scale: ∞ is shown
+    floor = noise_floor(finite.amax(dim=1, keepdim=True), resolution(rows.dtype))
     return (rows.abs() <= floor) & (rows != 0)
 
 
