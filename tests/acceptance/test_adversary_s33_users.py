@@ -472,9 +472,6 @@ def test_the_training_step_refusal_names_parameters_as_the_cell_writes_them(ip, 
     assert "model[0].weight" in message and "model.0.weight" not in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="--check under --wrt model names the parameter by its key "
-                   "('with respect to model.0.weight ... like model.0.weight'), not as the "
-                   "cell and the rest of the display write it (model[0].weight)")
 def test_the_check_hint_names_parameters_as_the_cell_writes_them(ip, run_ok, run_vjp):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
            "model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))\n"

@@ -19,6 +19,7 @@ import torch
 from ..core.errors import operand
 from ..core.marked import code, marked
 from ..core.textenum import TextEnum
+from ..core.validation import parameter_expression
 
 if TYPE_CHECKING:
     from .grading import Case
@@ -93,9 +94,10 @@ class Hints:
     @staticmethod
     def names(case: Case) -> tuple[str, str, str]:
         """The answer as code spells it (``answer``, ``answer['x']`` for a dict's entry,
-        where it has no name: from Python), the output's name, the input's."""
+        where it has no name: from Python), the output's name, the input's as the cell writes
+        it (a module's parameter ``model[0].weight``, never its key ``model.0.weight``)."""
         answer = case.answer.removeprefix("the ")
-        return answer, case.exp.result.output_name, case.exp.name
+        return answer, case.exp.result.output_name, parameter_expression(case.exp.name)
 
     @staticmethod
     def subject(case: Case) -> str:
