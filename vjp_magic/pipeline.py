@@ -24,7 +24,7 @@ from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import refuse_reentrant
-from .core.quiet import quiet_autograd
+from .core.quiet import analysis_device, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -86,15 +86,17 @@ def pipeline(subject: Subject, request: Request,
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
     output_name, output = subject.output(request.of)
     inputs = subject.inputs(request.wrt, output, output_name)
-    refuse_reentrant(output, output_name)  # a backward re-running the forward: before any pass
-    capture = _per_sample_capture(subject, inputs, output, request, features)
-    graph = analysed_graph(subject.record, inputs, output, subject.namespace, capture)  # hook-free
-    given = _per_sample(subject, inputs, output, request, features, graph)
-    found = _accepted(graph, output_name, request, given)  # None: the analysis decides
-    result = graph.restore(found if found is not None else
-                           _derivatives(graph, output_name, request, given), output, inputs)
-    with names.naming(subject):  # no text a feature builds takes a name the cell binds
-        added = gather(features, result, request, subject)
+    with analysis_device():  # the user's code has run: the CPU as the default device
+        refuse_reentrant(output, output_name)  # a backward re-running the forward: first
+        capture = _per_sample_capture(subject, inputs, output, request, features)
+        graph = analysed_graph(subject.record, inputs, output, subject.namespace,
+                               capture)  # hook-free
+        given = _per_sample(subject, inputs, output, request, features, graph)
+        found = _accepted(graph, output_name, request, given)  # None: the analysis decides
+        result = graph.restore(found if found is not None else
+                               _derivatives(graph, output_name, request, given), output, inputs)
+        with names.naming(subject):  # no text a feature builds takes a name the cell binds
+            added = gather(features, result, request, subject)
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
                    view=view, **added.stored)

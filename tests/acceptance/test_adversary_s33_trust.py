@@ -388,12 +388,6 @@ def default_device_elsewhere():
     torch.set_default_device(None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "under torch.set_default_device(<another device>) every entry point on CPU tensors "
-    "crashes (RuntimeError 'invalid gradient at index 0 - expected device cpu but got meta', "
-    "NotImplementedError 'Cannot copy out of meta tensor'): the analysis makes its tensors "
-    "(probes, seeds, patterns) on the default device, not the inputs' (the class of the "
-    "default dtype, fixed in s32)"))
 @pytest.mark.parametrize("api", ["differentiate", "sparse_jacobian", "hessian", "check"])
 def test_entry_points_under_another_default_device(default_device_elsewhere, api):
     x = torch.linspace(-1, 1, 6, device="cpu", requires_grad=True)
@@ -449,11 +443,6 @@ def test_a_components_derivative_is_not_nan_where_another_component_is_infinite(
 
 # -- 12. grading a wrong answer on a graph with a retain_grad() tensor ----------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vjp_magic.check (and assert_correct) of a wrong answer against y = h**2, h = sin(x) "
-    "with h.retain_grad(), leaves h.grad filled (the diagnosis of the mistake runs a backward "
-    "through the live graph), so the user's next y.sum().backward() adds to it: h.grad is "
-    "not what a plain run gives (a right answer, and n = 300 stencils, leave it None)"))
 @pytest.mark.parametrize("entry", ["check", "assert_correct"])
 def test_grading_a_wrong_answer_leaves_a_retained_grad_alone(entry):
     x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)

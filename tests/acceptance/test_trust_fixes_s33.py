@@ -370,10 +370,6 @@ def test_sparse_jacobian_with_a_0d_tensor(case):
 # user's default intact after each call, and a function handed to differentiate still runs
 # under it.) "meta" stands for another device on a machine without one.
 
-PIPELINE_PATCH = ("needs /work/briefs/s33/patches/T5-default-device.patch (pipeline runs the "
-                  "analysis under core/quiet.analysis_device once the user's code has run)")
-
-
 @pytest.fixture
 def default_meta():
     torch.set_default_device("meta")
@@ -400,7 +396,6 @@ def test_entry_points_without_user_code_under_another_default_device(default_met
     assert torch.get_default_device().type == "meta"
 
 
-@pytest.mark.xfail(strict=True, reason=PIPELINE_PATCH)
 def test_a_function_handed_to_differentiate_runs_under_the_users_default_device(default_meta):
     seen = []
 
@@ -418,7 +413,6 @@ def test_a_function_handed_to_differentiate_runs_under_the_users_default_device(
     assert torch.get_default_device().type == "meta"
 
 
-@pytest.mark.xfail(strict=True, reason=PIPELINE_PATCH)
 def test_a_magic_under_another_default_device(ip, run_ok):
     run_ok("x = torch.linspace(-1, 1, 6, device='cpu', requires_grad=True)\n"
            "y = x.sin() * x.roll(1)")
@@ -458,11 +452,6 @@ def test_dependency_of_a_large_input_itself_is_held_sparsely():
 # (G9's test_grading_a_wrong_answer_leaves_a_retained_grad_alone, the class: float32 too,
 # several retained tensors, an input given by name.)
 
-RETAINED_PATCH = ("needs /work/briefs/s33/patches/T5-grading-retained.patch (teach/"
-                  "grading_reference.rounding_bound keeps retained .grad)")
-
-
-@pytest.mark.xfail(strict=True, reason=RETAINED_PATCH)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_grading_a_wrong_answer_leaves_every_retained_grad_as_a_plain_run(dtype):
     x = torch.linspace(-1, 1, 5, dtype=dtype, requires_grad=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.retained import grads_kept
 from ..core.tolerances import tolerances
 from ..core.torch_api import guarded_grad, materialized_grad
 from ..run.replay import build, runs_user_code
@@ -148,18 +149,19 @@ def rounding_bound(output: torch.Tensor, leaf: torch.Tensor, vs: list) -> torch.
         return None
     edge = torch.autograd.graph.get_gradient_edge(leaf)
     rows = []
-    for v in vs:
-        errors: dict = {}
-        handles = [node.register_hook(_carry(node, errors)) for node in nodes]
-        try:
-            guarded_grad(output, leaf, v.to(output.dtype), retain_graph=True,
-                         allow_unused=True)  # (a reentrant custom backward: refused first)
-        finally:
-            for handle in handles:
-                handle.remove()
-        found = _incoming(errors, (edge.node, edge.output_nr))
-        rows.append(torch.zeros(leaf.shape, dtype=torch.float64, device=leaf.device)
-                    if found is None else found.reshape(leaf.shape))
+    with grads_kept(output):  # a retain_grad() tensor's .grad as the user's graph left it
+        for v in vs:
+            errors: dict = {}
+            handles = [node.register_hook(_carry(node, errors)) for node in nodes]
+            try:
+                guarded_grad(output, leaf, v.to(output.dtype), retain_graph=True,
+                             allow_unused=True)  # (a reentrant custom backward: refused first)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            found = _incoming(errors, (edge.node, edge.output_nr))
+            rows.append(torch.zeros(leaf.shape, dtype=torch.float64, device=leaf.device)
+                        if found is None else found.reshape(leaf.shape))
     return torch.stack(rows)
 
 
