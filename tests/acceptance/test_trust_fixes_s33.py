@@ -462,3 +462,44 @@ def test_grading_a_wrong_answer_leaves_every_retained_grad_as_a_plain_run(dtype)
     y = g**2
     assert not vjp_magic.check(torch.ones(5, 5, dtype=dtype), y, {"x": x}).correct
     assert h.grad is None and g.grad is None and x.grad is None
+
+
+# -- 10. the user's profiler around an analysis of a custom Function ---------------------------
+# (G9's test_a_custom_function_leaves_the_users_profiler_running, the class: every entry
+# point whose passes run under core/reentrant's guard.)
+
+PROFILE_PATCH = ("needs /work/briefs/s33/patches/T5-profiler.patch (core/reentrant._Guard "
+                 "enables a cProfile profiler again instead of sys.setprofile(it))")
+
+
+class _CubeInTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return t**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        return g * 3 * t**2
+
+
+@pytest.mark.xfail(strict=True, reason=PROFILE_PATCH)
+@pytest.mark.parametrize("api", ["sparse_jacobian", "dependency", "hessian"])
+def test_every_entry_point_leaves_the_users_profiler_running(api):
+    import cProfile
+    import sys
+
+    x = torch.linspace(-1, 1, 50, dtype=torch.float64, requires_grad=True)
+    y = _CubeInTorch.apply(x) * x.roll(1)
+    call = {"sparse_jacobian": lambda: vjp_magic.sparse_jacobian(y, x),
+            "dependency": lambda: vjp_magic.dependency(y, x),
+            "hessian": lambda: vjp_magic.hessian(y.sum(), x)}[api]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        call()
+        still = sys.getprofile()
+    finally:
+        profiler.disable()
+    assert still is profiler
