@@ -70,7 +70,8 @@ def analysis_device():
     seeds and index arrays were made there (meta, or CUDA beside CPU inputs) and every entry
     point crashed. Entered only after the user's own code has run (a function handed to
     ``differentiate`` runs under the user's default)."""
-    if torch.get_default_device().type == "cpu":
+    default = getattr(torch, "get_default_device", None)  # (PyTorch 2.3 and later)
+    if default is None or default().type == "cpu":
         yield
         return
     with torch.device("cpu"):
