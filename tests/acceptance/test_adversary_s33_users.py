@@ -19,6 +19,8 @@ import subprocess
 import pytest
 import torch
 
+import vjp_magic
+
 from vjp_magic.render.codelines import OUTPUT_WIDTH
 from vjp_magic.render.document import Formula, Matrix
 from vjp_magic.render.matrix import reserve, width
@@ -621,3 +623,23 @@ def test_the_matrices_a_full_table_leaves_out_are_said(ip, run_ok, run_vjp):
     torch.testing.assert_close(r.derivatives["net.18.bias"], grads["18.bias"])
     text = plain(r)
     assert "∂loss/∂net[18].bias =" in text or "Not shown" in text, text[-500:]
+
+
+# -- vjp_magic.differentiate(loss, model) from plain Python ---------------------------------------
+@pytest.mark.xfail(strict=True, reason="differentiate(loss, model) (or the model's "
+                   "named_parameters() as a dict) names the inputs '0.weight', ...: the code "
+                   "beneath reads 'for p in ((0.weight), ...)' and '(0.weight).grad', and r.code "
+                   "too: a SyntaxError where the display promises code to paste")
+@pytest.mark.parametrize("given", ["module", "named_parameters"])
+def test_the_code_for_a_models_parameters_from_python_compiles(given):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    xb = torch.randn(5, 3)
+    loss = model(xb).pow(2).sum()
+    inputs = model if given == "module" else dict(model.named_parameters())
+    r = vjp_magic.differentiate(loss, inputs, seed=0)
+    expected = torch.autograd.grad(model(xb).pow(2).sum(), list(model.parameters()))
+    for name, grad in zip(r.derivatives, expected):
+        torch.testing.assert_close(r.derivatives[name], grad)
+    for code in [*shown_code(r), r.code]:
+        compile(code, "<shown>", "exec")  # SyntaxError: invalid decimal literal

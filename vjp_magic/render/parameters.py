@@ -20,7 +20,7 @@ from . import notation
 from .budget import fit_of, remembered
 from .codegen import output_symbol
 from .document import Code, Entry, Formula, Matrix, Paragraph, Section, Text
-from .matrix import VDOTS, multi_index
+from .matrix import VDOTS, multi_index, reserve, width
 from .numbers import alone, choose_format, significant_digits
 from .sections import derivative_formulas, note_paragraphs
 
@@ -160,7 +160,18 @@ def _table(result, rows: list[Row], options) -> Formula:
               Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
                     f"at (from {options.index_base})"))  # the labels are code, from 0
     lhs = notation.partial(y, "p")
-    return Formula(lhs, Matrix(tuple(lines), tuple(labels), header))
+    kept = len(header)  # the last columns go where the line is wider than the width budget
+    while kept > 2 and reserve(lhs) + width(Matrix(tuple(line[:kept] for line in lines),
+                                                   tuple(labels), header[:kept])) > options.width:
+        kept -= 1
+    left = " and ".join(_COLUMN_WORDS[kept:])
+    caption = (Text(f"Left out to fit the width: {left} (each in "),
+               Code("r.derivatives[name]"), Text(").")) if left else ()
+    return Formula(lhs, Matrix(tuple(line[:kept] for line in lines), tuple(labels),
+                               header[:kept]), None, caption)
+
+
+_COLUMN_WORDS = ("each tensor's shape", "its norm", "its largest |entry|", "where that is")
 
 
 def _shown(rows: list[Row]) -> list[int | None]:
