@@ -106,8 +106,13 @@ _SAVED: dict = {}  # node type → the names of the tensors it saves (read once 
 
 
 def _saved_names(kind, node) -> tuple[str, ...]:
+    """The saved attributes of ``kind`` that hold tensors (or lists of them): those with a
+    raw ``SavedVariable`` beside them (``_raw_saved_self``), the only ones whose reading can
+    find a tensor changed in place; not the sizes, strides and scalars also saved."""
     if kind not in _SAVED:
-        _SAVED[kind] = tuple(a for a in dir(node) if a.startswith("_saved_"))
+        names = dir(node)
+        _SAVED[kind] = tuple(a for a in names
+                             if a.startswith("_saved_") and "_raw" + a in names)
     return _SAVED[kind]
 
 
