@@ -161,9 +161,6 @@ def test_the_cnn_table_names_every_tensor_as_the_cell_writes_it(ip, cnn, run_vjp
     assert all(p.grad is None for p in cnn.parameters())
 
 
-@pytest.mark.xfail(strict=True, reason="the --wrt MODULE parameter table is never fitted to the "
-                   "width budget: a small CNN's table (names like net.blocks[1][0].weight, "
-                   "4-D shapes) is ~65 counted characters where a display line may take 50")
 @pytest.mark.parametrize("cell", ["loss = nn.functional.cross_entropy(net(xb), tb)",
                                   "losses = nn.functional.cross_entropy(net(xb), tb, "
                                   "reduction='none')"], ids=["loss", "per-sample"])
