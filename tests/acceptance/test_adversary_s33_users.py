@@ -640,3 +640,48 @@ def test_the_code_for_a_models_parameters_from_python_compiles(given):
         torch.testing.assert_close(r.derivatives[name], grad)
     for code in [*shown_code(r), r.code]:
         compile(code, "<shown>", "exec")  # SyntaxError: invalid decimal literal
+
+
+# -- a ModuleDict's keys as the cell writes them ---------------------------------------------------
+KEYED = """import torch.nn as nn
+torch.manual_seed(0)
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleDict({'layer-1': nn.Linear(3, 3), 'class': nn.Linear(3, 3),
+                                     '7': nn.Linear(3, 1)})
+        self.pdict = nn.ParameterDict({'scale-a': nn.Parameter(torch.ones(3))})
+        self.seq = nn.Sequential(nn.Linear(3, 3))
+    def forward(self, x):
+        x = self.seq(self.blocks['layer-1'](x) * self.pdict['scale-a'])
+        return self.blocks['7'](self.blocks['class'](x))
+model = M()
+xb = torch.randn(4, 3)"""
+
+
+@pytest.mark.xfail(strict=True, reason="ModuleDict / ParameterDict keys are spelled as "
+                   "attributes or list indices: model.blocks.layer-1.weight and "
+                   "model.blocks.class.weight (SyntaxErrors), model.blocks[7].weight (KeyError: "
+                   "the key is the string '7'), model.pdict.scale-a; the cell writes "
+                   "model.blocks['layer-1'].weight (core/validation.parameter_expression)")
+def test_every_table_name_pasted_is_that_parameter(ip, run_ok, run_vjp):
+    run_ok(KEYED)
+    r = run_vjp("loss = model(xb).pow(2).sum()", "--wrt model")
+    model, xb = ip.user_ns["model"], ip.user_ns["xb"]
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(model(xb).pow(2).sum(), list(params.values()))
+    for (name, _), grad in zip(params.items(), grads):
+        torch.testing.assert_close(r.derivatives[f"model.{name}"], grad)
+    text = bundle(r)["text/plain"]
+    labels = re.findall(r"^\s+(model\S*) \[", text, flags=re.M)
+    assert len(labels) == len(params), labels
+    wrong = []
+    for label in labels:
+        try:
+            value = eval(label, {"model": model})  # noqa: S307 - pasted as a user would
+        except Exception as error:  # noqa: BLE001 - what the user would see
+            wrong.append(f"{label}: {type(error).__name__}")
+            continue
+        if not any(value is p for p in params.values()):
+            wrong.append(f"{label}: another tensor")
+    assert not wrong, wrong
