@@ -623,10 +623,6 @@ def test_the_matrices_a_full_table_leaves_out_are_said(ip, run_ok, run_vjp):
 
 
 # -- vjp_magic.differentiate(loss, model) from plain Python ---------------------------------------
-@pytest.mark.xfail(strict=True, reason="differentiate(loss, model) (or the model's "
-                   "named_parameters() as a dict) names the inputs '0.weight', ...: the code "
-                   "beneath reads 'for p in ((0.weight), ...)' and '(0.weight).grad', and r.code "
-                   "too: a SyntaxError where the display promises code to paste")
 @pytest.mark.parametrize("given", ["module", "named_parameters"])
 def test_the_code_for_a_models_parameters_from_python_compiles(given):
     torch.manual_seed(0)

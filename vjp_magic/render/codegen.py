@@ -54,14 +54,27 @@ def fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-def expression(source: str) -> str:
+def expression(source: str, result: str = "_") -> str:
     """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
     ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``, and a module's
-    parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``."""
+    parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``;
+    a name that is no Python (``0.weight``, a module given from Python has no name of its
+    own) is read off the result, ``_.inputs['0.weight'].tensor`` (``result``: its name)."""
     if _attribute_path(source):  # λ needs no parentheses either: any Python identifier
         return source
     spelled = parameter_expression(source)
-    return spelled if spelled != source else f"({source})"
+    spelled = spelled if spelled != source else f"({source})"
+    try:
+        compile(spelled, "<expression>", "eval")
+    except SyntaxError:
+        return f"{result}.inputs[{source!r}].tensor"
+    return spelled
+
+
+def reads_result(code: str, result: str = "_") -> bool:
+    """Whether ``code`` reads the result named ``result`` (``_.inputs[...]``, ...)."""
+    return re.search(rf"(?<![\w.]){re.escape(result)}\.(inputs|gradients|jacobian)\b",
+                     code) is not None
 
 
 def _attribute_path(source: str) -> bool:
@@ -204,7 +217,8 @@ def display_loop(result, names: Sequence[str] | None = None,
     taken = taken_names(result)
     y, named = _output_variable(result, taken)
     xs = [expression(name) for name in names]
-    first = [*first, cleared_grads(xs, taken), *named]
+    checked = [result_check("_", result.seed)] if any(map(reads_result, xs)) else []
+    first = [*checked, *first, cleared_grads(xs, taken), *named]
     keep = ", retain_graph=True" if retain else ""
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
@@ -257,7 +271,7 @@ def reproducing_code(result, result_name: str | None = None,
     if body:
         body[0] += "  # the output, computed again"
     body = [*first, *body]
-    xs = {name: expression(name) for name in names}
+    xs = {name: expression(name, source) for name in names}
     d_names = {name: derivative_name(name, taken) for name in names}
     saved = fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)
     body += _save_grads(result, xs, saved)
@@ -279,7 +293,7 @@ def reproducing_code(result, result_name: str | None = None,
     grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
     head = ["import torch", *imports]
-    if any(re.search(rf"(?<![\w.]){source}\.(gradients|jacobian)\b", line) for line in body):
+    if any(reads_result(line, source) for line in body):
         head += ["", *said, result_check(source, result.seed)]  # before .grad is touched
     return "\n".join(head + [""] + body) + "\n"
 
