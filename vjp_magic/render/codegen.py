@@ -54,16 +54,19 @@ def fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-def expression(source: str, result: str = "_") -> str:
+def expression(source: str, result: str | None = None) -> str:
     """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
     ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``, and a module's
     parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``;
-    a name that is no Python (``0.weight``, a module given from Python has no name of its
-    own) is read off the result, ``_.inputs['0.weight'].tensor`` (``result``: its name)."""
+    in code (``result``: the name it reads the result by, ``_``), a name that is no Python
+    (``0.weight``: a module given from Python has no name of its own) is read off the
+    result, ``_.inputs['0.weight'].tensor``; in maths and prose it is ``(0.weight)``."""
     if _attribute_path(source):  # λ needs no parentheses either: any Python identifier
         return source
     spelled = parameter_expression(source)
     spelled = spelled if spelled != source else f"({source})"
+    if result is None:
+        return spelled
     try:
         compile(spelled, "<expression>", "eval")
     except SyntaxError:
@@ -216,7 +219,7 @@ def display_loop(result, names: Sequence[str] | None = None,
     names = list(result.inputs if names is None else names)
     taken = taken_names(result)
     y, named = _output_variable(result, taken)
-    xs = [expression(name) for name in names]
+    xs = [expression(name, "_") for name in names]
     checked = [result_check("_", result.seed)] if any(map(reads_result, xs)) else []
     first = [*checked, *first, cleared_grads(xs, taken), *named]
     keep = ", retain_graph=True" if retain else ""
