@@ -681,3 +681,28 @@ def test_every_table_name_pasted_is_that_parameter(ip, run_ok, run_vjp):
         if not any(value is p for p in params.values()):
             wrong.append(f"{label}: another tensor")
     assert not wrong, wrong
+
+
+@pytest.mark.xfail(strict=True, reason="after 61eb5d2 the table drops its last columns to fit, "
+                   "but counts the matrix alone, not the line 'lhs = table': a "
+                   "TransformerEncoder's names (text_encoder.layers[0].self_attn.in_proj_weight) "
+                   "keep it ~62 counted characters, the small CNN's per-sample table 51.5, "
+                   "where 50 fit")
+@pytest.mark.parametrize("case", ["transformer", "cnn per-sample"])
+def test_a_models_table_line_fits_the_projectors_width(ip, run_ok, run_vjp, case):
+    if case == "transformer":
+        run_ok("import torch.nn as nn\ntorch.manual_seed(0)\ntext_encoder = nn.TransformerEncoder("
+               "nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2)\n"
+               "tokens = torch.randn(2, 5, 8)")
+        r = run_vjp("loss = text_encoder(tokens).pow(2).sum()", "--wrt text_encoder")
+        model, tokens = ip.user_ns["text_encoder"], ip.user_ns["tokens"]
+        params = dict(model.named_parameters())
+        grads = torch.autograd.grad(model(tokens).pow(2).sum(), list(params.values()))
+        for name, grad in zip(params, grads):
+            torch.testing.assert_close(r.derivatives[f"text_encoder.{name}"], grad)
+    else:
+        run_ok(CNN)
+        r = run_vjp("losses = nn.functional.cross_entropy(net(xb), tb, reduction='none')",
+                    "--wrt net")
+    widest = max(formula_widths(r))  # lhs = matrix, as render/matrix._search budgets it
+    assert widest <= DISPLAY_WIDTH, widest
