@@ -706,3 +706,18 @@ def test_a_models_table_line_fits_the_projectors_width(ip, run_ok, run_vjp, case
                     "--wrt net")
     widest = max(formula_widths(r))  # lhs = matrix, as render/matrix._search budgets it
     assert widest <= DISPLAY_WIDTH, widest
+
+
+@pytest.mark.xfail(strict=True, reason="packed sequences of lengths 3, 5, 2 (a softmax per "
+                   "segment): r.dependency says block-diagonal with those blocks, the display "
+                   "'banded (col − row from -4 to 4)'; 794d4f8 names equal blocks only")
+def test_packed_sequences_are_called_block_diagonal_in_the_display_too(run_vjp):
+    r = run_vjp("torch.manual_seed(0)\nx = torch.randn(1000, requires_grad=True)\n"
+                "sizes = [3, 5, 2] * 100\n"
+                "y = torch.cat([p.softmax(0) for p in torch.split(x, sizes)])")
+    d = r.dependency("x")
+    assert d.kind == "block-diagonal" and tuple(d.blocks[:3]) == (3, 5, 2)
+    truth = torch.block_diag(*[torch.ones(n, n) for n in [3, 5, 2] * 100]).bool()
+    assert torch.equal(r.jacobian("x", layout=torch.sparse_csr).to_dense() != 0, truth)
+    text = plain(r)
+    assert "block" in text and "from -4 to 4" not in text, text[:500]
