@@ -313,9 +313,6 @@ xb = torch.randn(5, 3)
 loss = mlp(xb).pow(2).mean()"""
 
 
-@pytest.mark.xfail(strict=True, reason="%hessian with respect to a parameter tensor: the "
-                   "labels (mlp[0].weight)[0,0] and the lhs ∂²loss/∂(mlp[0].weight)_i∂(...)_j "
-                   "make a ~78-character line where 50 fit, even at one column each side")
 @pytest.mark.parametrize("line", ["%hessian loss mlp[0].weight", "%hessian loss mlp"])
 def test_a_parameters_hessian_fits_the_projectors_width(ip, run_ok, line):
     run_ok(MLP)
