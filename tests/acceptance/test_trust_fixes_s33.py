@@ -527,3 +527,35 @@ def test_second_derivatives_at_points_of_three_components_never_read_near_zero(d
                             torch.full((3,), -2., dtype=dtype)])
     torch.testing.assert_close(h.derivatives["x"], expected)
     assert not _shows_near_zero(h)
+
+
+# -- 12. an output of another dtype than its input ----------------------------------------------
+# (G9's test_a_float32_input_copied_into_a_float64_buffer, the class: both directions of
+# the cast, by copy_, a slice write or .to, dense and at points.)
+
+PROBE_DTYPE_PATCH = ("needs /work/briefs/s33/patches/T5-probe-dtype.patch (core/probes."
+                     "predicted_probe: the probe and the derivatives in the wider dtype)")
+
+
+def _into_buffer(x, dtype, how):
+    if how == "copy_":
+        y = torch.zeros(x.shape, dtype=dtype)
+        y.copy_(x)
+        return y * 3
+    if how == "slice write":
+        y = torch.zeros(x.shape, dtype=dtype)
+        y[:] = x * 3
+        return y
+    return x.to(dtype) * 3
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param("copy_", marks=pytest.mark.xfail(strict=True, reason=PROBE_DTYPE_PATCH)),
+    pytest.param("slice write", marks=pytest.mark.xfail(strict=True, reason=PROBE_DTYPE_PATCH)),
+    ".to"])
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
+def test_an_output_of_another_dtype_than_its_input(dtypes, how):
+    into, out = dtypes
+    x = torch.linspace(-1, 1, 6, dtype=into, requires_grad=True)
+    r = vjp_magic.differentiate(_into_buffer(x, out, how), x)
+    torch.testing.assert_close(r.jacobian("x"), 3 * torch.eye(6, dtype=into), check_dtype=False)
