@@ -515,10 +515,6 @@ def test_the_sparse_hessians_comment_names_the_vector_the_code_uses(ip, run_ok):
 
 
 # -- --gradcheck beside a model's table ------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="--wrt net --gradcheck on a 20-tensor model: the table "
-                   "keeps its 20 rows and the check's sentence names all 20 tensors' largest "
-                   "errors, 918 px where one screen holds 647 (the table never gives way to "
-                   "the features around it)")
 def test_gradcheck_beside_a_models_table_fits_one_screen(ip, run_ok, run_vjp):
     from vjp_magic.render.budget import height
     from vjp_magic.render.options import DISPLAY_HEIGHT

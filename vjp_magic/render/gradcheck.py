@@ -5,6 +5,7 @@ from . import notation
 from .document import Code, Paragraph, Section, Text, paragraph
 
 SHOWN_ENTRIES = 4  # inconclusive entries named; the rest counted
+SHOWN_ERRORS = 4  # inputs whose largest error is named (the largest errors); the rest counted
 
 
 def gradcheck_sections(report, result) -> tuple[Section, ...]:
@@ -46,13 +47,20 @@ def gradcheck_sections(report, result) -> tuple[Section, ...]:
                           "float64 derivatives"))
     if report.custom:
         spans += [Text(", custom backward "), *_listed(report.custom)]
-    spans.append(Text("." if every else ". Largest error: "))
-    for i, (name, error) in enumerate(() if every else report.max_error.items()):
+    errors = {} if every else report.max_error
+    named = errors if len(errors) <= SHOWN_ERRORS else \
+        dict(sorted(errors.items(), key=lambda kv: -kv[1])[:SHOWN_ERRORS - 1])
+    spans.append(Text("." if every else ". Largest error: " if len(named) == len(errors)
+                      else f". Largest errors, of {len(errors):,} tensors: "))
+    for i, (name, error) in enumerate(named.items()):
         checked = report.checked.get(name)
         entries = f" ({checked:,} {'entry' if checked == 1 else 'entries'}" \
                   f"{_grouped(report, name)})" if checked else ""
         spans += [Text(", " if i else ""), notation.prose_name(name),
                   Text(f" {error:.1e}{entries}")]
+    if len(named) < len(errors):  # the rest smaller, each in the report
+        spans += [Text(f"; {len(errors) - len(named):,} more, smaller, in "),
+                  Code("r.gradcheck.max_error")]
     spans.append(Text("" if every else "."))
     blocks = [Paragraph(tuple(spans), strong=report.ok is False)]
     if report.ok is False:

@@ -136,7 +136,8 @@ def _table(result, rows: list[Row], options) -> Formula:
     header says (the row labels are code, from 0): one row per tensor (over
     :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap)."""
     digits = significant_digits(result.output.dtype, options.precision)
-    shown = _shown(rows)
+    fit = fit_of(options)  # its rows give way last: the last resort, no matrix beneath
+    shown = _shown(rows, fit.rows if fit.inputs == 1 and fit.components == 1 else None)
     kept = [rows[k] for k in shown if k is not None]
     norms = alone(choose_format([r.norm for r in kept], digits))
     largest = alone(choose_format([r.largest for r in kept], digits))
@@ -164,24 +165,26 @@ def _table(result, rows: list[Row], options) -> Formula:
     while kept > 2 and reserve(lhs) + width(Matrix(tuple(line[:kept] for line in lines),
                                                    tuple(labels), header[:kept])) > options.width:
         kept -= 1
-    left = " and ".join(_COLUMN_WORDS[kept:])
+    left = _LEFT_OUT.get(kept, "")
     caption = (Text(f"Left out to fit the width: {left} (each in "),
                Code("r.derivatives[name]"), Text(").")) if left else ()
     return Formula(lhs, Matrix(tuple(line[:kept] for line in lines), tuple(labels),
                                header[:kept]), None, caption)
 
 
-_COLUMN_WORDS = ("each tensor's shape", "its norm", "its largest |entry|", "where that is")
+_LEFT_OUT = {3: "where each largest |entry| is",  # by the columns kept
+             2: "each tensor's largest |entry| and where it is"}
 
 
-def _shown(rows: list[Row]) -> list[int | None]:
+def _shown(rows: list[Row], edge: int | None = None) -> list[int | None]:
     """The rows kept (None: a gap): all up to :data:`TABLE_ROWS`, else the edges and the
-    largest norms, in order."""
-    if len(rows) <= TABLE_ROWS:
+    largest norms, in order; where the height budget asks for ``edge`` rows at each edge of
+    a summarised matrix (:mod:`.budget`), that many at each edge and the largest."""
+    edge = EDGE_ROWS if edge is None else min(edge, EDGE_ROWS)
+    if len(rows) <= (TABLE_ROWS if edge == EDGE_ROWS else 2 * edge + MATRICES):
         return list(range(len(rows)))
     top = sorted(range(len(rows)), key=lambda k: -rows[k].norm)[:MATRICES]
-    keep = sorted(set(range(EDGE_ROWS)) | set(range(len(rows) - EDGE_ROWS, len(rows)))
-                  | set(top))
+    keep = sorted(set(range(edge)) | set(range(len(rows) - edge, len(rows))) | set(top))
     shown: list[int | None] = []
     for k in keep:
         if shown and shown[-1] is not None and k > shown[-1] + 1:
