@@ -468,10 +468,6 @@ def test_grading_a_wrong_answer_leaves_every_retained_grad_as_a_plain_run(dtype)
 # (G9's test_a_custom_function_leaves_the_users_profiler_running, the class: every entry
 # point whose passes run under core/reentrant's guard.)
 
-PROFILE_PATCH = ("needs /work/briefs/s33/patches/T5-profiler.patch (core/reentrant._Guard "
-                 "enables a cProfile profiler again instead of sys.setprofile(it))")
-
-
 class _CubeInTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t):
@@ -484,7 +480,6 @@ class _CubeInTorch(torch.autograd.Function):
         return g * 3 * t**2
 
 
-@pytest.mark.xfail(strict=True, reason=PROFILE_PATCH)
 @pytest.mark.parametrize("api", ["sparse_jacobian", "dependency", "hessian"])
 def test_every_entry_point_leaves_the_users_profiler_running(api):
     import cProfile
@@ -509,16 +504,11 @@ def test_every_entry_point_leaves_the_users_profiler_running(api):
 # (G9's test_a_points_own_second_derivative_never_reads_near_zero, the class: float64, and
 # components at points: each entry is one point's own f'', nothing of another point sums in.)
 
-HESSIAN_ALONE_PATCH = ("needs /work/briefs/s33/patches/T5-hessian-alone.patch (render/hessian: "
-                       "a point's own f'' stands alone, as sections._alone)")
-
-
 def _shows_near_zero(result) -> bool:
     bundle = result._repr_mimebundle_()
     return r"\approx 0" in bundle["text/markdown"] or "≈0" in bundle["text/plain"]
 
 
-@pytest.mark.xfail(strict=True, reason=HESSIAN_ALONE_PATCH)
 @pytest.mark.parametrize("dtype, big", [(torch.float64, 1e16), (torch.float32, 1e7)])
 def test_second_derivatives_at_points_of_three_components_never_read_near_zero(dtype, big):
     x = torch.tensor([big, 1., 3.], dtype=dtype, requires_grad=True)
@@ -533,10 +523,6 @@ def test_second_derivatives_at_points_of_three_components_never_read_near_zero(d
 # (G9's test_a_float32_input_copied_into_a_float64_buffer, the class: both directions of
 # the cast, by copy_, a slice write or .to, dense and at points.)
 
-PROBE_DTYPE_PATCH = ("needs /work/briefs/s33/patches/T5-probe-dtype.patch (core/probes."
-                     "predicted_probe: the probe and the derivatives in the wider dtype)")
-
-
 def _into_buffer(x, dtype, how):
     if how == "copy_":
         y = torch.zeros(x.shape, dtype=dtype)
@@ -549,10 +535,7 @@ def _into_buffer(x, dtype, how):
     return x.to(dtype) * 3
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("copy_", marks=pytest.mark.xfail(strict=True, reason=PROBE_DTYPE_PATCH)),
-    pytest.param("slice write", marks=pytest.mark.xfail(strict=True, reason=PROBE_DTYPE_PATCH)),
-    ".to"])
+@pytest.mark.parametrize("how", ["copy_", "slice write", ".to"])
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)])
 def test_an_output_of_another_dtype_than_its_input(dtypes, how):
     into, out = dtypes

@@ -242,8 +242,12 @@ def predicted_probe(derivatives: torch.Tensor, probe: torch.Tensor,
 
     ``derivatives`` has shape ``component_shape + input_shape``; the result is shaped like
     the input: at each input entry, the probe's components at that entry's point times the
-    derivatives there, summed over components.
+    derivatives there, summed over components. An output of another dtype than the input
+    (a float32 x copied into a float64 buffer): both in the wider one.
     """
+    if probe.dtype != derivatives.dtype:
+        wider = torch.promote_types(probe.dtype, derivatives.dtype)
+        probe, derivatives = probe.to(wider), derivatives.to(wider)
     if not pairing:  # the full Jacobian: one row times a matrix
         count = probe.numel()
         return (probe.reshape(1, count) @ derivatives.reshape(count, -1)).reshape(

@@ -241,7 +241,7 @@ class _Guard:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
-        sys.setprofile(self._previous)
+        _restore_profile(self._previous)
         if self._threads is not None:
             torch._C._set_multithreading_enabled(self._threads)
         if self.tripped is not None and kind is None:  # the backward swallowed the error
@@ -292,6 +292,18 @@ class _Guard:
 
 
 _CHECKPOINT_FILE = "checkpoint.py"
+
+
+def _restore_profile(previous) -> None:
+    """``sys.setprofile(previous)``; a C-level profiler (cProfile's ``Profile``, which
+    ``sys.getprofile`` returns but ``sys.setprofile`` cannot take back: it is no function)
+    enabled again instead, with the options it was made with (%prun, cProfile.run)."""
+    if previous is not None and not callable(previous) and callable(
+            getattr(previous, "enable", None)):
+        sys.setprofile(None)
+        previous.enable()
+    else:
+        sys.setprofile(previous)
 
 
 def _enabling(frame) -> bool:

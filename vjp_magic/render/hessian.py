@@ -11,6 +11,7 @@ many), each summarised to the width budget like the first derivatives.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from . import notation
 from .codegen import CELL_NAMES, expression, output_symbol
@@ -176,6 +177,9 @@ def _scalar_per_point(h, name: str, options) -> Formula:
     if count == 1:
         block = tensor_block(d) if d.dim() <= 2 else tensor_block(
             d, row_label=notation.slice_label(tuple(d.shape[:-1])))
+        # at points each entry is one point's own f″ (nothing of another point sums into
+        # it): none reads ≈0 beside a larger one, as the first derivatives' (sections._alone)
+        block = replace(block, alone=bool(item.has_points))
         zeros = notation.counted([0] * len(comp), options.index_base)
         lhs = second_partial(output_symbol(h), name, _index(h, name, zeros, letters),
                              x_index, None) if item.has_points else _straight(h, name)
@@ -187,7 +191,8 @@ def _scalar_per_point(h, name: str, options) -> Formula:
         sub = notation.counted(multi_index(k, comp), options.index_base)
         return Entry(f"{f}_{{{sub}}}''", f"{f}_{sub}″")
 
-    block = tensor_block(d.reshape(count, -1), row_label=label)
+    block = replace(tensor_block(d.reshape(count, -1), row_label=label),
+                    alone=bool(item.has_points))  # each a point's own, as above
     index = _index(h, name, None, letters)
     lhs = second_partial(output_symbol(h), name, index, x_index, None) if item.has_points \
         else _straight(h, name, index)
