@@ -20,7 +20,7 @@ from . import notation
 from .budget import fit_of, remembered
 from .codegen import output_symbol
 from .document import Code, Entry, Formula, Matrix, Paragraph, Section, Text
-from .matrix import VDOTS, multi_index, reserve, width
+from .matrix import MIN_DIGITS, VDOTS, multi_index, reserve, width
 from .numbers import alone, choose_format, significant_digits
 from .sections import derivative_formulas, note_paragraphs
 
@@ -134,10 +134,47 @@ def _lead(result, rows: list[Row]) -> Paragraph:
 def _table(result, rows: list[Row], options) -> Formula:
     """Name, shape, norm, largest |entry| and where, counted from ``index_base`` as the
     header says (the row labels are code, from 0): one row per tensor (over
-    :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap)."""
+    :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap). Where the
+    line is wider than ``options.width``: short headers (said beneath), fewer digits (down
+    to :data:`~.matrix.MIN_DIGITS`), then the last columns (said beneath)."""
     digits = significant_digits(result.output.dtype, options.precision)
     fit = fit_of(options)  # its rows give way last: the last resort, no matrix beneath
     shown = _shown(rows, fit.rows if fit.inputs == 1 and fit.components == 1 else None)
+    y = output_symbol(result)
+    lhs = notation.partial(y, "p")
+    header = (Entry(r"\mathrm{shape}", "shape"),
+              Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert",
+                    f"‖∂{y}/∂p‖"),
+              Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
+              Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
+                    f"at (from {options.index_base})"))  # the labels are code, from 0
+
+    def wide(lines, labels, heads, kept: int) -> bool:
+        return reserve(lhs) + width(Matrix(tuple(line[:kept] for line in lines),
+                                           tuple(labels), heads[:kept])) > options.width
+
+    lines, labels = _lines(rows, shown, digits, options.index_base)
+    caption: tuple = ()
+    if wide(lines, labels, header, len(header)):  # short headers, said beneath
+        header = header[:2] + (Entry(r"\max", "max"), Entry(r"\mathrm{at}", "at"))
+        caption = (Text(f"max: the largest |∂{y}/∂p|; at: where it is, counted from "
+                        f"{options.index_base}."),)
+    for fewer in range(digits - 1, min(digits, MIN_DIGITS) - 1, -1):  # then fewer digits
+        if not wide(lines, labels, header, len(header)):
+            break
+        lines, labels = _lines(rows, shown, fewer, options.index_base)
+    kept = len(header)  # then the last columns go, where it is wider still
+    while kept > 2 and wide(lines, labels, header, kept):
+        kept -= 1
+    if kept < len(header):
+        caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]} (each in "),
+                   Code("r.derivatives[name]"), Text(")."))
+    return Formula(lhs, Matrix(tuple(line[:kept] for line in lines), tuple(labels),
+                               header[:kept]), None, caption)
+
+
+def _lines(rows: list[Row], shown: list, digits: int, base: int) -> tuple[list, list]:
+    """The table's rows (shape, norm, largest, where) and labels, numbers to ``digits``."""
     kept = [rows[k] for k in shown if k is not None]
     norms = alone(choose_format([r.norm for r in kept], digits))
     largest = alone(choose_format([r.largest for r in kept], digits))
@@ -148,28 +185,12 @@ def _table(result, rows: list[Row], options) -> Formula:
             labels.append(VDOTS)
             continue
         row = rows[k]
-        at = notation.counted(row.at, options.index_base)
+        at = notation.counted(row.at, base)
         at = f"({at})" if len(row.at) > 1 else at or "-"
         lines.append((notation.dims_math(row.shape), norms.spell(row.norm),
                       largest.spell(row.largest), Entry(at, at)))
         labels.append(notation.math_name(row.name))
-    y = output_symbol(result)
-    header = (Entry(r"\mathrm{shape}", "shape"),
-              Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert",
-                    f"‖∂{y}/∂p‖"),
-              Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
-              Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
-                    f"at (from {options.index_base})"))  # the labels are code, from 0
-    lhs = notation.partial(y, "p")
-    kept = len(header)  # the last columns go where the line is wider than the width budget
-    while kept > 2 and reserve(lhs) + width(Matrix(tuple(line[:kept] for line in lines),
-                                                   tuple(labels), header[:kept])) > options.width:
-        kept -= 1
-    left = _LEFT_OUT.get(kept, "")
-    caption = (Text(f"Left out to fit the width: {left} (each in "),
-               Code("r.derivatives[name]"), Text(").")) if left else ()
-    return Formula(lhs, Matrix(tuple(line[:kept] for line in lines), tuple(labels),
-                               header[:kept]), None, caption)
+    return lines, labels
 
 
 _LEFT_OUT = {3: "where each largest |entry| is",  # by the columns kept
