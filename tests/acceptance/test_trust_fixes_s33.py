@@ -542,3 +542,42 @@ def test_an_output_of_another_dtype_than_its_input(dtypes, how):
     x = torch.linspace(-1, 1, 6, dtype=into, requires_grad=True)
     r = vjp_magic.differentiate(_into_buffer(x, out, how), x)
     torch.testing.assert_close(r.jacobian("x"), 3 * torch.eye(6, dtype=into), check_dtype=False)
+
+
+# -- 13. a custom backward whose second derivatives are 0 indeed -------------------------------
+# (the other side of section 2: a mask read off the saved x, or its shape only, builds no
+# graph either, and is no graph cut: refusing those would refuse ReLU-like and
+# straight-through functions whose Hessian autograd gives rightly.)
+
+def _masked(how: str):
+    class Masked(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.clamp(-1, 1) if how == "hard tanh" else t.round()
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            if how == "hard tanh":
+                return g * (t.abs() <= 1).to(g.dtype)  # the mask: piecewise linear
+            if how == "data":
+                return g * 3 * t.data ** 2  # .data: a graph cut, as .detach()
+            return g * torch.ones_like(t)  # straight-through: the shape only
+    return Masked
+
+
+@pytest.mark.parametrize("how", ["hard tanh", "straight-through"])
+def test_a_mask_or_the_shape_of_what_it_saved_is_differentiated(how):
+    x = torch.linspace(-2, 2, 5, dtype=torch.float64, requires_grad=True)
+    H = vjp_magic.hessian((_masked(how).apply(x) * x).sum(), x).hessian("x")
+    # d/dx [x * m(x)] = m(x) + x * m'(x) (autograd: m' from the backward); again: 2 m'(x),
+    # with m' the mask (hard tanh) or 1 (straight-through)
+    mask = (x.detach().abs() <= 1).double() if how == "hard tanh" else torch.ones(5).double()
+    torch.testing.assert_close(H, torch.diag(2 * mask))
+
+
+def test_a_read_through_data_is_refused():
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(vjp_magic.VJPUsageError, match="without a graph"):
+        vjp_magic.hessian(_masked("data").apply(x).sum(), x)

@@ -21,6 +21,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 from torch.autograd.function import BackwardCFunction
+from torch.overrides import TorchFunctionMode
 
 from . import analysis, axisflow, memory, probes, validation
 from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
@@ -464,18 +465,47 @@ def _reaches(node, x: torch.Tensor) -> bool:
 
 
 def _reads_saved(node, saved: list[torch.Tensor]) -> bool | None:
-    """Whether the custom node's backward, called on ones that require grad, gives an output
-    whose graph reaches one of ``saved``; None where it cannot be called so (it raised)."""
+    """Whether the custom node's backward, called on ones that require grad, reads what it
+    saved with a graph: False where no output's graph reaches one of ``saved`` and the
+    backward cut a graph on the way (:class:`_Cuts`: ``.detach()``, ``.numpy()``,
+    ``.data``, ``.item()``, an op under ``no_grad``); True otherwise (a mask ``x > 0`` of
+    a piecewise-linear function, ``ones_like(x)``: its second derivatives are 0 indeed);
+    None where it cannot be called so (it raised)."""
     grads = [torch.ones(m.shape, dtype=m.dtype, device=m.device, requires_grad=True)
              for m in node._input_metadata]
+    cuts = _Cuts()
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), cuts:
             outputs = node.apply(*grads)
     except Exception:  # noqa: BLE001 - the user's backward, called as no pass calls it
         return None
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    return any(isinstance(o, torch.Tensor) and o.requires_grad and depends_on(o, t)
-               for o in outputs for t in saved)
+    return not cuts.cut or any(isinstance(o, torch.Tensor) and o.requires_grad and
+                               depends_on(o, t) for o in outputs for t in saved)
+
+
+_DATA = torch.Tensor.data  # .data's __get__ is a new object each time: known by its owner
+
+
+class _Cuts(TorchFunctionMode):
+    """Notes whether code under it reads a tensor that requires grad without a graph:
+    ``.detach()``, ``.numpy()``, ``.data``, ``.item()``, ``.tolist()``, or any op on one
+    while grad mode is off."""
+
+    _READS = frozenset({torch.Tensor.detach, torch.Tensor.numpy, torch.Tensor.item,
+                        torch.Tensor.tolist})
+
+    def __init__(self):
+        super().__init__()
+        self.cut = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.cut and func is not torch._C._set_grad_enabled and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args) and (
+                func in self._READS or getattr(func, "__self__", None) is _DATA
+                or not torch.is_grad_enabled()):
+            self.cut = True
+        return func(*args, **(kwargs or {}))
 
 
 def _no_double_backward(output_name: str, error: BaseException) -> str:
