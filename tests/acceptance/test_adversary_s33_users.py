@@ -648,11 +648,6 @@ model = M()
 xb = torch.randn(4, 3)"""
 
 
-@pytest.mark.xfail(strict=True, reason="ModuleDict / ParameterDict keys are spelled as "
-                   "attributes or list indices: model.blocks.layer-1.weight and "
-                   "model.blocks.class.weight (SyntaxErrors), model.blocks[7].weight (KeyError: "
-                   "the key is the string '7'), model.pdict.scale-a; the cell writes "
-                   "model.blocks['layer-1'].weight (core/validation.parameter_expression)")
 def test_every_table_name_pasted_is_that_parameter(ip, run_ok, run_vjp):
     run_ok(KEYED)
     r = run_vjp("loss = model(xb).pow(2).sum()", "--wrt model")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import keyword
 import math
 import operator
 import re
@@ -67,19 +68,52 @@ def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
 
 def parameter_expression(name: str) -> str:
     """A module's parameter as :func:`module_parameters` (``named_parameters()``) names it,
-    ``mlp.0.weight``, as the Python expression that reaches it, ``mlp[0].weight``; any other
-    name unchanged."""
-    return _MODULE_INDEX.sub(r"[\1]", name) if _PARAMETER_NAME.fullmatch(name) else name
+    ``mlp.0.weight``, as the Python expression that reaches it, ``mlp[0].weight``: a
+    ModuleList / Sequential index ``[0]``, a ModuleDict / ParameterDict key that is no
+    attribute name (``'layer-1'``, ``'class'``, a digit key ``'7'``) ``['layer-1']``, as
+    the module it was read from spells it (:func:`module_parameters` notes each); any
+    other name unchanged."""
+    if name in _SPELLED:
+        return _SPELLED[name]
+    if not _PARAMETER_NAME.fullmatch(name):
+        return name
+    return _MODULE_INDEX.sub(r"[\1]", name)
+
+
+def _spell(module: torch.nn.Module, prefix: str, name: str) -> str:
+    """``prefix`` + the path ``name`` (``blocks.7.weight``) through ``module``, each step as
+    the parent module is read: an index, a key or an attribute."""
+    spelled, parent = prefix, module
+    for part in name.split("."):
+        keyed = isinstance(parent, (torch.nn.ModuleDict, torch.nn.ParameterDict))
+        if keyed:
+            spelled += f"[{part!r}]" if not part.isidentifier() or keyword.iskeyword(part) \
+                else f".{part}"
+        elif part.isdigit() and hasattr(parent, "__getitem__"):
+            spelled += f"[{part}]"
+        elif part.isidentifier() and not keyword.iskeyword(part):
+            spelled += f".{part}"
+        else:  # a plain module's attribute that no dot reaches
+            spelled = f"getattr({spelled}, {part!r})"
+        parent = getattr(parent, part, None)
+    return spelled
 
 
 _PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
 _MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+_SPELLED: dict[str, str] = {}  # name -> expression, as the last module so named spells it
+_SPELLED_MAX = 20_000
 
 
 def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, torch.Tensor]:
     """A module's parameters that require grad, named ``prefix.0.weight`` (or ``0.weight``)."""
     found = {f"{prefix}.{name}" if prefix else name: parameter
              for name, parameter in module.named_parameters() if parameter.requires_grad}
+    if prefix:
+        if len(_SPELLED) > _SPELLED_MAX:
+            _SPELLED.clear()
+        _SPELLED.update({f"{prefix}.{name}": _spell(module, prefix, name)
+                         for name, parameter in module.named_parameters()})
     if not found:
         what = prefix or type(module).__name__
         if next(module.parameters(), None) is None:

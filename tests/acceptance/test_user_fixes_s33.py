@@ -1,0 +1,67 @@
+"""Fixes of G10's user findings outside the render files (session 33, U6): parameter names
+that paste, advice for a held tensor without grad, names in notes and refusals, near names
+for --wrt typos, frozen parameters named.
+
+Expected numbers come from ``torch.autograd.grad``; expected names from evaluating them
+against the module, as a user pasting them would.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from vjp_magic.core.validation import parameter_expression
+
+KEYED = """import torch.nn as nn
+torch.manual_seed(0)
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleDict({'layer-1': nn.Linear(3, 3), 'def': nn.Linear(3, 3),
+                                     '0': nn.Linear(3, 3), 'ok': nn.Linear(3, 1)})
+        self.plist = nn.ParameterList([nn.Parameter(torch.ones(3))])
+        self.pdict = nn.ParameterDict({'1': nn.Parameter(torch.ones(3))})
+    def forward(self, x):
+        x = self.blocks['0'](self.blocks['layer-1'](x) * self.plist[0] * self.pdict['1'])
+        return self.blocks['ok'](self.blocks['def'](x))
+model = M()
+xb = torch.randn(4, 3)"""
+
+
+def _bundle(result) -> dict:
+    shown = result._repr_mimebundle_()
+    return shown[0] if isinstance(shown, tuple) else shown
+
+
+@pytest.mark.parametrize("line, root", [("--wrt model", "model"),
+                                        ("--wrt model.blocks", "model.blocks")])
+def test_each_parameter_name_spelled_reaches_that_parameter(ip, run_ok, run_vjp, line, root):
+    run_ok(KEYED)
+    r = run_vjp("loss = model(xb).pow(2).sum()", line)
+    model, xb = ip.user_ns["model"], ip.user_ns["xb"]
+    owner = eval(root, {"model": model})  # noqa: S307 - the module the line names
+    params = {f"{root}.{n}": p for n, p in owner.named_parameters()}
+    grads = torch.autograd.grad(model(xb).pow(2).sum(), list(params.values()))
+    assert set(r.derivatives) == set(params)
+    for (name, parameter), grad in zip(params.items(), grads):
+        torch.testing.assert_close(r.derivatives[name], grad)
+        spelled = parameter_expression(name)
+        assert eval(spelled, {"model": model}) is parameter, (name, spelled)  # noqa: S307
+    markdown = _bundle(r)["text/markdown"]
+    assert "_.inputs[" not in markdown  # every name is Python: the formulas name it so
+    for code in re.findall(r"```python\n(.*?)```", markdown, flags=re.S):
+        compile(code, "<shown>", "exec")
+
+
+def test_a_digit_key_is_a_string_and_an_index_is_a_number(ip, run_ok):
+    run_ok(KEYED)
+    model = ip.user_ns["model"]
+    run_ok("%%vjp --wrt model\nloss = model(xb).pow(2).sum()")
+    assert parameter_expression("model.blocks.0.weight") == "model.blocks['0'].weight"
+    assert parameter_expression("model.plist.0") == "model.plist[0]"
+    assert parameter_expression("model.pdict.1") == "model.pdict['1']"
+    assert parameter_expression("model.blocks.def.bias") == "model.blocks['def'].bias"
+    assert eval(parameter_expression("model.blocks.ok.weight"),  # noqa: S307
+                {"model": model}) is model.blocks["ok"].weight
