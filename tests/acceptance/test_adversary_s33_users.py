@@ -94,9 +94,6 @@ d = {'w': torch.ones(3)}
 xb = torch.ones(2, 3)"""
 
 
-@pytest.mark.xfail(strict=True, reason="--wrt on a buffer (or a dict's tensor) that the cell "
-                   "reads but that does not require grad is told it 'makes a new tensor' the "
-                   "output was not computed from, and to pass t = <it> --wrt t, which fails too")
 @pytest.mark.parametrize("line, body", [
     ("--wrt model.scale", "loss = model(xb).sum()"),
     ("--wrt d['w']", "loss = (model(xb) * d['w']).sum()"),

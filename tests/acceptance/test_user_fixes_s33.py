@@ -65,3 +65,50 @@ def test_a_digit_key_is_a_string_and_an_index_is_a_number(ip, run_ok):
     assert parameter_expression("model.blocks.def.bias") == "model.blocks['def'].bias"
     assert eval(parameter_expression("model.blocks.ok.weight"),  # noqa: S307
                 {"model": model}) is model.blocks["ok"].weight
+
+
+HELD = """import torch.nn as nn
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+        self.register_buffer('scale', torch.full((3,), 2.0))
+    def forward(self, x):
+        return self.lin(x) * self.scale
+model = Scaled()
+box = type('Box', (), {})()
+box.w = torch.ones(3)
+seq = [torch.ones(3)]
+xb = torch.ones(2, 3)"""
+
+
+@pytest.mark.parametrize("line, body", [
+    ("--wrt model.scale", "loss = model(xb).sum()"),
+    ("--wrt box.w", "loss = (model(xb) * box.w).sum()"),
+    ("--wrt seq[0]", "loss = (model(xb) * seq[0]).sum()"),
+], ids=["buffer", "attribute", "list entry"])
+def test_a_held_tensor_without_grad_is_told_to_require_grad(ip, run_ok, usage_error, line, body):
+    run_ok(HELD)
+    message = usage_error(f"%%vjp {line}\n{body}")
+    source = line.split()[-1]
+    assert "does not require grad" in message and f"{source}.requires_grad_()" in message
+    assert "new tensor" not in message
+    # what it says to do works: the derivative is then the one autograd gives
+    run_ok(f"{source}.requires_grad_()")
+    r = run_vjp_ok(ip, f"%%vjp {line}\n{body}")
+    held = eval(source, ip.user_ns)  # noqa: S307 - the tensor named
+    ns = ip.user_ns
+    expected, = torch.autograd.grad(eval(body.split("= ", 1)[1], ns), held)  # noqa: S307
+    torch.testing.assert_close(r.derivatives[source], expected)
+
+
+def test_a_view_of_a_tensor_without_grad_is_still_a_new_tensor(ip, run_ok, usage_error):
+    run_ok(HELD)
+    message = usage_error("%%vjp --wrt xb.T\nloss = model(xb).sum()")
+    assert "makes a new tensor" in message  # xb.T is made, not held: requires_grad_ would not do
+
+
+def run_vjp_ok(ip, source):
+    result = ip.run_cell(source)
+    assert result.success, result.error_in_exec
+    return result.result

@@ -493,12 +493,39 @@ def _made_off_graph(scope, source: str, value, output, held: list | None = None)
             or not (isinstance(output, torch.Tensor) and output.requires_grad):
         return False
     if value.grad_fn is None:
+        if not value.requires_grad and _held(scope, source, value):
+            return False  # model.scale, d['w']: held, read by the cell; it needs grad (said next)
         if not held:
             held = held if held is not None else []
             held.append(_namespace_parameter_names(scope))
         if id(value) in held[0]:
             return False  # a tensor the notebook holds (mlp[0].weight): its zeros are true
     return not depends_on(output, value)
+
+
+def _held(scope, source: str, value: torch.Tensor) -> bool:
+    """Whether ``source`` (no call in it) reads ``value`` as it is stored: a module's buffer
+    or parameter, an object's attribute, a dict's or list's entry (not a view made on the
+    way, as ``x.T``)."""
+    try:
+        node = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        return False
+    if not isinstance(node, (ast.Attribute, ast.Subscript)) or \
+            any(isinstance(part, ast.Call) for part in ast.walk(node)):
+        return False
+    try:
+        base = evaluate(scope, node.value)
+    except Exception:  # noqa: BLE001 - not held as written
+        return False
+    if isinstance(node, ast.Attribute):
+        if isinstance(base, torch.nn.Module):
+            return any(store.get(node.attr) is value for store in (base._buffers,
+                                                                   base._parameters))
+        return getattr(base, "__dict__", {}).get(node.attr) is value
+    items = base.values() if isinstance(base, (dict, torch.nn.ParameterDict)) else \
+        base if isinstance(base, (list, tuple, torch.nn.ParameterList)) else ()
+    return any(item is value for item in items)
 
 
 def _new_tensor_message(scope, source: str, output, output_name: str,
