@@ -581,3 +581,25 @@ def test_a_read_through_data_is_refused():
     x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError, match="without a graph"):
         vjp_magic.hessian(_masked("data").apply(x).sum(), x)
+
+
+# -- 14. NaN artefacts where the dense Jacobian is over the memory budget ---------------------
+# (section 1's class past the budget: with a proved pattern the exact values are read row
+# chunk by row chunk, the pattern's entries only; it refused 'No sparsity pattern paid off'.)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_artefacts_over_the_budget_with_a_proved_pattern(dtype):
+    x = _zeros_every_seventh(1200, dtype)
+    f = _neighbours
+    x.requires_grad_()
+    y = f(x)
+    got = vjp_magic.sparse_jacobian(y, x, memory_budget=1e7, seed=0)  # dense: 23 MB, 11.5 MB
+    i = torch.arange(1200)
+    a, b = x.detach(), x.detach().roll(1)
+    expected = torch.zeros(1200, 1200, dtype=dtype)
+    expected[i, i] = b / (2 * a.sqrt())  # d(x[i-1] sqrt(x[i]))/dx[i]: inf at the zeros
+    expected[i, (i - 1) % 1200] = a.sqrt()
+    torch.testing.assert_close(got.to_dense(), expected)
+    d = vjp_magic.dependency(y, x, memory_budget=1e7, seed=0)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    assert torch.equal(pattern, expected != 0)

@@ -179,13 +179,41 @@ def test_sparse_jacobian_true_nan_stays():
     torch.testing.assert_close(got.diagonal()[4:], 0.5 / x.detach()[4:].sqrt())
 
 
-def test_sparse_jacobian_nan_over_the_budget_is_refused():
+class _Scaled(torch.autograd.Function):
+    """2t: a custom Function, so no pattern is proved through it."""
+
+    @staticmethod
+    def forward(ctx, t):
+        return 2 * t
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+def test_sparse_jacobian_nan_over_the_budget_is_refused_without_a_proved_pattern():
     x = torch.randn(2000, dtype=torch.float64)
     x[7] = float("nan")
     x.requires_grad_()
-    y = F.pad(x, (1, 1))[2:] * x
+    y = F.pad(_Scaled.apply(x), (1, 1))[2:] * x
     with pytest.raises(vjp_magic.VJPUsageError, match="NaN"):
         vjp_magic.sparse_jacobian(y, x, memory_budget=10**6, seed=0)
+
+
+def test_sparse_jacobian_nan_over_the_budget_is_exact_with_a_proved_pattern():
+    """The dense Jacobian (32 MB) is over the budget, the proved pattern is not: its entries
+    are read by chunks of rows (sparse_exact.proved_exact_csr). Truth: y[i] = x[i+1]·x[i],
+    d/dx[i] = x[i+1], d/dx[i+1] = x[i] (NaN where they read x[7]), 0 elsewhere."""
+    x = torch.randn(2000, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x[7] = float("nan")
+    x.requires_grad_()
+    y = F.pad(x, (1, 1))[2:] * x
+    got = vjp_magic.sparse_jacobian(y, x, memory_budget=10**6, seed=0).to_dense()
+    a, i = x.detach(), torch.arange(2000)
+    expected = torch.zeros(2000, 2000, dtype=torch.float64)
+    expected[i, i] = torch.cat([a[1:], torch.zeros(1, dtype=torch.float64)])
+    expected[i[:-1], i[:-1] + 1] = a[:-1]
+    torch.testing.assert_close(got, expected, equal_nan=True)
 
 
 def test_sparse_jacobian_finite_result_is_unchanged():

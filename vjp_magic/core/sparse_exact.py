@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import torch
 
-from .derivatives import component_vjps, forward_jacobian
+from .derivatives import chunk_size, component_vjps, forward_jacobian, vjp_batch
 from .errors import VJPUsageError
 from .indexmaps import proved_pattern
 from .memory import gb, refuse_if_over
-from .sparse_layout import dense_to_csr
+from .sparse_layout import csr_matrix, dense_to_csr
+from .torch_api import guarded_grad
 from .validation import nan_filled
 
 
 def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tensor:
     """d output / d x from one VJP per output entry, as a 2-D CSR tensor (output.numel() ×
     x.numel()): non-finite entries outside the proved pattern 0, NaN entries filled from
-    forward mode where it has a number. Over the budget, refused (saying NaN where x or the
-    output holds NaN or inf)."""
+    forward mode where it has a number. Over the budget, the proved pattern's entries only
+    (:func:`proved_exact_csr`), else refused (saying NaN where x or the output holds NaN or
+    inf)."""
     m, n = output.numel(), x.numel()
+    if 2 * m * n * x.element_size() > budget:
+        pattern = proved_pattern(output, x, budget)
+        if pattern is not None and _held_bytes(pattern, x) <= budget // 2:
+            return proved_exact_csr(output, x, pattern, budget)
     if 2 * m * n * x.element_size() > budget and not (
             bool(x.detach().isfinite().all()) and bool(output.detach().isfinite().all())):
         _refuse_nan(m, n, 2 * m * n * x.element_size())  # the likelier reason, said
@@ -40,16 +46,76 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
     return dense_to_csr(dense)
 
 
+def _held_bytes(pattern, x: torch.Tensor) -> int:
+    return pattern.nnz * (8 + x.element_size()) + 8 * (pattern.shape[0] + 1)
+
+
+def proved_exact_csr(output: torch.Tensor, x: torch.Tensor, pattern, budget: int) -> torch.Tensor:
+    """:func:`exact_csr` where the dense Jacobian is over the budget but the pattern the graph
+    proves is not: one-hot VJPs by chunks of rows within the budget, each keeping its rows'
+    pattern entries only (0 outside: proved), then the pattern entries still NaN filled from
+    forward mode, by chunks of their columns (J·u by double backward), where it has a
+    number. The same values as the dense path, in O(nnz) memory and m backward passes."""
+    flat, m, n = output.reshape(-1), output.numel(), x.numel()
+    crow, col = pattern.crow, pattern.col
+    rows = torch.repeat_interleave(torch.arange(m), torch.diff(crow))
+    values = x.new_empty(pattern.nnz)
+    step = max(1, min(chunk_size(flat, [x], budget // 4), budget // 4 // max(n * 8, 1)))
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        v = torch.zeros(stop - start, m, dtype=flat.dtype, device=flat.device)
+        v[torch.arange(stop - start), torch.arange(start, stop)] = 1
+        (g,) = vjp_batch(flat, [x], v)
+        lo, hi = int(crow[start]), int(crow[stop])
+        g = g.detach().reshape(stop - start, n)
+        values[lo:hi] = g[(rows[lo:hi] - start).to(g.device), col[lo:hi].to(g.device)]
+    bad = values.isnan()
+    if bool(bad.any()):
+        _fill_by_columns(flat, x, rows, col, values, bad, budget)
+    return csr_matrix(crow, col, values.cpu(), (m, n)).to(x.device)
+
+
+def _fill_by_columns(flat, x, rows, col, values, bad, budget: int) -> None:
+    """``values`` (the pattern's, CSR order) NaN at ``bad``: filled in place from forward
+    mode J·u, u one-hot on each of their columns, where it has a number."""
+    v = torch.zeros_like(flat, requires_grad=True)
+    try:
+        (g,) = guarded_grad([flat], [x], [v], retain_graph=True, create_graph=True,
+                            allow_unused=True)
+    except (RuntimeError, NotImplementedError):  # no double backward: NaN stays
+        return
+    if g is None or not g.requires_grad:
+        return
+    g = g.reshape(-1)
+    at = bad.nonzero().flatten()
+    columns = torch.unique(col[at])
+    step = max(1, budget // 4 // max(flat.numel() * 8, 1))
+    for start in range(0, len(columns), step):
+        chunk = columns[start:start + step]
+        u = torch.zeros(len(chunk), x.numel(), dtype=x.dtype, device=x.device)
+        u[torch.arange(len(chunk)), chunk.to(x.device)] = 1
+        (ju,) = vjp_batch(g, [v], u)  # (chunk × m): J·u, one column of J each
+        ju = ju.detach().reshape(len(chunk), -1)
+        mine = at[torch.isin(col[at], chunk)]
+        where = torch.searchsorted(chunk, col[mine])
+        found = ju[where.to(ju.device), rows[mine].to(ju.device)].to(values.dtype)
+        values[mine] = torch.where(found.isnan(), values[mine], found)
+
+
 def without_false_nan(output: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor,
                       budget: int) -> torch.Tensor:
-    """``matrix`` (compressed passes' CSR) where it holds no NaN; else :func:`exact_csr`,
-    or a refusal where the dense Jacobian is over ``budget``."""
+    """``matrix`` (compressed passes' CSR) where it holds no NaN; else :func:`exact_csr`
+    (the proved pattern's entries only where the dense Jacobian is over ``budget``), or a
+    refusal where neither fits."""
     values = matrix.values()  # a sum without NaN: no NaN (30x cheaper than isnan's mask)
     if not bool(values.sum().isnan()) or not bool(values.isnan().any()):
         return matrix
     m, n = output.numel(), x.numel()
     nbytes = 2 * m * n * x.element_size()  # the reverse Jacobian and the forward one
     if nbytes > budget:
+        pattern = proved_pattern(output, x, budget)
+        if pattern is not None and _held_bytes(pattern, x) <= budget // 2:
+            return proved_exact_csr(output, x, pattern, budget)
         _refuse_nan(m, n, nbytes)
     return exact_csr(output, x, budget)
 
