@@ -288,11 +288,6 @@ def _overfull_paragraphs(latex: str, tmp_path) -> list[float]:
 
 
 @pytest.mark.skipif(shutil.which("xelatex") is None, reason="needs xelatex")
-@pytest.mark.xfail(strict=True, reason="text/latex sets inline code as $\\texttt{...}$, which "
-                   "never breaks: the model table's lead paragraph runs 44 pt off the PDF page "
-                   "at r.derivatives['net.blocks.0.0.weight'] (a sparse display's "
-                   "r.jacobian(..., layout=torch.sparse_csr) did too, 184 pt, before 794d4f8 "
-                   "changed its words)")
 def test_latex_prose_with_code_stays_on_the_page(ip, run_ok, run_vjp, tmp_path):
     run_ok(CNN)
     r = run_vjp("losses = nn.functional.cross_entropy(net(xb), tb, reduction='none')",

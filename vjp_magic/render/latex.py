@@ -160,8 +160,14 @@ def _span(span: Span) -> str:
     if isinstance(span, Math):
         return f"${span.tex}$"
     if isinstance(span, Code):  # copyable in neither; a monospace name in both
-        return "$" + code_tex(span.text) + "$"
+        pieces = _CODE_BREAKS.split(span.text) if len(span.text) > UNBROKEN_CODE else \
+            [span.text]  # a long one may break after . ( [ or ", " (a page is 70 wide)
+        return "$" + r"\allowbreak ".join(code_tex(p) for p in pieces if p) + "$"
     raise TypeError(f"not a span: {span!r}")
+
+
+UNBROKEN_CODE = 12  # characters of inline code set as one unbreakable run at most
+_CODE_BREAKS = re.compile(r"(?<=[.([])|(?<=, )")  # inline code never breaks inside \texttt
 
 
 def _spans(spans) -> str:
