@@ -68,10 +68,11 @@ def analysis_device():
     """The default device the analysis is written for (the CPU: each tensor it makes on
     another device says so), where ``torch.set_default_device`` named another: its probes,
     seeds and index arrays were made there (meta, or CUDA beside CPU inputs) and every entry
-    point crashed. Entered only after the user's own code has run (a function handed to
-    ``differentiate`` runs under the user's default)."""
-    default = getattr(torch, "get_default_device", None)  # (PyTorch 2.3 and later)
-    if default is None or default().type == "cpu":
+    point crashed. A function handed to ``differentiate`` and the cell itself run before, under
+    the user's default; the user's code that runs inside (a replayed custom forward, a custom
+    backward, ``--against f``) sees the CPU as the default too, so a tensor it makes without
+    naming a device is a CPU tensor there (PyTorch then says so, with the devices)."""
+    if torch.get_default_device().type == "cpu":
         yield
         return
     with torch.device("cpu"):
