@@ -522,10 +522,6 @@ def test_gradcheck_beside_a_models_table_fits_one_screen(ip, run_ok, run_vjp):
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
 
 
-@pytest.mark.xfail(strict=True, reason="a moving window (x.unfold(0, 3, 1), 1,998 × 2,000): "
-                   "r.dependency says band, offsets 0..2, the display calls the same Jacobian "
-                   "only 'sparse, at most 3 nonzeros a row' (a band that is not square is "
-                   "never called one)")
 def test_a_moving_windows_band_is_called_a_band_in_the_display_too(run_vjp):
     r = run_vjp("x = torch.linspace(0, 1, 2000, requires_grad=True)\n"
                 "y = (x.unfold(0, 3, 1) ** 2).sum(-1)")

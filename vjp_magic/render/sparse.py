@@ -84,7 +84,7 @@ class Layout:
     ``sparse``, ``all zero``); ``per_row`` / ``fewest``: the
     most and fewest nonzeros of a row; ``offsets``: the per-axis offsets rows read (a stencil;
     None otherwise), ``wraps`` per axis; ``edges``: every row reading fewer lies at an edge;
-    ``band``: the least and most of col − row (flat) where m = n; ``form``: the colours'
+    ``band``: the least and most of col − row (flat); ``form``: the colours'
     closed form (:class:`Form`, over the input's entries for a result by columns; None:
     none), always checked on every entry. Everything is read off every nonzero."""
 
@@ -142,11 +142,9 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     per_row, fewest = int(counts.max()), int(counts.min())
     ids = torch.arange(m)
     rows = torch.repeat_interleave(ids, counts)
-    band, diff = None, None
-    if m == n:
-        diff = col - rows
-        low, high = torch.aminmax(diff)
-        band = (int(low), int(high))
+    every = col - rows  # a band need not be square (a moving window: m = n - 2)
+    low, high = torch.aminmax(every)
+    band, diff = (int(low), int(high)), (every if m == n else None)
     offsets, wraps = (_stencil(rows, col, out_shape, diff) if out_shape == in_shape and out_shape
                       else (None, ()))
     edges = offsets is not None and _short_at_edges(ids, counts, len(offsets), offsets, wraps,
