@@ -28,7 +28,8 @@ from .core.quiet import analysis_device, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
-from .core.validation import check_arguments, checked_inputs, named_inputs
+from .core.validation import (check_arguments, checked_inputs, named_inputs,
+                              parameter_expression)
 from .features import (Feature, code, coaching, cuts, declared_flags, exam, explain, gather,
                        grading, gradcheck, is_wanted, names, picture, present, symbolic)
 from .render.options import RenderOptions
@@ -448,7 +449,8 @@ def _graph_error(error: RuntimeError, output_name: str, inputs,
             "backward() call outside this cell). Recompute the output, or use "
             "retain_graph=True.")
     if kind in (TorchError.INPLACE, TorchError.SECOND_PASS):
-        changed = [n for n, t in inputs.items() if isinstance(t, torch.Tensor) and t._version]
+        changed = [parameter_expression(n) for n, t in inputs.items()
+                   if isinstance(t, torch.Tensor) and t._version]  # model[0].weight
         which = f" ({', '.join(changed)})" if changed else ""
         return VJPUsageError(
             f"{output_name} can no longer be differentiated: a tensor it was computed "

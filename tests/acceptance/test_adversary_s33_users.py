@@ -230,9 +230,6 @@ for t in range(40):
 yq = torch.stack(hs)"""
 
 
-@pytest.mark.xfail(strict=True, reason="the float32-underflow note says 'check in float64 with "
-                   "x.double()' whatever the cell's input is called (core/dependency."
-                   "UNDERFLOW_NOTE), where the display's prose uses the cell's names")
 def test_the_underflow_note_names_the_cells_input(ip, run_vjp):
     r = run_vjp(SLOW_DECAY)
     expected = torch.tril(0.01 ** (torch.arange(40)[:, None] - torch.arange(40)).clamp(min=0)
@@ -441,10 +438,6 @@ def test_a_smooth_models_float32_hessian_is_not_called_asymmetric(ip, run_ok):
 
 
 # -- a training step under %%vjp --wrt model -------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="the in-place refusal after opt.step() names the "
-                   "parameters by their keys (model.0.weight, ...), which are no Python "
-                   "(model.0 is a SyntaxError); everywhere else the display writes model[0].weight "
-                   "(pipeline._graph_error, not validation.parameter_expression)")
 def test_the_training_step_refusal_names_parameters_as_the_cell_writes_them(ip, run_ok,
                                                                              usage_error):
     run_ok("import torch.nn as nn, torch.nn.functional as F\ntorch.manual_seed(0)\n"

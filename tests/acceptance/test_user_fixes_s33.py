@@ -112,3 +112,34 @@ def run_vjp_ok(ip, source):
     result = ip.run_cell(source)
     assert result.success, result.error_in_exec
     return result.result
+
+
+def _decay(x):
+    """h_t = 0.01·h_{t-1} + x_t: ∂h_t/∂x_s = 0.01^(t-s), below float32's range 23 steps back."""
+    h, out = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        h = 0.01 * h + x[t]
+        out.append(h)
+    return torch.stack(out)
+
+
+def test_the_underflow_note_names_the_input_as_given():
+    import vjp_magic
+    x = torch.ones(40, requires_grad=True)
+    r = vjp_magic.differentiate(_decay(x), x, names="signal")
+    expected = torch.tril(0.01 ** (torch.arange(40)[:, None] - torch.arange(40)).clamp(min=0)
+                          .double()).float()
+    torch.testing.assert_close(r.jacobian("signal"), expected)
+    text = " ".join(_bundle(r)["text/plain"].split())
+    assert "underflow" in text and "signal.double()" in text, text
+    assert "x.double()" not in text
+
+
+def test_the_in_place_refusal_names_a_dict_key_as_the_cell_writes_it(ip, run_ok, usage_error):
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "model = nn.ModuleDict({'in-layer': nn.Linear(3, 2)})\n"
+           "opt = torch.optim.SGD(model.parameters(), lr=0.5)\nxb = torch.randn(4, 3)")
+    message = usage_error("%%vjp --wrt model\nopt.zero_grad()\n"
+                          "loss = model['in-layer'](xb).pow(2).sum()\nloss.backward()\nopt.step()")
+    assert "modified in place" in message
+    assert "model['in-layer'].weight" in message and "model.in-layer" not in message, message

@@ -27,7 +27,7 @@ import torch
 from . import axisflow, memory, structure, validation
 from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
-from .errors import VJPUsageError, refuse_meta
+from .errors import VJPUsageError, operand, refuse_meta
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
@@ -645,7 +645,7 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     given = tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ()
     if given:
         dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
-    return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives))
+    return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
 
 
 def _smallest(derivatives: torch.Tensor) -> float:
@@ -805,15 +805,16 @@ def _shown_witness(dep: Dependency, rows, columns) -> Dependency:
 
 CONDITIONAL_NOTE = ("proved given the indices and masks the graph saved ({}): for every x "
                     "that gives the same ones")
-UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with x.double()"
+UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with {name}.double()"
 UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest normal
 
 
-def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float) -> Dependency:
+def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float,
+                         name: str = "x") -> Dependency:
     """A band or triangle in a low-precision dtype whose probes met derivatives within
     :data:`UNDERFLOW_MARGIN` of the smallest normal number, or below its square root (a
     product of two such factors, h = 1e-30·h + x[t] two steps back, is 0): its zeros may be
-    underflow."""
+    underflow. ``name``: the input's, as the cell writes it (``x``: dependency's argument)."""
     kinds = (Kind.BAND, Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR, Kind.PERIODIC_BAND,
              Kind.SPARSE)
     if dep.kind not in kinds or not dtype.is_floating_point or torch.finfo(dtype).bits > 32:
@@ -821,9 +822,20 @@ def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float) -
     tiny = torch.finfo(dtype).tiny
     if smallest > max(tiny * UNDERFLOW_MARGIN, tiny ** 0.5):
         return dep
-    note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""))
+    note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""), name=_spelled(name))
     note = note if dep.note is None else f"{dep.note}; {note}"
     return replace(dep, note=note)
+
+
+def _spelled(name: str) -> str:
+    """The input as code that ``.double()`` may follow: ``xq``, ``mlp[0].weight``; a name
+    that is no Python (``0.weight``, from a module given from Python) as ``x``."""
+    spelled = operand(validation.parameter_expression(name))
+    try:
+        compile(spelled, "<name>", "eval")
+    except SyntaxError:
+        return "x"
+    return spelled
 
 
 # -- a memory refusal that says where the structure broke ------------------------------------
