@@ -714,10 +714,6 @@ def test_per_sample_losses_of_six_tensors_fit_one_screen(ip, run_ok, run_vjp):
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
 
 
-@pytest.mark.xfail(strict=True, reason="a 3 × 3 Conv2d (any size, 40² as 316²) shows no "
-                   "derivative at all: 'its nonzero derivatives are in r.jacobian(...) (too tall "
-                   "to show here)' while the words (the 9-point stencil listed) and the 10-line "
-                   "code keep their place; the sparse Hessian's like case was fixed in aa0b780")
 def test_a_conv2d_stencil_shows_some_of_its_values(ip, run_vjp):
     r = run_vjp("import torch.nn as nn\ntorch.manual_seed(0)\n"
                 "conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)\n"

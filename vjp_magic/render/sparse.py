@@ -825,11 +825,16 @@ def sparse_blocks(result, name: str, options, explained: bool = False,
     v (unless ``--explain`` says it above), the code, the nonzero values (``jacobian``,
     ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR; at the
     last :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them);
-    ``freed``: the lines the code starts with, the cell's backward having freed the graph."""
+    ``freed``: the lines the code starts with, the cell's backward having freed the graph.
+    On a short screen the code's comment lines go before the values do (it runs alike)."""
     blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
     if not explained:
         blocks.append(colour_paragraph(result, name, options))
-    blocks.append(CodeBlock(colour_code(result, name, freed)))
+    code = colour_code(result, name, freed)
+    if not fit_of(options).extras:  # a short screen: the code without its comment lines
+        code = "".join(line for line in code.splitlines(keepends=True)
+                       if not line.lstrip().startswith("#"))
+    blocks.append(CodeBlock(code))
     if jacobian:
         from .sections import jacobian_formulas  # the full Jacobian, as %jacobian shows it
 
