@@ -544,10 +544,6 @@ model = Net()
 xb = torch.randn(4, 3)"""
 
 
-@pytest.mark.xfail(strict=True, reason="a typo in --wrt gets what is wrong ('No variable named "
-                   "modle', \"'Net' object has no attribute 'layer'\") but not what to write: "
-                   "the near name the namespace or the module has (model, model.layers, "
-                   "model.head.weight), as Python's own NameError/AttributeError suggest")
 @pytest.mark.parametrize("typo, meant", [("modle", "model"), ("model.layer", "model.layers"),
                                          ("model.head.weights", "model.head.weight")])
 def test_a_wrt_typo_is_told_the_near_name(ip, run_ok, usage_error, typo, meant):

@@ -143,3 +143,28 @@ def test_the_in_place_refusal_names_a_dict_key_as_the_cell_writes_it(ip, run_ok,
                           "loss = model['in-layer'](xb).pow(2).sum()\nloss.backward()\nopt.step()")
     assert "modified in place" in message
     assert "model['in-layer'].weight" in message and "model.in-layer" not in message, message
+
+
+@pytest.mark.parametrize("typo, meant", [
+    ("Model", "model"), ("modle.layers[0].weight", "model.layers[0].weight"),
+    ("model.layers[1].wieght", "model.layers[1].weight"), ("model.haed.bias", "model.head.bias"),
+    ("model.pdict['k'].sclae", None), ("model.nothing_like_it", None)])
+def test_a_wrt_typo_is_told_the_near_name_without_running_code(ip, run_ok, usage_error,
+                                                                typo, meant):
+    run_ok("import torch.nn as nn\ncalls = []\nclass Net(nn.Module):\n"
+           "    def __init__(self):\n        super().__init__()\n"
+           "        self.layers = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 3)])\n"
+           "        self.head = nn.Linear(3, 1)\n"
+           "    @property\n    def hed(self):\n        calls.append(1)\n        return self.head\n"
+           "    def forward(self, x):\n"
+           "        return self.head(self.layers[1](self.layers[0](x)))\n"
+           "model = Net()\nxb = torch.randn(4, 3)")
+    calls = len(ip.user_ns["calls"])
+    message = usage_error(f"%%vjp --wrt {typo}\nloss = model(xb).sum()")
+    if meant is None:
+        assert "Did you mean" not in message, message
+    else:
+        assert eval(meant, {"model": ip.user_ns["model"]}) is not None  # noqa: S307
+        assert f"Did you mean {meant}?" in message, message
+    # the hint reads what a dot reaches from the objects' dicts: no property (model.hed) runs
+    assert len(ip.user_ns["calls"]) == calls

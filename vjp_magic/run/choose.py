@@ -17,6 +17,7 @@ not evaluate is a :class:`~vjp_magic.core.errors.VJPUsageError` that says what t
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 import types
 from contextlib import nullcontext
@@ -199,8 +200,8 @@ def lookup(scope, source: str, role: str):
     ns = scope.user_ns
     if source.isidentifier():
         if source not in ns:
-            close = [n for n in ns if n.lower() == source.lower() and is_visible_name(n)]
-            hint = f" Did you mean {close[0]}?" if close else ""
+            close = _near(source, [n for n in ns if is_visible_name(n)])
+            hint = f" Did you mean {close}?" if close else ""
             raise VJPUsageError(f"No variable named {source!r} ({role}).{hint}")
         return ns[source]
     try:
@@ -210,11 +211,76 @@ def lookup(scope, source: str, role: str):
         hint = f" Index with brackets: {bracketed}" if bracketed != source else ""
         raise VJPUsageError(f"Could not read {source!r} ({role}): {error.msg}.{hint}") from None
     except NameError as error:
-        raise VJPUsageError(f"{error} ({role}).") from None
+        raise VJPUsageError(f"{error} ({role}).{_meant(scope, source)}") from None
     except Exception as error:  # noqa: BLE001 - the user's expression failed: say so, no traceback
+        hint = _meant(scope, source) if isinstance(error, AttributeError) else ""
         raise VJPUsageError(
-            f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}"
+            f"Could not evaluate {source!r} ({role}): {type(error).__name__}: {error}."
+            f"{hint}"
         ) from None
+
+
+def _near(word: str, candidates) -> str | None:
+    """The candidate closest to a mistyped ``word`` (the same but for case first), if any."""
+    candidates = list(candidates)
+    same = [c for c in candidates if c.lower() == word.lower()]
+    close = same or difflib.get_close_matches(word, candidates, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def _meant(scope, source: str) -> str:
+    """`` Did you mean model.layers?`` for a mistyped name or attribute of ``source`` (a
+    chain of names, attributes and subscripts): the first step that is not there replaced
+    by the nearest one there. Read from the modules' and objects' own dicts: no property
+    nor other code of the user's runs again."""
+    try:
+        node = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        return ""
+    chain = []
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        chain.append(node)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ""
+    ns = scope.user_ns
+    if node.id not in ns:
+        fixed = _near(node.id, [n for n in ns if is_visible_name(n)])
+        return _replaced(source, node, node.id, fixed)
+    value = ns[node.id]
+    for step in reversed(chain):
+        if isinstance(step, ast.Subscript):  # a container module's own entry, else no hint
+            key = step.slice.value if isinstance(step.slice, ast.Constant) else None
+            keyed = isinstance(value, (torch.nn.ModuleList, torch.nn.Sequential,
+                                       torch.nn.ModuleDict)) and isinstance(key, (int, str))
+            value = value._modules.get(str(key)) if keyed else None
+            if value is None:
+                return ""
+            continue
+        names = _attributes(value)
+        if step.attr not in names:
+            return _replaced(source, step, step.attr, _near(step.attr, names))
+        value = names[step.attr]
+    return ""
+
+
+def _attributes(value) -> dict:
+    """What a dot reaches on ``value`` without running code: a module's parameters, buffers
+    and submodules, then any object's own attributes."""
+    found = dict(getattr(value, "__dict__", None) or {})
+    if isinstance(value, torch.nn.Module):
+        for store in (value._parameters, value._buffers, value._modules):
+            found.update(store)
+    return {k: v for k, v in found.items() if isinstance(k, str) and not k.startswith("_")}
+
+
+def _replaced(source: str, node: ast.AST, wrong: str, right: str | None) -> str:
+    """`` Did you mean <source with wrong, ending node, replaced by right>?``, or ``""``."""
+    if right is None or "\n" in source:
+        return ""
+    written = source.encode()  # ast's offsets count UTF-8 bytes
+    end, start = node.end_col_offset, node.end_col_offset - len(wrong.encode())
+    return f" Did you mean {written[:start].decode()}{right}{written[end:].decode()}?"
 
 
 def dense(name: str, output, how: str):
