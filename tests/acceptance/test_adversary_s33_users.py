@@ -673,9 +673,6 @@ def test_a_models_table_line_fits_the_projectors_width(ip, run_ok, run_vjp, case
     assert widest <= DISPLAY_WIDTH, widest
 
 
-@pytest.mark.xfail(strict=True, reason="packed sequences of lengths 3, 5, 2 (a softmax per "
-                   "segment): r.dependency says block-diagonal with those blocks, the display "
-                   "'banded (col − row from -4 to 4)'; 794d4f8 names equal blocks only")
 def test_packed_sequences_are_called_block_diagonal_in_the_display_too(run_vjp):
     r = run_vjp("torch.manual_seed(0)\nx = torch.randn(1000, requires_grad=True)\n"
                 "sizes = [3, 5, 2] * 100\n"

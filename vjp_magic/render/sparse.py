@@ -98,6 +98,7 @@ class Layout:
     form: Form | None
     first: list  # the first few flat entries of colour 0 (of the input's, by columns)
     mostly: Mostly | None = None  # no stencil, but one but for a few rows (said so)
+    blocks: tuple[int, ...] = ()  # block-diagonal: the sizes of its diagonal blocks, in order
 
 
 class Mostly(NamedTuple):
@@ -152,12 +153,14 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     if offsets is not None and not edges:  # some row inside reads fewer: no stencil
         offsets, wraps = None, ()
     kind = _kind(offsets, band, per_row, n)
-    if offsets is None and band is not None and _in_blocks(rows, col, band, n):
+    blocks = _diagonal_blocks(rows, col, m) if offsets is None and m == n else ()
+    if blocks:
         kind = "block-diagonal"
     mostly = None
     if offsets is None and out_shape == in_shape and out_shape:
         mostly = _mostly(rows, col, counts, out_shape, (band, form, first))
-    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first, mostly)
+    return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first, mostly,
+                  blocks)
 
 
 def _mostly(rows, col, counts, shape, rest) -> Mostly | None:
@@ -263,20 +266,22 @@ def _short_at_edges(ids, counts, full: int, offsets, wraps, shape) -> bool:
     return bool(near.all())
 
 
-def _block(band) -> int:
-    """The size b of the flat blocks a pattern reaching ``band`` (col − row) would fill."""
-    low, high = band
-    return (high - low) // 2 + 1
-
-
-def _in_blocks(rows, col, band, n: int) -> bool:
-    """Whether every nonzero lies in a b × b block on the diagonal (flat row // b = col // b,
-    b > 1 from the band the blocks reach, two blocks at least of ``n`` rows): block-diagonal,
-    as r.dependency says."""
-    b = _block(band)
-    return band[0] == -band[1] and 1 < b and 2 * b <= n and bool(
-        torch.equal(torch.div(rows, b, rounding_mode="floor"),
-                    torch.div(col, b, rounding_mode="floor")))
+def _diagonal_blocks(rows, col, n: int) -> tuple[int, ...]:
+    """The sizes of the finest square blocks on the diagonal that hold every nonzero (flat
+    indices; equal or not: packed sequences of 3, 5 and 2), where there are two at least and
+    one is larger than 1: block-diagonal, as r.dependency says; else ()."""
+    ids = torch.arange(n)
+    reach = ids.clone().scatter_reduce_(0, rows, col, "amax")  # each row's last column
+    ends = torch.cummax(reach, 0).values == ids  # a block ends where nothing reaches past
+    stops = ends.nonzero().reshape(-1) + 1
+    starts = torch.cat([stops.new_zeros(1), stops[:-1]])
+    sizes = stops - starts
+    if sizes.numel() < 2 or int(sizes.max()) < 2:
+        return ()
+    first = torch.repeat_interleave(starts, sizes)  # each row's block's first index
+    if bool((col < first[rows]).any()):  # a row reads before its block: not blocks
+        return ()
+    return tuple(sizes.tolist())
 
 
 def _kind(offsets, band, per_row: int, n: int) -> str:
@@ -464,8 +469,12 @@ def _kind_words(found: Layout, n: int) -> str:
     if found.kind == "tridiagonal":
         return cyclic + "tridiagonal"
     if found.kind == "block-diagonal":
-        b = _block(found.band)
-        return f"block-diagonal ({b:,} × {b:,} blocks on the diagonal, flattened)"
+        sizes = found.blocks
+        if len(set(sizes)) == 1:
+            return f"block-diagonal ({sizes[0]:,} × {sizes[0]:,} blocks on the diagonal, flattened)"
+        shown = ", ".join(f"{b:,}" for b in sizes[:4]) + (", …" if len(sizes) > 4 else "")
+        return f"block-diagonal ({len(sizes):,} square blocks of {shown} on the diagonal, " \
+               "flattened)"
     if found.kind == "band" and found.offsets is None and found.band is not None:
         low, high = found.band
         return f"banded (col − row from {low} to {high}, flattened)"
