@@ -326,10 +326,6 @@ def small_budget(ip):
     ip.run_line_magic("config", "VJPMagics.memory_budget = 0.25")
 
 
-@pytest.mark.xfail(strict=True, reason="%hessian of a Linear's weight (block-diagonal: 40 "
-                   "blocks of 40 × 40, 64,000 nonzeros) over a 2 MB budget is refused by its "
-                   "dense size (2,560,000 entries, 10.2 MB) without trying the sparse path; "
-                   "issue 20: the budget counts nonzeros, a refusal gives the nonzero count")
 def test_a_block_diagonal_hessian_is_judged_by_its_nonzeros(ip, run_ok, small_budget):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\nlin = nn.Linear(40, 40)\n"
            "xin = torch.randn(2, 40)\nlb = lin(xin).pow(2).sum()")

@@ -168,3 +168,14 @@ def test_a_wrt_typo_is_told_the_near_name_without_running_code(ip, run_ok, usage
         assert f"Did you mean {meant}?" in message, message
     # the hint reads what a dot reaches from the objects' dicts: no property (model.hed) runs
     assert len(ip.user_ns["calls"]) == calls
+
+
+def test_a_diagonal_hessian_over_the_dense_budget_is_given_sparse():
+    import vjp_magic
+    x = torch.linspace(-1, 1, 1500, requires_grad=True)  # dense: 1500² float32 = 9 MB
+    h = vjp_magic.hessian(x.pow(3).sum(), x, memory_budget=2_000_000)
+    got = h.hessian("x", layout=torch.sparse_csr)
+    assert got._nnz() == 1500
+    torch.testing.assert_close(got.to_dense(), torch.diag(6 * x.detach()))
+    with pytest.raises(vjp_magic.VJPUsageError, match="1,500 nonzeros"):
+        vjp_magic.hessian(x.pow(3).sum(), x, memory_budget=10_000)

@@ -215,7 +215,9 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
                               f"The second derivatives of {output_name} with respect to "
                               f"{item.name} ({entries:,} entries)")
 
-    sparse_first = output.numel() == 1 and x.numel() >= SPARSE_FROM
+    # a scalar's Hessian too large dense is judged by its nonzeros: sparse where it can be
+    sparse_first = output.numel() == 1 and (x.numel() >= SPARSE_FROM or
+                                            entries * x.element_size() > budget)
     if not sparse_first:
         refuse()
     base = HessianInput(item.name, x, pairing, derivatives=None, unused=item.unused,
