@@ -19,7 +19,6 @@ import math
 import threading
 import time
 
-import numpy as np
 import torch
 
 from .derivatives import plain_vjp
@@ -80,34 +79,12 @@ def batching_verdict(flat: torch.Tensor, vector: torch.Tensor,
     if dtype in _EXACT_DTYPES and vector.dtype == dtype == vjp.dtype and flat.numel():
         m = vector.numel()
         d, v = flat.reshape(m, -1), vector.reshape(1, m)
-        if _numpy_readable(d, v, vjp):  # the same IEEE operations, in numpy
-            expected, allowed = v @ d, v.abs() @ torch.from_numpy(np.abs(d.numpy()))
-            e, a, g = (t.numpy().reshape(-1) for t in (expected, allowed, vjp))
-            a *= tolerances(dtype).probe  # (a power of 2: exact, as torch's mul_ is)
-            a += torch.finfo(dtype).tiny
-            with np.errstate(over="ignore", invalid="ignore"):  # inf − inf: NaN, as in torch
-                difference = np.subtract(g, e)
-            if bool((np.abs(difference, out=difference) < a).all()):
-                return True, bool(e.any())
-        else:
-            expected = (v @ d).reshape(vjp.shape)
-            allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
-            allowed.mul_(tolerances(dtype).probe).add_(torch.finfo(dtype).tiny)
-            if bool(torch.sub(vjp, expected).abs_().lt_(allowed).all()):
-                return True, bool(expected.any())
+        expected = (v @ d).reshape(vjp.shape)
+        allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
+        allowed.mul_(tolerances(dtype).probe).add_(torch.finfo(dtype).tiny)
+        if bool(torch.sub(vjp, expected).abs_().lt_(allowed).all()):
+            return True, bool(expected.any())
     return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True), False
-
-
-def _numpy_readable(d: torch.Tensor, *tensors: torch.Tensor) -> bool:
-    """Whether :func:`batching_verdict` reads these as numpy arrays: CPU, no autograd, plain
-    tensors, and the matrix ``d`` row- or column-major (numpy's |d| then has torch's layout,
-    so the product |v|ᵀ|d| is the rule's own, bit for bit). numpy's |d| runs on one thread
-    where torch's opens a parallel region of its threads (on a busy machine, waiting a
-    quarter of a millisecond for a core), and its few operations on vectors cost a fraction
-    of torch's."""
-    return (d.is_contiguous() or d.T.is_contiguous()) and all(
-        t.device.type == "cpu" and not t.requires_grad and type(t) is torch.Tensor
-        and not t.is_neg() for t in (d, *tensors))
 
 
 def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:
