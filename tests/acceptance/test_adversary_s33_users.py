@@ -410,10 +410,6 @@ net = Attn()
 x_seq = torch.randn(6, 4)"""
 
 
-@pytest.mark.xfail(strict=True, reason="a float32 Hessian's rounding (|H - Hᵀ| 7e-4 of its "
-                   "largest entry; 1e-12 in float64) is judged against one fixed tolerance of "
-                   "the largest entry, not the magnitudes summing into each entry, and the "
-                   "display says the function has a kink or a wrong custom backward")
 def test_a_smooth_models_float32_hessian_is_not_called_asymmetric(ip, run_ok):
     run_ok(ATTENTION)
     h = run_ok("%hessian net(x_seq).pow(2).sum() net.W_q")

@@ -179,3 +179,40 @@ def test_a_diagonal_hessian_over_the_dense_budget_is_given_sparse():
     torch.testing.assert_close(got.to_dense(), torch.diag(6 * x.detach()))
     with pytest.raises(vjp_magic.VJPUsageError, match="1,500 nonzeros"):
         vjp_magic.hessian(x.pow(3).sum(), x, memory_budget=10_000)
+
+
+class _Skewed(torch.autograd.Function):
+    """f(a, b) = a·b + 1e4 with a backward whose mixed second derivatives are 1 and 1.1."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x[0] * x[1] + 1e4
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.stack([x[1], 1.1 * x[0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_wrong_custom_backward_is_still_called_asymmetric(dtype):
+    import vjp_magic
+    x = torch.tensor([1.0, 2.0], dtype=dtype, requires_grad=True)
+    h = vjp_magic.hessian(_Skewed.apply(x), x)
+    torch.testing.assert_close(h.hessian("x"), torch.tensor([[0, 1], [1.1, 0]], dtype=dtype))
+    assert not h.inputs["x"].symmetric  # 9% of the largest entry: no rounding gives it
+    assert any("not symmetric" in note for note in h.notes)
+
+
+def test_a_cancelling_float32_hessian_says_its_rounding():
+    import vjp_magic
+    torch.manual_seed(0)
+    ln, w = torch.nn.LayerNorm(4), torch.randn(4, 4, requires_grad=True)
+    xs = torch.randn(6, 4)
+    h = vjp_magic.hessian(ln(xs @ w).pow(2).sum(), w, names="w")  # ~24 always: H ~1e-4
+    assert h.inputs["w"].symmetric
+    gap = float((h.hessian("w").reshape(16, 16) - h.hessian("w").reshape(16, 16).T).abs().max())
+    if gap > 1e-4 * float(h.hessian("w").abs().max()):  # rounding showed: said, not hidden
+        assert any("rounding in sums that cancel" in note for note in h.notes), h.notes
+    assert not any("not symmetric" in note for note in h.notes)
