@@ -840,9 +840,11 @@ def sparse_blocks(result, name: str, options, explained: bool = False,
     if not explained:
         blocks.append(colour_paragraph(result, name, options))
     code = colour_code(result, name, freed)
-    if not fit_of(options).extras:  # a short screen: the code without its comment lines
-        code = "".join(line for line in code.splitlines(keepends=True)
-                       if not line.lstrip().startswith("#"))
+    if not fit_of(options).extras:  # a short screen: its own comment lines go (not freed's)
+        lines = code.splitlines(keepends=True)
+        first = sum(line.count("\n") + 1 for line in freed)
+        code = "".join(lines[:first] + [line for line in lines[first:]
+                                         if not line.lstrip().startswith("#")])
     blocks.append(CodeBlock(code))
     if jacobian:
         from .sections import jacobian_formulas  # the full Jacobian, as %jacobian shows it
