@@ -547,9 +547,6 @@ def test_a_wrt_typo_is_told_the_near_name(ip, run_ok, usage_error, typo, meant):
 
 
 # -- --wrt MODEL with frozen layers ---------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="--wrt big with big[0] frozen: the table says 'From 14 "
-                   "tensors' and never names the 2 it left out (requires_grad=False); a user "
-                   "who asked for the model's parameters cannot tell frozen from lost")
 def test_frozen_parameters_left_out_are_named(ip, run_ok, run_vjp):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
            "big = nn.Sequential(*[nn.Linear(3, 3) for _ in range(8)])\n"

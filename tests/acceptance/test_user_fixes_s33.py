@@ -216,3 +216,21 @@ def test_a_cancelling_float32_hessian_says_its_rounding():
     if gap > 1e-4 * float(h.hessian("w").abs().max()):  # rounding showed: said, not hidden
         assert any("rounding in sums that cancel" in note for note in h.notes), h.notes
     assert not any("not symmetric" in note for note in h.notes)
+
+
+def test_frozen_parameters_of_a_module_given_are_named_once(ip, run_ok, run_vjp):
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "net = nn.ModuleDict({'enc-1': nn.Linear(3, 3), 'head': nn.Linear(3, 1)})\n"
+           "net['enc-1'].bias.requires_grad_(False)\nxb = torch.randn(5, 3)")
+    r = run_vjp("loss = net['head'](net['enc-1'](xb)).sum()", "--wrt net")
+    net, xb = ip.user_ns["net"], ip.user_ns["xb"]
+    trainable = {f"net.{n}": p for n, p in net.named_parameters() if p.requires_grad}
+    assert set(r.derivatives) == set(trainable)
+    for (name, _), grad in zip(trainable.items(), torch.autograd.grad(
+            net["head"](net["enc-1"](xb)).sum(), list(trainable.values()))):
+        torch.testing.assert_close(r.derivatives[name], grad)
+    text = " ".join(_bundle(r)["text/plain"].split())
+    assert text.count("Left out, frozen") == 1 and "net['enc-1'].bias" in text, text
+    assert "net['enc-1'].bias.requires_grad_()" in text  # it alone: no other one unfrozen
+    everything = run_vjp("loss = net['head'](xb).sum()", "--wrt net['head']")
+    assert "frozen" not in _bundle(everything)["text/plain"]  # nothing frozen there

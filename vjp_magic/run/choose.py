@@ -317,20 +317,41 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     """The inputs the user named (``--wrt x w``, ``%jacobian y wrt x``); a module
     (``--wrt mlp``) or its ``mlp.parameters()`` stands for all its parameters, named
     ``mlp.0.weight`` as ``named_parameters()`` spells them."""
-    inputs: dict = {}
+    inputs, frozen = ChosenInputs(), []
     for name in names:
-        add_named(inputs, _expand(scope, name, lookup(scope, name, role)))  # none dropped
+        add_named(inputs, _expand(scope, name, lookup(scope, name, role), frozen))
     held: list = []  # the namespace's tensors by id, read once for all the inputs
     for name, value in inputs.items():
         if _made_off_graph(scope, name, value, output, held):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name, role))
+    inputs.notes = _frozen_note(frozen)
     return inputs
 
 
-def _expand(scope, source: str, value) -> dict:
-    """One named input, or the parameters a module or a parameter iterator stands for."""
+def _frozen_note(frozen: list[str]) -> tuple:
+    """The sentence naming the parameters a module given to ``--wrt`` holds frozen
+    (``requires_grad=False``), left out: frozen is not lost."""
+    if not frozen:
+        return ()
+    shown = ", ".join(f"`{n}`" for n in frozen[:3])
+    more = f" and {len(frozen) - 3:,} more" if len(frozen) > 3 else ""
+    how = f"`{frozen[0]}.requires_grad_()`" if len(frozen) == 1 else \
+        "`.requires_grad_()` on those wanted"
+    return (marked(f"Left out, frozen (`requires_grad=False`): {shown}{more}; call {how} "
+                   f"before computing the output to include "
+                   f"{'it' if len(frozen) == 1 else 'them'}."),)
+
+
+def _expand(scope, source: str, value, frozen: list | None = None) -> dict:
+    """One named input, or the parameters a module or a parameter iterator stands for;
+    ``frozen`` gets the names (as the cell writes them) of a module's parameters left out,
+    which do not require grad."""
     if isinstance(value, torch.nn.Module):
-        return module_parameters(value, source)
+        found = module_parameters(value, source)
+        if frozen is not None:
+            frozen += [parameter_expression(f"{source}.{n}")
+                       for n, p in value.named_parameters() if not p.requires_grad]
+        return found
     if not isinstance(value, (types.GeneratorType, list, tuple)):
         return {source: value}
     items = list(value)
