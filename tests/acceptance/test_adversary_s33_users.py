@@ -674,10 +674,6 @@ def test_packed_sequences_are_called_block_diagonal_in_the_display_too(run_vjp):
     assert "block" in text and "from -4 to 4" not in text, text[:500]
 
 
-@pytest.mark.xfail(strict=True, reason="per-sample losses of a 3-Linear MLP (6 tensors: no "
-                   "table): the lead line and 'each may use every entry of' name all six "
-                   "tensors, and the display is 713 px where one screen holds 647 (the package's "
-                   "own estimate; the budget does not give way)")
 def test_per_sample_losses_of_six_tensors_fit_one_screen(ip, run_ok, run_vjp):
     from vjp_magic.render.budget import height
     from vjp_magic.render.options import DISPLAY_HEIGHT

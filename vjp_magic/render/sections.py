@@ -47,7 +47,7 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
         if not group:
             continue
         blocks: list = []
-        shared = shared_headline(result, every) if not jacobian else None
+        shared = shared_headline(result, group) if not jacobian else None  # (those shown)
         if shared is not None:
             blocks.append(shared)
         for name in group:
@@ -110,9 +110,14 @@ def not_shown(result, shown: list[str]) -> Paragraph:
     left = [n for n in result.inputs if n not in shown]
     spans: list = [Text(f"Not shown, to fit one screen: {len(left)} more "
                         f"input{'s' if len(left) > 1 else ''}, ")]
-    for k, name in enumerate(left):
+    named = left if len(left) <= 3 else [left[0], None, left[-1]]  # first, …, last
+    for k, name in enumerate(named):
+        if name is None:
+            spans.append(Text(", …"))
+            continue
         dims = notation.dims(result.inputs[name].tensor.shape)
-        spans += [Text(_joiner(k, len(left))), notation.prose_name(name), Text(f" ({dims})")]
+        joiner = ", " if k and named[k - 1] is None else _joiner(k, len(named))
+        spans += [Text(joiner), notation.prose_name(name), Text(f" ({dims})")]
     return Paragraph((*spans, Text(", each in "), Code(f"r.derivatives[{left[0]!r}]"),
                       Text(" by its name ("), Code("r = _"), Text(" after the cell).")))
 
