@@ -234,3 +234,16 @@ def test_frozen_parameters_of_a_module_given_are_named_once(ip, run_ok, run_vjp)
     assert "net['enc-1'].bias.requires_grad_()" in text  # it alone: no other one unfrozen
     everything = run_vjp("loss = net['head'](xb).sum()", "--wrt net['head']")
     assert "frozen" not in _bundle(everything)["text/plain"]  # nothing frozen there
+
+
+def test_frozen_parameters_of_a_module_found_are_named(ip, run_ok, run_vjp):
+    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
+           "big = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))\n"
+           "big[0].requires_grad_(False)\nxb = torch.randn(5, 3)")
+    r = run_vjp("loss = big(xb).pow(2).sum()")  # no --wrt: the model's parameters are found
+    big, xb = ip.user_ns["big"], ip.user_ns["xb"]
+    expected = torch.autograd.grad(big(xb).pow(2).sum(), [big[1].weight, big[1].bias])
+    assert set(r.derivatives) == {"big.1.weight", "big.1.bias"}
+    torch.testing.assert_close(r.derivatives["big.1.weight"], expected[0])
+    text = " ".join(_bundle(r)["text/plain"].split())
+    assert "frozen" in text and "big[0].weight" in text and "big[0].bias" in text, text

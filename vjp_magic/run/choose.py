@@ -415,14 +415,14 @@ def found_inputs(scope, output, output_name: str, assigned, flag: str = "--wrt")
         if not modules:
             raise VJPUsageError(_unnamed_message(output_name, flag, _leaf_copies(
                 scope.user_ns, output, assigned))) from None
-        found = ChosenInputs()
+        found, frozen = ChosenInputs(), []
         for name, module in modules.items():
-            found.update(module_parameters(module, name))
+            found.update(_expand(scope, name, module, frozen))
         names, first = " ".join(modules), parameter_expression(next(iter(found)))
         found.notes = (marked(
             f"No named tensor with `requires_grad=True` reaches {output_name}, so the inputs "
             f"are the parameters of {_listed(list(modules))} (as `{flag} {names}`); name fewer "
-            f"with `{flag}`, e.g. `{flag} {first}`."),)
+            f"with `{flag}`, e.g. `{flag} {first}`."),) + _frozen_note(frozen)
         return found
     found.notes = _left_out(found, modules, leaves, output_name, flag)
     taken = {id(t) for t in found.values()} | {
