@@ -247,3 +247,17 @@ def test_frozen_parameters_of_a_module_found_are_named(ip, run_ok, run_vjp):
     torch.testing.assert_close(r.derivatives["big.1.weight"], expected[0])
     text = " ".join(_bundle(r)["text/plain"].split())
     assert "frozen" in text and "big[0].weight" in text and "big[0].bias" in text, text
+
+
+def test_a_name_reused_for_another_structure_is_spelled_as_the_new_module(ip, run_ok, run_vjp):
+    run_ok(KEYED)
+    run_vjp("loss = model(xb).pow(2).sum()", "--wrt model")  # model.blocks.0: a dict's key
+    assert parameter_expression("model.blocks.0.weight") == "model.blocks['0'].weight"
+    run_ok("class N(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+           "        self.blocks = nn.Sequential(nn.Linear(3, 1))\n"
+           "    def forward(self, x):\n        return self.blocks(x)\nmodel = N()")
+    r = run_vjp("loss = model(xb).pow(2).sum()", "--wrt model.parameters()")
+    assert set(r.derivatives) == {"model.blocks.0.weight", "model.blocks.0.bias"}
+    assert parameter_expression("model.blocks.0.weight") == "model.blocks[0].weight"
+    text = _bundle(r)["text/plain"]
+    assert "model.blocks[0].weight" in text and "model.blocks['0']" not in text

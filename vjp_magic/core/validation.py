@@ -105,15 +105,22 @@ _SPELLED: dict[str, str] = {}  # name -> expression, as the last module so named
 _SPELLED_MAX = 20_000
 
 
+def remember_spellings(module: torch.nn.Module, prefix: str) -> None:
+    """Note how each parameter of ``module``, named ``prefix.<key>``, is spelled in Python
+    (for :func:`parameter_expression`): each place that names a module's parameters calls
+    this, so the spelling is the latest module's of that name."""
+    if len(_SPELLED) > _SPELLED_MAX:
+        _SPELLED.clear()
+    _SPELLED.update({f"{prefix}.{name}": _spell(module, prefix, name)
+                     for name, _ in module.named_parameters()})
+
+
 def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, torch.Tensor]:
     """A module's parameters that require grad, named ``prefix.0.weight`` (or ``0.weight``)."""
     found = {f"{prefix}.{name}" if prefix else name: parameter
              for name, parameter in module.named_parameters() if parameter.requires_grad}
     if prefix:
-        if len(_SPELLED) > _SPELLED_MAX:
-            _SPELLED.clear()
-        _SPELLED.update({f"{prefix}.{name}": _spell(module, prefix, name)
-                         for name, parameter in module.named_parameters()})
+        remember_spellings(module, prefix)
     if not found:
         what = prefix or type(module).__name__
         if next(module.parameters(), None) is None:

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..core.validation import (add_named, module_parameters, named_inputs,
-                                parameter_expression, refuse_sequence)
+                                parameter_expression, refuse_sequence, remember_spellings)
 from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
@@ -364,6 +364,7 @@ def _expand(scope, source: str, value, frozen: list | None = None) -> dict:
                         r"parameters\s*\(\s*\)\s*", source)
     owner = lookup(scope, base.group(1), "--wrt") if base else None
     if isinstance(owner, torch.nn.Module):
+        remember_spellings(owner, base.group(1))
         spelled = {id(p): f"{base.group(1)}.{n}" for n, p in owner.named_parameters()}
     elif pairs:
         spelled = {id(p): n for n, p in pairs}
@@ -383,6 +384,7 @@ def _namespace_parameter_names(scope) -> dict:
     visible = [(n, v) for n, v in scope.user_ns.items() if is_visible_name(n)]
     for name, value in visible:
         if isinstance(value, torch.nn.Module):
+            remember_spellings(value, name)
             for pname, parameter in value.named_parameters():
                 spelled.setdefault(id(parameter), f"{name}.{pname}")
     for name, value in visible:
