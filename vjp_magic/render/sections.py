@@ -35,9 +35,11 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
     the lines the code beneath starts with, the cell's backward having freed the graph)."""
     sections = [Section((shapes(result),))]
     fit, shown = fit_of(options), shown_inputs(result, options)
-    loops = 0 if jacobian else sum(  # code blocks shown with a backward on the same graph
+    loops = 0 if jacobian else sum(  # code blocks shown with a backward on the same graph:
         any(n in shown and not result.inputs[n].unused and sparse_of(result, n) is None
-            for n in every) for every in point_groups(result))
+            for n in every) for every in point_groups(result)) + sum(  # a group's loop,
+        n in shown and sparse_of(result, n) is not None for n in result.inputs)  # colours'
+
     for every in point_groups(result):
         group = [n for n in every if n in shown]
         sections.extend(Section(tuple(sparse_blocks(result, n, options, explained, jacobian,
