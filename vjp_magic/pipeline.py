@@ -96,7 +96,7 @@ def pipeline(subject: Subject, request: Request,
         found = _accepted(graph, output_name, request, given)  # None: the analysis decides
         result = graph.restore(found if found is not None else
                                _derivatives(graph, output_name, request, given), output, inputs)
-        with names.naming(subject):  # no text a feature builds takes a name the cell binds
+        with names.naming(subject, result):  # no text a feature builds takes a bound name
             added = gather(features, result, request, subject)
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph

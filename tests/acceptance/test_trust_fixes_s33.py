@@ -267,7 +267,7 @@ def test_one_full_jacobian_per_input_of_three_inputs_of_one_shape(shape):
 # (G9's test_a_components_derivative_is_not_nan_where_another_component_is_infinite, the class:
 # rows of several entries, float32, and second derivatives at points.) Reverse mode sends
 # v = 0 into the other components' branches; forward mode carries x's tangent, and reads NaN
-# there only where the derivative is NaN (core/validation.forward_at_points).
+# there only where the derivative is NaN (core/derivatives.forward_at_points).
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_first_derivatives_of_rows_beside_an_infinite_component(dtype):

@@ -16,7 +16,7 @@ from . import axisflow, memory, structure, validation
 from . import given as given_jacobians
 from .candidates import Candidate, candidates
 from .sparse_choice import SparseChoice
-from .derivatives import forward_jacobian, pass_key, remember_seconds
+from .derivatives import forward_at_points, forward_jacobian, pass_key, remember_seconds
 from .indexmaps import proved_pattern
 from .pairing import Evidence, Pairing
 from .probes import Probes, new_seed
@@ -132,7 +132,7 @@ def _nan_filled(context, tensor, candidate: Candidate, derivatives) -> torch.Ten
     seed through other nodes, so between them an entry is NaN only where both are; outside
     the pattern the graph proves, both are 0·∞ artefacts and the entry is 0
     (:func:`.validation.nan_filled`). At points, forward mode reads a proved pairing only
-    (:func:`.validation.forward_at_points`)."""
+    (:func:`.derivatives.forward_at_points`)."""
     pairing = candidate.pairing
     if derivatives.layout != torch.strided \
             or not (bool(derivatives.sum().isnan()) and bool(derivatives.isnan().any())):
@@ -142,7 +142,7 @@ def _nan_filled(context, tensor, candidate: Candidate, derivatives) -> torch.Ten
         if not candidate.proved:
             return derivatives
         return validation.nan_filled(derivatives, (
-            lambda: validation.forward_at_points(output, tensor, pairing),))
+            lambda: forward_at_points(output, tensor, pairing),))
     return validation.nan_filled(derivatives, (lambda: forward_jacobian(output, tensor),
                                            lambda: context.vjps([tensor], (), batched=False)[0][0]),
                                  proved=lambda: proved_pattern(output, tensor, context.budget,

@@ -6,6 +6,7 @@ for the user's next cell.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -391,3 +392,52 @@ def forward_jacobian(
     (columns,) = in_chunks(  # (n,) + output.shape: J u_j
         lambda start, stop: vjp_batch(g, [v], basis[start:stop], batched=batched), n, n)
     return columns.reshape(n, m).T.reshape(tuple(output.shape) + tuple(tensor.shape))
+
+
+# Points whose own entries number more than this get no forward-mode passes (one per entry).
+FORWARD_PER_POINT = 64
+
+
+def forward_at_points(output: torch.Tensor, x: torch.Tensor, pairing,
+                      graph: bool = False) -> torch.Tensor | None:
+    """The derivatives at points (component shape + x.shape, as ``r.derivatives``) by forward
+    mode: one J·u per entry q of a point, u = 1 at entry q of every point (so, the points
+    being independent, (J·u)[c, p] is d y[c, p] / d x[p, q]), each by double backward on the
+    graph (no function at hand). None where a point has over :data:`FORWARD_PER_POINT`
+    entries or the graph has no double backward. Only for a PROVED pairing: a dependence
+    across points would sum into J·u unseen.
+
+    Reverse mode sends v = 0 into every other component's branch, where an infinite local
+    derivative makes 0·∞ = NaN (stack([1/x, 5x]) at 0: f_2'(0) NaN); forward mode carries
+    x's tangent, so the two read NaN together only where the derivative is. ``graph``: the
+    result keeps a graph (forward mode of it again gives second derivatives at the points,
+    with no 0·∞ of another component's branch either)."""
+    paired = dict(zip(pairing.in_axes, pairing.out_axes))  # x's point axis → output's
+    free = [b for b in range(x.dim()) if b not in paired]
+    count = math.prod(x.shape[b] for b in free)
+    if count > FORWARD_PER_POINT:
+        return None
+    comp_axes = [a for a in range(output.dim()) if a not in set(pairing.out_axes)]
+    points = sorted(paired)
+    order = comp_axes + [paired[b] for b in points]
+    try:
+        v = torch.zeros_like(output, requires_grad=True)
+        (g,) = guarded_grad([output], [x], [v], retain_graph=True, create_graph=True,
+                            allow_unused=True)
+        if g is None or not g.requires_grad:
+            return None
+        columns = []
+        for q in itertools.product(*(range(x.shape[b]) for b in free)):
+            u = torch.zeros_like(x)
+            u[tuple(q[free.index(b)] if b in free else slice(None)
+                    for b in range(x.dim()))] = 1
+            (ju,) = guarded_grad([g], [v], [u], retain_graph=True, create_graph=graph)
+            columns.append((ju if graph else ju.detach()).permute(order))
+    except (RuntimeError, NotImplementedError) as error:
+        if torch_error(error) is TorchError.SECOND_PASS:
+            raise
+        return None
+    nc = len(comp_axes)
+    held = torch.stack(columns, -1).reshape(columns[0].shape + tuple(x.shape[b] for b in free))
+    at = points + free  # the x axes of ``held``, in this order after the components
+    return held.permute(list(range(nc)) + [nc + at.index(b) for b in range(x.dim())])

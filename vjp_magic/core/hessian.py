@@ -24,7 +24,8 @@ from torch.autograd.function import BackwardCFunction
 from torch.overrides import TorchFunctionMode
 
 from . import analysis, axisflow, memory, probes, validation
-from .derivatives import chunk_size, component_vjps, one_hot_gradients, plain_vjp
+from .derivatives import (chunk_size, component_vjps, forward_at_points, one_hot_gradients,
+                          plain_vjp)
 from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Evidence, Pairing
@@ -89,6 +90,13 @@ class HessianInput:
         order = [0] + [1 + b for b in in_points + rest] + list(range(1 + x_ndim, d.dim()))
         m = math.prod(self.per_point_shape)
         return d.permute(order).reshape(component_count, self.point_count, m, m)
+
+
+def _twin(item: HessianInput, name: str) -> HessianInput:
+    """``item`` under another name of its tensor, with derivative tensors of its own (one
+    changed in place does not change the other name's; the sparse path's record is shared)."""
+    second = None if item.second is None else item.second.clone()
+    return replace(item, name=name, derivatives=item.derivatives.clone(), second=second)
 
 
 @dataclass(repr=False)
@@ -157,8 +165,7 @@ def second_derivatives(output: torch.Tensor, inputs, names=None, *, output_name:
     for name, item in first.inputs.items():
         twin = first_name.setdefault(id(item.tensor), name)
         items[name] = _input_hessian(output, output_name, item, budget, options) \
-            if twin == name else replace(items[twin], name=name,
-                                          derivatives=items[twin].derivatives.clone())
+            if twin == name else _twin(items[twin], name)
     result = HessianResult(output=output.detach(), output_name=output_name, inputs=items,
                            memory_budget=budget, seed=first.seed)
     result.notes.extend(_notes(result))
@@ -335,9 +342,9 @@ def _forward_twice(output, x, pairing: Pairing, lifted: Pairing) -> torch.Tensor
     """Second derivatives at proved points by forward mode over forward mode: reverse mode
     sends v = 0 into every other component's branch, whose infinite derivative makes 0·∞ =
     NaN in D and so in ∂D/∂x (stack([1/x, 5x²]) at 0: f_2''(0) NaN, where it is 10)."""
-    d = validation.forward_at_points(output, x, pairing, graph=True)
+    d = forward_at_points(output, x, pairing, graph=True)
     return None if d is None or not d.requires_grad else \
-        validation.forward_at_points(d, x, lifted)
+        forward_at_points(d, x, lifted)
 
 
 def _zero(item: HessianInput, comp) -> HessianInput:

@@ -9,7 +9,6 @@ Jacobian's NaN from 0·∞ taken from the other mode).
 from __future__ import annotations
 
 import ast
-import itertools
 import keyword
 import math
 import operator
@@ -21,7 +20,8 @@ import torch
 from .errors import VJPUsageError, operand
 from .memory import checked_budget
 from .marked import marked
-from .torch_api import TorchError, guarded_grad, torch_error
+from .pairing import Evidence
+from .torch_api import TorchError, torch_error
 
 
 def named_inputs(inputs, names) -> dict[str, torch.Tensor]:
@@ -438,55 +438,6 @@ def nan_filled(derivatives: torch.Tensor, others, proved=None) -> torch.Tensor:
     return filled
 
 
-# Points whose own entries number more than this get no forward-mode passes (one per entry).
-FORWARD_PER_POINT = 64
-
-
-def forward_at_points(output: torch.Tensor, x: torch.Tensor, pairing,
-                      graph: bool = False) -> torch.Tensor | None:
-    """The derivatives at points (component shape + x.shape, as ``r.derivatives``) by forward
-    mode: one J·u per entry q of a point, u = 1 at entry q of every point (so, the points
-    being independent, (J·u)[c, p] is d y[c, p] / d x[p, q]), each by double backward on the
-    graph (no function at hand). None where a point has over :data:`FORWARD_PER_POINT`
-    entries or the graph has no double backward. Only for a PROVED pairing: a dependence
-    across points would sum into J·u unseen.
-
-    Reverse mode sends v = 0 into every other component's branch, where an infinite local
-    derivative makes 0·∞ = NaN (stack([1/x, 5x]) at 0: f_2'(0) NaN); forward mode carries
-    x's tangent, so the two read NaN together only where the derivative is. ``graph``: the
-    result keeps a graph (forward mode of it again gives second derivatives at the points,
-    with no 0·∞ of another component's branch either)."""
-    paired = dict(zip(pairing.in_axes, pairing.out_axes))  # x's point axis → output's
-    free = [b for b in range(x.dim()) if b not in paired]
-    count = math.prod(x.shape[b] for b in free)
-    if count > FORWARD_PER_POINT:
-        return None
-    comp_axes = [a for a in range(output.dim()) if a not in set(pairing.out_axes)]
-    points = sorted(paired)
-    order = comp_axes + [paired[b] for b in points]
-    try:
-        v = torch.zeros_like(output, requires_grad=True)
-        (g,) = guarded_grad([output], [x], [v], retain_graph=True, create_graph=True,
-                            allow_unused=True)
-        if g is None or not g.requires_grad:
-            return None
-        columns = []
-        for q in itertools.product(*(range(x.shape[b]) for b in free)):
-            u = torch.zeros_like(x)
-            u[tuple(q[free.index(b)] if b in free else slice(None)
-                    for b in range(x.dim()))] = 1
-            (ju,) = guarded_grad([g], [v], [u], retain_graph=True, create_graph=graph)
-            columns.append((ju if graph else ju.detach()).permute(order))
-    except (RuntimeError, NotImplementedError) as error:
-        if torch_error(error) is TorchError.SECOND_PASS:
-            raise
-        return None
-    nc = len(comp_axes)
-    held = torch.stack(columns, -1).reshape(columns[0].shape + tuple(x.shape[b] for b in free))
-    at = points + free  # the x axes of ``held``, in this order after the components
-    return held.permute(list(range(nc)) + [nc + at.index(b) for b in range(x.dim())])
-
-
 def outside_proved_zeroed(jacobian: torch.Tensor, pattern) -> torch.Tensor:
     """``jacobian`` (any shape whose row-major flattening is the pattern's m × n) with its
     non-finite entries outside a PROVED ``pattern`` set to 0; unchanged where ``pattern`` is
@@ -499,7 +450,7 @@ def outside_proved_zeroed(jacobian: torch.Tensor, pattern) -> torch.Tensor:
     J[0, 7]). Such a NaN is an artefact, not a derivative; inside the pattern NaN and ±∞
     stay what they are (both readings non-finite). An observed pattern proves nothing, so
     nothing is changed under it."""
-    if pattern is None or str(getattr(pattern, "evidence", "")) != "proved":
+    if pattern is None or getattr(pattern, "evidence", None) != Evidence.PROVED:
         return jacobian
     m, n = pattern.shape
     flat = jacobian.reshape(m, n)

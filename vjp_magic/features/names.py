@@ -13,6 +13,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from ..core.tagging import is_visible_name
+from ..render.codegen import identifiers
 from ..render.codegen import naming as _naming
 from ..run.choose import Subject
 from . import Added, Asked
@@ -31,10 +32,12 @@ def cell_names(subject: Subject) -> frozenset:
     return frozenset(name for name in namespace if is_visible_name(name))
 
 
-def naming(subject: Subject):
-    """A context in which text for ``subject``'s result is built with its names taken (the
-    pipeline's, around every feature)."""
+def naming(subject: Subject, result=None):
+    """A context in which text for ``subject``'s ``result`` is built with its names taken,
+    the namespace's and the result's own (the pipeline's, around every feature)."""
     names = cell_names(subject)
+    if result is not None:
+        names |= identifiers([result.output_name, *result.inputs])
     return _naming(names) if names else nullcontext()
 
 

@@ -16,6 +16,7 @@ the tutorial's code it also binds its loop helpers (``v``, ``k`` or ``i, j``, ``
 from __future__ import annotations
 
 import ast
+import keyword
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -35,6 +36,9 @@ def identifiers(sources: Iterable[str]) -> set[str]:
     """The Python names these sources use (a source that does not parse: its words)."""
     found: set[str] = set()
     for source in sources:
+        if source.isidentifier():  # (most names: no parse)
+            found.add(source)
+            continue
         try:
             tree = ast.parse(source, mode="eval")
         except SyntaxError:
@@ -54,35 +58,37 @@ def fresh(base: str, taken: set[str]) -> str:
     return name
 
 
-def expression(source: str, result: str | None = None) -> str:
+def expression(source: str, result_name: str | None = None) -> str:
     """A name or expression that ``.grad`` / ``.backward(...)`` can follow as written:
     ``x`` and ``layer.weight`` stay, ``x.T @ w`` becomes ``(x.T @ w)``, and a module's
     parameter as ``named_parameters()`` spells it, ``mlp.0.weight``, is ``mlp[0].weight``;
-    in code (``result``: the name it reads the result by, ``_``), a name that is no Python
+    in code (``result_name``: the name it reads the result by, ``_``), a name that is no Python
     (``0.weight``: a module given from Python has no name of its own) is read off the
     result, ``_.inputs['0.weight'].tensor``; in maths and prose it is ``(0.weight)``."""
     if _attribute_path(source):  # λ needs no parentheses either: any Python identifier
         return source
     spelled = parameter_expression(source)
     spelled = spelled if spelled != source else f"({source})"
-    if result is None:
+    if result_name is None:
         return spelled
     try:
         compile(spelled, "<expression>", "eval")
     except SyntaxError:
-        return f"{result}.inputs[{source!r}].tensor"
+        return f"{result_name}.inputs[{source!r}].tensor"
     return spelled
 
 
-def reads_result(code: str, result: str = "_") -> bool:
-    """Whether ``code`` reads the result named ``result`` (``_.inputs[...]``, ...)."""
-    return re.search(rf"(?<![\w.]){re.escape(result)}\.(inputs|gradients|jacobian)\b",
+def reads_result(code: str, result_name: str = "_") -> bool:
+    """Whether ``code`` reads the result named ``result_name`` (``_.inputs[...]``, ...)."""
+    return re.search(rf"(?<![\w.]){re.escape(result_name)}\.(inputs|gradients|jacobian)\b",
                      code) is not None
 
 
 def _attribute_path(source: str) -> bool:
-    """``x``, ``λ``, ``layer.weight``: identifiers joined by dots."""
-    return all(part.isidentifier() for part in source.split("."))
+    """``x``, ``λ``, ``layer.weight``: identifiers joined by dots (``blocks.class`` is
+    none: a keyword after a dot is a SyntaxError)."""
+    return all(part.isidentifier() and not keyword.iskeyword(part)
+               for part in source.split("."))
 
 
 def derivative_name(input_name: str, taken: set[str] | None = None) -> str:

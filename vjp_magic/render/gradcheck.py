@@ -5,7 +5,8 @@ from . import notation
 from .document import Code, Paragraph, Section, Text, paragraph
 
 SHOWN_ENTRIES = 4  # inconclusive entries named; the rest counted
-SHOWN_ERRORS = 4  # inputs whose largest error is named (the largest errors); the rest counted
+SHOWN_ERRORS = 4  # inputs whose largest error is named where they fit; past 4, the 3 largest
+# are named and the rest counted (one line either way)
 
 
 def gradcheck_sections(report, result) -> tuple[Section, ...]:

@@ -236,8 +236,8 @@ def stand_in(h, name: str) -> str | None:
     budget), one the cell does not bind; None for a plain name (``x``)."""
     if name.isidentifier():
         return None
-    taken = CELL_NAMES.get() | {h.output_name, *h.inputs}
-    return next((c for c in "pqwuv" if c not in taken), None)
+    taken = CELL_NAMES.get() | {h.output_name, *h.inputs, *notation.letters()}
+    return notation.free_letter("pwuv", taken)
 
 
 def _per_point_matrices(h, name: str, options) -> list:

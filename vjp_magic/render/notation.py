@@ -142,16 +142,23 @@ def entry_label(identifier: str, shape: Sequence[int]) -> Callable[[int], Entry]
     return label
 
 
-_LETTERS = "fghpqruw"  # the generic function's letter: the tutorial's f, else the first free
+_LETTERS = "fghqs"  # the generic function's letter: the tutorial's f, else the first free
+# (not p, u, v, w: the displays use them for a parameter, a colour's vector and v itself)
+
+
+def free_letter(candidates: str, taken) -> str | None:
+    """The first of ``candidates`` of which ``taken`` holds neither the letter nor its
+    capital; None where it holds them all."""
+    return next((c for c in candidates if c not in taken and c.upper() not in taken), None)
 
 
 def letters() -> tuple[str, str]:
     """The letters of the function at one point and of the map at many (the tutorial's f
-    and F): the first pair of which the cell binds neither (with ``f = torch.sin(x)`` bound,
-    f' would read as the derivative of that tensor), f and F where it binds them all."""
-    taken = CELL_NAMES.get()
-    return next(((c, c.upper()) for c in _LETTERS if c not in taken and c.upper() not in taken),
-                ("f", "F"))
+    and F): the first pair of which neither the cell nor the result's own names bind (with
+    ``f = torch.sin(x)`` bound, f' would read as the derivative of that tensor), f and F
+    where they bind them all."""
+    small = free_letter(_LETTERS, CELL_NAMES.get()) or "f"
+    return small, small.upper()
 
 
 def component_label(shape: Sequence[int], gradient: bool,

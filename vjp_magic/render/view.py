@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
-from .codegen import naming, reproducing_code
+from .codegen import identifiers, naming, reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
@@ -56,8 +56,8 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with naming(self.names):
-            document = self._build(result)
+        with naming(self.names | identifiers([result.output_name, *result.inputs])):
+            document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
 
