@@ -525,12 +525,6 @@ def test_the_analysis_runs_no_subclass_torch_function(ip, run_ok, api):
 
 # -- 16. the cell's own batched backward (is_grads_batched, vectorize=True) --------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a %%vjp cell calling torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True) "
-    "(or torch.autograd.functional.jacobian / hessian with vectorize=True) stops with "
-    "RuntimeError 'Batching rule not implemented for aten::detach ...' raised in the user's "
-    "own line, where the plain cell runs: run/backward_log._copy_gradients detaches the "
-    "vmapped gradient the call hands the engine"))
 @pytest.mark.parametrize("line, name", [
     ("g, = torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True, retain_graph=True)",
      "g"),

@@ -45,6 +45,9 @@ class BackwardCall:
     line: int | None  # line in the cell that made the call (innermost cell frame)
     error: BaseException | None = None
     freed_by: int | None = None  # second-pass error: index of the call that freed the graph
+    # the gradients were batched (is_grads_batched, a vectorized jacobian): they live only
+    # inside the call's vmap, so none was copied (``gradients`` is None, not "implicit")
+    batched: bool = False
     # id(leaf) → what this call added to the leaf's .grad (read off .grad around the call,
     # so that coaching needs no pass of its own through a graph the call may have freed)
     added: dict = field(default_factory=dict)
@@ -117,9 +120,10 @@ class BackwardLog:
         return now
 
     def record(self, kind, tensors, gradients, inputs, retain_graph) -> BackwardCall:
+        batched = _batched(gradients)
         record = BackwardCall(
-            index=self.calls, kind=CallKind(kind), tensors=as_list(tensors),
-            gradients=_copy_gradients(gradients),
+            index=self.calls, kind=CallKind(kind), tensors=as_list(tensors), batched=batched,
+            gradients=None if batched else _copy_gradients(gradients),
             inputs=None if inputs is None else as_list(inputs),
             retain_graph=retain_graph, line=_cell_line(self.filename),
         )
@@ -202,6 +206,16 @@ def _line_in(error: BaseException, filename: str | None) -> int | None:
         if filename is not None and frame.f_code.co_filename == filename:
             line = lineno
     return line
+
+
+def _batched(gradients) -> bool:
+    """Whether a gradient is a vmap's batched tensor (``autograd.grad(is_grads_batched=True)``
+    hands the engine one per row): it cannot be copied outside its vmap (not even detached)."""
+    functorch = torch._C._functorch
+    return gradients is not None and any(
+        isinstance(g, torch.Tensor) and (functorch.is_legacy_batchedtensor(g)
+                                         or functorch.is_functorch_wrapped_tensor(g))
+        for g in as_list(gradients))
 
 
 def _copy_gradients(gradients) -> list | None:

@@ -111,7 +111,7 @@ def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake
     if not any(e is error for e in log.errors):
         return None
     call = next((c for c in reversed(log.records) if c.error is error), None)
-    if call is None:
+    if call is None or call.batched:  # its gradients lived inside a vmap: none to coach on
         return None
     if kind is None and isinstance(error, TypeError) and call.gradients and any(
             g is not None and not isinstance(g, torch.Tensor) for g in call.gradients):

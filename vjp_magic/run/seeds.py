@@ -77,8 +77,8 @@ def seeds(log: BackwardLog | None, output: torch.Tensor | None = None) -> list[S
     whether it is ``output`` or ``output.sum()`` (which sends v = ones into ``output``)."""
     found = []
     for call in log.records if log is not None else ():
-        if call.kind is not CallKind.BACKWARD or call.error is not None:
-            continue
+        if call.kind is not CallKind.BACKWARD or call.error is not None or call.batched:
+            continue  # (a batched call's gradients were not copied: its v is unknown)
         grads = call.gradients if call.gradients and len(call.gradients) == len(
             call.tensors) else [None] * len(call.tensors)
         for t, g in zip(call.tensors, grads):

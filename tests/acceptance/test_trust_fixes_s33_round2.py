@@ -1,0 +1,60 @@
+"""Trust fixes, session 33 round 2 (T6): the class of each fix, beyond the example that found it.
+
+1. A cell's own batched backward (``autograd.grad(is_grads_batched=True)``, a vectorized
+   ``jacobian`` / ``hessian``, ``torch.func.vmap`` over ``autograd.grad``) runs under ``%%vjp``
+   exactly as in a plain cell: its gradients live only inside the vmap, so the log records
+   that it could not copy them (``BackwardCall.batched``) and coaches nothing on that call.
+
+Expected values: mathematics (d/dx 2 sin x = 2 cos x, d²/dx² sin²x = 2 cos 2x) and what the
+same line raises in a plain cell.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+_CELL = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x.sin() * 2\n"
+
+
+@pytest.mark.parametrize("line", [
+    "g, = torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True)",
+    "g = torch.func.vmap(lambda v: torch.autograd.grad(y, x, v, retain_graph=True)[0])"
+    "(torch.eye(4))",
+    "g = torch.autograd.functional.jacobian(lambda t: t.sin() * 2, x, vectorize=True)",
+    "g = torch.autograd.functional.jacobian(lambda t: t.sin() * 2, x, vectorize=True, "
+    "strategy='forward-mode')",
+])
+def test_a_batched_backward_in_the_cell_gives_the_users_jacobian(ip, run_ok, line):
+    r = run_ok("%%vjp --of y\n" + _CELL + line)
+    x = ip.user_ns["x"].detach()
+    torch.testing.assert_close(ip.user_ns["g"], torch.diag(2 * x.cos()))
+    torch.testing.assert_close(r.derivatives["x"], 2 * x.cos())
+
+
+def test_a_vectorized_hessian_in_the_cell_gives_the_users_hessian(ip, run_ok):
+    run_ok("%%vjp\n" + _CELL +
+           "h = torch.autograd.functional.hessian(lambda t: (t.sin() ** 2).sum(), x, "
+           "vectorize=True)")
+    x = ip.user_ns["x"].detach()
+    torch.testing.assert_close(ip.user_ns["h"], torch.diag(2 * torch.cos(2 * x)))
+
+
+def test_a_batched_backward_of_the_wrong_shape_fails_as_in_a_plain_cell(ip):
+    line = "g, = torch.autograd.grad(y, x, torch.ones(3, 5), is_grads_batched=True)"
+    plain = ip.run_cell(_CELL + line)
+    magic = ip.run_cell("%%vjp\n" + _CELL + line)
+    assert type(magic.error_in_exec) is type(plain.error_in_exec) is RuntimeError
+    assert str(magic.error_in_exec) == str(plain.error_in_exec)
+
+
+def test_a_batched_call_is_recorded_as_not_copied():
+    from vjp_magic.run.guard import keep_graphs
+    x = torch.linspace(-1, 1, 4, requires_grad=True)
+    y = x.sin() * 2
+    with keep_graphs() as log:
+        torch.autograd.grad(y, x, torch.eye(4), is_grads_batched=True, retain_graph=True)
+        torch.autograd.grad(y, x, torch.ones(4))
+    batched, plain = log.records
+    assert batched.batched and batched.gradients is None
+    assert not plain.batched
+    torch.testing.assert_close(plain.gradients[0], torch.ones(4))
