@@ -37,11 +37,6 @@ def _run_code(code: str, namespace: dict) -> dict:
     return namespace
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "r.code of differentiate(emb(idx).pow(2).sum((1, 2)), emb.weight) with "
-    "nn.Embedding(sparse=True) stops at 'd_w[k] = w.grad': RuntimeError copy_() between "
-    "dense and sparse Tensors is not implemented (w.grad is sparse COO; render/codegen.py "
-    "writes the dense parameter's loop)"))
 def test_code_beneath_a_sparse_embedding_result_runs_and_gives_the_numbers():
     torch.manual_seed(0)
     emb = nn.Embedding(10, 4, sparse=True)

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+import torch
+
 from ..core.validation import parameter_expression
 from .codelines import CODE_WIDTH
 
@@ -173,6 +175,20 @@ def naming(names: Iterable[str]):
         CELL_NAMES.reset(token)
 
 
+SPARSE_GRADS: ContextVar[frozenset] = ContextVar("vjp_magic_sparse_grads", default=frozenset())
+
+
+@contextmanager
+def sparse_grads(names: Iterable[str]):
+    """Write code knowing the inputs ``names`` get a sparse ``.grad`` from autograd (found by
+    :func:`sparse_grad` while the graph was there: a stored result keeps none)."""
+    token = SPARSE_GRADS.set(frozenset(names))
+    try:
+        yield
+    finally:
+        SPARSE_GRADS.reset(token)
+
+
 def taken_names(result) -> set[str]:
     """The names code written for ``result`` must not bind: the output's and the inputs'
     identifiers and the namespace's (:func:`naming`); pasted, a helper named like one of
@@ -242,8 +258,8 @@ def display_loop(result, names: Sequence[str] | None = None,
     head = list(loop.imports)
     head += first + [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
                      for x, d in zip(xs, ds)]
-    stores = [f"{d}[{', '.join(loop.letters)}] = {x}.grad; {x}.grad = None"
-              for x, d in zip(xs, ds)]
+    stores = [f"{d}[{', '.join(loop.letters)}] = {grad_read(result, n, x)}; {x}.grad = None"
+              for x, d, n in zip(xs, ds, names)]
     return "\n".join(head + loop.lines(y, stores, v)) + "\n"
 
 
@@ -260,6 +276,61 @@ def cleared_grads(xs: Sequence[str], taken: set[str] | None = None) -> str:
         return line
     p = fresh("p", set() if taken is None else taken)
     return f"for {p} in ({', '.join(xs)}):\n    {p}.grad = None  # backward adds to .grad"
+
+
+def grad_read(result, name: str, x: str) -> str:
+    """How code reads input ``name``'s ``.grad`` (spelled ``x``) into a dense tensor:
+    ``x.grad``, or ``x.grad.to_dense()`` where autograd hands it sparse (COO) — an
+    ``nn.Embedding(sparse=True)``, ``gather(..., sparse_grad=True)`` on the graph feeds it
+    directly; copying a sparse ``.grad`` into a dense tensor raises."""
+    sparse = name in SPARSE_GRADS.get() or sparse_grad(result, name)
+    return f"{x}.grad.to_dense()" if sparse else f"{x}.grad"
+
+
+_SPARSE_FLAGS = ("_saved_sparse", "_saved_sparse_grad")
+
+
+def sparse_grad(result, name: str) -> bool:
+    """Whether autograd hands input ``name`` a sparse ``.grad``: a node of the output's graph
+    whose sparse flag is set feeds it directly (its next function is the input's), or the
+    input is itself sparse. Read off the graph while the result keeps it (a stored result
+    keeps the answer in :func:`sparse_grads`); saved flags that cannot be read (freed) count
+    as sparse."""
+    tensor = result.inputs[name].tensor
+    if tensor.layout != torch.strided:
+        return True
+    root = getattr(result.output, "grad_fn", None)
+    if root is None:
+        return False
+    seen, stack = set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        nexts = [n for n, _ in getattr(node, "next_functions", ())]
+        if _sparse_node(node) and any(_is_input(n, tensor) for n in nexts):
+            return True
+        stack.extend(nexts)
+    return False
+
+
+def _sparse_node(node) -> bool:
+    for flag in _SPARSE_FLAGS:
+        if flag in dir(node):
+            try:
+                return bool(getattr(node, flag))
+            except RuntimeError:  # (saved values freed by the cell's backward)
+                return True
+    return False
+
+
+def _is_input(node, tensor) -> bool:
+    if node is None:
+        return False
+    if tensor.grad_fn is not None:
+        return node is tensor.grad_fn
+    return getattr(node, "variable", None) is tensor
 
 
 # -- r.code: the careful version ------------------------------------------------------------
@@ -298,7 +369,8 @@ def reproducing_code(result, result_name: str | None = None,
     for point_out, group in groups.items():
         loop = component_loop(result.output.shape, point_out, taken)
         imports.update(dict.fromkeys(loop.imports))
-        body += _group_code(result, y, loop, [(xs[n], d_names[n]) for n in group], taken)
+        body += _group_code(result, y, loop, [(xs[n], d_names[n]) for n in group], taken,
+                            group)
     grads = ", ".join(f"{xs[n]}.grad" for n in names)
     body.append(f"{grads} = {saved}  # restore the notebook's .grad")
     head = ["import torch", *imports]
@@ -350,8 +422,9 @@ def _zeros(result, name: str, x: str, d: str) -> str:
 
 
 def _group_code(result, y: str, loop: ComponentLoop, group: list[tuple[str, str]],
-                taken: set[str]) -> list[str]:
-    """The backward call(s) for inputs sharing their point axes, and ``d_<name>`` from them."""
+                taken: set[str], names: Sequence[str]) -> list[str]:
+    """The backward call(s) for inputs ``names`` sharing their point axes (spelled and
+    their derivatives named as ``group`` says), and ``d_<name>`` from them."""
     inputs = [x for x, _ in group]
     listed = f"inputs=[{', '.join(inputs)}]"
     if loop.count == 1 and result.output.dim() == 0:
@@ -369,11 +442,13 @@ def _group_code(result, y: str, loop: ComponentLoop, group: list[tuple[str, str]
         lines += [f"{d} = {x}.new_zeros({_shape_args(loop.shape)}, *{x}.shape)"
                   for x, d in group]
         zero = [f"if {x}.grad is not None: {x}.grad.zero_()" for x in inputs]
-        store = [f"{d}[{', '.join(loop.letters)}] = {x}.grad" for x, d in group]
+        store = [f"{d}[{', '.join(loop.letters)}] = {grad_read(result, n, x)}"
+                 for (x, d), n in zip(group, names)]
         body = [loop.one_hot(y, v), *zero, loop.backward(y, v, inputs), *store]
         return lines + [loop.header] + ["    " + line for line in body]
-    for x, d in group:
+    for (x, d), n in zip(group, names):
         shape = loop.shape
-        grad = f"{x}.grad" + (f".reshape({_shape_args(shape)}, *{x}.shape)" if shape else "")
+        grad = (grad_read(result, n, x) + f".reshape({_shape_args(shape)}, *{x}.shape)"
+                if shape else f"{x}.grad")  # (a scalar's: as autograd gives it)
         lines.append(f"{d} = {grad}")
     return lines

@@ -13,7 +13,7 @@ passes.
 """
 from __future__ import annotations
 
-from .codegen import fresh
+from .codegen import fresh, grad_read
 from .sparse import by_columns, colour_lines, layout_of, sparse_of
 
 
@@ -50,7 +50,7 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
                  f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
                  f"    if {x}.grad is not None: {x}.grad.zero_()",
                  f"    {y}.backward(gradient={v}, retain_graph=True, inputs=[{x}])",
-                 f"    {g}[{c}] = {x}.grad.reshape(-1)"]
+                 f"    {g}[{c}] = {grad_read(result, name, x)}.reshape(-1)"]
         value = f"{g}[{colour}[{{p}}], {{q}}]"
     p, q = fresh("p", taken), fresh("q", taken)
     if found.offsets is not None and found.form is not None:

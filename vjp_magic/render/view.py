@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
-from .codegen import identifiers, naming, reproducing_code
+from .codegen import identifiers, naming, reproducing_code, sparse_grads
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
@@ -36,7 +36,8 @@ class View:
     ``present``: presentation mode, the derivatives' formulas first and larger (``--present``);
     ``names``: the names the user's namespace binds (an expression output is named apart);
     ``freed``: lines the code beneath starts with where the cell's own backward freed the
-    output's graph (the output computed again, or what to do).
+    output's graph (the output computed again, or what to do); ``sparse_grads``: the inputs
+    whose ``.grad`` autograd hands sparse, as the graph said (the code reads them densely).
     Exam mode (``VJPMagics.exam``) is ``hidden`` with only the verdict's sections around."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
@@ -49,6 +50,7 @@ class View:
     present: bool = False
     names: frozenset = frozenset()  # the namespace's names: an expression output avoids them
     freed: tuple[str, ...] = ()  # lines first in the code beneath: the cell's backward freed it
+    sparse_grads: frozenset = frozenset()  # inputs autograd hands a sparse .grad (codegen)
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
@@ -56,7 +58,8 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with naming(self.names | identifiers([result.output_name, *result.inputs])):
+        with naming(self.names | identifiers([result.output_name, *result.inputs])), \
+                sparse_grads(self.sparse_grads):
             document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
@@ -165,7 +168,7 @@ class View:
 
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
-        with naming(self.names):
+        with naming(self.names), sparse_grads(self.sparse_grads):
             return reproducing_code(result, first=self.freed)
 
 
