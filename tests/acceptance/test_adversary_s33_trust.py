@@ -607,11 +607,6 @@ worker.start()
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a backward another thread runs while a %%vjp cell executes keeps its graph (z.sum()."
-    "backward() in a background thread: a second z.sum().backward() afterwards runs, where "
-    "a plain cell leaves the graph freed and PyTorch raises): run/guard's engine wrapper is "
-    "process-wide and retains passes it cannot place in the cell's record"))
 def test_another_threads_backward_during_a_vjp_cell_frees_its_graph(ip, run_ok):
     run_ok(_BACKGROUND)
     run_ok("%%vjp\ngo.set(); done.wait(5)\nx = torch.linspace(-1, 1, 5, requires_grad=True)\n"

@@ -7,11 +7,19 @@
 
 Expected values: mathematics (d/dx 2 sin x = 2 cos x, d²/dx² sin²x = 2 cos 2x) and what the
 same line raises in a plain cell.
+
+2. While a cell runs, only the passes its own thread starts go to the guard's engine
+   (core/torch_api.engine_wrapped): another thread's ``backward`` / ``autograd.grad`` is
+   neither recorded as the cell's nor kept; its graph is freed as PyTorch frees it.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
+
+from vjp_magic.run.guard import keep_graphs
 
 _CELL = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x.sin() * 2\n"
 
@@ -48,7 +56,6 @@ def test_a_batched_backward_of_the_wrong_shape_fails_as_in_a_plain_cell(ip):
 
 
 def test_a_batched_call_is_recorded_as_not_copied():
-    from vjp_magic.run.guard import keep_graphs
     x = torch.linspace(-1, 1, 4, requires_grad=True)
     y = x.sin() * 2
     with keep_graphs() as log:
@@ -58,3 +65,59 @@ def test_a_batched_call_is_recorded_as_not_copied():
     assert batched.batched and batched.gradients is None
     assert not plain.batched
     torch.testing.assert_close(plain.gradients[0], torch.ones(4))
+
+
+def _in_a_thread(work) -> None:
+    errors = []
+
+    def run():
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - handed to the test's own thread
+            errors.append(error)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("call", ["backward", "grad"])
+def test_another_threads_pass_is_not_the_cells(call):
+    w = torch.linspace(-1, 1, 4, requires_grad=True)
+    z = (w ** 3).sum()  # a custom Function would make the guard keep a cell's graph
+    passes = {"backward": lambda: z.backward(),
+              "grad": lambda: torch.autograd.grad(z, w)}
+    x = torch.linspace(-1, 1, 3, requires_grad=True)
+    with keep_graphs() as log:
+        _in_a_thread(passes[call])
+        (x ** 2).sum().backward()
+    assert [c.tensors[0].shape for c in log.records] == [torch.Size([])]
+    assert log.records[0].tensors[0] is not z
+    with pytest.raises(RuntimeError, match="second time"):
+        z.backward()  # freed, as PyTorch frees it
+    if call == "backward":
+        torch.testing.assert_close(w.grad, 3 * w.detach() ** 2)
+
+
+def test_another_threads_backward_in_a_vjp_cell_with_a_custom_function(ip, run_ok):
+    """The guard keeps a cell's graph through a custom Function; not another thread's."""
+    run_ok("class Cube(torch.autograd.Function):\n"
+           "    @staticmethod\n"
+           "    def forward(ctx, t):\n"
+           "        ctx.save_for_backward(t)\n"
+           "        return t ** 3\n"
+           "    @staticmethod\n"
+           "    def backward(ctx, g):\n"
+           "        t, = ctx.saved_tensors\n"
+           "        return 3 * t ** 2 * g\n"
+           "import threading\n"
+           "w = torch.linspace(-1, 1, 4, requires_grad=True)\n"
+           "z = (Cube.apply(w) * w).sum()\n"
+           "worker = threading.Thread(target=z.backward)")
+    run_ok("%%vjp\nworker.start(); worker.join(10)\n"
+           "x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = Cube.apply(x)")
+    w = ip.user_ns["w"].detach()
+    torch.testing.assert_close(ip.user_ns["w"].grad, 4 * w ** 3)
+    again = ip.run_cell("z.backward()")
+    assert isinstance(again.error_in_exec, RuntimeError)

@@ -5,7 +5,8 @@ rebuilds a graph of its own from the cell's record (:mod:`.hookfree`), so mostly
 pass frees its graph exactly as in a plain cell. Where the record cannot rebuild it (a custom
 ``autograd.Function``, no complete record, nodes from before the cell), the pass keeps its
 graph instead: while the cell runs (:func:`keep_graphs`) the autograd engine object that
-``backward`` and ``torch.autograd.grad`` hand their work to is wrapped; nothing the user's
+``backward`` and ``torch.autograd.grad`` hand their work to is wrapped, for the cell's own
+thread only (another thread's passes go to the engine untouched); nothing the user's
 code can hold a reference to is replaced, so nothing of the magic outlives the cell. A kept
 graph the user's code would have freed is remembered, node by node as the engine ran them
 (:func:`nodes_run`): a second pass through one of them within the cell fails with PyTorch's
@@ -17,6 +18,7 @@ that teaching can coach on the cell's mistakes.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from contextlib import contextmanager
 
@@ -25,6 +27,33 @@ import torch
 from ..core.torch_api import FREED_MESSAGE, engine_wrapped
 from .backward_log import BackwardLog, CallKind, Freeing
 from .passes import as_list, is_functorch, node_key, nodes_run, root_nodes, saves_tensors
+
+
+class _ThreadsEngine:
+    """The engine while the cell runs: the passes of the cell's thread (the one that entered
+    :func:`keep_graphs`) go to ``wrapped``; every other thread's go to ``engine`` as if
+    nothing were wrapped (a training thread's ``backward`` is none of the cell's). A pass
+    re-entered from inside the cell's running pass on an engine thread (a custom backward or
+    hook on a GPU's device thread) is the cell's too."""
+
+    def __init__(self, engine, wrapped):
+        self._engine, self._wrapped = engine, wrapped
+        self._owner = threading.get_ident()
+        self._running = 0  # the cell thread's passes now in progress
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def run_backward(self, *args, **kwargs):
+        if threading.get_ident() != self._owner:
+            inside_owners = self._running and torch._C._current_graph_task_id() != -1
+            target = self._wrapped if inside_owners else self._engine
+            return target.run_backward(*args, **kwargs)
+        self._running += 1
+        try:
+            return self._wrapped.run_backward(*args, **kwargs)
+        finally:
+            self._running -= 1
 
 
 class _RetainingEngine:
@@ -136,7 +165,8 @@ def keep_graphs(filename: str | None = None):
     block raises, the graphs kept are freed at once."""
     log = BackwardLog(filename=filename, first_node=_next_sequence_number())
     try:
-        with engine_wrapped(lambda engine: _RetainingEngine(engine, log)):
+        with engine_wrapped(lambda engine: _ThreadsEngine(
+                engine, _RetainingEngine(engine, log))):
             yield log
     except BaseException:
         log.release()  # the cell raised or was interrupted: free now what its passes freed
