@@ -85,11 +85,6 @@ def _multi_hooked():
     return x, w, fired, handle
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "differentiate(x * w, x) with torch.autograd.graph.register_multi_grad_hook((x, w), f) "
-    "(mode 'all', torch's default) crashes with torch's RuntimeError 'A leaf node was passed "
-    "to _will_engine_execute_node but we are currently running autograd.grad()' from "
-    "core/derivatives._grad: neither the numbers nor a short message"))
 def test_differentiate_with_a_multi_grad_hook_on_the_inputs():
     x, w, fired, handle = _multi_hooked()
     try:
@@ -103,10 +98,6 @@ def test_differentiate_with_a_multi_grad_hook_on_the_inputs():
         handle.remove()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "%jacobian y x on a graph built in a plain cell, x and w under "
-    "register_multi_grad_hook((x, w), f), shows torch's RuntimeError traceback "
-    "('... _will_engine_execute_node ... autograd.grad() ... not supported'); %hessian too"))
 @pytest.mark.parametrize("magic", ["%jacobian y x", "%hessian (y**2).sum() x"])
 def test_magics_on_an_earlier_graph_with_a_multi_grad_hook(ip, run_ok, magic):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\n"

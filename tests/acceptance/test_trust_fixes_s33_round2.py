@@ -11,6 +11,10 @@ same line raises in a plain cell.
 2. While a cell runs, only the passes its own thread starts go to the guard's engine
    (core/torch_api.engine_wrapped): another thread's ``backward`` / ``autograd.grad`` is
    neither recorded as the cell's nor kept; its graph is freed as PyTorch frees it.
+3. Every entry point on a user's own graph whose leaves carry a hook torch.autograd.grad
+   cannot run (register_multi_grad_hook, mode "all") gives a short usage error, read before
+   any pass (run/hookfree.refuse_grad_only_hooks; core/torch_api.graph_usage_error where the
+   pass itself meets it), never PyTorch's traceback; a %%vjp cell differentiates its replay.
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ import threading
 
 import pytest
 import torch
+from IPython.core.error import UsageError
 
+import vjp_magic
 from vjp_magic.run.guard import keep_graphs
 
 _CELL = "x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x.sin() * 2\n"
@@ -121,3 +127,66 @@ def test_another_threads_backward_in_a_vjp_cell_with_a_custom_function(ip, run_o
     torch.testing.assert_close(ip.user_ns["w"].grad, 4 * w ** 3)
     again = ip.run_cell("z.backward()")
     assert isinstance(again.error_in_exec, RuntimeError)
+
+
+def _multi_hooked(on_leaf_only: bool):
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    w = torch.tensor([4., 5., 6.], requires_grad=True)
+    fired = []
+    hooked = (x, w) if on_leaf_only else (x * 1, w)  # a non-leaf with the leaf w
+    handle = torch.autograd.graph.register_multi_grad_hook(hooked, fired.append)
+    return x, w, hooked, fired, handle
+
+
+_APIS = {
+    "differentiate": lambda y, x: vjp_magic.differentiate(y, x),
+    "hessian": lambda y, x: vjp_magic.hessian((y ** 2).sum(), x),
+    "check": lambda y, x: vjp_magic.check(torch.ones(3), y, x),
+    "dependency": lambda y, x: vjp_magic.dependency(y, x),
+    "sparse_jacobian": lambda y, x: vjp_magic.sparse_jacobian(y, x),
+}
+
+
+@pytest.mark.parametrize("on_leaf_only", [True, False])
+@pytest.mark.parametrize("api", list(_APIS))
+def test_a_multi_grad_hook_on_a_leaf_is_a_short_message(api, on_leaf_only):
+    x, w, hooked, fired, handle = _multi_hooked(on_leaf_only)
+    try:
+        y = hooked[0] * w
+        try:
+            _APIS[api](y, x)  # PyTorch runs it (as any hook on a user's own graph)
+        except vjp_magic.VJPUsageError as error:
+            assert fired == []  # refused before any pass
+            assert "register_multi_grad_hook" in str(error)
+            assert api not in ("differentiate", "hessian", "check") or on_leaf_only \
+                or str(error).startswith("a tensor of shape (3,) it was computed from")
+        else:
+            assert api in ("dependency", "sparse_jacobian") and not on_leaf_only
+    finally:
+        handle.remove()
+
+
+def test_a_multi_grad_hook_on_non_leaves_only_is_no_refusal():
+    """PyTorch runs such a hook in autograd.grad: the numbers, as on any user's graph."""
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    a, b = x * 2, x * 3
+    handle = torch.autograd.graph.register_multi_grad_hook((a, b), lambda grads: None)
+    try:
+        r = vjp_magic.differentiate(a * b, x)
+        torch.testing.assert_close(r.derivatives["x"], 12 * x.detach())
+    finally:
+        handle.remove()
+
+
+def test_jacobian_magic_names_the_hooked_input(ip, run_ok):
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\n"
+           "fired = []\n"
+           "h = torch.autograd.graph.register_multi_grad_hook((x,), fired.append)\n"
+           "y = x.sin()")
+    try:
+        r = ip.run_cell("%jacobian y x")
+        assert isinstance(r.error_in_exec, UsageError)
+        assert str(r.error_in_exec).startswith("x carries a hook")
+        assert ip.user_ns["fired"] == []
+    finally:
+        ip.user_ns["h"].remove()

@@ -75,6 +75,8 @@ class TorchError(TextEnum):
     INPLACE = "modified by an inplace operation"
     # torch.utils.checkpoint(..., use_reentrant=True) refuses torch.autograd.grad
     REENTRANT_CHECKPOINT = "torch.utils.checkpoint is incompatible with .grad()"
+    # a hook asking the engine which nodes run (register_multi_grad_hook) on a leaf
+    GRAD_ONLY_HOOK = "_will_engine_execute_node but we are currently running autograd.grad()"
 
 
 def torch_error(error: BaseException | str) -> TorchError | None:
@@ -140,10 +142,23 @@ def graph_usage_error(error: BaseException):
     if kind is TorchError.SECOND_PASS:
         return VJPUsageError("The output's graph was freed by a backward pass without "
                              "retain_graph=True: compute the output again.")
+    if kind is TorchError.GRAD_ONLY_HOOK:
+        return VJPUsageError(multi_grad_hook_message())
     return None
+
+
+def multi_grad_hook_message(which: str | None = None, several: bool = False) -> str:
+    """The usage error for a leaf under ``torch.autograd.graph.register_multi_grad_hook``
+    (``which``: the leaves, named; None: unnamed)."""
+    carries = "carry" if several else "carries"
+    return (f"{which or 'A leaf tensor the output was computed from'} {carries} a hook from "
+            "torch.autograd.graph.register_multi_grad_hook, which torch.autograd.grad (what "
+            "vjp_magic differentiates with) cannot run through (PyTorch's limit): remove it "
+            "first (handle.remove()) and register it again afterwards, or compute the output "
+            "in a %%vjp cell, which differentiates a copy of the graph without hooks.")
 
 
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
            "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
-           "graph_usage_error", "guarded_grad", "materialized_grad", "once_differentiable_node",
-           "strided", "torch_error"]
+           "graph_usage_error", "guarded_grad", "materialized_grad", "multi_grad_hook_message",
+           "once_differentiable_node", "strided", "torch_error"]

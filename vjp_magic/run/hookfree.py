@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ..core.errors import VJPUsageError
 from ..core.marked import code, marked
+from ..core.torch_api import multi_grad_hook_message
 from ..core.result import with_tensor
-from ..core.tagging import depends_on
+from ..core.tagging import depends_on, walk_nodes
 from .record import outs_of
 from ..core.validation import parameter_expression
 from .replay import InputChanged, NotReplayable, aliases, build, close, distinct, one_tensor_names
@@ -75,7 +77,45 @@ def analysed_graph(record, inputs: dict, output, namespace=None,
     ``namespace`` names the hooked tensors the notes mention. ``interpreter``: replay ->
     an :class:`~.steps.Interpreter` computing the same values that keeps what its caller
     needs from this one replay (the per-layer rules' layer outputs), or None (a plain one);
-    it is the graph's ``interpreter``."""
+    it is the graph's ``interpreter``. A user's own graph that ``torch.autograd.grad`` cannot
+    run through (:func:`refuse_grad_only_hooks`) is refused with a usage error."""
+    graph = _analysed_graph(record, inputs, output, namespace, interpreter)
+    if not graph.replayed:
+        refuse_grad_only_hooks(output, inputs)
+    return graph
+
+
+def refuse_grad_only_hooks(output, inputs: dict) -> None:
+    """A :class:`VJPUsageError` where a leaf of ``output``'s graph carries a hook that
+    ``torch.autograd.grad`` (every pass of the analysis) cannot run: one that asks the engine
+    which nodes it will execute (``torch.autograd.graph.register_multi_grad_hook``, mode
+    "all"), which PyTorch refuses for a leaf in such a pass. Read before any pass: no hook
+    fires, no state changes."""
+    if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+        return
+    names = {id(t): name for name, t in inputs.items() if isinstance(t, torch.Tensor)}
+    hooked = []
+    for node in walk_nodes([output.grad_fn]):
+        leaf = getattr(node, "variable", None)
+        hooks = getattr(leaf, "_backward_hooks", None) if isinstance(leaf, torch.Tensor) \
+            else None
+        if hooks and any(_asks_the_engine(hook) for hook in hooks.values()):
+            hooked.append(leaf)
+    if not hooked:
+        return
+    named = [names[id(t)] for t in hooked if id(t) in names]  # the inputs first, then others
+    named += [f"a tensor of shape {tuple(t.shape)} it was computed from" for t in hooked
+              if id(t) not in names]
+    raise VJPUsageError(multi_grad_hook_message(" and ".join(named), len(named) > 1))
+
+
+def _asks_the_engine(hook) -> bool:
+    """Whether ``hook`` calls ``torch._C._will_engine_execute_node`` (by its code's names)."""
+    code = getattr(hook, "__code__", None)
+    return code is not None and "_will_engine_execute_node" in code.co_names
+
+
+def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> AnalysedGraph:
     hooks = gradient_hooks(record, inputs, output, namespace or {})
     if record is None or not isinstance(output, torch.Tensor) or output.grad_fn is None:
         return AnalysedGraph(output, inputs, hooks=hooks)
