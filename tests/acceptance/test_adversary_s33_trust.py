@@ -546,11 +546,6 @@ def test_differentiate_and_sparse_jacobian_of_the_input_itself():
 
 # -- 18. "one function f" where the proved pairing reads a different constant per entry -------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "y = x ** [1, 2, 3] at x = [2, 2, 2] reads 'y = F(x) applies one function f at 3 points "
-    "... (proved for every x)' and then f'(x^(i)) = [1, 4, 12]: one f at one point 2 with "
-    "three derivatives (likewise x * w, where(mask, sin x, cos x)): the graph proves the "
-    "pairing, not one f (render/sections; the s32 fix covers observed structures only)"))
 @pytest.mark.parametrize("body", [
     "x ** torch.tensor([1., 2., 3.])",
     "x * torch.tensor([1., 2., 3.])",

@@ -6,6 +6,7 @@ over the test's own graph, never from the code under test.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,3 +70,53 @@ def test_a_dense_input_beside_a_sparse_one_keeps_its_plain_grad():
                         for b in range(2)])
     torch.testing.assert_close(ns["d_w"].reshape(rows.shape), rows)
     torch.testing.assert_close(ns["d_s"], y.detach())
+
+
+# -- 2. a proved pairing is not one function ---------------------------------------------------
+def _plain(r) -> str:
+    return r._repr_mimebundle_()["text/plain"]
+
+
+@pytest.mark.parametrize("body", [
+    "x ** torch.tensor([1., 2., 3.])",
+    "x * torch.tensor([1., 2., 3.])",
+    "(x + torch.tensor([1., 2., 3.])) ** 2",
+    "torch.where(torch.tensor([True, False, True]), x.sin(), x.cos())",
+    "x * x.detach().flip(0)",
+    "torch.nn.functional.dropout(x, 0.5)",
+])
+def test_a_proved_pairing_of_different_functions_names_no_one_f(body):
+    torch.manual_seed(0)
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    r = vjp_magic.differentiate(eval(body), x)  # noqa: S307 - the test's own expressions
+    text = _plain(r)
+    assert "one function f" not in text and "f'" not in text
+    assert "entry i of y uses entry i of x only" in text  # what is proved is still said
+
+
+@pytest.mark.parametrize("body", ["x ** 2", "torch.sin(x) * x * 2", "torch.softmax(x, 0) * 3"])
+def test_one_function_at_every_point_keeps_the_tutorials_words(body):
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    r = vjp_magic.differentiate(eval(body), x)  # noqa: S307 - the test's own expressions
+    if r.inputs["x"].has_points:
+        assert "applies one function f at 3 points" in _plain(r)
+
+
+def test_rows_sharing_a_weight_are_one_scalar_function_rows_scaled_apart_are_not():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, requires_grad=True)
+    shared = vjp_magic.differentiate((x * x * torch.tensor([-1., 1., 2.])).sum(1), x)
+    assert "one scalar function f" in _plain(shared)
+    apart = vjp_magic.differentiate((x * x * torch.tensor([[1.], [2.], [3.], [4.]])).sum(1), x)
+    assert "one scalar function" not in _plain(apart)
+    torch.testing.assert_close(apart.derivatives["x"],
+                               2 * x.detach() * torch.tensor([[1.], [2.], [3.], [4.]]))
+
+
+def test_the_hessian_headline_names_no_f_for_different_functions():
+    x = torch.tensor([2., 2., 2.], requires_grad=True)
+    h = vjp_magic.hessian(x ** torch.tensor([1., 2., 3.]), x)
+    text = _plain(h)
+    assert "″ at each" not in text and "at each of the 3 points of x" in text
+    torch.testing.assert_close(h.derivatives["x"], torch.tensor([0., 2., 12.]))
+    assert "f″ at each of the 3 points" in _plain(vjp_magic.hessian(x ** 3, x))

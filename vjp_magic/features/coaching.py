@@ -4,13 +4,11 @@ Above the derivatives: the mistake that stopped the cell, if any, then notes on 
 ``.grad``, on v = ones where it sums components, and on a general v. Under ``--check`` the
 mistake only: the graded verdict already says what the notes would. Where the cell's own
 backward freed the output's graph, the code beneath starts by making it again (or says how:
-:mod:`vjp_magic.teach.freed_graph`); an input autograd hands a sparse ``.grad`` is read
-densely there (:func:`~vjp_magic.render.codegen.sparse_grad`, asked while the graph is kept).
+:mod:`vjp_magic.teach.freed_graph`).
 """
 from __future__ import annotations
 
 from ..run.choose import Subject
-from ..render.codegen import sparse_grad
 from ..teach.coaching import mistake_sections
 from ..teach.freed_graph import freed_lines
 from . import Added, Asked
@@ -25,6 +23,4 @@ def add(result, request: Asked, subject: Subject) -> Added:
     before = mistake_sections(subject.log, result, notes=notes, options=request.options,
                               explained=bool(request.flag("explain")))
     freed = freed_lines(result, subject.log, subject.record, subject.namespace)
-    view = {"freed": freed} if freed else {}
-    sparse = frozenset(n for n in result.inputs if sparse_grad(result, n))  # (graph kept now)
-    return Added(before=before, view={**view, "sparse_grads": sparse} if sparse else view)
+    return Added(before=before, view={"freed": freed} if freed else {})

@@ -6,13 +6,15 @@ named ``y`` in the formulas and in the code beneath it, ``out`` where ``y`` is b
 on: pasted into the next cell, that code never overwrites one of the user's values
 (:func:`vjp_magic.render.codegen.output_symbol`). This feature hands the names to the view
 (``View.names``, under which the view builds its text); the pipeline runs every feature under
-:func:`naming`, so the text they build takes the names too.
+:func:`naming`, so the text they build takes the names too. It hands over, too, what the
+view learns from the output's graph while the result keeps it (:mod:`.render.graph_facts`).
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 
 from ..core.tagging import is_visible_name
+from ..render import graph_facts
 from ..render.codegen import identifiers
 from ..render.codegen import naming as _naming
 from ..run.choose import Subject
@@ -43,4 +45,5 @@ def naming(subject: Subject, result=None):
 
 def add(result, request: Asked, subject: Subject) -> Added:
     names = cell_names(subject)
-    return Added(view={"names": names}) if names else Added()
+    view = {"names": names} if names else {}
+    return Added(view={**view, **graph_facts.facts(result)})  # (read while the graph is kept)

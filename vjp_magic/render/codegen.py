@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-import torch
-
 from ..core.validation import parameter_expression
 from .codelines import CODE_WIDTH
+from .graph_facts import sparse_grad
 
 _ONE_AXIS = "k"
 _AXES = ("i", "j", "l", "m", "n", "p", "q")
@@ -175,20 +174,6 @@ def naming(names: Iterable[str]):
         CELL_NAMES.reset(token)
 
 
-SPARSE_GRADS: ContextVar[frozenset] = ContextVar("vjp_magic_sparse_grads", default=frozenset())
-
-
-@contextmanager
-def sparse_grads(names: Iterable[str]):
-    """Write code knowing the inputs ``names`` get a sparse ``.grad`` from autograd (found by
-    :func:`sparse_grad` while the graph was there: a stored result keeps none)."""
-    token = SPARSE_GRADS.set(frozenset(names))
-    try:
-        yield
-    finally:
-        SPARSE_GRADS.reset(token)
-
-
 def taken_names(result) -> set[str]:
     """The names code written for ``result`` must not bind: the output's and the inputs'
     identifiers and the namespace's (:func:`naming`); pasted, a helper named like one of
@@ -280,57 +265,9 @@ def cleared_grads(xs: Sequence[str], taken: set[str] | None = None) -> str:
 
 def grad_read(result, name: str, x: str) -> str:
     """How code reads input ``name``'s ``.grad`` (spelled ``x``) into a dense tensor:
-    ``x.grad``, or ``x.grad.to_dense()`` where autograd hands it sparse (COO) — an
-    ``nn.Embedding(sparse=True)``, ``gather(..., sparse_grad=True)`` on the graph feeds it
-    directly; copying a sparse ``.grad`` into a dense tensor raises."""
-    sparse = name in SPARSE_GRADS.get() or sparse_grad(result, name)
-    return f"{x}.grad.to_dense()" if sparse else f"{x}.grad"
-
-
-_SPARSE_FLAGS = ("_saved_sparse", "_saved_sparse_grad")
-
-
-def sparse_grad(result, name: str) -> bool:
-    """Whether autograd hands input ``name`` a sparse ``.grad``: a node of the output's graph
-    whose sparse flag is set feeds it directly (its next function is the input's), or the
-    input is itself sparse. Read off the graph while the result keeps it (a stored result
-    keeps the answer in :func:`sparse_grads`); saved flags that cannot be read (freed) count
-    as sparse."""
-    tensor = result.inputs[name].tensor
-    if tensor.layout != torch.strided:
-        return True
-    root = getattr(result.output, "grad_fn", None)
-    if root is None:
-        return False
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        nexts = [n for n, _ in getattr(node, "next_functions", ())]
-        if _sparse_node(node) and any(_is_input(n, tensor) for n in nexts):
-            return True
-        stack.extend(nexts)
-    return False
-
-
-def _sparse_node(node) -> bool:
-    for flag in _SPARSE_FLAGS:
-        if flag in dir(node):
-            try:
-                return bool(getattr(node, flag))
-            except RuntimeError:  # (saved values freed by the cell's backward)
-                return True
-    return False
-
-
-def _is_input(node, tensor) -> bool:
-    if node is None:
-        return False
-    if tensor.grad_fn is not None:
-        return node is tensor.grad_fn
-    return getattr(node, "variable", None) is tensor
+    ``x.grad``, or ``x.grad.to_dense()`` where autograd hands it sparse (COO:
+    :func:`.graph_facts.sparse_grad`); copying a sparse ``.grad`` into a dense tensor raises."""
+    return f"{x}.grad.to_dense()" if sparse_grad(result, name) else f"{x}.grad"
 
 
 # -- r.code: the careful version ------------------------------------------------------------

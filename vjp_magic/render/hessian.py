@@ -17,6 +17,7 @@ from . import notation
 from .codegen import CELL_NAMES, expression, output_symbol
 from .budget import fit_of, remembered
 from .document import Code, Entry, Formula, Math, Paragraph, Section, Text, paragraph
+from .graph_facts import one_function
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
@@ -94,7 +95,11 @@ def headline(h, name: str) -> Paragraph:
     count = math.prod(h.component_shape(name))
     m = math.prod(item.per_point_shape)
     points = plural(item.point_count, "point")
-    if m == 1 and item.has_points:
+    if m == 1 and item.has_points and not one_function(h, name):  # the pairing, no one f
+        of = [y] if count == 1 else [Text(f"each of the {count:,} components of "), y]
+        spans = [Text("The second derivative of ")] + of + [Text(f" at each of the {points} of "),
+                                                            x]
+    elif m == 1 and item.has_points:
         g = notation.letters()[0]
         f = [_m(f"{g}''", f"{g}″")] if count == 1 else [_m(f"{g}_k''", f"{g}_k″"), Text(
             f" for each of the {count:,} components")]

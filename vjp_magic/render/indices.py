@@ -25,6 +25,7 @@ import math
 
 from . import notation
 from .codegen import expression, output_symbol
+from .graph_facts import one_function
 from .document import Formula, Math, Span, Text
 
 LETTERS = "ijklmnpqrstuvw"  # index letters (no d, f, o: they mean things)
@@ -69,10 +70,11 @@ def index_letters(result, name: str) -> tuple[list[str], list[str]] | None:
 
 
 def _uses_f(result, name: str) -> bool:
-    """An elementwise f of one input: one scalar function, one number per point."""
+    """An elementwise f of one input: one scalar function, one number per point (the graph
+    proves the one f: :func:`.graph_facts.one_function`)."""
     item = result.inputs[name]
     return (len(result.inputs) == 1 and math.prod(result.component_shape(name)) == 1
-            and item.per_point_numel() == 1)
+            and item.per_point_numel() == 1 and one_function(result, name))
 
 
 def _factor(result, name: str, out: list[str], inn: list[str], pairs) -> tuple[str, str]:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from ..core.validation import parameter_expression
 from .codegen import CELL_NAMES, expression, output_symbol
 from .document import Code, Entry, Math, Text
+from .graph_facts import one_function
 from .latex import greek_macro
 from .matrix import multi_index as unravel
 
@@ -229,12 +230,13 @@ def derivative_lhs(result, name: str) -> Math:
     At many points (F applies f at each point ``x^{(i)}``): ``f'(x^{(i)})`` for a scalar per
     point, ``∇f(x^{(i)})`` for a gradient per point; components get ``f_k'`` row labels.
     At one point: ``dy/dx``, ``∂y/∂x`` (gradient shaped like x), ``∂y_i/∂x_j`` (Jacobian).
-    Several inputs: always ∂ with the cell's names.
+    Several inputs, or points the graph does not prove one f at: ∂ with the cell's names.
     """
     item = result.inputs[name]
     comp = math.prod(result.component_shape(name))
     scalar_in = item.per_point_numel() == 1
-    if item.has_points and not result.full and len(result.inputs) == 1:
+    if item.has_points and not result.full and len(result.inputs) == 1 \
+            and one_function(result, name):  # (else each point may have its own f: ∂y/∂x)
         at, g = point(name), letters()[0]
         f = f"{g}'" if scalar_in else rf"\nabla {g}"
         f_plain = f"{g}'" if scalar_in else f"grad {g}"

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 
 from . import notation
+from .graph_facts import one_function
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
 from .findings import has_sensitivity, sensitivity_formula, structure_findings
@@ -190,7 +191,8 @@ def _what(result, name: str) -> list:
     y, x = notation.math_name(output_symbol(result)), notation.math_name(name)  # (x_: mono)
     f, capital = notation.letters()
     big = Math(f"{y.tex} = {capital}({x.tex})", f"{y.plain} = {capital}({x.plain})")
-    if item.evidence != "proved":  # the graph does not show one f: each point may have its own
+    if item.evidence != "proved" or not one_function(result, name):  # the graph proves the
+        # pairing at most, not one f: each point may have its own (x ** w, where(mask, ...))
         what = "" if count == 1 else f" ({count:,} components each)"
         return [big, Text(f" acts on {points}{what} "), notation.point(name),
                 Text(" one by one")]
@@ -374,9 +376,11 @@ def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,
 
 
 def _uses_f(result, name: str) -> bool:
-    """The tutorial's f / F notation (one input, at points); else the cell's ∂y/∂x."""
+    """The tutorial's f / F notation (one input, at points, one f the graph proves); else the
+    cell's ∂y/∂x."""
     item = result.inputs[name]
-    return item.has_points and not result.full and len(result.inputs) == 1
+    return (item.has_points and not result.full and len(result.inputs) == 1
+            and one_function(result, name))
 
 
 def _component_labels(result, name: str, comp, base: int = 1):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
-from .codegen import identifiers, naming, reproducing_code, sparse_grads
+from .codegen import identifiers, naming, reproducing_code
 from .document import Document, Formula, Section
 from .hessian import hessian_formulas, hessian_sections
 from .options import RenderOptions
@@ -51,6 +51,7 @@ class View:
     names: frozenset = frozenset()  # the namespace's names: an expression output avoids them
     freed: tuple[str, ...] = ()  # lines first in the code beneath: the cell's backward freed it
     sparse_grads: frozenset = frozenset()  # inputs autograd hands a sparse .grad (codegen)
+    one_function: frozenset = frozenset()  # inputs whose points the graph proves one f
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     def document(self, result) -> Document:
@@ -58,8 +59,7 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with naming(self.names | identifiers([result.output_name, *result.inputs])), \
-                sparse_grads(self.sparse_grads):
+        with naming(self.names | identifiers([result.output_name, *result.inputs])):
             document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
@@ -168,7 +168,7 @@ class View:
 
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
-        with naming(self.names), sparse_grads(self.sparse_grads):
+        with naming(self.names):
             return reproducing_code(result, first=self.freed)
 
 
