@@ -6,11 +6,14 @@ over the test's own graph, never from the code under test.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import vjp_magic
+from vjp_magic.render import graph_facts
 
 
 def _run(code: str, namespace: dict) -> dict:
@@ -120,3 +123,21 @@ def test_the_hessian_headline_names_no_f_for_different_functions():
     assert "″ at each" not in text and "at each of the 3 points of x" in text
     torch.testing.assert_close(h.derivatives["x"], torch.tensor([0., 2., 12.]))
     assert "f″ at each of the 3 points" in _plain(vjp_magic.hessian(x ** 3, x))
+
+
+def test_the_one_function_walk_runs_no_checkpoint_recomputation():
+    from torch.utils.checkpoint import checkpoint
+    calls = []
+
+    def block(t):
+        calls.append(1)
+        return t.sin() * 2
+
+    x = torch.tensor([1., 2., 3.], requires_grad=True)
+    y = checkpoint(block, x, use_reentrant=False)
+    r = vjp_magic.differentiate(y, x)
+    before = len(calls)  # (the analysis's own passes: not this test's subject)
+    found = graph_facts.facts(dataclasses.replace(r, output=y))  # the walk, on y's graph
+    assert len(calls) == before  # it ran no unpack hook (a checkpoint's recomputation)
+    assert found["one_function"] == frozenset()  # the saved values it cannot read: unknown
+    torch.testing.assert_close(r.derivatives["x"], 2 * torch.cos(x.detach()))

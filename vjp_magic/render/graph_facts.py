@@ -114,8 +114,8 @@ def _one_function(result, name: str) -> bool:
         if node is target or getattr(node, "variable", None) is tensor:
             continue  # (a non-leaf input: what made it is not the function)
         kind = node.name()
-        if kind.startswith(_SELECTING):
-            return False
+        if kind.startswith(_SELECTING) or hasattr(node, "_forward_cls"):
+            return False  # (a custom autograd.Function: what it does is not known)
         constants = [k for k, (n, _) in enumerate(node.next_functions) if n not in reach]
         if constants and not _shared_operands(node, kind, constants, along[node]):
             return False
@@ -196,13 +196,27 @@ def _shared_operands(node, kind: str, positions: list[int], along) -> bool:
         return False  # an operand the walk cannot read (x + w): it may differ per entry
     for position in positions:
         try:
-            value = getattr(node, ("_saved_self", "_saved_other")[position])
-        except (RuntimeError, IndexError):
+            value = _saved(node, ("_saved_self", "_saved_other")[position])
+        except (RuntimeError, IndexError, _Hooked):
             return False
         if isinstance(value, torch.Tensor) and value.numel() > 1 \
                 and not _same_along(value.detach(), along):
             return False
     return True
+
+
+class _Hooked(Exception):
+    """A saved value the user's unpack hook would make (checkpoint, save_on_cpu, their own
+    saved_tensors_hooks): reading it runs user code, so the walk does not."""
+
+
+def _saved(node, attribute: str):
+    """``node.<attribute>`` (a ``_saved_`` one), never through a user's unpack hook."""
+    raw = getattr(node, "_raw" + attribute, None)
+    for item in raw if isinstance(raw, (list, tuple)) else [raw]:
+        if getattr(item, "unpack_hook", None) is not None:
+            raise _Hooked(attribute)
+    return getattr(node, attribute)
 
 
 def _saved_shared(node, along) -> bool:
@@ -213,8 +227,8 @@ def _saved_shared(node, along) -> bool:
         if not attribute.startswith("_saved_"):
             continue
         try:
-            value = getattr(node, attribute)
-        except RuntimeError:  # (freed): not known
+            value = _saved(node, attribute)
+        except (RuntimeError, _Hooked):  # (freed, or a hook would make it): not known
             return False
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
