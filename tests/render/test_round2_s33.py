@@ -7,6 +7,8 @@ over the test's own graph, never from the code under test.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import pytest
 import torch
@@ -141,3 +143,31 @@ def test_the_one_function_walk_runs_no_checkpoint_recomputation():
     assert len(calls) == before  # it ran no unpack hook (a checkpoint's recomputation)
     assert found["one_function"] == frozenset()  # the saved values it cannot read: unknown
     torch.testing.assert_close(r.derivatives["x"], 2 * torch.cos(x.detach()))
+
+
+# -- 3. the colours a display states are r.gradients' -----------------------------------------
+def _stated(text: str, shape) -> torch.Tensor | None:
+    """Each entry's colour as the display states it: '(a·i + b·j) mod p = c' (a coefficient
+    1 unwritten), or 'entries 0, p, 2p, …' (the flat index mod p)."""
+    i, j = torch.unravel_index(torch.arange(math.prod(shape)), shape)
+    found = re.search(r"\((\d*)i \+ (\d*)j\) mod (\d+) = c", text)
+    if found:
+        a, b, p = (int(g or 1) for g in found.groups())
+        return (a * i + b * j) % p
+    found = re.search(r"entries 0, (\d+), (\d+), … of y", text)
+    assert found and 2 * int(found.group(1)) == int(found.group(2)), text
+    return torch.arange(math.prod(shape)) % int(found.group(1))
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (7, 13), (12, 30)])
+def test_the_laplacians_stated_colouring_is_the_one_r_gradients_holds(shape):
+    import torch.nn.functional as F  # noqa: N812 - as the tutorial's readers write it
+    torch.manual_seed(0)
+    u = torch.rand(*shape, requires_grad=True)
+    q = F.pad(u, (1, 1, 1, 1))
+    lap = q[:-2, 1:-1] + q[2:, 1:-1] + q[1:-1, :-2] + q[1:-1, 2:] - 4 * u + u ** 3
+    r = vjp_magic.differentiate(lap, u, names="u")
+    stated = _stated(_plain(r), shape)
+    assert len(r.gradients["u"]) == 5
+    for c, v in enumerate(r.gradients["u"]):
+        assert torch.equal(v.reshape(-1) != 0, stated == c), c

@@ -91,7 +91,7 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     if lattice is not None:
         proved = proved_lattice(lattice)
         if proved is not None:
-            return proved
+            return flat_numbered(proved)
     crow, col = np.asarray(crow, np.int64), np.asarray(col, np.int64)
     m = len(crow) - 1
     counts = np.bincount(col, minlength=n).astype(np.int64)
@@ -103,11 +103,34 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     lattice = _lattice(crow, col, n, bound,
                        _out_shape(shape, m, *((crow, col) if n == m else ())))
     if lattice is not None and colour_count(lattice) <= bound:
-        return lattice  # the lower bound: optimal
+        return flat_numbered(lattice)  # the lower bound: optimal
     best = greedy_rows(crow, col, n, counts)
     if lattice is not None and colour_count(lattice) < colour_count(best):
-        return lattice
+        return flat_numbered(lattice)
     return best
+
+
+def flat_numbered(colours: np.ndarray, count: int | None = None) -> np.ndarray:
+    """``colours`` renumbered r mod ``count`` (r the flat row index) where their classes are
+    those of r mod count but numbered otherwise (a lattice's (a·o) mod p on a grid whose
+    strides make it (a_last·r) mod p): the same classes, colour c now the display's
+    "entries c, c + p, …" and r.gradients[name][c]; else as they are."""
+    count = colour_count(colours) if count is None else count
+    m = len(colours)
+    if count < 2 or m < count:
+        return colours
+    head = colours[:count]
+    if len(np.unique(head)) != count or int(head.max()) != count - 1 \
+            or np.array_equal(head, np.arange(count)):
+        return colours
+    whole = m - m % count
+    if not (np.array_equal(colours[:whole].reshape(-1, count), np.broadcast_to(
+            head, (whole // count, count))) and np.array_equal(colours[whole:],
+                                                              head[:m - whole])):
+        return colours
+    number = np.empty(count, dtype=np.int64)
+    number[head] = np.arange(count)
+    return number[colours]
 
 
 def _out_shape(shape, m: int, crow=None, col=None) -> tuple[tuple[int, ...], ...]:
@@ -219,7 +242,8 @@ def periodic_lattice(lattice) -> tuple[np.ndarray, int] | None:
     """:func:`proved_lattice`'s colours and their period along the flat row index (the
     colour of row r is that of row r mod the period), 0 where they are not periodic so:
     (a·o) mod p is (a_last·r) mod p, period p, where a_k ≡ a_last·stride_k (mod p) on every
-    axis k longer than 1 (r = Σ stride_k·o_k); one colour has period 1."""
+    axis k longer than 1 (r = Σ stride_k·o_k), then numbered r mod p
+    (:func:`flat_numbered`); one colour has period 1."""
     grid, deltas, p = lattice.grid, lattice.deltas, lattice.bound
     if len(deltas) == 0:  # no two rows share a column
         return np.zeros(int(np.prod(grid, dtype=np.int64)), dtype=np.int64), 1
@@ -229,7 +253,8 @@ def periodic_lattice(lattice) -> tuple[np.ndarray, int] | None:
         strides = [math.prod(grid[k + 1:]) for k in range(len(grid))]
         flat = all(size == 1 or (a - coeffs[-1] * stride) % p == 0
                    for a, size, stride in zip(coeffs, grid, strides))
-        return _lattice_colours(grid, coeffs, p), p if flat else 0
+        colours = _lattice_colours(grid, coeffs, p)
+        return (flat_numbered(colours, p), p) if flat else (colours, 0)
     return None
 
 
