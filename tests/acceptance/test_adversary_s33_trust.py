@@ -49,10 +49,9 @@ def test_code_beneath_a_sparse_embedding_result_runs_and_gives_the_numbers():
     assert w.grad is None  # the code restores the notebook's .grad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "r.code of differentiate(torch.gather(x, 0, idx, sparse_grad=True) ** 2, x) stops at "
-    "'d_x[k] = x.grad': copy_() between dense and sparse Tensors (x.grad is sparse COO for "
-    "the dense x; the same class as nn.Embedding(sparse=True))"))
+# Was a strict xfail (s33 G9), fixed in 5b501d8 (the code reads a sparse .grad densely): r.code
+# stopped at 'd_x[k] = x.grad', copy_() between dense and sparse Tensors. The code's d_x is
+# the derivatives at the points y[:, j] <- x[:, j] (J's diagonal in j), as r.derivatives holds.
 def test_code_beneath_a_gather_with_sparse_gradients_runs_and_gives_the_numbers():
     x = torch.arange(20, dtype=torch.float64).reshape(4, 5).requires_grad_()
     idx = torch.tensor([[0, 1, 2, 3, 0], [3, 3, 1, 0, 2], [1, 0, 0, 2, 3]])
@@ -60,7 +59,12 @@ def test_code_beneath_a_gather_with_sparse_gradients_runs_and_gives_the_numbers(
     expected = _rows(y, x)
     r = vjp_magic.differentiate(y, x)
     ns = _run_code(r.code, {"torch": torch, "y": y, "x": x})
-    torch.testing.assert_close(ns["d_x"].to_dense().reshape(expected.shape), expected)
+    J = expected.reshape(3, 5, 4, 5)  # y[i, j] = x[idx[i, j], j]: nothing across j
+    off = torch.ones(5, 5, dtype=torch.bool).fill_diagonal_(False)
+    assert (J.permute(0, 2, 1, 3)[:, :, off] == 0).all()
+    at_points = J.diagonal(dim1=1, dim2=3)  # [i, a, j] = d y[i, j] / d x[a, j]
+    torch.testing.assert_close(ns["d_x"].to_dense(), at_points)
+    torch.testing.assert_close(r.derivatives["x"], at_points)
 
 
 def test_code_beneath_a_scalar_of_a_sparse_embedding_runs():
