@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import functools
 import re
 import types
 from contextlib import nullcontext
@@ -320,7 +321,7 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     inputs, frozen = ChosenInputs(), []
     for name in names:
         add_named(inputs, _expand(scope, name, lookup(scope, name, role), frozen))
-    held: list = []  # the namespace's tensors by id, read once for all the inputs
+    held = functools.cache(lambda: _namespace_parameter_names(scope))  # read once, if at all
     for name, value in inputs.items():
         if _made_off_graph(scope, name, value, output, held):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name, role))
@@ -571,23 +572,20 @@ def _no_grad_hint(run: CellRun, message: str) -> str | None:
     return no_grad_message(f"{advice[0].lower()}{advice[1:].rstrip('.')}.") if advice else None
 
 
-def _made_off_graph(scope, source: str, value, output, held: list | None = None) -> bool:
+def _made_off_graph(scope, source: str, value, output, held) -> bool:
     """An input expression (not a plain name) whose value is a new tensor that ``output``'s
     graph does not reach: differentiating with respect to it would give false zeros. A new
     tensor: one with a graph (``x.T``, ``x**2``), or a leaf no name nor module of the
     namespace holds (``x.detach()``, ``x.detach().requires_grad_()``, ``x.data``).
-    ``held``: a list that keeps the namespace's tensors by id once read (one read for all
-    the inputs a caller checks, as ``--wrt model``'s parameters)."""
+    ``held()``: the ids of the namespace's tensors (the caller reads them once for all the
+    inputs it checks, as ``--wrt model``'s parameters)."""
     if source.isidentifier() or not isinstance(value, torch.Tensor) \
             or not (isinstance(output, torch.Tensor) and output.requires_grad):
         return False
     if value.grad_fn is None:
         if not value.requires_grad and _held(scope, source, value):
             return False  # model.scale, d['w']: held, read by the cell; it needs grad (said next)
-        if not held:
-            held = held if held is not None else []
-            held.append(_namespace_parameter_names(scope))
-        if id(value) in held[0]:
+        if id(value) in held():
             return False  # a tensor the notebook holds (mlp[0].weight): its zeros are true
     return not depends_on(output, value)
 
