@@ -192,3 +192,26 @@ def test_an_int_input_is_called_an_int(ip, run_ok, usage_error):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2\nk = 3")
     message = usage_error("%jacobian y x k")
     assert "a int" not in message and "an int" in message, message
+
+
+# -- a component's row is labelled as the output entry it is --------------------------------------
+@pytest.mark.xfail(strict=True, reason="points along y's axis 0, components along axis 1, not "
+                   "one function (outer(a, b), stack(..., dim=1) * w): the rows of ∂y/∂a are "
+                   "labelled y[0], y[1] (entry_label on the component index) where row k is "
+                   "component y[:, k]; y[0] is point 0's row, whose derivative is another one "
+                   "(render/sections._component_labels)")
+@pytest.mark.parametrize("body, row", [
+    ("a = torch.tensor([1., 2., 3.], requires_grad=True)\nb = torch.tensor([10., 20.])\n"
+     "y = torch.outer(a, b)", "[10 10 10]"),
+    ("a = torch.tensor([1., 2., 3.], requires_grad=True)\nw = torch.tensor([1., -1., 2.])\n"
+     "y = torch.stack([a, a**2], dim=1) * w.view(3, 1)", "[1 -1 2]"),
+], ids=["outer", "stack-times-w"])
+def test_a_components_row_is_labelled_with_its_own_entries(run_vjp, body, row):
+    r = run_vjp(body)
+    # mathematics: component k of y is the column y[:, k]; at point i its derivative
+    # with respect to a[i] is b[k] (outer) or w[i]·d(a^(k+1))/da (stack): row 0 below
+    first = r.derivatives["a"][0].tolist()
+    assert " ".join(f"{v:g}" for v in first) == row.strip("[]")
+    line = plain(r).split("∂y/∂a = ")[1]
+    assert f"y[0] {row}" not in line, line  # y[0] is row 0 of y: point 0, not component 0
+    assert f"y[:, 0] {row}" in line or "y_1" in line, line
