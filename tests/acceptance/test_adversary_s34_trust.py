@@ -1,0 +1,96 @@
+"""Adversarial review, session 34 (G12: trust). Classes the earlier reviews did not cover:
+
+1. a backward PyTorch batches wrongly: ``torch.func.vmap`` over ``autograd.grad`` through
+   ``torch.cdist`` gives every vector the first one's answer (PyTorch's batching of
+   ``_cdist_backward``; ``torch.func.jacrev`` of cdist is wrong for the same reason).
+   ``differentiate`` checks its vectorised passes against a plain one and is right;
+   ``sparse_jacobian``'s exact fallback and ``dependency``'s grouped probes use them unchecked;
+2. a backward with no double backward that raises ``NotImplementedError`` (not the
+   ``RuntimeError`` the column passes catch): ``_cdist_backward``;
+3. the column-observed pattern where the sampled rows call every column dense (nothing is
+   left for the grouped probes).
+
+Expected values: ``torch.autograd.functional.jacobian`` (plain, not vectorised: one backward
+per output entry) or mathematics. Tests marked ``xfail(strict=True)`` are bugs found in this
+review (they pass once fixed and then lose the mark); unmarked ones guard what held.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vjp_magic
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _distance_case():
+    """y = cdist(x, c): the distances of the 3 rows of x to 2 fixed points; y[i, k] reads
+    row i of x only."""
+    c = torch.randn(2, 2, dtype=torch.float64, generator=_generator(1))
+    x = torch.randn(3, 2, dtype=torch.float64, generator=_generator(0)).requires_grad_()
+    expected = torch.autograd.functional.jacobian(lambda t: torch.cdist(t, c), x.detach())
+    return x, torch.cdist(x, c), expected
+
+
+# -- 1. a backward PyTorch batches wrongly ----------------------------------------------------
+
+def test_differentiate_of_a_distance_matrix_is_right():
+    x, y, expected = _distance_case()
+    for seed in range(3):
+        r = vjp_magic.differentiate(y, x, seed=seed)
+        torch.testing.assert_close(r.jacobian("x"), expected)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sparse_jacobian(cdist(x, c), x) at seed 0 is all zeros: the exact fallback "
+    "(core/sparse_exact.exact_csr -> component_vjps) trusts vmapped backward passes, and "
+    "PyTorch's batching of _cdist_backward gives every vector the first one's answer"))
+def test_sparse_jacobian_of_a_distance_matrix_is_right():
+    x, y, expected = _distance_case()
+    got = vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()
+    torch.testing.assert_close(got, expected.reshape(6, 6))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dependency(cdist(x, c), x) says every y[i] reads x[0] only ('lower-triangular', "
+    "witness y[1] <- x[0]); y[i] reads x[i] only: the grouped probes are vmapped backward "
+    "passes, unchecked, and PyTorch batches _cdist_backward wrongly"))
+def test_dependency_of_a_distance_matrix_is_the_diagonal():
+    x, y, expected = _distance_case()
+    d = vjp_magic.dependency(y, x, 0, 0, seed=0)
+    assert d.pattern.tolist() == torch.eye(3, dtype=torch.bool).tolist()
+    assert d.kind != "lower-triangular"
+
+
+# -- 2. a backward without double backward that raises NotImplementedError ------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sparse_jacobian(cdist(x, c), x) at seed 2 raises torch's NotImplementedError "
+    "('the derivative for _cdist_backward is not implemented') from the column-observed "
+    "pattern (core/column_passes.observed_columns: transpose_operator's g has a "
+    "CdistBackwardBackward0 node; only RuntimeError and once_differentiable are looked for)"))
+def test_sparse_jacobian_of_a_distance_matrix_does_not_crash():
+    x, y, expected = _distance_case()
+    got = vjp_magic.sparse_jacobian(y, x, seed=2).to_dense()
+    torch.testing.assert_close(got, expected.reshape(6, 6))
+
+
+# -- 3. every column of J dense ---------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sparse_jacobian raises 'cannot reshape tensor of 0 elements' where the sampled rows "
+    "call every column of J dense: core/column_passes.observed_columns hands "
+    "observed_pattern an empty g (kept is empty) and pattern._group_probes reshapes m = 0"))
+def test_sparse_jacobian_where_every_column_is_dense():
+    m = torch.randn(3, 3, generator=_generator(0))
+    x = torch.randn(4, 3, generator=_generator(0)).requires_grad_()
+
+    def f(t):  # y[i] = max_k ((t[i] + t[3 - i]) @ m)[k]: rows i and 3 - i of x, all columns
+        return ((t + t.flip(0)) @ m).amax(1)
+
+    expected = torch.autograd.functional.jacobian(f, x.detach()).reshape(4, 12)
+    got = vjp_magic.sparse_jacobian(f(x), x, seed=7).to_dense()
+    torch.testing.assert_close(got, expected)
