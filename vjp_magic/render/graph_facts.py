@@ -1,243 +1,36 @@
-"""Facts the display needs that only the output's autograd graph shows, read while the result
-keeps it (the features run then: :mod:`vjp_magic.features.names` hands them to the ``View``;
-a stored result keeps no graph) and looked up by one function each afterwards.
+"""The graph facts the display needs, looked up by one function each: read off the output's
+graph by :mod:`vjp_magic.core.graph_facts` while the result keeps it (the features run then:
+:mod:`vjp_magic.features.names` hands them to the ``View``; a stored result keeps no graph).
 
-- :func:`sparse_grad`: autograd hands the input a sparse (COO) ``.grad`` — an
-  ``nn.Embedding(sparse=True)`` or ``gather(..., sparse_grad=True)`` feeds it — so code that
-  copies ``.grad`` into a dense tensor reads ``.grad.to_dense()``.
+- :func:`sparse_grad`: autograd hands the input a sparse (COO) ``.grad``, so code that copies
+  ``.grad`` into a dense tensor reads ``.grad.to_dense()``.
 - :func:`one_function`: the graph proves every point applies the same function f, not only
-  the pairing (``y[i]`` reads ``x[i]`` only): each node on the way is a function of the chain's
-  own values and of numbers shared by every entry. ``x ** 2`` is one f at every point;
-  ``x ** w``, ``x * w``, ``where(mask, sin x, cos x)`` pair the points too, but each point
-  may apply its own function (``w[i]``, ``mask[i]`` differ), so the display names no one f.
+  the pairing (``y[i]`` reads ``x[i]`` only).
 
 Unknown (no graph, freed saved values) is "no": the weaker sentence is always true.
 """
 from __future__ import annotations
 
-import torch
-
-_SPARSE_FLAGS = ("_saved_sparse", "_saved_sparse_grad")
-# Nodes that may give different points different entries (a slice here, a gather there):
-# with one, the pieces a cat or stack joins may be different functions at different points.
-_SELECTING = ("Slice", "Select", "Index", "Gather", "Take", "Narrow", "Split", "Unbind",
-              "Flip", "Roll", "Diagonal", "AsStrided", "Masked", "Scatter", "Unfold", "Put")
-# Nodes whose operand the input does not reach is saved, so the walk reads it (x * w, x / w).
-_SAVES_OPERANDS = ("MulBackward0", "DivBackward0")
-# Nodes that move the input's axes (a view, a permute, a reduction): past one, the walk does
-# not know which axes of a factor are the points'.
-_MOVES_AXES = frozenset({
-    "TBackward0", "TransposeBackward0", "TransposeBackward1", "PermuteBackward0",
-    "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ExpandBackward0",
-    "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0",
-    "MovedimBackward0", "SumBackward1", "MeanBackward1", "AmaxBackward0", "MaxBackward1",
-    "StackBackward0", "CatBackward0", "UnsafeSplitBackward0", "RepeatBackward0"})
-# Matrix products: the factor the input does not reach is used whole by every point.
-_SHARED_FACTOR = ("MmBackward0", "MvBackward0")
+from ..core import graph_facts as _walks
 
 
 def facts(result) -> dict:
     """The ``View`` fields these facts fill, read off ``result``'s graph (while it has one)."""
-    names = list(result.inputs)
-    return {"sparse_grads": frozenset(n for n in names if _sparse_grad(result, n)),
-            "one_function": frozenset(n for n in names if _one_function(result, n))}
+    return _walks.facts(result.output, result.inputs)
 
 
 def sparse_grad(result, name: str) -> bool:
     """Whether autograd hands input ``name`` a sparse ``.grad`` (module docstring)."""
-    return _known(result, "sparse_grads", name, _sparse_grad)
+    return _known(result, "sparse_grads", name)
 
 
 def one_function(result, name: str) -> bool:
     """Whether the graph proves one function f at every point of ``name`` (module docstring)."""
-    return _known(result, "one_function", name, _one_function)
+    return _known(result, "one_function", name)
 
 
-def _known(result, field: str, name: str, walk) -> bool:
+def _known(result, field: str, name: str) -> bool:
     view = getattr(result, "view", None)
     if view is not None and getattr(result.output, "grad_fn", None) is None:
         return name in getattr(view, field, ())
-    return walk(result, name)
-
-
-def _nodes(result):
-    """Every node of the output's graph, once."""
-    root = getattr(result.output, "grad_fn", None)
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        yield node
-        stack.extend(n for n, _ in getattr(node, "next_functions", ()))
-
-
-def _sparse_grad(result, name: str) -> bool:
-    tensor = result.inputs[name].tensor
-    if tensor.layout != torch.strided:
-        return True
-    for node in _nodes(result):
-        if _flag_set(node) and any(_is_input(n, tensor) for n, _ in node.next_functions):
-            return True
-    return False
-
-
-def _flag_set(node) -> bool:
-    for flag in _SPARSE_FLAGS:
-        if flag in dir(node):
-            try:
-                return bool(getattr(node, flag))
-            except RuntimeError:  # (saved values freed by the cell's backward)
-                return True
-    return False
-
-
-def _is_input(node, tensor) -> bool:
-    if node is None:
-        return False
-    if tensor.grad_fn is not None:
-        return node is tensor.grad_fn
-    return getattr(node, "variable", None) is tensor
-
-
-def _one_function(result, name: str) -> bool:
-    tensor = result.inputs[name].tensor
-    root = getattr(result.output, "grad_fn", None)
-    if root is None:
-        return False
-    target = tensor.grad_fn if tensor.grad_fn is not None else None
-    reach = _reaching(root, lambda n: n is target if target is not None
-                      else getattr(n, "variable", None) is tensor)
-    along = _point_axes(result, name, reach)
-    for node in reach:
-        if node is target or getattr(node, "variable", None) is tensor:
-            continue  # (a non-leaf input: what made it is not the function)
-        kind = node.name()
-        if kind.startswith(_SELECTING) or hasattr(node, "_forward_cls"):
-            return False  # (a custom autograd.Function: what it does is not known)
-        constants = [k for k, (n, _) in enumerate(node.next_functions) if n not in reach]
-        if constants and not _shared_operands(node, kind, constants, along[node]):
-            return False
-        if kind not in _SHARED_FACTOR and not _saved_shared(node, along[node]):
-            return False
-    return True
-
-
-def _reaching(root, is_input) -> dict:
-    """The nodes of the graph below ``root`` from which the input is reached (each once),
-    children before parents."""
-    reach: dict = {}
-    done: set = set()
-    stack = [(root, False)]
-    while stack:  # (iterative post-order: a graph can be deeper than Python's recursion)
-        node, children_done = stack.pop()
-        if node is None or (node in done and not children_done):
-            continue
-        nexts = [n for n, _ in getattr(node, "next_functions", ())]
-        if not children_done:
-            done.add(node)
-            stack.append((node, True))
-            stack.extend((n, False) for n in nexts if n is not None and n not in done)
-        elif is_input(node) or any(n in reach for n in nexts):
-            reach[node] = None
-    return reach
-
-
-def _point_axes(result, name: str, reach: dict) -> dict:
-    """For each node, the input's shape and point axes where every node between it and the
-    input keeps the input's axes in place (no view, permute, reduction), so a factor it
-    multiplies by is shared by every point if it is one number along these axes; None where
-    the walk cannot say."""
-    item = result.inputs[name]
-    shape, axes = tuple(item.tensor.shape), tuple(item.pairing.in_axes)
-    clean: set = set()
-    along: dict = {}
-    for node in reach:  # (children first)
-        below = [n for n, _ in node.next_functions if n in reach]
-        if not below or all(n in clean for n in below):
-            along[node] = (shape, axes)
-            if node.name() not in _MOVES_AXES:
-                clean.add(node)
-        else:
-            along[node] = None
-    return along
-
-
-def _same_along(value: torch.Tensor, along) -> bool:
-    """Whether ``value``, broadcast against the input (``along``: its shape and point axes),
-    is one number along each point axis."""
-    if along is None:
-        return _all_equal(value)
-    shape, axes = along
-    if value.dim() > len(shape):
-        return False
-    lead = len(shape) - value.dim()
-    for axis in axes:
-        here = axis - lead
-        if here >= 0 and value.shape[here] > 1 and not bool(
-                (value == value.narrow(here, 0, 1)).all()):
-            return False
-    return True
-
-
-def _shared_operands(node, kind: str, positions: list[int], along) -> bool:
-    """Whether the operands at ``positions`` that the input does not reach are the same for
-    every point: a matrix product's other factor is (every row, or column, uses all of it);
-    a product's or quotient's saved factor is where it is one number along the points."""
-    if kind in _SHARED_FACTOR:
-        return True
-    if kind == "AddmmBackward0" and positions in ([0, 2], [2]):  # a layer's b + x W, the
-        if 0 not in positions:                                  # rows of x the points
-            return True
-        bias = getattr(node.next_functions[0][0], "variable", None)  # (b, a parameter: a
-        return bias is not None and bias.dim() <= 1                  # row shared by each)
-    if kind not in _SAVES_OPERANDS:
-        return False  # an operand the walk cannot read (x + w): it may differ per entry
-    for position in positions:
-        try:
-            value = _saved(node, ("_saved_self", "_saved_other")[position])
-        except (RuntimeError, IndexError, _Hooked):
-            return False
-        if isinstance(value, torch.Tensor) and value.numel() > 1 \
-                and not _same_along(value.detach(), along):
-            return False
-    return True
-
-
-class _Hooked(Exception):
-    """A saved value the user's unpack hook would make (checkpoint, save_on_cpu, their own
-    saved_tensors_hooks): reading it runs user code, so the walk does not."""
-
-
-def _saved(node, attribute: str):
-    """``node.<attribute>`` (a ``_saved_`` one), never through a user's unpack hook."""
-    raw = getattr(node, "_raw" + attribute, None)
-    for item in raw if isinstance(raw, (list, tuple)) else [raw]:
-        if getattr(item, "unpack_hook", None) is not None:
-            raise _Hooked(attribute)
-    return getattr(node, attribute)
-
-
-def _saved_shared(node, along) -> bool:
-    """Every tensor the node saved is a value of the graph (it requires grad), or one number
-    along the points (``along``: :func:`_same_along`): a mask, a condition, a detached value
-    may differ per point."""
-    for attribute in dir(node):
-        if not attribute.startswith("_saved_"):
-            continue
-        try:
-            value = _saved(node, attribute)
-        except (RuntimeError, _Hooked):  # (freed, or a hook would make it): not known
-            return False
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if isinstance(v, torch.Tensor) and v.numel() > 1 and not v.requires_grad \
-                    and not _same_along(v.detach(), along):
-                return False
-    return True
-
-
-def _all_equal(tensor: torch.Tensor) -> bool:
-    flat = tensor.detach().reshape(-1)
-    return bool((flat == flat[0]).all()) if flat.numel() else True
+    return name in facts(result)[field]  # (a result that keeps its graph: read it now)
