@@ -36,7 +36,7 @@ from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
 from .sparse_layout import csr_matrix, fresh
 from .torch_api import graph_usage_error
-from .validation import checked_seed
+from .validation import checked_seed, refuse_dispatching
 
 
 @dataclass(frozen=True)
@@ -417,6 +417,8 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
     refuse_meta("The output", output)
     refuse_meta("The input", x)
+    refuse_dispatching("The output", output)
+    refuse_dispatching("The input", x)
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("sparse_jacobian differentiates real tensors, and the output or x is "
                             "complex: take its real and imaginary parts separately "

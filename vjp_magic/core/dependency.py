@@ -38,6 +38,7 @@ from .sparse_exact import without_false_nan
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
 from .torch_api import graph_usage_error
+from .validation import refuse_dispatching
 
 
 class Kind(TextEnum):
@@ -911,6 +912,8 @@ def _check_tensors(output, x) -> None:
         raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
     refuse_meta("The output", output)
     refuse_meta("The input", x)
+    refuse_dispatching("The output", output)
+    refuse_dispatching("The input", x)
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
                             "on output.real and output.imag (or x.real, x.imag) separately.")

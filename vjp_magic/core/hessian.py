@@ -29,6 +29,7 @@ from .derivatives import (chunk_size, component_vjps, forward_at_points, one_hot
 from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Evidence, Pairing
+from .quiet import no_subclass_code
 from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows
@@ -113,6 +114,7 @@ class HessianResult(DerivativeResult):
 
     order: ClassVar[int] = 2
 
+    @no_subclass_code()  # x's shape read as torch's: a subclass's __torch_function__ not run
     def hessian(self, name: str | None = None, layout=torch.strided) -> torch.Tensor:
         """The full Hessian ``output.shape + x.shape + x.shape`` (``torch.autograd.functional.
         hessian`` for a scalar output): H[y, j, k] = ∂²y/∂x_j∂x_k, 0 across points.

@@ -15,6 +15,13 @@ graph, the analysis' passes would run in bfloat16 (d(x @ M)/dx read 1 for 1.001)
 Anomaly mode is one flag for the whole process (the others are per thread): analyses that
 overlap in two threads share one saving of it, made by the first to enter and put back by
 the last to leave.
+
+A tensor subclass's ``__torch_function__`` is the user's code too (a logging tensor, a units
+tensor): the cell ran it, the analysis does not (:func:`no_subclass_code`): inside
+:func:`quiet_autograd` every torch call and property read on such a tensor runs torch's own
+operation, as on a plain tensor. A ``__torch_dispatch__`` (a wrapper subclass: DTensor, a
+quantised or logging tensor) runs below autograd, in every backward pass, and cannot be
+turned off: :func:`user_subclass` names it, for the entry points to refuse.
 """
 from __future__ import annotations
 
@@ -63,6 +70,40 @@ def _autocast_off(stack: contextlib.ExitStack) -> None:
             stack.enter_context(torch.autocast(device, enabled=False))
 
 
+# a subclass's own methods: the user's code (nn.Parameter's are torch's defaults, disabled)
+_DEFAULT_FUNCTION = (torch.Tensor.__torch_function__.__func__,
+                     torch._C._disabled_torch_function_impl)
+_DEFAULT_DISPATCH = torch.Tensor.__torch_dispatch__
+
+
+@contextlib.contextmanager
+def no_subclass_code():
+    """A context (or decorator) in which no tensor subclass's ``__torch_function__`` runs:
+    calls and property reads on a subclass run torch's own operation (and give a plain
+    tensor), as for ``torch.Tensor``. Modes (the recorder's) still run."""
+    with torch._C.DisableTorchFunctionSubclass():
+        yield
+
+
+def user_subclass(tensor) -> str | None:
+    """``"__torch_function__"`` or ``"__torch_dispatch__"`` where ``tensor``'s class is a
+    subclass defining its own (the user's code, which an operation on it runs), the
+    dispatch first; else None (a plain tensor, an ``nn.Parameter``). Reads the class only."""
+    return subclass_code(type(tensor))
+
+
+def subclass_code(kind: type) -> str | None:
+    """:func:`user_subclass` of a class (None for any class that is no tensor subclass)."""
+    if kind is torch.Tensor or not issubclass(kind, torch.Tensor):
+        return None
+    if getattr(kind, "__torch_dispatch__", _DEFAULT_DISPATCH) is not _DEFAULT_DISPATCH:
+        return "__torch_dispatch__"
+    function = getattr(kind, "__torch_function__", None)
+    if getattr(function, "__func__", function) not in _DEFAULT_FUNCTION:
+        return "__torch_function__"
+    return None
+
+
 @contextlib.contextmanager
 def analysis_device():
     """The default device the analysis is written for (the CPU: each tensor it makes on
@@ -82,7 +123,8 @@ def analysis_device():
 @contextlib.contextmanager
 def quiet_autograd(default_device: bool = False):
     """Anomaly detection off, no default saved-tensor hooks, grad mode on, inference mode and
-    autocast off inside; all restored after (also as a decorator). ``default_device``: the
+    autocast off, no tensor subclass's ``__torch_function__`` (:func:`no_subclass_code`)
+    inside; all restored after (also as a decorator). ``default_device``: the
     CPU as the default device inside too (:func:`analysis_device`: for an entry point that
     runs none of the user's code)."""
     popped = []
@@ -96,6 +138,7 @@ def quiet_autograd(default_device: bool = False):
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode(False))
             stack.enter_context(torch.enable_grad())  # our passes build graphs
+            stack.enter_context(no_subclass_code())  # the user's subclass ran in the cell
             _autocast_off(stack)
             if default_device:
                 stack.enter_context(analysis_device())
@@ -106,4 +149,5 @@ def quiet_autograd(default_device: bool = False):
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
-__all__ = ["analysis_device", "quiet_autograd"]
+__all__ = ["analysis_device", "no_subclass_code", "quiet_autograd", "subclass_code",
+           "user_subclass"]

@@ -21,6 +21,7 @@ from .errors import VJPUsageError, operand
 from .memory import checked_budget
 from .marked import marked
 from .pairing import Evidence
+from .quiet import no_subclass_code, user_subclass
 from .torch_api import TorchError, torch_error
 
 
@@ -237,9 +238,23 @@ GRAD_WITHOUT_GRAPH = (
     "torch.autograd.grad(..., create_graph=True)), or use %hessian (vjp_magic.hessian).")
 
 
+def refuse_dispatching(name: str, value: object) -> None:
+    """A usage error where ``value`` is a tensor subclass with its own ``__torch_dispatch__``
+    (``name``: how the message names it, "Input x"): that code runs below autograd, in every
+    backward pass the analysis would make, and nothing turns it off."""
+    if user_subclass(value) == "__torch_dispatch__":
+        raise VJPUsageError(
+            f"{name} is a {type(value).__name__}, a tensor subclass with its own "
+            "__torch_dispatch__: that code would run again in each of the analysis's backward "
+            "passes (vjp_magic runs none of your code after the cell). Compute the output from "
+            "plain torch.Tensor inputs (the values the subclass holds) to see its derivatives.")
+
+
+@no_subclass_code()  # a subclass's __torch_function__ is the user's code
 def check_output(output: object, name: str) -> torch.Tensor:
     """The output must be a real floating tensor that autograd can differentiate."""
     refuse_sequence(name, output)
+    refuse_dispatching(name, output)
     if output is None and name.endswith(".grad"):
         raise VJPUsageError(
             f"{name} is None (no backward has filled it), and a gradient is differentiated as "
@@ -273,7 +288,8 @@ def check_output(output: object, name: str) -> torch.Tensor:
 
 
 def check_input(tensor: object, name: str) -> torch.Tensor:
-    """An input must be a real floating tensor with requires_grad=True."""
+    """An input must be a real floating tensor with requires_grad=True (read under
+    :func:`checked_inputs`'s ``no_subclass_code``)."""
     if name.endswith(".grad") and (tensor is None or isinstance(tensor, torch.Tensor)
                                    and not tensor.requires_grad):
         base = name[:-len(".grad")]
@@ -285,6 +301,7 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         what = "None" if tensor is None else f"a {type(tensor).__name__}"
         raise VJPUsageError(f"Input {name} is {what}, not a tensor.")
+    refuse_dispatching(f"Input {name}", tensor)
     if not tensor.is_floating_point():  # (the messages built only when one is said)
         _refuse_unless_real_floating(
             tensor,
@@ -308,6 +325,7 @@ def _refuse_unless_real_floating(tensor: torch.Tensor, if_complex: str, if_not_f
         raise VJPUsageError(if_not_float)
 
 
+@no_subclass_code()  # a subclass's __torch_function__ is the user's code
 def checked_inputs(inputs, names) -> dict[str, torch.Tensor]:
     """The named inputs, each checked with :func:`check_input`; at least one."""
     named = named_inputs(inputs, names)

@@ -28,10 +28,11 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..core.validation import (add_named, module_parameters, named_inputs,
-                                parameter_expression, refuse_sequence, remember_spellings)
+from ..core.validation import (add_named, module_parameters, named_inputs, parameter_expression,
+                                refuse_dispatching, refuse_sequence, remember_spellings)
 from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
+from ..core.quiet import no_subclass_code
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
@@ -284,13 +285,16 @@ def _replaced(source: str, node: ast.AST, wrong: str, right: str | None) -> str:
     return f" Did you mean {written[:start].decode()}{right}{written[end:].decode()}?"
 
 
+@no_subclass_code()  # a subclass's __torch_function__ is the user's code
 def dense(name: str, output, how: str):
     """The output, unless it is a sparse tensor: its derivatives are computed, but nothing
     past them reads a sparse layout, so the student is told to densify it (``how``: where
     the dense output goes, e.g. ``%%vjp --of {}``, ``{1}`` the inputs where it names them);
-    or a meta tensor (no values); or a tuple, list or dict of tensors (one of them named)."""
+    or a meta tensor (no values); or a tuple, list or dict of tensors (one of them named);
+    or a tensor subclass with a ``__torch_dispatch__`` (the user's code, run by each pass)."""
     refuse_meta(name, output)
     refuse_sequence(name, output, how)
+    refuse_dispatching(name, output)
     if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
         return output
     densified = f"{operand(name)}.to_dense()"
@@ -300,11 +304,13 @@ def dense(name: str, output, how: str):
         f"{how.format(densified, 'x')}.")
 
 
+@no_subclass_code()  # a subclass's __torch_function__ is the user's code
 def dense_inputs(inputs: dict) -> dict:
-    """The inputs, unless one is a sparse tensor (the analysis reshapes every input) or a
-    meta tensor."""
+    """The inputs, unless one is a sparse tensor (the analysis reshapes every input), a
+    meta tensor or a tensor subclass with a ``__torch_dispatch__``."""
     for name, value in inputs.items():
         refuse_meta(f"Input {name}", value)
+        refuse_dispatching(f"Input {name}", value)
         if isinstance(value, torch.Tensor) and value.layout != torch.strided:
             layout = str(value.layout).replace("torch.", "")
             raise VJPUsageError(

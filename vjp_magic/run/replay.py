@@ -23,8 +23,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..core.quiet import subclass_code
 from . import refusals
 from .plan import pruned_steps, storage_key
+from .record import tensors_in
 from .refusals import InputChanged, NotReplayable, UserCode, close
 from .steps import DETACHING, Interpreter, cast_step
 
@@ -137,12 +139,45 @@ def build(record, inputs: dict, output, *, verify: bool = True, at_point: bool =
     ``user_code=False``: refused (:class:`~.refusals.UserCode`) where replaying would run a
     custom Function's forward again (checked before the verifying run would run it)."""
     steps = pruned_steps(record, inputs, output, at_point=at_point)
+    refuse_subclasses(inputs, steps)
     if not user_code:
         refusals.refuse_user_code(steps)
     replay = Replay({name: id(t) for name, t in inputs.items()}, steps, id(output))
     if verify:
         refusals.verify(replay.run, inputs, output)
     return replay
+
+
+def refuse_subclasses(inputs: dict, steps: list) -> None:
+    """:class:`NotReplayable` where an input or a tensor a step reads or makes is a tensor
+    subclass with its own ``__torch_function__`` or ``__torch_dispatch__`` (the user's code):
+    a replay would run that code again, or, with it turned off (the analysis runs none), run
+    torch's operation where the cell ran the subclass's, which may differ in its values or
+    its graph (a straight-through estimator). The cell's own graph is what the cell built."""
+    for kind in _classes(inputs, steps):
+        code = subclass_code(kind)
+        if code is not None:
+            raise NotReplayable(
+                f"it holds a {kind.__name__}, a tensor subclass with its own {code}, which a "
+                "replay would either run again or leave out")
+
+
+def _classes(inputs: dict, steps: list) -> set:
+    """The classes of the inputs and of every value the steps read and make (arguments and
+    results, and the items of lists, tuples and dicts among them): read by type, once."""
+    found = set(map(type, inputs.values()))
+    containers = (list, tuple, dict)
+    for step in steps:
+        result = step.result
+        results = result.values() if type(result) is dict else \
+            result if type(result) in containers else (result,)
+        for values in (step.args, step.kwargs.values() if step.kwargs else (), results):
+            for value in values:
+                kind = type(value)
+                found.add(kind)
+                if kind in containers:
+                    found.update(map(type, tensors_in(value)))
+    return found
 
 
 def runs_user_code(replay: Replay) -> bool:
