@@ -24,7 +24,7 @@ from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import refuse_reentrant
-from .core.quiet import analysis_device, quiet_autograd
+from .core.quiet import analysis_device, no_subclass_code, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -162,7 +162,9 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
         result = None if y is None else _graded_result(y, named)
         return grading_against.against(answer, grading_against.from_function(output), named,
                                        result=result)
-    return grade(answer, _graded_result(output, inputs, names), output=output)
+    result = _graded_result(output, inputs, names)
+    with no_subclass_code():  # the answer and the output read as torch's: no subclass's code
+        return grade(answer, result, output=output)
 
 
 def assert_correct(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):

@@ -17,6 +17,7 @@ from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import VJPUsageError
 from .pairing import Pairing
+from .quiet import no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block
 
 
@@ -269,6 +270,7 @@ class VJPResult(DerivativeResult):
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
         return self._viewed().picture(self, self.input_name(name))
 
+    @no_subclass_code()  # x's shape read as torch's: no subclass's __torch_function__
     def jacobian(self, name: str | None = None, layout: torch.layout = torch.strided
                  ) -> torch.Tensor:
         """The full Jacobian (assembled, no new backward): shape ``output.shape +
@@ -302,6 +304,7 @@ class VJPResult(DerivativeResult):
         cols = torch.arange(item.tensor.numel(), device=item.derivatives.device)
         return self.jacobian_block(name, rows, cols).reshape(shape)
 
+    @no_subclass_code()  # x's shape read as torch's: no subclass's __torch_function__
     def jacobian_block(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Entries J[rows, cols] of the flattened (m × n) Jacobian, without building all of it."""
         item = self.inputs[name]
@@ -322,6 +325,7 @@ class VJPResult(DerivativeResult):
         return torch.where(same_point, values, torch.zeros((), dtype=values.dtype,
                                                            device=values.device))
 
+    @no_subclass_code()  # x's shape read as torch's: no subclass's __torch_function__
     def dependency(self, name: str | None = None, out_axis: int = 0,
                    in_axis: int = 0) -> Dependency:
         """Which indices of the output along ``out_axis`` depend on which of input ``name``

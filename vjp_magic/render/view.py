@@ -12,6 +12,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, field, replace
 
+from ..core.quiet import no_subclass_code
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
 from .codegen import identifiers, naming, reproducing_code
@@ -54,6 +55,7 @@ class View:
     one_function: frozenset = frozenset()  # inputs whose points the graph proves one f
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
+    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
     def document(self, result) -> Document:
         """What ``result`` says; made once (a notebook asks again for each display and repr,
         and the findings and sensitivities read every derivative)."""
@@ -147,6 +149,7 @@ class View:
     def plain(self, result) -> str:
         return plain.render(self.document(result))
 
+    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
     def pictures(self, result) -> list:
         """The pictures shown beneath the display: each input's pattern when asked for, or,
         under ``%jacobian``, when its Jacobian is too large to show in full."""
@@ -160,12 +163,14 @@ class View:
             return _few_pictures(result, names, pictures)
         return pictures(result, names) if names else []
 
+    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
     def picture(self, result, name: str):
         """The picture of one input's Jacobian pattern (``r.picture(name)``)."""
         from .picture import pattern_picture
 
         return pattern_picture(result, name)
 
+    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
         with naming(self.names):

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..core.quiet import no_subclass_code
 from ..core.torch_api import FREED_MESSAGE, engine_wrapped
 from .backward_log import BackwardLog, CallKind, Freeing
 from .passes import as_list, is_functorch, node_key, nodes_run, root_nodes, saves_tensors
@@ -117,6 +118,7 @@ def _added(leaves: dict) -> dict:
     return added
 
 
+@no_subclass_code()  # .retains_grad of a tensor subclass: none of its __torch_function__
 def _retained_grad_tensors(namespace) -> list[torch.Tensor]:
     """Non-leaf tensors with ``retain_grad()`` among the namespace's values (and one level of
     lists, tuples and dicts in it): any backward pass through them adds to their ``.grad``."""

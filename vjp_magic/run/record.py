@@ -462,13 +462,15 @@ class KeptRecord:
 
     @classmethod
     def keep(cls, record: OpRecord | None, output) -> KeptRecord | None:
-        """``record`` kept for ``output``, where it is complete and computed the output."""
-        if record is None or record.failed is not None or not isinstance(output, torch.Tensor) \
-                or output.grad_fn is None:
-            return None
-        if not any(t is output for call in record.calls for t in outs_of(call)):
-            return None  # not the cell's own (an --of expression, an earlier cell's tensor)
-        return cls(record, output)
+        """``record`` kept for ``output``, where it is complete and computed the output (read
+        as torch's: a tensor subclass's ``__torch_function__`` is the user's code)."""
+        with _NO_SUBCLASS_DISPATCH():
+            if record is None or record.failed is not None \
+                    or not isinstance(output, torch.Tensor) or output.grad_fn is None:
+                return None
+            if not any(t is output for call in record.calls for t in outs_of(call)):
+                return None  # not the cell's own (an --of expression, an earlier cell's tensor)
+            return cls(record, output)
 
     @property
     def output(self) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ import torch
 
 from ..run.plan import out_ids, pruned_steps, recorded_alias, storage_key, tensors_by_memory
 from ..run.record import tensors_in
+from ..run.replay import refuse_subclasses
 from ..run.refusals import ForeignTensor, NotReached, NotReplayable, UntrackedWrite, shape_label
 from ..run.steps import Interpreter, Step, identity
 from .calls import call_name, replay_call
@@ -131,6 +132,7 @@ class SymbolicReplay:
         try:
             steps = pruned_steps(self.record, self.inputs, output, at_point=True,
                                  label=self._label)
+            refuse_subclasses(self.inputs, steps)  # its formulas would be torch's, not its own
         except NotReplayable as refusal:
             raise Unavailable(self._reason(refusal, output)) from None
         input_ids = {id(t) for t in self.inputs.values()}
