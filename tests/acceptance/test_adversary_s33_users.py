@@ -564,10 +564,8 @@ def test_frozen_parameters_left_out_are_named(ip, run_ok, run_vjp):
     assert "big[0]" in text and ("frozen" in text or "requires_grad" in text), text[:400]
 
 
-@pytest.mark.xfail(strict=True, reason="a 20-tensor table fills the screen and the matrices of "
-                   "the largest tensors (issue 23: 'the matrices of the few that matter') are "
-                   "dropped without the 'Not shown, to fit one screen' sentence every other "
-                   "budget cut writes")
+# Was a strict xfail (s33 G10): the budget dropped the largest tensors' matrices unsaid; the
+# table's cut now says them (render/parameters._not_shown).
 def test_the_matrices_a_full_table_leaves_out_are_said(ip, run_ok, run_vjp):
     run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
            "net = nn.Sequential(*[m for _ in range(10) for m in (nn.Linear(2, 2), nn.Tanh())]"
@@ -639,11 +637,8 @@ def test_every_table_name_pasted_is_that_parameter(ip, run_ok, run_vjp):
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(strict=True, reason="after 61eb5d2 the table drops its last columns to fit, "
-                   "but counts the matrix alone, not the line 'lhs = table': a "
-                   "TransformerEncoder's names (text_encoder.layers[0].self_attn.in_proj_weight) "
-                   "keep it ~62 counted characters, the small CNN's per-sample table 51.5, "
-                   "where 50 fit")
+# Was a strict xfail (s33 G10): a long name column kept the line over the budget; the names'
+# shared start now goes above them, then the shape goes too (render/parameters._table).
 @pytest.mark.parametrize("case", ["transformer", "cnn per-sample"])
 def test_a_models_table_line_fits_the_projectors_width(ip, run_ok, run_vjp, case):
     if case == "transformer":

@@ -66,7 +66,8 @@ class Matrix:
     ``rows`` are the shown rows of entries (dots markers included); ``row_labels`` /
     ``col_labels`` label them (``None``: unlabelled); ``factor`` is a common power of ten
     taken out of every entry (``-5`` reads ``10^{-5} ×``), ``None`` when there is none.
-    ``scalar`` marks a 1 × 1 result written as a bare number.
+    ``scalar`` marks a 1 × 1 result written as a bare number. ``corner`` heads the row
+    labels where both are labelled (a table's names, ``mlp`` above ``[0].weight``).
     """
 
     rows: tuple[tuple[Entry, ...], ...]
@@ -74,6 +75,7 @@ class Matrix:
     col_labels: tuple[Entry, ...] | None = None
     factor: int | None = None
     scalar: bool = False
+    corner: Entry | None = None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def matrix_tex(matrix: Matrix) -> str:
     if matrix.col_labels is not None:
         header = [e.tex for e in matrix.col_labels]
         if matrix.row_labels is not None:
-            header = [""] + header
+            header = [matrix.corner.tex if matrix.corner else ""] + header
             cells = [[label.tex] + row for label, row in zip(matrix.row_labels, cells)]
         spec = ("c|" if matrix.row_labels is not None else "") + "c" * len(matrix.col_labels)
         return (factor + r"\left[\begin{array}{" + spec + "}" + " & ".join(header)

@@ -213,7 +213,8 @@ def width(matrix: Matrix) -> float:
     total = sum(max(entry_width(e) for e in col) for col in columns)
     total += COLUMN_GAP * max(0, len(columns) - 1) + BRACKETS
     if matrix.row_labels is not None:
-        total += max((entry_width(e) for e in matrix.row_labels), default=0) + COLUMN_GAP
+        labels = matrix.row_labels + ((matrix.corner,) if matrix.corner is not None else ())
+        total += max((entry_width(e) for e in labels), default=0) + COLUMN_GAP
     if matrix.factor is not None:
         total += text_width(f"10^{matrix.factor} × ")
     return total

@@ -19,7 +19,7 @@ import torch
 from . import notation
 from .budget import fit_of, remembered
 from .codegen import output_symbol
-from .document import Code, Entry, Formula, Matrix, Paragraph, Section, Text
+from .document import Code, Entry, Formula, Math, Matrix, Paragraph, Section, Text
 from .matrix import MIN_DIGITS, VDOTS, multi_index, reserve, width
 from .numbers import alone, choose_format, significant_digits
 from .sections import derivative_formulas, note_paragraphs
@@ -89,9 +89,13 @@ def parameter_sections(result, options) -> tuple[Section, ...]:
     """The table's display: the shapes and where everything is, the table, the largest
     tensors' matrices (as many as the budget's level allows), the notes."""
     rows = remembered(options, "parameter rows", lambda: parameter_rows(result))
-    largest = largest_tensors(result, _matrices(fit_of(options)), rows)
-    blocks: list = [_lead(result, rows), _table(result, rows, options)]
-    for name in largest:
+    fit = fit_of(options)
+    largest = largest_tensors(result, MATRICES, rows)
+    shown = largest[:_matrices(fit)]
+    cut = len(_shown(rows)) - len(_shown(rows, _edge(fit)))  # rows the budget took
+    left = _left_out(largest, len(shown), cut)
+    blocks: list = [_lead(result, rows, left), _table(result, rows, options)]
+    for name in shown:
         blocks.extend(derivative_formulas(result, name, options))
     notes = remembered(options, "notes", lambda: note_paragraphs(result))
     return (Section(tuple(blocks)),) + ((Section(notes),) if notes else ())
@@ -114,17 +118,46 @@ def _matrices(fit) -> int:
     return 2 if fit.extras else 1
 
 
-def _lead(result, rows: list[Row]) -> Paragraph:
+def _edge(fit) -> int | None:
+    """The table's rows at each edge where the budget asks for fewer (None: as many as
+    :func:`_shown` keeps); its rows give way last: the last resort, no matrix beneath."""
+    return fit.rows if fit.inputs == 1 and fit.components == 1 else None
+
+
+def _left_out(largest: list[str], shown: int, rows: int) -> list:
+    """What the budget left out of the table's display, as spans: the matrices of the
+    ``largest`` beyond the ``shown`` (their matrices: all), ``rows`` of the table's rows."""
+    parts: list = []
+    if shown == 0 and largest:
+        parts.append(Text("their matrices"))
+    elif shown < len(largest):
+        left = largest[shown:]
+        parts.append(Text(f"the {'matrices' if len(left) > 1 else 'matrix'} of "))
+        for k, name in enumerate(left):
+            if k:
+                parts.append(Text(" and " if k == len(left) - 1 else ", "))
+            parts.append(notation.prose_name(name))
+    if rows:
+        parts += [Text(f"{' and ' if parts else ''}{rows} of the table's rows ("),
+                  Math(r"\vdots", "⋮"), Text(")")]
+    return parts
+
+
+def _lead(result, rows: list[Row], left: list) -> Paragraph:
     """``From 20 tensors (1,241 entries) to y (scalar), torch.float32; each one's derivatives
     in r.derivatives[name] (r.derivatives['mlp.0.weight'] for mlp[0].weight; r = _ after
-    the cell).``"""
+    the cell).`` Where the budget ``left`` out something (:func:`_left_out`), ``… torch.float32.
+    Not shown, to fit one screen: their matrices; each in r.derivatives[name] (…).``: one
+    sentence, no line more than a table of every tensor leaves."""
     entries = sum(result.inputs[r.name].tensor.numel() for r in rows)
     y = output_symbol(result)
     first = rows[0].name
+    where = [Text(". Not shown, to fit one screen: "), *left, Text("; each in ")] if left \
+        else [Text("; each one's derivatives in ")]
     spans = [Text(f"From {len(rows)} tensors ({entries:,} "
                   f"{'entry' if entries == 1 else 'entries'}) to "), notation.prose_name(y),
              Text(f" ({notation.dims(result.output.shape)}), "
-                  f"{notation.dtype_text(result.output.dtype)}; each one's derivatives in "),
+                  f"{notation.dtype_text(result.output.dtype)}"), *where,
              Code("r.derivatives[name]"), Text(" ("), Code(f"r.derivatives[{first!r}]")]
     if notation.spelled(first) != first:
         spans += [Text(" for "), Code(notation.spelled(first))]
@@ -135,11 +168,12 @@ def _table(result, rows: list[Row], options) -> Formula:
     """Name, shape, norm, largest |entry| and where, counted from ``index_base`` as the
     header says (the row labels are code, from 0): one row per tensor (over
     :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap). Where the
-    line is wider than ``options.width``: short headers (said beneath), fewer digits (down
-    to :data:`~.matrix.MIN_DIGITS`), then the last columns (said beneath)."""
+    line ``∂y/∂p = table`` is wider than ``options.width``: short headers (said beneath),
+    fewer digits (down to :data:`~.matrix.MIN_DIGITS`), then the last columns (said
+    beneath), but before the shape goes the names' shared start (``mlp``), once above them
+    (the names as the cell writes them while they fit)."""
     digits = significant_digits(result.output.dtype, options.precision)
-    fit = fit_of(options)  # its rows give way last: the last resort, no matrix beneath
-    shown = _shown(rows, fit.rows if fit.inputs == 1 and fit.components == 1 else None)
+    shown = _shown(rows, _edge(fit_of(options)))
     y = output_symbol(result)
     lhs = notation.partial(y, "p")
     header = (Entry(r"\mathrm{shape}", "shape"),
@@ -148,33 +182,64 @@ def _table(result, rows: list[Row], options) -> Formula:
               Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
               Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
                     f"at (from {options.index_base})"))  # the labels are code, from 0
+    prefix = ""
 
-    def wide(lines, labels, heads, kept: int) -> bool:
-        return reserve(lhs) + width(Matrix(tuple(line[:kept] for line in lines),
-                                           tuple(labels), heads[:kept])) > options.width
+    def table(lines, labels, kept) -> Matrix:
+        corner = Entry(notation.mono(prefix), prefix) if prefix else None
+        return Matrix(tuple(tuple(line[k] for k in kept) for line in lines), tuple(labels),
+                      tuple(header[k] for k in kept), corner=corner)
+
+    def wide(lines, labels, kept=(0, 1, 2, 3)) -> bool:  # the whole line, lhs = table
+        return reserve(lhs) + width(table(lines, labels, kept)) > options.width
 
     lines, labels = _lines(rows, shown, digits, options.index_base)
     caption: tuple = ()
-    if wide(lines, labels, header, len(header)):  # short headers, said beneath
+    if wide(lines, labels):  # short headers, said beneath
         header = header[:2] + (Entry(r"\max", "max"), Entry(r"\mathrm{at}", "at"))
         caption = (Text(f"max: the largest |∂{y}/∂p|; at: where it is, counted from "
                         f"{options.index_base}."),)
     for fewer in range(digits - 1, min(digits, MIN_DIGITS) - 1, -1):  # then fewer digits
-        if not wide(lines, labels, header, len(header)):
+        if not wide(lines, labels):
             break
-        lines, labels = _lines(rows, shown, fewer, options.index_base)
-    kept = len(header)  # then the last columns go, where it is wider still
-    while kept > 2 and wide(lines, labels, header, kept):
-        kept -= 1
-    if kept < len(header):
+        digits = fewer
+        lines, labels = _lines(rows, shown, digits, options.index_base)
+    kept = _COLUMNS[0]  # then the last columns go, where it is wider still
+    for kept in _COLUMNS:
+        if kept == _COLUMNS[-1]:  # (before the shape: the names' shared start, once above)
+            prefix = _shared_start([rows[k].name for k in shown if k is not None])
+            lines, labels = _lines(rows, shown, digits, options.index_base, prefix)
+            if not wide(lines, labels, _COLUMNS[-2]):
+                kept = _COLUMNS[-2]
+                break
+        if not wide(lines, labels, kept):
+            break
+    if kept != _COLUMNS[0]:
         caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]} (each in "),
                    Code("r.derivatives[name]"), Text(")."))
-    return Formula(lhs, Matrix(tuple(line[:kept] for line in lines), tuple(labels),
-                               header[:kept]), None, caption)
+    return Formula(lhs, table(lines, labels, kept), None, caption)
 
 
-def _lines(rows: list[Row], shown: list, digits: int, base: int) -> tuple[list, list]:
-    """The table's rows (shape, norm, largest, where) and labels, numbers to ``digits``."""
+def _shared_start(names: list[str]) -> str:
+    """The start every name spells alike up to an attribute or an index (``mlp`` of
+    ``mlp[0].weight`` and ``mlp[2].bias``; ``text_encoder.layers`` of its layers'
+    parameters), each name going on past it; "" where there is none."""
+    spelled = [notation.spelled(name) for name in names]
+    if len(spelled) < 2:
+        return ""
+    common = spelled[0]
+    for name in spelled[1:]:
+        while not name.startswith(common):
+            common = common[:-1]
+    cut = len(common)
+    while cut and not all(len(name) > cut and name[cut] in ".[" for name in spelled):
+        cut -= 1
+    return common[:cut]
+
+
+def _lines(rows: list[Row], shown: list, digits: int, base: int,
+           prefix: str = "") -> tuple[list, list]:
+    """The table's rows (shape, norm, largest, where) and labels, numbers to ``digits``;
+    each label without ``prefix`` (its shared start, written above them)."""
     kept = [rows[k] for k in shown if k is not None]
     norms = alone(choose_format([r.norm for r in kept], digits))
     largest = alone(choose_format([r.largest for r in kept], digits))
@@ -189,12 +254,16 @@ def _lines(rows: list[Row], shown: list, digits: int, base: int) -> tuple[list, 
         at = f"({at})" if len(row.at) > 1 else at or "-"
         lines.append((notation.dims_math(row.shape), norms.spell(row.norm),
                       largest.spell(row.largest), Entry(at, at)))
-        labels.append(notation.math_name(row.name))
+        rest = notation.spelled(row.name)[len(prefix):]
+        labels.append(Entry(notation.mono(rest), rest) if prefix else
+                      notation.math_name(row.name))
     return lines, labels
 
 
-_LEFT_OUT = {3: "where each largest |entry| is",  # by the columns kept
-             2: "each tensor's largest |entry| and where it is"}
+_COLUMNS = ((0, 1, 2, 3), (0, 1, 2), (0, 1), (1,))  # the columns kept, fewer by fewer
+_LEFT_OUT = {(0, 1, 2): "where each largest |entry| is",
+             (0, 1): "each tensor's largest |entry| and where it is",
+             (1,): "each tensor's shape, largest |entry| and where it is"}
 
 
 def _shown(rows: list[Row], edge: int | None = None) -> list[int | None]:

@@ -47,7 +47,7 @@ def matrix_lines(matrix: Matrix) -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))] if table else []
     side = [e.plain for e in matrix.row_labels] if matrix.row_labels is not None else None
     if side is not None and matrix.col_labels is not None:
-        side.insert(0, "")
+        side.insert(0, matrix.corner.plain if matrix.corner else "")
     side_width = max(len(s) for s in side) if side else 0
     factor = f"10^{matrix.factor} × " if matrix.factor is not None else ""
     lines = []
