@@ -37,17 +37,27 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
     broken = _broken(result, name)
     if broken is not None:
         return [_break_line(result, name, broken), *leak_formulas(result, name, broken, options)]
-    if item.has_points or result.output.dim() == 0:
+    verdict = shared_verdict(result, name)
+    if verdict is None or (verdict.kind == Kind.DENSE and options is not None
+                           and max(verdict.pattern.shape) <= options.threshold
+                           and few_leaks(verdict) is None):
         return []
-    verdicts = [d for d in (_read(result, name, a, b) for a, b in _shared_axes(result, name))
-                if d is not None]
+    return [_verdict_line(result, name, verdict), *leak_formulas(result, name, verdict, options)]
+
+
+def shared_verdict(result, name: str) -> Dependency | None:
+    """How the output reads ``name`` along the axes they share, the most telling of them
+    (:data:`_PREFERENCE`), for a full Jacobian (None: points, a scalar, no shared axis).
+    Along axes of unequal sizes (finite differences, a stencil without padding) only a
+    verdict that finds structure counts: "dense" there is what the headline says anyway."""
+    item = result.inputs[name]
+    if item.unused or item.has_points or result.output.dim() == 0:
+        return None
+    pairs, equal = _shared_axes(result, name)
+    verdicts = [d for d in (_read(result, name, a, b) for a, b in pairs)
+                if d is not None and (equal or d.kind != Kind.DENSE)]
     verdicts.sort(key=lambda dep: _PREFERENCE[dep.kind])
-    if not verdicts or (verdicts[0].kind == Kind.DENSE and options is not None
-                        and max(verdicts[0].pattern.shape) <= options.threshold
-                        and few_leaks(verdicts[0]) is None):
-        return []
-    return [_verdict_line(result, name, verdicts[0]),
-            *leak_formulas(result, name, verdicts[0], options)]
+    return verdicts[0] if verdicts else None
 
 
 # Which shared axis the line speaks of: the most telling verdict (a conv's band along its
@@ -80,11 +90,18 @@ def _read(result, name: str, a: int, b: int) -> Dependency | None:
         return None
 
 
-def _shared_axes(result, name: str) -> list[tuple[int, int]]:
-    """The output and input axes the shapes would pair first (equal sizes over 1)."""
-    shape = tuple(result.inputs[name].tensor.shape)
-    proposals = structure.candidate_pairings(tuple(result.output.shape), shape, 1)
-    return [(a, b) for a, b in (proposals[0] if proposals else ()) if shape[b] > 1]
+def _shared_axes(result, name: str) -> tuple[list[tuple[int, int]], bool]:
+    """The output and input axes the shapes would pair first (equal sizes over 1), and True;
+    else, where both have as many axes, those in order whose sizes differ by at most a
+    quarter (y[t] and x[t] on one line: ``x[1:] - x[:-1]``, a convolution without padding),
+    and False."""
+    out, shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    proposals = structure.candidate_pairings(out, shape, 1)
+    pairs = [(a, b) for a, b in (proposals[0] if proposals else ()) if shape[b] > 1]
+    if pairs or len(out) != len(shape):
+        return pairs, True
+    return [(a, a) for a, (m, n) in enumerate(zip(out, shape))
+            if m > 1 and n > 1 and 4 * abs(m - n) <= max(m, n)], False
 
 
 def _axis_word(shape, axis: int, plural_: bool = True) -> str:

@@ -13,11 +13,13 @@ from dataclasses import replace
 
 import torch
 
+from ..core.dependency import Kind
+
 from . import notation
 from .graph_facts import one_function
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
-from .findings import has_sensitivity, sensitivity_formula, structure_findings
+from .findings import has_sensitivity, sensitivity_formula, shared_verdict, structure_findings
 from .indices import index_formula
 from .budget import fit_of, remembered
 from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
@@ -182,6 +184,9 @@ def _what(result, name: str) -> list:
                             "default)")]
         if item.per_point_numel() == 1:
             return [y, Text(f" has {count:,} entries, each a function of the one variable "), x]
+        if _structured(result, name):  # (the line beneath says which entries each reads)
+            return [y, Text(f" has {count:,} entries: one gradient each, the rows of the "
+                            "Jacobian")]
         return [y, Text(f" has {count:,} entries, each may use every entry of "), x,
                 Text(": one gradient each, the rows of the Jacobian")]
     points = plural(item.point_count, "point")
@@ -201,6 +206,13 @@ def _what(result, name: str) -> list:
     if count > 1:
         spans = [Text(f"{count:,} functions "), _m(f"{f}_k")]
     return [big, Text(" applies "), *spans, Text(f" at {points} "), notation.point(name)]
+
+
+def _structured(result, name: str) -> bool:
+    """Whether the line beneath the headline finds structure along a shared axis (a band,
+    causal, blocks, independent): then no "each may use every entry" above it."""
+    verdict = shared_verdict(result, name)
+    return verdict is not None and verdict.kind != Kind.DENSE
 
 
 def _m(tex: str) -> Math:
