@@ -9,13 +9,16 @@ Jacobian's NaN from 0·∞ taken from the other mode).
 from __future__ import annotations
 
 import ast
+import contextlib
 import keyword
 import math
 import operator
 import re
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import VJPUsageError, operand
 from .memory import checked_budget
@@ -73,7 +76,11 @@ def parameter_expression(name: str) -> str:
     ModuleList / Sequential index ``[0]``, a ModuleDict / ParameterDict key that is no
     attribute name (``'layer-1'``, ``'class'``, a digit key ``'7'``) ``['layer-1']``, as
     the module it was read from spells it (:func:`module_parameters` notes each); any
-    other name unchanged."""
+    other name unchanged. Inside :func:`spelled_for` (a result shown), each of its inputs is
+    spelled as the module it was read from spelled it, whatever module took its name since."""
+    shown = _SHOWN.get()
+    if shown and name in shown:
+        return shown[name]
     if name in _SPELLED:
         return _SPELLED[name]
     if not _PARAMETER_NAME.fullmatch(name):
@@ -102,18 +109,53 @@ def _spell(module: torch.nn.Module, prefix: str, name: str) -> str:
 
 _PARAMETER_NAME = re.compile(r"[^\W\d]\w*(\.\w+)+")  # mlp.0.weight (dots and words only)
 _MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
-_SPELLED: dict[str, str] = {}  # name -> expression, as the last module so named spells it
+# name -> expression, as the last module so named spells it: a name the user types now
+_SPELLED: dict[str, str] = {}
 _SPELLED_MAX = 20_000
+# a parameter -> {name: expression} as the module it was named from spelled it: what a
+# result holding that parameter shows, later too, after another module took the name
+_OWN: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_SHOWN: ContextVar[Mapping[str, str] | None] = ContextVar("vjp_magic_spelled", default=None)
 
 
 def remember_spellings(module: torch.nn.Module, prefix: str) -> None:
     """Note how each parameter of ``module``, named ``prefix.<key>``, is spelled in Python
     (for :func:`parameter_expression`): each place that names a module's parameters calls
-    this, so the spelling is the latest module's of that name."""
+    this, so the spelling of a name is the latest module's of that name, and the spelling of
+    a parameter under that name its own module's (:func:`spelled_for`)."""
     if len(_SPELLED) > _SPELLED_MAX:
         _SPELLED.clear()
-    _SPELLED.update({f"{prefix}.{name}": _spell(module, prefix, name)
-                     for name, _ in module.named_parameters()})
+    for name, parameter in module.named_parameters():
+        named, spelled = f"{prefix}.{name}", _spell(module, prefix, name)
+        _SPELLED[named] = spelled
+        own = _OWN.get(parameter)
+        if own is None:
+            _OWN[parameter] = {named: spelled}
+        elif own.get(named) != spelled:
+            own[named] = spelled
+
+
+def spellings(inputs: Mapping[str, object]) -> dict[str, str]:
+    """name -> expression for each of ``inputs`` (name -> tensor) that is a module's
+    parameter named so, as that module spelled it (:func:`remember_spellings`)."""
+    found = {}
+    for name, tensor in inputs.items():
+        own = _OWN.get(tensor) if isinstance(tensor, torch.Tensor) else None
+        if own is not None and name in own:
+            found[name] = own[name]
+    return found
+
+
+@contextlib.contextmanager
+def spelled_for(inputs: Mapping[str, object]):
+    """Inside, :func:`parameter_expression` spells each of ``inputs`` (name -> tensor: a
+    result's) as its own module did (:func:`spellings`): an old result shown after a module
+    of another structure took its name still reads ``model.blocks['0'].weight``."""
+    token = _SHOWN.set(spellings(inputs))
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
 
 
 def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, torch.Tensor]:
