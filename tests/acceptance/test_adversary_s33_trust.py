@@ -484,12 +484,9 @@ base = torch.linspace(-1, 1, 6)
 _SUBCLASS_CELL = "x = base.clone().as_subclass(Counting).requires_grad_()\ny = x.sin() * x.roll(1)"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "%%vjp on a cell whose input is a tensor subclass with a __torch_function__ runs that "
-    "user code where the plain cell runs it 4 times: the analysis no longer does (s34 T7: "
-    "core/quiet, run/replay), but the display (render/view), the guard's retained-grad scan "
-    "(run/guard) and KeptRecord.keep (run/record) read x through it: "
-    "/work/briefs/s34/patches/T7-render-view.patch, T7-subclass-run.patch"))
+# Was a strict xfail (s33): %%vjp on a tensor subclass with a __torch_function__ ran that user
+# code 200-500 times where the plain cell runs it 4; fixed in s34 (T7: core/quiet, run/replay,
+# and the display, guard and KeptRecord reads, 1963d28).
 @pytest.mark.parametrize("line", ["", "--gradcheck", "--symbolic"])
 def test_a_subclass_torch_function_runs_as_often_as_in_a_plain_cell(ip, run_ok, line):
     run_ok(_SUBCLASS)

@@ -140,10 +140,8 @@ def test_subclass_dependency_runs_none_of_it():
     assert torch.equal(_plain(d.pattern.to_dense()), _J != 0)  # y[t] reads x[t] and x[t-1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "check grades outside the pipeline's quiet block: teach.grading reads the output and x "
-    "through the subclass's __torch_function__ (4 calls): pipeline.check, "
-    "/work/briefs/s34/patches/T7-subclass-run.patch"))
+# Was a strict xfail: check graded outside the quiet block (teach.grading read the output and
+# x through the subclass, 4 calls); fixed by T7-subclass-run.patch (pipeline.check), 1963d28.
 def test_subclass_check_runs_none_of_it():
     verdict, calls = _counted(_counting, lambda x, y: vjp_magic.check(_J.clone(), y, x))
     assert verdict.correct
@@ -226,13 +224,6 @@ def test_subclass_parameters_are_replayed_as_before():
 
 # -- the magics (their displays read x too: render/view, run/guard, run/record) ----------------
 
-_NEEDS_PATCHES = pytest.mark.xfail(strict=True, reason=(
-    "the display (render/view), the guard's retained-grad scan (run/guard) and KeptRecord.keep "
-    "(run/record) read x through its __torch_function__: /work/briefs/s34/patches/"
-    "T7-render-view.patch, T7-subclass-run.patch"))
-
-
-@_NEEDS_PATCHES
 @pytest.mark.parametrize("line", ["%jacobian y x", "%hessian y.sum() x"])
 def test_subclass_line_magics_run_none_of_it(ip, run_ok, line):
     ip.user_ns.update(Counting=Counting, base=_X)
@@ -242,10 +233,8 @@ def test_subclass_line_magics_run_none_of_it(ip, run_ok, line):
     assert CALLS[0] == (1 if "sum" in line else 0)  # y.sum() is the user's
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--symbolic replays a straight-through subclass's cell as plain torch operations and shows "
-    "f'(x) = x*cos(x) + sin(x) (with a warning that it disagrees): symbolic/replay, "
-    "/work/briefs/s34/patches/T7-subclass-symbolic.patch"))
+# Was a strict xfail: --symbolic replayed a straight-through subclass as plain sin and showed
+# its formula; fixed by T7-subclass-symbolic.patch (symbolic/replay refuses it), 1963d28.
 def test_subclass_symbolic_shows_no_formula_of_operations_the_cell_did_not_run(ip, run_ok):
     ip.user_ns.update(Straight=Straight)
     r = run_ok("%%vjp --symbolic\nx = torch.linspace(-1, 1, 4).as_subclass(Straight)"
