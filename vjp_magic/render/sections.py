@@ -396,9 +396,22 @@ def _uses_f(result, name: str) -> bool:
 
 
 def _component_labels(result, name: str, comp, base: int = 1):
+    """Each component's label: the tutorial's f_k where one f is proved, else the slice of
+    the output it is, as the code indexes it (``y[:, 0]`` where axis 0 holds the points,
+    ``y[0,1]`` where there are none)."""
     if _uses_f(result, name):
         return notation.component_label(comp, result.inputs[name].per_point_numel() > 1, base)
-    return notation.entry_label(output_symbol(result), comp)
+    points = set(result.inputs[name].pairing.out_axes)
+    y = output_symbol(result)
+    if not points:
+        return notation.entry_label(y, comp)
+
+    def label(flat: int):
+        index = iter(multi_index(flat, tuple(comp)))
+        parts = [":" if a in points else str(next(index)) for a in range(result.output.dim())]
+        return notation.tensor_entry(y, ", ".join(parts))
+
+    return label
 
 
 def derivative_formulas(result, name: str, options) -> list[Formula]:
