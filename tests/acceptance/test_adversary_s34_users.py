@@ -370,3 +370,22 @@ def test_an_input_rebound_after_the_output_is_named(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\n"
                           "x = torch.tensor([5., 6.], requires_grad=True)")
     assert re.search(r"\bx\b", message), message
+
+
+# -- two classic creation mistakes: PyTorch's traceback alone --------------------------------------
+@pytest.mark.xfail(strict=True, reason="an integer tensor with requires_grad=True, and += on a "
+                   "leaf that requires grad: the cell stops with PyTorch's traceback (through "
+                   "run_cell_magic('vjp', ...)) and nothing says what to do, where the cell's own "
+                   "backward mistakes get 'Why: ... Corrected: ...' (run/mistakes.classify coaches "
+                   "backward errors only)")
+@pytest.mark.parametrize("body, advice", [
+    ("x = torch.tensor([1, 2, 3], requires_grad=True)\ny = x**2", "[1., 2., 3.]"),
+    ("x = torch.tensor([1., 2.], requires_grad=True)\nx += 1\ny = x**2", "x = x + 1"),
+], ids=["integer", "in-place-leaf"])
+def test_a_creation_mistake_gets_the_corrected_line(ip, capsys, body, advice):
+    capsys.readouterr()
+    run = ip.run_cell("%%vjp\n" + body)
+    assert not run.success  # the cell stops at its own line, as a plain cell does
+    shown = "".join(capsys.readouterr())
+    assert "Traceback" in shown or "Error" in shown
+    assert advice in shown, shown[-600:]
