@@ -318,13 +318,14 @@ def component_vjps(
     payoff = Payoff(key or pass_key(output, inputs, workspace), seconds)
     batched = batched and payoff.worth_trying()
 
-    def part(start: int, stop: int) -> list[torch.Tensor]:
-        began = time.process_time()
+    def part(start: int, stop: int, timed: bool = True) -> list[torch.Tensor]:
+        began = time.process_time() if timed else 0.0
         grads = vjp_batch(output, inputs, gradient_batch(output, point_out_axes, start, stop),
                           batched=batched, log=log)
         if log.vectorised:
             vectorised.append((start, stop))
-        if not payoff.timed(stop - start, time.process_time() - began, log.vectorised):
+        if timed and not payoff.timed(stop - start, time.process_time() - began,
+                                      log.vectorised):
             log.methods.clear()  # plain passes were faster here: the rest are plain
         return grads
 
@@ -336,7 +337,9 @@ def component_vjps(
 
     first = payoff.first(first or FIRST_CHUNK) if batched else limit
     if 0 < count <= min(limit, first):  # one chunk holds them all: no chunks to size
-        return part(0, count), vectorised  # (nothing timed yet, so no trial to cut: run's)
+        # (nothing timed yet, so no trial to cut, and no later chunk a time could judge: the
+        # CPU clock, a system call summing every thread's time, is not read)
+        return part(0, count, timed=False), vectorised
     stacked = in_chunks(run, count, limit, first=first)
     return stacked, vectorised
 
