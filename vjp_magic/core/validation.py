@@ -14,11 +14,11 @@ import keyword
 import math
 import operator
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import VJPUsageError, operand
 from .memory import checked_budget
@@ -112,9 +112,28 @@ _MODULE_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 # name -> expression, as the last module so named spells it: a name the user types now
 _SPELLED: dict[str, str] = {}
 _SPELLED_MAX = 20_000
-# a parameter -> {name: expression} as the module it was named from spelled it: what a
-# result holding that parameter shows, later too, after another module took the name
-_OWN: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# id(parameter) -> (a weak reference to it, {name: expression} as the module it was named
+# from spelled it): what a result holding that parameter shows, later too, after another
+# module took the name (an entry leaves with its parameter)
+_OWN: dict[int, tuple] = {}
+
+
+class _Ref(weakref.ref):
+    """A weak reference to a parameter that removes its :data:`_OWN` entry when it dies."""
+
+    __slots__ = ("key",)
+
+
+def _dropped(ref: _Ref) -> None:
+    entry = _OWN.get(ref.key)
+    if entry is not None and entry[0] is ref:
+        del _OWN[ref.key]
+
+
+def _own(tensor) -> dict | None:
+    """The spellings noted for ``tensor`` under each of its names (None: none)."""
+    entry = _OWN.get(id(tensor))
+    return entry[1] if entry is not None and entry[0]() is tensor else None
 _SHOWN: ContextVar[Mapping[str, str] | None] = ContextVar("vjp_magic_spelled", default=None)
 
 
@@ -128,11 +147,13 @@ def remember_spellings(module: torch.nn.Module, prefix: str) -> None:
     for name, parameter in module.named_parameters():
         named, spelled = f"{prefix}.{name}", _spell(module, prefix, name)
         _SPELLED[named] = spelled
-        own = _OWN.get(parameter)
-        if own is None:
-            _OWN[parameter] = {named: spelled}
-        elif own.get(named) != spelled:
+        own = _own(parameter)
+        if own is not None:
             own[named] = spelled
+            continue
+        ref = _Ref(parameter, _dropped)
+        ref.key = id(parameter)
+        _OWN[ref.key] = (ref, {named: spelled})
 
 
 def spellings(inputs: Mapping[str, object]) -> dict[str, str]:
@@ -140,7 +161,7 @@ def spellings(inputs: Mapping[str, object]) -> dict[str, str]:
     parameter named so, as that module spelled it (:func:`remember_spellings`)."""
     found = {}
     for name, tensor in inputs.items():
-        own = _OWN.get(tensor) if isinstance(tensor, torch.Tensor) else None
+        own = _own(tensor)
         if own is not None and name in own:
             found[name] = own[name]
     return found
