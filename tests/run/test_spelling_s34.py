@@ -8,7 +8,6 @@ Expected spellings: the Python expressions that reach each parameter (checked by
 """
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -67,26 +66,17 @@ def test_spelling_of_a_name_typed_now_is_the_latest_modules():
     assert parameter_expression("model.blocks.0.weight") == _INDEXED
 
 
-_NEEDS_VIEW = pytest.mark.xfail(strict=True, reason=(
-    "render/view builds an old result's display and code with the process-wide latest "
-    "spelling of 'model.blocks.0.weight' (the Indexed model's), not its own: "
-    "/work/briefs/s34/patches/T7-render-view.patch (View under validation.spelled_for)"))
-
-
-@_NEEDS_VIEW
 def test_spelling_an_old_result_shown_later_spells_its_own_parameters():
     (r1, _), _ = _two_results()
     text = r1._repr_mimebundle_()["text/plain"]  # shown for the first time now
     assert _KEYED in text and _INDEXED not in text, text
 
 
-@_NEEDS_VIEW
 def test_spelling_an_old_results_code_reads_its_own_parameters():
     (r1, first), _ = _two_results()
     assert _KEYED in r1.code and _INDEXED not in r1.code, r1.code
 
 
-@_NEEDS_VIEW
 def test_spelling_an_old_cells_code_after_the_name_took_another_module(ip, run_ok):
     ip.user_ns.update(Keyed=Keyed, Indexed=Indexed)
     run_ok("torch.manual_seed(0)\nxb = torch.randn(4, 3)\nmodel = Keyed()")

@@ -9,10 +9,12 @@ In presentation mode (``present``) the derivatives' formulas come first, larger,
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, field, replace
 
 from ..core.quiet import no_subclass_code
+from ..core.validation import spelled_for
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
 from .codegen import identifiers, naming, reproducing_code
@@ -24,6 +26,19 @@ from .sections import (derivative_formulas, derivatives_sections, jacobian_formu
                        shown_inputs)
 from .typeset import LARGE_SCALE
 from .sparse import sparse_of, value_formulas
+
+
+def _as_its_own(method):
+    """``method(self, result, ...)`` reading ``result`` as it was made: its inputs spelled
+    as their own modules spelled them (another module may have taken the name since:
+    ``validation.spelled_for``), and no tensor subclass's ``__torch_function__`` (the
+    user's code) run by a read of an input (``core.quiet.no_subclass_code``)."""
+    @functools.wraps(method)
+    def read(self, result, *args, **kwargs):
+        with no_subclass_code(), spelled_for({name: item.tensor
+                                              for name, item in result.inputs.items()}):
+            return method(self, result, *args, **kwargs)
+    return read
 
 
 @dataclass
@@ -55,7 +70,7 @@ class View:
     one_function: frozenset = frozenset()  # inputs whose points the graph proves one f
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
-    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
+    @_as_its_own
     def document(self, result) -> Document:
         """What ``result`` says; made once (a notebook asks again for each display and repr,
         and the findings and sensitivities read every derivative)."""
@@ -149,7 +164,7 @@ class View:
     def plain(self, result) -> str:
         return plain.render(self.document(result))
 
-    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
+    @_as_its_own
     def pictures(self, result) -> list:
         """The pictures shown beneath the display: each input's pattern when asked for, or,
         under ``%jacobian``, when its Jacobian is too large to show in full."""
@@ -163,14 +178,14 @@ class View:
             return _few_pictures(result, names, pictures)
         return pictures(result, names) if names else []
 
-    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
+    @_as_its_own
     def picture(self, result, name: str):
         """The picture of one input's Jacobian pattern (``r.picture(name)``)."""
         from .picture import pattern_picture
 
         return pattern_picture(result, name)
 
-    @no_subclass_code()  # reads of a subclass input run none of its __torch_function__
+    @_as_its_own
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
         with naming(self.names):
