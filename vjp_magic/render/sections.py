@@ -287,8 +287,11 @@ def gradient_argument(result, name: str, options) -> list:
     item = result.inputs[name]
     y = output_symbol(result)
     count = math.prod(result.component_shape(name))
-    if result.output.numel() == 1 and not result.full:
-        return []  # the headline says it: v = 1, the default
+    if result.output.numel() == 1:  # (--full: the headline says no more than that)
+        return [] if not result.full else [paragraph(
+            notation.prose_name(y), " is a scalar" if result.output.dim() == 0 else
+            " has one entry", ", so backward needs no gradient argument (v = 1, the "
+            "default).")]
     if count == 1:
         v = loop_names(result, item.pairing.out_axes)[1]
         return [paragraph(notation.math_name(v), " is all ones, shaped like ",

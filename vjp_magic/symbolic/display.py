@@ -394,8 +394,8 @@ def symbolic_sections(result, function, formulas: dict, symbol_tex: dict,
         blocks = opening_blocks(list(result.inputs), function if with_function else None,
                                 formulas, ts)
         if function is not None and not with_function:
-            blocks.append(paragraph(f"{letters()[0]}(x) is left out to fit one screen "
-                                    "(--full-matrix shows it)"))
+            blocks.append(paragraph(function_of(list(result.inputs)), " is left out to fit "
+                                    "one screen (--full-matrix shows it)"))
         for name, formula in formulas.items():
             named = _partials(result, name, jacobian, ts.base)
             holder = f" (r.symbolic[{name!r}] holds every entry)"
@@ -419,12 +419,16 @@ def opening_blocks(names, function, formulas: dict, ts: Typesetter) -> list:
     ``names``: how every symbolic display begins."""
     blocks = [paragraph(heading(formulas), strong=True)]
     if function is not None:
-        args = [math_name(n) for n in names]
-        f = letters()[0]
-        left = Math(f"{f}({', '.join(a.tex for a in args)})",
-                    f"{f}({', '.join(a.plain for a in args)})")
-        blocks += formula_blocks(left, function, ts)
+        blocks += formula_blocks(function_of(names), function, ts)
     return blocks
+
+
+def function_of(names) -> Math:
+    """``f(x, w)``: the function of the inputs ``names``, as the formulas name it."""
+    args = [math_name(n) for n in names]
+    f = letters()[0]
+    return Math(f"{f}({', '.join(a.tex for a in args)})",
+                f"{f}({', '.join(a.plain for a in args)})")
 
 
 def cut_note_sections(cuts) -> tuple[Section, ...]:

@@ -158,9 +158,11 @@ class SymbolicReplay:
             if id(output) not in self.made:
                 source = self.output_source
                 if source is not None and source.isidentifier():
+                    magic = "%hessian" if getattr(self.result, "order", 1) == 2 \
+                        else "%jacobian"  # (the line the student typed)
                     return (f"{source} is a stored tensor, computed before this line; give "
-                            "the output as an expression, e.g. "
-                            "%jacobian --symbolic (x**2).sum() wrt x")
+                            f"the output as an expression, e.g. {magic} --symbolic "
+                            "(x**2).sum() wrt x")
                 return f"{self.result.output_name} was computed {self._elsewhere()}"
             if refusal.cause is None:
                 return self._independent()
