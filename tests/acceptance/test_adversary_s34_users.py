@@ -166,9 +166,7 @@ def test_the_symbolic_formula_with_full_matrix_names_every_input(run_vjp):
 
 
 # -- maths as maths: a screen reader reads \text{} inside a formula as words ----------------------
-@pytest.mark.xfail(strict=True, reason="--explain on a coloured sparse Jacobian: step 4's formula "
-                   "is $\\sum_{i \\text{ of that colour}} J_{ij}$ in text/markdown, English inside "
-                   "a formula (teach/sparse_explain.py); text/plain says it as prose")
+# Was a strict xfail (s34 G13): fixed in teach/sparse_explain (the sum said in prose).
 def test_explain_of_colours_has_no_english_inside_a_formula(run_vjp):
     r = run_vjp("x = torch.linspace(-1, 1, 200, requires_grad=True)\n"
                 "y = (x[1:] - x[:-1]) ** 2", "--explain")
@@ -414,3 +412,15 @@ def test_the_tutorials_points_cell_with_its_backward_says_one_function_f(run_vjp
 def test_the_tutorials_points_cell_without_backward_says_one_function_f(run_vjp):
     r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2")
     assert "one function f at 5 points" in plain(r)
+
+
+@pytest.mark.xfail(strict=True, reason="--check x.grad where one backward in the cell adds to an "
+                   "earlier cell's: 'x.grad is the sum of 1 backward calls (lines 2) and what it "
+                   "held before this cell'")
+def test_one_backward_over_an_earlier_grad_is_said_in_the_singular(ip, run_ok, run_vjp):
+    run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = (x**2).sum()\ny.backward()")
+    r = run_vjp("y = (x**2).sum()\ny.backward()", "--check x.grad")
+    assert r.check.kind == "accumulated"
+    text = plain(r)
+    assert "what it held before this cell" in text
+    assert "1 backward calls" not in text and "(lines 2)" not in text, text
