@@ -300,10 +300,7 @@ def test_an_overflowed_output_is_called_overflowed_not_undefined(run_vjp):
 
 
 # -- --full --explain says what --full did, not that J has no structure --------------------------
-@pytest.mark.xfail(strict=True, reason="--full --explain on y = sin(x): step 2 says 'J is not "
-                   "block-diagonal (no entries of y are points of their own)' above a diagonal "
-                   "J_f and beneath the display's own 'y[t] reads x[t] only (independent)'; "
-                   "--full only skipped the search (teach/explain.py)")
+# Was a strict xfail (s34 G13): fixed in teach/explain._structure (what --full did).
 def test_full_explain_does_not_deny_the_diagonal_it_shows(run_vjp):
     r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = torch.sin(x)",
                 "--full --explain")
@@ -424,3 +421,16 @@ def test_one_backward_over_an_earlier_grad_is_said_in_the_singular(ip, run_ok, r
     text = plain(r)
     assert "what it held before this cell" in text
     assert "1 backward calls" not in text and "(lines 2)" not in text, text
+
+
+@pytest.mark.xfail(strict=True, reason="--explain's counts in the plural at 1: 'x has n = 1 "
+                   "entries' (x of one entry), 'read by up to 1 entries of y ... no colouring needs "
+                   "fewer than 1 passes' (y = x[::2] * 3, one colour)")
+@pytest.mark.parametrize("body", [
+    "x = torch.tensor([2.], requires_grad=True)\ny = torch.stack([x, x**2])",
+    "x = torch.linspace(0, 1, 100, requires_grad=True)\ny = x[::2] * 3",
+], ids=["one-entry-input", "one-colour"])
+def test_explain_counts_one_in_the_singular(run_vjp, body):
+    text = plain(run_vjp(body, "--explain"))
+    assert "1." in text and "2." in text  # the steps are there
+    assert not re.search(r"\b1 (entries|passes)\b", text), text[:900]
