@@ -424,8 +424,8 @@ def test_one_backward_over_an_earlier_grad_is_said_in_the_singular(ip, run_ok, r
 
 
 @pytest.mark.xfail(strict=True, reason="--explain's counts in the plural at 1: 'x has n = 1 "
-                   "entries' (x of one entry), 'read by up to 1 entries of y ... no colouring needs "
-                   "fewer than 1 passes' (y = x[::2] * 3, one colour)")
+                   "entries' (x of one entry), 'read by up to 1 entries of y ... no colouring "
+                   "needs fewer than 1 passes' (y = x[::2] * 3, one colour)")
 @pytest.mark.parametrize("body", [
     "x = torch.tensor([2.], requires_grad=True)\ny = torch.stack([x, x**2])",
     "x = torch.linspace(0, 1, 100, requires_grad=True)\ny = x[::2] * 3",
