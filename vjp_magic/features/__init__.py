@@ -64,12 +64,14 @@ class Feature(Protocol):
     def add(self, result, request: Asked, subject: Subject) -> Added: ...
 
 
-def is_wanted(feature: Feature, request: Asked) -> bool:
+def is_wanted(feature: Feature, request: Asked, exam: bool | None = None) -> bool:
     """At one of the feature's orders, when its first flag is set (always without flags); in
-    exam mode only where the feature says ``in_exam``."""
+    exam mode only where the feature says ``in_exam`` (``exam``: the request's exam flag,
+    where the caller read it already)."""
     if request.order not in feature.orders:
         return False
-    if request.flag("exam") and not getattr(feature, "in_exam", False):
+    if (request.flag("exam") if exam is None else exam) \
+            and not getattr(feature, "in_exam", False):
         return False
     return not feature.flags or bool(request.flag(feature.flags[0]))
 
@@ -86,8 +88,9 @@ def gather(features: Sequence[Feature], result, request: Asked, subject: Subject
     after: list = []
     stored: dict = {}
     view: dict = {}
+    exam = bool(request.flag("exam"))  # (read once for every feature)
     for feature in features:
-        if not is_wanted(feature, request):
+        if not is_wanted(feature, request, exam):
             continue
         added = feature.add(result, request, subject)
         before.extend(added.before)
