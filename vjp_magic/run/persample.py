@@ -16,13 +16,14 @@ import math
 
 import torch
 
-from ..core import axisflow, memory, validation
+from ..core import analysis, axisflow, memory, validation
 from ..core import given as given_jacobians
 from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import GivenJacobian
-from ..core.pairing import Evidence, Pairing
+from ..core.candidates import Candidate
+from ..core.pairing import Pairing
 from ..core.probes import Probes, new_seed, probe_vector
-from ..core.result import InputResult, VJPResult
+from ..core.result import VJPResult
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rules_interpreter)
 from .record import tensors_in
@@ -187,9 +188,9 @@ def accepted_result(graph, given, output_name: str,
     if not all(p.depends and not p.custom and p.limitation is None for p in proofs.values()):
         return None
     remember_seconds(pass_key(output, named.values(), 0), probes.seconds)
-    inputs = {name: InputResult(name=name, tensor=tensor, pairing=Pairing(),
-                                derivatives=jacobians[name], evidence=Evidence.PROVED)
-              for name, tensor in named.items()}
+    taken = Candidate(Pairing(), True)  # as the analysis takes a given Jacobian it accepts
+    inputs = {name: analysis._input_result(name, t, proofs[name], taken, jacobians[name])
+              for name, t in named.items()}  # (one owner of an input's fields)
     return VJPResult(output=output, output_name=output_name, inputs=inputs, full=False,
                      memory_budget=budget, seed=probes.seed)
 
