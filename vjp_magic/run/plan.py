@@ -33,7 +33,8 @@ def pruned_steps(record, inputs: dict, output, *, at_point: bool = False,
     the refusals (default: its shape)."""
     refuse_record(record, output)
     input_ids = {id(t) for t in inputs.values()}
-    calls = _live_calls(record, input_ids, at_point)
+    live_outs: dict = {}  # id(call) -> its live results (what _live_outs says), found once
+    calls = _live_calls(record, input_ids, at_point, live_outs)
     if id(output) not in {key for call in calls for key in out_ids(call)}:
         needed = _needed(record.calls, output, input_ids)
         raise NotReached(foreign_on_the_way(needed, output, inputs, label))
@@ -41,7 +42,7 @@ def pruned_steps(record, inputs: dict, output, *, at_point: bool = False,
     refuse_unfollowable(calls, input_ids)
     check_inputs_unchanged(calls, inputs)
     try:
-        steps = _steps(calls, _copies(record), inputs, at_point, label)
+        steps = _steps(calls, _copies(record), inputs, live_outs, label)
     except ForeignTensor as found:  # made by calls that read it: name where it began
         needed = _needed(record.calls, found.tensor, input_ids)
         raise foreign_on_the_way(needed, found.tensor, inputs, label) or found from None
@@ -60,13 +61,17 @@ def _live_outs(call, input_ids: set, at_point: bool) -> list[int]:
             and (not at_point or key in call.tracked or detaching)]
 
 
-def _live_calls(record, input_ids: set, at_point: bool = False) -> list:
+def _live_calls(record, input_ids: set, at_point: bool = False,
+                live_outs: dict | None = None) -> list:
     """The calls that read a tensor computed from the inputs, in order (``at_point``: only
-    tensors autograd tracked from them, and what a detaching call makes of them)."""
+    tensors autograd tracked from them, and what a detaching call makes of them);
+    ``live_outs`` gets each one's :func:`_live_outs` by its id."""
     live, calls = set(input_ids), []
     for call in record.calls:
         if any(id(t) in live for t in reads_of(call)):
             outs = _live_outs(call, input_ids, at_point)
+            if live_outs is not None:
+                live_outs[id(call)] = outs
             if outs or not at_point or call.targets:
                 calls.append(call)
                 live.update(outs)
@@ -76,7 +81,8 @@ def _live_calls(record, input_ids: set, at_point: bool = False) -> list:
 def _needed(calls: list, output: torch.Tensor, input_ids: set) -> list:
     """The calls the output needs: those making a tensor it reads, and the in-place calls
     that write into the memory of such a tensor before it is read."""
-    needed, memory, kept = {id(output)}, {storage_key(output)}, []
+    writing = any(call.targets for call in calls)  # else no memory needs looking up
+    needed, memory, kept = {id(output)}, {storage_key(output)} if writing else set(), []
     for call in reversed(calls):
         writes = {storage_key(t) for t in call.targets} - {None}
         if not any(key in needed for key in out_ids(call)) and not writes & memory:
@@ -85,7 +91,8 @@ def _needed(calls: list, output: torch.Tensor, input_ids: set) -> list:
         for tensor in reads_of(call):
             if id(tensor) not in input_ids:
                 needed.add(id(tensor))
-                memory.add(storage_key(tensor))
+                if writing:
+                    memory.add(storage_key(tensor))
     return kept[::-1]
 
 
@@ -145,15 +152,16 @@ def _copies(record) -> dict:
     return copies
 
 
-def _steps(calls: list, copies: dict, inputs: dict, at_point: bool, label) -> list[Step]:
+def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> list[Step]:
     """The calls as steps: each tensor argument either has a value from an earlier step (or
-    is an input), or is a constant, resolved to its value at the call."""
+    is an input), or is a constant, resolved to its value at the call (``live_outs``: each
+    call's :func:`_live_outs`, by its id)."""
     input_ids = {id(t) for t in inputs.values()}
     live, steps = set(input_ids), []
     for call in calls:
         step = Step(replayed_function(call.func), call.args, call.kwargs, call.result,
                     call.targets, call.grad_enabled, {}, rng=call.rng,
-                    live=frozenset(_live_outs(call, input_ids, at_point)))
+                    live=frozenset(live_outs[id(call)]))
         scratch = _running_stats(call)
         for tensor in reads_of(call):
             key = id(tensor)
