@@ -448,3 +448,19 @@ def test_the_non_finite_notes_set_the_cells_names_as_every_other_sentence(run_vj
         assert "$x$" in note or "$y$" in note, note
         assert not re.search(r"(^|[\s(])[xyf](?=[\s:,.])", note.replace("$x$", "").replace(
             "$y$", "").replace("$f$", "")), note
+
+
+# -- a step function's zero derivative is zero everywhere, not only "at this x" --------------------
+@pytest.mark.xfail(strict=True, reason="y = x.round() or torch.sign(x) * 3: 'Every derivative ... "
+                   "is 0 at this x, although y depends on x through the graph (an inactive relu or "
+                   "clamp, a product with 0, ...): at another value of x they may not be'; round "
+                   "and sign are piecewise constant, so autograd gives 0 at every x, the classic "
+                   "way a rounded loss stops learning (core/validation.zero_notes)")
+@pytest.mark.parametrize("expression", ["x.round()", "torch.sign(x) * 3"])
+def test_a_step_functions_zero_derivative_is_not_called_local(run_vjp, expression):
+    r = run_vjp(f"x = torch.tensor([1.3, -2.6], requires_grad=True)\ny = {expression}")
+    assert r.derivatives["x"].tolist() == [0.0, 0.0]
+    # mathematics: d round/dx = d sign/dx = 0 wherever they have a derivative
+    text = plain(r)
+    assert "is 0" in text  # the note is there
+    assert "at another value of x they may not be" not in text, text
