@@ -464,3 +464,29 @@ def test_a_step_functions_zero_derivative_is_not_called_local(run_vjp, expressio
     text = plain(r)
     assert "is 0" in text  # the note is there
     assert "at another value of x they may not be" not in text, text
+
+
+# -- a reordering (transpose of an elementwise map): each y reads one x ----------------------------
+@pytest.mark.xfail(strict=True, reason="y = sin(x).view(2, 3000).T (each entry of y reads one "
+                   "entry of x, a permutation): 'The Jacobian is block-diagonal (3 square blocks "
+                   "of 1, 5,998, 1 on the diagonal, flattened); 6,000 nonzeros of 6,000 × 6,000'"
+                   ": a 5,998-wide block holding one nonzero a row is no block; r.dependency "
+                   "says 'sparse' (render/sparse.py's pattern words)")
+def test_a_transposed_elementwise_map_is_not_called_block_diagonal(run_vjp):
+    r = run_vjp("x = torch.linspace(-1, 1, 6000, requires_grad=True)\n"
+                "y = torch.sin(x).view(2, 3000).T")
+    j = r.jacobian("x", layout=torch.sparse_csr)
+    assert j.values().numel() == 6000  # mathematics: one nonzero a row, cos(x) where y reads x
+    text = plain(r)
+    assert "at most 1 a row" in text
+    assert "block-diagonal" not in text, text[:400]
+
+
+@pytest.mark.xfail(strict=True, reason="the same reordering at N = 30 (y 30 × 2 from x of 60): 'y "
+                   "has 60 entries, each may use every entry of x', and nothing of the one entry "
+                   "each reads, where the N = 3,000 display proves 'at most 1 a row'")
+def test_a_small_transposed_elementwise_map_is_not_called_dense(run_vjp):
+    r = run_vjp("x = torch.linspace(-1, 1, 60, requires_grad=True)\n"
+                "y = torch.sin(x).view(2, 30).T")
+    assert int((r.jacobian("x") != 0).sum()) == 60  # one nonzero a row (mathematics)
+    assert "each may use every entry of x" not in plain(r), plain(r)[:300]
