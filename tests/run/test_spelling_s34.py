@@ -84,3 +84,34 @@ def test_spelling_an_old_cells_code_after_the_name_took_another_module(ip, run_o
     run_ok("model = Indexed()")
     run_ok("%%vjp --wrt model\nloss = model(xb).pow(2).sum()")
     assert _KEYED in r1.code and _INDEXED not in r1.code, r1.code
+
+
+class _KeyedScales(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scales = nn.ParameterDict({"0": nn.Parameter(torch.ones(4))})
+
+    def forward(self, x):
+        return (x * self.scales["0"]).cumsum(0)
+
+
+class _ListedScales(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scales = nn.ParameterList([nn.Parameter(torch.ones(4))])
+
+    def forward(self, x):
+        return (x * self.scales[0]).cumsum(0)
+
+
+def test_spelling_an_old_results_dependency_note_names_its_own_parameter():
+    """r.dependency's underflow note (float32 derivatives of 1e-25) says what to call
+    ``.double()`` on: the result's own parameter, as its ParameterDict spells it."""
+    data = torch.full((4,), 1e-25)
+    first = _KeyedScales()
+    r1 = vjp_magic.differentiate(lambda: first(data), first, names="model")
+    second = _ListedScales()
+    vjp_magic.differentiate(lambda: second(data), second, names="model")
+    assert eval("model.scales['0']", {"model": first}) is first.scales["0"]  # noqa: S307
+    note = r1.dependency("model.scales.0").note
+    assert "model.scales['0'].double()" in note, note

@@ -646,7 +646,8 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     given = tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ()
     if given:
         dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
-    return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
+    with validation.spelled_for({name: item.tensor}):  # as its own module spelled it
+        return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
 
 
 def _smallest(derivatives: torch.Tensor) -> float:
