@@ -50,8 +50,12 @@ def resolution(dtype: torch.dtype) -> float:
 
 
 def plural(n: int, word: str) -> str:
-    """``1 point``, ``1,000,000 points``."""
-    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+    """``1 point``, ``1,000,000 points``, ``2 entries``, ``3 passes``."""
+    if n == 1:
+        return f"{n:,} {word}"
+    if word.endswith("y") and word[-2:-1] not in "aeiou":
+        return f"{n:,} {word[:-1]}ies"
+    return f"{n:,} {word}{'es' if word.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def _round(value: float, digits: int) -> float:

@@ -66,7 +66,7 @@ def _many_inputs(result, used: list[str], options, log) -> list:
              f"{y_math.plain} = {g}(p_1, …, p_{count})")
     head = _step(1, Text("The function "), f, Text(f" of {count} tensors p: "), shown[0],
                  Text(", "), shown[1], Text(", …, "), shown[2],
-                 Text(f". Flattened row-major, they have n = {n:,} entries in all, "),
+                 Text(f". Flattened row-major, they have n = {plural(n, 'entry')} in all, "),
                  notation.prose_name(y), Text(f" has m = {result.output.numel():,}."))
     lead = paragraph(Text("Steps 2–4 are alike for every tensor p; here for "),
                      notation.prose_name(name), Text(", whose derivatives are the largest "
@@ -125,7 +125,8 @@ def _function(result, base: int = 1) -> Paragraph:
                                                f"{names[0].plain} = {f}({args[1]})"),
                    Text(". Flattened row-major, ")]
     for name, item in result.inputs.items():
-        spans += [notation.prose_name(name), Text(f" has n = {item.tensor.numel():,} entries, ")]
+        spans += [notation.prose_name(name),
+                  Text(f" has n = {plural(item.tensor.numel(), 'entry')}, ")]
     spans += [notation.prose_name(y), Text(f" has m = {m:,}. ")]
     first = next(iter(result.inputs))
     return _step(1, *spans, *_first_entry(first, result.inputs[first].tensor.shape, base))
@@ -137,6 +138,9 @@ def _structure(result, name: str) -> str:
     if result.full or not item.has_points:
         if result.output.numel() == 1:
             return f"{y} is a single number: J has one row, the gradient shown below."
+        if result.full:  # no points were looked for: J may have any structure
+            return (f"--full: no points looked for, so J is taken whole: one backward per "
+                    f"row of J (one entry of {y}).")
         return (f"J is not block-diagonal (no entries of {y} are points of their own): the "
                 f"plain way is one backward per row of J (one entry of {y}); rows that read "
                 f"no entry of {name} in common could share one.")
@@ -185,7 +189,8 @@ def _gradient_argument(result, name: str, options) -> list:
                       Text(" adds up each column of J, whose only non-zero entries belong to "
                            f"its own point, so it lists the derivatives at all "
                            f"{plural(item.point_count, 'point')} at once."))]
-    words = _step(3, Text(f"One gradient argument per component, {count:,} backward calls: "),
+    words = _step(3, Text("One gradient argument per component, "
+                          f"{plural(count, 'backward call')}: "),
                   Math("v_k", "v_k"), Text(" is one-hot on component "), Math("k", "k"),
                   Text(" (ones along the points)" if item.has_points and not result.full
                        else ""), Text(", so "), Math(r"v_k^\top J", "v_k^T J"),

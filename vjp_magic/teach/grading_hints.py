@@ -20,6 +20,7 @@ from ..core.errors import operand
 from ..core.marked import code, marked
 from ..core.textenum import TextEnum
 from ..core.validation import parameter_expression
+from ..render.numbers import plural
 
 if TYPE_CHECKING:
     from .grading import Case
@@ -184,8 +185,7 @@ class Hints:
 
     def summed_by_hand(self, case: Case, calls) -> str:
         a = self.subject(case)
-        where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
-        return (f"{a} adds up the results of {calls.summed} backward calls{where}, one "
+        return (f"{a} adds up the results of {_calls(calls)}, one "
                 f"component each: keep them apart instead, {self.how(case)}.")
 
     def one_component(self, case: Case, index: int) -> str:
@@ -203,9 +203,8 @@ class Hints:
         _, _, x = self.names(case)
         a = self.subject(case)
         if calls is not None:
-            where = f" (lines {', '.join(map(str, calls.lines))})" if calls.lines else ""
             before = " and what it held before this cell" if calls.with_before else ""
-            what = (f"{a} is the sum of {calls.summed} backward calls{where}{before}: "
+            what = (f"{a} is the sum of {_calls(calls)}{before}: "
                     "backward adds to `.grad`.")
             return (f"{what} Zero it before each backward (`{x}.grad.zero_()` or "
                     f"`{x}.grad = None`), or run it once.")
@@ -317,3 +316,12 @@ class Hints:
 
 
 HINTS = Hints()
+
+
+def _calls(calls) -> str:
+    """``2 backward calls (lines 3, 5)``, ``1 backward call (line 2)``: the calls summed."""
+    lines = list(calls.lines or ())
+    where = f" (line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))})" \
+        if lines else ""
+    return f"{plural(calls.summed, 'backward call')}{where}"
+

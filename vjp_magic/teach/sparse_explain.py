@@ -24,6 +24,7 @@ from ..render import notation
 from ..render.codegen import output_symbol
 from ..render.matrix import multi_index
 from ..render.document import Math, Paragraph, Section, Text, paragraph
+from ..render.numbers import plural
 from ..render.sparse import (by_columns, code_names, entries_words, layout_of, pattern_paragraph,
                              sparse_of)
 from .explain import (_chain_rule, _function, _gradient_argument, _jacobian, _product,
@@ -121,9 +122,10 @@ def _colour_step(result, name: str) -> Paragraph:
                   Text(f": rows {p} and {q} of "), Math("J", "J"),
                   Text(" read disjoint entries of "), notation.prose_name(name), Text(". ")]
     spans += [Text("An entry of "), notation.prose_name(name),
-              Text(f" is read by up to {fewest} entries of "), notation.prose_name(y),
-              Text(f", which must all differ in colour: no colouring needs fewer than {fewest}"
-                   " passes" + ("; this one is the fewest." if k == fewest else
+              Text(f" is read by up to {plural(fewest, 'entry')} of "),
+              notation.prose_name(y),
+              Text(f", which must all differ in colour: no colouring needs fewer than "
+                   f"{plural(fewest, 'pass')}" + ("; this one is the fewest." if k == fewest else
                                 f"; this one takes {k}."))]
     return Paragraph(tuple(spans))
 
@@ -139,9 +141,9 @@ def _no_collision_step(result, name: str) -> Paragraph:
     return paragraph(
         "4. For the ", notation.prose_name(v), " of one colour (",
         Math(f"{tex} = {ones}", f"{v} = {ones_plain}"), ", 1 on its entries and 0 elsewhere), "
-        "entry ", Math("j", "j"), " of ", Math(rf"{tex}^\top J", f"{v}ᵀJ"), " is ",
-        Math(r"\sum_{i \text{ of that colour}} J_{ij}", "Σ J_ij over the rows i of that colour"),
-        ". At most one of those rows reads entry ", Math("j", "j"), " of ",
+        "entry ", Math("j", "j"), " of ", Math(rf"{tex}^\top J", f"{v}ᵀJ"),
+        " is the sum of ", Math("J_{ij}", "J_ij"), " over the rows ", Math("i", "i"),
+        " of that colour. At most one of those rows reads entry ", Math("j", "j"), " of ",
         notation.prose_name(name), ", so the sum has at most one nonzero term: it is exactly ",
         Math("J_{ij}", "J_ij"), " for that row, and nothing collides. One backward per colour, "
         f"{sparse.count} in all, gives every one of the "
@@ -188,13 +190,13 @@ def _column_colour_step(result, name: str) -> Paragraph:
                   Text(f": columns {p} and {q} of "), Math("J", "J"),
                   Text(" are nonzero in disjoint rows. ")]
     spans += [Text("An entry of "), notation.prose_name(y),
-              Text(f" reads up to {widest} entries of "), notation.prose_name(name),
-              Text(f", which must all differ in colour: no colouring needs fewer than {widest}"
-                   " passes" + ("; this one is the fewest." if k == widest else
+              Text(f" reads up to {plural(widest, 'entry')} of "), notation.prose_name(name),
+              Text(f", which must all differ in colour: no colouring needs fewer than "
+                   f"{plural(widest, 'pass')}" + ("; this one is the fewest." if k == widest else
                                 f"; this one takes {k}.")),
               Text(f" Colouring the entries of {y} instead would take at least "
-                   f"{_fewest(sparse)} backward passes (an entry of {name} is read by that "
-                   "many).")]
+                   f"{plural(_fewest(sparse), 'backward pass')} (an entry of {name} is read "
+                   "by that many).")]
     return Paragraph(tuple(spans))
 
 
@@ -211,9 +213,9 @@ def _column_no_collision_step(result, name: str) -> Paragraph:
         "4. For the ", notation.prose_name(u), " of one colour (",
         Math(f"{ut} = {ones}", f"{u} = {ones_plain}"),
         ", 1 on its entries of ", notation.prose_name(name), " and 0 elsewhere), entry ",
-        Math("i", "i"), " of ", ju, " is ",
-        Math(r"\sum_{j \text{ of that colour}} J_{ij}", "Σ J_ij over the columns j of that colour"),
-        ". Row ", Math("i", "i"), " reads at most one of those entries, so the sum has at most "
+        Math("i", "i"), " of ", ju, " is the sum of ", Math("J_{ij}", "J_ij"),
+        " over the columns ", Math("j", "j"), " of that colour. Row ", Math("i", "i"),
+        " reads at most one of those entries, so the sum has at most "
         "one nonzero term: it is exactly ", Math("J_{ij}", "J_ij"), " for that column, and "
         "nothing collides. Each ", ju, " is a forward-mode product, taken on "
         "the recorded graph by differentiating twice: ",
