@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import vjp_magic
 
@@ -64,6 +66,20 @@ def test_dependency_of_a_distance_matrix_is_the_diagonal():
     d = vjp_magic.dependency(y, x, 0, 0, seed=0)
     assert d.pattern.tolist() == torch.eye(3, dtype=torch.bool).tolist()
     assert d.kind != "lower-triangular"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "dependency(losses, x) of a prototype network (logits = -cdist(enc(x), prototypes)) "
+    "says loss[1] reads x[0] and not x[1] (a leak across the batch that is not there): "
+    "the grouped probes' vmapped passes through _cdist_backward, unchecked"))
+def test_dependency_of_a_prototype_networks_losses_is_per_sample():
+    torch.manual_seed(0)
+    enc, prototypes = nn.Linear(4, 3), torch.randn(3, 3)
+    x = torch.randn(2, 4, requires_grad=True)
+    losses = F.cross_entropy(-torch.cdist(enc(x), prototypes), torch.tensor([0, 2]),
+                             reduction="none")
+    d = vjp_magic.dependency(losses, x, 0, 0, seed=0)
+    assert d.pattern.tolist() == [[True, False], [False, True]]
 
 
 # -- 2. a backward without double backward that raises NotImplementedError ------------------
