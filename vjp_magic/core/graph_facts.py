@@ -124,7 +124,7 @@ def one_function(root, item) -> bool:
         constants = [k for k, (n, _) in enumerate(node.next_functions) if n not in reach]
         if constants and not _shared_operands(node, kind, constants, along[node]):
             return False
-        if kind not in _SHARED_FACTOR and not _saved_shared(node, along[node]):
+        if kind not in _SHARED_FACTOR and not _saved_shared(node, along[node], reach):
             return False
     return True
 
@@ -223,14 +223,19 @@ def _saved(node, attribute: str):
     return getattr(node, attribute)
 
 
-def _saved_shared(node, along) -> bool:
+def _saved_shared(node, along, reach: dict) -> bool:
     """Every tensor the node saved is a value of the graph (it requires grad), or one number
     along the points (``along``: :func:`_same_along`): a mask, a condition, a detached value
-    may differ per point."""
+    may differ per point. One freed by a backward is known only where it was a value of the
+    graph (:func:`_graph_value`)."""
     for attribute in saved_attributes(node)[0]:
         try:
             value = _saved(node, attribute)
-        except (RuntimeError, _Hooked):  # (freed, or a hook would make it): not known
+        except _Hooked:  # (a hook would make it): not known
+            return False
+        except RuntimeError:  # (freed by a backward)
+            if _graph_value(node, attribute, reach):
+                continue
             return False
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:
@@ -238,6 +243,21 @@ def _saved_shared(node, along) -> bool:
                     and not _same_along(v.detach(), along):
                 return False
     return True
+
+
+_OPERANDS = {"_saved_self": 0, "_saved_other": 1}  # saved operand → its edge's position
+
+
+def _graph_value(node, attribute: str, reach: dict) -> bool:
+    """Whether the saved ``attribute`` of ``node`` (a node the input reaches), freed by a
+    backward, was a value of the graph computed from the input, so required grad: the node's
+    own output (``result``), or its operand ``self`` / ``other`` whose edge the input reaches
+    (``x ** 2`` after ``y.backward(v)``: its ``self`` is x). Anything else: not known."""
+    if attribute == "_saved_result":
+        return True
+    position = _OPERANDS.get(attribute)
+    edges = node.next_functions
+    return position is not None and position < len(edges) and edges[position][0] in reach
 
 
 def _all_equal(tensor: torch.Tensor) -> bool:
