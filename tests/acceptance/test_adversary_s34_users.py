@@ -519,3 +519,43 @@ def test_asked_digits_are_shown_or_the_cut_is_said(ip, run_vjp):
     assert "2.675555e+09" in plain(run_vjp(body, "-p 7 --full-matrix"))  # it can show them
     text = plain(run_vjp(body, "-p 7"))
     assert "2.675555e+09" in text or "--full-matrix" in text, text[-300:]
+
+
+# -- several inputs: the verdict does not hang on which line binds first ---------------------------
+W_FIRST = """w = torch.tensor([3., 5.], requires_grad=True)
+x = torch.tensor([1., 2.], requires_grad=True)
+y = w * x**2
+ans = ((2 * x * w).detach(), (x**2).detach())  # (dy/dx, dy/dw), as autograd.grad(y, [x, w])"""
+
+
+@pytest.mark.xfail(strict=True, reason="a right answer per input, (dy/dx, dy/dw), is graded '✗ not "
+                   "the derivatives: ans['w'] has the right shape but is not ...' when the cell "
+                   "binds w on the line before x (the same answer is ✓ with x bound first): 'in "
+                   "order' is the cell's binding order, and a tuple is hinted as ans['w']")
+def test_a_tuple_answer_is_not_failed_for_the_cells_binding_order(run_vjp):
+    r = run_vjp(W_FIRST, "--check ans")
+    # mathematics: dy/dx = 2xw = [6, 20], dy/dw = x**2 = [1, 4]: ans holds them, in that order
+    torch.testing.assert_close(r.derivatives["x"], torch.tensor([6.0, 20.0]))
+    torch.testing.assert_close(r.derivatives["w"], torch.tensor([1.0, 4.0]))
+    assert r.check.correct or "order" in r.check.hint, r.check.hint
+    assert "ans['w']" not in r.check.hint
+
+
+def test_a_tuple_answer_in_the_cells_binding_order_is_correct(run_vjp):
+    r = run_vjp(W_FIRST.replace("w = torch.tensor([3., 5.], requires_grad=True)\nx = torch."
+                                "tensor([1., 2.], requires_grad=True)",
+                                "x = torch.tensor([1., 2.], requires_grad=True)\nw = torch."
+                                "tensor([3., 5.], requires_grad=True)"), "--check ans")
+    assert r.check.correct
+
+
+@pytest.mark.xfail(strict=True, reason="--against g with def g(a, b): return a**2 * b, the "
+                   "student's y = w * x**2 with w bound first: g is called g(w, x) (the cell's "
+                   "binding order) and the right y is graded '✗ the output is not the exercise's "
+                   "f: Your y differs from g(w, x)'; y equals g(x, w)")
+def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_order(ip, run_ok,
+                                                                                   run_vjp):
+    run_ok("def g(a, b):\n    return a**2 * b")
+    r = run_vjp(W_FIRST, "--check ans --against g")
+    assert torch.equal(r.output, ip.user_ns["g"](ip.user_ns["x"], ip.user_ns["w"]))
+    assert r.check.kind != "output-differs", r.check.hint
