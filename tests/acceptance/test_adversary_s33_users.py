@@ -376,10 +376,8 @@ def test_each_code_block_of_a_batch_of_one_runs_after_the_other(ip, run_ok, run_
         assert result.success, (code, result.error_in_exec)
 
 
-@pytest.mark.xfail(strict=True, reason="a batch of 1: the batch axis of losses (size 1) is paired "
-                   "as a points axis with a parameter's size-1 axis (out_features = 1), so "
-                   "r.derivatives['model.2.weight'] is (1, 4) and model.2.bias (1,), where "
-                   "every other parameter (and any batch > 1) gets (B,) + p.shape")
+# Was a strict xfail (s33 G10): the batch axis of one paired with a parameter's size-1 axis;
+# size-1 axes pair only where the graph carries them (core/axisflow, axisrules/shape).
 def test_a_batch_of_one_keeps_the_per_sample_shapes(ip, run_ok, run_vjp):
     run_ok(ONE)
     r = run_vjp("losses = model(xb).squeeze(1)**2", "--wrt model")

@@ -49,15 +49,20 @@ class GraphProof:
     limitation: str | None = None  # what this PyTorch kept from being proved, in a sentence
 
     def pairing(self, out_shape, in_shape) -> Pairing:
-        """Proved (output axis, input axis) pairs of equal size, plus the size-1 pairs."""
+        """Proved (output axis, input axis) pairs of equal size; of the size-1 axes, those
+        the graph carries where it is exact (the same cell at a batch of 2 pairs those), else
+        every size-1 pair (any holds: a 1 × 1 block)."""
         if not self.carries and 1 not in out_shape and 1 not in in_shape:
             return Pairing()  # (nothing proved, no size-1 axes: no pair)
         pairs = Pairing((a, c[0]) for a, c in self.carries.items()
-                        if len(c) == 1 and out_shape[a] == in_shape[c[0]] > 1)
+                        if len(c) == 1 and out_shape[a] == in_shape[c[0]]
+                        and (out_shape[a] > 1 or self.exact))
         used = pairs.in_axes
         pairs = Pairing(p for p in pairs if used.count(p.in_) == 1)
-        out_ones = [a for a, n in enumerate(out_shape) if n == 1]
-        in_ones = [b for b, n in enumerate(in_shape) if n == 1]
+        if self.exact:
+            return pairs.sorted()
+        out_ones = [a for a, n in enumerate(out_shape) if n == 1 and a not in pairs.out_axes]
+        in_ones = [b for b, n in enumerate(in_shape) if n == 1 and b not in pairs.in_axes]
         return (pairs + zip(out_ones, in_ones)).sorted()
 
 
@@ -65,7 +70,7 @@ class GraphProof:
 def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     """The axis maps from ``tensor`` (a leaf or an intermediate) to ``output``."""
     shape = tuple(tensor.shape)
-    identity = Flow(shape, {b: (b,) for b, n in enumerate(shape) if n > 1})
+    identity = Flow(shape, {b: (b,) for b in range(len(shape))})
     if output is tensor:
         return GraphProof(True, identity.carries, True)
     if output.grad_fn is None:
@@ -208,10 +213,16 @@ def _shapes_and_bytes(node) -> tuple[list[tuple[int, ...]] | None, int]:
 
 
 def _normalised(flow: Flow, in_shape: tuple[int, ...]) -> Flow:
-    """Drop carries of size-1 tensor axes and size-1 input axes (their index is always 0)."""
+    """Drop carries of size-1 input axes (their index is always 0) from those of larger
+    tensor axes; a size-1 tensor axis keeps only one size-1 input axis (a batch of one: which
+    size-1 axes pair, as they would at a larger size)."""
     carries = {}
     for axis, carry in flow.carries.items():
-        if axis >= len(flow.shape) or flow.shape[axis] == 1:
+        if axis >= len(flow.shape):
+            continue
+        if flow.shape[axis] == 1:
+            if len(carry) == 1 and in_shape[carry[0]] == 1:
+                carries[axis] = carry
             continue
         kept = tuple(b for b in carry if in_shape[b] > 1)
         if kept:

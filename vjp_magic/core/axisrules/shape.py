@@ -10,7 +10,26 @@ def reshape(node, inputs, shapes, x_shape):
     (flow,) = [f for f in inputs if f is not None][:1]
     out = shapes[0]
     carries, exact = _reshape_carries(flow, out, x_shape)
+    carries.update(_unit_carries(node, flow, out))
     return [Flow(out, carries, flow.exact and exact)]
+
+
+def _unit_carries(node, flow: Flow, out) -> AxisMap:
+    """The carries of the size-1 axes (a batch of one): those a squeeze or unsqueeze names
+    drop out or come in, the others keep their order. Any pairing of size-1 axes holds (a
+    1 × 1 block), so where a view does not say which size-1 axis went where, the order is the
+    guess; it decides the shape of the derivatives only, as at a larger size."""
+    ones_in = [a for a, n in enumerate(flow.shape) if n == 1]
+    ones_out = [a for a, n in enumerate(out) if n == 1]
+    dims = getattr(node, "_saved_dim", None)
+    if dims is not None:
+        dims = {dims} if isinstance(dims, int) else set(dims)
+        if base_name(node) == "Squeeze":
+            ones_in = [a for a in ones_in if a not in {to_axis(d, len(flow.shape))
+                                                       for d in dims}]
+        elif base_name(node) == "Unsqueeze":
+            ones_out = [a for a in ones_out if a not in {to_axis(d, len(out)) for d in dims}]
+    return {b: flow.carries[a] for a, b in zip(ones_in, ones_out) if a in flow.carries}
 
 
 def _blocks(a_shape, b_shape):
