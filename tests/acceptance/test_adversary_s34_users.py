@@ -559,3 +559,24 @@ def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_orde
     r = run_vjp(W_FIRST, "--check ans --against g")
     assert torch.equal(r.output, ip.user_ns["g"](ip.user_ns["x"], ip.user_ns["w"]))
     assert r.check.kind != "output-differs", r.check.hint
+
+
+# -- a coached mistake fits the projector as every other display does -----------------------------
+@pytest.mark.xfail(strict=True, reason="the cell's own backward mistakes, coached: PyTorch's "
+                   "error, 'Why', 'Corrected' (a loop) and then the display with its own near-identical "
+                   "loop: 830 px (wrong gradient on stack([-x**3, 5*x])), 890 px (Y.backward("
+                   "torch.ones(3)) on a 3 × 4 Y), 684 px (backward twice) by render/budget.height, "
+                   "over its DISPLAY_HEIGHT of 647: the coaching section is not fitted")
+@pytest.mark.parametrize("body", [
+    "x = torch.linspace(0, 2, 3, requires_grad=True)\ny = torch.stack([-x**3, 5*x])\n"
+    "y.backward(torch.ones(3))",
+    "X = torch.ones(3, 2, requires_grad=True)\nY = X @ torch.ones(2, 4)\nY.backward(torch.ones(3))",
+    "x = torch.tensor([1., 2.], requires_grad=True)\ny = (x**2).sum()\ny.backward()\ny.backward()",
+], ids=["wrong-gradient", "matrix-wrong-gradient", "backward-twice"])
+def test_a_coached_mistake_fits_one_screen(run_vjp, body):
+    from vjp_magic.render.budget import height
+    from vjp_magic.render.options import DISPLAY_HEIGHT
+
+    r = run_vjp(body)
+    assert "Corrected" in plain(r)  # coached
+    assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
