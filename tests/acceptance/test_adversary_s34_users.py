@@ -562,11 +562,12 @@ def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_orde
 
 
 # -- a coached mistake fits the projector as every other display does -----------------------------
-@pytest.mark.xfail(strict=True, reason="the cell's own backward mistakes, coached: PyTorch's "
-                   "error, 'Why', 'Corrected' (a loop) and then the display with its own "
-                   "near-identical loop: 830 px (wrong gradient on stack([-x**3, 5*x])), 890 px "
-                   "(Y.backward(torch.ones(3)) on a 3 × 4 Y), 684 px (backward twice) by render/budget.height, "
-                   "over its DISPLAY_HEIGHT of 647: the coaching section is not fitted")
+@pytest.mark.xfail(strict=True, reason="the cell's own backward mistakes, coached: "
+                   "PyTorch's error, 'Why', 'Corrected' (a loop), then the display with its own "
+                   "near-identical loop: 830 px (wrong gradient on stack([-x**3, 5*x])), "
+                   "890 px (Y.backward(torch.ones(3)) on a 3 × 4 Y), 684 px (backward twice) "
+                   "by render/budget.height, over its DISPLAY_HEIGHT of 647: the coaching "
+                   "section is not fitted")
 @pytest.mark.parametrize("body", [
     "x = torch.linspace(0, 2, 3, requires_grad=True)\ny = torch.stack([-x**3, 5*x])\n"
     "y.backward(torch.ones(3))",
