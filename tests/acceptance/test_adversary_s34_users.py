@@ -394,12 +394,6 @@ y.backward(v)
 x.grad"""
 
 
-@pytest.mark.xfail(strict=True, reason="the tutorial's own cell for x**2 at 5 points (with its "
-                   "y.backward(v)) reads 'y = F(x) acts on 5 points x^(i) one by one ... D_x' and "
-                   "'∂y/∂x', where the same x**2 without the backward reads 'applies one function "
-                   "f' and f'(x^(i)) (DESIGN's 'f applied at 5 points'); PowBackward0 keeps its "
-                   "exponent (2) after backward: no freed value is needed to prove one f "
-                   "(render/graph_facts.one_function)")
 def test_the_tutorials_points_cell_with_its_backward_says_one_function_f(run_vjp):
     r = run_vjp(TUTORIAL_POINTS)
     assert r.derivatives["x"].tolist() == [-4.0, -2.0, 0.0, 2.0, 4.0]  # the tutorial's numbers

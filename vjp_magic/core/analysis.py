@@ -106,9 +106,9 @@ def _result(context: Context, named, proofs, accepted) -> VJPResult:
     accepted = {name: (c, d if name in ordinary  # known finite: no NaN to fill
                        else _nan_filled(context, named[name], c, d))
                 for name, (c, d) in accepted.items()}
-    results = {name: _input_result(name, named[name], proofs[name], *accepted[name],
-                                   rejected=context.rejected.get(name, ()),
-                                   sparse=context.sparse.taken.get(name))
+    results = {name: input_result(name, named[name], proofs[name], *accepted[name],
+                                  rejected=context.rejected.get(name, ()),
+                                  sparse=context.sparse.taken.get(name))
                for name in named}
     result = VJPResult(output=context.output, output_name=context.output_name, inputs=results,
                        full=context.full, memory_budget=context.budget, seed=probes.seed)
@@ -196,8 +196,10 @@ def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torc
             if name in agreed}
 
 
-def _input_result(name, tensor, proof, candidate: Candidate, derivatives,
-                  rejected=(), sparse=None) -> InputResult:
+def input_result(name, tensor, proof, candidate: Candidate, derivatives,
+                 rejected=(), sparse=None) -> InputResult:
+    """One input's result from its graph proof and accepted candidate: the one owner of
+    these fields (also for the per-sample result built directly, ``run.persample``)."""
     return InputResult(name=name, tensor=tensor, pairing=candidate.pairing,
                        derivatives=derivatives, unused=not proof.depends,
                        evidence=Evidence.PROVED if candidate.proved else Evidence.OBSERVED,

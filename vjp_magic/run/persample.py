@@ -189,7 +189,7 @@ def accepted_result(graph, given, output_name: str,
         return None
     remember_seconds(pass_key(output, named.values(), 0), probes.seconds)
     taken = Candidate(Pairing(), True)  # as the analysis takes a given Jacobian it accepts
-    inputs = {name: analysis._input_result(name, t, proofs[name], taken, jacobians[name])
+    inputs = {name: analysis.input_result(name, t, proofs[name], taken, jacobians[name])
               for name, t in named.items()}  # (one owner of an input's fields)
     return VJPResult(output=output, output_name=output_name, inputs=inputs, full=False,
                      memory_budget=budget, seed=probes.seed)
