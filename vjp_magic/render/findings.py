@@ -49,13 +49,14 @@ def shared_verdict(result, name: str) -> Dependency | None:
     """How the output reads ``name`` along the axes they share, the most telling of them
     (:data:`_PREFERENCE`), for a full Jacobian (None: points, a scalar, no shared axis).
     Along axes of unequal sizes (finite differences, a stencil without padding) only a
-    verdict that finds structure counts: "dense" there is what the headline says anyway."""
+    verdict in offsets from y[t] ← x[t] counts (:data:`_BY_OFFSET`): "dense" is what the
+    headline says anyway, and "other entries than x[t]" means nothing for a stride."""
     item = result.inputs[name]
     if item.unused or item.has_points or result.output.dim() == 0:
         return None
     pairs, equal = _shared_axes(result, name)
     verdicts = [d for d in (_read(result, name, a, b) for a, b in pairs)
-                if d is not None and (equal or d.kind != Kind.DENSE)]
+                if d is not None and (equal or d.kind in _BY_OFFSET)]
     verdicts.sort(key=lambda dep: _PREFERENCE[dep.kind])
     return verdicts[0] if verdicts else None
 
@@ -66,6 +67,10 @@ _PREFERENCE = {Kind.LOWER_TRIANGULAR: 0, Kind.UPPER_TRIANGULAR: 0, Kind.BAND: 0,
                Kind.BLOCK_DIAGONAL: 0, Kind.BLOCK_LOWER_TRIANGULAR: 0,
                Kind.PERIODIC_BAND: 0, Kind.SPARSE: 0,
                Kind.INDEPENDENT: 1, Kind.DENSE: 2}
+
+
+_BY_OFFSET = {Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR, Kind.BAND, Kind.PERIODIC_BAND,
+              Kind.INDEPENDENT}  # the verdicts said as y[t] ← x[t ± k]
 
 
 def _broken(result, name: str) -> Dependency | None:
@@ -92,9 +97,10 @@ def _read(result, name: str, a: int, b: int) -> Dependency | None:
 
 def _shared_axes(result, name: str) -> tuple[list[tuple[int, int]], bool]:
     """The output and input axes the shapes would pair first (equal sizes over 1), and True;
-    else, where both have as many axes, those in order whose sizes differ by at most a
-    quarter (y[t] and x[t] on one line: ``x[1:] - x[:-1]``, a convolution without padding),
-    and False."""
+    else, where both have as many axes, those in order whose sizes differ by a quarter at
+    most (y[t] and x[t] on one line: ``x[1:] - x[:-1]``, a convolution without padding; not
+    a stride, nor the tutorial's two sums of x's four entries, whose zero derivative at
+    x[0] = 0 would read as a triangle), and False."""
     out, shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
     proposals = structure.candidate_pairings(out, shape, 1)
     pairs = [(a, b) for a, b in (proposals[0] if proposals else ()) if shape[b] > 1]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import torch
+
 from . import notation
 from .codegen import CELL_NAMES, expression, output_symbol
 from .budget import fit_of, remembered
@@ -117,7 +119,32 @@ def headline(h, name: str) -> Paragraph:
             spans += [Text(", diagonal")]
     if lead and isinstance(spans[0], Text):
         spans[0] = Text(spans[0].text[:1].lower() + spans[0].text[1:])
-    return Paragraph(tuple(lead + spans + _evidence(item, name, h) + [Text(".")]))
+    return Paragraph(tuple(lead + spans + _evidence(item, name, h) + [Text(".")]
+                           + _band_at_this_x(h, name)))
+
+
+_BANDS = {0: "diagonal", 1: "tridiagonal", 2: "pentadiagonal"}
+
+
+def _band_at_this_x(h, name: str) -> list:
+    """`` At this x it is tridiagonal: …``: the band one dense Hessian's nonzeros keep to
+    (read off its values, so at this x; where the graph proves no such structure), as the
+    compressed path names a proved one at a larger size; nothing where the band is not
+    narrow (at least two diagonals of zeros beside it) or the headline says diagonal."""
+    item = h.inputs[name]
+    m = item.tensor.numel()
+    if (item.has_points or item.sparse is not None or math.prod(h.component_shape(name)) != 1
+            or m < 3 or diagonal(h, name) or item.derivatives.layout != torch.strided):
+        return []
+    rows, cols = (item.derivatives.reshape(m, m) != 0).nonzero(as_tuple=True)
+    width = int((rows - cols).abs().max()) if rows.numel() else 0
+    if m < 2 * width + 3:
+        return []
+    kind = _BANDS.get(width, f"banded ({2 * width + 1} diagonals)")
+    where = [Text("on the diagonal.")] if width == 0 else [
+        Text("where "), Math(rf"\lvert i - j \rvert \le {width}", f"|i − j| ≤ {width}"), Text(".")]
+    return [Text(" At this "), notation.prose_name(name),
+            Text(f" it is {kind}: its nonzero entries lie "), *where]
 
 
 def diagonal(h, name: str) -> bool:

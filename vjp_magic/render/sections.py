@@ -184,6 +184,12 @@ def _what(result, name: str) -> list:
                             "default)")]
         if item.per_point_numel() == 1:
             return [y, Text(f" has {count:,} entries, each a function of the one variable "), x]
+        few = _nonzeros_a_row(result, name)
+        if few is not None:  # the values show it at this x, whatever the line beneath says
+            return [y, Text(f" has {count:,} entries, each with at most "
+                            f"{plural(few, 'nonzero derivative')} at this "), x,
+                    Text(f" (of {item.tensor.numel():,}): one gradient each, the rows of the "
+                         "Jacobian")]
         if _structured(result, name):  # (the line beneath says which entries each reads)
             return [y, Text(f" has {count:,} entries: one gradient each, the rows of the "
                             "Jacobian")]
@@ -206,6 +212,18 @@ def _what(result, name: str) -> list:
     if count > 1:
         spans = [Text(f"{count:,} functions "), _m(f"{f}_k")]
     return [big, Text(" applies "), *spans, Text(f" at {points} "), notation.point(name)]
+
+
+def _nonzeros_a_row(result, name: str) -> int | None:
+    """The most nonzero derivatives one entry of the output has, where that is at most half
+    the input's entries (a full Jacobian whose rows are sparse at this x: a reordering, a
+    stride, a stencil); else None ("each may use every entry")."""
+    item = result.inputs[name]
+    d, n = item.derivatives, item.tensor.numel()
+    if d.layout != torch.strided or n < 2 or d.numel() != result.output.numel() * n:
+        return None
+    most = int((d.reshape(-1, n) != 0).sum(1).max()) if d.numel() else 0
+    return most if 2 * most <= n else None
 
 
 def _structured(result, name: str) -> bool:
