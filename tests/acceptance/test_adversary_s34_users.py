@@ -207,10 +207,7 @@ def test_a_components_row_is_labelled_with_its_own_entries(run_vjp, body, row):
     assert f"y[:, 0] {row}" in line or "y_1" in line, line
 
 
-@pytest.mark.xfail(strict=True, reason="%hessian of sum(x**4) + sum(x[1:] * x[:-1]): at N = 30 "
-                   "and 100 'The 30 × 30 Hessian of s ..., symmetric (proved for every x)' and "
-                   "nothing of its band; at N = 3,000 'The Hessian is tridiagonal' (the sparse "
-                   "path starts at 2,048 entries); a diagonal one is called diagonal at N = 3")
+# Was a strict xfail (s34 G13): fixed in render/hessian._band_at_this_x (band read off the values).
 def test_a_tridiagonal_hessian_is_called_tridiagonal_at_30_points(ip, run_ok):
     run_ok("x = torch.linspace(-1, 1, 30, requires_grad=True)\n"
            "s = (x**4).sum() + (x[1:] * x[:-1]).sum()")
@@ -405,9 +402,7 @@ def test_the_tutorials_points_cell_without_backward_says_one_function_f(run_vjp)
     assert "one function f at 5 points" in plain(r)
 
 
-@pytest.mark.xfail(strict=True, reason="--check x.grad where one backward in the cell adds to an "
-                   "earlier cell's: 'x.grad is the sum of 1 backward calls (lines 2) and what it "
-                   "held before this cell'")
+# Was a strict xfail (s34 G13): fixed in teach/grading_hints._calls (1 backward call (line 2)).
 def test_one_backward_over_an_earlier_grad_is_said_in_the_singular(ip, run_ok, run_vjp):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = (x**2).sum()\ny.backward()")
     r = run_vjp("y = (x**2).sum()\ny.backward()", "--check x.grad")
@@ -476,9 +471,7 @@ def test_a_transposed_elementwise_map_is_not_called_block_diagonal(run_vjp):
     assert "block-diagonal" not in text, text[:400]
 
 
-@pytest.mark.xfail(strict=True, reason="the same reordering at N = 30 (y 30 × 2 from x of 60): 'y "
-                   "has 60 entries, each may use every entry of x', and nothing of the one entry "
-                   "each reads, where the N = 3,000 display proves 'at most 1 a row'")
+# Was a strict xfail (s34 G13): fixed in render/sections._nonzeros_a_row (at most k nonzero a row).
 def test_a_small_transposed_elementwise_map_is_not_called_dense(run_vjp):
     r = run_vjp("x = torch.linspace(-1, 1, 60, requires_grad=True)\n"
                 "y = torch.sin(x).view(2, 30).T")
@@ -486,10 +479,7 @@ def test_a_small_transposed_elementwise_map_is_not_called_dense(run_vjp):
     assert "each may use every entry of x" not in plain(r), plain(r)[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="other shapes of the finite-differences finding: x[::2], "
-                   "x.repeat_interleave(2), a valid conv1d of width 5 at N = 10 still read 'y has "
-                   "5/20/6 entries, each may use every entry of x' (sizes further apart than a "
-                   "quarter), where N = 3,000 says 'sparse, at most 1 nonzero a row' / 'banded'")
+# Was a strict xfail (s34 G13): fixed in render/sections._nonzeros_a_row (at most k nonzero a row).
 @pytest.mark.parametrize("expression", [
     "x[::2] ** 2", "x.repeat_interleave(2) ** 2",
     "torch.nn.functional.conv1d(x.view(1, 1, -1), torch.ones(1, 1, 5)).view(-1) ** 2",
