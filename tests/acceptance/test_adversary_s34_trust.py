@@ -47,20 +47,12 @@ def test_differentiate_of_a_distance_matrix_is_right():
     torch.testing.assert_close(r.jacobian("x"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian(cdist(x, c), x) at seed 0 is all zeros: the exact fallback "
-    "(core/sparse_exact.exact_csr -> component_vjps) trusts vmapped backward passes, and "
-    "PyTorch's batching of _cdist_backward gives every vector the first one's answer"))
 def test_sparse_jacobian_of_a_distance_matrix_is_right():
     x, y, expected = _distance_case()
     got = vjp_magic.sparse_jacobian(y, x, seed=0).to_dense()
     torch.testing.assert_close(got, expected.reshape(6, 6))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dependency(cdist(x, c), x) says every y[i] reads x[0] only ('lower-triangular', "
-    "witness y[1] <- x[0]); y[i] reads x[i] only: the grouped probes are vmapped backward "
-    "passes, unchecked, and PyTorch batches _cdist_backward wrongly"))
 def test_dependency_of_a_distance_matrix_is_the_diagonal():
     x, y, expected = _distance_case()
     d = vjp_magic.dependency(y, x, 0, 0, seed=0)
@@ -68,10 +60,6 @@ def test_dependency_of_a_distance_matrix_is_the_diagonal():
     assert d.kind != "lower-triangular"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dependency(losses, x) of a prototype network (logits = -cdist(enc(x), prototypes)) "
-    "says loss[1] reads x[0] and not x[1] (a leak across the batch that is not there): "
-    "the grouped probes' vmapped passes through _cdist_backward, unchecked"))
 def test_dependency_of_a_prototype_networks_losses_is_per_sample():
     torch.manual_seed(0)
     enc, prototypes = nn.Linear(4, 3), torch.randn(3, 3)
@@ -84,11 +72,6 @@ def test_dependency_of_a_prototype_networks_losses_is_per_sample():
 
 # -- 2. a backward without double backward that raises NotImplementedError ------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian(cdist(x, c), x) at seed 2 raises torch's NotImplementedError "
-    "('the derivative for _cdist_backward is not implemented') from the column-observed "
-    "pattern (core/column_passes.observed_columns: transpose_operator's g has a "
-    "CdistBackwardBackward0 node; only RuntimeError and once_differentiable are looked for)"))
 def test_sparse_jacobian_of_a_distance_matrix_does_not_crash():
     x, y, expected = _distance_case()
     got = vjp_magic.sparse_jacobian(y, x, seed=2).to_dense()
@@ -97,10 +80,6 @@ def test_sparse_jacobian_of_a_distance_matrix_does_not_crash():
 
 # -- 3. every column of J dense ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sparse_jacobian raises 'cannot reshape tensor of 0 elements' where the sampled rows "
-    "call every column of J dense: core/column_passes.observed_columns hands "
-    "observed_pattern an empty g (kept is empty) and pattern._group_probes reshapes m = 0"))
 def test_sparse_jacobian_where_every_column_is_dense():
     m = torch.randn(3, 3, generator=_generator(0))
     x = torch.randn(4, 3, generator=_generator(0)).requires_grad_()

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from .colouring import colour_columns, colour_count
-from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .checked_batches import checked_batch
+from .derivatives import chunk_size, plain_vjp
+from .double_backward import MISSING, lacks_double_backward
 from .pairing import Evidence
 from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import probe_generator
@@ -202,17 +204,23 @@ def observed_columns(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     keep = torch.ones(n, dtype=torch.bool)
     keep[dense] = False
     kept = keep.nonzero().squeeze(1)
-    found = observed_pattern(g.reshape(-1)[kept.to(g.device)], v, budget, seed, max_probes)
-    if found is None:
+    try:  # every pass below goes through the double backward
+        found = observed_pattern(g.reshape(-1)[kept.to(g.device)], v, budget, seed,
+                                 max_probes)
+        if found is None:
+            return None
+        pairs = [(kept[torch.repeat_interleave(torch.arange(len(kept)), found.crow.diff())],
+                  found.col)]  # (column of J, row of J) of each nonzero
+        for j in dense.tolist():
+            u = torch.zeros(n, dtype=g.dtype, device=g.device)
+            u[j] = 1
+            (column,) = guarded_grad(g.reshape(-1), v, u, retain_graph=True)
+            read = column.detach().reshape(-1).ne(0).nonzero().squeeze(1).cpu()
+            pairs.append((torch.full_like(read, j), read))
+    except MISSING as error:  # an op without double backward met on the way
+        if not lacks_double_backward(error):
+            raise
         return None
-    pairs = [(kept[torch.repeat_interleave(torch.arange(len(kept)), found.crow.diff())],
-              found.col)]  # (column of J, row of J) of each nonzero
-    for j in dense.tolist():
-        u = torch.zeros(n, dtype=g.dtype, device=g.device)
-        u[j] = 1
-        (column,) = guarded_grad(g.reshape(-1), v, u, retain_graph=True)
-        read = column.detach().reshape(-1).ne(0).nonzero().squeeze(1).cpu()
-        pairs.append((torch.full_like(read, j), read))
     cols, rows = (torch.cat(part) for part in zip(*pairs))
     order = np.lexsort((cols.numpy(), rows.numpy()))
     crow = torch.zeros(m + 1, dtype=torch.int64)
@@ -254,7 +262,9 @@ def transpose_operator(flat: torch.Tensor, x: torch.Tensor):
     try:
         (g,) = guarded_grad(flat, x, v, retain_graph=True, create_graph=True,
                             allow_unused=True)
-    except RuntimeError:
+    except MISSING as error:
+        if not lacks_double_backward(error):
+            raise
         return None
     if g is None or g.grad_fn is None:
         return None, v
@@ -284,9 +294,11 @@ def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
             limit = chunk_size(g, [v], budget)
             for first in range(0, count, limit):
                 stop = min(count, first + limit)
-                (jv,) = vjp_batch(g, [v], tangents(x, colours, first, stop))
+                (jv,) = checked_batch(g, [v], tangents(x, colours, first, stop))
                 rows.append(jv.detach().reshape(stop - first, -1))
-    except RuntimeError:  # once_differentiable, or a backward that is not differentiable
+    except MISSING as error:  # once_differentiable, an op without double backward …
+        if not lacks_double_backward(error):
+            raise
         return None
     return torch.cat(rows) if rows else flat.new_zeros(0, flat.numel()).detach()
 

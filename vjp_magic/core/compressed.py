@@ -3,7 +3,8 @@ torch sparse CSR Jacobian, then checked by independent random probes.
 
 v = 1 on the output entries of one colour (:mod:`.colouring`) gives vᵀJ whose entry j is
 J[i, j] for the one row i of that colour that reads j (:mod:`.pattern`). The passes are
-batched as the component VJPs are (:func:`.derivatives.vjp_batch`). The result is then
+batched as the component VJPs are, each vectorised batch checked
+(:func:`.checked_batches.checked_batch`). The result is then
 checked as a structure is (:mod:`.probes`): full random probes v (the run's seed, the count
 of :func:`.probes.probe_plan`), vᵀJ from autograd (the first from a plain backward) against
 vᵀ·J_sparse, each input entry judged against |v|ᵀ|J_sparse| times the probe tolerance. A
@@ -22,7 +23,8 @@ import torch
 from .colouring import colour_count, row_colouring
 from .column_passes import (computed_by_columns, dense_columns, observed_columns)
 from .couplings import csr_inside, outside_entries
-from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .checked_batches import checked_batch
+from .derivatives import chunk_size, plain_vjp
 from .errors import ObservedPatternWarning, VJPUsageError, refuse_meta
 from .memory import gb, resolve_budget
 from .pairing import Evidence
@@ -296,7 +298,7 @@ def _passes(flat, x, colours: torch.Tensor, count: int, budget: int) -> torch.Te
     for start in range(0, count, limit):
         ids = torch.arange(start, min(count, start + limit), device=flat.device)
         v = (colours[None, :] == ids[:, None]).to(flat.dtype)
-        (g,) = vjp_batch(flat, [x], v)
+        (g,) = checked_batch(flat, [x], v)
         passes.append(g.detach().reshape(len(ids), -1))
     return torch.cat(passes)
 

@@ -30,7 +30,8 @@ from typing import NamedTuple
 import torch
 
 from .column_passes import jvps, observed_columns
-from .derivatives import chunk_size, plain_vjp, vjp_batch
+from .checked_batches import checked_batch
+from .derivatives import chunk_size, plain_vjp
 from .indexmaps import proved_pattern
 from .pairing import Pairing
 from .pattern import observed_pattern
@@ -203,7 +204,7 @@ def _by_points(output, x, out_key, in_key, seed: int) -> int | None:
     words = weight_sets(max(points, 2), length, weight).to(flat.device)  # L × points
     values = set_probe_values(flat, seed, "couplings-points")
     sets = words[:, :m] if _identity(rows, points) else words[:, rows.to(flat.device)]
-    (g,) = vjp_batch(flat, [x], values * sets)  # one batched backward, L vectors
+    (g,) = checked_batch(flat, [x], values * sets)  # one batched backward, L vectors
     mine = words[:, :n] if _identity(cols, points) else words[:, cols.to(flat.device)]
     g = g.detach().reshape(length, -1).masked_fill(mine, 0)  # read off their own points
     if bool(g.ne(0).any()):  # a coupling, or NaN or ±inf: not clean
@@ -246,7 +247,7 @@ def _by_colours(output, x, matrix: torch.Tensor, seed: int) -> int | None:
     for first in range(0, len(sets), per):
         chosen = torch.arange(first, min(len(sets), first + per))
         probes = (sets[chosen][:, None, :] & words[None]).reshape(-1, m)
-        (g,) = vjp_batch(flat, [x], probes.to(device=flat.device, dtype=flat.dtype) * values)
+        (g,) = checked_batch(flat, [x], probes.to(device=flat.device, dtype=flat.dtype) * values)
         blocked = torch.zeros(len(chosen), length, n, dtype=torch.bool)
         mine = (colour[r] >= first) & (colour[r] < first + len(chosen))
         rows, cols = r[mine], c[mine]

@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 
 from . import setdecode
-from .derivatives import CHUNK_SECONDS, chunk_size, vjp_batch
+from .checked_batches import checked_batch
+from .derivatives import CHUNK_SECONDS, Batching, chunk_size
 from .indexmaps import proved_pattern
 from .probes import probe_generator, set_probe_values
 from .torch_api import TorchError, torch_error
@@ -204,6 +205,7 @@ class SetProber:
         self.unknown = torch.zeros(x.shape[b], dtype=torch.bool)
         self.step, self.seconds, self.smallest = 2, 0.0, float("inf")
         self.track_smallest = False  # the smallest |vᵀJ| (costs a pass over each answer)
+        self.batching = Batching()  # every vectorised pass checked; one that fails: plain
 
     def seconds_per_vector(self) -> float:
         """Measured seconds per probe so far (0 before any)."""
@@ -229,7 +231,8 @@ class SetProber:
         while start < len(sets):  # calls of about CHUNK_SECONDS each: Ctrl-C gets through
             part = sets[start:start + max(1, min(self.limit, self.step))]
             began = time.perf_counter()
-            (g,) = vjp_batch(self.output, [self.x], self.vectors(part), batched=batched)
+            (g,) = checked_batch(self.output, [self.x], self.vectors(part), batched=batched,
+                                 log=self.batching)
             hit, bad = _read(g, 1 + self.b)
             if self.track_smallest:
                 self.smallest = min(self.smallest, _smallest(g))
@@ -251,7 +254,7 @@ class SetProber:
         parts = []
         for start in range(0, len(weights), max(1, min(self.limit, self.step))):
             part = weights[start:start + max(1, min(self.limit, self.step))]
-            (g,) = vjp_batch(self.output, [self.x], self.vectors(part))
+            (g,) = checked_batch(self.output, [self.x], self.vectors(part), log=self.batching)
             hit, bad = _read(g, 1 + self.b)
             g = g.detach().movedim(1 + self.b, 1).reshape(len(part), hit.shape[1], -1)
             g = torch.where(torch.isfinite(g), g, 0).to(u.dtype)
@@ -354,12 +357,13 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
                              allow_unused=True, materialize_grads=True)
         if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
             return ~unknown, ~unknown
-        hits, bad = [], []
+        hits, bad, log = [], [], Batching()
         for start in range(0, len(columns), prober.limit):
             part = columns[start:start + prober.limit]
             on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
             on[torch.arange(len(part)), part.to(x.device)] = 1
-            answers = [_read(vjp_batch(g, [v], values * on.reshape((len(part),) + shape[1:]))[0],
+            answers = [_read(checked_batch(g, [v], values * on.reshape((len(part),) + shape[1:]),
+                                           log=log)[0],
                              1 + prober.a) for values in draws]
             hits.append(torch.stack([hit for hit, _ in answers]).any(0))
             bad.append(torch.stack([nonfinite for _, nonfinite in answers]).any(0))

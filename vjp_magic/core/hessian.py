@@ -24,8 +24,8 @@ from torch.autograd.function import BackwardCFunction
 from torch.overrides import TorchFunctionMode
 
 from . import analysis, axisflow, memory, probes, validation
-from .derivatives import (chunk_size, component_vjps, forward_at_points, one_hot_gradients,
-                          plain_vjp)
+from .checked_batches import checked_components
+from .derivatives import chunk_size, forward_at_points, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Evidence, Pairing
@@ -327,7 +327,7 @@ def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int,
     (first,) = autograd_grad([d], [x], [vectors[0]], retain_graph=True, allow_unused=True)
     if first is None:
         return _Inner(lifted, None, evidence, unused=True)
-    stacked, _ = component_vjps(d, [x], lifted.out_axes, budget)
+    stacked = checked_components(d, [x], lifted.out_axes, budget)
     second = stacked[0].reshape(lifted.component_shape(d.shape) + tuple(x.shape))
     checks = [] if evidence == "proved" else \
         [(vectors[0], first)] + [(v, plain_vjp(d, [x], v)[0]) for v in vectors[1:]]

@@ -32,7 +32,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .derivatives import PaidBatches, chunk_size
+from .checked_batches import CheckedBatches as PaidBatches
+from .derivatives import chunk_size
 from .pairing import Evidence
 from .probes import probe_generator, set_probe_values
 from .setdecode import weighed, weight_code, weight_sets
@@ -214,6 +215,9 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     ``purpose``: names the draw of the probe values (a check observes with values of its own)."""
     flat = output.reshape(-1)
     m, n = flat.numel(), x.numel()
+    if m == 0 or n == 0:  # no row or no column (every column dense, read otherwise)
+        return Pattern(torch.zeros(m + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
+                       (m, n), 0)
     limit = max_probes if max_probes is not None else max(m, MIN_PROBES)
     found = torch.zeros(n, dtype=torch.bool)  # columns whose readers are all known
     passes = PaidBatches()  # vectorised while that pays on this graph

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .derivatives import chunk_size, component_vjps, forward_jacobian, vjp_batch
+from .checked_batches import checked_batch, checked_components
+from .derivatives import chunk_size, forward_jacobian
 from .errors import VJPUsageError
 from .indexmaps import proved_pattern
 from .memory import gb, refuse_if_over
@@ -38,7 +39,7 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
         _refuse_nan(m, n, 2 * m * n * x.element_size())  # the likelier reason, said
     refuse_if_over(m * n * x.element_size(), budget,
                    f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
-    (stacked,), _ = component_vjps(output.reshape(-1), [x], (), budget)
+    (stacked,) = checked_components(output.reshape(-1), [x], (), budget)
     dense = stacked.detach().reshape(m, n)
     if not bool(dense.isfinite().all()):
         dense = nan_filled(dense, (lambda: forward_jacobian(output.reshape(-1), x).detach(),),
@@ -65,7 +66,7 @@ def proved_exact_csr(output: torch.Tensor, x: torch.Tensor, pattern, budget: int
         stop = min(m, start + step)
         v = torch.zeros(stop - start, m, dtype=flat.dtype, device=flat.device)
         v[torch.arange(stop - start), torch.arange(start, stop)] = 1
-        (g,) = vjp_batch(flat, [x], v)
+        (g,) = checked_batch(flat, [x], v)
         lo, hi = int(crow[start]), int(crow[stop])
         g = g.detach().reshape(stop - start, n)
         values[lo:hi] = g[(rows[lo:hi] - start).to(g.device), col[lo:hi].to(g.device)]
@@ -94,7 +95,7 @@ def _fill_by_columns(flat, x, rows, col, values, bad, budget: int) -> None:
         chunk = columns[start:start + step]
         u = torch.zeros(len(chunk), x.numel(), dtype=x.dtype, device=x.device)
         u[torch.arange(len(chunk)), chunk.to(x.device)] = 1
-        (ju,) = vjp_batch(g, [v], u)  # (chunk × m): J·u, one column of J each
+        (ju,) = checked_batch(g, [v], u)  # (chunk × m): J·u, one column of J each
         ju = ju.detach().reshape(len(chunk), -1)
         mine = at[torch.isin(col[at], chunk)]
         where = torch.searchsorted(chunk, col[mine])

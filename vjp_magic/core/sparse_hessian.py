@@ -23,7 +23,8 @@ from . import memory, probes
 from . import pattern as patterns
 from .colouring import (colour_count, colour_symmetric, recover_symmetric, symmetrised,
                         valid_rows)
-from .derivatives import PaidBatches, chunk_size, plain_vjp
+from .checked_batches import CheckedBatches as PaidBatches
+from .derivatives import chunk_size, plain_vjp
 from .indexmaps.summed import depends, summed_hessian_pattern
 from .sparse_check import within_noise  # the sparse Jacobian's noise judgement, reused
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
