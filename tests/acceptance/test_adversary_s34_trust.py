@@ -9,8 +9,9 @@
    ``RuntimeError`` the column passes catch): ``_cdist_backward``;
 3. the column-observed pattern where the sampled rows call every column dense (nothing is
    left for the grouped probes);
-4. a result whose only pairing is an axis of size 1 while its derivatives are the full
-   Jacobian (the analysis of a gradient D in ``hessian``).
+4. ``hessian`` where the analysis of the gradient D pairs only an axis of size 1 and computes
+   D's Jacobian sparse (full shape, as documented for sparse results): read as if that axis
+   were left out.
 
 Expected values: ``torch.autograd.functional.jacobian`` (plain, not vectorised: one backward
 per output entry) or mathematics. Tests marked ``xfail(strict=True)`` are bugs found in this
@@ -92,39 +93,35 @@ def test_sparse_jacobian_where_every_column_is_dense():
     torch.testing.assert_close(got, expected)
 
 
-# -- 4. a result whose only pairing is a size-1 axis, its derivatives the full Jacobian -------
-
-def _channel_softmax():
-    """s = sum(sin(softmax(x, 1)) * c) for x of shape (1, 2, 49) (one image, two channels,
-    49 pixels): its gradient D at pixel j reads x[0, :, j] only."""
-    x = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(3)).requires_grad_()
-    c = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(103))
-
-    def s(t):
-        return (torch.sin(t.softmax(1)) * c).sum()
-    return x, s
-
+# -- 4. a Hessian whose gradient D pairs only an axis of size 1 -----------------------------
 
 @pytest.mark.xfail(strict=True, reason=(
-    "hessian(sum(sin(softmax(x, 1)) * c), x) with x (1, 2, 49) at seed 0 raises IndexError "
-    "in core/hessian._read: _analysed's analysis of D gives pairing ((0, 0),) (the size-1 "
-    "axis only) with derivatives of the full shape (1, 2, 49, 1, 2, 49), which _read indexes "
-    "as if the paired axis were left out"))
-def test_hessian_of_a_channel_softmax_with_a_leading_axis_of_one():
-    x, s = _channel_softmax()
+    "hessian(sum(x * x.roll(1, 1)), x) for x of shape (1, 65) raises IndexError in "
+    "core/hessian._read: the analysis of D pairs only the size-1 axis ((0, 0),) and, with no "
+    "points, computes D's Jacobian sparse, whose derivatives have the full shape "
+    "output.shape + x.shape (docs/api.md); _input_hessian keeps that pairing as the structure "
+    "and _read indexes the full tensor as if the paired axis were left out"))
+def test_hessian_of_a_periodic_chain_with_a_batch_axis_of_one():
+    x = torch.randn(1, 65, dtype=torch.float64, generator=_generator(0)).requires_grad_()
+
+    def s(t):  # a periodic chain's energy: each x[0, j] meets its two neighbours
+        return (t * t.roll(1, 1)).sum()
+
     expected = torch.autograd.functional.hessian(s, x.detach())
     h = vjp_magic.hessian(s(x), x, seed=0)
     torch.testing.assert_close(h.hessian("x"), expected)
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "differentiate(D, x) for that gradient D at seed 0: point_axes ((0, 0),) but "
-    "r.derivatives has the full Jacobian's shape (1, 2, 49, 1, 2, 49), not the documented "
-    "(non-point output axes) + x.shape = (2, 49, 1, 2, 49)"))
-def test_derivatives_leave_out_a_paired_axis_of_one():
-    x, s = _channel_softmax()
-    (d,) = torch.autograd.grad(s(x), x, create_graph=True)
-    r = vjp_magic.differentiate(d, x, seed=0)
-    paired = [o for o, _ in r.point_axes["x"]]
-    non_point = tuple(n for a, n in enumerate(d.shape) if a not in paired)
-    assert tuple(r.derivatives["x"].shape) == non_point + tuple(x.shape)
+    "hessian(sum(sin(softmax(x, 1)) * c), x) with x (1, 2, 49) at seed 0 raises IndexError "
+    "in core/hessian._read: the same size-1 pairing with the sparse (full-shape) Jacobian of D"))
+def test_hessian_of_a_channel_softmax_with_a_leading_axis_of_one():
+    x = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(3)).requires_grad_()
+    c = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(103))
+
+    def s(t):
+        return (torch.sin(t.softmax(1)) * c).sum()
+
+    expected = torch.autograd.functional.hessian(s, x.detach())
+    h = vjp_magic.hessian(s(x), x, seed=0)
+    torch.testing.assert_close(h.hessian("x"), expected)
