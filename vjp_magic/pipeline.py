@@ -127,13 +127,12 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
 
     Returns:
         Verdict: ``.correct`` (bool); ``.kind``, ``"correct"`` or the mistake recognised
-        (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"scaled"``,
-        ``"transposed"``, ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``,
-        ``"wrong"``, ``"missing"``; with f and ``y``: ``"output-differs"``, ``"graph-cut"``);
-        ``.hint``, what to do, never the expected numbers; ``.headline`` ("✓ correct (as
-        the full Jacobian)", "✗ …"); ``.points``, ``.name``, ``.form``, ``.factor``,
-        ``.against`` (f, as named), ``.answer_kind`` (the answer's own verdict against f).
-        Within the dtype's tolerance (float32: 1e-5, float64: 1e-9).
+        (``"summed"``, ``"one-component"``, ``"accumulated"``, ``"scaled"``, ``"transposed"``,
+        ``"reshaped"``, ``"wrong-at-points"``, ``"wrong-shape"``, ``"wrong"``, ``"missing"``; with
+        f and ``y``: ``"output-differs"``, ``"graph-cut"``); ``.hint``, what to do, never the
+        expected numbers; ``.headline`` ("✓ correct (as the full Jacobian)", "✗ …"); ``.points``,
+        ``.name``, ``.form``, ``.factor``, ``.against`` (f, as named), ``.answer_kind`` (the
+        answer's own verdict against f). Tolerance: float32 1e-5, float64 1e-9.
 
     Raises:
         VJPUsageError: as :func:`differentiate`, or f failing; :class:`~vjp_magic.core.
@@ -154,8 +153,7 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
 
     Each kind, and how float32 answers are graded: ``docs/api.md``.
     """
-    from .teach import grading_against
-    from .teach.grading import grade
+    from .teach import grading, grading_against
 
     if callable(output) and not isinstance(output, torch.Tensor):
         named = named_inputs(inputs, names)
@@ -164,7 +162,7 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
                                        result=result)
     result = _graded_result(output, inputs, names)
     with no_subclass_code():  # the answer and the output read as torch's: no subclass's code
-        return grade(answer, result, output=output)
+        return grading.grade(answer, result, output=output)
 
 
 def assert_correct(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
