@@ -14,6 +14,7 @@ expected numbers; :func:`verdict_sections` shows them only when asked to reveal.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -393,6 +394,33 @@ def _per_input(answer, result, name) -> dict | None:
     return None
 
 
+def _each(several: dict, result, answer_name, options: dict) -> list[Verdict]:
+    """The verdict on each input's answer (``several``: name → answer)."""
+    return [grade(value, result, key, answer_name=f"{answer_name or 'the answer'}[{key!r}]",
+                  **options) for key, value in several.items()]
+
+
+def _in_another_order(answer, result, answer_name, options: dict) -> Verdict | None:
+    """A sequence with one answer per input, right in another order than the inputs' (the
+    cell's binding order, which the student need not know: ``(dy/dx, dy/dw)`` where the cell
+    binds w first): correct, the hint naming the order read; None where no order is right."""
+    names = list(result.inputs)
+    if len(names) > 4:  # (24 orders at most)
+        return None
+    for order in itertools.permutations(names):
+        if list(order) == names:
+            continue
+        verdicts = _each(dict(zip(order, answer)), result, answer_name, options)
+        if all(v.correct for v in verdicts):
+            a = answer_name or "the answer"
+            by_name = "{" + ", ".join(f"{n!r}: ..." for n in order) + "}"
+            return dataclasses.replace(verdicts[0], hint=marked(
+                f"Right: {a} holds the derivatives with respect to {', '.join(order)}, in "
+                f"that order (the inputs are {', '.join(names)} in the order the cell binds "
+                f"them; a dict, `{by_name}`, says which is which)."))
+    return None
+
+
 def _fits_a_form(a, result, name: str) -> bool:
     """Whether ``a`` has the shape of a form an answer for input ``name`` may take: x's, the
     derivatives' (components + x's) or the full Jacobian's (output's + x's)."""
@@ -427,11 +455,14 @@ def grade(answer, result, name: str | None = None, *, log=None,
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
     if several is not None:
-        verdicts = [grade(value, result, key, log=log, record=record, output=output,
-                          answer_name=f"{answer_name or 'the answer'}[{key!r}]", leaves=leaves,
-                          exam=exam)
-                    for key, value in several.items()]
-        return next((v for v in verdicts if not v.correct), verdicts[0])
+        options = dict(log=log, record=record, output=output, leaves=leaves, exam=exam)
+        verdicts = _each(several, result, answer_name, options)
+        wrong = next((v for v in verdicts if not v.correct), None)
+        if wrong is not None and not isinstance(answer, Mapping):
+            reordered = _in_another_order(answer, result, answer_name, options)
+            if reordered is not None:
+                return reordered
+        return wrong or verdicts[0]
     a, dtype = as_tensor(answer)
     if name is None and len(result.inputs) > 1 and a is not None:
         return _against_fitting(answer, a, result, dict(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -98,8 +99,9 @@ def reference(exercise: Exercise, inputs: Mapping, output_name: str):
     """(f's derivatives as a result, f's output) on fresh copies of ``inputs``."""
     fresh = {n: t.detach().clone().requires_grad_(t.is_floating_point())
              for n, t in inputs.items()}
-    with torch.enable_grad():
-        out = exercise.make(fresh)
+    cuda = sorted({t.device.index or 0 for t in inputs.values() if t.is_cuda})
+    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # the student's RNG as a
+        out = exercise.make(fresh)  # plain run leaves it, whatever f draws
     if not isinstance(out, torch.Tensor):
         raise VJPUsageError(f"--against {exercise.label}: gave a {type(out).__name__}, not a "
                             "tensor. Give an expression of the inputs, or a function of them "
@@ -111,14 +113,29 @@ def reference(exercise: Exercise, inputs: Mapping, output_name: str):
     return ref, out
 
 
+def _evaluated(exercise: Exercise, inputs: Mapping, output_name: str) -> tuple:
+    """(the exercise labelled as applied to ``inputs``, f's derivatives, f's output)."""
+    exercise = replace(exercise, label=exercise.named(inputs), applied=False)
+    return (exercise, *reference(exercise, inputs, output_name))
+
+
 def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=None,
             answer_name: str | None = None, output_name: str = "y") -> Verdict:
     """``answer`` graded against the derivatives of ``exercise`` at ``inputs`` (name →
     the student's tensor); with ``result`` (the student's cell's), also its output and its
     graph against f's."""
-    exercise = replace(exercise, label=exercise.named(inputs), applied=False)
     output_name = result.output_name if result is not None else output_name
-    ref, out = reference(exercise, inputs, output_name)
+    given = exercise
+    exercise, ref, out = _evaluated(given, inputs, output_name)
+    if result is not None and _output_differs(result, out, exercise.label) is not None:
+        # f's parameters, named unlike the inputs, may follow another order than the cell's
+        for order in itertools.permutations(inputs) if 1 < len(inputs) <= 4 else ():
+            if list(order) == list(inputs):
+                continue
+            again = _evaluated(given, {n: inputs[n] for n in order}, output_name)
+            if _output_differs(result, again[2], again[0].label) is None:
+                exercise, ref, out = again
+                break
     graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
                    leaves=dict(inputs))
     graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
