@@ -48,7 +48,8 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
         sections.append(Section(tuple(blocks)))
     if len(shown) < len(h.inputs):
         sections.append(Section((not_shown(h, shown),)))
-    notes = [paragraph(note) for note in [output_note(h), *h.notes] if note]
+    own = output_note(h)
+    notes = ([own] if own is not None else []) + [paragraph(note) for note in h.notes if note]
     if len(h.inputs) > 1:
         names = [notation.prose_name(n) for n in h.inputs]
         y = notation.prose_name(output_symbol(h))

@@ -572,8 +572,11 @@ def jacobian_formulas(result, name: str, options) -> list[Formula]:
 
 
 # -- notes ----------------------------------------------------------------------------------
-def output_note(result) -> str | None:
-    """When f itself is NaN or infinite somewhere (log at a negative point), say so."""
+def output_note(result) -> Paragraph | None:
+    """When f itself is NaN or infinite somewhere (log at a negative point), say so; where it
+    is only infinite and every derivative finite (x**2 at 1e300), it overflowed: f is defined
+    there and the derivatives are f' all the same. The cell's names are maths, as in every
+    other sentence."""
     y = result.output
     if not (y.is_floating_point() or y.is_complex()):
         return None
@@ -585,13 +588,29 @@ def output_note(result) -> str | None:
     what = " and ".join(p for p in [f"NaN at {nan:,}" if nan else "",
                                     f"infinite at {inf:,}" if inf else ""] if p)
     entries = "entry" if y.numel() == 1 else f"{y.numel():,} entries"
-    f = notation.letters()[0]
-    return (f"{output_symbol(result)} itself is {what} of its {entries}: {f} is not defined "
-            "there (log or sqrt of a negative number, a division by zero, ...), so the "
-            f"derivatives shown at those entries are what the formula for {f}' gives, not a "
-            f"derivative of {f}.")
+    g = notation.letters()[0]
+    f, f1 = Math(g, g), Math(f"{g}'", f"{g}'")
+    lead = (notation.prose_name(output_symbol(result)), f" itself is {what} of its {entries}")
+    if not nan and _finite_derivatives(result):
+        return paragraph(*lead, ", with finite derivatives there: it overflowed "
+                         f"{notation.dtype_text(y.dtype)}'s range (", f, " is defined there, "
+                         "its value too large to hold), and the derivatives shown are ", f1,
+                         " all the same.")
+    past = " or its value is past the dtype's range" if inf else ""
+    return paragraph(*lead, ": ", f, " is not defined there (log or sqrt of a negative number, "
+                     f"a division by zero, ...){past}, so the derivatives shown at those "
+                     "entries are what the formula for ", f1, " gives, not a derivative of ",
+                     f, ".")
+
+
+def _finite_derivatives(result) -> bool:
+    """Whether every input's derivatives are held densely and all finite."""
+    items = [item for item in result.inputs.values() if not item.unused]
+    return bool(items) and all(item.derivatives.layout == torch.strided
+                               and bool(torch.isfinite(item.derivatives).all())
+                               for item in items)
 
 
 def note_paragraphs(result) -> tuple[Paragraph, ...]:
-    notes = [note for note in [output_note(result)] if note] + list(result.notes)
-    return tuple(paragraph(note) for note in notes)
+    own = output_note(result)
+    return ((own,) if own is not None else ()) + tuple(paragraph(n) for n in result.notes)
