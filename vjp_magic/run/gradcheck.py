@@ -10,7 +10,8 @@ output too); the numeric one is vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a
 k of each input (all of them when there are few; with a sample, every other entry in groups,
 :func:`_groups`). Entries agree within ``atol + rtol·|numeric|``, the tolerances of
 ``torch.autograd.gradcheck`` (for a scalar output, both divided by v: errors are in the
-derivative's own units), atol scaled down where every derivative is below 1 (:func:`_atol`).
+derivative's own units; a vector output's largest error and noise are told in them after the
+check, :mod:`.gradcheck_units`), atol scaled down where every derivative is below 1 (:func:`_atol`).
 Where the cell computes in float32, its custom backwards are also checked at that dtype
 against the float64 vᵀJ (:func:`_cell_derivatives`).
 
@@ -50,6 +51,7 @@ from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
+from .gradcheck_units import derivative_error, per_output
 from .replay import NotReplayable, aliases, build, distinct
 from .steps import Interpreter
 
@@ -86,7 +88,8 @@ class GradcheckReport:
     safe finite difference there disagrees), None when nothing could be checked (``note`` says
     why) or, none failing, some entries are ``inconclusive`` (a kink: f has no derivative there
     to check) or ``unchecked``; ``max_error[name]`` the largest |analytic − numeric| over its
-    conclusive entries (``checked[name]`` entries examined); ``inconclusive[name]`` the indices
+    conclusive entries, in the derivatives' units (:mod:`.gradcheck_units`; ``checked[name]``
+    entries examined); ``inconclusive[name]`` the indices
     of its inconclusive entries, ``failed[name]`` those of its disagreeing ones; ``kinks`` the
     ops with kinks the replay runs (where some entry is inconclusive or fails); ``custom`` the
     custom backward functions on the way from the output to the checked inputs; ``unscaled`` the
@@ -213,6 +216,13 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
     cell = _cell_derivatives(record, inputs, output, names, analytic, replay, probe[1])
+    if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
+        for name, f in found.items():
+            if f.worst_at is not None:
+                f.worst = derivative_error(replay, values, name, f.worst_at, probe, f.worst,
+                                           STEP)
+            if f.noise_at is not None:
+                f.noise = per_output(replay, values, name, f.noise_at, probe, f.noise)
     return _report(replay, found, analytic, budget, cell)
 
 
@@ -577,19 +587,23 @@ class _Found:
     failed: list = field(default_factory=list)
     noisy: list = field(default_factory=list)
     noise: float = 0.0  # the largest rounding noise of a noisy entry
+    noise_at: int | None = None  # its flat entry
     covered: int = 0  # entries outside the sample checked (in groups, or singly)
     singles: int = 0  # of them, checked singly (their group in doubt)
     unchecked: int = 0  # left unchecked: too many groups in doubt (MAX_SINGLES)
+    worst_at: int | None = None  # the flat entry of ``worst`` (a vector output's is in vᵀJ)
 
-    def add(self, verdict: Agreement, error: float, where: list) -> None:
-        """One entry's (or direction's: ``where`` empty) verdict and error, recorded."""
+    def add(self, verdict: Agreement, error: float, where: list, k: int | None = None) -> None:
+        """One entry's (flat ``k``, at ``where``) verdict and error, recorded."""
         if verdict is Agreement.KINK:
             self.inconclusive += where
         elif verdict is Agreement.NOISY:
             self.noisy += where
-            self.noise = max(self.noise, error)
+            if error > self.noise or self.noise_at is None:
+                self.noise, self.noise_at = max(self.noise, error), k
         else:
-            self.worst = max(self.worst, error)
+            if error > self.worst or self.worst_at is None:
+                self.worst, self.worst_at = max(self.worst, error), k
             self.agree = self.agree and verdict is Agreement.AGREE
             self.failed += where if verdict is Agreement.DISAGREE else []
 
@@ -614,7 +628,7 @@ class _Input:
         verdict, error = _entry(self.replay, self.values, self.name, direction, self.probe,
                                 want, self.analytic, self.atol, self.noise,
                                 retry=found.agree)
-        found.add(verdict, error, [_index(self.values[self.name].shape, k)])
+        found.add(verdict, error, [_index(self.values[self.name].shape, k)], k)
         return verdict
 
     def group_agrees(self, u: torch.Tensor, want: float, loose: float) -> bool:

@@ -1,0 +1,93 @@
+"""``--gradcheck``'s largest error in the derivatives' own units (:mod:`.gradcheck`).
+
+For a vector output the check compares vᵀJ e_k, the derivatives weighted by the probe's
+random v (|v_i| in [1.5, 3]): its error |vᵀ(J_analytic − J_numeric) e_k| is not one
+derivative's. The worst entry's column of J is therefore compared itself: the numeric one by
+a central difference, the analytic one by a backward pass per output entry that moves with
+x_k (at most :data:`MAX_COLUMN`), so the figure is max_i |∂y_i/∂x_k analytic − numeric|.
+Where the column is too long, or does not reproduce the weighted error (the backward gives
+derivatives to outputs that do not move), the weighted error divided by Σ|v_i| over the
+moving outputs is told instead: a lower bound of the largest entry's error, exact where
+each entry of x moves one output (an elementwise map). A rounding noise of vᵀJ e_k, a sum
+weighted by |v|, is likewise told per output entry (:func:`per_output`).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..core.torch_api import materialized_grad
+from .gradcheck_noise import SUPPORT_STEP, moved_output
+
+MAX_COLUMN = 64  # backward passes spent on the worst entry's column, at most
+AGREE = 1e-2  # the column's weighted error within this of the measured one: the same error
+
+
+def derivative_error(replay, values: dict, name: str, k: int, probe: tuple, weighted: float,
+                     step: float) -> float:
+    """The largest |analytic − numeric| derivative in input ``name``'s flat entry ``k``'s
+    column of J, from the measured error ``weighted`` of vᵀJ e_k (``probe``: v, f(x), …;
+    ``step``: the finite-difference step); see the module."""
+    v, e = probe[0], _unit(values[name], k)
+    try:
+        moving = _moving(replay, values, name, e, probe[1]).reshape(-1)
+    except Exception:  # noqa: BLE001 - no output moves as far as can be told
+        moving = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
+    weight = float(v.reshape(-1)[moving].abs().sum())
+    fallback = weighted / weight if weight else weighted / float(v.abs().max())
+    rows = moving.nonzero().reshape(-1).tolist()
+    if not rows or len(rows) > MAX_COLUMN:
+        return fallback
+    try:
+        numeric = (moved_output(replay, values, name, step * e)
+                   - moved_output(replay, values, name, -step * e)).reshape(-1) / (2 * step)
+        analytic = _column(replay, values, name, k, rows)
+    except Exception:  # noqa: BLE001 - the weighted figure stands
+        return fallback
+    gaps = analytic - numeric[rows]
+    again = abs(float(v.reshape(-1)[rows].mul(gaps).sum()))
+    if not abs(again - weighted) <= AGREE * weighted + 1e-5 * weight:
+        return fallback
+    return float(gaps.abs().max())
+
+
+def per_output(replay, values: dict, name: str, k: int, probe: tuple, amount: float) -> float:
+    """``amount``, a sum over the output entries weighted by |v| (a rounding noise of vᵀJ
+    e_k), per output entry: divided by Σ|v_i| over those that move with entry ``k``."""
+    try:
+        moving = _moving(replay, values, name, _unit(values[name], k), probe[1])
+    except Exception:  # noqa: BLE001 - no output moves as far as can be told
+        moving = torch.zeros_like(probe[0], dtype=torch.bool)
+    weight = float(probe[0][moving].abs().sum())
+    return amount / weight if weight else amount / float(probe[0].abs().max())
+
+
+def _unit(start: torch.Tensor, k: int) -> torch.Tensor:
+    """e_k, shaped as ``start``."""
+    e = torch.zeros(start.numel(), dtype=start.dtype, device=start.device)
+    e[k] = 1.0
+    return e.reshape(start.shape)
+
+
+def _moving(replay, values: dict, name: str, e: torch.Tensor,
+            base: torch.Tensor) -> torch.Tensor:
+    """The output entries that move when entry e of x moves by a large step, either way."""
+    step = SUPPORT_STEP * (1.0 + float(values[name].abs().max()))
+    moved = torch.zeros_like(base, dtype=torch.bool)
+    for h in (step, -0.7 * step):
+        moved |= moved_output(replay, values, name, h * e) != base  # NaN: moved
+    return moved
+
+
+def _column(replay, values: dict, name: str, k: int, rows: list) -> torch.Tensor:
+    """∂y_i/∂x_k for the flat output entries ``rows``, one backward pass each."""
+    leaf = values[name].detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = replay.run({**values, name: leaf})
+    column = []
+    for n, i in enumerate(rows):
+        onehot = torch.zeros_like(out).reshape(-1)
+        onehot[i] = 1.0
+        (g,) = materialized_grad(out, [leaf], onehot.reshape(out.shape),
+                                 retain_graph=n < len(rows) - 1)
+        column.append(g.reshape(-1)[k])
+    return torch.stack(column).to(torch.float64)
