@@ -179,8 +179,6 @@ def test_explain_of_colours_has_no_english_inside_a_formula(run_vjp):
 
 
 # -- a user mistake's message reads as English ----------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="'%jacobian y x k' with k = 3: 'Input k is a int, not a "
-                   "tensor.' (an int), and no word on what to do")
 def test_an_int_input_is_called_an_int(ip, run_ok, usage_error):
     run_ok("x = torch.tensor([1., 2., 3.], requires_grad=True)\ny = x**2\nk = 3")
     message = usage_error("%jacobian y x k")

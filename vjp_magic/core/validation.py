@@ -362,8 +362,11 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
                             f"derivatives with respect to {base} are what a backward puts "
                             f"into {name}.")
     if not isinstance(tensor, torch.Tensor):
-        what = "None" if tensor is None else f"a {type(tensor).__name__}"
-        raise VJPUsageError(f"Input {name} is {what}, not a tensor.")
+        kind = type(tensor).__name__
+        what = "None" if tensor is None else f"{'an' if kind[:1] in 'aeiouAEIOU' else 'a'} {kind}"
+        raise VJPUsageError(f"Input {name} is {what}, not a tensor: derivatives are taken with "
+                            "respect to a floating-point tensor with requires_grad=True (e.g. "
+                            "torch.tensor(3., requires_grad=True)), used by the output.")
     refuse_dispatching(f"Input {name}", tensor)
     if not tensor.is_floating_point():  # (the messages built only when one is said)
         _refuse_unless_real_floating(
