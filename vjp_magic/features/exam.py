@@ -6,12 +6,14 @@ While it is on, only the features that say ``in_exam = True`` run (grading and t
 ``--explain``, ``--code``, ``--symbolic``, ``--gradcheck`` or ``--picture``, and ``--reveal``
 reveals nothing. Beneath the verdict (or alone, in a cell without ``--check``) one sentence
 says that the derivatives are hidden, which flags were left off, and how to turn it off. A
-display mode, not a lock: ``r.derivatives`` still holds the numbers.
+display mode, not a lock: ``r.derivatives`` still holds the numbers. Where the cell's own
+``backward`` stopped it, PyTorch's error is shown above, as a plain cell shows it (the
+coaching's why and corrected code are not).
 """
 from __future__ import annotations
 
 from ..core.marked import code, marked
-from ..render.document import Section, paragraph
+from ..render.document import Code, Section, paragraph
 from ..run.choose import Subject
 from . import Added, Asked
 
@@ -40,4 +42,17 @@ def add(result, request: Asked, subject: Subject) -> Added:
     else:
         said = (f"Exam mode hides the derivatives: {code('--check NAME')} grades the answer in "
                 f"NAME. {code(TURN_OFF)} shows them again.{left}")
-    return Added(after=(Section((paragraph(marked(said)),)),), view={"hidden": True})
+    return Added(before=_stopped(subject), after=(Section((paragraph(marked(said)),)),),
+                 view={"hidden": True})
+
+
+def _stopped(subject: Subject) -> tuple[Section, ...]:
+    """The error that stopped the cell at its own ``backward``, PyTorch's words, if one did."""
+    mistake = getattr(getattr(subject, "log", None), "mistake", None)
+    if mistake is None:
+        return ()
+    line = mistake.line
+    text = mistake.source_line(line)
+    where = [f"The cell stopped at line {line} (", Code(text.strip()), "): "] \
+        if line is not None and text else ["The cell stopped: "]
+    return (Section((paragraph(*where, mistake.message(), strong=True),)),)
