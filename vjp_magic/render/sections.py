@@ -13,17 +13,15 @@ from dataclasses import replace
 
 import torch
 
-from ..core.dependency import Kind
-
 from . import notation
 from .graph_facts import one_function
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
-from .findings import has_sensitivity, sensitivity_formula, shared_verdict, structure_findings
+from .findings import has_sensitivity, sensitivity_formula, structure_findings
 from .indices import index_formula
 from .budget import fit_of, remembered
-from .matrix import (Block, column_blocks, layout_beside, multi_index, reserve, summary_indices,
-                     tensor_block)
+from .matrix import (HDOTS, Block, column_blocks, layout_beside, multi_index, reserve,
+                     summary_indices, tensor_block)
 from .numbers import noise_floor, plural, resolution
 from .options import FULL_MATRIX_ENTRIES
 from .sparse import sparse_blocks, sparse_of
@@ -190,9 +188,6 @@ def _what(result, name: str) -> list:
                             f"{plural(few, 'nonzero derivative')} at this "), x,
                     Text(f" (of {item.tensor.numel():,}): one gradient each, the rows of the "
                          "Jacobian")]
-        if _structured(result, name):  # (the line beneath says which entries each reads)
-            return [y, Text(f" has {count:,} entries: one gradient each, the rows of the "
-                            "Jacobian")]
         return [y, Text(f" has {count:,} entries, each may use every entry of "), x,
                 Text(": one gradient each, the rows of the Jacobian")]
     points = plural(item.point_count, "point")
@@ -224,13 +219,6 @@ def _nonzeros_a_row(result, name: str) -> int | None:
         return None
     most = int((d.reshape(-1, n) != 0).sum(1).max()) if d.numel() else 0
     return most if 2 * most <= n else None
-
-
-def _structured(result, name: str) -> bool:
-    """Whether the line beneath the headline finds structure along a shared axis (a band,
-    causal, blocks, independent): then no "each may use every entry" above it."""
-    verdict = shared_verdict(result, name)
-    return verdict is not None and verdict.kind != Kind.DENSE
 
 
 def _m(tex: str) -> Math:
@@ -381,12 +369,30 @@ def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> 
     suffix = _shape_suffix(shape) if shown else None
     matrix, beside = layout_beside(block, options, dtype, lhs, suffix,
                                    lambda m: _whole(m, shape))
+    caption = tuple(caption) + _width_cut(block, matrix, options)
     if suffix is None or matrix.scalar or _whole(matrix, shape):
         return Formula(lhs, matrix, None, tuple(caption))
     if beside:
         return Formula(lhs, matrix, suffix, tuple(caption))
     dims = notation.dims_math(shape)  # no room beside the matrix: the shape goes beneath it
     return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
+
+
+def _width_cut(block: Block, matrix, options) -> tuple:
+    """Where the width took entries a summary by count keeps, of a vector --full-matrix
+    shows whole: said, and how to see them (a cut of the budget says what it left out; a
+    taller matrix's columns cut show their ⋯ in every row, and a line each would cost the
+    height budget the matrices of the others)."""
+    if (options.full_matrix or block.scalar or matrix.scalar or len(matrix.rows) != 1
+            or block.nrows * block.ncols > FULL_MATRIX_ENTRIES):
+        return ()
+    kept = sum(c is not None for c in summary_indices(block.ncols, options.threshold,
+                                                      options.edgeitems))
+    shown = sum(e != HDOTS for e in matrix.rows[0])
+    if shown >= kept:
+        return ()
+    return (Text(f"{kept - shown} of {block.ncols} entries left out to fit the width "
+                 "(--full-matrix shows every entry)."),)
 
 
 def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,

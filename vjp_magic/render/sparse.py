@@ -269,14 +269,16 @@ def _short_at_edges(ids, counts, full: int, offsets, wraps, shape) -> bool:
 def _diagonal_blocks(rows, col, n: int) -> tuple[int, ...]:
     """The sizes of the finest square blocks on the diagonal that hold every nonzero (flat
     indices; equal or not: packed sequences of 3, 5 and 2), where there are two at least and
-    one is larger than 1: block-diagonal, as r.dependency says; else ()."""
+    one is larger than 1, and the blocks are no emptier than a quarter full (a transposed
+    elementwise map's 1, 5,998, 1 holds one nonzero a row: no block, 'sparse' as
+    r.dependency says): block-diagonal, as r.dependency says; else ()."""
     ids = torch.arange(n)
     reach = ids.clone().scatter_reduce_(0, rows, col, "amax")  # each row's last column
     ends = torch.cummax(reach, 0).values == ids  # a block ends where nothing reaches past
     stops = ends.nonzero().reshape(-1) + 1
     starts = torch.cat([stops.new_zeros(1), stops[:-1]])
     sizes = stops - starts
-    if sizes.numel() < 2 or int(sizes.max()) < 2:
+    if sizes.numel() < 2 or int(sizes.max()) < 2 or int((sizes**2).sum()) > 4 * col.numel():
         return ()
     first = torch.repeat_interleave(starts, sizes)  # each row's block's first index
     if bool((col < first[rows]).any()):  # a row reads before its block: not blocks
