@@ -19,7 +19,6 @@ review (they pass once fixed and then lose the mark); unmarked ones guard what h
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,12 +94,6 @@ def test_sparse_jacobian_where_every_column_is_dense():
 
 # -- 4. a Hessian whose gradient D pairs only an axis of size 1 -----------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hessian(sum(x * x.roll(1, 1)), x) for x of shape (1, 65) raises IndexError in "
-    "core/hessian._read: the analysis of D pairs only the size-1 axis ((0, 0),) and, with no "
-    "points, computes D's Jacobian sparse, whose derivatives have the full shape "
-    "output.shape + x.shape (docs/api.md); _input_hessian keeps that pairing as the structure "
-    "and _read indexes the full tensor as if the paired axis were left out"))
 def test_hessian_of_a_periodic_chain_with_a_batch_axis_of_one():
     x = torch.randn(1, 65, dtype=torch.float64, generator=_generator(0)).requires_grad_()
 
@@ -112,9 +105,6 @@ def test_hessian_of_a_periodic_chain_with_a_batch_axis_of_one():
     torch.testing.assert_close(h.hessian("x"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hessian(sum(sin(softmax(x, 1)) * c), x) with x (1, 2, 49) at seed 0 raises IndexError "
-    "in core/hessian._read: the same size-1 pairing with the sparse (full-shape) Jacobian of D"))
 def test_hessian_of_a_channel_softmax_with_a_leading_axis_of_one():
     x = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(3)).requires_grad_()
     c = torch.randn(1, 2, 49, dtype=torch.float64, generator=_generator(103))
@@ -127,11 +117,6 @@ def test_hessian_of_a_channel_softmax_with_a_leading_axis_of_one():
     torch.testing.assert_close(h.hessian("x"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hessian((x[1:] - x[:-1]) ** 2, x) for a column vector x of shape (40, 1) raises "
-    "IndexError in core/hessian._read (also from %hessian y x): the size-1 axis is D's only "
-    "pairing and D's Jacobian is computed sparse (39 × 40 entries, 32 or more: the compressed "
-    "passes), so the structure and the full-shape second derivatives disagree"))
 def test_vector_hessian_of_differences_of_a_column_vector():
     x = torch.linspace(0, 1, 40, dtype=torch.float64).reshape(40, 1).requires_grad_()
 

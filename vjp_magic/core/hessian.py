@@ -308,7 +308,23 @@ def _analysed(d, x, name, output_name, budget, options) -> _Inner:
     derivatives = inner.derivatives
     if derivatives is not None and derivatives.layout != torch.strided:
         derivatives = derivatives.to_dense()  # a sparse Jacobian of D (within the budget)
+    if derivatives is not None and inner.pairing and \
+            tuple(derivatives.shape) == tuple(d.shape) + tuple(x.shape):
+        derivatives = _at_pairing(derivatives, d.shape, x.shape, inner.pairing)
     return _Inner(inner.pairing, derivatives, inner.evidence, inner.unused, _conditional(inner))
+
+
+def _at_pairing(full: torch.Tensor, d_shape, x_shape, pairing: Pairing) -> torch.Tensor:
+    """``full`` (D.shape + x.shape: a sparse Jacobian of D is documented whole, its pairing
+    kept, e.g. an axis of size 1) read at its points: component shape + x.shape, the shape
+    the pairing's derivatives have everywhere else (:func:`_read` indexes that)."""
+    paired = dict(zip(pairing.out_axes, pairing.in_axes))
+    comp_axes = [a for a in range(len(d_shape)) if a not in paired]
+    ndim, device = len(comp_axes) + len(x_shape), full.device
+    x_index = [_axis(n, len(comp_axes) + b, ndim, device) for b, n in enumerate(x_shape)]
+    d_index = [x_index[paired[a]] if a in paired else
+               _axis(d_shape[a], comp_axes.index(a), ndim, device) for a in range(len(d_shape))]
+    return full[tuple(d_index) + tuple(x_index)]
 
 
 def _at_points(d, x, pairing: Pairing, evidence: str, budget: int, seed: int,
