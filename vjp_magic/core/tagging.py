@@ -182,6 +182,18 @@ def sequence_output_message(value, source: str | None) -> str:
             "tensor.")
 
 
+def _grad_on_the_output(x: str, value: torch.Tensor, y: str) -> str:
+    """y = (x**2).requires_grad_(): requires grad set on the output, not on the input."""
+    shown = repr(value)
+    made = f"torch.{shown[:-1]}, requires_grad=True)" if value.numel() <= 8 and \
+        shown.startswith("tensor(") and "..." not in shown and "\n" not in shown \
+        else "torch.tensor(..., requires_grad=True)"
+    return (f"{y} requires grad but {x}, which the cell reads, does not: requires_grad_() (or "
+            f"requires_grad=True) on {y} makes it a leaf of its own, with no history to "
+            f"differentiate. Put it on the input instead: {x} = {made}, then compute {y} "
+            f"from {x} without it.")
+
+
 def no_output_message(namespace: Mapping[str, object], assigned: list[str],
                       used: Iterable[str] = ()) -> str:
     """Why no output was found, in the words that fit what the cell did assign."""
@@ -204,6 +216,9 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
         grad_names = leaves or [n for n in used if _trainable(namespace[n])]
         return _integer_message(*tensors[-1], grad_names,
                                 _integer_leaf(namespace, assigned + used, tensors[-1][0]))
+    if leaves and plain and assigned.index(leaves[0]) > assigned.index(plain[-1]) \
+            and plain[-1] in used:
+        return _grad_on_the_output(plain[-1], namespace[plain[-1]], leaves[0])
     if leaves and plain:
         return (f"{plain[-1]} has no autograd history although {leaves[0]} requires grad: was it "
                 "computed under torch.no_grad() or .detach()ed? Compute the output outside "
