@@ -39,3 +39,28 @@ def test_a_leaf_made_before_a_plain_tensor_keeps_the_no_grad_question(usage_erro
     message = usage_error("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\n"
                           "with torch.no_grad():\n    y = x**2")
     assert "no_grad" in message, message
+
+
+@pytest.mark.parametrize("body, advice", [
+    ("x = torch.tensor([1, 2, 3], requires_grad=True)\ny = x**2",
+     "Corrected: x = torch.tensor([1., 2., 3.], requires_grad=True)"),
+    ("x = torch.arange(4, requires_grad=True)\ny = x**2",
+     "Corrected: x = torch.arange(4., requires_grad=True)"),
+    ("x = torch.tensor([1., 2.], requires_grad=True)\nx *= 3\ny = x**2",
+     "Corrected: x = x * 3"),
+    ("x = torch.tensor([1., 2.], requires_grad=True)\nx.add_(1)\ny = x**2",
+     "Corrected: x = x.add(1)"),
+], ids=["integer-list", "integer-arange", "in-place-op", "in-place-method"])
+def test_a_creation_mistake_keeps_the_traceback_and_adds_the_fix(ip, capsys, body, advice):
+    capsys.readouterr()
+    run = ip.run_cell("%%vjp\n" + body)
+    assert isinstance(run.error_in_exec, RuntimeError)  # PyTorch's own error, as in a plain cell
+    shown = " ".join("".join(capsys.readouterr()).split())
+    assert "Traceback" in shown or "RuntimeError" in shown
+    assert advice in shown, shown[-600:]
+
+
+def test_another_runtime_error_gets_no_advice(ip):
+    run = ip.run_cell("%%vjp\nx = torch.ones(2, requires_grad=True)\ny = x @ torch.ones(3)")
+    assert isinstance(run.error_in_exec, RuntimeError)
+    assert not getattr(run.error_in_exec, "__notes__", None)

@@ -34,7 +34,7 @@ from .grad_advice import requires_grad_advice, second_derivative_advice
 from . import guard as guard_module
 from . import record as record_module
 from .guard import keep_graphs
-from .mistakes import CellMistake, classify
+from .mistakes import CellMistake, classify, creation_advice
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -140,6 +140,9 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
                 coached = nothing_to_differentiate(error, log, source, shell.user_ns)
                 if coached is not None:
                     raise NoGraph(coached) from None
+                advice = creation_advice(error, source, filename)
+                if advice is not None:  # beneath PyTorch's traceback, which stays
+                    error.add_note(advice)
                 raise user_frames_only(error)  # noqa: B904 - the user's own error
         except BaseException as error:  # noqa: BLE001 - the user's own error, re-raised
             raise user_frames_only(error)  # noqa: B904 - the user's own error

@@ -9,6 +9,8 @@ successful call sent (:mod:`.seeds`). Nothing here words advice.
 """
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -119,3 +121,70 @@ def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake
     if kind is None:
         return None
     return CellMistake(kind=kind, error=error, call=call, source=source, log=log)
+
+
+# -- two classic creation mistakes: PyTorch's traceback, with the corrected line as a note -----
+_INTEGER = "Only Tensors of floating point and complex dtype can require gradients"
+_LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+
+
+def creation_advice(error: BaseException, source: str, filename: str) -> str | None:
+    """What to do, for an error the cell raised outside ``backward`` on a line of its own
+    (``filename``: the cell's compiled file) that is a classic creation mistake: an integer
+    tensor with requires_grad=True ("[1., 2., 3.]"), an in-place change of a leaf that
+    requires grad (``x += 1``); None for any other error. Shown beneath PyTorch's traceback
+    (the cell stops there, as a plain cell does)."""
+    text = str(error)
+    if _INTEGER not in text and _LEAF_IN_PLACE not in text:
+        return None
+    line = None
+    tb = error.__traceback__
+    while tb is not None:  # the cell's last frame: the line that raised
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    lines = source.splitlines()
+    written = lines[line - 1].strip() if line is not None and 0 < line <= len(lines) else None
+    if _INTEGER in text:
+        fixed = _floats(written) if written else None
+        return ("Why: autograd differentiates floating-point tensors only; integer values "
+                "make an integer tensor. Corrected: " + (fixed or "write the values as floats "
+                "(1. not 1), or add dtype=torch.float32"))
+    fixed = _out_of_place(written) if written else None
+    return ("Why: the tensor is a leaf that requires grad (an input): autograd cannot record "
+            "a change made to it in place. Corrected: " + (
+                f"{fixed} (a new tensor computed from it); to set the input's values "
+                f"instead: with torch.no_grad(): {written}" if fixed else
+                "compute a new tensor from it (y = x + 1), or change its values under "
+                "torch.no_grad()"))
+
+
+def _floats(line: str) -> str | None:
+    """``line`` with the integer literals of its requires_grad call written as floats."""
+    if "requires_grad" not in line:
+        return None
+    fixed = re.sub(r"(?<![\w.])(\d+)(?![\w.])", r"\1.", line)
+    return fixed if fixed != line else None
+
+
+def _out_of_place(line: str) -> str | None:
+    """``x += 1`` as ``x = x + 1``; ``x.add_(1)`` as ``x = x.add(1)``; else None."""
+    try:
+        tree = ast.parse(line)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1:
+        return None
+    statement = tree.body[0]
+    if isinstance(statement, ast.AugAssign) and isinstance(statement.target, ast.Name):
+        name = statement.target.id
+        return ast.unparse(ast.Assign([ast.Name(name, ast.Store())], ast.BinOp(
+            ast.Name(name, ast.Load()), statement.op, statement.value), lineno=1))
+    call = statement.value if isinstance(statement, ast.Expr) else None
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+            isinstance(call.func.value, ast.Name) and call.func.attr.endswith("_") and \
+            not call.func.attr.startswith("_"):
+        name = call.func.value.id
+        call.func.attr = call.func.attr[:-1]
+        return f"{name} = {ast.unparse(call)}"
+    return None
