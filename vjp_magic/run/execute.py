@@ -34,7 +34,7 @@ from .grad_advice import requires_grad_advice, second_derivative_advice
 from . import guard as guard_module
 from . import record as record_module
 from .guard import keep_graphs
-from .mistakes import CellMistake, classify, creation_advice
+from .mistakes import CellMistake, classify, creation_advice, numpy_in_torch
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -435,7 +435,7 @@ def detached_advice(source: str, namespace) -> str | None:
         fixed = fixed.replace(other, other_name) if at == line else fixed
     working, why = _still_computed(fixed)
     if f"{name}.numpy()" in working or f"{name}.cpu().numpy()" in working:
-        working = _in_torch(working, name)  # x.numpy() raises where x requires grad
+        working = numpy_in_torch(working, name)  # x.numpy() raises where x requires grad
         why = why or (f"{name}.numpy() raises where {name} requires grad, and NumPy is "
                       "outside autograd")
     again = f" ({fixed} would be refused too: {why})" if why else ""
@@ -444,39 +444,6 @@ def detached_advice(source: str, namespace) -> str | None:
 
 
 _NEW_LEAF = ("torch.nn.Parameter", "nn.Parameter", "Parameter")
-_TO_TORCH = ("torch.from_numpy", "torch.tensor", "torch.as_tensor", "torch.asarray")
-
-
-def _in_torch(line: str, name: str) -> str:
-    """``line`` with NumPy taken out around ``name``: ``np.sin(x.numpy())`` becomes
-    ``torch.sin(x)`` where torch has a function of that name, ``torch.from_numpy(…)`` around
-    it dropped; where some NumPy is left, a sentence saying what to do instead."""
-
-    class Torched(ast.NodeTransformer):
-        def visit_Call(self, node):
-            self.generic_visit(node)
-            written = ast.unparse(node.func)
-            arg = ast.unparse(node.args[0]) if len(node.args) == 1 else None
-            if arg in (f"{name}.numpy()", f"{name}.cpu().numpy()") and \
-                    isinstance(node.func, ast.Attribute) and \
-                    ast.unparse(node.func.value) in ("np", "numpy") and \
-                    callable(getattr(torch, node.func.attr, None)):
-                return ast.Call(ast.Attribute(ast.Name("torch", ast.Load()), node.func.attr,
-                                              ast.Load()), [ast.Name(name, ast.Load())],
-                                node.keywords)
-            if written in _TO_TORCH and len(node.args) == 1 and not node.keywords and \
-                    ast.unparse(node.args[0]).startswith("torch."):
-                return node.args[0]
-            return node
-
-    try:
-        changed = ast.unparse(Torched().visit(ast.parse(line)))
-    except (SyntaxError, ValueError):
-        changed = line
-    if ".numpy()" in changed:
-        return (f"compute it with torch functions on {name} (torch.sin, torch.exp, …), "
-                "not NumPy")
-    return changed
 
 
 def _still_computed(line: str) -> tuple[str, str | None]:

@@ -188,3 +188,39 @@ def _out_of_place(line: str) -> str | None:
         call.func.attr = call.func.attr[:-1]
         return f"{name} = {ast.unparse(call)}"
     return None
+
+
+# -- NumPy on an input that requires grad: the same in torch ----------------------------------
+_TO_TORCH = ("torch.from_numpy", "torch.tensor", "torch.as_tensor", "torch.asarray")
+
+
+def numpy_in_torch(line: str, name: str) -> str:
+    """``line`` with NumPy taken out around ``name``: ``np.sin(x.numpy())`` becomes
+    ``torch.sin(x)`` where torch has a function of that name, ``torch.from_numpy(…)`` around
+    it dropped; where some NumPy is left, a sentence saying what to do instead."""
+
+    class Torched(ast.NodeTransformer):
+        def visit_Call(self, node):
+            self.generic_visit(node)
+            written = ast.unparse(node.func)
+            arg = ast.unparse(node.args[0]) if len(node.args) == 1 else None
+            if arg in (f"{name}.numpy()", f"{name}.cpu().numpy()") and \
+                    isinstance(node.func, ast.Attribute) and \
+                    ast.unparse(node.func.value) in ("np", "numpy") and \
+                    callable(getattr(torch, node.func.attr, None)):
+                return ast.Call(ast.Attribute(ast.Name("torch", ast.Load()), node.func.attr,
+                                              ast.Load()), [ast.Name(name, ast.Load())],
+                                node.keywords)
+            if written in _TO_TORCH and len(node.args) == 1 and not node.keywords and \
+                    ast.unparse(node.args[0]).startswith("torch."):
+                return node.args[0]
+            return node
+
+    try:
+        changed = ast.unparse(Torched().visit(ast.parse(line)))
+    except (SyntaxError, ValueError):
+        changed = line
+    if ".numpy()" in changed:
+        return (f"compute it with torch functions on {name} (torch.sin, torch.exp, …), "
+                "not NumPy")
+    return changed
