@@ -229,10 +229,7 @@ y = f(x)
 y.backward(torch.ones_like(y))"""
 
 
-@pytest.mark.xfail(strict=True, reason="--check x.grad --against f evaluates the teacher's f once "
-                   "more under torch's global generator: after the cell the RNG is one draw "
-                   "further than a plain run of the cell leaves it (docs: 'The student's cell "
-                   "runs once ... their tensors and .grad are left alone')")
+# Was a strict xfail (s34 G13): fixed in teach/grading_against.reference (torch.random.fork_rng).
 def test_against_f_leaves_the_rng_as_a_plain_run(ip, run_ok, run_vjp):
     run_ok(AGAINST)
     torch.manual_seed(0)
@@ -281,11 +278,7 @@ def test_an_output_from_python_named_as_the_notebook_binds_it_is_fine(ip, run_ok
 
 
 # -- an output that overflowed is not "not defined" -----------------------------------------------
-@pytest.mark.xfail(strict=True, reason="y = x**2 / 2 at x = 1e300 (float64) overflows to inf: the "
-                   "note says 'f is not defined there (log or sqrt of a negative number, a "
-                   "division by zero, ...), so the derivatives shown ... are not a derivative "
-                   "of f', but f is defined and the derivative shown, 1e300, is exactly f' "
-                   "(render/sections.py, the note on a non-finite y)")
+# Was a strict xfail (s34 G13): fixed in render/sections.output_note (overflow said as such).
 def test_an_overflowed_output_is_called_overflowed_not_undefined(run_vjp):
     r = run_vjp("x = torch.tensor([1e300, 3.], dtype=torch.float64, requires_grad=True)\n"
                 "y = x**2 / 2")
@@ -490,10 +483,7 @@ def test_a_small_strided_map_is_not_called_dense(run_vjp, expression):
 
 
 # -- -p N asked for: honoured, or the display says why not ----------------------------------------
-@pytest.mark.xfail(strict=True, reason="-p 7 on 5 large float64 derivatives: the display is the "
-                   "default one, '[-2.68e+09  2.2e+10  ...  2.06e+06  -1.37e+06]': 3 digits and "
-                   "the middle entry of 5 cut to fit the width, and no word says that -p 7 was not "
-                   "honoured nor that --full-matrix shows it (render/matrix.py's fit)")
+# Was a strict xfail (s34 G13): fixed in render/sections._width_cut (the entries cut said).
 def test_asked_digits_are_shown_or_the_cut_is_said(ip, run_vjp):
     ip.user_ns["vals"] = torch.tensor([-2675555072.0, 21999042560.0, -83214524416.0, 2059562.625,
                                        -1367735.0], dtype=torch.float64)
@@ -510,10 +500,7 @@ y = w * x**2
 ans = ((2 * x * w).detach(), (x**2).detach())  # (dy/dx, dy/dw), as autograd.grad(y, [x, w])"""
 
 
-@pytest.mark.xfail(strict=True, reason="a right answer per input, (dy/dx, dy/dw), is graded '✗ not "
-                   "the derivatives: ans['w'] has the right shape but is not ...' when the cell "
-                   "binds w on the line before x (the same answer is ✓ with x bound first): 'in "
-                   "order' is the cell's binding order, and a tuple is hinted as ans['w']")
+# Was a strict xfail (s34 G13): fixed in teach/grading (another order) and grading_against.
 def test_a_tuple_answer_is_not_failed_for_the_cells_binding_order(run_vjp):
     r = run_vjp(W_FIRST, "--check ans")
     # mathematics: dy/dx = 2xw = [6, 20], dy/dw = x**2 = [1, 4]: ans holds them, in that order
@@ -531,10 +518,7 @@ def test_a_tuple_answer_in_the_cells_binding_order_is_correct(run_vjp):
     assert r.check.correct
 
 
-@pytest.mark.xfail(strict=True, reason="--against g with def g(a, b): return a**2 * b, the "
-                   "student's y = w * x**2 with w bound first: g is called g(w, x) (the cell's "
-                   "binding order) and the right y is graded '✗ the output is not the exercise's "
-                   "f: Your y differs from g(w, x)'; y equals g(x, w)")
+# Was a strict xfail (s34 G13): fixed in teach/grading (another order) and grading_against.
 def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_order(ip, run_ok,
                                                                                    run_vjp):
     run_ok("def g(a, b):\n    return a**2 * b")
