@@ -142,3 +142,22 @@ def test_batching_methods_are_what_derivatives_tries():
     log = Batching()
     derivatives.vjp_batch(x * 2, [x], torch.eye(5, dtype=torch.float64), log=log)
     assert log.vectorised
+
+
+def test_one_side_infinite_never_agrees():
+    """An entry infinite in the batched result and finite in the plain pass (or the other way
+    round) is a disagreement, whatever the bound (|w|ᵀ|G| is infinite there)."""
+    w = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    stacked = torch.tensor([[1.0, torch.inf], [2.0, 1.0]], dtype=torch.float64)
+    assert not checked_batches._close(stacked, w, torch.tensor([-3.0, 5.0], dtype=torch.float64))
+    assert checked_batches._close(stacked, w, torch.tensor([-3.0, torch.inf],
+                                                           dtype=torch.float64))
+
+
+def test_rounding_residue_where_the_batch_is_exactly_zero_agrees():
+    """A plain pass may leave rounding residue (far below the largest entry) where the batched
+    pass gives exactly 0: no disagreement (the floor is the probe tolerance of the largest)."""
+    w = torch.tensor([1.0, 1.0], dtype=torch.float32)
+    stacked = torch.tensor([[100.0, 0.0], [1.0, 0.0]], dtype=torch.float32)
+    assert checked_batches._close(stacked, w, torch.tensor([101.0, 1e-6]))
+    assert not checked_batches._close(stacked, w, torch.tensor([101.0, 1.0]))
