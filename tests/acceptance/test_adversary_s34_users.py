@@ -69,10 +69,7 @@ SQUARE = """class Square(torch.autograd.Function):
         return grad * x  # should be grad * 2 * x"""
 
 
-@pytest.mark.xfail(strict=True, reason="--gradcheck on a vector output reports max_error as "
-                   "|v_k|·|analytic - numeric| for the probe's random v (|v| in [1.5, 3]): "
-                   "'Largest error: x 3.0e+00' (2.7 in another run) where the largest entry "
-                   "error is 1; docs/api.md promises the largest |analytic - numeric|")
+# Was a strict xfail (s34 G13): fixed in run/gradcheck_units (5546eeb).
 def test_gradchecks_largest_error_of_a_vector_output_is_in_derivative_units(ip, run_ok, run_vjp):
     run_ok(SQUARE)
     r = run_vjp("x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = Square.apply(x)",
@@ -321,10 +318,7 @@ def test_the_symbolic_advice_on_a_hessian_line_names_hessian(ip, run_ok):
 
 
 # -- a student's mistake gets advice that, followed, works -----------------------------------------
-@pytest.mark.xfail(strict=True, reason="y = torch.from_numpy(np.sin(x.detach().numpy())): the "
-                   "advice 'Use x itself: y = torch.from_numpy(np.sin(x.numpy()))' raises "
-                   "\"Can't call numpy() on Tensor that requires grad\" when followed "
-                   "(run/execute.py); staying in torch (torch.sin(x)) is what keeps the graph")
+# Was a strict xfail (s34 G13): fixed in run/execute, run/mistakes (d6ce62b, 5968951).
 def test_the_detach_numpy_advice_when_followed_runs(ip, usage_error):
     message = usage_error("%%vjp\nimport numpy as np\n"
                           "x = torch.tensor([1., 2.], requires_grad=True)\n"
@@ -335,10 +329,7 @@ def test_the_detach_numpy_advice_when_followed_runs(ip, usage_error):
     assert run.success, (advised, run.error_in_exec)
 
 
-@pytest.mark.xfail(strict=True, reason="requires_grad_() on the output instead of the input "
-                   "(y = (x**2).requires_grad_()): 'x has no autograd history although y requires "
-                   "grad: was it computed under torch.no_grad() or .detach()ed?' - nothing "
-                   "was, and the fix (requires_grad=True on x) is not said (core/tagging.py)")
+# Was a strict xfail (s34 G13): fixed in core/tagging (d6ce62b).
 def test_requires_grad_on_the_output_is_told_to_go_on_the_input(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2.])\ny = (x**2).requires_grad_()")
     assert "no_grad" not in message, message
@@ -356,11 +347,7 @@ def test_an_input_rebound_after_the_output_is_named(usage_error):
 
 
 # -- two classic creation mistakes: PyTorch's traceback alone --------------------------------------
-@pytest.mark.xfail(strict=True, reason="an integer tensor with requires_grad=True, and += on a "
-                   "leaf that requires grad: the cell stops with PyTorch's traceback (through "
-                   "run_cell_magic('vjp', ...)) and nothing says what to do, where the cell's own "
-                   "backward mistakes get 'Why: ... Corrected: ...' (run/mistakes.classify coaches "
-                   "backward errors only)")
+# Was a strict xfail (s34 G13): fixed in run/mistakes.creation_advice (e0ff5e6).
 @pytest.mark.parametrize("body, advice", [
     ("x = torch.tensor([1, 2, 3], requires_grad=True)\ny = x**2", "[1., 2., 3.]"),
     ("x = torch.tensor([1., 2.], requires_grad=True)\nx += 1\ny = x**2", "x = x + 1"),
@@ -585,11 +572,7 @@ def test_the_students_own_f_applied_at_points_is_called_f(ip, run_ok, run_vjp):
 
 
 # -- exam mode hides the derivatives, not the student's own error ---------------------------------
-@pytest.mark.xfail(strict=True, reason="exam mode on a cell whose own y.backward() raised "
-                   "(non-scalar y): the cell succeeds and shows only 'Exam mode hides the "
-                   "derivatives' (with --check x.grad: '✗ no answer: ... nothing was computed "
-                   "into it'); PyTorch's error at line 3 is shown nowhere, where a plain cell "
-                   "shows it (coaching is off in exam mode, and the error with it)")
+# Was a strict xfail (s34 G13): fixed in exam mode (c35f2e1).
 @pytest.mark.parametrize("line", ["", "--check x.grad"], ids=["no-check", "check"])
 def test_exam_mode_still_shows_the_cells_own_error(ip, capsys, line):
     ip.run_line_magic("config", "VJPMagics.exam = True")
