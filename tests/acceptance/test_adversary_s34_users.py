@@ -493,8 +493,11 @@ def test_a_tuple_answer_is_not_failed_for_the_cells_binding_order(run_vjp):
     # mathematics: dy/dx = 2xw = [6, 20], dy/dw = x**2 = [1, 4]: ans holds them, in that order
     torch.testing.assert_close(r.derivatives["x"], torch.tensor([6.0, 20.0]))
     torch.testing.assert_close(r.derivatives["w"], torch.tensor([1.0, 4.0]))
-    assert r.check.correct or "order" in r.check.hint, r.check.hint
-    assert "ans['w']" not in r.check.hint
+    # x, w of one shape: the binding order is not permuted (a swapped ∂/∂x, ∂/∂w would pass
+    # too, G14's s34 finding 1); ✗, the hint naming the order read and the dict (F3)
+    assert not r.check.correct
+    assert "with respect to x, w, in that order" in r.check.hint, r.check.hint
+    assert "says which is which" in r.check.hint and "ans['w']" not in r.check.hint
 
 
 def test_a_tuple_answer_in_the_cells_binding_order_is_correct(run_vjp):
@@ -506,12 +509,16 @@ def test_a_tuple_answer_in_the_cells_binding_order_is_correct(run_vjp):
 
 
 # Was a strict xfail (s34 G13): fixed in teach/grading (another order) and grading_against.
+# Its ✓ on g(x, w) hid a swapped exercise (G14's s34 finding 2): the verdict now says which
+# order y matches, and --wrt x w names it (F3; the mark waits on the F3-grading-order patch).
+@pytest.mark.xfail(strict=True, reason="needs /work/briefs/s34/patches/F3-grading-order.patch: "
+                   "features/grading passes ordered=bool(request.wrt)")
 def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_order(ip, run_ok,
                                                                                    run_vjp):
     run_ok("def g(a, b):\n    return a**2 * b")
     r = run_vjp(W_FIRST, "--check ans --against g")
     assert torch.equal(r.output, ip.user_ns["g"](ip.user_ns["x"], ip.user_ns["w"]))
-    assert r.check.kind != "output-differs", r.check.hint
+    assert "matches `g(x, w)`" in " ".join(r.check.hint.split()), r.check.hint
 
 
 # -- a coached mistake fits the projector as every other display does -----------------------------

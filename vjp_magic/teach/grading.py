@@ -400,10 +400,13 @@ def _each(several: dict, result, answer_name, options: dict) -> list[Verdict]:
                   **options) for key, value in several.items()]
 
 
-def _in_another_order(answer, result, answer_name, options: dict) -> Verdict | None:
-    """A sequence with one answer per input, right in another order than the inputs' (the
-    cell's binding order, which the student need not know: ``(dy/dx, dy/dw)`` where the cell
-    binds w first): correct, the hint naming the order read; None where no order is right."""
+def _in_another_order(answer, result, answer_name, options: dict, ordered: bool,
+                      wrong: Verdict) -> Verdict | None:
+    """A sequence with one answer per input, right in another order than the inputs'. Right
+    only where the order is the cell's binding order (``ordered`` False: the student need not
+    know it) and the answers' shapes fit no other order; else (the classic swapped ∂/∂x,
+    ∂/∂w of a product, or an order the user gave) ✗, the hint naming the order read and the
+    dict that says which is which. None where no other order is right."""
     names = list(result.inputs)
     if len(names) > 4:  # (24 orders at most)
         return None
@@ -411,14 +414,26 @@ def _in_another_order(answer, result, answer_name, options: dict) -> Verdict | N
         if list(order) == names:
             continue
         verdicts = _each(dict(zip(order, answer)), result, answer_name, options)
-        if all(v.correct for v in verdicts):
-            a = answer_name or "the answer"
-            by_name = "{" + ", ".join(f"{n!r}: ..." for n in order) + "}"
+        if not all(v.correct for v in verdicts):
+            continue
+        a = f"`{answer_name}`" if answer_name else "the answer"
+        by_name = "{" + ", ".join(f"{n!r}: ..." for n in order) + "}"
+        read = f"{a} holds the derivatives with respect to {', '.join(order)}, in that order"
+        if not ordered and _only_fitting_order(answer, result) == order:
             return dataclasses.replace(verdicts[0], hint=marked(
-                f"Right: {a} holds the derivatives with respect to {', '.join(order)}, in "
-                f"that order (the inputs are {', '.join(names)} in the order the cell binds "
+                f"Right: {read} (the inputs are {', '.join(names)} in the order the cell binds "
                 f"them; a dict, `{by_name}`, says which is which)."))
+        return dataclasses.replace(wrong, hint=marked(
+            f"{read[0].upper()}{read[1:]}, where the inputs are {', '.join(names)}: a dict, "
+            f"`{by_name}`, says which is which."))
     return None
+
+
+def _only_fitting_order(answer, result) -> tuple | None:
+    """The one order of the inputs whose shapes the answers fit (None: none, or several)."""
+    fitting = [order for order in itertools.permutations(result.inputs)
+               if all(_fits_a_form(as_tensor(t)[0], result, n) for t, n in zip(answer, order))]
+    return fitting[0] if len(fitting) == 1 else None
 
 
 def _fits_a_form(a, result, name: str) -> bool:
@@ -433,7 +448,7 @@ def _fits_a_form(a, result, name: str) -> bool:
 
 def grade(answer, result, name: str | None = None, *, log=None,
           answer_name: str | None = None, record=None, output=None,
-          leaves: Mapping | None = None, exam: bool = False) -> Verdict:
+          leaves: Mapping | None = None, exam: bool = False, ordered: bool = True) -> Verdict:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -450,6 +465,8 @@ def grade(answer, result, name: str | None = None, *, log=None,
     when not given; without a graph, the plain comparison stands). ``leaves`` (name →
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     ``exam``: exam mode, whose hints say what is wrong but never the code that answers.
+    ``ordered``: the inputs' order was given (a dict, names in order); False for the cell's
+    binding order, where a sequence answer right in the one order its shapes fit is right.
     """
     coloured = {n: item.sparse for n, item in result.inputs.items() if is_sparse(item)}
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
@@ -459,7 +476,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
         verdicts = _each(several, result, answer_name, options)
         wrong = next((v for v in verdicts if not v.correct), None)
         if wrong is not None and not isinstance(answer, Mapping):
-            reordered = _in_another_order(answer, result, answer_name, options)
+            reordered = _in_another_order(answer, result, answer_name, options, ordered, wrong)
             if reordered is not None:
                 return reordered
         return wrong or verdicts[0]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -120,22 +119,26 @@ def _evaluated(exercise: Exercise, inputs: Mapping, output_name: str) -> tuple:
 
 
 def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=None,
-            answer_name: str | None = None, output_name: str = "y") -> Verdict:
+            answer_name: str | None = None, output_name: str = "y",
+            ordered: bool = True) -> Verdict:
     """``answer`` graded against the derivatives of ``exercise`` at ``inputs`` (name →
     the student's tensor); with ``result`` (the student's cell's), also its output and its
-    graph against f's."""
+    graph against f's. ``ordered``: the inputs' order was given (a dict, names in order);
+    False for the cell's binding order, where a y that is f of the inputs in another order is
+    said so (✗: which order the exercise means, only ``--wrt`` says)."""
     output_name = result.output_name if result is not None else output_name
-    given = exercise
-    exercise, ref, out = _evaluated(given, inputs, output_name)
-    if result is not None and _output_differs(result, out, exercise.label) is not None:
-        # f's parameters, named unlike the inputs, may follow another order than the cell's
-        for order in itertools.permutations(inputs) if 1 < len(inputs) <= 4 else ():
-            if list(order) == list(inputs):
-                continue
-            again = _evaluated(given, {n: inputs[n] for n in order}, output_name)
-            if _output_differs(result, again[2], again[0].label) is None:
-                exercise, ref, out = again
-                break
+    applied, ref, out = _evaluated(exercise, inputs, output_name)
+    if result is not None and not ordered and \
+            _output_differs(result, out, applied.label) is not None:
+        found = _in_another_order(answer, exercise, inputs, result, log, answer_name)
+        if found is not None:
+            return found
+    return _graded(answer, applied, ref, out, inputs, result, log, answer_name)
+
+
+def _graded(answer, exercise: Exercise, ref, out, inputs: Mapping, result, log,
+            answer_name: str | None) -> Verdict:
+    """The answer against f's derivatives ``ref``; with ``result``, its output and graph too."""
     graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
                    leaves=dict(inputs))
     graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
@@ -147,12 +150,39 @@ def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=Non
         problem, kind = _graph_cut(result, ref, exercise.label), VerdictKind.GRAPH_CUT
     if problem is None:
         return graded
+    return replace(graded, correct=False, kind=kind,
+                   hint=marked(f"{problem} {_own(graded, exercise, answer_name)}"))
+
+
+def _own(graded: Verdict, exercise: Exercise, answer_name: str | None) -> str:
+    """The answer's own verdict against f, in words."""
     a = f"`{answer_name}`" if answer_name else "the answer"
-    own = (f"{a[0].upper()}{a[1:]} itself is the derivatives of `{exercise.label}`."
-           if graded.correct else
-           f"Graded against the derivatives of `{exercise.label}`, {a} is ✗ "
-           f"{markup(graded.kind.words)}.")
-    return replace(graded, correct=False, kind=kind, hint=marked(f"{problem} {own}"))
+    return (f"{a[0].upper()}{a[1:]} itself is the derivatives of `{exercise.label}`."
+            if graded.correct else
+            f"Graded against the derivatives of `{exercise.label}`, {a} is ✗ "
+            f"{markup(graded.kind.words)}.")
+
+
+def _in_another_order(answer, exercise: Exercise, inputs: Mapping, result, log,
+                      answer_name: str | None) -> Verdict | None:
+    """Where the student's y is f of the cell's inputs in another order than the cell binds
+    them (f's parameters named unlike the inputs): ✗ "your y matches f(x, w), not f(w, x)",
+    the answer graded against f in that order. f runs at most twice more: the order swapped
+    and, of three or four inputs, reversed (under fork_rng, as every run of f)."""
+    names = list(inputs)
+    orders = [] if not (exercise.applied and 1 < len(names) <= 4) else \
+        list(dict.fromkeys([tuple(names[1::-1] + names[2:]), tuple(reversed(names))]))
+    for order in orders:
+        applied, ref, out = _evaluated(exercise, {n: inputs[n] for n in order},
+                                       result.output_name)
+        if _output_differs(result, out, applied.label) is None:
+            graded = _graded(answer, applied, ref, out, inputs, result, log, answer_name)
+            y = result.output_name
+            return replace(graded, correct=False, kind=VerdictKind.OUTPUT_DIFFERS, hint=marked(
+                f"Your {y} matches `{applied.label}`, not `{exercise.named(names)}` (the "
+                f"inputs in the order the cell binds them): which order the exercise means, "
+                f"`--wrt {' '.join(order)}` says. {_own(graded, applied, answer_name)}"))
+    return None
 
 
 def _listed(name: str, indices: list, total: int) -> str:
