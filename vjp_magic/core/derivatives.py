@@ -392,8 +392,12 @@ def forward_jacobian(
         return tensor.new_zeros(tuple(output.shape) + tuple(tensor.shape))
     basis = torch.eye(n, dtype=tensor.dtype, device=tensor.device).reshape(
         (n,) + tuple(tensor.shape))
+    from .checked_batches import checked_batch  # (it builds on this module)
+
+    log = Batching()  # vectorised double backward checked as every batch outside components
     (columns,) = in_chunks(  # (n,) + output.shape: J u_j
-        lambda start, stop: vjp_batch(g, [v], basis[start:stop], batched=batched), n, n)
+        lambda start, stop: checked_batch(g, [v], basis[start:stop], batched=batched, log=log),
+        n, n)
     return columns.reshape(n, m).T.reshape(tuple(output.shape) + tuple(tensor.shape))
 
 
