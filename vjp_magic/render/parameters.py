@@ -92,7 +92,7 @@ def parameter_sections(result, options) -> tuple[Section, ...]:
     fit = fit_of(options)
     largest = largest_tensors(result, MATRICES, rows)
     shown = largest[:_matrices(fit)]
-    cut = len(_shown(rows)) - len(_shown(rows, _edge(fit)))  # rows the budget took
+    cut = _kept(_shown(rows)) - _kept(_shown(rows, _edge(fit)))  # rows the budget took
     left = _left_out(largest, len(shown), cut)
     blocks: list = [_lead(result, rows, left), _table(result, rows, options)]
     for name in shown:
@@ -264,6 +264,11 @@ _COLUMNS = ((0, 1, 2, 3), (0, 1, 2), (0, 1), (1,))  # the columns kept, fewer by
 _LEFT_OUT = {(0, 1, 2): "where each largest |entry| is",
              (0, 1): "each tensor's largest |entry| and where it is",
              (1,): "each tensor's shape, largest |entry| and where it is"}
+
+
+def _kept(shown: list[int | None]) -> int:
+    """How many rows :func:`_shown` keeps (its None gaps are no rows)."""
+    return sum(k is not None for k in shown)
 
 
 def _shown(rows: list[Row], edge: int | None = None) -> list[int | None]:
