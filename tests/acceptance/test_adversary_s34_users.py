@@ -47,9 +47,7 @@ def test_a_plain_cell_names_its_own_line_for_the_non_leaf_grad_warning(ip):
     assert caught.filename.startswith("<ipython-input") and caught.lineno == 5
 
 
-@pytest.mark.xfail(strict=True, reason="a PyTorch warning raised by the cell's own line (h.grad "
-                   "of a non-leaf) is reported at vjp_magic/run/record.py:243, the recorder's "
-                   "__torch_function__, not at the cell's line as in a plain cell")
+# Was a strict xfail (s34 G13): fixed in run/record.reissue (at the cell's line).
 def test_the_non_leaf_grad_warning_names_the_cells_line_not_the_package(ip):
     (caught,) = _warnings_of(ip, "%%vjp\n" + NON_LEAF_GRAD)
     assert "vjp_magic" not in caught.filename, f"{caught.filename}:{caught.lineno}"
@@ -115,9 +113,7 @@ def test_a_square_band_at_40_points_is_called_a_band(run_vjp):
     assert "band" in plain(r)
 
 
-@pytest.mark.xfail(strict=True, reason="a %%vjp cell's PyTorch warnings all come from one place "
-                   "(vjp_magic/run/record.py:243), so under the 'default' filter the same "
-                   "warning on another line of a later cell is never shown; plain cells show it")
+# Was a strict xfail (s34 G13): fixed in run/record.reissue (at the cell's line).
 def test_the_same_warning_on_another_line_of_a_later_cell_is_shown_again(ip):
     later = NON_LEAF_GRAD.replace("h = x * 2", "h = x * 2\n\n")  # the warning on line 7
     with warnings.catch_warnings(record=True) as caught:

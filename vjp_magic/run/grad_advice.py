@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import operand
 from ..core.validation import GRAD_WITHOUT_GRAPH
+from .mistakes import numpy_in_torch
 
 # torch's factories that take requires_grad=: the cell's own line, so amended, is the advice
 FACTORIES = {"tensor", "zeros", "ones", "full", "empty", "eye", "rand", "randn", "linspace",
@@ -137,11 +138,17 @@ def copied_hint(source: str, namespace) -> str | None:
         if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad
                    for x in names_read(call)):
             continue
-        arg = call.args[0]
+        arg, func = call.args[0], ast.unparse(call.func)
         written = ast.get_source_segment(source, arg) or ast.unparse(arg)
         keep = (f"torch.stack({written})" if isinstance(arg, (ast.List, ast.ListComp, ast.Tuple))
                 else written)
-        func = ast.unparse(call.func)
+        if ".numpy()" in keep:  # np.exp(x.detach().numpy()): kept, it holds no graph either
+            x = next(x for x in names_read(call) if isinstance(ns.get(x), torch.Tensor)
+                     and ns[x].requires_grad)
+            keep = numpy_in_torch(keep.replace(f"{x}.detach()", x), x)
+            if keep.startswith("compute it with torch functions"):  # no torch twin: words
+                return (f"{y} = {func}(...) (line {stmt.lineno}) copies the values into a new "
+                        f"tensor without the graph, and NumPy is outside autograd: {keep}.")
         return (f"{y} = {func}(...) (line {stmt.lineno}) copies the values into a new tensor "
                 f"without the graph, so {y} has no derivatives. Keep the computation: "
                 f"{y} = {keep}.")

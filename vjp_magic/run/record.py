@@ -26,8 +26,10 @@ import dataclasses
 import os
 import sys
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -240,9 +242,17 @@ class _Recorder(TorchFunctionMode):
         try:
             with _NO_SUBCLASS_DISPATCH():  # reading ._version runs no tensor subclass's code
                 started = self._start(func, args, kwargs)
-            result = func(*args, **kwargs)
+            caught: list = []  # the call's warnings, judged by the cell's filters below
+            filters, show = warnings.filters, warnings.showwarning
+            warnings.filters, warnings.showwarning = [_ALWAYS], partial(_collect, caught)
+            try:  # (swapped, not warnings.catch_warnings: see _collect)
+                result = func(*args, **kwargs)
+            finally:
+                warnings.filters, warnings.showwarning = filters, show
             with _NO_SUBCLASS_DISPATCH():
                 self._finish(started, func, args, kwargs, result)
+            if caught:
+                reissue(caught, sys._getframe(1))
             return result
         finally:
             self.depth -= 1
@@ -337,6 +347,43 @@ def call_site(frame, depth: int = 64) -> tuple | None:
             found.append((frame.f_code, frame.f_lasti, frame.f_lineno))
         frame, depth = frame.f_back, depth - 1
     return (*found[0], False) if found else None
+
+
+_ALWAYS = ("always", None, Warning, None, 0)  # the one filter while a call runs
+
+
+def _collect(caught: list, message, category, filename, lineno, file=None, line=None):
+    """``warnings.showwarning`` while a recorded call runs (every filter "always"): the
+    warning noted in ``caught`` as (message, category, filename, lineno, the issuing frame's
+    globals or None), not shown. The filters list is swapped, not mutated:
+    ``warnings.catch_warnings`` bumps the filters' version, which clears every module's
+    registry of warnings already shown (each would show again after any torch call)."""
+    frame = sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename, frame.f_lineno) != (filename, lineno):
+        frame = frame.f_back
+    caught.append((message, category, filename, lineno,
+                   None if frame is None else frame.f_globals))
+
+
+def reissue(caught: list, frame) -> None:
+    """The warnings ``caught`` around one recorded call issued again, under the filters in
+    force: one PyTorch raised at this module's line (a C function warns at the innermost
+    Python frame, the recorder's) at the line that made the call, the innermost frame
+    outside torch and this package (``frame`` and its callers), as a plain run reports it
+    (and, under the "default" filter, shows it once per line of the cell, not once for all
+    cells); the others where they were raised, in their module's registry."""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if (_FILE_KINDS[name] if name in _FILE_KINDS else _file_kind(name)) == _IN_USERS:
+            break
+        frame = frame.f_back
+    for message, category, filename, lineno, where in caught:
+        if filename == __file__ and frame is not None:
+            filename, lineno, where = frame.f_code.co_filename, frame.f_lineno, frame.f_globals
+        registry = None if where is None else where.setdefault("__warningregistry__", {})
+        warnings.warn_explicit(message, category, filename, lineno,
+                               None if where is None else where.get("__name__"), registry,
+                               where)
 
 
 _IN_USERS, _IN_TORCH, _IN_OURS = range(3)
