@@ -580,9 +580,9 @@ def jacobian_formulas(result, name: str, options) -> list[Formula]:
 # -- notes ----------------------------------------------------------------------------------
 def output_note(result) -> Paragraph | None:
     """When f itself is NaN or infinite somewhere (log at a negative point), say so; where it
-    is only infinite and every derivative finite (x**2 at 1e300), it overflowed: f is defined
-    there and the derivatives are f' all the same. The cell's names are maths, as in every
-    other sentence."""
+    is only infinite and every derivative finite (x**2 at 1e300, x + a mask of -inf), the
+    derivatives shown are f' (f'' under %hessian) all the same. The cell's names are maths, as
+    in every other sentence."""
     y = result.output
     if not (y.is_floating_point() or y.is_complex()):
         return None
@@ -591,17 +591,20 @@ def output_note(result) -> Paragraph | None:
         return None
     nan = int(torch.isnan(y).sum())
     inf = y.numel() - int(finite.sum()) - nan
-    what = " and ".join(p for p in [f"NaN at {nan:,}" if nan else "",
-                                    f"infinite at {inf:,}" if inf else ""] if p)
-    entries = "entry" if y.numel() == 1 else f"{y.numel():,} entries"
+    if y.numel() == 1:
+        at = "NaN" if nan else "infinite"
+    else:
+        at = " and ".join(p for p in [f"NaN at {nan:,}" if nan else "",
+                                      f"infinite at {inf:,}" if inf else ""] if p)
+        at += f" of its {y.numel():,} entries"
     g = notation.letters()[0]
-    f, f1 = Math(g, g), Math(f"{g}'", f"{g}'")
-    lead = (notation.prose_name(output_symbol(result)), f" itself is {what} of its {entries}")
+    primes = "'" * result.order
+    f, f1 = Math(g, g), Math(f"{g}{primes}", f"{g}{primes}")
+    lead = (notation.prose_name(output_symbol(result)), f" itself is {at}")
     if not nan and _finite_derivatives(result):
-        return paragraph(*lead, ", with finite derivatives there: it overflowed "
-                         f"{notation.dtype_text(y.dtype)}'s range (", f, " is defined there, "
-                         "its value too large to hold), and the derivatives shown are ", f1,
-                         " all the same.")
+        return paragraph(*lead, ", with finite derivatives there (an overflow of "
+                         f"{notation.dtype_text(y.dtype)}'s range, or an infinite constant "
+                         "such as a mask): the derivatives shown are ", f1, " all the same.")
     past = " or its value is past the dtype's range" if inf else ""
     return paragraph(*lead, ": ", f, " is not defined there (log or sqrt of a negative number, "
                      f"a division by zero, ...){past}, so the derivatives shown at those "
