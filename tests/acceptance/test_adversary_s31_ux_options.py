@@ -22,7 +22,7 @@ NAMES = "x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = x**2\nn = 3\ns = 
 @pytest.mark.parametrize("line, words, ran", [
     ("--wrt z", ["No variable named 'z'", "--wrt"], True),
     ("--of z", ["No variable named 'z'", "--of"], True),
-    ("--wrt n", ["n is a int, not a tensor"], True),
+    ("--wrt n", ["n is an int, not a tensor"], True),
     ("--of s", ["s is a str, not a tensor", "requires_grad=True"], True),
     ("--check nothing", ["No variable named 'nothing'", "--check"], True),
     ("-p 0", ["-p", "from 1 to 17, not 0"], False),
@@ -73,7 +73,7 @@ def test_wrt_of_an_empty_grad_names_none_not_nonetype(usage_error):
     ("%hessian", ["Name the output", "%hessian y x"]),
     ("%jacobian z", ["No variable named 'z'"]),
     ("%jacobian y z", ["No variable named 'z'"]),
-    ("%jacobian n x", ["n is a int, not a tensor"]),
+    ("%jacobian n x", ["n is an int, not a tensor"]),
     ("%jacobian y wrt", ["Give the output before 'wrt'"]),
     ("%jacobian (y wrt x", ["'(' was never closed"]),
     ("%jacobian 1/0 wrt x", ["Could not evaluate '1/0'", "ZeroDivisionError"]),
