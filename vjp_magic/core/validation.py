@@ -301,13 +301,23 @@ GRAD_WITHOUT_GRAPH = (
     "torch.autograd.grad(..., create_graph=True)), or use %hessian (vjp_magic.hessian).")
 
 
+def a_or_an(word: str) -> str:
+    """``word`` with its indefinite article: "an int", "an Image", "a list"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
+def a_kind_of(value: object) -> str:
+    """``value``'s type as a message names it: "an int", "a list", "None"."""
+    return "None" if value is None else a_or_an(type(value).__name__)
+
+
 def refuse_dispatching(name: str, value: object) -> None:
     """A usage error where ``value`` is a tensor subclass with its own ``__torch_dispatch__``
     (``name``: how the message names it, "Input x"): that code runs below autograd, in every
     backward pass the analysis would make, and nothing turns it off."""
     if user_subclass(value) == "__torch_dispatch__":
         raise VJPUsageError(
-            f"{name} is a {type(value).__name__}, a tensor subclass with its own "
+            f"{name} is {a_kind_of(value)}, a tensor subclass with its own "
             "__torch_dispatch__: that code would run again in each of the analysis's backward "
             "passes (vjp_magic runs none of your code after the cell). Compute the output from "
             "plain torch.Tensor inputs (the values the subclass holds) to see its derivatives.")
@@ -324,9 +334,8 @@ def check_output(output: object, name: str) -> torch.Tensor:
             "a tensor with a graph: make it with torch.autograd.grad(..., create_graph=True), "
             "or take second derivatives with %hessian (vjp_magic.hessian).")
     if not isinstance(output, torch.Tensor):
-        what = "None" if output is None else f"a {type(output).__name__}"
         raise VJPUsageError(
-            f"{name} is {what}, not a tensor: compute it with torch operations "
+            f"{name} is {a_kind_of(output)}, not a tensor: compute it with torch operations "
             f"on a tensor that has requires_grad=True."
         )
     if not output.is_floating_point():  # (complex is not floating point either)
@@ -362,11 +371,10 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
                             f"derivatives with respect to {base} are what a backward puts "
                             f"into {name}.")
     if not isinstance(tensor, torch.Tensor):
-        kind = type(tensor).__name__
-        what = "None" if tensor is None else f"{'an' if kind[:1] in 'aeiouAEIOU' else 'a'} {kind}"
-        raise VJPUsageError(f"Input {name} is {what}, not a tensor: derivatives are taken with "
-                            "respect to a floating-point tensor with requires_grad=True (e.g. "
-                            "torch.tensor(3., requires_grad=True)), used by the output.")
+        raise VJPUsageError(f"Input {name} is {a_kind_of(tensor)}, not a tensor: derivatives are "
+                            "taken with respect to a floating-point tensor with "
+                            "requires_grad=True (e.g. torch.tensor(3., requires_grad=True)), "
+                            "used by the output.")
     refuse_dispatching(f"Input {name}", tensor)
     if not tensor.is_floating_point():  # (the messages built only when one is said)
         _refuse_unless_real_floating(

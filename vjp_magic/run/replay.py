@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..core.quiet import subclass_code
+from ..core.validation import a_or_an
 from . import refusals
 from .plan import pruned_steps, storage_key
 from .record import tensors_in
@@ -158,8 +159,8 @@ def refuse_subclasses(inputs: dict, steps: list) -> None:
         code = subclass_code(kind)
         if code is not None:
             raise NotReplayable(
-                f"it holds a {kind.__name__}, a tensor subclass with its own {code}, which a "
-                "replay would either run again or leave out")
+                f"it holds {a_or_an(kind.__name__)}, a tensor subclass with its own {code}, "
+                "which a replay would either run again or leave out")
 
 
 def _classes(inputs: dict, steps: list) -> set:
