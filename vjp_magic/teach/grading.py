@@ -465,9 +465,8 @@ def grade(answer, result, name: str | None = None, *, log=None,
     when not given; without a graph, the plain comparison stands). ``leaves`` (name →
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     ``exam``: exam mode, whose hints say what is wrong but never the code that answers.
-    ``ordered``: the inputs' order was given (a dict, names in order); False for the cell's
-    binding order, where a sequence answer right in the one order its shapes fit is right.
-    """
+    ``ordered``: the inputs' order was given; False for the cell's binding order (a sequence
+    right in the one order its shapes fit is right there)."""
     coloured = {n: item.sparse for n, item in result.inputs.items() if is_sparse(item)}
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
