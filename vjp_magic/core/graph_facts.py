@@ -12,7 +12,9 @@ read while the result kept its graph).
   may apply its own function (``w[i]``, ``mask[i]`` differ), so the display names no one f.
   Asked only where a display may say it: an input with points, or one number per point.
 
-Unknown (no graph, freed saved values) is "no": the weaker sentence is always true.
+Where the graph cannot say (saved values freed by the cell's backward, a hook), each fact
+takes its always-true side: a sparse flag unread is set (``.to_dense()`` is right for a
+dense ``.grad`` too); one function f is not proved (the pairing alone is said).
 
 What a node class saves (its ``_saved_*`` attribute names, the sparse flag it has) is read
 once per class (:func:`saved_attributes`): a pure function of the class, never stale.
@@ -111,7 +113,7 @@ def one_function(root, item) -> bool:
     if root is None:
         return False
     tensor = item.tensor
-    target = tensor.grad_fn if tensor.grad_fn is not None else None
+    target = tensor.grad_fn
     reach = _reaching(root, lambda n: n is target if target is not None
                       else getattr(n, "variable", None) is tensor)
     along = _point_axes(item, reach)

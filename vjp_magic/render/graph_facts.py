@@ -7,7 +7,8 @@ graph by :mod:`vjp_magic.core.graph_facts` while the result keeps it (the featur
 - :func:`one_function`: the graph proves every point applies the same function f, not only
   the pairing (``y[i]`` reads ``x[i]`` only).
 
-Unknown (no graph, freed saved values) is "no": the weaker sentence is always true.
+Where the graph cannot say, each fact takes its always-true side (core.graph_facts says
+which); a stored result keeps the facts read while it had its graph.
 """
 from __future__ import annotations
 
