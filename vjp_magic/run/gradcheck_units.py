@@ -3,13 +3,15 @@
 For a vector output the check compares vᵀJ e_k, the derivatives weighted by the probe's
 random v (|v_i| in [1.5, 3]): its error |vᵀ(J_analytic − J_numeric) e_k| is not one
 derivative's. The worst entry's column of J is therefore compared itself: the numeric one by
-a central difference, the analytic one by a backward pass per output entry that moves with
-x_k (at most :data:`MAX_COLUMN`), so the figure is max_i |∂y_i/∂x_k analytic − numeric|.
-Where the column is too long, or does not reproduce the weighted error (the backward gives
-derivatives to outputs that do not move), the weighted error divided by Σ|v_i| over the
-moving outputs is told instead: a lower bound of the largest entry's error, exact where
-each entry of x moves one output (an elementwise map). A rounding noise of vᵀJ e_k, a sum
-weighted by |v|, is likewise told per output entry (:func:`per_output`).
+a central difference, the analytic one as the backward gives it, in one double backward
+(Jᵀu is linear in u: ∂(Jᵀu)_k/∂u = J e_k), else (a backward that is not differentiable) by a
+backward pass per output entry that moves with x_k (at most :data:`MAX_COLUMN`), so the
+figure is max_i |∂y_i/∂x_k analytic − numeric|. Where neither can be had, or the column does
+not reproduce the weighted error (a backward not linear in its gradient), the weighted error
+divided by Σ|v_i| over the moving outputs is told instead: a lower bound of the largest
+entry's error, exact where each entry of x moves one output (an elementwise map). A rounding
+noise of vᵀJ e_k, a sum weighted by |v|, is likewise told per output entry
+(:func:`per_output`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import SUPPORT_STEP, moved_output
 
-MAX_COLUMN = 64  # backward passes spent on the worst entry's column, at most
+MAX_COLUMN = 64  # backward passes on the worst entry's column without a double backward
 AGREE = 1e-2  # the column's weighted error within this of the measured one: the same error
 
 
@@ -35,16 +37,21 @@ def derivative_error(replay, values: dict, name: str, k: int, probe: tuple, weig
     weight = float(v.reshape(-1)[moving].abs().sum())
     fallback = weighted / weight if weight else weighted / float(v.abs().max())
     rows = moving.nonzero().reshape(-1).tolist()
-    if not rows or len(rows) > MAX_COLUMN:
+    if not rows:
         return fallback
     try:
         numeric = (moved_output(replay, values, name, step * e)
                    - moved_output(replay, values, name, -step * e)).reshape(-1) / (2 * step)
-        analytic = _column(replay, values, name, k, rows)
+        analytic = _whole_column(replay, values, name, k, v)
+        if analytic is None and len(rows) <= MAX_COLUMN:
+            analytic, numeric = _column(replay, values, name, k, rows), numeric[rows]
+            v = v.reshape(-1)[rows]
     except Exception:  # noqa: BLE001 - the weighted figure stands
         return fallback
-    gaps = analytic - numeric[rows]
-    again = abs(float(v.reshape(-1)[rows].mul(gaps).sum()))
+    if analytic is None:
+        return fallback
+    gaps = analytic - numeric
+    again = abs(float(v.reshape(-1).to(gaps.dtype).mul(gaps).sum()))
     if not abs(again - weighted) <= AGREE * weighted + 1e-5 * weight:
         return fallback
     return float(gaps.abs().max())
@@ -76,6 +83,26 @@ def _moving(replay, values: dict, name: str, e: torch.Tensor,
     for h in (step, -0.7 * step):
         moved |= moved_output(replay, values, name, h * e) != base  # NaN: moved
     return moved
+
+
+def _whole_column(replay, values: dict, name: str, k: int,
+                  v: torch.Tensor) -> torch.Tensor | None:
+    """J e_k, every output entry's ∂y_i/∂x_k as the backward gives it, in one double
+    backward at the probe's v: g(u) = Jᵀu is linear in u, so ∂g_k/∂u = J e_k. None where
+    the backward is not differentiable (``once_differentiable``, no double backward)."""
+    leaf = values[name].detach().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            out = replay.run({**values, name: leaf})
+            u = v.detach().reshape(out.shape).to(out.dtype).requires_grad_(True)
+            (g,) = materialized_grad(out, [leaf], u, create_graph=True)
+            picked = g.reshape(-1)[k]
+            if not picked.requires_grad:
+                return None
+            (column,) = materialized_grad(picked, [u])
+    except (RuntimeError, NotImplementedError):
+        return None
+    return column.reshape(-1).to(torch.float64)
 
 
 def _column(replay, values: dict, name: str, k: int, rows: list) -> torch.Tensor:
