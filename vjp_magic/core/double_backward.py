@@ -6,16 +6,17 @@ backward: PyTorch raises ``NotImplementedError`` (``_cdist_backward``: "the deri
 '_cdist_backward' is not implemented"), or a ``RuntimeError`` (a custom Function marked
 ``once_differentiable``, a backward that is not differentiable). The paths that want a double
 backward as a shortcut (column passes, row checks, forward-mode NaN fills) then take the path
-that needs none; only a freed graph (the user's mistake, said by the entry point) goes on up.
+that needs none; any other error (a freed graph, the user's mistake said by the entry point;
+out of memory; a bug of ours) goes on up. PyTorch's texts: :func:`.torch_api.no_double_backward`.
 """
 from __future__ import annotations
 
-from .torch_api import TorchError, torch_error
+from .torch_api import no_double_backward
 
 MISSING = (RuntimeError, NotImplementedError)  # what such a pass may raise
 
 
 def lacks_double_backward(error: BaseException) -> bool:
-    """Whether ``error`` (one of :data:`MISSING`) leaves a double-backward shortcut to the
-    path without one: anything but a freed graph."""
-    return isinstance(error, MISSING) and torch_error(error) is not TorchError.SECOND_PASS
+    """Whether ``error`` (one of :data:`MISSING`) says the graph has no double backward, so a
+    double-backward shortcut takes the path without one."""
+    return no_double_backward(error)

@@ -122,6 +122,25 @@ def once_differentiable_node(root):
     return None
 
 
+# A pass that needed a derivative of a backward PyTorch does not have: an op's ("the
+# derivative for '_cdist_backward' is not implemented", "grid_sampler_3d double backward not
+# implemented", "Double backward is unsupported"), a custom Function's marked
+# once_differentiable ("trying to differentiate twice a function that was marked with
+# @once_differentiable"), or a backward computed outside autograd (its gradient has no graph,
+# or one the tensor differentiated by does not reach: "appears to not have been used").
+_NO_DOUBLE_BACKWARD = re.compile(
+    r"derivative for .* is not implemented|double backwards? (?:is )?(?:not |un)supported|"
+    r"double backward not implemented|differentiate twice|appears to not have been used in "
+    r"the graph|" + re.escape(NO_GRAPH), re.I)
+
+
+def no_double_backward(error: BaseException) -> bool:
+    """Whether ``error`` says a pass needed a derivative of a backward PyTorch does not have
+    (any other error, a freed graph, out of memory, a bug of ours, is not that)."""
+    return isinstance(error, (RuntimeError, NotImplementedError)) and \
+        _NO_DOUBLE_BACKWARD.search(str(error)) is not None
+
+
 def gradient_position(error: BaseException | str) -> int | None:
     """In a GRADIENT_SHAPE error ("grad_output[1] has a shape of ..."): which gradient."""
     match = _GRADIENT_POSITION.search(str(error))
@@ -161,4 +180,4 @@ def multi_grad_hook_message(which: str | None = None, several: bool = False) -> 
 __all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
            "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
            "graph_usage_error", "guarded_grad", "materialized_grad", "multi_grad_hook_message",
-           "once_differentiable_node", "strided", "torch_error"]
+           "no_double_backward", "once_differentiable_node", "strided", "torch_error"]
