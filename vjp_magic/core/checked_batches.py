@@ -41,14 +41,19 @@ def verified(output: torch.Tensor, inputs: Sequence[torch.Tensor], grad_outputs:
     ``log``) where they came from plain passes or agree with one plain pass of a random
     combination of the vectors; else the plain passes' own (and ``log`` vectorises no more).
     Of one computation's vectorised batches (one ``log``) the 1st, 2nd, 4th, 8th … are
-    checked: a batching rule acts per op whatever the vectors, so a wrong one shows in the
-    first batch (cdist's in every one), and the checks cost log₂ of the batches' count."""
+    checked, and the first of each batch size (the last, smaller chunk): a batching rule acts
+    per op whatever the vectors, so a wrong one shows in the first batch (cdist's in every
+    one), unless it depends on the batch's size; the checks cost log₂ of the batches' count.
+    (:meth:`~.derivatives.Batching.new_set`: other vectors, checked afresh.)"""
     if not log.vectorised:
         return grads
-    made = getattr(log, "vectorised_batches", 0) + 1
-    log.vectorised_batches = made
-    if made & (made - 1) or agree(output, inputs, grad_outputs, grads):
-        return grads  # (checked: the 1st, 2nd, 4th, 8th … vectorised batch of ``log``)
+    log.vectorised_batches += 1
+    made, size = log.vectorised_batches, grad_outputs.shape[0]
+    if made & (made - 1) and size in log.checked_sizes:
+        return grads
+    log.checked_sizes.add(size)
+    if agree(output, inputs, grad_outputs, grads):
+        return grads
     log.methods.clear()
     log.vectorised = False
     return vjp_batch(output, inputs, grad_outputs, batched=False)

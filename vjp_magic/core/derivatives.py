@@ -63,11 +63,21 @@ class Batching:
     """What the batched backward passes of one computation learned (:func:`vjp_batch`'s
     ``log``): the vectorised methods still worth trying (one that failed for a reason other
     than memory is not tried again on the next chunk: its error would be the same), and
-    whether the last call's VJPs came from one of them (``vectorised``) or plain passes."""
+    whether the last call's VJPs came from one of them (``vectorised``) or plain passes;
+    ``vectorised_batches`` and ``checked_sizes``: how many vectorised batches
+    :func:`.checked_batches.verified` has seen, and the batch sizes it has checked."""
 
     def __init__(self) -> None:
         self.methods = [_vmap_grad, _legacy_batched_grad]
         self.vectorised = False
+        self.vectorised_batches = 0
+        self.checked_sizes: set[int] = set()
+
+    def new_set(self) -> None:
+        """The next batches ask about other vectors (a group test's next round): its first
+        vectorised batch is checked again, then the 2nd, 4th …"""
+        self.vectorised_batches = 0
+        self.checked_sizes.clear()
 
 
 def vjp_batch(
