@@ -506,9 +506,7 @@ def test_a_tuple_answer_in_the_cells_binding_order_is_correct(run_vjp):
 
 # Was a strict xfail (s34 G13): fixed in teach/grading (another order) and grading_against.
 # Its ✓ on g(x, w) hid a swapped exercise (G14's s34 finding 2): the verdict now says which
-# order y matches, and --wrt x w names it (F3; the mark waits on the F3-grading-order patch).
-@pytest.mark.xfail(strict=True, reason="needs /work/briefs/s34/patches/F3-grading-order.patch: "
-                   "features/grading passes ordered=bool(request.wrt)")
+# order y matches, and --wrt x w names it (F3).
 def test_against_a_function_of_unnamed_parameters_is_not_failed_for_binding_order(ip, run_ok,
                                                                                    run_vjp):
     run_ok("def g(a, b):\n    return a**2 * b")

@@ -4,7 +4,6 @@ where it is the cell's binding order (the student need not know it) and the answ
 fit no other order. An order the user gave (a dict, names in order) is never permuted.
 
 Expected values from mathematics: y = x * w has dy/dx = w, dy/dw = x."""
-import pytest
 import torch
 
 import vjp_magic
@@ -77,18 +76,12 @@ x = torch.tensor([1., 2.], requires_grad=True)
 y = w.sum() * x.sum()
 ans = (torch.full((2,), 15.), torch.full((3,), 3.))  # (dy/dx, dy/dw): only x, w fits"""
 
-_PATCH = ("needs /work/briefs/s34/patches/F3-grading-order.patch: features/grading passes "
-          "ordered=bool(request.wrt), so the cell's binding order may be read another way")
-
-
-@pytest.mark.xfail(strict=True, reason=_PATCH)
 def test_a_cells_binding_order_is_read_another_way_where_only_that_fits(run_vjp):
     r = run_vjp(W_FIRST_SHAPES, "--check ans")
     assert r.check.correct, r.check.hint
     assert "Right: ans holds the derivatives with respect to x, w" in r.check.hint
 
 
-@pytest.mark.xfail(strict=True, reason=_PATCH)
 def test_against_in_the_cells_binding_order_says_which_order_y_matches(ip, run_ok, run_vjp):
     run_ok("def g(a, b):\n    return a**2 * b")
     r = run_vjp(W_FIRST, "--check ans --against g")

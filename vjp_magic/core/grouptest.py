@@ -228,6 +228,7 @@ class SetProber:
             return empty, empty.clone()
         hits, unknown = [], []
         start = 0
+        self.batching.new_set()  # other sets than the last round's: checked afresh
         while start < len(sets):  # calls of about CHUNK_SECONDS each: Ctrl-C gets through
             part = sets[start:start + max(1, min(self.limit, self.step))]
             began = time.perf_counter()
@@ -252,6 +253,7 @@ class SetProber:
         non-finite."""
         self._check_time(len(weights))
         parts = []
+        self.batching.new_set()  # other weights than the last round's: checked afresh
         for start in range(0, len(weights), max(1, min(self.limit, self.step))):
             part = weights[start:start + max(1, min(self.limit, self.step))]
             (g,) = checked_batch(self.output, [self.x], self.vectors(part), log=self.batching)

@@ -49,6 +49,7 @@ class Asked(Protocol):
     options: RenderOptions
     order: int
     jacobian: bool
+    wrt: tuple[str, ...]  # the inputs as named, in order (empty: the cell's binding order)
 
     def flag(self, name: str) -> object: ...
 

@@ -27,7 +27,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
     if source:
         return _against(answer, name, source, result, request, subject)
     graded = grade(answer, result, log=subject.log, answer_name=name, record=subject.record,
-                   exam=bool(request.flag("exam")))
+                   exam=bool(request.flag("exam")), ordered=bool(request.wrt))
     shown = verdict_sections(graded, result, reveal=False)  # --reveal: the view's
     return Added(before=shown, stored={"check": graded},
                  view={"hidden": not _revealed(request)})
@@ -47,7 +47,7 @@ def _against(answer, name: str, source, result, request: Asked, subject: Subject
     exercise = from_source(source, subject.scope)
     inputs = {n: item.tensor for n, item in result.inputs.items()}
     graded = against(answer, exercise, inputs, result=result, log=subject.log,
-                     answer_name=name)
+                     answer_name=name, ordered=bool(request.wrt))
     shown = result
     if _revealed(request):
         shown, _ = reference(exercise, inputs, result.output_name)
