@@ -192,8 +192,12 @@ def _from_given(output, named, given, probes) -> dict[str, tuple[Candidate, torc
     agreed = given_jacobians.agreed(probes, usable, magnitudes, separated) if usable else set()
     for name in usable:  # a given Jacobian not accepted is recomputed: no note on it
         probes.nonfinite.pop(name, None)
-    return {name: (Candidate(Pairing(), True), usable[name]) for name in usable
-            if name in agreed}
+    return {name: (GIVEN_TAKEN, usable[name]) for name in usable if name in agreed}
+
+
+# The candidate a given Jacobian the probes accept takes: the whole Jacobian (no pairing), as
+# proved as the probes make it (also the per-sample result built directly, run.persample).
+GIVEN_TAKEN = Candidate(Pairing(), True)
 
 
 def input_result(name, tensor, proof, candidate: Candidate, derivatives,

@@ -20,8 +20,6 @@ from ..core import analysis, axisflow, memory, validation
 from ..core import given as given_jacobians
 from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import GivenJacobian
-from ..core.candidates import Candidate
-from ..core.pairing import Pairing
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
@@ -188,8 +186,8 @@ def accepted_result(graph, given, output_name: str,
     if not all(p.depends and not p.custom and p.limitation is None for p in proofs.values()):
         return None
     remember_seconds(pass_key(output, named.values(), 0), probes.seconds)
-    taken = Candidate(Pairing(), True)  # as the analysis takes a given Jacobian it accepts
-    inputs = {name: analysis.input_result(name, t, proofs[name], taken, jacobians[name])
+    inputs = {name: analysis.input_result(name, t, proofs[name], analysis.GIVEN_TAKEN,
+                                          jacobians[name])
               for name, t in named.items()}  # (one owner of an input's fields)
     return VJPResult(output=output, output_name=output_name, inputs=inputs, full=False,
                      memory_budget=budget, seed=probes.seed)
