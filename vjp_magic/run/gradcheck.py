@@ -67,6 +67,7 @@ CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its e
 COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no comparison
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
+RIVALS = 8  # a vector output's entries read in J's own units: the largest errors in vᵀJ
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
 # A count budget instead (``gradcheck(passes=...)``, or this default where it is not None):
 # at most this many checks (sampled entries, group directions, entries of groups in doubt),
@@ -218,9 +219,9 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
     cell = _cell_derivatives(record, inputs, output, names, analytic, replay, probe[1])
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
         for name, f in found.items():
-            if f.worst_at is not None:
-                f.worst = derivative_error(replay, values, name, f.worst_at, probe, f.worst,
-                                           STEP)
+            if f.worst_at is not None:  # each entry that may be the worst in J's units
+                f.worst = max(derivative_error(replay, values, name, k, probe, weighted, STEP)
+                              for weighted, k in f.rivals())
             if f.noise_at is not None:
                 f.noise = per_output(replay, values, name, f.noise_at, probe, f.noise)
     return _report(replay, found, analytic, budget, cell)
@@ -592,6 +593,14 @@ class _Found:
     singles: int = 0  # of them, checked singly (their group in doubt)
     unchecked: int = 0  # left unchecked: too many groups in doubt (MAX_SINGLES)
     worst_at: int | None = None  # the flat entry of ``worst`` (a vector output's is in vᵀJ)
+    largest: list = field(default_factory=list)  # (error, k) of the largest, up to RIVALS
+
+    def rivals(self) -> list:
+        """(error, k) of the entries whose error in vᵀJ is within the spread of |v| of the
+        worst (V_MAGNITUDE: a 2× larger weight may hide a larger derivative error), up to
+        RIVALS of them: each may be the worst in J's own units."""
+        low, high = V_MAGNITUDE
+        return [(e, k) for e, k in self.largest if e * high / low >= self.worst]
 
     def add(self, verdict: Agreement, error: float, where: list, k: int | None = None) -> None:
         """One entry's (flat ``k``, at ``where``) verdict and error, recorded."""
@@ -604,6 +613,8 @@ class _Found:
         else:
             if error > self.worst or self.worst_at is None:
                 self.worst, self.worst_at = max(self.worst, error), k
+            if k is not None:
+                self.largest = sorted(self.largest + [(error, k)], reverse=True)[:RIVALS]
             self.agree = self.agree and verdict is Agreement.AGREE
             self.failed += where if verdict is Agreement.DISAGREE else []
 
