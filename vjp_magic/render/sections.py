@@ -375,7 +375,8 @@ def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> 
     if beside:
         return Formula(lhs, matrix, suffix, tuple(caption))
     dims = notation.dims_math(shape)  # no room beside the matrix: the shape goes beneath it
-    return Formula(lhs, matrix, None, (Text("shape "), Math(dims.tex, dims.plain), *caption))
+    shape_words = (Text("shape "), Math(dims.tex, dims.plain))
+    return Formula(lhs, matrix, None, shape_words + ((Text("; "), *caption) if caption else ()))
 
 
 def _width_cut(block: Block, matrix, options) -> tuple:
@@ -391,8 +392,8 @@ def _width_cut(block: Block, matrix, options) -> tuple:
     shown = sum(e != HDOTS for e in matrix.rows[0])
     if shown >= kept:
         return ()
-    return (Text(f"{kept - shown} of {block.ncols} entries left out to fit the width "
-                 "(--full-matrix shows every entry)."),)
+    return (Text(f"{kept - shown} of {block.ncols} entries left out to fit the width ("),
+            Code("--full-matrix"), Text(" shows every entry)."))
 
 
 def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,
