@@ -228,11 +228,13 @@ def _numpy_table(dtype: torch.dtype) -> numpy.ndarray | None:
 
 
 def set_probe_values(like: torch.Tensor, seed: int, purpose: str, stream: int = 0) -> torch.Tensor:
-    """Random values ±(1..2) shaped like ``like`` (none near 0, so a probe restricted to a set
-    of entries reaches every index its set reaches), drawn from the run's ``seed``."""
+    """Random values ±(1 to 2) shaped like ``like`` (none near 0, so a probe restricted to a set
+    of entries reaches every index its set reaches), drawn from the run's ``seed``. A draw of
+    exactly 0 (torch.rand gives it with a chance of 2⁻²⁴ an entry: about once in 170 calls at
+    10⁵ entries) is +1, never 0: a weight of 0 would hide its entry's dependence."""
     r = torch.rand(tuple(like.shape), generator=probe_generator(seed, purpose, stream),
                    dtype=torch.float32) * 2 - 1  # the same draws whatever the default dtype
-    return (r + r.sign()).to(dtype=like.dtype, device=like.device)
+    return torch.where(r < 0, r - 1, r + 1).to(dtype=like.dtype, device=like.device)
 
 
 # -- the probe rule: vᵀJ judged against vᵀD ------------------------------------------------
