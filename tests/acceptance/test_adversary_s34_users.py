@@ -293,8 +293,7 @@ def test_full_explain_does_not_deny_the_diagonal_it_shows(run_vjp):
 
 
 # -- a quoted name, as --of takes it ---------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="--wrt \"x\" (quoted, as %%vjp? shows for --of): 'Input "
-                   "\"x\" is a str, not a tensor.', where --of \"y\" reads the name y")
+# Was a strict xfail (s34 G13): fixed in magics/options.unquoted (every name option).
 def test_a_quoted_wrt_name_is_read_as_the_name_as_of_reads_it(run_vjp):
     body = "x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = torch.sin(x)"
     assert list(run_vjp(body, '--of "y"').derivatives) == ["x"]  # --of takes quotes

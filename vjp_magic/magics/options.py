@@ -95,7 +95,9 @@ def read_cell_line(parser, line: str) -> argparse.Namespace:
     if extras:
         raise _unread(parser, line, extras, argv)
     if getattr(args, "wrt", None):  # one expression named twice is one input
-        args.wrt = list(dict.fromkeys(args.wrt))
+        args.wrt = list(dict.fromkeys(n for word in args.wrt for n in unquoted_names(word)))
+    if getattr(args, "check", None):
+        args.check = unquoted(args.check)
     if len(read) >= _READ_MAX:
         read.pop(next(iter(read)))
     read[line] = _fresh(args)
@@ -198,7 +200,12 @@ def read_expression_line(parser, line: str, magic: str) -> argparse.Namespace:
             args.output_source, args.input_names = split_at_wrt(source, magic)
         except VJPUsageError as error:
             raise UsageError(str(error)) from None
-        args.input_names = list(dict.fromkeys(args.input_names))  # x[0] x[0]: one input
+        quoted = words(args.output_source)  # "y" "x": Python would join the two strings
+        if not args.input_names and len(quoted) > 1 and all(unquoted(w) != w for w in quoted):
+            args.output_source, args.input_names = quoted[0], quoted[1:]
+        args.output_source = unquoted(args.output_source)
+        args.input_names = list(dict.fromkeys(  # x[0] x[0]: one input
+            n for word in args.input_names for n in unquoted_names(word)))
     return args
 
 
@@ -277,15 +284,36 @@ def one_output(of: list[str] | None) -> str | None:
         return None
     source = " ".join(of)
     node = _expression(source)
-    if len(of) == 1 and isinstance(node, ast.Constant) and isinstance(node.value, str) \
-            and _expression(node.value) is not None:
-        return node.value.strip()  # quoted
+    if len(of) == 1 and unquoted(source) != source:
+        return unquoted(source)
     if len(of) > 1 and (node is None or isinstance(node, ast.Tuple)):
         first = ast.unparse(node.elts[0]) if isinstance(node, ast.Tuple) and node.elts else \
             of[0].rstrip(",") if _expression(of[0].rstrip(",")) is not None else "y"
         raise VJPUsageError(f"Give one output to --of (--of {first}), or torch.stack several "
                             "into one tensor (an expression may have spaces: --of y.sum() + 1).")
     return source
+
+
+def unquoted(word: str) -> str:
+    """A name or expression written in quotes on the line (``"x"``, ``'y.sum() + 1'``, as
+    ``%%vjp?`` shows for ``--of``) without its quotes; any other word as it is."""
+    node = _expression(word)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            and _expression(node.value) is not None:
+        return node.value.strip()
+    return word
+
+
+def unquoted_names(word: str) -> list[str]:
+    """The names in one word of ``--wrt`` (or ``wrt``): ``x``, ``"x"``, ``"x, w"``, ``"x w"``."""
+    inner = unquoted(word)
+    if inner == word:
+        node = _expression(word)
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            return [word]
+        inner = node.value
+    names = words(inner, commas=True)
+    return names if names and all(_expression(n) is not None for n in names) else [word]
 
 
 def _expression(source: str) -> ast.expr | None:
@@ -297,4 +325,4 @@ def _expression(source: str) -> ast.expr | None:
 
 
 __all__ = ["EXPRESSION", "common_arguments", "one_output", "read_cell_line",
-           "read_expression_line", "whole_number"]
+           "read_expression_line", "unquoted", "unquoted_names", "whole_number"]
