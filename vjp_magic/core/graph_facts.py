@@ -63,6 +63,24 @@ def saved_attributes(node) -> tuple[tuple[str, ...], str | None]:
     return known
 
 
+def raw_saved(node) -> list:
+    """The ``SavedTensor``s ``node`` holds (its ``_raw_saved_*``, a custom Function's
+    ``_raw_saved_tensors``), each with its ``unpack_hook`` and packed ``data``: read without
+    unpacking, so no hook runs; none where a backward freed them."""
+    names = ["_raw" + a for a in saved_attributes(node)[0]]
+    if hasattr(node, "_forward_cls"):
+        names.append("_raw_saved_tensors")
+    found = []
+    for name in names:
+        try:
+            raw = getattr(node, name, None)
+        except RuntimeError:  # (freed by a backward)
+            continue
+        found.extend(r for r in (raw if isinstance(raw, (list, tuple)) else [raw])
+                     if hasattr(r, "unpack_hook"))
+    return found
+
+
 def facts(output: torch.Tensor | None, inputs) -> dict:
     """The ``View`` fields these facts fill (``sparse_grads``, ``one_function``: frozensets of
     names), read off ``output``'s graph; ``inputs``: name → input result (``.tensor``,

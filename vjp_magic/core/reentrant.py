@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dis
 import functools
+import os
 import sys
 import threading
 import types
@@ -27,6 +28,8 @@ from typing import NamedTuple
 import torch
 
 from .errors import VJPUsageError
+from .graph_facts import raw_saved
+from .quiet import user_subclass
 from .tagging import walk_nodes
 
 _DEPTH = 3  # how far the plain functions a backward calls are read
@@ -36,28 +39,132 @@ def reentrant_nodes(output) -> tuple[str, ...]:
     """The names of the reentrant nodes on ``output``'s graph (none for a non-tensor or a
     tensor without history). A custom Function not judged by its code has its backward called
     once on zeros, stopped before it could re-enter autograd; no node hook fires."""
-    return _judged(output)[0]
+    return _judged(output).reentrant
 
 
-def _judged(output) -> tuple[tuple[str, ...], bool]:
-    """The reentrant nodes' names, and whether the graph holds a user's custom Function."""
+class _Judged(NamedTuple):
+    """What one walk of a graph found (nodes read only: no backward, no hook, no unpack)."""
+
+    reentrant: tuple[str, ...] = ()  # the reentrant nodes' names
+    custom: bool = False  # a user's custom Function is on it
+    unpack_hooks: frozenset = frozenset()  # the user's unpack hooks' code objects
+    checkpointed: bool = False  # one of them recomputes a non-reentrant checkpoint
+    dispatching: object = None  # the first __torch_dispatch__ subclass a node holds
+
+
+def _judged(output, probe: bool = True) -> _Judged:
+    """One walk of ``output``'s graph: its custom Functions, the unpack hooks its saved
+    tensors carry and the dispatching subclasses its nodes hold; then its reentrant nodes
+    (``probe``: a node's backward probed on zeros, only where nothing it saved is hooked and
+    no dispatching subclass is on the graph: the probe would run that code)."""
     if not isinstance(output, torch.Tensor) or output.grad_fn is None:
-        return (), False
-    nodes = [node for node in walk_nodes([output.grad_fn])
-             if isinstance(node, torch.autograd.function.BackwardCFunction)]
-    custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in nodes)
-    return tuple(dict.fromkeys(node.name() for node in nodes if _is_reentrant(node))), custom
+        return _Judged()
+    functions, hooks, hooked, dispatching = [], set(), set(), None
+    for node in walk_nodes([output.grad_fn]):
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            functions.append(node)
+        for saved in raw_saved(node):
+            hook = saved.unpack_hook
+            if hook is not None and _users_hook(hook):
+                hooks.add(hook.__code__)
+                hooked.add(id(node))
+            if dispatching is None:
+                dispatching = _dispatching([saved.data])
+        if dispatching is None and hasattr(node, "__dict__"):  # a custom Function's ctx
+            dispatching = _dispatching(_held(vars(node).values()))
+    custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in functions)
+    checkpointed = any(c.co_filename.endswith(_CHECKPOINT_FILE) for c in hooks)
+    facts = _Judged((), custom, frozenset(hooks), checkpointed, dispatching)
+    if dispatching is not None:
+        return facts
+    found = (node.name() for node in functions
+             if _is_reentrant(node, probe=probe and id(node) not in hooked))
+    return facts._replace(reentrant=tuple(dict.fromkeys(found)))
+
+
+def _users_hook(hook) -> bool:
+    """Whether an unpack hook runs the user's code: one written outside PyTorch, or
+    ``torch.utils.checkpoint``'s (it runs the checkpointed block again); PyTorch's own
+    others (``save_on_cpu``: a copy back to the device) do not."""
+    code = getattr(hook, "__code__", None)
+    if code is None:  # (a builtin: no Python of the user's)
+        return False
+    return code.co_filename.endswith(_CHECKPOINT_FILE) or not code.co_filename.startswith(
+        _TORCH_DIR)
+
+
+def _held(values) -> list:
+    """``values`` and the items of the lists, tuples and dicts among them (one level)."""
+    found = []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            found.extend(value)
+        elif isinstance(value, dict):
+            found.extend(value.values())
+        else:
+            found.append(value)
+    return found
+
+
+def _dispatching(values):
+    """The first of ``values`` that is a tensor subclass with its own ``__torch_dispatch__``."""
+    return next((v for v in values if user_subclass(v) == "__torch_dispatch__"), None)
 
 
 def refuse_reentrant(output, output_name: str = "the output") -> None:
-    """A :class:`VJPUsageError` where ``output``'s graph holds a reentrant node, before any
-    pass on it: no forward runs again, no hook fires, no state changes."""
-    found, _ARMED.custom = _judged(output)
-    if not found:
+    """A :class:`VJPUsageError` where ``output``'s graph holds a reentrant node or a
+    ``__torch_dispatch__`` subclass (behind a custom Function, in a node's saved tensors or
+    its ``ctx``), before any pass on it: no forward runs again, no hook fires, no state
+    changes. Arms :func:`pass_guard` for the passes on this graph: a custom Function's
+    backward, and the user's unpack hooks (a non-reentrant checkpoint's recomputation, their
+    ``saved_tensors_hooks``), which a replayed copy of the graph does not have."""
+    judged = _judged(output)
+    _ARMED.custom, _ARMED.hooks, _ARMED.output_name = \
+        judged.custom, judged.unpack_hooks, output_name
+    if judged.dispatching is not None:
+        raise VJPUsageError(dispatching_message(judged.dispatching, output_name))
+    if not judged.reentrant:
         return
-    if any(name == "CheckpointFunctionBackward" for name in found):
+    if any(name == "CheckpointFunctionBackward" for name in judged.reentrant):
         raise VJPUsageError(checkpoint_message(output_name))
-    raise VJPUsageError(function_message(found[0].removesuffix("Backward"), output_name))
+    raise VJPUsageError(function_message(judged.reentrant[0].removesuffix("Backward"),
+                                         output_name))
+
+
+def refuse_recomputing(output, output_name: str, advice: str) -> None:
+    """A :class:`VJPUsageError` where ``output``'s graph, which the analysis would
+    differentiate itself (nothing recorded to replay), carries the user's unpack hooks: every
+    pass would run them (a non-reentrant checkpoint's block again). ``advice``: how the user
+    has it recorded and replayed instead. A reentrant node or a dispatching subclass is left
+    to :func:`refuse_reentrant`'s words (no node is probed here)."""
+    judged = _judged(output, probe=False)
+    if judged.unpack_hooks and not judged.reentrant and judged.dispatching is None:
+        raise VJPUsageError(hooked_message(output_name, judged.checkpointed, advice))
+
+
+def hooked_message(output_name: str, checkpointed: bool, advice: str | None = None) -> str:
+    """The usage error for a graph whose saved tensors the user's code unpacks; ``advice``:
+    what to do (else: without them, or recorded where no replay could be made yet)."""
+    how = "torch.utils.checkpoint" if checkpointed else \
+        "torch.autograd.graph.saved_tensors_hooks"
+    why = ("each backward pass through it runs the checkpointed function again" if
+           checkpointed else "each backward pass through it runs their unpack hook")
+    advice = advice or (f"Compute it without {how}, or where vjp_magic records it (a %%vjp "
+                        "cell, a function passed to vjp_magic.differentiate): a replay of the "
+                        "recorded operations is differentiated where they allow one")
+    return (f"{output_name} was computed through {how}: {why}, your code, and vjp_magic runs "
+            f"none of your code after it ran. {advice}.")
+
+
+def dispatching_message(value, output_name: str) -> str:
+    """The usage error for a ``__torch_dispatch__`` subclass in the middle of the graph."""
+    kind = type(value).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return (f"{output_name} was computed through {article} {kind}, a tensor "
+            "subclass with its own __torch_dispatch__, held by its graph (saved for a custom "
+            "autograd.Function's backward): that code would run again in each of the "
+            "analysis's backward passes (vjp_magic runs none of your code after the cell). "
+            "Compute the output from plain torch.Tensor values to see its derivatives.")
 
 
 def checkpoint_message(output_name: str) -> str:
@@ -76,7 +183,7 @@ def function_message(function: str, output_name: str = "the output") -> str:
             "with use_reentrant=False.")
 
 
-def _is_reentrant(node) -> bool:
+def _is_reentrant(node, probe: bool = True) -> bool:
     if not isinstance(node, torch.autograd.function.BackwardCFunction):
         return False
     cls = getattr(node, "_forward_cls", None)
@@ -91,7 +198,7 @@ def _is_reentrant(node) -> bool:
     if any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
            for name in ("backward", "vjp")):
         return True
-    return _probe(node)
+    return probe and _probe(node)
 
 
 def _pytorch_own(cls: type) -> bool:
@@ -203,7 +310,11 @@ def reentrant_guard() -> _Guard:
 
 
 class _Armed(threading.local):
-    custom = False  # the graph refuse_reentrant judged last holds a user's custom Function
+    # the graph refuse_reentrant judged last: whether it holds a user's custom Function, the
+    # code of the user's unpack hooks its saved tensors carry, and the output's name
+    custom = False
+    hooks: frozenset = frozenset()
+    output_name = "the output"
 
 
 _ARMED = _Armed()
@@ -213,9 +324,16 @@ _UNGUARDED = contextlib.nullcontext()
 def pass_guard():
     """:func:`reentrant_guard` for a pass of the analysis where the graph
     :func:`refuse_reentrant` judged last (its entry point's) holds a user's custom Function
-    (one whose backward escaped the check on zeros, say reentrant only on some gradients);
-    nothing otherwise (no cost)."""
-    return reentrant_guard() if _ARMED.custom else _UNGUARDED
+    (one whose backward escaped the check on zeros, say reentrant only on some gradients), or
+    saved tensors the user's code unpacks (a non-reentrant checkpoint, their
+    ``saved_tensors_hooks``: a pass on the user's own graph, where no replay stands for it, is
+    stopped with the usage error as it enters the first, before it runs); nothing otherwise
+    (no cost)."""
+    if not (_ARMED.custom or _ARMED.hooks):
+        return _UNGUARDED
+    guard = reentrant_guard()
+    guard.hooks = _ARMED.hooks
+    return guard
 
 
 class _Guard:
@@ -225,6 +343,7 @@ class _Guard:
 
     def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
+        self.hooks: frozenset = frozenset()  # the unpack hooks' code that stops a pass
         self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
@@ -258,6 +377,9 @@ class _Guard:
 
     def _call(self, frame) -> None:
         code, watched = frame.f_code, _watched()
+        if code in self.hooks:
+            checkpointed = code.co_filename.endswith(_CHECKPOINT_FILE)
+            raise VJPUsageError(hooked_message(_ARMED.output_name, checkpointed))
         if code is watched.apply:
             self._frames.append((frame, True, torch.is_grad_enabled()))
         elif code.co_name == "unpack_hook" and code.co_filename.endswith(_CHECKPOINT_FILE):
@@ -292,6 +414,7 @@ class _Guard:
 
 
 _CHECKPOINT_FILE = "checkpoint.py"
+_TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 def _restore_profile(previous) -> None:
@@ -335,5 +458,6 @@ def _watched() -> _Watched:
     return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
 
 
-__all__ = ["checkpoint_message", "function_message", "pass_guard", "reentrant_guard",
-           "reentrant_nodes", "refuse_reentrant"]
+__all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
+           "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_recomputing",
+           "refuse_reentrant"]

@@ -33,6 +33,7 @@ from ..core.validation import (add_named, module_parameters, named_inputs, param
 from ..core.errors import VJPUsageError, operand, refuse_meta
 from ..core.marked import marked
 from ..core.quiet import no_subclass_code
+from ..core.reentrant import refuse_recomputing
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
@@ -152,8 +153,11 @@ class FromExpression:
         return cls(scope, source, value, record)
 
     def output(self, of: str | None) -> tuple[str, object]:
-        return self.output_source, dense(self.output_source, self.value,
-                                           "%jacobian {0} wrt {1}")
+        output = dense(self.output_source, self.value, "%jacobian {0} wrt {1}")
+        if self.record is None:  # (its own graph, each pass)
+            refuse_recomputing(output, self.output_source, "Compute it in a %%vjp cell: its "
+                               "operations are recorded, and a replay of them differentiated")
+        return self.output_source, output
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
@@ -178,8 +182,12 @@ class Given:
     log = record = output_source = namespace = scope = None
 
     def output(self, of: str | None) -> tuple[str, object]:
-        return self.output_name, dense(self.output_name, self.tensor,
-                                       f"vjp_magic.{self.entry}({{}}, x)")
+        output = dense(self.output_name, self.tensor, f"vjp_magic.{self.entry}({{}}, x)")
+        refuse_recomputing(output, self.output_name,  # no record: its own graph, each pass
+                           f"Pass vjp_magic.{self.entry} a function computing it "
+                           f"({self.entry}(lambda: f(x), x)): it is called once, recorded, "
+                           "and a replay of its operations differentiated")
+        return self.output_name, output
 
     def inputs(self, wrt, output, output_name: str) -> dict:
         return dense_inputs(named_inputs(self.given_inputs, self.names))
