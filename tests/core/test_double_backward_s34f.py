@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.autograd.function import once_differentiable
 
-from vjp_magic.core.double_backward import lacks_double_backward
+from vjp_magic.core.torch_api import no_double_backward
 
 
 class _Once(torch.autograd.Function):
@@ -36,7 +36,7 @@ def _second_pass_error(make) -> BaseException:
 @pytest.mark.parametrize("make", [lambda x: torch.cdist(x, x + 1.0), _Once.apply],
                          ids=["cdist", "once-differentiable"])
 def test_pytorchs_missing_double_backward_is_recognised(make):
-    assert lacks_double_backward(_second_pass_error(make))
+    assert no_double_backward(_second_pass_error(make))
 
 
 def test_a_freed_graph_is_not_a_missing_double_backward():
@@ -45,7 +45,7 @@ def test_a_freed_graph_is_not_a_missing_double_backward():
     y.backward()
     with pytest.raises(RuntimeError) as freed:
         y.backward()
-    assert not lacks_double_backward(freed.value)
+    assert not no_double_backward(freed.value)
 
 
 @pytest.mark.parametrize("error", [
@@ -55,4 +55,4 @@ def test_a_freed_graph_is_not_a_missing_double_backward():
     NotImplementedError("a bug of ours"),
 ], ids=["oom-text", "oom", "shape-bug", "not-implemented-bug"])
 def test_any_other_error_goes_on_up(error):
-    assert not lacks_double_backward(error)
+    assert not no_double_backward(error)

@@ -25,14 +25,14 @@ import torch
 from .colouring import colour_columns, colour_count
 from .checked_batches import checked_batch
 from .derivatives import chunk_size, plain_vjp
-from .double_backward import MISSING, lacks_double_backward
 from .pairing import Evidence
 from .pattern import Pattern, most_per_row, observed_pattern
 from .probes import probe_generator
 from .sparse_check import checked, rows_checked
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
-from .torch_api import guarded_grad, once_differentiable_node
+from .torch_api import (DOUBLE_BACKWARD_ERRORS, guarded_grad, no_double_backward,
+                        once_differentiable_node)
 
 if TYPE_CHECKING:
     from .compressed import SparseJacobian
@@ -217,8 +217,8 @@ def observed_columns(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
             (column,) = guarded_grad(g.reshape(-1), v, u, retain_graph=True)
             read = column.detach().reshape(-1).ne(0).nonzero().squeeze(1).cpu()
             pairs.append((torch.full_like(read, j), read))
-    except MISSING as error:  # an op without double backward met on the way
-        if not lacks_double_backward(error):
+    except DOUBLE_BACKWARD_ERRORS as error:  # an op without double backward met on the way
+        if not no_double_backward(error):
             raise
         return None
     cols, rows = (torch.cat(part) for part in zip(*pairs))
@@ -262,8 +262,8 @@ def transpose_operator(flat: torch.Tensor, x: torch.Tensor):
     try:
         (g,) = guarded_grad(flat, x, v, retain_graph=True, create_graph=True,
                             allow_unused=True)
-    except MISSING as error:
-        if not lacks_double_backward(error):
+    except DOUBLE_BACKWARD_ERRORS as error:
+        if not no_double_backward(error):
             raise
         return None
     if g is None or g.grad_fn is None:
@@ -296,8 +296,8 @@ def jvps(output: torch.Tensor, x: torch.Tensor, colours: torch.Tensor,
                 stop = min(count, first + limit)
                 (jv,) = checked_batch(g, [v], tangents(x, colours, first, stop))
                 rows.append(jv.detach().reshape(stop - first, -1))
-    except MISSING as error:  # once_differentiable, an op without double backward …
-        if not lacks_double_backward(error):
+    except DOUBLE_BACKWARD_ERRORS as error:  # once_differentiable, an op without double backward …
+        if not no_double_backward(error):
             raise
         return None
     return torch.cat(rows) if rows else flat.new_zeros(0, flat.numel()).detach()

@@ -35,9 +35,8 @@ from .derivatives import plain_vjp
 from .probes import probe_generator, probe_plan, probe_values
 from .pattern import expanded
 from .sparse_layout import csr_rows, fresh
-from .double_backward import MISSING, lacks_double_backward
 from .tolerances import NOISE_MULTIPLE, tolerances
-from .torch_api import guarded_grad
+from .torch_api import DOUBLE_BACKWARD_ERRORS, guarded_grad, no_double_backward
 
 
 def checked(output, x, jacobian: torch.Tensor, seed: int, known=None,
@@ -258,8 +257,8 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
     v = torch.zeros_like(flat, requires_grad=True)
     try:
         (g,) = guarded_grad(flat, x, v, retain_graph=True, create_graph=True)
-    except MISSING as error:
-        if not lacks_double_backward(error):
+    except DOUBLE_BACKWARD_ERRORS as error:
+        if not no_double_backward(error):
             raise
         return False
     if g.grad_fn is None:  # J·w = 0 for every w: the rows hold no nonzero
@@ -270,8 +269,8 @@ def rows_checked(output, x, jacobian: torch.Tensor, seed: int) -> bool:
         w = _check_probe(g.reshape(-1), seed ^ 0x5EED, draw).reshape(x.shape)
         try:
             (observed,) = guarded_grad(g, v, w, retain_graph=True)
-        except MISSING as error:
-            if not lacks_double_backward(error):
+        except DOUBLE_BACKWARD_ERRORS as error:
+            if not no_double_backward(error):
                 raise
             return False
         w = w.reshape(-1).to(values.device, values.dtype)

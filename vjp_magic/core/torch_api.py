@@ -134,10 +134,19 @@ _NO_DOUBLE_BACKWARD = re.compile(
     r"the graph|" + re.escape(NO_GRAPH), re.I)
 
 
+# what a pass needing a double backward raises where the graph has none (and other errors)
+DOUBLE_BACKWARD_ERRORS = (RuntimeError, NotImplementedError)
+
+
 def no_double_backward(error: BaseException) -> bool:
-    """Whether ``error`` says a pass needed a derivative of a backward PyTorch does not have
-    (any other error, a freed graph, out of memory, a bug of ours, is not that)."""
-    return isinstance(error, (RuntimeError, NotImplementedError)) and \
+    """Whether ``error`` (one of :data:`DOUBLE_BACKWARD_ERRORS`) says a pass needed a
+    derivative of a backward PyTorch does not have: a ``create_graph`` pass, or one through
+    the graph it made (forward mode by double backward), meeting ``_cdist_backward``, a
+    ``once_differentiable`` Function, a backward computed outside autograd. The paths that
+    take a double backward as a shortcut (column passes, row checks, forward-mode NaN fills)
+    then take the path that needs none; any other error (a freed graph, the user's mistake
+    said by the entry point, out of memory, a bug of ours) is not that, and goes on up."""
+    return isinstance(error, DOUBLE_BACKWARD_ERRORS) and \
         _NO_DOUBLE_BACKWARD.search(str(error)) is not None
 
 
@@ -177,7 +186,8 @@ def multi_grad_hook_message(which: str | None = None, several: bool = False) -> 
             "in a %%vjp cell, which differentiates a copy of the graph without hooks.")
 
 
-__all__ = ["ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE", "ONCE_DIFFERENTIABLE_NODE",
-           "TorchError", "autograd_grad", "engine_wrapped", "gradient_position",
-           "graph_usage_error", "guarded_grad", "materialized_grad", "multi_grad_hook_message",
-           "no_double_backward", "once_differentiable_node", "strided", "torch_error"]
+__all__ = ["DOUBLE_BACKWARD_ERRORS", "ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE",
+           "ONCE_DIFFERENTIABLE_NODE", "TorchError", "autograd_grad", "engine_wrapped",
+           "gradient_position", "graph_usage_error", "guarded_grad", "materialized_grad",
+           "multi_grad_hook_message", "no_double_backward", "once_differentiable_node",
+           "strided", "torch_error"]
