@@ -20,7 +20,7 @@ from contextvars import ContextVar
 
 import torch
 
-from .errors import VJPUsageError, operand
+from .errors import VJPUsageError, operand, refuse_meta
 from .memory import checked_budget
 from .marked import marked
 from .pairing import Evidence
@@ -311,6 +311,15 @@ def a_kind_of(value: object) -> str:
     return "None" if value is None else a_or_an(type(value).__name__)
 
 
+def refuse_unanalysable(name: str, value: object) -> None:
+    """A usage error where ``value`` (an output or input, ``name``: how the message names it,
+    "Input x") is a tensor no analysis can take: a meta tensor (a shape, no values) or a
+    subclass with its own ``__torch_dispatch__`` (:func:`refuse_dispatching`). The one check
+    every entry point makes of what it was given."""
+    refuse_meta(name, value)
+    refuse_dispatching(name, value)
+
+
 def refuse_dispatching(name: str, value: object) -> None:
     """A usage error where ``value`` is a tensor subclass with its own ``__torch_dispatch__``
     (``name``: how the message names it, "Input x"): that code runs below autograd, in every
@@ -327,7 +336,7 @@ def refuse_dispatching(name: str, value: object) -> None:
 def check_output(output: object, name: str) -> torch.Tensor:
     """The output must be a real floating tensor that autograd can differentiate."""
     refuse_sequence(name, output)
-    refuse_dispatching(name, output)
+    refuse_unanalysable(name, output)
     if output is None and name.endswith(".grad"):
         raise VJPUsageError(
             f"{name} is None (no backward has filled it), and a gradient is differentiated as "
@@ -375,7 +384,7 @@ def check_input(tensor: object, name: str) -> torch.Tensor:
                             "taken with respect to a floating-point tensor with "
                             "requires_grad=True (e.g. torch.tensor(3., requires_grad=True)), "
                             "used by the output.")
-    refuse_dispatching(f"Input {name}", tensor)
+    refuse_unanalysable(f"Input {name}", tensor)
     if not tensor.is_floating_point():  # (the messages built only when one is said)
         _refuse_unless_real_floating(
             tensor,

@@ -29,8 +29,8 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..core.validation import (add_named, module_parameters, named_inputs, parameter_expression,
-                                refuse_dispatching, refuse_sequence, remember_spellings)
-from ..core.errors import VJPUsageError, operand, refuse_meta
+                                refuse_sequence, refuse_unanalysable, remember_spellings)
+from ..core.errors import VJPUsageError, operand
 from ..core.marked import marked
 from ..core.quiet import no_subclass_code
 from ..core.reentrant import refuse_recomputing
@@ -300,9 +300,8 @@ def dense(name: str, output, how: str):
     the dense output goes, e.g. ``%%vjp --of {}``, ``{1}`` the inputs where it names them);
     or a meta tensor (no values); or a tuple, list or dict of tensors (one of them named);
     or a tensor subclass with a ``__torch_dispatch__`` (the user's code, run by each pass)."""
-    refuse_meta(name, output)
     refuse_sequence(name, output, how)
-    refuse_dispatching(name, output)
+    refuse_unanalysable(name, output)
     if not isinstance(output, torch.Tensor) or output.layout == torch.strided:
         return output
     densified = f"{operand(name)}.to_dense()"
@@ -317,8 +316,7 @@ def dense_inputs(inputs: dict) -> dict:
     """The inputs, unless one is a sparse tensor (the analysis reshapes every input), a
     meta tensor or a tensor subclass with a ``__torch_dispatch__``."""
     for name, value in inputs.items():
-        refuse_meta(f"Input {name}", value)
-        refuse_dispatching(f"Input {name}", value)
+        refuse_unanalysable(f"Input {name}", value)
         if isinstance(value, torch.Tensor) and value.layout != torch.strided:
             layout = str(value.layout).replace("torch.", "")
             raise VJPUsageError(
