@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..core.derivatives import plain_vjp
 from ..core.probes import fresh_stream, signed_powers
 from ..core.torch_api import guarded_grad
+from .record import version
 from .refusals import close
 from .steps import Interpreter
 
@@ -321,6 +322,34 @@ class _Capturing(Interpreter):
     def keep(self, use: _Use, bound: dict, value: torch.Tensor) -> None:
         self.found.append((use, bound, value))
         self.versions.append(value._version)
+
+    def take_recorded(self, record) -> bool:
+        """Keep each rule step's arguments and result as the cell's own run made them (the
+        record's tensors, on the cell's graph), instead of running the steps: where every
+        one of those tensors is as it was at its call (its version then: no in-place write
+        since, a result never written) and no step is attention (computed its own way).
+        False, keeping nothing, otherwise."""
+        calls = {id(call.result): call for call in record.calls
+                 if isinstance(call.result, torch.Tensor)}
+        found = []
+        for step in self.steps:
+            use = self.uses.get(id(step))
+            if use is None:
+                continue
+            call, result = calls.get(id(step.result)), step.result
+            if use.kind == _ATTENTION or call is None or call.result is not result \
+                    or version(result) != 0:
+                return False
+            for tensor in _tensors((step.args, step.kwargs)):
+                then = call.seen.get(id(tensor), (None,))[0]
+                if then is None or then != version(tensor):
+                    return False
+            names = _SIGNATURES[use.kind]
+            found.append((use, {**_DEFAULTS, **dict(zip(names, step.args)), **step.kwargs},
+                          result))
+        for use, bound, result in found:
+            self.keep(use, bound, result)
+        return True
 
     def unchanged(self) -> bool:
         return all(r._version == v for (_, _, r), v in zip(self.found, self.versions))

@@ -21,10 +21,16 @@ from ..core.marked import code, marked
 from ..core.torch_api import multi_grad_hook_message
 from ..core.result import with_tensor
 from ..core.tagging import depends_on, walk_nodes
-from .record import outs_of
+from .record import FunctionApply, outs_of, tensors_in
+from .steps import function_name
 from ..core.validation import parameter_expression
 from .replay import InputChanged, NotReplayable, aliases, build, close, distinct, one_tensor_names
 from .refusals import NotReached
+
+# Where a caller's interpreter keeps what it needs from the replay (the per-sample rules) and
+# the cell's own graph is proved to run none of the user's code in a backward, that graph is
+# differentiated as it is, with no replay. False: always the replay (the tests compare both).
+OWN_GRAPH_WHEN_FREE = True
 
 
 @dataclass(eq=False)
@@ -41,6 +47,16 @@ class AnalysedGraph:
     hooks: list = field(default_factory=list)  # gradient hooks on the way, named (notes)
     inputs_changed: bool = False  # an input was changed in place after the cell used it
     interpreter: object = None  # what ran the replay where a caller asked for its own
+    # the user's own graph, proved to run none of the user's code in a backward
+    # (:func:`runs_no_user_code`): differentiated as it is, with no replay
+    proved_free: bool = False
+
+    @property
+    def hook_free(self) -> bool:
+        """Whether a backward of this graph runs none of the user's code (no hook,
+        ``retain_grad``, custom backward or unpack hook): a replayed copy, or the cell's own
+        graph proved so."""
+        return self.replayed or self.proved_free
 
     def restore(self, result, user_output, user_inputs: dict):
         """``result`` (of the analysis on this graph) holding the user's tensors again, with
@@ -124,6 +140,10 @@ def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> Ana
         fresh = fresh_leaves(inputs)
         replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
         runner = interpreter(replay) if interpreter is not None else None
+        if runner is not None and OWN_GRAPH_WHEN_FREE and not hooks \
+                and runs_no_user_code(record, output, inputs) \
+                and runner.take_recorded(record):  # no copy needed: the cell's own graph
+            return AnalysedGraph(output, inputs, proved_free=True, interpreter=runner)
         with torch.enable_grad():
             value = replay.run(fresh, interpreter=runner)
     except NotReplayable as error:
@@ -142,6 +162,85 @@ def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> Ana
         return AnalysedGraph(output, inputs, hooks=hooks, reason="a replay of its operations "
                              "gave other values (state the record does not show)")
     return AnalysedGraph(value, fresh, replayed=True, hooks=hooks, interpreter=runner)
+
+
+def runs_no_user_code(record, output: torch.Tensor, inputs: dict) -> bool:
+    """Whether no backward of ``output``'s graph toward ``inputs`` can run the user's code,
+    proved from what was observed, reading attributes only (no pass, no hook). Called where
+    the record's calls were found to make the whole graph (:func:`.replay.build`: nothing
+    from outside the record, no tensor subclass with code of its own, no custom Function's
+    forward). Every way the engine runs Python in a backward is ruled out:
+
+    - a custom ``autograd.Function``'s backward, a module's backward hook
+      (``BackwardHookFunctionBackward``), a reentrant checkpoint: every node is one of
+      PyTorch's own C++ nodes, none a Python one;
+    - an unpack hook of ``saved_tensors_hooks`` (``save_on_cpu``, a non-reentrant
+      checkpoint's recompute): no tensor a node saved has one;
+    - a tensor hook on a leaf (``register_hook``, ``register_multi_grad_hook``): no leaf of
+      the graph has one (the leaves' grad accumulators are never run: every pass names its
+      inputs, whose gradients the engine captures instead, without their node's hooks);
+    - a hook on a tensor the cell made, ``retain_grad``, a hook on a node
+      (``grad_fn.register_hook`` / ``register_prehook``, a module's non-full backward hook):
+      the cell's graph is its own (made by its recorded calls), a node is reached only
+      through a ``grad_fn`` read, and none was recorded, nor any ``register_hook`` or
+      ``retain_grad`` call, nor a callable handed to a recorded call (code of the user's
+      that would run inside it, unrecorded); no tensor the record made retains its
+      gradient or holds a hook."""
+    if record is None or getattr(record, "failed", None) is not None:
+        return False
+    for call in record.calls:
+        if function_name(call.func) in _HOOKING or isinstance(call.func, FunctionApply) \
+                or _hands_code((call.args, call.kwargs)):
+            return False
+        for tensor in tensors_in(call.result):
+            if tensor.retains_grad or tensor._backward_hooks:
+                return False
+    if any(isinstance(t, torch.Tensor) and t._backward_hooks for t in inputs.values()):
+        return False
+    try:
+        for node in walk_nodes([output.grad_fn]):
+            kind = type(node)
+            if isinstance(node, torch._C._FunctionBase) or kind.__module__ != "builtins":
+                return False  # a Python node: a custom Function's backward
+            leaf = getattr(node, "variable", None) if kind.__name__ == "AccumulateGrad" \
+                else None
+            if leaf is not None and leaf._backward_hooks:
+                return False
+            if any(_unpacks(getattr(node, name)) for name in _saved_names(kind)):
+                return False
+    except RuntimeError:  # a saved value already freed by a backward: not read
+        return False
+    return True
+
+
+# Recorded calls that reach a node or put a hook on a tensor (property reads by their name)
+_HOOKING = frozenset({"grad_fn", "_grad_fn", "register_hook", "retain_grad", "_backward_hooks",
+                      "register_post_accumulate_grad_hook", "_post_accumulate_grad_hooks"})
+_SAVED_NAMES: dict = {}  # node class -> the names of its raw saved values
+
+
+def _saved_names(kind: type) -> tuple:
+    names = _SAVED_NAMES.get(kind)
+    if names is None:
+        names = _SAVED_NAMES[kind] = tuple(n for n in dir(kind) if n.startswith("_raw_saved_"))
+    return names
+
+
+def _unpacks(saved) -> bool:
+    """Whether a node's raw saved value (one, or a list) comes with an unpack hook."""
+    items = saved if isinstance(saved, (list, tuple)) else (saved,)
+    return any(getattr(item, "unpack_hook", None) is not None for item in items)
+
+
+def _hands_code(value, depth: int = 0) -> bool:
+    """Whether a recorded call's arguments hold something callable (a function, a module)."""
+    if isinstance(value, (torch.Tensor, type)) or value is None:
+        return False
+    if isinstance(value, (list, tuple)):
+        return depth < 4 and any(_hands_code(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return depth < 4 and any(_hands_code(v, depth + 1) for v in value.values())
+    return callable(value)
 
 
 def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:

@@ -108,7 +108,8 @@ def rules_capture(inputs: dict, output):
 def _shared(graph, batch: int):
     """The analysed graph's capturing interpreter, where its replay kept the rule steps and
     reads per-sample data (a constant with the batch on axis 0, as :func:`_replayed` asks)."""
-    capture = getattr(graph, "interpreter", None) if getattr(graph, "replayed", False) else None
+    hook_free = getattr(graph, "hook_free", False)  # a replayed copy, or proved so
+    capture = getattr(graph, "interpreter", None) if hook_free else None
     if capture is None:
         return None
     inputs = {id(t) for t in graph.inputs.values()}
@@ -134,7 +135,7 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     (a fresh one where None; the result's ``seed``: hand it to the analysis), so that the
     analysis needs no backward of its own for it."""
     probe = None
-    if graph is not None and getattr(graph, "replayed", False) and _per_sample_shape(output):
+    if graph is not None and getattr(graph, "hook_free", False) and _per_sample_shape(output):
         seed = new_seed() if seed is None else validation.checked_seed(seed)
         probe = probe_vector(graph.output, seed, 0)
     found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph,
@@ -160,11 +161,12 @@ def accepted_result(graph, given, output_name: str,
     check (:func:`vjp_magic.core.given.agreed`, with the probes of the same seed), the same
     fields. Nothing is left for the analysis to decide there (a full Jacobian needs no
     pairing; no pass runs, so no ``retain_grad`` tensor needs keeping). None wherever it
-    would decide something: a graph that is not the hook-free replay, an input without a
+    would decide something: a graph not hook-free (neither the replay nor the cell's own
+    proved so: :attr:`.hookfree.AnalysedGraph.hook_free`), an input without a
     Jacobian checked per sample, a Jacobian not accepted, not finite or all 0 (notes, NaN
     filling), a custom Function on the way; the caller then runs the analysis."""
     if not isinstance(given, PerSampleGiven) or given.seed is None \
-            or not getattr(graph, "replayed", False):
+            or not getattr(graph, "hook_free", False):
         return None
     output, named = graph.output, graph.inputs
     if set(given) != set(named) or not all(
