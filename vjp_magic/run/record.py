@@ -26,10 +26,9 @@ import dataclasses
 import os
 import sys
 import threading
-import warnings
+import types
 import weakref
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -246,17 +245,9 @@ class _Recorder(TorchFunctionMode):
         try:
             with _NO_SUBCLASS_CODE():  # reading ._version runs no tensor subclass's code
                 started = self._start(func, args, kwargs)
-            caught: list = []  # the call's warnings, judged by the cell's filters below
-            filters, show = warnings.filters, warnings.showwarning
-            warnings.filters, warnings.showwarning = [_ALWAYS], partial(_collect, caught)
-            try:  # (swapped, not warnings.catch_warnings: see _collect)
-                result = func(*args, **kwargs)
-            finally:
-                warnings.filters, warnings.showwarning = filters, show
+            result = calling_at(users_frame(sys._getframe(1)))(func, args, kwargs)
             with _NO_SUBCLASS_CODE():
                 self._finish(started, func, args, kwargs, result)
-            if caught:
-                reissue(caught, sys._getframe(1))
             return result
         finally:
             self.depth -= 1
@@ -340,10 +331,7 @@ def call_site(frame, depth: int = 64) -> tuple | None:
     Only the code object is kept (positions are read from it when asked), no frame."""
     found = []
     while frame is not None and depth:
-        name = frame.f_code.co_filename
-        kind = _FILE_KINDS.get(name)
-        if kind is None:
-            kind = _file_kind(name)
+        kind = _file_kind(frame.f_code.co_filename)
         if kind == _IN_OURS and found:  # the frame below ours runs the cell
             cell = [f for f in found if f[0].co_filename == found[-1][0].co_filename]
             return (*cell[0], True)
@@ -353,41 +341,43 @@ def call_site(frame, depth: int = 64) -> tuple | None:
     return (*found[0], False) if found else None
 
 
-_ALWAYS = ("always", None, Warning, None, 0)  # the one filter while a call runs
-
-
-def _collect(caught: list, message, category, filename, lineno, file=None, line=None):
-    """``warnings.showwarning`` while a recorded call runs (every filter "always"): the
-    warning noted in ``caught`` as (message, category, filename, lineno, the issuing frame's
-    globals or None), not shown. The filters list is swapped, not mutated:
-    ``warnings.catch_warnings`` bumps the filters' version, which clears every module's
-    registry of warnings already shown (each would show again after any torch call)."""
-    frame = sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename, frame.f_lineno) != (filename, lineno):
+def users_frame(frame):
+    """The innermost frame from ``frame`` outward running neither torch's code nor this
+    package's: where a plain run reports a warning the call raises (None: none)."""
+    while frame is not None and _file_kind(frame.f_code.co_filename) != _IN_USERS:
         frame = frame.f_back
-    caught.append((message, category, filename, lineno,
-                   None if frame is None else frame.f_globals))
+    return frame
 
 
-def reissue(caught: list, frame) -> None:
-    """The warnings ``caught`` around one recorded call issued again, under the filters in
-    force: one PyTorch raised at this module's line (a C function warns at the innermost
-    Python frame, the recorder's) at the line that made the call, the innermost frame
-    outside torch and this package (``frame`` and its callers), as a plain run reports it
-    (and, under the "default" filter, shows it once per line of the cell, not once for all
-    cells); the others where they were raised, in their module's registry."""
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if (_FILE_KINDS[name] if name in _FILE_KINDS else _file_kind(name)) == _IN_USERS:
-            break
-        frame = frame.f_back
-    for message, category, filename, lineno, where in caught:
-        if filename == __file__ and frame is not None:
-            filename, lineno, where = frame.f_code.co_filename, frame.f_lineno, frame.f_globals
-        registry = None if where is None else where.setdefault("__warningregistry__", {})
-        warnings.warn_explicit(message, category, filename, lineno,
-                               None if where is None else where.get("__name__"), registry,
-                               where)
+def calling_at(frame):
+    """A function ``call(func, args, kwargs)`` that returns ``func(*args, **kwargs)`` from a
+    frame that reads as ``frame`` does to the warnings module (its file, line and globals:
+    its module's name, filters and ``__warningregistry__``), so a warning the call raises (a
+    C function's, at the innermost Python frame; torch's Python one, a stack level or two up,
+    past the recorder) is filtered, shown once per line and raised under "error" at the
+    cell's line, as in a plain run: nothing is swapped or caught (the filters are process-wide,
+    shared by every thread). ``frame`` None: a plain call."""
+    if frame is None:
+        return _plain_call
+    key = (frame.f_code.co_filename, frame.f_lineno or 1, id(frame.f_globals))
+    call = _CALLERS.get(key)
+    if call is None or call.__globals__ is not frame.f_globals:
+        if len(_CALLERS) >= _NAMED_MAX:
+            _CALLERS.clear()
+        code = _CALLER_CODE.replace(co_filename=key[0], co_firstlineno=key[1])
+        call = _CALLERS[key] = types.FunctionType(code, frame.f_globals, "<torch call>")
+    return call
+
+
+def _plain_call(func, args, kwargs):
+    __tracebackhide__ = True  # noqa: F841 - IPython hides this frame
+    return func(*args, **kwargs)
+
+
+# one line, so every instruction of a caller is at the line its frame stands for
+_CALLER_CODE = compile("def call(func, args, kwargs): __tracebackhide__ = True; "
+                       "return func(*args, **kwargs)", "<torch call>", "exec").co_consts[0]
+_CALLERS: dict = {}  # (file, line, globals' id) -> its caller, bounded
 
 
 _IN_USERS, _IN_TORCH, _IN_OURS = range(3)
@@ -396,6 +386,9 @@ _FILE_KINDS: dict = {}  # a frame's file -> whose code it is (above), bounded
 
 def _file_kind(name: str) -> int:
     """Whose frames file ``name`` holds: this package's, torch's or the user's, remembered."""
+    kind = _FILE_KINDS.get(name)
+    if kind is not None:
+        return kind
     kind = _IN_OURS if name.startswith(_OURS) else \
         _IN_TORCH if name.startswith(_TORCH) else _IN_USERS
     if len(_FILE_KINDS) >= _NAMED_MAX:
