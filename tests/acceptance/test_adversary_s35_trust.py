@@ -270,3 +270,43 @@ def test_the_corrected_first_backward_runs(ip, first):
     exec(_SETUP_TWICE, namespace)
     exec(code, namespace)  # then the cell's second call goes through the graph again:
     namespace["y"].sum().backward()
+
+
+# -- 7. grading judges a small derivative against the others' mean -------------------------
+
+def _exp_case(dtype):
+    x = torch.linspace(-10, 10, 5, dtype=dtype).requires_grad_()
+    right = torch.exp(x.detach())  # 4.5e-5, 6.7e-3, 1, 148, 22026: each point's own
+    wrong = right.clone()
+    wrong[:2] = 0  # the two smallest derivatives left out
+    return torch.exp(x), x, right, wrong
+
+
+def _scaled_case(dtype):
+    w = torch.tensor([1e-6, 1.0, 1e6, 3.0], dtype=dtype)
+    x = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=dtype).requires_grad_()
+    wrong = w.clone()
+    wrong[0] = 2e-6  # twice the first point's derivative
+    return x * w, x, w, wrong
+
+
+_GRADED = {"exp at 5 points, float32": (_exp_case, torch.float32),
+           "x * w at 4 points, float64": (_scaled_case, torch.float64),
+           "x * w at 4 points, float32": (_scaled_case, torch.float32)}
+
+
+@pytest.mark.xfail(strict=True, reason="teach/grading_targets.target: each entry's tolerance "
+                   "adds rtol·mean(|D|) over every point, so beside a derivative of 2e4 (or 1e6) "
+                   "an answer 0 for 6.7e-3 (or 2e-6 for 1e-6) is graded 'correct'")
+@pytest.mark.parametrize("case", list(_GRADED))
+def test_a_small_derivative_answered_wrong_is_wrong(case):
+    make, dtype = _GRADED[case]
+    y, x, right, wrong = make(dtype)
+    assert not vjp_magic.check(wrong, y, x).correct
+
+
+@pytest.mark.parametrize("case", list(_GRADED))
+def test_the_right_answer_beside_large_derivatives_is_right(case):
+    make, dtype = _GRADED[case]
+    y, x, right, wrong = make(dtype)
+    assert vjp_magic.check(right, y, x).correct
