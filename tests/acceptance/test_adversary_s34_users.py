@@ -559,10 +559,7 @@ def test_a_teachers_options_together_fit_one_screen(run_vjp, body, line):
 
 
 # -- the student's own f --------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="def f(t): return t**2, then y = f(x): 'y = G(x) applies "
-                   "one function g at 5 points ... g'(x^(i)) = [-4 -2 0 2 4]': the letter picker "
-                   "(render/notation.letters) avoids the notebook's f even where the output is "
-                   "f(x) itself, so the student's f' is shown as a g' no cell defines")
+# Was a strict xfail (s34 G13): fixed in features/names.applied_letter (the maths' letter).
 def test_the_students_own_f_applied_at_points_is_called_f(ip, run_ok, run_vjp):
     run_ok("def f(t):\n    return t**2")
     r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = f(x)")

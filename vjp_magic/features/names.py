@@ -11,6 +11,7 @@ view learns from the output's graph while the result keeps it (:mod:`.render.gra
 """
 from __future__ import annotations
 
+import ast
 from contextlib import nullcontext
 
 from ..core.tagging import is_visible_name
@@ -34,16 +35,59 @@ def cell_names(subject: Subject) -> frozenset:
     return frozenset(name for name in namespace if is_visible_name(name))
 
 
+# Letters the maths may take from the notebook's own function: not i, j, l, m, n (points),
+# k (components), p (a parameter), u, v, w (a colour's vector, v itself, a weight), x, y, z.
+_FUNCTION_LETTERS = frozenset("abcdefghoqrst")
+
+
+def applied_letter(subject: Subject, result) -> str | None:
+    """The notebook's one-letter function the output applies, ``f`` for ``y = f(x)`` (or
+    ``%jacobian f(x)``, or a cell ending in ``f(x)``) with ``f`` a function of the notebook:
+    the maths calls the map by the student's own letter, not another one."""
+    namespace = getattr(subject, "namespace", None)
+    if not namespace:
+        return None
+    node = _output_expression(subject, result.output_name)
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+        return None
+    letter = node.func.id
+    value = namespace.get(letter)
+    return letter if letter in _FUNCTION_LETTERS and callable(value) \
+        and not isinstance(value, type) else None
+
+
+def _output_expression(subject: Subject, output_name: str) -> ast.expr | None:
+    """The expression the output is: ``output_name`` itself where it is one, else what the
+    cell last assigned to that name (None where neither can be read)."""
+    try:
+        if not output_name.isidentifier():
+            return ast.parse(output_name.strip(), mode="eval").body
+        source = getattr(getattr(subject, "run", None), "source", None)
+        cell = ast.parse(source) if isinstance(source, str) else None
+    except SyntaxError:
+        return None
+    assigned = [node.value for node in (cell.body if cell else ())
+                if isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == output_name]
+    return assigned[-1] if assigned else None
+
+
 def naming(subject: Subject, result=None):
     """A context in which text for ``subject``'s ``result`` is built with its names taken,
-    the namespace's and the result's own (the pipeline's, around every feature)."""
+    the namespace's and the result's own (the pipeline's, around every feature), and the
+    notebook's function the output applies as the maths' letter (:func:`applied_letter`)."""
     names = cell_names(subject)
+    applied = None
     if result is not None:
         names |= identifiers([result.output_name, *result.inputs])
-    return _naming(names) if names else nullcontext()
+        applied = applied_letter(subject, result)
+    return _naming(names, applied) if names else nullcontext()
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
     names = cell_names(subject)
     view = {"names": names} if names else {}
+    applied = applied_letter(subject, result)
+    if applied:
+        view["applied"] = applied
     return Added(view={**view, **graph_facts.facts(result)})  # (read while the graph is kept)

@@ -162,16 +162,20 @@ def component_loop(out_shape: Sequence[int], point_axes: Iterable[int],
 # The names the user's namespace binds while a result's display is built (View.names, set by
 # the features that build text): an expression output is never named after one of them.
 CELL_NAMES: ContextVar[frozenset] = ContextVar("vjp_magic_cell_names", default=frozenset())
+# The notebook's own one-letter function the output applies (y = f(x)): the maths' letter.
+APPLIED: ContextVar[str | None] = ContextVar("vjp_magic_applied", default=None)
 
 
 @contextmanager
-def naming(names: Iterable[str]):
-    """Build text with ``names`` taken (the namespace's): :func:`output_symbol` avoids them."""
-    token = CELL_NAMES.set(frozenset(names))
+def naming(names: Iterable[str], applied: str | None = None):
+    """Build text with ``names`` taken (the namespace's): :func:`output_symbol` avoids them;
+    ``applied``: the notebook's function the output applies, the maths' letter for it."""
+    token, applied_token = CELL_NAMES.set(frozenset(names)), APPLIED.set(applied)
     try:
         yield
     finally:
         CELL_NAMES.reset(token)
+        APPLIED.reset(applied_token)
 
 
 def taken_names(result) -> set[str]:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from ..core.validation import parameter_expression
-from .codegen import CELL_NAMES, expression, output_symbol
+from .codegen import APPLIED, CELL_NAMES, expression, output_symbol
 from .document import Code, Entry, Math, Text
 from .graph_facts import one_function
 from .latex import greek_macro
@@ -157,8 +157,9 @@ def letters() -> tuple[str, str]:
     """The letters of the function at one point and of the map at many (the tutorial's f
     and F): the first pair of which neither the cell nor the result's own names bind (with
     ``f = torch.sin(x)`` bound, f' would read as the derivative of that tensor), f and F
-    where they bind them all."""
-    small = free_letter(_LETTERS, CELL_NAMES.get()) or "f"
+    where they bind them all; the notebook's own one-letter function where the output
+    applies it (``y = f(x)`` with ``def f``: its f′ is the student's f′)."""
+    small = APPLIED.get() or free_letter(_LETTERS, CELL_NAMES.get()) or "f"
     return small, small.upper()
 
 

@@ -51,6 +51,8 @@ class View:
     ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``);
     ``present``: presentation mode, the derivatives' formulas first and larger (``--present``);
     ``names``: the names the user's namespace binds (an expression output is named apart);
+    ``applied``: the notebook's one-letter function the output applies (``y = f(x)``), the
+    maths' letter for the map (:func:`vjp_magic.features.names.applied_letter`);
     ``freed``: lines the code beneath starts with where the cell's own backward freed the
     output's graph (the output computed again, or what to do); ``sparse_grads``: the inputs
     whose ``.grad`` autograd hands sparse, as the graph said (the code reads them densely).
@@ -65,6 +67,7 @@ class View:
     pictured: bool = False
     present: bool = False
     names: frozenset = frozenset()  # the namespace's names: an expression output avoids them
+    applied: str | None = None  # the notebook's one-letter function the output applies (f)
     freed: tuple[str, ...] = ()  # lines first in the code beneath: the cell's backward freed it
     sparse_grads: frozenset = frozenset()  # inputs autograd hands a sparse .grad (codegen)
     one_function: frozenset = frozenset()  # inputs whose points the graph proves one f
@@ -76,7 +79,8 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with naming(self.names | identifiers([result.output_name, *result.inputs])):
+        with naming(self.names | identifiers([result.output_name, *result.inputs]),
+                    self.applied):
             document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
@@ -188,7 +192,7 @@ class View:
     @_as_its_own
     def code(self, result) -> str:
         """Plain PyTorch reproducing the derivatives (``r.code``)."""
-        with naming(self.names):
+        with naming(self.names, self.applied):
             return reproducing_code(result, first=self.freed)
 
 
