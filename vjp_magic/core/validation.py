@@ -438,7 +438,8 @@ def _entries(count: int, kind: str) -> str:
 
 
 def nonfinite_notes(result) -> list[str]:
-    """One sentence per input whose derivatives contain NaN or ±inf."""
+    """One sentence per input whose derivatives contain NaN or ±inf, the input's name marked
+    (a display sets it as every sentence sets the cell's names)."""
     notes = []
     for name, item in result.inputs.items():
         d = item.derivatives
@@ -449,11 +450,11 @@ def nonfinite_notes(result) -> list[str]:
         inf = d.numel() - int(finite.sum()) - nan
         parts = [_entries(nan, "NaN"), _entries(inf, "infinite")]
         what = " and ".join(p for p in parts if p)
-        notes.append(
-            f"The derivatives with respect to {name} have {what}: the function is not "
+        notes.append(marked(
+            f"The derivatives with respect to `{name}` have {what}: the function is not "
             "differentiable there, or the computation divided by zero or overflowed (e.g. "
             "sqrt or log at 0, log of a negative number)."
-        )
+        ))
     return notes
 
 
