@@ -56,6 +56,23 @@ def test_a_per_point_factor_after_a_reduction_is_not_one_function(reduce):
     assert not _one_function_said(_PER_ROW[reduce](x) * w, x)
 
 
+@pytest.mark.xfail(strict=True, reason="graph_facts._MOVES_AXES lists TBackward0 but not the "
+                   "in-place views' nodes (TBackward1, UnsqueezeBackward1, SqueezeBackward3-5): "
+                   "after h.t_(), w varying along the points is read as shared")
+def test_a_per_point_factor_after_an_in_place_transpose_is_not_one_function():
+    x = torch.randn(3, 4, generator=_generator(0)).requires_grad_()
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])  # y_j = w_j · sum_i x[i, j]: a different f per column
+    h = x * 1
+    h.t_()
+    assert not _one_function_said((h * w[:, None]).sum(1), x)
+
+
+def test_a_per_point_factor_after_a_transpose_is_not_one_function():
+    x = torch.randn(3, 4, generator=_generator(0)).requires_grad_()
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert not _one_function_said((x.t() * w[:, None]).sum(1), x)
+
+
 def test_a_per_point_factor_after_a_sum_is_not_one_function():
     x = torch.randn(4, 3, generator=_generator(0)).requires_grad_()
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
