@@ -12,12 +12,21 @@ which); a stored result keeps the facts read while it had its graph.
 """
 from __future__ import annotations
 
+import weakref
+
 from ..core import graph_facts as _walks
+
+_READ: dict[int, dict] = {}  # id(result) -> the facts read off its graph, while it lives
 
 
 def facts(result) -> dict:
-    """The ``View`` fields these facts fill, read off ``result``'s graph (while it has one)."""
-    return _walks.facts(result.output, result.inputs)
+    """The ``View`` fields these facts fill, read off ``result``'s graph (while it has one):
+    one walk per result, whoever asks first (the names feature, a feature's sections)."""
+    found = _READ.get(id(result))
+    if found is None:
+        found = _READ[id(result)] = _walks.facts(result.output, result.inputs)
+        weakref.finalize(result, _READ.pop, id(result), None)
+    return found
 
 
 def sparse_grad(result, name: str) -> bool:
