@@ -72,10 +72,7 @@ def test_grad_accumulating_over_a_loop_gets_a_note(run_vjp):
     assert "sum of the 3 backward calls" in plain(r)
 
 
-@pytest.mark.xfail(strict=True, reason="the .grad-accumulated note says 'Zero x.grad before "
-                   "each backward:' with the code x.grad.zero_(); before the loop's first "
-                   "backward x.grad is None, so the line as advised raises AttributeError "
-                   "(the display's own code writes x.grad = None)")
+# Was a strict xfail (s35 G16): fixed in teach/coaching.accumulation_section (x.grad = None).
 def test_the_zeroing_the_note_advises_runs_before_each_backward(run_vjp):
     r = run_vjp(ACCUMULATING)
     (advice,) = [f.strip() for f in python_fences(bundle(r)["text/markdown"])

@@ -292,9 +292,9 @@ def accumulation_section(found: Accumulation, result) -> Section:
     how, shown = _own_derivatives(result, name)
     grad = Code(f"{expression(name)}.grad")
     note = paragraph("Note: ", grad, f" holds the sum of {' and '.join(parts)}: "
-                     "backward adds to ", Code(".grad"), f". {shown} Zero ", grad,
+                     "backward adds to ", Code(".grad"), f". {shown} Empty ", grad,
                      f" before each backward{how}:")
-    return Section((note, CodeBlock(f"{expression(name)}.grad.zero_()")))
+    return Section((note, CodeBlock(f"{expression(name)}.grad = None")))
 
 
 def accumulation_sections(result, log) -> tuple[Section, ...]:

@@ -210,7 +210,7 @@ class Hints:
                     f"`{x}.grad = None`), or run it once.")
         if logged:
             return (f"{a} is {times} times the derivatives, as `{x}.grad` is after {times} "
-                    f"backward calls without zeroing (`{x}.grad.zero_()` before each), or after "
+                    f"backward calls without emptying it (`{x}.grad = None` before each), or after "
                     f"one with a v {times} times too large; no backward of this cell made it: "
                     f"look for a factor {times} in the formula.")
         return (f"{a} is {times} times the derivatives: backward adds to `.grad`, so {times} "
