@@ -185,8 +185,11 @@ def runs_no_user_code(record, output: torch.Tensor, inputs: dict) -> bool:
       through a ``grad_fn`` read, and none was recorded, nor any ``register_hook`` or
       ``retain_grad`` call, nor a callable handed to a recorded call (code of the user's
       that would run inside it, unrecorded); no tensor the record made retains its
-      gradient or holds a hook."""
-    if record is None or getattr(record, "failed", None) is not None:
+      gradient or holds a hook; and, where the record counts them (``hooks_registered``),
+      no hook of any kind was registered while the cell ran (one registered with the
+      recorder bypassed, under ``torch._C.DisableTorchFunction``, is counted too)."""
+    if record is None or getattr(record, "failed", None) is not None \
+            or getattr(record, "hooks_registered", None):  # any hook, recorded or not
         return False
     for call in record.calls:
         if function_name(call.func) in _HOOKING or isinstance(call.func, FunctionApply) \
