@@ -327,3 +327,24 @@ def test_the_right_answer_beside_large_derivatives_is_right(case):
     make, dtype = _GRADED[case]
     y, x, right, wrong = make(dtype)
     assert vjp_magic.check(right, y, x).correct
+
+
+# -- 8. the requires_grad advice, followed, stops at the cell's own in-place write -----------
+
+_CHANGED_IN_PLACE = {
+    "x *= 2": "x = torch.ones(3)\nx *= 2\ny = x**2\n",
+    "x[0] = 5.": "x = torch.ones(3)\nx[0] = 5.\ny = x**2\n",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="run/grad_advice: 'create the input with "
+                   "requires_grad=True: x = torch.ones(3, requires_grad=True)' ignores the "
+                   "cell's later in-place write to x, which then raises 'a leaf Variable that "
+                   "requires grad is being used in an in-place operation'")
+@pytest.mark.parametrize("cell", list(_CHANGED_IN_PLACE))
+def test_the_requires_grad_advice_runs_in_the_cell(ip, usage_error, cell):
+    body = _CHANGED_IN_PLACE[cell]
+    message = usage_error("%%vjp\n" + body)
+    advised = re.search(r"requires_grad=True: (x = .*?)\. \(If", message).group(1)
+    fixed = body.replace("x = torch.ones(3)", advised, 1)
+    assert ip.run_cell("%%vjp\n" + fixed).success, fixed
