@@ -396,10 +396,8 @@ def test_explain_counts_one_in_the_singular(run_vjp, body):
     assert not re.search(r"\b1 (entries|passes)\b", text), text[:900]
 
 
-@pytest.mark.xfail(strict=True, reason="the notes on non-finite values name the cell's tensors as "
-                   "bare letters in text/markdown ('y itself is NaN ...: f is not defined there', "
-                   "'The derivatives with respect to x have 1 NaN entry'), where every other "
-                   "sentence sets them as maths ($x$, $y$, $f$)")
+# Was a strict xfail (s34 G13): fixed in render/sections.output_note and note_paragraphs (the
+# name validation.nonfinite_notes marks, set as maths: s35 F4).
 def test_the_non_finite_notes_set_the_cells_names_as_every_other_sentence(run_vjp):
     r = run_vjp("x = torch.tensor([-1., 0., 4.], requires_grad=True)\ny = torch.sqrt(x)")
     assert torch.isnan(r.derivatives["x"][0]) and torch.isinf(r.derivatives["x"][1])

@@ -25,7 +25,7 @@ from .column_passes import (computed_by_columns, dense_columns, observed_columns
 from .couplings import csr_inside, outside_entries
 from .checked_batches import checked_batch
 from .derivatives import chunk_size, plain_vjp
-from .errors import ObservedPatternWarning, VJPUsageError, refuse_meta
+from .errors import ObservedPatternWarning, VJPUsageError
 from .memory import gb, resolve_budget
 from .pairing import Evidence
 from .indexmaps import proved_pattern
@@ -38,7 +38,7 @@ from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
 from .sparse_layout import csr_matrix, fresh
 from .torch_api import graph_usage_error
-from .validation import checked_seed, refuse_dispatching
+from .validation import checked_seed, refuse_unanalysable
 
 
 @dataclass(frozen=True)
@@ -417,10 +417,8 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     """
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("sparse_jacobian(output, x) takes two tensors.")
-    refuse_meta("The output", output)
-    refuse_meta("The input", x)
-    refuse_dispatching("The output", output)
-    refuse_dispatching("The input", x)
+    refuse_unanalysable("The output", output)
+    refuse_unanalysable("The input", x)
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("sparse_jacobian differentiates real tensors, and the output or x is "
                             "complex: take its real and imaginary parts separately "

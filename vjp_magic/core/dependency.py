@@ -27,7 +27,7 @@ import torch
 from . import axisflow, memory, structure, validation
 from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
-from .errors import VJPUsageError, operand, refuse_meta
+from .errors import VJPUsageError, operand
 from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
@@ -38,7 +38,7 @@ from .sparse_exact import without_false_nan
 from .sparse_layout import csr_matrix, csr_rows
 from .textenum import TextEnum
 from .torch_api import graph_usage_error
-from .validation import refuse_dispatching
+from .validation import refuse_unanalysable
 
 
 class Kind(TextEnum):
@@ -911,10 +911,8 @@ def _check_tensors(output, x) -> None:
     """``dependency``'s two tensors: real, with values, the output computed from x."""
     if not isinstance(output, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise VJPUsageError("dependency(output, x, out_axis, in_axis) takes two tensors.")
-    refuse_meta("The output", output)
-    refuse_meta("The input", x)
-    refuse_dispatching("The output", output)
-    refuse_dispatching("The input", x)
+    refuse_unanalysable("The output", output)
+    refuse_unanalysable("The input", x)
     if output.is_complex() or x.is_complex():
         raise VJPUsageError("dependency reads real tensors, and this one is complex: call it "
                             "on output.real and output.imag (or x.real, x.imag) separately.")

@@ -622,5 +622,10 @@ def _finite_derivatives(result) -> bool:
 
 
 def note_paragraphs(result) -> tuple[Paragraph, ...]:
+    """The notes, a name of the cell a note marks (```x``` in its markup) set as every other
+    sentence sets it (maths for a name, code for an expression: ``notation.prose_name``)."""
     own = output_note(result)
-    return ((own,) if own is not None else ()) + tuple(paragraph(n) for n in result.notes)
+    names = {result.output_name, *result.inputs}
+    return ((own,) if own is not None else ()) + tuple(
+        Paragraph(tuple(notation.prose_name(s.text) if isinstance(s, Code) and s.text in names
+                        else s for s in paragraph(n).spans)) for n in result.notes)
