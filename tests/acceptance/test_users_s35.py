@@ -125,10 +125,7 @@ def test_an_answer_wrong_at_one_point_is_wrong_at_some_points(run_vjp):
 
 
 # -- the teacher: pictures and words name the cell's output as the display does ------------------
-@pytest.mark.xfail(strict=True, reason="%jacobian --picture torch.sin(x) wrt x where the "
-                   "notebook has a y: the display names the output out (y is taken), the "
-                   "picture's caption says 'Jacobian ∂y/∂x … rows are the entries of y': "
-                   "render/picture._texts calls output_symbol outside the view's naming")
+# Was a strict xfail (s35 G16): fixed in render/view.View.naming (around the pictures).
 def test_the_pictures_caption_names_the_output_as_the_display_does(ip, run_ok, capsys):
     run_ok("x = torch.linspace(-2, 2, 12, requires_grad=True)\ny = x * 1")
     capsys.readouterr()
@@ -276,3 +273,41 @@ def test_a_masked_attention_is_not_said_to_use_every_entry(ip, run_ok, run_vjp):
     text = plain(r)
     assert "t − 5 ≤ s ≤ t + 1" in text
     assert "each may use every entry of x" not in text, text[:300]
+
+
+@pytest.mark.xfail(strict=True, reason="y = torch.cumsum(x, 0) at 1,000 points: 'y has 1,000 "
+                   "entries, each may use every entry of x' beside 'y[t] reads x[s] for s ≤ t "
+                   "only (causal: lower-triangular)': y[0] reads x[0] only")
+def test_a_cumsum_is_not_said_to_use_every_entry(run_vjp):
+    r = run_vjp("x = torch.randn(1000, requires_grad=True)\ny = torch.cumsum(x, 0)")
+    text = plain(r)
+    assert "s ≤ t only" in text
+    assert "each may use every entry of x" not in text, text[:300]
+
+
+# -- the practitioner at scale: a norm over groups of 3 entries ------------------------------------
+GROUP_NORM = "x = torch.randn(3000, requires_grad=True)\ny = x.view(-1, 3).norm(dim=1)"
+
+
+@pytest.mark.xfail(strict=True, reason="y = x.view(-1, 3).norm(dim=1) at 3,000 entries: the "
+                   "nonzeros shown are 'the first 6 of 1,000 rows … at the entries of x they "
+                   "read', but the columns are x[0..2] and x[15..17], so y[1] … y[4] (which "
+                   "read x[3..14]) show rows of zeros: their derivatives x/|x| are nonzero")
+def test_the_rows_shown_at_the_entries_they_read_are_not_zero(run_vjp):
+    r = run_vjp(GROUP_NORM)
+    # d|x_g|/dx_k = x_k/|x_g|: nonzero for randn entries (mathematics)
+    rows = re.findall(r"\by\[(\d+)\] \[([^\]]*)\]", plain(r))
+    assert len(rows) >= 6
+    shown_zero = [i for i, row in rows if set(row.split()) <= {"0", ":", "..."}]
+    assert not shown_zero, f"rows shown all zero: y[{'], y['.join(shown_zero)}]"
+
+
+@pytest.mark.xfail(strict=True, reason="y = x.view(-1, 3).norm(dim=1): one colour (every entry "
+                   "of x read by one entry of y) is the tutorial's v = ones, but the code is "
+                   "'colour = torch.arange(y.numel()) % 1 … for c in range(1): v = (colour == "
+                   "c)…', a loop of one pass around an all-ones v")
+def test_one_colour_is_written_as_the_all_ones_v(run_vjp):
+    r = run_vjp(GROUP_NORM)
+    assert "1 backward pass gives all 3,000 nonzero derivatives" in plain(r)
+    code = "\n".join(python_fences(bundle(r)["text/markdown"]))
+    assert "% 1" not in code and "range(1)" not in code, code
