@@ -79,11 +79,16 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with naming(self.names | identifiers([result.output_name, *result.inputs]),
-                    self.applied):
+        with self.naming(result):
             document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
+
+    def naming(self, result):
+        """The context every text of ``result`` is built in: the namespace's names and the
+        result's own taken, so the output is named as the display names it everywhere."""
+        return naming(self.names | identifiers([result.output_name, *result.inputs]),
+                      self.applied)
 
     def _build(self, result) -> Document:
         if self.hidden:
@@ -178,16 +183,18 @@ class View:
 
         names = [n for n, item in result.inputs.items() if not item.unused and (
             self.pictured or wants_picture(result, n, self.options))]
-        if names and wants_table(result, self.options):  # a module's: the few that matter
-            return _few_pictures(result, names, pictures)
-        return pictures(result, names) if names else []
+        with self.naming(result):  # the captions name the output as the display does
+            if names and wants_table(result, self.options):  # a module's: the few that matter
+                return _few_pictures(result, names, pictures)
+            return pictures(result, names) if names else []
 
     @_as_its_own
     def picture(self, result, name: str):
         """The picture of one input's Jacobian pattern (``r.picture(name)``)."""
         from .picture import pattern_picture
 
-        return pattern_picture(result, name)
+        with self.naming(result):
+            return pattern_picture(result, name)
 
     @_as_its_own
     def code(self, result) -> str:
