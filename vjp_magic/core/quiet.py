@@ -26,9 +26,12 @@ turned off: :func:`user_subclass` names it, for the entry points to refuse.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import threading
 
 import torch
+from torch.utils._device import DeviceContext, _device_constructors
 
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
 # autocast's device types, each switched off where it is on (its state is per thread)
@@ -109,15 +112,45 @@ def analysis_device():
     """The default device the analysis is written for (the CPU: each tensor it makes on
     another device says so), where ``torch.set_default_device`` named another: its probes,
     seeds and index arrays were made there (meta, or CUDA beside CPU inputs) and every entry
-    point crashed. A function handed to ``differentiate`` and the cell itself run before, under
-    the user's default; the user's code that runs inside (a replayed custom forward, a custom
-    backward, ``--against f``) sees the CPU as the default too, so a tensor it makes without
-    naming a device is a CPU tensor there (PyTorch then says so, with the devices)."""
+    point crashed. Entered after the user's code ran (the cell, a function handed to
+    ``differentiate``), and for the analysis's own calls only: a factory call whose innermost
+    caller outside torch is the user's (a custom backward in a pass, ``--against f``) makes
+    its tensor on the user's default device, as in a plain run (:class:`_OursOnCpu`). The
+    user's default is theirs again after, whatever their code set inside."""
     if torch.get_default_device().type == "cpu":
         yield
         return
-    with torch.device("cpu"):
+    with _OursOnCpu():
         yield
+
+
+class _OursOnCpu(DeviceContext):
+    """A ``DeviceContext`` (torch's mode for ``with torch.device(...)``, which stands in for
+    the user's default while it is entered) whose factory calls without a device make their
+    tensor on the CPU where this package called them, else on the default it stands in for."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if kwargs.get("device") is None and func in _device_constructors():
+            users = getattr(self.prev_mode, "device", None)
+            if users is not None and not _called_by_us(sys._getframe(1)):
+                kwargs["device"] = users
+                return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+def _called_by_us(frame) -> bool:
+    """Whether the innermost frame from ``frame`` out that is not torch's runs this package."""
+    while frame is not None and frame.f_code.co_filename.startswith(_TORCH):
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.startswith(_OURS)
 
 
 @contextlib.contextmanager
