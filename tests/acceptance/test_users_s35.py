@@ -40,10 +40,14 @@ def test_the_tutorials_gradient_at_multiple_points_has_its_numbers(run_vjp):
                    "passes it to backward; the display says 'v2 is all ones, shaped like y' "
                    "while its code block has no v2 (it writes torch.ones_like(y)): the cell's "
                    "own v is renamed, and v2 is the tutorial's name for the second one-hot")
-def test_the_cells_own_all_ones_v_is_called_v(run_vjp):
-    r = run_vjp("x = torch.arange(6, dtype=float).view(3, 2).requires_grad_(True)\n"
-                "w = torch.tensor([-1, 1])\ny = (x*x*w).sum(1)\nv = torch.ones_like(y)\n"
-                "y.backward(v)")
+@pytest.mark.parametrize("body", [
+    "x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2\nv = torch.ones_like(y)\n"
+    "y.backward(v)\nx.grad",
+    "x = torch.arange(6, dtype=float).view(3, 2).requires_grad_(True)\n"
+    "w = torch.tensor([-1, 1])\ny = (x*x*w).sum(1)\nv = torch.ones_like(y)\ny.backward(v)",
+], ids=["tutorial-in-2", "tutorial-in-4"])
+def test_the_cells_own_all_ones_v_is_called_v(run_vjp, body):
+    r = run_vjp(body)
     text = plain(r)
     assert "all ones" in text
     code = " ".join(python_fences(bundle(r)["text/markdown"]))
