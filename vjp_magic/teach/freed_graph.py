@@ -5,7 +5,8 @@ freed the graph (``retain_graph`` not given). Where the cell computed the output
 from its inputs alone (``y = x**2``: no other tensor with a graph, no module, no function of
 the user's, no random draw in the record), that line comes first, so that the pasted code
 builds the graph again and gives the numbers shown, unless a later line changes what it reads
-(``w += 1``, ``k = 3.0``); otherwise two comment lines say what to do (pass
+(``w += 1``, ``k = 3.0``, ``import math as k``: each name's value now is compared with what
+the record's calls on that line saw); otherwise two comment lines say what to do (pass
 ``retain_graph=True`` to the cell's backward and run it again). A tensor the graph saved and
 the cell changed in place since (``w += 1`` after ``y = x*w``) makes any backward through it
 fail: two comment lines say so.
@@ -69,9 +70,74 @@ def _recomputed(result, log, record, namespace, line: int | None) -> str | None:
     if any(not _constant_or_input(name, namespace, result) for name in reads) \
             or not _unchanged_after(body, node, reads | {y}):  # y *= x after it: not y
         return None
-    if not _drew_nothing(record, node.lineno):
+    if not _drew_nothing(record, node.lineno) \
+            or not _as_the_record_saw(record, node, reads, namespace):
         return None
     return ast.get_source_segment(source, node)
+
+
+def _as_the_record_saw(record, node, reads: set[str], namespace) -> bool:
+    """Whether each name ``node`` reads holds now what the record's calls on its line saw:
+    the same tensor at the same version, or a number among their arguments (as often as
+    the line passes it); a module only as the owner of an attribute (``torch.sin``). The
+    namespace is compared, not the cell's text: an import, a ``match`` capture or ``exec``
+    rebinds a name as surely as an assignment does."""
+    calls = [c for c in record.calls
+             if c.site is not None and c.site[-1] and c.site[2] == node.lineno]
+    if not calls:
+        return False
+    seen = {key: version for c in calls for key, (version, _) in c.seen.items()}
+    given = [a for c in calls for a in _scalars((c.args, c.kwargs))]
+    owners = {id(n.value) for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+    passed = _literals(node.value)
+    for part in ast.walk(node.value):
+        if not isinstance(part, ast.Name) or part.id not in reads:
+            continue
+        value = namespace.get(part.id)
+        if isinstance(value, types.ModuleType):
+            if id(part) not in owners:
+                return False
+        elif isinstance(value, torch.Tensor):
+            if seen.get(id(value)) != value._version:
+                return False
+        elif _is_number(value):
+            passed.append(value)
+        else:
+            return False
+    return all(sum(_same(a, v) for a in given) >= sum(_same(p, v) for p in passed)
+               for v in passed)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, complex)) and not isinstance(value, torch.Tensor)
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _literals(expression) -> list:
+    """The numbers written in ``expression`` (``-2.0`` as one number, as Python passes it)."""
+    found, signed = [], set()
+    for n in ast.walk(expression):
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, (ast.USub, ast.UAdd)) \
+                and isinstance(n.operand, ast.Constant) and _is_number(n.operand.value):
+            signed.add(id(n.operand))
+            found.append(-n.operand.value if isinstance(n.op, ast.USub) else n.operand.value)
+        elif isinstance(n, ast.Constant) and _is_number(n.value) and id(n) not in signed:
+            found.append(n.value)
+    return found
+
+
+def _scalars(value, depth: int = 0) -> list:
+    """The numbers (and bools) among a call's arguments, nested lists and dicts included."""
+    if _is_number(value):
+        return [value]
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [s for item in value for s in _scalars(item, depth + 1)]
+    if depth < 4 and isinstance(value, dict):
+        return [s for item in value.values() for s in _scalars(item, depth + 1)]
+    return []
 
 
 def _changed_in_place(output: torch.Tensor) -> bool:
