@@ -3,7 +3,11 @@ per-sample losses, against the forward plus a hand-written ``torch.func.vmap(gra
 against Opacus and BackPACK where they import (optional: ``pip install --no-deps opacus
 backpack-for-pytorch`` and their small dependencies, torch left as it is).
 
-Run:  python benchmarks/per_sample.py [--repeat 7] [--only mlp,cnn,transformer]
+Run:  python benchmarks/per_sample.py [--repeat 7] [--only mlp,cnn,transformer] [--replay]
+
+``--replay`` adds ``%%vjp`` with the hook-free replay forced (``run.hookfree.OWN_GRAPH_WHEN_FREE``
+off) to the same alternated runs: what differentiating the cell's own graph saves where no
+backward of it can run the user's code.
 
 Every figure is a ratio of medians taken alternately in the same run (noisy on a shared
 machine). Each anchor runs the cell's forward too: ``%%vjp`` runs it once, as the cell.
@@ -135,7 +139,21 @@ def check_equal(result, expected: dict) -> bool:
                for name, value in expected.items())
 
 
-def bench(ip, which: str, repeat: int) -> dict:
+def replayed(ours):
+    """``ours`` with the hook-free replay forced (the path before the cell's own graph was
+    differentiated where proved free of user code)."""
+    from vjp_magic.run import hookfree
+
+    def run():
+        hookfree.OWN_GRAPH_WHEN_FREE = False
+        try:
+            return ours()
+        finally:
+            hookfree.OWN_GRAPH_WHEN_FREE = True
+    return run
+
+
+def bench(ip, which: str, repeat: int, replay: bool = False) -> dict:
     batch, setup = SETUP[which]
     ip.run_cell(f"import torch, torch.nn.functional as F\ntorch.manual_seed(0)\nB = {batch}\n"
                 + setup)
@@ -147,12 +165,17 @@ def bench(ip, which: str, repeat: int) -> dict:
             anchors[name] = run
     ours = lambda: ip.run_cell_magic("vjp", "--wrt model", CELL)  # noqa: E731
     equal = check_equal(ours(), anchors["vmap(grad)"]())
-    medians = alternated_medians({"%%vjp": ours, "per-sample only": per_sample_only(ns),
-                              **anchors}, repeat)
+    extra = {"%%vjp (replay)": replayed(ours)} if replay else {}
+    medians = alternated_medians({"%%vjp": ours, **extra, "per-sample only": per_sample_only(ns),
+                                  **anchors}, repeat)
     base = medians["vmap(grad)"]
     print(f"{which} B={batch}: %%vjp {medians['%%vjp'] * 1e3:.1f} ms "
           f"= {medians['%%vjp'] / base:.2f}x vmap(grad) ({base * 1e3:.1f} ms)"
           f"{'' if equal else '  VALUES DIFFER'}")
+    if replay:
+        again = medians["%%vjp (replay)"]
+        print(f"    with the replay forced: {again * 1e3:.1f} ms = {again / base:.2f}x "
+              f"vmap(grad); own graph / replay = {medians['%%vjp'] / again:.2f}")
     only = medians["per-sample only"]
     print(f"    per-sample gradients alone (record, replay, rules or vmap; no probe check): "
           f"{only * 1e3:.1f} ms = {only / base:.2f}x vmap(grad)")
@@ -167,11 +190,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--only", default=",".join(SETUP))
+    parser.add_argument("--replay", action="store_true",
+                        help="also time %%%%vjp with the hook-free replay forced")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ip = shell()
     for which in args.only.split(","):
-        bench(ip, which, args.repeat)
+        bench(ip, which, args.repeat, args.replay)
     return 0
 
 
