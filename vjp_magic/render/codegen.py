@@ -181,8 +181,12 @@ def naming(names: Iterable[str], applied: str | None = None):
 def taken_names(result) -> set[str]:
     """The names code written for ``result`` must not bind: the output's and the inputs'
     identifiers and the namespace's (:func:`naming`); pasted, a helper named like one of
-    them (``v``, ``k``, ``d_x``, ``saved_grad``, ``itertools``) would overwrite it."""
-    return identifiers([result.output_name, *result.inputs]) | CELL_NAMES.get()
+    them (``v``, ``k``, ``d_x``, ``saved_grad``, ``itertools``) would overwrite it. Nor the
+    maths' letters for the function (``g``, ``G`` where the prose says ``lap = G(u)``): one
+    letter, one meaning in a display."""
+    from .notation import letters  # (notation reads this module's names)
+
+    return identifiers([result.output_name, *result.inputs]) | CELL_NAMES.get() | set(letters())
 
 
 def output_symbol(result) -> str:
