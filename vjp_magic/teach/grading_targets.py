@@ -94,14 +94,14 @@ class Target:
 
 
 def target(form: str, value, magnitude, point_axes, rtol: float, slack=None) -> Target:
-    """Each entry judged relative to the largest magnitude summing into its point's entries,
-    plus a floor relative to the typical one (rounding where a derivative's terms cancel),
-    plus ``slack`` (shaped like ``value``) where autograd's own rounding is larger."""
+    """Each entry judged relative to the largest magnitude summing into its point's entries
+    (never to another point's: a large derivative elsewhere excuses no small one), plus
+    ``slack`` (shaped like ``value``) where autograd's own rounding is larger (a derivative
+    whose terms cancel: :mod:`.grading_reference`)."""
     mag = torch.nan_to_num(magnitude, nan=0.0, posinf=0.0)
     others = tuple(d for d in range(mag.dim()) if d not in point_axes)
     local = mag.amax(dim=others, keepdim=True) if others and mag.numel() else mag
-    floor = float(mag.mean()) if mag.numel() else 0.0
-    tol = rtol * (local + floor) + torch.finfo(torch.float64).tiny
+    tol = rtol * local + torch.finfo(torch.float64).tiny
     tol = tol.expand(value.shape) if slack is None else tol + torch.nan_to_num(slack, nan=0.0)
     return Target(form, value, tol.expand(value.shape), tuple(point_axes))
 
