@@ -67,18 +67,30 @@ def raw_saved(node) -> list:
     """The ``SavedTensor``s ``node`` holds (its ``_raw_saved_*``, a custom Function's
     ``_raw_saved_tensors``), each with its ``unpack_hook`` and packed ``data``: read without
     unpacking, so no hook runs; none where a backward freed them."""
-    names = ["_raw" + a for a in saved_attributes(node)[0]]
-    if hasattr(node, "_forward_cls"):
-        names.append("_raw_saved_tensors")
     found = []
-    for name in names:
+    for name in _raw_names(node):
         try:
-            raw = getattr(node, name, None)
+            raw = getattr(node, name)
         except RuntimeError:  # (freed by a backward)
             continue
-        found.extend(r for r in (raw if isinstance(raw, (list, tuple)) else [raw])
-                     if hasattr(r, "unpack_hook"))
+        if isinstance(raw, (list, tuple)):
+            found.extend(r for r in raw if hasattr(r, "unpack_hook"))
+        elif raw is not None:
+            found.append(raw)
     return found
+
+
+_RAW: dict[type, tuple[str, ...]] = {}  # node class → its _raw_saved_ attribute names
+
+
+def _raw_names(node) -> tuple[str, ...]:
+    """The ``_raw_saved_*`` attribute names of ``node``'s class, read once per class (a custom
+    Function's node: its ``_raw_saved_tensors``)."""
+    kind = type(node)
+    names = _RAW.get(kind)
+    if names is None:
+        names = _RAW[kind] = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
+    return names
 
 
 def facts(output: torch.Tensor | None, inputs) -> dict:

@@ -68,8 +68,10 @@ def _judged(output, probe: bool = True) -> _Judged:
             if hook is not None and _users_hook(hook):
                 hooks.add(hook.__code__)
                 hooked.add(id(node))
-            if dispatching is None:
-                dispatching = _dispatching([saved.data])
+            data = saved.data
+            if dispatching is None and type(data) is not torch.Tensor \
+                    and user_subclass(data) == "__torch_dispatch__":
+                dispatching = data
         if dispatching is None and hasattr(node, "__dict__"):  # a custom Function's ctx
             dispatching = _dispatching(_held(vars(node).values()))
     custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in functions)
