@@ -194,11 +194,7 @@ def test_the_explained_function_and_the_codes_matrix_have_different_names(ip, ru
 
 
 # -- the student's mistakes, continued ----------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="z = x.sum(); z.backward(gradient=torch.tensor([1.])) "
-                   "(a 1-entry gradient for a scalar): the coaching says 'z has shape (): f "
-                   "applied at 1 points … Each entry depends only on its own point, so the "
-                   "Jacobian J is block-diagonal': z reads all 5 entries of x; for a scalar "
-                   "the fix is z.backward() (no gradient), as the display's own code writes")
+# Was a strict xfail (s35 G16): fixed in teach/coaching._gradient_advice (a scalar).
 def test_a_one_entry_gradient_on_a_scalar_is_coached_as_a_scalar(ip, run_ok, run_vjp):
     run_ok("x = torch.linspace(-2, 2, 5, requires_grad=True)")
     r = run_vjp("z = x.sum()\nz.backward(gradient=torch.tensor([1.]))")
@@ -359,8 +355,14 @@ print(x.grad)'''
                    "2 functions f_k at 3 points' with rows f_1', f_2' — the tutorial's own names "
                    "are lost exactly when the student runs the tutorial's code (one_function is "
                    "not known once the cell's graph is freed)")
-def test_the_tutorials_own_cell_reads_as_the_tutorial_does(run_vjp):
-    r = run_vjp(TUTORIAL_IN_6)
+@pytest.mark.parametrize("body", [
+    TUTORIAL_IN_6,
+    # the classic mistake: ones on both components; the note speaks of f₁′ + f₂′
+    "x = torch.arange(3, dtype=float, requires_grad=True)\ny = torch.stack([-x**3, 5*x])\n"
+    "y.backward(torch.ones_like(y))",
+], ids=["tutorial-in-6", "components-summed"])
+def test_the_tutorials_own_cell_reads_as_the_tutorial_does(run_vjp, body):
+    r = run_vjp(body)
     assert r.derivatives["x"].tolist() == [[0.0, -3.0, -12.0], [5.0, 5.0, 5.0]]
     text = plain(r)
     assert "(proved for every x)" in text
@@ -379,3 +381,31 @@ def test_the_sensitivity_note_of_an_elementwise_map_speaks_of_f_prime(run_vjp):
     text = plain(r)
     assert "|∂y/∂x|" in text  # the table is there
     assert "per feature (1 in all)" not in text, text[-300:]
+
+
+
+# -- the student passes x as the gradient -------------------------------------------------------
+GRADIENT_X = "x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2\ny.backward(x)"
+
+
+@pytest.mark.xfail(strict=True, reason="y = x**2; y.backward(x): the upstream-gradient note "
+                   "(v, the 5 × 5 J, vᵀJ) above the display makes it 791 px by "
+                   "render/budget.height, over its DISPLAY_HEIGHT of 647: the note is not fitted")
+def test_an_upstream_gradient_note_fits_one_screen(run_vjp):
+    from vjp_magic.render.budget import height
+    from vjp_magic.render.options import DISPLAY_HEIGHT
+
+    r = run_vjp(GRADIENT_X)
+    assert r.derivatives["x"].tolist() == [-4.0, -2.0, 0.0, 2.0, 4.0]  # 2x
+    assert "vᵀJ = ∇(ℓ∘f)(x) = [8 2 0 2 8]" in plain(r)  # 2x · x
+    assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
+
+
+@pytest.mark.xfail(strict=True, reason="y = x**2 at linspace(-2, 2, 5); y.backward(x): 'Axis 0 "
+                   "of y indexes the 5 samples (the batch): x.grad holds each sample's own' — "
+                   "the display itself calls them 5 points x^(i); nothing in the cell is a batch "
+                   "of samples")
+def test_points_are_not_called_samples_of_a_batch(run_vjp):
+    text = plain(run_vjp(GRADIENT_X))
+    assert "at 5 points" in text
+    assert "samples (the batch)" not in text, text[:700]
