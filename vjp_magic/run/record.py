@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
 
 from ..core.memory import gb
 from ..core.quiet import no_subclass_code
@@ -88,6 +89,10 @@ class OpRecord:
     copied_bytes: int = 0
     held_bytes: int = 0  # memory of the unique result storages the calls hold
     storages: set = field(default_factory=set, repr=False)
+    # hooks of any kind registered while recording (tensor, node, module: each makes a
+    # torch.utils.hooks.RemovableHandle), counted even where a call bypassed the recorder
+    # (torch._C.DisableTorchFunction); None until the block ends
+    hooks_registered: int | None = None
 
     def release(self) -> None:
         """Drop every tensor held (the calls, their arguments and results, the copies)."""
@@ -480,12 +485,15 @@ def recording():
     """
     record = OpRecord()
     recorder = _Recorder(record)
+    handles = RemovableHandle.next_id  # every hook registered makes one
     try:
         with recorder, _custom_functions_recorded(recorder):
             yield record
     except BaseException:
         record.release()
         raise
+    finally:
+        record.hooks_registered = RemovableHandle.next_id - handles
 
 
 class KeptRecord:
