@@ -13,6 +13,8 @@ its advice in :data:`_ADVICE` below.
 """
 from __future__ import annotations
 
+import ast
+
 import math
 import re
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Secti
                                paragraph)
 from ..run.accumulation import Accumulation, accumulations
 from ..run.backward_log import CallKind
-from ..run.cell_source import assigned_in, grads_not_zeroed, set_argument, set_gradient
+from ..run.cell_source import (assigned_in, grads_not_zeroed, retained_call,
+                               set_gradient)
 from ..run.mistakes import CellMistake, MistakeKind
 from .backward_notes import ones_sections, upstream_sections
 
@@ -131,6 +134,18 @@ def _component_advice(y: str, tensor, structures) -> Advice:
     return Advice([head, how], imports + loop.lines(expression(y), reads))
 
 
+def _only_gradient(line: str, y: str) -> bool:
+    """Whether ``line`` is ``y.backward(v)`` (or ``gradient=v``) and nothing more."""
+    try:
+        node = ast.parse(line.strip(), mode="eval").body
+    except SyntaxError:
+        return False
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "backward" and ast.unparse(node.func.value) == y
+            and len(node.args) + len(node.keywords) == 1
+            and all(k.arg == "gradient" for k in node.keywords))
+
+
 def _gradient_advice(mistake: CellMistake, result) -> Advice:
     """Why a gradient argument is needed and which one fits; the corrected code lines."""
     tensor = mistake.failing_tensor()
@@ -138,6 +153,15 @@ def _gradient_advice(mistake: CellMistake, result) -> Advice:
     y = site.y if site is not None and site.y else (
         result.output_name if result is not None else "y")
     shape = tuple(tensor.shape) if tensor is not None else None
+    if shape == ():  # a scalar: no points, no components
+        line = mistake.source_line(mistake.line)
+        fixed = (set_gradient(line, mistake.call.kind, site, f"torch.ones_like({y})")
+                 if site is not None else None)
+        why = [_say(Code(y), " is a scalar (shape ()): its gradient argument is a scalar too, "
+                    "or none at all (1, the default), and backward gives the whole gradient.")]
+        plain_call = line is not None and _only_gradient(line, y)
+        return Advice(why, [fixed.strip() if fixed and not plain_call
+                            else f"{expression(y)}.backward()"])
     structures = _structures(tensor, result)
     if structures is not None and all(s.count == 1 for s in structures):
         line = mistake.source_line(mistake.line)
@@ -227,16 +251,16 @@ def _second_pass_advice(mistake: CellMistake, result) -> Advice:
                 "pass through it again."),
            _say("Pass ", Code("retain_graph=True"), " to every backward through the same "
                 "graph except the last, as the tutorial does between components.")]
-    first_line = mistake.source_line(first)
     fixed = None
-    if first_line is not None:
+    if first is not None:
         kind = mistake.log.kinds.get(mistake.call.freed_by, CallKind.BACKWARD)
-        fixed = set_argument(first_line, kind, "retain_graph", "True", None)
-    if fixed is None:
+        fixed = retained_call(mistake.source, first, kind)
+    if fixed is None:  # the call is not to be read: say what to do, invent no argument
         y = result.output_name if result is not None else "y"
-        fixed = f"{expression(y)}.backward(gradient=v, retain_graph=True)"
-    label = f"  # line {first}" if first is not None else ""
-    return Advice(why, [fixed.strip() + label] + _zero_grad_lines(mistake))
+        lines = [f"# pass retain_graph=True to the first backward through {y}'s graph"]
+    else:
+        lines = [f"{fixed[0]}  # line {fixed[1]}"]
+    return Advice(why, lines + _zero_grad_lines(mistake))
 
 
 _ADVICE = {
