@@ -225,3 +225,12 @@ def test_node_hook_registered_past_the_recorder(ip, monkeypatch):
                   "    h.grad_fn.register_prehook(lambda go: calls.append('hidden'))\n")
     assert ip.user_ns["calls"] == []
     assert not made[-1].proved_free
+
+
+def test_a_callable_among_a_calls_arguments_is_code():
+    """User code handed to a recorded call would run inside it, unrecorded."""
+    assert hookfree._hands_code((torch.ones(2), [1, (2, lambda: 0)]))
+    assert hookfree._hands_code([{"f": torch.nn.Linear(2, 2)}])
+    assert hookfree._hands_code([[[[[[1]]]]]])  # nested past what is read: not ruled out
+    assert not hookfree._hands_code((torch.ones(2), torch.Size([2]), [1, 2.0], {"a": None},
+                                     torch.float32, "mean"))

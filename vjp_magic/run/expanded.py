@@ -340,7 +340,9 @@ class _Capturing(Interpreter):
             if use.kind == _ATTENTION or call is None or call.result is not result \
                     or version(result) != 0:
                 return False
-            for tensor in _tensors((step.args, step.kwargs)):
+            for tensor in (*step.args, *step.kwargs.values()):  # (no rule nests one)
+                if not isinstance(tensor, torch.Tensor):
+                    continue
                 then = call.seen.get(id(tensor), (None,))[0]
                 if then is None or then != version(tensor):
                     return False

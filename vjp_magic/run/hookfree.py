@@ -193,9 +193,9 @@ def runs_no_user_code(record, output: torch.Tensor, inputs: dict) -> bool:
         return False
     for call in record.calls:
         if function_name(call.func) in _HOOKING or isinstance(call.func, FunctionApply) \
-                or _hands_code((call.args, call.kwargs)):
+                or _hands_code(call.args) or call.kwargs and _hands_code(call.kwargs.values()):
             return False
-        for tensor in tensors_in(call.result):
+        for tensor in call.made if call.made is not None else tensors_in(call.result):
             if tensor.retains_grad or tensor._backward_hooks:
                 return False
     if any(isinstance(t, torch.Tensor) and t._backward_hooks for t in inputs.values()):
@@ -235,15 +235,24 @@ def _unpacks(saved) -> bool:
     return any(getattr(item, "unpack_hook", None) is not None for item in items)
 
 
-def _hands_code(value, depth: int = 0) -> bool:
-    """Whether a recorded call's arguments hold something callable (a function, a module)."""
-    if isinstance(value, (torch.Tensor, type)) or value is None:
-        return False
-    if isinstance(value, (list, tuple)):
-        return depth < 4 and any(_hands_code(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return depth < 4 and any(_hands_code(v, depth + 1) for v in value.values())
-    return callable(value)
+_PLAIN = frozenset({torch.Tensor, torch.nn.Parameter, int, float, bool, str, type(None),
+                    torch.dtype, torch.device, torch.Size})  # never callable
+
+
+def _hands_code(values, depth: int = 0) -> bool:
+    """Whether a recorded call's arguments (``values``) hold something callable (a function,
+    a module), in lists, tuples and dicts among them too."""
+    for value in values:
+        kind = type(value)
+        if kind in _PLAIN:
+            continue
+        if kind in (list, tuple) or isinstance(value, (list, tuple, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            if depth >= 4 or _hands_code(items, depth + 1):
+                return True  # (nested past 4 levels: not read, so not ruled out)
+        elif not isinstance(value, (torch.Tensor, type)) and callable(value):
+            return True
+    return False
 
 
 def gradient_hooks(record, inputs: dict, output, namespace) -> list[str]:
