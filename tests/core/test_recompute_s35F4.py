@@ -6,6 +6,8 @@ torch.autograd.functional.jacobian.
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.utils.checkpoint as cp
@@ -213,3 +215,27 @@ def test_a_dispatching_subclass_in_the_middle_is_refused_before_any_pass(functio
     with pytest.raises(vjp_magic.VJPUsageError, match="__torch_dispatch__"):
         getattr(vjp_magic, entry)(y, x)
     assert RUNS["dispatch"] == before and x.grad is None
+
+
+class Unpacking:
+    """An unpack hook that is a callable object (its __call__ is the user's code)."""
+
+    def __call__(self, t):
+        return _unpack(t)
+
+
+def _unpack_with(t, extra):
+    return _unpack(t)
+
+
+@pytest.mark.parametrize("unpack", [Unpacking(), functools.partial(_unpack_with, extra=1)],
+                         ids=["callable object", "partial"])
+def test_any_callable_unpack_hook_is_the_users(unpack):
+    x = _x()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
+        y = torch.sin(x) * 2
+    with pytest.raises(vjp_magic.VJPUsageError, match="saved_tensors_hooks"):
+        vjp_magic.differentiate(y, x)
+    with pytest.raises(vjp_magic.VJPUsageError, match="saved_tensors_hooks"):
+        vjp_magic.sparse_jacobian(y, x)  # (no up-front check: the pass guard stops it)
+    assert RUNS["unpack"] == 0

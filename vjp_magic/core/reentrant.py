@@ -65,8 +65,9 @@ def _judged(output, probe: bool = True) -> _Judged:
             functions.append(node)
         for saved in raw_saved(node):
             hook = saved.unpack_hook
-            if hook is not None and _users_hook(hook):
-                hooks.add(hook.__code__)
+            code = None if hook is None else _hook_code(hook)
+            if code is not None and _users_code(code):
+                hooks.add(code)
                 hooked.add(id(node))
             data = saved.data
             if dispatching is None and type(data) is not torch.Tensor \
@@ -84,13 +85,26 @@ def _judged(output, probe: bool = True) -> _Judged:
     return facts._replace(reentrant=tuple(dict.fromkeys(found)))
 
 
-def _users_hook(hook) -> bool:
-    """Whether an unpack hook runs the user's code: one written outside PyTorch, or
-    ``torch.utils.checkpoint``'s (it runs the checkpointed block again); PyTorch's own
-    others (``save_on_cpu``: a copy back to the device) do not."""
+def _hook_code(hook) -> types.CodeType | None:
+    """The code an unpack hook runs when called: a function's, a method's, a
+    ``functools.partial``'s function's, a callable object's ``__call__``; None for a builtin."""
+    for _ in range(8):
+        if isinstance(hook, functools.partial):
+            hook = hook.func
+        elif hasattr(hook, "__func__"):  # (a bound method)
+            hook = hook.__func__
+        else:
+            break
     code = getattr(hook, "__code__", None)
-    if code is None:  # (a builtin: no Python of the user's)
-        return False
+    if code is None and not isinstance(hook, (types.BuiltinFunctionType, type)):
+        code = getattr(type(hook).__call__, "__code__", None) if callable(hook) else None
+    return code if isinstance(code, types.CodeType) else None
+
+
+def _users_code(code: types.CodeType) -> bool:
+    """Whether an unpack hook's code is the user's: written outside PyTorch, or
+    ``torch.utils.checkpoint``'s (it runs the checkpointed block again); PyTorch's own others
+    (``save_on_cpu``: a copy back to the device) are not."""
     return code.co_filename.endswith(_CHECKPOINT_FILE) or not code.co_filename.startswith(
         _TORCH_DIR)
 
