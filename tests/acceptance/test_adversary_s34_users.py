@@ -427,11 +427,8 @@ def test_a_step_functions_zero_derivative_is_not_called_local(run_vjp, expressio
 
 
 # -- a reordering (transpose of an elementwise map): each y reads one x ----------------------------
-@pytest.mark.xfail(strict=True, reason="y = sin(x).view(2, 3000).T (each entry of y reads one "
-                   "entry of x, a permutation): 'The Jacobian is block-diagonal (3 square blocks "
-                   "of 1, 5,998, 1 on the diagonal, flattened); 6,000 nonzeros of 6,000 × 6,000'"
-                   ": a 5,998-wide block holding one nonzero a row is no block; r.dependency "
-                   "says 'sparse' (render/sparse.py's pattern words)")
+# Was a strict xfail (s34 G13): fixed in render/sparse._diagonal_blocks; one wording for a
+# sparse pattern's rows (render/sparse.py: 'k nonzeros of m × n, at most r a row').
 def test_a_transposed_elementwise_map_is_not_called_block_diagonal(run_vjp):
     r = run_vjp("x = torch.linspace(-1, 1, 6000, requires_grad=True)\n"
                 "y = torch.sin(x).view(2, 3000).T")

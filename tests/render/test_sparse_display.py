@@ -102,7 +102,7 @@ def test_laplacian_in_words_and_proved():
 
 def test_gather_and_periodic_in_words():
     r, _, _ = made(gather, torch.randn(10))
-    assert "is sparse, at most 1 nonzero a row; 12 nonzeros of 12 × 10" in said(r)
+    assert "is sparse; 12 nonzeros of 12 × 10, at most 1 a row" in said(r)
     r, _, _ = made(periodic, torch.randn(30))
     assert "is cyclic tridiagonal: y[i] reads x[i-1], x[i], x[i+1] (indices wrap around)" \
         in said(r)

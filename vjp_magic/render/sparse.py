@@ -10,7 +10,7 @@ result (:func:`layout_of`), and only the entries shown are looked up.
 The pattern in words: where the output and the input have one shape, the offsets each entry
 reads along each axis (``y[i] reads x[i-1], x[i], x[i+1]``: tridiagonal; five offsets in two
 axes: the 5-point stencil), wrapping around where the indices do (``roll``); else a band of
-the flat index, else "sparse, at most r nonzeros a row". The colours are said in closed form
+the flat index, else "sparse" (the count of nonzeros then says "at most r a row"). The colours are said in closed form
 (``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a grid) only where that formula is
 exactly the colouring; otherwise the code reads them from ``r.gradients[name]``.
 
@@ -486,10 +486,7 @@ def _kind_words(found: Layout, n: int) -> str:
     if found.kind in ("stencil", "5-point stencil") and found.offsets is not None:
         count = len(found.offsets)
         return f"{'an' if str(count)[0] == '8' or count in (11, 18) else 'a'} {count}-point stencil"
-    if found.kind == "sparse":
-        return f"sparse, at most {found.per_row:,} nonzero{'s' if found.per_row > 1 else ''} " \
-               "a row"
-    return found.kind
+    return found.kind  # ("sparse": how many a row at most follows the count of nonzeros)
 
 
 def _mostly_spans(result, name: str, found: Layout) -> list:
@@ -555,8 +552,7 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
         f"{sparse.nnz:,} entries of {m:,} × {n:,} in the pattern " \
         f"({sparse.nnz - zeros:,} nonzero here)"
     spans.append(Text(f"; {counted}"
-                      + (f", at most {found.per_row:,} a row. " if found.kind != "sparse"
-                         else ". ")))
+                      + f", at most {found.per_row:,} a row. "))
     return Paragraph(tuple(spans + evidence_words(sparse, name)))
 
 
