@@ -10,9 +10,10 @@ result (:func:`layout_of`), and only the entries shown are looked up.
 The pattern in words: where the output and the input have one shape, the offsets each entry
 reads along each axis (``y[i] reads x[i-1], x[i], x[i+1]``: tridiagonal; five offsets in two
 axes: the 5-point stencil), wrapping around where the indices do (``roll``); else a band of
-the flat index, else "sparse" (the count of nonzeros then says "at most r a row"). The colours are said in closed form
-(``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a grid) only where that formula is
-exactly the colouring; otherwise the code reads them from ``r.gradients[name]``.
+the flat index, else "sparse" (the count of nonzeros then says "at most r a row"). The
+colours are said in closed form (``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a
+grid) only where that formula is exactly the colouring; otherwise the code
+reads them from ``r.gradients[name]``.
 
 A result computed by columns (``sparse.mode == "columns"``, :mod:`~vjp_magic.core.column_passes`)
 has one colour per entry of the input: the words, the closed form and the code are then of
