@@ -260,11 +260,7 @@ torch.manual_seed(0)
 x = torch.randn(T, 4, requires_grad=True)'''
 
 
-@pytest.mark.xfail(strict=True, reason="attention with an off-by-one causal mask (tril(1)), "
-                   "T = 6: the display says 'y has 24 entries, each may use every entry of x' "
-                   "and, a line later, 'y[t] reads x[s] for t − 5 ≤ s ≤ t + 1 only': y[0] "
-                   "reads x[0] and x[1] only (the mask), so the first sentence is false "
-                   "(s34 fixed the same sentence for finite differences)")
+# Was a strict xfail (s35 G16): fixed in render/sections._what (a row not full).
 def test_a_masked_attention_is_not_said_to_use_every_entry(ip, run_ok, run_vjp):
     run_ok(ATTENTION)
     r = run_vjp("y = attention(x, off_by_one)", "--wrt x")
@@ -275,9 +271,7 @@ def test_a_masked_attention_is_not_said_to_use_every_entry(ip, run_ok, run_vjp):
     assert "each may use every entry of x" not in text, text[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="y = torch.cumsum(x, 0) at 1,000 points: 'y has 1,000 "
-                   "entries, each may use every entry of x' beside 'y[t] reads x[s] for s ≤ t "
-                   "only (causal: lower-triangular)': y[0] reads x[0] only")
+# Was a strict xfail (s35 G16): fixed in render/sections._what (a row not full).
 def test_a_cumsum_is_not_said_to_use_every_entry(run_vjp):
     r = run_vjp("x = torch.randn(1000, requires_grad=True)\ny = torch.cumsum(x, 0)")
     text = plain(r)
@@ -423,3 +417,26 @@ def test_a_relus_zero_hessian_is_said_to_be_zero(ip, run_ok):
     h = run_ok("%hessian torch.relu(x).sum() wrt x")
     assert h.hessian("x").abs().max() == 0  # relu is piecewise linear: f'' = 0 off the kink
     assert "Every second derivative is 0" in plain(h), plain(h)[:300]
+
+
+# -- the teacher's sparse section at a classroom size ---------------------------------------------
+BAND_7 = ("import torch.nn.functional as F\nsignal = torch.randn({n}, requires_grad=True)\n"
+          "p = F.pad(signal, (3, 3))\n"
+          "out = p[:-6] + p[1:-5] + p[2:-4] + p[3:-3] + p[4:-2] + p[5:-1] + p[6:]")
+
+
+def test_a_band_of_7_at_200_entries_takes_7_coloured_passes(run_vjp):
+    r = run_vjp(BAND_7.format(n=200))
+    assert len(r.gradients["signal"]) == 7  # rows i and i + 7 never share a column
+
+
+@pytest.mark.xfail(strict=True, reason="the same band (offsets −3..3) at 64 entries: the display "
+                   "names the band, then 'the derivatives below are the full Jacobian … One "
+                   "backward per component, 64 in all'; docs/api.md's rule (an output of 32 "
+                   "entries or more, colours at most a quarter of them: 7 ≤ 16) says the "
+                   "compressed passes are taken, as at 200 entries; the code's threshold is "
+                   "core/compressed.SPARSE_MIN_ENTRIES = 64·64 Jacobian entries instead")
+def test_a_band_of_7_at_64_entries_takes_7_coloured_passes(run_vjp):
+    r = run_vjp(BAND_7.format(n=64))
+    assert "offsets −3..3" in plain(r)
+    assert len(r.gradients["signal"]) == 7, len(r.gradients["signal"])
