@@ -1,5 +1,5 @@
 """Adversarial review, session 30 (second pass): the batching check's second judgement against
-measured rounding noise (core/batching_check.within_noise) must not accept a batching rule
+measured rounding noise (core/checked_batches.within_noise) must not accept a batching rule
 that is wrong.
 
 ``Off`` is an identity Function whose backward is right in a plain pass and 1 % or 5 % off on

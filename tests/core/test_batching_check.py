@@ -1,10 +1,10 @@
-"""The batching check of the exact path (core.batching_check): the probe rule's verdict, with
+"""The batching check of the exact path (core.checked_batches): the probe rule's verdict, with
 its own vector where no structure is probed; a wrong batching rule still caught."""
 import pytest
 import torch
 
 from vjp_magic import differentiate
-from vjp_magic.core import batching_check, derivatives
+from vjp_magic.core import checked_batches, derivatives
 from vjp_magic.core.probes import probe_agrees, probe_values
 
 
@@ -22,34 +22,34 @@ def test_verdict_is_the_probe_rules(dtype, seed):
     f, x = _dense(seed, dtype)
     y = f(x)
     flat = torch.func.jacrev(f)(x.detach())
-    v = batching_check.batching_vector(y, seed)
+    v = checked_batches.batching_vector(y, seed)
     (vjp,) = torch.autograd.grad(y, x, v)
     wrong_entry = vjp.clone()
     wrong_entry[seed] += 1e-3 * vjp.abs().max()
     nan = vjp.clone()
     nan[1] = float("nan")
     for got in (vjp, wrong_entry, nan, vjp.flip(0)):
-        assert batching_check.batching_agrees(flat, v, got) == probe_agrees(
+        assert checked_batches.batching_agrees(flat, v, got) == probe_agrees(
             flat, v, got, (), nonfinite_agree=True)
-    assert batching_check.batching_agrees(flat, v, vjp)
-    assert not batching_check.batching_agrees(flat, v, wrong_entry)
+    assert checked_batches.batching_agrees(flat, v, vjp)
+    assert not checked_batches.batching_agrees(flat, v, wrong_entry)
 
 
 def test_transposed_layout_and_many_columns_off():
     f, x = _dense(3)
     y = f(x)
     flat = torch.func.jacrev(f)(x.detach()).t().contiguous().t()  # column-major
-    v = batching_check.batching_vector(y, 1)
+    v = checked_batches.batching_vector(y, 1)
     (vjp,) = torch.autograd.grad(y, x, v)
-    assert batching_check.batching_agrees(flat, v, vjp)
-    assert not batching_check.batching_agrees(flat, v, vjp * 1.01)
+    assert checked_batches.batching_agrees(flat, v, vjp)
+    assert not checked_batches.batching_agrees(flat, v, vjp * 1.01)
 
 
 def test_vector_values_shape_and_seed():
     y = torch.zeros(5, 7)
-    a, b = (batching_check.batching_vector(y, 11) for _ in range(2))
+    a, b = (checked_batches.batching_vector(y, 11) for _ in range(2))
     assert a.shape == y.shape and torch.equal(a, b)
-    assert not torch.equal(a, batching_check.batching_vector(y, 12))
+    assert not torch.equal(a, checked_batches.batching_vector(y, 12))
     assert set(a.reshape(-1).tolist()) <= set(probe_values(torch.float32).tolist())
 
 

@@ -1,4 +1,4 @@
-"""The batching check's second judgement (core.batching_check.within_noise): a vectorised
+"""The batching check's second judgement (core.checked_batches.within_noise): a vectorised
 pass whose probe fails only by rounding (BatchNorm in training mode: per-sample rows cancel)
 is kept where that noise is small beside the derivatives, else recomputed by plain passes;
 a real batching error, even a small one, is still recomputed. Values are those of a loop of

@@ -53,12 +53,12 @@ def test_the_replay_hint_is_for_modules_only():
 def test_the_batching_vector_of_a_vector_output_is_a_tensor_of_its_own():
     # no view, so a plain pass takes it as it is (a view would be copied first); the same
     # draw as the generator's, shaped like the output
-    from vjp_magic.core import batching_check
+    from vjp_magic.core import checked_batches
     from vjp_magic.core.probes import probe_generator, probe_values
 
     for shape in [(7,), (3, 5)]:
         y = torch.zeros(shape)
-        v = batching_check.batching_vector(y, 9)
+        v = checked_batches.batching_vector(y, 9)
         values = probe_values(torch.float32)
         codes = torch.randint(len(values), (y.numel(),),
                               generator=probe_generator(9, "batching"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vjp_magic import differentiate
-from vjp_magic.core import batching_check, derivatives
+from vjp_magic.core import checked_batches, derivatives
 from vjp_magic.core.probes import probe_agrees, probe_generator, probe_values
 
 
@@ -25,30 +25,30 @@ def test_an_infinite_entry_the_plain_pass_lacks_is_the_rules_to_judge(dtype):
     f, x = _dense(1, dtype=dtype)
     y = f(x)
     flat = torch.func.jacrev(f)(x.detach())
-    v = batching_check.batching_vector(y, 3)
+    v = checked_batches.batching_vector(y, 3)
     (vjp,) = torch.autograd.grad(y, x, v)
     broken = flat.clone()
     broken[4, 7] = float("inf")
     rule = probe_agrees(broken, v, vjp, (), nonfinite_agree=True)
     assert rule is False
-    assert batching_check.batching_agrees(broken, v, vjp) is rule
-    assert batching_check.batching_verdict(broken, v, vjp) == (False, False)
+    assert checked_batches.batching_agrees(broken, v, vjp) is rule
+    assert checked_batches.batching_verdict(broken, v, vjp) == (False, False)
 
 
 def test_the_verdict_says_finite_and_not_all_zero_only_when_it_is():
     f, x = _dense(2)
     y = f(x)
     flat = torch.func.jacrev(f)(x.detach())
-    v = batching_check.batching_vector(y, 5)
+    v = checked_batches.batching_vector(y, 5)
     (vjp,) = torch.autograd.grad(y, x, v)
-    assert batching_check.batching_verdict(flat, v, vjp) == (True, True)
+    assert checked_batches.batching_verdict(flat, v, vjp) == (True, True)
     zeros = torch.zeros_like(flat)
-    assert batching_check.batching_verdict(zeros, v, torch.zeros_like(vjp)) == (True, False)
+    assert checked_batches.batching_verdict(zeros, v, torch.zeros_like(vjp)) == (True, False)
     nan = flat.clone()
     nan[0, 0] = float("nan")
     nan_vjp = vjp.clone()
     nan_vjp[0] = float("nan")
-    agrees, ordinary = batching_check.batching_verdict(nan, v, nan_vjp)
+    agrees, ordinary = checked_batches.batching_verdict(nan, v, nan_vjp)
     assert agrees == probe_agrees(nan, v, nan_vjp, (), nonfinite_agree=True)
     assert not ordinary
 
@@ -60,9 +60,9 @@ def test_batching_vector_is_a_fresh_generators_draw(seed):
     codes = torch.randint(len(values), (y.numel(),),
                           generator=probe_generator(seed, "batching"))
     expected = values[codes].view(y.shape)
-    assert torch.equal(batching_check.batching_vector(y, seed), expected)
-    batching_check.batching_vector(torch.zeros(50), seed + 1)  # its generator drawn from
-    assert torch.equal(batching_check.batching_vector(y, seed), expected)
+    assert torch.equal(checked_batches.batching_vector(y, seed), expected)
+    checked_batches.batching_vector(torch.zeros(50), seed + 1)  # its generator drawn from
+    assert torch.equal(checked_batches.batching_vector(y, seed), expected)
 
 
 @pytest.mark.parametrize("n", [5, 40])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vjp_magic.core import batching_check
+from vjp_magic.core import checked_batches
 from vjp_magic.core.probes import probe_agrees
 from vjp_magic.core.tolerances import tolerances
 
@@ -25,7 +25,7 @@ def _case(seed, n=96, dtype=torch.float32):
 
     y = f(x)
     flat = torch.func.jacrev(f)(x.detach())
-    v = batching_check.batching_vector(y, seed)
+    v = checked_batches.batching_vector(y, seed)
     (vjp,) = torch.autograd.grad(y, x, v)
     return flat, v, vjp
 
@@ -45,7 +45,7 @@ def _bound(flat, v):
 def test_a_true_jacobian_is_accepted_and_said_ordinary(dtype, seed):
     flat, v, vjp = _case(seed, dtype=dtype)
     assert _rule(flat, v, vjp)
-    assert batching_check.batching_verdict(flat, v, vjp) == (True, True)
+    assert checked_batches.batching_verdict(flat, v, vjp) == (True, True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -61,7 +61,7 @@ def test_near_the_bound_the_verdict_is_the_rules(dtype, factor, entries):
     signs = torch.where(torch.rand(entries, generator=g) < 0.5, -1.0, 1.0).to(dtype)
     moved[picked] += (signs * factor * _bound(flat, v)[picked]).to(dtype)
     rule = _rule(flat, v, moved)
-    assert batching_check.batching_agrees(flat, v, moved) == rule
+    assert checked_batches.batching_agrees(flat, v, moved) == rule
     if factor >= 1.1:
         assert not rule
     if factor <= 0.25:
@@ -83,10 +83,10 @@ def test_non_finite_and_zero_cases_are_the_rules(dtype):
              (flat, nan_vjp), (torch.zeros_like(flat), torch.zeros_like(vjp)),
              (torch.zeros_like(flat), vjp)]
     for d, got in cases:
-        agrees, ordinary = batching_check.batching_verdict(d, v, got)
+        agrees, ordinary = checked_batches.batching_verdict(d, v, got)
         assert agrees == _rule(d, v, got)
         assert not ordinary or bool(torch.isfinite(d).all()) and bool(d.any())
-    assert batching_check.batching_verdict(torch.zeros_like(flat), v,
+    assert checked_batches.batching_verdict(torch.zeros_like(flat), v,
                                            torch.zeros_like(vjp)) == (True, False)
 
 
@@ -104,12 +104,12 @@ def test_a_column_cancelling_in_vjp_is_judged_by_its_own_bound():
     got = expected.reshape(-1).clone()
     got[0] += 0.1 * float(_bound(crafted, v)[0])
     assert _rule(crafted, v, got)
-    assert batching_check.batching_verdict(crafted, v, got)[0]
+    assert checked_batches.batching_verdict(crafted, v, got)[0]
     got[0] += 2 * float(_bound(crafted, v)[0])
     assert not _rule(crafted, v, got)
-    assert not batching_check.batching_agrees(crafted, v, got)
+    assert not checked_batches.batching_agrees(crafted, v, got)
 
 
 def test_a_tensor_requiring_grad_takes_the_torch_route():
     flat, v, vjp = _case(2)
-    assert batching_check.batching_verdict(flat.requires_grad_(), v, vjp) == (True, True)
+    assert checked_batches.batching_verdict(flat.requires_grad_(), v, vjp) == (True, True)

@@ -16,7 +16,7 @@ import torch
 
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
-from .batching_check import batching_vector, batching_verdict, plain_probe, within_noise
+from .checked_batches import batching_vector, batching_verdict, plain_probe, within_noise
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
@@ -129,7 +129,7 @@ def _checked_jacobians(context, named, probes, proved=False,
 def _batching_probe(context, named, probes, own: bool) -> tuple[torch.Tensor, dict]:
     """(v, name → vᵀJ from one plain backward for every input of ``named``): probe 0 where
     it is made anyway (``own`` false: structures are probed too, or forward mode checks with
-    it; or it was made already), else :func:`.batching_check.batching_vector`, its pass timed
+    it; or it was made already), else :func:`.checked_batches.batching_vector`, its pass timed
     for the next run's chunks as probe 0's would be."""
     if not own or probes.seconds is not None:
         return probes.vector().reshape(-1), {n: probes.vjp(n) for n in named}
