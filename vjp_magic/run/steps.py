@@ -13,6 +13,7 @@ hook fires).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -84,8 +85,11 @@ class Interpreter:
         self.steps = steps
 
     def run(self, env: dict) -> dict:
-        """Every step, in order; ``env`` holds the inputs' values and receives the results."""
-        with generators_kept(self.steps):
+        """Every step, in order; ``env`` holds the inputs' values and receives the results.
+        A replay warns nothing: each warning its calls give, the cell's run gave already (or
+        it comes from the analysis' own values, as a float64 copy's: not the user's to see)."""
+        with generators_kept(self.steps), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             for step in self.steps:
                 self.run_step(step, env)
         return env
