@@ -239,3 +239,26 @@ def test_any_callable_unpack_hook_is_the_users(unpack):
     with pytest.raises(vjp_magic.VJPUsageError, match="saved_tensors_hooks"):
         vjp_magic.sparse_jacobian(y, x)  # (no up-front check: the pass guard stops it)
     assert RUNS["unpack"] == 0
+
+
+EARLIER = """
+import torch, torch.utils.checkpoint as cp
+runs = [0]
+def block(t):
+    runs[0] += 1
+    return torch.sin(t) * 2
+x = torch.linspace(-1, 1, 3, requires_grad=True)
+h = cp.checkpoint(block, x, use_reentrant=False)
+"""
+
+
+def test_a_graph_the_cells_backward_frees_is_not_kept_to_be_freed_by_a_pass(ip, run_ok):
+    """A graph from an earlier cell (no record rebuilds it) that the cell's own backward frees:
+    kept by the guard, it was freed after the analysis by a pass of zeros, which re-ran the
+    block (3 runs, 2 in a plain run). Now the cell's pass frees it, as in a plain run."""
+    counts = []
+    for magic in ("", "%%vjp\n"):
+        run_ok(EARLIER)
+        ip.run_cell(magic + "y = (h * 2).sum()\ny.backward()")
+        counts.append((ip.user_ns["runs"][0], ip.user_ns["x"].grad.tolist()))
+    assert counts[1] == counts[0] and counts[0][0] == 2

@@ -85,6 +85,18 @@ def _judged(output, probe: bool = True) -> _Judged:
     return facts._replace(reentrant=tuple(dict.fromkeys(found)))
 
 
+def unpacks_users_code(nodes) -> bool:
+    """Whether any of ``nodes`` saved a tensor the user's code unpacks (a non-reentrant
+    checkpoint's block, their ``saved_tensors_hooks``): every pass through it runs that code."""
+    for node in nodes:
+        for saved in raw_saved(node):
+            hook = saved.unpack_hook
+            code = None if hook is None else _hook_code(hook)
+            if code is not None and _users_code(code):
+                return True
+    return False
+
+
 def _hook_code(hook) -> types.CodeType | None:
     """The code an unpack hook runs when called: a function's, a method's, a
     ``functools.partial``'s function's, a callable object's ``__call__``; None for a builtin."""
@@ -476,4 +488,4 @@ def _watched() -> _Watched:
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
            "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_recomputing",
-           "refuse_reentrant"]
+           "refuse_reentrant", "unpacks_users_code"]

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import torch
 
 from ..core.quiet import no_subclass_code
+from ..core.reentrant import unpacks_users_code
 from ..core.torch_api import FREED_MESSAGE, engine_wrapped
 from .backward_log import BackwardLog, CallKind, Freeing
 from .passes import as_list, is_functorch, node_key, nodes_run, root_nodes, saves_tensors
@@ -80,7 +81,8 @@ class _RetainingEngine:
         nodes = nodes_run(root_nodes(tensors), inputs)
         freed = next((log.freed_by[node_key(n)] for n in nodes
                       if node_key(n) in log.freed_by and saves_tensors(n)), None)
-        retain = not keep_graph and log.must_retain(nodes)
+        # (a graph the user's code unpacks is not kept: freeing it later would run that code)
+        retain = not keep_graph and log.must_retain(nodes) and not unpacks_users_code(nodes)
         if freed is not None and log.retained_any:  # PyTorch's own error, where it would be
             record.freed_by = freed
             record.error = RuntimeError(FREED_MESSAGE)
