@@ -260,11 +260,7 @@ torch.manual_seed(0)
 x = torch.randn(T, 4, requires_grad=True)'''
 
 
-@pytest.mark.xfail(strict=True, reason="attention with an off-by-one causal mask (tril(1)), "
-                   "T = 6: the display says 'y has 24 entries, each may use every entry of x' "
-                   "and, a line later, 'y[t] reads x[s] for t − 5 ≤ s ≤ t + 1 only': y[0] "
-                   "reads x[0] and x[1] only (the mask), so the first sentence is false "
-                   "(s34 fixed the same sentence for finite differences)")
+# Was a strict xfail (s35 G16): fixed in render/sections._what (a row not full).
 def test_a_masked_attention_is_not_said_to_use_every_entry(ip, run_ok, run_vjp):
     run_ok(ATTENTION)
     r = run_vjp("y = attention(x, off_by_one)", "--wrt x")
@@ -275,9 +271,7 @@ def test_a_masked_attention_is_not_said_to_use_every_entry(ip, run_ok, run_vjp):
     assert "each may use every entry of x" not in text, text[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="y = torch.cumsum(x, 0) at 1,000 points: 'y has 1,000 "
-                   "entries, each may use every entry of x' beside 'y[t] reads x[s] for s ≤ t "
-                   "only (causal: lower-triangular)': y[0] reads x[0] only")
+# Was a strict xfail (s35 G16): fixed in render/sections._what (a row not full).
 def test_a_cumsum_is_not_said_to_use_every_entry(run_vjp):
     r = run_vjp("x = torch.randn(1000, requires_grad=True)\ny = torch.cumsum(x, 0)")
     text = plain(r)

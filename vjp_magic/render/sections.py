@@ -17,7 +17,8 @@ from . import notation
 from .graph_facts import one_function
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
-from .findings import has_sensitivity, sensitivity_formula, structure_findings
+from .findings import has_sensitivity, sensitivity_formula, shared_verdict, structure_findings
+from ..core.dependency import Kind
 from .indices import index_formula
 from .budget import fit_of, remembered
 from .matrix import (HDOTS, Block, column_blocks, layout_beside, multi_index, reserve,
@@ -188,6 +189,9 @@ def _what(result, name: str) -> list:
                             f"{plural(few, 'nonzero derivative')} at this "), x,
                     Text(f" (of {item.tensor.numel():,}): one gradient each, the rows of the "
                          "Jacobian")]
+        if _some_row_not_full(result, name):  # (causal, masked: the line beneath says which)
+            return [y, Text(f" has {count:,} entries, each using some entries of "), x,
+                    Text(": one gradient each, the rows of the Jacobian")]
         return [y, Text(f" has {count:,} entries, each may use every entry of "), x,
                 Text(": one gradient each, the rows of the Jacobian")]
     points = plural(item.point_count, "point")
@@ -219,6 +223,14 @@ def _nonzeros_a_row(result, name: str) -> int | None:
         return None
     most = int((d.reshape(-1, n) != 0).sum(1).max()) if d.numel() else 0
     return most if 2 * most <= n else None
+
+
+def _some_row_not_full(result, name: str) -> bool:
+    """Whether the line beneath says the output reads only some entries along a shared axis
+    (a cumsum's causal s ≤ t, a masked attention's band): then not "each may use every
+    entry"."""
+    verdict = shared_verdict(result, name)
+    return verdict is not None and verdict.kind != Kind.DENSE
 
 
 def _m(tex: str) -> Math:
