@@ -166,9 +166,6 @@ def _emptied(text: str) -> list[str]:
     return re.findall(r"^\s*(\S+)\.grad\.zero_\(\)", block, flags=re.MULTILINE)
 
 
-@pytest.mark.xfail(strict=True, reason="run/cell_source.grads_not_zeroed takes the last name "
-                   "before '.grad' (net.weight.grad → 'weight.grad.zero_()', a NameError) and "
-                   "counts torch.autograd.grad ('autograd.grad.zero_()', an AttributeError)")
 @pytest.mark.parametrize("cell", list(_TWICE_CELLS))
 def test_the_corrected_code_empties_only_tensors_grads(ip, cell):
     result = ip.run_cell("%%vjp\n" + _TWICE_CELLS[cell]).result
@@ -261,8 +258,6 @@ _FIRST_CALLS = {  # the first of two backward calls through one graph, as the ce
     "a call over two lines": "y.sum().backward(\n    inputs=[x],\n)\n",
     "a call continued by a backslash": "y.sum() \\\n    .backward()\n",
 }
-_WRONG_FIRST_CALLS = {"retain_graph given by position", "autograd.grad's retain_graph by position",
-                      "a call over two lines", "a call continued by a backslash"}
 
 
 def _corrected_call(ip, first: str) -> str:
@@ -273,13 +268,7 @@ def _corrected_call(ip, first: str) -> str:
     return "\n".join(line for line in lines if ".grad.zero_()" not in line)  # (see 3.)
 
 
-@pytest.mark.parametrize("first", [pytest.param(
-    name, marks=pytest.mark.xfail(strict=True, reason=(
-        "teach/coaching._second_pass_advice: set_argument adds retain_graph=True beside a "
-        "positional retain_graph (TypeError: multiple values), and a call over several lines "
-        "falls back to 'y.backward(gradient=v, retain_graph=True)' with no v (NameError) and "
-        "without the call's own arguments"))) if name in _WRONG_FIRST_CALLS else name
-    for name in _FIRST_CALLS])
+@pytest.mark.parametrize("first", list(_FIRST_CALLS))
 def test_the_corrected_first_backward_runs(ip, first):
     code = _corrected_call(ip, _FIRST_CALLS[first])
     assert "retain_graph=True" in code

@@ -149,8 +149,119 @@ def assigned_in(source: str, name: str) -> bool:
                for n in ast.walk(tree))
 
 
+# Owners whose ``.grad`` is a function, not a tensor's gradient (``torch.autograd.grad``).
+_FUNCTION_OWNERS = {"autograd", "func", "functorch", "torch"}
+
+
 def grads_not_zeroed(source: str) -> list[str]:
-    """The names whose ``.grad`` the cell reads and never empties (``.zero_()``, ``= None``)."""
-    names = dict.fromkeys(re.findall(r"\b([A-Za-z_]\w*)\.grad\b(?!_)", source))
-    return [n for n in names
-            if not re.search(rf"\b{n}\.grad(\.zero_\(\)|\s*=\s*None)", source)]
+    """The tensors (as the cell writes them: ``x``, ``net.weight``) whose ``.grad`` the cell
+    reads and never empties (``.grad.zero_()``, ``.grad = …``, ``del …grad``), in the order
+    read; a ``.grad`` that is called or owned by a module (``torch.autograd.grad``) is none."""
+    tree = _parsed(source)
+    if tree is None:
+        return []
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    read, emptied = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr == "zero_":
+            owner = node.func.value
+            owner = owner.value if isinstance(owner, ast.Attribute) and owner.attr == "data" \
+                else owner
+            if _is_grad(owner):
+                emptied.add(ast.unparse(owner.value))
+        targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else []
+        emptied.update(ast.unparse(t.value) for t in targets if _is_grad(t))
+        if _is_grad(node) and isinstance(node.ctx, ast.Load) and id(node) not in called:
+            owner = ast.unparse(node.value)
+            if owner.rsplit(".", 1)[-1] not in _FUNCTION_OWNERS:
+                read.append((node.lineno, node.col_offset, owner))
+    names = dict.fromkeys(owner for *_, owner in sorted(read))
+    return [n for n in names if n not in emptied]
+
+
+def _is_grad(node) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "grad"
+
+
+def _parsed(source: str) -> ast.Module | None:
+    """The cell parsed, its IPython lines (``%magic``, ``!shell``) read as ``pass``."""
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        pass
+    lines = [re.sub(r"^(\s*)[%!].*$", r"\1pass", line) for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+# Where each style of call takes ``retain_graph`` positionally.
+_RETAIN_GRAPH_POSITION = {CallStyle.METHOD: 1, CallStyle.BACKWARD: 2, CallStyle.GRAD: 3}
+
+
+def retained_call(source: str, line: int, kind: CallKind | str) -> tuple[str, int] | None:
+    """The cell's statement holding the ``backward``/``grad`` call (``kind``) that runs on
+    ``line``, as the user wrote it (every line of it) but with ``retain_graph=True``: the
+    argument replaced where given, by keyword or by position (named where it is the last
+    positional one), else added after the last one; and the statement's first line. None
+    where the cell does not parse, no such call runs there, or its arguments are unpacked
+    (``*args``, ``**kwargs``: where it goes is unknown)."""
+    tree = _parsed(source)
+    if tree is None:
+        return None
+    kind = CallKind(kind)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and n.lineno <= line <= n.end_lineno and _site(n, source, kind, 0) is not None]
+    statements = [n for n in ast.walk(tree) if isinstance(n, ast.stmt)
+                  and not isinstance(n, _COMPOUND) and calls
+                  and n.lineno <= calls[0].lineno and calls[0].end_lineno <= n.end_lineno]
+    if not calls or not statements:
+        return None
+    node, statement = calls[0], statements[-1]  # (ast.walk: the innermost statement last)
+    if any(isinstance(a, ast.Starred) for a in node.args) \
+            or any(k.arg is None for k in node.keywords):
+        return None
+    given = next((k.value for k in node.keywords if k.arg == "retain_graph"), None)
+    value = "True"
+    position = _RETAIN_GRAPH_POSITION[_site(node, source, kind, 0).style]
+    if given is None and len(node.args) > position:
+        given = node.args[position]  # named where no positional argument follows it
+        value = "retain_graph=True" if len(node.args) == position + 1 else "True"
+    lines = source.splitlines(keepends=True)
+    offset = _offsets(lines)
+    if given is not None:
+        start, end = offset(given.lineno, given.col_offset), offset(given.end_lineno,
+                                                                    given.end_col_offset)
+        edit = (start, end, value)
+    else:
+        last = max(node.args + node.keywords, key=lambda a: (a.end_lineno, a.end_col_offset),
+                   default=None)
+        at = (offset(last.end_lineno, last.end_col_offset) if last is not None
+              else offset(node.end_lineno, node.end_col_offset) - 1)
+        edit = (at, at, (", " if last is not None else "") + "retain_graph=True")
+    text = "".join(lines)
+    start = offset(statement.lineno, statement.col_offset)
+    end = offset(statement.end_lineno, statement.end_col_offset)
+    changed = text[start:edit[0]] + edit[2] + text[edit[1]:end]
+    indent = lines[statement.lineno - 1][:len(lines[statement.lineno - 1])
+                                          - len(lines[statement.lineno - 1].lstrip())]
+    changed = "\n".join(part[len(indent):] if part.startswith(indent) else part
+                        for part in changed.split("\n"))
+    return changed, statement.lineno
+
+
+_COMPOUND = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try,
+             ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Match)
+
+
+def _offsets(lines: list[str]):
+    """(line, UTF-8 column) as ast gives them → an index into ``"".join(lines)``."""
+    starts = [0]
+    for text in lines:
+        starts.append(starts[-1] + len(text))
+
+    def offset(lineno: int, col: int) -> int:
+        return starts[lineno - 1] + len(lines[lineno - 1].encode()[:col].decode())
+    return offset
