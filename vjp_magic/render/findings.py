@@ -444,9 +444,11 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
     lhs = notation.partial(output_symbol(result), name)
     counted = (f"counted from {options.index_base}, from 0 in the code"
                if options.index_base != 0 else "counted from 0 as in the code")
+    what = (f"the mean and the largest size per feature ({len(mean):,} in all)"
+            if len(mean) > 1 else  # an elementwise map: one row, f' itself
+            f"the mean and the largest size of {notation.letters()[0]}'")
     caption = (Text(f"Over the {plural(item.point_count, 'point')} "), notation.point(name),
-               Text(f": the mean and the largest size per feature ({len(mean):,} in all), "
-                    f"and the point i where the largest is ({counted})."))
+               Text(f": {what}, and the point i where the largest is ({counted})."))
     return Formula(Math(rf"\left|{lhs.tex}\right|", f"|{lhs.plain}|"),
                    Matrix(tuple(rows), tuple(labels), header), None, caption)
 
