@@ -296,10 +296,7 @@ def test_the_rows_shown_at_the_entries_they_read_are_not_zero(run_vjp):
     assert not shown_zero, f"rows shown all zero: y[{'], y['.join(shown_zero)}]"
 
 
-@pytest.mark.xfail(strict=True, reason="y = x.view(-1, 3).norm(dim=1): one colour (every entry "
-                   "of x read by one entry of y) is the tutorial's v = ones, but the code is "
-                   "'colour = torch.arange(y.numel()) % 1 … for c in range(1): v = (colour == "
-                   "c)…', a loop of one pass around an all-ones v")
+# Was a strict xfail (s35 G16): fixed in render/sparse_code.coloured_lines (one colour).
 def test_one_colour_is_written_as_the_all_ones_v(run_vjp):
     r = run_vjp(GROUP_NORM)
     assert "1 backward pass gives all 3,000 nonzero derivatives" in plain(r)
