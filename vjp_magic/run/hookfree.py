@@ -21,7 +21,7 @@ from ..core.marked import code, marked
 from ..core.torch_api import multi_grad_hook_message
 from ..core.result import with_tensor
 from ..core.tagging import depends_on, walk_nodes
-from .record import FunctionApply, outs_of, tensors_in
+from .record import FunctionApply, outs_of, reads_of, tensors_in, version
 from .steps import function_name
 from ..core.validation import parameter_expression
 from .replay import InputChanged, NotReplayable, aliases, build, close, distinct, one_tensor_names
@@ -140,7 +140,7 @@ def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> Ana
         fresh = fresh_leaves(inputs)
         replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
         runner = interpreter(replay) if interpreter is not None else None
-        if runner is not None and OWN_GRAPH_WHEN_FREE and not hooks \
+        if runner is not None and OWN_GRAPH_WHEN_FREE and not hooks and unwritten(record) \
                 and runs_no_user_code(record, output, inputs) \
                 and runner.take_recorded(record):  # no copy needed: the cell's own graph
             return AnalysedGraph(output, inputs, proved_free=True, interpreter=runner)
@@ -213,6 +213,20 @@ def runs_no_user_code(record, output: torch.Tensor, inputs: dict) -> bool:
                 return False
     except RuntimeError:  # a saved value already freed by a backward: not read
         return False
+    return True
+
+
+def unwritten(record) -> bool:
+    """Whether no tensor the cell's calls read or made was written in place, by a recorded
+    call or since (each read tensor at the version it had at every read): a value one of
+    its nodes saved may be such a tensor, and the cell's own graph could then not be
+    differentiated, where a replay (its constants as they were) can."""
+    for call in record.calls:
+        if call.targets:
+            return False
+        for tensor in reads_of(call):
+            if call.seen.get(id(tensor), (None,))[0] != version(tensor):
+                return False
     return True
 
 
