@@ -456,3 +456,48 @@ def test_a_smaller_height_setting_is_kept(ip, run_vjp, body, screen):
     finally:
         ip.run_line_magic("config", "VJPMagics.height = 647")
     assert height(r.view.document(r).sections) <= screen
+
+
+# -- the student leaves autograd: lists, NumPy arrays, .grad before any backward ------------------
+@pytest.mark.xfail(strict=True, reason="y = (x**2).tolist() or y = y.detach().numpy(): 'Found no "
+                   "output: the cell assigns no tensor. Assign the output (y = f(x))' — the cell "
+                   "does assign y; .item() and float() get 'y is a Python float …: .item(), "
+                   "float() and the math module leave autograd. Keep it a tensor', a list or "
+                   "an array gets nothing of the kind")
+@pytest.mark.parametrize("body", ["y = (x**2).tolist()", "y = x**2\ny = y.detach().numpy()"],
+                         ids=["tolist", "numpy"])
+def test_an_output_turned_into_a_list_or_array_is_named(run_ok, usage_error, body):
+    run_ok("x = torch.linspace(-2, 2, 5, requires_grad=True)")
+    message = usage_error(f"%%vjp\n{body}")
+    assert "y is a" in message and "Keep it a tensor" in message, message
+
+
+def test_an_output_turned_into_a_float_is_named(run_ok, usage_error):
+    run_ok("x = torch.linspace(-2, 2, 5, requires_grad=True)")
+    message = usage_error("%%vjp\ny = (x**2).sum().item()")
+    assert "y is a Python float" in message and "Keep it a tensor" in message
+
+
+@pytest.mark.xfail(strict=True, reason="x.grad.zero_() before the cell's first backward: "
+                   "PyTorch's bare \"AttributeError: 'NoneType' object has no attribute "
+                   "'zero_'\", no 'Why: … x.grad is None until a backward reaches x' as the "
+                   "creation mistakes get (run/mistakes.creation_advice)")
+def test_zeroing_grad_before_any_backward_is_coached(ip, capsys):
+    capsys.readouterr()
+    run = ip.run_cell("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\ny = x.pow(2)\n"
+                      "x.grad.zero_()\ny.sum().backward()")
+    shown = "".join(capsys.readouterr())
+    assert isinstance(run.error_in_exec, AttributeError)  # the cell stops, as a plain one does
+    assert "Why" in shown and "None" in shown.split("Why", 1)[1], shown[-500:]
+
+
+@pytest.mark.xfail(strict=True, reason="y = x ** 2, then x.data = x.data * 2 (line 3), z = "
+                   "y.sum(): the derivatives [4 8] are 2·x at the new values (the graph's saved "
+                   "x was swapped), not 2·[1 2] where y was computed; the note says only 'a "
+                   "replay of its operations gave other values (state the record does not "
+                   "show)' — line 3's .data write is not named, as the README promises for .data")
+def test_a_data_write_under_the_graph_is_named(run_vjp):
+    r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\ny = x ** 2\n"
+                "x.data = x.data * 2\nz = y.sum()")
+    text = plain(r)
+    assert "x.data" in text and "line 3" in text, text[-400:]
