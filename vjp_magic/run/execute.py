@@ -35,7 +35,7 @@ from . import guard as guard_module
 from . import record as record_module
 from .guard import keep_graphs
 from .mistakes import CellMistake, classify, creation_advice, numpy_in_torch
-from .record import KeptRecord, OpRecord, recording
+from .record import KeptRecord, OpRecord, is_caller, recording
 
 
 @dataclass(eq=False)
@@ -376,7 +376,8 @@ _TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 def user_frames_only(error: BaseException) -> BaseException:
     """``error`` with the frames the magic's wrappers add taken out of its traceback: the
-    recorder's and the guard's, and torch's dispatch to the recording mode (the torch
+    recorder's (its callers at the cell's line too: :func:`.record.is_caller`) and the guard's,
+    and torch's dispatch to the recording mode (the torch
     function that handed the call over runs again past it), so that the traceback reads as
     in a plain cell (IPython shows the last frame even where it asks to hide it)."""
     entries, tb = [], error.__traceback__
@@ -386,7 +387,7 @@ def user_frames_only(error: BaseException) -> BaseException:
     files = [os.path.abspath(e.tb_frame.f_code.co_filename) for e in entries]
     dropped = set()
     for k, name in enumerate(files):
-        if name in _WRAPPERS or name == _DISPATCH:
+        if name in _WRAPPERS or name == _DISPATCH or is_caller(entries[k].tb_frame.f_code):
             dropped.add(k)
         if name == _DISPATCH and k and files[k - 1].startswith(_TORCH) \
                 and any(e.tb_frame.f_code is entries[k - 1].tb_frame.f_code

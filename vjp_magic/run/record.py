@@ -370,7 +370,7 @@ def calling_at(frame):
         if len(_CALLERS) >= _NAMED_MAX:
             _CALLERS.clear()
         code = _CALLER_CODE.replace(co_filename=key[0], co_firstlineno=key[1])
-        call = _CALLERS[key] = types.FunctionType(code, frame.f_globals, "<torch call>")
+        call = _CALLERS[key] = types.FunctionType(code, frame.f_globals, _CALLER_NAME)
     return call
 
 
@@ -379,9 +379,16 @@ def _plain_call(func, args, kwargs):
     return func(*args, **kwargs)
 
 
+def is_caller(code) -> bool:
+    """Whether ``code`` is a :func:`calling_at` caller's (a frame a traceback leaves out)."""
+    return code.co_name == _CALLER_NAME and code.co_code == _CALLER_CODE.co_code
+
+
 # one line, so every instruction of a caller is at the line its frame stands for
+_CALLER_NAME = "<vjp_magic: the recorded torch call>"
 _CALLER_CODE = compile("def call(func, args, kwargs): __tracebackhide__ = True; "
                        "return func(*args, **kwargs)", "<torch call>", "exec").co_consts[0]
+_CALLER_CODE = _CALLER_CODE.replace(co_name=_CALLER_NAME, co_qualname=_CALLER_NAME)
 _CALLERS: dict = {}  # (file, line, globals' id) -> its caller, bounded
 
 
