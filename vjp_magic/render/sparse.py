@@ -601,6 +601,10 @@ def colour_paragraph(result, name: str, options=None) -> Paragraph:
                 + (f" (after {sparse.pattern_passes:,} to find the pattern)."
                    if getattr(sparse, "pattern_passes", 0) else "."))
     vector = code_names(result, name)[0]["u" if columns else "v"]  # as the code names it
+    if k == 1 and not columns:  # one colour: the tutorial's v = ones
+        return paragraph("Each entry of ", notation.prose_name(name), " is read by one entry of ",
+                         notation.prose_name(y), " at most, so ", notation.prose_name(vector),
+                         " is all ones, shaped like ", notation.prose_name(y), tail)
     lead = ["Entries of ", notation.prose_name(name), " of one colour are never read by one "
             "entry of ", notation.prose_name(y), ", so one forward-mode pass per colour: ",
             notation.prose_name(vector)] if columns else [
@@ -659,6 +663,12 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
     k = sparse.count
+    if k == 1:  # one colour: the tutorial's v = ones, one backward
+        return _joined(lines + [
+            cleared_grads([x]),
+            f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True)",
+            f"{g} = {x}.grad.reshape(-1)  # v^T J, v = ones",
+            f"# J[p, q] (flattened) is {g}[q] where nonzero"])
     lines += colour_lines(found.form, y, k, name, names, taken)
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row {c}: {v}^T J",
               cleared_grads([x]),

@@ -27,6 +27,14 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     k, columns = sparse.count, by_columns(sparse)
     colour, g, c = (fresh(b, taken) for b in ("colour", "g", "c"))
+    if k == 1 and not columns:  # one colour: the tutorial's v = ones, one backward
+        head = [f"# {name}: 1 backward pass, v = ones (each entry of {x} is read by one "
+                f"entry of {y} at most)",
+                f"if {x}.grad is not None: {x}.grad.zero_()",
+                f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True, inputs=[{x}])",
+                f"{g} = {grad_read(result, name, x)}.reshape(-1)  # v^T J"]
+        value = f"{g}[{{q}}]"
+        return head + _nonzeros_at(result, name, found, y, x, d, taken, source, value)
     head = [f"# {name}: {k:,} {'forward-mode' if columns else 'backward'} "
             f"pass{'es' if k != 1 else ''}, one per colour"]
     head += colour_lines(found.form, x if columns else y, k, name, {"colour": colour,
@@ -52,12 +60,18 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
                  f"    {y}.backward(gradient={v}, retain_graph=True, inputs=[{x}])",
                  f"    {g}[{c}] = {grad_read(result, name, x)}.reshape(-1)"]
         value = f"{g}[{colour}[{{p}}], {{q}}]"
+    return head + _nonzeros_at(result, name, found, y, x, d, taken, source, value)
+
+
+def _nonzeros_at(result, name: str, found, y: str, x: str, d: str, taken: set, source: str,
+                 value: str) -> list[str]:
+    """Where the nonzeros are (p of y, q of x), then ``d`` built from ``value`` at them."""
     p, q = fresh("p", taken), fresh("q", taken)
     if found.offsets is not None and found.form is not None:
         where = _at_offsets(found, y, x, (p, q), taken)
     else:
         where = _from_pattern(name, (p, q), fresh("pattern", taken), source)
-    return head + where + _coo(d, y, x, p, q, value.format(p=p, q=q))
+    return where + _coo(d, y, x, p, q, value.format(p=p, q=q))
 
 
 def _at_offsets(found, y: str, x: str, pq, taken: set) -> list[str]:
