@@ -501,3 +501,21 @@ def test_a_data_write_under_the_graph_is_named(run_vjp):
                 "x.data = x.data * 2\nz = y.sum()")
     text = plain(r)
     assert "x.data" in text and "line 3" in text, text[-400:]
+
+
+# -- the teacher: --explain's Jacobian of the tutorial's In [18] ----------------------------------
+@pytest.mark.xfail(strict=True, reason="--explain on the tutorial's In [18] (2 functions at 3 "
+                   "points of 4 entries): J_F (6 × 12) keeps x[0, 0..2] and x[2, 1..3] as "
+                   "columns, so rows y[0,1] and y[1,1] (point 2) show only zeros right under "
+                   "'J is block-diagonal once the entries are ordered by point': the middle "
+                   "block, whose derivatives are 1 and 8..14, is never seen")
+def test_explains_jacobian_shows_no_row_as_zeros(run_vjp):
+    r = run_vjp("x = torch.arange(4*3, dtype=float).view(-1,4).requires_grad_(True)\n"
+                "y = torch.stack([x.sum(1), (x**2).sum(1)])", "--explain")
+    text = bundle(r)["text/plain"]
+    explained = text.split("From x", 1)[0]  # the steps, above the display
+    rows = re.findall(r"y\[(\d,\d)\] \[([^\]]*)\]", explained)
+    assert len(rows) == 6
+    # y[0, i] = sum of row i, y[1, i] = sum of its squares: every row of J has a nonzero
+    shown_zero = [i for i, row in rows if set(row.split()) <= {"0", ":", "..."}]
+    assert not shown_zero, f"rows of J shown all zero: {shown_zero}"
