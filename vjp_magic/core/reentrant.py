@@ -170,6 +170,15 @@ def refuse_recomputing(output, output_name: str, advice: str) -> None:
         raise VJPUsageError(hooked_message(output_name, judged.checkpointed, advice))
 
 
+def refuse_on_its_graph(output, output_name: str = "the output") -> None:
+    """:func:`refuse_reentrant`, then :func:`refuse_recomputing`, before any pass: for an entry
+    point that differentiates the graph it is given (``sparse_jacobian``, ``dependency``)."""
+    refuse_reentrant(output, output_name)
+    refuse_recomputing(output, output_name, "sparse_jacobian and dependency differentiate the "
+                       "graph they are given, with nothing recorded to replay: compute the "
+                       "output without it")
+
+
 def hooked_message(output_name: str, checkpointed: bool, advice: str | None = None) -> str:
     """The usage error for a graph whose saved tensors the user's code unpacks; ``advice``:
     what to do (else: without them, or recorded where no replay could be made yet)."""
@@ -487,5 +496,5 @@ def _watched() -> _Watched:
 
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
-           "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_recomputing",
-           "refuse_reentrant", "unpacks_users_code"]
+           "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",
+           "refuse_recomputing", "refuse_reentrant", "unpacks_users_code"]
