@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -28,6 +29,7 @@ from ..core.marked import marked, markup
 from ..core.tolerances import tolerances
 from .grading import Verdict, VerdictKind, grade
 from .grading_hints import SHOWN_POINTS, shape_text
+from .grading_reference import output_in_float64, output_rounding
 from .grading_targets import JACOBIAN_LIMIT, Expected, target
 from .sparse_dense import densified, is_sparse
 
@@ -120,32 +122,47 @@ def _evaluated(exercise: Exercise, inputs: Mapping, output_name: str) -> tuple:
 
 def against(answer, exercise: Exercise, inputs: Mapping, *, result=None, log=None,
             answer_name: str | None = None, output_name: str = "y",
-            ordered: bool = True) -> Verdict:
+            ordered: bool = True, record=None, output=None) -> Verdict:
     """``answer`` graded against the derivatives of ``exercise`` at ``inputs`` (name →
     the student's tensor); with ``result`` (the student's cell's), also its output and its
     graph against f's. ``ordered``: the inputs' order was given (a dict, names in order);
     False for the cell's binding order, where a y that is f of the inputs in another order is
-    said so (✗: which order the exercise means, only ``--wrt`` says)."""
+    said so (✗: which order the exercise means, only ``--wrt`` says). ``record``: the cell's
+    (:class:`~vjp_magic.run.record.OpRecord`), whose float64 replay tells a y that differs
+    from f(x) only by its float32 rounding from one that differs (:func:`_output_differs`);
+    without it, ``output`` (the student's y with its graph, where ``result`` holds a copy)
+    bounds that rounding."""
     output_name = result.output_name if result is not None else output_name
     applied, ref, out = _evaluated(exercise, inputs, output_name)
     if result is not None and not ordered and \
-            _output_differs(result, out, applied.label) is not None:
-        found = _in_another_order(answer, exercise, inputs, result, log, answer_name)
+            _output_differs(result, out, applied, inputs, (record, output))[0] is not None:
+        found = _in_another_order(answer, exercise, inputs, result, log, answer_name,
+                                  (record, output))
         if found is not None:
             return found
-    return _graded(answer, applied, ref, out, inputs, result, log, answer_name)
+    return _graded(answer, applied, ref, out, inputs, result, log, answer_name,
+                   (record, output))
 
 
 def _graded(answer, exercise: Exercise, ref, out, inputs: Mapping, result, log,
-            answer_name: str | None) -> Verdict:
-    """The answer against f's derivatives ``ref``; with ``result``, its output and graph too."""
+            answer_name: str | None, computed=(None, None),
+            f_inputs: Mapping | None = None) -> Verdict:
+    """The answer against f's derivatives ``ref``; with ``result``, its output and graph too
+    (``computed``: how y was, as :func:`_output_differs` takes it; ``f_inputs``: the inputs
+    in the order f takes them, where not ``inputs``' own)."""
     graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
                    leaves=dict(inputs))
     graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
     if result is None:
         return graded
-    problem = _output_differs(result, out, exercise.label)
+    problem, note = _output_differs(result, out, exercise,
+                                    inputs if f_inputs is None else f_inputs, computed)
     kind = VerdictKind.OUTPUT_DIFFERS
+    if problem is None and note is not None:  # y may be f(x) up to its own rounding
+        if _graph_cut(result, ref, exercise.label) is None:
+            return replace(graded, hint=marked(f"{note} {graded.hint}".strip()))
+        problem = (f"{note.split(' by more than')[0]}, and so do its derivatives: check the "
+                   "formula.")  # rounding leaves a graph's derivatives f's: not rounding
     if problem is None:
         problem, kind = _graph_cut(result, ref, exercise.label), VerdictKind.GRAPH_CUT
     if problem is None:
@@ -164,7 +181,7 @@ def _own(graded: Verdict, exercise: Exercise, answer_name: str | None) -> str:
 
 
 def _in_another_order(answer, exercise: Exercise, inputs: Mapping, result, log,
-                      answer_name: str | None) -> Verdict | None:
+                      answer_name: str | None, computed=(None, None)) -> Verdict | None:
     """Where the student's y is f of the cell's inputs in another order than the cell binds
     them (f's parameters named unlike the inputs): ✗ "your y matches f(x, w), not f(w, x)",
     the answer graded against f in that order. f runs at most twice more: the order swapped
@@ -173,10 +190,11 @@ def _in_another_order(answer, exercise: Exercise, inputs: Mapping, result, log,
     orders = [] if not (exercise.applied and 1 < len(names) <= 4) else \
         list(dict.fromkeys([tuple(names[1::-1] + names[2:]), tuple(reversed(names))]))
     for order in orders:
-        applied, ref, out = _evaluated(exercise, {n: inputs[n] for n in order},
-                                       result.output_name)
-        if _output_differs(result, out, applied.label) is None:
-            graded = _graded(answer, applied, ref, out, inputs, result, log, answer_name)
+        reordered = {n: inputs[n] for n in order}
+        applied, ref, out = _evaluated(exercise, reordered, result.output_name)
+        if _output_differs(result, out, applied, reordered, computed)[0] is None:
+            graded = _graded(answer, applied, ref, out, inputs, result, log, answer_name,
+                             computed, reordered)
             y = result.output_name
             return replace(graded, correct=False, kind=VerdictKind.OUTPUT_DIFFERS, hint=marked(
                 f"Your {y} matches `{applied.label}`, not `{exercise.named(names)}` (the "
@@ -192,21 +210,111 @@ def _listed(name: str, indices: list, total: int) -> str:
     return f"{shown}{more} ({len(indices):,} of {total:,} entries)"
 
 
-def _output_differs(result, out: torch.Tensor, label: str) -> str | None:
-    """How the student's output differs from f's at the inputs (None where it does not)."""
+def _output_differs(result, out: torch.Tensor, exercise: Exercise, inputs: Mapping,
+                    computed=(None, None)) -> tuple[str | None, str | None]:
+    """(How the student's output differs from f's at the inputs, or None where it does not;
+    a note where it may: a difference beyond f's rounding that y's own could not be told
+    from, which :func:`_graded` makes a ✗ where y's derivatives differ from f's too).
+
+    Where the comparison in their dtype fails, it is decided in float64: f on float64 copies
+    of the inputs, y by the cell's float64 replay (``computed``: (the cell's record, y's graph
+    tensor), either None), else y's own rounding bounded from its graph
+    (:func:`~.grading_reference.output_rounding`); an entry that neither settles is the
+    note's, never a ✗ by itself."""
     y, f = result.output.detach(), out.detach()
-    name = result.output_name
+    name, label = result.output_name, exercise.label
     if tuple(y.shape) != tuple(f.shape):
         return (f"Your {name} has shape {shape_text(tuple(y.shape))}; `{label}` has shape "
-                f"{shape_text(tuple(f.shape))}: check the formula.")
+                f"{shape_text(tuple(f.shape))}: check the formula.", None)
     rtol = max(tolerances(t.dtype).backward for t in (y, f))
-    values = f.to(torch.float64)
-    expected = target("output", values, values.abs(), tuple(range(values.dim())), rtol)
-    wrong = expected.mismatch(y.to(torch.float64).to(values.device))
+    wrong = _beyond(y, f, rtol)
     if not bool(wrong.any()):
+        return None, None
+    unsure = torch.zeros_like(wrong)
+    f64 = _in_float64(exercise, inputs, f)
+    overflow = torch.zeros_like(wrong)
+    if f64 is not None:
+        wrong &= _beyond(y, f64, tolerances(y.dtype).backward)  # f's own rounding: not y's
+        overflow = wrong & ~torch.isfinite(y) & torch.isfinite(f64)
+        wrong &= ~overflow
+        if y.dtype != torch.float64 and bool(wrong.any()):
+            wrong, unsure = _beyond_own_rounding(result, y, f64, wrong, *computed)
+    total = wrong.numel()
+    note = None if not bool(unsure.any()) else (
+        f"Your {name} differs from `{label}` at {_listed(name, unsure.nonzero().tolist(), total)}"
+        f" by more than the rounding of `{label}` in {_dtype(f)}; whether it is your "
+        f"{name}'s own rounding in {_dtype(y)} could not be told (its graph does not keep every "
+        f"value it was computed from): computed in float64, `.double()`, it would show.")
+    problems = []
+    if bool(wrong.any()):
+        problems.append(f"Your {name} differs from `{label}` at "
+                        f"{_listed(name, wrong.nonzero().tolist(), total)}: check the formula.")
+    if bool(overflow.any()):
+        problems.append(f"Your {name} is not finite at "
+                        f"{_listed(name, overflow.nonzero().tolist(), total)}, where `{label}` "
+                        f"is: a value on the way overflows {_dtype(y)} (`exp` of a large number?)"
+                        "; compute it in a way that stays in range.")
+    return (" ".join(problems) or None), note
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _beyond(y: torch.Tensor, f: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Where ``y`` differs from ``f`` by more than ``rtol`` of each entry of ``f``."""
+    values = f.detach().to(torch.float64)
+    expected = target("output", values, values.abs(), tuple(range(values.dim())), rtol)
+    return expected.mismatch(y.detach().to(torch.float64).to(values.device))
+
+
+def _in_float64(exercise: Exercise, inputs: Mapping, f: torch.Tensor) -> torch.Tensor | None:
+    """f's output on float64 copies of the inputs (f itself where it is float64 already), or
+    None where f does not run in float64 or gives another shape there."""
+    if f.dtype == torch.float64:
+        return f
+    fresh = {n: t.detach().to(torch.float64) if t.is_floating_point() else t.detach().clone()
+             for n, t in inputs.items()}
+    cuda = sorted({t.device.index or 0 for t in inputs.values() if t.is_cuda})
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            out = exercise.make(fresh)
+    except Exception:  # noqa: BLE001 - f needs its inputs' own dtype: no float64 value
         return None
-    at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
-    return f"Your {name} differs from `{label}` at {at}: check the formula."
+    if not isinstance(out, torch.Tensor) or out.shape != f.shape or \
+            out.dtype != torch.float64:
+        return None
+    return out.detach()
+
+
+def _beyond_own_rounding(result, y: torch.Tensor, f64: torch.Tensor, wrong: torch.Tensor,
+                         record, graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """(The entries of ``wrong`` where y differs from f64 beyond y's own rounding, those
+    where that could not be told): by y's float64 replay where the cell was recorded, else
+    by the bound on y's rounding its graph gives."""
+    graph = result.output if graph is None else graph
+    y64 = None if record is None else output_in_float64(record, result, graph)
+    if y64 is not None and bool((torch.isfinite(y64) | ~torch.isfinite(y)).all()):
+        return wrong & _beyond(y64, f64, tolerances(torch.float64).backward), \
+            torch.zeros_like(wrong)
+    indices = wrong.nonzero().tolist()
+    try:
+        bounds = output_rounding(graph, indices)
+    except Exception:  # noqa: BLE001 - a freed graph, a saved value written in place …
+        bounds = None
+    if bounds is None:
+        return torch.zeros_like(wrong), wrong
+    kept = torch.zeros_like(wrong)
+    unsure = torch.zeros_like(wrong)
+    for index, bound in zip(indices, bounds):
+        at = tuple(index)
+        difference = abs(float(y[at]) - float(f64[at]))
+        allowed = 2 * bound + tolerances(torch.float64).backward * abs(float(f64[at]))
+        if not math.isfinite(bound):
+            unsure[at] = True
+        elif difference > allowed:
+            kept[at] = True
+    return kept, unsure
 
 
 def _graph_cut(result, ref, label: str) -> str | None:

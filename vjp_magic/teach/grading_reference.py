@@ -219,4 +219,113 @@ def _incoming(errors: dict, key):
     return terms + (count - 1) * unit * magnitude if count > 1 else terms
 
 
-__all__ = ["MAX_COMPONENTS", "refinement", "rounding_bound"]
+
+
+# -- the output's own rounding (``--against``: is y's difference from f(x) rounding?) ----------
+
+OUTPUT_ROUNDING_ULPS = 4  # each op's result within a few units of roundoff of the exact one
+MAX_OUTPUT_ENTRIES = 64  # backward passes: one per output entry whose rounding is bounded
+
+
+def output_in_float64(record, result, output) -> torch.Tensor | None:
+    """``output`` (the cell's) computed again in float64 by the record's replay, on float64
+    copies of the inputs (never the user's tensors, nor the global RNG), or None: no record,
+    not replayable, or replaying would run the user's own Python again."""
+    replays = _replays(record, result, output)
+    if replays is None:
+        return None
+    leaves = {n: item.tensor.detach().to(torch.float64) if item.tensor.is_floating_point()
+              else item.tensor.detach().clone() for n, item in result.inputs.items()}
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(output)), torch.no_grad():
+            found = replays[1].run(leaves)
+    except Exception:  # noqa: BLE001 - an op without float64 support …: no float64 value
+        return None
+    ok = isinstance(found, torch.Tensor) and found.dtype == torch.float64 \
+        and found.shape == output.shape
+    return found.detach() if ok else None
+
+
+def output_rounding(output: torch.Tensor, indices: list) -> list | None:
+    """A first-order bound on the rounding error of each entry ``indices`` of ``output`` (as
+    computed in its dtype from exact inputs), read off its graph: each op's result rounded
+    by :data:`OUTPUT_ROUNDING_ULPS` units of roundoff, carried to the entry by its derivative
+    there, ∑ₖ |∂y_i/∂v_k| · c·u·|v_k|. Needs the value v_k of every intermediate result, which
+    only the graph's saved tensors hold (a node's own ``_saved_result``, or a consumer's
+    ``_saved_self``/``_saved_other``): None where one is not saved (``x + 1`` is not), the
+    graph is too large, or there are more than :data:`MAX_OUTPUT_ENTRIES` entries."""
+    if output.grad_fn is None or len(indices) > MAX_OUTPUT_ENTRIES:
+        return None
+    nodes = _nodes(output)
+    if nodes is None:
+        return None
+    values = _intermediate_values(output, nodes)
+    if values is None:
+        return None
+    y = output.detach().to(torch.float64).abs()
+    leaves = _leaves(nodes)
+    bounds = []
+    with grads_kept(output), torch.enable_grad():
+        for index in indices:
+            total = [OUTPUT_ROUNDING_ULPS * _unit(output.dtype) * float(y[tuple(index)])]
+            v = torch.zeros_like(output)
+            v[tuple(index)] = 1
+            handles = [node.register_hook(_summing(node, values, total))
+                       for node in nodes if node in values]
+            try:
+                guarded_grad(output, leaves, v, retain_graph=True, allow_unused=True)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            bounds.append(total[0])
+    return bounds
+
+
+def _leaves(nodes: list) -> list:
+    """Every leaf tensor of the graph (what the pass differentiates: no ``.grad`` written)."""
+    found = []
+    for node in nodes:
+        for child, _ in node.next_functions:
+            variable = getattr(child, "variable", None)
+            if isinstance(variable, torch.Tensor) and not any(variable is f for f in found):
+                found.append(variable)
+    return found
+
+
+def _intermediate_values(output: torch.Tensor, nodes: list) -> dict | None:
+    """node → the value of its (only) result, for every node but the output's; None where
+    one is not saved in the graph or a node has several results."""
+    values: dict = {}
+    for node in nodes:
+        saved = getattr(node, "_saved_result", None)
+        if isinstance(saved, torch.Tensor):
+            values[node] = saved
+        for slot, (child, nr) in enumerate(node.next_functions):
+            attr = {0: "_saved_self", 1: "_saved_other"}.get(slot)
+            saved = getattr(node, attr, None) if attr else None
+            if child is not None and isinstance(saved, torch.Tensor):
+                if nr != 0:
+                    return None
+                values.setdefault(child, saved)
+    needed = [node for node in nodes if node is not output.grad_fn]
+    if any(node not in values for node in needed):
+        return None
+    return {node: values[node] for node in needed}
+
+
+def _summing(node, values: dict, total: list):
+    """The hook that adds ``node``'s result's rounding, carried to the output entry."""
+    unit = OUTPUT_ROUNDING_ULPS * _unit(values[node].dtype)
+    value = values[node].detach().to(torch.float64).abs()
+
+    def hook(grad_inputs, grad_outputs):
+        g = grad_outputs[0]
+        if g is not None and g.shape == value.shape:
+            total[0] += unit * float((g.detach().to(torch.float64).abs() * value).sum())
+        elif g is not None:
+            total[0] = float("inf")  # a value not the node's result: no bound
+    return hook
+
+
+__all__ = ["MAX_COMPONENTS", "output_in_float64", "output_rounding", "refinement",
+           "rounding_bound"]
