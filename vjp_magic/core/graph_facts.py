@@ -41,7 +41,10 @@ _MOVES_AXES = frozenset({
     "ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "ExpandBackward0",
     "SqueezeBackward0", "SqueezeBackward1", "SqueezeBackward2", "UnsqueezeBackward0",
     "MovedimBackward0", "SumBackward1", "MeanBackward1", "AmaxBackward0", "MaxBackward1",
-    "StackBackward0", "CatBackward0", "UnsafeSplitBackward0", "RepeatBackward0"})
+    "StackBackward0", "CatBackward0", "UnsafeSplitBackward0", "RepeatBackward0",
+    # (the in-place views': t_(), transpose_(), unsqueeze_(), squeeze_(), as_strided_())
+    "TBackward1", "UnsqueezeBackward1", "SqueezeBackward3", "SqueezeBackward4",
+    "SqueezeBackward5", "AsStridedBackward1"})
 # Matrix products: the factor the input does not reach is used whole by every point.
 _SHARED_FACTOR = ("MmBackward0", "MvBackward0")
 
@@ -193,11 +196,23 @@ def _point_axes(item, reach: dict) -> dict:
         below = [n for n, _ in node.next_functions if n in reach]
         if not below or all(n in clean for n in below):
             along[node] = (shape, axes)
-            if node.name() not in _MOVES_AXES:
+            if node.name() not in _MOVES_AXES and _keeps_points(node, shape, axes):
                 clean.add(node)
         else:
             along[node] = None
     return along
+
+
+def _keeps_points(node, shape: tuple, axes: tuple) -> bool:
+    """Whether ``node``'s output has the input's number of axes and its sizes along the point
+    axes, so a factor broadcast against it lines up with the input's points (a reduction that
+    drops an axis, logsumexp(1), prod(1), mv, does not: past it the walk cannot say); not
+    known: no."""
+    try:
+        out = tuple(node._input_metadata[0].shape)
+    except (AttributeError, IndexError, RuntimeError, TypeError):
+        return False
+    return len(out) == len(shape) and all(out[a] == shape[a] for a in axes)
 
 
 def _same_along(value: torch.Tensor, along) -> bool:
