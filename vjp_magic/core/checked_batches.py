@@ -89,12 +89,23 @@ def batching_verdict(flat: torch.Tensor, vector: torch.Tensor,
     if dtype in _EXACT_DTYPES and vector.dtype == dtype == vjp.dtype and flat.numel():
         m = vector.numel()
         d, v = flat.reshape(m, -1), vector.reshape(1, m)
-        expected = (v @ d).reshape(vjp.shape)
-        allowed = (v.abs() @ d.abs()).reshape(vjp.shape)
-        allowed.mul_(tolerances(dtype).probe).add_(torch.finfo(dtype).tiny)
-        if bool(torch.sub(vjp, expected).abs_().lt_(allowed).all()):
+        expected = torch.mm(v, d)
+        allowed = torch.addmm(_tiny(dtype, d.device), v.abs(), d.abs(),  # tol·|v|ᵀ|D| + tiny
+                              alpha=tolerances(dtype).probe)
+        if bool(torch.sub(vjp.reshape(expected.shape), expected).abs_().lt_(allowed).all()):
             return True, bool(expected.any())
     return probe_agrees(flat, vector, vjp, (), nonfinite_agree=True), False
+
+
+_TINY: dict = {}  # (dtype, device) → the dtype's smallest normal number, a 0-d tensor
+
+
+def _tiny(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    tiny = _TINY.get((dtype, device))
+    if tiny is None:
+        tiny = _TINY[(dtype, device)] = torch.tensor(torch.finfo(dtype).tiny, dtype=dtype,
+                                                     device=device)
+    return tiny
 
 
 def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:
