@@ -1,14 +1,16 @@
 """Where ``%%vjp --wrt model``'s per-sample time goes beyond the arithmetic it cannot skip (issue
 23): the MLP of ``per_sample.py`` timed against BackPACK and against the *compute floor* of the
 checked per-layer rules, written out in plain torch with no framework around it: the cell's
-forward, the replay's forward, three backward passes to the layer outputs (unweighted, probe 0
+forward (its own graph is differentiated, no replay: ``run/hookfree.runs_no_user_code``; with
+``--replay``, the replay's forward too, as where user code on the way forces one), three
+backward passes to the layer outputs (unweighted, probe 0
 also to the parameters, one check pass: the fewest that tell 1,024 float32 samples apart, see
 ``run/expanded.check_weights``), the per-sample gradients G written and probe 0's vᵀG read.
 What ``%%vjp`` spends above the floor is the pipeline's own (recording, replay planning, the
 check's bookkeeping, the analysis, the result); against BackPACK it bounds what trimming that
 can reach.
 
-Run:  python benchmarks/per_sample_floor.py [--batch 1024] [--rounds 30]
+Run:  python benchmarks/per_sample_floor.py [--batch 1024] [--rounds 30] [--replay]
 
 CPU time of this thread (``time.thread_time``) with one torch thread, the three run in turn:
 far steadier than wall time on a shared machine, but not the figure ``per_sample.py`` reports.
@@ -26,16 +28,20 @@ from per_sample import CELL, SETUP, backpack
 from timing import shell
 
 
-def floor(ns: dict, batch: int):
-    """The checked rules' unavoidable arithmetic for the MLP, in plain torch."""
+def floor(ns: dict, batch: int, replay: bool = False):
+    """The checked rules' unavoidable arithmetic for the MLP, in plain torch (``replay``: a
+    second forward, the replay's, differentiated instead of the cell's)."""
     model, data, targets = ns["model"], ns["data"], ns["targets"]
-    w0, b0, w2, b2 = (p.detach().requires_grad_() for p in model.parameters())
+    params = list(model.parameters())
+    fresh = [p.detach().requires_grad_() for p in params]
     v = torch.randn(batch).sign()
     ones = torch.ones(batch)
 
     def run():
-        F.cross_entropy(model(data), targets, reduction="none")  # the cell
-        h1 = F.linear(data, w0, b0)  # the replay
+        if replay:
+            F.cross_entropy(model(data), targets, reduction="none")  # the cell
+        w0, b0, w2, b2 = fresh if replay else params
+        h1 = F.linear(data, w0, b0)  # the replay, or the cell's own layers
         r = torch.relu(h1)
         h2 = F.linear(r, w2, b2)
         loss = F.cross_entropy(h2, targets, reduction="none")
@@ -52,13 +58,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=SETUP["mlp"][0])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--replay", action="store_true",
+                        help="the floor with the replay's second forward")
     args = parser.parse_args()
     torch.set_num_threads(1)
     ip = shell()
     ip.run_cell("import torch, torch.nn.functional as F\ntorch.manual_seed(0)\n"
                 f"B = {args.batch}\n" + SETUP["mlp"][1])
     runs = {"%%vjp": lambda: ip.run_cell_magic("vjp", "--wrt model", CELL),
-            "BackPACK": backpack(ip.user_ns), "floor": floor(ip.user_ns, args.batch)}
+            "BackPACK": backpack(ip.user_ns), "floor": floor(ip.user_ns, args.batch, args.replay)}
     runs = {name: run for name, run in runs.items() if run is not None}
     times: dict = {name: [] for name in runs}
     for run in runs.values():
