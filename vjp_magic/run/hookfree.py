@@ -8,7 +8,10 @@ recorded torch calls (:mod:`.replay`, at the recorded point: what autograd did n
 a constant, random draws are the cell's own) on fresh leaves standing for the inputs. The
 replay runs torch's operations only, never the user's Python: no hook, no module, no custom
 ``autograd.Function`` forward (a cell with one is differentiated on its own graph, and the
-display says so). It is used only if it gives the cell's output values.
+display says so). It is used only if it gives the cell's output values. Where the per-sample
+rules ask for the layer tensors and no backward of the cell's own graph can run the user's
+code (:func:`runs_no_user_code`, nothing written in place: :func:`unwritten`), that graph is
+differentiated as it is, and no replay runs.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ OWN_GRAPH_WHEN_FREE = True
 class AnalysedGraph:
     """An output and inputs to differentiate, standing for the user's ``output``/``inputs``.
 
-    ``replayed``: a hook-free copy rebuilt from the record; else the user's own graph, and
-    ``reason`` says why (None where nothing was recorded to rebuild from)."""
+    ``replayed``: a hook-free copy rebuilt from the record; ``proved_free``: the user's own
+    graph, proved hook-free; else the user's own graph, and ``reason`` says why (None where
+    nothing was recorded to rebuild from, or it was proved free)."""
 
     output: object
     inputs: dict
