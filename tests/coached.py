@@ -34,7 +34,7 @@ def corrected(section: Section) -> list[str]:
     """The lines of the code block after "Corrected:"."""
     blocks = list(section.blocks)
     at = next(i for i, b in enumerate(blocks)
-              if isinstance(b, Paragraph) and words(Section((b,))) == "Corrected:")
+              if isinstance(b, Paragraph) and words(Section((b,))).endswith("Corrected:"))
     assert isinstance(blocks[at + 1], CodeBlock), blocks
     return blocks[at + 1].source.splitlines()
 

@@ -166,10 +166,8 @@ def test_gradcheck_blames_the_wrong_input_of_a_custom_function(run_ok, run_vjp):
     assert r.gradcheck.max_error["a"] < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="--gradcheck FAILED on MulAdd with 'Largest error: a "
-                   "3.7e-10, b 2.0e+00', and the display then shows ∂y/∂a and leaves b out "
-                   "'to fit one screen': the one input the check blames is the one not shown "
-                   "(and the output is still 652 px of the 647)")
+# Was a strict xfail (s35 G16): fixed in render/view.body and render/budget (every output fits:
+# the features' height counted whole; a level without v's loop).
 def test_gradcheck_shows_the_derivatives_of_the_input_it_blames(run_ok, run_vjp):
     run_ok(MUL_ADD)
     r = run_vjp("a = torch.linspace(1, 2, 4, requires_grad=True)\n"
@@ -236,9 +234,8 @@ def test_a_mistyped_answer_name_is_not_matched_to_a_builtin(ip, run_ok, usage_er
 
 
 # -- the practitioner: the demo's batch leak and an attention mask --------------------------------
-@pytest.mark.xfail(strict=True, reason="demo_notebooks/04's first cell (a batch leak, --wrt x): "
-                   "658 px by render/budget.height, over its DISPLAY_HEIGHT of 647 — the "
-                   "leak's block (∂y[1]/∂x[0]) is added to a display fitted without it")
+# Was a strict xfail (s35 G16): fixed in render/view.body and render/budget (every output fits:
+# the features' height counted whole; a level without v's loop).
 def test_the_demo_batch_leak_fits_one_screen(run_vjp):
     from vjp_magic.render.budget import height
     from vjp_magic.render.options import DISPLAY_HEIGHT
@@ -438,10 +435,8 @@ def test_a_band_of_7_at_64_entries_takes_7_coloured_passes(run_vjp):
 
 
 # -- the teacher's smaller screen: %config VJPMagics.height ---------------------------------------
-@pytest.mark.xfail(strict=True, reason="%config VJPMagics.height = 500 (a projector's 1024 × 600, "
-                   "or a larger font): Y = X @ W with X 5 × 3 and W 3 × 2 is 520 px by "
-                   "render/budget.height, softmax over 12 entries 496 px at height 400 (tutorial "
-                   "In [18] 460 px): the height asked is not kept, and nothing says so")
+# Was a strict xfail (s35 G16): fixed in render/view.body and render/budget (every output fits:
+# the features' height counted whole; a level without v's loop).
 @pytest.mark.parametrize("body, screen", [
     ("X = torch.randn(5, 3, requires_grad=True)\nW = torch.randn(3, 2, requires_grad=True)\n"
      "Y = X @ W", 500),

@@ -9,7 +9,7 @@ backward freed the output's graph, the code beneath starts by making it again (o
 from __future__ import annotations
 
 from ..run.choose import Subject
-from ..teach.coaching import mistake_sections
+from ..teach.coaching import loop_corrected, mistake_sections
 from ..teach.freed_graph import freed_lines
 from . import Added, Asked
 
@@ -23,4 +23,7 @@ def add(result, request: Asked, subject: Subject) -> Added:
     before = mistake_sections(subject.log, result, notes=notes, options=request.options,
                               explained=bool(request.flag("explain")))
     freed = freed_lines(result, subject.log, subject.record, subject.namespace)
-    return Added(before=before, view={"freed": freed} if freed else {})
+    view = {"freed": freed} if freed else {}
+    if before and loop_corrected(subject.log, result):
+        view["coached"] = True  # the loop shown once, corrected, above
+    return Added(before=before, view=view)

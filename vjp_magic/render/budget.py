@@ -7,7 +7,8 @@ file browser open).
 leave: fewer rows at each edge of a summarised matrix, then the first and last inputs only
 (the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
 formula, no table of sensitivities (named as left out), the first and last components only
-(the rest counted); as last resorts, the first input only, then the first component only.
+(the rest counted), v and the loop of backward calls (pointed to in ``r.code``); as last
+resorts, the first input only, then the first component only.
 ``--full-matrix`` shows everything (the output may be taller). Each level builds twice where
 its matrices disagree: once to note each matrix's own layout, once to lay out every matrix of
 a shape alike (:class:`.matrix.Plan`).
@@ -34,7 +35,8 @@ class Fit:
     last, 1: the first; None: all); ``components``: matrices shown per input when each
     component is a matrix (3: all of 3, else first, ⋮, last; 1: the first, the rest
     counted); ``extras``: v_0 and the index formula; ``sensitivity``: the table of
-    sensitivities (a finding, so it goes after the teaching extras); ``plan``: the output's
+    sensitivities (a finding, so it goes after the teaching extras); ``loop``: v in words
+    and the loop of backward calls (else one line pointing to ``r.code``); ``plan``: the output's
     layout plan."""
 
     rows: int | None = None
@@ -42,6 +44,7 @@ class Fit:
     components: int = SHOWN_COMPONENTS
     extras: bool = True
     sensitivity: bool = True
+    loop: bool = True
     plan: Plan | None = field(default=None, compare=False)
     memo: dict | None = field(default=None, compare=False)  # what every level computes alike
 
@@ -54,8 +57,9 @@ LEVELS = (
     Fit(rows=1, inputs=2, extras=False),
     Fit(rows=1, inputs=2, extras=False, sensitivity=False),
     Fit(rows=1, inputs=2, components=2, extras=False, sensitivity=False),
-    Fit(rows=1, inputs=1, components=2, extras=False, sensitivity=False),  # the last resorts
-    Fit(rows=1, inputs=1, components=1, extras=False, sensitivity=False),
+    Fit(rows=1, inputs=2, components=2, extras=False, sensitivity=False, loop=False),
+    Fit(rows=1, inputs=1, components=2, extras=False, sensitivity=False, loop=False),  # the
+    Fit(rows=1, inputs=1, components=1, extras=False, sensitivity=False, loop=False),  # last
 )
 
 

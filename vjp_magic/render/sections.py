@@ -31,10 +31,12 @@ SMALL_V = 12  # v_0 is drawn for outputs of at most this many entries
 
 
 def derivatives_sections(result, options, jacobian: bool = False, explained: bool = False,
-                         freed: tuple[str, ...] = ()) -> tuple[Section, ...]:
+                         freed: tuple[str, ...] = (), coached: bool = False
+                         ) -> tuple[Section, ...]:
     """The whole display of ``result``: shapes, then per group of inputs, then the notes
     (``explained``: v is described by the explanation above, so not here again; ``freed``:
-    the lines the code beneath starts with, the cell's backward having freed the graph)."""
+    the lines the code beneath starts with, the cell's backward having freed the graph;
+    ``coached``: the coaching above shows the corrected loop, v in it: neither again)."""
     sections = [Section((shapes(result),))]
     fit, shown = fit_of(options), shown_inputs(result, options)
     loops = 0 if jacobian else sum(  # code blocks shown with a backward on the same graph:
@@ -65,9 +67,14 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
                 blocks.extend(jacobian_formulas(result, name, options))
         if not jacobian and not all(result.inputs[n].unused for n in group):
             used = [n for n in group if not result.inputs[n].unused]
-            if not explained:
+            if not fit.loop and not coached:  # (the screen is short)
+                blocks.append(paragraph("v and its backward loop: left out to fit one "
+                                        "screen (", Code("print(_.code)"), ")."))
+            elif not (explained or coached):
                 blocks.extend(gradient_argument(result, used[0], options))
-            blocks.append(CodeBlock(display_loop(result, used, first=freed, retain=loops > 1)))
+            if not coached and fit.loop:
+                blocks.append(CodeBlock(display_loop(result, used, first=freed,
+                                                     retain=loops > 1)))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
                 summary = sensitivity_formula(result, name, options) if fit.sensitivity \

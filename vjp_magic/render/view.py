@@ -47,6 +47,8 @@ class View:
     explain, code, symbolic, ...); ``jacobian``: show the full Jacobian (``%jacobian``)
     instead of the derivatives;
     ``explained``: the explanation above already says what v is (not said twice);
+    ``coached``: the coaching above shows the corrected loop of backward calls, v in it (the
+    body does not say v and its loop again);
     ``hidden``: the derivatives are not shown (an exercise graded without ``--reveal``);
     ``pictured``: a picture of each Jacobian's pattern is asked for (``--picture``);
     ``present``: presentation mode, the derivatives' formulas first and larger (``--present``);
@@ -63,6 +65,7 @@ class View:
     before: tuple[Section, ...] = ()
     after: tuple[Section, ...] = ()
     explained: bool = False
+    coached: bool = False
     hidden: bool = False
     pictured: bool = False
     present: bool = False
@@ -148,7 +151,7 @@ class View:
         if not self.jacobian and wants_table(result, options):  # many inputs: a table
             return parameter_sections(result, options)
         return derivatives_sections(result, options, self.jacobian, self.explained,
-                                    self.freed)
+                                    self.freed, coached=self.coached)
 
     def body(self, result) -> tuple[Section, ...]:
         """The derivatives themselves, as their order shows them, fitted to one screen with
@@ -156,7 +159,7 @@ class View:
         def build(options):
             return self._sections(result, options)
 
-        options, share = self.options, 0.5
+        options, share = self.options, 1.0  # every output fits one screen (DESIGN)
         if self.explained:  # --explain may take two screens, the derivatives at least half one
             options, share = replace(options, height=2 * options.height), 0.75
         return fitted(build, options, spent(self.before + self.after, options, share))

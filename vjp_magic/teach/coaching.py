@@ -122,9 +122,8 @@ def _component_advice(y: str, tensor, structures) -> Advice:
                     "entry that is not a point for every input.")
     point_axes = _common_point_axes(tensor, structures)
     ones = " (ones along the point axes)" if point_axes else ""
-    how = _say("One backward per component, with v one-hot on that component", ones,
-               ", ", Code("retain_graph=True"), ", reading then zeroing ", Code(".grad"),
-               " each time:")
+    how = _say("One backward per component, v one-hot on it", ones, ", ",
+               Code("retain_graph=True"), ", ", Code(".grad"), " read then zeroed each time:")
     xs = [expression(s.name) for s in structures]
     loop = component_loop(shape, point_axes, taken={y, *(s.name for s in structures)})
     which = ", ".join(loop.letters)
@@ -249,8 +248,8 @@ def _second_pass_advice(mistake: CellMistake, result) -> Advice:
     why = [_say(f"The backward {where} freed the graph's saved tensors (backward does that "
                 "unless ", Code("retain_graph=True"), "), so this second backward could not "
                 "pass through it again."),
-           _say("Pass ", Code("retain_graph=True"), " to every backward through the same "
-                "graph except the last, as the tutorial does between components.")]
+           _say("Pass ", Code("retain_graph=True"), " to every backward through it but the "
+                "last.")]
     fixed = None
     if first is not None:
         kind = mistake.log.kinds.get(mistake.call.freed_by, CallKind.BACKWARD)
@@ -282,12 +281,31 @@ def mistake_section(mistake: CellMistake, result=None) -> Section:
     error = mistake.message()
     if mistake.later_lines_skipped():
         error = error.rstrip(".") + ". The lines after it did not run."
-    blocks = [head, paragraph(error), Paragraph((Text("Why: "),) + advice.why[0])]
-    blocks += [Paragraph(sentence) for sentence in advice.why[1:]]
-    blocks += [paragraph("Corrected:"), CodeBlock("\n".join(advice.fixed))]
+    sentences = [(Text("Why: "),) + advice.why[0], *advice.why[1:]]
+    sentences[-1] = _then_corrected(sentences[-1])  # (one line less: the screen is short)
+    blocks = [head, paragraph(error), *(Paragraph(sentence) for sentence in sentences),
+              CodeBlock("\n".join(advice.fixed))]
     if result is not None:
         blocks.append(paragraph("The derivatives below are computed correctly by vjp_magic."))
     return Section(tuple(blocks))
+
+
+def _then_corrected(sentence: tuple) -> tuple:
+    """The last sentence of the why, ending in "Corrected:" (the code follows)."""
+    last = sentence[-1]
+    if isinstance(last, Text) and last.text.endswith(":"):
+        sentence = sentence[:-1] + (Text(last.text[:-1] + "."),)
+    return sentence + (Text(" Corrected:"),)
+
+
+def loop_corrected(log, result) -> bool:
+    """Whether the coaching above shows the corrected loop of backward calls, one per
+    component, v in it (the display beneath then does not show its own again)."""
+    mistake = getattr(log, "mistake", None)
+    if mistake is None or result is None:
+        return False
+    fixed = _ADVICE[mistake.kind](mistake, result).fixed
+    return any(line.startswith("for ") for line in fixed)
 
 
 def _own_derivatives(result, name: str) -> tuple[str, str]:
