@@ -75,6 +75,32 @@ FORM_WORDS = {  # how a right answer was read: the layout named in "✓ correct 
 }
 
 
+NEAR = 1e-2  # a wrong answer this close (relative) may be a right formula's rounding
+
+
+def _rounding_note(case: Case) -> str:
+    """Where the answer is in a low precision and every wrong entry is within :data:`NEAR`
+    of the right value: a right formula computed with cancellation can be that far off
+    (``(exp(2x) - 1)/(exp(2x) + 1)`` for tanh at x = 1e-4), which the answer's values alone
+    cannot tell from a wrong one; the verdict stays ✗, the hint says how to tell."""
+    if case.exp.rtol < 1e-6:  # float64 throughout: rounding is not it
+        return ""
+    target, a = case.fitting()
+    if target is None:
+        return ""
+    wrong = target.mismatch(a)
+    expected, got = target.value[wrong], a[wrong]
+    if not bool(wrong.any()) or not bool(torch.isfinite(got).all() & torch.isfinite(expected)
+                                          .all()):
+        return ""
+    relative = (got - expected).abs() / expected.abs().clamp_min(torch.finfo(torch.float64).tiny)
+    if float(relative.max()) > NEAR:
+        return ""
+    return (" Each wrong entry is within 1% of the right value: if the formula is right, "
+            "rounding can make it so (a difference of nearly equal numbers, as `1 - cos(x)` "
+            "at small x); computed in float64 (`.double()`), it would show.")
+
+
 def shape_text(shape) -> str:
     """``(2, 3)``, ``(3,)``: a shape as Python prints it."""
     return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
@@ -163,7 +189,7 @@ class Hints:
             return (f"{a} is all zeros. If it holds `{x}.grad`, store `{x}.grad.clone()`: "
                     f"`{x}.grad.zero_()` afterwards empties the tensor stored too.")
         return (f"{a} has the right shape but is not the derivatives of {y} with respect to "
-                f"{x}. Check the formula; {self.how(case, coloured)}.")
+                f"{x}. Check the formula; {self.how(case, coloured)}.{_rounding_note(case)}")
 
     def summed(self, case: Case, times: int | None, vanish: bool = False) -> str:
         _, y, x = self.names(case)
@@ -274,7 +300,7 @@ class Hints:
         more = ", …" if len(points) > SHOWN_POINTS else ""
         return (f"{a} is right at {total - len(points):,} of {total:,} points, wrong at "
                 f"{len(points):,}: {shown}{more}. Look at what is special about {x} there "
-                "(a zero, a kink, a division, a branch of the formula).")
+                f"(a zero, a kink, a division, a branch of the formula).{_rounding_note(case)}")
 
     def missing(self, case: Case, answer, calls=()) -> str:
         """``calls``: the cell's calls that reached the input (``.kind``, ``.line``)."""
