@@ -46,9 +46,7 @@ def _one_function_said(y, x) -> bool:
     return "one scalar function" in text or "one function" in text
 
 
-@pytest.mark.xfail(strict=True, reason="graph_facts.one_function: a reduction not in "
-                   "_MOVES_AXES drops axis 1, so w (4,) is aligned with x's axis 1, not its "
-                   "points: 'one scalar function f (proved for every x)' for w_i·g(x_i)")
+# Was a strict xfail (s35 G15, finding 1): fixed in core/graph_facts._keeps_points.
 @pytest.mark.parametrize("reduce", list(_PER_ROW))
 def test_a_per_point_factor_after_a_reduction_is_not_one_function(reduce):
     x = torch.randn(4, 3, generator=_generator(0)).requires_grad_()
@@ -56,9 +54,7 @@ def test_a_per_point_factor_after_a_reduction_is_not_one_function(reduce):
     assert not _one_function_said(_PER_ROW[reduce](x) * w, x)
 
 
-@pytest.mark.xfail(strict=True, reason="graph_facts._MOVES_AXES lists TBackward0 but not the "
-                   "in-place views' nodes (TBackward1, UnsqueezeBackward1, SqueezeBackward3-5): "
-                   "after h.t_(), w varying along the points is read as shared")
+# Was a strict xfail (s35 G15): fixed in core/graph_facts._MOVES_AXES (in-place views).
 def test_a_per_point_factor_after_an_in_place_transpose_is_not_one_function():
     x = torch.randn(3, 4, generator=_generator(0)).requires_grad_()
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])  # y_j = w_j · sum_i x[i, j]: a different f per column
@@ -124,9 +120,7 @@ def filters_kept():
     warnings.filters[:] = kept
 
 
-@pytest.mark.xfail(strict=True, reason="run/record.py swaps warnings.filters around each "
-                   "recorded torch call: a filter the user's hook or custom forward adds "
-                   "during the call is dropped when the swap is undone")
+# Was a strict xfail (s35 G15, finding 2): fixed in run/record.calling_at (no filter swapped).
 @pytest.mark.parametrize("cell", list(_FILTER_CELLS))
 def test_a_filter_set_inside_a_recorded_call_survives_vjp(ip, run_ok, filters_kept, cell):
     message, body = _FILTER_CELLS[cell]
@@ -351,11 +345,11 @@ def _hooked_graph(count: dict):
     pytest.param("dependency", marks=pytest.mark.xfail(strict=True, reason=(
         "dependency and sparse_jacobian call no refuse_recomputing before their passes: the "
         "saved-tensor hooks are refused from inside the first backward, after the user's "
-        "node pre-hook ran"))),
+        "node pre-hook ran (fix pending: patches/F4-hooked-graph-before-any-pass.patch)"))),
     pytest.param("sparse_jacobian", marks=pytest.mark.xfail(strict=True, reason=(
         "dependency and sparse_jacobian call no refuse_recomputing before their passes: the "
         "saved-tensor hooks are refused from inside the first backward, after the user's "
-        "node pre-hook ran")))])
+        "node pre-hook ran (fix pending: patches/F4-hooked-graph-before-any-pass.patch)")))])
 def test_a_refused_hooked_graph_fires_no_hook(api):
     count = {"pre": 0}
     y, x = _hooked_graph(count)
