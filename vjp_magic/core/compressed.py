@@ -32,7 +32,7 @@ from .indexmaps import proved_pattern
 from .pattern import Diagonals, Pattern, observed_pattern
 from .probes import new_seed
 from .quiet import quiet_autograd
-from .reentrant import refuse_reentrant
+from .reentrant import refuse_on_its_graph
 from .retained import keeps_retained_grads
 from .sparse_check import checked, rows_checked
 from .sparse_exact import exact_csr, without_false_nan
@@ -432,7 +432,7 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
     if output.grad_fn is None or not x.requires_grad:
         raise VJPUsageError("The output must be computed from x with autograd on: make x "
                             "with requires_grad=True and compute the output outside no_grad.")
-    refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
+    refuse_on_its_graph(output)  # a backward running the user's code again: before any pass
     try:
         seed = new_seed() if seed is None else seed
         found = attempt(output, x, budget, seed)

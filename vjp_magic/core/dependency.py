@@ -32,7 +32,7 @@ from .grouptest import OverTime, diagonal_hits, probed_pattern
 from .pairing import Evidence
 from .probes import new_seed
 from .quiet import quiet_autograd
-from .reentrant import refuse_reentrant
+from .reentrant import refuse_on_its_graph
 from .retained import keeps_retained_grads
 from .sparse_exact import without_false_nan
 from .sparse_layout import csr_matrix, csr_rows
@@ -975,7 +975,7 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     _check_tensors(output, x)
     if output is x:  # the identity: no graph, no pass
         return _identity(x, out_axis, in_axis, memory_budget, seed)
-    refuse_reentrant(output)  # a backward that re-runs the forward: before any pass
+    refuse_on_its_graph(output)  # a backward running the user's code again: before any pass
     try:
         return probe_pattern(output, x, out_axis, in_axis, memory_budget, seed=seed)
     except RuntimeError as error:
