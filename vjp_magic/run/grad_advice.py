@@ -122,6 +122,28 @@ def late_grad_hint(source: str, namespace) -> str | None:
     return None
 
 
+def rebound_hint(source: str, output_name: str) -> str | None:
+    """The output was computed from a tensor that requires grad whose name the cell bound
+    again afterwards (``y = x**2``, then ``x = torch.tensor(...)``): the graph's leaf has no
+    name now. The lines, and what to do; None where the cell shows no such rebinding."""
+    body = statements(source)
+    made = [k for k, stmt in enumerate(body) if assigned_name(stmt) == output_name]
+    if not made:
+        return None
+    at = made[-1]
+    for name in sorted(names_read(body[at].value)):
+        later = [stmt for stmt in body[at + 1:] if assigned_name(stmt) == name]
+        earlier = [stmt for stmt in body[:at] if assigned_name(stmt) == name]
+        if later:
+            which = f"of line {earlier[-1].lineno}" if earlier else "it read"
+            return (f"{name} was bound again on line {later[0].lineno}, after {output_name} "
+                    f"was computed from it on line {body[at].lineno}: {output_name} depends "
+                    f"on the {name} {which}, which no name holds now. "
+                    f"Compute {output_name} after the last {name} = ..., or give the new "
+                    f"tensor another name.")
+    return None
+
+
 def copied_hint(source: str, namespace) -> str | None:
     """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
     (a copy of the values, without the graph): the line, and the computation that keeps it."""
