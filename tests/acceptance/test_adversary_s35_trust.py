@@ -341,15 +341,9 @@ def _hooked_graph(count: dict):
 
 
 @pytest.mark.parametrize("api", [
-    "differentiate", "hessian",
-    pytest.param("dependency", marks=pytest.mark.xfail(strict=True, reason=(
-        "dependency and sparse_jacobian call no refuse_recomputing before their passes: the "
-        "saved-tensor hooks are refused from inside the first backward, after the user's "
-        "node pre-hook ran (fix pending: patches/F4-hooked-graph-before-any-pass.patch)"))),
-    pytest.param("sparse_jacobian", marks=pytest.mark.xfail(strict=True, reason=(
-        "dependency and sparse_jacobian call no refuse_recomputing before their passes: the "
-        "saved-tensor hooks are refused from inside the first backward, after the user's "
-        "node pre-hook ran (fix pending: patches/F4-hooked-graph-before-any-pass.patch)")))])
+    # (dependency, sparse_jacobian: were strict xfails, finding 9; fixed by
+    # core/reentrant.refuse_on_its_graph before any pass, s35 F4)
+    "differentiate", "hessian", "dependency", "sparse_jacobian"])
 def test_a_refused_hooked_graph_fires_no_hook(api):
     count = {"pre": 0}
     y, x = _hooked_graph(count)
