@@ -20,7 +20,9 @@ Both are computed only for an answer that the plain comparison calls wrong.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import BackwardCFunction
 
+from ..core.graph_facts import raw_saved
 from ..core.retained import grads_kept
 from ..core.tolerances import tolerances
 from ..core.torch_api import guarded_grad, materialized_grad
@@ -253,11 +255,15 @@ def output_rounding(output: torch.Tensor, indices: list) -> list | None:
     there, ∑ₖ |∂y_i/∂v_k| · c·u·|v_k|. Needs the value v_k of every intermediate result, which
     only the graph's saved tensors hold (a node's own ``_saved_result``, or a consumer's
     ``_saved_self``/``_saved_other``): None where one is not saved (``x + 1`` is not), the
-    graph is too large, or there are more than :data:`MAX_OUTPUT_ENTRIES` entries."""
+    graph is too large, or there are more than :data:`MAX_OUTPUT_ENTRIES` entries; and,
+    before any pass, where the pass would run the user's code (a custom Function's backward,
+    a saved tensor's unpack hook)."""
     if output.grad_fn is None or len(indices) > MAX_OUTPUT_ENTRIES:
         return None
     nodes = _nodes(output)
-    if nodes is None:
+    if nodes is None or any(isinstance(node, BackwardCFunction) or any(
+            getattr(raw, "unpack_hook", None) is not None for raw in raw_saved(node))
+            for node in nodes):
         return None
     values = _intermediate_values(output, nodes)
     if values is None:
