@@ -126,10 +126,20 @@ def _function(result, base: int = 1) -> Paragraph:
                    Text(". Flattened row-major, ")]
     for name, item in result.inputs.items():
         spans += [notation.prose_name(name),
-                  Text(f" has n = {plural(item.tensor.numel(), 'entry')}, ")]
+                  Text(f" has {_n(result, name)} = {plural(item.tensor.numel(), 'entry')}, ")]
     spans += [notation.prose_name(y), Text(f" has m = {m:,}. ")]
     first = next(iter(result.inputs))
     return _step(1, *spans, *_first_entry(first, result.inputs[first].tensor.shape, base))
+
+
+def _n(result, name: str) -> str:
+    """The symbol of ``name``'s number of entries: n, or one per input where there are
+    several (n_a, n_b; n_1, n_2 for names that are no identifiers): one symbol, one value."""
+    if len(result.inputs) == 1:
+        return "n"
+    if all(k.isidentifier() for k in result.inputs):
+        return f"n_{name}"
+    return f"n_{list(result.inputs).index(name) + 1}"
 
 
 def _structure(result, name: str) -> str:
@@ -166,7 +176,8 @@ def _jacobian(result, name: str, options, several: bool = False) -> list:
     label = Math(f"J_{{{notation.name_tex(name)}}}", f"J_{notation.math_name(name).plain}") \
         if several else Math(f"J_{big}", f"J_{big}")
     head = _step(2, Text("The Jacobian "), label,
-                 Text(f", m × n = {m:,} × {n:,}: row "), Math("i", "i"),
+                 Text(f", m × {'n' if several else _n(result, name)} = {m:,} × {n:,}: row "),
+                 Math("i", "i"),
                  Text(", column "), Math("j", "j"), Text(" holds "), entry,
                  Text(". " + _structure(result, name)))
     if m == 1:  # J is the gradient itself: the matrix below
