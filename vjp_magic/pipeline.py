@@ -14,6 +14,7 @@ expression, or tensors given in Python).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -159,7 +160,7 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
         named = named_inputs(inputs, names)
         result = None if y is None else _graded_result(y, named)
         return grading_against.against(answer, grading_against.from_function(output), named,
-                                       result=result)
+                                       result=result, output=y)
     result = _graded_result(output, inputs, names)
     with no_subclass_code():  # the answer and the output read as torch's: no subclass's code
         return grading.grade(answer, result, output=output)
@@ -209,7 +210,7 @@ def _graded_result(output: torch.Tensor, inputs, names=None) -> VJPResult:
         ) from None
 
 
-def differentiate(output, inputs, names=None, *, output_name: str = "y",
+def differentiate(output, inputs, names=None, *, output_name: str | None = None,
                   full: bool = False, options: RenderOptions | None = None,
                   explain: bool = False, code: bool = False, memory_budget: float | None = None,
                   **analysis_options) -> VJPResult:
@@ -230,7 +231,9 @@ def differentiate(output, inputs, names=None, *, output_name: str = "y",
             parameters.
         names (str or sequence of str, optional): one per input (else a ``VJPUsageError``).
             Default: ``"x"`` for a lone tensor, else ``"x1"``, ``"x2"``, …
-        output_name (str): the output's name in the display and the code. Default: ``"y"``.
+        output_name (str): the output's name in the display and the code. Default: ``"y"``
+            (``"out"`` where the caller's namespace binds ``y`` to another object: pasted,
+            the code beneath would run backward on that one).
         full (bool): skip the point structure: the plain full Jacobian.
         options (RenderOptions, optional): how the result displays.
         explain, code (bool): add the tutorial's steps (J, each v, vᵀJ), or the plain
@@ -268,10 +271,11 @@ def differentiate(output, inputs, names=None, *, output_name: str = "y",
     """
     request = Request(options=options or RenderOptions(), full=full, memory_budget=memory_budget,
                       analysis=analysis_options, flags={"explain": explain, "code": code})
+    output_name = _free_output_name(output, output_name, sys._getframe(1).f_globals)
     return _from_python(output, inputs, names, output_name, request)
 
 
-def hessian(output, inputs, names=None, *, output_name: str = "y",
+def hessian(output, inputs, names=None, *, output_name: str | None = None,
             options: RenderOptions | None = None, memory_budget: float | None = None,
             **analysis_options) -> HessianResult:
     """The second derivatives of ``output`` with respect to each input, with the point
@@ -309,7 +313,20 @@ def hessian(output, inputs, names=None, *, output_name: str = "y",
     """
     request = Request(options=options or RenderOptions(), order=2, memory_budget=memory_budget,
                       analysis=analysis_options)
+    output_name = _free_output_name(output, output_name, sys._getframe(1).f_globals)
     return _from_python(output, inputs, names, output_name, request)
+
+
+def _free_output_name(output, given: str | None, caller: Mapping) -> str | None:
+    """``given``, else ``y`` where the caller's namespace (a notebook's) does not bind it to
+    another object, else ``out``, ``out2``, ...: the display and its code never call the
+    output by a name that holds another tensor there."""
+    if given is not None:
+        return given
+    for name in ("y", "out", *(f"out{k}" for k in range(2, 100))):
+        if caller.get(name, output) is output:
+            return name
+    return "y"
 
 
 def _from_python(output, inputs, names, output_name: str,

@@ -245,12 +245,7 @@ def test_check_without_against_leaves_the_rng_as_a_plain_run(ip, run_ok, run_vjp
 
 
 # -- from Python, the output's invented name is not a notebook name bound to another tensor ------
-@pytest.mark.xfail(strict=True, reason="vjp_magic.differentiate / hessian of an expression in a "
-                   "notebook whose y is another tensor: the display calls the output y and its "
-                   "code says y.backward(...), which pasted runs backward on the notebook's y "
-                   "(demo_notebooks/05, cell 11: y is the stencil of cell 9, the code "
-                   "autograd.grad(y, w) fails); the names feature keeps invented names off "
-                   "the notebook's names everywhere else")
+# Was a strict xfail (s34 G13): fixed in pipeline._free_output_name (the caller's names).
 @pytest.mark.parametrize("call", ["vjp_magic.differentiate(torch.sin(w), w, names=['w'])",
                                   "vjp_magic.hessian(energy(w), w, names=['w'])"],
                          ids=["differentiate", "hessian"])
@@ -331,10 +326,7 @@ def test_requires_grad_on_the_output_is_told_to_go_on_the_input(usage_error):
     assert "x = torch.tensor([1., 2.], requires_grad=True)" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason="x rebound after y was computed from it (a classic "
-                   "notebook slip): 'none of them is bound to a name in the notebook ... Bind the "
-                   "module or the tensor to a name in the cell', where the cell did bind x and "
-                   "line 3 replaced it; the message never names x")
+# Was a strict xfail (s34 G13): fixed in run/grad_advice.rebound_hint, from run/choose.FromCell.inputs.
 def test_an_input_rebound_after_the_output_is_named(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\n"
                           "x = torch.tensor([5., 6.], requires_grad=True)")
@@ -411,11 +403,7 @@ def test_the_non_finite_notes_set_the_cells_names_as_every_other_sentence(run_vj
 
 
 # -- a step function's zero derivative is zero everywhere, not only "at this x" --------------------
-@pytest.mark.xfail(strict=True, reason="y = x.round() or torch.sign(x) * 3: 'Every derivative ... "
-                   "is 0 at this x, although y depends on x through the graph (an inactive relu or "
-                   "clamp, a product with 0, ...): at another value of x they may not be'; round "
-                   "and sign are piecewise constant, so autograd gives 0 at every x, the classic "
-                   "way a rounded loss stops learning (core/validation.zero_notes)")
+# Was a strict xfail (s34 G13): fixed in core/validation.zero_notes (a step on every path).
 @pytest.mark.parametrize("expression", ["x.round()", "torch.sign(x) * 3"])
 def test_a_step_functions_zero_derivative_is_not_called_local(run_vjp, expression):
     r = run_vjp(f"x = torch.tensor([1.3, -2.6], requires_grad=True)\ny = {expression}")

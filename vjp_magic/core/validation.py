@@ -473,6 +473,14 @@ def zero_notes(result) -> list[str]:
             continue
         y = _spelled(result.output_name)
         x = _spelled(name)
+        steps = _steps_on_every_path(result.output, item.tensor)
+        if steps:
+            notes.append(marked(
+                f"Every derivative of {y} with respect to {x} is 0, at this {x} and at every "
+                f"other: each path from {x} to {y} passes through {' or '.join(steps)}, which "
+                "is piecewise constant (its derivative is 0 wherever it exists), so a loss "
+                f"through it gives {x} no gradient to learn from."))
+            continue
         notes.append(marked(
             f"Every derivative of {y} with respect to {x} is 0 at this "
             f"{x}, although {y} depends on {x} through the graph (an "
@@ -480,6 +488,36 @@ def zero_notes(result) -> list[str]:
             f"{x} they may not be."
         ))
     return notes
+
+
+# Backward nodes of piecewise-constant ops: their derivative is 0 wherever it exists.
+_STEP_NODES = {"RoundBackward0": "round", "RoundBackward1": "round", "SignBackward0": "sign",
+               "SgnBackward0": "sgn", "FloorBackward0": "floor", "CeilBackward0": "ceil",
+               "TruncBackward0": "trunc"}
+
+
+def _steps_on_every_path(output, tensor) -> list[str]:
+    """The piecewise-constant ops (round, sign, floor, ...) that every path of ``output``'s
+    graph from ``tensor`` passes through; [] where one path reaches ``tensor`` without one
+    (or the graph is gone)."""
+    root = getattr(output, "grad_fn", None)
+    if root is None:
+        return []
+    target = tensor.grad_fn
+    stack, seen, steps = [root], set(), []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        step = _STEP_NODES.get(type(node).__name__)
+        if step is not None:
+            steps.append(step)
+            continue
+        if node is target or getattr(node, "variable", None) is tensor:
+            return []  # reached without a step
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return list(dict.fromkeys(steps))
 
 
 def unverified_notes(result) -> list[str]:

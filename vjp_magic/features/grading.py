@@ -47,7 +47,7 @@ def _against(answer, name: str, source, result, request: Asked, subject: Subject
     exercise = from_source(source, subject.scope)
     inputs = {n: item.tensor for n, item in result.inputs.items()}
     graded = against(answer, exercise, inputs, result=result, log=subject.log,
-                     answer_name=name, ordered=bool(request.wrt))
+                     answer_name=name, ordered=bool(request.wrt), record=subject.record)
     shown = result
     if _revealed(request):
         shown, _ = reference(exercise, inputs, result.output_name)

@@ -37,7 +37,7 @@ from ..core.reentrant import refuse_recomputing
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
-from .grad_advice import copied_hint, late_grad_hint, own_requires_grad_advice
+from .grad_advice import copied_hint, late_grad_hint, own_requires_grad_advice, rebound_hint
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -111,7 +111,14 @@ class FromCell:
     def inputs(self, wrt, output, output_name: str) -> dict:
         if wrt:
             return dense_inputs(named(self.scope, wrt, output, output_name, "--wrt"))
-        return dense_inputs(found_inputs(self.scope, output, output_name, self.run.assigned))
+        try:
+            return dense_inputs(found_inputs(self.scope, output, output_name,
+                                             self.run.assigned))
+        except VJPUsageError:  # y = x**2, then x bound again: the leaf has no name now
+            hint = rebound_hint(self.run.source, output_name)
+            if hint is None:
+                raise
+            raise VJPUsageError(hint) from None
 
     def _evaluated(self, of: str):
         """``--of``'s expression, evaluated after the cell; its torch calls (``y[0]``,
@@ -210,7 +217,8 @@ def lookup(scope, source: str, role: str):
     ns = scope.user_ns
     if source.isidentifier():
         if source not in ns:
-            close = _near(source, [n for n in ns if is_visible_name(n)])
+            hidden = getattr(scope, "user_ns_hidden", {})  # IPython's own: open, exit, In
+            close = _near(source, [n for n in ns if is_visible_name(n) and n not in hidden])
             hint = f" Did you mean {close}?" if close else ""
             raise VJPUsageError(f"No variable named {source!r} ({role}).{hint}")
         return ns[source]
