@@ -88,10 +88,7 @@ def test_the_zeroing_the_note_advises_runs_before_each_backward(run_vjp):
     assert namespace["x"].grad.tolist() == [-4.0, -2.0, 0.0, 2.0, 4.0]
 
 
-@pytest.mark.xfail(strict=True, reason="y = torch.tensor(x.numpy() ** 2): PyTorch's error "
-                   "advises .detach().numpy(), which cuts the graph (the next run is refused: "
-                   "no derivatives); unlike the integer and in-place creation mistakes "
-                   "(run/mistakes.creation_advice) no 'Why: … Corrected: y = x**2' is added")
+# Was a strict xfail (s35 G16): fixed in run/mistakes.creation_advice (NumPy on an input).
 def test_numpy_on_an_input_is_coached_to_stay_in_torch(ip, capsys):
     capsys.readouterr()
     ip.run_cell("%%vjp\nx = torch.linspace(-2, 2, 5, requires_grad=True)\n"
@@ -223,7 +220,8 @@ def test_an_input_made_in_the_cell_is_known_to_require_grad(usage_error):
     assert "although x requires grad" in message
 
 
-# Was a strict xfail (s35 G16): fixed in run/choose.lookup (IPython's hidden names are no candidates).
+# Was a strict xfail (s35 G16): fixed in run/choose.lookup (IPython's hidden names are no
+# candidates).
 def test_a_mistyped_answer_name_is_not_matched_to_a_builtin(ip, run_ok, usage_error):
     run_ok("x = torch.linspace(-2, 2, 5, requires_grad=True)")
     message = usage_error("%%vjp --check nope\nz = x**2")

@@ -126,6 +126,7 @@ def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake
 # -- two classic creation mistakes: PyTorch's traceback, with the corrected line as a note -----
 _INTEGER = "Only Tensors of floating point and complex dtype can require gradients"
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
+_NUMPY = "Can't call numpy() on Tensor that requires grad"
 
 
 def creation_advice(error: BaseException, source: str, filename: str) -> str | None:
@@ -135,7 +136,7 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
     requires grad (``x += 1``); None for any other error. Shown beneath PyTorch's traceback
     (the cell stops there, as a plain cell does)."""
     text = str(error)
-    if _INTEGER not in text and _LEAF_IN_PLACE not in text:
+    if _INTEGER not in text and _LEAF_IN_PLACE not in text and _NUMPY not in text:
         return None
     line = None
     tb = error.__traceback__
@@ -145,6 +146,12 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
         tb = tb.tb_next
     lines = source.splitlines()
     written = lines[line - 1].strip() if line is not None and 0 < line <= len(lines) else None
+    if _NUMPY in text:
+        fixed = _without_numpy(written) if written else None
+        return ("Why: NumPy is outside autograd: .numpy() (and the .detach().numpy() "
+                "PyTorch's message suggests) cuts the graph, so nothing computed from it has "
+                "derivatives. Corrected: " + (fixed or "compute it with torch functions on "
+                                               "the tensor itself (torch.sin, torch.exp, …)"))
     if _INTEGER in text:
         fixed = _floats(written) if written else None
         return ("Why: autograd differentiates floating-point tensors only; integer values "
@@ -192,6 +199,38 @@ def _out_of_place(line: str) -> str | None:
 
 # -- NumPy on an input that requires grad: the same in torch ----------------------------------
 _TO_TORCH = ("torch.from_numpy", "torch.tensor", "torch.as_tensor", "torch.asarray")
+
+
+def _without_numpy(line: str) -> str | None:
+    """``line`` kept in torch: ``x.numpy()`` (``.detach()``, ``.cpu()`` before it) is ``x``,
+    ``np.sin(...)`` is ``torch.sin(...)``, ``torch.tensor(...)`` around it dropped; None
+    where some NumPy is left or nothing changed."""
+
+    class Torched(ast.NodeTransformer):
+        def visit_Call(self, node):
+            self.generic_visit(node)
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "numpy" and not node.args:
+                inner = func.value
+                while isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) \
+                        and inner.func.attr in ("detach", "cpu") and not inner.args:
+                    inner = inner.func.value
+                return inner
+            if isinstance(func, ast.Attribute) and ast.unparse(func.value) in ("np", "numpy") \
+                    and callable(getattr(torch, func.attr, None)):
+                return ast.Call(ast.Attribute(ast.Name("torch", ast.Load()), func.attr,
+                                              ast.Load()), node.args, node.keywords)
+            if ast.unparse(func) in _TO_TORCH and len(node.args) == 1 and not node.keywords:
+                return node.args[0]
+            return node
+
+    try:
+        changed = ast.unparse(Torched().visit(ast.parse(line)))
+    except (SyntaxError, ValueError):
+        return None
+    if changed == line or "numpy" in changed or "np." in changed:
+        return None
+    return changed
 
 
 def numpy_in_torch(line: str, name: str) -> str:
