@@ -119,10 +119,15 @@ def test_magic_replays_the_cell_in_float64(run_ok, run_vjp, ip, body):
     assert r.check.correct and "could not be told" not in r.check.hint, r.check.hint
 
 
-def test_magic_still_crosses_a_different_formula(run_ok, run_vjp, ip):
+@pytest.mark.parametrize("values,body", [
+    ("[1e-4, 2e-4, 3e-4]", "((x + 1) - 1) * 1.001"),
+    ("[1e-30, 2e-30, 3e-30]", "x * 1.001"), ("[1e30, 2e30, 3e30]", "x * 1.001"),
+    ("[1e-4, 1.0, 100.0]", "torch.sin(x) + 1 - 1"),
+])
+def test_magic_still_crosses_a_different_formula(run_ok, run_vjp, ip, values, body):
     run_ok("def f(x):\n    return x")
-    cell = ("x = torch.tensor([1e-4, 2e-4, 3e-4], requires_grad=True)\n"
-            "y = ((x + 1) - 1) * 1.001\ny.backward(torch.ones_like(y))")
+    cell = (f"x = torch.tensor({values}, requires_grad=True)\n"
+            f"y = {body}\ny.backward(torch.ones_like(y))")
     r = run_vjp(cell, "--check x.grad --against f")
     assert (r.check.correct, r.check.kind) == (False, "output-differs"), r.check.hint
 
@@ -179,3 +184,21 @@ def test_output_rounding_runs_none_of_the_users_code():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: unpacked.append(t) or t):
         y = torch.log(torch.exp(x))
     assert output_rounding(y, [[0]]) is None and not unpacked
+
+
+def test_magic_one_minus_cos_against_the_half_angle_form(run_ok, run_vjp, ip):
+    run_ok("def f(x):\n    return 2 * torch.sin(x / 2) ** 2")
+    cell = ("x = torch.tensor([1e-4, 2e-4, 3e-4], requires_grad=True)\n"
+            "y = 1 - torch.cos(x)\ny.backward(torch.ones_like(y))")
+    r = run_vjp(cell, "--check x.grad --against f")
+    assert r.check.correct and "differs" not in r.check.hint, r.check.hint
+
+
+def test_magic_names_float32_overflow_not_the_formula(run_ok, run_vjp, ip):
+    run_ok("def f(x):\n    return x")
+    cell = ("x = torch.tensor([1e-3, 1.0, 100.0], requires_grad=True)\n"
+            "y = torch.log(torch.exp(x))\ny.backward(torch.ones_like(y))")
+    r = run_vjp(cell, "--check x.grad --against f")
+    assert (r.check.correct, r.check.kind) == (False, "output-differs")
+    assert "y[2] (1 of 3" in r.check.hint and "overflows float32" in r.check.hint
+    assert "check the formula" not in r.check.hint
