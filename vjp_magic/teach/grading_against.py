@@ -6,7 +6,10 @@ copies of the inputs: the student's cell is not run again, their tensors and ``.
 left alone. Where the student's cell is at hand (its result), two more things are compared,
 each named in the verdict and never a ✓:
 
-- its output with f's at the inputs ("your y differs from f(x) at y[1], …": a mistyped f);
+- its output with f's at the inputs ("your y differs from f(x) at y[1], …": a mistyped f),
+  only beyond rounding: where the comparison in their dtype fails, f again on float64 copies
+  and y by the cell's float64 replay, else y's rounding bounded from its graph; what neither
+  settles is a note, not a ✗ (``(x + 1) - 1``, ``log(exp(x))`` for x at 1e-4 are f = x);
 - the derivatives of its graph with f's where the outputs agree ("your graph does not depend
   on x through all of f": a ``.detach()``, ``.data``, ``torch.tensor(...)`` or ``.numpy()``
   on the way from x to y, which backward cannot see through).
