@@ -36,10 +36,8 @@ def test_the_tutorials_gradient_at_multiple_points_has_its_numbers(run_vjp):
     assert "[-8 10]" in plain(r)
 
 
-@pytest.mark.xfail(strict=True, reason="the tutorial's cell binds v = torch.ones_like(y) and "
-                   "passes it to backward; the display says 'v2 is all ones, shaped like y' "
-                   "while its code block has no v2 (it writes torch.ones_like(y)): the cell's "
-                   "own v is renamed, and v2 is the tutorial's name for the second one-hot")
+# Was a strict xfail (s35 G16): fixed in render/sections.gradient_argument (all ones: the
+# tutorial's v).
 @pytest.mark.parametrize("body", [
     "x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2\nv = torch.ones_like(y)\n"
     "y.backward(v)\nx.grad",

@@ -317,9 +317,8 @@ def gradient_argument(result, name: str, options) -> list:
             notation.prose_name(y), " is a scalar" if result.output.dim() == 0 else
             " has one entry", ", so backward needs no gradient argument (v = 1, the "
             "default).")]
-    if count == 1:
-        v = loop_names(result, item.pairing.out_axes)[1]
-        return [paragraph(notation.math_name(v), " is all ones, shaped like ",
+    if count == 1:  # the code writes torch.ones_like(y), binding no name: the tutorial's v
+        return [paragraph(notation.math_name("v"), " is all ones, shaped like ",
                           notation.prose_name(y),
                           f": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
