@@ -227,29 +227,26 @@ def differentiate(output, inputs, names=None, *, output_name: str | None = None,
             a zero-argument function returning it, called once and recorded as a ``%%vjp``
             cell is (per-sample losses then take a vectorised replay, as ``vmap(grad)``).
         inputs (Tensor, sequence of Tensors, dict str → Tensor, or nn.Module): floating
-            point, ``requires_grad=True``; a dict names each input, a module gives all its
-            parameters.
+            point, ``requires_grad=True``; a dict names each input, a module its parameters.
         names (str or sequence of str, optional): one per input (else a ``VJPUsageError``).
             Default: ``"x"`` for a lone tensor, else ``"x1"``, ``"x2"``, …
-        output_name (str): the output's name in the display and the code. Default: ``"y"``
-            (``"out"`` where the caller's namespace binds ``y`` to another object: pasted,
-            the code beneath would run backward on that one).
+        output_name (str): its name in the display and code. Default ``"y"``; ``"out"`` where
+            the caller binds ``y`` to another object (pasted code would run on that one).
         full (bool): skip the point structure: the plain full Jacobian.
         options (RenderOptions, optional): how the result displays.
         explain, code (bool): add the tutorial's steps (J, each v, vᵀJ), or the plain
             PyTorch loop computing the same numbers, as ``--explain`` / ``--code`` do.
         memory_budget (float, optional): a fraction (< 1) of the free memory of the output's
             device, or bytes. Default: 0.25. A larger full Jacobian is refused, not an OOM.
-        seed (int, optional): the seed of every random probe. Default: a fresh one, kept
-            as ``r.seed`` (torch's global random state is never used).
-        batched, max_chunk, max_pairings, graph_proof: tuning of the numerical core,
-            :func:`vjp_magic.core.analysis.differentiate`.
+        seed (int, optional): every probe's seed; a fresh one by default, kept as ``r.seed``
+            (torch's global random state is never used). batched, max_chunk, max_pairings,
+            graph_proof: tuning of the numerical core, :func:`.core.analysis.differentiate`.
 
     Returns:
         VJPResult: ``r.derivatives[name]`` (the non-point output axes, then the input's
         shape), ``r.gradients[name]`` (the ``gradient`` vectors used), ``r.point_axes``,
-        ``r.jacobian(name)`` (``output.shape + input.shape``), ``r.seed``, ``r.notes``. It
-        displays itself and keeps no graph alive.
+        ``r.jacobian(name)`` (``output.shape + input.shape``), ``r.seed``, ``r.notes``;
+        displayed, it keeps no graph alive.
 
     Raises:
         VJPUsageError: (a ``ValueError``) a mistake in the call, saying what to do: an input
