@@ -363,7 +363,8 @@ def pass_guard():
     hook, node pre/post hook, module backward hook, post-accumulate or multi-grad hook: only
     the user's own graph, where no replay stands for it, carries one) is stopped with the
     usage error as it enters it, before its first line runs (:func:`foreign_message`). A
-    user's custom Function's backward runs as ever, policed for re-entry; the user's unpack
+    user's custom Function's backward runs as ever, policed for re-entry, and so does the code
+    an import in a pass runs (finders, the module's body); the user's unpack
     hooks on the graph :func:`refuse_reentrant` judged last get their own words
     (:func:`hooked_message`). A hook written in C (a builtin) is not seen."""
     guard = reentrant_guard()
@@ -379,7 +380,7 @@ class _Guard:
     def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
         self.hooks: frozenset = frozenset()  # the unpack hooks' code that stops a pass
-        self.strict = False  # the user's code outside a custom backward stops a pass
+        self.strict = False  # the user's code outside a custom backward or import stops a pass
         self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
@@ -422,8 +423,9 @@ class _Guard:
             self._frames.append((frame, False, True))
         elif code in watched.calls and self._frames and self._frames[-1][1]:
             self._trip()
-        elif self.strict and not code.co_filename.startswith(_OURS) \
-                and not any(policed for _, policed, _ in self._frames) \
+        elif code is _IMPORTING:  # (an import in a pass: the finders' code is no hook)
+            self._frames.append((frame, False, True))
+        elif self.strict and not self._frames and not code.co_filename.startswith(_OURS) \
                 and _foreign(code.co_filename):
             raise VJPUsageError(foreign_message(code, _ARMED.output_name))
 
@@ -457,6 +459,9 @@ _CHECKPOINT_FILE = "checkpoint.py"
 _TORCH_DIR = os.path.dirname(torch.__file__)
 # Code a strict pass may enter: PyTorch's, vjp_magic's, the frozen standard modules'
 _OURS = (_TORCH_DIR, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "<frozen ")
+# An import a pass starts (the import system's finders and the module's body are no hook)
+_IMPORTING = getattr(getattr(sys.modules.get("_frozen_importlib"), "_find_and_load", None),
+                     "__code__", None)
 _STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
                               for k in ("stdlib", "platstdlib")))
 
