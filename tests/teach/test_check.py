@@ -270,6 +270,9 @@ def test_wrong_at_a_few_points(dtype, n):
     ans = true.clone()
     ans[wrong_at] += 0.5
     check = grade(ans, r, answer_name="ans")
+    if 2 * len(wrong_at) > n:  # wrong at most points (2 of 3): not the derivative at all
+        assert (check.kind, check.points) == ("wrong", ())
+        return
     assert (check.kind, check.points) == ("wrong-at-points", tuple(wrong_at))
     assert f"x[{n // 2}]" in check.hint and f"{n - len(wrong_at):,} of {n:,}" in check.hint
 

@@ -239,14 +239,16 @@ def _swapped(case: Case, target: Target, a) -> Verdict | None:
 
 
 def _at_points(case: Case, target: Target, a) -> Verdict | None:
-    """Right at most points, wrong at a few: which ones."""
+    """Right at most points, wrong at a few (half of them at most): which ones. An answer
+    wrong at most points is not the derivative, right where it is by chance (x**3 for
+    3x**2 agrees at 0 only): no hunt for kinks that are not there."""
     axes = target.point_axes
     if not axes or not case.exp.item.has_points:
         return None
     wrong = target.mismatch(a).movedim(axes, tuple(range(len(axes))))
     wrong = wrong.reshape(wrong.shape[:len(axes)] + (-1,)).any(-1)
     bad = wrong.nonzero()
-    if not 0 < len(bad) < wrong.numel():
+    if not 0 < 2 * len(bad) <= wrong.numel():
         return None
     # one conversion each: iterating a million-row tensor takes seconds
     points = tuple(bad[:, 0].tolist()) if len(axes) == 1 else tuple(map(tuple, bad.tolist()))
