@@ -374,10 +374,7 @@ def test_an_upstream_gradient_note_fits_one_screen(run_vjp):
     assert height(r.view.document(r).sections) <= DISPLAY_HEIGHT
 
 
-@pytest.mark.xfail(strict=True, reason="y = x**2 at linspace(-2, 2, 5); y.backward(x): 'Axis 0 "
-                   "of y indexes the 5 samples (the batch): x.grad holds each sample's own' — "
-                   "the display itself calls them 5 points x^(i); nothing in the cell is a batch "
-                   "of samples")
+# Was a strict xfail (s35 G16): fixed in teach/backward_notes._samples (points at points).
 def test_points_are_not_called_samples_of_a_batch(run_vjp):
     text = plain(run_vjp(GRADIENT_X))
     assert "at 5 points" in text

@@ -150,9 +150,15 @@ def _samples(result, names: list[str]) -> Paragraph | None:
     shared = [n for n in names if n not in own]
     tail = ((Text("; "),) + _listed(shared) + (Text(f" add{'s' if len(shared) == 1 else ''} "
             f"up all {count:,} samples' contributions"),) if shared else ())
-    return Paragraph((Text(f"Axis 0 of {result.output_name} indexes the {count:,} samples (the "
-                           "batch): "),) + _listed(own)
-                     + (Text(f" hold{'s' if len(own) == 1 else ''} each sample's own"),)
+    batch = any(result.inputs[n].per_point_numel() > 1 for n in own)  # rows of a layer
+    noun, one = ("samples (the batch)", "sample") if batch else ("points", "point")
+    if not batch:
+        tail = ((Text("; "),) + _listed(shared) + (Text(
+            f" add{'s' if len(shared) == 1 else ''} up all {count:,} points' "
+            "contributions"),) if shared else ())
+    return Paragraph((Text(f"Axis 0 of {result.output_name} indexes the {count:,} {noun}: "),)
+                     + _listed(own)
+                     + (Text(f" hold{'s' if len(own) == 1 else ''} each {one}'s own"),)
                      + tail + (Text("."),))
 
 
