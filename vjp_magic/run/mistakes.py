@@ -127,16 +127,18 @@ def classify(error: BaseException, log: BackwardLog, source: str) -> CellMistake
 _INTEGER = "Only Tensors of floating point and complex dtype can require gradients"
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
 _NUMPY = "Can't call numpy() on Tensor that requires grad"
+_GRAD_NONE = "'NoneType' object has no attribute 'zero_'"
 
 
 def creation_advice(error: BaseException, source: str, filename: str) -> str | None:
     """What to do, for an error the cell raised outside ``backward`` on a line of its own
     (``filename``: the cell's compiled file) that is a classic creation mistake: an integer
     tensor with requires_grad=True ("[1., 2., 3.]"), an in-place change of a leaf that
-    requires grad (``x += 1``); None for any other error. Shown beneath PyTorch's traceback
+    requires grad (``x += 1``), NumPy on an input, ``x.grad.zero_()`` before any backward;
+    None for any other error. Shown beneath PyTorch's traceback
     (the cell stops there, as a plain cell does)."""
     text = str(error)
-    if _INTEGER not in text and _LEAF_IN_PLACE not in text and _NUMPY not in text:
+    if not any(k in text for k in (_INTEGER, _LEAF_IN_PLACE, _NUMPY, _GRAD_NONE)):
         return None
     line = None
     tb = error.__traceback__
@@ -146,6 +148,14 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
         tb = tb.tb_next
     lines = source.splitlines()
     written = lines[line - 1].strip() if line is not None and 0 < line <= len(lines) else None
+    if _GRAD_NONE in text:
+        grad = re.search(r"([\w.\[\]]+)\.grad\.zero_\(\)", written or "")
+        if grad is None:
+            return None
+        x = grad.group(1)
+        return (f"Why: {x}.grad is None until a backward reaches {x}: there is nothing to "
+                f"zero yet. Corrected: {x}.grad = None (or: if {x}.grad is not None: "
+                f"{x}.grad.zero_())")
     if _NUMPY in text:
         fixed = _without_numpy(written) if written else None
         return ("Why: NumPy is outside autograd: .numpy() (and the .detach().numpy() "
