@@ -361,9 +361,8 @@ def test_the_sensitivity_note_of_an_elementwise_map_speaks_of_f_prime(run_vjp):
 GRADIENT_X = "x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**2\ny.backward(x)"
 
 
-@pytest.mark.xfail(strict=True, reason="y = x**2; y.backward(x): the upstream-gradient note "
-                   "(v, the 5 × 5 J, vᵀJ) above the display makes it 791 px by "
-                   "render/budget.height, over its DISPLAY_HEIGHT of 647: the note is not fitted")
+# Was a strict xfail (s35 G16): fixed in teach/backward_notes.upstream_sections (two lines less)
+# and the whole-height budget.
 def test_an_upstream_gradient_note_fits_one_screen(run_vjp):
     from vjp_magic.render.budget import height
     from vjp_magic.render.options import DISPLAY_HEIGHT

@@ -235,11 +235,10 @@ def upstream_sections(result, log, options: RenderOptions | None = None,
     given = (Text(" with v = "), Code(g or "g")) if (g or "g") != "v" else ()
     lead = Paragraph((call, Text(" computes "), VJP, *given, Text(". For v = "),
                       Math(rf"\nabla\ell({name_tex(y)})", f"∇ℓ({y})"),
-                      Text(", a loss's gradient at "), math_name(y),
-                      Text(" (an upstream gradient), that is the tutorial's special case "),
+                      Text(", a loss's upstream gradient, it is the tutorial's "),
                       Math(rf"v^\top J = \nabla(\ell\circ f)({at})",
                            f"vᵀJ = ∇(ℓ∘f)({at_plain})"),
-                      Text(", the loss's gradient" + tail)))
+                      Text(tail)))
     chained = [n for n in largest_tensors(result, 1) if n in names] if many else names
     chain = chain_rule_blocks(result, seed.gradient, chained, options) if shown else []
     fills = Paragraph((Text("This one backward fills "),) + _listed(names) + (
@@ -247,4 +246,6 @@ def upstream_sections(result, log, options: RenderOptions | None = None,
         Math(rf"\partial\ell/\partial {name_tex(y)}", f"∂ℓ/∂{y}"),
         Text(f" into {y} this way.")))
     samples = _samples(result, names) if seed.target is SeedTarget.OUTPUT else None
-    return (Section((lead, *chain, fills) + ((samples,) if samples else ())),)
+    if samples is not None:  # one paragraph: a line less on the screen
+        fills = Paragraph(fills.spans + (Text(" "),) + samples.spans)
+    return (Section((lead, *chain, fills)),)
