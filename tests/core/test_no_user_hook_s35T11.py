@@ -7,6 +7,8 @@ usage error naming it (core/reentrant.pass_guard). A custom Function's backward 
 """
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -73,7 +75,8 @@ def test_a_hook_on_the_users_graph_is_refused_unrun(kind, entry):
         getattr(vjp_magic, entry)(y, x)
     assert not RUNS and x.grad is None
     text = str(error.value)
-    assert "_hook (test_no_user_hook_s35T11.py:18)" in text, text  # the hook, file:line
+    line = _hook.__code__.co_firstlineno
+    assert f"_hook (test_no_user_hook_s35T11.py:{line})" in text, text  # the hook, file:line
     assert "differentiate(lambda: f(x), x)" in text and "remove the hook" in text
 
 
@@ -140,3 +143,32 @@ def test_a_post_accumulate_hook_never_runs_in_a_pass():
     r = vjp_magic.differentiate(torch.sin(x), x)
     assert not RUNS and x.grad is None
     torch.testing.assert_close(r.jacobian("x"), torch.diag(torch.cos(x.detach())))
+
+
+class _Stream:
+    """A notebook's output stream: the user's Python (ipykernel's, say), not a hook."""
+
+    def __init__(self):
+        self.text = []
+
+    def write(self, text):
+        self.text.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_a_message_logged_in_a_pass_reaches_the_users_stream():
+    """Code of the user's that the standard library calls in a pass (logging or warnings
+    writing to a stream) is no hook: only the engine's and PyTorch's calls into it stop."""
+    from vjp_magic.core.reentrant import pass_guard
+    stream = _Stream()
+    logger = logging.getLogger("test_no_user_hook_s35T11")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        with pass_guard():
+            logger.warning("shown in a pass")
+    finally:
+        logger.removeHandler(handler)
+    assert any("shown in a pass" in t for t in stream.text)

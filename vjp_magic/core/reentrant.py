@@ -426,7 +426,7 @@ class _Guard:
         elif code is _IMPORTING:  # (an import in a pass: the finders' code is no hook)
             self._frames.append((frame, False, True))
         elif self.strict and not self._frames and not code.co_filename.startswith(_OURS) \
-                and _foreign(code.co_filename):
+                and _foreign(code.co_filename) and _called_by_us(frame.f_back):
             raise VJPUsageError(foreign_message(code, _ARMED.output_name))
 
     def _c_call(self, frame, event, arg, graphed: bool) -> None:
@@ -471,6 +471,14 @@ def _foreign(filename: str) -> bool:
     package's, under site-packages, is the user's too)."""
     return not (filename.startswith(_STDLIB) or os.path.realpath(filename).startswith(
         _STDLIB)) or "-packages" + os.sep in filename
+
+
+def _called_by_us(caller) -> bool:
+    """Whether the user's code entered from ``caller`` (a frame, or None) is called as a hook:
+    by the engine (the frame that started the pass, PyTorch's or vjp_magic's) or by PyTorch's
+    Python around a hook (a module's backward hooks, a multi-grad hook), not by the standard
+    library (a warning shown in a pass writing to a notebook's output stream, say)."""
+    return caller is None or caller.f_code.co_filename.startswith(_OURS)
 
 
 def foreign_message(code: types.CodeType, output_name: str = "the output") -> str:
