@@ -381,10 +381,7 @@ def test_points_are_not_called_samples_of_a_batch(run_vjp):
 
 
 # -- the teacher: a piecewise-linear Hessian ------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="%hessian torch.relu(x).sum() wrt x: a 5 × 5 matrix of "
-                   "zeros called 'symmetric, diagonal (checked at this x only)'; x.sum() gets "
-                   "'Every second derivative is 0 at this x … (or piecewise linear, as clamp, "
-                   "relu or where make it …)', the sentence written for exactly this relu")
+# Was a strict xfail (s35 G16): fixed in render/hessian.headline (all zeros at this x).
 def test_a_relus_zero_hessian_is_said_to_be_zero(ip, run_ok):
     run_ok("x = torch.linspace(-2, 2, 5, requires_grad=True)")
     linear = plain(run_ok("%hessian x.sum() wrt x"))

@@ -95,6 +95,11 @@ def headline(h, name: str) -> Paragraph:
                          " is linear in ", x, " near it (or piecewise linear, as clamp, relu "
                          "or where make it: its first derivatives then jump where the pieces "
                          "meet).")
+    d = item.derivatives
+    if d.layout == torch.strided and d.numel() and not bool(d.any()):  # relu's: zeros here
+        return paragraph(*lead, "Every second derivative is 0 at this ", x, "; at another ",
+                         x, " they may not be, unless ", y, " is linear or piecewise linear "
+                         "in ", x, " (as relu, clamp or where make it).")
     count = math.prod(h.component_shape(name))
     m = math.prod(item.per_point_shape)
     points = plural(item.point_count, "point")
