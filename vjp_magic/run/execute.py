@@ -145,6 +145,10 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
                     error.add_note(advice)
                 raise user_frames_only(error)  # noqa: B904 - the user's own error
         except BaseException as error:  # noqa: BLE001 - the user's own error, re-raised
+            advice = creation_advice(error, source, filename) \
+                if isinstance(error, AttributeError) else None  # x.grad.zero_() too early
+            if advice is not None:  # beneath Python's traceback, which stays
+                error.add_note(advice)
             raise user_frames_only(error)  # noqa: B904 - the user's own error
     assigned, targets = _assigned(shell, parsed, before, captured,
                                   complete=log.mistake is None)
