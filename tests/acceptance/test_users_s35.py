@@ -513,10 +513,8 @@ def test_a_used_inputs_derivatives_come_before_an_unused_ones_zeros(run_ok, run_
 
 
 # -- the teacher reads demo 03's words against its cell -------------------------------------------
-@pytest.mark.xfail(strict=True, reason="demo_notebooks/03 says 'Right except at a point where the "
-                   "student's formula breaks down' above d = 3 * x**2 for y = |x|**3 at x = -2 "
-                   "… 2: d|x|³/dx = 3x|x|, so the answer is wrong at every negative x (2 of 5 "
-                   "points, x[0] and x[1], as --check itself says), not at one point")
+# Was a strict xfail (s35 G16): demo 03 said 'Right except at a point where the student's formula
+# breaks down' where the answer is wrong at every negative x; its words now say so.
 def test_demo_03s_words_match_its_wrong_at_points_cell(run_vjp):
     import json
     from pathlib import Path
