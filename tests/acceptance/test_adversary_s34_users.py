@@ -326,7 +326,8 @@ def test_requires_grad_on_the_output_is_told_to_go_on_the_input(usage_error):
     assert "x = torch.tensor([1., 2.], requires_grad=True)" in message, message
 
 
-# Was a strict xfail (s34 G13): fixed in run/grad_advice.rebound_hint, from run/choose.FromCell.inputs.
+# Was a strict xfail (s34 G13): fixed in run/grad_advice.rebound_hint,
+# from run/choose.FromCell.inputs.
 def test_an_input_rebound_after_the_output_is_named(usage_error):
     message = usage_error("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\ny = x**2\n"
                           "x = torch.tensor([5., 6.], requires_grad=True)")

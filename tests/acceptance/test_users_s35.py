@@ -455,7 +455,8 @@ def test_an_output_turned_into_a_float_is_named(run_ok, usage_error):
     assert "y is a Python float" in message and "Keep it a tensor" in message
 
 
-# Was a strict xfail (s35 G16): fixed in run/mistakes.creation_advice, called for an AttributeError by run/execute.
+# Was a strict xfail (s35 G16): fixed in run/mistakes.creation_advice, called for an
+# AttributeError by run/execute.
 def test_zeroing_grad_before_any_backward_is_coached(ip, capsys):
     capsys.readouterr()
     run = ip.run_cell("%%vjp\nx = torch.tensor([1., 2.], requires_grad=True)\ny = x.pow(2)\n"

@@ -65,7 +65,7 @@ def test_the_plain_display_shows_v_j_and_vtj_with_the_cells_numbers(run_vjp):
     assert numbers(by_lhs["J"]) == J.reshape(-1).tolist()
     assert numbers(by_lhs[PRODUCT]) == chained.tolist() == [6.0, 8.0, 10.0, 12.0]
     text = " ".join(plain.render(r.view.document(r)).split())
-    assert "the tutorial's special case vᵀJ = ∇(ℓ∘f)(x)" in text
+    assert "the tutorial's vᵀJ = ∇(ℓ∘f)(x)" in text
     assert "with v = v" not in text  # the numbers, not the variable's name again
     markdown = r._repr_mimebundle_()["text/markdown"]
     assert r"$$v^\top J = \nabla(\ell\circ f)(x) = \begin{bmatrix}6 & 8 & 10 & 12" in markdown

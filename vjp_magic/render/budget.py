@@ -7,8 +7,9 @@ file browser open).
 leave: fewer rows at each edge of a summarised matrix, then the first and last inputs only
 (the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
 formula, no table of sensitivities (named as left out), the first and last components only
-(the rest counted); as last resorts, the first input only, then v and the loop of backward
-calls (pointed to in ``r.code``), then the first component only.
+(the rest counted); as last resorts, the first input only, then the first component only,
+then v and the loop of backward calls (pointed to in ``r.code``: the loop is the tutorial's
+lesson, so it goes last).
 ``--full-matrix`` shows everything (the output may be taller). Each level builds twice where
 its matrices disagree: once to note each matrix's own layout, once to lay out every matrix of
 a shape alike (:class:`.matrix.Plan`).
@@ -58,7 +59,7 @@ LEVELS = (
     Fit(rows=1, inputs=2, extras=False, sensitivity=False),
     Fit(rows=1, inputs=2, components=2, extras=False, sensitivity=False),
     Fit(rows=1, inputs=1, components=2, extras=False, sensitivity=False),  # the last resorts
-    Fit(rows=1, inputs=1, components=2, extras=False, sensitivity=False, loop=False),
+    Fit(rows=1, inputs=1, components=1, extras=False, sensitivity=False),
     Fit(rows=1, inputs=1, components=1, extras=False, sensitivity=False, loop=False),
 )
 

@@ -23,7 +23,7 @@ import torch
 from .document import Entry, Math, Matrix
 from .numbers import NEAR_ZERO, NumberFormat, alone, choose_format, resolution, significant_digits
 from .options import RenderOptions
-from .typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, text_width
+from .typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, mono_width, text_width
 
 ELLIPSIS = None  # marks an elided run of rows or columns in an index list
 HDOTS = Entry(r"\cdots", "...")
@@ -243,11 +243,28 @@ def entry_width(entry: Entry) -> float:
 
 
 def lhs_width(lhs: Math) -> float:
-    """Counted characters of a formula's left side: scripts at script size, and a fraction
-    (``∂y_0/∂x``, TeX ``\\frac``) as wide as its wider part, set one over the other."""
-    if r"\frac" in lhs.tex and lhs.plain.count("/") == 1:
-        return max(_scripted_width(part) for part in lhs.plain.split("/"))
-    return _scripted_width(lhs.plain)
+    """Counted characters of a formula's left side: scripts at script size, a name set in
+    monospace (``\\mathtt``) at its own width, and a fraction (``∂y_0/∂x``, TeX ``\\frac``) as
+    wide as its wider part, set one over the other."""
+    names = [_mono_text(body) for body in _MONO.findall(lhs.tex)]
+    parts = lhs.plain.split("/") if r"\frac" in lhs.tex and lhs.plain.count("/") == 1 else [
+        lhs.plain]
+    return max(_scripted_width(part) + sum(mono_width(name) - text_width(name)
+                                           for name in names if name in part)
+               for part in parts)
+
+
+_MONO = re.compile(r"\\mathtt\{((?:[^{}]|\{[^{}]*\})*)\}")
+_MONO_CHARACTER = re.compile(r"\\text\{.\}|\\phantom\{0\}|\\[A-Za-z]+\{\}|\{\\[A-Za-z]+\}"
+                             r"|\{.\}|\\.|.")
+
+
+def _mono_text(body: str) -> str:
+    """The characters a ``\\mathtt{…}`` body of :func:`.notation.mono` sets, one a character:
+    its escapes (``{.}``, ``\\_``, ``\\phantom{0}``, a Greek macro) read back."""
+    return "".join(c if len(c) == 1 else c[1] if c[0] in "{\\" and len(c) == 2 else
+                   c[1:-1] if c.startswith("{") and len(c) == 3 else "x"
+                   for c in _MONO_CHARACTER.findall(body))
 
 
 def reserve(lhs: Math, suffix: Math | None = None) -> float:

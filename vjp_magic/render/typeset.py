@@ -28,6 +28,7 @@ CDOTS_EM = 1.2  # \cdots
 COLUMN_GAP_EM = 1.0  # bmatrix's space between two columns
 BRACKETS_EM = 0.9375  # a matrix's [ and ], together
 SCRIPT_SCALE = 0.7  # an exponent or subscript, to its base's size
+MONO_EM = 0.525  # any character of a \mathtt name (MathJax's and KaTeX's typewriter face)
 
 
 def characters(em: float) -> float:
@@ -40,6 +41,12 @@ def text_width(text: str) -> float:
     if text == "...":
         return characters(CDOTS_EM)
     return characters(sum(GLYPH_EM.get(ch, LETTER_EM) for ch in text))
+
+
+def mono_width(text: str) -> float:
+    """Counted characters ``text`` takes set in monospace (``\\mathtt``): every character one
+    width, the ``[``, ``.`` and ``_`` of ``mlp[0].weight`` as wide as its letters."""
+    return characters(MONO_EM * len(text))
 
 
 COLUMN_GAP = characters(COLUMN_GAP_EM)
