@@ -67,14 +67,8 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
                 blocks.extend(jacobian_formulas(result, name, options))
         if not jacobian and not all(result.inputs[n].unused for n in group):
             used = [n for n in group if not result.inputs[n].unused]
-            if not fit.loop and not coached:  # (the screen is short)
-                blocks.append(paragraph("v and its backward loop: left out to fit one "
-                                        "screen (", Code("print(_.code)"), ")."))
-            elif not (explained or coached):
-                blocks.extend(gradient_argument(result, used[0], options))
-            if not coached and fit.loop:
-                blocks.append(CodeBlock(display_loop(result, used, first=freed,
-                                                     retain=loops > 1)))
+            if not coached:  # (else the coaching above shows the corrected loop, v in it)
+                blocks.extend(_v_and_loop(result, used, options, explained, freed, loops > 1))
             for name in used:
                 blocks.extend(derivative_formulas(result, name, options))
                 summary = sensitivity_formula(result, name, options) if fit.sensitivity \
@@ -93,6 +87,16 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
     if notes:
         sections.append(Section(notes))
     return tuple(sections)
+
+
+def _v_and_loop(result, used, options, explained: bool, freed, retain: bool) -> list:
+    """v in words (unless explained above) and the loop of backward calls; on a screen too
+    short for them, one line pointing to ``r.code`` (the budget's last level)."""
+    if not fit_of(options).loop:
+        return [paragraph("v and its backward loop: left out to fit one screen (",
+                          Code("print(_.code)"), ").")]
+    said = [] if explained else list(gradient_argument(result, used[0], options))
+    return said + [CodeBlock(display_loop(result, used, first=freed, retain=retain))]
 
 
 def point_groups(result) -> list[list[str]]:
