@@ -14,11 +14,9 @@ def stencil(x):
 
 
 def _counting(y):
-    """Backward passes through y's graph (a vectorised one counts once), counted by a hook
-    written in C: the analysis runs no Python hook of the user's (s35 T11: refused), and
-    ``list.append`` is no Python code it could stop."""
+    """Backward passes through y's graph (a vectorised one counts once)."""
     calls = []
-    y.grad_fn.register_prehook(calls.append)
+    y.grad_fn.register_prehook(lambda grads: calls.append(1))
     return calls
 
 

@@ -16,11 +16,11 @@ module). An ordinary custom backward (``2 * x * g``) is left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import dis
 import functools
 import os
 import sys
-import sysconfig
 import threading
 import types
 from typing import NamedTuple
@@ -355,20 +355,21 @@ class _Armed(threading.local):
 
 
 _ARMED = _Armed()
+_UNGUARDED = contextlib.nullcontext()
 
 
 def pass_guard():
-    """:func:`reentrant_guard` for every pass of the analysis, strict: a pass that enters
-    Python code neither PyTorch's, the standard library's nor vjp_magic's (the user's tensor
-    hook, node pre/post hook, module backward hook, post-accumulate or multi-grad hook: only
-    the user's own graph, where no replay stands for it, carries one) is stopped with the
-    usage error as it enters it, before its first line runs (:func:`foreign_message`). A
-    user's custom Function's backward runs as ever, policed for re-entry, and so does the code
-    an import in a pass runs (finders, the module's body); the user's unpack
-    hooks on the graph :func:`refuse_reentrant` judged last get their own words
-    (:func:`hooked_message`). A hook written in C (a builtin) is not seen."""
+    """:func:`reentrant_guard` for a pass of the analysis where the graph
+    :func:`refuse_reentrant` judged last (its entry point's) holds a user's custom Function
+    (one whose backward escaped the check on zeros, say reentrant only on some gradients), or
+    saved tensors the user's code unpacks (a non-reentrant checkpoint, their
+    ``saved_tensors_hooks``: a pass on the user's own graph, where no replay stands for it, is
+    stopped with the usage error as it enters the first, before it runs); nothing otherwise
+    (no cost)."""
+    if not (_ARMED.custom or _ARMED.hooks):
+        return _UNGUARDED
     guard = reentrant_guard()
-    guard.hooks, guard.strict = _ARMED.hooks, True
+    guard.hooks = _ARMED.hooks
     return guard
 
 
@@ -380,7 +381,6 @@ class _Guard:
     def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
         self.hooks: frozenset = frozenset()  # the unpack hooks' code that stops a pass
-        self.strict = False  # the user's code outside a custom backward or import stops a pass
         self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
@@ -423,11 +423,6 @@ class _Guard:
             self._frames.append((frame, False, True))
         elif code in watched.calls and self._frames and self._frames[-1][1]:
             self._trip()
-        elif code is _IMPORTING:  # (an import in a pass: the finders' code is no hook)
-            self._frames.append((frame, False, True))
-        elif self.strict and not self._frames and not code.co_filename.startswith(_OURS) \
-                and _foreign(code.co_filename) and _called_by_us(frame.f_back):
-            raise VJPUsageError(foreign_message(code, _ARMED.output_name))
 
     def _c_call(self, frame, event, arg, graphed: bool) -> None:
         """``graphed``: the backward runs in a ``create_graph`` pass (grad mode on already),
@@ -457,40 +452,6 @@ class _Guard:
 
 _CHECKPOINT_FILE = "checkpoint.py"
 _TORCH_DIR = os.path.dirname(torch.__file__)
-# Code a strict pass may enter: PyTorch's, vjp_magic's, the frozen standard modules'
-_OURS = (_TORCH_DIR, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "<frozen ")
-# An import a pass starts (the import system's finders and the module's body are no hook)
-_IMPORTING = getattr(getattr(sys.modules.get("_frozen_importlib"), "_find_and_load", None),
-                     "__code__", None)
-_STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
-                              for k in ("stdlib", "platstdlib")))
-
-
-def _foreign(filename: str) -> bool:
-    """Whether code of ``filename`` is the user's: not the standard library's (an installed
-    package's, under site-packages, is the user's too)."""
-    return not (filename.startswith(_STDLIB) or os.path.realpath(filename).startswith(
-        _STDLIB)) or "-packages" + os.sep in filename
-
-
-def _called_by_us(caller) -> bool:
-    """Whether the user's code entered from ``caller`` (a frame, or None) is called as a hook:
-    by the engine (the frame that started the pass, PyTorch's or vjp_magic's) or by PyTorch's
-    Python around a hook (a module's backward hooks, a multi-grad hook), not by the standard
-    library (a warning shown in a pass writing to a notebook's output stream, say)."""
-    return caller is None or caller.f_code.co_filename.startswith(_OURS)
-
-
-def foreign_message(code: types.CodeType, output_name: str = "the output") -> str:
-    """The usage error for a pass that would call the user's hook (``code``) on their graph."""
-    name = getattr(code, "co_qualname", code.co_name)
-    where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
-    return (f"{output_name} is differentiated on its own graph (nothing vjp_magic recorded "
-            f"stands for it), and each backward pass through it would call your hook {name} "
-            f"({where}); vjp_magic runs none of your code after it ran, so the pass stopped "
-            "before it started. Pass a function computing it, so it is recorded and a replay "
-            "without hooks differentiated (vjp_magic.differentiate(lambda: f(x), x), or a "
-            "%%vjp cell), or remove the hook.")
 
 
 def _restore_profile(previous) -> None:
@@ -534,7 +495,6 @@ def _watched() -> _Watched:
     return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
 
 
-__all__ = ["checkpoint_message", "dispatching_message", "foreign_message", "function_message",
-           "hooked_message",
+__all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
            "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",
            "refuse_recomputing", "refuse_reentrant", "unpacks_users_code"]

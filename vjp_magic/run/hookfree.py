@@ -78,13 +78,12 @@ class AnalysedGraph:
         found = []
         if self.reason is not None:
             found.append(f"Computed on the user's own graph of {output_name} ({self.reason}): "
-                         "no hook of the user's ran in its passes.")
+                         "any hooks on it ran during the analysis.")
         if self.hooks:
             which = ", ".join(self.hooks)
             shown = "autograd's, without the hooks" if self.replayed else \
-                "computed through them (on the user's own graph, where only a hook written " \
-                "in C, a builtin, can have run unseen): a hook that changes a gradient " \
-                "changes them too"
+                "computed through them (on the user's own graph): a hook that changes a " \
+                "gradient changes them too"
             found.append(f"Gradient hooks on the way ({which}): a backward passes those "
                          f"gradients through them, and a hook may change them; the "
                          f"derivatives shown are {shown}.")
