@@ -14,8 +14,9 @@ X3 = "x = torch.linspace(-1, 1, 3, requires_grad=True)\n"
 def _code(result) -> str:
     bundle = result._repr_mimebundle_()
     bundle = bundle[0] if isinstance(bundle, tuple) else bundle
-    (code,) = [c for c in python_fences(bundle["text/markdown"]) if "x.grad = None" in c]
-    return code  # the code beneath the derivatives (a coaching note may show its own)
+    (code,) = [c for c in python_fences(bundle["text/markdown"])
+               if "x.grad = None" in c and "backward" in c]
+    return code  # the code beneath the derivatives (a note may show its own x.grad = None)
 
 
 def _pasted(ip, result):
