@@ -66,10 +66,18 @@ def saved_attributes(node) -> tuple[tuple[str, ...], str | None]:
     return known
 
 
+# Whether this torch shows a SavedTensor's unpack hook and packed data without unpacking it
+# (2.5 does not: there the saved tensors' hooks cannot be seen, and raw_saved finds none)
+SAVED_READABLE = hasattr(torch._C._autograd.SavedTensor, "unpack_hook")
+
+
 def raw_saved(node) -> list:
     """The ``SavedTensor``s ``node`` holds (its ``_raw_saved_*``, a custom Function's
     ``_raw_saved_tensors``), each with its ``unpack_hook`` and packed ``data``: read without
-    unpacking, so no hook runs; none where a backward freed them."""
+    unpacking, so no hook runs; none where a backward freed them, or where this torch does
+    not show them (:data:`SAVED_READABLE`)."""
+    if not SAVED_READABLE:
+        return []
     found = []
     for name in _raw_names(node):
         try:

@@ -248,9 +248,10 @@ def _saved_names(kind: type) -> tuple:
 
 
 def _unpacks(saved) -> bool:
-    """Whether a node's raw saved value (one, or a list) comes with an unpack hook."""
+    """Whether a node's raw saved value (one, or a list) comes with an unpack hook (assumed
+    where this torch does not show it: the proof then fails and the replay is used)."""
     items = saved if isinstance(saved, (list, tuple)) else (saved,)
-    return any(getattr(item, "unpack_hook", None) is not None for item in items)
+    return any(getattr(item, "unpack_hook", True) is not None for item in items)
 
 
 _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter, int, float, bool, str, type(None),

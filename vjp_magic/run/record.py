@@ -388,7 +388,9 @@ def is_caller(code) -> bool:
 _CALLER_NAME = "<vjp_magic: the recorded torch call>"
 _CALLER_CODE = compile("def call(func, args, kwargs): __tracebackhide__ = True; "
                        "return func(*args, **kwargs)", "<torch call>", "exec").co_consts[0]
-_CALLER_CODE = _CALLER_CODE.replace(co_name=_CALLER_NAME, co_qualname=_CALLER_NAME)
+_CALLER_CODE = _CALLER_CODE.replace(  # (co_qualname from Python 3.11; 3.10 has co_name only)
+    co_name=_CALLER_NAME, **({"co_qualname": _CALLER_NAME}
+                             if hasattr(_CALLER_CODE, "co_qualname") else {}))
 _CALLERS: dict = {}  # (file, line, globals' id) -> its caller, bounded
 
 

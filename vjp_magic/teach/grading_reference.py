@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import BackwardCFunction
 
-from ..core.graph_facts import raw_saved
+from ..core.graph_facts import SAVED_READABLE, raw_saved
 from ..core.retained import grads_kept
 from ..core.tolerances import tolerances
 from ..core.torch_api import guarded_grad, materialized_grad
@@ -258,8 +258,8 @@ def output_rounding(output: torch.Tensor, indices: list) -> list | None:
     graph is too large, or there are more than :data:`MAX_OUTPUT_ENTRIES` entries; and,
     before any pass, where the pass would run the user's code (a custom Function's backward,
     a saved tensor's unpack hook)."""
-    if output.grad_fn is None or len(indices) > MAX_OUTPUT_ENTRIES:
-        return None
+    if output.grad_fn is None or len(indices) > MAX_OUTPUT_ENTRIES or not SAVED_READABLE:
+        return None  # (where torch hides the saved tensors' hooks, a pass might run one)
     nodes = _nodes(output)
     if nodes is None or any(isinstance(node, BackwardCFunction) or any(
             getattr(raw, "unpack_hook", None) is not None for raw in raw_saved(node))
