@@ -17,7 +17,7 @@ import torch
 from torch.autograd.variable import Variable
 from torch.overrides import has_torch_function
 
-from .reentrant import pass_guard
+from .pass_guard import pass_guard
 from .retained import cleared, plain_pass
 from .torch_api import TorchError, guarded_grad, materialized_grad, strided, torch_error
 from .vectorising import Payoff
