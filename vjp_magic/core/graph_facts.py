@@ -79,7 +79,7 @@ def raw_saved(node) -> list:
     if not SAVED_READABLE:
         return []
     found = []
-    for name in _raw_names(node):
+    for name in raw_names(type(node)):
         try:
             raw = getattr(node, name)
         except RuntimeError:  # (freed by a backward)
@@ -91,16 +91,28 @@ def raw_saved(node) -> list:
     return found
 
 
+def unpack_hooked(raw) -> bool:
+    """Whether reading a node's saved value runs an unpack hook (``saved_tensors_hooks``,
+    ``save_on_cpu``, a non-reentrant checkpoint's recompute): ``raw`` is its raw value (a
+    ``_raw_saved_*`` attribute: one ``SavedTensor``, a list or tuple of them, or None where
+    nothing was saved). Fails closed: a saved item whose hook this torch does not show
+    (2.5's ``SavedTensor``) counts as hooked. The one answer to this question (the walks
+    here, :mod:`.reentrant`, :mod:`vjp_magic.run.hookfree`, :mod:`vjp_magic.teach`)."""
+    items = raw if isinstance(raw, (list, tuple)) else (raw,)
+    return any(item is not None and getattr(item, "unpack_hook", True) is not None
+               for item in items)
+
+
 _RAW: dict[type, tuple[str, ...]] = {}  # node class → its _raw_saved_ attribute names
 
 
-def _raw_names(node) -> tuple[str, ...]:
-    """The ``_raw_saved_*`` attribute names of ``node``'s class, read once per class (a custom
-    Function's node: its ``_raw_saved_tensors``)."""
-    kind = type(node)
+def raw_names(kind: type) -> tuple[str, ...]:
+    """The ``_raw_saved_*`` attribute names of the node class ``kind`` (a custom Function's
+    node: its ``_raw_saved_tensors``), read once per class: a pure function of the class
+    (a ``ctx``'s own attributes are not among them)."""
     names = _RAW.get(kind)
     if names is None:
-        names = _RAW[kind] = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
+        names = _RAW[kind] = tuple(a for a in dir(kind) if a.startswith("_raw_saved_"))
     return names
 
 
@@ -270,11 +282,10 @@ class _Hooked(Exception):
 
 
 def _saved(node, attribute: str):
-    """``node.<attribute>`` (a ``_saved_`` one), never through a user's unpack hook."""
-    raw = getattr(node, "_raw" + attribute, None)
-    for item in raw if isinstance(raw, (list, tuple)) else [raw]:
-        if getattr(item, "unpack_hook", None) is not None:
-            raise _Hooked(attribute)
+    """``node.<attribute>`` (a ``_saved_`` one), never through a user's unpack hook
+    (:func:`unpack_hooked`: one this torch does not show counts as one)."""
+    if unpack_hooked(getattr(node, "_raw" + attribute, None)):
+        raise _Hooked(attribute)
     return getattr(node, attribute)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core.errors import VJPUsageError
+from ..core.graph_facts import raw_names, unpack_hooked
 from ..core.marked import code, marked
 from ..core.torch_api import multi_grad_hook_message
 from ..core.result import with_tensor
@@ -213,7 +214,7 @@ def runs_no_user_code(record, output: torch.Tensor, inputs: dict) -> bool:
                 else None
             if leaf is not None and leaf._backward_hooks:
                 return False
-            if any(_unpacks(getattr(node, name)) for name in _saved_names(kind)):
+            if any(unpack_hooked(getattr(node, name)) for name in raw_names(kind)):
                 return False
     except RuntimeError:  # a saved value already freed by a backward: not read
         return False
@@ -237,23 +238,6 @@ def unwritten(record) -> bool:
 # Recorded calls that reach a node or put a hook on a tensor (property reads by their name)
 _HOOKING = frozenset({"grad_fn", "_grad_fn", "register_hook", "retain_grad", "_backward_hooks",
                       "register_post_accumulate_grad_hook", "_post_accumulate_grad_hooks"})
-_SAVED_NAMES: dict = {}  # node class -> the names of its raw saved values
-
-
-def _saved_names(kind: type) -> tuple:
-    names = _SAVED_NAMES.get(kind)
-    if names is None:
-        names = _SAVED_NAMES[kind] = tuple(n for n in dir(kind) if n.startswith("_raw_saved_"))
-    return names
-
-
-def _unpacks(saved) -> bool:
-    """Whether a node's raw saved value (one, or a list) comes with an unpack hook (assumed
-    where this torch does not show it: the proof then fails and the replay is used)."""
-    items = saved if isinstance(saved, (list, tuple)) else (saved,)
-    return any(getattr(item, "unpack_hook", True) is not None for item in items)
-
-
 _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter, int, float, bool, str, type(None),
                     torch.dtype, torch.device, torch.Size})  # never callable
 
