@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from .errors import VJPUsageError
-from .graph_facts import raw_saved
+from .graph_facts import raw_saved, unpack_hooked
 from .pass_guard import _ARMED, _CHECKPOINT_FILE, _Guard, _entry_points, pass_guard, reentrant_guard
 from .quiet import user_subclass
 from .tagging import walk_nodes
@@ -63,9 +63,8 @@ def _judged(output, probe: bool = True) -> _Judged:
         if isinstance(node, torch.autograd.function.BackwardCFunction):
             functions.append(node)
         for saved in raw_saved(node):
-            hook = saved.unpack_hook
-            code = None if hook is None else _hook_code(hook)
-            if code is not None and _users_code(code):
+            code = _users_hook(saved)
+            if code is not None:
                 hooks.add(code)
                 hooked.add(id(node))
             data = saved.data
@@ -87,13 +86,16 @@ def _judged(output, probe: bool = True) -> _Judged:
 def unpacks_users_code(nodes) -> bool:
     """Whether any of ``nodes`` saved a tensor the user's code unpacks (a non-reentrant
     checkpoint's block, their ``saved_tensors_hooks``): every pass through it runs that code."""
-    for node in nodes:
-        for saved in raw_saved(node):
-            hook = saved.unpack_hook
-            code = None if hook is None else _hook_code(hook)
-            if code is not None and _users_code(code):
-                return True
-    return False
+    return any(_users_hook(saved) is not None for node in nodes for saved in raw_saved(node))
+
+
+def _users_hook(saved) -> types.CodeType | None:
+    """The code of the user's unpack hook that the ``SavedTensor`` ``saved`` carries
+    (:func:`.graph_facts.unpack_hooked`); None where it carries none, or PyTorch's own."""
+    if not unpack_hooked(saved):
+        return None
+    code = _hook_code(saved.unpack_hook)
+    return code if code is not None and _users_code(code) else None
 
 
 def _hook_code(hook) -> types.CodeType | None:
