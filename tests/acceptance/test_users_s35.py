@@ -157,10 +157,8 @@ def test_gradcheck_blames_the_wrong_input_of_a_custom_function(run_ok, run_vjp):
     assert r.gradcheck.max_error["a"] < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="--gradcheck FAILED on MulAdd with 'Largest error: a "
-                   "3.7e-10, b 2.0e+00', and the display then shows ∂y/∂a and leaves b out "
-                   "'to fit one screen': the one input the check blames is the one not shown "
-                   "(the height now fits; render/budget keeps the first input, not the blamed)")
+# Was a strict xfail (s35 G16): fixed in render/sections.blamed_inputs (a screen too short
+# for every input keeps those a finding blames).
 def test_gradcheck_shows_the_derivatives_of_the_input_it_blames(run_ok, run_vjp):
     run_ok(MUL_ADD)
     r = run_vjp("a = torch.linspace(1, 2, 4, requires_grad=True)\n"
@@ -195,12 +193,8 @@ def test_a_one_entry_gradient_on_a_scalar_is_coached_as_a_scalar(ip, run_ok, run
     assert "1 points" not in text and "depends only on its own point" not in text, text[:600]
 
 
-@pytest.mark.xfail(strict=True, reason="x made with requires_grad=True in an earlier cell, "
-                   "then %%vjp z = (x**2).detach() (or under torch.no_grad()): 'None of the "
-                   "cell's tensors requires grad … create the input with requires_grad=True, "
-                   "e.g. x = torch.linspace(-2, 2, 5, requires_grad=True)' — x already does; "
-                   "with x made in the same cell the message rightly says 'z has no autograd "
-                   "history although x requires grad'")
+# Was a strict xfail (s35 G16): fixed in run/grad_advice.cut_hint (s36 F5: the line that cut
+# the graph, named).
 @pytest.mark.parametrize("body", ["z = (x**2).detach()", "with torch.no_grad():\n    z = x**2"],
                          ids=["detach", "no_grad"])
 def test_an_input_from_an_earlier_cell_is_known_to_require_grad(ip, run_ok, usage_error, body):
@@ -436,11 +430,7 @@ def test_a_smaller_height_setting_is_kept(ip, run_vjp, body, screen):
 
 
 # -- the student leaves autograd: lists, NumPy arrays, .grad before any backward ------------------
-@pytest.mark.xfail(strict=True, reason="y = (x**2).tolist() or y = y.detach().numpy(): 'Found no "
-                   "output: the cell assigns no tensor. Assign the output (y = f(x))' — the cell "
-                   "does assign y; .item() and float() get 'y is a Python float …: .item(), "
-                   "float() and the math module leave autograd. Keep it a tensor', a list or "
-                   "an array gets nothing of the kind")
+# Was a strict xfail (s35 G16): fixed in run/grad_advice.left_autograd_hint (s36 F5).
 @pytest.mark.parametrize("body", ["y = (x**2).tolist()", "y = x**2\ny = y.detach().numpy()"],
                          ids=["tolist", "numpy"])
 def test_an_output_turned_into_a_list_or_array_is_named(run_ok, usage_error, body):
@@ -497,11 +487,8 @@ def test_explains_jacobian_shows_no_row_as_zeros(run_vjp):
 
 
 # -- the practitioner: --wrt a model and an unused module -----------------------------------------
-@pytest.mark.xfail(strict=True, reason="--wrt model extra (extra unused by the loss): two "
-                   "sentences 'loss does not depend on extra.weight / extra.bias: every "
-                   "derivative is 0' are kept while model[2].weight's 4 derivatives are 'Not "
-                   "shown, to fit one screen' (and left out of the copyable code): the budget "
-                   "spends the screen on zeros before a used input's numbers")
+# Was a strict xfail (s35 G16): fixed in render/sections.unused_headline (one sentence for
+# every unused input, after the numbers).
 def test_a_used_inputs_derivatives_come_before_an_unused_ones_zeros(run_ok, run_vjp):
     run_ok("torch.manual_seed(0)\nmodel = torch.nn.Sequential(torch.nn.Linear(3, 4), "
            "torch.nn.ReLU(), torch.nn.Linear(4, 1))\nmodel[0].weight.requires_grad_(False)\n"

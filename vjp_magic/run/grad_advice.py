@@ -45,6 +45,9 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
         if name is None or name == output or not _float_leaf(namespace.get(name)) \
                 or any(assigned_name(later) == name for later in body[k + 1:]):
             continue
+        written_after = in_place_advice(source, body[k + 1:], name)
+        if written_after is not None:  # requires_grad=True on its line would stop the cell
+            return written_after
         written = (ast.get_source_segment(source, node) or "").strip()
         off = next((stmt for stmt in reversed(body[k + 1:]) if _turns_off(stmt, name)), None)
         amended = _amended(source, node, name, written) if "\n" not in written else None
@@ -58,8 +61,79 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
             return amended
     read = [n for n in reads if n != output and _float_leaf(namespace.get(n))]
     if read:
-        return f"Make {read[0]} require grad: {read[0]}.requires_grad_() before computing."
+        return in_place_advice(source, body, read[0]) or \
+            f"Make {read[0]} require grad: {read[0]}.requires_grad_() before computing."
     return None
+
+
+def in_place_advice(source: str, body: list, name: str) -> str | None:
+    """``name`` is written in place by the cell's statements ``body`` (``x *= 2``,
+    ``x[0] = 5.``, ``x.add_(1)``): autograd refuses that on a leaf that requires grad, so
+    ``requires_grad=True`` where it is made would stop the cell there. The line to add after
+    its last write, where every write comes before anything is computed from it; else what
+    to reorder. None where the cell writes no such thing."""
+    writes = [k for k, stmt in enumerate(body) if written_in_place(stmt, name)]
+    if not writes:
+        return None
+    used = next((k for k, stmt in enumerate(body) if k not in writes
+                 and name in names_read(stmt) and not turns_on(stmt, name)), None)
+    before = [k for k in writes if used is None or k < used]
+    refused = "which autograd refuses on a tensor that requires grad (a leaf)"
+    if len(before) == len(writes):
+        last = body[before[-1]]
+        return (f"{name} is written in place on line {last.lineno} ({_line_of(source, last)}), "
+                f"{refused}: make it require grad after its last write, with the line "
+                f"{name}.requires_grad_() after line {last.end_lineno}.")
+    late, first = body[writes[len(before)]], body[used]
+    return (f"{name} is written in place on line {late.lineno} ({_line_of(source, late)}) "
+            f"after line {first.lineno} computed from it, {refused}: make every write to "
+            f"{name} before line {first.lineno}, then the line {name}.requires_grad_() after "
+            f"the last of them (or write into a copy, {name}2 = {name}.clone()).")
+
+
+def written_in_place(stmt, name: str) -> bool:
+    """Whether ``stmt`` writes into ``name``'s tensor in place: an augmented assignment to
+    it or an entry of it, an assignment to an entry, a method (or ``torch.nn.init``-style
+    function) whose name ends in ``_`` (not ``requires_grad_``) called on it."""
+    for node in ast.walk(stmt):
+        if isinstance(node, ast.AugAssign) and _base(node.target) == name:
+            return True
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Subscript) and _base(t) == name for t in node.targets):
+            return True
+        if isinstance(node, ast.Call):
+            func = node.func
+            attr = func.attr if isinstance(func, ast.Attribute) else \
+                func.id if isinstance(func, ast.Name) else ""
+            if not attr.endswith("_") or attr.startswith("_") or attr in _NOT_WRITES:
+                continue
+            on = func.value if isinstance(func, ast.Attribute) else None
+            if on is not None and not _is_module(on) and _base(on) == name:
+                return True  # x.add_(1), x[0].fill_(0)
+            if (on is None or _is_module(on)) and node.args and _base(node.args[0]) == name:
+                return True  # torch.nn.init.normal_(x), normal_(x)
+    return False
+
+
+_NOT_WRITES = {"requires_grad_", "detach_", "retain_grad_", "share_memory_"}
+
+
+def _base(node) -> str | None:
+    """``x`` of ``x``, ``x[0]``, ``x[0][1]``, ``x.T[0]`` (what an in-place write reaches)."""
+    while isinstance(node, (ast.Subscript, ast.Attribute)) and not (
+            isinstance(node, ast.Attribute) and node.attr not in ("T", "mT", "real", "imag")):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _is_module(node) -> bool:
+    """``torch.nn.init``, ``nn.init``, ``torch``: a module whose ``f_(x)`` writes into x."""
+    return ast.unparse(node) in ("torch", "init", "nn.init", "torch.nn.init")
+
+
+def _line_of(source: str, stmt) -> str:
+    text = (ast.get_source_segment(source, stmt) or ast.unparse(stmt)).strip()
+    return text.splitlines()[0] + (" ..." if "\n" in text else "")
 
 
 def statements(source: str) -> list:
@@ -99,8 +173,16 @@ def turns_on(stmt, name: str) -> bool:
 
 
 def late_grad_hint(source: str, namespace) -> str | None:
-    """No output with history, because a tensor the output was computed from was made to
-    require grad only after it: the two lines, in the order to put them."""
+    """Why the cell has no output with history, where its lines show it: a tensor the output
+    was computed from made to require grad only after it (the two lines, in the order to put
+    them); the graph cut between an input that requires grad and the output, by
+    ``torch.no_grad()`` or ``.detach()`` (:func:`cut_hint`); the output turned into a list or
+    a NumPy array (:func:`left_autograd_hint`)."""
+    return _late_grad(source, namespace) or cut_hint(source, namespace) \
+        or left_autograd_hint(source, namespace)
+
+
+def _late_grad(source: str, namespace) -> str | None:
     body, ns = statements(source), namespace
     for k, stmt in enumerate(body):
         y = assigned_name(stmt)
@@ -120,6 +202,189 @@ def late_grad_hint(source: str, namespace) -> str | None:
                         f"to a tensor that already requires grad. Move line {later.lineno} "
                         f"before line {stmt.lineno}.")
     return None
+
+
+_NO_RECORDING = ("no_grad", "inference_mode")
+
+
+def cut_hint(source: str, namespace) -> str | None:
+    """The cell's output (its last assignment of a float tensor without history) was
+    computed from a tensor that requires grad (the cell's, or an earlier cell's), and the
+    cell cut the graph between them: the line inside ``with torch.no_grad()`` (or
+    ``inference_mode``, ``set_grad_enabled(False)``, after ``torch.set_grad_enabled(False)``),
+    or the ``.detach()`` / ``.data`` on a computed value, named with its line and the fix.
+    None where the cell shows no such cut (``x.detach()`` of an input: :mod:`.execute`'s
+    ``detached_advice`` says it)."""
+    flat = _flattened(statements(source))
+    ns = namespace
+    at = next((k for k in range(len(flat) - 1, -1, -1) if _without_history(
+        ns.get(assigned_name(flat[k][0]) or ""))), None)
+    if at is None:
+        return None
+    y = assigned_name(flat[at][0])
+    path, source_name = _path_to_grad(flat, at, ns)
+    if source_name is None:
+        return None
+    lead = f"{y} has no autograd history although {source_name} requires grad: "
+    for k in path:  # the output's line first, then back towards the input
+        stmt, guard = flat[k]
+        text = _line_of(source, stmt)
+        if guard is not None:
+            outer = _line_of(source, guard)
+            return lead + (f"line {stmt.lineno} ({text}) runs under {_guard_name(guard)} "
+                           f"(line {guard.lineno}: {outer}), which records no operations. "
+                           f"Compute {assigned_name(stmt)} outside it.")
+        cut = _detached(stmt.value, ns)
+        if cut is not None:
+            whole, kept = (ast.get_source_segment(source, cut) or ast.unparse(cut)), \
+                _without_cut(source, cut)
+            fixed = _unwrapped(text.replace(whole, kept, 1))
+            return lead + (f"line {stmt.lineno} ({text}) takes {whole}, its values without "
+                           f"the graph, so what follows is a constant to autograd. Leave out "
+                           f"{whole[len(kept):]}: {fixed}")
+    for stmt, _ in flat[at + 1:]:  # y.detach_() / y.requires_grad_(False) after it
+        if _turns_off(stmt, y):
+            return lead + (f"line {stmt.lineno} ({_line_of(source, stmt)}) detaches {y} from "
+                           f"its graph. Delete that line.")
+    return None
+
+
+def _flattened(body: list, guard=None) -> list:
+    """(statement, the with-statement or ``set_grad_enabled(False)`` call that turns
+    recording off around it, or None) for every simple statement, inner blocks opened."""
+    out = []
+    for stmt in body:
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            off = next((stmt for item in stmt.items if _stops_recording(item.context_expr)),
+                       None)
+            out += _flattened(stmt.body, guard if off is None else off)
+        elif isinstance(stmt, (ast.For, ast.While, ast.If, ast.Try)):
+            for block in (stmt.body, getattr(stmt, "orelse", []), getattr(stmt, "finalbody", [])):
+                out += _flattened(block, guard)
+        else:
+            out.append((stmt, guard))
+            if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) \
+                    and ast.unparse(stmt.value.func).endswith("set_grad_enabled"):
+                guard = stmt if _stops_recording(stmt.value) else None
+    return out
+
+
+def _stops_recording(expr) -> bool:
+    if not isinstance(expr, ast.Call):
+        return False
+    spelled = ast.unparse(expr.func).rsplit(".", 1)[-1]
+    if spelled in _NO_RECORDING:
+        return not expr.args or not (isinstance(expr.args[0], ast.Constant)
+                                     and expr.args[0].value is False)  # inference_mode(False)
+    return spelled == "set_grad_enabled" and bool(expr.args) \
+        and isinstance(expr.args[0], ast.Constant) and expr.args[0].value is False
+
+
+def _guard_name(guard) -> str:
+    call = guard.value if isinstance(guard, ast.Expr) else \
+        next(i.context_expr for i in guard.items if _stops_recording(i.context_expr))
+    return ast.unparse(call)
+
+
+def _without_history(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point() \
+        and value.grad_fn is None and not value.requires_grad
+
+
+def _path_to_grad(flat: list, at: int, ns) -> tuple[list, str | None]:
+    """The statements (indices into ``flat``, latest first) through which the assignment at
+    ``at`` reads, back to a name bound to a tensor that requires grad (from before the
+    cell, or made in it), and that name; ([], None) where none is reached."""
+    seen, stack = set(), [(at, [at])]
+    while stack:
+        k, path = stack.pop(0)
+        stmt = flat[k][0]
+        if k in seen or not isinstance(stmt, ast.Assign):
+            continue
+        seen.add(k)
+        for name in sorted(names_read(stmt.value)):
+            earlier = next((j for j in range(k - 1, -1, -1)
+                            if assigned_name(flat[j][0]) == name), None)
+            last = earlier is None or not any(assigned_name(flat[j][0]) == name
+                                              for j in range(earlier + 1, len(flat)))
+            if last and isinstance(ns.get(name), torch.Tensor) and ns[name].requires_grad:
+                return path, name  # the value it read is the one the namespace holds
+            if earlier is not None:
+                stack.append((earlier, [*path, earlier]))
+    return [], None
+
+
+def _detached(expr, ns):
+    """The first ``E.detach()`` or ``E.data`` in ``expr`` whose E is computed (not a name:
+    ``x.detach()`` of an input is :mod:`.execute`'s), else None."""
+    for node in ast.walk(expr):
+        base = node.func.value if isinstance(node, ast.Call) and isinstance(
+            node.func, ast.Attribute) and node.func.attr == "detach" and not node.args \
+            else node.value if isinstance(node, ast.Attribute) and node.attr == "data" \
+            and isinstance(node.ctx, ast.Load) else None
+        if base is not None and not isinstance(base, ast.Name):
+            return node
+    return None
+
+
+def _without_cut(source: str, node) -> str:
+    """``(x**2).detach()`` → ``(x**2)``: the text before the cutting attribute."""
+    whole = ast.get_source_segment(source, node) or ast.unparse(node)
+    for tail in (".detach()", ".data"):
+        if whole.replace(" ", "").endswith(tail):
+            return whole[:whole.rindex("." + tail[1:].split("(")[0])].rstrip()
+    return whole
+
+
+def _unwrapped(line: str) -> str:
+    """``z = (x**2)`` → ``z = x**2``: a right-hand side's outer parentheses, where the
+    statement means the same without them."""
+    target, sep, value = line.partition(" = ")
+    if sep and value.startswith("(") and value.endswith(")"):
+        try:
+            if ast.dump(ast.parse(f"{target} = {value[1:-1]}")) == ast.dump(ast.parse(line)):
+                return f"{target} = {value[1:-1]}"
+        except SyntaxError:
+            pass
+    return line
+
+
+def left_autograd_hint(source: str, namespace) -> str | None:
+    """The cell's last assignment is a list of numbers or a NumPy array (``.tolist()``,
+    ``.numpy()``): it left autograd; keep it a tensor."""
+    for stmt in reversed(statements(source)):
+        y = assigned_name(stmt)
+        if y is None:
+            continue
+        value = namespace.get(y)
+        kind = "NumPy array" if type(value).__name__ == "ndarray" and \
+            type(value).__module__ == "numpy" else "list" if isinstance(value, list) \
+            and not _holds_tensor(value) else None
+        if kind is None:
+            return None
+        text = _line_of(source, stmt)
+        left = [m for m in (".tolist()", ".numpy()", ".detach()", ".cpu()") if m in text]
+        kept = stmt.value
+        while isinstance(kept, ast.Call) and isinstance(kept.func, ast.Attribute) and \
+                f".{kept.func.attr}()" in left:
+            kept = kept.func.value
+        how = " and ".join(m for m in left if m in (".tolist()", ".numpy()")) or "it"
+        if kept is stmt.value:
+            fix = f"compute {y} with torch operations"
+        elif isinstance(kept, ast.Name) and kept.id == y:
+            fix = f"delete line {stmt.lineno}"
+        else:
+            fix = f"{y} = {ast.get_source_segment(source, kept) or ast.unparse(kept)}"
+        return (f"{y} is a {kind} (line {stmt.lineno}: {text}), not a tensor: {how} "
+                f"leave{'s' if how != 'it' and ' and ' not in how else ''} autograd, as "
+                f".item() and float() do. Keep it a tensor ({fix}) and vjp_magic shows its "
+                f"derivatives.")
+    return None
+
+
+def _holds_tensor(value) -> bool:
+    return any(isinstance(v, torch.Tensor) or isinstance(v, (list, tuple)) and _holds_tensor(v)
+               for v in value)
 
 
 def rebound_hint(source: str, output_name: str) -> str | None:
