@@ -20,6 +20,7 @@ import types
 
 import torch
 
+from ..core.graph_facts import unpack_hooked
 from ..core.tagging import walk_graph
 from ..run.grad_advice import assigned_name, names_read, statements
 from ..run.passes import node_key, saves_tensors
@@ -150,7 +151,7 @@ def _changed_in_place(output: torch.Tensor) -> bool:
             return False
     for node in nodes:
         for attr in _saved_names(type(node), node):
-            if _hooked(getattr(node, "_raw" + attr, None)):
+            if unpack_hooked(getattr(node, "_raw" + attr, None)):
                 continue  # unpacking would run the user's hook (a checkpoint recomputes)
             try:
                 getattr(node, attr)
@@ -158,14 +159,6 @@ def _changed_in_place(output: torch.Tensor) -> bool:
                 if "modified by an inplace operation" in str(error):
                     return True
     return False
-
-
-def _hooked(raw) -> bool:
-    """Whether a node's raw saved tensor (or any of a saved list) has an unpack hook:
-    ``saved_tensors_hooks``, ``save_on_cpu``, a non-reentrant checkpoint's recomputation."""
-    if isinstance(raw, (list, tuple)):
-        return any(_hooked(item) for item in raw)
-    return getattr(raw, "unpack_hook", None) is not None
 
 
 _SAVED: dict = {}  # node type → the names of the tensors it saves (read once per type)

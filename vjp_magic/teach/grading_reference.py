@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import BackwardCFunction
 
-from ..core.graph_facts import SAVED_READABLE, raw_saved
+from ..core.graph_facts import SAVED_READABLE, raw_saved, unpack_hooked
 from ..core.retained import grads_kept
 from ..core.tolerances import tolerances
 from ..core.torch_api import guarded_grad, materialized_grad
@@ -261,9 +261,8 @@ def output_rounding(output: torch.Tensor, indices: list) -> list | None:
     if output.grad_fn is None or len(indices) > MAX_OUTPUT_ENTRIES or not SAVED_READABLE:
         return None  # (where torch hides the saved tensors' hooks, a pass might run one)
     nodes = _nodes(output)
-    if nodes is None or any(isinstance(node, BackwardCFunction) or any(
-            getattr(raw, "unpack_hook", None) is not None for raw in raw_saved(node))
-            for node in nodes):
+    if nodes is None or any(isinstance(node, BackwardCFunction)
+                            or unpack_hooked(raw_saved(node)) for node in nodes):
         return None
     values = _intermediate_values(output, nodes)
     if values is None:
