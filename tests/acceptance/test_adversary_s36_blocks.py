@@ -1,0 +1,235 @@
+"""Adversarial review, session 36 (G17: issues 20 and 23 as they stand): dependency verdicts
+on batches of groups where one group has a single index — a graph of one node in a GNN batch,
+a packed sequence of length 1, a segment of one entry. Such groups are common (isolated nodes,
+one-token sequences) and the existing tests of the block kinds use groups of 2 or more only.
+
+Class (findings 1-3): ``core/dependency._block_verdict`` allows no block of one index
+(``_blocks_at`` returns None where ``sizes.min() < 2``; ``_ends_of_runs`` merges a cut at 1 or
+n − 1 and runs of consecutive cuts). A one-index group is then merged into a neighbour, or the
+whole pattern becomes a band, or — worst — a block-lower-triangular verdict whose blocks cut
+through a real group, whose "exceptions" are legitimate dependences inside that group and
+whose witness (shown as the first leak) is one of them.
+
+Finding 4 (a different class): ``vjp_magic.dependency`` reads a probe's rounding as a
+dependence: for a softmax over a segment of one entry (exp(x)/exp(x), derivative exactly 0)
+its ``.pattern`` holds ``y[i] ← x[i]`` where ``torch.autograd.functional.jacobian`` and the
+package's own ``r.jacobian`` both give exactly 0.
+
+Expected values: the true pattern from ``torch.autograd.functional.jacobian``; the kinds and
+blocks from the groups the function is built from (mathematics). Strict xfails are findings;
+unmarked tests guard what held.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vjp_magic
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _segments(sizes):
+    sizes = torch.tensor(sizes)
+    return int(sizes.sum()), len(sizes), torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+
+
+def _group_map(sizes):
+    """y[i] = x[i] − Σ_{j in i's group} x[j]²: every index reads every index of its group
+    (both ways), nothing across groups: block-diagonal with exactly these blocks."""
+    n, k, seg = _segments(sizes)
+
+    def f(x):
+        return x - torch.zeros(k, x.shape[1], dtype=x.dtype).index_add(0, seg, x**2)[seg]
+    return n, f
+
+
+def _packed_causal(sizes):
+    """y[t] = Σ_{s ≤ t, s in t's sequence} exp(x[s]): packed causal sequences,
+    block-lower-triangular with exactly these blocks."""
+    n, _, seg = _segments(sizes)
+    mask = ((seg[:, None] == seg[None, :])
+            & (torch.arange(n)[:, None] >= torch.arange(n)[None, :])).double()
+
+    def f(x):
+        return mask @ x.exp()
+    return n, f
+
+
+def _true_pattern(f, x):
+    jac = torch.autograd.functional.jacobian(f, x.detach())
+    return (jac != 0).any(3).any(1)
+
+
+def _dependency(f, n, seed=0):
+    x = torch.randn(n, 3, dtype=torch.float64, generator=_generator(seed)).requires_grad_()
+    return vjp_magic.dependency(f(x), x, seed=0), _true_pattern(f, x)
+
+
+# -- what held: the pattern itself, and groups of two or more ----------------------------------
+@pytest.mark.parametrize("sizes", [(2, 2, 2, 2, 1), (1, 5, 5), (5, 1, 5), (5, 11, 3, 20, 1, 24)])
+def test_the_pattern_of_a_batch_with_a_one_index_group_is_exact(sizes):
+    n, f = _group_map(sizes)
+    d, true = _dependency(f, n)
+    assert torch.equal(d.pattern, true)
+
+
+@pytest.mark.parametrize("sizes", [(5, 11, 3, 20, 2, 24), (30, 2, 32), (2, 3, 2, 2)])
+def test_uneven_groups_of_two_or_more_are_block_diagonal(sizes):
+    n, f = _group_map(sizes)
+    d, _ = _dependency(f, n)
+    assert d.kind == "block-diagonal" and d.blocks == sizes and d.exceptions() == []
+
+
+@pytest.mark.parametrize("sizes", [(2, 3, 4), (4, 2, 5, 3)])
+def test_packed_causal_sequences_of_two_or_more_are_block_lower_triangular(sizes):
+    n, f = _packed_causal(sizes)
+    d, true = _dependency(f, n)
+    assert torch.equal(d.pattern, true)
+    assert d.kind == "block-lower-triangular" and d.blocks == sizes and d.exceptions() == []
+
+
+# -- finding 1: block-diagonal groups with a group of one index --------------------------------
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): a batch of "
+    "groups (2, 2, 2, 2, 1) — y[i] reads every x of its own group, both ways — is called "
+    "'block-lower-triangular, 4 blocks of 2 to 3 with 4 exceptions' with blocks (2, 2, 2, 3) "
+    "and the legitimate y[0] ← x[1] as witness (the first 'leak'); the pattern is exactly "
+    "block-diagonal, blocks (2, 2, 2, 2, 1), no exception"))
+def test_a_last_group_of_one_is_not_a_causal_leak():
+    sizes = (2, 2, 2, 2, 1)
+    n, f = _group_map(sizes)
+    d, _ = _dependency(f, n)
+    assert d.kind == "block-diagonal" and d.blocks == sizes and d.exceptions() == []
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): a batch whose "
+    "first group has one index, sizes (1, 5, 5), is called block-diagonal with blocks (6, 5): "
+    "the one-node group is merged into the next (6 shown as a group size that no group has)"))
+def test_a_first_group_of_one_keeps_its_size():
+    sizes = (1, 5, 5)
+    n, f = _group_map(sizes)
+    d, _ = _dependency(f, n)
+    assert d.kind == "block-diagonal" and d.blocks == sizes
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): groups "
+    "(5, 11, 3, 20, 1, 24) — a GNN batch with one isolated node — are called 'band, offsets "
+    "−23..23' (2,456 entries allowed, twice the 1,132 of the blocks); (5, 1, 5) likewise a "
+    "band −4..4, (3, 3, 1, 3) a band −2..2. The same sizes with a 2 in place of the 1 are "
+    "block-diagonal"))
+@pytest.mark.parametrize("sizes", [(5, 11, 3, 20, 1, 24), (5, 1, 5), (3, 3, 1, 3)])
+def test_an_isolated_node_in_the_middle_keeps_the_batch_block_diagonal(sizes):
+    n, f = _group_map(sizes)
+    d, _ = _dependency(f, n)
+    assert d.kind == "block-diagonal" and d.blocks == sizes
+
+
+# -- finding 2: packed causal sequences with a sequence of length one ---------------------------
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 2 (class: _block_verdict allows no block of one index): packed causal "
+    "sequences of lengths (4, 1, 5, 3) are called 'block-lower-triangular, 4 blocks of 2 to 5 "
+    "with 3 exceptions', blocks (3, 2, 5, 3), witness y[3] ← x[0] — a dependence inside "
+    "sequence 0 (indices 0..3) shown as the first leak; no dependence crosses a sequence"))
+def test_a_length_one_sequence_invents_no_leak():
+    sizes = (4, 1, 5, 3)
+    n, f = _packed_causal(sizes)
+    d, true = _dependency(f, n)
+    assert torch.equal(d.pattern, true)
+    assert d.exceptions() == [] and d.blocks == sizes
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 2 (class: _block_verdict allows no block of one index): packed causal "
+    "sequences (1, 4, 4) and (3, 3, 3, 1) are shown with blocks (5, 4) and (3, 3, 4): the "
+    "one-token sequence is merged into its neighbour"))
+@pytest.mark.parametrize("sizes", [(1, 4, 4), (3, 3, 3, 1)])
+def test_a_one_token_sequence_keeps_its_length(sizes):
+    n, f = _packed_causal(sizes)
+    d, _ = _dependency(f, n)
+    assert d.kind == "block-lower-triangular" and d.blocks == sizes
+
+
+# -- finding 3: a crossing edge in a GNN batch with an isolated node -----------------------------
+def _graph_batch(sizes, crossing):
+    """Star graphs (node k of each graph sends to its first node and back), plus one edge
+    across graphs: y = tanh(x + ½·messages)."""
+    edges, start = [], 0
+    for size in sizes:
+        edges += [(start, start + k) for k in range(1, size)]
+        edges += [(start + k, start) for k in range(1, size)]
+        start += size
+    edges.append(crossing)
+    dst, src = torch.tensor(edges).T
+
+    def f(x):
+        return torch.tanh(x + 0.5 * torch.zeros_like(x).index_add(0, dst, x[src]))
+    return start, f
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 3 (class: _block_verdict allows no block of one index): a GNN batch of "
+    "star graphs (4, 1, 5, 6) with an isolated node and one crossing edge y[15] ← x[0] is "
+    "called 'sparse, at most 6 per row (mean 2.56)', no blocks, witness y[0] ← x[1] (an edge "
+    "inside graph 0) and the crossing edge never named; with (4, 2, 5, 6) the verdict is "
+    "block-diagonal with y[16] ← x[0] as its one exception and witness"))
+def test_a_crossing_edge_beside_an_isolated_node_is_the_only_exception():
+    sizes = (4, 1, 5, 6)
+    n, f = _graph_batch(sizes, (15, 0))
+    d, true = _dependency(f, n)
+    assert torch.equal(d.pattern, true)
+    assert d.blocks == sizes and d.exceptions() == [(15, 0)] and d.witness == (15, 0)
+
+
+def test_a_crossing_edge_in_a_batch_of_larger_graphs_is_the_only_exception():
+    sizes = (4, 2, 5, 6)
+    n, f = _graph_batch(sizes, (16, 0))
+    d, true = _dependency(f, n)
+    assert torch.equal(d.pattern, true)
+    assert d.blocks == sizes and d.exceptions() == [(16, 0)] and d.witness == (16, 0)
+
+
+# -- finding 4: rounding in a probe read as a dependence ----------------------------------------
+def _segment_softmax(sizes):
+    n, k, seg = _segments(sizes)
+
+    def f(x):
+        e = x.exp()
+        return e / torch.zeros(k, dtype=x.dtype).index_add(0, seg, e)[seg]
+    return n, f
+
+
+def _softmax_cases():
+    for dtype in (torch.float64, torch.float32):
+        for sizes in ((5, 1, 6), (3, 4, 1, 5, 2, 1, 4)):
+            for seed in range(3):
+                yield dtype, sizes, seed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "s36 G17 finding 4 (class: dependency's probes read rounding as a dependence): for a "
+    "softmax over segments where one segment has one entry (y = exp(x)/exp(x) = 1, derivative "
+    "exactly 0 in mathematics, in torch.autograd.functional.jacobian and in the package's own "
+    "r.jacobian), vjp_magic.dependency's .pattern says y[i] ← x[i] (e.g. float64 (5, 1, 6), "
+    "seed 0: y[5] ← x[5])"))
+def test_a_softmax_over_one_entry_reads_nothing():
+    wrong = []
+    for dtype, sizes, seed in _softmax_cases():
+        n, f = _segment_softmax(sizes)
+        x = (3 * torch.randn(n, dtype=dtype, generator=_generator(2 + seed))).requires_grad_()
+        true = torch.autograd.functional.jacobian(f, x.detach()) != 0
+        d = vjp_magic.dependency(f(x), x, seed=seed)
+        if not torch.equal(d.pattern, true):
+            wrong.append((dtype, sizes, seed, (d.pattern != true).nonzero().tolist()))
+    assert wrong == []
+
+
+def test_a_softmax_over_one_entry_has_a_zero_derivative_in_the_jacobian():
+    n, f = _segment_softmax((5, 1, 6))
+    x = (3 * torch.randn(n, dtype=torch.float64, generator=_generator(2))).requires_grad_()
+    r = vjp_magic.differentiate(f(x), x, seed=0)
+    assert r.jacobian("x")[5, 5] == 0 and r.dependency("x").pattern[5, 5].item() is False
