@@ -29,7 +29,6 @@ _IMPLICIT = {  # (the cell's lines up to its mistake, the mistake): y.backward()
         "k = torch.randn(3, requires_grad=True)\nA = torch.randn(2, 3)\ny = A @ k\n",
         "y.backward()\n"),
 }
-_V_CELLS = {"an input named v", "an output named v", "a matrix named v"}
 
 
 def _corrected(ip, lines: str, mistake: str) -> str:
@@ -39,12 +38,9 @@ def _corrected(ip, lines: str, mistake: str) -> str:
     return "\n".join(line[4:] for line in block.splitlines())
 
 
-@pytest.mark.parametrize("cell", [pytest.param(
-    name, marks=pytest.mark.xfail(strict=True, reason=(
-        "teach/coaching's one-hot loop binds v = torch.zeros_like(y) whatever the cell "
-        "calls v (it renames only k): an input v → v.grad is None (AttributeError), an "
-        "output v → 'does not require grad', a matrix v is overwritten"))) if name in _V_CELLS
-    else name for name in _IMPLICIT])
+# Was a strict xfail (s35 G15): fixed in render/codegen.one_hot_loop (v fresh against every name
+# of the cell, as k was).
+@pytest.mark.parametrize("cell", list(_IMPLICIT))
 def test_the_corrected_loop_runs_and_keeps_the_cells_names(ip, cell):
     lines, mistake = _IMPLICIT[cell]
     code = _corrected(ip, lines, mistake)
@@ -58,9 +54,8 @@ def test_the_corrected_loop_runs_and_keeps_the_cells_names(ip, cell):
 
 # -- --explain's letters: the cell's input named v --------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="render/notation keeps the tutorial's v for the one-hot "
-                   "vectors where the cell's input is v: --explain says 'v_1 is v[0]' (the "
-                   "input's entry) and then 'V = v_1^T [1 0]' (the first gradient vector)")
+# Was a strict xfail (s35 G15): fixed in render/notation.gradient_vector (v2 where the cell's
+# tensor is v: the code's name).
 def test_explain_never_names_two_things_v_1(ip, run_ok):
     result = run_ok("%%vjp --explain\nv = torch.linspace(-1, 1, 4, requires_grad=True)\n"
                     "A = torch.randn(2, 4)\ny = A @ v.sin()\n")

@@ -5,7 +5,8 @@ file browser open).
 :func:`fitted` builds an output's body at the first :data:`LEVELS` whose estimated height
 (:func:`height`, the calibration of ``render/typeset.py``) fits what the sections around it
 leave: fewer rows at each edge of a summarised matrix, then the first and last inputs only
-(the rest named, each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
+(and any a finding blames, ``--gradcheck``'s or ``--check``'s: never cut; the rest named,
+each in ``r.derivatives[name]``), one row at each edge, no v_0 or index
 formula, no table of sensitivities (named as left out), the first and last components only
 (the rest counted); as last resorts, the first input only, then the first component only,
 then v and the loop of backward calls (pointed to in ``r.code``: the loop is the tutorial's

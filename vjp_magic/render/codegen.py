@@ -49,6 +49,72 @@ def identifiers(sources: Iterable[str]) -> set[str]:
     return found
 
 
+def source_names(source: str) -> set[str]:
+    """The names a cell's source binds or reads in the notebook's namespace (every word of it
+    where it does not parse): code pasted after the cell must not bind one of them. A name
+    local to a comprehension, a lambda or a function (``i`` of ``[x**i for i in ...]``) is
+    none: the notebook never sees it."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set(re.findall(r"[^\W\d]\w*", source))
+    visitor = _ModuleNames()
+    visitor.visit(tree)
+    return visitor.found
+
+
+class _ModuleNames(ast.NodeVisitor):
+    """The names of a module's own scope (:func:`source_names`)."""
+
+    def __init__(self):
+        self.found: set[str] = set()
+        self.local: list[set[str]] = []  # the names of the scopes entered
+
+    def visit_Name(self, node):
+        if not any(node.id in scope for scope in self.local):
+            self.found.add(node.id)
+
+    def visit_alias(self, node):
+        if not self.local:
+            self.found.add((node.asname or node.name).split(".")[0])
+
+    def _scoped(self, names: set[str], nodes):
+        self.local.append(names)
+        for node in nodes:
+            self.visit(node)
+        self.local.pop()
+
+    def _visit_comprehension(self, node):
+        targets = {n.id for g in node.generators for n in ast.walk(g.target)
+                   if isinstance(n, ast.Name)}
+        self._scoped(targets, [*node.generators, node.elt] if hasattr(node, "elt")
+                     else [*node.generators, node.key, node.value])
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = \
+        _visit_comprehension
+
+    def visit_Lambda(self, node):
+        self._scoped({a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)},
+                     [node.body])
+
+    def _visit_def(self, node):
+        if not self.local:
+            self.found.add(node.name)
+        args = getattr(node, "args", None)
+        outer = [*node.decorator_list, *getattr(node, "bases", []),
+                 *(args.defaults if args else []), *(d for d in (args.kw_defaults if args
+                                                                  else []) if d is not None)]
+        for child in outer:
+            self.visit(child)
+        local = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+                 and isinstance(n.ctx, ast.Store)}
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            local |= {a.arg for a in ast.walk(node.args) if isinstance(a, ast.arg)}
+        self._scoped(local, node.body)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _visit_def
+
+
 def fresh(base: str, taken: set[str]) -> str:
     """``base``, else ``base2``, ``base3``, …: the first not in ``taken`` (then taken)."""
     name, n = base, 1
@@ -216,8 +282,16 @@ def loop_names(result, point_out: Iterable[int],
     taken = taken_names(result) if taken is None else taken
     y = output_symbol(result)
     taken.add(y)
+    return (y, *one_hot_loop(result.output.shape, point_out, taken))
+
+
+def one_hot_loop(out_shape: Sequence[int], point_axes: Iterable[int],
+                 taken: set[str]) -> tuple[str, ComponentLoop]:
+    """The one-hot vector's name (``v``, or ``v2`` where ``taken`` holds ``v``) and the
+    component loop, both fresh against ``taken`` (and added to it): the one place a loop
+    over components names its helpers, whoever writes it (the display, the coaching)."""
     v = fresh("v", taken)
-    return y, v, component_loop(result.output.shape, point_out, taken)
+    return v, component_loop(out_shape, point_axes, taken)
 
 
 def display_loop(result, names: Sequence[str] | None = None,
@@ -281,23 +355,19 @@ def grad_read(result, name: str, x: str) -> str:
 # -- r.code: the careful version ------------------------------------------------------------
 def reproducing_code(result, result_name: str | None = None,
                      first: Sequence[str] = ()) -> str:
-    """The source; ``derivative_name(name)`` is bound for every input of ``result``. An input
-    computed by compressed passes gets its coloured passes (:mod:`.sparse_code`), never the
-    one-hot loop; where they read the colours or the pattern off the result, they read it as
-    ``result_name`` (default ``r``; ``result`` where a cell tensor is ``r``), checked first
-    (:func:`result_check`). ``first``: lines before the passes (the output computed again
-    where the cell's backward freed its graph)."""
+    """The source; it binds ``code_derivative_names(result)[name]`` (``d_<name>``, fresh)
+    for every input of ``result``. An input computed by compressed passes gets its coloured
+    passes (:mod:`.sparse_code`), never the one-hot loop; where they read the colours or the
+    pattern off the result, they read it as ``result_name`` (default ``r``; ``result`` where a
+    cell tensor is ``r``), checked first (:func:`result_check`). ``first``: lines before the
+    passes (the output computed again where the cell's backward freed its graph)."""
     from .sparse_code import coloured_lines  # (it imports this module)
     names = list(result.inputs)
-    taken = identifiers([result.output_name, *names])  # (r is read, never bound: a
-    source, said = _result_source(result, taken, result_name)  # notebook's r is the result)
-    taken |= CELL_NAMES.get()
-    y, body = _output_variable(result, taken)
+    taken, source, said, y, body, d_names = _code_names(result, result_name)
     if body:
         body[0] += "  # the output, computed again"
     body = [*first, *body]
     xs = {name: expression(name, source) for name in names}
-    d_names = {name: derivative_name(name, taken) for name in names}
     saved = fresh("saved_grad" if len(names) == 1 else "saved_grads", taken)
     body += _save_grads(result, xs, saved)
     groups: dict[tuple[int, ...], list[str]] = {}
@@ -322,6 +392,25 @@ def reproducing_code(result, result_name: str | None = None,
     if any(reads_result(line, source) for line in body):
         head += ["", *said, result_check(source, result.seed)]  # before .grad is touched
     return "\n".join(head + [""] + body) + "\n"
+
+
+def _code_names(result, result_name: str | None = None):
+    """The names ``r.code`` takes, chosen once: the set taken so far, the result's name (and
+    the comment saying so), the output's, the lines naming it, and ``d_<name>`` per input
+    (``d_x2`` where the cell binds ``d_x``)."""
+    names = list(result.inputs)
+    taken = identifiers([result.output_name, *names])  # (r is read, never bound: a
+    source, said = _result_source(result, taken, result_name)  # notebook's r is the result)
+    taken |= CELL_NAMES.get()
+    y, body = _output_variable(result, taken)
+    d_names = {name: derivative_name(name, taken) for name in names}
+    return taken, source, said, y, body, d_names
+
+
+def code_derivative_names(result) -> dict[str, str]:
+    """The name ``r.code`` binds for each input's derivatives, as it binds it (``d_x``, or
+    ``d_x2`` where the cell binds ``d_x``): what a sentence about ``r.code`` names."""
+    return _code_names(result)[-1]
 
 
 def _result_source(result, taken: set[str], given: str | None) -> tuple[str, list[str]]:

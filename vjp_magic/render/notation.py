@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from ..core.validation import parameter_expression
-from .codegen import APPLIED, CELL_NAMES, expression, output_symbol
+from .codegen import APPLIED, CELL_NAMES, expression, fresh, identifiers, loop_names, output_symbol
 from .document import Code, Entry, Math, Text
 from .graph_facts import one_function
 from .latex import greek_macro
@@ -197,6 +197,28 @@ def slice_label(lead_shape: Sequence[int]) -> Callable[[int], Entry]:
         return Entry(f"[{index}, {{:}}]", f"[{index}, :]")
 
     return label
+
+
+# -- the gradient argument v ----------------------------------------------------------------
+def gradient_vector(result, name: str) -> str:
+    """The name of the gradient argument for input ``name``, the same in the maths, the prose
+    and the code beneath: the one-hot vector as the loop binds it (``v``; ``v2`` where the
+    cell binds ``v``), else the tutorial's ``v`` — ``v2`` only where the output or an input is
+    named ``v`` (its entries are ``v_1``, …: one name, one thing)."""
+    item = result.inputs[name]
+    if math.prod(result.component_shape(name)) > 1 and result.output.numel() > 1:
+        return loop_names(result, item.pairing.out_axes)[1]
+    return fresh("v", identifiers([result.output_name, *result.inputs]))
+
+
+def indexed(identifier: str, sub: str, sup: tuple[str, str] | None = None) -> Math:
+    """``v_k``, ``v_{1}^⊤`` (``sup``: TeX and plain text) with the name as the maths sets it
+    (``v2_k``: a longer name set upright)."""
+    tex, plain = _atom(identifier)
+    top_tex, top_plain = sup if sup else ("", "")
+    sub_tex = sub if len(sub) == 1 else f"{{{sub}}}"  # (v_1 as the tutorial writes it)
+    return Math(f"{tex}_{sub_tex}{'^' + top_tex if top_tex else ''}",
+                f"{plain}_{sub}{'^' + top_plain if top_plain else ''}")
 
 
 # -- left-hand sides ------------------------------------------------------------------------

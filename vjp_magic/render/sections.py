@@ -53,6 +53,9 @@ def derivatives_sections(result, options, jacobian: bool = False, explained: boo
         if not group:
             continue
         blocks: list = []
+        if len(group) > 1 and not jacobian and all(result.inputs[n].unused for n in group):
+            sections.append(Section((unused_headline(result, group),)))  # one line, however
+            continue  # many: the screen goes to the numbers of the inputs the output uses
         shared = shared_headline(result, group) if not jacobian else None  # (those shown)
         if shared is not None:
             blocks.append(shared)
@@ -100,23 +103,45 @@ def _v_and_loop(result, used, options, explained: bool, freed, retain: bool) -> 
 
 
 def point_groups(result) -> list[list[str]]:
-    """The inputs, grouped by the output axes that are points for them (one loop per group)."""
+    """The inputs, grouped by the output axes that are points for them (one loop per group);
+    the inputs the output does not use last, one group: their zeros after the numbers."""
     groups: dict[tuple[int, ...] | None, list[str]] = {}
     for name, item in result.inputs.items():
         key = None if item.unused else tuple(sorted(item.pairing.out_axes))
         groups.setdefault(key, []).append(name)
-    return list(groups.values())
+    unused = groups.pop(None, None)
+    return list(groups.values()) + ([unused] if unused else [])
 
 
 def shown_inputs(result, options) -> list[str]:
     """The inputs whose derivatives are shown: all, or where the height budget asks
-    (:mod:`.budget`), those that do not depend on an input and the first and last of the rest."""
+    (:mod:`.budget`), those that do not depend on an input, those a finding blames
+    (:func:`blamed_inputs`) and the first and last of the rest."""
     fit = fit_of(options)
     used = [n for n, item in result.inputs.items() if not item.unused]
     if fit.inputs is None or len(used) <= fit.inputs:
         return list(result.inputs)
-    kept = {used[0], used[-1]} if fit.inputs > 1 else {used[0]}
+    blamed = [n for n in used if n in blamed_inputs(result)]  # what the findings name: kept
+    order = list(dict.fromkeys([*blamed, used[0], used[-1]]))  # then the first and the last
+    kept = set(order[:max(fit.inputs, len(blamed))])
     return [n for n, item in result.inputs.items() if item.unused or n in kept]
+
+
+def blamed_inputs(result) -> set[str]:
+    """The inputs a finding stored on the result singles out: ``--gradcheck``'s failing
+    entries, a backward that ignores its incoming gradient, derivatives wrong in the cell's
+    dtype; ``--check``'s wrong answers. A screen too short for every input keeps these (the
+    reader is told about them; their numbers are the evidence)."""
+    found: set[str] = set()
+    report = getattr(result, "gradcheck", None)
+    if report is not None and report.ok is False:
+        found |= {n for n, where in (report.failed or {}).items() if len(where)}
+        found |= set(report.unscaled or ()) | set(getattr(report, "cell_failed", ()) or ())
+    check = getattr(result, "check", None)
+    for verdict in (check,) if hasattr(check, "correct") else check or ():
+        if not getattr(verdict, "correct", True) and getattr(verdict, "name", None):
+            found.add(verdict.name)
+    return found & set(result.inputs)
 
 
 def not_shown(result, shown: list[str]) -> Paragraph:
@@ -276,6 +301,21 @@ def headline(result, name: str) -> Paragraph:
     return Paragraph(tuple(spans))
 
 
+def unused_headline(result, names: list[str]) -> Paragraph:
+    """One sentence for every input the output does not use: ``loss does not depend on
+    extra.weight or extra.bias: every derivative is 0.`` (the first two, …, the last of
+    more than three)."""
+    named = names if len(names) <= 3 else [names[0], names[1], None, names[-1]]
+    spans: list = [notation.prose_name(output_symbol(result)), Text(" does not depend on ")]
+    for k, name in enumerate(named):
+        if name is None:
+            spans.append(Text(f", … ({len(names) - 3:,} more)"))
+            continue
+        last = k == len(named) - 1
+        spans += [Text("" if k == 0 else " or " if last else ", "), notation.prose_name(name)]
+    return Paragraph(tuple(spans + [Text(": every derivative is 0.")]))
+
+
 def as_computed(result, name: str, opening: str = ", ") -> str:
     """Where a cut (``r.cuts``, :mod:`vjp_magic.run.cuts`) changes ``name``'s derivatives,
     what is proved is the graph as computed, not the formula the cell spells: ", of the
@@ -322,9 +362,9 @@ def gradient_argument(result, name: str, options) -> list:
             " has one entry", ", so backward needs no gradient argument (v = 1, the "
             "default).")]
     if count == 1:  # the code writes torch.ones_like(y), binding no name: the tutorial's v
-        return [paragraph(notation.math_name("v"), " is all ones, shaped like ",
-                          notation.prose_name(y),
-                          f": one backward gives the derivatives at all "
+        return [paragraph(notation.math_name(notation.gradient_vector(result, name)),
+                          " is all ones, shaped like ", notation.prose_name(y),
+                          ": one backward gives the derivatives at all "
                           f"{plural(item.point_count, 'point')} at once.")]
     points = item.has_points and not result.full
     _, v, loop = loop_names(result, item.pairing.out_axes)  # as the loop beneath spells them
@@ -336,9 +376,8 @@ def gradient_argument(result, name: str, options) -> list:
     if not shows_v0(result, name, options):
         return [words]
     v0 = result.gradients[name][0]
-    first = f"v_{options.index_base}"
-    return [words, formula(Math(first, first), tensor_block(v0), options, v0.dtype,
-                           v0.shape)]
+    return [words, formula(notation.indexed(v, str(options.index_base)), tensor_block(v0),
+                           options, v0.dtype, v0.shape)]
 
 
 def component_link(result, name: str, loop, options) -> tuple:

@@ -25,7 +25,7 @@ from ..core import analysis
 from ..core.errors import VJPUsageError
 from ..core.tagging import depends_on
 from ..render import notation, plain
-from ..render.codegen import component_loop, expression
+from ..render.codegen import CELL_NAMES, expression, identifiers, one_hot_loop, source_names
 from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Section, Span, Text,
                                paragraph)
 from ..run.accumulation import Accumulation, accumulations
@@ -109,28 +109,33 @@ def _pointwise_advice(y: str, shape, structures, fixed_line: str | None) -> Advi
     return Advice(why, [fixed_line or ones])
 
 
-def _component_advice(y: str, tensor, structures) -> Advice:
+def _component_advice(y: str, tensor, structures, source: str = "") -> Advice:
+    """The loop of backward calls, one per component; its helpers (``v``, ``k``) are fresh
+    against every name of the cell (``source``) and the notebook's: pasted after the cell,
+    it overwrites none of them (an input named ``v`` makes the vector ``v2``)."""
     shape = tuple(tensor.shape)
+    point_axes = _common_point_axes(tensor, structures)
+    taken = ({y, *(s.name for s in structures)} | identifiers(s.name for s in structures)
+             | source_names(source) | set(CELL_NAMES.get()))
+    v, loop = one_hot_loop(shape, point_axes, taken)
     kinds = {_describe(s) for s in structures}
     if len(kinds) == 1:
         head = _say(Code(y), f" has shape {shape}: {kinds.pop()}.")
     else:
         per_input = "; ".join(f"for {s.name}, {_describe(s)}" for s in structures)
         summed = " and ".join(s.name for s in structures if s.count > 1)
-        head = _say(Code(y), f" has shape {shape}: {per_input}. v = ones would add up the "
-                    f"derivatives of the components of {summed}, so v must be one-hot on each "
-                    "entry that is not a point for every input.")
-    point_axes = _common_point_axes(tensor, structures)
+        head = _say(Code(y), f" has shape {shape}: {per_input}. {v} = ones would add up the "
+                    f"derivatives of the components of {summed}, so {v} must be one-hot on "
+                    "each entry that is not a point for every input.")
     ones = " (ones along the point axes)" if point_axes else ""
-    how = _say("One backward per component, v one-hot on it", ones, ", ",
+    how = _say(f"One backward per component, {v} one-hot on it", ones, ", ",
                Code("retain_graph=True"), ", ", Code(".grad"), " read then zeroed each time:")
     xs = [expression(s.name) for s in structures]
-    loop = component_loop(shape, point_axes, taken={y, *(s.name for s in structures)})
     which = ", ".join(loop.letters)
     reads = [line for x in xs for line in (
         f"print({x}.grad)  # the derivatives of component {which}", f"{x}.grad.zero_()")]
     imports = list(loop.imports)
-    return Advice([head, how], imports + loop.lines(expression(y), reads))
+    return Advice([head, how], imports + loop.lines(expression(y), reads, v))
 
 
 def _only_gradient(line: str, y: str) -> bool:
@@ -168,7 +173,7 @@ def _gradient_advice(mistake: CellMistake, result) -> Advice:
                  if site is not None else None)
         return _pointwise_advice(y, shape, structures, fixed and fixed.strip())
     if structures is not None:
-        return _component_advice(y, tensor, structures)
+        return _component_advice(y, tensor, structures, mistake.source)
     why = [_say(Code(y), f" has shape {shape}, not a scalar: backward needs ",
                 Code("gradient=v"), " shaped like ", Code(y), "."),
            _say("v = ones gives the derivatives at many points when each entry depends only "

@@ -6,7 +6,7 @@ from :mod:`vjp_magic.render.codegen`.
 """
 from __future__ import annotations
 
-from ..render.codegen import derivative_name
+from ..render.codegen import code_derivative_names
 from ..render.document import Code, Section, paragraph
 
 
@@ -14,7 +14,7 @@ def code_section(result) -> Section:
     """A sentence pointing to ``r.code``; the loop itself is already in the display. Where an
     input was computed by compressed passes, ``r.code`` is those coloured passes (never the
     one-hot loop), and the sentence says so."""
-    names = [derivative_name(n) for n in result.inputs]
+    names = list(code_derivative_names(result).values())  # as r.code binds them
     coloured = [n for n, item in result.inputs.items() if getattr(item, "sparse", None)]
     what = "these coloured passes" if coloured else "this code"
     spans: list = [f"The careful version of {what}, which keeps each input's ",

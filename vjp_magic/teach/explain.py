@@ -190,21 +190,24 @@ def _gradient_argument(result, name: str, options) -> list:
     item = result.inputs[name]
     y = notation.prose_name(output_symbol(result))
     count = len(result.gradients[name])
+    v = notation.gradient_vector(result, name)  # v; v2 where the cell names a tensor v
+    v_tex, v_plain = notation.math_name(v).tex, notation.math_name(v).plain
+    vj = _vj(v)  # vᵀJ
     if result.output.numel() == 1 and not result.full:
         return [_step(3, Text("The gradient argument: "), y, Text(" is a scalar, so "),
-                      Math("v = 1", "v = 1"), Text(" (the default) and "),
-                      Math(r"v^\top J = J", "v^T J = J"), Text("."))]
+                      Math(f"{v_tex} = 1", f"{v_plain} = 1"), Text(" (the default) and "),
+                      Math(vj.tex + " = J", vj.plain + " = J"), Text("."))]
     if count == 1:
-        return [_step(3, Text("The gradient argument "), Math("v", "v"), Text(", shaped like "),
-                      y, Text(", is all ones: "), Math(r"v^\top J", "v^T J"),
+        return [_step(3, Text("The gradient argument "), notation.math_name(v),
+                      Text(", shaped like "), y, Text(", is all ones: "), vj,
                       Text(" adds up each column of J, whose only non-zero entries belong to "
                            f"its own point, so it lists the derivatives at all "
                            f"{plural(item.point_count, 'point')} at once."))]
     words = _step(3, Text("One gradient argument per component, "
                           f"{plural(count, 'backward call')}: "),
-                  Math("v_k", "v_k"), Text(" is one-hot on component "), Math("k", "k"),
+                  notation.indexed(v, "k"), Text(" is one-hot on component "), Math("k", "k"),
                   Text(" (ones along the points)" if item.has_points and not result.full
-                       else ""), Text(", so "), Math(r"v_k^\top J", "v_k^T J"),
+                       else ""), Text(", so "), _vj(v, "k"),
                   Text(" is the gradient of component "), Math("k", "k"), Text(" alone."))
     if shows_v0(result, name, options):
         return [words]  # v_1, shaped like the output, is shown below
@@ -212,17 +215,30 @@ def _gradient_argument(result, name: str, options) -> list:
                            options, result.output.dtype)]
 
 
+def _vj(v: str, sub: str | None = None) -> Math:
+    """``vᵀJ`` (``v_kᵀJ`` with ``sub``) with the gradient argument's name ``v``."""
+    if sub:
+        lead = notation.indexed(v, sub, (r"\top", "T"))
+    else:
+        atom = notation.math_name(v)
+        tex = atom.tex if len(atom.tex) == 1 else "{" + atom.tex + "}"
+        lead = Math(tex + r"^\top", atom.plain + "^T")
+    return Math(lead.tex + " J", lead.plain + " J")
+
+
 def _gradient_rows(result, name: str, base: int = 1) -> Block:
     """V: the gradient arguments flattened, one per row (v_1ᵀ, v_2ᵀ, …, counted from
-    ``base``), made on demand."""
+    ``base``; ``v`` as :func:`.notation.gradient_vector` names it), made on demand."""
     grads = result.gradients[name]
     m = result.output.numel()
+    v = notation.gradient_vector(result, name)
 
     def entries(rows, cols):
         return torch.stack([grads[int(r)].reshape(-1)[cols] for r in rows])
 
     def label(k: int) -> Entry:
-        return Entry(rf"v_{{{k + base}}}^\top", f"v_{k + base}^T")
+        row = notation.indexed(v, str(k + base), (r"\top", "T"))
+        return Entry(row.tex, row.plain)
 
     return Block(entries, len(grads), m, result.output.device, row_label=label)
 
@@ -231,10 +247,11 @@ def _product(result, name: str) -> Paragraph:
     item = result.inputs[name]
     x = notation.prose_name(name)
     shape = notation.dims(item.tensor.shape)
+    v = notation.gradient_vector(result, name)
     if len(result.gradients[name]) == 1:
-        return _step(4, Math(r"v^\top J", "v^T J"), Text(", reshaped to the shape of "), x,
+        return _step(4, _vj(v), Text(", reshaped to the shape of "), x,
                      Text(f" ({shape}), is the derivative shown below."))
     return _step(4, Math(r"V J", "V J"), Text(": row "), Math("k", "k"), Text(", "),
-                 Math(r"v_k^\top J", "v_k^T J"), Text(", reshaped to the shape of "), x,
+                 _vj(v, "k"), Text(", reshaped to the shape of "), x,
                  Text(f" ({shape}), is component "), Math("k", "k"),
                  Text(" of the derivatives shown below."))
