@@ -414,3 +414,34 @@ def test_thirty_parameter_tensors_share_b_backward_passes(ip, run_ok):
                            ip.user_ns["X"], ip.user_ns["t"])
     for name, value in expected.items():
         torch.testing.assert_close(r.derivatives["net." + name], value, atol=1e-6, rtol=1e-4)
+
+
+def test_a_banded_hessians_code_block_runs_and_gives_rosenbrocks_hessian(ip, run_ok):
+    n = 20_000
+    run_ok(f"w = torch.linspace(-1, 1, {n}, dtype=torch.float64, requires_grad=True)\n"
+           "E = (100*(w[1:] - w[:-1]**2)**2 + (1 - w[:-1])**2).sum()")
+    h = run_ok("%hessian E w")
+    w = ip.user_ns["w"].detach()
+    # Rosenbrock: H_ii = 1200 w_i² − 400 w_{i+1} + 2 (i < n−1), + 200 (i > 0); H_i,i+1 = −400 w_i
+    diag = torch.zeros(n, dtype=torch.float64)
+    diag[:-1] += 1200 * w[:-1] ** 2 - 400 * w[1:] + 2
+    diag[1:] += 200
+    off = -400 * w[:-1]
+    H = h.hessian("w", layout=torch.sparse_csr)
+    assert H.values().numel() == 3 * n - 2
+    i = torch.arange(n)
+    rows = torch.cat([i, i[:-1], i[1:]])
+    cols = torch.cat([i, i[1:], i[:-1]])
+    expected = torch.cat([diag, off, off])
+    listed = H.to_sparse_coo().coalesce()
+    got = torch.sparse_coo_tensor(torch.stack([rows, cols]), expected, (n, n),
+                                  check_invariants=True).coalesce()
+    torch.testing.assert_close(listed.values(), got.values())
+    assert torch.equal(listed.indices(), got.indices())
+    text = plain(h)
+    assert "The Hessian is tridiagonal" in text and "from 3 Hessian-vector products" in text
+    (code,) = python_fences(bundle(h)["text/markdown"])
+    ns = {"torch": torch, "w": ip.user_ns["w"], "E": ip.user_ns["E"]}
+    exec(code, ns)  # the teacher pastes the block as shown
+    # its own comment: H[p, q] = Hu[colour[q], p] at each nonzero
+    torch.testing.assert_close(ns["Hu"][ns["colour"][cols], rows], expected)
