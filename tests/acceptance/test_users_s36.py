@@ -328,19 +328,29 @@ def test_mixup_is_a_band_with_wrap_around_and_says_so(ip, run_ok, run_vjp):
 
 
 @pytest.mark.xfail(strict=True, reason="out = net(xb) through BatchNorm1d in training mode "
-                   "(batch of 6): the display says only 'out has 12 entries, each may use "
-                   "every entry of xb', never that the rows of out read other rows of xb, "
-                   "while the same display for mixup says 'The rows of out are not independent "
-                   "of the rows of xm: out[0] ← xm[1]'; r.dependency('xb') knows ('dense', "
-                   "y[0] ← x[1]): a practitioner expects the batch leak named with its witness")
-def test_batchnorm_in_training_mode_is_named_as_a_batch_leak(ip, run_ok, run_vjp):
-    run_ok("import torch.nn as nn\ntorch.manual_seed(0)\n"
-           "net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))\n"
-           "xb = torch.randn(6, 3, requires_grad=True)")
-    r = run_vjp("out = net(xb)", "--wrt xb")
+                   "(batch of 6), and y = attention(x, none) (self-attention, no causal mask, 6 "
+                   "positions): the display says only 'out has 12 entries, each may use every "
+                   "entry of xb' (and 'y has 24 entries, each may use every entry of x'), never "
+                   "that rows read other rows — the leak, or the future — while the same "
+                   "display for mixup says 'The rows of out are not independent of the rows of "
+                   "xm: out[0] ← xm[1]'; r.dependency knows ('dense', y[0] ← x[1]): a "
+                   "practitioner expects the leak named with its witness")
+@pytest.mark.parametrize("setup, cell, witness", [
+    ("import torch.nn as nn\ntorch.manual_seed(0)\n"
+     "net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))\n"
+     "xb = torch.randn(6, 3, requires_grad=True)", "out = net(xb)", "out[0] ← xb[1]"),
+    ("def attention(x, mask):\n    scores = x @ x.T / x.shape[1] ** 0.5\n"
+     "    scores = scores.masked_fill(~mask, float('-inf'))\n"
+     "    return torch.softmax(scores, dim=-1) @ x\n"
+     "none = torch.ones(6, 6).bool()\ntorch.manual_seed(0)\n"
+     "xb = torch.randn(6, 4, requires_grad=True)", "y = attention(xb, none)", "y[0] ← xb[1]"),
+], ids=["batchnorm-train", "attention-no-mask"])
+def test_a_dense_batch_leak_is_named_with_its_witness(ip, run_ok, run_vjp, setup, cell, witness):
+    run_ok(setup)
+    r = run_vjp(cell, "--wrt xb")
     d = r.dependency("xb")
     assert d.kind == "dense" and d.describe() == "y[0] ← x[1]"
-    assert "out[0] ← xb[1]" in plain(r), plain(r)[:400]
+    assert witness in plain(r), plain(r)[:400]
 
 
 @pytest.mark.xfail(strict=True, reason="demo 04's 'Sensitivity' cell (features 10,000 × 5, "
