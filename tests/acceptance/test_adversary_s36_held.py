@@ -288,3 +288,51 @@ def test_per_sample_gradients_where_the_sample_axis_is_not_first(build):
         expected = torch.stack([row[k] for row in rows])
         torch.testing.assert_close(r.jacobian(f"m.{name}").reshape(expected.shape), expected,
                                    rtol=1e-4, atol=1e-5)
+
+
+# -- switches the user set before the call stay as they are ------------------------------
+def _switches() -> dict:
+    import random
+
+    np = pytest.importorskip("numpy")
+    return {"random": random.getstate(), "numpy": np.random.get_state()[1].tolist(),
+            "torch rng": torch.get_rng_state().tolist(), "threads": torch.get_num_threads(),
+            "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled()),
+            "matmul precision": torch.get_float32_matmul_precision(),
+            "default dtype": torch.get_default_dtype(), "grad": torch.is_grad_enabled(),
+            "anomaly": torch.is_anomaly_enabled(), "filters": list(__import__("warnings").filters)}
+
+
+@pytest.fixture
+def users_switches():
+    import warnings
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.get_float32_matmul_precision())
+    with warnings.catch_warnings():
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_float32_matmul_precision("medium")
+        warnings.filterwarnings("error", message="a filter of the user's")
+        yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+    torch.set_float32_matmul_precision(saved[3])
+
+
+_ENTRY_POINTS = {
+    "sparse jacobian": lambda x: vjp_magic.differentiate(x.roll(1) * x, x, seed=0).jacobian(
+        "x", layout=torch.sparse_csr),
+    "dependency": lambda x: vjp_magic.dependency(x.cumsum(0), x, seed=0),
+    "sparse hessian": lambda x: vjp_magic.hessian((x.roll(1) * x).pow(2).sum(), x,
+                                                  seed=0).hessian("x", layout=torch.sparse_csr),
+}
+
+
+@pytest.mark.parametrize("entry", list(_ENTRY_POINTS))
+def test_the_users_switches_and_random_states_are_left_alone(users_switches, entry):
+    x = torch.randn(200, generator=_generator(1)).requires_grad_()
+    before = _switches()
+    _ENTRY_POINTS[entry](x)
+    assert _switches() == before and x.grad is None
