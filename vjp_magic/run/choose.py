@@ -338,11 +338,17 @@ def named(scope, names, output, output_name: str, role: str) -> dict:
     """The inputs the user named (``--wrt x w``, ``%jacobian y wrt x``); a module
     (``--wrt mlp``) or its ``mlp.parameters()`` stands for all its parameters, named
     ``mlp.0.weight`` as ``named_parameters()`` spells them."""
-    inputs, frozen = ChosenInputs(), []
+    inputs, frozen, owned = ChosenInputs(), [], set()
     for name in names:
-        add_named(inputs, _expand(scope, name, lookup(scope, name, role), frozen))
+        value = lookup(scope, name, role)
+        expanded = _expand(scope, name, value, frozen)
+        if isinstance(value, torch.nn.Module) and name.isidentifier() and is_visible_name(name):
+            owned.update(id(t) for t in expanded.values())  # held by the namespace's module
+        add_named(inputs, expanded)
     held = functools.cache(lambda: _namespace_parameter_names(scope))  # read once, if at all
     for name, value in inputs.items():
+        if id(value) in owned:  # (in held() by construction: never made off the graph)
+            continue
         if _made_off_graph(scope, name, value, output, held):
             raise VJPUsageError(_new_tensor_message(scope, name, output, output_name, role))
     inputs.notes = _frozen_note(frozen)

@@ -16,6 +16,7 @@ alone for gradients so checked: :mod:`vjp_magic.core.given`).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy
@@ -453,11 +454,27 @@ def check_weights(batch: int, dtype: torch.dtype, device=None,
         size = int(codes.max()) + 1 if batch else 0
     while values ** count < size:
         count += 1
-    table = signed_powers(span, dtype, device)  # the check weights by digit
+    table = _numpy_powers(span, dtype) if device is None or torch.device(device).type == "cpu" \
+        else None  # indexed by numpy: no torch op per pass
+    if table is None:
+        table = signed_powers(span, dtype, device)  # the check weights by digit
     for _ in range(count):
-        found.append(table[torch.from_numpy(codes % values).to(table.device)])
+        if isinstance(table, numpy.ndarray):
+            found.append(torch.from_numpy(table[codes % values]))
+        else:
+            found.append(table[torch.from_numpy(codes % values).to(table.device)])
         codes = codes // values
     return found
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_powers(span: int, dtype: torch.dtype) -> numpy.ndarray | None:
+    """:func:`~vjp_magic.core.probes.signed_powers` on the CPU as a numpy array (never
+    written: each pass's weights are a fresh array indexed from it); None for a dtype numpy
+    lacks (bfloat16)."""
+    if dtype not in _NUMPY_EQUAL:
+        return None
+    return signed_powers(span, dtype).numpy()
 
 
 def _ranks(keys: torch.Tensor, generator: numpy.random.Generator) -> numpy.ndarray:
