@@ -157,14 +157,37 @@ def test_a_far_wrong_answer_or_float64_gets_no_rounding_hedge(dtype):
         assert not near.correct and "within 1%" not in near.hint
 
 
-@pytest.mark.xfail(strict=True, reason="grade(): a right derivative computed in float32 with "
-                   "cancellation is ✗ (the answer's own rounding is not bounded: a bare tensor "
-                   "has no computation to bound it from; the cell's record could give one)")
-def test_a_right_float32_answer_with_cancellation_is_not_a_cross():
+# Was a strict xfail (s35 T10): a right float32 answer with cancellation graded ✗. Fixed in
+# teach/grading._own_rounding and grading_reference.answer_rounding (s36 F5): where the cell's
+# record holds the answer's own calls, they are replayed in float64 and the answer is right
+# when its formula is. A bare tensor from Python (check(answer, f, x) with the answer made
+# from x.detach()) has no computation to replay: it stays ✗ with the float64 hedge
+# (test_a_close_wrong_answer_says_rounding_may_be_it_and_stays_a_cross).
+TANH_BY_EXPONENTIALS = "(torch.exp(2 * x.detach()) - 1) / (torch.exp(2 * x.detach()) + 1)"
+
+
+@pytest.mark.parametrize("line", ["--check ans --against f", "--check ans"])
+@pytest.mark.parametrize("answer, right", [
+    (TANH_BY_EXPONENTIALS, True),  # tanh(x), cancelling: about 1e-4 relative off in float32
+    ("torch.sinh(x.detach()) / torch.cosh(x.detach()) * (1 + 1e-3)", False),  # 0.1 % off
+    ("x.detach() * (1 + 1e-3)", False),  # tanh(x) ≈ x at 1e-4, but 0.1 % off: wrong
+    ("2 * torch.sinh(x.detach()) / (torch.exp(x.detach()) + torch.exp(-x.detach()))", True),
+])
+def test_a_right_float32_answer_with_cancellation_is_not_a_cross(run_ok, run_vjp, line, answer,
+                                                                 right):
+    run_ok("def f(t):\n    return torch.log(torch.cosh(t))")  # f' = tanh
+    r = run_vjp(f"x = torch.tensor({SMALL}, requires_grad=True)\n"
+                f"y = torch.log(torch.cosh(x))\nans = {answer}", line)
+    assert r.check.correct is right, r.check.hint
+    if right and "rounding" in r.check.hint:
+        assert "its own float32 computation" in r.check.hint
+
+
+def test_a_right_float32_answer_from_python_without_its_computation_stays_a_cross():
     x = torch.tensor(SMALL, requires_grad=True)
     verdict = vjp_magic.check(tanh_by_exponentials(x.detach()), lambda t: torch.log(
         torch.cosh(t)), x)
-    assert verdict.correct, verdict.hint
+    assert not verdict.correct and "float64" in verdict.hint
 
 
 def test_output_rounding_runs_none_of_the_users_code():

@@ -33,7 +33,7 @@ from ..run.backward_log import reaches
 from .grading_hints import HINTS as _hints
 from .grading_hints import KINDS, VerdictKind, shape_text
 from .sparse_dense import densified, is_sparse
-from .grading_reference import refinement
+from .grading_reference import answer_rounding, refinement
 from .grading_targets import Expected, Target, as_tensor, fits
 
 COMPARED_ENTRIES = 1 << 26  # entries compared looking for the one component an answer is
@@ -450,7 +450,8 @@ def _fits_a_form(a, result, name: str) -> bool:
 
 def grade(answer, result, name: str | None = None, *, log=None,
           answer_name: str | None = None, record=None, output=None,
-          leaves: Mapping | None = None, exam: bool = False, ordered: bool = True) -> Verdict:
+          leaves: Mapping | None = None, exam: bool = False, ordered: bool = True,
+          answer_record=None) -> Verdict:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -468,12 +469,16 @@ def grade(answer, result, name: str | None = None, *, log=None,
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     ``exam``: exam mode, whose hints say what is wrong but never the code that answers.
     ``ordered``: the inputs' order was given; False for the cell's binding order (a sequence
-    right in the one order its shapes fit is right there)."""
+    right in the one order its shapes fit is right there). A low-precision answer still
+    wrong is right where its own rounding explains the difference
+    (:func:`~.grading_reference.answer_rounding`: its calls in ``answer_record``, default
+    ``record``, replayed in float64 from ``leaves``, or its own graph)."""
     coloured = {n: item.sparse for n, item in result.inputs.items() if is_sparse(item)}
     result = densified(result)  # a sparse Jacobian small enough to show whole: dense
     several = _per_input(answer, result, name)
     if several is not None:
-        options = dict(log=log, record=record, output=output, leaves=leaves, exam=exam)
+        options = dict(log=log, record=record, output=output, leaves=leaves, exam=exam,
+                       answer_record=answer_record)
         verdicts = _each(several, result, answer_name, options)
         wrong = next((v for v in verdicts if not v.correct), None)
         if wrong is not None and not isinstance(answer, Mapping):
@@ -485,7 +490,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     if name is None and len(result.inputs) > 1 and a is not None:
         return _against_fitting(answer, a, result, dict(
             log=log, answer_name=answer_name, record=record, output=output, leaves=leaves,
-            exam=exam))
+            exam=exam, answer_record=answer_record))
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
     case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
@@ -496,18 +501,57 @@ def grade(answer, result, name: str | None = None, *, log=None,
     found = _recognised(case, a.to(case.exp.device))
     if found.correct or found.kind == VerdictKind.WRONG_SHAPE:
         return found
-    refined = refinement(result, name, record, output)
-    if refined is None:
-        return found
-    again = Case(a.to(refined[0].device),
-                 Expected(result, name, dtype, refined, coloured.get(name)), case.answer, log,
-                 leaf, exam)
+    return _graded_again(found, case, (answer, dtype), result, (record, output),
+                         answer_record or record,
+                         leaves or {n: item.tensor for n, item in result.inputs.items()},
+                         coloured.get(name))
+
+
+def _graded_again(found: Verdict, case: Case, given: tuple, result, computed: tuple,
+                  answer_record, inputs: Mapping, coloured) -> Verdict:
+    """A plain ✗ (``found``) looked at again: against float64 derivatives or within a bound
+    on autograd's rounding (``computed``: the record and output :func:`refinement` takes),
+    then within the answer's own rounding (:func:`_own_rounding`; ``given``: the answer as
+    given and its dtype)."""
+    (answer, dtype), name = given, case.exp.name
+    refined = refinement(result, name, *computed)
+    again = case if refined is None else \
+        Case(case.a.to(refined[0].device), Expected(result, name, dtype, refined, coloured),
+             case.answer, case.log, case.leaf, case.exam)
     target, fitted = again.fitting()
-    if target is not None and target.matches(fitted):
+    if refined is not None and target is not None and target.matches(fitted):
         return again.verdict(VerdictKind.CORRECT, _hints.correct(again, target.form),
                              form=target.form)
+    own = _own_rounding(again, answer, answer_record, inputs)
+    if own is not None:
+        return own
     # a mistake the plain comparison recognised stands; a plain "wrong" may be recognised now
-    return _recognised(again, again.a) if found.kind == VerdictKind.WRONG else found
+    return _recognised(again, again.a) if found.kind == VerdictKind.WRONG and \
+        refined is not None else found
+
+
+def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None:
+    """✓ where the answer, each entry moved toward the right value by at most its own
+    rounding (:func:`~.grading_reference.answer_rounding`), is right; else None."""
+    if case.exp.rtol < 1e-6 or not isinstance(answer, torch.Tensor):
+        return None  # (float64 throughout: rounding is not it)
+    rounding = answer_rounding(answer, record, inputs)
+    if rounding is None:
+        return None
+    for shape, make in case.exp.forms():
+        a, r = fits(case.a, shape), fits(rounding.to(case.a.device), shape)
+        target = make() if a is not None and r is not None else None
+        if target is None:
+            continue
+        nearer = a + torch.minimum((target.value - a).abs(), r) * torch.sign(target.value - a)
+        if not target.matches(nearer):
+            return None
+        hint = _hints.correct(case, target.form)
+        return case.verdict(VerdictKind.CORRECT, f"{hint} It differs from the exact values "
+                            "only by the rounding of its own "
+                            f"{str(answer.dtype).removeprefix('torch.')} computation.",
+                            form=target.form)
+    return None
 
 
 def _recognised(case: Case, a: torch.Tensor) -> Verdict:

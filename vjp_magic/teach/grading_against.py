@@ -154,7 +154,7 @@ def _graded(answer, exercise: Exercise, ref, out, inputs: Mapping, result, log,
     (``computed``: how y was, as :func:`_output_differs` takes it; ``f_inputs``: the inputs
     in the order f takes them, where not ``inputs``' own)."""
     graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
-                   leaves=dict(inputs))
+                   leaves=dict(inputs), answer_record=computed[0])
     graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
     if result is None:
         return graded

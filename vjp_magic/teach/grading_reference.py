@@ -15,9 +15,14 @@ tolerance per entry (``slack``), both shaped like ``r.derivatives[name]``:
 - otherwise (or where the float64 replay disagrees with autograd beyond rounding): autograd's
   values, with a first-order bound on its rounding error (:func:`rounding_bound`).
 
-Both are computed only for an answer that the plain comparison calls wrong.
+Both are computed only for an answer that the plain comparison calls wrong. So is the
+answer's own rounding (:func:`answer_rounding`): a low-precision answer whose formula, replayed
+in float64 from the cell's record (or bounded on the answer's own graph), is right.
 """
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 from torch.autograd.function import BackwardCFunction
@@ -61,6 +66,45 @@ def refinement(result, name: str, record=None, output=None):
     return None if bound is None else (d32, bound.reshape(d32.shape))
 
 
+def answer_rounding(answer, record=None, inputs=None) -> torch.Tensor | None:
+    """How far a low-precision answer may be from its own formula's exact value, entry by
+    entry (float64, shaped like the answer): a right formula computed in float32 with
+    cancellation, ``(exp(2x) - 1)/(exp(2x) + 1)`` for tanh at x = 1e-4, is off by far more
+    than the derivatives' tolerance, and only its computation can tell that from a wrong
+    formula. With ``record`` (the cell's) and ``inputs`` (name → the user's tensor): the
+    answer's own calls replayed in float64 (on copies), the difference measured; else, where
+    the answer keeps its graph, the first-order bound of :func:`output_rounding`. None where
+    neither is at hand (a bare tensor: its values alone say nothing of how they were
+    computed), or the answer is float64 already."""
+    if not isinstance(answer, torch.Tensor) or not answer.is_floating_point() \
+            or answer.dtype == torch.float64 or answer.layout != torch.strided:
+        return None
+    with torch.random.fork_rng(devices=_rng_devices(answer)):
+        replays = _replays_of(record, dict(inputs), answer, at_point=False) \
+            if record is not None and inputs else None  # (x.detach()'s values are followed)
+        if replays is not None:
+            leaves = {n: t.detach().to(torch.float64) if t.is_floating_point()
+                      else t.detach().clone() for n, t in inputs.items()}
+            try:
+                with torch.no_grad():
+                    found = replays[1].run(leaves)
+            except Exception:  # noqa: BLE001 - an op without float64 support …
+                found = None
+            if isinstance(found, torch.Tensor) and found.shape == answer.shape \
+                    and found.dtype == torch.float64:
+                return (answer.detach().to(torch.float64) - found).abs()
+    if answer.grad_fn is None or answer.numel() > MAX_OUTPUT_ENTRIES:
+        return None
+    indices = [list(index) for index in itertools.product(*map(range, answer.shape))]
+    try:
+        bounds = output_rounding(answer, indices)
+    except Exception:  # noqa: BLE001 - a graph freed by a backward …: not known
+        return None
+    if bounds is None or not all(math.isfinite(b) for b in bounds):
+        return None
+    return torch.tensor(bounds, dtype=torch.float64).reshape(answer.shape)
+
+
 def _rng_devices(tensor: torch.Tensor) -> list:
     """The CUDA devices whose RNG a replay may draw from (only where CUDA is in use)."""
     if tensor.is_cuda:
@@ -74,20 +118,28 @@ def _replays(record, result, output):
     if record is None:
         return None
     inputs = {n: item.tensor for n, item in result.inputs.items()}
-    target = output if output is not None else result.output
+    return _replays_of(record, inputs, output if output is not None else result.output)
+
+
+def _replays_of(record, inputs: dict, target, at_point: bool = True):
+    """:func:`_replays` of ``target`` computed from ``inputs`` (name → the user's tensor);
+    ``at_point=False``: every call on their values followed, not only those autograd
+    tracked (an answer computed from ``x.detach()``)."""
     try:
-        replay = _build(record, inputs, target, verify=False)
+        replay = _build(record, inputs, target, verify=False, at_point=at_point)
         if runs_user_code(replay):  # checked before the verifying run would call it
             return None
-        replay = _build(record, inputs, target, verify=True)
+        replay = _build(record, inputs, target, verify=True, at_point=at_point)
     except Exception:  # noqa: BLE001 - NotReplayable, or anything: no reference
         return None
     return replay, replay.with_dtype(torch.float64)
 
 
-def _build(record, inputs: dict, output, verify: bool):
+def _build(record, inputs: dict, output, verify: bool, at_point: bool = True):
     """The replay at the point (random draws and masks as the cell drew them) where the
-    replay offers that, else the plain one."""
+    replay offers that and ``at_point``, else the plain one."""
+    if not at_point:
+        return build(record, inputs, output, verify=verify)
     try:
         return build(record, inputs, output, verify=verify, at_point=True)
     except TypeError:  # a replay without the option
@@ -332,5 +384,5 @@ def _summing(node, values: dict, total: list):
     return hook
 
 
-__all__ = ["MAX_COMPONENTS", "output_in_float64", "output_rounding", "refinement",
-           "rounding_bound"]
+__all__ = ["MAX_COMPONENTS", "answer_rounding", "output_in_float64", "output_rounding",
+           "refinement", "rounding_bound"]
