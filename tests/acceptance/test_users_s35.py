@@ -456,11 +456,8 @@ def test_zeroing_grad_before_any_backward_is_coached(ip, capsys):
     assert "Why" in shown and "None" in shown.split("Why", 1)[1], shown[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="y = x ** 2, then x.data = x.data * 2 (line 3), z = "
-                   "y.sum(): the derivatives [4 8] are 2·x at the new values (the graph's saved "
-                   "x was swapped), not 2·[1 2] where y was computed; the note says only 'a "
-                   "replay of its operations gave other values (state the record does not "
-                   "show)' — line 3's .data write is not named, as the README promises for .data")
+# Was a strict xfail (s35 G16): fixed in run/refusals.refuse_data_writes (s36 F5: the write,
+# its line and what it does to the derivatives).
 def test_a_data_write_under_the_graph_is_named(run_vjp):
     r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\ny = x ** 2\n"
                 "x.data = x.data * 2\nz = y.sum()")

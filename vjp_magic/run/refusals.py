@@ -17,6 +17,8 @@ whose values differ from the cell's (random draws or state the record does not s
 """
 from __future__ import annotations
 
+import linecache
+
 import torch
 
 from ..core.tagging import custom_backwards, depends_on
@@ -89,11 +91,41 @@ def shape_label(tensor: torch.Tensor) -> str:
 
 
 def refuse_record(record, output) -> None:
-    """A complete record and a tensor output."""
+    """A complete record and a tensor output, and no ``.data`` set on a tensor a call had
+    read (:func:`refuse_data_writes`)."""
     if record is None or record.failed is not None:
         raise NoRecord(None if record is None else record.failed)
     if not isinstance(output, torch.Tensor):
         raise NotReplayable("the output is not a tensor")
+    refuse_data_writes(record)
+
+
+def refuse_data_writes(record) -> None:
+    """``x.data = …`` after a recorded call read x: autograd does not see the write, and
+    the graph reads x's new values where it saved x (``y = x ** 2`` then ``x.data = 2 *
+    x.data``: a backward of y gives 2·x at the new x, not where y was computed), which no
+    replay of the calls can be. Named with its line, as the cell wrote it."""
+    read: set = set()
+    for call in record.calls:
+        if getattr(call.func, "__name__", "") == "__set__" and call.args \
+                and isinstance(call.args[0], torch.Tensor) and id(call.args[0]) in read:
+            line, text = _written(call.site)
+            where = f"{text} (line {line})" if text else f"a .data write (line {line})" \
+                if line else "a .data write"
+            raise NotReplayable(
+                f"{where} swaps the values of a tensor the graph had read, unseen by "
+                "autograd: where the graph saved that tensor it reads the new values, so the "
+                "derivatives are taken there, not where the output was computed")
+        read.update(id(t) for t in reads_of(call))
+
+
+def _written(site) -> tuple[int | None, str]:
+    """(line, its text as the cell wrote it) of a call's site (:func:`.record.call_site`)."""
+    if not site:
+        return None, ""
+    code, line = site[0], site[2]
+    text = linecache.getline(getattr(code, "co_filename", ""), line).strip() if line else ""
+    return line, text
 
 
 def refuse_unfollowable(calls: list, input_ids: set) -> None:
@@ -219,6 +251,6 @@ def close(value: torch.Tensor, expected: torch.Tensor) -> bool:
 
 __all__ = ["ConstantLost", "ForeignTensor", "InputChanged", "NoRecord", "NotReached",
            "NotReplayable", "UntrackedWrite", "UserCode", "check_inputs_unchanged", "close",
-           "constant_at", "foreign_on_the_way", "refuse_foreign", "refuse_record",
-           "refuse_unfollowable", "refuse_unrecorded_functions", "refuse_user_code",
-           "shape_label", "user_functions", "verify"]
+           "constant_at", "foreign_on_the_way", "refuse_data_writes", "refuse_foreign",
+           "refuse_record", "refuse_unfollowable", "refuse_unrecorded_functions",
+           "refuse_user_code", "shape_label", "user_functions", "verify"]
