@@ -64,6 +64,8 @@ CUTS = {  # body after x (requires grad, an earlier cell), the line and words to
     "data": ("z = (x * 3).data", "line 1", "Leave out .data: z = x * 3"),
     "detach_": ("z = x**2\nz.detach_()", "line 2 (z.detach_())", "Delete that line"),
     "two-steps": ("h = (x + 1).detach()\nz = h * h", "line 1", "h = x + 1"),
+    "numpy": ("z = torch.from_numpy((x**2).detach().numpy())", "line 1",
+              ".numpy() leaves autograd too"),
 }
 
 

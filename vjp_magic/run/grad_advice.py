@@ -205,6 +205,9 @@ def _late_grad(source: str, namespace) -> str | None:
 
 
 _NO_RECORDING = ("no_grad", "inference_mode")
+_LEAVES = (".numpy()", ".tolist()", ".item()", "np.", "numpy.")
+_COPIES = ("torch.tensor(", "torch.Tensor(", "torch.FloatTensor(")
+_SAID = {"np.": "NumPy", "numpy.": "NumPy"}
 
 
 def cut_hint(source: str, namespace) -> str | None:
@@ -239,6 +242,14 @@ def cut_hint(source: str, namespace) -> str | None:
             whole, kept = (ast.get_source_segment(source, cut) or ast.unparse(cut)), \
                 _without_cut(source, cut)
             fixed = _unwrapped(text.replace(whole, kept, 1))
+            left = next((left for left in _LEAVES if left in fixed), None)
+            if left is not None and any(copy in text for copy in _COPIES):
+                return None  # copied_hint's: torch.tensor(...) of the values
+            if left is not None:
+                return lead + (f"line {stmt.lineno} ({text}) takes {whole}, its values "
+                               f"without the graph, and {_SAID.get(left, left)} leaves autograd "
+                               f"too. Compute {assigned_name(stmt)} with torch operations on "
+                               f"{source_name} itself.")
             return lead + (f"line {stmt.lineno} ({text}) takes {whole}, its values without "
                            f"the graph, so what follows is a constant to autograd. Leave out "
                            f"{whole[len(kept):]}: {fixed}")

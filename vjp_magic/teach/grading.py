@@ -31,7 +31,7 @@ from ..core.tagging import depends_on
 from ..run.accumulation import summed_calls
 from ..run.backward_log import reaches
 from .grading_hints import HINTS as _hints
-from .grading_hints import KINDS, VerdictKind, shape_text
+from .grading_hints import KINDS, NEAR, VerdictKind, shape_text
 from .sparse_dense import densified, is_sparse
 from .grading_reference import answer_rounding, refinement
 from .grading_targets import Expected, Target, as_tensor, fits
@@ -536,8 +536,10 @@ def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None
     if case.exp.rtol < 1e-6 or not isinstance(answer, torch.Tensor):
         return None  # (float64 throughout: rounding is not it)
     rounding = answer_rounding(answer, record, inputs)
-    if rounding is None:
-        return None
+    given = answer.detach().to(torch.float64)
+    if rounding is None or rounding.shape != given.shape or not bool(
+            torch.isfinite(given).all() & (rounding <= NEAR * given.abs()).all()):
+        return None  # (an overflow, or rounding that left no digit right: not a ✓)
     for shape, make in case.exp.forms():
         a, r = fits(case.a, shape), fits(rounding.to(case.a.device), shape)
         target = make() if a is not None and r is not None else None
