@@ -266,10 +266,8 @@ def test_a_cumsum_is_not_said_to_use_every_entry(run_vjp):
 GROUP_NORM = "x = torch.randn(3000, requires_grad=True)\ny = x.view(-1, 3).norm(dim=1)"
 
 
-@pytest.mark.xfail(strict=True, reason="y = x.view(-1, 3).norm(dim=1) at 3,000 entries: the "
-                   "nonzeros shown are 'the first 6 of 1,000 rows … at the entries of x they "
-                   "read', but the columns are x[0..2] and x[15..17], so y[1] … y[4] (which "
-                   "read x[3..14]) show rows of zeros: their derivatives x/|x| are nonzero")
+# Was a strict xfail (s35 G16): fixed in render/sparse._strided (a row per entry of y, a
+# column per entry it reads) and render/sparse._rows_in_width (no row's columns cut).
 def test_the_rows_shown_at_the_entries_they_read_are_not_zero(run_vjp):
     r = run_vjp(GROUP_NORM)
     # d|x_g|/dx_k = x_k/|x_g|: nonzero for randn entries (mathematics)
@@ -466,11 +464,8 @@ def test_a_data_write_under_the_graph_is_named(run_vjp):
 
 
 # -- the teacher: --explain's Jacobian of the tutorial's In [18] ----------------------------------
-@pytest.mark.xfail(strict=True, reason="--explain on the tutorial's In [18] (2 functions at 3 "
-                   "points of 4 entries): J_F (6 × 12) keeps x[0, 0..2] and x[2, 1..3] as "
-                   "columns, so rows y[0,1] and y[1,1] (point 2) show only zeros right under "
-                   "'J is block-diagonal once the entries are ordered by point': the middle "
-                   "block, whose derivatives are 1 and 8..14, is never seen")
+# Was a strict xfail (s35 G16): fixed in render/matrix.covering (a row shown keeps one of
+# its nonzero columns where the summary leaves columns out).
 def test_explains_jacobian_shows_no_row_as_zeros(run_vjp):
     r = run_vjp("x = torch.arange(4*3, dtype=float).view(-1,4).requires_grad_(True)\n"
                 "y = torch.stack([x.sum(1), (x**2).sum(1)])", "--explain")

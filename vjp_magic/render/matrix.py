@@ -110,6 +110,59 @@ def keep_columns(indices: list[int | None], count: int) -> list[int | None]:
     return shown[:head] + [ELLIPSIS] + shown[len(shown) - (count - head):]
 
 
+COVER_COLUMNS = 4096  # up to this many columns, a row shown keeps one of its nonzeros
+
+
+def covering(block: Block, rows: Sequence[int | None], shown: list[int | None],
+             values: dict[tuple[int, int], float]) -> list[int | None]:
+    """``shown`` (a summary of the block's columns), changed where a row shown would read
+    all zeros while it has a nonzero among the columns left out (a block-diagonal J cut to
+    its first and last columns: the middle point's rows): such a row gets its first nonzero
+    column, in place of a column no row needs (nearest the middle), or beside them where
+    every one is needed. Dots mark each run left out. ``values``: the entries of the rows
+    shown at the columns shown (fetched already); only a row all zero there is fetched
+    whole, and only up to :data:`COVER_COLUMNS` columns."""
+    kept = [c for c in shown if c is not None]
+    row_ids = [r for r in rows if r is not None]
+    if len(kept) >= block.ncols or block.scalar or block.ncols > COVER_COLUMNS:
+        return shown
+    zero = [r for r in row_ids if all(values[r, c] == 0 for c in kept)]
+    if not zero:
+        return shown
+    every = torch.arange(block.ncols, device=block.device)
+    whole = block.get_block(torch.tensor(zero, dtype=torch.long, device=block.device), every)
+    first = [int(nz[0]) for nz in (row.nonzero().reshape(-1) for row in whole.detach().cpu())
+             if nz.numel()]
+    added = sorted(set(first) - set(kept))
+    if not added:
+        return shown
+    extra = fetch_block(block.get_block, row_ids, added, block.device)
+    nonzero = {(r, c): values[r, c] != 0 for r in row_ids for c in kept}
+    nonzero.update({(r, c): v != 0 for r, row in zip(row_ids, extra) for c, v in zip(added, row)})
+
+    def covered(columns) -> set[int]:
+        return {r for r in row_ids if any(nonzero[r, c] for c in columns)}
+
+    chosen = list(kept)
+    for c in added:
+        chosen = sorted(chosen + [c])
+        need = covered(chosen)
+        centre = (len(chosen) - 1) / 2
+        for d in sorted(chosen[1:-1], key=lambda d: abs(chosen.index(d) - centre)):
+            if d in added:
+                continue
+            rest = [k for k in chosen if k != d]
+            if covered(rest) >= need:  # no row loses its last nonzero shown
+                chosen = rest
+                break
+    out: list[int | None] = []
+    for k, c in enumerate(chosen):
+        if k and c != chosen[k - 1] + 1:
+            out.append(ELLIPSIS)
+        out.append(c)
+    return out
+
+
 # -- one layout per shape within an output ---------------------------------------------------
 @dataclass
 class Decision:
@@ -299,7 +352,9 @@ def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: 
     budget = options.width - reserved
     count = sum(c is not None for c in cols)
     while True:
-        shown = keep_columns(cols, count)
+        shown = covering(block, rows, keep_columns(cols, count), grid.values)
+        if any(c is not None and c not in cols for c in shown):  # a row's nonzero, added
+            grid = _grid(block, rows, sorted({c for c in (*cols, *shown) if c is not None}))
         fmt = grid.format(rows, shown, digits, eps, fixed_low)
         matrix = _matrix(block, grid, rows, shown, fmt)
         if width(matrix) <= budget or (count <= MIN_COLUMNS and digits <= MIN_DIGITS):
@@ -318,6 +373,9 @@ def _decided(block: Block, options: RenderOptions, dtype: torch.dtype, decision:
     cols = keep_columns(summary_indices(block.ncols, options.threshold, options.edgeitems),
                         decision.columns)
     grid = _grid(block, rows, cols)
+    covered = covering(block, rows, cols, grid.values)
+    if covered != cols:  # a row's nonzero, added
+        cols, grid = covered, _grid(block, rows, covered)
     fmt = grid.format(rows, cols, min(digits, decision.digits), eps, fixed_low)
     return _matrix(block, grid, rows, cols, alone(fmt) if block.scalar else fmt)
 

@@ -6,6 +6,7 @@ they are summarised; code is indented four spaces, its lines those of
 """
 from __future__ import annotations
 
+import re
 import textwrap
 
 from .codelines import fit_code
@@ -30,9 +31,16 @@ def _spans(spans) -> str:
     return "".join(_span(s) for s in spans)
 
 
+_GLUE = "\ue000"  # a space no line breaks at (private use: never in the text itself)
+_NUMBER_ENDS = re.compile(r" (\d[\d,]*\.)(?= |$)")
+
+
 def _wrap(text: str, first: str = "", rest: str = "") -> str:
-    return textwrap.fill(text, WRAP, initial_indent=first, subsequent_indent=rest,
-                         break_long_words=False, break_on_hyphens=False)
+    """``text`` wrapped at :data:`WRAP`; a number ending a sentence ("m = 6.") stays on its
+    line: at the start of the next it would read as the next numbered step."""
+    glued = _NUMBER_ENDS.sub(_GLUE + r"\1", text)
+    return textwrap.fill(glued, WRAP, initial_indent=first, subsequent_indent=rest,
+                         break_long_words=False, break_on_hyphens=False).replace(_GLUE, " ")
 
 
 def matrix_lines(matrix: Matrix) -> list[str]:

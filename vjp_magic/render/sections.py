@@ -224,7 +224,7 @@ def _what(result, name: str) -> list:
             return [y, Text(f" has {count:,} entries, each with at most "
                             f"{plural(few, 'nonzero derivative')} at this "), x,
                     Text(f" (of {item.tensor.numel():,}): one gradient each, the rows of the "
-                         "Jacobian")]
+                         "Jacobian" + _whole_when_small(result, name))]
         if _some_row_not_full(result, name):  # (causal, masked: the line beneath says which)
             return [y, Text(f" has {count:,} entries, each using some entries of "), x,
                     Text(": one gradient each, the rows of the Jacobian")]
@@ -247,6 +247,22 @@ def _what(result, name: str) -> list:
     if count > 1:
         spans = [Text(f"{count:,} functions "), _m(f"{f}_k")]
     return [big, Text(" applies "), *spans, Text(f" at {points} "), notation.point(name)]
+
+
+def _whole_when_small(result, name: str) -> str:
+    """Why rows this sparse still take one backward each: a Jacobian of at most
+    ``SPARSE_MIN_ENTRIES`` entries is computed whole (docs/api.md), where the output is large
+    enough for the coloured passes (``SPARSE_MIN_OUTPUT``); else nothing."""
+    from ..core.compressed import SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT
+
+    m, n = result.output.numel(), result.inputs[name].tensor.numel()
+    if m < SPARSE_MIN_OUTPUT or m * n > SPARSE_MIN_ENTRIES:
+        return ""
+    side = math.isqrt(SPARSE_MIN_ENTRIES)
+    most = f"{side} × {side}" if side * side == SPARSE_MIN_ENTRIES else \
+        f"{SPARSE_MIN_ENTRIES:,}"
+    return (f" (a Jacobian of at most {most} entries is computed whole; a larger "
+            "one this sparse takes one backward per colour of its pattern, where that pays)")
 
 
 def _nonzeros_a_row(result, name: str) -> int | None:

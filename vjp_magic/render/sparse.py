@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -793,13 +793,14 @@ def values_block(result, name: str) -> tuple[Block, list]:
 FIRST_ROWS = 6  # rows of a pattern that is no stencil shown at the columns they read
 
 
-def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
-    """The first rows of the Jacobian at the columns those rows read (every other entry of
-    them is 0): a small dense matrix, however large the Jacobian."""
+def _first_rows(result, name: str, sparse, rows_label,
+                rows: int = FIRST_ROWS) -> tuple[Block, list]:
+    """The first ``rows`` rows of the Jacobian at the columns those rows read (every other
+    entry of them is 0): a small dense matrix, however large the Jacobian."""
     matrix = sparse.matrix
     crow, col = matrix.crow_indices(), matrix.col_indices()
     m, n = matrix.shape
-    shown = min(m, FIRST_ROWS)
+    shown = max(1, min(m, rows))
     cols = torch.unique(col[: int(crow[shown])]).cpu()
     if cols.numel() == 0:
         cols = torch.zeros(1, dtype=torch.long)
@@ -819,20 +820,87 @@ def _first_rows(result, name: str, sparse, rows_label) -> tuple[Block, list]:
     return Block(entries, shown, len(cols), matrix.device, rows_label, column), caption
 
 
+def _rows_in_width(result, name: str, options, lhs: Math) -> tuple[Block, list]:
+    """The first rows (:data:`FIRST_ROWS` at most) of a pattern that is no stencil (nor
+    :func:`_strided`) whose columns all fit the line: a column the width cuts would leave a
+    row it holds shown as zeros, which its derivatives are not."""
+    from .matrix import HDOTS, layout, reserve
+
+    sparse = sparse_of(result, name)
+    out_shape = tuple(result.output.shape)
+    label = notation.entry_label(output_symbol(result), out_shape) if out_shape else None
+    probe = replace(options, fit=replace(fit_of(options), plan=None))  # (no plan noted)
+    for rows in range(min(FIRST_ROWS, sparse.matrix.shape[0]), 1, -1):
+        block, caption = _first_rows(result, name, sparse, label, rows)
+        matrix = layout(block, probe, sparse.matrix.dtype, reserved=reserve(lhs))
+        if all(entry != HDOTS for row in matrix.rows[:1] for entry in row):
+            return block, caption
+    return _first_rows(result, name, sparse, label, 1)
+
+
+def _strided(result, name: str, sparse, rows_label) -> tuple[Block, list] | None:
+    """Where every row i of the Jacobian (a 1-D output's entry i) reads the entries
+    ``a·i + b_k`` of a 1-D input (the same offsets ``b_k``, one stride ``a`` > 1: y[i] reads
+    x[3i], x[3i+1], x[3i+2]): its nonzeros as an m × (offsets) matrix, a column per offset,
+    and the caption; else None."""
+    matrix = sparse.matrix
+    shape = tuple(result.inputs[name].tensor.shape)
+    m, n = matrix.shape
+    crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
+    if len(shape) != 1 or result.output.dim() != 1 or m < 2 or col.numel() == 0:
+        return None
+    per_row = int(crow[1] - crow[0])
+    if per_row == 0 or col.numel() != m * per_row or bool((crow.diff() != per_row).any()):
+        return None
+    cols = col.reshape(m, per_row)
+    stride = int(cols[1, 0] - cols[0, 0])
+    if stride < 2:  # (a stride of 1 is a band: said as one)
+        return None
+    offsets = cols[0]
+    expected = offsets[None, :] + stride * torch.arange(m)[:, None]
+    if not bool((cols == expected).all()):
+        return None
+    values = matrix.values().reshape(m, per_row)
+    letter = "i"
+
+    def column(k: int) -> Entry:
+        b = int(offsets[k])
+        index = f"{stride}{letter}" + (f" + {b}" if b else "")
+        return notation.tensor_entry(name, index)
+
+    y = output_symbol(result)
+    reads = ", ".join(column(k).plain for k in range(min(per_row, 3)))
+    caption = [Text("The nonzeros: a row per entry of "), notation.prose_name(y),
+               Text(", a column per entry of "), notation.prose_name(name),
+               Text(f" it reads ({y}[{letter}] reads {reads}{', …' if per_row > 3 else ''}); "
+                    "every other derivative is 0.")]
+    block = Block(lambda r, c: values[r[:, None], c[None, :]], m, per_row, values.device,
+                  rows_label, column)
+    return block, caption
+
+
 def value_formulas(result, name: str, options) -> list[Formula]:
-    """The nonzero values summarised to fit the width and height budgets."""
+    """The nonzero values summarised to fit the width and height budgets: a column per offset
+    for a stencil or a strided pattern (every row shown with what it reads), else the first
+    rows at the columns they read."""
     from .sections import formula  # the one way a matrix is laid out on its line
 
-    block, caption = values_block(result, name)
-    stencil = layout_of(sparse_of(result, name), result.output.shape,
+    sparse = sparse_of(result, name)
+    y = output_symbol(result)
+    stencil = layout_of(sparse, result.output.shape,
                         result.inputs[name].tensor.shape).offsets is not None
-    lhs = notation.partial(output_symbol(result), name) if stencil else \
-        notation.partial(output_symbol(result), name, "i", "j")
+    out_shape = tuple(result.output.shape)
+    strided = None if stencil else _strided(
+        result, name, sparse, notation.entry_label(y, out_shape) if out_shape else None)
+    by_offset = stencil or strided is not None  # a column per offset: ∂y/∂x, no j
+    lhs = notation.partial(y, name) if by_offset else notation.partial(y, name, "i", "j")
+    block, caption = (values_block(result, name) if stencil else strided if by_offset else
+                      _rows_in_width(result, name, options, lhs))
     fit = fit_of(options)
-    if not stencil and not fit.extras:  # a short screen: the pointer alone
+    if not by_offset and not fit.extras:  # a short screen: the pointer alone
         caption = [Text(f"{block.nrows:,} of {result.output.numel():,} rows; all in "),
                    Code(f"r.jacobian({name!r}, layout=torch.sparse_csr)"), Text(".")]
-    elif stencil and not fit.sensitivity:  # shorter still: the column labels say it
+    elif by_offset and not fit.sensitivity:  # shorter still: the column labels say it
         caption = []
     return [formula(lhs, block, options, sparse_of(result, name).matrix.dtype, caption=caption)]
 
