@@ -107,7 +107,8 @@ def refuse_data_writes(record) -> None:
     replay of the calls can be. Named with its line, as the cell wrote it."""
     read: set = set()
     for call in record.calls:
-        if getattr(call.func, "__name__", "") == "__set__" and call.args \
+        if getattr(call.func, "__name__", "") == "__set__" and getattr(
+                getattr(call.func, "__self__", None), "__name__", "") == "data" and call.args \
                 and isinstance(call.args[0], torch.Tensor) and id(call.args[0]) in read:
             line, text = _written(call.site)
             where = f"{text} (line {line})" if text else f"a .data write (line {line})" \
@@ -116,7 +117,8 @@ def refuse_data_writes(record) -> None:
                 f"{where} swaps the values of a tensor the graph had read, unseen by "
                 "autograd: where the graph saved that tensor it reads the new values, so the "
                 "derivatives are taken there, not where the output was computed")
-        read.update(id(t) for t in reads_of(call))
+        if getattr(call.func, "__name__", "") not in ("__get__", "__set__"):
+            read.update(id(t) for t in reads_of(call))  # (reading x.data is no graph's read)
 
 
 def _written(site) -> tuple[int | None, str]:
