@@ -37,6 +37,22 @@ def _data_before_read(x):
 def test_a_data_write_after_a_read_is_refused_with_its_line():
     with pytest.raises(NotReplayable, match=r"x\.data = x\.data \* 2 \(line \d+\) swaps"):
         refuse_data_writes(_recorded(_data_after_read))
+    out = {}
+    record = _recorded(lambda x: out.setdefault("y", _data_after_read(x)))
+    with pytest.raises(NotReplayable):
+        refuse_data_writes(record, out["y"])  # y's graph read x before the write
+
+
+def test_an_output_computed_after_the_write_is_not_refused():
+    out = {}
+
+    def step(x):  # an optimiser step through .data, then the output at the new values
+        (x ** 2).sum().backward()
+        x.data -= 0.1 * x.grad
+        out["y"] = x ** 3
+
+    record = _recorded(step)
+    refuse_data_writes(record, out["y"])  # raises nothing: y's graph read only the new x
 
 
 @pytest.mark.parametrize("body", [_grad_set, _data_before_read], ids=["grad-set", "data-first"])

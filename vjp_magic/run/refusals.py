@@ -97,19 +97,19 @@ def refuse_record(record, output) -> None:
         raise NoRecord(None if record is None else record.failed)
     if not isinstance(output, torch.Tensor):
         raise NotReplayable("the output is not a tensor")
-    refuse_data_writes(record)
+    refuse_data_writes(record, output)
 
 
-def refuse_data_writes(record) -> None:
-    """``x.data = …`` after a recorded call read x: autograd does not see the write, and
-    the graph reads x's new values where it saved x (``y = x ** 2`` then ``x.data = 2 *
+def refuse_data_writes(record, output=None) -> None:
+    """``x.data = …`` after a recorded call read x and made a value ``output`` is computed
+    from (any value, where ``output`` is not given): autograd does not see the write, and the
+    graph reads the new values where it saved x (``y = x ** 2`` then ``x.data = 2 *
     x.data``: a backward of y gives 2·x at the new x, not where y was computed), which no
     replay of the calls can be. Named with its line, as the cell wrote it."""
-    read: set = set()
+    read: dict = {}  # id(tensor) → the calls (not x.data's own get/set) that read it
     for call in record.calls:
-        if getattr(call.func, "__name__", "") == "__set__" and getattr(
-                getattr(call.func, "__self__", None), "__name__", "") == "data" and call.args \
-                and isinstance(call.args[0], torch.Tensor) and id(call.args[0]) in read:
+        if _sets_data(call) and any(_on_the_way(c, output) for c in read.get(
+                id(call.args[0]), ())):
             line, text = _written(call.site)
             where = f"{text} (line {line})" if text else f"a .data write (line {line})" \
                 if line else "a .data write"
@@ -118,7 +118,23 @@ def refuse_data_writes(record) -> None:
                 "autograd: where the graph saved that tensor it reads the new values, so the "
                 "derivatives are taken there, not where the output was computed")
         if getattr(call.func, "__name__", "") not in ("__get__", "__set__"):
-            read.update(id(t) for t in reads_of(call))  # (reading x.data is no graph's read)
+            for t in reads_of(call):  # (reading x.data is no graph's read)
+                read.setdefault(id(t), []).append(call)
+
+
+def _sets_data(call) -> bool:
+    return getattr(call.func, "__name__", "") == "__set__" and getattr(
+        getattr(call.func, "__self__", None), "__name__", "") == "data" and bool(call.args) \
+        and isinstance(call.args[0], torch.Tensor)
+
+
+def _on_the_way(call, output) -> bool:
+    """Whether ``output`` is computed from a result of ``call`` (any call, without one)."""
+    if not isinstance(output, torch.Tensor):
+        return True
+    return any(isinstance(t, torch.Tensor) and (t is output or t.grad_fn is not None
+                                                and depends_on(output, t))
+               for t in outs_of(call))
 
 
 def _written(site) -> tuple[int | None, str]:
