@@ -135,7 +135,7 @@ def blamed_inputs(result) -> set[str]:
     found: set[str] = set()
     report = getattr(result, "gradcheck", None)
     if report is not None and report.ok is False:
-        found |= {n for n, where in (report.failed or {}).items() if len(where)}
+        found |= set(report.failed or {})  # (each name there disagreed)
         found |= set(report.unscaled or ()) | set(getattr(report, "cell_failed", ()) or ())
     check = getattr(result, "check", None)
     for verdict in (check,) if hasattr(check, "correct") else check or ():
