@@ -396,16 +396,14 @@ def test_a_band_of_7_at_200_entries_takes_7_coloured_passes(run_vjp):
     assert len(r.gradients["signal"]) == 7  # rows i and i + 7 never share a column
 
 
-@pytest.mark.xfail(strict=True, reason="the same band (offsets −3..3) at 64 entries: the display "
-                   "names the band, then 'the derivatives below are the full Jacobian … One "
-                   "backward per component, 64 in all'; docs/api.md's rule (an output of 32 "
-                   "entries or more, colours at most a quarter of them: 7 ≤ 16) says the "
-                   "compressed passes are taken, as at 200 entries; the code's threshold is "
-                   "core/compressed.SPARSE_MIN_ENTRIES = 64·64 Jacobian entries instead")
-def test_a_band_of_7_at_64_entries_takes_7_coloured_passes(run_vjp):
+# Was a strict xfail (s35 G16): code and docs disagreed on where the coloured passes start.
+# Decided in s36 (U11): the code's rule (more than 64 × 64 Jacobian entries) is kept and
+# docs/api.md states it; the display says why a band at 64 entries takes 64 passes.
+def test_a_band_of_7_at_64_entries_is_computed_whole_and_says_why(run_vjp):
     r = run_vjp(BAND_7.format(n=64))
     assert "offsets −3..3" in plain(r)
-    assert len(r.gradients["signal"]) == 7, len(r.gradients["signal"])
+    assert len(r.gradients["signal"]) == 64, len(r.gradients["signal"])
+    assert "at most 64 × 64 entries is computed whole" in plain(r)
 
 
 # -- the teacher's smaller screen: %config VJPMagics.height ---------------------------------------
