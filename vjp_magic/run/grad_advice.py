@@ -6,9 +6,13 @@ a factory's ``requires_grad=False`` is set to ``True`` (never a second keyword),
 ``.requires_grad_(False)`` becomes ``.requires_grad_()`` (never a second call), and where the
 line that makes the input already asks for grad, the later line that turned it off
 (``x.requires_grad = False``, ``x.requires_grad_(False)``, ``x.detach_()``) is the one named.
-Each amended line is compiled before it is advised. It also owns the cell-reading helpers
-this advice needs (:func:`statements`, :func:`assigned_name`, :func:`names_read`) and the
-hints for an output without history (:func:`late_grad_hint`, :func:`copied_hint`).
+Where the cell writes the input in place (``x *= 2``, ``x[0] = 5.``), which a leaf that
+requires grad refuses, the advice is a line to add after the last write
+(:func:`in_place_advice`). Each amended line is compiled before it is advised. It also owns
+the cell-reading helpers this advice needs (:func:`statements`, :func:`assigned_name`,
+:func:`names_read`) and the hints for an output without history (:func:`late_grad_hint`: a
+late ``requires_grad_``, a cut by ``no_grad``/``.detach()`` named with its line
+(:func:`cut_hint`), a list or array output (:func:`left_autograd_hint`); :func:`copied_hint`).
 """
 from __future__ import annotations
 
