@@ -14,6 +14,7 @@ expression, or tensors given in Python).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ from .core.validation import (check_arguments, checked_inputs, named_inputs,
                               parameter_expression)
 from .features import (Feature, code, coaching, cuts, declared_flags, exam, explain, gather,
                        grading, gradcheck, is_wanted, names, picture, present, symbolic)
+from .render import graph_facts
 from .render.options import RenderOptions
 from .render.view import View
 from .run.called import Called, is_function
@@ -97,6 +99,8 @@ def pipeline(subject: Subject, request: Request,
         found = _accepted(graph, output_name, request, given)  # None: the analysis decides
         result = graph.restore(found if found is not None else
                                _derivatives(graph, output_name, request, given), output, inputs)
+        if graph.replayed:  # the facts off the graph analysed: whole where the cell freed its own
+            graph_facts.read_off(result, graph.output, graph.inputs)
         with names.naming(subject, result):  # no text a feature builds takes a bound name
             added = gather(features, result, request, subject)
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
@@ -320,7 +324,7 @@ def _free_output_name(output, given: str | None, caller: Mapping) -> str | None:
     output by a name that holds another tensor there."""
     if given is not None:
         return given
-    for name in ("y", "out", *(f"out{k}" for k in range(2, 100))):
+    for name in itertools.chain(("y", "out"), (f"out{k}" for k in range(2, 100))):
         if caller.get(name, output) is output:
             return name
     return "y"

@@ -318,12 +318,9 @@ print(f"\\nDerivative of f_2(x)=5x at the points {tuple(x.data.view(-1).tolist()
 print(x.grad)'''
 
 
-@pytest.mark.xfail(strict=True, reason="the tutorial's In [6] verbatim (its last backward frees "
-                   "y's graph): 'y = F(x) acts on 3 points (2 components each) one by one' and "
-                   "rows y[0, :], y[1, :]; the same cell without its backward calls says 'applies "
-                   "2 functions f_k at 3 points' with rows f_1', f_2' — the tutorial's own names "
-                   "are lost exactly when the student runs the tutorial's code (one_function is "
-                   "not known once the cell's graph is freed)")
+# Was a strict xfail (s35 G16): fixed by reading the graph facts off the analysis' replay
+# (render/graph_facts.read_off, called by the pipeline: s36 F5's patches), whole where the
+# cell's own backward freed the user's graph.
 @pytest.mark.parametrize("body", [
     TUTORIAL_IN_6,
     # the classic mistake: ones on both components; the note speaks of f₁′ + f₂′

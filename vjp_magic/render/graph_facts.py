@@ -13,6 +13,7 @@ which); a stored result keeps the facts read while it had its graph.
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 
 from ..core import graph_facts as _walks
 
@@ -27,6 +28,18 @@ def facts(result) -> dict:
         found = _READ[id(result)] = _walks.facts(result.output, result.inputs)
         weakref.finalize(result, _READ.pop, id(result), None)
     return found
+
+
+def read_off(result, output, inputs: dict) -> None:
+    """``result``'s facts read off a stand-in for the user's graph: the analysis' hook-free
+    replay (``output``, computed by the same operations from the fresh leaves ``inputs``,
+    name → tensor), whole where the cell's own backward freed the user's graph and left
+    its saved values unreadable (the tutorial's ``y.backward(v)``: ``5 * x``'s saved 5)."""
+    items = {name: replace(item, tensor=inputs[name]) for name, item in result.inputs.items()
+             if name in inputs}
+    if len(items) == len(result.inputs) and id(result) not in _READ:
+        _READ[id(result)] = _walks.facts(output, items)
+        weakref.finalize(result, _READ.pop, id(result), None)
 
 
 def sparse_grad(result, name: str) -> bool:
