@@ -16,10 +16,12 @@ module). An ordinary custom backward (``2 * x * g``) is left alone.
 """
 from __future__ import annotations
 
+import contextlib
 import dis
 import functools
 import os
 import sys
+import threading
 import types
 from typing import NamedTuple
 
@@ -52,14 +54,29 @@ class _Judged(NamedTuple):
 
 
 def _judged(output, probe: bool = True) -> _Judged:
-    """One walk of ``output``'s graph: its custom Functions, the unpack hooks its saved
-    tensors carry and the dispatching subclasses its nodes hold; then its reentrant nodes
-    (``probe``: a node's backward probed on zeros, only where nothing it saved is hooked and
-    no dispatching subclass is on the graph: the probe would run that code)."""
+    """One walk of ``output``'s graph (:func:`_walked`): its custom Functions, the unpack
+    hooks its saved tensors carry and the dispatching subclasses its nodes hold; then its
+    reentrant nodes (``probe``: a node's backward probed on zeros, only where nothing it saved
+    is hooked and no dispatching subclass is on the graph: the probe would run that code)."""
     if not isinstance(output, torch.Tensor) or output.grad_fn is None:
         return _Judged()
+    facts, functions, hooked = _walked(output.grad_fn)
+    if facts.dispatching is not None:
+        return facts
+    found = (node.name() for node in functions
+             if _is_reentrant(node, probe=probe and id(node) not in hooked))
+    return facts._replace(reentrant=tuple(dict.fromkeys(found)))
+
+
+def _walked(root) -> tuple[_Judged, list, set]:
+    """(the facts of one walk of the graph below ``root``, its custom Functions' nodes, the
+    ids of the nodes whose saved tensors the user's code unpacks); inside
+    :func:`judged_once`, the walk made once for ``root`` serves every judgement of it."""
+    walks = getattr(_ONCE, "walks", None)
+    if walks is not None and root in walks:
+        return walks[root]
     functions, hooks, hooked, dispatching = [], set(), set(), None
-    for node in walk_nodes([output.grad_fn]):
+    for node in walk_nodes([root]):
         if isinstance(node, torch.autograd.function.BackwardCFunction):
             functions.append(node)
         for saved in raw_saved(node):
@@ -75,12 +92,31 @@ def _judged(output, probe: bool = True) -> _Judged:
             dispatching = _dispatching(_held(vars(node).values()))
     custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in functions)
     checkpointed = any(c.co_filename.endswith(_CHECKPOINT_FILE) for c in hooks)
-    facts = _Judged((), custom, frozenset(hooks), checkpointed, dispatching)
-    if dispatching is not None:
-        return facts
-    found = (node.name() for node in functions
-             if _is_reentrant(node, probe=probe and id(node) not in hooked))
-    return facts._replace(reentrant=tuple(dict.fromkeys(found)))
+    walked = (_Judged((), custom, frozenset(hooks), checkpointed, dispatching), functions,
+              hooked)
+    if walks is not None:
+        walks[root] = walked  # (the root kept by the key: no id reused while it lasts)
+    return walked
+
+
+_ONCE = threading.local()
+
+
+@contextlib.contextmanager
+def judged_once():
+    """Within it, one walk of a graph serves all its judgements (:func:`refuse_recomputing`
+    as the output is read, :func:`refuse_reentrant` after the inputs are): for the start of
+    one entry point's call, before any pass (nothing the walk reads changes in between:
+    the graph below a node, what its nodes saved and their hooks; a custom Function is
+    still probed by each judgement that probes). Nested: the outer one's walks are kept."""
+    if getattr(_ONCE, "walks", None) is not None:
+        yield
+        return
+    _ONCE.walks = {}
+    try:
+        yield
+    finally:
+        _ONCE.walks = None
 
 
 def unpacks_users_code(nodes) -> bool:
@@ -323,5 +359,5 @@ _MISSING = object()
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
-           "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",
+           "judged_once", "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",
            "refuse_recomputing", "refuse_reentrant", "unpacks_users_code"]
