@@ -98,12 +98,6 @@ def test_packed_causal_sequences_of_two_or_more_are_block_lower_triangular(sizes
 
 
 # -- finding 1: block-diagonal groups with a group of one index --------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): a batch of "
-    "groups (2, 2, 2, 2, 1) — y[i] reads every x of its own group, both ways — is called "
-    "'block-lower-triangular, 4 blocks of 2 to 3 with 4 exceptions' with blocks (2, 2, 2, 3) "
-    "and the legitimate y[0] ← x[1] as witness (the first 'leak'); the pattern is exactly "
-    "block-diagonal, blocks (2, 2, 2, 2, 1), no exception"))
 def test_a_last_group_of_one_is_not_a_causal_leak():
     sizes = (2, 2, 2, 2, 1)
     n, f = _group_map(sizes)
@@ -111,10 +105,6 @@ def test_a_last_group_of_one_is_not_a_causal_leak():
     assert d.kind == "block-diagonal" and d.blocks == sizes and d.exceptions() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): a batch whose "
-    "first group has one index, sizes (1, 5, 5), is called block-diagonal with blocks (6, 5): "
-    "the one-node group is merged into the next (6 shown as a group size that no group has)"))
 def test_a_first_group_of_one_keeps_its_size():
     sizes = (1, 5, 5)
     n, f = _group_map(sizes)
@@ -122,12 +112,6 @@ def test_a_first_group_of_one_keeps_its_size():
     assert d.kind == "block-diagonal" and d.blocks == sizes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 1 (class: _block_verdict allows no block of one index): groups "
-    "(5, 11, 3, 20, 1, 24) — a GNN batch with one isolated node — are called 'band, offsets "
-    "−23..23' (2,456 entries allowed, twice the 1,132 of the blocks); (5, 1, 5) likewise a "
-    "band −4..4, (3, 3, 1, 3) a band −2..2. The same sizes with a 2 in place of the 1 are "
-    "block-diagonal"))
 @pytest.mark.parametrize("sizes", [(5, 11, 3, 20, 1, 24), (5, 1, 5), (3, 3, 1, 3)])
 def test_an_isolated_node_in_the_middle_keeps_the_batch_block_diagonal(sizes):
     n, f = _group_map(sizes)
@@ -136,11 +120,6 @@ def test_an_isolated_node_in_the_middle_keeps_the_batch_block_diagonal(sizes):
 
 
 # -- finding 2: packed causal sequences with a sequence of length one ---------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 2 (class: _block_verdict allows no block of one index): packed causal "
-    "sequences of lengths (4, 1, 5, 3) are called 'block-lower-triangular, 4 blocks of 2 to 5 "
-    "with 3 exceptions', blocks (3, 2, 5, 3), witness y[3] ← x[0] — a dependence inside "
-    "sequence 0 (indices 0..3) shown as the first leak; no dependence crosses a sequence"))
 def test_a_length_one_sequence_invents_no_leak():
     sizes = (4, 1, 5, 3)
     n, f = _packed_causal(sizes)
@@ -149,10 +128,6 @@ def test_a_length_one_sequence_invents_no_leak():
     assert d.exceptions() == [] and d.blocks == sizes
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 2 (class: _block_verdict allows no block of one index): packed causal "
-    "sequences (1, 4, 4) and (3, 3, 3, 1) are shown with blocks (5, 4) and (3, 3, 4): the "
-    "one-token sequence is merged into its neighbour"))
 @pytest.mark.parametrize("sizes", [(1, 4, 4), (3, 3, 3, 1)])
 def test_a_one_token_sequence_keeps_its_length(sizes):
     n, f = _packed_causal(sizes)
@@ -177,12 +152,6 @@ def _graph_batch(sizes, crossing):
     return start, f
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 3 (class: _block_verdict allows no block of one index): a GNN batch of "
-    "star graphs (4, 1, 5, 6) with an isolated node and one crossing edge y[15] ← x[0] is "
-    "called 'sparse, at most 6 per row (mean 2.56)', no blocks, witness y[0] ← x[1] (an edge "
-    "inside graph 0) and the crossing edge never named; with (4, 2, 5, 6) the verdict is "
-    "block-diagonal with y[16] ← x[0] as its one exception and witness"))
 def test_a_crossing_edge_beside_an_isolated_node_is_the_only_exception():
     sizes = (4, 1, 5, 6)
     n, f = _graph_batch(sizes, (15, 0))
@@ -216,12 +185,6 @@ def _softmax_cases():
                 yield dtype, sizes, seed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 4 (class: dependency's probes read rounding as a dependence): for a "
-    "softmax over segments where one segment has one entry (y = exp(x)/exp(x) = 1, derivative "
-    "exactly 0 in mathematics, in torch.autograd.functional.jacobian and in the package's own "
-    "r.jacobian), vjp_magic.dependency's .pattern says y[i] ← x[i] (e.g. float64 (5, 1, 6), "
-    "seed 0: y[5] ← x[5])"))
 def test_a_softmax_over_one_entry_reads_nothing():
     wrong = []
     for dtype, sizes, seed in _softmax_cases():
@@ -242,13 +205,6 @@ def test_a_softmax_over_one_entry_has_a_zero_derivative_in_the_jacobian():
 
 
 # -- finding 5: a shift-invariant per-sample softmax stabilised by the batch max -----------------
-@pytest.mark.xfail(strict=True, reason=(
-    "s36 G17 finding 5 (class: dependency's probes read rounding as a dependence): "
-    "y = exp(x − x.max()) / exp(x − x.max()).sum(1) over a batch of 16 samples is a per-sample "
-    "softmax (the global max cancels: no sample reads another in mathematics; torch's own "
-    "jacobian has only rounding there, ≤ 1.2e-7 in float32, ≤ 3.2e-16 in float64), but "
-    "vjp_magic.dependency calls it 'block-diagonal, 3 blocks of 3 to 10 with 6 exceptions', "
-    "witness e.g. y[0] ← x[11] (a leak that does not exist; the blocks match no group)"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_softmax_stabilised_by_the_batch_max_does_not_leak(dtype):
     def f(x):

@@ -84,12 +84,8 @@ def test_requires_grad_forgotten_is_told_to_create_x_with_it(ip, capsys):
     assert "x = torch.linspace(-2, 2, 5, requires_grad=True)" in shown, shown
 
 
-@pytest.mark.xfail(strict=True, reason="x = torch.linspace(-2, 2, 5); y = x**2; "
-                   "x.requires_grad = True (set after y was computed); y.sum().backward(): the "
-                   "message says 'Make y require grad: y = (x**2).requires_grad_()', which "
-                   "runs but leaves x.grad None (y becomes a leaf of its own): the student "
-                   "needs x to require grad BEFORE y is computed, as the same cell without "
-                   "line 3 is told ('x = torch.linspace(-2, 2, 5, requires_grad=True)')")
+# Was a strict xfail (s36 G18): fixed in run/grad_advice (s36 F6: a tensor computed from another is
+# never advised to require grad; an input turned on after a line used it is made with it).
 def test_requires_grad_set_after_y_is_not_advised_on_y(ip, capsys, run_ok):
     _, shown = shown_by(ip, capsys, "%%vjp\nx = torch.linspace(-2, 2, 5)\ny = x**2\n"
                                     "x.requires_grad = True\ny.sum().backward()")
@@ -107,13 +103,8 @@ def test_an_in_place_edit_of_the_input_is_coached(ip, capsys):
     assert "Why:" in shown and "Corrected: x = x + 1" in shown, shown[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="z = x.exp(); z.add_(1); z.sum().backward(): PyTorch's "
-                   "'one of the variables needed for gradient computation has been modified by "
-                   "an inplace operation ... output 0 of Exp, is at version 1' and a traceback "
-                   "through torch/autograd only — no 'Why:', no line named, no fix, no "
-                   "derivatives, where a leaf edited in place (x += 1) is told 'Corrected: x = "
-                   "x + 1': a student expects 'z.add_(1) on line 3 changed exp's output, "
-                   "which its backward needs. Corrected: z = z + 1'")
+# Was a strict xfail (s36 G18): fixed in run/mistakes.creation_advice (s36 F6: a saved tensor
+# edited in place is coached: why, its line, the out-of-place line).
 def test_an_in_place_edit_of_a_saved_tensor_is_coached(ip, capsys):
     _, shown = shown_by(ip, capsys, "%%vjp\nx = torch.linspace(-2, 2, 5, requires_grad=True)\n"
                                     "z = x.exp()\nz.add_(1)\nz.sum().backward()")
@@ -258,14 +249,6 @@ def _pattern(f, x):
     return J.abs().sum(dim=(1, 3)) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="a batch of 2 (or 4) directed 4-node rings, y = x + "
-                   "index_add of each node's predecessor, no edge between graphs: "
-                   "vjp_magic.dependency says 'block-lower-triangular' (packed causal "
-                   "sequences) with witness y[0] ← x[3], an edge inside graph 0 (the ring "
-                   "closing), where the Jacobian's pattern is exactly block-diagonal, blocks "
-                   "(4, 4); the same rings in a batch of 8 are 'block-diagonal': the kind "
-                   "changes with the batch size (dependency.full_verdict counts the rings' "
-                   "closing edges as 'a few exceptions' of a triangle)")
 @pytest.mark.parametrize("graphs", [2, 4])
 def test_a_batch_of_directed_rings_is_block_diagonal(graphs):
     torch.manual_seed(0)
@@ -286,11 +269,6 @@ def test_a_batch_of_8_directed_rings_is_block_diagonal():
     assert d.pattern.eq(_pattern(f, x.detach())).all()
 
 
-@pytest.mark.xfail(strict=True, reason="2 directed 4-node rings plus one edge from node 0 of "
-                   "graph 0 into node 7 of graph 1: the verdict's witness is y[0] ← x[3], a "
-                   "legitimate edge inside graph 0, and the kind 'block-lower-triangular'; the "
-                   "only dependence crossing graphs, y[7] ← x[0], is third in .exceptions(): "
-                   "a practitioner hunting the leak expects it as the witness")
 def test_the_witness_of_a_crossing_edge_is_that_edge():
     torch.manual_seed(0)
     f = _ring_batch(2, 4, cross=(7, 0))
@@ -327,14 +305,8 @@ def test_mixup_is_a_band_with_wrap_around_and_says_so(ip, run_ok, run_vjp):
     assert "each with at most 6 nonzero derivatives at this xm (of 18)" in text
 
 
-@pytest.mark.xfail(strict=True, reason="out = net(xb) through BatchNorm1d in training mode "
-                   "(batch of 6), and y = attention(x, none) (self-attention, no causal mask, 6 "
-                   "positions): the display says only 'out has 12 entries, each may use every "
-                   "entry of xb' (and 'y has 24 entries, each may use every entry of x'), never "
-                   "that rows read other rows — the leak, or the future — while the same "
-                   "display for mixup says 'The rows of out are not independent of the rows of "
-                   "xm: out[0] ← xm[1]'; r.dependency knows ('dense', y[0] ← x[1]): a "
-                   "practitioner expects the leak named with its witness")
+# Was a strict xfail (s36 G18): fixed in render/findings.structure_findings (R1's patch, s36
+# U12: the dense verdict line with its witness under a small full Jacobian too).
 @pytest.mark.parametrize("setup, cell, witness", [
     ("import torch.nn as nn\ntorch.manual_seed(0)\n"
      "net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))\n"
@@ -353,12 +325,8 @@ def test_a_dense_batch_leak_is_named_with_its_witness(ip, run_ok, run_vjp, setup
     assert witness in plain(r), plain(r)[:400]
 
 
-@pytest.mark.xfail(strict=True, reason="demo 04's 'Sensitivity' cell (features 10,000 × 5, "
-                   "scale [3, 0, 1, 0.1, 2]): the table of mean and largest |∂score/∂features| "
-                   "shows only features_1 and features_5 with a ':' row between, in a 24-line "
-                   "output: features_2, whose scale 0 makes it exactly insensitive (the "
-                   "section's point: 'Which input features does the model's output respond "
-                   "to?'), is hidden; 5 rows are under the threshold of 10 and fit the screen")
+# Was a strict xfail (s36 G18): fixed in render/findings._table_rows (s36 U12: a table of at most
+# threshold rows is never cut by the budget; a long one keeps the features it is read for).
 def test_the_demos_sensitivity_table_shows_all_5_features(ip, run_vjp):
     r = run_vjp("torch.manual_seed(0)\nfeatures = torch.randn(10_000, 5, requires_grad=True)\n"
                 "scale = torch.tensor([3.0, 0.0, 1.0, 0.1, 2.0])\n"
@@ -372,11 +340,8 @@ def test_the_demos_sensitivity_table_shows_all_5_features(ip, run_vjp):
         assert f"∂f/∂features_{k} [" in text, text[-500:]
 
 
-@pytest.mark.xfail(strict=True, reason="%%vjp -p 17 on y = sin(x), x float64 (5 entries): "
-                   "the matrix shows 6 significant digits (0.995004) with no word that the "
-                   "digits asked for were cut to fit the width; cos(0.1) = 0.99500416527802582. "
-                   "A teacher asking for 17 digits expects them, or a note saying how many "
-                   "were kept and that --full-matrix shows them")
+# Was a strict xfail (s36 G18): fixed in render/view.with_digits_note (s36 U12: digits the width
+# cut below a precision asked are said to be, and where the rest are).
 def test_seventeen_digits_asked_are_shown_or_said_to_be_cut(run_vjp):
     r = run_vjp("x = torch.linspace(0.1, 1, 5, dtype=torch.float64, requires_grad=True)\n"
                 "y = torch.sin(x)", "-p 17")
@@ -385,10 +350,8 @@ def test_seventeen_digits_asked_are_shown_or_said_to_be_cut(run_vjp):
     assert "0.9950041652780" in text or "digits" in text, text[-300:]
 
 
-@pytest.mark.xfail(strict=True, reason="--check ans with ans = (3*x**2).reshape(5, 1) for y = "
-                   "x**3 at 5 points (derivatives shaped (5,), as x.grad): '✓ correct' and "
-                   "nothing else, though x - 0.1 * ans broadcasts to (5, 5); a student expects "
-                   "'right numbers, shaped (5, 1) where x.grad is (5,)'")
+# Was a strict xfail (s36 G18): fixed in teach/grading.Verdict.shape_note (s36 F6: a right answer
+# whose shape differs by axes of size 1 is told its shape and what broadcasting does).
 def test_a_right_answer_of_the_wrong_shape_is_told_its_shape(run_vjp):
     r = run_vjp("x = torch.linspace(-2, 2, 5, requires_grad=True)\ny = x**3\n"
                 "ans = (3*x**2).reshape(5, 1)", "--check ans")

@@ -74,7 +74,8 @@ class Dependency:
     (sparse: blocks that a few dependences cross, four or more, most of them not joined at
     their edges as a band's are: sparse graphs in a batch); ``nonzeros``: (most,
     mean) input indices an output index reads, for a sparse one; ``note``: a caveat, in words
-    (float32 underflow; a pattern bounded, not resolved entry by entry); ``complete``: False
+    (float32 underflow; a pattern bounded, not resolved entry by entry; probed entries left
+    out as rounding, the first named); ``complete``: False
     when ``pattern`` holds the band the verdict implies beyond the output indices probed one
     by one (a wide mixing at a large size; the witness is still a dependence shown, and the
     note says how many diagonals past the band were not checked);
@@ -497,24 +498,32 @@ def _band_size(m: int, n: int, lo: int, hi: int) -> int:
 
 
 def _block_verdict(m: int, n: int, r, c):
-    """(entries allowed, Verdict) for blocks along the diagonal, each of two indices or more
-    (lower-triangular blocks where no dependence inside a block reads a later index: packed
-    causal sequences), split at the cuts crossed by at most ``fewest + t`` dependences for
-    the t (up to the crossings allowed) that allows the fewest entries: a leak between two
-    blocks raises the count at the cuts it spans by one, so it neither merges them nor hides.
-    A few crossings at most: the witness is the first; None where there are no such blocks."""
+    """(entries allowed, Verdict) for blocks along the diagonal (lower-triangular blocks where
+    no dependence inside a block reads a later index: packed causal sequences), split at the
+    cuts crossed by at most ``fewest + t`` dependences for the t (up to the crossings
+    allowed) that allows the fewest entries, the fewest exceptions on a tie: a leak between
+    two blocks raises the count at the cuts it spans by one, so it neither merges them nor
+    hides. A block may be one index that reads and is read by no other (an isolated node, a
+    one-token sequence) where most indices lie in blocks of two or more (:func:`_blocks_at`).
+    A few crossings at most: the witness is the first; None where there are no such
+    blocks."""
     if m != n or m < 4:
         return None
     crossing = _crossings(n, r, c)  # dependences across the cut before index k = 1..n−1
     fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
-    cut_sets = dict.fromkeys(  # in level order; levels whose cuts differ inside runs: once
-        tuple(_ends_of_runs((crossing <= level).nonzero().flatten() + 1, n).tolist())
-        for level in levels)
+    cut_sets = {}  # in level order: each level's cuts as they are, then less inner runs
+    for level in levels:
+        cuts = (crossing <= level).nonzero().flatten() + 1
+        cut_sets[tuple(cuts.tolist())] = None
+        cut_sets[tuple(_ends_of_runs(cuts, n).tolist())] = None
     options = [_blocks_at(n, r, c, torch.tensor(cuts, dtype=torch.long), most)
                for cuts in cut_sets]
     options = [option for option in options if option is not None]
-    return min(options, key=lambda option: option[0]) if options else None
+    if not options:
+        return None
+    size, _, best = min(options, key=lambda option: option[:2])
+    return size, best
 
 
 def _ends_of_runs(cuts: torch.Tensor, n: int) -> torch.Tensor:
@@ -530,26 +539,37 @@ def _ends_of_runs(cuts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _blocks_at(n: int, r, c, cuts, most: int):
-    """(entries allowed, Verdict) for the blocks between ``cuts``, or None (a block of one
-    index, or more than ``most`` dependences crossing). Lower-triangular blocks where that
-    allows fewer entries, counting as exceptions the dependences inside a block on a later
-    index (a future leak inside one packed causal sequence) with the crossings: at most
-    ``most`` in all; the witness is the first exception."""
+    """(entries allowed, exceptions, Verdict) for the blocks between ``cuts``, or None (more
+    than ``most`` dependences crossing; a single block; a block of one index that reads or
+    is read by another, a piece of a sparse group, not a group; blocks of one beside fewer
+    than two larger blocks, or holding half the indices or more: a diagonal with a few
+    leaks, not blocks). Lower-triangular blocks where
+    that allows fewer entries, counting as exceptions the dependences inside a block on a
+    later index (a future leak inside one packed causal sequence) with the crossings: at
+    most ``most`` in all, in at most half the blocks (a later index read in every block is
+    the blocks' own structure, as a ring's closing edge: block-diagonal); the witness is the
+    first exception."""
     bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([n])])
     sizes = bounds.diff()
-    if len(sizes) < 2 or int(sizes.min()) < 2:
+    ones = bounds[:-1][sizes == 1]
+    if len(sizes) < 2 or int(sizes.min()) < 1 or 2 * len(ones) >= n \
+            or (len(ones) and int((sizes > 1).sum()) < 2) \
+            or bool(torch.isin(torch.cat([r[r != c], c[r != c]]), ones).any()):
         return None
     across = torch.searchsorted(cuts, r, right=True) != torch.searchsorted(cuts, c, right=True)
     crossings = int(across.sum())
     if crossings > most:
         return None
     blocks = tuple(sizes.tolist())
-    diagonal = int((sizes**2).sum()) + crossings, Verdict(
+    diagonal = int((sizes**2).sum()) + crossings, crossings, Verdict(
         Kind.BLOCK_DIAGONAL, _first(r, c, across) or _first(r, c, r != c), None, blocks)
     later = ~across & (c > r)  # inside a block, on a later index
-    if not bool((~across & (c < r)).any()) or crossings + int(later.sum()) > most:
+    held = torch.unique(torch.searchsorted(cuts, r[later], right=True)).numel()
+    if not bool((~across & (c < r)).any()) or crossings + int(later.sum()) > most \
+            or 2 * held > len(sizes):
         return diagonal
-    lower = int((sizes * (sizes + 1) // 2).sum()) + crossings + int(later.sum()), Verdict(
+    exceptions = crossings + int(later.sum())
+    lower = int((sizes * (sizes + 1) // 2).sum()) + exceptions, exceptions, Verdict(
         Kind.BLOCK_LOWER_TRIANGULAR, _first(r, c, across | later) or _first(r, c, r != c),
         None, blocks)
     return lower if lower[0] < diagonal[0] else diagonal
@@ -712,6 +732,9 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
         return _held_sparsely(output, x, a, b, budget, seed)
     found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     note = _bounded_note(found, m) if not found.complete else None
+    if found.rounded:
+        rounded = _rounded_note(found.rounded, output.dtype, a, b)
+        note = rounded if note is None else f"{note}; {rounded}"
     dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
     if not found.complete:
         dep = _shown_witness(dep, found.exact_rows, found.exact_columns)
@@ -759,6 +782,24 @@ def _held_sparsely(output, x, a: int, b: int, budget: int, seed: int) -> Depende
 
 OBSERVED_NOTE = ("observed at this x with grouped probes: a derivative under their "
                  "resolution may read 0")
+
+
+ROUNDED_NOTE = ("{count} probed entr{ies} left out as {dtype} rounding (the first: {first}): "
+                "{its} value did not scale with the probe as a derivative's does; a dependence "
+                "that small cannot be told from rounding in {dtype}{advice}")
+
+
+def _rounded_note(rounded, dtype: torch.dtype, a: int, b: int) -> str:
+    """Says which non-zero answers were read as rounding (:func:`.grouptest.firm`) and left
+    out of the pattern: not shown as dependences, not silently dropped either."""
+    i, j = rounded[0]
+    first = f"{_index('y', a, i)} ← {_index('x', b, j)}"
+    name = str(dtype).replace("torch.", "")
+    advice = "" if dtype == torch.float64 else ": check in float64 with x.double()"
+    count = len(rounded)
+    return ROUNDED_NOTE.format(count=f"{count:,}", ies="y" if count == 1 else "ies",
+                               dtype=name, first=first, its="its" if count == 1 else "their",
+                               advice=advice)
 
 
 def _bounded_note(found, m: int) -> str:
@@ -935,7 +976,10 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
 
     Batched random probes vᵀJ supported on sets of output indices (a group test), every input
     index checked with fresh probes (the columns that fail are read exactly); a NaN or ±inf
-    in a probe is never read as a dependence. Where the graph proves the two axes paired,
+    in a probe is never read as a dependence, nor is a non-zero that does not scale when the
+    probe is rescaled (rounding: a sum of terms that cancel in mathematics, as a softmax
+    shifted by the batch's max; left out, and ``.note`` says how many and names the first).
+    Where the graph proves the two axes paired,
     only the diagonal is probed. ``x.grad`` is never changed. A complex output is refused
     (call it on ``.real`` and ``.imag``). ``r.dependency(name, out_axis, in_axis)`` reads the
     same off a result.

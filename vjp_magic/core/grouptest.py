@@ -15,7 +15,9 @@ non-zero only in float16 and bfloat16: :func:`_rank_sets`), and one probe per ou
 the check disagrees. A non-finite answer (0·∞ where a zero entry of v meets
 an infinite derivative) is never read as a dependence: those input indices are read again
 one output index at a time and, through double backward, one input index at a time (forward
-mode; :func:`resolved_columns`).
+mode; :func:`resolved_columns`). Nor is rounding: an answer read one output index or one input
+index at a time is read again with the probe rescaled, and a non-zero that does not scale as a
+derivative does (:func:`firm`) is left out, kept in :attr:`SetProber.rounded` for the note.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class Probed(NamedTuple):
     exact_columns: torch.Tensor | None = None
     margin: int = 0
     cuts: int = 0
+    rounded: tuple[tuple[int, int], ...] = ()  # entries left out as rounding (row-major)
 
 
 def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
@@ -64,7 +67,9 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
     prober = SetProber(output, x, a, b, budget, seed, max_seconds, workspace=workspace)
     sample = setdecode.sample_rows(m, seed)
     prober.track_smallest = output.dtype.is_floating_point and output.element_size() <= 4
-    rows = prober.row_hits(sample)  # one by one: their smallest answers are underflow's edge
+    # one by one: their smallest answers are underflow's edge; read as they are (a rounding
+    # among them fails the value check of :func:`_verified`, and its column is read again)
+    rows = prober.row_hits(sample, firm=False)
     prober.track_smallest = False
     prober.sample, prober.sampled = sample, rows
     if setdecode.wide(rows, n):  # dense, triangular: row by row, or bounded
@@ -80,7 +85,8 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
     columns = prober.unknown.nonzero().flatten()
     if columns.numel():
         pattern[:, columns] = resolved_columns(prober, columns)
-    return Probed(pattern, True, m, prober.count, prober.smallest)
+    return Probed(pattern, True, m, prober.count, prober.smallest,
+                  rounded=prober.rounded_out(pattern))
 
 
 def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Tensor:
@@ -90,7 +96,7 @@ def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Te
     exactly with a chance near 2⁻⁸)."""
     m = output.shape[a]
     prober = SetProber(output, x, a, b, budget, seed)
-    hit = prober.hits(torch.ones(1, m, dtype=torch.bool))[0]
+    hit = prober.firm_hits(torch.ones(1, m, dtype=torch.bool))[0][0]  # rounding: no read
     for stream in range(1, 4) if coarse_dtype(output.dtype) else ():  # a sum that cancelled?
         zero = ~hit & ~prober.unknown
         if not bool(zero.any()):
@@ -206,6 +212,19 @@ class SetProber:
         self.step, self.seconds, self.smallest = 2, 0.0, float("inf")
         self.track_smallest = False  # the smallest |vᵀJ| (costs a pass over each answer)
         self.batching = Batching()  # every vectorised pass checked; one that fails: plain
+        self.rounded: dict[tuple[int, int], None] = {}  # (row, column) read as rounding
+
+    def rounded_out(self, pattern: torch.Tensor) -> tuple[tuple[int, int], ...]:
+        """The entries read as rounding (:func:`firm`) that ``pattern`` leaves out,
+        row-major."""
+        return tuple(sorted(e for e in self.rounded if not bool(pattern[e])))
+
+    def note_rounded(self, rows: torch.Tensor, columns: torch.Tensor,
+                     rounded: torch.Tensor) -> None:
+        """Keeps the entries (rows[i], columns[j]) where ``rounded[i, j]``."""
+        i, j = rounded.nonzero(as_tuple=True)
+        for row, column in zip(rows[i].tolist(), columns[j].tolist()):
+            self.rounded[(row, column)] = None
 
     def seconds_per_vector(self) -> float:
         """Measured seconds per probe so far (0 before any)."""
@@ -271,9 +290,47 @@ class SetProber:
         self.unknown |= unknown.any(0)
         return hit
 
-    def row_hits(self, rows: torch.Tensor, batched: bool = True) -> torch.Tensor:
-        """One probe per output index in ``rows``: (len(rows) × n_in)."""
-        return self.hits(self.row_sets(rows), batched)
+    def row_hits(self, rows: torch.Tensor, batched: bool = True,
+                 firm: bool = True) -> torch.Tensor:
+        """One probe per output index in ``rows``: (len(rows) × n_in), each answer read
+        again with the probe rescaled unless ``firm`` is False (:func:`firm`): a non-zero that
+        does not scale as a derivative does is rounding, not a dependence (kept in
+        :attr:`rounded`)."""
+        if not firm:
+            return self.hits(self.row_sets(rows), batched)
+        hit, rounded = self.firm_hits(self.row_sets(rows), batched)
+        self.note_rounded(rows, torch.arange(hit.shape[1]), rounded)
+        return hit
+
+    def firm_hits(self, sets: torch.Tensor, batched: bool = True):
+        """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches, by
+        answers that scale as derivatives do under a rescaled probe (:func:`firm`), and
+        where a non-zero did not (rounding; none in float16 and bfloat16)."""
+        if not len(sets) or not resolves_rounding(self.output.dtype):
+            hit = self.hits(sets, batched)
+            return hit, torch.zeros_like(hit)
+        self._check_time(2 * len(sets))
+        hits, unknown, rounding = [], [], []
+        self.batching.new_set()
+        for start in range(0, len(sets), max(1, min(self.limit, self.step))):
+            part = sets[start:start + max(1, min(self.limit, self.step))]
+            began = time.perf_counter()
+            v = self.vectors(part)
+            scale = rescaling(len(part), self.seed, start).to(v)
+            (g,) = checked_batch(self.output, [self.x], v, batched=batched, log=self.batching)
+            (h,) = checked_batch(self.output, [self.x],
+                                 v * scale.reshape((-1,) + (1,) * (v.dim() - 1)),
+                                 batched=batched, log=self.batching)
+            if self.track_smallest:
+                self.smallest = min(self.smallest, _smallest(g))
+            self.seconds += time.perf_counter() - began
+            self.count += 2 * len(part)
+            hit, bad, rounded = firm(g, h, scale, 1 + self.b)
+            hits.append(hit)
+            unknown.append(bad)
+            rounding.append(rounded)
+        self.unknown |= torch.cat(unknown).any(0)
+        return torch.cat(hits), torch.cat(rounding)
 
     def row_sets(self, rows: torch.Tensor) -> torch.Tensor:
         sets = torch.zeros(len(rows), self.output.shape[self.a], dtype=torch.bool)
@@ -307,6 +364,55 @@ def _read(g: torch.Tensor, axis: int):
         return hit, torch.zeros_like(hit)
     bad = ~torch.isfinite(g)
     return (g.ne(0) & ~bad).any(2).cpu(), bad.any(2).cpu()
+
+
+def rounding_tolerance(dtype: torch.dtype) -> float:
+    """How far (relative) a rescaled probe's answer may lie from the rescaled first answer and
+    still scale as a derivative does: √ε. vᵀJ is linear in v and its rounding error is
+    ε-relative to the terms that sum into it, so a derivative at least √ε of its terms (a
+    BatchNorm of two samples: 1e-4 of them) scales within √ε, while rounding (a sum of terms
+    that cancel in mathematics) changes arbitrarily: it matches within √ε by chance only."""
+    return torch.finfo(dtype).eps ** 0.5
+
+
+def resolves_rounding(dtype: torch.dtype) -> bool:
+    """Whether answers in ``dtype`` are told from rounding by a rescaled probe (float32,
+    float64; float16 and bfloat16 are too coarse: their sums cancel exactly by chance, and
+    are checked otherwise: :func:`coarse_dtype`)."""
+    return dtype.is_floating_point and not coarse_dtype(dtype)
+
+
+def rescaling(count: int, seed: int, draw: int) -> torch.Tensor:
+    """(count,) float64 factors in 1.25..1.75 (never a power of 2, whose rescaling is exact
+    in floating point and would rescale rounding too; a rounding error of one unit, rescaled
+    into a binade's neighbour, is off by over 1/8), one per probe."""
+    generator = probe_generator(seed, "dependency-rescaling", draw)
+    return torch.rand(count, generator=generator, dtype=torch.float64) / 2 + 1.25
+
+
+def firm(g: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, axis: int):
+    """(k, …) answers of k probes ``g`` and of the same probes times ``scale`` (k,), ``h`` →
+    (k × size along ``axis``) bool three times: where a finite non-zero of ``g`` scales as a
+    derivative does (|h − s·g| within :func:`rounding_tolerance` of |s·g|; or s·g past the
+    dtype's largest; or |g| under the square root of its smallest normal, where a subnormal
+    step on the way, e^−100 in float32, is off by percents: rounding of terms that cancel is
+    ε of them, never that small, and the underflow note speaks of these), where an answer of
+    ``g`` is NaN or ±inf, and where every non-zero of the slice fails to scale (rounding: the
+    sum of terms that cancel, such as a shift-invariant softmax's dependence on the batch's
+    max, changes arbitrarily, not in proportion)."""
+    g = g.detach().movedim(axis, 1)
+    g = g.reshape(len(g), g.shape[1], -1)
+    h = h.detach().movedim(axis, 1).reshape(g.shape)
+    s = scale.to(g.device, torch.float64).reshape(-1, 1, 1)
+    bad = ~torch.isfinite(g)
+    g64, h64 = torch.where(bad, 0, g).double(), h.double()
+    tolerance = rounding_tolerance(g.dtype)
+    small = torch.finfo(g.dtype).tiny ** 0.5  # near underflow: trusted, not judged
+    scaled = (g64 != 0) & (~torch.isfinite(h64) | (g64.abs() <= small)
+                           | ((h64 - s * g64).abs() <= tolerance * (s * g64).abs()))
+    nonzero = (g64 != 0).any(2)
+    hit, bad = scaled.any(2), bad.any(2)
+    return hit.cpu(), bad.cpu(), (nonzero & ~hit & ~bad).cpu()
 
 
 def resolved_columns(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
@@ -360,13 +466,24 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
         if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
             return ~unknown, ~unknown
         hits, bad, log = [], [], Batching()
+        rescale = resolves_rounding(out.dtype) and resolves_rounding(x.dtype)
         for start in range(0, len(columns), prober.limit):
             part = columns[start:start + prober.limit]
             on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
             on[torch.arange(len(part)), part.to(x.device)] = 1
-            answers = [_read(checked_batch(g, [v], values * on.reshape((len(part),) + shape[1:]),
-                                           log=log)[0],
-                             1 + prober.a) for values in draws]
+            on = on.reshape((len(part),) + shape[1:])
+            answers = []
+            for draw, values in enumerate(draws):
+                (ju,) = checked_batch(g, [v], values * on, log=log)
+                if not rescale:
+                    answers.append(_read(ju, 1 + prober.a))
+                    continue
+                scale = rescaling(len(part), prober.seed, 2**20 + 64 * start + draw).to(x)
+                factor = scale.reshape((-1,) + (1,) * (x.dim() - 1))
+                (again,) = checked_batch(g, [v], values * on * factor, log=log)
+                hit, nonfinite, rounded = firm(ju, again, scale, 1 + prober.a)
+                prober.note_rounded(torch.arange(m), part.cpu(), rounded.T)
+                answers.append((hit, nonfinite))
             hits.append(torch.stack([hit for hit, _ in answers]).any(0))
             bad.append(torch.stack([nonfinite for _, nonfinite in answers]).any(0))
     except (RuntimeError, NotImplementedError) as error:
