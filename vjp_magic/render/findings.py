@@ -12,6 +12,7 @@ Everything is read off the result (:func:`vjp_magic.core.dependency.from_result`
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import torch
@@ -29,8 +30,10 @@ from .numbers import alone, choose_format, plural, significant_digits
 
 # -- where the structure breaks -------------------------------------------------------------
 def structure_findings(result, name: str, options=None) -> list[Paragraph]:
-    """A rejected pairing's break, else (full Jacobian) the verdict along a shared axis (not
-    "dense" for a Jacobian shown in full beneath: it shows that itself)."""
+    """A rejected pairing's break, else (full Jacobian) the verdict along a shared axis ("dense"
+    too, with its witness, for a Jacobian shown in full beneath: "each may use every entry"
+    does not say that rows read other rows — a BatchNorm in training mode, attention without a
+    mask — and a practitioner hunting the leak needs its witness named)."""
     item = result.inputs[name]
     if item.unused:
         return []
@@ -38,9 +41,7 @@ def structure_findings(result, name: str, options=None) -> list[Paragraph]:
     if broken is not None:
         return [_break_line(result, name, broken), *leak_formulas(result, name, broken, options)]
     verdict = shared_verdict(result, name)
-    if verdict is None or (verdict.kind == Kind.DENSE and options is not None
-                           and max(verdict.pattern.shape) <= options.threshold
-                           and few_leaks(verdict) is None):
+    if verdict is None:
         return []
     return [_verdict_line(result, name, verdict), *leak_formulas(result, name, verdict, options)]
 
@@ -423,7 +424,7 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
     item = result.inputs[name]
     mean, largest, where = remembered(options, ("sensitivity", name),
                                       lambda: sensitivity(result, name))
-    shown = row_indices(len(mean), options)
+    shown = _table_rows(mean, largest, options)
     digits = significant_digits(item.derivatives.dtype, options.precision)
     values = [float(t[f]) for f in shown if f is not None for t in (mean, largest)]
     fmt = alone(choose_format(values, digits))
@@ -437,9 +438,11 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
             continue
         at = [i + options.index_base for i in multi_index(int(where[f]), point_shape)]
         at_text = str(at[0]) if len(at) == 1 else "(" + ", ".join(map(str, at)) + ")"
-        rows.append((fmt.spell(float(mean[f])), fmt.spell(float(largest[f])),
-                     Entry(at_text, at_text)))
+        at_entry = Entry(at_text, at_text) if largest[f] != 0 else \
+            Entry(r"\text{all}", "all")  # 0 at every point: no one place
+        rows.append((fmt.spell(float(mean[f])), fmt.spell(float(largest[f])), at_entry))
         labels.append(label(f))
+    rows = _points_aligned(rows, columns=2)
     header = (Entry(r"\mathrm{mean}", "mean"), Entry(r"\max", "max"), Entry("i", "at i"))
     lhs = notation.partial(output_symbol(result), name)
     counted = (f"counted from {options.index_base}, from 0 in the code"
@@ -451,6 +454,53 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
                Text(f": {what}, and the point i where the largest is ({counted})."))
     return Formula(Math(rf"\left|{lhs.tex}\right|", f"|{lhs.plain}|"),
                    Matrix(tuple(rows), tuple(labels), header), None, caption)
+
+
+def _points_aligned(rows: list, columns: int) -> list:
+    """``rows`` with the plain spelling of their first ``columns`` entries padded on the
+    right so that each column's decimal points line up (numpy's way: ``0.7619`` above
+    ``0.09901`` starts where it does, a row reads ``[0.7619 3 9114]``); a column holding
+    anything but fixed-point numbers (10^k, e, dots, ≈0) is left as it is."""
+    rows = [list(row) for row in rows]
+    for c in range(columns):
+        cells = [row[c] for row in rows if row[c] is not VDOTS]
+        if not cells or not all(re.fullmatch(r"-?\d+(\.\d+)?", e.plain) for e in cells):
+            continue
+        after = [len(e.plain.partition(".")[2]) if "." in e.plain else -1 for e in cells]
+        most = max(after)
+        if most < 0:
+            continue
+        for row in rows:
+            e = row[c]
+            if e is VDOTS:
+                continue
+            short = most - (len(e.plain.partition(".")[2]) if "." in e.plain else -1)
+            row[c] = Entry(e.tex, e.plain + " " * short)
+    return [tuple(row) for row in rows]
+
+
+def _table_rows(mean, largest, options) -> list[int | None]:
+    """The features the table shows: all of them up to ``threshold`` (a short table fits a
+    screen: the height budget never cuts it, the whole table goes at its last levels, named
+    as left out); past it, the edge rows (fewer where the budget asks), and always the
+    features the table is read for: the most sensitive (the largest mean) and those exactly
+    insensitive (largest size 0, at most ``edgeitems``), dots where features are left out."""
+    count = len(mean)
+    if count <= options.threshold:
+        return list(range(count))
+    kept = {f for f in row_indices(count, options) if f is not None}
+    kept.add(int(mean.argmax()))
+    kept.update(int(f) for f in (largest == 0).nonzero().flatten()[:options.edgeitems])
+    shown: list[int | None] = []
+    for f in sorted(kept):
+        if shown and shown[-1] != f - 1:
+            shown.append(None)
+        shown.append(f)
+    if shown[0] != 0:
+        shown.insert(0, None)
+    if shown[-1] != count - 1:
+        shown.append(None)
+    return shown
 
 
 def _feature_label(result, name: str, base: int = 1):

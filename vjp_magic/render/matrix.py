@@ -22,7 +22,7 @@ import torch
 
 from .document import Entry, Math, Matrix
 from .numbers import NEAR_ZERO, NumberFormat, alone, choose_format, resolution, significant_digits
-from .options import RenderOptions
+from .options import FULL_MATRIX_ENTRIES, RenderOptions
 from .typeset import BRACKETS, COLUMN_GAP, SCRIPT_SCALE, mono_width, text_width
 
 ELLIPSIS = None  # marks an elided run of rows or columns in an index list
@@ -171,6 +171,8 @@ class Decision:
     columns: int  # shown columns (of the count summary's)
     digits: int
     beside: bool = True  # the tensor's shape beside the matrix (else beneath it)
+    asked: int = 0  # the digits asked (the precision, capped by the dtype): more than
+    # ``digits`` where the width cut them (:func:`cut_digits`)
 
 
 @dataclass
@@ -196,12 +198,27 @@ class Plan:
             self.decisions[key] = decision
             return
         merged = Decision(min(old.columns, decision.columns), min(old.digits, decision.digits),
-                          old.beside and decision.beside)
+                          old.beside and decision.beside, max(old.asked, decision.asked))
         self.differs |= merged != old or merged != decision
         self.decisions[key] = merged
 
     def decided(self, key) -> Decision | None:
         return None if self.collecting else self.decisions.get(key)
+
+
+def cut_digits(options: RenderOptions) -> tuple[int, int, bool] | None:
+    """Where the width cut the digits of a matrix of this output (laid out with the options'
+    :class:`Plan`): (the fewest digits shown, the most asked, whether every such matrix has
+    at most :data:`.options.FULL_MATRIX_ENTRIES` entries, so ``--full-matrix`` shows them
+    all); None where none was cut."""
+    plan = plan_of(options)
+    if plan is None or options.full_matrix:
+        return None
+    cut = [(key, d) for key, d in plan.decisions.items() if d.digits < d.asked]
+    if not cut:
+        return None
+    return (min(d.digits for _, d in cut), max(d.asked for _, d in cut),
+            all(rows * cols <= FULL_MATRIX_ENTRIES for (rows, cols), _ in cut))
 
 
 def plan_of(options: RenderOptions) -> Plan | None:
@@ -343,12 +360,13 @@ def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: 
     :data:`MIN_COLUMNS`); each step chooses the number format again from the entries shown.
     Returns the matrix, its decision and whether it is in positional notation."""
     digits, eps = significant_digits(dtype, options.precision), _noise(block, dtype)
+    asked = digits
     rows = row_indices(block.nrows, options)
     cols = summary_indices(block.ncols, options.threshold, options.edgeitems)
     grid = _grid(block, rows, cols)
     if block.scalar:
         fmt = alone(grid.format(rows, cols, digits, eps))
-        return _matrix(block, grid, rows, cols, fmt), Decision(1, digits), True
+        return _matrix(block, grid, rows, cols, fmt), Decision(1, digits, asked=asked), True
     budget = options.width - reserved
     count = sum(c is not None for c in cols)
     while True:
@@ -358,7 +376,8 @@ def _search(block: Block, options: RenderOptions, dtype: torch.dtype, reserved: 
         fmt = grid.format(rows, shown, digits, eps, fixed_low)
         matrix = _matrix(block, grid, rows, shown, fmt)
         if width(matrix) <= budget or (count <= MIN_COLUMNS and digits <= MIN_DIGITS):
-            return matrix, Decision(count, digits), not fmt.scientific and fmt.factor is None
+            return matrix, Decision(count, digits, asked=asked), \
+                not fmt.scientific and fmt.factor is None
         if digits > MIN_DIGITS:  # a digit less costs less than a column hidden
             digits -= 1
         else:

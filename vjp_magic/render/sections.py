@@ -486,7 +486,8 @@ def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,
         return [Formula(lhs, parts[0][1], None, tuple(caption))]
     blank = Math(rf"\phantom{{{lhs.tex}}}", " " * len(lhs.plain))
     return [Formula(lhs if k == 0 else blank, matrix, None,
-                    (Text(f"columns {cols.start + 1}–{cols.stop} of {block.ncols}"
+                    (Text((f"columns {cols.start + 1}–{cols.stop}" if len(cols) > 1
+                           else f"column {cols.start + 1}") + f" of {block.ncols}"
                           + ("." if k < len(parts) - 1 or not caption else "; ")), )
                     + (tuple(caption) if k == len(parts) - 1 else ()))
             for k, (cols, matrix) in enumerate(parts)]

@@ -18,8 +18,9 @@ from ..core.validation import spelled_for
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
 from .codegen import identifiers, naming, reproducing_code
-from .document import Document, Formula, Section
+from .document import Document, Formula, Paragraph, Section, Text
 from .hessian import hessian_formulas, hessian_sections
+from .matrix import cut_digits
 from .options import RenderOptions
 from .parameters import largest_tensors, parameter_sections, wants_table
 from .sections import (derivative_formulas, derivatives_sections, jacobian_formula, shapes,
@@ -117,7 +118,7 @@ class View:
                     rest.append(replace(section, blocks=blocks))
             lead = (Section(tuple(replace(f, large=True) if isinstance(f, Formula) else f
                                   for f in shown)),) if shown else ()  # "⋮ 2 more" as it is
-            return lead + tuple(rest + shapes_line)
+            return with_digits_note(lead + tuple(rest + shapes_line), options)
 
         options = replace(self.options, width=max(1, int(self.options.width / LARGE_SCALE)))
         around = tuple(self.before) + tuple(self.after)
@@ -157,7 +158,7 @@ class View:
         """The derivatives themselves, as their order shows them, fitted to one screen with
         what the features say around them (:mod:`.budget`)."""
         def build(options):
-            return self._sections(result, options)
+            return with_digits_note(self._sections(result, options), options)
 
         options, share = self.options, 1.0  # every output fits one screen (DESIGN)
         if self.explained:  # --explain may take two screens, the derivatives at least half one
@@ -228,4 +229,23 @@ def _few_pictures(result, names: list[str], draw) -> list:
             f"the other {len(rest)}: r.picture(name), e.g. r.picture({rest[0]!r}) for "
             f"{notation.spelled(rest[0])}.")
     return [*draw(result, few), Picture(None, note)]
+
+
+def with_digits_note(sections, options) -> tuple[Section, ...]:
+    """``sections`` and, where the width cut the digits of a matrix below a precision the
+    user set (``-p``, ``%config``: not the default), a sentence saying how many are shown
+    of how many asked and where the rest are (:func:`.matrix.cut_digits`, read from the
+    layout plan of this build)."""
+    sections = tuple(sections)
+    cut = cut_digits(options)
+    if cut is None or options.precision == RenderOptions.precision:
+        return sections
+    shown, asked, whole = cut
+    capped = f" (-p {options.precision}, capped by what the dtype resolves)" \
+        if options.precision > asked else ""
+    where = f"--full-matrix shows all {asked}" if whole else \
+        "the tensors themselves hold every digit (r.derivatives)"
+    return sections + (Section((Paragraph((Text(
+        f"Entries are shown to {shown} significant digits of the {asked} asked{capped}, "
+        f"to fit the width: {where}."),)),)),)
 
