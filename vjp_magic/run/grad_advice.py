@@ -8,7 +8,10 @@ line that makes the input already asks for grad, the later line that turned it o
 (``x.requires_grad = False``, ``x.requires_grad_(False)``, ``x.detach_()``) is the one named.
 Where the cell writes the input in place (``x *= 2``, ``x[0] = 5.``), which a leaf that
 requires grad refuses, the advice is a line to add after the last write
-(:func:`in_place_advice`). Each amended line is compiled before it is advised. It also owns
+(:func:`in_place_advice`). A tensor computed from a float one (``y = x**2``) is never advised
+to require grad (it would become a leaf of its own: x.grad stays None); an input turned on
+only after a line computed from it is made with ``requires_grad=True`` on its own line, the
+late line named. Each amended line is compiled before it is advised. It also owns
 the cell-reading helpers this advice needs (:func:`statements`, :func:`assigned_name`,
 :func:`names_read`) and the hints for an output without history (:func:`late_grad_hint`: a
 late ``requires_grad_``, a cut by ``no_grad``/``.detach()`` named with its line
@@ -33,8 +36,12 @@ GENERIC = ("Create the input with requires_grad=True (e.g. x = torch.tensor([1.,
 
 
 def requires_grad_advice(source: str, namespace) -> str:
-    """Make the cell's input with ``requires_grad=True``, in its own names where it can."""
-    return own_requires_grad_advice(source, namespace) or GENERIC
+    """Make the cell's input with ``requires_grad=True``, in its own names where it can (a
+    tensor an earlier cell made, which the cell reads, included)."""
+    body = statements(source)
+    made = {assigned_name(node) for node in body}
+    reads = sorted({n for node in body for n in names_read(node)} - made)
+    return own_requires_grad_advice(source, namespace, reads=reads) or GENERIC
 
 
 def own_requires_grad_advice(source: str, namespace, output: str | None = None,
@@ -46,9 +53,14 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
     body = statements(source)
     for k, node in enumerate(body):
         name = assigned_name(node)
-        if name is None or name == output or not _float_leaf(namespace.get(name)) \
+        if name is None or name == output \
                 or any(assigned_name(later) == name for later in body[k + 1:]):
             continue
+        late = _turned_on_late(source, body, k, name, namespace)
+        if late is not None:
+            return late
+        if not _float_leaf(namespace.get(name)) or _computed(node.value, namespace):
+            continue  # y = x**2 made to require grad would be a new leaf: no dy/dx
         written_after = in_place_advice(source, body[k + 1:], name)
         if written_after is not None:  # requires_grad=True on its line would stop the cell
             return written_after
@@ -68,6 +80,57 @@ def own_requires_grad_advice(source: str, namespace, output: str | None = None,
         return in_place_advice(source, body, read[0]) or \
             f"Make {read[0]} require grad: {read[0]}.requires_grad_() before computing."
     return None
+
+
+_COPYING = {"clone", "detach", "float", "double", "to", "contiguous", "cpu", "cuda"}
+
+
+def _computed(expr, namespace) -> bool:
+    """Whether ``expr`` computes a tensor from another float one (``x**2``, ``torch.sin(x)``),
+    not makes one (``torch.linspace(…)``, ``torch.randn_like(x)``, ``labels.float()``, a copy
+    ``xb.clone()``): made
+    to require grad, such a tensor becomes a leaf of its own, and the backward never reaches
+    the input it came from."""
+    if isinstance(expr, ast.Call) and _is_factory(expr.func):
+        return False
+    copied = expr
+    while isinstance(copied, ast.Call) and isinstance(copied.func, ast.Attribute) \
+            and copied.func.attr in _COPYING:
+        copied = copied.func.value
+    if copied is not expr and isinstance(copied, ast.Name):
+        return False  # xb2 = xb.clone(): a copy, whose derivatives are xb's
+    return any(isinstance(value, torch.Tensor) and value.is_floating_point()
+               for value in map(namespace.get, names_read(expr)))  # (x = labels.float(): made)
+
+
+def _turned_on_late(source: str, body: list, k: int, name: str, namespace) -> str | None:
+    """``name``, made on line ``body[k]``, turned on (``x.requires_grad = True``,
+    ``x.requires_grad_()``) only after a line computed from it: autograd recorded nothing of
+    that line. The advice: make it with requires_grad=True on its own line; None where the
+    cell does not do that, or its line cannot be so amended."""
+    value = namespace.get(name)
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()
+            and value.grad_fn is None and value.requires_grad):
+        return None
+    used = next((j for j in range(k + 1, len(body)) if name in names_read(body[j])
+                 and not turns_on(body[j], name)), None)
+    on = next((j for j in range(k + 1, len(body)) if turns_on(body[j], name)), None)
+    if used is None or on is None or on < used \
+            or in_place_advice(source, body[k + 1:], name) is not None:
+        return None
+    written = (ast.get_source_segment(source, body[k]) or "").strip()
+    call = body[k].value
+    if "\n" in written or not (isinstance(call, ast.Call) and _is_factory(call.func)):
+        return None
+    amended = _amended(source, body[k], name, written)
+    if amended is None:
+        return None
+    late, first = body[on], body[used]
+    return (f"{name} was made to require grad on line {late.lineno} "
+            f"({_line_of(source, late)}), after line {first.lineno} ({_line_of(source, first)}) "
+            f"was computed from it: autograd records only what is done to a tensor that "
+            f"already requires grad. {amended} (line {body[k].lineno}); line {late.lineno} "
+            f"is then not needed.")
 
 
 def in_place_advice(source: str, body: list, name: str) -> str | None:

@@ -128,17 +128,20 @@ _INTEGER = "Only Tensors of floating point and complex dtype can require gradien
 _LEAF_IN_PLACE = "a leaf Variable that requires grad is being used in an in-place operation"
 _NUMPY = "Can't call numpy() on Tensor that requires grad"
 _GRAD_NONE = "'NoneType' object has no attribute 'zero_'"
+_SAVED_IN_PLACE = "modified by an inplace operation"
 
 
 def creation_advice(error: BaseException, source: str, filename: str) -> str | None:
     """What to do, for an error the cell raised outside ``backward`` on a line of its own
     (``filename``: the cell's compiled file) that is a classic creation mistake: an integer
     tensor with requires_grad=True ("[1., 2., 3.]"), an in-place change of a leaf that
-    requires grad (``x += 1``), NumPy on an input, ``x.grad.zero_()`` before any backward;
-    None for any other error. Shown beneath PyTorch's traceback
-    (the cell stops there, as a plain cell does)."""
+    requires grad (``x += 1``), NumPy on an input, ``x.grad.zero_()`` before any backward,
+    a tensor a backward saved edited in place (``z = x.exp(); z.add_(1)``: raised by that
+    backward, :func:`_saved_in_place_advice`); None for any other error. Shown beneath
+    PyTorch's traceback (the cell stops there, as a plain cell does)."""
     text = str(error)
-    if not any(k in text for k in (_INTEGER, _LEAF_IN_PLACE, _NUMPY, _GRAD_NONE)):
+    if not any(k in text for k in (_INTEGER, _LEAF_IN_PLACE, _NUMPY, _GRAD_NONE,
+                                   _SAVED_IN_PLACE)):
         return None
     line = None
     tb = error.__traceback__
@@ -148,6 +151,8 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
         tb = tb.tb_next
     lines = source.splitlines()
     written = lines[line - 1].strip() if line is not None and 0 < line <= len(lines) else None
+    if _SAVED_IN_PLACE in text:
+        return _saved_in_place_advice(text, source, line)
     if _GRAD_NONE in text:
         grad = re.search(r"([\w.\[\]]+)\.grad\.zero_\(\)", written or "")
         if grad is None:
@@ -174,6 +179,41 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
                 f"instead: with torch.no_grad(): {written}" if fixed else
                 "compute a new tensor from it (y = x + 1), or change its values under "
                 "torch.no_grad()"))
+
+
+def _saved_in_place_advice(text: str, source: str, line: int | None) -> str | None:
+    """A backward (on ``line``) that found a tensor it saved changed in place: the cell's
+    last in-place write before that line to a tensor computed in the cell (preferring the
+    output of the function PyTorch names, "output 0 of Exp"), named with its line and
+    written out of place. None where the cell shows no such write."""
+    from .grad_advice import statements, written_in_place  # (grad_advice imports this module)
+
+    body = [stmt for stmt in statements(source) if line is None or stmt.lineno < line]
+    made = {}  # name: the statement that computed it
+    writes = []  # (statement, name) in order
+    for stmt in body:
+        for name in made:
+            if written_in_place(stmt, name):
+                writes.append((stmt, name))
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 \
+                and isinstance(stmt.targets[0], ast.Name):
+            made[stmt.targets[0].id] = stmt
+    if not writes:
+        return None
+    op = re.search(r"output \d+ of (\w+?)(?:Backward\d*)?,", text)
+    op = op.group(1).lower() if op else None
+    named = [w for w in writes if op and op in ast.unparse(made[w[1]].value).lower()]
+    stmt, name = (named or writes)[-1]
+    lines = source.splitlines()
+    edit = lines[stmt.lineno - 1].strip() if stmt.lineno == stmt.end_lineno else ast.unparse(stmt)
+    origin = made[name]
+    fixed = _out_of_place(edit)
+    return (f"Why: {edit} on line {stmt.lineno} changed {name} in place, and {name} "
+            f"({f'the output of {op}, ' if named else ''}computed on line {origin.lineno}) holds a "
+            f"value autograd saved for the backward, which needs it as it was. "
+            "Corrected: " + (f"{fixed} (a new tensor; the saved one stays as it was)" if fixed
+                             else f"write into a copy: {name} = {name}.clone() before line "
+                                  f"{stmt.lineno}"))
 
 
 def _floats(line: str) -> str | None:

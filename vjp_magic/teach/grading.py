@@ -60,6 +60,10 @@ class Verdict:
     calls: int | None = None  # "scaled": the backward calls the answer came from
     against: str | None = None  # graded against the exercise's f (how it was given)
     answer_kind: VerdictKind | None = None  # with ``against``: the answer's own verdict
+    # a right answer: the shape of the layout it was read as, and the input's (x.grad's); for
+    # :attr:`shape_note` only (two verdicts are equal whatever they are)
+    form_shape: tuple | None = dataclasses.field(default=None, compare=False)
+    input_shape: tuple | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", VerdictKind(self.kind))  # "summed" is accepted too
@@ -74,6 +78,29 @@ class Verdict:
             once = " with one backward" if self.calls == 1 else ""
             return f"✗ {self.factor}× the answer{once}"
         return marked(f"✗ {markup(self.kind.words)}")  # its code (.grad) set as code
+
+    @property
+    def shape_note(self) -> str | None:
+        """A right answer whose shape differs from its layout's by axes of size 1 (``(5, 1)``
+        for derivatives shaped ``(5,)``): the numbers are right, but used beside the input
+        (``x - lr * ans``) it broadcasts; what to, or that it does not. None otherwise."""
+        if not self.correct or self.form_shape is None or self.answer_shape is None \
+                or tuple(self.answer_shape) == tuple(self.form_shape):
+            return None
+        given, own = shape_text(self.answer_shape), shape_text(self.form_shape)
+        beside = self.input_shape if self.input_shape is not None else self.form_shape
+        x = self.name or "the input"
+        try:
+            spread = shape_text(torch.broadcast_shapes(tuple(self.answer_shape), tuple(beside)))
+        except RuntimeError:
+            spread = None
+        what = (f"combined with {x} (shape {shape_text(beside)}), as in {x} - lr * answer, it "
+                + ("does not broadcast: PyTorch raises a size mismatch" if spread is None else
+                   f"keeps shape {spread}" if spread == shape_text(beside) else
+                   f"broadcasts to shape {spread}, not {shape_text(beside)}"))
+        dims = ", ".join(map(str, self.form_shape))
+        return (f"The numbers are right, but the answer has shape {given} where they have "
+                f"shape {own}: {what}. Reshape it with .reshape({dims}).")
 
 
 def _layout_words(form: str | None, shape) -> str | None:
@@ -105,6 +132,10 @@ class Case:
     def verdict(self, kind: VerdictKind, hint: str, **found) -> Verdict:
         shape = None if self.a is None else tuple(self.a.shape)
         hint = marked("T" + hint[1:] if hint.startswith("the answer") else hint)
+        if kind == VerdictKind.CORRECT and shape is not None and "form_shape" not in found:
+            found["form_shape"] = next((s for s, _ in self.exp.forms()
+                                        if fits(self.a, s) is not None), None)
+            found["input_shape"] = tuple(self.x.shape)
         return Verdict(kind == VerdictKind.CORRECT, kind, hint, name=self.exp.name,
                      expected_shape=self.exp.shape, answer_shape=shape, **found)
 
@@ -573,6 +604,8 @@ def verdict_sections(verdict: Verdict, result, reveal: bool = False,
     blocks: list = [paragraph(verdict.headline, strong=True)]
     if not verdict.correct:
         blocks.append(paragraph(verdict.hint))
+    elif verdict.shape_note is not None:
+        blocks.append(paragraph(verdict.shape_note))
     if reveal and verdict.name in result.inputs:
         shown = densified(result, [verdict.name])
         if is_sparse(shown.inputs[verdict.name]):
