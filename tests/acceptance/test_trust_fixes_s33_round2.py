@@ -167,12 +167,18 @@ def test_a_multi_grad_hook_on_a_leaf_is_a_short_message(api, on_leaf_only):
 
 
 def test_a_multi_grad_hook_on_non_leaves_only_is_no_refusal():
-    """PyTorch runs such a hook in autograd.grad: the numbers, as on any user's graph."""
+    """PyTorch runs such a hook in autograd.grad: on the user's own graph the pass stops
+    before it (s35 T11: no hook of the user's runs in the analysis); a function passed is
+    recorded and its replay, without the hook, differentiated."""
     x = torch.tensor([1., 2., 3.], requires_grad=True)
     a, b = x * 2, x * 3
-    handle = torch.autograd.graph.register_multi_grad_hook((a, b), lambda grads: None)
+    fired = []
+    handle = torch.autograd.graph.register_multi_grad_hook((a, b), lambda g: fired.append(g))
     try:
-        r = vjp_magic.differentiate(a * b, x)
+        with pytest.raises(vjp_magic.VJPUsageError, match="your hook"):
+            vjp_magic.differentiate(a * b, x)
+        assert not fired
+        r = vjp_magic.differentiate(lambda: (x * 2) * (x * 3), x)
         torch.testing.assert_close(r.derivatives["x"], 12 * x.detach())
     finally:
         handle.remove()

@@ -148,6 +148,10 @@ def test_the_others_are_differentiated_as_before(member):
         assert RUNS["block"] == runs  # (s35 F4: a function is recorded and replayed instead)
         r = vjp_magic.differentiate(lambda: NOT_REENTRANT[member](x), x)
         assert RUNS["block"] == runs + 1
+    elif member == "a module's full backward hook":  # (s35 T11: no user hook in a pass)
+        with pytest.raises(vjp_magic.VJPUsageError, match=r"your hook _hooked\.<locals>"):
+            vjp_magic.differentiate(y, x)
+        r = vjp_magic.differentiate(lambda: NOT_REENTRANT[member](x), x)
     else:
         r = vjp_magic.differentiate(y, x)
     torch.testing.assert_close(r.jacobian("x"), expected)

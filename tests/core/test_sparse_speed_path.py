@@ -14,9 +14,11 @@ def stencil(x):
 
 
 def _counting(y):
-    """Backward passes through y's graph (a vectorised one counts once)."""
+    """Backward passes through y's graph (a vectorised one counts once), counted by a hook
+    written in C: the analysis runs no Python hook of the user's (s35 T11: refused), and
+    ``list.append`` is no Python code it could stop."""
     calls = []
-    y.grad_fn.register_prehook(lambda grads: calls.append(1))
+    y.grad_fn.register_prehook(calls.append)
     return calls
 
 

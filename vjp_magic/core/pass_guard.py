@@ -2,15 +2,24 @@
 
 :func:`reentrant_guard` stops a custom Function's backward that re-enters autograd (enters
 ``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine or a
-``torch.func`` transform) with the usage error before that starts; :func:`pass_guard` arms it
-for a pass of the analysis on the graph :func:`.reentrant.refuse_reentrant` judged last (moved
-here from :mod:`.reentrant`, which judges graphs by reading them).
+``torch.func`` transform) with the usage error before that starts; :func:`pass_guard` arms it,
+strict, for every pass of the analysis: Python of the user's that the engine calls from inside
+its ``run_backward`` C call (a hook of any kind) stops the pass before its first line runs
+(moved here from :mod:`.reentrant`, which judges graphs by reading them).
+
+The profiler it sets is the thread's for the pass only: the one before (None, a Python
+function, cProfile's C profiler) is put back however the pass ends, and an object that is no
+function is never installed in its place (the profiler would call it at the next event). Its
+cost: one Python call per profile event; PyTorch's Python on the way to the engine is passed
+at once (about 80 events, some 20-40 us, for a pass through ``torch.autograd.grad``; 7 for
+:func:`.derivatives._grad`'s direct engine call).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
+import os
 import sys
+import sysconfig
 import threading
 import types
 from typing import NamedTuple
@@ -65,21 +74,22 @@ class _Armed(threading.local):
 
 
 _ARMED = _Armed()
-_UNGUARDED = contextlib.nullcontext()
 
 
 def pass_guard():
-    """:func:`reentrant_guard` for a pass of the analysis where the graph
-    :func:`refuse_reentrant` judged last (its entry point's) holds a user's custom Function
-    (one whose backward escaped the check on zeros, say reentrant only on some gradients), or
-    saved tensors the user's code unpacks (a non-reentrant checkpoint, their
-    ``saved_tensors_hooks``: a pass on the user's own graph, where no replay stands for it, is
-    stopped with the usage error as it enters the first, before it runs); nothing otherwise
-    (no cost)."""
-    if not (_ARMED.custom or _ARMED.hooks):
-        return _UNGUARDED
+    """:func:`reentrant_guard` for every pass of the analysis, strict: Python that autograd's
+    engine calls from inside its ``run_backward`` (the C call that runs the pass) and that is
+    neither PyTorch's, the standard library's nor vjp_magic's (the user's tensor hook, node
+    pre/post hook, module backward hook, post-accumulate or multi-grad hook, saved-tensor
+    unpack hook: only the user's own graph, where no replay stands for it, carries one) stops
+    the pass with the usage error as it enters it, before its first line runs
+    (:func:`foreign_message`). A user's custom Function's backward runs as ever, policed for
+    re-entry, and so does the code an import started in a pass runs; Python that PyTorch's
+    Python calls on the way to the engine (a ``__torch_function__``, a wrapper of the engine)
+    is no hook. The user's unpack hooks on the graph :func:`refuse_reentrant` judged last get
+    their own words (:func:`hooked_message`). A hook written in C (a builtin) is not seen."""
     guard = reentrant_guard()
-    guard.hooks = _ARMED.hooks
+    guard.hooks, guard.strict = _ARMED.hooks, True
     return guard
 
 
@@ -91,19 +101,22 @@ class _Guard:
     def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
         self.hooks: frozenset = frozenset()  # the unpack hooks' code that stops a pass
+        self.strict = False  # the user's code the engine calls (a hook) stops a pass
+        self._running: list = []  # the frames calling the engine's run_backward (C) now
         self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
         self._frames: list = []
         self._was_enabled = True
         self._previous = None
+        self._profiler = self._watch  # (held here too: the profile object outlives any pass)
 
     def __enter__(self) -> _Guard:
         if self._on_this_thread:
             self._threads = torch._C._is_multithreading_enabled()
             torch._C._set_multithreading_enabled(False)
         self._previous = sys.getprofile()
-        sys.setprofile(self._watch)
+        sys.setprofile(self._profiler)
         return self
 
     def __exit__(self, kind, error, trace) -> None:
@@ -115,10 +128,21 @@ class _Guard:
 
     def _watch(self, frame, event, arg) -> None:
         if event == "call":
-            self._call(frame)
+            # (outside the engine and any backward: PyTorch's Python on its way in, passed
+            # at once, save a custom Function's backward called directly, as the probe does)
+            if self._running or self._frames or frame.f_code is _APPLY:
+                self._call(frame)
         elif event == "return":
             if self._frames and self._frames[-1][0] is frame:
                 self._frames.pop()
+        elif type(getattr(arg, "__self__", None)) is _ENGINE_TYPE and _runs_a_pass(arg):
+            # (c_call, c_return, c_exception of the engine's C call)
+            if self._frames and self._frames[-1][1] and event == "c_call":
+                self._trip()  # a custom backward calling the engine
+            if event == "c_call":
+                self._running.append(frame)
+            elif self._running:
+                self._running.pop()
         elif event in ("c_call", "c_return") and self._frames and self._frames[-1][1]:
             self._c_call(frame, event, arg, self._frames[-1][2])
 
@@ -133,6 +157,12 @@ class _Guard:
             self._frames.append((frame, False, True))
         elif code in watched.calls and self._frames and self._frames[-1][1]:
             self._trip()
+        elif code is _IMPORTING:  # (an import in a pass: the finders' code is no hook)
+            self._frames.append((frame, False, True))
+        elif self.strict and self._running and not self._frames \
+                and not code.co_filename.startswith(_OURS) and _foreign(code.co_filename) \
+                and _called_by_us(frame.f_back, self._running[-1]):
+            raise VJPUsageError(foreign_message(code, _ARMED.output_name))
 
     def _c_call(self, frame, event, arg, graphed: bool) -> None:
         """``graphed``: the backward runs in a ``create_graph`` pass (grad mode on already),
@@ -149,9 +179,6 @@ class _Guard:
                 self._trip()
             else:
                 self._was_enabled = torch.is_grad_enabled()
-        elif event == "c_call" and getattr(arg, "__name__", "") == "run_backward" \
-                and getattr(arg, "__self__", None) is _engine():
-            self._trip()
 
     def _trip(self) -> None:
         frame = next(f for f, policed, _ in reversed(self._frames) if policed)
@@ -163,13 +190,14 @@ class _Guard:
 def _restore_profile(previous) -> None:
     """``sys.setprofile(previous)``; a C-level profiler (cProfile's ``Profile``, which
     ``sys.getprofile`` returns but ``sys.setprofile`` cannot take back: it is no function)
-    enabled again instead, with the options it was made with (%prun, cProfile.run)."""
-    if previous is not None and not callable(previous) and callable(
-            getattr(previous, "enable", None)):
-        sys.setprofile(None)
-        previous.enable()
-    else:
+    enabled again instead, with the options it was made with (%prun, cProfile.run); any other
+    object that is no function is not installed (None instead)."""
+    if previous is None or callable(previous):
         sys.setprofile(previous)
+    else:  # (never installed as a function: one the profiler would call at the next event)
+        sys.setprofile(None)
+        if callable(getattr(previous, "enable", None)):
+            previous.enable()
 
 
 def _enabling(frame) -> bool:
@@ -182,8 +210,62 @@ def _enabling(frame) -> bool:
     return False
 
 
-def _engine():
-    return torch.autograd.Variable._execution_engine
+_APPLY = torch.autograd.function.BackwardCFunction.apply.__code__
+_ENGINE_TYPE = type(torch.autograd.Variable._execution_engine)  # torch._C._EngineBase
+
+
+def _runs_a_pass(arg) -> bool:
+    """Whether the builtin of a ``c_call`` (``c_return``, ``c_exception``) event is the
+    engine's own ``run_backward``: the C call inside which the engine calls hooks and custom
+    backwards, not a Python wrapper of the engine that PyTorch's Python calls on its way in
+    (the tests' pass counter, run/guard's)."""
+    return type(getattr(arg, "__self__", None)) is _ENGINE_TYPE \
+        and getattr(arg, "__name__", "") == "run_backward"
+
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+# Code a strict pass may enter: PyTorch's, vjp_magic's, the frozen standard modules'
+_OURS = (_TORCH_DIR, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "<frozen ")
+# An import a pass starts (the import system's finders and the module's body are no hook)
+_IMPORTING = getattr(getattr(sys.modules.get("_frozen_importlib"), "_find_and_load", None),
+                     "__code__", None)
+_STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
+                              for k in ("stdlib", "platstdlib")))
+# The standard library's Python a hook may be wrapped in (a decorator's wrapper): passed through
+_TRANSPARENT = tuple(os.sep + name for name in ("functools.py", "contextlib.py"))
+
+
+def _foreign(filename: str) -> bool:
+    """Whether code of ``filename`` is the user's: not the standard library's (an installed
+    package's, under site-packages, is the user's too)."""
+    return not (filename.startswith(_STDLIB) or os.path.realpath(filename).startswith(
+        _STDLIB)) or "-packages" + os.sep in filename
+
+
+def _called_by_us(caller, engine_caller) -> bool:
+    """Whether the user's code entered from ``caller`` (a frame, or None) is called as a hook:
+    by the engine (``caller`` is ``engine_caller``, the frame that called its C
+    ``run_backward``: PyTorch's, vjp_magic's or a wrapper of the engine) or by PyTorch's Python
+    around a hook (a module's backward hooks, a multi-grad hook), through the standard
+    library's decorator wrappers; not by the standard library itself (a warning shown in a
+    pass writing to a notebook's output stream, a log record)."""
+    while caller is not None and caller is not engine_caller \
+            and caller.f_code.co_filename.endswith(_TRANSPARENT):
+        caller = caller.f_back
+    return caller is None or caller is engine_caller or caller.f_code.co_filename.startswith(
+        _OURS)
+
+
+def foreign_message(code: types.CodeType, output_name: str = "the output") -> str:
+    """The usage error for a pass that would call the user's hook (``code``) on their graph."""
+    name = getattr(code, "co_qualname", code.co_name)
+    where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+    return (f"{output_name} is differentiated on its own graph (nothing vjp_magic recorded "
+            f"stands for it), and each backward pass through it would call your hook {name} "
+            f"({where}); vjp_magic runs none of your code after it ran, so the pass stopped "
+            "before it started. Pass a function computing it, so it is recorded and a replay "
+            "without hooks differentiated (vjp_magic.differentiate(lambda: f(x), x), or a "
+            "%%vjp cell), or remove the hook.")
 
 
 class _Watched(NamedTuple):
@@ -201,4 +283,4 @@ def _watched() -> _Watched:
     return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
 
 
-__all__ = ["pass_guard", "reentrant_guard"]
+__all__ = ["foreign_message", "pass_guard", "reentrant_guard"]
