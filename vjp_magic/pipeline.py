@@ -25,7 +25,7 @@ from .core import analysis
 from .core import hessian as core_hessian
 from .core.errors import GraphFreed, VJPUsageError
 from .core.marked import marked
-from .core.reentrant import refuse_reentrant
+from .core.reentrant import judged_once, refuse_reentrant
 from .core.quiet import analysis_device, no_subclass_code, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
@@ -88,10 +88,12 @@ class Request:
 def pipeline(subject: Subject, request: Request,
              features: Sequence[Feature] = FEATURES) -> DerivativeResult:
     """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
-    output_name, output = subject.output(request.of)
-    inputs = subject.inputs(request.wrt, output, output_name)
+    with judged_once():  # one walk of the output's graph for both refusals, before any pass
+        output_name, output = subject.output(request.of)
+        inputs = subject.inputs(request.wrt, output, output_name)
+        with analysis_device():
+            refuse_reentrant(output, output_name)  # a backward re-running the forward: first
     with analysis_device():  # the user's code has run: the CPU as the default device
-        refuse_reentrant(output, output_name)  # a backward re-running the forward: first
         capture = _per_sample_capture(subject, inputs, output, request, features)
         graph = analysed_graph(subject.record, inputs, output, subject.namespace,
                                capture)  # hook-free
