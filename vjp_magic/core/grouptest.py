@@ -306,7 +306,8 @@ class SetProber:
         """(k × n_out) sets → (k × n_in) bool twice: which input indices each set reaches, by
         answers that scale as derivatives do under a rescaled probe (:func:`firm`), and
         where a non-zero did not (rounding; none in float16 and bfloat16)."""
-        if not len(sets) or not resolves_rounding(self.output.dtype):
+        if not len(sets) or not resolves_rounding(self.output.dtype) \
+                or self.max_seconds is not None:  # a refusal's verdict, in a few seconds
             hit = self.hits(sets, batched)
             return hit, torch.zeros_like(hit)
         self._check_time(2 * len(sets))
@@ -466,7 +467,8 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
         if not g.requires_grad:  # vᵀJ does not depend on v: nothing reaches x
             return ~unknown, ~unknown
         hits, bad, log = [], [], Batching()
-        rescale = resolves_rounding(out.dtype) and resolves_rounding(x.dtype)
+        rescale = resolves_rounding(out.dtype) and resolves_rounding(x.dtype) \
+            and prober.max_seconds is None  # a refusal's verdict: as fast as before
         for start in range(0, len(columns), prober.limit):
             part = columns[start:start + prober.limit]
             on = torch.zeros(len(part), x.shape[prober.b], dtype=x.dtype, device=x.device)
