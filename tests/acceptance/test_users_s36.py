@@ -166,12 +166,8 @@ def test_rosenbrocks_hessian_has_the_textbook_numbers(ip, run_ok):
     assert "tridiagonal" in text and "[1442 400 0 0 0 0]" in text, text[:500]
 
 
-@pytest.mark.xfail(strict=True, reason="%jacobian y x on y = x**3 from a plain cell (no hook "
-                   "anywhere) and %hessian f x end with 'Computed on the user's own graph of y "
-                   "(built outside what vjp_magic recorded: in a plain cell, or an earlier one): "
-                   "any hooks on it ran during the analysis.': two lines about hooks the "
-                   "class never registered, projected under the tutorial's own %jacobian; "
-                   "a teacher expects that sentence only where a hook is registered")
+# Was a strict xfail (s36 G18): 'any hooks on it ran during the analysis' under a plain
+# %jacobian. Since s36 T12 no Python hook runs in a pass (core/pass_guard), so the sentence is gone.
 @pytest.mark.parametrize("setup, line", [
     ("x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x**3", "%jacobian y x"),
     ("x = torch.linspace(-1, 1, 4, requires_grad=True)\ny = (x**3).sum()", "%hessian y x"),

@@ -78,13 +78,13 @@ class AnalysedGraph:
     def notes(self, output_name: str) -> list[str]:
         found = []
         if self.reason is not None:
-            found.append(f"Computed on the user's own graph of {output_name} ({self.reason}): "
-                         "any hooks on it ran during the analysis.")
+            found.append(f"Computed on the user's own graph of {output_name} ({self.reason}).")
         if self.hooks:
             which = ", ".join(self.hooks)
             shown = "autograd's, without the hooks" if self.replayed else \
-                "computed through them (on the user's own graph): a hook that changes a " \
-                "gradient changes them too"
+                "computed through them (on the user's own graph, where only a hook written " \
+                "in C, a builtin, can have run: a Python hook stops the analysis unrun): a " \
+                "hook that changes a gradient changes them too"
             found.append(f"Gradient hooks on the way ({which}): a backward passes those "
                          f"gradients through them, and a hook may change them; the "
                          f"derivatives shown are {shown}.")
