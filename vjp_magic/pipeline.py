@@ -23,7 +23,7 @@ import torch
 
 from .core import analysis
 from .core import hessian as core_hessian
-from .core.errors import GraphFreed, VJPUsageError
+from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
 from .core.quiet import analysis_device, no_subclass_code, quiet_autograd
@@ -472,11 +472,13 @@ def _graph_error(error: RuntimeError, output_name: str, inputs,
         changed = [parameter_expression(n) for n, t in inputs.items()
                    if isinstance(t, torch.Tensor) and t._version]  # model[0].weight
         which = f" ({', '.join(changed)})" if changed else ""
-        return VJPUsageError(
+        return (SavedValueChanged if kind is TorchError.INPLACE and not changed
+                else VJPUsageError)(
             f"{output_name} can no longer be differentiated: a tensor it was computed "
             f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
             "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
-            f"Compute {output_name} after the update, or run the update in a later cell.")
+            f"Compute {output_name} after the update, or run the update in a later cell.",
+            *((output_name, str(error)) if kind is TorchError.INPLACE and not changed else ()))
     if kind is TorchError.REENTRANT_CHECKPOINT:
         return VJPUsageError(
             f"{output_name} was computed through torch.utils.checkpoint with "

@@ -38,6 +38,17 @@ class GraphFreed(VJPUsageError):
     ``retain_graph=True``) before the analysis ran."""
 
 
+class SavedValueChanged(VJPUsageError):
+    """The output's graph saved a value that was then changed in place (PyTorch's "modified
+    by an inplace operation"): ``output_name`` the output, ``torch_message`` PyTorch's own
+    text (it names the node, "output 0 of ExpBackward0"), for advice from the cell's source."""
+
+    def __init__(self, message: str, output_name: str, torch_message: str):
+        super().__init__(message)
+        self.output_name = output_name
+        self.torch_message = torch_message
+
+
 class ObservedPatternWarning(UserWarning):
     """:func:`vjp_magic.sparse_jacobian`'s pattern was observed at this x by grouped probes,
     not proved from the graph, and too large to compute the entries outside it exactly."""

@@ -23,12 +23,13 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Float, Int, observe, validate
 
-from ..core.errors import VJPUsageError
+from ..core.errors import SavedValueChanged, VJPUsageError
 from ..pipeline import FLAGS, Request, pipeline
 from ..render.options import DISPLAY_HEIGHT, DISPLAY_WIDTH, RenderOptions
 from ..run.choose import FromCell, FromExpression
 from ..run.execute import CellSyntaxError, run_cell
 from ..run.guard import retained_grads_kept
+from ..run.mistakes import saved_in_place_advice
 from ..teach.coaching import usage_message
 from .options import (EXPRESSION, common_arguments, one_output, read_cell_line,
                       read_expression_line)
@@ -211,7 +212,7 @@ class VJPMagics(Magics):
         run = run_cell(self.shell, cell, record_ops=True)
         # the answer (--check ans, or an expression of it: ans.T) is never the output
         subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
-        with retained_grads_kept(self.shell.user_ns), _usage_errors(self._coached(run, args)):
+        with retained_grads_kept(self.shell.user_ns), _usage_errors(self._coached(run, args), cell):
             try:
                 result = pipeline(subject, self._request(
                     args, of=one_output(args.of), wrt=args.wrt, full=args.full))
@@ -373,13 +374,18 @@ class VJPMagics(Magics):
 
 
 @contextmanager
-def _usage_errors(mistake=None):
+def _usage_errors(mistake=None, source: str | None = None):
     """A :class:`VJPUsageError` inside the block becomes IPython's short ``UsageError``; when
-    the cell stopped on a classic ``backward`` mistake, the message coaches on it first."""
+    the cell stopped on a classic ``backward`` mistake, the message coaches on it first; a
+    saved value the cell (``source``) changed in place is named with its line and fix."""
     try:
         yield
     except VJPUsageError as error:
+        advice = saved_in_place_advice(error.torch_message, source, None) \
+            if isinstance(error, SavedValueChanged) and source else None
         message = str(error) if mistake is None else usage_message(mistake, error)
+        if advice is not None and mistake is None:
+            message = f"{error.output_name} can no longer be differentiated. {advice}"
         raise UsageError(message) from None
 
 

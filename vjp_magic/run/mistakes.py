@@ -137,7 +137,7 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
     tensor with requires_grad=True ("[1., 2., 3.]"), an in-place change of a leaf that
     requires grad (``x += 1``), NumPy on an input, ``x.grad.zero_()`` before any backward,
     a tensor a backward saved edited in place (``z = x.exp(); z.add_(1)``: raised by that
-    backward, :func:`_saved_in_place_advice`); None for any other error. Shown beneath
+    backward, :func:`saved_in_place_advice`); None for any other error. Shown beneath
     PyTorch's traceback (the cell stops there, as a plain cell does)."""
     text = str(error)
     if not any(k in text for k in (_INTEGER, _LEAF_IN_PLACE, _NUMPY, _GRAD_NONE,
@@ -152,7 +152,7 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
     lines = source.splitlines()
     written = lines[line - 1].strip() if line is not None and 0 < line <= len(lines) else None
     if _SAVED_IN_PLACE in text:
-        return _saved_in_place_advice(text, source, line)
+        return saved_in_place_advice(text, source, line)
     if _GRAD_NONE in text:
         grad = re.search(r"([\w.\[\]]+)\.grad\.zero_\(\)", written or "")
         if grad is None:
@@ -181,7 +181,7 @@ def creation_advice(error: BaseException, source: str, filename: str) -> str | N
                 "torch.no_grad()"))
 
 
-def _saved_in_place_advice(text: str, source: str, line: int | None) -> str | None:
+def saved_in_place_advice(text: str, source: str, line: int | None) -> str | None:
     """A backward (on ``line``) that found a tensor it saved changed in place: the cell's
     last in-place write before that line to a tensor computed in the cell (preferring the
     output of the function PyTorch names, "output 0 of Exp"), named with its line and
