@@ -263,3 +263,28 @@ def test_an_in_place_write_through_data_is_named_with_its_line(run_vjp, write):
     r = run_vjp("x = torch.tensor([1., 2.], requires_grad=True)\ny = x ** 2\n"
                 f"{write}\nz = y.sum()")
     assert f"{write} (line 3)" in " ".join(str(n) for n in r.notes)
+
+
+# -- teach/grading's own-rounding ✓ (F5) --------------------------------------------------------
+
+_LOSSY_CELL = "x = torch.tensor([10.03, 20.03, 30.03], requires_grad=True)\ny = x ** 2 / 2\n"
+
+
+@pytest.mark.parametrize("ans, right", [
+    ("(x.detach() + 1e6) - 1e6", True),  # exactly x in mathematics; float32 rounds to 1/16
+    ("x.detach() + 0.05", False),  # wrong by 0.05 with no rounding to hide behind
+])
+def test_own_rounding_forgives_a_right_lossy_formula_only(run_vjp, ans, right):
+    r = run_vjp(_LOSSY_CELL + f"ans = {ans}", "--check ans")
+    assert r.check.correct is right, r.check.hint
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "teach/grading's own-rounding ✓ passes a wrong formula whose float32 rounding is as large "
+    "as its error: ans = (x + 1e6) - 1e6 + 0.05 for y = x²/2 at x = [10.03, 20.03, 30.03] "
+    "is x + 0.05 in mathematics (its own float64 replay says so, 0.05 off everywhere), yet "
+    "the float32 value 10.05 is moved 'toward the right value' by |f32 − f64| = 0.03 and "
+    "graded Right, 'differs from the exact values only by the rounding'"))
+def test_own_rounding_never_passes_a_wrong_formula(run_vjp):
+    r = run_vjp(_LOSSY_CELL + "ans = (x.detach() + 1e6) - 1e6 + 0.05", "--check ans")
+    assert r.check.correct is False, r.check.hint
