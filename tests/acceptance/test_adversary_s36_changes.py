@@ -326,3 +326,17 @@ def test_in_place_advice_followed_shows_no_cut(run_vjp, write):
     r = run_vjp(f"x = torch.ones(3)\n{write}\nx.requires_grad_()\ny = x**2")
     assert r.derivatives["x"].tolist() == [4.0, 4.0, 4.0]  # 2x at x = 2
     assert "graph is cut" not in str(r) and "makes x.requires_grad_()" not in str(r)
+
+
+# -- render (U12): digits the width cut below -p are said, on every shape of display -------------
+
+@pytest.mark.parametrize("cell", [
+    "x = torch.linspace(0.1, 1, 40, dtype=torch.float64, requires_grad=True)\ny = torch.sin(x)",
+    "x = torch.linspace(0.1, 1, 8, dtype=torch.float64, requires_grad=True)\n"
+    "y = torch.sin(x).sum()",
+    "torch.manual_seed(0)\nA = torch.rand(6, 6, dtype=torch.float64)\n"
+    "x = torch.rand(6, dtype=torch.float64, requires_grad=True)\ny = torch.tanh(A @ x)",
+], ids=["diagonal-vector", "scalar-gradient", "dense-matrix"])
+def test_digits_cut_below_p_are_said_on_every_display(run_vjp, cell):
+    text = str(run_vjp(cell, "-p 12"))
+    assert "of the 12 asked" in text and "--full-matrix shows all 12" in text, text[-300:]
