@@ -280,12 +280,8 @@ def test_own_rounding_forgives_a_right_lossy_formula_only(run_vjp, ans, right):
     assert r.check.correct is right, r.check.hint
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "teach/grading's own-rounding ✓ passes a wrong formula whose float32 rounding is as large "
-    "as its error: ans = (x + 1e6) - 1e6 + 0.05 for y = x²/2 at x = [10.03, 20.03, 30.03] "
-    "is x + 0.05 in mathematics (its own float64 replay says so, 0.05 off everywhere), yet "
-    "the float32 value 10.05 is moved 'toward the right value' by |f32 − f64| = 0.03 and "
-    "graded Right, 'differs from the exact values only by the rounding'"))
+# Was a strict xfail (s36 G19): the float32 value was moved toward the right one by its own
+# rounding; now the float64 replay of the answer's formula is graded itself.
 def test_own_rounding_never_passes_a_wrong_formula(run_vjp):
     r = run_vjp(_LOSSY_CELL + "ans = (x.detach() + 1e6) - 1e6 + 0.05", "--check ans")
     assert r.check.correct is False, r.check.hint

@@ -566,7 +566,8 @@ def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None
     rounding (:func:`~.grading_reference.answer_rounding`), is right; else None."""
     if case.exp.rtol < 1e-6 or not isinstance(answer, torch.Tensor):
         return None  # (float64 throughout: rounding is not it)
-    rounding = answer_rounding(answer, record, inputs)
+    found = answer_rounding(answer, record, inputs)
+    rounding, exact = (found.bound, found.exact) if found is not None else (None, None)
     given = answer.detach().to(torch.float64)
     if rounding is None or rounding.shape != given.shape or not bool(
             torch.isfinite(given).all() & (rounding <= NEAR * given.abs()).all()):
@@ -576,8 +577,13 @@ def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None
         target = make() if a is not None and r is not None else None
         if target is None:
             continue
-        nearer = a + torch.minimum((target.value - a).abs(), r) * torch.sign(target.value - a)
-        if not target.matches(nearer):
+        if exact is not None:  # the formula itself, replayed in float64, must be right: its
+            # rounding moves no wrong formula ((x + 1e6) - 1e6 + 0.05) onto the right values
+            nearer = fits(exact.to(case.a.device, case.a.dtype), shape)
+        else:  # (a first-order bound only: each entry moved toward the right value by it)
+            nearer = a + torch.minimum((target.value - a).abs(), r) * torch.sign(
+                target.value - a)
+        if nearer is None or not target.matches(nearer):
             return None
         hint = _hints.correct(case, target.form)
         return case.verdict(VerdictKind.CORRECT, f"{hint} It differs from the exact values "

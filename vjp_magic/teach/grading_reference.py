@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import NamedTuple
 
 import torch
 from torch.autograd.function import BackwardCFunction
@@ -66,7 +67,15 @@ def refinement(result, name: str, record=None, output=None):
     return None if bound is None else (d32, bound.reshape(d32.shape))
 
 
-def answer_rounding(answer, record=None, inputs=None) -> torch.Tensor | None:
+class AnswerRounding(NamedTuple):
+    """How far a low-precision answer is from its own formula's exact value (``bound``,
+    float64, shaped like the answer), and that exact value where a float64 replay computed
+    it (``exact``, else None: the bound is a first-order estimate from the answer's graph)."""
+    bound: torch.Tensor
+    exact: torch.Tensor | None = None
+
+
+def answer_rounding(answer, record=None, inputs=None) -> AnswerRounding | None:
     """How far a low-precision answer may be from its own formula's exact value, entry by
     entry (float64, shaped like the answer): a right formula computed in float32 with
     cancellation, ``(exp(2x) - 1)/(exp(2x) + 1)`` for tanh at x = 1e-4, is off by far more
@@ -92,7 +101,7 @@ def answer_rounding(answer, record=None, inputs=None) -> torch.Tensor | None:
                 found = None
             if isinstance(found, torch.Tensor) and found.shape == answer.shape \
                     and found.dtype == torch.float64:
-                return (answer.detach().to(torch.float64) - found).abs()
+                return AnswerRounding((answer.detach().to(torch.float64) - found).abs(), found)
     if answer.grad_fn is None or answer.numel() > MAX_OUTPUT_ENTRIES:
         return None
     indices = [list(index) for index in itertools.product(*map(range, answer.shape))]
@@ -102,7 +111,7 @@ def answer_rounding(answer, record=None, inputs=None) -> torch.Tensor | None:
         return None
     if bounds is None or not all(math.isfinite(b) for b in bounds):
         return None
-    return torch.tensor(bounds, dtype=torch.float64).reshape(answer.shape)
+    return AnswerRounding(torch.tensor(bounds, dtype=torch.float64).reshape(answer.shape))
 
 
 def _rng_devices(tensor: torch.Tensor) -> list:
@@ -384,5 +393,5 @@ def _summing(node, values: dict, total: list):
     return hook
 
 
-__all__ = ["MAX_COMPONENTS", "answer_rounding", "output_in_float64", "output_rounding",
-           "refinement", "rounding_bound"]
+__all__ = ["MAX_COMPONENTS", "AnswerRounding", "answer_rounding", "output_in_float64",
+           "output_rounding", "refinement", "rounding_bound"]
