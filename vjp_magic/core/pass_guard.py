@@ -225,7 +225,9 @@ def _runs_a_pass(arg) -> bool:
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 # Code a strict pass may enter: PyTorch's, vjp_magic's, the frozen standard modules'
-_OURS = (_TORCH_DIR, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "<frozen ")
+# (each folder with its separator: site-packages/torch is no prefix of torchvision's files)
+_OURS = (_TORCH_DIR + os.sep,
+         os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, "<frozen ")
 # An import a pass starts (the import system's finders and the module's body are no hook)
 _IMPORTING = getattr(getattr(sys.modules.get("_frozen_importlib"), "_find_and_load", None),
                      "__code__", None)

@@ -356,7 +356,7 @@ def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
 
 
 _MISSING = object()
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep  # (torchvision is no part of it)
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
            "judged_once", "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",
