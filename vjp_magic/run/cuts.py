@@ -197,6 +197,7 @@ def _forward(calls, inputs: dict) -> _Flow:
     for name, t in inputs.items():  # one tensor named twice (b = a): both names
         if isinstance(t, torch.Tensor):
             flow.live.setdefault(id(t), set()).add(name)
+    leaves = {id(t) for t in inputs.values() if isinstance(t, torch.Tensor)}
     for index, call in enumerate(calls):
         read = _objects((call.args, call.kwargs))
         names = set().union(*(flow.live.get(id(o), ()) for o in read))
@@ -210,7 +211,9 @@ def _forward(calls, inputs: dict) -> _Flow:
         detaching = function_name(call.func) in DETACHING
         live = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
                 and not detaching] if names else []
-        dead = [o for o in outs if not any(o is t for t in live)]
+        # (an input written in place before it required grad, x.add_(1) then
+        # x.requires_grad_(), is the input still: no value left autograd)
+        dead = [o for o in outs if not any(o is t for t in live) and id(o) not in leaves]
         for out in outs:
             flow.made_by[id(out)] = index
         for out in live:
