@@ -24,7 +24,7 @@ from . import notation
 from .budget import remembered
 from .codegen import output_symbol
 from .document import Entry, Formula, Math, Matrix, Paragraph, Text
-from .matrix import VDOTS, Block, layout, multi_index, reserve, row_indices
+from .matrix import VDOTS, Block, layout, multi_index, reserve, row_indices, summary_indices
 from .numbers import alone, choose_format, plural, significant_digits
 
 
@@ -488,9 +488,14 @@ def _table_rows(mean, largest, options) -> list[int | None]:
     count = len(mean)
     if count <= options.threshold:
         return list(range(count))
-    kept = {f for f in row_indices(count, options) if f is not None}
-    kept.add(int(mean.argmax()))
-    kept.update(int(f) for f in (largest == 0).nonzero().flatten()[:options.edgeitems])
+    edges = [f for f in row_indices(count, options) if f is not None]
+    read_for = {int(mean.argmax())}
+    read_for.update(int(f) for f in (largest == 0).nonzero().flatten()[:options.edgeitems])
+    extra = read_for.difference(edges)
+    if extra:  # (as many rows as a plain summary: fewer at the edges for those read for)
+        each = max(1, len(edges) // 2 - math.ceil(len(extra) / 2))
+        edges = [f for f in summary_indices(count, 0, each) if f is not None]
+    kept = set(edges) | read_for
     shown: list[int | None] = []
     for f in sorted(kept):
         if shown and shown[-1] != f - 1:
