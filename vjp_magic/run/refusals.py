@@ -101,25 +101,38 @@ def refuse_record(record, output) -> None:
 
 
 def refuse_data_writes(record, output=None) -> None:
-    """``x.data = …`` after a recorded call read x and made a value ``output`` is computed
+    """``x.data = …`` (or a write into ``x.data`` in place: ``x.data.mul_(2)``, ``x.data[0] =
+    5.``) after a recorded call read x and made a value ``output`` is computed
     from (any value, where ``output`` is not given): autograd does not see the write, and the
     graph reads the new values where it saved x (``y = x ** 2`` then ``x.data = 2 *
     x.data``: a backward of y gives 2·x at the new x, not where y was computed), which no
     replay of the calls can be. Named with its line, as the cell wrote it."""
     read: dict = {}  # id(tensor) → the calls (not x.data's own get/set) that read it
+    data_of: dict = {}  # id(x.data's tensor) → id(x): a write into it is a write into x
     for call in record.calls:
-        if _sets_data(call) and any(_on_the_way(c, output) for c in read.get(
-                id(call.args[0]), ())):
+        if _gets_data(call):
+            data_of.update((id(t), id(call.args[0])) for t in outs_of(call))
+        written = id(call.args[0]) if _sets_data(call) else next(
+            (data_of[id(t)] for t in call.targets if id(t) in data_of), None)
+        if written is not None and any(_on_the_way(c, output) for c in read.get(written, ())):
             line, text = _written(call.site)
             where = f"{text} (line {line})" if text else f"a .data write (line {line})" \
                 if line else "a .data write"
             raise NotReplayable(
-                f"{where} swaps the values of a tensor the graph had read, unseen by "
+                f"{where} {'swaps' if _sets_data(call) else 'changes in place'} the values "
+                "of a tensor the graph had read, unseen by "
                 "autograd: where the graph saved that tensor it reads the new values, so the "
                 "derivatives are taken there, not where the output was computed")
         if getattr(call.func, "__name__", "") not in ("__get__", "__set__"):
             for t in reads_of(call):  # (reading x.data is no graph's read)
                 read.setdefault(id(t), []).append(call)
+
+
+def _gets_data(call) -> bool:
+    """``x.data`` read (a tensor sharing x's memory, which autograd does not track)."""
+    return getattr(call.func, "__name__", "") == "__get__" and getattr(
+        getattr(call.func, "__self__", None), "__name__", "") == "data" and bool(call.args) \
+        and isinstance(call.args[0], torch.Tensor)
 
 
 def _sets_data(call) -> bool:
