@@ -139,11 +139,14 @@ def in_place_advice(source: str, body: list, name: str) -> str | None:
     ``requires_grad=True`` where it is made would stop the cell there. The line to add after
     its last write, where every write comes before anything is computed from it; else what
     to reorder. None where the cell writes no such thing."""
-    writes = [k for k, stmt in enumerate(body) if written_in_place(stmt, name)]
+    views = _views_of(body, name)  # x = b[:3]: a write into x is a write into b
+    writes = [k for k, stmt in enumerate(body)
+              if any(written_in_place(stmt, n) for n in (name, *views.values()))]
     if not writes:
         return None
-    used = next((k for k, stmt in enumerate(body) if k not in writes
-                 and name in names_read(stmt) and not turns_on(stmt, name)), None)
+    used = next((k for k, stmt in enumerate(body) if k not in writes and k not in views
+                 and any(n in names_read(stmt) for n in (name, *views.values()))
+                 and not turns_on(stmt, name)), None)
     before = [k for k in writes if used is None or k < used]
     refused = "which autograd refuses on a tensor that requires grad (a leaf)"
     if len(before) == len(writes):
@@ -156,6 +159,28 @@ def in_place_advice(source: str, body: list, name: str) -> str | None:
             f"after line {first.lineno} computed from it, {refused}: make every write to "
             f"{name} before line {first.lineno}, then the line {name}.requires_grad_() after "
             f"the last of them (or write into a copy, {name}2 = {name}.clone()).")
+
+
+_VIEWING = {"view", "view_as", "reshape", "narrow", "select", "transpose", "t", "permute",
+            "squeeze", "unsqueeze", "flatten", "unflatten", "expand", "diagonal", "unfold",
+            "as_strided", "movedim", "swapaxes", "split", "chunk", "unbind"}
+
+
+def _views_of(body: list, name: str) -> dict:
+    """Statement index → the name it binds to a view of ``name``'s tensor (``x = b[:3]``,
+    ``x = b.view(2, 2)``, ``x = b.T``): an in-place write through it writes ``name``."""
+    views: dict = {}
+    for k, stmt in enumerate(body):
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name)):
+            continue
+        value = stmt.value
+        while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+                and value.func.attr in _VIEWING:
+            value = value.func.value
+        if _base(value) in (name, *views.values()) and stmt.targets[0].id != name:
+            views[k] = stmt.targets[0].id
+    return views
 
 
 def written_in_place(stmt, name: str) -> bool:
