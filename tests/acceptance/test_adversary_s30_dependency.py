@@ -150,7 +150,16 @@ def _assert_kind_promises(d, pattern):
     if d.witness is not None:
         assert pattern[d.witness]
     if d.kind in ("block-diagonal", "block-lower-triangular"):
-        assert min(d.blocks) >= 2 and sum(d.blocks) <= max(m, n)
+        assert sum(d.blocks) <= max(m, n)
+        # a block of one index (an isolated node, a one-token sequence: s36 R1) only where
+        # that index reads and is read by nothing else
+        start = 0
+        for size in d.blocks:
+            if size == 1 and start < min(m, n):
+                row, col = pattern[start].clone(), pattern[:, start].clone()
+                row[start] = col[start] = False
+                assert not row.any() and not col.any(), (d.blocks, start)
+            start += size
 
 
 def _structure(g: torch.Generator) -> torch.Tensor:
