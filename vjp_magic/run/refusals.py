@@ -130,13 +130,17 @@ def refuse_data_writes(record, output=None) -> None:
 
 def _gets_data(call) -> bool:
     """``x.data`` read (a tensor sharing x's memory, which autograd does not track)."""
-    return getattr(call.func, "__name__", "") == "__get__" and getattr(
-        getattr(call.func, "__self__", None), "__name__", "") == "data" and bool(call.args) \
-        and isinstance(call.args[0], torch.Tensor)
+    return _data_access(call, "__get__")
 
 
 def _sets_data(call) -> bool:
-    return getattr(call.func, "__name__", "") == "__set__" and getattr(
+    """``x.data = …`` (x's values swapped, unseen by autograd)."""
+    return _data_access(call, "__set__")
+
+
+def _data_access(call, accessor: str) -> bool:
+    """Whether ``call`` is the ``data`` descriptor's ``accessor`` on a tensor."""
+    return getattr(call.func, "__name__", "") == accessor and getattr(
         getattr(call.func, "__self__", None), "__name__", "") == "data" and bool(call.args) \
         and isinstance(call.args[0], torch.Tensor)
 
