@@ -472,13 +472,14 @@ def _graph_error(error: RuntimeError, output_name: str, inputs,
         changed = [parameter_expression(n) for n, t in inputs.items()
                    if isinstance(t, torch.Tensor) and t._version]  # model[0].weight
         which = f" ({', '.join(changed)})" if changed else ""
-        return (SavedValueChanged if kind is TorchError.INPLACE and not changed
-                else VJPUsageError)(
+        message = (
             f"{output_name} can no longer be differentiated: a tensor it was computed "
             f"from{which} was modified in place afterwards (e.g. w -= lr * w.grad under "
             "torch.no_grad(), w.add_(...), w[0] = ...), and autograd needs its old value. "
-            f"Compute {output_name} after the update, or run the update in a later cell.",
-            *((output_name, str(error)) if kind is TorchError.INPLACE and not changed else ()))
+            f"Compute {output_name} after the update, or run the update in a later cell.")
+        if kind is TorchError.INPLACE and not changed:  # PyTorch's text names the node
+            return SavedValueChanged(message, output_name, str(error))
+        return VJPUsageError(message)
     if kind is TorchError.REENTRANT_CHECKPOINT:
         return VJPUsageError(
             f"{output_name} was computed through torch.utils.checkpoint with "
