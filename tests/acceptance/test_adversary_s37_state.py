@@ -446,3 +446,46 @@ def test_a_scripted_function_with_a_coupling_is_not_taken_for_points(run_vjp):
     x = torch.linspace(-1, 1, 5)
     jac = torch.autograd.functional.jacobian(lambda t: t * torch.roll(t, 1), x)
     torch.testing.assert_close(r.jacobian("x"), jac)
+
+
+# -- 7. a value read with .item() that reaches the output as a clamp bound ---------------------
+
+_CLAMPS = {
+    "clamp(x, min=x.min().item() + 0.5)": "y = torch.clamp(x, min=x.min().item() + 0.5)\n",
+    "x.clamp(min=...)": "y = x.clamp(min=x.min().item() + 0.5)\n",
+    "m = x.min().item() on its own line": "m = x.min().item()\ny = torch.clamp(x, min=m + 0.5)\n",
+    "clamp(x, max=x.max().item() - 0.5)": "y = torch.clamp(x, max=x.max().item() - 0.5)\n",
+}
+_POINT = [0.3, -1.2, 2.0, 0.7, -0.1]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A value computed from x with .item() that becomes a clamp bound (torch.clamp(x, "
+    "min=x.min().item() + 0.5), x.clamp(min=...), max=..., through a name) is not named as a "
+    "cut: r.cuts is empty and the headline says '(proved for every x).' with no 'of the graph "
+    "as computed', yet the clamped entry y[1] = x.min() + 0.5 is x[1] + 0.5: its derivative is "
+    "1 (torch.autograd.functional.jacobian of the same cell without .item()), the graph as "
+    "computed gives 0, and nothing says so. The same bound through .detach(), and .item() "
+    "values in x * s, x.pow(s), torch.add(alpha=s), F.threshold(value=s), are named. Class: "
+    "the cut rules treat a clamp bound as a mask (cuts nothing) although the clamped entries "
+    "take the bound's value"))
+@pytest.mark.parametrize("cell", list(_CLAMPS))
+def test_an_item_value_used_as_a_clamp_bound_is_named_as_a_cut(run_vjp, cell):
+    def f(x):
+        if "max=" in cell:
+            return torch.clamp(x, max=x.max() - 0.5)
+        return torch.clamp(x, min=x.min() + 0.5)
+    point = torch.tensor(_POINT, dtype=torch.float64)
+    true = torch.autograd.functional.jacobian(f, point)
+    r = run_vjp(f"x = torch.tensor({_POINT}, requires_grad=True)\n" + _CLAMPS[cell])
+    shown = r.jacobian("x").double()
+    assert not torch.allclose(shown, true)  # the premise: the function's derivative differs
+    assert r.cuts, "the .item() bound is not named"
+    assert "(proved for every x)." not in r._repr_mimebundle_()["text/plain"]
+
+
+def test_a_detached_clamp_bound_is_named_as_a_cut(run_vjp):
+    """The guard's counterpart (held): the same bound through .detach() is a named cut."""
+    r = run_vjp(f"x = torch.tensor({_POINT}, requires_grad=True)\n"
+                "y = torch.clamp(x, min=x.min().detach() + 0.5)\n")
+    assert [c.kind for c in r.cuts] == ["detach"]
