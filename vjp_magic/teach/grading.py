@@ -33,7 +33,8 @@ from ..run.backward_log import reaches
 from .grading_hints import HINTS as _hints
 from .grading_hints import KINDS, NEAR, VerdictKind, shape_text
 from .sparse_dense import densified, is_sparse
-from .grading_reference import answer_rounding, refinement
+from .grading_reference import (MAX_COMPONENTS, Refinement, answer_rounding, float64_floor,
+                                 refinement, rounding_bound)
 from .grading_targets import Expected, Target, as_tensor, fits
 
 COMPARED_ENTRIES = 1 << 26  # entries compared looking for the one component an answer is
@@ -74,6 +75,8 @@ class Verdict:
         if self.correct:
             layout = _layout_words(self.form, self.answer_shape)
             return "✓ correct" + (f" ({layout})" if layout else "")
+        if self.kind == VerdictKind.UNDECIDED:  # neither ✓ nor ✗: not proved either way
+            return f"? {self.kind.words}"
         if self.kind == VerdictKind.SCALED and self.factor:
             once = " with one backward" if self.calls == 1 else ""
             return f"✗ {self.factor}× the answer{once}"
@@ -482,7 +485,7 @@ def _fits_a_form(a, result, name: str) -> bool:
 def grade(answer, result, name: str | None = None, *, log=None,
           answer_name: str | None = None, record=None, output=None,
           leaves: Mapping | None = None, exam: bool = False, ordered: bool = True,
-          answer_record=None) -> Verdict:
+          answer_record=None, exact=None) -> Verdict:
     """Grade ``answer`` against ``result``'s derivatives with respect to input ``name``.
 
     Accepted: ``r.derivatives[name]`` (component axes + x's shape), the full Jacobian
@@ -500,7 +503,10 @@ def grade(answer, result, name: str | None = None, *, log=None,
     tensor): the tensors the log's calls reached, where ``result``'s inputs are copies.
     ``exam``: exam mode, whose hints say what is wrong but never the code that answers.
     ``ordered``: the inputs' order was given; False for the cell's binding order (a sequence
-    right in the one order its shapes fit is right there). A low-precision answer still
+    right in the one order its shapes fit is right there). ``exact`` (name → float64
+    derivatives shaped like ``result``'s, or None; called only for an answer the plain
+    comparison calls wrong): the exercise's f computed in float64, which proves what the
+    graph's rounding bound cannot. A low-precision answer still
     wrong is right where its own rounding explains the difference
     (:func:`~.grading_reference.answer_rounding`: its calls in ``answer_record``, default
     ``record``, replayed in float64 from ``leaves``, or its own graph)."""
@@ -509,7 +515,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     several = _per_input(answer, result, name)
     if several is not None:
         options = dict(log=log, record=record, output=output, leaves=leaves, exam=exam,
-                       answer_record=answer_record)
+                       answer_record=answer_record, exact=exact)
         verdicts = _each(several, result, answer_name, options)
         wrong = next((v for v in verdicts if not v.correct), None)
         if wrong is not None and not isinstance(answer, Mapping):
@@ -521,7 +527,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     if name is None and len(result.inputs) > 1 and a is not None:
         return _against_fitting(answer, a, result, dict(
             log=log, answer_name=answer_name, record=record, output=output, leaves=leaves,
-            exam=exam, answer_record=answer_record))
+            exam=exam, answer_record=answer_record, exact=exact))
     name = _input_name(result, name, answer_name, a)
     leaf = (leaves or {}).get(name)
     case = Case(a, Expected(result, name, dtype, coloured=coloured.get(name)),
@@ -532,7 +538,7 @@ def grade(answer, result, name: str | None = None, *, log=None,
     found = _recognised(case, a.to(case.exp.device))
     if found.correct or found.kind == VerdictKind.WRONG_SHAPE:
         return found
-    return _graded_again(found, case, (answer, dtype), result, (record, output),
+    return _graded_again(found, case, (answer, dtype), result, (record, output, exact),
                          answer_record or record,
                          leaves or {n: item.tensor for n, item in result.inputs.items()},
                          coloured.get(name))
@@ -540,30 +546,108 @@ def grade(answer, result, name: str | None = None, *, log=None,
 
 def _graded_again(found: Verdict, case: Case, given: tuple, result, computed: tuple,
                   answer_record, inputs: Mapping, coloured) -> Verdict:
-    """A plain ✗ (``found``) looked at again: against float64 derivatives or within a bound
-    on autograd's rounding (``computed``: the record and output :func:`refinement` takes),
-    then within the answer's own rounding (:func:`_own_rounding`; ``given``: the answer as
-    given and its dtype)."""
+    """A plain ✗ (``found``) looked at again: against float64 derivatives (``computed``: the
+    record and output :func:`refinement` takes, and ``exact``, f's float64 derivatives), then
+    within the answer's own rounding (:func:`_own_rounding`; ``given``: the answer as given
+    and its dtype). ✓ only where the answer is proved within the tolerance: of the float64
+    derivatives, or its formula replayed in float64. Where only a rounding bound would
+    excuse the difference (autograd's, read off the graph; or, a low-precision answer no
+    farther from the float64 values than autograd's own value, the answer's own rounding,
+    unknown), the verdict says rounding cannot be told from an error
+    (:data:`VerdictKind.UNDECIDED`): never ✓."""
     (answer, dtype), name = given, case.exp.name
-    refined = refinement(result, name, *computed)
+    refined = _exact_refinement(result, name, computed) or refinement(
+        result, name, *computed[:2])
     again = case if refined is None else \
-        Case(case.a.to(refined[0].device), Expected(result, name, dtype, refined, coloured),
+        Case(case.a.to(refined.values.device), Expected(result, name, dtype, refined, coloured),
              case.answer, case.log, case.leaf, case.exam)
-    target, fitted = again.fitting()
-    if refined is not None and target is not None and target.matches(fitted):
-        return again.verdict(VerdictKind.CORRECT, _hints.correct(again, target.form),
-                             form=target.form)
-    own = _own_rounding(again, answer, answer_record, inputs)
+    strict = case if refined is None or not refined.proved else \
+        Case(again.a, Expected(result, name, dtype, refined._replace(
+            slack=refined.floor if refined.floor is not None else
+            torch.zeros_like(refined.slack)), coloured),
+            case.answer, case.log, case.leaf, case.exam)
+    target, fitted = strict.fitting()
+    if strict is not case and target is not None and target.matches(fitted):
+        return strict.verdict(VerdictKind.CORRECT, _hints.correct(strict, target.form),
+                              form=target.form)
+    own = _own_rounding(strict, answer, answer_record, inputs, again)
     if own is not None:
         return own
+    target, fitted = again.fitting()
+    if refined is not None and target is not None and target.matches(fitted):
+        if not refined.proved:  # within autograd's rounding as bounded from the graph
+            return _undecided(again, target.form, dtype, autograd=True)
+        if dtype is not None and dtype != torch.float64:  # as near as autograd's own value
+            return _undecided(again, target.form, dtype, autograd=False, near=True)
     # a mistake the plain comparison recognised stands; a plain "wrong" may be recognised now
-    return _recognised(again, again.a) if found.kind == VerdictKind.WRONG and \
-        refined is not None else found
+    return _recognised(strict if refined is not None and refined.proved else again, again.a) \
+        if found.kind == VerdictKind.WRONG and refined is not None else found
 
 
-def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None:
-    """✓ where the answer, each entry moved toward the right value by at most its own
-    rounding (:func:`~.grading_reference.answer_rounding`), is right; else None."""
+def _exact_refinement(result, name: str, computed: tuple) -> Refinement | None:
+    """A proved :class:`~.grading_reference.Refinement` from ``exact`` (``computed[2]``:
+    float64 derivatives of the exercise's f), the slack autograd's error there, the floor
+    float64's rounding as bounded from f's float32 graph (``computed[1]``), or None."""
+    exact = computed[2]
+    found = exact(name) if callable(exact) else None
+    item = result.inputs[name]
+    if not isinstance(found, torch.Tensor) or is_sparse(item) or \
+            found.shape != item.derivatives.shape:
+        return None
+    d64 = found.detach().to(item.derivatives.device, torch.float64)
+    graph = computed[1] if computed[1] is not None else result.output
+    bound = None
+    if isinstance(graph, torch.Tensor) and graph.grad_fn is not None and \
+            len(result.gradients[name]) <= MAX_COMPONENTS:
+        try:
+            bound = rounding_bound(graph, item.tensor, list(result.gradients[name]))
+        except Exception:  # noqa: BLE001 - a freed graph …: the float64 values as they are
+            bound = None
+    return Refinement(d64, (item.derivatives.detach().double() - d64).abs(), True,
+                      float64_floor(bound, item.derivatives.dtype, d64))
+
+
+def _undecided(case: Case, form: str, dtype, autograd: bool, near: bool = False) -> Verdict:
+    """Neither ✓ nor ✗: the answer differs from the derivatives by more than the tolerance
+    but by less than a first-order bound on a rounding (``autograd``: autograd's own, its
+    terms cancelling; else the answer's own computation's), which cannot be told apart from
+    an error without a float64 computation (in float64 itself: none finer)."""
+    if autograd:
+        dtype = case.exp.item.derivatives.dtype
+        kind = str(dtype).removeprefix("torch.")
+        why = (f"the answer differs from autograd's {kind} derivatives by more than the "
+               "tolerance, but by less than autograd's own rounding could (terms that cancel "
+               "in its computation)")
+        how = ("they are float64 already, the finest precision torch computes in") \
+            if dtype == torch.float64 else (
+            "grade it against the exercise's function (`check(answer, f, x)`, "
+            "`--against f`), which is computed again in float64; or compute the output "
+            "from inputs in float64 (`x.double()`); or grade it in a `%%vjp` cell, whose "
+            "record is replayed in float64")
+    elif near:  # (the float64 derivatives are known: the answer's computation is not)
+        kind = str(dtype).removeprefix("torch.")
+        own = str(case.exp.item.derivatives.dtype).removeprefix("torch.")
+        why = ("the answer differs from the derivatives computed in float64 by more than the "
+               f"tolerance, but by no more than autograd's own {own} value does: a right "
+               f"formula computed in {kind} can be that far off (terms that cancel), and the "
+               "answer's formula cannot be computed again in float64 here")
+        how = "compute the answer in float64 (`.double()`) to grade it"
+    else:
+        kind = str(dtype or torch.float32).removeprefix("torch.")
+        why = ("the answer differs from the derivatives by more than the tolerance, but by "
+               f"less than the rounding of its own {kind} computation could, and its formula "
+               "cannot be computed again in float64 here")
+        how = "compute the answer in float64 (`.double()`) to grade it"
+    return case.verdict(VerdictKind.UNDECIDED, f"Rounding cannot be told from an error here: "
+                        f"{why}. Neither right nor wrong is proved: {how}.", form=form)
+
+
+def _own_rounding(case: Case, answer, record, inputs: Mapping,
+                  loose: Case | None = None) -> Verdict | None:
+    """✓ where the answer's formula, replayed in float64
+    (:func:`~.grading_reference.answer_rounding`), is right against ``case``'s (proved)
+    values; :func:`_undecided` where only a first-order bound on the answer's own rounding
+    (no replay), or only ``loose``'s unproved slack, would make it right; else None."""
     if case.exp.rtol < 1e-6 or not isinstance(answer, torch.Tensor):
         return None  # (float64 throughout: rounding is not it)
     found = answer_rounding(answer, record, inputs)
@@ -572,6 +656,7 @@ def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None
     if rounding is None or rounding.shape != given.shape or not bool(
             torch.isfinite(given).all() & (rounding <= NEAR * given.abs()).all()):
         return None  # (an overflow, or rounding that left no digit right: not a ✓)
+    loose = case if loose is None else loose
     for shape, make in case.exp.forms():
         a, r = fits(case.a, shape), fits(rounding.to(case.a.device), shape)
         target = make() if a is not None and r is not None else None
@@ -580,16 +665,32 @@ def _own_rounding(case: Case, answer, record, inputs: Mapping) -> Verdict | None
         if exact is not None:  # the formula itself, replayed in float64, must be right: its
             # rounding moves no wrong formula ((x + 1e6) - 1e6 + 0.05) onto the right values
             nearer = fits(exact.to(case.a.device, case.a.dtype), shape)
-        else:  # (a first-order bound only: each entry moved toward the right value by it)
-            nearer = a + torch.minimum((target.value - a).abs(), r) * torch.sign(
-                target.value - a)
-        if nearer is None or not target.matches(nearer):
+            if nearer is not None and target.matches(nearer):
+                hint = _hints.correct(case, target.form)
+                return case.verdict(
+                    VerdictKind.CORRECT, f"{hint} It differs from the exact values only by "
+                    "the rounding of its own "
+                    f"{str(answer.dtype).removeprefix('torch.')} computation.",
+                    form=target.form)
+            judged = _form_target(loose, shape)
+            if nearer is not None and judged is not None and judged.matches(nearer):
+                return _undecided(loose, target.form, answer.dtype, autograd=True)
             return None
-        hint = _hints.correct(case, target.form)
-        return case.verdict(VerdictKind.CORRECT, f"{hint} It differs from the exact values "
-                            "only by the rounding of its own "
-                            f"{str(answer.dtype).removeprefix('torch.')} computation.",
-                            form=target.form)
+        # a first-order bound only (no replay): each entry moved toward the right value by it
+        # may reach it, but a wrong formula's error hides in it as well as rounding does
+        judged = _form_target(loose, shape) or target
+        nearer = a + torch.minimum((judged.value - a).abs(), r) * torch.sign(judged.value - a)
+        if judged.matches(nearer):
+            return _undecided(loose, target.form, answer.dtype, autograd=False)
+        return None
+    return None
+
+
+def _form_target(case: Case, shape) -> Target | None:
+    """``case``'s target for the accepted form of ``shape``, or None."""
+    for form_shape, make in case.exp.forms():
+        if form_shape == shape:
+            return make()
     return None
 
 

@@ -117,6 +117,41 @@ def reference(exercise: Exercise, inputs: Mapping, output_name: str):
     return ref, out
 
 
+def _float64_reference(exercise: Exercise, inputs: Mapping, ref):
+    """name → f's derivatives computed in float64 (f on float64 copies of the inputs, the
+    same pairing as ``ref``'s), made on the first call and only where asked (a plain ✗ looked
+    at again: :func:`~.grading.grade`'s ``exact``); None for an input where f does not run
+    in float64, or gives another structure there. f is the exercise's, run as for ``ref``."""
+    made: dict = {}
+
+    def exact(name: str):
+        if "found" not in made:
+            made["found"] = _in_float64_derivatives(exercise, inputs, ref)
+        found = made["found"]
+        return None if found is None else found.get(name)
+    return exact
+
+
+def _in_float64_derivatives(exercise: Exercise, inputs: Mapping, ref) -> dict | None:
+    if not any(t.is_floating_point() and t.dtype != torch.float64 for t in inputs.values()):
+        return None  # float64 already: the reference is as precise as it gets
+    fresh = {n: t.detach().to(torch.float64) if t.is_floating_point() else t.detach().clone()
+             for n, t in inputs.items()}
+    try:
+        ref64, _ = reference(exercise, fresh, ref.output_name)
+    except Exception:  # noqa: BLE001 - f needs its inputs' own dtype …: no float64 reference
+        return None
+    found = {}
+    for name, item in ref.inputs.items():
+        other = ref64.inputs.get(name)
+        if other is None or other.pairing != item.pairing or is_sparse(other) or \
+                is_sparse(item) or other.derivatives.shape != item.derivatives.shape or \
+                other.derivatives.dtype != torch.float64:
+            continue
+        found[name] = other.derivatives.detach()
+    return found
+
+
 def _evaluated(exercise: Exercise, inputs: Mapping, output_name: str) -> tuple:
     """(the exercise labelled as applied to ``inputs``, f's derivatives, f's output)."""
     exercise = replace(exercise, label=exercise.named(inputs), applied=False)
@@ -154,7 +189,9 @@ def _graded(answer, exercise: Exercise, ref, out, inputs: Mapping, result, log,
     (``computed``: how y was, as :func:`_output_differs` takes it; ``f_inputs``: the inputs
     in the order f takes them, where not ``inputs``' own)."""
     graded = grade(answer, ref, log=log, answer_name=answer_name, output=out,
-                   leaves=dict(inputs), answer_record=computed[0])
+                   leaves=dict(inputs), answer_record=computed[0],
+                   exact=_float64_reference(exercise, inputs if f_inputs is None else f_inputs,
+                                            ref))
     graded = replace(graded, against=exercise.label, answer_kind=graded.kind)
     if result is None:
         return graded

@@ -45,6 +45,7 @@ class VerdictKind(TextEnum):
     MISSING = "missing"
     OUTPUT_DIFFERS = "output-differs"
     GRAPH_CUT = "graph-cut"
+    UNDECIDED = "undecided"  # within a rounding bound, not proved within the tolerance
 
     @property
     def words(self) -> str:
@@ -65,6 +66,7 @@ _WORDS = {
     VerdictKind.MISSING: "no answer",
     VerdictKind.OUTPUT_DIFFERS: "the output is not the exercise's f",
     VerdictKind.GRAPH_CUT: "the graph is cut between the input and the output",
+    VerdictKind.UNDECIDED: "rounding cannot be told from an error here",
 }
 KINDS = {kind.value: kind.words for kind in VerdictKind}  # kind → the verdict's words
 SHOWN_POINTS = 3  # points named in a hint

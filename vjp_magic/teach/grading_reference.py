@@ -10,10 +10,12 @@ tolerance per entry (``slack``), both shaped like ``r.derivatives[name]``:
 
 - with the cell's record: the derivatives again through a float64 replay of the record (on
   fresh leaves; the user's tensors, their ``.grad`` and the global RNG are left alone). The
-  reference is the float64 value; the slack twice autograd's own measured error there, so
-  autograd's float32 answer and anything at least about as accurate are right;
+  reference is the float64 value; the slack autograd's own measured error there, so an
+  answer ✓ is no farther from the float64 value than autograd's float32 one (``proved``);
 - otherwise (or where the float64 replay disagrees with autograd beyond rounding): autograd's
-  values, with a first-order bound on its rounding error (:func:`rounding_bound`).
+  values, with a first-order bound on its rounding error (:func:`rounding_bound`). An answer
+  within that bound but not within the tolerance may be right or wrong: the grade says it
+  cannot tell (never ✓), and how to make it tell (float64, or a ``%%vjp`` cell's record).
 
 Both are computed only for an answer that the plain comparison calls wrong. So is the
 answer's own rounding (:func:`answer_rounding`): a low-precision answer whose formula, replayed
@@ -39,10 +41,37 @@ MAX_COMPONENTS = 64  # backward passes per input: one per non-point output compo
 MAX_NODES = 100_000  # graph nodes hooked by the rounding bound
 
 
-def refinement(result, name: str, record=None, output=None):
-    """(values, slack) for input ``name`` as float64 tensors shaped like its derivatives, or
-    None where neither a float64 replay nor the graph (``output``, else ``result.output``)
-    is at hand, or the output has more than :data:`MAX_COMPONENTS` components."""
+class Refinement(NamedTuple):
+    """What an answer is graded against where autograd's own values may be imprecise:
+    ``values`` and ``slack`` (float64, shaped like the derivatives), and whether they are
+    ``proved``: float64 derivatives (the record's replay, or the exercise's f), ``floor``
+    then bounding their own float64 rounding (first order: float64 has nothing finer, and
+    that is ~1e-16 of the terms that cancel), an answer within the tolerance of them, widened
+    by ``floor``, is right; ``slack`` autograd's own measured error (an answer that near is no
+    farther from them than autograd's value). Else (``proved`` False) autograd's float32 or
+    half values and a first-order bound on their rounding read off the graph, within which
+    rounding cannot be told from an error: no ✓ from it."""
+    values: torch.Tensor
+    slack: torch.Tensor
+    proved: bool = False
+    floor: torch.Tensor | None = None
+
+
+def float64_floor(bound: torch.Tensor | None, dtype: torch.dtype, like: torch.Tensor):
+    """A first-order bound on float64's rounding of a computation whose rounding in
+    ``dtype`` is bounded by ``bound`` (the same terms, float64's unit roundoff): zeros where
+    no bound is known."""
+    if bound is None:
+        return torch.zeros_like(like)
+    ratio = torch.finfo(torch.float64).eps / torch.finfo(
+        dtype if dtype.is_floating_point else torch.float32).eps
+    return bound.reshape(like.shape).to(like) * ratio
+
+
+def refinement(result, name: str, record=None, output=None) -> Refinement | None:
+    """The :class:`Refinement` of input ``name``, or None where neither a float64 replay nor
+    the graph (``output``, else ``result.output``) is at hand, or the output has more than
+    :data:`MAX_COMPONENTS` components."""
     item = result.inputs[name]
     vs = list(result.gradients[name])
     if len(vs) > MAX_COMPONENTS or not item.tensor.is_floating_point() or is_sparse(item):
@@ -64,7 +93,12 @@ def refinement(result, name: str, record=None, output=None):
             bound = rounding_bound(graph, item.tensor, vs)
         except Exception:  # noqa: BLE001 - the graph was freed (the cell's own backward) …
             return None
-    return None if bound is None else (d32, bound.reshape(d32.shape))
+    if bound is None:
+        return None
+    bound = bound.reshape(d32.shape)
+    # float64 derivatives: their bound is float64's own rounding, the finest there is
+    proved = item.derivatives.dtype == torch.float64
+    return Refinement(d32, bound, proved, bound if proved else None)
 
 
 class AnswerRounding(NamedTuple):
@@ -173,7 +207,10 @@ def _from_replays(replays, result, name: str, vs: list, d32: torch.Tensor):
     ops = tolerances(result.inputs[name].derivatives.dtype).backward * float(d64.abs().max())
     if not bool((error <= 2 * bound.reshape(d32.shape) + ops).all()):
         return None  # not rounding: a replay that differs from the cell's graph
-    return d64, 2 * error
+    # (the slack is autograd's own error, not twice it: an answer ✓ is no farther from the
+    # float64 values than autograd's own float32 value, which the plain comparison accepts)
+    return Refinement(d64, error, True, float64_floor(
+        bound, result.inputs[name].derivatives.dtype, d64))
 
 
 def _fresh(result, name: str, dtype) -> dict:
@@ -393,5 +430,6 @@ def _summing(node, values: dict, total: list):
     return hook
 
 
-__all__ = ["MAX_COMPONENTS", "AnswerRounding", "answer_rounding", "output_in_float64",
+__all__ = ["MAX_COMPONENTS", "AnswerRounding", "Refinement", "answer_rounding", "float64_floor",
+           "output_in_float64",
            "output_rounding", "refinement", "rounding_bound"]

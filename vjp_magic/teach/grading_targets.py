@@ -136,7 +136,7 @@ class Expected:
         self.d = None if self.csr is not None else item.derivatives.detach().double()
         self.slack = None
         if refined is not None:
-            self.d, self.slack = (t.to(self.d.device) for t in refined)
+            self.d, self.slack = (t.to(self.d.device) for t in tuple(refined)[:2])
         dtypes = [item.derivatives.dtype] + ([answer_dtype] if answer_dtype else [])
         self.rtol = max(tolerances(t).backward for t in dtypes)
         self.points = tuple(len(self.comp) + b for b in item.pairing.in_axes)
