@@ -504,3 +504,52 @@ def test_an_exited_value_used_directly_is_named_as_a_cut(run_vjp, source):
     r = run_vjp(f"x = torch.tensor({_POINT}, requires_grad=True)\n" + source)
     assert len(r.cuts) == 1
     assert "as computed" in r._repr_mimebundle_()["text/plain"]
+
+
+# -- 8. a cell that stops half-way; a generator of the user's ----------------------------------
+
+_HALF_WAY = {
+    "KeyboardInterrupt after dropout": (
+        "torch.manual_seed(0)\nX = torch.randn(6, requires_grad=True)\na = torch.sin(X)\n"
+        "b = torch.nn.functional.dropout(X, 0.5)\nX.grad = torch.ones(6)\n"
+        "raise KeyboardInterrupt\nc = 1\n"),
+    "ValueError inside no_grad": (
+        "torch.manual_seed(0)\nX = torch.randn(6, requires_grad=True)\n"
+        "with torch.no_grad():\n    a = torch.sin(X)\n    raise ValueError\n"),
+    "ValueError inside saved_tensors_hooks": (
+        "torch.manual_seed(0)\nX = torch.randn(6, requires_grad=True)\n"
+        "with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):\n"
+        "    a = torch.sin(X)\n    raise ValueError\n"),
+}
+
+
+@pytest.mark.parametrize("line", ["", "--wrt X"])
+@pytest.mark.parametrize("cell", list(_HALF_WAY))
+def test_a_cell_that_stops_half_way_leaves_the_state_of_a_plain_run(ip, cell, line):
+    """Guard for what held: the cell's own exception reaches the user; the names it assigned,
+    .grad, the RNGs, grad mode, the hook and mode stacks are as after a plain run."""
+    results, states = [], []
+    for source in (_HALF_WAY[cell], f"%%vjp {line}\n{_HALF_WAY[cell]}"):
+        assert ip.run_cell("torch.manual_seed(1)").success
+        results.append(type(ip.run_cell(source).error_in_exec))
+        states.append((_snapshot(ip.user_ns), _switches()))
+    assert results[1] is results[0]
+    assert states[1][1] == states[0][1]
+    assert [k for k in states[0][0] if not _same(states[0][0][k], states[1][0][k])] == []
+
+
+@pytest.mark.parametrize("line", ["", "--wrt lin", "--wrt X --gradcheck", "--symbolic"])
+def test_a_generator_of_the_users_is_left_as_a_plain_run_leaves_it(ip, run_ok, line):
+    """Guard for what held: draws from the user's own torch.Generator in the cell (not the
+    global one) are not drawn again by a replay: its state after %%vjp is a plain run's."""
+    setup = ("g = torch.Generator().manual_seed(0)\n"
+             "X = torch.randn(6, 4, generator=g, requires_grad=True)\n"
+             "lin = torch.nn.Linear(4, 3)\n")
+    cell = ("y = lin(X + torch.randn(6, 4, generator=g)) * "
+            "torch.bernoulli(torch.full((6, 3), 0.5), generator=g)\n")
+    run_ok(setup)
+    run_ok(cell)
+    plain = ip.user_ns["g"].get_state()
+    run_ok(setup)
+    run_ok(f"%%vjp {line}\n{cell}")
+    assert torch.equal(ip.user_ns["g"].get_state(), plain)
