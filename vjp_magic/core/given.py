@@ -43,6 +43,16 @@ function of the rows |v|, computed from the factors whose products are D's terms
 weighted by |v|: one small product, where |v|ᵀ|D| reads all of D a second time). That scale
 is the terms' own, never above |v|ᵀ·max(M, |D|): judged against it alone, the rule is at
 least as strict as with M given entry by entry.
+
+Why vᵀD itself is still read from D (most of the check's time where D is large).
+For a Linear weight vᵀD = (v⊙g)ᵀa too, a product as small as its scale; but that is the
+very product the probe-weighted backward computes for the weight (autograd's linear
+backward), so comparing the two would check the factors g and a — which the per-sample
+passes and the replay's comparison with the output already check — and never the tensor
+handed over. Read from D, probe 0 checks what the rules do after the factors: the outer
+products written out (broadcast, out × in), the reshape to ``output.shape + input.shape``,
+the sum over the uses of a parameter read twice, the name each Jacobian is given. Only the
+scale comes from the factors: a tolerance, never above |v|ᵀ·max(M, |D|).
 """
 from __future__ import annotations
 

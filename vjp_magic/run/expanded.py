@@ -442,7 +442,16 @@ def check_weights(batch: int, dtype: torch.dtype, device=None,
     a distinct code (a random permutation), whose digits in base 2(2K+1) pick its weight
     in each pass. With ``first`` (weights of that kind, e.g. the analysis' probe 0) the
     first pass is ``first``, and the codes need only tell apart the samples it weights
-    alike: their random ranks among those."""
+    alike: their random ranks among those.
+
+    With the unweighted pass these are the fewest passes for an exact check. Each pass
+    compared with a reference pass tells b from c where the two weights' ratios differ, so
+    P passes of powers of two tell apart at most R^(P−1) samples for R ratios a pass can
+    take: about 2·81 here, a few hundred over float32's whole exponent range. 1,024
+    float32 samples need three passes whichever is the reference (1, probe 0 and one
+    more; or probe 0 and two more); weights other than powers of two would make the
+    comparison inexact, and a tolerance would then hide the small cross-sample terms the
+    exact comparison shows (at least half their size where the weights differ)."""
     span = CHECK_SPAN.get(dtype, 40)
     values = 2 * (2 * span + 1)
     generator = fresh_stream("check weights")  # numpy: cheaper than torch at these sizes
