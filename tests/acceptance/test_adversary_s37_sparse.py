@@ -140,7 +140,7 @@ def test_result_csr_and_coloured_vectors(name):
 
 
 # -- Hessians of banded and block energies -------------------------------------------------------
-NH = 2560  # over the 2,048 entries where a scalar's Hessian is first tried sparse
+NH = 2100  # over the 2,048 entries where a scalar's Hessian is first tried sparse
 IDX_H = torch.randint(0, NH, (NH,), generator=torch.Generator().manual_seed(5))
 
 
@@ -148,8 +148,8 @@ def _rosenbrock(x):
     return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
 
-def _dirichlet(x):  # a 5-point Hessian on a 64 × 40 grid
-    u = x.reshape(64, -1)
+def _dirichlet(x):  # a 5-point Hessian on a 60 × 35 grid
+    u = x.reshape(60, -1)
     return ((u[1:] - u[:-1]) ** 2).sum() + ((u[:, 1:] - u[:, :-1]) ** 2).sum() + (u ** 4).sum()
 
 
@@ -159,10 +159,11 @@ ENERGIES = {  # name: (f, the fewest colours: the most nonzeros in a row of H)
                       + torch.sin(x[:-1] * x[1:]).sum(), 5),
     "blocks of 4": (lambda x: (x.reshape(-1, 4).sum(1) ** 3).sum()
                     + x.reshape(-1, 4).prod(1).mean(), 4),
+    "cyclic total variation": (lambda x: torch.sqrt((x - x.roll(1)) ** 2 + 1e-2).sum(), 3),
     "conv energy": (lambda x: (F.conv1d(x[None, None], torch.tensor(
         [[[1., -2., 1.]]], dtype=x.dtype), padding=1) ** 2).sum() + torch.cosh(x).sum(), 5),
     "dirichlet 5-point": (_dirichlet, 5),
-    "logsumexp blocks": (lambda x: torch.logsumexp(x.reshape(-1, 8), 1).sum(), 8),
+    "logsumexp blocks": (lambda x: torch.logsumexp(x.reshape(-1, 7), 1).sum(), 7),
     "mean of squared gaps": (lambda x: ((x[2:] - x[:-2]) ** 2).mean()
                              + 0.5 * x.pow(2).sum(), 3),
     "gather energy": (lambda x: (x * x[IDX_H]).sum(), None),
@@ -197,7 +198,7 @@ def _tridiagonal(x):
 
 
 def test_sparse_refusal_counts_the_nonzeros_and_its_budget_fits():
-    n = 100_000
+    n = 50_000
     x = torch.randn(n, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError) as caught:
         vjp_magic.sparse_jacobian(_tridiagonal(x), x, memory_budget=10**6)
@@ -211,7 +212,7 @@ def test_sparse_refusal_counts_the_nonzeros_and_its_budget_fits():
 
 
 def test_sparse_refusal_of_a_2d_box_filter_counts_its_nonzeros():
-    h, w = 250, 400
+    h, w = 120, 200
     x = torch.randn(h * w, requires_grad=True)
     y = F.conv2d(x.reshape(1, 1, h, w), torch.ones(1, 1, 3, 3), padding=1)
     with pytest.raises(vjp_magic.VJPUsageError) as caught:
@@ -418,3 +419,59 @@ def test_hessian_magic_code_of_a_gather_energy_builds_h(ip, run_ok):
         (torch.arange(2100), idx), torch.ones(2100, dtype=torch.float64), accumulate=True)
     expected += a + a.T
     torch.testing.assert_close(ns["H"].to_dense(), expected)
+
+
+# -- index maps the rules leave to observation (each a strict xfail; cost at n = 4,000) --------
+NP = 4000
+PERM_P = torch.randperm(NP, generator=torch.Generator().manual_seed(4))
+OBSERVED = {
+    "index_put accumulate": (
+        lambda x: torch.zeros(NP).index_put((PERM_P,), x, accumulate=True) * x,
+        "index_put / advanced-index assignment (IndexPutBackward) has no index-map rule, "
+        "though index_add and scatter_add are proved from their saved indices: the pattern "
+        "is observed by grouped probes (687 backward passes at n = 2·10⁴ for 3 colours)"),
+    "setitem with an index tensor": (
+        lambda x: x.clone().index_put((PERM_P[: NP // 2],), 3 * x[: NP // 2]),
+        "y = x.clone(); y[idx] = v (IndexPutBackward) has no index-map rule: observed by "
+        "grouped probes (790 probe vectors at n = 2·10⁴ for 2 colours), not proved "
+        "conditional on idx as a gather is"),
+    "conv_transpose1d": (
+        lambda x: F.conv_transpose1d(x[None, None], torch.ones(1, 1, 4), stride=2)[0, 0],
+        "a transposed convolution (ConvolutionBackward with transposed=True) is not proved "
+        "though the issue names convolutions with kernel, stride, dilation and padding: "
+        "observed by grouped probes (139 probe vectors at n = 2·10⁴ for 4 colours)"),
+    "sort": (
+        lambda x: x.sort().values * x,
+        "sort's saved indices are not read as max / kthvalue / median's are: its pattern is "
+        "observed by grouped probes (636 backward passes at n = 2·10⁴ for 3 colours) where "
+        "it could be proved conditional on the sort indices"),
+    "avg_pool1d ceil_mode": (
+        lambda x: F.avg_pool1d(x[None, None], 3, stride=2, ceil_mode=True)[0, 0],
+        "avg_pool with ceil_mode=True is observed by grouped probes while the same pooling "
+        "without ceil_mode is proved: the avg-pool rule does not cover ceil_mode's last, "
+        "partial window"),
+}
+
+
+@pytest.mark.parametrize("name", list(OBSERVED))
+def test_an_index_map_is_proved_from_the_graph(name, request):
+    f, why = OBSERVED[name]
+    request.applymarker(pytest.mark.xfail(strict=True, reason=why))
+    x = torch.randn(NP, requires_grad=True)
+    y = f(x)
+    r = vjp_magic.differentiate(y, x, names=["x"], output_name="y", seed=0)
+    sparse = r.inputs["x"].sparse
+    assert sparse is not None
+    assert (sparse.evidence, sparse.pattern_passes) == ("proved", 0), sparse.evidence
+
+
+def test_avg_pool_without_ceil_mode_and_max_pool_with_it_are_proved():
+    for f in (lambda x: F.avg_pool1d(x[None, None], 3, stride=1, padding=1)[0, 0],
+              lambda x: F.max_pool1d(x[None, None], 3, stride=2, ceil_mode=True)[0, 0]):
+        x = torch.randn(NP, requires_grad=True)
+        r = vjp_magic.differentiate(f(x), x, names=["x"], seed=0)
+        assert r.inputs["x"].sparse.evidence == "proved"
+        csr = r.jacobian("x", layout=torch.sparse_csr)
+        u = torch.randn(NP)
+        _, expected = torch.func.jvp(f, (x.detach(),), (u,))
+        torch.testing.assert_close(csr @ u, expected)
