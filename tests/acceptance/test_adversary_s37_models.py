@@ -186,6 +186,53 @@ class _Dropout(nn.Module):
         return self.o(self.d(torch.tanh(self.l(x))) + 0.1 * torch.randn(x.shape[0], 8))
 
 
+class _Depthwise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
+        self.p, self.l = nn.Conv2d(4, 6, 1), nn.Linear(6 * 3 * 3, 3)
+
+    def forward(self, x):
+        return self.l(torch.relu(self.p(self.c(x))).flatten(1))
+
+
+class _CircularSame(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv1d(2, 3, 4, padding="same", padding_mode="circular")
+        self.n, self.l = nn.LayerNorm(6), nn.Linear(18, 3)
+
+    def forward(self, x):
+        return self.l(self.n(self.c(x)).flatten(1))
+
+
+class _Siamese(nn.Module):  # one layer applied twice per sample
+    def __init__(self):
+        super().__init__()
+        self.f, self.o = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.f(x)) - torch.tanh(self.f(x.flip(1))))
+
+
+class _Transposed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.l = nn.ConvTranspose1d(2, 3, 3, stride=2), nn.Linear(117, 3)
+
+    def forward(self, x):
+        return self.l(torch.tanh(self.c(x)).flatten(1))
+
+
+class _Bilinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.b, self.a, self.l = nn.Bilinear(4, 4, 3), nn.PReLU(), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.l(self.a(self.b(x, x.flip(1))))
+
+
 def _bn_eval():
     model = _BatchNorm().eval()
     with torch.no_grad():
@@ -229,6 +276,11 @@ MODELS = {  # name: (model factory, data factory)
     "a frozen parameter": (_Frozen, _floats(B, 4)),
     "a buffer": (_Buffers, _floats(B, 4)),
     "BatchNorm eval with running statistics": (_bn_eval, _floats(B, 4)),
+    "depthwise strided Conv2d": (_Depthwise, _floats(B, 4, 6, 6)),
+    "circular padding='same' Conv1d and LayerNorm": (_CircularSame, _floats(B, 2, 6)),
+    "one layer applied twice (siamese)": (_Siamese, _floats(B, 4)),
+    "ConvTranspose1d": (_Transposed, _floats(B, 2, 19)),
+    "Bilinear and PReLU": (_Bilinear, _floats(B, 4)),
 }
 
 
