@@ -1,7 +1,8 @@
 """Custom ``torch.autograd.Function``s, right and wrong, shared by the tests of the replay,
 ``--gradcheck`` and per-sample gradients: x², x @ w and x·sin x with a backward that may be
 wrong, a Function that draws random numbers inside its forward, and a cell defining a
-Function that counts its forward's runs."""
+Function that counts its forward's runs; and the hook-counting set-up of the pass guard's
+tests (a hook recording its calls in :data:`RUNS`, a graph carrying it)."""
 from __future__ import annotations
 
 import torch
@@ -84,6 +85,25 @@ class Twice(torch.autograd.Function):
         return 2 * grad
 
 
+class Cube(torch.autograd.Function):
+    """x ↦ x³ whose backward calls a helper of the user's own (:func:`cube_grad`): code the
+    engine reaches only through the custom backward, which is the user's by design."""
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return t ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (t,) = ctx.saved_tensors
+        return cube_grad(g, t)
+
+
+def cube_grad(g, t):
+    return 3 * t * t * g
+
+
 class Jitter(torch.autograd.Function):
     """x ↦ x·u with u drawn inside the forward: the record keeps no generator state for a
     draw inside a custom Function, so a replay draws other numbers (all but surely)."""
@@ -116,3 +136,25 @@ class Sq(torch.autograd.Function):
         x, = ctx.saved_tensors
         return 2 * g * x
 """
+
+
+# -- hooks that count their runs ---------------------------------------------------------------
+RUNS: list = []  # every call of record_run (a test clears it before the call it judges)
+
+
+def record_run(*args):
+    """A hook of any kind (tensor, node, module, multi-grad): it records that it ran."""
+    RUNS.append(args)
+
+
+def linspace_x(n: int = 5, dtype=torch.float64) -> torch.Tensor:
+    """The leaf the hook tests differentiate: 0.1 … 1, requiring grad."""
+    return torch.linspace(0.1, 1, n, dtype=dtype, requires_grad=True)
+
+
+def hooked(x: torch.Tensor, hook=record_run) -> torch.Tensor:
+    """sin(x · 1) with ``hook`` on the intermediate x · 1: a graph of the user's own
+    carrying a tensor hook."""
+    h = x * 1
+    h.register_hook(hook)
+    return torch.sin(h)

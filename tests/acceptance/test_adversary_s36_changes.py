@@ -7,7 +7,6 @@ values come from torch.autograd.functional.jacobian or from the mathematics of t
 from __future__ import annotations
 
 import functools
-import os
 import queue
 import re
 import sys
@@ -15,20 +14,16 @@ import threading
 
 import pytest
 import torch
+from custom_functions import RUNS, Cube, hooked, linspace_x
 
 import vjp_magic
 from vjp_magic.core import pass_guard
 
-RUNS: list = []
 ENTRIES = ["differentiate", "dependency", "sparse_jacobian"]
 
 
-def _x(n=5, dtype=torch.float64):
-    return torch.linspace(0.1, 1, n, dtype=dtype, requires_grad=True)
-
-
 def _refused_unrun(build, entry):
-    x = _x()
+    x = linspace_x()
     RUNS.clear()
     y = build(x)
     with pytest.raises(vjp_magic.VJPUsageError):
@@ -49,11 +44,7 @@ class _ModuleHook(torch.nn.Module):
 
 
 def _tensor_hook(hook):
-    def build(x):
-        h = x * 1
-        h.register_hook(hook)
-        return torch.sin(h)
-    return build
+    return lambda x: hooked(x, hook)
 
 
 def _on_view(x):
@@ -115,7 +106,7 @@ def test_a_hook_of_any_shape_is_refused_unrun(kind, entry):
 @pytest.mark.parametrize("grad_mode", [False, True])
 @pytest.mark.parametrize("entry", ENTRIES + ["hessian"])
 def test_the_users_state_is_intact_after_a_refused_pass(entry, grad_mode):
-    x = _x()
+    x = linspace_x()
     x.grad = torch.full((5,), 7.0, dtype=torch.float64)
     h = x * 1
     h.register_hook(lambda g: RUNS.append(g))
@@ -144,31 +135,15 @@ def test_the_users_state_is_intact_after_a_refused_pass(entry, grad_mode):
 
 # -- what held: cells with no hook are answered, with the right numbers -------------------------
 
-class _Cube(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t):
-        ctx.save_for_backward(t)
-        return t ** 3
-
-    @staticmethod
-    def backward(ctx, g):
-        (t,) = ctx.saved_tensors
-        return _cube_grad(g, t)  # the user's own helper, called from their backward
-
-
-def _cube_grad(g, t):
-    return 3 * t ** 2 * g
-
-
 def _model(x):
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.GELU(), torch.nn.LayerNorm(4),
                             torch.nn.Linear(4, 3)).double()
-    return m(_Cube.apply(x))
+    return m(Cube.apply(x))  # (its backward calls the user's own helper)
 
 
 def test_a_cell_without_hooks_is_answered_with_the_jacobian():
-    x = _x()
+    x = linspace_x()
     y = _model(x)
     h = y.detach()
     RUNS.clear()
@@ -186,7 +161,7 @@ def test_a_cell_without_hooks_is_answered_with_the_jacobian():
 @pytest.mark.parametrize("dtype, scale", [(torch.float64, 1e-20), (torch.float64, 1e-300),
                                           (torch.float32, 1e-30), (torch.float32, 1e-38)])
 def test_a_tiny_exact_coupling_is_a_dependence_not_rounding(dtype, scale):
-    x = _x(6, dtype)
+    x = linspace_x(6, dtype)
     y = torch.sin(x) + scale * x.sum()  # ∂y_i/∂x_j = scale ≠ 0 for i ≠ j, exactly
     d = vjp_magic.dependency(y, x, seed=0)
     assert bool(d.pattern.all())
@@ -194,7 +169,7 @@ def test_a_tiny_exact_coupling_is_a_dependence_not_rounding(dtype, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_patterns_are_exact(dtype):
-    x = _x(6, dtype)
+    x = linspace_x(6, dtype)
     eye = torch.eye(6, dtype=torch.bool)
     assert torch.equal(vjp_magic.dependency(torch.sin(x) * 2, x, seed=0).pattern.bool(), eye)
     tril = torch.ones(6, 6, dtype=torch.bool).tril()
@@ -215,17 +190,11 @@ class _GradQueue(queue.Queue):
 
 
 def _queue_hooked(x):
-    h = x * 1
-    h.register_hook(_GradQueue().put)
-    return torch.sin(h)
+    return hooked(x, _GradQueue().put)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pass_guard._called_by_us: user code called by the standard library's Python, itself "
-    "called as a hook by the engine (h.register_hook(q.put) with q a queue.Queue subclass "
-    "overriding _put), is not refused: queue.put is stdlib (passed), the user's _put has a "
-    "stdlib caller (not functools/contextlib), so it runs in every pass of differentiate/"
-    "dependency/sparse_jacobian (3 runs in differentiate) and the answer is given"))
+# Was a strict xfail (s36 G19): the guard passed user code whose caller was the standard
+# library's (s37 T13: what is called decides, not who calls).
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_user_code_behind_a_stdlib_hook_is_refused_unrun(entry):
     _refused_unrun(_queue_hooked, entry)
@@ -246,7 +215,7 @@ def test_a_hook_in_a_file_whose_path_merely_starts_like_torchs_is_refused(where)
     if where == "torchvision":
         filename = pass_guard._TORCH_DIR + "vision/ops/user_hooks.py"
     else:
-        filename = pass_guard._OURS[1].rstrip(os.sep) + "_scratch.py"
+        filename = pass_guard._PACKAGE_DIR + "_scratch.py"
     _refused_unrun(_hook_defined_in(filename), "differentiate")
 
 

@@ -3,25 +3,58 @@
 :func:`reentrant_guard` stops a custom Function's backward that re-enters autograd (enters
 ``enable_grad``, calls a module, ``torch.autograd.grad`` / ``backward``, the engine or a
 ``torch.func`` transform) with the usage error before that starts; :func:`pass_guard` arms it,
-strict, for every pass of the analysis: Python of the user's that the engine calls from inside
-its ``run_backward`` C call (a hook of any kind) stops the pass before its first line runs
-(moved here from :mod:`.reentrant`, which judges graphs by reading them).
+strict, for every pass of the analysis (moved here from :mod:`.reentrant`, which judges graphs
+by reading them).
 
-The profiler it sets is the thread's for the pass only: the one before (None, a Python
-function, cProfile's C profiler) is put back however the pass ends, and an object that is no
-function is never installed in its place (the profiler would call it at the next event). Its
-cost: one Python call per profile event; PyTorch's Python on the way to the engine is passed
-at once (about 80 events, some 20-40 us, for a pass through ``torch.autograd.grad``; 7 for
-:func:`.derivatives._grad`'s direct engine call).
+Whose code a strict pass may run is decided by what is called inside the engine's C
+``run_backward``, never by who calls it. Outside a region (below) a Python frame entered there
+runs only if its code is
+
+- vjp_magic's (the analysis's own node hooks), or PyTorch's (its hook machinery, saved-tensor
+  hooks, subclass dispatch, decomposition kernels: the engine's own Python), or
+- the standard library's, called by such Python (PyTorch's hook machinery calling
+  ``functools``, ``typing``, ``enum``): never as the engine's first call, since the engine
+  calls the standard library only as a hook the user registered (``h.register_hook(q.put)``,
+  a ``functools.singledispatch`` or ``contextlib`` wrapper): that stops the pass unrun.
+
+Every other frame is the user's (their file, another package's) and stops the pass before its
+first line runs, however it was reached (through the standard library, through PyTorch's
+module-hook machinery). Regions are the code whose callees are the user's by design or the
+interpreter's, not a hook's:
+
+- a custom Function's backward (``BackwardCFunction.apply``): the user's code by design, run
+  and policed for re-entry; a non-reentrant checkpoint's recomputation (its ``unpack_hook``);
+- an import a pass starts (the import system's finders, the module's body);
+- a warning, shown from C (which makes ``warnings.WarningMessage`` and calls
+  ``warnings._showwarnmsg``: the user's ``showwarning``, a notebook's stream; anomaly mode's
+  forward traceback is one) or from PyTorch's Python, and a record PyTorch's Python logs
+  (``logging.Logger.handle``: the handlers), as a plain run shows them;
+- what the interpreter runs at a free or a collection, wherever it falls: a ``__del__``
+  taking ``self`` only, a weakref callback, a ``gc.callbacks`` entry, a signal handler, an
+  ``sys.unraisablehook`` — each told by the arguments it is called with, which no hook of the
+  graph (always called with gradients) is. A plain run runs them too, at its own frees; they
+  are no code run for the analysis, and refusing them would stop a pass at random.
+
+A hook written in C (a builtin: ``list.append``) makes no Python frame and is not seen; a
+PyTorch function registered as a hook (``functools.partial(torch.nn.init.zeros_)``) counts as
+PyTorch's. The profiler it sets is the thread's for the C call only (:func:`guarded`:
+``torch.autograd.grad``'s Python on the way in makes no event), the one before (None, a Python
+function, cProfile's C profiler) put back however the pass ends; an object that is no function
+is never installed in its place (the profiler would call it at the next event).
 """
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 import os
+import signal
 import sys
 import sysconfig
 import threading
 import types
+import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -76,18 +109,70 @@ class _Armed(threading.local):
 _ARMED = _Armed()
 
 
+class _GuardedEngine:
+    """Autograd's engine for one :func:`guarded` call: each pass handed to it on the calling
+    thread runs under the call's :func:`pass_guard`, set for the engine's C call only (the
+    Python on the way in, ``torch.autograd.grad``'s checks, makes no profile event); a pass
+    inside one (a custom backward's, policed by it), another thread's, or any after the call
+    (``guard`` None: a copy of it left by threads swapping out of order) go straight on."""
+
+    __slots__ = ("engine", "guard", "owner")
+
+    def __init__(self, engine, guard) -> None:
+        self.engine, self.guard, self.owner = engine, guard, threading.get_ident()
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def run_backward(self, *args, **kwargs):
+        guard = self.guard
+        if guard is None or guard.active or threading.get_ident() != self.owner:
+            return self.engine.run_backward(*args, **kwargs)
+        return guard.run_backward(self.engine, args, kwargs)
+
+
+_SWAPPING = threading.Lock()
+
+
+def guarded(function, *args, **kwargs):
+    """``function(*args, **kwargs)`` (``torch.autograd.grad``) with each pass it hands to
+    autograd's engine run under one :func:`pass_guard`, armed when the pass starts in the
+    engine's C call and put away when that returns: as strict as the guard around the whole
+    call, for a few profile events where ``autograd.grad``'s Python made some 80. The engine
+    object is swapped for the call (:class:`_GuardedEngine`) and put back, whatever happens."""
+    engine = _GuardedEngine(None, pass_guard())
+    with _SWAPPING:
+        engine.engine = _ENGINE_OWNER._execution_engine
+        _ENGINE_OWNER._execution_engine = engine
+    try:
+        return function(*args, **kwargs)
+    finally:
+        engine.guard = None
+        with _SWAPPING:
+            if _ENGINE_OWNER._execution_engine is engine:
+                _ENGINE_OWNER._execution_engine = _live(engine.engine)
+
+
+def _live(engine):
+    """``engine`` past the copies of :class:`_GuardedEngine` whose call is over."""
+    while isinstance(engine, _GuardedEngine) and engine.guard is None:
+        engine = engine.engine
+    return engine
+
+
 def pass_guard():
-    """:func:`reentrant_guard` for every pass of the analysis, strict: Python that autograd's
-    engine calls from inside its ``run_backward`` (the C call that runs the pass) and that is
-    neither PyTorch's, the standard library's nor vjp_magic's (the user's tensor hook, node
-    pre/post hook, module backward hook, post-accumulate or multi-grad hook, saved-tensor
-    unpack hook: only the user's own graph, where no replay stands for it, carries one) stops
-    the pass with the usage error as it enters it, before its first line runs
-    (:func:`foreign_message`). A user's custom Function's backward runs as ever, policed for
-    re-entry, and so does the code an import started in a pass runs; Python that PyTorch's
-    Python calls on the way to the engine (a ``__torch_function__``, a wrapper of the engine)
-    is no hook. The user's unpack hooks on the graph :func:`refuse_reentrant` judged last get
-    their own words (:func:`hooked_message`). A hook written in C (a builtin) is not seen."""
+    """:func:`reentrant_guard` for every pass of the analysis, strict: the user's Python that
+    autograd's engine would run inside its ``run_backward`` (the C call that runs the pass) —
+    a tensor hook, node pre/post hook, module backward hook, multi-grad or saved-tensor unpack
+    hook, or the user's code behind a standard library's callable registered as one (only
+    the user's own graph, where no replay stands for it, carries one) — stops the pass with
+    the usage error as it enters it, before its first line runs (:func:`foreign_message`;
+    whose code is which: the module docstring). A user's custom Function's backward runs as
+    ever, policed for re-entry; so do an import, a warning shown and what the interpreter runs
+    at a free. Python that PyTorch's Python calls on the way to the engine (a
+    ``__torch_function__``, a wrapper of the engine) is no hook. The user's unpack hooks on
+    the graph :func:`refuse_reentrant` judged last get their own words
+    (:func:`hooked_message`). A hook written in C (a builtin) is not seen."""
     guard = reentrant_guard()
     guard.hooks, guard.strict = _ARMED.hooks, True
     return guard
@@ -102,8 +187,9 @@ class _Guard:
         self.tripped: str | None = None
         self.hooks: frozenset = frozenset()  # the unpack hooks' code that stops a pass
         self.strict = False  # the user's code the engine calls (a hook) stops a pass
+        self.active = False  # entered (its profiler the thread's), not yet left
         self._running: list = []  # the frames calling the engine's run_backward (C) now
-        self._on_this_thread = on_this_thread and hasattr(torch._C, "_set_multithreading_enabled")
+        self._on_this_thread = on_this_thread and _THREADS_SETTABLE
         self._threads = None  # multithreaded backward, to restore (CUDA's run on this thread)
         # (frame, policed, grad mode at its start) of the backwards and unpack hooks running
         self._frames: list = []
@@ -117,14 +203,40 @@ class _Guard:
             torch._C._set_multithreading_enabled(False)
         self._previous = sys.getprofile()
         sys.setprofile(self._profiler)
+        self.active = True
         return self
 
     def __exit__(self, kind, error, trace) -> None:
+        self.active = False
         _restore_profile(self._previous)
         if self._threads is not None:
             torch._C._set_multithreading_enabled(self._threads)
         if self.tripped is not None and kind is None:  # the backward swallowed the error
             raise VJPUsageError(_messages().function_message(self.tripped))
+
+    def run_backward(self, engine, args, kwargs):
+        """``engine.run_backward(*args, **kwargs)`` under this guard: ``with self:`` inlined,
+        so that the profiler sees the engine's call and three events more, not six."""
+        threads = None
+        if self._on_this_thread:
+            threads = torch._C._is_multithreading_enabled()
+            torch._C._set_multithreading_enabled(False)
+        previous = sys.getprofile()
+        sys.setprofile(self._profiler)
+        self.active = True
+        try:
+            result = engine.run_backward(*args, **kwargs)
+        finally:
+            self.active = False
+            if previous is None or callable(previous):
+                sys.setprofile(previous)
+            else:
+                _restore_profile(previous)
+            if threads is not None:
+                torch._C._set_multithreading_enabled(threads)
+        if self.tripped is not None:  # the backward swallowed the error
+            raise VJPUsageError(_messages().function_message(self.tripped))
+        return result
 
     def _watch(self, frame, event, arg) -> None:
         if event == "call":
@@ -157,12 +269,28 @@ class _Guard:
             self._frames.append((frame, False, True))
         elif code in watched.calls and self._frames and self._frames[-1][1]:
             self._trip()
-        elif code is _IMPORTING:  # (an import in a pass: the finders' code is no hook)
+        elif code.co_filename in _SERVICES:  # (an import, a warning: their callees no hook)
             self._frames.append((frame, False, True))
-        elif self.strict and self._running and not self._frames \
-                and not code.co_filename.startswith(_OURS) and _foreign(code.co_filename) \
-                and _called_by_us(frame.f_back, self._running[-1]):
-            raise VJPUsageError(foreign_message(code, _ARMED.output_name))
+        elif self.strict and self._running and not self._frames:
+            self._strict(frame, code)
+
+    def _strict(self, frame, code) -> None:
+        """Whether ``frame``, entered inside the engine's ``run_backward`` outside any region,
+        may run (the module docstring's rule); the user's code stops the pass before it."""
+        kind = _KINDS.get(code.co_filename)
+        if kind is None:
+            kind = _KINDS[code.co_filename] = _kind(code.co_filename)
+        if kind is _MACHINERY:
+            return
+        direct = frame.f_back is self._running[-1]  # the engine's first call, from C
+        if kind is _STANDARD and not direct:
+            if code is _LOG_HANDLE:  # (a record PyTorch's Python logs: its handlers run)
+                self._frames.append((frame, False, True))
+            return
+        if _interpreters(frame, code):  # a finalizer, a gc callback, a signal handler
+            self._frames.append((frame, False, True))
+            return
+        raise VJPUsageError(foreign_message(_named(frame, kind), _ARMED.output_name))
 
     def _c_call(self, frame, event, arg, graphed: bool) -> None:
         """``graphed``: the backward runs in a ``create_graph`` pass (grad mode on already),
@@ -211,7 +339,9 @@ def _enabling(frame) -> bool:
 
 
 _APPLY = torch.autograd.function.BackwardCFunction.apply.__code__
-_ENGINE_TYPE = type(torch.autograd.Variable._execution_engine)  # torch._C._EngineBase
+_ENGINE_OWNER = torch.autograd.Variable  # its _execution_engine: what grad and backward call
+_ENGINE_TYPE = type(_ENGINE_OWNER._execution_engine)  # torch._C._EngineBase
+_THREADS_SETTABLE = hasattr(torch._C, "_set_multithreading_enabled")
 
 
 def _runs_a_pass(arg) -> bool:
@@ -224,38 +354,88 @@ def _runs_a_pass(arg) -> bool:
 
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
-# Code a strict pass may enter: PyTorch's, vjp_magic's, the frozen standard modules'
-# (each folder with its separator: site-packages/torch is no prefix of torchvision's files)
-_OURS = (_TORCH_DIR + os.sep,
-         os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep, "<frozen ")
-# An import a pass starts (the import system's finders and the module's body are no hook)
-_IMPORTING = getattr(getattr(sys.modules.get("_frozen_importlib"), "_find_and_load", None),
-                     "__code__", None)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Whose code a frame runs, by its file: PyTorch's or vjp_magic's (each folder with its
+# separator: site-packages/torch is no prefix of torchvision's files), the standard library's
+# (frozen modules too; an installed package under it, in site-packages, is not), the user's.
+_MACHINERY, _STANDARD, _USERS = "machinery", "standard", "users"
+_OURS = (_TORCH_DIR + os.sep, _PACKAGE_DIR + os.sep)
 _STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
                               for k in ("stdlib", "platstdlib")))
-# The standard library's Python a hook may be wrapped in (a decorator's wrapper): passed through
-_TRANSPARENT = tuple(os.sep + name for name in ("functools.py", "contextlib.py"))
+_KINDS: dict = {}  # file name -> its kind (a pass asks for each file once)
 
 
-def _foreign(filename: str) -> bool:
-    """Whether code of ``filename`` is the user's: not the standard library's (an installed
-    package's, under site-packages, is the user's too)."""
-    return not (filename.startswith(_STDLIB) or os.path.realpath(filename).startswith(
-        _STDLIB)) or "-packages" + os.sep in filename
+def _kind(filename: str) -> str:
+    """Whose code of ``filename`` is: :data:`_MACHINERY`, :data:`_STANDARD` or :data:`_USERS`."""
+    if filename.startswith(_OURS):
+        return _MACHINERY
+    if "-packages" + os.sep in filename:  # (site-packages sits inside the standard library's)
+        return _USERS
+    if filename.startswith("<frozen ") or filename.startswith(_STDLIB) \
+            or os.path.realpath(filename).startswith(_STDLIB):
+        return _STANDARD
+    return _USERS
 
 
-def _called_by_us(caller, engine_caller) -> bool:
-    """Whether the user's code entered from ``caller`` (a frame, or None) is called as a hook:
-    by the engine (``caller`` is ``engine_caller``, the frame that called its C
-    ``run_backward``: PyTorch's, vjp_magic's or a wrapper of the engine) or by PyTorch's Python
-    around a hook (a module's backward hooks, a multi-grad hook), through the standard
-    library's decorator wrappers; not by the standard library itself (a warning shown in a
-    pass writing to a notebook's output stream, a log record)."""
-    while caller is not None and caller is not engine_caller \
-            and caller.f_code.co_filename.endswith(_TRANSPARENT):
-        caller = caller.f_back
-    return caller is None or caller is engine_caller or caller.f_code.co_filename.startswith(
-        _OURS)
+def _code(function) -> types.CodeType | None:
+    return getattr(getattr(function, "__func__", function), "__code__", None)
+
+
+# The interpreter's services, whose callees are no hook: an import a pass starts (the import
+# system's finders, the module's body), a warning (C makes its WarningMessage and calls
+# _showwarnmsg: the user's showwarning, a notebook's stream, as a plain run shows it)
+_SERVICES = frozenset({"<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>",
+                       _code(warnings.WarningMessage.__init__).co_filename})
+_LOG_HANDLE = _code(logging.Logger.handle)
+_SIGNAL_FRAME = (types.FrameType, type(None))
+
+
+def _arguments(frame, code) -> list:
+    """The positional arguments ``frame`` was called with (``self`` first, ``*args`` too)."""
+    values = frame.f_locals
+    found = [values.get(name) for name in code.co_varnames[:code.co_argcount]]
+    if code.co_flags & inspect.CO_VARARGS:
+        found += list(values.get(code.co_varnames[code.co_argcount + code.co_kwonlyargcount],
+                                 ()))
+    return found
+
+
+def _gradients(value) -> bool:
+    return isinstance(value, torch.Tensor) or isinstance(value, (tuple, list)) and any(
+        isinstance(v, torch.Tensor) for v in value)
+
+
+def _interpreters(frame, code) -> bool:
+    """Whether ``frame`` is a call the interpreter makes at a free or a collection, told by
+    its arguments: a ``__del__`` taking ``self`` only, a weakref callback (its weakref), a
+    ``gc.callbacks`` entry ("start"/"stop" and the counts), a signal handler (the signal and
+    a frame), ``sys.unraisablehook``'s (its record); none with a gradient, which every hook
+    of the graph is called with (its positional arguments, keyword ones never)."""
+    args = _arguments(frame, code)
+    if code.co_name == "__del__":
+        return len(args) == 1 and not code.co_flags & inspect.CO_VARARGS
+    if not args or any(_gradients(a) for a in args):
+        return False
+    last = args[-1]
+    if isinstance(last, weakref.ReferenceType) or type(last).__name__ == "UnraisableHookArgs":
+        return True
+    if len(args) < 2:
+        return False
+    first = args[-2]
+    return (first in ("start", "stop") and isinstance(last, dict) and "generation" in last) \
+        or (type(first) is int or isinstance(first, signal.Signals)) \
+        and isinstance(last, _SIGNAL_FRAME)
+
+
+def _named(frame, kind: str) -> types.CodeType:
+    """The code to name in the refusal: the user's function that a standard library's
+    wrapper (a decorator's, ``singledispatch``'s) holds, where it holds one; else the frame's."""
+    if kind is _STANDARD:
+        for value in frame.f_locals.values():
+            code = _code(value)
+            if isinstance(code, types.CodeType) and _kind(code.co_filename) is _USERS:
+                return code
+    return frame.f_code
 
 
 def foreign_message(code: types.CodeType, output_name: str = "the output") -> str:
@@ -285,4 +465,4 @@ def _watched() -> _Watched:
     return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
 
 
-__all__ = ["foreign_message", "pass_guard", "reentrant_guard"]
+__all__ = ["foreign_message", "guarded", "pass_guard", "reentrant_guard"]

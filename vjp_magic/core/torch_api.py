@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.variable import Variable
 
-from .pass_guard import pass_guard
+from .pass_guard import guarded
 from .textenum import TextEnum
 
 # -- the real functions, captured once ---------------------------------------------------------
@@ -28,9 +28,9 @@ ENGINE = Variable._execution_engine  # what backward and autograd.grad hand thei
 def guarded_grad(*args, **options) -> tuple:
     """:data:`autograd_grad` under :func:`.pass_guard.pass_guard`: the one way the analysis
     differentiates a graph that may be the user's (a custom backward that re-enters autograd
-    on some gradients only: the usage error before it runs; no cost on other graphs)."""
-    with pass_guard():
-        return strided(autograd_grad(*args, **options))
+    on some gradients only, a hook of the user's: the usage error before it runs). The guard
+    is armed around the engine's C call only (:func:`.pass_guard.guarded`)."""
+    return strided(guarded(autograd_grad, *args, **options))
 
 
 def strided(grads) -> tuple:

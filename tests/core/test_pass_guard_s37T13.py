@@ -1,0 +1,300 @@
+"""The strict pass guard decides by what is called inside the engine, not by who calls it
+(s37 T13): the user's code behind a standard-library hook stops the pass unrun, whatever
+state that hook would have changed is left as it was; what the interpreter runs at a free or
+a collection inside a pass (a gc callback, a ``__del__``, a weakref callback) runs as in a
+plain run, neither refused nor swallowed.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import gc
+import logging
+import queue
+import sys
+import warnings
+import weakref
+
+import pytest
+import torch
+from custom_functions import RUNS, Cube, hooked, linspace_x, record_run
+
+import vjp_magic
+from vjp_magic.core import pass_guard as guard_module
+from vjp_magic.core.pass_guard import pass_guard
+from vjp_magic.core.torch_api import guarded_grad
+
+ENTRIES = ["differentiate", "dependency", "sparse_jacobian"]
+
+
+class _Plain(queue.Queue):
+    pass
+
+
+class _Logged(logging.Handler):
+    def emit(self, record):
+        RUNS.append(record)
+
+
+def _logger():
+    logger = logging.getLogger("test_pass_guard_s37T13")
+    logger.handlers[:] = [_Logged()]
+    logger.propagate = False
+    return logger
+
+
+@functools.singledispatch
+def _dispatched(grad):
+    RUNS.append(grad)
+
+
+def _decorated():
+    @contextlib.contextmanager
+    def nothing():
+        yield
+    return nothing()(record_run)
+
+
+# A hook that is the standard library's own Python (or a stdlib wrapper of the user's): its
+# state (the queue, the list, the logger's handler) must be as a plain run without the pass
+# leaves it, and the user's code behind it unrun.
+STDLIB_HOOKS = {
+    "Queue.put": lambda: _Plain().put,
+    "UserList.append": lambda: collections.UserList().append,
+    "Logger.warning": lambda: _logger().warning,
+    "singledispatch": lambda: _dispatched,
+    "contextlib decorator": _decorated,
+}
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("kind", list(STDLIB_HOOKS))
+def test_a_standard_library_hook_is_refused_unrun(kind, entry):
+    hook = STDLIB_HOOKS[kind]()
+    holder = getattr(hook, "__self__", None)
+    x = linspace_x()
+    y = hooked(x, hook)
+    RUNS.clear()
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook"):
+        getattr(vjp_magic, entry)(y, x)
+    assert not RUNS
+    if isinstance(holder, queue.Queue):
+        assert holder.empty()
+    elif isinstance(holder, collections.UserList):
+        assert len(holder) == 0
+
+
+def test_a_wrapped_hook_is_named_by_the_users_function():
+    """A decorator's wrapper (contextlib's ``inner``) is refused naming the user's function
+    it holds, with its file and line."""
+    x = linspace_x()
+    with pytest.raises(vjp_magic.VJPUsageError) as error:
+        vjp_magic.differentiate(hooked(x, _decorated()), x)
+    where = f"record_run (custom_functions.py:{record_run.__code__.co_firstlineno})"
+    assert where in str(error.value)
+
+
+# -- what the interpreter runs inside a pass ---------------------------------------------------
+
+def _deep():
+    xs = [torch.tensor(0.5, dtype=torch.float64, requires_grad=True) for _ in range(100)]
+    return torch.stack(xs).sin().sum(), xs
+
+
+@contextlib.contextmanager
+def _unraisable(collect: bool = False):
+    """Every unraisable error kept (a profiler's raise inside a gc callback or ``__del__``
+    is swallowed by the interpreter: the user's code then skipped, the pass going on); with
+    ``collect``, a collection at every allocation (so inside the engine's run_backward too,
+    where it wraps the gradients it returns)."""
+    unraisable, before = [], sys.unraisablehook
+    threshold = gc.get_threshold()
+    sys.unraisablehook = unraisable.append
+    if collect:
+        gc.set_threshold(1, 1, 1)
+    try:
+        yield unraisable
+    finally:
+        gc.set_threshold(*threshold)
+        sys.unraisablehook = before
+
+
+def _in_the_engine(frame) -> bool:
+    """Whether ``frame`` was called by C from inside the engine's ``run_backward``: the pass's
+    guard is the thread's profiler, and ``frame``'s caller the frame that made that C call."""
+    guard = getattr(sys.getprofile(), "__self__", None)
+    return isinstance(guard, guard_module._Guard) and bool(guard._running) \
+        and guard._running[-1] is frame.f_back
+
+
+def test_a_gc_callback_runs_in_a_pass_neither_refused_nor_swallowed():
+    calls = []
+
+    def callback(phase, info):
+        calls.append(_in_the_engine(sys._getframe()))
+
+    y, xs = _deep()
+    gc.callbacks.append(callback)
+    try:
+        with _unraisable(collect=True) as unraisable:
+            for _ in range(5):
+                grads = guarded_grad(y, xs, retain_graph=True)
+    finally:
+        gc.callbacks.remove(callback)
+    assert not unraisable, unraisable[0].exc_value
+    assert any(calls), "no collection fell inside the engine: the test tests nothing"
+    torch.testing.assert_close(torch.stack(grads), torch.full((100,), 0.5).cos().double())
+
+
+class _Freed:
+    """A user's object with a ``__del__``, held by a tensor the graph saved and nothing else:
+    the engine frees it inside a pass that does not retain the graph."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __del__(self):
+        self.log.append(("__del__", _in_the_engine(sys._getframe())))
+
+
+def test_a_del_and_weakref_callbacks_run_in_a_pass_neither_refused_nor_swallowed():
+    log = []
+    x = linspace_x()
+    t = x * 2
+    t.held = _Freed(log)
+    weakref.finalize(t.held, log.append, "finalize")
+    kept = weakref.ref(t.held, lambda ref: log.append("weakref"))
+    y = (t * t).sum()  # saves t, the only holder of t.held once the name is gone
+    del t
+    with _unraisable() as unraisable:  # (a plain free, no collection)
+        (g,) = guarded_grad(y, x)
+    assert not unraisable, unraisable[0].exc_value
+    assert ("__del__", True) in log, log  # freed inside the engine, and run
+    assert "finalize" in log and "weakref" in log and kept() is None
+    torch.testing.assert_close(g, 8 * x.detach())  # y = Σ (2x)², ∂y/∂x = 8x
+
+
+def test_a_warning_from_the_engine_is_shown_by_the_users_showwarning():
+    """Anomaly mode's forward traceback is a warning the engine's C shows inside
+    run_backward (C makes a warnings.WarningMessage and calls _showwarnmsg, which calls the
+    user's showwarning): shown as in a plain run, and PyTorch's error follows, no refusal."""
+    shown = []
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        shown.append(str(message))
+
+    x = torch.tensor([-1.0, 1.0], requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.autograd.detect_anomaly():
+            y = torch.sqrt(x).sum()  # nan at -1: its backward returns nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = showwarning
+        with torch.autograd.detect_anomaly(check_nan=True), \
+                pytest.raises(RuntimeError, match="returned nan values"), pass_guard():
+            torch.autograd.grad(y, x)
+    assert any("Error detected in SqrtBackward0" in text for text in shown), shown
+
+
+def test_a_non_reentrant_checkpoint_recomputes_under_the_strict_guard():
+    """Its recomputation (the user's forward, run by the checkpoint's unpack hook) is the
+    user's code by design, like a custom backward: it runs, and the gradient is right."""
+    calls = []
+
+    def block(t):
+        calls.append(1)
+        return torch.sin(t) * t
+
+    x = linspace_x()
+    y = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False).sum()
+    with pass_guard():
+        (g,) = torch.autograd.grad(y, x)
+    assert len(calls) == 2  # the forward and its recomputation in the pass
+    expected = torch.autograd.functional.jacobian(lambda t: (torch.sin(t) * t).sum(),
+                                                  x.detach())
+    torch.testing.assert_close(g, expected)
+
+
+@pytest.mark.parametrize("args, interpreters", [
+    (("start", {"generation": 0, "collected": 0, "uncollectable": 0}), True),  # gc callback
+    ((2, None), True),  # a signal handler (SIGINT, no frame)
+    ((torch.ones(2),), False),  # a tensor hook's gradient
+    (("start", {"generation": 0}, torch.ones(2)), False),  # a gradient among them
+    (((torch.ones(2), None), (torch.ones(2),)), False),  # a node hook's
+])
+def test_the_interpreters_calls_are_told_by_their_arguments(args, interpreters):
+    seen = []
+
+    def called(*values):
+        frame = sys._getframe()
+        seen.append(guard_module._interpreters(frame, frame.f_code))
+
+    called(*args)
+    assert seen == [interpreters]
+
+
+def test_a_custom_backward_and_its_helpers_still_run_under_the_strict_guard():
+    """The user's custom Function is theirs by design: run (policed for re-entry only)."""
+    x = linspace_x()
+    with pass_guard():
+        (g,) = torch.autograd.grad(torch.sin(Cube.apply(x)).sum(), x)
+    expected = torch.autograd.functional.jacobian(lambda t: torch.sin(t ** 3).sum(),
+                                                  x.detach())
+    torch.testing.assert_close(g, expected)
+
+
+# -- the guard's cost: armed around the engine's C call only ----------------------------------
+
+def test_a_guarded_pass_profiles_the_engines_call_only(monkeypatch):
+    """torch.autograd.grad's own Python on the way to the engine makes no profile event (it
+    made some 80, each a call of the guard's profiler): a hook-free pass makes 3 or so."""
+    events = []
+    real = guard_module._Guard._watch
+
+    def watch(self, frame, event, arg):
+        events.append(event)
+        return real(self, frame, event, arg)
+
+    monkeypatch.setattr(guard_module._Guard, "_watch", watch)
+    x = linspace_x()
+    (g,) = guarded_grad(torch.sin(x).sum(), x)
+    assert 0 < len(events) <= 6, events
+    torch.testing.assert_close(g, torch.cos(x.detach()))
+    y = hooked(x)  # and the strict guard still sees a hook inside the engine's call
+    RUNS.clear()
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook record_run"):
+        guarded_grad(y.sum(), x)
+    assert not RUNS
+
+
+def test_the_engine_is_put_back_after_passes_on_several_threads():
+    """Each guarded call swaps autograd's engine object for its own and puts it back, even
+    when threads swap out of order; another thread's pass is not guarded by it."""
+    import threading
+
+    engine = torch.autograd.Variable._execution_engine
+    errors, hooked_runs = [], []
+
+    def work(hook_too):
+        try:
+            for _ in range(100):
+                x = linspace_x()
+                (g,) = guarded_grad(torch.sin(x).sum(), x)
+                torch.testing.assert_close(g, torch.cos(x.detach()))
+                if hook_too:  # a plain backward of the user's own, with a hook: it runs
+                    z = x * 1
+                    z.register_hook(lambda grad: hooked_runs.append(1))
+                    z.sum().backward()
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i % 2 == 1,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert torch.autograd.Variable._execution_engine is engine
+    assert len(hooked_runs) == 200
