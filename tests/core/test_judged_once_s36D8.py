@@ -2,6 +2,7 @@
 within one entry point's start, and nothing is kept past it (s36 D8)."""
 import pytest
 import torch
+from custom_functions import Twice
 
 from vjp_magic.core import reentrant
 from vjp_magic.core.errors import VJPUsageError
@@ -38,17 +39,8 @@ def test_nothing_kept_past_the_scope():
         def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
 
-    class F(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, a):
-            return a * 2
-
-        @staticmethod
-        def backward(ctx, g):
-            return 2 * g
-
     x = torch.randn(3, requires_grad=True)
-    y = F.apply(x)
+    y = Twice.apply(x)
     with reentrant.judged_once():
         reentrant.refuse_reentrant(y, "y")
     y.grad_fn.held = torch.Tensor._make_subclass(Dispatching, torch.zeros(2))

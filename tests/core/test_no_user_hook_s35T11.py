@@ -11,24 +11,13 @@ import logging
 
 import pytest
 import torch
+from custom_functions import RUNS, Cube, hooked, linspace_x
+from custom_functions import record_run as _hook
 
 import vjp_magic
 
-RUNS: list = []
-
-
-def _hook(*args):
-    RUNS.append(args)
-
-
-def _x():
-    return torch.linspace(0.1, 1, 5, dtype=torch.float64, requires_grad=True)
-
-
-def _tensor_hook(x):
-    h = x * 1
-    h.register_hook(_hook)
-    return torch.sin(h)
+_x = linspace_x
+_tensor_hook = hooked
 
 
 def _node_prehook(x):
@@ -76,7 +65,7 @@ def test_a_hook_on_the_users_graph_is_refused_unrun(kind, entry):
     assert not RUNS and x.grad is None
     text = str(error.value)
     line = _hook.__code__.co_firstlineno
-    assert f"_hook (test_no_user_hook_s35T11.py:{line})" in text, text  # the hook, file:line
+    assert f"record_run (custom_functions.py:{line})" in text, text  # the hook, file:line
     assert "differentiate(lambda: f(x), x)" in text and "remove the hook" in text
 
 
@@ -84,7 +73,7 @@ def test_hessian_refuses_a_hook_unrun():
     x = _x()
     y = _tensor_hook(x).pow(2).sum()
     RUNS.clear()
-    with pytest.raises(vjp_magic.VJPUsageError, match="your hook _hook"):
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook record_run"):
         vjp_magic.hessian(y, x)
     assert not RUNS
 
@@ -101,22 +90,6 @@ def test_a_function_is_recorded_and_replayed_without_its_hooks(kind):
     torch.testing.assert_close(r.jacobian("x"), expected)
 
 
-class Cube(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t):
-        ctx.save_for_backward(t)
-        return t ** 3
-
-    @staticmethod
-    def backward(ctx, g):
-        (t,) = ctx.saved_tensors
-        return _three_squared(t) * g
-
-
-def _three_squared(t):
-    return 3 * t * t
-
-
 def test_a_custom_backward_still_runs_on_the_users_graph():
     x = _x()
     y = torch.sin(Cube.apply(x))
@@ -130,7 +103,7 @@ def test_a_hook_behind_a_custom_backward_is_refused_unrun():
     h = Cube.apply(x)
     h.register_hook(_hook)
     RUNS.clear()
-    with pytest.raises(vjp_magic.VJPUsageError, match="your hook _hook"):
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook record_run"):
         vjp_magic.differentiate(torch.sin(h), x)
     assert not RUNS
 

@@ -20,6 +20,8 @@ import types
 
 import pytest
 import torch
+from custom_functions import RUNS, Twice, hooked, linspace_x
+from custom_functions import record_run as _hook
 from pass_counter import counted
 
 import vjp_magic
@@ -27,21 +29,7 @@ from vjp_magic.core.pass_guard import _restore_profile, pass_guard
 from vjp_magic.core.reentrant import reentrant_nodes
 from vjp_magic.core.torch_api import guarded_grad
 
-RUNS: list = []
-
-
-def _hook(*args):
-    RUNS.append(args)
-
-
-def _x():
-    return torch.linspace(0.1, 1, 5, dtype=torch.float64, requires_grad=True)
-
-
-def _hooked(x):
-    h = x * 1
-    h.register_hook(_hook)
-    return torch.sin(h)
+_x, _hooked = linspace_x, hooked
 
 
 def _events():
@@ -68,7 +56,7 @@ def test_the_profiler_is_restored_after_a_refused_hook(before, entry):
         profiler = cProfile.Profile()
         profiler.enable()
     try:
-        with pytest.raises(vjp_magic.VJPUsageError, match="your hook _hook"):
+        with pytest.raises(vjp_magic.VJPUsageError, match="your hook record_run"):
             getattr(vjp_magic, entry)(y, x)
         inside = sys.getprofile()
     finally:
@@ -92,11 +80,7 @@ def test_the_profiler_is_restored_after_each_of_many_refusals():
         assert sys.getprofile() is None
 
 
-class _Interrupting(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t):
-        return t * 2
-
+class _Interrupting(Twice):
     @staticmethod
     def backward(ctx, g):
         if _Interrupting.armed:
@@ -151,7 +135,7 @@ def test_a_hook_behind_a_wrapper_of_the_engine_is_still_refused():
     x = _x()
     y = _hooked(x)
     RUNS.clear()
-    with pytest.raises(vjp_magic.VJPUsageError, match="your hook _hook"):
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook record_run"):
         counted(lambda: vjp_magic.differentiate(y, x))
     assert not RUNS
 
