@@ -539,6 +539,29 @@ def test_gnn_batch_with_one_crossing_edge_names_it():
     assert d.witness == (11, 0) and list(d.exceptions()) == [(11, 0)]
 
 
+@pytest.mark.parametrize("name", [
+    "GroupNorm", "InstanceNorm", "GRU batch_first", "RNN sequence first",
+    "MultiheadAttention sequence first", "MultiheadAttention key_padding_mask",
+    "TransformerEncoderLayer sequence first", "BatchNorm eval with running statistics"])
+def test_per_sample_models_are_independent_along_the_batch(name):
+    model, x, _ = _setup(name)
+    d = _verdict(model, x)
+    assert d.kind == "independent" and d.witness is None
+
+
+def test_batchnorm_in_training_mode_is_dense_and_dropout_is_not():
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, generator=_gen(0))
+    assert _verdict(_BatchNorm().train(), x).kind == "dense"
+    dropout = nn.Dropout(0.5).train()
+
+    def dropped(v):  # the same draws in every call (the verdict's and the Jacobian's)
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            return dropout(v)
+    assert _verdict(dropped, x).kind == "independent"
+
+
 def _attention(mask):
     def f(x):
         return torch.softmax((x @ x.T).masked_fill(~mask, float("-inf")), -1) @ x
