@@ -869,3 +869,41 @@ def test_ctrl_c_stops_a_long_analysis(analysis):
         assert x.grad is not None
     finally:
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Cut graphs: a tensor made only from another's shape is no cut
+# --------------------------------------------------------------------------------------------
+
+SHAPE_ONLY = (
+    "r.cuts names a shape-only constructor of a tracked tensor as a cut (kind 'other'): "
+    "torch.zeros_like(h), ones_like, full_like, x.new_zeros(x.shape), randn_like; the display "
+    "then opens with 'The graph is cut … torch.zeros_like(h) on line 3 makes torch.zeros_like(h) "
+    "a constant', a false alarm on the usual scatter-sum idiom of a GNN "
+    "(torch.zeros_like(h).index_add(0, dst, h[src])): their values never depend on x, so the "
+    "graph's derivatives are the formula's (torch.zeros(x.shape), the same tensor, is rightly "
+    "no cut)")
+
+
+@pytest.mark.xfail(strict=True, reason=SHAPE_ONLY)
+@pytest.mark.parametrize("made", ["torch.zeros_like(x)", "torch.ones_like(x)",
+                                  "torch.full_like(x, 2.0)", "x.new_zeros(x.shape)"])
+def test_a_tensor_made_from_a_shape_is_no_cut(run_vjp, made):
+    r = run_vjp(f"x = torch.linspace(1., 2., 4, requires_grad=True)\ny = x**2 + {made}")
+    assert r.cuts == ()
+
+
+@pytest.mark.xfail(strict=True, reason=SHAPE_ONLY)
+def test_gnn_scatter_sum_is_no_cut(run_vjp):
+    r = run_vjp("x = torch.randn(6, 3, requires_grad=True)\n"
+                "src, dst = torch.tensor([0, 1, 2, 4]), torch.tensor([1, 2, 0, 5])\n"
+                "h = torch.tanh(x)\n"
+                "y = h + torch.zeros_like(h).index_add(0, dst, h[src])")
+    assert r.cuts == ()
+    assert "cut" not in r._repr_mimebundle_()["text/plain"].lower()
+
+
+@pytest.mark.parametrize("made, cut", [("torch.zeros(x.shape)", False), ("x.detach() * 0", True)])
+def test_cuts_that_held(run_vjp, made, cut):
+    r = run_vjp(f"x = torch.linspace(1., 2., 4, requires_grad=True)\ny = x**2 + {made}")
+    assert bool(r.cuts) == cut
