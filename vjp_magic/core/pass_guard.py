@@ -195,13 +195,17 @@ class _Guard:
         self._frames: list = []
         self._was_enabled = True
         self._previous = None
-        self._profiler = self._watch  # (held here too: the profile object outlives any pass)
+        # the profile object while it is installed, held here too (a profiler that raises is
+        # dropped by the interpreter); None otherwise: a bound method held by its own object is
+        # a cycle, each pass's guard then garbage for the collector (some 4 us a pass)
+        self._profiler = None
 
     def __enter__(self) -> _Guard:
         if self._on_this_thread:
             self._threads = torch._C._is_multithreading_enabled()
             torch._C._set_multithreading_enabled(False)
         self._previous = sys.getprofile()
+        self._profiler = self._watch
         sys.setprofile(self._profiler)
         self.active = True
         return self
@@ -209,6 +213,7 @@ class _Guard:
     def __exit__(self, kind, error, trace) -> None:
         self.active = False
         _restore_profile(self._previous)
+        self._profiler = None
         if self._threads is not None:
             torch._C._set_multithreading_enabled(self._threads)
         if self.tripped is not None and kind is None:  # the backward swallowed the error
@@ -221,8 +226,8 @@ class _Guard:
         if self._on_this_thread:
             threads = torch._C._is_multithreading_enabled()
             torch._C._set_multithreading_enabled(False)
-        previous = sys.getprofile()
-        sys.setprofile(self._profiler)
+        previous, profiler = sys.getprofile(), self._watch  # (held for the pass: no cycle)
+        sys.setprofile(profiler)
         self.active = True
         try:
             result = engine.run_backward(*args, **kwargs)
