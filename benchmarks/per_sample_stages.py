@@ -123,12 +123,17 @@ def main() -> int:
 
     def quartile(values):
         return sorted(values)[len(values) // 4] * 1e3
+
+    def mean(values):  # (means add up: a stage's own time is its mean less its parts')
+        return sum(values) / args.cells * 1e3
     print(f"{args.only} B={batch}: one cell {quartile(total):.2f} ms thread CPU (lower "
-          f"quartile of {args.cells}; stages inclusive, as called in the cell)")
+          f"quartile of {args.cells}; mean {mean(total):.2f}); stages inclusive, as called "
+          "in the cell: lower quartile of a call, mean per cell")
     for name, values in times.items():
         if not values:  # (not on this path: the analysis, where the rules' result is taken)
             continue
-        print(f"    {name:<20} {quartile(values):6.3f} ms  x{len(values) / args.cells:g}")
+        print(f"    {name:<20} {quartile(values):6.3f} ms  mean {mean(values):6.3f} ms per cell"
+              f"  x{len(values) / args.cells:g}")
     print("per cell: " + ", ".join(f"{key} {value:,.1f}" for key, value in per_cell.items()))
     return 0
 
