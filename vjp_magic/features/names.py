@@ -12,6 +12,7 @@ view learns from the output's graph while the result keeps it (:mod:`.render.gra
 from __future__ import annotations
 
 import ast
+import functools
 from contextlib import nullcontext
 
 from ..core.tagging import is_visible_name
@@ -61,15 +62,22 @@ def _output_expression(subject: Subject, output_name: str) -> ast.expr | None:
     cell last assigned to that name (None where neither can be read)."""
     try:
         if not output_name.isidentifier():
-            return ast.parse(output_name.strip(), mode="eval").body
+            return _parsed(output_name.strip(), "eval").body
         source = getattr(getattr(subject, "run", None), "source", None)
-        cell = ast.parse(source) if isinstance(source, str) else None
+        cell = _parsed(source, "exec") if isinstance(source, str) else None
     except SyntaxError:
         return None
     assigned = [node.value for node in (cell.body if cell else ())
                 if isinstance(node, ast.Assign) and len(node.targets) == 1
                 and isinstance(node.targets[0], ast.Name) and node.targets[0].id == output_name]
     return assigned[-1] if assigned else None
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(source: str, mode: str) -> ast.AST:
+    """``source`` parsed once (the naming and the view's names read one cell's tree; a cell
+    run again, its tree again); the trees are only read."""
+    return ast.parse(source, mode=mode)
 
 
 def naming(subject: Subject, result=None):

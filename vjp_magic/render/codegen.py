@@ -16,6 +16,7 @@ the tutorial's code it also binds its loop helpers (``v``, ``k`` or ``i, j``, ``
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import math
 import re
@@ -39,14 +40,20 @@ def identifiers(sources: Iterable[str]) -> set[str]:
     for source in sources:
         if source.isidentifier():  # (most names: no parse)
             found.add(source)
-            continue
-        try:
-            tree = ast.parse(source, mode="eval")
-        except SyntaxError:
-            found.update(re.findall(r"[^\W\d]\w*", source))
-            continue
-        found.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+        else:
+            found.update(_expression_names(source))
     return found
+
+
+@functools.lru_cache(maxsize=256)
+def _expression_names(source: str) -> frozenset[str]:
+    """The names one source uses (parameter names, ``model.0.weight``: parsed once, not
+    every cell)."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        return frozenset(re.findall(r"[^\W\d]\w*", source))
+    return frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
 
 
 def source_names(source: str) -> set[str]:
