@@ -317,3 +317,44 @@ def test_a_guarded_pass_leaves_nothing_to_the_collector():
     finally:
         gc.enable()
     assert found == 0
+
+
+# -- a custom backward the engine calls through apply_boxed -------------------------------------
+
+class _Boxed(torch.autograd.Function):
+    """x ↦ x³ whose backward takes its gradients boxed in a list (``boxed_grads_call``: the
+    engine calls ``BackwardCFunction.apply_boxed``, as for a compiled model's AOT backward)."""
+
+    boxed_grads_call = True
+    reenter = False
+
+    @staticmethod
+    def forward(ctx, t):
+        ctx.save_for_backward(t)
+        return t ** 3
+
+    @staticmethod
+    def backward(ctx, grads):
+        (t,) = ctx.saved_tensors
+        if _Boxed.reenter:  # a backward re-entering autograd: stopped before it starts
+            with torch.enable_grad():
+                u = t.detach().requires_grad_()
+                (d,) = torch.autograd.grad((u ** 3).sum(), u)
+            return d * grads[0]
+        return 3 * t * t * grads[0]
+
+
+def test_a_boxed_custom_backward_is_the_users_by_design_and_policed():
+    """Like apply's: it runs (it was refused as a hook: torch.compile'd models too), and a
+    re-entry into autograd inside it is stopped with the custom-Function usage error."""
+    x = linspace_x()
+    y = torch.sin(_Boxed.apply(x)).sum()
+    (g,) = guarded_grad(y, x, retain_graph=True)
+    expected = torch.autograd.functional.jacobian(lambda t: torch.sin(t ** 3).sum(), x.detach())
+    torch.testing.assert_close(g, expected)
+    _Boxed.reenter = True
+    try:
+        with pytest.raises(vjp_magic.VJPUsageError, match="_Boxed"):
+            guarded_grad(y, x, retain_graph=True)
+    finally:
+        _Boxed.reenter = False

@@ -22,7 +22,8 @@ first line runs, however it was reached (through the standard library, through P
 module-hook machinery). Regions are the code whose callees are the user's by design or the
 interpreter's, not a hook's:
 
-- a custom Function's backward (``BackwardCFunction.apply``): the user's code by design, run
+- a custom Function's backward (``BackwardCFunction.apply``, ``apply_boxed``): the user's code
+  by design (a compiled model's AOT backward too), run
   and policed for re-entry; a non-reentrant checkpoint's recomputation (its ``unpack_hook``);
 - an import a pass starts (the import system's finders, the module's body);
 - a warning, shown from C (which makes ``warnings.WarningMessage`` and calls
@@ -62,6 +63,10 @@ import torch
 from .errors import VJPUsageError
 
 _CHECKPOINT_FILE = "checkpoint.py"
+
+
+def _code(function) -> types.CodeType | None:
+    return getattr(getattr(function, "__func__", function), "__code__", None)
 
 
 def _messages():
@@ -247,7 +252,7 @@ class _Guard:
         if event == "call":
             # (outside the engine and any backward: PyTorch's Python on its way in, passed
             # at once, save a custom Function's backward called directly, as the probe does)
-            if self._running or self._frames or frame.f_code is _APPLY:
+            if self._running or self._frames or frame.f_code in _APPLIES:
                 self._call(frame)
         elif event == "return":
             if self._frames and self._frames[-1][0] is frame:
@@ -268,7 +273,7 @@ class _Guard:
         if code in self.hooks:
             checkpointed = code.co_filename.endswith(_CHECKPOINT_FILE)
             raise VJPUsageError(_messages().hooked_message(_ARMED.output_name, checkpointed))
-        if code is watched.apply:
+        if code in _APPLIES:
             self._frames.append((frame, True, torch.is_grad_enabled()))
         elif code.co_name == "unpack_hook" and code.co_filename.endswith(_CHECKPOINT_FILE):
             self._frames.append((frame, False, True))
@@ -343,7 +348,10 @@ def _enabling(frame) -> bool:
     return False
 
 
-_APPLY = torch.autograd.function.BackwardCFunction.apply.__code__
+# What the engine calls for a custom Function's backward: apply, or apply_boxed (a Function
+# with boxed_grads_call: a compiled model's AOT backward), each the user's backward by design
+_APPLIES = frozenset(_code(getattr(torch.autograd.function.BackwardCFunction, name, None))
+                     for name in ("apply", "apply_boxed")) - {None}
 _ENGINE_OWNER = torch.autograd.Variable  # its _execution_engine: what grad and backward call
 _ENGINE_TYPE = type(_ENGINE_OWNER._execution_engine)  # torch._C._EngineBase
 _THREADS_SETTABLE = hasattr(torch._C, "_set_multithreading_enabled")
@@ -380,10 +388,6 @@ def _kind(filename: str) -> str:
             or os.path.realpath(filename).startswith(_STDLIB):
         return _STANDARD
     return _USERS
-
-
-def _code(function) -> types.CodeType | None:
-    return getattr(getattr(function, "__func__", function), "__code__", None)
 
 
 # The interpreter's services, whose callees are no hook: an import a pass starts (the import
@@ -456,18 +460,17 @@ def foreign_message(code: types.CodeType, output_name: str = "the output") -> st
 
 
 class _Watched(NamedTuple):
-    apply: types.CodeType
     calls: frozenset
 
 
 @functools.lru_cache(maxsize=1)
 def _watched() -> _Watched:
-    """The code objects the guard knows: ``BackwardCFunction.apply`` and the calls it stops."""
+    """The code objects of the calls the guard stops in a custom backward."""
     functions = [torch.nn.Module.__call__, torch.nn.Module._call_impl,
                  getattr(torch.nn.Module, "_wrapped_call_impl", None), *_entry_points()]
     functions = [getattr(f, "__func__", f) for f in functions]
     calls = frozenset(f.__code__ for f in functions if isinstance(f, types.FunctionType))
-    return _Watched(torch.autograd.function.BackwardCFunction.apply.__code__, calls)
+    return _Watched(calls)
 
 
 __all__ = ["foreign_message", "guarded", "pass_guard", "reentrant_guard"]
