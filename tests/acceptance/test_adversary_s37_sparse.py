@@ -475,3 +475,27 @@ def test_avg_pool_without_ceil_mode_and_max_pool_with_it_are_proved():
         u = torch.randn(NP)
         _, expected = torch.func.jvp(f, (x.detach(),), (u,))
         torch.testing.assert_close(csr @ u, expected)
+
+
+# -- a vector output's Hessian as CSR: (output.numel() · n) × n, row-major ---------------------
+VECTOR_HESSIANS = {
+    "x**3 + roll(x)·x": lambda x: x ** 3 + x.roll(1) * x,
+    "conv of squares": lambda x: F.conv1d(x[None, None] ** 2, torch.tensor(
+        [[[1., 2., 1.]]], dtype=x.dtype), padding=1)[0, 0],
+    "column sums of a rolled product": lambda x: (x.reshape(10, -1)
+                                                  * x.reshape(10, -1).roll(1, 1)).sum(0),
+}
+
+
+@pytest.mark.parametrize("name", list(VECTOR_HESSIANS))
+def test_vector_hessian_csr_equals_torch_func_hessian(name):
+    f = VECTOR_HESSIANS[name]
+    x = torch.randn(100, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    leaf = x.clone().requires_grad_()
+    y = f(leaf)
+    h = vjp_magic.hessian(y, leaf, names=["x"], seed=0)
+    expected = torch.func.hessian(f)(x)
+    csr = h.hessian("x", layout=torch.sparse_csr)
+    assert csr.layout == torch.sparse_csr and csr.shape == (y.numel() * 100, 100)
+    torch.testing.assert_close(csr.to_dense(), expected.reshape(y.numel() * 100, 100))
+    torch.testing.assert_close(h.hessian("x"), expected)
