@@ -358,3 +358,37 @@ def test_a_boxed_custom_backward_is_the_users_by_design_and_policed():
             guarded_grad(y, x, retain_graph=True)
     finally:
         _Boxed.reenter = False
+
+
+# -- code compiled from a string is its maker's -------------------------------------------------
+
+def test_a_nested_tensors_pass_runs_under_the_strict_guard():
+    """A jagged nested tensor's dispatch (PyTorch's Python) evals a type's name: code of
+    ``<string>`` called by PyTorch, PyTorch's own, not a hook (it was refused as one)."""
+    a = torch.linspace(0.1, 1, 12, dtype=torch.float64).reshape(3, 4).requires_grad_()
+    b = torch.linspace(-1, 1, 8, dtype=torch.float64).reshape(2, 4).requires_grad_()
+    nested = torch.nested.as_nested_tensor([a, b], layout=torch.jagged)
+    y = (nested.sin() * 2).values().sum()
+    ga, gb = guarded_grad(y, [a, b])
+    torch.testing.assert_close(ga, 2 * a.detach().cos())
+    torch.testing.assert_close(gb, 2 * b.detach().cos())
+
+
+@pytest.mark.parametrize("globals_", [{}, {"__name__": "__main__"}], ids=["no module", "main"])
+@pytest.mark.parametrize("how", ["tensor hook", "module backward hook"])
+def test_a_hook_compiled_from_a_string_is_the_users(globals_, how):
+    """A hook exec'd in a REPL's ``__main__`` or into globals naming no module, called by the
+    engine (its first call) or through PyTorch's module-hook machinery: the user's, refused."""
+    namespace = dict(globals_, RUNS=RUNS)
+    exec(compile("def hook(*args):\n    RUNS.append(args)\n", "<string>", "exec"), namespace)  # noqa: S102
+    x = linspace_x()
+    if how == "tensor hook":
+        y = hooked(x, namespace["hook"]).sum()
+    else:
+        layer = torch.nn.Tanh()
+        layer.register_full_backward_hook(namespace["hook"])
+        y = layer(x).sum()
+    RUNS.clear()
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook hook"):
+        guarded_grad(y, x)
+    assert not RUNS

@@ -36,6 +36,8 @@ interpreter's, not a hook's:
   graph (always called with gradients) is. A plain run runs them too, at its own frees; they
   are no code run for the analysis, and refusing them would stop a pass at random.
 
+Code compiled from a string (``<string>``) is its maker's: an ``eval`` running now its
+caller's (PyTorch's, in a nested tensor's dispatch), a function made so its module's.
 A hook written in C (a builtin: ``list.append``) makes no Python frame and is not seen; a
 PyTorch function registered as a hook (``functools.partial(torch.nn.init.zeros_)``) counts as
 PyTorch's. The profiler it sets is the thread's for the C call only (:func:`guarded`:
@@ -290,9 +292,11 @@ class _Guard:
         kind = _KINDS.get(code.co_filename)
         if kind is None:
             kind = _KINDS[code.co_filename] = _kind(code.co_filename)
+        direct = frame.f_back is self._running[-1]  # the engine's first call, from C
+        if kind is _GENERATED:
+            kind = _generated(frame, direct)
         if kind is _MACHINERY:
             return
-        direct = frame.f_back is self._running[-1]  # the engine's first call, from C
         if kind is _STANDARD and not direct:
             if code is _LOG_HANDLE:  # (a record PyTorch's Python logs: its handlers run)
                 self._frames.append((frame, False, True))
@@ -372,6 +376,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # separator: site-packages/torch is no prefix of torchvision's files), the standard library's
 # (frozen modules too; an installed package under it, in site-packages, is not), the user's.
 _MACHINERY, _STANDARD, _USERS = "machinery", "standard", "users"
+_GENERATED = "generated"  # compiled from a string ("<string>"): its maker's, see _generated
 _OURS = (_TORCH_DIR + os.sep, _PACKAGE_DIR + os.sep)
 _STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
                               for k in ("stdlib", "platstdlib")))
@@ -382,6 +387,8 @@ def _kind(filename: str) -> str:
     """Whose code of ``filename`` is: :data:`_MACHINERY`, :data:`_STANDARD` or :data:`_USERS`."""
     if filename.startswith(_OURS):
         return _MACHINERY
+    if filename.startswith("<") and not filename.startswith("<frozen "):
+        return _GENERATED
     if "-packages" + os.sep in filename:  # (site-packages sits inside the standard library's)
         return _USERS
     if filename.startswith("<frozen ") or filename.startswith(_STDLIB) \
@@ -397,6 +404,25 @@ _SERVICES = frozenset({"<frozen importlib._bootstrap>", "<frozen importlib._boot
                        _code(warnings.WarningMessage.__init__).co_filename})
 _LOG_HANDLE = _code(logging.Logger.handle)
 _SIGNAL_FRAME = (types.FrameType, type(None))
+
+
+def _generated(frame, direct: bool) -> str:
+    """Whose code compiled from a string is: an ``exec``/``eval`` running now (a ``<module>``
+    body: PyTorch's ``eval`` of a type's name in a nested tensor's dispatch) is its caller's,
+    unless the engine is that caller; a function made so (a dataclass's method, a hook
+    ``exec``'d in a REPL) is its module's, named by its globals (``__main__``, or none known:
+    the user's), a namedtuple's ``__new__`` the standard library's."""
+    caller = frame.f_back
+    if frame.f_code.co_name == "<module>" and not direct and caller is not None:
+        filename = caller.f_code.co_filename
+    else:
+        name = frame.f_globals.get("__name__")
+        if isinstance(name, str) and name.startswith("namedtuple_"):
+            return _STANDARD  # (collections.namedtuple's __new__: a tuple made, nothing more)
+        module = sys.modules.get(name) if isinstance(name, str) and name != "__main__" else None
+        filename = getattr(module, "__file__", None)
+    kind = _kind(filename) if isinstance(filename, str) else _USERS
+    return _USERS if kind is _GENERATED else kind
 
 
 def _arguments(frame, code) -> list:
