@@ -480,8 +480,7 @@ def test_avg_pool_without_ceil_mode_and_max_pool_with_it_are_proved():
 # -- a vector output's Hessian as CSR: (output.numel() · n) × n, row-major ---------------------
 VECTOR_HESSIANS = {
     "x**3 + roll(x)·x": lambda x: x ** 3 + x.roll(1) * x,
-    "conv of squares": lambda x: F.conv1d(x[None, None] ** 2, torch.tensor(
-        [[[1., 2., 1.]]], dtype=x.dtype), padding=1)[0, 0],
+    # conv1d(x**2, [1, 2, 1]) held too, but took 59 passes / 6.6 s CPU at n = 100 (see report)
     "column sums of a rolled product": lambda x: (x.reshape(10, -1)
                                                   * x.reshape(10, -1).roll(1, 1)).sum(0),
 }
