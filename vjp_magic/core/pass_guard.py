@@ -187,8 +187,8 @@ def pass_guard():
 
 class _Guard:
     """The profiler of :func:`reentrant_guard`: it polices the code running under a custom
-    Function's backward (``BackwardCFunction.apply``) only, not a non-reentrant checkpoint's
-    recomputation (its unpack hook) nor the analysis's own calls."""
+    Function's backward (``BackwardCFunction.apply``, ``apply_boxed``) only, not a
+    non-reentrant checkpoint's recomputation (its unpack hook) nor the analysis's own calls."""
 
     def __init__(self, on_this_thread: bool = False) -> None:
         self.tripped: str | None = None
@@ -287,8 +287,8 @@ class _Guard:
             self._strict(frame, code)
 
     def _strict(self, frame, code) -> None:
-        """Whether ``frame``, entered inside the engine's ``run_backward`` outside any region,
-        may run (the module docstring's rule); the user's code stops the pass before it."""
+        """Lets ``frame``, entered inside the engine's ``run_backward`` outside any region, run
+        (the module docstring's rule), or stops the pass before its first line: the user's."""
         kind = _KINDS.get(code.co_filename)
         if kind is None:
             kind = _KINDS[code.co_filename] = _kind(code.co_filename)
