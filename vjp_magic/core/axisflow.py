@@ -47,6 +47,9 @@ class GraphProof:
     custom: list[str] = field(default_factory=list)  # custom autograd.Function backward nodes
     workspace: int = 0  # bytes of every tensor on the graph (one backward's gradients)
     limitation: str | None = None  # what this PyTorch kept from being proved, in a sentence
+    # the classes of every node of the graph below the output (the walk's), for the batching
+    # check's trust (:func:`.checked_batches.batching_trusted`); empty where not walked
+    kinds: frozenset = frozenset()
 
     def pairing(self, out_shape, in_shape) -> Pairing:
         """Proved (output axis, input axis) pairs of equal size; of the size-1 axes, those
@@ -82,7 +85,9 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
     source = tensor.grad_fn  # (read once, and held: the walk meets this very object)
-    for node in postorder(output.grad_fn):
+    nodes = postorder(output.grad_fn)
+    kinds = frozenset(map(type, nodes))
+    for node in nodes:
         shapes, size = _shapes_and_bytes(node)  # read once: for the workspace and the rule
         proof.workspace += size
         if node is source:
@@ -98,11 +103,12 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
             flows[(id(node), index)] = _normalised(flow, shape)
     if id(output.grad_fn) in opaque:
         proof.unknown.append(type(output.grad_fn).__name__)
-        return GraphProof(True, {}, False, proof.unknown, proof.custom, proof.workspace)
+        return GraphProof(True, {}, False, proof.unknown, proof.custom, proof.workspace,
+                          kinds=kinds)
     final = flows.get((id(output.grad_fn), output.output_nr))
     if final is None:
-        return GraphProof(False, workspace=proof.workspace)
-    proof.depends, proof.carries = True, final.carries
+        return GraphProof(False, workspace=proof.workspace, kinds=kinds)
+    proof.depends, proof.carries, proof.kinds = True, final.carries, kinds
     # a carry of several input axes may hide a pair inside it (a prefix of a merged axis)
     merged = any(len(c) > 1 for c in final.carries.values())
     proof.exact = final.exact and not merged and not proof.unknown and not proof.custom

@@ -38,6 +38,41 @@ from .tolerances import tolerances
 # -- a full Jacobian (the exact path) --------------------------------------------------------
 _EXACT_DTYPES = (torch.float32, torch.float64)  # the rule computes in these themselves
 
+# PyTorch's own backward nodes whose batching rules under ``vmap`` over ``autograd.grad``
+# are right: each is a pointwise formula, a broadcast reduced by ``sum_to_size``, a matrix
+# product or a view, batched by functorch's core rules (no fallback, no ``as_strided``
+# scatter, no per-op kernel like ``_cdist_backward``'s). Every one is checked against plain
+# passes, in float32 and float64, by tests/core/test_trusted_batching_s37D9.py, which also
+# fails if one is added here without a graph of its own there. A graph every node of which is
+# one of these gets no batching probe: its vectorised Jacobian is the plain passes' own.
+TRUSTED_BATCHING = frozenset({
+    "AccumulateGrad",
+    "TanhBackward0", "SigmoidBackward0", "ReluBackward0", "ExpBackward0", "LogBackward0",
+    "SinBackward0", "CosBackward0", "NegBackward0", "PowBackward0",
+    "AddBackward0", "SubBackward0", "RsubBackward1", "MulBackward0", "DivBackward0",
+    "MvBackward0", "MmBackward0", "AddmmBackward0", "TBackward0", "ViewBackward0",
+    "UnsqueezeBackward0",
+})
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def batching_trusted(kinds, output: torch.Tensor, inputs) -> bool:
+    """Whether a vectorised backward of ``output``'s graph needs no batching probe: ``kinds``
+    (the classes of every node of the graph, :attr:`.axisflow.GraphProof.kinds`) is not
+    empty and each is PyTorch's own (a class of torch's C++ autograd, not a custom
+    ``autograd.Function``'s) in :data:`TRUSTED_BATCHING`; the output and ``inputs`` are plain
+    dense float32 or float64 tensors (no ``__torch_function__`` subclass, whose operations
+    ``vmap`` would run through its own code)."""
+    if not kinds or output.dtype not in _EXACT_DTYPES or output.layout != torch.strided:
+        return False
+    for tensor in (output, *inputs):
+        if type(tensor) not in _PLAIN or tensor.dtype != output.dtype \
+                or tensor.layout != torch.strided:
+            return False
+    custom = torch.autograd.function.BackwardCFunction
+    return all(kind.__module__ == "builtins" and kind.__name__ in TRUSTED_BATCHING
+               and not issubclass(kind, custom) for kind in kinds)
+
 
 def batching_vector(output: torch.Tensor, seed: int) -> torch.Tensor:
     """A random probe shaped like ``output`` (a tensor of its own), its entries drawn from the

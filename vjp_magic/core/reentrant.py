@@ -127,11 +127,23 @@ def unpacks_users_code(nodes) -> bool:
 
 def _users_hook(saved) -> types.CodeType | None:
     """The code of the user's unpack hook that the ``SavedTensor`` ``saved`` carries
-    (:func:`.graph_facts.unpack_hooked`); None where it carries none, or PyTorch's own."""
+    (:func:`.graph_facts.unpack_hooked`); None where it carries none, or PyTorch's own. A
+    hook this torch does not show (``unpack_hooked`` fails closed) counts as the user's
+    (:data:`_HIDDEN_HOOK`): the node is not probed, and a pass through it is armed for it."""
     if not unpack_hooked(saved):
         return None
-    code = _hook_code(saved.unpack_hook)
+    hook = getattr(saved, "unpack_hook", None)
+    if hook is None:
+        return _HIDDEN_HOOK
+    code = _hook_code(hook)
     return code if code is not None and _users_code(code) else None
+
+
+def _hidden_hook():
+    """Stands for an unpack hook this torch does not show (:func:`_users_hook`)."""
+
+
+_HIDDEN_HOOK = _hidden_hook.__code__
 
 
 def _hook_code(hook) -> types.CodeType | None:

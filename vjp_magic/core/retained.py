@@ -34,7 +34,6 @@ import weakref
 
 import torch
 
-from .torch_api import guarded_grad
 
 _REGISTERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor
 
@@ -207,11 +206,12 @@ def _flush(output: torch.Tensor) -> None:
     """After vectorised passes: one plain pass of zeros through ``output``'s graph. A
     retain_grad tensor not found and left holding a BatchedTensor makes its hook raise;
     then every live one is looked at (full scan) and none keeps a BatchedTensor."""
+    from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
+
     leaves = [n.variable for n in _nodes(output.grad_fn) if hasattr(n, "variable")]
     try:
         if leaves:
-            guarded_grad(output, leaves, torch.zeros_like(output), retain_graph=True,
-                         allow_unused=True)
+            _grad(output, leaves, torch.zeros_like(output))
     except RuntimeError:
         _unbatch(_every_retaining())
 

@@ -38,6 +38,9 @@ class Context:
     rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
     sparse: object | None = None  # the compressed path (core.sparse_choice.SparseChoice)
     key: tuple = ()  # the graph's fingerprint with every input (derivatives.pass_key)
+    # every node of the graph batches right under vmap (checked_batches.batching_trusted):
+    # a vectorised full Jacobian needs no batching probe
+    batching_trusted: bool = False
 
     def reject(self, name: str, pairing) -> None:
         self.rejected.setdefault(name, []).append(pairing)
@@ -104,14 +107,16 @@ def _checked_jacobians(context, named, probes, proved=False,
     """Full Jacobians from batched backward passes (one run for all inputs), each checked
     against a plain probe where a vectorised backward computed some of it (``proved``: no
     structure is probed afterwards, so the check need not use probe 0). ``ordinary`` (a set)
-    gets the names whose Jacobian that check showed finite and not all 0."""
+    gets the names whose Jacobian that check showed finite and not all 0. A graph whose
+    every node batches right (``context.batching_trusted``) gets no check: its vectorised
+    Jacobian is the plain passes' own."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
     stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
     flats = dict(zip(reverse, stacked))
     del stacked
     redo = []
-    if vectorised and output.numel() > 1:
+    if vectorised and output.numel() > 1 and not context.batching_trusted:
         v, vjps = _batching_probe(context, {n: named[n] for n in reverse}, probes,
                                   own=proved and len(reverse) == len(named))
         verdicts = {n: batching_verdict(flats[n], v, vjps[n]) for n in reverse}
