@@ -26,6 +26,7 @@ from .core import hessian as core_hessian
 from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
+from .core.modes import modes_aside
 from .core.quiet import analysis_device, no_subclass_code, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
@@ -339,6 +340,12 @@ def _from_python(output, inputs, names, output_name: str,
     if not isinstance(output_name, str) or not output_name.strip():
         raise VJPUsageError(f"output_name is the output's name, a str (e.g. output_name='loss'),"
                             f" not {output_name!r}.")
+    with modes_aside():  # the user's torch modes run on fn()'s calls only (run.called)
+        return _from_python_aside(output, inputs, names, output_name, request)
+
+
+def _from_python_aside(output, inputs, names, output_name: str,
+                       request: Request) -> DerivativeResult:
     if is_function(output):
         return _called(output, inputs, names, output_name, request)
     entry = ENTRIES[request.order]  # the function called, as advice names it

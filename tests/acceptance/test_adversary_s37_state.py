@@ -78,14 +78,6 @@ def _plain_then_vjp(ip, setup: str, body: str, line: str = ""):
 
 # -- 1. a mode the cell enters and leaves active ----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TorchFunctionMode the cell enters and leaves active (m = FM(); m.__enter__()) is popped "
-    "by the recorder's own __exit__ (run/record.py's _Recorder pops the top of torch's function-"
-    "mode stack, which is the user's mode): after %%vjp the stack holds vjp_magic's _Recorder "
-    "instead of FM, for good: every later cell's torch calls are recorded (memory) and the "
-    "user's mode never runs again (plain run: stack ['FM'], the next cell's call logged). "
-    "Class: the recorder shares the user's mode stack; it must leave the modes the cell "
-    "pushed or popped as they are and take only itself off"))
 def test_a_function_mode_the_cell_leaves_entered_stays_entered(ip, no_modes_left):
     body = "m = FM()\nm.__enter__()\n" + _BODY
     plain, after = _plain_then_vjp(ip, _MODES, body)
@@ -93,12 +85,6 @@ def test_a_function_mode_the_cell_leaves_entered_stays_entered(ip, no_modes_left
     assert after == plain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TorchFunctionMode entered in an earlier cell and exited by the cell (m.__exit__(...) on "
-    "its first line): under %%vjp that __exit__ pops vjp_magic's recorder (pushed above m), so "
-    "m stays active through the cell and the user's __torch_function__ runs on the cell's 6 "
-    "calls, where a plain run runs it on none (then the recorder's exit pops m). Class: the "
-    "recorder shares the user's function-mode stack (as in the test above)"))
 def test_a_function_mode_the_cell_exits_runs_no_more(ip, no_modes_left):
     setup = _MODES + "m = FM()\nm.__enter__()\n"
     plain, after = _plain_then_vjp(ip, setup, "m.__exit__(None, None, None)\n" + _BODY)
@@ -106,13 +92,6 @@ def test_a_function_mode_the_cell_exits_runs_no_more(ip, no_modes_left):
     assert after == plain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TorchDispatchMode the cell enters and leaves active: %%vjp refuses the cell (its "
-    "backward passes would call DM.__torch_dispatch__) but only after the analysis' own "
-    "operations ran through the user's mode: 12 calls logged where the plain run logs 2 (the "
-    "cell's). Class: core/quiet.quiet_autograd sets aside subclasses' __torch_function__, "
-    "saved-tensor hooks, anomaly, autocast, but not the user's dispatch/function mode stacks; "
-    "a refusal must come before any operation of the analysis"))
 def test_a_dispatch_mode_the_cell_leaves_entered_runs_only_on_the_cells_calls(
         ip, no_modes_left):
     body = "m = DM()\nm.__enter__()\n" + _BODY
@@ -160,15 +139,6 @@ def _entry(entry, x):
 _ENTRIES = ["differentiate(y)", "differentiate(fn)", "dependency", "sparse_jacobian", "hessian"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TorchFunctionMode the user left active around a call of the Python API (with FM(): "
-    "vjp_magic.differentiate(y, x), or entered in an earlier cell) runs on every torch call of "
-    "the analysis: about 140-200 calls for differentiate(y, x) on y = sin(x) of 5 entries "
-    "(plain: 0), ~170 for differentiate(fn) (plain fn(): 1), ~170 dependency, ~200 "
-    "sparse_jacobian, ~390 hessian (plain: 2). The numbers come out right only because "
-    "this mode forwards every call unchanged. Class: core/quiet.quiet_autograd does not "
-    "set the user's function-mode stack aside for the analysis (torch.overrides' "
-    "_pop_mode/_push_mode, or torch._C.DisableTorchFunction where the recorder is not needed)"))
 @pytest.mark.parametrize("entry", _ENTRIES)
 def test_a_function_mode_left_active_runs_only_on_the_users_calls(entry, no_modes_left):
     x = torch.linspace(-1, 1, 5, requires_grad=True)
@@ -183,14 +153,6 @@ def test_a_function_mode_left_active_runs_only_on_the_users_calls(entry, no_mode
     assert len(log) == len(plain)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TorchDispatchMode the user left active around a call of the Python API is refused "
-    "(VJPUsageError: each backward pass would call DM.__torch_dispatch__), as documented, but "
-    "only after the analysis' own operations went through the user's mode (aten.eye, rand, "
-    "detach, clone...): 4 calls for differentiate(y, x) (plain: 0), 10 for differentiate(fn) "
-    "(plain fn(): 1), 19 dependency, 16 sparse_jacobian, 12 hessian (plain: 2). "
-    "Class: the refusal of a dispatch mode comes after the analysis began "
-    "(core/quiet does not look at torch's dispatch-mode stack up front)"))
 @pytest.mark.parametrize("entry", _ENTRIES)
 def test_a_dispatch_mode_left_active_is_refused_before_it_runs(entry, no_modes_left):
     x = torch.linspace(-1, 1, 5, requires_grad=True)

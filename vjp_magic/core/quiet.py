@@ -33,6 +33,8 @@ import threading
 import torch
 from torch.utils._device import DeviceContext, _device_constructors
 
+from .modes import modes_aside
+
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
 # autocast's device types, each switched off where it is on (its state is per thread)
 _AUTOCAST = ("cpu", "cuda", "xpu", "mps", "hpu")
@@ -156,10 +158,18 @@ def _called_by_us(frame) -> bool:
 @contextlib.contextmanager
 def quiet_autograd(default_device: bool = False):
     """Anomaly detection off, no default saved-tensor hooks, grad mode on, inference mode and
-    autocast off, no tensor subclass's ``__torch_function__`` (:func:`no_subclass_code`)
+    autocast off, no tensor subclass's ``__torch_function__`` (:func:`no_subclass_code`),
+    none of the user's torch function and dispatch modes (:func:`~.modes.modes_aside`)
     inside; all restored after (also as a decorator). ``default_device``: the
     CPU as the default device inside too (:func:`analysis_device`: for an entry point that
     runs none of the user's code)."""
+    # the user's torch modes: set aside first, before any torch call of ours
+    with modes_aside(), _quiet(default_device):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet(default_device: bool):
     popped = []
     # (older PyTorch, before 2.6, has no reader of the stack: its hooks are left in place)
     top = getattr(_hooks, "_top_saved_tensors_default_hooks", lambda _: None)

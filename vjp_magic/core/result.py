@@ -16,6 +16,7 @@ from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import VJPUsageError
+from .modes import modes_aside
 from .pairing import Pairing
 from .quiet import no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block
@@ -222,11 +223,14 @@ class DerivativeResult:
         return self.view
 
     # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
+    # (the user's torch modes run on no call of a display's: core.modes)
+    @modes_aside()
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.view is None:
             return {"text/plain": repr(self)}
         return self.view.bundle(self)
 
+    @modes_aside()
     def __repr__(self) -> str:
         if self.view is not None:
             return self.view.plain(self)

@@ -23,6 +23,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from traitlets import Bool, Float, Int, observe, validate
 
+from ..core.modes import modes_aside
 from ..core.errors import SavedValueChanged, VJPUsageError
 from ..pipeline import FLAGS, Request, pipeline
 from ..render.options import DISPLAY_HEIGHT, DISPLAY_WIDTH, RenderOptions
@@ -209,16 +210,18 @@ class VJPMagics(Magics):
         # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
         # and --gradcheck, and vectorise per-sample gradients
         self._forget_last_cell()
-        run = run_cell(self.shell, cell, record_ops=True)
-        # the answer (--check ans, or an expression of it: ans.T) is never the output
-        subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
-        with retained_grads_kept(self.shell.user_ns), _usage_errors(self._coached(run, args), cell):
-            try:
-                result = pipeline(subject, self._request(
-                    args, of=one_output(args.of), wrt=args.wrt, full=args.full))
-            finally:  # graphs the cell's own backward would have freed are freed now; the
-                # record stays while the output lives, for %jacobian/%hessian on it later
-                self._last_cell = run.release(keep_for=subject.chosen)
+        with modes_aside():  # the user's torch modes run on the cell's own calls only
+            run = run_cell(self.shell, cell, record_ops=True)
+            # the answer (--check ans, or an expression of it: ans.T) is never the output
+            subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
+            with retained_grads_kept(self.shell.user_ns), \
+                    _usage_errors(self._coached(run, args), cell):
+                try:
+                    result = pipeline(subject, self._request(
+                        args, of=one_output(args.of), wrt=args.wrt, full=args.full))
+                finally:  # graphs the cell's own backward would have freed are freed now;
+                    # the record stays while the output lives, for %jacobian/%hessian later
+                    self._last_cell = run.release(keep_for=subject.chosen)
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
         # a trailing ';' hides the display, and keeps the result out of Out, as in a plain cell
@@ -317,7 +320,7 @@ class VJPMagics(Magics):
     def _on_expression(self, args, request):
         """``%jacobian``'s and ``%hessian``'s run: the line's output expression evaluated in
         the namespace (its calls recorded for --symbolic), then the pipeline on it."""
-        with retained_grads_kept(self.shell.user_ns), _usage_errors():
+        with modes_aside(), retained_grads_kept(self.shell.user_ns), _usage_errors():
             subject = FromExpression.evaluate(self.shell, args.output_source, record_ops=True,
                                               earlier=self._last_cell)
             try:
@@ -341,7 +344,8 @@ class VJPMagics(Magics):
     def _pictures_beneath(self, result) -> None:
         """Display the result's pictures once the result itself is shown: after the cell, as
         the inline matplotlib backend shows its figures."""
-        pictures = result.view.pictures(result)
+        with modes_aside():
+            pictures = result.view.pictures(result)
         if not pictures:
             return
         events = self.shell.events

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.errors import VJPUsageError
+from ..core.modes import users_modes
 from .choose import dense
 from .execute import user_frames_only
 from .record import OpRecord, recording
@@ -43,7 +44,7 @@ class Called:
         ``entry``: the vjp_magic function called, as the advice names it."""
         __tracebackhide__ = True
         takes_no_arguments(fn)
-        with recording() as record:
+        with recording() as record, users_modes():  # fn() as in a plain call
             try:
                 value = fn()
             except BaseException as error:  # noqa: BLE001 - the user's own, re-raised

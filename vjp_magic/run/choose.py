@@ -32,6 +32,7 @@ from ..core.validation import (add_named, module_parameters, named_inputs, param
                                 refuse_sequence, refuse_unanalysable, remember_spellings)
 from ..core.errors import VJPUsageError, operand
 from ..core.marked import marked
+from ..core.modes import users_modes
 from ..core.quiet import no_subclass_code
 from ..core.reentrant import refuse_recomputing
 from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, graph_leaves,
@@ -127,7 +128,7 @@ class FromCell:
         cell = self.run.record
         if cell is None or cell.failed is not None:
             return lookup(self.scope, of, "--of")
-        with recording() as record:
+        with recording() as record, users_modes():
             value = lookup(self.scope, of, "--of")
         if record.calls and record.failed is None:
             self.of_record = OpRecord(cell.calls + record.calls)
@@ -152,7 +153,7 @@ class FromExpression:
         """``source`` evaluated; with ``earlier`` (the last ``%%vjp`` cell's record, kept
         while its output lives) the record is that cell's calls, then the expression's: a
         graph the cell's own backward freed is rebuilt from them."""
-        with recording() if record_ops else nullcontext() as record:
+        with recording() if record_ops else nullcontext() as record, users_modes():
             value = lookup(scope, source, "output")
         cell = earlier.record() if earlier is not None and record is not None else None
         if cell is not None and record.failed is None:

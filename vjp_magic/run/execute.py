@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
+from ..core.modes import users_modes
 from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
@@ -130,9 +131,10 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record:
         log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:
-            _run_body(shell, body, captured)
-            if final is not None:
-                final_value = _run_code(shell, final)
+            with users_modes():  # the user's torch modes, set aside by the magic: the cell's
+                _run_body(shell, body, captured)
+                if final is not None:
+                    final_value = _run_code(shell, final)
         except (RuntimeError, TypeError) as error:  # TypeError: gradient=1, a list
             log.record_failure(error)
             log.mistake = classify(error, log, source)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._device import DeviceContext
 from torch.utils.hooks import RemovableHandle
 
 from ..core.memory import gb
@@ -232,7 +233,13 @@ def version(tensor: torch.Tensor) -> int | None:
 
 
 class _Recorder(TorchFunctionMode):
-    """The mode: runs each call as it is, and notes the outermost ones in ``record``."""
+    """The mode: runs each call as it is, and notes the outermost ones in ``record``.
+
+    It sits beneath the user's own function modes (above a default device's
+    ``DeviceContext``), so a mode the cell enters or exits is pushed or popped above it, as in
+    a plain run, and it records the calls as they reach torch (:func:`recording`)."""
+
+    _vjp_magic_own = True  # core.modes sets the user's modes aside, never this one
 
     def __init__(self, record: OpRecord):
         super().__init__()
@@ -495,14 +502,44 @@ def recording():
     record = OpRecord()
     recorder = _Recorder(record)
     handles = RemovableHandle.next_id  # every hook registered makes one
+    _push_beneath_users(recorder)
     try:
-        with recorder, _custom_functions_recorded(recorder):
+        with _custom_functions_recorded(recorder):
             yield record
     except BaseException:
         record.release()
         raise
     finally:
+        if not _take_off(recorder) and record.failed is None:
+            record._give_up("the cell took vjp_magic's recorder off torch's mode stack "
+                            "(it popped more modes than it entered)")
         record.hooks_registered = RemovableHandle.next_id - handles
+
+
+def _push_beneath_users(recorder: _Recorder) -> None:
+    """``recorder`` on torch's function-mode stack beneath the modes there (the user's: a
+    mode the cell exits is popped from above it), above a default device's DeviceContext
+    (torch keeps that at the bottom)."""
+    c = torch._C
+    modes = [c._pop_torch_function_stack() for _ in range(c._len_torch_function_stack())]
+    modes.reverse()  # bottom first
+    kept = 0
+    while kept < len(modes) and isinstance(modes[kept], DeviceContext):
+        kept += 1
+    for mode in (*modes[:kept], recorder, *modes[kept:]):
+        c._push_on_torch_function_stack(mode)
+
+
+def _take_off(recorder: _Recorder) -> bool:
+    """``recorder`` taken off torch's function-mode stack wherever it is, every other mode
+    left in its place (those the cell entered stay entered); False where it was not there."""
+    c = torch._C
+    modes = [c._pop_torch_function_stack() for _ in range(c._len_torch_function_stack())]
+    modes.reverse()
+    for mode in modes:
+        if mode is not recorder:
+            c._push_on_torch_function_stack(mode)
+    return any(mode is recorder for mode in modes)
 
 
 class KeptRecord:
