@@ -186,15 +186,6 @@ def _cell_function(branch: str):
     return f
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A cell whose Python branches on an input's value (if x.sum() > 0: y = x**2 else: "
-    "y = x * x.sum(); or float(x.sum()) in a conditional expression) is headlined 'entry i of "
-    "y uses entry i of x only (proved for every x)', with no note; at x = linspace(-1.5, 1, 5) "
-    "the same cell computes x * x.sum(), whose Jacobian (torch.autograd.functional.jacobian) "
-    "has every off-diagonal entry non-zero. The graph proof holds for the graph recorded, not "
-    "for every x: a value read that steers control flow (Tensor.__bool__, float(), .item() "
-    "before a comparison: the recorder sees these calls) must turn the claim into 'at this x' "
-    "or name the branch, as a cut adds 'of the graph as computed'"))
 @pytest.mark.parametrize("branch", list(_BRANCHES))
 def test_proved_for_every_x_is_not_claimed_over_a_branch_on_x(run_vjp, branch):
     other = torch.linspace(-1.5, 1, 5, dtype=torch.float64)
@@ -435,18 +426,6 @@ _EXITS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A value computed from x that leaves autograd (.item(), .tolist(), .numpy()) and then goes "
-    "through Python or numpy arithmetic before it reaches the output (x.min().item() + 0.5 as "
-    "a clamp bound, x * (x.sum().item() + 0.5), math.exp(x[0].item()), np.float32(...), "
-    "sum(x.tolist()), x.detach().numpy().sum()) is not named as a cut: r.cuts is empty and "
-    "the headline says '(proved for every x).' without 'of the graph as computed', while the "
-    "derivatives shown differ from torch.autograd.functional.jacobian of the same formula "
-    "(e.g. the clamped entry y[1] = x.min() + 0.5: 1 in truth, 0 shown). The same values used "
-    "directly (x * x.sum().item(), clamp(min=x.min().item())) are named. Class: run/cuts.py "
-    "follows taint by identity only, so a new Python/numpy number computed from a tainted "
-    "one is clean; a recorded call reading any Python/numpy float made after an exit should "
-    "count (or say 'guessed', as numpy data already does)"))
 @pytest.mark.parametrize("cell", list(_EXITS))
 def test_an_exited_value_after_python_arithmetic_is_named_as_a_cut(run_vjp, cell):
     source, f = _EXITS[cell]

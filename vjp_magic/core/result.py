@@ -189,6 +189,9 @@ class DerivativeResult:
     symbolic: dict = field(default_factory=dict)  # SymPy's formulas (--symbolic)
     crosscheck: dict = field(default_factory=dict)  # each formula agrees with autograd
     cuts: tuple = ()  # values from an input that reach the output as constants (run/cuts.Cut)
+    # values computed from an input read into Python, where they may steer the cell's path
+    # (run/cuts.Read): what the graph proves then holds for the path this input took
+    steers: tuple = ()
     view: object | None = field(default=None, repr=False, compare=False)
 
     @property

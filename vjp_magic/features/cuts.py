@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..render.document import Bullets, Paragraph, Section, paragraph
 from ..run.choose import Subject
-from ..run.cuts import find_cuts
+from ..run.cuts import find_cuts, find_reads
 from . import Added, Asked
 
 flags = ()
@@ -21,9 +21,18 @@ replays_record = False  # reads the record (nothing without one) but never repla
 def add(result, request: Asked, subject: Subject) -> Added:
     inputs = {name: item.tensor for name, item in result.inputs.items()}
     cuts = find_cuts(subject.record, inputs, result.output)
-    if not cuts:
+    named = {(cut.op, cut.line) for cut in cuts}  # a value read that is a cut: said there
+    reads = tuple(read for read in find_reads(subject.record, inputs, result.output)
+                  if (read.op, read.line) not in named)
+    if not cuts and not reads:
         return Added()
-    return Added(before=cut_sections(cuts), stored={"cuts": cuts})
+    stored = {"cuts": cuts} if cuts else {}
+    before = cut_sections(cuts) if cuts else ()
+    if reads:  # the headline claims the structure at this x only (render.sections.steered)
+        stored["steers"] = reads
+        said = [paragraph(read.sentence()) for read in reads[:3]]
+        before += (Section((said[0] if len(said) == 1 else Bullets(tuple(said)),)),)
+    return Added(before=before, stored=stored)
 
 
 def cut_sections(cuts) -> tuple[Section, ...]:

@@ -23,7 +23,7 @@ from .graph_facts import one_function
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
-from .sections import (as_computed, component_indices, formula, not_shown, output_note,
+from .sections import (as_computed, steered, component_indices, formula, not_shown, output_note,
                        shapes, shown_inputs)
 from .sparse import hessian_paragraph
 
@@ -70,6 +70,8 @@ def _m(tex: str, plain_text: str | None = None) -> Math:
 def _evidence(item, name: str, result=None) -> list:
     computed = as_computed(result, name) if result is not None else ""
     given = ", ".join(getattr(item, "conditional_on", ()))
+    if result is not None and steered(result, name):  # a branch on x's value may follow
+        return [Text(" (checked at this "), notation.prose_name(name), Text(f" only{computed})")]
     if item.evidence == "proved" and given:  # saved indices / masks that may come from x
         return [Text(" (proved for every "), notation.prose_name(name),
                 Text(f" that gives the same indices and masks ({given}){computed})")]

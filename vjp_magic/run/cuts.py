@@ -31,7 +31,7 @@ import torch
 from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
 from .plan import recorded_alias, storage_key
-from .record import outs_of, tensors_in
+from .record import outs_of, reads_of, tensors_in
 from .steps import DETACHING, function_name
 
 MAX_CUTS = 20  # distinct cuts named; past this the rest are counted
@@ -83,10 +83,11 @@ class Cut:
         if self.count > 1:
             out.append((f" ({self.count:,} times)", False))
         if self.guessed:
-            out.append((f" hands values computed from {names} to numpy, and a tensor made "
-                        "from numpy data reaches the output as a constant: if it holds "
-                        f"them, the {self._shown()} of the graph as computed, in which they "
-                        f"do not change with {names}.", False))
+            out.append((f" hands values computed from {names} out of torch (to Python or "
+                        "numpy), and a number or tensor made from such data outside torch "
+                        "reaches the output as a constant: if it holds them, the "
+                        f"{self._shown()} of the graph as computed, in which they do not "
+                        f"change with {names}.", False))
             return tuple(piece for piece in out if piece[0])
         out.append((" makes ", False))
         for k, text in enumerate(self.constants):
@@ -146,6 +147,7 @@ class _Flow:
     meets: dict = field(default_factory=dict)
     made_by: dict = field(default_factory=dict)
     to_numpy: set = field(default_factory=set)  # cuts whose values went into numpy arrays
+    exited: set = field(default_factory=set)  # cuts whose values left torch (numbers, lists)
     guessed: set = field(default_factory=set)  # ids tainted by :meth:`from_outside` alone
 
     def from_outside(self, value) -> set:
@@ -203,14 +205,20 @@ def _forward(calls, inputs: dict) -> _Flow:
         names = set().union(*(flow.live.get(id(o), ()) for o in read))
         tainted = set().union(*(flow.tainted(o) for o in read)) \
             if flow.taint or flow.to_numpy else set()  # nothing is tainted before a cut
-        outside = not tainted and flow.to_numpy and function_name(call.func) in _COPIES \
-            and any(_is_array(o) and id(o) not in flow.made_by for o in read)
-        if outside:  # torch.tensor(a) of an array computed in numpy: a guess, as above
-            tainted = set(flow.to_numpy)
+        gone = flow.to_numpy | flow.exited  # cuts whose values left torch so far
+        loose = [o for o in read if _loose(o, call, flow)] if gone and not tainted else []
+        outside = bool(loose) and not names
+        if outside:  # torch.tensor(a), torch.ones(3) * v of a number or an array computed
+            tainted = set(gone)  # outside torch after a value left it: a guess, as above
         outs = _floating(outs_of(call)) + _exits(call)
         detaching = function_name(call.func) in DETACHING
         live = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
                 and not detaching] if names else []
+        if live and loose:  # x * (x.sum().item() + 0.5): the number may hold the values
+            for o in loose:
+                flow.guessed.add(id(o))
+                for cut in gone:
+                    flow.meets.setdefault(cut, []).append((index, id(o)))
         # (an input written in place before it required grad, x.add_(1) then
         # x.requires_grad_(), is the input still: no value left autograd)
         dead = [o for o in outs if not any(o is t for t in live) and id(o) not in leaves]
@@ -225,6 +233,8 @@ def _forward(calls, inputs: dict) -> _Flow:
                 flow.taint.setdefault(id(out), set()).add(len(flow.cuts) - 1)
         if not tainted:
             continue
+        if _exits(call):
+            flow.exited.update(tainted)
         for out in dead:
             for key in _keys(out):
                 flow.taint.setdefault(key, set()).update(tainted)
@@ -285,6 +295,35 @@ def _objects(value, depth: int = 0) -> list:
 
 def _is_data(value) -> bool:
     return isinstance(value, (torch.Tensor, float, complex)) or _is_array(value)
+
+
+def _loose(value, call, flow: _Flow) -> bool:
+    """Whether ``value``, read by ``call``, is a floating number or array no recorded call made
+    and that is no constant written in the calling code (``x * 2.0``): after a value left
+    torch, Python or numpy arithmetic on it (``x.min().item() + 0.5``, ``sum(x.tolist())``)
+    makes such a number, which the record cannot follow."""
+    if id(value) in flow.made_by:
+        return False
+    if isinstance(value, (float, complex)):
+        pass
+    elif not _is_array(value) or getattr(value, "dtype", None) is None \
+            or value.dtype.kind not in "fc":
+        return False
+    site = getattr(call, "site", None)
+    return not (site and any(value is c for c in _constants(site[0])))
+
+
+def _constants(code) -> list:
+    """The constants written in ``code`` (tuples of them opened)."""
+    found: list = []
+    todo = [(const, 0) for const in getattr(code, "co_consts", ())]
+    while todo:
+        const, depth = todo.pop()
+        if isinstance(const, (tuple, frozenset)) and depth < 3:
+            todo.extend((item, depth + 1) for item in const)
+        else:
+            found.append(const)
+    return found
 
 
 def _is_array(value) -> bool:
@@ -510,4 +549,83 @@ class _Site:
         return text if 0 < len(text) <= MAX_TEXT else None
 
 
-__all__ = ["Cut", "CutKind", "cut_inputs", "find_cuts"]
+# -- values read into Python ------------------------------------------------------------------
+# Calls that hand a tensor's values to Python (a truth value, a number, a list, an array)
+_READS = {"__bool__", "item", "__float__", "__int__", "__index__", "__complex__", "tolist",
+          "numpy", "__array__", "equal", "allclose", "is_nonzero"}
+
+
+@dataclass(frozen=True)
+class Read:
+    """A value computed from the inputs read into Python (``if x.sum() > 0:``,
+    ``float(x.sum())``, ``x.max().item()``): it may choose the path the cell takes, so what
+    the recorded graph proves holds for the path these inputs took. ``op``: the call as
+    written (its name where the source is not known); ``line``: its cell line; ``inputs``:
+    the inputs it was computed from."""
+
+    op: str
+    line: int | None
+    inputs: tuple[str, ...]
+
+    def sentence(self) -> Marked:
+        """One sentence: what was read, and what it means for the claim."""
+        names = _names(self.inputs)
+        where = f" on line {self.line}" if self.line else ""
+        return marked(f"{code(self.op)}{where} reads a value computed from {names} into "
+                      f"Python, where it may choose the cell's path (an `if`, a loop, a "
+                      f"number used later): the structure shown is proved for the graph this "
+                      f"{names} made, so it is claimed at this {names} only.")
+
+
+def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
+    """The places (one each, in the order they ran) where a value computed from ``inputs``
+    (name -> tensor; by identity, through any recorded call, autograd's or not) was read
+    into Python (:data:`_READS`) before the last call ``output`` needs (a read after it, a
+    ``print`` of the values, chose nothing of its path), and whose value did not go back into
+    torch (``torch.tensor(x.tolist())``: a cut, said as one); empty without a (complete)
+    record."""
+    if record is None or record.failed is not None or not record.calls \
+            or not isinstance(output, torch.Tensor):
+        return ()
+    derived = {}
+    for name, t in inputs.items():
+        if isinstance(t, torch.Tensor):
+            derived.setdefault(id(t), set()).add(name)
+    found: dict = {}
+    handed: dict = {}  # key of a value read (_keys) -> the key of its read in ``found``
+    back: set = set()  # reads whose value went back into torch
+    last = None  # the index of the last call the output needs, once a read was found
+    for index, call in enumerate(record.calls):
+        if handed:
+            for item in _objects((call.args, call.kwargs)):
+                back.update(handed[k] for k in _keys(item) if k in handed)
+        names = set().union(*(derived.get(id(t), ()) for t in reads_of(call)))
+        if not names:
+            continue
+        for out in outs_of(call):
+            derived.setdefault(id(out), set()).update(names)
+        name = function_name(call.func)
+        if name not in _READS:
+            continue
+        if last is None:
+            needed = _needed(record.calls, recorded_alias(record, inputs, output))
+            last = max(needed, default=-1)
+        if index >= last:
+            break
+        site = _Site.of(call)
+        key = site.key if site else name
+        entry = found.setdefault(key, [site, name, set()])
+        entry[2] |= names
+        for value in [call.result] + _objects(call.result, 1):
+            if _is_data(value) or isinstance(value, list):
+                for k in _keys(value):
+                    handed[k] = key
+        if len(found) >= MAX_CUTS:
+            break
+    order = list(inputs)
+    return tuple(Read((site.text() if site else None) or f".{name}()",
+                      site.line if site else None, tuple(n for n in order if n in names))
+                 for key, (site, name, names) in found.items() if key not in back)
+
+
+__all__ = ["Cut", "CutKind", "Read", "cut_inputs", "find_cuts", "find_reads"]
