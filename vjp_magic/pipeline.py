@@ -163,6 +163,11 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
     """
     from .teach import grading, grading_against
 
+    with modes_aside():  # the user's torch modes run on f's calls only (grading_against)
+        return _checked(grading, grading_against, answer, output, inputs, names, y)
+
+
+def _checked(grading, grading_against, answer, output, inputs, names, y):
     if callable(output) and not isinstance(output, torch.Tensor):
         named = named_inputs(inputs, names)
         result = None if y is None else _graded_result(y, named)

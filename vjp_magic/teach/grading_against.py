@@ -28,6 +28,7 @@ import torch
 
 from ..core import analysis
 from ..core.errors import VJPUsageError
+from ..core.modes import users_modes
 from ..core.marked import marked, markup
 from ..core.tolerances import tolerances
 from .grading import Verdict, VerdictKind, grade
@@ -58,9 +59,10 @@ def _call(f, fresh: dict):
         parameters = inspect.signature(f).parameters
     except (TypeError, ValueError):
         parameters = {}
-    if fresh and set(fresh) <= set(parameters):
-        return f(**fresh)
-    return f(*fresh.values())
+    with users_modes():  # the user's torch modes, set aside by check: for f's own calls
+        if fresh and set(fresh) <= set(parameters):
+            return f(**fresh)
+        return f(*fresh.values())
 
 
 def from_function(f: Callable) -> Exercise:
