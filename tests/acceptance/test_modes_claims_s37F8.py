@@ -141,3 +141,35 @@ def test_check_runs_the_users_mode_on_f_only(empty_stack_after):
     assert verdict.correct
     assert len(log) % len(plain) == 0 and 0 < len(log) <= 3 * len(plain)  # f's calls only
     assert set(log) == set(plain)
+
+
+def test_a_tracing_dispatch_mode_is_refused_before_anything_runs():
+    """FakeTensorMode (a mode torch keeps in a slot of its own) cannot be set aside: the
+    usage error comes first, and the dispatch stack is left as it was."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    x = torch.linspace(-1, 1, 5, requires_grad=True)
+    y = torch.sin(x)
+    with pytest.raises(vjp_magic.VJPUsageError, match="FakeTensorMode"):
+        with FakeTensorMode():
+            vjp_magic.differentiate(y, x)
+    assert _get_current_dispatch_mode_stack() == []
+
+
+def test_jacobian_of_an_expression_runs_the_users_mode_on_the_expression_only(
+        ip, run_ok, empty_stack_after):
+    """%jacobian (x**2).sum() wrt x with a user's mode left entered: the mode logs the
+    expression's 2 calls, as evaluating it in a plain cell does, and stays entered."""
+    run_ok("from torch.overrides import TorchFunctionMode\nlog = []\n"
+           "class L(TorchFunctionMode):\n"
+           "    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
+           "        log.append(func)\n        return func(*args, **(kwargs or {}))\n"
+           "x = torch.linspace(-1, 1, 5, requires_grad=True)\nm = L()\nm.__enter__()\n")
+    run_ok("_plain = (x**2).sum()")
+    plain = len(ip.user_ns["log"])
+    ip.user_ns["log"].clear()
+    r = run_ok("%jacobian (x**2).sum() wrt x")
+    assert len(ip.user_ns["log"]) == plain == 2
+    assert _names() == ["L"]
+    torch.testing.assert_close(r.jacobian("x"), 2 * ip.user_ns["x"].detach())
