@@ -15,7 +15,6 @@ import torch
 from . import axisflow, memory, structure, validation
 from . import given as given_jacobians
 from .candidates import Candidate, candidates
-from .checked_batches import batching_trusted
 from .sparse_choice import SparseChoice
 from .derivatives import forward_at_points, forward_jacobian, pass_key, remember_seconds
 from .indexmaps import proved_pattern
@@ -89,9 +88,7 @@ def differentiate(
     context = Context(output, output_name, budget, batched, max_chunk, workspace, full, probes,
                       sparse=SparseChoice(output, output_name, budget, probes, full),
                       key=pass_key(output, named.values(), workspace),
-                      batching_trusted=bool(proofs) and all(
-                          batching_trusted(p.kinds, output, named.values())
-                          for p in proofs.values()))
+                      kinds=tuple(p.kinds for p in proofs.values()))
     if rest:
         with context.sparse.on_refusal():  # says what a sparse Jacobian would need
             accepted.update(_accepted(context, rest, proofs, max_pairings, exact_up_to))

@@ -16,7 +16,8 @@ import torch
 
 from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
-from .checked_batches import batching_vector, batching_verdict, plain_probe, within_noise
+from .checked_batches import (batching_trusted, batching_vector, batching_verdict, plain_probe,
+                              within_noise)
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
@@ -38,9 +39,17 @@ class Context:
     rejected: dict = field(default_factory=dict)  # name → pairings the probe rule rejected
     sparse: object | None = None  # the compressed path (core.sparse_choice.SparseChoice)
     key: tuple = ()  # the graph's fingerprint with every input (derivatives.pass_key)
-    # every node of the graph batches right under vmap (checked_batches.batching_trusted):
-    # a vectorised full Jacobian needs no batching probe
-    batching_trusted: bool = False
+    # the classes of the graph's nodes, per input's walk (axisflow.GraphProof.kinds): where
+    # each batches right under vmap (:meth:`batching_trusted`), a vectorised full Jacobian
+    # needs no batching probe
+    kinds: tuple = ()
+
+    def batching_trusted(self) -> bool:
+        """Whether every walk of the graph found only nodes that batch right
+        (:func:`.checked_batches.batching_trusted`); False where none was walked."""
+        inputs = self.probes.named.values()
+        return bool(self.kinds) and all(batching_trusted(k, self.output, inputs)
+                                        for k in self.kinds)
 
     def reject(self, name: str, pairing) -> None:
         self.rejected.setdefault(name, []).append(pairing)
@@ -108,7 +117,7 @@ def _checked_jacobians(context, named, probes, proved=False,
     against a plain probe where a vectorised backward computed some of it (``proved``: no
     structure is probed afterwards, so the check need not use probe 0). ``ordinary`` (a set)
     gets the names whose Jacobian that check showed finite and not all 0. A graph whose
-    every node batches right (``context.batching_trusted``) gets no check: its vectorised
+    every node batches right (``context.batching_trusted()``) gets no check: its vectorised
     Jacobian is the plain passes' own."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
@@ -116,7 +125,7 @@ def _checked_jacobians(context, named, probes, proved=False,
     flats = dict(zip(reverse, stacked))
     del stacked
     redo = []
-    if vectorised and output.numel() > 1 and not context.batching_trusted:
+    if vectorised and output.numel() > 1 and not context.batching_trusted():
         v, vjps = _batching_probe(context, {n: named[n] for n in reverse}, probes,
                                   own=proved and len(reverse) == len(named))
         verdicts = {n: batching_verdict(flats[n], v, vjps[n]) for n in reverse}
