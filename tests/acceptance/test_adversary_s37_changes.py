@@ -1,0 +1,436 @@
+"""Adversarial review (s37 G23) of this session's trust changes: the strict pass guard by what
+the engine's C call enters (T13), the user's torch modes set aside and lent back (F8), values
+read into Python / exits from torch named (F8), grading's 'undecided' and pairing's rescaled
+second reading (F7).
+
+Expected values: mathematics, ``torch.autograd.functional.jacobian``, and a plain run of the
+same code (state). Strict xfails are findings; their reasons say what is wrong and the class
+behind it. Unmarked tests guard what held.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import sys
+import threading
+
+import pytest
+import torch
+from custom_functions import RUNS, hooked, linspace_x
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+import vjp_magic
+from vjp_magic.core.pairing import Pairing, probe_rounding
+from vjp_magic.core.torch_api import guarded_grad
+
+# -- 1. the strict pass guard (T13) -------------------------------------------------------------
+
+
+def __del__(g):  # noqa: N807  (a tensor hook that only looks like a finaliser by its name)
+    RUNS.append(g)
+    return g * 100
+
+
+def _scaling(g):
+    RUNS.append(g)
+    return g * 100
+
+
+def _refused_unrun(y, x, entry: str = "differentiate"):
+    """The strict guard's promise for a hook on the user's own graph: refused, the hook not
+    run, x.grad untouched."""
+    RUNS.clear()
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook"):
+        getattr(vjp_magic, entry)(y, x)
+    assert not RUNS, f"the user's hook ran {len(RUNS)} times inside the analysis"
+    assert x.grad is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A tensor hook whose function is named __del__ (def __del__(g): ...; or any function whose "
+    "code has co_name '__del__') runs inside the analysis's strict pass: pass_guard."
+    "_interpreters lets a frame named __del__ with one positional argument run without "
+    "looking at that argument, which here is the gradient (every graph hook is called with "
+    "one). The hook ran 3 times and its g*100 scaled the derivatives shown. Class: the "
+    "'called by the interpreter' test must apply the no-gradient rule to __del__ too "
+    "(a finaliser's only argument is self, never a Tensor)"))
+def test_a_hook_named_like_a_finaliser_is_still_refused():
+    x = linspace_x()
+    _refused_unrun(hooked(x, __del__), x)
+
+
+@pytest.mark.parametrize("hook", ["Queue.put", "Logger.warning"])
+@pytest.mark.xfail(strict=True, reason=(
+    "A standard library callable registered as a MODULE backward hook "
+    "(m.register_full_backward_pre_hook(q.put) or (logger.warning) with the user's "
+    "logging.Handler) runs in the strict pass: the queue gets one item per pass (3), the "
+    "user's Handler.emit runs (the Logger.handle region lets its handlers run). The same "
+    "callables as TENSOR hooks are refused (test_pass_guard_s37T13). Class: _strict lets "
+    "standard-library frames run whenever their caller is not the engine itself, but a module "
+    "hook's caller is PyTorch's hook machinery (torch/utils/hooks.py), which calls the user's "
+    "hook as the engine would; and Logger.handle is a region for any caller, not only a "
+    "record PyTorch's Python logs"))
+def test_a_standard_library_module_hook_is_refused_unrun(hook):
+    q = queue.Queue()
+    handler_runs: list = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            handler_runs.append(record)
+
+    logger = logging.getLogger("test_adversary_s37G23")
+    logger.handlers[:] = [Handler()]
+    logger.propagate = False
+    x = linspace_x()
+    m = torch.nn.Linear(5, 5).double()
+    m.register_full_backward_pre_hook(q.put if hook == "Queue.put" else logger.warning)
+    y = m(x)
+    with pytest.raises(vjp_magic.VJPUsageError, match="your hook"):
+        vjp_magic.differentiate(y, x)
+    assert q.empty() and not handler_runs
+
+
+def test_a_users_module_hook_is_refused_unrun():
+    """The counterpart (held): the user's own function as a module backward pre-hook."""
+    x = linspace_x()
+    m = torch.nn.Linear(5, 5).double()
+    m.register_full_backward_pre_hook(lambda module, grad: RUNS.append(grad))
+    _refused_unrun(m(x), x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A hook made by exec with globals claiming a torch module's name "
+    "(exec(src, {'__name__': 'torch.nn.functional'})) runs in the strict pass and its g*100 "
+    "changes the derivatives: pass_guard._generated takes a string-compiled function to be "
+    "the module its globals' __name__ names (sys.modules[name].__file__, PyTorch's), without "
+    "checking that its globals are that module's __dict__. Class: code compiled from a "
+    "string should be the module's only when frame.f_globals is sys.modules[name].__dict__"))
+def test_a_hook_execd_under_a_torch_module_name_is_refused():
+    namespace = {"__name__": "torch.nn.functional", "RUNS": RUNS}
+    exec("def hook(g):\n    RUNS.append(g)\n    return g * 100\n", namespace)
+    x = linspace_x()
+    _refused_unrun(hooked(x, namespace["hook"]), x)
+
+
+def test_a_hook_with_a_forged_module_attribute_is_refused():
+    """Held: __module__ set to torch's does not make the user's function PyTorch's."""
+    def hook(g):
+        RUNS.append(g)
+        return g * 100
+    hook.__module__ = "torch.nn.functional"
+    x = linspace_x()
+    _refused_unrun(hooked(x, hook), x)
+
+
+def test_a_torch_function_partial_holding_the_users_function_is_refused():
+    """Held: functools.partial(torch.utils._pytree.tree_map, user_fn) as a hook: PyTorch's
+    Python calling the user's function is refused before that function runs."""
+    import torch.utils._pytree as pytree
+    x = linspace_x()
+    _refused_unrun(hooked(x, functools.partial(pytree.tree_map, _scaling)), x)
+
+
+@pytest.mark.parametrize("entry", ["differentiate", "dependency", "sparse_jacobian"])
+def test_a_refused_pass_leaves_the_threads_state_as_it_was(entry):
+    """Held: after a refusal the thread's profiler (a Python function of the user's), the
+    threading module's profile, the engine object and the leaf's .grad are as before."""
+    def profiler(frame, event, arg):
+        return None
+    engine = torch.autograd.Variable._execution_engine
+    threading_profile = getattr(threading, "_profile_hook", None)
+    x = linspace_x()
+    y = hooked(x, _scaling)
+    sys.setprofile(profiler)
+    try:
+        RUNS.clear()
+        with pytest.raises(vjp_magic.VJPUsageError):
+            getattr(vjp_magic, entry)(y, x)
+        after = sys.getprofile()
+    finally:
+        sys.setprofile(None)
+    assert after is profiler
+    assert not RUNS and x.grad is None
+    assert torch.autograd.Variable._execution_engine is engine
+    assert getattr(threading, "_profile_hook", None) is threading_profile
+
+
+def test_a_users_thread_passes_run_their_hooks_while_a_guarded_pass_runs():
+    """Held: a user's thread calling backward (its hook scaling the gradient) while the main
+    thread's guarded passes run: every user pass runs its hook and gets 3·cos(x); the engine
+    object is the original one after both."""
+    engine = torch.autograd.Variable._execution_engine
+    stop, results, hook_runs = threading.Event(), [], []
+
+    def users_thread():
+        while not stop.is_set() and len(results) < 200:
+            t = torch.linspace(0.1, 1, 5, dtype=torch.float64, requires_grad=True)
+            h = torch.sin(t)
+            h.register_hook(lambda g: (hook_runs.append(1), g * 3)[1])
+            h.sum().backward()
+            results.append(torch.allclose(t.grad, 3 * torch.cos(t.detach())))
+
+    worker = threading.Thread(target=users_thread)
+    worker.start()
+    try:
+        x = torch.linspace(0.1, 1, 50, dtype=torch.float64, requires_grad=True)
+        y = torch.sin(x).pow(2).sum()
+        for _ in range(50):
+            (g,) = guarded_grad(y, x, retain_graph=True)
+    finally:
+        stop.set()
+        worker.join()
+    torch.testing.assert_close(g, torch.sin(2 * x.detach()))
+    assert results and all(results) and len(hook_runs) == len(results)
+    assert torch.autograd.Variable._execution_engine is engine
+
+
+# -- 2. the user's torch modes (F8) -------------------------------------------------------------
+
+_MODES = '''
+import vjp_magic
+from torch.overrides import TorchFunctionMode
+log = []
+class FM(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        log.append(getattr(func, "__name__", "?"))
+        return func(*args, **(kwargs or {}))
+class Boom(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        log.append(getattr(func, "__name__", "?"))
+        if getattr(func, "__name__", "") == "sin":
+            raise ValueError("no sin")
+        return func(*args, **(kwargs or {}))
+'''
+_X = "x = torch.linspace(-1, 1, 5, requires_grad=True)\n"
+_CELLS = {
+    "a mode raising, entered in the cell": "m = Boom()\nm.__enter__()\n" + _X
+                                           + "y = torch.sin(x)\n",
+    "a mode raising inside with": _X + "with Boom():\n    y = torch.sin(x)\n",
+    "modes exited out of order": "a = FM(); b = FM()\na.__enter__(); b.__enter__()\n"
+                                 "a.__exit__(None, None, None)\n" + _X + "y = torch.sin(x)\n",
+    "set_default_device then a mode": "torch.set_default_device('cpu')\nm = FM()\n"
+                                      "m.__enter__()\n" + _X + "y = torch.sin(x)\n",
+    "enable_reentrant_dispatch under a mode": "m = FM()\nm.__enter__()\n" + _X
+        + "with torch.overrides.enable_reentrant_dispatch():\n    y = torch.sin(x)\n",
+}
+_NESTED = ("m = FM()\nm.__enter__()\n" + _X + "y = torch.sin(x)\n"
+           "r = vjp_magic.differentiate(lambda: torch.cos(x), x)\n")
+
+
+def _stacks():
+    return ([type(m).__name__ for m in _get_current_function_mode_stack()],
+            [type(m).__name__ for m in _get_current_dispatch_mode_stack()])
+
+
+def _clear_modes():
+    from torch.utils._python_dispatch import _pop_mode
+    while _get_current_function_mode_stack():
+        torch._C._pop_torch_function_stack()
+    while _get_current_dispatch_mode_stack():
+        _pop_mode()
+    torch.set_default_device(None)
+
+
+def _plain_then_vjp(ip, body: str):
+    """For a plain run of ``body`` and one under %%vjp (each after _MODES): the error's type,
+    the mode stacks, the user's mode's log, the default device, the log's length after a
+    next cell."""
+    out = []
+    try:
+        for source in (body, "%%vjp\n" + body):
+            assert ip.run_cell(_MODES).success
+            result = ip.run_cell(source)
+            error = type(result.error_in_exec).__name__ if result.error_in_exec else None
+            seen = [error, _stacks(), list(ip.user_ns["log"]), str(torch.get_default_device())]
+            assert ip.run_cell("z = torch.cos(torch.ones(2))").success
+            out.append(seen + [len(ip.user_ns["log"])])
+            _clear_modes()
+    finally:
+        _clear_modes()
+    return out
+
+
+@pytest.mark.parametrize("cell", list(_CELLS))
+def test_the_users_modes_in_odd_cells_run_as_in_a_plain_run(ip, cell):
+    plain, after = _plain_then_vjp(ip, _CELLS[cell])
+    assert after == plain
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A %%vjp cell that enters a TorchFunctionMode and then calls vjp_magic.differentiate("
+    "lambda: ..., x) fails with 'ValueError: list.remove(x): x not in list' raised from "
+    "core/modes.py modes_aside's finally (_SAVED.entries.remove(entry)) when the magic's "
+    "modes_aside exits; the cell's result is lost and the user's mode is popped (stacks "
+    "empty after, the next cell's calls unlogged), where a plain run of the cell succeeds "
+    "and leaves FM entered. The same cell without a mode passes. Class: the nested "
+    "modes_aside/users_modes bookkeeping (an entry point inside a lent cell) loses the "
+    "outer entry (list.remove matches by equality, not identity, and the lent entry is "
+    "mutated in place)"))
+def test_an_entry_point_inside_a_cell_that_entered_a_mode(ip):
+    plain, after = _plain_then_vjp(ip, _NESTED)
+    assert plain[0] is None and plain[1] == (["FM"], [])  # the premise
+    assert after == plain
+
+
+# -- 3. values read into Python, exits from torch (F8) -----------------------------------------
+
+_POINT = "x = torch.tensor([0.3, -1.2, 2.0, 0.7, -0.1], dtype=torch.float64, requires_grad=True)\n"
+_OTHER = torch.tensor([0.3, -1.2, -2.0, 0.7, -0.1], dtype=torch.float64)  # x.sum() < 0 there
+
+
+def _every_x(r) -> bool:
+    return "(proved for every x)" in r._repr_mimebundle_()["text/plain"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A read that decides whether the output is replaced AFTER the output's last call "
+    "(y = x ** 2, then if x.sum() < 0: y = x * x.sum(); or y = y if float(x.sum()) > 0 else "
+    "...) is not named: run/cuts.find_reads stops at the output's last needed call, so at "
+    "x with sum > 0 the headline says 'entry i of y uses entry i of x only (proved for "
+    "every x)', while at another x (sum < 0) the cell computes x * x.sum(), whose Jacobian "
+    "(torch.autograd.functional.jacobian) has every off-diagonal entry non-zero. Class: a "
+    "truth-value read (__bool__, is_nonzero, equal, allclose) anywhere before the cell ends "
+    "may choose which value the output's name is bound to"))
+@pytest.mark.parametrize("source", [
+    "y = x ** 2\nif x.sum() < 0:\n    y = x * x.sum()\n",
+    "y = x ** 2\ny = y if float(x.sum()) > 0 else x * x.sum()\n",
+])
+def test_a_read_after_the_output_that_may_replace_it(run_vjp, source):
+    jac = torch.autograd.functional.jacobian(lambda t: t * t.sum(), _OTHER)
+    assert jac[~torch.eye(5, dtype=torch.bool)].abs().min() > 0  # the counterexample
+    assert not _every_x(run_vjp(_POINT + source))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A value leaving torch through string formatting (s = f'{x.sum():.3f}'; y = x * "
+    "float(s); or format(x.sum(), '.4f')) is neither a read nor a cut: r.cuts is empty and "
+    "the headline says '(proved for every x)' with a diagonal Jacobian, while the formula "
+    "x * x.sum() has every off-diagonal entry non-zero (torch.autograd.functional."
+    "jacobian). Tensor.__format__ is missing from run/cuts' _READS and exits ('%.4f' % "
+    "x.sum(), through __float__, is named)"))
+@pytest.mark.parametrize("source", ["s = f'{x.sum():.3f}'\ny = x * float(s)\n",
+                                    "y = x * float(format(x.sum(), '.4f'))\n"])
+def test_an_exit_through_string_formatting_is_named(run_vjp, source):
+    r = run_vjp(_POINT + source)
+    assert r.cuts or not _every_x(r)
+
+
+@pytest.mark.parametrize("source", [
+    "i = x.argmax().item()\ny = x * x[i]\n",
+    "k = int(x.sum())\ny = x * x[k]\n",
+    "y = x ** 2 if bool((x > 0).all()) else x * x.sum()\n",
+    "d = {1.0: 1.0, 2.0: 2.0}\ny = x * d[float(round(x.sum().item()))]\n",
+    "y = x * x[x.argmax()]\n",
+    "y = x[x.argsort()]\n",
+    "import math\ny = x * math.fsum(x.tolist())\n",
+    "y = x * torch.tensor(x.tolist()).sum()\n",
+    "import numpy as np\ny = x * float(np.exp(x.detach().numpy()).sum())\n",
+    "y = x * float('%.4f' % x.sum())\n",
+])
+def test_a_value_read_or_exited_is_not_proved_for_every_x(run_vjp, source):
+    """Held: int(), bool(), .item() as an index or a dict key, a tensor index from argmax /
+    argsort, math.fsum, torch.tensor(list), numpy ufuncs, %-formatting: the claim is not
+    'proved for every x'."""
+    assert not _every_x(run_vjp(_POINT + source))
+
+
+@pytest.mark.parametrize("source", ["y = x * len(x)\n", "y = x * x.shape[0]\n",
+                                    "print(x.sum())\ny = x ** 2\n",
+                                    "y = x * (x.sum() > 0)\n"])
+def test_no_false_alarm_on_shapes_a_print_or_a_mask(run_vjp, source):
+    """Held (false positives): a shape, a print after nothing depends on it, a 0/1 mask kept
+    in torch: diagonal for every x, proved, no cut."""
+    r = run_vjp(_POINT + source)
+    assert _every_x(r) and not r.cuts
+
+
+# -- 4. grading (F7) ----------------------------------------------------------------------------
+
+def _grades():
+    out = {}
+    for dtype in (torch.float32, torch.float64):
+        x = torch.linspace(0.5, 2, 5, dtype=dtype)
+        name = str(dtype).split(".")[1]
+        for s in (1e-30, 1e-20, 1e-6):
+            out[f"{name} {s}*x^2, answer 0"] = (torch.zeros(5, dtype=dtype),
+                                                lambda t, s=s: s * t**2, x, False)
+            out[f"{name} {s}*x^2, answer s*x"] = (s * x, lambda t, s=s: s * t**2, x, False)
+        for s in (1e20, 1e30):
+            out[f"{name} {s}*x^2, answer 1.001 of the truth"] = (
+                2 * s * x * 1.001, lambda t, s=s: s * t**2, x, False)
+        out[f"{name} (x + 1e8) - 1e8, answer 0"] = (torch.zeros(5, dtype=dtype),
+                                                    lambda t: (t + 1e8) - 1e8, x, False)
+        out[f"{name} (x + 1e8) - 1e8, answer 1"] = (torch.ones(5, dtype=dtype),
+                                                    lambda t: (t + 1e8) - 1e8, x, True)
+        out[f"{name} x*1e20*1e-20, answer 1.001"] = (torch.full((5,), 1.001, dtype=dtype),
+                                                     lambda t: t * 1e20 * 1e-20, x, False)
+    half = torch.linspace(0.5, 2, 5, dtype=torch.float16)
+    out["float16 x^2, answer 1.01 of 2x"] = ((2 * half * 1.01).half(), lambda t: t**2, half,
+                                            False)
+    out["bfloat16 x^2, answer 1.05 of 2x"] = (2 * half.bfloat16() * 1.05, lambda t: t**2,
+                                             half.bfloat16(), False)
+    return out
+
+
+_GRADES = _grades()
+
+
+@pytest.mark.parametrize("case", list(_GRADES))
+def test_no_wrong_answer_is_marked_correct_at_any_scale(case):
+    """Held: tiny and huge scales, cancellation, half types: a wrong answer is never ✓ (the
+    truth 2·s·x, or 1, from mathematics), and the right ones below are."""
+    answer, f, x, right = _GRADES[case]
+    verdict = vjp_magic.check(answer, f, x)
+    assert verdict.correct is right, verdict.headline
+
+
+# -- 5. pairing's rescaled second reading (F7) ---------------------------------------------------
+
+def _softmax_probe(leak: float, dtype, seed: int = 0, batch: int = 4, width: int = 3):
+    """probe_rounding for y = softmax(X - X.max(), dim=1) + leak·X.max() (batch axis paired):
+    the shifted softmax's dependence on the batch-wide max cancels in mathematics (rounding
+    only), while leak·X.max() is a real dependence of every row on the max's row
+    (∂y[b, c]/∂X[b*, k*] = leak for b ≠ b*), landing on the same entry as that rounding."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(batch, width, generator=g, dtype=dtype) * 3
+
+    def f(t):
+        return torch.softmax(t - t.max(), dim=1) + leak * t.max()
+
+    J = torch.autograd.functional.jacobian(f, X)
+    D = torch.empty(width, batch, width, dtype=dtype)
+    for b in range(batch):
+        D[:, b, :] = J[b, :, b, :]
+    leaf = X.clone().requires_grad_()
+    y = f(leaf)
+
+    def again(w):
+        return torch.autograd.grad(y, leaf, w, retain_graph=True)[0]
+
+    v = torch.randn(batch, width, generator=g, dtype=dtype)
+    return probe_rounding(D, Pairing(((0, 0),)), v, again(v), again, seed=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_shifted_softmax_is_rounding_only(dtype):
+    """Held: with no leak the batch-wide max's contribution is rounding (True)."""
+    assert _softmax_probe(0.0, dtype)[0] is True
+
+
+@pytest.mark.parametrize("leak", [1e-3, 1e-6])
+def test_a_leak_through_the_max_is_a_dependence_in_float64(leak):
+    assert _softmax_probe(leak, torch.float64)[0] is False
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pairing.probe_rounding reads a real coupling between points as rounding when it lands "
+    "on the entry where cancelling terms leave their rounding: y = softmax(X - X.max(), 1) + "
+    "1e-5·X.max() in float32 (∂y[b, c]/∂X[b*, k*] = 1e-5 for every other row b, 100× "
+    "float32's ε, and past the probe rule's tolerance: the entry fails it) gives (True, that "
+    "entry) for every seed tried (1e-4: five seeds of six). The rescaled reading's test "
+    "(|h − s·g| ≤ √ε·|s·g|) cannot see a dependence under √ε of the rounding at the same "
+    "entry, so such an entry should count as a dependence (or undecided), not rounding"))
+def test_a_float32_leak_through_the_max_is_not_rounding():
+    assert _softmax_probe(1e-5, torch.float32)[0] is False
