@@ -1,6 +1,6 @@
-"""Pooling and the reductions that keep their argmax: max pooling and max / min along a dim
-read the one entry whose index the graph saved; average pooling reads its window of its own
-channel."""
+"""Pooling and the reductions that keep their argmax: max pooling, max / min along a dim and
+sort / topk read the one entry whose index the graph saved; average pooling reads its window
+of its own channel."""
 from __future__ import annotations
 
 import math
@@ -39,9 +39,27 @@ def avg_pool(edge: Edge) -> IndexMap:
     stride, padding = stride * (d // len(stride)), padding * (d // len(padding))
     sizes, outs, offsets = _planes(edge, d)
     edge.afford(math.prod(edge.out_shape) * math.prod(kernel))
-    spatial = windows(sizes, outs, kernel, stride, padding, [1] * d)[0, 0]  # (o…, k…)
+    ceil_mode = bool(edge.saved("ceil_mode"))  # the last window may stop short of its kernel
+    spatial = windows(sizes, outs, kernel, stride, padding, [1] * d, ceil_mode)[0, 0]
     lead = offsets.reshape(offsets.shape + (1,) * (d + 1))  # (lead…, 1…, 1, 1…)
     return along(np.where(spatial >= 0, lead + np.maximum(spatial, 0), -1), edge)
+
+
+def sort(edge: Edge) -> IndexMap:
+    """sort / topk along a dim: output entry j of its line reads the input entry at the saved
+    index j (a permutation of the line for sort)."""
+    if edge.i != 0 or edge.k != 0:
+        raise Unproved("sort's indices are not differentiable")
+    shape = tuple(edge.in_shape)
+    if not shape:
+        return None
+    dim = to_axis(edge.saved("dim"), len(shape))
+    indices = edge.selection("indices").cpu().numpy().astype(np.int64)
+    if indices.shape != tuple(edge.out_shape) or indices.size and (
+            int(indices.min()) < 0 or int(indices.max()) >= shape[dim]):
+        raise Unproved("sort indices that do not fit the tensor")
+    table = np.take_along_axis(grid(shape), indices, axis=dim)
+    return moved(table, edge.out_shape, injective=True)
 
 
 def arg_reduction(edge: Edge) -> IndexMap:

@@ -47,8 +47,10 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("MaxPool2DWithIndices MaxPool3DWithIndices", pooling.max_pool),
     ("AvgPool2D AvgPool3D", pooling.avg_pool),
     ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
+    ("Sort Topk", pooling.sort),
     ("Scatter ScatterAdd", scatters.scatter),
     ("IndexAdd", scatters.index_add),
+    ("IndexPut", scatters.index_put),
     ("AsStrided", scatters.as_strided),
     ("CopySlices", copies.copy_slices),
 ] + [(name, rule) for name, rule in MASKED.items()]

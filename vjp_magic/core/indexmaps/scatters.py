@@ -1,5 +1,6 @@
 """Index maps of the ops that write one tensor's entries into another: ``scatter``,
-``scatter_add`` and ``index_add`` (the source's entries land where the saved index says, so
+``scatter_add``, ``index_add`` and ``index_put`` (the source's entries land where the saved
+index says, so
 an output entry reads every source entry sent to it; the destination's own entries pass
 through, claimed even where ``scatter`` overwrites them: a rule may claim an entry whose
 derivative vanishes, never miss one), and ``as_strided`` of a contiguous leaf (output entry
@@ -11,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from .maps import NONE, Edge, IndexMap, Unproved, moved, to_axis, to_int
+from .maps import NONE, Edge, IndexMap, Unproved, grid, moved, to_axis, to_int
 
 
 def _destination(edge: Edge) -> None:
@@ -21,7 +22,7 @@ def _destination(edge: Edge) -> None:
     return None
 
 
-def _inverse(target: np.ndarray, source: np.ndarray, edge: Edge) -> IndexMap:
+def inverse(target: np.ndarray, source: np.ndarray, edge: Edge) -> IndexMap:
     """Output entry ``target[t]`` reads source entry ``source[t]``, grouped by output entry
     into a table padded with :data:`NONE`."""
     out_numel = math.prod(edge.out_shape)
@@ -58,7 +59,7 @@ def scatter(edge: Edge) -> IndexMap | None:
     positions = [a.astype(np.int64) for a in np.indices(index.shape)]
     source = _flat(positions, edge.in_shape)
     positions[dim] = index
-    return _inverse(_flat(positions, edge.out_shape), source, edge)
+    return inverse(_flat(positions, edge.out_shape), source, edge)
 
 
 def index_add(edge: Edge) -> IndexMap | None:
@@ -77,7 +78,36 @@ def index_add(edge: Edge) -> IndexMap | None:
     positions = [a.astype(np.int64) for a in np.indices(in_shape)]
     source = _flat(positions, in_shape)
     positions[dim] = index[positions[dim]]
-    return _inverse(_flat(positions, edge.out_shape), source, edge)
+    return inverse(_flat(positions, edge.out_shape), source, edge)
+
+
+def index_put(edge: Edge) -> IndexMap | None:
+    """index_put(self, indices, values, accumulate) and ``y[idx] = v``: the indexing replayed
+    on the output's index grid gives the output entry each (broadcast) value lands on; the
+    destination's entries pass through, those a plain (not accumulating) put overwrites
+    excepted (a value written twice to one entry is claimed by both writes)."""
+    indices = edge.selection("indices")
+    out_shape = tuple(edge.out_shape)
+    if any(i is not None and not isinstance(i, torch.Tensor) for i in indices):
+        raise Unproved("an index_put of indices the graph does not show")
+    key = tuple(slice(None) if i is None else i.cpu() for i in indices)
+    edge.afford(2 * math.prod(out_shape))
+    with torch.no_grad():
+        target = torch.from_numpy(grid(out_shape))[key]  # the output entries written
+    if edge.i == 0:
+        if tuple(edge.in_shape) != out_shape:
+            raise Unproved("a destination of another shape than the output")
+        if bool(edge.saved("accumulate")):
+            return None
+        table = grid(out_shape).reshape(-1).copy()
+        table[target.reshape(-1).numpy()] = NONE
+        return IndexMap(table.reshape(-1, 1), injective=True)
+    if edge.i != 1:
+        raise Unproved("an index_put input other than self and values")
+    edge.afford(2 * target.numel())
+    with torch.no_grad():
+        source = torch.broadcast_to(torch.from_numpy(grid(edge.in_shape)), target.shape)
+    return inverse(target.reshape(-1).numpy(), source.reshape(-1).numpy(), edge)
 
 
 def as_strided(edge: Edge) -> IndexMap:

@@ -4,6 +4,9 @@ None where this node, here, is not shift-like (a broadcast, a strided slice, a f
 roll): the index arrays take over."""
 from __future__ import annotations
 
+import torch
+
+from .linalg import constant_weight
 from .maps import Edge, to_axis, to_int
 from .moves import cat_span
 from .offsets import Piece, whole
@@ -140,8 +143,39 @@ def convolution(edge: Edge) -> list[Piece] | None:
     if any(o != s + 2 * p - d * (k - 1) for o, s, p, d, k
            in zip(outs, sizes, padding, dilation, kernel)):
         return None
+    try:
+        live = _live_taps(edge, channel_offsets, (c_in, c_out), kernel, groups)
+    except NotShift:
+        return None
     return _windows(out[:lead], channel_offsets, (c_in, c_out), sizes, outs,
-                    _kernel_offsets(kernel, dilation, padding))
+                    _kernel_offsets(kernel, dilation, padding), live)
+
+
+def _live_taps(edge: Edge, channel_offsets, channels, kernel, groups):
+    """The (channel offset, kernel offset's position in the kernel) pairs whose piece reads
+    through a nonzero tap: all of them (None), unless the weight is a constant of the graph
+    (then an exact-zero tap is zero for every x). A piece some of whose output channels read
+    a zero tap and some a nonzero one is not shift-like here: :class:`NotShift`."""
+    weight = constant_weight(edge)
+    if weight is None:
+        return None
+    c_in, c_out = channels
+    nonzero = (weight != 0).reshape(weight.shape[0], weight.shape[1], -1)  # (c_out, ·, taps)
+    live = set()
+    for dc in channel_offsets:
+        co = torch.arange(max(0, -dc), min(c_out, c_in - dc))
+        ci = torch.zeros_like(co) if groups != 1 else co + dc
+        if not co.numel():
+            continue
+        taps = nonzero[co, ci]  # (channels of the piece, taps)
+        if bool((taps.any(0) != taps.all(0)).any()):
+            raise NotShift("a constant kernel zero for some channels of a piece only")
+        live.update((dc, tap) for tap in taps.all(0).nonzero().reshape(-1).tolist())
+    return live
+
+
+class NotShift(Exception):
+    """This node is not shift-like here: the index arrays take over."""
 
 
 def _kernel_offsets(kernel, dilation, padding) -> list[tuple[int, ...]]:
@@ -151,11 +185,14 @@ def _kernel_offsets(kernel, dilation, padding) -> list[tuple[int, ...]]:
     return offsets
 
 
-def _windows(batch, channel_offsets, channels, sizes, outs, kernel_offsets) -> list[Piece]:
+def _windows(batch, channel_offsets, channels, sizes, outs, kernel_offsets,
+             live: set | None = None) -> list[Piece]:
     c_in, c_out = channels
     pieces = []
     for dc in channel_offsets:
-        for ks in kernel_offsets:
+        for tap, ks in enumerate(kernel_offsets):
+            if live is not None and (dc, tap) not in live:
+                continue
             lo = tuple(max(0, -k) for k in ks)
             hi = tuple(min(o, s - k) for o, s, k in zip(outs, sizes, ks))
             if all(h > low for low, h in zip(lo, hi)):
