@@ -294,14 +294,6 @@ def test_dependency_kind(name):
 
 
 # -- findings ------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "Points shadow the sparse path: a batch of images with a stencil per image, "
-    "conv2d(x of shape (2, 1, 128, 128), 5-point kernel) + x**3, is taken as 2 points of "
-    "16,384 components and refused ('16,384 backward passes would need 2.1 GB, over the "
-    "memory budget of 100 MB'), though its sparse Jacobian (the proved 9-point pattern: "
-    "291,848 entries, 3.8 MB) fits and "
-    "the same map on one image (1, 1, 128, 128) is coloured; the refusal names no nonzero "
-    "count either (sparse_choice only colours inputs without points)"))
 def test_a_batch_of_stencils_within_the_budget_is_coloured():
     x = torch.rand(2, 1, 128, 128, requires_grad=True)
     y = F.conv2d(x, LAPLACE, padding=1) + x ** 3
@@ -317,12 +309,6 @@ def test_a_batch_of_stencils_within_the_budget_is_coloured():
     torch.testing.assert_close(row, expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A refusal of a batch of stencils (points along axis 0) gives the dense per-point size "
-    "only ('The derivatives of y (16,384 backward passes) would need 2.1 GB'), not the sparse "
-    "Jacobian's nonzero count and bytes that the tridiagonal refusal adds ('As a sparse "
-    "Jacobian: ... nonzeros that would need ...'); docs/api.md: a memory refusal also gives "
-    "the nonzero count"))
 def test_the_refusal_of_a_batch_of_stencils_names_its_nonzeros():
     x = torch.rand(2, 1, 128, 128, requires_grad=True)
     y = F.conv2d(x, LAPLACE, padding=1) + x ** 3

@@ -220,3 +220,42 @@ def test_avg_pool_ceil_mode_fuzz(seed):
                   count_include_pad=include) * 3
 
     _check(f, x, exact=True)
+
+
+# -- points over the budget: the sparse Jacobian coloured whole, or named by the refusal ---------
+LAPLACE = torch.tensor([[[[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]]]], dtype=torch.float64)
+POINTED = {  # each proves points along axis 0 (one block per row / image) with sparse blocks
+    "batched stencil": ((3, 1, 20, 20), lambda t: F.conv2d(t, LAPLACE, padding=1) + t ** 3),
+    "rolled rows": ((4, 300), lambda t: t.roll(1, 1) * t + torch.sin(t.roll(-2, 1))),
+    "sorted rows": ((4, 300), lambda t: t.sort(1).values * t),
+}
+
+
+@pytest.mark.parametrize("name", list(POINTED))
+def test_points_over_the_budget_are_coloured_whole(name):
+    import vjp_magic
+    shape, f = POINTED[name]
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    leaf = x.clone().requires_grad_()
+    y = f(leaf)
+    n = x.numel()
+    budget = n * (n // shape[0]) * 8 // 2  # the points' dense blocks: twice the budget
+    r = vjp_magic.differentiate(y, leaf, names=["x"], output_name="y", memory_budget=budget,
+                                seed=0)
+    sparse = r.inputs["x"].sparse
+    assert sparse is not None and sparse.count < n // shape[0]
+    expected = torch.func.jacrev(f)(x).reshape(y.numel(), n)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected)
+
+
+def test_a_refusal_of_points_names_the_sparse_jacobians_nonzeros_and_bytes():
+    import vjp_magic
+    x = torch.rand(2, 1, 64, 64, requires_grad=True)
+    y = F.conv2d(x, LAPLACE.float(), padding=1) + x ** 3
+    nnz = 2 * (5 * 64 * 64 - 4 * 64)
+    need = nnz * (4 + 8) + (y.numel() + 1) * 8  # float32 values, int64 columns and row pointers
+    with pytest.raises(vjp_magic.VJPUsageError) as caught:
+        vjp_magic.differentiate(y, x, output_name="y", memory_budget=need // 2)
+    text = str(caught.value)
+    assert f"{nnz:,} nonzeros" in text, text
+    assert f"{round(need / 1e3)} kB" in text, text

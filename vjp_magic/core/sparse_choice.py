@@ -7,13 +7,14 @@ import contextlib
 
 import torch
 
+from .candidates import Candidate
 from .colouring import colour_rows
 from .column_passes import kept_by_columns
 from .compressed import (OVER_BUDGET, PAYS_FRACTION, SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT,
                          TOO_DENSE, Attempt, SparseJacobian, attempt, sparse_need)
 from .errors import VJPUsageError
 from .indexmaps import proved_pattern
-from .pairing import Evidence
+from .pairing import Evidence, Pairing
 from .pattern import most_per_row
 from .probes import Probes
 from .result import SparseDerivatives
@@ -24,8 +25,9 @@ from .structure import row_major_strides
 class SparseChoice:
     """The compressed path's part in one analysis (:func:`vjp_magic.differentiate`).
 
-    An input whose accepted structure has no points (the full Jacobian) is computed by
-    compressed passes instead, as a sparse COO tensor (``output.shape + input.shape``), when
+    An input whose accepted structure has no points (the full Jacobian), or whose points' dense
+    blocks would be over the budget (:meth:`past_points`), is computed by compressed passes
+    instead, as a sparse COO tensor (``output.shape + input.shape``), when
     the output has at least ``SPARSE_MIN_OUTPUT`` entries (not with ``full``), its pattern
     is colourable in at most ``PAYS_FRACTION`` of the output entries and the check passes.
     ``taken``: name → :class:`SparseJacobian` of those so computed; ``notes``: a sentence
@@ -83,6 +85,22 @@ class SparseChoice:
                 rest.append(name)
             else:
                 accepted[name] = (candidates[name][position[name]], derivatives)
+        return rest
+
+    def past_points(self, named, group, accepted) -> list[str]:
+        """Large path, at a candidate with points whose derivatives (one dense block per point)
+        would be over the budget: each input of ``group`` whose compressed Jacobian pays goes
+        into ``accepted``, as the full Jacobian with no points (the pattern coloured whole:
+        colours within a point, each probe vector across every point, since points never
+        share an entry); the rest are returned, for the refusal, which then names the sparse
+        Jacobian's nonzeros and bytes where it was over the budget too (:meth:`on_refusal`)."""
+        rest = []
+        for name in group:
+            derivatives = self._computed(name, named[name])
+            if derivatives is None:
+                rest.append(name)
+            else:
+                accepted[name] = (Candidate(Pairing(), True), derivatives)
         return rest
 
     def row_reader(self, name: str, tensor: torch.Tensor):

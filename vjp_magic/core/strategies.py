@@ -224,6 +224,11 @@ def from_verified_pairings(context, named, candidates, probes):
             group = context.sparse.take(named, group, candidates, position, accepted)
         if _skip_over_budget(context, named, candidates, position, group, count):
             continue  # a later candidate may fit
+        if count < output.numel() and context.sparse is not None and count * sum(
+                named[n].numel() for n in group) * output.element_size() > context.budget:
+            group = context.sparse.past_points(named, group, accepted)  # points too large
+            if not group:
+                continue
         context.refuse_if_over(
             count * sum(named[n].numel() for n in group) * output.element_size(), count,
             {n: named[n] for n in group}, point_out)
