@@ -370,7 +370,8 @@ def _diagonal(d, x, seed: int) -> _Inner | None:
     reads the pairing's entries in one J·u, u = ones (:func:`.derivatives.forward_at_points`,
     2 passes), then the analysis's probes judge it as they judge the per-component result
     (every probe vᵀJ of D within :data:`SECOND_ORDER_SLACK` of vᵀ(what the pairing says)):
-    observed, as the analysis's own verdict on that pairing would be. None (the analysis
+    observed, as the analysis's own verdict on that pairing would be; where the graph proves
+    the pairing (:func:`.axisflow.prove`), proved, after one probe. None (the analysis
     decides) where D has under :data:`DIAGONAL_FROM` components, forward mode is not
     available, or a probe disagrees (a Hessian with off-diagonal entries: 3 passes spent)."""
     k = d.dim() - x.dim()
@@ -380,12 +381,14 @@ def _diagonal(d, x, seed: int) -> _Inner | None:
     second = forward_at_points(d, x, pairing)
     if second is None:
         return None
-    for draw in range(probes.probe_plan(d.dtype).probes):
+    held = axisflow.prove(d, x).pairing(tuple(d.shape), tuple(x.shape))
+    proved = {tuple(p) for p in pairing} <= {tuple(p) for p in held}  # (W @ sin(x)'s D)
+    for draw in range(1 if proved else probes.probe_plan(d.dtype).probes):
         v = probes.probe_vector(d, seed, draw)
         (vjp,) = plain_vjp(d, [x], v)
         if vjp is None or probes.probe_mismatch(second, v, vjp, pairing) > SECOND_ORDER_SLACK:
             return None
-    return _Inner(pairing, second, "observed")
+    return _Inner(pairing, second, "proved" if proved else "observed")
 
 
 def _forward_twice(output, x, pairing: Pairing, lifted: Pairing) -> torch.Tensor | None:
