@@ -63,16 +63,18 @@ def test_a_hook_named_like_a_finaliser_is_still_refused():
     _refused_unrun(hooked(x, __del__), x)
 
 
-@pytest.mark.parametrize("hook", ["Queue.put", "Logger.warning"])
+@pytest.mark.parametrize("hook", ["Queue.put", "Logger.warning", "Queue.put multi-grad"])
 @pytest.mark.xfail(strict=True, reason=(
     "A standard library callable registered as a MODULE backward hook "
     "(m.register_full_backward_pre_hook(q.put) or (logger.warning) with the user's "
-    "logging.Handler) runs in the strict pass: the queue gets one item per pass (3), the "
+    "logging.Handler), or as a multi-grad hook (register_multi_grad_hook((a, b), q.put)), "
+    "runs in the strict pass: the queue gets one item per pass (3), the "
     "user's Handler.emit runs (the Logger.handle region lets its handlers run). The same "
     "callables as TENSOR hooks are refused (test_pass_guard_s37T13). Class: _strict lets "
     "standard-library frames run whenever their caller is not the engine itself, but a module "
     "hook's caller is PyTorch's hook machinery (torch/utils/hooks.py), which calls the user's "
-    "hook as the engine would; and Logger.handle is a region for any caller, not only a "
+    "hook as the engine would (torch/autograd/graph.py's inner function for a multi-grad "
+    "hook likewise); and Logger.handle is a region for any caller, not only a "
     "record PyTorch's Python logs"))
 def test_a_standard_library_module_hook_is_refused_unrun(hook):
     q = queue.Queue()
@@ -86,9 +88,14 @@ def test_a_standard_library_module_hook_is_refused_unrun(hook):
     logger.handlers[:] = [Handler()]
     logger.propagate = False
     x = linspace_x()
-    m = torch.nn.Linear(5, 5).double()
-    m.register_full_backward_pre_hook(q.put if hook == "Queue.put" else logger.warning)
-    y = m(x)
+    if hook == "Queue.put multi-grad":
+        a, b = x * 2, x * 3
+        torch.autograd.graph.register_multi_grad_hook((a, b), q.put)
+        y = torch.sin(a) + torch.cos(b)
+    else:
+        m = torch.nn.Linear(5, 5).double()
+        m.register_full_backward_pre_hook(q.put if hook == "Queue.put" else logger.warning)
+        y = m(x)
     with pytest.raises(vjp_magic.VJPUsageError, match="your hook"):
         vjp_magic.differentiate(y, x)
     assert q.empty() and not handler_runs
@@ -180,21 +187,22 @@ def test_a_refused_pass_leaves_the_threads_state_as_it_was(entry):
     def profiler(frame, event, arg):
         return None
     engine = torch.autograd.Variable._execution_engine
-    threading_profile = getattr(threading, "_profile_hook", None)
     x = linspace_x()
     y = hooked(x, _scaling)
+    threading.setprofile(profiler)
     sys.setprofile(profiler)
     try:
         RUNS.clear()
         with pytest.raises(vjp_magic.VJPUsageError):
             getattr(vjp_magic, entry)(y, x)
         after = sys.getprofile()
+        threads_after = getattr(threading, "_profile_hook", None)
     finally:
         sys.setprofile(None)
-    assert after is profiler
+        threading.setprofile(None)
+    assert after is profiler and threads_after is profiler
     assert not RUNS and x.grad is None
     assert torch.autograd.Variable._execution_engine is engine
-    assert getattr(threading, "_profile_hook", None) is threading_profile
 
 
 def test_a_users_thread_passes_run_their_hooks_while_a_guarded_pass_runs():
