@@ -440,7 +440,10 @@ def test_a_value_read_or_exited_is_not_proved_for_every_x(run_vjp, source):
 
 @pytest.mark.parametrize("source", ["y = x * len(x)\n", "y = x * x.shape[0]\n",
                                     "print(x.sum())\ny = x ** 2\n",
-                                    "y = x * (x.sum() > 0)\n"])
+                                    "y = x * (x.sum() > 0)\n",
+                                    "n = x.size(0) + x.dim() + x.numel()\ny = x ** 2 * n\n",
+                                    "y = x ** 2 if x.requires_grad else x\n",
+                                    "y = x ** 2 if x.is_floating_point() else x\n"])
 def test_no_false_alarm_on_shapes_a_print_or_a_mask(run_vjp, source):
     """Held (false positives): a shape, a print after nothing depends on it, a 0/1 mask kept
     in torch: diagonal for every x, proved, no cut."""
