@@ -23,7 +23,7 @@ from ..core.given import GivenJacobian
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
-                       rules_interpreter)
+                       rule_uses, rules_interpreter)
 from .record import tensors_in
 from .replay import Replay, aliases, close, distinct, replayable
 
@@ -208,7 +208,27 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
     grads, values = _vectorised(one, inputs, data, samples, tuple(output.shape[1:]))
     if not close(values.reshape(output.shape), output.detach()):
         return None  # the samples are not independent: the per-sample forward differs
-    return grads
+    return PerSampleGradients(grads, _rule_magnitudes(replay, inputs, data, output)
+                              if rules else {})
+
+
+def _rule_magnitudes(replay: Replay, inputs: dict, data: dict, output) -> dict:
+    """name -> the sums of the absolute terms adding up to each per-sample gradient entry
+    (:class:`.expanded.PerSampleGradients`' ``magnitudes``), by the per-layer rules for the
+    inputs whose every use has one, where some other input has none (those read as data).
+    vmap's gradients come without them, and an entry whose terms cancel to exactly 0 (a conv
+    bias before InstanceNorm, which removes a per-channel constant) is then float32 noise
+    judged against its own size: refused, and that input's Jacobian recomputed by B
+    backward passes. The rules check the samples apart as they do for every input (else
+    none); the probes still judge vmap's Jacobian, now at the terms' scale."""
+    batch = output.shape[0]
+    ruled = {name: t for name, t in inputs.items()
+             if rule_uses(replay, {name: t}, batch) is not None}
+    if not ruled or len(ruled) == len(inputs):  # all of them: the rules already failed
+        return {}
+    rest = {name: t for name, t in inputs.items() if name not in ruled}
+    found = per_sample_by_rules(replay, ruled, {**data, **rest}, output)
+    return {} if found is None else dict(found.magnitudes)
 
 
 def sample_data(record, inputs: dict, output) -> tuple[Replay | None, dict]:
