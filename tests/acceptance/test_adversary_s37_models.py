@@ -625,13 +625,6 @@ def test_one_distant_leak_is_sparse_with_the_leak_as_witness(n, i, j):
     assert d.kind == "sparse" and d.witness == (i, j)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "At B = 16 a batch independent but for one leak from the past (y[9] <- x[2]; y[12] <- "
-    "x[3]) reads 'block-lower-triangular, 3 blocks of 2 to 8' (blocks (2, 8, 6); (3, 10, 3)): "
-    "blocks the pattern does not have (blocks {0, 1} and {10..15} hold the diagonal alone), "
-    "where the same leak at B = 24 or 64, and the mirrored leak y[2] <- x[9] at B = 16, read "
-    "'sparse' with the leak as witness. A block kind's run of consecutive cuts is made one "
-    "block even where nothing crosses those cuts (core/dependency's block verdict)"))
 @pytest.mark.parametrize("i, j", [(9, 2), (12, 3)])
 def test_one_past_leak_in_a_small_batch_invents_no_blocks(i, j):
     d = _verdict(_leak(i, j), torch.randn(16, 3, generator=_gen(0)))

@@ -543,7 +543,9 @@ def _blocks_at(n: int, r, c, cuts, most: int):
     than ``most`` dependences crossing; a single block; a block of one index that reads or
     is read by another, a piece of a sparse group, not a group; blocks of one beside fewer
     than two larger blocks, or holding half the indices or more: a diagonal with a few
-    leaks, not blocks). Lower-triangular blocks where
+    leaks, not blocks; a block of two or more indices none of which reads another there,
+    as a run of cuts made one block can be: its indices are blocks of one, and the
+    pattern no block's). Lower-triangular blocks where
     that allows fewer entries, counting as exceptions the dependences inside a block on a
     later index (a future leak inside one packed causal sequence) with the crossings: at
     most ``most`` in all, in at most half the blocks (a later index read in every block is
@@ -556,10 +558,12 @@ def _blocks_at(n: int, r, c, cuts, most: int):
             or (len(ones) and int((sizes > 1).sum()) < 2) \
             or bool(torch.isin(torch.cat([r[r != c], c[r != c]]), ones).any()):
         return None
-    across = torch.searchsorted(cuts, r, right=True) != torch.searchsorted(cuts, c, right=True)
+    row_block = torch.searchsorted(cuts, r, right=True)
+    across = row_block != torch.searchsorted(cuts, c, right=True)
     crossings = int(across.sum())
-    if crossings > most:
-        return None
+    if crossings > most or int((sizes > 1).sum()) > torch.unique(
+            row_block[~across & (r != c)]).numel():
+        return None  # (a block of two or more holding the diagonal alone: no block)
     blocks = tuple(sizes.tolist())
     diagonal = int((sizes**2).sum()) + crossings, crossings, Verdict(
         Kind.BLOCK_DIAGONAL, _first(r, c, across) or _first(r, c, r != c), None, blocks)
