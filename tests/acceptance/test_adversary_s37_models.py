@@ -779,21 +779,15 @@ def test_a_kink_blames_no_custom_function(ip, run_ok, body):
     assert "autograd.Function" not in text and "custom" not in text.lower()
 
 
-CANCELLED = (
-    "The float32 check of a custom backward is skipped when the cell's OUTPUT cancels to ~0: "
-    "y = Fn.apply(x).sum() over x = linspace(-2, 2, 6) (sum of x**3 = 0) gives ok=None with "
-    "note 'the float32 values already differ by 1.0e+00 of the largest' - the values' "
-    "difference is judged relative to |y| (~1e-7), not to the terms that sum into it, so a "
-    "right backward is left inconclusive and one 5 % off in float32 only is not caught (both "
-    "are judged as expected when y does not cancel, or for the vector output)")
+# Was a finding (fixed, s37F10): the float32 check of a custom backward was skipped where
+# the cell's output cancels to ~0 (Σ x³ over linspace(-2, 2, 6)): the float32 values'
+# difference was judged relative to |y|, not to the terms that sum into it.
 
 
-@pytest.mark.xfail(strict=True, reason=CANCELLED)
 def test_gradcheck_passes_a_right_backward_whose_sum_cancels(ip, run_ok):
     assert _gradcheck(ip, run_ok, X6 + "y = Cube.apply(x).sum()").ok is True
 
 
-@pytest.mark.xfail(strict=True, reason=CANCELLED)
 def test_gradcheck_catches_a_float32_only_error_whose_sum_cancels(ip, run_ok):
     assert _gradcheck(ip, run_ok, X6 + "y = CubeWrongIn32.apply(x).sum()").ok is False
 

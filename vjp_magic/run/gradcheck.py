@@ -52,6 +52,7 @@ from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
 from .gradcheck_units import derivative_error, per_output
+from .record import tensors_in
 from .replay import NotReplayable, aliases, build, distinct
 from .steps import Interpreter
 
@@ -387,8 +388,11 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
         return _Cell()
     out, grads = computed
     tol, label = max(RTOL, CELL_ULPS * torch.finfo(dtype).eps), str(dtype).split(".")[-1]
-    forward = float((out.double() - base).abs().max()) / max(
-        float(base.abs().max()), torch.finfo(torch.float64).tiny)
+    gap, tiny = float((out.double() - base).abs().max()), torch.finfo(torch.float64).tiny
+    forward = gap / max(float(base.abs().max()), tiny)
+    if not forward <= COARSE:  # the values cancelled (Σ x³ over ±x: 0)? what the steps read
+        read = _read_gap(record, inputs, output, replay)
+        forward = forward if read is None else read
     if not forward <= COARSE:
         return _Cell(label, doubtful=tuple(names), note=(
             f"The {label} derivatives (custom backward {', '.join(analytic.custom)}) were "
@@ -412,6 +416,52 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
             f"({', '.join(dict.fromkeys(branches))}) and {label} takes another branch there "
             "than float64 (or the branches could not be compared)."))
     return _Cell(label, error, tuple(failed))
+
+
+def _read_gap(record, inputs: dict, output, replay) -> float | None:
+    """The largest difference, of its own largest |value|, between what a step reads in the
+    cell's dtype and in float64 (every floating argument of every step: what the backwards
+    read, a custom Function's input among them); None where the two replays do not pair.
+    The output itself is read by no step: a sum that cancels to ~0 (Σ x³ over ±x) is judged
+    by the terms it read, while (z + 1e6) − 1e6 fed to a custom Function still shows."""
+    wide = _Reads(replay.steps)
+    try:
+        with torch.no_grad():
+            replay.run({n: t.detach().to(torch.float64) if t.is_floating_point()
+                        else t.detach() for n, t in inputs.items()}, interpreter=wide)
+            own = build(record, inputs, output)
+            narrow = _Reads(own.steps, wide.reads)
+            own.run({n: t.detach() for n, t in inputs.items()}, interpreter=narrow)
+    except Exception:  # noqa: BLE001 - no pairing: the output's own gap stands
+        return None
+    return narrow.gap if narrow.paired and not narrow.reads else None
+
+
+class _Reads(Interpreter):
+    """A replay keeping (``against`` None) each step's floating arguments in float64, or
+    comparing its own with those kept, in order: ``gap``, the largest difference of the
+    kept one's largest |value|; ``paired``: every one had its partner of the same shape."""
+
+    def __init__(self, steps: list, against: list | None = None):
+        super().__init__(steps)
+        self.against, self.reads = against, [] if against is None else list(against)
+        self.gap, self.paired = 0.0, True
+
+    def call_function(self, step, args: tuple, kwargs: dict):
+        for t in tensors_in((args, kwargs)):
+            if not (t.is_floating_point() and t.numel()):
+                continue
+            if self.against is None:
+                self.reads.append(t.detach().to(torch.float64, copy=True))
+            elif not self.reads or self.reads[0].shape != t.shape:
+                self.paired = False
+            else:
+                wide = self.reads.pop(0)
+                scale = float(wide.abs().max())
+                gap = float((t.detach().double() - wide).abs().max())
+                if scale > 0 and math.isfinite(scale):
+                    self.gap = max(self.gap, gap / scale) if math.isfinite(gap) else math.inf
+        return super().call_function(step, args, kwargs)
 
 
 class _Decisions(Interpreter):
