@@ -38,6 +38,8 @@ MAX_CUTS = 20  # distinct cuts named; past this the rest are counted
 MAX_TEXT = 60  # characters of an expression quoted
 _COPIES = {"tensor", "as_tensor", "asarray", "new_tensor", "from_numpy"}
 _EXITS = {"item", "tolist", "numpy", "__float__", "__int__", "__complex__", "__array__"}
+_SHAPE_ONLY = {"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like",
+               "randint_like", "new_zeros", "new_ones", "new_full", "new_empty"}  # no values read
 _GRAD_SWITCHES = {"_set_grad_enabled", "__enter__", "set_grad_enabled",
                   "_enter_inference_mode"}
 
@@ -202,6 +204,10 @@ def _forward(calls, inputs: dict) -> _Flow:
     leaves = {id(t) for t in inputs.values() if isinstance(t, torch.Tensor)}
     for index, call in enumerate(calls):
         read = _objects((call.args, call.kwargs))
+        if function_name(call.func) in _SHAPE_ONLY and not any(  # x's shape alone (a fill
+                flow.tainted(o) for o in read if not isinstance(o, torch.Tensor)):  # from x: cut)
+            flow.made_by.update((id(out), index) for out in _floating(outs_of(call)))
+            continue
         names = set().union(*(flow.live.get(id(o), ()) for o in read))
         tainted = set().union(*(flow.tainted(o) for o in read)) \
             if flow.taint or flow.to_numpy else set()  # nothing is tainted before a cut
