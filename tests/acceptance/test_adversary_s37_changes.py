@@ -50,32 +50,12 @@ def _refused_unrun(y, x, entry: str = "differentiate"):
     assert x.grad is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A tensor hook whose function is named __del__ (def __del__(g): ...; or any function whose "
-    "code has co_name '__del__') runs inside the analysis's strict pass: pass_guard."
-    "_interpreters lets a frame named __del__ with one positional argument run without "
-    "looking at that argument, which here is the gradient (every graph hook is called with "
-    "one). The hook ran 3 times and its g*100 scaled the derivatives shown. Class: the "
-    "'called by the interpreter' test must apply the no-gradient rule to __del__ too "
-    "(a finaliser's only argument is self, never a Tensor)"))
 def test_a_hook_named_like_a_finaliser_is_still_refused():
     x = linspace_x()
     _refused_unrun(hooked(x, __del__), x)
 
 
 @pytest.mark.parametrize("hook", ["Queue.put", "Logger.warning", "Queue.put multi-grad"])
-@pytest.mark.xfail(strict=True, reason=(
-    "A standard library callable registered as a MODULE backward hook "
-    "(m.register_full_backward_pre_hook(q.put) or (logger.warning) with the user's "
-    "logging.Handler), or as a multi-grad hook (register_multi_grad_hook((a, b), q.put)), "
-    "runs in the strict pass: the queue gets one item per pass (3), the "
-    "user's Handler.emit runs (the Logger.handle region lets its handlers run). The same "
-    "callables as TENSOR hooks are refused (test_pass_guard_s37T13). Class: _strict lets "
-    "standard-library frames run whenever their caller is not the engine itself, but a module "
-    "hook's caller is PyTorch's hook machinery (torch/utils/hooks.py), which calls the user's "
-    "hook as the engine would (torch/autograd/graph.py's inner function for a multi-grad "
-    "hook likewise); and Logger.handle is a region for any caller, not only a "
-    "record PyTorch's Python logs"))
 def test_a_standard_library_module_hook_is_refused_unrun(hook):
     q = queue.Queue()
     handler_runs: list = []
@@ -109,13 +89,6 @@ def test_a_users_module_hook_is_refused_unrun():
     _refused_unrun(m(x), x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A hook made by exec with globals claiming a torch module's name "
-    "(exec(src, {'__name__': 'torch.nn.functional'})) runs in the strict pass and its g*100 "
-    "changes the derivatives: pass_guard._generated takes a string-compiled function to be "
-    "the module its globals' __name__ names (sys.modules[name].__file__, PyTorch's), without "
-    "checking that its globals are that module's __dict__. Class: code compiled from a "
-    "string should be the module's only when frame.f_globals is sys.modules[name].__dict__"))
 def test_a_hook_execd_under_a_torch_module_name_is_refused():
     namespace = {"__name__": "torch.nn.functional", "RUNS": RUNS}
     exec("def hook(g):\n    RUNS.append(g)\n    return g * 100\n", namespace)

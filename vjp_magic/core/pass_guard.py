@@ -15,7 +15,10 @@ runs only if its code is
 - the standard library's, called by such Python (PyTorch's hook machinery calling
   ``functools``, ``typing``, ``enum``): never as the engine's first call, since the engine
   calls the standard library only as a hook the user registered (``h.register_hook(q.put)``,
-  a ``functools.singledispatch`` or ``contextlib`` wrapper): that stops the pass unrun.
+  a ``functools.singledispatch`` or ``contextlib`` wrapper): that stops the pass unrun; nor
+  as the callable PyTorch's hook machinery holds and calls as the engine would (a module
+  backward hook ``m.register_full_backward_pre_hook(q.put)``, a multi-grad hook), while its
+  calls of the standard library by name (``typing.cast``) run.
 
 Every other frame is the user's (their file, another package's) and stops the pass before its
 first line runs, however it was reached (through the standard library, through PyTorch's
@@ -31,13 +34,15 @@ interpreter's, not a hook's:
   forward traceback is one) or from PyTorch's Python, and a record PyTorch's Python logs
   (``logging.Logger.handle``: the handlers), as a plain run shows them;
 - what the interpreter runs at a free or a collection, wherever it falls: a ``__del__``
-  taking ``self`` only, a weakref callback, a ``gc.callbacks`` entry, a signal handler, an
-  ``sys.unraisablehook`` — each told by the arguments it is called with, which no hook of the
-  graph (always called with gradients) is. A plain run runs them too, at its own frees; they
-  are no code run for the analysis, and refusing them would stop a pass at random.
+  taking ``self`` only (its object's own finaliser: a hook named so is called with ``g``),
+  a weakref callback, a ``gc.callbacks`` entry, a signal handler, an ``sys.unraisablehook``
+  — each told by the arguments it is called with, which no hook of the graph (always called
+  with gradients) is. A plain run runs them too, at its own frees; they are no code run for
+  the analysis, and refusing them would stop a pass at random.
 
 Code compiled from a string (``<string>``) is its maker's: an ``eval`` running now its
-caller's (PyTorch's, in a nested tensor's dispatch), a function made so its module's.
+caller's (PyTorch's, in a nested tensor's dispatch), a function made so its module's, when
+its globals are that module's namespace (``exec(src, {'__name__': 'torch...'})`` is not).
 A hook written in C (a builtin: ``list.append``) makes no Python frame and is not seen; a
 PyTorch function registered as a hook (``functools.partial(torch.nn.init.zeros_)``) counts as
 PyTorch's. The profiler it sets is the thread's for the C call only (:func:`guarded`:
@@ -297,7 +302,7 @@ class _Guard:
             kind = _generated(frame, direct)
         if kind is _MACHINERY:
             return
-        if kind is _STANDARD and not direct:
+        if kind is _STANDARD and not direct and not _dispatched(frame):
             if code is _LOG_HANDLE:  # (a record PyTorch's Python logs: its handlers run)
                 self._frames.append((frame, False, True))
             return
@@ -417,12 +422,69 @@ def _generated(frame, direct: bool) -> str:
         filename = caller.f_code.co_filename
     else:
         name = frame.f_globals.get("__name__")
-        if isinstance(name, str) and name.startswith("namedtuple_"):
+        if isinstance(name, str) and name.startswith("namedtuple_") \
+                and frame.f_globals.get("_tuple_new") is tuple.__new__ \
+                and frame.f_globals.get("__builtins__") == {}:
             return _STANDARD  # (collections.namedtuple's __new__: a tuple made, nothing more)
         module = sys.modules.get(name) if isinstance(name, str) and name != "__main__" else None
-        filename = getattr(module, "__file__", None)
+        # (only globals that ARE the module's namespace make it the module's: exec(src,
+        # {'__name__': 'torch.nn.functional'}) claims a name, it is no module's code)
+        mine = module is not None and getattr(module, "__dict__", None) is frame.f_globals
+        filename = getattr(module, "__file__", None) if mine else None
     kind = _kind(filename) if isinstance(filename, str) else _USERS
     return _USERS if kind is _GENERATED else kind
+
+
+def _dispatched(frame) -> bool:
+    """Whether ``frame`` (the standard library's) is a hook PyTorch's hook machinery calls as
+    the engine would: its caller is PyTorch's Python holding the callable it entered (a local
+    of that frame, or an attribute of its ``self``: a module backward hook's ``user_hooks``,
+    a multi-grad hook's ``fn``, a ``_WrappedHook``'s ``hook``; a ``functools.partial`` of it
+    too): ``m.register_full_backward_pre_hook(q.put)``, ``register_multi_grad_hook(ts,
+    logger.warning)``. PyTorch's Python calling the standard library by name (``typing.cast``,
+    ``warnings.warn``) is no hook."""
+    caller = frame.f_back
+    if caller is None or not caller.f_code.co_filename.startswith(_TORCH_DIR + os.sep):
+        return False
+    return frame.f_code in _held(caller)
+
+
+def _held(frame) -> set:
+    """The code of the callables ``frame`` holds: its locals', its ``self``'s attributes',
+    one level into a list, tuple or dict of them."""
+    values = list(frame.f_locals.values())
+    owner = frame.f_locals.get("self")
+    attributes = getattr(owner, "__dict__", None)
+    if isinstance(attributes, dict):
+        values += list(attributes.values())
+    found: set = set()
+    for value in values:
+        if isinstance(value, dict):
+            items = list(value.values())
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            items = [value]
+        for item in items:
+            _codes(item, found)
+    return found
+
+
+def _codes(value, found: set) -> None:
+    """Adds the code ``value`` runs when called (a function's, a bound method's, its class's
+    ``__call__``), through ``functools.partial``'s."""
+    for _ in range(8):
+        try:
+            code = _code(value)
+            call = _code(type(value).__call__) if callable(value) else None
+        except Exception:  # noqa: BLE001 - a user's object whose __getattr__ raises
+            return
+        for each in (code, call):
+            if isinstance(each, types.CodeType):
+                found.add(each)
+        if not isinstance(value, functools.partial):
+            return
+        value = value.func
 
 
 def _arguments(frame, code) -> list:
@@ -447,8 +509,9 @@ def _interpreters(frame, code) -> bool:
     a frame), ``sys.unraisablehook``'s (its record); none with a gradient, which every hook
     of the graph is called with (its positional arguments, keyword ones never)."""
     args = _arguments(frame, code)
-    if code.co_name == "__del__":
-        return len(args) == 1 and not code.co_flags & inspect.CO_VARARGS
+    if code.co_name == "__del__":  # (its object's own finaliser: a hook so named gets g)
+        return len(args) == 1 and not code.co_flags & inspect.CO_VARARGS \
+            and _code(getattr(type(args[0]), "__del__", None)) is code
     if not args or any(_gradients(a) for a in args):
         return False
     last = args[-1]
