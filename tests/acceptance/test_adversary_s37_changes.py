@@ -288,19 +288,6 @@ def test_the_users_modes_in_odd_cells_run_as_in_a_plain_run(ip, cell):
     assert after == plain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A %%vjp cell that calls vjp_magic.differentiate(lambda: ..., x) while a TorchFunctionMode "
-    "is entered (by the cell, or left entered by an earlier cell) fails with 'ValueError: "
-    "list.remove(x): x not in list' raised from "
-    "core/modes.py modes_aside's finally (_SAVED.entries.remove(entry)) when the magic's "
-    "modes_aside exits; the cell's result is lost and the user's mode is popped (stacks "
-    "empty after, the next cell's calls unlogged), where a plain run of the cell succeeds "
-    "and leaves FM entered. The same cell without a mode passes. Class: the nested "
-    "modes_aside/users_modes bookkeeping (an entry point inside a lent cell) loses the "
-    "outer entry (list.remove matches by equality, not identity, and the lent entry is "
-    "mutated in place); after it a stale [[], []] stays in modes._SAVED.entries for the "
-    "rest of the session (a second such cell then passes: hence the fixture putting the "
-    "list back)"))
 @pytest.mark.parametrize("where", ["in the cell", "in an earlier cell"])
 def test_an_entry_point_inside_a_cell_under_the_users_mode(ip, where, saved_entries):
     if where == "in the cell":
@@ -322,15 +309,6 @@ def _every_x(r) -> bool:
     return "(proved for every x)" in r._repr_mimebundle_()["text/plain"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A read that decides whether the output is replaced AFTER the output's last call "
-    "(y = x ** 2, then if x.sum() < 0: y = x * x.sum(); or y = y if float(x.sum()) > 0 else "
-    "...) is not named: run/cuts.find_reads stops at the output's last needed call, so at "
-    "x with sum > 0 the headline says 'entry i of y uses entry i of x only (proved for "
-    "every x)', while at another x (sum < 0) the cell computes x * x.sum(), whose Jacobian "
-    "(torch.autograd.functional.jacobian) has every off-diagonal entry non-zero. Class: a "
-    "truth-value read (__bool__, is_nonzero, equal, allclose) anywhere before the cell ends "
-    "may choose which value the output's name is bound to"))
 @pytest.mark.parametrize("source", [
     "y = x ** 2\nif x.sum() < 0:\n    y = x * x.sum()\n",
     "y = x ** 2\ny = y if float(x.sum()) > 0 else x * x.sum()\n",
@@ -341,13 +319,6 @@ def test_a_read_after_the_output_that_may_replace_it(run_vjp, source):
     assert not _every_x(run_vjp(_POINT + source))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A value leaving torch through string formatting (s = f'{x.sum():.3f}'; y = x * "
-    "float(s); or format(x.sum(), '.4f')) is neither a read nor a cut: r.cuts is empty and "
-    "the headline says '(proved for every x)' with a diagonal Jacobian, while the formula "
-    "x * x.sum() has every off-diagonal entry non-zero (torch.autograd.functional."
-    "jacobian). Tensor.__format__ is missing from run/cuts' _READS and exits ('%.4f' % "
-    "x.sum(), through __float__, is named)"))
 @pytest.mark.parametrize("source", ["s = f'{x.sum():.3f}'\ny = x * float(s)\n",
                                     "y = x * float(format(x.sum(), '.4f'))\n"])
 def test_an_exit_through_string_formatting_is_named(run_vjp, source):
@@ -355,17 +326,6 @@ def test_an_exit_through_string_formatting_is_named(run_vjp, source):
     assert r.cuts or not _every_x(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A value read into numpy and used only to choose the branch (y = x ** 2 if "
-    "x.detach().numpy().sum() > 0 else x * x.sum(); x.numpy(force=True), np.asarray(x."
-    "detach()), a = np.array(x.detach()) first) is not named as a read: the headline says "
-    "'(proved for every x)' for the diagonal branch, while at x with sum < 0 the cell "
-    "computes x * x.sum() (every off-diagonal entry non-zero). .numpy/__array__ are in "
-    "run/cuts' _READS and the recorder sees them; the read is dropped as 'went back into torch' "
-    "because the array shares x's storage (x.detach().clone().numpy() is named, "
-    "x.detach().numpy().copy() is not) (find_reads' `back`, by _keys), so the "
-    "later x ** 2 reading x counts as the array's value returning. Class: a numpy view of x "
-    "is no value going back into torch; the same branch through .item()/float() is named"))
 @pytest.mark.parametrize("source", [
     "y = x ** 2 if x.detach().numpy().sum() > 0 else x * x.sum()\n",
     "y = x ** 2 if x.numpy(force=True).sum() > 0 else x * x.sum()\n",
@@ -376,13 +336,6 @@ def test_a_branch_on_a_numpy_read_is_a_read(run_vjp, source):
     assert not _every_x(run_vjp(_POINT + source))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A membership test on x's values (y = x ** 2 if 0.3 in x else x * x.sum()) is not named "
-    "as a read: Tensor.__contains__ (which compares the values and returns a Python bool) is "
-    "missing from run/cuts' _READS, so the headline says '(proved for every x)' for the "
-    "diagonal branch, while at an x without 0.3 the cell computes x * x.sum(), whose "
-    "Jacobian has every off-diagonal entry non-zero. Same class as __format__ above: a "
-    "Tensor dunder handing a value computed from x to Python"))
 def test_a_membership_test_on_x_is_a_read(run_vjp):
     assert not _every_x(run_vjp(_POINT + "y = x ** 2 if 0.3 in x else x * x.sum()\n"))
 

@@ -28,9 +28,23 @@ from .errors import VJPUsageError
 _C = torch._C
 
 
+class _Entry:
+    """One :func:`modes_aside` entered: the user's function and dispatch modes (bottom first)
+    it took off, and whether :func:`users_modes` has lent them back (they are on the stacks).
+    Compared by identity: two entries holding equal lists are still two."""
+
+    __slots__ = ("function", "dispatch", "lent")
+
+    def __init__(self, function: list, dispatch: list) -> None:
+        self.function, self.dispatch, self.lent = function, dispatch, False
+
+    def __repr__(self) -> str:
+        return f"_Entry({self.function!r}, {self.dispatch!r}, lent={self.lent})"
+
+
 class _Saved(threading.local):
-    # one entry per modes_aside entered on this thread, innermost last: [function modes
-    # (bottom first), dispatch modes (bottom first)] taken off at its entry
+    # one _Entry per modes_aside entered on this thread, innermost last (a stack: each
+    # modes_aside pops its own, by identity)
     entries: list
 
     def __init__(self) -> None:
@@ -103,43 +117,67 @@ def _put_back(function_modes: list, dispatch_modes: list) -> None:
 def modes_aside():
     """The user's function and dispatch modes off torch's stacks inside (this thread's), put
     back on top of what stays after, in their order; also as a decorator. A dispatch mode
-    that cannot be set aside is refused (:class:`VJPUsageError`) before anything runs."""
+    that cannot be set aside is refused (:class:`VJPUsageError`) before anything runs.
+    Re-entrant: one inside another (an entry point called by the user's code that a
+    :func:`users_modes` runs) keeps its own entry, taken off by identity."""
     if not _C._len_torch_function_stack() and not _C._len_torch_dispatch_stack():
-        entry = [[], []]  # (the common case: two C calls)
+        entry = _Entry([], [])  # (the common case: two C calls)
     else:
         if _C._len_torch_dispatch_stack():
             _refuse_unmovable()
-        entry = [_take_function_modes(), _take_dispatch_modes()]
+        entry = _Entry(_take_function_modes(), _take_dispatch_modes())
     _SAVED.entries.append(entry)
     try:
         yield
     finally:
-        _SAVED.entries.remove(entry)
-        _put_back(*entry)
+        _drop(entry)
+        if not entry.lent:  # (lent: a users_modes inside still runs; what it left is there)
+            _put_back(entry.function, entry.dispatch)
+
+
+def _drop(entry: _Entry) -> None:
+    """``entry`` off this thread's stack of entries, by identity (innermost first)."""
+    entries = _SAVED.entries
+    for at in range(len(entries) - 1, -1, -1):
+        if entries[at] is entry:
+            del entries[at]
+            return
+
+
+def _lender() -> _Entry | None:
+    """The entry whose modes :func:`users_modes` lends: the innermost holding modes, none
+    past one already lent (its modes are on the stacks: the user's code runs under them);
+    else the innermost (to keep what the user's code leaves), or None outside any."""
+    for entry in reversed(_SAVED.entries):
+        if entry.lent:
+            return None
+        if entry.function or entry.dispatch:
+            return entry
+    return _SAVED.entries[-1] if _SAVED.entries else None
 
 
 @contextlib.contextmanager
 def users_modes():
     """Inside :func:`modes_aside`: the user's modes back on the stacks while the user's code
     runs; after it, what that code left there (modes entered or exited) is set aside again as
-    the user's. Outside any: nothing changes."""
-    entry = next((e for e in reversed(_SAVED.entries) if e[0] or e[1]), None)
-    if entry is None:
-        entry = _SAVED.entries[-1] if _SAVED.entries else None
+    the user's. Outside any, or inside another users_modes: nothing changes. Re-entrant and
+    exception-safe (the entry is marked lent while its modes are out)."""
+    entry = _lender()
     if entry is None:
         yield
         return
-    lent = entry[:]
-    entry[0], entry[1] = [], []
+    lent = (entry.function, entry.dispatch)
+    entry.function, entry.dispatch, entry.lent = [], [], True
     _put_back(*lent)
     try:
         yield
     finally:
-        entry[0] = _take_function_modes()
+        entry.lent = False
+        entry.function = _take_function_modes()
         try:
-            entry[1] = _take_dispatch_modes()
+            entry.dispatch = _take_dispatch_modes()
         except VJPUsageError:  # the user's code entered a tracing mode: left where it is
-            entry[1] = []
+            entry.dispatch = []
             raise
 
 

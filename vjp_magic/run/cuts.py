@@ -558,7 +558,14 @@ class _Site:
 # -- values read into Python ------------------------------------------------------------------
 # Calls that hand a tensor's values to Python (a truth value, a number, a list, an array)
 _READS = {"__bool__", "item", "__float__", "__int__", "__index__", "__complex__", "tolist",
-          "numpy", "__array__", "equal", "allclose", "is_nonzero"}
+          "numpy", "__array__", "equal", "allclose", "is_nonzero", "__format__",
+          "__contains__"}
+# Functions called by name in a statement that only shows a value (``print(f"{y.item():.3f}")``,
+# ``print(tuple(x.tolist()))``): a read in one, after the output's last call, binds and chooses
+# nothing. A function of the user's called by name may rebind the output (``global y``): not here
+_SHOWS = {"print", "display", "pprint", "str", "repr", "format", "float", "int", "round",
+          "abs", "len", "tuple", "list", "sorted", "min", "max", "sum", "type", "id", "hex",
+          "bool", "complex"}
 
 
 @dataclass(frozen=True)
@@ -586,10 +593,13 @@ class Read:
 def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     """The places (one each, in the order they ran) where a value computed from ``inputs``
     (name -> tensor; by identity, through any recorded call, autograd's or not) was read
-    into Python (:data:`_READS`) before the last call ``output`` needs (a read after it, a
-    ``print`` of the values, chose nothing of its path), and whose value did not go back into
-    torch (``torch.tensor(x.tolist())``: a cut, said as one); empty without a (complete)
-    record."""
+    into Python (:data:`_READS`), and whose value did not go back into torch
+    (``torch.tensor(x.tolist())``: a cut, said as one); empty without a (complete) record.
+    A read after the last call ``output`` needs counts too (``if x.sum() < 0: y = ...`` may
+    bind the output's name to another value), unless its statement only shows a value
+    (``print(loss.item())``, :func:`_shown_only`). A numpy array sharing an input's memory
+    (``x.detach().numpy()``) is no value going back into torch when ``x`` is read again:
+    only a tensor no recorded call made (``torch.from_numpy``) is matched by memory."""
     if record is None or record.failed is not None or not record.calls \
             or not isinstance(output, torch.Tensor):
         return ()
@@ -597,6 +607,7 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     for name, t in inputs.items():
         if isinstance(t, torch.Tensor):
             derived.setdefault(id(t), set()).add(name)
+    made = set(derived)  # tensors of the record: recognised by identity only
     found: dict = {}
     handed: dict = {}  # key of a value read (_keys) -> the key of its read in ``found``
     back: set = set()  # reads whose value went back into torch
@@ -604,7 +615,10 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     for index, call in enumerate(record.calls):
         if handed:
             for item in _objects((call.args, call.kwargs)):
-                back.update(handed[k] for k in _keys(item) if k in handed)
+                keys = [id(item)] if isinstance(item, torch.Tensor) and id(item) in made \
+                    else _keys(item)
+                back.update(handed[k] for k in keys if k in handed)
+        made.update(id(out) for out in outs_of(call))
         names = set().union(*(derived.get(id(t), ()) for t in reads_of(call)))
         if not names:
             continue
@@ -616,9 +630,9 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
         if last is None:
             needed = _needed(record.calls, recorded_alias(record, inputs, output))
             last = max(needed, default=-1)
-        if index >= last:
-            break
         site = _Site.of(call)
+        if index >= last and _shown_only(site):
+            continue
         key = site.key if site else name
         entry = found.setdefault(key, [site, name, set()])
         entry[2] |= names
@@ -632,6 +646,40 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     return tuple(Read((site.text() if site else None) or f".{name}()",
                       site.line if site else None, tuple(n for n in order if n in names))
                  for key, (site, name, names) in found.items() if key not in back)
+
+
+def _shown_only(site: _Site | None) -> bool:
+    """Whether the read at ``site`` is in a statement that only shows a value: an expression
+    statement (nothing bound: ``print(...)``, ``log.info(...)``, ``losses.append(...)``, a
+    displayed last line) whose functions called by name are in :data:`_SHOWS` (methods are
+    free), with no conditional (``a if c else b``, ``and``/``or``, ``:=``, a lambda or
+    comprehension) in it. False where the source is not known (a read outside the cell,
+    Python before 3.11): the read counts."""
+    if site is None or not site.in_cell:
+        return False
+    positions = getattr(site.code, "co_positions", None)
+    try:
+        start, end, col, end_col = list(positions())[site.lasti // 2]
+        tree = ast.parse("".join(linecache.getlines(site.code.co_filename)))
+    except Exception:  # noqa: BLE001 - no positions, a source that does not parse: counted
+        return False
+    if None in (start, end, col, end_col):
+        return False
+    statement = None
+    for node in ast.walk(tree):  # breadth first: the last statement holding it is innermost
+        if isinstance(node, ast.stmt) and (node.lineno, node.col_offset) <= (start, col) \
+                and (node.end_lineno, node.end_col_offset) >= (end, end_col):
+            statement = node
+    if not isinstance(statement, ast.Expr):
+        return False
+    for node in ast.walk(statement.value):
+        if isinstance(node, (ast.IfExp, ast.BoolOp, ast.NamedExpr, ast.Lambda,
+                             ast.comprehension, ast.Await, ast.Yield, ast.YieldFrom)):
+            return False
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute) \
+                and not (isinstance(node.func, ast.Name) and node.func.id in _SHOWS):
+            return False
+    return True
 
 
 __all__ = ["Cut", "CutKind", "Read", "cut_inputs", "find_cuts", "find_reads"]
