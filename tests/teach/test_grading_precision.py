@@ -145,23 +145,37 @@ def test_grade_against_the_record(case):
     assert x.grad is None
 
 
+def _undecided_and_wrong(true, points, judge) -> None:
+    """Every right form of the answer is undecided by ``judge`` (within a rounding bound it
+    cannot prove: neither ✓ nor ✗, s37 F7), every wrong one wrong."""
+    for how, make in RIGHT.items():
+        verdict = judge(make(true, points))
+        assert (verdict.correct, verdict.kind) == (False, "undecided"), how
+    for how, make in WRONG.items():
+        assert not judge(make(true, points)).correct, how
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_grade_within_the_rounding_bound_without_a_record(case):
-    """No record: autograd's values, within a bound on its own rounding read off the graph."""
+    """No record: autograd's values, within a bound on its own rounding read off the graph,
+    which proves no answer right (a wrong one inside it is as likely): undecided."""
     f, true, points = CASES[case]
     x = torch.tensor(points, requires_grad=True)
     y = f(x)
     r = vjp_magic.differentiate(y, x)
-    _right_and_wrong(true, points, lambda answer: grade(answer, r, output=y))
+    _undecided_and_wrong(true, points, lambda answer: grade(answer, r, output=y))
     assert x.grad is None
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_check_from_python(case):
+    """Against the exercise's f (computed again in float64) right answers are right; against
+    the output tensor alone they are undecided."""
     f, true, points = CASES[case]
     x = torch.tensor(points, requires_grad=True)
     y = f(x)
-    _right_and_wrong(true, points, lambda answer: vjp_magic.check(answer, y, x))
+    _right_and_wrong(true, points, lambda answer: vjp_magic.check(answer, f, x))
+    _undecided_and_wrong(true, points, lambda answer: vjp_magic.check(answer, y, x))
 
 
 def test_check_from_python_still_calls_wrong_answers_wrong():
