@@ -67,9 +67,8 @@ def differentiate(
     pairing (``exact_up_to=0``: always per pairing). The same probe rule judges either way.
     ``given`` maps input names to full Jacobians (``output.shape + input.shape``) computed
     another way (e.g. vectorised per-sample gradients), or to :class:`.given.GivenJacobian`
-    tuples (Jacobian, magnitudes: the sums of the absolute terms adding up to each entry,
-    samples_separated): each is used only if the probe rule accepts it against the graph's
-    own vector-Jacobian products (:mod:`.given`), else recomputed.
+    tuples (Jacobian, magnitudes, samples_separated; :mod:`.given`): each is used only if the
+    probe rule accepts it against the graph's own vector-Jacobian products, else recomputed.
     The result keeps no reference to the output's graph unless ``keep_graph``.
     Every probe is drawn from ``seed`` (fresh per call unless given; never torch's global RNG),
     kept as ``r.seed``: the same seed, the same result. ``x.grad`` is never changed.

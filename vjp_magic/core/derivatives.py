@@ -347,25 +347,28 @@ def component_vjps(
 
     first = payoff.first(first or FIRST_CHUNK) if batched else limit
     if batched and key is not None and first < min(count, limit):
-        # chunks sized by no time or a remembered one (a run that makes no probe, as on a
-        # graph trusted to batch right, times no plain pass of its own): the first chunk is
-        # one plain pass, computing a component like any other, timed and remembered, so the
-        # next run's chunks are sized by a time of this run's (a load spike remembered once
-        # chunks one run only)
-        first, chunk = 1, run
-
-        def run(start: int, stop: int) -> list[torch.Tensor]:
-            began = time.perf_counter()
-            grads = chunk(start, stop)
-            if (start, stop) == (0, 1):
-                remember_seconds(key, time.perf_counter() - began)
-            return grads
+        first, run = 1, _first_timed(run, key)  # chunks sized by no time or a remembered one
     if 0 < count <= min(limit, first):  # one chunk holds them all: no chunks to size
         # (nothing timed yet, so no trial to cut, and no later chunk a time could judge: the
         # CPU clock, a system call summing every thread's time, is not read)
         return part(0, count, timed=False), vectorised
     stacked = in_chunks(run, count, limit, first=first)
     return stacked, vectorised
+
+
+def _first_timed(run, key: tuple):
+    """``run`` whose first chunk, (0, 1), is one plain pass computing a component like any
+    other, timed and remembered under ``key``: where chunks are sized by no time or a
+    remembered one (a run that makes no probe, as on a graph trusted to batch right, times no
+    plain pass of its own), the next run's are sized by a time of this run's (a load spike
+    remembered once chunks one run only)."""
+    def timed(start: int, stop: int) -> list[torch.Tensor]:
+        began = time.perf_counter()
+        grads = run(start, stop)
+        if (start, stop) == (0, 1):
+            remember_seconds(key, time.perf_counter() - began)
+        return grads
+    return timed
 
 
 def plain_components(output: torch.Tensor, inputs: Sequence[torch.Tensor],

@@ -207,12 +207,11 @@ class VJPMagics(Magics):
         for flag in ("reveal", "against"):  # before the cell runs: nothing is lost
             if getattr(args, flag) and not args.check:
                 raise UsageError(f"--{flag} goes with --check NAME (the answer to grade).")
-        # the recorded calls rebuild a hook-free graph for the analysis, serve --symbolic
-        # and --gradcheck, and vectorise per-sample gradients
         self._forget_last_cell()
         with modes_aside():  # the user's torch modes run on the cell's own calls only
+            # the record rebuilds a hook-free graph, serves --symbolic/--gradcheck, vectorises
             run = run_cell(self.shell, cell, record_ops=True)
-            # the answer (--check ans, or an expression of it: ans.T) is never the output
+            # (the answer of --check, or an expression of it such as ans.T, is never the output)
             subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
             with retained_grads_kept(self.shell.user_ns), \
                     _usage_errors(self._coached(run, args), cell):
@@ -224,8 +223,7 @@ class VJPMagics(Magics):
                     self._last_cell = run.release(keep_for=subject.chosen)
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
-        # a trailing ';' hides the display, and keeps the result out of Out, as in a plain cell
-        if _ends_with_semicolon(cell):
+        if _ends_with_semicolon(cell):  # hidden and kept out of Out, as in a plain cell
             return None
         self._pictures_beneath(result)
         return result
