@@ -35,6 +35,7 @@ def empty_stack_after():
     yield
     while _get_current_function_mode_stack():
         torch._C._pop_torch_function_stack()
+    torch.set_default_device(None)  # the DeviceContext popped above is torch's global still
 
 
 def test_a_mode_that_changes_the_cells_calls_is_differentiated_as_it_computed(
