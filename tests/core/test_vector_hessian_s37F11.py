@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import vjp_magic
 from vjp_magic.core import hessian as hessian_module
 from vjp_magic.core.pairing import Pairing
-from tests.pass_counter import counted
+from pass_counter import counted
 
 KERNELS = {"[1, 2, 1]": [1.0, 2.0, 1.0], "[0.5, -1, 3, 2]": [0.5, -1.0, 3.0, 2.0]}
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 import vjp_magic
-from tests.pass_counter import counted
+from pass_counter import counted
+from per_sample_reference import Attention
 from vjp_magic.core import given
 from vjp_magic.run import persample
 
@@ -109,9 +110,8 @@ def test_a_jacobian_off_by_1e_3_is_refused(monkeypatch, name):
     "its terms' magnitudes, its float32 noise is refused and that input is recomputed by one "
     "backward per sample: 78 passes (14 at B = 32, where the noise happens to pass)"))
 def test_masked_attention_key_bias_keeps_the_vectorised_path():
-    from tests.acceptance.test_adversary_s37_models import _Attention
     torch.manual_seed(0)
-    model = _Attention(True, True)
+    model = Attention(True, True)
     g = torch.Generator().manual_seed(1)
     x, t = torch.randn(64, 5, 4, generator=g), torch.randint(0, 3, (64,), generator=g)
     _, passes = _run(model, x, t)
