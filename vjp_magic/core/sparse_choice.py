@@ -78,14 +78,8 @@ class SparseChoice:
         """Large path, at a candidate with no points for every input of ``group``: those the
         compressed passes compute go into ``accepted``; the rest are returned (for the full
         Jacobian). An input is tried once."""
-        rest = []
-        for name in group:
-            derivatives = self._computed(name, named[name])
-            if derivatives is None:
-                rest.append(name)
-            else:
-                accepted[name] = (candidates[name][position[name]], derivatives)
-        return rest
+        return self._accepting(named, group, accepted,
+                               lambda name: candidates[name][position[name]])
 
     def past_points(self, named, group, accepted) -> list[str]:
         """Large path, at a candidate with points whose derivatives (one dense block per point)
@@ -94,13 +88,18 @@ class SparseChoice:
         colours within a point, each probe vector across every point, since points never
         share an entry); the rest are returned, for the refusal, which then names the sparse
         Jacobian's nonzeros and bytes where it was over the budget too (:meth:`on_refusal`)."""
+        return self._accepting(named, group, accepted, lambda name: Candidate(Pairing(), True))
+
+    def _accepting(self, named, group, accepted, candidate) -> list[str]:
+        """The inputs of ``group`` the compressed passes compute go into ``accepted`` at
+        ``candidate(name)``; the rest are returned."""
         rest = []
         for name in group:
             derivatives = self._computed(name, named[name])
             if derivatives is None:
                 rest.append(name)
             else:
-                accepted[name] = (Candidate(Pairing(), True), derivatives)
+                accepted[name] = (candidate(name), derivatives)
         return rest
 
     def row_reader(self, name: str, tensor: torch.Tensor):
