@@ -653,23 +653,21 @@ def _shown_only(site: _Site | None) -> bool:
     statement (nothing bound: ``print(...)``, ``log.info(...)``, ``losses.append(...)``, a
     displayed last line) whose functions called by name are in :data:`_SHOWS` (methods are
     free), with no conditional (``a if c else b``, ``and``/``or``, ``:=``, a lambda or
-    comprehension) in it. False where the source is not known (a read outside the cell,
-    Python before 3.11): the read counts."""
+    comprehension) in it. Before Python 3.11 (no positions) the statement is the one its line
+    holds, where that line holds one statement alone. False where the source is not known (a
+    read outside the cell, or a line shared with another statement): the read counts."""
     if site is None or not site.in_cell:
         return False
     positions = getattr(site.code, "co_positions", None)
     try:
-        start, end, col, end_col = list(positions())[site.lasti // 2]
         tree = ast.parse("".join(linecache.getlines(site.code.co_filename)))
+        start, end, col, end_col = list(positions())[site.lasti // 2] if positions else (
+            site.lineno, site.lineno, None, None)
     except Exception:  # noqa: BLE001 - no positions, a source that does not parse: counted
         return False
-    if None in (start, end, col, end_col):
+    if start is None or end is None:
         return False
-    statement = None
-    for node in ast.walk(tree):  # breadth first: the last statement holding it is innermost
-        if isinstance(node, ast.stmt) and (node.lineno, node.col_offset) <= (start, col) \
-                and (node.end_lineno, node.end_col_offset) >= (end, end_col):
-            statement = node
+    statement = _statement_at(tree, start, end, col, end_col)
     if not isinstance(statement, ast.Expr):
         return False
     for node in ast.walk(statement.value):
@@ -680,6 +678,27 @@ def _shown_only(site: _Site | None) -> bool:
                 and not (isinstance(node.func, ast.Name) and node.func.id in _SHOWS):
             return False
     return True
+
+
+def _statement_at(tree, start: int, end: int, col, end_col):
+    """The innermost statement holding the span (``col`` None: the one statement on line
+    ``start``, None where the line holds several or none)."""
+    if col is None or end_col is None:
+        on_line = [node for node in ast.walk(tree) if isinstance(node, ast.stmt)
+                   and node.lineno <= start <= node.end_lineno
+                   and not isinstance(node, _COMPOUND)]
+        return on_line[0] if len(on_line) == 1 else None
+    statement = None
+    for node in ast.walk(tree):  # breadth first: the last statement holding it is innermost
+        if isinstance(node, ast.stmt) and (node.lineno, node.col_offset) <= (start, col) \
+                and (node.end_lineno, node.end_col_offset) >= (end, end_col):
+            statement = node
+    return statement
+
+
+# statements holding others (their own lines are read by the statements inside)
+_COMPOUND = (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.FunctionDef, ast.ClassDef,
+             ast.AsyncFunctionDef, ast.AsyncFor, ast.AsyncWith)
 
 
 __all__ = ["Cut", "CutKind", "Read", "cut_inputs", "find_cuts", "find_reads"]
