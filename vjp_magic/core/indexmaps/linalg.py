@@ -117,20 +117,12 @@ def transposed(edge: Edge) -> IndexMap:
         raise Unproved("a transposed convolution of unexpected shapes")
     per_group = c_out // groups
     edge.afford(3 * batch * channels * math.prod(sizes) * per_group * math.prod(kernel))
-    flat = np.zeros((1,) * (2 * d), dtype=np.int64)
-    inside = np.ones((1,) * (2 * d), dtype=bool)
     for t in range(d):
         expected = (sizes[t] - 1) * stride[t] - 2 * padding[t] \
             + dilation[t] * (kernel[t] - 1) + extra[t] + 1
         if expected != outs[t]:
             raise Unproved("a transposed convolution whose output size does not match")
-        pos = (np.arange(sizes[t])[:, None] * stride[t] - padding[t]
-               + np.arange(kernel[t])[None, :] * dilation[t])
-        axes = [1] * (2 * d)
-        axes[t], axes[d + t] = sizes[t], kernel[t]
-        pos = pos.reshape(axes)
-        inside = inside & (pos >= 0) & (pos < outs[t])
-        flat = flat * outs[t] + pos
+    flat, inside = _positions(sizes, outs, kernel, stride, padding, dilation)
     # axes (n, c_in, i…, c_out of the group, k…)
     full = (batch, channels) + sizes + (per_group,) + kernel
     spatial = flat.reshape((1, 1) + flat.shape[:d] + (1,) + flat.shape[d:])
@@ -156,8 +148,6 @@ def windows(sizes, outs, kernel, stride, padding, dilation,
     kernel offset, NONE outside the input (``ceil_mode``: a pooling's last window may start
     in the input past the last full one)."""
     d = len(kernel)
-    flat = np.zeros((1,) * (2 * d), dtype=np.int64)
-    inside = np.ones((1,) * (2 * d), dtype=bool)
     for t in range(d):
         span = sizes[t] + 2 * padding[t] - dilation[t] * (kernel[t] - 1) - 1
         expected = (span + (stride[t] - 1 if ceil_mode else 0)) // stride[t] + 1
@@ -165,12 +155,25 @@ def windows(sizes, outs, kernel, stride, padding, dilation,
             expected -= 1  # PyTorch's rule: the last window starts inside input or left pad
         if expected != outs[t]:
             raise Unproved("a convolution whose output size does not match its parameters")
-        pos = (np.arange(outs[t])[:, None] * stride[t] - padding[t]
-               + np.arange(kernel[t])[None, :] * dilation[t])
-        shape = [1] * (2 * d)
-        shape[t], shape[d + t] = outs[t], kernel[t]
-        pos = pos.reshape(shape)
-        inside = inside & (pos >= 0) & (pos < sizes[t])
-        flat = flat * sizes[t] + pos
+    flat, inside = _positions(outs, sizes, kernel, stride, padding, dilation)
     spatial = np.where(inside, flat, NONE)
     return spatial.reshape((1, 1) + spatial.shape[:d] + (1,) + spatial.shape[d:])
+
+
+def _positions(rows, bounds, kernel, stride, padding, dilation) -> tuple[np.ndarray, np.ndarray]:
+    """(flat, inside), each shaped (r…, k…): for row ``r`` and kernel offset ``k`` of every
+    axis, the position ``r·stride − padding + k·dilation`` flattened row-major over ``bounds``,
+    and whether it lies inside them (a convolution's window: rows are its outputs, bounds
+    its input; a transposed one's: rows are its inputs, bounds its output)."""
+    d = len(kernel)
+    flat = np.zeros((1,) * (2 * d), dtype=np.int64)
+    inside = np.ones((1,) * (2 * d), dtype=bool)
+    for t in range(d):
+        pos = (np.arange(rows[t])[:, None] * stride[t] - padding[t]
+               + np.arange(kernel[t])[None, :] * dilation[t])
+        shape = [1] * (2 * d)
+        shape[t], shape[d + t] = rows[t], kernel[t]
+        pos = pos.reshape(shape)
+        inside = inside & (pos >= 0) & (pos < bounds[t])
+        flat = flat * bounds[t] + pos
+    return flat, inside
