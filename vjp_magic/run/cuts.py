@@ -23,6 +23,7 @@ changes. Words for it: :meth:`Cut.pieces`.
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
 from dataclasses import dataclass, field
 
@@ -660,7 +661,7 @@ def _shown_only(site: _Site | None) -> bool:
         return False
     positions = getattr(site.code, "co_positions", None)
     try:
-        tree = ast.parse("".join(linecache.getlines(site.code.co_filename)))
+        tree = _parsed("".join(linecache.getlines(site.code.co_filename)))
         start, end, col, end_col = list(positions())[site.lasti // 2] if positions else (
             site.lineno, site.lineno, None, None)
     except Exception:  # noqa: BLE001 - no positions, a source that does not parse: counted
@@ -678,6 +679,12 @@ def _shown_only(site: _Site | None) -> bool:
                 and not (isinstance(node.func, ast.Name) and node.func.id in _SHOWS):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(source: str) -> ast.Module:
+    """The cell's syntax tree, parsed once for all its reads (not changed by its readers)."""
+    return ast.parse(source)
 
 
 def _statement_at(tree, start: int, end: int, col, end_col):
