@@ -18,8 +18,10 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+from mode_loggers import DispatchLog, FunctionLog, mode_stacks
 
 import vjp_magic
 
@@ -38,11 +40,6 @@ class DM(TorchDispatchMode):
 '''
 
 _BODY = "x = torch.linspace(-1, 1, 5, requires_grad=True)\ny = torch.sin(x)\n"
-
-
-def _stacks():
-    return ([type(m).__name__ for m in _get_current_function_mode_stack()],
-            [type(m).__name__ for m in _get_current_dispatch_mode_stack()])
 
 
 @pytest.fixture
@@ -65,7 +62,7 @@ def _plain_then_vjp(ip, setup: str, body: str, line: str = ""):
         assert ip.run_cell(setup).success
         result = ip.run_cell(source)
         error = type(result.error_in_exec).__name__ if result.error_in_exec else None
-        seen = (error, _stacks(), len(ip.user_ns["log"]))
+        seen = (error, mode_stacks(), len(ip.user_ns["log"]))
         assert ip.run_cell("z = torch.cos(torch.ones(2))").success
         out.append(seen + (len(ip.user_ns["log"]),))
         while _get_current_function_mode_stack():
@@ -102,26 +99,6 @@ def test_a_dispatch_mode_the_cell_leaves_entered_runs_only_on_the_cells_calls(
 
 # -- 2. a mode left active by an earlier cell, around every entry point -----------------------
 
-class _FM(TorchFunctionMode):
-    def __init__(self, log):
-        super().__init__()
-        self.log = log
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.log.append(func)
-        return func(*args, **(kwargs or {}))
-
-
-class _DM(TorchDispatchMode):
-    def __init__(self, log):
-        super().__init__()
-        self.log = log
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.log.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 def _entry(entry, x):
     """Run ``entry`` on sin(x) (a function where the entry takes one); return the user's
     calls its plain counterpart makes under the mode (``fn`` is called once)."""
@@ -144,11 +121,11 @@ def test_a_function_mode_left_active_runs_only_on_the_users_calls(entry, no_mode
     x = torch.linspace(-1, 1, 5, requires_grad=True)
     y = torch.sin(x)
     plain: list = []
-    with _FM(plain):
+    with FunctionLog(plain):
         if entry in ("differentiate(fn)", "hessian"):
             (torch.sin(x).sum() if entry == "hessian" else torch.sin(x))
     log: list = []
-    with _FM(log):
+    with FunctionLog(log):
         _entry(entry, x)(y)
     assert len(log) == len(plain)
 
@@ -158,11 +135,11 @@ def test_a_dispatch_mode_left_active_is_refused_before_it_runs(entry, no_modes_l
     x = torch.linspace(-1, 1, 5, requires_grad=True)
     y = torch.sin(x)
     plain: list = []
-    with _DM(plain):
+    with DispatchLog(plain):
         if entry in ("differentiate(fn)", "hessian"):
             (torch.sin(x).sum() if entry == "hessian" else torch.sin(x))
     log: list = []
-    with _DM(log):
+    with DispatchLog(log):
         try:
             _entry(entry, x)(y)
         except vjp_magic.VJPUsageError:
@@ -267,7 +244,7 @@ def _switches():
     import sys
     return {"grad": torch.is_grad_enabled(), "anomaly": torch.is_anomaly_enabled(),
             "hooks": _hooks._top_saved_tensors_default_hooks(True) is not None,
-            "stacks": _stacks(), "profile": sys.getprofile(), "trace": sys.gettrace()}
+            "stacks": mode_stacks(), "profile": sys.getprofile(), "trace": sys.gettrace()}
 
 
 _SWITCHES_ON = ("ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)\n"

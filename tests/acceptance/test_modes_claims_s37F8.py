@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.overrides import _get_current_function_mode_stack
 
+from mode_loggers import FunctionLog
+
 import vjp_magic
 
 _COS = '''
@@ -117,27 +119,16 @@ def test_a_branch_in_a_function_given_to_the_python_api_is_no_proof(entry):
 def test_check_runs_the_users_mode_on_f_only(empty_stack_after):
     """vjp_magic.check(answer, f, x) under a user's function mode: the mode sees f's own
     calls (one call of f: pow, neg, mul, stack), none of the grading's."""
-    from torch.overrides import TorchFunctionMode
-
-    class Log(TorchFunctionMode):
-        def __init__(self, log):
-            super().__init__()
-            self.log = log
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.log.append(func)
-            return func(*args, **(kwargs or {}))
-
     x = torch.tensor([1., 2., 3.], requires_grad=True)
 
     def f(x):
         return torch.stack([-x**3, 5 * x])
     answer = torch.stack([-3 * x.detach()**2, 5 * torch.ones(3)])
     plain: list = []
-    with Log(plain):
+    with FunctionLog(plain):
         f(x)
     log: list = []
-    with Log(log):
+    with FunctionLog(log):
         verdict = vjp_magic.check(answer, f, x)
     assert verdict.correct
     assert len(log) % len(plain) == 0 and 0 < len(log) <= 3 * len(plain)  # f's calls only

@@ -15,29 +15,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+from torch.overrides import _get_current_function_mode_stack
+
+from mode_loggers import FunctionLog, mode_stacks
 
 from vjp_magic.core import modes
 from vjp_magic.core.modes import modes_aside, users_modes
 
 
-class _Log(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.names.append(getattr(func, "__name__", "?"))
-        return func(*args, **(kwargs or {}))
-
-
 def _stack():
-    return [type(m).__name__ for m in _get_current_function_mode_stack()]
+    return mode_stacks()[0]
 
 
 @pytest.fixture
 def entered():
-    mode = _Log()
+    mode = FunctionLog()
     mode.__enter__()
     before = list(modes._SAVED.entries)
     try:
@@ -55,41 +47,41 @@ def _nest(mode, depth: int, fail_at: int | None = None):
         torch.cos(torch.ones(1))  # the analysis: not the user's
         with modes_aside():  # an empty entry inside (equal to any other empty one)
             with users_modes():
-                assert _stack() == ["_Log"]
+                assert _stack() == ["FunctionLog"]
                 torch.sin(torch.ones(1))  # the user's
                 if depth > 1:
                     _nest(mode, depth - 1, fail_at)
                 elif fail_at is not None:
                     raise KeyError("user")
-                assert _stack() == ["_Log"]
+                assert _stack() == ["FunctionLog"]
             assert _stack() == []
 
 
 def test_three_deep_entry_points_keep_the_users_mode(entered):
     _nest(entered, 3)
-    assert _stack() == ["_Log"]
+    assert _stack() == ["FunctionLog"]
     assert [n for n in entered.names if n in ("sin", "cos")] == ["sin"] * 3
 
 
 def test_an_exception_three_deep_puts_everything_back(entered):
     with pytest.raises(KeyError):
         _nest(entered, 3, fail_at=3)
-    assert _stack() == ["_Log"]
+    assert _stack() == ["FunctionLog"]
     assert [n for n in entered.names if n in ("sin", "cos")] == ["sin"] * 3
 
 
 def test_a_mode_entered_by_the_users_code_three_deep_stays_entered(entered):
-    second = _Log()
+    second = FunctionLog()
     with modes_aside():
         with users_modes():
             with modes_aside():
                 with users_modes():
                     with modes_aside(), users_modes():
                         second.__enter__()
-                    assert _stack() == ["_Log", "_Log"]
-            assert _stack() == ["_Log", "_Log"]
+                    assert _stack() == ["FunctionLog", "FunctionLog"]
+            assert _stack() == ["FunctionLog", "FunctionLog"]
         assert _stack() == []
-    assert _stack() == ["_Log", "_Log"]
+    assert _stack() == ["FunctionLog", "FunctionLog"]
     torch._C._pop_torch_function_stack()
 
 
