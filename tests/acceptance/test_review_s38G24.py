@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sparse_cells_s31 import bundle
+
+import vjp_magic
 
 
 N = 300
@@ -57,3 +60,29 @@ def test_a_steered_sparse_pattern_is_not_claimed_for_every_x(run_vjp, line):
         text = _flat(bundle(r)[kind])
         assert "at this" in text  # the steering note is there
         assert "holds for every" not in text, text[:600]
+
+
+# -- G24-2: a two-point stencil with a gap is written as a run ---------------------------------
+
+def _two_point(t):
+    return t + 2 * F.pad(t, (0, 3))[3:]  # y[i] = x[i] + 2 x[i+3]: reads x[i] and x[i+3] only
+
+
+def test_the_two_point_stencil_reads_two_entries():
+    x = torch.linspace(-1, 1, N, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(_two_point, x)
+    assert jac[10].nonzero().flatten().tolist() == [10, 13]  # not 11, 12
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G24-2: y = x + 2*F.pad(x, (0, 3))[3:] is said as 'a 2-point stencil: y[i] reads x[i], …, "
+    "x[i+3]': the '…' of a collapsed run is put between the only two offsets, so the sentence "
+    "claims x[i+1], x[i+2] are read (render/sparse.py reads_spans: ', …, ' whenever len(said) "
+    "== 2, not only when the run was shortened)"))
+def test_a_two_point_stencil_names_its_two_reads():
+    x = torch.linspace(-1, 1, N, dtype=torch.float64, requires_grad=True)
+    r = vjp_magic.differentiate(_two_point(x), x)
+    assert r.inputs["x"].sparse is not None
+    for kind in ("text/plain", "text/markdown"):
+        text = _flat(bundle(r)[kind]).replace("$", "").replace(" ", "")
+        assert "reads" in text and "…" not in text.split("reads", 1)[1].split("(")[0], text[:400]
