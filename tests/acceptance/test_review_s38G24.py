@@ -134,3 +134,31 @@ def test_by_columns_the_numbers_equal_the_jacobian():
     r = vjp_magic.differentiate(_dense_column(x), x)
     expected = torch.autograd.functional.jacobian(_dense_column, x.detach())
     assert torch.equal(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected)
+
+
+# -- G24-4: a stencil periodic along one axis only is said to wrap around along all ------------
+
+def _periodic_in_j(u):
+    q = F.pad(u, (0, 0, 1, 1))  # zero rows above and below: i does not wrap
+    return q[:-2] + q[2:] + u.roll(1, 1) + u.roll(-1, 1) - 4 * u + u ** 3
+
+
+def test_the_stencil_periodic_in_j_has_edges_in_i():
+    u = torch.linspace(-1, 1, 500, dtype=torch.float64).reshape(20, 25)
+    jac = torch.autograd.functional.jacobian(_periodic_in_j, u)
+    assert jac[0, 5].ne(0).sum() == 4 and jac[0, 5, 19, 5] == 0  # row 0 does not read row 19
+    assert jac[5, 0, 5, 24] == 1  # but column 0 reads column 24
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G24-4: a 5-point stencil zero-padded in i and rolled in j is said to be 'a 5-point "
+    "stencil: y[i, j] reads x[i-1, j], … (indices wrap around)' with 2,450 nonzeros: only j "
+    "wraps, y[0, j] does not read x[19, j]; the edge note is dropped whenever any axis wraps "
+    "(render/sparse.py reads_spans: notes = ['indices wrap around'] if any(found.wraps))"))
+def test_a_stencil_periodic_in_one_axis_says_which_indices_wrap():
+    u = torch.linspace(-1, 1, 500, dtype=torch.float64).reshape(20, 25).requires_grad_()
+    r = vjp_magic.differentiate(_periodic_in_j(u), u)
+    assert r.inputs["x"].sparse is not None
+    text = _flat(bundle(r)["text/plain"])
+    assert "wrap" in text  # j's wrap is named …
+    assert "(indices wrap around)" not in text, text[:500]  # … not as every index's
