@@ -162,3 +162,16 @@ def test_a_stencil_periodic_in_one_axis_says_which_indices_wrap():
     text = _flat(bundle(r)["text/plain"])
     assert "wrap" in text  # j's wrap is named …
     assert "(indices wrap around)" not in text, text[:500]  # … not as every index's
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G24-5: out = x + 2*F.pad(x, (0, 3))[3:] (out[t] reads x[t], x[t+3]) is summarised 'the "
+    "pattern is a band, offsets 0..3: out[t] reads x[s] for t ≤ s ≤ t + 3' — the band's hull "
+    "said as reads, claiming out[t] reads x[t+1] and x[t+2], whose derivatives are 0 for every x "
+    "(render/findings.py band sentence; the verdict's own doc says a band only bounds the reads)"))
+def test_the_dependency_sentence_does_not_claim_reads_inside_a_gap():
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64, requires_grad=True)
+    r = vjp_magic.differentiate(_two_point(x), x)
+    assert r.jacobian("x")[5, 6] == 0 and r.jacobian("x")[5, 7] == 0
+    text = _flat(bundle(r)["text/plain"])
+    assert "t ≤ s ≤ t + 3" not in text, text[:600]
