@@ -175,3 +175,54 @@ def test_the_dependency_sentence_does_not_claim_reads_inside_a_gap():
     assert r.jacobian("x")[5, 6] == 0 and r.jacobian("x")[5, 7] == 0
     text = _flat(bundle(r)["text/plain"])
     assert "t ≤ s ≤ t + 3" not in text, text[:600]
+
+
+# -- held: index maps earlier reviews did not try (numbers equal autograd's Jacobian) ----------
+
+M = 360
+_G = torch.Generator().manual_seed(38)
+_IDX = torch.randint(0, M, (M,), generator=_G)  # repeated indices
+_PERM = torch.randperm(M, generator=_G)
+_MASK = torch.rand(M, generator=_G) > 0.5
+_K3 = torch.randn(2, 1, 3, 3, 3, dtype=torch.float64, generator=_G)
+
+HELD = {
+    "as_strided overlapping windows": lambda t: t.as_strided((100, 5), (3, 1)).reshape(-1) * 2,
+    "scatter_reduce amax": lambda t: torch.zeros(M, dtype=t.dtype).scatter_reduce(
+        0, _IDX, t, reduce="amax", include_self=False),
+    "scatter_reduce mean": lambda t: torch.zeros(M, dtype=t.dtype).scatter_reduce(
+        0, _IDX, t * t.roll(1), reduce="mean"),
+    "scatter_reduce prod": lambda t: torch.ones(M, dtype=t.dtype).scatter_reduce(
+        0, _IDX, t, reduce="prod"),
+    "conv3d strided dilated": lambda t: F.conv3d(
+        t.reshape(1, 1, 6, 6, 10), _K3, stride=(1, 2, 2), padding=1,
+        dilation=(1, 1, 2)).reshape(-1),
+    "tensor unfold along dim 0": lambda t: t.reshape(18, 20).unfold(0, 3, 2).reshape(-1) * t[0],
+    "slice_scatter": lambda t: torch.slice_scatter(
+        t.reshape(18, 20), t.reshape(18, 20)[:, :5] ** 2, 1, 10, 15).reshape(-1),
+    "diagonal_scatter": lambda t: torch.diagonal_scatter(
+        t.reshape(18, 20) * 1, t[:18] ** 2, 1).reshape(-1),
+    "index_copy repeated": lambda t: (t * 1).index_copy(0, _PERM[:50], t[:50] ** 2),
+    "masked_select": lambda t: torch.masked_select(t, _MASK) * t[:int(_MASK.sum())],
+    "transposed strided output": lambda t: (
+        t.reshape(18, 20).roll(1, 1) * t.reshape(18, 20)).t()[::2],
+    "index assign with repeats": lambda t: torch.index_put(
+        t.clone(), (_IDX[:100],), t[:100] ** 2) * t.roll(1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HELD))
+def test_held_index_maps_equal_the_jacobian(name):
+    f = HELD[name]
+    x0 = torch.randn(M, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = x0.clone().requires_grad_()
+    y = f(x)
+    r = vjp_magic.differentiate(y, x)
+    expected = torch.autograd.functional.jacobian(f, x0).reshape(y.numel(), M)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected,
+                               rtol=1e-12, atol=1e-12)
+    sparse = r.inputs["x"].sparse
+    if sparse is not None and sparse.mode == "rows":  # every output entry in exactly one vector
+        vs = torch.stack([v.reshape(-1) for v in r.gradients["x"]])
+        assert ((vs == 0) | (vs == 1)).all() and torch.equal(vs.sum(0), torch.ones(y.numel(),
+                                                                                     dtype=vs.dtype))
