@@ -12,6 +12,8 @@ Strict xfails are findings (reasons say what is wrong); unmarked tests held.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,3 +228,30 @@ def test_held_index_maps_equal_the_jacobian(name):
         vs = torch.stack([v.reshape(-1) for v in r.gradients["x"]])
         assert ((vs == 0) | (vs == 1)).all() and torch.equal(vs.sum(0), torch.ones(y.numel(),
                                                                                      dtype=vs.dtype))
+
+
+# -- G24-6: the coloured passes the display teaches accumulate into the other input's .grad ------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G24-6: with two inputs (y = x.roll(1)*w + x*w.roll(-2) + x**2), the loop shown for x runs "
+    "y.backward(gradient=v, retain_graph=True) once per colour and resets only x.grad: pasted "
+    "as taught, it adds 1ᵀ∂y/∂w into w.grad (7 becomes 8.995 at w[0]) — the user's state "
+    "changed by the display's own code (render/sparse_code.py; backward(..., inputs=[x]) or "
+    "torch.autograd.grad would leave w.grad alone)"))
+def test_the_taught_passes_for_x_leave_w_grad_alone():
+    x = torch.linspace(-1, 1, 400, dtype=torch.float64, requires_grad=True)
+    w = torch.linspace(0, 1, 400, dtype=torch.float64, requires_grad=True)
+    y = x.roll(1) * w + x * w.roll(-2) + x ** 2
+    r = vjp_magic.differentiate(y, {"x": x, "w": w})
+    assert r.inputs["x"].sparse is not None
+    blocks = re.findall(r"```python\n(.*?)```", bundle(r)["text/markdown"], flags=re.S)
+    assert blocks and "backward" in blocks[0]
+    w.grad = torch.full_like(w, 7.0)
+    namespace = {"torch": torch, "x": x, "w": w, "y": y, "_": r}
+    exec(blocks[0], namespace)  # noqa: S102 - the display's code, run as the student pastes it
+    expected = torch.autograd.functional.jacobian(lambda t: t.roll(1) * w + t * w.roll(-2)
+                                                  + t ** 2, x.detach())
+    g, colour = namespace["g"], namespace["colour"]
+    nz = expected.nonzero()
+    torch.testing.assert_close(g[colour[nz[:, 0]], nz[:, 1]], expected[nz[:, 0], nz[:, 1]])
+    assert torch.equal(w.grad, torch.full_like(w, 7.0)), w.grad[:3]
