@@ -255,3 +255,34 @@ def test_the_taught_passes_for_x_leave_w_grad_alone():
     nz = expected.nonzero()
     torch.testing.assert_close(g[colour[nz[:, 0]], nz[:, 1]], expected[nz[:, 0], nz[:, 1]])
     assert torch.equal(w.grad, torch.full_like(w, 7.0)), w.grad[:3]
+
+
+# -- G24-7: a cyclic pentadiagonal stencil gets 7 colours where 6 suffice ----------------------
+
+def _cyclic_five(t):
+    return t.roll(2) + t.roll(1) - 2 * t + t.roll(-1) + t.roll(-2) * t  # y[i] reads x[i-2..i+2]
+
+
+def test_six_colours_suffice_for_the_cyclic_five_point_band_at_502():
+    """502 = 2·6 + 98·5: blocks 0..5 twice, then 0..4; any 5 cyclically consecutive rows
+    differ in colour, so rows of one colour read disjoint entries of x."""
+    n = 502
+    colour = torch.cat([torch.arange(6), torch.arange(6), torch.arange(5).repeat(98)])
+    for d in range(1, 5):
+        assert (colour != colour.roll(d)).all()
+    pattern = torch.autograd.functional.jacobian(_cyclic_five, torch.rand(n, dtype=torch.float64)
+                                                 + 1) != 0
+    for c in range(6):
+        assert pattern[colour == c].sum(0).max() == 1  # no two rows of a colour share a read
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G24-7 (slow, one extra pass): the cyclic 5-point band x.roll(2)+x.roll(1)-2x+x.roll(-1)+"
+    "x.roll(-2)*x at n = 502 takes 7 colours; 6 suffice (C_502^4, 502 = 2·6 + 98·5). Issue 20 "
+    "asks for the optimum on stencils; i mod 5 fails across the wrap and the greedy orders "
+    "(core/colouring.py row_colouring → greedy_rows) end at 7 where mixing blocks of 5 and 6 "
+    "gives 6"))
+def test_the_cyclic_five_point_band_takes_the_fewest_colours():
+    x = torch.rand(502, dtype=torch.float64, requires_grad=True)
+    r = vjp_magic.differentiate(_cyclic_five(x), x)
+    assert r.inputs["x"].sparse.count == 6
