@@ -2,8 +2,8 @@
 ``TransformerEncoderLayer`` transposes its input inside the module, so the tensor the recorded
 ``multi_head_attention_forward`` reads carries the batch on axis 1; the vectorised replay
 reads the batch-first data it came from instead. Against a loop of ``torch.autograd.grad``
-per sample (float64, dropout 0), also when the sequence is as long as the batch; unmasked
-self-attention also by the per-layer rules (``run/expanded.py``)."""
+per sample (float64, dropout 0), also when the sequence is as long as the batch;
+self-attention, masked or not, also by the per-layer rules (``run/expanded.py``)."""
 from __future__ import annotations
 
 import pytest
@@ -76,9 +76,9 @@ def test_a_key_padding_mask_is_per_sample_data():
         losses = F.cross_entropy(model.head(hidden[:, 0]), targets, reduction="none")
     params = dict(model.named_parameters())
     replay, _ = persample.sample_data(record, params, losses)
-    assert rule_uses(replay, params, 5) is None  # a masked attention has no rule: vmap
+    assert rule_uses(replay, params, 5) is not None  # the masked attention's rule (s38)
     got = persample.per_sample_jacobians(record, params, losses)
-    assert got is not None
+    assert got is not None and got.separated
     expected = _loop(losses, params)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-9, atol=1e-11)

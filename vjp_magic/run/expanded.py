@@ -236,15 +236,18 @@ _ATTENTION_ARGS = (
     "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
     "static_k", "static_v", "average_attn_weights", "is_causal")
 _ATTENTION_PLAIN = {"bias_k": None, "bias_v": None, "add_zero_attn": False,
-                    "key_padding_mask": None, "need_weights": False, "attn_mask": None,
-                    "use_separate_proj_weight": False, "static_k": None, "static_v": None,
-                    "is_causal": False}
+                    "need_weights": False, "use_separate_proj_weight": False,
+                    "static_k": None, "static_v": None, "is_causal": False}
+
+
+_ATTENTION_MASKS = ("key_padding_mask", "attn_mask")
 
 
 def _attention_use(step, ids: dict, batch: int) -> _Use | None:
     """Self-attention (query, key and value one tensor, sequence-first as the module passes
-    it, packed projections, no mask, bias_k, dropout or weights asked): its two projections
-    are Linear rules on the batch axis 1."""
+    it, packed projections, no bias_k, dropout or weights asked; masks as
+    :func:`_attention_mask` takes them): its two projections are Linear rules on the batch
+    axis 1."""
     if len(step.args) > len(_ATTENTION_ARGS):
         return None
     bound = {**dict(zip(_ATTENTION_ARGS, step.args)), **step.kwargs}
@@ -252,6 +255,8 @@ def _attention_use(step, ids: dict, batch: int) -> _Use | None:
     if not (isinstance(query, torch.Tensor) and query.dim() == 3 and query.shape[1] == batch
             and bound.get("key") is query and bound.get("value") is query
             and id(query) not in ids and isinstance(step.result, tuple)):
+        return None
+    if not _masks_taken(bound, query.shape, ids):
         return None
     for name, plain in _ATTENTION_PLAIN.items():
         found = bound.get(name, plain)
@@ -267,6 +272,51 @@ def _attention_use(step, ids: dict, batch: int) -> _Use | None:
     return _Use(_ATTENTION, bound, found, axis=1)
 
 
+def _masks_taken(bound: dict, shape: tuple, ids: dict) -> bool:
+    """Whether the masks are ones :func:`_attention_mask` merges as the layer does: none, or
+    bool or floating constants (never an input) shaped (B, S) for the key padding, (L, S)
+    or (B · heads, L, S) for the attention mask."""
+    length, batch = shape[0], shape[1]
+    heads = bound.get("num_heads")
+    allowed = {"key_padding_mask": {(batch, length)},
+               "attn_mask": {(length, length), (batch * heads, length, length)}
+               if isinstance(heads, int) else set()}
+    for name, shapes in allowed.items():
+        mask = bound.get(name)
+        if mask is None:
+            continue
+        if not isinstance(mask, torch.Tensor) or id(mask) in ids or mask.requires_grad \
+                or not (mask.dtype == torch.bool or mask.is_floating_point()) \
+                or tuple(mask.shape) not in shapes:
+            return False
+    return True
+
+
+def _attention_mask(bound: dict, dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive mask (B, heads, L, S) ``multi_head_attention_forward`` hands
+    ``scaled_dot_product_attention``: a bool mask as -inf where True, the key padding's
+    (B, S) broadcast over heads and queries, added to the attention mask; None without
+    either. Each sample's rows read only its own padding: the samples stay apart (the
+    rules' check confirms it as for every layer)."""
+    query, heads = bound["query"], bound["num_heads"]
+    length, batch = query.shape[0], query.shape[1]
+    masks = [_additive(bound.get(name), dtype) for name in _ATTENTION_MASKS]
+    padding, attention = masks
+    if attention is not None and attention.dim() == 3:
+        attention = attention.reshape(batch, heads, length, length)
+    if padding is not None:
+        padding = padding.reshape(batch, 1, 1, length)
+    if padding is None or attention is None:
+        return padding if attention is None else attention
+    return attention + padding
+
+
+def _additive(mask, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None or mask.is_floating_point():
+        return mask
+    return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask, float("-inf"))
+
+
 def _attention(bound: dict, use: _Use, keep) -> tuple:
     """``multi_head_attention_forward`` in the case :func:`_attention_use` admits, its two
     projections as separate Linear calls handed to ``keep`` (the same numbers, within
@@ -277,7 +327,7 @@ def _attention(bound: dict, use: _Use, keep) -> tuple:
     keep(_sub_use(use, "in"), {"input": query}, projected)
     q, k, v = (t.reshape(length, batch, heads, width // heads).permute(1, 2, 0, 3)
                for t in projected.chunk(3, -1))
-    mixed = F.scaled_dot_product_attention(q, k, v)
+    mixed = F.scaled_dot_product_attention(q, k, v, _attention_mask(bound, query.dtype))
     mixed = mixed.permute(2, 0, 1, 3).reshape(length, batch, width)
     out = F.linear(mixed, bound["out_proj_weight"], bound["out_proj_bias"])
     keep(_sub_use(use, "out"), {"input": mixed}, out)
