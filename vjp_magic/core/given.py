@@ -71,13 +71,34 @@ class GivenJacobian(NamedTuple):
     """A Jacobian computed another way, with what its method knows about it."""
 
     jacobian: torch.Tensor  # output.shape + input.shape
-    magnitudes: torch.Tensor | None = None  # the sums of |terms| adding up to each entry
+    # the sums of |terms| adding up to each entry (or a Deferred making them where needed)
+    magnitudes: torch.Tensor | Deferred | None = None
     samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
     # |v| rows (k, *output.shape) -> |v|ᵀM (k, input entries): M made from its factors
     weighted_magnitudes: Callable | None = None
     # (seed, v, vᵀJ): probe 0 of that seed (the analysis' when the seeds match) and its vᵀJ
     # from a plain backward of the graph the analysis reads (the per-sample rules' pass)
     probe_vjp: tuple | None = None
+
+
+class Deferred:
+    """Magnitudes M made only where needed: by ``make()`` (None where it cannot), once, the
+    first time :func:`agreed` refuses a Jacobian at its own scale |v|ᵀ|D|. With M the scale
+    is |v|ᵀ·max(M, |D|), never below that, so whatever |D| accepts M accepts too: the
+    verdicts are those of M made up front, without its cost (the per-layer rules' backward
+    passes, for the vectorised path) where no entry needs it."""
+
+    def __init__(self, make: Callable) -> None:
+        self.make, self.done, self.value = make, False, None
+
+    def resolved(self):
+        if not self.done:
+            self.value, self.done = self.make(), True
+        return self.value
+
+    def then(self, change: Callable) -> Deferred:
+        """M changed by ``change`` (a reshape), made when this one is."""
+        return Deferred(lambda: None if self.resolved() is None else change(self.resolved()))
 
 
 class Separated(set):
@@ -124,11 +145,13 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     ``magnitudes`` (same shape, where known) as the terms' sizes; the probes are those of
     :meth:`.probes.Probes.agree_full`, one backward per draw for all — probe 0 alone where
     every one is ``separated`` (see the module's docstring). Accepted ones known finite and
-    not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``."""
-    scaled = {n for n in jacobians if n in magnitudes and (callable(magnitudes[n]) or tuple(
-        magnitudes[n].shape) == tuple(jacobians[n].shape))}
+    not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``.
+    A :class:`Deferred` M is made only for a Jacobian its own scale refuses (all of them
+    up front where probe 0 judges alone)."""
     one = bool(jacobians) and set(jacobians) <= set(separated)
-    if not scaled and not one:
+    magnitudes, later = _undeferred(magnitudes, one)
+    scaled = {n for n in jacobians if _fits(magnitudes.get(n), jacobians[n])}
+    if not scaled and not one and not set(later) & set(jacobians):
         return probes.agree_full(jacobians) if jacobians else set()
     names, found = list(jacobians), set()
     given = {n: (v, vjp) for n, (seed, v, vjp) in getattr(separated, "probe", {}).items()
@@ -152,11 +175,31 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
         if index is not None:
             probes.nonfinite.setdefault(name, index % vjps[0].numel())
             continue
-        if judge.mismatch(vjps) <= 1.0:
+        mismatch = judge.mismatch(vjps)
+        if mismatch > 1.0 and name in later and _fits(later[name].resolved(), jacobians[name]):
+            judge = ScaledProbes(jacobians[name], vectors, later[name].resolved())
+            mismatch = judge.mismatch(vjps)
+        if mismatch <= 1.0:
             found.add(name)
             if judge.ordinary:
                 probes.ordinary.add(name)
     return found
+
+
+def _undeferred(magnitudes: dict, made: bool) -> tuple[dict, dict]:
+    """(the magnitudes there now, name -> :class:`Deferred` M): all made where ``made``."""
+    later = {n: m for n, m in magnitudes.items() if isinstance(m, Deferred)}
+    now = {n: m for n, m in magnitudes.items() if n not in later}
+    if made:
+        now.update({n: m.resolved() for n, m in later.items() if m.resolved() is not None})
+        later = {}
+    return now, later
+
+
+def _fits(magnitudes, jacobian: torch.Tensor) -> bool:
+    """M as a function, or a tensor shaped like the Jacobian."""
+    return magnitudes is not None and (callable(magnitudes) or isinstance(
+        magnitudes, torch.Tensor) and tuple(magnitudes.shape) == tuple(jacobian.shape))
 
 
 AT_ONCE_ENTRIES = 2**20  # a Jacobian without its |v|ᵀM this large: judged alone (FullProbes)
@@ -293,4 +336,5 @@ class ScaledProbes(FullProbes):
         return float(vjps.sub_(self.expected).abs_().div_(allowed).max())
 
 
-__all__ = ["GivenJacobian", "ScaledProbes", "Separated", "agreed", "at_once", "read_once", "split"]
+__all__ = ["Deferred", "GivenJacobian", "ScaledProbes", "Separated", "agreed", "at_once",
+           "read_once", "split"]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..core.derivatives import plain_vjp
 from ..core.probes import fresh_stream, signed_powers
 from ..core.torch_api import guarded_grad
+from . import multilinear
 from .record import version
 from .refusals import close
 from .steps import Interpreter
@@ -50,11 +51,13 @@ class _Use:
     axis: int = 0  # the batch axis of its input and output
 
 
-def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor) -> dict | None:
+def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor,
+                        linear: bool = False) -> dict | None:
     """``{name: (B, *shape)}`` per-sample gradients of ``output`` (B per-sample losses) with
     respect to ``params``, by the per-layer rules; None where a parameter has no rule, the
-    samples are not independent at some layer, or the replay differs from ``output``."""
-    uses = rule_uses(replay, params, output.shape[0])
+    samples are not independent at some layer, or the replay differs from ``output``.
+    ``linear``: calls linear in each tensor count as rules too (:mod:`.multilinear`)."""
+    uses = rule_uses(replay, params, output.shape[0], linear)
     if uses is None:
         return None
     leaves = {name: t.detach().requires_grad_() for name, t in params.items()}
@@ -100,10 +103,24 @@ def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch
     if grads is None:
         return None
     grads, vjps = grads
+    linear = _linear_terms(found, grads)
     result = _summed(params, output.shape[0],
-                     [(use, _rule(use, args, grad)) for (use, args, _), grad in zip(found, grads)])
+                     [(use, linear[i] if i in linear else _rule(use, args, grad))
+                      for i, ((use, args, _), grad) in enumerate(zip(found, grads))])
     result.probe_vjps = dict(zip(params, vjps)) if vjps else {}
     return result
+
+
+def _linear_terms(found: list, grads: list) -> dict:
+    """Index in ``found`` -> slot -> (per-sample gradient, magnitudes) for the calls linear
+    in each tensor (:func:`.multilinear.terms`, all in one vectorised backward)."""
+    linear = [(i, use, bound, grad) for i, ((use, bound, _), grad) in enumerate(zip(found, grads))
+              if use.kind == multilinear.KIND]
+    terms = iter(multilinear.terms([
+        (bound["func"], bound["args"], bound["kwargs"], bound["batched"],
+         [int(slot.split()[1]) for slot in use.params], grad)
+        for _, use, bound, grad in linear]))
+    return {i: {slot: next(terms) for slot in use.params} for i, use, _, _ in linear}
 
 
 class PerSampleGradients(dict):
@@ -181,10 +198,11 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
     return PerSampleGradients(per_sample, magnitudes, separated=True, weighted=weighted)
 
 
-def rule_uses(replay, params: dict, batch: int) -> dict | None:
+def rule_uses(replay, params: dict, batch: int, linear: bool = False) -> dict | None:
     """Step index -> :class:`_Use` for every step reading a parameter, where each has a rule
-    (the parameters in its weight/bias slots only, its input and result batch-first);
-    None where some parameter is read otherwise."""
+    (the parameters in its weight/bias slots only, its input and result batch-first; with
+    ``linear``, or a call linear in each tensor: :func:`.multilinear.use_of`); None where
+    some parameter is read otherwise."""
     ids = {replay.names[name]: name for name in reversed(params)}  # one tensor: first name
     uses = {}
     for index, step in enumerate(replay.steps):
@@ -193,6 +211,8 @@ def rule_uses(replay, params: dict, batch: int) -> dict | None:
             continue
         use = _attention_use(step, ids, batch) if step.name == _ATTENTION \
             else _use(step, ids, batch)
+        if use is None and linear:
+            use = _linear_use(step, ids, batch)
         if use is None or len(use.params) != len(read):
             return None
         uses[index] = use
@@ -213,6 +233,15 @@ def _use(step, ids: dict, batch: int) -> _Use | None:
     found = {slot: ids[id(bound[slot])] for slot in ("weight", "bias")
              if isinstance(bound.get(slot), torch.Tensor) and id(bound[slot]) in ids}
     return _Use(step.name, bound, found)
+
+
+def _linear_use(step, ids: dict, batch: int) -> _Use | None:
+    found = multilinear.use_of(step, ids, batch)
+    if found is None:
+        return None
+    params, batched = found
+    return _Use(multilinear.KIND, {"batched": batched, "func": step.func},
+                {f"arg {i}": name for i, name in params.items()})
 
 
 def _batched(kind: str, bound: dict, source: torch.Tensor) -> bool:
@@ -365,7 +394,9 @@ class _Capturing(Interpreter):
             bound = dict(zip(_ATTENTION_ARGS, args), **kwargs)
             return _attention(bound, use, self.keep)
         value = super().call_function(step, args, kwargs)
-        if use is not None:
+        if use is not None and use.kind == multilinear.KIND:
+            self.keep(use, {**use.bound, "args": args, "kwargs": kwargs}, value)
+        elif use is not None:
             names = _SIGNATURES[use.kind]
             self.keep(use, {**_DEFAULTS, **dict(zip(names, args)), **kwargs}, value)
         return value
@@ -388,8 +419,8 @@ class _Capturing(Interpreter):
             if use is None:
                 continue
             call, result = calls.get(id(step.result)), step.result
-            if use.kind == _ATTENTION or call is None or call.result is not result \
-                    or version(result) != 0:
+            if use.kind in (_ATTENTION, multilinear.KIND) or call is None \
+                    or call.result is not result or version(result) != 0:
                 return False
             for tensor in (*step.args, *step.kwargs.values()):  # (no rule nests one)
                 if not isinstance(tensor, torch.Tensor):

@@ -19,7 +19,7 @@ import torch
 from ..core import analysis, axisflow, memory, validation
 from ..core import given as given_jacobians
 from ..core.derivatives import pass_key, remember_seconds
-from ..core.given import GivenJacobian
+from ..core.given import Deferred, GivenJacobian
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
@@ -71,7 +71,9 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     return found
 
 
-def _shaped(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+def _shaped(t, shape: tuple):
+    if isinstance(t, Deferred):
+        return t.then(lambda found: _shaped(found, shape))
     return t if t.shape == shape else t.reshape(shape)
 
 
@@ -87,12 +89,15 @@ def _replayed(record, inputs: dict, output, rules: bool = True) -> dict | None:
     samples = per_sample_constants(replay, output.shape[0], {**inputs, **data})
     if not samples and not data:
         return None
-    devices = [output.device.index or 0] if output.is_cuda else []
     try:  # the global RNG as a plain run leaves it, whatever the replay draws
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=_devices(output)):
             return _computed(replay, inputs, data, samples, output, rules)
     except Exception:  # noqa: BLE001 - an op vmap cannot batch, data-dependent shapes …
         return None
+
+
+def _devices(output) -> list:
+    return [output.device.index or 0] if output.is_cuda else []
 
 
 def rules_capture(inputs: dict, output):
@@ -215,19 +220,33 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
 def _rule_magnitudes(replay: Replay, inputs: dict, data: dict, output) -> dict:
     """name -> the sums of the absolute terms adding up to each per-sample gradient entry
     (:class:`.expanded.PerSampleGradients`' ``magnitudes``), by the per-layer rules for the
-    inputs whose every use has one, where some other input has none (those read as data).
-    vmap's gradients come without them, and an entry whose terms cancel to exactly 0 (a conv
-    bias before InstanceNorm, which removes a per-channel constant) is then float32 noise
-    judged against its own size: refused, and that input's Jacobian recomputed by B
-    backward passes. The rules check the samples apart as they do for every input (else
-    none); the probes still judge vmap's Jacobian, now at the terms' scale."""
+    inputs whose every use has one, and for those whose every use is a call linear in each
+    tensor (``x @ w``, ``h + b``: :mod:`.multilinear`), where some other input has neither
+    (those read as data). vmap's gradients come without them, and an entry whose terms
+    cancel to exactly 0 (a conv bias before InstanceNorm, which removes a per-channel
+    constant; a key bias added by hand before an attention) is then float32 noise judged
+    against its own size: refused, and that input's Jacobian recomputed by B backward
+    passes. The rules check the samples apart as they do for every input (else none); the
+    probes still judge vmap's Jacobian, now at the terms' scale. Each is a
+    :class:`~vjp_magic.core.given.Deferred`: the rules' replay and passes run only if some
+    Jacobian is refused at its own scale (and then once for all)."""
     batch = output.shape[0]
     ruled = {name: t for name, t in inputs.items()
-             if rule_uses(replay, {name: t}, batch) is not None}
-    if not ruled or len(ruled) == len(inputs):  # all of them: the rules already failed
-        return {}
+             if rule_uses(replay, {name: t}, batch, linear=True) is not None}
+    if not ruled or len(ruled) == len(inputs) and rule_uses(replay, inputs, batch) is not None:
+        return {}  # none, or all by the rules alone: those already failed
     rest = {name: t for name, t in inputs.items() if name not in ruled}
-    found = per_sample_by_rules(replay, ruled, {**data, **rest}, output)
+    made = Deferred(lambda: _made_magnitudes(replay, ruled, {**data, **rest}, output))
+    return {name: made.then(lambda found, name=name: found.get(name)) for name in ruled}
+
+
+def _made_magnitudes(replay: Replay, ruled: dict, data: dict, output) -> dict:
+    """:func:`_rule_magnitudes`' M, when the analysis asks: {} where the rules fail."""
+    try:  # the global RNG as a plain run leaves it, whatever the replay draws
+        with torch.random.fork_rng(devices=_devices(output)):
+            found = per_sample_by_rules(replay, ruled, data, output, linear=True)
+    except Exception:  # noqa: BLE001 - never break the cell for a tolerance's scale
+        return {}
     return {} if found is None else dict(found.magnitudes)
 
 
