@@ -173,3 +173,23 @@ def test_the_terms_are_made_only_where_a_jacobian_needs_them(monkeypatch, case):
     for name, value in _expected(model, x, t).items():
         torch.testing.assert_close(r.derivatives[name].double(), value, rtol=1e-4, atol=2e-6,
                                    msg=name)
+
+
+def _step(name, args, result, **kwargs):
+    from types import SimpleNamespace
+    return SimpleNamespace(name=name, args=args, kwargs=kwargs, result=result)
+
+
+def test_which_calls_the_terms_take():
+    """Linear in each tensor, the parameter broadcast over the batch (or x @ w's matrix),
+    the other tensor carrying the batch on axis 0; anything else is not taken."""
+    from vjp_magic.run.multilinear import use_of
+    x, p, w, rows = torch.randn(6, 4), torch.randn(4), torch.randn(4, 3), torch.randn(6, 4)
+    ids = {id(p): "p", id(w): "w", id(rows): "rows"}
+    assert use_of(_step("add", (x, p), x + p), ids, 6) == ({1: "p"}, (0,))
+    assert use_of(_step("matmul", (x, w), x @ w), ids, 6) == ({1: "w"}, (0,))
+    assert use_of(_step("sub", (x, p), x - p, alpha=2), ids, 6) == ({1: "p"}, (0,))
+    assert use_of(_step("add", (x, rows), x + rows), ids, 6) is None  # one row per sample
+    assert use_of(_step("mul", (p, p), p * p), ids, 4) is None  # p twice, no batch
+    assert use_of(_step("tanh", (x + p,), x), ids, 6) is None  # not linear
+    assert use_of(_step("add", (x, p), x + p, out=None), ids, 6) is None

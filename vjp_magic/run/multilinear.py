@@ -30,8 +30,7 @@ def use_of(step, ids: dict, batch: int):
     the batch on axis 0) for a call :func:`terms` takes, else None: a call of ``_NAMES``
     (no keyword but ``alpha``) whose result carries the batch on axis 0, reading each
     parameter once and broadcast over the batch (or as ``x @ w``'s matrix ``w``), every other
-    tensor either carrying the batch (as the result) or broadcast over it, at least one
-    carrying it (the first, for ``x @ w``)."""
+    tensor carrying the batch as the result does (the first, for ``x @ w``)."""
     result = step.result
     if step.name not in _NAMES or set(step.kwargs) - {"alpha"} \
             or not isinstance(result, torch.Tensor) or result.dim() < 1 \
@@ -50,7 +49,7 @@ def use_of(step, ids: dict, batch: int):
             params[index] = ids[id(arg)]
         elif spans and arg.shape[0] == batch:
             batched.append(index)
-        elif spans:
+        else:  # a constant read whole by every sample: not taken (none is needed)
             return None
     if not params or not batched or step.name in _PRODUCTS and batched != [0]:
         return None
