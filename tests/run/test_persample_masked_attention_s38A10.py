@@ -20,7 +20,7 @@ from vjp_magic.core import given
 from vjp_magic.run import expanded, persample
 from vjp_magic.run.record import recording
 
-MASKS = ["padding", "causal", "both", "additive"]
+MASKS = ["padding", "causal", "both", "additive", "per head"]
 
 
 class Masked(nn.Module):
@@ -38,7 +38,9 @@ class Masked(nn.Module):
         masks = {"padding": (padding, None), "causal": (None, causal),
                  "both": (padding, causal),
                  "additive": (padding.to(x.dtype) * -1e4, torch.zeros(length, length,
-                                                                       dtype=x.dtype))}
+                                                                       dtype=x.dtype)),
+                 "per head": (None, (padding[:, None, None, :] | causal).expand(
+                     -1, 2, -1, -1).reshape(-1, length, length))}
         key_padding, attention = masks[self.kind]
         s = x if self.batch_first else x.transpose(0, 1)
         h = self.a(s, s, s, key_padding_mask=key_padding, attn_mask=attention,
