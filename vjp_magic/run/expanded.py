@@ -568,22 +568,34 @@ def _numpy_powers(span: int, dtype: torch.dtype) -> numpy.ndarray | None:
 
 
 def _ranks(keys: torch.Tensor, generator: numpy.random.Generator) -> numpy.ndarray:
-    """Each entry's rank among the entries equal to it, in a random order."""
+    """Each entry's rank among the entries of its sign and exponent, in a random order: for
+    signed powers of two (the probe), the entries equal to it; any other keys are grouped
+    more coarsely (equal keys always together, so their ranks still differ)."""
     keys = keys.detach().reshape(-1).cpu()
     keys = (keys.float() if keys.dtype == torch.bfloat16 else keys).numpy()  # exact
     count = keys.size
     if not count:
         return numpy.zeros(0, dtype=numpy.int64)
+    groups = _sign_and_exponent(keys)
     shuffled = generator.permutation(count)
-    ids = shuffled[numpy.argsort(keys[shuffled], kind="stable")]  # equal keys together
-    ordered = keys[ids]
-    starts = numpy.empty(count, dtype=bool)  # where a run of equal keys begins
+    # equal groups together: a radix sort of 16-bit keys (half the time of sorting floats)
+    ids = shuffled[numpy.argsort(groups[shuffled], kind="stable")]
+    ordered = groups[ids]
+    starts = numpy.empty(count, dtype=bool)  # where a group's run begins
     starts[0] = True
     numpy.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
     places = numpy.arange(count)
     ranks = numpy.empty(count, dtype=numpy.int64)
     ranks[ids] = places - numpy.maximum.accumulate(numpy.where(starts, places, 0))
     return ranks
+
+
+def _sign_and_exponent(keys: numpy.ndarray) -> numpy.ndarray:
+    """Each float's sign and exponent bits as a uint16 (at most 12 bits): equal for equal
+    values (-0 made +0), and the value itself for a signed power of two."""
+    keys = keys + keys.dtype.type(0)  # -0 + 0 = +0: one group for the equal zeros
+    bits = keys.view(f"u{keys.dtype.itemsize}") >> numpy.finfo(keys.dtype).nmant
+    return bits.astype(numpy.uint16)
 
 
 def _rule(use: _Use, bound: dict, grad: torch.Tensor) -> dict:
