@@ -117,8 +117,8 @@ def test_a_wrong_rule_row_is_refused_and_recomputed(ip, monkeypatch, row):
     _setup(ip, "mlp")
     original = expanded._rule
 
-    def wrong(use, bound, grad):
-        found = original(use, bound, grad)
+    def wrong(use, bound, grad, *probe):
+        found = original(use, bound, grad, *probe)
         if "weight" in found and found["weight"][0].shape[1:] == (8, 6):
             weight, magnitude = found["weight"]
             weight = weight.clone()

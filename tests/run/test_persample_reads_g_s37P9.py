@@ -56,8 +56,8 @@ def _run(ip, monkeypatch, wrong):
     monkeypatch.setattr(analysis, "new_seed", lambda: SEED)
     original_rule, written = expanded._rule, []
 
-    def rule(use, bound, grad):
-        found = original_rule(use, bound, grad)
+    def rule(use, bound, grad, *probe):
+        found = original_rule(use, bound, grad, *probe)
         if "weight" in found and tuple(found["weight"][0].shape[1:]) == (6, 6):
             weight, factored = found["weight"]
             found = {**found, "weight": (wrong(weight), factored)}  # the factors unchanged
