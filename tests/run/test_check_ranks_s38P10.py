@@ -41,3 +41,21 @@ def test_every_pair_of_samples_weighted_apart_in_some_pass():
     codes = torch.stack(passes, 1)  # one row of weights per sample
     assert len(passes) == 2  # probe 0 and one more: 1,024 float32 samples
     assert len(torch.unique(codes, dim=0)) == 1024
+
+
+def test_the_probe_scale_made_early_is_the_one_computed_late():
+    """A Linear weight's |v|ᵀM for probe 0, made before G is written (s38 P10), is exactly
+    what the factors give when asked later; other rows are computed, not the kept ones."""
+    from vjp_magic.run.expanded import _WeightedMagnitudes
+
+    g, source = torch.randn(64, 1, 5), torch.randn(64, 1, 3)
+    probe = probe_vector(torch.zeros(64), 3, 0)
+    early, late = _WeightedMagnitudes(g, source, probe), _WeightedMagnitudes(g, source)
+    rows = probe.abs().reshape(1, -1)
+    assert torch.equal(early(rows), late(rows))
+    expected = torch.einsum("b,bo,bi->oi", rows[0], g[:, 0].abs(), source[:, 0].abs())
+    torch.testing.assert_close(early(rows), expected.reshape(1, -1))
+    other = rows.clone()
+    other[0, 7] *= 2
+    assert torch.equal(early(other), late(other))
+    assert not torch.equal(early(other), early(rows))
