@@ -142,8 +142,8 @@ def test_a_key_bias_wrong_by_a_little_of_its_terms_is_refused(monkeypatch, dtype
     terms = _key_bias_terms(model, x, padding, t)
     rule = expanded._rule
 
-    def shifted(use, bound, g):
-        found = rule(use, bound, g)
+    def shifted(use, bound, g, *probe):
+        found = rule(use, bound, g, *probe)
         if use.params.get("bias") == "a.in_proj_bias":
             bias, magnitudes = found["bias"]
             bias = bias.clone()
