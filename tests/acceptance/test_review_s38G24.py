@@ -276,12 +276,8 @@ def test_six_colours_suffice_for_the_cyclic_five_point_band_at_502():
         assert pattern[colour == c].sum(0).max() == 1  # no two rows of a colour share a read
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-7 (slow, one extra pass): the cyclic 5-point band x.roll(2)+x.roll(1)-2x+x.roll(-1)+"
-    "x.roll(-2)*x at n = 502 takes 7 colours; 6 suffice (C_502^4, 502 = 2·6 + 98·5). Issue 20 "
-    "asks for the optimum on stencils; i mod 5 fails across the wrap and the greedy orders "
-    "(core/colouring.py row_colouring → greedy_rows) end at 7 where mixing blocks of 5 and 6 "
-    "gives 6"))
+# G24-7 fixed (s38 R3): a circulant band is cut into blocks of q and q + 1 rows
+# (core/colouring.py cycle_blocks); 6 = ⌈502 / ⌊502 / 5⌋⌉ is also a lower bound.
 def test_the_cyclic_five_point_band_takes_the_fewest_colours():
     x = torch.rand(502, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(_cyclic_five(x), x)
@@ -301,10 +297,8 @@ def test_eight_colours_suffice_for_the_periodic_laplacian_on_16_by_16():
         assert pattern[colour == c].sum(0).max() == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-7 (2-D): the periodic 5-point Laplacian on a 16 × 16 torus (u.roll(±1, 0) + "
-    "u.roll(±1, 1) - 4u + u**3) takes 9 colours; (i + 2j) mod 8 is a valid 8-colouring (and "
-    "24 × 24 gets 7): no lattice colouring is found here and greedy ends at 9"))
+# G24-7 (2-D) fixed (s38 R3): a proved lattice tries moduli past its bound, the wrap
+# differences included ((i + 2j) mod 8 here).
 def test_the_periodic_laplacian_takes_at_most_eight_colours():
     u = torch.rand(16, 16, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(_torus_five_point(u), u)

@@ -24,6 +24,12 @@ How rows are coloured, in order:
    the whole pattern with one ``bincount`` over (column, colour): O(nnz), no loop per row.
    It is optimal on stencils: i mod 3 on a tridiagonal pattern, (a + 2b) mod 5 on the 2-D
    5-point stencil (any k × k grid), (a + 2b + 3c) mod 7 on the 3-D 7-point one.
+1b. Rows that wrap around (x.roll: a circulant band, a torus stencil), where no lattice
+   with the lower bound's p holds across the seam (:func:`wrapped_colourings`): a proved
+   lattice's smallest p past its bound (its differences across the seam included), a
+   circulant band cut into blocks of q and q + 1 rows (optimal: 6 on the cyclic 5-point
+   band at 502), the bulk's lattice with the seam's rows coloured again greedily; each
+   checked on the pattern, and kept only where it beats greedy (or meets a lower bound).
 2. Otherwise greedy: natural order (a Python loop over rows with one colour bitmask per
    column, no conflict graph: ~0.4 µs a nonzero; it cannot be vectorised without changing
    the result, and the vectorised schemes tried — Jones–Plassmann, Culberson's iterated
@@ -100,14 +106,20 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     bound = int(counts.max()) if len(col) else 0
     if bound <= 1:  # no two rows share a column: one colour
         return np.zeros(m, dtype=np.int64)
-    lattice = _lattice(crow, col, n, bound,
-                       _out_shape(shape, m, *((crow, col) if n == m else ())))
-    if lattice is not None and colour_count(lattice) <= bound:
-        return flat_numbered(lattice)  # the lower bound: optimal
-    best = greedy_rows(crow, col, n, counts)
-    if lattice is not None and colour_count(lattice) < colour_count(best):
-        return flat_numbered(lattice)
-    return best
+    shapes = _out_shape(shape, m, *((crow, col) if n == m else ()))
+    found = _lattice(crow, col, n, bound, shapes)
+    if found is not None and colour_count(found) <= bound:
+        return flat_numbered(found)  # the lower bound: optimal
+    wrapped, floor = wrapped_colourings(crow, col, n, lattice, bound, shapes)
+    for colours in wrapped:
+        if colour_count(colours) <= floor and valid_rows(crow, col, n, colours):
+            return flat_numbered(colours)  # a lower bound met: optimal
+    best = greedy = greedy_rows(crow, col, n, counts)
+    for colours in [found] + wrapped:  # each checked on the whole pattern
+        if colours is not None and colour_count(colours) < colour_count(best) \
+                and valid_rows(crow, col, n, colours):
+            best = colours
+    return best if best is greedy else flat_numbered(best)
 
 
 def flat_numbered(colours: np.ndarray, count: int | None = None) -> np.ndarray:
@@ -267,7 +279,7 @@ def row_colouring(crow, col, n: int, *, shape=None, lattice=None) -> tuple[np.nd
         found = periodic_lattice(lattice)
         if found is not None:
             return found
-    return colour_rows(crow, col, n, shape=shape), 0
+    return colour_rows(crow, col, n, shape=shape, lattice=lattice), 0
 
 
 MAX_DELTAS = 20_000  # conflict differences screened at once (candidates × deltas products)
@@ -314,6 +326,134 @@ def _periodic(period: np.ndarray, size: int) -> np.ndarray:
 
 
 PARALLEL_COPY = 1 << 16  # copies this large go to torch (its grain: 32,768 entries a thread)
+
+
+# -- 1b. wrap-around patterns (x.roll: a circulant band, a torus stencil) ---------------------
+def wrapped_colourings(crow, col, n: int, lattice, bound: int,
+                       shapes) -> tuple[list[np.ndarray], int]:
+    """Candidate colourings where rows wrap around, so that no lattice colouring with
+    ``bound`` colours holds across the seam (i mod 5 on a cycle of 502), and a lower bound
+    on any colouring (``bound``, or more where the candidates say why). Candidates, each to
+    be checked on the pattern (:func:`valid_rows`) by the caller:
+
+    - a proved :class:`.pattern.Lattice` (its ``deltas`` list the differences across the
+      seam too): (a·o) mod p for the smallest p > bound whose a passes them all, valid by
+      that argument ((i + 2j) mod 8 on a 16 × 16 torus);
+    - a 1-D circulant pattern (:func:`cycle_blocks`): blocks of q and q + 1 rows coloured
+      by their position in the block, optimal where the conflicts are every distance up to K;
+    - the lattice colouring of the bulk (screened on the differences that do not wrap)
+      with the rows conflicting across the seam coloured again greedily (:func:`repaired`).
+    """
+    found, floor = [], bound
+    if lattice is not None:
+        beyond = _beyond_bound(lattice)
+        if beyond is not None:
+            found.append(beyond)
+    blocks = cycle_blocks(crow, col, n)
+    if blocks is not None:
+        found.append(blocks[0])
+        floor = max(floor, blocks[1])
+    grid = lattice.grid if lattice is not None else shapes[0]
+    local = _local_deltas(crow, col, grid, lattice)
+    for coeffs in _screened(local, bound, len(grid))[:1]:
+        mixed = repaired(crow, col, n, _lattice_colours(grid, coeffs, bound))
+        found.extend([] if mixed is None else [mixed])
+    return found, floor
+
+
+def _beyond_bound(lattice) -> np.ndarray | None:
+    """(a·o) mod p with the fewest colours p > ``lattice.bound`` for which some a gives
+    a·δ ≢ 0 (mod p) on every listed difference δ (valid by that alone, not optimal)."""
+    grid, deltas = lattice.grid, lattice.deltas
+    if len(grid) > 4 or len(deltas) > MAX_DELTAS or len(deltas) == 0:
+        return None
+    for p in range(max(lattice.bound, 1) + 1, lattice.bound + LATTICE_SPAN + 1):
+        for coeffs in _screened(deltas, p, len(grid))[:1]:
+            return _lattice_colours(grid, coeffs, p)
+    return None
+
+
+def _local_deltas(crow, col, grid, lattice) -> np.ndarray:
+    """The conflict differences that do not wrap: a proved lattice's with |δ_k| at most a
+    third of each axis, else those seen near a few interior rows."""
+    if lattice is None:
+        return _conflict_deltas(crow, col, tuple(grid))
+    size = np.array(grid, dtype=np.int64).reshape(1, -1)
+    deltas = np.asarray(lattice.deltas, dtype=np.int64).reshape(-1, len(grid))
+    return deltas[(3 * np.abs(deltas) <= size).all(1)]
+
+
+def circulant_offsets(crow, col, n: int) -> np.ndarray | None:
+    """The offsets (column - row) mod n that every row of a square pattern reads (sorted),
+    where every row reads the same ones: a circulant pattern (a band that wraps around);
+    else None. O(nnz)."""
+    crow, col = np.asarray(crow, np.int64), np.asarray(col, np.int64)
+    m = len(crow) - 1
+    width = int(crow[1] - crow[0]) if m else 0
+    if m != n or m < 2 or width == 0 or len(col) != m * width:
+        return None
+    offsets = np.sort(((col - _rows_of(crow)) % n).reshape(m, width), axis=1)
+    return offsets[0] if bool((offsets == offsets[:1]).all()) else None
+
+
+def cycle_blocks(crow, col, n: int) -> tuple[np.ndarray, int] | None:
+    """For a circulant pattern whose rows r, r' conflict only within cyclic distance K: the
+    m rows cut into B = m // (K + 1) blocks of q or q + 1 consecutive rows, each row
+    coloured by its position in its block, and the lower bound ⌈m / B⌉ where every distance
+    1..K conflicts (K + 1 rows pairwise in conflict, so a colour holds at most B rows);
+    else (a partial band) the bound 0. Two rows of one colour lie at least q ≥ K + 1
+    apart both ways round: valid. None where the pattern is not circulant or B < 2."""
+    offsets = circulant_offsets(crow, col, n)
+    if offsets is None:
+        return None
+    m = n
+    shared = np.unique((offsets[:, None] - offsets[None, :]) % m)
+    distance = np.minimum(shared, m - shared)
+    distance = np.unique(distance[distance > 0])
+    if len(distance) == 0:
+        return None
+    reach = int(distance[-1])
+    blocks = m // (reach + 1)
+    if blocks < 2:
+        return None
+    q, longer = divmod(m, blocks)
+    sizes = np.full(blocks, q, dtype=np.int64)
+    sizes[:longer] += 1
+    starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    colours = np.arange(m, dtype=np.int64) - starts
+    full = len(distance) == reach  # every distance 1..reach conflicts
+    return colours, (-(-m // blocks) if full else 0)
+
+
+def repaired(crow, col, n: int, colours: np.ndarray) -> np.ndarray | None:
+    """``colours`` where they hold, the rest coloured greedily: of the rows of one colour
+    reading one column, all but the first lose their colour; then each such row, in order,
+    takes the lowest colour that no row sharing a column has (valid by construction). None
+    where more than :data:`MOST_REPAIRED` rows (or an eighth) would be coloured again."""
+    colours = np.array(colours, dtype=np.int64)
+    k = colour_count(colours)
+    rows = _rows_of(crow)
+    keys = col * k + colours[rows]
+    order = np.argsort(keys, kind="stable")  # rows ascending within a key
+    repeat = np.zeros(len(keys), dtype=bool)
+    repeat[order[1:]] = keys[order[1:]] == keys[order[:-1]]
+    redo = np.unique(rows[repeat])
+    if len(redo) > min(MOST_REPAIRED, len(colours) // 8):
+        return None
+    colours[redo] = -1
+    readers = np.concatenate([[0], np.cumsum(np.bincount(col, minlength=n))])
+    by_col = rows[order]  # the rows reading each column: keys sort by column first
+    for row in redo.tolist():
+        spans = [by_col[readers[c]:readers[c + 1]] for c in col[crow[row]:crow[row + 1]]]
+        used = set(colours[np.concatenate(spans)].tolist())
+        free = 0
+        while free in used:
+            free += 1
+        colours[row] = free
+    return colours
+
+
+MOST_REPAIRED = 20_000  # rows coloured again one by one (~10 µs each)
 
 
 # -- 2. greedy colourings ----------------------------------------------------------------------

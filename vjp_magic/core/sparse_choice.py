@@ -250,7 +250,8 @@ class SparseChoice:
             matrix = dense_to_csr(flat)
         colours = colour_rows(matrix.crow_indices().cpu().numpy(),
                               matrix.col_indices().cpu().numpy(), n,
-                              shape=(tuple(self.output.shape), tuple(tensor.shape)))
+                              shape=(tuple(self.output.shape), tuple(tensor.shape)),
+                              lattice=None if proved is None else proved.lattice)
         count = int(colours.max()) + 1 if colours is not None and len(colours) else 0
         if colours is None or count > self.max_colours:
             return None
