@@ -14,7 +14,8 @@ import torch
 from stencils import stencil
 
 from vjp_magic.core.colouring import (circulant_offsets, colour_count, colour_rows,
-                                      natural_greedy, repaired, row_colouring, valid_rows)
+                                      natural_greedy, peeling_order, repaired, row_colouring,
+                                      valid_rows)
 from vjp_magic.core.indexmaps import proved_pattern
 
 FIVE = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
@@ -99,3 +100,24 @@ def test_repaired_keeps_the_colours_that_hold_and_mends_the_seam():
     mended = repaired(crow, col, m, first)
     _pairwise_valid(crow, col, mended)
     assert (mended[:97] == first[:97]).all()  # far from the seam: as they were
+
+
+def _tree(m, seed):
+    """Rows 0..m-1; row v and its random parent p < v share a column of their own: the
+    conflict graph is that tree (degeneracy 1)."""
+    parent = np.random.default_rng(seed).integers(0, np.arange(1, m))
+    rows = np.concatenate([np.arange(1, m), parent])
+    cols = np.concatenate([np.arange(m - 1), np.arange(m - 1)])
+    order = np.lexsort((cols, rows))
+    crow = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m))])
+    return crow, cols[order], m - 1, parent
+
+
+@pytest.mark.parametrize("m, seed", [(50, 0), (2000, 1), (200_000, 2)])
+def test_greedy_in_the_peeling_order_takes_two_colours_on_a_tree(m, seed):
+    # a tree has degeneracy 1: greedy in a smallest-last order takes at most 2 colours
+    crow, col, n, parent = _tree(m, seed)
+    counts = np.bincount(col, minlength=n)
+    colours = natural_greedy(crow, col, n, peeling_order(crow, col, n, counts, m))
+    assert (colours[1:] != colours[parent]).all()  # each tree edge: two colours
+    assert colour_count(colours) == 2
