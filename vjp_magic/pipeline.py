@@ -39,6 +39,7 @@ from .render import graph_facts
 from .render.options import RenderOptions
 from .render.view import View
 from .run.called import Called, is_function
+from .run.cuts import graph_notes
 from .run.choose import Given, Subject, dense_inputs
 from .run.hookfree import AnalysedGraph, analysed_graph
 
@@ -102,6 +103,8 @@ def pipeline(subject: Subject, request: Request,
         found = _accepted(graph, output_name, request, given)  # None: the analysis decides
         result = graph.restore(found if found is not None else
                                _derivatives(graph, output_name, request, given), output, inputs)
+        result = replace(result, **graph_notes(  # r.cuts, r.steers: before any text is built
+            subject.record, {n: item.tensor for n, item in result.inputs.items()}, result.output))
         if graph.replayed:  # the facts off the graph analysed: whole where the cell freed its own
             graph_facts.read_off(result, graph.output, graph.inputs)
         with names.naming(subject, result):  # no text a feature builds takes a bound name

@@ -29,7 +29,7 @@ from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError, operand
 from .grouptest import OverTime, diagonal_hits, probed_pattern
-from .pairing import Evidence
+from .pairing import Evidence, proved_for_every
 from .probes import new_seed
 from .quiet import quiet_autograd
 from .reentrant import refuse_on_its_graph
@@ -162,6 +162,19 @@ class Dependency:
             return False
         r, c = entries(self.pattern)
         return bool(self._allowed(r, c).all()) and len(r) == self._region_size()
+
+    def band_reads(self) -> tuple[bool, tuple[int, ...]]:
+        """Of the dependences the kind's ``offsets`` allow (a band, with wrap-around: modulo
+        n, nearest 0; a triangle; a sparse pattern's band): whether they fill it (each output
+        index reads every input index within it, as far as the edges allow), and the offsets
+        j − i they hold, sorted. The band is their hull: it may have gaps (0 and 3 only)."""
+        r, c = entries(self.pattern)
+        inside = self._allowed(r, c)
+        offset = (c - r)[inside]
+        if self.kind == Kind.PERIODIC_BAND:
+            n = self.pattern.shape[1]
+            offset = (offset + n // 2) % n - n // 2
+        return int(inside.sum()) == self._region_size(), tuple(torch.unique(offset).tolist())
 
     def exceptions(self) -> list[tuple[int, int]]:
         """The dependences ``(i, j)`` (row-major) outside the structure the kind names, a
@@ -657,14 +670,15 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     else:  # y's index along a is x's index along the axis paired with a
         first, second = k + paired[a], k + b
     derivatives, sparse = item.derivatives, item.sparse
-    # what the graph proves: a proved sparse pattern's entries (its zeros at this x included),
-    # or the pairing's own diagonal; any other pattern is read off values at this x
-    structural = sparse is not None and str(sparse.evidence) == "proved"
+    # what the graph proves for every x: a proved sparse pattern's entries (its zeros at this
+    # x included), or the pairing's own diagonal; any other pattern (a steered cell's too) is
+    # read off values at this x
+    structural = sparse is not None and proved_for_every(result, name, sparse.evidence)
     if derivatives.layout == torch.strided:
         pattern = _plane(derivatives != 0, first, second)
     else:
         pattern = _sparse_plane(derivatives, first, second, zeros=structural)
-    proved = structural or (str(item.evidence) == "proved" and paired.get(a) == b)
+    proved = structural or (proved_for_every(result, name) and paired.get(a) == b)
     dep = _dependency(pattern.cpu(), a, b, Evidence.PROVED if proved else Evidence.OBSERVED,
                       getattr(result, "seed", None))
     given = tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ()

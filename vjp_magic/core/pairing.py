@@ -30,6 +30,22 @@ class Evidence(TextEnum):
     PROBED = "probed"  # a dependency pattern found by random set probes at this input
 
 
+def steered(result, name: str) -> bool:
+    """Whether the cell read a value computed from input ``name`` into Python (``r.steers``,
+    :func:`vjp_magic.run.cuts.find_reads`), where it may have chosen the path the graph
+    records: a proof from the graph then holds at this ``name`` only."""
+    return any(name in read.inputs for read in getattr(result, "steers", ()))
+
+
+def proved_for_every(result, name: str, evidence=None) -> bool:
+    """Whether ``evidence`` (input ``name``'s own by default, or a pattern's) is a proof from
+    the graph that holds for every ``name``: PROVED, and not :func:`steered` (another value
+    may take another graph). The one owner of that fact: every sentence and verdict that
+    words a proof (headlines, sparse patterns, Hessians, --explain, ``r.dependency``) asks."""
+    evidence = result.inputs[name].evidence if evidence is None else evidence
+    return str(evidence) == Evidence.PROVED and not steered(result, name)
+
+
 class AxisPair(NamedTuple):
     """Output axis ``out`` and input axis ``in_`` index the same points."""
 

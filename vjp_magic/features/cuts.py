@@ -4,35 +4,29 @@ A value computed from an input that reaches the output as a constant (``x.detach
 ``x.data``, ``torch.tensor(x)``, ``.item()``/``.tolist()``/``.numpy()`` round trips,
 ``torch.no_grad()``) is named above the derivatives with its cell line and what became
 constant (:func:`vjp_magic.run.cuts.find_cuts`, from the record alone); the derivatives are
-then those of the graph as computed, which the headline says. Stores ``r.cuts``.
+then those of the graph as computed, which the headline says (``r.cuts`` and ``r.steers``,
+stored by the pipeline before any feature runs).
 """
 from __future__ import annotations
 
 from ..render.document import Bullets, Paragraph, Section, paragraph
 from ..run.choose import Subject
-from ..run.cuts import find_cuts, find_reads
 from . import Added, Asked
 
 flags = ()
 orders = (1, 2)
-replays_record = False  # reads the record (nothing without one) but never replays it
+replays_record = False  # words what the pipeline read off the record; never replays it
 
 
 def add(result, request: Asked, subject: Subject) -> Added:
-    inputs = {name: item.tensor for name, item in result.inputs.items()}
-    cuts = find_cuts(subject.record, inputs, result.output)
-    named = {(cut.op, cut.line) for cut in cuts}  # a value read that is a cut: said there
-    reads = tuple(read for read in find_reads(subject.record, inputs, result.output)
-                  if (read.op, read.line) not in named)
-    if not cuts and not reads:
-        return Added()
-    stored = {"cuts": cuts} if cuts else {}
+    """The cuts and reads the pipeline stored (``r.cuts``, ``r.steers``:
+    :func:`vjp_magic.run.cuts.graph_notes`), in words above the derivatives."""
+    cuts, reads = getattr(result, "cuts", ()), getattr(result, "steers", ())
     before = cut_sections(cuts) if cuts else ()
-    if reads:  # the headline claims the structure at this x only (render.sections.steered)
-        stored["steers"] = reads
+    if reads:  # the headline claims the structure at this x only (core.pairing.steered)
         said = [paragraph(read.sentence()) for read in reads[:3]]
         before += (Section((said[0] if len(said) == 1 else Bullets(tuple(said)),)),)
-    return Added(before=before, stored=stored)
+    return Added(before=before)
 
 
 def cut_sections(cuts) -> tuple[Section, ...]:

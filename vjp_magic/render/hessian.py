@@ -20,10 +20,11 @@ from .codegen import CELL_NAMES, expression, output_symbol
 from .budget import fit_of, remembered
 from .document import Code, Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .graph_facts import one_function
+from ..core.pairing import proved_for_every
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
-from .sections import (as_computed, steered, component_indices, formula, not_shown, output_note,
+from .sections import (as_computed, component_indices, formula, not_shown, output_note,
                        shapes, shown_inputs)
 from .sparse import hessian_paragraph
 
@@ -67,15 +68,13 @@ def _m(tex: str, plain_text: str | None = None) -> Math:
     return Math(tex, tex if plain_text is None else plain_text)
 
 
-def _evidence(item, name: str, result=None) -> list:
-    computed = as_computed(result, name) if result is not None else ""
+def _evidence(item, name: str, result) -> list:
+    computed = as_computed(result, name)
     given = ", ".join(getattr(item, "conditional_on", ()))
-    if result is not None and steered(result, name):  # a branch on x's value may follow
-        return [Text(" (checked at this "), notation.prose_name(name), Text(f" only{computed})")]
-    if item.evidence == "proved" and given:  # saved indices / masks that may come from x
+    if proved_for_every(result, name) and given:  # saved indices / masks that may come from x
         return [Text(" (proved for every "), notation.prose_name(name),
                 Text(f" that gives the same indices and masks ({given}){computed})")]
-    if item.evidence == "proved":
+    if proved_for_every(result, name):
         return [Text(" (proved for every "), notation.prose_name(name), Text(computed + ")")]
     return [Text(" (checked at this "), notation.prose_name(name), Text(f" only{computed})")]
 

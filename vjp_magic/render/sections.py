@@ -15,6 +15,7 @@ import torch
 
 from . import notation
 from .graph_facts import one_function
+from ..core.pairing import proved_for_every
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
 from .findings import has_sensitivity, sensitivity_formula, shared_verdict, structure_findings
@@ -308,7 +309,7 @@ def headline(result, name: str) -> Paragraph:
         in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
         evidence = ([Text(" only (proved for every "), notation.prose_name(name),
                      Text(as_computed(result, name) + ").")]
-                    if item.evidence == "proved" and not steered(result, name) else
+                    if proved_for_every(result, name) else
                     [Text(" only (checked at this "), notation.prose_name(name),
                      Text(" only" + as_computed(result, name) + ").")])
         spans += [Text(": ")] + where(y, result.output.shape, out_axes) + [Text(" uses ")]
@@ -331,13 +332,6 @@ def unused_headline(result, names: list[str]) -> Paragraph:
         last = k == len(named) - 1
         spans += [Text("" if k == 0 else " or " if last else ", "), notation.prose_name(name)]
     return Paragraph(tuple(spans + [Text(": every derivative is 0.")]))
-
-
-def steered(result, name: str) -> bool:
-    """Whether the cell read a value computed from ``name`` into Python (``r.steers``,
-    :func:`vjp_magic.run.cuts.find_reads`), where it may have chosen the path the graph
-    records: a proof of the graph then holds at this ``name`` only."""
-    return any(name in read.inputs for read in getattr(result, "steers", ()))
 
 
 def as_computed(result, name: str, opening: str = ", ") -> str:

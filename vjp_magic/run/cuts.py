@@ -591,6 +591,18 @@ class Read:
                       f"{names} made, so it is claimed at this {names} only.")
 
 
+def graph_notes(record, inputs: dict, output) -> dict:
+    """The result's ``cuts`` (:func:`find_cuts`) and ``steers`` (:func:`find_reads`, those not
+    a cut), each only where there are some: stored before any feature builds text, since
+    every sentence that words a proof asks ``r.steers``
+    (:func:`vjp_magic.core.pairing.proved_for_every`)."""
+    cuts = find_cuts(record, inputs, output)
+    named = {(cut.op, cut.line) for cut in cuts}  # a value read that is a cut: said there
+    reads = tuple(read for read in find_reads(record, inputs, output)
+                  if (read.op, read.line) not in named)
+    return {**({"cuts": cuts} if cuts else {}), **({"steers": reads} if reads else {})}
+
+
 def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     """The places (one each, in the order they ran) where a value computed from ``inputs``
     (name -> tensor; by identity, through any recorded call, autograd's or not) was read

@@ -20,6 +20,7 @@ import torch
 
 from ..render import notation
 from ..render.codegen import output_symbol
+from ..core.pairing import proved_for_every
 from ..render.document import Code, Entry, Math, Paragraph, Section, Text, paragraph
 from ..render.matrix import Block
 from ..render.numbers import plural
@@ -154,8 +155,9 @@ def _structure(result, name: str) -> str:
         return (f"J is not block-diagonal (no entries of {y} are points of their own): the "
                 f"plain way is one backward per row of J (one entry of {y}); rows that read "
                 f"no entry of {name} in common could share one.")
-    known = ("The autograd graph proves it" if item.evidence == "proved" else
-             f"Random probes show it at this {name} only")
+    known = ("The autograd graph proves it" if proved_for_every(result, name) else
+             f"The autograd graph shows it at this {name} only" if item.evidence == "proved"
+             else f"Random probes show it at this {name} only")
     per_point = item.per_point_numel()
     shape = "diagonal" if per_point == 1 and math.prod(result.component_shape(name)) == 1 \
         else "block-diagonal"
