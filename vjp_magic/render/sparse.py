@@ -34,6 +34,7 @@ from .budget import fit_of, remembered
 from .codegen import cleared_grads, expression, fresh, output_symbol, result_check, taken_names
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
+from ..core.pairing import proved_for_every
 from .document import Code, CodeBlock, Entry, Formula, Math, Paragraph, Text, paragraph
 from .matrix import Block
 
@@ -435,7 +436,9 @@ def _offset_index(letters, offset, sep: str = ", ", spaced: bool = False) -> str
 
 
 def reads_spans(result, name: str, found: Layout) -> list:
-    """``y[i] reads x[i-1], x[i], x[i+1]`` (a stencil), as spans; [] otherwise."""
+    """``y[i] reads x[i-1], x[i], x[i+1]`` (a stencil), as spans; [] otherwise. "…" stands
+    only for offsets left out: between the ends of a run shortened to them, or after the
+    first :data:`SAID` of many; wrap-around and edges are said per axis."""
     if found.offsets is None:
         return []
     y = output_symbol(result)
@@ -443,19 +446,36 @@ def reads_spans(result, name: str, found: Layout) -> list:
     spans: list = [notation.tensor_entry(y, ", ".join(letters)), Text(" reads ")]
     said = found.offsets if len(found.offsets) <= SAID + 1 else found.offsets[:SAID]
     spelled = sum(len(name) + len(_offset_index(letters, o)) + 4 for o in said)
-    if len(found.offsets) > 3 and (len(said) < len(found.offsets) or spelled > LONG_READS) \
-            and _contiguous(found.offsets):  # first, …, last
-        said = (found.offsets[0], found.offsets[-1])
+    run = len(found.offsets) > 3 and (len(said) < len(found.offsets) or spelled > LONG_READS) \
+        and _contiguous(found.offsets)  # first, …, last
+    said = (found.offsets[0], found.offsets[-1]) if run else said
     for k, offset in enumerate(said):
-        spans += [Text((", …, " if len(said) == 2 else ", ") if k else ""),
+        spans += [Text((", …, " if run else ", ") if k else ""),
                   notation.tensor_entry(name, _offset_index(letters, offset))]
-    notes = ["indices wrap around"] if any(found.wraps) else \
-        ["fewer at the edges" if found.edges else "some read fewer"] \
-        if found.fewest < len(found.offsets) else []
+    notes = _reads_notes(found, letters)
     if len(said) < len(found.offsets):
-        spans.append(Text("" if len(said) == 2 else ", …"))
+        spans.append(Text("" if run else ", …"))
         notes.insert(0, f"{len(found.offsets)} entries")
     return spans + ([Text(f" ({'; '.join(notes)})")] if notes else [])
+
+
+def _reads_notes(found: Layout, letters) -> list[str]:
+    """"indices wrap around" (along every axis the stencil moves on), else "j wraps around"
+    for those that do, and "fewer at the edges" (in i: the axes that do not wrap) or "some
+    read fewer" where rows read fewer than the stencil."""
+    moving = [a for a in range(len(letters)) if len({o[a] for o in found.offsets}) > 1]
+    wrapping = [letters[a] for a in moving if found.wraps[a]]
+    edged = [letters[a] for a in moving if not found.wraps[a]]
+    notes = []
+    if wrapping:
+        notes.append("indices wrap around" if not edged else
+                     f"{' and '.join(wrapping)} {'wraps' if len(wrapping) == 1 else 'wrap'} "
+                     "around")
+    if found.fewest < len(found.offsets):
+        along = f" in {' and '.join(edged)}" if wrapping and edged else ""
+        notes.append(f"fewer at the edges{along}" if found.edges and edged else
+                     "some read fewer")
+    return notes
 
 
 def _contiguous(offsets) -> bool:
@@ -516,17 +536,25 @@ def _mostly_spans(result, name: str, found: Layout) -> list:
     return spans
 
 
-def evidence_words(sparse, name: str) -> list:
-    """How the pattern is known: proved from the graph (every x) or observed at this x."""
+def evidence_words(result, name: str) -> list:
+    """How the pattern is known: proved from the graph (every x: :func:`~vjp_magic.core.pairing.
+    proved_for_every`), read off the graph this x took (the cell read x into Python), or
+    observed at this x."""
+    sparse = sparse_of(result, name)
     x = notation.prose_name(name)
     given = ", ".join(getattr(sparse, "conditional_on", ()))
-    if str(sparse.evidence) == "proved" and given:  # the saved selections may come from x
+    proved = proved_for_every(result, name, sparse.evidence)
+    if proved and given:  # the saved selections may come from x
         return [Text(f"Proved from the autograd graph, given the indices and masks it saved "
                      f"({given}): the pattern holds for every "), x,
                 Text(" that gives the same ones.")]
-    if str(sparse.evidence) == "proved":
+    if proved:
         return [Text("Proved from the autograd graph: the pattern holds for every "), x,
                 Text(".")]
+    if str(sparse.evidence) == "proved":  # steered: another x may take another graph
+        return [Text("Read off the autograd graph this "), x,
+                Text(" took: the pattern holds at this "), x, Text(" only (the cell read "), x,
+                Text(" into Python, and another value may take another path).")]
     passes = getattr(sparse, "pattern_passes", 0)
     found = f" by {passes:,} grouped probe passes" if passes else ""
     return [Text("Observed at this "), x, Text(f"{found} and checked by random probes: a "
@@ -554,7 +582,7 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
         f"({sparse.nnz - zeros:,} nonzero here)"
     spans.append(Text(f"; {counted}"
                       + f", at most {found.per_row:,} a row. "))
-    return Paragraph(tuple(spans + evidence_words(sparse, name)))
+    return Paragraph(tuple(spans + evidence_words(result, name)))
 
 
 def hessian_paragraph(h, name: str) -> Paragraph:
@@ -567,10 +595,14 @@ def hessian_paragraph(h, name: str) -> Paragraph:
     x = notation.prose_name(name)
     products = "product" if sparse.count == 1 else "products"
     given = ", ".join(getattr(sparse, "conditional_on", ()))
-    how = [Text("the pattern proved from the graph for every "), x] + (
-        [Text(f" that gives the same indices and masks it saved ({given})")] if given else []) \
-        if str(sparse.evidence) == "proved" else \
-        [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
+    if proved_for_every(h, name, sparse.evidence):
+        how = [Text("the pattern proved from the graph for every "), x] + (
+            [Text(f" that gives the same indices and masks it saved ({given})")] if given
+            else [])
+    elif str(sparse.evidence) == "proved":  # steered: the graph of this x only
+        how = [Text("the pattern read off the graph at this "), x, Text(" only")]
+    else:
+        how = [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
     return Paragraph(tuple(
         [Text(f"The Hessian is {_kind_words(found, math.prod(shape))}: "
               f"{entries_words(sparse, 'nonzeros', 'entries')} from {sparse.count:,} "
