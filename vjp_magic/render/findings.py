@@ -284,7 +284,7 @@ def _kind_spans(dep: Dependency, y: str, x: str) -> list:
         dep.kind in (Kind.BAND, Kind.PERIODIC_BAND) and dep.offsets is not None)
     if bounded and not (dep.kind in EXCEPTING and dep.exceptions()):
         spans += [Text(": "), _indexed(y, dep.out_axis, "t"), Text(" reads "),
-                  _indexed(x, dep.in_axis, "s"), Text(" for "), _bound(dep)]
+                  *_band_reads(dep, x)]
     return spans
 
 
@@ -327,7 +327,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
     note = [Text(f"; {dep.note}")] if dep.note else []
     exceptions = dep.exceptions() if dep.kind in EXCEPTING else []
     if exceptions and dep.offsets is not None:  # a band the bulk follows, and a few others
-        return Paragraph((*lead, xs, Text(" for "), _bound(dep), Text(", "),
+        return Paragraph((*lead, *_band_reads(dep, name), Text(", "),
                           *_exception_spans(dep, y, name, exceptions),
                           Text(f" ({dep.summary(exceptions=False)}).")))
     if dep.kind == Kind.DENSE:
@@ -351,8 +351,34 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
         summary = dep.summary().removesuffix(f" ({dep.note})")
         words = f"a {dep.kind}, offsets {summary.split('offsets ')[1]}"
     first = [Text(", first "), *_witness(dep, y, name)] if dep.witness else []
-    return Paragraph((*lead, xs, Text(" for "), _bound(dep), Text(f" only ({words}"), *some,
-                      *first, *note, Text(").")))
+    reads = [xs, Text(" for "), _bound(dep), Text(" only")] if dep.band_reads()[0] else \
+        _band_reads(dep, name)  # (not filled: the band is a bound, said as one)
+    return Paragraph((*lead, *reads, Text(f" ({words}"), *some, *first, *note, Text(").")))
+
+
+NAMED_OFFSETS = 3  # offsets of a band with gaps named one by one ("x[t] and x[t + 3] only")
+
+
+def _band_reads(dep: Dependency, x: str) -> list:
+    """What ``y[t] reads`` within the verdict's band or triangle, as spans: ``x[s] for t ≤ s ≤
+    t + 3`` only where every index reads all of it (:meth:`Dependency.band_reads`); else
+    the band is a bound, said as one, not as reads: the offsets read where a few with a gap
+    (``x[t] and x[t + 3] only``), else ``no x[s] outside t ≤ s ≤ t + 3``."""
+    filled, offsets = dep.band_reads()
+    if filled:
+        return [_indexed(x, dep.in_axis, "s"), Text(" for "), _bound(dep)]
+    low, high = dep.offsets if dep.offsets is not None else (None, None)
+    if dep.kind not in (Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR) and low is not None \
+            and len(offsets) <= NAMED_OFFSETS and len(offsets) < high - low + 1:
+        spans: list = []
+        for k, offset in enumerate(offsets):
+            spans += [Text(_joiner(k, len(offsets)))] if k else []
+            (tex, plain), lead = _shift(offset), (":, " * dep.in_axis, r":,\, " * dep.in_axis)
+            spans.append(Math(f"{notation.name_tex(x)}[{lead[1]}{tex}]", f"{x}[{lead[0]}{plain}]"))
+        wrap = f", indices modulo {dep.pattern.shape[1]:,}" \
+            if dep.kind == Kind.PERIODIC_BAND else ""
+        return spans + [Text(f" only{wrap}")]
+    return [Text("no "), _indexed(x, dep.in_axis, "s"), Text(" outside "), _bound(dep)]
 
 
 def _bound(dep: Dependency) -> Math:
