@@ -49,11 +49,6 @@ def test_the_shift_read_from_x_changes_the_pattern_at_another_x():
     assert here != there, (here, there)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-1: a %%vjp cell that reads x into Python (k = int(x.argmax())) and shifts by it: the "
-    "cell's own note says 'claimed at this x only', yet the sparse pattern paragraph (and "
-    "--explain) still says 'Proved from the autograd graph: the pattern holds for every x' — "
-    "false at any x with another argmax (render/sparse.py evidence_words ignores r.steers)"))
 @pytest.mark.parametrize("line", ["", "--explain"])
 def test_a_steered_sparse_pattern_is_not_claimed_for_every_x(run_vjp, line):
     r = run_vjp(_STEERED.format(n=N), line)
@@ -76,11 +71,6 @@ def test_the_two_point_stencil_reads_two_entries():
     assert jac[10].nonzero().flatten().tolist() == [10, 13]  # not 11, 12
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-2: y = x + 2*F.pad(x, (0, 3))[3:] is said as 'a 2-point stencil: y[i] reads x[i], …, "
-    "x[i+3]': the '…' of a collapsed run is put between the only two offsets, so the sentence "
-    "claims x[i+1], x[i+2] are read (render/sparse.py reads_spans: ', …, ' whenever len(said) "
-    "== 2, not only when the run was shortened)"))
 def test_a_two_point_stencil_names_its_two_reads():
     x = torch.linspace(-1, 1, N, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(_two_point(x), x)
@@ -90,12 +80,6 @@ def test_a_two_point_stencil_names_its_two_reads():
         assert "reads" in text and "…" not in text.split("reads", 1)[1].split("(")[0], text[:400]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-1 (Hessian and %jacobian): after a %%vjp cell that reads k = int(x.argmax()), "
-    "'%hessian f x' says '(checked at this x only)' in its headline and then '(the pattern "
-    "proved from the graph for every x; …)' in its sparse sentence; '%jacobian y x' repeats "
-    "'the pattern holds for every x' (render/hessian_sparse.py / render/sparse.py ignore "
-    "r.steers)"))
 @pytest.mark.parametrize("output, line", [("f = (x * x.roll(k + 1)).sum()", "%hessian f x"),
                                           ("y = x * x.roll(k + 1)", "%jacobian y x")])
 def test_a_steered_sparse_hessian_or_jacobian_line_is_not_claimed_for_every_x(
@@ -152,11 +136,6 @@ def test_the_stencil_periodic_in_j_has_edges_in_i():
     assert jac[5, 0, 5, 24] == 1  # but column 0 reads column 24
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-4: a 5-point stencil zero-padded in i and rolled in j is said to be 'a 5-point "
-    "stencil: y[i, j] reads x[i-1, j], … (indices wrap around)' with 2,450 nonzeros: only j "
-    "wraps, y[0, j] does not read x[19, j]; the edge note is dropped whenever any axis wraps "
-    "(render/sparse.py reads_spans: notes = ['indices wrap around'] if any(found.wraps))"))
 def test_a_stencil_periodic_in_one_axis_says_which_indices_wrap():
     u = torch.linspace(-1, 1, 500, dtype=torch.float64).reshape(20, 25).requires_grad_()
     r = vjp_magic.differentiate(_periodic_in_j(u), u)
@@ -166,11 +145,6 @@ def test_a_stencil_periodic_in_one_axis_says_which_indices_wrap():
     assert "(indices wrap around)" not in text, text[:500]  # … not as every index's
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-5: out = x + 2*F.pad(x, (0, 3))[3:] (out[t] reads x[t], x[t+3]) is summarised 'the "
-    "pattern is a band, offsets 0..3: out[t] reads x[s] for t ≤ s ≤ t + 3' — the band's hull "
-    "said as reads, claiming out[t] reads x[t+1] and x[t+2], whose derivatives are 0 for every x "
-    "(render/findings.py band sentence; the verdict's own doc says a band only bounds the reads)"))
 def test_the_dependency_sentence_does_not_claim_reads_inside_a_gap():
     x = torch.linspace(-1, 1, 20, dtype=torch.float64, requires_grad=True)
     r = vjp_magic.differentiate(_two_point(x), x)
