@@ -371,10 +371,11 @@ def _band_reads(dep: Dependency, x: str) -> list:
     if dep.kind not in (Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR) and low is not None \
             and len(offsets) <= NAMED_OFFSETS and len(offsets) < high - low + 1:
         spans: list = []
+        lead, tex_lead = ":, " * dep.in_axis, r":,\, " * dep.in_axis  # as _indexed spells it
         for k, offset in enumerate(offsets):
             spans += [Text(_joiner(k, len(offsets)))] if k else []
-            (tex, plain), lead = _shift(offset), (":, " * dep.in_axis, r":,\, " * dep.in_axis)
-            spans.append(Math(f"{notation.name_tex(x)}[{lead[1]}{tex}]", f"{x}[{lead[0]}{plain}]"))
+            tex, plain = _shift(offset)  # (TeX's minus, the plain text's −)
+            spans.append(Math(f"{notation.name_tex(x)}[{tex_lead}{tex}]", f"{x}[{lead}{plain}]"))
         wrap = f", indices modulo {dep.pattern.shape[1]:,}" \
             if dep.kind == Kind.PERIODIC_BAND else ""
         return spans + [Text(f" only{wrap}")]
