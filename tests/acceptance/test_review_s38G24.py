@@ -98,13 +98,6 @@ def _dense_column(t):
     return torch.cat([t * 2 + t[0], t[:100] ** 2])  # every y[i] < 600 reads x[0]: 700 × 600
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-3: issue 20 and DESIGN.md promise 'r.gradients[name] holds the coloured 0/1 vectors, "
-    "each shaped like the output, together covering every output entry exactly once'; where "
-    "the compressed passes go by columns (a dense column: y = cat([2x + x[0], x[:100]**2])) "
-    "they hold the tangents u shaped like x (600,) for a y of 700 entries, so y.backward("
-    "gradient=v) with them raises and 100 output entries are covered by none "
-    "(core/column_passes.py; docs/api.md documents the deviation, the contract does not)"))
 def test_by_columns_the_gradients_are_still_shaped_like_the_output():
     x = torch.linspace(-1, 1, 600, dtype=torch.float64, requires_grad=True)
     y = _dense_column(x)

@@ -1,6 +1,7 @@
 """The display of a Jacobian computed by columns (forward-mode passes, core/column_passes.py):
 u in words, the code to write (run here, its values against torch.func.jacrev), the coloured
-tangents in r.gradients, the picture's compressed J·U."""
+tangents in r.tangents (r.gradients still the output's 0/1 vectors), the picture's compressed
+J·U."""
 from __future__ import annotations
 
 import pytest
@@ -68,10 +69,10 @@ def test_u_in_words_with_its_closed_form():
     assert "torch.arange(x.numel()) % 3" in code_of(r)
 
 
-def test_a_dense_column_points_to_the_gradients():
+def test_a_dense_column_points_to_the_tangents():
     r, _, _ = by_columns(stencil_and_x0, torch.randn(50))
     text = said(r)
-    assert "u is 1 on entry 0 of x (the first colour; every colour is in r.gradients['x'])" \
+    assert "u is 1 on entry 0 of x (the first colour; every colour is in r.tangents['x'])" \
         in text
     assert "4 forward-mode passes (J·u) give all" in text
 
@@ -92,15 +93,36 @@ def test_the_code_gives_every_nonzero(f, x):
     assert f"range({x.numel()})" not in display.sparse_code(r)  # coloured, never one-hot
 
 
-def test_gradients_are_the_tangents_shaped_like_x():
+def test_tangents_are_coloured_and_shaped_like_x():
     r, y, x = by_columns(grid_with_corner, torch.randn(6, 5, dtype=torch.float64))
-    us = r.gradients["x"]
+    us = r.tangents["x"]
     sparse = r.inputs["x"].sparse
     assert len(us) == sparse.count and all(u.shape == x.shape for u in us)
     assert torch.equal(torch.stack(list(us)).sum(0), torch.ones_like(x))  # each entry once
     expected = torch.func.jacrev(grid_with_corner)(x.detach()).reshape(y.numel(), -1) != 0
     for u in us:  # no row reads two entries of one colour
         assert int((expected.double() @ u.reshape(-1)).max()) <= 1
+
+
+@pytest.mark.parametrize("f, x", [(stencil_and_x0, torch.randn(37, dtype=torch.float64)),
+                                  (grid_with_corner, torch.randn(6, 5, dtype=torch.float64))])
+def test_gradients_stay_the_outputs_vectors_and_their_backward_passes_give_j(f, x):
+    """By columns too, r.gradients holds 0/1 vectors shaped like the output, covering each
+    entry once, of colours whose rows read disjoint entries of x: one backward each gives J."""
+    r, y, x = by_columns(f, x)
+    vs = list(r.gradients["x"])
+    assert all(v.shape == y.shape for v in vs)
+    stacked = torch.stack([v.reshape(-1) for v in vs])
+    assert ((stacked == 0) | (stacked == 1)).all()
+    assert torch.equal(stacked.sum(0), torch.ones(y.numel(), dtype=stacked.dtype))
+    expected = torch.func.jacrev(f)(x.detach()).reshape(y.numel(), x.numel())
+    colour = stacked.argmax(0)
+    for c, v in enumerate(vs):
+        (g,) = torch.autograd.grad(y, x, v, retain_graph=True)
+        rows = (colour == c).nonzero().squeeze(1)
+        on = expected[rows] != 0
+        assert int(on.sum(0).max()) <= 1  # rows of one colour read disjoint entries
+        torch.testing.assert_close(g.reshape(-1).expand(len(rows), -1)[on], expected[rows][on])
 
 
 def test_the_picture_compresses_into_one_column_a_colour():
@@ -125,3 +147,22 @@ def test_maths_is_safe():
     r, _, _ = by_columns(grid_with_corner, torch.randn(5, 7))
     for tex in markdown.maths(r._repr_mimebundle_()["text/markdown"]):
         assert latex.tex_problems(tex) == [], tex
+
+
+def test_where_no_row_colouring_is_made_the_gradients_are_one_hot_rows():
+    """x[0] read by all 7,200 rows: the row colouring is refused (over 5·10⁷ row pairs), the
+    values come by columns, and r.gradients is one 0/1 vector per output entry (no two rows
+    may share a colour), r.tangents the few u of the passes."""
+    import vjp_magic
+
+    x = torch.linspace(-1, 1, 7200, dtype=torch.float64, requires_grad=True)
+    y = torch.sin(x) + x[0] * x
+    r = vjp_magic.differentiate(y, x)
+    sparse = r.inputs["x"].sparse
+    assert sparse is not None and sparse.mode == "columns"
+    vs = r.gradients["x"]
+    assert len(vs) == y.numel() and len(r.tangents["x"]) == sparse.count < 10
+    for k in (0, 1, 7199):
+        expected = torch.zeros_like(y)
+        expected[k] = 1
+        assert torch.equal(vs[k], expected)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .colouring import colour_columns, colour_count
+from .colouring import colour_columns, colour_count, colour_rows
 from .checked_batches import checked_batch
 from .derivatives import chunk_size, plain_vjp
 from .pairing import Evidence
@@ -117,21 +117,33 @@ def prefer_columns(row_count: int | None, column_count: int | None) -> bool:
 
 def computed_by_columns(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
                         row_count: int | None, budget: int, seed: int,
-                        max_colours: int | None = None, known=None) -> SparseJacobian | None:
+                        max_colours: int | None = None, known=None,
+                        row_colours: np.ndarray | None = None) -> SparseJacobian | None:
     """The Jacobian by columns where they pay (:func:`column_colours` against ``row_count``
-    row colours, None: rows refused) and the passes and check succeed; None: keep the rows."""
+    row colours, None: rows refused) and the passes and check succeed; None: keep the rows.
+    ``row_colours``: the rows' colouring (None: refused), the result's ``cover``."""
     colours = column_colours(pattern, row_count, output.shape, x.shape, max_colours)
     if colours is None:
         return None
-    return column_attempt(output, x, pattern, colours, budget, seed, known)
+    cover = row_colours if row_colours is not None else np.arange(pattern.shape[0])
+    return column_attempt(output, x, pattern, colours, budget, seed, known, cover)
+
+
+def output_cover(pattern: Pattern) -> np.ndarray:
+    """A colouring of the output's entries (rows of one colour read disjoint entries of x:
+    :func:`.colouring.colour_rows`), one colour per entry where it refuses (a dense column:
+    its readers share no colour). What ``r.gradients`` holds by columns; no pass made."""
+    rows = colour_rows(pattern.crow.numpy(), pattern.col.numpy(), pattern.shape[1])
+    return np.arange(pattern.shape[0], dtype=np.int64) if rows is None else rows
 
 
 def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
                    colours: np.ndarray, budget: int, seed: int,
-                   known=None) -> SparseJacobian | None:
+                   known=None, cover: np.ndarray | None = None) -> SparseJacobian | None:
     """d output / d x on ``pattern`` from one J·u per colour of ``colours`` (the input's
     entries), checked (:mod:`.sparse_check`); None where the graph has no double backward
-    or the check disagrees. ``known``: as :func:`.sparse_check.checked`."""
+    or the check disagrees. ``known``: as :func:`.sparse_check.checked`; ``cover``: the
+    output's colours for ``r.gradients`` (None: :func:`output_cover`)."""
     from .compressed import SparseJacobian  # compressed imports this module: import when used
 
     colours = torch.from_numpy(np.asarray(colours, np.int64))
@@ -144,8 +156,10 @@ def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
             and (proved or rows_checked(output, x, jacobian, seed))):
         return None
     count = int(colours.max()) + 1 if colours.numel() else 0
+    cover = output_cover(pattern) if cover is None else cover
     return SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
-                          Mode.COLUMNS, pattern.conditional_on)
+                          Mode.COLUMNS, pattern.conditional_on,
+                          torch.from_numpy(np.asarray(cover, np.int64)))
 
 
 def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern_passes: int,
@@ -153,7 +167,7 @@ def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern
                     max_colours: int | None = None) -> SparseJacobian | None:
     """A CSR Jacobian already computed whole (the small path's m passes) kept in sparse form
     by columns where :func:`column_colours` finds they pay (no pass is spent: the colours
-    only say how it would be computed, for the display and ``r.gradients``), else None."""
+    only say how it would be computed, for the display and ``r.tangents``), else None."""
     from .compressed import SparseJacobian  # compressed imports this module: import when used
 
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
@@ -162,7 +176,8 @@ def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern
     if colours is None:
         return None
     return SparseJacobian(matrix, torch.from_numpy(colours), colour_count(colours), evidence,
-                          pattern_passes, Mode.COLUMNS)
+                          pattern_passes, Mode.COLUMNS,
+                          cover=torch.from_numpy(output_cover(pattern)))
 
 
 def column_jacobian(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,

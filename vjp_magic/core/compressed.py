@@ -54,7 +54,9 @@ class SparseJacobian:
     entries) or "columns" (``colours`` then has one per flat input entry, and ``count``
     forward-mode passes J·u gave the values: :mod:`.column_passes`); ``conditional_on``: the
     ops whose saved indices, masks or conditions a PROVED pattern read (empty: it holds for
-    every x; else for every x that gives the same ones, :attr:`.pattern.Pattern.conditional_on`).
+    every x; else for every x that gives the same ones, :attr:`.pattern.Pattern.conditional_on`);
+    ``cover``: by columns, a colouring of the output's entries (rows of one colour read
+    disjoint entries of x) for ``r.gradients``, made without a pass (None by rows: ``colours``).
     """
 
     matrix: torch.Tensor
@@ -64,6 +66,13 @@ class SparseJacobian:
     pattern_passes: int
     mode: str = "rows"
     conditional_on: tuple[str, ...] = ()
+    cover: torch.Tensor | None = None
+
+    @property
+    def output_colours(self) -> torch.Tensor:
+        """The colour of each flat output entry: the ``gradient`` vectors' (rows of one
+        colour read disjoint entries of x), whichever mode computed the values."""
+        return self.colours if self.cover is None else self.cover
 
     @property
     def nnz(self) -> int:
@@ -123,7 +132,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
                                     shape=(tuple(output.shape), tuple(x.shape)))
     count = None if colours is None else colour_count(colours[:period or len(colours)])
     by_columns = computed_by_columns(output, x, pattern, count, budget, seed, max_colours,
-                                     known)
+                                     known, colours)
     if by_columns is not None:  # fewer forward-mode passes than backward ones
         return Attempt(by_columns)
     if colours is None:

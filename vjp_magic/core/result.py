@@ -60,15 +60,17 @@ class GradientList(Sequence):
 
 
 class ColouredGradients(GradientList):
-    """The coloured 0/1 ``gradient`` arguments of a sparse Jacobian (one per colour, made on
-    demand): ``[c]`` is 1 on the output entries of colour c, shaped like the output; together
-    they cover every output entry exactly once. Computed by columns (``sparse.mode``): the
-    tangents u instead, shaped like the input (``like``), 1 on its entries of colour c."""
+    """Coloured 0/1 vectors shaped like ``like``, one per colour of its flat entries (made on
+    demand): ``[c]`` is 1 on the entries of colour c; together they cover every entry exactly
+    once. ``r.gradients``: the output's (the ``gradient`` arguments of the backward passes,
+    :attr:`.compressed.SparseJacobian.output_colours`); ``r.tangents``: the input's (the u of
+    the forward-mode passes, where the values were computed by columns)."""
 
-    def __init__(self, like: torch.Tensor, sparse: SparseJacobian):
+    def __init__(self, like: torch.Tensor, colours: torch.Tensor, count: int | None = None):
         super().__init__(like, ())
-        self._colours = sparse.colours
-        self._count = sparse.count
+        self._colours = colours
+        self._count = count if count is not None else \
+            int(colours.max()) + 1 if colours.numel() else 0
 
     def _vector(self, index: int) -> torch.Tensor:
         return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
@@ -248,7 +250,8 @@ class VJPResult(DerivativeResult):
     derivatives.
 
     ``derivatives[name]`` has shape ``(non-point output axes) + input.shape``;
-    ``gradients[name]`` lists the ``gradient`` arguments used (row-major);
+    ``gradients[name]`` lists the ``gradient`` arguments used (row-major), each shaped like
+    the output; ``tangents[name]`` the forward-mode tangents where columns were computed;
     ``point_axes[name]`` the (output_axis, input_axis) pairs recognised as points;
     ``jacobian(name)`` the full Jacobian, shape ``output.shape + input.shape``;
     ``seed`` the seed every random probe of the analysis was drawn from (pass it back as
@@ -268,10 +271,19 @@ class VJPResult(DerivativeResult):
     def gradients(self) -> dict[str, GradientList]:
         return {
             name: GradientList(self.output, r.pairing.out_axes) if r.sparse is None
-            else ColouredGradients(r.tensor if r.sparse.mode == "columns" else self.output,
-                                   r.sparse)
+            else ColouredGradients(self.output, r.sparse.output_colours,
+                                   r.sparse.count if r.sparse.cover is None else None)
             for name, r in self.inputs.items()
         }
+
+    @property
+    def tangents(self) -> dict[str, Sequence[torch.Tensor]]:
+        """For each input, the tangents u of the forward-mode passes (J·u) that computed its
+        derivatives, shaped like the input, one per colour of its entries; empty where
+        backward passes computed them (``r.gradients`` holds their v)."""
+        return {name: ColouredGradients(r.tensor, r.sparse.colours, r.sparse.count)
+                if r.sparse is not None and r.sparse.mode == "columns" else ()
+                for name, r in self.inputs.items()}
 
     def picture(self, name: str | None = None):
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""

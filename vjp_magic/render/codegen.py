@@ -154,7 +154,7 @@ def expression(source: str, result_name: str | None = None) -> str:
 
 def reads_result(code: str, result_name: str = "_") -> bool:
     """Whether ``code`` reads the result named ``result_name`` (``_.inputs[...]``, ...)."""
-    return re.search(rf"(?<![\w.]){re.escape(result_name)}\.(inputs|gradients|jacobian)\b",
+    return re.search(rf"(?<![\w.]){re.escape(result_name)}\.(inputs|gradients|tangents|jacobian)\b",
                      code) is not None
 
 

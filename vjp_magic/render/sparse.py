@@ -13,7 +13,7 @@ axes: the 5-point stencil), wrapping around where the indices do (``roll``); els
 the flat index, else "sparse" (the count of nonzeros then says "at most r a row"). The
 colours are said in closed form (``torch.arange(y.numel()) % 3``, or ``(2i + j) mod 5`` on a
 grid) only where that formula is exactly the colouring; otherwise the code
-reads them from ``r.gradients[name]``.
+reads them from ``r.gradients[name]`` (by columns: ``r.tangents[name]``, :func:`vectors`).
 
 A result computed by columns (``sparse.mode == "columns"``, :mod:`~vjp_magic.core.column_passes`)
 has one colour per entry of the input: the words, the closed form and the code are then of
@@ -77,6 +77,12 @@ def by_columns(sparse) -> bool:
     """Whether ``sparse`` was computed by forward-mode passes, one per colour of the input's
     entries (its ``colours`` are the input's), rather than one backward per output colour."""
     return str(getattr(sparse, "mode", "rows")) == "columns"
+
+
+def vectors(sparse) -> str:
+    """The result's field holding the coloured vectors the passes used: ``gradients`` (v,
+    shaped like the output), or by columns ``tangents`` (u, shaped like the input)."""
+    return "tangents" if by_columns(sparse) else "gradients"
 
 
 @dataclass(frozen=True)
@@ -347,8 +353,9 @@ def closed_form(colours: torch.Tensor, out_shape, count: int) -> Form | None:
 def _numbered_as(colours: torch.Tensor, base: torch.Tensor, coefficients: tuple,
                  count: int) -> tuple[int, ...]:
     """``coefficients`` times k (mod ``count``) where the colours number the classes k·c (a
-    unit k), so that class c of the form is r.gradients[name][c] (a 5-point stencil's
-    colours 2c for (3i + j) mod 5 = c: (i + 2j) mod 5 is theirs); else as they are."""
+    unit k), so that class c of the form is the result's vector c (:func:`vectors`; a
+    5-point stencil's colours 2c for (3i + j) mod 5 = c: (i + 2j) mod 5 is theirs); else as
+    they are."""
     perm = _relabelling(colours, base, count)
     k = int(perm[1]) if perm is not None and count > 1 else 1
     if perm is None or math.gcd(k, count) != 1 or \
@@ -409,7 +416,7 @@ def _same_classes(colours: torch.Tensor, base: torch.Tensor, count: int) -> bool
 def display_colours(sparse, out_shape, in_shape) -> torch.Tensor:
     """The colour of each flat entry of the output (by columns: of the input) as the code
     beneath the cell numbers it (:func:`colour_lines`): its closed form, with its exceptions,
-    else the result's own colours (``r.gradients[name]``'s order)."""
+    else the result's own colours (the order of its vectors, :func:`vectors`)."""
     found = layout_of(sparse, out_shape, in_shape)
     form, colours = found.form, sparse.colours.reshape(-1).cpu().long()
     if form is None:
@@ -655,7 +662,7 @@ def colour_paragraph(result, name: str, options=None) -> Paragraph:
     listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
     where = [] if form is not None and not form.exceptions or not fit_of(options).extras else [
         Text(" (the first colour; every colour is in "),
-        Code(f"r.gradients[{name!r}]"), Text(")")]
+        Code(f"r.{vectors(sparse)}[{name!r}]"), Text(")")]
     entries = "entries" if len(first) > 1 else "entry"
     return paragraph(*lead, f" is 1 on {entries} {listed} of ", notation.prose_name(coloured),
                      *where, " and 0 elsewhere", tail)
@@ -725,7 +732,7 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
     (v a zero tensor that requires grad), then J·u = the VJP of g against u, per colour."""
     colour, g, c, u, v, ju = (names[b] for b in ("colour", "g", "c", "u", "v", "Ju"))
     y = names["y"]
-    return colour_lines(form, x, k, name, names, taken) + [
+    return colour_lines(form, x, k, name, names, taken, "tangents") + [
         f"# forward mode: {g} = J^T {v} is linear in {v}, so its VJP with {u} is J {u}",
         f"{v} = torch.zeros_like({y}, requires_grad=True)",
         f"({g},) = torch.autograd.grad({y}, {x}, {v}, create_graph=True)",
@@ -737,11 +744,12 @@ def _column_lines(form, x: str, k: int, name: str, names: dict, taken: set) -> l
         f"# J[p, q] (flattened) is {ju}[{colour}[q], p] where nonzero"]
 
 
-def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> list[str]:
+def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set,
+                 field: str = "gradients") -> list[str]:
     """The colour of each entry of ``y`` (the input, by columns): in closed form, with its
-    few exceptions, else read off the cell's result ``_`` (IPython's last output), checked
-    first by its seed (:func:`.codegen.result_check`; ``names["seed"]``) unless ``names["result"]``
-    names it (``r.code`` checks its own)."""
+    few exceptions, else read off the cell's result ``_`` (IPython's last output; its
+    ``field``, :func:`vectors`), checked first by its seed (:func:`.codegen.result_check`;
+    ``names["seed"]``) unless ``names["result"]`` names it (``r.code`` checks its own)."""
     colour = names["colour"]
     if form is not None and not form.coefficients:
         lines = [f"{colour} = torch.arange({y}.numel()) % {form.period or k}"]
@@ -760,7 +768,7 @@ def colour_lines(form, y: str, k: int, name: str, names: dict, taken: set) -> li
                 f"{colour} = ({terms}) % {k}  # the colour of each entry"]
     vs, source = names["vs"], names.get("result", "_")
     check = [result_check("_", names["seed"])] if source == "_" else []  # (r.code checks its own)
-    return check + [f"{vs} = {source}.gradients[{name!r}]  # {source}: the cell's result",
+    return check + [f"{vs} = {source}.{field}[{name!r}]  # {source}: the cell's result",
                     f"{colour} = torch.stack(list({vs})).argmax(0).reshape(-1)"]
 
 

@@ -14,7 +14,7 @@ passes.
 from __future__ import annotations
 
 from .codegen import fresh, grad_read
-from .sparse import by_columns, colour_lines, layout_of, sparse_of
+from .sparse import by_columns, colour_lines, layout_of, sparse_of, vectors
 
 
 def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
@@ -40,7 +40,7 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
     head += colour_lines(found.form, x if columns else y, k, name, {"colour": colour,
                                                                    "vs": fresh("vs", taken),
                                                                    "result": source},
-                         taken)
+                         taken, vectors(sparse))
     if columns:
         u, v, ju = (fresh(b, taken) for b in ("u", "v", "Ju"))
         head += [f"{v} = torch.zeros_like({y}, requires_grad=True)",

@@ -73,9 +73,10 @@ def refinement(result, name: str, record=None, output=None) -> Refinement | None
     the graph (``output``, else ``result.output``) is at hand, or the output has more than
     :data:`MAX_COMPONENTS` components."""
     item = result.inputs[name]
+    if is_sparse(item) or len(result.gradients[name]) > MAX_COMPONENTS or \
+            not item.tensor.is_floating_point():
+        return None  # (a sparse result's vectors: one colour each, up to one per entry)
     vs = list(result.gradients[name])
-    if len(vs) > MAX_COMPONENTS or not item.tensor.is_floating_point() or is_sparse(item):
-        return None
     d32 = item.derivatives.detach().to(torch.float64)
     with torch.random.fork_rng(devices=_rng_devices(item.tensor)):
         replays = _replays(record, result, output)
