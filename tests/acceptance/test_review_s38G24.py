@@ -199,12 +199,6 @@ def test_held_index_maps_equal_the_jacobian(name):
 
 # -- G24-6: the coloured passes the display teaches accumulate into the other input's .grad ------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G24-6: with two inputs (y = x.roll(1)*w + x*w.roll(-2) + x**2), the loop shown for x runs "
-    "y.backward(gradient=v, retain_graph=True) once per colour and resets only x.grad: pasted "
-    "as taught, it adds 1ᵀ∂y/∂w into w.grad (7 becomes 8.995 at w[0]) — the user's state "
-    "changed by the display's own code (render/sparse_code.py; backward(..., inputs=[x]) or "
-    "torch.autograd.grad would leave w.grad alone)"))
 def test_the_taught_passes_for_x_leave_w_grad_alone():
     x = torch.linspace(-1, 1, 400, dtype=torch.float64, requires_grad=True)
     w = torch.linspace(0, 1, 400, dtype=torch.float64, requires_grad=True)

@@ -11,6 +11,11 @@ read while the result kept its graph).
   ``x ** w``, ``x * w``, ``where(mask, sin x, cos x)`` pair the points too, but each point
   may apply its own function (``w[i]``, ``mask[i]`` differ), so the display names no one f.
   Asked only where a display may say it: an input with points, or one number per point.
+- filled: the inputs whose ``.grad`` a plain ``backward`` from the output fills, or None
+  where it fills another tensor's too (a model's parameter, an input left out by ``--wrt``):
+  code written for the reader names its ``inputs=[...]`` then, so pasting it changes no
+  ``.grad`` but those it reads. The graph's edges alone say it: readable after the cell's
+  own backward freed the saved values.
 
 Where the graph cannot say (saved values freed by the cell's backward, a hook), each fact
 takes its always-true side: a sparse flag unread is set (``.to_dense()`` is right for a
@@ -121,10 +126,34 @@ def facts(output: torch.Tensor | None, inputs) -> dict:
     names), read off ``output``'s graph; ``inputs``: name → input result (``.tensor``,
     ``.pairing``)."""
     root = getattr(output, "grad_fn", None)
-    nodes = list(walk_nodes([root])) if root is not None else []
+    nodes = nodes_of(output)
     return {"sparse_grads": _sparse_grads(nodes, inputs),
             "one_function": frozenset(n for n, item in inputs.items()
-                                      if _may_say(item) and one_function(root, item))}
+                                      if _may_say(item) and one_function(root, item)),
+            "filled": filled(nodes, inputs)}
+
+
+def nodes_of(output: torch.Tensor | None) -> list:
+    """Every node of ``output``'s graph, each once."""
+    root = getattr(output, "grad_fn", None)
+    return list(walk_nodes([root])) if root is not None else []
+
+
+def filled(nodes: list, inputs) -> frozenset | None:
+    """The names of the inputs whose ``.grad`` a backward through ``nodes`` (the output's
+    graph) fills, or None where it also reaches a leaf that is none of them."""
+    leaves = {id(item.tensor): n for n, item in inputs.items() if item.tensor.grad_fn is None}
+    made = [(item.tensor.grad_fn, n) for n, item in inputs.items()
+            if item.tensor.grad_fn is not None]  # (a non-leaf input: its node is reached)
+    found = set()
+    for node in nodes:
+        leaf = getattr(node, "variable", None)
+        if leaf is not None:
+            if id(leaf) not in leaves:
+                return None
+            found.add(leaves[id(leaf)])
+        found.update(n for maker, n in made if node is maker)
+    return frozenset(found)
 
 
 def _sparse_grads(nodes: list, inputs) -> frozenset:

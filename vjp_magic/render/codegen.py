@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..core.validation import parameter_expression
 from .codelines import CODE_WIDTH
-from .graph_facts import sparse_grad
+from .graph_facts import names_inputs, sparse_grad
 
 _ONE_AXIS = "k"
 _AXES = ("i", "j", "l", "m", "n", "p", "q")
@@ -311,7 +311,9 @@ def display_loop(result, names: Sequence[str] | None = None,
     and the loop clears it after reading each component, so none is left behind. ``first``:
     lines before them (the output computed again where the cell's backward freed its graph);
     ``retain``: another code block shown beside this one calls backward on the same graph, so
-    this one's backward keeps it (``retain_graph=True``; the loop's always does)."""
+    this one's backward keeps it (``retain_graph=True``; the loop's always does). Where a
+    backward from the output would also fill another tensor's ``.grad`` (a parameter, an
+    input of another loop), each names its ``inputs=[...]`` (:func:`backward_inputs`)."""
     names = list(result.inputs if names is None else names)
     taken = taken_names(result)
     y, named = _output_variable(result, taken)
@@ -322,11 +324,12 @@ def display_loop(result, names: Sequence[str] | None = None,
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
               if not result.inputs[name].tensor.is_leaf]
     reads = [f"{x}.grad" for x in xs]
+    listed = backward_inputs(result, names, xs)
     if result.output.numel() == 1 and not result.full:
-        return "\n".join(first + [f"{y}.backward({keep[2:]})", *reads]) + "\n"
+        return "\n".join(first + [f"{y}.backward({(keep + listed)[2:]})", *reads]) + "\n"
     _, v, loop = loop_names(result, result.inputs[names[0]].pairing.out_axes, taken)
     if loop.count == 1:
-        return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}){keep})",
+        return "\n".join(first + [f"{y}.backward(gradient=torch.ones_like({y}){keep}{listed})",
                                    *reads]) + "\n"
     ds = [derivative_name(name, taken) for name in names]
     head = list(loop.imports)
@@ -334,7 +337,15 @@ def display_loop(result, names: Sequence[str] | None = None,
                      for x, d in zip(xs, ds)]
     stores = [f"{d}[{', '.join(loop.letters)}] = {grad_read(result, n, x)}; {x}.grad = None"
               for x, d, n in zip(xs, ds, names)]
-    return "\n".join(head + loop.lines(y, stores, v)) + "\n"
+    return "\n".join(head + loop.lines(y, stores, v, xs if listed else ())) + "\n"
+
+
+def backward_inputs(result, names: Sequence[str], xs: Sequence[str]) -> str:
+    """``, inputs=[x, …]`` (``names`` spelled ``xs``) where a backward from the output would
+    also fill another tensor's ``.grad`` (:func:`.graph_facts.names_inputs`), so that code
+    pasted from the display changes no ``.grad`` it does not read; else nothing (the
+    tutorial's own call)."""
+    return f", inputs=[{', '.join(xs)}]" if names_inputs(result, names) else ""
 
 
 def cleared_grads(xs: Sequence[str], taken: set[str] | None = None) -> str:

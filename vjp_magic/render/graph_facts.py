@@ -6,6 +6,8 @@ graph by :mod:`vjp_magic.core.graph_facts` while the result keeps it (the featur
   ``.grad`` into a dense tensor reads ``.grad.to_dense()``.
 - :func:`one_function`: the graph proves every point applies the same function f, not only
   the pairing (``y[i]`` reads ``x[i]`` only).
+- :func:`names_inputs`: a ``backward`` written for some inputs says ``inputs=[...]``, as it
+  would otherwise add into another tensor's ``.grad`` (a second input's, a parameter's).
 
 Where the graph cannot say, each fact takes its always-true side (core.graph_facts says
 which); a stored result keeps the facts read while it had its graph.
@@ -34,11 +36,15 @@ def read_off(result, output, inputs: dict) -> None:
     """``result``'s facts read off a stand-in for the user's graph: the analysis' hook-free
     replay (``output``, computed by the same operations from the fresh leaves ``inputs``,
     name → tensor), whole where the cell's own backward freed the user's graph and left
-    its saved values unreadable (the tutorial's ``y.backward(v)``: ``5 * x``'s saved 5)."""
+    its saved values unreadable (the tutorial's ``y.backward(v)``: ``5 * x``'s saved 5).
+    Which ``.grad`` a backward fills is read off the user's graph (``result.output``), the
+    one pasted code runs on: its edges survive the free."""
     items = {name: replace(item, tensor=inputs[name]) for name, item in result.inputs.items()
              if name in inputs}
     if len(items) == len(result.inputs) and id(result) not in _READ:
-        _READ[id(result)] = _walks.facts(output, items)
+        found = _walks.facts(output, items)
+        found["filled"] = _walks.filled(_walks.nodes_of(result.output), result.inputs)
+        _READ[id(result)] = found
         weakref.finalize(result, _READ.pop, id(result), None)
 
 
@@ -52,8 +58,20 @@ def one_function(result, name: str) -> bool:
     return _known(result, "one_function", name)
 
 
+def names_inputs(result, names) -> bool:
+    """Whether a ``backward`` written for the inputs ``names`` must pass ``inputs=[...]``:
+    without it, it would also fill the ``.grad`` of another tensor (another input, a
+    parameter the cell did not ask about), or the graph could not say (module docstring)."""
+    filled = _read(result, "filled")
+    return filled is None or not filled <= set(names)
+
+
 def _known(result, field: str, name: str) -> bool:
+    return name in (_read(result, field) or ())
+
+
+def _read(result, field: str):
     view = getattr(result, "view", None)
     if view is not None and getattr(result.output, "grad_fn", None) is None:
-        return name in getattr(view, field, ())
-    return name in facts(result)[field]  # (a result that keeps its graph: read it now)
+        return getattr(view, field, None)
+    return facts(result)[field]  # (a result that keeps its graph: read it now)

@@ -31,7 +31,8 @@ import torch
 from ..core.sparse_layout import csr_block
 from . import notation
 from .budget import fit_of, remembered
-from .codegen import cleared_grads, expression, fresh, output_symbol, result_check, taken_names
+from .codegen import (backward_inputs, cleared_grads, expression, fresh, output_symbol,
+                      result_check, taken_names)
 from .codelines import CODE_WIDTH
 from .findings import structure_findings
 from ..core.pairing import proved_for_every
@@ -689,7 +690,9 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
     of the output (in closed form where it is one), one backward per colour into the rows of
     ``g``; each nonzero J[i, j] is then ``g[colour[i], j]``. By columns: the forward-mode
     passes (:func:`_column_lines`). Pasted into the next cell it runs as it is (``first``:
-    lines before it, the output computed again where the cell's backward freed its graph)."""
+    lines before it, the output computed again where the cell's backward freed its graph),
+    and fills no other ``.grad`` (``inputs=[x]`` where one would be filled:
+    :func:`.codegen.backward_inputs`)."""
     sparse = sparse_of(result, name)
     found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
     names, taken = code_names(result, name)
@@ -701,11 +704,11 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
     if not result.inputs[name].tensor.is_leaf:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
-    k = sparse.count
+    k, listed = sparse.count, backward_inputs(result, [name], [x])  # (no other .grad filled)
     if k == 1:  # one colour: the tutorial's v = ones, one backward
         return _joined(lines + [
             cleared_grads([x]),
-            f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True)",
+            f"{y}.backward(gradient=torch.ones_like({y}), retain_graph=True{listed})",
             f"{g} = {x}.grad.reshape(-1)  # v^T J, v = ones",
             f"# J[p, q] (flattened) is {g}[q] where nonzero"])
     lines += colour_lines(found.form, y, k, name, names, taken)
@@ -713,7 +716,7 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
               cleared_grads([x]),
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
-              f"    {y}.backward(gradient={v}, retain_graph=True)",
+              f"    {y}.backward(gradient={v}, retain_graph=True{listed})",
               f"    {g}[{c}], {x}.grad = {x}.grad.reshape(-1), None  # read, cleared",
               f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
     return _joined(lines)

@@ -58,7 +58,9 @@ class View:
     maths' letter for the map (:func:`vjp_magic.features.names.applied_letter`);
     ``freed``: lines the code beneath starts with where the cell's own backward freed the
     output's graph (the output computed again, or what to do); ``sparse_grads``: the inputs
-    whose ``.grad`` autograd hands sparse, as the graph said (the code reads them densely).
+    whose ``.grad`` autograd hands sparse, as the graph said (the code reads them densely);
+    ``filled``: the inputs whose ``.grad`` a backward fills, None where it fills another
+    tensor's too or the graph was not read (the code names its ``inputs=[...]``).
     Exam mode (``VJPMagics.exam``) is ``hidden`` with only the verdict's sections around."""
 
     options: RenderOptions = field(default_factory=RenderOptions)
@@ -75,6 +77,7 @@ class View:
     freed: tuple[str, ...] = ()  # lines first in the code beneath: the cell's backward freed it
     sparse_grads: frozenset = frozenset()  # inputs autograd hands a sparse .grad (codegen)
     one_function: frozenset = frozenset()  # inputs whose points the graph proves one f
+    filled: frozenset | None = None  # inputs whose .grad a backward fills (None: others too)
     _last: tuple = field(default=(), init=False, repr=False, compare=False)  # (result ref, doc)
 
     @_as_its_own
