@@ -284,6 +284,7 @@ def test_a_whole_jacobian_kept_by_columns():
     kept = kept_by_columns(matrix, (300,), (300,), Evidence.OBSERVED, 300, max_colours=75)
     assert kept is not None and kept.mode == "columns" and kept.count == 4
     assert kept.matrix is matrix and kept.pattern_passes == 300
+    assert torch.equal(kept.output_colours, torch.arange(300))  # r.gradients: the one-hot rows
     tridiagonal_matrix = dense_to_csr(torch.func.jacrev(tridiagonal)(x))
     assert kept_by_columns(tridiagonal_matrix, (300,), (300,), Evidence.OBSERVED, 300,
                            row_count=3) is None  # rows: 3 colours already

@@ -167,7 +167,8 @@ def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern
                     max_colours: int | None = None) -> SparseJacobian | None:
     """A CSR Jacobian already computed whole (the small path's m passes) kept in sparse form
     by columns where :func:`column_colours` finds they pay (no pass is spent: the colours
-    only say how it would be computed, for the display and ``r.tangents``), else None."""
+    only say how it would be computed, for the display and ``r.tangents``; ``r.gradients``
+    holds the one-hot rows that computed it), else None."""
     from .compressed import SparseJacobian  # compressed imports this module: import when used
 
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
@@ -176,8 +177,8 @@ def kept_by_columns(matrix: torch.Tensor, out_shape, in_shape, evidence, pattern
     if colours is None:
         return None
     return SparseJacobian(matrix, torch.from_numpy(colours), colour_count(colours), evidence,
-                          pattern_passes, Mode.COLUMNS,
-                          cover=torch.from_numpy(output_cover(pattern)))
+                          pattern_passes, Mode.COLUMNS,  # cover: the one-hot rows computed
+                          cover=torch.arange(matrix.shape[0]))
 
 
 def column_jacobian(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
