@@ -40,6 +40,7 @@ from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, den
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
+from .vector_sparse_hessian import SparseBlocks, vector_sparse_hessian
 
 
 
@@ -51,7 +52,10 @@ class HessianInput:
     :meth:`HessianResult.hessian` assembles); ``symmetric`` within tolerance (``asymmetry``:
     worst |H - Hᵀ| / its block's largest entry); ``constant``: linear in x (all zero);
     ``sparse``: a large Hessian of a scalar computed sparse (:mod:`.sparse_hessian`), whose
-    ``derivatives`` are then its CSR matrix (x.numel() × x.numel()); ``conditional_on``: the
+    ``derivatives`` are then its CSR matrix (x.numel() × x.numel()); ``sparse_blocks``: a vector
+    output's second derivatives too large dense, computed sparse from its proved Jacobian
+    pattern (``derivatives`` then a sparse COO tensor, y.shape + x.shape + x.shape);
+    ``conditional_on``: the
     ops whose saved indices, masks or conditions a proof read (then "proved" holds for every
     x that gives the same ones: :attr:`.pattern.Pattern.conditional_on`)."""
 
@@ -69,6 +73,8 @@ class HessianInput:
     unverified: tuple[str, ...] = ()
     sparse: SparseHessian | None = None  # the sparse path's CSR, colours, count, evidence
     conditional_on: tuple[str, ...] = ()
+    # a vector output's second derivatives, sparse (:mod:`.vector_sparse_hessian`)
+    sparse_blocks: SparseBlocks | None = None
 
     point_count = property(lambda self: self.pairing.point_count(self.tensor.shape))
     has_points = property(lambda self: any(self.tensor.shape[b] > 1
@@ -122,8 +128,16 @@ class HessianResult(DerivativeResult):
         x.numel(), flattened row-major), without densifying a Hessian computed sparse."""
         name = self.input_name(name)
         item = self.inputs[name]
-        if layout not in (torch.strided, torch.sparse_csr):
-            raise VJPUsageError("layout is torch.strided (dense) or torch.sparse_csr.")
+        if layout not in (torch.strided, torch.sparse_csr, torch.sparse_coo):
+            raise VJPUsageError("layout is torch.strided (dense), torch.sparse_csr or "
+                                "torch.sparse_coo.")
+        blocks = item.sparse_blocks
+        if blocks is not None and layout is not torch.strided:
+            return blocks.coo() if layout is torch.sparse_coo else blocks.csr(
+                self.memory_budget or memory.resolve_budget(None, self.output.device),
+                f"The sparse Hessian of {self.output_name} with respect to {name}")
+        if layout is torch.sparse_coo:
+            return self.hessian(name).to_sparse()
         n = item.tensor.numel()
         if layout is torch.sparse_csr and item.sparse is not None:
             return item.sparse.matrix
@@ -133,11 +147,15 @@ class HessianResult(DerivativeResult):
             return points_csr(self.output.shape, item, budget,
                               f"The sparse Hessian of {self.output_name} with respect to {name}")
         advice = "Use h.hessian(name, layout=torch.sparse_csr)" if item.sparse is not None \
+            else "Use h.hessian(name, layout=torch.sparse_coo) or layout=torch.sparse_csr" \
+            if item.sparse_blocks is not None \
             else "Use h.derivatives (the point structure keeps only what is non-zero)"
         memory.refuse_if_over(
             size * item.tensor.element_size(), budget, f"The full Hessian of "
             f"{self.output_name} with respect to {name} ({size:,} entries)", advice=advice)
-        if item.sparse is not None:
+        if item.sparse_blocks is not None:
+            full = item.sparse_blocks.coo().to_dense()
+        elif item.sparse is not None:
             full = item.sparse.matrix.to_dense().reshape(
                 tuple(self.output.shape) + tuple(item.tensor.shape) * 2)
         else:
@@ -222,11 +240,16 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     def refuse():
         memory.refuse_if_over(entries * x.element_size(), budget,
                               f"The second derivatives of {output_name} with respect to "
-                              f"{item.name} ({entries:,} entries)")
+                              f"{item.name} ({entries:,} entries)",
+                              advice=sparse_advice(output, item, output_name))
 
     # a scalar's Hessian too large dense is judged by its nonzeros: sparse where it can be
     sparse_first = output.numel() == 1 and (x.numel() >= SPARSE_FROM or
                                             entries * x.element_size() > budget)
+    if not sparse_first and entries * x.element_size() > budget:
+        blocks = _vector_sparse(output, output_name, item, budget, options["seed"])
+        if blocks is not None:
+            return blocks
     if not sparse_first:
         refuse()
     base = HessianInput(item.name, x, pairing, derivatives=None, unused=item.unused,
@@ -261,6 +284,51 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     base.derivatives = per_point_hessians(output.shape, base)
     base.symmetric, base.asymmetry = symmetry(base, math.prod(comp))
     return base
+
+
+def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | None:
+    """A vector output's second derivatives, too large dense, computed sparse from its
+    proved Jacobian pattern (:mod:`.vector_sparse_hessian`), or None (the caller refuses)."""
+    x = item.tensor
+    if output.numel() == 1 or item.unused or item.unverified or \
+            any(x.shape[b] > 1 for b in item.pairing.in_axes):
+        return None
+    try:
+        blocks = vector_sparse_hessian(output, x, budget, seed, item.name)
+    except (NotImplementedError, RuntimeError) as error:  # an op without double backward
+        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
+            raise
+        raise VJPUsageError(_no_double_backward(output_name, error)) from None
+    if blocks is None:
+        return None
+    return HessianInput(item.name, x, item.pairing, derivatives=blocks.coo(),
+                        unused=False, constant=blocks.nnz == 0 or
+                        not bool(blocks.values.ne(0).any()), evidence=item.evidence,
+                        unverified=item.unverified, sparse_blocks=blocks,
+                        conditional_on=_joined(_conditional(item), blocks.conditional_on))
+
+
+def sparse_advice(output: torch.Tensor, item, output_name: str) -> str:
+    """The refusal's advice for a vector output whose Jacobian pattern is proved sparse
+    (the first-order result's :class:`.compressed.SparseJacobian`): y[i]'s Hessian is 0
+    outside supp(i)×supp(i), supp(i) the entries of x that y[i] reads for every x, so its
+    second derivatives have at most Σ_i |supp(i)|² nonzeros (the bytes: a COO tensor of
+    shape y.shape + x.shape + x.shape). Else the memory module's default advice."""
+    sparse = getattr(item, "sparse", None)
+    if sparse is None or output.numel() == 1 or str(sparse.evidence) != "proved":
+        return memory.DEFAULT_ADVICE
+    reads = torch.diff(sparse.matrix.crow_indices().cpu())
+    nnz = int((reads * reads).sum())
+    index_bytes = 8 * (output.dim() + 2 * item.tensor.dim())
+    nbytes = nnz * (index_bytes + item.tensor.element_size())
+    given = "" if not sparse.conditional_on else \
+        f" (for every x that gives {', '.join(sparse.conditional_on)} the same selections)"
+    return (f"As sparse second derivatives they have at most {nnz:,} nonzeros "
+            f"({memory.gb(nbytes)} with their indices): each {output_name}[i] reads at most "
+            f"{int(reads.max()):,} entries of {item.name}{given}. Differentiate each "
+            f"{output_name}[i] (or a sum of entries that read disjoint entries of "
+            f"{item.name}) as a scalar, whose Hessian is computed sparse, or "
+            f"{memory.DEFAULT_ADVICE[0].lower()}{memory.DEFAULT_ADVICE[1:]}")
 
 
 def _sparse_input(base: HessianInput, sparse: SparseHessian) -> HessianInput:
@@ -702,7 +770,8 @@ def _notes(result: HessianResult) -> list[str]:
     """Non-finite second derivatives, asymmetric Hessians, custom backward functions."""
     notes = []
     for name, item in result.inputs.items():
-        d = item.derivatives if item.sparse is None else item.sparse.matrix.values()
+        d = item.sparse.matrix.values() if item.sparse is not None else \
+            item.sparse_blocks.values if item.sparse_blocks is not None else item.derivatives
         if d.numel() and not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
             bad = d.numel() - int(torch.isfinite(d).sum())
             notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "

@@ -21,6 +21,7 @@ from .budget import fit_of, remembered
 from .document import Code, Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .graph_facts import one_function
 from ..core.pairing import proved_for_every
+from .hessian_blocks import blocks_headline, blocks_where
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
@@ -46,6 +47,8 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
             blocks.append(remembered(options, ("hessian pattern", name),  # once per fit
                                      lambda n=name: hessian_paragraph(h, n)))
             blocks.extend(sparse_hessian_blocks(h, name, options))  # values, where, code
+        if getattr(item, "sparse_blocks", None) is not None:
+            blocks.append(blocks_where(name))
         sections.append(Section(tuple(blocks)))
     if len(shown) < len(h.inputs):
         sections.append(Section((not_shown(h, shown),)))
@@ -90,6 +93,8 @@ def headline(h, name: str) -> Paragraph:
     lead = [Text("With respect to "), x, Text(": ")] if len(h.inputs) > 1 else []
     if item.unused:
         return paragraph(*lead, y, " does not depend on ", x, ": every second derivative is 0.")
+    if getattr(item, "sparse_blocks", None) is not None:  # a vector output's, sparse
+        return blocks_headline(h, name, _evidence(item, name, h))
     if item.constant:
         return paragraph(*lead, "Every second derivative is 0 at this ", x, ": the first "
                          "derivatives of ", y, " have no graph back to ", x, ", so ", y,
@@ -199,7 +204,8 @@ def _index(h, name: str, component: str | None, point_letters: dict[int, str]) -
 def hessian_formulas(h, name: str, options) -> list[Formula]:
     """The second derivatives of one input: rows per component, or Hessian matrices."""
     item = h.inputs[name]
-    if getattr(item, "sparse", None) is not None:  # stated in h.notes, never densified
+    if getattr(item, "sparse", None) is not None or \
+            getattr(item, "sparse_blocks", None) is not None:  # in words, never densified
         return []
     if math.prod(item.per_point_shape) == 1:
         return [_scalar_per_point(h, name, options)]
