@@ -75,7 +75,7 @@ def test_display_stays_a_few_sentences():
     leaf = torch.randn(10_000, dtype=torch.float64).requires_grad_(True)
     h = vjp_magic.hessian(_triple(leaf), leaf, names=["x"], seed=0)
     text = h._repr_mimebundle_()["text/plain"]
-    assert "x[i-1], x[i], x[i+1]" in text and "89,990 nonzeros" in text, text
+    assert "x[i-1], x[i], x[i+1]" in text and "at most 89,990 nonzeros" in text, text
     assert "proved for every x" in text, text
     assert len(text) < 2_000
     assert len(h._repr_mimebundle_()["text/latex"]) < 20_000
@@ -98,3 +98,43 @@ def test_an_unproved_pattern_is_still_refused():
     y = _triple(_Cube.apply(leaf))
     with pytest.raises(vjp_magic.VJPUsageError, match="second derivatives of y"):
         vjp_magic.hessian(y, leaf, names=["x"], seed=0)
+
+
+def test_a_branch_on_x_is_claimed_at_this_x_only():
+    """hessian(fn) whose Python reads a value of x: the pattern holds of this x's path, so
+    the display says so (the headline's owner of that claim), never "for every x"."""
+    leaf = torch.randn(1_000, dtype=torch.float64).requires_grad_(True)
+
+    def f():
+        return _triple(leaf) if leaf.sum() > -1e9 else leaf[:-1] * leaf.sum()
+
+    h = vjp_magic.hessian(f, leaf, names=["x"], seed=0)
+    assert h.inputs["x"].sparse_blocks is not None and h.steers
+    text = " ".join(h._repr_mimebundle_()["text/plain"].split())
+    assert "checked at this x only" in text and "for every x" not in text, text
+
+
+def test_a_linear_output_has_zero_second_derivatives():
+    leaf = torch.randn(1_000, dtype=torch.float64).requires_grad_(True)
+    y = F.conv1d(leaf[None, None], torch.tensor([[[1.0, -2.0, 1.0]]], dtype=leaf.dtype))[0, 0]
+    h = vjp_magic.hessian(y, leaf, names=["x"], seed=0)
+    assert not bool(h.hessian("x", layout=torch.sparse_coo).values().any())
+    text = " ".join(h._repr_mimebundle_()["text/plain"].split())
+    assert "Every second derivative is 0" in text and "nonzeros" not in text, text
+
+
+def test_a_pattern_missing_couplings_fails_the_check_and_is_refused(monkeypatch):
+    """A wrong "proved" pattern (each y[i] said to read x[i] alone): the probe of each sum's
+    Hessian disagrees, so the sparse path gives nothing and the dense refusal stands."""
+    from vjp_magic.core import vector_sparse_hessian as module
+    from vjp_magic.core.pairing import Evidence
+    from vjp_magic.core.pattern import Pattern
+
+    def diagonal_only(output, x, budget):
+        n = x.numel()
+        return Pattern(torch.arange(n + 1), torch.arange(n), (n, n), 0, Evidence.PROVED)
+
+    monkeypatch.setattr(module, "proved_pattern", diagonal_only)
+    leaf = torch.randn(1_000, dtype=torch.float64).requires_grad_(True)
+    with pytest.raises(vjp_magic.VJPUsageError, match="second derivatives of y"):
+        vjp_magic.hessian(_triple(leaf), leaf, names=["x"], seed=0)

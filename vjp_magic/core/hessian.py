@@ -302,8 +302,8 @@ def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | No
     if blocks is None:
         return None
     return HessianInput(item.name, x, item.pairing, derivatives=blocks.coo(),
-                        unused=False, constant=blocks.nnz == 0 or
-                        not bool(blocks.values.ne(0).any()), evidence=item.evidence,
+                        unused=False, constant=blocks.products == 0,  # no sum had a graph
+                        evidence=item.evidence,
                         unverified=item.unverified, sparse_blocks=blocks,
                         conditional_on=_joined(_conditional(item), blocks.conditional_on))
 

@@ -93,19 +93,20 @@ def headline(h, name: str) -> Paragraph:
     lead = [Text("With respect to "), x, Text(": ")] if len(h.inputs) > 1 else []
     if item.unused:
         return paragraph(*lead, y, " does not depend on ", x, ": every second derivative is 0.")
-    if getattr(item, "sparse_blocks", None) is not None:  # a vector output's, sparse
-        return blocks_headline(h, name, _evidence(item, name, h))
     if item.constant:
         return paragraph(*lead, "Every second derivative is 0 at this ", x, ": the first "
                          "derivatives of ", y, " have no graph back to ", x, ", so ", y,
                          " is linear in ", x, " near it (or piecewise linear, as clamp, relu "
                          "or where make it: its first derivatives then jump where the pieces "
                          "meet).")
-    d = item.derivatives
+    blocks = getattr(item, "sparse_blocks", None)
+    d = item.derivatives if blocks is None else blocks.values
     if d.layout == torch.strided and d.numel() and not bool(d.any()):  # relu's: zeros here
         return paragraph(*lead, "Every second derivative is 0 at this ", x, "; at another ",
                          x, " they may not be, unless ", y, " is linear or piecewise linear "
                          "in ", x, " (as relu, clamp or where make it).")
+    if blocks is not None:  # a vector output's, sparse
+        return blocks_headline(h, name, _evidence(item, name, h))
     count = math.prod(h.component_shape(name))
     m = math.prod(item.per_point_shape)
     points = plural(item.point_count, "point")

@@ -12,7 +12,7 @@ from .numbers import plural
 
 def blocks_headline(h, name: str, evidence: list) -> Paragraph:
     """"Each of the 1,000 entries of y has a Hessian block on at most 3 entries of x
-    (y[i] on x[i-1], x[i], x[i+1]), 0 elsewhere: 8,990 nonzeros from 9 Hessian-vector
+    (y[i] on x[i-1], x[i], x[i+1]), 0 elsewhere: at most 8,990 nonzeros from 9 Hessian-vector
     products …": ``evidence`` the headline's words on how it is known (the same owner
     as every headline's: proved for every x, or at this x where the cell's Python read
     a value of x)."""
@@ -30,7 +30,7 @@ def blocks_headline(h, name: str, evidence: list) -> Paragraph:
                   Text(" where they exist)")]
     groups = plural(blocks.groups, "sum")
     return paragraph(*where, ", 0 elsewhere: ",
-                     f"{blocks.nnz:,} nonzeros from {blocks.products:,} Hessian-vector "
+                     f"at most {blocks.nnz:,} nonzeros from {blocks.products:,} Hessian-vector "
                      f"products on {groups} of entries of ", y, " that read disjoint entries "
                      "of ", x, f" ({blocks.passes:,} backward passes with the checks)",
                      *evidence, "; the values checked with random probes.")
