@@ -165,11 +165,19 @@ def _own_and_one(pattern, answers, open_, m: int) -> torch.Tensor:
     return open_[~done[open_]]
 
 
+def centres(m: int, n: int) -> torch.Tensor:
+    """(m,) the input index each output index's band is centred on: i where m = n, else
+    ⌊i·n/m⌋ (a strided convolution's output i reads about x[2i], an upsampling's x[i/2])."""
+    index = torch.arange(m)
+    return index if m == n else index * n // max(m, 1)
+
+
 def band_offsets(known: torch.Tensor, m: int, n: int):
-    """(lo, hi, circular): the offsets j − i of the known dependences, one wider each way
-    (taken modulo n, nearest 0, for a square pattern: a band may wrap around)."""
+    """(lo, hi, circular): the offsets j − centre(i) of the known dependences
+    (:func:`centres`), one wider each way (taken modulo n, nearest 0, for a square pattern:
+    a band may wrap around)."""
     r, c = known.nonzero(as_tuple=True)
-    offsets = c - r
+    offsets = c - centres(m, n)[r]
     circular = m == n
     if circular:
         offsets = (offsets + n // 2) % n - n // 2
@@ -179,17 +187,20 @@ def band_offsets(known: torch.Tensor, m: int, n: int):
 
 
 def banded(prober, known: torch.Tensor, m: int, n: int) -> torch.Tensor | None:
-    """The pattern within the band of :func:`band_offsets`, from one set per colour; None when
-    the band is too wide or some set reaches an input index outside its rows' bands."""
+    """The pattern within the band of :func:`band_offsets` about each output index's centre,
+    from one set per colour; None when the band is too wide, takes too many colours, or some
+    set reaches an input index outside its rows' bands."""
     lo, hi, circular = band_offsets(known, m, n)
     width = hi - lo + 1
-    if width > MAX_BAND or 4 * width > m:
+    if width > MAX_BAND:
         return None
-    colour = _colours(m, width, circular)
+    colour = _colours(m, n, width, circular)
+    if colour is None:
+        return None
     count = int(colour.max()) + 1
     sets = colour[None, :] == torch.arange(count)[:, None]
     reached = prober.hits(sets)  # colours × n
-    cols = torch.arange(m)[:, None] + torch.arange(lo, hi + 1)[None, :]  # m × width
+    cols = centres(m, n)[:, None] + torch.arange(lo, hi + 1)[None, :]  # m × width
     valid = (cols >= 0) & (cols < n)
     cols = cols % n if circular else cols.clamp(0, n - 1)
     valid = valid | circular
@@ -204,14 +215,23 @@ def banded(prober, known: torch.Tensor, m: int, n: int) -> torch.Tensor | None:
     return pattern
 
 
-def _colours(m: int, width: int, circular: bool) -> torch.Tensor:
-    """i mod width; on a circle, the indices past the last whole block get colours of their
-    own (so that two indices of one colour are at least ``width`` apart, around the circle)."""
-    index = torch.arange(m)
-    colour = index % width
+def _colours(m: int, n: int, width: int, circular: bool) -> torch.Tensor | None:
+    """i mod q for the fewest q whose rows of one colour have centres at least ``width``
+    apart (q = width where m = n); on a circle, the indices past the last whole block get
+    colours of their own (so that two indices of one colour are ``width`` apart around the
+    circle). None where that takes more than a quarter of the output indices."""
+    index, centre = torch.arange(m), centres(m, n)
+    q = width
+    if m != n:  # the fewest rows apart whose centres always differ by width or more
+        q = max(1, width * m // max(n, 1))
+        while q < m and int((centre[q:] - centre[:-q]).min()) < width:
+            q += 1
+    if 4 * q > m:
+        return None
+    colour = index % q
     if circular:
-        whole = (m // width) * width
-        colour[whole:] = width + index[whole:] - whole
+        whole = (m // q) * q
+        colour[whole:] = q + index[whole:] - whole
     return colour
 
 
