@@ -9,7 +9,9 @@ has a non-zero derivative with respect to some entry of the input with index ``j
 - :func:`probe_pattern` (and :func:`dependency`): from a live graph, without the Jacobian, by
   batched random probes vᵀJ supported on sets of output indices (the group test of
   :mod:`.grouptest`), drawn from a seed kept on the answer; where the graph proves the axes
-  paired, only the diagonal is probed.
+  paired, only the diagonal is probed, and where its index maps bound what each index may
+  read (a stack of stride-1 convolutions: :func:`.indexmaps.walk.proved_band`), one probe
+  per colour of that band, checked.
 
 :func:`verdict` names the smallest band of diagonals that holds every dependence (a
 :class:`Kind`); :func:`verdict_on_refusal` makes a memory refusal say where a structure broke.
@@ -28,7 +30,8 @@ from . import axisflow, memory, structure, validation
 from .compressed import compressed_jacobian
 from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError, operand
-from .grouptest import OverTime, diagonal_hits, probed_pattern
+from .grouptest import OverTime, diagonal_hits, probed_pattern, proved_hits
+from .indexmaps.walk import proved_band
 from .pairing import Evidence, proved_for_every
 from .probes import new_seed
 from .quiet import quiet_autograd
@@ -83,7 +86,9 @@ class Dependency:
     budget, else a sparse CSR bool tensor of the dependences (:func:`dependency` past the
     budget: the methods and the verdict read either); ``evidence``: an
     :class:`.pairing.Evidence`: "proved" (from the graph: a pairing's own axes, or a proved
-    sparse pattern's entries, zeros at this x included), "observed" (read off a result's
+    sparse pattern's entries, zeros at this x included; :func:`dependency`: nothing read
+    outside the pairing or the band the graph bounds, the entries inside read by probes at
+    this x), "observed" (read off a result's
     values at this x: a derivative that happens to be 0 there is not a dependence) or
     "probed" (random probes);
     ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again);
@@ -748,6 +753,12 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
         return _dependency(pattern, a, b, Evidence.PROVED, seed)
     if not dense:
         return _held_sparsely(output, x, a, b, budget, seed)
+    found = _proved_band(output, x, a, b, budget, seed, max_seconds)
+    if found is not None:  # the graph bounds what each index may read: a probe per colour
+        dep = _dependency(found.pattern, a, b, Evidence.PROVED, seed,
+                          _rounded_note(found.rounded, output.dtype, a, b)
+                          if found.rounded else None)
+        return _with_underflow_note(dep, output.dtype, found.smallest)
     found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     note = _bounded_note(found, m) if not found.complete else None
     if found.rounded:
@@ -757,6 +768,18 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     if not found.complete:
         dep = _shown_witness(dep, found.exact_rows, found.exact_columns)
     return _with_underflow_note(dep, output.dtype, found.smallest)
+
+
+def _proved_band(output, x, a: int, b: int, budget: int, seed: int, max_seconds):
+    """:func:`.grouptest.proved_hits` where the graph's index maps bound what each index
+    along the axis may read (:func:`.indexmaps.walk.proved_band`: shift-like graphs, a
+    stack of convolutions), else None."""
+    if a != b:
+        return None
+    allowed = proved_band(output, x, a)
+    if allowed is None:
+        return None
+    return proved_hits(output, x, a, b, budget, seed, allowed, max_seconds)
 
 
 def _refuse(m: int, n: int, budget: int, why: str = "") -> None:
@@ -998,9 +1021,11 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     probe is rescaled (rounding: a sum of terms that cancel in mathematics, as a softmax
     shifted by the batch's max; left out, and ``.note`` says how many and names the first).
     Where the graph proves the two axes paired,
-    only the diagonal is probed. ``x.grad`` is never changed. A complex output is refused
-    (call it on ``.real`` and ``.imag``). ``r.dependency(name, out_axis, in_axis)`` reads the
-    same off a result.
+    only the diagonal is probed; where it bounds what each index may read (shift-like ops:
+    convolutions of stride 1, pads, slices, elementwise maps), only that band, a probe or
+    two per colour (``.evidence`` "proved"). ``x.grad`` is never changed. A complex output
+    is refused (call it on ``.real`` and ``.imag``). ``r.dependency(name, out_axis,
+    in_axis)`` reads the same off a result.
 
     Args:
         output (Tensor): computed from ``x`` with autograd on.

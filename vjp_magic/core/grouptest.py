@@ -33,6 +33,7 @@ from .derivatives import CHUNK_SECONDS, Batching, chunk_size
 from .indexmaps import proved_pattern
 from .probes import probe_generator, set_probe_values
 from .torch_api import TorchError, torch_error
+from .vectorising import Payoff
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 
 # Resolve a wide (dense, triangular) pattern row by row when that takes at most this long.
@@ -108,6 +109,53 @@ def diagonal_hits(output, x, a: int, b: int, budget: int, seed: int) -> torch.Te
     if columns.numel():
         hit[columns] = resolved_columns(prober, columns)[columns, torch.arange(len(columns))]
     return hit
+
+
+def proved_hits(output, x, a: int, b: int, budget: int, seed: int, allowed,
+                max_seconds: float | None = None) -> Probed | None:
+    """The pattern where the graph proves which entries may be read (``allowed``: their
+    (rows, columns), row-major: :func:`.indexmaps.walk.proved_band`): the output indices
+    coloured so that those of one colour may read no common input index, one probe per
+    colour, each read again rescaled (:meth:`SetProber.firm_hits`: rounding is no
+    dependence), and a check probe per colour with every output index's slice weighted at
+    random (:func:`_value_check`: an answer that is not its one claimed reader's, as a rule
+    that missed an entry would give); a few times the band's width in all, whatever the
+    size. None (the group test instead) where the colours are too many, the dtype too
+    coarse for the value check, or the check fails."""
+    m, n = output.shape[a], x.shape[b]
+    r, c = allowed
+    width = int((c - r).max() - (c - r).min()) + 1 if len(r) else 1
+    if width > setdecode.MAX_COLOURS or coarse_dtype(output.dtype):
+        return None
+    colour = torch.arange(m) % width  # rows width apart read disjoint offsets r + lo..hi
+    sets = colour[None, :] == torch.arange(min(width, m))[:, None]
+    prober = SetProber(output, x, a, b, budget, seed, max_seconds)
+    prober.track_smallest = output.dtype.is_floating_point and output.element_size() <= 4
+    hit, rounded = prober.firm_hits(sets)  # colours × n
+    prober.track_smallest = False
+    held = hit[colour[r], c]  # row r's colour reached c, which row r alone may read
+    for entry in zip(r[rounded[colour[r], c]].tolist(), c[rounded[colour[r], c]].tolist()):
+        prober.rounded[entry] = None
+    fresh = SetProber(output, x, a, b, budget, seed, max_seconds, stream=1, limit=prober.limit)
+    fresh.batching.methods, fresh.payoff = prober.batching.methods, prober.payoff
+    beta = _weightings(colour, probe_generator(seed, "dependency-weights"))[:1]  # one: a check
+    colours = sets.double()
+    value, size, reached, bad = fresh.projections(torch.cat([colours, colours * beta]),
+                                                  _features(fresh))
+    known = ~(prober.unknown | bad.any(0))
+    wrong = _value_check((r[held], c[held]), colour, beta, value, size, reached, output.dtype)
+    if bool((wrong & known).any()):
+        return None
+    pattern = torch.zeros(m, n, dtype=torch.bool)
+    pattern[r[held], c[held]] = True
+    columns = (~known).nonzero().flatten()
+    if columns.numel():  # a NaN or ±inf answered: read exactly, within what may be read
+        prober.unknown |= ~known
+        bound = torch.zeros(m, n, dtype=torch.bool)
+        bound[r, c] = True
+        pattern[:, columns] = resolved_columns(prober, columns) & bound[:, columns]
+    return Probed(pattern, True, m, prober.count + fresh.count, prober.smallest,
+                  rounded=prober.rounded_out(pattern))
 
 
 def _cheap(prober, m: int) -> bool:
@@ -212,6 +260,7 @@ class SetProber:
         self.step, self.seconds, self.smallest = 2, 0.0, float("inf")
         self.track_smallest = False  # the smallest |vᵀJ| (costs a pass over each answer)
         self.batching = Batching()  # every vectorised pass checked; one that fails: plain
+        self.payoff = Payoff(())  # ... and vectorised only while that pays (:meth:`vjps`)
         self.rounded: dict[tuple[int, int], None] = {}  # (row, column) read as rounding
 
     def rounded_out(self, pattern: torch.Tensor) -> tuple[tuple[int, int], ...]:
@@ -251,8 +300,7 @@ class SetProber:
         while start < len(sets):  # calls of about CHUNK_SECONDS each: Ctrl-C gets through
             part = sets[start:start + max(1, min(self.limit, self.step))]
             began = time.perf_counter()
-            (g,) = checked_batch(self.output, [self.x], self.vectors(part), batched=batched,
-                                 log=self.batching)
+            g = self.vjps(self.vectors(part), batched)
             hit, bad = _read(g, 1 + self.b)
             if self.track_smallest:
                 self.smallest = min(self.smallest, _smallest(g))
@@ -275,7 +323,7 @@ class SetProber:
         self.batching.new_set()  # other weights than the last round's: checked afresh
         for start in range(0, len(weights), max(1, min(self.limit, self.step))):
             part = weights[start:start + max(1, min(self.limit, self.step))]
-            (g,) = checked_batch(self.output, [self.x], self.vectors(part), log=self.batching)
+            g = self.vjps(self.vectors(part))
             hit, bad = _read(g, 1 + self.b)
             g = g.detach().movedim(1 + self.b, 1).reshape(len(part), hit.shape[1], -1)
             g = torch.where(torch.isfinite(g), g, 0).to(u.dtype)
@@ -283,6 +331,26 @@ class SetProber:
             self.count += len(part)
             self.unknown |= bad.any(0)
         return tuple(torch.cat([p[i].cpu() for p in parts]) for i in range(4))
+
+    def vjps(self, v: torch.Tensor, batched: bool = True) -> torch.Tensor:
+        """vᵀJ for each probe of ``v``, each vectorised batch checked
+        (:func:`.checked_batches.checked_batch`): vectorised while that pays on this graph
+        (:meth:`.vectorising.Payoff.pays`, as :class:`.derivatives.PaidBatches` judges it:
+        a convolution's backward under ``vmap`` costs about 3× a plain pass per vector on a
+        CPU), else (or ``batched`` False) plain passes. The first vector of the first batch
+        is a plain pass, timed."""
+        batched = batched and len(v) > 1 and bool(self.batching.methods)
+        if batched and self.payoff.plain is None:
+            began = time.process_time()
+            (head,) = checked_batch(self.output, [self.x], v[:1], batched=False)
+            self.payoff.timed(1, time.process_time() - began, False)
+            return torch.cat([head, self.vjps(v[1:])])
+        began = time.process_time()
+        (g,) = checked_batch(self.output, [self.x], v, batched=batched, log=self.batching)
+        if self.batching.vectorised and not self.payoff.pays(len(v),
+                                                             time.process_time() - began):
+            self.batching.methods.clear()  # plain passes were faster here: the rest are plain
+        return g
 
     def hits(self, sets: torch.Tensor, batched: bool = True) -> torch.Tensor:
         """(k × n_out) sets → (k × n_in) bool: which input indices each set reaches."""
@@ -318,10 +386,8 @@ class SetProber:
             began = time.perf_counter()
             v = self.vectors(part)
             scale = rescaling(len(part), self.seed, start).to(v)
-            (g,) = checked_batch(self.output, [self.x], v, batched=batched, log=self.batching)
-            (h,) = checked_batch(self.output, [self.x],
-                                 v * scale.reshape((-1,) + (1,) * (v.dim() - 1)),
-                                 batched=batched, log=self.batching)
+            g = self.vjps(v, batched)
+            h = self.vjps(v * scale.reshape((-1,) + (1,) * (v.dim() - 1)), batched)
             if self.track_smallest:
                 self.smallest = min(self.smallest, _smallest(g))
             self.seconds += time.perf_counter() - began
@@ -525,6 +591,7 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                       prober.max_seconds, stream=1, limit=prober.limit)
     fresh.began, fresh.count, fresh.step = prober.began, prober.count, prober.step
+    fresh.batching.methods, fresh.payoff = prober.batching.methods, prober.payoff  # learned
     try:
         answers = None if coarse else _value_answers(fresh, sets, colour)
         hit = fresh.hits(sets) if coarse else answers[2][:len(sets)]

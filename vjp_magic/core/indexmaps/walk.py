@@ -63,6 +63,39 @@ def proved_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,
                    lattice, diagonals, meter.conditional_on)
 
 
+def proved_band(output: torch.Tensor, x: torch.Tensor, axis: int):
+    """(rows, columns), row-major and each once: which indices of ``output`` along ``axis``
+    may read which of x along the same axis, for every value of x, where every node from the
+    output down to x is shift-like (convolutions of stride 1, pads, slices, cat, elementwise
+    maps: :mod:`.offsets`), read off the terms without building the flat pattern
+    (O(terms × m), whatever the other axes hold: channels, a batch); None where some node is
+    not shift-like (its index arrays are not built either), a view changed the tensor's
+    shape, or the two differ in rank. The index maps claim every entry an op reads (a zero
+    there at this x is still claimed), never fewer."""
+    if output.grad_fn is None or output.is_complex() or x.is_complex() \
+            or output.layout != torch.strided or x.layout != torch.strided \
+            or output.dim() != x.dim() or capabilities.graph_shapes_limitation() is not None:
+        return None
+    meter = Meter(0)
+    meter.terms_only = True  # a node that is not shift-like: Unproved, no index arrays
+    try:
+        relation = _walk(output, x, meter)
+    except (Unproved, AttributeError, RuntimeError, TypeError, ValueError, IndexError):
+        return None
+    if not isinstance(relation, Offsets) or relation.viewed is not None \
+            or relation.out_shape != tuple(output.shape) or relation.shape != tuple(x.shape):
+        return None  # (a view of the identity is said in the view's shape: rows of x)
+    n = x.shape[axis]
+    keys = [torch.zeros(0, dtype=torch.long)]
+    for term in relation.terms:  # rows lo..hi along the axis read row + d
+        rows = torch.arange(term.lo[axis], term.hi[axis])
+        cols = rows + term.d[axis]
+        inside = (cols >= 0) & (cols < n)
+        keys.append(rows[inside] * n + cols[inside])
+    keys = torch.unique(torch.cat(keys))  # sorted: row-major
+    return keys // n, keys % n
+
+
 def _rows(relation, meter: Meter, m: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(crow, columns, the most entries in a row) of the relation that reaches x: built from
     the terms while the graph stayed shift-like, else from the index arrays."""
@@ -119,6 +152,8 @@ def _joined(parts: list, meter: Meter):
 
 
 def _general(relation, meter: Meter) -> Relation:
+    if getattr(meter, "terms_only", False) and isinstance(relation, Offsets):
+        raise Unproved("not shift-like: index arrays needed")
     return offsets.general(relation, meter) if isinstance(relation, Offsets) else relation
 
 
