@@ -43,10 +43,20 @@ def attention(x, mask=None):
     return a @ (x @ wv)
 
 
-def conv_stack(x):
+def conv_stack(x, variant="plain"):
+    """Three width-3 Conv1d layers and tanh: plain, dilated (1, 2, 4), circular padding, or
+    the first of stride 2."""
     torch.manual_seed(0)
-    for _ in range(3):
-        x = torch.tanh(torch.nn.functional.conv1d(x, torch.randn(8, 8, 3) / 5, padding=1))
+    F = torch.nn.functional
+    for k in range(3):
+        w = torch.randn(8, 8, 3) / 5
+        if variant == "dilated":
+            x = F.conv1d(x, w, padding=2**k, dilation=2**k)
+        elif variant == "circular":
+            x = F.conv1d(F.pad(x, (1, 1), mode="circular"), w)
+        else:
+            x = F.conv1d(x, w, padding=1, stride=2 if variant == "strided" and k == 0 else 1)
+        x = torch.tanh(x)
     return x
 
 
@@ -66,9 +76,9 @@ def case(name):
     if name.startswith("attention"):
         x = torch.randn(T, 64, requires_grad=True)
         return attention(x, name.partition("-")[2] or None), x, 0, 0
-    if name == "conv":
+    if name.startswith("conv"):
         x = torch.randn(1, 8, L, requires_grad=True)
-        return conv_stack(x), x, 2, 2
+        return conv_stack(x, name.partition("-")[2] or "plain"), x, 2, 2
     if name == "periodic":
         x = torch.randn(L, requires_grad=True)
         return x.roll(1) - 2 * x + x.roll(-1) + x**3, x, 0, 0
@@ -76,7 +86,7 @@ def case(name):
 
 
 CASES = ["mlp", "adjacent", "distant", "bn", "mixup", "attention", "attention-causal",
-         "attention-after", "conv", "periodic"]
+         "attention-after", "conv", "conv-dilated", "conv-circular", "conv-strided", "periodic"]
 
 
 def run_one(name):
