@@ -110,6 +110,29 @@ def test_a_large_batch_accepts_the_per_row_answers(form):
     assert verdict.correct, (verdict.kind, verdict.hint)
 
 
+
+_CHECKED = ("torch.manual_seed(0)\n"
+            "x = torch.randn({b}, {n}, dtype=torch.float64, requires_grad=True)\n"
+            "y = F.pad(x, (1, 0))[:, :-1] + x ** 3 + F.pad(x, (0, 1))[:, 1:]\n"
+            "ones = torch.ones({n} - 1, dtype=x.dtype)\n"  # row b's Jacobian, by hand:
+            "answer = torch.stack([torch.diag(3 * x.detach()[b] ** 2) + torch.diag(ones, 1)\n"
+            "                      + torch.diag(ones, -1) for b in range({b})])\n")
+
+
+def test_the_magic_accepts_a_small_batch_of_per_row_jacobians(ip, run_vjp):
+    ip.run_cell("import torch.nn.functional as F")
+    r = run_vjp(_CHECKED.format(b=4, n=50), "--check answer")
+    assert r.check.correct, (r.check.kind, r.check.hint)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G26-1 (%%vjp --check): the same per-row Jacobians, written by hand for 64 rows of 300, "
+    "are graded 'wrong-shape' by the magic"))
+def test_the_magic_accepts_a_large_batch_of_per_row_jacobians(ip, run_vjp):
+    ip.run_cell("import torch.nn.functional as F")
+    r = run_vjp(_CHECKED.format(b=B, n=N), "--check answer")
+    assert r.check.correct, (r.check.kind, r.check.hint)
+
 # -- A10: attention variants the masked rule must take or leave, values held ---------------------
 
 L = 5
