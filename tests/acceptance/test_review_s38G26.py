@@ -217,3 +217,38 @@ def test_samples_coupled_in_pairs_are_not_taken_as_separate(dtype):
     for name, value in want.items():
         torch.testing.assert_close(r.derivatives[name], value, rtol=tolerance * 10,
                                    atol=tolerance, msg=name)
+
+
+class _LearnedMask(nn.Module):
+    """A learned (L, S) float attention mask (a parameter), or a bool mask computed from
+    sample 0's data and shared by every sample (constant: no gradient flows through it)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.a, self.l = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(4, 3)
+        self.rel = nn.Parameter(torch.randn(L, L) * 0.5)
+
+    def forward(self, x):
+        mask = self.rel if self.kind == "learned" else (
+            (x[0].norm(dim=-1) > 2.5)[None].expand(L, L) & ~torch.eye(L, dtype=torch.bool))
+        return self.l(self.a(x, x, x, attn_mask=mask, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("kind", ["learned", "from sample 0"])
+def test_attention_masks_that_are_parameters_or_shared_data_are_right(kind):
+    """Expected: jacrev of the B losses over the whole batch (sample 0's mask is every
+    sample's here, so vmap of a batch of one would be the wrong reference)."""
+    torch.manual_seed(0)
+    model = _LearnedMask(kind)
+    x, t = torch.randn(48, L, 4), torch.randint(0, 3, (48,))
+    double = copy.deepcopy(model).double()
+    params = {k: v.detach().double() for k, v in model.named_parameters()}
+    want = jacrev(lambda p: F.cross_entropy(functional_call(double, p, (x.double(),)), t,
+                                            reduction="none"))(params)
+    r = vjp_magic.differentiate(lambda: F.cross_entropy(model(x), t, reduction="none"), model,
+                                seed=5)
+    for name, value in want.items():
+        torch.testing.assert_close(r.derivatives[name].double(), value, rtol=1e-4, atol=2e-6,
+                                   msg=name)
