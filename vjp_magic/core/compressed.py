@@ -87,11 +87,6 @@ class SparseJacobian:
 SPARSE_MIN_OUTPUT = 32
 SPARSE_MIN_ENTRIES = 64 * 64
 PAYS_FRACTION = 1 / 4
-# A candidate with points whose dense blocks (components × input entries) hold more entries
-# than this is computed by compressed passes instead where their colours pay (a batch of
-# 64 stencils of 1,000 entries: 3 passes, not 1,000 components and 256 MB of blocks);
-# smaller ones keep their points (shown as the tutorial shows them).
-POINTS_DENSE_ENTRIES = 1 << 22
 # Up to this many colours (or probes), plain backward passes one after another: on CPU they
 # beat one vectorised backward of the same vectors (vmap over autograd.grad) many times over.
 LOOP_PASSES = 64

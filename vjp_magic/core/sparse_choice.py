@@ -90,30 +90,6 @@ class SparseChoice:
         Jacobian's nonzeros and bytes where it was over the budget too (:meth:`on_refusal`)."""
         return self._accepting(named, group, accepted, lambda name: Candidate(Pairing(), True))
 
-    def fewer_than_points(self, named, group, count: int, accepted) -> list[str]:
-        """Large path, at a candidate with points of ``count`` components each whose dense
-        blocks fit the budget: each input of ``group`` whose proved pattern colours in at
-        most ``PAYS_FRACTION`` of ``count`` passes (a batch of stencils: 3 colours where each
-        point has 1,000 components) goes into ``accepted`` as :meth:`past_points` puts it; the
-        rest are returned for the points path, with nothing noted and nothing spent but the
-        pattern's proof and colouring (no pattern is observed: the points' passes would cost
-        less)."""
-        rest, most = [], int(count * PAYS_FRACTION)
-        for name in group:
-            tensor = named[name]
-            found = self._early.get(name)  # made already (with a higher cap): its colours
-            if found is None:
-                pattern = self._proved(name, tensor) \
-                    if self._worth(tensor) and name not in self._tried else None
-                found = None if pattern is None else self._attempt(name, tensor, pattern, most)
-            if found is None or found.sparse is None or found.sparse.count > most:
-                rest.append(name)
-                continue
-            self._tried.add(name)
-            self._early.pop(name, None)
-            accepted[name] = (Candidate(Pairing(), True), self._taken(name, tensor, found.sparse))
-        return rest
-
     def _accepting(self, named, group, accepted, candidate) -> list[str]:
         """The inputs of ``group`` the compressed passes compute go into ``accepted`` at
         ``candidate(name)``; the rest are returned."""
@@ -175,16 +151,14 @@ class SparseChoice:
             self._early[name] = self._attempt(name, tensor, pattern)
         return self._early[name]
 
-    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None,
-                 max_colours: int | None = None) -> Attempt:
+    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
         """:func:`.compressed.attempt` checked against the analysis's probe 0 where it serves
         more (computed already, or shared by several inputs), else against a probe of its
-        own (drawn at a third of the cost: probe 0 may never be needed); ``max_colours``:
-        :attr:`max_colours` unless given."""
+        own (drawn at a third of the cost: probe 0 may never be needed)."""
         shared = self.probes.seconds is not None or len(self.probes.named) > 1
         known = (self.probes.vector(), self.probes.vjp(name)) if shared else None
-        return attempt(self.output, tensor, self.budget, self.probes.seed,
-                       self.max_colours if max_colours is None else max_colours, known, pattern)
+        return attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
+                       known, pattern)
 
     def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
         if not self._worth(tensor) or name in self._tried:

@@ -18,7 +18,6 @@ from . import couplings, dependency, memory, structure
 from .candidates import Candidate, SharedRows, row_proposal
 from .checked_batches import (batching_trusted, batching_vector, batching_verdict, plain_probe,
                               within_noise)
-from .compressed import POINTS_DENSE_ENTRIES
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
@@ -228,11 +227,6 @@ def from_verified_pairings(context, named, candidates, probes):
         if count < output.numel() and context.sparse is not None and count * sum(
                 named[n].numel() for n in group) * output.element_size() > context.budget:
             group = context.sparse.past_points(named, group, accepted)  # points too large
-            if not group:
-                continue
-        elif count < output.numel() and context.sparse is not None and count * sum(
-                named[n].numel() for n in group) > POINTS_DENSE_ENTRIES:  # or large, sparse
-            group = context.sparse.fewer_than_points(named, group, count, accepted)
             if not group:
                 continue
         context.refuse_if_over(
