@@ -201,12 +201,6 @@ def test_ghost_batch_statistics_are_block_diagonal_with_their_groups():
     assert (d.kind, tuple(d.blocks), d.witness) == ("block-diagonal", (8, 8, 8), (0, 1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G25-2: ghost-batch statistics (blocks of 64) at B = 512 take 2,078 backward vectors, "
-    "four per row (setdecode's halving falls back to row hits, firm_hits reads each row "
-    "twice); 522 at B = 256: the cost grows with the batch, not the structure (B = 2,048 "
-    "and 4,096: over 50 s CPU, 1.3 GB, against the issue's 1 s; packed causal sequences "
-    "of 128 at T = 512 the same: 2,078 vectors, 31 s CPU)"))
 def test_ghost_batch_statistics_cost_fewer_vectors_than_rows(monkeypatch):
     b, group = 512, 64
     x = torch.randn(b, 16, requires_grad=True)
@@ -234,11 +228,6 @@ def _packed_attention(t, length):
     return f, mask
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G25-3: four packed causal sequences of 256 (T = 1,024, no leak) read 'band, offsets "
-    "-255..0' (complete=False): d.pattern claims y[256] <- x[1], a read across sequences "
-    "that is not there; the kind the issue asks for (block-lower-triangular, 4 blocks of "
-    "256) comes only at T = 512, from a probe per row (2,078 vectors, 31 s CPU)"))
 def test_packed_causal_sequences_at_1024_are_block_lower_triangular():
     torch.manual_seed(0)
     f, mask = _packed_attention(1024, 256)

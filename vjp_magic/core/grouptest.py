@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import setdecode
+from . import blockdecode, setdecode
 from .checked_batches import checked_batch
 from .derivatives import CHUNK_SECONDS, Batching, chunk_size
 from .indexmaps import proved_pattern
@@ -58,6 +58,7 @@ class Probed(NamedTuple):
     margin: int = 0
     cuts: int = 0
     rounded: tuple[tuple[int, int], ...] = ()  # entries left out as rounding (row-major)
+    blocks: int = 0  # bounded by blocks of this size (no read crosses them), not a band
 
 
 def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
@@ -73,6 +74,9 @@ def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
     rows = prober.row_hits(sample, firm=False)
     prober.track_smallest = False
     prober.sample, prober.sampled = sample, rows
+    blocked = _blocked(prober, sample, rows)
+    if blocked is not None:
+        return blocked
     if setdecode.wide(rows, n):  # dense, triangular: row by row, or bounded
         if not _cheap(prober, m):
             return _bounded(prober, sample, rows)
@@ -163,6 +167,46 @@ def _cheap(prober, m: int) -> bool:
     return m <= RESOLVE_ROWS or m * prober.seconds_per_vector() <= RESOLVE_SECONDS
 
 
+# -- blocks along the axis ------------------------------------------------------------------
+def _blocked(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed | None:
+    """Blocks of one size that the sampled rows propose (:mod:`.blockdecode`), or None: no
+    read crosses them but at a few input indices, read exactly; inside, every row read by
+    one set per local index where that is cheap (complete), else the blocks' structure
+    bounds the rows not read (lower-triangular ones checked by cuts for later reads)."""
+    m, n = prober.output.shape[prober.a], rows.shape[1]
+    proposal = blockdecode.proposed(sample, rows, m, n)
+    if proposal is None:
+        return None
+    size, lower = proposal
+    crossed = blockdecode.crossings(prober, size, m, n)
+    if crossed is None or int(crossed.sum()) > EXACT_COLUMNS or bool(prober.unknown.any()):
+        return None
+    if size <= blockdecode.EXACT_SIZE \
+            or 2 * size * prober.seconds_per_vector() <= RESOLVE_SECONDS:
+        pattern = blockdecode.within(prober, size, m, n)
+        read = crossed.nonzero().flatten()
+        if read.numel():
+            pattern[:, read] = exact_columns(prober, read)
+        columns = prober.unknown.nonzero().flatten()
+        if columns.numel():
+            pattern[:, columns] = resolved_columns(prober, columns)
+        return Probed(pattern, True, m, prober.count, prober.smallest,
+                      rounded=prober.rounded_out(pattern))
+    gap, cuts = 1, 0
+    if lower:
+        later, gap, cuts = blockdecode.later_reads(prober, size, m, n, _cut_count(prober))
+        crossed |= later
+    if int(crossed.sum()) > EXACT_COLUMNS or bool(prober.unknown.any()):
+        return None
+    pattern = blockdecode.claimed(size, m, lower)
+    pattern[sample] = rows
+    read = crossed.nonzero().flatten()
+    if read.numel():
+        pattern[:, read] = exact_columns(prober, read)
+    return Probed(pattern, False, len(sample), prober.count, prober.smallest, sample, read,
+                  gap - 1, cuts, blocks=size)
+
+
 # -- a wide mixing, bounded --------------------------------------------------------------------
 BOUND_SECONDS = 0.25  # the prefix and suffix sets of a bounded pattern take about this long
 CUTS = (16, 28)  # ... and are at least, at most this many
@@ -231,6 +275,12 @@ def _cuts(prober, m: int, n: int, lo: int, hi: int):
     suffixes = torch.cat([torch.tensor([0]), cuts[cuts < m]]) if before else cuts[:0]
     suffixes = suffixes[suffixes + lo > 0]
     return prefixes, suffixes, gap
+
+
+def _cut_count(prober) -> int:
+    """How many cut sets take about :data:`BOUND_SECONDS` (within :data:`CUTS`)."""
+    per = prober.seconds_per_vector()
+    return int(min(max(BOUND_SECONDS / per if per > 0 else CUTS[1], CUTS[0]), CUTS[1]))
 
 
 # -- the set prober ------------------------------------------------------------------------
