@@ -79,9 +79,9 @@ class Dependency:
     mean) input indices an output index reads, for a sparse one; ``note``: a caveat, in words
     (float32 underflow; a pattern bounded, not resolved entry by entry; probed entries left
     out as rounding, the first named); ``complete``: False
-    when ``pattern`` holds the band the verdict implies beyond the output indices probed one
-    by one (a wide mixing at a large size; the witness is still a dependence shown, and the
-    note says how many diagonals past the band were not checked);
+    when ``pattern`` holds the band (or the blocks) the verdict implies beyond the output
+    indices probed one by one (a wide mixing at a large size; the witness is still a
+    dependence shown, and the note says how many diagonals past the band were not checked);
     ``pattern``: bool, (output axis size × input axis size), dense where it fits the memory
     budget, else a sparse CSR bool tensor of the dependences (:func:`dependency` past the
     budget: the methods and the verdict read either); ``evidence``: an

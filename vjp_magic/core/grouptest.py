@@ -5,7 +5,8 @@ an input axis, without the Jacobian.
 :func:`.probes.set_probe_values`, the run's seed) and reads where vᵀJ is non-zero, in batched
 calls sized to take about :data:`.derivatives.CHUNK_SECONDS` each (an interrupt is answered
 between two). :func:`probed_pattern` decodes the pattern at a cost that grows with the
-structure, not the size (:mod:`.setdecode`): a few output indices one by one; a dense or
+structure, not the size (:mod:`.setdecode`): a few output indices one by one; blocks they
+propose decoded by sets of whole blocks and of each local index (:mod:`.blockdecode`); a dense or
 triangular mixing too costly to resolve row by row is bounded from those rows, and prefix and
 suffix sets find what lies past their band, read exactly (the pattern then not complete:
 :func:`_bounded`); otherwise bit-coded sets (2·log₂ m probes name every input
