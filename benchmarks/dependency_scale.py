@@ -60,6 +60,25 @@ def conv_stack(x, variant="plain"):
     return x
 
 
+def ghost(x, group, leak=None):
+    """Centring within groups of ``group`` samples (ghost-batch statistics), then the MLP."""
+    c = x.view(len(x) // group, group, -1)
+    c = (c - c.mean(1, keepdim=True)).reshape(x.shape)
+    return mlp(c, leak)
+
+
+def packed(x, length, extra=()):
+    """Causal attention over sequences of ``length`` packed along x; ``extra``: (i, j)
+    reads the mask also allows."""
+    t = len(x)
+    mask = torch.zeros(t, t, dtype=torch.bool)
+    for s in range(0, t, length):
+        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length).bool())
+    for i, j in extra:
+        mask[i, j] = True
+    return torch.softmax((x @ x.T / 8).masked_fill(~mask, -torch.inf), -1) @ x
+
+
 def case(name):
     """(output, x, out_axis, in_axis) of one case."""
     torch.manual_seed(1)
@@ -73,6 +92,14 @@ def case(name):
             return mlp(0.7 * x + 0.3 * x[perm]), x, 0, 0
         leak = {"adjacent": (1, 0), "distant": (2048, 1365)}.get(name)
         return mlp(x, leak), x, 0, 0
+    if name.startswith("ghost"):  # ghost16, ghost64, ghost64-leak
+        x = torch.randn(B, 64, requires_grad=True)
+        group, _, leak = name[5:].partition("-")
+        return ghost(x, int(group), (2048, 1365) if leak else None), x, 0, 0
+    if name.startswith("packed"):  # packed256, packed256-leak (a later read, one across)
+        x = torch.randn(T, 64, requires_grad=True)
+        length, _, leak = name[6:].partition("-")
+        return packed(x, int(length), ((300, 400), (700, 100)) if leak else ()), x, 0, 0
     if name.startswith("attention"):
         x = torch.randn(T, 64, requires_grad=True)
         return attention(x, name.partition("-")[2] or None), x, 0, 0
@@ -86,7 +113,8 @@ def case(name):
 
 
 CASES = ["mlp", "adjacent", "distant", "bn", "mixup", "attention", "attention-causal",
-         "attention-after", "conv", "conv-dilated", "conv-circular", "conv-strided", "periodic"]
+         "attention-after", "conv", "conv-dilated", "conv-circular", "conv-strided", "periodic",
+         "ghost16", "ghost64", "ghost64-leak", "packed256", "packed256-leak"]
 
 
 def run_one(name):
