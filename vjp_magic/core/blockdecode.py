@@ -23,6 +23,7 @@ import torch
 
 from .setdecode import bit_sets
 
+CROSSED = 64  # at most this many input indices read across blocks, read exactly (forward)
 EXACT_SIZE = 16  # blocks up to this size are read row by row exactly (2 vectors a local index)
 
 

@@ -181,7 +181,8 @@ def _blocked(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed | None:
         return None
     size, lower = proposal
     crossed = blockdecode.crossings(prober, size, m, n)
-    if crossed is None or int(crossed.sum()) > EXACT_COLUMNS or bool(prober.unknown.any()):
+    if crossed is None or int(crossed.sum()) > blockdecode.CROSSED \
+            or bool(prober.unknown.any()):
         return None
     if size <= blockdecode.EXACT_SIZE \
             or 2 * size * prober.seconds_per_vector() <= RESOLVE_SECONDS:
@@ -198,7 +199,7 @@ def _blocked(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed | None:
     if lower:
         later, gap, cuts = blockdecode.later_reads(prober, size, m, n, _cut_count(prober))
         crossed |= later
-    if int(crossed.sum()) > EXACT_COLUMNS or bool(prober.unknown.any()):
+    if int(crossed.sum()) > blockdecode.CROSSED or bool(prober.unknown.any()):
         return None
     pattern = blockdecode.claimed(size, m, lower)
     pattern[sample] = rows
