@@ -32,7 +32,7 @@ from .pairing import Evidence, Pairing
 from .quiet import no_subclass_code
 from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
-from .sparse_layout import block_csr, csr_matrix, csr_rows
+from .sparse_layout import block_csr, csr_matrix, csr_rows, unravelled
 from .tagging import depends_on, walk_nodes
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
@@ -41,7 +41,6 @@ from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 from .vector_sparse_hessian import SparseBlocks, vector_sparse_hessian
-
 
 
 @dataclass
@@ -720,9 +719,9 @@ def points_csr(out_shape, item: HessianInput, budget: int, what: str) -> torch.T
     points = dict(item.pairing)
     y = torch.zeros_like(rows)
     for a, index in zip([a for a in range(len(out_shape)) if a not in points],
-                        _unravelled(component, comp)):
+                        unravelled(component, comp)):
         y += index * strides[a]
-    at = _unravelled(j, x_shape)
+    at = unravelled(j, x_shape)
     for a, b in points.items():
         y += at[b] * strides[a]
     moved = y * n + j  # distinct rows of D go to distinct rows: a stable sort keeps columns
@@ -730,15 +729,6 @@ def points_csr(out_shape, item: HessianInput, budget: int, what: str) -> torch.T
     crow = torch.zeros(m * n + 1, dtype=torch.int64, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(moved, minlength=m * n), 0)
     return csr_matrix(crow, cols[order], values[order], (m * n, n))
-
-
-def _unravelled(flat: torch.Tensor, shape) -> list[torch.Tensor]:
-    """Each axis's index of the flat indices ``flat`` into ``shape``."""
-    index, out = flat, []
-    for size in reversed(tuple(shape)):
-        out.append(index.remainder(size))
-        index = torch.div(index, size, rounding_mode="floor")
-    return out[::-1]
 
 
 def rounding_range(dtype: torch.dtype) -> float:

@@ -19,7 +19,7 @@ from .errors import VJPUsageError
 from .modes import modes_aside
 from .pairing import Pairing
 from .quiet import no_subclass_code
-from .sparse_layout import block_csr, coo_derivatives, csr_block
+from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
 
 
 class GradientList(Sequence):
@@ -330,8 +330,8 @@ class VJPResult(DerivativeResult):
         if item.sparse is not None:
             return csr_block(item.sparse.matrix, rows, cols)
         out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
-        out_idx = _unravel(rows, out_shape)
-        in_idx = _unravel(cols, in_shape)
+        out_idx = unravelled(rows, out_shape)
+        in_idx = unravelled(cols, in_shape)
         point_out = set(item.pairing.out_axes)
         comp_idx = [out_idx[a][:, None] for a in range(len(out_shape)) if a not in point_out]
         gather = tuple(comp_idx) + tuple(i[None, :] for i in in_idx)
@@ -351,9 +351,3 @@ class VJPResult(DerivativeResult):
         along ``in_axis`` (exact, read off the derivatives; no backward): ``.kind``,
         ``.witness`` (``.describe()``: ``y[1] ← x[0]``), ``.offsets``, ``.pattern``."""
         return from_result(self, self.input_name(name), out_axis, in_axis)
-
-
-def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
-    if not shape:
-        return []
-    return list(torch.unravel_index(flat, shape))

@@ -77,7 +77,7 @@ def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
         flat = _quiet(matrix.to_sparse_coo)
     indices = flat.indices()
     if len(out_shape) != 1 or len(in_shape) != 1:  # unravel (or drop) each side's index
-        parts = [*_unravel(indices[0], out_shape), *_unravel(indices[1], in_shape)]
+        parts = [*unravelled(indices[0], out_shape), *unravelled(indices[1], in_shape)]
         indices = torch.stack(parts) if parts else indices.new_zeros(0, indices.shape[1])
     # rows ascending, columns ascending within a row: already in coalesced (row-major) order
     return _quiet(lambda: torch.sparse_coo_tensor(indices, flat.values(),
@@ -87,10 +87,17 @@ def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
 NUMPY_COO_NNZ = 2_000_000
 
 
-def _unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> list[torch.Tensor]:
+def unravelled(flat: torch.Tensor, shape) -> list[torch.Tensor]:
+    """Each axis's index of the flat (row-major) indices ``flat`` into ``shape``: one
+    division per axis past the first (``torch.unravel_index`` imports SymPy on first use)."""
+    shape = tuple(shape)
     if len(shape) <= 1:  # nothing to unravel (a division per entry saved)
         return [flat] if shape else []
-    return list(torch.unravel_index(flat, shape))
+    index, out = flat, []
+    for size in reversed(shape[1:]):
+        out.append(index.remainder(size))
+        index = torch.div(index, size, rounding_mode="floor")
+    return [index] + out[::-1]
 
 
 def block_csr(derivatives: torch.Tensor, out_shape, pairing: Pairing) -> torch.Tensor:
@@ -107,11 +114,11 @@ def block_csr(derivatives: torch.Tensor, out_shape, pairing: Pairing) -> torch.T
     device = derivatives.device
     strides = [math.prod(out_shape[a + 1:]) for a in range(len(out_shape))]
     comp_row = torch.zeros(count, dtype=torch.int64, device=device)
-    for a, index in zip(component, _unravel(torch.arange(count, device=device),
+    for a, index in zip(component, unravelled(torch.arange(count, device=device),
                                             tuple(out_shape[a] for a in component))):
         comp_row += index * strides[a]
     in_row = torch.zeros(n, dtype=torch.int64, device=device)
-    in_index = _unravel(torch.arange(n, device=device), in_shape)
+    in_index = unravelled(torch.arange(n, device=device), in_shape)
     for a, b in points.items():
         in_row += in_index[b] * strides[a]
     values = derivatives.reshape(count, n)

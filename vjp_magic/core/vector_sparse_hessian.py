@@ -25,7 +25,7 @@ from .colouring import (colour_count, colour_rows, colour_symmetric, recover_sym
                         valid_rows)
 from .indexmaps import proved_pattern
 from .sparse_hessian import _direct, _products, checked
-from .sparse_layout import csr_matrix
+from .sparse_layout import csr_matrix, unravelled
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 
 
@@ -60,8 +60,8 @@ class SparseBlocks(NamedTuple):
 
     def coo(self) -> torch.Tensor:
         """A sparse COO tensor of shape y.shape + x.shape + x.shape (coalesced)."""
-        parts = _unravelled(self.index[0], self.y_shape) + \
-            _unravelled(self.index[1], self.x_shape) + _unravelled(self.index[2], self.x_shape)
+        parts = unravelled(self.index[0], self.y_shape) + \
+            unravelled(self.index[1], self.x_shape) + unravelled(self.index[2], self.x_shape)
         index = torch.stack(parts) if parts else self.index[:0]
         return torch.sparse_coo_tensor(index, self.values, self.shape, is_coalesced=True,
                                        check_invariants=False)
@@ -76,15 +76,6 @@ class SparseBlocks(NamedTuple):
         crow = torch.zeros(m * n + 1, dtype=torch.int64, device=rows.device)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m * n), 0)
         return csr_matrix(crow, self.index[2].clone(), self.values, (m * n, n))
-
-
-def _unravelled(flat: torch.Tensor, shape) -> list[torch.Tensor]:
-    """Each axis's index of the flat indices ``flat`` into ``shape``."""
-    index, out = flat, []
-    for size in reversed(tuple(shape)):
-        out.append(index.remainder(size))
-        index = torch.div(index, size, rounding_mode="floor")
-    return out[::-1]
 
 
 def block_entries(crow: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, ...]:
