@@ -58,7 +58,9 @@ def test_the_shown_code_runs_as_pasted_and_gives_the_hessian(f, shape):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     h = vjp_magic.hessian(f(x), x)
     code = _code(h)
-    namespace = {"torch": torch, "x": x, "y": f(x)}
+    # pasted in the next cell: `_` is the displayed result (colours no formula gives are read
+    # off it, behind the check `_.seed == …`)
+    namespace = {"torch": torch, "x": x, "y": f(x), "_": h}
     exec(code, namespace)  # noqa: S102 - the display's own code, as a student runs it
     hu, colour = namespace["Hu"], namespace["colour"]
     n = x.numel()
