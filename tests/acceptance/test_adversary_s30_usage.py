@@ -113,8 +113,15 @@ def test_other_layouts_are_usage_errors(layout):
     y = _roll_times(x)
     with pytest.raises(vjp_magic.VJPUsageError):
         vjp_magic.differentiate(y, x, seed=0).jacobian("x", layout=layout)
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_csc, "csr"])
+def test_other_hessian_layouts_are_usage_errors(layout):
+    """Second derivatives come strided, CSR or COO (y.shape + x.shape + x.shape, as a vector
+    output's sparse ones are); any other layout is a usage error."""
+    x = torch.randn(50, requires_grad=True)
     with pytest.raises(vjp_magic.VJPUsageError):
-        vjp_magic.hessian((y ** 2).sum(), x, seed=0).hessian("x", layout=layout)
+        vjp_magic.hessian((_roll_times(x) ** 2).sum(), x, seed=0).hessian("x", layout=layout)
 
 
 # -- --gradcheck: a false alarm on an affine map ------------------------------------------------

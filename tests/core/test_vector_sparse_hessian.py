@@ -44,7 +44,7 @@ def test_values_are_the_jacobian_of_the_jacobian(name):
     h = vjp_magic.hessian(f(leaf), leaf, names=["x"], seed=0, memory_budget=BUDGET)
     assert h.inputs["x"].sparse_blocks is not None, "not the sparse path"
     expected = torch.func.jacfwd(torch.func.jacrev(f))(x)
-    coo = h.hessian("x", layout=torch.sparse_coo)
+    coo = h.derivatives["x"]
     assert coo.layout == torch.sparse_coo and coo.shape == expected.shape
     torch.testing.assert_close(coo.to_dense(), expected, rtol=1e-12, atol=1e-12)
     csr = h.hessian("x", layout=torch.sparse_csr)
@@ -59,7 +59,7 @@ def test_the_refused_example_in_closed_form_with_passes_independent_of_n():
         leaf = x.clone().requires_grad_(True)
         h, passes[n] = counted(lambda t=leaf: vjp_magic.hessian(_triple(t), t, names=["x"],
                                                               seed=0))
-        coo = h.hessian("x", layout=torch.sparse_coo)
+        coo = h.derivatives["x"]
         assert coo._nnz() == 9 * n - 10  # 3 × 3 blocks, 2 × 2 at the two edges
         i, j, k = coo.indices()
         p = F.pad(x, (1, 1))
@@ -118,7 +118,7 @@ def test_a_linear_output_has_zero_second_derivatives():
     leaf = torch.randn(1_000, dtype=torch.float64).requires_grad_(True)
     y = F.conv1d(leaf[None, None], torch.tensor([[[1.0, -2.0, 1.0]]], dtype=leaf.dtype))[0, 0]
     h = vjp_magic.hessian(y, leaf, names=["x"], seed=0)
-    assert not bool(h.hessian("x", layout=torch.sparse_coo).values().any())
+    assert not bool(h.derivatives["x"].values().any())
     text = " ".join(h._repr_mimebundle_()["text/plain"].split())
     assert "Every second derivative is 0" in text and "nonzeros" not in text, text
 

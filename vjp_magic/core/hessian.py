@@ -127,16 +127,13 @@ class HessianResult(DerivativeResult):
         x.numel(), flattened row-major), without densifying a Hessian computed sparse."""
         name = self.input_name(name)
         item = self.inputs[name]
-        if layout not in (torch.strided, torch.sparse_csr, torch.sparse_coo):
-            raise VJPUsageError("layout is torch.strided (dense), torch.sparse_csr or "
-                                "torch.sparse_coo.")
+        if layout not in (torch.strided, torch.sparse_csr):  # as r.jacobian takes
+            raise VJPUsageError("layout is torch.strided (dense) or torch.sparse_csr.")
         blocks = item.sparse_blocks
-        if blocks is not None and layout is not torch.strided:
-            return blocks.coo() if layout is torch.sparse_coo else blocks.csr(
+        if blocks is not None and layout is torch.sparse_csr:
+            return blocks.csr(
                 self.memory_budget or memory.resolve_budget(None, self.output.device),
                 f"The sparse Hessian of {self.output_name} with respect to {name}")
-        if layout is torch.sparse_coo:
-            return self.hessian(name).to_sparse()
         n = item.tensor.numel()
         if layout is torch.sparse_csr and item.sparse is not None:
             return item.sparse.matrix
@@ -146,8 +143,8 @@ class HessianResult(DerivativeResult):
             return points_csr(self.output.shape, item, budget,
                               f"The sparse Hessian of {self.output_name} with respect to {name}")
         advice = "Use h.hessian(name, layout=torch.sparse_csr)" if item.sparse is not None \
-            else "Use h.hessian(name, layout=torch.sparse_coo) or layout=torch.sparse_csr" \
-            if item.sparse_blocks is not None \
+            else "Use h.derivatives[name] (sparse COO, y.shape + x.shape + x.shape) or " \
+            "h.hessian(name, layout=torch.sparse_csr)" if item.sparse_blocks is not None \
             else "Use h.derivatives (the point structure keeps only what is non-zero)"
         memory.refuse_if_over(
             size * item.tensor.element_size(), budget, f"The full Hessian of "

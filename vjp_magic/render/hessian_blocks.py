@@ -43,9 +43,8 @@ def _shifted(d: int) -> str:
 def blocks_where(name: str) -> Paragraph:
     """Where all the nonzeros are: the sparse layouts of ``h.hessian``."""
     return Paragraph((Text("All of them: "),
-                      Code(f"h.hessian({name!r}, layout=torch.sparse_coo)"),
-                      Text(" (shape y.shape + x.shape + x.shape, also "),
-                      Code(f"h.derivatives[{name!r}]"), Text(") or "),
+                      Code(f"h.derivatives[{name!r}]"),
+                      Text(" (sparse COO, shape y.shape + x.shape + x.shape) or "),
                       Code(f"h.hessian({name!r}, layout=torch.sparse_csr)"),
                       Text(" (2-D, rows (i, j) row-major); "), Code("h = _"),
                       Text(" after the cell.")))
