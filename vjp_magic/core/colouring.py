@@ -113,15 +113,22 @@ def colour_rows(crow, col, n: int, max_pairs: int = MAX_PAIRS, *,
     if found is not None and colour_count(found) <= bound:
         return flat_numbered(found)  # the lower bound: optimal
     wrapped, floor = wrapped_colourings(crow, col, n, lattice, bound, shapes)
-    for colours in wrapped:
-        if colour_count(colours) <= floor and valid_rows(crow, col, n, colours):
-            return flat_numbered(colours)  # a lower bound met: optimal
+    modular = np.arange(len(crow) - 1, dtype=np.int64) % max(floor, 1)  # r mod p: a formula
+    optimal = [flat_numbered(colours) for colours in [modular, *wrapped]
+               if colour_count(colours) <= floor and valid_rows(crow, col, n, colours)]
+    if optimal:  # a lower bound met; r mod p first, where one is (code writes it as such)
+        return min(optimal, key=lambda colours: not _modular(colours))
     best = greedy = greedy_rows(crow, col, n, counts)
     for colours in [found] + wrapped:  # each checked on the whole pattern
         if colours is not None and colour_count(colours) < colour_count(best) \
                 and valid_rows(crow, col, n, colours):
             best = colours
     return best if best is greedy else flat_numbered(best)
+
+
+def _modular(colours: np.ndarray) -> bool:
+    """Whether ``colours`` are r mod p of the flat row index r (p their count)."""
+    return bool(np.array_equal(colours, np.arange(len(colours)) % max(colour_count(colours), 1)))
 
 
 def flat_numbered(colours: np.ndarray, count: int | None = None) -> np.ndarray:
@@ -341,25 +348,29 @@ def wrapped_colourings(crow, col, n: int, lattice, bound: int,
     - a proved :class:`.pattern.Lattice` (its ``deltas`` list the differences across the
       seam too): (a·o) mod p for the smallest p > bound whose a passes them all, valid by
       that argument ((i + 2j) mod 8 on a 16 × 16 torus);
-    - a 1-D circulant pattern (:func:`cycle_blocks`): blocks of q and q + 1 rows coloured
-      by their position in the block, optimal where the conflicts are every distance up to K;
     - the lattice colouring of the bulk (screened on the differences that do not wrap)
-      with the rows conflicting across the seam coloured again greedily (:func:`repaired`).
+      with the rows conflicting across the seam coloured again greedily (:func:`repaired`);
+    - a 1-D circulant pattern (:func:`cycle_blocks`): blocks of q and q + 1 rows coloured
+      by their position in the block, optimal where the conflicts are every distance up to K.
+
+    Of those meeting the bound, the caller takes r mod p where one is (blocks of 4 on a cycle
+    of 200), else the first in this order: i mod 3 with one entry at the seam of a cycle of
+    1,000 reads "entries 0, 3, 6, …", where its blocks would read "0, 4, 7, …".
     """
     found, floor = [], bound
     if lattice is not None:
         beyond = _beyond_bound(lattice)
         if beyond is not None:
             found.append(beyond)
-    blocks = cycle_blocks(crow, col, n)
-    if blocks is not None:
-        found.append(blocks[0])
-        floor = max(floor, blocks[1])
     grid = lattice.grid if lattice is not None else shapes[0]
     local = _local_deltas(crow, col, grid, lattice)
     for coeffs in _screened(local, bound, len(grid))[:1]:
         mixed = repaired(crow, col, n, _lattice_colours(grid, coeffs, bound))
         found.extend([] if mixed is None else [mixed])
+    blocks = cycle_blocks(crow, col, n)  # last: where it ties, a lattice reads better
+    if blocks is not None:
+        found.append(blocks[0])
+        floor = max(floor, blocks[1])
     return found, floor
 
 
