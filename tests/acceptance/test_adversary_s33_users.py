@@ -350,11 +350,17 @@ def test_the_code_for_a_modules_parameters_fits_the_output_area(ip, run_ok, run_
     r = run_vjp("loss = model(xb).pow(2).mean()", line)
     (code,) = shown_code(r)
     namespace = {"torch": torch, "model": ip.user_ns["model"], "loss": ip.user_ns["loss"]}
-    exec(code, namespace)  # a fresh namespace: it runs and fills each .grad
+    exec(code, namespace)  # a fresh namespace: it runs and fills the .grad it reads
     model, xb = ip.user_ns["model"], ip.user_ns["xb"]
-    expected = torch.autograd.grad(model(xb).pow(2).mean(), list(model.parameters()))
-    for p, g in zip(model.parameters(), expected):
-        torch.testing.assert_close(p.grad, g)
+    expected = dict(zip(map(id, model.parameters()),
+                        torch.autograd.grad(model(xb).pow(2).mean(), list(model.parameters()))))
+    read = [line[:-len(".grad")] for line in code.splitlines() if line.endswith(".grad")]
+    assert read  # the parameters the display shows, each read at the end
+    for expression in read:
+        p = eval(expression, namespace)  # noqa: S307 - the display's own code
+        torch.testing.assert_close(p.grad, expected[id(p)])
+    shown = {id(eval(e, namespace)) for e in read}  # noqa: S307
+    assert all(p.grad is None for p in model.parameters() if id(p) not in shown)  # untouched
     widest = max(code.splitlines(), key=len)
     assert len(widest) <= OUTPUT_WIDTH, widest
 

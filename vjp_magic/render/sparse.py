@@ -712,11 +712,14 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
             f"{g} = {x}.grad.reshape(-1)  # v^T J, v = ones",
             f"# J[p, q] (flattened) is {g}[q] where nonzero"])
     lines += colour_lines(found.form, y, k, name, names, taken)
+    call = f"    {y}.backward(gradient={v}, retain_graph=True{listed})"
+    if len(call) > CODE_WIDTH:  # v by position rather than a call wrapped over two lines
+        call = f"    {y}.backward({v}, retain_graph=True{listed})"
     lines += [f"{g} = {x}.new_zeros({k}, {x}.numel())  # row {c}: {v}^T J",
               cleared_grads([x]),
               f"for {c} in range({k}):",
               f"    {v} = ({colour} == {c}).reshape({y}.shape).to({y})",
-              f"    {y}.backward(gradient={v}, retain_graph=True{listed})",
+              call,
               f"    {g}[{c}], {x}.grad = {x}.grad.reshape(-1), None  # read, cleared",
               f"# J[p, q] (flattened) is {g}[{colour}[p], q] where nonzero"]
     return _joined(lines)
