@@ -339,8 +339,11 @@ def test_coloured_vectors_cover_each_entry_once_and_read_disjoint_inputs(case):
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     y = f(x)
     r = vjp_magic.differentiate(y, x, seed=0, exact_up_to=0)
-    vectors = torch.stack([torch.as_tensor(v) for v in r.gradients["x"]])
     by_columns = r.inputs["x"].sparse.mode == "columns"  # tangents u, shaped like x
+    cover = torch.stack([torch.as_tensor(v) for v in r.gradients["x"]])  # always like y
+    assert cover.shape[1:] == y.shape and bool((cover.sum(0) == 1).all())
+    vectors = torch.stack([torch.as_tensor(u) for u in r.tangents["x"]]) if by_columns \
+        else cover
     assert vectors.shape[1:] == (x.shape if by_columns else y.shape)
     assert bool(((vectors == 0) | (vectors == 1)).all()) and bool((vectors.sum(0) == 1).all())
     jacobian = _reference(f, x)
