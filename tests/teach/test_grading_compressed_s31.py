@@ -34,8 +34,9 @@ def _rows(f, x, colour, count):
     (tridiagonal, 200, lambda n: torch.arange(n) % 3),
     (tridiagonal, 5000, lambda n: torch.arange(n) % 3),  # too large to densify
     (cyclic, 300, lambda n: torch.arange(n) % 3),
-    (cyclic, 100, lambda n: torch.cat([torch.arange(99) % 3, torch.tensor([3])])),  # the wrap
-])
+    (cyclic, 100, lambda n: torch.arange(n) % 4),  # 4 divides 100: i mod 4 holds across it
+    (cyclic, 301, lambda n: torch.cat([torch.arange(n - 1) % 3, torch.tensor([3])])),  # the
+])  # wrap: 301 = 1 mod 3 and mod 4, so i mod 3 with the last entry given a fourth colour
 def test_the_compressed_rows_are_right_in_any_order_and_shape(f, n, colour):
     x = torch.linspace(-1, 1, n, dtype=torch.float64, requires_grad=True)
     y = f(x)
