@@ -16,6 +16,7 @@ Several inputs give one Hessian each: no cross terms ∂²y/∂x∂w. ``x.grad``
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import ClassVar, NamedTuple
 
@@ -258,7 +259,7 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         refuse_graphless_backward(output, x, output_name, item)
     if d is None or not d.requires_grad:
         return _zero_sparse(base) if sparse_first else _zero(base, comp)
-    try:
+    with _twice_differentiable(output_name):
         if sparse_first:
             sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output)
             if sparse is not None:
@@ -267,10 +268,6 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"], output) or \
             _diagonal(d, x, options["seed"]) or \
             _analysed(d, x, item.name, output_name, budget, options)
-    except (NotImplementedError, RuntimeError) as error:  # an op without double backward
-        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
-            raise
-        raise VJPUsageError(_no_double_backward(output_name, error)) from None
     if inner.unused:  # the first derivatives do not depend on x: the output is linear in x
         base.constant = True
         return _zero(base, comp)
@@ -289,12 +286,8 @@ def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | No
     if output.numel() == 1 or item.unused or item.unverified or \
             any(x.shape[b] > 1 for b in item.pairing.in_axes):
         return None
-    try:
+    with _twice_differentiable(output_name):
         blocks = vector_sparse_hessian(output, x, budget, seed, item.name)
-    except (NotImplementedError, RuntimeError) as error:  # an op without double backward
-        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
-            raise
-        raise VJPUsageError(_no_double_backward(output_name, error)) from None
     if blocks is None:
         return None
     return HessianInput(item.name, x, item.pairing, derivatives=blocks.coo(),
@@ -632,6 +625,18 @@ class _Cuts(TorchFunctionMode):
                 or not torch.is_grad_enabled()):
             self.cut = True
         return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def _twice_differentiable(output_name: str):
+    """Turn PyTorch's error for an op without double backward, raised inside, into a
+    one-sentence :class:`VJPUsageError`; any other error propagates as it is."""
+    try:
+        yield
+    except (NotImplementedError, RuntimeError) as error:
+        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
+            raise
+        raise VJPUsageError(_no_double_backward(output_name, error)) from None
 
 
 def _no_double_backward(output_name: str, error: BaseException) -> str:

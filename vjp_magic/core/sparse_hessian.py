@@ -99,9 +99,9 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     colours, direct = coloured
     count = colour_count(colours)
     flat = d.reshape(-1)
-    products = _products(flat, x, torch.from_numpy(colours), count, budget)
+    products = colour_products(flat, x, torch.from_numpy(colours), count, budget)
     rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(crow)))
-    values = _direct(rows, col, colours, products) if direct else \
+    values = direct_values(rows, col, colours, products) if direct else \
         recover_symmetric(crow, col, colours, products)
     matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), values.cpu(),
                         (n, n)).to(x.device)
@@ -141,14 +141,14 @@ def lattice_period(offsets: np.ndarray, least: int) -> int | None:
     return None
 
 
-def _direct(rows: torch.Tensor, col, colours, products: torch.Tensor) -> torch.Tensor:
+def direct_values(rows: torch.Tensor, col, colours, products: torch.Tensor) -> torch.Tensor:
     """The values of a distance-2 coloured pattern: H[i, j] = (H·v_(colour j))[i]."""
     device = products.device
     at = torch.from_numpy(colours[col]).to(device).mul_(products.shape[1]).add_(rows.to(device))
     return torch.take(products, at)
 
 
-def _products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count: int,
+def colour_products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count: int,
               budget: int) -> torch.Tensor:
     """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric),
     from plain backward passes up to :data:`LOOP_PASSES` colours, batched beyond (one

@@ -24,7 +24,7 @@ from . import memory
 from .colouring import (colour_count, colour_rows, colour_symmetric, recover_symmetric,
                         valid_rows)
 from .indexmaps import proved_pattern
-from .sparse_hessian import _direct, _products, checked
+from .sparse_hessian import checked, colour_products, direct_values
 from .sparse_layout import csr_matrix, unravelled
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 
@@ -150,9 +150,9 @@ def _group_values(flat, x, groups, c: int, entries, budget: int, seed: int):
         return None
     count = colour_count(colours)
     d = d.reshape(-1)
-    products = _products(d, x, torch.from_numpy(colours), count, budget)
+    products = colour_products(d, x, torch.from_numpy(colours), count, budget)
     rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(crow)))
-    values = _direct(rows, col, colours, products) \
+    values = direct_values(rows, col, colours, products) \
         if valid_rows(crow, col, n, colours) else recover_symmetric(crow, col, colours, products)
     matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), values.cpu(),
                         (n, n)).to(x.device)
