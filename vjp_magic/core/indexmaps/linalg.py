@@ -62,15 +62,10 @@ def convolution(edge: Edge) -> IndexMap:
         raise Unproved("a convolution's weight or bias")
     if bool(edge.saved("transposed")):
         return transposed(edge)
-    stride = [to_int(s) for s in edge.saved("stride")]
-    padding = [to_int(p) for p in edge.saved("padding")]
-    dilation = [to_int(d) for d in edge.saved("dilation")]
-    groups = to_int(edge.saved("groups"))
+    stride, padding, dilation, groups = _conv_arguments(edge)
     kernel = tuple(int(k) for k in edge.saved("weight").shape[2:])
     d = len(kernel)
-    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
-    if len(shape) == d + 1:  # unbatched
-        shape, out = (1,) + shape, (1,) + out
+    shape, out = _conv_shapes(edge, d)
     batch, channels, sizes = shape[0], shape[1], shape[2:]
     c_out, outs = out[1], out[2:]
     if len(sizes) != d or len(outs) != d or channels % groups or c_out % groups:
@@ -98,17 +93,12 @@ def transposed(edge: Edge) -> IndexMap:
     (n, c_out, i·stride − padding + k·dilation) for every c_out of its group and k of the
     kernel inside the output (a constant kernel's exact-zero taps excepted); each output
     entry reads every input entry that lands on it."""
-    stride = [to_int(s) for s in edge.saved("stride")]
-    padding = [to_int(p) for p in edge.saved("padding")]
-    dilation = [to_int(d) for d in edge.saved("dilation")]
+    stride, padding, dilation, groups = _conv_arguments(edge)
     extra = [to_int(p) for p in edge.saved("output_padding")]
-    groups = to_int(edge.saved("groups"))
     weight_shape = tuple(int(k) for k in edge.saved("weight").shape)
     kernel = weight_shape[2:]
     d = len(kernel)
-    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
-    if len(shape) == d + 1:  # unbatched
-        shape, out = (1,) + shape, (1,) + out
+    shape, out = _conv_shapes(edge, d)
     batch, channels, sizes = shape[0], shape[1], shape[2:]
     c_out, outs = out[1], out[2:]
     if len(sizes) != d or len(outs) != d or out[0] != batch or channels % groups \
@@ -140,6 +130,22 @@ def transposed(edge: Edge) -> IndexMap:
     keep = np.broadcast_to(inside, full)
     return inverse(np.broadcast_to(target, full)[keep], np.broadcast_to(source, full)[keep],
                    edge)
+
+
+def _conv_arguments(edge: Edge) -> tuple[list[int], list[int], list[int], int]:
+    """A convolution node's saved stride, padding, dilation and groups."""
+    return ([to_int(s) for s in edge.saved("stride")],
+            [to_int(p) for p in edge.saved("padding")],
+            [to_int(d) for d in edge.saved("dilation")], to_int(edge.saved("groups")))
+
+
+def _conv_shapes(edge: Edge, d: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The input and output shapes of a d-dimensional convolution node, an unbatched one
+    read as a batch of one: (n, c, i…)."""
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    if len(shape) == d + 1:  # unbatched
+        shape, out = (1,) + shape, (1,) + out
+    return shape, out
 
 
 def windows(sizes, outs, kernel, stride, padding, dilation,
