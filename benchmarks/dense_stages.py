@@ -32,6 +32,7 @@ from vjp_magic.core import derivatives
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from pass_counter import counted  # noqa: E402 - the tests' pass counter
+from timing import alternated_times  # noqa: E402 - benchmarks/ is the script's folder
 
 # (file suffix, function) of the stages shown by --profile, in pipeline order
 STAGES = (("run/choose.py", "output"), ("core/reentrant.py", "refuse_reentrant"),
@@ -59,17 +60,9 @@ def pass_counts(f, x, calls: int) -> collections.Counter:
 
 
 def cpu_medians(functions: dict, repeat: int) -> dict:
-    for fn in functions.values():
-        fn()
-    times: dict = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, fn in functions.items():
-            gc.collect()
-            began = time.thread_time()
-            fn()
-            times[name].append(time.thread_time() - began)
+    """(median, first quartile, third quartile) of each function's thread CPU time."""
     return {name: (statistics.median(t), *statistics.quantiles(t, n=4)[::2])
-            for name, t in times.items()}
+            for name, t in alternated_times(functions, repeat, time.thread_time).items()}
 
 
 def stage_shares(f, x, calls: int) -> None:

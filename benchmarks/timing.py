@@ -19,18 +19,25 @@ def median_time(fn, repeat: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def alternated_medians(functions: dict, repeat: int) -> dict:
-    """Median seconds of each function, run in turn so all see the same load (one warm-up)."""
+def alternated_times(functions: dict, repeat: int, clock=time.perf_counter) -> dict:
+    """Each function's ``repeat`` times on ``clock`` (wall clock; ``time.thread_time`` for
+    CPU time), run in turn so all see the same load, after one warm-up call each."""
     for fn in functions.values():
         fn()
     times: dict = {name: [] for name in functions}
     for _ in range(repeat):
         for name, fn in functions.items():
             gc.collect()
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(clock() - start)
+    return times
+
+
+def alternated_medians(functions: dict, repeat: int) -> dict:
+    """Median seconds of each function, run in turn so all see the same load (one warm-up)."""
+    return {name: statistics.median(t)
+            for name, t in alternated_times(functions, repeat).items()}
 
 
 def paired_medians(ours, anchor, repeat: int) -> tuple[float, float]:
