@@ -581,6 +581,34 @@ def test_segments_are_block_diagonal_with_their_sizes(n):
     assert not d.exceptions()
 
 
+def _saturated(x):
+    """tanh(30 x) and a leak through roll: in float32 every derivative rounds to 0 at this x
+    (1 - tanh² is 0), in float64 the leak shows."""
+    return torch.tanh(30 * x) + 0.3 * torch.tanh(30 * x.roll(1, 0))
+
+
+def _dead(x):
+    """relu(x - 100) and a leak through roll: every derivative is 0 at this x, in any dtype."""
+    return torch.relu(x - 100) + 0.3 * torch.relu(x.roll(1, 0) - 100)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G28-4: verdict: where every derivative is 0 at this x (a saturated tanh in float32, "
+    "a dead relu), dependency() answers 'independent' (evidence 'proved') with an empty "
+    "pattern and no note, though the graph carries a cross-row leak (roll) that float64 "
+    "shows (y[i] <- x[i-1], saturated tanh): %%vjp warns of all-zero derivatives, "
+    "dependency() says nothing, and issue 23 asks that float32 zeros say 'check in float64'"))
+@pytest.mark.parametrize("f", [_saturated, _dead])
+def test_an_all_zero_pattern_is_not_a_silent_independent(f):
+    x64 = torch.randn(8, 3, generator=_gen(0), dtype=torch.float64) * 5
+    x = x64.float().requires_grad_(True)
+    d = vjp_magic.dependency(f(x), x)
+    assert not d.pattern.any()  # at this x in float32: every derivative is 0
+    if f is _saturated:  # float64's Jacobian has the leak
+        assert _pattern(f, x64).logical_and(~torch.eye(8, dtype=torch.bool)).any()
+    assert d.kind != "independent" or d.note is not None
+
+
 # --------------------------------------------------------------------------------------------
 # --gradcheck: wrong backwards of new kinds, and right ones that must pass
 # --------------------------------------------------------------------------------------------
