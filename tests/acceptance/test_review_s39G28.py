@@ -704,6 +704,17 @@ class Relu(torch.autograd.Function):         # right, a kink at 0
     def forward(ctx, x): ctx.save_for_backward(x); return x.clamp(min=0)
     @staticmethod
     def backward(ctx, g): x, = ctx.saved_tensors; return g*(x > 0)
+class XMinusSin(torch.autograd.Function):    # right: the float32 arithmetic autograd's own
+    @staticmethod
+    def forward(ctx, x): ctx.save_for_backward(x); return x - torch.sin(x)
+    @staticmethod
+    def backward(ctx, g): x, = ctx.saved_tensors; return g * (1 - torch.cos(x))
+class Softmax(torch.autograd.Function):      # right: PyTorch's own formula
+    @staticmethod
+    def forward(ctx, x): y = torch.softmax(x, -1); ctx.save_for_backward(y); return y
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors; return y * (g - (g * y).sum(-1, keepdim=True))
 class Exp(torch.autograd.Function):          # right, large float32 values
     @staticmethod
     def forward(ctx, x): y = x.exp(); ctx.save_for_backward(y); return y
@@ -827,3 +838,32 @@ def test_a_hook_refusal_in_a_cell_does_not_advise_a_cell(run_ok, usage_error):
     run_ok(FUNCTIONS + "log = []")
     text = usage_error("%%vjp\n" + HOOKED)
     assert "%%vjp cell" not in text and "differentiate(lambda" not in text
+
+
+SMALL = "x = torch.linspace(1e-3, 2e-3, 5, requires_grad=True)\n"
+SHARP = ("x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)) * 20\n"
+         "x.requires_grad_(True)\n")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "G28-5: --gradcheck false alarm: a right custom backward whose float32 arithmetic is "
+    "PyTorch's own (1 - cos x for x - sin x at 1e-3; the softmax backward at saturated "
+    "logits), bit for bit what the built-in ops give, is reported 'Gradient check FAILED "
+    "... a backward wrong only in float32', while the same cell with the built-in ops is "
+    "passed (x - sin x) or inconclusive (softmax); the float64 replay agrees to 1e-13"))
+@pytest.mark.parametrize("setup, custom, builtin", [
+    (SMALL, "XMinusSin.apply(x)", "x - torch.sin(x)"),
+    (SHARP, "Softmax.apply(x)[:, 0].sum()", "torch.softmax(x, -1)[:, 0].sum()"),
+])
+def test_a_right_backward_with_autograds_own_float32_error_is_no_failure(
+        ip, run_ok, setup, custom, builtin):
+    run_ok(FUNCTIONS)
+    run_ok(setup)
+    x = ip.user_ns["x"]
+    namespace = {"torch": torch, "x": x, **{k: ip.user_ns[k] for k in ("XMinusSin", "Softmax")}}
+    ones = torch.ones_like(eval(custom, namespace))
+    mine = torch.autograd.grad(eval(custom, namespace), x, ones)[0]
+    theirs = torch.autograd.grad(eval(builtin, namespace), x, ones)[0]
+    torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-30)  # the same float32 numbers
+    assert run_ok("%%vjp --gradcheck\n" + setup + "y = " + builtin).gradcheck.ok is not False
+    assert run_ok("%%vjp --gradcheck\n" + setup + "y = " + custom).gradcheck.ok is not False
