@@ -300,6 +300,44 @@ def test_per_sample_gradients_in_float32_at_64_samples(name):
                                    rtol=0, msg=k)
 
 
+def _shaped_losses():
+    """name → a function of net giving losses of an unusual shape or provenance."""
+    g = _gen(1)
+    x, x2 = (torch.randn(n, 4, generator=g, dtype=torch.float64) for n in (6, 3))
+    t, t2 = torch.arange(6) % 3, torch.arange(3) % 3
+    return {
+        "a Python loop per sample": lambda net: torch.stack(
+            [F.cross_entropy(net(x[i:i + 1]), t[i:i + 1]) for i in range(6)]),
+        "two batches concatenated": lambda net: torch.cat(
+            [F.cross_entropy(net(x), t, reduction="none"),
+             F.cross_entropy(net(x2), t2, reduction="none")]),
+        "per-token losses (2-D)": lambda net: F.cross_entropy(
+            net(x).reshape(2, 3, 3).transpose(1, 2), t.reshape(2, 3), reduction="none"),
+        "weights from the batch": lambda net: F.cross_entropy(
+            net(x), t, reduction="none") * torch.softmax(x[:, 0], 0),
+        "a detached batch mean subtracted": lambda net: (net(x) ** 2).sum(1)
+            - (net(x) ** 2).sum(1).mean().detach(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_shaped_losses()))
+@pytest.mark.parametrize("given", ["function", "losses"])
+def test_losses_of_unusual_shape_give_one_gradient_per_entry(name, given):
+    """Each entry's gradient, shaped losses.shape + parameter shape, as the float64 loop."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    make = _shaped_losses()[name]
+    losses = make(net)
+    names, params = zip(*net.named_parameters())
+    flat = losses.reshape(-1)
+    rows = [torch.autograd.grad(flat[b], params, retain_graph=True) for b in range(len(flat))]
+    expected = {k: torch.stack([r[i] for r in rows]).reshape(*losses.shape, *params[i].shape)
+                for i, k in enumerate(names)}
+    got = vjp_magic.differentiate((lambda: make(net)) if given == "function" else make(net),
+                                  net).derivatives
+    _assert_same(got, expected)
+
+
 def test_a_loss_with_ignore_index_weights_and_label_smoothing():
     """Sample 2's target is ignored: its gradient is exactly 0; the others are weighted."""
     model, x, t = _setup("detached batch mean")
