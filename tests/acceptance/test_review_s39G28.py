@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 import vjp_magic
 
@@ -215,6 +216,30 @@ class _BiPacked(nn.Module):
         return self.o(out.sum(1) / self.lengths[:, None].to(out.dtype))
 
 
+class _Checkpointed(nn.Module):
+    """A non-reentrant checkpointed block with dropout inside (recomputed in backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.f, self.d, self.o = nn.Linear(4, 5), nn.Dropout(0.3), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.o(checkpoint(
+            lambda v: self.d(torch.tanh(self.f(v))), x, use_reentrant=False))
+
+
+class _Orthogonal(nn.Module):
+    """A weight under nn.utils.parametrizations.orthogonal (a matrix exponential)."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.utils.parametrizations.orthogonal(nn.Linear(4, 4))
+        self.o = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.f(x)))
+
+
 def _floats(*shape):
     return lambda: torch.randn(*shape, generator=_gen(1), dtype=torch.float64)
 
@@ -241,6 +266,8 @@ PER_SAMPLE = {
     "buffers written in forward": (_Counter, _floats(B, 4)),
     "encoder layer, dropout, padding from the batch": (_Encoder, _floats(B, 5, 4)),
     "bidirectional packed GRU": (_BiPacked, _floats(B, 5, 3)),
+    "checkpointed block with dropout": (_Checkpointed, _floats(B, 4)),
+    "orthogonal parametrization": (_Orthogonal, _floats(B, 4)),
 }
 
 
