@@ -682,12 +682,7 @@ def _dead(x):
     return torch.relu(x - 100) + 0.3 * torch.relu(x.roll(1, 0) - 100)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G28-4: verdict: where every derivative is 0 at this x (a saturated tanh in float32, "
-    "a dead relu), dependency() answers 'independent' (evidence 'proved') with an empty "
-    "pattern and no note, though the graph carries a cross-row leak (roll) that float64 "
-    "shows (y[i] <- x[i-1], saturated tanh): %%vjp warns of all-zero derivatives, "
-    "dependency() says nothing, and issue 23 asks that float32 zeros say 'check in float64'"))
+# G28-4 (fixed): a zero pattern inside the graph's bound says it holds at this x only
 @pytest.mark.parametrize("f", [_saturated, _dead])
 def test_an_all_zero_pattern_is_not_a_silent_independent(f):
     x64 = torch.randn(8, 3, generator=_gen(0), dtype=torch.float64) * 5
@@ -932,3 +927,29 @@ def test_a_right_backward_with_autograds_own_float32_error_is_no_failure(
     torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-30)  # the same float32 numbers
     assert run_ok("%%vjp --gradcheck\n" + setup + "y = " + builtin).gradcheck.ok is not False
     assert run_ok("%%vjp --gradcheck\n" + setup + "y = " + custom).gradcheck.ok is not False
+
+
+@pytest.mark.parametrize("shift", [1, -2, 3])
+def test_a_saturated_leak_beside_a_live_diagonal_is_not_proved_independence(shift):
+    """The class of G28-4: the diagonal reads, the leak through roll is saturated at this x in
+    float32 (exactly 0) but not in float64: the verdict may be 'independent' at this x only,
+    and its note names the leak the graph allows."""
+    x64 = torch.randn(8, 3, generator=_gen(1), dtype=torch.float64) * 5
+    x = x64.float().requires_grad_(True)
+
+    def f(t):
+        return t**2 + 0.3 * torch.tanh(30 * t.roll(shift, 0))
+
+    d = vjp_magic.dependency(f(x), x)
+    leak = _pattern(f, x64).logical_and(~torch.eye(8, dtype=torch.bool))
+    assert leak.any()  # float64's Jacobian holds the leak
+    assert d.kind == "independent" and d.note is not None
+    i = (torch.arange(8) - shift) % 8  # y[i] reads x[i - shift]
+    assert any(f"y[{r}] read x[{int(i[r])}]" in d.note for r in range(8)), d.note
+    assert "float64" in d.note
+
+
+def test_a_live_leak_has_no_zeros_note():
+    x = torch.randn(8, 3, generator=_gen(2), dtype=torch.float64, requires_grad=True)
+    d = vjp_magic.dependency(x**2 + 0.3 * x.roll(1, 0), x)
+    assert d.kind == "band with wrap-around" and d.note is None

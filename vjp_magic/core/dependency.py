@@ -759,14 +759,18 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
         diagonal = diagonal_hits(output, x, a, b, budget, seed)
         own = diagonal.cpu().nonzero().flatten()
         pattern = torch.diag(diagonal) if dense else sparse_pattern(own, own, m, n)
-        return _dependency(pattern, a, b, Evidence.PROVED, seed)
+        dep = _dependency(pattern, a, b, Evidence.PROVED, seed)
+        return _with_zeros_note(dep, (torch.arange(m), torch.arange(m)), output.dtype)
     if not dense:
         return _held_sparsely(output, x, a, b, budget, seed)
-    found = _proved_band(output, x, a, b, budget, seed, max_seconds)
+    allowed = proved_band(output, x, a) if a == b else None
+    found = None if allowed is None else \
+        proved_hits(output, x, a, b, budget, seed, allowed, max_seconds)
     if found is not None:  # the graph bounds what each index may read: a probe per colour
         dep = _dependency(found.pattern, a, b, Evidence.PROVED, seed,
                           _rounded_note(found.rounded, output.dtype, a, b)
                           if found.rounded else None)
+        dep = _with_zeros_note(dep, allowed, output.dtype)
         return _with_underflow_note(dep, output.dtype, found.smallest)
     found = probed_pattern(output, x, a, b, budget, seed, max_seconds, proof.workspace)
     note = _bounded_note(found, m) if not found.complete else None
@@ -776,19 +780,9 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
     if not found.complete:
         dep = _shown_witness(dep, found.exact_rows, found.exact_columns)
+    elif not found.pattern.any():  # nothing at all: every derivative is 0 at this x
+        dep = _noted(dep, ALL_ZERO_NOTE.format(zero=_zero_words(output.dtype)))
     return _with_underflow_note(dep, output.dtype, found.smallest)
-
-
-def _proved_band(output, x, a: int, b: int, budget: int, seed: int, max_seconds):
-    """:func:`.grouptest.proved_hits` where the graph's index maps bound what each index
-    along the axis may read (:func:`.indexmaps.walk.proved_band`: shift-like graphs, a
-    stack of convolutions), else None."""
-    if a != b:
-        return None
-    allowed = proved_band(output, x, a)
-    if allowed is None:
-        return None
-    return proved_hits(output, x, a, b, budget, seed, allowed, max_seconds)
 
 
 def _refuse(m: int, n: int, budget: int, why: str = "") -> None:
@@ -934,6 +928,49 @@ def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float,
     note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""), name=_spelled(name))
     note = note if dep.note is None else f"{dep.note}; {note}"
     return replace(dep, note=note)
+
+
+ALL_ZERO_NOTE = ("every derivative is 0 at this x, though the output is computed from x: "
+                 "{zero}; at another x a dependence may show")
+HIDDEN_NOTE = ("the graph lets {reads}, offset {offset}, which reads 0 at every index at "
+               "this x: {zero}; at another x that dependence may show")
+
+
+def _zero_words(dtype: torch.dtype) -> str:
+    """Why a derivative the graph allows can read 0, in words for the dtype."""
+    words = "a saturated or switched-off unit gives an exact 0"
+    if dtype.is_floating_point and torch.finfo(dtype).bits <= 32:
+        words += (f", and {str(dtype).replace('torch.', '')} rounds small ones to 0: check in "
+                  "float64 with x.double()")
+    return words
+
+
+def _with_zeros_note(dep: Dependency, allowed, dtype: torch.dtype) -> Dependency:
+    """``dep`` with a note where a whole diagonal the graph allows (``allowed``: the (rows,
+    columns) it lets read, row-major) has no dependence at this x: "proved" bounds the
+    pattern, and a verdict smaller than the bound (independent where a roll leaks) holds at
+    this x only - a saturated leak must not read as proved independence."""
+    rows, columns = (torch.as_tensor(t).cpu() for t in allowed)
+    if rows.numel() == 0:
+        return dep
+    offsets = columns - rows
+    r, c = entries(dep.pattern) if dep.pattern.layout == torch.sparse_csr \
+        else dep.pattern.nonzero(as_tuple=True)
+    if r.numel() == 0:
+        return _noted(dep, ALL_ZERO_NOTE.format(zero=_zero_words(dtype)))
+    missing = ~torch.isin(offsets, torch.unique(c - r))
+    if not bool(missing.any()):
+        return dep
+    nearest = torch.where(missing, offsets.abs(), offsets.abs().max() + 1)  # nearest 0 first
+    first = int(torch.argmin(nearest))  # the first row of that offset: row-major
+    i, j = int(rows[first]), int(columns[first])
+    reads = f"{_index('y', dep.out_axis, i)} read {_index('x', dep.in_axis, j)}"
+    offset = f"{j - i:+d}".replace("-", "−")
+    return _noted(dep, HIDDEN_NOTE.format(reads=reads, offset=offset, zero=_zero_words(dtype)))
+
+
+def _noted(dep: Dependency, note: str) -> Dependency:
+    return replace(dep, note=note if dep.note is None else f"{dep.note}; {note}")
 
 
 def _spelled(name: str) -> str:
