@@ -484,16 +484,25 @@ def test_the_words_of_a_cyclic_stencil_say_it_wraps(run_vjp):
     assert "cyclic tridiagonal" in _flat(bundle(run_vjp(_CYCLIC))["text/plain"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G27-3: --picture's title and alt text name the pattern by Layout.kind ('tridiagonal') "
-    "without the 'cyclic' the words add (render/sparse.py), and its window (rows 0–39, "
-    "columns 0–159) hides the wrap-around entries, so the picture of x.roll(1) - 2x + "
-    "x.roll(-1) claims a plain tridiagonal Jacobian; class: a wrong pattern word in the picture"))
+# G27-3 (fixed): the picture names the kind as the words do, and says what its window hides
 def test_the_picture_of_a_cyclic_stencil_says_it_wraps(run_vjp):
     pytest.importorskip("matplotlib")
     alt = run_vjp(_CYCLIC).picture("x").alt
     assert "Nonzero pattern" in alt and "tridiagonal" in alt
     assert "cyclic" in alt or "wrap" in alt, alt
+
+
+@pytest.mark.parametrize("cell, hidden", [
+    (_CYCLIC, 1),  # row 0 reads x[499]
+    ("x = torch.linspace(0, 1, 500, requires_grad=True)\ny = x * x.flip(0)", 40),  # anti-diagonal
+])
+def test_the_picture_says_which_nonzeros_its_window_leaves_out(run_vjp, cell, hidden):
+    """Rows 0-39 are drawn at columns 0-159: a nonzero of those rows further right (a wrap,
+    a mirrored read) is counted in the alt text, not silently cut."""
+    pytest.importorskip("matplotlib")
+    alt = run_vjp(cell).picture("x").alt
+    words = "1 nonzero lies" if hidden == 1 else f"{hidden} nonzeros lie"
+    assert f"{words} in columns past 159, not drawn" in alt, alt
 
 
 # -- G27-4: an observed pattern costing more passes than one backward per output entry ---------

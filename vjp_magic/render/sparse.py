@@ -495,10 +495,20 @@ def _contiguous(offsets) -> bool:
     return steps == list(range(steps[0], steps[0] + len(steps)))
 
 
-def _kind_words(found: Layout, n: int) -> str:
+def kind_name(found: Layout) -> str:
+    """The pattern's kind in one or two words: "tridiagonal", "cyclic tridiagonal" where
+    it wraps around (a picture's title; :func:`kind_words` says more)."""
+    if any(found.wraps) and found.kind in ("tridiagonal", "band"):
+        return f"cyclic {found.kind}"
+    return found.kind
+
+
+def kind_words(found: Layout, n: int) -> str:
+    """The pattern's kind in words for the display: blocks with their sizes, a band with
+    its offsets, a stencil with its points."""
     cyclic = "cyclic " if any(found.wraps) else ""
     if found.kind == "tridiagonal":
-        return cyclic + "tridiagonal"
+        return kind_name(found)
     if found.kind == "block-diagonal":
         sizes = found.blocks
         if len(set(sizes)) == 1:
@@ -527,7 +537,7 @@ def _mostly_spans(result, name: str, found: Layout) -> list:
     y = output_symbol(result)
     out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
     rows = "row" if mostly.count == 1 else "rows"
-    words = _kind_words(mostly.rest, math.prod(in_shape))
+    words = kind_words(mostly.rest, math.prod(in_shape))
     like = words if words.startswith(("a ", "an ")) else f"a {words} one"
     spans: list = [Text(f", like {like} but for {mostly.count} {rows}: ")]
     spans += reads_spans(result, name, mostly.rest)
@@ -580,7 +590,7 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
     lead = [Text("With respect to "), notation.prose_name(name), Text(": ")] \
         if lead and len(result.inputs) > 1 else []
     spans = lead + [Text("the Jacobian " if lead else "The Jacobian "), notation.partial(y, name),
-                    Text(f" is {_kind_words(found, item.tensor.numel())}")]
+                    Text(f" is {kind_words(found, item.tensor.numel())}")]
     reads = reads_spans(result, name, found)
     spans += ([Text(": ")] + reads if reads else []) + _mostly_spans(result, name, found)
     m, n = sparse.matrix.shape
@@ -594,7 +604,7 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
 
 
 def hessian_paragraph(h, name: str) -> Paragraph:
-    """A sparse Hessian's pattern in the same words as a Jacobian's (:func:`_kind_words`: a
+    """A sparse Hessian's pattern in the same words as a Jacobian's (:func:`kind_words`: a
     row and a column per entry of x), its nonzeros, the products and how it is known: "The
     Hessian is tridiagonal: 299,998 nonzeros from 3 Hessian-vector products (…)"."""
     sparse = sparse_of(h, name)
@@ -612,7 +622,7 @@ def hessian_paragraph(h, name: str) -> Paragraph:
     else:
         how = [Text("the pattern found at this "), x, Text(f" by {sparse.probes:,} probes")]
     return Paragraph(tuple(
-        [Text(f"The Hessian is {_kind_words(found, math.prod(shape))}: "
+        [Text(f"The Hessian is {kind_words(found, math.prod(shape))}: "
               f"{entries_words(sparse, 'nonzeros', 'entries')} from {sparse.count:,} "
               f"Hessian-vector {products} (")]
         + how + [Text("; the values checked with random probes"), Text(").")]))

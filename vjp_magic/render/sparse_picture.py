@@ -18,7 +18,7 @@ import torch
 
 from .codegen import output_symbol
 from .picture import DPI, MISSING, WIDTH, Picture, _escaped
-from .sparse import by_columns, layout_of, sparse_of
+from .sparse import by_columns, kind_name, kind_words, layout_of, sparse_of
 
 PALETTE = ("#1f4e8c", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d96a3", "#6a4c93",
            "#e07a5f", "#3d405b", "#81b29a")  # colour c is PALETTE[c % 10]
@@ -68,17 +68,24 @@ def _texts(result, name: str, pattern: torch.Tensor) -> tuple[str, str, str]:
     rows, cols = pattern.shape
     part = f"rows 0–{rows - 1} of {m:,}, columns 0–{cols - 1} of {n:,}" \
         if (rows, cols) != (m, n) else f"{m:,} × {n:,}"
-    left = f"∂{y}/∂{name}: {found.kind}\n{part}"
+    left = f"∂{y}/∂{name}: {kind_name(found)}\n{part}"
+    words = kind_words(found, n)
+    beyond = int(sparse.matrix.col_indices()[:int(sparse.matrix.crow_indices()[rows])]
+                 .ge(cols).sum()) if cols < n else 0
+    if beyond:  # a wrap-around or a wide row: said, as the window cannot show it
+        hidden = (f"{beyond:,} nonzero{'s lie' if beyond != 1 else ' lies'} in columns past "
+                  f"{cols - 1:,}, not drawn")
+        left, part = f"{left}\n{hidden}", f"{part}; {hidden}"
     if by_columns(sparse):
         right = f"{k} forward-mode pass{'es' if k != 1 else ''}:\ncolumn c: J·u, u of colour c"
-        alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({found.kind}; "
+        alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({words}; "
                f"{part}), each nonzero coloured by its column's forward-mode pass, beside the "
                f"compressed {m:,} × {k} matrix: column c is J·u for the u that is 1 on the "
                f"entries of {name} of colour c; each of its nonzeros comes from exactly one "
                "column of the Jacobian.")
         return left, right, alt
     right = f"{k} backward pass{'es' if k != 1 else ''}:\nrow c is vᵀJ, v of colour c"
-    alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({found.kind}; "
+    alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{name} ({words}; "
            f"{part}), each nonzero coloured by its row's backward pass, beside the compressed "
            f"{k} × {n:,} matrix: row c is vᵀJ for the v that is 1 on the entries of {y} of "
            f"colour c; each of its nonzeros comes from exactly one row of the Jacobian.")
