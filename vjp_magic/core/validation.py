@@ -465,29 +465,45 @@ def _spelled(name: str) -> str:
 
 
 def zero_notes(result) -> list[str]:
-    """A warning per input the output depends on whose derivatives are all exactly 0 here."""
-    notes = []
+    """A warning for the inputs the output depends on whose derivatives are all exactly 0
+    here: one sentence for all of those that share a cause (14 parameter tensors behind a
+    dead relu read as one note, their names summarised as the display's headline does)."""
+    causes: dict[tuple[str, ...], list[str]] = {}
     for name, item in result.inputs.items():
         d = item.derivatives
         if item.unused or d.numel() == 0 or bool(d.any()) or bool(d.isnan().any()):
             continue
-        y = _spelled(result.output_name)
-        x = _spelled(name)
-        steps = _steps_on_every_path(result.output, item.tensor)
+        steps = tuple(_steps_on_every_path(result.output, item.tensor))
+        causes.setdefault(steps, []).append(_spelled(name))
+    y = _spelled(result.output_name)
+    notes = []
+    for steps, names in causes.items():
+        x = _names_listed(names)
+        one = names[0] if len(names) == 1 else "each"
+        here = f"this {x}" if len(names) == 1 else "this point"
         if steps:
             notes.append(marked(
-                f"Every derivative of {y} with respect to {x} is 0, at this {x} and at every "
-                f"other: each path from {x} to {y} passes through {' or '.join(steps)}, which "
-                "is piecewise constant (its derivative is 0 wherever it exists), so a loss "
-                f"through it gives {x} no gradient to learn from."))
+                f"Every derivative of {y} with respect to {x} is 0, at {here} and at every "
+                f"other: each path from {one} to {y} passes through {' or '.join(steps)}, "
+                "which is piecewise constant (its derivative is 0 wherever it exists), so a "
+                f"loss through it gives {one if len(names) == 1 else 'them'} no gradient to "
+                "learn from."))
             continue
         notes.append(marked(
-            f"Every derivative of {y} with respect to {x} is 0 at this "
-            f"{x}, although {y} depends on {x} through the graph (an "
-            "inactive relu or clamp, a product with 0, ...): at another value of "
-            f"{x} they may not be."
-        ))
+            f"Every derivative of {y} with respect to {x} is 0 at {here}, although {y} "
+            f"depends on {one} through the graph (an inactive relu or clamp, a product with "
+            f"0, ...): at another {'value of ' + x if len(names) == 1 else 'point'} they may "
+            "not be."))
     return notes
+
+
+def _names_listed(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``; more than three: ``a, b, … (11 more), z``."""
+    if len(names) == 1:
+        return names[0]
+    if len(names) <= 3:
+        return f"{', '.join(names[:-1])} or {names[-1]}"
+    return f"{names[0]}, {names[1]}, … ({len(names) - 3:,} more) or {names[-1]}"
 
 
 # Backward nodes of piecewise-constant ops: their derivative is 0 wherever it exists.
