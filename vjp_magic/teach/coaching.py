@@ -25,7 +25,8 @@ from ..core import analysis
 from ..core.errors import VJPUsageError
 from ..core.tagging import depends_on
 from ..render import notation, plain
-from ..render.codegen import CELL_NAMES, expression, identifiers, one_hot_loop, source_names
+from ..render.codegen import (CELL_NAMES, backward_inputs, expression, identifiers,
+                              one_hot_loop, source_names)
 from ..render.document import (Code, CodeBlock, Document, Math, Paragraph, Section, Span, Text,
                                paragraph)
 from ..run.accumulation import Accumulation, accumulations
@@ -57,15 +58,17 @@ class _InputStructure:
     count: int  # components (one gradient argument each)
     points: int
     item: object
+    result: object  # the analysis it was read off (its graph says which .grad a backward fills)
 
 
 def _analysed(tensor: torch.Tensor, result):
-    """``result`` when ``tensor`` is its output, else a fresh analysis of ``tensor``."""
+    """``result`` when ``tensor`` is its output, else a fresh analysis of ``tensor`` (keeping
+    its graph: which ``.grad`` a backward from it fills is read off that graph)."""
     if result is None or tensor is result.output:
         return result
     inputs = {n: i.tensor for n, i in result.inputs.items() if depends_on(tensor, i.tensor)}
     try:
-        return analysis.differentiate(tensor, inputs) if inputs else None
+        return analysis.differentiate(tensor, inputs, keep_graph=True) if inputs else None
     except (VJPUsageError, RuntimeError):
         return None
 
@@ -76,7 +79,7 @@ def _structures(tensor: torch.Tensor | None, result) -> list[_InputStructure] | 
     if analysed is None:
         return None
     found = [_InputStructure(name, math.prod(analysed.component_shape(name)),
-                             item.point_count, item)
+                             item.point_count, item, analysed)
              for name, item in analysed.inputs.items() if not item.unused]
     return found or None
 
@@ -105,8 +108,17 @@ def _pointwise_advice(y: str, shape, structures, fixed_line: str | None) -> Advi
            _say("Each entry depends only on its own point, so the Jacobian ", Math("J", "J"),
                 f" is {jac}: ", VJP, f" with v = ones gives the derivatives at all {points:,} "
                 "points at once.")]
-    ones = f"{expression(y)}.backward(gradient=torch.ones_like({y}))"
+    listed = _listed_inputs(structures)
+    ones = f"{expression(y)}.backward(gradient=torch.ones_like({y}){listed})"
     return Advice(why, [fixed_line or ones])
+
+
+def _listed_inputs(structures) -> str:
+    """``, inputs=[…]`` where a backward from the failing tensor would also fill the
+    ``.grad`` of a tensor the corrected code does not read (:func:`.codegen.backward_inputs`,
+    the rule of every snippet shown), else nothing."""
+    return backward_inputs(structures[0].result, [s.name for s in structures],
+                           [expression(s.name) for s in structures])
 
 
 def _component_advice(y: str, tensor, structures, source: str = "") -> Advice:
@@ -135,7 +147,8 @@ def _component_advice(y: str, tensor, structures, source: str = "") -> Advice:
     reads = [line for x in xs for line in (
         f"print({x}.grad)  # the derivatives of component {which}", f"{x}.grad.zero_()")]
     imports = list(loop.imports)
-    return Advice([head, how], imports + loop.lines(expression(y), reads, v))
+    listed = xs if _listed_inputs(structures) else ()
+    return Advice([head, how], imports + loop.lines(expression(y), reads, v, listed))
 
 
 def _only_gradient(line: str, y: str) -> bool:
