@@ -282,19 +282,33 @@ def _close(stacked: torch.Tensor, w: torch.Tensor, plain: torch.Tensor) -> bool:
     if stacked.numel() == 0:
         return True
     wide = torch.complex128 if stacked.is_complex() else torch.float64
-    count = w.numel()
-    g = stacked.to(wide).reshape(count, -1)
-    ww = w.to(device=g.device, dtype=wide).reshape(1, count)
-    expected = (ww @ g).reshape(-1)
-    scale = (ww.abs() @ g.abs()).reshape(-1)
-    got = plain.to(device=g.device, dtype=wide).reshape(-1)
+    expected, scale = _combined(stacked.reshape(w.numel(), -1), w, wide)
+    got = plain.to(device=expected.device, dtype=wide).reshape(-1)
     both = ~torch.isfinite(got) & ~torch.isfinite(expected)
     rule = tolerances(stacked.dtype)
     floor = rule.probe * float(scale.nan_to_num(0.0, 0.0, 0.0).amax()) if scale.numel() else 0.0
-    bound = scale * rule.backward + (floor + torch.finfo(torch.float64).tiny)
+    bound = scale.mul_(rule.backward).add_(floor + torch.finfo(torch.float64).tiny)
     near = (got - expected).abs() <= bound  # (False where one side alone is not finite)
     near &= torch.isfinite(got) & torch.isfinite(expected)
     return bool((near | both).all())
+
+
+_WIDE_BLOCK = 2**18  # entries of G widened at a time: no float64 copy of a whole batch
+
+
+def _combined(g: torch.Tensor, w: torch.Tensor, wide: torch.dtype):
+    """(wᵀG, |w|ᵀ|G|) in ``wide``, G (count × n) widened a block of columns at a time."""
+    count, n = g.shape
+    ww = w.to(device=g.device, dtype=wide).reshape(1, count)
+    magnitudes = ww.abs()
+    expected = torch.empty(n, dtype=wide, device=g.device)
+    scale = torch.empty(n, dtype=magnitudes.dtype, device=g.device)
+    step = max(1, _WIDE_BLOCK // max(count, 1))
+    for start in range(0, n, step):
+        block = g[:, start:start + step].to(wide)
+        expected[start:start + step] = (ww @ block).reshape(-1)
+        scale[start:start + step] = (magnitudes @ block.abs()).reshape(-1)
+    return expected, scale
 
 
 class CheckedBatches(PaidBatches):
