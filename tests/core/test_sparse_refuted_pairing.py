@@ -130,3 +130,22 @@ def test_off_points_reads_rows_past_the_first_block():
         crow = torch.arange(m + 1)
         assert off_points(crow, cols, torch.ones(m), (m,), (m,), ((0, 0),))
         assert not off_points(crow, rows, torch.ones(m), (m,), (m,), ((0, 0),))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_an_elementwise_pattern_is_on_every_pairings_points_and_a_moved_entry_is_not(dtype):
+    """The identity pattern (entry (i, i) alone: an elementwise map's), input and output of one
+    shape, lies on the points of every pairing; the same pattern with one entry moved to
+    another point's column does not: both as the entry-by-entry look says (s39 E1)."""
+    shape = (3, 4, 5)
+    m = 60
+    crow = torch.arange(m + 1, dtype=dtype)
+    for pairing in [((0, 0),), ((1, 1),), ((0, 0), (2, 2)), ((0, 0), (1, 1), (2, 2))]:
+        rows = list(range(m))
+        assert not _brute_off(rows, rows, [1.0] * m, shape, shape, pairing)
+        assert not off_points(crow, torch.arange(m, dtype=dtype), None, shape, shape, pairing)
+        for moved in (0, 37, m - 1):
+            cols = torch.arange(m, dtype=dtype)
+            cols[moved] = (moved + 26) % m  # another index on every axis here (26 = 20 + 5 + 1)
+            want = _brute_off(rows, cols.tolist(), [1.0] * m, shape, shape, pairing)
+            assert want and off_points(crow, cols, None, shape, shape, pairing)

@@ -318,8 +318,10 @@ def confirmed(context, named: dict, unproved: dict, agreed: set) -> set:
         if not pairing:
             kept.add(name)
             continue
-        pattern = proved_pattern(context.output, x, min(context.budget, PATTERN_BYTES * (
-            context.output.numel() + x.numel())))  # a check worth a few passes: no more
+        sparse = getattr(context, "sparse", None)  # (its pattern, where made, is the same)
+        pattern = (sparse.proved_made(name) if sparse is not None else None) or proved_pattern(
+            context.output, x, min(context.budget, PATTERN_BYTES * (
+                context.output.numel() + x.numel())))  # a check worth a few passes: no more
         inside = pairing_inside(context.output.shape, x.shape, pairing)
         verdict = outside_entries(context.output, x, inside, pattern,
                                   seed=getattr(getattr(context, "probes", None), "seed", 0))

@@ -18,7 +18,7 @@ from .pairing import Evidence, Pairing
 from .pattern import most_per_row
 from .probes import Probes
 from .result import SparseDerivatives
-from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
+from .sparse_layout import csr_matrix, csr_rows, dense_to_csr, identity_pattern
 from .structure import row_major_strides
 
 
@@ -138,6 +138,11 @@ class SparseChoice:
         if name not in self._patterns:
             self._patterns[name] = proved_pattern(self.output, tensor, self.budget)
         return self._patterns[name]
+
+    def proved_made(self, name: str):
+        """The proved pattern of d output / d ``name`` where this analysis has made it
+        already (the couplings check then walks no graph again), else None."""
+        return self._patterns.get(name)
 
     def _early_attempt(self, name: str, tensor: torch.Tensor) -> Attempt | None:
         """The compressed attempt for ``name`` made before :meth:`take` (once, kept for it),
@@ -269,6 +274,8 @@ def off_points(crow, col, values, out_shape, in_shape, pairing) -> bool:
     entry off the points of ``pairing``: an output and an input index that differ on a paired
     axis. Rows are read in blocks growing fourfold (such an entry usually lies in the first),
     each side's paired indices unravelled from the flat ones."""
+    if tuple(out_shape) == tuple(in_shape) and identity_pattern(crow, col):
+        return False  # entry (i, i) alone: one index on both sides, on every point
     m, start, size = crow.numel() - 1, 0, 256
     pairs = [(a, b) for a, b in pairing]
     out_strides, in_strides = row_major_strides(out_shape), row_major_strides(in_shape)

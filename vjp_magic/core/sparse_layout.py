@@ -60,6 +60,16 @@ def csr_rows(crow: torch.Tensor) -> torch.Tensor:
                                    output_size=nnz)
 
 
+def identity_pattern(crow: torch.Tensor, col: torch.Tensor) -> bool:
+    """Whether the CSR (``crow``, ``col``) holds entry (r, r) alone in every row r (an
+    elementwise map's pattern): two comparisons, no row expanded."""
+    m = crow.numel() - 1
+    if m < 0 or col.numel() != m:
+        return False
+    steps = torch.arange(m + 1, device=crow.device)
+    return torch.equal(crow.long(), steps) and torch.equal(col.long(), steps[:m])
+
+
 def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
     """The 2-D CSR ``matrix`` as a coalesced sparse COO tensor of shape
     ``out_shape + in_shape`` (its rows and columns unravelled; the 2-D indices from torch's
