@@ -40,7 +40,10 @@ misses them. Anything unmarked (the vmap path) gets the full plan.
 Where M would be as large as D itself (a Linear weight: one product per sample and entry, or
 a sum over positions), the method may give |v|ᵀM directly instead (``weighted_magnitudes``: a
 function of the rows |v|, computed from the factors whose products are D's terms, |g|ᵀ|a|
-weighted by |v|: one small product, where |v|ᵀ|D| reads all of D a second time). That scale
+weighted by |v|: one small product, where |v|ᵀ|D| reads all of D a second time). That
+function may also offer ``product(v, D)``: vᵀD as it read it from that very D just after
+writing it (in cache then), or None where D was written since (its version counter) or is
+another tensor or v another row. That scale
 is the terms' own, never above |v|ᵀ·max(M, |D|): judged against it alone, the rule is at
 least as strict as with M given entry by entry.
 
@@ -235,8 +238,8 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
         given_scale = magnitudes.get(name)
         if given_scale is None and d.device.type == "cpu" and d.numel() > 2 * READ_BLOCK:
             found, scale = read_once(row, size, d)
-        else:
-            found = row @ d  # (1, n): read from the very tensor handed over
+        else:  # (1, n): read from the very tensor handed over (where its method read
+            found = _read(given_scale, row, d)  # it just written: the same product)
             scale = _scale(size, d, given_scale)
         if scale is None or scale.numel() != found.numel():
             return set()
@@ -282,6 +285,14 @@ def read_once(v: torch.Tensor, size: torch.Tensor, d: torch.Tensor) -> tuple:
         found.addmm_(v[:, start:start + step], block)
         scale.addmm_(size[:, start:start + step], block.abs())
     return found, scale
+
+
+def _read(weighted, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``v @ d``, as the ``weighted_magnitudes`` function's ``product`` kept it where it
+    read that very D with that v while D was in cache (else computed now)."""
+    product = getattr(weighted, "product", None)
+    found = product(v, d) if product is not None else None
+    return v @ d if found is None else found
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
