@@ -1,5 +1,5 @@
 """Where ``%%vjp --wrt model``'s per-sample time goes beyond the arithmetic it cannot skip (issue
-23): the MLP of ``per_sample.py`` timed against BackPACK and against the *compute floor* of the
+23): the MLP of ``per_sample.py`` timed against BackPACK, Opacus and the *compute floor* of the
 checked per-layer rules, written out in plain torch with no framework around it: the cell's
 forward (its own graph is differentiated, no replay: ``run/hookfree.runs_no_user_code``; with
 ``--replay``, the replay's forward too, as where user code on the way forces one), three
@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from per_sample import CELL, SETUP, backpack
+from per_sample import CELL, SETUP, backpack, opacus
 from timing import shell
 
 
@@ -66,7 +66,8 @@ def main() -> int:
     ip.run_cell("import torch, torch.nn.functional as F\ntorch.manual_seed(0)\n"
                 f"B = {args.batch}\n" + SETUP["mlp"][1])
     runs = {"%%vjp": lambda: ip.run_cell_magic("vjp", "--wrt model", CELL),
-            "BackPACK": backpack(ip.user_ns), "floor": floor(ip.user_ns, args.batch, args.replay)}
+            "BackPACK": backpack(ip.user_ns), "Opacus": opacus(ip.user_ns),
+            "floor": floor(ip.user_ns, args.batch, args.replay)}
     runs = {name: run for name, run in runs.items() if run is not None}
     times: dict = {name: [] for name in runs}
     for run in runs.values():
@@ -79,10 +80,11 @@ def main() -> int:
                 run()
                 times[name].append(time.thread_time() - start)
     quartile = {name: sorted(t)[len(t) // 4] for name, t in times.items()}
-    anchor = quartile.get("BackPACK")
+    anchors = {name: quartile[name] for name in ("BackPACK", "Opacus") if name in quartile}
+    faster = min(anchors, key=anchors.get) if anchors else None
     print(f"MLP B={args.batch}, CPU ms (lower quartile, one torch thread):")
     for name, seconds in quartile.items():
-        ratio = f"  {seconds / anchor:.2f}x BackPACK" if anchor else ""
+        ratio = f"  {seconds / anchors[faster]:.2f}x {faster} (the faster)" if faster else ""
         print(f"    {name:<9} {seconds * 1e3:6.2f}{ratio}")
     return 0
 
