@@ -52,3 +52,23 @@ def batch_norm(node, inputs, shapes):
     return meet(out, maps, all_exact(inputs))
 
 
+
+
+def class_loss(node, inputs, shapes):
+    """nll_loss: with ``reduction="none"`` the class axis 1 goes (row n reads its own
+    target's class), the others are kept; a mean or sum keeps nothing. Not exact: a row
+    reads one class, fewer entries than the pairing allows."""
+    (flow,) = [f for f in inputs if f is not None][:1]
+    ndim, out = len(flow.shape), shapes[0]
+    if int(node._saved_reduction) != 0 or ndim < 2 or len(out) != ndim - 1:
+        return [Flow(out, {}, False)]
+    return [Flow(out, drop_axes(flow, {1}, False), False)]
+
+
+def pointwise_loss(node, inputs, shapes):
+    """mse, smooth L1, Huber, binary cross entropy, soft margin: elementwise with
+    ``reduction="none"``, a full reduction otherwise."""
+    out = shapes[0]
+    if int(node._saved_reduction) != 0:
+        return [Flow(out, {}, all_exact(inputs))]
+    return meet(out, [broadcast(f, out) for f in inputs if f is not None], all_exact(inputs))
