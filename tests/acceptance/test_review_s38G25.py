@@ -53,11 +53,6 @@ class _Coupled(nn.Module):
         return self.o(torch.tanh(h + self.eps * h.mean(0)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G25-1: a batch coupling of 3e-5 in float32 (B = 64) is accepted by the vectorised "
-    "replay, in which h.mean(0) reduces a sample's features instead of the batch: the per-"
-    "sample gradients of o.bias are off by 6e-6 against float64 (the float32 batch graph: "
-    "7e-8), more than the coupling's own effect, shown as exact"))
 def test_a_small_batch_coupling_gives_the_batch_graphs_per_sample_gradients():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)

@@ -209,12 +209,45 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
     grads = per_sample_by_rules(replay, inputs, data, output) if rules else None
     if grads is not None:
         return grads
+    if not samples_apart(replay, inputs, data, samples, output.shape[0]):
+        return None  # a sample's loss reads other samples: vmap would compute another function
     one = batch_of_one(replay, output.shape[0])
     grads, values = _vectorised(one, inputs, data, samples, tuple(output.shape[1:]))
     if not close(values.reshape(output.shape), output.detach()):
         return None  # the samples are not independent: the per-sample forward differs
     return PerSampleGradients(grads, _rule_magnitudes(replay, inputs, data, output)
                               if rules else {})
+
+
+def samples_apart(replay: Replay, inputs: dict, data: dict, samples: dict,
+                  batch: int) -> bool:
+    """Whether the record proves that output row b reads only row b of every floating
+    per-sample tensor (``data`` by name, ``samples`` by id): the replay run once on leaves
+    standing for them, and :func:`.axisflow.prove` must find output axis 0 carrying each
+    one's axis 0. A step reading across the batch (a mean or softmax over it, BatchNorm in
+    training mode, a sort, roll, index or cat along it, a matmul contracting it, a view
+    merging it) loses that carry: decided from the graph's structure, never its numbers (a
+    coupling of 1e-5 passes any tolerance, yet vmap's batch of one computes another
+    function). Integer data (targets, token ids) cannot be followed: only the values'
+    comparison judges those. False where the run fails."""
+    floating = {key: t for key, t in {**data, **samples}.items() if t.is_floating_point()}
+    if not floating:
+        return True
+    leaves = {key: t.detach().clone().requires_grad_() for key, t in floating.items()}
+    tensors = {name: t.detach() for name, t in inputs.items()}
+    tensors.update({name: leaves.get(name, t.detach()) for name, t in data.items()})
+    try:
+        with torch.enable_grad():
+            value = replay.run(tensors, {key: leaves[key] for key in samples if key in leaves})
+    except Exception:  # noqa: BLE001 - not followed: not proved
+        return False
+    if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != batch:
+        return False
+    for leaf in leaves.values():
+        proof = axisflow.prove(value, leaf)
+        if proof.depends and proof.carries.get(0) != (0,):
+            return False
+    return True
 
 
 def _rule_magnitudes(replay: Replay, inputs: dict, data: dict, output) -> dict:
@@ -354,4 +387,4 @@ def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
 
 
 __all__ = ["PerSampleGiven", "accepted_result", "batch_of_one", "per_sample_constants",
-           "per_sample_given", "per_sample_jacobians", "rules_capture"]
+           "per_sample_given", "per_sample_jacobians", "rules_capture", "samples_apart"]
