@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import capabilities
-from .axisrules import AxisMap, Flow, rule_for
+from .axisrules import AxisMap, Flow, Free, proper, rule_for
 from .capabilities import out_metadata
 from .pairing import Pairing
 from .tagging import postorder
@@ -220,18 +220,19 @@ def _shapes_and_bytes(node) -> tuple[list[tuple[int, ...]] | None, int]:
 
 def _normalised(flow: Flow, in_shape: tuple[int, ...]) -> Flow:
     """Drop carries of size-1 input axes (their index is always 0) from those of larger
-    tensor axes; a size-1 tensor axis keeps only one size-1 input axis (a batch of one: which
-    size-1 axes pair, as they would at a larger size)."""
+    tensor axes (a carry left with :class:`.axisrules.Free` factors alone goes); a size-1
+    tensor axis keeps only one size-1 input axis (a batch of one: which size-1 axes pair, as
+    they would at a larger size)."""
     carries = {}
     for axis, carry in flow.carries.items():
         if axis >= len(flow.shape):
             continue
         if flow.shape[axis] == 1:
-            if len(carry) == 1 and in_shape[carry[0]] == 1:
+            if len(carry) == 1 and proper(carry) and in_shape[carry[0]] == 1:
                 carries[axis] = carry
             continue
-        kept = tuple(b for b in carry if in_shape[b] > 1)
-        if kept:
+        kept = tuple(b for b in carry if isinstance(b, Free) or in_shape[b] > 1)
+        if proper(kept):
             carries[axis] = kept
     return Flow(flow.shape, carries, flow.exact)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from . import elementwise, indexing, linalg, reductions, shape
-from .flow import AxisMap, Carry, Flow, base_name
+from .flow import AxisMap, Carry, Flow, Free, base_name, proper
 
-__all__ = ["AxisMap", "Carry", "Flow", "RULES", "ELEMENTWISE", "base_name", "rule_for", "table"]
+__all__ = ["AxisMap", "Carry", "Flow", "Free", "RULES", "ELEMENTWISE", "base_name", "proper",
+           "rule_for", "table"]
 
 Rule = Callable[..., list]  # rule(node, inputs, shapes, x_shape) -> one Flow (or None) per output
 
@@ -44,6 +45,7 @@ ENTRIES: list[tuple[Iterable[str], Rule]] = [
       "Topk"], reductions.along_dim),
     (["NativeLayerNorm"], reductions.layer_norm),
     (["NativeBatchNorm"], reductions.batch_norm),
+    (["NativeGroupNorm"], reductions.group_norm),
     (["NllLoss", "NllLoss2D"], reductions.class_loss),
     (["MseLoss", "SmoothL1Loss", "HuberLoss", "BinaryCrossEntropy",
       "BinaryCrossEntropyWithLogits", "SoftMarginLoss"], reductions.pointwise_loss),
@@ -59,6 +61,9 @@ ENTRIES: list[tuple[Iterable[str], Rule]] = [
     (["Stack"], indexing.stack),
     (list(linalg.MATMUL_AXES), linalg.matmul_family),
     (["Convolution"], linalg.convolution),
+    (["ScaledDotProductFlashAttentionForCpu", "ScaledDotProductFlashAttention",
+      "ScaledDotProductEfficientAttention", "ScaledDotProductCudnnAttention",
+      "ScaledDotProductFusedAttentionOverrideable"], linalg.attention),
 ]
 
 

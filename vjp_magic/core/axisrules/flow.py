@@ -6,10 +6,34 @@ import functools
 import re
 from dataclasses import dataclass
 
-Carry = tuple[int, ...]  # input axes, row-major, whose flattened index a tensor axis carries
+
+@dataclass(frozen=True)
+class Free:
+    """A factor of a merged axis that carries no input axis: ``size`` positions that may read
+    anything. ``(0, Free(C))`` on an axis of size ``B*C`` (a view merging the batch with an
+    uncarried channel axis) says its entry ``i`` reads only input entries whose index along
+    axis 0 is ``i // C``."""
+
+    size: int
+
+
+Carry = tuple  # input axes (ints) and Free factors, row-major: the index a tensor axis carries
 AxisMap = dict[int, Carry]
 
 _WRAP = 2**64  # negative dims come back from the C++ side as large unsigned numbers
+
+
+def proper(carry: Carry) -> bool:
+    """Whether ``carry`` names an input axis (a carry of Free factors alone says nothing)."""
+    return any(not isinstance(b, Free) for b in carry)
+
+
+def carry_size(carry: Carry, x_shape) -> int:
+    """The number of positions ``carry`` spans (its factors' sizes multiplied)."""
+    size = 1
+    for b in carry:
+        size *= b.size if isinstance(b, Free) else x_shape[b]
+    return size
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""Linear algebra: the matmul family (batch axes and each factor's free axis survive) and
-convolutions (the batch axis; weight and bias on the output channel)."""
+"""Linear algebra: the matmul family (batch axes and each factor's free axis survive),
+convolutions (the batch axis; weight and bias on the output channel) and the fused attention
+kernels (their batch axes)."""
 from __future__ import annotations
 
-from .flow import all_exact, base_name, broadcast, meet
+from .flow import Flow, all_exact, base_name, broadcast, meet
 
 
 def matmul_family(node, inputs, shapes):
@@ -69,3 +70,20 @@ def _pointlike_kernel(node) -> bool:
     return weight is None or all(int(k) == 1 for k in weight.shape[2:])
 
 
+
+
+def attention(node, inputs, shapes):
+    """scaled_dot_product_attention's fused kernels: query, key, value (and a mask) shaped
+    ``(*batch, rows, features)``; output ``(*batch, L, Ev)`` at batch index i reads only batch
+    index i of each (broadcast from the right). Each query row reads every key and value row:
+    only the batch axes survive, and the proof is not exact (a query row's own pairing is
+    not modelled)."""
+    out = shapes[0]
+    batch = out[:-2]
+    maps = []
+    for flow in inputs:
+        if flow is not None:
+            leading = Flow(flow.shape[:-2], {a: c for a, c in flow.carries.items()
+                                             if a < len(flow.shape) - 2})
+            maps.append(broadcast(leading, batch))
+    return meet(out, maps, False)

@@ -52,6 +52,17 @@ def batch_norm(node, inputs, shapes):
     return meet(out, maps, all_exact(inputs))
 
 
+def group_norm(node, inputs, shapes):
+    """GroupNorm normalises each sample over its groups of channels (and every position):
+    the batch axis 0 survives; weight and bias live on the channel axis 1. Exact with one
+    group (everything else mixes); with more, channels of different groups stay apart."""
+    flow = inputs[0]
+    out = shapes[0]
+    maps = [] if flow is None else [{0: flow.carries[0]} if 0 in flow.carries else {}]
+    for f in inputs[1:3]:
+        if f is not None:  # weight / bias of shape (C,)
+            maps.append({1: f.carries[0]} if 0 in f.carries else {})
+    return meet(out, maps, all_exact(inputs) and int(node._saved_group) == 1)
 
 
 def class_loss(node, inputs, shapes):

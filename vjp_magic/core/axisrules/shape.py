@@ -2,7 +2,8 @@
 that move entries along their dims."""
 from __future__ import annotations
 
-from .flow import AxisMap, Flow, base_name, broadcast, drop_axes, to_axis, to_axes
+from .flow import (AxisMap, Flow, Free, base_name, broadcast, carry_size, drop_axes, proper,
+                   to_axis, to_axes)
 
 
 def reshape(node, inputs, shapes, x_shape):
@@ -56,35 +57,61 @@ def _blocks(a_shape, b_shape):
 
 
 def _reshape_carries(flow: Flow, out, x_shape) -> tuple[AxisMap, bool]:
+    """The carries of each block of axes (:func:`_blocks`) after a view. An uncarried axis
+    merged with carried ones joins as a :class:`Free` factor of its size: merging the batch
+    with the channels of ``(B, C, L)`` into ``(1, B*C, L)`` (InstanceNorm) or with the heads
+    into ``(B*heads, L, d)`` (attention) keeps the batch as the outer factor of the merged
+    axis, and splitting it back gives the batch axis again."""
     carries: AxisMap = {}
     exact = True
     for big_in, big_out in _blocks(flow.shape, out):
-        if any(a not in flow.carries for a in big_in):
-            exact = exact and not any(a in flow.carries for a in big_in)
+        carried = [a for a in big_in if a in flow.carries]
+        if not carried:
             continue
-        joined = [b for a in big_in for b in flow.carries[a]]
+        if any(carry_size(flow.carries[a], x_shape) != flow.shape[a] for a in carried):
+            exact = False  # (a prefix slice: the carry spans more than the axis)
+            continue
+        joined = [b for a in big_in for b in flow.carries.get(a, (Free(flow.shape[a]),))]
         split = _split(joined, [out[a] for a in big_out], x_shape)
-        if split is None:
-            exact = False
-            continue
-        carries.update(zip(big_out, split))
+        exact = exact and split is not None and len(carried) == len(big_in) \
+            and not any(isinstance(b, Free) for b in joined)
+        if split is not None:
+            carries.update((a, run) for a, run in zip(big_out, split) if proper(run))
     return carries, exact
 
 
 def _split(joined, sizes, x_shape):
-    """Partition the carried input axes so each output axis gets a run of matching size."""
-    axis_size = dict(enumerate(x_shape))
-    runs, start = [], 0
+    """Partition the carried factors so each output axis gets a run of matching size (a
+    :class:`Free` factor may be cut where the size needs it: it reads anything anyway);
+    None where the sizes do not fall on the factors' boundaries."""
+    factors = _merged_free(joined)
+    runs = []
     for size in sizes:
-        product, stop = 1, start
-        while stop < len(joined) and product < size:
-            product *= axis_size[joined[stop]]
-            stop += 1
+        run, product = [], 1
+        while factors and product < size:
+            factor = factors.pop(0)
+            n = carry_size((factor,), x_shape)
+            if isinstance(factor, Free) and product * n > size and size % product == 0 \
+                    and n % (size // product) == 0:
+                factors.insert(0, Free(n * product // size))
+                factor, n = Free(size // product), size // product
+            run.append(factor)
+            product *= n
         if product != size:
             return None
-        runs.append(tuple(joined[start:stop]))
-        start = stop
-    return runs if start == len(joined) else None
+        runs.append(_merged_free(run))
+    return None if factors else [tuple(run) for run in runs]
+
+
+def _merged_free(factors) -> list:
+    """``factors`` with neighbouring :class:`Free` factors joined into one."""
+    merged: list = []
+    for factor in factors:
+        if isinstance(factor, Free) and merged and isinstance(merged[-1], Free):
+            merged[-1] = Free(merged[-1].size * factor.size)
+        else:
+            merged.append(factor)
+    return merged
 
 
 def permute(node, inputs, shapes):
