@@ -343,7 +343,9 @@ def per_sample_constants(replay: Replay, batch: int, inputs: dict) -> dict:
 
 def batch_of_one(replay: Replay, batch: int) -> Replay:
     """The replay with batch-keeping reshapes (``h.view(h.size(0), -1)``, whose size the
-    record holds as the number B) reshaping to a batch of one instead."""
+    record holds as the number B) reshaping to a batch of one instead; also those merging
+    the batch as the outer factor of the leading axis and splitting it back (einops'
+    ``'b c l -> (b c) l'``: ``reshape(B*C, L)`` becomes ``reshape(C, L)``)."""
     steps = [_reshape_for_one(step, batch) for step in replay.steps]
     return dataclasses.replace(replay, steps=steps)
 
@@ -353,16 +355,40 @@ def _reshape_for_one(step, batch: int):
         return step
     source, result = step.args[0], step.result
     if not (isinstance(source, torch.Tensor) and isinstance(result, torch.Tensor)
-            and source.dim() and result.dim() and source.shape[0] == result.shape[0] == batch):
+            and source.dim() and result.dim()):
+        return step
+    lead = _leading_for_one(tuple(source.shape), tuple(result.shape), batch)
+    if lead is None:
         return step
     rest = step.args[1:]
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):  # view((B, -1))
         shape = tuple(rest[0])
-        if shape and isinstance(shape[0], int) and shape[0] == batch:
-            return dataclasses.replace(step, args=(source, (1,) + shape[1:]))
-    elif rest and isinstance(rest[0], int) and rest[0] == batch:  # view(B, -1)
-        return dataclasses.replace(step, args=(source, 1) + tuple(rest[1:]))
+        if shape and isinstance(shape[0], int) and shape[0] == result.shape[0]:
+            return dataclasses.replace(step, args=(source, (lead,) + shape[1:]))
+    elif rest and isinstance(rest[0], int) and rest[0] == result.shape[0]:  # view(B, -1)
+        return dataclasses.replace(step, args=(source, lead) + tuple(rest[1:]))
     return step
+
+
+def _leading_for_one(source: tuple, result: tuple, batch: int) -> int | None:
+    """The leading size a reshape of ``source`` to ``result`` takes at a batch of one: 1
+    where both lead with the batch, or where ``result`` splits the batch back off a leading
+    axis of ``B * k`` (``k`` the size of ``result``'s next axes); ``k`` where ``result``'s
+    leading axis merges the batch with ``source``'s next axes; else None (left alone)."""
+    def merged(lead: int, shape: tuple) -> bool:  # lead == batch * shape[1] * … * shape[j]
+        size = batch
+        for n in shape[1:]:
+            size *= n
+            if size >= lead:
+                break
+        return size == lead and lead > batch
+    if source[0] == result[0] == batch:
+        return 1
+    if result[0] == batch and merged(source[0], result):
+        return 1
+    if source[0] == batch and merged(result[0], source):
+        return result[0] // batch
+    return None
 
 
 def _vectorised(replay: Replay, inputs: dict, data: dict, samples: dict,
