@@ -7,7 +7,10 @@ map*: tensor axis → the input axes (row-major, usually one) whose index it car
 only on input entries whose index along ``b`` is ``i``. Each backward node type has a rule
 saying how its forward op moves, keeps or loses these carries (elementwise and broadcasting,
 reductions and softmax along a dim, matmul on batch axes, views, permutes, slicing, cat,
-stack, convolution batches, …): the rules are in :mod:`.axisrules`.
+stack, convolution batches, …): the rules are in :mod:`.axisrules`. A view merging a carried
+axis with uncarried ones keeps the carry as a factor of the merged axis (``(0, Free(C))``:
+InstanceNorm's ``(1, B*C, L)``, attention's ``(B*heads, L, d)``); a split on the factors'
+boundaries gives the axis back, an op mixing along the merged axis drops it.
 
 A rule never claims a carry that may fail, so whatever reaches the output is *proved*: the
 Jacobian is zero wherever paired indices differ, for every value of the input. A rule is
