@@ -218,34 +218,76 @@ def test_the_record_proves_the_merged_models_samples_apart(name):
 
 
 class _Embedded(nn.Module):
-    """Token ids (integer data) through an Embedding, then a batch coupling of ``EPS`` times
-    3 on the floating features the ids select."""
+    """Token ids (integer data) through an Embedding; ``coupling``: a term of ``EPS`` times 3
+    reading other samples, on the floating features the ids select (``"features"``) or on
+    the ids themselves (``"ids"``: the previous sample's tokens)."""
 
-    def __init__(self):
+    def __init__(self, coupling=None):
         super().__init__()
+        self.coupling = coupling
         self.e, self.o = nn.Embedding(10, 5), nn.Linear(5, 3)
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 5))
 
     def forward(self, ids):
         h = self.e(ids).mean(1) * self.scale.exp()
-        return self.o(torch.tanh(h + 3 * EPS * h.mean(0)))
+        if self.coupling == "features":
+            h = h + 3 * EPS * h.mean(0)
+        elif self.coupling == "ids":
+            h = h + 3 * EPS * self.e(ids.roll(1, 0)).mean(1)
+        return self.o(torch.tanh(h))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a coupling after integer per-sample data (token ids through an Embedding): "
-    "samples_apart follows only floating data, so the record proves nothing and the vmap "
-    "replay is tried; its float32 o.bias is off by ~4e-6 against the float64 Jacobian "
-    "(float32 rounding of the batch graph: ~1e-7), and is accepted"))
-def test_a_coupling_after_token_ids_is_refused():
-    make = _maker(_Embedded)
-    model = make()
+def _ids_and_targets():
     g = torch.Generator().manual_seed(1)
-    ids, t = torch.randint(0, 10, (B, 4), generator=g), torch.randint(0, 3, (B,), generator=g)
+    return torch.randint(0, 10, (B, 4), generator=g), torch.randint(0, 3, (B,), generator=g)
+
+
+@pytest.mark.parametrize("coupling", [None, "features", "ids"])
+def test_token_ids_are_followed_through_the_embedding(coupling):
+    """Integer data: the features an Embedding makes of them are proved apart like the
+    floating data's (a coupling after them refused), an integer step along the batch (a roll
+    of the ids) is refused, and the uncoupled model keeps the vmap replay."""
+    make = _maker(_Embedded, coupling)
+    model = make()
+    ids, t = _ids_and_targets()
     params = dict(model.named_parameters())
     with recording() as record:
         losses = F.cross_entropy(model(ids), t, reduction="none")
+    replay, data = persample.sample_data(record, params, losses)
+    samples = persample.per_sample_constants(replay, B, {**params, **data})
+    assert persample.samples_apart(replay, params, data, samples, B) == (coupling is None)
     got = persample.per_sample_jacobians(record, params, losses)  # (no timed choice of path)
-    if got is not None:  # accepted: then exact, as the batch function's
+    assert (got is not None) == (coupling is None)
+    if got is not None:
         expected = _reference(make, ids, t)
         for k, v in expected.items():
             torch.testing.assert_close(got[k].double(), v, atol=1e-6, rtol=0, msg=k)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_key_padding_mask_keeps_the_vmap_replay(monkeypatch):
+    """A batch-first encoder layer with a boolean key padding mask (per-sample data made
+    into a float mask, merged with the heads inside the attention; softmax by
+    ``_safe_softmax``), the per-layer rules off: proved apart, computed by vmap, exact."""
+    torch.manual_seed(7)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True).double()
+    head = nn.Linear(8, 3).double()
+    x = torch.randn(B, 6, 8, dtype=torch.float64)
+    mask = torch.zeros(B, 6, dtype=torch.bool)
+    mask[1, 4:] = mask[3, 2:] = True
+    t = torch.randint(0, 3, (B,))
+    params = {**{f"layer.{k}": v for k, v in layer.named_parameters()},
+              **{f"head.{k}": v for k, v in head.named_parameters()}}
+    with recording() as record:
+        losses = F.cross_entropy(head(layer(x, src_key_padding_mask=mask)[:, 0]), t,
+                                 reduction="none")
+    used = []
+    original = persample._vectorised
+    monkeypatch.setattr(persample, "_vectorised", lambda *a: used.append(1) or original(*a))
+    monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a: None)
+    got = persample.per_sample_jacobians(record, params, losses)
+    assert got is not None and used
+    for b in (0, 1, 3):
+        rows = torch.autograd.grad(losses[b], list(params.values()), retain_graph=True)
+        for (name, _), row in zip(params.items(), rows):
+            torch.testing.assert_close(got[name][b], row, rtol=1e-9, atol=1e-11, msg=name)

@@ -22,6 +22,7 @@ from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import Deferred, GivenJacobian
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
+from .integer_rows import IntegerRows
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rule_uses, rules_interpreter)
 from .record import tensors_in
@@ -221,29 +222,38 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
 
 def samples_apart(replay: Replay, inputs: dict, data: dict, samples: dict,
                   batch: int) -> bool:
-    """Whether the record proves that output row b reads only row b of every floating
-    per-sample tensor (``data`` by name, ``samples`` by id): the replay run once on leaves
-    standing for them, and :func:`.axisflow.prove` must find output axis 0 carrying each
+    """Whether the record proves that output row b reads only row b of every per-sample
+    tensor (``data`` by name, ``samples`` by id): the replay run once on leaves standing for
+    the floating ones, and :func:`.axisflow.prove` must find output axis 0 carrying each
     one's axis 0. A step reading across the batch (a mean or softmax over it, BatchNorm in
     training mode, a sort, roll, index or cat along it, a matmul contracting it, a view
-    merging it) loses that carry: decided from the graph's structure, never its numbers (a
-    coupling of 1e-5 passes any tolerance, yet vmap's batch of one computes another
-    function). Integer data (targets, token ids) cannot be followed: only the values'
-    comparison judges those. False where the run fails."""
-    floating = {key: t for key, t in {**data, **samples}.items() if t.is_floating_point()}
-    if not floating:
+    merging it with no way back) loses that carry: decided from the graph's structure,
+    never its numbers (a coupling of 1e-5 passes any tolerance, yet vmap's batch of one
+    computes another function). Integer data (targets, token ids, masks) are followed by
+    :class:`.integer_rows.IntegerRows`: only calls keeping rows apart may read them, and
+    the floating tensors made from them are leaves proved as the data's. False where the
+    run fails."""
+    every = {**data, **samples}
+    if not every:
         return True
-    leaves = {key: t.detach().clone().requires_grad_() for key, t in floating.items()}
+    leaves = {key: t.detach().clone().requires_grad_() if t.is_floating_point() else t
+              for key, t in every.items()}
     tensors = {name: t.detach() for name, t in inputs.items()}
-    tensors.update({name: leaves.get(name, t.detach()) for name, t in data.items()})
+    tensors.update({name: leaves[name] for name in data})
+    runner = IntegerRows(replay.steps, batch)
+    for t in leaves.values():
+        if not t.is_floating_point():
+            runner.follow(t)
     try:
         with torch.enable_grad():
-            value = replay.run(tensors, {key: leaves[key] for key in samples if key in leaves})
+            value = replay.run(tensors, {key: leaves[key] for key in samples}, runner)
     except Exception:  # noqa: BLE001 - not followed: not proved
         return False
-    if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[0] != batch:
+    if runner.refused or not isinstance(value, torch.Tensor) or value.dim() < 1 \
+            or value.shape[0] != batch:
         return False
-    for leaf in leaves.values():
+    sources = [t for t in leaves.values() if t.is_floating_point()] + runner.leaves
+    for leaf in sources:
         proof = axisflow.prove(value, leaf)
         if proof.depends and proof.carries.get(0) != (0,):
             return False
