@@ -920,12 +920,6 @@ SHARP = ("x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)) * 20
          "x.requires_grad_(True)\n")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G28-5: --gradcheck false alarm: a right custom backward whose float32 arithmetic is "
-    "PyTorch's own (1 - cos x for x - sin x at 1e-3; the softmax backward at saturated "
-    "logits), bit for bit what the built-in ops give, is reported 'Gradient check FAILED "
-    "... a backward wrong only in float32', while the same cell with the built-in ops is "
-    "passed (x - sin x) or inconclusive (softmax); the float64 replay agrees to 1e-13"))
 @pytest.mark.parametrize("setup, custom, builtin", [
     (SMALL, "XMinusSin.apply(x)", "x - torch.sin(x)"),
     (SHARP, "Softmax.apply(x)[:, 0].sum()", "torch.softmax(x, -1)[:, 0].sum()"),

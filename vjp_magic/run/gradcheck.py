@@ -13,7 +13,8 @@ k of each input (all of them when there are few; with a sample, every other entr
 derivative's own units; a vector output's largest error and noise are told in them after the
 check, :mod:`.gradcheck_units`), atol scaled down where every derivative is below 1 (:func:`_atol`).
 Where the cell computes in float32, its custom backwards are also checked at that dtype
-against the float64 vᵀJ (:func:`_cell_derivatives`).
+against the float64 vᵀJ (:func:`_cell_derivatives`), a difference judged against the rounding
+the same formula has in that dtype (:mod:`.gradcheck_rounding`).
 
 A step must not cross a kink (relu, clamp, abs at 0): there the central difference is not
 a derivative. Each entry's central difference is used only where the one-sided differences
@@ -51,6 +52,7 @@ from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
+from .gradcheck_rounding import rounding_moves
 from .gradcheck_units import derivative_error, per_output
 from .record import tensors_in
 from .replay import NotReplayable, aliases, build, distinct
@@ -217,7 +219,8 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
-    cell = _cell_derivatives(record, inputs, output, names, analytic, replay, probe[1])
+    cell = _cell_derivatives(record, (inputs, values), output, names, analytic, replay,
+                             (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
         for name, f in found.items():
             if f.worst_at is not None:  # each entry that may be the worst in J's units
@@ -368,8 +371,8 @@ BRANCHING = frozenset(("gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "g
                        "searchsorted"))  # with KINKED: where float32 may branch otherwise
 
 
-def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Analytic,
-                      replay, base: torch.Tensor) -> _Cell:
+def _cell_derivatives(record, inputs: tuple, output, names: list, analytic: _Analytic,
+                      replay, base: tuple) -> _Cell:
     """The cell's vᵀJ computed in its own dtype (float32: its custom backwards at that
     dtype, as the cell ran them) against the float64 one, within that dtype's rounding:
     :data:`CELL_ULPS` of its epsilon (at least :data:`RTOL`), plus 10 times the values' own
@@ -378,8 +381,11 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
     (PyTorch's own are right in every dtype: a difference there is rounding); where the
     values differ by over :data:`COARSE`, or the derivatives differ where the cell branches
     (relu, a comparison) and the two dtypes take different branches there
-    (:func:`_same_branches`), the custom backwards are in doubt (the verdict inconclusive, a
-    note), not failed."""
+    (:func:`_same_branches`), or by no more than the same formula's rounding in that dtype
+    (:func:`_rounding_excuses`: cancellation, saturation), the custom backwards are in doubt
+    (the verdict inconclusive, a note), not failed (``inputs``: the cell's and their float64
+    values; ``base``: the float64 output and the run's seed)."""
+    (inputs, values), (base, seed) = inputs, base
     dtype = _cell_dtype(output)
     if dtype is None or analytic.v is None or not analytic.raw or not analytic.custom:
         return _Cell()
@@ -400,14 +406,15 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
             f"{forward:.1e} of the largest."))
     scale = max((float(g.abs().max()) for g in analytic.raw.values() if g.numel()),
                 default=0.0) or 1.0  # the largest derivative of all (a bias before
-    error, failed = {}, []  # BatchNorm: 0 in float64, float32's rounding beside the others')
-    for name, g in zip(names, grads):
+    error, failed, gaps, allowed = {}, [], {}, {}  # BatchNorm: 0 in float64, float32's
+    for name, g in zip(names, grads):  # rounding beside the others'
         want = analytic.raw[name]
         if not want.numel():
             continue
-        gap = (g.double() - want).abs()
-        error[name] = float(gap.max()) / scale
-        if not bool((gap <= (tol + 10 * forward) * (want.abs() + 0.1 * scale)).all()):
+        gaps[name] = (g.double() - want).abs()
+        error[name] = float(gaps[name].max()) / scale
+        allowed[name] = (tol + 10 * forward) * (want.abs() + 0.1 * scale)
+        if not bool((gaps[name] <= allowed[name]).all()):
             failed.append(name)
     branches = [*kinked_ops(replay), *_branching(replay)]
     if failed and branches and not _same_branches(record, inputs, output, replay):
@@ -415,7 +422,33 @@ def _cell_derivatives(record, inputs: dict, output, names: list, analytic: _Anal
             f"The {label} derivatives differ from the float64 ones, but the cell branches "
             f"({', '.join(dict.fromkeys(branches))}) and {label} takes another branch there "
             "than float64 (or the branches could not be compared)."))
+    if failed:
+        return _rounding_excuses(replay, (values, seed), analytic.v, dtype,
+                                 (_Cell(label, error, tuple(failed)), gaps, allowed, scale))
     return _Cell(label, error, tuple(failed))
+
+
+def _rounding_excuses(replay, values: tuple, v: torch.Tensor, dtype: torch.dtype,
+                      found: tuple) -> _Cell:
+    """``found`` (the cell's verdict with failed inputs, each input's difference from the
+    float64 vᵀJ and the difference allowed, per entry, and the largest derivative): where
+    every failed entry's difference is within what the same formula's rounding in ``dtype``
+    moves it by (:func:`.gradcheck_rounding.rounding_moves`), in doubt, not failed."""
+    cell, gaps, allowed, scale = found
+    (values, seed), names = values, list(cell.failed)
+    moves = rounding_moves(replay, values, names, v, dtype, seed)
+    if moves is None or not all(bool((gaps[n] <= allowed[n] + moves[n]).all())
+                                for n in names):
+        return cell
+    worst = max(cell.error[n] for n in names)
+    expected = max(float(moves[n].max()) for n in names) / scale
+    return _Cell(cell.dtype, cell.error, doubtful=tuple(names), note=(
+        f"The {cell.dtype} derivatives of {', '.join(names)} differ from the float64 ones by "
+        f"up to {worst:.1%} of the largest, but rounding of this size is expected here: the "
+        f"same operations in float64, each value rounded as {cell.dtype} rounds it, move "
+        f"them by up to {expected:.1%} (cancellation, as 1 − cos x near 0, or saturation, as "
+        f"1 − p for a softmax's p near 1), so {cell.dtype} cannot tell a right backward from "
+        "a wrong one here."))
 
 
 def _read_gap(record, inputs: dict, output, replay) -> float | None:
