@@ -52,7 +52,7 @@ from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
 from ..core.torch_api import materialized_grad
 from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
-from .gradcheck_rounding import rounding_moves
+from .gradcheck_rounding import MARGIN, RUNS, rounding_moves
 from .gradcheck_units import derivative_error, per_output
 from .record import tensors_in
 from .replay import NotReplayable, aliases, build, distinct
@@ -432,12 +432,13 @@ def _rounding_excuses(replay, values: tuple, v: torch.Tensor, dtype: torch.dtype
                       found: tuple) -> _Cell:
     """``found`` (the cell's verdict with failed inputs, each input's difference from the
     float64 vᵀJ and the difference allowed, per entry, and the largest derivative): where
-    every failed entry's difference is within what the same formula's rounding in ``dtype``
-    moves it by (:func:`.gradcheck_rounding.rounding_moves`), in doubt, not failed."""
+    every failed entry's difference is within :data:`.gradcheck_rounding.MARGIN` times what
+    the same formula's rounding in ``dtype`` moves it by
+    (:func:`.gradcheck_rounding.rounding_moves`), in doubt, not failed."""
     cell, gaps, allowed, scale = found
     (values, seed), names = values, list(cell.failed)
     moves = rounding_moves(replay, values, names, v, dtype, seed)
-    if moves is None or not all(bool((gaps[n] <= allowed[n] + moves[n]).all())
+    if moves is None or not all(bool((gaps[n] <= allowed[n] + MARGIN * moves[n]).all())
                                 for n in names):
         return cell
     worst = max(cell.error[n] for n in names)
@@ -446,9 +447,9 @@ def _rounding_excuses(replay, values: tuple, v: torch.Tensor, dtype: torch.dtype
         f"The {cell.dtype} derivatives of {', '.join(names)} differ from the float64 ones by "
         f"up to {worst:.1%} of the largest, but rounding of this size is expected here: the "
         f"same operations in float64, each value rounded as {cell.dtype} rounds it, move "
-        f"them by up to {expected:.1%} (cancellation, as 1 − cos x near 0, or saturation, as "
-        f"1 − p for a softmax's p near 1), so {cell.dtype} cannot tell a right backward from "
-        "a wrong one here."))
+        f"them by up to {expected:.1%} in {RUNS} runs (cancellation, as 1 − cos x near 0, or "
+        f"saturation, as 1 − p for a softmax's p near 1), so {cell.dtype} cannot tell a right "
+        "backward from a wrong one here."))
 
 
 def _read_gap(record, inputs: dict, output, replay) -> float | None:

@@ -23,6 +23,7 @@ from ..core.torch_api import materialized_grad
 
 RUNS = 4  # runs with values rounded at random
 MARGIN = 3.0  # the largest of RUNS moves, times this: the rounding a float32 run may have
+# (the caller's allowance: a run's rounding is a random sum, RUNS samples see its typical size)
 EXACT = frozenset(("detach", "clone", "alias", "lift_fresh", "copy", "zeros_like",
                    "ones_like", "empty_like", "zeros", "ones", "empty", "full", "full_like",
                    "scalar_tensor", "lift_fresh_copy"))  # ops that compute no rounded value
@@ -31,7 +32,7 @@ EXACT = frozenset(("detach", "clone", "alias", "lift_fresh", "copy", "zeros_like
 def rounding_moves(replay, values: dict, names: list, v: torch.Tensor, dtype: torch.dtype,
                    seed: int) -> dict | None:
     """name -> the largest move per entry of vᵀJ (float64) when the replay's values are
-    rounded as ``dtype`` would round them, times :data:`MARGIN` (see the module); None where
+    rounded as ``dtype`` would round them, over :data:`RUNS` runs (see the module); None where
     the replay cannot be run so, or its vᵀJ differs between two plain runs (a backward
     drawing random numbers: its moves are not rounding)."""
     generator = probe_generator(seed, "gradcheck rounding")
@@ -49,7 +50,7 @@ def rounding_moves(replay, values: dict, names: list, v: torch.Tensor, dtype: to
                 moves[name] = gap if name not in moves else torch.maximum(moves[name], gap)
     except Exception:  # noqa: BLE001 - no measure: the difference stands as it is
         return None
-    return {name: MARGIN * gap for name, gap in moves.items()}
+    return moves
 
 
 def _vjp(replay, values: dict, names: list, v: torch.Tensor, mode) -> tuple:
@@ -93,4 +94,4 @@ class _Rounding(TorchDispatchMode):
         return value + delta * value.abs().clamp_min(self.tiny)
 
 
-__all__ = ["rounding_moves"]
+__all__ = ["MARGIN", "RUNS", "rounding_moves"]
