@@ -271,6 +271,20 @@ def test_a_coupling_inside_one_row_of_a_custom_backward_is_in_the_jacobian():
     assert jac._nnz() == 200 * 200 + 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("how", ["far", "row"])
+def test_custom_backward_couplings_in_low_precision_are_in_the_jacobian(dtype, how):
+    shape, function = ((1000,), _FarCoupling) if how == "far" else ((200, 200), _RowCoupling)
+    x = torch.randn(*shape, generator=_gen(0), dtype=dtype).requires_grad_(True)
+    r = vjp_magic.differentiate(function.apply(x), x, names=["x"], output_name="y")
+    jac = r.jacobian("x", layout=torch.sparse_csr)
+    i, j = (x.numel() - 1, 0) if how == "far" else (7 * 200 + 150, 7 * 200 + 3)
+    assert set(_row(jac, i)) == {i, j} and _row(jac, i)[j] == 0.5  # 0.5: exact in both
+    xs = x.detach()  # the diagonal as the backward computes it in this dtype (mathematics)
+    diagonal = torch.cos(xs) * xs**2 + 2 * xs * torch.sin(xs)
+    assert jac._nnz() == int(diagonal.ne(0).sum()) + 1
+
+
 # --------------------------------------------------------------------------------------------
 # Per-sample rule's kept vᵀD: a tied and a reused Linear (D of one weight from two uses)
 # --------------------------------------------------------------------------------------------
@@ -317,3 +331,19 @@ def test_a_cyclic_picture_names_the_wrap_and_fits_1024_by_768():
     assert "cyclic tridiagonal" in p.alt
     # mathematics: rows 0..39 read i-1, i, i+1; only row 0's x[n-1] lies past column 159
     assert "1 nonzero lies in columns past 159" in p.alt, p.alt
+
+
+@pytest.mark.parametrize("spelling, hidden", [
+    ("band of five with wrap-around", 3),  # rows 0, 1 read x[n-2], x[n-1]: 2 + 1
+    ("a read 1000 back", 40),  # every drawn row i < 40 reads x[i - 1000 mod n]
+])
+def test_the_picture_counts_the_nonzeros_past_its_columns(spelling, hidden):
+    pytest.importorskip("matplotlib")
+    from vjp_magic.render.sparse_picture import sparse_picture
+    n = 3000
+    x = torch.randn(n, generator=_gen(0), dtype=torch.float64, requires_grad=True)
+    y = x + x.roll(1) + x.roll(2) + x.roll(-1) + x.roll(-2) if hidden == 3 else \
+        x + x.roll(1000)
+    p = sparse_picture(vjp_magic.differentiate(y, x, names=["x"], output_name="y"), "x")
+    assert p.width <= 1024 and p.height <= 768
+    assert f"{hidden} nonzeros lie in columns past 159, not drawn" in p.alt, p.alt
