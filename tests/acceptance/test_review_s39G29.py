@@ -68,6 +68,21 @@ def test_an_all_zero_verdict_held_sparsely_has_its_note(f):
     assert d.kind != "independent" or d.note is not None
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "G29-4: r.dependency(name) of a result whose derivatives are all 0 at this x (a dead "
+    "relu, every dtype) is a silent 'independent' (evidence 'observed'), where "
+    "vjp_magic.dependency on the same y and x says 'every derivative is 0 at this x ... at "
+    "another x a dependence may show': the class of G28-4 on the read-off-a-result path"))
+def test_an_all_zero_verdict_read_off_a_result_has_its_note():
+    x = torch.randn(8, 3, generator=_gen(0), dtype=torch.float64).requires_grad_(True)
+    direct = vjp_magic.dependency(_dead(x), x)
+    assert direct.kind == "independent" and direct.note is not None
+    r = vjp_magic.differentiate(_dead(x), x, names=["x"], output_name="y")
+    assert not r.derivatives["x"].any()  # relu' = 0 below 0 (mathematics)
+    d = r.dependency("x")
+    assert d.kind != "independent" or d.note is not None, (d.kind, d.evidence)
+
+
 def _leak(t):
     return t**2 + 0.3 * torch.tanh(30 * t.roll(1, 0))
 
