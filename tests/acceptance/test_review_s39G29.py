@@ -315,10 +315,25 @@ class _Tied(nn.Module):
         return self.b(torch.tanh(self.a(h)))  # a used twice: its D is a sum of two rules
 
 
-def test_per_sample_gradients_of_a_reused_linear_equal_the_loop(ip, run_ok):
+class _Shared(nn.Module):
+    """One Parameter object in two Linear calls and a third F.linear: D is three rules' sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = torch.tanh(F.linear(h, self.a.weight))
+        return self.a(h)[:, :3]
+
+
+@pytest.mark.parametrize("model", [_Tied, _Shared])
+def test_per_sample_gradients_of_a_reused_linear_equal_the_loop(ip, run_ok, model):
     run_ok("import torch.nn.functional as F\ntorch.manual_seed(0)\n"
            "X = torch.randn(16, 5)\nt = torch.randint(0, 3, (16,))")
-    ip.user_ns["net"] = _Tied()
+    torch.manual_seed(1)
+    ip.user_ns["net"] = model()
     r = run_ok("%%vjp --wrt net\nlosses = F.cross_entropy(net(X), t, reduction='none')")
     net, x, t = ip.user_ns["net"], ip.user_ns["X"], ip.user_ns["t"]
     losses = F.cross_entropy(net(x), t, reduction="none")
@@ -362,3 +377,15 @@ def test_the_picture_counts_the_nonzeros_past_its_columns(spelling, hidden):
     p = sparse_picture(vjp_magic.differentiate(y, x, names=["x"], output_name="y"), "x")
     assert p.width <= 1024 and p.height <= 768
     assert f"{hidden} nonzeros lie in columns past 159, not drawn" in p.alt, p.alt
+
+
+def test_the_new_paths_leave_x_grad_and_the_rng_alone():
+    x = _far_from_zero(256)
+    x.grad = torch.full_like(x, 7.0)
+    state = torch.get_rng_state()
+    vjp_magic.dependency(_saturated(x), x, memory_budget=50_000)  # the sparse path
+    vjp_magic.dependency(_leak(x[:8]), x)  # the proved band with its note
+    z = torch.randn(1000, generator=_gen(3), dtype=torch.float64, requires_grad=True)
+    vjp_magic.differentiate(_FarCoupling.apply(z), z)  # the custom-Function probe path
+    assert torch.equal(state, torch.get_rng_state())
+    assert torch.equal(x.grad, torch.full_like(x, 7.0)) and z.grad is None
