@@ -54,11 +54,6 @@ def test_an_all_zero_verdict_held_densely_has_its_note(f):
     assert d.kind == "independent" and d.note is not None and "at this x" in d.note
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G29-1: past the memory budget (the pattern held as sparse CSR, _held_sparsely) an "
-    "all-zero verdict is a silent 'independent' again: the same x, the same map, held "
-    "densely, says 'every derivative is 0 at this x ... at another x a dependence may show'; "
-    "the class of G28-4 on the sparse path (no _with_zeros_note / ALL_ZERO_NOTE there)"))
 @pytest.mark.parametrize("f", [_saturated, _dead])
 def test_an_all_zero_verdict_held_sparsely_has_its_note(f):
     x = _far_from_zero(256)
@@ -68,11 +63,6 @@ def test_an_all_zero_verdict_held_sparsely_has_its_note(f):
     assert d.kind != "independent" or d.note is not None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G29-4: r.dependency(name) of a result whose derivatives are all 0 at this x (a dead "
-    "relu, every dtype) is a silent 'independent' (evidence 'observed'), where "
-    "vjp_magic.dependency on the same y and x says 'every derivative is 0 at this x ... at "
-    "another x a dependence may show': the class of G28-4 on the read-off-a-result path"))
 def test_an_all_zero_verdict_read_off_a_result_has_its_note():
     x = torch.randn(8, 3, generator=_gen(0), dtype=torch.float64).requires_grad_(True)
     direct = vjp_magic.dependency(_dead(x), x)
@@ -98,13 +88,7 @@ def _wrap_hidden_in_float32(n):
 
 @pytest.mark.parametrize("n", [
     8, 32,
-    pytest.param(64, marks=pytest.mark.xfail(strict=True, reason=(
-        "G29-2: the hidden-dependence note depends on the size: up to n = 32 the verdict is "
-        "'proved' and its note names y[0] read x[n-1] (a wrap-around that reads 0 in float32 "
-        "at this x, not in float64); from n = 64 the dense probed path says 'band' with no "
-        "note, though the graph allows the wrap the same way (the class of G28-4: a verdict "
-        "smaller than the graph's bound, silent where the bound is not computed)"))),
-    pytest.param(200, marks=pytest.mark.xfail(strict=True, reason="G29-2 at n = 200")),
+    64, 200,  # G29-2 (fixed): the probed path compares against the graph's bound too
 ])
 def test_a_wrap_read_hidden_by_float32_is_named(n):
     x64 = _wrap_hidden_in_float32(n)
@@ -129,13 +113,6 @@ def test_a_shift_spelled_with_pad_has_no_zeros_note(dtype):
     assert d.kind == "band" and d.note is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G29-3: a constant factor of 0 (a roll-then-mask shift, 0 * x.roll, or x.roll - x.roll "
-    "cancelling) is blamed on x: "
-    "the note says 'a saturated or switched-off unit gives an exact 0 ... at another x that "
-    "dependence may show' and, in float32, 'check in float64', though the derivative is the "
-    "mask, 0 at every x (the same map spelled with F.pad has no note); the hidden-diagonal "
-    "note does not tell a saved constant 0 from a value of x"))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("spelling", ["roll * mask", "0 * roll", "roll - roll"])
 def test_a_constant_zero_is_not_said_to_show_at_another_x(dtype, spelling):
@@ -156,10 +133,7 @@ def test_a_constant_zero_is_not_said_to_show_at_another_x(dtype, spelling):
     assert d.note is None or "at another x" not in d.note, d.note
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G29-3 on the diagonal path: y = x - x or 0 * x (a derivative 0 at every x, "
-    "mathematically) gets ALL_ZERO_NOTE 'a saturated or switched-off unit gives an exact 0 "
-    "... at another x a dependence may show', in float16/bfloat16 also 'check in float64'"))
+# G29-3 (fixed) on the diagonal path too
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("spelling", ["x - x", "0 * x"])
 def test_an_identically_zero_derivative_is_not_said_to_show_at_another_x(dtype, spelling):

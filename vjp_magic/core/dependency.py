@@ -699,7 +699,15 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     if given:
         dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
     with validation.spelled_for({name: item.tensor}):  # as its own module spelled it
+        if not item.unused and not _any_entry(pattern):  # every derivative 0 at this x
+            zero = _zero_words(derivatives.dtype, name)
+            dep = _noted(dep, ALL_ZERO_NOTE.format(x=name, zero=zero))
         return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
+
+
+def _any_entry(pattern: torch.Tensor) -> bool:
+    return bool(pattern.values().any()) if pattern.layout == torch.sparse_csr \
+        else bool(pattern.any())
 
 
 def _smallest(derivatives: torch.Tensor) -> float:
@@ -780,8 +788,10 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     dep = _dependency(found.pattern, a, b, Evidence.PROBED, seed, note, found.complete)
     if not found.complete:
         dep = _shown_witness(dep, found.exact_rows, found.exact_columns)
+    elif allowed is not None:  # a bound too wide to colour: the probes read it entry by entry
+        dep = _with_zeros_note(dep, allowed, output.dtype)
     elif not found.pattern.any():  # nothing at all: every derivative is 0 at this x
-        dep = _noted(dep, ALL_ZERO_NOTE.format(zero=_zero_words(output.dtype)))
+        dep = _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(output.dtype)))
     return _with_underflow_note(dep, output.dtype, found.smallest)
 
 
@@ -818,6 +828,8 @@ def _held_sparsely(output, x, a: int, b: int, budget: int, seed: int) -> Depende
         _refuse(m, n, budget, f", with {keys.numel():,} dependences,")
     dep = _dependency(sparse_pattern(keys // n, keys % n, m, n), a, b, Evidence.PROBED, seed,
                       note)
+    if keys.numel() == 0:  # nothing at all: every derivative is 0 at this x
+        dep = _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(output.dtype)))
     finite = values[held].abs()
     finite = finite[torch.isfinite(finite)]
     return _with_underflow_note(dep, output.dtype,
@@ -930,18 +942,21 @@ def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float,
     return replace(dep, note=note)
 
 
-ALL_ZERO_NOTE = ("every derivative is 0 at this x, though the output is computed from x: "
-                 "{zero}; at another x a dependence may show")
+ALL_ZERO_NOTE = ("every derivative is 0 at this {x}, though the output is computed from {x}: "
+                 "{zero}")
 HIDDEN_NOTE = ("the graph lets {reads}, offset {offset}, which reads 0 at every index at "
-               "this x: {zero}; at another x that dependence may show")
+               "this x: {zero}")
 
 
-def _zero_words(dtype: torch.dtype) -> str:
-    """Why a derivative the graph allows can read 0, in words for the dtype."""
-    words = "a saturated or switched-off unit gives an exact 0"
+def _zero_words(dtype: torch.dtype, name: str = "x") -> str:
+    """Why a derivative the graph allows can read 0, in words true of every cause: a product
+    with 0 or terms that cancel (0 at every x) as well as a saturated or switched-off unit
+    (0 at this x only), and in a low-precision dtype rounding."""
+    words = (f"a product with 0 or terms that cancel give 0 at every {name}, a saturated or "
+             f"switched-off unit at this {name} only")
     if dtype.is_floating_point and torch.finfo(dtype).bits <= 32:
-        words += (f", and {str(dtype).replace('torch.', '')} rounds small ones to 0: check in "
-                  "float64 with x.double()")
+        words += (f"; {str(dtype).replace('torch.', '')} also rounds small ones to 0: check "
+                  f"in float64 with {_spelled(name)}.double()")
     return words
 
 
@@ -957,7 +972,7 @@ def _with_zeros_note(dep: Dependency, allowed, dtype: torch.dtype) -> Dependency
     r, c = entries(dep.pattern) if dep.pattern.layout == torch.sparse_csr \
         else dep.pattern.nonzero(as_tuple=True)
     if r.numel() == 0:
-        return _noted(dep, ALL_ZERO_NOTE.format(zero=_zero_words(dtype)))
+        return _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(dtype)))
     missing = ~torch.isin(offsets, torch.unique(c - r))
     if not bool(missing.any()):
         return dep
