@@ -87,6 +87,12 @@ class SparseJacobian:
 SPARSE_MIN_OUTPUT = 32
 SPARSE_MIN_ENTRIES = 64 * 64
 PAYS_FRACTION = 1 / 4
+# A candidate with points whose dense blocks (components × input entries) hold more entries
+# than this takes its values from the colours of its proved pattern where they number at most
+# PAYS_FRACTION of its components, its points kept (a batch of 64 stencils of 1,000 entries:
+# 3 passes, not 1,000 components and 256 MB of blocks); smaller ones are computed one
+# component per pass, as the tutorial shows them.
+POINTS_DENSE_ENTRIES = 1 << 22
 # Up to this many colours (or probes), plain backward passes one after another: on CPU they
 # beat one vectorised backward of the same vectors (vmap over autograd.grad) many times over.
 LOOP_PASSES = 64

@@ -81,16 +81,21 @@ class SparseDerivatives(NamedTuple):
     :class:`InputResult` makes them the sparse COO tensor ``out_shape + in_shape`` when its
     ``derivatives`` are first read (:func:`.sparse_layout.coo_derivatives`), so an analysis
     whose caller reads only the CSR (``r.jacobian(name, layout=torch.sparse_csr)``) never
-    builds it. ``layout``, ``shape``, ``dtype`` and ``device`` are the COO tensor's."""
+    builds it. ``layout``, ``shape``, ``dtype`` and ``device`` are the COO tensor's.
+    ``point_out_axes``: a point structure's (its every nonzero on the points, the values from
+    the colours): the COO tensor is then of the component shape + ``in_shape``, as for any
+    point structure."""
 
     matrix: torch.Tensor
     out_shape: tuple
     in_shape: tuple
+    point_out_axes: tuple = ()
     layout = torch.sparse_coo
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size(tuple(self.out_shape) + tuple(self.in_shape))
+        kept = tuple(n for a, n in enumerate(self.out_shape) if a not in self.point_out_axes)
+        return torch.Size(kept + tuple(self.in_shape))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -101,7 +106,7 @@ class SparseDerivatives(NamedTuple):
         return self.matrix.device
 
     def tensor(self) -> torch.Tensor:
-        return coo_derivatives(self.matrix, self.out_shape, self.in_shape)
+        return coo_derivatives(self.matrix, self.out_shape, self.in_shape, self.point_out_axes)
 
 
 class _Derivatives:
@@ -138,7 +143,8 @@ class InputResult:
     unverified: tuple[str, ...] = ()  # custom autograd.Function backward nodes on the way
     rejected: tuple[Pairing, ...] = ()  # larger pairings the probe rule rejected, best first
     # The compressed passes' result, when they computed the derivatives (which are then a
-    # sparse COO tensor, output.shape + input.shape): pattern, colours, evidence.
+    # sparse COO tensor, output.shape + input.shape; with points, the component shape +
+    # input.shape, the pairing kept): pattern, colours, evidence.
     sparse: SparseJacobian | None = None
 
     def __post_init__(self) -> None:

@@ -10,8 +10,9 @@ import torch
 from .candidates import Candidate
 from .colouring import colour_rows
 from .column_passes import kept_by_columns
-from .compressed import (OVER_BUDGET, PAYS_FRACTION, SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT,
-                         TOO_DENSE, Attempt, SparseJacobian, attempt, sparse_need)
+from .compressed import (OVER_BUDGET, PAYS_FRACTION, POINTS_DENSE_ENTRIES, SPARSE_MIN_ENTRIES,
+                         SPARSE_MIN_OUTPUT, TOO_DENSE, Attempt, SparseJacobian, attempt,
+                         sparse_need)
 from .errors import VJPUsageError
 from .indexmaps import proved_pattern
 from .pairing import Evidence, Pairing
@@ -90,6 +91,44 @@ class SparseChoice:
         Jacobian's nonzeros and bytes where it was over the budget too (:meth:`on_refusal`)."""
         return self._accepting(named, group, accepted, lambda name: Candidate(Pairing(), True))
 
+    def at_points(self, named, group, candidates, position, count: int, accepted) -> list[str]:
+        """Large path, at a candidate with points of ``count`` components each: each input
+        of ``group`` whose dense blocks would hold over ``POINTS_DENSE_ENTRIES`` entries, whose
+        proved pattern lies on the candidate's points (so the pairing holds wherever the
+        pattern does) and colours in at most ``PAYS_FRACTION`` of ``count`` passes goes into
+        ``accepted`` with its points kept: the values from the colours, the derivatives the
+        component shape + input shape as for any point structure (sparse COO). The rest are
+        returned, for one VJP per component (nothing spent on them but the pattern's proof
+        and colouring: no pattern is observed, the points' passes would cost less)."""
+        rest, most = [], int(count * PAYS_FRACTION)
+        for name in group:
+            tensor, pairing = named[name], candidates[name][position[name]].pairing
+            found = self._coloured_points(name, tensor, pairing, count, most)
+            if found is None:
+                rest.append(name)
+                continue
+            self._tried.add(name)
+            accepted[name] = (Candidate(pairing, True),
+                              self._taken(name, tensor, found, tuple(pairing.out_axes)))
+        return rest
+
+    def _coloured_points(self, name, tensor, pairing, count: int, most: int):
+        """:meth:`at_points`'s :class:`SparseJacobian` for one input, or None."""
+        shapes = (tuple(self.output.shape), tuple(tensor.shape))
+        if count * tensor.numel() <= POINTS_DENSE_ENTRIES or not self._worth(tensor) or \
+                name in self._tried or not any(tensor.shape[b] > 1 for b in pairing.in_axes):
+            return None
+        pattern = self._proved(name, tensor)
+        if pattern is None or off_points(pattern.crow, pattern.col, None, *shapes, pairing):
+            return None
+        found = self._early.get(name)  # made already (with a higher cap): its colours
+        if found is None:
+            found = self._attempt(name, tensor, pattern, most)
+        if found.sparse is None or found.sparse.count > most:
+            return None
+        self._early.pop(name, None)
+        return found.sparse
+
     def _accepting(self, named, group, accepted, candidate) -> list[str]:
         """The inputs of ``group`` the compressed passes compute go into ``accepted`` at
         ``candidate(name)``; the rest are returned."""
@@ -156,14 +195,16 @@ class SparseChoice:
             self._early[name] = self._attempt(name, tensor, pattern)
         return self._early[name]
 
-    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None) -> Attempt:
+    def _attempt(self, name: str, tensor: torch.Tensor, pattern=None,
+                 max_colours: int | None = None) -> Attempt:
         """:func:`.compressed.attempt` checked against the analysis's probe 0 where it serves
         more (computed already, or shared by several inputs), else against a probe of its
-        own (drawn at a third of the cost: probe 0 may never be needed)."""
+        own (drawn at a third of the cost: probe 0 may never be needed); ``max_colours``:
+        :attr:`max_colours` unless given."""
         shared = self.probes.seconds is not None or len(self.probes.named) > 1
         known = (self.probes.vector(), self.probes.vjp(name)) if shared else None
-        return attempt(self.output, tensor, self.budget, self.probes.seed, self.max_colours,
-                       known, pattern)
+        return attempt(self.output, tensor, self.budget, self.probes.seed,
+                       self.max_colours if max_colours is None else max_colours, known, pattern)
 
     def _computed(self, name: str, tensor: torch.Tensor) -> torch.Tensor | None:
         if not self._worth(tensor) or name in self._tried:
@@ -180,10 +221,13 @@ class SparseChoice:
             return None
         return self._taken(name, tensor, found.sparse)
 
-    def _taken(self, name, tensor, sparse: SparseJacobian) -> SparseDerivatives:
-        """The derivatives of ``sparse``, made a COO tensor when the result's are read."""
+    def _taken(self, name, tensor, sparse: SparseJacobian,
+               point_out_axes: tuple = ()) -> SparseDerivatives:
+        """The derivatives of ``sparse``, made a COO tensor when the result's are read
+        (without ``point_out_axes``: a point structure's)."""
         self.taken[name] = sparse
-        return SparseDerivatives(sparse.matrix, tuple(self.output.shape), tuple(tensor.shape))
+        return SparseDerivatives(sparse.matrix, tuple(self.output.shape), tuple(tensor.shape),
+                                 point_out_axes)
 
     def after_exact(self, accepted: dict, named: dict) -> dict:
         """Small path: each accepted full Jacobian (no points) whose pattern's colouring pays

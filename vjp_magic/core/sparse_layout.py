@@ -70,12 +70,19 @@ def identity_pattern(crow: torch.Tensor, col: torch.Tensor) -> bool:
     return torch.equal(crow.long(), steps) and torch.equal(col.long(), steps[:m])
 
 
-def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
+def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape,
+                    point_out_axes=()) -> torch.Tensor:
     """The 2-D CSR ``matrix`` as a coalesced sparse COO tensor of shape
     ``out_shape + in_shape`` (its rows and columns unravelled; the 2-D indices from torch's
     own conversion, up to :data:`NUMPY_COO_NNZ` nonzeros on the CPU, else numpy's repeat
     of the rows stacked with the columns: 1.3x slower than torch's at 10⁵ nonzeros, 1.5x
-    faster at 3·10⁶, one thread)."""
+    faster at 3·10⁶, one thread). With ``point_out_axes`` (a point structure whose every
+    nonzero lies on its points), those output axes are left out: the component shape +
+    ``in_shape``, as ``r.derivatives`` holds a point structure's (each output point index is
+    its input's)."""
+    if point_out_axes:
+        return _at_points(coo_derivatives(matrix, out_shape, in_shape), len(out_shape),
+                          point_out_axes)
     out_shape, in_shape = tuple(out_shape), tuple(in_shape)
     crow = matrix.crow_indices()
     if crow.device.type == "cpu" and matrix.col_indices().numel() >= NUMPY_COO_NNZ:
@@ -95,6 +102,14 @@ def coo_derivatives(matrix: torch.Tensor, out_shape, in_shape) -> torch.Tensor:
 
 
 NUMPY_COO_NNZ = 2_000_000
+
+
+def _at_points(full: torch.Tensor, out_ndim: int, point_out_axes) -> torch.Tensor:
+    """The COO ``full`` (out_shape + in_shape) without its output point axes, re-sorted."""
+    keep = [d for d in range(full.dim()) if d >= out_ndim or d not in set(point_out_axes)]
+    shape = tuple(full.shape[d] for d in keep)
+    return _quiet(lambda: torch.sparse_coo_tensor(full.indices()[keep], full.values(), shape)
+                  .coalesce())
 
 
 def unravelled(flat: torch.Tensor, shape) -> list[torch.Tensor]:

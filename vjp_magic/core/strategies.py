@@ -222,6 +222,11 @@ def from_verified_pairings(context, named, candidates, probes):
         count = _components(output, point_out)
         if count == output.numel() and context.sparse is not None:  # no points: compressed?
             group = context.sparse.take(named, group, candidates, position, accepted)
+        elif context.sparse is not None:  # points: a large batch of stencils by its colours?
+            group = context.sparse.at_points(named, group, candidates, position, count,
+                                             accepted)
+            if not group:
+                continue
         if _skip_over_budget(context, named, candidates, position, group, count):
             continue  # a later candidate may fit
         if count < output.numel() and context.sparse is not None and count * sum(

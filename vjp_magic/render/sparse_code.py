@@ -1,7 +1,8 @@
 """``r.code`` for an input whose Jacobian was computed by compressed passes (issue 20): the
 coloured passes the display teaches — one backward per colour (by columns: one forward-mode
 pass per colour of the input's entries) — then ``d_<name>`` decompressed from them as a
-sparse COO tensor shaped ``output.shape + input.shape``, as ``r.derivatives[name]`` is.
+sparse COO tensor shaped ``output.shape + input.shape`` (with points, the component shape +
+``input.shape``), as ``r.derivatives[name]`` is.
 
 Never the one-hot loop (at n = 10⁵ that is 10⁵ passes and a dense n × n tensor). A stencil
 whose colours have a closed form needs nothing but the cell's tensors: each entry's
@@ -71,7 +72,10 @@ def _nonzeros_at(result, name: str, found, y: str, x: str, d: str, taken: set, s
         where = _at_offsets(found, y, x, (p, q), taken)
     else:
         where = _from_pattern(name, (p, q), fresh("pattern", taken), source)
-    return where + _coo(d, y, x, p, q, value.format(p=p, q=q))
+    kept = [a for a in range(result.output.dim())
+            if a not in result.inputs[name].pairing.out_axes]  # points: the input's index
+    return where + _coo(d, y, x, p, q, value.format(p=p, q=q),
+                        None if len(kept) == result.output.dim() else kept)
 
 
 def _at_offsets(found, y: str, x: str, pq, taken: set) -> list[str]:
@@ -104,9 +108,18 @@ def _from_pattern(name: str, pq, pattern: str, source: str) -> list[str]:
             f"{q} = {pattern}.col_indices()"]
 
 
-def _coo(d: str, y: str, x: str, p: str, q: str, value: str) -> list[str]:
+def _coo(d: str, y: str, x: str, p: str, q: str, value: str, kept=None) -> list[str]:
+    """``d`` as a sparse COO tensor, shape ``y.shape + x.shape``; with points, only ``y``'s
+    axes ``kept`` (its point axes are the input's: the component shape + ``x.shape``, as
+    ``r.derivatives`` holds a point structure's)."""
+    if kept is None:
+        rows, shape = f"torch.stack(torch.unravel_index({p}, {y}.shape))", f"tuple({y}.shape)"
+    else:
+        rows = f"torch.stack(torch.unravel_index({p}, {y}.shape))[{kept}]"
+        shape = "(" + "".join(f"{y}.shape[{a}], " for a in kept).rstrip(" ") + ")"
+    comment = "" if kept is None else f"  # {y}'s points: {x}'s index"
     return [f"{d} = torch.sparse_coo_tensor(torch.cat([",
-            f"    torch.stack(torch.unravel_index({p}, {y}.shape)),",
+            f"    {rows},{comment}",
             f"    torch.stack(torch.unravel_index({q}, {x}.shape))]),",
-            f"    {value}, tuple({y}.shape) + tuple({x}.shape),",
+            f"    {value}, {shape} + tuple({x}.shape),",
             "    check_invariants=True).coalesce()"]
