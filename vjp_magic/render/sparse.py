@@ -963,13 +963,18 @@ def value_formulas(result, name: str, options) -> list[Formula]:
 
 def sparse_blocks(result, name: str, options, explained: bool = False,
                   jacobian: bool = False, freed: tuple[str, ...] = ()) -> list:
-    """The whole display of one input computed by compressed passes: the pattern in words,
-    v (unless ``--explain`` says it above), the code, the nonzero values (``jacobian``,
-    ``%jacobian``: then the m × n Jacobian itself, summarised, looked up in the CSR; at the
-    last :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them);
+    """The whole display of one input computed by compressed passes: its points (where it
+    has them: the values from the colours), the pattern in words, v (unless ``--explain``
+    says it above), the code, the nonzero values (``jacobian``, ``%jacobian``: then the
+    m × n Jacobian itself, summarised, looked up in the CSR; at the last
+    :data:`.budget.LEVELS`, where nothing else fits one screen: a pointer to them);
     ``freed``: the lines the code starts with, the cell's backward having freed the graph.
     On a short screen the code's comment lines go before the values do (it runs alike)."""
     blocks: list = [pattern_paragraph(result, name), *_findings(result, name, options)]
+    if result.inputs[name].has_points:  # a large batch of stencils: its points first
+        from .sections import headline
+
+        blocks.insert(0, headline(result, name))
     if not explained:
         blocks.append(colour_paragraph(result, name, options))
     code = colour_code(result, name, freed)

@@ -212,7 +212,9 @@ def _same_shape(case: Case) -> Verdict | None:
         found = recognise(case, target, a)
         if found is not None:
             return found
-    return case.verdict(VerdictKind.WRONG, _hints.wrong(case), form=target.form)
+    # points whose values came from the colours: the hint teaches the display's passes
+    return case.verdict(VerdictKind.WRONG, _hints.wrong(case, coloured=case.exp.item.has_points),
+                        form=target.form)
 
 
 def _accumulated(case: Case, target: Target, a) -> Verdict | None:
@@ -695,7 +697,9 @@ def _form_target(case: Case, shape) -> Target | None:
 
 
 def _recognised(case: Case, a: torch.Tensor) -> Verdict:
-    """The verdict on the answer ``a``: right, the mistake recognised, or just wrong."""
+    """The verdict on the answer ``a``: right, the mistake recognised, or just wrong (a
+    VJPUsageError where it is too large to grade: :meth:`.Expected.refuse_too_large`)."""
+    case.exp.refuse_too_large(a)
     case.a = a
     for recognise in (_same_shape, _x_shaped, _arranged, _compressed):
         found = recognise(case)

@@ -141,7 +141,21 @@ class Expected:
         self.rtol = max(tolerances(t).backward for t in dtypes)
         self.points = tuple(len(self.comp) + b for b in item.pairing.in_axes)
         self.jacobian_shape = tuple(result.output.shape) + tuple(self.x.shape)
-        self.shape = self.jacobian_shape if self.d is None else tuple(self.d.shape)
+        self.shape = tuple(self.d.shape) if self.d is not None else \
+            self.comp + tuple(self.x.shape) if item.has_points else self.jacobian_shape
+
+    def refuse_too_large(self, a: torch.Tensor) -> None:
+        """A VJPUsageError where ``a`` has the shape of the point structure's dense blocks
+        (as ``r.derivatives`` holds them, or one Jacobian per row) while they were kept
+        sparse, too large to grade entry by entry (:func:`.sparse_dense.fits_dense`)."""
+        if self.d is not None or not self.item.has_points or \
+                a.numel() != math.prod(self.shape):
+            return
+        raise VJPUsageError(
+            f"The answer has {a.numel():,} entries, the dense blocks of {self.count:,} "
+            f"components at every point: too many to grade here. Grade the answer of a "
+            f"smaller batch (the derivatives have shape {tuple(self.shape)}, or one Jacobian "
+            f"per row: {self._per_row_shape()}).")
 
     @property
     def device(self) -> torch.device:

@@ -7,6 +7,7 @@ budget; a larger one is worked on in its CSR form (:func:`column_sums`, :func:`c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -14,6 +15,10 @@ import torch
 from ..core import memory
 
 DENSE_ENTRIES = 1 << 22  # entries: a sparse Jacobian up to this size is graded densified
+# entries: a point structure whose values came from the colours (a large batch of stencils)
+# is graded on its dense blocks (components × input entries: the per-row answer's size) up to
+# this size
+POINTS_DENSE_ENTRIES = 1 << 24
 
 
 def is_sparse(item) -> bool:
@@ -21,22 +26,31 @@ def is_sparse(item) -> bool:
 
 
 def fits_dense(result, name: str) -> bool:
-    """The sparse Jacobian of input ``name`` may be densified (entries and memory budget)."""
+    """The sparse Jacobian of input ``name`` may be densified (entries and memory budget):
+    with points, its dense blocks (as ``r.derivatives`` holds a point structure's)."""
     item = result.inputs[name]
-    size = result.output.numel() * item.tensor.numel()
+    if item.has_points:
+        size, most = math.prod(result.component_shape(name)) * item.tensor.numel(), \
+            POINTS_DENSE_ENTRIES
+    else:
+        size, most = result.output.numel() * item.tensor.numel(), DENSE_ENTRIES
     budget = result.memory_budget or memory.resolve_budget(None, result.output.device)
-    return size <= DENSE_ENTRIES and 8 * size <= budget
+    return size <= most and 8 * size <= budget
 
 
 def densified(result, names=None):
     """``result`` with each sparse input (of ``names``, default all) that fits as an
-    ordinary dense one: ``derivatives`` strided, shape output.shape + input.shape, ``sparse``
-    None. Inputs too large stay sparse (:func:`too_large` names them)."""
+    ordinary dense one: ``derivatives`` strided (shape output.shape + input.shape; with
+    points, the component shape + input.shape, the pairing kept), ``sparse`` None. Inputs
+    too large stay sparse (:func:`too_large` names them)."""
     inputs = dict(result.inputs)
     for name, item in result.inputs.items():
         if (names is None or name in names) and is_sparse(item) and fits_dense(result, name):
-            shape = tuple(result.output.shape) + tuple(item.tensor.shape)
-            dense = item.sparse.matrix.to_dense().reshape(shape)
+            if item.has_points:
+                dense = item.derivatives.to_dense()
+            else:
+                shape = tuple(result.output.shape) + tuple(item.tensor.shape)
+                dense = item.sparse.matrix.to_dense().reshape(shape)
             inputs[name] = replace(item, derivatives=dense, sparse=None)
     if all(inputs[n] is result.inputs[n] for n in inputs):
         return result
@@ -67,5 +81,5 @@ def csr_row(matrix: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-__all__ = ["DENSE_ENTRIES", "column_sums", "csr_row", "densified", "fits_dense", "is_sparse",
-           "too_large"]
+__all__ = ["DENSE_ENTRIES", "POINTS_DENSE_ENTRIES", "column_sums", "csr_row", "densified",
+           "fits_dense", "is_sparse", "too_large"]

@@ -18,6 +18,8 @@ Other inputs of the same result are explained as ``teach/explain.py`` explains t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..render import notation
@@ -148,7 +150,20 @@ def _no_collision_step(result, name: str) -> Paragraph:
         Math("J_{ij}", "J_ij"), " for that row, and nothing collides. One backward per colour, "
         f"{sparse.count} in all, gives every one of the "
         f"{entries_words(sparse, 'nonzeros', 'entries')} of ", Math("J", "J"),
-        ", each read off at its row's colour.")
+        ", each read off at its row's colour.", *_at_every_point(result, name))
+
+
+def _at_every_point(result, name: str) -> list:
+    """Where the values of a point structure came from the colours (a large batch of
+    stencils): why one v serves every point at once, against one pass per component."""
+    item = result.inputs[name]
+    if not item.has_points:
+        return []
+    count = math.prod(result.component_shape(name))
+    return [f" The {item.point_count:,} points never share an entry of ",
+            notation.prose_name(name), f" (each reads only its own), so one colouring serves "
+            f"all of them at once: {plural(sparse_of(result, name).count, 'pass')} instead of "
+            f"one per component ({count:,})."]
 
 
 # -- computed by columns: one forward-mode pass per colour of x's entries ----------------------
