@@ -115,9 +115,10 @@ class SparseChoice:
     def _coloured_points(self, name, tensor, pairing, count: int, most: int):
         """:meth:`at_points`'s :class:`SparseJacobian` for one input, or None."""
         shapes = (tuple(self.output.shape), tuple(tensor.shape))
-        if count * tensor.numel() <= POINTS_DENSE_ENTRIES or not self._worth(tensor) or \
-                name in self._tried or not any(tensor.shape[b] > 1 for b in pairing.in_axes):
-            return None
+        if most < 2 or count * tensor.numel() <= POINTS_DENSE_ENTRIES or \
+                not self._worth(tensor) or name in self._tried or \
+                not any(tensor.shape[b] > 1 for b in pairing.in_axes):
+            return None  # (a few components: their passes cost no more than colours would)
         pattern = self._proved(name, tensor)
         if pattern is None or off_points(pattern.crow, pattern.col, None, *shapes, pairing):
             return None
