@@ -27,7 +27,7 @@ from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
 from .core.modes import modes_aside
-from .core.quiet import analysis_device, no_subclass_code, quiet_autograd
+from .core.quiet import analysis_device, generators_kept, no_subclass_code, quiet_autograd
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -166,7 +166,8 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
     """
     from .teach import grading, grading_against
 
-    with modes_aside():  # the user's torch modes run on f's calls only (grading_against)
+    # the user's torch modes run on f's calls only (grading_against); the generators as found
+    with modes_aside(), generators_kept():
         return _checked(grading, grading_against, answer, output, inputs, names, y)
 
 

@@ -851,13 +851,6 @@ def test_gradcheck_is_as_strict_as_torch_autograd_gradcheck(ip, run_ok, factor, 
     assert check.ok is expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G28-1: the user's state: a custom autograd.Function whose backward draws random numbers "
-    "(a noisy or stochastic straight-through estimator) is run by the analysis on the cell's "
-    "own graph (10-15 times), and each run advances torch's global RNG: after the %%vjp cell "
-    "torch.get_rng_state() differs from a plain run's, though the cell ran no backward (or "
-    "one); the README promises replays leave the generators as they found them, and the "
-    "hook refusal says 'vjp_magic runs none of your code after it ran'"))
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 @pytest.mark.parametrize("tail", ["", ".sum()", ".sum()\ny.backward()"])
 def test_a_random_custom_backward_leaves_the_rng_of_a_plain_cell(ip, run_ok, line, tail):

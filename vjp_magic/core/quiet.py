@@ -22,14 +22,25 @@ tensor): the cell ran it, the analysis does not (:func:`no_subclass_code`): insi
 operation, as on a plain tensor. A ``__torch_dispatch__`` (a wrapper subclass: DTensor, a
 quantised or logging tensor) runs below autograd, in every backward pass, and cannot be
 turned off: :func:`user_subclass` names it, for the entry points to refuse.
+
+The random generators: the analysis calls the user's custom Function backwards on the cell's
+graph (every pass, probe, verification, gradcheck), and such a backward may draw random numbers
+(a noisy straight-through estimator). :func:`generators_kept` saves every generator such code
+can advance (torch's CPU generator, each CUDA device's where CUDA is initialised, Python's
+``random`` and numpy's global ``RandomState``: each is cheap to save) when the analysis starts,
+after the user's code ran, and puts them back when it ends, error or not: after a call the
+generators are as a plain run leaves them. (The replays' own ``fork_rng`` make each replay
+draw what the cell drew; this keeps the whole analysis.)
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sys
 import threading
 
+import numpy
 import torch
 from torch.utils._device import DeviceContext, _device_constructors
 
@@ -156,15 +167,33 @@ def _called_by_us(frame) -> bool:
 
 
 @contextlib.contextmanager
+def generators_kept():
+    """Every global random generator the user's code can advance (torch's CPU one, each CUDA
+    device's once CUDA is initialised, Python's ``random``, numpy's global one) as it was on
+    entry, when the context ends, however it ends."""
+    cpu, py, np_state = torch.get_rng_state(), random.getstate(), numpy.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        random.setstate(py)
+        numpy.random.set_state(np_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
 def quiet_autograd(default_device: bool = False):
-    """Anomaly detection off, no default saved-tensor hooks, grad mode on, inference mode and
+    """The random generators kept (:func:`generators_kept`), anomaly detection off, no
+    default saved-tensor hooks, grad mode on, inference mode and
     autocast off, no tensor subclass's ``__torch_function__`` (:func:`no_subclass_code`),
     none of the user's torch function and dispatch modes (:func:`~.modes.modes_aside`)
     inside; all restored after (also as a decorator). ``default_device``: the
     CPU as the default device inside too (:func:`analysis_device`: for an entry point that
     runs none of the user's code)."""
     # the user's torch modes: set aside first, before any torch call of ours
-    with modes_aside(), _quiet(default_device):
+    with modes_aside(), generators_kept(), _quiet(default_device):
         yield
 
 
@@ -192,5 +221,5 @@ def _quiet(default_device: bool):
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
-__all__ = ["analysis_device", "no_subclass_code", "quiet_autograd", "subclass_code",
-           "user_subclass"]
+__all__ = ["analysis_device", "generators_kept", "no_subclass_code", "quiet_autograd",
+           "subclass_code", "user_subclass"]

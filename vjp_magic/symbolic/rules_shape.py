@@ -163,8 +163,11 @@ RULES["zeros_like"] = _constant_like(lambda s: torch.zeros(s))
 RULES["empty_like"] = RULES["zeros_like"]
 RULES["ones_like"] = _constant_like(lambda s: torch.ones(s))
 RULES["full_like"] = _constant_like(lambda s, value: torch.full(s, float(value)))
-RULES["rand_like"] = _constant_like(lambda s: torch.rand(s, dtype=torch.float64))
-RULES["randn_like"] = _constant_like(lambda s: torch.randn(s, dtype=torch.float64))
+# random values as constants, drawn from a private generator: the user's is not advanced
+RULES["rand_like"] = _constant_like(lambda s: torch.rand(
+    s, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+RULES["randn_like"] = _constant_like(lambda s: torch.randn(
+    s, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
 
 
 def _getitem(input, index):
