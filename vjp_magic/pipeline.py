@@ -94,7 +94,8 @@ def pipeline(subject: Subject, request: Request,
         output_name, output = subject.output(request.of)
         inputs = subject.inputs(request.wrt, output, output_name)
         with analysis_device():
-            refuse_reentrant(output, output_name)  # a backward re-running the forward: first
+            # a backward re-running the forward: first (the subject's advice for the passes')
+            refuse_reentrant(output, output_name, subject.replay)
     with analysis_device():  # the user's code has run: the CPU as the default device
         capture = _per_sample_capture(subject, inputs, output, request, features)
         graph = analysed_graph(subject.record, inputs, output, subject.namespace,

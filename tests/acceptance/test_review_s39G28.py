@@ -896,12 +896,6 @@ def test_a_hook_beside_a_custom_function_is_refused_and_runs_no_hook(ip, run_ok,
     assert "<lambda>" in text and ip.user_ns["log"] == [] and ip.user_ns["x"].grad is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G28-3: message: inside a %%vjp cell, a custom autograd.Function with a tensor hook is "
-    "refused with advice to 'Pass a function computing it ... (vjp_magic.differentiate(lambda: "
-    "f(x), x), or a %%vjp cell)': the user is in a %%vjp cell already, and neither helps "
-    "(the custom Function keeps the analysis on the cell's own graph); only 'remove the hook' "
-    "does"))
 def test_a_hook_refusal_in_a_cell_does_not_advise_a_cell(run_ok, usage_error):
     run_ok(FUNCTIONS + "log = []")
     text = usage_error("%%vjp\n" + HOOKED)

@@ -12,6 +12,28 @@ class VJPUsageError(ValueError):
     """A user mistake, with a message that says what to do."""
 
 
+# What of the user's code the analysis runs after it ran, as every refusal says it: a custom
+# Function's backward is theirs and the passes call it (as any backward pass would)
+AFTER_YOUR_CODE = ("after your code ran, vjp_magic calls none of it but a custom "
+                   "autograd.Function's backward: no hook, no forward, no checkpointed block")
+
+
+def where_advice(fix: str, custom: bool, replay: str | None) -> str:
+    """What to do, from where the user is, about their code that a pass on the output's own
+    graph would run: ``fix`` ("remove the hook"), and before it ``replay``, how the entry
+    point they called has the output's operations recorded and a replay differentiated (None:
+    they are already, in a %%vjp cell or a function given; or never, as ``dependency``).
+    Where a custom Function (``custom``) is on the graph no replay is made (none runs its
+    forward again): ``fix`` is the only way."""
+    fix = f"{fix[:1].upper()}{fix[1:]}"
+    if custom:
+        return (f"{fix} to see its derivatives: a custom autograd.Function on its graph keeps "
+                "the analysis on that graph (no replay runs its forward again)")
+    if replay:
+        return f"{replay}; or {fix[:1].lower()}{fix[1:]}"
+    return f"{fix} to see its derivatives"
+
+
 def operand(source: str) -> str:
     """``source`` spelled so that an attribute may follow it in advice: ``y`` → ``y``,
     ``c**2`` → ``(c**2)`` (``c**2.real`` is a SyntaxError, ``-y.real`` another number)."""

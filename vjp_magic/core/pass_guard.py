@@ -67,7 +67,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import VJPUsageError
+from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 
 _CHECKPOINT_FILE = "checkpoint.py"
 
@@ -116,9 +116,15 @@ class _Armed(threading.local):
     custom = False
     hooks: frozenset = frozenset()
     output_name = "the output"
+    replay: str | None = None  # how the user, where they are, has a replay made (advice)
 
 
 _ARMED = _Armed()
+
+
+def armed_advice(fix: str) -> str:
+    """:func:`~.errors.where_advice` for the graph armed last (:func:`pass_guard`'s)."""
+    return where_advice(fix, _ARMED.custom, _ARMED.replay)
 
 
 class _GuardedEngine:
@@ -279,7 +285,8 @@ class _Guard:
         code, watched = frame.f_code, _watched()
         if code in self.hooks:
             checkpointed = code.co_filename.endswith(_CHECKPOINT_FILE)
-            raise VJPUsageError(_messages().hooked_message(_ARMED.output_name, checkpointed))
+            raise VJPUsageError(_messages().hooked_message(
+                _ARMED.output_name, checkpointed, _ARMED.custom, _ARMED.replay))
         if code in _APPLIES:
             self._frames.append((frame, True, torch.is_grad_enabled()))
         elif code.co_name == "unpack_hook" and code.co_filename.endswith(_CHECKPOINT_FILE):
@@ -540,12 +547,9 @@ def foreign_message(code: types.CodeType, output_name: str = "the output") -> st
     """The usage error for a pass that would call the user's hook (``code``) on their graph."""
     name = getattr(code, "co_qualname", code.co_name)
     where = f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
-    return (f"{output_name} is differentiated on its own graph (nothing vjp_magic recorded "
-            f"stands for it), and each backward pass through it would call your hook {name} "
-            f"({where}); vjp_magic runs none of your code after it ran, so the pass stopped "
-            "before it started. Pass a function computing it, so it is recorded and a replay "
-            "without hooks differentiated (vjp_magic.differentiate(lambda: f(x), x), or a "
-            "%%vjp cell), or remove the hook.")
+    return (f"{output_name} is differentiated on its own graph, and each backward pass "
+            f"through it would call your hook {name} ({where}); {AFTER_YOUR_CODE}, so the "
+            f"pass stopped before it started. {armed_advice('remove the hook')}.")
 
 
 class _Watched(NamedTuple):
@@ -562,4 +566,4 @@ def _watched() -> _Watched:
     return _Watched(calls)
 
 
-__all__ = ["foreign_message", "guarded", "pass_guard", "reentrant_guard"]
+__all__ = ["armed_advice", "foreign_message", "guarded", "pass_guard", "reentrant_guard"]

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import VJPUsageError
+from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 from .graph_facts import raw_saved, unpack_hooked
 from .pass_guard import _ARMED, _CHECKPOINT_FILE, _Guard, _entry_points, pass_guard, reentrant_guard
 from .quiet import user_subclass
@@ -188,16 +188,18 @@ def _dispatching(values):
     return next((v for v in values if user_subclass(v) == "__torch_dispatch__"), None)
 
 
-def refuse_reentrant(output, output_name: str = "the output") -> None:
+def refuse_reentrant(output, output_name: str = "the output",
+                     replay: str | None = None) -> None:
     """A :class:`VJPUsageError` where ``output``'s graph holds a reentrant node or a
     ``__torch_dispatch__`` subclass (behind a custom Function, in a node's saved tensors or
     its ``ctx``), before any pass on it: no forward runs again, no hook fires, no state
     changes. Arms :func:`pass_guard` for the passes on this graph: a custom Function's
     backward, and the user's unpack hooks (a non-reentrant checkpoint's recomputation, their
-    ``saved_tensors_hooks``), which a replayed copy of the graph does not have."""
+    ``saved_tensors_hooks``), which a replayed copy of the graph does not have; ``replay``:
+    how the user has a replay made from where they are, for the refusals' advice."""
     judged = _judged(output)
-    _ARMED.custom, _ARMED.hooks, _ARMED.output_name = \
-        judged.custom, judged.unpack_hooks, output_name
+    _ARMED.custom, _ARMED.hooks, _ARMED.output_name, _ARMED.replay = \
+        judged.custom, judged.unpack_hooks, output_name, replay
     if judged.dispatching is not None:
         raise VJPUsageError(dispatching_message(judged.dispatching, output_name))
     if not judged.reentrant:
@@ -208,38 +210,43 @@ def refuse_reentrant(output, output_name: str = "the output") -> None:
                                          output_name))
 
 
-def refuse_recomputing(output, output_name: str, advice: str) -> None:
+def refuse_recomputing(output, output_name: str, replay: str | None) -> None:
     """A :class:`VJPUsageError` where ``output``'s graph, which the analysis would
     differentiate itself (nothing recorded to replay), carries the user's unpack hooks: every
-    pass would run them (a non-reentrant checkpoint's block again). ``advice``: how the user
-    has it recorded and replayed instead. A reentrant node or a dispatching subclass is left
-    to :func:`refuse_reentrant`'s words (no node is probed here)."""
+    pass would run them (a non-reentrant checkpoint's block again). ``replay``: how the user
+    has it recorded and replayed instead (None: no way). A reentrant node or a dispatching
+    subclass is left to :func:`refuse_reentrant`'s words (no node is probed here)."""
     judged = _judged(output, probe=False)
     if judged.unpack_hooks and not judged.reentrant and judged.dispatching is None:
-        raise VJPUsageError(hooked_message(output_name, judged.checkpointed, advice))
+        raise VJPUsageError(hooked_message(output_name, judged.checkpointed, judged.custom,
+                                           replay))
+
+
+# the replay advice of sparse_jacobian and dependency, which record nothing themselves
+GIVEN_GRAPH = ("sparse_jacobian and dependency differentiate the graph they are given: for its "
+               "derivatives, pass vjp_magic.differentiate a function computing it "
+               "(differentiate(lambda: f(x), x)), which is called once, recorded, and a replay "
+               "of its operations differentiated")
 
 
 def refuse_on_its_graph(output, output_name: str = "the output") -> None:
     """:func:`refuse_reentrant`, then :func:`refuse_recomputing`, before any pass: for an entry
     point that differentiates the graph it is given (``sparse_jacobian``, ``dependency``)."""
-    refuse_reentrant(output, output_name)
-    refuse_recomputing(output, output_name, "sparse_jacobian and dependency differentiate the "
-                       "graph they are given, with nothing recorded to replay: compute the "
-                       "output without it")
+    refuse_reentrant(output, output_name, GIVEN_GRAPH)
+    refuse_recomputing(output, output_name, GIVEN_GRAPH)
 
 
-def hooked_message(output_name: str, checkpointed: bool, advice: str | None = None) -> str:
-    """The usage error for a graph whose saved tensors the user's code unpacks; ``advice``:
-    what to do (else: without them, or recorded where no replay could be made yet)."""
+def hooked_message(output_name: str, checkpointed: bool, custom: bool,
+                   replay: str | None) -> str:
+    """The usage error for a graph whose saved tensors the user's code unpacks; ``custom``
+    and ``replay``: what to do, from where the user is (:func:`~.errors.where_advice`)."""
     how = "torch.utils.checkpoint" if checkpointed else \
         "torch.autograd.graph.saved_tensors_hooks"
     why = ("each backward pass through it runs the checkpointed function again" if
            checkpointed else "each backward pass through it runs their unpack hook")
-    advice = advice or (f"Compute it without {how}, or where vjp_magic records it (a %%vjp "
-                        "cell, a function passed to vjp_magic.differentiate): a replay of the "
-                        "recorded operations is differentiated where they allow one")
-    return (f"{output_name} was computed through {how}: {why}, your code, and vjp_magic runs "
-            f"none of your code after it ran. {advice}.")
+    advice = where_advice(f"compute it without {how}", custom, replay)
+    return (f"{output_name} was computed through {how}: {why}, your code, and "
+            f"{AFTER_YOUR_CODE}. {advice}.")
 
 
 def dispatching_message(value, output_name: str) -> str:
@@ -249,7 +256,7 @@ def dispatching_message(value, output_name: str) -> str:
     return (f"{output_name} was computed through {article} {kind}, a tensor "
             "subclass with its own __torch_dispatch__, held by its graph (saved for a custom "
             "autograd.Function's backward): that code would run again in each of the "
-            "analysis's backward passes (vjp_magic runs none of your code after the cell). "
+            f"analysis's backward passes ({AFTER_YOUR_CODE}). "
             "Compute the output from plain torch.Tensor values to see its derivatives.")
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 from torch.autograd.variable import Variable
 
-from .pass_guard import guarded
+from .pass_guard import armed_advice, guarded
 from .textenum import TextEnum
 
 # -- the real functions, captured once ---------------------------------------------------------
@@ -179,11 +179,10 @@ def multi_grad_hook_message(which: str | None = None, several: bool = False) -> 
     """The usage error for a leaf under ``torch.autograd.graph.register_multi_grad_hook``
     (``which``: the leaves, named; None: unnamed)."""
     carries = "carry" if several else "carries"
+    advice = armed_advice("remove it first (handle.remove()) and register it again afterwards")
     return (f"{which or 'A leaf tensor the output was computed from'} {carries} a hook from "
             "torch.autograd.graph.register_multi_grad_hook, which torch.autograd.grad (what "
-            "vjp_magic differentiates with) cannot run through (PyTorch's limit): remove it "
-            "first (handle.remove()) and register it again afterwards, or compute the output "
-            "in a %%vjp cell, which differentiates a copy of the graph without hooks.")
+            f"vjp_magic differentiates with) cannot run through (PyTorch's limit). {advice}.")
 
 
 __all__ = ["DOUBLE_BACKWARD_ERRORS", "ENGINE", "FREED_MESSAGE", "NOT_TWICE_DIFFERENTIABLE",

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 
 import torch
 
-from .errors import VJPUsageError, operand, refuse_meta
+from .errors import AFTER_YOUR_CODE, VJPUsageError, operand, refuse_meta
 from .memory import checked_budget
 from .marked import marked
 from .pairing import Evidence
@@ -328,7 +328,7 @@ def refuse_dispatching(name: str, value: object) -> None:
         raise VJPUsageError(
             f"{name} is {a_kind_of(value)}, a tensor subclass with its own "
             "__torch_dispatch__: that code would run again in each of the analysis's backward "
-            "passes (vjp_magic runs none of your code after the cell). Compute the output from "
+            f"passes ({AFTER_YOUR_CODE}). Compute the output from "
             "plain torch.Tensor inputs (the values the subclass holds) to see its derivatives.")
 
 

@@ -34,6 +34,7 @@ class Called:
     output_name: str = "y"
     entry: str = "differentiate"  # the function called (e.g. "hessian"): the advice names it
     log = output_source = namespace = scope = None
+    replay = None  # advice to have a replay made: the function's operations are recorded
 
     @classmethod
     def call(cls, fn, inputs: dict, output_name: str = "y",

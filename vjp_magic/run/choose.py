@@ -68,6 +68,11 @@ class Subject(Protocol):
     @property
     def output_source(self) -> str | None: ...
 
+    @property
+    def replay(self) -> str | None:
+        """Advice: how, from where the user is, the output's operations are recorded and a
+        replay differentiated (None: they are already, in a cell or a function given)."""
+
     def output(self, of: str | None) -> tuple[str, object]:
         """The output's name and value: ``of`` (``--of``) where named, else found."""
 
@@ -89,6 +94,7 @@ class FromCell:
     record = property(lambda self: self.of_record or self.run.record)
     namespace = property(lambda self: self.scope.user_ns)
     output_source = None  # the replay follows the whole cell
+    replay = None  # advice to have a replay made: the cell's operations are recorded already
 
     def output(self, of: str | None) -> tuple[str, object]:
         if of is not None:
@@ -146,6 +152,8 @@ class FromExpression:
     record: OpRecord | None = None
     log = None
     namespace = property(lambda self: self.scope.user_ns)
+    replay = "Compute it in a %%vjp cell: its operations are recorded, and a replay of them " \
+        "differentiated"  # how, from here, a replay is made (the refusals' advice)
 
     @classmethod
     def evaluate(cls, scope, source: str, record_ops: bool = False,
@@ -163,8 +171,7 @@ class FromExpression:
     def output(self, of: str | None) -> tuple[str, object]:
         output = dense(self.output_source, self.value, "%jacobian {0} wrt {1}")
         if self.record is None:  # (its own graph, each pass)
-            refuse_recomputing(output, self.output_source, "Compute it in a %%vjp cell: its "
-                               "operations are recorded, and a replay of them differentiated")
+            refuse_recomputing(output, self.output_source, self.replay)
         return self.output_source, output
 
     def inputs(self, wrt, output, output_name: str) -> dict:
@@ -189,12 +196,17 @@ class Given:
     entry: str = "differentiate"
     log = record = output_source = namespace = scope = None
 
+    @property
+    def replay(self) -> str:
+        """How, from here, the output's operations are recorded (the refusals' advice)."""
+        return (f"Pass vjp_magic.{self.entry} a function computing it ({self.entry}(lambda: "
+                "f(x), x)): it is called once, recorded, and a replay of its operations "
+                "differentiated")
+
     def output(self, of: str | None) -> tuple[str, object]:
         output = dense(self.output_name, self.tensor, f"vjp_magic.{self.entry}({{}}, x)")
-        refuse_recomputing(output, self.output_name,  # no record: its own graph, each pass
-                           f"Pass vjp_magic.{self.entry} a function computing it "
-                           f"({self.entry}(lambda: f(x), x)): it is called once, recorded, "
-                           "and a replay of its operations differentiated")
+        # no record: its own graph, each pass
+        refuse_recomputing(output, self.output_name, self.replay)
         return self.output_name, output
 
     def inputs(self, wrt, output, output_name: str) -> dict:
