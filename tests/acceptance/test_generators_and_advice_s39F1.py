@@ -285,3 +285,20 @@ def test_no_refusal_says_the_analysis_runs_none_of_the_users_code(message):
     text = _refused(lambda: vjp_magic.differentiate(y, x))
     assert "runs none of your code" not in text
     assert "custom autograd.Function's backward" in text
+
+
+def test_an_undecided_grade_in_a_cell_advises_what_works_in_a_cell(ip, run_ok):
+    """y = x − sin x at 1e-3 from an earlier plain cell (nothing recorded to replay in
+    float64): an answer 10% off is undecided; the hint names --against f (the cell's form,
+    not Python's check(answer, f, x), nor a %%vjp cell: the user is in one), and --against f
+    decides it, against d/dx (x − sin x) = 2 sin²(x/2)."""
+    run_ok("x = torch.tensor([1e-3], requires_grad=True)\ny = x - torch.sin(x)\n"
+           "f = lambda x: x - torch.sin(x)")
+    answer = "ans = (1.1 * 2 * torch.sin(torch.tensor([1e-3], dtype=torch.float64) / 2) ** 2)" \
+        ".float()"
+    verdict = run_ok("%%vjp --of y --check ans\n" + answer).check
+    assert verdict.kind == "undecided", verdict.hint
+    assert "--against f" in verdict.hint and "check(answer" not in verdict.hint
+    assert "%%vjp" not in verdict.hint
+    decided = run_ok("%%vjp --of y --check ans --against f\n" + answer).check
+    assert decided.kind != "undecided" and not decided.correct, decided.hint

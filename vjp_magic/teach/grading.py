@@ -621,11 +621,7 @@ def _undecided(case: Case, form: str, dtype, autograd: bool, near: bool = False)
                "tolerance, but by less than autograd's own rounding could (terms that cancel "
                "in its computation)")
         how = ("they are float64 already, the finest precision torch computes in") \
-            if dtype == torch.float64 else (
-            "grade it against the exercise's function (`check(answer, f, x)`, "
-            "`--against f`), which is computed again in float64; or compute the output "
-            "from inputs in float64 (`x.double()`); or grade it in a `%%vjp` cell, whose "
-            "record is replayed in float64")
+            if dtype == torch.float64 else _float64_ways(in_cell=case.log is not None)
     elif near:  # (the float64 derivatives are known: the answer's computation is not)
         kind = str(dtype).removeprefix("torch.")
         own = str(case.exp.item.derivatives.dtype).removeprefix("torch.")
@@ -642,6 +638,18 @@ def _undecided(case: Case, form: str, dtype, autograd: bool, near: bool = False)
         how = "compute the answer in float64 (`.double()`) to grade it"
     return case.verdict(VerdictKind.UNDECIDED, f"Rounding cannot be told from an error here: "
                         f"{why}. Neither right nor wrong is proved: {how}.", form=form)
+
+
+def _float64_ways(in_cell: bool) -> str:
+    """How the user, where they are (a ``%%vjp --check`` cell, or ``check`` from Python),
+    has float64 derivatives to grade against."""
+    if in_cell:  # (its record was not replayed: a cell would not help)
+        return ("grade it against the exercise's function (`--against f`), which is computed "
+                "again in float64; or compute the output from inputs in float64 (`x.double()`)")
+    return ("grade it against the exercise's function (`check(answer, f, x)`), which is "
+            "computed again in float64; or compute the output from inputs in float64 "
+            "(`x.double()`); or grade it in a `%%vjp` cell, whose record is replayed in "
+            "float64")
 
 
 def _own_rounding(case: Case, answer, record, inputs: Mapping,
