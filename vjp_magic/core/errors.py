@@ -22,7 +22,7 @@ def where_advice(fix: str, custom: bool, replay: str | None) -> str:
     """What to do, from where the user is, about their code that a pass on the output's own
     graph would run: ``fix`` ("remove the hook"), and before it ``replay``, how the entry
     point they called has the output's operations recorded and a replay differentiated (None:
-    they are already, in a %%vjp cell or a function given; or never, as ``dependency``).
+    they are already, in a %%vjp cell or a function given).
     Where a custom Function (``custom``) is on the graph no replay is made (none runs its
     forward again): ``fix`` is the only way."""
     fix = f"{fix[:1].upper()}{fix[1:]}"
