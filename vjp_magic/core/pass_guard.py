@@ -509,12 +509,26 @@ def _gradients(value) -> bool:
         isinstance(v, torch.Tensor) for v in value)
 
 
+_RESUMABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def resumed(frame, code) -> bool:
+    """Whether ``frame`` is a generator's (or coroutine's) resumed, not started: it stands at
+    a ``yield`` in its body, past its first line. The engine never resumes one (a generator
+    function called as a hook makes an object and runs no line), so outside a region this is
+    a generator closed at a free, as the interpreter does (its ``finally``: a plain run's)."""
+    return bool(code.co_flags & _RESUMABLE) and frame.f_lineno != code.co_firstlineno
+
+
 def _interpreters(frame, code) -> bool:
     """Whether ``frame`` is a call the interpreter makes at a free or a collection, told by
     its arguments: a ``__del__`` taking ``self`` only, a weakref callback (its weakref), a
     ``gc.callbacks`` entry ("start"/"stop" and the counts), a signal handler (the signal and
     a frame), ``sys.unraisablehook``'s (its record); none with a gradient, which every hook
-    of the graph is called with (its positional arguments, keyword ones never)."""
+    of the graph is called with (its positional arguments, keyword ones never); or a
+    generator resumed to be closed (:func:`resumed`)."""
+    if resumed(frame, code):
+        return True
     args = _arguments(frame, code)
     if code.co_name == "__del__":  # (its object's own finaliser: a hook so named gets g)
         return len(args) == 1 and not code.co_flags & inspect.CO_VARARGS \
