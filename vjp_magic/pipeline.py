@@ -23,6 +23,7 @@ import torch
 
 from .core import analysis
 from .core import hessian as core_hessian
+from .core.graph_walk import seal, walked_once
 from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
@@ -89,7 +90,14 @@ class Request:
 @quiet_autograd()  # the user's anomaly mode and saved-tensor hooks: for the cell, not for us
 def pipeline(subject: Subject, request: Request,
              features: Sequence[Feature] = FEATURES) -> DerivativeResult:
-    """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says."""
+    """The derivatives of ``subject``'s output with respect to its inputs, as ``request`` says
+    (each graph walked once for every stage: :func:`~vjp_magic.core.graph_walk.walked_once`)."""
+    with walked_once():
+        return _pipeline(subject, request, features)
+
+
+def _pipeline(subject: Subject, request: Request,
+              features: Sequence[Feature]) -> DerivativeResult:
     with judged_once():  # one walk of the output's graph for both refusals, before any pass
         output_name, output = subject.output(request.of)
         inputs = subject.inputs(request.wrt, output, output_name)
@@ -100,6 +108,7 @@ def pipeline(subject: Subject, request: Request,
         capture = _per_sample_capture(subject, inputs, output, request, features)
         graph = analysed_graph(subject.record, inputs, output, subject.namespace,
                                capture)  # hook-free
+        seal(output, graph.output)  # walks kept: these two graphs', not the analysis's own
         given = _per_sample(subject, inputs, output, request, features, graph)
         found = _accepted(graph, output_name, request, given)  # None: the analysis decides
         result = graph.restore(found if found is not None else

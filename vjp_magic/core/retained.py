@@ -34,6 +34,7 @@ import weakref
 
 import torch
 
+from .graph_walk import walk
 
 _REGISTERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor
 
@@ -180,18 +181,10 @@ def retained(output: torch.Tensor, frame=None, given=()) -> list[torch.Tensor]:
             found[id(t)] = t
     if not found or not isinstance(output, torch.Tensor) or output.grad_fn is None:
         return []
-    nodes = _nodes(output.grad_fn)
+    nodes = walk(output.grad_fn).members
     return [t for t in found.values() if t.grad_fn is not None and t.grad_fn in nodes]
 
 
-def _nodes(root) -> set:
-    seen, stack = {root}, [root]
-    while stack:
-        for child, _ in stack.pop().next_functions:
-            if child is not None and child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return seen
 
 
 _ESCAPED = "escaped from inside a function being vmapped"  # a BatchedTensor met outside vmap
@@ -208,7 +201,7 @@ def _flush(output: torch.Tensor) -> None:
     then every live one is looked at (full scan) and none keeps a BatchedTensor."""
     from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
 
-    leaves = [n.variable for n in _nodes(output.grad_fn) if hasattr(n, "variable")]
+    leaves = [n.variable for n in walk(output.grad_fn).nodes if hasattr(n, "variable")]
     try:
         if leaves:
             _grad(output, leaves, torch.zeros_like(output))

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from .errors import VJPUsageError
+from .graph_walk import postorder, walk_nodes  # noqa: F401 - (the walk's owner; here for callers)
 
 # IPython's own names (history, exit, get_ipython): never inputs or outputs. Other names
 # starting with "_" are the user's and stay visible.
@@ -22,40 +23,6 @@ _HIDDEN_PATTERN = re.compile(r"_i?\d+|__\w*__")  # _3, _i3 (history); Python's _
 def walk_graph(output: torch.Tensor):
     """Every autograd node reachable from ``output``, each once (depth first)."""
     return walk_nodes([output.grad_fn])
-
-
-def walk_nodes(roots):
-    """Every autograd node reachable from the ``roots`` nodes, each once (depth first).
-
-    The nodes seen are kept alive until the walk ends: some PyTorch versions (2.11) make a
-    new Python object for a node each time it is reached and free it when dropped, and a
-    freed object's ``id`` is reused, which would skip a node never seen."""
-    seen: dict[int, object] = {}
-    stack = list(roots)
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen[id(node)] = node
-        yield node
-        stack.extend(next_node for next_node, _ in node.next_functions)
-
-
-def postorder(root) -> list:
-    """Every node reachable from ``root``, each after all of its inputs (no recursion; the
-    nodes are kept alive in the list, so their ids stay theirs: see :func:`walk_nodes`)."""
-    order, seen, stack = [], {id(root)}, [(root, iter(root.next_functions))]
-    while stack:
-        node, children = stack[-1]
-        for child, _ in children:
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                stack.append((child, iter(child.next_functions)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    return order
 
 
 def custom_backwards(output: torch.Tensor) -> tuple[str, ...]:
