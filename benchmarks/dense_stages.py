@@ -41,7 +41,8 @@ STAGES = (("run/choose.py", "output"), ("core/reentrant.py", "refuse_reentrant")
           ("core/derivatives.py", "_vmap_grad"), ("core/sparse_choice.py", "after_exact"),
           ("core/analysis.py", "_result"), ("core/retained.py", "_flush"),
           ("run/hookfree.py", "restore"), ("features/__init__.py", "gather"),
-          ("core/quiet.py", "_quiet"), ("core/quiet.py", "analysis_device"))
+          ("core/quiet.py", "_quiet"), ("core/quiet.py", "analysis_device"),
+          ("core/graph_walk.py", "_walk"))  # the call's one walk of the graph (all stages')
 
 
 def dense(n: int = 256):
