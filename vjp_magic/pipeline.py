@@ -108,7 +108,7 @@ def _pipeline(subject: Subject, request: Request,
         capture = _per_sample_capture(subject, inputs, output, request, features)
         graph = analysed_graph(subject.record, inputs, output, subject.namespace,
                                capture)  # hook-free
-        seal(output, graph.output)  # walks kept: these two graphs', not the analysis's own
+        seal(output, graph.output, *_started_from(subject))  # walks kept: not the analysis's
         given = _per_sample(subject, inputs, output, request, features, graph)
         found = _accepted(graph, output_name, request, given)  # None: the analysis decides
         result = graph.restore(found if found is not None else
@@ -122,6 +122,12 @@ def _pipeline(subject: Subject, request: Request,
     view = View(request.options, request.jacobian, added.before, added.after, **added.view)
     return replace(result, output=result.output.detach(),  # a stored result pins no graph
                    view=view, **added.stored)
+
+
+def _started_from(subject: Subject) -> list:
+    """The tensors the cell's own ``backward`` calls started from (its log keeps them)."""
+    log = subject.log
+    return [t for call in getattr(log, "records", ()) for t in getattr(call, "tensors", ())]
 
 
 def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):

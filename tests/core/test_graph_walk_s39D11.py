@@ -37,8 +37,9 @@ def _counting(monkeypatch) -> collections.Counter:
         walks[root] += 1
         return real_walk(root)
 
-    def lazy(roots):
-        walks["lazy"] += 1
+    def lazy(roots):  # (outside the scope: the cell's own backward, run by the cell)
+        walks["lazy" if getattr(graph_walk._SCOPE, "walks", None) is not None
+              else "lazy outside"] += 1
         return real_lazy(roots)
 
     monkeypatch.setattr(graph_walk, "_walk", walk)
@@ -163,3 +164,21 @@ def test_a_call_keeps_the_retain_grad_and_walks_once(monkeypatch):
     assert walks == {y.grad_fn: 1}
     y.sum().backward()  # the user's own backward still fills it, as a plain run would
     torch.testing.assert_close(h.grad, torch.cos(h.detach()) * h.detach() + torch.sin(h.detach()))
+
+
+def test_a_cell_walks_each_graph_once(monkeypatch, ip, run_vjp):
+    """A %%vjp cell whose graph carries a hook and a retain_grad tensor (its analysis on the
+    hook-free copy): each graph, the cell's and the copy's, walked at most once; the hook
+    fires as a plain run fires it (once, in the cell's own backward), h.grad as it left it."""
+    walks = _counting(monkeypatch)
+    ip.run_cell("x = torch.linspace(-1, 1, 5, requires_grad=True)\nfired = []")
+    r = run_vjp("h = torch.sin(x) * 2\nh.retain_grad()\nh.register_hook(lambda g: fired.append(1))"
+                "\ny = h ** 2\ny.sum().backward(retain_graph=True)")
+    x, h = ip.user_ns["x"], ip.user_ns["h"]
+    expected = torch.func.jacrev(lambda v: (torch.sin(v) * 2) ** 2)(x.detach())
+    torch.testing.assert_close(r.jacobian("x"), expected)
+    assert ip.user_ns["fired"] == [1]
+    torch.testing.assert_close(h.grad, 2 * h.detach())
+    torch.testing.assert_close(x.grad, torch.diagonal(expected))
+    walks.pop("lazy outside", None)  # the cell's run (its backward's guard), not the analysis
+    assert walks["lazy"] == 0 and max(walks.values()) == 1, walks
