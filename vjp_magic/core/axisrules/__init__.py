@@ -55,6 +55,7 @@ ENTRIES: list[tuple[Iterable[str], Rule]] = [
     (["Roll", "Flip", "Repeat"], shape.rearrange),
     (["Select"], indexing.select),
     (["Slice"], indexing.slice_),
+    (["Gather"], indexing.gather),
     (["Unbind"], indexing.unbind),
     (["Split", "SplitWithSizes"], indexing.split_outputs),
     (["Cat"], indexing.cat),

@@ -1,4 +1,4 @@
-"""Indexing and joining: select, slice, unbind, split, cat and stack."""
+"""Indexing and joining: select, slice, gather, unbind, split, cat and stack."""
 from __future__ import annotations
 
 from .flow import Flow, all_exact, drop_axes, meet, to_axis
@@ -19,6 +19,20 @@ def slice_(node, inputs, shapes):
     if start == 0 and int(node._saved_step) == 1:  # a prefix: index i is still index i
         return [Flow(shapes[0], dict(flow.carries), flow.exact)]
     return [Flow(shapes[0], drop_axes(flow, {dim}, True), False)]
+
+
+def gather(node, inputs, shapes):
+    """``gather`` (and ``take_along_dim``'s) along ``dim``: entry i along another axis reads
+    entry i there (kept where the index spans the whole axis), along ``dim`` an entry the
+    index picks (``index[..., j, ...]`` may be ``j``: not exact where that axis carries)."""
+    flow = inputs[0]
+    if flow is None:
+        return [None]
+    dim = to_axis(node._saved_dim, len(flow.shape))
+    out = shapes[0]
+    kept = {a: c for a, c in flow.carries.items()
+            if a != dim and a < len(out) and out[a] == flow.shape[a]}
+    return [Flow(out, kept, flow.exact and kept == flow.carries)]
 
 
 def unbind(node, inputs, shapes):
