@@ -20,7 +20,12 @@ ROW_WISE = ADDS_AXIS | frozenset(
     "cross_entropy nll_loss embedding one_hot masked_fill masked_fill_ where eq ne lt le gt "
     "ge __eq__ __ne__ __lt__ __le__ __gt__ __ge__ logical_not logical_and logical_or "
     "__invert__ __and__ __or__ to float double half long int bool type zeros_like ones_like "
-    "full_like".split())
+    "full_like clone contiguous detach".split())
+# calls laying a tensor out anew in its row-major order: a result whose axis 0 has the
+# argument's size B holds row b of it at row b (``t[:, None]`` as ``t.unsqueeze(1)``,
+# ``t.view(-1, 1)``, ``t.reshape(B, -1)``); ``t.reshape(2, -1)`` moves rows (axis 0 not B)
+RESHAPES = frozenset("reshape view flatten unsqueeze squeeze reshape_as view_as".split())
+GATHERS = {"gather": ("input", "dim", "index"), "take_along_dim": ("input", "indices", "dim")}
 
 
 class IntegerRows(Interpreter):
@@ -44,7 +49,8 @@ class IntegerRows(Interpreter):
         if not read:
             return value
         made = tensors_in(value)
-        if not _rows_kept(getattr(step.func, "__name__", ""), read, made, self.batch):
+        if not _rows_kept(getattr(step.func, "__name__", ""), args, kwargs, read, made,
+                          self.batch):
             self.refused = True
             return value
         if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -58,13 +64,54 @@ class IntegerRows(Interpreter):
         return value
 
 
-def _rows_kept(name: str, read: list, made: list, batch: int) -> bool:
-    """Whether a call named ``name`` reading the followed tensors ``read`` and making
-    ``made`` keeps the rows apart: a known kind, every tensor with the batch on axis 0, and
-    the arguments' axes aligned with the result's from the left (no broadcast moving the
-    batch axis)."""
-    if name not in ROW_WISE or not made:
+def _rows_kept(name: str, args: tuple, kwargs: dict, read: list, made: list,
+               batch: int) -> bool:
+    """Whether a call named ``name`` with ``args`` and ``kwargs``, reading the followed
+    tensors ``read`` and making ``made``, keeps the rows apart: every tensor with the batch
+    on axis 0, and the call a known kind whose result row b reads only row b: row-wise
+    (the arguments' axes aligned with the result's from the left, no broadcast moving the
+    batch axis), a row-major re-layout, an index keeping axis 0 whole, a gather along
+    another axis."""
+    if not made or not all(t.dim() and t.shape[0] == batch for t in read + made):
         return False
-    extra = 1 if name in ADDS_AXIS else 0
-    return all(t.dim() and t.shape[0] == batch for t in read + made) and all(
-        m.dim() == t.dim() + extra for t in read for m in made)
+    if name in ROW_WISE:
+        extra = 1 if name in ADDS_AXIS else 0
+        return all(m.dim() == t.dim() + extra for t in read for m in made)
+    if name in RESHAPES:
+        return True
+    if name == "__getitem__" and len(args) == 2:
+        return all(t is args[0] for t in read) and _index_keeps_axis_0(args[1], args[0].dim())
+    if name in GATHERS:
+        return _gather_keeps_rows(GATHERS[name], args, kwargs, batch)
+    return False
+
+
+def _index_keeps_axis_0(index, dims: int) -> bool:
+    """Whether ``tensor[index]`` (``tensor`` with ``dims`` axes) keeps axis 0 whole and
+    first: a full first slice (``t[:, None]``, ``t[:, 0]``) then at most one advanced index
+    (which keeps its place there), or an ``Ellipsis`` first that covers axis 0
+    (``mask[..., None]``)."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not items:
+        return False
+    first, rest = items[0], items[1:]
+    basic = all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in rest)
+    if first is Ellipsis:
+        return basic and sum(i is not None for i in rest) < dims
+    if not isinstance(first, slice) or first.step not in (None, 1):
+        return False  # (with sizes B both sides, a step-1 slice is the whole axis)
+    return basic or sum(not (i is None or i is Ellipsis or isinstance(i, (int, slice)))
+                        for i in rest) == 1
+
+
+def _gather_keeps_rows(names: tuple, args: tuple, kwargs: dict, batch: int) -> bool:
+    """Whether ``gather`` / ``take_along_dim`` (parameters ``names``: source, then index and
+    dim in its order) reads along an axis other than the batch's: source and index
+    batch-first of size B with as many axes, ``dim`` an axis >= 1."""
+    bound = dict(zip(names, args), **kwargs)
+    source = bound.get("input", bound.get("self"))
+    index, dim = bound.get("index", bound.get("indices")), bound.get("dim")
+    if not (isinstance(source, torch.Tensor) and isinstance(index, torch.Tensor)
+            and isinstance(dim, int) and source.dim() == index.dim() >= 1):
+        return False
+    return dim % source.dim() >= 1 and source.shape[0] == index.shape[0] == batch
