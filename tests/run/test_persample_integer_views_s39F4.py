@@ -175,6 +175,7 @@ KEPT = {  # f(t) whose row b reads only row b of t
     "t.flatten(1)": lambda t: t.flatten(1), "t[:, :1].squeeze(1)": lambda t: t[:, :1].squeeze(1),
     "SRC.gather(1, t)": lambda t: SRC.gather(1, t),
     "take_along_dim(SRC, t, -1)": lambda t: torch.take_along_dim(SRC, t, -1),
+    "t.clone().contiguous()[:, None]": lambda t: t.clone().contiguous()[:, None],
 }
 MOVED = {  # f(t) reading other rows of t (or the batch no longer on axis 0)
     "t.roll(1, 0)": lambda t: t.roll(1, 0), "t.flip(0)": lambda t: t.flip(0),
