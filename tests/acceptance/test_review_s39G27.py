@@ -410,14 +410,6 @@ def test_the_refused_maps_read_few_entries_a_row(name):
     assert int((torch.func.jacrev(f)(x) != 0).sum(1).max()) <= 7
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "G27-1: the pattern of linear upsampling (observed by grouped probes, exact: e.g. "
-    "2,398 nonzeros, 8 colours; the decoder: ≤ 7 a row, 14 colours, values within 3e-17 of "
-    "jacrev) is refused by rows_checked, whose J·w tolerance is relative to |J_sparse|·|w| "
-    "and ignores the rounding of the forward-mode J·w where a J entry is a sum of cancelling "
-    "terms (7e-12 against 6e-14·scale); the user is told 'a coupling the pattern did not "
-    "show' (false) and gets one backward per output entry (800; 2,048); class: a check's "
-    "false alarm shown as a found coupling"))
 @pytest.mark.parametrize("name", list(REFUSED))
 def test_linear_upsampling_is_coloured(name):
     f, kind, seed = REFUSED[name]

@@ -152,7 +152,7 @@ def column_attempt(output: torch.Tensor, x: torch.Tensor, pattern: Pattern,
         return None
     proved = pattern.evidence is Evidence.PROVED
     if not (checked(output, x, jacobian, seed, known, draws=1 if proved else None,
-                    proved=proved)
+                    proved=proved, rows_follow=not proved)
             and (proved or rows_checked(output, x, jacobian, seed))):
         return None
     count = int(colours.max()) + 1 if colours.numel() else 0

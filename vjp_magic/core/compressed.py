@@ -147,15 +147,17 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
                           pattern.shape).to(x.device)
     proved = pattern.evidence is Evidence.PROVED
     if not (checked(output, x, jacobian, seed, known, passes, draws=1 if proved else None,
-                    proved=proved)
+                    proved=proved, rows_follow=not proved)
             and (proved or rows_checked(output, x, jacobian, seed))):
-        return Attempt(None, "the values from its backward passes disagreed with a random "
-                             "probe (a coupling the pattern did not show)")
+        return Attempt(None, UNCONFIRMED)
     return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
                                   conditional_on=pattern.conditional_on))
 
 
 TOO_DENSE = "a row of the Jacobian reads too many entries"
+# What a failed check shows: a disagreement beyond the measured rounding, not a found coupling.
+UNCONFIRMED = ("a random probe could not confirm the values from its backward passes within "
+               "their rounding (the pattern may miss a coupling)")
 OVER_BUDGET = "over the memory budget"
 
 
