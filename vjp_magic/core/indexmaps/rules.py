@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import copies, linalg, moves, pooling, reductions, scatters, shifts
+from . import copies, linalg, moves, pooling, reductions, resample, scatters, shifts
 
 Rule = Callable
 
@@ -46,6 +46,8 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Convolution", linalg.convolution),
     ("MaxPool2DWithIndices MaxPool3DWithIndices", pooling.max_pool),
     ("AvgPool2D AvgPool3D", pooling.avg_pool),
+    ("AdaptiveAvgPool2D AdaptiveAvgPool3D", resample.adaptive_avg_pool),
+    (" ".join(resample.KERNELS), resample.upsample),
     ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
     ("Sort Topk", pooling.sort),
     ("Scatter ScatterAdd", scatters.scatter),
