@@ -513,15 +513,7 @@ def test_an_observed_pattern_has_the_jacobians_values(name):
                                _reference(f, x.detach()), rtol=1e-12, atol=1e-12)
 
 
-_G27_4 = pytest.mark.xfail(strict=True, reason=(
-    "G27-4: the coloured path is taken where finding the pattern alone took m grouped probe "
-    "passes (400 of 400, 170 of 170): the display teaches '6 backward passes … (after 400 to "
-    "find the pattern)' where one backward per output entry (400) gives every derivative; "
-    "class: the compressed path chosen at a higher cost than the exact one"))
-
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=_G27_4) if name in (
-    "grid_sample of an affine grid", "max_unpool2d") else name for name in COSTLY])
+@pytest.mark.parametrize("name", list(COSTLY))
 def test_an_observed_pattern_costs_fewer_passes_than_one_per_output_entry(name):
     f = COSTLY[name]
     x = _x(400).requires_grad_()

@@ -257,12 +257,12 @@ class SparseChoice:
         # these nonzeros pays (a proved one holds at least them), so none is proved
         if int(nonzero.sum(1).max()) > most_per_row(n):
             return None
+        proved = self._proved(name, tensor)
         if int(nonzero.sum(0).max()) > self.max_colours:  # a dense column: by columns, if any,
-            if not bool(flat.isfinite().all()):  # but not reverse mode's 0·NaN row or column:
-                return None  # the exact path fills those from forward mode
+            if not bool(flat.isfinite().all()) or proved is None:  # not 0·NaN (the exact path
+                return None  # fills it from forward mode), nor after m passes found it (G27-4)
             return kept_by_columns(dense_to_csr(flat), self.output.shape, tensor.shape,
                                    Evidence.OBSERVED, m, max_colours=self.max_colours)
-        proved = self._proved(name, tensor)
         if proved is not None:
             on = torch.zeros_like(nonzero)
             on[csr_rows(proved.crow), proved.col] = True
@@ -282,7 +282,17 @@ class SparseChoice:
         if proved is not None:
             return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.PROVED, 0,
                                   conditional_on=proved.conditional_on)
-        return SparseJacobian(matrix, torch.from_numpy(colours), count, Evidence.OBSERVED, m)
+        self.notes.append(unproved_note(name, m))
+        return None
+
+
+def unproved_note(name: str, m: int) -> str:
+    """Why a Jacobian whose colouring would pay is shown whole: its pattern, not proved by
+    the graph's rules, was read off the one backward per output entry that computed every
+    derivative (colours would cost those passes and more: G27-4)."""
+    return (f"No sparsity pattern paid off for {name}: the graph's rules do not prove its "
+            f"pattern, so it was read off the one backward per output entry ({m:,}) that gave "
+            "every derivative; colouring it then would add passes, not save them.")
 
 
 class _RowReader:

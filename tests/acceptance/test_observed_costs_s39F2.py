@@ -1,0 +1,59 @@
+"""G27-4's class: an observed pattern must never cost more passes than one backward per output
+entry. Where the small path's m passes computed every derivative and the graph's rules do
+not prove the pattern, the display shows those m passes, with one sentence why no colouring
+is taught (not "k backward passes … (after m to find the pattern)"). Other ops than the
+review's: grid_sample in other modes, max_unpool1d / 3d, an opaque autograd.Function.
+Values: torch.autograd.functional.jacobian."""
+import pytest
+import torch
+import torch.nn.functional as F
+from sparse_cells_s31 import bundle
+
+import vjp_magic
+
+_THETA = torch.tensor([[[1.1, -0.2, 0.1], [0.15, 0.9, -0.05]]], dtype=torch.float64)
+
+
+class _Opaque(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 1.0
+
+
+OPS = {
+    "grid_sample nearest": lambda t: F.grid_sample(
+        (t ** 2).reshape(1, 1, 20, 20), F.affine_grid(_THETA, (1, 1, 20, 20), False),
+        mode="nearest", align_corners=False).reshape(-1),
+    "grid_sample bilinear, border": lambda t: F.grid_sample(
+        (t ** 2).reshape(1, 1, 20, 20), F.affine_grid(_THETA, (1, 1, 20, 20), True),
+        padding_mode="border", align_corners=True).reshape(-1),
+    "max_unpool1d": lambda t: F.max_unpool1d(*F.max_pool1d(
+        (t * t.roll(1))[None, None], 2, return_indices=True), 2)[0, 0],
+    "max_unpool3d": lambda t: F.max_unpool3d(*F.max_pool3d(
+        (t * t.roll(1)).reshape(1, 1, 4, 10, 10), 2, return_indices=True), 2).reshape(-1),
+    "opaque second difference": lambda t: torch.diff(
+        _Opaque.apply(t * t.roll(1)), 2, prepend=t[:1] * 0, append=t[-1:] * 0),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_an_observed_pattern_never_costs_more_than_the_exact_path(name):
+    f = OPS[name]
+    x = torch.randn(400, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(3)).requires_grad_()
+    y = f(x)
+    r = vjp_magic.differentiate(y, x, names=["x"], output_name="y", seed=0)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(),
+                               torch.autograd.functional.jacobian(f, x.detach()).reshape(
+                                   y.numel(), -1), rtol=1e-12, atol=1e-12)
+    sparse = r.inputs["x"].sparse
+    text = " ".join(bundle(r)["text/plain"].split())
+    if sparse is not None:
+        assert sparse.pattern_passes + sparse.count < y.numel()
+    else:
+        assert "to find the pattern" not in text
+        assert any("one backward per output entry" in note for note in r.notes), r.notes
