@@ -57,3 +57,36 @@ def test_an_observed_pattern_never_costs_more_than_the_exact_path(name):
     else:
         assert "to find the pattern" not in text
         assert any("one backward per output entry" in note for note in r.notes), r.notes
+
+
+UNPROVED = {  # no rule proves them (an opaque op): observed by grouped probes, or said why not
+    "opaque bilinear upsampling": lambda t: F.interpolate(
+        _Opaque.apply(t * t.roll(1)).reshape(1, 1, 20, 20), scale_factor=2,
+        mode="bilinear").reshape(-1),
+    "opaque nearest upsampling then a box filter": lambda t: F.avg_pool1d(F.interpolate(
+        _Opaque.apply(t * t.roll(1) - t * t.roll(-1))[None, None], scale_factor=3,
+        mode="nearest"), 3, 1)[0, 0],
+}
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("name", list(UNPROVED))
+def test_a_pattern_not_found_says_why_in_one_sentence(name, seed):
+    """G27-2's class: a few nonzeros a row, shown one backward per entry with no sentence."""
+    f = UNPROVED[name]
+    x = torch.linspace(-1, 1, 400, dtype=torch.float64, requires_grad=True)
+    r = vjp_magic.differentiate(f(x), x, names=["x"], output_name="y", seed=seed)
+    if r.inputs["x"].sparse is None:
+        assert any("grouped probes did not find it within" in note for note in r.notes), r.notes
+        assert not any("reads too many entries" in note for note in r.notes)
+
+
+def test_a_refusal_by_the_budget_says_why_there_is_no_sparse_jacobian():
+    """G27-5's class (issue 20, bad input): the dense size alone is not the whole story."""
+    f = UNPROVED["opaque bilinear upsampling"]
+    x = torch.linspace(-1, 1, 400, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(vjp_magic.VJPUsageError) as refused:
+        vjp_magic.differentiate(f(x), x, names=["x"], seed=0, memory_budget=1_000_000)
+    text = " ".join(str(refused.value).split())
+    assert "5.12 MB" in text and "As a sparse Jacobian: with respect to x, none:" in text
+    assert "grouped probes did not find it within" in text

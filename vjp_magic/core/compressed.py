@@ -121,10 +121,11 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     colours than this do not pay (no passes are spent on the values then); ``known``: see
     :func:`checked`; ``pattern``: the proved one, where it is known already."""
     probes = None if max_colours is None else max(max_colours, MIN_PATTERN_PROBES)
+    why = TOO_DENSE
     if pattern is None:
-        pattern = _pattern(output, x, budget, seed, probes)
+        pattern, why = _pattern(output, x, budget, seed, probes)
     if pattern is None:
-        return Attempt(None, TOO_DENSE)
+        return Attempt(None, why)
     nbytes = _csr_bytes(pattern, x)
     if nbytes > budget:
         return Attempt(None, OVER_BUDGET, pattern.nnz, nbytes)
@@ -161,22 +162,27 @@ UNCONFIRMED = ("a random probe could not confirm the values from its backward pa
 OVER_BUDGET = "over the memory budget"
 
 
-def _pattern(output, x, budget: int, seed: int, max_probes: int | None) -> Pattern | None:
+def _pattern(output, x, budget: int, seed: int,
+             max_probes: int | None) -> tuple[Pattern | None, str]:
     """:func:`.pattern.find_pattern`'s pattern (the proved one, else the observed one), with
     two guards before observing: a few rows of J (one-hot backward passes, at rows drawn from
     the seed) reading more than :func:`.pattern.most_per_row` entries say "dense" at once,
     where the grouped probes would double their groups up to m passes first (softmax at
     2·10⁵: minutes, gigabytes); and ``max_probes`` caps those probes (a pattern that costs
-    more passes than the colouring may save does not pay)."""
+    more passes than the colouring may save does not pay). With why there is none: one
+    true sentence (:data:`TOO_DENSE` where the rows read say so, else the probes' limit)."""
     proved = proved_pattern(output, x, budget)
     if proved is not None:
-        return proved
+        return proved, ""
     dense = dense_columns(output, x, seed)  # a few one-hot rows: a dense row, a dense column
     if dense is None:
-        return None
+        return None, TOO_DENSE
+    unfound = ("the graph's rules do not prove its pattern, and grouped probes did not find it "
+               f"within the {max_probes or output.numel():,} backward passes colouring could "
+               "pay for")
     if len(dense):  # the row probes would give up after up to m/4 passes: observe by columns
-        return observed_columns(output, x, budget, seed, max_probes)
-    return observed_pattern(output, x, budget, seed, max_probes)
+        return observed_columns(output, x, budget, seed, max_probes), unfound
+    return observed_pattern(output, x, budget, seed, max_probes), unfound
 
 
 MIN_PATTERN_PROBES = 48  # grouped probes allowed to observe a pattern, at least

@@ -45,6 +45,7 @@ class SparseChoice:
         self._early: dict[str, Attempt] = {}  # name → an attempt made before take
         self._patterns: dict = {}  # name → its proved pattern (or None), made once
         self.over: dict[str, Attempt] = {}  # name → a sparse Jacobian over the budget
+        self.unpaid: dict[str, str] = {}  # name → why no sparse Jacobian (the notes' reason)
 
     @contextlib.contextmanager
     def on_refusal(self):
@@ -53,10 +54,12 @@ class SparseChoice:
         try:
             yield
         except VJPUsageError as error:
-            if not self.over:
+            if not self.over and not self.unpaid:
                 raise
-            sizes = "; ".join(f"with respect to {name}, {sparse_need(found)}"
-                              for name, found in self.over.items())
+            sizes = "; ".join([f"with respect to {name}, {sparse_need(found)}"
+                               for name, found in self.over.items()]
+                              + [f"with respect to {name}, none: {why}"
+                                 for name, why in self.unpaid.items()])
             refusal = VJPUsageError(f"{error} As a sparse Jacobian: {sizes}.")
             refusal.__dict__.update(error.__dict__)
             raise refusal from None
@@ -217,6 +220,7 @@ class SparseChoice:
             self.over[name] = found
         if found.sparse is None:
             if found.why not in (TOO_DENSE, OVER_BUDGET):
+                self.unpaid[name] = found.why
                 self.notes.append(f"No sparsity pattern paid off for {name}: {found.why}; "
                                   "the full Jacobian was computed instead.")
             return None
