@@ -96,3 +96,29 @@ def test_upsampling_in_a_graph_gives_the_jacobian_by_colours():
     assert sparse.count < f(x).numel() / 4
     torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(),
                                torch.func.jacrev(f)(x.detach()), rtol=1e-12, atol=1e-12)
+
+
+UNPOOLS = {
+    "max_unpool2d": (lambda t: F.max_unpool2d(*F.max_pool2d(t * t, 2, return_indices=True), 2),
+                     (1, 2, 6, 8)),
+    "max_unpool1d, stride 2 of 3, output size": (lambda t: F.max_unpool1d(*F.max_pool1d(
+        t * t, 3, stride=2, return_indices=True), 3, stride=2, output_size=[9]), (1, 2, 9)),
+    "max_unpool3d": (lambda t: F.max_unpool3d(*F.max_pool3d(t * t, 2, return_indices=True), 2),
+                     (1, 1, 4, 4, 6)),
+    "max_unpool2d of overlapping windows (shared indices)": (lambda t: F.max_unpool2d(
+        *F.max_pool2d(t * t, 3, stride=1, return_indices=True), 3, stride=1), (1, 1, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNPOOLS))
+def test_max_unpool_reads_its_saved_indices_conditionally(name):
+    """Conditional on the saved indices (as gather is): exact at this x, and said so."""
+    f, shape = UNPOOLS[name]
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = f(x.requires_grad_())
+    found = proved_pattern(y, x, 2**30, dense=True)
+    assert found is not None and any(op.startswith("max_unpool") for op in found.conditional_on)
+    proved = torch.zeros(y.numel(), x.numel(), dtype=torch.bool)
+    proved[torch.repeat_interleave(torch.arange(y.numel()), found.crow.diff()), found.col] = True
+    actual = torch.autograd.functional.jacobian(f, x.detach()).reshape(y.numel(), -1) != 0
+    assert torch.equal(proved, actual)

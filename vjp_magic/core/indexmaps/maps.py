@@ -68,7 +68,8 @@ class Edge(NamedTuple):
 
 
 _NAMES = {"Index": "indexing", "MaxPool2DWithIndices": "max_pool2d",
-          "MaxPool3DWithIndices": "max_pool3d"}
+          "MaxPool3DWithIndices": "max_pool3d", "MaxUnpool2D": "max_unpool2d",
+          "MaxUnpool3D": "max_unpool3d"}
 
 
 def selection_name(node_name: str) -> str:

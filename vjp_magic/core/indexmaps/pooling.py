@@ -74,3 +74,28 @@ def arg_reduction(edge: Edge) -> IndexMap:
         indices = np.expand_dims(indices, dim)
     table = np.take_along_axis(grid(shape), indices, axis=dim)
     return moved(table.reshape(edge.out_shape), edge.out_shape, injective=False)
+
+
+def max_unpool(edge: Edge) -> IndexMap:
+    """max_unpool{2,3}d (1d runs as 2d): output entry o of a plane reads every input entry of
+    that plane whose saved index is o (its backward gathers: J[o, i] = 1 where
+    indices[i] = o, however many share o), nothing elsewhere."""
+    d = 3 if edge.name.endswith("3D") else 2
+    indices = edge.selection("indices").cpu().numpy().astype(np.int64)
+    shape, out = tuple(edge.in_shape), tuple(edge.out_shape)
+    if indices.shape != shape or len(shape) <= d or out[:-d] != shape[:-d]:
+        raise Unproved("max_unpool indices that do not fit the tensor")
+    planes, size = math.prod(shape[:-d]), math.prod(out[-d:])
+    indices = indices.reshape(planes, -1)
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
+        raise Unproved("max_unpool indices outside the output")
+    target = (indices + np.arange(planes, dtype=np.int64)[:, None] * size).reshape(-1)
+    order = np.argsort(target, kind="stable")
+    sorted_target = target[order]
+    starts = np.searchsorted(sorted_target, sorted_target, side="left")
+    rank = np.arange(target.size) - starts  # the how-many-th reader of its output entry
+    width = int(rank.max()) + 1 if target.size else 1
+    edge.afford(planes * size * width)
+    table = np.full((planes * size, width), -1, dtype=np.int64)
+    table[sorted_target, rank] = order
+    return along(table, edge)

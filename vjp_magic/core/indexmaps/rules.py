@@ -46,6 +46,7 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("Convolution", linalg.convolution),
     ("MaxPool2DWithIndices MaxPool3DWithIndices", pooling.max_pool),
     ("AvgPool2D AvgPool3D", pooling.avg_pool),
+    ("MaxUnpool2D MaxUnpool3D", pooling.max_unpool),
     ("AdaptiveAvgPool2D AdaptiveAvgPool3D", resample.adaptive_avg_pool),
     (" ".join(resample.KERNELS), resample.upsample),
     ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
