@@ -600,7 +600,7 @@ def _forward_answers(prober: SetProber, columns: torch.Tensor):
                     answers.append(_read(ju, 1 + prober.a))
                     continue
                 scale = rescaling(len(part), prober.seed, 2**20 + 64 * start + draw).to(x)
-                factor = scale.reshape((-1,) + (1,) * (x.dim() - 1))
+                factor = scale.reshape((-1,) + (1,) * x.dim())  # over `on`'s dims
                 (again,) = checked_batch(g, [v], values * on * factor, log=log)
                 hit, nonfinite, rounded = firm(ju, again, scale, 1 + prober.a)
                 prober.note_rounded(torch.arange(m), part.cpu(), rounded.T)
