@@ -4,6 +4,9 @@ not hide the next's).
 
     python benchmarks/dependency_scale.py            # every case, median of 3
     python benchmarks/dependency_scale.py bn mixup   # some cases
+    python benchmarks/dependency_scale.py --once ghost64-leak   # one run (a slow baseline)
+
+Seconds are wall-clock, CPU the process's CPU time (the figure to compare on a loaded machine).
 """
 from __future__ import annotations
 
@@ -44,12 +47,13 @@ def attention(x, mask=None):
 
 
 def conv_stack(x, variant="plain"):
-    """Three width-3 Conv1d layers and tanh: plain, dilated (1, 2, 4), circular padding, or
-    the first of stride 2."""
+    """Three width-3 Conv1d layers (x's channels) and tanh: plain, dilated (1, 2, 4), circular
+    padding, or the first of stride 2."""
     torch.manual_seed(0)
     F = torch.nn.functional
+    channels = x.shape[1]
     for k in range(3):
-        w = torch.randn(8, 8, 3) / 5
+        w = torch.randn(channels, channels, 3) / (5 * (channels / 8) ** 0.5)
         if variant == "dilated":
             x = F.conv1d(x, w, padding=2**k, dilation=2**k)
         elif variant == "circular":
@@ -67,13 +71,18 @@ def ghost(x, group, leak=None):
     return mlp(c, leak)
 
 
+LENGTHS = (100, 300, 156, 468)  # packed sequences of varying lengths (T in all)
+
+
 def packed(x, length, extra=()):
-    """Causal attention over sequences of ``length`` packed along x; ``extra``: (i, j)
-    reads the mask also allows."""
+    """Causal attention over sequences of ``length`` (or of :data:`LENGTHS`, length 0)
+    packed along x; ``extra``: (i, j) reads the mask also allows."""
     t = len(x)
     mask = torch.zeros(t, t, dtype=torch.bool)
-    for s in range(0, t, length):
-        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length).bool())
+    starts = torch.tensor((0,) + LENGTHS).cumsum(0).tolist() if not length else \
+        list(range(0, t + 1, length))
+    for s, e in zip(starts, starts[1:]):
+        mask[s:e, s:e] = torch.tril(torch.ones(e - s, e - s).bool())
     for i, j in extra:
         mask[i, j] = True
     return torch.softmax((x @ x.T / 8).masked_fill(~mask, -torch.inf), -1) @ x
@@ -96,15 +105,17 @@ def case(name):
         x = torch.randn(B, 64, requires_grad=True)
         group, _, leak = name[5:].partition("-")
         return ghost(x, int(group), (2048, 1365) if leak else None), x, 0, 0
-    if name.startswith("packed"):  # packed256, packed256-leak (a later read, one across)
-        x = torch.randn(T, 64, requires_grad=True)
+    if name.startswith("packed"):  # packed256, packed256-leak (a later read, one across),
+        x = torch.randn(T, 64, requires_grad=True)  # packedvar: of LENGTHS
         length, _, leak = name[6:].partition("-")
-        return packed(x, int(length), ((300, 400), (700, 100)) if leak else ()), x, 0, 0
+        length = 0 if length == "var" else int(length)
+        return packed(x, length, ((300, 400), (700, 100)) if leak else ()), x, 0, 0
     if name.startswith("attention"):
         x = torch.randn(T, 64, requires_grad=True)
         return attention(x, name.partition("-")[2] or None), x, 0, 0
-    if name.startswith("conv"):
-        x = torch.randn(1, 8, L, requires_grad=True)
+    if name.startswith("conv"):  # conv, conv-dilated, conv16-circular (16 channels)
+        channels = 16 if name.startswith("conv16") else 8
+        x = torch.randn(1, channels, L, requires_grad=True)
         return conv_stack(x, name.partition("-")[2] or "plain"), x, 2, 2
     if name == "periodic":
         x = torch.randn(L, requires_grad=True)
@@ -114,7 +125,8 @@ def case(name):
 
 CASES = ["mlp", "adjacent", "distant", "bn", "mixup", "attention", "attention-causal",
          "attention-after", "conv", "conv-dilated", "conv-circular", "conv-strided", "periodic",
-         "ghost16", "ghost64", "ghost64-leak", "packed256", "packed256-leak"]
+         "ghost16", "ghost64", "ghost64-leak", "packed256", "packed256-leak", "packedvar",
+         "packedvar-leak", "conv16-dilated", "conv16-circular"]
 
 
 def run_one(name):
@@ -126,12 +138,12 @@ def run_one(name):
     torch.autograd.grad(y, x, v, retain_graph=True)
     backward = time.perf_counter() - began
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     d = vjp_magic.dependency(y, x, a, b)
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20  # GiB
-    print(json.dumps({"case": name, "seconds": seconds, "rss_gib": grown, "backward": backward,
-                      "verdict": d.summary(), "witness": d.witness}))
+    print(json.dumps({"case": name, "seconds": seconds, "cpu": cpu, "rss_gib": grown,
+                      "backward": backward, "verdict": d.summary(), "witness": d.witness}))
 
 
 def main(names, repeats=3):
@@ -142,15 +154,17 @@ def main(names, repeats=3):
                                  capture_output=True, text=True).stdout
             runs.append(json.loads(out.strip().splitlines()[-1]))
         seconds = statistics.median(r["seconds"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
         grown = statistics.median(r["rss_gib"] for r in runs)
         ratio = statistics.median(r["seconds"] / r["backward"] for r in runs)
-        print(f"{name:18s} {seconds:6.2f} s  {ratio:6.1f}× a backward  {grown:5.2f} GiB  "
-              f"{runs[0]['verdict']}"
+        print(f"{name:18s} {seconds:6.2f} s  {cpu:6.2f} s CPU  {ratio:6.1f}× a backward  "
+              f"{grown:5.2f} GiB  {runs[0]['verdict']}"
               f"  witness {runs[0]['witness']}", flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
         run_one(sys.argv[2])
-    else:
-        main(sys.argv[1:] or CASES)
+    else:  # --once: one run a case (a slow baseline)
+        names = [a for a in sys.argv[1:] if a != "--once"]
+        main(names or CASES, 1 if "--once" in sys.argv else 3)
