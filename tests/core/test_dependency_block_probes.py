@@ -27,7 +27,7 @@ class _Vectors:
 def _bounded_only(monkeypatch):
     """Every block too costly to read row by row: the blocks bound the rows not read."""
     monkeypatch.setattr(blockdecode, "EXACT_SIZE", 0)
-    monkeypatch.setattr(grouptest, "RESOLVE_SECONDS", 0.0)
+    monkeypatch.setattr(grouptest, "RESOLVE_ENTRIES", 0)
 
 
 def _ghost(b, group, leak=None):
@@ -128,8 +128,8 @@ def test_blocks_of_different_sizes_are_still_right():
 
 def test_large_blocks_cost_vectors_by_their_structure(monkeypatch):
     """B = 4,096 in groups of 64 and T = 1,024 in sequences of 256: vectors by the blocks'
-    structure (a bound: a few dozen; or, where the machine reads them within the time the
-    verdict is sized to, each block exactly: two per local index), never one per row."""
+    structure (a bound: a few dozen; each block read exactly, two vectors per local index,
+    only where the work counted allows), never one per row."""
     vectors = _Vectors(monkeypatch)
     x = torch.randn(4096, 16, requires_grad=True)
     d = vjp_magic.dependency(_ghost(4096, 64)(x), x)

@@ -20,7 +20,7 @@ M = 512
 @pytest.fixture(autouse=True)
 def bounded(monkeypatch):
     monkeypatch.setattr(grouptest, "RESOLVE_ROWS", 64)
-    monkeypatch.setattr(grouptest, "RESOLVE_SECONDS", 0.0)
+    monkeypatch.setattr(grouptest, "RESOLVE_ENTRIES", 0)
 
 
 def _reads(y, x, i) -> torch.Tensor:

@@ -104,7 +104,7 @@ def test_batchnorm_at_4096_is_dense_from_a_few_rows(monkeypatch):
 
 def test_causal_attention_is_lower_triangular_from_bounds(monkeypatch):
     monkeypatch.setattr(grouptest, "RESOLVE_ROWS", 64)
-    monkeypatch.setattr(grouptest, "RESOLVE_SECONDS", 0.0)
+    monkeypatch.setattr(grouptest, "RESOLVE_ENTRIES", 0)
     t = 512
     f = models(t)["causal"]
     x = torch.randn(t, 16, requires_grad=True)

@@ -23,7 +23,9 @@ import torch
 
 from .setdecode import bit_sets
 
-CROSSED = 64  # at most this many input indices read across blocks, read exactly (forward)
+CROSSED = 64  # at most this many input indices read across blocks, read exactly (forward),
+# or output indices reading across blocks (bounded blocks: found by halving, read one by one)
+CROSSED_BLOCKS = 8  # ... of at most this many blocks whose indices are read across
 EXACT_SIZE = 16  # blocks up to this size are read row by row exactly (2 vectors a local index)
 
 

@@ -885,7 +885,9 @@ def _blocks_note(found, m: int) -> str:
     cuts = f", {found.cuts} cut sets find later reads inside a block" if found.cuts else ""
     margin = (f"; a read of a later index up to {found.margin} ahead in its own block, on "
               "those rows, is not ruled out" if found.margin else "")
-    return (f"{found.rows} of the {m:,} output indices probed one by one; sets of whole "
+    crossers = (f", and the {found.crossers:,} that read across blocks, found by halving"
+                if found.crossers else "")
+    return (f"{found.rows} of the {m:,} output indices probed one by one{crossers}; sets of whole "
             f"blocks of {found.blocks:,} show no other read across blocks{cuts}{columns}; "
             "the other rows of .pattern are the blocks' structure this implies, not resolved "
             f"one by one{margin}")

@@ -37,8 +37,10 @@ from .torch_api import TorchError, torch_error
 from .vectorising import Payoff
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 
-# Resolve a wide (dense, triangular) pattern row by row when that takes at most this long.
-RESOLVE_SECONDS = 0.5
+# Resolve a wide (dense, triangular) pattern row by row when its probes touch at most this
+# many entries (vectors × the output's and x's entries: work counted, not timed, so that the
+# same input always takes the same path and gets the same verdict) ...
+RESOLVE_ENTRIES = 2**22
 RESOLVE_ROWS = 256  # ... or the axis has at most this many indices
 
 
@@ -60,6 +62,7 @@ class Probed(NamedTuple):
     cuts: int = 0
     rounded: tuple[tuple[int, int], ...] = ()  # entries left out as rounding (row-major)
     blocks: int = 0  # bounded by blocks of this size (no read crosses them), not a band
+    crossers: int = 0  # ... and this many output indices found reading across them
 
 
 def probed_pattern(output, x, a: int, b: int, budget: int, seed: int,
@@ -165,54 +168,127 @@ def proved_hits(output, x, a: int, b: int, budget: int, seed: int, allowed,
 
 def _cheap(prober, m: int) -> bool:
     """Whether one probe per output index is affordable (exact, even for a wide pattern)."""
-    return m <= RESOLVE_ROWS or m * prober.seconds_per_vector() <= RESOLVE_SECONDS
+    return m <= RESOLVE_ROWS or _affordable(prober, m)
+
+
+def _affordable(prober, vectors: int) -> bool:
+    """Whether ``vectors`` probes touch at most :data:`RESOLVE_ENTRIES` entries."""
+    return vectors * (prober.output.numel() + prober.x.numel()) <= RESOLVE_ENTRIES
 
 
 # -- blocks along the axis ------------------------------------------------------------------
 def _blocked(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed | None:
     """Blocks of one size that the sampled rows propose (:mod:`.blockdecode`), or None: no
-    read crosses them but at a few input indices, read exactly; inside, every row read by
-    one set per local index where that is cheap (complete), else the blocks' structure
-    bounds the rows not read (lower-triangular ones checked by cuts for later reads). Not
-    in float16 and bfloat16, whose set sums cancel exactly with a chance near 2⁻⁸."""
+    read crosses them but at a few input indices; inside, every row read by one set per
+    local index where that is cheap (complete: :func:`_blocks_read`), else the blocks'
+    structure bounds the rows not read (:func:`_blocks_bounded`). Not in float16 and
+    bfloat16, whose set sums cancel exactly with a chance near 2⁻⁸."""
     m, n = prober.output.shape[prober.a], rows.shape[1]
     proposal = blockdecode.proposed(sample, rows, m, n)
     if proposal is None or coarse_dtype(prober.output.dtype):  # sums there cancel by chance
         return None
     size, lower = proposal
     crossed = blockdecode.crossings(prober, size, m, n)
-    if crossed is None or int(crossed.sum()) > blockdecode.CROSSED \
-            or bool(prober.unknown.any()):
+    if crossed is None or bool(prober.unknown.any()):
         return None
-    if size <= blockdecode.EXACT_SIZE \
-            or 2 * size * prober.seconds_per_vector() <= RESOLVE_SECONDS:
-        pattern = blockdecode.within(prober, size, m, n)
-        read = crossed.nonzero().flatten()
-        if read.numel():
-            pattern[:, read] = exact_columns(prober, read)
-        columns = prober.unknown.nonzero().flatten()
-        if columns.numel():
-            pattern[:, columns] = resolved_columns(prober, columns)
-        return Probed(pattern, True, m, prober.count, prober.smallest,
-                      rounded=prober.rounded_out(pattern))
-    gap, cuts = 1, 0
-    if lower:
-        later, gap, cuts = blockdecode.later_reads(prober, size, m, n, _cut_count(prober))
-        crossed |= later
-    if int(crossed.sum()) > blockdecode.CROSSED or bool(prober.unknown.any()):
+    if size <= blockdecode.EXACT_SIZE or _affordable(prober, 2 * size):
+        return _blocks_read(prober, size, crossed)
+    return _blocks_bounded(prober, sample, rows, size, lower, crossed)
+
+
+def _blocks_read(prober, size: int, crossed: torch.Tensor) -> Probed | None:
+    """Every row of blocks of ``size`` read by one set per local index, the input indices
+    read across blocks (``crossed``) read exactly (forward mode), or None past
+    :data:`.blockdecode.CROSSED` of them."""
+    m, n = prober.output.shape[prober.a], len(crossed)
+    if int(crossed.sum()) > blockdecode.CROSSED:
         return None
-    pattern = blockdecode.claimed(size, m, lower)
-    pattern[sample] = rows
+    pattern = blockdecode.within(prober, size, m, n)
     read = crossed.nonzero().flatten()
     if read.numel():
         pattern[:, read] = exact_columns(prober, read)
-    return Probed(pattern, False, len(sample), prober.count, prober.smallest, sample, read,
-                  gap - 1, cuts, blocks=size)
+    columns = prober.unknown.nonzero().flatten()
+    if columns.numel():
+        pattern[:, columns] = resolved_columns(prober, columns)
+    return Probed(pattern, True, m, prober.count, prober.smallest,
+                  rounded=prober.rounded_out(pattern))
+
+
+def _blocks_bounded(prober, sample, rows, size: int, lower: bool, crossed) -> Probed | None:
+    """The blocks' structure bounds the rows not read: the output indices that read across
+    blocks found by halving (:func:`_crossers`: a cost set by how many they are, not by the
+    batch) and read one by one; lower-triangular blocks checked by cuts for later reads,
+    whose input indices are read exactly (forward mode). Input indices read across blocks
+    that the readers found do not explain (by the bit-coded sets, or random sets with
+    fresh values: :func:`_unexplained`) are read exactly too. None past
+    :data:`.blockdecode.CROSSED` readers or input indices to read exactly."""
+    m, n = prober.output.shape[prober.a], rows.shape[1]
+    crossers = _crossers(prober, size, m, crossed)
+    gap, cuts, later = 1, 0, torch.zeros(n, dtype=torch.bool)
+    if crossers is not None and lower:
+        later, gap, cuts = blockdecode.later_reads(prober, size, m, n, CUTS)
+    if crossers is None or int(later.sum()) > blockdecode.CROSSED \
+            or bool(prober.unknown.any()):
+        return None
+    pattern = blockdecode.claimed(size, m, lower)
+    pattern[sample] = rows
+    if len(crossers):
+        pattern[crossers] = prober.row_hits(crossers)
+    block = torch.arange(n) // size
+    explained = (pattern[crossers] & (block[crossers][:, None] != block[None, :])).any(0)
+    missed = _unexplained(prober, size, pattern, crossers)
+    read = (later | missed | (crossed & ~explained)).nonzero().flatten()
+    if len(read) > blockdecode.CROSSED or bool(prober.unknown.any()):
+        return None
+    if read.numel():
+        pattern[:, read] = exact_columns(prober, read)
+    shown = torch.cat([sample, crossers]).unique()
+    return Probed(pattern, False, len(sample), prober.count, prober.smallest, shown, read,
+                  gap - 1, cuts, blocks=size, crossers=len(crossers))
+
+
+def _unexplained(prober, size: int, pattern: torch.Tensor, crossers) -> torch.Tensor:
+    """(n,) bool: the input indices that bit-coded sets of whole blocks, the blocks numbered
+    afresh at random, reach outside their blocks with fresh values (an independent check of
+    :func:`.blockdecode.crossings`: any two blocks lie apart in some set, so every read
+    across is seen), where no reader found among the sets' rows (``crossers``, their rows
+    in ``pattern``) reads them."""
+    m, n = pattern.shape
+    blocks = m // size
+    generator = probe_generator(prober.seed, "dependency-block-check")
+    order = torch.randperm(blocks, generator=generator)
+    chosen = setdecode.bit_sets(blocks, max((blocks - 1).bit_length(), 1))[:, order]
+    sets = blockdecode.block_sets(chosen, size, m)
+    fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
+                      prober.max_seconds, stream=1, limit=prober.limit)
+    fresh.batching.methods, fresh.payoff = prober.batching.methods, prober.payoff
+    reached = fresh.hits(sets)
+    prober.unknown |= fresh.unknown
+    prober.count += fresh.count
+    explained = (sets[:, crossers].float() @ pattern[crossers].float()) > 0
+    return (reached & ~blockdecode.block_sets(chosen, size, n) & ~explained).any(0)
+
+
+def _crossers(prober, size: int, m: int, crossed: torch.Tensor) -> torch.Tensor | None:
+    """(k,) long: the output indices reading some of ``crossed`` outside their own block of
+    ``size``, by halving with each input index's own block left out
+    (:func:`.setdecode.halving`), or None past :data:`.blockdecode.CROSSED` of them or of
+    blocks whose indices are read across."""
+    columns = crossed.nonzero().flatten()
+    if not columns.numel():
+        return columns
+    start = columns // size * size
+    if len(start.unique()) > blockdecode.CROSSED_BLOCKS:
+        return None
+    found = setdecode.halving(prober, m, columns, (start, start + size),
+                              most=2 * (blockdecode.CROSSED + blockdecode.CROSSED_BLOCKS))
+    if found is None or int(found.any(1).sum()) > blockdecode.CROSSED:
+        return None
+    return found.any(1).nonzero().flatten()
 
 
 # -- a wide mixing, bounded --------------------------------------------------------------------
-BOUND_SECONDS = 0.25  # the prefix and suffix sets of a bounded pattern take about this long
-CUTS = (16, 28)  # ... and are at least, at most this many
+CUTS = 16  # prefix and suffix (or cut) sets of a bounded pattern, a count (never timed)
 EXACT_COLUMNS = 16  # input indices a cut shows beyond the band, read exactly (the farthest)
 
 
@@ -233,7 +309,7 @@ def _bounded(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed:
         pattern = torch.ones(m, n, dtype=torch.bool)
         pattern[sample] = rows
         return Probed(pattern, False, len(sample), prober.count, prober.smallest, sample, empty)
-    prefixes, suffixes, gap = _cuts(prober, m, n, lo, hi)
+    prefixes, suffixes, gap = _cuts(m, n, lo, hi)
     index = torch.arange(m)
     sets = torch.cat([index[None, :] < prefixes[:, None], index[None, :] >= suffixes[:, None]])
     reached = prober.hits(sets) if len(sets) else torch.zeros(0, n, dtype=torch.bool)
@@ -262,13 +338,12 @@ def _bounded(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed:
                   gap - 1, len(sets))
 
 
-def _cuts(prober, m: int, n: int, lo: int, hi: int):
-    """(prefix cuts, suffix cuts, spacing g): cuts every g output indices, as many as take
-    about :data:`BOUND_SECONDS` (within :data:`CUTS`), on the sides where a dependence
-    can lie past the band (none after a band reaching the last input index: a triangle needs
-    prefixes only); a cut whose set could show nothing is left out."""
-    per = prober.seconds_per_vector()
-    count = int(min(max(BOUND_SECONDS / per if per > 0 else CUTS[1], CUTS[0]), CUTS[1]))
+def _cuts(m: int, n: int, lo: int, hi: int):
+    """(prefix cuts, suffix cuts, spacing g): :data:`CUTS` cuts every g output indices, on
+    the sides where a dependence can lie past the band (none after a band reaching the last
+    input index: a triangle needs prefixes only); a cut whose set could show nothing is left
+    out."""
+    count = CUTS
     before, after = lo > -(m - 1), hi < n - 1
     sides = max(int(before) + int(after), 1)
     gap = max(1, -(-m // (count // sides + 1)))
@@ -278,12 +353,6 @@ def _cuts(prober, m: int, n: int, lo: int, hi: int):
     suffixes = torch.cat([torch.tensor([0]), cuts[cuts < m]]) if before else cuts[:0]
     suffixes = suffixes[suffixes + lo > 0]
     return prefixes, suffixes, gap
-
-
-def _cut_count(prober) -> int:
-    """How many cut sets take about :data:`BOUND_SECONDS` (within :data:`CUTS`)."""
-    per = prober.seconds_per_vector()
-    return int(min(max(BOUND_SECONDS / per if per > 0 else CUTS[1], CUTS[0]), CUTS[1]))
 
 
 # -- the set prober ------------------------------------------------------------------------
@@ -327,10 +396,6 @@ class SetProber:
         i, j = rounded.nonzero(as_tuple=True)
         for row, column in zip(rows[i].tolist(), columns[j].tolist()):
             self.rounded[(row, column)] = None
-
-    def seconds_per_vector(self) -> float:
-        """Measured seconds per probe so far (0 before any)."""
-        return self.seconds / max(self.count, 1)
 
     def vectors(self, sets: torch.Tensor) -> torch.Tensor:
         """One random vector restricted to each set: every probe's answer holds on its own

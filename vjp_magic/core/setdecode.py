@@ -320,40 +320,62 @@ def _modular_colours(r, c, m: int, n: int) -> torch.Tensor | None:
 
 
 # -- halving ----------------------------------------------------------------------------------
-def halving(prober, m: int, columns: torch.Tensor) -> torch.Tensor:
+def halving(prober, m: int, columns: torch.Tensor, owner=None, most: int | None = None):
     """The rows of ``columns`` (each read by several output indices): halve the blocks of
     output indices that some column reaches, a level per batched call, or probe each row of
-    the blocks still open when the blocks keep branching (a triangle, a band)."""
+    the blocks still open when the blocks keep branching (a triangle, a band). ``owner``
+    (each column's rows as a (start, end) pair of (len(columns),) tensors): only the
+    readers outside them are found (a block's own rows left out: a set holding some of
+    them says nothing at that column, and stays open; a few such, not a branching), and
+    None once over ``most`` blocks are open (too many readers to find this way)."""
     size = 1 << (m - 1).bit_length()
     active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
     previous = 1
     while size > 1:
         live = active.any(1).nonzero().flatten()
+        if most is not None and len(live) > most:
+            return None
         rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
         levels = size.bit_length() - 1
-        growth = len(live) / previous
+        growth = len(live) / previous if owner is None else 1.0
         if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
-            return _rows_of_blocks(prober, m, live, size, columns)
+            return _rows_of_blocks(prober, m, live, size, columns, owner)
         size //= 2
         children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
         children = children[children * size < m]
         answers = prober.hits(_blocks(children, size, m))[:, columns]
+        if owner is not None:  # a set with owned rows: open unless it holds nothing else
+            first, last = children[:, None] * size, (children[:, None] + 1) * size
+            start, end = owner[0][None, :], owner[1][None, :]
+            meets = (first < end) & (last > start)
+            inside = (first >= start) & (torch.clamp(last, max=m) <= end)
+            answers = (answers & ~meets) | (meets & ~inside)
         active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
         active_next[children] = answers & active[children // 2]
         active, previous = active_next, len(live)
+    if owner is not None:
+        active = active[:m] & ~_owned(m, owner)
     return active[:m]
 
 
+def _owned(m: int, owner) -> torch.Tensor:
+    """(m × columns) bool: the rows each column's ``owner`` range holds."""
+    index = torch.arange(m)[:, None]
+    return (index >= owner[0][None, :]) & (index < owner[1][None, :])
+
+
 def _blocks(blocks: torch.Tensor, size: int, m: int) -> torch.Tensor:
-    """(k × m) sets: output indices ``block * size ..`` of each block."""
+    """(k × m) sets: output indices ``blocks * size ..`` of each block."""
     index = torch.arange(m)
     return (index[None, :] // size) == blocks[:, None]
 
 
-def _rows_of_blocks(prober, m, live, size, columns) -> torch.Tensor:
-    """One probe per output index of the live blocks."""
+def _rows_of_blocks(prober, m, live, size, columns, owner=None) -> torch.Tensor:
+    """One probe per output index of the live blocks (none of a column's own rows)."""
     rows = (live[:, None] * size + torch.arange(size)[None, :]).flatten()
     rows = rows[rows < m]
+    if owner is not None:  # rows every column owns say nothing
+        rows = rows[~_owned(m, owner)[rows].all(1)]
     pattern = torch.zeros(m, len(columns), dtype=torch.bool)
     pattern[rows] = prober.row_hits(rows)[:, columns]
-    return pattern
+    return pattern & ~_owned(m, owner) if owner is not None else pattern
