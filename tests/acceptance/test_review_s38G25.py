@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vjp_magic
-from vjp_magic.core import grouptest
+from block_models import VectorCounter, ghost_batch, packed_attention
 
 
 def _batch_graph(model, x, t) -> dict:
@@ -159,35 +159,9 @@ def test_channels_last_conv_with_groupnorm_and_inplace_relu():
 # G25-2: block-diagonal batches with blocks of 32 or more fall back to a probe per row
 # --------------------------------------------------------------------------------------------
 
-class _Vectors:
-    """Counts the vectors of every batched backward the group test makes."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = grouptest.checked_batch
-
-        def counted(output, inputs, grad_outputs, batched=True, log=None):
-            self.count += len(grad_outputs)
-            return original(output, inputs, grad_outputs, batched=batched, log=log)
-        monkeypatch.setattr(grouptest, "checked_batch", counted)
-
-
-def _ghost_batch(b, group):
-    """An MLP after centring each group of ``group`` consecutive samples (ghost batch
-    statistics, per-graph mean pooling): block-diagonal, blocks of ``group``."""
-    torch.manual_seed(0)
-    w1, w2 = torch.randn(16, 16) / 4, torch.randn(16, 16) / 4
-
-    def f(x):
-        centred = x.view(b // group, group, 16)
-        centred = centred - centred.mean(1, keepdim=True)
-        return torch.tanh(centred.reshape(b, 16) @ w1.to(x.dtype)) @ w2.to(x.dtype)
-    return f
-
-
 def test_ghost_batch_statistics_are_block_diagonal_with_their_groups():
     """Guard for what held: the verdict and blocks equal the Jacobian's own pattern."""
-    f = _ghost_batch(24, 8)
+    f = ghost_batch(24, 8)
     x = torch.randn(24, 16, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     jac = torch.autograd.functional.jacobian(f, x.detach())
@@ -199,8 +173,8 @@ def test_ghost_batch_statistics_are_block_diagonal_with_their_groups():
 def test_ghost_batch_statistics_cost_fewer_vectors_than_rows(monkeypatch):
     b, group = 512, 64
     x = torch.randn(b, 16, requires_grad=True)
-    y = _ghost_batch(b, group)(x)
-    vectors = _Vectors(monkeypatch)
+    y = ghost_batch(b, group)(x)
+    vectors = VectorCounter(monkeypatch)
     d = vjp_magic.dependency(y, x)
     assert (d.kind, tuple(d.blocks)) == ("block-diagonal", (group,) * (b // group))
     # 64 colours (index k of every block) decode it; a probe per row is what the issue fixes
@@ -211,21 +185,9 @@ def test_ghost_batch_statistics_cost_fewer_vectors_than_rows(monkeypatch):
 # G25-3: packed causal sequences at T = 1,024 read as one band that crosses the sequences
 # --------------------------------------------------------------------------------------------
 
-def _packed_attention(t, length):
-    """Causal self-attention over ``t`` tokens packed as sequences of ``length``: y[i] reads
-    x[j] exactly where j ≤ i in i's own sequence (the mask, by mathematics)."""
-    mask = torch.zeros(t, t, dtype=torch.bool)
-    for s in range(0, t, length):
-        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length, dtype=torch.bool))
-
-    def f(x):
-        return torch.softmax((x @ x.T / 4).masked_fill(~mask, -torch.inf), -1) @ x
-    return f, mask
-
-
 def test_packed_causal_sequences_at_1024_are_block_lower_triangular():
     torch.manual_seed(0)
-    f, mask = _packed_attention(1024, 256)
+    f, mask = packed_attention(1024, 256)
     x = torch.randn(1024, 8, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern

@@ -9,6 +9,7 @@ import torch
 
 import vjp_magic
 from vjp_magic.core import blockdecode, grouptest, setdecode
+from block_models import ghost_batch, jacobian_pattern, packed_attention
 
 SEED = 11
 
@@ -21,24 +22,8 @@ def bounded(monkeypatch):
 
 
 def _ghost(b, group, leaks=(), centred=False, features=8):
-    """Centring within groups of ``group``, then a small MLP; each leak (i, j): y[i] also
-    reads x[j] (the centred c[j], which reads j's whole group, where ``centred``)."""
-    torch.manual_seed(0)
-    w1, w2 = torch.randn(features, 8) / 3, torch.randn(8, 8) / 3
-
-    def f(x):
-        c = x.view(b // group, group, features)
-        c = (c - c.mean(1, keepdim=True)).reshape(b, features)
-        source = c if centred else x
-        for i, j in leaks:
-            c = c + torch.nn.functional.one_hot(torch.tensor(i), b).to(x)[:, None] \
-                * 0.1 * source[j]
-        return torch.tanh(c @ w1.to(x.dtype)) @ w2.to(x.dtype)
-    return f
-
-
-def _expected(f, x):
-    return (torch.autograd.functional.jacobian(f, x.detach()) != 0).any(-1).any(1)
+    """Ghost-batch groups with leaks (tests/block_models.py), a narrower MLP."""
+    return ghost_batch(b, group, leaks, centred, features, width=8, scale=3)
 
 
 LEAKS = {"first block": [(5, 100)], "last block": [(125, 7)], "adjacent": [(16, 15)],
@@ -54,7 +39,7 @@ def test_leaks_across_groups_match_the_jacobian(bounded, name, centred):
     f = _ghost(m, 16, LEAKS[name], centred)
     x = torch.randn(m, 8, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x, seed=SEED)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
     sample = set(setdecode.sample_rows(m, SEED).tolist())
     rows = {i for i, _ in LEAKS[name]}
     if not rows & sample:  # a sampled row reading across proposes no blocks of one size
@@ -68,19 +53,12 @@ def test_leaks_across_groups_match_the_jacobian(bounded, name, centred):
                                    ((127, 0), (64, 63))])
 def test_packed_sequences_leaking_both_ways_match_the_jacobian(bounded, extra):
     torch.manual_seed(0)
-    t, length = 128, 32
-    mask = torch.zeros(t, t, dtype=torch.bool)
-    for s in range(0, t, length):
-        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length).bool())
-    for i, j in extra:
-        mask[i, j] = True
-
-    def f(x):
-        return torch.softmax((x @ x.T / 4).masked_fill(~mask, -torch.inf), -1) @ x
+    t = 128
+    f, mask = packed_attention(t, 32, extra)
     x = torch.randn(t, 8, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x, seed=SEED)
     assert torch.equal(d.pattern, mask)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
 
 
 def test_a_leaked_group_at_4096_costs_vectors_by_its_leaks(monkeypatch):
@@ -117,5 +95,5 @@ def test_a_crossing_the_bit_coded_sets_miss_is_caught_by_the_random_check(bounde
     f = _ghost(128, 16, leaks)
     x = torch.randn(128, 8, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x, seed=SEED)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
     assert sorted(d.exceptions()) == sorted(leaks)

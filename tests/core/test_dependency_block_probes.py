@@ -9,19 +9,7 @@ import torch
 
 import vjp_magic
 from vjp_magic.core import blockdecode, grouptest
-
-
-class _Vectors:
-    """Counts the vectors of every batched backward the group test makes."""
-
-    def __init__(self, monkeypatch):
-        self.count = 0
-        original = grouptest.checked_batch
-
-        def counted(output, inputs, grad_outputs, batched=True, log=None):
-            self.count += len(grad_outputs)
-            return original(output, inputs, grad_outputs, batched=batched, log=log)
-        monkeypatch.setattr(grouptest, "checked_batch", counted)
+from block_models import VectorCounter, ghost_batch, jacobian_pattern, packed_attention
 
 
 def _bounded_only(monkeypatch):
@@ -31,39 +19,8 @@ def _bounded_only(monkeypatch):
 
 
 def _ghost(b, group, leak=None):
-    """Centring within groups of ``group`` then an MLP; ``leak`` (i, j): y[i] also reads
-    x[j] a little."""
-    torch.manual_seed(0)
-    w1, w2 = torch.randn(16, 16) / 4, torch.randn(16, 16) / 4
-
-    def f(x):
-        c = x.view(b // group, group, 16)
-        c = (c - c.mean(1, keepdim=True)).reshape(b, 16)
-        if leak is not None:
-            c = c + torch.nn.functional.one_hot(torch.tensor(leak[0]), b).to(x)[:, None] \
-                * 0.1 * x[leak[1]]
-        return torch.tanh(c @ w1.to(x.dtype)) @ w2.to(x.dtype)
-    return f
-
-
-def _packed(t, length, extra=()):
-    """Causal attention over sequences of ``length`` packed in ``t`` tokens; ``extra``:
-    (i, j) reads the mask also allows."""
-    mask = torch.zeros(t, t, dtype=torch.bool)
-    for s in range(0, t, length):
-        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length,
-                                                                  dtype=torch.bool))
-    for i, j in extra:
-        mask[i, j] = True
-
-    def f(x):
-        return torch.softmax((x @ x.T / 4).masked_fill(~mask, -torch.inf), -1) @ x
-    return f, mask
-
-
-def _expected(f, x):
-    jac = torch.autograd.functional.jacobian(f, x.detach())
-    return (jac != 0).any(-1).any(1)
+    """Ghost-batch groups (tests/block_models.py); ``leak`` (i, j): y[i] also reads x[j]."""
+    return ghost_batch(b, group, () if leak is None else [leak])
 
 
 @pytest.mark.parametrize("leak", [None, (40, 3)])
@@ -72,7 +29,7 @@ def test_ghost_batch_groups_read_exactly(leak):
     x = torch.randn(64, 16, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     assert d.complete
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
     assert d.kind == "block-diagonal" and d.blocks == (8,) * 8
     assert d.exceptions() == ([] if leak is None else [leak])
 
@@ -83,12 +40,12 @@ def test_packed_sequences_bounded_by_their_blocks(monkeypatch, extra):
     and read exactly; nothing else crosses the blocks."""
     _bounded_only(monkeypatch)
     torch.manual_seed(0)
-    f, mask = _packed(128, 32, extra)
+    f, mask = packed_attention(128, 32, extra)
     x = torch.randn(128, 8, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     assert not d.complete and "blocks of 32" in d.note
     assert torch.equal(d.pattern, mask)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
     assert d.kind == "block-lower-triangular" and d.blocks == (32,) * 4
     assert d.exceptions() == list(extra)
 
@@ -99,17 +56,17 @@ def test_ghost_batch_bounded_claims_no_read_across_groups(monkeypatch):
     x = torch.randn(96, 16, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     assert not d.complete
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
 
 
 def test_packed_sequences_read_exactly_where_cheap():
     torch.manual_seed(0)
-    f, mask = _packed(64, 16, ((20, 27),))
+    f, mask = packed_attention(64, 16, ((20, 27),))
     x = torch.randn(64, 8, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     assert d.complete
     assert torch.equal(d.pattern, mask)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
 
 
 def test_blocks_of_different_sizes_are_still_right():
@@ -122,7 +79,7 @@ def test_blocks_of_different_sizes_are_still_right():
         return torch.tanh(torch.cat(parts))
     x = torch.randn(64, 4, dtype=torch.float64, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
-    assert torch.equal(d.pattern, _expected(f, x))
+    assert torch.equal(d.pattern, jacobian_pattern(f, x))
     assert d.blocks == sizes
 
 
@@ -130,13 +87,13 @@ def test_large_blocks_cost_vectors_by_their_structure(monkeypatch):
     """B = 4,096 in groups of 64 and T = 1,024 in sequences of 256: vectors by the blocks'
     structure (a bound: a few dozen; each block read exactly, two vectors per local index,
     only where the work counted allows), never one per row."""
-    vectors = _Vectors(monkeypatch)
+    vectors = VectorCounter(monkeypatch)
     x = torch.randn(4096, 16, requires_grad=True)
     d = vjp_magic.dependency(_ghost(4096, 64)(x), x)
     assert d.blocks == (64,) * 64 and vectors.count <= 3 * 64, vectors.count
     vectors.count = 0
     torch.manual_seed(0)
-    f, mask = _packed(1024, 256)
+    f, mask = packed_attention(1024, 256)
     x = torch.randn(1024, 8, requires_grad=True)
     d = vjp_magic.dependency(f(x), x)
     assert d.kind == "block-lower-triangular" and vectors.count <= 3 * 64, vectors.count
