@@ -11,7 +11,6 @@ is sample b's gradient).
 """
 from __future__ import annotations
 
-import einops
 import pytest
 import torch
 import torch.nn as nn
@@ -36,8 +35,8 @@ COUPLINGS = {  # y (B, C, L) -> a term reading other samples
     / y.var((0, 2), keepdim=True).add(1e-5).sqrt(),
     "mean along the merged batch-channel axis": lambda y: _merged(y, lambda z: z - z.mean(0)),
     "roll along the merged batch-channel axis": lambda y: _merged(y, lambda z: z.roll(1, 0)),
-    "cumsum after an einops merge": lambda y: einops.rearrange(
-        einops.rearrange(y, "b c l -> (b c) l").cumsum(0), "(b c) l -> b c l", b=B),
+    "cumsum after an einops-style merge": lambda y: y.reshape(B * C, L).cumsum(0)
+    .reshape(B, C, L),
     "batch_norm across the merged axis": lambda y: F.batch_norm(
         y.reshape(1, B * C, L).transpose(1, 2), None, None, training=True)
     .transpose(1, 2).reshape(B, C, L),
@@ -90,7 +89,8 @@ class _Attention(nn.Module):
 
 
 class _Rearranged(nn.Module):
-    """einops ``'b c l -> (b c) l'``, a LayerNorm and an elementwise map per row, back."""
+    """einops' ``'b c l -> (b c) l'`` (the reshape it makes on torch tensors), a LayerNorm
+    and an elementwise map per row, and back as ``'(b c) l -> b (c l)'``."""
 
     def __init__(self):
         super().__init__()
@@ -98,8 +98,11 @@ class _Rearranged(nn.Module):
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, L))
 
     def forward(self, x):
-        z = self.n(einops.rearrange(self.c(x), "b c l -> (b c) l")) * self.scale.exp()
-        return self.o(torch.tanh(einops.rearrange(z, "(b c) l -> b (c l)", b=x.shape[0])))
+        h = self.c(x)
+        b, c, length = h.shape  # the sizes einops reads off the tensor and passes on
+        z = self.n(h.reshape([b * c, length])) * self.scale.exp()  # b c l -> (b c) l
+        # (b c) l -> b (c l), in the two reshapes einops makes of it
+        return self.o(torch.tanh(z.reshape([b, c, length]).reshape([b, c * length])))
 
 
 def _data(dtype):
