@@ -542,3 +542,42 @@ def test_the_pictures_caption_counts_the_nonzeros_it_leaves_out(ip, run_ok, monk
     crow, col = stencil((200, 200), [(-1, 0), (0, -1), (0, 0), (0, 1), (1, 0)])
     cols = col[:crow[last_row + 1]]
     assert left == int((cols > last_col).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Mistakes on the result (a plain cell after the display)
+# --------------------------------------------------------------------------------------------
+
+SMALL_NET = ("torch.manual_seed(0)\nnet = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), "
+             "nn.Linear(4, 3))\ndata = torch.randn(8, 4)\ntargets = torch.randint(0, 3, (8,))")
+
+
+@pytest.mark.xfail(strict=True, reason="R3-8: the display names every tensor as it evaluates "
+                   "(net[0].weight, in the table and in ∂losses_1/∂net[0].weight) but "
+                   "r.jacobian and r.derivatives take only 'net.0.weight': the name the user "
+                   "reads is a KeyError")
+def test_the_result_takes_the_name_the_display_shows(ip, run_ok):
+    _setup(ip)
+    run_ok(SMALL_NET)
+    r = run_ok(PER_SAMPLE)
+    assert "net[0].weight" in _bundle(r)["text/plain"]
+    torch.testing.assert_close(r.jacobian("net[0].weight"), r.jacobian("net.0.weight"))
+
+
+@pytest.mark.xfail(strict=True, reason="R3-9: a mistake on the result in the next cell "
+                   "(r.jacobian('x', layout=torch.sparse_coo), a name that is no input) is shown "
+                   "with a traceback through vjp_magic's internals (contextlib, core/result.py); "
+                   "core/errors.py says a VJPUsageError is a user mistake shown short, and "
+                   "run/execute.py already renders NoGraph as one line (_render_traceback_)")
+@pytest.mark.parametrize("mistake", ["r.jacobian('x', layout=torch.sparse_coo)",
+                                     "r.jacobian('z')"])
+def test_a_mistake_on_the_result_is_shown_without_internals(ip, run_ok, capsys, mistake):
+    _setup(ip)
+    ip.user_ns["r"] = run_ok(TRIDIAGONAL.replace("100_000", "1_000"))
+    capsys.readouterr()
+    done = ip.run_cell(mistake)
+    shown = capsys.readouterr()
+    assert not done.success
+    text = shown.out + shown.err
+    assert "inputs are x" in text or "sparse_csr" in text, text  # it says what to do
+    assert "result.py" not in text and "contextlib" not in text, text
