@@ -581,3 +581,20 @@ def test_a_mistake_on_the_result_is_shown_without_internals(ip, run_ok, capsys, 
     text = shown.out + shown.err
     assert "inputs are x" in text or "sparse_csr" in text, text  # it says what to do
     assert "result.py" not in text and "contextlib" not in text, text
+
+
+def test_a_jacobian_lines_code_names_its_output_and_reproduces_it(ip, run_ok):
+    """%jacobian of an expression: the code shown first gives the expression a name that was
+    free, then reproduces every nonzero (y[i] = x[i-1] + x[i]³ + x[i+1]: 3x² and 1)."""
+    _setup(ip)
+    run_ok("x = torch.linspace(-1, 1, 1000, requires_grad=True)\ny = 'the user keeps this'")
+    r = run_ok("%jacobian F.pad(x, (1, 0))[:-1] + x ** 3 + F.pad(x, (0, 1))[1:] wrt x")
+    _run_shown_code(ip, r)
+    ns = ip.user_ns
+    assert ns["y"] == "the user keeps this"
+    g = next(v for k, v in ns.items() if re.fullmatch(r"g\d*", k) and isinstance(v, torch.Tensor)
+             and v.shape == (3, 1000))
+    colour = next(v for k, v in ns.items() if re.fullmatch(r"colour\d*", k))
+    rows, cols, _ = _tridiagonal_truth(ns["x"])
+    values = torch.where(rows == cols, 3 * ns["x"].detach()[rows] ** 2, torch.ones(()))
+    torch.testing.assert_close(_read_compressed(g, colour, rows, cols), values)
