@@ -738,3 +738,131 @@ def test_graph_hooks_of_the_cell_fire_as_in_a_plain_run(ip, run_ok, cell, norm, 
     run_ok(setup)
     run_ok(f"%%vjp {line}\n{GRAPH_CELLS[cell]}")
     assert _graph_state(ip.user_ns) == plain
+
+
+# --------------------------------------------------------------------------------------------
+# --wrt net --gradcheck: standard modules pass, a custom Linear's wrong backward fails
+# --------------------------------------------------------------------------------------------
+
+class _GRUHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.r, self.l = nn.GRU(3, 4, batch_first=True), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.l(self.r(x)[0][:, -1])
+
+
+STANDARD = {
+    "ReLU MLP": (lambda: nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)), (16, 4)),
+    "BatchNorm train + dropout": (lambda: nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)),
+        (16, 4)),
+    "max-pooling CNN": (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.MaxPool1d(2), nn.Flatten(),
+                                              nn.Linear(12, 3)), (16, 2, 8)),
+    "GRU": (_GRUHead, (16, 5, 3)),
+    "LayerNorm GELU": (lambda: nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.GELU(),
+                                             nn.Linear(8, 3)), (16, 4)),
+}
+
+
+@pytest.mark.parametrize("cell", ["losses = F.cross_entropy(net(X), t, reduction='none')",
+                                  "loss = F.cross_entropy(net(X), t)"])
+@pytest.mark.parametrize("name", list(STANDARD))
+def test_gradcheck_of_standard_modules_raises_no_false_alarm(ip, run_ok, name, cell):
+    torch.manual_seed(0)
+    make, shape = STANDARD[name]
+    ip.user_ns.update(net=make().train(), X=torch.randn(*shape), F=F,
+                      t=torch.randint(0, 3, (16,)))
+    check = run_ok(f"%%vjp --wrt net --gradcheck\n{cell}").gradcheck
+    assert check.ok is True, check.max_error
+
+
+CUSTOM_LINEAR = '''import torch.nn as nn, torch.nn.functional as F
+class LinFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b): ctx.save_for_backward(x, w); return x @ w.T + b
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx, gw, gb = g @ w, g.T @ x, g.sum(0)
+        if BUG == "grad_weight / B": gw = gw / x.shape[0]
+        if BUG == "grad_bias a mean": gb = g.mean(0)
+        if BUG == "grad_input 5% off": gx = 1.05 * gx
+        return gx, gw, gb
+class MyLinear(nn.Module):
+    def __init__(s, i, o):
+        super().__init__(); l = nn.Linear(i, o); s.weight, s.bias = l.weight, l.bias
+    def forward(s, x): return LinFn.apply(x, s.weight, s.bias)
+torch.manual_seed(0)
+net = nn.Sequential(MyLinear(4, 8), nn.Tanh(), MyLinear(8, 3))
+X = torch.randn(16, 4); t = torch.randint(0, 3, (16,))
+'''
+
+
+@pytest.mark.parametrize("cell", ["losses = F.cross_entropy(net(X), t, reduction='none')",
+                                  "loss = F.cross_entropy(net(X), t)"])
+@pytest.mark.parametrize("bug", ["none", "grad_weight / B", "grad_bias a mean",
+                                 "grad_input 5% off"])
+def test_gradcheck_judges_a_custom_linear_inside_a_model(ip, run_ok, bug, cell):
+    """The per-sample values are what the user's backward gives in the batch graph (a loop
+    of torch.autograd.grad), and --gradcheck fails it exactly when it is wrong."""
+    ip.user_ns["BUG"] = bug
+    run_ok(CUSTOM_LINEAR)
+    r = run_ok(f"%%vjp --wrt net --gradcheck\n{cell}")
+    assert r.gradcheck.ok is (bug == "none") and r.gradcheck.custom
+    if cell.startswith("losses"):
+        net, X, t = (ip.user_ns[k] for k in ("net", "X", "t"))
+        expected = _loop(F.cross_entropy(net(X), t, reduction="none"), net)
+        _assert_same(r, {f"net.{k}": v for k, v in expected.items()}, atol=2e-5, rtol=1e-4)
+
+
+TICKING = '''import torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+CALLS = [0]
+class Tick(torch.autograd.Function):     # a Ctrl-C at its AT-th forward
+    @staticmethod
+    def forward(ctx, x):
+        CALLS[0] += 1
+        if CALLS[0] == AT: raise KeyboardInterrupt
+        return x.clone()
+    @staticmethod
+    def backward(ctx, g): return g
+class Net(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.a, s.n, s.d, s.l = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Dropout(0.3), nn.Linear(6, 3)
+    def forward(s, x): return s.l(s.d(torch.tanh(Tick.apply(s.n(s.a(x))))))
+net = Net().train()
+X = torch.randn(8, 4); t = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+torch.manual_seed(5)
+'''
+
+
+def _model_state(ns) -> dict:
+    net = ns["net"]
+    return {"rng": torch.get_rng_state().tolist(), "grad": torch.is_grad_enabled(),
+            "dtype": torch.get_default_dtype(),
+            "params": [(n, p.dtype, p.detach().tolist(), p.requires_grad, p.grad is None)
+                       for n, p in net.named_parameters()],
+            "buffers": [(n, b.dtype, b.tolist()) for n, b in net.named_buffers()],
+            "modules": [(m.training, len(m._forward_hooks), len(m._forward_pre_hooks),
+                         len(m._backward_hooks)) for m in net.modules()],
+            "names": sorted(k for k in ns if not k.startswith("_"))}
+
+
+@pytest.mark.parametrize("at", [2, 5, 20])
+def test_a_ctrl_c_in_the_gradcheck_replays_forward_leaves_the_model_as_a_plain_run(
+        ip, run_ok, at):
+    """A KeyboardInterrupt raised in the float64 replay's forward (a custom Function's, on
+    its ``at``-th call): parameters and buffers keep their dtype and values, the RNG, grad
+    mode, default dtype, training flags and hooks are as after the plain cell."""
+    cell = "losses = F.cross_entropy(net(X), t, reduction='none')\n"
+    run_ok(TICKING.replace("== AT", "== 0"))
+    run_ok(cell)
+    plain = _model_state(ip.user_ns)
+    run_ok(TICKING.replace("== AT", f"== {at}"))
+    result = ip.run_cell(f"%%vjp --wrt net --gradcheck\n{cell}")
+    assert ip.user_ns["CALLS"][0] == at  # the premise: the replay reached the interrupt
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert _model_state(ip.user_ns) == plain
