@@ -866,3 +866,52 @@ def test_a_ctrl_c_in_the_gradcheck_replays_forward_leaves_the_model_as_a_plain_r
     assert ip.user_ns["CALLS"][0] == at  # the premise: the replay reached the interrupt
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     assert _model_state(ip.user_ns) == plain
+
+
+# --------------------------------------------------------------------------------------------
+# --wrt net: r's attributes (jacobian, gradients, code) against jacrev and a run of r.code
+# --------------------------------------------------------------------------------------------
+
+_SMALL = '''import torch.nn as nn, torch.nn.functional as F
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(4, 8), NORM, nn.Tanh(), nn.Linear(8, 3))
+X = torch.randn(6, 4); t = torch.randint(0, 3, (6,))
+'''
+_SMALL_CELLS = {"losses": "losses = F.cross_entropy(net(X), t, reduction='none')",
+                "loss": "loss = F.cross_entropy(net(X), t)", "out": "out = net(X)"}
+
+
+@pytest.mark.parametrize("earlier_grads", [False, True])
+@pytest.mark.parametrize("norm", ["nn.LayerNorm(8)", "nn.BatchNorm1d(8)"])
+@pytest.mark.parametrize("cell", list(_SMALL_CELLS))
+def test_r_code_run_in_the_notebook_gives_r_derivatives_and_restores_grad(
+        ip, run_ok, cell, norm, earlier_grads):
+    setup = _SMALL.replace("NORM", norm)
+    if earlier_grads:
+        setup += "F.cross_entropy(net(X), t).backward()\n"
+    run_ok(setup)
+    r = run_ok(f"%%vjp --wrt net\n{_SMALL_CELLS[cell]}")
+    net, X, t = (ip.user_ns[k] for k in ("net", "X", "t"))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    state = {k: v.clone() for k, v in net.named_buffers()}  # as the cell's forward left them
+    before = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+    expected = jacrev(lambda p: _small_output(cell, net, p, state, X, t))(params)
+    ns = dict(ip.user_ns)
+    exec(r.code, ns)  # noqa: S102 - the code the display offers the user
+    for k, v in expected.items():
+        torch.testing.assert_close(r.jacobian(f"net.{k}"), v, atol=1e-6, rtol=1e-5, msg=k)
+        torch.testing.assert_close(ns["d_net_" + k.replace(".", "_")],
+                                   r.derivatives[f"net.{k}"], msg=k)
+        if cell != "out":  # (out: the last layer's rows are points, the rest 18 one-hots)
+            assert len(r.gradients[f"net.{k}"]) == (1 if cell == "loss" else 6)
+    after = [None if p.grad is None else p.grad for p in net.parameters()]
+    assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(before, after))
+
+
+def _small_output(cell, net, params, buffers, X, t):
+    """The cell's output through the batch-statistics graph of the cell's own forward
+    (BatchNorm in training mode normalises by this batch's statistics either way)."""
+    out = functional_call(net, {**params, **{k: v.clone() for k, v in buffers.items()}}, (X,))
+    if cell == "out":
+        return out
+    return F.cross_entropy(out, t, reduction="none" if cell == "losses" else "mean")
