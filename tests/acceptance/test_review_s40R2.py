@@ -935,8 +935,9 @@ R2_6 = ("R2-6: a right custom backward whose forward draws its own mask (a hand-
         "float64 ones by up to 100.0% ... a backward wrong only in float32. A custom "
         "autograd.Function's backward is the likely culprit: RandMaskBackward'; the float64 "
         "replay ran the forward with a fresh draw (another m), unlike torch's own random ops, "
-        "which replay with the cell's draws; class: a custom forward's RNG is not replayed "
-        "from the state the cell's call saw, and the mismatch is blamed on the backward")
+        "which replay with the cell's draws (a forward reading a counter is found out: 'cannot "
+        "be replayed', ok None); class: a custom forward's RNG is not replayed from the state "
+        "the cell's call saw, and the mismatch is blamed on the backward")
 
 
 @pytest.mark.parametrize("tail", [
@@ -952,3 +953,80 @@ def test_gradcheck_does_not_fail_a_right_backward_of_a_random_forward(ip, run_ok
     expected = m if not tail else 2 * x * m * m  # mathematics: d(x m)/dx = m
     torch.testing.assert_close(r.derivatives["x"], expected)
     assert r.gradcheck.ok is not False, r.gradcheck
+
+
+MORE_RIGHT = '''
+class Double_(torch.autograd.Function):      # right: in place, marked dirty
+    @staticmethod
+    def forward(ctx, x): x.mul_(2); ctx.mark_dirty(x); return x
+    @staticmethod
+    def backward(ctx, g): return 2 * g
+class ViewOut(torch.autograd.Function):      # right: returns a view of its input
+    @staticmethod
+    def forward(ctx, x): return x.view(-1)[:3]
+    @staticmethod
+    def backward(ctx, g): z = g.new_zeros(6); z[:3] = g; return z.view(2, 3)
+class WithInt(torch.autograd.Function):      # right: a non-tensor output beside
+    @staticmethod
+    def forward(ctx, x): ctx.save_for_backward(x); return x ** 3, 7
+    @staticmethod
+    def backward(ctx, g, _): x, = ctx.saved_tensors; return 3 * g * x ** 2
+class Counter(torch.autograd.Function):      # right at each call; reads a counter
+    @staticmethod
+    def forward(ctx, x): STEP[0] += 1; ctx.k = STEP[0]; return x * ctx.k
+    @staticmethod
+    def backward(ctx, g): return g * ctx.k
+STEP = [0]
+'''
+_X6 = "x = torch.linspace(1., 2., 6, requires_grad=True)\n"
+
+
+@pytest.mark.parametrize("body, ok", [
+    (_X6 + "y = Double_.apply(x.sin())", True),
+    (_X6 + "y = Double_.apply(x.sin()).sum()", True),
+    (_X6 + "y = ViewOut.apply(x.view(2, 3) * 1) ** 2", True),
+    (_X6 + "y = WithInt.apply(x)[0]", True),
+    (_X6 + "y = Counter.apply(x) ** 2", None),  # cannot be replayed: said, not failed
+    (_X6 + "y = (Counter.apply(x) ** 2).sum()", None),
+])
+def test_gradcheck_of_right_custom_functions_of_other_shapes(run_ok, body, ok):
+    run_ok(MORE_RIGHT)
+    assert run_ok(f"%%vjp --gradcheck\n{body}").gradcheck.ok is ok
+
+
+CUSTOM_IN_MODEL = '''import torch.nn as nn, torch.nn.functional as F
+LOG = []
+class Old(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x): LOG.append(1); ctx.save_for_backward(x); return torch.tanh(x)
+    @staticmethod
+    def backward(ctx, g): x, = ctx.saved_tensors; return g * (1 - torch.tanh(x) ** 2)
+class New(torch.autograd.Function):
+    generate_vmap_rule = True
+    @staticmethod
+    def forward(x): LOG.append(1); return torch.tanh(x)
+    @staticmethod
+    def setup_context(ctx, inputs, output): ctx.save_for_backward(inputs[0])
+    @staticmethod
+    def backward(ctx, g): x, = ctx.saved_tensors; return g * (1 - torch.tanh(x) ** 2)
+class Net(nn.Module):
+    def __init__(s, fn, norm):
+        super().__init__(); s.fn, s.a, s.n, s.l = fn, nn.Linear(4, 8), norm, nn.Linear(8, 3)
+    def forward(s, x): return s.l(s.fn.apply(s.n(s.a(x))))
+X = torch.randn(16, 4); t = torch.randint(0, 3, (16,))
+'''
+
+
+@pytest.mark.parametrize("norm", ["nn.LayerNorm(8)", "nn.BatchNorm1d(8)"])
+@pytest.mark.parametrize("fn", ["Old", "New"])
+def test_a_custom_function_in_a_model_runs_once_under_wrt_net(ip, run_ok, fn, norm):
+    """The per-sample analysis of a model with a custom Function (the old style, and the
+    setup_context style with a vmap rule) runs its forward once, as the display says, and
+    gives what its backward gives in the batch graph."""
+    run_ok(CUSTOM_IN_MODEL + f"torch.manual_seed(0)\nnet = Net({fn}, {norm})\n")
+    r = run_ok("%%vjp --wrt net\nlosses = F.cross_entropy(net(X), t, reduction='none')")
+    assert len(ip.user_ns["LOG"]) == 1
+    assert "runs only once" in " ".join(r._repr_mimebundle_()["text/plain"].split())
+    net, X, t = (ip.user_ns[k] for k in ("net", "X", "t"))
+    expected = _loop(F.cross_entropy(net(X), t, reduction="none"), net)
+    _assert_same(r, {f"net.{k}": v for k, v in expected.items()}, atol=2e-5, rtol=1e-4)
