@@ -1069,3 +1069,26 @@ def test_a_module_loss_under_no_grad_gets_the_precise_message(ip, run_ok, contex
                          "    losses = F.cross_entropy(net(X), t, reduction='none')")
     message = str(result.error_in_exec)
     assert "X.requires_grad_()" not in message and "line 1" in message, message
+
+
+_RANDOM_MASK_NET = RANDOM_MASK + '''import torch.nn as nn, torch.nn.functional as F
+class Net(nn.Module):
+    def __init__(s):
+        super().__init__(); s.a = nn.Linear(4, 8); s.l = nn.Linear(8, 3)
+    def forward(s, x): return s.l(RandMask.apply(torch.tanh(s.a(x))))
+torch.manual_seed(0)
+net = Net(); X = torch.randn(16, 4); t = torch.randint(0, 3, (16,))
+'''
+
+
+@pytest.mark.parametrize("cell", [
+    "losses = F.cross_entropy(net(X), t, reduction='none')",
+    pytest.param("loss = F.cross_entropy(net(X), t)", marks=pytest.mark.xfail(
+        strict=True, reason="R2-6, in a model: --wrt net --gradcheck of a mean loss through a "
+                            "hand-written dropout Function with a right backward is FAILED "
+                            "(float32 'errors' 0.1-0.6 of the largest)")),
+])
+def test_gradcheck_of_a_model_with_a_hand_written_dropout_is_not_failed(run_ok, cell):
+    run_ok(_RANDOM_MASK_NET)
+    r = run_ok(f"%%vjp --wrt net --gradcheck\n{cell}")
+    assert r.gradcheck.custom and r.gradcheck.ok is not False, r.gradcheck
