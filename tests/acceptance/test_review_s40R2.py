@@ -1092,3 +1092,39 @@ def test_gradcheck_of_a_model_with_a_hand_written_dropout_is_not_failed(run_ok, 
     run_ok(_RANDOM_MASK_NET)
     r = run_ok(f"%%vjp --wrt net --gradcheck\n{cell}")
     assert r.gradcheck.custom and r.gradcheck.ok is not False, r.gradcheck
+
+
+# --------------------------------------------------------------------------------------------
+# Module hooks that change values: the per-sample values are of the function the cell ran
+# --------------------------------------------------------------------------------------------
+
+VALUE_HOOKS = {
+    "a forward hook returning 2 * output": lambda net: net[0].register_forward_hook(
+        lambda m, i, o: 2 * o),
+    "a forward pre-hook scaling the input": lambda net: net[3].register_forward_pre_hook(
+        lambda m, i: (3 * i[0],)),
+    "a forward hook adding the layer's weight": lambda net: net[3].register_forward_hook(
+        lambda m, i, o: o + m.weight.sum()),
+    "a forward hook applying tanh": lambda net: net[1].register_forward_hook(
+        lambda m, i, o: torch.tanh(o)),
+}
+
+
+@pytest.mark.parametrize("given", ["losses", "function"])
+@pytest.mark.parametrize("norm", ["LayerNorm", "BatchNorm1d", "Identity"])
+@pytest.mark.parametrize("hook", list(VALUE_HOOKS))
+def test_per_sample_through_module_hooks_that_change_values(hook, norm, given):
+    torch.manual_seed(0)
+    middle = {"LayerNorm": nn.LayerNorm(8), "BatchNorm1d": nn.BatchNorm1d(8),
+              "Identity": nn.Identity()}[norm]
+    net = nn.Sequential(nn.Linear(4, 8), middle, nn.Tanh(), nn.Linear(8, 3))
+    VALUE_HOOKS[hook](net)
+    x, t = torch.randn(B, 4), torch.randint(0, 3, (B,))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    expected = _loop(F.cross_entropy(net(x), t, reduction="none"), net)
+    net.load_state_dict(state)
+
+    def fn():
+        return F.cross_entropy(net(x), t, reduction="none")
+    r = vjp_magic.differentiate(fn if given == "function" else fn(), net)
+    _assert_same(r, expected, atol=2e-5, rtol=1e-4)
