@@ -1053,14 +1053,6 @@ def test_a_tensor_input_under_no_grad_gets_the_precise_message(ip, run_ok):
     assert "requires_grad_()" not in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-7: with --wrt net and the loss computed under torch.no_grad() or inference_mode(), "
-    "the UsageError says 'None of the cell's tensors requires grad ... make X require grad: "
-    "X.requires_grad_() before computing' although every parameter of net requires grad "
-    "(that advice cannot help: nothing is recorded under no_grad); --wrt w, a tensor, gets "
-    "'y has no autograd history although w requires grad: line 2 runs under "
-    "torch.no_grad() (line 1 ...). Compute y outside it.'; class: the no-history diagnosis "
-    "does not count a --wrt module's parameters as the inputs that require grad"))
 @pytest.mark.parametrize("context", ["torch.no_grad()", "torch.inference_mode()"])
 def test_a_module_loss_under_no_grad_gets_the_precise_message(ip, run_ok, context):
     run_ok(_NO_GRAD)

@@ -180,7 +180,7 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
     plain = [n for n, t in tensors if not t.requires_grad]
     used = [n for n in used if n in namespace]
     if tensors and not tensors[-1][1].is_floating_point() and not tensors[-1][1].is_complex():
-        grad_names = leaves or [n for n in used if _trainable(namespace[n])]
+        grad_names = leaves or [n for n in used if trainable(namespace[n])]
         return _integer_message(*tensors[-1], grad_names,
                                 _integer_leaf(namespace, assigned + used, tensors[-1][0]))
     if leaves and plain and assigned.index(leaves[0]) > assigned.index(plain[-1]) \
@@ -201,7 +201,7 @@ def no_output_message(namespace: Mapping[str, object], assigned: list[str],
     if leaves:
         return ("The cell keeps no tensor computed from its inputs: assign the output to a name "
                 "(y = f(x)) or end the cell with it, or name it with --of y.")
-    modules = "" if any(_trainable(namespace[n]) for n in used) else \
+    modules = "" if any(trainable(namespace[n]) for n in used) else \
         _untrainable_modules(namespace, used)
     if modules:
         floats = [n for n in used if isinstance(namespace[n], torch.Tensor)
@@ -226,7 +226,7 @@ def no_grad_message(advice: str) -> str:
             "or .detach()ed.)")
 
 
-def _trainable(value: object) -> bool:
+def trainable(value: object) -> bool:
     """A tensor that requires grad, or a module with a parameter that does."""
     if isinstance(value, torch.nn.Module):
         return any(p.requires_grad for p in value.parameters())
@@ -239,7 +239,7 @@ def _untrainable_modules(namespace: Mapping[str, object], used: list[str]) -> st
     said = []
     for name in used:
         module = namespace[name]
-        if not isinstance(module, torch.nn.Module) or _trainable(module):
+        if not isinstance(module, torch.nn.Module) or trainable(module):
             continue
         if next(module.parameters(), None) is None:
             said.append(f"{name} ({type(module).__name__}) has no parameters: nothing in it "

@@ -24,6 +24,7 @@ import ast
 import torch
 
 from ..core.errors import operand
+from ..core.tagging import trainable
 from ..core.validation import GRAD_WITHOUT_GRAPH
 from .mistakes import numpy_in_torch
 
@@ -320,7 +321,9 @@ def cut_hint(source: str, namespace) -> str | None:
     path, source_name = _path_to_grad(flat, at, ns)
     if source_name is None:
         return None
-    lead = f"{y} has no autograd history although {source_name} requires grad: "
+    lead = f"{y} has no autograd history although " + (
+        f"the parameters of {source_name} require grad: "
+        if isinstance(ns.get(source_name), torch.nn.Module) else f"{source_name} requires grad: ")
     for k in path:  # the output's line first, then back towards the input
         stmt, guard = flat[k]
         text = _line_of(source, stmt)
@@ -396,8 +399,9 @@ def _without_history(value) -> bool:
 
 def _path_to_grad(flat: list, at: int, ns) -> tuple[list, str | None]:
     """The statements (indices into ``flat``, latest first) through which the assignment at
-    ``at`` reads, back to a name bound to a tensor that requires grad (from before the
-    cell, or made in it), and that name; ([], None) where none is reached."""
+    ``at`` reads, back to a name bound to a tensor that requires grad or a module with a
+    parameter that does (from before the cell, or made in it), and that name; ([], None)
+    where none is reached."""
     seen, stack = set(), [(at, [at])]
     while stack:
         k, path = stack.pop(0)
@@ -410,7 +414,7 @@ def _path_to_grad(flat: list, at: int, ns) -> tuple[list, str | None]:
                             if assigned_name(flat[j][0]) == name), None)
             last = earlier is None or not any(assigned_name(flat[j][0]) == name
                                               for j in range(earlier + 1, len(flat)))
-            if last and isinstance(ns.get(name), torch.Tensor) and ns[name].requires_grad:
+            if last and trainable(ns.get(name)):
                 return path, name  # the value it read is the one the namespace holds
             if earlier is not None:
                 stack.append((earlier, [*path, earlier]))
