@@ -700,8 +700,7 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
         dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
     with validation.spelled_for({name: item.tensor}):  # as its own module spelled it
         if not item.unused and not _any_entry(pattern):  # every derivative 0 at this x
-            zero = _zero_words(derivatives.dtype, name)
-            dep = _noted(dep, ALL_ZERO_NOTE.format(x=name, zero=zero))
+            dep = _all_zero_note(dep, derivatives.dtype, name)
         return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
 
 
@@ -791,7 +790,7 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
     elif allowed is not None:  # a bound too wide to colour: the probes read it entry by entry
         dep = _with_zeros_note(dep, allowed, output.dtype)
     elif not found.pattern.any():  # nothing at all: every derivative is 0 at this x
-        dep = _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(output.dtype)))
+        dep = _all_zero_note(dep, output.dtype)
     return _with_underflow_note(dep, output.dtype, found.smallest)
 
 
@@ -829,7 +828,7 @@ def _held_sparsely(output, x, a: int, b: int, budget: int, seed: int) -> Depende
     dep = _dependency(sparse_pattern(keys // n, keys % n, m, n), a, b, Evidence.PROBED, seed,
                       note)
     if keys.numel() == 0:  # nothing at all: every derivative is 0 at this x
-        dep = _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(output.dtype)))
+        dep = _all_zero_note(dep, output.dtype)
     finite = values[held].abs()
     finite = finite[torch.isfinite(finite)]
     return _with_underflow_note(dep, output.dtype,
@@ -939,15 +938,19 @@ def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float,
     tiny = torch.finfo(dtype).tiny
     if smallest > max(tiny * UNDERFLOW_MARGIN, tiny ** 0.5):
         return dep
-    note = UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""), name=_spelled(name))
-    note = note if dep.note is None else f"{dep.note}; {note}"
-    return replace(dep, note=note)
+    return _noted(dep, UNDERFLOW_NOTE.format(dtype=str(dtype).replace("torch.", ""),
+                                             name=_spelled(name)))
 
 
 ALL_ZERO_NOTE = ("every derivative is 0 at this {x}, though the output is computed from {x}: "
                  "{zero}")
 HIDDEN_NOTE = ("the graph lets {reads}, offset {offset}, which reads 0 at every index at "
                "this x: {zero}")
+
+
+def _all_zero_note(dep: Dependency, dtype: torch.dtype, name: str = "x") -> Dependency:
+    """``dep`` noted that every derivative reads 0 at this ``name``, though computed from it."""
+    return _noted(dep, ALL_ZERO_NOTE.format(x=name, zero=_zero_words(dtype, name)))
 
 
 def _zero_words(dtype: torch.dtype, name: str = "x") -> str:
@@ -974,7 +977,7 @@ def _with_zeros_note(dep: Dependency, allowed, dtype: torch.dtype) -> Dependency
     r, c = entries(dep.pattern) if dep.pattern.layout == torch.sparse_csr \
         else dep.pattern.nonzero(as_tuple=True)
     if r.numel() == 0:
-        return _noted(dep, ALL_ZERO_NOTE.format(x="x", zero=_zero_words(dtype)))
+        return _all_zero_note(dep, dtype)
     missing = ~torch.isin(offsets, torch.unique(c - r))
     if not bool(missing.any()):
         return dep
