@@ -200,38 +200,31 @@ def test_four_dead_and_two_stepped_inputs_read_as_two_notes_each_true():
 # The faster elementwise probe path through a custom Function: hidden couplings still found
 # --------------------------------------------------------------------------------------------
 
-class _FarCoupling(torch.autograd.Function):
-    """sin(x)·x² forward; backward adds 0.5·g[last] to x[0]'s gradient: y[last] reads x[0]
-    through backward only (a coupling no index map sees)."""
+def _coupled(to: int, source: int, what: str):
+    """sin(x)·x² forward; backward adds 0.5·g[source] to x[to]'s gradient (flat indices):
+    y[source] reads x[to] through backward only (a coupling no index map sees)."""
 
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.sin(x) * x**2
+    class _Coupling(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.sin(x) * x**2
 
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        out = (g * (torch.cos(x) * x**2 + 2 * x * torch.sin(x))).reshape(-1).clone()
-        out[0] = out[0] + 0.5 * g.reshape(-1)[-1]
-        return out.reshape(x.shape)
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            out = (g * (torch.cos(x) * x**2 + 2 * x * torch.sin(x))).reshape(-1).clone()
+            out[to] = out[to] + 0.5 * g.reshape(-1)[source]
+            return out.reshape(x.shape)
+
+    _Coupling.__doc__ = what
+    return _Coupling
 
 
-class _RowCoupling(torch.autograd.Function):
-    """Elementwise but for x[7, 3]'s gradient, which takes 0.5·g[7, 150]: a coupling inside
-    one row (equal on axis 0, off the points on axis 1 only)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return torch.sin(x) * x**2
-
-    @staticmethod
-    def backward(ctx, g):
-        (x,) = ctx.saved_tensors
-        out = (g * (torch.cos(x) * x**2 + 2 * x * torch.sin(x))).clone()
-        out[7, 3] = out[7, 3] + 0.5 * g[7, 150]
-        return out
+_FarCoupling = _coupled(0, -1, "y[last] reads x[0]: a far coupling")
+_RowCoupling = _coupled(7 * 200 + 3, 7 * 200 + 150,  # on a 200 × 200 x
+                        "x[7, 3]'s gradient takes 0.5·g[7, 150]: a coupling inside one row "
+                        "(equal on axis 0, off the points on axis 1 only)")
 
 
 def _row(jac, i):

@@ -21,12 +21,12 @@ def _gen():
         pass
 
 
-def _events(drive) -> list:
-    """``resumed`` at each call event of ``_gen``'s frame while ``drive`` runs."""
+def _events(drive, code=_gen.__code__) -> list:
+    """``resumed`` at each call event of ``code``'s frames (``_gen``'s) while ``drive`` runs."""
     seen = []
 
     def profiler(frame, event, arg):
-        if event == "call" and frame.f_code is _gen.__code__:
+        if event == "call" and frame.f_code is code:
             seen.append(resumed(frame, frame.f_code))
 
     previous = sys.getprofile()
@@ -58,16 +58,4 @@ def test_a_plain_function_is_never_resumed():
     def hook(grad):
         return grad
 
-    frames = []
-
-    def profiler(frame, event, arg):
-        if event == "call" and frame.f_code is hook.__code__:
-            frames.append(resumed(frame, frame.f_code))
-
-    previous = sys.getprofile()
-    sys.setprofile(profiler)
-    try:
-        hook(1)
-    finally:
-        sys.setprofile(previous)
-    assert frames == [False]
+    assert _events(lambda: hook(1), hook.__code__) == [False]
