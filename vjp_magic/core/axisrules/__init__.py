@@ -56,6 +56,7 @@ ENTRIES: list[tuple[Iterable[str], Rule]] = [
     (["Select"], indexing.select),
     (["Slice"], indexing.slice_),
     (["Gather"], indexing.gather),
+    (["Index"], indexing.index),
     (["Unbind"], indexing.unbind),
     (["Split", "SplitWithSizes"], indexing.split_outputs),
     (["Cat"], indexing.cat),

@@ -1,5 +1,7 @@
-"""Indexing and joining: select, slice, gather, unbind, split, cat and stack."""
+"""Indexing and joining: select, slice, gather, advanced index, unbind, split, cat and stack."""
 from __future__ import annotations
+
+import torch
 
 from .flow import Flow, all_exact, drop_axes, meet, to_axis
 
@@ -33,6 +35,51 @@ def gather(node, inputs, shapes):
     kept = {a: c for a, c in flow.carries.items()
             if a != dim and a < len(out) and out[a] == flow.shape[a]}
     return [Flow(out, kept, flow.exact and kept == flow.carries)]
+
+
+def index(node, inputs, shapes):
+    """``x[i0, i1, …]`` whose first index is proved the identity on axis 0 (its values
+    0..B-1 in order, read off the graph: ``x[torch.arange(B), t]``, ``x[range(B), t]``,
+    ``x[torch.arange(B)[:, None], t2d]``): the result's axis 0 reads x's row b at b, and
+    the axes no index reads keep theirs (after the indices' own axes, in order). Any other
+    index claims nothing (a permutation moves rows; values picked along an indexed axis)."""
+    flow = inputs[0]
+    if flow is None:
+        return [None]
+    indices, out = list(node._saved_indices), shapes[0]
+    plain = [a for a in range(len(flow.shape)) if a >= len(indices) or indices[a] is None]
+    lead = len(out) - len(plain)  # the indices' broadcast axes come first (index 0 is one)
+    if not flow.shape or lead < 1 or list(out[lead:]) != [flow.shape[a] for a in plain] \
+            or not batch_identity(indices, flow.shape[0]):
+        return [Flow(out, {}, False)]
+    moved = {0: 0, **{a: lead + k for k, a in enumerate(plain)}}
+    kept = {moved[a]: c for a, c in flow.carries.items()
+            if a in moved and out[moved[a]] == flow.shape[a]}
+    return [Flow(out, kept, flow.exact and len(kept) == len(flow.carries))]
+
+
+def batch_identity(indices, size: int) -> bool:
+    """Whether advanced indices (tensors or None per axis, as ``x[...]`` saves them) pick row
+    b of axis 0 at every position b of the result's first axis: the first an integer tensor
+    which, broadcast with the other tensors, holds b all along position b of axis 0 of that
+    broadcast shape, whose axis 0 has ``size`` entries. Read from the values themselves."""
+    first, tensors = (indices[0] if len(indices) else None), [i for i in indices if i is not None]
+    if not isinstance(first, torch.Tensor) or not all(map(_integer, tensors)):
+        return False  # (a mask stands for as many axes as it has: not counted here)
+    try:
+        shape = torch.broadcast_shapes(*(i.shape for i in tensors))
+    except RuntimeError:
+        return False
+    if not shape or shape[0] != size or first.dim() != len(shape):
+        return False
+    rows = torch.arange(size, device=first.device).reshape((size,) + (1,) * (len(shape) - 1))
+    return bool((first == rows).all())
+
+
+def _integer(index) -> bool:
+    """An index tensor of integers (not a mask: bool, or uint8 as torch reads it)."""
+    return isinstance(index, torch.Tensor) and not (index.is_floating_point() or index.is_complex()
+                                                    or index.dtype in (torch.bool, torch.uint8))
 
 
 def unbind(node, inputs, shapes):
