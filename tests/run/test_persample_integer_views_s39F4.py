@@ -176,6 +176,14 @@ KEPT = {  # f(t) whose row b reads only row b of t
     "SRC.gather(1, t)": lambda t: SRC.gather(1, t),
     "take_along_dim(SRC, t, -1)": lambda t: torch.take_along_dim(SRC, t, -1),
     "t.clone().contiguous()[:, None]": lambda t: t.clone().contiguous()[:, None],
+    # the first index proved the identity on the batch (s40 F2)
+    "SRC[torch.arange(B), t[:, 0]]": lambda t: SRC[torch.arange(B), t[:, 0]],
+    "SRC[range(B), t[:, 1]]": lambda t: SRC[range(B), t[:, 1]],
+    "SRC[torch.arange(B)[:, None], t]": lambda t: SRC[torch.arange(B)[:, None], t],
+    "SRC[list(range(B)), :][torch.arange(B), t[:, 0]]": lambda t: SRC[list(range(B)), :][
+        torch.arange(B), t[:, 0]],
+    "t[torch.arange(B)]": lambda t: t[torch.arange(B)],
+    "t[torch.arange(B), 1]": lambda t: t[torch.arange(B), torch.ones(B, dtype=torch.long)],
 }
 MOVED = {  # f(t) reading other rows of t (or the batch no longer on axis 0)
     "t.roll(1, 0)": lambda t: t.roll(1, 0), "t.flip(0)": lambda t: t.flip(0),
@@ -187,6 +195,10 @@ MOVED = {  # f(t) reading other rows of t (or the batch no longer on axis 0)
     "t[:, 0][t[:, 1]]": lambda t: t[:, 0][t[:, 1]],
     "SRC[:, t[:, 0]]": lambda t: SRC[:, t[:, 0]], "t.gather(0, t)": lambda t: t.gather(0, t),
     "take_along_dim(t, t, 0)": lambda t: torch.take_along_dim(t, t, 0),
+    # an identity first index beside a target broadcast across the batch: (B, 1) with (B,)
+    "SRC[torch.arange(B)[:, None], t[:, 0]]": lambda t: SRC[torch.arange(B)[:, None], t[:, 0]],
+    "t[torch.arange(B).roll(1)]": lambda t: t[torch.arange(B).roll(1)],
+    "t[torch.arange(B) // 2]": lambda t: t[torch.arange(B) // 2],
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.axisrules.indexing import batch_identity
 from .record import tensors_in
 from .steps import Interpreter
 
@@ -80,7 +81,9 @@ def _rows_kept(name: str, args: tuple, kwargs: dict, read: list, made: list,
     if name in RESHAPES:
         return True
     if name == "__getitem__" and len(args) == 2:
-        return all(t is args[0] for t in read) and _index_keeps_axis_0(args[1], args[0].dim())
+        if all(t is args[0] for t in read) and _index_keeps_axis_0(args[1], args[0].dim()):
+            return True
+        return _identity_keeps_rows(args, read, batch)
     if name in GATHERS:
         return _gather_keeps_rows(GATHERS[name], args, kwargs, batch)
     return False
@@ -102,6 +105,42 @@ def _index_keeps_axis_0(index, dims: int) -> bool:
         return False  # (with sizes B both sides, a step-1 slice is the whole axis)
     return basic or sum(not (i is None or i is Ellipsis or isinstance(i, (int, slice)))
                         for i in rest) == 1
+
+
+def _identity_keeps_rows(args: tuple, read: list, batch: int) -> bool:
+    """Whether ``source[index]`` keeps rows apart by an index whose first item is proved
+    the identity on the batch (``logp[torch.arange(B), t]``, ``logp[range(B), t]``,
+    ``logp[torch.arange(B)[:, None], t2d]``: :func:`identity_index`): row b reads row b of
+    the source and of each followed index, which spans the indices' broadcast axes from
+    axis 0 (``t`` of shape (B,) beside ``arange(B)[:, None]`` would be read whole)."""
+    source, index = args
+    items = identity_index(index, source, batch)
+    if items is None:
+        return False
+    axes = max(i.dim() for i in items if i is not None)
+    tensors = {id(i): i for i in items if i is not None}
+    return all(t is source or (id(t) in tensors and t.dim() == axes) for t in read)
+
+
+def identity_index(index, source, batch: int) -> tuple | None:
+    """The items of ``source[index]`` (tensors; None for a whole slice) where the first is
+    proved the identity on a batch of ``batch`` rows (:func:`.axisrules.indexing.
+    batch_identity`, on the values: a range or list of ints as the tensor torch makes of
+    it), and every other is a tensor, a range or list of ints, or a whole slice; else None."""
+    if not (isinstance(source, torch.Tensor) and source.dim() and source.shape[0] == batch):
+        return None
+    items = []
+    for item in index if isinstance(index, tuple) else (index,):
+        if isinstance(item, slice) and item == slice(None):
+            items.append(None)
+        elif isinstance(item, torch.Tensor):
+            items.append(item)
+        elif isinstance(item, (range, list)) and all(type(i) is int for i in item):
+            items.append(torch.tensor(list(item), dtype=torch.long))
+        else:
+            return None
+    return tuple(items) if len(items) <= source.dim() and batch_identity(items, batch) \
+        else None
 
 
 def _gather_keeps_rows(names: tuple, args: tuple, kwargs: dict, batch: int) -> bool:

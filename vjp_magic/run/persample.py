@@ -22,7 +22,7 @@ from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import Deferred, GivenJacobian
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
-from .integer_rows import IntegerRows
+from .integer_rows import IntegerRows, identity_index
 from .expanded import (PerSampleGradients, captured_gradients, per_sample_by_rules,
                        rule_uses, rules_interpreter)
 from .record import tensors_in
@@ -355,9 +355,28 @@ def batch_of_one(replay: Replay, batch: int) -> Replay:
     """The replay with batch-keeping reshapes (``h.view(h.size(0), -1)``, whose size the
     record holds as the number B) reshaping to a batch of one instead; also those merging
     the batch as the outer factor of the leading axis and splitting it back (einops'
-    ``'b c l -> (b c) l'``: ``reshape(B*C, L)`` becomes ``reshape(C, L)``)."""
-    steps = [_reshape_for_one(step, batch) for step in replay.steps]
+    ``'b c l -> (b c) l'``: ``reshape(B*C, L)`` becomes ``reshape(C, L)``); and an index
+    whose first item is proved the identity on the batch (``logp[torch.arange(B), t]``)
+    indexing with row 0's instead."""
+    steps = [_index_for_one(_reshape_for_one(step, batch), batch) for step in replay.steps]
     return dataclasses.replace(replay, steps=steps)
+
+
+def _index_for_one(step, batch: int):
+    """``source[index]`` whose first item picks row b at b (:func:`.integer_rows.
+    identity_index`, on the values the call read) as ``source[zeros, …]``: at a batch of one
+    the sample's row is row 0."""
+    if getattr(step.func, "__name__", "") != "__getitem__" or len(step.args) != 2:
+        return step
+    source, index = step.args
+    read = index if isinstance(index, tuple) else (index,)
+    items = identity_index(tuple(step.consts.get(id(i), i) if isinstance(i, torch.Tensor)
+                                 else i for i in read), source, batch)
+    if items is None:
+        return step
+    first = torch.zeros((1,) + tuple(items[0].shape[1:]), dtype=torch.long,
+                        device=items[0].device)
+    return dataclasses.replace(step, args=(source, (first,) + tuple(read[1:])))
 
 
 def _reshape_for_one(step, batch: int):
