@@ -646,3 +646,66 @@ def test_the_refusal_of_a_triangle_counts_its_nonzeros():
                    "wrong knob)")
 def test_a_python_refusal_names_the_argument_it_was_given():
     assert "memory_budget=" in _refusal(lambda x: x.cumsum(0))
+
+
+# -- a Hessian through a custom backward that is not a true gradient ----------------------------
+def _skewed_square(eps: float, shift: int):
+    """sum(x**2) by a custom Function whose backward adds eps·x[i - shift]: autograd's Hessian
+    (the Jacobian of that gradient) is then not symmetric: H[i, i - shift] = eps only."""
+    class _Skewed(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x ** 2
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * 2 * x + eps * g * x.roll(shift)
+
+    return lambda x: _Skewed.apply(x).sum() + (x[1:] * x[:-1]).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_a_skew_the_check_sees_falls_back_to_autograds_hessian(dtype):
+    """Guard: 1e-1 in float32 and 1e-3 in float64 fall back to the dense Hessian, right."""
+    f = _skewed_square(1e-3 if dtype == torch.float64 else 1e-1, 300)
+    x = torch.randn(NH, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    leaf = x.clone().requires_grad_()
+    h = vjp_magic.hessian(f(leaf), leaf, names=["x"], seed=0)
+    got = h.hessian("x", layout=torch.sparse_csr).to_dense()
+    torch.testing.assert_close(got, torch.autograd.functional.hessian(f, x), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="R1-7: float32, a custom backward whose Hessian is "
+                   "skewed by 1e-3 (of entries near 2): the compressed Hessian is shown with "
+                   "the transpose of autograd's entries (H[0, 300] = 1e-3 where autograd has 0, "
+                   "H[0, 1800] = 0 where it has 1e-3), 'symmetric (proved for every x)', 'the "
+                   "values checked with random probes' (class: symmetry assumed through a "
+                   "custom Function; the float32 check lets a 1e-3 relative error through)")
+@pytest.mark.parametrize("shift", [1, 300])
+def test_a_float32_skewed_hessian_is_autograds(shift):
+    f = _skewed_square(1e-3, shift)
+    x = torch.randn(NH, generator=torch.Generator().manual_seed(3))
+    leaf = x.clone().requires_grad_()
+    h = vjp_magic.hessian(f(leaf), leaf, names=["x"], seed=0)
+    got = h.hessian("x", layout=torch.sparse_csr).to_dense()
+    torch.testing.assert_close(got, torch.autograd.functional.hessian(f, x), rtol=1e-5,
+                               atol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="R1-8: float32, a custom backward skewed by 1e-2: the "
+                   "dense Hessian shown is not symmetric ([2 1 … 0.01] over [1.01 2 1 …]) and "
+                   "the headline still says 'symmetric (proved for every x)' (class: a "
+                   "symmetry verdict shown as proved where the graph holds a custom Function)")
+def test_a_visibly_skewed_hessian_is_not_called_proved_symmetric():
+    f = _skewed_square(1e-2, 1)
+    x = torch.randn(NH, generator=torch.Generator().manual_seed(3))
+    leaf = x.clone().requires_grad_()
+    h = vjp_magic.hessian(f(leaf), leaf, names=["x"], seed=0)
+    shown = h.hessian("x")
+    assert float((shown - shown.T).abs().max()) > 5e-3  # the matrix shown is skewed ...
+    torch.testing.assert_close(shown, torch.autograd.functional.hessian(f, x))
+    text = " ".join(h._repr_mimebundle_()["text/plain"].split())
+    assert "symmetric (proved for every x)" not in text  # ... so no proof of symmetry
