@@ -736,3 +736,46 @@ def test_the_entries_said_for_v_continue_as_they_read(name):
     if len(listed) >= 3 and len(steps) == 1:  # "a, a+d, a+2d, …" must go on in step d
         d = steps.pop()
         assert colour0[:8] == list(range(listed[0], listed[0] + 8 * d, d))
+
+
+# -- dependency along chosen axes of a many-axis tensor ----------------------------------------
+def _axis_pattern(f, x, out_axis, in_axis):
+    """Which y[..i..] (along out_axis) read which x[..j..] (along in_axis), from jacobian."""
+    y = f(x.detach())
+    j = torch.autograd.functional.jacobian(f, x.detach()) != 0
+    j = j.movedim(out_axis % y.dim(), 0).movedim(y.dim() + in_axis % x.dim(), 1)
+    return j.reshape(j.shape[0], j.shape[1], -1).any(2)
+
+
+def _causal(t):
+    mask = torch.ones(30, 30).tril() == 0
+    return (t @ t.transpose(1, 2)).masked_fill(mask, float("-inf")).softmax(-1) @ t
+
+
+AXES = {  # name: (f, shape, out_axis, in_axis, summary)
+    "conv along L": (lambda t: F.conv1d(t, torch.ones(3, 3, 3, dtype=t.dtype), padding=1),
+                     (2, 3, 40), 2, 2, "band, offsets −1..1"),
+    "conv along L, negative axes": (lambda t: F.conv1d(t, torch.ones(3, 3, 3, dtype=t.dtype),
+                                                       padding=1), (2, 3, 40), -1, -1,
+                                    "band, offsets −1..1"),
+    "causal attention along T": (_causal, (2, 30, 4), 1, 1, "lower-triangular, offsets −29..0"),
+    "channel mixing": (lambda t: torch.einsum("bcl,dc->bdl", t, torch.ones(3, 3, dtype=t.dtype)),
+                       (2, 3, 40), 1, 1, "dense"),
+    "transpose, out axis 0 against in axis 1": (lambda t: t.t() * 2, (10, 10), 0, 1,
+                                                "independent"),
+    "roll along axis 0": (lambda t: t.roll(1, 0) + t, (16, 5), 0, 0,
+                          "band with wrap-around, offsets −1..0 modulo 16"),
+    "unequal blocks along axis 1": (lambda t: torch.cat(
+        [p.softmax(1) for p in t.split([2, 5, 3], 1)], 1), (4, 10), 1, 1,
+        "block-diagonal, 3 blocks of 2 to 5"),
+}
+
+
+@pytest.mark.parametrize("name", list(AXES))
+def test_dependency_along_chosen_axes(name):
+    f, shape, out_axis, in_axis, summary = AXES[name]
+    x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+    d = vjp_magic.dependency(f(x), x, out_axis, in_axis, seed=0)
+    assert d.summary() == summary
+    assert torch.equal(d.pattern, _axis_pattern(f, x, out_axis, in_axis))
