@@ -554,10 +554,6 @@ def _arrow_row(x):  # y[0] reads every x, y[i] reads x[i]
     return torch.cat([x.sum()[None], x[1:] * 2])
 
 
-@pytest.mark.xfail(strict=True, reason="R1-2: the observed CSR of a pattern with one dense row "
-                   "has row 0's column indices unsorted (0, 1, 3, 5, ..., then 2, 4, ...): "
-                   "torch.sparse_csr_tensor(..., check_invariants=True) rejects it; values are "
-                   "right (class: decompressed CSR not canonicalised)")
 def test_the_csr_of_a_dense_row_meets_torchs_invariants():
     n = 3000
     x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -567,10 +563,6 @@ def test_the_csr_of_a_dense_row_meets_torchs_invariants():
     assert _is_valid_csr(m)
 
 
-@pytest.mark.xfail(strict=True, reason="R1-3: the display says 'except y[0], which also reads "
-                   "x[5], x[7], x[9], x[11], …' though y[0] reads every x[j]: x[1]..x[4] and "
-                   "the even ones are left out, read in the unsorted CSR order (class: a false "
-                   "sentence about the pattern)")
 def test_the_words_for_a_dense_row_list_what_it_reads_in_order():
     n = 3000
     x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1),

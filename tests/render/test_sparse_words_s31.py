@@ -68,3 +68,14 @@ def test_a_million_rows_are_read_whole_and_said_without_a_sample():
     text = said(vjp_magic.differentiate(y, x, seed=0))
     assert f"except y[{n - 7}], which also reads x[0]" in text
     assert "read off" not in text and "rows spread between" not in text
+
+
+@pytest.mark.parametrize("near", [3, 4])
+def test_an_odd_row_names_its_near_reads_too(near):
+    """A row that reads far AND just beyond the stencil: "also reads" lists both, in order
+    (the near one was left out while only far reads were listed: R1-3)."""
+    n = 3000
+    x = torch.linspace(0, 1, n, requires_grad=True)
+    y = tridiagonal(x).index_add(0, torch.tensor([10, 10]), x[[10 + near, 2000]] * 5)
+    text = said(vjp_magic.differentiate(y, x, seed=0))
+    assert f"except y[10], which also reads x[{10 + near}], x[2000]" in text, text[:700]

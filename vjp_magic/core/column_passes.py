@@ -26,7 +26,7 @@ from .colouring import colour_columns, colour_count, colour_rows
 from .checked_batches import checked_batch
 from .derivatives import chunk_size, plain_vjp
 from .pairing import Evidence
-from .pattern import Pattern, most_per_row, observed_pattern
+from .pattern import Pattern, csr_pattern, most_per_row, observed_pattern
 from .probes import probe_generator
 from .sparse_check import checked, rows_checked
 from .sparse_layout import csr_matrix, csr_rows
@@ -238,10 +238,7 @@ def observed_columns(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
             raise
         return None
     cols, rows = (torch.cat(part) for part in zip(*pairs))
-    order = np.lexsort((cols.numpy(), rows.numpy()))
-    crow = torch.zeros(m + 1, dtype=torch.int64)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
-    return Pattern(crow, cols[torch.from_numpy(order)], (m, n), found.probes + len(dense))
+    return csr_pattern(rows.cpu(), cols.cpu(), (m, n), found.probes + len(dense))
 
 
 SAMPLE_ROWS = 8  # one-hot rows read before observing

@@ -244,7 +244,7 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     rows, cols = torch.cat(rows), torch.cat(cols)
     if rows.numel() > most_per_row(n) * max(m, 1):
         return None
-    return _csr(rows, cols, m, n, spent)
+    return csr_pattern(rows, cols, (m, n), spent)
 
 
 def _group_counts(first: int = 1):
@@ -338,10 +338,18 @@ def _answers(flat, x, groups: int, code, run: tuple, passes: PaidBatches):
     return group, col, within, collided
 
 
-def _csr(rows, cols, m: int, n: int, probes: int) -> Pattern:
-    # Each row lies in one group, whose columns come ascending: a stable sort by row suffices.
-    order = torch.from_numpy(np.argsort(rows.numpy(), kind="stable"))
-    rows, cols = rows[order], cols[order]
+def csr_pattern(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int], probes: int,
+                evidence: Evidence = Evidence.OBSERVED) -> Pattern:
+    """The :class:`Pattern` of the entries (``rows[k]``, ``cols[k]``), in any order, repeats
+    allowed: rows ascending, each row's columns ascending and distinct (torch's CSR
+    invariants; a row found in several groups of probes comes in pieces). One stable sort of
+    row·n + column: nearly sorted input (each group's rows in order) sorts in linear time."""
+    m, n = shape
+    keys = rows.to(torch.int64).numpy() * max(n, 1) + cols.to(torch.int64).numpy()
+    keys = keys[np.argsort(keys, kind="stable")]
+    if keys.size > 1:
+        keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+    rows, cols = (torch.from_numpy(part) for part in np.divmod(keys, max(n, 1)))
     crow = torch.zeros(m + 1, dtype=torch.int64)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=m), 0)
-    return Pattern(crow, cols.to(torch.int64), (m, n), probes)
+    return Pattern(crow, cols, (m, n), probes, evidence)

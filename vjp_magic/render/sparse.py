@@ -197,8 +197,24 @@ def _mostly(rows, col, counts, shape, rest) -> Mostly | None:
     short = counts[others]
     layout = Layout(_kind(offsets, band, int(short.max()), counts.numel()), int(short.max()),
                     int(short.min()), offsets, wraps, True, band, form, first)
-    said = tuple((int(r), tuple(col[far & (rows == r)].tolist())) for r in odd[:ODD_SAID])
+    said = tuple((int(r), _beyond(int(r), col[rows == r], offsets, wraps, shape))
+                 for r in odd[:ODD_SAID])
     return Mostly(layout, said, odd.numel())
+
+
+def _beyond(row: int, cols: torch.Tensor, offsets, wraps, shape) -> tuple[int, ...]:
+    """The columns ``row`` reads that the stencil (``offsets``, wrapping where ``wraps``)
+    does not give it, ascending: what it "also reads", near or far (the first
+    :data:`SAID` and one more, which the sentence shows as "…")."""
+    at = notation.unravel(row, shape)
+    given = set()
+    for offset in offsets:
+        point = [a + d for a, d in zip(at, offset)]
+        point = [p % size if wrap else p for p, size, wrap in zip(point, shape, wraps)]
+        if all(0 <= p < size for p, size in zip(point, shape)):
+            given.add(sum(p * math.prod(shape[k + 1:]) for k, p in enumerate(point)))
+    beyond = cols[~torch.isin(cols, torch.tensor(sorted(given), dtype=cols.dtype))]
+    return tuple(beyond.sort().values[:SAID + 1].tolist())  # (more than SAID: "…")
 
 
 def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
