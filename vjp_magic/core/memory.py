@@ -78,6 +78,9 @@ def gb(nbytes: float) -> str:
     return f"{count} byte" if count == 1 else f"{count} bytes"
 
 
+# where a budget is set: the one sentence every refusal ends with (a call or a notebook)
+BUDGET_KNOBS = "memory_budget= (bytes, or a fraction of free memory) in a call, " \
+    "%config VJPMagics.memory_budget in a notebook"
 DEFAULT_ADVICE = "Differentiate with respect to fewer inputs (--wrt) or take a smaller slice"
 
 
@@ -89,5 +92,5 @@ def refuse_if_over(nbytes: int, budget: int, what: str, advice: str = DEFAULT_AD
             need, have = f"{int(nbytes):,} bytes", f"{int(budget):,} bytes"
         raise VJPUsageError(
             f"{what} would need {need}, over the memory budget of {have}. "
-            f"{advice}; the budget is %config VJPMagics.memory_budget."
+            f"{advice}; or raise the budget: {BUDGET_KNOBS}."
         )

@@ -29,7 +29,7 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
     forward mode where it has a number. Over the budget, the proved pattern's entries only
     (:func:`proved_exact_csr`), else refused (saying NaN where x or the output holds NaN or
     inf)."""
-    m, n = output.numel(), x.numel()
+    m, n, pattern = output.numel(), x.numel(), None
     if 2 * m * n * x.element_size() > budget:
         pattern = proved_pattern(output, x, budget)
         if pattern is not None and _held_bytes(pattern, x) <= budget // 2:
@@ -38,13 +38,30 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
             bool(x.detach().isfinite().all()) and bool(output.detach().isfinite().all())):
         _refuse_nan(m, n, 2 * m * n * x.element_size())  # the likelier reason, said
     refuse_if_over(m * n * x.element_size(), budget,
-                   f"No sparsity pattern paid off, and the dense {m:,} × {n:,} Jacobian")
+                   f"No sparsity pattern paid off{_proved_count(output, x, pattern)}, and "
+                   f"the dense {m:,} × {n:,} Jacobian")
     (stacked,) = checked_components(output.reshape(-1), [x], (), budget)
     dense = stacked.detach().reshape(m, n)
     if not bool(dense.isfinite().all()):
         dense = nan_filled(dense, (lambda: forward_jacobian(output.reshape(-1), x).detach(),),
                            proved=lambda: proved_pattern(output, x, budget, dense=True))
     return dense_to_csr(dense)
+
+
+def _proved_count(output: torch.Tensor, x: torch.Tensor, pattern) -> str:
+    """" (the graph proves 4,501,500 nonzeros: in CSR they need 108 MB)" for a refusal, the
+    pattern walked again within :data:`COUNT_BYTES` where the budget's walk stopped (it
+    holds the index maps only for this sentence); '' where the graph proves none or its
+    pattern is too large to count within that."""
+    if pattern is None:
+        pattern = proved_pattern(output, x, COUNT_BYTES, dense=True)
+    if pattern is None:
+        return ""
+    return (f" (the graph proves {pattern.nnz:,} nonzeros: in CSR, with their passes' "
+            f"workspace, they need {gb(2 * _held_bytes(pattern, x))})")
+
+
+COUNT_BYTES = 1 << 27  # 128 MB: what a refusal may walk to count the proved nonzeros
 
 
 def _held_bytes(pattern, x: torch.Tensor) -> int:
