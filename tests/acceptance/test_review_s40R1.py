@@ -696,16 +696,7 @@ def test_a_visibly_skewed_hessian_is_not_called_proved_symmetric():
     assert "symmetric (proved for every x)" not in text  # ... so no proof of symmetry
 
 
-_ARITHMETIC_DOTS = pytest.mark.xfail(strict=True, reason="R1-9: 'v is 1 on entries 0, 7, 14, … "
-                                     "of y' (3-D 7-point) and '1, 4, 7, …' (strided conv times "
-                                     "a roll): the colour's next entries are 19 and 14, not 21 "
-                                     "and 10; three in step then '…' reads as every 7th / 3rd "
-                                     "(class: a sentence implying a progression the colouring "
-                                     "does not follow)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_ARITHMETIC_DOTS) if n in (
-    "3-D 7-point stencil", "strided conv times a roll") else n for n in COLOURED])
+@pytest.mark.parametrize("name", list(COLOURED))  # (R1-9, fixed)
 def test_the_entries_said_for_v_continue_as_they_read(name):
     f, _ = COLOURED[name]
     x = torch.randn(NH, dtype=torch.float64, generator=torch.Generator().manual_seed(3),

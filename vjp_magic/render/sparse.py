@@ -108,6 +108,7 @@ class Layout:
     first: list  # the first few flat entries of colour 0 (of the input's, by columns)
     mostly: Mostly | None = None  # no stencil, but one but for a few rows (said so)
     blocks: tuple[int, ...] = ()  # block-diagonal: the sizes of its diagonal blocks, in order
+    more: bool = False  # colour 0 has entries beyond ``first`` (said "…")
 
 
 class Mostly(NamedTuple):
@@ -146,9 +147,9 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
     counts = crow.diff()
     form = closed_form(sparse.colours.cpu().reshape(-1),
                        in_shape if by_columns(sparse) else out_shape, sparse.count)
-    first = _first_of_colour(sparse.colours.cpu().reshape(-1))
+    first, more = _first_of_colour(sparse.colours.cpu().reshape(-1))
     if col.numel() == 0:
-        return Layout("all zero", 0, 0, None, (), True, None, form, first)
+        return Layout("all zero", 0, 0, None, (), True, None, form, first, more=more)
     per_row, fewest = int(counts.max()), int(counts.min())
     ids = torch.arange(m)
     rows = torch.repeat_interleave(ids, counts)
@@ -167,9 +168,9 @@ def _analysed(sparse, out_shape, in_shape) -> Layout:
         kind = "block-diagonal"
     mostly = None
     if offsets is None and out_shape == in_shape and out_shape:
-        mostly = _mostly(rows, col, counts, out_shape, (band, form, first))
+        mostly = _mostly(rows, col, counts, out_shape, (band, form, first, more))
     return Layout(kind, per_row, fewest, offsets, wraps, edges, band, form, first, mostly,
-                  blocks)
+                  blocks, more)
 
 
 def _mostly(rows, col, counts, shape, rest) -> Mostly | None:
@@ -193,10 +194,10 @@ def _mostly(rows, col, counts, shape, rest) -> Mostly | None:
     if offsets is None or not _short_at_edges(ids, counts[others], len(offsets), offsets, wraps,
                                               shape):
         return None
-    band, form, first = rest
+    band, form, first, more = rest
     short = counts[others]
     layout = Layout(_kind(offsets, band, int(short.max()), counts.numel()), int(short.max()),
-                    int(short.min()), offsets, wraps, True, band, form, first)
+                    int(short.min()), offsets, wraps, True, band, form, first, more=more)
     said = tuple((int(r), _beyond(int(r), col[rows == r], offsets, wraps, shape))
                  for r in odd[:ODD_SAID])
     return Mostly(layout, said, odd.numel())
@@ -217,13 +218,22 @@ def _beyond(row: int, cols: torch.Tensor, offsets, wraps, shape) -> tuple[int, .
     return tuple(beyond.sort().values[:SAID + 1].tolist())  # (more than SAID: "…")
 
 
-def _first_of_colour(colours: torch.Tensor, shown: int = 3) -> list[int]:
-    """The first few flat entries of colour 0 (the head first: O(1) where it has them)."""
+def _first_of_colour(colours: torch.Tensor, shown: int = 3,
+                     looked: int = 8) -> tuple[list[int], bool]:
+    """(the first flat entries of colour 0 to list, whether it has more): ``shown`` of them,
+    unless they are in step and the colour's first ``looked`` are not, when the list goes on
+    to the first entry out of step ("0, 7, 14, 19, …": three in step and "…" would read as
+    every 7th). The head is searched first: O(1) where it has them."""
     head = colours[:SAMPLE]
-    found = (head == 0).nonzero().squeeze(1)[:shown]
-    if len(found) < shown and colours.numel() > SAMPLE:
-        found = (colours == 0).nonzero().squeeze(1)[:shown]
-    return found.tolist()
+    found = (head == 0).nonzero().squeeze(1)[:looked + 1]
+    if len(found) <= looked and colours.numel() > SAMPLE:
+        found = (colours == 0).nonzero().squeeze(1)[:looked + 1]
+    entries = found.tolist()
+    steps = [b - a for a, b in zip(entries, entries[1:looked])]
+    count = shown
+    if len(set(steps[:shown - 1])) == 1 and len(set(steps)) > 1:
+        count = next(k for k, step in enumerate(steps) if step != steps[0]) + 2
+    return entries[:count], len(entries) > count
 
 
 def _axis_offsets(rows, col, size: int, stride: int, first: bool, diff=None):
@@ -686,7 +696,8 @@ def colour_paragraph(result, name: str, options=None) -> Paragraph:
     form = found.form
     first = found.first if form is None or form.exceptions else \
         [c * (form.period or k) for c in range(min(3, m))]
-    listed = ", ".join(f"{i:,}" for i in first) + (", …" if len(first) > 2 else "")
+    more = found.more if form is None or form.exceptions else len(first) > 2
+    listed = ", ".join(f"{i:,}" for i in first) + (", …" if more else "")
     where = [] if form is not None and not form.exceptions or not fit_of(options).extras else [
         Text(" (the first colour; every colour is in "),
         Code(f"r.{vectors(sparse)}[{name!r}]"), Text(")")]
