@@ -105,8 +105,8 @@ def cube_grad(g, t):
 
 
 class Jitter(torch.autograd.Function):
-    """x ↦ x·u with u drawn inside the forward: the record keeps no generator state for a
-    draw inside a custom Function, so a replay draws other numbers (all but surely)."""
+    """x ↦ x·u with u drawn inside the forward: the record keeps the generators' states from
+    before the call, so a replay in its dtype draws the same u; in another dtype, others."""
 
     @staticmethod
     def forward(ctx, x):

@@ -14,6 +14,7 @@ from torch.autograd.functional import jacobian as reference_jacobian
 from vjp_magic import differentiate
 from vjp_magic.run import record as record_module
 from vjp_magic.run.record import FunctionApply, recording
+from vjp_magic.run.refusals import NotReplayable
 from vjp_magic.run.replay import build, replayable
 from vjp_magic.symbolic import derive
 
@@ -79,15 +80,12 @@ def test_replay_never_changes_batch_norm_running_statistics():
     assert torch.equal(bn.running_mean, mean) and torch.equal(bn.running_var, var)
 
 
-@pytest.mark.parametrize("case", ["random_draws", "no_grad_write", "computed_before",
-                                  "unrelated"])
+@pytest.mark.parametrize("case", ["no_grad_write", "computed_before", "unrelated"])
 def test_replay_refuses_what_it_cannot_follow(case):
     x = torch.randn(1000, requires_grad=True)
     before = x * 3  # computed outside the record
     with recording() as rec:
-        if case == "random_draws":  # a dropout's mask is replayed as drawn; these are not
-            y = Jitter.apply(x * 2)
-        elif case == "no_grad_write":
+        if case == "no_grad_write":
             h = x * 2
             with torch.no_grad():
                 h.mul_(3)
@@ -97,6 +95,55 @@ def test_replay_refuses_what_it_cannot_follow(case):
         else:
             y = torch.ones(1000)
     assert replayable(rec, {"x": x}, y) is None
+
+
+def test_a_custom_forward_that_draws_replays_its_draws_in_its_own_dtype_only():
+    """Jitter's forward draws u: replayed from the generator state the cell's call saw, the
+    same u (the replay reproduces y); in float64, rand_like draws other numbers from that
+    state, so the float64 replay is refused, saying why (R2-6)."""
+    torch.manual_seed(0)
+    x = torch.randn(1000, requires_grad=True)
+    with recording() as rec:
+        y = Jitter.apply(x * 2)
+    state = torch.get_rng_state()
+    replay = build(rec, {"x": x}, y)
+    assert torch.equal(replay(x=x.detach()), y.detach())
+    with pytest.raises(NotReplayable, match="Jitter .* random draws"):
+        replay.with_dtype(torch.float64)
+    assert torch.equal(torch.get_rng_state(), state)  # the replays moved no generator
+
+
+class _PythonDraws(torch.autograd.Function):
+    """x·(a + b) with a from Python's random and b from numpy's global generator."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import random
+
+        import numpy
+        scale = random.random() + float(numpy.random.rand())
+        ctx.scale = scale
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.scale
+
+
+def test_a_custom_forward_drawing_from_python_and_numpy_replays_the_cells_draws():
+    import random
+
+    import numpy
+    random.seed(1)
+    numpy.random.seed(1)
+    x = torch.randn(50, requires_grad=True)
+    with recording() as rec:
+        y = _PythonDraws.apply(x)
+    states = random.getstate(), numpy.random.get_state()[1].copy()
+    replay = build(rec, {"x": x}, y)
+    assert torch.equal(replay(x=x.detach()), y.detach())  # the cell's a and b again
+    assert random.getstate() == states[0]
+    assert numpy.array_equal(numpy.random.get_state()[1], states[1])
 
 
 @pytest.mark.parametrize("read_after", [True, False])

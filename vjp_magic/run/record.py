@@ -24,12 +24,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import sys
 import threading
 import types
 import weakref
 from dataclasses import dataclass, field
 
+import numpy
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import DeviceContext
@@ -179,7 +181,7 @@ def _named(func) -> tuple[str, bool, bool]:
     lower = name.lower()
     facts = (name, name in _INPLACE_DUNDERS or (
         name.endswith("_") and not name.endswith("__") and name not in _NOT_DATA),
-        any(word in lower for word in _RANDOM_WORDS))
+        any(word in lower for word in _RANDOM_WORDS) or isinstance(func, FunctionApply))
     if not isinstance(func, FunctionApply):
         try:
             if len(_NAMED) >= _NAMED_MAX:
@@ -299,6 +301,8 @@ class _Recorder(TorchFunctionMode):
             return
         try:
             seen, targets, before, grad_enabled, rng, site, read = started
+            if isinstance(func, FunctionApply) and rng is not None and not _moved(rng):
+                rng = None  # a custom forward that drew nothing: nothing to draw again
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
@@ -420,25 +424,45 @@ def _file_kind(name: str) -> int:
 
 def rng_states(func, tensors) -> tuple | None:
     """The CPU generator's state, and each CUDA device's that the call's tensors are on,
-    when ``func`` may draw random numbers (see :data:`_RANDOM_WORDS`); else None."""
+    when ``func`` may draw random numbers (see :data:`_RANDOM_WORDS`; a custom Function's
+    forward is the user's code, which may draw from any generator: Python's ``random`` and
+    numpy's global one too); else None."""
     if not _named(func)[2]:
         return None
-    return generator_states({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    return generator_states({t.device.index or 0 for t in tensors if t.device.type == "cuda"},
+                            python=isinstance(func, FunctionApply))
 
 
-def generator_states(cuda_devices) -> tuple:
-    """The CPU generator's state and those of ``cuda_devices`` (indices), for
-    :func:`restore_rng`."""
-    return torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d))
-                                        for d in sorted(cuda_devices))
+def generator_states(cuda_devices, python: bool = False) -> tuple:
+    """The CPU generator's state and those of ``cuda_devices`` (indices), and (``python``)
+    Python's ``random`` and numpy's global generator's (else None), for :func:`restore_rng`."""
+    return (torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d))
+                                         for d in sorted(cuda_devices)),
+            (random.getstate(), numpy.random.get_state()) if python else None)
+
+
+def _moved(states) -> bool:
+    """Whether any generator in ``states`` (:func:`generator_states`) has moved since."""
+    cpu, cuda, python = states
+    if not torch.equal(torch.get_rng_state(), cpu) or any(
+            not torch.equal(torch.cuda.get_rng_state(d), state) for d, state in cuda):
+        return True
+    if python is None:
+        return False
+    now = numpy.random.get_state()
+    return random.getstate() != python[0] or now[2:] != python[1][2:] or \
+        not numpy.array_equal(now[1], python[1][1])
 
 
 def restore_rng(states) -> None:
     """Put back the generators' states that :func:`rng_states` kept."""
-    cpu, cuda = states
+    cpu, cuda, python = states
     torch.set_rng_state(cpu)
     for device, state in cuda:
         torch.cuda.set_rng_state(state, device)
+    if python is not None:
+        random.setstate(python[0])
+        numpy.random.set_state(python[1])
 
 
 def storage_of(tensor: torch.Tensor) -> tuple[int | None, int]:

@@ -27,8 +27,8 @@ from ..core.quiet import subclass_code
 from ..core.validation import a_or_an
 from . import refusals
 from .plan import pruned_steps, storage_key
-from .record import tensors_in
 from .refusals import InputChanged, NotReplayable, UserCode, close
+from .record import FunctionApply, tensors_in
 from .steps import DETACHING, Interpreter, cast_step
 
 
@@ -67,7 +67,19 @@ class Replay:
         return found
 
     def with_dtype(self, dtype: torch.dtype) -> Replay:
-        """The same replay computing in ``dtype`` (e.g. float64 for finite differences)."""
+        """The same replay computing in ``dtype`` (e.g. float64 for finite differences);
+        :class:`NotReplayable` where a custom Function's forward drew random numbers in the
+        cell: from the same generator states it would draw others in another dtype
+        (``rand_like`` of float64 is not that of float32), so its replay is not the cell's."""
+        drew = [step.name for step in self.steps
+                if isinstance(step.func, FunctionApply) and step.rng is not None
+                and any(t.is_floating_point() and t.dtype != dtype
+                        for t in tensors_in(step.result))]
+        if drew:
+            raise NotReplayable(
+                f"the forward of {drew[0].removesuffix('.apply')} (a custom autograd.Function) "
+                f"makes random draws, which a {str(dtype).removeprefix('torch.')} replay "
+                "would make anew (other numbers), so it is not the cell's function there")
         steps = [cast_step(step, dtype) for step in self.steps]
         return replace(self, steps=steps, dtype=dtype)
 

@@ -134,7 +134,9 @@ class Interpreter:
 def generators_kept(steps: list):
     """The random generators end as they began: a replay moves no user RNG state."""
     states = generator_states({d for step in steps if step.rng is not None
-                               for d, _ in step.rng[1]})
+                               for d, _ in step.rng[1]},
+                              python=any(step.rng is not None and step.rng[2] is not None
+                                         for step in steps))
     try:
         yield
     finally:
