@@ -30,7 +30,11 @@ per-layer rules weight the losses by ±2^k in passes where any two samples get d
 weights at least once, and refuse unless each layer's output gradient, divided by its
 sample's weight, is the unweighted one — so a term of sample c's loss in sample b's rows
 shows (times w_c/w_b − 1, never below 1/2; above 1e-5 of the row's largest entry) in a pass
-that tells them apart, for every pair, not with a probability. What is left for the probes
+that tells them apart, for every pair, not with a probability. Where the graph's structure
+proves that no loss reads another sample's rows of any layer output
+(:func:`vjp_magic.run.expanded.proved_apart`), those terms are zero by construction and the
+rules skip the weighted passes: one backward, weighted by probe 0, gives the layer-output
+gradients and probe 0's vᵀJ; the mark means the same. What is left for the probes
 is the arithmetic of exact formulas (the rows are then each sample's own gradient), which
 probe 0, judged entry by entry, checks as it checks a batched derivative of a proved
 structure (and as the sparse path's one probe checks a proved pattern). Terms from several
@@ -76,7 +80,7 @@ class GivenJacobian(NamedTuple):
     jacobian: torch.Tensor  # output.shape + input.shape
     # the sums of |terms| adding up to each entry (or a Deferred making them where needed)
     magnitudes: torch.Tensor | Deferred | None = None
-    samples_separated: bool = False  # per-sample rows, every pair of samples checked apart
+    samples_separated: bool = False  # per-sample rows, every pair proved or checked apart
     # |v| rows (k, *output.shape) -> |v|ᵀM (k, input entries): M made from its factors
     weighted_magnitudes: Callable | None = None
     # (seed, v, vᵀJ): probe 0 of that seed (the analysis' when the seeds match) and its vᵀJ

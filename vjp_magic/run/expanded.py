@@ -7,9 +7,10 @@ sample b, ``g``: the gradient at its output rows); a convolution's is the same p
 the unfolded input patches; a LayerNorm's weight reads ``g · x̂``; every bias sums ``g``.
 The replay is the hook-free one (:mod:`.replay`): no user hook, module or ``.grad`` is
 touched. The rules hold only when each sample's loss reads only its own rows of every
-layer's output, which further backward passes check for every pair of samples: weighting
-the losses by powers of two that differ for any two samples in some pass, each layer's
-output gradient must scale row by row by its sample's weight. Where a parameter is read by
+layer's output: proved from the graph's structure where it can be (:func:`proved_apart`; one
+backward pass then), else checked for every pair of samples by further backward passes:
+weighting the losses by powers of two that differ for any two samples in some pass, each
+layer's output gradient must scale row by row by its sample's weight. Where a parameter is read by
 a call without a rule, or the check fails, the answer is None (the caller vectorises the
 replay instead); the analysis verifies whatever is given with its probe rule (probe 0
 alone for gradients so checked: :mod:`vjp_magic.core.given`).
@@ -23,6 +24,7 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from ..core import axisflow
 from ..core.derivatives import plain_vjp
 from ..core.probes import fresh_stream, signed_powers
 from ..core.torch_api import guarded_grad
@@ -130,14 +132,15 @@ class PerSampleGradients(dict):
     ``weighted``: name -> the function giving |v|ᵀM from M's factors without making M (a
     Linear weight read by one rule: :class:`_WeightedMagnitudes`), for
     :class:`~vjp_magic.core.given.GivenJacobian`. ``separated``: each layer's output
-    gradient was checked per sample for every pair of samples (:func:`_output_gradients`)."""
+    gradient was proved or checked per sample for every pair of samples
+    (:func:`_output_gradients`)."""
 
     def __init__(self, gradients: dict, magnitudes: dict | None = None,
                  separated: bool = False, weighted: dict | None = None):
         super().__init__(gradients)
         self.magnitudes = magnitudes or {}
         self.weighted = weighted or {}
-        self.separated = separated  # every pair of samples checked apart (the rules' check)
+        self.separated = separated  # every pair of samples proved or checked apart
 
 
 # Positions per sample up to which a Linear weight's |v|ᵀM is made from its factors: that
@@ -486,9 +489,14 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     largest entry for reordered sums). A term of sample c's loss in sample b's rows shows
     in a pass where their weights differ, scaled by w_c/w_b − 1 (at least 1/2 in size).
     With ``probe`` (weights of that kind) the first weighted pass is the probe's, and also
-    gives vᵀJ for ``leaves``. Returns (gradients, those vᵀJ), or None where the check fails."""
+    gives vᵀJ for ``leaves``. Returns (gradients, those vᵀJ), or None where the check fails.
+    Where the graph proves the samples apart at every output (:func:`proved_apart`), the
+    weighted passes could show nothing: one pass, weighted by the probe, gives it all
+    (:func:`_one_pass`)."""
     if not outs:
         return [], []
+    if proved_apart(value, outs):
+        return _one_pass(value, outs, keep_graph, probe, leaves)
     tensors = [out for out, _ in outs]
     shape = (value.shape[0],) + (1,) * (value.dim() - 1)
     passes = [torch.ones(value.shape[0], dtype=value.dtype, device=value.device)]
@@ -510,6 +518,52 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     return grads, vjps
 
 
+def proved_apart(value: torch.Tensor, outs: list) -> bool:
+    """Whether the graph proves, from its structure alone, that sample b's loss reads only
+    row b of every output in ``outs`` ((tensor, batch axis)): :func:`.axisflow.prove` carries
+    that axis, alone, to ``value``'s axis 0, on a walk meeting no custom Function and no node
+    without a rule (either claims no carry; refused even off the carried paths) on a PyTorch
+    whose graph shows its shapes. A rule claims a carry only where the Jacobian is zero
+    between differently indexed rows for every value, so ∂(loss c)/∂(row b) = 0 for c ≠ b:
+    exactly what the weighted passes of :func:`_output_gradients` test pair by pair, there
+    by numbers, here for every pair at once and with no tolerance."""
+    for out, axis in outs:
+        proof = axisflow.prove(value, out)
+        if proof.limitation is not None or proof.custom or proof.unknown \
+                or proof.carries.get(0) != (axis,):
+            return False
+    return True
+
+
+def _one_pass(value: torch.Tensor, outs: list, keep_graph: bool,
+              probe: torch.Tensor | None, leaves: list) -> tuple | None:
+    """:func:`_output_gradients` on a graph that proves the samples apart: one backward
+    weighted by ``probe`` (signed powers of two; ones without it) to the outputs and
+    ``leaves``, each output's gradient divided row by row by its sample's weight (exact: a
+    power of two, absent over- or underflow). vᵀJ for ``leaves`` comes from that pass as from
+    the probe's check pass; a NaN refuses, as the check passes' comparison would."""
+    tensors = [out for out, _ in outs]
+    batch = value.shape[0]
+    weights = torch.ones(batch, dtype=value.dtype, device=value.device) if probe is None \
+        else probe.reshape(-1)
+    shape = (batch,) + (1,) * (value.dim() - 1)
+    wanted = tensors + list(leaves) if probe is not None else tensors
+    found = _pass(value, wanted, weights.reshape(shape).expand_as(value), keep_graph)
+    grads, vjps = found[:len(tensors)], found[len(tensors):]
+    if probe is not None:
+        grads = [_unweighted(g, axis, weights) for g, (_, axis) in zip(grads, outs)]
+    if any(bool(torch.isnan(g).any()) for g in grads):
+        return None
+    return grads, vjps
+
+
+def _unweighted(gradient: torch.Tensor, axis: int, weights: torch.Tensor) -> torch.Tensor:
+    """``gradient`` with each row along ``axis`` divided by its sample's weight."""
+    shape = [1] * gradient.dim()
+    shape[axis] = -1
+    return gradient / weights.reshape(shape)
+
+
 def _pass(value: torch.Tensor, tensors: list, weights: torch.Tensor, keep: bool) -> list:
     """One backward of ``value`` weighted by ``weights`` to ``tensors`` (zeros where not
     reached): :func:`~vjp_magic.core.derivatives.plain_vjp` where the graph is kept (the
@@ -525,9 +579,7 @@ def _scaled(plain: torch.Tensor, weighted: torch.Tensor, axis: int, weights) -> 
     """Whether ``weighted`` is ``plain`` with each row along ``axis`` times its weight."""
     if not plain.numel():
         return True
-    shape = [1] * plain.dim()
-    shape[axis] = -1
-    divided = weighted / weights.reshape(shape)  # exact: powers of two
+    divided = _unweighted(weighted, axis, weights)  # exact: powers of two
     if _equal(divided, plain):
         return True
     if not bool(torch.isfinite(divided).all()):
@@ -775,5 +827,5 @@ def _padded(source: torch.Tensor, padding, kernel: tuple, dilation: tuple, dims:
     return F.pad(source, pads)
 
 
-__all__ = ["PerSampleGradients", "captured_gradients", "per_sample_by_rules", "rule_uses",
-           "rules_interpreter"]
+__all__ = ["PerSampleGradients", "captured_gradients", "per_sample_by_rules", "proved_apart",
+           "rule_uses", "rules_interpreter"]

@@ -127,7 +127,7 @@ def _shared(graph, batch: int):
 
 class PerSampleGiven(dict):
     """name -> :class:`~vjp_magic.core.given.GivenJacobian`; ``seed``: the analysis' seed
-    whose probe 0 the rules' check pass used (its vᵀJ comes with each Jacobian), or None."""
+    whose probe 0 weighted the rules' pass (its vᵀJ comes with each Jacobian), or None."""
 
     seed: int | None = None
 
@@ -137,7 +137,7 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
     :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
     that may cancel; whether the rules checked every pair of samples apart). On the
-    analysed ``graph``, one of the rules' check passes is weighted by probe 0 of ``seed``
+    analysed ``graph``, the rules' one pass or first check pass is weighted by probe 0 of ``seed``
     (a fresh one where None; the result's ``seed``: hand it to the analysis), so that the
     analysis needs no backward of its own for it."""
     probe = None
@@ -203,10 +203,10 @@ def accepted_result(graph, given, output_name: str,
 
 def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
               rules: bool = True) -> dict | None:
-    """By the per-layer rules (one batched replay, two backward passes) where every input
-    has one (and ``rules``: not already tried on the analysed graph's replay), else by vmap
-    over samples of the batch-of-one replay (None where its values differ from the output:
-    the samples are not independent)."""
+    """By the per-layer rules (one batched replay; one backward pass, or the check's) where
+    every input has one (and ``rules``: not already tried on the analysed graph's replay),
+    else by vmap over samples of the batch-of-one replay (None where its values differ from
+    the output: the samples are not independent)."""
     grads = per_sample_by_rules(replay, inputs, data, output) if rules else None
     if grads is not None:
         return grads
