@@ -43,6 +43,7 @@ ENTRIES: list[tuple[Iterable[str], Rule]] = [
       "Nansum"], reductions.reduction),
     (["Softmax", "SafeSoftmax", "LogSoftmax", "Cumsum", "Cumprod", "Logcumsumexp", "Cummax",
       "Cummin", "Sort", "Topk"], reductions.along_dim),
+    (list(reductions.POOLED_AXES), reductions.pooling),
     (["NativeLayerNorm"], reductions.layer_norm),
     (["NativeBatchNorm"], reductions.batch_norm),
     (["NativeGroupNorm"], reductions.group_norm),

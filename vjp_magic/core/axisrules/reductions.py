@@ -2,7 +2,7 @@
 lose their carries, the others keep them."""
 from __future__ import annotations
 
-from .flow import Flow, all_exact, broadcast, drop_axes, meet, to_axes
+from .flow import Flow, all_exact, base_name, broadcast, drop_axes, meet, to_axes
 
 
 def reduction(node, inputs, shapes):
@@ -27,6 +27,25 @@ def along_dim(node, inputs, shapes):
         dims = node._saved_dims
     mixed = set(to_axes(dims, len(flow.shape)))
     return [Flow(shapes[0], drop_axes(flow, mixed, True), flow.exact)]
+
+
+POOLED_AXES = {"MaxPool2DWithIndices": 2, "MaxPool3DWithIndices": 3, "AvgPool2D": 2,
+               "AvgPool3D": 3, "AdaptiveMaxPool2D": 2, "AdaptiveMaxPool3D": 3,
+               "AdaptiveAvgPool2D": 2, "AdaptiveAvgPool3D": 3}  # node name -> pooled axes
+
+
+def pooling(node, inputs, shapes):
+    """Max and average pooling (adaptive too; 1-d pools come as 2-d ones between an unsqueeze
+    and a squeeze) over the last 2 or 3 axes: an output entry reads only input entries of
+    its own leading (batch, channel) indices, so those axes keep their carries; the windows
+    are not modelled (not exact: a window of one position keeps positions)."""
+    flow, out = inputs[0], shapes[0]
+    if flow is None:
+        return [Flow(out, {}, False)]
+    lead = len(out) - POOLED_AXES[base_name(node)]
+    if lead < 0 or len(flow.shape) != len(out) or tuple(flow.shape[:lead]) != tuple(out[:lead]):
+        return [Flow(out, {}, False)]
+    return meet(out, [{a: c for a, c in flow.carries.items() if a < lead}], False)
 
 
 def layer_norm(node, inputs, shapes):
