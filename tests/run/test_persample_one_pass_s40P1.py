@@ -201,3 +201,37 @@ def test_user_state_is_as_a_plain_run_leaves_it():
         assert torch.equal(p, before[name][0]) and p._version == before[name][1]
         assert not p._backward_hooks if hasattr(p, "_backward_hooks") else True
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+class _Encoder(nn.Module):
+    """A batch-first encoder layer (the attention rule reads its batch on axis 1), a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x).mean(1))
+
+
+MODELS = {
+    "cnn with pooling": (lambda: nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)), (1, 8, 8)),
+    "encoder layer": (_Encoder, (5, 8)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_proved_conv_and_attention_models_take_one_pass_exactly(name):
+    make, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = make().double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((12,) + shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 3, (12,), generator=g)
+    found, passes, proved = _rules(model, x, t)
+    assert proved == [True] and passes == 1
+    for key, value in _reference(model, x, t).items():
+        torch.testing.assert_close(found[key], value, rtol=1e-10, atol=1e-12)
