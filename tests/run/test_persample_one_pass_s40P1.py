@@ -235,3 +235,19 @@ def test_proved_conv_and_attention_models_take_one_pass_exactly(name):
     assert proved == [True] and passes == 1
     for key, value in _reference(model, x, t).items():
         torch.testing.assert_close(found[key], value, rtol=1e-10, atol=1e-12)
+
+
+def test_more_layer_outputs_than_the_proof_walks_keep_the_check_passes():
+    """The proof walks the graph once per layer output: past ``PROOF_WALKS`` it is not tried
+    and the check passes run (the same values)."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(5, 5) for _ in range(expanded.PROOF_WALKS)] + [nn.Linear(5, 3)]
+    model = nn.Sequential(*[m for layer in layers for m in (layer, nn.Tanh())][:-1]).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, 5, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 3, (B,), generator=g)
+    found, passes, proved = _rules(model, x, t)
+    assert proved == [False]
+    assert passes == 1 + len(expanded.check_weights(B, torch.float64))
+    for key, value in _reference(model, x, t).items():
+        torch.testing.assert_close(found[key], value, rtol=1e-10, atol=1e-12)
