@@ -251,3 +251,16 @@ def test_more_layer_outputs_than_the_proof_walks_keep_the_check_passes():
     assert passes == 1 + len(expanded.check_weights(B, torch.float64))
     for key, value in _reference(model, x, t).items():
         torch.testing.assert_close(found[key], value, rtol=1e-10, atol=1e-12)
+
+
+def test_a_nan_gradient_refuses_the_one_pass_as_the_check_passes_do(monkeypatch):
+    model, x, t = _model("plain")
+    x[3, 2] = float("nan")  # sample 3's layer-output gradients are NaN
+    h1 = model.a(x)
+    h2 = model.b(torch.relu(h1))
+    losses, outs = F.cross_entropy(h2, t, reduction="none"), [(h1, 0), (h2, 0)]
+    assert expanded.proved_apart(losses, outs)
+    probe = torch.ones(B, dtype=torch.float64).index_fill_(0, torch.arange(0, B, 2), -2.0)
+    assert expanded._output_gradients(losses, outs, True, probe) is None
+    monkeypatch.setattr(expanded, "proved_apart", lambda value, outs: False)
+    assert expanded._output_gradients(losses, outs, True, probe) is None
