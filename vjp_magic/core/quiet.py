@@ -27,7 +27,8 @@ The random generators: the analysis calls the user's custom Function backwards o
 graph (every pass, probe, verification, gradcheck), and such a backward may draw random numbers
 (a noisy straight-through estimator). :func:`generators_kept` saves every generator such code
 can advance (torch's CPU generator, each CUDA device's where CUDA is initialised, Python's
-``random`` and numpy's global ``RandomState``: each is cheap to save) when the analysis starts,
+``random`` and numpy's global ``RandomState``, the last by its bytes, :mod:`.numpy_rng`: each
+is cheap to save) when the analysis starts,
 after the user's code ran, and puts them back when it ends, error or not: after a call the
 generators are as a plain run leaves them. (The replays' own ``fork_rng`` make each replay
 draw what the cell drew; this keeps the whole analysis.)
@@ -40,10 +41,10 @@ import random
 import sys
 import threading
 
-import numpy
 import torch
 from torch.utils._device import DeviceContext, _device_constructors
 
+from . import numpy_rng
 from .modes import modes_aside
 
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
@@ -171,14 +172,14 @@ def generators_kept():
     """Every global random generator the user's code can advance (torch's CPU one, each CUDA
     device's once CUDA is initialised, Python's ``random``, numpy's global one) as it was on
     entry, when the context ends, however it ends."""
-    cpu, py, np_state = torch.get_rng_state(), random.getstate(), numpy.random.get_state()
+    cpu, py, np_state = torch.get_rng_state(), random.getstate(), numpy_rng.saved()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
         yield
     finally:
         torch.set_rng_state(cpu)
         random.setstate(py)
-        numpy.random.set_state(np_state)
+        numpy_rng.restore(np_state)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
 
