@@ -67,7 +67,7 @@ def test_a_trusted_graph_gets_one_pass_and_jacrev(name, monkeypatch):
     r = differentiate(f(x), x, seed=1)
     torch.testing.assert_close(r.jacobian("x"), torch.func.jacrev(f)(x.detach()))
     if r.point_axes["x"] == ():  # the whole Jacobian from one vectorised pass, no probe:
-        # then one plain pass of zeros (the retain_grad guard's, core.retained._flush)
+        # then one plain pass of zeros (the retain_grad guard's, core.retained.flush_now)
         y = f(x)
         assert passes == [y.dim(), y.dim()] and verdicts == []
 

@@ -19,8 +19,9 @@ scan is not made: it costs milliseconds with a loaded torch (about 170,000 objec
 call. A retain_grad
 tensor reachable only from an old object elsewhere is missed, but never left holding a
 BatchedTensor: after vectorised passes, a plain pass through the same nodes (the probe the
-analysis makes anyway, else one pass of zeros on leaving) runs its hook, which raises on
-one; then every live retain_grad tensor is looked at.
+analysis makes anyway, else one pass of zeros: right after them where no probe follows,
+:func:`flush_now`, or on leaving) runs its hook, which raises on one; then every live
+retain_grad tensor is looked at.
 """
 from __future__ import annotations
 
@@ -216,13 +217,16 @@ def _unbatch(tensors) -> None:
 
 
 @contextlib.contextmanager
-def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
+def grads_kept(output: torch.Tensor, everything: bool = False, given=(),
+               reruns: bool = False):
     """Every retain_grad tensor found on ``output``'s graph (``everything``: all live ones)
     has its ``.grad`` (the same tensor object, or None) back on leaving; nested uses scan
     once; after vectorised passes none is left holding a vmap BatchedTensor (by a pass of
     zeros; after a Ctrl-C, by looking at every live one instead: no pass runs). The frames
     looked at start at the caller's first one outside vjp_magic (the package's own hold
-    what the caller gave, ``given``, and objects of its own)."""
+    what the caller gave, ``given``, and objects of its own). ``reruns``: the caller makes
+    the call again where a pass meets a BatchedTensor left in a tensor not found
+    (:func:`keeps_retained_grads`; then :func:`flush_now` may pass before leaving)."""
     if getattr(_STATE, "depth", 0):
         yield
         return
@@ -230,6 +234,7 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
         retained(output, _outside(sys._getframe(2)), given)
     kept = [(t, t.grad) for t in found]
     _STATE.depth, _STATE.kept, _STATE.pending = 1, [t for t, _ in kept], []
+    _STATE.reruns = reruns
     interrupted = False
     try:
         yield
@@ -238,6 +243,7 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=()):
         raise
     finally:
         pending, _STATE.depth, _STATE.kept, _STATE.pending = _STATE.pending, 0, [], []
+        _STATE.reruns = False
         if pending and interrupted:  # after a Ctrl-C, no pass runs the user's backward again
             _unbatch(_every_retaining())
         elif pending and isinstance(output, torch.Tensor) and output.grad_fn is not None:
@@ -257,6 +263,25 @@ def cleared(batched: bool = True, output=None, inputs=()) -> None:
         _STATE.pending.append((output, {id(t) for t in inputs}))
     for t in getattr(_STATE, "kept", ()):
         t.grad = None
+
+
+def flush_now(output, inputs) -> None:
+    """The pass of zeros :func:`grads_kept` would make on leaving for the vectorised passes
+    from ``output`` to ``inputs`` (none if no such pass is pending), made now, where no plain
+    pass is to follow them: right after them the graph's tensors are still in the CPU's
+    caches (the same pass made on leaving, after the rest of the analysis, took about twice
+    as long). A retain_grad tensor not found and left holding a BatchedTensor makes its hook
+    raise, as any plain pass after vectorised ones does: the call is made again with every
+    live one kept. Only under the guard of an outermost :func:`keeps_retained_grads` (the one
+    that makes the call again); under any other, the pass is made on leaving, as before."""
+    ids = {id(t) for t in inputs}
+    if not getattr(_STATE, "reruns", False) or not any(
+            o is output and s <= ids for o, s in getattr(_STATE, "pending", ())):
+        return  # (under a guard that makes no call again: the pass on leaving, as ever)
+    from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
+
+    _grad(output, list(inputs), torch.zeros_like(output))
+    plain_pass(output, inputs)
 
 
 def plain_pass(output, inputs) -> None:
@@ -288,7 +313,7 @@ def keeps_retained_grads(function):
     def wrapper(output, *args, **kwargs):
         outer = not getattr(_STATE, "depth", 0)
         try:
-            with grads_kept(output, given=(*args, *kwargs.values())):
+            with grads_kept(output, given=(*args, *kwargs.values()), reruns=outer):
                 return function(output, *args, **kwargs)
         except RuntimeError as error:
             if not outer or _ESCAPED not in str(error):
@@ -299,4 +324,4 @@ def keeps_retained_grads(function):
     return wrapper
 
 
-__all__ = ["cleared", "grads_kept", "keeps_retained_grads", "plain_pass", "retained"]
+__all__ = ["cleared", "flush_now", "grads_kept", "keeps_retained_grads", "plain_pass", "retained"]

@@ -21,6 +21,7 @@ from .checked_batches import (batching_trusted, batching_vector, batching_verdic
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
+from .retained import flush_now
 from .torch_api import TorchError, torch_error
 
 
@@ -118,7 +119,8 @@ def _checked_jacobians(context, named, probes, proved=False,
     structure is probed afterwards, so the check need not use probe 0). ``ordinary`` (a set)
     gets the names whose Jacobian that check showed finite and not all 0. A graph whose
     every node batches right (``context.batching_trusted()``) gets no check: its vectorised
-    Jacobian is the plain passes' own."""
+    Jacobian is the plain passes' own (the retain_grad guard's pass of zeros then follows
+    at once, :func:`.retained.flush_now`)."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
     stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
@@ -134,6 +136,8 @@ def _checked_jacobians(context, named, probes, proved=False,
             ordinary.update(n for n in reverse if all(verdicts[n]))
         noisy = within_noise(output, named, v, vjps, {n: (flats[n], ()) for n in redo})
         redo = [n for n in redo if n not in noisy]  # rounding only: kept
+    elif vectorised:  # no plain pass follows: the retain_grad guard's pass of zeros now
+        flush_now(output, [named[n] for n in reverse])
     flats.update(_plain_again(output, {n: named[n] for n in redo}, (), vectorised, flats))
     return {name: flats[name].reshape(tuple(output.shape) + tuple(named[name].shape))
             if name in flats else _jacobian_either_mode(context, named[name], probes, name)
