@@ -36,13 +36,15 @@ class _Layout:
 
     def read(self, rs) -> _Bytes:
         bits = rs._bit_generator
-        return _Bytes((bits, ctypes.string_at(bits.ctypes.state_address, self.size),
-                       ctypes.string_at(id(rs) + self.gauss, 16)))
+        with bits.lock:  # (the lock numpy's own draws hold: no thread draws mid-copy)
+            return _Bytes((bits, ctypes.string_at(bits.ctypes.state_address, self.size),
+                           ctypes.string_at(id(rs) + self.gauss, 16)))
 
     def write(self, rs, state: tuple) -> None:
         bits, words, gauss = state
-        ctypes.memmove(bits.ctypes.state_address, words, self.size)
-        ctypes.memmove(id(rs) + self.gauss, gauss, 16)
+        with bits.lock:
+            ctypes.memmove(bits.ctypes.state_address, words, self.size)
+            ctypes.memmove(id(rs) + self.gauss, gauss, 16)
 
 
 def _offsets(rs, value: int) -> list[int]:
