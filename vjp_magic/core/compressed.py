@@ -100,7 +100,8 @@ LOOP_PASSES = 64
 
 class Attempt(NamedTuple):
     """What :func:`attempt` found: the result, or why there is none (``why``) and, for a
-    pattern over the memory budget, its nonzero count and bytes."""
+    pattern over the memory budget, its nonzero count and bytes (for a pattern a probe
+    rejected, its count alone)."""
 
     sparse: SparseJacobian | None
     why: str = ""
@@ -150,7 +151,7 @@ def attempt(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     if not (checked(output, x, jacobian, seed, known, passes, draws=1 if proved else None,
                     proved=proved, rows_follow=not proved)
             and (proved or rows_checked(output, x, jacobian, seed))):
-        return Attempt(None, UNCONFIRMED)
+        return Attempt(None, UNCONFIRMED, pattern.nnz)  # its count, for a refusal
     return Attempt(SparseJacobian(jacobian, colours, count, pattern.evidence, pattern.probes,
                                   conditional_on=pattern.conditional_on))
 
@@ -462,11 +463,12 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         sparse = found.sparse
         if sparse is None:
             _refuse_if_sparse_over(found, output, x, budget)
-            return exact_csr(output, x, budget)
+            return exact_csr(output, x, budget, rejected(found))
         if sparse.evidence is Evidence.OBSERVED:  # under the probes' resolution?
             verdict = outside_entries(output, x, csr_inside(sparse.matrix), seed=seed)
             if verdict.coupled:
-                return exact_csr(output, x, budget)
+                return exact_csr(output, x, budget,
+                                 rejected(Attempt(None, COUPLED, sparse.nnz)))
             if not verdict.checked:
                 warnings.warn(OBSERVED_WARNING.format(m=output.numel(), n=x.numel()),
                               ObservedPatternWarning, stacklevel=_CALLER)
@@ -476,6 +478,18 @@ def sparse_jacobian(output: torch.Tensor, x: torch.Tensor,
         if usage is None:
             raise
         raise usage from None
+
+
+COUPLED = "a derivative outside it is not zero"
+
+
+def rejected(found: Attempt) -> str:
+    """Why no sparse Jacobian was taken, as a refusal begins it: a pattern a check rejected
+    (:data:`UNCONFIRMED`, :data:`COUPLED`) with its nonzero count ('A sparsity pattern of 400
+    nonzeros was found but rejected (…)'), else that none paid off."""
+    if found.why not in (UNCONFIRMED, COUPLED) or not found.nnz:
+        return "No sparsity pattern paid off"
+    return f"A sparsity pattern of {found.nnz:,} nonzeros was found but rejected: {found.why}"
 
 
 def sparse_need(found: Attempt) -> str:

@@ -220,7 +220,8 @@ class SparseChoice:
             self.over[name] = found
         if found.sparse is None:
             if found.why not in (TOO_DENSE, OVER_BUDGET):
-                self.unpaid[name] = found.why
+                self.unpaid[name] = found.why if not found.nnz else \
+                    f"its pattern of {found.nnz:,} nonzeros was found but rejected: {found.why}"
                 self.notes.append(f"No sparsity pattern paid off for {name}: {found.why}; "
                                   "the full Jacobian was computed instead.")
             return None

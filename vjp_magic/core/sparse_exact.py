@@ -23,12 +23,16 @@ from .torch_api import guarded_grad
 from .validation import nan_filled
 
 
-def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tensor:
+NO_PATTERN = "No sparsity pattern paid off"
+
+
+def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int,
+              why: str = NO_PATTERN) -> torch.Tensor:
     """d output / d x from one VJP per output entry, as a 2-D CSR tensor (output.numel() ×
     x.numel()): non-finite entries outside the proved pattern 0, NaN entries filled from
     forward mode where it has a number. Over the budget, the proved pattern's entries only
     (:func:`proved_exact_csr`), else refused (saying NaN where x or the output holds NaN or
-    inf)."""
+    inf; ``why`` begins the refusal's sentence: why no sparse Jacobian was taken)."""
     m, n, pattern = output.numel(), x.numel(), None
     if 2 * m * n * x.element_size() > budget:
         pattern = proved_pattern(output, x, budget)
@@ -38,8 +42,8 @@ def exact_csr(output: torch.Tensor, x: torch.Tensor, budget: int) -> torch.Tenso
             bool(x.detach().isfinite().all()) and bool(output.detach().isfinite().all())):
         _refuse_nan(m, n, 2 * m * n * x.element_size())  # the likelier reason, said
     refuse_if_over(m * n * x.element_size(), budget,
-                   f"No sparsity pattern paid off{_proved_count(output, x, pattern)}, and "
-                   f"the dense {m:,} × {n:,} Jacobian")
+                   f"{why}{_proved_count(output, x, pattern) if why == NO_PATTERN else ''}"
+                   f", and the dense {m:,} × {n:,} Jacobian")
     (stacked,) = checked_components(output.reshape(-1), [x], (), budget)
     dense = stacked.detach().reshape(m, n)
     if not bool(dense.isfinite().all()):
