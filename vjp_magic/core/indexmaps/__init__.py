@@ -10,9 +10,9 @@ proves nothing: :func:`proved_pattern` is None and the pattern is observed inste
 :mod:`.maps` is the rules' vocabulary, :mod:`.relation` the composition, :mod:`.walk` the walk
 over the graph; the rules live by op family (:mod:`.moves`, :mod:`.scatters`,
 :mod:`.reductions`, :mod:`.linalg`, :mod:`.pooling`, :mod:`.resample` for upsampling and
-adaptive pooling), listed in :mod:`.rules`. :mod:`.summed` proves a
-Hessian's pattern where the scalar sums terms. A rule may claim an entry the op reads whose
-derivative happens to vanish (relu, dropout's mask), never miss one.
+adaptive pooling, :mod:`.sampling` for grid_sample), listed in :mod:`.rules`.
+:mod:`.summed` proves a Hessian's pattern where the scalar sums terms. A rule may claim an
+entry the op reads whose derivative happens to vanish (relu, dropout's mask), never miss one.
 """
 from .walk import proved_pattern
 

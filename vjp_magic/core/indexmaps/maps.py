@@ -69,7 +69,8 @@ class Edge(NamedTuple):
 
 _NAMES = {"Index": "indexing", "MaxPool2DWithIndices": "max_pool2d",
           "MaxPool3DWithIndices": "max_pool3d", "MaxUnpool2D": "max_unpool2d",
-          "MaxUnpool3D": "max_unpool3d"}
+          "MaxUnpool3D": "max_unpool3d", "GridSampler2D": "grid_sample",
+          "GridSampler3D": "grid_sample"}
 
 
 def selection_name(node_name: str) -> str:

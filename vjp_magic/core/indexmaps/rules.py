@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..axisrules import ELEMENTWISE
-from . import copies, linalg, moves, pooling, reductions, resample, scatters, shifts
+from . import (copies, linalg, moves, pooling, reductions, resample, sampling, scatters,
+               shifts)
 
 Rule = Callable
 
@@ -49,6 +50,7 @@ ENTRIES: list[tuple[str, Rule]] = [
     ("MaxUnpool2D MaxUnpool3D", pooling.max_unpool),
     ("AdaptiveAvgPool2D AdaptiveAvgPool3D", resample.adaptive_avg_pool),
     (" ".join(resample.KERNELS), resample.upsample),
+    ("GridSampler2D GridSampler3D", sampling.grid_sample),
     ("Max Min Median Nanmedian Kthvalue Mode", pooling.arg_reduction),
     ("Sort Topk", pooling.sort),
     ("Scatter ScatterAdd", scatters.scatter),
