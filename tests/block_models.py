@@ -41,19 +41,41 @@ def ghost_batch(b: int, group: int, leaks=(), centred: bool = False, features: i
     return f
 
 
-def packed_attention(t: int, length: int, extra=()):
-    """(f, mask): causal self-attention over ``t`` tokens packed as sequences of ``length``:
-    y[i] reads x[j] exactly where j <= i in i's own sequence (the mask, by mathematics);
-    ``extra``: (i, j) reads the mask also allows."""
+def packed_attention(t: int, length, extra=()):
+    """(f, mask): causal self-attention over ``t`` tokens packed as sequences of ``length``
+    (an int: all of it; a tuple: those lengths in order, summing to ``t``): y[i] reads x[j]
+    exactly where j <= i in i's own sequence (the mask, by mathematics); ``extra``: (i, j)
+    reads the mask also allows."""
+    lengths = (length,) * (t // length) if isinstance(length, int) else tuple(length)
     mask = torch.zeros(t, t, dtype=torch.bool)
-    for s in range(0, t, length):
-        mask[s:s + length, s:s + length] = torch.tril(torch.ones(length, length,
-                                                                  dtype=torch.bool))
+    starts = torch.tensor((0,) + lengths).cumsum(0).tolist()
+    for s, e in zip(starts, starts[1:]):
+        mask[s:e, s:e] = torch.tril(torch.ones(e - s, e - s, dtype=torch.bool))
     for i, j in extra:
         mask[i, j] = True
 
     def f(x):
         return torch.softmax((x @ x.T / 4).masked_fill(~mask, -torch.inf), -1) @ x
+    return f, mask
+
+
+def grouped_mean(sizes, features: int = 8, leaks=()):
+    """(f, mask): each sample centred on the mean of its group (consecutive groups of
+    ``sizes``), then tanh: y[i] reads x[j] exactly where i and j share a group (the mask, by
+    mathematics); each leak (i, j): y[i] also reads x[j]."""
+    b = sum(sizes)
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    same = group[:, None] == group[None, :]
+    average = same.double() / same.sum(1, keepdim=True)
+    mask = same.clone()
+    for i, j in leaks:
+        mask[i, j] = True
+
+    def f(x):
+        c = x - average.to(x.dtype) @ x
+        for i, j in leaks:
+            c = c + torch.nn.functional.one_hot(torch.tensor(i), b).to(x)[:, None] * 0.1 * x[j]
+        return torch.tanh(c)
     return f, mask
 
 

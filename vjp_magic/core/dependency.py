@@ -250,11 +250,23 @@ def _index(name: str, axis: int, index) -> str:
     return f"{name}[{':, ' * axis}{index}]"
 
 
+LISTED_BLOCKS = 6  # unequal blocks up to this many are said with each size
+
+
 def _blocks_words(blocks: tuple[int, ...]) -> str:
-    """``512 blocks of 8`` or ``3 blocks of 2 to 5``."""
+    """``512 blocks of 8``, ``4 blocks of 100, 300, 156, 468`` or ``37 blocks of 1 to
+    512``."""
+    return f"{len(blocks):,} blocks of {_sizes_words(blocks)}"
+
+
+def _sizes_words(blocks: tuple[int, ...]) -> str:
+    """The blocks' sizes: one, each in order where they differ and are few, else the range."""
     lo, hi = min(blocks), max(blocks)
-    size = f"{lo:,}" if lo == hi else f"{lo:,} to {hi:,}"
-    return f"{len(blocks):,} blocks of {size}"
+    if lo == hi:
+        return f"{lo:,}"
+    if len(blocks) <= LISTED_BLOCKS:
+        return ", ".join(f"{size:,}" for size in blocks)
+    return f"{lo:,} to {hi:,}"
 
 
 def _block_index(blocks: tuple[int, ...], size: int) -> torch.Tensor:
@@ -884,10 +896,11 @@ def _blocks_note(found, m: int) -> str:
     cuts = f", {found.cuts} cut sets find later reads inside a block" if found.cuts else ""
     margin = (f"; a read of a later index up to {found.margin} ahead in its own block, on "
               "those rows, is not ruled out" if found.margin else "")
-    crossers = (f", and the {found.crossers:,} that read across blocks, found by halving"
+    crossers = (f", and the {found.crossers:,} that read across blocks, found by sets of rows"
                 if found.crossers else "")
     return (f"{found.rows} of the {m:,} output indices probed one by one{crossers}; sets of whole "
-            f"blocks of {found.blocks:,} show no other read across blocks{cuts}{columns}; "
+            f"blocks of {_sizes_words(found.blocks)} show no other read across blocks{cuts}"
+            f"{columns}; "
             "the other rows of .pattern are the blocks' structure this implies, not resolved "
             f"one by one{margin}")
 

@@ -61,7 +61,7 @@ class Probed(NamedTuple):
     margin: int = 0
     cuts: int = 0
     rounded: tuple[tuple[int, int], ...] = ()  # entries left out as rounding (row-major)
-    blocks: int = 0  # bounded by blocks of this size (no read crosses them), not a band
+    blocks: tuple[int, ...] = ()  # bounded by blocks of these sizes (no read crosses them)
     crossers: int = 0  # ... and this many output indices found reading across them
 
 
@@ -178,32 +178,42 @@ def _affordable(prober, vectors: int) -> bool:
 
 # -- blocks along the axis ------------------------------------------------------------------
 def _blocked(prober, sample: torch.Tensor, rows: torch.Tensor) -> Probed | None:
-    """Blocks of one size that the sampled rows propose (:mod:`.blockdecode`), or None: no
-    read crosses them but at a few input indices; inside, every row read by one set per
-    local index where that is cheap (complete: :func:`_blocks_read`), else the blocks'
-    structure bounds the rows not read (:func:`_blocks_bounded`). Not in float16 and
-    bfloat16, whose set sums cancel exactly with a chance near 2⁻⁸."""
+    """Blocks that the sampled rows propose, of one size or, placed by reading about one row
+    per block more, of unequal sizes (:mod:`.blockdecode`), or None: no read crosses them
+    but at a few input indices; inside, every row read by one set per local index where
+    that is cheap (complete: :func:`_blocks_read`), else the blocks' structure bounds the
+    rows not read (:func:`_blocks_bounded`). Not in float16 and bfloat16, whose set sums
+    cancel exactly with a chance near 2⁻⁸."""
     m, n = prober.output.shape[prober.a], rows.shape[1]
-    proposal = blockdecode.proposed(sample, rows, m, n)
-    if proposal is None or coarse_dtype(prober.output.dtype):  # sums there cancel by chance
+    if coarse_dtype(prober.output.dtype):  # sums there cancel by chance
         return None
-    size, lower = proposal
-    crossed = blockdecode.crossings(prober, size, m, n)
+    proposal = blockdecode.proposed(sample, rows, m, n)
+    if proposal is None:
+        proposal = blockdecode.walked(prober, sample, rows, m, n)
+        if proposal is None:
+            return None
+        starts, lower, sample, rows = proposal
+        order = torch.argsort(sample)
+        sample, rows = sample[order], rows[order]
+    else:
+        starts, lower = proposal
+    crossed = blockdecode.crossings(prober, starts, m, n)
     if crossed is None or bool(prober.unknown.any()):
         return None
-    if size <= blockdecode.EXACT_SIZE or _affordable(prober, 2 * size):
-        return _blocks_read(prober, size, crossed)
-    return _blocks_bounded(prober, sample, rows, size, lower, crossed)
+    longest = max(blockdecode.sizes(starts))
+    if longest <= blockdecode.EXACT_SIZE or _affordable(prober, 2 * longest):
+        return _blocks_read(prober, starts, crossed)
+    return _blocks_bounded(prober, sample, rows, starts, lower, crossed)
 
 
-def _blocks_read(prober, size: int, crossed: torch.Tensor) -> Probed | None:
-    """Every row of blocks of ``size`` read by one set per local index, the input indices
+def _blocks_read(prober, starts, crossed: torch.Tensor) -> Probed | None:
+    """Every row of the blocks read by one set per local index, the input indices
     read across blocks (``crossed``) read exactly (forward mode), or None past
     :data:`.blockdecode.CROSSED` of them."""
     m, n = prober.output.shape[prober.a], len(crossed)
     if int(crossed.sum()) > blockdecode.CROSSED:
         return None
-    pattern = blockdecode.within(prober, size, m, n)
+    pattern = blockdecode.within(prober, starts, m, n)
     read = crossed.nonzero().flatten()
     if read.numel():
         pattern[:, read] = exact_columns(prober, read)
@@ -214,29 +224,29 @@ def _blocks_read(prober, size: int, crossed: torch.Tensor) -> Probed | None:
                   rounded=prober.rounded_out(pattern))
 
 
-def _blocks_bounded(prober, sample, rows, size: int, lower: bool, crossed) -> Probed | None:
+def _blocks_bounded(prober, sample, rows, starts, lower: bool, crossed) -> Probed | None:
     """The blocks' structure bounds the rows not read: the output indices that read across
-    blocks found by halving (:func:`_crossers`: a cost set by how many they are, not by the
+    blocks found by sets of rows (:func:`_crossers`: a cost set by how many they are, not by the
     batch) and read one by one; lower-triangular blocks checked by cuts for later reads,
     whose input indices are read exactly (forward mode). Input indices read across blocks
     that the readers found do not explain (by the bit-coded sets, or random sets with
     fresh values: :func:`_unexplained`) are read exactly too. None past
     :data:`.blockdecode.CROSSED` readers or input indices to read exactly."""
     m, n = prober.output.shape[prober.a], rows.shape[1]
-    crossers = _crossers(prober, size, m, crossed)
+    crossers = _crossers(prober, starts, m, crossed)
     gap, cuts, later = 1, 0, torch.zeros(n, dtype=torch.bool)
     if crossers is not None and lower:
-        later, gap, cuts = blockdecode.later_reads(prober, size, m, n, CUTS)
+        later, gap, cuts = blockdecode.later_reads(prober, starts, m, n, CUTS)
     if crossers is None or int(later.sum()) > blockdecode.CROSSED \
             or bool(prober.unknown.any()):
         return None
-    pattern = blockdecode.claimed(size, m, lower)
+    pattern = blockdecode.claimed(starts, m, lower)
     pattern[sample] = rows
     if len(crossers):
         pattern[crossers] = prober.row_hits(crossers)
-    block = torch.arange(n) // size
+    block = blockdecode.block_of(starts, n)
     explained = (pattern[crossers] & (block[crossers][:, None] != block[None, :])).any(0)
-    missed = _unexplained(prober, size, pattern, crossers)
+    missed = _unexplained(prober, starts, pattern, crossers)
     read = (later | missed | (crossed & ~explained)).nonzero().flatten()
     if len(read) > blockdecode.CROSSED or bool(prober.unknown.any()):
         return None
@@ -244,21 +254,21 @@ def _blocks_bounded(prober, sample, rows, size: int, lower: bool, crossed) -> Pr
         pattern[:, read] = exact_columns(prober, read)
     shown = torch.cat([sample, crossers]).unique()
     return Probed(pattern, False, len(sample), prober.count, prober.smallest, shown, read,
-                  gap - 1, cuts, blocks=size, crossers=len(crossers))
+                  gap - 1, cuts, blocks=blockdecode.sizes(starts), crossers=len(crossers))
 
 
-def _unexplained(prober, size: int, pattern: torch.Tensor, crossers) -> torch.Tensor:
+def _unexplained(prober, starts, pattern: torch.Tensor, crossers) -> torch.Tensor:
     """(n,) bool: the input indices that bit-coded sets of whole blocks, the blocks numbered
     afresh at random, reach outside their blocks with fresh values (an independent check of
     :func:`.blockdecode.crossings`: any two blocks lie apart in some set, so every read
     across is seen), where no reader found among the sets' rows (``crossers``, their rows
     in ``pattern``) reads them."""
     m, n = pattern.shape
-    blocks = m // size
+    blocks = len(starts) - 1
     generator = probe_generator(prober.seed, "dependency-block-check")
     order = torch.randperm(blocks, generator=generator)
     chosen = setdecode.bit_sets(blocks, max((blocks - 1).bit_length(), 1))[:, order]
-    sets = blockdecode.block_sets(chosen, size, m)
+    sets = blockdecode.block_sets(chosen, starts, m)
     fresh = SetProber(prober.output, prober.x, prober.a, prober.b, prober.budget, prober.seed,
                       prober.max_seconds, stream=1, limit=prober.limit)
     fresh.batching.methods, fresh.payoff = prober.batching.methods, prober.payoff
@@ -266,21 +276,26 @@ def _unexplained(prober, size: int, pattern: torch.Tensor, crossers) -> torch.Te
     prober.unknown |= fresh.unknown
     prober.count += fresh.count
     explained = (sets[:, crossers].float() @ pattern[crossers].float()) > 0
-    return (reached & ~blockdecode.block_sets(chosen, size, n) & ~explained).any(0)
+    return (reached & ~blockdecode.block_sets(chosen, starts, n) & ~explained).any(0)
 
 
-def _crossers(prober, size: int, m: int, crossed: torch.Tensor) -> torch.Tensor | None:
-    """(k,) long: the output indices reading some of ``crossed`` outside their own block of
-    ``size``, by halving with each input index's own block left out
-    (:func:`.setdecode.halving`), or None past :data:`.blockdecode.CROSSED` of them or of
-    blocks whose indices are read across."""
+def _crossers(prober, starts, m: int, crossed: torch.Tensor) -> torch.Tensor | None:
+    """(k,) long: the output indices reading some of ``crossed`` outside their own block
+    (``starts``: :mod:`.blockdecode`): one reader each read off bit-coded sets
+    (:func:`.blockdecode.single_readers`), else by halving with each input index's own block
+    left out (:func:`.setdecode.halving`); None past :data:`.blockdecode.CROSSED` of them
+    or of blocks whose indices are read across."""
     columns = crossed.nonzero().flatten()
     if not columns.numel():
         return columns
-    start = columns // size * size
+    block = blockdecode.block_of(starts, len(crossed))[columns]
+    start = starts[block]
     if len(start.unique()) > blockdecode.CROSSED_BLOCKS:
         return None
-    found = setdecode.halving(prober, m, columns, (start, start + size),
+    single = blockdecode.single_readers(prober, m, columns, (start, starts[block + 1]))
+    if single is not None:
+        return single
+    found = setdecode.halving(prober, m, columns, (start, starts[block + 1]),
                               most=2 * (blockdecode.CROSSED + blockdecode.CROSSED_BLOCKS))
     if found is None or int(found.any(1).sum()) > blockdecode.CROSSED:
         return None

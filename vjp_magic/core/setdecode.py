@@ -325,9 +325,9 @@ def halving(prober, m: int, columns: torch.Tensor, owner=None, most: int | None 
     output indices that some column reaches, a level per batched call, or probe each row of
     the blocks still open when the blocks keep branching (a triangle, a band). ``owner``
     (each column's rows as a (start, end) pair of (len(columns),) tensors): only the
-    readers outside them are found (a block's own rows left out: a set holding some of
-    them says nothing at that column, and stays open; a few such, not a branching), and
-    None once over ``most`` blocks are open (too many readers to find this way)."""
+    readers outside them are found (each block's set, for the columns of one owner, with
+    that owner's rows left out: :func:`_owner_answers`), and None once over ``most``
+    blocks are open (too many readers to find this way)."""
     size = 1 << (m - 1).bit_length()
     active = torch.ones(1, len(columns), dtype=torch.bool)  # block × column
     previous = 1
@@ -338,24 +338,47 @@ def halving(prober, m: int, columns: torch.Tensor, owner=None, most: int | None 
         rows_left = int((((live + 1) * size).clamp(max=m) - live * size).sum())
         levels = size.bit_length() - 1
         growth = len(live) / previous if owner is None else 1.0
-        if 2 * len(live) * sum(growth ** step for step in range(levels)) >= rows_left:
+        # (with owners, the readers found are read again, firm: a row read costs two vectors)
+        if 2 * len(live) * sum(growth ** step for step in range(levels)) \
+                >= rows_left * (1 if owner is None else 2):
             return _rows_of_blocks(prober, m, live, size, columns, owner)
         size //= 2
         children = torch.stack([2 * live, 2 * live + 1], 1).flatten()
         children = children[children * size < m]
-        answers = prober.hits(_blocks(children, size, m))[:, columns]
-        if owner is not None:  # a set with owned rows: open unless it holds nothing else
-            first, last = children[:, None] * size, (children[:, None] + 1) * size
-            start, end = owner[0][None, :], owner[1][None, :]
-            meets = (first < end) & (last > start)
-            inside = (first >= start) & (torch.clamp(last, max=m) <= end)
-            answers = (answers & ~meets) | (meets & ~inside)
+        if owner is None:
+            answers = prober.hits(_blocks(children, size, m))[:, columns]
+        else:
+            answers = _owner_answers(prober, children, size, m, columns, owner,
+                                     active[children // 2])
         active_next = torch.zeros((-(-m // size)), len(columns), dtype=torch.bool)
         active_next[children] = answers & active[children // 2]
         active, previous = active_next, len(live)
     if owner is not None:
         active = active[:m] & ~_owned(m, owner)
     return active[:m]
+
+
+def _owner_answers(prober, children, size: int, m: int, columns, owner, open_):
+    """(children × columns) bool: which columns each child block's rows reach from outside
+    the column's own rows: one set per child block and owner (the block's rows, the owner's
+    left out) where some column of that owner is still open in the block."""
+    pairs, group = torch.stack(owner, 1).unique(dim=0, return_inverse=True)
+    wanted = torch.zeros(len(children), len(pairs), dtype=torch.bool)
+    wanted.index_put_((torch.arange(len(children))[:, None].expand_as(open_)[open_],
+                       group[None, :].expand_as(open_)[open_]), torch.tensor(True))
+    child, which = wanted.nonzero(as_tuple=True)
+    answers = torch.zeros(len(children), len(columns), dtype=torch.bool)
+    if not len(child):
+        return answers
+    index = torch.arange(m)
+    sets = _blocks(children[child], size, m) & ~(
+        (index[None, :] >= pairs[which, :1]) & (index[None, :] < pairs[which, 1:]))
+    reached = prober.hits(sets)[:, columns]  # (pairs wanted × columns)
+    mine = which[:, None] == group[None, :]  # the set for the column's own owner
+    answers.index_put_((child[:, None].expand_as(mine)[mine],
+                        torch.arange(len(columns))[None, :].expand_as(mine)[mine]),
+                       reached[mine])
+    return answers
 
 
 def _owned(m: int, owner) -> torch.Tensor:
