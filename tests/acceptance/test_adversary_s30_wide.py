@@ -77,13 +77,15 @@ def test_two_packed_sequences_of_512_are_bounded_by_their_band():
     assert _reads(y, x, 511)[0] and d.pattern[511, 0]
 
 
-def test_packed_sequences_of_768_and_256_are_bounded_by_a_band_holding_them():
+def test_packed_sequences_of_768_and_256_are_their_two_blocks():
+    """Once a band holding them (offsets -767..0); now the blocks themselves (s40 F1), their
+    sizes the sequences' lengths, nothing read across them."""
     x = _x()
     y = _packed(x, [768, 256])
     d = vjp_magic.dependency(y, x, seed=0)
-    assert _reads(y, x, 767)[0]
-    assert d.offsets[0] <= -767
-    assert d.pattern[767, 0]
+    assert _reads(y, x, 767)[0] and not _reads(y, x, 800)[:768].any()
+    assert d.kind == "block-lower-triangular" and d.blocks == (768, 256)
+    assert d.pattern[767, 0] and not d.pattern[800, :768].any()
 
 
 def _anticausal(x, leak):
