@@ -61,3 +61,15 @@ def test_a_pattern_that_is_not_rejected_keeps_the_old_sentence():
     with pytest.raises(VJPUsageError, match="^No sparsity pattern paid off, and the dense "
                                             "300 × 300 Jacobian"):
         vjp_magic.sparse_jacobian(torch.softmax(x, 0), x, memory_budget=100_000, seed=0)
+
+
+def test_differentiates_refusal_names_the_rejected_patterns_count():
+    """The same in vjp_magic.differentiate, whose refusal adds what a sparse Jacobian would
+    be: the band of 2x + roll(x, 1) holds 2 entries a row, 8,000 for n = 4,000."""
+    x = _x(4000)
+    with pytest.raises(VJPUsageError) as refused:
+        vjp_magic.differentiate(HiddenCoupling.apply(x), x, names=["x"], output_name="y",
+                                seed=0, memory_budget=1_000_000)
+    message = str(refused.value)
+    assert "As a sparse Jacobian: with respect to x, none: its pattern of 8,000 nonzeros was " \
+           "found but rejected: a random probe could not confirm" in message, message
