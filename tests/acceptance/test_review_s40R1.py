@@ -533,11 +533,6 @@ def _faint_blocks(x):
         + (x.roll(4) * 1e-30) * 1e-30
 
 
-@pytest.mark.xfail(strict=True, reason="R1-1: a float32 verdict 'independent' or "
-                   "'block-diagonal' whose probes saw derivatives at underflow's edge (1e-37) "
-                   "has no underflow note; in float64 it is a band with wrap-around. The note "
-                   "is given only to bands, triangles and sparse kinds (class: underflow note "
-                   "scoped by kind instead of by the magnitudes seen)")
 @pytest.mark.parametrize("f", [_faint, _faint_blocks], ids=["independent", "blocks"])
 def test_an_underflowed_coupling_outside_a_band_gets_the_note(f):
     x64 = torch.randn(4096, dtype=torch.float64, generator=torch.Generator().manual_seed(3))

@@ -940,13 +940,13 @@ UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest no
 
 def _with_underflow_note(dep: Dependency, dtype: torch.dtype, smallest: float,
                          name: str = "x") -> Dependency:
-    """A band or triangle in a low-precision dtype whose probes met derivatives within
-    :data:`UNDERFLOW_MARGIN` of the smallest normal number, or below its square root (a
-    product of two such factors, h = 1e-30·h + x[t] two steps back, is 0): its zeros may be
-    underflow. ``name``: the input's, as the cell writes it (``x``: dependency's argument)."""
-    kinds = (Kind.BAND, Kind.LOWER_TRIANGULAR, Kind.UPPER_TRIANGULAR, Kind.PERIODIC_BAND,
-             Kind.SPARSE)
-    if dep.kind not in kinds or not dtype.is_floating_point or torch.finfo(dtype).bits > 32:
+    """A verdict with zeros (any kind but dense) in a low-precision dtype whose probes met
+    derivatives within :data:`UNDERFLOW_MARGIN` of the smallest normal number, or below its
+    square root (a product of two such factors, h = 1e-30·h + x[t] two steps back, is 0): its
+    zeros may be underflow, whatever the kind they make (a faint coupling lost leaves an
+    "independent" or block-diagonal verdict as well as a band). ``name``: the input's, as the
+    cell writes it (``x``: dependency's argument)."""
+    if dep.kind is Kind.DENSE or not dtype.is_floating_point or torch.finfo(dtype).bits > 32:
         return dep
     tiny = torch.finfo(dtype).tiny
     if smallest > max(tiny * UNDERFLOW_MARGIN, tiny ** 0.5):
