@@ -86,10 +86,6 @@ def test_sparse_displays_render_in_vscodes_katex(notebook):
     assert not problems, summarise(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="R3-6: VS Code shows text/latex (before text/markdown in "
-                   "its display order) through markdown-it-katex; the per-sample table's note "
-                   "spells |entry| as '$\\vert\\text{entry}$$\\vert$', whose '$$' opens "
-                   "display maths there: raw TeX is left in the note of every big-model display")
 def test_per_sample_displays_render_in_vscodes_katex(notebook):
     require(node_missing())
     problems = vscode_problems(_part(notebook, PER_SAMPLE_CELLS))

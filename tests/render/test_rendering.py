@@ -160,7 +160,9 @@ def test_latex_compiles_and_fits_the_page(tmp_path):
 def test_latex_escapes_prose_and_keeps_code_verbatim():
     tex = latex.render(EVERY_NODE)
     # escapes that markdown reads the same way; symbols markdown would act on as maths
-    assert r"100\% of a\_b * c \$5 \#1 \{$\sim$$\wedge$$\backslash$\}" in tex
+    # (touching maths made one span: "$$" would open display maths)
+    assert r"100\% of a\_b * c \$5 \#1 \{$\sim\wedge\backslash$\}" in tex
+    assert not [line for line in tex.splitlines() if "$$" in line and not line.startswith("$$")]
     # fancyvrb's Verbatim, a fenced code block to markdown (VS Code) with no TeX line shown:
     # the fence's info string begins it, an HTML comment hides its end
     assert ("~~~" + latex._UNTIE + "\\begin{Verbatim}[lastline=2]\nfor k in range(2):\n"

@@ -147,9 +147,17 @@ def escape_text(text: str) -> str:
     # markdown's maths closes no "$" that a digit or a letter follows ("$-$1", "$\sim$y" are
     # raw text in VS Code): the digits go inside ("$-1$"), the letters as text ("$\sim\text{y}$")
     escaped = _MATH_THEN_DIGITS.sub(r"$\1\2$", escaped)
-    return _MATH_THEN_LETTERS.sub(r"$\1\\text{\2}$", escaped)
+    return join_touching(_MATH_THEN_LETTERS.sub(r"$\1\\text{\2}$", escaped))
 
 
+def join_touching(text: str) -> str:
+    """Inline maths spans that touch made one (``$\\vert\\text{entry}$$\\vert$`` is
+    ``$\\vert\\text{entry}\\vert$``): markdown's ``$$`` opens display maths (KaTeX in VS
+    Code, MathJax), so no two ``$…$`` of a line of prose may meet (an escaped ``\\$`` is text)."""
+    return _TOUCHING.sub("", text)
+
+
+_TOUCHING = re.compile(r"(?<!\\)\$\$")
 _MATH_THEN_DIGITS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$(\d+(?:\.\d+)?)")
 _MATH_THEN_LETTERS = re.compile(r"(?<!\\)\$([^$]+?)(?<!\\)\$([A-Za-z]+)")
 
@@ -171,7 +179,7 @@ _CODE_BREAKS = re.compile(r"(?<=[.([])|(?<=, )")  # inline code never breaks ins
 
 
 def _spans(spans) -> str:
-    return "".join(_span(s) for s in spans)
+    return join_touching("".join(_span(s) for s in spans))
 
 
 _CODE_ESCAPES = {

@@ -14,7 +14,7 @@ import re
 from .codelines import fit_code
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Paragraph, Section,
                        Span, Text)
-from .latex import formula_tex
+from .latex import formula_tex, join_touching
 
 # JupyterLab's own code font; the <pre> inherits it in nbconvert's HTML (JupyterLab sets it)
 CODE_FONT = "<div style=\"font-family: Menlo, Consolas, 'DejaVu Sans Mono', monospace\">"
@@ -49,7 +49,7 @@ def _spans(spans) -> str:
     for i, _ in enumerate(spans[1:], 1):  # "$x$2" is no maths to KaTeX: "$x$ 2"
         if isinstance(spans[i - 1], Math) and pieces[i][:1].isdigit():
             pieces[i] = " " + pieces[i]
-    text = "".join(pieces)
+    text = join_touching("".join(pieces))  # "$a$$b$" would open display maths
     if re.match(r"[-+]\s|\d+[.)]\s", text):
         text = "\\" + text if text[0] in "-+" else re.sub(r"^(\d+)([.)])", r"\1\\\2", text)
     return text.replace("\n", " ")
