@@ -495,11 +495,6 @@ def test_plain_text_never_wraps_inside_an_index_or_a_shape(ip, run_ok, cell):
         assert not re.search(r"\(\d+$", line) and not line.startswith("×"), line
 
 
-@pytest.mark.xfail(strict=True, reason="R3-7: with a few big parameter tensors the note says "
-                   "'3 more inputs, net[0].bias (512), net[2].weight (10 × 512) and net[2].bias "
-                   "(10), each in r.derivatives['net.0.bias'] by its name': as written, all three "
-                   "are in one key; the table's note spells it right ('each in "
-                   "r.derivatives[name] (r.derivatives['net.0.weight'] for net[0].weight')")
 def test_the_more_inputs_note_gives_each_input_its_own_key(ip, run_ok):
     _setup(ip)
     run_ok("torch.manual_seed(0)\nnet = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), "

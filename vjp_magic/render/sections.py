@@ -147,7 +147,8 @@ def blamed_inputs(result) -> set[str]:
 
 def not_shown(result, shown: list[str]) -> Paragraph:
     """The inputs left out to fit one screen, counted and named, and where their derivatives
-    are: ``r.derivatives[name]`` (``r = _`` right after the cell)."""
+    are: one input's ``r.derivatives['w']``, several's ``r.derivatives[name]`` with the first
+    as the example (each its own key; ``r = _`` right after the cell)."""
     left = [n for n in result.inputs if n not in shown]
     spans: list = [Text(f"Not shown, to fit one screen: {len(left)} more "
                         f"input{'s' if len(left) > 1 else ''}, ")]
@@ -159,8 +160,14 @@ def not_shown(result, shown: list[str]) -> Paragraph:
         dims = notation.dims(result.inputs[name].tensor.shape)
         joiner = ", " if k and named[k - 1] is None else _joiner(k, len(named))
         spans += [Text(joiner), notation.prose_name(name), Text(f" ({dims})")]
-    return Paragraph((*spans, Text(", each in "), Code(f"r.derivatives[{left[0]!r}]"),
-                      Text(" by its name ("), Code("r = _"), Text(" after the cell).")))
+    if len(left) == 1:
+        where = [Text(", in "), Code(f"r.derivatives[{left[0]!r}]")]
+    else:
+        where = [Text(", each in "), Code("r.derivatives[name]"), Text(", as "),
+                 Code(f"r.derivatives[{left[0]!r}]")]
+        if notation.spelled(left[0]) != left[0]:
+            where += [Text(" for "), Code(notation.spelled(left[0]))]
+    return Paragraph((*spans, *where, Text(" ("), Code("r = _"), Text(" after the cell).")))
 
 
 # -- shapes ---------------------------------------------------------------------------------
