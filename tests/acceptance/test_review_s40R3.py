@@ -447,10 +447,6 @@ def _matrices_shown(plain: str) -> set:
     return set(re.findall(r"∂losses_i/∂(net\[\d+\]\.\w+)_j", plain))
 
 
-@pytest.mark.xfail(strict=True, reason="R3-3: with 8 parameter tensors the display says 'Not "
-                   "shown, to fit one screen: the matrices of net[4].bias and net[6].weight' "
-                   "while it shows one matrix (net[6].bias) of 8: the sentence names 2 of the 7 "
-                   "left out, so a reader takes the other 5 as shown")
 def test_the_not_shown_sentence_names_every_matrix_left_out(ip, run_ok):
     _setup(ip)
     run_ok(_mlp(3))
@@ -465,11 +461,6 @@ def test_the_not_shown_sentence_names_every_matrix_left_out(ip, run_ok):
     assert named_left | shown == everyone, (named_left, shown)
 
 
-@pytest.mark.xfail(strict=True, reason="R3-4: issue 23 item 6 asks for the summary table AND the "
-                   "matrices of the few that matter within one screen; with 14 or 42 parameter "
-                   "tensors the display shows the table only ('Not shown, to fit one screen: "
-                   "their matrices') although the 8-tensor display fits a table of 8 rows and a "
-                   "3-row matrix in 19 lines")
 @pytest.mark.parametrize("cell", ["mlp6", "net42"])
 def test_a_big_model_shows_the_matrix_of_its_largest_gradient(ip, run_ok, cell):
     _setup(ip)

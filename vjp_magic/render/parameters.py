@@ -4,15 +4,16 @@ A result with many inputs (more than :data:`MANY_INPUTS`, typically a module's p
 tensors) shows one table within the height budget (:mod:`.budget`): per tensor its name as
 the cell would write it (``mlp[0].weight``), its shape, the norm of its derivatives (over all
 their entries), their largest |entry| and where it is; then the matrices of the few with the
-largest norms (:data:`MATRICES`, fewer where the budget asks);
-and where every tensor's derivatives are (``r.derivatives[name]``). With more than
-:data:`TABLE_ROWS` tensors the table keeps those at its edges and the largest ones, a ⋮ row
-for each gap (the lead line counts them all).
+largest norms (:data:`MATRICES`, fewer where the budget asks, but the largest's always: the
+table's rows give way to its edges and the largest first; a tensor with a matrix per component
+shows its Jacobian, a row per component); and where every tensor's derivatives are
+(``r.derivatives[name]``). With more than :data:`TABLE_ROWS` tensors the table keeps those at
+its edges and the largest ones, a ⋮ row for each gap (the lead line counts them all).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,12 +23,13 @@ from .codegen import output_symbol
 from .document import Code, Entry, Formula, Math, Matrix, Paragraph, Section, Text
 from .matrix import MIN_DIGITS, VDOTS, multi_index, reserve, width
 from .numbers import alone, choose_format, significant_digits
-from .sections import derivative_formulas, note_paragraphs
+from .sections import derivative_formulas, formula, jacobian_block, note_paragraphs
 
 MANY_INPUTS = 6  # more inputs than this: the table
 TABLE_ROWS = 20  # every tensor has its row up to this many
 EDGE_ROWS = 4  # else the first and last this many, and the largest norms
 MATRICES = 3  # the derivatives shown in full: those with the largest norms
+NAMED = 8  # matrices the budget left out: named up to this many, else counted
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,33 @@ def parameter_sections(result, options) -> tuple[Section, ...]:
     largest = largest_tensors(result, MATRICES, rows)
     shown = largest[:_matrices(fit)]
     cut = _kept(_shown(rows)) - _kept(_shown(rows, _edge(fit)))  # rows the budget took
-    left = _left_out(largest, len(shown), cut)
+    left = _left_out([r.name for r in rows if r.name not in shown], shown,
+                     len(shown) < len(largest), cut)
     blocks: list = [_lead(result, rows, left), _table(result, rows, options)]
     for name in shown:
-        blocks.extend(derivative_formulas(result, name, options))
+        blocks.extend(tensor_formulas(result, name, options))
     notes = remembered(options, "notes", lambda: note_paragraphs(result))
     return (Section(tuple(blocks)),) + ((Section(notes),) if notes else ())
+
+
+def shown_tensors(result, options) -> list[str]:
+    """The tensors whose matrices the table's display shows at ``options``' budget level."""
+    rows = remembered(options, "parameter rows", lambda: parameter_rows(result))
+    return largest_tensors(result, MATRICES, rows)[:_matrices(fit_of(options))]
+
+
+def tensor_formulas(result, name: str, options) -> list:
+    """One tensor's matrix beneath the table: its derivatives as the few-inputs display
+    shows them, but one matrix where that would be a matrix per component (a weight's
+    per-sample gradients): the Jacobian, a row per component, a column per entry."""
+    comp, shape = result.component_shape(name), result.inputs[name].tensor.shape
+    if not (len(comp) >= 1 and len(shape) >= 2):
+        return derivative_formulas(result, name, options)
+    block = replace(jacobian_block(result, name), col_label=None)  # (labels: half the columns)
+    return [formula(notation.jacobian_lhs(result, name), block, options,
+                    result.inputs[name].derivatives.dtype, (block.nrows, block.ncols),
+                    (Text("j: the entries of "), notation.prose_name(name),
+                     Text(", flattened row-major.")))]
 
 
 def largest_tensors(result, count: int = MATRICES, rows: list[Row] | None = None) -> list[str]:
@@ -110,33 +133,41 @@ def largest_tensors(result, count: int = MATRICES, rows: list[Row] | None = None
 
 def _matrices(fit) -> int:
     """How many tensors' matrices the budget's level shows: all :data:`MATRICES` while every
-    input would be shown, then 2, 1 (no extras), none (the last resorts)."""
+    input would be shown, then 2, then 1 (no extras; the last resorts keep the largest's)."""
     if fit.inputs is None:
         return MATRICES
-    if fit.inputs == 1:
-        return 0
-    return 2 if fit.extras else 1
+    return 2 if fit.inputs == 2 and fit.extras else 1
 
 
 def _edge(fit) -> int | None:
     """The table's rows at each edge where the budget asks for fewer (None: as many as
-    :func:`_shown` keeps); its rows give way last: the last resort, no matrix beneath."""
-    return fit.rows if fit.inputs == 1 and fit.components == 1 else None
+    :func:`_shown` keeps): at the three last resorts (:mod:`.budget`), :data:`EDGE_ROWS`,
+    half as many, then ``fit.rows``: the rows give way before the largest tensor's matrix
+    (the loop the last of them leaves out is no part of the table's display)."""
+    if fit.inputs != 1:
+        return None
+    if fit.components > 1:
+        return EDGE_ROWS
+    return EDGE_ROWS // 2 if fit.loop else fit.rows
 
 
-def _left_out(largest: list[str], shown: int, rows: int) -> list:
-    """What the budget left out of the table's display, as spans: the matrices of the
-    ``largest`` beyond the ``shown`` (their matrices: all), ``rows`` of the table's rows."""
+def _left_out(others: list[str], shown: list[str], cut: bool, rows: int) -> list:
+    """What the budget left out of the table's display, as spans: where it ``cut`` the
+    matrices, every tensor's but the ``shown`` ones' (the ``others``: named up to
+    :data:`NAMED`, else counted; the rule that chose the shown said), ``rows`` of the
+    table's rows."""
     parts: list = []
-    if shown == 0 and largest:
-        parts.append(Text("their matrices"))
-    elif shown < len(largest):
-        left = largest[shown:]
-        parts.append(Text(f"the {'matrices' if len(left) > 1 else 'matrix'} of "))
-        for k, name in enumerate(left):
+    if cut and others:
+        parts.append(Text(f"the {'matrices' if len(others) > 1 else 'matrix'} of "))
+        if len(others) > NAMED:
+            parts.append(Text(f"{len(others)} tensors"))
+        for k, name in enumerate(others if len(others) <= NAMED else ()):
             if k:
-                parts.append(Text(" and " if k == len(left) - 1 else ", "))
+                parts.append(Text(" and " if k == len(others) - 1 else ", "))
             parts.append(notation.prose_name(name))
+        if shown:
+            parts.append(Text(" (the largest norm's is shown)" if len(shown) == 1 else
+                              f" (those of the {len(shown)} largest norms are shown)"))
     if rows:
         parts += [Text(f"{' and ' if parts else ''}{rows} of the table's rows ("),
                   Math(r"\vdots", "⋮"), Text(")")]
@@ -214,8 +245,8 @@ def _table(result, rows: list[Row], options) -> Formula:
         if not wide(lines, labels, kept):
             break
     if kept != _COLUMNS[0]:
-        caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]} (each in "),
-                   Code("r.derivatives[name]"), Text(")."))
+        # (where to find them, r.derivatives[name], the lead line says: one line, not two)
+        caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]}."),)
     return Formula(lhs, table(lines, labels, kept), None, caption)
 
 
@@ -275,8 +306,9 @@ def _shown(rows: list[Row], edge: int | None = None) -> list[int | None]:
     """The rows kept (None: a gap): all up to :data:`TABLE_ROWS`, else the edges and the
     largest norms, in order; where the height budget asks for ``edge`` rows at each edge of
     a summarised matrix (:mod:`.budget`), that many at each edge and the largest."""
+    limit = TABLE_ROWS if edge is None else 2 * edge + MATRICES
     edge = EDGE_ROWS if edge is None else min(edge, EDGE_ROWS)
-    if len(rows) <= (TABLE_ROWS if edge == EDGE_ROWS else 2 * edge + MATRICES):
+    if len(rows) <= limit:
         return list(range(len(rows)))
     top = sorted(range(len(rows)), key=lambda k: -rows[k].norm)[:MATRICES]
     keep = sorted(set(range(edge)) | set(range(len(rows) - edge, len(rows))) | set(top))
@@ -288,4 +320,5 @@ def _shown(rows: list[Row], edge: int | None = None) -> list[int | None]:
     return shown
 
 
-__all__ = ["Row", "largest_tensors", "parameter_rows", "parameter_sections", "wants_table"]
+__all__ = ["Row", "largest_tensors", "parameter_rows", "parameter_sections", "shown_tensors",
+           "tensor_formulas", "wants_table"]

@@ -22,7 +22,8 @@ from .document import Document, Formula, Paragraph, Section, Text
 from .hessian import hessian_formulas, hessian_sections
 from .matrix import cut_digits
 from .options import RenderOptions
-from .parameters import largest_tensors, parameter_sections, wants_table
+from .parameters import (largest_tensors, parameter_sections, shown_tensors, tensor_formulas,
+                         wants_table)
 from .sections import (derivative_formulas, derivatives_sections, jacobian_formula, shapes,
                        shown_inputs)
 from .typeset import LARGE_SCALE
@@ -141,10 +142,10 @@ class View:
                     for f in hessian_formulas(result, n, options)]
         if self.jacobian:
             return [jacobian_formula(result, n, options) for n in result.inputs]
-        if wants_table(result, options):
-            used = [n for n in largest_tensors(result) if n in shown_inputs(result, options)]
-        else:
-            used = [n for n in used if n in shown_inputs(result, options)]
+        if wants_table(result, options):  # the table's matrices, as its display builds them
+            return [f for n in shown_tensors(result, options)
+                    for f in tensor_formulas(result, n, options)]
+        used = [n for n in used if n in shown_inputs(result, options)]
         return [f for n in used for f in (value_formulas if sparse_of(result, n) is not None
                                           else derivative_formulas)(result, n, options)]
 
