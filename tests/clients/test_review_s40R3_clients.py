@@ -231,10 +231,6 @@ def test_code_named_in_markdown_sentences_copies_as_python(notebook):
     assert not _not_python(notebook, "text/markdown")
 
 
-@pytest.mark.xfail(strict=True, reason="R3-10: VS Code shows text/latex, where code in a sentence "
-                   "is $\\texttt{...}$: KaTeX draws its ' as a typographic ’ and its spaces as "
-                   "no-break spaces, so the copied h.hessian(’w’,\\xa0layout=torch.sparse_csr) "
-                   "and r.derivatives[’net.0.weight’] are SyntaxErrors")
 def test_code_named_in_latex_sentences_copies_as_python_in_vscode(notebook):
     require(node_missing())
     assert not _not_python(notebook, "text/latex")

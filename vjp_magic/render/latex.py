@@ -167,15 +167,25 @@ def _span(span: Span) -> str:
         return escape_text(span.text)
     if isinstance(span, Math):
         return f"${span.tex}$"
-    if isinstance(span, Code):  # copyable in neither; a monospace name in both
-        pieces = _CODE_BREAKS.split(span.text) if len(span.text) > UNBROKEN_CODE else \
-            [span.text]  # a long one may break after . ( [ or ", " (a page is 70 wide)
-        return "$" + r"\allowbreak ".join(code_tex(p) for p in pieces if p) + "$"
+    if isinstance(span, Code):
+        return inline_code(span.text)
     raise TypeError(f"not a span: {span!r}")
 
 
 UNBROKEN_CODE = 12  # characters of inline code set as one unbreakable run at most
 _CODE_BREAKS = re.compile(r"(?<=[.([])|(?<=, )")  # inline code never breaks inside \texttt
+
+
+def inline_code(text: str) -> str:
+    """Code in a sentence: maths that LaTeX and KaTeX (VS Code shows ``text/latex``) set in
+    typewriter type and a reader of either copies as the code (:func:`code_tex`); its
+    string's quotes double where it has no other (KaTeX's text sets ' as a typographic ’,
+    a SyntaxError when copied; " it keeps). A long one may break after . ( [ or ", " (a
+    page is 70 wide)."""
+    if "'" in text and '"' not in text and "\\" not in text:
+        text = text.replace("'", '"')
+    pieces = _CODE_BREAKS.split(text) if len(text) > UNBROKEN_CODE else [text]
+    return "$" + r"\allowbreak ".join(code_tex(p) for p in pieces if p) + "$"
 
 
 def _spans(spans) -> str:
@@ -191,9 +201,15 @@ _CODE_ESCAPES = {
 def code_tex(text: str) -> str:
     """Inline code as maths both KaTeX and LaTeX set in typewriter type; a Greek letter (no
     typewriter font has one) as its maths macro between the typewriter runs: ``d_λ`` is
-    ``\\texttt{d\\_}{\\lambda}``."""
+    ``\\texttt{d\\_}{\\lambda}``; a space as :data:`CODE_SPACE` between them."""
     out, run = [], []
     for ch in text:
+        if ch == " ":
+            if run:
+                out.append(r"\texttt{" + "".join(run) + "}")
+                run = []
+            out.append(CODE_SPACE)
+            continue
         macro = greek_macro(ch)
         if macro is None or not macro.startswith("\\"):
             run.append(_CODE_ESCAPES.get(ch) or macro or ch)
@@ -205,6 +221,12 @@ def code_tex(text: str) -> str:
     if run or not out:
         out.append(r"\texttt{" + "".join(run) + "}")
     return "".join(out)
+
+
+# A space of code: KaTeX's \texttt sets a space as a no-break space (copied, a SyntaxError),
+# \char32 in maths as a space (a quarter em); LaTeX sets that as nothing: a thick space
+# follows it (KaTeX: a typewriter space's half em in all; LaTeX: a space)
+CODE_SPACE = r"{\char32}\;"
 
 
 def _paragraph(p: Paragraph) -> str:
