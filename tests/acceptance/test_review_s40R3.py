@@ -538,10 +538,6 @@ SMALL_NET = ("torch.manual_seed(0)\nnet = nn.Sequential(nn.Linear(4, 4), nn.Tanh
              "nn.Linear(4, 3))\ndata = torch.randn(8, 4)\ntargets = torch.randint(0, 3, (8,))")
 
 
-@pytest.mark.xfail(strict=True, reason="R3-8: the display names every tensor as it evaluates "
-                   "(net[0].weight, in the table and in ∂losses_1/∂net[0].weight) but "
-                   "r.jacobian and r.derivatives take only 'net.0.weight': the name the user "
-                   "reads is a KeyError")
 def test_the_result_takes_the_name_the_display_shows(ip, run_ok):
     _setup(ip)
     run_ok(SMALL_NET)
@@ -550,11 +546,6 @@ def test_the_result_takes_the_name_the_display_shows(ip, run_ok):
     torch.testing.assert_close(r.jacobian("net[0].weight"), r.jacobian("net.0.weight"))
 
 
-@pytest.mark.xfail(strict=True, reason="R3-9: a mistake on the result in the next cell "
-                   "(r.jacobian('x', layout=torch.sparse_coo), a name that is no input) is shown "
-                   "with a traceback through vjp_magic's internals (contextlib, core/result.py); "
-                   "core/errors.py says a VJPUsageError is a user mistake shown short, and "
-                   "run/execute.py already renders NoGraph as one line (_render_traceback_)")
 @pytest.mark.parametrize("mistake", ["r.jacobian('x', layout=torch.sparse_coo)",
                                      "r.jacobian('z')"])
 def test_a_mistake_on_the_result_is_shown_without_internals(ip, run_ok, capsys, mistake):

@@ -9,7 +9,24 @@ import ast
 
 
 class VJPUsageError(ValueError):
-    """A user mistake, with a message that says what to do."""
+    """A user mistake, with a message that says what to do: shown by IPython as that one
+    line, without a traceback through vjp_magic (``_render_traceback_``), also where the
+    user's own cell calls the package (``r.jacobian('z')``)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+class UnknownName(VJPUsageError, KeyError):
+    """A name that is none of a result's inputs: a usage error, and the ``KeyError`` that a
+    dict of them raises (its message not quoted as a ``KeyError``'s key is)."""
+
+    __str__ = BaseException.__str__
+
+
+class OutOfRange(VJPUsageError, IndexError):
+    """An index past what a result holds: a usage error, and the ``IndexError`` a sequence
+    raises."""
 
 
 # What of the user's code the analysis runs after it ran, as every refusal says it: a custom

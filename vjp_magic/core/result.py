@@ -15,11 +15,12 @@ from . import memory
 from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
-from .errors import VJPUsageError
+from .errors import OutOfRange, UnknownName, VJPUsageError
 from .modes import modes_aside
 from .pairing import Pairing
 from .quiet import no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
+from .validation import parameter_expression, spelled_for
 
 
 class GradientList(Sequence):
@@ -47,7 +48,8 @@ class GradientList(Sequence):
         if index < 0:
             index += self._count
         if not 0 <= index < self._count:
-            raise IndexError(f"gradient index {index} out of range for {self._count} gradients")
+            raise OutOfRange(f"Gradient index {index} is out of range: there are {self._count} "
+                             f"(indices 0 to {self._count - 1}).")
         return self._vector(index)
 
     def _vector(self, index: int) -> torch.Tensor:
@@ -172,6 +174,20 @@ def with_tensor(item, tensor: torch.Tensor):
     return item
 
 
+class ByName(dict):
+    """name → value, one per input of ``result`` (``r.derivatives``, ``r.gradients``, ...):
+    it also takes each name as the display spells it (``net[0].weight`` for
+    ``net.0.weight``), and refuses any other saying which are (:class:`.errors.UnknownName`,
+    a ``KeyError``)."""
+
+    def __init__(self, values, result: DerivativeResult):
+        super().__init__(values)
+        self._result = result
+
+    def __missing__(self, key):
+        return self[self._result.input_key(key)]
+
+
 @dataclass(repr=False)
 class DerivativeResult:
     """What every derivative result holds, of order 1 (:class:`VJPResult`) or 2
@@ -204,29 +220,56 @@ class DerivativeResult:
 
     @property
     def derivatives(self) -> dict[str, torch.Tensor]:
-        return {name: item.derivatives for name, item in self.inputs.items()}
+        return ByName({name: item.derivatives for name, item in self.inputs.items()}, self)
 
     @property
     def point_axes(self) -> dict[str, Pairing]:
-        return {name: item.pairing for name, item in self.inputs.items()}
+        return ByName({name: item.pairing for name, item in self.inputs.items()}, self)
 
     def component_shape(self, name: str) -> tuple[int, ...]:
-        return self.inputs[name].pairing.component_shape(self.output.shape)
+        return self.inputs[self.input_key(name)].pairing.component_shape(self.output.shape)
 
     def release_graph(self) -> None:
         """Keep the output's values, not its autograd graph (a stored result pins no memory)."""
         self.output = self.output.detach()
 
     def input_name(self, name: str | None = None) -> str:
-        """The input ``name`` refers to: the one input when ``name`` is None (a ValueError
-        when there are several), else ``name`` itself (a KeyError when there is none such)."""
+        """The input ``name`` refers to: the one input when ``name`` is None (a usage error
+        when there are several), else :meth:`input_key`."""
         if name is None:
             if len(self.inputs) == 1:
                 return next(iter(self.inputs))
-            raise ValueError(f"Name the input: one of {', '.join(self.inputs)}.")
-        if name not in self.inputs:
-            raise KeyError(f"No input named {name!r}; inputs are {', '.join(self.inputs)}.")
-        return name
+            raise VJPUsageError(f"Name the input: one of {self._names_said()}.")
+        return self.input_key(name)
+
+    def input_key(self, name) -> str:
+        """The key of the input ``name`` names: the key itself, or the key's spelling in the
+        display (``net[0].weight`` for ``net.0.weight``); :class:`.errors.UnknownName` (a
+        ``KeyError``) saying which names are inputs for anything else."""
+        if not isinstance(name, str):
+            raise UnknownName(f"Name the input by its name, a str ({self._names_said()}), "
+                              f"not a {type(name).__name__}.")
+        if name in self.inputs:
+            return name
+        key = self._shown_names().get(name.replace(" ", ""))
+        if key is None:
+            raise UnknownName(f"No input named {name!r}; inputs are {self._names_said()}.")
+        return key
+
+    def _shown_names(self) -> dict[str, str]:
+        """Each input's name as the display spells it → its key (parameters as their module
+        spelled them: ``validation.parameter_expression``)."""
+        with spelled_for({name: item.tensor for name, item in self.inputs.items()}):
+            return {parameter_expression(name): name for name in self.inputs}
+
+    def _names_said(self) -> str:
+        """The inputs' names (the first 6), and how the display spells one, where it does."""
+        names = list(self.inputs)
+        said = ", ".join(names[:6]) + (f", … ({len(names)} in all, list(r.derivatives))"
+                                       if len(names) > 6 else "")
+        shown = next(((s, n) for s, n in self._shown_names().items() if s != n), None)
+        return said if shown is None else \
+            f"{said}; or as the display spells them, {shown[0]} for {shown[1]}"
 
     def _viewed(self):
         if self.view is None:
@@ -275,21 +318,21 @@ class VJPResult(DerivativeResult):
 
     @property
     def gradients(self) -> dict[str, GradientList]:
-        return {
+        return ByName({
             name: GradientList(self.output, r.pairing.out_axes) if r.sparse is None
             else ColouredGradients(self.output, r.sparse.output_colours,
                                    r.sparse.count if r.sparse.cover is None else None)
             for name, r in self.inputs.items()
-        }
+        }, self)
 
     @property
     def tangents(self) -> dict[str, Sequence[torch.Tensor]]:
         """For each input, the tangents u of the forward-mode passes (J·u) that computed its
         derivatives, shaped like the input, one per colour of its entries; empty where
         backward passes computed them (``r.gradients`` holds their v)."""
-        return {name: ColouredGradients(r.tensor, r.sparse.colours, r.sparse.count)
-                if r.sparse is not None and r.sparse.mode == "columns" else ()
-                for name, r in self.inputs.items()}
+        return ByName({name: ColouredGradients(r.tensor, r.sparse.colours, r.sparse.count)
+                       if r.sparse is not None and r.sparse.mode == "columns" else ()
+                       for name, r in self.inputs.items()}, self)
 
     def picture(self, name: str | None = None):
         """A picture (PNG) of the nonzero pattern of the Jacobian with respect to ``name``."""
@@ -332,7 +375,10 @@ class VJPResult(DerivativeResult):
     @no_subclass_code()  # x's shape read as torch's: no subclass's __torch_function__
     def jacobian_block(self, name: str, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Entries J[rows, cols] of the flattened (m × n) Jacobian, without building all of it."""
+        name = self.input_key(name)
         item = self.inputs[name]
+        rows = _flat_indices(rows, self.output.numel(), "rows", self.output_name)
+        cols = _flat_indices(cols, item.tensor.numel(), "cols", name)
         if item.sparse is not None:
             return csr_block(item.sparse.matrix, rows, cols)
         out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
@@ -357,3 +403,20 @@ class VJPResult(DerivativeResult):
         along ``in_axis`` (exact, read off the derivatives; no backward): ``.kind``,
         ``.witness`` (``.describe()``: ``y[1] ← x[0]``), ``.offsets``, ``.pattern``."""
         return from_result(self, self.input_name(name), out_axis, in_axis)
+
+
+def _flat_indices(index, count: int, what: str, of: str) -> torch.Tensor:
+    """``index`` (a tensor, list or range of flat row-major indices into ``of``'s ``count``
+    entries) as a 1-D int64 tensor; a usage error where it is not one or leaves the range."""
+    try:
+        flat = torch.as_tensor(index).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        flat = None
+    if flat is None or flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
+        raise VJPUsageError(f"{what} are flat (row-major) indices into {of}'s {count:,} entries, "
+                            f"a tensor or list of ints: torch.arange({min(count, 3)}).")
+    low, high = (int(flat.min()), int(flat.max())) if flat.numel() else (0, 0)
+    if flat.numel() and (low < 0 or high >= count):
+        raise VJPUsageError(f"{what} are flat (row-major) indices into {of}'s {count:,} "
+                            f"entries, 0 to {count - 1:,}: {low if low < 0 else high:,} is not.")
+    return flat.long()
