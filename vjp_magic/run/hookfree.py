@@ -29,7 +29,7 @@ from .record import FunctionApply, outs_of, reads_of, tensors_in, version
 from .steps import function_name
 from ..core.validation import parameter_expression
 from .replay import InputChanged, NotReplayable, aliases, build, close, distinct, one_tensor_names
-from .refusals import NotReached
+from .refusals import NotReached, namespace_label
 
 # Where a caller's interpreter keeps what it needs from the replay (the per-sample rules) and
 # the cell's own graph is proved to run none of the user's code in a backward, that graph is
@@ -78,7 +78,8 @@ class AnalysedGraph:
     def notes(self, output_name: str) -> list[str]:
         found = []
         if self.reason is not None:
-            found.append(f"Computed on the user's own graph of {output_name} ({self.reason}).")
+            found.append(f"Computed on the user's own graph of {output_name}, because "
+                          f"{self.reason}.")
         if self.hooks:
             which = ", ".join(self.hooks)
             shown = "autograd's, without the hooks" if self.replayed else \
@@ -143,7 +144,8 @@ def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> Ana
     try:
         _refuse_nested(inputs)
         fresh = fresh_leaves(inputs)
-        replay = build(record, inputs, output, verify=False, at_point=True, user_code=False)
+        replay = build(record, inputs, output, verify=False, at_point=True, user_code=False,
+                       label=namespace_label(namespace))
         runner = interpreter(replay) if interpreter is not None else None
         if runner is not None and OWN_GRAPH_WHEN_FREE and not hooks and unwritten(record) \
                 and runs_no_user_code(record, output, inputs) \
@@ -156,7 +158,8 @@ def _analysed_graph(record, inputs: dict, output, namespace, interpreter) -> Ana
         if isinstance(error, NotReached) and not _reaches(output, inputs):
             return AnalysedGraph(output, inputs, hooks=hooks)  # no backward runs a node of it
         if isinstance(error, NotReached):  # the operations read give no other cause
-            reason = "built outside what vjp_magic recorded: in a plain cell, or an earlier one"
+            reason = "it was built outside what vjp_magic recorded: in a plain cell, or an " \
+                "earlier one"
         return AnalysedGraph(output, inputs, reason=reason, hooks=hooks,
                              inputs_changed=isinstance(error, InputChanged))
     except Exception as error:  # noqa: BLE001 - any failure: the cell's own graph

@@ -21,7 +21,7 @@ import linecache
 
 import torch
 
-from ..core.tagging import custom_backwards, depends_on
+from ..core.tagging import custom_backwards, depends_on, is_visible_name
 from ..core.tolerances import tolerances
 from .record import FunctionApply, outs_of, reads_of, version
 from .steps import identity
@@ -88,6 +88,17 @@ class NotReached(NotReplayable):
 def shape_label(tensor: torch.Tensor) -> str:
     """How a message names a tensor when nothing better is known."""
     return f"a tensor of shape {tuple(tensor.shape)}"
+
+
+def namespace_label(namespace):
+    """How messages name a tensor (a ``label``): by the visible name ``namespace`` binds it
+    to (``e``, made in an earlier cell), else by its shape (:func:`shape_label`)."""
+    def label(tensor: torch.Tensor) -> str:
+        for name, value in (namespace or {}).items():
+            if value is tensor and is_visible_name(name):
+                return name
+        return shape_label(tensor)
+    return label
 
 
 def refuse_record(record, output) -> None:

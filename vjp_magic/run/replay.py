@@ -143,15 +143,16 @@ def replayable(record, inputs: dict, output, *, verify: bool = True,
 
 
 def build(record, inputs: dict, output, *, verify: bool = True, at_point: bool = False,
-          user_code: bool = True) -> Replay:
+          user_code: bool = True, label=None) -> Replay:
     """:func:`replayable`, raising :class:`NotReplayable` with the reason instead of None.
     ``verify=False`` skips the run at the original inputs: only for a caller that compares
     the replay's values with the output itself. ``at_point=True``: a replay valid at the
     recorded input values only (what the analysis differentiates): results autograd did not
     track (masks, indices, random draws) are constants, as recorded; ``detach`` is replayed.
     ``user_code=False``: refused (:class:`~.refusals.UserCode`) where replaying would run a
-    custom Function's forward again (checked before the verifying run would run it)."""
-    steps = pruned_steps(record, inputs, output, at_point=at_point)
+    custom Function's forward again (checked before the verifying run would run it).
+    ``label`` names a tensor in the refusals (:func:`.refusals.namespace_label`)."""
+    steps = pruned_steps(record, inputs, output, at_point=at_point, label=label)
     refuse_subclasses(inputs, steps)
     if not user_code:
         refusals.refuse_user_code(steps)

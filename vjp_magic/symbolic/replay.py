@@ -15,7 +15,7 @@ import torch
 from ..run.plan import out_ids, pruned_steps, recorded_alias, storage_key, tensors_by_memory
 from ..run.record import tensors_in
 from ..run.replay import refuse_subclasses
-from ..run.refusals import ForeignTensor, NotReached, NotReplayable, UntrackedWrite, shape_label
+from ..run.refusals import ForeignTensor, NotReached, NotReplayable, UntrackedWrite, namespace_label
 from ..run.steps import Interpreter, Step, identity
 from .calls import call_name, replay_call
 from .deadline import spend
@@ -188,10 +188,7 @@ class SymbolicReplay:
         return "before this line; put its computation in the expression to see the formula"
 
     def _label(self, tensor: torch.Tensor) -> str:
-        for name, value in self.namespace.items():
-            if value is tensor and not name.startswith("_"):
-                return name
-        return shape_label(tensor)
+        return namespace_label(self.namespace)(tensor)
 
 
 __all__ = ["SymbolicInterpreter", "SymbolicReplay"]
