@@ -79,7 +79,9 @@ def test_wrt_of_an_empty_grad_names_none_not_nonetype(usage_error):
     ("%jacobian 1/0 wrt x", ["Could not evaluate '1/0'", "ZeroDivisionError"]),
     ("%jacobian --wrt x y", ["Unknown option --wrt for %jacobian", "go before the expression"]),
     ("%jacobian --explain y x", ["Unknown option --explain"]),
-    ("%hessian --picture (x**3).sum() wrt x", ["--picture", "%%vjp or %jacobian"]),
+    ("%hessian --picture (x**3).sum() wrt x", ["--picture", "%%vjp --picture --wrt x\n",
+                                               "torch.autograd.grad((x**3).sum(), x, "
+                                               "create_graph=True)"]),
     ("%hessian --wrt x (x**3).sum()", ["Unknown option --wrt for %hessian"]),
     ("%hessian (x**3).sum() wrt z", ["No variable named 'z'"]),
     ("%jacobian y.detach() wrt x", ["no autograd history", "no_grad"]),

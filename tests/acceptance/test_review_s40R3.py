@@ -267,10 +267,6 @@ def test_hessian_as_the_gradients_jacobian_explained_and_reproduced(ip, run_ok):
     torch.testing.assert_close(_read_compressed(ns["g2"], ns["colour"], rows, cols), values)
 
 
-@pytest.mark.xfail(strict=True, reason="R3-1: the note of a cell whose output was built from an "
-                   "earlier cell's tensor calls it 'a tensor of shape ()' although the namespace "
-                   "names it e (%hessian's own note says 'the user's own graph of e'), and nests "
-                   "parentheses: '(a tensor … (in an earlier cell?))'")
 def test_the_earlier_cell_note_names_the_tensor_as_the_user_does(ip, run_ok):
     _setup(ip)
     run_ok(ENERGY)
@@ -280,11 +276,6 @@ def test_the_earlier_cell_note_names_the_tensor_as_the_user_does(ip, run_ok):
     assert not re.search(r"\([^()]*\(", note), note
 
 
-@pytest.mark.xfail(strict=True, reason="R3-2: %hessian refuses --picture and --explain and sends "
-                   "the user to %%vjp/%jacobian, which on e draw and explain the GRADIENT, not "
-                   "the Hessian; the refusal never says the Hessian is the Jacobian of the "
-                   "gradient (g, = torch.autograd.grad(e, w, create_graph=True); %jacobian "
-                   "--picture g wrt w), which is what works")
 @pytest.mark.parametrize("flag", ["--picture", "--explain"])
 def test_hessian_refusals_say_how_to_picture_or_explain_the_hessian(ip, run_ok, usage_error,
                                                                        flag):

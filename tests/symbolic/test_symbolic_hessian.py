@@ -93,4 +93,4 @@ def test_symbolic_without_a_record_says_why():
 def test_hessian_refuses_the_picture_flag(usage_error, run_ok):
     run_ok("x = torch.ones(3, requires_grad=True)")
     message = usage_error("%hessian --picture (x**3).sum() wrt x")
-    assert "--picture" in message and "%jacobian" in message
+    assert "--picture" in message and "Jacobian of its gradient" in message

@@ -32,8 +32,8 @@ from ..run.execute import CellSyntaxError, run_cell
 from ..run.guard import retained_grads_kept
 from ..run.mistakes import saved_in_place_advice
 from ..teach.coaching import usage_message
-from .options import (EXPRESSION, common_arguments, one_output, read_cell_line,
-                      read_expression_line)
+from .options import (EXPRESSION, common_arguments, hessian_as_jacobian, one_output,
+                      read_cell_line, read_expression_line)
 
 
 PRESENT_HELP = ("Presentation mode: the derivatives first, larger, the headline beneath "
@@ -277,6 +277,7 @@ class VJPMagics(Magics):
     @argument("--symbolic", action="store_true",
               help="Also derive the second derivatives with SymPy and cross-check them.")
     @argument("--picture", action="store_true", help=argparse.SUPPRESS)  # to say where it goes
+    @argument("--explain", action="store_true", help=argparse.SUPPRESS)  # (the same)
     @argument("--present", action="store_true", help=PRESENT_HELP)
     @argument("--exam", action="store_true", help=EXAM_HELP)
     @common_arguments
@@ -306,9 +307,9 @@ class VJPMagics(Magics):
         never changed. ``vjp_magic.hessian?`` is the same from Python.
         """
         args = read_expression_line(self.hessian.parser, line, "hessian")
-        if args.picture:
-            raise UsageError("--picture draws a Jacobian's pattern: use it with %%vjp or "
-                             "%jacobian, not %hessian.")
+        if args.picture or args.explain:
+            raise UsageError(hessian_as_jacobian("--picture" if args.picture else "--explain",
+                                                 args, self.shell.user_ns))
         if args.help:  # -h, --help
             print(self.hessian.__doc__)
             return None

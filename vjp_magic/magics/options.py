@@ -24,6 +24,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
 from ..core.errors import VJPUsageError
+from ..render.codegen import fresh, identifiers
 from ..run.jacobian_line import split_at_wrt, word_spans, words
 
 EXPRESSION = argument(
@@ -139,6 +140,25 @@ def unknown_option(parser, word: str, magic: str, options: str) -> UsageError:
         hint = f" Name the output, then its inputs after wrt: {magic} y wrt x."
     return UsageError(f"Unknown option {flag} for {magic}.{hint} ({options}; {magic}? says "
                       "what each does.)")
+
+
+def hessian_as_jacobian(flag: str, args, namespace) -> str:
+    """``%hessian --picture`` / ``--explain`` refused with what works, in the user's names (the
+    line's output and inputs, ``args``): the Hessian is the Jacobian of the gradient made with
+    ``create_graph=True``, which ``%%vjp`` draws or explains; the gradient takes a name free
+    in ``namespace``, so the cell overwrites none of the user's."""
+    output, inputs = args.output_source, args.input_names
+    x = inputs[0] if inputs else "x"
+    g = fresh("g", set(namespace) | identifiers([output, *inputs]))
+    cell = f"%%vjp {flag} --wrt {x}\n{g}, = torch.autograd.grad({output}, {x}, " \
+        "create_graph=True)"
+    said = {"--picture": "draw its pattern", "--explain": "explain it"}[flag]
+    which = " (x: the tensor to differentiate with respect to; one cell per input)" \
+        if not inputs else f" (one cell per input: likewise for {', '.join(inputs[1:])})" \
+        if len(inputs) > 1 else ""
+    return (f"%hessian takes no {flag}. The Hessian of {output} is the Jacobian of its "
+            f"gradient (kept differentiable by create_graph=True): to {said}, run{which}\n\n"
+            f"{cell}")
 
 
 def _option_names(parser, every: bool = False) -> list[str]:
