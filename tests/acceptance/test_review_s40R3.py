@@ -463,9 +463,6 @@ def test_a_big_model_shows_the_matrix_of_its_largest_gradient(ip, run_ok, cell):
     assert re.sub(r"^(\d+)\.", r"net[\1].", largest) in _matrices_shown(plain), plain
 
 
-@pytest.mark.xfail(strict=True, reason="R3-5: the plain text's line wrapping breaks inside an "
-                   "index or a shape ('u[i,' / 'j-1]' in the 5-point stencil's sentence, '(3' / "
-                   "'× 8)' in the per-sample note): a terminal shows half an index per line")
 @pytest.mark.parametrize("cell", ["laplacian", "mlp1"])
 def test_plain_text_never_wraps_inside_an_index_or_a_shape(ip, run_ok, cell):
     _setup(ip)

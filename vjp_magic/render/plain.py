@@ -22,8 +22,8 @@ def _span(span: Span) -> str:
         return span.text
     if isinstance(span, Math):
         return span.plain
-    if isinstance(span, Code):
-        return span.text
+    if isinstance(span, Code):  # one piece of code: no line breaks inside (:func:`_wrap`)
+        return span.text.replace(" ", _GLUE)
     raise TypeError(f"not a span: {span!r}")
 
 
@@ -33,14 +33,37 @@ def _spans(spans) -> str:
 
 _GLUE = "\ue000"  # a space no line breaks at (private use: never in the text itself)
 _NUMBER_ENDS = re.compile(r" (\d[\d,]*\.)(?= |$)")
+_TIMES = re.compile(r" × ")  # a shape, 3 × 8, is one piece
+_CLOSING = {")": "(", "]": "[", "}": "{"}
+_PROSE = re.compile(r"[^\W\d_]{2,} [^\W\d_]{2,}")  # two words: a parenthesis of prose
 
 
 def _wrap(text: str, first: str = "", rest: str = "") -> str:
-    """``text`` wrapped at :data:`WRAP`; a number ending a sentence ("m = 6.") stays on its
-    line: at the start of the next it would read as the next numbered step."""
-    glued = _NUMBER_ENDS.sub(_GLUE + r"\1", text)
+    """``text`` wrapped at :data:`WRAP`, at spaces outside code, brackets (an index,
+    ``u[i, j-1]``), parentheses other than prose (a shape, ``(3 × 8)``) and shapes; a
+    number ending a sentence ("m = 6.") stays on its line: at the start of the next it would
+    read as the next numbered step. A piece longer than a line breaks at its spaces after
+    all."""
+    glued = _glued_groups(_TIMES.sub(f"{_GLUE}×{_GLUE}", _NUMBER_ENDS.sub(_GLUE + r"\1", text)))
+    room = WRAP - max(len(first), len(rest))
+    glued = " ".join(piece if len(piece) <= room else piece.replace(_GLUE, " ")
+                     for piece in glued.split(" "))
     return textwrap.fill(glued, WRAP, initial_indent=first, subsequent_indent=rest,
                          break_long_words=False, break_on_hyphens=False).replace(_GLUE, " ")
+
+
+def _glued_groups(text: str) -> str:
+    """``text`` with the spaces inside each bracketed group glued (:data:`_GLUE`): every
+    ``[…]`` and ``{…}``, a ``(…)`` but one of prose (two words in a row, :data:`_PROSE`)."""
+    chars, opened = list(text), []
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            opened.append((ch, i))
+        elif ch in _CLOSING and opened and opened[-1][0] == _CLOSING[ch]:
+            start = opened.pop()[1]
+            if ch != ")" or not _PROSE.search(text, start, i):
+                chars[start:i] = [_GLUE if c == " " else c for c in chars[start:i]]
+    return "".join(chars)
 
 
 def matrix_lines(matrix: Matrix) -> list[str]:
