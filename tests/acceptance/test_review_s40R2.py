@@ -589,11 +589,6 @@ def test_runs_only_once_is_said_only_when_the_forward_ran_once(ip, run_ok, line,
 _MUT = "x = torch.linspace(1., 2., 5, requires_grad=True)\ny = Mut.apply(x)\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-2: a custom backward that writes its saved input in place (x.add_(1)) is run by the "
-    "analysis: after %%vjp x is x + 1, after the plain cell x is unchanged (the cell never "
-    "calls backward); class: the user's backward run by the analysis changes user tensors "
-    "and nothing restores them (versions are not compared around the user's backward)"))
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 def test_a_backward_writing_its_saved_input_leaves_x_as_a_plain_run(ip, run_ok, line):
     run_ok(LOGGED)
@@ -604,12 +599,6 @@ def test_a_backward_writing_its_saved_input_leaves_x_as_a_plain_run(ip, run_ok, 
     assert torch.equal(ip.user_ns["x"].detach(), plain)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-3: when the analysis's own call of a custom backward wrote x in place, the "
-    "UsageError says 'x was modified in place afterwards (e.g. w -= lr * w.grad ...). Compute "
-    "y after the update, or run the update in a later cell': the cell made no update, "
-    "Mut's backward did; class: a message that blames the user's cell for what the "
-    "analysis's call of their backward did (it never names Mut)"))
 def test_the_message_names_the_backward_that_wrote_in_place(ip, run_ok):
     run_ok(LOGGED)
     result = ip.run_cell(f"%%vjp\n{_MUT}")

@@ -67,6 +67,7 @@ from typing import NamedTuple
 
 import torch
 
+from .backward_writes import check as check_writes
 from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 
 _CHECKPOINT_FILE = "checkpoint.py"
@@ -236,6 +237,8 @@ class _Guard:
             torch._C._set_multithreading_enabled(self._threads)
         if self.tripped is not None and kind is None:  # the backward swallowed the error
             raise VJPUsageError(_messages().function_message(self.tripped))
+        if kind is None or issubclass(kind, RuntimeError):
+            check_writes()  # what a user's backward wrote in place: put back, and refused
 
     def run_backward(self, engine, args, kwargs):
         """``engine.run_backward(*args, **kwargs)`` under this guard: ``with self:`` inlined,
@@ -249,6 +252,9 @@ class _Guard:
         self.active = True
         try:
             result = engine.run_backward(*args, **kwargs)
+        except RuntimeError:
+            check_writes()  # a write by the user's backward: its own words, not autograd's
+            raise
         finally:
             self.active = False
             if previous is None or callable(previous):
@@ -259,6 +265,7 @@ class _Guard:
                 torch._C._set_multithreading_enabled(threads)
         if self.tripped is not None:  # the backward swallowed the error
             raise VJPUsageError(_messages().function_message(self.tripped))
+        check_writes()  # what a user's backward wrote in place: put back, and refused
         return result
 
     def _watch(self, frame, event, arg) -> None:

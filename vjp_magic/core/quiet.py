@@ -45,6 +45,7 @@ import torch
 from torch.utils._device import DeviceContext, _device_constructors
 
 from . import numpy_rng
+from .backward_writes import writes_kept
 from .modes import modes_aside
 
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
@@ -194,7 +195,7 @@ def quiet_autograd(default_device: bool = False):
     CPU as the default device inside too (:func:`analysis_device`: for an entry point that
     runs none of the user's code)."""
     # the user's torch modes: set aside first, before any torch call of ours
-    with modes_aside(), generators_kept(), _quiet(default_device):
+    with modes_aside(), generators_kept(), writes_kept(), _quiet(default_device):
         yield
 
 

@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 
+from .backward_writes import check as check_writes
+from .backward_writes import keep_for
 from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 from .graph_facts import raw_saved, unpack_hooked
 from .pass_guard import _ARMED, _CHECKPOINT_FILE, _Guard, _entry_points, pass_guard, reentrant_guard
@@ -197,7 +199,9 @@ def refuse_reentrant(output, output_name: str = "the output",
     backward, and the user's unpack hooks (a non-reentrant checkpoint's recomputation, their
     ``saved_tensors_hooks``), which a replayed copy of the graph does not have; ``replay``:
     how the user has a replay made from where they are, for the refusals' advice."""
-    judged = _judged(output)
+    with judged_once():
+        _keep_writes(output)  # before the probe: it calls the user's backwards
+        judged = _judged(output)
     _ARMED.custom, _ARMED.hooks, _ARMED.output_name, _ARMED.replay = \
         judged.custom, judged.unpack_hooks, output_name, replay
     if judged.dispatching is not None:
@@ -208,6 +212,16 @@ def refuse_reentrant(output, output_name: str = "the output",
         raise VJPUsageError(checkpoint_message(output_name))
     raise VJPUsageError(function_message(judged.reentrant[0].removesuffix("Backward"),
                                          output_name))
+
+
+def _keep_writes(output) -> None:
+    """What the user's custom backwards on ``output``'s graph can write, copied
+    (:func:`.backward_writes.keep_for`): none where no user's custom Function is on it."""
+    if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+        facts, functions, _ = _walked(output.grad_fn)
+        if facts.custom:
+            keep_for(output.grad_fn, [node for node in functions if not _pytorch_own(
+                getattr(node, "_forward_cls", type))])
 
 
 def refuse_recomputing(output, output_name: str, replay: str | None) -> None:
@@ -312,6 +326,7 @@ def _probe(node) -> bool:
             node.apply(*zeros)
     except Exception:  # noqa: BLE001 - the user's backward, on zeros: the passes judge it
         pass
+    check_writes()  # what it wrote in place: put back, and refused by name
     return guard.tripped is not None
 
 

@@ -1,0 +1,174 @@
+"""A user's custom backward that writes in place, run by the analysis (never by a plain run of
+the cell): every tensor it wrote is as a plain run leaves it after the call (values and
+version counter), and the refusal names the Function and the tensor, never the cell.
+
+Expected states come from a plain run of the same code (no backward called), never from the
+code under test; derivatives of the backwards that write nothing from mathematics."""
+from __future__ import annotations
+
+import pytest
+import torch
+from IPython.core.error import UsageError
+
+import vjp_magic
+from vjp_magic.core import backward_writes, reentrant
+from vjp_magic.core.errors import VJPUsageError
+
+DEFINE = '''
+import torch.nn as nn
+G = torch.linspace(0., 1., 3)
+S = torch.tensor(3.)
+class Glob(torch.autograd.Function):      # writes a global tensor it reads
+    @staticmethod
+    def forward(ctx, x): return 2 * x
+    @staticmethod
+    def backward(ctx, g): G.add_(1); return 2 * g
+class Inner(torch.autograd.Function):     # writes a saved tensor that is no input
+    @staticmethod
+    def forward(ctx, x): h = 2 * x; ctx.save_for_backward(h); return h * x
+    @staticmethod
+    def backward(ctx, g): h, = ctx.saved_tensors; d = 2 * g * h.clone(); h.mul_(0); return d
+class Held(torch.autograd.Function):      # writes a user's tensor held on its ctx
+    @staticmethod
+    def forward(ctx, x, s): ctx.s = s; return s * x
+    @staticmethod
+    def backward(ctx, g): d = ctx.s * g; ctx.s.add_(1); return d, None
+class Scale(torch.autograd.Function):     # writes the weight it saved
+    @staticmethod
+    def forward(ctx, x, w): ctx.save_for_backward(x, w); return x * w
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors; dx, dw = g * w, g * x; w.sub_(0.5); return dx, dw
+class Layer(nn.Module):
+    def __init__(self):
+        super().__init__(); self.w = nn.Parameter(torch.linspace(1., 2., 4))
+    def forward(self, x): return Scale.apply(x, self.w)
+'''
+
+CELLS = {
+    "Glob": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Glob.apply(x)", "G"),
+    "Inner": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Inner.apply(x)", None),
+    "Held": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Held.apply(x, S)", "S"),
+}
+
+
+def _state(ns, names):
+    return {n: (ns[n].detach().clone(), ns[n]._version) for n in names}
+
+
+def _assert_state(ns, plain):
+    for name, (value, version) in plain.items():
+        assert torch.equal(ns[name].detach(), value), (name, ns[name], value)
+        assert ns[name]._version == version, (name, ns[name]._version, version)
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+@pytest.mark.parametrize("function", sorted(CELLS))
+def test_what_a_backward_writes_is_as_a_plain_run_leaves_it(ip, run_ok, function, line):
+    cell, written = CELLS[function]
+    names = ["x", "G", "S"]
+    run_ok(DEFINE)
+    run_ok(cell)
+    plain = _state(ip.user_ns, names)
+    run_ok(DEFINE)
+    result = ip.run_cell(f"%%vjp {line}\n{cell}")
+    _assert_state(ip.user_ns, plain)
+    message = str(result.error_in_exec)
+    assert isinstance(result.error_in_exec, UsageError), message
+    assert f"{function}'s backward writes" in message, message
+    assert "afterwards" not in message and "put back" in message, message
+    if written is not None:
+        assert f"writes {written} in place" in message, message
+
+
+def test_wrt_net_with_a_layer_whose_backward_writes_its_weight(ip, run_ok):
+    cell = ("torch.manual_seed(0)\nnet = nn.Sequential(nn.Linear(3, 4), Layer())\n"
+            "X = torch.randn(5, 3)\nloss = net(X).pow(2).sum(1)")
+    run_ok(DEFINE)
+    run_ok(cell)
+    plain = {k: (v.detach().clone(), v._version) for k, v in ip.user_ns["net"].state_dict(
+        keep_vars=True).items()}
+    run_ok(DEFINE)
+    result = ip.run_cell(f"%%vjp --wrt net\n{cell}")
+    for k, v in ip.user_ns["net"].state_dict(keep_vars=True).items():
+        assert torch.equal(v.detach(), plain[k][0]) and v._version == plain[k][1], k
+    assert "Scale's backward writes" in str(result.error_in_exec), result.error_in_exec
+
+
+class Mut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        d = 2 * g * x.clone()
+        x.add_(1)
+        return d
+
+
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * g * x
+
+
+@pytest.mark.parametrize("entry", [
+    lambda x: vjp_magic.differentiate(lambda: Mut.apply(x), x),
+    lambda x: vjp_magic.differentiate(Mut.apply(x), x),
+    lambda x: vjp_magic.hessian(Mut.apply(x).sum(), x),
+    lambda x: vjp_magic.dependency(Mut.apply(x), x),
+], ids=["differentiate(fn)", "differentiate", "hessian", "dependency"])
+def test_the_functional_entry_points_put_x_back_and_name_the_function(entry):
+    x = torch.linspace(1., 2., 5, requires_grad=True)
+    with pytest.raises(VJPUsageError, match="Mut's backward writes") as raised:
+        entry(x)
+    assert "afterwards" not in str(raised.value)
+    assert torch.equal(x.detach(), torch.linspace(1., 2., 5)) and x._version == 0
+
+
+def test_a_backward_writing_nothing_keeps_its_derivative_and_lets_its_copies_go():
+    x = torch.linspace(1., 2., 5, requires_grad=True)
+    r = vjp_magic.differentiate(Square.apply(x), x)
+    torch.testing.assert_close(r.derivatives["x"], 2 * torch.linspace(1., 2., 5))
+    assert backward_writes._KEPT.watch is None  # nothing pinned after the call
+
+
+def test_a_graph_without_a_users_backward_copies_nothing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(reentrant, "keep_for", lambda *a: calls.append(a))
+    x = torch.linspace(1., 2., 5, requires_grad=True)
+    vjp_magic.differentiate(torch.sin(x) * x, x)
+    assert calls == []
+    vjp_magic.differentiate(Square.apply(x), x)
+    assert len(calls) == 1  # (the check that it can fail: a custom graph is copied)
+
+
+def _closing_over(t: torch.Tensor):
+    class Closed(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return 3 * x
+
+        @staticmethod
+        def backward(ctx, g):
+            t.mul_(2)  # a tensor its backward closes over
+            return 3 * g
+
+    return Closed
+
+
+def test_a_backward_writing_a_tensor_it_closes_over_is_put_back():
+    t = torch.linspace(1., 2., 3)
+    x = torch.linspace(1., 2., 3, requires_grad=True)
+    with pytest.raises(VJPUsageError, match="Closed's backward writes"):
+        vjp_magic.differentiate(_closing_over(t).apply(x), x)
+    assert torch.equal(t, torch.linspace(1., 2., 3)) and t._version == 0

@@ -1,0 +1,181 @@
+"""What the user's custom backwards write in place while the analysis calls them: put back.
+
+A plain run of a cell calls no backward; the analysis calls a custom ``autograd.Function``'s
+backward in every pass (and once on zeros, to judge it: :mod:`.reentrant`). A backward that
+writes a tensor in place (``x.add_(1)`` on its saved input, a global it reads, a tensor on its
+``ctx``) would leave the user's tensors changed after the cell, and make every later pass read
+the changed value (autograd's version check refuses it, blaming an update the cell never made).
+
+Only a graph with a user's custom Function pays: :func:`keep_for` copies every tensor such a
+backward can reach (what its nodes saved, their ``ctx``'s tensors and modules, the tensors
+and modules its code reads by a global name or a closure, the graph's leaves) with its
+version counter, when the analysis starts, after the user's code ran. :func:`check`, after
+each pass and probe, compares the versions (cheap): a write is put back (values, then the
+version counter, where this PyTorch can set it) and refused with a message naming the
+Function whose backward wrote what. :func:`writes_kept` bounds it to one analysis.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import types
+
+import torch
+
+from .errors import VJPUsageError
+
+
+class _Kept(threading.local):
+    # (tensor, version, copy, Function names) of each tensor a user's backward can reach,
+    # while an analysis (:func:`writes_kept`) on a graph with a custom Function runs
+    watch: list | None = None
+    active = False
+
+
+_KEPT = _Kept()
+
+
+@contextlib.contextmanager
+def writes_kept():
+    """One analysis's scope: what :func:`keep_for` copied inside it is compared when it ends
+    (put back and refused where a write was missed) and let go; nested ones keep their own."""
+    outer = _KEPT.watch, _KEPT.active
+    _KEPT.watch, _KEPT.active = None, True
+    try:
+        yield
+        check()
+    finally:
+        _restore(_KEPT.watch or ())
+        _KEPT.watch, _KEPT.active = outer
+
+
+def keep_for(root, functions) -> None:
+    """Copies what the backwards of ``functions`` (the ``BackwardCFunction`` nodes of the
+    graph below ``root``, the user's) can write, and the graph's leaves, inside
+    :func:`writes_kept` (else nothing)."""
+    if not _KEPT.active:
+        return
+    from .tagging import walk_nodes
+    leaves = [n.variable for n in walk_nodes([root]) if hasattr(n, "variable")]
+    found: dict[int, list] = {}
+    for node in functions:
+        name = _function_name(node)
+        for tensor in _reachable(node):
+            entry = found.setdefault(id(tensor), [tensor, set()])
+            entry[1].add(name)
+    names = {n for entry in found.values() for n in entry[1]}
+    for leaf in leaves:
+        found.setdefault(id(leaf), [leaf, names])
+    with torch.no_grad():
+        _KEPT.watch = [(t, t._version, t.detach().clone(), frozenset(owners))
+                       for t, owners in found.values()]
+
+
+def check() -> None:
+    """After a pass or a probe: where a user's backward wrote a kept tensor in place, every
+    one written put back and a :class:`VJPUsageError` naming the Function and the tensor."""
+    watch = _KEPT.watch
+    if not watch:
+        return
+    changed = [entry for entry in watch if entry[0]._version != entry[1]]
+    if not changed:
+        return
+    _restore(changed)
+    raise VJPUsageError(written_message(changed))
+
+
+def _restore(entries) -> None:
+    """Each entry's tensor whose version moved: its copied values, then its version."""
+    with torch.no_grad():
+        for tensor, version, copy, _ in entries:
+            if tensor._version != version:
+                tensor.detach().copy_(copy)
+                _set_version(tensor, version)
+
+
+def _set_version(tensor, version: int) -> None:
+    """``tensor``'s version counter set back (newer PyTorch takes sequences, 2.5 one tensor);
+    left as it is where this PyTorch has no setter."""
+    setter = getattr(torch._C._autograd, "_unsafe_set_version_counter", None)
+    if setter is None:
+        return
+    try:
+        setter((tensor,), (version,))
+    except TypeError:
+        setter(tensor, version)
+
+
+def written_message(changed) -> str:
+    """The usage error for tensors a user's backward wrote in place during the analysis."""
+    owners = sorted({n for entry in changed for n in entry[3]})
+    who = " or ".join(owners) or "a custom autograd.Function"
+    labels = list(dict.fromkeys(_label(entry[0], entry[3]) for entry in changed))
+    what, verb = ", ".join(labels), ("are" if len(labels) > 1 else "is")
+    return (f"{who}'s backward writes {what} in place: a plain run of the cell calls no "
+            "backward, vjp_magic calls it in each of its passes, so each call would change "
+            f"{what} again and the next pass read changed values. {what} {verb} put back as "
+            f"your code left {'them' if len(labels) > 1 else 'it'}, and no derivative is "
+            f"shown. Make {who}'s backward leave every tensor it reads unchanged (compute into "
+            "a new tensor, or write into a copy: t = t.clone()), then run it again.")
+
+
+def _label(tensor, owners) -> str:
+    """The name the user's namespace (the backward's globals) gives ``tensor``, or words."""
+    for name in sorted(owners):
+        for scope in _SCOPES.get(name, ()):
+            for key, value in list(scope.items()):
+                if isinstance(value, torch.Tensor) and _same(value, tensor) \
+                        and not key.startswith("_"):
+                    return key
+    return "a tensor it saved or holds"
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a is b or (a.data_ptr() == b.data_ptr() and a.shape == b.shape
+                      and a.dtype == b.dtype and a.stride() == b.stride())
+
+
+_SCOPES: dict[str, list] = {}  # a Function's name → its backward's globals (for the words)
+
+
+def _function_name(node) -> str:
+    cls = getattr(node, "_forward_cls", None)
+    name = getattr(cls, "__name__", None) or node.name().removesuffix("Backward")
+    backward = getattr(cls, "backward", None)
+    scope = getattr(getattr(backward, "__func__", backward), "__globals__", None)
+    if isinstance(scope, dict):
+        _SCOPES[name] = [scope]
+    return name
+
+
+def _reachable(node) -> list:
+    """The tensors ``node``'s backward can reach: what it saved, its ``ctx``'s tensors and
+    modules, the tensors and modules its code reads by a global name or a closure."""
+    from .graph_facts import raw_saved
+    from .reentrant import _globals_read, _held
+    found = [saved.data for saved in raw_saved(node)
+             if isinstance(getattr(saved, "data", None), torch.Tensor)]
+    held = _held(vars(node).values()) if hasattr(node, "__dict__") else []
+    backward = getattr(getattr(node, "_forward_cls", None), "backward", None)
+    function = getattr(backward, "__func__", backward)
+    if isinstance(function, types.FunctionType):
+        held += _globals_read(function.__code__, function.__globals__)
+        held += [_contents(c) for c in function.__closure__ or ()]
+    for value in held:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, torch.nn.Module):
+            found.extend(value.parameters())
+            found.extend(value.buffers())
+    return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
+
+
+def _contents(cell):
+    """A closure cell's value (None while it is empty)."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
+__all__ = ["check", "keep_for", "writes_kept", "written_message"]
