@@ -13,6 +13,7 @@ from IPython.core.error import UsageError
 import vjp_magic
 from vjp_magic.core import backward_writes, reentrant
 from vjp_magic.core.errors import VJPUsageError
+from vjp_magic.core.graph_facts import SAVED_READABLE
 
 DEFINE = '''
 import torch.nn as nn
@@ -28,6 +29,11 @@ class Inner(torch.autograd.Function):     # writes a saved tensor that is no inp
     def forward(ctx, x): h = 2 * x; ctx.save_for_backward(h); return h * x
     @staticmethod
     def backward(ctx, g): h, = ctx.saved_tensors; d = 2 * g * h.clone(); h.mul_(0); return d
+class Out(torch.autograd.Function):       # writes the output it saved
+    @staticmethod
+    def forward(ctx, x): y = x * x; ctx.save_for_backward(x, y); return y
+    @staticmethod
+    def backward(ctx, g): x, y = ctx.saved_tensors; y.zero_(); return 2 * g * x
 class Held(torch.autograd.Function):      # writes a user's tensor held on its ctx
     @staticmethod
     def forward(ctx, x, s): ctx.s = s; return s * x
@@ -48,6 +54,7 @@ class Layer(nn.Module):
 CELLS = {
     "Glob": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Glob.apply(x)", "G"),
     "Inner": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Inner.apply(x)", None),
+    "Out": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Out.apply(x)", "y"),
     "Held": ("x = torch.linspace(1., 2., 3, requires_grad=True)\ny = Held.apply(x, S)", "S"),
 }
 
@@ -63,10 +70,13 @@ def _assert_state(ns, plain):
 
 
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
-@pytest.mark.parametrize("function", sorted(CELLS))
+@pytest.mark.parametrize("function", [
+    "Glob", "Held", "Out", pytest.param("Inner", marks=pytest.mark.skipif(
+        not SAVED_READABLE, reason="this PyTorch (2.5) shows no saved tensor unpacked: a "
+        "saved intermediate the backward writes is not seen there"))])
 def test_what_a_backward_writes_is_as_a_plain_run_leaves_it(ip, run_ok, function, line):
     cell, written = CELLS[function]
-    names = ["x", "G", "S"]
+    names = ["x", "y", "G", "S"]
     run_ok(DEFINE)
     run_ok(cell)
     plain = _state(ip.user_ns, names)

@@ -49,21 +49,22 @@ def writes_kept():
         _KEPT.watch, _KEPT.active = outer
 
 
-def keep_for(root, functions) -> None:
-    """Copies what the backwards of ``functions`` (the ``BackwardCFunction`` nodes of the
-    graph below ``root``, the user's) can write, and the graph's leaves, inside
+def keep_for(output, functions) -> None:
+    """Copies what the backwards of ``functions`` (the ``BackwardCFunction`` nodes of
+    ``output``'s graph, the user's) can write, the graph's leaves and ``output``, inside
     :func:`writes_kept` (else nothing)."""
     if not _KEPT.active:
         return
     from .tagging import walk_nodes
-    leaves = [n.variable for n in walk_nodes([root]) if hasattr(n, "variable")]
+    leaves = [n.variable for n in walk_nodes([output.grad_fn]) if hasattr(n, "variable")]
+    leaves.append(output)
     found: dict[int, list] = {}
+    names = set()  # (a leaf: any of them may hold it, unseen where PyTorch hides the saved)
     for node in functions:
-        name = _function_name(node)
+        names.add(name := _function_name(node))
         for tensor in _reachable(node):
             entry = found.setdefault(id(tensor), [tensor, set()])
             entry[1].add(name)
-    names = {n for entry in found.values() for n in entry[1]}
     for leaf in leaves:
         found.setdefault(id(leaf), [leaf, names])
     with torch.no_grad():
@@ -113,10 +114,14 @@ def written_message(changed) -> str:
     what, verb = ", ".join(labels), ("are" if len(labels) > 1 else "is")
     return (f"{who}'s backward writes {what} in place: a plain run of the cell calls no "
             "backward, vjp_magic calls it in each of its passes, so each call would change "
-            f"{what} again and the next pass read changed values. {what} {verb} put back as "
-            f"your code left {'them' if len(labels) > 1 else 'it'}, and no derivative is "
+            f"{what} again and the next pass read changed values. {_upper(what)} {verb} put "
+            f"back as your code left {'them' if len(labels) > 1 else 'it'}, and no derivative is "
             f"shown. Make {who}'s backward leave every tensor it reads unchanged (compute into "
             "a new tensor, or write into a copy: t = t.clone()), then run it again.")
+
+
+def _upper(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _label(tensor, owners) -> str:

@@ -220,7 +220,7 @@ def _keep_writes(output) -> None:
     if isinstance(output, torch.Tensor) and output.grad_fn is not None:
         facts, functions, _ = _walked(output.grad_fn)
         if facts.custom:
-            keep_for(output.grad_fn, [node for node in functions if not _pytorch_own(
+            keep_for(output, [node for node in functions if not _pytorch_own(
                 getattr(node, "_forward_cls", type))])
 
 
