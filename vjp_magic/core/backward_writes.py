@@ -55,6 +55,7 @@ def keep_for(output, functions) -> None:
     :func:`writes_kept` (else nothing)."""
     if not _KEPT.active:
         return
+    check()  # (a graph judged before in this analysis: its copies compared before let go)
     from .tagging import walk_nodes
     leaves = [n.variable for n in walk_nodes([output.grad_fn]) if hasattr(n, "variable")]
     leaves.append(output)
