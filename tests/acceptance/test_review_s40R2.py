@@ -565,16 +565,10 @@ class Mut(torch.autograd.Function):           # its backward writes its saved in
 '''
 
 
-R2_1 = ("R2-1: under --gradcheck the display says the custom Function's forward 'is the "
-        "cell's own code and runs only once', while the float64 replay ran it 16 times "
-        "(y.sum()) and 31 times (y); LOG holds 1 entry after the plain cell: a false claim "
-        "about running the "
-        "user's code, and user state (a list the forward appends to) unlike a plain run's; "
-        "class: the custom-Function note is not updated for --gradcheck's replay")
-
-
-@pytest.mark.parametrize("line", [
-    "", pytest.param("--gradcheck", marks=pytest.mark.xfail(strict=True, reason=R2_1))])
+# R2-1 (fixed): under --gradcheck the display said the custom Function's forward "is the cell's
+# own code and runs only once" while the float64 replays ran it 15 (y.sum()) and 30 (y) more
+# times: the sentence now says how many, and what it means for a list the forward appends to.
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
 @pytest.mark.parametrize("tail", ["", ".sum()"])
 def test_runs_only_once_is_said_only_when_the_forward_ran_once(ip, run_ok, line, tail):
     body = "x = torch.linspace(1., 2., 5, requires_grad=True)\ny = Logged.apply(x)" + tail

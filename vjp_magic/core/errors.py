@@ -35,6 +35,34 @@ AFTER_YOUR_CODE = ("after your code ran, vjp_magic calls none of it but a custom
                    "autograd.Function's backward: no hook, no forward, no checkpointed block")
 
 
+# What the analysis says of a custom Function's forward: true where no replay ran it
+# (--gradcheck's replays do: :func:`ran_again` says so instead)
+RUNS_ONCE = "runs only once"
+
+
+def ran_again(note: str, reran: dict) -> str:
+    """``note`` with :data:`RUNS_ONCE` made true where replays ran custom Functions' forwards
+    again (``reran``: name -> times; --gradcheck's)."""
+    if not reran or RUNS_ONCE not in note:
+        return note
+    times = sum(reran.values())
+    return note.replace(RUNS_ONCE, f"ran once, in the cell, and {times:,} more "
+                                   f"{'time' if times == 1 else 'times'} in --gradcheck's "
+                                   "replays (said below)")
+
+
+def reran_sentence(reran: dict) -> str:
+    """What running custom Functions' forwards again (``reran``: name -> times) means for
+    the user's state, and how to avoid it; '' where none ran again."""
+    if not reran:
+        return ""
+    said = ", ".join(f"{name}'s forward {n:,} more {'time' if n == 1 else 'times'}"
+                     for name, n in reran.items())
+    return (f"The check's replays ran {said}, after the cell: it is the user's own code, so "
+            "what it does besides computing (appending to a list, counting calls) was done "
+            "that many more times than in a plain run. Drop --gradcheck to run it only once.")
+
+
 def where_advice(fix: str, custom: bool, replay: str | None) -> str:
     """What to do, from where the user is, about their code that a pass on the output's own
     graph would run: ``fix`` ("remove the hook"), and before it ``replay``, how the entry

@@ -8,6 +8,7 @@ result's "unverified custom backward" notes.
 from __future__ import annotations
 
 from ..core.validation import unverified_notes
+from ..core.errors import ran_again
 from ..run.choose import Subject
 from . import Added, Asked
 
@@ -30,7 +31,12 @@ def add(result, request: Asked, subject: Subject) -> Added:
 
 
 def _notes(result, report) -> list[str]:
-    """The result's notes; a gradient check that ran replaces "unverified custom backward"."""
+    """The result's notes; a gradient check that ran replaces "unverified custom backward",
+    and one whose replays ran a custom Function's forward again says so where a note says
+    it runs only once."""
+    reran = getattr(report, "reran", {})
+    notes = [ran_again(n, reran) for n in result.notes]
     if not report.max_error:
-        return result.notes
-    return [n for n in result.notes if n not in unverified_notes(result)]
+        return notes
+    unverified = unverified_notes(result)
+    return [n for n, old in zip(notes, result.notes) if old not in unverified]

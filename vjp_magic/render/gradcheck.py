@@ -1,6 +1,9 @@
 """``--gradcheck``'s verdict as document nodes: the replayed cell against finite differences."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ..core.errors import reran_sentence
 from . import notation
 from .document import Code, Paragraph, Section, Text, paragraph
 
@@ -10,6 +13,17 @@ SHOWN_ERRORS = 4  # inputs whose largest error is named where they fit; past 4, 
 
 
 def gradcheck_sections(report, result) -> tuple[Section, ...]:
+    """:func:`_verdict`, then, where the check's replays ran a custom Function's forward (the
+    user's code) again, how many times and what that means (:func:`.errors.reran_sentence`)."""
+    shown = _verdict(report, result)
+    reran = reran_sentence(getattr(report, "reran", {}))
+    if not reran:
+        return shown
+    *before, last = shown
+    return (*before, replace(last, blocks=(*last.blocks, paragraph(reran))))
+
+
+def _verdict(report, result) -> tuple[Section, ...]:
     """One short section: passed, FAILED or inconclusive (where, and why: a kink, or values
     too large for finite differences at the step), the largest error per input (none where
     no entry was conclusive), the custom backward functions that were checked (``report``:

@@ -1,5 +1,6 @@
 """``--gradcheck``: the cell's recorded operations, replayed in float64, against central
-finite differences (the cell itself is not run again).
+finite differences (the cell itself is not run again, but a custom ``autograd.Function``'s
+forward, the user's code, runs in each replay: counted in the report's ``reran``).
 
 For a random, non-uniform v drawn from the run's seed (entries of random sign and magnitude
 in [1.5, 3], so a backward that ignores its incoming gradient shows), the analytic vᵀJ
@@ -55,8 +56,9 @@ from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_o
 from .gradcheck_rounding import MARGIN, RUNS, rounding_moves
 from .gradcheck_units import derivative_error, per_output
 from .record import tensors_in
+from .refusals import verify
 from .replay import NotReplayable, aliases, build, distinct
-from .steps import Interpreter
+from .steps import Interpreter, forwards_run
 
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
@@ -109,7 +111,8 @@ class GradcheckReport:
     left unchecked (groups in doubt past :data:`MAX_SINGLES`): the check is then never passed
     (ok None, failed if one failed); ``stopped``: the seconds after which sampling ran out of
     time, the rest unchecked (never passed either); ``passes``: likewise, the count budget that
-    ran out (``gradcheck(passes=...)``)."""
+    ran out (``gradcheck(passes=...)``); ``reran``: how many times the check's replays ran
+    each custom Function's forward (the user's own code, which the cell ran once), by name."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -130,6 +133,7 @@ class GradcheckReport:
     unchecked: dict = field(default_factory=dict)
     stopped: float | None = None
     passes: int | None = None
+    reran: dict = field(default_factory=dict)  # custom Function -> forwards its replays ran
 
 
 @dataclass
@@ -171,11 +175,12 @@ def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SEC
                       if isinstance(t, torch.Tensor) and t.is_cuda})
     names = list(inputs) if names is None else list(names)
     first = aliases(inputs)  # one tensor named twice is checked once, reported under both
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), forwards_run() as reran:
         report = _gradcheck(record, distinct(inputs), output,
                             list(dict.fromkeys(first.get(n, n) for n in names)),
                             Budget(seconds, PASSES if passes is None else passes),
                             SEED if seed is None else seed)
+    report = replace(report, reran=dict(reran)) if reran else report
     return _named(report, first, names) if len(set(first.values())) < len(first) else report
 
 
@@ -197,7 +202,9 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
                seed: int) -> GradcheckReport:
     names = list(inputs) if names is None else list(names)
     try:
-        replay = build(record, inputs, output).with_dtype(torch.float64)
+        own = build(record, inputs, output, verify=False)  # the cell's dtype, built once
+        replay = own.with_dtype(torch.float64)  # refused before any run of a user's forward
+        verify(own.run, inputs, output)
     except NotReplayable as reason:
         return GradcheckReport(ok=None, note=f"The cell's operations cannot be replayed: "
                                               f"{reason}.")
@@ -219,7 +226,7 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
-    cell = _cell_derivatives(record, (inputs, values), output, names, analytic, replay,
+    cell = _cell_derivatives(own, (inputs, values), output, names, analytic, replay,
                              (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
         for name, f in found.items():
@@ -371,7 +378,7 @@ BRANCHING = frozenset(("gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "g
                        "searchsorted"))  # with KINKED: where float32 may branch otherwise
 
 
-def _cell_derivatives(record, inputs: tuple, output, names: list, analytic: _Analytic,
+def _cell_derivatives(own, inputs: tuple, output, names: list, analytic: _Analytic,
                       replay, base: tuple) -> _Cell:
     """The cell's vᵀJ computed in its own dtype (float32: its custom backwards at that
     dtype, as the cell ran them) against the float64 one, within that dtype's rounding:
@@ -383,13 +390,14 @@ def _cell_derivatives(record, inputs: tuple, output, names: list, analytic: _Ana
     (relu, a comparison) and the two dtypes take different branches there
     (:func:`_same_branches`), or by no more than the same formula's rounding in that dtype
     (:func:`_rounding_excuses`: cancellation, saturation), the custom backwards are in doubt
-    (the verdict inconclusive, a note), not failed (``inputs``: the cell's and their float64
-    values; ``base``: the float64 output and the run's seed)."""
+    (the verdict inconclusive, a note), not failed (``own``: the cell's replay in its dtype,
+    built once; ``inputs``: the cell's and their float64 values; ``base``: the float64
+    output and the run's seed)."""
     (inputs, values), (base, seed) = inputs, base
     dtype = _cell_dtype(output)
     if dtype is None or analytic.v is None or not analytic.raw or not analytic.custom:
         return _Cell()
-    computed = _cell_vjp(record, inputs, output, names, analytic.v.to(dtype))
+    computed = _cell_vjp(own, inputs, names, analytic.v.to(dtype))
     if computed is None:
         return _Cell()
     out, grads = computed
@@ -397,7 +405,7 @@ def _cell_derivatives(record, inputs: tuple, output, names: list, analytic: _Ana
     gap, tiny = float((out.double() - base).abs().max()), torch.finfo(torch.float64).tiny
     forward = gap / max(float(base.abs().max()), tiny)
     if not forward <= COARSE:  # the values cancelled (Σ x³ over ±x: 0)? what the steps read
-        read = _read_gap(record, inputs, output, replay)
+        read = _read_gap(own, inputs, replay)
         forward = forward if read is None else read
     if not forward <= COARSE:
         return _Cell(label, doubtful=tuple(names), note=(
@@ -417,7 +425,7 @@ def _cell_derivatives(record, inputs: tuple, output, names: list, analytic: _Ana
         if not bool((gaps[name] <= allowed[name]).all()):
             failed.append(name)
     branches = [*kinked_ops(replay), *_branching(replay)]
-    if failed and branches and not _same_branches(record, inputs, output, replay):
+    if failed and branches and not _same_branches(own, inputs, replay):
         return _Cell(label, error, doubtful=tuple(failed), note=(
             f"The {label} derivatives differ from the float64 ones, but the cell branches "
             f"({', '.join(dict.fromkeys(branches))}) and {label} takes another branch there "
@@ -452,7 +460,7 @@ def _rounding_excuses(replay, values: tuple, v: torch.Tensor, dtype: torch.dtype
         "backward from a wrong one here."))
 
 
-def _read_gap(record, inputs: dict, output, replay) -> float | None:
+def _read_gap(own, inputs: dict, replay) -> float | None:
     """The largest difference, of its own largest |value|, between what a step reads in the
     cell's dtype and in float64 (every floating argument of every step: what the backwards
     read, a custom Function's input among them); None where the two replays do not pair.
@@ -463,7 +471,6 @@ def _read_gap(record, inputs: dict, output, replay) -> float | None:
         with torch.no_grad():
             replay.run({n: t.detach().to(torch.float64) if t.is_floating_point()
                         else t.detach() for n, t in inputs.items()}, interpreter=wide)
-            own = build(record, inputs, output)
             narrow = _Reads(own.steps, wide.reads)
             own.run({n: t.detach() for n, t in inputs.items()}, interpreter=narrow)
     except Exception:  # noqa: BLE001 - no pairing: the output's own gap stands
@@ -537,12 +544,11 @@ def _branch_w(value: torch.Tensor) -> torch.Tensor:
     return w.to(value.dtype).reshape(value.shape)
 
 
-def _same_branches(record, inputs: dict, output, replay) -> bool:
+def _same_branches(cell, inputs: dict, replay) -> bool:
     """Whether the cell's dtype takes the same branch as float64 at every branching step
     (:class:`_Decisions`: equal results or signs, magnitudes within :data:`RTOL`): then a
     difference of their derivatives is not a branch's. False where it cannot tell."""
     try:
-        cell = build(record, inputs, output)
         coarse, fine = _Decisions(cell.steps), _Decisions(replay.steps)
         with torch.no_grad():
             values = {n: t.detach() for n, t in inputs.items()}
@@ -577,10 +583,11 @@ def _branching(replay) -> list[str]:
     return [n.removesuffix("_") for n in names if n.removesuffix("_") in BRANCHING]
 
 
-def _cell_vjp(record, inputs: dict, output, names: list, v: torch.Tensor):
-    """(the output, vᵀJ per input) of the cell replayed in its own dtype, or None."""
+def _cell_vjp(replay, inputs: dict, names: list, v: torch.Tensor):
+    """(the output, vᵀJ per input) of the cell replayed in its own dtype (``replay``, built
+    and verified once for the whole check: each run may run a custom Function's forward,
+    the user's code), or None."""
     try:
-        replay = build(record, inputs, output)
         leaves = {n: t.detach().requires_grad_(True) if n in names else t.detach()
                   for n, t in inputs.items()}
         with torch.enable_grad():

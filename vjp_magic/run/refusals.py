@@ -21,6 +21,7 @@ import linecache
 
 import torch
 
+from ..core.errors import RUNS_ONCE
 from ..core.tagging import custom_backwards, depends_on, is_visible_name
 from ..core.tolerances import tolerances
 from .record import FunctionApply, outs_of, reads_of, version
@@ -265,7 +266,8 @@ def refuse_user_code(steps: list) -> None:
     functions = user_functions(steps)
     if functions:
         raise UserCode(f"{', '.join(functions)} is a custom autograd.Function, whose forward "
-                       "is the cell's own code and runs only once")
+                       f"is the cell's own code and {RUNS_ONCE}")
+
 
 
 def verify(run, inputs: dict, output: torch.Tensor) -> None:

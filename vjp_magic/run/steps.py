@@ -122,12 +122,34 @@ class Interpreter:
         """The call's value (torch: the recorded function, its draws and grad mode as then)."""
         if step.rng is not None:
             restore_rng(step.rng)  # the same draws as the cell's
+        if _COUNTS and isinstance(step.func, FunctionApply) \
+                and step.func.function is not BackwardHookFunction:  # the user's forward
+            name = step.func.function.__name__
+            for counts in _COUNTS:
+                counts[name] = counts.get(name, 0) + 1
         with nullcontext() if step.grad_enabled else torch.no_grad():
             return step.func(*args, **kwargs)
 
     def store(self, step: Step, value, env: dict) -> None:
         """The value's tensors into ``env`` by the identity of the recorded results."""
         _store(step.result, value, env)
+
+
+# The open :func:`forwards_run` counts (custom Function name -> forwards run by replays)
+_COUNTS: list = []
+
+
+@contextmanager
+def forwards_run():
+    """A dict that counts, while open, how many times replays ran each custom
+    ``autograd.Function``'s forward (the user's own code: a list it appends to grows each
+    time), by the Function's name."""
+    counts: dict = {}
+    _COUNTS.append(counts)
+    try:
+        yield counts
+    finally:
+        _COUNTS[:] = [c for c in _COUNTS if c is not counts]
 
 
 @contextmanager
@@ -188,5 +210,5 @@ class _Cast:
         return tensor.to(self.dtype)
 
 
-__all__ = ["DETACHING", "Interpreter", "Step", "cast_step", "function_name",
+__all__ = ["DETACHING", "Interpreter", "Step", "cast_step", "forwards_run", "function_name",
            "generators_kept", "identity", "replayed_function"]
