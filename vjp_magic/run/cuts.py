@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import functools
 import linecache
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +67,11 @@ class Cut:
     (``x**3`` of ``x.detach()**3``; empty where not recoverable); ``inputs``: the inputs whose
     derivatives it changes; ``count``: how many times it ran; ``guessed``: the value went
     through numpy, where the record cannot follow it, and a tensor made from numpy data
-    reaches the output (it may or may not hold the cut's values)."""
+    reaches the output (it may or may not hold the cut's values); ``function``: where the cut
+    was made inside a function of another file that the cell called (a module's
+    ``forward``), that function's name and "line 7 of model.py" (or ""), and ``caller``:
+    the cell's call as written (``net(Xg)``; None where not known): the cut is then of a
+    value inside that call, not of the call's result."""
 
     op: str
     kind: CutKind
@@ -76,13 +81,15 @@ class Cut:
     count: int = 1
     guessed: bool = False
     alone: bool = True  # the only input of the result (its derivative need not be named)
+    function: tuple[str, str] | None = None
+    caller: str | None = None
 
     def pieces(self, tail: bool = True) -> tuple[tuple[str, bool], ...]:
         """The sentence as (text, is_code) pieces: "`x.detach()` on line 2 makes `x**3` a
         constant: the derivative shown is that of the graph as computed, in which it does
         not change with x." (``tail=False``: up to "a constant.")"""
         names = _names(self.inputs)
-        out: list = [(self.op, True), (f" on line {self.line}" if self.line else "", False)]
+        out: list = [(self.op, True)] + self._place()
         if self.count > 1:
             out.append((f" ({self.count:,} times)", False))
         if self.guessed:
@@ -105,6 +112,18 @@ class Cut:
                     f"graph as computed, in which {'they do' if plural else 'it does'} not "
                     f"change with {names}.", False))
         return tuple(piece for piece in out if piece[0])
+
+    def _place(self) -> list:
+        """Where the cut is: "on line 2", or "in `forward` (line 7 of model.py), called by
+        `net(X)` on line 2," for a cut inside a function the cell called."""
+        on = f" on line {self.line}" if self.line else ""
+        if self.function is None:
+            return [(on, False)]
+        name, where = self.function
+        place = [(" in ", False), (name, True), (f" ({where})" if where else "", False)]
+        if self.caller:
+            return place + [(", called by ", False), (self.caller, True), (f"{on},", False)]
+        return place + [(f", called{on or ' by the cell'},", False)]
 
     def _shown(self) -> str:
         if len(self.inputs) > 1:
@@ -316,8 +335,9 @@ def _loose(value, call, flow: _Flow) -> bool:
     elif not _is_array(value) or getattr(value, "dtype", None) is None \
             or value.dtype.kind not in "fc":
         return False
-    site = getattr(call, "site", None)
-    return not (site and any(value is c for c in _constants(site[0])))
+    site = getattr(call, "site", None)  # (a constant of a function the cell called counts)
+    codes = [site[0]] + [inner[0] for inner in site[4:]] if site else []
+    return not any(value is c for code in codes for c in _constants(code))
 
 
 def _constants(code) -> list:
@@ -429,7 +449,7 @@ def _cut(calls, entry: dict, order: list) -> Cut:
         if own and not constants:
             constants = [_unconverted(own) or own]
     return Cut(op, kind, line, tuple(constants[:3]), names, entry["count"], entry["guessed"],
-               alone)
+               alone, site.function() if site else None, site.caller() if site else None)
 
 
 # Calls that only convert (leave autograd, change container or device): what became constant
@@ -508,12 +528,14 @@ def _grad_switch(calls, index: int):
 
 @dataclass(frozen=True)
 class _Site:
-    """Where a recorded call was made (:func:`~.record.call_site`)."""
+    """Where a recorded call was made (:func:`~.record.call_site`); ``inner``: where it was
+    made inside a function of another file the cell called (a module's ``forward``)."""
 
     code: object
     lasti: int
     lineno: int
     in_cell: bool
+    inner: tuple | None = None
 
     @classmethod
     def of(cls, call) -> _Site | None:
@@ -522,38 +544,63 @@ class _Site:
 
     @property
     def key(self) -> tuple:
-        return (id(self.code), self.lasti)
+        inner = (id(self.inner[0]), self.inner[1]) if self.inner else ()
+        return (id(self.code), self.lasti, *inner)
 
     @property
     def line(self) -> int | None:
         return self.lineno if self.in_cell and self.code.co_filename != "<string>" else None
 
     def with_item(self) -> str | None:
-        """``torch.no_grad()`` of a ``with torch.no_grad():`` line this site is on."""
-        lines = linecache.getlines(self.code.co_filename)
-        if len(lines) < self.lineno:
+        """``torch.no_grad()`` of a ``with torch.no_grad():`` line this site (its innermost
+        frame) is on."""
+        code, lineno = (self.inner[0], self.inner[2]) if self.inner else (self.code, self.lineno)
+        lines = linecache.getlines(code.co_filename)
+        if not lineno or len(lines) < lineno:
             return None
-        line = lines[self.lineno - 1].strip()
+        line = lines[lineno - 1].strip()
         if not line.startswith("with ") or not line.endswith(":"):
             return None
         item = line[5:-1].strip()
         return item if 0 < len(item) <= MAX_TEXT else None
 
     def text(self) -> str | None:
-        """The call's expression as written (Python 3.11+: the instruction's positions)."""
-        positions = getattr(self.code, "co_positions", None)
-        if positions is None:
+        """The call's expression as written where it was made (its innermost frame's; Python
+        3.11+: the instruction's positions)."""
+        return _written_at(*self.inner[:2]) if self.inner else _written_at(self.code, self.lasti)
+
+    def caller(self) -> str | None:
+        """The cell's call that made this one deeper (``net(Xg)``), as written; None where
+        the cell made it itself or the source is not known."""
+        return _written_at(self.code, self.lasti) if self.inner else None
+
+    def function(self) -> tuple[str, str] | None:
+        """(the function it was made in, "line 7 of model.py" or ""), where ``inner``."""
+        if not self.inner:
             return None
-        try:
-            start, end, col, end_col = list(positions())[self.lasti // 2]
-        except (IndexError, ValueError):
-            return None
-        lines = linecache.getlines(self.code.co_filename)
-        if None in (start, end, col, end_col) or start != end or len(lines) < start:
-            return None
-        source = lines[start - 1].encode()  # the positions count UTF-8 bytes
-        text = source[col:end_col].decode(errors="replace").strip()
-        return text if 0 < len(text) <= MAX_TEXT else None
+        code, line = self.inner[0], self.inner[2]
+        name = getattr(code, "co_qualname", code.co_name)
+        file = code.co_filename
+        shown = not file.startswith("<") and "ipykernel" not in file and "ipython-input" \
+            not in file
+        return name, (f"line {line} of {os.path.basename(file)}" if shown and line else "")
+
+
+def _written_at(code, lasti: int) -> str | None:
+    """The expression of instruction ``lasti`` of ``code`` as written (Python 3.11+)."""
+    positions = getattr(code, "co_positions", None)
+    if positions is None:
+        return None
+    try:
+        start, end, col, end_col = list(positions())[lasti // 2]
+    except (IndexError, ValueError):
+        return None
+    lines = linecache.getlines(code.co_filename)
+    if None in (start, end, col, end_col) or start != end or len(lines) < start:
+        return None
+    source = lines[start - 1].encode()  # the positions count UTF-8 bytes
+    text = source[col:end_col].decode(errors="replace").strip()
+    return text if 0 < len(text) <= MAX_TEXT else None
 
 
 # -- values read into Python ------------------------------------------------------------------

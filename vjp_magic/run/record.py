@@ -343,14 +343,16 @@ class _Recorder(TorchFunctionMode):
 def call_site(frame, depth: int = 64) -> tuple | None:
     """Where a recorded call was made: ``(code, lasti, line, in_cell)`` of the innermost frame
     outside torch and this package, preferring one running the cell's own file (the file of
-    the frame this package ran, the cell or ``%jacobian``'s expression; ``in_cell`` then).
+    the frame this package ran, the cell or ``%jacobian``'s expression; ``in_cell`` then),
+    and, where the call was made deeper, in a function of another file the cell called (a
+    module's ``forward``), a fifth item: ``(code, lasti, line)`` of that innermost frame.
     Only the code object is kept (positions are read from it when asked), no frame."""
     found = []
     while frame is not None and depth:
         kind = _file_kind(frame.f_code.co_filename)
         if kind == _IN_OURS and found:  # the frame below ours runs the cell
             cell = [f for f in found if f[0].co_filename == found[-1][0].co_filename]
-            return (*cell[0], True)
+            return (*cell[0], True) if cell[0] is found[0] else (*cell[0], True, found[0])
         if kind == _IN_USERS:
             found.append((frame.f_code, frame.f_lasti, frame.f_lineno))
         frame, depth = frame.f_back, depth - 1

@@ -84,7 +84,7 @@ def _as_the_record_saw(record, node, reads: set[str], namespace) -> bool:
     namespace is compared, not the cell's text: an import, a ``match`` capture or ``exec``
     rebinds a name as surely as an assignment does."""
     calls = [c for c in record.calls
-             if c.site is not None and c.site[-1] and c.site[2] == node.lineno]
+             if c.site is not None and c.site[3] and c.site[2] == node.lineno]
     if not calls:
         return False
     seen = {key: version for c in calls for key, (version, _) in c.seen.items()}
@@ -217,7 +217,7 @@ def _drew_nothing(record, line: int) -> bool:
         return False
     for call in record.calls:
         site = call.site
-        if site is not None and site[-1] and site[2] == line and call.rng is not None:
+        if site is not None and site[3] and site[2] == line and call.rng is not None:
             return False
     return True
 
