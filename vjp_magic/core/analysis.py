@@ -208,7 +208,8 @@ def input_result(name, tensor, proof, candidate: Candidate, derivatives,
                        derivatives=derivatives, unused=not proof.depends,
                        evidence=Evidence.PROVED if candidate.proved else Evidence.OBSERVED,
                        unverified=tuple(dict.fromkeys(proof.custom)), rejected=tuple(rejected),
-                       sparse=sparse)
+                       sparse=sparse, conditional_on=tuple(proof.conditional_on)
+                       if candidate.proved and candidate.pairing else ())
 
 
 def _proof(output, tensor, graph_proof: bool) -> axisflow.GraphProof:

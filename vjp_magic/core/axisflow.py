@@ -53,6 +53,10 @@ class GraphProof:
     # the classes of every node of the graph below the output (the walk's), for the batching
     # check's trust (:func:`.checked_batches.batching_trusted`); empty where not walked
     kinds: frozenset = frozenset()
+    # the ops whose saved index VALUES a rule read to keep a carry (``x[torch.arange(B), t]``:
+    # rows 0..B-1 in order); those may be computed from x (``x.argsort(0)``), so the carries
+    # hold for this graph's selections (as :attr:`.pattern.Pattern.conditional_on`)
+    conditional_on: tuple[str, ...] = ()
 
     def pairing(self, out_shape, in_shape) -> Pairing:
         """Proved (output axis, input axis) pairs of equal size; of the size-1 axes, those
@@ -115,6 +119,8 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     # a carry of several input axes may hide a pair inside it (a prefix of a merged axis)
     merged = any(len(c) > 1 for c in final.carries.values())
     proof.exact = final.exact and not merged and not proof.unknown and not proof.custom
+    if not final.carries:
+        proof.conditional_on = ()
     return proof
 
 
@@ -258,6 +264,9 @@ def _apply_rule(node, inputs: list[Flow | None], proof: GraphProof,
             proof.unknown.append(type(node).__name__)
             return _unknown(shapes)
         flows = rule(node, inputs, shapes, x_shape)
+        if kind.__name__.startswith("IndexBackward") and any(f is not None and f.carries
+                                                             for f in flows):
+            proof.conditional_on = tuple(dict.fromkeys(proof.conditional_on + ("indexing",)))
     except (AttributeError, RuntimeError, TypeError, ValueError, IndexError):
         # a saved attribute the rule reads is missing or not as expected: claim nothing
         proof.unknown.append(type(node).__name__)

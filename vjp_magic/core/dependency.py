@@ -711,7 +711,9 @@ def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     proved = structural or (proved_for_every(result, name) and paired.get(a) == b)
     dep = _dependency(pattern.cpu(), a, b, Evidence.PROVED if proved else Evidence.OBSERVED,
                       getattr(result, "seed", None))
-    dep = _given(dep, tuple(getattr(sparse, "conditional_on", ()) or ()) if proved else ())
+    given = tuple(getattr(sparse, "conditional_on", ()) or ()) if structural else \
+        tuple(getattr(item, "conditional_on", ())) if proved else ()
+    dep = _given(dep, given)
     with validation.spelled_for({name: item.tensor}):  # as its own module spelled it
         if not item.unused and not _any_entry(pattern):  # every derivative 0 at this x
             dep = _all_zero_note(dep, derivatives.dtype, name)
@@ -781,7 +783,7 @@ def probe_pattern(output: torch.Tensor, x: torch.Tensor, out_axis: int, in_axis:
         diagonal = diagonal_hits(output, x, a, b, budget, seed)
         own = diagonal.cpu().nonzero().flatten()
         pattern = torch.diag(diagonal) if dense else sparse_pattern(own, own, m, n)
-        dep = _dependency(pattern, a, b, Evidence.PROVED, seed)
+        dep = _given(_dependency(pattern, a, b, Evidence.PROVED, seed), proof.conditional_on)
         return _with_zeros_note(dep, (torch.arange(m), torch.arange(m)), output.dtype)
     if not dense:
         return _held_sparsely(output, x, a, b, budget, seed)

@@ -148,6 +148,9 @@ class InputResult:
     # sparse COO tensor, output.shape + input.shape; with points, the component shape +
     # input.shape, the pairing kept): pattern, colours, evidence.
     sparse: SparseJacobian | None = None
+    # where the proved pairing rests on index values the graph saved (x[torch.arange(B), t]:
+    # :attr:`.axisflow.GraphProof.conditional_on`): it holds for every input giving the same
+    conditional_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.pairing = Pairing(self.pairing)  # plain ((a, b), ...) pairs are accepted too

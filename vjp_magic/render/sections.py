@@ -314,8 +314,10 @@ def headline(result, name: str) -> Paragraph:
         letters = notation.point_letters(len(pairs))
         out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
         in_axes = {b: letter for (_, b), letter in zip(pairs, letters)}
+        given = ", ".join(item.conditional_on)  # index values the proof read (may come from x)
+        given = f" that gives the same indices ({given})" if given else ""
         evidence = ([Text(" only (proved for every "), notation.prose_name(name),
-                     Text(as_computed(result, name) + ").")]
+                     Text(given + as_computed(result, name) + ").")]
                     if proved_for_every(result, name) else
                     [Text(" only (checked at this "), notation.prose_name(name),
                      Text(" only" + as_computed(result, name) + ").")])
