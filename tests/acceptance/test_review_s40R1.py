@@ -738,7 +738,7 @@ AXES = {  # name: (f, shape, out_axis, in_axis, summary)
                           "band with wrap-around, offsets −1..0 modulo 16"),
     "unequal blocks along axis 1": (lambda t: torch.cat(
         [p.softmax(1) for p in t.split([2, 5, 3], 1)], 1), (4, 10), 1, 1,
-        "block-diagonal, 3 blocks of 2 to 5"),
+        "block-diagonal, 3 blocks of 2, 5, 3"),  # the split's sizes, in order
 }
 
 
