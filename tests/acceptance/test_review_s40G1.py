@@ -121,7 +121,8 @@ BETWEEN = {
     "transposed view back": (lambda h: h.t().contiguous().view(4, B).t(), False),
     "attention per sample": (lambda h: F.scaled_dot_product_attention(
         h[:, None, None], h[:, None, None], h[:, None, None])[:, 0, 0], False),
-    "outer product with own entry": (lambda h: torch.addr(h, h[:, 0], torch.ones(4, dtype=h.dtype)), False),
+    "outer product with own entry": (lambda h: torch.addr(h, h[:, 0],
+                                                          torch.ones(4, dtype=h.dtype)), False),
 }
 
 
@@ -400,8 +401,8 @@ def test_grid_sample_pattern_holds_every_nonzero_far_out_and_on_the_lattice(kind
         dtype = (torch.float32, torch.float64)[(trial // 2) % 2]
         sizes = [int(torch.randint(1, 5, (1,), generator=g)) for _ in range(d)]
         grid = _grid(kind, d, sizes, corners, dtype, g)
-        f = lambda t: F.grid_sample(t * t, grid, mode=mode, padding_mode=padding,  # noqa: E731
-                                    align_corners=corners)
+        f = lambda t, grid=grid, mode=mode, corners=corners: F.grid_sample(  # noqa: E731
+            t * t, grid, mode=mode, padding_mode=padding, align_corners=corners)
         x = torch.randn((1, 2, *sizes), dtype=dtype, generator=g).requires_grad_()
         y = f(x)
         found = proved_pattern(y, x, 2**30, dense=True)
