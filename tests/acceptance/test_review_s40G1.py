@@ -413,3 +413,82 @@ def test_grid_sample_pattern_holds_every_nonzero_far_out_and_on_the_lattice(kind
             at = torch.randn(x.shape, dtype=dtype, generator=g)
             actual = torch.func.jacrev(f)(at).reshape(y.numel(), x.numel()) != 0
             assert not (actual & ~proved).any(), (mode, padding, corners, dtype, sizes)
+
+
+# -- 6. an advanced index proved by reading its values (9224253) ----------------------------
+G1_3 = ("G1-3: dependency(y, x) of y = x[argsort(x[:, 0]), t] at sorted x (the index computed "
+        "from x's values, the identity only here) says 'independent' with evidence 'proved' "
+        "and conditional_on () and no note: the axis rule read the index's values "
+        "(9224253), yet unlike gather, where, max pooling and grid_sample the verdict does "
+        "not say it holds only for an x giving the same indices; at an unsorted x, y[i] "
+        "reads another row (torch's Jacobian); class: an axis rule resting on saved index "
+        "values gives 'proved' without its condition")
+
+
+def _sorted_index():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, dtype=torch.float64, generator=g).sort(0).values
+    t = torch.randint(0, 3, (32,), generator=g)
+    return (lambda v: v[torch.argsort(v[:, 0].detach()), t] * 2), x, t
+
+
+def test_an_index_computed_from_x_is_the_identity_only_at_sorted_x():
+    """The premise of G1-3, by torch's Jacobian: diagonal rows at sorted x, not at another."""
+    f, x, _ = _sorted_index()
+    at_sorted = torch.autograd.functional.jacobian(f, x).ne(0).any(2)
+    assert torch.equal(at_sorted, torch.eye(32, dtype=torch.bool))
+    shuffled = x[torch.randperm(32, generator=torch.Generator().manual_seed(1))]
+    assert not torch.equal(torch.autograd.functional.jacobian(f, shuffled).ne(0).any(2),
+                           torch.eye(32, dtype=torch.bool))
+
+
+@pytest.mark.xfail(strict=True, reason=G1_3)
+def test_a_proof_read_off_index_values_says_its_condition():
+    f, x, _ = _sorted_index()
+    x = x.clone().requires_grad_()
+    d = vjp_magic.dependency(f(x), x)
+    assert d.kind == "independent"  # right at this x
+    assert d.evidence != "proved" or d.conditional_on, d
+
+
+# -- 7. unequal blocks (fcb0a51) and the canonical CSR (7918569) ----------------------------
+@pytest.mark.parametrize("path", ["read", "bounded"])
+def test_unequal_blocks_verdict_pattern_is_the_jacobians_for_random_sizes_and_leaks(
+        path, monkeypatch):
+    from block_models import grouped_mean, jacobian_pattern, packed_attention
+    from vjp_magic.core import blockdecode, grouptest
+
+    if path == "bounded":
+        monkeypatch.setattr(blockdecode, "EXACT_SIZE", 0)
+        monkeypatch.setattr(grouptest, "RESOLVE_ENTRIES", 0)
+    g = torch.Generator().manual_seed(5 + (path == "bounded"))
+    for trial in range(8):
+        sizes = tuple(int(s) for s in torch.randint(1, 24, (int(torch.randint(
+            2, 8, (1,), generator=g)),), generator=g))
+        t = sum(sizes)
+        leaks = [tuple(int(v) for v in torch.randint(0, t, (2,), generator=g))
+                 for _ in range(trial % 3)]
+        if trial % 2:
+            f, mask = grouped_mean(sizes, leaks=leaks)
+        else:
+            f, mask = packed_attention(t, sizes, leaks)
+        x = torch.randn(t, 4, dtype=torch.float64, generator=g, requires_grad=True)
+        d = vjp_magic.dependency(f(x), x, seed=11)
+        assert torch.equal(d.pattern, jacobian_pattern(f, x)), (sizes, leaks, d)
+        if not trial % 2:  # (a group of one centred on itself reads nothing: not the mask)
+            assert torch.equal(d.pattern, mask), (sizes, leaks, d)
+
+
+def test_csr_pattern_is_torchs_canonical_csr_of_any_order_with_repeats():
+    from vjp_magic.core.pattern import csr_pattern
+
+    g = torch.Generator().manual_seed(3)
+    for m, n, k in [(1, 1, 3), (7, 1, 9), (1, 9, 20), (13, 17, 200), (40, 3, 0), (5, 6, 1)]:
+        rows = torch.randint(0, m, (k,), generator=g)
+        cols = torch.randint(0, n, (k,), generator=g)
+        found = csr_pattern(rows, cols, (m, n), probes=1)
+        dense = torch.zeros(m, n, dtype=torch.bool)
+        dense[rows, cols] = True
+        canonical = dense.to(torch.float64).to_sparse_csr()
+        assert torch.equal(found.crow, canonical.crow_indices())
+        assert torch.equal(found.col, canonical.col_indices())
