@@ -492,3 +492,72 @@ def test_csr_pattern_is_torchs_canonical_csr_of_any_order_with_repeats():
         canonical = dense.to(torch.float64).to_sparse_csr()
         assert torch.equal(found.crow, canonical.crow_indices())
         assert torch.equal(found.col, canonical.col_indices())
+
+
+# -- 1b. losses built per sample, or over the batch ------------------------------------------
+def _losses(name, m, x, t, t2):
+    logits = m(x)
+    logp = F.log_softmax(logits, 1)
+    ce = F.cross_entropy(logits, t, reduction="none")
+    return {  # name -> (losses, whether they couple samples)
+        "mean expanded": (lambda: F.cross_entropy(logits, t).expand(B) + 0 * ce, True),
+        "minus the batch mean": (lambda: ce - 0.5 * ce.mean(), True),
+        "sorted": (lambda: ce.sort().values, True),
+        "mse to the batch mean": (lambda: F.mse_loss(
+            logits, logits.mean(0, keepdim=True).expand(B, 3), reduction="none").sum(1), True),
+        "rolled arange index": (lambda: -logp[torch.arange(B).roll(1), t], True),
+        "log_softmax over the batch": (lambda: -F.log_softmax(logits, 0)[torch.arange(B), t],
+                                       True),
+        "arange index": (lambda: -logp[torch.arange(B), t], False),
+        "range index": (lambda: -logp[range(B), t], False),
+        "arange[:, None], t2d": (lambda: -logp[torch.arange(B)[:, None], t2].sum(1), False),
+        "targets read from other rows": (
+            lambda: -logp[torch.arange(B), logits.argmax(1).roll(1)], False),
+        "mask from the batch median": (lambda: torch.where(ce > ce.median(), ce, 0.0), False),
+        "gather along classes": (lambda: -logp.gather(1, t[:, None])[:, 0], False),
+    }[name]
+
+
+LOSSES = ["mean expanded", "minus the batch mean", "sorted", "mse to the batch mean",
+          "rolled arange index", "log_softmax over the batch", "arange index", "range index",
+          "arange[:, None], t2d", "targets read from other rows", "mask from the batch median",
+          "gather along classes"]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_per_sample_losses_written_by_hand(name, monkeypatch):
+    torch.manual_seed(0)
+    x, t = torch.randn(B, 5, dtype=torch.float64), torch.randint(0, 3, (B,))
+    t2 = torch.randint(0, 3, (B, 2))
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    coupled = _losses(name, model, x, t, t2)[1]
+    _assert_rows(model, lambda: _losses(name, model, x, t, t2)[0](), monkeypatch, coupled)
+
+
+# -- 3b. the magics' entry points with a missed retain_grad tensor ---------------------------
+MISSED_CELL = '''
+import gc
+g = torch.Generator().manual_seed(1)
+w1, w2 = (torch.randn(48, 48, generator=g, dtype=torch.float64) / 48 ** 0.5 for _ in range(2))
+x = torch.randn(48, generator=g, dtype=torch.float64, requires_grad=True)
+class Holder: pass
+holder = Holder()
+holder.u = torch.tanh(x * 1.5)
+torch._C.TensorBase.retain_grad(holder.u)
+y = torch.tanh(w2 @ torch.tanh(w1 @ holder.u))
+'''
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("cell", ["%%vjp\nz = y * 1", "%jacobian y x",
+                                  "%%vjp --wrt x\nz = torch.tanh(w2 @ torch.tanh(w1 @ holder.u))"])
+def test_magics_leave_a_missed_retain_grad_tensor_as_it_was(ip, run_ok, cell, grad):
+    backward = "(y ** 2).sum().backward(retain_graph=True)\n" if grad else ""
+    run_ok(MISSED_CELL + backward + "gc.collect()")
+    u = ip.user_ns["holder"].u
+    before = u.grad
+    values = None if before is None else before.clone()
+    run_ok(cell)
+    assert u.grad is before  # (None, or the user's own tensor: never a BatchedTensor)
+    if grad:
+        assert torch.equal(u.grad, values)
