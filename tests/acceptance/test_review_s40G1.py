@@ -561,3 +561,25 @@ def test_magics_leave_a_missed_retain_grad_tensor_as_it_was(ip, run_ok, cell, gr
     assert u.grad is before  # (None, or the user's own tensor: never a BatchedTensor)
     if grad:
         assert torch.equal(u.grad, values)
+
+
+# -- 1c. the one pass's weights and float32's subnormal range --------------------------------
+G1_4 = ("G1-4: per-sample gradients of float32 losses whose gradients lie in the subnormal "
+        "range (losses = 1e-41 · an MLP's logit) differ from torch's float32 Jacobian by up to "
+        "~9% relative (0.weight, 0.bias), where at 7c3f59f they equalled it bit for bit: "
+        "fc2e75d's one pass weights the losses by probe 0 (±2^k, |k| <= 5) and divides the "
+        "layer outputs' gradients back, 'exact absent over- or underflow', but underflow is "
+        "not checked (only NaN); class: a division by the probe's powers of two trusted "
+        "exact where the weighted gradients are subnormal")
+
+
+@pytest.mark.xfail(strict=True, reason=G1_4)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_one_pass_per_sample_gradients_in_float32s_subnormal_range(seed):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    x = torch.randn(B, 5)
+    losses = lambda: 1e-41 * model(x)[:, 0]  # noqa: E731
+    r = vjp_magic.differentiate(losses, model, names="m", seed=seed)
+    for name, value in _jacobian_rows(model, losses).items():
+        torch.testing.assert_close(r.derivatives[f"m.{name}"], value, rtol=1e-3, atol=0)
