@@ -442,7 +442,7 @@ def test_an_index_computed_from_x_is_the_identity_only_at_sorted_x():
                            torch.eye(32, dtype=torch.bool))
 
 
-@pytest.mark.xfail(strict=True, reason=G1_3)
+# (G1-3: fixed by d4d99b8, the conditional proof of an index read off its values)
 def test_a_proof_read_off_index_values_says_its_condition():
     f, x, _ = _sorted_index()
     x = x.clone().requires_grad_()
@@ -573,8 +573,7 @@ G1_4 = ("G1-4: per-sample gradients of float32 losses whose gradients lie in the
         "exact where the weighted gradients are subnormal")
 
 
-@pytest.mark.xfail(strict=True, reason=G1_4)
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, 2])  # (G1-4, fixed)
 def test_one_pass_per_sample_gradients_in_float32s_subnormal_range(seed):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))

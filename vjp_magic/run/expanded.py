@@ -492,7 +492,7 @@ def _output_gradients(value: torch.Tensor, outs: list, keep_graph: bool = False,
     With ``probe`` (weights of that kind) the first weighted pass is the probe's, and also
     gives vᵀJ for ``leaves``. Returns (gradients, those vᵀJ), or None where the check fails.
     Where the graph proves the samples apart at every output (:func:`proved_apart`), the
-    weighted passes could show nothing: one pass, weighted by the probe, gives it all
+    weighted passes could show nothing: the unweighted pass and the probe's give it all
     (:func:`_one_pass`)."""
     if not outs:
         return [], []
@@ -548,25 +548,25 @@ def proved_apart(value: torch.Tensor, outs: list) -> bool:
 
 def _one_pass(value: torch.Tensor, outs: list, keep_graph: bool,
               probe: torch.Tensor | None, leaves: list) -> tuple | None:
-    """:func:`_output_gradients` on a graph that proves the samples apart: one backward
-    weighted by ``probe`` (signed powers of two; ones without it) to the outputs and
-    ``leaves``, each output's gradient divided row by row by its sample's weight (exact: a
-    power of two, absent over- or underflow). vᵀJ for ``leaves`` comes from that pass as from
-    the probe's check pass; a NaN refuses, as the check passes' comparison would."""
+    """:func:`_output_gradients` on a graph that proves the samples apart: one unweighted
+    backward to the outputs (each sample's own gradient, bit for bit autograd's), and, with
+    ``probe``, the probe's own pass to ``leaves`` (its vᵀJ, as the check passes give it).
+    Not one pass weighted by the probe and divided back: a power of two is exact only
+    absent under- and overflow, and a gradient that is subnormal anywhere on the way
+    (losses of 1e-41) would come back rounded otherwise than autograd rounds it, with the
+    probe's own check blind to it (it reads the same pass). A NaN refuses, as the check
+    passes' comparison would."""
     tensors = [out for out, _ in outs]
     batch = value.shape[0]
-    weights = torch.ones(batch, dtype=value.dtype, device=value.device) if probe is None \
-        else probe.reshape(-1)
     shape = (batch,) + (1,) * (value.dim() - 1)
-    wanted = tensors + list(leaves) if probe is not None else tensors
-    found = _pass(value, wanted, weights.reshape(shape).expand_as(value), keep_graph)
-    grads, vjps = found[:len(tensors)], found[len(tensors):]
-    if probe is not None:
-        grads = [_unweighted(g, axis, weights) for g, (_, axis) in zip(grads, outs)]
+    ones = torch.ones(shape, dtype=value.dtype, device=value.device).expand_as(value)
+    grads = _pass(value, tensors, ones, keep_graph or probe is not None)
     # a sum is NaN where an entry is (or where +inf meets -inf: refused too, rarer than rare);
     # a quarter of isnan's cost
     if any(math.isnan(float(g.sum())) for g in grads):
         return None
+    vjps = [] if probe is None else _pass(value, list(leaves), probe.reshape(shape).expand_as(
+        value), keep_graph)
     return grads, vjps
 
 
