@@ -658,12 +658,6 @@ def test_a_skew_the_check_sees_falls_back_to_autograds_hessian(dtype):
                                atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="R1-7: float32, a custom backward whose Hessian is "
-                   "skewed by 1e-3 (of entries near 2): the compressed Hessian is shown with "
-                   "the transpose of autograd's entries (H[0, 300] = 1e-3 where autograd has 0, "
-                   "H[0, 1800] = 0 where it has 1e-3), 'symmetric (proved for every x)', 'the "
-                   "values checked with random probes' (class: symmetry assumed through a "
-                   "custom Function; the float32 check lets a 1e-3 relative error through)")
 @pytest.mark.parametrize("shift", [1, 300])
 def test_a_float32_skewed_hessian_is_autograds(shift):
     f = _skewed_square(1e-3, shift)
@@ -675,10 +669,6 @@ def test_a_float32_skewed_hessian_is_autograds(shift):
                                atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="R1-8: float32, a custom backward skewed by 1e-2: the "
-                   "dense Hessian shown is not symmetric ([2 1 … 0.01] over [1.01 2 1 …]) and "
-                   "the headline still says 'symmetric (proved for every x)' (class: a "
-                   "symmetry verdict shown as proved where the graph holds a custom Function)")
 def test_a_visibly_skewed_hessian_is_not_called_proved_symmetric():
     f = _skewed_square(1e-2, 1)
     x = torch.randn(NH, generator=torch.Generator().manual_seed(3))

@@ -36,8 +36,8 @@ from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows, unravelled
 from .tagging import depends_on, walk_nodes
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
-from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, dense_as_csr,
-                             empty_csr, sparse_hessian)
+from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, csr_asymmetry,
+                             dense_as_csr, empty_csr, sparse_hessian, symmetric_by_probes)
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
@@ -261,9 +261,10 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
         return _zero_sparse(base) if sparse_first else _zero(base, comp)
     with _twice_differentiable(output_name):
         if sparse_first:
-            sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output)
+            sparse = sparse_hessian(d, x, budget, options["seed"], item.name, output,
+                                    symmetric=not base.unverified)
             if sparse is not None:
-                return _sparse_input(base, sparse)
+                return _judged(_sparse_input(base, sparse), d, options["seed"], 1)
             refuse()
         inner = _at_points(d, x, pairing, item.evidence, budget, options["seed"], output) or \
             _diagonal(d, x, options["seed"]) or \
@@ -275,8 +276,24 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
     base.evidence = "proved" if item.evidence == inner.evidence == "proved" else "observed"
     base.conditional_on = _joined(base.conditional_on, inner.conditional_on)
     base.derivatives = per_point_hessians(output.shape, base)
-    base.symmetric, base.asymmetry = symmetry(base, math.prod(comp))
-    return base
+    return _judged(base, d, options["seed"], math.prod(comp))
+
+
+def _judged(item: HessianInput, d: torch.Tensor, seed: int, count: int) -> HessianInput:
+    """``item`` with its symmetry judged (:func:`symmetry`, the sparse CSR by
+    :func:`.sparse_hessian.csr_asymmetry`). Through a custom backward (``item.unverified``)
+    nothing proves H symmetric, so rounding does not excuse an asymmetry: past the entries'
+    own rounding (the ``symbolic`` tolerance) it is symmetric only where
+    :func:`.sparse_hessian.symmetric_by_probes` finds uᵀ(Hv) = vᵀ(Hu) within measured
+    rounding (a scalar's Hessian; a vector's per-point ones are not checked so)."""
+    if item.sparse is None:
+        item.symmetric, item.asymmetry = symmetry(item, count)
+    elif item.unverified:  # a symmetric path's matrix is symmetric as read: judged as is
+        item.asymmetry = csr_asymmetry(item.sparse.matrix)
+    if item.unverified and item.asymmetry > tolerances(item.tensor.dtype).symbolic:
+        item.symmetric = item.asymmetry <= rounding_range(item.tensor.dtype) and \
+            count == 1 and symmetric_by_probes(d, item.tensor, seed)
+    return item
 
 
 def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | None:

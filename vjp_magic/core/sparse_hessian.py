@@ -21,21 +21,22 @@ import torch
 
 from . import memory, probes
 from . import pattern as patterns
-from .colouring import (colour_count, colour_symmetric, recover_symmetric, symmetrised,
-                        valid_rows)
+from .colouring import (colour_count, colour_rows, colour_symmetric, recover_symmetric,
+                        symmetrised, valid_rows)
 from .checked_batches import CheckedBatches as PaidBatches
 from .derivatives import chunk_size, plain_vjp
 from .indexmaps.summed import depends, summed_hessian_pattern
-from .sparse_check import within_noise  # the sparse Jacobian's noise judgement, reused
+# the sparse Jacobian's noise judgements, reused
+from .sparse_check import _NOISE_FACTORS, rounding_noise, within_noise
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
-from .tolerances import tolerances
+from .tolerances import NOISE_MULTIPLE, tolerances
 
 # Up to this many colours, plain backward passes one after another (faster on CPU than one
 # vectorised backward of the same vectors); batched beyond.
 LOOP_PASSES = 64
 # A probe through the double-backward graph sums terms larger than the second derivatives
-# they cancel to: vᵀH is judged first with this many times the probe rule's tolerance (float32:
-# 5e-4 of the magnitudes), then against its measured noise (:func:`checked`).
+# they cancel to: the points' and diagonal probes of :mod:`.hessian` allow this many times the
+# probe rule's tolerance (:func:`checked` judges against measured rounding instead).
 SECOND_ORDER_SLACK = 64
 # A Hessian is tried sparse from this many entries of x (n² ≥ 2²² entries dense): smaller
 # ones keep the dense display the tutorial's examples show.
@@ -54,6 +55,7 @@ class SparseHessian(NamedTuple):
     evidence: str = "observed"
     # a proved pattern's saved selections (:attr:`.pattern.Pattern.conditional_on`)
     conditional_on: tuple[str, ...] = ()
+    by_rows: bool = False  # H[i, j] read as (v_(colour i)ᵀ∂d/∂x)[j]: H not proved symmetric
 
     @property
     def nnz(self) -> int:
@@ -61,12 +63,16 @@ class SparseHessian(NamedTuple):
 
 
 def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
-                   name: str = "x", output: torch.Tensor | None = None) -> SparseHessian | None:
+                   name: str = "x", output: torch.Tensor | None = None,
+                   symmetric: bool = True) -> SparseHessian | None:
     """The Hessian whose gradient ``d`` (shaped like x, with its graph) is given, sparse, or
     None: no pattern that pays, no colouring, or the probes disagreed. ``output``: the scalar
     itself, whose first-order graph may prove the pattern (:func:`.indexmaps.summed`: a sum
     of terms); else the pattern of ∂d/∂x is found as any Jacobian's. A pattern whose
-    nonzeros exceed the memory budget is refused (VJPUsageError, with the count)."""
+    nonzeros exceed the memory budget is refused (VJPUsageError, with the count).
+    ``symmetric``: the graph proves H symmetric (torch's own ops only); else only a
+    distance-2 colouring, whose products give each row of autograd's ∂d/∂x as it is, with no
+    symmetric read (a custom backward's "Hessian" need not be symmetric)."""
     n = x.numel()
     summed = None if output is None else summed_hessian_pattern(output, x, budget)
     if summed is not None:
@@ -93,7 +99,7 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     nnz = len(col)
     memory.refuse_if_over(nnz * (8 + x.element_size()) + 8 * (n + 1), budget,
                           f"The sparse Hessian with respect to {name} ({nnz:,} nonzeros)")
-    coloured = _coloured(crow, col, n, tuple(x.shape), offsets)
+    coloured = _coloured(crow, col, n, tuple(x.shape), offsets, symmetric)
     if coloured is None:
         return None
     colours, direct = coloured
@@ -101,22 +107,28 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     flat = d.reshape(-1)
     products = colour_products(flat, x, torch.from_numpy(colours), count, budget)
     rows = torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), np.diff(crow)))
-    values = direct_values(rows, col, colours, products) if direct else \
-        recover_symmetric(crow, col, colours, products)
-    matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), values.cpu(),
+
+    def read(prods: torch.Tensor) -> torch.Tensor:  # the nonzeros' values off the products
+        return direct_values(rows, col, colours, prods, not symmetric) if direct else \
+            recover_symmetric(crow, col, colours, prods)
+
+    matrix = csr_matrix(torch.from_numpy(crow), torch.from_numpy(col), read(products).cpu(),
                         (n, n)).to(x.device)
-    rows = rows.to(x.device)
-    if not checked(flat, x, matrix, seed, budget, draws, rows):
+    noise = lambda: read(_value_noise(flat, x, torch.from_numpy(colours), count,  # noqa: E731
+                                      budget, products))
+    if not checked(flat, x, matrix, seed, budget, draws, rows.to(x.device), noise):
         return None
     return SparseHessian(matrix, torch.from_numpy(colours), count, pattern.probes, evidence,
-                         conditional)
+                         conditional, by_rows=not symmetric)
 
 
-def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | None:
+def _coloured(crow, col, n: int, shape, offsets,
+              symmetric: bool = True) -> tuple[np.ndarray, bool] | None:
     """(colours, every nonzero read directly): j mod p where the pattern's rows draw their
     columns from j + ``offsets`` and p, as few colours as a row's nonzeros, separates those
     offsets (:func:`lattice_period`); else :func:`.colouring.colour_symmetric` (or the
-    lattice where that needs more), read directly where it is a distance-2 colouring."""
+    lattice where that needs more), read directly where it is a distance-2 colouring. Not
+    ``symmetric`` (H not proved symmetric): a distance-2 colouring only, or None."""
     most = int(np.diff(crow).max()) if n else 0
     period = None if offsets is None else lattice_period(offsets, most)
     if period is not None and period == most:
@@ -125,7 +137,26 @@ def _coloured(crow, col, n: int, shape, offsets) -> tuple[np.ndarray, bool] | No
     if period is not None and (colours is None or colour_count(colours) > period):
         return np.arange(n, dtype=np.int64) % period, True
     # a distance-2 colouring (rows sharing a column apart) reads every entry directly
-    return None if colours is None else (colours, valid_rows(crow, col, n, colours))
+    direct = colours is not None and valid_rows(crow, col, n, colours)
+    if not symmetric and not direct:  # a star colouring's mirrored reads assume H = Hᵀ
+        colours = colour_rows(crow, col, n, shape=None if shape is None else (shape, shape))
+        direct = colours is not None
+    return None if colours is None else (colours, direct)
+
+
+def _value_noise(flat, x, colours: torch.Tensor, count: int, budget: int,
+                 products: torch.Tensor) -> torch.Tensor:
+    """:data:`.tolerances.NOISE_MULTIPLE` times the measured rounding of the colour products
+    (count × n): each again from c·v_c for the non-dyadic c of :data:`.sparse_check.
+    _NOISE_FACTORS`, divided by c, |that - product| at its largest. Linear in v_c, so a
+    coupling the pattern misses or a symmetric read of an asymmetric H shows alike in each:
+    never as noise."""
+    noise = torch.zeros_like(products)
+    for factor in _NOISE_FACTORS:
+        factor = torch.tensor(factor, dtype=flat.dtype).item()
+        again = colour_products(flat, x, colours, count, budget, factor)
+        noise = torch.maximum(noise, again.div_(factor).sub_(products).abs_())
+    return noise.mul_(NOISE_MULTIPLE)
 
 
 def lattice_period(offsets: np.ndarray, least: int) -> int | None:
@@ -141,26 +172,34 @@ def lattice_period(offsets: np.ndarray, least: int) -> int | None:
     return None
 
 
-def direct_values(rows: torch.Tensor, col, colours, products: torch.Tensor) -> torch.Tensor:
-    """The values of a distance-2 coloured pattern: H[i, j] = (H·v_(colour j))[i]."""
+def direct_values(rows: torch.Tensor, col, colours, products: torch.Tensor,
+                  by_rows: bool = False) -> torch.Tensor:
+    """The values of a distance-2 coloured pattern: H[i, j] = (H·v_(colour j))[i] (rows
+    sharing a column have distinct colours); ``by_rows``: (v_(colour i)ᵀ∂d/∂x)[j], row i of
+    autograd's ∂d/∂x as it is, which assumes no symmetry (a custom backward's "Hessian")."""
     device = products.device
+    if by_rows:
+        at = torch.index_select(torch.from_numpy(colours).to(device), 0, rows.to(device)).mul_(
+            products.shape[1]).add_(torch.as_tensor(col).to(device))
+        return torch.take(products, at)
     at = torch.from_numpy(colours[col]).to(device).mul_(products.shape[1]).add_(rows.to(device))
     return torch.take(products, at)
 
 
 def colour_products(flat: torch.Tensor, x: torch.Tensor, colours: torch.Tensor, count: int,
-              budget: int) -> torch.Tensor:
+                    budget: int, factor: float = 1.0) -> torch.Tensor:
     """(count × n): H·v_c for v_c = 1 on the entries of colour c (vᵀ∂d/∂x, H symmetric),
     from plain backward passes up to :data:`LOOP_PASSES` colours, batched beyond (one
     vectorised pass costs more CPU time than a loop of few: 0.13 s against 0.10 s for three
-    on Rosenbrock at 10⁶, one thread)."""
+    on Rosenbrock at 10⁶, one thread). ``factor``: v_c times it (the rounding measured)."""
     colours = colours.to(flat.device)
     if count <= LOOP_PASSES:
-        rows = [plain_vjp(flat, [x], (colours == c).to(flat.dtype))[0].detach().reshape(-1)
-                for c in range(count)]
+        rows = [plain_vjp(flat, [x], (colours == c).to(flat.dtype).mul_(factor))[0].detach()
+                .reshape(-1) for c in range(count)]
         return torch.stack(rows) if rows else x.new_zeros(0, x.numel())
     ids = torch.arange(count, device=flat.device)
-    return _batched(flat, x, (colours[None, :] == ids[:, None]).to(flat.dtype), budget)
+    return _batched(flat, x, (colours[None, :] == ids[:, None]).to(flat.dtype).mul_(factor),
+                    budget)
 
 
 def _batched(flat: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor,
@@ -178,14 +217,17 @@ def _batched(flat: torch.Tensor, x: torch.Tensor, vectors: torch.Tensor,
 
 def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
             budget: int | None = None, draws: int | None = None,
-            rows: torch.Tensor | None = None) -> bool:
+            rows: torch.Tensor | None = None, value_noise=None) -> bool:
     """Full random probes v (:func:`_check_probes`, the run's seed; ``draws`` of them, by
     default the probe plan's count: a proved pattern takes one, as a sparse Jacobian's
     check): vᵀ∂d/∂x from autograd against vᵀH_sparse, entry by entry, judged as
     :func:`.sparse_check.checked` judges a sparse Jacobian: entry j within the probe
-    tolerance (times :data:`SECOND_ORDER_SLACK`) of its scale (:func:`_scale`), else within
-    :data:`.tolerances.NOISE_MULTIPLE` times the rounding noise of its vᵀ∂d/∂x, measured
-    (:func:`.sparse_check.within_noise`: autograd forms H[j, j] of Rosenbrock from
+    tolerance of its scale (:func:`_scale`), else within that plus the measured rounding
+    of the matrix's values (``value_noise``: per nonzero, or a function giving them once,
+    :func:`_value_noise`) spread by |v|, plus :data:`.tolerances.NOISE_MULTIPLE` times the
+    rounding noise of its vᵀ∂d/∂x, measured (:func:`.sparse_check.within_noise`; no slack
+    of fixed size, which let 1e-3 relative errors through in float32: measured rounding
+    only, of both sides: autograd forms H[j, j] of Rosenbrock from
     1200x_j² - 400x_(j+1) + 202, and an MLP's from a sum over hidden units, whose terms may
     cancel to far less than they are). The noise judgement holds for an observed pattern
     too: the observer finds every derivative non-zero at this x (:mod:`.pattern`), and a
@@ -202,7 +244,7 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
     col, values = matrix.col_indices(), matrix.values()
     rows = csr_rows(matrix.crow_indices()) if rows is None else rows
     row_sums = values.abs().new_zeros(matrix.shape[0]).index_add_(0, rows, values.abs())
-    tolerance = tolerances(flat.dtype).probe * SECOND_ORDER_SLACK
+    tolerance = tolerances(flat.dtype).probe
     for v, seen in zip(vectors, observed):
         v_rows = torch.index_select(v.to(values.device, values.dtype), 0, rows)
         predicted = values.new_zeros(matrix.shape[1]).index_add_(0, col, v_rows * values)
@@ -213,13 +255,25 @@ def checked(d: torch.Tensor, x: torch.Tensor, matrix: torch.Tensor, seed: int,
         if bool(excess.amax() <= torch.finfo(excess.dtype).tiny) and \
                 bool(scale.amax() * tolerance < math.inf):
             continue
+        if value_noise is not None:  # the matrix's own measured rounding, spread by |v|
+            noise = value_noise() if callable(value_noise) else value_noise
+            value_noise = noise
+            scale = scale.add(values.new_zeros(matrix.shape[1]).index_add_(
+                0, col, v_rows.abs() * noise.to(values.device, values.dtype)), alpha=1 / tolerance)
         if len(vectors) > 1:  # the noise is measured by plain passes: vᵀ∂d/∂x by one too
             seen = plain_vjp(flat, [x], v)[0].detach().reshape(-1)
-            excess = seen.to(predicted.device).sub(predicted).abs_().sub_(scale,
-                                                                         alpha=tolerance)
-        if not within_noise(flat, x, v.to(flat.device), seen, excess, scale, tolerance):
+        if not _within_measured(flat, x, v, seen, predicted, scale, tolerance):
             return False
     return True
+
+
+def _within_measured(flat, x, v, seen, predicted, scale, tolerance: float) -> bool:
+    """The second judgement of a probe: |vᵀ∂d/∂x (``seen``, from a plain pass) -
+    vᵀH_sparse| within ``tolerance``·scale (``scale`` holding the matrix's measured rounding
+    over ``tolerance``, where measured) plus the measured rounding of vᵀ∂d/∂x
+    (:func:`.sparse_check.within_noise`)."""
+    excess = seen.to(predicted.device).sub(predicted).abs_().sub_(scale, alpha=tolerance)
+    return within_noise(flat, x, v.to(flat.device), seen, excess, scale, tolerance)
 
 
 def _scale(v_rows, row_sums, rows, col, n: int) -> torch.Tensor:
@@ -234,13 +288,51 @@ def _finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
-def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None) -> torch.Tensor:
+def symmetric_by_probes(d: torch.Tensor, x: torch.Tensor, seed: int) -> bool:
+    """Whether autograd's ∂d/∂x (the Hessian whose gradient ``d`` is given, with its graph)
+    is symmetric at this x, checked: uᵀ(Hv) against vᵀ(Hu) for two random probes u, v (two
+    plain passes), their difference within the measured rounding of uᵀH and vᵀH
+    (:func:`.sparse_check.rounding_noise`, :data:`.tolerances.NOISE_MULTIPLE` times it)
+    weighed by |v| and |u|, the dot products summed in float64. Proves nothing for other x;
+    a skew that rounding cannot give fails (a custom backward that is not a gradient)."""
+    flat = d.reshape(-1)
+    u, v = _check_probes(flat, seed, 2, "sparse-hessian-symmetry")
+    if len(u) == 0:
+        return True
+    sides, bound = [], 0.0
+    for left, right in ((u, v), (v, u)):
+        (product,) = plain_vjp(flat, [x], left)
+        product = product.detach().reshape(-1)
+        (noise,) = rounding_noise(flat, [x], left, [product])
+        weights = right.to(product.device, torch.float64)
+        sides.append(float(product.double() @ weights))
+        bound += float(noise.double().abs() @ weights.abs()) + float(
+            product.double().abs() @ weights.abs()) * flat.numel() * torch.finfo(
+            torch.float64).eps
+    gap = abs(sides[0] - sides[1])
+    return math.isfinite(gap) and gap <= bound
+
+
+def csr_asymmetry(matrix: torch.Tensor) -> float:
+    """max |H - Hᵀ| over max |H| of a square CSR matrix (0 for an empty one)."""
+    values = matrix.values()
+    if not values.numel():
+        return 0.0
+    coo = matrix.to_sparse_coo()
+    gap = (coo - coo.t()).coalesce().values().abs()
+    worst = float(gap.max()) if gap.numel() else 0.0
+    scale = float(values.abs().max())
+    return worst / scale if scale > 0 else worst
+
+
+def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None,
+                  purpose: str = "sparse-hessian-check") -> torch.Tensor:
     """The check's probes (draws × n, by default the count of :func:`.probes.probe_plan` for
     the dtype): :class:`.probes.ProbeDraws` (random signed powers of two, exactly uniform),
-    from the run's seed on a stream of their own."""
+    from the run's seed on a stream of their own (``purpose``)."""
     plan = probes.probe_plan(flat.dtype)
     count = plan.probes if draws is None else min(draws, plan.probes)
-    drawn = probes.ProbeDraws(flat, probes.stream_seed(seed, "sparse-hessian-check"))
+    drawn = probes.ProbeDraws(flat, probes.stream_seed(seed, purpose))
     return torch.stack([drawn.vector(k).reshape(-1) for k in range(count)])
 
 

@@ -127,13 +127,24 @@ def headline(h, name: str) -> Paragraph:
         spans = [Text(f"The {_square(m)} Hessian of ")] + of + [Text(" with respect to "), x]
         if item.has_points:
             spans += [Text(f", one at each of the {points}")]
-        spans += [Text(", symmetric" if item.symmetric else ", not symmetric (see below)")]
+        if not _checked_only(h, name):
+            spans += [Text(", symmetric" if item.symmetric else ", not symmetric (see below)")]
         if diagonal(h, name):
             spans += [Text(", diagonal")]
     if lead and isinstance(spans[0], Text):
         spans[0] = Text(spans[0].text[:1].lower() + spans[0].text[1:])
-    return Paragraph(tuple(lead + spans + _evidence(item, name, h) + [Text(".")]
+    checked = [Text(", symmetric at this "), x, Text(" (checked, not proved: a custom "
+                                                      "backward)")] \
+        if m > 1 and _checked_only(h, name) else []
+    return Paragraph(tuple(lead + spans + _evidence(item, name, h) + checked + [Text(".")]
                            + _band_at_this_x(h, name)))
+
+
+def _checked_only(h, name: str) -> bool:
+    """Whether the Hessian's symmetry is checked at this x, not proved: through a custom
+    backward (:func:`..core.hessian._judged`), unless it is diagonal (proved so)."""
+    item = h.inputs[name]
+    return item.symmetric and bool(item.unverified) and not diagonal(h, name)
 
 
 _BANDS = {0: "diagonal", 1: "tridiagonal", 2: "pentadiagonal"}

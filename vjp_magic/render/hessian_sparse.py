@@ -101,17 +101,27 @@ def product_code(h, name: str, form: Form | None) -> str:
     else:
         colours = [f"{colour} = {index} % {k}  # of each entry"]
     lines += [f"({g},) = torch.autograd.grad({y}, {x}, create_graph=True)", *colours,
-              f"{hu} = []  # row {c}: H {u}" + (f"; H[p, q] = {hu}[{colour}[q], p] at each "
-                                                 "nonzero" if direct and not reads_result
+              f"{hu} = []  # row {c}: H {u}" + (f"; H[p, q] = {_at(hu, colour, sparse)} at "
+                                                 "each nonzero" if direct and not reads_result
                                                  else ""),
               f"for {c} in range({k}):",
               f"    {u} = ({colour} == {c}).reshape({x}.shape).to({x})",
               f"    {hu} += torch.autograd.grad({g}, {x}, {u}, retain_graph=True)",
               f"{hu} = torch.stack({hu}).reshape({k}, -1)  # flattened"]
     if reads_result or not direct:  # H itself, from the result's pattern
-        lines += _read_off(name, SimpleNamespace(x=x, colour=colour, hu=hu, k=k, direct=direct,
-                                                 n=sparse.matrix.shape[0]), taken)
+        lines += _read_off(name, SimpleNamespace(
+            x=x, colour=colour, hu=hu, k=k, direct=direct, n=sparse.matrix.shape[0],
+            by_rows=getattr(sparse, "by_rows", False)), taken)
     return "\n".join(lines) + "\n"
+
+
+def _at(hu: str, colour: str, sparse, p: str = "p", q: str = "q") -> str:
+    """Where H[p, q] is read, as core reads it: ``Hu[colour[q], p]`` (H symmetric), or
+    ``Hu[colour[p], q]`` where H is not proved symmetric (a custom backward: each product
+    uᵀH holds rows of autograd's H as they are, :attr:`.core.sparse_hessian.SparseHessian.
+    by_rows`)."""
+    return f"{hu}[{colour}[{p}], {q}]" if getattr(sparse, "by_rows", False) else \
+        f"{hu}[{colour}[{q}], {p}]"
 
 
 def _direct(sparse) -> bool:
@@ -136,7 +146,11 @@ def _read_off(name: str, at, taken: set) -> list[str]:
              f"{row} = torch.repeat_interleave(torch.arange({at.x}.numel(), "
              f"device={crow}.device), {crow}.diff())",
              f"{colour} = {colour}.to({crow}.device)"]
-    if at.direct:  # no two columns of a row share a colour
+    if at.direct and at.by_rows:  # H not proved symmetric: autograd's rows as they are
+        values = f"{hu}[{colour}[{row}], {col}]"
+        lines.append(f"# H[p, q] = {hu}[{colour}[p], q]: p is the only row of its colour "
+                     "with an entry in column q")
+    elif at.direct:  # no two columns of a row share a colour
         values = f"{hu}[{colour}[{col}], {row}]"
         lines.append(f"# H[p, q] = {hu}[{colour}[q], p]: q is the only entry of its colour "
                      "in row p")
