@@ -593,12 +593,6 @@ def test_the_arrow_hessian_formula_is_torchs():
     torch.testing.assert_close(_arrow_hessian(t), torch.func.hessian(_arrow_energy)(t))
 
 
-@pytest.mark.xfail(strict=True, reason="R1-4: a tridiagonal Hessian plus one dense row/column "
-                   "(x[0] couples every entry: 5n-6 nonzeros, about 4 star colours) is refused "
-                   "under a 20 MB budget by its dense size ('9,000,000 entries would need 72 MB'), "
-                   "without its nonzero count; without a budget it takes n Hessian-vector "
-                   "products (class: a Hessian with a dense row is never coloured, and the "
-                   "budget counts the dense size)")
 def test_an_arrow_hessian_is_coloured_within_a_budget_its_csr_fits():
     n = 3000
     x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))

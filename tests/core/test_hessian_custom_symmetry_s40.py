@@ -134,3 +134,34 @@ def test_the_sparse_check_fails_a_relative_error_well_above_rounding(dtype):
         wrong[0, 300] += 2 * rel
         wrong[1000, 1001] -= 2 * rel
         assert not checked(d, x, wrong.to_sparse_csr(), 0), rel
+
+
+# -- R1-4: a Hessian with a few dense rows (an arrow) is coloured, each dense row its own colour
+def _two_hubs(t):
+    """H: rows and columns 0 and 1 dense, tridiagonal elsewhere."""
+    return t[0] * (t ** 2).sum() + t[1] * t.sin().sum() + (t[1:] * t[:-1]).sum() + (t ** 4).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_an_arrow_hessian_with_two_dense_rows_is_sparse_and_torchs(dtype):
+    x = _x(dtype, 3000)
+    leaf = x.clone().requires_grad_()
+    h = vjp_magic.hessian(_two_hubs(leaf), leaf, names=["x"], seed=0, memory_budget=2e7)
+    sparse = h.inputs["x"].sparse
+    assert sparse is not None and sparse.count <= 8
+    expected = torch.func.hessian(_two_hubs)(x.double())
+    got = h.hessian("x", layout=torch.sparse_csr)
+    assert got._nnz() == int((expected != 0).sum())
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(got.to_dense().double(), expected, **tol)
+    assert h.inputs["x"].symmetric
+
+
+def test_an_arrow_over_the_budget_is_refused_by_its_nonzeros():
+    """Refused by what its CSR needs (nonzeros counted), not by its dense size."""
+    x = _x(torch.float64, 3000).requires_grad_()
+    nnz = int((torch.func.hessian(_two_hubs)(x.detach()) != 0).sum())
+    with pytest.raises(vjp_magic.VJPUsageError) as caught:
+        vjp_magic.hessian(_two_hubs(x), x, names=["x"], seed=0, memory_budget=1e5)
+    said = " ".join(str(caught.value).split())
+    assert f"({nnz:,} nonzeros) would need" in said and "9,000,000 entries" not in said

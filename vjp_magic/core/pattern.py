@@ -204,7 +204,8 @@ def find_pattern(output: torch.Tensor, x: torch.Tensor, budget: int,
 
 def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
                      max_probes: int | None = None,
-                     purpose: str = "sparse-pattern") -> Pattern | None:
+                     purpose: str = "sparse-pattern",
+                     skip: torch.Tensor | None = None) -> Pattern | None:
     """The pattern of d output / d x at this x (flat, row-major), or None: too dense (a row
     reads more than ``DENSE_FRACTION`` of x, and more than ``MIN_ROW`` entries), a
     non-finite probe, or more than ``max_probes`` backward passes (default: m, what one
@@ -212,14 +213,16 @@ def observed_pattern(output: torch.Tensor, x: torch.Tensor, budget: int, seed: i
     derivative a one-hot backward pass would find non-zero is in it (answers are read as
     zero or non-zero only, :func:`.setdecode.weighed`), however small beside the others of
     its row and column; only an exact cancellation among one probe's readers could hide one.
-    ``purpose``: names the draw of the probe values (a check observes with values of its own)."""
+    ``purpose``: names the draw of the probe values (a check observes with values of its own).
+    ``skip``: (n,) bool, columns not read (a symmetric Hessian's dense columns, whose entries
+    its dense rows give: :func:`.sparse_hessian.dense_rows`)."""
     flat = output.reshape(-1)
     m, n = flat.numel(), x.numel()
     if m == 0 or n == 0:  # no row or no column (every column dense, read otherwise)
         return Pattern(torch.zeros(m + 1, dtype=torch.int64), torch.zeros(0, dtype=torch.int64),
                        (m, n), 0)
     limit = max_probes if max_probes is not None else max(m, MIN_PROBES)
-    found = torch.zeros(n, dtype=torch.bool)  # columns whose readers are all known
+    found = torch.zeros(n, dtype=torch.bool) if skip is None else skip.clone()  # readers known
     passes = PaidBatches()  # vectorised while that pays on this graph
     first, spent = _first_groups(flat, x, seed, purpose, passes) if m >= 8 else (1, 0)
     rows, cols = [], []

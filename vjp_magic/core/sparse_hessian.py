@@ -22,7 +22,7 @@ import torch
 from . import memory, probes
 from . import pattern as patterns
 from .colouring import (colour_count, colour_rows, colour_symmetric, recover_symmetric,
-                        symmetrised, valid_rows)
+                        recoverable, symmetrised, valid_rows)
 from .checked_batches import CheckedBatches as PaidBatches
 from .derivatives import chunk_size, plain_vjp
 from .indexmaps.summed import depends, summed_hessian_pattern
@@ -75,14 +75,14 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     symmetric read (a custom backward's "Hessian" need not be symmetric)."""
     n = x.numel()
     summed = None if output is None else summed_hessian_pattern(output, x, budget)
+    hubs = None
     if summed is not None:
         pattern, offsets = summed
         if not depends(d, x):  # the gradient is constant: f is linear in x
             pattern = pattern._replace(crow=torch.zeros(n + 1, dtype=torch.int64),
                                        col=torch.zeros(0, dtype=torch.int64))
     else:
-        finder = getattr(patterns, "find_pattern", None) or patterns.observed_pattern
-        pattern, offsets = finder(d, x, budget, seed), None
+        (pattern, hubs), offsets = _found(d, x, budget, seed, symmetric), None
     if pattern is None:
         return None
     evidence = str(getattr(pattern, "evidence", "observed"))
@@ -99,7 +99,8 @@ def sparse_hessian(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int,
     nnz = len(col)
     memory.refuse_if_over(nnz * (8 + x.element_size()) + 8 * (n + 1), budget,
                           f"The sparse Hessian with respect to {name} ({nnz:,} nonzeros)")
-    coloured = _coloured(crow, col, n, tuple(x.shape), offsets, symmetric)
+    coloured = _coloured(crow, col, n, tuple(x.shape), offsets, symmetric) if hubs is None \
+        else _hub_coloured(crow, col, n, hubs.numpy())
     if coloured is None:
         return None
     colours, direct = coloured
@@ -157,6 +158,95 @@ def _value_noise(flat, x, colours: torch.Tensor, count: int, budget: int,
         again = colour_products(flat, x, colours, count, budget, factor)
         noise = torch.maximum(noise, again.div_(factor).sub_(products).abs_())
     return noise.mul_(NOISE_MULTIPLE)
+
+
+# Dense rows: entries of x whose column is read in every one of these random row subsets, ...
+HUB_DRAWS, HUB_FRACTION = 4, 1 / 32
+HUB_CANDIDATES = 64  # ... at most this many, each row then read exactly (one batched pass)
+
+
+def _found(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int, symmetric: bool):
+    """(pattern of ∂d/∂x, dense rows' mask or None): proved from the graph
+    (:func:`.indexmaps.proved_pattern`), else, H symmetric, with a few dense rows
+    (:func:`_with_dense_rows`: looked for first, one batched pass, as the observer spends
+    hundreds before it gives up on a dense column), else observed (:mod:`.pattern`)."""
+    from .indexmaps import proved_pattern  # the rules build Patterns: imported when needed
+
+    proved = proved_pattern(d, x, budget)
+    if proved is not None:
+        return proved, None
+    if symmetric:
+        pattern, hubs = _with_dense_rows(d.reshape(-1), x, budget, seed)
+        if hubs is not None:
+            return pattern, hubs
+    return patterns.observed_pattern(d, x, budget, seed), None
+
+
+def _with_dense_rows(flat: torch.Tensor, x: torch.Tensor, budget: int, seed: int):
+    """(pattern, dense rows' mask) of a symmetric Hessian with a few dense rows
+    (:func:`dense_rows`), or (None, None): the other rows observed without the dense rows
+    and columns (:func:`.pattern.observed_pattern` of the gradient with those rows zeroed,
+    those columns skipped), the dense rows' own nonzeros (read exactly) added; their
+    columns are the mirror (:func:`.colouring.symmetrised`)."""
+    found = dense_rows(flat, x, seed)
+    if found is None:
+        return None, None
+    hubs, hub_rows, hub_cols = found
+    rest = patterns.observed_pattern(flat * (~hubs).to(flat.device, flat.dtype), x, budget,
+                                     seed, skip=hubs)
+    if rest is None:
+        return None, None
+    n = flat.numel()
+    keys = np.concatenate([np.repeat(np.arange(n, dtype=np.int64), np.diff(rest.crow.numpy()))
+                           * n + rest.col.numpy(), hub_rows * n + hub_cols])
+    keys = np.unique(keys)
+    crow = np.concatenate([[0], np.cumsum(np.bincount(keys // n, minlength=n))])
+    return rest._replace(crow=torch.from_numpy(crow), col=torch.from_numpy(keys % n)), hubs
+
+
+def dense_rows(flat: torch.Tensor, x: torch.Tensor, seed: int):
+    """(mask, rows, cols): the dense rows of a symmetric Hessian (gradient ``flat`` with its
+    graph), each reading more than :func:`.pattern.most_per_row` entries (a coupling such as
+    x[0]·Σx², whose column no colouring of the others' can share), as an (n,) bool mask,
+    and their nonzeros (int64 arrays); or None (none, or too many). Candidates: entries j
+    with (wᵀ∂d/∂x)[j] ≠ 0 for each of :data:`HUB_DRAWS` random row subsets w of
+    :data:`HUB_FRACTION` of the rows (a column read by r rows is in all with chance about
+    (r·fraction)^draws: a dense one always); each candidate's row read exactly (one-hot
+    products; H symmetric: its column too)."""
+    n = flat.numel()
+    generator = probes.probe_generator(seed, "sparse-hessian-hubs")
+    subsets = (torch.rand(HUB_DRAWS, n, generator=generator) < HUB_FRACTION).to(flat.dtype)
+    reached = _batched(flat, x, subsets.to(flat.device), None).ne(0).all(0).cpu()
+    candidates = reached.nonzero().squeeze(1)
+    if not 0 < candidates.numel() <= HUB_CANDIDATES:
+        return None
+    one_hot = flat.new_zeros(candidates.numel(), n)
+    one_hot[torch.arange(candidates.numel()), candidates.to(flat.device)] = 1
+    read = _batched(flat, x, one_hot, None).ne(0).cpu()
+    dense = read.sum(1) > patterns.most_per_row(n)
+    if not bool(dense.any()):
+        return None
+    hubs = torch.zeros(n, dtype=torch.bool)
+    hubs[candidates[dense]] = True
+    at, cols = read[dense].nonzero(as_tuple=True)
+    return hubs, candidates[dense][at].numpy(), cols.numpy()
+
+
+def _hub_coloured(crow, col, n: int, hubs: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """(colours, False): each dense row (``hubs``) a colour of its own, the others coloured
+    as the pattern without the dense rows and columns (:func:`.colouring.colour_symmetric`);
+    read by :func:`.colouring.recover_symmetric` (a dense row from its own product, H
+    symmetric), or None where that cannot read every nonzero."""
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(crow))
+    keep = ~hubs[rows] & ~hubs[col]
+    rest_crow = np.zeros(n + 1, dtype=np.int64)
+    rest_crow[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
+    colours = colour_symmetric(rest_crow, col[keep], n, symmetric=True)
+    if colours is None:
+        return None
+    colours = colours.copy()
+    colours[hubs] = colour_count(colours) + np.arange(int(hubs.sum()))
+    return (colours, False) if recoverable(crow, col, colours) else None
 
 
 def lattice_period(offsets: np.ndarray, least: int) -> int | None:
