@@ -7,13 +7,13 @@ sample b, ``g``: the gradient at its output rows); a convolution's is the same p
 the unfolded input patches; a LayerNorm's weight reads ``g · x̂``; every bias sums ``g``.
 The replay is the hook-free one (:mod:`.replay`): no user hook, module or ``.grad`` is
 touched. The rules hold only when each sample's loss reads only its own rows of every
-layer's output: proved from the graph's structure where it can be (:func:`proved_apart`; one
-backward pass then), else checked for every pair of samples by further backward passes:
-weighting the losses by powers of two that differ for any two samples in some pass, each
-layer's output gradient must scale row by row by its sample's weight. Where a parameter is read by
-a call without a rule, or the check fails, the answer is None (the caller vectorises the
-replay instead); the analysis verifies whatever is given with its probe rule (probe 0
-alone for gradients so checked: :mod:`vjp_magic.core.given`).
+layer's output: proved from the graph's structure where it can be (:func:`proved_apart`; the
+unweighted pass and the probe's then), else checked for every pair of samples by further
+backward passes: weighting the losses by powers of two that differ for any two samples in
+some pass, each layer's output gradient must scale row by row by its sample's weight. Where a
+parameter is read by a call without a rule, or the check fails, the answer is None (the
+caller vectorises the replay instead); the analysis verifies whatever is given with its
+probe rule (probe 0 alone for gradients so checked: :mod:`vjp_magic.core.given`).
 """
 from __future__ import annotations
 

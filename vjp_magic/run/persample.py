@@ -137,9 +137,9 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
     :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
     that may cancel; whether the rules checked every pair of samples apart). On the
-    analysed ``graph``, the rules' one pass or first check pass is weighted by probe 0 of ``seed``
-    (a fresh one where None; the result's ``seed``: hand it to the analysis), so that the
-    analysis needs no backward of its own for it."""
+    analysed ``graph``, the rules' probe pass or first check pass is weighted by probe 0 of
+    ``seed`` (a fresh one where None; the result's ``seed``: hand it to the analysis), so
+    that the analysis needs no backward of its own for it."""
     probe = None
     if graph is not None and getattr(graph, "hook_free", False) and _per_sample_shape(output):
         seed = new_seed() if seed is None else validation.checked_seed(seed)
@@ -203,10 +203,10 @@ def accepted_result(graph, given, output_name: str,
 
 def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
               rules: bool = True) -> dict | None:
-    """By the per-layer rules (one batched replay; one backward pass, or the check's) where
-    every input has one (and ``rules``: not already tried on the analysed graph's replay),
-    else by vmap over samples of the batch-of-one replay (None where its values differ from
-    the output: the samples are not independent)."""
+    """By the per-layer rules (one batched replay; the unweighted and probe passes, or the
+    check's) where every input has one (and ``rules``: not already tried on the analysed
+    graph's replay), else by vmap over samples of the batch-of-one replay (None where its
+    values differ from the output: the samples are not independent)."""
     grads = per_sample_by_rules(replay, inputs, data, output) if rules else None
     if grads is not None:
         return grads
