@@ -411,8 +411,9 @@ class VJPResult(DerivativeResult):
 def _flat_indices(index, count: int, what: str, of: str) -> torch.Tensor:
     """``index`` (a tensor, list or range of flat row-major indices into ``of``'s ``count``
     entries) as a 1-D int64 tensor; a usage error where it is not one or leaves the range."""
-    try:
-        flat = torch.as_tensor(index).reshape(-1)
+    try:  # (a list on the CPU, whatever default device the user set: meta has no values)
+        flat = index.reshape(-1) if isinstance(index, torch.Tensor) else \
+            torch.as_tensor(index, device="cpu").reshape(-1)
     except (TypeError, ValueError, RuntimeError):
         flat = None
     if flat is None or flat.is_floating_point() or flat.is_complex() or flat.dtype == torch.bool:
