@@ -354,7 +354,6 @@ def test_a_plain_vjp_cell_moves_the_users_generator_once(ip, run_ok, function):
         assert ip.user_ns["RNG"].bit_generator.state == rng_state
 
 
-@pytest.mark.xfail(strict=True, reason=G1_2)
 @pytest.mark.parametrize("function", ["MaskG", "MaskN"])
 def test_gradcheck_moves_the_users_generator_once(ip, run_ok, function):
     run_ok(OWN_GENERATORS)

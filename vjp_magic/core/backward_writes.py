@@ -158,15 +158,11 @@ def _reachable(node) -> list:
     """The tensors ``node``'s backward can reach: what it saved, its ``ctx``'s tensors and
     modules, the tensors and modules its code reads by a global name or a closure."""
     from .graph_facts import raw_saved
-    from .reentrant import _globals_read, _held
+    from .reentrant import _held
     found = [saved.data for saved in raw_saved(node)
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
     held = _held(vars(node).values()) if hasattr(node, "__dict__") else []
-    backward = getattr(getattr(node, "_forward_cls", None), "backward", None)
-    function = getattr(backward, "__func__", backward)
-    if isinstance(function, types.FunctionType):
-        held += _globals_read(function.__code__, function.__globals__)
-        held += [_contents(c) for c in function.__closure__ or ()]
+    held += read_by(getattr(getattr(node, "_forward_cls", None), "backward", None))
     for value in held:
         if isinstance(value, torch.Tensor):
             found.append(value)
@@ -174,6 +170,17 @@ def _reachable(node) -> list:
             found.extend(value.parameters())
             found.extend(value.buffers())
     return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
+
+
+def read_by(function) -> list:
+    """The objects a Python ``function`` (or staticmethod) reads by a global name (followed
+    by attributes of modules and classes) or a closure; [] for anything else."""
+    from .reentrant import _globals_read
+    function = getattr(function, "__func__", function)
+    if not isinstance(function, types.FunctionType):
+        return []
+    return _globals_read(function.__code__, function.__globals__) + \
+        [_contents(c) for c in function.__closure__ or ()]
 
 
 def _contents(cell):
@@ -184,4 +191,4 @@ def _contents(cell):
         return None
 
 
-__all__ = ["check", "keep_for", "writes_kept", "written_message"]
+__all__ = ["check", "keep_for", "read_by", "writes_kept", "written_message"]

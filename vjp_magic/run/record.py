@@ -39,6 +39,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core.memory import gb
 from ..core.quiet import no_subclass_code
+from . import own_generators
 
 MAX_CALLS = 50_000  # calls recorded; past this the record gives up (and frees what it held)
 MAX_COPY_ENTRIES = 1 << 16  # entries of one in-place target copied before the call
@@ -249,11 +250,14 @@ class _Recorder(TorchFunctionMode):
         self.depth = 0
         self.cap = held_bytes_cap()
         self.noted: set = set()  # ids of the argument tensors whose memory _hold has noted
+        self.own: list | None = None  # in a custom forward: (generator, state before it)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         __tracebackhide__ = True  # IPython hides this frame unless it is the last
         kwargs = kwargs or {}
         if self.depth or self.record.failed is not None:
+            if self.own is not None and self.depth:
+                self._note_generators(args, kwargs)
             return func(*args, **kwargs)
         self.depth += 1
         try:
@@ -281,6 +285,13 @@ class _Recorder(TorchFunctionMode):
             targets = in_place_targets(func, args, kwargs)
             before = tuple((version(t), self._copy(t)) for t in targets) if targets else ()
             rng = rng_states(func, tensors) if _named(func)[2] else None
+            self.own = None
+            if isinstance(func, FunctionApply):
+                self.own = [(g, own_generators.state(g))
+                            for g in own_generators.reachable(func.function, args, kwargs)]
+            elif rng is not None:  # a torch call given the user's own torch.Generator
+                rng = (*rng[:3], tuple((g, own_generators.state(g))
+                                       for g in own_generators.passed(args, kwargs)))
             return (seen, targets, before, torch.is_grad_enabled(), rng,
                     call_site(sys._getframe(2)), tensors)
         except Exception as error:  # noqa: BLE001 - never disturb the cell
@@ -301,8 +312,11 @@ class _Recorder(TorchFunctionMode):
             return
         try:
             seen, targets, before, grad_enabled, rng, site, read = started
-            if isinstance(func, FunctionApply) and rng is not None and not _moved(rng):
-                rng = None  # a custom forward that drew nothing: nothing to draw again
+            if isinstance(func, FunctionApply) and rng is not None:
+                rng = (*rng[:3], tuple(self.own or ()))
+                if not _moved(rng):
+                    rng = None  # a custom forward that drew nothing: nothing to draw again
+            self.own = None
             outs = tensors_in(result) + list(targets)
             tracked = frozenset(id(t) for t in outs if t.requires_grad)
             self.record.calls.append(Call(func, tuple(args), dict(kwargs), result, seen,
@@ -310,6 +324,16 @@ class _Recorder(TorchFunctionMode):
                                           tuple(outs)))
             self._hold(outs, read)
         except Exception as error:  # noqa: BLE001
+            self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
+
+    def _note_generators(self, args, kwargs) -> None:
+        """Keep the state of each ``torch.Generator`` a call in the custom forward is given,
+        as it is before the forward's first draw from it (the forward drew from it)."""
+        try:
+            for generator in own_generators.passed(args, kwargs):
+                if not any(generator is g for g, _ in self.own):
+                    self.own.append((generator, own_generators.state(generator)))
+        except Exception as error:  # noqa: BLE001 - never disturb the cell
             self.record._give_up(f"recording failed ({type(error).__name__}: {error})")
 
     def _hold(self, tensors, read) -> None:
@@ -435,17 +459,22 @@ def rng_states(func, tensors) -> tuple | None:
                             python=isinstance(func, FunctionApply))
 
 
-def generator_states(cuda_devices, python: bool = False) -> tuple:
-    """The CPU generator's state and those of ``cuda_devices`` (indices), and (``python``)
-    Python's ``random`` and numpy's global generator's (else None), for :func:`restore_rng`."""
+def generator_states(cuda_devices, python: bool = False, own=()) -> tuple:
+    """The CPU generator's state and those of ``cuda_devices`` (indices), (``python``)
+    Python's ``random`` and numpy's global generator's (else None), and pairs of each of
+    the user's own generators ``own`` (:mod:`.own_generators`) and its state, for
+    :func:`restore_rng`."""
     return (torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d))
                                          for d in sorted(cuda_devices)),
-            (random.getstate(), numpy.random.get_state()) if python else None)
+            (random.getstate(), numpy.random.get_state()) if python else None,
+            tuple((g, own_generators.state(g)) for g in own))
 
 
 def _moved(states) -> bool:
     """Whether any generator in ``states`` (:func:`generator_states`) has moved since."""
-    cpu, cuda, python = states
+    cpu, cuda, python, own = states
+    if own_generators.moved(own):
+        return True
     if not torch.equal(torch.get_rng_state(), cpu) or any(
             not torch.equal(torch.cuda.get_rng_state(d), state) for d, state in cuda):
         return True
@@ -458,7 +487,9 @@ def _moved(states) -> bool:
 
 def restore_rng(states) -> None:
     """Put back the generators' states that :func:`rng_states` kept."""
-    cpu, cuda, python = states
+    cpu, cuda, python, own = states
+    for generator, state in own:
+        own_generators.set_state(generator, state)
     torch.set_rng_state(cpu)
     for device, state in cuda:
         torch.cuda.set_rng_state(state, device)

@@ -155,10 +155,11 @@ def forwards_run():
 @contextmanager
 def generators_kept(steps: list):
     """The random generators end as they began: a replay moves no user RNG state."""
-    states = generator_states({d for step in steps if step.rng is not None
-                               for d, _ in step.rng[1]},
-                              python=any(step.rng is not None and step.rng[2] is not None
-                                         for step in steps))
+    drew = [step.rng for step in steps if step.rng is not None]
+    own = {id(g): g for rng in drew for g, _ in rng[3]}
+    states = generator_states({d for rng in drew for d, _ in rng[1]},
+                              python=any(rng[2] is not None for rng in drew),
+                              own=own.values())
     try:
         yield
     finally:
