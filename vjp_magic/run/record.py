@@ -31,12 +31,12 @@ import types
 import weakref
 from dataclasses import dataclass, field
 
-import numpy
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import DeviceContext
 from torch.utils.hooks import RemovableHandle
 
+from ..core import numpy_rng
 from ..core.memory import gb
 from ..core.quiet import no_subclass_code
 from . import own_generators
@@ -466,7 +466,7 @@ def generator_states(cuda_devices, python: bool = False, own=()) -> tuple:
     :func:`restore_rng`."""
     return (torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d))
                                          for d in sorted(cuda_devices)),
-            (random.getstate(), numpy.random.get_state()) if python else None,
+            (random.getstate(), numpy_rng.saved()) if python else None,
             tuple((g, own_generators.state(g)) for g in own))
 
 
@@ -478,11 +478,8 @@ def _moved(states) -> bool:
     if not torch.equal(torch.get_rng_state(), cpu) or any(
             not torch.equal(torch.cuda.get_rng_state(d), state) for d, state in cuda):
         return True
-    if python is None:
-        return False
-    now = numpy.random.get_state()
-    return random.getstate() != python[0] or now[2:] != python[1][2:] or \
-        not numpy.array_equal(now[1], python[1][1])
+    return python is not None and (random.getstate() != python[0]
+                                   or not own_generators.same(numpy_rng.saved(), python[1]))
 
 
 def restore_rng(states) -> None:
@@ -495,7 +492,7 @@ def restore_rng(states) -> None:
         torch.cuda.set_rng_state(state, device)
     if python is not None:
         random.setstate(python[0])
-        numpy.random.set_state(python[1])
+        numpy_rng.restore(python[1])
 
 
 def storage_of(tensor: torch.Tensor) -> tuple[int | None, int]:
