@@ -23,6 +23,7 @@ import types
 import torch
 
 from .errors import VJPUsageError
+from .tagging import graph_leaves
 
 
 class _Kept(threading.local):
@@ -56,9 +57,7 @@ def keep_for(output, functions) -> None:
     if not _KEPT.active:
         return
     check()  # (a graph judged before in this analysis: its copies compared before let go)
-    from .tagging import walk_nodes
-    leaves = [n.variable for n in walk_nodes([output.grad_fn]) if hasattr(n, "variable")]
-    leaves.append(output)
+    leaves = [*graph_leaves(output).values(), output]
     found: dict[int, list] = {}
     names = set()  # (a leaf: any of them may hold it, unseen where PyTorch hides the saved)
     for node in functions:

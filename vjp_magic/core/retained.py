@@ -36,6 +36,7 @@ import weakref
 import torch
 
 from .graph_walk import walk
+from .tagging import graph_leaves
 
 _REGISTERED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> tensor
 
@@ -202,7 +203,7 @@ def _flush(output: torch.Tensor) -> None:
     then every live one is looked at (full scan) and none keeps a BatchedTensor."""
     from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
 
-    leaves = [n.variable for n in walk(output.grad_fn).nodes if hasattr(n, "variable")]
+    leaves = list(graph_leaves(output).values())
     try:
         if leaves:
             _grad(output, leaves, torch.zeros_like(output))
