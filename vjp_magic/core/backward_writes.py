@@ -17,6 +17,7 @@ Function whose backward wrote what. :func:`writes_kept` bounds it to one analysi
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import types
 
@@ -171,15 +172,42 @@ def _reachable(node) -> list:
     return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
 
 
+READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
+_LIBRARIES = frozenset({"torch", "numpy", "functorch", "vjp_magic", "IPython", "scipy",
+                        *getattr(sys, "stdlib_module_names", ())})
+
+
 def read_by(function) -> list:
     """The objects a Python ``function`` (or staticmethod) reads by a global name (followed
-    by attributes of modules and classes) or a closure; [] for anything else."""
+    by attributes of modules and classes) or a closure, and what the user's own Python
+    functions among them read in turn (a helper called with a generator or tensor of its
+    module's: up to :data:`READ_DEPTH` calls deep, :data:`READ_MOST` functions; library
+    code is not followed); [] for anything else."""
     from .reentrant import _globals_read
-    function = getattr(function, "__func__", function)
-    if not isinstance(function, types.FunctionType):
-        return []
-    return _globals_read(function.__code__, function.__globals__) + \
-        [_contents(c) for c in function.__closure__ or ()]
+    found, seen, todo = [], set(), [(function, 0)]
+    while todo and len(seen) < READ_MOST:
+        now, depth = todo.pop()
+        now = getattr(now, "__func__", now)
+        if not isinstance(now, types.FunctionType) or id(now) in seen:
+            continue
+        seen.add(id(now))
+        closed = dict(zip(now.__code__.co_freevars, map(_contents, now.__closure__ or ())))
+        read = _globals_read(now.__code__, {**now.__globals__,
+                                            **{f"*{k}": v for k, v in closed.items()}})
+        read += list(closed.values())
+        found += read
+        if depth < READ_DEPTH:
+            todo += [(f, depth + 1) for f in read if _users(f)]
+    return found
+
+
+def _users(value) -> bool:
+    """Whether ``value`` is a Python function (or method) of the user's, not a library's."""
+    value = getattr(value, "__func__", value)
+    if not isinstance(value, types.FunctionType):
+        return False
+    module = str(value.__globals__.get("__name__") or "")
+    return module.partition(".")[0] not in _LIBRARIES
 
 
 def _contents(cell):

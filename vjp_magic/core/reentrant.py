@@ -373,7 +373,8 @@ def _globals_read(code: types.CodeType, scope: dict) -> list:
 
 @functools.lru_cache(maxsize=1024)
 def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
-    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load."""
+    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load (a
+    chain from a closure's variable starts with ``*`` and its name, which no global has)."""
     chains, stack = [], [code]
     while stack:
         now = stack.pop()
@@ -384,7 +385,8 @@ def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
                 chain.append(ins.argval)
                 continue
             chains.append(tuple(chain))
-            chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else []
+            chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else \
+                [f"*{ins.argval}"] if ins.opname == "LOAD_DEREF" else []
         chains.append(tuple(chain))
     return tuple(dict.fromkeys(c for c in chains if c))
 
