@@ -12,7 +12,10 @@ both accept: :data:`UNSAFE_TEX` lists what no maths may contain and
 """
 from __future__ import annotations
 
+import ast
+import io
 import re
+import tokenize
 
 from .codelines import fit_code
 from .document import (Bullets, Code, CodeBlock, Document, Formula, Math, Matrix, Paragraph,
@@ -178,14 +181,45 @@ _CODE_BREAKS = re.compile(r"(?<=[.([])|(?<=, )")  # inline code never breaks ins
 
 def inline_code(text: str) -> str:
     """Code in a sentence: maths that LaTeX and KaTeX (VS Code shows ``text/latex``) set in
-    typewriter type and a reader of either copies as the code (:func:`code_tex`); its
-    string's quotes double where it has no other (KaTeX's text sets ' as a typographic ’,
-    a SyntaxError when copied; " it keeps). A long one may break after . ( [ or ", " (a
-    page is 70 wide)."""
-    if "'" in text and '"' not in text and "\\" not in text:
-        text = text.replace("'", '"')
+    typewriter type and a reader of either copies as the code (:func:`code_tex`). KaTeX sets
+    a ' in text as a typographic ’ (a SyntaxError, or another string, when copied), so the
+    code's strings are spelled with " (:func:`double_quoted`). A long one may break after
+    . ( [ or ", " (a page is 70 wide)."""
+    text = double_quoted(text)
     pieces = _CODE_BREAKS.split(text) if len(text) > UNBROKEN_CODE else [text]
     return "$" + r"\allowbreak ".join(code_tex(p) for p in pieces if p) + "$"
+
+
+def double_quoted(code: str) -> str:
+    """``code`` with its string literals spelled between " and holding no ' (written
+    ``\\x27``): the same Python; ``code`` itself where it holds no ', or where it does not
+    read as Python (an option such as ``--wrt net``: its ' become ")."""
+    if "'" not in code:
+        return code
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return code.replace("'", '"') if '"' not in code and "\\" not in code else code
+    out, end = [], (1, 0)
+    for token in tokens:
+        if token.type in (tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER):
+            continue
+        if token.start[0] != 1 or token.end[0] != 1:
+            return code  # one line only
+        out.append(code[end[1]:token.start[1]])
+        out.append(_respelled(token.string) if token.type == tokenize.STRING else token.string)
+        end = token.end
+    out.append(code[end[1]:])
+    return "".join(out)
+
+
+def _respelled(literal: str) -> str:
+    """A plain string literal between ", with its ' as \\x27 (a prefixed one: as it is)."""
+    if literal[0] not in "'\"":
+        return literal  # r'…', b'…', f'…': their escapes mean otherwise
+    value = ast.literal_eval(literal)
+    body = value.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return '"' + body.replace("'", "\\x27") + '"'
 
 
 def _spans(spans) -> str:
