@@ -32,6 +32,7 @@ from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError, operand
 from .grouptest import OverTime, diagonal_hits, probed_pattern, proved_hits
 from .indexmaps.walk import proved_band
+from .modes import reads_aside
 from .pairing import Evidence, proved_for_every
 from .probes import new_seed
 from .quiet import quiet_autograd
@@ -63,6 +64,7 @@ KINDS = tuple(Kind)
 EXCEPTING = (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR, Kind.PERIODIC_BAND, Kind.SPARSE)
 
 
+@reads_aside
 @dataclass(frozen=True)
 class Dependency:
     """The pattern of dependences between two axes, and its verdict.

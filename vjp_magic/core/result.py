@@ -16,13 +16,14 @@ from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import OutOfRange, UnknownName, VJPUsageError
-from .modes import modes_aside
+from .modes import reads_aside
 from .pairing import Pairing
 from .quiet import no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
 from .validation import parameter_expression, spelled_for
 
 
+@reads_aside
 class GradientList(Sequence):
     """The ``gradient`` arguments, one per non-point output component, made on demand.
 
@@ -61,6 +62,7 @@ class GradientList(Sequence):
         return f"<{self._count} gradient argument(s) shaped {tuple(self._shape)}>"
 
 
+@reads_aside
 class ColouredGradients(GradientList):
     """Coloured 0/1 vectors shaped like ``like``, one per colour of its flat entries (made on
     demand): ``[c]`` is 1 on the entries of colour c; together they cover every entry exactly
@@ -78,6 +80,7 @@ class ColouredGradients(GradientList):
         return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
 
 
+@reads_aside
 class SparseDerivatives(NamedTuple):
     """Derivatives kept as the 2-D CSR ``matrix`` (output.numel() × input.numel()) until read:
     :class:`InputResult` makes them the sparse COO tensor ``out_shape + in_shape`` when its
@@ -191,6 +194,7 @@ class ByName(dict):
         return self[self._result.input_key(key)]
 
 
+@reads_aside
 @dataclass(repr=False)
 class DerivativeResult:
     """What every derivative result holds, of order 1 (:class:`VJPResult`) or 2
@@ -280,14 +284,12 @@ class DerivativeResult:
         return self.view
 
     # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
-    # (the user's torch modes run on no call of a display's: core.modes)
-    @modes_aside()
+    # (the user's torch modes run on no call of a display's, nor of a read: modes.reads_aside)
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.view is None:
             return {"text/plain": repr(self)}
         return self.view.bundle(self)
 
-    @modes_aside()
     def __repr__(self) -> str:
         if self.view is not None:
             return self.view.plain(self)
@@ -296,6 +298,7 @@ class DerivativeResult:
         return f"<{type(self).__name__}: {self.output_name} {shape} of {inputs}>"
 
 
+@reads_aside
 @dataclass(repr=False)
 class VJPResult(DerivativeResult):
     """What ``%%vjp``, ``%jacobian`` and :func:`vjp_magic.differentiate` return: first
