@@ -995,18 +995,21 @@ def _zero_words(dtype: torch.dtype, name: str = "x") -> str:
 
 def _with_zeros_note(dep: Dependency, allowed, dtype: torch.dtype) -> Dependency:
     """``dep`` with a note where a whole diagonal the graph allows (``allowed``: the (rows,
-    columns) it lets read, row-major) has no dependence at this x: "proved" bounds the
-    pattern, and a verdict smaller than the bound (independent where a roll leaks) holds at
-    this x only - a saturated leak must not read as proved independence."""
+    columns) it lets read, row-major) has no dependence at this x: the graph proves a bound
+    of the pattern, and a verdict smaller than the bound (independent where a roll leaks,
+    shut by a gate x > 1 at this x) holds at this x only, so it is "observed", not "proved"
+    (a missing diagonal of the index's own entries leaves the kind proved)."""
     rows, columns = (torch.as_tensor(t).cpu() for t in allowed)
     if rows.numel() == 0:
         return dep
     offsets = columns - rows
     r, c = entries(dep.pattern) if dep.pattern.layout == torch.sparse_csr \
         else dep.pattern.nonzero(as_tuple=True)
+    missing = ~torch.isin(offsets, torch.unique(c - r))
+    if bool((offsets[missing] != 0).any()) and dep.evidence == Evidence.PROVED:
+        dep = replace(dep, evidence=Evidence.OBSERVED)
     if r.numel() == 0:
         return _all_zero_note(dep, dtype)
-    missing = ~torch.isin(offsets, torch.unique(c - r))
     if not bool(missing.any()):
         return dep
     nearest = torch.where(missing, offsets.abs(), offsets.abs().max() + 1)  # nearest 0 first
