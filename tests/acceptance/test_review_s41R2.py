@@ -273,3 +273,120 @@ def test_a_nan_sample_leaves_the_other_samples_gradients_finite_and_right(model,
                 assert got[b].isnan().any(), (k, b)
             else:
                 torch.testing.assert_close(got[b], v[b], msg=f"{k}[{b}]")
+
+
+# -- --gradcheck at points chosen against it ---------------------------------------------------
+RIGHT_AT_EDGES = {
+    "floor at integers": "x = torch.arange(-3., 3., dtype=torch.float64).requires_grad_()\n"
+                         "y = torch.floor(x) * x",
+    "|x|·x.roll(1) + x at 0": "x = torch.zeros(6, dtype=torch.float64, requires_grad=True)\n"
+                              "y = x.abs() * x.roll(1) + x",
+    "max along rows, all tied": "x = torch.ones(4, 5, dtype=torch.float64, requires_grad=True)\n"
+                                "y = x.max(1).values",
+    "maximum with its flip, tied": "x = torch.ones(6, dtype=torch.float64, requires_grad=True)\n"
+                                   "y = torch.maximum(x, x.flip(0))",
+    "clamp at its bounds": "x = torch.tensor([-1., 1., -1., 1.], dtype=torch.float64,"
+                           " requires_grad=True)\ny = x.clamp(-1, 1) * x.roll(1)",
+    "1e30 beside 1": "x = torch.randn(6, dtype=torch.float64, requires_grad=True)\n"
+                     "y = x * 1e30 + x.roll(1)",
+    "1e-300 scale": "x = torch.randn(6, dtype=torch.float64, requires_grad=True)\ny = x * 1e-300",
+    "sqrt at 1e-300": "x = torch.full((6,), 1e-300, dtype=torch.float64, requires_grad=True)\n"
+                      "y = torch.sqrt(x)",
+    "subnormal product": "x = torch.full((6,), 1e-310, dtype=torch.float64, requires_grad=True)\n"
+                         "y = x * x.roll(1)",
+    "where(x > 0) at 0": "x = torch.zeros(6, dtype=torch.float64, requires_grad=True)\n"
+                         "y = torch.where(x > 0, x ** 2, -x)",
+    "round at 0.5": "x = torch.full((6,), 0.5, dtype=torch.float64, requires_grad=True)\n"
+                    "y = torch.round(x) + x",
+    "(x = 1e150)²": "x = torch.full((6,), 1e150, dtype=torch.float64, requires_grad=True)\n"
+                    "y = x ** 2",
+    "float32 subnormal": "x = torch.full((6,), 1e-40, requires_grad=True)\ny = x * 3",
+    "-0.0": "x = torch.full((6,), -0.0, dtype=torch.float64, requires_grad=True)\n"
+            "y = x.abs() + x * x.roll(1)",
+}
+
+
+@pytest.mark.parametrize("name", list(RIGHT_AT_EDGES))
+def test_gradcheck_at_kinks_and_extreme_scales_raises_no_false_alarm(ip, run_ok, name):
+    """Right built-in backwards at kinks, jumps, 1e±300 and subnormal scales: passed or
+    inconclusive, never FAILED."""
+    assert run_ok("%%vjp --gradcheck\n" + RIGHT_AT_EDGES[name]).gradcheck.ok is not False
+
+
+R2_1 = ("R2-1: --gradcheck says FAILED on right built-in backwards at a point with no "
+        "derivative whose one-sided differences are each exact: sort / topk at tied values "
+        "(piecewise linear: autograd's stable order matches neither side) and atan2 at (0, 0); "
+        "its own message says the function is not differentiable there and that PyTorch's "
+        "derivatives are right wherever one exists, yet ok is False where the documented "
+        "rule is inconclusive (ok None). Class: ties and 0/0 singularities against the "
+        "finite-difference kink detector (run/gradcheck.py)")
+TIED = {
+    "sort of tied values": "x = torch.ones(6, dtype=torch.float64, requires_grad=True)\n"
+                           "y = torch.sort(x).values * torch.arange(6.)",
+    "topk of tied values": "x = torch.ones(6, dtype=torch.float64, requires_grad=True)\n"
+                           "y = x.topk(3).values * torch.arange(1., 4.)",
+    "atan2 at the origin": "x = torch.zeros(6, dtype=torch.float64, requires_grad=True)\n"
+                           "y = torch.atan2(x, x.roll(1))",
+}
+
+
+@pytest.mark.xfail(strict=True, reason=R2_1)
+@pytest.mark.parametrize("name", list(TIED))
+def test_gradcheck_at_ties_is_not_failed(ip, run_ok, name):
+    """Mathematics: sort(x) at tied x has one-sided directional derivatives that differ
+    (bump x_k up and it moves last among the ties, down and it moves first), so there is no
+    derivative to check; autograd's is one valid choice. No custom Function is present."""
+    report = run_ok("%%vjp --gradcheck\n" + TIED[name]).gradcheck
+    assert report.ok is not False, report.max_error
+
+
+R2_2 = ("R2-2: --gradcheck of y = torch.exp(x) at x = 709 (y = 8.2e307, finite in float64) "
+        "says FAILED and 'The backward does not scale with its incoming gradient ... as when "
+        "a backward ignores grad_output': its own probes 2v (|v| >= 1.5) overflow vᵀJ to inf, "
+        "and the overflow is read as a wrong built-in backward. Class: dynamic range near "
+        "overflow inside the checker's own arithmetic (run/gradcheck.py scaling check)")
+
+
+@pytest.mark.xfail(strict=True, reason=R2_2)
+@pytest.mark.parametrize("count", [3, 6])
+def test_gradcheck_near_overflow_raises_no_false_alarm(ip, run_ok, count):
+    """exp'(x) = exp(x) is finite at 709 and PyTorch's own backward is right."""
+    r = run_ok(f"%%vjp --gradcheck\nx = torch.full(({count},), 709.0, dtype=torch.float64,"
+               " requires_grad=True)\ny = torch.exp(x)")
+    assert torch.isfinite(r.derivatives["x"]).all()
+    assert r.gradcheck.ok is not False
+    assert not r.gradcheck.unscaled
+
+
+CUBE = '''
+class Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 2 * x ** 2 * g  # wrong: d(x³)/dx = 3x²
+
+x = torch.linspace(1, 2, 6, dtype=torch.float64, requires_grad=True)
+'''
+R2_3 = ("R2-3: --gradcheck passes a custom backward 33 % off (2x² for d(x³)/dx = 3x², errors "
+        "of 1 to 4 on derivatives of 3 to 12) when each column of the Jacobian also holds a "
+        "derivative 1e4 (y = cat([Cube(x), 1e4·x])): vᵀJ e_k is judged with rtol against the "
+        "column's largest term, so the small entry's error hides in it, while it reports "
+        "'Largest error: x 4.0'; torch.autograd.gradcheck (entrywise) fails it. Class: "
+        "dynamic range inside one Jacobian column (run/gradcheck.py)")
+
+
+@pytest.mark.parametrize("scale", [
+    1.0, 1e2, pytest.param(1e4, marks=pytest.mark.xfail(strict=True, reason=R2_3))])
+def test_gradcheck_fails_a_wrong_small_derivative_beside_a_large_one(ip, run_ok, scale):
+    ip.run_cell(CUBE)
+    cube, x = ip.user_ns["Cube"], ip.user_ns["x"]
+    assert not torch.autograd.gradcheck(  # the reference: PyTorch's own check fails it
+        lambda t: torch.cat([cube.apply(t), scale * t]), (x.detach().clone().requires_grad_(),),
+        raise_exception=False)
+    report = run_ok(f"%%vjp --gradcheck\ny = torch.cat([Cube.apply(x), {scale} * x])").gradcheck
+    assert report.ok is False, report.max_error
