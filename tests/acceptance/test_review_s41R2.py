@@ -390,3 +390,47 @@ def test_gradcheck_fails_a_wrong_small_derivative_beside_a_large_one(ip, run_ok,
         raise_exception=False)
     report = run_ok(f"%%vjp --gradcheck\ny = torch.cat([Cube.apply(x), {scale} * x])").gradcheck
     assert report.ok is False, report.max_error
+
+
+R2_4 = ("R2-4: --gradcheck at inputs of size 1e-6 or below (as small as its finite-difference "
+        "step) calls smooth functions what they are not: sin(x)·x is 'inconclusive ... a kink: "
+        "the function is not differentiable at any of them', x³ 'the values are too large for "
+        "finite differences' (they are 1e-18), and a custom backward 50 % off (derivatives "
+        "3e-12, checkable with a step relative to x) is never FAILED, though at x = 1e-5 it "
+        "is. Class: inputs small against an absolute step (run/gradcheck.py, gradcheck_noise)")
+
+
+@pytest.mark.xfail(strict=True, reason=R2_4)
+@pytest.mark.parametrize("x0", [1e-6, 1e-7])
+@pytest.mark.parametrize("body", ["torch.sin(x) * x", "x ** 3"])
+def test_gradcheck_of_smooth_functions_at_small_inputs_says_nothing_false(ip, run_ok, body, x0):
+    """Mathematics: both are smooth (C∞) everywhere and their values here are tiny."""
+    r = run_ok(f"%%vjp --gradcheck\nx = torch.full((6,), {x0}, dtype=torch.float64,"
+               f" requires_grad=True)\ny = {body}")
+    text = r._repr_mimebundle_()["text/plain"]
+    assert r.gradcheck.ok is not False
+    assert "not differentiable" not in text and "kink" not in text, text
+    assert "too large" not in text, text
+
+
+CUBE_OFF = '''
+class CubeOff(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 4.5 * x ** 2 * g  # wrong: d(x³)/dx = 3x²
+'''
+
+
+@pytest.mark.parametrize("x0", [1e-3, 1e-5, pytest.param(1e-6, marks=pytest.mark.xfail(
+    strict=True, reason=R2_4))])
+def test_gradcheck_fails_a_backward_50_percent_off_at_small_inputs(ip, run_ok, x0):
+    ip.run_cell(CUBE_OFF)
+    r = run_ok(f"%%vjp --gradcheck\nx = torch.full((6,), {x0}, dtype=torch.float64,"
+               " requires_grad=True)\ny = CubeOff.apply(x)")
+    assert r.gradcheck.ok is False
