@@ -477,3 +477,53 @@ def test_index_map_patterns_hold_every_nonzero_and_proved_ones_hold_elsewhere(na
         nonzero = jacobian(f, at) != 0
         assert not (nonzero & ~pattern).any(), (d.kind, d.evidence)
     assert not (pattern & ~(jacobian(f, x.detach()) != 0)).any()  # and nothing more, here
+
+
+R2_5 = ("R2-5: --gradcheck of y = x² + c says FAILED for |c| >= 1e16 (float64 and float32 "
+        "cells), 'Finite differences disagree near a point where the function is not "
+        "differentiable': the step moves y by less than one ulp of c, so every difference is "
+        "exactly 0 and reads as smooth; at c = 1e12 and 1e14 the same cell is rightly "
+        "inconclusive ('the values are too large for finite differences'). Class: a step "
+        "whose whole effect is below the output's ulp (run/gradcheck_noise.py)")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("offset", [
+    "1e12", "1e14",
+    pytest.param("1e16", marks=pytest.mark.xfail(strict=True, reason=R2_5)),
+    pytest.param("1e20", marks=pytest.mark.xfail(strict=True, reason=R2_5)),
+    pytest.param("-1e30", marks=pytest.mark.xfail(strict=True, reason=R2_5))])
+def test_gradcheck_of_a_smooth_function_plus_a_huge_constant_is_not_failed(
+        ip, run_ok, offset, dtype):
+    """Mathematics: d(x² + c)/dx = 2x, smooth everywhere; autograd's is exact."""
+    r = run_ok(f"%%vjp --gradcheck\nx = torch.linspace(1, 2, 4, dtype=torch.{dtype},"
+               f" requires_grad=True)\ny = x ** 2 + {offset}")
+    assert r.gradcheck.ok is not False
+    assert "not differentiable" not in r._repr_mimebundle_()["text/plain"]
+
+
+MYEXP = '''
+class MyExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * y  # right: exp' = exp
+'''
+
+
+@pytest.mark.parametrize("x0", [20.0, pytest.param(88.0, marks=pytest.mark.xfail(
+    strict=True, reason=R2_2 + "; the float32 cell check too: a right custom exp at x = 88 "
+    "(exp = 1.65e38 < float32's 3.4e38) is FAILED, 'differ from the float64 ones by up to "
+    "inf% of the largest' (run/gradcheck_rounding.py)"))])
+def test_gradcheck_of_a_right_float32_custom_exp_near_overflow(ip, run_ok, x0):
+    ip.run_cell(MYEXP)
+    r = run_ok(f"%%vjp --gradcheck\nx = torch.full((4,), {x0}, requires_grad=True)\n"
+               "y = MyExp.apply(x)")
+    assert torch.isfinite(r.derivatives["x"]).all()
+    assert r.gradcheck.ok is not False
