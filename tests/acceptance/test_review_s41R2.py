@@ -571,3 +571,47 @@ def test_a_skew_between_small_entries_beside_a_large_diagonal_is_not_called_symm
     torch.testing.assert_close(got, reference)  # the values hold
     assert h.inputs["x"].symmetric is False
     assert "not symmetric" in h._repr_mimebundle_()["text/plain"]
+
+
+@pytest.mark.parametrize("dtype, scale", [
+    (torch.float32, 3e38), (torch.float32, 1e-39), (torch.float32, 1e-44),
+    (F64, 1e307), (F64, 1e-310), (F64, 1e-322),
+    (torch.float16, 3e4), (torch.float16, 1e-7), (torch.bfloat16, 1e38)])
+def test_couplings_at_the_edges_of_the_dtypes_range_are_kept(dtype, scale):
+    """(x + x.roll(1)/2)·scale with derivatives near overflow or subnormal: probes scaled by
+    ±2^k overflow or lose digits there; the Jacobian must still be torch's, bit for bit, and
+    the pattern must keep the coupling."""
+    def f(x):
+        return (x + 0.5 * x.roll(1)) * scale
+
+    x0 = (torch.rand(64, dtype=F64, generator=torch.Generator().manual_seed(2)) + 0.5).to(dtype)
+    J = jacobian(f, x0.clone())
+    assert int((J != 0).sum()) == 128  # the premise: both derivatives representable
+    x = x0.clone().requires_grad_()
+    r = vjp_magic.differentiate(f(x), x)
+    assert torch.equal(r.jacobian("x"), J)
+    assert torch.equal(r.jacobian("x", layout=torch.sparse_csr).to_dense(), J)
+    assert torch.equal(vjp_magic.sparse_jacobian(f(x), x).to_dense(), J)
+    d = vjp_magic.dependency(f(x), x)
+    pattern = d.pattern if d.pattern.layout == torch.strided else d.pattern.to_dense()
+    assert torch.equal(pattern.bool(), J != 0), d.kind
+
+
+def test_complex_inputs_and_outputs_are_refused_and_complex_intermediates_are_right():
+    xc = torch.randn(4, dtype=torch.complex128, requires_grad=True)
+    x = torch.randn(4, dtype=F64, requires_grad=True)
+    for call in (lambda: vjp_magic.differentiate((xc * xc).real, xc),
+                 lambda: vjp_magic.differentiate(x * (1 + 2j), x),
+                 lambda: vjp_magic.hessian((xc * xc).real.sum(), xc),
+                 lambda: vjp_magic.dependency((xc * xc).real, xc),
+                 lambda: vjp_magic.sparse_jacobian((xc * xc).real, xc)):
+        with pytest.raises(vjp_magic.VJPUsageError, match="real"):
+            call()
+
+    def f(t):
+        return torch.fft.fft(t).abs()
+
+    torch.testing.assert_close(vjp_magic.differentiate(f(x), x).jacobian("x"),
+                               jacobian(f, x.detach()))
+    h = vjp_magic.hessian((torch.fft.fft(x).abs() ** 2).sum(), x)
+    torch.testing.assert_close(h.hessian("x"), 8 * torch.eye(4, dtype=F64))  # |F x|² = 4|x|²
