@@ -615,3 +615,39 @@ def test_complex_inputs_and_outputs_are_refused_and_complex_intermediates_are_ri
                                jacobian(f, x.detach()))
     h = vjp_magic.hessian((torch.fft.fft(x).abs() ** 2).sum(), x)
     torch.testing.assert_close(h.hessian("x"), 8 * torch.eye(4, dtype=F64))  # |F x|² = 4|x|²
+
+
+class _Reads(nn.Module):
+    """Linear layers around ``f(h)``, where ``f`` reads other samples of the batch."""
+
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.a, self.l = f, nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.l(self.f(self.a(x)))
+
+
+ACROSS_TIES = {
+    "minus the batch max": lambda h: h - h.max(0).values,
+    "minus the batch amax": lambda h: h - h.amax(0),
+    "sorted along the batch": lambda h: torch.sort(h, 0).values,
+    "minus the batch median": lambda h: h - h.median(0).values,
+    "times the top-2 sum": lambda h: h * h.topk(2, 0).values.sum(0),
+}
+
+
+@pytest.mark.parametrize("name", list(ACROSS_TIES))
+def test_per_sample_gradients_through_ties_across_duplicate_samples(name):
+    """Samples 1, 3 and 5 are equal, so max / sort / median / topk over the batch tie: the
+    per-sample gradients are the loop of autograd.grad over the batch's own graph."""
+    torch.manual_seed(0)
+    net = _Reads(ACROSS_TIES[name]).double()
+    x = torch.randn(6, 4, dtype=F64)
+    x[3] = x[1]
+    x[5] = x[1]
+    t = torch.tensor([0, 1, 2, 0, 1, 2])
+    r = vjp_magic.differentiate(F.cross_entropy(net(x), t, reduction="none"), net)
+    expected = _clean_loop(net, x, t)
+    for k, v in expected.items():
+        torch.testing.assert_close(r.derivatives[k], v, msg=k)
