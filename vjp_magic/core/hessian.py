@@ -292,10 +292,30 @@ def _judged(item: HessianInput, d: torch.Tensor, seed: int, count: int) -> Hessi
         item.symmetric, item.asymmetry = symmetry(item, count)
     elif item.unverified:  # a symmetric path's matrix is symmetric as read: judged as is
         item.asymmetry = csr_asymmetry(item.sparse.matrix)
-    if item.unverified and item.asymmetry > tolerances(item.tensor.dtype).symbolic:
+    if item.unverified and max(item.asymmetry, _pairwise_asymmetry(item, count)) > \
+            tolerances(item.tensor.dtype).symbolic:
         item.symmetric = item.asymmetry <= rounding_range(item.tensor.dtype) and \
             count == 1 and symmetric_by_probes(d, item.tensor, seed)
     return item
+
+
+def _pairwise_asymmetry(item: HessianInput, count: int) -> float:
+    """max |H_ij − H_ji| / (|H_ij| + |H_ji|): a skew between two small entries is not hidden
+    by a large one elsewhere (a 2e8 diagonal beside H_21 = 2, H_12 = 1)."""
+    if item.sparse is not None:
+        coo = item.sparse.matrix.to_sparse_coo().coalesce()
+        gap, size = (coo - coo.t()).coalesce(), (coo.abs() + coo.t().abs()).coalesce()
+        if not torch.equal(gap.indices(), size.indices()):  # (both: the union of H's, Hᵀ's)
+            return math.inf  # cannot tell: the measured check decides
+        gap, size = gap.values().abs(), size.values()
+    elif math.prod(item.per_point_shape) <= 1:
+        return 0.0
+    else:
+        blocks = item.blocks(count)
+        gap = (blocks - blocks.transpose(-2, -1)).abs()
+        size = blocks.abs() + blocks.transpose(-2, -1).abs()
+    relative = torch.where(size > 0, gap / size.clamp_min(torch.finfo(size.dtype).tiny), gap)
+    return float(relative.nan_to_num(nan=0.0).max()) if relative.numel() else 0.0
 
 
 def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | None:
