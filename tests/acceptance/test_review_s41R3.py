@@ -292,3 +292,82 @@ def test_a_leak_between_directed_graphs_is_the_witness(edge):
 def test_the_crossing_edge_is_among_the_exceptions():
     d, _, _ = _verdict(_gnn(RINGS + [(1, 6)], "sum"), _x(8, 3))
     assert (6, 1) in list(d.exceptions()), d
+
+
+# ============================================================================================
+# Part A.3: a leak at some inputs only; "proved" against "observed"; underflow
+# ============================================================================================
+
+def _gated(x):
+    """Sample i mixes in sample i − 1 only where its feature 0 exceeds 1 (a data gate)."""
+    gate = (x[:, :1] > 1.0).to(x.dtype)
+    return x + gate * x.roll(1, 0)
+
+
+def _gated_relu(x):
+    return x + torch.relu(x[:, :1] - 1.0) * x.roll(1, 0)
+
+
+def _gate_x(open_rows):
+    x = _x(8, 3)
+    x[:, 0] = 0.0
+    x[list(open_rows), 0] = 2.0
+    return x
+
+
+@pytest.mark.parametrize("f", [_gated, _gated_relu], ids=["mask", "relu"])
+def test_a_leak_open_at_one_sample_is_found_with_its_witness(f):
+    d, pattern, truth = _verdict(f, _gate_x([3]))
+    assert torch.equal(pattern, truth)
+    assert d.kind != "independent" and d.witness == (3, 2), d
+
+
+@pytest.mark.parametrize("f", [_gated, _gated_relu], ids=["mask", "relu"])
+def test_a_leak_closed_at_this_x_is_independent_here(f):
+    d, pattern, truth = _verdict(f, _gate_x([]))
+    assert torch.equal(pattern, truth) and d.kind == "independent", d
+    other = _gate_x([5])  # the premise: the same f leaks at another x
+    assert bool(_true_pattern(f, other, 0, 0)[5, 4])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-3: y = x + (x[:, :1] > 1) * x.roll(1, 0) at an x where no gate is open: the verdict "
+    "'independent' comes with evidence 'proved' and conditional_on () (the note says the "
+    "read is 0 'at this x only'), yet at an x with one gate open sample 5 reads sample 4 "
+    "(torch's Jacobian); the relu-gated twin says 'probed'; class: a zero read off a "
+    "data-dependent gate (a comparison cast to float) is given the evidence of a proof "
+    "for every x, as G1-3 was for an index computed from x"))
+def test_a_verdict_resting_on_a_closed_gate_is_not_proved():
+    d, _, _ = _verdict(_gated, _gate_x([]))
+    assert d.kind == "independent"
+    assert d.evidence != "proved" or tuple(d.conditional_on), d
+
+
+def _slow_rnn(dtype):
+    torch.manual_seed(1)
+    rnn = nn.RNN(2, 3).to(dtype)
+    with torch.no_grad():
+        rnn.weight_hh_l0.mul_(0.02)  # J[t, s] shrinks ~ 0.02^(t-s): below float32's tiny
+    return lambda x: rnn(x)[0]
+
+
+def test_an_rnn_whose_old_steps_underflow_says_so_and_float64_is_causal():
+    x = _x(40, 1, 2, dtype=torch.float32)
+    d32, _, _ = _verdict(_slow_rnn(torch.float32), x)
+    assert d32.note and "underflow" in d32.note and "float64" in d32.note, d32
+    d64, pattern, truth = _verdict(_slow_rnn(D), x.double())
+    assert torch.equal(pattern, truth)
+    assert d64.kind == "lower-triangular" and tuple(d64.offsets) == (-39, 0), d64
+    assert not d64.note or "underflow" not in d64.note, d64
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-3 (same class, a band): with the gate open at sample 3 only, the verdict 'band' "
+    "(-1, 0) has evidence 'proved' and conditional_on (), yet where sample 0's gate opens it "
+    "reads sample 7 through the roll's wrap-around (offset +7, torch's Jacobian), outside "
+    "the band proved 'for every x'"))
+def test_a_band_resting_on_gates_is_not_proved_for_every_x():
+    d, _, _ = _verdict(_gated, _gate_x([3]))
+    assert d.kind == "band" and tuple(d.offsets) == (-1, 0), d
+    assert bool(_true_pattern(_gated, _gate_x([0]), 0, 0)[0, 7])  # premise
+    assert d.evidence != "proved" or tuple(d.conditional_on), d
