@@ -18,10 +18,11 @@ blocks from how the models are built (mathematics), per-sample gradients from a 
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrizations
 
 import vjp_magic
 
@@ -371,3 +372,100 @@ def test_a_band_resting_on_gates_is_not_proved_for_every_x():
     assert d.kind == "band" and tuple(d.offsets) == (-1, 0), d
     assert bool(_true_pattern(_gated, _gate_x([0]), 0, 0)[0, 7])  # premise
     assert d.evidence != "proved" or tuple(d.conditional_on), d
+
+
+# ============================================================================================
+# Part A.4: per-sample gradients against a loop of backward calls, one per sample
+# ============================================================================================
+
+def _loop_reference(model, losses_fn, batch: int) -> dict:
+    """name → (B, *shape): sample b's loss backward alone, trainable parameters only."""
+    rows = {n: [] for n, p in model.named_parameters() if p.requires_grad}
+    for b in range(batch):
+        model.zero_grad(set_to_none=True)
+        losses_fn()[b].backward()
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                rows[n].append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
+    model.zero_grad(set_to_none=True)
+    return {n: torch.stack(v) for n, v in rows.items()}
+
+
+class _Tied(nn.Module):
+    """A language-model head tied to its embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.h = nn.Embedding(7, 4), nn.Linear(4, 4)
+        self.out = nn.Linear(4, 7, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.out(torch.tanh(self.h(self.emb(t)).mean(1)))
+
+
+def _per_sample_cases():
+    torch.manual_seed(0)
+    b = 5
+    tokens, classes = torch.randint(0, 7, (b, 3)), torch.randint(0, 2, (b,))
+    xs, xa, xb = _x(b, 3), _x(b, 3, seed=1), _x(b, 3, seed=2)
+    tied = _Tied().double()
+    frozen = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    frozen[0].weight.requires_grad_(False)
+    buffers = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(),
+                            nn.Linear(4, 2)).double().eval()
+    param = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    parametrizations.weight_norm(param[0])
+    parametrizations.orthogonal(param[2])
+    shared = nn.Linear(3, 3).double()
+    twice = nn.Sequential(nn.Linear(3, 4), nn.Tanh()).double()
+    gru, seq = nn.GRU(3, 4).double(), _x(6, b, 3)
+    enc, seq4 = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0).double(), _x(6, b, 4)
+    tied_tgt = torch.randint(0, 7, (b,))
+    return b, {
+        "tied-embedding": (tied, lambda: F.cross_entropy(tied(tokens), tied_tgt,
+                                                         reduction="none")),
+        "frozen-weight": (frozen, lambda: F.cross_entropy(frozen(xs), classes,
+                                                          reduction="none")),
+        "batchnorm-buffers-eval": (buffers, lambda: F.cross_entropy(buffers(xs), classes,
+                                                                    reduction="none")),
+        "weight-norm-and-orthogonal": (param, lambda: F.cross_entropy(param(xs), classes,
+                                                                      reduction="none")),
+        "one-layer-applied-twice": (shared, lambda: shared(torch.tanh(shared(xs))).pow(2).sum(1)),
+        "siamese-called-twice": (twice, lambda: (twice(xa) - twice(xb)).pow(2).sum(1)),
+        "gru-batch-second": (gru, lambda: gru(seq)[0].pow(2).sum((0, 2))),
+        "encoder-batch-second": (enc, lambda: enc(seq4).pow(2).sum((0, 2))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_per_sample_cases()[1]))
+def test_per_sample_gradients_of_practitioner_models_are_the_loops(name):
+    batch, cases = _per_sample_cases()
+    model, losses = cases[name]
+    r = vjp_magic.differentiate(losses, model, names="m")
+    expected = _loop_reference(model, losses, batch)
+    assert set(r.derivatives) == {f"m.{n}" for n in expected}, sorted(r.derivatives)
+    for n, g in expected.items():
+        torch.testing.assert_close(r.derivatives[f"m.{n}"], g, rtol=1e-9, atol=1e-11)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_reduced_loss_gives_the_gradient_backward_gives(reduction):
+    """A scalar loss: r.derivatives equals .grad after loss.backward() (mean = sum / B)."""
+    batch, cases = _per_sample_cases()
+    model, _ = cases["tied-embedding"]
+    torch.manual_seed(3)
+    tokens, tgt = torch.randint(0, 7, (batch, 3)), torch.randint(0, 7, (batch,))
+
+    def loss():
+        return F.cross_entropy(model(tokens), tgt, reduction=reduction)
+    r = vjp_magic.differentiate(loss, model, names="m")
+    model.zero_grad(set_to_none=True)
+    loss().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(r.derivatives[f"m.{n}"], p.grad, rtol=1e-9, atol=1e-12)
+    per_sample = _loop_reference(model, lambda: F.cross_entropy(
+        model(tokens), tgt, reduction="none"), batch)["emb.weight"].sum(0)
+    scale = batch if reduction == "mean" else 1
+    torch.testing.assert_close(r.derivatives["m.emb.weight"] * scale, per_sample)
