@@ -388,7 +388,8 @@ def _loop_reference(model, losses_fn, batch: int) -> dict:
         losses_fn()[b].backward()
         for n, p in model.named_parameters():
             if p.requires_grad:
-                rows[n].append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
+                grad = torch.zeros_like(p) if p.grad is None else p.grad.to_dense()
+                rows[n].append(grad.clone())
     model.zero_grad(set_to_none=True)
     return {n: torch.stack(v) for n, v in rows.items()}
 
@@ -424,7 +425,8 @@ def _per_sample_cases():
     gru, seq = nn.GRU(3, 4).double(), _x(6, b, 3)
     enc, seq4 = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0).double(), _x(6, b, 4)
     tied_tgt = torch.randint(0, 7, (b,))
-    return b, {
+    more = _more_per_sample_cases(b, xs, classes)
+    return b, more | {
         "tied-embedding": (tied, lambda: F.cross_entropy(tied(tokens), tied_tgt,
                                                          reduction="none")),
         "frozen-weight": (frozen, lambda: F.cross_entropy(frozen(xs), classes,
@@ -437,6 +439,39 @@ def _per_sample_cases():
         "siamese-called-twice": (twice, lambda: (twice(xa) - twice(xb)).pow(2).sum(1)),
         "gru-batch-second": (gru, lambda: gru(seq)[0].pow(2).sum((0, 2))),
         "encoder-batch-second": (enc, lambda: enc(seq4).pow(2).sum((0, 2))),
+    }
+
+
+def _more_per_sample_cases(b, xs, classes):
+    """Batch-shaped layers: a padding mask, BatchNorm in training, packed sequences, embeddings
+    with a padding index, sparse gradients, per-sample bag weights."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    enc, seq = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0).double(), _x(5, b, 4, seed=3)
+    pad = torch.zeros(b, 5, dtype=torch.bool)
+    pad[1, 3:] = pad[2, 4] = True
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    lstm, lengths = nn.LSTM(3, 4).double(), torch.tensor([5, 4, 2, 2, 1])
+
+    def packed():
+        out, _ = lstm(pack_padded_sequence(_x(5, b, 3, seed=4), lengths))
+        return pad_packed_sequence(out, total_length=5)[0].pow(2).sum((0, 2))
+    tok = torch.tensor([[0, 1, 2], [0, 0, 3], [4, 5, 0], [1, 1, 1], [2, 0, 5]])
+    emb_pad = nn.Sequential(nn.Embedding(6, 3, padding_idx=0), nn.Flatten(),
+                            nn.Linear(9, 2)).double()
+    emb_sparse = nn.Sequential(nn.Embedding(6, 3, sparse=True), nn.Flatten(),
+                               nn.Linear(9, 2)).double()
+    bag, weights = nn.EmbeddingBag(6, 3, mode="sum").double(), torch.rand(b, 3, dtype=D)
+    return {
+        "encoder-padding-mask-batch-second": (enc, lambda: enc(
+            seq, src_key_padding_mask=pad).pow(2).sum((0, 2))),
+        "batchnorm-training": (bn, lambda: F.cross_entropy(bn(xs), classes, reduction="none")),
+        "lstm-packed": (lstm, packed),
+        "embedding-padding-idx": (emb_pad, lambda: F.cross_entropy(emb_pad(tok), classes,
+                                                                   reduction="none")),
+        "embedding-sparse-grad": (emb_sparse, lambda: F.cross_entropy(
+            emb_sparse(tok), classes, reduction="none")),
+        "embedding-bag-sample-weights": (bag, lambda: bag(
+            tok, per_sample_weights=weights).pow(2).sum(1)),
     }
 
 
@@ -706,3 +741,46 @@ def test_the_display_of_a_leaky_gnn_batch_names_the_crossing_message(ip, run_ok)
     _, bundle = _shown(ip, run_ok, "gnn-crossing")
     plain = re.sub(r"\s+", " ", bundle["text/plain"])
     assert "y[6] ← x[1]" in plain, plain
+
+
+# ============================================================================================
+# Part A.6: nested tensors (variable-length batches without padding)
+# ============================================================================================
+
+def _nested(layout):
+    parts = [_x(2, 3, dtype=torch.float32), _x(4, 3, seed=1, dtype=torch.float32)]
+    x = torch.nested.nested_tensor(parts, layout=layout, requires_grad=True)
+    return x, F.linear(x, _x(2, 3, seed=2, dtype=torch.float32)).sin()
+
+
+@pytest.mark.parametrize("api", ["dependency", "differentiate"])
+def test_a_jagged_nested_batch_gets_a_usage_error(api):
+    x, y = _nested(torch.jagged)
+    with pytest.raises(vjp_magic.VJPUsageError):
+        getattr(vjp_magic, api)(y, x)
+    assert x.grad is None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-5: a nested tensor of torch.nested.nested_tensor's default layout (torch.strided) as "
+    "the input and output: vjp_magic.dependency and vjp_magic.differentiate raise torch's "
+    "RuntimeError 'Internal error: NestedTensorImpl doesn't support sizes. Please file an "
+    "issue.' from inside the package, where the jagged layout gets a VJPUsageError saying "
+    "what to do; class: a tensor kind recognised in one layout only falls through to an "
+    "internal error (DESIGN: every mistake gets a short message, no traceback from inside)"))
+@pytest.mark.parametrize("api", ["dependency", "differentiate"])
+def test_a_strided_nested_batch_gets_a_usage_error(api):
+    x, y = _nested(torch.strided)
+    with pytest.raises(vjp_magic.VJPUsageError):
+        getattr(vjp_magic, api)(y, x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-5 (in the magic): %%vjp over x = torch.nested.nested_tensor([...], "
+    "requires_grad=True); y = x.sin() ends in torch's RuntimeError 'Internal error: "
+    "NestedTensorImpl doesn't support sizes' with a traceback through the package's replay, "
+    "not a UsageError"))
+def test_a_strided_nested_cell_gets_a_usage_error(usage_error):
+    message = usage_error("%%vjp\nx = torch.nested.nested_tensor([torch.randn(2, 3), "
+                          "torch.randn(4, 3)], requires_grad=True)\ny = x.sin()")
+    assert "nested" in message.lower()
