@@ -475,11 +475,12 @@ def _more_per_sample_cases(b, xs, classes):
     }
 
 
+@pytest.mark.parametrize("given", ["callable", "tensor"])
 @pytest.mark.parametrize("name", list(_per_sample_cases()[1]))
-def test_per_sample_gradients_of_practitioner_models_are_the_loops(name):
+def test_per_sample_gradients_of_practitioner_models_are_the_loops(name, given):
     batch, cases = _per_sample_cases()
     model, losses = cases[name]
-    r = vjp_magic.differentiate(losses, model, names="m")
+    r = vjp_magic.differentiate(losses if given == "callable" else losses(), model, names="m")
     expected = _loop_reference(model, losses, batch)
     assert set(r.derivatives) == {f"m.{n}" for n in expected}, sorted(r.derivatives)
     for n, g in expected.items():
