@@ -590,6 +590,33 @@ def test_wrt_net_values_names_and_table_norms_are_the_loops(ip, run_ok, parametr
     assert f"({sum(g[0].numel() for g in reference.values())} entries)" in flat
 
 
+def _maths_table(text: str) -> dict:
+    """dotted name → cells after the name, of the rows of the first array environment."""
+    body = re.search(r"\\begin\{array\}\{[^}]*\}(.*?)\\end\{array\}", text, re.S).group(1)
+    rows = {}
+    for row in body.split("\\\\"):
+        cells = [cell.strip() for cell in row.replace("\\hline", "").split("&")]
+        m = re.fullmatch(r"\\mathtt\{(.*)\}", cells[0])
+        if m and _dotted(m.group(1).replace("{.}", ".")):  # (not the header's 'net')
+            rows[_dotted(m.group(1).replace("{.}", "."))] = cells[1:]
+    return rows
+
+
+@pytest.mark.parametrize("parametrised", [False, True], ids=["plain", "weight-norm"])
+def test_wrt_net_markdown_and_latex_tables_say_what_plain_says(ip, run_ok, parametrised):
+    r, reference = _net(ip, run_ok, parametrised)
+    bundle = _bundle(r)
+    plain_rows = _table(bundle["text/plain"])
+    for fmt in ("text/markdown", "text/latex"):
+        rows = _maths_table(bundle[fmt])
+        assert set(rows) == set(plain_rows), (fmt, sorted(rows), sorted(plain_rows))
+        for name, cells in rows.items():
+            norm = float(cells[-1])
+            assert norm == pytest.approx(float(reference[name].norm()), rel=6e-3), (fmt, name)
+            if plain_rows[name][0] is not None:
+                assert cells[0] == plain_rows[name][0].replace("×", "\\times"), (fmt, cells)
+
+
 @pytest.mark.parametrize("parametrised", [False, True], ids=["plain", "weight-norm"])
 def test_wrt_net_fits_one_screen(ip, run_ok, parametrised):
     r, _ = _net(ip, run_ok, parametrised)
