@@ -858,3 +858,41 @@ def test_the_latex_of_wrt_net_with_a_frozen_layer_fits_the_page(ip, run_ok, tmp_
                                                                parametrised):
     body = _bundle(_net(ip, run_ok, parametrised)[0])["text/latex"]
     assert _compile([body], tmp_path) == []
+
+
+# -- a frozen backbone ----------------------------------------------------------------------
+def _frozen_backbone():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(3, 4), nn.Tanh()).requires_grad_(False)
+    head = nn.Linear(4, 2)
+    losses = F.cross_entropy(head(backbone(torch.randn(5, 3))), torch.randint(0, 2, (5,)),
+                             reduction="none")
+    return backbone, head, losses
+
+
+def test_a_frozen_backbone_named_in_the_cell_gets_its_name_in_the_message(run_ok,
+                                                                         usage_error):
+    run_ok("from torch import nn\n"
+           "backbone = nn.Sequential(nn.Linear(3, 4), nn.Tanh()).requires_grad_(False)")
+    message = usage_error("%%vjp --wrt backbone\nlosses = backbone(torch.randn(5, 3)).sum(1)")
+    assert "backbone.requires_grad_()" in message, message
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-7: vjp_magic.differentiate(losses, backbone) on a frozen nn.Sequential, no names "
+    "given, says 'Sequential has no parameters that require grad (frozen): call "
+    "Sequential.requires_grad_() before computing the output': code that calls the method "
+    "on the class (a TypeError if run), where the head's own results are named 'weight', "
+    "'bias' with no prefix; class: a message's code names a module by its type when the "
+    "call gave it no name"))
+def test_a_frozen_module_given_without_a_name_gets_runnable_advice():
+    backbone, _, losses = _frozen_backbone()
+    with pytest.raises(vjp_magic.VJPUsageError) as info:
+        vjp_magic.differentiate(losses, backbone)
+    assert "Sequential.requires_grad_()" not in str(info.value), info.value
+
+
+def test_a_module_given_without_a_name_names_its_parameters_plainly():
+    _, head, losses = _frozen_backbone()
+    r = vjp_magic.differentiate(losses, head)
+    assert list(r.derivatives) == ["weight", "bias"]
