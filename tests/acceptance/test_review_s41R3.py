@@ -896,3 +896,32 @@ def test_a_module_given_without_a_name_names_its_parameters_plainly():
     _, head, losses = _frozen_backbone()
     r = vjp_magic.differentiate(losses, head)
     assert list(r.derivatives) == ["weight", "bias"]
+
+
+# -- strided layers: a rectangular pattern ---------------------------------------------------
+def _strided(name):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(2, 2, 3, stride=2, padding=1).double()
+    return {"conv-k3-s2": conv, "avgpool-k2-s2": lambda x: F.avg_pool1d(x, 2)}[name]
+
+
+@pytest.mark.parametrize("name", ["conv-k3-s2", "avgpool-k2-s2"])
+@pytest.mark.parametrize("length", [12, 48])
+def test_a_strided_layer_pattern_is_exact(name, length):
+    _, pattern, truth = _verdict(_strided(name), _x(1, 2, length), 2, 2)
+    assert torch.equal(pattern, truth)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "R3-8: a stride-2 layer (Conv1d k3 s2 p1; avg_pool1d 2): y[i] reads x[2i−1..2i+1] "
+    "(x[2i], x[2i+1]) at every length, but the verdict is 'band' with offsets j − i of 0..6 "
+    "at L = 12 (a bounding box that lets y[0] read x[6]) and 'sparse' at L = 48: the "
+    "kind depends on the size; class: rectangular (strided) patterns are measured by j − i, "
+    "so the stride's receptive field is not recognised (DESIGN: the answer never depends on "
+    "how big the tensor is; issue 20: convolutions with stride)"))
+@pytest.mark.parametrize("name", ["conv-k3-s2", "avgpool-k2-s2"])
+def test_a_strided_layer_gets_one_kind_at_every_length(name):
+    short, _, _ = _verdict(_strided(name), _x(1, 2, 12), 2, 2)
+    long, _, _ = _verdict(_strided(name), _x(1, 2, 48), 2, 2)
+    assert short.kind == long.kind, (short, long)
+    assert short.offsets == long.offsets, (short, long)
