@@ -97,6 +97,13 @@ def _models():
         "instancenorm-eval-batch": (inst_in("eval"), _x(5, 4, 6), 0, 0, "independent", None),
         "instancenorm-train-length": (inst_in("train"), _x(5, 4, 6), 2, 2, "dense", None),
         "instancenorm-eval-length": (inst_in("eval"), _x(5, 4, 6), 2, 2, "independent", None),
+        # flattened features: the groups become blocks of (channels per group) × length
+        "groupnorm-flattened": (lambda x: gn(x.view(3, 6, 5)).flatten(1), _x(3, 30), 1, 1,
+                                "block-diagonal", (15, 15)),
+        "instancenorm-flattened": (lambda x: F.instance_norm(x.view(3, 4, 6)).flatten(1),
+                                   _x(3, 24), 1, 1, "block-diagonal", (6, 6, 6, 6)),
+        "layernorm-tokens-flattened": (lambda x: F.layer_norm(x.view(2, 5, 4), (4,)).flatten(1),
+                                       _x(2, 20), 1, 1, "block-diagonal", (4,) * 5),
     }
 
 
