@@ -691,6 +691,9 @@ CELLS = {
     "per-sample-tied": "%%vjp --wrt tied\n"
                        "losses = F.cross_entropy(tied(tok), tgt, reduction='none')",
     "mean-loss-tied": "%%vjp --wrt tied\nloss = F.cross_entropy(tied(tok), tgt)",
+    "rnn-underflow": "%%vjp\ntorch.manual_seed(1)\nrnn = nn.RNN(2, 3)\nwith torch.no_grad():\n"
+                     "    rnn.weight_hh_l0.mul_(0.02)\n"
+                     "x = torch.randn(40, 1, 2, requires_grad=True)\ny = rnn(x)[0]",
 }
 FENCE = re.compile(r"```python\n(.*?)```", re.S)
 
@@ -937,3 +940,10 @@ def test_a_strided_layer_gets_one_kind_at_every_length(name):
     long, _, _ = _verdict(_strided(name), _x(1, 2, 48), 2, 2)
     assert short.kind == long.kind, (short, long)
     assert short.offsets == long.offsets, (short, long)
+
+
+def test_the_underflow_note_reaches_every_format(ip, run_ok):
+    _, bundle = _shown(ip, run_ok, "rnn-underflow")
+    for fmt in ("text/plain", "text/markdown", "text/latex"):
+        text = re.sub(r"\s+", " ", bundle[fmt])
+        assert "underflow" in text and "float64" in text, (fmt, text)
