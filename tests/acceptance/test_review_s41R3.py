@@ -947,3 +947,25 @@ def test_the_underflow_note_reaches_every_format(ip, run_ok):
     for fmt in ("text/plain", "text/markdown", "text/latex"):
         text = re.sub(r"\s+", " ", bundle[fmt])
         assert "underflow" in text and "float64" in text, (fmt, text)
+
+
+# -- a parametrisation whose forward updates buffers (spectral_norm's power iteration) --------
+def test_spectral_norm_in_training_updates_once_and_gives_the_loops_values():
+    import copy
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3).double()
+    parametrizations.spectral_norm(model)
+    model.train()
+    xs = _x(4, 3)
+    plain, reference_model = copy.deepcopy(model), copy.deepcopy(model)
+    plain(xs)  # a plain run: one power iteration
+    r = vjp_magic.differentiate(lambda: model(xs).pow(2).sum(1), model, names="m")
+    for (name, mine), (_, theirs) in zip(model.state_dict().items(),
+                                         plain.state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    losses = reference_model(xs).pow(2).sum(1)  # the one forward; then one backward a sample
+    params = dict(reference_model.named_parameters())
+    for b in range(4):
+        grads = torch.autograd.grad(losses[b], list(params.values()), retain_graph=True)
+        for (name, _), g in zip(params.items(), grads):
+            torch.testing.assert_close(r.derivatives[f"m.{name}"][b], g, rtol=1e-9, atol=1e-12)
