@@ -228,6 +228,17 @@ class _LeakyRunningMean(nn.Module):
         return x - self.running
 
 
+@pytest.mark.parametrize("mode", ["eval-without-running-stats", "train-cumulative", "eval"])
+def test_batchnorm_leaks_where_it_uses_the_batchs_statistics(mode):
+    """track_running_stats=False uses the batch's statistics in eval too (a classic leak)."""
+    bn = {"eval-without-running-stats": nn.BatchNorm1d(3, track_running_stats=False).eval(),
+          "train-cumulative": nn.BatchNorm1d(3, momentum=None).train(),
+          "eval": nn.BatchNorm1d(3).eval()}[mode].double()
+    d, pattern, truth = _verdict(bn, _x(6, 3))
+    assert torch.equal(pattern, truth)
+    assert d.kind == ("independent" if mode == "eval" else "dense"), d
+
+
 def test_a_leak_through_a_running_statistic_is_dense_in_training_only():
     m = _LeakyRunningMean()
     d, pattern, truth = _verdict(m, _x(6, 3))
