@@ -980,3 +980,29 @@ def test_spectral_norm_in_training_updates_once_and_gives_the_loops_values():
         grads = torch.autograd.grad(losses[b], list(params.values()), retain_graph=True)
         for (name, _), g in zip(params.items(), grads):
             torch.testing.assert_close(r.derivatives[f"m.{name}"][b], g, rtol=1e-9, atol=1e-12)
+
+
+WIDE_ROW = re.compile(r"^\s*(net[\w.\[\]]+) \[\s*(\d+(?: × \d+)*)\s+([-\d.e+]+)\s+([-\d.e+]+)"
+                      r"\s+\(([\d,]+)\)\]\s*$")
+
+
+def test_wrt_net_at_width_100_gives_each_largest_entry_and_where_it_is(ip, run_ok):
+    run_ok(NET.format(parametrised=False))
+    ns = ip.user_ns
+    net = ns["net"]
+    reference = _loop_reference(net, lambda: F.cross_entropy(net(ns["tok"]), ns["tgt"],
+                                                             reduction="none"), 6)
+    r = run_ok(NET_CELL.replace("--wrt net", "--wrt net --width 100"))
+    plain = _bundle(r)["text/plain"]
+    rows = [WIDE_ROW.match(line) for line in plain.splitlines()]
+    rows = [m for m in rows if m]
+    assert len(rows) >= 6, plain
+    for m in rows:
+        g = reference[_dotted(m.group(1))]
+        assert m.group(2) == " × ".join(map(str, g.shape[1:])), m.group(0)
+        assert float(m.group(3)) == pytest.approx(float(g.norm()), rel=6e-3), m.group(0)
+        largest = float(g.abs().max())
+        assert float(m.group(4)) == pytest.approx(largest, rel=6e-3), m.group(0)
+        at = tuple(int(i) - 1 for i in m.group(5).split(","))  # counted from 1
+        assert float(g[at].abs()) == pytest.approx(largest, rel=1e-6), (m.group(0), at)
+    assert max(map(len, plain.splitlines())) <= 100
