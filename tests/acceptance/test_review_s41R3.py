@@ -1006,3 +1006,16 @@ def test_wrt_net_at_width_100_gives_each_largest_entry_and_where_it_is(ip, run_o
         at = tuple(int(i) - 1 for i in m.group(5).split(","))  # counted from 1
         assert float(g[at].abs()) == pytest.approx(largest, rel=1e-6), (m.group(0), at)
     assert max(map(len, plain.splitlines())) <= 100
+
+
+@pytest.mark.parametrize("flags", ["", " --width 100"])
+@pytest.mark.parametrize("parametrised", [False, True], ids=["plain", "weight-norm"])
+def test_wrt_net_rows_shown_and_rows_said_left_out_add_up(ip, run_ok, parametrised, flags):
+    run_ok(NET.format(parametrised=parametrised))
+    r = run_ok(NET_CELL.replace("--wrt net", "--wrt net" + flags))
+    plain = _bundle(r)["text/plain"]
+    flat = re.sub(r"\s+", " ", plain)
+    total = int(re.search(r"From (\d+) tensors", flat).group(1))
+    left = re.search(r"(\d+) of the table's rows", flat)
+    shown = len(_table(plain)) or len([ln for ln in plain.splitlines() if WIDE_ROW.match(ln)])
+    assert shown + (int(left.group(1)) if left else 0) == total == len(r.derivatives), plain
