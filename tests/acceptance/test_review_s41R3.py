@@ -358,13 +358,7 @@ def test_a_leak_closed_at_this_x_is_independent_here(f):
     assert bool(_true_pattern(f, other, 0, 0)[5, 4])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-3: y = x + (x[:, :1] > 1) * x.roll(1, 0) at an x where no gate is open: the verdict "
-    "'independent' comes with evidence 'proved' and conditional_on () (the note says the "
-    "read is 0 'at this x only'), yet at an x with one gate open sample 5 reads sample 4 "
-    "(torch's Jacobian); the relu-gated twin says 'probed'; class: a zero read off a "
-    "data-dependent gate (a comparison cast to float) is given the evidence of a proof "
-    "for every x, as G1-3 was for an index computed from x"))
+# Fixed (28de2bb): test_a_verdict_resting_on_a_closed_gate_is_not_proved - was R3-3
 def test_a_verdict_resting_on_a_closed_gate_is_not_proved():
     d, _, _ = _verdict(_gated, _gate_x([]))
     assert d.kind == "independent"
@@ -389,11 +383,7 @@ def test_an_rnn_whose_old_steps_underflow_says_so_and_float64_is_causal():
     assert not d64.note or "underflow" not in d64.note, d64
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-3 (same class, a band): with the gate open at sample 3 only, the verdict 'band' "
-    "(-1, 0) has evidence 'proved' and conditional_on (), yet where sample 0's gate opens it "
-    "reads sample 7 through the roll's wrap-around (offset +7, torch's Jacobian), outside "
-    "the band proved 'for every x'"))
+# Fixed (28de2bb): test_a_band_resting_on_gates_is_not_proved_for_every_x - was R3-3
 def test_a_band_resting_on_gates_is_not_proved_for_every_x():
     d, _, _ = _verdict(_gated, _gate_x([3]))
     assert d.kind == "band" and tuple(d.offsets) == (-1, 0), d
