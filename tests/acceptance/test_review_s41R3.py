@@ -807,13 +807,6 @@ def test_a_jagged_nested_batch_gets_a_usage_error(api):
     assert x.grad is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-5: a nested tensor of torch.nested.nested_tensor's default layout (torch.strided) as "
-    "the input and output: vjp_magic.dependency and vjp_magic.differentiate raise torch's "
-    "RuntimeError 'Internal error: NestedTensorImpl doesn't support sizes. Please file an "
-    "issue.' from inside the package, where the jagged layout gets a VJPUsageError saying "
-    "what to do; class: a tensor kind recognised in one layout only falls through to an "
-    "internal error (DESIGN: every mistake gets a short message, no traceback from inside)"))
 @pytest.mark.parametrize("api", ["dependency", "differentiate"])
 def test_a_strided_nested_batch_gets_a_usage_error(api):
     x, y = _nested(torch.strided)
@@ -821,11 +814,6 @@ def test_a_strided_nested_batch_gets_a_usage_error(api):
         getattr(vjp_magic, api)(y, x)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-5 (in the magic): %%vjp over x = torch.nested.nested_tensor([...], "
-    "requires_grad=True); y = x.sin() ends in torch's RuntimeError 'Internal error: "
-    "NestedTensorImpl doesn't support sizes' with a traceback through the package's replay, "
-    "not a UsageError"))
 def test_a_strided_nested_cell_gets_a_usage_error(usage_error):
     message = usage_error("%%vjp\nx = torch.nested.nested_tensor([torch.randn(2, 3), "
                           "torch.randn(4, 3)], requires_grad=True)\ny = x.sin()")

@@ -317,7 +317,19 @@ def refuse_unanalysable(name: str, value: object) -> None:
     subclass with its own ``__torch_dispatch__`` (:func:`refuse_dispatching`). The one check
     every entry point makes of what it was given."""
     refuse_meta(name, value)
+    refuse_nested(name, value)
     refuse_dispatching(name, value)
+
+
+def refuse_nested(name: str, value: object) -> None:
+    """A usage error where ``value`` is a nested tensor (``torch.nested``, either layout): its
+    entries have no one shape for a Jacobian to be laid out along."""
+    if isinstance(value, torch.Tensor) and value.is_nested:
+        raise VJPUsageError(
+            f"{name} is a nested tensor (torch.nested): its entries have shapes of their own, "
+            "so there is no one Jacobian to lay out. Pad it into a plain tensor "
+            "(.to_padded_tensor(0.0)) or take its entries (.unbind()), and compute from those "
+            "with requires_grad=True.")
 
 
 def refuse_dispatching(name: str, value: object) -> None:
