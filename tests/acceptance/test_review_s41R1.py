@@ -114,3 +114,62 @@ def test_reads_of_the_result_equal_the_jacobian_and_leave_the_generators(results
     hessian = torch.func.hessian(lambda t: (t ** 3).sum() + (t[1:] * t[:-1]).sum())(
         xh.detach())
     torch.testing.assert_close(h.hessian("x"), hessian)
+
+
+# -- 2. what a first %%vjp cell imports: sys.modules and warnings.filters -------------------
+
+_FIRST_CELL = textwrap.dedent('''
+    import sys, warnings
+    from IPython.testing.globalipapp import start_ipython
+    ip = start_ipython()
+    ip.run_line_magic("load_ext", "vjp_magic")
+    assert ip.run_cell("import torch").success
+    assert ip.run_cell(sys.argv[2]).success
+    assert ip.run_cell(sys.argv[3]).success  # the plain run: what it imports is the user's
+    filters, modules = list(warnings.filters), set(sys.modules)
+    ip.run_cell("%%vjp " + sys.argv[1] + chr(10) + sys.argv[3])
+    print("FILTERS", len([f for f in warnings.filters if f not in filters]))
+    print("MODULES", sorted({m.split(".")[0] for m in set(sys.modules) - modules
+                             if not m.startswith("vjp_magic")}))
+''')
+
+_SQUARE = """
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 2
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return 2 * x * g
+"""
+
+_X5 = "x = torch.linspace(-2, 2, 5, requires_grad=True)\n"
+
+R1_2 = ("R1-2: the first %%vjp cell of a session imports third-party modules the cell never "
+        "named (sympy and mpmath for --gradcheck and for a custom autograd.Function; "
+        "matplotlib, PIL, dateutil, fontTools for --picture): sys.modules grows by hundreds of "
+        "entries and sympy's import adds a 'once' SymPyDeprecationWarning filter to "
+        "warnings.filters, where a plain run of the cell leaves both as they were; class: "
+        "the package's lazy imports happen inside the user's cell instead of at load_ext")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line, setup, body", [
+    ("", "", _X5 + "y = x ** 2"),
+    ("--explain", "", _X5 + "y = x ** 2"),
+    pytest.param("--picture", "", "x = torch.randn(4, 3, requires_grad=True)\ny = x.cumsum(1)",
+                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
+    pytest.param("--gradcheck", "", _X5 + "y = x ** 2",
+                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
+    pytest.param("", _SQUARE, _X5 + "y = Square.apply(x)",
+                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
+], ids=["plain", "explain", "picture", "gradcheck", "custom-function"])
+def test_a_first_cell_leaves_sys_modules_and_warnings_filters_as_a_plain_run(line, setup, body):
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_CELL, line, setup or "pass", body], capture_output=True,
+        text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("FILTERS", "MODULES"))]
+    assert done.returncode == 0 and len(lines) == 2, done.stderr[-2000:]
+    assert lines == ["FILTERS 0", "MODULES []"], lines
