@@ -173,3 +173,39 @@ def test_a_first_cell_leaves_sys_modules_and_warnings_filters_as_a_plain_run(lin
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith(("FILTERS", "MODULES"))]
     assert done.returncode == 0 and len(lines) == 2, done.stderr[-2000:]
     assert lines == ["FILTERS 0", "MODULES []"], lines
+
+
+# -- 3. a later cell that gives the input new data: the result reads the live tensor ---------
+
+R1_3 = ("R1-3: after the cell, giving the input new data of another shape (x.data = "
+        "torch.zeros(7), as a notebook does re-initialising a parameter) makes r.jacobian('x') "
+        "raise IndexError and the result's first display raise RuntimeError ('shape [4, 7] is "
+        "invalid'), while r.jacobian(layout=csr) and r.dependency still give the 4 x 4 "
+        "Jacobian computed: the result keeps the user's live tensor (r.inputs[name].tensor) "
+        "and reads its shape when read; class: a result read in a later cell depends on the "
+        "user's mutable tensors instead of what the analysis saw")
+
+
+def _stencil_times_x(x):
+    return torch.nn.functional.pad(x, (1, 1))[2:] * x
+
+
+@pytest.mark.xfail(strict=True, reason=R1_3)
+@pytest.mark.parametrize("f", [_stencil_times_x, lambda x: x ** 3], ids=["stencil", "points"])
+def test_a_result_read_after_the_input_got_new_data_is_the_jacobian_it_computed(f):
+    x = torch.linspace(-1.0, 1.0, 4, requires_grad=True)
+    expected = torch.autograd.functional.jacobian(f, x.detach().clone())
+    r = vjp_magic.differentiate(f(x), x)
+    x.data = torch.zeros(7)
+    torch.testing.assert_close(r.jacobian("x", layout=torch.sparse_csr).to_dense(), expected)
+    r._repr_mimebundle_()
+    torch.testing.assert_close(r.jacobian("x"), expected)
+
+
+@pytest.mark.parametrize("line", ["", "--explain", "--gradcheck"])
+def test_a_result_shown_before_an_in_place_update_keeps_its_numbers(ip, run_ok, line):
+    r = run_ok(f"%%vjp {line}\nx = torch.linspace(-1, 1, 4, requires_grad=True)\ny = x ** 3")
+    shown = r._repr_mimebundle_()
+    run_ok("with torch.no_grad():\n    x.add_(5)\n    y.mul_(0)")
+    assert r._repr_mimebundle_() == shown
+    torch.testing.assert_close(r.jacobian("x"), torch.diag(3 * torch.linspace(-1, 1, 4) ** 2))
