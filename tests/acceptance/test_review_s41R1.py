@@ -265,3 +265,40 @@ def test_the_derivatives_of_a_compiled_function_are_its_jacobian(ip, run_ok, dyn
     expected = torch.autograd.functional.jacobian(
         lambda t: torch.nn.functional.pad(t.sin(), (1, 1))[2:] * t, x)
     torch.testing.assert_close(r.jacobian("x"), expected)
+
+
+# -- 5. reading the result after a later cell set another default device ---------------------
+
+R1_5 = ("R1-5: after a later cell's torch.set_default_device('meta') (a notebook building a "
+        "big model's skeleton), r.jacobian(layout=torch.sparse_csr) comes back on the meta "
+        "device, without values, and r.dependency, h.hessian(layout=csr), r.picture and a "
+        "result's first display raise 'Tensor.item() cannot be called on meta tensors' from "
+        "inside the package; the entry points build their tensors on the CPU "
+        "(core/quiet.analysis_device), the result's reads do not; class, as R1-1: a public "
+        "read of the result is an entry point without the entry points' guards")
+
+
+@pytest.mark.xfail(strict=True, reason=R1_5)
+@pytest.mark.parametrize("read", ["r.jacobian(csr)", "r.dependency", "h.hessian(csr)",
+                                  "r.picture", "display"])
+def test_reading_the_result_under_another_default_device(read):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, xh, r, rp, h, d = _results()
+    expected = torch.autograd.functional.jacobian(_stencil, x.detach())
+    torch.set_default_device("meta")
+    try:
+        if read == "r.jacobian(csr)":
+            got = r.jacobian("x", layout=torch.sparse_csr)
+            assert got.device.type == "cpu"
+            torch.testing.assert_close(got.to_dense(), expected)
+        elif read == "r.dependency":
+            assert torch.equal(r.dependency("x").pattern.cpu(), expected != 0)
+        elif read == "h.hessian(csr)":
+            assert h.hessian("x", layout=torch.sparse_csr).device.type == "cpu"
+        elif read == "r.picture":
+            r.picture("x")
+        else:
+            assert "x" in r._repr_mimebundle_()["text/plain"]
+    finally:
+        torch.set_default_device(None)
