@@ -302,3 +302,56 @@ def test_reading_the_result_under_another_default_device(read):
             assert "x" in r._repr_mimebundle_()["text/plain"]
     finally:
         torch.set_default_device(None)
+
+
+# -- 6. grading against the exercise's f: how often f runs -----------------------------------
+
+R1_6 = ("R1-6: vjp_magic.check / assert_correct (answer, f, inputs) and %%vjp --check d "
+        "--against f call the user's f once for a right answer but twice for a wrong one "
+        "(the float64 re-check of a 'wrong' verdict calls f again): a BatchNorm inside f "
+        "ends with num_batches_tracked 2 and moved running stats, a counter f appends to "
+        "has two entries, so the user's state depends on whether the student's answer was "
+        "right; class: a re-check runs the user's code again instead of replaying the "
+        "record of its one call")
+
+_GRADED = """
+calls = []
+bn = torch.nn.BatchNorm1d(5)
+def f(x):
+    calls.append(1)
+    return bn(x[None].expand(3, 5)).sum(0) * 0 + x ** 3
+"""
+
+
+def _cubed_jacobian():
+    return torch.diag(3 * torch.linspace(-1, 1, 5) ** 2)
+
+
+def _graded_python(right: bool):
+    namespace: dict = {"torch": torch}
+    exec(_GRADED, namespace)
+    x = torch.linspace(-1, 1, 5, requires_grad=True)
+    answer = _cubed_jacobian() * (1 if right else 2)
+    verdict = vjp_magic.check(answer, namespace["f"], x)
+    return verdict.correct, len(namespace["calls"]), int(namespace["bn"].num_batches_tracked)
+
+
+def _graded_magic(ip, run_ok, right: bool):
+    run_ok(_GRADED)
+    run_ok("answer = torch.diag(3 * torch.linspace(-1, 1, 5) ** 2)")
+    scale = 1 if right else 2
+    r = run_ok("%%vjp --check d --against f\nx = torch.linspace(-1, 1, 5, requires_grad=True)\n"
+               f"y = x ** 3\nd = answer * {scale}")
+    return r.check.correct, len(ip.user_ns["calls"]), int(ip.user_ns["bn"].num_batches_tracked)
+
+
+def test_a_right_answer_calls_f_once(ip, run_ok):
+    assert _graded_python(right=True) == (True, 1, 1)
+    assert _graded_magic(ip, run_ok, right=True) == (True, 1, 1)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_6)
+@pytest.mark.parametrize("entry", ["python", "magic"])
+def test_a_wrong_answer_calls_f_as_often_as_a_right_one(ip, run_ok, entry):
+    graded = _graded_python(False) if entry == "python" else _graded_magic(ip, run_ok, False)
+    assert graded == (False, 1, 1)
