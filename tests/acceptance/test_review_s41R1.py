@@ -407,3 +407,43 @@ def test_a_callable_leaves_the_generators_as_one_plain_call(entry):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert _as_one_call(entry) == (True, True, True)
+
+
+# -- 7. the next cell's backward through a graph with a custom Function -----------------------
+
+R1_8 = ("R1-8: a %%vjp cell whose graph holds a custom autograd.Function and which runs its own "
+        "y2.sum().backward() leaves that graph retained (README: 'graphs with custom "
+        "autograd.Functions are left retained rather than run again'), so the next cell's "
+        "y1.sum().backward() through the same nodes succeeds and adds a second gradient to "
+        "x.grad, where after the plain cell PyTorch raises 'Trying to backward through the "
+        "graph a second time' and x.grad keeps the first; class: a graph kept for the "
+        "analysis changes what the user's next backward does (silently accumulates instead "
+        "of raising)")
+
+_SQUARE_CELL = _SQUARE + """
+x = torch.linspace(-1, 1, 5, requires_grad=True)
+"""
+_TWICE = "y1 = Square.apply(x) * x.sin()\ny2 = y1.sin()\ny2.sum().backward()"
+
+
+def _then_backward_again(ip, line: str | None):
+    assert ip.run_cell(_SQUARE_CELL).success
+    cell = _TWICE if line is None else f"%%vjp {line}\n{_TWICE}"
+    assert ip.run_cell(cell).success
+    first = ip.user_ns["x"].grad.clone()
+    later = ip.run_cell("y1.sum().backward()")
+    error = type(later.error_in_exec).__name__ if later.error_in_exec else None
+    return error, first, ip.user_ns["x"].grad.clone()
+
+
+@pytest.mark.xfail(strict=True, reason=R1_8)
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+def test_the_next_backward_through_a_custom_functions_graph_is_as_after_a_plain_cell(
+        ip, line):
+    plain = _then_backward_again(ip, None)
+    assert plain[0] == "RuntimeError"
+    ip.run_cell("del x, y1, y2")
+    magic = _then_backward_again(ip, line)
+    assert magic[0] == plain[0]
+    torch.testing.assert_close(magic[1], plain[1])
+    torch.testing.assert_close(magic[2], plain[2])
