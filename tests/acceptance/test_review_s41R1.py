@@ -59,10 +59,14 @@ _READS = {
     "h.hessian": lambda r, rp, h, d: h.hessian("x"),
     "h.hessian(csr)": lambda r, rp, h, d: h.hessian("x", layout=torch.sparse_csr),
     "r.picture": lambda r, rp, h, d: r.picture("x"),
+    "r.code": lambda r, rp, h, d: r.code,
+    "r.gradients": lambda r, rp, h, d: r.gradients["x"],
+    "d.describe": lambda r, rp, h, d: (d.kind, d.describe(), d.witness, d.pattern),
 }
 
 R1_1 = ("R1-1: the result's public methods (r.jacobian, r.jacobian_block, r.dependency, "
-        "r.picture, h.hessian) called while the user's own TorchFunctionMode or "
+        "r.picture, h.hessian; r.code and r.gradients under a function mode) called while "
+        "the user's own TorchFunctionMode or "
         "TorchDispatchMode is entered (a logging/counting/FLOP mode from an earlier cell) "
         "run that mode's __torch_function__/__torch_dispatch__ on the package's own torch "
         "calls, 20-250 times where the user made none; the entry points and the display "
@@ -77,9 +81,15 @@ def results():
         return _results()
 
 
-@pytest.mark.xfail(strict=True, reason=R1_1)
-@pytest.mark.parametrize("mode", [FunctionLog, DispatchLog], ids=["function", "dispatch"])
-@pytest.mark.parametrize("read", list(_READS))
+_HELD = {("d.describe", "function"), ("d.describe", "dispatch"), ("r.code", "dispatch"),
+         ("r.gradients", "dispatch")}  # what held at 59b260f: no call of the user's mode
+_MODE_CASES = [
+    pytest.param(read, mode, id=f"{read}-{kind}", marks=() if (read, kind) in _HELD else
+                 pytest.mark.xfail(strict=True, reason=R1_1))
+    for read in _READS for kind, mode in (("function", FunctionLog), ("dispatch", DispatchLog))]
+
+
+@pytest.mark.parametrize("read, mode", _MODE_CASES)
 def test_reading_the_result_runs_no_mode_of_the_users(results, read, mode):
     _, _, r, rp, h, d = results
     _READS[read](r, rp, h, d)  # a first read may fill a cache: not the question here
