@@ -457,3 +457,53 @@ def test_the_next_backward_through_a_custom_functions_graph_is_as_after_a_plain_
     assert magic[0] == plain[0]
     torch.testing.assert_close(magic[1], plain[1])
     torch.testing.assert_close(magic[2], plain[2])
+
+
+# -- 8. the user's backward raising inside the analysis' passes -------------------------------
+
+R1_9 = ("R1-9: a custom autograd.Function whose backward refuses some gradients (here any "
+        "zero in g, which the analysis' 0/1 vectors have) makes a %%vjp cell that runs fine "
+        "plainly end with the user's ValueError and a traceback through torch's engine and "
+        "vjp_magic/core/pass_guard.py, after the backward ran 2-10 times for the analysis; "
+        "class: an error in user code called by the analysis (not by the cell) is shown as the "
+        "cell's own error, where a short message naming the backward (or a result without "
+        "that part) is due, as for every other refusal")
+
+_PICKY = """
+calls = []
+class Picky(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 2
+    @staticmethod
+    def backward(ctx, g):
+        calls.append(1)
+        if (g == 0).any():
+            raise ValueError("picky backward: a zero in g")
+        x, = ctx.saved_tensors
+        return 2 * x * g
+x = torch.linspace(-1, 1, 5, requires_grad=True)
+"""
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param("h = x.exp()\ny = Picky.apply(h) * 1", marks=pytest.mark.xfail(
+        strict=True, reason=R1_9), id="points"),
+    pytest.param("h = x.exp()\ny = torch.nn.functional.pad(Picky.apply(h), (1, 1))[2:] + h",
+                 marks=pytest.mark.xfail(strict=True, reason=R1_9), id="stencil"),
+])
+def test_a_backward_that_raises_for_the_analysis_is_not_the_cells_error(ip, body):
+    assert ip.run_cell(_PICKY).success
+    result = ip.run_cell(f"%%vjp\n{body}")
+    error = result.error_in_exec
+    assert error is None or (type(error).__name__ == "UsageError" and "Picky" in str(error)), \
+        repr(error)
+
+
+def test_after_a_backward_raised_for_the_analysis_the_next_backward_runs(ip):
+    assert ip.run_cell(_PICKY).success
+    ip.run_cell("%%vjp\nh = x.exp()\ny = Picky.apply(h) * 1")
+    assert ip.run_cell("y.sum().backward()").success
+    x = torch.linspace(-1, 1, 5)
+    torch.testing.assert_close(ip.user_ns["x"].grad, 2 * x.exp() ** 2)
