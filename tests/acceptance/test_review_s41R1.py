@@ -507,3 +507,66 @@ def test_after_a_backward_raised_for_the_analysis_the_next_backward_runs(ip):
     assert ip.run_cell("y.sum().backward()").success
     x = torch.linspace(-1, 1, 5)
     torch.testing.assert_close(ip.user_ns["x"].grad, 2 * x.exp() ** 2)
+
+
+# -- 9. what held: global module hooks, and expressions of the line magics run once ----------
+
+_NET = """
+calls = []
+net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.2),
+                          torch.nn.Linear(4, 1))
+Xb = torch.randn(6, 3)
+xx = torch.randn(6, 3, requires_grad=True)
+"""
+_GLOBAL_HOOKS = """
+from torch.nn.modules import module as _module
+handles = [_module.register_module_forward_hook(lambda m, i, o: calls.append("f")),
+           _module.register_module_forward_pre_hook(lambda m, i: calls.append("p")),
+           _module.register_module_full_backward_hook(lambda m, gi, go: calls.append("b"))]
+"""
+
+
+def _net_state(ip):
+    net = ip.user_ns["net"]
+    return (list(ip.user_ns["calls"]), int(net[1].num_batches_tracked),
+            net[1].running_mean.clone(), torch.get_rng_state())
+
+
+def _global_hooks_run(ip, source: str):
+    torch.manual_seed(0)
+    assert ip.run_cell(_NET + _GLOBAL_HOOKS).success
+    try:
+        result = ip.run_cell(source)
+        assert result.success, result.error_in_exec
+        return _net_state(ip)
+    finally:
+        for handle in ip.user_ns["handles"]:
+            handle.remove()
+
+
+@pytest.mark.parametrize("line, body", [
+    ("--wrt net", "losses = net(Xb).squeeze(1) ** 2"),
+    ("--wrt net --gradcheck", "loss = (net(Xb) ** 2).mean()"),
+    ("--gradcheck", "y = net(xx)"),
+])
+def test_global_module_hooks_fire_as_in_a_plain_cell(ip, line, body):
+    plain = _global_hooks_run(ip, body)
+    magic = _global_hooks_run(ip, f"%%vjp {line}\n{body}")
+    assert magic[:2] == plain[:2]
+    assert torch.equal(magic[2], plain[2]) and torch.equal(magic[3], plain[3])
+
+
+@pytest.mark.parametrize("magic", [
+    "%jacobian net(xx) wrt xx", "%jacobian net(Xb).squeeze(1) wrt net[0].weight",
+    "%hessian (net(xx) ** 2).mean() wrt xx", "%hessian (net(Xb) ** 2).mean() wrt net[3].weight"])
+def test_a_line_magics_expression_runs_once(ip, magic):
+    expression = magic.split(" ", 1)[1].split(" wrt ")[0]
+    states = []
+    for source in (f"_value = {expression}", magic):
+        torch.manual_seed(0)
+        assert ip.run_cell(_NET + "net.register_forward_hook(lambda m, i, o: calls.append(1))"
+                           ).success
+        assert ip.run_cell(source).success
+        states.append(_net_state(ip))
+    assert states[1][:2] == states[0][:2] == ([1], 1)
+    assert torch.equal(states[1][2], states[0][2]) and torch.equal(states[1][3], states[0][3])
