@@ -13,6 +13,14 @@ k of each input (all of them when there are few; with a sample, every other entr
 ``torch.autograd.gradcheck`` (for a scalar output, both divided by v: errors are in the
 derivative's own units; a vector output's largest error and noise are told in them after the
 check, :mod:`.gradcheck_units`), atol scaled down where every derivative is below 1 (:func:`_atol`).
+
+One v cancels an error orthogonal to it: vᵀΔJ e_k = 0 with ΔJ e_k ≠ 0 (a backward missing a
+term x_i·Σg is off by x in every column, and Σ v_i x_i ≈ 0 for about one seed in a thousand).
+So a vector output's entries and groups are compared for a second, independent v as well,
+read from the same outputs (no forward run more where it agrees; :meth:`_Input.entry`), and
+a column of J whose derivatives, told in their own units, disagree beyond the tolerance has
+them judged again one output entry at a time, where nothing cancels
+(:func:`_told_in_units`): a largest error far over the tolerance is never told with a pass.
 Where the cell computes in float32, its custom backwards are also checked at that dtype
 against the float64 vᵀJ (:func:`_cell_derivatives`), a difference judged against the rounding
 the same formula has in that dtype (:mod:`.gradcheck_rounding`).
@@ -72,6 +80,7 @@ CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its e
 COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no comparison
 SEED = 0  # where the run has no seed of its own
 V_MAGNITUDE = (1.5, 3.0)  # |v| per entry: drawn in this range, either sign
+SECOND = 1  # the draw of the second v, independent of the first (a vector output's)
 RIVALS = 8  # a vector output's entries read in J's own units: the largest errors in vᵀJ
 MAX_SECONDS = 10.0  # sampling stops after this long (each input gets at least one entry)
 # A count budget instead (``gradcheck(passes=...)``, or this default where it is not None):
@@ -218,24 +227,85 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
         if analytic.note:
             return GradcheckReport(ok=None, note=analytic.note)
         with torch.no_grad():
-            probe = (analytic.numeric_v, replay.run(values),
-                     HiddenNoise(replay, values, analytic.numeric_v, STEP))
+            base = replay.run(values)
+        probe, second = (None if v is None else (v, base, HiddenNoise(replay, values, v, STEP))
+                         for v in (analytic.numeric_v, analytic.v2))
         atol = _atol(analytic.grads.values())
         found = {name: _compare(replay, values, name, analytic.grads[name], probe, budget,
-                                seed, atol) for name in names}
+                                seed, atol, second and (second, analytic.second[name]))
+                 for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
     cell = _cell_derivatives(own, (inputs, values), output, names, analytic, replay,
                              (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
-        for name, f in found.items():
-            if f.worst_at is not None:  # each entry that may be the worst in J's units
-                f.worst = max(derivative_error(replay, values, name, k, probe, weighted, STEP)
-                              for weighted, k in f.rivals())
-            if f.noise_at is not None:
-                f.noise = per_output(replay, values, name, f.noise_at, probe, f.noise)
+        _told_in_units(replay, values, found, (probe, second), atol)
     return _report(replay, found, analytic, budget, cell)
+
+
+def _told_in_units(replay, values: dict, found: dict, probes: tuple, atol: float) -> None:
+    """A vector output's errors, of vᵀJ, told in J's own units (:mod:`.gradcheck_units`):
+    the columns of the entries that may be the worst, and the noise. Where an input passed
+    but a column holds derivatives beyond the tolerance (v and the second v both cancelled
+    their error), they are judged again, each alone (:func:`_judged_again`): a figure far
+    over the tolerance is never told beside a passed check."""
+    probe, second = probes
+    for name, f in found.items():
+        if f.noise_at is not None:
+            f.noise = per_output(replay, values, name, f.noise_at, probe, f.noise)
+        if f.worst_at is None:
+            continue
+        columns = [(derivative_error(replay, values, name, k,
+                                     second if k in f.by_second else probe, weighted,
+                                     STEP, (atol, RTOL)), k) for weighted, k in f.rivals()]
+        f.worst = max(column.error for column, _ in columns)
+        if f.agree and any(column.over for column, _ in columns):
+            f.worst = max(_judged_again(replay, values, (name, k), f, column, probe[1], atol)
+                          for column, k in columns)
+
+
+def _judged_again(replay, values: dict, entry: tuple, f: _Found, column, base: torch.Tensor,
+                  atol: float) -> float:
+    """Input ``entry`` = (name, k)'s ``column`` (:class:`.gradcheck_units.Column`): each
+    derivative over the tolerance judged on its own output entry (:func:`_row_entry`: a v
+    of one entry cancels nothing), recorded in ``f``: one that disagrees fails the input; a
+    kink or noise there, or more such derivatives than were judged, leave the entry
+    inconclusive. The column's figure, its agreeing derivatives' errors."""
+    (name, k), errors = entry, [column.within]
+    if not f.agree:  # failed by an earlier column: enough
+        return column.error
+    where = [_index(values[name].shape, k)]
+    for row, want in column.over:
+        verdict, error = _row_entry(replay, values, name, k, (row, want), base, atol)
+        if verdict is Agreement.DISAGREE:
+            f.agree, f.failed = False, f.failed + where
+            return column.error
+        if verdict is Agreement.NOISY:
+            f.noisy, f.noise = f.noisy + where, max(f.noise, error)
+            return max(errors)
+        if verdict is Agreement.KINK:
+            f.inconclusive += where
+            return max(errors)
+        errors.append(error)
+    if column.count > len(column.over):  # the rest not judged: not passed
+        f.inconclusive += where
+    return max(errors)
+
+
+def _row_entry(replay, values: dict, name: str, k: int, derivative: tuple,
+               base: torch.Tensor, atol: float) -> tuple[Agreement, float]:
+    """:func:`_entry`'s verdict on ∂y_row/∂x_k, ``derivative`` = (row, the backward's
+    value), with v the flat output entry ``row`` alone (``base``: f(x))."""
+    (row, want), start = derivative, values[name]
+    e = torch.zeros(base.numel(), dtype=base.dtype, device=base.device)
+    e[row] = 1.0
+    e = e.reshape(base.shape)
+    analytic = torch.zeros(start.numel(), dtype=torch.float64, device=start.device)
+    analytic[k] = want  # (what _Noise reads of vᵀJ along e_k)
+    probe = (e, base, HiddenNoise(replay, values, e, STEP))
+    return _entry(replay, values, name, _direction(start, k, 0), probe, want,
+                  analytic.reshape(start.shape), atol)
 
 
 def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
@@ -306,6 +376,8 @@ class _Analytic:
     note: str | None = None
     raw: dict = field(default_factory=dict)  # vᵀJ per input, for a scalar output too
     v: torch.Tensor | None = None
+    second: dict = field(default_factory=dict)  # v₂ᵀJ per input (a vector output's)
+    v2: torch.Tensor | None = None
 
 
 def _analytic(replay, values: dict, names: list, seed: int,
@@ -330,10 +402,13 @@ def _analytic(replay, values: dict, names: list, seed: int,
         return _Analytic({n: torch.zeros_like(values[n]) for n in names}, numeric_v)
     wrt = [leaves[n] for n in names]
     raw = materialized_grad(out, wrt, v, retain_graph=True)
+    v2 = None if scalar else probe_v(out, seed, SECOND)  # (a scalar's v cannot cancel)
+    second = () if v2 is None else materialized_grad(out, wrt, v2, retain_graph=True)
     unscaled = _unscaled(out, wrt, names, v, raw)
     grads = tuple(g / v.reshape(()) for g in raw) if scalar else raw
     return _Analytic(dict(zip(names, grads)), numeric_v, custom_on_the_way(out, wrt),
-                     unscaled, raw=dict(zip(names, raw)), v=v)
+                     unscaled, raw=dict(zip(names, raw)), v=v,
+                     second=dict(zip(names, second)), v2=v2)
 
 
 def _unscaled(out: torch.Tensor, wrt: list, names: list, v: torch.Tensor,
@@ -609,11 +684,12 @@ def _atol(derivatives) -> float:
     return ATOL * min(1.0, max(sizes, default=1.0))
 
 
-def probe_v(out: torch.Tensor, seed: int) -> torch.Tensor:
+def probe_v(out: torch.Tensor, seed: int, draw: int = 0) -> torch.Tensor:
     """The check's v, shaped like ``out``, from the run's ``seed``: entries of magnitude
     in :data:`V_MAGNITUDE` (never near 0 or ±1: an error in any entry shows, and so does a
-    backward that ignores its incoming gradient) and random signs."""
-    generator = probe_generator(seed, "gradcheck")
+    backward that ignores its incoming gradient) and random signs; ``draw`` 1 gives the
+    second, independent v (:data:`SECOND`)."""
+    generator = probe_generator(seed, "gradcheck", draw)
     low, high = V_MAGNITUDE
     magnitude = low + (high - low) * torch.rand(out.shape, generator=generator,
                                                 dtype=torch.float64)
@@ -685,6 +761,7 @@ class _Found:
     unchecked: int = 0  # left unchecked: too many groups in doubt (MAX_SINGLES)
     worst_at: int | None = None  # the flat entry of ``worst`` (a vector output's is in vᵀJ)
     largest: list = field(default_factory=list)  # (error, k) of the largest, up to RIVALS
+    by_second: frozenset = frozenset()  # the entries failed by the second v (their errors)
 
     def rivals(self) -> list:
         """(error, k) of the entries whose error in vᵀJ is within the spread of |v| of the
@@ -713,7 +790,8 @@ class _Found:
 @dataclass
 class _Input:
     """What one input's checks share: the replay, the values, the input's name, its vᵀJ,
-    the probe (v, f(x), hidden noise), the tolerance and the rounding noise."""
+    the probe (v, f(x), hidden noise), the tolerance and the rounding noise; ``second``: the
+    same for the second v (a vector output's), read from the same outputs."""
 
     replay: object
     values: dict
@@ -722,26 +800,49 @@ class _Input:
     probe: tuple
     atol: float
     noise: _Noise
+    second: _Input | None = None
 
     def entry(self, found: _Found, k: int) -> Agreement:
-        """Entry ``k`` checked on its own, recorded in ``found``."""
-        direction = _direction(self.values[self.name], k, 0)
-        want = float(self.analytic.reshape(-1)[k])
-        verdict, error = _entry(self.replay, self.values, self.name, direction, self.probe,
-                                want, self.analytic, self.atol, self.noise,
-                                retry=found.agree)
+        """Entry ``k`` checked on its own, recorded in ``found``. Where v agrees, the second
+        v is asked too, from the same outputs (no forward run where it agrees at once): one
+        v may cancel an error (vᵀΔJ e_k = 0 with ΔJ e_k ≠ 0), two independent ones
+        together almost never; its disagreement is the entry's verdict."""
+        direction, moved = _direction(self.values[self.name], k, 0), {}
+        verdict, error = self._judged(direction, k, moved, found.agree)
+        if verdict is Agreement.AGREE and self.second is not None:
+            again = self.second._judged(direction, k, moved, True)
+            if again[0] is Agreement.DISAGREE:
+                (verdict, error), found.by_second = again, found.by_second | {k}
         found.add(verdict, error, [_index(self.values[self.name].shape, k)], k)
         return verdict
 
-    def group_agrees(self, u: torch.Tensor, want: float, loose: float) -> bool:
-        """Whether the central differences along ``u`` at steps h and h/2 agree with ``want``
-        within ``atol`` plus their measured error: twice their gap (a smooth f's truncation
-        error at h/2 is a third of it) plus their rounding noise. In doubt (False) where the
-        gap or the noise is over ``loose`` (a kink or a stair within the step, values too
-        large): the loose tolerance there would hide a wrong entry."""
-        v, base, _ = self.probe
+    def _judged(self, direction: torch.Tensor, k: int, moved: dict,
+                retry: bool) -> tuple[Agreement, float]:
+        """:func:`_entry`'s verdict on entry ``k`` for this v (``moved``: outputs by step)."""
+        return _entry(self.replay, self.values, self.name, direction, self.probe,
+                      float(self.analytic.reshape(-1)[k]), self.analytic, self.atol,
+                      self.noise, retry=retry, moved=moved)
+
+    def group_agrees(self, u: torch.Tensor, group: torch.Tensor, weights: torch.Tensor) -> bool:
+        """Whether the flat entries ``group`` moved along ``u`` (``weights`` on them) agree,
+        for v and the second v, from the same outputs (:meth:`_group_within`)."""
         steps = (STEP, -STEP, STEP / 2, -STEP / 2)
         outs = [moved_output(self.replay, self.values, self.name, t * u) for t in steps]
+        return all(c._group_within(u, outs, steps, group, weights)
+                   for c in (self, self.second) if c is not None)
+
+    def _group_within(self, u: torch.Tensor, outs: list, steps: tuple, group: torch.Tensor,
+                      weights: torch.Tensor) -> bool:
+        """Whether the central differences along ``u`` at steps h and h/2 agree with this
+        v's vᵀJ u within ``atol`` plus their measured error: twice their gap (a smooth f's
+        truncation error at h/2 is a third of it) plus their rounding noise. In doubt (False)
+        where the gap or the noise is over the loose tolerance (``atol`` and ``RTOL`` scaled
+        to the group: a kink or a stair within the step, values too large), which there
+        would hide a wrong entry."""
+        v, base, _ = self.probe
+        flat, norm = self.analytic.reshape(-1), float(weights[group].norm())
+        want = float(flat[group] @ weights[group])
+        loose = self.atol * norm + RTOL * float(flat[group].norm()) * norm / len(group)
         g = [float(v.mul(out - base).sum()) for out in outs]
         wide, narrow = (g[0] - g[1]) / (2 * STEP), (g[2] - g[3]) / STEP
         gap = abs(wide - narrow)
@@ -762,10 +863,12 @@ class _Input:
 
 
 def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tuple,
-             budget: Budget, seed: int, atol: float = ATOL) -> _Found:
+             budget: Budget, seed: int, atol: float = ATOL,
+             second: tuple | None = None) -> _Found:
     """One input's entries compared; at least one entry is checked, more while the
     ``budget`` lasts. Where entries are sampled, the others are checked in groups after them
-    (:func:`_groups`), until one fails or the budget is spent."""
+    (:func:`_groups`), until one fails or the budget is spent. ``second``: (the probe of
+    the second v, its v₂ᵀJ) for a vector output (:meth:`_Input.entry`)."""
     count = values[name].numel()
     if count <= MAX_ENTRIES:
         order = list(range(count))
@@ -775,6 +878,10 @@ def _compare(replay, values: dict, name: str, analytic: torch.Tensor, probe: tup
     found = _Found()
     checks = _Input(replay, values, name, analytic, probe, atol,
                     _Noise(probe[0], probe[1], analytic, values[name]))
+    if second is not None:
+        (probe2, analytic2) = second
+        checks.second = _Input(replay, values, name, analytic2, probe2, atol,
+                               _Noise(probe2[0], probe2[1], analytic2, values[name]))
     for k in order[:MAX_ENTRIES]:
         if not budget.allows(free=not found.checked):
             break
@@ -805,10 +912,7 @@ def _groups(checks: _Input, found: _Found, rest: list, budget: Budget, seed: int
         group = torch.tensor(rest[start:start + size], device=flat.device)
         u = torch.zeros_like(flat)
         u[group] = signs[group]
-        norm = float(signs[group].norm())  # (√len(group) for unit weights)
-        loose = checks.atol * norm + RTOL * float(flat[group].norm()) * norm / len(group)
-        if checks.group_agrees(u.reshape(checks.analytic.shape),
-                               float(flat[group] @ signs[group]), loose):
+        if checks.group_agrees(u.reshape(checks.analytic.shape), group, signs):
             found.covered += len(group)
             continue
         if found.singles + len(group) > MAX_SINGLES:  # many in doubt (noise): enough
@@ -845,20 +949,25 @@ def _agreement(want: float, numeric: float, noise: float = 0.0,
 def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
            want: float, analytic: torch.Tensor, atol: float = ATOL,
            noise: _Noise | None = None, rtol: float = RTOL,
-           retry: bool = True) -> tuple[Agreement, float]:
+           retry: bool = True, moved: dict | None = None) -> tuple[Agreement, float]:
     """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
     central difference where f is smooth across the step, else a safe one-sided one (see
     the module), each judged with its rounding noise (:class:`_Noise`): first counting
     every output entry, then, where that leaves it NOISY, only those that move along ``u``
     (:func:`_support`; x + 1e12 moves none at the step, yet each depends on x). ``retry``:
-    a disagreement is tried again at the smaller steps (:func:`_judged`)."""
+    a disagreement is tried again at the smaller steps (:func:`_judged`); ``moved``: the
+    outputs by step, kept (another v's check of the same entry reads them again)."""
     v, base, hidden = probe
     start = values[name]
     noise = noise or _Noise(v, base, analytic, start)  # (made once per input by the caller)
 
     def along_within(mask, inside: float = 0.0):
         def along(h: float) -> tuple[float, float]:  # vᵀ(f(x + h u) − f(x)), its noise
-            out = moved_output(replay, values, name, h * u)
+            out = moved.get(h) if moved is not None else None
+            if out is None:
+                out = moved_output(replay, values, name, h * u)
+                if moved is not None:
+                    moved[h] = out
             return (float(v.mul(out - base).sum()),
                     noise(out, mask, start + h * u, h * u) + inside * STEP)
         return along

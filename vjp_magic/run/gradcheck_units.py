@@ -12,49 +12,82 @@ divided by Σ|v_i| over the moving outputs is told instead: a lower bound of the
 entry's error, exact where each entry of x moves one output (an elementwise map). A rounding
 noise of vᵀJ e_k, a sum weighted by |v|, is likewise told per output entry
 (:func:`per_output`).
+
+The column also tells its entries that disagree beyond the check's tolerance and their
+rounding noise (:attr:`Column.over`): where the comparison of vᵀJ agreed, v cancelled the
+error (vᵀΔJ e_k = 0 with ΔJ e_k ≠ 0), and those entries are judged again on their own
+(:func:`.gradcheck._told_in_units`): a figure far over the tolerance is never told beside a
+passed check.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..core.torch_api import materialized_grad
-from .gradcheck_noise import SUPPORT_STEP, moved_output
+from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, moved_output
 
 MAX_COLUMN = 64  # backward passes on the worst entry's column without a double backward
 AGREE = 1e-2  # the column's weighted error within this of the measured one: the same error
+MAX_OVER = 8  # a column's entries beyond the tolerance told (to be judged again), at most
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column's figure: ``error``, its largest |analytic − numeric| derivative (or the
+    weighted lower bound); ``over``: (flat output entry, analytic derivative) of those whose
+    central difference disagrees beyond ``atol + rtol·|numeric|`` plus its rounding noise,
+    the farthest first, at most :data:`MAX_OVER` (none where the column could not be
+    read)."""
+
+    error: float
+    over: tuple = ()
+    count: int = 0  # how many disagree so (``over`` holds the first MAX_OVER)
+    within: float = 0.0  # the largest |analytic − numeric| of the others
 
 
 def derivative_error(replay, values: dict, name: str, k: int, probe: tuple, weighted: float,
-                     step: float) -> float:
+                     step: float, tolerance: tuple = (0.0, 0.0)) -> Column:
     """The largest |analytic − numeric| derivative in input ``name``'s flat entry ``k``'s
     column of J, from the measured error ``weighted`` of vᵀJ e_k (``probe``: v, f(x), …;
-    ``step``: the finite-difference step); see the module."""
+    ``step``: the finite-difference step; ``tolerance``: (atol, rtol)); see the module."""
     v, e = probe[0], _unit(values[name], k)
     try:
         moving = _moving(replay, values, name, e, probe[1]).reshape(-1)
     except Exception:  # noqa: BLE001 - no output moves as far as can be told
         moving = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
     weight = float(v.reshape(-1)[moving].abs().sum())
-    fallback = weighted / weight if weight else weighted / float(v.abs().max())
+    fallback = Column(weighted / weight if weight else weighted / float(v.abs().max()))
     rows = moving.nonzero().reshape(-1).tolist()
     if not rows:
         return fallback
     try:
-        numeric = (moved_output(replay, values, name, step * e)
-                   - moved_output(replay, values, name, -step * e)).reshape(-1) / (2 * step)
+        sides = [moved_output(replay, values, name, h * e).reshape(-1) for h in (step, -step)]
+        numeric = (sides[0] - sides[1]) / (2 * step)
+        at = torch.arange(numeric.numel(), device=numeric.device)
         analytic = _whole_column(replay, values, name, k, v)
         if analytic is None and len(rows) <= MAX_COLUMN:
-            analytic, numeric = _column(replay, values, name, k, rows), numeric[rows]
+            analytic, at = (_column(replay, values, name, k, rows),
+                            torch.tensor(rows, device=numeric.device))
             v = v.reshape(-1)[rows]
     except Exception:  # noqa: BLE001 - the weighted figure stands
         return fallback
     if analytic is None:
         return fallback
-    gaps = analytic - numeric
+    gaps = analytic - numeric[at]
     again = abs(float(v.reshape(-1).to(gaps.dtype).mul(gaps).sum()))
     if not abs(again - weighted) <= AGREE * weighted + 1e-5 * weight:
         return fallback
-    return float(gaps.abs().max())
+    noise = NOISE_ULPS * EPS * (sides[0].abs() + sides[1].abs())[at] / (2 * step)
+    atol, rtol = tolerance
+    excess = gaps.abs() - (atol + rtol * numeric[at].abs() + noise)
+    over = (excess > 0).nonzero().reshape(-1)
+    order = over[excess[over].argsort(descending=True)][:MAX_OVER].tolist()
+    rest = gaps.abs().masked_fill(excess > 0, 0.0)
+    return Column(float(gaps.abs().max()),
+                  tuple((int(at[i]), float(analytic[i])) for i in order), len(over),
+                  float(rest.max()) if rest.numel() else 0.0)
 
 
 def per_output(replay, values: dict, name: str, k: int, probe: tuple, amount: float) -> float:
