@@ -48,12 +48,12 @@ def _results():
     return x, xh, r, rp, h, d
 
 
+_BLOCK = (torch.arange(2), torch.arange(3))  # the block's rows and columns: the user's own
 _READS = {
     "r.jacobian": lambda r, rp, h, d: r.jacobian("x"),
     "r.jacobian(csr)": lambda r, rp, h, d: r.jacobian("x", layout=torch.sparse_csr),
     "points r.jacobian": lambda r, rp, h, d: rp.jacobian("x"),
-    "r.jacobian_block": lambda r, rp, h, d: r.jacobian_block("x", torch.arange(2),
-                                                              torch.arange(3)),
+    "r.jacobian_block": lambda r, rp, h, d: r.jacobian_block("x", *_BLOCK),  # made outside
     "r.dependency": lambda r, rp, h, d: r.dependency("x"),
     "points r.dependency": lambda r, rp, h, d: rp.dependency("x"),
     "h.hessian": lambda r, rp, h, d: h.hessian("x"),
@@ -81,11 +81,8 @@ def results():
         return _results()
 
 
-_HELD = {("d.describe", "function"), ("d.describe", "dispatch"), ("r.code", "dispatch"),
-         ("r.gradients", "dispatch")}  # what held at 59b260f: no call of the user's mode
 _MODE_CASES = [
-    pytest.param(read, mode, id=f"{read}-{kind}", marks=() if (read, kind) in _HELD else
-                 pytest.mark.xfail(strict=True, reason=R1_1))
+    pytest.param(read, mode, id=f"{read}-{kind}")  # R1-1 fixed: quiet.guarded_reads
     for read in _READS for kind, mode in (("function", FunctionLog), ("dispatch", DispatchLog))]
 
 
@@ -288,7 +285,6 @@ R1_5 = ("R1-5: after a later cell's torch.set_default_device('meta') (a notebook
         "read of the result is an entry point without the entry points' guards")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_5)
 @pytest.mark.parametrize("read", ["r.jacobian(csr)", "r.dependency", "h.hessian(csr)",
                                   "r.picture", "display"])
 def test_reading_the_result_under_another_default_device(read):

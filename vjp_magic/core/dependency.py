@@ -32,10 +32,9 @@ from .couplings import csr_inside, outside_entries
 from .errors import VJPUsageError, operand
 from .grouptest import OverTime, diagonal_hits, probed_pattern, proved_hits
 from .indexmaps.walk import proved_band
-from .modes import reads_aside
 from .pairing import Evidence, proved_for_every
 from .probes import new_seed
-from .quiet import quiet_autograd
+from .quiet import guarded_reads, quiet_autograd
 from .reentrant import refuse_on_its_graph
 from .retained import keeps_retained_grads
 from .sparse_exact import without_false_nan
@@ -64,7 +63,7 @@ KINDS = tuple(Kind)
 EXCEPTING = (Kind.BLOCK_DIAGONAL, Kind.BLOCK_LOWER_TRIANGULAR, Kind.PERIODIC_BAND, Kind.SPARSE)
 
 
-@reads_aside
+@guarded_reads
 @dataclass(frozen=True)
 class Dependency:
     """The pattern of dependences between two axes, and its verdict.

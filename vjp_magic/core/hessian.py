@@ -29,9 +29,8 @@ from .checked_batches import checked_components
 from .derivatives import chunk_size, forward_at_points, one_hot_gradients, plain_vjp
 from .errors import VJPUsageError
 from .marked import marked
-from .modes import reads_aside
 from .pairing import Evidence, Pairing
-from .quiet import no_subclass_code
+from .quiet import guarded_reads, no_subclass_code
 from .result import DerivativeResult, InputResult
 from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows, unravelled
@@ -107,7 +106,7 @@ def _twin(item: HessianInput, name: str) -> HessianInput:
     return replace(item, name=name, derivatives=item.derivatives.clone(), second=second)
 
 
-@reads_aside
+@guarded_reads
 @dataclass(repr=False)
 class HessianResult(DerivativeResult):
     """What ``%hessian`` and :func:`vjp_magic.hessian` return: second derivatives.

@@ -18,9 +18,7 @@ pre-dispatch mode: tracing, not a user's mode), which cannot be taken off and pu
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
-import types
 
 import torch
 from torch.utils._device import DeviceContext
@@ -183,31 +181,4 @@ def users_modes():
             raise
 
 
-_READS = frozenset({"_repr_mimebundle_", "__repr__", "__str__", "_repr_latex_",
-                    "_repr_markdown_", "_repr_html_", "_repr_pretty_", "__getitem__"})
-
-
-def reads_aside(cls: type) -> type:
-    """``cls`` with each public method and property it defines, its displays and items, under
-    :func:`modes_aside`: a result read in a later cell, where the user has entered a mode
-    since, runs none of the user's modes on the package's own torch calls."""
-    for name, value in list(vars(cls).items()):
-        if name.startswith("_") and name not in _READS:
-            continue
-        if isinstance(value, property) and value.fget is not None:
-            setattr(cls, name, property(_aside(value.fget), value.fset, value.fdel,
-                                        value.__doc__))
-        elif isinstance(value, types.FunctionType):
-            setattr(cls, name, _aside(value))
-    return cls
-
-
-def _aside(function):
-    @functools.wraps(function)
-    def aside(*args, **kwargs):
-        with modes_aside():
-            return function(*args, **kwargs)
-    return aside
-
-
-__all__ = ["modes_aside", "reads_aside", "users_modes"]
+__all__ = ["modes_aside", "users_modes"]

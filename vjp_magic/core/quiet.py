@@ -36,10 +36,12 @@ draw what the cell drew; this keeps the whole analysis.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import sys
 import threading
+import types
 
 import torch
 from torch.utils._device import DeviceContext, _device_constructors
@@ -185,6 +187,42 @@ def generators_kept():
             torch.cuda.set_rng_state_all(cuda)
 
 
+class _Depth(threading.local):
+    entries = 0  # quiet_autograd contexts entered on this thread
+
+
+_DEPTH = _Depth()
+_READS = frozenset({"_repr_mimebundle_", "__repr__", "__str__", "_repr_latex_",
+                    "_repr_markdown_", "_repr_html_", "_repr_pretty_", "__getitem__"})
+
+
+def guarded_reads(cls: type) -> type:
+    """``cls`` with each public method and property it defines, its displays and items, run
+    as an entry point that runs none of the user's code (:func:`quiet_autograd` with the CPU
+    as default device): a result read in a later cell, after the user entered a torch mode
+    or set another default device, runs none of that mode and makes its tensors as the
+    analysis did; inside an entry point already, a read costs nothing more."""
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") and name not in _READS:
+            continue
+        if isinstance(value, property) and value.fget is not None:
+            setattr(cls, name, property(_guarded(value.fget), value.fset, value.fdel,
+                                        value.__doc__))
+        elif isinstance(value, types.FunctionType):
+            setattr(cls, name, _guarded(value))
+    return cls
+
+
+def _guarded(function):
+    @functools.wraps(function)
+    def read(*args, **kwargs):
+        if _DEPTH.entries:
+            return function(*args, **kwargs)
+        with quiet_autograd(default_device=True):
+            return function(*args, **kwargs)
+    return read
+
+
 @contextlib.contextmanager
 def quiet_autograd(default_device: bool = False):
     """The random generators kept (:func:`generators_kept`), anomaly detection off, no
@@ -196,7 +234,11 @@ def quiet_autograd(default_device: bool = False):
     runs none of the user's code)."""
     # the user's torch modes: set aside first, before any torch call of ours
     with modes_aside(), generators_kept(), writes_kept(), _quiet(default_device):
-        yield
+        _DEPTH.entries += 1
+        try:
+            yield
+        finally:
+            _DEPTH.entries -= 1
 
 
 @contextlib.contextmanager
@@ -223,5 +265,5 @@ def _quiet(default_device: bool):
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
-__all__ = ["analysis_device", "generators_kept", "no_subclass_code", "quiet_autograd",
-           "subclass_code", "user_subclass"]
+__all__ = ["analysis_device", "generators_kept", "guarded_reads", "no_subclass_code",
+           "quiet_autograd", "subclass_code", "user_subclass"]

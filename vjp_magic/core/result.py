@@ -16,14 +16,13 @@ from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import OutOfRange, UnknownName, VJPUsageError
-from .modes import reads_aside
 from .pairing import Pairing
-from .quiet import no_subclass_code
+from .quiet import guarded_reads, no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
 from .validation import parameter_expression, spelled_for
 
 
-@reads_aside
+@guarded_reads
 class GradientList(Sequence):
     """The ``gradient`` arguments, one per non-point output component, made on demand.
 
@@ -62,7 +61,7 @@ class GradientList(Sequence):
         return f"<{self._count} gradient argument(s) shaped {tuple(self._shape)}>"
 
 
-@reads_aside
+@guarded_reads
 class ColouredGradients(GradientList):
     """Coloured 0/1 vectors shaped like ``like``, one per colour of its flat entries (made on
     demand): ``[c]`` is 1 on the entries of colour c; together they cover every entry exactly
@@ -80,7 +79,7 @@ class ColouredGradients(GradientList):
         return (self._colours == index).to(self._dtype).reshape(self._shape).to(self._device)
 
 
-@reads_aside
+@guarded_reads
 class SparseDerivatives(NamedTuple):
     """Derivatives kept as the 2-D CSR ``matrix`` (output.numel() × input.numel()) until read:
     :class:`InputResult` makes them the sparse COO tensor ``out_shape + in_shape`` when its
@@ -194,7 +193,7 @@ class ByName(dict):
         return self[self._result.input_key(key)]
 
 
-@reads_aside
+@guarded_reads
 @dataclass(repr=False)
 class DerivativeResult:
     """What every derivative result holds, of order 1 (:class:`VJPResult`) or 2
@@ -284,7 +283,7 @@ class DerivativeResult:
         return self.view
 
     # -- displays: the view spells them (markdown, LaTeX, plain) ---------------------------
-    # (the user's torch modes run on no call of a display's, nor of a read: modes.reads_aside)
+    # (a display and a read run as entry points: quiet.guarded_reads)
     def _repr_mimebundle_(self, include=None, exclude=None):
         if self.view is None:
             return {"text/plain": repr(self)}
@@ -298,7 +297,7 @@ class DerivativeResult:
         return f"<{type(self).__name__}: {self.output_name} {shape} of {inputs}>"
 
 
-@reads_aside
+@guarded_reads
 @dataclass(repr=False)
 class VJPResult(DerivativeResult):
     """What ``%%vjp``, ``%jacobian`` and :func:`vjp_magic.differentiate` return: first
