@@ -79,18 +79,56 @@ def test_rosenbrock_at_a_hundred_thousand_is_the_analytic_tridiagonal_hessian():
 @pytest.mark.parametrize("f, n", [(rosenbrock, 30), (banded, 25), (arrow, 20),
                                   (scattered, 40)])
 def test_small_sparse_hessians_equal_torch_func_hessian(sparse_from_small, f, n, dtype):
-    # the arrow's first row reads every entry: a dense row, coloured on its own where the
-    # random row subsets find it (sparse), else the exact path answers; right either way
+    # the arrow's first row reads every entry: a dense row, found from the function and x
+    # alone (every row read exactly at this size) and coloured on its own: sparse every run
     x = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(n))
     expected = torch.func.hessian(f)(x)
     x.requires_grad_(True)
     h = second_derivatives(f(x), {"x": x})
-    assert f is arrow or h.inputs["x"].sparse is not None
+    assert h.inputs["x"].sparse is not None
     tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else \
         {"rtol": 1e-4, "atol": 1e-4}
     torch.testing.assert_close(h.hessian("x", layout=torch.sparse_csr).to_dense(), expected,
                                **tol)
     torch.testing.assert_close(h.hessian("x"), expected, **tol)
+
+
+
+def strided_arrow(x):
+    """A dense row of every other entry (x[0] against x[1::2]) beside a tridiagonal: a row of
+    n/2 entries, which a draw of a few rows meets only if it holds an odd one."""
+    return x[0] * (x[1::2] ** 2).sum() + (x[1:] * x[:-1]).sum() + (x ** 4).sum() / 12
+
+
+@pytest.mark.parametrize("f, n", [(arrow, 20), (strided_arrow, 48), (arrow, 100),
+                                  (arrow, 3000)])
+def test_the_path_and_values_are_the_same_for_fifty_seeds(sparse_from_small, f, n):
+    # the run's seed (fresh per call unless given) must not choose between the sparse and the
+    # exact path: a clean-clone CI once took the exact one for the arrow at n = 20
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    expected = torch.func.hessian(f)(x) if n <= 100 else None
+    x.requires_grad_(True)
+    seen = set()
+    for seed in range(50 if n <= 100 else 5):
+        h = second_derivatives(f(x), {"x": x}, seed=seed)
+        sparse = h.inputs["x"].sparse
+        assert sparse is not None, seed
+        matrix = h.hessian("x", layout=torch.sparse_csr)
+        seen.add((sparse.count, tuple(sparse.colours.tolist()),
+                  tuple(matrix.col_indices().tolist())))
+        if expected is None:  # n = 3000: row 0 and the diagonal, from the formula
+            expected = arrow_hessian(x.detach())
+        torch.testing.assert_close(matrix.to_dense(), expected, rtol=1e-10, atol=1e-10)
+    assert len(seen) == 1
+
+
+def arrow_hessian(x):
+    """The arrow's Hessian: x[0]·Σx gives 2 at (0, 0) and 1 along row and column 0;
+    Σx⁴/12 gives x_i² on the diagonal."""
+    h = torch.diag(x ** 2)
+    h[0, :] += 1
+    h[:, 0] += 1
+    return h
 
 
 def test_a_failed_check_takes_the_exact_path(sparse_from_small, monkeypatch):

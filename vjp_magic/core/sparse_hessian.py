@@ -160,9 +160,11 @@ def _value_noise(flat, x, colours: torch.Tensor, count: int, budget: int,
     return noise.mul_(NOISE_MULTIPLE)
 
 
-# Dense rows: entries of x whose column is read in every one of these random row subsets, ...
+# Dense rows: entries of x whose column is read in every one of these row subsets (drawn
+# from a fixed stream: the path taken does not depend on the run's seed), ...
 HUB_DRAWS, HUB_FRACTION = 4, 1 / 32
-HUB_CANDIDATES = 64  # ... at most this many, each row then read exactly (one batched pass)
+HUB_CANDIDATES = 64  # ... at most this many, each row then read exactly (one batched pass);
+# up to this many entries of x, every row is read exactly (no subsets)
 
 
 def _found(d: torch.Tensor, x: torch.Tensor, budget: int, seed: int, symmetric: bool):
@@ -188,7 +190,7 @@ def _with_dense_rows(flat: torch.Tensor, x: torch.Tensor, budget: int, seed: int
     and columns (:func:`.pattern.observed_pattern` of the gradient with those rows zeroed,
     those columns skipped), the dense rows' own nonzeros (read exactly) added; their
     columns are the mirror (:func:`.colouring.symmetrised`)."""
-    found = dense_rows(flat, x, seed)
+    found = dense_rows(flat, x)
     if found is None:
         return None, None
     hubs, hub_rows, hub_cols = found
@@ -204,21 +206,20 @@ def _with_dense_rows(flat: torch.Tensor, x: torch.Tensor, budget: int, seed: int
     return rest._replace(crow=torch.from_numpy(crow), col=torch.from_numpy(keys % n)), hubs
 
 
-def dense_rows(flat: torch.Tensor, x: torch.Tensor, seed: int):
+def dense_rows(flat: torch.Tensor, x: torch.Tensor):
     """(mask, rows, cols): the dense rows of a symmetric Hessian (gradient ``flat`` with its
     graph), each reading more than :func:`.pattern.most_per_row` entries (a coupling such as
     x[0]·Σx², whose column no colouring of the others' can share), as an (n,) bool mask,
-    and their nonzeros (int64 arrays); or None (none, or too many). Candidates: entries j
-    with (wᵀ∂d/∂x)[j] ≠ 0 for each of :data:`HUB_DRAWS` random row subsets w of
-    :data:`HUB_FRACTION` of the rows (a column read by r rows is in all with chance about
-    (r·fraction)^draws: a dense one always); each candidate's row read exactly (one-hot
-    products; H symmetric: its column too)."""
+    and their nonzeros (int64 arrays); or None (none, or too many). Candidates
+    (:func:`_hub_candidates`): every row up to :data:`HUB_CANDIDATES` entries of x, else
+    the columns the row subsets all read; each candidate's row read exactly (one-hot
+    products; H symmetric: its column too). Which rows are dense depends on the function
+    and x only, never on the run's seed."""
     n = flat.numel()
-    generator = probes.probe_generator(seed, "sparse-hessian-hubs")
-    subsets = (torch.rand(HUB_DRAWS, n, generator=generator) < HUB_FRACTION).to(flat.dtype)
-    reached = _batched(flat, x, subsets.to(flat.device), None).ne(0).all(0).cpu()
-    candidates = reached.nonzero().squeeze(1)
-    if not 0 < candidates.numel() <= HUB_CANDIDATES:
+    if n <= patterns.most_per_row(n):  # no row can read more entries than x has
+        return None
+    candidates = torch.arange(n) if n <= HUB_CANDIDATES else _hub_candidates(flat, x)
+    if candidates is None:
         return None
     one_hot = flat.new_zeros(candidates.numel(), n)
     one_hot[torch.arange(candidates.numel()), candidates.to(flat.device)] = 1
@@ -230,6 +231,23 @@ def dense_rows(flat: torch.Tensor, x: torch.Tensor, seed: int):
     hubs[candidates[dense]] = True
     at, cols = read[dense].nonzero(as_tuple=True)
     return hubs, candidates[dense][at].numpy(), cols.numpy()
+
+
+def _hub_candidates(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    """The entries j with (wᵀ∂d/∂x)[j] ≠ 0 for each of :data:`HUB_DRAWS` row subsets w of
+    ceil(n·:data:`HUB_FRACTION`) rows drawn with replacement (at least one each), or None
+    (none, or more than :data:`HUB_CANDIDATES`). A column read by r rows is in all with
+    chance about (1 - (1 - fraction)^r)^draws: a fully dense one (the arrow's) always, one of
+    r > n/8 rows but for (7/8)^(n·fraction) per subset (2e-4 from 2,048 entries). The
+    subsets come from a stream of their own with a fixed seed (not the run's): the same x
+    gives the same candidates."""
+    n = flat.numel()
+    generator = probes.probe_generator(0, "sparse-hessian-hubs", n)
+    rows = torch.randint(0, n, (HUB_DRAWS, math.ceil(n * HUB_FRACTION)), generator=generator)
+    subsets = torch.zeros(HUB_DRAWS, n, dtype=flat.dtype).scatter_(1, rows, 1)
+    reached = _batched(flat, x, subsets.to(flat.device), None).ne(0).all(0).cpu()
+    candidates = reached.nonzero().squeeze(1)
+    return candidates if 0 < candidates.numel() <= HUB_CANDIDATES else None
 
 
 def _hub_coloured(crow, col, n: int, hubs: np.ndarray) -> tuple[np.ndarray, bool] | None:
