@@ -32,6 +32,7 @@ import torch
 from .derivatives import (Batching, PaidBatches, component_vjps, gradient_batch,
                           plain_components, plain_vjp, vjp_batch)
 from .probes import predicted_probe, probe_agrees, probe_values, stream_seed
+from .rounding import rounding_noise
 from .tolerances import tolerances
 
 
@@ -164,7 +165,7 @@ def _tiny(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: dict) -> set:
     """The names of ``judged`` (name → (derivatives, pairing) that failed the batching probe
     ``vector``, ``vjps[name]`` its plain vᵀJ) whose every entry is within the rule's bound
-    plus :func:`.sparse_check.rounding_noise` (two plain passes for all of them) times
+    plus :func:`.rounding.rounding_noise` (two plain passes for all of them) times
     :func:`_rows`: the batched derivatives differ from a plain pass by rounding only.
     Float32 and float64 (the rule computes in those); a NaN or ±inf not on both sides is
     never within noise."""
@@ -176,8 +177,6 @@ def within_noise(output, named: dict, vector: torch.Tensor, vjps: dict, judged: 
     if not excess:
         return set()
     v = vector.reshape(output.shape)
-    from .sparse_check import rounding_noise  # (it imports pattern, which imports this)
-
     noise = rounding_noise(output, [named[n] for n in excess], v,
                            [vjps[n].detach() for n in excess])
     kept = set()

@@ -38,8 +38,9 @@ import torch
 from .derivatives import plain_vjp
 from .probes import probe_generator, probe_plan, probe_values
 from .pattern import expanded
+from .rounding import measured_noise, rounding_noise
 from .sparse_layout import csr_rows, fresh
-from .tolerances import NOISE_MULTIPLE, tolerances
+from .tolerances import tolerances
 from .torch_api import DOUBLE_BACKWARD_ERRORS, guarded_grad, no_double_backward
 
 
@@ -81,7 +82,7 @@ def within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch
     """The second judgement of a proved pattern's failed probe: each entry's ``excess``
     (|vᵀJ_sparse - observed| - tolerance·scale, as :func:`_within` left it) within
     :data:`.tolerances.NOISE_MULTIPLE` times that entry's rounding noise, measured
-    (:func:`rounding_noise`). An infinite scale is refused as in :func:`_within`."""
+    (:func:`.rounding.rounding_noise`). An infinite scale is refused as in :func:`_within`."""
     if not bool(scale.max() * tolerance < math.inf):
         return False
     noise = rounding_noise(flat, [x], v, [observed])[0]
@@ -89,23 +90,6 @@ def within_noise(flat, x, v: torch.Tensor, observed: torch.Tensor, excess: torch
     return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)
 
 
-
-def rounding_noise(output, inputs, v: torch.Tensor, observed) -> list:
-    """:data:`.tolerances.NOISE_MULTIPLE` times the measured rounding noise of each input's
-    vᵀJ (``observed``, from a plain pass of ``v`` shaped like ``output``): vᵀJ again from
-    (c·v)ᵀJ / c for each c of :data:`_NOISE_FACTORS` (one plain pass for all ``inputs``),
-    |that - observed| at its largest, entry by entry."""
-    noise = [torch.zeros_like(o) for o in observed]
-    for factor in _NOISE_FACTORS:
-        factor = torch.tensor(factor, dtype=v.dtype).item()  # c·v exact: v's are powers of 2
-        again = plain_vjp(output, inputs, v * factor)
-        noise = [torch.maximum(z, a.detach().reshape(o.shape).div_(factor).sub_(o).abs_())
-                 for z, a, o in zip(noise, again, observed)]
-    return [z.mul_(NOISE_MULTIPLE) for z in noise]
-
-
-# Not dyadic: c·v rounds in other places than v (v holds powers of two).
-_NOISE_FACTORS = (1.3125 + 1 / 3, 0.7 + 1 / 7)
 
 
 def _products(passes, jacobian: torch.Tensor, draws: int):
@@ -296,19 +280,16 @@ def _within_row_noise(g, v, w: torch.Tensor, observed: torch.Tensor, excess: tor
                       scale: torch.Tensor, tolerance: float) -> bool:
     """The second judgement of a row probe that failed: each row's ``excess`` (as
     :func:`_within` left it) within :data:`.tolerances.NOISE_MULTIPLE` times that row's
-    measured rounding noise, |J·(c·w)/c - J·w| at its largest over the non-dyadic c of
-    :data:`_NOISE_FACTORS`. |J_sparse|·|w| misses the rounding of a J entry that is a sum of
-    cancelling terms (linear upsampling of x·roll(x) near x = 0: terms ~10³ times the net
-    value); the noise is of those terms. Sound as :func:`within_noise` is: J·w is linear in
-    w, so a coupling the pattern lacks appears alike in every J·(c·w)/c and never inflates
-    the noise, and each row is judged by its own."""
+    measured rounding noise, |J·(c·w)/c - J·w| at its largest over the non-dyadic c
+    (:func:`.rounding.measured_noise`). |J_sparse|·|w| misses the rounding of a J entry that
+    is a sum of cancelling terms (linear upsampling of x·roll(x) near x = 0: terms ~10³
+    times the net value); the noise is of those terms. Sound as :func:`within_noise` is:
+    J·w is linear in w, so a coupling the pattern lacks appears alike in every J·(c·w)/c
+    and never inflates the noise, and each row is judged by its own."""
     if not bool(scale.max() * tolerance < math.inf):
         return False
-    noise = torch.zeros_like(excess)
-    for factor in _NOISE_FACTORS:
-        factor = torch.tensor(factor, dtype=w.dtype).item()
-        (again,) = guarded_grad(g, v, w * factor, retain_graph=True)
-        again = again.detach().reshape(-1).to(excess.device, excess.dtype).div_(factor)
-        noise = torch.maximum(noise, again.sub_(observed.detach().reshape(-1).to(
-            excess.device, excess.dtype)).abs_())
-    return bool(excess.sub_(noise.mul_(NOISE_MULTIPLE)).amax() <= torch.finfo(scale.dtype).tiny)
+    on = (excess.device, excess.dtype)
+    (noise,) = measured_noise(
+        lambda c: [guarded_grad(g, v, w * c, retain_graph=True)[0].detach().reshape(-1).to(*on)],
+        [observed.detach().reshape(-1).to(*on)], w.dtype)
+    return bool(excess.sub_(noise).amax() <= torch.finfo(scale.dtype).tiny)

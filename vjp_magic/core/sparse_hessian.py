@@ -26,10 +26,10 @@ from .colouring import (colour_count, colour_rows, colour_symmetric, recover_sym
 from .checked_batches import CheckedBatches as PaidBatches
 from .derivatives import chunk_size, plain_vjp
 from .indexmaps.summed import depends, summed_hessian_pattern
-# the sparse Jacobian's noise judgements, reused
-from .sparse_check import _NOISE_FACTORS, rounding_noise, within_noise
+from .rounding import measured_noise, rounding_noise
+from .sparse_check import within_noise  # the sparse Jacobian's noise judgement, reused
 from .sparse_layout import csr_matrix, csr_rows, dense_to_csr
-from .tolerances import NOISE_MULTIPLE, tolerances
+from .tolerances import tolerances
 
 # Up to this many colours, plain backward passes one after another (faster on CPU than one
 # vectorised backward of the same vectors); batched beyond.
@@ -147,17 +147,13 @@ def _coloured(crow, col, n: int, shape, offsets,
 
 def _value_noise(flat, x, colours: torch.Tensor, count: int, budget: int,
                  products: torch.Tensor) -> torch.Tensor:
-    """:data:`.tolerances.NOISE_MULTIPLE` times the measured rounding of the colour products
-    (count × n): each again from c·v_c for the non-dyadic c of :data:`.sparse_check.
-    _NOISE_FACTORS`, divided by c, |that - product| at its largest. Linear in v_c, so a
-    coupling the pattern misses or a symmetric read of an asymmetric H shows alike in each:
-    never as noise."""
-    noise = torch.zeros_like(products)
-    for factor in _NOISE_FACTORS:
-        factor = torch.tensor(factor, dtype=flat.dtype).item()
-        again = colour_products(flat, x, colours, count, budget, factor)
-        noise = torch.maximum(noise, again.div_(factor).sub_(products).abs_())
-    return noise.mul_(NOISE_MULTIPLE)
+    """The measured rounding of the colour products (count × n,
+    :func:`.rounding.measured_noise`: each again from c·v_c). Linear in v_c, so a coupling
+    the pattern misses or a symmetric read of an asymmetric H shows alike in each: never
+    as noise."""
+    return measured_noise(
+        lambda c: [colour_products(flat, x, colours, count, budget, c)], [products],
+        flat.dtype)[0]
 
 
 # Dense rows: entries of x whose column is read in every one of these row subsets (drawn
@@ -400,7 +396,7 @@ def symmetric_by_probes(d: torch.Tensor, x: torch.Tensor, seed: int) -> bool:
     """Whether autograd's ∂d/∂x (the Hessian whose gradient ``d`` is given, with its graph)
     is symmetric at this x, checked: uᵀ(Hv) against vᵀ(Hu) for two random probes u, v (two
     plain passes), their difference within the measured rounding of uᵀH and vᵀH
-    (:func:`.sparse_check.rounding_noise`, :data:`.tolerances.NOISE_MULTIPLE` times it)
+    (:func:`.rounding.rounding_noise`, :data:`.tolerances.NOISE_MULTIPLE` times it)
     weighed by |v| and |u|, the dot products summed in float64. Proves nothing for other x;
     a skew that rounding cannot give fails (a custom backward that is not a gradient)."""
     flat = d.reshape(-1)
