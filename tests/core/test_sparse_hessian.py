@@ -131,6 +131,23 @@ def arrow_hessian(x):
     return h
 
 
+
+def tridiagonal_arrow(x):
+    return x[0] * (x ** 2).sum() + (x[1:] * x[:-1]).sum() + (x ** 4).sum()
+
+
+@pytest.mark.parametrize("n", [20_000, 1_000_000])
+def test_the_dense_row_of_a_tridiagonal_arrow_is_found_at_large_n(n):
+    # four row subsets left 66 banded columns in every one at 10⁶, more than HUB_CANDIDATES:
+    # the dense row went unfound whatever the seed; the subsets grow in number with n
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_(True)
+    (d,) = torch.autograd.grad(tridiagonal_arrow(x), x, create_graph=True)
+    hubs, rows, cols = sparse_hessian.dense_rows(d, x)
+    assert hubs.nonzero().flatten().tolist() == [0]  # row 0: 2·x_j (+1 at j = 1), all j
+    assert set(rows.tolist()) == {0} and sorted(cols.tolist()) == list(range(n))
+
+
 def test_a_failed_check_takes_the_exact_path(sparse_from_small, monkeypatch):
     monkeypatch.setattr(sparse_hessian, "checked", lambda *args: False)
     x = torch.randn(12, dtype=torch.float64)

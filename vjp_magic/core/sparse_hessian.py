@@ -156,8 +156,9 @@ def _value_noise(flat, x, colours: torch.Tensor, count: int, budget: int,
         flat.dtype)[0]
 
 
-# Dense rows: entries of x whose column is read in every one of these row subsets (drawn
-# from a fixed stream: the path taken does not depend on the run's seed), ...
+# Dense rows: entries of x whose column is read in every one of at least HUB_DRAWS row
+# subsets of HUB_FRACTION of the rows (:func:`hub_draws`; drawn from a fixed stream: the
+# path taken does not depend on the run's seed), ...
 HUB_DRAWS, HUB_FRACTION = 4, 1 / 32
 HUB_CANDIDATES = 64  # ... at most this many, each row then read exactly (one batched pass);
 # up to this many entries of x, every row is read exactly (no subsets)
@@ -230,7 +231,7 @@ def dense_rows(flat: torch.Tensor, x: torch.Tensor):
 
 
 def _hub_candidates(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-    """The entries j with (wᵀ∂d/∂x)[j] ≠ 0 for each of :data:`HUB_DRAWS` row subsets w of
+    """The entries j with (wᵀ∂d/∂x)[j] ≠ 0 for each of :func:`hub_draws` row subsets w of
     ceil(n·:data:`HUB_FRACTION`) rows drawn with replacement (at least one each), or None
     (none, or more than :data:`HUB_CANDIDATES`). A column read by r rows is in all with
     chance about (1 - (1 - fraction)^r)^draws: a fully dense one (the arrow's) always, one of
@@ -239,11 +240,23 @@ def _hub_candidates(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
     gives the same candidates."""
     n = flat.numel()
     generator = probes.probe_generator(0, "sparse-hessian-hubs", n)
-    rows = torch.randint(0, n, (HUB_DRAWS, math.ceil(n * HUB_FRACTION)), generator=generator)
-    subsets = torch.zeros(HUB_DRAWS, n, dtype=flat.dtype).scatter_(1, rows, 1)
-    reached = _batched(flat, x, subsets.to(flat.device), None).ne(0).all(0).cpu()
-    candidates = reached.nonzero().squeeze(1)
+    rows = torch.randint(0, n, (hub_draws(n), math.ceil(n * HUB_FRACTION)), generator=generator)
+    subsets = torch.zeros(len(rows), n, dtype=flat.dtype).scatter_(1, rows, 1).to(flat.device)
+    reached = torch.ones(n, dtype=torch.bool, device=flat.device)
+    for w in subsets:  # plain passes (as :func:`colour_products`'): cheaper than one batched
+        reached &= plain_vjp(flat, [x], w)[0].detach().reshape(-1).ne(0)
+    candidates = reached.cpu().nonzero().squeeze(1)
     return candidates if 0 < candidates.numel() <= HUB_CANDIDATES else None
+
+
+def hub_draws(n: int) -> int:
+    """How many row subsets at n entries: :data:`HUB_DRAWS`, or more where a banded column
+    (3 readers: in a subset with chance about 3·:data:`HUB_FRACTION`) would be in all but
+    one of them for more than :data:`HUB_CANDIDATES` / 2 of the n columns on average (a
+    dense row drawn into one subset reaches every column there): 4 at 20,000 entries, 6 at
+    10⁶ (4 left the tridiagonal arrow 66 candidates there, too many: refused)."""
+    spare = math.log(max(n / (HUB_CANDIDATES / 2), 1)) / -math.log(3 * HUB_FRACTION)
+    return max(HUB_DRAWS, 1 + math.ceil(spare))
 
 
 def _hub_coloured(crow, col, n: int, hubs: np.ndarray) -> tuple[np.ndarray, bool] | None:
