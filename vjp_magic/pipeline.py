@@ -28,7 +28,8 @@ from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
 from .core.modes import modes_aside
-from .core.quiet import analysis_device, generators_kept, no_subclass_code, quiet_autograd
+from .core.quiet import (analysis_device, generators_kept, no_subclass_code, quiet_autograd,
+                         restore_generators)
 from .core.hessian import HessianResult
 from .core.result import DerivativeResult, VJPResult
 from .core.torch_api import TorchError, torch_error
@@ -182,17 +183,24 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
     """
     from .teach import grading, grading_against
 
-    # the user's torch modes run on f's calls only (grading_against); the generators as found
-    with modes_aside(), generators_kept():
-        return _checked(grading, grading_against, answer, output, inputs, names, y)
+    # the user's torch modes run on f's calls only (grading_against); the generators as
+    # found, or as f's one call leaves them (Exercise.drawn)
+    exercise = grading_against.from_function(output) if callable(output) and \
+        not isinstance(output, torch.Tensor) else None
+    with modes_aside():
+        with generators_kept():
+            verdict = _checked(grading, grading_against, answer, output, inputs, names, y,
+                               exercise)
+        if exercise is not None and exercise.drawn:
+            restore_generators(exercise.drawn[0])
+    return verdict
 
 
-def _checked(grading, grading_against, answer, output, inputs, names, y):
-    if callable(output) and not isinstance(output, torch.Tensor):
+def _checked(grading, grading_against, answer, output, inputs, names, y, exercise):
+    if exercise is not None:
         named = named_inputs(inputs, names)
         result = None if y is None else _graded_result(y, named)
-        return grading_against.against(answer, grading_against.from_function(output), named,
-                                       result=result, output=y)
+        return grading_against.against(answer, exercise, named, result=result, output=y)
     result = _graded_result(output, inputs, names)
     with no_subclass_code():  # the answer and the output read as torch's: no subclass's code
         return grading.grade(answer, result, output=output)

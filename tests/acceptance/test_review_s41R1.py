@@ -356,7 +356,6 @@ def test_a_right_answer_calls_f_once(ip, run_ok):
     assert _graded_magic(ip, run_ok, right=True) == (True, 1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_6)
 @pytest.mark.parametrize("entry", ["python", "magic"])
 def test_a_wrong_answer_calls_f_as_often_as_a_right_one(ip, run_ok, entry):
     graded = _graded_python(False) if entry == "python" else _graded_magic(ip, run_ok, False)
@@ -406,9 +405,7 @@ def _as_one_call(entry):
 
 
 @pytest.mark.parametrize("entry", [
-    pytest.param("check", marks=pytest.mark.xfail(strict=True, reason=R1_7)),
-    pytest.param("assert_correct", marks=pytest.mark.xfail(strict=True, reason=R1_7)),
-    "differentiate", "hessian"])
+    "check", "assert_correct", "differentiate", "hessian"])  # R1-7 fixed: Exercise.drawn
 def test_a_callable_leaves_the_generators_as_one_plain_call(entry):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

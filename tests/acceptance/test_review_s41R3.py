@@ -882,13 +882,6 @@ def test_a_frozen_backbone_named_in_the_cell_gets_its_name_in_the_message(run_ok
     assert "backbone.requires_grad_()" in message, message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-7: vjp_magic.differentiate(losses, backbone) on a frozen nn.Sequential, no names "
-    "given, says 'Sequential has no parameters that require grad (frozen): call "
-    "Sequential.requires_grad_() before computing the output': code that calls the method "
-    "on the class (a TypeError if run), where the head's own results are named 'weight', "
-    "'bias' with no prefix; class: a message's code names a module by its type when the "
-    "call gave it no name"))
 def test_a_frozen_module_given_without_a_name_gets_runnable_advice():
     backbone, _, losses = _frozen_backbone()
     with pytest.raises(vjp_magic.VJPUsageError) as info:

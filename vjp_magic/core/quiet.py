@@ -175,16 +175,27 @@ def generators_kept():
     """Every global random generator the user's code can advance (torch's CPU one, each CUDA
     device's once CUDA is initialised, Python's ``random``, numpy's global one) as it was on
     entry, when the context ends, however it ends."""
-    cpu, py, np_state = torch.get_rng_state(), random.getstate(), numpy_rng.saved()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    states = generator_states()
     try:
         yield
     finally:
-        torch.set_rng_state(cpu)
-        random.setstate(py)
-        numpy_rng.restore(np_state)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        restore_generators(states)
+
+
+def generator_states() -> tuple:
+    """The states of the global generators :func:`generators_kept` keeps, now."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), random.getstate(), numpy_rng.saved(), cuda
+
+
+def restore_generators(states: tuple) -> None:
+    """The global generators put back to ``states`` (:func:`generator_states`)."""
+    cpu, py, np_state, cuda = states
+    torch.set_rng_state(cpu)
+    random.setstate(py)
+    numpy_rng.restore(np_state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class _Depth(threading.local):
@@ -265,5 +276,6 @@ def _quiet(default_device: bool):
             _hooks._push_saved_tensors_default_hooks(pack, unpack)
 
 
-__all__ = ["analysis_device", "generators_kept", "guarded_reads", "no_subclass_code",
-           "quiet_autograd", "subclass_code", "user_subclass"]
+__all__ = ["analysis_device", "generator_states", "generators_kept", "guarded_reads",
+           "no_subclass_code", "quiet_autograd", "restore_generators", "subclass_code",
+           "user_subclass"]

@@ -191,8 +191,10 @@ def module_parameters(module: torch.nn.Module, prefix: str | None) -> dict[str, 
             raise VJPUsageError(f"{what} ({type(module).__name__}) has no parameters: nothing "
                                 "in it has derivatives. Differentiate with respect to a tensor "
                                 "it is applied to, created with requires_grad=True.")
+        call = f"{prefix}.requires_grad_()" if prefix else \
+            f".requires_grad_() on the {type(module).__name__} you gave"
         raise VJPUsageError(f"{what} has no parameters that require grad (frozen): call "
-                            f"{what}.requires_grad_() before computing the output.")
+                            f"{call} before computing the output.")
     return found
 
 

@@ -19,18 +19,23 @@ The answer itself is graded against f's derivatives as :func:`~.grading.grade` g
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..core import analysis
 from ..core.errors import VJPUsageError
 from ..core.modes import users_modes
+from ..core.quiet import generator_states
 from ..core.marked import marked, markup
 from ..core.tolerances import tolerances
+from ..run.record import recording
+from ..run.refusals import NotReplayable
+from ..run.replay import build
 from .grading import Verdict, VerdictKind, grade
 from .grading_hints import SHOWN_POINTS, shape_text
 from .grading_reference import output_in_float64, output_rounding
@@ -42,34 +47,84 @@ from .sparse_dense import densified, is_sparse
 class Exercise:
     """The teacher's f: ``make(fresh)`` gives its output for the inputs ``fresh`` (name →
     tensor); ``label`` is how verdicts name it: the expression itself, or a function's name,
-    written applied to the inputs (``f(x)``) where ``applied``."""
+    written applied to the inputs (``f(x)``) where ``applied``. f is called once
+    (:meth:`evaluate`, recorded); every later evaluation (in float64, the inputs in another
+    order, ``--reveal``) replays that record, so f's modules, counters and generators move
+    as one call moves them, whatever the verdict. ``moves_generators``: f's draws stay
+    drawn (``check(answer, f, x)``, the user's own call of f); else they are put back
+    (``--against``, which a plain run of the cell never calls)."""
 
     make: Callable[[dict], object]
     label: str
     applied: bool = False
+    moves_generators: bool = False
+    by_name: Callable[[dict], bool] = lambda fresh: True  # f takes the inputs by name
+    calls: list = field(default_factory=list, compare=False, repr=False)  # [f's one call]
+    drawn: list = field(default_factory=list, compare=False, repr=False)  # [generators after]
 
     def named(self, inputs) -> str:
         return f"{self.label}({', '.join(inputs)})" if self.applied else self.label
 
+    def evaluate(self, fresh: dict) -> tuple[object, dict]:
+        """(f's output at ``fresh``, the leaves its graph starts from): the first time f
+        itself, recorded (its draws kept only where :attr:`moves_generators`); after, the
+        record replayed (:class:`~vjp_magic.run.refusals.NotReplayable` where it cannot be,
+        e.g. a custom Function's forward would run again)."""
+        if not self.calls:
+            cuda = sorted({t.device.index or 0 for t in fresh.values() if t.is_cuda})
+            with contextlib.ExitStack() as stack:
+                if not self.moves_generators:
+                    stack.enter_context(torch.random.fork_rng(devices=cuda))
+                record = stack.enter_context(recording())
+                out = self.make(fresh)
+            self.calls.append((record, out, dict(fresh)))
+            if self.moves_generators:  # as f's one call left them: what check() ends with
+                self.drawn.append(generator_states())
+            return out, fresh
+        record, out, first = self.calls[0]
+        if list(first) == list(fresh) and all(_same(first[n], fresh[n]) for n in fresh):
+            return out, first  # the same inputs: f's own output and graph
+        if not isinstance(out, torch.Tensor):
+            return out, fresh
+        values = {n: fresh[n] for n in first} if self.by_name(fresh) else \
+            dict(zip(first, fresh.values()))  # f(*fresh.values()): by place
+        replay = build(record, first, out, verify=False, user_code=False)
+        kinds = {t.dtype for t in values.values() if t.is_floating_point()}
+        if len(kinds) == 1 and out.is_floating_point() and out.dtype not in kinds:
+            replay = replay.with_dtype(kinds.pop())
+        with torch.random.fork_rng(devices=[]):
+            return replay.run(values), fresh
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.detach(), b.detach())
+
 
 def _call(f, fresh: dict):
     """``f`` called on the inputs: by name where its parameters are named like them, else in
-    order."""
-    try:
-        parameters = inspect.signature(f).parameters
-    except (TypeError, ValueError):
-        parameters = {}
+    order (:func:`_by_name`)."""
     with users_modes():  # the user's torch modes, set aside by check: for f's own calls
-        if fresh and set(fresh) <= set(parameters):
+        if _by_name(f, fresh):
             return f(**fresh)
         return f(*fresh.values())
 
 
+def _by_name(f, fresh: dict) -> bool:
+    """Whether :func:`_call` gives ``f`` the inputs by name (its parameters named so)."""
+    try:
+        parameters = inspect.signature(f).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    return bool(fresh) and set(fresh) <= set(parameters)
+
+
 def from_function(f: Callable) -> Exercise:
-    """A function of the inputs (``check(answer, f, inputs)``, ``--against f``)."""
+    """A function of the inputs (``check(answer, f, inputs)``: the user's own call of f,
+    whose draws stay drawn, as one plain call leaves them)."""
     name = getattr(f, "__name__", "f")
     name = "f" if not name.isidentifier() else name  # a lambda: "f"
-    return Exercise(lambda fresh: _call(f, fresh), name, applied=True)
+    return Exercise(lambda fresh: _call(f, fresh), name, applied=True, moves_generators=True,
+                    by_name=lambda fresh: _by_name(f, fresh))
 
 
 def from_source(source, scope) -> Exercise:
@@ -87,7 +142,8 @@ def from_source(source, scope) -> Exercise:
             raise VJPUsageError(f"--against {text}: {type(error).__name__}: {error}") from None
 
     applied = text.isidentifier() and callable(scope.user_ns.get(text))
-    return Exercise(make, text, applied)
+    return Exercise(make, text, applied, by_name=lambda fresh: not applied or _by_name(
+        scope.user_ns.get(text), fresh))
 
 
 def _unquoted(text: str) -> str:
@@ -105,9 +161,8 @@ def reference(exercise: Exercise, inputs: Mapping, output_name: str):
     """(f's derivatives as a result, f's output) on fresh copies of ``inputs``."""
     fresh = {n: t.detach().clone().requires_grad_(t.is_floating_point())
              for n, t in inputs.items()}
-    cuda = sorted({t.device.index or 0 for t in inputs.values() if t.is_cuda})
-    with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # the student's RNG as a
-        out = exercise.make(fresh)  # plain run leaves it, whatever f draws
+    with torch.enable_grad():  # f called once, replayed after (Exercise.evaluate)
+        out, fresh = exercise.evaluate(fresh)
     if not isinstance(out, torch.Tensor):
         raise VJPUsageError(f"--against {exercise.label}: gave a {type(out).__name__}, not a "
                             "tensor. Give an expression of the inputs, or a function of them "
@@ -226,14 +281,17 @@ def _in_another_order(answer, exercise: Exercise, inputs: Mapping, result, log,
                       answer_name: str | None, computed=(None, None)) -> Verdict | None:
     """Where the student's y is f of the cell's inputs in another order than the cell binds
     them (f's parameters named unlike the inputs): ✗ "your y matches f(x, w), not f(w, x)",
-    the answer graded against f in that order. f runs at most twice more: the order swapped
-    and, of three or four inputs, reversed (under fork_rng, as every run of f)."""
+    the answer graded against f in that order: f's one call replayed at most twice more,
+    the order swapped and, of three or four inputs, reversed (:meth:`Exercise.evaluate`)."""
     names = list(inputs)
     orders = [] if not (exercise.applied and 1 < len(names) <= 4) else \
         list(dict.fromkeys([tuple(names[1::-1] + names[2:]), tuple(reversed(names))]))
     for order in orders:
         reordered = {n: inputs[n] for n in order}
-        applied, ref, out = _evaluated(exercise, reordered, result.output_name)
+        try:
+            applied, ref, out = _evaluated(exercise, reordered, result.output_name)
+        except NotReplayable:  # f's one call cannot be replayed so: not called again
+            continue
         if _output_differs(result, out, applied, reordered, computed)[0] is None:
             graded = _graded(answer, applied, ref, out, inputs, result, log, answer_name,
                              computed, reordered)
@@ -317,11 +375,10 @@ def _in_float64(exercise: Exercise, inputs: Mapping, f: torch.Tensor) -> torch.T
         return f
     fresh = {n: t.detach().to(torch.float64) if t.is_floating_point() else t.detach().clone()
              for n, t in inputs.items()}
-    cuda = sorted({t.device.index or 0 for t in inputs.values() if t.is_cuda})
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            out = exercise.make(fresh)
-    except Exception:  # noqa: BLE001 - f needs its inputs' own dtype: no float64 value
+        with torch.no_grad():
+            out, _ = exercise.evaluate(fresh)
+    except Exception:  # noqa: BLE001 - no float64 replay of f's call: no float64 value
         return None
     if not isinstance(out, torch.Tensor) or out.shape != f.shape or \
             out.dtype != torch.float64:
