@@ -465,7 +465,7 @@ def _per_sample(subject: Subject, inputs: dict, output, request: Request,
     from .run.persample import per_sample_given
 
     given = per_sample_given(subject.record, inputs, output, request.memory_budget, graph=graph,
-                             seed=request.analysis.get("seed"))
+                             seed=request.analysis.get("seed"), lazy=True)
     if graph is not None:
         graph.interpreter = None  # the layer outputs it kept are not needed any more
     return given

@@ -52,7 +52,7 @@ def test_encoder_layer_per_sample_gradients(batch, length, path, monkeypatch):
     original = persample._vectorised
     monkeypatch.setattr(persample, "_vectorised", lambda *a: used.append(1) or original(*a))
     if path == "vmap":
-        monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a: None)
+        monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a, **k: None)
     got = persample.per_sample_jacobians(record, params, losses)
     assert got is not None and bool(used) == (path == "vmap")
     expected = _loop(losses, params)

@@ -287,7 +287,7 @@ def test_a_key_padding_mask_keeps_the_vmap_replay(monkeypatch):
     used = []
     original = persample._vectorised
     monkeypatch.setattr(persample, "_vectorised", lambda *a: used.append(1) or original(*a))
-    monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a: None)
+    monkeypatch.setattr(persample, "per_sample_by_rules", lambda *a, **k: None)
     got = persample.per_sample_jacobians(record, params, losses)
     assert got is not None and used
     for b in (0, 1, 3):

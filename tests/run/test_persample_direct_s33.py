@@ -17,6 +17,7 @@ import vjp_magic
 from vjp_magic import pipeline
 from vjp_magic.core import analysis
 from vjp_magic.run import expanded, persample
+from vjp_magic.core.outer import written
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from per_sample_reference import vmap_grad  # noqa: E402
@@ -121,7 +122,7 @@ def test_a_wrong_rule_row_is_refused_and_recomputed(ip, monkeypatch, row):
         found = original(use, bound, grad, *probe)
         if "weight" in found and found["weight"][0].shape[1:] == (8, 6):
             weight, magnitude = found["weight"]
-            weight = weight.clone()
+            weight = written(weight).clone()  # (a Linear's is written when first read)
             weight[row, 2, 1] += 0.05 * float(weight[:, 2, 1].abs().sum()) + 1.0
             found = {**found, "weight": (weight, magnitude)}
         return found

@@ -14,6 +14,7 @@ import vjp_magic
 from vjp_magic.core import analysis, derivatives
 from vjp_magic.core.probes import probe_vector
 from vjp_magic.run import persample
+from vjp_magic.core.outer import written
 from vjp_magic.run.expanded import check_weights
 from vjp_magic.run.record import recording
 
@@ -109,7 +110,7 @@ def test_a_wrong_row_is_refused_with_the_rules_probe(row, monkeypatch):
 
     def wrong_given(*args, given=None, **kwargs):
         name = "m.0.weight"
-        jacobian = given[name].jacobian.clone()
+        jacobian = written(given[name].jacobian).clone()  # (a weight's: written on read)
         jacobian[row, 2, 1] += 0.02 * float(jacobian[:, 2, 1].abs().sum())
         assert given[name].probe_vjp is not None
         given = {**given, name: given[name]._replace(jacobian=jacobian)}

@@ -60,6 +60,13 @@ handed over. Read from D, probe 0 checks what the rules do after the factors: th
 products written out (broadcast, out × in), the reshape to ``output.shape + input.shape``,
 the sum over the uses of a parameter read twice, the name each Jacobian is given. Only the
 scale comes from the factors: a tolerance, never above |v|ᵀ·max(M, |D|).
+
+Except where D is not written yet (:class:`.outer.OuterProducts`: a Linear weight at one
+position per sample, kept as its factors until read, the per-sample result built directly
+only): there vᵀD = (v⊙g)ᵀa comes from the factors at the cell, and the check on D itself is
+deferred, not dropped: the D written on first read is held to the same bound entry by entry
+(vᵀD read from the written tensor, against the same vᵀJ), and raises where it fails, before
+any of its numbers is seen.
 """
 from __future__ import annotations
 
@@ -70,6 +77,7 @@ from typing import NamedTuple
 import torch
 
 from .derivatives import plain_vjp
+from .outer import OuterProducts, written
 from .probes import FullProbes, Probes, first_nonfinite
 from .tolerances import tolerances
 
@@ -119,12 +127,14 @@ class Separated(set):
         self.probe = probe or {}
 
 
-def split(given: dict) -> tuple[dict, dict, set]:
+def split(given: dict, lazy: bool = False) -> tuple[dict, dict, set]:
     """``given`` (name -> Jacobian, a (Jacobian, magnitudes) pair or a
     :class:`GivenJacobian`) as the Jacobians, the magnitudes where known (a tensor shaped
     like the Jacobian, or the function giving |v|ᵀM), and the names whose rows were checked
     per sample for every pair (all of a dict marked ``separated``, with its ``magnitudes``
-    and ``weighted``: the per-layer rules' :class:`~vjp_magic.run.expanded.PerSampleGradients`)."""
+    and ``weighted``: the per-layer rules' :class:`~vjp_magic.run.expanded.PerSampleGradients`).
+    A Jacobian given as :class:`.outer.OuterProducts` is written here unless ``lazy`` (then
+    :func:`agreed` judges it from its factors, and it is checked again when written)."""
     jacobians, magnitudes, separated = {}, {}, Separated()
     rows = bool(getattr(given, "separated", False))  # per-sample rules' own dict: all checked
     for name, value in given.items():
@@ -142,7 +152,7 @@ def split(given: dict) -> tuple[dict, dict, set]:
             if value.probe_vjp is not None:
                 separated.probe[name] = value.probe_vjp
             value = value.jacobian
-        jacobians[name] = value
+        jacobians[name] = value if lazy else written(value)
     return jacobians, magnitudes, separated
 
 
@@ -154,8 +164,12 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
     every one is ``separated`` (see the module's docstring). Accepted ones known finite and
     not all 0 go to ``probes.ordinary``; a non-finite entry to ``probes.nonfinite``.
     A :class:`Deferred` M is made only for a Jacobian its own scale refuses (all of them
-    up front where probe 0 judges alone)."""
+    up front where probe 0 judges alone). An :class:`.outer.OuterProducts` is judged from
+    its factors at once (and checked again when written), else written in ``jacobians``
+    itself before it is judged: the caller hands on the tensor judged."""
     one = bool(jacobians) and set(jacobians) <= set(separated)
+    if not one:
+        jacobians.update({n: written(j) for n, j in jacobians.items()})
     magnitudes, later = _undeferred(magnitudes, one)
     scaled = {n for n in jacobians if _fits(magnitudes.get(n), jacobians[n])}
     if not scaled and not one and not set(later) & set(jacobians):
@@ -170,6 +184,7 @@ def agreed(probes: Probes, jacobians: dict, magnitudes: dict,
         names = [n for n in names if n not in found]
         if not names:
             return found
+        jacobians.update({n: written(jacobians[n]) for n in names})
     vectors = [probes.vector(draw) for draw in range(1 if one else probes.plan.probes)]
     draws = [[given[n][1] if n in given else probes.vjp(n) for n in names]]
     draws += [plain_vjp(probes.output, [probes.named[n] for n in names], v) for v in vectors[1:]]
@@ -230,7 +245,7 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
     ready = [given[n][0] for n in jacobians if given and n in given]
     v = (ready[0] if len(ready) == len(jacobians) else probes.vector(0)).reshape(1, -1)
     rows: dict = {}  # compute dtype -> (v, |v|) in it
-    expected, vjps, allowed, limits = [], [], [], []
+    expected, vjps, allowed, limits, lazy = [], [], [], [], {}
     for name, jacobian in jacobians.items():
         compute = torch.float32 if jacobian.dtype in (torch.float16, torch.bfloat16) \
             else jacobian.dtype  # as FullProbes computes
@@ -238,15 +253,12 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
             row = v if v.dtype == compute else v.to(compute)
             rows[compute] = row, row.abs()
         row, size = rows[compute]
-        d = _as(jacobian.reshape(row.shape[1], -1), compute)
-        given_scale = magnitudes.get(name)
-        if given_scale is None and d.device.type == "cpu" and d.numel() > 2 * READ_BLOCK:
-            found, scale = read_once(row, size, d)
-        else:  # (1, n): read from the very tensor handed over (where its method read
-            found = _read(given_scale, row, d)  # it just written: the same product)
-            scale = _scale(size, d, given_scale)
-        if scale is None or scale.numel() != found.numel():
+        read = _read_row(jacobian, row, size, magnitudes.get(name), compute)
+        if read is None or read[1] is None or read[1].numel() != read[0].numel():
             return set()
+        found, scale = read
+        if isinstance(jacobian, OuterProducts):
+            lazy[len(expected)] = jacobian, row
         vjp = given[name][1] if given and name in given else probes.vjp(name)
         expected.append(found)  # all as rows (1, n): joined along the entries
         vjps.append(_as(vjp.reshape(1, -1), compute))
@@ -267,9 +279,28 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
         passed = math.isfinite(float(bound.sum())) and bool((gaps <= bound).all())
     if not passed:
         return set()
+    for i, (jacobian, row) in lazy.items():  # the bound each entry met, for the written D
+        jacobian.accepted = (row, vjps[i], allowed[i].mul(limits[i]).add_(
+            torch.finfo(vjps[i].dtype).tiny))
     counts = torch.stack([e.count_nonzero() for e in expected]).tolist()
     probes.ordinary.update(n for n, count in zip(jacobians, counts) if count)
     return set(jacobians)  # (vᵀD finite and not all 0: D is too)
+
+
+def _read_row(jacobian, row: torch.Tensor, size: torch.Tensor, given_scale,
+              compute: torch.dtype) -> tuple | None:
+    """(vᵀD, its scale) as rows (1, n) for :func:`at_once`: from the very tensor handed over
+    (where its method read it just written: the same product), or from an
+    :class:`.outer.OuterProducts`' factors with |v|ᵀM given as a function (checked again
+    on the tensor when written); None where that function is missing."""
+    if isinstance(jacobian, OuterProducts):
+        if not callable(given_scale):
+            return None
+        return jacobian.product(row), _scale(size, None, given_scale, compute)
+    d = _as(jacobian.reshape(row.shape[1], -1), compute)
+    if given_scale is None and d.device.type == "cpu" and d.numel() > 2 * READ_BLOCK:
+        return read_once(row, size, d)
+    return _read(given_scale, row, d), _scale(size, d, given_scale)
 
 
 # Entries of D per block in :func:`read_once`: 512 KB of float32, which stays in a CPU core's
@@ -307,12 +338,13 @@ def _joined(parts: list) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-def _scale(v: torch.Tensor, d: torch.Tensor, magnitudes) -> torch.Tensor | None:
+def _scale(v: torch.Tensor, d: torch.Tensor | None, magnitudes,
+           dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """|v|ᵀ·max(M, |D|) (``v``: |v| as one row; ``d``: D as m × n), one row of n; where M
-    comes as a function, |v|ᵀM (its own shape; a non-finite value fails the caller's
-    bound)."""
+    comes as a function, |v|ᵀM (its own shape, in ``dtype`` or D's; a non-finite value
+    fails the caller's bound)."""
     if callable(magnitudes):
-        return _as(magnitudes(v), d.dtype)
+        return _as(magnitudes(v), d.dtype if dtype is None else dtype)
     terms = d.abs() if magnitudes is None else torch.maximum(
         magnitudes.to(d.dtype).reshape(d.shape), d.abs())
     return v @ terms

@@ -16,6 +16,7 @@ from .compressed import SparseJacobian
 from .dependency import Dependency, from_result
 from .derivatives import one_hot_gradients
 from .errors import OutOfRange, UnknownName, VJPUsageError
+from .outer import OuterProducts
 from .pairing import Pairing
 from .quiet import guarded_reads, no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
@@ -114,8 +115,8 @@ class SparseDerivatives(NamedTuple):
 
 
 class _Derivatives:
-    """:attr:`InputResult.derivatives`: held as given, a :class:`SparseDerivatives` made
-    into its tensor when first read (and kept)."""
+    """:attr:`InputResult.derivatives`: held as given, a :class:`SparseDerivatives` or
+    :class:`.outer.OuterProducts` made into its tensor when first read (and kept)."""
 
     def __set_name__(self, owner, name: str) -> None:
         self.slot = "_" + name
@@ -124,7 +125,7 @@ class _Derivatives:
         if item is None:  # on the class: a dataclass field without a default
             raise AttributeError("derivatives")
         value = item.__dict__[self.slot]
-        if isinstance(value, SparseDerivatives):
+        if isinstance(value, (SparseDerivatives, OuterProducts)):
             value = item.__dict__[self.slot] = value.tensor()
         return value
 

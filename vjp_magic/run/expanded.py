@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..core import axisflow
 from ..core.derivatives import plain_vjp
+from ..core.outer import OuterProducts, written
 from ..core.probes import fresh_stream, signed_powers
 from ..core.torch_api import guarded_grad
 from . import multilinear
@@ -55,11 +56,12 @@ class _Use:
 
 
 def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor,
-                        linear: bool = False) -> dict | None:
+                        linear: bool = False, lazy: bool = False) -> dict | None:
     """``{name: (B, *shape)}`` per-sample gradients of ``output`` (B per-sample losses) with
     respect to ``params``, by the per-layer rules; None where a parameter has no rule, the
     samples are not independent at some layer, or the replay differs from ``output``.
-    ``linear``: calls linear in each tensor count as rules too (:mod:`.multilinear`)."""
+    ``linear``: calls linear in each tensor count as rules too (:mod:`.multilinear`).
+    ``lazy``: a Linear weight's may come as :class:`~vjp_magic.core.outer.OuterProducts`."""
     uses = rule_uses(replay, params, output.shape[0], linear)
     if uses is None:
         return None
@@ -69,7 +71,7 @@ def per_sample_by_rules(replay, params: dict, data: dict, output: torch.Tensor,
     capture = _Capturing(replay.steps, uses)
     with torch.enable_grad():
         value = capture.run(env)[replay.output_id]
-    return captured_gradients(capture, value, params, output)
+    return captured_gradients(capture, value, params, output, lazy=lazy)
 
 
 def rules_interpreter(params: dict, batch: int):
@@ -87,14 +89,15 @@ def rules_interpreter(params: dict, batch: int):
 
 def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch.Tensor,
                        keep_graph: bool = False, probe: torch.Tensor | None = None,
-                       compared: bool = False) -> dict | None:
+                       compared: bool = False, lazy: bool = False) -> dict | None:
     """:func:`per_sample_by_rules` from a replay already run by ``capture`` (a
     :func:`rules_interpreter`'s) to ``value`` on leaves standing for ``params``;
     ``keep_graph``: ``value``'s graph outlives the passes (another differentiates it).
     ``probe``: a vector of signed powers of two shaped like ``value`` (the analysis' probe
     0) that weights the first check pass; that pass also gives vᵀJ for ``params``, kept as
     the result's ``probe_vjps`` (name -> vᵀJ; empty where no pass ran). ``compared``:
-    ``value`` was already found equal to ``output`` (the analysed graph's replay is)."""
+    ``value`` was already found equal to ``output`` (the analysed graph's replay is).
+    ``lazy``: as :func:`per_sample_by_rules`."""
     if not isinstance(capture, _Capturing) or not capture.unchanged() \
             or not (compared or close(value.detach(), output.detach())):
         return None
@@ -109,7 +112,7 @@ def captured_gradients(capture, value: torch.Tensor, params: dict, output: torch
     linear = _linear_terms(found, grads)
     result = _summed(params, output.shape[0],
                      [(use, linear[i] if i in linear else _rule(use, args, grad, probe))
-                      for i, ((use, args, _), grad) in enumerate(zip(found, grads))])
+                      for i, ((use, args, _), grad) in enumerate(zip(found, grads))], lazy)
     result.probe_vjps = dict(zip(params, vjps)) if vjps else {}
     return result
 
@@ -213,9 +216,10 @@ class _WeightedMagnitudes:
                             for row in rows])
 
 
-def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
+def _summed(params: dict, batch: int, parts: list, lazy: bool = False) -> PerSampleGradients:
     """Every use's (gradient, magnitudes) per slot summed per parameter; a parameter's
-    magnitudes where some use has them (the others' count as ``|gradient|``)."""
+    magnitudes where some use has them (the others' count as ``|gradient|``); each written
+    (a tensor) unless ``lazy``."""
     per_sample: dict = {}
     terms: dict = {}
     for use, found in parts:
@@ -224,7 +228,7 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
             shape = (batch,) + tuple(params[name].shape)
             shaped = gradient if gradient.shape == shape else gradient.reshape(shape)
             per_sample[name] = shaped if name not in per_sample \
-                else per_sample[name] + shaped  # a new tensor: none aliased
+                else written(per_sample[name]) + written(shaped)  # a new tensor: none aliased
             terms.setdefault(name, []).append((gradient, magnitude))
     for name, t in params.items():  # read only where its result needs no gradient
         if name not in per_sample:
@@ -233,9 +237,11 @@ def _summed(params: dict, batch: int, parts: list) -> PerSampleGradients:
                 if len(found) == 1 and isinstance(found[0][1], _WeightedMagnitudes)}
     terms = {name: [(g, None if isinstance(m, _WeightedMagnitudes) else m) for g, m in found]
              for name, found in terms.items() if name not in weighted}
-    magnitudes = {name: sum(gradient.abs() if m is None else m for gradient, m in found)
+    magnitudes = {name: sum(written(gradient).abs() if m is None else m for gradient, m in found)
                   for name, found in terms.items()
                   if any(m is not None for _, m in found)}
+    if not lazy:
+        per_sample = {name: written(g) for name, g in per_sample.items()}
     return PerSampleGradients(per_sample, magnitudes, separated=True, weighted=weighted)
 
 
@@ -731,8 +737,11 @@ def _linear(source: torch.Tensor, grad: torch.Tensor, axis: int,
         grad = grad.reshape(batch, -1, grad.shape[-1])
     factored = _WeightedMagnitudes(grad, source, probe) \
         if grad.shape[1] <= FACTORED_POSITIONS else None
-    columns = grad.transpose(1, 2)
-    weight = columns * source if grad.shape[1] == 1 else torch.bmm(columns, source)
+    if grad.shape[1] == 1:  # written when first read (core/outer: checked then too); the
+        # input copied: a later in-place write to it (the user's data) changes nothing
+        weight = OuterProducts(grad.reshape(batch, -1), source.reshape(batch, -1).clone())
+        return {"weight": (weight, factored), "bias": _summed_terms(grad, (1,))}
+    weight = torch.bmm(grad.transpose(1, 2), source)
     if factored is not None:
         factored.read(weight)
     return {"weight": (weight, factored), "bias": _summed_terms(grad, (1,))}

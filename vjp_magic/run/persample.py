@@ -20,6 +20,7 @@ from ..core import analysis, axisflow, memory, validation
 from ..core import given as given_jacobians
 from ..core.derivatives import pass_key, remember_seconds
 from ..core.given import Deferred, GivenJacobian
+from ..core.outer import written
 from ..core.probes import Probes, new_seed, probe_vector
 from ..core.result import VJPResult
 from .integer_rows import IntegerRows, identity_index
@@ -32,7 +33,8 @@ _RESHAPES = {"view", "reshape"}  # Tensor.view, Tensor.reshape, torch.reshape
 
 
 def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | None = None,
-                         graph=None, probe: torch.Tensor | None = None) -> dict | None:
+                         graph=None, probe: torch.Tensor | None = None,
+                         lazy: bool = False) -> dict | None:
     """``{name: J}`` with ``J`` of shape ``output.shape + input.shape`` (row b: the gradient
     of sample b's loss), or None where the case does not apply, the Jacobians would not fit
     ``memory_budget`` (bytes or a fraction of free memory, as the analysis reads it), or
@@ -42,7 +44,9 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     analysed graph (:func:`.hookfree.analysed_graph`), replayed with :func:`rules_capture`'s
     interpreter: the rules read its replay instead of running one of their own; there,
     ``probe`` (shaped like the output: the analysis' probe 0) weights one of the rules' check
-    passes, which also gives its vᵀJ on that graph (the dict's ``probe_vjps``)."""
+    passes, which also gives its vᵀJ on that graph (the dict's ``probe_vjps``). ``lazy``: a
+    Linear weight's may come as :class:`~vjp_magic.core.outer.OuterProducts`, written when
+    read (else every one is a tensor)."""
     if not _per_sample_shape(output) or not inputs or record is None \
             or getattr(record, "failed", None) is not None:
         return None
@@ -55,7 +59,8 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     shared = _shared(graph, output.shape[0])
     grads = None if shared is None else captured_gradients(
         shared, graph.output, {name: graph.inputs[name] for name in inputs}, output,
-        keep_graph=True, probe=probe, compared=True)  # the analysed graph's output: the cell's
+        keep_graph=True, probe=probe, compared=True,  # the analysed graph's output: the
+        lazy=True)  # cell's
     if grads is None:
         grads = _replayed(record, inputs, output, rules=shared is None)
     if grads is None:
@@ -64,7 +69,8 @@ def per_sample_jacobians(record, inputs: dict, output, memory_budget: float | No
     magnitudes, weighted = getattr(grads, "magnitudes", {}), getattr(grads, "weighted", {})
     vjps = getattr(grads, "probe_vjps", {})
     found = PerSampleGradients(
-        {name: _shaped(grads[first], shapes[first]) for name, first in names.items()},
+        {name: _shaped(grads[first] if lazy else written(grads[first]), shapes[first])
+         for name, first in names.items()},
         {name: _shaped(magnitudes[first], shapes[first]) for name, first in names.items()
          if first in magnitudes}, separated=getattr(grads, "separated", False),
         weighted={name: weighted[first] for name, first in names.items() if first in weighted})
@@ -133,19 +139,21 @@ class PerSampleGiven(dict):
 
 
 def per_sample_given(record, inputs: dict, output, memory_budget: float | None = None,
-                     graph=None, seed: int | None = None) -> dict | None:
+                     graph=None, seed: int | None = None, lazy: bool = False) -> dict | None:
     """:func:`per_sample_jacobians` as the analysis takes them (``given``): name ->
     :class:`~vjp_magic.core.given.GivenJacobian` (the magnitudes where a rule summed terms
     that may cancel; whether the rules checked every pair of samples apart). On the
     analysed ``graph``, the rules' probe pass or first check pass is weighted by probe 0 of
     ``seed`` (a fresh one where None; the result's ``seed``: hand it to the analysis), so
-    that the analysis needs no backward of its own for it."""
+    that the analysis needs no backward of its own for it. ``lazy``: as
+    :func:`per_sample_jacobians` (:func:`accepted_result` reads them so; the analysis'
+    :func:`~vjp_magic.core.given.split` writes them)."""
     probe = None
     if graph is not None and getattr(graph, "hook_free", False) and _per_sample_shape(output):
         seed = new_seed() if seed is None else validation.checked_seed(seed)
         probe = probe_vector(graph.output, seed, 0)
     found = per_sample_jacobians(record, inputs, output, memory_budget, graph=graph,
-                                 probe=probe)
+                                 probe=probe, lazy=lazy)
     if found is None:
         return None
     magnitudes = getattr(found, "magnitudes", {})
@@ -186,7 +194,7 @@ def accepted_result(graph, given, output_name: str,
     validation.refuse_empty(output, named, output_name)
     budget = memory.resolve_budget(memory_budget, output.device)
     probes = Probes(output, named, given.seed)
-    jacobians, magnitudes, separated = given_jacobians.split(given)
+    jacobians, magnitudes, separated = given_jacobians.split(given, lazy=True)
     if given_jacobians.agreed(probes, jacobians, magnitudes, separated) != set(named) \
             or not probes.ordinary >= set(named) or probes.nonfinite:
         return None
@@ -207,7 +215,7 @@ def _computed(replay: Replay, inputs: dict, data: dict, samples: dict, output,
     check's) where every input has one (and ``rules``: not already tried on the analysed
     graph's replay), else by vmap over samples of the batch-of-one replay (None where its
     values differ from the output: the samples are not independent)."""
-    grads = per_sample_by_rules(replay, inputs, data, output) if rules else None
+    grads = per_sample_by_rules(replay, inputs, data, output, lazy=True) if rules else None
     if grads is not None:
         return grads
     if not samples_apart(replay, inputs, data, samples, output.shape[0]):
