@@ -167,3 +167,25 @@ def test_written_gives_tensors_as_they_are_and_writes_outer_products():
     torch.testing.assert_close(lazy.product(v), v @ expected.reshape(4, -1))
     plain = torch.ones(2)
     assert outer.written(plain) is plain
+
+
+@pytest.mark.parametrize("row", [0, 17])
+def test_a_wrong_factor_row_is_refused_and_recomputed(monkeypatch, row):
+    """One sample's layer input off in the factors kept for a weight: vᵀG from the factors
+    is no longer autograd's bit for bit, the bound then refuses it, no direct result is made
+    and the analysis computes the right derivatives."""
+    from vjp_magic.run import expanded, persample
+    model, x, t = _model(torch.float32)
+
+    def wrong(g, a, shape=None):
+        a = a.clone()
+        a[row] += 0.5 * float(a.abs().max()) + 1.0
+        return OuterProducts(g, a, shape)
+    monkeypatch.setattr(expanded, "OuterProducts", wrong)
+    made, original = [], persample.accepted_result
+    monkeypatch.setattr(persample, "accepted_result",
+                        lambda *a, **k: made.append(original(*a, **k)) or made[-1])
+    r = _differentiate(model, x, t)
+    assert made and made[-1] is None
+    for name, value in vmap_grad(model, x, t).items():
+        torch.testing.assert_close(r.derivatives[f"m.{name}"], value, rtol=1e-4, atol=1e-5)

@@ -70,6 +70,7 @@ any of its numbers is seen.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -253,15 +254,15 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
             row = v if v.dtype == compute else v.to(compute)
             rows[compute] = row, row.abs()
         row, size = rows[compute]
-        read = _read_row(jacobian, row, size, magnitudes.get(name), compute)
+        vjp = given[name][1] if given and name in given else probes.vjp(name)
+        vjps.append(_as(vjp.reshape(1, -1), compute))
+        read = _read_row(jacobian, row, size, magnitudes.get(name), compute, vjps[-1])
         if read is None or read[1] is None or read[1].numel() != read[0].numel():
             return set()
         found, scale = read
         if isinstance(jacobian, OuterProducts):
-            lazy[len(expected)] = jacobian, row
-        vjp = given[name][1] if given and name in given else probes.vjp(name)
+            lazy[len(expected)] = jacobian, row, size, magnitudes.get(name)
         expected.append(found)  # all as rows (1, n): joined along the entries
-        vjps.append(_as(vjp.reshape(1, -1), compute))
         allowed.append(scale if scale.dim() == 2 and scale.shape[0] == 1
                        else scale.reshape(1, -1))
         limits.append(tolerances(jacobian.dtype).probe)
@@ -279,28 +280,39 @@ def at_once(probes: Probes, jacobians: dict, magnitudes: dict,
         passed = math.isfinite(float(bound.sum())) and bool((gaps <= bound).all())
     if not passed:
         return set()
-    for i, (jacobian, row) in lazy.items():  # the bound each entry met, for the written D
-        jacobian.accepted = (row, vjps[i], allowed[i].mul(limits[i]).add_(
-            torch.finfo(vjps[i].dtype).tiny))
+    for i, (jacobian, row, size, weighted) in lazy.items():  # for the D written: its
+        jacobian.accepted = (row, vjps[i], functools.partial(  # bound, made then
+            _bound, size, weighted, limits[i], vjps[i].dtype))
     counts = torch.stack([e.count_nonzero() for e in expected]).tolist()
     probes.ordinary.update(n for n, count in zip(jacobians, counts) if count)
     return set(jacobians)  # (vᵀD finite and not all 0: D is too)
 
 
 def _read_row(jacobian, row: torch.Tensor, size: torch.Tensor, given_scale,
-              compute: torch.dtype) -> tuple | None:
+              compute: torch.dtype, vjp: torch.Tensor) -> tuple | None:
     """(vᵀD, its scale) as rows (1, n) for :func:`at_once`: from the very tensor handed over
     (where its method read it just written: the same product), or from an
     :class:`.outer.OuterProducts`' factors with |v|ᵀM given as a function (checked again
-    on the tensor when written); None where that function is missing."""
+    on the tensor when written; a scale of 0 where vᵀD is finite and equals ``vjp`` bit for
+    bit, within any bound: the real one is made for the written D); None where that
+    function is missing."""
     if isinstance(jacobian, OuterProducts):
         if not callable(given_scale):
             return None
-        return jacobian.product(row), _scale(size, None, given_scale, compute)
+        found = jacobian.product(row)
+        if torch.equal(found, vjp) and bool(torch.isfinite(found).all()):
+            return found, torch.zeros_like(found)
+        return found, _scale(size, None, given_scale, compute)
     d = _as(jacobian.reshape(row.shape[1], -1), compute)
     if given_scale is None and d.device.type == "cpu" and d.numel() > 2 * READ_BLOCK:
         return read_once(row, size, d)
     return _read(given_scale, row, d), _scale(size, d, given_scale)
+
+
+def _bound(size: torch.Tensor, weighted, limit: float, dtype: torch.dtype) -> torch.Tensor:
+    """tol·|v|ᵀM + tiny: :func:`at_once`'s bound on vᵀD for |v|ᵀM given as a function."""
+    return _scale(size, None, weighted, dtype).reshape(1, -1).mul(limit).add_(
+        torch.finfo(dtype).tiny)
 
 
 # Entries of D per block in :func:`read_once`: 512 KB of float32, which stays in a CPU core's

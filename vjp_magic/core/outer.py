@@ -34,7 +34,8 @@ class OuterProducts:
         self.shape = torch.Size(shape if shape is not None
                                 else (g.shape[0], g.shape[1], a.shape[1]))
         self.dtype, self.device = g.dtype, g.device
-        self.accepted = None  # (v, vᵀJ, bound) rows (1, out·in): the check the written D meets
+        # (v, vᵀJ, the bound or the function making it) rows (1, out·in): the written D's check
+        self.accepted = None
 
     def numel(self) -> int:
         return math.prod(self.shape)
@@ -66,6 +67,7 @@ class OuterProducts:
         written = self._write()
         if self.accepted is not None:
             v, vjp, bound = self.accepted
+            bound = bound() if callable(bound) else bound
             rows = written.reshape(v.shape[1], -1)
             found = v @ (rows if rows.dtype == v.dtype else rows.to(v.dtype))
             if not bool((vjp - found).abs_().le_(bound).all()):  # a NaN never within it

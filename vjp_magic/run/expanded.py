@@ -735,12 +735,14 @@ def _linear(source: torch.Tensor, grad: torch.Tensor, axis: int,
     if source.dim() != 3 or grad.dim() != 3:
         source = source.reshape(batch, -1, source.shape[-1])
         grad = grad.reshape(batch, -1, grad.shape[-1])
-    factored = _WeightedMagnitudes(grad, source, probe) \
-        if grad.shape[1] <= FACTORED_POSITIONS else None
     if grad.shape[1] == 1:  # written when first read (core/outer: checked then too); the
         # input copied: a later in-place write to it (the user's data) changes nothing
-        weight = OuterProducts(grad.reshape(batch, -1), source.reshape(batch, -1).clone())
-        return {"weight": (weight, factored), "bias": _summed_terms(grad, (1,))}
+        source = source.clone()
+        weight = OuterProducts(grad.reshape(batch, -1), source.reshape(batch, -1))
+        return {"weight": (weight, _WeightedMagnitudes(grad, source)),
+                "bias": _summed_terms(grad, (1,))}
+    factored = _WeightedMagnitudes(grad, source, probe) \
+        if grad.shape[1] <= FACTORED_POSITIONS else None
     weight = torch.bmm(grad.transpose(1, 2), source)
     if factored is not None:
         factored.read(weight)
