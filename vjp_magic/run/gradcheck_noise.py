@@ -8,7 +8,8 @@ taken at a few base points either side of x (no window holds x: a kink there is 
 scatters around a straight line by its rounding only (a smooth g's differences follow it).
 Where the two sides' lines do not meet at x within that scatter, x is a kink and no noise is
 told. Where g takes only a few values there (a staircase: its rounding is coarser than the
-step, x + 1e12), the stair, found at spacings 100-fold larger, over the step is the noise.
+step, x + 1e12), the stair, found at spacings 100-fold larger (beside x, not across it: a jump
+at x, as atan2's at (0, 0), is no stair), over the step is the noise.
 Only forward values are read: no backward is trusted, so a wrong one cannot hide behind its
 own noise. Used only where a difference disagrees with autograd or looks like a kink; the
 difference is then judged again with that noise (:func:`.gradcheck._entry`).
@@ -61,8 +62,8 @@ class HiddenNoise:
     def _stair(self, name: str, u: torch.Tensor) -> float | None:
         scale = 1.0 + float(self.values[name].abs().max())
         for spacing in STAIRS:
-            try:
-                g = [self._g(name, u, i * spacing * scale) for i in range(8)]
+            try:  # from one spacing on, not x itself: a jump at x is no stair
+                g = [self._g(name, u, i * spacing * scale) for i in range(1, 9)]
             except Exception:  # noqa: BLE001
                 return None
             rises = [abs(b - a) for a, b in zip(g, g[1:]) if b != a]
