@@ -7,9 +7,10 @@ in [1.5, 3], so a backward that ignores its incoming gradient shows), the analyt
 comes from one backward pass through the float64 replay (so custom ``autograd.Function``
 backwards are the ones checked), and passes with 2v and −v/2 must give those multiples of it
 (a backward not multiplied by ``grad_output``, or using |grad_output|, fails, for a scalar
-output too); the numeric one is vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a sample of entries
-k of each input (all of them when there are few; with a sample, every other entry in groups,
-:func:`_groups`). Entries agree within ``atol + rtol·|numeric|``, the tolerances of
+output too; near overflow v is scaled down by a power of 2, :func:`_fitted`: the check's own
+arithmetic never overflows); the numeric one is vᵀ(f(x + h e_k) − f(x − h e_k)) / 2h for a
+sample of entries k of each input (all of them when there are few; with a sample, every other
+entry in groups, :func:`_groups`). Entries agree within ``atol + rtol·|numeric|``, the tolerances of
 ``torch.autograd.gradcheck`` (for a scalar output, both divided by v: errors are in the
 derivative's own units; a vector output's largest error and noise are told in them after the
 check, :mod:`.gradcheck_units`), atol scaled down where every derivative is below 1 (:func:`_atol`).
@@ -29,21 +30,25 @@ A step must not cross a kink (relu, clamp, abs at 0): there the central differen
 a derivative. Each entry's central difference is used only where the one-sided differences
 agree with it (f is smooth across the step); else a one-sided difference that agrees with
 its own halved step (no kink on that side), else the same at smaller steps; a disagreement
-or a kink is tried again at the smaller steps (a staircase finer than the step). Where both
+or a kink is tried again at the smaller steps (a staircase finer than the step), and an entry
+nearer 0 than :data:`SMALL` at a step relative to it (:func:`_relative`). Where both
 sides are smooth but differ, or no step is safe, f has no derivative there to check: the
 entry is *inconclusive*, never failed; so is one whose central difference does not settle
 when the step is halved (a jump, as sign at 0). A check fails only where every safe
-difference disagrees with autograd.
+difference disagrees with autograd, at a kink only where a custom backward is on the way and
+autograd's value lies outside the one-sided slopes (:func:`_sides_bound`: a built-in's at
+tied values of sort or topk is a piece's that no step along e_k enters), and, with built-in
+backwards only, where they also disagree at a point nearby (:func:`_agrees_nearby`).
 
 Each difference is judged against its own rounding noise: :data:`NOISE_ULPS` ulps of every
 output entry (where that leaves it in doubt, of those that move along the direction: one
-that does not is exact), plus what rounding x + h·e_k moved the step by. Where an entry's
-disagreement is within that noise but over the tolerance, the values are too large for
-finite differences at this step (y = x + 1e12: noise ≈ ε·1e12/h ≈ 100): the entry is
-*inconclusive* (``noisy``), never failed; a disagreement beyond tolerance plus noise still
-fails. A disagreement, or an apparent kink, is also weighed against the rounding of the
-values inside (:mod:`.gradcheck_noise`: ``(x + 1e12) - 1e12`` loses the step in x + 1e12,
-though its output is small).
+that does not is exact; where none moves even at a large step, all), plus what rounding x +
+h·e_k moved the step by. Where an entry's disagreement is within that noise but over the
+tolerance, the values are too large for finite differences at this step (y = x + 1e12: noise
+≈ ε·1e12/h ≈ 100): the entry is *inconclusive* (``noisy``), never failed; a disagreement
+beyond tolerance plus noise still fails. A disagreement, or an apparent kink, is also
+weighed against the rounding of the values inside (:mod:`.gradcheck_noise`: ``(x + 1e12) -
+1e12`` loses the step in x + 1e12, though its output is small).
 
 The replays draw no random numbers from the global generators: they run under
 :func:`torch.random.fork_rng`, so the cell's RNG state is as a plain run leaves it.
@@ -52,6 +57,8 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -71,6 +78,8 @@ from .steps import Interpreter, forwards_run
 ATOL, RTOL = 1e-5, 1e-3  # as torch.autograd.gradcheck
 STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
 SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
+NEARBY = 1e-3  # where built-ins disagree: checked again this far (times 1 + max |x|) away
+SMALL, SMALL_FLOOR = 1e-2, 1e-100  # |x_k| in this range: tried again at a step relative to it
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 GROUP = 8  # entries per group direction (the entries outside the sample), at least
 MAX_GROUPS = 64  # group directions per input, at most (larger groups beyond)
@@ -94,6 +103,7 @@ KINKED = frozenset((
     "prelu", "rrelu", "l1_loss", "smooth_l1_loss", "huber_loss", "median", "sort", "topk",
     "max_pool1d", "max_pool2d", "max_pool3d", "norm", "dist", "cdist",
     "sqrt", "rsqrt", "sign", "sgn", "floor", "ceil", "round", "trunc", "frac", "heaviside",
+    "kthvalue", "nanmedian", "mode", "msort", "cummax", "cummin", "atan2",
 ))  # ops with kinks, jumps or infinite slopes: named where an entry is inconclusive or fails
 
 
@@ -231,16 +241,19 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
         probe, second = (None if v is None else (v, base, HiddenNoise(replay, values, v, STEP))
                          for v in (analytic.numeric_v, analytic.v2))
         atol = _atol(analytic.grads.values())
-        found = {name: _compare(replay, values, name, analytic.grads[name], probe, budget,
-                                seed, atol, second and (second, analytic.second[name]))
-                 for name in names}
+        with _sides_bound(bool(analytic.custom)):
+            found = {name: _compare(replay, values, name, analytic.grads[name], probe,
+                                    budget, seed, atol,
+                                    second and (second, analytic.second[name]))
+                     for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=f"The float64 replay failed "
                                               f"({type(error).__name__}: {error}).")
     cell = _cell_derivatives(own, (inputs, values), output, names, analytic, replay,
                              (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
-        _told_in_units(replay, values, found, (probe, second), atol)
+        with _sides_bound(bool(analytic.custom)):  # (its entries judged again alike)
+            _told_in_units(replay, values, found, (probe, second), atol)
     return _report(replay, found, analytic, budget, cell)
 
 
@@ -258,7 +271,8 @@ def _told_in_units(replay, values: dict, found: dict, probes: tuple, atol: float
             continue
         columns = [(derivative_error(replay, values, name, k,
                                      second if k in f.by_second else probe, weighted,
-                                     STEP, (atol, RTOL)), k) for weighted, k in f.rivals()]
+                                     STEP * _relative(float(values[name].reshape(-1)[k])),
+                                     (atol, RTOL)), k) for weighted, k in f.rivals()]
         f.worst = max(column.error for column, _ in columns)
         if f.agree and any(column.over for column, _ in columns):
             f.worst = max(_judged_again(replay, values, (name, k), f, column, probe[1], atol)
@@ -401,14 +415,46 @@ def _analytic(replay, values: dict, names: list, seed: int,
     if not out.requires_grad:
         return _Analytic({n: torch.zeros_like(values[n]) for n in names}, numeric_v)
     wrt = [leaves[n] for n in names]
-    raw = materialized_grad(out, wrt, v, retain_graph=True)
+    v, raw = _fitted(out, wrt, v, cell_dtype or torch.float64)
+    numeric_v = numeric_v if scalar else v
     v2 = None if scalar else probe_v(out, seed, SECOND)  # (a scalar's v cannot cancel)
-    second = () if v2 is None else materialized_grad(out, wrt, v2, retain_graph=True)
+    v2, second = (None, ()) if v2 is None else _fitted(out, wrt, v2, torch.float64)
     unscaled = _unscaled(out, wrt, names, v, raw)
     grads = tuple(g / v.reshape(()) for g in raw) if scalar else raw
     return _Analytic(dict(zip(names, grads)), numeric_v, custom_on_the_way(out, wrt),
                      unscaled, raw=dict(zip(names, raw)), v=v,
                      second=dict(zip(names, second)), v2=v2)
+
+
+def _fitted(out: torch.Tensor, wrt: list, v: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """(v, vᵀJ) with v scaled down by a power of 2 (exact: the same direction) where the
+    check's own arithmetic would overflow ``dtype`` (the cell's, or float64): |v|·|y| and
+    vᵀJ, times :data:`SCALES` and summed over the output, stay below its largest value
+    (exp at 709: 3·exp(709) is inf; a custom exp at 88 in float32). The check's overflow is
+    never read as the backward's."""
+    limit = torch.finfo(dtype).max / 2 ** 8 / max(1, out.numel())
+    v = v * _below(float(out.detach().abs().max()) * V_MAGNITUDE[1], limit)
+    raw = materialized_grad(out, wrt, v, retain_graph=True)
+    top = _largest(raw)
+    if top > limit:  # vᵀJ itself too large (J beyond y), or inf: measured at a smaller v
+        smaller = v * (_below(top, limit) if math.isfinite(top) else 2.0 ** -64)
+        again = materialized_grad(out, wrt, smaller, retain_graph=True)
+        if _largest(again) <= limit:
+            return smaller, again
+    return v, raw
+
+
+def _below(size: float, limit: float) -> float:
+    """The largest power of 2 (at most 1) that brings ``size`` to ``limit`` or below."""
+    if not size > limit or not math.isfinite(size):
+        return 1.0
+    return 2.0 ** -math.ceil(math.log2(size / limit))
+
+
+def _largest(grads) -> float:
+    """The largest |entry| of ``grads`` (NaN left out: no scaling removes it)."""
+    return max((float(g.detach().abs().nan_to_num(nan=0.0, posinf=math.inf).max())
+                for g in grads if g.numel()), default=0.0)
 
 
 def _unscaled(out: torch.Tensor, wrt: list, names: list, v: torch.Tensor,
@@ -803,25 +849,42 @@ class _Input:
     second: _Input | None = None
 
     def entry(self, found: _Found, k: int) -> Agreement:
-        """Entry ``k`` checked on its own, recorded in ``found``. Where v agrees, the second
-        v is asked too, from the same outputs (no forward run where it agrees at once): one
-        v may cancel an error (vᵀΔJ e_k = 0 with ΔJ e_k ≠ 0), two independent ones
-        together almost never; its disagreement is the entry's verdict."""
-        direction, moved = _direction(self.values[self.name], k, 0), {}
-        verdict, error = self._judged(direction, k, moved, found.agree)
-        if verdict is Agreement.AGREE and self.second is not None:
-            again = self.second._judged(direction, k, moved, True)
-            if again[0] is Agreement.DISAGREE:
-                (verdict, error), found.by_second = again, found.by_second | {k}
+        """Entry ``k`` checked on its own, recorded in ``found``: at the step :data:`STEP`,
+        and where that does not agree and 0 < |x_k| < :data:`SMALL`, again at a step relative
+        to x_k (:func:`_relative`), whose verdict stands where it is one (agree, disagree)."""
+        verdict, error, by_second = self._both(k, 1.0, found.agree)
+        scale = _relative(float(self.values[self.name].reshape(-1)[k]))
+        if verdict is not Agreement.AGREE and scale < 1.0:
+            again = self._both(k, scale, found.agree)
+            if again[0] in (Agreement.AGREE, Agreement.DISAGREE):
+                verdict, error, by_second = again
+        if by_second:
+            found.by_second = found.by_second | {k}
         found.add(verdict, error, [_index(self.values[self.name].shape, k)], k)
         return verdict
 
-    def _judged(self, direction: torch.Tensor, k: int, moved: dict,
-                retry: bool) -> tuple[Agreement, float]:
-        """:func:`_entry`'s verdict on entry ``k`` for this v (``moved``: outputs by step)."""
-        return _entry(self.replay, self.values, self.name, direction, self.probe,
-                      float(self.analytic.reshape(-1)[k]), self.analytic, self.atol,
-                      self.noise, retry=retry, moved=moved)
+    def _both(self, k: int, scale: float, retry: bool) -> tuple[Agreement, float, bool]:
+        """v's verdict on entry ``k`` at steps ``scale`` times their size; where it agrees,
+        the second v is asked too, from the same outputs (no forward run where it agrees at
+        once): one v may cancel an error (vᵀΔJ e_k = 0 with ΔJ e_k ≠ 0), two independent
+        ones together almost never; its disagreement is the entry's (True: the second's)."""
+        direction, moved = _direction(self.values[self.name], k, 0) * scale, {}
+        verdict, error = self._judged(direction, k, moved, retry, scale)
+        if verdict is Agreement.AGREE and self.second is not None:
+            again = self.second._judged(direction, k, moved, True, scale)
+            if again[0] is Agreement.DISAGREE:
+                return again[0], again[1], True
+        return verdict, error, False
+
+    def _judged(self, direction: torch.Tensor, k: int, moved: dict, retry: bool,
+                scale: float = 1.0) -> tuple[Agreement, float]:
+        """:func:`_entry`'s verdict on entry ``k`` for this v (``moved``: outputs by step)
+        along ``direction``, ``scale`` times e_k (the derivative and its tolerance scaled
+        with it; the error told in e_k's units)."""
+        verdict, error = _entry(self.replay, self.values, self.name, direction, self.probe,
+                                float(self.analytic.reshape(-1)[k]) * scale, self.analytic,
+                                self.atol * scale, self.noise, retry=retry, moved=moved)
+        return verdict, error / scale
 
     def group_agrees(self, u: torch.Tensor, group: torch.Tensor, weights: torch.Tensor) -> bool:
         """Whether the flat entries ``group`` moved along ``u`` (``weights`` on them) agree,
@@ -924,6 +987,15 @@ def _groups(checks: _Input, found: _Found, rest: list, budget: Budget, seed: int
                 found.singles, found.covered = found.singles + 1, found.covered + 1
 
 
+def _relative(x: float) -> float:
+    """The step for an entry of value ``x``, in steps :data:`STEP`: |x| / :data:`SMALL` where
+    x is nearer 0 than that (a step as large as x, 1e-6 at x = 1e-6, is no small change
+    there: x³'s sides differ by 6x·h), else 1; also 1 at 0 (no scale: the kinks of relu,
+    abs) and below :data:`SMALL_FLOOR` (products of such values underflow)."""
+    size = abs(x)
+    return size / SMALL if SMALL_FLOOR <= size < SMALL else 1.0
+
+
 def _index(shape, k: int):
     """Entry ``k`` (row-major) as an index: an int for a vector, a tuple otherwise."""
     index = tuple(int(i) for i in np.unravel_index(k, tuple(shape)))
@@ -981,6 +1053,9 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12), measured
         if inside:  # judged again, each difference with that noise as well
             found = _judged(along_within(None, inside), want, *tolerance)
+    if found[0] is Agreement.DISAGREE and not _SIDES_BOUND.get() and _agrees_nearby(
+            replay, values, name, u, v, (atol, rtol)):
+        return Agreement.KINK, found[1]  # x's own: ties (kthvalue), no derivative there
     return found
 
 
@@ -1028,12 +1103,52 @@ def _at_step(along, h: float, want: float, atol: float, rtol: float,
     if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
         low, high = sorted(d for d, _ in safe)  # autograd's choice: one-sided or between
         inside = any(_close(want, d, n, atol, rtol) for d, n in safe) or low <= want <= high
-        verdict = Agreement.KINK if inside else Agreement.DISAGREE
+        verdict = Agreement.KINK if inside or not _SIDES_BOUND.get() else Agreement.DISAGREE
         return verdict, min(abs(want - d) for d, _ in safe)
     if safe:
         verdict = _agreement(want, *safe[0], atol, rtol)
         return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
     return None
+
+
+_SIDES_BOUND = ContextVar("gradcheck_sides_bound", default=True)
+
+
+@contextmanager
+def _sides_bound(custom: bool):
+    """Whether, inside, autograd's value at a kink must lie between the one-sided slopes
+    along e_k (else it fails): only where a custom backward is on the way (``custom``). Where
+    several pieces meet (ties of sort / topk, atan2 at (0, 0)) a built-in backward takes a
+    piece that no step along e_k enters: there is no derivative, nothing to fail."""
+    token = _SIDES_BOUND.set(custom)
+    try:
+        yield
+    finally:
+        _SIDES_BOUND.reset(token)
+
+
+def _agrees_nearby(replay, values: dict, name: str, u: torch.Tensor, v: torch.Tensor,
+                   tolerance: tuple) -> bool:
+    """Whether, at a point x' :data:`NEARBY` from x along random weights (ties broken, kinks
+    left), autograd's vᵀJu and the central difference agree: the built-in backwards that
+    disagree at x alone do so where f has no derivative (kthvalue at ties: 0 along e_k
+    either way, autograd's 1 is a piece's); a detached or hooked term disagrees at x' too."""
+    start = values[name]
+    w = _weights(start.numel(), probe_generator(0, "gradcheck-nearby"))
+    near = start + NEARBY * (1.0 + float(start.abs().max())) * w.reshape(start.shape).to(
+        start.device)
+    try:
+        leaf = near.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = replay.run({**values, name: leaf})
+        (grad,) = materialized_grad(out, [leaf], v.to(out.dtype))
+        moved = {**values, name: near}
+        up, down = (moved_output(replay, moved, name, t * u) for t in (STEP, -STEP))
+    except Exception:  # noqa: BLE001 - cannot tell: the disagreement stands
+        return False
+    numeric = float(v.mul(up - down).sum()) / (2 * STEP)
+    noise = NOISE_ULPS * EPS * float(v.abs().mul(up.abs() + down.abs()).sum()) / (2 * STEP)
+    return _close(float(grad.mul(u).sum()), numeric, noise, *tolerance)
 
 
 def _curved(along, h: float, up: float, down: float) -> bool:
@@ -1050,13 +1165,14 @@ def _support(replay, values: dict, name: str, u: torch.Tensor,
              base: torch.Tensor) -> torch.Tensor:
     """The output entries that move when x moves along ``u`` by a large step, either way
     (two steps: an entry that returns to its value at one, as x² at ±a, moves at the other):
-    the ones that depend on x there, whose rounding a difference may hold."""
+    the ones that depend on x there, whose rounding a difference may hold. Where none moves,
+    every entry: even the large step is below their ulp (x² + 1e16), which cannot tell."""
     start = values[name]
     step = SUPPORT_STEP * (1.0 + float(start.abs().max()))
     moved = torch.zeros_like(base, dtype=torch.bool)
     for h in (step, -0.7 * step):
         moved |= moved_output(replay, values, name, h * u) != base  # NaN: moved
-    return moved
+    return moved if moved.any() else torch.ones_like(moved)
 
 
 class _Noise:
