@@ -481,10 +481,9 @@ x = torch.linspace(-1, 1, 5, requires_grad=True)
 
 
 @pytest.mark.parametrize("body", [
-    pytest.param("h = x.exp()\ny = Picky.apply(h) * 1", marks=pytest.mark.xfail(
-        strict=True, reason=R1_9), id="points"),
+    pytest.param("h = x.exp()\ny = Picky.apply(h) * 1", id="points"),
     pytest.param("h = x.exp()\ny = torch.nn.functional.pad(Picky.apply(h), (1, 1))[2:] + h",
-                 marks=pytest.mark.xfail(strict=True, reason=R1_9), id="stencil"),
+                 id="stencil"),
 ])
 def test_a_backward_that_raises_for_the_analysis_is_not_the_cells_error(ip, body):
     assert ip.run_cell(_PICKY).success

@@ -239,6 +239,9 @@ class _Guard:
             raise VJPUsageError(_messages().function_message(self.tripped))
         if kind is None or issubclass(kind, RuntimeError):
             check_writes()  # what a user's backward wrote in place: put back, and refused
+        refusal = users_error(error) if self.strict and error is not None else None
+        if refusal is not None:
+            raise refusal from None
 
     def run_backward(self, engine, args, kwargs):
         """``engine.run_backward(*args, **kwargs)`` under this guard: ``with self:`` inlined,
@@ -252,9 +255,13 @@ class _Guard:
         self.active = True
         try:
             result = engine.run_backward(*args, **kwargs)
-        except RuntimeError:
-            check_writes()  # a write by the user's backward: its own words, not autograd's
-            raise
+        except Exception as error:  # noqa: BLE001 - re-raised, or the refusal for it
+            if isinstance(error, RuntimeError):
+                check_writes()  # a write by the user's backward: its own words, not autograd's
+            refusal = users_error(error) if self.strict else None
+            if refusal is None:
+                raise
+            raise refusal from None
         finally:
             self.active = False
             if previous is None or callable(previous):
@@ -346,6 +353,45 @@ class _Guard:
         cls = getattr(frame.f_locals.get("self"), "_forward_cls", None)
         self.tripped = getattr(cls, "__name__", "a custom autograd.Function")
         raise VJPUsageError(_messages().function_message(self.tripped))
+
+
+def users_error(error: BaseException) -> VJPUsageError | None:
+    """The refusal for ``error`` where a user's custom Function's backward raised it when a
+    pass of the analysis called it (its frame below the engine's ``BackwardCFunction.apply``
+    in the traceback); None for any other error: one not raised in a backward, a usage
+    error, running out of memory, or one of autograd's own (a second pass through a freed
+    graph, an in-place change: judged where they are)."""
+    from .torch_api import torch_error  # (it imports this module)
+    if not isinstance(error, Exception) or isinstance(error, VJPUsageError) \
+            or torch_error(error) is not None or "out of memory" in str(error):
+        return None
+    frame, tb = None, error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _APPLIES and tb.tb_next is not None:
+            frame = tb.tb_frame
+        tb = tb.tb_next
+    if frame is None:
+        return None
+    cls = getattr(frame.f_locals.get("self"), "_forward_cls", None)
+    name = getattr(cls, "__name__", None) or "a custom autograd.Function"
+    return VJPUsageError(raised_message(name, error, frame.f_locals.get("args", ())))
+
+
+def raised_message(name: str, error: BaseException, gradients) -> str:
+    """The usage error for a user's backward (of Function ``name``) that raised ``error``
+    when the analysis called it with ``gradients``."""
+    tensors = [g for g in gradients if isinstance(g, torch.Tensor)]
+    shapes = ", ".join(str(tuple(g.shape)) for g in tensors) or "none"
+    try:
+        zeros = any(bool((g == 0).any()) for g in tensors if g.numel() and not g.is_sparse)
+    except Exception:  # noqa: BLE001 - a gradient that cannot be read here: not said
+        zeros = False
+    held = " (holding zeros)" if zeros else ""
+    return (f"{name}'s backward raised {type(error).__name__}({str(error)!r}) when vjp_magic "
+            f"called it with gradients of shape {shapes}{held}: a plain run of the cell calls "
+            f"no backward, vjp_magic calls it in each of its passes, with gradients of its own. "
+            f"The cell ran as it would without %%vjp, and no derivative "
+            f"is shown. Make {name}'s backward accept any gradient, then run it again.")
 
 
 def _restore_profile(previous) -> None:
@@ -587,4 +633,5 @@ def _watched() -> _Watched:
     return _Watched(calls)
 
 
-__all__ = ["armed_advice", "foreign_message", "guarded", "pass_guard", "reentrant_guard"]
+__all__ = ["armed_advice", "foreign_message", "guarded", "pass_guard", "raised_message",
+           "reentrant_guard", "users_error"]
