@@ -439,7 +439,6 @@ def _then_backward_again(ip, line: str | None):
     return error, first, ip.user_ns["x"].grad.clone()
 
 
-@pytest.mark.xfail(strict=True, reason=R1_8)
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 def test_the_next_backward_through_a_custom_functions_graph_is_as_after_a_plain_cell(
         ip, line):

@@ -7,10 +7,13 @@ to one of them; only those are freed by a pass without ``retain_graph``
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
 
+from ..core.errors import VJPUsageError
+from ..core.pass_guard import pass_guard
 from ..core.tagging import walk_nodes
 from ..core.torch_api import ENGINE
 
@@ -53,18 +56,36 @@ def is_functorch(tensors) -> bool:
     return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in as_list(tensors))
 
 
-def _has_python_backward(nodes) -> bool:
-    return any(isinstance(n, torch.autograd.function.BackwardCFunction) for n in nodes)
+def _no_gradients(count: int, *gradients) -> tuple:
+    """Stands for a custom Function's backward in :func:`free_graph`'s pass: no gradient for
+    any of its ``count`` inputs (the engine frees what its node saved all the same)."""
+    return (None,) * count
+
+
+def _stand_ins(nodes) -> list:
+    """The custom Functions' nodes among ``nodes``, each with :func:`_no_gradients` set as
+    the ``apply`` the engine calls for it (taken away again by :func:`_put_back`)."""
+    found = []
+    for node in nodes:
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            node.apply = functools.partial(_no_gradients, len(node.needs_input_grad))
+            found.append(node)
+    return found
+
+
+def _put_back(nodes) -> None:
+    for node in nodes:
+        vars(node).pop("apply", None)
 
 
 def free_graph(roots, inputs) -> None:
     """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
-    ``roots``: the engine frees each node's saved tensors as it goes. ``.grad`` is untouched
-    (nothing accumulates). Graphs with Python backward code (custom ``autograd.Function``s)
-    are left retained rather than run again."""
+    ``roots``: the engine frees each node's saved tensors as it goes, as the user's pass
+    would have. None of the user's code runs: ``.grad`` is untouched (nothing accumulates),
+    a custom ``autograd.Function``'s backward is not called (:func:`_no_gradients` stands
+    for it), and the pass runs under the pass guard, which stops it before a user's hook
+    would run (what it had not reached then stays kept)."""
     nodes = list(walk_nodes(root_nodes(roots)))
-    if _has_python_backward(nodes):
-        return
     if inputs is None:
         inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
     inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -72,12 +93,14 @@ def free_graph(roots, inputs) -> None:
     if not inputs or not tensors:
         return
     zeros = tuple(torch.zeros_like(t) for t in tensors)
+    stand_ins = _stand_ins(nodes)
     try:
-        ENGINE.run_backward(
-            tuple(tensors), zeros, False, False, tuple(inputs),
-            allow_unreachable=True, accumulate_grad=False)
-    except RuntimeError:
-        pass  # already freed, or modified in place since: nothing left to free here
+        pass_guard().run_backward(ENGINE, (tuple(tensors), zeros, False, False, tuple(inputs)),
+                                  {"allow_unreachable": True, "accumulate_grad": False})
+    except (RuntimeError, VJPUsageError):
+        pass  # freed already, changed in place since, or a hook of the user's on the way
+    finally:
+        _put_back(stand_ins)
 
 
 def nodes_run(roots: list, inputs) -> list:
