@@ -18,6 +18,7 @@ import torch
 from ..core.tagging import depends_on
 from ..core.textenum import TextEnum
 from .passes import as_list, free_graph
+from .record import outs_of, reads_of
 
 
 class CallKind(TextEnum):
@@ -164,11 +165,20 @@ class BackwardLog:
         for error in self.errors:  # their tracebacks hold the cell's frames and tensors
             error.__traceback__ = None
         freeing, self.freeing = self.freeing, []
+        hooked = _hooked(self.ops) if freeing else []
         for item in freeing:
             roots = [r() for r in item.roots]
             if any(r is None for r in roots):
                 continue
-            free_graph(roots, item.inputs)
+            free_graph(roots, item.inputs, hooked)
+
+
+def _hooked(ops) -> list:
+    """The tensors the cell's recorded calls read or made that hold ``register_hook`` hooks
+    (set aside while a kept graph is freed)."""
+    calls = getattr(ops, "calls", None) or ()
+    return [t for call in calls for t in (*reads_of(call), *outs_of(call))
+            if type(t) in (torch.Tensor, torch.nn.Parameter) and t._backward_hooks]
 
 
 def _cell_line(filename: str | None) -> int | None:

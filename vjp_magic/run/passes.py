@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 
@@ -78,13 +79,34 @@ def _put_back(nodes) -> None:
         vars(node).pop("apply", None)
 
 
-def free_graph(roots, inputs) -> None:
+@contextmanager
+def _hooks_muted(tensors):
+    """The ``register_hook`` hooks of ``tensors`` (plain tensors and parameters) taken out of
+    the dict PyTorch calls them from for the block, and put back in their order after."""
+    muted, seen = [], set()
+    for tensor in tensors:
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+            continue
+        hooks = tensor._backward_hooks
+        if hooks and id(hooks) not in seen:
+            seen.add(id(hooks))
+            muted.append((hooks, list(hooks.items())))
+            hooks.clear()
+    try:
+        yield
+    finally:
+        for hooks, items in muted:
+            hooks.update(items)
+
+
+def free_graph(roots, inputs, hooked=()) -> None:
     """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
     ``roots``: the engine frees each node's saved tensors as it goes, as the user's pass
     would have. None of the user's code runs: ``.grad`` is untouched (nothing accumulates),
     a custom ``autograd.Function``'s backward is not called (:func:`_no_gradients` stands
-    for it), and the pass runs under the pass guard, which stops it before a user's hook
-    would run (what it had not reached then stays kept)."""
+    for it), the tensor hooks of ``roots``, the leaves and ``hooked`` (the cell's tensors)
+    are set aside, and the pass runs under the pass guard, which stops it before any other
+    hook of the user's would run (what it had not reached then stays kept)."""
     nodes = list(walk_nodes(root_nodes(roots)))
     if inputs is None:
         inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
@@ -94,9 +116,12 @@ def free_graph(roots, inputs) -> None:
         return
     zeros = tuple(torch.zeros_like(t) for t in tensors)
     stand_ins = _stand_ins(nodes)
+    leaves = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
     try:
-        pass_guard().run_backward(ENGINE, (tuple(tensors), zeros, False, False, tuple(inputs)),
-                                  {"allow_unreachable": True, "accumulate_grad": False})
+        with _hooks_muted([*tensors, *leaves, *inputs, *hooked]):
+            pass_guard().run_backward(
+                ENGINE, (tuple(tensors), zeros, False, False, tuple(inputs)),
+                {"allow_unreachable": True, "accumulate_grad": False})
     except (RuntimeError, VJPUsageError):
         pass  # freed already, changed in place since, or a hook of the user's on the way
     finally:
