@@ -82,6 +82,13 @@ def test_a_hook_on_the_way_runs_as_often_as_in_a_plain_cell(ip, on, later):
     assert plain[3] == 1  # the cell's own backward only
 
 
+def test_a_retained_gradient_is_the_tensor_the_cells_backward_left(ip):
+    body = "h = Cube.apply(x, w)\nh.retain_grad()\ny = (h * x.sin()).sin()\n" \
+           "y.sum().backward()\nhg = h.grad"
+    plain = _same_as_plain(ip, body, "assert h.grad is hg\ny.sum().backward()")
+    assert plain[0] == "RuntimeError"  # (not AssertionError: the same .grad object)
+
+
 def test_a_graph_the_user_kept_stays_usable(ip):
     body = _FREED.replace("backward()", "backward(retain_graph=True)")
     plain = _same_as_plain(ip, body, "y1.sum().backward()")
@@ -118,11 +125,14 @@ def test_free_graph_calls_no_backward_and_no_hook_and_frees_the_saved_tensors():
     x = torch.linspace(-1, 1, 4, requires_grad=True)
     h = x.exp()
     s = Square.apply(h)
-    y = (s * x).sin()
+    m = s * x
+    m.retain_grad()
+    y = m.sin()
     x.register_hook(lambda g: hooked.append(1))
+    m.register_hook(lambda g: hooked.append(2))
     node = s.grad_fn
-    free_graph([y], None)
-    assert calls == [] and hooked == [] and x.grad is None
+    free_graph([y], None, [m])  # (m: one of the cell's tensors, as its record holds it)
+    assert calls == [] and hooked == [] and x.grad is None and m.grad is None
     assert "apply" not in vars(node)  # the stand-in is taken away again
     for read in (lambda: node.saved_tensors, lambda: h.grad_fn._saved_result,
                  lambda: y.grad_fn._saved_self):

@@ -175,10 +175,11 @@ class BackwardLog:
 
 def _hooked(ops) -> list:
     """The tensors the cell's recorded calls read or made that hold ``register_hook`` hooks
-    (set aside while a kept graph is freed)."""
+    or retain their gradient (set aside while a kept graph is freed)."""
     calls = getattr(ops, "calls", None) or ()
     return [t for call in calls for t in (*reads_of(call), *outs_of(call))
-            if type(t) in (torch.Tensor, torch.nn.Parameter) and t._backward_hooks]
+            if type(t) in (torch.Tensor, torch.nn.Parameter)
+            and (t._backward_hooks or t.retains_grad)]
 
 
 def _cell_line(filename: str | None) -> int | None:

@@ -82,11 +82,14 @@ def _put_back(nodes) -> None:
 @contextmanager
 def _hooks_muted(tensors):
     """The ``register_hook`` hooks of ``tensors`` (plain tensors and parameters) taken out of
-    the dict PyTorch calls them from for the block, and put back in their order after."""
-    muted, seen = [], set()
+    the dict PyTorch calls them from for the block, and put back in their order after; the
+    ``.grad`` of those that ``retain_grad()`` (the block's pass replaces it) put back too."""
+    muted, seen, kept = [], set(), []
     for tensor in tensors:
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
             continue
+        if tensor.retains_grad:
+            kept.append((tensor, tensor.grad))
         hooks = tensor._backward_hooks
         if hooks and id(hooks) not in seen:
             seen.add(id(hooks))
@@ -97,6 +100,8 @@ def _hooks_muted(tensors):
     finally:
         for hooks, items in muted:
             hooks.update(items)
+        for tensor, grad in kept:
+            tensor.grad = grad
 
 
 def free_graph(roots, inputs, hooked=()) -> None:
