@@ -101,16 +101,3 @@ def test_a_found_tensor_needs_no_full_scan(monkeypatch):
     for entry in ENTRIES.values():
         entry(y, x)
     assert not scans and u.grad is grad
-
-
-def test_a_missed_tensor_is_kept_once_a_pass_time_is_remembered():
-    """A rerun of the same graph (trusted to batch right) sizes its chunks by a remembered
-    time and makes no plain pass before its vectorised one: the pass of zeros made before
-    them is watched (retained.watch_now)."""
-    for _ in range(3):
-        x, holder, y = _graph(mark=False, backward=False)
-        vjp_magic.differentiate(y, x, seed=5)
-    x, holder, y = _graph(mark=True, backward=True)
-    grad, values = holder.u.grad, holder.u.grad.clone()
-    vjp_magic.differentiate(y, x, seed=5)
-    assert holder.u.grad is grad and torch.equal(grad, values)
