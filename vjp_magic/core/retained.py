@@ -237,7 +237,8 @@ def watched(run, outputs, inputs, *args, **kwargs):
         return run(outputs, inputs, *args, **kwargs)
     outs = tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
     ids = {id(t) for t in (inputs if isinstance(inputs, (list, tuple)) else (inputs,))}
-    if _seen(outs, ids):
+    if any(len(o) == len(outs) and all(map(operator.is_, o, outs)) and ids <= s
+           for o, s in _STATE.watched):
         return run(outputs, inputs, *args, **kwargs)  # (the same nodes' hooks: seen)
     _STATE.watched.append((outs, ids))
     watch = _Watch()
@@ -268,31 +269,6 @@ def _adopt(watch: _Watch, grads) -> None:
                 t.grad = read
                 kept.append(t)
                 _STATE.adopted.append((t, read))
-
-
-def _seen(outs: tuple, ids: set) -> bool:
-    """Whether a watched pass from ``outs`` reached at least the inputs ``ids``."""
-    return any(len(o) == len(outs) and all(map(operator.is_, o, outs)) and ids <= s
-               for o, s in getattr(_STATE, "watched", ()))
-
-
-def watch_now(output, inputs) -> None:
-    """Before the vectorised passes from ``output`` to ``inputs`` where no plain pass is to
-    follow them (a graph whose every node batches right): a watched pass of zeros, unless a
-    plain pass from there was watched already. Every retains-grad hook those passes run was
-    then seen, its tensor found or kept (:func:`watched`), so they need no pass of zeros
-    after them (:func:`flush_now`): the same count of passes, one before instead of after.
-    Only under the guard of an outermost :func:`keeps_retained_grads`, before any vectorised
-    pass (else the pass of zeros after them, as before)."""
-    if not (getattr(_STATE, "reruns", False) and getattr(_STATE, "watching", False)):
-        return
-    ids = {id(t) for t in inputs}
-    if not _seen((output,), ids):
-        from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
-
-        _grad(output, list(inputs), torch.zeros_like(output))
-    if _seen((output,), ids):
-        _STATE.covered.append((output, ids))
 
 
 def vectorising() -> None:
@@ -348,7 +324,6 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=(),
     _STATE.depth, _STATE.kept, _STATE.pending = 1, [t for t, _ in kept], []
     _STATE.reruns, _STATE.watching, _STATE.watched, _STATE.adopted = \
         reruns, not everything, [], kept
-    _STATE.covered = []
     interrupted = False
     try:
         yield
@@ -358,7 +333,6 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=(),
     finally:
         pending, _STATE.depth, _STATE.kept, _STATE.pending = _STATE.pending, 0, [], []
         _STATE.reruns, _STATE.watching, _STATE.watched, _STATE.adopted = False, False, [], []
-        _STATE.covered = []
         if pending and interrupted:  # after a Ctrl-C, no pass runs the user's backward again
             _unbatch(_every_retaining())
         elif pending and isinstance(output, torch.Tensor) and output.grad_fn is not None:
@@ -374,10 +348,8 @@ def cleared(batched: bool = True, output=None, inputs=()) -> None:
     on a BatchedTensor left in a tensor not found: the call is then made again); it stays
     pending (a pass of zeros on leaving) until :func:`plain_pass` reports a plain pass from
     the same ``output`` to at least the same ``inputs``."""
-    ids = {id(t) for t in inputs}
-    if batched and getattr(_STATE, "depth", 0) and not any(
-            o is output and ids <= s for o, s in _STATE.covered):  # (seen: watch_now)
-        _STATE.pending.append((output, ids))
+    if batched and getattr(_STATE, "depth", 0):
+        _STATE.pending.append((output, {id(t) for t in inputs}))
     for t in getattr(_STATE, "kept", ()):
         t.grad = None
 
@@ -442,4 +414,4 @@ def keeps_retained_grads(function):
 
 
 __all__ = ["cleared", "flush_now", "grads_kept", "keeps_retained_grads", "plain_pass", "retained",
-           "vectorising", "watch_now", "watched"]
+           "vectorising", "watched"]
