@@ -47,7 +47,8 @@ def writes_kept():
         yield
         check()
     finally:
-        _restore(_KEPT.watch or ())
+        if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
+            _restore(_KEPT.watch)
         _KEPT.watch, _KEPT.active = outer
 
 
