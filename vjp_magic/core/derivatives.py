@@ -232,9 +232,8 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     if has_torch_function((output, *inputs)):
         return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
     engine = Variable._execution_engine  # the one autograd.grad would hand the pass to
-    with pass_guard():
-        grads = engine.run_backward((output,), (vector,), True, False, tuple(inputs),
-                                    allow_unreachable=True, accumulate_grad=False)
+    grads = pass_guard().run_backward(engine, ((output,), (vector,), True, False, tuple(inputs)),
+                                      {"allow_unreachable": True, "accumulate_grad": False})
     return [torch.zeros_like(t) if g is None else g for g, t in zip(strided(grads), inputs)]
 
 
