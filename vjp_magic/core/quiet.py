@@ -271,7 +271,11 @@ def _quiet(default_device: bool):
             torch._C._set_grad_enabled(True)  # our passes build graphs
             try:
                 with torch._C.DisableTorchFunctionSubclass():  # the cell ran the subclass
-                    with _aside(default_device):
+                    autocast = _autocast_on()
+                    if autocast or default_device:
+                        with _aside(autocast, default_device):
+                            yield
+                    else:  # (as a rule: no stack to enter)
                         yield
             finally:
                 torch._C._set_grad_enabled(grad_was)
@@ -282,13 +286,9 @@ def _quiet(default_device: bool):
 
 
 @contextlib.contextmanager
-def _aside(default_device: bool):
-    """Autocast off where it is on; ``default_device``: :func:`analysis_device` (a stack only
-    where either applies: neither, as a rule, costs nothing)."""
-    autocast = _autocast_on()
-    if not autocast and not default_device:
-        yield
-        return
+def _aside(autocast: list, default_device: bool):
+    """Autocast off for the device types in ``autocast``; ``default_device``:
+    :func:`analysis_device` too."""
     with contextlib.ExitStack() as stack:
         for device in autocast:
             stack.enter_context(torch.autocast(device, enabled=False))
