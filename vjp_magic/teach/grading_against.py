@@ -88,6 +88,9 @@ class Exercise:
             return out, fresh
         values = {n: fresh[n] for n in first} if self.by_name(fresh) else \
             dict(zip(first, fresh.values()))  # f(*fresh.values()): by place
+        given = next((n for n, t in first.items() if t is out), None)
+        if given is not None:  # f returned an input itself (an identity): no op to replay
+            return values[given], fresh
         replay = build(record, first, out, verify=False, user_code=False)
         kinds = {t.dtype for t in values.values() if t.is_floating_point()}
         if len(kinds) == 1 and out.is_floating_point() and out.dtype not in kinds:
