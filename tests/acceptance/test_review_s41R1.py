@@ -166,12 +166,9 @@ R1_2 = ("R1-2: the first %%vjp cell of a session imports third-party modules the
 @pytest.mark.parametrize("line, setup, body", [
     ("", "", _X5 + "y = x ** 2"),
     ("--explain", "", _X5 + "y = x ** 2"),
-    pytest.param("--picture", "", "x = torch.randn(4, 3, requires_grad=True)\ny = x.cumsum(1)",
-                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
-    pytest.param("--gradcheck", "", _X5 + "y = x ** 2",
-                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
-    pytest.param("", _SQUARE, _X5 + "y = Square.apply(x)",
-                 marks=pytest.mark.xfail(strict=True, reason=R1_2)),
+    ("--picture", "", "x = torch.randn(4, 3, requires_grad=True)\ny = x.cumsum(1)"),
+    ("--gradcheck", "", _X5 + "y = x ** 2"),  # R1-2 fixed: imported at load_ext
+    ("", _SQUARE, _X5 + "y = Square.apply(x)"),
 ], ids=["plain", "explain", "picture", "gradcheck", "custom-function"])
 def test_a_first_cell_leaves_sys_modules_and_warnings_filters_as_a_plain_run(line, setup, body):
     done = subprocess.run(

@@ -406,9 +406,32 @@ VJPMagics.vjp.__doc__ = VJPMagics.vjp.__doc__.replace("\n  %vjp ", "\n  %%vjp ",
 
 
 def load(shell) -> None:
-    """Register the magics on ``shell`` (a fresh instance per load)."""
+    """Register the magics on ``shell`` (a fresh instance per load), with what their first
+    cells would import (:func:`_imported_now`)."""
+    _imported_now()
     magics = VJPMagics(shell=shell)
     shell.register_magics(magics)
+
+
+_FIRST_CELLS = ("vjp_magic.symbolic.display", "vjp_magic.symbolic.crosscheck",  # sympy, mpmath
+                "torch.fx.experimental.symbolic_shapes",  # torch's own, at a first replay
+                "matplotlib.backends.backend_agg", "matplotlib.figure", "matplotlib.colors",
+                "matplotlib.ticker", "PIL.Image")  # the [plot] extra
+
+
+def _imported_now() -> None:
+    """The modules a first ``--gradcheck``, custom Function or ``--picture`` cell imports,
+    imported at ``%load_ext`` instead: a cell leaves ``sys.modules`` and ``warnings.filters``
+    (sympy adds one) as a plain run of it does. A missing optional one is skipped."""
+    import importlib
+
+    for name in _FIRST_CELLS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "PIL.Image":
+            module.preinit()  # the image plugins a first PNG loads
 
 
 def unload(shell) -> None:
