@@ -281,14 +281,8 @@ def test_a_directed_gnn_pattern_is_exact(edges, reduce):
     assert torch.equal(pattern, truth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-1: a batch of graphs (scatter_reduce sum/amax/mean, an isolated node, no edge between "
-    "graphs) whose blocks are not dense - directed rings, or even undirected paths 0-1-2, a "
-    "symmetric pattern - is called 'block-lower-triangular' (3, 1, 3, 1) with exceptions "
-    "[(0, 2), (4, 6)] (paths: [(0, 1), (1, 2), (4, 5), (5, 6)]) and a witness that is a "
-    "legitimate message inside graph A, where the pattern is exactly block-diagonal "
-    "(3, 1, 3, 1) with no exception; class: blocks that are sparse inside (real graphs, not "
-    "complete ones) get a causal reading with exceptions instead of the exact block-diagonal"))
+# Fixed (s41 F2): was R3-1 - later reads are exceptions only to full causal triangles, and
+# blocks split at every free cut beat a band or a reading with exceptions
 @pytest.mark.parametrize("edges", [RINGS, PATHS], ids=["directed-rings", "undirected-paths"])
 @pytest.mark.parametrize("reduce", ["sum", "amax", "mean"])
 def test_a_clean_gnn_batch_is_block_diagonal(reduce, edges):
@@ -301,13 +295,7 @@ def _crosses(edge) -> bool:
     return GRAPH_OF[edge[0]] != GRAPH_OF[edge[1]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-2: in a GNN batch (directed rings or undirected paths) with one message from graph A "
-    "to graph C (y[6] ← x[1] or y[1] ← x[6]), the verdict, blocks and witness are the clean "
-    "batch's: 'block-lower-triangular' (3, 1, 3, 1), witness y[0] ← x[2] (paths: "
-    "y[0] ← x[1]), a legitimate edge inside graph A; the crossing edge is one of several "
-    ".exceptions(); class: the witness of a block kind is not the crossing edge (issue 23 "
-    "item 3), here for blocks sparse inside"))
+# Fixed (s41 F2): was R3-2 - the crossing edge is the one exception and the witness
 @pytest.mark.parametrize("edges", [RINGS, PATHS], ids=["directed-rings", "undirected-paths"])
 @pytest.mark.parametrize("edge", [(1, 6), (6, 1)], ids=["A-to-C", "C-to-A"])
 def test_a_leak_between_graphs_is_the_witness(edge, edges):
@@ -778,11 +766,7 @@ def test_each_format_keeps_to_its_own_language(ip, run_ok, name):
     assert max(map(len, lines)) <= 100 and len(lines) <= 40, plain
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-2 (as %%vjp shows it): a GNN batch with directed ring messages and one message from "
-    "graph A (node 1) to graph C (node 6): the sentence says 'y[0] ← x[2] (row 0 of y reads "
-    "row 2 of x; the pattern is block-lower-triangular, 4 blocks of 3, 1, 3, 1 with 3 "
-    "exceptions)': it names a message inside graph A, not the leak y[6] ← x[1]"))
+# Fixed (s41 F2): was R3-2 (as %%vjp shows it)
 def test_the_display_of_a_leaky_gnn_batch_names_the_crossing_message(ip, run_ok):
     _, bundle = _shown(ip, run_ok, "gnn-crossing")
     plain = re.sub(r"\s+", " ", bundle["text/plain"])
@@ -909,13 +893,7 @@ def test_a_strided_layer_pattern_is_exact(name, length):
     assert torch.equal(pattern, truth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-8: a stride-2 layer (Conv1d k3 s2 p1; avg_pool1d 2): y[i] reads x[2i−1..2i+1] "
-    "(x[2i], x[2i+1]) at every length, but the verdict is 'band' with offsets j − i of 0..6 "
-    "at L = 12 (a bounding box that lets y[0] read x[6]) and 'sparse' at L = 48: the "
-    "kind depends on the size; class: rectangular (strided) patterns are measured by j − i, "
-    "so the stride's receptive field is not recognised (DESIGN: the answer never depends on "
-    "how big the tensor is; issue 20: convolutions with stride)"))
+# Fixed (s41 F2): was R3-8 - sparse with its stride and receptive field, at every length
 @pytest.mark.parametrize("name", ["conv-k3-s2", "avgpool-k2-s2"])
 def test_a_strided_layer_gets_one_kind_at_every_length(name):
     short, _, _ = _verdict(_strided(name), _x(1, 2, 12), 2, 2)

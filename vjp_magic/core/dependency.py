@@ -99,7 +99,10 @@ class Dependency:
     ``seed``: the seed the probes were drawn from (``dependency(..., seed=d.seed)`` again);
     ``conditional_on``: where "proved" rests on index, mask or condition tensors the graph
     saved (``gather``, ``where``, max pooling: :attr:`.pattern.Pattern.conditional_on`), their
-    ops: the pattern holds for every x that gives the same ones (the note says so).
+    ops: the pattern holds for every x that gives the same ones (the note says so);
+    ``stride`` and ``field``: for a sparse pattern of stride s ≥ 2 (a strided convolution or
+    pooling: output index i reads input indices s·i + lo .. s·i + hi, its receptive field,
+    at every length), s and (lo, hi); else None.
     """
 
     kind: Kind
@@ -115,6 +118,8 @@ class Dependency:
     note: str | None = field(default=None, compare=False)
     complete: bool = True
     conditional_on: tuple[str, ...] = ()
+    stride: int | None = None
+    field: tuple[int, int] | None = None
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
         """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
@@ -136,6 +141,8 @@ class Dependency:
                     f"{text}, offsets {lo}..{hi}{wrap}")
         elif self.blocks is not None:
             text = f"{text}, {_blocks_words(self.blocks)}"
+        elif self.stride is not None:
+            text = f"{text}, stride {self.stride}: {_field_words(self.stride, self.field)}"
         count = len(self.exceptions()) if exceptions and self.kind in EXCEPTING else 0
         if count:
             text = f"{text} with {count:,} exception{'' if count == 1 else 's'}"
@@ -258,6 +265,13 @@ def _index(name: str, axis: int, index) -> str:
 LISTED_BLOCKS = 6  # unequal blocks up to this many are said with each size
 
 
+def _field_words(stride: int, field: tuple[int, int]) -> str:
+    """``index i reads 2i − 1..2i + 1`` (a receptive field of stride 2)."""
+    lo, hi = (f"{stride}i" + (f" {'+' if k > 0 else '−'} {abs(k)}" if k else "")
+              for k in field)
+    return f"index i reads {lo}..{hi}"
+
+
 def _blocks_words(blocks: tuple[int, ...]) -> str:
     """``512 blocks of 8``, ``4 blocks of 100, 300, 156, 468`` or ``37 blocks of 1 to
     512``."""
@@ -290,6 +304,8 @@ class Verdict(NamedTuple):
     offsets: tuple[int, int] | None
     blocks: tuple[int, ...] | None = None
     nonzeros: tuple[int, float] | None = None
+    stride: int | None = None
+    field: tuple[int, int] | None = None
 
 
 def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[int, int] | None]:
@@ -324,7 +340,10 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     indices per output index (sparse). Of the band, the blocks, the band modulo n, a band
     with a few exceptions (said as sparse, its band as offsets) and the nonzeros themselves,
     the kind allowing the fewest entries wins (a band on a tie; sparse with no band only
-    where every other allows more than :data:`SPARSE_RATIO` times the nonzeros)."""
+    where every other allows more than :data:`SPARSE_RATIO` times the nonzeros), save that
+    blocks beat a band their dependences leave unfilled (a batch of sparse graphs), and that
+    a receptive field of stride s ≥ 2 (:func:`_strided_verdict`: sparse) comes first, at
+    every length."""
     m, n = pattern.shape
     if pattern.layout == torch.sparse_csr:  # listed already
         r, c = entries(pattern)
@@ -338,6 +357,10 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     if bool((r == c).all()):
         return Verdict(Kind.INDEPENDENT, None, None)
     lo, hi = int((c - r).min()), int((c - r).max())
+    strided = _strided_verdict(m, n, r, c)
+    if strided is not None and strided[0] < _band_size(m, n, lo, hi) \
+            and strided[0] <= SPARSE_RATIO * count:
+        return strided[1]
     band = _band_verdict(m, n, lo, hi, lambda where: _first(r, c, where(r, c)))
     if band.kind not in (Kind.BAND, Kind.DENSE) or count > m * n // 2:
         return band
@@ -347,12 +370,16 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
         if other is not None:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
+    if blocks is not None and size > count and best.kind in _BANDS \
+            and blocks[0] <= SPARSE_RATIO * count:
+        size, best = blocks  # a band its dependences leave empty at the blocks' cuts
     if size > SPARSE_RATIO * count:
         best = _sparse_verdict(m, n, r, c, None if blocks is None else blocks[1].blocks)
     return best
 
 
 SPARSE_RATIO = 4  # "sparse" where every structured kind allows over 4× the nonzeros
+_BANDS = (Kind.BAND, Kind.PERIODIC_BAND, Kind.SPARSE)  # (sparse here: a band with a leak)
 
 
 def few(count: int) -> int:
@@ -525,11 +552,42 @@ def _off_diagonal(pattern):
     return i, int(row.to(torch.uint8).argmax())
 
 
-def _band_size(m: int, n: int, lo: int, hi: int) -> int:
-    """Entries of an (m × n) matrix with lo ≤ j − i ≤ hi."""
+def _band_size(m: int, n: int, lo: int, hi: int, stride: int = 1) -> int:
+    """Entries of an (m × n) matrix with lo ≤ j − stride·i ≤ hi."""
+    if stride != 1:
+        start = torch.arange(m) * stride
+        return int(((start + hi).clamp(max=n - 1) - (start + lo).clamp(min=0) + 1)
+                   .clamp(min=0).sum())
     offsets = torch.arange(lo, hi + 1)
     length = (torch.minimum(torch.full_like(offsets, m), n - offsets) - (-offsets).clamp(min=0))
     return int(length.clamp(min=0).sum())
+
+
+def _strided_verdict(m: int, n: int, r, c):
+    """(entries allowed, Verdict) for a sparse pattern of stride s ≥ 2 (a strided
+    convolution or pooling: output index i reads input indices s·i + lo .. s·i + hi, its
+    receptive field ``field``, whatever the length); the witness is the first dependence off
+    j = s·i. The stride is the slope of the rows' mean input index (rounded, ± 1 if that
+    allows fewer entries); None where m ≥ n or the slope is under 2."""
+    count = torch.bincount(r, minlength=m)
+    rows = (count > 0).nonzero().flatten()
+    if m >= n or rows.numel() < 2:
+        return None
+    centre = torch.zeros(m, dtype=torch.float64).index_add_(0, r, c.double()) / count
+    first, last = int(rows[0]), int(rows[-1])
+    slope = round(float(centre[last] - centre[first]) / (last - first))
+    if slope < 2:
+        return None
+    options = []
+    for stride in range(max(2, slope - 1), slope + 2):
+        offset = c - stride * r
+        lo, hi = int(offset.min()), int(offset.max())
+        options.append((_band_size(m, n, lo, hi, stride), stride, (lo, hi)))
+    size, stride, offsets = min(options)
+    witness = _first(r, c, c != stride * r) or _first(r, c, c != r)
+    degree = torch.bincount(r, minlength=m)
+    return size, Verdict(Kind.SPARSE, witness, None, None,
+                         (int(degree.max()), float(degree.float().mean())), stride, offsets)
 
 
 def _block_verdict(m: int, n: int, r, c):
@@ -540,24 +598,26 @@ def _block_verdict(m: int, n: int, r, c):
     two blocks raises the count at the cuts it spans by one, so it neither merges them nor
     hides. A block may be one index that reads and is read by no other (an isolated node, a
     one-token sequence) where most indices lie in blocks of two or more (:func:`_blocks_at`).
-    A few crossings at most: the witness is the first; None where there are no such
-    blocks."""
+    Blocks split at every cut no dependence crosses come first (the exact reading: a sparse
+    graph is not cut apart to count its edges as exceptions). A few crossings at most: the
+    witness is the first; None where there are no such blocks."""
     if m != n or m < 4:
         return None
     crossing = _crossings(n, r, c)  # dependences across the cut before index k = 1..n−1
     fewest, most = int(crossing.min()), few(len(r))
     levels = torch.unique(crossing[crossing <= fewest + most])[:8].tolist()
+    free = set((crossing == 0).nonzero().flatten().add(1).tolist())
     cut_sets = {}  # in level order: each level's cuts as they are, then less inner runs
-    for level in levels:
+    for level in levels:  # (each with the cuts nothing crosses, if it merged across one)
         cuts = (crossing <= level).nonzero().flatten() + 1
-        cut_sets[tuple(cuts.tolist())] = None
-        cut_sets[tuple(_ends_of_runs(cuts, n).tolist())] = None
-    options = [_blocks_at(n, r, c, torch.tensor(cuts, dtype=torch.long), most)
-               for cuts in cut_sets]
-    options = [option for option in options if option is not None]
+        for kept in (cuts.tolist(), _ends_of_runs(cuts, n).tolist()):
+            cut_sets[tuple(kept)] = cut_sets[tuple(sorted(free.union(kept)))] = None
+    options = [(free <= set(cuts),) + option for cuts in cut_sets
+               for option in [_blocks_at(n, r, c, torch.tensor(cuts, dtype=torch.long), most)]
+               if option is not None]  # first: blocks split wherever nothing crosses
     if not options:
         return None
-    size, _, best = min(options, key=lambda option: option[:2])
+    _, size, _, best = min(options, key=lambda option: (not option[0],) + option[1:3])
     return size, best
 
 
@@ -604,11 +664,13 @@ def _blocks_at(n: int, r, c, cuts, most: int):
         Kind.BLOCK_DIAGONAL, _first(r, c, across) or _first(r, c, r != c), None, blocks)
     later = ~across & (c > r)  # inside a block, on a later index
     held = torch.unique(torch.searchsorted(cuts, r[later], right=True)).numel()
+    triangles = int((sizes * (sizes + 1) // 2).sum())
     if not bool((~across & (c < r)).any()) or crossings + int(later.sum()) > most \
-            or 2 * held > len(sizes):
-        return diagonal
+            or 2 * held > len(sizes) or (bool(later.any()) and int(
+                (~across & (c <= r)).sum()) < triangles):
+        return diagonal  # (later reads are exceptions only to full causal triangles)
     exceptions = crossings + int(later.sum())
-    lower = int((sizes * (sizes + 1) // 2).sum()) + exceptions, exceptions, Verdict(
+    lower = triangles + exceptions, exceptions, Verdict(
         Kind.BLOCK_LOWER_TRIANGULAR, _first(r, c, across | later) or _first(r, c, r != c),
         None, blocks)
     return lower if lower[0] < diagonal[0] else diagonal
@@ -655,7 +717,8 @@ def _dependency(pattern, out_axis, in_axis, evidence, seed=None, note=None,
                 complete=True) -> Dependency:
     found = full_verdict(pattern)
     return Dependency(found.kind, found.witness, found.offsets, pattern, out_axis, in_axis,
-                      evidence, seed, found.blocks, found.nonzeros, note, complete)
+                      evidence, seed, found.blocks, found.nonzeros, note, complete,
+                      stride=found.stride, field=found.field)
 
 
 def _axis(axis, ndim: int, what: str) -> int:
