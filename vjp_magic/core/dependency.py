@@ -612,25 +612,13 @@ def _block_verdict(m: int, n: int, r, c):
         cuts = (crossing <= level).nonzero().flatten() + 1
         for kept in (cuts.tolist(), _ends_of_runs(cuts, n).tolist()):
             cut_sets[tuple(kept)] = cut_sets[tuple(sorted(free.union(kept)))] = None
-    options = sorted((not free <= set(cuts), *option[:2], k, cuts, option[2])
-                     for k, cuts in enumerate(cut_sets) for option in [_blocks_at(
-                         n, r, c, torch.tensor(cuts, dtype=torch.long), most)]
-                     if option is not None)  # first: blocks split wherever nothing crosses
+    options = [(free <= set(cuts),) + option for cuts in cut_sets
+               for option in [_blocks_at(n, r, c, torch.tensor(cuts, dtype=torch.long), most)]
+               if option is not None]  # first: blocks split wherever nothing crosses
     if not options:
         return None
-    exact = next((o for o in options if _splits_free(n, r, c, o[4])), options[0])
-    return exact[1], exact[5]
-
-
-def _splits_free(n: int, r, c, cuts: tuple[int, ...]) -> bool:
-    """Whether ``cuts`` split at every cut that no dependence but their own crossings
-    crosses: a sparse graph is not cut apart to count its edges as exceptions, while two
-    graphs that only a leak joins stay two."""
-    bounds = torch.tensor(cuts, dtype=torch.long)
-    inside = torch.searchsorted(bounds, r, right=True) == torch.searchsorted(bounds, c,
-                                                                             right=True)
-    free = (_crossings(n, r[inside], c[inside]) == 0).nonzero().flatten() + 1
-    return bool(torch.isin(free, bounds).all())
+    _, size, _, best = min(options, key=lambda option: (not option[0],) + option[1:3])
+    return size, best
 
 
 def _ends_of_runs(cuts: torch.Tensor, n: int) -> torch.Tensor:
