@@ -183,20 +183,23 @@ def check(answer, output, inputs, names=None, *, y: torch.Tensor | None = None):
     """
     from .teach import grading, grading_against
 
-    # the user's torch modes run on f's calls only (grading_against); the generators as
-    # found, or as f's one call leaves them (Exercise.drawn)
+    with modes_aside():  # the user's torch modes run on f's calls only (grading_against)
+        return _checked(grading, grading_against, answer, output, inputs, names, y)
+
+
+def _checked(grading, grading_against, answer, output, inputs, names, y):
+    """The verdict, the generators as found, or as f's one call leaves them (Exercise.drawn)."""
     exercise = grading_against.from_function(output) if callable(output) and \
         not isinstance(output, torch.Tensor) else None
-    with modes_aside():
-        with generators_kept():
-            verdict = _checked(grading, grading_against, answer, output, inputs, names, y,
-                               exercise)
-        if exercise is not None and exercise.drawn:
-            restore_generators(exercise.drawn[0])
+    with generators_kept():
+        verdict = _verdict(grading, grading_against, answer, output, inputs, names, y,
+                           exercise)
+    if exercise is not None and exercise.drawn:
+        restore_generators(exercise.drawn[0])
     return verdict
 
 
-def _checked(grading, grading_against, answer, output, inputs, names, y, exercise):
+def _verdict(grading, grading_against, answer, output, inputs, names, y, exercise):
     if exercise is not None:
         named = named_inputs(inputs, names)
         result = None if y is None else _graded_result(y, named)
