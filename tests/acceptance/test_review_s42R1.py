@@ -195,3 +195,40 @@ def test_a_backward_drawing_from_the_global_generators_leaves_them():
         vjp_magic.differentiate(ns["y"], ns["x"])
     assert torch.equal(torch.get_rng_state(), states[0])
     assert np.random.get_state()[1].tolist() == states[1] and random.getstate() == states[2]
+
+
+# -- 3. per-sample weights kept as factors, read in a later cell ----------------------------
+
+NET = '''
+import copy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+data = torch.randn(16, 5)
+targets = torch.randint(0, 3, (16,))
+twin, data0 = copy.deepcopy(net), data.clone()
+'''
+_LATER = {
+    "weights and data changed in place": (
+        "with torch.no_grad():\n    net[0].weight.mul_(2); net[2].weight.add_(1); data.mul_(3)"),
+    "backward run": "losses.sum().backward()",
+    "model deleted": "del net, losses\nimport gc; gc.collect()",
+    "new data given": "net[0].weight.data = torch.randn(7, 5)\ndata.data = torch.randn(16, 5)",
+}
+
+
+@pytest.mark.parametrize("later", list(_LATER))
+def test_per_sample_weights_read_in_a_later_cell_are_the_cells(ip, run_ok, later):
+    from per_sample_reference import vmap_grad
+
+    run_ok(NET)
+    ns = ip.user_ns
+    reference = vmap_grad(ns["twin"], ns["data0"], ns["targets"])
+    run_ok("%%vjp --wrt net\nlosses = F.cross_entropy(net(data), targets, reduction='none')")
+    run_ok("r = _")
+    run_ok(_LATER[later])
+    r = ns["r"]
+    for name, g in reference.items():
+        torch.testing.assert_close(r.derivatives[f"net.{name}"], g, rtol=1e-4, atol=1e-6)
