@@ -232,3 +232,81 @@ def test_per_sample_weights_read_in_a_later_cell_are_the_cells(ip, run_ok, later
     r = ns["r"]
     for name, g in reference.items():
         torch.testing.assert_close(r.derivatives[f"net.{name}"], g, rtol=1e-4, atol=1e-6)
+
+
+# -- 4. the freeing pass of a kept custom-Function graph (run/passes.free_graph) -------------
+
+SQUARE = '''
+import torch
+calls = []
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x); return x ** 2
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors; return 2 * x * g
+x = torch.linspace(-1, 1, 5, requires_grad=True)
+lin = torch.nn.Linear(5, 5)
+'''
+_TAIL = "y2 = y1.sin()\ny2.sum().backward()"
+_HOOKED = {  # (an earlier cell, the cell): the cell runs its own backward through the hook
+    "node prehook": ("", "y1 = Square.apply(x) * x.sin()\n"
+                         "y1.grad_fn.register_prehook(lambda g: calls.append('pre'))\n"),
+    "node hook": ("", "y1 = Square.apply(x) * x.sin()\n"
+                      "y1.grad_fn.register_hook(lambda gi, go: calls.append('post'))\n"),
+    "module full backward hook": (
+        "lin.register_full_backward_hook(lambda m, gi, go: calls.append('mb'))",
+        "y1 = lin(Square.apply(x))\n"),
+    "module backward pre-hook": (
+        "lin.register_full_backward_pre_hook(lambda m, go: calls.append('mp'))",
+        "y1 = lin(Square.apply(x))\n"),
+    "tensor hook (held)": ("", "box = [x.exp()]\n"
+                               "box[0].register_hook(lambda g: calls.append('h'))\n"
+                               "y1 = Square.apply(box[0]) * x.sin()\n"),
+    "custom node's hook": ("", "s = Square.apply(x)\n"
+                               "s.grad_fn.register_hook(lambda gi, go: calls.append('c'))\n"
+                               "y1 = s * x.sin()\n"),
+}
+
+R1_3 = ("R1-3: a %%vjp cell (any option) with a custom Function whose graph also holds a "
+        "hook on a built-in node (y1.grad_fn.register_prehook / register_hook) or a module's "
+        "full backward (pre-)hook, and which runs its own y2.sum().backward(), is refused "
+        "(right), but the graph that backward would have freed stays kept: the next cell's "
+        "y1.sum().backward() succeeds, fires the user's hook again and adds a second "
+        "gradient to x.grad, where after the plain cell PyTorch raises 'Trying to backward "
+        "through the graph a second time'; class: free_graph mutes tensor hooks only, so a "
+        "node hook stops the freeing pass (pass_guard) and the kept graph stays retained")
+
+
+def _then_next_backward(ip, earlier: str, cell: str, line: str | None):
+    torch.manual_seed(0)
+    assert ip.run_cell(SQUARE).success
+    if earlier:
+        assert ip.run_cell(earlier).success
+    ip.run_cell(cell + _TAIL if line is None else f"%%vjp {line}\n{cell}{_TAIL}")
+    first = ip.user_ns["x"].grad.clone()
+    later = ip.run_cell("y1.sum().backward()")
+    error = type(later.error_in_exec).__name__ if later.error_in_exec else None
+    return error, list(ip.user_ns["calls"]), first, ip.user_ns["x"].grad.clone()
+
+
+def _as_plain(ip, hooked: str, line: str):
+    plain = _then_next_backward(ip, *_HOOKED[hooked], None)
+    assert plain[0] == "RuntimeError"
+    magic = _then_next_backward(ip, *_HOOKED[hooked], line)
+    assert magic[:2] == plain[:2]
+    torch.testing.assert_close(magic[2], plain[2])
+    torch.testing.assert_close(magic[3], plain[3])
+
+
+@pytest.mark.xfail(strict=True, reason=R1_3)
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+@pytest.mark.parametrize("hooked", list(_HOOKED)[:4])
+def test_a_kept_graph_with_a_node_hook_is_freed_as_a_plain_cell_frees_it(ip, hooked, line):
+    _as_plain(ip, hooked, line)
+
+
+@pytest.mark.parametrize("hooked", list(_HOOKED)[4:])
+def test_a_kept_graph_with_a_tensor_hook_is_freed_as_a_plain_cell_frees_it(ip, hooked):
+    _as_plain(ip, hooked, "")
