@@ -354,3 +354,71 @@ def test_a_kept_graph_of_other_calls_is_freed_as_a_plain_cell_frees_it(ip, cell)
         later = ip.run_cell("y1.sum().backward()")
         outcomes.append(type(later.error_in_exec).__name__ if later.error_in_exec else None)
     assert outcomes == ["RuntimeError", "RuntimeError"]
+
+
+# -- 5. --gradcheck's replay of a custom forward that writes state ---------------------------
+
+TRACKING = '''
+import torch
+STAT = torch.zeros(())
+BOX = {"s": torch.zeros(())}
+bn = torch.nn.BatchNorm1d(4)
+class Track(torch.autograd.Function):      # a running statistic, by a global name
+    @staticmethod
+    def forward(ctx, x): STAT.add_(x.detach().sum()); return x * 2
+    @staticmethod
+    def backward(ctx, g): return 2 * g
+class TrackBox(torch.autograd.Function):   # the same, held in a dict
+    @staticmethod
+    def forward(ctx, x): BOX["s"].add_(x.detach().sum()); return x * 2
+    @staticmethod
+    def backward(ctx, g): return 2 * g
+class TrackBN(torch.autograd.Function):    # a module's running stats updated in the forward
+    @staticmethod
+    def forward(ctx, x):
+        with torch.no_grad():
+            bn(x.detach()[None].expand(3, 4).contiguous())
+        return x * 2
+    @staticmethod
+    def backward(ctx, g): return 2 * g
+'''
+_TRACK_CELL = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = {f}.apply(x).sin()\n"
+
+
+def _tracked(ns):
+    bn = ns["bn"]
+    return (ns["STAT"].item(), ns["STAT"]._version, ns["BOX"]["s"].item(),
+            int(bn.num_batches_tracked), bn.running_mean.tolist(), bn.running_var.tolist())
+
+
+R1_5 = ("R1-5: %%vjp --gradcheck of a cell with a custom Function whose forward writes state "
+        "(a running statistic: a global tensor STAT.add_, one held in a dict, or a "
+        "BatchNorm's running stats and num_batches_tracked updated inside the forward) "
+        "leaves it written by every float64 replay of that forward (STAT's version 23 "
+        "where the plain cell's is 1; num_batches_tracked 3 where it is 1); README: "
+        "'--gradcheck replays the cell's recorded operations ... (the cell is not run "
+        "again)' and 'a custom autograd.Function (its forward is the cell's own code and "
+        "runs once)'; class: the gradcheck's replay runs the user's custom forward, and "
+        "nothing keeps or puts back what it writes (core/backward_writes covers backwards)")
+
+
+@pytest.mark.xfail(strict=True, reason=R1_5)
+@pytest.mark.parametrize("function", ["Track", "TrackBox", "TrackBN"])
+def test_gradcheck_leaves_what_a_custom_forward_writes_as_a_plain_run(ip, run_ok, function):
+    run_ok(TRACKING)
+    run_ok(_TRACK_CELL.format(f=function))
+    plain = _tracked(ip.user_ns)
+    run_ok(TRACKING)
+    ip.run_cell("%%vjp --gradcheck\n" + _TRACK_CELL.format(f=function))
+    assert _tracked(ip.user_ns) == plain
+
+
+@pytest.mark.parametrize("function", ["Track", "TrackBox", "TrackBN"])
+def test_a_plain_vjp_cell_leaves_what_a_custom_forward_writes_as_a_plain_run(
+        ip, run_ok, function):
+    run_ok(TRACKING)
+    run_ok(_TRACK_CELL.format(f=function))
+    plain = _tracked(ip.user_ns)
+    run_ok(TRACKING)
+    run_ok("%%vjp --explain\n" + _TRACK_CELL.format(f=function))
+    assert _tracked(ip.user_ns) == plain
