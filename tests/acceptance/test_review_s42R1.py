@@ -507,3 +507,104 @@ def test_differentiate_through_a_hand_accumulating_backward_leaves_grad_none():
     except vjp_magic.VJPUsageError:
         pass
     assert ns["W"].grad is None
+
+
+_FIRST_READ = {
+    "a function mode": "from mode_loggers import FunctionLog\n_log = []\n"
+                       "with FunctionLog(_log):\n    d = r.derivatives['net.0.weight']\n",
+    "inference mode": "with torch.inference_mode():\n    d = r.derivatives['net.0.weight']\n",
+    "float64 default": "torch.set_default_dtype(torch.float64)\n"
+                       "try:\n    d = r.derivatives['net.0.weight']\n"
+                       "finally:\n    torch.set_default_dtype(torch.float32)\n",
+}
+
+
+@pytest.mark.parametrize("where", list(_FIRST_READ))
+def test_a_later_read_of_a_cells_per_sample_weights_runs_nothing_of_the_users(ip, run_ok, where):
+    from per_sample_reference import vmap_grad
+
+    run_ok(NET)
+    ns = ip.user_ns
+    reference = vmap_grad(ns["twin"], ns["data0"], ns["targets"])["0.weight"]
+    run_ok("%%vjp --wrt net\nlosses = F.cross_entropy(net(data), targets, reduction='none')")
+    run_ok("r = _")
+    run_ok(_FIRST_READ[where])
+    d = ns["d"]
+    assert ns.get("_log", []) == []
+    assert not d.is_inference() and d.dtype == torch.float32
+    torch.testing.assert_close(d, reference, rtol=1e-4, atol=1e-6)
+
+
+def _factored(batch: int = 256):
+    """(r, reference, net, data): per-sample gradients of an MLP from a function, its
+    Linear weights kept as factors (unwritten), and vmap(grad)'s at the same weights."""
+    import copy
+
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from per_sample_reference import vmap_grad
+
+    from vjp_magic.core.outer import OuterProducts
+
+    g = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    data, targets = torch.randn(batch, 5, generator=g), torch.randint(0, 3, (batch,), generator=g)
+    reference = vmap_grad(copy.deepcopy(net), data.clone(), targets)
+    r = vjp_magic.differentiate(lambda: F.cross_entropy(net(data), targets, reduction="none"),
+                                net)
+    kept = vars(r.inputs["0.weight"]).get("_derivatives")
+    assert isinstance(kept, OuterProducts)  # the premise: not written yet
+    return r, reference, net, data
+
+
+def _weights_changed(net, data):
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+        net[2].weight.add_(1)
+        data.mul_(3)
+
+
+def _data_replaced(net, data):
+    net[0].weight.data = torch.randn(7, 5)
+    data.data = torch.zeros(256, 5)
+
+
+def _backward_run(net, data):
+    import torch.nn.functional as F
+    F.cross_entropy(net(data), torch.zeros(256, dtype=torch.long)).backward()
+
+
+@pytest.mark.parametrize("later", [_weights_changed, _data_replaced, _backward_run],
+                         ids=["in-place", "new-data", "backward"])
+def test_factored_weights_first_read_after_the_model_changed_are_the_calls(later):
+    r, reference, net, data = _factored()
+    later(net, data)
+    del net
+    for name, g in reference.items():
+        torch.testing.assert_close(r.derivatives[name], g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("where", ["function mode", "inference mode", "float64 default"])
+def test_factored_weights_first_read_runs_nothing_of_the_users(where):
+    from mode_loggers import FunctionLog
+
+    r, reference, net, data = _factored()
+    log: list = []
+    if where == "function mode":
+        with FunctionLog(log):
+            d = r.derivatives["0.weight"]
+    elif where == "inference mode":
+        with torch.inference_mode():
+            d = r.derivatives["0.weight"]
+    else:
+        torch.set_default_dtype(torch.float64)
+        try:
+            d = r.derivatives["0.weight"]
+        finally:
+            torch.set_default_dtype(torch.float32)
+    assert log == []
+    assert not d.is_inference() and d.dtype == torch.float32
+    torch.testing.assert_close(d, reference["0.weight"], rtol=1e-4, atol=1e-6)
