@@ -608,3 +608,65 @@ def test_factored_weights_first_read_runs_nothing_of_the_users(where):
     assert log == []
     assert not d.is_inference() and d.dtype == torch.float32
     torch.testing.assert_close(d, reference["0.weight"], rtol=1e-4, atol=1e-6)
+
+
+# -- 7. what held: a checkpointed block drawing from the user's generators; a Ctrl-C in the
+#    analysis' call of a custom backward after the cell's own backward --------------------------
+
+CHECKPOINTED = '''
+import torch, numpy as np
+from torch.utils.checkpoint import checkpoint
+G = torch.Generator().manual_seed(3)
+RNG = np.random.default_rng(4)
+calls = []
+def block(t):
+    calls.append(1)
+    m = (torch.rand(t.shape, generator=G) > 0.3).to(t.dtype) * float(1 + 0 * RNG.random())
+    return torch.tanh(t) * m + torch.rand(t.shape) * 0.1
+x = torch.linspace(-1., 1., 6, requires_grad=True)
+'''
+
+
+def _checkpoint_state(ns):
+    return (ns["G"].get_state().tolist(), ns["RNG"].bit_generator.state,
+            torch.get_rng_state().tolist(), len(ns["calls"]), ns["y"].detach().clone())
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+@pytest.mark.parametrize("tail", ["", "\ny.sum().backward()"], ids=["forward", "backward"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_checkpointed_block_drawing_from_own_generators_runs_as_in_a_plain_cell(
+        ip, reentrant, tail, line):
+    cell = (f"torch.manual_seed(0)\n"
+            f"y = checkpoint(block, x * 2, use_reentrant={reentrant}) * x{tail}")
+    assert ip.run_cell(CHECKPOINTED).success and ip.run_cell(cell).success
+    plain = _checkpoint_state(ip.user_ns)
+    assert ip.run_cell(CHECKPOINTED).success
+    ip.run_cell(f"%%vjp {line}\n{cell}")  # reentrant: refused, with advice
+    found = _checkpoint_state(ip.user_ns)
+    assert found[:4] == plain[:4] and torch.equal(found[4], plain[4])
+
+
+INTERRUPTED = SQUARE.replace(
+    "        x, = ctx.saved_tensors; return 2 * x * g",
+    "        n[0] += 1\n        if n[0] == AT: raise KeyboardInterrupt\n"
+    "        x, = ctx.saved_tensors; return 2 * x * g").replace("calls = []", "n = [0]")
+
+
+@pytest.mark.parametrize("at", [2, 3, 5])
+def test_a_ctrl_c_in_the_analysis_leaves_the_graph_freed_and_grad_as_a_plain_cell(ip, at):
+    cell = "y1 = Square.apply(x) * x.sin()\ny2 = y1.sin()\ny2.sum().backward()\n"
+    outcomes = []
+    for magic in (False, True):
+        assert ip.run_cell(INTERRUPTED.replace("== AT", f"== {at if magic else 0}")).success
+        result = ip.run_cell(("%%vjp\n" if magic else "") + cell)
+        first = ip.user_ns["x"].grad.clone()
+        ip.user_ns["n"][0] = -10 ** 6  # no more interrupts
+        later = ip.run_cell("y1.sum().backward()")
+        outcomes.append((type(result.error_in_exec).__name__ if result.error_in_exec else None,
+                         type(later.error_in_exec).__name__, first, ip.user_ns["x"].grad))
+    plain, magic = outcomes
+    assert plain[:2] == (None, "RuntimeError")
+    assert magic[:2] == ("KeyboardInterrupt", "RuntimeError")
+    torch.testing.assert_close(magic[2], plain[2])
+    torch.testing.assert_close(magic[3], plain[3])
