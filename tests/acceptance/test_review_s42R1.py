@@ -747,3 +747,25 @@ def test_reading_factored_weights_through_inputs_runs_no_mode_of_the_users(mode)
         d = r.inputs["0.weight"].derivatives
     torch.testing.assert_close(d, reference["0.weight"], rtol=1e-4, atol=1e-6)
     assert log == []
+
+
+@pytest.mark.parametrize("earlier", [
+    "y1 = Square.apply(x) * x.sin()",
+    "y1 = (x ** 2) * x.sin()",
+    "y1 = Square.apply(x) * x.sin()\ny1.register_hook(lambda g: calls.append('h'))",
+], ids=["custom-before", "custom-in-cell", "hooked-before"])
+def test_a_graph_begun_in_an_earlier_cell_is_freed_as_a_plain_cell_frees_it(ip, earlier):
+    cell = ("y2 = y1.sin()\n" if "Square" in earlier else "y2 = Square.apply(y1).sin()\n") \
+        + "y2.sum().backward()\n"
+    outcomes = []
+    for magic in (False, True):
+        assert ip.run_cell(SQUARE).success and ip.run_cell(earlier).success
+        ip.run_cell(("%%vjp\n" if magic else "") + cell)  # hooked: refused, with advice
+        first = ip.user_ns["x"].grad.clone()
+        later = ip.run_cell("y1.sum().backward()")
+        outcomes.append((type(later.error_in_exec).__name__, list(ip.user_ns["calls"]), first,
+                         ip.user_ns["x"].grad.clone()))
+    (error, calls, first, after), magic = outcomes
+    assert error == "RuntimeError" and magic[:2] == (error, calls)
+    torch.testing.assert_close(magic[2], first)
+    torch.testing.assert_close(magic[3], after)
