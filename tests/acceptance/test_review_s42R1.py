@@ -301,7 +301,9 @@ _HOOKED = {  # (an earlier cell, the cell): the cell runs its own backward throu
 R1_3 = ("R1-3: a %%vjp cell (any option) with a custom Function whose graph also holds a "
         "hook on a built-in node (y1.grad_fn.register_prehook / register_hook) or a module's "
         "full backward (pre-)hook, and which runs its own y2.sum().backward(), is refused "
-        "(right), but the graph that backward would have freed stays kept: the next cell's "
+        "(right; where the hook is on another head of the cell's backward and --of y1 "
+        "leaves it off the analysed path, the result is shown), but the graph that backward "
+        "would have freed stays kept: the next cell's "
         "y1.sum().backward() succeeds, fires the user's hook again and adds a second "
         "gradient to x.grad, where after the plain cell PyTorch raises 'Trying to backward "
         "through the graph a second time'; class: free_graph mutes tensor hooks only, so a "
@@ -761,6 +763,40 @@ def test_a_graph_begun_in_an_earlier_cell_is_freed_as_a_plain_cell_frees_it(ip, 
     for magic in (False, True):
         assert ip.run_cell(SQUARE).success and ip.run_cell(earlier).success
         ip.run_cell(("%%vjp\n" if magic else "") + cell)  # hooked: refused, with advice
+        first = ip.user_ns["x"].grad.clone()
+        later = ip.run_cell("y1.sum().backward()")
+        outcomes.append((type(later.error_in_exec).__name__, list(ip.user_ns["calls"]), first,
+                         ip.user_ns["x"].grad.clone()))
+    (error, calls, first, after), magic = outcomes
+    assert error == "RuntimeError" and magic[:2] == (error, calls)
+    torch.testing.assert_close(magic[2], first)
+    torch.testing.assert_close(magic[3], after)
+
+
+_OTHER_HEAD = {  # the hook on a head of the cell's backward that --of y1 does not analyse
+    "module full backward hook": (
+        "lin.register_full_backward_hook(lambda m, gi, go: calls.append('mb'))",
+        "z = lin(x.cos() * 3)\n"),
+    "node prehook": ("", "z = x.cos() * 3\n"
+                         "z.grad_fn.register_prehook(lambda g: calls.append('pre'))\n"),
+    "tensor hook": ("", "z = x.cos() * 3\nz.register_hook(lambda g: calls.append('t'))\n"),
+}
+
+
+@pytest.mark.parametrize("hooked", [
+    pytest.param(name, marks=[] if name == "tensor hook"
+                 else pytest.mark.xfail(strict=True, reason=R1_3)) for name in _OTHER_HEAD])
+def test_a_shown_result_frees_the_cells_graph_whatever_hooks_its_other_heads_hold(ip, hooked):
+    earlier, head = _OTHER_HEAD[hooked]
+    cell = "y1 = Square.apply(x) * x.sin()\n" + head + "(y1.sin().sum() + z.sum()).backward()\n"
+    outcomes = []
+    for magic in (False, True):
+        torch.manual_seed(0)
+        assert ip.run_cell(SQUARE).success
+        if earlier:
+            assert ip.run_cell(earlier).success
+        result = ip.run_cell(("%%vjp --of y1\n" if magic else "") + cell)
+        assert result.success
         first = ip.user_ns["x"].grad.clone()
         later = ip.run_cell("y1.sum().backward()")
         outcomes.append((type(later.error_in_exec).__name__, list(ip.user_ns["calls"]), first,
