@@ -426,7 +426,9 @@ R1_5 = ("R1-5: %%vjp --gradcheck of a cell with a custom Function whose forward 
         "(a running statistic: a global tensor STAT.add_, one held in a dict, or a "
         "BatchNorm's running stats and num_batches_tracked updated inside the forward) "
         "leaves it written by every float64 replay of that forward (STAT's version 23 "
-        "where the plain cell's is 1; num_batches_tracked 3 where it is 1); README: "
+        "where the plain cell's is 1; num_batches_tracked 3 where it is 1), and a print "
+        "in that forward shows 23 times beneath the cell where a plain run prints once; "
+        "README: "
         "'--gradcheck replays the cell's recorded operations ... (the cell is not run "
         "again)' and 'a custom autograd.Function (its forward is the cell's own code and "
         "runs once)'; class: the gradcheck's replay runs the user's custom forward, and "
@@ -805,3 +807,27 @@ def test_a_shown_result_frees_the_cells_graph_whatever_hooks_its_other_heads_hol
     assert error == "RuntimeError" and magic[:2] == (error, calls)
     torch.testing.assert_close(magic[2], first)
     torch.testing.assert_close(magic[3], after)
+
+
+LOUD = '''
+import torch
+class Loud(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        print("forward ran"); return x * 2
+    @staticmethod
+    def backward(ctx, g): return 2 * g
+'''
+
+
+@pytest.mark.parametrize("line", [
+    "", "--explain",
+    pytest.param("--gradcheck", marks=pytest.mark.xfail(strict=True, reason=R1_5))])
+def test_a_custom_forwards_print_shows_once_as_in_a_plain_cell(ip, line):
+    from IPython.utils.capture import capture_output
+
+    cell = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = Loud.apply(x).sin()\n"
+    assert ip.run_cell(LOUD).success
+    with capture_output() as captured:
+        ip.run_cell(f"%%vjp {line}\n{cell}")
+    assert captured.stdout.count("forward ran") == 1
