@@ -831,3 +831,27 @@ def test_a_custom_forwards_print_shows_once_as_in_a_plain_cell(ip, line):
     with capture_output() as captured:
         ip.run_cell(f"%%vjp {line}\n{cell}")
     assert captured.stdout.count("forward ran") == 1
+
+
+OWN_DRAWS = "import torch, numpy as np\nG = torch.Generator().manual_seed(3)\n" \
+            "RNG = np.random.default_rng(4)\n"
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck", "--explain --picture", "--symbolic"])
+@pytest.mark.parametrize("body", [
+    "m = torch.rand(4, generator=G)\ny = x.sin() * m * float(RNG.random())",
+    "y = torch.nn.functional.pad(x, (1, 1))[2:] * torch.randn(4, generator=G)"
+    " + torch.bernoulli(x.detach() / 3, generator=G)",
+    "y = x[torch.randperm(4, generator=G)] * x",
+], ids=["rand", "stencil-bernoulli", "randperm"])
+def test_a_cells_own_generator_draws_leave_it_and_y_as_a_plain_cell(ip, body, line):
+    cell = "x = torch.linspace(1., 2., 4, requires_grad=True)\n" + body
+    states = []
+    for magic in (False, True):
+        assert ip.run_cell(OWN_DRAWS).success
+        assert ip.run_cell((f"%%vjp {line}\n" if magic else "") + cell).success
+        ns = ip.user_ns
+        states.append((ns["G"].get_state().tolist(), ns["RNG"].bit_generator.state,
+                       ns["y"].detach().clone()))
+    (g, rng, y), found = states
+    assert found[:2] == (g, rng) and torch.equal(found[2], y)
