@@ -164,3 +164,132 @@ def test_an_upsampling_layer_gets_one_kind_at_every_length(name):
     long, _, _ = _verdict(_upsampling(name), _x(1, 2, 24), 2, 2)
     assert short.kind == long.kind, (short, long)
     assert short.offsets == long.offsets, (short, long)
+
+
+# ============================================================================================
+# Part A.2: per-sample gradients against a loop of backward calls, one per sample
+# ============================================================================================
+
+B = 5
+
+
+def _loop_reference(model, losses_fn) -> dict:
+    """name → (B, *shape): sample b's loss backward alone, trainable parameters only."""
+    rows = {n: [] for n, p in model.named_parameters() if p.requires_grad}
+    for b in range(B):
+        model.zero_grad(set_to_none=True)
+        losses_fn()[b].backward()
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                rows[n].append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
+    model.zero_grad(set_to_none=True)
+    return {n: torch.stack(v) for n, v in rows.items()}
+
+
+class _Perceiver(nn.Module):
+    """Cross-attention from a learned latent array (shared by every sample) to the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.latent = nn.Parameter(torch.randn(2, 4))
+        self.a, self.l = nn.MultiheadAttention(4, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        q = self.latent.expand(x.shape[0], -1, -1)
+        return self.l(self.a(q, x, x, need_weights=False)[0].flatten(1))
+
+
+class _KeyValueDims(nn.Module):
+    """Attention whose keys and values have their own widths (separate q/k/v weights),
+    sequence first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.l = nn.MultiheadAttention(4, 2, kdim=3, vdim=5), nn.Linear(4, 3)
+
+    def forward(self, q, k, v):
+        return self.l(self.a(q, k, v, need_weights=False)[0].mean(0))
+
+
+class _Temperature(nn.Module):
+    """A 0-d learned temperature and PReLU's one shared slope."""
+
+    def __init__(self):
+        super().__init__()
+        self.l, self.p = nn.Linear(4, 3), nn.PReLU()
+        self.t = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.p(self.l(x)) / self.t
+
+
+class _Projected(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.r, self.l = nn.LSTM(4, 6, proj_size=3, batch_first=True), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.l(self.r(x)[0][:, -1])
+
+
+class _Decoder(nn.Module):
+    """A pre-norm decoder layer, batch second, attending to a memory of its own sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = nn.TransformerDecoderLayer(4, 2, 8, dropout=0.0, norm_first=True)
+        self.l = nn.Linear(4, 3)
+
+    def forward(self, x, memory):
+        return self.l(self.d(x, memory).mean(0))
+
+
+def _per_sample_cases():
+    torch.manual_seed(0)
+    x, t = _x(B, 3, 4), torch.randint(0, 3, (B,), generator=_gen(5))
+    q, k, v = _x(2, B, 4, seed=1), _x(3, B, 3, seed=2), _x(3, B, 5, seed=3)
+    mem = _x(2, B, 4, seed=4)
+    perceiver, kv, temp = _Perceiver().double(), _KeyValueDims().double(), _Temperature().double()
+    proj, dec = _Projected().double(), _Decoder().double()
+
+    def ce(logits):
+        return F.cross_entropy(logits, t, reduction="none")
+    return {
+        "perceiver-latent-query": (perceiver, lambda: ce(perceiver(x))),
+        "attention-kdim-vdim": (kv, lambda: ce(kv(q, k, v))),
+        "temperature-0d-prelu": (temp, lambda: ce(temp(x[:, 0]))),
+        "lstm-proj-size": (proj, lambda: ce(proj(x))),
+        "prenorm-decoder-batch-second": (dec, lambda: ce(dec(x.transpose(0, 1), mem))),
+        "per-token-losses-averaged": (temp, lambda: F.cross_entropy(
+            temp(x).reshape(-1, 3), t.repeat_interleave(3), reduction="none").view(B, 3).mean(1)),
+    }
+
+
+@pytest.mark.parametrize("given", ["callable", "tensor"])
+@pytest.mark.parametrize("name", list(_per_sample_cases()))
+def test_per_sample_gradients_of_new_models_are_the_loops(name, given):
+    model, losses = _per_sample_cases()[name]
+    r = vjp_magic.differentiate(losses if given == "callable" else losses(), model, names="m")
+    expected = _loop_reference(model, losses)
+    assert set(r.derivatives) == {f"m.{n}" for n in expected}, sorted(r.derivatives)
+    for n, g in expected.items():
+        torch.testing.assert_close(r.derivatives[f"m.{n}"], g, rtol=1e-9, atol=1e-11)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_forward_hook_that_interrupts_a_second_call_is_called_once():
+    """The user's code runs once: a forward hook raising KeyboardInterrupt on any second call
+    of the layer never fires for the analysis (differentiate of a callable)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    calls = []
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+    model[0].register_forward_hook(hook)
+    x, t = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    r = vjp_magic.differentiate(lambda: F.cross_entropy(model(x), t, reduction="none"), model)
+    assert len(calls) == 1 and set(r.derivatives) == {n for n, _ in model.named_parameters()}
+    assert all(p.grad is None for p in model.parameters())
