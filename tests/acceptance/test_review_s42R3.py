@@ -498,3 +498,34 @@ def test_ctrl_c_from_a_timer_during_a_long_verdict_leaves_the_graph_and_state():
     fresh = x.detach().clone().requires_grad_()
     expected, = torch.autograd.grad(mlp(fresh.sort(0).values), fresh, v)
     torch.testing.assert_close(x.grad, expected)
+
+
+LEAKY_CELL = ("torch.manual_seed(1)\n"
+              "y = mlp(torch.nn.functional.dropout(x, 0.1).sort(0).values)\n")
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.4])
+def test_ctrl_c_during_a_leaky_cells_analysis_leaves_a_plain_runs_state(ip, run_ok, delay):
+    """%%vjp on a batch where every sample leaks (dropout, then a sort along the batch),
+    B = 4,096, interrupted by a timer: y, the RNG, x.grad and the parameters' .grad are as
+    the plain cell leaves them, and the next cell's backward runs."""
+    run_ok("from torch import nn\ntorch.manual_seed(0)\n"
+           "mlp = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))\n"
+           "x = torch.randn(4096, 8).requires_grad_()")
+    run_ok(LEAKY_CELL)
+    plain_y, plain_rng = ip.user_ns["y"].detach().clone(), torch.get_rng_state()
+    ip.user_ns.pop("y")
+    timer = threading.Timer(delay, _thread.interrupt_main)
+    timer.start()
+    try:
+        ip.run_cell("%%vjp\n" + LEAKY_CELL)
+        timer.join()
+        for _ in range(10_000):  # an interrupt that lands after the cell is taken here
+            pass
+    except KeyboardInterrupt:
+        timer.join()
+    ns = ip.user_ns
+    assert torch.equal(ns["y"], plain_y) and torch.equal(torch.get_rng_state(), plain_rng)
+    assert ns["x"].grad is None and all(p.grad is None for p in ns["mlp"].parameters())
+    run_ok("y.backward(torch.ones_like(y))")
+    assert ns["x"].grad is not None and torch.isfinite(ns["x"].grad).all()
