@@ -529,3 +529,59 @@ def test_ctrl_c_during_a_leaky_cells_analysis_leaves_a_plain_runs_state(ip, run_
     assert ns["x"].grad is None and all(p.grad is None for p in ns["mlp"].parameters())
     run_ok("y.backward(torch.ones_like(y))")
     assert ns["x"].grad is not None and torch.isfinite(ns["x"].grad).all()
+
+
+@pytest.mark.parametrize("axes", [(-1, -1), (-1, 2), (2, -1)])
+def test_negative_axes_read_as_pythons(axes):
+    torch.manual_seed(0)
+    conv = nn.Conv1d(2, 2, 3, padding=1).double()
+    d, pattern, _ = _verdict(conv, _x(2, 2, 10), *axes)
+    truth = _true_pattern(conv, _x(2, 2, 10), 2, 2)  # axis -1 of a 3-d tensor is axis 2
+    assert torch.equal(pattern, truth) and d.kind == "band" and tuple(d.offsets) == (-1, 1), d
+
+
+# ============================================================================================
+# Part B.2: %%vjp on a mixup batch (a random permutation leak): the counts in the prose are the
+# Jacobian's, the witness is a real crossing, and the coloured code gives vᵀJ for each colour
+# ============================================================================================
+
+MIXUP = '''from torch import nn
+torch.manual_seed(0)
+mlp = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2))
+perm = torch.randperm(64)
+x = torch.randn(64, 3, requires_grad=True)'''
+MIXUP_CELL = "%%vjp --wrt x\ny = mlp(0.7 * x + 0.3 * x[perm])"
+FENCE = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _mixup(ip, run_ok):
+    run_ok(MIXUP)
+    r = run_ok(MIXUP_CELL)
+    ns = ip.user_ns
+    jac = torch.autograd.functional.jacobian(
+        lambda t: ns["mlp"](0.7 * t + 0.3 * t[ns["perm"]]), ns["x"].detach())
+    return r, _bundle(r), jac.reshape(128, 192)
+
+
+def test_mixup_prose_counts_are_the_jacobians(ip, run_ok):
+    _, bundle, jac = _mixup(ip, run_ok)
+    plain = re.sub(r"\s+", " ", bundle["text/plain"])
+    nonzeros, per_row = int((jac != 0).sum()), int((jac != 0).sum(1).max())
+    assert f"{nonzeros} nonzeros of 128 × 192" in plain, plain
+    assert f"at most {per_row} a row" in plain, plain
+    m = re.search(r"y\[(\d+)\] ← x\[(\d+)\]", plain)
+    i, j = int(m.group(1)), int(m.group(2))
+    assert i != j and bool((jac.view(64, 2, 64, 3)[i, :, j] != 0).any()), (i, j)
+    assert max(len(line) for line in bundle["text/plain"].splitlines()) <= 100
+
+
+def test_mixup_code_shown_gives_vt_j_for_each_colour(ip, run_ok):
+    r, bundle, jac = _mixup(ip, run_ok)
+    blocks = FENCE.findall(bundle["text/markdown"])
+    assert len(blocks) == 1, bundle["text/markdown"]
+    ip.user_ns["_"] = r
+    run_ok(blocks[0])
+    vs = torch.stack([v.reshape(-1) for v in r.gradients["x"]])
+    assert torch.equal(vs.sum(0), torch.ones(128)), "each output entry in one colour"
+    torch.testing.assert_close(ip.user_ns["g"], vs @ jac)
+    assert ip.user_ns["x"].grad is None
