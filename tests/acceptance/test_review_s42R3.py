@@ -585,3 +585,58 @@ def test_mixup_code_shown_gives_vt_j_for_each_colour(ip, run_ok):
     assert torch.equal(vs.sum(0), torch.ones(128)), "each output entry in one colour"
     torch.testing.assert_close(ip.user_ns["g"], vs @ jac)
     assert ip.user_ns["x"].grad is None
+
+
+# ============================================================================================
+# Part A.4: the float32 underflow note for a steep ALiBi slope; a cut made by a reentrant
+# checkpoint whose inputs need no grad (the classic frozen-input pitfall)
+# ============================================================================================
+
+def _alibi(x, slope=20.0):
+    """Causal attention whose scores fall by `slope` per step back: exp(-20 k) underflows in
+    float32 past 5 steps, never in float64."""
+    steps = torch.arange(x.shape[0])
+    scores = -slope * (steps[:, None] - steps[None, :]).to(x.dtype)
+    scores = scores.masked_fill(torch.ones(len(steps), len(steps), dtype=torch.bool).triu(1),
+                                float("-inf"))
+    return scores.softmax(-1) @ x
+
+
+def test_a_steep_alibi_band_in_float32_gets_the_underflow_note_and_float64_is_causal():
+    d32, pattern, truth = _verdict(_alibi, _x(32, 4, dtype=torch.float32))
+    assert torch.equal(pattern, truth) and "underflow" in (d32.note or ""), d32
+    d64, pattern, truth = _verdict(_alibi, _x(32, 4))
+    assert torch.equal(pattern, truth) and d64.kind == "lower-triangular", d64
+    assert tuple(d64.offsets) == (-31, 0), d64
+
+
+CUT = '''import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+torch.manual_seed(0)
+m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+x, t = torch.randn(5, 4), torch.randint(0, 3, (5,))'''
+CUTS = {
+    "no_grad": "with torch.no_grad(): h = m[:2](x)",
+    "reentrant-checkpoint": "h = checkpoint(m[:2], x, use_reentrant=True)",
+}
+R3_4 = ("R3-4: %%vjp --wrt m where the first block runs under torch.utils.checkpoint("
+        "use_reentrant=True) with an input that needs no grad (PyTorch's own warning: "
+        "'None of the inputs have requires_grad=True. Gradients will be None'): the display "
+        "says 'losses does not depend on m[0].weight or m[0].bias: every derivative is 0', "
+        "false of the cell's formula, with no 'The graph is cut' headline as torch.no_grad() "
+        "gets; class: a cut the record does not see (a graph never built, inside an "
+        "autograd.Function's forward)")
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("cut", [
+    "no_grad", pytest.param("reentrant-checkpoint", marks=pytest.mark.xfail(
+        strict=True, reason=R3_4))])
+def test_a_block_cut_off_the_graph_is_named_not_called_independent(ip, run_ok, cut):
+    run_ok(CUT)
+    loss = 'losses = F.cross_entropy(m[2](h), t, reduction="none")'
+    r = run_ok(f"%%vjp --wrt m\n{CUTS[cut]}\n{loss}")
+    assert float(r.derivatives["m.0.weight"].abs().max()) == 0.0  # the graph as computed
+    plain = re.sub(r"\s+", " ", _bundle(r)["text/plain"])
+    assert "graph is cut" in plain, plain
