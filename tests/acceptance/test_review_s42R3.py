@@ -711,3 +711,30 @@ def test_the_cut_note_names_parameters_as_the_display_does(ip, run_ok, fmt):
     text = _bundle(run_ok(f"%%vjp --wrt m\n{body}\n{loss}"))[fmt]
     text = re.sub(r"r\.derivatives\[[^\]]*\]", "", text)  # the keys, where r is read
     assert "m[0].weight" in text and "m.0.weight" not in text, text
+
+
+HOOKED = '''from torch import nn
+torch.manual_seed(0)
+m = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+x = torch.randn(5, 4, requires_grad=True)
+def stop(module, args, out):
+    raise KeyboardInterrupt
+handle = m[1].register_forward_hook(stop)'''
+
+
+@pytest.mark.parametrize("flags", ["", "--gradcheck", "--symbolic", "--wrt m"])
+def test_ctrl_c_from_the_users_forward_hook_stops_the_cell_as_a_plain_run(ip, run_ok, flags):
+    """The user's own KeyboardInterrupt (a forward hook) ends the cell at that line: a is
+    bound, y and b are not, no mode or grad setting of the analysis is left on, and the next
+    cell's backward runs."""
+    run_ok(HOOKED)
+    state = (torch._C._len_torch_function_stack(), torch.is_grad_enabled(),
+             torch.get_rng_state())
+    result = ip.run_cell(f"%%vjp {flags}\na = 1\ny = m(x)\nb = 2")
+    ns = ip.user_ns
+    assert isinstance(result.error_in_exec, KeyboardInterrupt), result.error_in_exec
+    assert ns["a"] == 1 and "y" not in ns and "b" not in ns and ns["x"].grad is None
+    assert torch._C._len_torch_function_stack() == state[0]
+    assert torch.is_grad_enabled() == state[1] and torch.equal(torch.get_rng_state(), state[2])
+    run_ok("handle.remove()\nm(x).sum().backward()")
+    assert ns["x"].grad is not None
