@@ -738,3 +738,19 @@ def test_ctrl_c_from_the_users_forward_hook_stops_the_cell_as_a_plain_run(ip, ru
     assert torch.is_grad_enabled() == state[1] and torch.equal(torch.get_rng_state(), state[2])
     run_ok("handle.remove()\nm(x).sum().backward()")
     assert ns["x"].grad is not None
+
+
+def test_a_leak_open_at_19_of_4096_samples_is_found_entry_by_entry():
+    """y = tanh(x) + relu(x[perm] - 3.2): sample i reads sample perm[i] only where some
+    feature of x[perm[i]] passes 3.2 (19 of 4,096 here): the pattern is exactly those."""
+    g = torch.Generator().manual_seed(3)
+    perm = torch.randperm(4096, generator=g)
+    x = torch.randn(4096, 8, generator=g, dtype=D).requires_grad_()
+    d = vjp_magic.dependency(torch.tanh(x) + torch.relu(x[perm] - 3.2), x, 0, 0, seed=0)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    open_ = torch.nonzero((x.detach()[perm] > 3.2).any(1)).flatten()
+    expected = torch.eye(4096, dtype=torch.bool)
+    expected[open_, perm[open_]] = True
+    assert torch.equal(pattern, expected) and d.kind == "sparse", d
+    assert d.witness in {(int(i), int(perm[i])) for i in open_}, d
+    assert (d.evidence != "proved" or d.conditional_on) and x.grad is None, d
