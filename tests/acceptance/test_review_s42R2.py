@@ -266,3 +266,72 @@ def test_larger_fuzz_of_index_map_compositions_equals_jacrev(block):
         check_composition(seed)
     for seed in range(20_000 + 3 * block, 20_000 + 3 * block + 3):
         check_composition(seed, LARGE)
+
+
+# -- dependency verdicts of the same compositions, float64, against jacrev's pattern -----------
+def _block_of(blocks, n: int) -> torch.Tensor:
+    ends = torch.tensor(blocks).cumsum(0)
+    assert int(ends[-1]) == n, (blocks, n)
+    return torch.bucketize(torch.arange(n), ends, right=True)
+
+
+def _allowed(d, rows, cols, n: int) -> torch.Tensor:
+    """Whether the verdict's kind allows each dependence (rows[k], cols[k]); sparse: all."""
+    off, kind = cols - rows, str(d.kind)
+    if kind == "independent":
+        return off == 0
+    if kind in ("band", "lower-triangular", "upper-triangular"):
+        return (off >= d.offsets[0]) & (off <= d.offsets[1])
+    if kind == "band with wrap-around":
+        return (off - d.offsets[0]) % n <= d.offsets[1] - d.offsets[0]
+    if kind in ("block-diagonal", "block-lower-triangular"):
+        block = _block_of(d.blocks, n)
+        same = block[rows] == block[cols]
+        return same & (off <= 0) if kind == "block-lower-triangular" else same
+    return torch.ones_like(off, dtype=torch.bool)
+
+
+def check_dependency(seed: int, sizes=SMALL) -> None:
+    """The pattern (where complete) holds every dependence jacrev shows above float64 rounding
+    (1e-9 of its row's largest: cancellations the product names as rounding) and none jacrev
+    calls exactly 0; the kind allows every dependence but its listed exceptions; the witness is
+    a dependence; a sparse verdict's most-per-row is jacrev's."""
+    n, _, f, names = composition(seed, sizes)
+    x = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    leaf = x.clone().requires_grad_()
+    jac = torch.func.jacrev(f)(x).reshape(-1, n)
+    firm = jac.abs() > 1e-9 * jac.abs().amax(1, keepdim=True)
+    d = vjp_magic.dependency(f(leaf), leaf, seed=seed)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    if d.complete:
+        assert not bool((firm & ~pattern).any()), (names, "a dependence left out", d.summary())
+        assert not bool((pattern & (jac == 0)).any()), (names, "a dependence invented")
+    rows, cols = (firm & pattern).nonzero(as_tuple=True)
+    if str(d.kind) in ("independent", "band", "lower-triangular", "upper-triangular",
+                       "band with wrap-around", "block-diagonal", "block-lower-triangular") \
+            and (str(d.kind) != "band with wrap-around" or d.offsets is not None):
+        outside = ~_allowed(d, rows, cols, n)
+        listed = {tuple(e) for e in d.exceptions()}
+        stray = [(int(i), int(j)) for i, j in zip(rows[outside], cols[outside])
+                 if (int(i), int(j)) not in listed]
+        assert not stray, (names, d.summary(), stray[:4])
+    if d.witness is not None:
+        assert bool(pattern[d.witness]) and bool(jac[d.witness] != 0), (names, d.witness)
+    if str(d.kind) == "sparse" and d.nonzeros is not None and d.complete:
+        assert d.nonzeros[0] == int(pattern.sum(1).max()), (names, d.nonzeros)
+
+
+@pytest.mark.parametrize("block", range(4))
+def test_fuzz_of_dependency_verdicts_against_jacrev(block):
+    """120 seeded compositions at 48-144 entries, float64."""
+    for seed in range(30 * block, 30 * block + 30):
+        check_dependency(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(10))
+def test_larger_fuzz_of_dependency_verdicts_against_jacrev(block):
+    for seed in range(30_000 + 80 * block, 30_000 + 80 * block + 80):
+        check_dependency(seed)
+    for seed in range(40_000 + 4 * block, 40_000 + 4 * block + 4):
+        check_dependency(seed, (300, 480, 600, 960))
