@@ -335,3 +335,78 @@ def test_larger_fuzz_of_dependency_verdicts_against_jacrev(block):
         check_dependency(seed)
     for seed in range(40_000 + 4 * block, 40_000 + 4 * block + 4):
         check_dependency(seed, (300, 480, 600, 960))
+
+
+# -- inputs chosen against the probes: cancelling couplings in coarse dtypes, ties, layouts ------
+NA = 1500
+_GA = torch.Generator().manual_seed(42)
+P, Q = torch.randperm(NA, generator=_GA), torch.randperm(NA, generator=_GA)
+CANCELLING = {  # couplings of +1 and -1 that a probe's equal values cancel exactly
+    "difference of two permutations": lambda t: t[P] - t[Q],
+    "difference with a roll": lambda t: t - t.roll(7),
+    "two gathers less twice x": lambda t: t[P] + t[Q] - 2 * t,
+    "x times x[P] less x[Q] times x": lambda t: t * t[P] - t[Q] * t,
+}
+POINTS = {
+    "randn": lambda: torch.randn(NA, generator=torch.Generator().manual_seed(0)),
+    "ones": lambda: torch.ones(NA),  # every coupling x[P]·x equal: sums cancel in pairs
+    "integers in -2..2": lambda: torch.randint(-2, 3, (NA,), generator=torch.Generator()
+                                               .manual_seed(1)).float(),
+}
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("name", list(CANCELLING))
+def test_cancelling_couplings_in_every_dtype_are_exact(name, dtype, point):
+    """sparse_jacobian equals jacrev bit for bit, and the dependency pattern is jacrev's."""
+    f, x = CANCELLING[name], POINTS[point]().to(dtype)
+    leaf = x.clone().requires_grad_()
+    expected = torch.func.jacrev(f)(x)
+    got = vjp_magic.sparse_jacobian(f(leaf), leaf, seed=0)
+    assert_csr(got, expected.shape)
+    assert torch.equal(got.to_dense(), expected)
+    d = vjp_magic.dependency(f(leaf), leaf, seed=0)
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    assert torch.equal(pattern, expected != 0), d.summary()
+
+
+NT = 3000
+_GT = torch.Generator().manual_seed(7)
+_TIES = torch.randint(-2, 2, (NT,), generator=_GT).float()
+EDGES = {  # name: (f, x): structures that hold at this x only, non-finite and extreme values
+    "relu at 0 beside a shift": (lambda t: torch.relu(F.pad(t, (1, 0))[:-1] - t), _TIES),
+    "maximum with ties": (lambda t: torch.maximum(t, t.roll(1)), _TIES),
+    "max_pool with ties": (lambda t: F.max_pool1d(t[None, None], 3, 1, 1)[0, 0], _TIES),
+    "clamp at its bounds": (lambda t: F.pad(t, (1, 0))[:-1] + t.clamp(-1, 1),
+                            torch.randint(-1, 2, (NT,), generator=_GT).float()),
+    "x_i x_j at x = 0": (lambda t: t * t.flip(0), torch.zeros(NT)),
+    "x_i x_(i-1) at -0.0": (lambda t: F.pad(t, (1, 0))[:-1] * t + t.abs(), -torch.zeros(NT)),
+    "where on x": (lambda t: torch.where(t > 0, t.roll(1), t.roll(-1)) * t,
+                   torch.randn(NT, generator=_GT)),
+    "gather at argsort": (lambda t: t[t.argsort()] * t, _TIES),
+    "1e30 beside 1": (lambda t: F.pad(t, (1, 0))[:-1] + t * 1e30 + F.pad(t, (0, 1))[1:],
+                      torch.randn(NT, generator=_GT)),
+    "subnormal couplings": (lambda t: (F.pad(t, (1, 0))[:-1] + F.pad(t, (0, 1))[1:]) * 1e-40
+                            + t, torch.randn(NT, generator=_GT)),
+    "float64 at 1e-300": (lambda t: F.pad(t, (1, 0))[:-1] + t ** 3 + F.pad(t, (0, 1))[1:],
+                          torch.randn(NT, generator=_GT).double() * 1e-300),
+    "non-contiguous x": (lambda t: F.pad(t, (1, 0))[:-1] * t.sin(),
+                         torch.randn(2 * NT, generator=_GT)[::2]),
+    "channels_last conv": (lambda t: F.conv2d(t, torch.ones(2, 2, 3, 3), padding=1) * t,
+                           torch.randn(1, 2, 30, 30, generator=_GT)
+                           .contiguous(memory_format=torch.channels_last)),
+    "float16 tridiagonal": (lambda t: F.pad(t, (1, 0))[:-1] + t ** 3 + F.pad(t, (0, 1))[1:],
+                            torch.randn(NT, generator=_GT).half()),
+}
+
+
+@pytest.mark.parametrize("name", list(EDGES))
+def test_structures_of_this_x_and_extreme_values_equal_jacrev(name):
+    f, x = EDGES[name]
+    leaf = x.clone().requires_grad_()
+    expected = torch.func.jacrev(f)(x).reshape(-1, x.numel())
+    got = vjp_magic.sparse_jacobian(f(leaf), leaf, seed=0)
+    assert_csr(got, expected.shape)
+    torch.testing.assert_close(got.to_dense(), expected, rtol=1e-6, atol=0)
+    assert leaf.grad is None
