@@ -477,7 +477,6 @@ R2_1 = ("R2-1: a Hessian whose second derivatives overflow the dtype while f its
         "(s34 G13), the Hessian's blames f. Class: dynamic range (overflow read as a kink).")
 
 
-@pytest.mark.xfail(strict=True, reason=R2_1)
 def test_an_overflowed_hessian_is_called_overflowed_not_undifferentiable():
     x = torch.full((4,), 9.3, requires_grad=True)
 

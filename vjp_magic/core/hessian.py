@@ -796,17 +796,36 @@ def symmetry(item: HessianInput, count: int) -> tuple[bool, float]:
     return worst <= max(tolerances(blocks.dtype).symbolic, rounding_range(blocks.dtype)), worst
 
 
+def _nonfinite_note(name: str, d: torch.Tensor) -> str:
+    """The note on second derivatives with NaN or infinite entries: an infinite one may be a
+    derivative past the dtype's range (exp of a large number) as well as a singularity, so
+    the note names both and how to tell them apart, and no symmetry is judged on them."""
+    nan = int(torch.isnan(d).sum())
+    inf = d.numel() - int(torch.isfinite(d).sum()) - nan
+    what = " and ".join(p for p in [f"{nan:,} NaN" if nan else "",
+                                    f"{inf:,} infinite" if inf else ""] if p)
+    dtype = str(d.dtype).replace("torch.", "")
+    if inf:  # (either is possible: nothing here tells them apart)
+        why = (f"either a second derivative there is past {dtype}'s range (an overflow, as "
+               "exp of a large number gives" + (": computed in float64 it stays finite"
+                                               if d.dtype != torch.float64 else "")
+               + "), or f has a singularity there (sqrt or log at 0, a division by zero)")
+    else:
+        why = "f is not twice differentiable there, or the computation divided 0 by 0"
+    return (f"The second derivatives with respect to {name} have {what} entries: {why}. "
+            "Whether the Hessian is symmetric is not judged on them.")
+
+
 def _notes(result: HessianResult) -> list[str]:
     """Non-finite second derivatives, asymmetric Hessians, custom backward functions."""
     notes = []
     for name, item in result.inputs.items():
         d = item.sparse.matrix.values() if item.sparse is not None else \
             item.sparse_blocks.values if item.sparse_blocks is not None else item.derivatives
-        if d.numel() and not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
-            bad = d.numel() - int(torch.isfinite(d).sum())
-            notes.append(f"The second derivatives with respect to {name} have {bad:,} NaN or "
-                         "infinite entries: f is not twice differentiable there.")
-        if not item.symmetric:
+        finite = not d.numel() or bool(torch.isfinite(d.sum())) or bool(torch.isfinite(d).all())
+        if not finite:
+            notes.append(_nonfinite_note(name, d))
+        if not item.symmetric and finite:
             notes.append(f"The Hessian with respect to {name} is not symmetric (|H - Hᵀ| up to "
                          f"{item.asymmetry:.2g} of its largest entry): the function is not twice "
                          "continuously differentiable here (a kink, clamp or abs), or a custom "
