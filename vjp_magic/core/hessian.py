@@ -36,7 +36,7 @@ from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows, unravelled
 from .tagging import depends_on, walk_nodes
 # A probe through the double-backward graph: see SECOND_ORDER_SLACK's note there.
-from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian, csr_asymmetry,
+from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian,
                              dense_as_csr, empty_csr, sparse_hessian, symmetric_by_probes)
 from .tolerances import tolerances
 from .torch_api import NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
@@ -281,40 +281,57 @@ def _input_hessian(output, output_name, item, budget, options) -> HessianInput:
 
 
 def _judged(item: HessianInput, d: torch.Tensor, seed: int, count: int) -> HessianInput:
-    """``item`` with its symmetry judged (:func:`symmetry`, the sparse CSR by
-    :func:`.sparse_hessian.csr_asymmetry`). Through a custom backward (``item.unverified``)
-    nothing proves H symmetric, so rounding does not excuse an asymmetry: past the entries'
-    own rounding (the ``symbolic`` tolerance) it is symmetric only where
+    """``item`` with its symmetry judged (:func:`asymmetry`; a symmetric path's sparse CSR is
+    symmetric as read). Through a custom backward (``item.unverified``) nothing proves H
+    symmetric, so rounding does not excuse an asymmetry: past the entries' own rounding (the
+    ``symbolic`` tolerance), globally or pair by pair, it is symmetric only where
     :func:`.sparse_hessian.symmetric_by_probes` finds uᵀ(Hv) = vᵀ(Hu) within measured
     rounding (a scalar's Hessian; a vector's per-point ones are not checked so)."""
+    if item.sparse is not None and not item.unverified:
+        return item
+    worst, pairwise = asymmetry(item, count, pairwise=bool(item.unverified))
+    dtype = item.tensor.dtype
     if item.sparse is None:
-        item.symmetric, item.asymmetry = symmetry(item, count)
-    elif item.unverified:  # a symmetric path's matrix is symmetric as read: judged as is
-        item.asymmetry = csr_asymmetry(item.sparse.matrix)
-    if item.unverified and max(item.asymmetry, _pairwise_asymmetry(item, count)) > \
-            tolerances(item.tensor.dtype).symbolic:
-        item.symmetric = item.asymmetry <= rounding_range(item.tensor.dtype) and \
-            count == 1 and symmetric_by_probes(d, item.tensor, seed)
+        item.symmetric = worst <= max(tolerances(dtype).symbolic, rounding_range(dtype))
+    item.asymmetry = worst
+    if item.unverified and max(worst, pairwise) > tolerances(dtype).symbolic:
+        item.symmetric = worst <= rounding_range(dtype) and count == 1 and \
+            symmetric_by_probes(d, item.tensor, seed)
     return item
 
 
-def _pairwise_asymmetry(item: HessianInput, count: int) -> float:
-    """max |H_ij − H_ji| / (|H_ij| + |H_ji|): a skew between two small entries is not hidden
-    by a large one elsewhere (a 2e8 diagonal beside H_21 = 2, H_12 = 1)."""
+def asymmetry(item: HessianInput, count: int, pairwise: bool = True) -> tuple[float, float]:
+    """|H - Hᵀ| of each per-point Hessian (a sparse one's CSR), measured two ways: its
+    largest over the Hessian's largest |entry| (the notes say it), and, where ``pairwise``
+    (else 0), the largest |H_ij − H_ji| / (|H_ij| + |H_ji|): a skew between two small entries
+    is not hidden by a large one elsewhere (a 2e8 diagonal beside H_21 = 2, H_12 = 1); inf
+    where the sparse H's and Hᵀ's entries cannot be paired (the measured check decides)."""
     if item.sparse is not None:
         coo = item.sparse.matrix.to_sparse_coo().coalesce()
+        if not coo.values().numel():
+            return 0.0, 0.0
         gap, size = (coo - coo.t()).coalesce(), (coo.abs() + coo.t().abs()).coalesce()
-        if not torch.equal(gap.indices(), size.indices()):  # (both: the union of H's, Hᵀ's)
-            return math.inf  # cannot tell: the measured check decides
+        scale = coo.values().abs().max()
+        paired = torch.equal(gap.indices(), size.indices())  # (both: H's and Hᵀ's union)
         gap, size = gap.values().abs(), size.values()
+        if pairwise and not paired:
+            return _relative(gap, scale), math.inf
     elif math.prod(item.per_point_shape) <= 1:
-        return 0.0
+        return 0.0, 0.0
     else:
         blocks = item.blocks(count)
         gap = (blocks - blocks.transpose(-2, -1)).abs()
-        size = blocks.abs() + blocks.transpose(-2, -1).abs()
-    relative = torch.where(size > 0, gap / size.clamp_min(torch.finfo(size.dtype).tiny), gap)
-    return float(relative.nan_to_num(nan=0.0).max()) if relative.numel() else 0.0
+        scale = blocks.abs().amax(dim=(-2, -1), keepdim=True)
+        size = blocks.abs() + blocks.transpose(-2, -1).abs() if pairwise else None
+    return _relative(gap, scale), _relative(gap, size) if pairwise else 0.0
+
+
+def _relative(gap: torch.Tensor, by: torch.Tensor) -> float:
+    """The largest ``gap / by`` (``gap`` itself where ``by`` is 0; NaN read as 0)."""
+    if not gap.numel():
+        return 0.0
+    relative = torch.where(by > 0, gap / by.clamp_min(torch.finfo(by.dtype).tiny), gap)
+    return float(relative.nan_to_num(nan=0.0).max())
 
 
 def _vector_sparse(output, output_name, item, budget, seed) -> HessianInput | None:
@@ -780,20 +797,6 @@ def rounding_range(dtype: torch.dtype) -> float:
     (autograd gives sums only): an asymmetry below this is said with its size (a note), not
     called a kink; past it, no rounding gives it."""
     return min(0.1, 30 * torch.finfo(dtype).eps ** 0.5)
-
-
-def symmetry(item: HessianInput, count: int) -> tuple[bool, float]:
-    """Whether every per-point Hessian is symmetric up to what rounding can give
-    (:func:`rounding_range`), and the worst relative asymmetry."""
-    if math.prod(item.per_point_shape) <= 1:
-        return True, 0.0
-    blocks = item.blocks(count)
-    scale = blocks.abs().amax(dim=(-2, -1), keepdim=True)
-    gap = (blocks - blocks.transpose(-2, -1)).abs()
-    relative = torch.where(scale > 0, gap / scale.clamp_min(torch.finfo(blocks.dtype).tiny),
-                           gap)
-    worst = float(relative.nan_to_num(nan=0.0).max())
-    return worst <= max(tolerances(blocks.dtype).symbolic, rounding_range(blocks.dtype)), worst
 
 
 def _nonfinite_note(name: str, d: torch.Tensor) -> str:

@@ -430,18 +430,6 @@ def symmetric_by_probes(d: torch.Tensor, x: torch.Tensor, seed: int) -> bool:
     return math.isfinite(gap) and gap <= bound
 
 
-def csr_asymmetry(matrix: torch.Tensor) -> float:
-    """max |H - Hᵀ| over max |H| of a square CSR matrix (0 for an empty one)."""
-    values = matrix.values()
-    if not values.numel():
-        return 0.0
-    coo = matrix.to_sparse_coo()
-    gap = (coo - coo.t()).coalesce().values().abs()
-    worst = float(gap.max()) if gap.numel() else 0.0
-    scale = float(values.abs().max())
-    return worst / scale if scale > 0 else worst
-
-
 def _check_probes(flat: torch.Tensor, seed: int, draws: int | None = None,
                   purpose: str = "sparse-hessian-check") -> torch.Tensor:
     """The check's probes (draws × n, by default the count of :func:`.probes.probe_plan` for
