@@ -17,13 +17,13 @@ Function whose backward wrote what. :func:`writes_kept` bounds it to one analysi
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import types
 
 import torch
 
 from .errors import VJPUsageError
+from .origin import users_function
 from .tagging import graph_leaves
 
 
@@ -174,8 +174,6 @@ def _reachable(node) -> list:
 
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
-_LIBRARIES = frozenset({"torch", "numpy", "functorch", "vjp_magic", "IPython", "scipy",
-                        *getattr(sys, "stdlib_module_names", ())})
 
 
 def read_by(function) -> list:
@@ -198,17 +196,8 @@ def read_by(function) -> list:
         read += list(closed.values())
         found += read
         if depth < READ_DEPTH:
-            todo += [(f, depth + 1) for f in read if _users(f)]
+            todo += [(f, depth + 1) for f in read if users_function(f)]
     return found
-
-
-def _users(value) -> bool:
-    """Whether ``value`` is a Python function (or method) of the user's, not a library's."""
-    value = getattr(value, "__func__", value)
-    if not isinstance(value, types.FunctionType):
-        return False
-    module = str(value.__globals__.get("__name__") or "")
-    return module.partition(".")[0] not in _LIBRARIES
 
 
 def _contents(cell):

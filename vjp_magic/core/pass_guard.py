@@ -69,6 +69,7 @@ import torch
 
 from .backward_writes import check as check_writes
 from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
+from .origin import PACKAGE_DIR, TORCH_DIR, torchs
 
 _CHECKPOINT_FILE = "checkpoint.py"
 
@@ -435,14 +436,12 @@ def _runs_a_pass(arg) -> bool:
         and getattr(arg, "__name__", "") == "run_backward"
 
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Whose code a frame runs, by its file: PyTorch's or vjp_magic's (each folder with its
 # separator: site-packages/torch is no prefix of torchvision's files), the standard library's
 # (frozen modules too; an installed package under it, in site-packages, is not), the user's.
 _MACHINERY, _STANDARD, _USERS = "machinery", "standard", "users"
 _GENERATED = "generated"  # compiled from a string ("<string>"): its maker's, see _generated
-_OURS = (_TORCH_DIR + os.sep, _PACKAGE_DIR + os.sep)
+_OURS = (TORCH_DIR, PACKAGE_DIR)  # (origin.py)
 _STDLIB = tuple(dict.fromkeys(os.path.realpath(sysconfig.get_paths()[k]) + os.sep
                               for k in ("stdlib", "platstdlib")))
 _KINDS: dict = {}  # file name -> its kind (a pass asks for each file once)
@@ -504,7 +503,7 @@ def _dispatched(frame) -> bool:
     logger.warning)``. PyTorch's Python calling the standard library by name (``typing.cast``,
     ``warnings.warn``) is no hook."""
     caller = frame.f_back
-    if caller is None or not caller.f_code.co_filename.startswith(_TORCH_DIR + os.sep):
+    if caller is None or not torchs(caller.f_code.co_filename):
         return False
     return frame.f_code in _held(caller)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 import sys
 import threading
@@ -49,6 +48,7 @@ from torch.utils._device import DeviceContext, _device_constructors
 from . import numpy_rng
 from .backward_writes import writes_kept
 from .modes import modes_aside
+from .origin import called_by_us
 
 _hooks = torch._C._autograd  # the stack saved_tensors_hooks pushes onto (no public reader)
 # autocast's device types, each switched off where it is on (its state is per thread)
@@ -154,21 +154,10 @@ class _OursOnCpu(DeviceContext):
         kwargs = kwargs or {}
         if kwargs.get("device") is None and func in _device_constructors():
             users = getattr(self.prev_mode, "device", None)
-            if users is not None and not _called_by_us(sys._getframe(1)):
+            if users is not None and not called_by_us(sys._getframe(1)):
                 kwargs["device"] = users
                 return func(*args, **kwargs)
         return super().__torch_function__(func, types, args, kwargs)
-
-
-_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-
-
-def _called_by_us(frame) -> bool:
-    """Whether the innermost frame from ``frame`` out that is not torch's runs this package."""
-    while frame is not None and frame.f_code.co_filename.startswith(_TORCH):
-        frame = frame.f_back
-    return frame is not None and frame.f_code.co_filename.startswith(_OURS)
 
 
 @contextlib.contextmanager

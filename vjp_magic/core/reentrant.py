@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dis
 import functools
-import os
 import sys
 import threading
 import types
@@ -31,6 +30,7 @@ from .backward_writes import check as check_writes
 from .backward_writes import keep_for
 from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 from .graph_facts import raw_saved, unpack_hooked
+from .origin import torchs
 from .pass_guard import _ARMED, _CHECKPOINT_FILE, _Guard, _entry_points, pass_guard, reentrant_guard
 from .quiet import user_subclass
 from .tagging import walk_nodes
@@ -168,8 +168,7 @@ def _users_code(code: types.CodeType) -> bool:
     """Whether an unpack hook's code is the user's: written outside PyTorch, or
     ``torch.utils.checkpoint``'s (it runs the checkpointed block again); PyTorch's own others
     (``save_on_cpu``: a copy back to the device) are not."""
-    return code.co_filename.endswith(_CHECKPOINT_FILE) or not code.co_filename.startswith(
-        _TORCH_DIR)
+    return code.co_filename.endswith(_CHECKPOINT_FILE) or not torchs(code.co_filename)
 
 
 def _held(values) -> list:
@@ -392,7 +391,6 @@ def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
 
 
 _MISSING = object()
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep  # (torchvision is no part of it)
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
            "judged_once", "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",

@@ -28,6 +28,7 @@ import torch
 
 from ..core.cell import CAPTURE_NAME, ParsedCell, capture_targets, parse_cell
 from ..core.modes import users_modes
+from ..core.origin import torchs
 from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
@@ -377,7 +378,6 @@ def _named_by_keys(node: ast.expr, level: int, keys: dict) -> str:
 # -- the user's own errors: their frames only, coached where autograd has nothing to do -----
 _WRAPPERS = {os.path.abspath(record_module.__file__), os.path.abspath(guard_module.__file__)}
 _DISPATCH = os.path.abspath(torch.overrides.__file__)  # hands a call to the recording mode
-_TORCH = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 def user_frames_only(error: BaseException) -> BaseException:
@@ -395,7 +395,7 @@ def user_frames_only(error: BaseException) -> BaseException:
     for k, name in enumerate(files):
         if name in _WRAPPERS or name == _DISPATCH or is_caller(entries[k].tb_frame.f_code):
             dropped.add(k)
-        if name == _DISPATCH and k and files[k - 1].startswith(_TORCH) \
+        if name == _DISPATCH and k and torchs(files[k - 1]) \
                 and any(e.tb_frame.f_code is entries[k - 1].tb_frame.f_code
                         for e in entries[k + 1:]):
             dropped.add(k - 1)

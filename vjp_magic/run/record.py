@@ -38,6 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..core import numpy_rng
 from ..core.memory import gb
+from ..core.origin import ours, torchs
 from ..core.quiet import no_subclass_code
 from . import own_generators
 
@@ -55,8 +56,6 @@ _INPLACE_DUNDERS = {
 # costs the recorder (measured: 13.3 vs 15.1 ms a 1,000 calls)
 _NO_SUBCLASS_CODE = torch._C.DisableTorchFunctionSubclass
 _NOT_DATA = {"requires_grad_", "retain_grad_", "share_memory_", "rename_"}
-_TORCH = os.path.dirname(torch.__file__) + os.sep  # frames of torch and of this package are
-_OURS = os.path.dirname(os.path.dirname(__file__)) + os.sep  # not where a call was made
 # Calls whose name holds one of these may draw random numbers: the generators' states are
 # kept from just before them, so a replay draws the same numbers (a call missed here only
 # makes its replay differ from the cell, which the replay's check refuses).
@@ -440,8 +439,7 @@ def _file_kind(name: str) -> int:
     kind = _FILE_KINDS.get(name)
     if kind is not None:
         return kind
-    kind = _IN_OURS if name.startswith(_OURS) else \
-        _IN_TORCH if name.startswith(_TORCH) else _IN_USERS
+    kind = _IN_OURS if ours(name) else _IN_TORCH if torchs(name) else _IN_USERS
     if len(_FILE_KINDS) >= _NAMED_MAX:
         _FILE_KINDS.clear()
     _FILE_KINDS[name] = kind
