@@ -197,12 +197,18 @@ _READS = frozenset({"_repr_mimebundle_", "__repr__", "__str__", "_repr_latex_",
                     "_repr_markdown_", "_repr_html_", "_repr_pretty_", "__getitem__"})
 
 
-def guarded_reads(cls: type) -> type:
+def guarded_reads(cls: type | None = None, *, plain: tuple = ()):
     """``cls`` with each public method and property it defines, its displays and items, run
     as an entry point that runs none of the user's code (:func:`quiet_autograd` with the CPU
     as default device): a result read in a later cell, after the user entered a torch mode
     or set another default device, runs none of that mode and makes its tensors as the
-    analysis did; inside an entry point already, a read costs nothing more."""
+    analysis did; inside an entry point already, a read costs nothing more. The methods
+    named in ``plain`` (``@guarded_reads(plain=("__getitem__",))``) only make tensors of the
+    object's own (no random numbers, no graph, no user's tensor): they enter only where torch
+    is not as plain as a fresh session leaves it (:func:`_plain_torch`: a list's item read
+    in a loop costs ~1 us, not the entry's tens)."""
+    if cls is None:
+        return functools.partial(guarded_reads, plain=tuple(plain))
     for name, value in list(vars(cls).items()):
         if name.startswith("_") and name not in _READS:
             continue
@@ -210,18 +216,26 @@ def guarded_reads(cls: type) -> type:
             setattr(cls, name, property(_guarded(value.fget), value.fset, value.fdel,
                                         value.__doc__))
         elif isinstance(value, types.FunctionType):
-            setattr(cls, name, _guarded(value))
+            setattr(cls, name, _guarded(value, name in plain))
     return cls
 
 
-def _guarded(function):
+def _guarded(function, plain: bool = False):
     @functools.wraps(function)
     def read(*args, **kwargs):
-        if _DEPTH.entries:
+        if _DEPTH.entries or plain and _plain_torch():
             return function(*args, **kwargs)
         with quiet_autograd(default_device=True):
             return function(*args, **kwargs)
     return read
+
+
+def _plain_torch() -> bool:
+    """Whether a tensor made now is made as inside an entry point: no torch function mode
+    (the user's, or a default device: ``torch.set_default_device``, ``with torch.device``),
+    no dispatch mode, no inference mode."""
+    return not torch._C._is_torch_function_mode_enabled() and \
+        torch._C._len_torch_dispatch_stack() == 0 and not torch.is_inference_mode_enabled()
 
 
 @contextlib.contextmanager

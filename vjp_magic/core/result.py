@@ -23,7 +23,7 @@ from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
 from .validation import parameter_expression, spelled_for
 
 
-@guarded_reads
+@guarded_reads(plain=("__getitem__",))
 class GradientList(Sequence):
     """The ``gradient`` arguments, one per non-point output component, made on demand.
 
