@@ -540,7 +540,7 @@ net = Net({parametrised}).eval()
 tok = torch.randint(0, 11, (6, 3)); tgt = torch.randint(0, 11, (6,))
 '''
 NET_CELL = "%%vjp --wrt net\nlosses = F.cross_entropy(net(tok), tgt, reduction='none')"
-ROW = re.compile(r"^\s*((?:net)?\.?[\w.\[\]]+) \[\s*(\d+(?: × \d+)*)?\s+([-\d.e+]+)"
+ROW = re.compile(r"^\s*((?:net)?\.?[\w.\[\]…]+) \[\s*(\d+(?: × \d+)*)?\s+([-\d.e+]+)"
                  r"(?:\s+(.*))?\]\s*$")
 
 
@@ -554,13 +554,23 @@ def _dotted(shown: str) -> str:
     return re.sub(r"\[(\d+)\]", r".\1", shown).removeprefix("net").lstrip(".")
 
 
+def _shortened(plain: str) -> dict:
+    """A name the table shortened to fit (``net.proj…original1``) → the name in full, as the
+    caption beneath says it."""
+    said = re.search(r"Shortened to fit the width: (.*?)\.(?:\s|$)", re.sub(r"\s+", " ", plain))
+    pairs = said.group(1).split("; ") if said else []
+    return dict(pair.split(" is ") for pair in pairs)
+
+
 def _table(plain: str) -> dict:
-    """dotted name → (shape text or None, norm, the rest) of the table's rows shown."""
-    rows = {}
+    """dotted name → (shape text or None, norm, the rest) of the table's rows shown (a name
+    shortened to fit read in full from the caption)."""
+    rows, full = {}, _shortened(plain)
     for line in plain.splitlines():
         m = ROW.match(line)
         if m and not line.lstrip().startswith(("losses", ":")):
-            rows[_dotted(m.group(1))] = (m.group(2), float(m.group(3)), m.group(4))
+            name = full[m.group(1)] if "…" in m.group(1) else m.group(1)
+            rows[_dotted(name)] = (m.group(2), float(m.group(3)), m.group(4))
     return rows
 
 
@@ -592,14 +602,17 @@ def test_wrt_net_values_names_and_table_norms_are_the_loops(ip, run_ok, parametr
 
 
 def _maths_table(text: str) -> dict:
-    """dotted name → cells after the name, of the rows of the first array environment."""
+    """dotted name → cells after the name, of the rows of the first array environment (a name
+    shortened to fit read in full from the caption)."""
     body = re.search(r"\\begin\{array\}\{[^}]*\}(.*?)\\end\{array\}", text, re.S).group(1)
-    rows = {}
+    said = re.sub(r"\$|`|\\texttt\{|\}|\\allowbreak\\mkern-10mu\\;\\;", "", text)
+    rows, full = {}, _shortened(said)
     for row in body.split("\\\\"):
         cells = [cell.strip() for cell in row.replace("\\hline", "").split("&")]
         m = re.fullmatch(r"\\mathtt\{(.*)\}", cells[0])
-        if m and _dotted(m.group(1).replace("{.}", ".")):  # (not the header's 'net')
-            rows[_dotted(m.group(1).replace("{.}", "."))] = cells[1:]
+        name = m and m.group(1).replace("{.}", ".").replace("{\\ldots}", "…")
+        if m and _dotted(name):  # (not the header's 'net')
+            rows[_dotted(full[name] if "…" in name else name)] = cells[1:]
     return rows
 
 
@@ -627,12 +640,8 @@ def test_wrt_net_fits_one_screen(ip, run_ok, parametrised):
     assert all(len(v) < 20_000 for v in bundle.values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-4: --wrt net on a model with one weight_norm layer: the summary table drops the shape "
-    "column of all 20 rows ('Left out to fit the width: each tensor's shape, largest |entry|') "
-    "because torch's own name '.proj.parametrizations.weight.original1' (39 characters) is the "
-    "widest; without it the shapes are shown; class: one long parameter name decides the "
-    "columns of every row of the table (issue 23 item 6: name, shape, norm, largest entry)"))
+# Fixed (s42 D1): was R3-4 - one long parameter name took every row's shape (its name is
+# shortened to fit, said in full beneath)
 def test_a_parametrised_layer_does_not_take_every_rows_shape(ip, run_ok):
     r, reference = _net(ip, run_ok, True)
     rows = _table(_bundle(r)["text/plain"])
@@ -834,13 +843,8 @@ def test_the_latex_of_these_results_compiles_and_fits_the_page(ip, run_ok, tmp_p
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("xelatex") is None, reason="needs xelatex")
-@pytest.mark.xfail(strict=True, reason=(
-    "R3-6: the text/latex of --wrt net on a model with a frozen Linear compiles, but its "
-    "sentence 'Left out, frozen (requires_grad=False): net.frozen.weight, net.frozen.bias; "
-    "call .requires_grad_() on those ...' sticks out 53 pt past the right margin (xelatex, "
-    "nbconvert's packages, 1 in margins): its names are $\\texttt{...}$ runs that break only "
-    "at their dots; class: a prose sentence of code names with too few break points in LaTeX "
-    "(the PDF export of a notebook)"))
+# Fixed (s42 D1): was R3-6 - a sentence of code names stuck out 53 pt (no stretch at their
+# break points)
 @pytest.mark.parametrize("parametrised", [False, True], ids=["plain", "weight-norm"])
 def test_the_latex_of_wrt_net_with_a_frozen_layer_fits_the_page(ip, run_ok, tmp_path,
                                                                parametrised):

@@ -176,7 +176,7 @@ def _span(span: Span) -> str:
 
 
 UNBROKEN_CODE = 12  # characters of inline code set as one unbreakable run at most
-_CODE_BREAKS = re.compile(r"(?<=[.([])|(?<=, )")  # inline code never breaks inside \texttt
+_CODE_BREAKS = re.compile(r"(?<=[.([_])|(?<=, )")  # inline code never breaks inside \texttt
 
 
 def inline_code(text: str) -> str:
@@ -184,10 +184,18 @@ def inline_code(text: str) -> str:
     typewriter type and a reader of either copies as the code (:func:`code_tex`). KaTeX sets
     a ' in text as a typographic ’ (a SyntaxError, or another string, when copied), so the
     code's strings are spelled with " (:func:`double_quoted`). A long one may break after
-    . ( [ or ", " (a page is 70 wide)."""
+    . ( [ _ or ", " (a page is 70 wide; :data:`CODE_BREAK`)."""
     text = double_quoted(text)
     pieces = _CODE_BREAKS.split(text) if len(text) > UNBROKEN_CODE else [text]
-    return "$" + r"\allowbreak ".join(code_tex(p) for p in pieces if p) + "$"
+    return "$" + CODE_BREAK.join(code_tex(p) for p in pieces if p) + "$"
+
+
+# Where inline code may break: \allowbreak, then glue of no width that LaTeX may stretch
+# (\; is 5mu plus 5mu there; KaTeX and MathJax set it 5mu wide, the kern takes it back).
+# Without the stretch a sentence of a few long names (net.frozen.weight, net.frozen.bias,
+# .requires_grad_()) has no line break within LaTeX's tolerance and sticks out past the
+# margin (R3-6); glue after a line break is discarded, so no line starts with a space.
+CODE_BREAK = r"\allowbreak\mkern-10mu\;\;"
 
 
 def double_quoted(code: str) -> str:

@@ -31,6 +31,7 @@ _MONO_ESCAPES = {
     # spaces as wide as a monospace character; punctuation without math spacing
     " ": r"\phantom{0}", "=": "{=}", ",": "{,}", "-": "{-}", "+": "{+}", ":": "{:}", "*": "{*}",
     ".": "{.}", ";": "{;}", "!": "{!}", "|": r"\vert{}", "'": r"\text{'}", '"': r'\text{"}',
+    "…": r"{\ldots}",  # (the middle of a name shortened to fit: render/parameters.py)
 }
 
 

@@ -13,6 +13,7 @@ its edges and the largest ones, a ⋮ row for each gap (the lead line counts the
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -30,6 +31,9 @@ TABLE_ROWS = 20  # every tensor has its row up to this many
 EDGE_ROWS = 4  # else the first and last this many, and the largest norms
 MATRICES = 3  # the derivatives shown in full: those with the largest norms
 NAMED = 8  # matrices the budget left out: named up to this many, else counted
+SHORTENED = 2  # a table's names shortened to fit its width, at most (else columns go)
+MIN_LABEL = 16  # characters a shortened name keeps, at least
+OUTLIER = 1.5  # times the median name's length, at least, for a name to be shortened
 
 
 @dataclass(frozen=True)
@@ -200,28 +204,23 @@ def _table(result, rows: list[Row], options) -> Formula:
     header says (the row labels are code, from 0): one row per tensor (over
     :data:`TABLE_ROWS` tensors, the edges and the largest, a ⋮ row for each gap). Where the
     line ``∂y/∂p = table`` is wider than ``options.width``: short headers (said beneath),
-    fewer digits (down to :data:`~.matrix.MIN_DIGITS`), then the last columns (said
-    beneath), but before the shape goes the names' shared start (``mlp``), once above them
+    fewer digits (down to :data:`~.matrix.MIN_DIGITS`), then a few long names shortened
+    (:func:`_shortened`, each said beneath in full) before the last columns go (said
+    beneath), and before the shape goes the names' shared start (``mlp``), once above them
     (the names as the cell writes them while they fit)."""
     digits = significant_digits(result.output.dtype, options.precision)
     shown = _shown(rows, _edge(fit_of(options)))
     y = output_symbol(result)
     lhs = notation.partial(y, "p")
-    header = (Entry(r"\mathrm{shape}", "shape"),
-              Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert",
-                    f"‖∂{y}/∂p‖"),
-              Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
-              Entry(rf"\mathrm{{at\ (from\ {options.index_base})}}",
-                    f"at (from {options.index_base})"))  # the labels are code, from 0
-    prefix = ""
+    header = _header(y, options.index_base)
 
-    def table(lines, labels, kept) -> Matrix:
+    def table(lines, labels, kept, prefix="") -> Matrix:
         corner = Entry(notation.mono(prefix), prefix) if prefix else None
         return Matrix(tuple(tuple(line[k] for k in kept) for line in lines), tuple(labels),
                       tuple(header[k] for k in kept), corner=corner)
 
-    def wide(lines, labels, kept=(0, 1, 2, 3)) -> bool:  # the whole line, lhs = table
-        return reserve(lhs) + width(table(lines, labels, kept)) > options.width
+    def wide(lines, labels, kept=(0, 1, 2, 3), prefix="") -> bool:  # lhs = table
+        return reserve(lhs) + width(table(lines, labels, kept, prefix)) > options.width
 
     lines, labels = _lines(rows, shown, digits, options.index_base)
     caption: tuple = ()
@@ -234,20 +233,80 @@ def _table(result, rows: list[Row], options) -> Formula:
             break
         digits = fewer
         lines, labels = _lines(rows, shown, digits, options.index_base)
-    kept = _COLUMNS[0]  # then the last columns go, where it is wider still
-    for kept in _COLUMNS:
-        if kept == _COLUMNS[-1]:  # (before the shape: the names' shared start, once above)
-            prefix = _shared_start([rows[k].name for k in shown if k is not None])
-            lines, labels = _lines(rows, shown, digits, options.index_base, prefix)
-            if not wide(lines, labels, _COLUMNS[-2]):
-                kept = _COLUMNS[-2]
-                break
-        if not wide(lines, labels, kept):
+    names = [notation.spelled(rows[k].name) if k is not None else None for k in shown]
+    for kept, shared in _LAYOUTS:  # then long names, the last columns, the shared start
+        prefix = _shared_start([name for name in names if name]) if shared else ""
+        lines, labels = _lines(rows, shown, digits, options.index_base, prefix)
+        short = {} if not wide(lines, labels, kept, prefix) else _shortened(
+            labels, lambda ls: wide(lines, ls, kept, prefix))  # noqa: B023 (called at once)
+        if short or not wide(lines, labels, kept, prefix):
             break
+    labels = [short.get(k, label) for k, label in enumerate(labels)]
     if kept != _COLUMNS[0]:
         # (where to find them, r.derivatives[name], the lead line says: one line, not two)
         caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]}."),)
-    return Formula(lhs, table(lines, labels, kept), None, caption)
+    caption += _shortened_said(short, labels, names, " " if caption else "")
+    return Formula(lhs, table(lines, labels, kept, prefix), None, caption)
+
+
+def _header(y: str, base: int) -> tuple:
+    """The table's column headers, in full."""
+    return (Entry(r"\mathrm{shape}", "shape"),
+            Entry(rf"\lVert\partial {notation.name_tex(y)}/\partial p\rVert", f"‖∂{y}/∂p‖"),
+            Entry(rf"\max|\partial {notation.name_tex(y)}/\partial p|", f"max |∂{y}/∂p|"),
+            Entry(rf"\mathrm{{at\ (from\ {base})}}", f"at (from {base})"))  # labels: from 0
+
+
+def _shortened(labels: list, too_wide) -> dict:
+    """Row index -> its label shortened (:func:`shorten`): the longest labels cut to the
+    greatest length at which the table is no longer ``too_wide``; {} where that takes more
+    than :data:`SHORTENED` labels, one not :data:`OUTLIER` times as long as the median
+    label, a length under :data:`MIN_LABEL`, a name that cannot be cut so, or makes two
+    labels alike (then the table drops columns, or shows fewer rows, as before)."""
+    plains = {k: label.plain for k, label in enumerate(labels) if label != VDOTS}
+    lengths = sorted(map(len, plains.values()))
+    typical = lengths[len(lengths) // 2]
+    for limit in range(lengths[-1] - 1, MIN_LABEL - 1, -1):
+        cut = [k for k, plain in plains.items() if len(plain) > limit]
+        if len(cut) > SHORTENED or any(len(plains[k]) < OUTLIER * typical for k in cut):
+            return {}
+        short = {k: shorten(plains[k], limit) for k in cut}
+        if None in short.values() or len(set({**plains, **short}.values())) < len(plains):
+            return {}
+        entries = {k: Entry(notation.mono(text), text) for k, text in short.items()}
+        if not too_wide([entries.get(k, label) for k, label in enumerate(labels)]):
+            return entries
+    return {}
+
+
+def shorten(name: str, limit: int) -> str | None:
+    """``name`` in at most ``limit`` characters, one run of its middle attributes as …
+    (``net.proj…weight.original1``): its first and last parts and every index (``[3]``)
+    kept, as many characters as fit; None where none fits."""
+    if len(name) <= limit:
+        return name
+    parts = _PARTS.findall(name)
+    best = None
+    for i in range(1, len(parts) - 1):
+        for j in range(i + 1, len(parts)):  # without parts[i:j]
+            if not parts[j - 1].startswith("."):
+                break
+            text = "".join(parts[:i]) + "…" + "".join(parts[j:]).removeprefix(".")
+            if len(text) <= limit and (best is None or len(text) > len(best)):
+                best = text
+    return best
+
+
+_PARTS = re.compile(r"\.[^.\[]*|\[[^\]]*\]|[^.\[]+")  # attributes, indices ([...] whole)
+
+
+def _shortened_said(short: dict, labels: list, names: list, lead: str) -> tuple:
+    """The caption's words for the names :func:`_shortened` cut: each in full."""
+    spans: list = []
+    for k in sorted(short):
+        spans += [Text("; " if spans else f"{lead}Shortened to fit the width: "),
+                  Code(labels[k].plain), Text(" is "), Code(names[k])]
+    return tuple(spans + [Text(".")]) if spans else ()
 
 
 def _shared_start(names: list[str]) -> str:
@@ -292,6 +351,9 @@ def _lines(rows: list[Row], shown: list, digits: int, base: int,
 
 
 _COLUMNS = ((0, 1, 2, 3), (0, 1, 2), (0, 1), (1,))  # the columns kept, fewer by fewer
+# the layouts tried in turn: the columns kept, and whether the names' shared start is above
+_LAYOUTS = tuple((kept, False) for kept in _COLUMNS[:-1]) + ((_COLUMNS[-2], True),
+                                                             (_COLUMNS[-1], True))
 _LEFT_OUT = {(0, 1, 2): "where each largest |entry| is",
              (0, 1): "each tensor's largest |entry| and where it is",
              (1,): "each tensor's shape, largest |entry| and where it is"}
