@@ -17,13 +17,16 @@ Function whose backward wrote what. :func:`writes_kept` bounds it to one analysi
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import threading
 import types
 
 import torch
 
+from . import own_generators
 from .errors import VJPUsageError
-from .origin import users_function
+from .origin import LIBRARIES, users_function
 from .tagging import graph_leaves
 
 
@@ -31,6 +34,11 @@ class _Kept(threading.local):
     # (tensor, version, copy, Function names) of each tensor a user's backward can reach,
     # while an analysis (:func:`writes_kept`) on a graph with a custom Function runs
     watch: list | None = None
+    # what such a backward may change without changing a derivative, put back after each
+    # pass without a refusal: (tensor, its .grad, that one's version and copy) of each
+    # tensor it reaches, and (generator, state) of each of the user's generators it reaches
+    grads: list | None = None
+    generators: list | None = None
     active = False
 
 
@@ -41,15 +49,16 @@ _KEPT = _Kept()
 def writes_kept():
     """One analysis's scope: what :func:`keep_for` copied inside it is compared when it ends
     (put back and refused where a write was missed) and let go; nested ones keep their own."""
-    outer = _KEPT.watch, _KEPT.active
-    _KEPT.watch, _KEPT.active = None, True
+    outer = _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active
+    _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = None, None, None, True
     try:
         yield
         check()
     finally:
         if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
             _restore(_KEPT.watch)
-        _KEPT.watch, _KEPT.active = outer
+        _put_back_unrefused()
+        _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = outer
 
 
 def keep_for(output, functions) -> None:
@@ -59,41 +68,95 @@ def keep_for(output, functions) -> None:
     if not _KEPT.active:
         return
     check()  # (a graph judged before in this analysis: its copies compared before let go)
+    _put_back_unrefused()
     leaves = [*graph_leaves(output).values(), output]
     found: dict[int, list] = {}
-    names = set()  # (a leaf: any of them may hold it, unseen where PyTorch hides the saved)
-    for node in functions:
+    names, generators = set(), {}  # (a leaf: any of them may hold it, unseen where PyTorch
+    for node in functions:         # hides the saved)
         names.add(name := _function_name(node))
-        for tensor in _reachable(node):
+        tensors, reached_generators = _reachable(node)
+        generators.update((id(g), g) for g in reached_generators)
+        for tensor in tensors:
             entry = found.setdefault(id(tensor), [tensor, set()])
             entry[1].add(name)
     for leaf in leaves:
         found.setdefault(id(leaf), [leaf, names])
     with torch.no_grad():
-        _KEPT.watch = [(t, t._version, t.detach().clone(), frozenset(owners))
+        _KEPT.watch = [(t, t._version, t.detach().clone(), frozenset(owners), t.detach())
                        for t, owners in found.values()]
+        _KEPT.grads = [(t, t.grad, *((t.grad._version, t.grad.detach().clone())
+                                     if t.grad is not None else (0, None)))
+                       for t, _ in found.values() if t.is_leaf]
+    _KEPT.generators = [(g, own_generators.state(g)) for g in generators.values()]
 
 
 def check() -> None:
     """After a pass or a probe: where a user's backward wrote a kept tensor in place, every
     one written put back and a :class:`VJPUsageError` naming the Function and the tensor."""
+    _put_back_unrefused()
     watch = _KEPT.watch
     if not watch:
         return
-    changed = [entry for entry in watch if entry[0]._version != entry[1]]
+    changed = [entry for entry in watch if _written(*entry)]
     if not changed:
         return
     _restore(changed)
     raise VJPUsageError(written_message(changed))
 
 
-def _restore(entries) -> None:
-    """Each entry's tensor whose version moved: its copied values, then its version."""
+def _put_back_unrefused() -> None:
+    """The ``.grad`` of each tensor a user's backward reaches (the same tensor, its values
+    and version) and the user's generators it reaches, as they were when copied: a
+    backward accumulating a parameter's gradient by hand, or drawing noise, changes no
+    derivative, but a plain run of the cell calls no backward."""
     with torch.no_grad():
-        for tensor, version, copy, _ in entries:
-            if tensor._version != version:
-                tensor.detach().copy_(copy)
-                _set_version(tensor, version)
+        for tensor, grad, version, copy in _KEPT.grads or ():
+            if tensor.grad is not grad:
+                tensor.grad = grad
+            if grad is not None and grad._version != version:
+                grad.copy_(copy)
+                _set_version(grad, version)
+    for generator, state in _KEPT.generators or ():
+        own_generators.set_state(generator, state)
+
+
+def _written(tensor, version, copy, owners, alias) -> bool:
+    """Whether ``tensor`` was written since copied: its version moved, it was given new
+    data (``t.data = ...``), or its values differ bit for bit (a write through ``t.data``,
+    whose version counter is its own)."""
+    return tensor._version != version or not _same_data(tensor, alias) \
+        or not _same_bits(tensor, copy)
+
+
+def _same_data(tensor, alias) -> bool:
+    """Whether ``tensor`` still holds the memory ``alias`` (its detached self) held."""
+    return tensor.data_ptr() == alias.data_ptr() and tensor.shape == alias.shape \
+        and tensor.stride() == alias.stride() and tensor.dtype == alias.dtype
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _same_bits(tensor, copy) -> bool:
+    """Whether two tensors of one shape and dtype hold the same bits (NaN equal to itself)."""
+    if tensor.shape != copy.shape or tensor.dtype != copy.dtype:
+        return False
+    if tensor.dtype == torch.bool or tensor.is_sparse or tensor.element_size() not in _BITS:
+        return bool(torch.equal(tensor.detach(), copy))
+    integer = _BITS[tensor.element_size()]
+    return bool(torch.equal(tensor.detach().view(integer), copy.view(integer)))
+
+
+def _restore(entries) -> None:
+    """Each entry's tensor written: its memory given back, its copied values, its version."""
+    with torch.no_grad():
+        for tensor, version, copy, owners, alias in entries:
+            if not _written(tensor, version, copy, owners, alias):
+                continue
+            if not _same_data(tensor, alias):
+                tensor.data = alias
+            tensor.detach().copy_(copy)
+            _set_version(tensor, version)
 
 
 def _set_version(tensor, version: int) -> None:
@@ -155,14 +218,13 @@ def _function_name(node) -> str:
     return name
 
 
-def _reachable(node) -> list:
-    """The tensors ``node``'s backward can reach: what it saved, its ``ctx``'s tensors and
-    modules, the tensors and modules its code reads by a global name or a closure."""
+def _reachable(node) -> tuple[list, list]:
+    """The tensors ``node``'s backward can reach (what it saved, the tensors and modules its
+    ``ctx`` holds and its code reads, :func:`reached`), and the user's random generators."""
     from .graph_facts import raw_saved
-    from .reentrant import _held
     found = [saved.data for saved in raw_saved(node)
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
-    held = _held(vars(node).values()) if hasattr(node, "__dict__") else []
+    held = reached(vars(node).values()) if hasattr(node, "__dict__") else []
     held += read_by(getattr(getattr(node, "_forward_cls", None), "backward", None))
     for value in held:
         if isinstance(value, torch.Tensor):
@@ -170,34 +232,90 @@ def _reachable(node) -> list:
         elif isinstance(value, torch.nn.Module):
             found.extend(value.parameters())
             found.extend(value.buffers())
-    return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
+    return ([t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)],
+            [value for value in held if isinstance(value, own_generators.KINDS)])
 
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
+OPEN_MOST, ITEMS_MOST = 2048, 512  # objects opened at most, and items of one container
+_CONTAINERS = (list, tuple, set, frozenset)
 
 
 def read_by(function) -> list:
     """The objects a Python ``function`` (or staticmethod) reads by a global name (followed
-    by attributes of modules and classes) or a closure, and what the user's own Python
-    functions among them read in turn (a helper called with a generator or tensor of its
-    module's: up to :data:`READ_DEPTH` calls deep, :data:`READ_MOST` functions; library
-    code is not followed); [] for anything else."""
-    from .reentrant import _globals_read
-    found, seen, todo = [], set(), [(function, 0)]
-    while todo and len(seen) < READ_MOST:
+    by attributes of modules and classes) or a closure, and what they hold and read in turn
+    (:func:`reached`): [] for anything that is not a function."""
+    function = getattr(function, "__func__", function)
+    return reached([function])[1:] if isinstance(function, types.FunctionType) else []
+
+
+def reached(values) -> list:
+    """``values`` and what code can reach from them: the items of lists, tuples, sets and
+    dicts; a user's object's attributes and its class's methods; a bound method's object; a
+    ``functools.partial``'s function and arguments; and, for the user's own Python
+    functions, what they read by a global name or a closure and their default arguments
+    (up to :data:`READ_DEPTH` calls deep, :data:`READ_MOST` functions; library code is not
+    followed, nor tensors and modules opened: their callers take their parameters)."""
+    found, seen, functions = [], set(), [0]
+    todo = [(value, 0) for value in reversed(list(values))]
+    while todo and len(seen) < OPEN_MOST:
         now, depth = todo.pop()
-        now = getattr(now, "__func__", now)
-        if not isinstance(now, types.FunctionType) or id(now) in seen:
+        if id(now) in seen:
             continue
         seen.add(id(now))
-        closed = dict(zip(now.__code__.co_freevars, map(_contents, now.__closure__ or ())))
-        read = _globals_read(now.__code__, {**now.__globals__,
-                                            **{f"*{k}": v for k, v in closed.items()}})
-        read += list(closed.values())
-        found += read
-        if depth < READ_DEPTH:
-            todo += [(f, depth + 1) for f in read if users_function(f)]
+        found.append(now)
+        todo += [(value, depth + 1) for value in reversed(_opened(now, depth, functions))]
     return found
+
+
+def _opened(value, depth: int, functions: list) -> list:
+    """What ``value`` holds or reads (one step of :func:`reached`)."""
+    if isinstance(value, (torch.Tensor, torch.nn.Module, type, types.ModuleType, str, bytes)):
+        return []
+    if isinstance(value, dict):
+        return list(itertools.islice(value.values(), ITEMS_MOST))
+    if isinstance(value, _CONTAINERS):
+        return list(itertools.islice(value, ITEMS_MOST))
+    if isinstance(value, (staticmethod, classmethod)):
+        return [value.__func__]
+    if isinstance(value, types.MethodType):
+        return [value.__func__, value.__self__]
+    if isinstance(value, functools.partial):
+        return [value.func, *value.args, *value.keywords.values()]
+    if isinstance(value, types.FunctionType):
+        if depth > READ_DEPTH or functions[0] >= READ_MOST or not users_function(value):
+            return []
+        functions[0] += 1
+        return _read(value)
+    return _attributes(value) if _users_type(type(value)) else []
+
+
+def _read(function: types.FunctionType) -> list:
+    """What ``function`` reads by a global name or a closure, and its default arguments."""
+    from .reentrant import _globals_read
+    closed = dict(zip(function.__code__.co_freevars, map(_contents, function.__closure__ or ())))
+    read = _globals_read(function.__code__, {**function.__globals__,
+                                             **{f"*{k}": v for k, v in closed.items()}})
+    return [*read, *closed.values(), *(function.__defaults__ or ()),
+            *(function.__kwdefaults__ or {}).values()]
+
+
+def _attributes(value) -> list:
+    """A user's object's attributes and the methods its classes (the user's) define."""
+    held = list(itertools.islice(vars(value).values(), ITEMS_MOST)) \
+        if hasattr(value, "__dict__") else []
+    return held + [method for cls in type(value).__mro__ if _users_type(cls)
+                   for method in vars(cls).values()
+                   if isinstance(method, (types.FunctionType, staticmethod, classmethod))]
+
+
+def _users_type(cls: type) -> bool:
+    """Whether ``cls`` is a class of the user's, not a library's: by its module, or (a
+    class made by ``exec`` in a bare namespace is put in ``builtins``) by its methods."""
+    if str(getattr(cls, "__module__", "") or "").partition(".")[0] not in LIBRARIES:
+        return True
+    return any(users_function(method) for method in vars(cls).values()
+               if isinstance(method, types.FunctionType))
 
 
 def _contents(cell):

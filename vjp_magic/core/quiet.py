@@ -213,14 +213,16 @@ def guarded_reads(cls: type | None = None, *, plain: tuple = ()):
         if name.startswith("_") and name not in _READS:
             continue
         if isinstance(value, property) and value.fget is not None:
-            setattr(cls, name, property(_guarded(value.fget), value.fset, value.fdel,
+            setattr(cls, name, property(entry_point(value.fget), value.fset, value.fdel,
                                         value.__doc__))
         elif isinstance(value, types.FunctionType):
-            setattr(cls, name, _guarded(value, name in plain))
+            setattr(cls, name, entry_point(value, name in plain))
     return cls
 
 
-def _guarded(function, plain: bool = False):
+def entry_point(function, plain: bool = False):
+    """``function`` run as an entry point (see :func:`guarded_reads`) where called outside one
+    (``plain``: not where torch is plain, :func:`_plain_torch`)."""
     @functools.wraps(function)
     def read(*args, **kwargs):
         if _DEPTH.entries or plain and _plain_torch():
@@ -300,6 +302,6 @@ def _aside(autocast: list, default_device: bool):
         yield
 
 
-__all__ = ["analysis_device", "generator_states", "generators_kept", "guarded_reads",
+__all__ = ["analysis_device", "entry_point", "generator_states", "generators_kept", "guarded_reads",
            "no_subclass_code", "quiet_autograd", "restore_generators", "subclass_code",
            "user_subclass"]

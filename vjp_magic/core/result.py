@@ -18,7 +18,7 @@ from .derivatives import one_hot_gradients
 from .errors import OutOfRange, UnknownName, VJPUsageError
 from .outer import OuterProducts
 from .pairing import Pairing
-from .quiet import guarded_reads, no_subclass_code
+from .quiet import entry_point, guarded_reads, no_subclass_code
 from .sparse_layout import block_csr, coo_derivatives, csr_block, unravelled
 from .validation import parameter_expression, spelled_for
 
@@ -116,7 +116,9 @@ class SparseDerivatives(NamedTuple):
 
 class _Derivatives:
     """:attr:`InputResult.derivatives`: held as given, a :class:`SparseDerivatives` or
-    :class:`.outer.OuterProducts` made into its tensor when first read (and kept)."""
+    :class:`.outer.OuterProducts` made into its tensor when first read (and kept), as an
+    entry point (:func:`.quiet.entry_point`: a first read in a later cell, under the user's
+    torch mode, runs none of it)."""
 
     def __set_name__(self, owner, name: str) -> None:
         self.slot = "_" + name
@@ -126,7 +128,7 @@ class _Derivatives:
             raise AttributeError("derivatives")
         value = item.__dict__[self.slot]
         if isinstance(value, (SparseDerivatives, OuterProducts)):
-            value = item.__dict__[self.slot] = value.tensor()
+            value = item.__dict__[self.slot] = entry_point(value.tensor)()
         return value
 
     def __set__(self, item, value) -> None:

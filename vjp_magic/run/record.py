@@ -36,11 +36,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._device import DeviceContext
 from torch.utils.hooks import RemovableHandle
 
-from ..core import numpy_rng
+from ..core import numpy_rng, own_generators
 from ..core.memory import gb
 from ..core.origin import ours, torchs
 from ..core.quiet import no_subclass_code
-from . import own_generators
 
 MAX_CALLS = 50_000  # calls recorded; past this the record gives up (and frees what it held)
 MAX_COPY_ENTRIES = 1 << 16  # entries of one in-place target copied before the call

@@ -16,18 +16,18 @@ import random
 import numpy
 import torch
 
-from ..core.backward_writes import read_by
 
-_KINDS = (torch.Generator, numpy.random.Generator, numpy.random.RandomState, random.Random)
+KINDS = (torch.Generator, numpy.random.Generator, numpy.random.RandomState, random.Random)
 
 
 def reachable(function: type, args, kwargs) -> list:
     """The generator objects ``function``'s forward reads by a global name (and attributes
     of modules and classes) or a closure, and those among ``args`` and ``kwargs``."""
+    from .backward_writes import read_by
     values = [*args, *kwargs.values()] + read_by(getattr(function, "forward", None))
     found: list = []
     for value in values:
-        if isinstance(value, _KINDS) and not any(value is f for f in found):
+        if isinstance(value, KINDS) and not any(value is f for f in found):
             found.append(value)
     return found
 
