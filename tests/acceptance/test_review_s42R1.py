@@ -105,7 +105,6 @@ def _plain_held(function: str):
     return held.clone(), held._version
 
 
-@pytest.mark.xfail(strict=True, reason=R1_1)
 @pytest.mark.parametrize("function", list(_HOLDERS))
 def test_a_backward_writing_a_held_tensor_leaves_it_as_a_plain_run(function):
     ns: dict = {}
@@ -120,7 +119,6 @@ def test_a_backward_writing_a_held_tensor_leaves_it_as_a_plain_run(function):
     assert torch.equal(held, value) and held._version == version
 
 
-@pytest.mark.xfail(strict=True, reason=R1_1)
 @pytest.mark.parametrize("function", list(_HOLDERS))
 def test_a_vjp_cell_whose_backward_writes_a_held_tensor_leaves_it_as_a_plain_run(
         ip, run_ok, function):
@@ -194,7 +192,6 @@ _API = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=R1_2)
 @pytest.mark.parametrize("api", list(_API))
 @pytest.mark.parametrize("function", list(_STATES))
 def test_a_backward_drawing_from_the_users_generator_leaves_it_as_a_plain_run(function, api):
@@ -205,7 +202,6 @@ def test_a_backward_drawing_from_the_users_generator_leaves_it_as_a_plain_run(fu
     assert _STATES[function](ns) == _plain_state(function)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_2)
 @pytest.mark.parametrize("line", ["", "--gradcheck", "--explain"])
 @pytest.mark.parametrize("function", list(_STATES))
 def test_a_vjp_cell_whose_backward_draws_leaves_the_users_generator(ip, run_ok, function, line):
@@ -485,7 +481,6 @@ R1_6 = ("R1-6: a custom Function whose backward accumulates a parameter's gradie
         "versions, not .grad assigned or written through)")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_6)
 @pytest.mark.parametrize("earlier", [None, 7.0])
 @pytest.mark.parametrize("line", ["", "--gradcheck", "--wrt x"])
 def test_a_backward_writing_a_parameters_grad_leaves_it_as_a_plain_run(
@@ -501,7 +496,6 @@ def test_a_backward_writing_a_parameters_grad_leaves_it_as_a_plain_run(
         assert grad is not None and torch.equal(grad, torch.full((4,), earlier))
 
 
-@pytest.mark.xfail(strict=True, reason=R1_6)
 def test_differentiate_through_a_hand_accumulating_backward_leaves_grad_none():
     ns: dict = {}
     exec(MANUAL, ns)
@@ -706,7 +700,6 @@ R1_7 = ("R1-7: a custom backward that writes the user's tensor through .data (W.
         "counters, which .data writes and .data rebinding do not move")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_7)
 @pytest.mark.parametrize("function", ["Dense", "Rebinds"])
 def test_a_backward_writing_through_data_is_refused_or_right_and_put_back(function):
     ns: dict = {}
@@ -722,7 +715,6 @@ def test_a_backward_writing_through_data_is_refused_or_right_and_put_back(functi
         torch.testing.assert_close(r.jacobian("x"), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_7)
 def test_a_vjp_cell_whose_backward_writes_through_data_leaves_w_as_a_plain_run(ip, run_ok):
     run_ok(THROUGH_DATA)
     result = ip.run_cell("%%vjp\n" + _DATA_CELL.format(f="Dense"))
@@ -740,7 +732,6 @@ R1_8 = ("R1-8: the first read of per-sample Linear weights kept as factors throu
         "outside quiet.guarded_reads")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_8)
 @pytest.mark.parametrize("mode", ["function", "dispatch"])
 def test_reading_factored_weights_through_inputs_runs_no_mode_of_the_users(mode):
     from mode_loggers import DispatchLog, FunctionLog

@@ -182,3 +182,86 @@ def test_a_backward_writing_a_tensor_it_closes_over_is_put_back():
     with pytest.raises(VJPUsageError, match="Closed's backward writes"):
         vjp_magic.differentiate(_closing_over(t).apply(x), x)
     assert torch.equal(t, torch.linspace(1., 2., 3)) and t._version == 0
+
+
+# -- what a backward reaches beyond names: other holders, .grad, generators (s42 R1-1/2/6/7) --
+
+HOLDERS = '''
+import collections, types, dataclasses, random
+import numpy as np
+import torch
+@dataclasses.dataclass
+class Cfg:
+    buffers: dict
+NS = types.SimpleNamespace(t=torch.zeros(2))
+Q = collections.deque([torch.zeros(2)])
+CFG = Cfg(buffers={"a": [(torch.zeros(2),)]})        # a dataclass holding a dict of lists
+TRACK = {"k": types.SimpleNamespace(rng=random.Random(1))}
+class Write(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x): return x * 3
+    @staticmethod
+    def backward(ctx, g):
+        WHERE()
+        return g * 3
+'''
+_WHERE = {
+    "a SimpleNamespace": ("NS.t.add_(1)", lambda ns: ns["NS"].t),
+    "a deque": ("Q[0].add_(1)", lambda ns: ns["Q"][0]),
+    "a dataclass's dict of lists of tuples": ("CFG.buffers['a'][0][0].add_(1)",
+                                              lambda ns: ns["CFG"].buffers["a"][0][0]),
+}
+
+
+def _held_cell(where: str) -> dict:
+    ns: dict = {}
+    exec(HOLDERS.replace("WHERE()", where), ns)
+    exec("x = torch.linspace(1., 2., 2, requires_grad=True)\ny = Write.apply(x) ** 2\n", ns)
+    return ns
+
+
+@pytest.mark.parametrize("where", list(_WHERE))
+def test_a_tensor_a_backward_reaches_through_any_holder_is_put_back_and_refused(where):
+    code, held = _WHERE[where]
+    ns = _held_cell(code)
+    before = held(ns).clone(), held(ns)._version
+    with pytest.raises(VJPUsageError, match="Write's backward writes"):
+        vjp_magic.differentiate(ns["y"], ns["x"])
+    assert torch.equal(held(ns), before[0]) and held(ns)._version == before[1]
+
+
+def test_a_generator_in_a_namespace_in_a_dict_is_left_as_the_cell_left_it():
+    ns = _held_cell("TRACK['k'].rng.random()")
+    state = ns["TRACK"]["k"].rng.getstate()
+    r = vjp_magic.differentiate(ns["y"], ns["x"])
+    assert ns["TRACK"]["k"].rng.getstate() == state
+    torch.testing.assert_close(r.jacobian("x"), torch.diag(18 * ns["x"].detach()))
+
+
+@pytest.mark.parametrize("earlier", [None, "zeros", "ones"])
+def test_a_grad_a_backward_assigns_or_writes_is_as_the_cell_left_it(earlier):
+    ns = _held_cell("W.grad = torch.full_like(W, 5.) if W.grad is None else W.grad.add_(5)")
+    ns["W"] = torch.nn.Parameter(torch.ones(2))
+    if earlier is not None:
+        ns["W"].grad = getattr(torch, earlier)(2)
+    grad = ns["W"].grad
+    kept = None if grad is None else (grad.clone(), grad._version)
+    vjp_magic.differentiate(ns["y"], ns["x"])
+    assert ns["W"].grad is grad
+    if kept is not None:
+        assert torch.equal(grad, kept[0]) and grad._version == kept[1]
+
+
+def test_a_backward_giving_a_tensor_new_data_is_put_back_and_refused():
+    ns = _held_cell("NS.t.data = NS.t.data + 1")
+    memory = ns["NS"].t.data_ptr()
+    with pytest.raises(VJPUsageError):
+        vjp_magic.differentiate(ns["y"], ns["x"])
+    assert ns["NS"].t.data_ptr() == memory and torch.equal(ns["NS"].t, torch.zeros(2))
+
+
+def test_reached_is_bounded_and_opens_no_library_object():
+    big = {i: torch.zeros(1) for i in range(10_000)}
+    found = backward_writes.reached([big, torch.nn.Linear(2, 2), torch.zeros(1)])
+    assert len(found) <= backward_writes.OPEN_MOST
+    assert not any(isinstance(v, torch.nn.Parameter) for v in found)  # modules: not opened

@@ -16,6 +16,8 @@ Function whose backward wrote what. :func:`writes_kept` bounds it to one analysi
 """
 from __future__ import annotations
 
+import builtins
+import collections
 import contextlib
 import functools
 import itertools
@@ -238,7 +240,7 @@ def _reachable(node) -> tuple[list, list]:
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
 OPEN_MOST, ITEMS_MOST = 2048, 512  # objects opened at most, and items of one container
-_CONTAINERS = (list, tuple, set, frozenset)
+_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
 
 
 def read_by(function) -> list:
@@ -287,7 +289,8 @@ def _opened(value, depth: int, functions: list) -> list:
             return []
         functions[0] += 1
         return _read(value)
-    return _attributes(value) if _users_type(type(value)) else []
+    return _attributes(value) \
+        if _users_type(type(value)) or isinstance(value, types.SimpleNamespace) else []
 
 
 def _read(function: types.FunctionType) -> list:
@@ -310,12 +313,12 @@ def _attributes(value) -> list:
 
 
 def _users_type(cls: type) -> bool:
-    """Whether ``cls`` is a class of the user's, not a library's: by its module, or (a
-    class made by ``exec`` in a bare namespace is put in ``builtins``) by its methods."""
-    if str(getattr(cls, "__module__", "") or "").partition(".")[0] not in LIBRARIES:
-        return True
-    return any(users_function(method) for method in vars(cls).values()
-               if isinstance(method, types.FunctionType))
+    """Whether ``cls`` is a class of the user's, not a library's: by its module (a class
+    made by ``exec`` in a bare namespace says ``builtins``, where no such builtin is)."""
+    module = str(getattr(cls, "__module__", "") or "")
+    if module == "builtins":
+        return getattr(builtins, cls.__name__, None) is not cls
+    return module.partition(".")[0] not in LIBRARIES
 
 
 def _contents(cell):
