@@ -249,7 +249,6 @@ def _compiled_frames(counters) -> int:
     return counters["frames"]["total"]
 
 
-@pytest.mark.xfail(strict=True, reason=R1_4)
 def test_a_compiled_function_is_not_compiled_again_by_vjp(ip, run_ok, dynamo_counters):
     body = "x = torch.linspace(-1, 1, 6, requires_grad=True)\ny = f(x)"
     run_ok(_COMPILED)

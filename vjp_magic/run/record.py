@@ -555,7 +555,7 @@ def recording():
     handles = RemovableHandle.next_id  # every hook registered makes one
     _push_beneath_users(recorder)
     try:
-        with _custom_functions_recorded(recorder):
+        with _custom_functions_recorded(recorder), compiled_code_run_eagerly():
             yield record
     except BaseException:
         record.release()
@@ -565,6 +565,18 @@ def recording():
             record._give_up("the cell took vjp_magic's recorder off torch's mode stack "
                             "(it popped more modes than it entered)")
         record.hooks_registered = RemovableHandle.next_id - handles
+
+
+def compiled_code_run_eagerly():
+    """A context in which the user's ``torch.compile``\\ d functions run as plain Python
+    (``torch.compiler.set_stance("force_eager")``, torch >= 2.6; the user's own stance
+    afterwards): the recorder, a function mode, then sees their every call, and dynamo
+    neither compiles them again under a mode stack it guards on (the recorder's) nor leaves
+    an entry for it in their cache, so the next plain call reuses what was compiled before.
+    A no-op where torch has no stances or dynamo was never imported (nothing compiled)."""
+    dynamo = sys.modules.get("torch._dynamo")
+    stance = getattr(dynamo, "set_stance", None) if dynamo is not None else None
+    return contextlib.nullcontext() if stance is None else stance("force_eager")
 
 
 def _push_beneath_users(recorder: _Recorder) -> None:
