@@ -747,7 +747,7 @@ def _refuse_empty(output: torch.Tensor, x: torch.Tensor) -> None:
 def from_result(result, name: str, out_axis: int, in_axis: int) -> Dependency:
     """The exact pattern, read off ``result.inputs[name]`` (pairing and derivatives)."""
     item = result.inputs[name]
-    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.shape)
     a = _axis(out_axis, len(out_shape), f"output ({len(out_shape)}-d)")
     b = _axis(in_axis, len(in_shape), f"input {name} ({len(in_shape)}-d)")
     m, n = out_shape[a], in_shape[b]

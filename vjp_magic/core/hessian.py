@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -31,7 +31,7 @@ from .errors import VJPUsageError
 from .marked import marked
 from .pairing import Evidence, Pairing
 from .quiet import guarded_reads, no_subclass_code
-from .result import DerivativeResult, InputResult
+from .result import DerivativeResult, InputResult, Seen, SeenInput
 from .retained import keeps_retained_grads
 from .sparse_layout import block_csr, csr_matrix, csr_rows, unravelled
 from .tagging import depends_on, walk_nodes
@@ -45,7 +45,7 @@ from .vector_sparse_hessian import SparseBlocks, vector_sparse_hessian
 
 
 @dataclass
-class HessianInput:
+class HessianInput(SeenInput):
     """The second derivatives with respect to one input: ``pairing`` the output's point axes
     (``r.point_axes``), ``derivatives`` the per-point Hessians (module docstring);
     ``structure``/``second``: D's axes paired with x's and ∂D/∂x under that pairing (what
@@ -75,21 +75,25 @@ class HessianInput:
     conditional_on: tuple[str, ...] = ()
     # a vector output's second derivatives, sparse (:mod:`.vector_sparse_hessian`)
     sparse_blocks: SparseBlocks | None = None
+    seen: Seen | None = field(default=None, repr=False, compare=False)  # (SeenInput)
 
-    point_count = property(lambda self: self.pairing.point_count(self.tensor.shape))
-    has_points = property(lambda self: any(self.tensor.shape[b] > 1
+    def __post_init__(self) -> None:
+        self._note_seen()
+
+    point_count = property(lambda self: self.pairing.point_count(self.shape))
+    has_points = property(lambda self: any(self.shape[b] > 1
                                            for b in self.pairing.in_axes))
 
     @property
     def per_point_shape(self) -> tuple[int, ...]:
         """The shape of one point's entries of ``x`` (its non-point axes)."""
         paired = set(self.pairing.in_axes)
-        return tuple(n for b, n in enumerate(self.tensor.shape) if b not in paired)
+        return tuple(n for b, n in enumerate(self.shape) if b not in paired)
 
     def blocks(self, component_count: int) -> torch.Tensor:
         """The per-point Hessians as (components, points, m, m), m = entries per point (a
         view where the axes allow)."""
-        x_ndim, pp = self.tensor.dim(), len(self.per_point_shape)
+        x_ndim, pp = self.dim(), len(self.per_point_shape)
         d = self.derivatives.reshape((component_count,) + self.derivatives.shape[
             self.derivatives.dim() - x_ndim - pp:])
         in_points = list(self.pairing.in_axes)
@@ -136,7 +140,7 @@ class HessianResult(DerivativeResult):
             return blocks.csr(
                 self.memory_budget or memory.resolve_budget(None, self.output.device),
                 f"The sparse Hessian of {self.output_name} with respect to {name}")
-        n = item.tensor.numel()
+        n = item.numel()
         if layout is torch.sparse_csr and item.sparse is not None:
             return item.sparse.matrix
         size = self.output.numel() * n ** 2
@@ -149,13 +153,13 @@ class HessianResult(DerivativeResult):
             "h.hessian(name, layout=torch.sparse_csr)" if item.sparse_blocks is not None \
             else "Use h.derivatives (the point structure keeps only what is non-zero)"
         memory.refuse_if_over(
-            size * item.tensor.element_size(), budget, f"The full Hessian of "
+            size * item.element_size(), budget, f"The full Hessian of "
             f"{self.output_name} with respect to {name} ({size:,} entries)", advice=advice)
         if item.sparse_blocks is not None:
             full = item.sparse_blocks.coo().to_dense()
         elif item.sparse is not None:
             full = item.sparse.matrix.to_dense().reshape(
-                tuple(self.output.shape) + tuple(item.tensor.shape) * 2)
+                tuple(self.output.shape) + tuple(item.shape) * 2)
         else:
             full = full_hessian(self.output.shape, item)
         return full if layout is torch.strided else dense_as_csr(full, self.output.numel() * n, n)
@@ -290,7 +294,7 @@ def _judged(item: HessianInput, d: torch.Tensor, seed: int, count: int) -> Hessi
     if item.sparse is not None and not item.unverified:
         return item
     worst, pairwise = asymmetry(item, count, pairwise=bool(item.unverified))
-    dtype = item.tensor.dtype
+    dtype = item.dtype
     if item.sparse is None:
         item.symmetric = worst <= max(tolerances(dtype).symbolic, rounding_range(dtype))
     item.asymmetry = worst
@@ -363,8 +367,8 @@ def sparse_advice(output: torch.Tensor, item, output_name: str) -> str:
         return memory.DEFAULT_ADVICE
     reads = torch.diff(sparse.matrix.crow_indices().cpu())
     nnz = int((reads * reads).sum())
-    index_bytes = 8 * (output.dim() + 2 * item.tensor.dim())
-    nbytes = nnz * (index_bytes + item.tensor.element_size())
+    index_bytes = 8 * (output.dim() + 2 * item.dim())
+    nbytes = nnz * (index_bytes + item.element_size())
     given = "" if not sparse.conditional_on else \
         f" (for every x that gives {', '.join(sparse.conditional_on)} the same selections)"
     return (f"As sparse second derivatives they have at most {nnz:,} nonzeros "
@@ -398,7 +402,7 @@ def _zero_sparse(base: HessianInput) -> HessianInput:
     """A large scalar linear in x (or not reading it): the empty sparse Hessian."""
     matrix = empty_csr(base.tensor)
     base.constant = not base.unused
-    base.sparse = SparseHessian(matrix, torch.zeros(base.tensor.numel(), dtype=torch.int64),
+    base.sparse = SparseHessian(matrix, torch.zeros(base.numel(), dtype=torch.int64),
                                 0, 0, "proved")
     base.derivatives = matrix
     return base
@@ -725,7 +729,7 @@ def _read(item: HessianInput, d_index, k_index, shape) -> torch.Tensor:
 
 def per_point_hessians(out_shape, item: HessianInput) -> torch.Tensor:
     """``component shape + x.shape + per-point shape``: ∂²y[c, p(j)]/∂x_j ∂x_(p(j), k')."""
-    x_shape = tuple(item.tensor.shape)
+    x_shape = tuple(item.shape)
     comp = item.pairing.component_shape(out_shape)
     pp = item.per_point_shape
     ndim, device = len(comp) + len(x_shape) + len(pp), item.second.device
@@ -741,7 +745,7 @@ def per_point_hessians(out_shape, item: HessianInput) -> torch.Tensor:
 def full_hessian(out_shape, item: HessianInput) -> torch.Tensor:
     """``output.shape + x.shape + x.shape``: H[y, j, k] = ∂D[c(y), j]/∂x_k where ``j`` is at
     ``y``'s point, else 0."""
-    out_shape, x_shape = tuple(out_shape), tuple(item.tensor.shape)
+    out_shape, x_shape = tuple(out_shape), tuple(item.shape)
     o, n = len(out_shape), len(x_shape)
     ndim, device = o + 2 * n, item.second.device
     points = set(item.pairing.out_axes)
@@ -763,8 +767,8 @@ def points_csr(out_shape, item: HessianInput, budget: int, what: str) -> torch.T
     under ``item.structure``, rows (c, j) of D = ∂y/∂x), each row moved to the Hessian's row
     (y, j), y the output entry of component c at j's point (one y per (c, j)). Refused over
     the budget, which counts its row pointers and nonzeros."""
-    out_shape, x_shape = tuple(out_shape), tuple(item.tensor.shape)
-    n, m = item.tensor.numel(), math.prod(out_shape)
+    out_shape, x_shape = tuple(out_shape), tuple(item.shape)
+    n, m = item.numel(), math.prod(out_shape)
     comp = item.pairing.component_shape(out_shape)
     d = block_csr(item.second, comp + x_shape, item.structure)
     cols, values = d.col_indices(), d.values()
@@ -833,8 +837,8 @@ def _notes(result: HessianResult) -> list[str]:
                          f"{item.asymmetry:.2g} of its largest entry): the function is not twice "
                          "continuously differentiable here (a kink, clamp or abs), or a custom "
                          "backward is not the derivative of its forward.")
-        elif item.asymmetry > tolerances(item.tensor.dtype).symbolic:
-            dtype = str(item.tensor.dtype).replace("torch.", "")
+        elif item.asymmetry > tolerances(item.dtype).symbolic:
+            dtype = str(item.dtype).replace("torch.", "")
             notes.append(f"The Hessian with respect to {name} is symmetric up to {dtype} "
                          f"rounding in sums that cancel: |H - Hᵀ| is up to "
                          f"{item.asymmetry:.2g} of its largest entry, more than the rounding "

@@ -135,8 +135,55 @@ class _Derivatives:
         item.__dict__[self.slot] = value
 
 
+class Seen(NamedTuple):
+    """An input tensor's metadata as the analysis saw it (:func:`seen`)."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+    layout: torch.layout
+    is_leaf: bool
+
+
+def seen(tensor: torch.Tensor) -> Seen:
+    """``tensor``'s :class:`Seen`, read as torch's (no subclass's ``__torch_function__``)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return Seen(tensor.shape, tensor.dtype, tensor.device, tensor.layout, tensor.is_leaf)
+
+
+class SeenInput:
+    """An input's record (:class:`InputResult`, a Hessian's input): its shape, dtype, device,
+    layout, ``is_leaf``, ``numel()``, ``dim()`` and ``element_size()`` as the analysis saw
+    them, noted when the record was made (field ``seen``). The one place a result's reads
+    take them from: the user's tensor (``.tensor``, kept for its identity: the graph walks
+    of the analysis, a parameter's spelling, the code's ``_.inputs[name].tensor``) may have
+    been given new data, resized, detached since (``x.data = torch.zeros(7)``)."""
+
+    tensor: torch.Tensor
+    seen: Seen | None
+
+    def _note_seen(self) -> None:
+        if self.seen is None:
+            self.seen = seen(self.tensor)
+
+    shape = property(lambda self: self.seen.shape)
+    dtype = property(lambda self: self.seen.dtype)
+    device = property(lambda self: self.seen.device)
+    layout = property(lambda self: self.seen.layout)
+    is_leaf = property(lambda self: self.seen.is_leaf)
+
+    def numel(self) -> int:
+        return math.prod(self.seen.shape)
+
+    def dim(self) -> int:
+        return len(self.seen.shape)
+
+    def element_size(self) -> int:
+        return torch._utils._element_size(self.seen.dtype)
+
+
 @dataclass
-class InputResult:
+class InputResult(SeenInput):
     """Everything known about one input."""
 
     name: str
@@ -156,29 +203,31 @@ class InputResult:
     # where the proved pairing rests on index values the graph saved (x[torch.arange(B), t]:
     # :attr:`.axisflow.GraphProof.conditional_on`): it holds for every input giving the same
     conditional_on: tuple[str, ...] = ()
+    seen: Seen | None = field(default=None, repr=False, compare=False)  # (SeenInput)
 
     def __post_init__(self) -> None:
         self.pairing = Pairing(self.pairing)  # plain ((a, b), ...) pairs are accepted too
+        self._note_seen()
 
     @property
     def point_count(self) -> int:
         """Number of points (product of the paired axes' sizes)."""
-        return self.pairing.point_count(self.tensor.shape)
+        return self.pairing.point_count(self.shape)
 
     @property
     def has_points(self) -> bool:
-        return any(self.tensor.shape[b] > 1 for b in self.pairing.in_axes)
+        return any(self.shape[b] > 1 for b in self.pairing.in_axes)
 
     def per_point_numel(self) -> int:
         paired = set(self.pairing.in_axes)
-        return math.prod(n for b, n in enumerate(self.tensor.shape) if b not in paired)
+        return math.prod(n for b, n in enumerate(self.shape) if b not in paired)
 
 
 def with_tensor(item, tensor: torch.Tensor):
     """``item`` (an :class:`InputResult`, or a Hessian's input) holding ``tensor``, its other
     fields as they are: a shallow copy, so derivatives not read yet are not made."""
     item = copy.copy(item)
-    item.tensor = tensor
+    item.tensor, item.seen = tensor, seen(tensor)
     return item
 
 
@@ -295,7 +344,7 @@ class DerivativeResult:
     def __repr__(self) -> str:
         if self.view is not None:
             return self.view.plain(self)
-        inputs = ", ".join(f"{n} {tuple(i.tensor.shape)}" for n, i in self.inputs.items())
+        inputs = ", ".join(f"{n} {tuple(i.shape)}" for n, i in self.inputs.items())
         shape = tuple(self.output.shape)
         return f"<{type(self).__name__}: {self.output_name} {shape} of {inputs}>"
 
@@ -338,7 +387,7 @@ class VJPResult(DerivativeResult):
         """For each input, the tangents u of the forward-mode passes (J·u) that computed its
         derivatives, shaped like the input, one per colour of its entries; empty where
         backward passes computed them (``r.gradients`` holds their v)."""
-        return ByName({name: ColouredGradients(r.tensor, r.sparse.colours, r.sparse.count)
+        return ByName({name: ColouredGradients(r, r.sparse.colours, r.sparse.count)
                        if r.sparse is not None and r.sparse.mode == "columns" else ()
                        for name, r in self.inputs.items()}, self)
 
@@ -362,7 +411,7 @@ class VJPResult(DerivativeResult):
         if layout != torch.strided:
             raise VJPUsageError(f"r.jacobian(name, layout=...) takes torch.strided (dense) or "
                                 f"torch.sparse_csr, not {layout}.")
-        size = self.output.numel() * item.tensor.numel()
+        size = self.output.numel() * item.numel()
         budget = self.memory_budget or memory.resolve_budget(None, self.output.device)
         sparse = item.sparse is not None
         memory.refuse_if_over(
@@ -373,11 +422,11 @@ class VJPResult(DerivativeResult):
             "structure keeps only what is non-zero) or r.jacobian_block(name, rows, cols) "
             "for a part of it",
         )
-        shape = tuple(self.output.shape) + tuple(item.tensor.shape)
+        shape = tuple(self.output.shape) + tuple(item.shape)
         if sparse:
             return item.sparse.matrix.to_dense().reshape(shape)
         rows = torch.arange(self.output.numel(), device=item.derivatives.device)
-        cols = torch.arange(item.tensor.numel(), device=item.derivatives.device)
+        cols = torch.arange(item.numel(), device=item.derivatives.device)
         return self.jacobian_block(name, rows, cols).reshape(shape)
 
     @no_subclass_code()  # x's shape read as torch's: no subclass's __torch_function__
@@ -386,10 +435,10 @@ class VJPResult(DerivativeResult):
         name = self.input_key(name)
         item = self.inputs[name]
         rows = _flat_indices(rows, self.output.numel(), "rows", self.output_name)
-        cols = _flat_indices(cols, item.tensor.numel(), "cols", name)
+        cols = _flat_indices(cols, item.numel(), "cols", name)
         if item.sparse is not None:
             return csr_block(item.sparse.matrix, rows, cols)
-        out_shape, in_shape = tuple(self.output.shape), tuple(item.tensor.shape)
+        out_shape, in_shape = tuple(self.output.shape), tuple(item.shape)
         out_idx = unravelled(rows, out_shape)
         in_idx = unravelled(cols, in_shape)
         point_out = set(item.pairing.out_axes)

@@ -571,7 +571,7 @@ def unverifiable_notes(result, nonfinite: dict[str, int]) -> list[str]:
     for name, flat in nonfinite.items():
         item = result.inputs[name]
         entry = ", ".join(str(int(i)) for i in torch.unravel_index(
-            torch.tensor(flat), tuple(item.tensor.shape))) if item.tensor.dim() else ""
+            torch.tensor(flat), tuple(item.shape))) if item.dim() else ""
         shown = "under the structure the graph proves" if item.has_points \
             else "as the full Jacobian"
         notes.append(

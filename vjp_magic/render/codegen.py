@@ -322,7 +322,7 @@ def display_loop(result, names: Sequence[str] | None = None,
     first = [*checked, *first, cleared_grads(xs, taken), *named]
     keep = ", retain_graph=True" if retain else ""
     first += [f"{x}.retain_grad()" for x, name in zip(xs, names)
-              if not result.inputs[name].tensor.is_leaf]
+              if not result.inputs[name].is_leaf]
     reads = [f"{x}.grad" for x in xs]
     listed = backward_inputs(result, names, xs)
     if result.output.numel() == 1 and not result.full:
@@ -459,7 +459,7 @@ def result_check(source: str, seed) -> str:
 
 def _save_grads(result, xs: dict[str, str], saved: str) -> list[str]:
     lines = [f"{xs[name]}.retain_grad()  # {name} is not a leaf: let backward fill {name}.grad"
-             for name in xs if not result.inputs[name].tensor.is_leaf]
+             for name in xs if not result.inputs[name].is_leaf]
     grads = ", ".join(f"{x}.grad" for x in xs.values())
     lines.append(f"{saved} = {grads}  # backward adds to .grad: keep what it holds, restored "
                  "below")

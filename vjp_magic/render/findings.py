@@ -81,7 +81,7 @@ def _broken(result, name: str) -> Dependency | None:
         return None
     kept = set(item.pairing.out_axes)
     for a, b in item.rejected[0]:
-        if a not in kept and item.tensor.shape[b] > 1:
+        if a not in kept and item.shape[b] > 1:
             found = _read(result, name, a, b)
             if found is not None and found.kind != Kind.INDEPENDENT:
                 return found
@@ -102,7 +102,7 @@ def _shared_axes(result, name: str) -> tuple[list[tuple[int, int]], bool]:
     most (y[t] and x[t] on one line: ``x[1:] - x[:-1]``, a convolution without padding; not
     a stride, nor the tutorial's two sums of x's four entries, whose zero derivative at
     x[0] = 0 would read as a triangle), and False."""
-    out, shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    out, shape = tuple(result.output.shape), tuple(result.inputs[name].shape)
     proposals = structure.candidate_pairings(out, shape, 1)
     pairs = [(a, b) for a, b in (proposals[0] if proposals else ()) if shape[b] > 1]
     if pairs or len(out) != len(shape):
@@ -237,10 +237,10 @@ def _leak_block(result, name: str, dep: Dependency, i: int, j: int) -> Block:
     index j along the input axis (entries fetched as shown, :meth:`jacobian_block`)."""
     item = result.inputs[name]
     device = item.derivatives.device
-    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.shape)
     rows = torch.arange(result.output.numel(), device=device).reshape(out_shape) \
         .select(dep.out_axis, i).reshape(-1)
-    cols = torch.arange(item.tensor.numel(), device=device).reshape(in_shape) \
+    cols = torch.arange(item.numel(), device=device).reshape(in_shape) \
         .select(dep.in_axis, j).reshape(-1)
     scalar = rows.numel() == 1 and cols.numel() == 1 and len(out_shape) + len(in_shape) == 2
     return Block(lambda r, c: result.jacobian_block(name, rows[r], cols[c]), rows.numel(),
@@ -252,7 +252,7 @@ def _break_line(result, name: str, dep: Dependency) -> Paragraph:
     row 0 of x); the derivatives below are the full Jacobian." """
     item = result.inputs[name]
     y = output_symbol(result)
-    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.shape)
     yn, xn = notation.prose_name(y), notation.prose_name(name)
     i, j = dep.witness
     kept = [b for b in item.pairing.in_axes if in_shape[b] > 1]
@@ -307,7 +307,7 @@ def _verdict_line(result, name: str, dep: Dependency) -> Paragraph:
     indices break "y[t] reads x[t] only", those, by name ("only y[1] reads x[0]")."""
     y = output_symbol(result)
     yt, xs = _indexed(y, dep.out_axis, "t"), _indexed(name, dep.in_axis, "s")
-    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].shape)
     along = [Text(f"Along {_the_axis(out_shape, dep.out_axis)} of "), notation.prose_name(y),
              Text(f" and {_the_axis(in_shape, dep.in_axis)} of "), notation.prose_name(name)]
     leaks = few_leaks(dep)
@@ -456,7 +456,7 @@ def sensitivity_formula(result, name: str, options) -> Formula | None:
     values = [float(t[f]) for f in shown if f is not None for t in (mean, largest)]
     fmt = alone(choose_format(values, digits))
     label = _feature_label(result, name, options.index_base)
-    point_shape = [item.tensor.shape[b] for b in sorted(item.pairing.in_axes)]
+    point_shape = [item.shape[b] for b in sorted(item.pairing.in_axes)]
     rows, labels = [], []
     for f in shown:
         if f is None:
@@ -541,7 +541,7 @@ def _feature_label(result, name: str, base: int = 1):
     item = result.inputs[name]
     comp = result.component_shape(name)
     paired = set(item.pairing.in_axes)
-    entry = tuple(n for b, n in enumerate(item.tensor.shape) if b not in paired)
+    entry = tuple(n for b, n in enumerate(item.shape) if b not in paired)
     x_tex, entries = notation.name_tex(name), math.prod(entry)
     x_tex = x_tex if len(x_tex) == 1 else "{" + x_tex + "}"
     f = notation.letters()[0]

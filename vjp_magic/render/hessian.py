@@ -156,7 +156,7 @@ def _band_at_this_x(h, name: str) -> list:
     compressed path names a proved one at a larger size; nothing where the band is not
     narrow (at least two diagonals of zeros beside it) or the headline says diagonal."""
     item = h.inputs[name]
-    m = item.tensor.numel()
+    m = item.numel()
     if (item.has_points or item.sparse is not None or math.prod(h.component_shape(name)) != 1
             or m < 3 or diagonal(h, name) or item.derivatives.layout != torch.strided):
         return []
@@ -176,7 +176,7 @@ def diagonal(h, name: str) -> bool:
     item = h.inputs[name]
     k = len(h.component_shape(name))
     points = set(item.pairing.in_axes)
-    rest = [b for b in range(item.tensor.dim()) if b not in points]
+    rest = [b for b in range(item.dim()) if b not in points]
     return bool(rest) and all((k + b, b) in set(item.structure) for b in rest)
 
 
@@ -228,8 +228,8 @@ def _scalar_per_point(h, name: str, options) -> Formula:
     """f″ at every point: shaped like x (one component), or one row per component."""
     item = h.inputs[name]
     d, comp = item.derivatives, h.component_shape(name)
-    letters = {b: _LETTERS[i % len(_LETTERS)] for i, b in enumerate(range(item.tensor.dim()))}
-    x_index = ",".join(letters[b] for b in range(item.tensor.dim()))
+    letters = {b: _LETTERS[i % len(_LETTERS)] for i, b in enumerate(range(item.dim()))}
+    x_index = ",".join(letters[b] for b in range(item.dim()))
     count = math.prod(comp)
     if count == 1:
         block = tensor_block(d) if d.dim() <= 2 else tensor_block(

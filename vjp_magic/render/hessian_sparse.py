@@ -41,9 +41,9 @@ def _parts(h, name: str) -> tuple:
     """What does not depend on the budget's level: the values' block and caption, the
     sentence on where all of them are, the code."""
     sparse = sparse_of(h, name)
-    shape = tuple(h.inputs[name].tensor.shape)
+    shape = tuple(h.inputs[name].shape)
     rows_as_x = SimpleNamespace(inputs={name: h.inputs[name]}, output_name=name,
-                                output=h.inputs[name].tensor)  # a row per entry of x
+                                output=h.inputs[name])  # a row per entry of x (its shape as seen)
     block, _ = values_block(rows_as_x, name)
     found = layout_of(sparse, shape, shape)
     x = notation.prose_name(name)

@@ -41,7 +41,7 @@ def _base(identifier: str) -> tuple[str, str]:
 def _point_pairs(result, name: str) -> list[tuple[int, int]]:
     """The pairs whose axes have more than one point, by output axis."""
     item = result.inputs[name]
-    return sorted((a, b) for a, b in item.pairing if item.tensor.shape[b] > 1)
+    return sorted((a, b) for a, b in item.pairing if item.shape[b] > 1)
 
 
 def _paired(result, name: str) -> list[tuple[int, int]]:
@@ -54,7 +54,7 @@ def index_letters(result, name: str) -> tuple[list[str], list[str]] | None:
     axes as the headline names them (i; i, j, l, … for several), one component axis ``k`` as
     the loop counts it, every other axis the next free letter of :data:`LETTERS`."""
     item = result.inputs[name]
-    out_dim, in_dim = result.output.dim(), item.tensor.dim()
+    out_dim, in_dim = result.output.dim(), item.dim()
     if out_dim + in_dim > len(LETTERS):
         return None
     pairs = _point_pairs(result, name)

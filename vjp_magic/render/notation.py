@@ -268,7 +268,7 @@ def derivative_lhs(result, name: str) -> Math:
             f, f_plain = (f"{g}_k'", f"{g}_k'") if scalar_in else \
                 (rf"\nabla {g}_k", f"grad {g}_k")
         return Math(f"{f}\\big({at.tex}\\big)", f"{f_plain}({at.plain})")
-    if item.tensor.numel() == 1:  # one variable: dy/dx (a column when y has several entries)
+    if item.numel() == 1:  # one variable: dy/dx (a column when y has several entries)
         return partial(output_symbol(result), name, straight=len(result.inputs) == 1)
     if comp == 1 or item.has_points:
         return partial(output_symbol(result), name)

@@ -63,11 +63,11 @@ def parameter_rows(result) -> list[Row]:
     for name, item in result.inputs.items():
         d = item.derivatives.detach()
         if d.numel() == 0:
-            rows.append(Row(name, tuple(item.tensor.shape), 0.0, 0.0, ()))
+            rows.append(Row(name, tuple(item.shape), 0.0, 0.0, ()))
             continue
         k, largest = _largest(d.reshape(-1))
         norm = float(torch.linalg.vector_norm(d))  # in its dtype: no copy as large
-        rows.append(Row(name, tuple(item.tensor.shape), norm, largest,
+        rows.append(Row(name, tuple(item.shape), norm, largest,
                         tuple(multi_index(k, tuple(d.shape))) if d.dim() else ()))
     return rows
 
@@ -118,7 +118,7 @@ def tensor_formulas(result, name: str, options) -> list:
     """One tensor's matrix beneath the table: its derivatives as the few-inputs display
     shows them, but one matrix where that would be a matrix per component (a weight's
     per-sample gradients): the Jacobian, a row per component, a column per entry."""
-    comp, shape = result.component_shape(name), result.inputs[name].tensor.shape
+    comp, shape = result.component_shape(name), result.inputs[name].shape
     if not (len(comp) >= 1 and len(shape) >= 2):
         return derivative_formulas(result, name, options)
     block = replace(jacobian_block(result, name), col_label=None)  # (labels: half the columns)
@@ -184,7 +184,7 @@ def _lead(result, rows: list[Row], left: list) -> Paragraph:
     the cell).`` Where the budget ``left`` out something (:func:`_left_out`), ``… torch.float32.
     Not shown, to fit one screen: their matrices; each in r.derivatives[name] (…).``: one
     sentence, no line more than a table of every tensor leaves."""
-    entries = sum(result.inputs[r.name].tensor.numel() for r in rows)
+    entries = sum(result.inputs[r.name].numel() for r in rows)
     y = output_symbol(result)
     first = rows[0].name
     where = [Text(". Not shown, to fit one screen: "), *left, Text("; each in ")] if left \

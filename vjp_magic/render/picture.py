@@ -78,7 +78,7 @@ class Pattern:
 # -- the pattern ----------------------------------------------------------------------------
 def _pairs(item) -> list[tuple[int, int]]:
     """The point pairs that matter (size > 1), by output axis."""
-    return sorted((a, b) for a, b in item.pairing if item.tensor.shape[b] > 1)
+    return sorted((a, b) for a, b in item.pairing if item.shape[b] > 1)
 
 
 def _box(item, out_shape, budget: int) -> dict[int, int]:
@@ -86,7 +86,7 @@ def _box(item, out_shape, budget: int) -> dict[int, int]:
     row-major order, as a box (inner point axes whole while they fit)."""
     keep: dict[int, int] = {}
     for _, b in reversed(_pairs(item)):
-        size = item.tensor.shape[b]
+        size = item.shape[b]
         keep[b] = max(1, min(size, budget))
         budget = max(1, budget // size)
     return keep
@@ -96,7 +96,7 @@ def _pictured(result, name: str, max_cells: int):
     """The derivatives of the pictured points, with the pictured shapes and point counts."""
     item = result.inputs[name]
     d = item.derivatives
-    out_shape, in_shape = list(result.output.shape), list(item.tensor.shape)
+    out_shape, in_shape = list(result.output.shape), list(item.shape)
     total = item.point_count if _pairs(item) and not result.full else 1
     comp, per_point = math.prod(result.component_shape(name)), item.per_point_numel()
     if total == 1 or (comp * total <= max_cells and per_point * total <= max_cells):
@@ -167,7 +167,7 @@ def _layout(item, out_shape) -> str:
     are contiguous blocks), ``trailing``, ``permuted`` (their order differs) or ``mixed``."""
     pairs = _pairs(item)
     outs = [a for a, size in enumerate(out_shape) if size > 1]
-    ins = [b for b, size in enumerate(item.tensor.shape) if size > 1]
+    ins = [b for b, size in enumerate(item.shape) if size > 1]
     pa, pb, k = [a for a, _ in pairs], [b for _, b in pairs], len(pairs)
     if pb != sorted(pb):
         return "permuted"
@@ -248,7 +248,7 @@ def _texts(result, name: str, p: Pattern) -> _Texts:
     cols = f"columns: {expression(x)}{index(inn)}, row-major"
     if legend:
         cols += "\n" + " · ".join(legend)
-    m, n = math.prod(result.output.shape), result.inputs[name].tensor.numel()
+    m, n = math.prod(result.output.shape), result.inputs[name].numel()
     alt = (f"Nonzero pattern of the {m:,} × {n:,} Jacobian ∂{y}/∂{x} ({p.word}{points}"
            + "".join(f"; {line}" for line in lines) + f"). Dark cells are nonzero; rows are "
            f"the entries of {y}, columns those of {x}, both flattened row-major.")
@@ -334,4 +334,4 @@ def wants_picture(result, name: str | None, options) -> bool:
     item = result.inputs[result.input_name(name)]
     if item.unused:
         return False
-    return max(result.output.numel(), item.tensor.numel()) > options.threshold
+    return max(result.output.numel(), item.numel()) > options.threshold

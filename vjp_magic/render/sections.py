@@ -157,7 +157,7 @@ def not_shown(result, shown: list[str]) -> Paragraph:
         if name is None:
             spans.append(Text(", …"))
             continue
-        dims = notation.dims(result.inputs[name].tensor.shape)
+        dims = notation.dims(result.inputs[name].shape)
         joiner = ", " if k and named[k - 1] is None else _joiner(k, len(named))
         spans += [Text(joiner), notation.prose_name(name), Text(f" ({dims})")]
     if len(left) == 1:
@@ -173,7 +173,7 @@ def not_shown(result, shown: list[str]) -> Paragraph:
 # -- shapes ---------------------------------------------------------------------------------
 def shapes(result) -> Paragraph:
     """``From x (3 × 2) to y (3), torch.float64.`` (each dtype named when they differ)."""
-    tensors = [(n, item.tensor) for n, item in result.inputs.items()]
+    tensors = list(result.inputs.items())  # (the records: shapes as the analysis saw them)
     dtypes = {t.dtype for _, t in tensors} | {result.output.dtype}
     one = len(dtypes) == 1
 
@@ -231,7 +231,7 @@ def _what(result, name: str) -> list:
         if few is not None:  # the values show it at this x, whatever the line beneath says
             return [y, Text(f" has {count:,} entries, each with at most "
                             f"{plural(few, 'nonzero derivative')} at this "), x,
-                    Text(f" (of {item.tensor.numel():,}): one gradient each, the rows of the "
+                    Text(f" (of {item.numel():,}): one gradient each, the rows of the "
                          "Jacobian" + _whole_when_small(result, name))]
         if _some_row_not_full(result, name):  # (causal, masked: the line beneath says which)
             return [y, Text(f" has {count:,} entries, each using some entries of "), x,
@@ -263,7 +263,7 @@ def _whole_when_small(result, name: str) -> str:
     enough for the coloured passes (``SPARSE_MIN_OUTPUT``); else nothing."""
     from ..core.compressed import SPARSE_MIN_ENTRIES, SPARSE_MIN_OUTPUT
 
-    m, n = result.output.numel(), result.inputs[name].tensor.numel()
+    m, n = result.output.numel(), result.inputs[name].numel()
     if m < SPARSE_MIN_OUTPUT or m * n > SPARSE_MIN_ENTRIES:
         return ""
     side = math.isqrt(SPARSE_MIN_ENTRIES)
@@ -278,7 +278,7 @@ def _nonzeros_a_row(result, name: str) -> int | None:
     the input's entries (a full Jacobian whose rows are sparse at this x: a reordering, a
     stride, a stencil); else None ("each may use every entry")."""
     item = result.inputs[name]
-    d, n = item.derivatives, item.tensor.numel()
+    d, n = item.derivatives, item.numel()
     if d.layout != torch.strided or n < 2 or d.numel() != result.output.numel() * n:
         return None
     most = int((d.reshape(-1, n) != 0).sum(1).max()) if d.numel() else 0
@@ -309,7 +309,7 @@ def headline(result, name: str) -> Paragraph:
                                        notation.prose_name(name),
                                        Text(": every derivative is 0.")]))
     spans = lead + _what(result, name)
-    pairs = [(a, b) for a, b in item.pairing if item.tensor.shape[b] > 1]
+    pairs = [(a, b) for a, b in item.pairing if item.shape[b] > 1]
     if item.has_points and not result.full:
         letters = notation.point_letters(len(pairs))
         out_axes = {a: letter for (a, _), letter in zip(pairs, letters)}
@@ -322,7 +322,7 @@ def headline(result, name: str) -> Paragraph:
                     [Text(" only (checked at this "), notation.prose_name(name),
                      Text(" only" + as_computed(result, name) + ").")])
         spans += [Text(": ")] + where(y, result.output.shape, out_axes) + [Text(" uses ")]
-        spans += where(name, item.tensor.shape, in_axes) + evidence
+        spans += where(name, item.shape, in_axes) + evidence
     else:
         spans.append(Text(as_computed(result, name, " (") + "."))
     return Paragraph(tuple(spans))
@@ -535,7 +535,7 @@ def derivative_formulas(result, name: str, options) -> list[Formula]:
     """``lhs = matrix`` for ``r.derivatives[name]`` (shape: components + the input's shape)."""
     item = result.inputs[name]
     d = item.derivatives
-    comp, in_shape = result.component_shape(name), tuple(item.tensor.shape)
+    comp, in_shape = result.component_shape(name), tuple(item.shape)
     lhs = notation.derivative_lhs(result, name)
     if d.dim() == 0:
         block = Block(lambda r, c: d.reshape(1, 1), 1, 1, d.device, scalar=True)
@@ -582,7 +582,7 @@ def _alone(result, name: str) -> bool:
 def _per_component(result, name: str, options) -> list[Formula]:
     """One matrix per component (each shaped like the input), a few when there are many."""
     item = result.inputs[name]
-    comp, in_shape = result.component_shape(name), tuple(item.tensor.shape)
+    comp, in_shape = result.component_shape(name), tuple(item.shape)
     count = math.prod(comp)
     flat = item.derivatives.reshape((count,) + in_shape)
     rows, cols = math.prod(in_shape[:-1]), in_shape[-1]
@@ -631,8 +631,8 @@ def jacobian_block(result, name: str) -> Block:
     """The flattened m × n Jacobian, labelled where shapes are not plain vectors (entries
     between different points are exactly 0: ``r.jacobian_block``)."""
     item = result.inputs[name]
-    out_shape, in_shape = tuple(result.output.shape), tuple(item.tensor.shape)
-    m, n = result.output.numel(), item.tensor.numel()
+    out_shape, in_shape = tuple(result.output.shape), tuple(item.shape)
+    m, n = result.output.numel(), item.numel()
     labelled = len(out_shape) >= 2 or len(in_shape) >= 2
 
     row_label = notation.entry_label(output_symbol(result), out_shape) \

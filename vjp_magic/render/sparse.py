@@ -561,7 +561,7 @@ def _mostly_spans(result, name: str, found: Layout) -> list:
     if mostly is None:
         return []
     y = output_symbol(result)
-    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].tensor.shape)
+    out_shape, in_shape = tuple(result.output.shape), tuple(result.inputs[name].shape)
     rows = "row" if mostly.count == 1 else "rows"
     words = kind_words(mostly.rest, math.prod(in_shape))
     like = words if words.startswith(("a ", "an ")) else f"a {words} one"
@@ -611,12 +611,12 @@ def pattern_paragraph(result, name: str, lead: bool = True) -> Paragraph:
     its input, where there are several)."""
     sparse = sparse_of(result, name)
     item = result.inputs[name]
-    found = layout_of(sparse, result.output.shape, item.tensor.shape)
+    found = layout_of(sparse, result.output.shape, item.shape)
     y = output_symbol(result)
     lead = [Text("With respect to "), notation.prose_name(name), Text(": ")] \
         if lead and len(result.inputs) > 1 else []
     spans = lead + [Text("the Jacobian " if lead else "The Jacobian "), notation.partial(y, name),
-                    Text(f" is {kind_words(found, item.tensor.numel())}")]
+                    Text(f" is {kind_words(found, item.numel())}")]
     reads = reads_spans(result, name, found)
     spans += ([Text(": ")] + reads if reads else []) + _mostly_spans(result, name, found)
     m, n = sparse.matrix.shape
@@ -634,7 +634,7 @@ def hessian_paragraph(h, name: str) -> Paragraph:
     row and a column per entry of x), its nonzeros, the products and how it is known: "The
     Hessian is tridiagonal: 299,998 nonzeros from 3 Hessian-vector products (…)"."""
     sparse = sparse_of(h, name)
-    shape = tuple(h.inputs[name].tensor.shape)
+    shape = tuple(h.inputs[name].shape)
     found = layout_of(sparse, shape, shape)
     x = notation.prose_name(name)
     products = "product" if sparse.count == 1 else "products"
@@ -666,7 +666,7 @@ def colour_paragraph(result, name: str, options=None) -> Paragraph:
     colour, and what the passes give (where the screen is short, :class:`.budget.Fit`'s
     ``extras`` off: without the pointer to every colour, which the code reads)."""
     sparse = sparse_of(result, name)
-    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].shape)
     y, k = output_symbol(result), sparse.count
     columns = by_columns(sparse)
     coloured = name if columns else y  # whose entries carry the colours
@@ -731,14 +731,14 @@ def colour_code(result, name: str, first: tuple[str, ...] = ()) -> str:
     and fills no other ``.grad`` (``inputs=[x]`` where one would be filled:
     :func:`.codegen.backward_inputs`)."""
     sparse = sparse_of(result, name)
-    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].shape)
     names, taken = code_names(result, name)
     y = names["y"]
     lines = [*first] + ([] if y == result.output_name else [f"{y} = {result.output_name}"])
     x = expression(name)
     if by_columns(sparse):  # autograd.grad: no .grad, no retain_grad
         return _joined(lines + _column_lines(found.form, x, sparse.count, name, names, taken))
-    if not result.inputs[name].tensor.is_leaf:
+    if not result.inputs[name].is_leaf:
         lines.append(f"{x}.retain_grad()")
     colour, g, c, v = (names[base] for base in ("colour", "g", "c", "v"))
     k, listed = sparse.count, backward_inputs(result, [name], [x])  # (no other .grad filled)
@@ -849,7 +849,7 @@ def values_block(result, name: str) -> tuple[Block, list]:
     output and a column per offset (the diagonals); else the m × n Jacobian, looked up."""
     sparse = sparse_of(result, name)
     item = result.inputs[name]
-    shape, out_shape = tuple(item.tensor.shape), tuple(result.output.shape)
+    shape, out_shape = tuple(item.shape), tuple(result.output.shape)
     found = layout_of(sparse, out_shape, shape)
     matrix, y = sparse.matrix, output_symbol(result)
     m, n = matrix.shape
@@ -887,7 +887,7 @@ def _first_rows(result, name: str, sparse, rows_label,
     cols = torch.unique(col[: int(crow[shown])]).cpu()
     if cols.numel() == 0:
         cols = torch.zeros(1, dtype=torch.long)
-    shape = tuple(result.inputs[name].tensor.shape)
+    shape = tuple(result.inputs[name].shape)
     x_label = notation.entry_label(name, shape) if shape else None
 
     def entries(r, c):
@@ -927,7 +927,7 @@ def _strided(result, name: str, sparse, rows_label) -> tuple[Block, list] | None
     x[3i], x[3i+1], x[3i+2]): its nonzeros as an m × (offsets) matrix, a column per offset,
     and the caption; else None."""
     matrix = sparse.matrix
-    shape = tuple(result.inputs[name].tensor.shape)
+    shape = tuple(result.inputs[name].shape)
     m, n = matrix.shape
     crow, col = matrix.crow_indices().cpu(), matrix.col_indices().cpu()
     if len(shape) != 1 or result.output.dim() != 1 or m < 2 or col.numel() == 0:
@@ -971,7 +971,7 @@ def value_formulas(result, name: str, options) -> list[Formula]:
     sparse = sparse_of(result, name)
     y = output_symbol(result)
     stencil = layout_of(sparse, result.output.shape,
-                        result.inputs[name].tensor.shape).offsets is not None
+                        result.inputs[name].shape).offsets is not None
     out_shape = tuple(result.output.shape)
     strided = None if stencil else _strided(
         result, name, sparse, notation.entry_label(y, out_shape) if out_shape else None)
@@ -1030,7 +1030,7 @@ def _findings(result, name: str, options) -> list:
     stencil or pattern): the findings' sentence on where it broke, without its "the
     derivatives below are the full Jacobian" (they are its nonzeros here)."""
     found = layout_of(sparse_of(result, name), result.output.shape,
-                      result.inputs[name].tensor.shape)
+                      result.inputs[name].shape)
     if not result.inputs[name].rejected or found.kind in SAID_IN_FULL or found.mostly:
         return []  # (a stencil but for a few rows: the words name them)
     said = []

@@ -25,7 +25,7 @@ def coloured_lines(result, name: str, x: str, d: str, y: str, taken: set,
     zeroed before each backward and only ``x``'s is filled (``inputs=[x]``); the caller saves
     and restores it."""
     sparse = sparse_of(result, name)
-    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].shape)
     k, columns = sparse.count, by_columns(sparse)
     colour, g, c = (fresh(b, taken) for b in ("colour", "g", "c"))
     if k == 1 and not columns:  # one colour: the tutorial's v = ones, one backward

@@ -62,7 +62,7 @@ def coloured_cells(sparse, rows: int = WINDOW) -> tuple[torch.Tensor, torch.Tens
 
 def _texts(result, name: str, pattern: torch.Tensor) -> tuple[str, str, str]:
     sparse = sparse_of(result, name)
-    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].shape)
     y, k = output_symbol(result), sparse.count
     m, n = sparse.matrix.shape
     rows, cols = pattern.shape

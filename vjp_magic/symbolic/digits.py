@@ -53,7 +53,7 @@ def spelled(value: float, dtype: torch.dtype) -> Entry:
 def display_dtype(result) -> torch.dtype:
     """The dtype a result's formulas are spelled in: the widest floating dtype of its output and
     inputs (never fewer digits than any of them resolves)."""
-    dtypes = [result.output.dtype] + [i.tensor.dtype for i in result.inputs.values()]
+    dtypes = [result.output.dtype] + [i.dtype for i in result.inputs.values()]
     widest = None
     for d in dtypes:
         if d.is_floating_point and not d.is_complex:

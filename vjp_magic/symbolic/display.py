@@ -222,7 +222,7 @@ def _partials(result, name: str, jacobian: bool, base: int):
             or not item.has_points or item.per_point_numel() == 1 or math.prod(comp) == 1):
         return None
     paired = set(item.pairing.in_axes)
-    per_point = [n for b, n in enumerate(item.tensor.shape) if b not in paired and n != 1]
+    per_point = [n for b, n in enumerate(item.shape) if b not in paired and n != 1]
     x = math_name(name)
     x_tex = x.tex if len(x.tex) == 1 else "{" + x.tex + "}"
     g = letters()[0]

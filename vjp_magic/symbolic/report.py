@@ -132,7 +132,7 @@ def _groups(result, jacobian: bool) -> list[list[str]]:
 
 
 def _refuse(result, record) -> None:
-    total = sum(item.tensor.numel() for item in result.inputs.values())
+    total = sum(item.numel() for item in result.inputs.values())
     if total > MAX_ENTRIES:
         raise Unavailable(f"the inputs have {total:,} entries, more than the {MAX_ENTRIES:,} a "
                           "symbolic replay makes symbols for")

@@ -73,7 +73,7 @@ def group_symbols(result, group: list[str], jacobian: bool,
     owner: dict = {}
     first = aliases({name: item.tensor for name, item in result.inputs.items()})
     for name, item in result.inputs.items():
-        shape = tuple(item.tensor.shape)
+        shape = tuple(item.shape)
         if first[name] != name:  # one tensor under two names: its symbols, under both
             arrays[name] = arrays[first[name]]
             continue

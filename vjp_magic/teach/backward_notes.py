@@ -78,7 +78,7 @@ _SUBSCRIPTS = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 def _column_sums_vanish(result, name: str) -> bool:
     """The column sums of J are 0 (relative to the magnitudes that sum into them)."""
     item = result.inputs[name]
-    rtol = tolerances(item.tensor.dtype).backward
+    rtol = tolerances(item.dtype).backward
     if is_sparse(item):  # from the CSR: no dense sum of the sparse derivatives
         sums, magnitudes = (column_sums(item.sparse.matrix, a) for a in (False, True))
     else:
@@ -93,7 +93,7 @@ def _ones_note(result, log, seed, name: str, base: int = 1) -> Paragraph:
     call = Code(text) if text else Text("The cell's backward with v = ones")
     y, item = result.output_name, result.inputs[name]
     count = math.prod(result.component_shape(name))
-    if item.pairing or item.tensor.numel() == 1:
+    if item.pairing or item.numel() == 1:
         what = (_summed_components(result, name, base),
                 Text(f", the components summed: {y} has {count:,} components"
                      f"{' per point' if item.pairing else ''}, and v = ones adds up their "
@@ -185,14 +185,14 @@ def chain_rule_blocks(result, v, names: list[str], options: RenderOptions,
     m = result.output.numel()
     for name in names:
         item = result.inputs[name]
-        n = item.tensor.numel()
+        n = item.numel()
         if m * n > CHAIN_ENTRIES or v.numel() != m:
             continue
         device = item.derivatives.device
         jac = result.jacobian_block(name, torch.arange(m, device=device),
                                     torch.arange(n, device=device))
         product = (v.reshape(-1).to(device=device, dtype=jac.dtype) @ jac).reshape(
-            item.tensor.shape)
+            item.shape)
         several = len(result.inputs) > 1
         if jacobian:
             lhs = partial(result.output_name, name, "i", "j") if several else Math("J", "J")

@@ -59,7 +59,7 @@ def _many_inputs(result, used: list[str], options, log) -> list:
     screen however many tensors there are."""
     y = output_symbol(result)
     name = (largest_tensors(result, 1) or used)[-1]
-    n = sum(result.inputs[k].tensor.numel() for k in used)
+    n = sum(result.inputs[k].numel() for k in used)
     shown = [notation.prose_name(k) for k in (used[:2] + used[-1:])]
     y_math, count = notation.math_name(y), len(used)
     g = notation.letters()[0]
@@ -127,10 +127,10 @@ def _function(result, base: int = 1) -> Paragraph:
                    Text(". Flattened row-major, ")]
     for name, item in result.inputs.items():
         spans += [notation.prose_name(name),
-                  Text(f" has {_n(result, name)} = {plural(item.tensor.numel(), 'entry')}, ")]
+                  Text(f" has {_n(result, name)} = {plural(item.numel(), 'entry')}, ")]
     spans += [notation.prose_name(y), Text(f" has m = {m:,}. ")]
     first = next(iter(result.inputs))
-    return _step(1, *spans, *_first_entry(first, result.inputs[first].tensor.shape, base))
+    return _step(1, *spans, *_first_entry(first, result.inputs[first].shape, base))
 
 
 def _n(result, name: str) -> str:
@@ -161,7 +161,7 @@ def _structure(result, name: str) -> str:
     per_point = item.per_point_numel()
     shape = "diagonal" if per_point == 1 and math.prod(result.component_shape(name)) == 1 \
         else "block-diagonal"
-    ordered = "" if shape == "diagonal" and item.tensor.dim() <= 1 and \
+    ordered = "" if shape == "diagonal" and item.dim() <= 1 and \
         result.output.dim() <= 1 else " once the entries are ordered by point (shown here " \
         "in row-major order)"
     return f"{known}: J is zero between different points, so J is {shape}{ordered}."
@@ -171,7 +171,7 @@ def _jacobian(result, name: str, options, several: bool = False) -> list:
     """Step 2: J and its structure; with several inputs J is named for its input (J_a, J_b:
     one name per matrix in one output)."""
     item = result.inputs[name]
-    m, n = result.output.numel(), item.tensor.numel()
+    m, n = result.output.numel(), item.numel()
     entry = notation.partial(output_symbol(result), name, "i", "j")
     small, capital = notation.letters()
     big = capital if item.has_points and not result.full else small
@@ -248,7 +248,7 @@ def _gradient_rows(result, name: str, base: int = 1) -> Block:
 def _product(result, name: str) -> Paragraph:
     item = result.inputs[name]
     x = notation.prose_name(name)
-    shape = notation.dims(item.tensor.shape)
+    shape = notation.dims(item.shape)
     v = notation.gradient_vector(result, name)
     if len(result.gradients[name]) == 1:
         return _step(4, _vj(v), Text(", reshaped to the shape of "), x,

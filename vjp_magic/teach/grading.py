@@ -417,7 +417,7 @@ def _per_input(answer, result, name) -> dict | None:
         return dict(answer)
     if isinstance(answer, (list, tuple)) and len(answer) == len(result.inputs):
         shapes = {tuple(getattr(t, "shape", ())) for t in answer}
-        if len(shapes) > 1 or any(fits(as_tensor(t)[0], tuple(i.tensor.shape)) is not None
+        if len(shapes) > 1 or any(fits(as_tensor(t)[0], tuple(i.shape)) is not None
                                   for t, i in zip(answer, result.inputs.values())
                                   if as_tensor(t)[0] is not None):
             return dict(zip(result.inputs, answer))
@@ -479,7 +479,7 @@ def _fits_a_form(a, result, name: str) -> bool:
     derivatives' (components + x's) or the full Jacobian's (output's + x's)."""
     if a is None:
         return False
-    x = tuple(result.inputs[name].tensor.shape)
+    x = tuple(result.inputs[name].shape)
     forms = (x, tuple(result.inputs[name].derivatives.shape), tuple(result.output.shape) + x)
     return any(fits(a, form) is not None for form in forms)
 

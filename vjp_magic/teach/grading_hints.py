@@ -111,7 +111,7 @@ def shape_text(shape) -> str:
 def _point_text(x: str, item, point) -> str:
     """``x[17]``, ``x[:, 3]``: the input's entries at one point."""
     at = dict(zip(item.pairing.in_axes, point if isinstance(point, tuple) else (point,)))
-    index = [str(at[b]) if b in at else ":" for b in range(item.tensor.dim())]
+    index = [str(at[b]) if b in at else ":" for b in range(item.dim())]
     while index and index[-1] == ":":
         index.pop()
     return f"{x}[{', '.join(index)}]"

@@ -30,10 +30,10 @@ def fits_dense(result, name: str) -> bool:
     with points, its dense blocks (as ``r.derivatives`` holds a point structure's)."""
     item = result.inputs[name]
     if item.has_points:
-        size, most = math.prod(result.component_shape(name)) * item.tensor.numel(), \
+        size, most = math.prod(result.component_shape(name)) * item.numel(), \
             POINTS_DENSE_ENTRIES
     else:
-        size, most = result.output.numel() * item.tensor.numel(), DENSE_ENTRIES
+        size, most = result.output.numel() * item.numel(), DENSE_ENTRIES
     budget = result.memory_budget or memory.resolve_budget(None, result.output.device)
     return size <= most and 8 * size <= budget
 
@@ -49,7 +49,7 @@ def densified(result, names=None):
             if item.has_points:
                 dense = item.derivatives.to_dense()
             else:
-                shape = tuple(result.output.shape) + tuple(item.tensor.shape)
+                shape = tuple(result.output.shape) + tuple(item.shape)
                 dense = item.sparse.matrix.to_dense().reshape(shape)
             inputs[name] = replace(item, derivatives=dense, sparse=None)
     if all(inputs[n] is result.inputs[n] for n in inputs):

@@ -107,8 +107,8 @@ def _fewest(sparse) -> int:
 def _colour_step(result, name: str) -> Paragraph:
     sparse = sparse_of(result, name)
     item = result.inputs[name]
-    found = layout_of(sparse, result.output.shape, item.tensor.shape)
-    y, out_shape, in_shape = output_symbol(result), result.output.shape, item.tensor.shape
+    found = layout_of(sparse, result.output.shape, item.shape)
+    y, out_shape, in_shape = output_symbol(result), result.output.shape, item.shape
     k, fewest = sparse.count, _fewest(sparse)
     spans: list = [Text("3. The entries of "), notation.prose_name(y),
                    Text(f" are given {k} colour{'s' if k != 1 else ''}, so that two entries "
@@ -134,7 +134,7 @@ def _colour_step(result, name: str) -> Paragraph:
 
 def _no_collision_step(result, name: str) -> Paragraph:
     sparse = sparse_of(result, name)
-    found = layout_of(sparse, result.output.shape, result.inputs[name].tensor.shape)
+    found = layout_of(sparse, result.output.shape, result.inputs[name].shape)
     first = found.first
     ones = " + ".join(f"e_{{{i}}}" for i in first[:2]) + r" + \dots"
     ones_plain = " + ".join(f"e{i}" for i in first[:2]) + " + …"
@@ -189,7 +189,7 @@ def _pair(sparse) -> list[int]:
 def _column_colour_step(result, name: str) -> Paragraph:
     sparse = sparse_of(result, name)
     item = result.inputs[name]
-    y, out_shape, in_shape = output_symbol(result), result.output.shape, item.tensor.shape
+    y, out_shape, in_shape = output_symbol(result), result.output.shape, item.shape
     crow = sparse.matrix.crow_indices()
     k, widest = sparse.count, int(crow.diff().max()) if crow.numel() > 1 else 0
     spans: list = [Text("3. The entries of "), notation.prose_name(name),
