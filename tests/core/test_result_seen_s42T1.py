@@ -181,3 +181,18 @@ def test_every_read_of_a_hessian_is_what_the_analysis_saw(f, change):
         _same(value, expected[key], key)
     full = torch.func.jacrev(torch.func.jacrev(f))(_leaf().detach())
     torch.testing.assert_close(expected["hessian"], full)
+
+
+def test_no_read_of_a_result_takes_an_inputs_shape_from_its_live_tensor():
+    """The display (render/) and the result's own reads ask the record (``item.shape``,
+    ``item.numel()``, ...: core/result.SeenInput), never ``item.tensor.shape``."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(vjp_magic.__file__).parent
+    live = re.compile(r"\.tensor\.(shape|numel|dtype|device|dim|element_size|is_leaf|layout)\b")
+    files = [*sorted((package / "render").rglob("*.py")), package / "core" / "result.py",
+             package / "core" / "dependency.py"]
+    found = [f"{path.relative_to(package)}:{k}" for path in files
+             for k, line in enumerate(path.read_text().splitlines(), 1) if live.search(line)]
+    assert found == []
