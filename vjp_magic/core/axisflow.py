@@ -77,8 +77,9 @@ class GraphProof:
 
 
 # -- the walk -----------------------------------------------------------------------------------
-def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
-    """The axis maps from ``tensor`` (a leaf or an intermediate) to ``output``."""
+def prove(output: torch.Tensor, tensor: torch.Tensor, read: tuple | None = None) -> GraphProof:
+    """The axis maps from ``tensor`` (a leaf or an intermediate) to ``output``; ``read``:
+    :func:`prove_each`'s one read of ``output``'s graph, else read here."""
     shape = tuple(tensor.shape)
     identity = Flow(shape, {b: (b,) for b in range(len(shape))})
     if output is tensor:
@@ -92,10 +93,8 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     opaque: set[int] = set()  # nodes reached from x whose outputs could not even be read
     proof = GraphProof(False, exact=True)
     source = tensor.grad_fn  # (read once, and held: the walk meets this very object)
-    nodes = postorder(output.grad_fn)
-    kinds = frozenset(map(type, nodes))
-    for node in nodes:
-        shapes, size = _shapes_and_bytes(node)  # read once: for the workspace and the rule
+    nodes, kinds, read = read if read is not None else _read(output)
+    for node, (shapes, size) in zip(nodes, read):
         proof.workspace += size
         if node is source:
             continue  # the input itself: what lies below it is constant
@@ -122,6 +121,26 @@ def prove(output: torch.Tensor, tensor: torch.Tensor) -> GraphProof:
     if not final.carries:
         proof.conditional_on = ()
     return proof
+
+
+def prove_each(output: torch.Tensor, tensors):
+    """:func:`prove` for each of ``tensors`` in turn (a generator: a caller may stop at the
+    first it refuses), the graph below ``output`` walked and each node's output shapes read
+    once for all of them: the same proofs, as each reads nothing else of a node but its
+    rule's own attributes, which the rule reads per proof as before."""
+    read = None
+    for tensor in tensors:
+        if read is None and output is not tensor and output.grad_fn is not None \
+                and capabilities.graph_shapes_limitation() is None:
+            read = _read(output)
+        yield prove(output, tensor, read)
+
+
+def _read(output: torch.Tensor) -> tuple:
+    """(the nodes below ``output`` in postorder, their classes, each one's
+    :func:`_shapes_and_bytes`): what every :func:`prove` on this graph reads first."""
+    nodes = postorder(output.grad_fn)
+    return nodes, frozenset(map(type, nodes)), [_shapes_and_bytes(node) for node in nodes]
 
 
 # -- what a result needs of the graph when its derivatives came from elsewhere --------------
