@@ -24,7 +24,7 @@ import torch
 from .core import analysis
 from .core import hessian as core_hessian
 from .core.graph_walk import seal, walked_once
-from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError
+from .core.errors import GraphFreed, SavedValueChanged, VJPUsageError, invalid_gradient
 from .core.marked import marked
 from .core.reentrant import judged_once, refuse_reentrant
 from .core.modes import modes_aside
@@ -523,6 +523,8 @@ def _graph_error(error: RuntimeError, output_name: str, inputs,
         if kind is TorchError.INPLACE and not changed:  # PyTorch's text names the node
             return SavedValueChanged(message, output_name, str(error))
         return VJPUsageError(message)
+    if kind is TorchError.INVALID_GRADIENT:
+        return VJPUsageError(invalid_gradient(error))
     if kind is TorchError.REENTRANT_CHECKPOINT:
         return VJPUsageError(
             f"{output_name} was computed through torch.utils.checkpoint with "

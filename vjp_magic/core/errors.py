@@ -63,6 +63,13 @@ def reran_sentence(reran: dict) -> str:
             "that many more times than in a plain run. Drop --gradcheck to run it only once.")
 
 
+def invalid_gradient(error: BaseException) -> str:
+    """The advice where a custom backward returned a gradient PyTorch refuses (another shape:
+    a mistake in the user's backward), from PyTorch's own first line."""
+    return (f"A custom backward is wrong: {str(error).splitlines()[0]}. A backward returns "
+            "one gradient per input of forward, shaped like that input (or None).")
+
+
 def where_advice(fix: str, custom: bool, replay: str | None) -> str:
     """What to do, from where the user is, about their code that a pass on the output's own
     graph would run: ``fix`` ("remove the hook"), and before it ``replay``, how the entry

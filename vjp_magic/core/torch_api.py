@@ -77,6 +77,8 @@ class TorchError(TextEnum):
     REENTRANT_CHECKPOINT = "torch.utils.checkpoint is incompatible with .grad()"
     # a hook asking the engine which nodes run (register_multi_grad_hook) on a leaf
     GRAD_ONLY_HOOK = "_will_engine_execute_node but we are currently running autograd.grad()"
+    # a custom Function's backward returned a gradient of another shape, layout or device
+    INVALID_GRADIENT = "returned an invalid gradient"
 
 
 def torch_error(error: BaseException | str) -> TorchError | None:

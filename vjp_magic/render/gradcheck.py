@@ -31,8 +31,7 @@ def _verdict(report, result) -> tuple[Section, ...]:
     if report.note and not report.max_error:
         return (Section((paragraph("Gradient check: not run. ", report.note),)),)
     spans: list = [Text("Gradient check ")]
-    unsure = sum(len(found) for by_name in (report.inconclusive, report.noisy)
-                 for found in by_name.values())
+    unsure = _unsure(report)
     every = report.ok is None and unsure >= sum(report.checked.values())  # none conclusive
     if report.ok is None and unsure:
         spans += _inconclusive(report) + [Text("" if every else
@@ -83,6 +82,13 @@ def _verdict(report, result) -> tuple[Section, ...]:
     if report.note:
         blocks.append(paragraph(report.note))
     return (Section(tuple(blocks)),)
+
+
+def _unsure(report) -> int:
+    """How many entries are inconclusive: kinks, rounding stairs and noise."""
+    return sum(len(found) for by_name in (report.inconclusive, report.noisy,
+                                          getattr(report, "unresolved", {}))
+               for found in by_name.values())
 
 
 def _grouped(report, name: str) -> str:
@@ -138,8 +144,9 @@ def _failed(report) -> Paragraph:
 
 
 def _inconclusive(report) -> list:
-    """"inconclusive at x[2] (a kink: relu is not differentiable there)", and where the
-    finite differences' rounding noise is over the tolerance, that."""
+    """"inconclusive at x[2] (a kink: relu is not differentiable there)", with a scalar
+    output's one-sided derivatives there; where f changes in rounding stairs coarser than
+    the step, or the finite differences' rounding noise is over the tolerance, that."""
     spans: list = [Text("inconclusive at ")]
     if report.inconclusive:
         count = sum(len(found) for found in report.inconclusive.values())
@@ -147,13 +154,32 @@ def _inconclusive(report) -> list:
         ops = "/".join(report.kinks) if report.kinks else "the function"
         verb = "is" if count == 1 else "is not differentiable at any of them"
         there = " not differentiable there" if count == 1 else ""
-        spans.append(Text(f" (a kink: {ops} {verb}{there})"))
+        spans.append(Text(f" (a kink: {ops} {verb}{there}{_sides(report)}; check at "
+                          "another x)"))
+    stairs = getattr(report, "unresolved", {})
+    if stairs:
+        spans += [Text(" and at " if report.inconclusive else ""), *_places(stairs),
+                  Text(f" (f changes in rounding steps of ~{report.stair:.0e} at this x, "
+                       "coarser than the finite differences' step: a large intermediate "
+                       "value, as in x + 1e12, rounds it)")]
     if report.noisy:
-        spans += [Text(" and at " if report.inconclusive else ""), *_places(report.noisy),
+        spans += [Text(" and at " if report.inconclusive or stairs else ""),
+                  *_places(report.noisy),
                   Text(" (the values are too large for finite differences at this step: "
                        f"their rounding noise, up to {report.noise:.1g}, is over the "
                        "tolerance)")]
     return spans
+
+
+def _sides(report) -> str:
+    """", where its one-sided derivatives are 1 and 0" (a scalar output's, at the first kink
+    checked), or nothing."""
+    sides = getattr(report, "sides", ())
+    if not sides:
+        return ""
+    name, index, right, left = sides
+    return f"; at {_entry(name, index)} its one-sided derivatives are {right + 0.0:.4g} " \
+           f"(right) and {left + 0.0:.4g} (left)"
 
 
 def _places(by_name: dict) -> list:

@@ -34,11 +34,18 @@ or a kink is tried again at the smaller steps (a staircase finer than the step),
 nearer 0 than :data:`SMALL` at a step relative to it (:func:`_relative`). Where both
 sides are smooth but differ, or no step is safe, f has no derivative there to check: the
 entry is *inconclusive*, never failed; so is one whose central difference does not settle
-when the step is halved (a jump, as sign at 0). A check fails only where every safe
-difference disagrees with autograd, at a kink only where a custom backward is on the way and
-autograd's value lies outside the one-sided slopes (:func:`_sides_bound`: a built-in's at
-tied values of sort or topk is a piece's that no step along e_k enters), and, with built-in
-backwards only, where they also disagree at a point nearby (:func:`_agrees_nearby`).
+when the step is halved (a jump, as sign at 0). This is decided by the one-sided quotients,
+whoever computes f: a custom Function's max, sort or piecewise function at a tie or
+breakpoint is inconclusive as a built-in's is (where several pieces meet, a right backward
+may take a piece that no step along e_k enters: maximum(x, x.flip(0)) at ties). A check
+fails only where every safe difference disagrees with autograd, and, where x is a kink or
+autograd disagrees, only where autograd also disagrees at a point nearby, ties broken
+(:func:`_nearby`: a backward wrong away from the kink too, ignoring grad_output, with a
+detached term, 1 % off). Where the quotients at steps growing 4-fold change by more than a
+smooth f's truncation (jumps, :func:`.gradcheck_noise.unresolved`), f changes in rounding
+stairs coarser than the step (``((x + 1e12) - 1e12) * 2 + x``): a backward that agrees with
+f seen across the stairs is *unresolved* (inconclusive), one that disagrees at every scale
+fails.
 
 Each difference is judged against its own rounding noise: :data:`NOISE_ULPS` ulps of every
 output entry (where that leaves it in doubt, of those that move along the direction: one
@@ -66,8 +73,10 @@ import torch
 
 from ..core.probes import probe_generator
 from ..core.textenum import TextEnum
-from ..core.torch_api import materialized_grad
-from .gradcheck_noise import EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output
+from ..core.errors import invalid_gradient
+from ..core.torch_api import TorchError, materialized_grad, torch_error
+from .gradcheck_noise import (EPS, NOISE_ULPS, SUPPORT_STEP, HiddenNoise, moved_output,
+                              unresolved)
 from .gradcheck_rounding import MARGIN, RUNS, rounding_moves
 from .gradcheck_units import derivative_error, per_output
 from .record import tensors_in
@@ -131,7 +140,10 @@ class GradcheckReport:
     (ok None, failed if one failed); ``stopped``: the seconds after which sampling ran out of
     time, the rest unchecked (never passed either); ``passes``: likewise, the count budget that
     ran out (``gradcheck(passes=...)``); ``reran``: how many times the check's replays ran
-    each custom Function's forward (the user's own code, which the cell ran once), by name."""
+    each custom Function's forward (the user's own code, which the cell ran once), by name;
+    ``unresolved[name]`` the entries where f changes in rounding stairs coarser than the step
+    (inconclusive), ``stair`` the largest stair in x; ``sides``: (name, index, right, left),
+    a scalar output's one-sided derivatives at its first kink."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -153,6 +165,9 @@ class GradcheckReport:
     stopped: float | None = None
     passes: int | None = None
     reran: dict = field(default_factory=dict)  # custom Function -> forwards its replays ran
+    unresolved: dict = field(default_factory=dict)
+    stair: float = 0.0
+    sides: tuple = ()
 
 
 @dataclass
@@ -204,7 +219,7 @@ def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SEC
 
 
 _BY_NAME = ("max_error", "checked", "inconclusive", "failed", "noisy", "covered", "cell_error",
-            "unchecked")  # GradcheckReport's fields keyed by input name
+            "unchecked", "unresolved")  # GradcheckReport's fields keyed by input name
 _NAMES = ("unscaled", "cell_failed")  # and those that list input names
 
 
@@ -220,6 +235,9 @@ def _named(report: GradcheckReport, first: dict, names: list) -> GradcheckReport
 def _gradcheck(record, inputs: dict, output, names, budget: Budget,
                seed: int) -> GradcheckReport:
     names = list(inputs) if names is None else list(names)
+    unsupported = _unsupported(inputs, names, output)
+    if unsupported:
+        return GradcheckReport(ok=None, note=unsupported)
     try:
         own = build(record, inputs, output, verify=False)  # the cell's dtype, built once
         replay = own.with_dtype(torch.float64)  # refused before any run of a user's forward
@@ -241,20 +259,45 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
         probe, second = (None if v is None else (v, base, HiddenNoise(replay, values, v, STEP))
                          for v in (analytic.numeric_v, analytic.v2))
         atol = _atol(analytic.grads.values())
-        with _sides_bound(bool(analytic.custom)):
-            found = {name: _compare(replay, values, name, analytic.grads[name], probe,
-                                    budget, seed, atol,
-                                    second and (second, analytic.second[name]))
-                     for name in names}
+        found = {name: _compare(replay, values, name, analytic.grads[name], probe, budget,
+                                seed, atol, second and (second, analytic.second[name]))
+                 for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
-        return GradcheckReport(ok=None, note=f"The float64 replay failed "
-                                              f"({type(error).__name__}: {error}).")
+        return GradcheckReport(ok=None, note=_replay_failed(error))
     cell = _cell_derivatives(own, (inputs, values), output, names, analytic, replay,
                              (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
-        with _sides_bound(bool(analytic.custom)):  # (its entries judged again alike)
-            _told_in_units(replay, values, found, (probe, second), atol)
+        _told_in_units(replay, values, found, (probe, second), atol)
     return _report(replay, found, analytic, budget, cell)
+
+
+def _unsupported(inputs: dict, names: list, output) -> str | None:
+    """Why the check cannot judge these dtypes, or None: a complex input or output (its
+    derivatives are Wirtinger pairs, which finite differences along real steps do not
+    check), or an output that is not floating point (integers and booleans have none)."""
+    complex_in = [n for n in names if isinstance(inputs.get(n), torch.Tensor)
+                  and inputs[n].is_complex()]
+    if complex_in:
+        return (f"{complex_in[0]} is complex ({inputs[complex_in[0]].dtype}): --gradcheck "
+                "checks real floating-point inputs only; complex derivatives are not "
+                "supported.")
+    dtype = getattr(output, "dtype", None)
+    if dtype is not None and dtype.is_complex:
+        return (f"The output is complex ({dtype}): --gradcheck checks real floating-point "
+                "outputs only; complex derivatives are not supported (check its .real and "
+                ".imag, or .abs(), as the output).")
+    if dtype is not None and not dtype.is_floating_point:
+        return (f"The output is {dtype}: an integer or boolean output has no derivative to "
+                "check.")
+    return None
+
+
+def _replay_failed(error: Exception) -> str:
+    """The note where the float64 replay or its backward raised: a custom backward that
+    returned a gradient of the wrong shape (a mistake in the user's backward) said so."""
+    if torch_error(error) is TorchError.INVALID_GRADIENT:
+        return invalid_gradient(error)
+    return f"The float64 replay failed ({type(error).__name__}: {error})."
 
 
 def _told_in_units(replay, values: dict, found: dict, probes: tuple, atol: float) -> None:
@@ -298,8 +341,8 @@ def _judged_again(replay, values: dict, entry: tuple, f: _Found, column, base: t
         if verdict is Agreement.NOISY:
             f.noisy, f.noise = f.noisy + where, max(f.noise, error)
             return max(errors)
-        if verdict is Agreement.KINK:
-            f.inconclusive += where
+        if verdict in (Agreement.KINK, Agreement.UNRESOLVED):
+            f.add(verdict, error, where)
             return max(errors)
         errors.append(error)
     if column.count > len(column.over):  # the rest not judged: not passed
@@ -329,6 +372,8 @@ def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
     failed = {name: tuple(f.failed) for name, f in found.items() if not f.agree}
     inconclusive = {name: tuple(f.inconclusive) for name, f in found.items() if f.inconclusive}
     noisy = {name: tuple(f.noisy) for name, f in found.items() if f.noisy}
+    stairs = {name: tuple(f.unresolved) for name, f in found.items() if f.unresolved}
+    sides = next(((name, *f.sides) for name, f in found.items() if f.sides), ())
     bad = bool(failed or analytic.unscaled or cell.failed)
     detached = replay.detaching() if failed or analytic.unscaled else ()
     notes = _detached_note(detached) + ([cell.note] if cell.note else [])
@@ -346,8 +391,8 @@ def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
         notes.append(f"Sampling stopped after {after}; "
                      f"{sum(f.checked for f in found.values()):,} entries checked.")
     return GradcheckReport(
-        ok=False if bad else (None if inconclusive or noisy or cell.doubtful or unchecked
-                              or budget.ran_out else True), unchecked=unchecked,
+        ok=False if bad else (None if inconclusive or noisy or stairs or cell.doubtful
+                              or unchecked or budget.ran_out else True), unchecked=unchecked,
         stopped=stopped, passes=passes,
         covered={n: f.covered for n, f in found.items()}, cell_dtype=cell.dtype,
         cell_error=cell.error, cell_failed=cell.failed,
@@ -355,7 +400,9 @@ def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
         checked={n: f.checked for n, f in found.items()}, note=" ".join(notes) or None,
         inconclusive=inconclusive, unscaled=analytic.unscaled, failed=failed,
         kinks=kinked_ops(replay) if inconclusive or failed else (), detached=tuple(detached),
-        noisy=noisy, noise=max((f.noise for f in found.values()), default=0.0))
+        noisy=noisy, noise=max((f.noise for f in found.values()), default=0.0),
+        unresolved=stairs, stair=max((f.stair for f in found.values()), default=0.0),
+        sides=sides)
 
 
 def kinked_ops(replay) -> tuple[str, ...]:
@@ -787,6 +834,7 @@ class Agreement(TextEnum):
     DISAGREE = "disagree"
     KINK = "kink"  # f kinks at the entry, and autograd took a one-sided slope: no verdict
     NOISY = "noisy"  # within the differences' rounding noise, not the tolerance: no verdict
+    UNRESOLVED = "unresolved"  # f changes in rounding stairs coarser than the step: no verdict
 
 
 @dataclass
@@ -808,6 +856,9 @@ class _Found:
     worst_at: int | None = None  # the flat entry of ``worst`` (a vector output's is in vᵀJ)
     largest: list = field(default_factory=list)  # (error, k) of the largest, up to RIVALS
     by_second: frozenset = frozenset()  # the entries failed by the second v (their errors)
+    unresolved: list = field(default_factory=list)  # entries in rounding stairs (Agreement)
+    stair: float = 0.0  # the largest such stair, in x
+    sides: tuple | None = None  # (index, left, right): a kink's one-sided derivatives
 
     def rivals(self) -> list:
         """(error, k) of the entries whose error in vᵀJ is within the spread of |v| of the
@@ -820,6 +871,9 @@ class _Found:
         """One entry's (flat ``k``, at ``where``) verdict and error, recorded."""
         if verdict is Agreement.KINK:
             self.inconclusive += where
+        elif verdict is Agreement.UNRESOLVED:
+            self.unresolved += where
+            self.stair = max(self.stair, error)
         elif verdict is Agreement.NOISY:
             self.noisy += where
             if error > self.noise or self.noise_at is None:
@@ -852,7 +906,11 @@ class _Input:
         """Entry ``k`` checked on its own, recorded in ``found``: at the step :data:`STEP`,
         and where that does not agree and 0 < |x_k| < :data:`SMALL`, again at a step relative
         to x_k (:func:`_relative`), whose verdict stands where it is one (agree, disagree)."""
-        verdict, error, by_second = self._both(k, 1.0, found.agree)
+        with _kink_sides() as sides:  # (a scalar output's, in its units: told)
+            verdict, error, by_second = self._both(k, 1.0, found.agree)
+        where = _index(self.values[self.name].shape, k)
+        if verdict is Agreement.KINK and sides and self.probe[0].numel() == 1:
+            found.sides = found.sides or (where, *sides[0])
         scale = _relative(float(self.values[self.name].reshape(-1)[k]))
         if verdict is not Agreement.AGREE and scale < 1.0:
             again = self._both(k, scale, found.agree)
@@ -860,7 +918,7 @@ class _Input:
                 verdict, error, by_second = again
         if by_second:
             found.by_second = found.by_second | {k}
-        found.add(verdict, error, [_index(self.values[self.name].shape, k)], k)
+        found.add(verdict, error, [where], k)
         return verdict
 
     def _both(self, k: int, scale: float, retry: bool) -> tuple[Agreement, float, bool]:
@@ -1053,10 +1111,21 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12), measured
         if inside:  # judged again, each difference with that noise as well
             found = _judged(along_within(None, inside), want, *tolerance)
-    if found[0] is Agreement.DISAGREE and not _SIDES_BOUND.get() and _agrees_nearby(
-            replay, values, name, u, v, (atol, rtol)):
-        return Agreement.KINK, found[1]  # x's own: ties (kthvalue), no derivative there
-    return found
+    if found[0] not in (Agreement.DISAGREE, Agreement.KINK) or not retry:
+        return found
+    stairs = lambda: unresolved(along_within(None), STEP, want, (atol, rtol))  # noqa: E731
+    stair = stairs() if found[0] is Agreement.DISAGREE else None  # rounding stairs?
+    nearby = (None, 0.0) if stair else _nearby(replay, values, name, u, v, (atol, rtol))
+    if nearby[0] is Agreement.DISAGREE:  # wrong where f has a derivative: fails, with the
+        # error at x, or at a kink the one at x' (at x the backward may be near a side)
+        return found if found[0] is Agreement.DISAGREE else nearby
+    if found[0] is Agreement.KINK and nearby[0] is not Agreement.AGREE:  # stairs, not kinks?
+        stair = stairs()  # (a true kink's x' agrees: no ladder there)
+    if stair:
+        return Agreement.UNRESOLVED, stair * float(u.abs().max())
+    if found[0] is Agreement.DISAGREE and nearby[0] is not Agreement.AGREE:
+        return found  # a disagreement stands unless the backward is right at x'
+    return Agreement.KINK, found[1]  # x's own: a kink, ties, no derivative there
 
 
 def _judged(along, want: float, atol: float, rtol: float = RTOL,
@@ -1100,55 +1169,70 @@ def _at_step(along, h: float, want: float, atol: float, rtol: float,
         half, n_half = along(sign * h / 2)
         if _close(sign * d / h, sign * half / (h / 2), n / h + n_half / (h / 2), atol, rtol):
             safe.append((sign * d / h, n / h))
-    if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself;
-        low, high = sorted(d for d, _ in safe)  # autograd's choice: one-sided or between
-        inside = any(_close(want, d, n, atol, rtol) for d, n in safe) or low <= want <= high
-        verdict = Agreement.KINK if inside or not _SIDES_BOUND.get() else Agreement.DISAGREE
-        return verdict, min(abs(want - d) for d, _ in safe)
+    if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself,
+        sides = _SIDES.get()  # whoever computes f (:func:`_entry` checks a point nearby)
+        if sides is not None:
+            sides.append((safe[0][0], safe[1][0]))
+        return Agreement.KINK, min(abs(want - d) for d, _ in safe)
     if safe:
         verdict = _agreement(want, *safe[0], atol, rtol)
         return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
     return None
 
 
-_SIDES_BOUND = ContextVar("gradcheck_sides_bound", default=True)
+_SIDES: ContextVar[list | None] = ContextVar("gradcheck_sides", default=None)
 
 
 @contextmanager
-def _sides_bound(custom: bool):
-    """Whether, inside, autograd's value at a kink must lie between the one-sided slopes
-    along e_k (else it fails): only where a custom backward is on the way (``custom``). Where
-    several pieces meet (ties of sort / topk, atan2 at (0, 0)) a built-in backward takes a
-    piece that no step along e_k enters: there is no derivative, nothing to fail."""
-    token = _SIDES_BOUND.set(custom)
+def _kink_sides():
+    """A list that :func:`_at_step` fills, inside, with each kink's one-sided derivatives
+    (right, left) along the step's direction."""
+    sides: list = []
+    token = _SIDES.set(sides)
     try:
-        yield
+        yield sides
     finally:
-        _SIDES_BOUND.reset(token)
+        _SIDES.reset(token)
 
 
-def _agrees_nearby(replay, values: dict, name: str, u: torch.Tensor, v: torch.Tensor,
-                   tolerance: tuple) -> bool:
-    """Whether, at a point x' :data:`NEARBY` from x along random weights (ties broken, kinks
-    left), autograd's vᵀJu and the central difference agree: the built-in backwards that
-    disagree at x alone do so where f has no derivative (kthvalue at ties: 0 along e_k
-    either way, autograd's 1 is a piece's); a detached or hooked term disagrees at x' too."""
+SCALAR_V = -1.5  # a scalar output's incoming gradient at x' (exact; not 1: see _nearby)
+
+
+def _nearby(replay, values: dict, name: str, u: torch.Tensor, v: torch.Tensor,
+            tolerance: tuple) -> tuple[Agreement | None, float]:
+    """The verdict along ``u`` at a point x' :data:`NEARBY` from x along random weights
+    (times 1 + |x_i| per entry: ties broken, kinks left, small entries not carried across a
+    branch by a large one's size): autograd's vᵀJu there against the finite differences,
+    judged as at x (:func:`_judged`; a scalar output's gradient taken with v =
+    :data:`SCALAR_V` and divided by it, as at x: with v = 1 a backward ignoring
+    ``grad_output`` is right). Where x is a kink or a tie (no
+    derivative to check), a backward wrong also where f has one (2 for max's slopes, a term
+    detached, every entry 1 % off) disagrees at x'; a right one (a piece's slope at x,
+    one-sided or between) does not. (None, 0) where it cannot tell; the error is at x'."""
     start = values[name]
     w = _weights(start.numel(), probe_generator(0, "gradcheck-nearby"))
-    near = start + NEARBY * (1.0 + float(start.abs().max())) * w.reshape(start.shape).to(
-        start.device)
+    near = start + NEARBY * (1.0 + start.abs()) * w.reshape(start.shape).to(start.device)
+    moved = {**values, name: near}
     try:
         leaf = near.detach().requires_grad_(True)
         with torch.enable_grad():
             out = replay.run({**values, name: leaf})
-        (grad,) = materialized_grad(out, [leaf], v.to(out.dtype))
-        moved = {**values, name: near}
-        up, down = (moved_output(replay, moved, name, t * u) for t in (STEP, -STEP))
-    except Exception:  # noqa: BLE001 - cannot tell: the disagreement stands
-        return False
-    numeric = float(v.mul(up - down).sum()) / (2 * STEP)
-    noise = NOISE_ULPS * EPS * float(v.abs().mul(up.abs() + down.abs()).sum()) / (2 * STEP)
-    return _close(float(grad.mul(u).sum()), numeric, noise, *tolerance)
+        w = v * SCALAR_V if v.numel() == 1 else v  # (a scalar's check divides by its v)
+        (grad,) = materialized_grad(out, [leaf], w.to(out.dtype))
+        grad = grad / SCALAR_V if v.numel() == 1 else grad
+        base, noise = out.detach(), _Noise(v, out.detach(), grad, near)
+
+        def along(h: float) -> tuple[float, float]:
+            out = moved_output(replay, moved, name, h * u)
+            return float(v.mul(out - base).sum()), noise(out, None, near + h * u, h * u)
+
+        want = float(grad.mul(u).sum())
+        found = _judged(along, want, *tolerance)
+        if found[0] is Agreement.DISAGREE and unresolved(along, STEP, want, tolerance):
+            return Agreement.UNRESOLVED, 0.0  # rounding stairs there too: cannot tell
+        return found
+    except Exception:  # noqa: BLE001 - cannot tell
+        return None, 0.0
 
 
 def _curved(along, h: float, up: float, down: float) -> bool:

@@ -26,6 +26,9 @@ SUPPORT_STEP = 1e-2  # the large steps (times 1 + max |x|) that tell which entri
 SIDE = (1.37, 2.11, 2.85, 3.59)  # base points each side, in steps: no window holds x itself
 MARGIN = 2.0  # the largest of 4 scatters is about 2σ; a difference's noise within 2 of them
 STAIRS = (1e-4, 1e-2)  # spacings (times 1 + max |x|) where a staircase's stair is looked for
+LADDER = 4, -1, 7  # unresolved(): steps h·4^j, j from -1 to 7 (h/4 to 16,384 h)
+TRUNCATION = 64  # a smooth f's quotients change 16-fold per 4-fold step (h²): 4× margin
+ABOVE = 3  # unresolved(): quotients read above the first jump
 
 
 class HiddenNoise:
@@ -72,6 +75,49 @@ class HiddenNoise:
         return None
 
 
+def unresolved(along, step: float, want: float, tolerance: tuple) -> float | None:
+    """Where the backward's ``want`` disagrees with the central difference at ``step``: the
+    size, in x, of the rounding stairs f changes in, too coarse for that step, or None.
+    ``along``: t -> (vᵀ(f(x + t u) − f(x)), its rounding noise). Central quotients at steps
+    h·4^j (:data:`LADDER`) change by a smooth f's truncation error, c·h², 16-fold per step:
+    a change over :data:`TRUNCATION` times the one before (beyond the tolerance and noise),
+    or changes over the tolerance from the smallest step on that then fall (rounding, ~1/h,
+    where truncation only grows), are none: f is not resolved at the smaller steps
+    (``((x + 1e12) - 1e12) * 2 + x``: stairs of 1.2e-4 in x + 1e12; at 1e-6 the quotient sees
+    only the smooth x). It is a stair only where ``want`` lies within the scatter of the
+    quotients from there on (:data:`ABOVE` steps more), widened by that scatter and the
+    tolerance: f, seen across its stairs, agrees. A wrong backward on a smooth f, or one that
+    disagrees at every scale, is not excused. Only forward values are read."""
+    atol, rtol = tolerance
+    base, first, last = LADDER
+    quotients, changes, start = [], [], None
+    for j in range(first, last + 1):
+        if start is not None and len(quotients) > start + ABOVE:
+            break
+        h = step * base ** j
+        (up, n_up), (down, n_down) = along(h), along(-h)
+        q, noise = (up - down) / (2 * h), (n_up + n_down) / (2 * h)
+        if not math.isfinite(q):
+            return None
+        if quotients and start is None:
+            before, n_before = quotients[-1]
+            change = abs(q - before)  # (beyond: over the tolerance and noise)
+            beyond = change - atol - rtol * max(abs(q), abs(before)) - noise - n_before
+            if changes and beyond > TRUNCATION * changes[-1][0]:  # a jump
+                start = len(quotients)
+            elif changes and all(b > 0 for _, b in changes) and change < changes[-1][0] / 2:
+                start = len(quotients) - 1  # unsettled from the smallest step, then falling
+            changes.append((change, beyond))
+        quotients.append((q, noise))
+    if start is None:
+        return None
+    later = [q for q, _ in quotients[start:]]
+    low, high = min(later), max(later)
+    spread = high - low + atol + rtol * max(abs(low), abs(high))
+    return 2 * step * base ** (first + start) if low - spread <= want <= high + spread \
+        else None
+
+
 def moved_output(replay, values: dict, name: str, step: torch.Tensor) -> torch.Tensor:
     """The replayed output with input ``name`` moved by ``step`` (the others as in ``values``),
     with no graph."""
@@ -90,4 +136,4 @@ def line(t: list[float], d: list[float]) -> tuple[float, float]:
     return farthest, mean_d - slope * mean_t
 
 
-__all__ = ["HiddenNoise", "line", "moved_output"]
+__all__ = ["HiddenNoise", "line", "moved_output", "unresolved"]
