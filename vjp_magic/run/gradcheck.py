@@ -905,17 +905,22 @@ class _Input:
     def entry(self, found: _Found, k: int) -> Agreement:
         """Entry ``k`` checked on its own, recorded in ``found``: at the step :data:`STEP`,
         and where that does not agree and 0 < |x_k| < :data:`SMALL`, again at a step relative
-        to x_k (:func:`_relative`), whose verdict stands where it is one (agree, disagree)."""
-        with _kink_sides() as sides:  # (a scalar output's, in its units: told)
-            verdict, error, by_second = self._both(k, 1.0, found.agree)
-        where = _index(self.values[self.name].shape, k)
-        if verdict is Agreement.KINK and sides and self.probe[0].numel() == 1:
-            found.sides = found.sides or (where, *sides[0])
+        to x_k (:func:`_relative`), whose verdict stands where it is one (agree, disagree);
+        the step's own further checks (stairs, a point nearby: :func:`_entry`) run only where
+        its verdict stands (a right backward at x below the step costs no more)."""
         scale = _relative(float(self.values[self.name].reshape(-1)[k]))
+        with _further(scale == 1.0), _kink_sides() as sides:  # (a scalar's sides: told)
+            verdict, error, by_second = self._both(k, 1.0, found.agree)
         if verdict is not Agreement.AGREE and scale < 1.0:
             again = self._both(k, scale, found.agree)
             if again[0] in (Agreement.AGREE, Agreement.DISAGREE):
                 verdict, error, by_second = again
+            elif verdict in (Agreement.DISAGREE, Agreement.KINK):  # the step's stands: in full
+                with _kink_sides() as sides:
+                    verdict, error, by_second = self._both(k, 1.0, found.agree)
+        where = _index(self.values[self.name].shape, k)
+        if verdict is Agreement.KINK and sides and self.probe[0].numel() == 1:
+            found.sides = found.sides or (where, *sides[0])
         if by_second:
             found.by_second = found.by_second | {k}
         found.add(verdict, error, [where], k)
@@ -1111,7 +1116,7 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12), measured
         if inside:  # judged again, each difference with that noise as well
             found = _judged(along_within(None, inside), want, *tolerance)
-    if found[0] not in (Agreement.DISAGREE, Agreement.KINK) or not retry:
+    if found[0] not in (Agreement.DISAGREE, Agreement.KINK) or not retry or not _FURTHER.get():
         return found
     stairs = lambda: unresolved(along_within(None), STEP, want, (atol, rtol))  # noqa: E731
     stair = stairs() if found[0] is Agreement.DISAGREE else None  # rounding stairs?
@@ -1181,6 +1186,18 @@ def _at_step(along, h: float, want: float, atol: float, rtol: float,
 
 
 _SIDES: ContextVar[list | None] = ContextVar("gradcheck_sides", default=None)
+_FURTHER: ContextVar[bool] = ContextVar("gradcheck_further", default=True)
+
+
+@contextmanager
+def _further(allowed: bool):
+    """Whether, inside, :func:`_entry` checks a disagreement or kink further (stairs, a
+    point nearby): not where a smaller, relative step will judge the entry again."""
+    token = _FURTHER.set(allowed)
+    try:
+        yield
+    finally:
+        _FURTHER.reset(token)
 
 
 @contextmanager
