@@ -163,8 +163,7 @@ R3_1 = ("R3-1: upsampling by 2 (F.interpolate nearest / linear, ConvTranspose1d(
         "(output axis s times the input axis) has no kind of its own")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_1)
-@pytest.mark.parametrize("name", UPSAMPLING)
+@pytest.mark.parametrize("name", UPSAMPLING)  # R3_1: fixed (s42 F2: transposed fields)
 def test_an_upsampling_layer_gets_one_kind_at_every_length(name):
     short, _, _ = _verdict(_upsampling(name), _x(1, 2, 6), 2, 2)
     long, _, _ = _verdict(_upsampling(name), _x(1, 2, 24), 2, 2)
@@ -457,8 +456,7 @@ R3_3 = ("R3-3: vjp_magic.dependency where a few output rows read every input (3 
         "(a plain per-row loop needs B x 8 floats); class: dense rows in an otherwise sparse leak")
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=R3_3)
+@pytest.mark.slow  # R3_3: fixed (s42 F2: a few dense rows are read as rows)
 @pytest.mark.parametrize("case", ["few-dense-rows", "few-dense-rows-over-identity"])
 def test_a_few_dense_rows_at_b_2048_stay_within_half_a_gib(case):
     kind, witness, grown = _growth(2048, case)
@@ -630,9 +628,7 @@ R3_4 = ("R3-4: %%vjp --wrt m where the first block runs under torch.utils.checkp
 
 
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
-@pytest.mark.parametrize("cut", [
-    "no_grad", pytest.param("reentrant-checkpoint", marks=pytest.mark.xfail(
-        strict=True, reason=R3_4))])
+@pytest.mark.parametrize("cut", ["no_grad", "reentrant-checkpoint"])  # R3_4: fixed (s42 F2)
 def test_a_block_cut_off_the_graph_is_named_not_called_independent(ip, run_ok, cut):
     run_ok(CUT)
     loss = 'losses = F.cross_entropy(m[2](h), t, reduction="none")'

@@ -393,7 +393,9 @@ def reproducing_code(result, result_name: str | None = None,
         item = result.inputs[name]
         if item.unused:
             body.append(_zeros(result, name, xs[name], d_names[name])
-                        + f"  # {result.output_name} does not depend on {name}")
+                        + (f"  # the graph as computed does not reach {name} (cut)"
+                           if any(name in c.inputs for c in getattr(result, "cuts", ()))
+                           else f"  # {result.output_name} does not depend on {name}"))
         elif getattr(item, "sparse", None) is not None:
             body += coloured_lines(result, name, xs[name], d_names[name], y, taken, source)
         else:

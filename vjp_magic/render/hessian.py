@@ -26,7 +26,7 @@ from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
 from .sections import (as_computed, component_indices, formula, not_shown, output_note,
-                       shapes, shown_inputs)
+                       shapes, shown_inputs, unreached)
 from .sparse import hessian_paragraph
 
 SHOWN_BLOCKS = 3  # Hessians shown when there are many (first, ⋮, last)
@@ -92,7 +92,7 @@ def headline(h, name: str) -> Paragraph:
     y, x = notation.prose_name(output_symbol(h)), notation.prose_name(name)
     lead = [Text("With respect to "), x, Text(": ")] if len(h.inputs) > 1 else []
     if item.unused:
-        return paragraph(*lead, y, " does not depend on ", x, ": every second derivative is 0.")
+        return Paragraph(tuple(lead + unreached(h, [name], [x], "second derivative")))
     if item.constant:
         return paragraph(*lead, "Every second derivative is 0 at this ", x, ": the first "
                          "derivatives of ", y, " have no graph back to ", x, ", so ", y,

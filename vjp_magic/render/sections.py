@@ -305,9 +305,7 @@ def headline(result, name: str) -> Paragraph:
         if len(result.inputs) > 1 else []
     y = output_symbol(result)
     if item.unused:
-        return Paragraph(tuple(lead + [notation.prose_name(y), Text(" does not depend on "),
-                                       notation.prose_name(name),
-                                       Text(": every derivative is 0.")]))
+        return Paragraph(tuple(lead + unreached(result, [name], [notation.prose_name(name)])))
     spans = lead + _what(result, name)
     pairs = [(a, b) for a, b in item.pairing if item.shape[b] > 1]
     if item.has_points and not result.full:
@@ -333,14 +331,25 @@ def unused_headline(result, names: list[str]) -> Paragraph:
     extra.weight or extra.bias: every derivative is 0.`` (the first two, …, the last of
     more than three)."""
     named = names if len(names) <= 3 else [names[0], names[1], None, names[-1]]
-    spans: list = [notation.prose_name(output_symbol(result)), Text(" does not depend on ")]
+    spans: list = []
     for k, name in enumerate(named):
         if name is None:
             spans.append(Text(f", … ({len(names) - 3:,} more)"))
             continue
         last = k == len(named) - 1
         spans += [Text("" if k == 0 else " or " if last else ", "), notation.prose_name(name)]
-    return Paragraph(tuple(spans + [Text(": every derivative is 0.")]))
+    return Paragraph(tuple(unreached(result, names, spans)))
+
+
+def unreached(result, names: list[str], named: list, what: str = "derivative") -> list:
+    """"y does not depend on x: every derivative is 0." (``named``: the spans naming
+    ``names``), or where a cut (``r.cuts``) took one of them off the graph (the formula may
+    use it: never called independent), that the graph as computed does not reach them."""
+    y = notation.prose_name(output_symbol(result))
+    if any(n in cut.inputs for cut in getattr(result, "cuts", ()) for n in names):
+        return [Text("In the graph as computed, "), y, Text(" does not reach "), *named,
+                Text(f" (the cut above): every {what} shown is 0, not the formula's.")]
+    return [y, Text(" does not depend on "), *named, Text(f": every {what} is 0.")]
 
 
 def as_computed(result, name: str, opening: str = ", ") -> str:

@@ -33,7 +33,7 @@ import torch
 from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
 from .plan import recorded_alias, storage_key
-from .record import outs_of, reads_of, tensors_in
+from .record import FunctionApply, outs_of, reads_of, tensors_in
 from .steps import DETACHING, function_name
 
 MAX_CUTS = 20  # distinct cuts named; past this the rest are counted
@@ -54,6 +54,7 @@ class CutKind(TextEnum):
     COPY = "copy"  # torch.tensor(x), x.new_tensor(...)
     EXIT = "exit"  # x.item(), x.tolist(), x.numpy(): out of torch
     NO_GRAD = "no_grad"  # computed under torch.no_grad()
+    FUNCTION = "function"  # a custom Function given no tensor that requires grad (checkpoint)
     OTHER = "other"  # any other call whose result autograd does not track
 
 
@@ -99,6 +100,17 @@ class Cut:
                         f"{self._shown()} of the graph as computed, in which they do not "
                         f"change with {names}.", False))
             return tuple(piece for piece in out if piece[0])
+        if self.kind is CutKind.FUNCTION:
+            out.append((" runs its function outside autograd (none of the tensors it is given "
+                         "requires grad, so the parameters the function uses are never "
+                         "recorded)", False))
+            if not self.constants or self.constants == (self.op,):
+                out.append((f" and makes its result, computed from {names},", False))
+                out.append((" a constant." if not tail else " a constant: the "
+                            f"{self._shown()} of the graph as computed, in which it does "
+                            f"not change with {names}.", False))
+                return tuple(piece for piece in out if piece[0])
+            out.append((",", False))
         out.append((" makes ", False))
         for k, text in enumerate(self.constants):
             out += [(_joiner(k, len(self.constants)), False), (text, True)]
@@ -223,7 +235,7 @@ def _forward(calls, inputs: dict) -> _Flow:
             flow.live.setdefault(id(t), set()).add(name)
     leaves = {id(t) for t in inputs.values() if isinstance(t, torch.Tensor)}
     for index, call in enumerate(calls):
-        read = _objects((call.args, call.kwargs))
+        read = _objects((call.args, call.kwargs)) + _captured(call)
         if function_name(call.func) in _SHAPE_ONLY and not any(  # x's shape alone (a fill
                 flow.tainted(o) for o in read if not isinstance(o, torch.Tensor)):  # from x: cut)
             flow.made_by.update((id(out), index) for out in _floating(outs_of(call)))
@@ -273,6 +285,40 @@ def _forward(calls, inputs: dict) -> _Flow:
                 for cut in flow.tainted(o):
                     flow.meets.setdefault(cut, []).append((index, id(o)))
     return flow
+
+
+def _captured(call) -> list:
+    """The tensors a custom Function's call reads without being given them: those its
+    callable arguments hold, a module's parameters and buffers (``checkpoint(m[:2], x)``
+    reads ``m[0].weight`` inside its forward, where the record does not look)."""
+    if not isinstance(call.func, FunctionApply):
+        return []
+    found: dict = {}
+    for value in [*call.args, *call.kwargs.values()]:
+        if callable(value):
+            for t in _held(value):
+                found.setdefault(id(t), t)
+    return list(found.values())
+
+
+def _held(value, depth: int = 0) -> list:
+    """The tensors a callable holds: a module's parameters and buffers, a bound method's
+    owner's, a partial's function and arguments', a closure's cells' (a few levels deep)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, torch.nn.Module):
+        return [*value.parameters(), *value.buffers()]
+    if depth > 2 or not callable(value) or isinstance(value, type):
+        return []
+    held = [getattr(value, "__self__", None)]
+    if isinstance(value, functools.partial):
+        held += [value.func, *value.args, *value.keywords.values()]
+    for cell in getattr(value, "__closure__", None) or ():
+        try:
+            held.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    return [t for item in held if item is not None for t in _held(item, depth + 1)]
 
 
 def _makes_untracked(call) -> bool:
@@ -503,6 +549,8 @@ def _kind(call) -> CutKind:
     name = function_name(call.func)
     if not call.grad_enabled:
         return CutKind.NO_GRAD
+    if isinstance(call.func, FunctionApply):
+        return CutKind.FUNCTION
     if name in ("detach", "detach_"):
         return CutKind.DETACH
     if name == "data":
