@@ -117,6 +117,14 @@ def case(name):
         channels = 16 if name.startswith("conv16") else 8
         x = torch.randn(1, channels, L, requires_grad=True)
         return conv_stack(x, name.partition("-")[2] or "plain"), x, 2, 2
+    if name == "expert-choice":  # 3 experts take their top-2 tokens, softmax over tokens:
+        x = torch.randn(B, 8, requires_grad=True)  # 6 output rows read every token
+        router = torch.randn(8, 3)
+        gates, chosen = (x @ router).softmax(0).topk(2, dim=0)
+        y = torch.zeros_like(x)
+        for e in range(3):
+            y = y.index_add(0, chosen[:, e], gates[:, e:e + 1] * torch.tanh(x[chosen[:, e]]))
+        return y, x, 0, 0
     if name == "periodic":
         x = torch.randn(L, requires_grad=True)
         return x.roll(1) - 2 * x + x.roll(-1) + x**3, x, 0, 0
@@ -126,7 +134,7 @@ def case(name):
 CASES = ["mlp", "adjacent", "distant", "bn", "mixup", "attention", "attention-causal",
          "attention-after", "conv", "conv-dilated", "conv-circular", "conv-strided", "periodic",
          "ghost16", "ghost64", "ghost64-leak", "packed256", "packed256-leak", "packedvar",
-         "packedvar-leak", "conv16-dilated", "conv16-circular"]
+         "packedvar-leak", "conv16-dilated", "conv16-circular", "expert-choice"]
 
 
 def run_one(name):

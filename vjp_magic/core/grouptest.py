@@ -399,6 +399,7 @@ class SetProber:
         self.batching = Batching()  # every vectorised pass checked; one that fails: plain
         self.payoff = Payoff(())  # ... and vectorised only while that pays (:meth:`vjps`)
         self.rounded: dict[tuple[int, int], None] = {}  # (row, column) read as rounding
+        self.left_out: torch.Tensor | None = None  # (m,) bool: output indices in no set
 
     def rounded_out(self, pattern: torch.Tensor) -> tuple[tuple[int, int], ...]:
         """The entries read as rounding (:func:`firm`) that ``pattern`` leaves out,
@@ -415,6 +416,8 @@ class SetProber:
     def vectors(self, sets: torch.Tensor) -> torch.Tensor:
         """One random vector restricted to each set: every probe's answer holds on its own
         (a cancellation needs a relation among the values on the set, which has chance 0)."""
+        if self.left_out is not None:  # rows read apart (hubs): in no set
+            sets = sets & ~self.left_out
         on = sets.to(device=self.output.device, dtype=self.output.dtype)
         on = on.reshape((len(sets),) + tuple(-1 if d == self.a else 1
                                               for d in range(self.output.dim())))
@@ -700,7 +703,8 @@ def _group_test(prober: SetProber, m: int, n: int) -> torch.Tensor:
     return setdecode.decoded(prober, prober.sample, prober.sampled)
 
 
-def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
+def _verified(prober: SetProber, pattern: torch.Tensor,
+              hubs_read: bool = False) -> torch.Tensor | None:
     """The decoded pattern, every input index (column) checked and the columns that fail read
     again exactly (:func:`exact_columns`); None where it cannot be checked (the caller then
     probes each output index). A decoding can lose a dependence behind another reader of its
@@ -741,9 +745,49 @@ def _verified(prober: SetProber, pattern: torch.Tensor) -> torch.Tensor | None:
         wrong |= _value_check((r[light], c[light]), colour, answers[3],
                               *(a[len(sets):] for a in answers[:3]), fresh.output.dtype)
     columns = (wrong & known).nonzero().flatten()
+    if columns.numel() > HUB_COLUMNS and not hubs_read:  # a few rows read them all?
+        hubs = _hub_rows(prober, columns)
+        if hubs.numel():  # read as rows (k × n), the rest checked again: never n × m
+            _read_hubs(prober, pattern, hubs)
+            return _verified(prober, pattern, hubs_read=True)
     if columns.numel():
         pattern[:, columns] = exact_columns(prober, columns)
     return pattern
+
+
+HUB_COLUMNS = 64  # past this many input indices to read exactly, look for a few dense rows
+HUB_SAMPLE = 8  # input indices read exactly to find them
+
+
+def _read_hubs(prober: SetProber, pattern: torch.Tensor, hubs: torch.Tensor) -> None:
+    """``pattern``'s rows ``hubs`` read exactly, the others decoded again from sets that
+    leave the hubs out (their reads hid every other reader from the bit-coded sets)."""
+    hub_rows = prober.row_hits(hubs, batched=False)
+    left_out = torch.zeros(pattern.shape[0], dtype=torch.bool)
+    left_out[hubs] = True
+    prober.left_out = left_out
+    try:
+        rows = prober.sampled.clone()
+        rows[left_out[prober.sample]] = False  # (the hubs' rows: set below)
+        pattern[:] = setdecode.decoded(prober, prober.sample, rows)
+    finally:
+        prober.left_out = None
+    pattern[hubs] = hub_rows
+
+
+def _hub_rows(prober: SetProber, columns: torch.Tensor) -> torch.Tensor:
+    """The output indices (at most :data:`~.setdecode.MAX_HEAVY`) that read most of
+    ``columns``: a softmax over the batch, expert-choice routing. Read from
+    :data:`HUB_SAMPLE` of them at random, exactly (forward mode); reading them as rows keeps
+    the work and memory to k rows of n, where reading every column costs n columns of m."""
+    generator = probe_generator(prober.seed, "dependency-hubs")
+    sample = columns[torch.randperm(len(columns), generator=generator)[:HUB_SAMPLE]]
+    hit, unknown = _forward_answers(prober, sample)
+    hit = hit[:, ~unknown.any(0)]
+    if hit.shape[1] < HUB_SAMPLE // 2:
+        return torch.zeros(0, dtype=torch.long)
+    hubs = (hit.sum(1) * 4 >= 3 * hit.shape[1]).nonzero().flatten()
+    return hubs if len(hubs) <= setdecode.MAX_HEAVY else torch.zeros(0, dtype=torch.long)
 
 
 def coarse_dtype(dtype: torch.dtype) -> bool:
