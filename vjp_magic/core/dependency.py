@@ -102,7 +102,9 @@ class Dependency:
     ops: the pattern holds for every x that gives the same ones (the note says so);
     ``stride`` and ``field``: for a sparse pattern of stride s ≥ 2 (a strided convolution or
     pooling: output index i reads input indices s·i + lo .. s·i + hi, its receptive field,
-    at every length), s and (lo, hi); else None.
+    at every length), s and (lo, hi); else None. ``transposed``: the field's transpose
+    (upsampling by s, a transposed convolution of stride s: input index j is read by output
+    indices s·j + lo .. s·j + hi).
     """
 
     kind: Kind
@@ -120,6 +122,7 @@ class Dependency:
     conditional_on: tuple[str, ...] = ()
     stride: int | None = None
     field: tuple[int, int] | None = None
+    transposed: bool = False
 
     def describe(self, output_name: str = "y", input_name: str = "x") -> str:
         """The witness as indexing: ``y[1] ← x[0]`` (``y[:, 2] ← x[:, 3]`` on axis 1)."""
@@ -142,7 +145,8 @@ class Dependency:
         elif self.blocks is not None:
             text = f"{text}, {_blocks_words(self.blocks)}"
         elif self.stride is not None:
-            text = f"{text}, stride {self.stride}: {_field_words(self.stride, self.field)}"
+            text = (f"{text}, stride {self.stride}: "
+                    f"{_field_words(self.stride, self.field, self.transposed)}")
         count = len(self.exceptions()) if exceptions and self.kind in EXCEPTING else 0
         if count:
             text = f"{text} with {count:,} exception{'' if count == 1 else 's'}"
@@ -265,10 +269,14 @@ def _index(name: str, axis: int, index) -> str:
 LISTED_BLOCKS = 6  # unequal blocks up to this many are said with each size
 
 
-def _field_words(stride: int, field: tuple[int, int]) -> str:
-    """``index i reads 2i − 1..2i + 1`` (a receptive field of stride 2)."""
-    lo, hi = (f"{stride}i" + (f" {'+' if k > 0 else '−'} {abs(k)}" if k else "")
+def _field_words(stride: int, field: tuple[int, int], transposed: bool = False) -> str:
+    """``index i reads 2i − 1..2i + 1`` (a receptive field of stride 2); transposed
+    (upsampling by 2): ``input index j is read by output indices 2j..2j + 1``."""
+    letter = "j" if transposed else "i"
+    lo, hi = (f"{stride}{letter}" + (f" {'+' if k > 0 else '−'} {abs(k)}" if k else "")
               for k in field)
+    if transposed:
+        return f"input index j is read by output indices {lo}..{hi}"
     return f"index i reads {lo}..{hi}"
 
 
@@ -306,6 +314,7 @@ class Verdict(NamedTuple):
     nonzeros: tuple[int, float] | None = None
     stride: int | None = None
     field: tuple[int, int] | None = None
+    transposed: bool = False
 
 
 def verdict(pattern: torch.Tensor) -> tuple[Kind, tuple[int, int] | None, tuple[int, int] | None]:
@@ -357,7 +366,7 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
     if bool((r == c).all()):
         return Verdict(Kind.INDEPENDENT, None, None)
     lo, hi = int((c - r).min()), int((c - r).max())
-    strided = _strided_verdict(m, n, r, c)
+    strided = _strided_verdict(m, n, r, c) or _upsampled_verdict(m, n, r, c)
     if strided is not None and strided[0] < _band_size(m, n, lo, hi) \
             and strided[0] <= SPARSE_RATIO * count:
         return strided[1]
@@ -590,6 +599,24 @@ def _strided_verdict(m: int, n: int, r, c):
                          (int(degree.max()), float(degree.float().mean())), stride, offsets)
 
 
+def _upsampled_verdict(m: int, n: int, r, c):
+    """(entries allowed, Verdict) for the transpose of a receptive field of stride s ≥ 2
+    (upsampling by s, a transposed convolution of stride s: input index j is read by output
+    indices s·j + lo .. s·j + hi, whatever the length; ``transposed``): the strided verdict
+    of the transposed pattern. None where m ≤ n or it is none."""
+    if m <= n:
+        return None
+    order = torch.argsort(c * m + r)  # the transpose's nonzeros, row-major
+    found = _strided_verdict(n, m, c[order], r[order])
+    if found is None:
+        return None
+    size, flipped = found
+    witness = None if flipped.witness is None else flipped.witness[::-1]
+    degree = torch.bincount(r, minlength=m)
+    return size, flipped._replace(witness=witness, transposed=True, nonzeros=(
+        int(degree.max()), float(degree.float().mean())))
+
+
 def _block_verdict(m: int, n: int, r, c):
     """(entries allowed, Verdict) for blocks along the diagonal (lower-triangular blocks where
     no dependence inside a block reads a later index: packed causal sequences), split at the
@@ -718,7 +745,7 @@ def _dependency(pattern, out_axis, in_axis, evidence, seed=None, note=None,
     found = full_verdict(pattern)
     return Dependency(found.kind, found.witness, found.offsets, pattern, out_axis, in_axis,
                       evidence, seed, found.blocks, found.nonzeros, note, complete,
-                      stride=found.stride, field=found.field)
+                      stride=found.stride, field=found.field, transposed=found.transposed)
 
 
 def _axis(axis, ndim: int, what: str) -> int:
