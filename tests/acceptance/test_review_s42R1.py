@@ -348,7 +348,6 @@ R1_4 = ("R1-4: a %%vjp cell (any option) with a custom Function that runs its ow
         "on the path where the cell ends normally")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_4)
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 @pytest.mark.parametrize("error", ["ValueError('mine')", "KeyboardInterrupt"])
 def test_a_cell_raising_after_its_backward_frees_the_graph_as_a_plain_cell(ip, error, line):

@@ -211,16 +211,17 @@ class VJPMagics(Magics):
         with modes_aside():  # the user's torch modes run on the cell's own calls only
             # the record rebuilds a hook-free graph, serves --symbolic/--gradcheck, vectorises
             run = run_cell(self.shell, cell, record_ops=True)
-            # (the answer of --check, or an expression of it such as ans.T, is never the output)
-            subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
-            with retained_grads_kept(self.shell.user_ns), \
-                    _usage_errors(self._coached(run, args), cell):
-                try:
+            subject = None
+            try:  # (the answer of --check, or an expression of it, is never the output)
+                subject = FromCell(run, self.shell, exclude=(args.check,) if args.check else ())
+                with retained_grads_kept(self.shell.user_ns), \
+                        _usage_errors(self._coached(run, args), cell):
                     result = pipeline(subject, self._request(
                         args, of=one_output(args.of), wrt=args.wrt, full=args.full))
-                finally:  # graphs the cell's own backward would have freed are freed now;
-                    # the record stays while the output lives, for %jacobian/%hessian later
-                    self._last_cell = run.release(keep_for=subject.chosen)
+            finally:  # on every way out (an error, Ctrl-C), the graphs the cell's own backward
+                # would have freed are freed now; the record stays while the output lives,
+                # for %jacobian/%hessian later
+                self._last_cell = run.release(keep_for=getattr(subject, "chosen", None))
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
         if _ends_with_semicolon(cell):  # hidden and kept out of Out, as in a plain cell

@@ -160,14 +160,14 @@ class BackwardLog:
     def release(self) -> None:
         """Drop what was held for coaching, then free the graphs the cell's own backward calls
         would have freed (as PyTorch would have: a later pass through them fails)."""
+        freeing, self.freeing = self.freeing, []
+        graphs = [[r() for r in item.roots] for item in freeing]  # before the records go
         self.records.clear()
         self.grad_before.clear()
         for error in self.errors:  # their tracebacks hold the cell's frames and tensors
             error.__traceback__ = None
-        freeing, self.freeing = self.freeing, []
         hooked = _hooked(self.ops) if freeing else []
-        for item in freeing:
-            roots = [r() for r in item.roots]
+        for item, roots in zip(freeing, graphs):
             if any(r is None for r in roots):
                 continue
             free_graph(roots, item.inputs, hooked)
