@@ -327,7 +327,6 @@ def _as_plain(ip, hooked: str, line: str):
     torch.testing.assert_close(magic[3], plain[3])
 
 
-@pytest.mark.xfail(strict=True, reason=R1_3)
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 @pytest.mark.parametrize("hooked", list(_HOOKED)[:4])
 def test_a_kept_graph_with_a_node_hook_is_freed_as_a_plain_cell_frees_it(ip, hooked, line):
@@ -775,9 +774,7 @@ _OTHER_HEAD = {  # the hook on a head of the cell's backward that --of y1 does n
 }
 
 
-@pytest.mark.parametrize("hooked", [
-    pytest.param(name, marks=[] if name == "tensor hook"
-                 else pytest.mark.xfail(strict=True, reason=R1_3)) for name in _OTHER_HEAD])
+@pytest.mark.parametrize("hooked", list(_OTHER_HEAD))
 def test_a_shown_result_frees_the_cells_graph_whatever_hooks_its_other_heads_hold(ip, hooked):
     earlier, head = _OTHER_HEAD[hooked]
     cell = "y1 = Square.apply(x) * x.sin()\n" + head + "(y1.sin().sum() + z.sum()).backward()\n"

@@ -104,14 +104,46 @@ def _hooks_muted(tensors):
             tensor.grad = grad
 
 
+def _set_aside(hooks, muted: list) -> None:
+    if hooks:
+        muted.append((hooks, list(hooks.items())))
+        hooks.clear()
+
+
+def _unused(*_) -> None:
+    """Registered on a node for an instant, to reach the dict its hooks of a kind live in."""
+
+
+@contextmanager
+def _node_hooks_muted(nodes):
+    """The hooks registered on ``nodes`` (``grad_fn.register_hook`` / ``register_prehook``,
+    a module's full backward (pre-)hooks, which sit on nodes) taken out for the block and
+    put back in their order after. PyTorch keeps a node's hooks of a kind in one dict and
+    has no getter for it: a hook registered and removed at once hands that dict over
+    (its handle's ``hooks_dict_ref``; an empty one is left where the node had none)."""
+    muted: list = []
+    try:
+        for node in nodes:
+            for register in (node.register_prehook, node.register_hook):
+                handle = register(_unused)
+                hooks = handle.hooks_dict_ref()
+                handle.remove()
+                _set_aside(hooks, muted)
+        yield
+    finally:
+        for hooks, items in muted:
+            hooks.update(items)
+
+
 def free_graph(roots, inputs, hooked=()) -> None:
     """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
     ``roots``: the engine frees each node's saved tensors as it goes, as the user's pass
     would have. None of the user's code runs: ``.grad`` is untouched (nothing accumulates),
     a custom ``autograd.Function``'s backward is not called (:func:`_no_gradients` stands
     for it), the tensor hooks of ``roots``, the leaves and ``hooked`` (the cell's tensors)
-    are set aside, and the pass runs under the pass guard, which stops it before any other
-    hook of the user's would run (what it had not reached then stays kept)."""
+    and the hooks on the graph's nodes are set aside, and the pass runs under the pass
+    guard, which stops it before any other hook of the user's would run (a tensor hook of
+    a tensor the cell did not touch: what the pass had not reached then stays kept)."""
     nodes = list(walk_nodes(root_nodes(roots)))
     if inputs is None:
         inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
@@ -123,7 +155,7 @@ def free_graph(roots, inputs, hooked=()) -> None:
     stand_ins = _stand_ins(nodes)
     leaves = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
     try:
-        with _hooks_muted([*tensors, *leaves, *inputs, *hooked]):
+        with _hooks_muted([*tensors, *leaves, *inputs, *hooked]), _node_hooks_muted(nodes):
             pass_guard().run_backward(
                 ENGINE, (tuple(tensors), zeros, False, False, tuple(inputs)),
                 {"allow_unreachable": True, "accumulate_grad": False})
