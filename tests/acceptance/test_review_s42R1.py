@@ -429,7 +429,6 @@ R1_5 = ("R1-5: %%vjp --gradcheck of a cell with a custom Function whose forward 
         "nothing keeps or puts back what it writes (core/backward_writes covers backwards)")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_5)
 @pytest.mark.parametrize("function", ["Track", "TrackBox", "TrackBN"])
 def test_gradcheck_leaves_what_a_custom_forward_writes_as_a_plain_run(ip, run_ok, function):
     run_ok(TRACKING)
@@ -808,8 +807,7 @@ class Loud(torch.autograd.Function):
 
 
 @pytest.mark.parametrize("line", [
-    "", "--explain",
-    pytest.param("--gradcheck", marks=pytest.mark.xfail(strict=True, reason=R1_5))])
+    "", "--explain", "--gradcheck"])
 def test_a_custom_forwards_print_shows_once_as_in_a_plain_cell(ip, line):
     from IPython.utils.capture import capture_output
 

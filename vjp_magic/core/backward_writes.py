@@ -228,14 +228,31 @@ def _reachable(node) -> tuple[list, list]:
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
     held = reached(vars(node).values()) if hasattr(node, "__dict__") else []
     held += read_by(getattr(getattr(node, "_forward_cls", None), "backward", None))
-    for value in held:
+    return tensors_of([*found, *held]), [v for v in held if isinstance(v, own_generators.KINDS)]
+
+
+def tensors_of(values) -> list:
+    """The plain tensors and parameters among ``values`` (from :func:`reached`), and the
+    parameters and buffers of the modules among them."""
+    found = []
+    for value in values:
         if isinstance(value, torch.Tensor):
             found.append(value)
         elif isinstance(value, torch.nn.Module):
             found.extend(value.parameters())
             found.extend(value.buffers())
-    return ([t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)],
-            [value for value in held if isinstance(value, own_generators.KINDS)])
+    return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
+
+
+def copied(tensors) -> list:
+    """Each tensor with its version, a copy and its memory now, for :func:`put_back`."""
+    with torch.no_grad():
+        return [(t, t._version, t.detach().clone(), frozenset(), t.detach()) for t in tensors]
+
+
+def put_back(entries) -> None:
+    """Each tensor of :func:`copied`'s ``entries`` written since, as it was then."""
+    _restore(entries)
 
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
@@ -329,4 +346,5 @@ def _contents(cell):
         return None
 
 
-__all__ = ["check", "keep_for", "read_by", "writes_kept", "written_message"]
+__all__ = ["check", "copied", "keep_for", "put_back", "read_by", "reached", "tensors_of",
+           "writes_kept", "written_message"]

@@ -58,9 +58,11 @@ def reran_sentence(reran: dict) -> str:
         return ""
     said = ", ".join(f"{name}'s forward {n:,} more {'time' if n == 1 else 'times'}"
                      for name, n in reran.items())
-    return (f"The check's replays ran {said}, after the cell: it is the user's own code, so "
-            "what it does besides computing (appending to a list, counting calls) was done "
-            "that many more times than in a plain run. Drop --gradcheck to run it only once.")
+    return (f"The check's replays ran {said}, after the cell: it is the user's own code. "
+            "Its prints were silenced and the tensors it can reach (a running statistic, a "
+            "module's buffers) put back, but what else it does (appending to a list, "
+            "counting calls in a number) was done that many more times than in a plain run. "
+            "Drop --gradcheck to run it only once.")
 
 
 def invalid_gradient(error: BaseException) -> str:

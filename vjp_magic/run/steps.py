@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .forward_writes import forward_kept
 from .record import FunctionApply, generator_states, restore_rng
 
 try:  # where PyTorch keeps the marker it applies for module backward hooks
@@ -122,12 +123,14 @@ class Interpreter:
         """The call's value (torch: the recorded function, its draws and grad mode as then)."""
         if step.rng is not None:
             restore_rng(step.rng)  # the same draws as the cell's
-        if _COUNTS and isinstance(step.func, FunctionApply) \
-                and step.func.function is not BackwardHookFunction:  # the user's forward
+        users = isinstance(step.func, FunctionApply) \
+            and step.func.function is not BackwardHookFunction  # the user's forward
+        if users:
             name = step.func.function.__name__
             for counts in _COUNTS:
                 counts[name] = counts.get(name, 0) + 1
-        with nullcontext() if step.grad_enabled else torch.no_grad():
+        with nullcontext() if step.grad_enabled else torch.no_grad(), \
+                forward_kept(step.func.function, args, kwargs) if users else nullcontext():
             return step.func(*args, **kwargs)
 
     def store(self, step: Step, value, env: dict) -> None:

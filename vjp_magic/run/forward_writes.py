@@ -1,0 +1,48 @@
+"""What a custom ``autograd.Function``'s forward writes when a replay runs it again: put back.
+
+A plain run of a cell runs such a forward once; a replay (``--gradcheck``'s float64 copies)
+runs it again, and it is the user's code: a running statistic it adds to (a global tensor,
+one in a dict or on an object, a module's running stats and ``num_batches_tracked``) would
+end written once per replay, and what it prints would show once per replay.
+:func:`forward_kept` runs one such call with the tensors the forward can reach copied and
+put back after (values, then version counters where this PyTorch can set them), and its
+printing silenced. Only replays of a user's Function pay.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+from ..core.backward_writes import copied, put_back, read_by, reached, tensors_of
+from .record import tensors_in
+
+
+def reachable(function: type, args: tuple, kwargs: dict) -> list:
+    """The tensors ``function``'s forward can write besides its arguments' own: what its
+    code reads by a global name or a closure, what the arguments hold (a dict, a module, an
+    object: :func:`..core.backward_writes.reached`), the parameters and buffers of the
+    modules among them. The tensors given as arguments are the replay's own values."""
+    given = {id(t) for t in tensors_in((args, kwargs))}
+    held = read_by(getattr(function, "forward", None)) + reached([*args, *kwargs.values()])
+    found, seen = [], set(given)
+    for tensor in tensors_of(held):
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            found.append(tensor)
+    return found
+
+
+@contextlib.contextmanager
+def forward_kept(function: type, args: tuple, kwargs: dict):
+    """The block (a replay's call of ``function``, a user's custom Function) leaves the
+    tensors its forward can reach as they were, and prints nothing."""
+    kept = copied(reachable(function, args, kwargs))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        put_back(kept)
+
+
+__all__ = ["forward_kept", "reachable"]
