@@ -124,8 +124,11 @@ def _node_hooks_muted(nodes):
     muted: list = []
     try:
         for node in nodes:
-            for register in (node.register_prehook, node.register_hook):
-                handle = register(_unused)
+            for register in ("register_prehook", "register_hook"):
+                try:
+                    handle = getattr(node, register)(_unused)
+                except (AttributeError, RuntimeError):  # a node that takes none: the guard
+                    continue
                 hooks = handle.hooks_dict_ref()
                 handle.remove()
                 _set_aside(hooks, muted)
