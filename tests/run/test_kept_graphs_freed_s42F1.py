@@ -111,3 +111,23 @@ def test_an_interrupt_while_the_analysis_runs_frees_the_graph(ip, monkeypatch, s
     assert error == "RuntimeError" and magic[0] == error
     torch.testing.assert_close(magic[1], first)
     torch.testing.assert_close(magic[2], after)
+
+
+@pytest.mark.parametrize("end", ["", "raise ValueError('mine')\n"], ids=["ends", "raises"])
+def test_a_graph_freed_before_many_later_calls_is_freed_as_a_plain_cell(ip, end):
+    """The tensor the cell differentiated (a temporary ``y1.sin().sum()``) is held for the
+    freeing by the cell's record alone once nine later calls pushed it out of the log."""
+    cell = ("y1 = Square.apply(x) * x.sin()\ny1.sin().sum().backward()\n"
+            "for i in range(9):\n    x.cos().sum().backward()\n" + end)
+    outcomes = []
+    for magic in (False, True):
+        assert ip.run_cell(SQUARE).success
+        ip.run_cell(("%%vjp\n" if magic else "") + cell)
+        first = ip.user_ns["x"].grad.clone()
+        later = ip.run_cell("y1.sum().backward()")
+        outcomes.append((type(later.error_in_exec).__name__, first,
+                         ip.user_ns["x"].grad.clone()))
+    (error, first, after), magic = outcomes
+    assert error == "RuntimeError" and magic[0] == error
+    torch.testing.assert_close(magic[1], first)
+    torch.testing.assert_close(magic[2], after)

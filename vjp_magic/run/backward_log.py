@@ -158,19 +158,25 @@ class BackwardLog:
         self.errors.append(error)
 
     def release(self) -> None:
-        """Drop what was held for coaching, then free the graphs the cell's own backward calls
-        would have freed (as PyTorch would have: a later pass through them fails)."""
-        freeing, self.freeing = self.freeing, []
-        graphs = [[r() for r in item.roots] for item in freeing]  # before the records go
+        """Free the graphs the cell's own backward calls would have freed (:meth:`free`),
+        then drop what was held for coaching."""
+        self.free()
         self.records.clear()
         self.grad_before.clear()
         for error in self.errors:  # their tracebacks hold the cell's frames and tensors
             error.__traceback__ = None
+
+    def free(self) -> None:
+        """Free the graphs the cell's own backward calls would have freed, as PyTorch would
+        have (a later pass through them fails); called while the records and the cell's
+        record still hold the tensors differentiated (a temporary ``y.sum()`` lives only
+        there): on every way out of the cell, before they are let go."""
+        freeing, self.freeing = self.freeing, []
+        graphs = [([r() for r in item.roots], item.inputs) for item in freeing]  # held first
         hooked = _hooked(self.ops) if freeing else []
-        for item, roots in zip(freeing, graphs):
-            if any(r is None for r in roots):
-                continue
-            free_graph(roots, item.inputs, hooked)
+        for roots, inputs in graphs:
+            if all(r is not None for r in roots):
+                free_graph(roots, inputs, hooked)
 
 
 def _hooked(ops) -> list:

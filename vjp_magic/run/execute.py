@@ -35,7 +35,7 @@ from .backward_log import BackwardLog
 from .grad_advice import requires_grad_advice, second_derivative_advice
 from . import guard as guard_module
 from . import record as record_module
-from .guard import keep_graphs
+from .guard import freed_if_raised, keep_graphs
 from .mistakes import CellMistake, classify, creation_advice, numpy_in_torch
 from .record import KeptRecord, OpRecord, is_caller, recording
 
@@ -129,7 +129,8 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     # was re-bound, so lines a coached mistake stopped never pick the output.
     before = dict(shell.user_ns)
     captured: dict = {}  # what its subscript and attribute targets held, as assigned
-    with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record:
+    with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record, \
+            freed_if_raised(log):
         log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:
             with users_modes():  # the user's torch modes, set aside by the magic: the cell's

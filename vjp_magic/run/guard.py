@@ -177,6 +177,18 @@ def keep_graphs(filename: str | None = None):
         raise
 
 
+@contextmanager
+def freed_if_raised(log: BackwardLog):
+    """If the block raises (the user's error, a Ctrl-C), the graphs ``log`` kept are freed at
+    once, inside the contexts that still hold what the cell's passes differentiated (the
+    cell's record: :func:`keep_graphs` exits after it has let go)."""
+    try:
+        yield
+    except BaseException:
+        log.free()
+        raise
+
+
 _PROBE = torch.zeros((), requires_grad=True)  # a leaf of ours, only ever viewed
 
 
