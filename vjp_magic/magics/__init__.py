@@ -218,9 +218,8 @@ class VJPMagics(Magics):
                         _usage_errors(self._coached(run, args), cell):
                     result = pipeline(subject, self._request(
                         args, of=one_output(args.of), wrt=args.wrt, full=args.full))
-            finally:  # on every way out (an error, Ctrl-C), the graphs the cell's own backward
-                # would have freed are freed now; the record stays while the output lives,
-                # for %jacobian/%hessian later
+            finally:  # on every way out (an error, Ctrl-C): what the cell's backward freed is
+                # freed now; the record stays while the output lives, for %jacobian later
                 self._last_cell = run.release(keep_for=getattr(subject, "chosen", None))
         if run.final_value is not None and run.final_value is not subject.chosen:
             display(run.final_value)  # as a plain cell would show it, above the result
