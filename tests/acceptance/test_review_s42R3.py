@@ -385,7 +385,6 @@ R3_2 = ("R3-2: --wrt net, a 0-d parameter (a learned temperature, nn.Parameter(t
         "document model's shape cell is not one owner)")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_2)
 @pytest.mark.parametrize("fmt", ["text/markdown", "text/latex"])
 def test_a_0d_parameters_shape_reads_the_same_in_every_format(ip, run_ok, fmt):
     _, bundle = _net(ip, run_ok)

@@ -113,8 +113,10 @@ def dims(shape: Sequence[int]) -> str:
 
 
 def dims_math(shape: Sequence[int]) -> Math:
-    return Math(r" \times ".join(f"{n:,}".replace(",", "{,}") for n in shape) or "1",
-                dims(shape))
+    """:func:`dims` as maths: the same words in every format (a 0-d shape is ``scalar``,
+    never ``1``, which reads as shape ``(1,)``)."""
+    return Math(r" \times ".join(f"{n:,}".replace(",", "{,}") for n in shape)
+                or r"\mathrm{scalar}", dims(shape))
 
 
 def dtype_text(dtype) -> str:
