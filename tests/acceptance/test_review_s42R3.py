@@ -697,8 +697,7 @@ R3_6 = ("R3-6: the cut note of %%vjp --wrt m names the parameters by their r.der
         "name spelled two ways in one display")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_6)
-@pytest.mark.parametrize("fmt", ["text/plain", "text/markdown"])
+@pytest.mark.parametrize("fmt", ["text/plain", "text/markdown", "text/latex"])
 def test_the_cut_note_names_parameters_as_the_display_does(ip, run_ok, fmt):
     run_ok(CUT)
     body, _ = SPELLED["with torch.no_grad()"]

@@ -22,7 +22,7 @@ import torch
 
 from .errors import AFTER_YOUR_CODE, VJPUsageError, operand, refuse_meta
 from .memory import checked_budget
-from .marked import marked
+from .marked import code, marked
 from .pairing import Evidence
 from .quiet import no_subclass_code, user_subclass
 from .torch_api import TorchError, torch_error
@@ -86,6 +86,13 @@ def parameter_expression(name: str) -> str:
     if not _PARAMETER_NAME.fullmatch(name):
         return name
     return _MODULE_INDEX.sub(r"[\1]", name)
+
+
+def sentence_name(name: str) -> str:
+    """``name`` inside a marked sentence (:mod:`.marked`): as the display spells it
+    (:func:`parameter_expression`), an expression (``m[0].weight``) marked as code."""
+    spelled = parameter_expression(name)
+    return spelled if spelled.isidentifier() else code(spelled)
 
 
 def _spell(module: torch.nn.Module, prefix: str, name: str) -> str:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import ast
 import functools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from ..core.tagging import is_visible_name
+from ..core.validation import spelled_for
 from ..render import graph_facts
 from ..render.codegen import identifiers
 from ..render.codegen import naming as _naming
@@ -83,13 +84,20 @@ def _parsed(source: str, mode: str) -> ast.AST:
 def naming(subject: Subject, result=None):
     """A context in which text for ``subject``'s ``result`` is built with its names taken,
     the namespace's and the result's own (the pipeline's, around every feature), and the
-    notebook's function the output applies as the maths' letter (:func:`applied_letter`)."""
+    notebook's function the output applies as the maths' letter (:func:`applied_letter`),
+    and the result's parameters spelled as the view spells them (``spelled_for``)."""
     names = cell_names(subject)
-    applied = None
-    if result is not None:
-        names |= identifiers([result.output_name, *result.inputs])
-        applied = applied_letter(subject, result)
-    return _naming(names, applied) if names else nullcontext()
+    if result is None:
+        return _naming(names, None) if names else nullcontext()
+    names |= identifiers([result.output_name, *result.inputs])
+    return _spelled_naming(names, applied_letter(subject, result),
+                           {n: item.tensor for n, item in result.inputs.items()})
+
+
+@contextmanager
+def _spelled_naming(names: frozenset, applied: str | None, inputs: dict):
+    with spelled_for(inputs), _naming(names, applied):
+        yield
 
 
 def add(result, request: Asked, subject: Subject) -> Added:

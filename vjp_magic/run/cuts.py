@@ -32,6 +32,7 @@ import torch
 
 from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
+from ..core.validation import sentence_name
 from .plan import recorded_alias, storage_key
 from .record import FunctionApply, outs_of, reads_of, tensors_in
 from .steps import DETACHING, function_name
@@ -159,7 +160,9 @@ def _joiner(k: int, count: int) -> str:
 
 
 def _names(names) -> str:
-    names = list(names)
+    """The inputs as the rest of the display spells them (``m[0].weight``, not the key
+    ``m.0.weight``: :func:`~vjp_magic.core.validation.sentence_name`)."""
+    names = [sentence_name(n) for n in names]
     return "".join(_joiner(k, len(names)) + n for k, n in enumerate(names)) or "the inputs"
 
 

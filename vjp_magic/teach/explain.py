@@ -21,7 +21,10 @@ import torch
 from ..render import notation
 from ..render.codegen import output_symbol
 from ..core.pairing import proved_for_every
-from ..render.document import Code, Entry, Math, Paragraph, Section, Text, paragraph
+from ..core.marked import Marked, marked
+from ..core.validation import sentence_name
+from ..render.document import (Code, Entry, Math, Paragraph, Section, Text, paragraph,
+                               prose)
 from ..render.matrix import Block
 from ..render.numbers import plural
 from ..render.parameters import MANY_INPUTS, largest_tensors
@@ -143,7 +146,12 @@ def _n(result, name: str) -> str:
     return f"n_{list(result.inputs).index(name) + 1}"
 
 
-def _structure(result, name: str) -> str:
+def _structure(result, name: str) -> Marked:
+    """What J's structure is, a marked sentence (the input named as the display spells it)."""
+    return marked(_structure_text(result, name, sentence_name(name)))
+
+
+def _structure_text(result, name: str, shown: str) -> str:
     item = result.inputs[name]
     y = output_symbol(result)
     if result.full or not item.has_points:
@@ -154,10 +162,10 @@ def _structure(result, name: str) -> str:
                     f"row of J (one entry of {y}).")
         return (f"J is not block-diagonal (no entries of {y} are points of their own): the "
                 f"plain way is one backward per row of J (one entry of {y}); rows that read "
-                f"no entry of {name} in common could share one.")
+                f"no entry of {shown} in common could share one.")
     known = ("The autograd graph proves it" if proved_for_every(result, name) else
-             f"The autograd graph shows it at this {name} only" if item.evidence == "proved"
-             else f"Random probes show it at this {name} only")
+             f"The autograd graph shows it at this {shown} only" if item.evidence == "proved"
+             else f"Random probes show it at this {shown} only")
     per_point = item.per_point_numel()
     shape = "diagonal" if per_point == 1 and math.prod(result.component_shape(name)) == 1 \
         else "block-diagonal"
@@ -181,7 +189,7 @@ def _jacobian(result, name: str, options, several: bool = False) -> list:
                  Text(f", m × {'n' if several else _n(result, name)} = {m:,} × {n:,}: row "),
                  Math("i", "i"),
                  Text(", column "), Math("j", "j"), Text(" holds "), entry,
-                 Text(". " + _structure(result, name)))
+                 Text(". "), *prose(_structure(result, name)))
     if m == 1:  # J is the gradient itself: the matrix below
         return [head]
     block = jacobian_block(result, name)
