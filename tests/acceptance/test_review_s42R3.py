@@ -656,15 +656,7 @@ R3_5 = ("R3-5: a grad-mode cut spelled torch.inference_mode() or torch.set_grad_
         "spelling")
 
 
-@pytest.mark.parametrize("spelling", [
-    "with torch.no_grad()",
-    pytest.param("with torch.inference_mode()", marks=pytest.mark.xfail(strict=True,
-                                                                          reason=R3_5)),
-    pytest.param("torch.set_grad_enabled(False)", marks=pytest.mark.xfail(strict=True,
-                                                                            reason=R3_5)),
-    pytest.param("m[0].requires_grad_(False)", marks=pytest.mark.xfail(strict=True,
-                                                                         reason=R3_5)),
-])
+@pytest.mark.parametrize("spelling", list(SPELLED))
 def test_a_grad_mode_cut_is_named_as_the_cell_spells_it(ip, run_ok, spelling):
     run_ok(CUT)
     body, words = SPELLED[spelling]

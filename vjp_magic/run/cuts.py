@@ -26,6 +26,7 @@ import ast
 import functools
 import linecache
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -63,8 +64,11 @@ class CutKind(TextEnum):
 class Cut:
     """One place a value computed from the inputs became a constant on the way to the output.
 
-    ``op``: the call as written (``x.detach()``; ``torch.no_grad()`` for a call under it) or,
-    where the source is not known, its name (``.detach()``); ``line``: its line in the cell
+    ``op``: the call as written (``x.detach()``; for a call made with gradients off, the
+    switch as the cell wrote it: ``torch.inference_mode()``, ``@torch.no_grad()``,
+    ``torch.set_grad_enabled(False)``, ``m[0].requires_grad_(False)``, on its line; where
+    that is not told, the call itself and ``untold``) or, where the source is not known, its
+    name (``.detach()``); ``line``: its line in the cell
     (None outside it); ``constants``: what became constant, as written, conversions left out
     (``x**3`` of ``x.detach()**3``; empty where not recoverable); ``inputs``: the inputs whose
     derivatives it changes; ``count``: how many times it ran; ``guessed``: the value went
@@ -85,6 +89,7 @@ class Cut:
     alone: bool = True  # the only input of the result (its derivative need not be named)
     function: tuple[str, str] | None = None
     caller: str | None = None
+    untold: bool = False  # grad was off at the call, by a switch not read off the source
 
     def pieces(self, tail: bool = True) -> tuple[tuple[str, bool], ...]:
         """The sentence as (text, is_code) pieces: "`x.detach()` on line 2 makes `x**3` a
@@ -112,7 +117,8 @@ class Cut:
                             f"not change with {names}.", False))
                 return tuple(piece for piece in out if piece[0])
             out.append((",", False))
-        out.append((" makes ", False))
+        out.append((" runs with gradients off, which makes " if self.untold else " makes ",
+                    False))
         for k, text in enumerate(self.constants):
             out += [(_joiner(k, len(self.constants)), False), (text, True)]
         if not self.constants:
@@ -491,14 +497,18 @@ def _cut(calls, entry: dict, order: list) -> Cut:
             constants.append(text)
     op = own or (".data" if kind is CutKind.DATA else f".{function_name(call.func)}()")
     line = site.line if site else None
+    written = None
     if kind is CutKind.NO_GRAD:
-        switch = _grad_switch(calls, entry["index"])
-        written = switch.with_item() if switch is not None else None
-        op, line = (written, switch.line) if written else ("torch.no_grad()", line)
-        if own and not constants:
-            constants = [_unconverted(own) or own]
+        written = _grad_off(calls, entry["index"], site)
+    elif kind is CutKind.OTHER:
+        written = _freeze(calls, entry["index"])
+    if written is not None:
+        op, line = written[0], written[1] or line
+    if kind in (CutKind.NO_GRAD, CutKind.OTHER) and own and not constants:
+        constants = [_unconverted(own) or own]
     return Cut(op, kind, line, tuple(constants[:3]), names, entry["count"], entry["guessed"],
-               alone, site.function() if site else None, site.caller() if site else None)
+               alone, site.function() if site else None, site.caller() if site else None,
+               untold=kind is CutKind.NO_GRAD and written is None)
 
 
 # Calls that only convert (leave autograd, change container or device): what became constant
@@ -563,6 +573,75 @@ def _kind(call) -> CutKind:
     if name in _EXITS:
         return CutKind.EXIT
     return CutKind.OTHER
+
+
+# a grad-mode switch that turns gradients off, as a cell writes it
+_GRAD_OFF = re.compile(r"\bno_grad\b|\binference_mode\b(?!\(\s*(mode\s*=\s*)?False)"
+                       r"|\b_?set_grad_enabled\(\s*(mode\s*=\s*)?False\s*\)")
+
+
+def _grad_off(calls, index: int, site) -> tuple[str, int | None] | None:
+    """What turned gradients off at call ``index``, as the cell wrote it, and its cell line
+    (None: not in the cell): the ``with`` or decorator around the call in the source
+    (``torch.inference_mode()``, ``@torch.no_grad()``), else the recorded switch before it
+    (``torch.set_grad_enabled(False)`` as a statement); None where neither tells it."""
+    around = _grad_off_around(site) if site is not None else None
+    if around is not None:
+        return around
+    switch = _grad_switch(calls, index)
+    if switch is None:
+        return None
+    written = switch.with_item() or switch.text()
+    return (written, switch.line) if written and _GRAD_OFF.search(written) else None
+
+
+def _grad_off_around(site) -> tuple[str, int | None] | None:
+    """The innermost ``with`` item or function decorator holding ``site``'s line (its
+    innermost frame's) that turns gradients off (:data:`_GRAD_OFF`), as written, and its line
+    where the cell holds it."""
+    code, lineno = (site.inner[0], site.inner[2]) if site.inner else (site.code, site.lineno)
+    source = "".join(linecache.getlines(code.co_filename))
+    try:
+        tree = _parsed(source)
+    except (SyntaxError, ValueError):
+        return None
+    found, start = None, 0
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if not isinstance(body, list) or not body or body[0].lineno < start \
+                or not body[0].lineno <= lineno <= body[-1].end_lineno:
+            continue
+        heads = [("", item.context_expr) for item in getattr(node, "items", ())] + \
+            [("@", head) for head in getattr(node, "decorator_list", ())]
+        for mark, head in heads:
+            text = ast.get_source_segment(source, head) or ast.unparse(head)
+            if _GRAD_OFF.search(text) and len(text) <= MAX_TEXT:
+                found, start = (mark + text, head.lineno), body[0].lineno
+    if found is None:
+        return None
+    return found[0], found[1] if site.line is not None and not site.inner else None
+
+
+def _freeze(calls, index: int) -> tuple[str, int | None] | None:
+    """The ``requires_grad_(False)`` (a tensor's or a module's) the cell called on a tensor
+    call ``index`` reads while it required no grad there, as written, and its line."""
+    call = calls[index]
+    frozen = {key for key, (_, needs) in call.seen.items() if not needs}
+    for at in range(index - 1, -1, -1):
+        earlier = calls[at]
+        if function_name(earlier.func) != "requires_grad_" or not earlier.args \
+                or id(earlier.args[0]) not in frozen or _needs_grad(earlier):
+            continue
+        site = _Site.of(earlier)
+        written = site.text() if site else None
+        return (written, site.line) if written else None
+    return None
+
+
+def _needs_grad(call) -> bool:
+    """The flag a ``requires_grad_`` call sets (True where not given)."""
+    flag = call.args[1] if len(call.args) > 1 else call.kwargs.get("requires_grad", True)
+    return bool(flag)
 
 
 def _grad_switch(calls, index: int):
