@@ -108,3 +108,15 @@ def test_a_shape_reads_the_same_in_maths_and_text(shape):
     tex = re.sub(r"\\mathrm\{([^}]*)\}", r"\1", dims.tex).replace(r" \times ", " × ")
     assert tex.replace("{,}", ",") == dims.plain == (
         " × ".join(f"{n:,}" for n in shape) or "scalar")
+
+
+@pytest.mark.parametrize("case", ["set_grad_enabled-statement-later-line", "no_grad-decorator",
+                                  "inference_mode-block"])
+def test_the_switch_is_named_without_source_positions(ip, run_ok, monkeypatch, case):
+    """Python 3.10 has no instruction positions: the switch is still read off its line."""
+    import vjp_magic.run.cuts as cuts
+    monkeypatch.setattr(cuts, "_written_at", lambda code, lasti: None)
+    run_ok(SETUP)
+    body, words = CUTS[case]
+    plain = _plain(run_ok(f"%%vjp --wrt m\n{body}\n{LOSS}"))
+    assert "graph is cut" in plain and words in plain, plain

@@ -591,8 +591,9 @@ def _grad_off(calls, index: int, site) -> tuple[str, int | None] | None:
     switch = _grad_switch(calls, index)
     if switch is None:
         return None
-    written = switch.with_item() or switch.text()
-    return (written, switch.line) if written and _GRAD_OFF.search(written) else None
+    written = switch.with_item() or switch.text() or switch.source_line()  # (3.10: no text)
+    return (written, switch.line) if written and len(written) <= MAX_TEXT \
+        and _GRAD_OFF.search(written) else None
 
 
 def _grad_off_around(site) -> tuple[str, int | None] | None:
@@ -684,15 +685,17 @@ class _Site:
     def with_item(self) -> str | None:
         """``torch.no_grad()`` of a ``with torch.no_grad():`` line this site (its innermost
         frame) is on."""
-        code, lineno = (self.inner[0], self.inner[2]) if self.inner else (self.code, self.lineno)
-        lines = linecache.getlines(code.co_filename)
-        if not lineno or len(lines) < lineno:
-            return None
-        line = lines[lineno - 1].strip()
+        line = self.source_line() or ""
         if not line.startswith("with ") or not line.endswith(":"):
             return None
         item = line[5:-1].strip()
         return item if 0 < len(item) <= MAX_TEXT else None
+
+    def source_line(self) -> str | None:
+        """The line this site (its innermost frame) is on, stripped (None: not known)."""
+        code, lineno = (self.inner[0], self.inner[2]) if self.inner else (self.code, self.lineno)
+        lines = linecache.getlines(code.co_filename)
+        return lines[lineno - 1].strip() if lineno and len(lines) >= lineno else None
 
     def text(self) -> str | None:
         """The call's expression as written where it was made (its innermost frame's; Python
