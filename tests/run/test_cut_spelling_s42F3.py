@@ -120,3 +120,21 @@ def test_the_switch_is_named_without_source_positions(ip, run_ok, monkeypatch, c
     body, words = CUTS[case]
     plain = _plain(run_ok(f"%%vjp --wrt m\n{body}\n{LOSS}"))
     assert "graph is cut" in plain and words in plain, plain
+
+
+F3_1 = ("F3-1 (found in s42 F3): a weight frozen for one call alone (m[0].weight."
+        "requires_grad_(False) ... (True), its bias left trainable) gets no cut note, and "
+        "r.derivatives['m.0.weight'] is nonzero, the formula's, where the cell's graph has no "
+        "path to the weight (autograd gives None) and the whole layer frozen so reads 0 with "
+        "the note; class: a freeze of some of a call's inputs is not a cut the record sees")
+
+
+@pytest.mark.xfail(strict=True, reason=F3_1)
+def test_a_weight_frozen_for_one_call_is_named_as_a_cut(ip, run_ok):
+    run_ok(SETUP)
+    body = "m[0].weight.requires_grad_(False)\nh = m[:2](x)\nm[0].weight.requires_grad_(True)"
+    r = run_ok(f"%%vjp --wrt m\n{body}\n{LOSS}")
+    plain = _plain(r)
+    assert "graph is cut" in plain and "m[0].weight.requires_grad_(False) on line 1" in plain, \
+        plain
+    assert float(r.derivatives["m.0.weight"].abs().max()) == 0.0  # the graph as computed
