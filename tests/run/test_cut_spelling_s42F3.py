@@ -129,7 +129,6 @@ F3_1 = ("F3-1 (found in s42 F3): a weight frozen for one call alone (m[0].weight
         "the note; class: a freeze of some of a call's inputs is not a cut the record sees")
 
 
-@pytest.mark.xfail(strict=True, reason=F3_1)
 def test_a_weight_frozen_for_one_call_is_named_as_a_cut(ip, run_ok):
     run_ok(SETUP)
     body = "m[0].weight.requires_grad_(False)\nh = m[:2](x)\nm[0].weight.requires_grad_(True)"

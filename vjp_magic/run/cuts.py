@@ -192,6 +192,7 @@ class _Flow:
     to_numpy: set = field(default_factory=set)  # cuts whose values went into numpy arrays
     exited: set = field(default_factory=set)  # cuts whose values left torch (numbers, lists)
     guessed: set = field(default_factory=set)  # ids tainted by :meth:`from_outside` alone
+    frozen: set = field(default_factory=set)  # cuts of inputs a call read frozen (no grad)
 
     def from_outside(self, value) -> set:
         """The cuts whose values went into numpy, for a floating tensor no recorded call
@@ -266,6 +267,8 @@ def _forward(calls, inputs: dict) -> _Flow:
                 flow.guessed.add(id(o))
                 for cut in gone:
                     flow.meets.setdefault(cut, []).append((index, id(o)))
+        if live:  # a weight frozen for this call alone, its bias not: the output is tracked
+            _frozen_reads(flow, call, index, read)
         # (an input written in place before it required grad, x.add_(1) then
         # x.requires_grad_(), is the input still: no value left autograd)
         dead = [o for o in outs if not any(o is t for t in live) and id(o) not in leaves]
@@ -294,6 +297,20 @@ def _forward(calls, inputs: dict) -> _Flow:
                 for cut in flow.tainted(o):
                     flow.meets.setdefault(cut, []).append((index, id(o)))
     return flow
+
+
+def _frozen_reads(flow: _Flow, call, index: int, read: list) -> None:
+    """A cut for the inputs ``call`` read while they required no grad (set aside with
+    ``requires_grad_(False)`` around the call), where its result is tracked all the same:
+    the cell's graph has no edge to them there (nor has the replay's, :mod:`.plan`)."""
+    frozen = [o for o in read if isinstance(o, torch.Tensor) and id(o) in flow.live
+              and not call.seen.get(id(o), (None, True))[1]
+              and not any(o is t for t in call.targets)]
+    if not frozen:
+        return
+    flow.cuts.append((index, frozenset().union(*(flow.live[id(o)] for o in frozen))))
+    flow.frozen.add(len(flow.cuts) - 1)
+    flow.meets.setdefault(len(flow.cuts) - 1, []).extend((index, id(o)) for o in frozen)
 
 
 def _captured(call) -> list:
@@ -463,12 +480,13 @@ def _described(calls, flow: _Flow, needed: set, inputs: dict) -> tuple[Cut, ...]
             continue
         guessed = all(key in flow.guessed for key in reached)
         call = calls[index]
-        kind = _kind(call)
+        kind = CutKind.OTHER if cut in flow.frozen else _kind(call)
         site = _Site.of(call)
         where = (site.key if site else None, kind, function_name(call.func))
         entry = found.setdefault(where, {"call": call, "kind": kind, "site": site,
                                          "names": set(), "constants": [], "count": 0,
-                                         "index": index, "guessed": guessed})
+                                         "index": index, "guessed": guessed,
+                                         "frozen": cut in flow.frozen})
         entry["guessed"] = entry["guessed"] and guessed
         entry["names"] |= names
         entry["count"] += 1
@@ -504,6 +522,8 @@ def _cut(calls, entry: dict, order: list) -> Cut:
         written = _freeze(calls, entry["index"])
     if written is not None:
         op, line = written[0], written[1] or line
+    if entry["frozen"] and written is not None and written[0].endswith(_FREEZE):
+        constants = [written[0][:-len(_FREEZE)]]  # m[0].weight, set aside for the call
     if kind in (CutKind.NO_GRAD, CutKind.OTHER) and own and not constants:
         constants = [_unconverted(own) or own]
     return Cut(op, kind, line, tuple(constants[:3]), names, entry["count"], entry["guessed"],
@@ -621,6 +641,9 @@ def _grad_off_around(site) -> tuple[str, int | None] | None:
     if found is None:
         return None
     return found[0], found[1] if site.line is not None and not site.inner else None
+
+
+_FREEZE = ".requires_grad_(False)"
 
 
 def _freeze(calls, index: int) -> tuple[str, int | None] | None:

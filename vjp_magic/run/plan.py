@@ -161,7 +161,7 @@ def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> l
     for call in calls:
         step = Step(replayed_function(call.func), call.args, call.kwargs, call.result,
                     call.targets, call.grad_enabled, {}, rng=call.rng,
-                    live=frozenset(live_outs[id(call)]))
+                    live=frozenset(live_outs[id(call)]), detached=_frozen_at(call, live))
         scratch = _running_stats(call)
         for tensor in reads_of(call):
             key = id(tensor)
@@ -177,6 +177,15 @@ def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> l
         live.update(out_ids(call))
         steps.append(step)
     return steps
+
+
+def _frozen_at(call, live: set) -> frozenset:
+    """The ids of ``call``'s tensor arguments that carry the inputs (``live``) but required
+    no grad at the call (``requires_grad_(False)`` around it, or not yet set): the cell's
+    graph has no edge to them there, so neither has the replay's (in-place targets aside)."""
+    targets = {id(t) for t in call.targets}
+    return frozenset(key for key, (_, needs) in call.seen.items()
+                     if not needs and key in live and key not in targets)
 
 
 def _running_stats(call) -> dict:

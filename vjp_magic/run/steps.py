@@ -47,6 +47,9 @@ class Step:
     scratch: dict = field(default_factory=dict)  # running statistics: id -> a throwaway value
     rng: tuple | None = None  # the generators' states the call drew from (record.rng_states)
     live: frozenset = frozenset()  # ids of the results and targets that carry the inputs
+    # ids of arguments that carry the inputs but required no grad at the call (a weight
+    # frozen for this call alone): given detached, as the cell's graph has no edge to them
+    detached: frozenset = frozenset()
 
     @property
     def name(self) -> str:
@@ -105,7 +108,9 @@ class Interpreter:
 
         def swap(value, depth=0):
             if isinstance(value, torch.Tensor):
-                return local[id(value)] if id(value) in local else fetch(step, value, env)
+                found = local[id(value)] if id(value) in local else fetch(step, value, env)
+                return found.detach() if id(value) in step.detached \
+                    and isinstance(found, torch.Tensor) else found
             if depth < _DEPTH and type(value) in (list, tuple):
                 return type(value)([swap(v, depth + 1) for v in value])
             return value
