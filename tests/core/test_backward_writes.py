@@ -265,3 +265,72 @@ def test_reached_is_bounded_and_opens_no_library_object():
     found = backward_writes.reached([big, torch.nn.Linear(2, 2), torch.zeros(1)])
     assert len(found) <= backward_writes.OPEN_MOST
     assert not any(isinstance(v, torch.nn.Parameter) for v in found)  # modules: not opened
+
+
+# -- the reach walk's edges (s42 read-back V1): budget, odd tensors, the user's own code ------
+
+def _function_with(held: dict, backward: str):
+    ns: dict = {"torch": torch, **held}
+    exec("class F(torch.autograd.Function):\n"
+         "    @staticmethod\n"
+         "    def forward(ctx, x):\n"
+         "        ctx.held = HELD if 'HELD' in globals() else None\n"
+         "        return 3 * x\n"
+         "    @staticmethod\n"
+         f"    def backward(ctx, g):\n        {backward}\n", ns)
+    x = torch.linspace(1., 2., 2, requires_grad=True)
+    return ns, x, ns["F"].apply(x) ** 2
+
+
+def test_a_tensor_read_by_name_is_kept_however_big_the_other_globals_are():
+    table = {k: [float(k * 1000 + i) for i in range(512)] for k in range(8)}
+    ns, x, y = _function_with({"TABLE": table, "SCALE": torch.tensor(1.)},
+                              "_ = TABLE[0][0]; SCALE.add_(1); return 3 * g * SCALE")
+    with pytest.raises(VJPUsageError, match="SCALE"):
+        vjp_magic.differentiate(y, x)
+    assert float(ns["SCALE"]) == 1.0 and ns["SCALE"]._version == 0
+
+
+def test_a_grad_written_through_data_is_put_back():
+    w = torch.nn.Parameter(torch.ones(2))
+    w.grad = torch.zeros(2)
+    ns, x, y = _function_with({"W": w}, "W.grad.data.add_(5); return 3 * g")
+    vjp_magic.differentiate(y, x)
+    assert torch.equal(w.grad, torch.zeros(2))
+
+
+_ODD = {
+    "sparse COO": lambda: torch.eye(3).to_sparse(),
+    "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+    "meta": lambda: torch.empty(3, device="meta"),
+    "complex with NaN": lambda: torch.tensor([complex(float("nan"), 0), 1j]),
+    "float with NaN": lambda: torch.tensor([float("nan"), 1.0]),
+    "bool": lambda: torch.tensor([True, False]),
+}
+
+
+@pytest.mark.parametrize("kind", list(_ODD))
+def test_an_odd_tensor_a_backward_can_reach_is_no_error_and_no_false_refusal(kind):
+    ns, x, y = _function_with({"HELD": _ODD[kind]()}, "return 3 * g")
+    r = vjp_magic.differentiate(y, x)  # nothing written: no refusal
+    torch.testing.assert_close(r.jacobian("x"), torch.diag(18 * x.detach()))
+
+
+def test_reached_runs_no_overridden_iteration_and_reads_slots():
+    ran: list = []
+
+    class Loud(dict):
+        def values(self):
+            ran.append("values")
+            return super().values()
+
+    class Slotted:
+        __slots__ = ("t",)
+
+        def __init__(self):
+            self.t = torch.zeros(1)
+
+    slotted = Slotted()
+    found = backward_writes.reached([Loud(a=torch.ones(1)), slotted])
+    assert ran == []
+    assert any(v is slotted.t for v in found)

@@ -115,8 +115,8 @@ def _put_back_unrefused() -> None:
         for tensor, grad, version, copy in _KEPT.grads or ():
             if tensor.grad is not grad:
                 tensor.grad = grad
-            if grad is not None and grad._version != version:
-                grad.copy_(copy)
+            if grad is not None and (grad._version != version or not _same_bits(grad, copy)):
+                grad.copy_(copy)  # (written in place, or through .grad.data)
                 _set_version(grad, version)
     for generator, state in _KEPT.generators or ():
         own_generators.set_state(generator, state)
@@ -131,22 +131,40 @@ def _written(tensor, version, copy, owners, alias) -> bool:
 
 
 def _same_data(tensor, alias) -> bool:
-    """Whether ``tensor`` still holds the memory ``alias`` (its detached self) held."""
+    """Whether ``tensor`` still holds the memory ``alias`` (its detached self) held (a
+    tensor without plain memory, sparse, nested or meta: by its version alone)."""
+    if not _plain(tensor):
+        return True
     return tensor.data_ptr() == alias.data_ptr() and tensor.shape == alias.shape \
         and tensor.stride() == alias.stride() and tensor.dtype == alias.dtype
 
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NO_BITS = {getattr(torch, name) for name in ("qint8", "quint8", "qint32", "quint4x2",
+                                              "quint2x4") if hasattr(torch, name)}
+
+
+def _plain(tensor) -> bool:
+    """A strided tensor with memory of its own to compare (not sparse, nested, meta,
+    quantized)."""
+    return tensor.layout == torch.strided and not tensor.is_nested \
+        and tensor.device.type != "meta" and tensor.dtype not in _NO_BITS
 
 
 def _same_bits(tensor, copy) -> bool:
-    """Whether two tensors of one shape and dtype hold the same bits (NaN equal to itself)."""
+    """Whether two tensors of one shape and dtype hold the same bits (NaN equal to itself);
+    True where there are no plain bits to compare (:func:`_plain`: the version decides)."""
+    if not _plain(tensor) or not _plain(copy):
+        return True
     if tensor.shape != copy.shape or tensor.dtype != copy.dtype:
         return False
-    if tensor.dtype == torch.bool or tensor.is_sparse or tensor.element_size() not in _BITS:
-        return bool(torch.equal(tensor.detach(), copy))
-    integer = _BITS[tensor.element_size()]
-    return bool(torch.equal(tensor.detach().view(integer), copy.view(integer)))
+    now, then = tensor.detach(), copy
+    if now.is_complex():
+        now, then = torch.view_as_real(now), torch.view_as_real(then)
+    if now.dtype == torch.bool or now.element_size() not in _BITS:
+        return bool(torch.equal(now, then))
+    integer = _BITS[now.element_size()]
+    return bool(torch.equal(now.view(integer), then.view(integer)))
 
 
 def _restore(entries) -> None:
@@ -256,8 +274,7 @@ def put_back(entries) -> None:
 
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
-OPEN_MOST, ITEMS_MOST = 2048, 512  # objects opened at most, and items of one container
-_CONTAINERS = (list, tuple, set, frozenset, collections.deque)
+OPEN_MOST, ITEMS_MOST = 2048, 512  # containers and objects opened, items read of one
 
 
 def read_by(function) -> list:
@@ -269,32 +286,53 @@ def read_by(function) -> list:
 
 
 def reached(values) -> list:
-    """``values`` and what code can reach from them: the items of lists, tuples, sets and
-    dicts; a user's object's attributes and its class's methods; a bound method's object; a
-    ``functools.partial``'s function and arguments; and, for the user's own Python
-    functions, what they read by a global name or a closure and their default arguments
-    (up to :data:`READ_DEPTH` calls deep, :data:`READ_MOST` functions; library code is not
-    followed, nor tensors and modules opened: their callers take their parameters)."""
-    found, seen, functions = [], set(), [0]
-    todo = [(value, 0) for value in reversed(list(values))]
-    while todo and len(seen) < OPEN_MOST:
-        now, depth = todo.pop()
-        if id(now) in seen:
+    """``values`` and what code can reach from them, breadth first: the items of lists,
+    tuples, sets and dicts; a user's object's attributes and its class's methods; a bound
+    method's object; a ``functools.partial``'s function and arguments; and, for the user's
+    own Python functions, what they read by a global name or a closure and their default
+    arguments (:data:`READ_MOST` functions; library code is not followed, nor tensors and
+    modules opened: their callers take their parameters). What a function reads by name is
+    always found; containers and objects are opened up to :data:`OPEN_MOST` in all, read
+    through their base type's own methods (a subclass's ``values`` or ``__iter__`` is the
+    user's code: not run)."""
+    found, seen, budget = [], set(), _Budget()
+    todo = collections.deque((value, 0) for value in values)
+    while todo:
+        now, depth = todo.popleft()
+        if isinstance(now, _ATOMS) or id(now) in seen:
             continue
         seen.add(id(now))
         found.append(now)
-        todo += [(value, depth + 1) for value in reversed(_opened(now, depth, functions))]
+        todo.extend((value, depth + 1) for value in _opened(now, depth, budget))
     return found
 
 
-def _opened(value, depth: int, functions: list) -> list:
+class _Budget:
+    """What :func:`reached` may still open: containers and objects, and functions read."""
+
+    def __init__(self) -> None:
+        self.objects, self.functions = OPEN_MOST, READ_MOST
+
+    def take(self, kind: str) -> bool:
+        left = getattr(self, kind)
+        setattr(self, kind, left - 1)
+        return left > 0
+
+
+_ATOMS = (int, float, complex, str, bytes, type(None))
+_ITERATE = ((dict, dict.values), (list, list.__iter__), (tuple, tuple.__iter__),
+            (set, set.__iter__), (frozenset, frozenset.__iter__),
+            (collections.deque, collections.deque.__iter__))
+
+
+def _opened(value, depth: int, budget: _Budget) -> list:
     """What ``value`` holds or reads (one step of :func:`reached`)."""
-    if isinstance(value, (torch.Tensor, torch.nn.Module, type, types.ModuleType, str, bytes)):
+    if isinstance(value, (torch.Tensor, torch.nn.Module, type, types.ModuleType)):
         return []
-    if isinstance(value, dict):
-        return list(itertools.islice(value.values(), ITEMS_MOST))
-    if isinstance(value, _CONTAINERS):
-        return list(itertools.islice(value, ITEMS_MOST))
+    for base, items in _ITERATE:
+        if isinstance(value, base):
+            return list(itertools.islice(items(value), ITEMS_MOST)) \
+                if budget.take("objects") else []
     if isinstance(value, (staticmethod, classmethod)):
         return [value.__func__]
     if isinstance(value, types.MethodType):
@@ -302,12 +340,13 @@ def _opened(value, depth: int, functions: list) -> list:
     if isinstance(value, functools.partial):
         return [value.func, *value.args, *value.keywords.values()]
     if isinstance(value, types.FunctionType):
-        if depth > READ_DEPTH or functions[0] >= READ_MOST or not users_function(value):
+        if depth > 2 * READ_DEPTH + 2 or not users_function(value) \
+                or not budget.take("functions"):
             return []
-        functions[0] += 1
         return _read(value)
-    return _attributes(value) \
-        if _users_type(type(value)) or isinstance(value, types.SimpleNamespace) else []
+    if _users_type(type(value)) or isinstance(value, types.SimpleNamespace):
+        return _attributes(value) if budget.take("objects") else []
+    return []
 
 
 def _read(function: types.FunctionType) -> list:
@@ -321,12 +360,23 @@ def _read(function: types.FunctionType) -> list:
 
 
 def _attributes(value) -> list:
-    """A user's object's attributes and the methods its classes (the user's) define."""
-    held = list(itertools.islice(vars(value).values(), ITEMS_MOST)) \
-        if hasattr(value, "__dict__") else []
+    """A user's object's attributes (its instance dict, and its ``__slots__``) and the methods
+    its classes (the user's) define; none where reading them raises."""
+    try:
+        held = list(itertools.islice(vars(value).values(), ITEMS_MOST)) \
+            if hasattr(value, "__dict__") else []
+        held += [getattr(value, slot) for cls in type(value).__mro__
+                 for slot in _slots(cls) if hasattr(value, slot)]
+    except Exception:  # noqa: BLE001 - a __dict__ or slot property of the user's that raises
+        held = []
     return held + [method for cls in type(value).__mro__ if _users_type(cls)
                    for method in vars(cls).values()
                    if isinstance(method, (types.FunctionType, staticmethod, classmethod))]
+
+
+def _slots(cls: type) -> tuple:
+    slots = vars(cls).get("__slots__", ())
+    return (slots,) if isinstance(slots, str) else tuple(s for s in slots if s != "__dict__")
 
 
 def _users_type(cls: type) -> bool:
