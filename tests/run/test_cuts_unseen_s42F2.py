@@ -100,3 +100,25 @@ def test_a_module_in_a_plain_call_is_not_read_twice(ip, run_ok):
     assert [c.kind for c in r.cuts] == [CutKind.NO_GRAD], r.cuts
     assert "does not depend on m[0]" not in _plain(r)
 
+
+
+NORM = '''class Norm(torch.autograd.Function):   # its output marked non-differentiable
+    @staticmethod
+    def forward(ctx, x):
+        n = x.norm()
+        ctx.mark_non_differentiable(n)
+        return n
+    @staticmethod
+    def backward(ctx, g): return None
+x = torch.tensor([3., 4.], requires_grad=True)'''
+
+
+def test_a_function_given_a_tensor_that_requires_grad_is_not_said_to_run_outside_autograd(
+        ip, run_ok):
+    run_ok(NORM)
+    r = run_ok("%%vjp\ny = x / Norm.apply(x)")
+    assert [cut.kind for cut in r.cuts] == [CutKind.OTHER]
+    text = _plain(r)
+    assert "outside autograd" not in text and "none of the tensors" not in text, text
+    # the graph as computed: d(x / n)/dx with n a constant = I / 5
+    torch.testing.assert_close(r.jacobian("x"), torch.eye(2) / 5)

@@ -582,8 +582,9 @@ def _kind(call) -> CutKind:
     name = function_name(call.func)
     if not call.grad_enabled:
         return CutKind.NO_GRAD
-    if isinstance(call.func, FunctionApply):
-        return CutKind.FUNCTION
+    if isinstance(call.func, FunctionApply) and not any(
+            needs for _, needs in call.seen.values()):  # (given a tensor that requires
+        return CutKind.FUNCTION                          # grad: its output marked not so)
     if name in ("detach", "detach_"):
         return CutKind.DETACH
     if name == "data":
