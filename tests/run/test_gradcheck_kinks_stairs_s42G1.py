@@ -257,3 +257,25 @@ def test_the_magic_tells_a_backward_of_the_wrong_shape_in_one_line(ip):
     error = result.error_in_exec
     assert type(error).__name__ == "UsageError", type(error)  # IPython's: one line
     assert "A custom backward is wrong" in str(error) and "shape" in str(error)
+
+
+# -- a user's backward wrong at a smooth x, right a little away (read-back V1-2) --------------
+
+WRONG_AT_ONE = '''
+class Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x): ctx.save_for_backward(x); return x ** 3
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        return g * torch.where(x == 1.0, torch.zeros_like(x), 3 * x ** 2)  # wrong at x = 1
+x = torch.tensor([0.5, 1.0, 2.0], requires_grad=True)
+'''
+
+
+@pytest.mark.parametrize("cell", ["y = Cube.apply(x).sum()", "y = Cube.apply(x) * 2"])
+def test_a_custom_backward_wrong_only_at_a_smooth_x_fails_there(ip, run_ok, cell):
+    run_ok("import torch\n" + WRONG_AT_ONE)
+    report = run_ok(f"%%vjp --gradcheck\n{cell}").gradcheck
+    assert report.ok is False, report  # x³ is smooth at 1: d/dx = 3, the backward says 0
+    assert 1 in report.failed["x"]

@@ -259,15 +259,18 @@ def _gradcheck(record, inputs: dict, output, names, budget: Budget,
         probe, second = (None if v is None else (v, base, HiddenNoise(replay, values, v, STEP))
                          for v in (analytic.numeric_v, analytic.v2))
         atol = _atol(analytic.grads.values())
-        found = {name: _compare(replay, values, name, analytic.grads[name], probe, budget,
-                                seed, atol, second and (second, analytic.second[name]))
-                 for name in names}
+        with _users_backward(bool(analytic.custom)):
+            found = {name: _compare(replay, values, name, analytic.grads[name], probe,
+                                    budget, seed, atol,
+                                    second and (second, analytic.second[name]))
+                     for name in names}
     except Exception as error:  # noqa: BLE001 - e.g. an op without float64 support
         return GradcheckReport(ok=None, note=_replay_failed(error))
     cell = _cell_derivatives(own, (inputs, values), output, names, analytic, replay,
                              (probe[1], seed))
     if probe[1].numel() > 1:  # a vector output's errors are of vᵀJ: told in J's own units
-        _told_in_units(replay, values, found, (probe, second), atol)
+        with _users_backward(bool(analytic.custom)):
+            _told_in_units(replay, values, found, (probe, second), atol)
     return _report(replay, found, analytic, budget, cell)
 
 
@@ -1120,6 +1123,9 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         return found
     stairs = lambda: unresolved(along_within(None), STEP, want, (atol, rtol))  # noqa: E731
     stair = stairs() if found[0] is Agreement.DISAGREE else None  # rounding stairs?
+    if found[0] is Agreement.DISAGREE and not stair and _USERS_BACKWARD.get():
+        return found  # f smooth along u at x, a user's backward on the way disagrees there:
+        # wrong at x, whatever it gives at x' (a built-in's ties are checked there, below)
     nearby = (None, 0.0) if stair else _nearby(replay, values, name, u, v, (atol, rtol))
     if nearby[0] is Agreement.DISAGREE:  # wrong where f has a derivative: fails, with the
         # error at x, or at a kink the one at x' (at x the backward may be near a side)
@@ -1186,6 +1192,17 @@ def _at_step(along, h: float, want: float, atol: float, rtol: float,
 
 
 _SIDES: ContextVar[list | None] = ContextVar("gradcheck_sides", default=None)
+# whether a custom backward of the user's lies on the way (:func:`custom_on_the_way`)
+_USERS_BACKWARD: ContextVar[bool] = ContextVar("gradcheck_users_backward", default=False)
+
+
+@contextmanager
+def _users_backward(present: bool):
+    token = _USERS_BACKWARD.set(present)
+    try:
+        yield
+    finally:
+        _USERS_BACKWARD.reset(token)
 _FURTHER: ContextVar[bool] = ContextVar("gradcheck_further", default=True)
 
 
