@@ -95,3 +95,14 @@ def test_the_function_forms_compile_nothing_and_are_exact(frames):
     torch.testing.assert_close(r.jacobian("x"), torch.func.jacrev(_g)(x.detach()))
     f(x)
     assert frames() == 1
+
+
+def test_a_stance_the_cell_sets_itself_is_left_as_the_cell_set_it(ip, run_ok, frames):
+    from torch._dynamo import eval_frame
+
+    run_ok(_COMPILED)
+    try:
+        run_ok("%%vjp\ntorch.compiler.set_stance('eager_on_recompile')\n" + _BODY)
+        assert eval_frame._stance.stance == "eager_on_recompile"  # as a plain cell leaves it
+    finally:
+        torch.compiler.set_stance("default")

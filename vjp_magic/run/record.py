@@ -573,10 +573,25 @@ def compiled_code_run_eagerly():
     afterwards): the recorder, a function mode, then sees their every call, and dynamo
     neither compiles them again under a mode stack it guards on (the recorder's) nor leaves
     an entry for it in their cache, so the next plain call reuses what was compiled before.
-    A no-op where torch has no stances or dynamo was never imported (nothing compiled)."""
+    A no-op where torch has no stances or dynamo was never imported (nothing compiled).
+    A stance the cell sets itself (``torch.compiler.set_stance``) is left as the cell set
+    it, as after a plain run."""
     dynamo = sys.modules.get("torch._dynamo")
     stance = getattr(dynamo, "set_stance", None) if dynamo is not None else None
-    return contextlib.nullcontext() if stance is None else stance("force_eager")
+    return contextlib.nullcontext() if stance is None else _eager(stance("force_eager"))
+
+
+@contextlib.contextmanager
+def _eager(forced):
+    """``forced`` (a stance's context) entered, and left only where the stance is still it."""
+    frame = sys.modules.get("torch._dynamo.eval_frame")
+    forced.__enter__()
+    ours = getattr(frame, "_stance", None)
+    try:
+        yield
+    finally:
+        if ours is None or getattr(frame, "_stance", None) is ours:
+            forced.__exit__(None, None, None)
 
 
 def _push_beneath_users(recorder: _Recorder) -> None:
