@@ -55,7 +55,7 @@ def writes_kept():
     _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = None, None, None, True
     try:
         yield
-        check()
+        check(final=True)
     finally:
         if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
             _restore(_KEPT.watch)
@@ -69,8 +69,8 @@ def keep_for(output, functions) -> None:
     :func:`writes_kept` (else nothing)."""
     if not _KEPT.active:
         return
-    check()  # (a graph judged before in this analysis: its copies compared before let go)
-    _put_back_unrefused()
+    check(final=True)  # (a graph judged before in this analysis: its copies compared in
+    # full before they are let go)
     leaves = [*graph_leaves(output).values(), output]
     found: dict[int, list] = {}
     names, generators = set(), {}  # (a leaf: any of them may hold it, unseen where PyTorch
@@ -92,21 +92,24 @@ def keep_for(output, functions) -> None:
     _KEPT.generators = [(g, own_generators.state(g)) for g in generators.values()]
 
 
-def check() -> None:
+def check(final: bool = False) -> None:
     """After a pass or a probe: where a user's backward wrote a kept tensor in place, every
-    one written put back and a :class:`VJPUsageError` naming the Function and the tensor."""
-    _put_back_unrefused()
+    one written put back and a :class:`VJPUsageError` naming the Function and the tensor.
+    The values are compared bit for bit (a write through ``.data`` moves no version) at
+    the analysis' end (``final``: before any result is shown), each pass by versions and
+    memory alone (a comparison of every reachable parameter per pass would cost seconds)."""
+    _put_back_unrefused(final)
     watch = _KEPT.watch
     if not watch:
         return
-    changed = [entry for entry in watch if _written(*entry)]
+    changed = [entry for entry in watch if _written(*entry, bits=final)]
     if not changed:
         return
     _restore(changed)
     raise VJPUsageError(written_message(changed))
 
 
-def _put_back_unrefused() -> None:
+def _put_back_unrefused(bits: bool = True) -> None:
     """The ``.grad`` of each tensor a user's backward reaches (the same tensor, its values
     and version) and the user's generators it reaches, as they were when copied: a
     backward accumulating a parameter's gradient by hand, or drawing noise, changes no
@@ -115,19 +118,20 @@ def _put_back_unrefused() -> None:
         for tensor, grad, version, copy in _KEPT.grads or ():
             if tensor.grad is not grad:
                 tensor.grad = grad
-            if grad is not None and (grad._version != version or not _same_bits(grad, copy)):
+            if grad is not None and (grad._version != version
+                                     or bits and not _same_bits(grad, copy)):
                 grad.copy_(copy)  # (written in place, or through .grad.data)
                 _set_version(grad, version)
     for generator, state in _KEPT.generators or ():
         own_generators.set_state(generator, state)
 
 
-def _written(tensor, version, copy, owners, alias) -> bool:
+def _written(tensor, version, copy, owners, alias, bits: bool = True) -> bool:
     """Whether ``tensor`` was written since copied: its version moved, it was given new
-    data (``t.data = ...``), or its values differ bit for bit (a write through ``t.data``,
-    whose version counter is its own)."""
+    data (``t.data = ...``), or (``bits``) its values differ bit for bit (a write through
+    ``t.data``, whose version counter is its own)."""
     return tensor._version != version or not _same_data(tensor, alias) \
-        or not _same_bits(tensor, copy)
+        or bits and not _same_bits(tensor, copy)
 
 
 def _same_data(tensor, alias) -> bool:
