@@ -301,11 +301,13 @@ def _forward(calls, inputs: dict) -> _Flow:
 
 def _frozen_reads(flow: _Flow, call, index: int, read: list) -> None:
     """A cut for the inputs ``call`` read while they required no grad (set aside with
-    ``requires_grad_(False)`` around the call), where its result is tracked all the same:
+    ``requires_grad_(False)`` around the call; not what it returns or writes, as
+    ``requires_grad_`` itself), where its result is tracked all the same:
     the cell's graph has no edge to them there (nor has the replay's, :mod:`.plan`)."""
+    made = {id(t) for t in outs_of(call)}
     frozen = [o for o in read if isinstance(o, torch.Tensor) and id(o) in flow.live
-              and not call.seen.get(id(o), (None, True))[1]
-              and not any(o is t for t in call.targets)]
+              and o.requires_grad and id(o) not in made
+              and not call.seen.get(id(o), (None, True))[1]]
     if not frozen:
         return
     flow.cuts.append((index, frozenset().union(*(flow.live[id(o)] for o in frozen))))

@@ -180,12 +180,15 @@ def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> l
 
 
 def _frozen_at(call, live: set) -> frozenset:
-    """The ids of ``call``'s tensor arguments that carry the inputs (``live``) but required
-    no grad at the call (``requires_grad_(False)`` around it, or not yet set): the cell's
-    graph has no edge to them there, so neither has the replay's (in-place targets aside)."""
-    targets = {id(t) for t in call.targets}
-    return frozenset(key for key, (_, needs) in call.seen.items()
-                     if not needs and key in live and key not in targets)
+    """The ids of ``call``'s tensor arguments that carry the inputs (``live``) and require
+    grad now but did not at the call (``requires_grad_(False)`` around it, or not set yet):
+    the cell's graph has no edge to them there, so neither has the replay's. Data that
+    never requires grad, and what the call itself returns or writes (``requires_grad_``,
+    in place), are not set aside."""
+    made = set(out_ids(call))
+    return frozenset(id(t) for t in reads_of(call)
+                     if id(t) in live and id(t) not in made and t.requires_grad
+                     and not call.seen.get(id(t), (None, True))[1])
 
 
 def _running_stats(call) -> dict:
