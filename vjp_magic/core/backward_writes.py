@@ -114,6 +114,8 @@ def _put_back_unrefused(bits: bool = True) -> None:
     and version) and the user's generators it reaches, as they were when copied: a
     backward accumulating a parameter's gradient by hand, or drawing noise, changes no
     derivative, but a plain run of the cell calls no backward."""
+    if not _KEPT.grads and not _KEPT.generators:
+        return  # (no user's backward on the graph: nothing copied, no no_grad entered)
     with torch.no_grad():
         for tensor, grad, version, copy in _KEPT.grads or ():
             if tensor.grad is not grad:
