@@ -58,7 +58,7 @@ def writes_kept():
         check(final=True)
     finally:
         if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
-            _restore(_KEPT.watch)
+            put_back(_KEPT.watch)
         _put_back_unrefused()
         _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = outer
 
@@ -84,8 +84,7 @@ def keep_for(output, functions) -> None:
     for leaf in leaves:
         found.setdefault(id(leaf), [leaf, names])
     with torch.no_grad():
-        _KEPT.watch = [(t, t._version, t.detach().clone(), frozenset(owners), t.detach())
-                       for t, owners in found.values()]
+        _KEPT.watch = [_copy(t, owners) for t, owners in found.values()]
         _KEPT.grads = [(t, t.grad, *((t.grad._version, t.grad.detach().clone())
                                      if t.grad is not None else (0, None)))
                        for t, _ in found.values() if t.is_leaf]
@@ -105,7 +104,7 @@ def check(final: bool = False) -> None:
     changed = [entry for entry in watch if _written(*entry, bits=final)]
     if not changed:
         return
-    _restore(changed)
+    put_back(changed)
     raise VJPUsageError(written_message(changed))
 
 
@@ -173,8 +172,9 @@ def _same_bits(tensor, copy) -> bool:
     return bool(torch.equal(now.view(integer), then.view(integer)))
 
 
-def _restore(entries) -> None:
-    """Each entry's tensor written: its memory given back, its copied values, its version."""
+def put_back(entries) -> None:
+    """Each entry's tensor (:func:`copied`) written since: its memory given back, its copied
+    values, its version."""
     with torch.no_grad():
         for tensor, version, copy, owners, alias in entries:
             if not _written(tensor, version, copy, owners, alias):
@@ -271,12 +271,13 @@ def tensors_of(values) -> list:
 def copied(tensors) -> list:
     """Each tensor with its version, a copy and its memory now, for :func:`put_back`."""
     with torch.no_grad():
-        return [(t, t._version, t.detach().clone(), frozenset(), t.detach()) for t in tensors]
+        return [_copy(t) for t in tensors]
 
 
-def put_back(entries) -> None:
-    """Each tensor of :func:`copied`'s ``entries`` written since, as it was then."""
-    _restore(entries)
+def _copy(tensor, owners=()) -> tuple:
+    """(tensor, its version, a copy, the Functions that reach it, its memory now): one
+    entry of :func:`copied` and of the watch :func:`keep_for` makes (under ``no_grad``)."""
+    return tensor, tensor._version, tensor.detach().clone(), frozenset(owners), tensor.detach()
 
 
 READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most

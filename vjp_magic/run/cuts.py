@@ -34,7 +34,7 @@ import torch
 from ..core.marked import Marked, code, marked
 from ..core.textenum import TextEnum
 from ..core.validation import sentence_name
-from .plan import recorded_alias, storage_key
+from .plan import frozen_at, recorded_alias, storage_key
 from .record import FunctionApply, outs_of, reads_of, tensors_in
 from .steps import DETACHING, function_name
 
@@ -268,7 +268,7 @@ def _forward(calls, inputs: dict) -> _Flow:
                 for cut in gone:
                     flow.meets.setdefault(cut, []).append((index, id(o)))
         if live:  # a weight frozen for this call alone, its bias not: the output is tracked
-            _frozen_reads(flow, call, index, read)
+            _frozen_reads(flow, call, index)
         # (an input written in place before it required grad, x.add_(1) then
         # x.requires_grad_(), is the input still: no value left autograd)
         dead = [o for o in outs if not any(o is t for t in live) and id(o) not in leaves]
@@ -299,15 +299,11 @@ def _forward(calls, inputs: dict) -> _Flow:
     return flow
 
 
-def _frozen_reads(flow: _Flow, call, index: int, read: list) -> None:
-    """A cut for the inputs ``call`` read while they required no grad (set aside with
-    ``requires_grad_(False)`` around the call; not what it returns or writes, as
-    ``requires_grad_`` itself), where its result is tracked all the same:
-    the cell's graph has no edge to them there (nor has the replay's, :mod:`.plan`)."""
-    made = {id(t) for t in outs_of(call)}
-    frozen = [o for o in read if isinstance(o, torch.Tensor) and id(o) in flow.live
-              and o.requires_grad and id(o) not in made
-              and not call.seen.get(id(o), (None, True))[1]]
+def _frozen_reads(flow: _Flow, call, index: int) -> None:
+    """A cut for the inputs ``call`` read while they required no grad (:func:`.plan.frozen_at`:
+    set aside with ``requires_grad_(False)`` around the call), where its result is tracked
+    all the same: the cell's graph has no edge to them there, nor has the replay's."""
+    frozen = frozen_at(call, flow.live)
     if not frozen:
         return
     flow.cuts.append((index, frozenset().union(*(flow.live[id(o)] for o in frozen))))

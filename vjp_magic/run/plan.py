@@ -161,7 +161,8 @@ def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> l
     for call in calls:
         step = Step(replayed_function(call.func), call.args, call.kwargs, call.result,
                     call.targets, call.grad_enabled, {}, rng=call.rng,
-                    live=frozenset(live_outs[id(call)]), detached=_frozen_at(call, live))
+                    live=frozenset(live_outs[id(call)]),
+                    detached=frozenset(map(id, frozen_at(call, live))))
         scratch = _running_stats(call)
         for tensor in reads_of(call):
             key = id(tensor)
@@ -179,16 +180,16 @@ def _steps(calls: list, copies: dict, inputs: dict, live_outs: dict, label) -> l
     return steps
 
 
-def _frozen_at(call, live: set) -> frozenset:
-    """The ids of ``call``'s tensor arguments that carry the inputs (``live``) and require
+def frozen_at(call, live) -> list:
+    """``call``'s tensor arguments that carry the inputs (their ids in ``live``) and require
     grad now but did not at the call (``requires_grad_(False)`` around it, or not set yet):
-    the cell's graph has no edge to them there, so neither has the replay's. Data that
-    never requires grad, and what the call itself returns or writes (``requires_grad_``,
-    in place), are not set aside."""
+    the cell's graph has no edge to them there, so neither has the replay's (its step gives
+    them detached), and :mod:`.cuts` names the cut. Data that never requires grad, and what
+    the call itself returns or writes (``requires_grad_``, in place), are not set aside."""
     made = set(out_ids(call))
-    return frozenset(id(t) for t in reads_of(call)
-                     if id(t) in live and id(t) not in made and t.requires_grad
-                     and not call.seen.get(id(t), (None, True))[1])
+    return [t for t in reads_of(call)
+            if id(t) in live and id(t) not in made and t.requires_grad
+            and not call.seen.get(id(t), (None, True))[1]]
 
 
 def _running_stats(call) -> dict:
@@ -205,5 +206,5 @@ def _running_stats(call) -> dict:
     return {id(t): t for t in stats if isinstance(t, torch.Tensor)}
 
 
-__all__ = ["layout_key", "out_ids", "pruned_steps", "recorded_alias", "storage_key",
+__all__ = ["frozen_at", "layout_key", "out_ids", "pruned_steps", "recorded_alias", "storage_key",
            "tensors_by_memory"]
