@@ -144,3 +144,127 @@ def test_a_vjp_cell_whose_backward_writes_a_tensor_reached_otherwise(ip, run_ok,
     written = _ROUTES[route][1](ip.user_ns)
     plain_value, plain_version = _run(route)
     assert torch.equal(written, plain_value) and written._version == plain_version
+
+
+# -- 2. a custom backward changing state other than a tensor's values -----------------------
+
+PYSTATE = '''
+import torch, numpy as np
+CALLS = []
+N = 0
+COUNT = torch.zeros(())
+D = {'n': torch.zeros(())}
+ARR = np.zeros(3)
+BASE = torch.zeros(3)
+ALIAS = BASE.numpy()             # shares BASE's memory
+def _make():
+    n = 0
+    def bump():
+        nonlocal n
+        n += 1
+    return bump, lambda: n
+BUMP, SEEN = _make()
+'''
+_PY_BODIES = {  # what the backward does: (code, the state a test reads)
+    "list grown (call count)": ("CALLS.append(1)", lambda ns: len(ns["CALLS"])),
+    "global int": ("global N\n        N += 1", lambda ns: ns["N"]),
+    "global rebound": ("global COUNT\n        COUNT = COUNT + 1", lambda ns: ns["COUNT"].item()),
+    "dict entry rebound": ("D['n'] = D['n'] + 1", lambda ns: ns["D"]["n"].item()),
+    "nonlocal": ("BUMP()", lambda ns: ns["SEEN"]()),
+    "numpy array": ("ARR[0] += 1", lambda ns: ns["ARR"].tolist()),
+    "numpy alias of a tensor": ("ALIAS[0] += 1", lambda ns: ns["BASE"].tolist()),
+}
+
+R1_2 = ("R1-2: a custom Function's backward that changes state other than a reached tensor's "
+        "values (counts its calls in a list or a global int, rebinds a global or a dict entry "
+        "to a new tensor, bumps a nonlocal, writes a numpy array, or a tensor through a numpy "
+        "alias it holds) leaves it 6 passes' worth changed after differentiate / %%vjp "
+        "(CALLS 6 long, N == 6, COUNT 6) with no refusal and no note, where a plain run of "
+        "the cell calls no backward and leaves them 0; the promise: 'globals ... exactly as "
+        "a plain run leaves them'; class: core/backward_writes keeps tensors' values, "
+        ".grad and generators only: names a backward stores (STORE_GLOBAL / STORE_DEREF / "
+        "STORE_SUBSCR / STORE_ATTR), containers it grows and numpy arrays it writes are "
+        "neither put back nor refused (note: test_generators_and_advice_s39F1 asserts that "
+        "CALLS is non-empty after the analysis)")
+
+
+def _py_state(name: str, api=None):
+    ns: dict = {}
+    exec(PYSTATE, ns)
+    exec(_BACKWARD.format(body=_PY_BODIES[name][0]), ns)
+    exec(_CELL, ns)
+    if api is not None:
+        try:
+            api(ns)
+        except vjp_magic.VJPUsageError:
+            pass
+    return _PY_BODIES[name][1](ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_2)
+@pytest.mark.parametrize("api", list(_APIS))
+@pytest.mark.parametrize("name", list(_PY_BODIES))
+def test_a_backward_changing_python_state_leaves_it_as_a_plain_run(name, api):
+    assert _py_state(name, _APIS[api]) == _py_state(name)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_2)
+@pytest.mark.parametrize("name", ["list grown (call count)", "global int", "numpy array"])
+def test_a_vjp_cell_whose_backward_changes_python_state(ip, run_ok, name):
+    run_ok(PYSTATE)
+    run_ok(_BACKWARD.format(body=_PY_BODIES[name][0]))
+    ip.run_cell("%%vjp\n" + _CELL)
+    assert _PY_BODIES[name][1](ip.user_ns) == _py_state(name)
+
+
+# -- 3. --gradcheck's replays of a custom forward: what forward_writes does not keep --------
+
+_FORWARD = '''
+class F(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        {body}
+        return x * 2
+    @staticmethod
+    def backward(ctx, g): return g * 2
+'''
+_FORWARD_CELL = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = F.apply(x).sin()\n"
+_FORWARD_BODIES = {
+    "list grown (call count)": _PY_BODIES["list grown (call count)"],
+    "global int": _PY_BODIES["global int"],
+    "dict entry rebound": _PY_BODIES["dict entry rebound"],
+    "numpy array": _PY_BODIES["numpy array"],
+    "class attribute via an instance": ("H.total.add_(1)",
+                                        lambda ns: ns["Holder"].total.item()),
+    "threading.local": ("TL.t.add_(1)", lambda ns: ns["TL"].t.item()),
+}
+
+R1_3 = ("R1-3: %%vjp --gradcheck of a cell with a custom Function whose forward counts its "
+        "calls (a list, a global int), rebinds a dict entry, writes a numpy array, or writes "
+        "a tensor reached through a class attribute via an instance or a threading.local "
+        "leaves it written by every float64 replay (N == 23, CALLS 18 long, ARR[0] == 23) "
+        "where the plain cell's forward runs once (1); --explain / --symbolic leave it 1; "
+        "class: run/forward_writes keeps only the tensors reached() finds, so a replayed "
+        "custom forward's other effects (R1-1's routes and R1-2's Python state) stay: "
+        "the replay runs the user's forward, which the promise says never fires for us")
+
+
+def _forward_state(ip, name: str, line: str | None):
+    ip.run_cell("%reset -f")
+    assert ip.run_cell("import torch").success
+    assert ip.run_cell(ROUTES + PYSTATE).success
+    assert ip.run_cell(_FORWARD.format(body=_FORWARD_BODIES[name][0])).success
+    ip.run_cell(_FORWARD_CELL if line is None else f"%%vjp {line}\n{_FORWARD_CELL}")
+    return _FORWARD_BODIES[name][1](ip.user_ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_3)
+@pytest.mark.parametrize("name", list(_FORWARD_BODIES))
+def test_gradcheck_leaves_a_custom_forwards_other_effects_as_a_plain_run(ip, name):
+    assert _forward_state(ip, name, "--gradcheck") == _forward_state(ip, name, None)
+
+
+@pytest.mark.parametrize("line", ["", "--explain", "--symbolic"])
+@pytest.mark.parametrize("name", ["global int", "numpy array"])
+def test_a_custom_forward_runs_once_without_gradcheck(ip, name, line):
+    assert _forward_state(ip, name, line) == _forward_state(ip, name, None)
