@@ -268,3 +268,79 @@ def test_gradcheck_leaves_a_custom_forwards_other_effects_as_a_plain_run(ip, nam
 @pytest.mark.parametrize("name", ["global int", "numpy array"])
 def test_a_custom_forward_runs_once_without_gradcheck(ip, name, line):
     assert _forward_state(ip, name, line) == _forward_state(ip, name, None)
+
+
+# -- 4. torch.compile'd functions in the cell: run as a plain run runs them ------------------
+
+COMPILED = '''
+import torch, torch._dynamo
+from torch._dynamo.utils import counters
+@torch.compile(backend="eager")
+def branchy(t):                  # a library's fast path under compile, its fallback outside
+    if torch.compiler.is_compiling():
+        return t.sin()
+    return t.cos()
+@torch.compile(backend="eager", fullgraph=True)
+def strict(t):                   # data-dependent control flow: fullgraph refuses it
+    if t.sum() > 0:
+        return t.exp()
+    return t
+@torch.compile(backend="eager")
+def plain(t):
+    return t.exp() * 2
+x = torch.linspace(1., 2., 4, requires_grad=True)
+'''
+
+
+@pytest.fixture
+def fresh_dynamo():
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def _compiled_cell(ip, body: str, line: str | None, counters):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counters.clear()
+    ip.run_cell("%reset -f")
+    assert ip.run_cell("import torch").success
+    assert ip.run_cell(COMPILED).success
+    result = ip.run_cell(body if line is None else f"%%vjp {line}\n{body}")
+    error = result.error_in_exec
+    y = ip.user_ns.get("y")
+    return (type(error).__name__ if error else None,
+            None if y is None else y.detach().clone(),
+            counters["stats"]["unique_graphs"])
+
+
+R1_4 = ("R1-4: under %%vjp (any option) the cell's torch.compile'd functions run eagerly "
+        "(run/record.compiled_code_run_eagerly: torch.compiler.set_stance('force_eager') "
+        "around the cell), so the cell does not run as a plain cell: a function branching "
+        "on torch.compiler.is_compiling() returns cos(x) where the plain cell's returns "
+        "sin(x) (y and the derivatives shown are another function's), a fullgraph=True "
+        "function with data-dependent control flow runs where the plain cell raises "
+        "torch._dynamo's Unsupported error, and a first call compiles nothing (0 graphs "
+        "where the plain cell leaves 1 compiled: the next plain cell pays the compile); "
+        "class: the s41 fix for recompiles (force_eager) changes what the user's "
+        "compiled code does, not only what it costs")
+
+
+@pytest.mark.xfail(strict=True, reason=R1_4)
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+@pytest.mark.parametrize("body", ["y = branchy(x)", "y = strict(x) * 1", "y = plain(x)"],
+                         ids=["is_compiling", "fullgraph", "first-compile"])
+def test_a_compiled_function_runs_in_a_vjp_cell_as_in_a_plain_cell(ip, fresh_dynamo, body,
+                                                                   line):
+    plain_error, plain_y, plain_graphs = _compiled_cell(ip, body, None, fresh_dynamo)
+    error, y, graphs = _compiled_cell(ip, body, line, fresh_dynamo)
+    assert (y is None) == (plain_y is None)
+    if y is not None:
+        assert torch.equal(y, plain_y)
+    assert error == plain_error and graphs == plain_graphs
