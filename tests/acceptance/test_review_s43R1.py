@@ -344,3 +344,83 @@ def test_a_compiled_function_runs_in_a_vjp_cell_as_in_a_plain_cell(ip, fresh_dyn
     if y is not None:
         assert torch.equal(y, plain_y)
     assert error == plain_error and graphs == plain_graphs
+
+
+# -- 5. a custom backward reaching a user's module's attributes other than its parameters ----
+
+MODULE_HELD = '''
+import torch, numpy as np
+class Mod(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.stat = torch.zeros(())            # a plain tensor attribute (not a buffer)
+        self.gen = torch.Generator().manual_seed(3)
+        self.rng = np.random.default_rng(4)
+        self.log = {'t': torch.zeros(())}
+MOD = Mod()
+class F(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.m = MOD
+        return x * 2
+    @staticmethod
+    def backward(ctx, g):
+        {body}
+        return g * 2
+'''
+_MODULE_BODIES = {
+    "plain tensor attribute": ("MOD.stat.add_(1)", lambda ns: ns["MOD"].stat.tolist()),
+    "torch.Generator attribute": ("torch.rand(1, generator=MOD.gen)",
+                                  lambda ns: ns["MOD"].gen.get_state().tolist()),
+    "numpy Generator attribute": ("MOD.rng.random()",
+                                  lambda ns: ns["MOD"].rng.bit_generator.state),
+    "dict attribute": ("MOD.log['t'].add_(1)", lambda ns: ns["MOD"].log["t"].tolist()),
+    "through ctx": ("ctx.m.stat.add_(1)", lambda ns: ns["MOD"].stat.tolist()),
+}
+
+R1_5 = ("R1-5: a custom Function's backward that writes a plain tensor attribute of a user's "
+        "nn.Module (self.stat = torch.zeros(()), not a buffer), a tensor in a dict attribute "
+        "of it, or draws from a torch.Generator / numpy default_rng the module holds, by "
+        "the module's global name or through ctx.m, leaves them written / moved by the "
+        "analysis' 6 passes with no refusal, where a plain run of the cell calls no "
+        "backward; the same tensor or generator held by a plain object is put back (s42); "
+        "class: core/backward_writes._opened returns nothing for an nn.Module, and "
+        "tensors_of takes only its parameters and buffers")
+
+
+def _module_state(name: str, api=None):
+    ns: dict = {}
+    exec(MODULE_HELD.replace("{body}", _MODULE_BODIES[name][0]), ns)
+    exec(_CELL, ns)
+    if api is not None:
+        try:
+            api(ns)
+        except vjp_magic.VJPUsageError:
+            pass
+    return _MODULE_BODIES[name][1](ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_5)
+@pytest.mark.parametrize("api", list(_APIS))
+@pytest.mark.parametrize("name", list(_MODULE_BODIES))
+def test_a_backward_reaching_a_modules_other_attributes_leaves_them_as_a_plain_run(name, api):
+    assert _module_state(name, _APIS[api]) == _module_state(name)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_5)
+@pytest.mark.parametrize("name", ["plain tensor attribute", "torch.Generator attribute"])
+def test_a_vjp_cell_whose_backward_reaches_a_modules_other_attributes(ip, run_ok, name):
+    run_ok(MODULE_HELD.replace("{body}", _MODULE_BODIES[name][0]))
+    ip.run_cell("%%vjp\n" + _CELL)
+    assert _MODULE_BODIES[name][1](ip.user_ns) == _module_state(name)
+
+
+def test_a_backward_writing_a_modules_buffer_is_put_back_and_refused():
+    ns: dict = {}
+    exec(MODULE_HELD.replace("{body}", "MOD.lin.bias.data.add_(1)"), ns)
+    exec(_CELL, ns)
+    bias = ns["MOD"].lin.bias.detach().clone()
+    with pytest.raises(vjp_magic.VJPUsageError, match="F's backward"):
+        vjp_magic.differentiate(ns["y"], ns["x"])
+    assert torch.equal(ns["MOD"].lin.bias.detach(), bias)
