@@ -424,3 +424,67 @@ def test_a_backward_writing_a_modules_buffer_is_put_back_and_refused():
     with pytest.raises(vjp_magic.VJPUsageError, match="F's backward"):
         vjp_magic.differentiate(ns["y"], ns["x"])
     assert torch.equal(ns["MOD"].lin.bias.detach(), bias)
+
+
+# -- 6. past reached()'s budgets: a write neither put back nor refused, and nothing said -----
+
+BUDGETS = '''
+import torch
+BUFS = [torch.zeros(()) for _ in range(1000)]          # one list of 1,000 running buffers
+BIG = {i: torch.zeros(()) for i in range(600)}
+class O:
+    def __init__(self): self.t = torch.zeros(())
+OBJS = [[O() for _ in range(400)] for _ in range(8)]  # 3,200 small objects
+''' + "\n".join(f"def h{i}(): return h{i + 1}()" for i in range(14)) + '''
+def h14(): return DEEP
+DEEP = torch.zeros(())
+class F(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x): return x * 2
+    @staticmethod
+    def backward(ctx, g):
+        {body}
+        return g * 2
+'''
+_BUDGET_BODIES = {
+    "entry 700 of a list": ("BUFS[700].add_(1)", lambda ns: ns["BUFS"][700].item()),
+    "key 599 of a dict": ("BIG[599].add_(1)", lambda ns: ns["BIG"][599].item()),
+    "object 3,200": ("OBJS[7][399].t.add_(1)", lambda ns: ns["OBJS"][7][399].t.item()),
+    "a helper 15 calls deep": ("h0().add_(1)", lambda ns: ns["DEEP"].item()),
+}
+
+R1_6 = ("R1-6: a custom Function's backward that writes a tensor reached past "
+        "core/backward_writes.reached's budgets (entry 700 of a list of 1,000 buffers, key "
+        "599 of a dict of 600: ITEMS_MOST 512; the last of 3,200 small objects: OPEN_MOST "
+        "2,048; the tensor a chain of 15 helpers returns: READ_DEPTH) leaves it 6 passes' "
+        "worth written with no refusal and nothing said, where the same write to entry 3 "
+        "is put back and refused; class: the budgets end the search silently: a write "
+        "outside what was copied is never seen, and the result does not say the check was "
+        "cut short")
+
+
+def _budget_state(name: str, magic: bool) -> float:
+    ns: dict = {}
+    exec(BUDGETS.replace("{body}", _BUDGET_BODIES[name][0]), ns)
+    exec(_CELL, ns)
+    if magic:
+        try:
+            vjp_magic.differentiate(ns["y"], ns["x"])
+        except vjp_magic.VJPUsageError:
+            pass
+    return _BUDGET_BODIES[name][1](ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_6)
+@pytest.mark.parametrize("name", list(_BUDGET_BODIES))
+def test_a_write_past_the_search_budget_is_put_back_or_refused(name):
+    assert _budget_state(name, True) == _budget_state(name, False)
+
+
+def test_a_write_within_the_search_budget_is_put_back_and_refused():
+    ns: dict = {}
+    exec(BUDGETS.replace("{body}", "BUFS[3].add_(1)"), ns)
+    exec(_CELL, ns)
+    with pytest.raises(vjp_magic.VJPUsageError, match="F's backward"):
+        vjp_magic.differentiate(ns["y"], ns["x"])
+    assert ns["BUFS"][3].item() == 0 and ns["BUFS"][3]._version == 0
