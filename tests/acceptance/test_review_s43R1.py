@@ -173,6 +173,8 @@ _PY_BODIES = {  # what the backward does: (code, the state a test reads)
     "nonlocal": ("BUMP()", lambda ns: ns["SEEN"]()),
     "numpy array": ("ARR[0] += 1", lambda ns: ns["ARR"].tolist()),
     "numpy alias of a tensor": ("ALIAS[0] += 1", lambda ns: ns["BASE"].tolist()),
+    "a tensor's Python attribute": ("BASE.calls = getattr(BASE, 'calls', 0) + 1",
+                                    lambda ns: getattr(ns["BASE"], "calls", 0)),
 }
 
 R1_2 = ("R1-2: a custom Function's backward that changes state other than a reached tensor's "
@@ -488,3 +490,84 @@ def test_a_write_within_the_search_budget_is_put_back_and_refused():
     with pytest.raises(vjp_magic.VJPUsageError, match="F's backward"):
         vjp_magic.differentiate(ns["y"], ns["x"])
     assert ns["BUFS"][3].item() == 0 and ns["BUFS"][3]._version == 0
+
+
+# -- 7. hooks and process-wide switches a custom backward sets while the analysis calls it ----
+
+SWITCHES = '''
+import torch, warnings
+W = torch.zeros(3, requires_grad=True)
+class F(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x): return x * 2
+    @staticmethod
+    def backward(ctx, g):
+        {body}
+        return g * 2
+'''
+_SWITCH_BODIES = {
+    "a hook registered on a tensor": ("W.register_hook(lambda g: g)",
+                                      lambda ns: len(ns["W"]._backward_hooks or {})),
+    "a warnings filter": ("warnings.simplefilter('ignore', UserWarning)",
+                          lambda ns: __import__("warnings").filters[:3]),
+    "torch.set_num_threads": ("torch.set_num_threads(3)", lambda ns: torch.get_num_threads()),
+    "requires_grad switched off": ("W.requires_grad_(False)", lambda ns: ns["W"].requires_grad),
+}
+_SWITCHES_HELD = {
+    "default dtype": ("torch.set_default_dtype(torch.float64)",
+                      lambda ns: torch.get_default_dtype()),
+    "anomaly mode": ("torch.autograd.set_detect_anomaly(True)",
+                     lambda ns: torch.is_anomaly_enabled()),
+    "torch.manual_seed": ("torch.manual_seed(123)", lambda ns: torch.get_rng_state().tolist()),
+}
+
+R1_7 = ("R1-7: what a custom Function's backward switches while the analysis calls it stays "
+        "switched after differentiate / %%vjp: a hook it registers on the user's tensor (6 "
+        "hooks left on W, each fired by the user's next backward), a warnings filter it "
+        "adds, torch.set_num_threads(3), W.requires_grad_(False), where a plain run of the "
+        "cell calls no backward; the default dtype, anomaly mode and the global RNG are put "
+        "back; class: the analysis keeps a fixed list of switches around its calls of the "
+        "user's backward (core/quiet), not hooks registered during a pass "
+        "(RemovableHandle.next_id moves), warnings filters, thread counts or a tensor's "
+        "requires_grad")
+
+
+@pytest.fixture
+def switches_kept():
+    import warnings
+    threads, filters, dtype = torch.get_num_threads(), list(warnings.filters), \
+        torch.get_default_dtype()
+    yield
+    torch.set_num_threads(threads)
+    warnings.filters[:] = filters
+    torch.set_default_dtype(dtype)
+    torch.autograd.set_detect_anomaly(False)
+
+
+def _switched(bodies: dict, name: str, magic: bool):
+    import warnings
+    with warnings.catch_warnings():
+        ns: dict = {}
+        torch.manual_seed(0)
+        torch.set_num_threads(1)
+        exec(SWITCHES.replace("{body}", bodies[name][0]), ns)
+        exec(_CELL, ns)
+        if magic:
+            try:
+                vjp_magic.differentiate(ns["y"], ns["x"])
+            except vjp_magic.VJPUsageError:
+                pass
+        return bodies[name][1](ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_7)
+@pytest.mark.parametrize("name", list(_SWITCH_BODIES))
+def test_what_a_backward_switches_is_as_a_plain_run_leaves_it(switches_kept, name):
+    magic = _switched(_SWITCH_BODIES, name, True)
+    assert magic == _switched(_SWITCH_BODIES, name, False)
+
+
+@pytest.mark.parametrize("name", list(_SWITCHES_HELD))
+def test_the_switches_a_backward_sets_that_are_put_back(switches_kept, name):
+    magic = _switched(_SWITCHES_HELD, name, True)
+    assert magic == _switched(_SWITCHES_HELD, name, False)
