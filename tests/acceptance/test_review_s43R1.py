@@ -571,3 +571,71 @@ def test_what_a_backward_switches_is_as_a_plain_run_leaves_it(switches_kept, nam
 def test_the_switches_a_backward_sets_that_are_put_back(switches_kept, name):
     magic = _switched(_SWITCHES_HELD, name, True)
     assert magic == _switched(_SWITCHES_HELD, name, False)
+
+
+# -- 8. torch.library custom ops: the backward registered with register_autograd -------------
+
+CUSTOM_OP = '''
+import torch
+STAT = torch.zeros(())
+G = torch.Generator().manual_seed(3)
+@torch.library.custom_op("r1s43::sq_{n}", mutates_args=())
+def sq(x: torch.Tensor) -> torch.Tensor:
+    return x ** 2
+@sq.register_fake
+def _(x): return torch.empty_like(x)
+def setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+def bwd(ctx, g):
+    {body}
+    x, = ctx.saved_tensors
+    return 2 * x * g
+sq.register_autograd(bwd, setup_context=setup)
+'''
+_OP_CELL = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = sq(x).sin()\n"
+_OP_BODIES = {
+    "writes a global tensor": ("STAT.add_(1)",
+                               lambda ns: (ns["STAT"].item(), ns["STAT"]._version)),
+    "draws from a torch.Generator": ("torch.rand(1, generator=G)",
+                                     lambda ns: ns["G"].get_state().tolist()),
+}
+_OPS = iter(range(10 ** 6))  # each registration its own op name
+
+R1_8 = ("R1-8: a torch.library.custom_op whose backward (register_autograd) writes a global "
+        "tensor (STAT.add_(1)) or draws from the user's torch.Generator leaves STAT 5 "
+        "(version 5) and G moved after differentiate / %%vjp, with no refusal, where a "
+        "plain run calls no backward; the same backward in an autograd.Function is put "
+        "back and refused (s42); class: core/backward_writes reads the node's "
+        "_forward_cls.backward, which for a custom op is torch's generated wrapper "
+        "(torch._library.autograd), so the user's registered backward and what it reaches "
+        "are never read")
+
+
+def _op_state(name: str, magic: bool):
+    ns: dict = {}
+    exec(CUSTOM_OP.replace("{n}", str(next(_OPS))).replace("{body}", _OP_BODIES[name][0]), ns)
+    exec(_OP_CELL, ns)
+    if magic:
+        try:
+            vjp_magic.differentiate(ns["y"], ns["x"])
+        except vjp_magic.VJPUsageError:
+            pass
+    return _OP_BODIES[name][1](ns)
+
+
+@pytest.mark.xfail(strict=True, reason=R1_8)
+@pytest.mark.parametrize("name", list(_OP_BODIES))
+def test_a_custom_ops_backward_leaves_what_it_reaches_as_a_plain_run(name):
+    assert _op_state(name, True) == _op_state(name, False)
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+def test_a_custom_ops_forward_runs_once_and_its_derivatives_are_right(ip, run_ok, line):
+    run_ok(CUSTOM_OP.replace("{n}", str(next(_OPS))).replace("{body}", "pass")
+           .replace("    return x ** 2", "    CALLS.append(1)\n    return x ** 2")
+           + "CALLS = []\n")
+    r = run_ok(f"%%vjp {line}\n{_OP_CELL}")
+    assert ip.user_ns["CALLS"] == [1]
+    expected = torch.autograd.functional.jacobian(lambda t: (t ** 2).sin(),
+                                                  torch.linspace(1., 2., 4))
+    torch.testing.assert_close(r.jacobian("x"), expected)
