@@ -639,3 +639,70 @@ def test_a_custom_ops_forward_runs_once_and_its_derivatives_are_right(ip, run_ok
     expected = torch.autograd.functional.jacobian(lambda t: (t ** 2).sin(),
                                                   torch.linspace(1., 2., 4))
     torch.testing.assert_close(r.jacobian("x"), expected)
+
+
+# -- 9. what held: saved-tensor hooks left active by an earlier cell; switches the cell sets ---
+
+SAVED_HOOKS = '''
+import torch
+fired = {'pack': 0, 'unpack': 0}
+def pack(t): fired['pack'] += 1; return t
+def unpack(t): fired['unpack'] += 1; return t
+ctx = torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+ctx.__enter__()
+'''
+_HOOKED_CELLS = {
+    "stencil": "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = x.sin() * x.roll(1)\n",
+    "own backward": "x = torch.linspace(1., 2., 4, requires_grad=True)\n"
+                    "y = x.sin() * x.roll(1)\ny.sum().backward()\n",
+}
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck", "--explain --picture"])
+@pytest.mark.parametrize("cell", list(_HOOKED_CELLS))
+def test_saved_tensor_hooks_left_active_fire_as_in_a_plain_cell(ip, cell, line):
+    fired = []
+    for magic in (None, line):
+        assert ip.run_cell(SAVED_HOOKS).success
+        try:
+            body = _HOOKED_CELLS[cell]
+            assert ip.run_cell(body if magic is None else f"%%vjp {magic}\n{body}").success
+        finally:
+            ip.run_cell("ctx.__exit__(None, None, None)")
+        fired.append(dict(ip.user_ns["fired"]))
+    assert fired[1] == fired[0]
+
+
+_SET_IN_CELL = (
+    "torch.set_float32_matmul_precision('medium')\n"
+    "torch.set_printoptions(precision=2, threshold=50, sci_mode=True, linewidth=60)\n"
+    "np.set_printoptions(precision=3)\nnp.seterr(all='raise')\ntorch.set_warn_always(True)\n"
+    "torch.autograd.set_multithreading_enabled(False)\ntorch._C._set_view_replay_enabled(True)\n"
+    "sys.setrecursionlimit(2345)\n")
+_READ = ("import torch._tensor_str as _ts\n_state = (torch.get_float32_matmul_precision(), "
+         "_ts.PRINT_OPTS.precision, _ts.PRINT_OPTS.threshold, _ts.PRINT_OPTS.sci_mode, "
+         "_ts.PRINT_OPTS.linewidth, np.get_printoptions()['precision'], np.geterr(), "
+         "torch.is_warn_always_enabled(), torch._C._is_multithreading_enabled(), "
+         "torch._C._is_view_replay_enabled(), sys.getrecursionlimit())\n")
+_UNSET = ("torch.set_float32_matmul_precision('highest')\n"
+          "torch.set_printoptions(profile='default')\n"
+          "np.set_printoptions(precision=8)\nnp.seterr(all='warn')\ntorch.set_warn_always(False)\n"
+          "torch.autograd.set_multithreading_enabled(True)\n"
+          "torch._C._set_view_replay_enabled(False)\nsys.setrecursionlimit(_limit)\n")
+
+
+@pytest.mark.parametrize("line", ["", "--gradcheck", "--explain --picture", "--symbolic"])
+def test_less_common_switches_the_cell_sets_stay_set(ip, line):
+    body = _SET_IN_CELL + "x = torch.linspace(1., 2., 4, requires_grad=True)\n" \
+                          "y = x.sin() * x.roll(1)\n"
+    states = []
+    assert ip.run_cell("import sys, numpy as np\n_limit = sys.getrecursionlimit()").success
+    try:
+        for magic in (None, line):
+            assert ip.run_cell(body if magic is None else f"%%vjp {magic}\n{body}").success
+            assert ip.run_cell(_READ).success
+            states.append(ip.user_ns["_state"])
+            assert ip.run_cell(_UNSET).success
+    finally:
+        ip.run_cell(_UNSET)
+    assert states[1] == states[0]
