@@ -180,7 +180,9 @@ _PY_BODIES = {  # what the backward does: (code, the state a test reads)
 R1_2 = ("R1-2: a custom Function's backward that changes state other than a reached tensor's "
         "values (counts its calls in a list or a global int, rebinds a global or a dict entry "
         "to a new tensor, bumps a nonlocal, writes a numpy array, or a tensor through a numpy "
-        "alias it holds) leaves it 6 passes' worth changed after differentiate / %%vjp "
+        "alias it holds, keeps state on its ctx: ctx.temperature *= 0.5) leaves it 6 "
+        "passes' worth changed after differentiate / %%vjp (the user's next "
+        "y.sum().backward() then gives 1/512 of a plain cell's x.grad) "
         "(CALLS 6 long, N == 6, COUNT 6) with no refusal and no note, where a plain run of "
         "the cell calls no backward and leaves them 0; the promise: 'globals ... exactly as "
         "a plain run leaves them'; class: core/backward_writes keeps tensors' values, "
@@ -706,3 +708,33 @@ def test_less_common_switches_the_cell_sets_stay_set(ip, line):
     finally:
         ip.run_cell(_UNSET)
     assert states[1] == states[0]
+
+
+# -- 10. R1-2's class seen by the user's next backward: a backward keeping state on its ctx ---
+
+CTX_STATE = '''
+import torch
+class Annealed(torch.autograd.Function):   # a straight-through estimator annealed per backward
+    @staticmethod
+    def forward(ctx, x):
+        ctx.temperature = 1.0
+        return torch.round(x)
+    @staticmethod
+    def backward(ctx, g):
+        ctx.temperature *= 0.5
+        return g * ctx.temperature
+'''
+_CTX_CELL = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = Annealed.apply(x * 3)\n"
+
+
+@pytest.mark.xfail(strict=True, reason=R1_2)
+@pytest.mark.parametrize("line", ["", "--gradcheck"])
+def test_the_next_backward_after_a_backward_keeping_ctx_state_is_as_after_a_plain_cell(
+        ip, line):
+    grads = []
+    for magic in (None, line):
+        assert ip.run_cell(CTX_STATE).success
+        ip.run_cell(_CTX_CELL if magic is None else f"%%vjp {magic}\n{_CTX_CELL}")
+        assert ip.run_cell("y.sum().backward()").success
+        grads.append(ip.user_ns["x"].grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])  # 3 * 0.5 at every entry
