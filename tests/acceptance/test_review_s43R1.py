@@ -115,6 +115,8 @@ def _run(route: str, api=None):
 _APIS = {
     "differentiate": lambda ns: vjp_magic.differentiate(ns["y"], ns["x"]),
     "dependency": lambda ns: vjp_magic.dependency(ns["y"], ns["x"]),
+    "sparse_jacobian": lambda ns: vjp_magic.sparse_jacobian(ns["y"], ns["x"]),
+    "hessian": lambda ns: vjp_magic.hessian(lambda: (ns["y"] * ns["x"]).sum(), ns["x"]),
 }
 
 
