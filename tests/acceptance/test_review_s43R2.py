@@ -1,0 +1,154 @@
+"""Adversarial review, session 43 (R2): never silently wrong, at every size, dtype and input.
+
+``--gradcheck`` against wrong backwards of new kinds (wrong only at x = 0, only at x < 0, on
+one entry of 300, 0.5 % off, reading grad_output reversed, missing a complex conjugate, only
+in float32) and right ones it must not fail (steep but smooth functions); dependency verdicts
+of 2-D / 3-D upsampling, pixel_shuffle and strided transposed convolutions against the
+Jacobian (kinds, witnesses that are real entries); a seeded fuzz of compositions over 2-D and
+3-D inputs at adversarial points (zeros where couplings are x_i·x_j, integer values, ties,
+non-contiguous layouts) against ``torch.func.jacrev``: every entry, the CSR's invariants, the
+coloured vectors covering each output entry once; Hessians with data-dependent sparsity.
+
+Failing tests are findings: ``xfail(strict=True, reason="R2-n: <what; the class>")``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vjp_magic  # noqa: F401  (the extension the fixtures load)
+
+CUSTOM = '''
+class F1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return {forward}
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return {backward}
+'''
+WRONG = {  # name: (forward, a wrong backward, x) - each wrong where f is smooth
+    "wrong only at x = 0": ("torch.sin(x)",
+                            "torch.where(x == 0, torch.zeros_like(x), torch.cos(x)) * g",
+                            "torch.tensor([0., 0.5, -0.3, 1.2], dtype=torch.float64)"),
+    "wrong only at x = 0, float32": ("torch.sin(x)",
+                                     "torch.where(x == 0, torch.zeros_like(x), torch.cos(x)) * g",
+                                     "torch.tensor([0., 0.5, -0.3, 1.2])"),
+    "wrong only at x < 0": ("x ** 3", "torch.where(x < 0, 2 * x ** 2, 3 * x ** 2) * g",
+                            "torch.tensor([-0.7, 0.5, 0.3, 1.2], dtype=torch.float64)"),
+    "0.5 % off": ("x ** 3", "3.015 * x ** 2 * g", "torch.linspace(0.5, 1.5, 6).double()"),
+    "one entry of 300": ("x ** 3", "3 * x ** 2 * g + (torch.arange(x.numel()) == 137) * g / 2",
+                         "torch.linspace(0.5, 1.5, 300).double()"),
+    "grad_output reversed": ("x ** 3", "3 * x ** 2 * g.flip(0)",
+                             "torch.linspace(0.5, 1.5, 6).double()"),
+    "wrong only in float32": ("x ** 3",
+                              "(3.3 if x.dtype == torch.float32 else 3.0) * x ** 2 * g",
+                              "torch.linspace(0.5, 1.5, 6)"),
+    "wrong only in float64, a float32 cell": (
+        "x ** 3", "(3.3 if x.dtype == torch.float64 else 3.0) * x ** 2 * g",
+        "torch.linspace(0.5, 1.5, 6)"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_gradcheck_fails_a_backward_wrong_where_f_is_smooth(ip, run_ok, name):
+    """Mathematics: each backward differs from f' at some x where f is smooth (the error is
+    0.5 % to 100 % of the derivative), so PyTorch's own gradcheck fails it and so must ours."""
+    forward, backward, x = WRONG[name]
+    run_ok(CUSTOM.format(forward=forward, backward=backward))
+    report = run_ok(f"%%vjp --gradcheck\nx = ({x}).requires_grad_()\ny = F1.apply(x)").gradcheck
+    assert report.ok is False, (report.max_error, report.inconclusive)
+
+
+SQUARE = '''
+class Square(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z * z
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return g * {derivative}
+'''
+
+
+@pytest.mark.parametrize("derivative, right", [("2 * z", False), ("(2 * z).conj()", True)])
+def test_gradcheck_judges_the_conjugate_of_a_complex_intermediates_backward(
+        ip, run_ok, derivative, right):
+    """PyTorch's convention: a holomorphic f's backward returns g·conj(f'(z)); without the
+    conj it is wrong only where z has an imaginary part (here it has). The reference is
+    torch.autograd.gradcheck on the same real-to-real map."""
+    run_ok(SQUARE.format(derivative=derivative))
+    square = ip.user_ns["Square"]
+
+    def f(t):
+        return torch.view_as_real(square.apply(torch.complex(t, t.roll(1) * 0.7))).sum(-1) * t
+    x = torch.linspace(0.5, 1.5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x,), raise_exception=False) is right
+    report = run_ok("%%vjp --gradcheck\n"
+                    "x = torch.linspace(0.5, 1.5, 5, dtype=torch.float64, requires_grad=True)\n"
+                    "y = torch.view_as_real(Square.apply(torch.complex(x, x.roll(1) * 0.7)))"
+                    ".sum(-1) * x").gradcheck
+    assert report.ok is right, report.max_error
+
+
+R2_1 = ("R2-1: --gradcheck says FAILED ('Finite differences disagree near a point where the "
+        "function is not differentiable') on y = torch.sin(3e7 * x) in float64 at x in "
+        "[0.5, 1.5]: a smooth function and PyTorch's right built-in backward; at the smallest "
+        "step (1e-6 / 256) 3e7·h is still 0.1, so every difference carries a truncation error "
+        "(f''' h²) over rtol, which is read as a failure, not as 'no safe step' (inconclusive). "
+        "Class: steep but smooth functions (high-frequency features) against the "
+        "finite-difference step ladder (run/gradcheck.py)")
+STEEP = ("g = torch.Generator().manual_seed(0)\n"
+         "x = (torch.rand(6, dtype=torch.float64, generator=g) + 0.5).requires_grad_()\n"
+         "y = torch.sin({k} * x)")
+
+
+@pytest.mark.xfail(strict=True, reason=R2_1)
+@pytest.mark.parametrize("k", ["3e7", "1e8"])
+def test_gradcheck_of_a_steep_smooth_function_is_not_failed(run_ok, k):
+    """Mathematics: d/dx sin(kx) = k cos(kx) everywhere; autograd's backward is right."""
+    r = run_ok("%%vjp --gradcheck\n" + STEEP.format(k=k))
+    x = r.inputs["x"].tensor.detach()
+    torch.testing.assert_close(r.derivatives["x"], float(k) * torch.cos(float(k) * x))
+    assert r.gradcheck.ok is not False, r.gradcheck.max_error
+
+
+R2_2 = ("R2-2: --gradcheck's inconclusive note on y = torch.sin(1e8 * x) (3 entries) says 'a "
+        "kink: the function is not differentiable at any of them', a false statement about a "
+        "function smooth everywhere, shown as fact. Class: steep but smooth functions "
+        "read as kinks in the check's words (render/gradcheck.py)")
+
+
+@pytest.mark.xfail(strict=True, reason=R2_2)
+def test_an_inconclusive_check_of_a_smooth_function_does_not_call_it_undifferentiable(run_ok):
+    r = run_ok("%%vjp --gradcheck\n" + STEEP.format(k="1e8").replace("(6,", "(3,"))
+    text = " ".join(r._repr_mimebundle_()["text/plain"].split())  # unwrapped
+    assert r.gradcheck.ok is not False
+    assert "not differentiable" not in text, text[text.find("Gradient check"):]
+
+
+R2_3 = ("R2-3: --gradcheck passes a backward that drops grad_output entries below 0.5 in "
+        "magnitude (torch.where(|g| < 0.5, 0, g) · 3x², a 'skip tiny gradients' shortcut): "
+        "its probes v, 2v and -v/2 have |entries| in [0.75, 6] only, so the wrong branch "
+        "never runs (torch.autograd.gradcheck's one-hot v misses it too). A loss scaled by "
+        "1/batch gives such grad_outputs in every training step. Class: grad_output "
+        "magnitudes outside the probes' range (run/gradcheck.py V_MAGNITUDE, SCALES)")
+
+
+@pytest.mark.xfail(strict=True, reason=R2_3)
+def test_gradcheck_fails_a_backward_wrong_for_small_incoming_gradients(ip, run_ok):
+    run_ok(CUSTOM.format(forward="x ** 3", backward="3 * x ** 2 * torch.where("
+                         "g.abs() < 0.5, torch.zeros_like(g), g)"))
+    x = torch.linspace(0.5, 1.5, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.full((6,), 0.1, dtype=torch.float64)
+    (got,) = torch.autograd.grad(ip.user_ns["F1"].apply(x), x, g)
+    assert not torch.equal(got, 3 * x.detach() ** 2 * g)  # wrong for this grad_output
+    report = run_ok("%%vjp --gradcheck\nx = torch.linspace(0.5, 1.5, 6, dtype=torch.float64,"
+                    " requires_grad=True)\ny = F1.apply(x)").gradcheck
+    assert report.ok is False, report.max_error
