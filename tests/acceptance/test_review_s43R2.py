@@ -13,11 +13,14 @@ Failing tests are findings: ``xfail(strict=True, reason="R2-n: <what; the class>
 """
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-import vjp_magic  # noqa: F401  (the extension the fixtures load)
+import vjp_magic
+from test_review_s42R2 import assert_colours, assert_csr  # CSR invariants, colour cover
 
 CUSTOM = '''
 class F1(torch.autograd.Function):
@@ -247,3 +250,246 @@ def test_resampling_verdicts_hold_every_dependence_with_real_witnesses(name):
         if d.nonzeros is not None:
             assert d.nonzeros[0] == int(expected.sum(1).max()), (axis, d.summary())
         assert leaf.grad is None
+
+
+# -- a fuzz of compositions over (C, H, W) tensors at adversarial points, against jacrev -------
+def _g(rng) -> torch.Generator:
+    return torch.Generator().manual_seed(rng.randint(0, 9999))
+
+
+def _m_roll(rng, s):
+    k, d = rng.choice([-2, -1, 1, 2]), rng.choice([1, 2])
+    return lambda t: t.roll(k, d) * (t + 1), s  # x_i · x_j: vanishes where x has zeros
+
+
+def _m_flip(rng, s):
+    dims = rng.choice([(1,), (2,), (1, 2)])
+    return lambda t: t.flip(dims) - 2 * t, s
+
+
+def _m_pad(rng, s):
+    mode = rng.choice(["reflect", "replicate", "circular", "constant"])
+    a, b = rng.randint(0, 1), rng.randint(0, 1)
+    return (lambda t: F.pad(t[None], (a, b, b, a), mode=mode)[0]), (s[0], s[1] + a + b,
+                                                                  s[2] + a + b)
+
+
+def _m_conv(rng, s):
+    k, stride, dil = rng.choice([1, 2, 3]), rng.choice([1, 1, 2]), rng.choice([1, 2])
+    mode, c = rng.choice(["zeros", "reflect", "circular", "replicate"]), rng.choice([1, 2, 4])
+    p = (k - 1) * dil // 2
+    if mode != "zeros" and p >= min(s[1], s[2]):
+        mode = "zeros"
+    conv = torch.nn.Conv2d(s[0], c, k, stride, p, dil, padding_mode=mode)
+    w = torch.randn(conv.weight.shape, generator=_g(rng))
+
+    def f(t):
+        q = F.pad(t[None], (p,) * 4, mode=mode)[0] if mode != "zeros" else \
+            F.pad(t[None], (p,) * 4)[0]
+        return F.conv2d(q[None], w.to(t.dtype), stride=stride, dilation=dil)[0]
+    h, v = ((n + 2 * p - dil * (k - 1) - 1) // stride + 1 for n in s[1:])
+    return f, (c, h, v)
+
+
+def _m_transpose_conv(rng, s):
+    stride, k = rng.choice([2, 3]), rng.choice([2, 3])
+    op = rng.randint(0, stride - 1)
+    w = torch.randn(s[0], 1, k, k, generator=_g(rng))
+    size = [(n - 1) * stride + k + op for n in s[1:]]
+    return (lambda t: F.conv_transpose2d(t[None], w.to(t.dtype), stride=stride,
+                                         output_padding=op)[0]), (1, *size)
+
+
+def _m_upsample(rng, s):
+    mode = rng.choice(["nearest", "bilinear", "bicubic"])
+    kw = {} if mode == "nearest" else {"align_corners": rng.choice([True, False])}
+    return (lambda t: F.interpolate(t[None], scale_factor=2, mode=mode, **kw)[0]), \
+        (s[0], 2 * s[1], 2 * s[2])
+
+
+def _m_pool(rng, s):
+    kind = rng.choice(["max", "avg"])
+    pool = F.max_pool2d if kind == "max" else F.avg_pool2d
+    return (lambda t: pool(t[None], 2, ceil_mode=True)[0] * 3), \
+        (s[0], (s[1] + 1) // 2, (s[2] + 1) // 2)
+
+
+def _m_shuffle(rng, s):
+    if s[0] % 4 == 0:
+        return (lambda t: F.pixel_shuffle(t[None], 2)[0]), (s[0] // 4, 2 * s[1], 2 * s[2])
+    return (lambda t: F.pixel_shuffle(torch.cat([t] * 4)[None] * torch.arange(
+        1., 5., dtype=t.dtype).repeat_interleave(s[0])[None, :, None, None], 2)[0]), \
+        (s[0], 2 * s[1], 2 * s[2])
+
+
+def _m_gather(rng, s):
+    idx = torch.randint(0, s[2], s, generator=_g(rng))  # repeated indices
+    return lambda t: t.gather(2, idx) * t, s
+
+
+def _m_index(rng, s):
+    rows = torch.randint(0, s[1], (s[1],), generator=_g(rng))
+    cols = torch.randint(0, s[2], (s[2] + 1,), generator=_g(rng))
+    return lambda t: t[:, rows][:, :, cols] ** 2, (s[0], s[1], s[2] + 1)
+
+
+def _m_scatter(rng, s):
+    idx = torch.randint(0, s[1], s, generator=_g(rng))
+    return lambda t: torch.zeros_like(t).scatter_add(1, idx, t.sin()), s
+
+
+def _m_cumsum(rng, s):
+    d = rng.choice([1, 2])
+    return lambda t: (t * t).cumsum(d), s
+
+
+def _m_tril(rng, s):
+    k = rng.randint(-1, 1)
+    return lambda t: torch.tril(t, k) * t.flip(2), s
+
+
+def _m_unfold(rng, s):
+    def f(t):
+        cols = F.unfold(t[None], 2, padding=1)
+        return F.fold(cols * cols, s[1:], 2, padding=1)[0]
+    return f, s
+
+
+def _m_mix(rng, s):
+    c = rng.choice([1, 2, 4])
+    w = torch.randn(c, s[0], generator=_g(rng)) * (torch.rand(c, s[0], generator=_g(rng)) < 0.6)
+    return lambda t: torch.einsum("chw,dc->dhw", t, w.to(t.dtype)), (c, s[1], s[2])
+
+
+def _m_matmul(rng, s):
+    w = torch.randn(s[2], s[2], generator=_g(rng)) * (torch.rand(s[2], s[2],
+                                                                 generator=_g(rng)) < 0.3)
+    return lambda t: t @ w.to(t.dtype), s
+
+
+def _m_elementwise(rng, s):
+    return rng.choice([torch.tanh, torch.sin, lambda t: t ** 3, lambda t: t * t.abs(),
+                       torch.relu, lambda t: t.clamp(-1.0, 1.0) * t,
+                       lambda t: torch.where(t > 0, t * t, -t), torch.sigmoid]), s
+
+
+def _m_softmax(rng, s):
+    d = rng.choice([1, 2])
+    return lambda t: torch.softmax(t, d), s
+
+
+MAPS2D = {  # name: (applies to shape s, builder)
+    "roll": (lambda s: True, _m_roll), "flip": (lambda s: True, _m_flip),
+    "pad": (lambda s: min(s[1:]) >= 2, _m_pad), "conv": (lambda s: min(s[1:]) >= 3, _m_conv),
+    "conv_transpose": (lambda s: s[0] * s[1] * s[2] <= 64, _m_transpose_conv),
+    "upsample": (lambda s: s[0] * s[1] * s[2] <= 64, _m_upsample),
+    "pool": (lambda s: min(s[1:]) >= 2, _m_pool),
+    "pixel_shuffle": (lambda s: s[0] * s[1] * s[2] <= 64, _m_shuffle),
+    "gather": (lambda s: True, _m_gather), "index": (lambda s: True, _m_index),
+    "scatter_add": (lambda s: True, _m_scatter), "cumsum": (lambda s: True, _m_cumsum),
+    "tril": (lambda s: True, _m_tril), "unfold_fold": (lambda s: True, _m_unfold),
+    "channel_mix": (lambda s: True, _m_mix), "matmul": (lambda s: True, _m_matmul),
+    "elementwise": (lambda s: True, _m_elementwise), "softmax": (lambda s: True, _m_softmax),
+}
+POINTS = ("randn", "integers", "zeros", "ties", "signed zeros", "large", "small")
+LAYOUTS = ("contiguous", "transposed", "expanded")
+
+
+def composition2d(seed: int):
+    """(shape, dtype, f, names, point, layout): 1 to 3 random maps over (C, H, W)."""
+    rng = random.Random(seed)
+    shape = (rng.choice([1, 2, 4]), rng.randint(2, 7), rng.randint(2, 7))
+    dtype = rng.choice([torch.float32, torch.float64])
+    maps, names, s = [], [], shape
+    for _ in range(rng.randint(1, 3)):
+        name = rng.choice([k for k, (applies, _) in MAPS2D.items() if applies(s)])
+        f, s = MAPS2D[name][1](rng, s)
+        maps.append(f)
+        names.append(name)
+
+    def composed(t):
+        for f in maps:
+            t = f(t)
+        return t
+    point = rng.choice(POINTS if dtype == torch.float64 else POINTS[:5])
+    return shape, dtype, composed, names, point, rng.choice(LAYOUTS)
+
+
+def adversarial_point(shape, dtype, point: str, layout: str, seed: int) -> torch.Tensor:
+    """A leaf of this shape: values chosen against the probes, in a chosen memory layout."""
+    g = torch.Generator().manual_seed(seed)
+    full = (shape[0], shape[2], shape[1]) if layout == "transposed" else \
+        ((shape[0], 1, shape[2]) if layout == "expanded" else shape)
+    x = torch.randn(full, generator=g, dtype=torch.float64)
+    if point == "integers":
+        x = torch.randint(-2, 3, full, generator=g).double()
+    elif point == "zeros":
+        x = x * (torch.rand(full, generator=g) < 0.5)
+    elif point == "ties":
+        x = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)[torch.randint(0, 3, full,
+                                                                                generator=g)]
+    elif point == "signed zeros":
+        x = torch.where(torch.rand(full, generator=g) < 0.4, -0.0 * x.sign().abs(), x)
+    elif point in ("large", "small"):
+        x = x * (1e8 if point == "large" else 1e-8)
+    x = x.to(dtype)
+    if layout == "transposed":
+        x = x.transpose(1, 2)
+    elif layout == "expanded":
+        x = x.expand(shape)
+    return x.detach().requires_grad_()
+
+
+def check_composition2d(seed: int) -> None:
+    shape, dtype, f, names, point, layout = composition2d(seed)
+    leaf = adversarial_point(shape, dtype, point, layout, seed)
+    n = leaf.numel()
+    expected = torch.func.jacrev(f)(leaf.detach()).reshape(-1, n).double()
+    y = f(leaf)
+    why = f"seed {seed}: {names} at {point} ({layout}, {dtype})"
+    big = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    tol = dict(rtol=1e-9, atol=1e-12 * big) if dtype == torch.float64 else \
+        dict(rtol=1e-4, atol=1e-5 * big)
+    got = vjp_magic.sparse_jacobian(y, leaf, seed=seed)
+    assert_csr(got, (y.numel(), n))
+    torch.testing.assert_close(got.to_dense().double(), expected, **tol,
+                               msg=lambda m: f"{why}: {m}")
+    r = vjp_magic.differentiate(f(leaf), leaf, names=["x"], output_name="y", seed=seed)
+    csr = r.jacobian("x", layout=torch.sparse_csr)
+    assert_csr(csr, (y.numel(), n))
+    torch.testing.assert_close(csr.to_dense().double(), expected, **tol,
+                               msg=lambda m: f"{why}: {m}")
+    assert_colours(r, "x", expected, y, leaf)
+    assert leaf.grad is None, why
+
+
+def _lowered(monkeypatch) -> None:
+    """differentiate's compressed path tried at every size (its thresholds lowered), so the
+    small fuzz Jacobians take the coloured passes too."""
+    from vjp_magic.core import sparse_choice
+    monkeypatch.setattr(sparse_choice, "SPARSE_MIN_ENTRIES", 0)
+    monkeypatch.setattr(sparse_choice, "SPARSE_MIN_OUTPUT", 8)
+
+
+@pytest.fixture(params=["default", "compressed"])
+def thresholds(request, monkeypatch):
+    if request.param == "compressed":
+        _lowered(monkeypatch)
+    return request.param
+
+
+@pytest.mark.parametrize("block", range(10))
+def test_fuzz_of_2d_compositions_at_adversarial_points_equals_jacrev(block, monkeypatch):
+    """300 seeded compositions over (C, H, W) inputs (at most 196 entries) at adversarial
+    points and layouts, in ten blocks of 30; the odd blocks with the thresholds lowered."""
+    if block % 2:
+        _lowered(monkeypatch)
+    for seed in range(30 * block, 30 * block + 30):
+        check_composition2d(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(10))
+def test_larger_fuzz_of_2d_compositions_at_adversarial_points_equals_jacrev(block, thresholds):
+    for seed in range(50_000 + 100 * block, 50_000 + 100 * block + 100):
+        check_composition2d(seed)
