@@ -493,3 +493,64 @@ def test_fuzz_of_2d_compositions_at_adversarial_points_equals_jacrev(block, monk
 def test_larger_fuzz_of_2d_compositions_at_adversarial_points_equals_jacrev(block, thresholds):
     for seed in range(50_000 + 100 * block, 50_000 + 100 * block + 100):
         check_composition2d(seed)
+
+
+# -- a path chosen by x through values the record does not see as read -----------------------
+BRANCH = "x ** 2 if {condition} else x * x.roll(1)"  # diagonal here; not at x[0] = -1
+SHAPE_READS = {  # conditions true at x = [1, 2, 3, 4], false at [-1, 2, 3, 4]
+    "len of a boolean mask": "len(x[x > 0]) == 4",
+    "shape of a boolean mask": "x[x > 0].shape[0] == 4",
+    "masked_select's numel": "torch.masked_select(x, x > 0).numel() == 4",
+    "torch.where(condition)": "torch.where(x > 0)[0].numel() == 4",
+    "nonzero's shape": "(x > 0).nonzero().shape[0] == 4",
+    "bincount's length": "torch.bincount((x < 0).long()).numel() == 1",
+}
+FORMAT_READS = {
+    "str of an entry": "str(x[0])[7] != '-'",
+    "repr of x": "'-' not in repr(x)",
+}
+R2_4 = ("R2-4: %%vjp says 'entry i of y uses entry i of x only (proved for every x)' where the "
+        "cell's path is chosen by a shape that depends on x's values (len(x[x > 0]), "
+        "nonzero().shape, masked_select / torch.where(cond) / bincount numel): at x[0] = -1 "
+        "the same cell computes x * x.roll(1), whose Jacobian is not diagonal; .item(), "
+        "bool(), tolist(), numpy() are caught and said 'at this x only'. Class: data-dependent "
+        "shapes read into Python, unseen by the record's value reads (run/record.py)")
+R2_5 = ("R2-5: as R2-4 where the value is read by formatting the tensor (str(x[0]), repr(x)): "
+        "'proved for every x' for a path chosen by x. Class: value reads through tensor "
+        "printing, unseen by the record")
+
+
+def _claims_every_x(run_ok, condition: str) -> bool:
+    r = run_ok("%%vjp\nx = torch.tensor([1., 2., 3., 4.], requires_grad=True)\n"
+               f"y = {BRANCH.format(condition=condition)}")
+    return "proved for every x" in " ".join(r._repr_mimebundle_()["text/plain"].split())
+
+
+def _cell_map(condition: str):
+    return lambda x: eval(BRANCH.format(condition=condition), {"torch": torch, "x": x})
+
+
+@pytest.mark.xfail(strict=True, reason=R2_4)
+@pytest.mark.parametrize("name", list(SHAPE_READS))
+def test_a_path_chosen_by_a_value_dependent_shape_is_not_proved_for_every_x(run_ok, name):
+    other = torch.tensor([-1., 2., 3., 4.])
+    jac = torch.autograd.functional.jacobian(_cell_map(SHAPE_READS[name]), other)
+    assert bool((jac - torch.diag(torch.diagonal(jac)) != 0).any())  # not points at this x
+    assert not _claims_every_x(run_ok, SHAPE_READS[name])
+
+
+@pytest.mark.xfail(strict=True, reason=R2_5)
+@pytest.mark.parametrize("name", list(FORMAT_READS))
+def test_a_path_chosen_by_a_printed_value_is_not_proved_for_every_x(run_ok, name):
+    other = torch.tensor([-1., 2., 3., 4.])
+    jac = torch.autograd.functional.jacobian(_cell_map(FORMAT_READS[name]), other)
+    assert bool((jac - torch.diag(torch.diagonal(jac)) != 0).any())
+    assert not _claims_every_x(run_ok, FORMAT_READS[name])
+
+
+@pytest.mark.parametrize("condition", ["x.sum() > 0", "x.tolist()[0] > 0", "x.data[0] > 0",
+                                       "x.detach().numpy()[0] > 0", "(x > 0).any()",
+                                       "max(x.detach()) > 0", "x[0].is_nonzero()"])
+def test_a_path_chosen_by_a_value_read_is_claimed_at_this_x_only(run_ok, condition):
+    """Held: the reads the record sees."""
+    assert not _claims_every_x(run_ok, condition)
