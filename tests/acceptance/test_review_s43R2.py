@@ -554,3 +554,89 @@ def test_a_path_chosen_by_a_printed_value_is_not_proved_for_every_x(run_ok, name
 def test_a_path_chosen_by_a_value_read_is_claimed_at_this_x_only(run_ok, condition):
     """Held: the reads the record sees."""
     assert not _claims_every_x(run_ok, condition)
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_fuzz_of_2d_compositions_in_half_precision_equals_jacrev(block, monkeypatch):
+    """float16 and bfloat16 leaves (compressed path forced): sparse_jacobian and the CSR of
+    differentiate equal jacrev of the same half-precision map within its rounding."""
+    _lowered(monkeypatch)
+    for seed in range(40 * block, 40 * block + 40):
+        shape, _, f, names, point, layout = composition2d(seed)
+        point = "randn" if point in ("large", "small") else point
+        for dtype in (torch.float16, torch.bfloat16):
+            leaf = adversarial_point(shape, dtype, point, layout, seed)
+            n = leaf.numel()
+            expected = torch.func.jacrev(f)(leaf.detach()).reshape(-1, n).double()
+            big = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+            got = vjp_magic.sparse_jacobian(f(leaf), leaf, seed=seed)
+            r = vjp_magic.differentiate(f(leaf), leaf, names=["x"], seed=seed)
+            for m in (got, r.jacobian("x", layout=torch.sparse_csr)):
+                torch.testing.assert_close(m.to_dense().double(), expected, rtol=2e-2,
+                                           atol=2e-2 * big, msg=f"seed {seed}: {names} {dtype}")
+
+
+LINEAR = '''
+class Lin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, bias):
+        ctx.save_for_backward(x, w)
+        return x @ w.t() + bias
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g @ w, g.t() @ x, g.sum(0) * {k}
+
+
+class M(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+
+    def forward(self, x):
+        return Lin.apply(x, self.w, self.b)
+'''
+
+
+@pytest.mark.parametrize("k, right", [("1.0", True), ("1.01", False), ("0.0", False)])
+def test_gradcheck_judges_a_custom_linears_bias_alone(run_ok, k, right):
+    """--wrt m: a bias gradient 1 % off (or dropped) fails on m.b only; the right one passes."""
+    run_ok(LINEAR.format(k=k))
+    report = run_ok("%%vjp --gradcheck --wrt m\ntorch.manual_seed(0)\nm = M()\n"
+                    "x = torch.randn(6, 4, dtype=torch.float64)\ny = (m(x) ** 2).sum(1)").gradcheck
+    assert report.ok is right, report.failed
+    assert set(report.failed) == (set() if right else {"m.b"})
+
+
+HESSIAN_AT_EDGES = {  # name: (f, x) - sparsity that depends on x, at x chosen against it
+    "relu products at negative x": (
+        lambda x: (torch.relu(x) * torch.relu(x.roll(1))).sum() + (x ** 2).sum(),
+        -torch.linspace(0.1, 1, 64, dtype=torch.float64)),
+    "where on x at negative x": (
+        lambda x: torch.where(x > 0, x * x.roll(1), x ** 2).sum(),
+        -torch.linspace(0.1, 1, 64, dtype=torch.float64)),
+    "maximum with ties": (lambda x: (torch.maximum(x, x.roll(3)) ** 3).sum(),
+                          torch.arange(64, dtype=torch.float64) % 4),
+    "clamped couplings beyond the bounds": (
+        lambda x: (x.clamp(-1, 1) * x.roll(1).clamp(-1, 1)).sum() + (x ** 4).sum(),
+        torch.full((64,), 2.0, dtype=torch.float64)),
+    "triple products at zero": (lambda x: (x * x.roll(1) * x.roll(2)).sum() + (x ** 4).sum(),
+                                torch.zeros(64, dtype=torch.float64)),
+    "triple products at integers": (
+        lambda x: (x * x.roll(1) * x.roll(2)).sum() + (x ** 4).sum(),
+        torch.arange(64, dtype=torch.float64) % 3 - 1),
+}
+
+
+@pytest.mark.parametrize("name", list(HESSIAN_AT_EDGES))
+def test_hessians_whose_sparsity_depends_on_x_are_torch_funcs_at_adversarial_x(name):
+    f, x0 = HESSIAN_AT_EDGES[name]
+    x = x0.clone().requires_grad_()
+    h = vjp_magic.hessian(f(x), x, names=["x"])
+    expected = torch.func.hessian(f)(x0)
+    csr = h.hessian("x", layout=torch.sparse_csr)
+    assert_csr(csr, (64, 64))
+    torch.testing.assert_close(csr.to_dense(), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h.hessian("x"), expected, rtol=1e-12, atol=1e-12)
