@@ -640,3 +640,27 @@ def test_hessians_whose_sparsity_depends_on_x_are_torch_funcs_at_adversarial_x(n
     assert_csr(csr, (64, 64))
     torch.testing.assert_close(csr.to_dense(), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h.hessian("x"), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, eps", [(torch.float64, 1e-20), (torch.float64, 1e-12),
+                                        (torch.float32, 1e-10), (torch.float32, 1e-5)])
+def test_a_coupling_below_the_rounding_of_a_shared_node_is_kept(dtype, eps):
+    """y = sin(x + eps·P x), P a permutation: the coupling eps·cos sums into the same node as
+    the diagonal, so a probe mixing rows loses it in rounding; jacrev's one-hot rows keep it.
+    The pattern and the sparse Jacobian are jacrev's, entry by entry."""
+    g = torch.Generator().manual_seed(5)
+    n = 256
+    w = torch.zeros(n, n, dtype=dtype)
+    w[torch.arange(n), torch.randperm(n, generator=g)] = 1.0
+
+    def f(t):
+        return torch.sin(t + eps * (w @ t))
+    x0 = torch.randn(n, dtype=dtype, generator=g)
+    expected = torch.func.jacrev(f)(x0)
+    x = x0.clone().requires_grad_()
+    d = vjp_magic.dependency(f(x), x, seed=3)
+    got = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    assert torch.equal(got, expected != 0), d.summary()
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5  # atol 0: the eps entries are judged
+    torch.testing.assert_close(vjp_magic.sparse_jacobian(f(x), x, seed=3).to_dense(), expected,
+                               rtol=rtol, atol=0)
