@@ -14,6 +14,7 @@ Failing tests are findings: ``xfail(strict=True, reason="R2-n: <what; the class>
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -692,3 +693,33 @@ def test_gradcheck_does_not_fail_a_right_backward_at_large_inputs(run_ok, name):
     x = LARGE[name]
     assert run_ok(f"%%vjp --gradcheck\nx = ({x}).requires_grad_()\n"
                   "y = F1.apply(x)").gradcheck.ok is not False
+
+
+def _laplacian_100(t):
+    u = t.reshape(100, 100)
+    q = F.pad(u, (1, 1, 1, 1))
+    return (q[:-2, 1:-1] + q[2:, 1:-1] + q[1:-1, :-2] + q[1:-1, 2:] - 4 * u * u).reshape(-1)
+
+
+BUDGETED = {  # name: (f, nonzeros by counting: interior rows and edges)
+    "tridiagonal": (lambda t: F.pad(t, (1, 1))[:-2] * t + F.pad(t, (1, 1))[2:] + t ** 3,
+                    3 * 10_000 - 2),
+    "gather of i // 2": (lambda t: t[torch.arange(10_000) // 2] * t, 2 * 10_000 - 1),
+    "5-point on 100 x 100": (_laplacian_100, 5 * 10_000 - 4 * 100),
+}
+
+
+@pytest.mark.parametrize("name", list(BUDGETED))
+def test_a_refusal_counts_the_nonzeros_and_its_advice_is_enough(name):
+    """The refusal names the nonzero count (counted by hand), and the memory_budget it
+    advises gives the sparse Jacobian, equal to the unbudgeted one."""
+    f, nonzeros = BUDGETED[name]
+    x = torch.randn(10_000, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(vjp_magic.VJPUsageError) as refused:
+        vjp_magic.sparse_jacobian(f(x), x, memory_budget=1000)
+    message = " ".join(str(refused.value).split())
+    assert f"{nonzeros:,} nonzeros" in message, message
+    advised = float(re.search(r"memory_budget=([0-9.e+]+)", message).group(1))
+    got = vjp_magic.sparse_jacobian(f(x), x, memory_budget=advised)
+    assert got._nnz() == nonzeros
+    assert x.grad is None
