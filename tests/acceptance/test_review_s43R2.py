@@ -723,3 +723,30 @@ def test_a_refusal_counts_the_nonzeros_and_its_advice_is_enough(name):
     got = vjp_magic.sparse_jacobian(f(x), x, memory_budget=advised)
     assert got._nnz() == nonzeros
     assert x.grad is None
+
+
+KINKED_ABS = '''
+class K(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x - {kink!r}).abs() * 5
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return {factor} * torch.sign(x - {kink!r}) * g
+'''
+
+
+@pytest.mark.parametrize("fraction", [1 / 512, 1 / 16, 0.5, 1.0, -1 / 256])
+@pytest.mark.parametrize("factor, right", [("5", True), ("5.5", False), ("4.98", False)])
+def test_a_kink_inside_the_finite_difference_step_neither_fails_nor_hides(
+        run_ok, fraction, factor, right):
+    """A custom 5|x - k| with its kink k a fraction of the step (1e-6) above x[0] = 1: the
+    right backward passes; one 10 % or 0.4 % off fails (it is off on both sides)."""
+    run_ok(KINKED_ABS.format(kink=1.0 + 1e-6 * fraction, factor=factor))
+    report = run_ok("%%vjp --gradcheck\nx = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64,"
+                    " requires_grad=True)\ny = K.apply(x)").gradcheck
+    assert report.ok is right, (report.failed, report.inconclusive)
+    assert right or 0 in report.failed["x"]
