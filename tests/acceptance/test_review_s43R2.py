@@ -669,9 +669,9 @@ def test_a_coupling_below_the_rounding_of_a_shared_node_is_kept(dtype, eps):
 
 R2_6 = ("R2-6: --gradcheck leaves a backward 33 % off (2x² for d(x³)/dx) inconclusive ('the "
         "values are too large for finite differences at this step') at x in [1e10, 2e10] "
-        "(float64) and [1e8, 2e8] (float32 cell): the step is 1e-6 whatever |x| (a step "
-        "relative to |x| is taken only for small x), so past |x| ~ 1e8 no wrong backward is "
-        "ever failed, though a step of 1e-6·|x| resolves a 33 % error with noise ~1e-10. "
+        "(float64; a float32 cell at [1e8, 2e8] too, for some seeds): the step is 1e-6 whatever "
+        "|x| (a step relative to |x| is taken only for small x), so past |x| ~ 1e10 no wrong "
+        "backward is ever failed, though a step of 1e-6·|x| resolves a 33 % error. "
         "Class: large input scales against a fixed absolute finite-difference step "
         "(run/gradcheck.py STEP, SMALL)")
 LARGE = {"float64 at 1e10": "torch.linspace(1e10, 2e10, 6, dtype=torch.float64)",
@@ -679,7 +679,7 @@ LARGE = {"float64 at 1e10": "torch.linspace(1e10, 2e10, 6, dtype=torch.float64)"
 
 
 @pytest.mark.xfail(strict=True, reason=R2_6)
-@pytest.mark.parametrize("name", list(LARGE))
+@pytest.mark.parametrize("name", ["float64 at 1e10"])  # float32's verdict depends on the seed
 def test_gradcheck_fails_a_wrong_backward_at_large_inputs(run_ok, name):
     run_ok(CUSTOM.format(forward="x ** 3", backward="2 * x ** 2 * g"))
     x = LARGE[name]
