@@ -170,3 +170,61 @@ def test_a_batch_of_graphs_with_a_directed_edge_is_block_diagonal_without_except
     assert torch.equal(pattern, truth)
     assert d.kind == "block-diagonal" and tuple(d.blocks) == (2, 2, 1, 1), d
     assert d.exceptions() == [], d.summary()
+
+
+def _leaks_at_some_inputs():
+    def relu_gate(x):  # opens only where the first feature sums past 100
+        return torch.tanh(x) + torch.relu(x[:, 0].sum() - 100.0) * x.flip(0)
+
+    def where_gate(x):  # the first sample past 50 swaps the batch
+        return torch.where(x[:1] > 50, x.flip(0), x * 2)
+
+    def clamp_gate(x):  # the batch mean past the clamp's floor
+        return x * 2 + torch.clamp(x.mean(0, keepdim=True), min=10.0)
+    return {"relu": relu_gate, "where": where_gate, "clamp": clamp_gate}
+
+
+@pytest.mark.parametrize("name", list(_leaks_at_some_inputs()))
+def test_a_leak_shut_at_this_x_is_independent_here_never_proved(name):
+    """Shut at this x, the leak is no dependence here (torch's J agrees), but it is one at
+    other inputs: the verdict must not claim it for every x."""
+    d, pattern, truth = _verdict(_leaks_at_some_inputs()[name], _x(6, 3))
+    assert torch.equal(pattern, truth) and d.kind == "independent", d
+    assert d.evidence != "proved" or d.conditional_on, d
+
+
+def _gru_steps(dtype, steps: int = 200):
+    torch.manual_seed(0)
+    cell = nn.GRUCell(2, 2).to(dtype)
+    with torch.no_grad():  # a fast-forgetting cell: the derivative halves about every step
+        cell.weight_hh.mul_(0.05)
+        cell.bias_hh.zero_()
+        cell.bias_ih.zero_()
+    xs = _x(steps, 1, 2, seed=3, dtype=dtype).requires_grad_()
+    h, out = torch.zeros(1, 2, dtype=dtype), []
+    for t in range(steps):
+        h = cell(xs[t], h)
+        out.append(h)
+    return torch.stack(out), xs
+
+
+def test_a_long_gru_in_float64_is_lower_triangular():
+    y, xs = _gru_steps(D)
+    d = vjp_magic.dependency(y, xs, 0, 0, seed=0)
+    assert d.kind == "lower-triangular" and tuple(d.offsets) == (-199, 0), d
+
+
+R3_2 = ("R3-2: a GRUCell stepped over 200 steps in float32 (derivatives underflow past about "
+        "150 steps, a ragged lower band -153..0 with no dependence above the diagonal) reads "
+        "'block-lower-triangular, 2 blocks of 198, 2 with 293 exceptions', witness y[198] <- "
+        "x[52]: a recurrence split into two invented sequences, its causal reads called "
+        "exceptions; class: the blocks-beat-an-unfilled-band rule fires on an underflow edge")
+
+
+@pytest.mark.xfail(strict=True, reason=R3_2)
+def test_a_long_gru_in_float32_is_a_causal_band_with_the_underflow_note():
+    y, xs = _gru_steps(torch.float32)
+    d = vjp_magic.dependency(y, xs, 0, 0, seed=0)
+    assert "underflow" in (d.note or ""), d
+    assert d.kind in ("band", "lower-triangular") and d.offsets[1] == 0, d.summary()
+    assert d.exceptions() == [], d.summary()
