@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import vjp_magic
@@ -228,3 +229,118 @@ def test_a_long_gru_in_float32_is_a_causal_band_with_the_underflow_note():
     assert "underflow" in (d.note or ""), d
     assert d.kind in ("band", "lower-triangular") and d.offsets[1] == 0, d.summary()
     assert d.exceptions() == [], d.summary()
+
+
+# ============================================================================================
+# Part A.2: per-sample gradients (differentiate(losses, model)) against a loop of backward calls
+# ============================================================================================
+
+B = 5
+
+
+def _loop_reference(model, losses_fn) -> dict:
+    """name → (B, *shape): sample b's loss backward alone, trainable parameters only."""
+    rows = {n: [] for n, p in model.named_parameters() if p.requires_grad}
+    for b in range(B):
+        model.zero_grad(set_to_none=True)
+        losses_fn()[b].backward()
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                rows[n].append(torch.zeros_like(p) if p.grad is None else p.grad.clone())
+    model.zero_grad(set_to_none=True)
+    return {n: torch.stack(v) for n, v in rows.items()}
+
+
+class _Tied(nn.Module):
+    """A language-model head sharing its weight with the embedding, and a frozen layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mid = nn.Embedding(7, 4), nn.Linear(4, 4)
+        self.head = nn.Linear(4, 7, bias=False)
+        self.head.weight = self.emb.weight
+        self.mid.weight.requires_grad_(False)
+
+    def forward(self, tokens):
+        return self.head(torch.tanh(self.mid(self.emb(tokens)))).mean(1)
+
+
+class _Buffers(nn.Module):
+    """BatchNorm in eval mode (running statistics: buffers) and a weight-normed parametrization."""
+
+    def __init__(self):
+        super().__init__()
+        self.l = nn.utils.parametrizations.weight_norm(nn.Linear(4, 6))
+        self.bn, self.out = nn.BatchNorm1d(6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(F.gelu(self.bn(self.l(x))))
+
+
+class _Siamese(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+    def forward(self, a, b):  # the encoder called twice per sample
+        return (self.enc(a) - self.enc(b)).pow(2).sum(1)
+
+
+class _SeqFirst(nn.Module):
+    """A GRU with the batch second (batch_first=False) and an orthogonal parametrization."""
+
+    def __init__(self):
+        super().__init__()
+        self.r = nn.GRU(4, 5)
+        self.l = nn.utils.parametrizations.orthogonal(nn.Linear(5, 5))
+
+    def forward(self, x):  # x: (T, B, 4)
+        return self.l(self.r(x)[0][-1])
+
+
+def _per_sample_cases():
+    torch.manual_seed(0)
+    x, t = _x(B, 4), torch.randint(0, 3, (B,), generator=_gen(5))
+    tokens = torch.randint(0, 7, (B, 3), generator=_gen(6))
+    a, b = _x(B, 4, seed=1), _x(B, 4, seed=2)
+    seq, target = _x(3, B, 4, seed=3), _x(B, 5, seed=4)
+    tied, buf, siam, seqf = _Tied().double(), _Buffers().double(), _Siamese().double(), \
+        _SeqFirst().double()
+    buf.bn.running_mean.uniform_(-0.5, 0.5)
+    buf.eval()
+
+    def ce(logits, target=t):
+        return F.cross_entropy(logits, target, reduction="none")
+    return {
+        "tied-embedding-head-frozen-mid": (tied, lambda: ce(tied(tokens), tokens[:, 0])),
+        "bn-eval-buffers-weight-norm": (buf, lambda: ce(buf(x))),
+        "encoder-called-twice": (siam, lambda: siam(a, b)),
+        "gru-batch-second-orthogonal": (seqf, lambda: F.mse_loss(
+            seqf(seq), target, reduction="none").mean(1)),
+        "mse-sum-per-sample": (seqf, lambda: F.mse_loss(
+            seqf(seq), target, reduction="none").sum(1)),
+    }
+
+
+@pytest.mark.parametrize("given", ["callable", "tensor"])
+@pytest.mark.parametrize("name", list(_per_sample_cases()))
+def test_per_sample_gradients_are_the_loops(name, given):
+    model, losses = _per_sample_cases()[name]
+    r = vjp_magic.differentiate(losses if given == "callable" else losses(), model, names="m")
+    expected = _loop_reference(model, losses)
+    assert set(r.derivatives) == {f"m.{n}" for n in expected}, sorted(r.derivatives)
+    for n, g in expected.items():
+        torch.testing.assert_close(r.derivatives[f"m.{n}"], g, rtol=1e-9, atol=1e-11)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_mean_and_sum_reductions_differ_by_the_feature_count():
+    """Per-sample losses averaged over 5 features are 1/5 of the summed ones: so are their
+    gradients (mathematics, not the loop)."""
+    cases = _per_sample_cases()
+    model, mean_losses = cases["gru-batch-second-orthogonal"]
+    _, sum_losses = cases["mse-sum-per-sample"]
+    r_mean = vjp_magic.differentiate(mean_losses(), model, names="m")
+    r_sum = vjp_magic.differentiate(sum_losses(), model, names="m")
+    for n in r_sum.derivatives:
+        torch.testing.assert_close(5 * r_mean.derivatives[n], r_sum.derivatives[n])
