@@ -468,3 +468,44 @@ def test_stack_code_runs_and_gives_r(ip, run_ok):
     for key, value in r.derivatives.items():
         torch.testing.assert_close(ip.user_ns["d_" + re.sub(r"\W", "_", key)], value)
     assert all(p.grad is None for p in ip.user_ns["model"].parameters())
+
+
+# ============================================================================================
+# Part A.3: upsampling in 2-D and 3-D (s42's transposed fields): exact, one kind at every
+# length, and the field said holds every dependence (mathematics: input j is read by outputs
+# s·j + lo .. s·j + hi)
+# ============================================================================================
+
+def _upsampling_2d3d():
+    torch.manual_seed(0)
+    convt = nn.ConvTranspose2d(2, 2, 3, stride=2, padding=1, output_padding=1).double()
+    return {  # name: (f, shape with L the axis's length, axis, stride)
+        "nearest-2d-x2-width": (lambda x: F.interpolate(x, scale_factor=2), (1, 2, 3, "L"), 3, 2),
+        "bilinear-2d-x2-height": (lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"),
+                                  (1, 2, "L", 3), 2, 2),
+        "bilinear-2d-corners-width": (lambda x: F.interpolate(
+            x, scale_factor=2, mode="bilinear", align_corners=True), (1, 1, 3, "L"), 3, 2),
+        "bicubic-2d-x2-width": (lambda x: F.interpolate(x, scale_factor=2, mode="bicubic"),
+                                (1, 1, 3, "L"), 3, 2),
+        "trilinear-3d-x2-depth": (lambda x: F.interpolate(x, scale_factor=2, mode="trilinear"),
+                                  (1, 1, "L", 2, 3), 2, 2),
+        "nearest-3d-x3-width": (lambda x: F.interpolate(x, scale_factor=3), (1, 1, 2, 2, "L"),
+                                4, 3),
+        "conv-transpose-2d-k3-s2": (convt, (1, 2, 3, "L"), 3, 2),
+    }
+
+
+@pytest.mark.parametrize("name", list(_upsampling_2d3d()))
+def test_upsampling_in_2d_and_3d_is_exact_with_one_field_at_every_length(name):
+    f, shape, axis, stride = _upsampling_2d3d()[name]
+    seen = []
+    for length in (12, 24):
+        x = _x(*(length if s == "L" else s for s in shape))
+        d, pattern, truth = _verdict(f, x, axis, axis)
+        assert torch.equal(pattern, truth), (name, length, d)
+        assert d.stride == stride and d.transposed, (name, length, d)
+        i, j = truth.nonzero(as_tuple=True)
+        lo, hi = d.field
+        assert bool(((i >= stride * j + lo) & (i <= stride * j + hi)).all()), (name, d)
+        seen.append((str(d.kind), d.field))
+    assert seen[0] == seen[1], (name, seen)
