@@ -568,3 +568,57 @@ def test_verdicts_at_b_2048_return_within_half_a_gib(case, kind, blocks):
     out = _growth(2048, case)
     assert out[0] == kind and int(out[-2]) == blocks, out
     assert int(out[-1]) <= 512 * 1024, out
+
+
+# ============================================================================================
+# Part A.5: the user's state after a cell: hooks fire as in a plain run, buffers updated once,
+# a KeyboardInterrupt from a hook or a timer leaves what a plain run leaves
+# ============================================================================================
+
+HOOKED = '''import torch.nn.functional as F
+from torch import nn
+torch.manual_seed(0)
+enc = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3))
+calls = {"forward": 0, "backward": 0}
+def forward_hook(module, args, out):
+    calls["forward"] += 1
+    if calls["forward"] > 2:  # a plain run calls enc twice
+        raise KeyboardInterrupt
+def backward_hook(module, grad_in, grad_out):
+    calls["backward"] += 1
+    raise KeyboardInterrupt  # the cell runs no backward: a plain run never gets here
+enc[0].register_forward_hook(forward_hook)
+enc[3].register_full_backward_hook(backward_hook)
+a, b = torch.randn(6, 4), torch.randn(6, 4)
+'''
+TWICE = "%%vjp --wrt enc\nlosses = (enc(a) - enc(b)).pow(2).sum(1)"
+
+
+def test_a_model_called_twice_with_interrupting_hooks_runs_as_a_plain_cell(ip, run_ok):
+    """Train-mode BatchNorm, the encoder called twice (two running-statistics updates), a
+    forward hook that interrupts a third call, a backward hook that interrupts any call."""
+    run_ok(HOOKED)
+    run_ok("torch.manual_seed(3)\n" + TWICE.split("\n", 1)[1])
+    plain = {k: v.clone() for k, v in ip.user_ns["enc"].state_dict().items()}
+    plain_losses = ip.user_ns["losses"].detach().clone()
+    run_ok(HOOKED)
+    r = run_ok(TWICE.replace("\n", "\ntorch.manual_seed(3)\n", 1))
+    ns = ip.user_ns
+    assert ns["calls"] == {"forward": 2, "backward": 0}, ns["calls"]
+    for k, v in ns["enc"].state_dict().items():  # running statistics updated twice, as plain
+        assert torch.equal(v, plain[k]), k
+    assert torch.equal(ns["losses"], plain_losses)
+    assert all(p.grad is None for p in ns["enc"].parameters())
+    assert len(r.derivatives) == 6 and all(g.shape[0] == 6 for g in r.derivatives.values())
+
+
+def test_a_model_called_twice_per_sample_gradients_are_the_cells_graph(ip, run_ok):
+    """Train-mode BatchNorm couples the samples: the per-sample 'gradients' are those of each
+    loss through the graph as computed (batch statistics included): a backward per loss."""
+    run_ok(HOOKED.replace("enc[3].register_full_backward_hook(backward_hook)\n", ""))
+    r = run_ok(TWICE)
+    enc, losses = ip.user_ns["enc"], ip.user_ns["losses"]
+    for k in range(6):
+        grads = torch.autograd.grad(losses[k], list(enc.parameters()), retain_graph=True)
+        for (n, _), g in zip(enc.named_parameters(), grads):
+            torch.testing.assert_close(r.derivatives[f"enc.{n}"][k], g)
