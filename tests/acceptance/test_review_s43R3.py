@@ -685,3 +685,57 @@ def test_the_hessian_non_finite_note_counts_and_names_as_the_display(ip, run_ok,
     assert re.search(r"\b1 (NaN|infinite) entries", text) is None, text
     if fmt != "text/plain":
         assert "with respect to x " not in text, text
+
+
+# ============================================================================================
+# Part B.3: a batch-second GRU cell: the code shown runs and reproduces r, the numbers shown
+# are r's, the verdict on the batch axes
+# ============================================================================================
+
+GRU_SETUP = ("import torch.nn.functional as F\nfrom torch import nn\ntorch.manual_seed(0)\n"
+             "rnn, head = nn.GRU(3, 2), nn.Linear(2, 2)\n"
+             "seq = torch.randn(4, 3, 3, requires_grad=True)\n")
+GRU_CELL = "%%vjp --wrt seq\ny = head(rnn(seq)[0][-1])"
+
+
+def _numbers(line: str) -> list[float]:
+    row = line.split("[")[-1].split("]")[0]
+    return [float(v) for v in row.split()]
+
+
+def test_batch_second_gru_code_shown_runs_and_gives_r(ip, run_ok):
+    run_ok(GRU_SETUP)
+    r = run_ok(GRU_CELL)
+    md = _bundle(r)["text/markdown"]
+    code = re.findall(r"```python\n(.*?)```", md, re.S)
+    assert len(code) == 1, md
+    run_ok(code[0])
+    ns = ip.user_ns
+    torch.testing.assert_close(ns["d_seq"], r.derivatives["seq"])
+    jac = torch.autograd.functional.jacobian(lambda s: ns["head"](ns["rnn"](s)[0][-1]),
+                                             ns["seq"].detach())  # (3, 2, 4, 3, 3)
+    for k in range(2):  # component k at point i: row i of y reads seq[:, i, :]
+        for i in range(3):
+            torch.testing.assert_close(r.derivatives["seq"][k][:, i], jac[i, k][:, i])
+    assert ns["seq"].grad is None
+
+
+def test_batch_second_gru_numbers_shown_are_rs(ip, run_ok):
+    run_ok(GRU_SETUP)
+    r = run_ok(GRU_CELL)
+    lines = _bundle(r)["text/plain"].splitlines()
+    d = r.derivatives["seq"]
+    for k in range(2):
+        at = next(n for n, line in enumerate(lines) if line.startswith(f"∂y_{k + 1}/∂seq"))
+        first, last = _numbers(lines[at]), _numbers(lines[at + 2])
+        assert first == pytest.approx(d[k, 0, 0].tolist(), rel=1e-3, abs=1e-6), lines[at]
+        assert last == pytest.approx(d[k, 3, 2].tolist(), rel=1e-3, abs=1e-6), lines[at + 2]
+
+
+def test_batch_second_gru_batch_axes_are_independent_and_time_is_read(ip, run_ok):
+    run_ok(GRU_SETUP)
+    r = run_ok(GRU_CELL)
+    batch = r.dependency("seq", 0, 1)
+    assert batch.kind == "independent", batch
+    time = r.dependency("seq", 0, 0)  # every row of y reads every step (the last state)
+    assert time.kind == "dense", time
