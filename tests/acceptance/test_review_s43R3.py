@@ -739,3 +739,59 @@ def test_batch_second_gru_batch_axes_are_independent_and_time_is_read(ip, run_ok
     assert batch.kind == "independent", batch
     time = r.dependency("seq", 0, 0)  # every row of y reads every step (the last state)
     assert time.kind == "dense", time
+
+
+def test_a_masked_samples_padded_keys_are_read_by_their_own_queries_only():
+    """One sample, its last two keys padded: every output reads the 4 real steps; a padded
+    step is read by its own query alone (torch's J decides; the verdict must equal it)."""
+    torch.manual_seed(0)
+    attn = nn.MultiheadAttention(4, 2, batch_first=True).double()
+    pad = torch.tensor([[False] * 4 + [True] * 2])
+
+    def f(x):
+        return attn(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+    d, pattern, truth = _verdict(f, _x(1, 6, 4), 1, 1)
+    assert torch.equal(pattern, truth), (pattern, truth)
+    assert truth[:, :4].all() and torch.equal(truth[:, 4:], torch.eye(6, dtype=torch.bool)[:, 4:])
+    if d.witness is not None:
+        assert bool(truth[d.witness]) and d.witness[0] != d.witness[1], d
+
+
+INTERRUPTED = '''import torch.nn.functional as F
+from torch import nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2),
+                    nn.Linear(32, 10))
+xb, tb = torch.randn(2048, 16), torch.randint(0, 10, (2048,))
+'''
+LOSSES = 'torch.manual_seed(7)\nlosses = F.cross_entropy(net(xb), tb, reduction="none")'
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_ctrl_c_during_per_sample_gradients_leaves_a_plain_runs_state(ip, run_ok, delay):
+    """%%vjp --wrt net at B = 2,048 (train-mode BatchNorm, dropout) interrupted by a timer:
+    the running statistics updated once, losses, the RNG and every .grad as a plain run."""
+    import _thread
+    import threading
+    run_ok(INTERRUPTED)
+    run_ok(LOSSES)
+    plain = {k: v.clone() for k, v in ip.user_ns["net"].state_dict().items()}
+    plain_losses, plain_rng = ip.user_ns["losses"].detach().clone(), torch.get_rng_state()
+    run_ok(INTERRUPTED)
+    timer = threading.Timer(delay, _thread.interrupt_main)
+    timer.start()
+    try:
+        ip.run_cell("%%vjp --wrt net\n" + LOSSES)
+        timer.join()
+        for _ in range(10_000):  # an interrupt that lands after the cell is taken here
+            pass
+    except KeyboardInterrupt:
+        timer.join()
+    ns = ip.user_ns
+    for k, v in ns["net"].state_dict().items():
+        assert torch.equal(v, plain[k]), k
+    assert torch.equal(ns["losses"], plain_losses)
+    assert torch.equal(torch.get_rng_state(), plain_rng)
+    assert all(p.grad is None for p in ns["net"].parameters())
+    run_ok("losses.sum().backward()")  # the graph is usable, as after a plain run
+    assert all(p.grad is not None for p in ns["net"].parameters())
