@@ -840,3 +840,31 @@ def test_an_encoder_frozen_by_attribute_is_named_with_its_line(ip, run_ok):
     run_ok(FROZEN_SETUP)
     plain = _one_line(_bundle(run_ok("%%vjp --wrt enc\n" + FROZEN_BODY))["text/plain"])
     assert "requires_grad" in plain and "line 1" in plain, plain
+
+
+DEEP = '''import torch.nn.functional as F
+from torch import nn
+torch.manual_seed(0)
+deep = nn.Sequential(*[nn.Linear(3, 3) for _ in range(30)])
+xb, tb = torch.randn(4, 3), torch.randint(0, 3, (4,))
+'''
+
+
+def test_sixty_tensors_table_norms_and_largest_entries_are_rs(ip, run_ok):
+    """30 Linear layers (60 tensors, vanishing gradients down to 1e-8): one screen; every
+    row's norm and largest |entry| are r's to the digits shown; the matrix is the largest
+    norm's."""
+    run_ok(DEEP)
+    r = run_ok('%%vjp --wrt deep\nlosses = F.cross_entropy(deep(xb), tb, reduction="none")')
+    plain = _bundle(r)["text/plain"]
+    assert len(plain.splitlines()) <= 40, plain
+    rows = re.findall(r"(deep\[\d+\]\.\w+) \[\s*(3 × 3|3)\s+(\S+)\s+(\S+)\]", plain)
+    assert len(rows) >= 8, plain
+    for name, shape, norm, largest in rows:
+        g = r.derivatives[re.sub(r"\[(\d+)\]", r".\1", name)]
+        assert shape.replace(" × ", ",") == ",".join(map(str, g.shape[1:])), (name, shape)
+        assert float(norm) == pytest.approx(float(g.norm()), rel=6e-3), (name, norm)
+        assert float(largest) == pytest.approx(float(g.abs().max()), rel=6e-3), (name, largest)
+    norms = {n: float(g.norm()) for n, g in r.derivatives.items()}
+    biggest = re.sub(r"\.(\d+)", r"[\1]", max(norms, key=norms.get))
+    assert f"∂losses_i/∂{biggest}_j" in plain, plain
