@@ -868,3 +868,53 @@ def test_sixty_tensors_table_norms_and_largest_entries_are_rs(ip, run_ok):
     norms = {n: float(g.norm()) for n, g in r.derivatives.items()}
     biggest = re.sub(r"\.(\d+)", r"[\1]", max(norms, key=norms.get))
     assert f"∂losses_i/∂{biggest}_j" in plain, plain
+
+
+# ============================================================================================
+# Part B.4: the one sentence a mistake gets says what to do, and what it says to do works
+# ============================================================================================
+
+COPIES = "a = torch.randn(3, 4, requires_grad=True)\nb = torch.randn(5, 4, requires_grad=True)"
+
+
+def _refusal(ip, cell: str) -> str:
+    result = ip.run_cell(cell)
+    assert result.error_in_exec is not None, "the cell was not refused"
+    return str(result.error_in_exec)
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
+@pytest.mark.parametrize("copy", [
+    "torch.tensor(a)",
+    pytest.param("torch.tensor(a.tolist())", marks=pytest.mark.xfail(strict=True, reason=(
+        "R3-8: c = torch.tensor(a.tolist()) is refused with 'Keep the computation: "
+        "c = a.tolist().', a Python list, not a tensor (the right fix is c = a); class: the "
+        "fix strips the constructor literally, not the conversion inside it (.tolist(), "
+        ".numpy(), .item())"))),
+])
+def test_a_copy_off_the_graph_gets_a_fix_that_runs(ip, run_ok, copy):
+    run_ok(COPIES)
+    message = _refusal(ip, f"%%vjp --wrt a\nc = {copy}\ny = (c * 2).tanh()")
+    fix = re.search(r"Keep the computation: (.+?)\.?$", message)
+    assert fix, message
+    run_ok(fix.group(1))
+    run_ok("y = (c * 2).tanh()")
+    torch.testing.assert_close(ip.user_ns["c"], ip.user_ns["a"])
+    assert ip.user_ns["y"].grad_fn is not None, message
+
+
+R3_9 = ("R3-9: %%vjp --wrt a b on nt = torch.nested.nested_tensor([a, b]) (a constructor that "
+        "copies, as torch.tensor does) is refused with 'None of the cell's tensors requires "
+        "grad ... make nt require grad: nt.requires_grad_()': a and b do require grad (named "
+        "by --wrt), and nt.requires_grad_() would make a new leaf, not derivatives with respect "
+        "to a and b; class: a copying constructor other than torch.tensor is not named as the "
+        "cut")
+
+
+@pytest.mark.xfail(strict=True, reason=R3_9)
+def test_a_nested_tensor_copy_is_named_as_the_cut(ip, run_ok):
+    run_ok(COPIES)
+    message = _refusal(ip, "%%vjp --wrt a b\nnt = torch.nested.nested_tensor([a, b], "
+                           "layout=torch.jagged)\ny = (nt * 2).values().tanh()")
+    assert "None of the cell's tensors requires grad" not in message, message
+    assert "nested_tensor" in message, message
