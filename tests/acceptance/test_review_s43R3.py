@@ -918,3 +918,33 @@ def test_a_nested_tensor_copy_is_named_as_the_cut(ip, run_ok):
                            "layout=torch.jagged)\ny = (nt * 2).values().tanh()")
     assert "None of the cell's tensors requires grad" not in message, message
     assert "nested_tensor" in message, message
+
+
+# ============================================================================================
+# Part B.5: each format keeps to its own language and width on this file's cells
+# ============================================================================================
+
+LANGUAGE_CELLS = {  # setup, cell
+    "batch-second-gru": (GRU_SETUP, GRU_CELL),
+    "sixty-tensors": (DEEP, '%%vjp --wrt deep\nlosses = F.cross_entropy(deep(xb), tb, '
+                            'reduction="none")'),
+    "frozen-encoder": (FROZEN_SETUP, "%%vjp --wrt enc\n" + FROZEN_BODY),
+    "hessian-sqrt": ("x = torch.tensor([0.0, 1.0, 4.0], requires_grad=True)",
+                     "%hessian x.sqrt().sum() wrt x"),
+}
+
+
+@pytest.mark.parametrize("name", list(LANGUAGE_CELLS))
+def test_formats_keep_to_their_own_language_and_width(ip, run_ok, name):
+    setup, cell = LANGUAGE_CELLS[name]
+    run_ok(setup)
+    bundle = _bundle(run_ok(cell))
+    plain, md, tex = bundle["text/plain"], bundle["text/markdown"], bundle["text/latex"]
+    assert "\\" not in plain and "$" not in plain, plain
+    assert max(map(len, plain.splitlines())) <= 100, plain
+    prose = re.sub(r"```.*?```|<div[^>]*>|</div>|\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", "", md,
+                   flags=re.S)
+    assert "\\" not in prose.replace("\\|", ""), prose  # no LaTeX outside maths
+    body = re.sub(r"\\begin\{Verbatim\}.*?\\end\{Verbatim\}", "", tex, flags=re.S)
+    assert "`" not in body and "**" not in body, tex  # no raw Markdown in LaTeX
+    assert "text/html" not in bundle
