@@ -213,6 +213,7 @@ def _gru_steps(dtype, steps: int = 200):
     return torch.stack(out), xs
 
 
+@pytest.mark.slow
 def test_a_long_gru_in_float64_is_lower_triangular():
     y, xs = _gru_steps(D)
     d = vjp_magic.dependency(y, xs, 0, 0, seed=0)
@@ -226,6 +227,7 @@ R3_2 = ("R3-2: a GRUCell stepped over 200 steps in float32 (derivatives underflo
         "exceptions; class: the blocks-beat-an-unfilled-band rule fires on an underflow edge")
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=R3_2)
 def test_a_long_gru_in_float32_is_a_causal_band_with_the_underflow_note():
     y, xs = _gru_steps(torch.float32)
