@@ -950,3 +950,36 @@ def test_formats_keep_to_their_own_language_and_width(ip, run_ok, name):
     body = re.sub(r"\\begin\{Verbatim\}.*?\\end\{Verbatim\}", "", tex, flags=re.S)
     assert "`" not in body and "**" not in body, tex  # no raw Markdown in LaTeX
     assert "text/html" not in bundle
+
+
+PARAMETRIZED = '''import torch.nn.functional as F
+from torch import nn
+torch.manual_seed(0)
+net = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 6)), nn.Tanh(),
+                    nn.utils.parametrizations.orthogonal(nn.Linear(6, 6)), nn.Tanh(),
+                    nn.Linear(6, 3))
+net[4].weight.requires_grad_(False)  # a frozen head weight
+xb, tb = torch.randn(5, 4), torch.randint(0, 3, (5,))
+'''
+
+
+def test_parametrized_and_frozen_names_in_the_table_and_code_are_named_parameters(ip, run_ok):
+    run_ok(PARAMETRIZED)
+    r = run_ok('%%vjp --wrt net\nlosses = F.cross_entropy(net(xb), tb, reduction="none")')
+    net, xb, tb = ip.user_ns["net"], ip.user_ns["xb"], ip.user_ns["tb"]
+    trainable = {f"net.{n}" for n, p in net.named_parameters() if p.requires_grad}
+    assert set(r.derivatives) == trainable, sorted(r.derivatives)
+    global B
+    saved, B = B, 5
+    try:
+        expected = _loop_reference(net, lambda: F.cross_entropy(net(xb), tb, reduction="none"))
+    finally:
+        B = saved
+    for n, g in expected.items():
+        torch.testing.assert_close(r.derivatives[f"net.{n}"], g)
+    plain = _bundle(r)["text/plain"]
+    assert re.search(r"frozen \(requires_grad=False\): net\[4\]\.weight", plain), plain
+    run_ok(r.code)
+    for key in trainable:
+        torch.testing.assert_close(ip.user_ns["d_" + re.sub(r"\W", "_", key)], r.derivatives[key])
+    assert all(p.grad is None for p in net.parameters())
