@@ -983,3 +983,35 @@ def test_parametrized_and_frozen_names_in_the_table_and_code_are_named_parameter
     for key in trainable:
         torch.testing.assert_close(ip.user_ns["d_" + re.sub(r"\W", "_", key)], r.derivatives[key])
     assert all(p.grad is None for p in net.parameters())
+
+
+# ============================================================================================
+# Part A.7: varlen (packed) causal attention over one token axis: blocks, and the witness of
+# a single crossing edge
+# ============================================================================================
+
+LENGTHS = (3, 5, 2, 6)
+
+
+def _varlen(leak: bool):
+    torch.manual_seed(0)
+    q, k = nn.Linear(4, 4).double(), nn.Linear(4, 4).double()
+    seq = torch.repeat_interleave(torch.arange(len(LENGTHS)), torch.tensor(LENGTHS))
+    pos = torch.arange(len(seq))
+    allowed = (seq[:, None] == seq[None, :]) & (pos[None, :] <= pos[:, None])
+    if leak:
+        allowed[9, 7] = True  # token 9 (sequence 2) reads token 7 (sequence 1): off by one
+
+    def f(x):  # x: (tokens, 4)
+        scores = (q(x) @ k(x).T).masked_fill(~allowed, float("-inf"))
+        return scores.softmax(-1) @ x
+    return f
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_varlen_causal_attention_blocks_and_the_crossing_witness(leak):
+    d, pattern, truth = _verdict(_varlen(leak), _x(sum(LENGTHS), 4))
+    assert torch.equal(pattern, truth)
+    assert d.kind == "block-lower-triangular" and tuple(d.blocks) == LENGTHS, d.summary()
+    if leak:
+        assert d.witness == (9, 7) and d.exceptions() == [(9, 7)], (d.witness, d.summary())
