@@ -1015,3 +1015,19 @@ def test_varlen_causal_attention_blocks_and_the_crossing_witness(leak):
     assert d.kind == "block-lower-triangular" and tuple(d.blocks) == LENGTHS, d.summary()
     if leak:
         assert d.witness == (9, 7) and d.exceptions() == [(9, 7)], (d.witness, d.summary())
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=R3_2 + " (nn.LSTM, the issue's own model: '2 blocks of "
+                   "2, 198 with 286 exceptions', witness y[2] <- x[0], a causal read)")
+def test_a_long_lstm_in_float32_is_a_causal_band_with_the_underflow_note():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(2, 2)
+    with torch.no_grad():
+        lstm.weight_hh_l0.mul_(0.05)
+        lstm.bias_hh_l0.zero_()
+        lstm.bias_ih_l0.zero_()
+    xs = _x(200, 1, 2, seed=3, dtype=torch.float32).requires_grad_()
+    d = vjp_magic.dependency(lstm(xs)[0], xs, 0, 0, seed=0)
+    assert "underflow" in (d.note or ""), d
+    assert d.kind in ("band", "lower-triangular") and d.offsets[1] == 0, d.summary()
