@@ -148,18 +148,20 @@ def _inconclusive(report) -> list:
     output's one-sided derivatives there; where f changes in rounding stairs coarser than
     the step, or the finite differences' rounding noise is over the tolerance, that."""
     spans: list = [Text("inconclusive at ")]
+    custom = _custom_named(report)
     if report.inconclusive:
         count = sum(len(found) for found in report.inconclusive.values())
         spans += _places(report.inconclusive)
-        ops = "/".join(report.kinks) if report.kinks else "the function"
         verb = "is" if count == 1 else "is not differentiable at any of them"
         there = " not differentiable there" if count == 1 else ""
-        spans.append(Text(f" (a kink: {ops} {verb}{there}{_sides(report)}; check at "
-                          "another x)"))
+        spans += [Text(" (a kink: "), *([Text("/".join(report.kinks))] if report.kinks else
+                                         custom or [Text("the function")]),
+                  Text(f" {verb}{there}{_sides(report)}; check at another x)")]
     stairs = getattr(report, "unresolved", {})
     if stairs:
         spans += [Text(" and at " if report.inconclusive else ""), *_places(stairs),
-                  Text(f" (f changes in rounding steps of ~{report.stair:.0e} at this x, "
+                  Text(" ("), *(custom or [Text("f")]),
+                  Text(f" changes in rounding steps of ~{report.stair:.0e} at this x, "
                        "coarser than the finite differences' step: a large intermediate "
                        "value, as in x + 1e12, rounds it)")]
     if report.noisy:
@@ -169,6 +171,18 @@ def _inconclusive(report) -> list:
                        f"their rounding noise, up to {report.noise:.1g}, is over the "
                        "tolerance)")]
     return spans
+
+
+def _custom_named(report) -> list:
+    """"the custom autograd.Function `Clip`" (``Clip`` and ``Gate`` …): where a custom
+    backward is under check, what a kink or a stair that no built-in op explains is named
+    by, as :func:`_failed` blames it; else nothing."""
+    names = list(dict.fromkeys(n.removesuffix("Backward") for n in report.custom))  # (nodes)
+    if not names:
+        return []
+    many = len(names) > 1
+    return [Text(f"the custom autograd.Function{'s' if many else ''} "),
+            *_listed(names, joiner=" or " if many else ", ")]
 
 
 def _sides(report) -> str:
@@ -201,9 +215,12 @@ def _entry(name: str, index) -> str:
     return f"{name}[{inside}]"
 
 
-def _listed(names, prose: bool = False) -> list:
-    """Names as code, comma-separated (``prose``: input names, as the display writes them)."""
+def _listed(names, prose: bool = False, joiner: str = ", ") -> list:
+    """Names as code, comma-separated (``prose``: input names, as the display writes them;
+    ``joiner``: before the last)."""
     spans: list = []
+    names = list(names)
     for i, name in enumerate(names):
-        spans += [Text(", " if i else ""), notation.prose_name(name) if prose else Code(name)]
+        spans += [Text("" if not i else joiner if i == len(names) - 1 else ", "),
+                  notation.prose_name(name) if prose else Code(name)]
     return spans

@@ -952,22 +952,25 @@ class _Input:
                                 self.atol * scale, self.noise, retry=retry, moved=moved)
         return verdict, error / scale
 
-    def group_agrees(self, u: torch.Tensor, group: torch.Tensor, weights: torch.Tensor) -> bool:
-        """Whether the flat entries ``group`` moved along ``u`` (``weights`` on them) agree,
-        for v and the second v, from the same outputs (:meth:`_group_within`)."""
+    def group_agrees(self, u: torch.Tensor, group: torch.Tensor, weights: torch.Tensor,
+                     scale: float = 1.0) -> bool:
+        """Whether the flat entries ``group`` moved along ``u`` (``weights`` on them, each
+        at most ``scale`` steps, :func:`_relative`) agree, for v and the second v, from the
+        same outputs (:meth:`_group_within`)."""
         steps = (STEP, -STEP, STEP / 2, -STEP / 2)
         outs = [moved_output(self.replay, self.values, self.name, t * u) for t in steps]
-        return all(c._group_within(u, outs, steps, group, weights)
+        return all(c._group_within(u, outs, steps, group, weights, scale)
                    for c in (self, self.second) if c is not None)
 
     def _group_within(self, u: torch.Tensor, outs: list, steps: tuple, group: torch.Tensor,
-                      weights: torch.Tensor) -> bool:
+                      weights: torch.Tensor, scale: float = 1.0) -> bool:
         """Whether the central differences along ``u`` at steps h and h/2 agree with this
-        v's vᵀJ u within ``atol`` plus their measured error: twice their gap (a smooth f's
-        truncation error at h/2 is a third of it) plus their rounding noise. In doubt (False)
-        where the gap or the noise is over the loose tolerance (``atol`` and ``RTOL`` scaled
-        to the group: a kink or a stair within the step, values too large), which there
-        would hide a wrong entry."""
+        v's vᵀJ u within ``atol`` (times the group's ``scale``, as a single entry's at its
+        relative step) plus their measured error: twice their gap (a smooth f's truncation
+        error at h/2 is a third of it) plus their rounding noise. In doubt (False) where the
+        gap or the noise is over the loose tolerance (``atol`` and ``RTOL`` scaled to the
+        group: a kink or a stair within the step, values too large), which there would hide
+        a wrong entry."""
         v, base, _ = self.probe
         flat, norm = self.analytic.reshape(-1), float(weights[group].norm())
         want = float(flat[group] @ weights[group])
@@ -981,7 +984,7 @@ class _Input:
         if noise > loose:  # counting only the outputs that move along u (many outputs)
             noise = self._group_noise(u, outs, steps, _support(
                 self.replay, self.values, self.name, u, base))
-        return noise <= loose and abs(narrow - want) <= self.atol + 2 * gap + noise
+        return noise <= loose and abs(narrow - want) <= self.atol * scale + 2 * gap + noise
 
     def _group_noise(self, u: torch.Tensor, outs: list, steps: tuple, mask) -> float:
         """The rounding noise of :meth:`group_agrees`' two central differences, summed."""
@@ -1033,15 +1036,20 @@ def _groups(checks: _Input, found: _Found, rest: list, budget: Budget, seed: int
     failure or where the ``budget`` is spent."""
     size = max(GROUP, -(-len(rest) // MAX_GROUPS))
     generator = probe_generator(seed, "gradcheck-direction")
-    signs = _weights(checks.analytic.numel(), generator).to(checks.analytic.device)
     flat = checks.analytic.reshape(-1)
+    scales = _relatives(checks.values[checks.name].reshape(-1)).to(flat)
+    weights = _weights(checks.analytic.numel(), generator).to(flat) * scales  # each entry's
+    # step relative to it, as a single entry's (:func:`_relative`); groups of like scales
+    rest_at = torch.tensor(rest, device=flat.device)
+    rest_at = rest_at[torch.sort(scales[rest_at], stable=True).indices]
     for start in range(0, len(rest), size):
         if not found.agree or not budget.allows():
             return
-        group = torch.tensor(rest[start:start + size], device=flat.device)
+        group = rest_at[start:start + size]
         u = torch.zeros_like(flat)
-        u[group] = signs[group]
-        if checks.group_agrees(u.reshape(checks.analytic.shape), group, signs):
+        u[group] = weights[group]
+        if checks.group_agrees(u.reshape(checks.analytic.shape), group, weights,
+                               float(scales[group].max())):
             found.covered += len(group)
             continue
         if found.singles + len(group) > MAX_SINGLES:  # many in doubt (noise): enough
@@ -1058,8 +1066,14 @@ def _relative(x: float) -> float:
     x is nearer 0 than that (a step as large as x, 1e-6 at x = 1e-6, is no small change
     there: x³'s sides differ by 6x·h), else 1; also 1 at 0 (no scale: the kinks of relu,
     abs) and below :data:`SMALL_FLOOR` (products of such values underflow)."""
-    size = abs(x)
-    return size / SMALL if SMALL_FLOOR <= size < SMALL else 1.0
+    return float(_relatives(torch.tensor(x, dtype=torch.float64)))
+
+
+def _relatives(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_relative` of each entry of ``x`` (the steps of a group's entries)."""
+    size = x.detach().abs().to(torch.float64)
+    return torch.where((size >= SMALL_FLOOR) & (size < SMALL), size / SMALL,
+                       torch.ones_like(size))
 
 
 def _index(shape, k: int):
