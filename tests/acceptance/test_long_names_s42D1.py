@@ -140,12 +140,6 @@ def test_shorten_keeps_the_ends_and_every_index(name, limit, expected):
     assert shorten(name, limit) == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "D1-1: %%vjp --wrt classifier_projection_layer.parametrizations.weight.original1 (a "
-    "weight-normed Linear's 2 × 3 direction): the line '∂y/∂<that name> = matrix' gives 68 "
-    "of the width budget to the name, so the 2 × 3 matrix of 6 entries shows 2 columns and "
-    "a ⋯; class: a long name in the derivatives' display decides how many entries every row "
-    "of its matrix shows (R3-4's class, the formulas' left-hand sides)"))
 def test_a_long_name_in_the_derivatives_display_leaves_a_small_matrix_whole(ip, run_ok):
     run_ok("from torch import nn\nfrom torch.nn.utils import parametrizations\n"
            "torch.manual_seed(0)\nclassifier_projection_layer = nn.Linear(3, 2)\n"

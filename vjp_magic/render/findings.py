@@ -222,8 +222,8 @@ def leak_formulas(result, name: str, dep: Dependency, options=None) -> list[Form
     for i in rows[:LEAK_SHOWN]:
         j = dep.reads(i)[0]
         yi, xj = _indexed(y, dep.out_axis, str(i)), _indexed(name, dep.in_axis, str(j))
-        lhs = Math(rf"\frac{{\partial {yi.tex}}}{{\partial {xj.tex}}}",
-                   f"∂{yi.plain}/∂{xj.plain}")
+        lhs = notation.left_side(Math(rf"\frac{{\partial {yi.tex}}}{{\partial {xj.tex}}}",
+                                      f"∂{yi.plain}/∂{xj.plain}"))
         block = _leak_block(result, name, dep, i, j)
         matrix = layout(block, options, item.derivatives.dtype, reserved=reserve(lhs))
         caption = () if block.scalar else (

@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 
 from . import notation
-from .codegen import CELL_NAMES, expression, output_symbol
+from .codegen import output_symbol
 from .budget import fit_of, remembered
 from .document import Code, Entry, Formula, Math, Paragraph, Section, Text, paragraph
 from .graph_facts import one_function
@@ -181,17 +181,10 @@ def diagonal(h, name: str) -> bool:
 
 
 # -- the formulas ---------------------------------------------------------------------------
-def _atom(identifier: str) -> tuple[str, str]:
-    tex = notation.name_tex(identifier)
-    if not (len(tex) == 1 or tex.startswith("\\") and tex[1:].isalpha()):
-        tex = "{" + tex + "}"
-    return tex, expression(identifier)
-
-
 def second_partial(output: str, input_: str, out_index: str, j: str, k: str | None) -> Math:
     """``∂²y_i/∂x_i²`` (``k`` None) or ``∂²s/∂x_i∂x_j`` with the cell's names."""
-    y, y_plain = _atom(output)
-    x, x_plain = _atom(input_)
+    y, y_plain = notation.atom(output)
+    x, x_plain = notation.atom(input_)
     y_sub, y_sub_plain = (f"_{{{out_index}}}", f"_{out_index}") if out_index else ("", "")
     if k is None:
         return Math(rf"\frac{{\partial^2 {y}{y_sub}}}{{\partial {x}_{{{j}}}^2}}",
@@ -258,12 +251,12 @@ def _scalar_per_point(h, name: str, options) -> Formula:
 
 def _straight(h, name: str, index: str = "") -> Math:
     """``d²y/dx²`` (``d²y_k/dx²``): one variable."""
-    (y, y_plain), (x, x_plain) = _atom(output_symbol(h)), _atom(name)
+    (y, y_plain), (x, x_plain) = notation.atom(output_symbol(h)), notation.atom(name)
     sub, sub_plain = (f"_{{{index}}}", f"_{index}") if index else ("", "")
     return Math(rf"\frac{{d^2 {y}{sub}}}{{d {x}^2}}", f"d²{y_plain}{sub_plain}/d{x_plain}²")
 
 
-def _block_lhs(h, name: str, c: int, p: int, base: int = 1, short: str | None = None) -> Math:
+def _block_lhs(h, name: str, c: int, p: int, base: int = 1) -> Math:
     """``∂²s/∂x_i∂x_j`` at one point; ``∇²f(x^{(p)})`` (``∇²f_c``) at many points, counted
     from ``base`` (``∂²y_1/∂x_i∂x_j``: the tutorial's y_1)."""
     item = h.inputs[name]
@@ -277,7 +270,7 @@ def _block_lhs(h, name: str, c: int, p: int, base: int = 1, short: str | None = 
         at = notation.point(name, str(p + base))
         return Math(rf"{f_tex}\big({at.tex}\big)", f"{f_plain}({at.plain})")
     index = notation.counted(multi_index(c, comp), base) if count > 1 else ""
-    return second_partial(output_symbol(h), short or name, index, "i", "j")
+    return second_partial(output_symbol(h), name, index, "i", "j")
 
 
 def _more_hessians(name: str, hidden: int) -> Paragraph:
@@ -287,33 +280,19 @@ def _more_hessians(name: str, hidden: int) -> Paragraph:
                       Code(f"r.derivatives[{name!r}]"), Text(".")))
 
 
-def stand_in(h, name: str) -> str | None:
-    """A one-letter name for an input the maths cannot spell short (``mlp[0].weight``: its
-    labels and ∂²loss/∂(mlp[0].weight)_i∂(mlp[0].weight)_j take a line twice the width
-    budget), one the cell does not bind; None for a plain name (``x``)."""
-    if name.isidentifier():
-        return None
-    taken = CELL_NAMES.get() | {h.output_name, *h.inputs, *notation.letters()}
-    return notation.free_letter("pwuv", taken)
-
-
 def _per_point_matrices(h, name: str, options) -> list:
     """One m × m Hessian per component and point; first, ⋮, last when there are many (the
-    first and ⋮ only where the height budget asks, :mod:`.budget`); an input with a long
-    name written as a letter (:func:`stand_in`) that the caption names."""
+    first and ⋮ only where the height budget asks, :mod:`.budget`; a long name is one letter
+    in the maths, :func:`.notation.stand_in`)."""
     item = h.inputs[name]
     count = math.prod(h.component_shape(name))
     blocks = item.blocks(count)
     total, m = count * item.point_count, blocks.shape[-1]
     pp = item.per_point_shape
-    short = stand_in(h, name) if not item.has_points else None
-    label = notation.entry_label(short or name, pp) if len(pp) >= 2 else None
+    label = notation.entry_label(name, pp) if len(pp) >= 2 else None
     caption = [Text(f"{_square(m)}: a row and a column per entry of "),
                notation.prose_name(name) if not item.has_points else Text("one point"),
                Text(" (flattened row-major).") if len(pp) >= 2 else Text(".")]
-    if short is not None:
-        caption = [Math(short, short), Text(" is "), notation.prose_name(name), Text("; "),
-                   Text(caption[0].text[0].lower() + caption[0].text[1:]), *caption[1:]]
     formulas: list = []
     shown = component_indices(total, min(SHOWN_BLOCKS, fit_of(options).components))
     for flat in shown:
@@ -324,7 +303,7 @@ def _per_point_matrices(h, name: str, options) -> list:
         matrix = blocks[c, p]
         block = Block(lambda r, k, t=matrix: t[r[:, None], k[None, :]], m, m, matrix.device,
                       row_label=label, col_label=label)
-        formulas.append(formula(_block_lhs(h, name, c, p, options.index_base, short), block,
+        formulas.append(formula(_block_lhs(h, name, c, p, options.index_base), block,
                                 options, matrix.dtype,
                                 caption=caption if flat == 0 else ()))
     return formulas

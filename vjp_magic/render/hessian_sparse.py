@@ -61,10 +61,8 @@ def _parts(h, name: str) -> tuple:
 
 def _second(y: str, x: str) -> Math:
     """``∂²y/∂x²`` with the cell's names (the columns say which entries)."""
-    y_tex, x_tex = notation.name_tex(y), notation.name_tex(x)
-    x_tex = x_tex if len(x_tex) == 1 else "{" + x_tex + "}"
-    return Math(rf"\frac{{\partial^2 {y_tex}}}{{\partial {x_tex}^2}}",
-                f"∂²{notation.math_name(y).plain}/∂{notation.math_name(x).plain}²")
+    (y_tex, y_plain), (x_tex, x_plain) = notation.atom(y), notation.atom(x)
+    return Math(rf"\frac{{\partial^2 {y_tex}}}{{\partial {x_tex}^2}}", f"∂²{y_plain}/∂{x_plain}²")
 
 
 def _code_lead() -> list:

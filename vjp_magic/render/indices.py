@@ -139,4 +139,7 @@ def index_formula(result, name: str | None = None) -> Formula | None:
     if math_ is None:
         return None
     out, inn = index_letters(result, name)
-    return Formula(math_, caption=_caption(result, name, out, inn, _paired(result, name)))
+    caption = _caption(result, name, out, inn, _paired(result, name))
+    return Formula(notation.left_side(math_),  # (a long name: a letter, D_w as well)
+                   caption=tuple(notation.left_side(s) if isinstance(s, Math) else s
+                                 for s in caption))

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import fields, is_dataclass, replace
 
 from ..core.validation import parameter_expression
 from .codegen import APPLIED, CELL_NAMES, expression, fresh, identifiers, loop_names, output_symbol
-from .document import Code, Entry, Math, Text
+from .document import Code, Entry, Formula, Math, Text
 from .graph_facts import one_function
 from .latex import greek_macro
+from .matrix import lhs_width
 from .matrix import multi_index as unravel
 
 _MONO_ESCAPES = {
@@ -104,6 +108,134 @@ def _atom(identifier: str) -> tuple[str, str]:
         tex = "{" + tex + "}"
     plain = expression(identifier)
     return tex, plain
+
+
+atom = _atom  # (the second derivatives' formulas set their names as these do)
+
+
+# -- stand-ins: one letter for a long name on a formula's left side -------------------------
+# A name of the cell set wider than this many counted characters (render/typeset.py) would
+# take the width budget's share of a matrix on a formula's left side (∂y/∂<name> = [...]):
+# within :func:`stand_ins`, a formula's line (its left side and its matrix's labels,
+# :func:`left_side`) writes it as one letter, which :func:`introduced` says beneath its first
+# use. The prose keeps every name; so do mlp[0].weight and model.lin.weight (13.4).
+LONG_NAME = 14.0
+# Letters the displays give a meaning of their own: the function's (f, g, h, q, s), the
+# gradient argument v, indices (i, j, k, l, m, n), a parameter p, d of dy/dx, e, o (read as
+# 0), J_F, the Hessian's H, ℝ, ^T; capitals alike.
+_RESERVED = frozenset("defghijklmnopqsvDEFGHIJKLMNOPQRSTV")
+_STANDBY = "wuzbcatry"  # after the name's own initials, last part first
+_STAND_INS: ContextVar[dict | None] = ContextVar("vjp_magic_stand_ins", default=None)
+
+
+@contextmanager
+def stand_ins(names: Iterable[str], times: int = 1):
+    """Build a display of ``names`` (the output's and the inputs') within: on a formula's
+    line a long one (:data:`LONG_NAME`; ``times``: how often the widest left side writes it,
+    2 in a Hessian's ∂²y/∂x_i∂x_j) is one letter, the same in every formula of the display."""
+    long = [n for n in dict.fromkeys(names)
+            if lhs_width(Math(name_tex(n), expression(n))) * times > LONG_NAME]
+    token = _STAND_INS.set({"long": sorted(long, key=len, reverse=True), "letters": {}})
+    try:
+        yield
+    finally:
+        _STAND_INS.reset(token)
+
+
+def left_side(maths: Math) -> Math:
+    """``maths`` (a formula's left side, a label of its matrix) with each long name in it
+    (:func:`stand_ins`) written as its letter (a lower-case letter of the name's own parts,
+    last first, that neither the cell nor the display uses: ``w`` for
+    ``classifier.parametrizations.weight.original1``); as it is outside :func:`stand_ins`."""
+    registry = _STAND_INS.get()
+    if registry is None or maths is None:
+        return maths
+    tex, plain = maths.tex, maths.plain
+    for name in registry["long"]:
+        letter = _letter(registry, name) if name_tex(name) in tex else None
+        if letter is None:
+            continue
+        tex = tex.replace(name_tex(name), _stand_in_tex(letter))
+        for spelling in sorted({expression(name), spelled(name), name}, key=len, reverse=True):
+            plain = re.sub(rf"(?<![A-Za-z0-9.]){re.escape(spelling)}(?![A-Za-z0-9])", letter,
+                           plain)  # (x_j, D_x: a subscript follows, or the name is one)
+    return maths if tex == maths.tex else type(maths)(tex, plain)
+
+
+def left_labels(block):
+    """``block`` (:class:`.matrix.Block`) with its row and column labels as
+    :func:`left_side` writes them."""
+    registry = _STAND_INS.get()
+    if registry is None or not registry["long"]:
+        return block
+
+    def relabelled(label):
+        return None if label is None else (lambda flat: left_side(label(flat)))
+
+    return replace(block, row_label=relabelled(block.row_label),
+                   col_label=relabelled(block.col_label))
+
+
+def _letter(registry: dict, identifier: str) -> str | None:
+    given = registry["letters"]
+    if identifier not in given:
+        initials = [word[0].lower() for word in re.findall(r"[A-Za-z]+", spelled(identifier))]
+        taken = set(CELL_NAMES.get()) | set(letters()) | {c for c in given.values() if c}
+        given[identifier] = next(
+            (c for c in [*reversed(initials), *_STANDBY]
+             if c not in _RESERVED and c not in taken and c.upper() not in taken), None)
+    return given[identifier]
+
+
+def _stand_in_tex(letter: str) -> str:
+    """A stand-in letter in TeX: ``\\mathit{w}`` (set as a plain w; how :func:`introduced`
+    finds it again)."""
+    return rf"\mathit{{{letter}}}"
+
+
+def introduced(sections: Iterable) -> tuple:
+    """``sections`` with what each stand-in letter stands for said beneath the first formula
+    that writes it, at the end of its caption: "… w is `classifier…original1`." """
+    registry = _STAND_INS.get()
+    standing = {letter: name for name, letter in (registry or {"letters": {}})["letters"].items()
+                if letter}
+    if not standing:
+        return tuple(sections)
+    said: set = set()
+    out = []
+    for section in sections:
+        blocks = []
+        for block in section.blocks:
+            texts = " ".join(_texts(block)) if isinstance(block, Formula) else ""
+            new = [c for c in standing if c not in said and _stand_in_tex(c) in texts]
+            said.update(new)
+            blocks.append(replace(block, caption=_where(block.caption, new, standing))
+                          if new else block)
+        out.append(replace(section, blocks=tuple(blocks)))
+    return tuple(out)
+
+
+def _where(caption: tuple, new: list[str], standing: dict) -> tuple:
+    """``caption`` and "w is `classifier…original1`." (after "; " where it ends mid-sentence)."""
+    last = caption[-1] if caption else None
+    ended = not caption or isinstance(last, Text) and last.text.rstrip().endswith(".")
+    spans: list = [Text(" " if caption and ended else "; " if caption else "")]
+    for k, c in enumerate(new):
+        spans += [Text("" if k == 0 else " and " if k == len(new) - 1 else ", "),
+                  Math(_stand_in_tex(c), c), Text(" is "), prose_name(standing[c])]
+    return (*caption, *spans, Text("."))
+
+
+def _texts(node):
+    """Every TeX spelling of maths inside a document node."""
+    if isinstance(node, Math):
+        yield node.tex
+    elif isinstance(node, (tuple, list)):
+        for child in node:
+            yield from _texts(child)
+    elif is_dataclass(node):
+        for f in fields(node):
+            yield from _texts(getattr(node, f.name))
 
 
 # -- shapes and types -----------------------------------------------------------------------

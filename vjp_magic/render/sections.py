@@ -462,6 +462,7 @@ def formula(lhs: Math, block: Block, options, dtype, shape=None, caption=()) -> 
     follows as ``∈ ℝ^{m×n}`` where the matrix alone would not show it (1-d, summarised), or
     beneath it where beside it would cost columns (as for every matrix of its shape in the
     output, :func:`.matrix.layout_beside`)."""
+    lhs, block = notation.left_side(lhs), notation.left_labels(block)  # (a long name: a letter)
     shown = shape is not None and len(shape) > 0 and not block.scalar
     suffix = _shape_suffix(shape) if shown else None
     matrix, beside = layout_beside(block, options, dtype, lhs, suffix,
@@ -501,6 +502,7 @@ def matrix_formulas(lhs: Math, block: Block, options, dtype, shape=None,
     ones under an invisible ``lhs``, so their ``=`` line up)."""
     if not options.full_matrix or block.scalar or block.nrows * block.ncols > FULL_MATRIX_ENTRIES:
         return [formula(lhs, block, options, dtype, shape, caption)]
+    lhs, block = notation.left_side(lhs), notation.left_labels(block)  # (as formula's)
     parts = column_blocks(block, options, dtype, reserved=reserve(lhs))
     if len(parts) == 1:
         return [Formula(lhs, parts[0][1], None, tuple(caption))]

@@ -915,7 +915,8 @@ def _rows_in_width(result, name: str, options, lhs: Math) -> tuple[Block, list]:
     probe = replace(options, fit=replace(fit_of(options), plan=None))  # (no plan noted)
     for rows in range(min(FIRST_ROWS, sparse.matrix.shape[0]), 1, -1):
         block, caption = _first_rows(result, name, sparse, label, rows)
-        matrix = layout(block, probe, sparse.matrix.dtype, reserved=reserve(lhs))
+        matrix = layout(notation.left_labels(block), probe, sparse.matrix.dtype,
+                        reserved=reserve(lhs))  # (labelled as formula labels it)
         if all(entry != HDOTS for row in matrix.rows[:1] for entry in row):
             return block, caption
     return _first_rows(result, name, sparse, label, 1)
@@ -976,7 +977,8 @@ def value_formulas(result, name: str, options) -> list[Formula]:
     strided = None if stencil else _strided(
         result, name, sparse, notation.entry_label(y, out_shape) if out_shape else None)
     by_offset = stencil or strided is not None  # a column per offset: ∂y/∂x, no j
-    lhs = notation.partial(y, name) if by_offset else notation.partial(y, name, "i", "j")
+    lhs = notation.left_side(notation.partial(y, name) if by_offset else  # (rows fit to it)
+                             notation.partial(y, name, "i", "j"))
     block, caption = (values_block(result, name) if stencil else strided if by_offset else
                       _rows_in_width(result, name, options, lhs))
     fit = fit_of(options)

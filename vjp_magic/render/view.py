@@ -17,7 +17,7 @@ from ..core.quiet import no_subclass_code
 from ..core.validation import spelled_for
 from . import latex, markdown, notation, plain
 from .budget import fitted, least, spent
-from .codegen import identifiers, naming, reproducing_code
+from .codegen import identifiers, naming, output_symbol, reproducing_code
 from .document import Document, Formula, Paragraph, Section, Text
 from .hessian import hessian_formulas, hessian_sections
 from .matrix import cut_digits
@@ -87,7 +87,8 @@ class View:
         and the findings and sensitivities read every derivative)."""
         if self._last and self._last[0]() is result:
             return self._last[1]
-        with self.naming(result):
+        with self.naming(result), notation.stand_ins(  # (a long name on a formula: a letter)
+                [output_symbol(result), *result.inputs], result.order):
             document = self._build(result)  # (no letter of the maths names a tensor shown)
         self._last = (weakref.ref(result), document)
         return document
@@ -122,7 +123,8 @@ class View:
                     rest.append(replace(section, blocks=blocks))
             lead = (Section(tuple(replace(f, large=True) if isinstance(f, Formula) else f
                                   for f in shown)),) if shown else ()  # "⋮ 2 more" as it is
-            return with_digits_note(lead + tuple(rest + shapes_line), options)
+            return with_digits_note(notation.introduced(lead + tuple(rest + shapes_line)),
+                                    options)
 
         options = replace(self.options, width=max(1, int(self.options.width / LARGE_SCALE)))
         around = tuple(self.before) + tuple(self.after)
@@ -162,7 +164,8 @@ class View:
         """The derivatives themselves, as their order shows them, fitted to one screen with
         what the features say around them (:mod:`.budget`)."""
         def build(options):
-            return with_digits_note(self._sections(result, options), options)
+            return with_digits_note(notation.introduced(self._sections(result, options)),
+                                    options)
 
         options, share = self.options, 1.0  # every output fits one screen (DESIGN)
         if self.explained:  # --explain may take two screens, the derivatives at least half one
@@ -215,7 +218,9 @@ def least_height(result, options: RenderOptions, jacobian: bool = False) -> floa
     """The least height the derivatives of ``result`` take beneath the sections a feature
     adds (``jacobian``: as ``%jacobian`` shows them): a feature fits its own in the rest."""
     view = View(options, jacobian)
-    return least(lambda fit_options: view._sections(result, fit_options), options)
+    with notation.stand_ins([output_symbol(result), *result.inputs], result.order):
+        return least(lambda fit_options: notation.introduced(view._sections(result, fit_options)),
+                     options)
 
 
 def _few_pictures(result, names: list[str], draw) -> list:
