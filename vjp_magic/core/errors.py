@@ -40,6 +40,17 @@ AFTER_YOUR_CODE = ("after your code ran, vjp_magic calls none of it but a custom
 RUNS_ONCE = "runs only once"
 
 
+UNREACHED = ("in the graph as computed, ", " does not reach ")  # (:func:`unreached`'s words)
+
+
+def unreached(output: str, inputs: str) -> str:
+    """What is known where an output's graph has no path to ``inputs`` (a ``.detach()``,
+    ``torch.no_grad``, ``.data``, an integer op on the way): "in the graph as computed, y does
+    not reach x", never that y does not depend on x (the formula may use it). The one
+    sentence for it; :data:`UNREACHED` its words, for a display that sets the names itself."""
+    return f"{UNREACHED[0]}{output}{UNREACHED[1]}{inputs}"
+
+
 def ran_again(note: str, reran: dict) -> str:
     """``note`` with :data:`RUNS_ONCE` made true where replays ran custom Functions' forwards
     again (``reran``: name -> times; --gradcheck's)."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .errors import VJPUsageError
+from .errors import VJPUsageError, unreached
 from .graph_walk import postorder, walk_nodes  # noqa: F401 - (the walk's owner; here for callers)
 
 # IPython's own names (history, exit, get_ipython): never inputs or outputs. Other names
@@ -88,9 +88,9 @@ def find_inputs(
                 "to a name in the notebook (module parameters, say). Name the inputs with --wrt, "
                 "e.g. --wrt x or --wrt layer.weight."
             )
+        said = unreached(output_name, "any tensor with requires_grad=True")
         raise VJPUsageError(
-            f"{output_name} does not depend on any tensor with requires_grad=True. "
-            "Create the input with requires_grad=True, "
+            f"{said[0].upper()}{said[1:]}. Create the input with requires_grad=True, "
             "e.g. x = torch.linspace(-2, 2, 5, requires_grad=True)."
         )
     return found

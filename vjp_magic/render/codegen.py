@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from ..core.errors import unreached
 from ..core.validation import parameter_expression
 from .codelines import CODE_WIDTH
 from .graph_facts import names_inputs, sparse_grad
@@ -393,7 +394,7 @@ def reproducing_code(result, result_name: str | None = None,
         item = result.inputs[name]
         if item.unused:
             body.append(_zeros(result, name, xs[name], d_names[name])
-                        + (f"  # the graph as computed does not reach {name} (cut)"
+                        + (f"  # {unreached(result.output_name, name)} (cut)"
                            if any(name in c.inputs for c in getattr(result, "cuts", ()))
                            else f"  # {result.output_name} does not depend on {name}"))
         elif getattr(item, "sparse", None) is not None:

@@ -16,6 +16,7 @@ import torch
 from . import notation
 from .graph_facts import one_function
 from ..core.pairing import proved_for_every
+from ..core.errors import UNREACHED
 from .codegen import display_loop, expression, loop_names, output_symbol
 from .document import Code, CodeBlock, Formula, Math, Paragraph, Section, Text, paragraph
 from .findings import has_sensitivity, sensitivity_formula, shared_verdict, structure_findings
@@ -347,7 +348,7 @@ def unreached(result, names: list[str], named: list, what: str = "derivative") -
     use it: never called independent), that the graph as computed does not reach them."""
     y = notation.prose_name(output_symbol(result))
     if any(n in cut.inputs for cut in getattr(result, "cuts", ()) for n in names):
-        return [Text("In the graph as computed, "), y, Text(" does not reach "), *named,
+        return [Text(UNREACHED[0].capitalize()), y, Text(UNREACHED[1]), *named,
                 Text(f" (the cut above): every {what} shown is 0, not the formula's.")]
     return [y, Text(" does not depend on "), *named, Text(f": every {what} is 0.")]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.errors import unreached
 from ..run.plan import out_ids, pruned_steps, recorded_alias, storage_key, tensors_by_memory
 from ..run.record import tensors_in
 from ..run.replay import refuse_subclasses
@@ -179,8 +180,7 @@ class SymbolicReplay:
         return str(refusal)
 
     def _independent(self) -> str:
-        return (f"in the replay, {self.result.output_name} does not depend on "
-                f"{', '.join(self.result.inputs)}")
+        return unreached(self.result.output_name, ", ".join(self.result.inputs))
 
     def _elsewhere(self) -> str:
         if self.output_source is None:

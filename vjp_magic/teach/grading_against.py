@@ -10,9 +10,9 @@ each named in the verdict and never a ✓:
   only beyond rounding: where the comparison in their dtype fails, f again on float64 copies
   and y by the cell's float64 replay, else y's rounding bounded from its graph; what neither
   settles is a note, not a ✗ (``(x + 1) - 1``, ``log(exp(x))`` for x at 1e-4 are f = x);
-- the derivatives of its graph with f's where the outputs agree ("your graph does not depend
-  on x through all of f": a ``.detach()``, ``.data``, ``torch.tensor(...)`` or ``.numpy()``
-  on the way from x to y, which backward cannot see through).
+- the derivatives of its graph with f's where the outputs agree ("in the graph as computed,
+  y does not reach x through all of f": a ``.detach()``, ``.data``, ``torch.tensor(...)``
+  or ``.numpy()`` on the way from x to y, which backward cannot see through).
 
 The answer itself is graded against f's derivatives as :func:`~.grading.grade` grades.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from ..core import analysis
-from ..core.errors import VJPUsageError
+from ..core.errors import VJPUsageError, unreached
 from ..core.modes import users_modes
 from ..core.quiet import generator_states
 from ..core.marked import marked, markup
@@ -441,8 +441,8 @@ def _graph_cut(result, ref, label: str) -> str | None:
             continue
         y = result.output_name
         at = _listed(name, wrong.nonzero().tolist(), wrong.numel())
-        return (f"Your {y} equals `{label}`, but your graph does not depend on {name} through "
-                f"all of it: its derivative differs from that of `{label}` at {at}. Something "
+        return (f"Your {y} equals `{label}`, but {unreached(y, name)} through all of "
+                f"it: its derivative differs from that of `{label}` at {at}. Something "
                 f"on the way from {name} to {y} is cut off from autograd (`.detach()`, `.data`, "
                 "`torch.tensor(...)`, `.numpy()`), and backward does not see through it.")
     return None
