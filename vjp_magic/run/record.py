@@ -569,29 +569,63 @@ def recording():
 
 def compiled_code_run_eagerly():
     """A context in which the user's ``torch.compile``\\ d functions run as plain Python
-    (``torch.compiler.set_stance("force_eager")``, torch >= 2.6; the user's own stance
-    afterwards): the recorder, a function mode, then sees their every call, and dynamo
-    neither compiles them again under a mode stack it guards on (the recorder's) nor leaves
-    an entry for it in their cache, so the next plain call reuses what was compiled before.
-    A no-op where torch has no stances or dynamo was never imported (nothing compiled).
-    A stance the cell sets itself (``torch.compiler.set_stance``) is left as the cell set
-    it, as after a plain run."""
+    (``torch.compiler.set_stance("force_eager")``, torch >= 2.6): the recorder, a function
+    mode, then sees their every call, and dynamo neither compiles them again under a mode
+    stack it guards on (the recorder's) nor leaves an entry for it in their cache, so the next
+    plain call reuses what was compiled before. A no-op where torch has no stances or dynamo
+    was never imported (nothing compiled). A stance the cell sets in this thread
+    (``torch.compiler.set_stance``, as a call, a context or a decorator) is the cell's own
+    (:func:`_cells_stance`): it returns the cell's prior stance, and is in force when the
+    block ends, as after a plain run; inside, compiled code still runs eagerly (with
+    ``fail_on_recompile`` it compiles nothing, so nothing is refused)."""
     dynamo = sys.modules.get("torch._dynamo")
-    stance = getattr(dynamo, "set_stance", None) if dynamo is not None else None
-    return contextlib.nullcontext() if stance is None else _eager(stance("force_eager"))
+    frame = sys.modules.get("torch._dynamo.eval_frame")
+    decorators = sys.modules.get("torch._dynamo.decorators")
+    if dynamo is None or getattr(dynamo, "set_stance", None) is None or frame is None \
+            or getattr(decorators, "_set_stance", None) is None or _STANCE.cells is not None:
+        return contextlib.nullcontext()  # (nested: the outer one holds the cell's stance)
+    return _eager(frame, decorators)
+
+
+class _Stance(threading.local):
+    cells = None  # while recording in this thread: the stance the cell holds (set or not)
+
+
+_STANCE = _Stance()
+_STANCE_PATCH = [0, None]  # recordings that patched torch's _set_stance, torch's own one
 
 
 @contextlib.contextmanager
-def _eager(forced):
-    """``forced`` (a stance's context) entered, and left only where the stance is still it."""
-    frame = sys.modules.get("torch._dynamo.eval_frame")
-    forced.__enter__()
-    ours = getattr(frame, "_stance", None)
+def _eager(frame, decorators):
+    """``force_eager`` in force, the cell's stance kept aside (:func:`_cells_stance`) and put in
+    force at the end, only where the stance is still ours (no other thread set one since)."""
+    with _PATCH_LOCK:
+        if not _STANCE_PATCH[0]:
+            _STANCE_PATCH[1] = decorators._set_stance
+            decorators._set_stance = _cells_stance
+        _STANCE_PATCH[0] += 1
+    real = _STANCE_PATCH[1]
+    ours = frame.DynamoStance("force_eager")
+    _STANCE.cells = real(ours)
     try:
         yield
     finally:
-        if ours is None or getattr(frame, "_stance", None) is ours:
-            forced.__exit__(None, None, None)
+        cells, _STANCE.cells = _STANCE.cells, None
+        if frame._stance is ours:
+            real(cells)
+        with _PATCH_LOCK:
+            _STANCE_PATCH[0] -= 1
+            if not _STANCE_PATCH[0]:
+                decorators._set_stance = _STANCE_PATCH[1]
+
+
+def _cells_stance(stance):
+    """torch's ``_set_stance`` while a cell is recorded: in the recording thread, the cell's
+    stance kept aside (its prior returned, as torch returns it); in any other, torch's."""
+    if _STANCE.cells is None:
+        return _STANCE_PATCH[1](stance)
+    prior, _STANCE.cells = _STANCE.cells, stance
+    return prior
 
 
 def _push_beneath_users(recorder: _Recorder) -> None:
