@@ -11,7 +11,7 @@ import torch
 from IPython.core.error import UsageError
 
 import vjp_magic
-from vjp_magic.core import backward_writes, reentrant
+from vjp_magic.core import backward_writes, reach, reentrant
 from vjp_magic.core.errors import VJPUsageError
 from vjp_magic.core.graph_facts import SAVED_READABLE
 
@@ -262,8 +262,8 @@ def test_a_backward_giving_a_tensor_new_data_is_put_back_and_refused():
 
 def test_reached_is_bounded_and_opens_no_library_object():
     big = {i: torch.zeros(1) for i in range(10_000)}
-    found = backward_writes.reached([big, torch.nn.Linear(2, 2), torch.zeros(1)])
-    assert len(found) <= backward_writes.OPEN_MOST
+    found = reach.reached([big, torch.nn.Linear(2, 2), torch.zeros(1)])
+    assert len(found) <= reach.OPEN_MOST
     assert not any(isinstance(v, torch.nn.Parameter) for v in found)  # modules: not opened
 
 
@@ -331,6 +331,6 @@ def test_reached_runs_no_overridden_iteration_and_reads_slots():
             self.t = torch.zeros(1)
 
     slotted = Slotted()
-    found = backward_writes.reached([Loud(a=torch.ones(1)), slotted])
+    found = reach.reached([Loud(a=torch.ones(1)), slotted])
     assert ran == []
     assert any(v is slotted.t for v in found)

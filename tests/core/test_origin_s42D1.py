@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from vjp_magic.core import backward_writes, origin, quiet, reentrant
+from vjp_magic.core import origin, quiet, reach, reentrant
 
 _GEN = torch.Generator().manual_seed(0)
 
@@ -62,7 +62,7 @@ def test_users_functions_are_the_users_not_a_librarys():
 def test_backward_writes_follows_the_users_helpers_not_torchs():
     def backward():
         return _helper() + F.softplus(torch.zeros(1))
-    read = backward_writes.read_by(backward)
+    read = reach.read_by(backward)
     assert _GEN in read  # read by the user's helper, one call deep
     assert not [v for v in read if isinstance(v, torch.Generator) and v is not _GEN]
 

@@ -93,7 +93,7 @@ def test_a_tensor_a_backwards_helper_writes_is_put_back_and_named(helpers):
 
 
 def test_library_functions_are_not_followed():
-    from vjp_magic.core.backward_writes import read_by
+    from vjp_magic.core.reach import read_by
 
     def uses_torch(x):
         return torch.nn.functional.relu(x)

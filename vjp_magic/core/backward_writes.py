@@ -16,19 +16,14 @@ Function whose backward wrote what. :func:`writes_kept` bounds it to one analysi
 """
 from __future__ import annotations
 
-import builtins
-import collections
 import contextlib
-import functools
-import itertools
 import threading
-import types
 
 import torch
 
 from . import own_generators
 from .errors import VJPUsageError
-from .origin import LIBRARIES, users_function
+from .reach import class_attribute, instance_dict, is_a, read_by, reached, tensors_of
 from .tagging import graph_leaves
 
 
@@ -220,7 +215,7 @@ def _label(tensor, owners) -> str:
     for name in sorted(owners):
         for scope in _SCOPES.get(name, ()):
             for key, value in list(scope.items()):
-                if isinstance(value, torch.Tensor) and _same(value, tensor) \
+                if is_a(value, torch.Tensor) and _same(value, tensor) \
                         and not key.startswith("_"):
                     return key
     return "a tensor it saved or holds"
@@ -246,26 +241,15 @@ def _function_name(node) -> str:
 
 def _reachable(node) -> tuple[list, list]:
     """The tensors ``node``'s backward can reach (what it saved, the tensors and modules its
-    ``ctx`` holds and its code reads, :func:`reached`), and the user's random generators."""
+    ``ctx`` holds and its code reads: :func:`.reach.reached`), and the user's random
+    generators."""
     from .graph_facts import raw_saved
     found = [saved.data for saved in raw_saved(node)
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
-    held = reached(vars(node).values()) if hasattr(node, "__dict__") else []
-    held += read_by(getattr(getattr(node, "_forward_cls", None), "backward", None))
-    return tensors_of([*found, *held]), [v for v in held if isinstance(v, own_generators.KINDS)]
-
-
-def tensors_of(values) -> list:
-    """The plain tensors and parameters among ``values`` (from :func:`reached`), and the
-    parameters and buffers of the modules among them."""
-    found = []
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            found.append(value)
-        elif isinstance(value, torch.nn.Module):
-            found.extend(value.parameters())
-            found.extend(value.buffers())
-    return [t for t in found if type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter)]
+    held = reached(instance_dict(node).values())
+    function = class_attribute(type(node), "_forward_cls")
+    held += read_by(class_attribute(function, "backward") if is_a(function, type) else None)
+    return tensors_of([*found, *held]), [v for v in held if is_a(v, own_generators.KINDS)]
 
 
 def copied(tensors) -> list:
@@ -280,128 +264,4 @@ def _copy(tensor, owners=()) -> tuple:
     return tensor, tensor._version, tensor.detach().clone(), frozenset(owners), tensor.detach()
 
 
-READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
-OPEN_MOST, ITEMS_MOST = 2048, 512  # containers and objects opened, items read of one
-
-
-def read_by(function) -> list:
-    """The objects a Python ``function`` (or staticmethod) reads by a global name (followed
-    by attributes of modules and classes) or a closure, and what they hold and read in turn
-    (:func:`reached`): [] for anything that is not a function."""
-    function = getattr(function, "__func__", function)
-    return reached([function])[1:] if isinstance(function, types.FunctionType) else []
-
-
-def reached(values) -> list:
-    """``values`` and what code can reach from them, breadth first: the items of lists,
-    tuples, sets and dicts; a user's object's attributes and its class's methods; a bound
-    method's object; a ``functools.partial``'s function and arguments; and, for the user's
-    own Python functions, what they read by a global name or a closure and their default
-    arguments (:data:`READ_MOST` functions; library code is not followed, nor tensors and
-    modules opened: their callers take their parameters). What a function reads by name is
-    always found; containers and objects are opened up to :data:`OPEN_MOST` in all, read
-    through their base type's own methods (a subclass's ``values`` or ``__iter__`` is the
-    user's code: not run)."""
-    found, seen, budget = [], set(), _Budget()
-    todo = collections.deque((value, 0) for value in values)
-    while todo:
-        now, depth = todo.popleft()
-        if isinstance(now, _ATOMS) or id(now) in seen:
-            continue
-        seen.add(id(now))
-        found.append(now)
-        todo.extend((value, depth + 1) for value in _opened(now, depth, budget))
-    return found
-
-
-class _Budget:
-    """What :func:`reached` may still open: containers and objects, and functions read."""
-
-    def __init__(self) -> None:
-        self.objects, self.functions = OPEN_MOST, READ_MOST
-
-    def take(self, kind: str) -> bool:
-        left = getattr(self, kind)
-        setattr(self, kind, left - 1)
-        return left > 0
-
-
-_ATOMS = (int, float, complex, str, bytes, type(None))
-_ITERATE = ((dict, dict.values), (list, list.__iter__), (tuple, tuple.__iter__),
-            (set, set.__iter__), (frozenset, frozenset.__iter__),
-            (collections.deque, collections.deque.__iter__))
-
-
-def _opened(value, depth: int, budget: _Budget) -> list:
-    """What ``value`` holds or reads (one step of :func:`reached`)."""
-    if isinstance(value, (torch.Tensor, torch.nn.Module, type, types.ModuleType)):
-        return []
-    for base, items in _ITERATE:
-        if isinstance(value, base):
-            return list(itertools.islice(items(value), ITEMS_MOST)) \
-                if budget.take("objects") else []
-    if isinstance(value, (staticmethod, classmethod)):
-        return [value.__func__]
-    if isinstance(value, types.MethodType):
-        return [value.__func__, value.__self__]
-    if isinstance(value, functools.partial):
-        return [value.func, *value.args, *value.keywords.values()]
-    if isinstance(value, types.FunctionType):
-        if depth > 2 * READ_DEPTH + 2 or not users_function(value) \
-                or not budget.take("functions"):
-            return []
-        return _read(value)
-    if _users_type(type(value)) or isinstance(value, types.SimpleNamespace):
-        return _attributes(value) if budget.take("objects") else []
-    return []
-
-
-def _read(function: types.FunctionType) -> list:
-    """What ``function`` reads by a global name or a closure, and its default arguments."""
-    from .reentrant import _globals_read
-    closed = dict(zip(function.__code__.co_freevars, map(_contents, function.__closure__ or ())))
-    read = _globals_read(function.__code__, {**function.__globals__,
-                                             **{f"*{k}": v for k, v in closed.items()}})
-    return [*read, *closed.values(), *(function.__defaults__ or ()),
-            *(function.__kwdefaults__ or {}).values()]
-
-
-def _attributes(value) -> list:
-    """A user's object's attributes (its instance dict, and its ``__slots__``) and the methods
-    its classes (the user's) define; none where reading them raises."""
-    try:
-        held = list(itertools.islice(vars(value).values(), ITEMS_MOST)) \
-            if hasattr(value, "__dict__") else []
-        held += [getattr(value, slot) for cls in type(value).__mro__
-                 for slot in _slots(cls) if hasattr(value, slot)]
-    except Exception:  # noqa: BLE001 - a __dict__ or slot property of the user's that raises
-        held = []
-    return held + [method for cls in type(value).__mro__ if _users_type(cls)
-                   for method in vars(cls).values()
-                   if isinstance(method, (types.FunctionType, staticmethod, classmethod))]
-
-
-def _slots(cls: type) -> tuple:
-    slots = vars(cls).get("__slots__", ())
-    return (slots,) if isinstance(slots, str) else tuple(s for s in slots if s != "__dict__")
-
-
-def _users_type(cls: type) -> bool:
-    """Whether ``cls`` is a class of the user's, not a library's: by its module (a class
-    made by ``exec`` in a bare namespace says ``builtins``, where no such builtin is)."""
-    module = str(getattr(cls, "__module__", "") or "")
-    if module == "builtins":
-        return getattr(builtins, cls.__name__, None) is not cls
-    return module.partition(".")[0] not in LIBRARIES
-
-
-def _contents(cell):
-    """A closure cell's value (None while it is empty)."""
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return None
-
-
-__all__ = ["check", "copied", "keep_for", "put_back", "read_by", "reached", "tensors_of",
-           "writes_kept", "written_message"]
+__all__ = ["check", "copied", "keep_for", "put_back", "writes_kept", "written_message"]

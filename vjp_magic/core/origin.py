@@ -39,13 +39,15 @@ def called_by_us(frame) -> bool:
 
 
 def users_function(value) -> bool:
-    """Whether ``value`` is a Python function (or method) of the user's: its module none of
-    :data:`LIBRARIES` (the standard library's included)."""
-    value = getattr(value, "__func__", value)
-    if not isinstance(value, types.FunctionType):
+    """Whether ``value`` is a Python function (or bound method) of the user's: its module none
+    of :data:`LIBRARIES` (the standard library's included). Reads no attribute of the user's
+    (no ``__getattr__``, no ``__str__`` of a global ``__name__`` that is not a string)."""
+    if type(value) is types.MethodType:
+        value = value.__func__
+    if type(value) is not types.FunctionType:
         return False
-    module = str(value.__globals__.get("__name__") or "")
-    return module.partition(".")[0] not in LIBRARIES
+    module = dict.get(value.__globals__, "__name__")
+    return type(module) is not str or module.partition(".")[0] not in LIBRARIES
 
 
 __all__ = ["LIBRARIES", "PACKAGE_DIR", "TORCH_DIR", "called_by_us", "ours", "torchs",

@@ -23,11 +23,11 @@ KINDS = (torch.Generator, numpy.random.Generator, numpy.random.RandomState, rand
 def reachable(function: type, args, kwargs) -> list:
     """The generator objects ``function``'s forward reads by a global name (and attributes
     of modules and classes) or a closure, and those among ``args`` and ``kwargs``."""
-    from .backward_writes import read_by
-    values = [*args, *kwargs.values()] + read_by(getattr(function, "forward", None))
+    from .reach import class_attribute, is_a, read_by
+    values = [*args, *kwargs.values()] + read_by(class_attribute(function, "forward"))
     found: list = []
     for value in values:
-        if isinstance(value, KINDS) and not any(value is f for f in found):
+        if is_a(value, KINDS) and not any(value is f for f in found):
             found.append(value)
     return found
 

@@ -17,7 +17,6 @@ module). An ordinary custom backward (``2 * x * g``) is left alone.
 from __future__ import annotations
 
 import contextlib
-import dis
 import functools
 import sys
 import threading
@@ -33,6 +32,7 @@ from .graph_facts import raw_saved, unpack_hooked
 from .origin import torchs
 from .pass_guard import _ARMED, _CHECKPOINT_FILE, _Guard, _entry_points, pass_guard, reentrant_guard
 from .quiet import user_subclass
+from .reach import class_attribute, function_of, globals_read, instance_dict, reached
 from .tagging import walk_nodes
 
 _DEPTH = 3  # how far the plain functions a backward calls are read
@@ -90,8 +90,8 @@ def _walked(root) -> tuple[_Judged, list, set]:
             if dispatching is None and type(data) is not torch.Tensor \
                     and user_subclass(data) == "__torch_dispatch__":
                 dispatching = data
-        if dispatching is None and hasattr(node, "__dict__"):  # a custom Function's ctx
-            dispatching = _dispatching(_held(vars(node).values()))
+        if dispatching is None and hasattr(node, "__dict__"):  # a custom Function's ctx:
+            dispatching = _dispatching(reached(instance_dict(node).values(), depth=1))
     custom = any(not _pytorch_own(getattr(node, "_forward_cls", type)) for node in functions)
     checkpointed = any(c.co_filename.endswith(_CHECKPOINT_FILE) for c in hooks)
     walked = (_Judged((), custom, frozenset(hooks), checkpointed, dispatching), functions,
@@ -169,19 +169,6 @@ def _users_code(code: types.CodeType) -> bool:
     ``torch.utils.checkpoint``'s (it runs the checkpointed block again); PyTorch's own others
     (``save_on_cpu``: a copy back to the device) are not."""
     return code.co_filename.endswith(_CHECKPOINT_FILE) or not torchs(code.co_filename)
-
-
-def _held(values) -> list:
-    """``values`` and the items of the lists, tuples and dicts among them (one level)."""
-    found = []
-    for value in values:
-        if isinstance(value, (list, tuple)):
-            found.extend(value)
-        elif isinstance(value, dict):
-            found.extend(value.values())
-        else:
-            found.append(value)
-    return found
 
 
 def _dispatching(values):
@@ -301,7 +288,7 @@ def _is_reentrant(node, probe: bool = True) -> bool:
         return True
     if _pytorch_own(cls):  # (a module's hooks)
         return False
-    if any(_calls_autograd(getattr(cls, name, None), _DEPTH, set())
+    if any(_calls_autograd(class_attribute(cls, name), _DEPTH, set())
            for name in ("backward", "vjp")):
         return True
     return probe and _probe(node)
@@ -333,64 +320,24 @@ def _calls_autograd(function, depth: int, seen: set) -> bool:
     """Whether ``function`` (unwrapped; PyTorch's own ``Function`` defaults excluded), or a
     plain function it reaches through its globals, names an autograd entry point: a chain
     ``a.b.c`` of its bytecode that starts at a global and resolves to one (however aliased)."""
-    function = getattr(function, "__func__", function)
-    while hasattr(function, "__wrapped__"):  # @once_differentiable, functools.wraps
-        function = function.__wrapped__
-    code = getattr(function, "__code__", None)
-    if not isinstance(code, types.CodeType) or id(code) in seen \
-            or getattr(function, "__module__", "") == "torch.autograd.function":
+    function = function_of(function)  # (read from functions' own dicts: no user's code)
+    while type(function) is types.FunctionType and "__wrapped__" in function.__dict__:
+        function = function_of(function.__dict__["__wrapped__"])  # @once_differentiable
+    if type(function) is not types.FunctionType or id(function.__code__) in seen \
+            or function.__module__ == "torch.autograd.function":
         return False
+    code = function.__code__
     seen.add(id(code))
     targets = _entry_points()
-    for found in _globals_read(code, getattr(function, "__globals__", {})):
+    for found in globals_read(code, function.__globals__):
         if any(found is target for target in targets):
             return True
-        if depth > 0 and isinstance(found, types.FunctionType) \
-                and not (getattr(found, "__module__", "") or "").startswith("torch") \
+        if depth > 0 and type(found) is types.FunctionType \
+                and not str(found.__module__ or "").startswith("torch") \
                 and _calls_autograd(found, depth - 1, seen):
             return True
     return False
 
-
-def _globals_read(code: types.CodeType, scope: dict) -> list:
-    """The objects ``code`` (and the code defined in it) reaches by a global name followed by
-    attributes of modules and classes (``torch.autograd.grad``, ``ag.grad``, ``helper``),
-    resolved now (the names are read once per code object)."""
-    found = []
-    for chain in _chains(code):
-        current = scope.get(chain[0], _MISSING)
-        for depth, name in enumerate(chain):
-            if depth and isinstance(current, (types.ModuleType, type)):
-                current = getattr(current, name, _MISSING)
-            elif depth:
-                break
-            if current is _MISSING:
-                break
-            found.append(current)
-    return found
-
-
-@functools.lru_cache(maxsize=1024)
-def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
-    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load (a
-    chain from a closure's variable starts with ``*`` and its name, which no global has)."""
-    chains, stack = [], [code]
-    while stack:
-        now = stack.pop()
-        stack.extend(c for c in now.co_consts if isinstance(c, types.CodeType))
-        chain: list[str] = []
-        for ins in dis.get_instructions(now):
-            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
-                chain.append(ins.argval)
-                continue
-            chains.append(tuple(chain))
-            chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else \
-                [f"*{ins.argval}"] if ins.opname == "LOAD_DEREF" else []
-        chains.append(tuple(chain))
-    return tuple(dict.fromkeys(c for c in chains if c))
-
-
-_MISSING = object()
 
 __all__ = ["checkpoint_message", "dispatching_message", "function_message", "hooked_message",
            "judged_once", "pass_guard", "reentrant_guard", "reentrant_nodes", "refuse_on_its_graph",

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.marked import Marked, code, marked
+from ..core.reach import reached, tensors_of
 from ..core.textenum import TextEnum
 from ..core.validation import sentence_name
 from .plan import frozen_at, recorded_alias, storage_key
@@ -313,36 +314,18 @@ def _frozen_reads(flow: _Flow, call, index: int) -> None:
 
 def _captured(call) -> list:
     """The tensors a custom Function's call reads without being given them: those its
-    callable arguments hold, a module's parameters and buffers (``checkpoint(m[:2], x)``
-    reads ``m[0].weight`` inside its forward, where the record does not look)."""
+    callable arguments hold or read by a name (:func:`..core.reach.reached`: a module's
+    parameters and buffers, a bound method's owner's, a partial's, a closure's, a global a
+    lambda reads: ``checkpoint(m[:2], x)`` reads ``m[0].weight`` inside its forward, where
+    the record does not look)."""
     if not isinstance(call.func, FunctionApply):
         return []
     found: dict = {}
     for value in [*call.args, *call.kwargs.values()]:
         if callable(value):
-            for t in _held(value):
+            for t in tensors_of(reached([value]), plain=False):
                 found.setdefault(id(t), t)
     return list(found.values())
-
-
-def _held(value, depth: int = 0) -> list:
-    """The tensors a callable holds: a module's parameters and buffers, a bound method's
-    owner's, a partial's function and arguments', a closure's cells' (a few levels deep)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, torch.nn.Module):
-        return [*value.parameters(), *value.buffers()]
-    if depth > 2 or not callable(value) or isinstance(value, type):
-        return []
-    held = [getattr(value, "__self__", None)]
-    if isinstance(value, functools.partial):
-        held += [value.func, *value.args, *value.keywords.values()]
-    for cell in getattr(value, "__closure__", None) or ():
-        try:
-            held.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            continue
-    return [t for item in held if item is not None for t in _held(item, depth + 1)]
 
 
 def _makes_untracked(call) -> bool:

@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import io
 
-from ..core.backward_writes import copied, put_back, read_by, reached, tensors_of
+from ..core.backward_writes import copied, put_back
+from ..core.reach import class_attribute, read_by, reached, tensors_of
 from .record import tensors_in
 
 
 def reachable(function: type, args: tuple, kwargs: dict) -> list:
     """The tensors ``function``'s forward can write besides its arguments' own: what its
     code reads by a global name or a closure, what the arguments hold (a dict, a module, an
-    object: :func:`..core.backward_writes.reached`), the parameters and buffers of the
+    object: :func:`..core.reach.reached`), the parameters and buffers of the
     modules among them. The tensors given as arguments are the replay's own values."""
     given = {id(t) for t in tensors_in((args, kwargs))}
-    held = read_by(getattr(function, "forward", None)) + reached([*args, *kwargs.values()])
+    held = read_by(class_attribute(function, "forward")) + reached([*args, *kwargs.values()])
     found, seen = [], set(given)
     for tensor in tensors_of(held):
         if id(tensor) not in seen:

@@ -1,0 +1,289 @@
+"""What an object holds, and what code reads by name: one walk, which runs none of the user's
+code.
+
+Its callers ask one question three ways: what a custom Function's backward or forward can
+write (:mod:`.backward_writes`, :mod:`vjp_magic.run.forward_writes`: everything reachable),
+which tensor subclass a node's ``ctx`` holds (:mod:`.reentrant`: one level) and which tensors
+a callable handed to a custom Function reads (:mod:`vjp_magic.run.cuts`). :func:`reached`
+answers it breadth first, :func:`tensors_of` picks the tensors (a module's parameters and
+buffers), :func:`read_by` and :func:`globals_read` what a function reads by a name.
+
+Nothing of the user's runs while it reads: no property (a ``__dict__``, ``__class__`` or slot
+one), descriptor, ``__getattr__``/``__getattribute__`` (an object's, a module's, a
+metaclass's), ``__len__``/``__iter__``, ``__eq__``/``__hash__``. Types are read with
+``type()`` (``isinstance`` asks a foreign object's ``__class__``); classes through their own
+dicts and ``__mro__`` (``type``'s descriptors); an object of the user's through what it holds
+in C (``gc.get_referents``: its instance dict, its slots); containers through their base
+type's C methods; modules through their dicts (a lookup by a string key compares full hashes
+first: no key's ``__eq__`` runs).
+"""
+from __future__ import annotations
+
+import builtins
+import collections
+import dis
+import functools
+import gc
+import itertools
+import types
+
+import torch
+
+from .origin import LIBRARIES, users_function
+
+READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
+OPEN_MOST, ITEMS_MOST = 2048, 512  # containers and objects opened, items read of one
+
+_CLASS_DICT = type.__dict__["__dict__"].__get__  # a class's own dict (no metaclass runs)
+_MRO = type.__dict__["__mro__"].__get__
+_MODULE = type.__dict__["__module__"].__get__
+_NAME = type.__dict__["__name__"].__get__
+_MEMBER = {kind: kind.__dict__["__func__"].__get__ for kind in (staticmethod, classmethod)}
+_PARTIAL = [functools.partial.__dict__[name].__get__ for name in ("func", "args", "keywords")]
+_MISSING = object()
+
+
+def is_a(value, kinds) -> bool:
+    """``isinstance`` read off ``type(value)`` alone (never the object's ``__class__``)."""
+    return issubclass(type(value), kinds)
+
+
+def reached(values, depth: int | None = None) -> list:
+    """``values`` and what code can reach from them, breadth first (``depth``: levels opened
+    at most; None: up to the budget): the items of lists, tuples, sets and dicts; a user's
+    object's attributes and its classes' methods; a bound method's object; a
+    ``functools.partial``'s function and arguments; and, for the user's own Python
+    functions, what they read by a global name or a closure and their default arguments
+    (:data:`READ_MOST` functions; library code is not followed, nor tensors and modules
+    opened: :func:`tensors_of` takes their parameters). What a function reads by name is
+    always found; containers and objects are opened up to :data:`OPEN_MOST` in all."""
+    found, seen, budget = [], set(), _Budget()
+    todo = collections.deque((value, 0) for value in values)
+    while todo:
+        now, level = todo.popleft()
+        if is_a(now, _ATOMS) or id(now) in seen:
+            continue
+        seen.add(id(now))
+        found.append(now)
+        if depth is None or level < depth:
+            todo.extend((value, level + 1) for value in _opened(now, level, budget))
+    return found
+
+
+class _Budget:
+    """What :func:`reached` may still open: containers and objects, and functions read."""
+
+    def __init__(self) -> None:
+        self.objects, self.functions = OPEN_MOST, READ_MOST
+
+    def take(self, kind: str) -> bool:
+        left = getattr(self, kind)
+        setattr(self, kind, left - 1)
+        return left > 0
+
+
+_ATOMS = (int, float, complex, str, bytes, type(None))
+_CLOSED = (torch.Tensor, torch.nn.Module, type, types.ModuleType)
+_ITERATE = ((dict, dict.values), (list, list.__iter__), (tuple, tuple.__iter__),
+            (set, set.__iter__), (frozenset, frozenset.__iter__),
+            (collections.deque, collections.deque.__iter__))
+
+
+def _opened(value, level: int, budget: _Budget) -> list:
+    """What ``value`` holds or reads (one step of :func:`reached`)."""
+    kind = type(value)
+    if issubclass(kind, _CLOSED):
+        return []
+    for base, items in _ITERATE:
+        if issubclass(kind, base):
+            return list(itertools.islice(items(value), ITEMS_MOST)) \
+                if budget.take("objects") else []
+    if issubclass(kind, (staticmethod, classmethod, types.MethodType)):
+        return [function_of(value), *((value.__self__,) if kind is types.MethodType else ())]
+    if issubclass(kind, functools.partial):
+        function, args, keywords = (get(value) for get in _PARTIAL)
+        return [function, *args, *dict.values(keywords or {})]
+    if kind is types.FunctionType:
+        if level > 2 * READ_DEPTH + 2 or not users_function(value) \
+                or not budget.take("functions"):
+            return []
+        return _read(value)
+    if _users_type(kind) or kind is types.SimpleNamespace:
+        return _attributes(value) if budget.take("objects") else []
+    return []
+
+
+def function_of(value):
+    """The function a staticmethod, classmethod or bound method wraps (read from its C
+    member); ``value`` itself otherwise."""
+    kind = type(value)
+    if kind is types.MethodType:
+        return value.__func__
+    for wrapper, member in _MEMBER.items():
+        if issubclass(kind, wrapper):
+            return member(value)
+    return value
+
+
+def _read(function: types.FunctionType) -> list:
+    """What ``function`` reads by a global name or a closure, and its default arguments."""
+    closed = dict(zip(function.__code__.co_freevars, map(_contents, function.__closure__ or ())))
+    read = globals_read(function.__code__, function.__globals__, closed)
+    return [*read, *closed.values(), *(function.__defaults__ or ()),
+            *dict.values(function.__kwdefaults__ or {})]
+
+
+def _attributes(value) -> list:
+    """A user's object's attributes, as C holds them (its instance dict's values, its slots:
+    no ``__dict__`` or slot property runs), and the methods its classes (the user's)
+    define."""
+    held: list = []
+    for item in gc.get_referents(value):
+        if type(item) is dict:  # its instance dict (a slot's dict: opened a step early)
+            held.extend(itertools.islice(dict.values(item), ITEMS_MOST))
+        elif not is_a(item, type):
+            held.append(item)
+    return held + [method for cls in _MRO(type(value)) if _users_type(cls)
+                   for method in _CLASS_DICT(cls).values()
+                   if is_a(method, (types.FunctionType, staticmethod, classmethod))]
+
+
+def _users_type(cls: type) -> bool:
+    """Whether ``cls`` is a class of the user's, not a library's: by its module (a class
+    made by ``exec`` in a bare namespace says ``builtins``, where no such builtin is)."""
+    try:
+        module = _MODULE(cls)
+    except AttributeError:
+        return False
+    if type(module) is not str:
+        return False
+    if module == "builtins":
+        return dict.get(vars(builtins), _NAME(cls)) is not cls
+    return module.partition(".")[0] not in LIBRARIES
+
+
+def _contents(cell):
+    """A closure cell's value (None while it is empty)."""
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return None
+
+
+def read_by(function) -> list:
+    """The objects a Python ``function`` (or staticmethod, or bound method) reads by a global
+    name (followed by attributes of modules and classes) or a closure, and what they hold
+    and read in turn (:func:`reached`): [] for anything that is not a function."""
+    function = function_of(function)
+    return reached([function])[1:] if type(function) is types.FunctionType else []
+
+
+def class_attribute(cls: type, name: str, default=None):
+    """What ``cls`` (or a base) defines as ``name`` in its own dict, as ``getattr`` gives a
+    function (a staticmethod or classmethod unwrapped); no descriptor or metaclass runs;
+    ``default`` where ``cls`` is no class."""
+    for base in _MRO(cls) if is_a(cls, type) else ():
+        value = _CLASS_DICT(base).get(name, _MISSING)  # (a class's dict is a plain dict)
+        if value is not _MISSING:
+            return function_of(value)
+    return default
+
+
+def instance_dict(value) -> dict:
+    """``value``'s instance dict where its type's ``__dict__`` is Python's own slot (not a
+    property of the user's); else {}."""
+    for cls in _MRO(type(value)):
+        entry = _CLASS_DICT(cls).get("__dict__", _MISSING)
+        if entry is _MISSING:
+            continue
+        if type(entry) not in (types.GetSetDescriptorType, types.MemberDescriptorType):
+            return {}
+        try:
+            held = entry.__get__(value)
+        except (AttributeError, TypeError):
+            return {}
+        return held if is_a(held, dict) else {}
+    return {}
+
+
+def globals_read(code: types.CodeType, scope: dict, closed: dict | None = None) -> list:
+    """The objects ``code`` (and the code defined in it) reaches by a global name of
+    ``scope`` (or a closure's, ``closed``), followed by attributes of modules (their dicts)
+    and classes (:func:`class_attribute`): ``torch.autograd.grad``, ``ag.grad``, ``helper``,
+    resolved now (the names are read once per code object)."""
+    found = []
+    for chain in _chains(code):
+        head = chain[0]
+        current = dict.get(closed or {}, head[1:], _MISSING) if head.startswith("*") \
+            else dict.get(scope, head, _MISSING)
+        for name in chain[1:] if current is not _MISSING else ():
+            found.append(current)
+            if is_a(current, types.ModuleType):
+                current = dict.get(instance_dict(current), name, _MISSING)
+            elif is_a(current, type):
+                current = class_attribute(current, name, _MISSING)
+            else:
+                current = _MISSING
+            if current is _MISSING:
+                break
+        if current is not _MISSING:
+            found.append(current)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
+    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load (a
+    chain from a closure's variable starts with ``*`` and its name, which no global has)."""
+    chains, stack = [], [code]
+    while stack:
+        now = stack.pop()
+        stack.extend(c for c in now.co_consts if isinstance(c, types.CodeType))
+        chain: list[str] = []
+        for ins in dis.get_instructions(now):
+            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
+                chain.append(ins.argval)
+                continue
+            chains.append(tuple(chain))
+            chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else \
+                [f"*{ins.argval}"] if ins.opname == "LOAD_DEREF" else []
+        chains.append(tuple(chain))
+    return tuple(dict.fromkeys(c for c in chains if c))
+
+
+def tensors_of(values, plain: bool = True) -> list:
+    """The tensors among ``values`` (from :func:`reached`) and the parameters and buffers of
+    the modules among them (read from the modules' own dicts: no method of a module
+    subclass runs); ``plain``: plain tensors and parameters only (no other subclass)."""
+    found: dict = {}
+    for value in values:
+        if is_a(value, torch.Tensor):
+            found.setdefault(id(value), value)
+        elif is_a(value, torch.nn.Module):
+            found.update((id(t), t) for t in _module_tensors(value))
+    return [t for t in found.values()
+            if not plain or type(t) is torch.Tensor or is_a(t, torch.nn.Parameter)]
+
+
+def _module_tensors(module: torch.nn.Module) -> list:
+    """The parameters, then the buffers, of ``module`` and its submodules (in the order of
+    ``parameters()``: depth first, each module before its children)."""
+    parameters, buffers, todo, seen = [], [], [module], set()
+    while todo:
+        now = todo.pop()
+        if id(now) in seen:
+            continue
+        seen.add(id(now))
+        held = instance_dict(now)
+        for key, into in (("_parameters", parameters), ("_buffers", buffers)):
+            table = dict.get(held, key)
+            into.extend(t for t in (dict.values(table) if is_a(table, dict) else ())
+                        if is_a(t, torch.Tensor))
+        children = dict.get(held, "_modules")
+        todo.extend(reversed([m for m in (dict.values(children) if is_a(children, dict) else ())
+                              if is_a(m, torch.nn.Module)]))
+    return parameters + buffers
+
+
+__all__ = ["OPEN_MOST", "READ_MOST", "class_attribute", "function_of", "globals_read",
+           "instance_dict", "is_a", "read_by", "reached", "tensors_of"]
