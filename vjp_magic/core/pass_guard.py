@@ -356,6 +356,22 @@ class _Guard:
         raise VJPUsageError(_messages().function_message(self.tripped))
 
 
+def stopped_call(error: BaseException):
+    """The code of the call the engine made (a hook, from C) in which the guard raised
+    ``error``, from its traceback: the frame :meth:`_Guard.run_backward` called into; None
+    where there is none."""
+    tb = error.__traceback__
+    while tb is not None:
+        back = tb.tb_frame.f_back
+        if back is not None and back.f_code is _RUN_BACKWARD:
+            return tb.tb_frame.f_code
+        tb = tb.tb_next
+    return None
+
+
+_RUN_BACKWARD = _Guard.run_backward.__code__
+
+
 def users_error(error: BaseException) -> VJPUsageError | None:
     """The refusal for ``error`` where a user's custom Function's backward raised it when a
     pass of the analysis called it (its frame below the engine's ``BackwardCFunction.apply``
@@ -633,4 +649,4 @@ def _watched() -> _Watched:
 
 
 __all__ = ["armed_advice", "foreign_message", "guarded", "pass_guard", "raised_message",
-           "reentrant_guard", "users_error"]
+           "reentrant_guard", "stopped_call", "users_error"]

@@ -8,13 +8,16 @@ to one of them; only those are freed by a pass without ``retain_graph``
 from __future__ import annotations
 
 import functools
+import gc
+import types
+from collections import OrderedDict
 from collections.abc import Iterable
 from contextlib import contextmanager
 
 import torch
 
 from ..core.errors import VJPUsageError
-from ..core.pass_guard import pass_guard
+from ..core.pass_guard import pass_guard, stopped_call
 from ..core.tagging import walk_nodes
 from ..core.torch_api import ENGINE
 
@@ -80,10 +83,11 @@ def _put_back(nodes) -> None:
 
 
 @contextmanager
-def _hooks_muted(tensors):
-    """The ``register_hook`` hooks of ``tensors`` (plain tensors and parameters) taken out of
-    the dict PyTorch calls them from for the block, and put back in their order after; the
-    ``.grad`` of those that ``retain_grad()`` (the block's pass replaces it) put back too."""
+def _hooks_muted(tensors, dicts=()):
+    """The ``register_hook`` hooks of ``tensors`` (plain tensors and parameters) and the hook
+    dicts ``dicts`` (:func:`_stopped_at`) taken out of the dicts PyTorch calls them from for
+    the block, and put back in their order after; the ``.grad`` of those tensors that
+    ``retain_grad()`` (the block's pass replaces it) put back too."""
     muted, seen, kept = [], set(), []
     for tensor in tensors:
         if type(tensor) not in (torch.Tensor, torch.nn.Parameter):
@@ -93,8 +97,11 @@ def _hooks_muted(tensors):
         hooks = tensor._backward_hooks
         if hooks and id(hooks) not in seen:
             seen.add(id(hooks))
-            muted.append((hooks, list(hooks.items())))
-            hooks.clear()
+            _set_aside(hooks, muted)
+    for hooks in dicts:
+        if id(hooks) not in seen:
+            seen.add(id(hooks))
+            _set_aside(hooks, muted)
     try:
         yield
     finally:
@@ -143,10 +150,10 @@ def free_graph(roots, inputs, hooked=()) -> None:
     ``roots``: the engine frees each node's saved tensors as it goes, as the user's pass
     would have. None of the user's code runs: ``.grad`` is untouched (nothing accumulates),
     a custom ``autograd.Function``'s backward is not called (:func:`_no_gradients` stands
-    for it), the tensor hooks of ``roots``, the leaves and ``hooked`` (the cell's tensors)
-    and the hooks on the graph's nodes are set aside, and the pass runs under the pass
-    guard, which stops it before any other hook of the user's would run (a tensor hook of
-    a tensor the cell did not touch: what the pass had not reached then stays kept)."""
+    for it), the tensor hooks of ``roots``, the leaves and ``hooked`` (the cell's tensors),
+    the hooks on the graph's nodes and those of any other tensor on it (an earlier cell's,
+    one gone, a multi-grad hook's: :func:`_untouched`) are set aside, and the passes run
+    under the pass guard, which stops one before any hook of the user's would run."""
     nodes = list(walk_nodes(root_nodes(roots)))
     if inputs is None:
         inputs = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
@@ -157,15 +164,62 @@ def free_graph(roots, inputs, hooked=()) -> None:
     zeros = tuple(torch.zeros_like(t) for t in tensors)
     stand_ins = _stand_ins(nodes)
     leaves = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
-    try:
-        with _hooks_muted([*tensors, *leaves, *inputs, *hooked]), _node_hooks_muted(nodes):
+    known = [*tensors, *leaves, *inputs, *hooked]
+
+    def run(keep: bool, dicts) -> None:
+        with _hooks_muted(known, dicts), _node_hooks_muted(nodes):
             pass_guard().run_backward(
-                ENGINE, (tuple(tensors), zeros, False, False, tuple(inputs)),
+                ENGINE, (tuple(tensors), zeros, keep, False, tuple(inputs)),
                 {"allow_unreachable": True, "accumulate_grad": False})
+
+    try:
+        run(False, _untouched(run))
     except (RuntimeError, VJPUsageError):
-        pass  # freed already, changed in place since, or a hook of the user's on the way
+        pass  # freed already, changed in place since, or a hook no dict of was found
     finally:
         _put_back(stand_ins)
+
+
+_PROBES_MOST = 16  # passes that keep the graph, each finding one hook dict more, at most
+
+
+def _untouched(run) -> list:
+    """The hook dicts of the tensors on the graph that no tensor the cell holds leads to: a
+    pass that keeps the graph is run (``run(True, dicts)``), and each time the guard stops
+    it at a hook of the user's, that hook's dict is found (:func:`_stopped_at`) and set
+    aside for the next; [] where the first pass runs through (the common case)."""
+    dicts: list = []
+    for _ in range(_PROBES_MOST):
+        try:
+            run(True, dicts)
+            return dicts
+        except VJPUsageError as error:
+            found = _stopped_at(error)
+        except RuntimeError:
+            return dicts
+        if not found:
+            return dicts
+        dicts.extend(found)
+    return dicts
+
+
+def _stopped_at(error: VJPUsageError) -> list:
+    """The hook dicts (a tensor's ``_backward_hooks``, which its node holds) holding the
+    callable whose call the guard stopped with ``error`` (:func:`.stopped_call`): the
+    functions of its code, then the dicts holding one of them (a bound method or a partial
+    of one included), by the garbage collector's referrers (full scans: only where a hook
+    stopped a pass)."""
+    code = stopped_call(error)
+    if code is None:
+        return []
+    functions = [f for f in gc.get_referrers(code)
+                 if type(f) is types.FunctionType and f.__code__ is code]
+    held = functions + [w for w in gc.get_referrers(*functions) if type(w) in _WRAPPERS]
+    return [d for d in gc.get_referrers(*held) if type(d) in (dict, OrderedDict)
+            and any(v is h for v in d.values() for h in held)] if held else []
+
+
+_WRAPPERS = (types.MethodType, functools.partial)
 
 
 def nodes_run(roots: list, inputs) -> list:
