@@ -24,6 +24,14 @@ HOOKS = {
                                 "b.register_hook(lambda g: calls.append('b2'))"),
     "a multi-grad hook": ("torch.autograd.graph.register_multi_grad_hook("
                           "(b,), lambda gs: calls.append('multi'))"),
+    "a bound method hook": ("class Noter:\n    def note(self, g):\n        calls.append('m')\n"
+                            "b.register_hook(Noter().note)"),
+    "a partial hook": ("import functools\n"
+                       "b.register_hook(functools.partial(lambda tag, g: calls.append(tag), 'p'))"),
+    "a post-accumulate-grad hook on a leaf": (
+        "w = torch.ones(5, requires_grad=True)\n"
+        "w.register_post_accumulate_grad_hook(lambda t: calls.append('acc'))\n"
+        "b = b * w"),
     "a hook on a deeper tensor": ("b2 = b * 1\n"
                                   "b2.register_hook(lambda g: calls.append('deep'))\n"
                                   "b = b2"),
