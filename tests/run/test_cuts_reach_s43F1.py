@@ -25,6 +25,8 @@ BY_NAME = {
     "a cell's function": ("def run_block(v):\n    return block(v)\n"
                           "h = checkpoint(run_block, x, use_reentrant=True)"),
     "a lambda's default": "h = checkpoint(lambda v, b=block: b(v), x, use_reentrant=True)",
+    "a lambda indexing the global": ("h = checkpoint(lambda v: m[1](m[0](v)), x, "
+                                     "use_reentrant=True)"),  # m[2]: not read, not cut
 }
 pytestmark = pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
 

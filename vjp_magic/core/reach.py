@@ -208,41 +208,94 @@ def instance_dict(value) -> dict:
 
 def globals_read(code: types.CodeType, scope: dict, closed: dict | None = None) -> list:
     """The objects ``code`` (and the code defined in it) reaches by a global name of
-    ``scope`` (or a closure's, ``closed``), followed by attributes of modules (their dicts)
-    and classes (:func:`class_attribute`): ``torch.autograd.grad``, ``ag.grad``, ``helper``,
-    resolved now (the names are read once per code object)."""
+    ``scope`` (or a closure's, ``closed``) and the steps after it, each the last object its
+    chain resolves to now (:func:`_step`: ``torch.autograd.grad``, ``helper``, ``m[0]``,
+    ``net.fc``; a chain that goes on into what is not followed, ``m[i]`` or ``t.add_``, ends
+    at the object before: everything it holds counts)."""
     found = []
     for chain in _chains(code):
         head = chain[0]
         current = dict.get(closed or {}, head[1:], _MISSING) if head.startswith("*") \
             else dict.get(scope, head, _MISSING)
-        for name in chain[1:] if current is not _MISSING else ():
-            found.append(current)
-            if is_a(current, types.ModuleType):
-                current = dict.get(instance_dict(current), name, _MISSING)
-            elif is_a(current, type):
-                current = class_attribute(current, name, _MISSING)
-            else:
-                current = _MISSING
-            if current is _MISSING:
+        if current is _MISSING:
+            continue
+        for step in chain[1:]:
+            after = _step(current, step)
+            if after is _MISSING:
                 break
-        if current is not _MISSING:
-            found.append(current)
+            current = after
+        found.append(current)
     return found
 
 
+def _step(current, step):
+    """``current.step`` (a name) or ``current[key]`` (``step`` a 1-tuple), read statically:
+    a module's or a class's own dict, an ``nn.Module``'s parameters, buffers and children
+    (as ``Module.__getattr__`` finds them), a Sequential's, ModuleList's or ModuleDict's
+    child, a list's or tuple's item; else :data:`_MISSING`."""
+    kind = type(current)
+    if type(step) is tuple:
+        return _item(current, step[0])
+    if issubclass(kind, types.ModuleType):
+        return dict.get(instance_dict(current), step, _MISSING)
+    if issubclass(kind, type):
+        return class_attribute(current, step, _MISSING)
+    if not issubclass(kind, torch.nn.Module) \
+            or class_attribute(kind, step, _MISSING) is not _MISSING:
+        return _MISSING  # (a module's method or property: its code is not followed)
+    held = instance_dict(current)
+    for table in (held, *(dict.get(held, key) for key in _MODULE_TABLES)):
+        value = dict.get(table, step, _MISSING) if is_a(table, dict) else _MISSING
+        if value is not _MISSING:
+            return value
+    return _MISSING
+
+
+_MODULE_TABLES = ("_parameters", "_buffers", "_modules")
+_BY_PLACE = (torch.nn.Sequential.__getitem__, torch.nn.ModuleList.__getitem__)
+
+
+def _item(container, key):
+    """``container[key]`` for a constant ``key``, where no code of the user's would run."""
+    kind = type(container)
+    if issubclass(kind, torch.nn.Module):
+        children = dict.get(instance_dict(container), "_modules")
+        getitem = class_attribute(kind, "__getitem__")
+        if not is_a(children, dict):
+            return _MISSING
+        if type(key) is int and any(getitem is own for own in _BY_PLACE):
+            items = list(dict.values(children))
+            return items[key] if -len(items) <= key < len(items) else _MISSING
+        if type(key) is str and getitem is torch.nn.ModuleDict.__getitem__:
+            return dict.get(children, key, _MISSING)
+        return _MISSING
+    for base in (list, tuple):
+        if issubclass(kind, base) and type(key) is int:
+            size = base.__len__(container)
+            return base.__getitem__(container, key) if -size <= key < size else _MISSING
+    return _MISSING
+
+
 @functools.lru_cache(maxsize=1024)
-def _chains(code: types.CodeType) -> tuple[tuple[str, ...], ...]:
-    """The chains of names ``global.attr.attr`` that ``code`` and the code in it load (a
-    chain from a closure's variable starts with ``*`` and its name, which no global has)."""
+def _chains(code: types.CodeType) -> tuple[tuple, ...]:
+    """The chains ``global.attr[key].attr`` that ``code`` and the code in it load: names, and
+    subscripts by a constant int or str as 1-tuples (a chain from a closure's variable starts
+    with ``*`` and its name, which no global has)."""
     chains, stack = [], [code]
     while stack:
         now = stack.pop()
         stack.extend(c for c in now.co_consts if isinstance(c, types.CodeType))
-        chain: list[str] = []
-        for ins in dis.get_instructions(now):
-            if ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and chain:
+        chain: list = []
+        steps = list(dis.get_instructions(now))
+        for at, ins in enumerate(steps):
+            if chain and ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
                 chain.append(ins.argval)
+                continue
+            if chain and ins.opname == "LOAD_CONST" and type(ins.argval) in (int, str) \
+                    and at + 1 < len(steps) and steps[at + 1].opname == "BINARY_SUBSCR":
+                chain.append((ins.argval,))
+                continue
+            if chain and ins.opname == "BINARY_SUBSCR" and type(chain[-1]) is tuple:
                 continue
             chains.append(tuple(chain))
             chain = [ins.argval] if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") else \
