@@ -182,26 +182,3 @@ def test_a_function_reading_a_child_by_index_or_name_reads_that_child_alone():
     expected = [*net[0].parameters(), *net[2].parameters(), *tree["enc"].parameters(),
                 tree["dec"].weight]
     assert {id(t) for t in held} == {id(t) for t in expected}
-
-
-class Indirect(torch.autograd.Function):
-    entry = [lambda h: torch.autograd.grad(h.sum(), h)]
-
-    @staticmethod
-    def forward(ctx, h):
-        ctx.save_for_backward(h)
-        return h * h
-
-    @staticmethod
-    def backward(ctx, g):
-        (h,) = ctx.saved_tensors
-        if bool((g != 0).any()):  # (on zeros, as the probe calls it: nothing entered)
-            Indirect.entry[0](h)
-        return 2 * h * g
-
-
-def test_a_backward_calling_autograd_through_a_constant_index_is_known_without_a_probe():
-    from vjp_magic.core.reentrant import reentrant_nodes
-
-    x = torch.linspace(-1, 1, 3, requires_grad=True)
-    assert reentrant_nodes(Indirect.apply(x * 1.0)) == ("IndirectBackward",)

@@ -206,14 +206,19 @@ def instance_dict(value) -> dict:
     return {}
 
 
-def globals_read(code: types.CodeType, scope: dict, closed: dict | None = None) -> list:
+def globals_read(code: types.CodeType, scope: dict, closed: dict | None = None,
+                 items: bool = True) -> list:
     """The objects ``code`` (and the code defined in it) reaches by a global name of
     ``scope`` (or a closure's, ``closed``) and the steps after it, each the last object its
     chain resolves to now (:func:`_step`: ``torch.autograd.grad``, ``helper``, ``m[0]``,
     ``net.fc``; a chain that goes on into what is not followed, ``m[i]`` or ``t.add_``, ends
-    at the object before: everything it holds counts)."""
+    at the object before: everything it holds counts). ``items`` False: no subscript is
+    followed (``Cls.entry[0]`` ends at the list: :mod:`.reentrant` names only what the code
+    spells)."""
     found = []
     for chain in _chains(code):
+        if not items:
+            chain = tuple(itertools.takewhile(lambda step: type(step) is str, chain))
         head = chain[0]
         current = dict.get(closed or {}, head[1:], _MISSING) if head.startswith("*") \
             else dict.get(scope, head, _MISSING)

@@ -329,7 +329,7 @@ def _calls_autograd(function, depth: int, seen: set) -> bool:
     code = function.__code__
     seen.add(id(code))
     targets = _entry_points()
-    for found in globals_read(code, function.__globals__):
+    for found in globals_read(code, function.__globals__, items=False):
         if any(found is target for target in targets):
             return True
         if depth > 0 and type(found) is types.FunctionType \
