@@ -145,9 +145,8 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     that may cancel; whether the rules checked every pair of samples apart). On the
     analysed ``graph``, the rules' probe pass or first check pass is weighted by probe 0 of
     ``seed`` (a fresh one where None; the result's ``seed``: hand it to the analysis), so
-    that the analysis needs no backward of its own for it; where the rules ran on a replay
-    of their own (attention's), none comes with them, and the seed is still the result's.
-    ``lazy``: as :func:`per_sample_jacobians` (:func:`accepted_result` reads them so; the analysis'
+    that the analysis needs no backward of its own for it. ``lazy``: as
+    :func:`per_sample_jacobians` (:func:`accepted_result` reads them so; the analysis'
     :func:`~vjp_magic.core.given.split` writes them)."""
     probe = None
     if graph is not None and getattr(graph, "hook_free", False) and _per_sample_shape(output):
@@ -164,7 +163,7 @@ def per_sample_given(record, inputs: dict, output, memory_budget: float | None =
     given = PerSampleGiven({name: GivenJacobian(
         j, magnitudes.get(name), separated, weighted.get(name),
         None if name not in vjps else (seed, probe, vjps[name])) for name, j in found.items()})
-    given.seed = seed if probe is not None else None
+    given.seed = seed if vjps else None
     return given
 
 
@@ -175,21 +174,18 @@ def accepted_result(graph, given, output_name: str,
     (:func:`vjp_magic.core.analysis.differentiate`) would build it from them: the same
     check (:func:`vjp_magic.core.given.agreed`, with the probes of the same seed), the same
     fields. Nothing is left for the analysis to decide there (a full Jacobian needs no
-    pairing). Probe 0's vᵀJ comes with the Jacobians where the rules' pass ran on this
-    graph; else (the rules ran on a replay of their own: attention's) :func:`agreed` makes
-    it with one plain backward of this graph, as the analysis would: the same pass, on a
-    hook-free graph, where no ``retain_grad`` tensor or hook of the user's is reached.
-    None wherever it would decide something: a graph not hook-free (neither the replay nor
-    the cell's own proved so: :attr:`.hookfree.AnalysedGraph.hook_free`), an input without
-    a Jacobian checked per sample, a Jacobian not accepted, not finite or all 0 (notes, NaN
+    pairing; no pass runs, so no ``retain_grad`` tensor needs keeping). None wherever it
+    would decide something: a graph not hook-free (neither the replay nor the cell's own
+    proved so: :attr:`.hookfree.AnalysedGraph.hook_free`), an input without a
+    Jacobian checked per sample, a Jacobian not accepted, not finite or all 0 (notes, NaN
     filling), a custom Function on the way; the caller then runs the analysis."""
     if not isinstance(given, PerSampleGiven) or given.seed is None \
             or not getattr(graph, "hook_free", False):
         return None
     output, named = graph.output, graph.inputs
     if set(given) != set(named) or not all(
-            isinstance(g, GivenJacobian) and g.samples_separated
-            and (g.probe_vjp is None or g.probe_vjp[0] == given.seed)
+            isinstance(g, GivenJacobian) and g.samples_separated and g.probe_vjp is not None
+            and g.probe_vjp[0] == given.seed
             and tuple(g.jacobian.shape) == tuple(output.shape) + tuple(named[n].shape)
             for n, g in given.items()):
         return None
