@@ -133,6 +133,30 @@ def test_a_wrong_rule_row_is_refused_and_recomputed(ip, monkeypatch, row):
         torch.testing.assert_close(result.derivatives[name], value, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("row", [0, 23])
+def test_a_wrong_row_of_rules_on_their_own_replay_is_refused(ip, monkeypatch, row):
+    """Attention's rules run on a replay of their own: no probe pass of the analysed graph
+    comes with them, and the analysis makes probe 0's vᵀJ with a plain backward of it. A
+    per-sample gradient off in one row (the feed-forward weight) is refused there, and the
+    analysis computes the right one."""
+    _setup(ip, "transformer")
+    original = expanded._rule
+
+    def wrong(use, bound, grad, *probe):
+        found = original(use, bound, grad, *probe)
+        if "weight" in found and found["weight"][0].shape[1:] == (24, 16):
+            weight, magnitude = found["weight"]
+            weight = written(weight).clone()
+            weight[row, 5, 3] += 0.05 * float(weight[:, 5, 3].abs().sum()) + 1.0
+            found = {**found, "weight": (weight, magnitude)}
+        return found
+    monkeypatch.setattr(expanded, "_rule", wrong)
+    result, taken = _run(ip, monkeypatch, True)
+    assert not taken
+    for name, value in _loop(ip.user_ns).items():
+        torch.testing.assert_close(result.derivatives[name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_a_parameter_with_all_zero_gradients_goes_to_the_analysis(ip, monkeypatch):
     """A layer whose gradients are all 0 (its output multiplied by 0): the analysis, which
     annotates zeros, decides; the result is what it gives on its own."""
