@@ -12,7 +12,9 @@ and modules its code reads by a global name or a closure, the graph's leaves) wi
 version counter, when the analysis starts, after the user's code ran. :func:`check`, after
 each pass and probe, compares the versions (cheap): a write is put back (values, then the
 version counter, where this PyTorch can set it) and refused with a message naming the
-Function whose backward wrote what. :func:`writes_kept` bounds it to one analysis.
+Function whose backward wrote what. What else such a backward changes (a call counted in a
+list or a global, a name rebound, a numpy array written: :mod:`.user_effects`) is put back
+after each pass without a refusal. :func:`writes_kept` bounds it to one analysis.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import threading
 
 import torch
 
-from . import own_generators
+from . import own_generators, user_effects
 from .errors import VJPUsageError
 from .reach import class_attribute, instance_dict, is_a, read_by, reached, tensors_of
 from .tagging import graph_leaves
@@ -36,6 +38,8 @@ class _Kept(threading.local):
     # tensor it reaches, and (generator, state) of each of the user's generators it reaches
     grads: list | None = None
     generators: list | None = None
+    # the Python state such a backward reaches (:func:`.user_effects.kept`): put back too
+    effects: list | None = None
     active = False
 
 
@@ -46,8 +50,9 @@ _KEPT = _Kept()
 def writes_kept():
     """One analysis's scope: what :func:`keep_for` copied inside it is compared when it ends
     (put back and refused where a write was missed) and let go; nested ones keep their own."""
-    outer = _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active
-    _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = None, None, None, True
+    outer = _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active
+    _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active = \
+        None, None, None, None, True
     try:
         yield
         check(final=True)
@@ -55,7 +60,7 @@ def writes_kept():
         if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
             put_back(_KEPT.watch)
         _put_back_unrefused()
-        _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.active = outer
+        _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active = outer
 
 
 def keep_for(output, functions) -> None:
@@ -69,10 +74,14 @@ def keep_for(output, functions) -> None:
     leaves = [*graph_leaves(output).values(), output]
     found: dict[int, list] = {}
     names, generators = set(), {}  # (a leaf: any of them may hold it, unseen where PyTorch
-    for node in functions:         # hides the saved)
+    held, backwards, contexts = [], [], []  # hides the saved)
+    for node in functions:
         names.add(name := _function_name(node))
-        tensors, reached_generators = _reachable(node)
+        tensors, reached_generators, node_held = _reachable(node)
         generators.update((id(g), g) for g in reached_generators)
+        held += node_held
+        backwards.append(getattr(getattr(node, "_forward_cls", None), "backward", None))
+        contexts += [vars(node)] if hasattr(node, "__dict__") else []
         for tensor in tensors:
             entry = found.setdefault(id(tensor), [tensor, set()])
             entry[1].add(name)
@@ -84,6 +93,8 @@ def keep_for(output, functions) -> None:
                                      if t.grad is not None else (0, None)))
                        for t, _ in found.values() if t.is_leaf]
     _KEPT.generators = [(g, own_generators.state(g)) for g in generators.values()]
+    _KEPT.effects = user_effects.kept(held, [getattr(b, "__func__", b) for b in backwards],
+                                      contexts)
 
 
 def check(final: bool = False) -> None:
@@ -105,11 +116,13 @@ def check(final: bool = False) -> None:
 
 def _put_back_unrefused(bits: bool = True) -> None:
     """The ``.grad`` of each tensor a user's backward reaches (the same tensor, its values
-    and version) and the user's generators it reaches, as they were when copied: a
-    backward accumulating a parameter's gradient by hand, or drawing noise, changes no
-    derivative, but a plain run of the cell calls no backward."""
-    if not _KEPT.grads and not _KEPT.generators:
+    and version), the user's generators and the Python state it reaches
+    (:mod:`.user_effects`), as they were when copied: a backward accumulating a parameter's
+    gradient by hand, drawing noise or counting its calls changes no derivative, but a
+    plain run of the cell calls no backward."""
+    if not _KEPT.grads and not _KEPT.generators and not _KEPT.effects:
         return  # (no user's backward on the graph: nothing copied, no no_grad entered)
+    user_effects.put_back(_KEPT.effects)
     with torch.no_grad():
         for tensor, grad, version, copy in _KEPT.grads or ():
             if tensor.grad is not grad:
@@ -239,17 +252,17 @@ def _function_name(node) -> str:
     return name
 
 
-def _reachable(node) -> tuple[list, list]:
+def _reachable(node) -> tuple[list, list, list]:
     """The tensors ``node``'s backward can reach (what it saved, the tensors and modules its
-    ``ctx`` holds and its code reads: :func:`.reach.reached`), and the user's random
-    generators."""
+    ``ctx`` holds and its code reads: :func:`.reach.reached`), the user's random generators,
+    and everything it reaches (for :mod:`.user_effects`)."""
     from .graph_facts import raw_saved
     found = [saved.data for saved in raw_saved(node)
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
     held = reached(instance_dict(node).values())
     function = class_attribute(type(node), "_forward_cls")
     held += read_by(class_attribute(function, "backward") if is_a(function, type) else None)
-    return tensors_of([*found, *held]), [v for v in held if is_a(v, own_generators.KINDS)]
+    return tensors_of([*found, *held]), [v for v in held if is_a(v, own_generators.KINDS)], held
 
 
 def copied(tensors) -> list:
