@@ -1,7 +1,8 @@
 """--gradcheck's replays run a custom autograd.Function's forward (the user's own code) again:
-the display says how many times, and what that means for a list the forward appends to; where
-no replay ran it, the note still says it "runs only once". Every count expected here is the
-length of the list the user's forward appends to, read after the cell."""
+the display says how many times, and what that means for the user's state (a list the forward
+appends to is put back, a file it writes is not); where no replay ran it, the note still says
+it "runs only once". Every count expected here is the number of lines the user's forward
+wrote to a file (beyond any put-back), read after the cell."""
 from __future__ import annotations
 
 import re
@@ -14,14 +15,19 @@ from vjp_magic.run.steps import forwards_run
 LOGGED = '''
 import torch, torch.nn as nn
 LOG = []
+RUNS = None                                # a file each forward writes a line to
+def _log():
+    LOG.append("forward")
+    if RUNS:
+        with open(RUNS, "a") as f: f.write("forward\\n")
 class Logged(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x): LOG.append("forward"); ctx.save_for_backward(x); return x**2
+    def forward(ctx, x): _log(); ctx.save_for_backward(x); return x**2
     @staticmethod
     def backward(ctx, g): x, = ctx.saved_tensors; return 2*g*x
 class Noisy(torch.autograd.Function):      # draws random numbers: no float64 replay of it
     @staticmethod
-    def forward(ctx, x): LOG.append("forward"); return x * (1 + 0.0 * torch.rand_like(x))
+    def forward(ctx, x): _log(); return x * (1 + 0.0 * torch.rand_like(x))
     @staticmethod
     def backward(ctx, g): return g
 class Net(nn.Module):
@@ -49,16 +55,20 @@ def _said_more(text: str) -> tuple[int, ...]:
 @pytest.mark.parametrize("cell", [_X + "y = Logged.apply(x)", _X + "y = Logged.apply(x).sum()",
                                   "x = torch.randn(4, 3)\nloss = net(x)"],
                          ids=["y", "y.sum()", "model --wrt net"])
-def test_the_display_says_how_many_more_times_the_check_ran_the_forward(ip, run_ok, cell):
+def test_the_display_says_how_many_more_times_the_check_ran_the_forward(ip, run_ok, cell,
+                                                                       tmp_path):
     run_ok(LOGGED)
+    run_ok(f"RUNS = {str(tmp_path / 'runs')!r}")
     line = "--gradcheck --wrt net" if "net(" in cell else "--gradcheck"
     r = run_ok(f"%%vjp {line}\n{cell}")
-    runs = ip.user_ns["LOG"].count("forward")  # the cell's run, and the check's
+    runs = (tmp_path / "runs").read_text().split().count("forward")  # the cell's, the check's
+    assert ip.user_ns["LOG"] == ["forward"]  # the list: as the plain cell leaves it
     text = _text(r)
     assert runs > 1 and "runs only once" not in text, (runs, text)
     assert _said_more(text) == (runs - 1, runs - 1), (runs, text)
     assert r.gradcheck.reran == {"Logged": runs - 1}
-    assert "Drop --gradcheck to run it only once" in text and "appending to a list" in text
+    assert "Drop --gradcheck to run it only once" in text and "a list it appends to" in text
+    assert "writing a file" in text
     assert r.gradcheck.ok is True
 
 

@@ -70,10 +70,10 @@ def reran_sentence(reran: dict) -> str:
     said = ", ".join(f"{name}'s forward {n:,} more {'time' if n == 1 else 'times'}"
                      for name, n in reran.items())
     return (f"The check's replays ran {said}, after the cell: it is the user's own code. "
-            "Its prints were silenced and the tensors it can reach (a running statistic, a "
-            "module's buffers) put back, but what else it does (appending to a list, "
-            "counting calls in a number) was done that many more times than in a plain run. "
-            "Drop --gradcheck to run it only once.")
+            "Its prints were silenced and what it can reach put back (a running statistic, "
+            "a module's buffers, a list it appends to, a number it counts calls in), but "
+            "what it does beyond that (writing a file, sending a message) was done that "
+            "many more times than in a plain run. Drop --gradcheck to run it only once.")
 
 
 def invalid_gradient(error: BaseException) -> str:
