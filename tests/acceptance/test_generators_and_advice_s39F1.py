@@ -4,8 +4,10 @@ G28-1: a custom Function's backward is the user's code, and every pass of the an
 it; one that draws random numbers (torch's CPU generator, each CUDA device's, Python's
 ``random``, numpy's global one) must leave every generator, after any entry point, as a
 plain run leaves it. The backward here draws from all of them and returns the right
-derivative (the draws times 0), so each analysis runs to its end; a counter shows that the
-analysis did call it (else the test could not fail).
+derivative (the draws times 0), so each analysis runs to its end; a file it writes a line
+to at each call shows that the analysis did call it (else the test could not fail): a list
+it appended to, as here before session 43, is put back after the analysis like any Python
+state the backward reaches (R1-2: a plain run calls no backward), a file is beyond reach.
 
 G28-3: a refusal's advice depends on where the user is (a %%vjp cell, %jacobian, a function
 or a tensor given from Python, dependency / sparse_jacobian) and names an action that works
@@ -13,7 +15,9 @@ there: each advice followed, where it names one, gives the derivatives.
 """
 from __future__ import annotations
 
+import pathlib
 import random
+import tempfile
 
 import numpy
 import pytest
@@ -23,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 import vjp_magic
 from vjp_magic.symbolic.rules_shape import RULES
 
-CALLS: list = []
+CALLS = pathlib.Path(tempfile.mkdtemp(prefix="vjp_s39F1_")) / "calls"  # a line per call
 
 
 class Drawing(torch.autograd.Function):
@@ -37,7 +41,8 @@ class Drawing(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, = ctx.saved_tensors
-        CALLS.append(1)
+        with CALLS.open("a") as f:
+            f.write("1\n")
         noise = torch.rand_like(x) + random.random() + float(numpy.random.rand())
         if x.is_cuda:
             noise = noise + torch.rand_like(x)
@@ -79,9 +84,9 @@ def test_every_python_entry_point_leaves_every_generator_as_found(entry):
     x = _x()
     torch.manual_seed(3), random.seed(3), numpy.random.seed(3)
     before = _states()
-    CALLS.clear()
+    CALLS.unlink(missing_ok=True)
     ENTRY_POINTS[entry](x)
-    assert CALLS, "the analysis called the custom backward"
+    assert CALLS.exists(), "the analysis called the custom backward"
     _assert_states(_states(), before)
 
 
@@ -90,9 +95,9 @@ def test_a_backward_drawing_on_cuda_leaves_the_cuda_generators_as_found():
     x = _x("cuda")
     torch.cuda.manual_seed_all(3)
     before = _states()
-    CALLS.clear()
+    CALLS.unlink(missing_ok=True)
     vjp_magic.differentiate(Drawing.apply(x), x)
-    assert CALLS
+    assert CALLS.exists()
     _assert_states(_states(), before)
 
 
@@ -125,9 +130,9 @@ def test_every_magic_leaves_every_generator_as_a_plain_cell(ip, run_ok, magic):
         run_ok(magic.split("\n", 1)[1])  # the plain cell
     plain = _states()
     run_ok("torch.manual_seed(1); random.seed(1); numpy.random.seed(1)")
-    CALLS.clear()
+    CALLS.unlink(missing_ok=True)
     run_ok(magic)
-    assert CALLS
+    assert CALLS.exists()
     _assert_states(_states(), plain)
 
 
