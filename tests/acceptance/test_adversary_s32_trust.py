@@ -20,6 +20,8 @@ holds or what was fixed (said beside them).
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -470,7 +472,9 @@ class _Interrupted(torch.autograd.Function):
     """x * 2 whose backward counts its calls and raises KeyboardInterrupt (a user's Ctrl-C
     while the analysis runs it) from call ``STOP`` on."""
 
-    calls = 0
+    # its calls, counted by an itertools.count: beyond the put-back of the Python state a
+    # backward changes (core/user_effects, s43), which would reset a number after each pass
+    ticks = itertools.count(1)
     STOP = 4
 
     @staticmethod
@@ -479,8 +483,7 @@ class _Interrupted(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        _Interrupted.calls += 1
-        if _Interrupted.calls >= _Interrupted.STOP:
+        if next(_Interrupted.ticks) >= _Interrupted.STOP:
             raise KeyboardInterrupt
         return g * 2
 
@@ -494,11 +497,12 @@ def test_ctrl_c_in_a_pass_runs_no_further_pass():
     after = {}
     try:
         for stop in range(2, 9):  # the interrupt at each of the analysis's first passes
-            _Interrupted.calls, _Interrupted.STOP = 0, stop
+            _Interrupted.ticks, _Interrupted.STOP = itertools.count(1), stop
             try:
                 vjp_magic.differentiate(y, x)
             except KeyboardInterrupt as interrupt:
-                after[stop] = (_Interrupted.calls - stop, interrupt.__context__ is None)
+                calls = next(_Interrupted.ticks) - 1
+                after[stop] = (calls - stop, interrupt.__context__ is None)
     finally:
         _Interrupted.STOP = 4
     assert after  # some call was interrupted
@@ -514,7 +518,7 @@ def test_ctrl_c_in_a_pass_leaves_the_state(stop):
     x = torch.randn(40, requires_grad=True, generator=torch.Generator().manual_seed(0))
     y = _Interrupted.apply(x).roll(1) * x
     before = sys.getprofile()
-    _Interrupted.calls, _Interrupted.STOP = 0, stop
+    _Interrupted.ticks, _Interrupted.STOP = itertools.count(1), stop
     try:
         with pytest.raises(KeyboardInterrupt):
             vjp_magic.differentiate(y, x)
@@ -524,7 +528,7 @@ def test_ctrl_c_in_a_pass_leaves_the_state(stop):
     assert torch.is_grad_enabled()
     assert torch._C._is_multithreading_enabled()
     assert x.grad is None
-    _Interrupted.calls, _Interrupted.STOP = 0, 10**9
+    _Interrupted.ticks, _Interrupted.STOP = itertools.count(1), 10**9
     try:
         y.sum().backward()
     finally:

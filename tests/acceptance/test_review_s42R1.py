@@ -15,6 +15,7 @@ reason says what is wrong and the class to fix); unmarked tests guard what held.
 """
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -644,8 +645,9 @@ def test_a_checkpointed_block_drawing_from_own_generators_runs_as_in_a_plain_cel
 
 INTERRUPTED = SQUARE.replace(
     "        x, = ctx.saved_tensors; return 2 * x * g",
-    "        n[0] += 1\n        if n[0] == AT: raise KeyboardInterrupt\n"
-    "        x, = ctx.saved_tensors; return 2 * x * g").replace("calls = []", "n = [0]")
+    "        if next(n) == AT: raise KeyboardInterrupt\n"  # (an itertools.count: beyond the
+    "        x, = ctx.saved_tensors; return 2 * x * g").replace(  # put-back of Python state)
+    "calls = []", "import itertools; n = itertools.count(1)")
 
 
 @pytest.mark.parametrize("at", [2, 3, 5])
@@ -656,7 +658,7 @@ def test_a_ctrl_c_in_the_analysis_leaves_the_graph_freed_and_grad_as_a_plain_cel
         assert ip.run_cell(INTERRUPTED.replace("== AT", f"== {at if magic else 0}")).success
         result = ip.run_cell(("%%vjp\n" if magic else "") + cell)
         first = ip.user_ns["x"].grad.clone()
-        ip.user_ns["n"][0] = -10 ** 6  # no more interrupts
+        ip.user_ns["n"] = itertools.count(-10 ** 6)  # no more interrupts
         later = ip.run_cell("y1.sum().backward()")
         outcomes.append((type(result.error_in_exec).__name__ if result.error_in_exec else None,
                          type(later.error_in_exec).__name__, first, ip.user_ns["x"].grad))
