@@ -120,9 +120,15 @@ _APIS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=R1_1)
+# the generator's tensor is also a global of the cell's module, which the put-back of the
+# Python state a backward reaches (core/user_effects, s43 F3) now finds
+_FOUND_SINCE = {"generator frame"}
+
+
 @pytest.mark.parametrize("api", list(_APIS))
-@pytest.mark.parametrize("route", list(_MISSED))
+@pytest.mark.parametrize("route", [
+    route if route in _FOUND_SINCE else pytest.param(
+        route, marks=pytest.mark.xfail(strict=True, reason=R1_1)) for route in _MISSED])
 def test_a_backward_writing_a_tensor_reached_otherwise_leaves_it_as_a_plain_run(route, api):
     value, version = _run(route, _APIS[api])
     plain_value, plain_version = _run(route)
@@ -209,8 +215,15 @@ def _py_state(name: str, api=None):
     return _PY_BODIES[name][1](ns)
 
 
+# an attribute set on a tensor (W.calls = ...) lives in the tensor's own __dict__, which
+# core/user_effects does not record (s43): still a finding
+_ON_A_TENSOR = "a tensor's Python attribute"
+
+
 @pytest.mark.parametrize("api", list(_APIS))
-@pytest.mark.parametrize("name", list(_PY_BODIES))
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=R1_2))
+    if name == _ON_A_TENSOR else name for name in _PY_BODIES])
 def test_a_backward_changing_python_state_leaves_it_as_a_plain_run(name, api):
     assert _py_state(name, _APIS[api]) == _py_state(name)
 
@@ -411,14 +424,14 @@ def _module_state(name: str, api=None):
     return _MODULE_BODIES[name][1](ns)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_5)
 @pytest.mark.parametrize("api", list(_APIS))
-@pytest.mark.parametrize("name", list(_MODULE_BODIES))
+@pytest.mark.parametrize("name", [  # s43: found by name; through ctx.m still not
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=R1_5))
+    if name == "through ctx" else name for name in _MODULE_BODIES])
 def test_a_backward_reaching_a_modules_other_attributes_leaves_them_as_a_plain_run(name, api):
     assert _module_state(name, _APIS[api]) == _module_state(name)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_5)
 @pytest.mark.parametrize("name", ["plain tensor attribute", "torch.Generator attribute"])
 def test_a_vjp_cell_whose_backward_reaches_a_modules_other_attributes(ip, run_ok, name):
     run_ok(MODULE_HELD.replace("{body}", _MODULE_BODIES[name][0]))
@@ -485,8 +498,10 @@ def _budget_state(name: str, magic: bool) -> float:
     return _BUDGET_BODIES[name][1](ns)
 
 
-@pytest.mark.xfail(strict=True, reason=R1_6)
-@pytest.mark.parametrize("name", list(_BUDGET_BODIES))
+@pytest.mark.parametrize("name", [
+    # a constant subscript is read statically since s43 (core/reach.globals_read): found
+    name if name in ("entry 700 of a list", "object 3,200") else pytest.param(
+        name, marks=pytest.mark.xfail(strict=True, reason=R1_6)) for name in _BUDGET_BODIES])
 def test_a_write_past_the_search_budget_is_put_back_or_refused(name):
     assert _budget_state(name, True) == _budget_state(name, False)
 
@@ -733,7 +748,6 @@ class Annealed(torch.autograd.Function):   # a straight-through estimator anneal
 _CTX_CELL = "x = torch.linspace(1., 2., 4, requires_grad=True)\ny = Annealed.apply(x * 3)\n"
 
 
-@pytest.mark.xfail(strict=True, reason=R1_2)
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 def test_the_next_backward_after_a_backward_keeping_ctx_state_is_as_after_a_plain_cell(
         ip, line):
