@@ -41,6 +41,7 @@ from .render import graph_facts
 from .render.options import RenderOptions
 from .render.view import View
 from .run.called import Called, is_function
+from .run.compiled import eagerly_notes
 from .run.cuts import graph_notes
 from .run.choose import Given, Subject, dense_inputs
 from .run.hookfree import AnalysedGraph, analysed_graph
@@ -116,6 +117,7 @@ def _pipeline(subject: Subject, request: Request,
                                _derivatives(graph, output_name, request, given), output, inputs)
         result = replace(result, **graph_notes(  # r.cuts, r.steers: before any text is built
             subject.record, {n: item.tensor for n, item in result.inputs.items()}, result.output))
+        result.notes.extend(eagerly_notes(subject.record))
         if graph.replayed:  # the facts off the graph analysed: whole where the cell freed its own
             graph_facts.read_off(result, graph.output, graph.inputs)
         with names.naming(subject, result):  # no text a feature builds takes a bound name

@@ -355,7 +355,6 @@ R1_4 = ("R1-4: under %%vjp (any option) the cell's torch.compile'd functions run
         "compiled code does, not only what it costs")
 
 
-@pytest.mark.xfail(strict=True, reason=R1_4)
 @pytest.mark.parametrize("line", ["", "--gradcheck"])
 @pytest.mark.parametrize("body", ["y = branchy(x)", "y = strict(x) * 1", "y = plain(x)"],
                          ids=["is_compiling", "fullgraph", "first-compile"])

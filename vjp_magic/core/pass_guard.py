@@ -377,10 +377,13 @@ def users_error(error: BaseException) -> VJPUsageError | None:
     pass of the analysis called it (its frame below the engine's ``BackwardCFunction.apply``
     in the traceback); None for any other error: one not raised in a backward, a usage
     error, running out of memory, or one of autograd's own (a second pass through a freed
-    graph, an in-place change: judged where they are)."""
-    from .torch_api import torch_error  # (it imports this module)
+    graph, an in-place change: judged where they are), nor a backward's refusal of a double
+    backward (torch.compile's ``CompiledFunctionBackward``: the paths that take a double
+    backward as a shortcut take the one that needs none)."""
+    from .torch_api import no_double_backward, torch_error  # (it imports this module)
     if not isinstance(error, Exception) or isinstance(error, VJPUsageError) \
-            or torch_error(error) is not None or "out of memory" in str(error):
+            or torch_error(error) is not None or "out of memory" in str(error) \
+            or no_double_backward(error):
         return None
     frame, tb = None, error.__traceback__
     while tb is not None:

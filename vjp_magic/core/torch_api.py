@@ -137,6 +137,7 @@ def once_differentiable_node(root):
 # or one the tensor differentiated by does not reach: "appears to not have been used").
 _NO_DOUBLE_BACKWARD = re.compile(
     r"derivative for .* is not implemented|double backwards? (?:is )?(?:not |un)supported|"
+    r"does not (?:currently )?support double backward|"  # torch.compile's aot_autograd
     r"double backward not implemented|differentiate twice|appears to not have been used in "
     r"the graph|" + re.escape(NO_GRAPH), re.I)
 

@@ -21,7 +21,6 @@ import difflib
 import functools
 import re
 import types
-from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -39,6 +38,7 @@ from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, gra
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
 from .grad_advice import copied_hint, late_grad_hint, own_requires_grad_advice, rebound_hint
+from .compiled import expression_code, recorded
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -137,7 +137,8 @@ class FromCell:
         with recording() as record, users_modes():
             value = lookup(self.scope, of, "--of")
         if record.calls and record.failed is None:
-            self.of_record = OpRecord(cell.calls + record.calls)
+            self.of_record = OpRecord(cell.calls + record.calls,
+                                      ran_eagerly=cell.ran_eagerly or record.ran_eagerly)
         return value
 
 
@@ -161,11 +162,13 @@ class FromExpression:
         """``source`` evaluated; with ``earlier`` (the last ``%%vjp`` cell's record, kept
         while its output lives) the record is that cell's calls, then the expression's: a
         graph the cell's own backward freed is rebuilt from them."""
-        with recording() if record_ops else nullcontext() as record, users_modes():
+        with recorded(scope.user_ns, record_ops, expression_code(source)) as record, \
+                users_modes():
             value = lookup(scope, source, "output")
         cell = earlier.record() if earlier is not None and record is not None else None
         if cell is not None and record.failed is None:
-            record = OpRecord(cell.calls + record.calls)
+            record = OpRecord(cell.calls + record.calls,
+                              ran_eagerly=cell.ran_eagerly or record.ran_eagerly)
         return cls(scope, source, value, record)
 
     def output(self, of: str | None) -> tuple[str, object]:

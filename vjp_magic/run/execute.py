@@ -21,7 +21,7 @@ import os
 import types
 from collections import ChainMap
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -32,12 +32,13 @@ from ..core.origin import torchs
 from ..core.torch_api import NO_GRAPH
 from ..core.tagging import is_visible_name
 from .backward_log import BackwardLog
+from .compiled import recorded
 from .grad_advice import requires_grad_advice, second_derivative_advice
 from . import guard as guard_module
 from . import record as record_module
 from .guard import freed_if_raised, keep_graphs
 from .mistakes import CellMistake, classify, creation_advice, numpy_in_torch
-from .record import KeptRecord, OpRecord, is_caller, recording
+from .record import KeptRecord, OpRecord, is_caller
 
 
 @dataclass(eq=False)
@@ -129,7 +130,7 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     # was re-bound, so lines a coached mistake stopped never pick the output.
     before = dict(shell.user_ns)
     captured: dict = {}  # what its subscript and attribute targets held, as assigned
-    with keep_graphs(filename) as log, recording() if record_ops else nullcontext() as record, \
+    with keep_graphs(filename) as log, recorded(shell.user_ns, record_ops, body, final) as record, \
             freed_if_raised(log):
         log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:

@@ -71,7 +71,9 @@ class _RetainingEngine:
 
     def run_backward(self, tensors, grad_tensors, keep_graph, create_graph, inputs=(),
                      *args, **kwargs):
-        if is_functorch(tensors):  # inside torch.func transforms: not the cell's own call
+        if is_functorch(tensors) or _compiling():  # inside torch.func transforms, or
+            # torch.compile tracing the cell's function (aot_autograd's joint graph, on
+            # tensors of its own): not the cell's own call
             return self._engine.run_backward(tensors, grad_tensors, keep_graph, create_graph,
                                              inputs, *args, **kwargs)
         log = self._log
@@ -108,6 +110,12 @@ class _RetainingEngine:
                 [weakref.ref(t) for t in as_list(tensors) if isinstance(t, torch.Tensor)],
                 None if not inputs else list(inputs)))
         return result
+
+
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing now (:func:`torch.compiler.is_compiling`)."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return compiling is not None and compiling()
 
 
 def _added(leaves: dict) -> dict:

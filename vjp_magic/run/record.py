@@ -95,6 +95,9 @@ class OpRecord:
     # torch.utils.hooks.RemovableHandle), counted even where a call bypassed the recorder
     # (torch._C.DisableTorchFunction); None until the block ends
     hooks_registered: int | None = None
+    # the name of a torch.compile'd function the cell reached all the same (no scan found it,
+    # :mod:`.compiled`), which ran eagerly under the recorder; None: none
+    ran_eagerly: str | None = None
 
     def release(self) -> None:
         """Drop every tensor held (the calls, their arguments and results, the copies)."""
@@ -290,6 +293,8 @@ class _Recorder(TorchFunctionMode):
             elif rng is not None:  # a torch call given the user's own torch.Generator
                 rng = (*rng[:3], tuple((g, own_generators.state(g))
                                        for g in own_generators.passed(args, kwargs)))
+            if _STANCE.cells is not None and record.ran_eagerly is None:
+                record.ran_eagerly = compiled_caller(sys._getframe(2))
             return (seen, targets, before, torch.is_grad_enabled(), rng,
                     call_site(sys._getframe(2)), tensors)
         except Exception as error:  # noqa: BLE001 - never disturb the cell
@@ -379,6 +384,26 @@ def call_site(frame, depth: int = 64) -> tuple | None:
             found.append((frame.f_code, frame.f_lasti, frame.f_lineno))
         frame, depth = frame.f_back, depth - 1
     return (*found[0], False) if found else None
+
+
+def compiled_caller(frame, depth: int = 64) -> str | None:
+    """The name of the function a ``torch.compile`` wrapper (a frame of dynamo's
+    ``eval_frame.py``, running it eagerly: ``force_eager``) called on the way from the cell to
+    ``frame``, the innermost such; None where none did."""
+    compiled = getattr(sys.modules.get("torch._dynamo.eval_frame"), "__file__", None)
+    called, left_ours = None, False
+    while frame is not None and depth and compiled is not None:
+        code = frame.f_code
+        kind = _file_kind(code.co_filename)
+        if kind == _IN_OURS and left_ours:
+            return None  # the frame below ours runs the cell
+        left_ours = left_ours or kind != _IN_OURS
+        if code.co_filename == compiled and called is not None:
+            return getattr(called, "co_qualname", called.co_name)
+        if kind == _IN_USERS:
+            called = code
+        frame, depth = frame.f_back, depth - 1
+    return None
 
 
 def users_frame(frame):

@@ -1,0 +1,162 @@
+"""Whether a cell can call ``torch.compile``'d code, found before it runs.
+
+The recorder is a function mode on torch's stack: dynamo would trace and guard on it (every
+``%%vjp`` cell recompiling), so under it compiled code can only run eagerly, which is not
+what a plain cell runs (``torch.compiler.is_compiling()`` is False, ``fullgraph=True``
+refuses nothing, nothing is compiled). A cell that can call compiled code therefore runs
+unrecorded, exactly as a plain cell (:func:`compiled_callee` names what it reaches); where
+one is reached all the same (found by no scan), :mod:`.record` runs it eagerly and says so
+(:func:`eagerly_notes`).
+
+The scan reads only: the names and ``name.attr`` chains the cell's code loads, resolved in
+the user's namespace through modules and classes; what those reach
+(:func:`~vjp_magic.core.backward_writes.reached`: containers, a user's objects, the globals
+and closures of the user's functions); and the submodules, attributes and ``forward`` (the
+class's functions) of every ``nn.Module`` among them. No user code runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import types
+
+import torch
+
+from ..core.backward_writes import _users_type, reached
+from ..core.reentrant import _chains, _globals_read
+from ..core.tagging import is_visible_name
+from .record import OpRecord, recording
+
+MODULES_MOST = 512  # nn.Modules opened at most (their submodules, attributes, methods)
+
+
+def recorded(namespace: dict, record_ops: bool, *codes):
+    """The recording of code objects ``codes`` about to run in ``namespace`` (a cell, an
+    expression: :func:`~.record.recording`), where asked for; where they can call
+    ``torch.compile``'d code, none: an empty record that says why (they then run exactly as
+    in a plain cell)."""
+    if not record_ops:
+        return contextlib.nullcontext()
+    callee = compiled_callee([c for c in codes if c is not None], namespace)
+    if callee is None:
+        return recording()
+    record = OpRecord()
+    record._give_up(unrecorded_why(callee))
+    return contextlib.nullcontext(record)
+
+
+def expression_code(source: str):
+    """The code of expression ``source`` (None where it is no Python expression: its own
+    evaluation says so)."""
+    try:
+        return compile(source.strip(), "<expression>", "eval")
+    except (SyntaxError, ValueError):
+        return None
+
+
+def compiled_callee(codes, namespace: dict) -> str | None:
+    """How to name the ``torch.compile``'d callable (or ``torch.compile`` itself, or a
+    module's ``.compile()``) that the code objects ``codes`` can reach from ``namespace``;
+    None where they reach none."""
+    todo = []
+    for code in codes:
+        compiles = next((c for c in _chains(code) if _module_compiles(c, namespace)), None)
+        if compiles is not None:
+            return ".".join(compiles)
+        todo += _globals_read(code, namespace)
+    seen: set = set()
+    modules = MODULES_MOST
+    while todo:
+        more = []
+        for value in reached(todo):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if _compiles(value):
+                return _label(value, namespace)
+            if isinstance(value, torch.nn.Module) and modules > 0:
+                modules -= 1
+                more += _module_parts(value)
+            elif not isinstance(value, (type, types.FunctionType)) \
+                    and _users_type(type(value)):
+                more += _getters(type(value))
+        todo = more
+    return None
+
+
+def _module_compiles(chain: tuple, namespace: dict) -> bool:
+    """Whether ``chain`` is ``net.compile`` (``net.sub.compile``): a user's ``nn.Module``'s
+    ``compile`` method, which compiles the module in place."""
+    if len(chain) < 2 or chain[-1] != "compile":
+        return False
+    value = namespace.get(chain[0])
+    for name in chain[1:-1]:
+        value = vars(value).get("_modules", {}).get(name) \
+            if isinstance(value, torch.nn.Module) else None
+    return isinstance(value, torch.nn.Module)
+
+
+def _compiles(value) -> bool:
+    """Whether ``value`` is compiled code (a compiled function or module, a module compiled in
+    place) or ``torch.compile`` itself."""
+    if value is torch.compile:
+        return True
+    frame = sys.modules.get("torch._dynamo.eval_frame")
+    if frame is None:  # dynamo never imported: nothing was compiled
+        return False
+    if isinstance(value, frame.OptimizedModule):
+        return True
+    if isinstance(value, torch.nn.Module):
+        return vars(value).get("_compiled_call_impl") is not None
+    return isinstance(value, types.FunctionType) \
+        and "_torchdynamo_orig_callable" in vars(value)
+
+
+def _module_parts(module: torch.nn.Module) -> list:
+    """A module's submodules, its other attributes (not parameters or buffers: those are
+    tensors) and the functions its own classes (the user's) define: ``forward`` and helpers."""
+    held = [v for k, v in vars(module).items()
+            if not k.startswith("_") and not isinstance(v, torch.Tensor)]
+    held += list(vars(module).get("_modules", {}).values())
+    return held + [f for cls in type(module).__mro__ if _users_type(cls)
+                   for f in vars(cls).values()
+                   if isinstance(f, (types.FunctionType, staticmethod, classmethod))]
+
+
+def _getters(cls: type) -> list:
+    """The getters of the properties a user's classes define (read, never called)."""
+    return [p.fget for c in cls.__mro__ if _users_type(c) for p in vars(c).values()
+            if isinstance(p, property) and p.fget is not None]
+
+
+def _label(value, namespace: dict) -> str:
+    """How a message names compiled code: the user's name for it, else its function's or
+    module's."""
+    name = next((k for k, v in namespace.items() if v is value and is_visible_name(k)), None)
+    if name is not None:
+        return name
+    if isinstance(value, torch.nn.Module):
+        orig = vars(value).get("_orig_mod", value)
+        return type(orig).__name__
+    orig = vars(value).get("_torchdynamo_orig_callable", value) \
+        if isinstance(value, types.FunctionType) else value
+    return getattr(orig, "__qualname__", None) or type(orig).__name__
+
+
+def unrecorded_why(name: str) -> str:
+    """Why the cell's record is empty (``OpRecord.failed``), in one clause."""
+    return (f"the cell calls torch.compile'd code ({name}), which runs unrecorded, as in a "
+            "plain cell")
+
+
+def eagerly_notes(record) -> list[str]:
+    """The note where compiled code was reached under the recorder all the same (its name in
+    ``record.ran_eagerly``, :func:`~.record.compiled_caller`): it ran eagerly."""
+    name = getattr(record, "ran_eagerly", None)
+    return [] if name is None else [
+        f"The cell's torch.compile'd function {name} ran eagerly under %%vjp, not compiled: "
+        "the values and derivatives shown are those of its Python code, which a plain "
+        "cell's compiled run may not give."]
+
+
+__all__ = ["compiled_callee", "eagerly_notes", "expression_code", "recorded", "unrecorded_why"]
