@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+import vjp_magic
+
 _stances = pytest.mark.skipif(not hasattr(torch.compiler, "set_stance"),
                               reason="torch.compiler stances came in torch 2.6")
 
@@ -159,7 +161,7 @@ def test_compiled_code_no_scan_finds_runs_eagerly_and_is_said_so(ip, dynamo):
     assert ip.run_cell("import torch").success and ip.run_cell(branchy).success
     r = ip.run_cell("%%vjp\ny = eval('branchy')(x)").result  # eval: named by no code
     text = " ".join(str(r).split())
-    assert "torch.compile'd function branchy ran eagerly under %%vjp" in text
+    assert "torch.compile'd function branchy ran eagerly while vjp_magic recorded it" in text
     torch.testing.assert_close(r.jacobian("x"), jacobian(torch.cos, torch.linspace(1, 2, 4)))
 
 
@@ -170,3 +172,30 @@ def test_the_scan_runs_none_of_the_users_code(ip, dynamo):
                   "        return f\nbox = Box()\n")
     _as_plain(ip, dynamo, setup, ["y = box.fn(x)"])
     assert ip.user_ns["reads"] == [1]  # the cell's own read, once
+
+
+def test_a_jacobian_expression_calling_compiled_code_runs_as_plain(ip, dynamo):
+    fresh, counts = dynamo
+    ip.run_cell("%reset -f")
+    assert ip.run_cell("import torch").success and ip.run_cell(_F).success
+    assert ip.run_cell("z = f(x)").success
+    plain = counts()
+    r = ip.run_cell("%jacobian f(x) wrt x").result
+    assert counts() == plain
+    torch.testing.assert_close(r.jacobian("x"), jacobian(_g, _x()))
+
+
+def _branchy(t):
+    if torch.compiler.is_compiling():
+        return t.sin()
+    return t.cos()
+
+
+def test_a_function_given_to_differentiate_runs_its_compiled_code_compiled(dynamo):
+    fresh, counts = dynamo
+    f = torch.compile(_branchy, backend="eager")
+    x = torch.linspace(1.0, 2.0, 4, requires_grad=True)
+    r = vjp_magic.differentiate(lambda: f(x), x)
+    torch.testing.assert_close(r.output, torch.sin(x.detach()))  # as a plain f(x) gives
+    torch.testing.assert_close(r.jacobian("x"), torch.diag(torch.cos(x.detach())))
+    assert counts()[:3] == (1, 1, 1)  # compiled once, as a plain first call

@@ -3,7 +3,8 @@
 :class:`Called` is the :class:`~.choose.Subject` of a zero-argument callable (``lambda:
 F.cross_entropy(model(data), targets, reduction="none")``): it is called exactly once, its
 torch calls recorded as a ``%%vjp`` cell's are (:func:`~.record.recording`; the calls run as
-they would without it), and its return value is the output. So the analysis has what it has
+they would without it; not where it can call ``torch.compile``'d code: :mod:`.compiled`),
+and its return value is the output. So the analysis has what it has
 for a cell: a hook-free copy of the graph, and per-sample gradients vectorised over the
 replay. Everything else the call does (random draws, hooks, module buffers, ``.grad`` of its
 own ``backward``) is left exactly as a plain ``fn()`` leaves it; the analysis runs none of it.
@@ -20,7 +21,8 @@ from ..core.errors import VJPUsageError
 from ..core.modes import users_modes
 from .choose import dense
 from .execute import user_frames_only
-from .record import OpRecord, recording
+from .compiled import recorded
+from .record import OpRecord
 
 
 @dataclass(eq=False)
@@ -45,7 +47,8 @@ class Called:
         ``entry``: the vjp_magic function called, as the advice names it."""
         __tracebackhide__ = True
         takes_no_arguments(fn)
-        with recording() as record, users_modes():  # fn() as in a plain call
+        with recorded({}, True, values=(fn,), who="function") as record, \
+                users_modes():  # fn() as in a plain call
             try:
                 value = fn()
             except BaseException as error:  # noqa: BLE001 - the user's own, re-raised

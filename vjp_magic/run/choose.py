@@ -162,8 +162,8 @@ class FromExpression:
         """``source`` evaluated; with ``earlier`` (the last ``%%vjp`` cell's record, kept
         while its output lives) the record is that cell's calls, then the expression's: a
         graph the cell's own backward freed is rebuilt from them."""
-        with recorded(scope.user_ns, record_ops, expression_code(source)) as record, \
-                users_modes():
+        with recorded(scope.user_ns, record_ops, (expression_code(source),),
+                      who="expression") as record, users_modes():
             value = lookup(scope, source, "output")
         cell = earlier.record() if earlier is not None and record is not None else None
         if cell is not None and record.failed is None:

@@ -30,18 +30,18 @@ from .record import OpRecord, recording
 MODULES_MOST = 512  # nn.Modules opened at most (their submodules, attributes, methods)
 
 
-def recorded(namespace: dict, record_ops: bool, *codes):
-    """The recording of code objects ``codes`` about to run in ``namespace`` (a cell, an
-    expression: :func:`~.record.recording`), where asked for; where they can call
-    ``torch.compile``'d code, none: an empty record that says why (they then run exactly as
-    in a plain cell)."""
+def recorded(namespace: dict, record_ops: bool, codes=(), values=(), who: str = "cell"):
+    """The recording of what is about to run (:func:`~.record.recording`): code objects
+    ``codes`` in ``namespace`` (a cell, an expression) or callables ``values`` (a function
+    given), where asked for; where they can call ``torch.compile``'d code, none: an empty
+    record that says why (``who`` calls it; it then runs exactly as a plain run)."""
     if not record_ops:
         return contextlib.nullcontext()
-    callee = compiled_callee([c for c in codes if c is not None], namespace)
+    callee = compiled_callee([c for c in codes if c is not None], namespace, values)
     if callee is None:
         return recording()
     record = OpRecord()
-    record._give_up(unrecorded_why(callee))
+    record._give_up(unrecorded_why(callee, who))
     return contextlib.nullcontext(record)
 
 
@@ -54,11 +54,11 @@ def expression_code(source: str):
         return None
 
 
-def compiled_callee(codes, namespace: dict) -> str | None:
+def compiled_callee(codes, namespace: dict, values=()) -> str | None:
     """How to name the ``torch.compile``'d callable (or ``torch.compile`` itself, or a
-    module's ``.compile()``) that the code objects ``codes`` can reach from ``namespace``;
-    None where they reach none."""
-    todo = []
+    module's ``.compile()``) that the code objects ``codes`` can reach from ``namespace``, or
+    ``values`` (a function given) reach; None where they reach none."""
+    todo = list(values)
     for code in codes:
         compiles = next((c for c in _chains(code) if _module_compiles(c, namespace)), None)
         if compiles is not None:
@@ -143,10 +143,11 @@ def _label(value, namespace: dict) -> str:
     return getattr(orig, "__qualname__", None) or type(orig).__name__
 
 
-def unrecorded_why(name: str) -> str:
-    """Why the cell's record is empty (``OpRecord.failed``), in one clause."""
-    return (f"the cell calls torch.compile'd code ({name}), which runs unrecorded, as in a "
-            "plain cell")
+def unrecorded_why(name: str, who: str = "cell") -> str:
+    """Why the record is empty (``OpRecord.failed``), in one clause: ``who`` (the cell, the
+    expression, the function) calls compiled code ``name``."""
+    return (f"the {who} calls torch.compile'd code ({name}), which runs unrecorded, as in a "
+            "plain run")
 
 
 def eagerly_notes(record) -> list[str]:
@@ -154,9 +155,9 @@ def eagerly_notes(record) -> list[str]:
     ``record.ran_eagerly``, :func:`~.record.compiled_caller`): it ran eagerly."""
     name = getattr(record, "ran_eagerly", None)
     return [] if name is None else [
-        f"The cell's torch.compile'd function {name} ran eagerly under %%vjp, not compiled: "
-        "the values and derivatives shown are those of its Python code, which a plain "
-        "cell's compiled run may not give."]
+        f"The torch.compile'd function {name} ran eagerly while vjp_magic recorded it, not "
+        "compiled: the values and derivatives shown are those of its Python code, which a "
+        "compiled run may not give."]
 
 
 __all__ = ["compiled_callee", "eagerly_notes", "expression_code", "recorded", "unrecorded_why"]

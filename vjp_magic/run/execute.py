@@ -3,7 +3,8 @@
 The cell's source is transformed (IPython syntax → Python) once and parsed once; its
 statements run in the user's namespace, then its final expression, whose value is kept.
 While it runs the guard keeps every graph its own ``backward`` frees (:mod:`.guard`) and,
-for ``--symbolic``, its torch calls are recorded (:mod:`.record`). A classic ``backward``
+where asked, its torch calls are recorded (:mod:`.record`; not where it can call
+``torch.compile``'d code: :mod:`.compiled`). A classic ``backward``
 mistake stops the cell but not the magic (:mod:`.mistakes`); any other exception is the
 user's own and propagates.
 
@@ -130,8 +131,8 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     # was re-bound, so lines a coached mistake stopped never pick the output.
     before = dict(shell.user_ns)
     captured: dict = {}  # what its subscript and attribute targets held, as assigned
-    with keep_graphs(filename) as log, recorded(shell.user_ns, record_ops, body, final) as record, \
-            freed_if_raised(log):
+    with keep_graphs(filename) as log, \
+            recorded(shell.user_ns, record_ops, (body, final)) as record, freed_if_raised(log):
         log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:
             with users_modes():  # the user's torch modes, set aside by the magic: the cell's

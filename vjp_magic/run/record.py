@@ -594,12 +594,15 @@ def recording():
 
 def compiled_code_run_eagerly():
     """A context in which the user's ``torch.compile``\\ d functions run as plain Python
-    (``torch.compiler.set_stance("force_eager")``, torch >= 2.6): the recorder, a function
-    mode, then sees their every call, and dynamo neither compiles them again under a mode
-    stack it guards on (the recorder's) nor leaves an entry for it in their cache, so the next
-    plain call reuses what was compiled before. A no-op where torch has no stances or dynamo
-    was never imported (nothing compiled). A stance the cell sets in this thread
-    (``torch.compiler.set_stance``, as a call, a context or a decorator) is the cell's own
+    (``torch.compiler.set_stance("force_eager")``, torch >= 2.6) - a backstop: a cell that can
+    call compiled code runs unrecorded (:mod:`.compiled`), and compiled code reached all the
+    same is named in ``OpRecord.ran_eagerly`` (:func:`compiled_caller`), which the result
+    says. The recorder, a function mode, then sees their every call, and dynamo neither
+    compiles them again under a mode stack it guards on (the recorder's) nor leaves an entry
+    for it in their cache, so the next plain call reuses what was compiled before. A no-op
+    where torch has no stances or dynamo was never imported (nothing compiled). A stance the
+    cell sets in this thread (``torch.compiler.set_stance``, as a call, a context or a
+    decorator) is the cell's own
     (:func:`_cells_stance`): it returns the cell's prior stance, and is in force when the
     block ends, as after a plain run; inside, compiled code still runs eagerly (with
     ``fail_on_recompile`` it compiles nothing, so nothing is refused)."""
