@@ -77,8 +77,8 @@ def compiled_callee(codes, namespace: dict, values=()) -> str | None:
             if isinstance(value, torch.nn.Module) and modules > 0:
                 modules -= 1
                 more += _module_parts(value)
-            elif not isinstance(value, (type, types.FunctionType)) \
-                    and _users_type(type(value)):
+            elif type(value).__module__ != "builtins" and not isinstance(value, type) \
+                    and _users_type(type(value)):  # (an instance of the user's class)
                 more += _getters(type(value))
         todo = more
     return None
@@ -113,11 +113,14 @@ def _compiles(value) -> bool:
 
 
 def _module_parts(module: torch.nn.Module) -> list:
-    """A module's submodules, its other attributes (not parameters or buffers: those are
-    tensors) and the functions its own classes (the user's) define: ``forward`` and helpers."""
-    held = [v for k, v in vars(module).items()
-            if not k.startswith("_") and not isinstance(v, torch.Tensor)]
-    held += list(vars(module).get("_modules", {}).values())
+    """A module's submodules; for a module of the user's class, also its other attributes (not
+    parameters or buffers: those are tensors) and the functions its own classes define:
+    ``forward`` and helpers (a library's module runs no code of the user's)."""
+    held = list(vars(module).get("_modules", {}).values())
+    if not _users_type(type(module)):
+        return held
+    held += [v for k, v in vars(module).items()
+             if k[:1] != "_" and not isinstance(v, torch.Tensor)]
     return held + [f for cls in type(module).__mro__ if _users_type(cls)
                    for f in vars(cls).values()
                    if isinstance(f, (types.FunctionType, staticmethod, classmethod))]
