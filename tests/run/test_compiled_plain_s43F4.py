@@ -48,10 +48,14 @@ def _as_plain(ip, dynamo, setup: str, cells: list[str], line: str = ""):
             assert ip.run_cell(cell).success
         last = ip.run_cell(cells[-1] if magic is None else magic + cells[-1])
         assert last.error_in_exec is None, last.error_in_exec
-        runs.append((ip.user_ns["y"].detach().clone(), counts(), last.result))
-    (plain_y, plain_counts, _), (y, vjp_counts, result) = runs
+        grad = getattr(ip.user_ns.get("x"), "grad", None)
+        runs.append((ip.user_ns["y"].detach().clone(), counts(), grad, last.result))
+    (plain_y, plain_counts, plain_grad, _), (y, vjp_counts, grad, result) = runs
     torch.testing.assert_close(y, plain_y, rtol=0, atol=0)
     assert vjp_counts == plain_counts
+    assert (grad is None) == (plain_grad is None)
+    if grad is not None:
+        torch.testing.assert_close(grad, plain_grad, rtol=0, atol=0)
     return result
 
 
@@ -134,10 +138,17 @@ def test_a_module_holding_a_compiled_submodule(ip, dynamo):
 
 
 @pytest.mark.slow
-def test_aot_autograds_compiled_backward_is_differentiated_on_the_graph(ip, dynamo):
+@pytest.mark.parametrize("cell", ["y = f(x)", "y = f(x)\ny.sum().backward()"],
+                         ids=["forward", "and-its-own-backward"])
+def test_aot_autograds_compiled_backward_is_differentiated_on_the_graph(ip, dynamo, cell):
     """aot_eager: the graph holds CompiledFunctionBackward, which has no double backward."""
     setup = _F.replace('backend="eager"', 'backend="aot_eager"')
-    r = _as_plain(ip, dynamo, setup, ["y = f(x)"])
+    r = _as_plain(ip, dynamo, setup, [cell])
+    torch.testing.assert_close(r.jacobian("x"), jacobian(_g, _x()))
+
+
+def test_a_cell_with_its_own_backward_leaves_x_grad_as_plain(ip, dynamo):
+    r = _as_plain(ip, dynamo, _F, ["y = f(x)\ny.sum().backward()"])
     torch.testing.assert_close(r.jacobian("x"), jacobian(_g, _x()))
 
 

@@ -377,13 +377,12 @@ def users_error(error: BaseException) -> VJPUsageError | None:
     pass of the analysis called it (its frame below the engine's ``BackwardCFunction.apply``
     in the traceback); None for any other error: one not raised in a backward, a usage
     error, running out of memory, or one of autograd's own (a second pass through a freed
-    graph, an in-place change: judged where they are), nor a backward's refusal of a double
-    backward (torch.compile's ``CompiledFunctionBackward``: the paths that take a double
-    backward as a shortcut take the one that needs none)."""
+    graph, an in-place change: judged where they are), nor torch's own Function refusing a
+    double backward (torch.compile's ``CompiledFunctionBackward``: the paths that take a
+    double backward as a shortcut take the one that needs none)."""
     from .torch_api import no_double_backward, torch_error  # (it imports this module)
     if not isinstance(error, Exception) or isinstance(error, VJPUsageError) \
-            or torch_error(error) is not None or "out of memory" in str(error) \
-            or no_double_backward(error):
+            or torch_error(error) is not None or "out of memory" in str(error):
         return None
     frame, tb = None, error.__traceback__
     while tb is not None:
@@ -393,6 +392,8 @@ def users_error(error: BaseException) -> VJPUsageError | None:
     if frame is None:
         return None
     cls = getattr(frame.f_locals.get("self"), "_forward_cls", None)
+    if no_double_backward(error) and str(getattr(cls, "__module__", "")).startswith("torch."):
+        return None
     name = getattr(cls, "__name__", None) or "a custom autograd.Function"
     return VJPUsageError(raised_message(name, error, frame.f_locals.get("args", ())))
 
