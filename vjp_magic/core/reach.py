@@ -343,5 +343,7 @@ def _module_tensors(module: torch.nn.Module) -> list:
     return parameters + buffers
 
 
+users_type = _users_type  # (public: run/compiled reads which objects are the user's)
+
 __all__ = ["OPEN_MOST", "READ_MOST", "class_attribute", "function_of", "globals_read",
-           "instance_dict", "is_a", "read_by", "reached", "tensors_of"]
+           "instance_dict", "is_a", "read_by", "reached", "tensors_of", "users_type"]

@@ -38,7 +38,7 @@ from ..core.tagging import (NO_GRAD, choose_output, depends_on, find_inputs, gra
                             is_visible_name, no_grad_message, ordered_names, walk_graph)
 from .execute import CellRun, detached_advice, evaluate
 from .grad_advice import copied_hint, late_grad_hint, own_requires_grad_advice, rebound_hint
-from .compiled import expression_code, recorded
+from .compiled import expression_parts, recorded
 from .record import KeptRecord, OpRecord, recording
 
 
@@ -162,8 +162,9 @@ class FromExpression:
         """``source`` evaluated; with ``earlier`` (the last ``%%vjp`` cell's record, kept
         while its output lives) the record is that cell's calls, then the expression's: a
         graph the cell's own backward freed is rebuilt from them."""
-        with recorded(scope.user_ns, record_ops, (expression_code(source),),
-                      who="expression") as record, users_modes():
+        codes, trees = expression_parts(source)
+        with recorded(scope.user_ns, record_ops, codes, trees, who="expression") as record, \
+                users_modes():
             value = lookup(scope, source, "output")
         cell = earlier.record() if earlier is not None and record is not None else None
         if cell is not None and record.failed is None:

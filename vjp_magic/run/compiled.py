@@ -10,34 +10,37 @@ one is reached all the same (found by no scan), :mod:`.record` runs it eagerly a
 
 The scan reads only: the names and ``name.attr`` chains the cell's code loads, resolved in
 the user's namespace through modules and classes; what those reach
-(:func:`~vjp_magic.core.backward_writes.reached`: containers, a user's objects, the globals
+(:func:`~vjp_magic.core.reach.reached`: containers, a user's objects, the globals
 and closures of the user's functions); and the submodules, attributes and ``forward`` (the
 class's functions) of every ``nn.Module`` among them. No user code runs.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import sys
 import types
 
 import torch
 
-from ..core.backward_writes import _users_type, reached
-from ..core.reentrant import _chains, _globals_read
+from ..core.reach import reached, users_type
 from ..core.tagging import is_visible_name
 from .record import OpRecord, recording
 
 MODULES_MOST = 512  # nn.Modules opened at most (their submodules, attributes, methods)
 
 
-def recorded(namespace: dict, record_ops: bool, codes=(), values=(), who: str = "cell"):
+def recorded(namespace: dict, record_ops: bool, codes=(), trees=(), values=(),
+             who: str = "cell"):
     """The recording of what is about to run (:func:`~.record.recording`): code objects
-    ``codes`` in ``namespace`` (a cell, an expression) or callables ``values`` (a function
-    given), where asked for; where they can call ``torch.compile``'d code, none: an empty
-    record that says why (``who`` calls it; it then runs exactly as a plain run)."""
+    ``codes`` in ``namespace`` (a cell, an expression; ``trees``: their syntax trees) or
+    callables ``values`` (a function given), where asked for; where they can call
+    ``torch.compile``'d code, none: an empty record that says why (``who`` calls it; it then
+    runs exactly as a plain run)."""
     if not record_ops:
         return contextlib.nullcontext()
-    callee = compiled_callee([c for c in codes if c is not None], namespace, values)
+    callee = compiled_callee(namespace, [c for c in codes if c is not None],
+                             [t for t in trees if t is not None], values)
     if callee is None:
         return recording()
     record = OpRecord()
@@ -45,25 +48,26 @@ def recorded(namespace: dict, record_ops: bool, codes=(), values=(), who: str = 
     return contextlib.nullcontext(record)
 
 
-def expression_code(source: str):
-    """The code of expression ``source`` (None where it is no Python expression: its own
-    evaluation says so)."""
+def expression_parts(source: str) -> tuple[tuple, tuple]:
+    """((its code,), (its syntax tree,)) of expression ``source``; empty where it is no Python
+    expression (its own evaluation says so)."""
     try:
-        return compile(source.strip(), "<expression>", "eval")
+        tree = ast.parse(source.strip(), "<expression>", "eval")
+        return (compile(tree, "<expression>", "eval"),), (tree,)
     except (SyntaxError, ValueError):
-        return None
+        return (), ()
 
 
-def compiled_callee(codes, namespace: dict, values=()) -> str | None:
+def compiled_callee(namespace: dict, codes=(), trees=(), values=()) -> str | None:
     """How to name the ``torch.compile``'d callable (or ``torch.compile`` itself, or a
-    module's ``.compile()``) that the code objects ``codes`` can reach from ``namespace``, or
-    ``values`` (a function given) reach; None where they reach none."""
-    todo = list(values)
-    for code in codes:
-        compiles = next((c for c in _chains(code) if _module_compiles(c, namespace)), None)
-        if compiles is not None:
-            return ".".join(compiles)
-        todo += _globals_read(code, namespace)
+    module's ``.compile()`` in ``trees``) that the code objects ``codes`` can reach from
+    ``namespace``, or callables ``values`` reach; None where they reach none. The code is
+    read as a function of the user's that is never called (what it reads by name, and
+    on: :func:`~vjp_magic.core.reach.reached`)."""
+    compiles = next(filter(None, (_module_compiles(t, namespace) for t in trees)), None)
+    if compiles is not None:
+        return compiles
+    todo = [*values, *(types.FunctionType(code, namespace) for code in codes)]
     seen: set = set()
     modules = MODULES_MOST
     while todo:
@@ -78,22 +82,32 @@ def compiled_callee(codes, namespace: dict, values=()) -> str | None:
                 modules -= 1
                 more += _module_parts(value)
             elif type(value).__module__ != "builtins" and not isinstance(value, type) \
-                    and _users_type(type(value)):  # (an instance of the user's class)
+                    and users_type(type(value)):  # (an instance of the user's class)
                 more += _getters(type(value))
         todo = more
     return None
 
 
-def _module_compiles(chain: tuple, namespace: dict) -> bool:
-    """Whether ``chain`` is ``net.compile`` (``net.sub.compile``): a user's ``nn.Module``'s
-    ``compile`` method, which compiles the module in place."""
-    if len(chain) < 2 or chain[-1] != "compile":
-        return False
-    value = namespace.get(chain[0])
-    for name in chain[1:-1]:
-        value = vars(value).get("_modules", {}).get(name) \
-            if isinstance(value, torch.nn.Module) else None
-    return isinstance(value, torch.nn.Module)
+def _module_compiles(tree: ast.AST, namespace: dict) -> str | None:
+    """``net.compile`` (``net.sub.compile``) where ``tree`` reads it: a user's ``nn.Module``'s
+    ``compile`` method, which compiles the module in place (its submodules read through
+    ``_modules``, no attribute got)."""
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or node.attr != "compile":
+            continue
+        chain, part = [], node.value
+        while isinstance(part, ast.Attribute):
+            chain.insert(0, part.attr)
+            part = part.value
+        if not isinstance(part, ast.Name):
+            continue
+        value = namespace.get(part.id)
+        for name in chain:
+            value = vars(value).get("_modules", {}).get(name) \
+                if isinstance(value, torch.nn.Module) else None
+        if isinstance(value, torch.nn.Module):
+            return ".".join([part.id, *chain, "compile"])
+    return None
 
 
 def _compiles(value) -> bool:
@@ -117,18 +131,18 @@ def _module_parts(module: torch.nn.Module) -> list:
     parameters or buffers: those are tensors) and the functions its own classes define:
     ``forward`` and helpers (a library's module runs no code of the user's)."""
     held = list(vars(module).get("_modules", {}).values())
-    if not _users_type(type(module)):
+    if not users_type(type(module)):
         return held
     held += [v for k, v in vars(module).items()
              if k[:1] != "_" and not isinstance(v, torch.Tensor)]
-    return held + [f for cls in type(module).__mro__ if _users_type(cls)
+    return held + [f for cls in type(module).__mro__ if users_type(cls)
                    for f in vars(cls).values()
                    if isinstance(f, (types.FunctionType, staticmethod, classmethod))]
 
 
 def _getters(cls: type) -> list:
     """The getters of the properties a user's classes define (read, never called)."""
-    return [p.fget for c in cls.__mro__ if _users_type(c) for p in vars(c).values()
+    return [p.fget for c in cls.__mro__ if users_type(c) for p in vars(c).values()
             if isinstance(p, property) and p.fget is not None]
 
 
@@ -163,4 +177,4 @@ def eagerly_notes(record) -> list[str]:
         "compiled run may not give."]
 
 
-__all__ = ["compiled_callee", "eagerly_notes", "expression_code", "recorded", "unrecorded_why"]
+__all__ = ["compiled_callee", "eagerly_notes", "expression_parts", "recorded", "unrecorded_why"]

@@ -131,8 +131,9 @@ def run_cell(shell, cell: str, *, record_ops: bool = False) -> CellRun:
     # was re-bound, so lines a coached mistake stopped never pick the output.
     before = dict(shell.user_ns)
     captured: dict = {}  # what its subscript and attribute targets held, as assigned
-    with keep_graphs(filename) as log, \
-            recorded(shell.user_ns, record_ops, (body, final)) as record, freed_if_raised(log):
+    record_run = recorded(shell.user_ns, record_ops, (body, final),
+                          (parsed.body, parsed.final_expr))  # (none where it calls compiled code)
+    with keep_graphs(filename) as log, record_run as record, freed_if_raised(log):
         log.ops = record  # where the record can rebuild a graph, the guard need not keep it
         try:
             with users_modes():  # the user's torch modes, set aside by the magic: the cell's
