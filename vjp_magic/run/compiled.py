@@ -9,10 +9,13 @@ one is reached all the same (found by no scan), :mod:`.record` runs it eagerly a
 (:func:`eagerly_notes`).
 
 The scan reads only: the names and ``name.attr`` chains the cell's code loads, resolved in
-the user's namespace through modules and classes; what those reach
+the user's namespace through modules and classes, and what those reach
 (:func:`~vjp_magic.core.reach.reached`: containers, a user's objects, the globals
-and closures of the user's functions); and the submodules, attributes and ``forward`` (the
-class's functions) of every ``nn.Module`` among them. No user code runs.
+and closures of the user's functions; no user code runs); the submodules of every
+``nn.Module`` among them (of a user's module also its attributes and its classes' functions:
+``forward``); the getters of a user's object's properties (read, never called); and
+``net.compile`` in the cell's syntax tree. Its cost: ~25-45 us thread CPU for the per-sample
+MLP's function, ~0.25 ms for a cell reaching a 20-layer model and a dict of 100 tensors.
 """
 from __future__ import annotations
 
