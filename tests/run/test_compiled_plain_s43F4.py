@@ -210,3 +210,13 @@ def test_a_function_given_to_differentiate_runs_its_compiled_code_compiled(dynam
     torch.testing.assert_close(r.output, torch.sin(x.detach()))  # as a plain f(x) gives
     torch.testing.assert_close(r.jacobian("x"), torch.diag(torch.cos(x.detach())))
     assert counts()[:3] == (1, 1, 1)  # compiled once, as a plain first call
+
+
+@pytest.mark.slow
+def test_a_hessian_through_aot_autograds_compiled_code_is_refused_in_one_sentence(dynamo):
+    """Its CompiledFunctionBackward has no double backward (as in plain torch): no number."""
+    f = torch.compile(lambda t: (t.sin() * t).sum(), backend="aot_eager")
+    x = torch.linspace(1.0, 2.0, 4, requires_grad=True)
+    with pytest.raises(vjp_magic.VJPUsageError, match="cannot be differentiated twice: "
+                       "torch.compile'd code"):
+        vjp_magic.hessian(lambda: f(x), x)

@@ -39,7 +39,7 @@ from .tagging import depends_on, walk_nodes
 from .sparse_hessian import (SECOND_ORDER_SLACK, SPARSE_FROM, SparseHessian,
                              dense_as_csr, empty_csr, sparse_hessian, symmetric_by_probes)
 from .tolerances import tolerances
-from .torch_api import NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
+from .torch_api import COMPILED_ONCE, NOT_TWICE_DIFFERENTIABLE, once_differentiable_node
 from .torch_api import guarded_grad as autograd_grad  # every pass under pass_guard
 from .vector_sparse_hessian import SparseBlocks, vector_sparse_hessian
 
@@ -693,14 +693,16 @@ def _twice_differentiable(output_name: str):
     try:
         yield
     except (NotImplementedError, RuntimeError) as error:
-        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None:
+        if NOT_TWICE_DIFFERENTIABLE.search(str(error)) is None and COMPILED_ONCE not in str(error):
             raise
         raise VJPUsageError(_no_double_backward(output_name, error)) from None
 
 
 def _no_double_backward(output_name: str, error: BaseException) -> str:
     match = NOT_TWICE_DIFFERENTIABLE.search(str(error))
-    op = match.group(1).strip("_").removesuffix("_backward") if match else "an operation"
+    op = match.group(1).strip("_").removesuffix("_backward") if match else \
+        "torch.compile'd code (its CompiledFunctionBackward)" if COMPILED_ONCE in str(error) \
+        else "an operation"
     return (f"{output_name} cannot be differentiated twice: {op} has no double backward in "
             f"PyTorch ({str(error).strip().rstrip('.')}), so second derivatives through it "
             "are not available.")

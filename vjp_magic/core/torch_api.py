@@ -129,17 +129,20 @@ def once_differentiable_node(root):
     return None
 
 
+# What torch.compile's CompiledFunctionBackward (aot_autograd) raises in a double backward.
+COMPILED_ONCE = "does not currently support double backward"
+
 # A pass that needed a derivative of a backward PyTorch does not have: an op's ("the
 # derivative for '_cdist_backward' is not implemented", "grid_sampler_3d double backward not
 # implemented", "Double backward is unsupported"), a custom Function's marked
 # once_differentiable ("trying to differentiate twice a function that was marked with
 # @once_differentiable"), or a backward computed outside autograd (its gradient has no graph,
-# or one the tensor differentiated by does not reach: "appears to not have been used").
+# or one the tensor differentiated by does not reach: "appears to not have been used"), or
+# torch.compile'd code (COMPILED_ONCE).
 _NO_DOUBLE_BACKWARD = re.compile(
     r"derivative for .* is not implemented|double backwards? (?:is )?(?:not |un)supported|"
-    r"does not (?:currently )?support double backward|"  # torch.compile's aot_autograd
     r"double backward not implemented|differentiate twice|appears to not have been used in "
-    r"the graph|" + re.escape(NO_GRAPH), re.I)
+    r"the graph|" + re.escape(COMPILED_ONCE) + "|" + re.escape(NO_GRAPH), re.I)
 
 
 # what a pass needing a double backward raises where the graph has none (and other errors)
