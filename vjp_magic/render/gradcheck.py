@@ -7,6 +7,7 @@ from ..core.errors import reran_sentence
 from . import notation
 from .document import Code, Paragraph, Section, Text, paragraph
 
+STEP, SMALLEST = 1e-6, 1 / 256  # run.gradcheck's STEP and smallest of SMALLER (told only)
 SHOWN_ENTRIES = 4  # inconclusive entries named; the rest counted
 SHOWN_ERRORS = 4  # inputs whose largest error is named where they fit; past 4, the 3 largest
 # are named and the rest counted (one line either way)
@@ -118,10 +119,12 @@ def _failed(report) -> Paragraph:
     if report.unscaled:
         spans += [Text("The backward does not scale with its incoming gradient (for "),
                   *_listed(report.unscaled, prose=True),
-                  Text(", the vᵀJ it returns for 2v or −v/2 is not that multiple of the one "
-                       "for v), as when a backward ignores "), Code("grad_output"),
-                  Text(" or uses its absolute value (torch.autograd.gradcheck: \"backward not "
-                       "multiplied by grad_output\"). ")]
+                  Text(", the vᵀJ it returns for 2v, −v/2, 2⁻²⁰v or 2²⁰v is not that multiple "
+                       "of the one for v, or, v split in two halves, not the sum of theirs), "
+                       "as when a backward ignores "), Code("grad_output"),
+                  Text(", uses its absolute value (torch.autograd.gradcheck: \"backward not "
+                       "multiplied by grad_output\") or treats small, large or zero entries "
+                       "otherwise. ")]
     only_cell = not (report.failed or report.unscaled) and bool(spans)
     if report.custom:
         spans += [Text("A custom autograd.Function's backward is the likely culprit: "
@@ -149,14 +152,20 @@ def _inconclusive(report) -> list:
     the step, or the finite differences' rounding noise is over the tolerance, that."""
     spans: list = [Text("inconclusive at ")]
     custom = _custom_named(report)
-    if report.inconclusive:
-        count = sum(len(found) for found in report.inconclusive.values())
-        spans += _places(report.inconclusive)
+    steep = getattr(report, "steep", {})
+    kinks = {name: tuple(i for i in found if i not in steep.get(name, ()))
+             for name, found in report.inconclusive.items()}
+    kinks = {name: found for name, found in kinks.items() if found}
+    if kinks:
+        count = sum(len(found) for found in kinks.values())
+        spans += _places(kinks)
         verb = "is" if count == 1 else "is not differentiable at any of them"
         there = " not differentiable there" if count == 1 else ""
         spans += [Text(" (a kink: "), *([Text("/".join(report.kinks))] if report.kinks else
                                          custom or [Text("the function")]),
                   Text(f" {verb}{there}{_sides(report)}; check at another x)")]
+    if steep:
+        spans += [Text(" and at " if kinks else ""), *_places(steep), Text(_steep_words(report))]
     stairs = getattr(report, "unresolved", {})
     if stairs:
         spans += [Text(" and at " if report.inconclusive else ""), *_places(stairs),
@@ -183,6 +192,14 @@ def _custom_named(report) -> list:
     many = len(names) > 1
     return [Text(f"the custom autograd.Function{'s' if many else ''} "),
             *_listed(names, joiner=" or " if many else ", ")]
+
+
+def _steep_words(report) -> str:
+    """Why no step was safe where f is steep: what the one-sided quotients measured."""
+    return (f" (f changes too fast for finite differences there: its slope changes by "
+            f"{report.steepness:.0%} of the derivative within the smallest step, "
+            f"{STEP * SMALLEST:.1e}, and the differences do not settle as the step shrinks; "
+            "no kink was found)")
 
 
 def _sides(report) -> str:

@@ -31,9 +31,13 @@ a derivative. Each entry's central difference is used only where the one-sided d
 agree with it (f is smooth across the step); else a one-sided difference that agrees with
 its own halved step (no kink on that side), else the same at smaller steps; a disagreement
 or a kink is tried again at the smaller steps (a staircase finer than the step), and an entry
-nearer 0 than :data:`SMALL` at a step relative to it (:func:`_relative`). Where both
-sides are smooth but differ, or no step is safe, f has no derivative there to check: the
-entry is *inconclusive*, never failed; so is one whose central difference does not settle
+nearer 0 than :data:`SMALL`, or farther than :data:`LARGE`, at a step relative to it
+(:func:`_relative`). Where both
+sides are smooth but differ, f has no derivative there to check (a kink): the entry is
+*inconclusive*, never failed; so is one where no step is safe, or a disagreement is within
+the differences' own truncation (their change from step s to s/2, the smallest) while no
+side is safe (*steep*, as sin(1e8·x): its slope changes within the smallest step; never
+called a kink, :func:`_steep`); so is one whose central difference does not settle
 when the step is halved (a jump, as sign at 0). This is decided by the one-sided quotients,
 whoever computes f: a custom Function's max, sort or piecewise function at a tie or
 breakpoint is inconclusive as a built-in's is (where several pieces meet, a right backward
@@ -89,11 +93,17 @@ STEP = 1e-6  # the finite-difference step (torch.autograd.gradcheck's eps)
 SMALLER = (1.0, 1 / 16, 1 / 256)  # steps tried (times STEP) where a kink is within one
 NEARBY = 1e-3  # where built-ins disagree: checked again this far (times 1 + max |x|) away
 SMALL, SMALL_FLOOR = 1e-2, 1e-100  # |x_k| in this range: tried again at a step relative to it
+LARGE = 1e2  # |x_k| from here on: tried again at a step relative to it too (STEP·|x_k|)
 MAX_ENTRIES = 64  # entries per input checked; all of them up to this many
 GROUP = 8  # entries per group direction (the entries outside the sample), at least
 MAX_GROUPS = 64  # group directions per input, at most (larger groups beyond)
 MAX_SINGLES = 4 * MAX_ENTRIES  # entries of groups in doubt checked singly, per input
-SCALES = (2.0, -0.5)  # vᵀJ at these multiples of v must be these multiples of it (exact)
+# vᵀJ at these multiples of v must be these multiples of it (powers of 2: exact): another
+# sign and size, and incoming gradients ~1e-6 and ~1e6 times |v| (a loss divided by the batch
+# size; a backward that skips |g| < 0.5 or clips large g shows), which V_MAGNITUDE alone
+# never reaches (its range keeps vᵀJ's rounding small: every entry weighs alike)
+SCALES = (2.0, -0.5, 2.0 ** -20, 2.0 ** 20)
+MIXED = 2.0 ** -12  # a vector output's v split in two halves, one of them this much smaller
 CELL_ULPS = 16  # the cell dtype's rounding allowed in its derivatives, in its epsilons
 COARSE = 1e-2  # cell-dtype values this far from float64's (of the largest): no comparison
 SEED = 0  # where the run has no seed of its own
@@ -143,7 +153,10 @@ class GradcheckReport:
     each custom Function's forward (the user's own code, which the cell ran once), by name;
     ``unresolved[name]`` the entries where f changes in rounding stairs coarser than the step
     (inconclusive), ``stair`` the largest stair in x; ``sides``: (name, index, right, left),
-    a scalar output's one-sided derivatives at its first kink."""
+    a scalar output's one-sided derivatives at its first kink; ``steep[name]``: those of the
+    ``inconclusive`` entries where no step is safe and no kink was found (f's slope changes
+    within the smallest step, as sin(1e8·x)'s: steep, not shown to be a kink),
+    ``steepness`` the largest such change, relative to the derivative."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -168,6 +181,8 @@ class GradcheckReport:
     unresolved: dict = field(default_factory=dict)
     stair: float = 0.0
     sides: tuple = ()
+    steep: dict = field(default_factory=dict)
+    steepness: float = 0.0
 
 
 @dataclass
@@ -219,7 +234,7 @@ def gradcheck(record, inputs: dict, output, names=None, seconds: float = MAX_SEC
 
 
 _BY_NAME = ("max_error", "checked", "inconclusive", "failed", "noisy", "covered", "cell_error",
-            "unchecked", "unresolved")  # GradcheckReport's fields keyed by input name
+            "unchecked", "unresolved", "steep")  # GradcheckReport's fields keyed by input name
 _NAMES = ("unscaled", "cell_failed")  # and those that list input names
 
 
@@ -344,7 +359,7 @@ def _judged_again(replay, values: dict, entry: tuple, f: _Found, column, base: t
         if verdict is Agreement.NOISY:
             f.noisy, f.noise = f.noisy + where, max(f.noise, error)
             return max(errors)
-        if verdict in (Agreement.KINK, Agreement.UNRESOLVED):
+        if verdict in (Agreement.KINK, Agreement.UNRESOLVED, Agreement.STEEP):
             f.add(verdict, error, where)
             return max(errors)
         errors.append(error)
@@ -405,7 +420,8 @@ def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
         kinks=kinked_ops(replay) if inconclusive or failed else (), detached=tuple(detached),
         noisy=noisy, noise=max((f.noise for f in found.values()), default=0.0),
         unresolved=stairs, stair=max((f.stair for f in found.values()), default=0.0),
-        sides=sides)
+        sides=sides, steep={name: tuple(f.steep) for name, f in found.items() if f.steep},
+        steepness=max((f.steepness for f in found.values()), default=0.0))
 
 
 def kinked_ops(replay) -> tuple[str, ...]:
@@ -482,7 +498,7 @@ def _fitted(out: torch.Tensor, wrt: list, v: torch.Tensor, dtype: torch.dtype) -
     vᵀJ, times :data:`SCALES` and summed over the output, stay below its largest value
     (exp at 709: 3·exp(709) is inf; a custom exp at 88 in float32). The check's overflow is
     never read as the backward's."""
-    limit = torch.finfo(dtype).max / 2 ** 8 / max(1, out.numel())
+    limit = torch.finfo(dtype).max / 2 ** 8 / max(1, out.numel()) / max(map(abs, SCALES))
     v = v * _below(float(out.detach().abs().max()) * V_MAGNITUDE[1], limit)
     raw = materialized_grad(out, wrt, v, retain_graph=True)
     top = _largest(raw)
@@ -510,17 +526,48 @@ def _largest(grads) -> float:
 def _unscaled(out: torch.Tensor, wrt: list, names: list, v: torch.Tensor,
               grads: tuple) -> tuple[str, ...]:
     """The inputs whose vᵀJ is not linear in v: at each of :data:`SCALES` times v (twice,
-    and minus a half: another sign and size), not that multiple of ``grads``, as when a
-    backward ignores ``grad_output`` or uses |grad_output| (for a scalar output v is one
-    number: its own sign alone cannot tell g from |g|)."""
+    minus a half, 2⁻²⁰ and 2²⁰: another sign and size, tiny and huge incoming gradients),
+    not that multiple of ``grads``, as when a backward ignores ``grad_output``, uses
+    |grad_output| or treats small or large ones otherwise (for a scalar output v is one
+    number: its own sign alone cannot tell g from |g|); a vector output's v split in two
+    halves too (:func:`_split`). Backward passes: 4, and 3 more for a vector output."""
     found: set = set()
-    for i, scale in enumerate(SCALES):
-        scaled = materialized_grad(out, wrt, scale * v, retain_graph=i < len(SCALES) - 1)
+    for scale in SCALES:
+        scaled = materialized_grad(out, wrt, scale * v, retain_graph=True)
         atol = _atol(scaled)  # scaling by a power of 2 is exact: for reordered sums only
         found.update(n for n, g, gs in zip(names, grads, scaled)
                      if not torch.allclose(gs, scale * g, rtol=RTOL, atol=atol,
                                            equal_nan=True))
+    if v.numel() > 1:
+        found.update(_split(out, wrt, names, v, grads))
     return tuple(n for n in names if n in found)
+
+
+def _split(out: torch.Tensor, wrt: list, names: list, v: torch.Tensor,
+           grads: tuple) -> set:
+    """The inputs whose vᵀJ is not additive over v split in halves a and b (alternate flat
+    entries): aᵀJ + bᵀJ must be vᵀJ (each half holds exact zeros: a backward wrong where
+    grad_output is 0 shows), and (:data:`MIXED`·a + b)ᵀJ − bᵀJ must be MIXED·aᵀJ (mixed
+    magnitudes in one grad_output: one that drops entries small beside the largest shows).
+    The second is held to half of MIXED·aᵀJ beyond 2¹⁰ ε of the terms' rounding: it tells a
+    dropped part (all of it), never the reordered sums' rounding. Both allow the rounding of
+    the largest vᵀJ of all inputs (:func:`_atol`: a bias before BatchNorm, whose true
+    derivatives are 0, holds only rounding noise)."""
+    half = (torch.arange(v.numel(), device=v.device) % 2 == 0).reshape(v.shape)
+    a, b = v * half, v * ~half
+    ga, gb, gm = (materialized_grad(out, wrt, w, retain_graph=True)
+                  for w in (a, b, MIXED * a + b))
+    found, atol, largest = set(), _atol(grads), _largest(grads)
+    for n, g, x, y, m in zip(names, grads, ga, gb, gm):
+        if not torch.allclose(x + y, g, rtol=RTOL, atol=atol, equal_nan=True):
+            found.add(n)
+            continue
+        want, got = MIXED * x, m - y
+        rounding = 2 ** 10 * EPS * (m.abs() + y.abs() + largest)
+        off = (got - want).abs() > 0.5 * want.abs() + rounding
+        if bool((off & torch.isfinite(want) & torch.isfinite(got)).any()):
+            found.add(n)
+    return found
 
 
 def _cell_dtype(output) -> torch.dtype | None:
@@ -838,6 +885,7 @@ class Agreement(TextEnum):
     KINK = "kink"  # f kinks at the entry, and autograd took a one-sided slope: no verdict
     NOISY = "noisy"  # within the differences' rounding noise, not the tolerance: no verdict
     UNRESOLVED = "unresolved"  # f changes in rounding stairs coarser than the step: no verdict
+    STEEP = "steep"  # no step is safe: f's slope changes within the smallest step, no verdict
 
 
 @dataclass
@@ -862,6 +910,8 @@ class _Found:
     unresolved: list = field(default_factory=list)  # entries in rounding stairs (Agreement)
     stair: float = 0.0  # the largest such stair, in x
     sides: tuple | None = None  # (index, left, right): a kink's one-sided derivatives
+    steep: list = field(default_factory=list)  # of the inconclusive: no step safe (STEEP)
+    steepness: float = 0.0  # the largest change of slope within the smallest step, relative
 
     def rivals(self) -> list:
         """(error, k) of the entries whose error in vᵀJ is within the spread of |v| of the
@@ -872,8 +922,11 @@ class _Found:
 
     def add(self, verdict: Agreement, error: float, where: list, k: int | None = None) -> None:
         """One entry's (flat ``k``, at ``where``) verdict and error, recorded."""
-        if verdict is Agreement.KINK:
+        if verdict in (Agreement.KINK, Agreement.STEEP):
             self.inconclusive += where
+            if verdict is Agreement.STEEP:
+                self.steep += where
+                self.steepness = max(self.steepness, error)
         elif verdict is Agreement.UNRESOLVED:
             self.unresolved += where
             self.stair = max(self.stair, error)
@@ -907,14 +960,15 @@ class _Input:
 
     def entry(self, found: _Found, k: int) -> Agreement:
         """Entry ``k`` checked on its own, recorded in ``found``: at the step :data:`STEP`,
-        and where that does not agree and 0 < |x_k| < :data:`SMALL`, again at a step relative
-        to x_k (:func:`_relative`), whose verdict stands where it is one (agree, disagree);
-        the step's own further checks (stairs, a point nearby: :func:`_entry`) run only where
-        its verdict stands (a right backward at x below the step costs no more)."""
+        and where that does not agree and 0 < |x_k| < :data:`SMALL` or |x_k| >= :data:`LARGE`,
+        again at a step relative to x_k (:func:`_relative`), whose verdict stands where it is
+        one (agree, disagree); the step's own further checks (stairs, a point nearby:
+        :func:`_entry`) run only where its verdict stands (a right backward at x below the
+        step costs no more)."""
         scale = _relative(float(self.values[self.name].reshape(-1)[k]))
         with _further(scale == 1.0), _kink_sides() as sides:  # (a scalar's sides: told)
             verdict, error, by_second = self._both(k, 1.0, found.agree)
-        if verdict is not Agreement.AGREE and scale < 1.0:
+        if verdict is not Agreement.AGREE and scale != 1.0:
             again = self._both(k, scale, found.agree)
             if again[0] in (Agreement.AGREE, Agreement.DISAGREE):
                 verdict, error, by_second = again
@@ -1062,18 +1116,22 @@ def _groups(checks: _Input, found: _Found, rest: list, budget: Budget, seed: int
 
 
 def _relative(x: float) -> float:
-    """The step for an entry of value ``x``, in steps :data:`STEP`: |x| / :data:`SMALL` where
+    """The step for an entry of value ``x``, in steps :data:`STEP` (the one owner of the
+    step for an entry of scale |x|, :func:`_relatives` for many): |x| / :data:`SMALL` where
     x is nearer 0 than that (a step as large as x, 1e-6 at x = 1e-6, is no small change
-    there: x³'s sides differ by 6x·h), else 1; also 1 at 0 (no scale: the kinks of relu,
-    abs) and below :data:`SMALL_FLOOR` (products of such values underflow)."""
+    there: x³'s sides differ by 6x·h), |x| from :data:`LARGE` on (at x = 1e10 a step of 1e-6
+    is below the rounding of f: x³'s noise ε·1e30/1e-6 drowns any error; 1e-6·|x| resolves
+    it), else 1; also 1 at 0 (no scale: the kinks of relu, abs), below :data:`SMALL_FLOOR`
+    (products of such values underflow) and at inf or nan."""
     return float(_relatives(torch.tensor(x, dtype=torch.float64)))
 
 
 def _relatives(x: torch.Tensor) -> torch.Tensor:
     """:func:`_relative` of each entry of ``x`` (the steps of a group's entries)."""
     size = x.detach().abs().to(torch.float64)
-    return torch.where((size >= SMALL_FLOOR) & (size < SMALL), size / SMALL,
-                       torch.ones_like(size))
+    small = (size >= SMALL_FLOOR) & (size < SMALL)
+    large = (size >= LARGE) & torch.isfinite(size)
+    return torch.where(small, size / SMALL, torch.where(large, size, torch.ones_like(size)))
 
 
 def _index(shape, k: int):
@@ -1102,6 +1160,60 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
            want: float, analytic: torch.Tensor, atol: float = ATOL,
            noise: _Noise | None = None, rtol: float = RTOL,
            retry: bool = True, moved: dict | None = None) -> tuple[Agreement, float]:
+    """:func:`_entry_verdict`, where it disagrees or finds no safe step, judged against the
+    differences' own truncation (:func:`_steep`): where f's slope changes within the smallest
+    step (sin(1e8·x)), the differences establish nothing: STEEP (inconclusive), with that
+    change relative to the derivative, never a failure or a kink."""
+    noise = noise or _Noise(probe[0], probe[1], analytic, values[name])
+    found = _entry_verdict(replay, values, name, u, probe, want, analytic, atol, noise, rtol,
+                           retry, moved)
+    if found[0] not in (Agreement.DISAGREE, Agreement.STEEP):
+        return found
+    change = _steep(_along(replay, values, name, u, probe, noise, moved), want, atol, rtol,
+                    found[0] is Agreement.STEEP)
+    return found if change is None else (Agreement.STEEP, change)
+
+
+def _along(replay, values: dict, name: str, u: torch.Tensor, probe: tuple, noise: _Noise,
+           moved: dict | None, mask=None, inside: float = 0.0):
+    """h -> (vᵀ(f(x + h u) − f(x)), its rounding noise) (``moved``: outputs kept by step;
+    ``mask``: the output entries counted in the noise; ``inside``: hidden noise, per STEP)."""
+    v, base, _ = probe
+    start = values[name]
+
+    def along(h: float) -> tuple[float, float]:
+        out = moved.get(h) if moved is not None else None
+        if out is None:
+            out = moved_output(replay, values, name, h * u)
+            if moved is not None:
+                moved[h] = out
+        return (float(v.mul(out - base).sum()),
+                noise(out, mask, start + h * u, h * u) + inside * STEP)
+    return along
+
+
+def _steep(along, want: float, atol: float, rtol: float, always: bool) -> float | None:
+    """How much f's slope changes within the smallest step s (its one-sided quotients at s,
+    right minus left, relative to the derivative) where the central differences at s and
+    s/2 still differ beyond tolerance and rounding noise (truncation: f not resolved even at
+    s) and neither one-sided quotient agrees with its own at s/2 within ``atol`` and noise
+    (a kink within s has a side that does: a piece, relu's, is linear at that scale); else
+    None (``always``: the change wherever no side is safe)."""
+    s = STEP * SMALLER[-1]
+    (up, n_up), (down, n_down) = along(s), along(-s)
+    (up2, n_up2), (down2, n_down2) = along(s / 2), along(-s / 2)
+    wide, narrow = (up - down) / (2 * s), (up2 - down2) / s
+    noise = (n_up + n_down) / (2 * s) + (n_up2 + n_down2) / s
+    sides = [_close(up / s, up2 / (s / 2), (n_up + n_up2) * 2 / s, atol, 0.0),
+             _close(-down / s, -down2 / (s / 2), (n_down + n_down2) * 2 / s, atol, 0.0)]
+    if any(sides) or not (always or not _close(wide, narrow, noise, atol, rtol)):
+        return None
+    return abs(up + down) / s / max(abs(want), abs(wide), abs(narrow), atol)
+
+
+def _entry_verdict(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
+                   want: float, analytic: torch.Tensor, atol: float, noise: _Noise,
+                   rtol: float, retry: bool, moved: dict | None) -> tuple[Agreement, float]:
     """(:class:`Agreement`, |want − numeric|, or for NOISY the noise) along ``u``: the
     central difference where f is smooth across the step, else a safe one-sided one (see
     the module), each judged with its rounding noise (:class:`_Noise`): first counting
@@ -1110,19 +1222,9 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
     a disagreement is tried again at the smaller steps (:func:`_judged`); ``moved``: the
     outputs by step, kept (another v's check of the same entry reads them again)."""
     v, base, hidden = probe
-    start = values[name]
-    noise = noise or _Noise(v, base, analytic, start)  # (made once per input by the caller)
 
     def along_within(mask, inside: float = 0.0):
-        def along(h: float) -> tuple[float, float]:  # vᵀ(f(x + h u) − f(x)), its noise
-            out = moved.get(h) if moved is not None else None
-            if out is None:
-                out = moved_output(replay, values, name, h * u)
-                if moved is not None:
-                    moved[h] = out
-            return (float(v.mul(out - base).sum()),
-                    noise(out, mask, start + h * u, h * u) + inside * STEP)
-        return along
+        return _along(replay, values, name, u, probe, noise, moved, mask, inside)
 
     tolerance = (atol, rtol, retry)
     found = _judged(along_within(None), want, *tolerance)
@@ -1133,7 +1235,8 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         inside = hidden(name, u)  # (x + 1e12 - 1e12: the step lost in x + 1e12), measured
         if inside:  # judged again, each difference with that noise as well
             found = _judged(along_within(None, inside), want, *tolerance)
-    if found[0] not in (Agreement.DISAGREE, Agreement.KINK) or not retry or not _FURTHER.get():
+    if found[0] not in (Agreement.DISAGREE, Agreement.KINK, Agreement.STEEP) or not retry \
+            or not _FURTHER.get():
         return found
     stairs = lambda: unresolved(along_within(None), STEP, want, (atol, rtol))  # noqa: E731
     stair = stairs() if found[0] is Agreement.DISAGREE else None  # rounding stairs?
@@ -1150,6 +1253,8 @@ def _entry(replay, values: dict, name: str, u: torch.Tensor, probe: tuple,
         return Agreement.UNRESOLVED, stair * float(u.abs().max())
     if found[0] is Agreement.DISAGREE and nearby[0] is not Agreement.AGREE:
         return found  # a disagreement stands unless the backward is right at x'
+    if found[0] is Agreement.STEEP:
+        return found  # no step safe at x, nor a disagreement at x': no verdict
     return Agreement.KINK, found[1]  # x's own: a kink, ties, no derivative there
 
 
@@ -1168,11 +1273,12 @@ def _judged(along, want: float, atol: float, rtol: float = RTOL,
             continue
         if found[0] is Agreement.AGREE or (first is None and found[0] is Agreement.NOISY):
             return found  # (NOISY after a verdict: the noise grows as the step falls)
-        if first is None or found[0] is Agreement.KINK:
-            first = found
+        if first is None or found[0] is Agreement.KINK or (
+                found[0] is Agreement.STEEP and first[0] is Agreement.KINK):
+            first = found  # (no side safe at a smaller step: the kink was not one)
         if not retry:
             break
-    return first or (Agreement.KINK, 0.0)
+    return first or (Agreement.STEEP, 0.0)  # no step safe: no kink shown (:func:`_steep`)
 
 
 def _at_step(along, h: float, want: float, atol: float, rtol: float,
@@ -1189,20 +1295,50 @@ def _at_step(along, h: float, want: float, atol: float, rtol: float,
         return verdict, noise if verdict is Agreement.NOISY else abs(want - numeric)
     if not last and _curved(along, h, up, down):
         return None  # smooth but curved (sin(1000 x)): a smaller step brings the sides together
-    safe = []
+    safe = []  # (the side's quotient extrapolated to step 0, 2·D(h/2) − D(h): O(h²), noise)
     for sign, (d, n) in ((1.0, (up, n_up)), (-1.0, (down, n_down))):
         half, n_half = along(sign * h / 2)
         if _close(sign * d / h, sign * half / (h / 2), n / h + n_half / (h / 2), atol, rtol):
-            safe.append((sign * d / h, n / h))
+            safe.append((2 * sign * half / (h / 2) - sign * d / h, n / h + 4 * n_half / h,
+                         abs(d / h - half / (h / 2))))
+    if len(safe) == 2 and last and _curved(along, h, up, down):
+        safe = []  # the sides' gap halves with the step: f'' ≫ f' (sin(1e6·x)), no kink
     if len(safe) == 2:  # smooth on either side, not across: a kink at the entry itself,
         sides = _SIDES.get()  # whoever computes f (:func:`_entry` checks a point nearby)
         if sides is not None:
             sides.append((safe[0][0], safe[1][0]))
-        return Agreement.KINK, min(abs(want - d) for d, _ in safe)
-    if safe:
-        verdict = _agreement(want, *safe[0], atol, rtol)
-        return verdict, safe[0][1] if verdict is Agreement.NOISY else abs(want - safe[0][0])
-    return None
+        return Agreement.KINK, min(abs(want - d) for d, _, _ in safe)
+    if safe:  # a disagreement within the extrapolation's own correction: f not resolved
+        (numeric, noise, correction), = safe[:1]
+        verdict = _agreement(want, numeric, noise, atol, rtol)
+        if verdict is Agreement.DISAGREE and _close(want, numeric, noise + correction, atol,
+                                                    rtol):
+            return Agreement.STEEP, 0.0
+        return verdict, noise if verdict is Agreement.NOISY else abs(want - numeric)
+    return _truncated(along, h, (up, n_up), (down, n_down), want, (atol, rtol)) if last \
+        else None
+
+
+def _truncated(along, h: float, up: tuple, down: tuple, want: float,
+               tolerance: tuple) -> tuple[Agreement, float] | None:
+    """At the smallest step h, where no side is safe but f is smooth and curved there (its
+    one-sided slopes' gap halves with the step, :func:`_curved`: f'' ≫ f', as sin(1e5·x)
+    near a zero of its derivative): the central difference at h/2, whose truncation error
+    is about a third of its change from h (Richardson): AGREE within the tolerance and
+    rounding noise, STEEP (no verdict) within that error too, else DISAGREE; None where f
+    is not curved so (a kink, noise, or steeper still)."""
+    (up, n_up), (down, n_down) = up, down
+    if not _curved(along, h, up, down):
+        return None
+    (half_up, n_half_up), (half_down, n_half_down) = along(h / 2), along(-h / 2)
+    numeric, noise = (half_up - half_down) / h, (n_half_up + n_half_down) / h
+    error = abs(numeric - (up - down) / (2 * h)) / 3 + noise + (n_up + n_down) / (2 * h)
+    atol, rtol = tolerance
+    if _close(want, numeric, noise, atol, rtol):
+        return Agreement.AGREE, abs(want - numeric)
+    if _close(want, numeric, 2 * error, atol, rtol):
+        return Agreement.STEEP, 0.0
+    return Agreement.DISAGREE, abs(want - numeric)
 
 
 _SIDES: ContextVar[list | None] = ContextVar("gradcheck_sides", default=None)
