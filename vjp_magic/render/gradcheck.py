@@ -7,7 +7,6 @@ from ..core.errors import reran_sentence
 from . import notation
 from .document import Code, Paragraph, Section, Text, paragraph
 
-STEP, SMALLEST = 1e-6, 1 / 256  # run.gradcheck's STEP and smallest of SMALLER (told only)
 SHOWN_ENTRIES = 4  # inconclusive entries named; the rest counted
 SHOWN_ERRORS = 4  # inputs whose largest error is named where they fit; past 4, the 3 largest
 # are named and the rest counted (one line either way)
@@ -196,10 +195,11 @@ def _custom_named(report) -> list:
 
 def _steep_words(report) -> str:
     """Why no step was safe where f is steep: what the one-sided quotients measured."""
-    return (f" (f changes too fast for finite differences there: its slope changes by "
-            f"{report.steepness:.0%} of the derivative within the smallest step, "
-            f"{STEP * SMALLEST:.1e}, and the differences do not settle as the step shrinks; "
-            "no kink was found)")
+    change = 100 * report.steepness
+    told = f"{change:.2g}" if change < 100 else f"{change:,.0f}"
+    return (f" (f changes too fast for finite differences there: its slope changes by {told} "
+            f"% of the derivative within the smallest step, {report.steep_step:.1e}, and the "
+            "differences do not settle as the step shrinks; no kink was found)")
 
 
 def _sides(report) -> str:

@@ -156,7 +156,8 @@ class GradcheckReport:
     a scalar output's one-sided derivatives at its first kink; ``steep[name]``: those of the
     ``inconclusive`` entries where no step is safe and no kink was found (f's slope changes
     within the smallest step, as sin(1e8·x)'s: steep, not shown to be a kink),
-    ``steepness`` the largest such change, relative to the derivative."""
+    ``steepness`` the largest such change, relative to the derivative, ``steep_step`` that
+    smallest step."""
 
     ok: bool | None
     max_error: dict = field(default_factory=dict)
@@ -183,6 +184,7 @@ class GradcheckReport:
     sides: tuple = ()
     steep: dict = field(default_factory=dict)
     steepness: float = 0.0
+    steep_step: float = 0.0
 
 
 @dataclass
@@ -421,7 +423,8 @@ def _report(replay, found: dict, analytic: _Analytic, budget: Budget,
         noisy=noisy, noise=max((f.noise for f in found.values()), default=0.0),
         unresolved=stairs, stair=max((f.stair for f in found.values()), default=0.0),
         sides=sides, steep={name: tuple(f.steep) for name, f in found.items() if f.steep},
-        steepness=max((f.steepness for f in found.values()), default=0.0))
+        steepness=max((f.steepness for f in found.values()), default=0.0),
+        steep_step=STEP * SMALLER[-1] if any(f.steep for f in found.values()) else 0.0)
 
 
 def kinked_ops(replay) -> tuple[str, ...]:
