@@ -745,7 +745,8 @@ def _written_at(code, lasti: int) -> str | None:
 # Calls that hand a tensor's values to Python (a truth value, a number, a list, an array)
 _READS = {"__bool__", "item", "__float__", "__int__", "__index__", "__complex__", "tolist",
           "numpy", "__array__", "equal", "allclose", "is_nonzero", "__format__",
-          "__contains__"}
+          "__contains__", "__repr__", "__str__"}  # and printing: ``if '-' in str(x):``
+_PRINTS = {"__repr__", "__str__", "__format__"}  # print(x), print(f"{x}") only show, anywhere
 # Functions called by name in a statement that only shows a value (``print(f"{y.item():.3f}")``,
 # ``print(tuple(x.tolist()))``): a read in one, after the output's last call, binds and chooses
 # nothing. A function of the user's called by name may rebind the output (``global y``): not here
@@ -765,11 +766,17 @@ class Read:
     op: str
     line: int | None
     inputs: tuple[str, ...]
+    shape: bool = False  # a result whose shape the values set (``x[x > 0]``, ``nonzero``)
 
     def sentence(self) -> Marked:
         """One sentence: what was read, and what it means for the claim."""
         names = _names(self.inputs)
         where = f" on line {self.line}" if self.line else ""
+        if self.shape:
+            return marked(f"{code(self.op)}{where} makes a tensor whose shape the values of "
+                          f"{names} set (its length can choose the cell's path: `len`, "
+                          f"`.shape`, an `if`): the structure shown is proved for the graph "
+                          f"this {names} made, so it is claimed at this {names} only.")
         return marked(f"{code(self.op)}{where} reads a value computed from {names} into "
                       f"Python, where it may choose the cell's path (an `if`, a loop, a "
                       f"number used later): the structure shown is proved for the graph this "
@@ -790,26 +797,25 @@ def graph_notes(record, inputs: dict, output) -> dict:
 
 def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
     """The places (one each, in the order they ran) where a value computed from ``inputs``
-    (name -> tensor; by identity, through any recorded call, autograd's or not) was read
-    into Python (:data:`_READS`), and whose value did not go back into torch
+    (name -> tensor; by identity, through any recorded call) was read into Python or set a
+    result's shape (:func:`_what_is_read`), and whose value did not go back into torch
     (``torch.tensor(x.tolist())``: a cut, said as one); empty without a (complete) record.
-    A read after the last call ``output`` needs counts too (``if x.sum() < 0: y = ...`` may
-    bind the output's name to another value), unless its statement only shows a value
-    (``print(loss.item())``, :func:`_shown_only`). A numpy array sharing an input's memory
-    (``x.detach().numpy()``) is no value going back into torch when ``x`` is read again:
-    only a tensor no recorded call made (``torch.from_numpy``) is matched by memory."""
+    A read after the last call ``output`` needs counts too (``if x.sum() < 0: y = ...``),
+    unless its statement only shows a value (``print(loss.item())``, :func:`_shown_only`); a
+    print or a shape only shown (``print(x)``) counts nowhere. A numpy array sharing an
+    input's memory is no value going back into torch when ``x`` is read again: only a tensor
+    no recorded call made (``torch.from_numpy``) is matched by memory."""
     if record is None or record.failed is not None or not record.calls \
             or not isinstance(output, torch.Tensor):
         return ()
-    derived = {}
-    for name, t in inputs.items():
-        if isinstance(t, torch.Tensor):
-            derived.setdefault(id(t), set()).add(name)
+    derived = {id(t): {n for n, u in inputs.items() if u is t} for t in inputs.values()
+               if isinstance(t, torch.Tensor)}
     made = set(derived)  # tensors of the record: recognised by identity only
     found: dict = {}
     handed: dict = {}  # key of a value read (_keys) -> the key of its read in ``found``
     back: set = set()  # reads whose value went back into torch
     last = None  # the index of the last call the output needs, once a read was found
+    shaped: set = set()  # reads of a shape set by values (no value handed to Python)
     for index, call in enumerate(record.calls):
         if handed:
             for item in _objects((call.args, call.kwargs)):
@@ -823,18 +829,22 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
         for out in outs_of(call):
             derived.setdefault(id(out), set()).update(names)
         name = function_name(call.func)
-        if name not in _READS:
+        read = _what_is_read(call, name, names, derived)
+        if read is None:
             continue
+        names, shape = read
         if last is None:
             needed = _needed(record.calls, recorded_alias(record, inputs, output))
             last = max(needed, default=-1)
         site = _Site.of(call)
-        if index >= last and _shown_only(site):
+        shows = index >= last or name in _PRINTS or shape  # these only show, anywhere
+        if shows and _shown_only(site, stores=index >= last):
             continue
         key = site.key if site else name
         entry = found.setdefault(key, [site, name, set()])
         entry[2] |= names
-        for value in [call.result] + _objects(call.result, 1):
+        shaped.update([key] if shape else [])
+        for value in [] if shape else [call.result] + _objects(call.result, 1):
             if _is_data(value) or isinstance(value, list):
                 for k in _keys(value):
                     handed[k] = key
@@ -842,15 +852,74 @@ def find_reads(record, inputs: dict, output) -> tuple[Read, ...]:
             break
     order = list(inputs)
     return tuple(Read((site.text() if site else None) or f".{name}()",
-                      site.line if site else None, tuple(n for n in order if n in names))
+                      site.line if site else None, tuple(n for n in order if n in names),
+                      key in shaped)
                  for key, (site, name, names) in found.items() if key not in back)
 
 
-def _shown_only(site: _Site | None) -> bool:
+def _what_is_read(call, name: str, names: set, derived: dict) -> tuple[set, bool] | None:
+    """The inputs a call reads into Python (``names``, where it is in :data:`_READS`), or
+    whose values set its result's shape (:func:`_shape_setters`: those of the setters
+    alone), and whether it is a shape; None where it reads none."""
+    setters = _shape_setters(name, call.args, call.kwargs or {})
+    if setters is not None:
+        names = set().union(*(derived.get(id(t), ()) for t in setters))
+    elif name not in _READS:
+        return None
+    return (names, setters is not None) if names else None
+
+
+@functools.lru_cache(maxsize=256)
+def _tagged(name: str) -> bool:
+    """Whether torch tags an aten op of this name (or its private kernel, ``_name`` /
+    ``_name2``: ``torch.unique``) as making a result whose shape or Python value its input's
+    values set (``torch.Tag.dynamic_output_shape`` / ``data_dependent_output``)."""
+    for aten in (name, f"_{name}", f"_{name}2"):
+        try:
+            packet = getattr(torch.ops.aten, aten)
+            overloads = [getattr(packet, o) for o in packet.overloads()]
+        except (AttributeError, RuntimeError):
+            continue
+        if any(_SET_BY_VALUES & set(op.tags) for op in overloads):
+            return True
+    return False
+
+
+_SET_BY_VALUES = {torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output}
+
+
+def _shape_setters(name: str, args: tuple, kwargs: dict) -> list | None:
+    """The tensors whose values set the shape of a call's result (``x[x > 0]``: the mask;
+    ``torch.nonzero(m)``, ``m.unique()``, ``torch.bincount(i)``: ``m`` / ``i``), or None where
+    the shape is set by shapes alone (``x[i]`` with an integer ``i``, ``torch.where(c, a,
+    b)``, ``one_hot(i, 3)``, ``nonzero_static``). Torch's tags name the ops
+    (:func:`_tagged`); the overloads of one name that are not, by their arguments."""
+    first = args[0] if args else next(iter(kwargs.values()), None)
+    if name in ("__getitem__", "index"):
+        index = args[1] if len(args) > 1 else None
+        return [t for t in tensors_in(index) if t.dtype in (torch.bool, torch.uint8)] or None
+    if name == "where":
+        return [first] if len(args) + len(kwargs) == 1 else None
+    if name == "masked_select":
+        return tensors_in(args[1:] or kwargs.get("mask"))
+    if name == "one_hot":
+        classes = args[1] if len(args) > 1 else kwargs.get("num_classes", -1)
+        return [first] if classes == -1 else None
+    if name == "repeat_interleave":
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats", first)
+        sized = kwargs.get("output_size") is not None
+        return [repeats] if isinstance(repeats, torch.Tensor) and not sized else None
+    if name == "argwhere" or (name not in _READS and _tagged(name)):  # argwhere: nonzero's
+        return [first]
+    return None
+
+
+def _shown_only(site: _Site | None, stores: bool = True) -> bool:
     """Whether the read at ``site`` is in a statement that only shows a value: an expression
     statement (nothing bound: ``print(...)``, ``log.info(...)``, ``losses.append(...)``, a
     displayed last line) whose functions called by name are in :data:`_SHOWS` (methods are
-    free), with no conditional (``a if c else b``, ``and``/``or``, ``:=``, a lambda or
+    free; with ``stores`` False, only a tensor's own: ``losses.append`` may keep the value for
+    a later ``if``), with no conditional (``a if c else b``, ``and``/``or``, ``:=``, a lambda or
     comprehension) in it. Before Python 3.11 (no positions) the statement is the one its line
     holds, where that line holds one statement alone. False where the source is not known (a
     read outside the cell, or a line shared with another statement): the read counts."""
@@ -874,6 +943,9 @@ def _shown_only(site: _Site | None) -> bool:
             return False
         if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute) \
                 and not (isinstance(node.func, ast.Name) and node.func.id in _SHOWS):
+            return False
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and not stores and not hasattr(torch.Tensor, node.func.attr):
             return False
     return True
 
