@@ -514,7 +514,7 @@ def _cut(calls, entry: dict, order: list) -> Cut:
 
 # Calls that only convert (leave autograd, change container or device): what became constant
 # is named without them (x**3 of x.detach()**3, x of torch.tensor(x.tolist())).
-_CONVERSIONS = {"detach", "data", "numpy", "tolist", "item", "cpu", "cuda", "clone",
+_CONVERSIONS = {"detach", "detach_", "data", "numpy", "tolist", "item", "cpu", "cuda", "clone",
                 "contiguous", "tensor", "as_tensor", "asarray", "array", "from_numpy",
                 "new_tensor", "float", "double"}
 
@@ -629,17 +629,21 @@ _FREEZE = ".requires_grad_(False)"
 
 
 def _freeze(calls, index: int) -> tuple[str, int | None] | None:
-    """The ``requires_grad_(False)`` (a tensor's or a module's) the cell called on a tensor
-    call ``index`` reads while it required no grad there, as written, and its line."""
+    """The ``requires_grad_(False)`` (a tensor's or a module's) the cell called, or the
+    ``p.requires_grad = False`` it set (``for p in enc.parameters(): ...``), on a tensor call
+    ``index`` reads while it required no grad there, as written, and its line."""
     call = calls[index]
     frozen = {key for key, (_, needs) in call.seen.items() if not needs}
     for at in range(index - 1, -1, -1):
         earlier = calls[at]
-        if function_name(earlier.func) != "requires_grad_" or not earlier.args \
+        name = function_name(earlier.func)
+        if name not in ("requires_grad_", "requires_grad") or not earlier.args \
                 or id(earlier.args[0]) not in frozen or _needs_grad(earlier):
             continue
         site = _Site.of(earlier)
         written = site.text() if site else None
+        if written and name == "requires_grad":  # the attribute set: the statement's spelling
+            written = f"{written} = {earlier.args[1]!r}" if len(earlier.args) > 1 else None
         return (written, site.line) if written else None
     return None
 
