@@ -806,13 +806,15 @@ def rounding_range(dtype: torch.dtype) -> float:
 
 
 def _nonfinite_note(name: str, d: torch.Tensor) -> str:
-    """The note on second derivatives with NaN or infinite entries: an infinite one may be a
-    derivative past the dtype's range (exp of a large number) as well as a singularity, so
-    the note names both and how to tell them apart, and no symmetry is judged on them."""
+    """The note on second derivatives with NaN or infinite entries, counted and its name
+    marked as the first derivatives' note (:func:`validation.nonfinite_notes`): an infinite
+    one may be a derivative past the dtype's range (exp of a large number) as well as a
+    singularity, so the note names both and how to tell them apart, and no symmetry is judged
+    on them."""
     nan = int(torch.isnan(d).sum())
     inf = d.numel() - int(torch.isfinite(d).sum()) - nan
-    what = " and ".join(p for p in [f"{nan:,} NaN" if nan else "",
-                                    f"{inf:,} infinite" if inf else ""] if p)
+    what = " and ".join(p for p in [validation.counted_entries(nan, "NaN"),
+                                    validation.counted_entries(inf, "infinite")] if p)
     dtype = str(d.dtype).replace("torch.", "")
     if inf:  # (either is possible: nothing here tells them apart)
         why = (f"either a second derivative there is past {dtype}'s range (an overflow, as "
@@ -821,8 +823,8 @@ def _nonfinite_note(name: str, d: torch.Tensor) -> str:
                + "), or f has a singularity there (sqrt or log at 0, a division by zero)")
     else:
         why = "f is not twice differentiable there, or the computation divided 0 by 0"
-    return (f"The second derivatives with respect to {name} have {what} entries: {why}. "
-            "Whether the Hessian is symmetric is not judged on them.")
+    return marked(f"The second derivatives with respect to `{name}` have {what}: {why}. "
+                  "Whether the Hessian is symmetric is not judged on them.")
 
 
 def _notes(result: HessianResult) -> list[str]:

@@ -451,7 +451,7 @@ def refuse_empty(output: torch.Tensor, inputs: dict, output_name: str) -> None:
             )
 
 
-def _entries(count: int, kind: str) -> str:
+def counted_entries(count: int, kind: str) -> str:
     """``1 NaN entry``, ``2 NaN entries``; empty for none."""
     if not count:
         return ""
@@ -469,7 +469,7 @@ def nonfinite_notes(result) -> list[str]:
             continue
         nan = int(torch.isnan(d).sum())
         inf = d.numel() - int(finite.sum()) - nan
-        parts = [_entries(nan, "NaN"), _entries(inf, "infinite")]
+        parts = [counted_entries(nan, "NaN"), counted_entries(inf, "infinite")]
         what = " and ".join(p for p in parts if p)
         notes.append(marked(
             f"The derivatives with respect to `{name}` have {what}: the function is not "

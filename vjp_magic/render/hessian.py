@@ -25,7 +25,7 @@ from .hessian_blocks import blocks_headline, blocks_where
 from .hessian_sparse import sparse_hessian_blocks
 from .matrix import Block, multi_index, tensor_block
 from .numbers import plural
-from .sections import (as_computed, component_indices, formula, not_shown, output_note,
+from .sections import (as_computed, component_indices, formula, not_shown, note_paragraphs,
                        shapes, shown_inputs, unreached)
 from .sparse import hessian_paragraph
 
@@ -52,8 +52,7 @@ def hessian_sections(h, options) -> tuple[Section, ...]:
         sections.append(Section(tuple(blocks)))
     if len(shown) < len(h.inputs):
         sections.append(Section((not_shown(h, shown),)))
-    own = output_note(h)
-    notes = ([own] if own is not None else []) + [paragraph(note) for note in h.notes if note]
+    notes = [p for p in note_paragraphs(h) if p.spans]  # names set as every sentence does
     if len(h.inputs) > 1:
         names = [notation.prose_name(n) for n in h.inputs]
         y = notation.prose_name(output_symbol(h))
