@@ -652,11 +652,7 @@ def _one_line(text: str) -> str:
 
 @pytest.mark.parametrize("spelling", [
     "decorated-helper", "autograd.set_grad_enabled-with",
-    pytest.param("detach_-in-place", marks=pytest.mark.xfail(strict=True, reason=(
-        "R3-5: h = m[:2](x).detach_() reads 'm[:2](x).detach_() on line 1 makes "
-        "m[:2](x).detach_() a constant': the mechanism and what it makes constant are the "
-        "same text, where .detach() reads '.detach() ... makes m[:2](x) a constant'; class: "
-        "an in-place cut (detach_) not taken apart as its out-of-place twin is")))])
+    "detach_-in-place"])  # R3-5, fixed: was 'makes m[:2](x).detach_() a constant'
 def test_a_cut_note_names_the_cells_mechanism_and_what_it_makes_constant(ip, run_ok, spelling):
     run_ok(CUT)
     body, mechanism, constant = CUT_SPELLINGS[spelling]
@@ -675,7 +671,6 @@ R3_6 = ("R3-6: the Hessian's non-finite note reads 'have 1 NaN entries' / 'have 
         "written outside the document model's counts and names")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_6)
 @pytest.mark.parametrize("fmt", ["text/plain", "text/markdown", "text/latex"])
 @pytest.mark.parametrize("expr", ["(x.sqrt() * x.abs().sqrt()).sum()", "x.sqrt().sum()"])
 def test_the_hessian_non_finite_note_counts_and_names_as_the_display(ip, run_ok, fmt, expr):
@@ -837,7 +832,6 @@ R3_7 = ("R3-7: an encoder frozen for one of its two calls by the idiomatic attri
         "constant'); class: the frozen-at-the-call note knows the method spelling only")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_7)
 def test_an_encoder_frozen_by_attribute_is_named_with_its_line(ip, run_ok):
     run_ok(FROZEN_SETUP)
     plain = _one_line(_bundle(run_ok("%%vjp --wrt enc\n" + FROZEN_BODY))["text/plain"])
@@ -888,11 +882,7 @@ def _refusal(ip, cell: str) -> str:
 @pytest.mark.filterwarnings("ignore:To copy construct from a tensor")
 @pytest.mark.parametrize("copy", [
     "torch.tensor(a)",
-    pytest.param("torch.tensor(a.tolist())", marks=pytest.mark.xfail(strict=True, reason=(
-        "R3-8: c = torch.tensor(a.tolist()) is refused with 'Keep the computation: "
-        "c = a.tolist().', a Python list, not a tensor (the right fix is c = a); class: the "
-        "fix strips the constructor literally, not the conversion inside it (.tolist(), "
-        ".numpy(), .item())"))),
+    "torch.tensor(a.tolist())",  # R3-8, fixed: was 'Keep the computation: c = a.tolist()'
 ])
 def test_a_copy_off_the_graph_gets_a_fix_that_runs(ip, run_ok, copy):
     run_ok(COPIES)
@@ -913,7 +903,6 @@ R3_9 = ("R3-9: %%vjp --wrt a b on nt = torch.nested.nested_tensor([a, b]) (a con
         "cut")
 
 
-@pytest.mark.xfail(strict=True, reason=R3_9)
 def test_a_nested_tensor_copy_is_named_as_the_cut(ip, run_ok):
     run_ok(COPIES)
     message = _refusal(ip, "%%vjp --wrt a b\nnt = torch.nested.nested_tensor([a, b], "

@@ -20,12 +20,14 @@ late ``requires_grad_``, a cut by ``no_grad``/``.detach()`` named with its line
 from __future__ import annotations
 
 import ast
+import re
 
 import torch
 
 from ..core.errors import operand
 from ..core.tagging import trainable
 from ..core.validation import GRAD_WITHOUT_GRAPH
+from .cuts import _unconverted
 from .mistakes import numpy_in_torch
 
 # torch's factories that take requires_grad=: the cell's own line, so amended, is the advice
@@ -518,7 +520,8 @@ def rebound_hint(source: str, output_name: str) -> str | None:
 
 def copied_hint(source: str, namespace) -> str | None:
     """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
-    (a copy of the values, without the graph): the line, and the computation that keeps it."""
+    or another copying constructor (:data:`_COPYING`: the values, without the graph): the
+    line, and the computation that keeps it (:func:`_kept`)."""
     ns = namespace
     for stmt in reversed(statements(source)):
         y = assigned_name(stmt)
@@ -526,16 +529,17 @@ def copied_hint(source: str, namespace) -> str | None:
             continue
         call = stmt.value
         if not (isinstance(ns.get(y), torch.Tensor) and isinstance(call, ast.Call)
-                and ast.unparse(call.func) in ("torch.tensor", "torch.Tensor", "torch.FloatTensor")
-                and call.args):
+                and ast.unparse(call.func) in _COPYING and call.args):
             continue
         if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad
                    for x in names_read(call)):
             continue
         arg, func = call.args[0], ast.unparse(call.func)
         written = ast.get_source_segment(source, arg) or ast.unparse(arg)
-        keep = (f"torch.stack({written})" if isinstance(arg, (ast.List, ast.ListComp, ast.Tuple))
-                else written)
+        plain = _unconverted(written)  # a.tolist(), a.detach().numpy(), [v.item() for v in
+        if not re.search(r"\b(np|numpy)\.", plain):  # a]: the tensors, not a list or a copy
+            written = plain
+        keep = _kept(source, call, written)
         if ".numpy()" in keep:  # np.exp(x.detach().numpy()): kept, it holds no graph either
             x = next(x for x in names_read(call) if isinstance(ns.get(x), torch.Tensor)
                      and ns[x].requires_grad)
@@ -547,6 +551,23 @@ def copied_hint(source: str, namespace) -> str | None:
                 f"without the graph, so {y} has no derivatives. Keep the computation: "
                 f"{y} = {keep}.")
     return None
+
+
+# constructors that copy the values they are given into a new tensor, without the graph
+_COPYING = ("torch.tensor", "torch.Tensor", "torch.FloatTensor", "torch.nested.nested_tensor")
+
+
+def _kept(source: str, call: ast.Call, written: str) -> str:
+    """What keeps the graph of a copying constructor's argument (``written``, as the cell
+    wrote it, conversions off): the tensor itself, ``torch.stack`` of a list, or for
+    ``torch.nested.nested_tensor`` its twin that keeps each one's graph
+    (``torch.nested.as_nested_tensor``, the layout, dtype and device kept)."""
+    if ast.unparse(call.func) == "torch.nested.nested_tensor":
+        kept = "".join(f", {kw.arg}={ast.get_source_segment(source, kw.value)}"
+                       for kw in call.keywords if kw.arg in ("dtype", "device", "layout"))
+        return f"torch.nested.as_nested_tensor({written}{kept})"
+    listed = isinstance(call.args[0], (ast.List, ast.ListComp, ast.Tuple))
+    return f"torch.stack({written})" if listed else written
 
 
 def _amended(source: str, node: ast.Assign, name: str, written: str) -> str | None:
