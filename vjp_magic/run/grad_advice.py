@@ -520,7 +520,7 @@ def rebound_hint(source: str, output_name: str) -> str | None:
 
 def copied_hint(source: str, namespace) -> str | None:
     """No output with history, because the cell's output was rebuilt by ``torch.tensor(…)``
-    or another copying constructor (:data:`_COPYING`: the values, without the graph): the
+    or another copying constructor (:data:`_CONSTRUCTORS`: the values, without the graph): the
     line, and the computation that keeps it (:func:`_kept`)."""
     ns = namespace
     for stmt in reversed(statements(source)):
@@ -529,7 +529,7 @@ def copied_hint(source: str, namespace) -> str | None:
             continue
         call = stmt.value
         if not (isinstance(ns.get(y), torch.Tensor) and isinstance(call, ast.Call)
-                and ast.unparse(call.func) in _COPYING and call.args):
+                and ast.unparse(call.func) in _CONSTRUCTORS and call.args):
             continue
         if not any(isinstance(ns.get(x), torch.Tensor) and ns[x].requires_grad
                    for x in names_read(call)):
@@ -554,7 +554,7 @@ def copied_hint(source: str, namespace) -> str | None:
 
 
 # constructors that copy the values they are given into a new tensor, without the graph
-_COPYING = ("torch.tensor", "torch.Tensor", "torch.FloatTensor", "torch.nested.nested_tensor")
+_CONSTRUCTORS = ("torch.tensor", "torch.Tensor", "torch.FloatTensor", "torch.nested.nested_tensor")
 
 
 def _kept(source: str, call: ast.Call, written: str) -> str:
