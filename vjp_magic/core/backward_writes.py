@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import types
 
 import torch
 
-from . import own_generators, user_effects
+from . import own_generators, switches, user_effects
 from .errors import VJPUsageError
-from .reach import class_attribute, instance_dict, is_a, read_by, reached, tensors_of
+from .origin import users_function
+from .reach import (cell_contents, class_attribute, instance_dict, is_a, read_by, reached,
+                    tensors_of)
 from .tagging import graph_leaves
 
 
@@ -40,6 +43,8 @@ class _Kept(threading.local):
     generators: list | None = None
     # the Python state such a backward reaches (:func:`.user_effects.kept`): put back too
     effects: list | None = None
+    # the switches such a backward can flip (:mod:`.switches`), put back after each pass
+    switches: switches.Switches | None = None
     active = False
 
 
@@ -50,8 +55,10 @@ _KEPT = _Kept()
 def writes_kept():
     """One analysis's scope: what :func:`keep_for` copied inside it is compared when it ends
     (put back and refused where a write was missed) and let go; nested ones keep their own."""
-    outer = _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active
-    _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active = \
+    outer = (_KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.switches,
+             _KEPT.active)
+    (_KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.switches,
+     _KEPT.active) = \
         None, None, None, None, True
     try:
         yield
@@ -60,7 +67,8 @@ def writes_kept():
         if _KEPT.watch:  # (nothing copied, as a rule: no torch.no_grad entered for nothing)
             put_back(_KEPT.watch)
         _put_back_unrefused()
-        _KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.active = outer
+        (_KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.switches,
+         _KEPT.active) = outer
 
 
 def keep_for(output, functions) -> None:
@@ -73,14 +81,15 @@ def keep_for(output, functions) -> None:
     # full before they are let go)
     leaves = [*graph_leaves(output).values(), output]
     found: dict[int, list] = {}
-    names, generators = set(), {}  # (a leaf: any of them may hold it, unseen where PyTorch
-    held, backwards, contexts = [], [], []  # hides the saved)
+    names, generators, holders = set(), {}, {}  # (a leaf: any of them may hold it, unseen
+    held, backwards, contexts = [], [], []      # where PyTorch hides the saved)
     for node in functions:
         names.add(name := _function_name(node))
         tensors, reached_generators, node_held = _reachable(node)
         generators.update((id(g), g) for g in reached_generators)
         held += node_held
-        backwards.append(getattr(getattr(node, "_forward_cls", None), "backward", None))
+        holders.update((id(m), m) for m in node_held if is_a(m, switches.HOLDERS))
+        backwards += users_code(class_attribute(type(node), "_forward_cls"))[1]
         contexts += [vars(node)] if hasattr(node, "__dict__") else []
         for tensor in tensors:
             entry = found.setdefault(id(tensor), [tensor, set()])
@@ -95,6 +104,7 @@ def keep_for(output, functions) -> None:
     _KEPT.generators = [(g, own_generators.state(g)) for g in generators.values()]
     _KEPT.effects = user_effects.kept(held, [getattr(b, "__func__", b) for b in backwards],
                                       contexts)
+    _KEPT.switches = switches.taken([t for t, _ in found.values()], holders.values())
 
 
 def check(final: bool = False) -> None:
@@ -119,8 +129,11 @@ def _put_back_unrefused(bits: bool = True) -> None:
     and version), the user's generators and the Python state it reaches
     (:mod:`.user_effects`), as they were when copied: a backward accumulating a parameter's
     gradient by hand, drawing noise or counting its calls changes no derivative, but a
-    plain run of the cell calls no backward."""
-    if not _KEPT.grads and not _KEPT.generators and not _KEPT.effects:
+    plain run of the cell calls no backward. Likewise the switches it flips
+    (:mod:`.switches`: a hook registered, a thread count; ``bits``: the end of the
+    analysis, the warnings filters too)."""
+    if not _KEPT.grads and not _KEPT.generators and not _KEPT.effects \
+            and _KEPT.switches is None:
         return  # (no user's backward on the graph: nothing copied, no no_grad entered)
     user_effects.put_back(_KEPT.effects)
     with torch.no_grad():
@@ -133,6 +146,7 @@ def _put_back_unrefused(bits: bool = True) -> None:
                 _set_version(grad, version)
     for generator, state in _KEPT.generators or ():
         own_generators.set_state(generator, state)
+    switches.put_back(_KEPT.switches, final=bits)
 
 
 def _written(tensor, version, copy, owners, alias, bits: bool = True) -> bool:
@@ -243,13 +257,47 @@ _SCOPES: dict[str, list] = {}  # a Function's name → its backward's globals (f
 
 
 def _function_name(node) -> str:
-    cls = getattr(node, "_forward_cls", None)
-    name = getattr(cls, "__name__", None) or node.name().removesuffix("Backward")
-    backward = getattr(cls, "backward", None)
-    scope = getattr(getattr(backward, "__func__", backward), "__globals__", None)
-    if isinstance(scope, dict):
-        _SCOPES[name] = [scope]
+    """What the messages call ``node``'s Function (:func:`users_code`), its user's backward's
+    globals kept for the words (:func:`_label`)."""
+    name, functions = users_code(getattr(node, "_forward_cls", None))
+    name = name or node.name().removesuffix("Backward")
+    scopes = [s for f in functions if isinstance(s := getattr(f, "__globals__", None), dict)]
+    if scopes:
+        _SCOPES[name] = scopes
     return name
+
+
+_REGISTERED = ("_backward_fn", "_setup_context_fn")  # what torch.library's register_autograd
+_OP = getattr(torch._ops, "OpOverload", ())          # keeps (a CustomOpDef, an Info)
+
+
+def users_code(cls) -> tuple[str | None, list]:
+    """(the name to call a custom Function class ``cls`` by, the user's functions its backward
+    runs): a class of the user's, its name and ``backward``; one PyTorch made around the
+    user's code, read from its backward's closure (no code runs): a ``torch.library``
+    op's registered backward and ``setup_context`` (named by the op's qualified name,
+    ``ns::op``), functorch's generated Function's user class (its name and backward);
+    (None, []) for PyTorch's own (a checkpoint, a module's backward hooks)."""
+    if not is_a(cls, type):
+        return None, []
+    if not (getattr(cls, "__module__", None) or "").startswith("torch."):
+        return cls.__name__, [class_attribute(cls, "backward")]
+    name, found, todo = None, [], [(class_attribute(cls, "backward"), 0)]
+    while todo:  # (torch's wrappers wrap torch's: supports_tensorlist's around the op's)
+        function, depth = todo.pop()
+        for value in map(cell_contents, getattr(function, "__closure__", None) or ()):
+            if is_a(value, type) and value is not cls \
+                    and issubclass(value, torch.autograd.Function):
+                inner, functions = users_code(value)
+                name, found = name or inner, found + functions
+            elif is_a(value, _OP):
+                name = name or dict.get(instance_dict(value), "_name")
+            elif type(value) is types.FunctionType and depth < 3:
+                todo += [(value, depth + 1)] if not users_function(value) else []
+            else:
+                held = instance_dict(value)
+                found += [f for key in _REGISTERED if (f := dict.get(held, key)) is not None]
+    return (name if found else None), found
 
 
 def _reachable(node) -> tuple[list, list, list]:
@@ -260,9 +308,10 @@ def _reachable(node) -> tuple[list, list, list]:
     found = [saved.data for saved in raw_saved(node)
              if isinstance(getattr(saved, "data", None), torch.Tensor)]
     held = reached(instance_dict(node).values())
-    function = class_attribute(type(node), "_forward_cls")
-    held += read_by(class_attribute(function, "backward") if is_a(function, type) else None)
-    return tensors_of([*found, *held]), [v for v in held if is_a(v, own_generators.KINDS)], held
+    for function in users_code(class_attribute(type(node), "_forward_cls"))[1]:
+        held += read_by(function)
+    return tensors_of([*found, *held]), [v for v in held if is_a(v, own_generators.KINDS)], \
+        held
 
 
 def copied(tensors) -> list:
@@ -277,4 +326,5 @@ def _copy(tensor, owners=()) -> tuple:
     return tensor, tensor._version, tensor.detach().clone(), frozenset(owners), tensor.detach()
 
 
-__all__ = ["check", "copied", "keep_for", "put_back", "writes_kept", "written_message"]
+__all__ = ["check", "copied", "keep_for", "put_back", "users_code", "writes_kept",
+           "written_message"]

@@ -326,24 +326,35 @@ def tensors_of(values, plain: bool = True) -> list:
 def _module_tensors(module: torch.nn.Module) -> list:
     """The parameters, then the buffers, of ``module`` and its submodules (in the order of
     ``parameters()``: depth first, each module before its children)."""
-    parameters, buffers, todo, seen = [], [], [module], set()
-    while todo:
-        now = todo.pop()
-        if id(now) in seen:
-            continue
-        seen.add(id(now))
+    parameters, buffers = [], []
+    for now in modules_of([module]):
         held = instance_dict(now)
         for key, into in (("_parameters", parameters), ("_buffers", buffers)):
             table = dict.get(held, key)
             into.extend(t for t in (dict.values(table) if is_a(table, dict) else ())
                         if is_a(t, torch.Tensor))
-        children = dict.get(held, "_modules")
-        todo.extend(reversed([m for m in (dict.values(children) if is_a(children, dict) else ())
-                              if is_a(m, torch.nn.Module)]))
     return parameters + buffers
 
 
-users_type = _users_type  # (public: run/compiled reads which objects are the user's)
+def modules_of(values) -> list:
+    """The modules among ``values`` and their submodules, each once, depth first (each
+    module before its children), read from the modules' own dicts (no method runs)."""
+    found, todo, seen = [], list(reversed([v for v in values if is_a(v, torch.nn.Module)])), set()
+    while todo:
+        now = todo.pop()
+        if id(now) in seen:
+            continue
+        seen.add(id(now))
+        found.append(now)
+        children = dict.get(instance_dict(now), "_modules")
+        todo.extend(reversed([m for m in (dict.values(children) if is_a(children, dict) else ())
+                              if is_a(m, torch.nn.Module)]))
+    return found
 
-__all__ = ["OPEN_MOST", "READ_MOST", "class_attribute", "function_of", "globals_read",
-           "instance_dict", "is_a", "read_by", "reached", "tensors_of", "users_type"]
+
+users_type = _users_type  # (public: run/compiled reads which objects are the user's)
+cell_contents = _contents  # (public: backward_writes reads torch's wrappers' closures)
+
+__all__ = ["OPEN_MOST", "READ_MOST", "cell_contents", "class_attribute", "function_of",
+           "globals_read", "instance_dict", "is_a", "modules_of", "read_by", "reached",
+           "tensors_of", "users_type"]

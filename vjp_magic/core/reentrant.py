@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 
 from .backward_writes import check as check_writes
-from .backward_writes import keep_for
+from .backward_writes import keep_for, users_code
 from .errors import AFTER_YOUR_CODE, VJPUsageError, where_advice
 from .graph_facts import raw_saved, unpack_hooked
 from .origin import torchs
@@ -295,8 +295,9 @@ def _is_reentrant(node, probe: bool = True) -> bool:
 
 
 def _pytorch_own(cls: type) -> bool:
-    """Whether a custom Function class is PyTorch's own, not the user's."""
-    return (cls.__module__ or "").startswith("torch.")
+    """Whether a custom Function class is PyTorch's own, running none of the user's code (a
+    ``torch.library`` op's or functorch's Function runs the user's: :func:`users_code`)."""
+    return not users_code(cls)[1]
 
 
 def _probe(node) -> bool:
