@@ -80,29 +80,43 @@ _VALUES = (
     (sys.getrecursionlimit, sys.setrecursionlimit),
 )
 _MODULE_GLOBALS = vars(torch.nn.modules.module)  # its _global_*_hooks dicts
+_GLOBAL_HOOKS = tuple(n for n, v in _MODULE_GLOBALS.items()
+                      if n.startswith("_global_") and is_a(v, dict))
+_MODULE_HOOKS = tuple(n for n, v in vars(torch.nn.Module()).items()  # a module's hook dicts
+                      if "hooks" in n and is_a(v, dict))
 _TENSOR_HOOKS = ("_backward_hooks", "_post_accumulate_grad_hooks")
 HOLDERS = (torch.nn.Module, RemovableHandle)  # what :func:`taken` reads besides tensors
 
 
 class Switches:
-    """What :func:`taken` read: the values, the hook dicts (owner, name, dict, its items),
-    the leaves' ``requires_grad``, the modules' ``training``, the warnings' state."""
+    """What :func:`taken` read: the values; the hook dicts of each tensor and module (one
+    list an owner: a model has some 10 a module, nearly all empty) with the items of the
+    non-empty ones, and other hook dicts (owner, name, dict, items); the leaves'
+    ``requires_grad``, the modules' ``training``; the warnings' state."""
 
     def __init__(self, tensors, modules, handles) -> None:
         self.values = [get() for get, _ in _VALUES]
         self.handles = RemovableHandle.next_id  # moves with every hook registered
-        self.hooks = [_hooked(_MODULE_GLOBALS, n, _MODULE_GLOBALS[n]) for n in _MODULE_GLOBALS
-                      if n.startswith("_global_") and type(_MODULE_GLOBALS[n]) is not type
-                      and is_a(_MODULE_GLOBALS[n], dict)]
-        self.hooks += [_hooked(t, n, getattr(t, n)) for t in tensors for n in _TENSOR_HOOKS]
-        self.leaves = [(t, t.requires_grad) for t in tensors if t.is_leaf]
-        self.modules = [(m, dict.get(instance_dict(m), "training")) for m in modules]
-        for m, _ in self.modules:
-            held = instance_dict(m)
-            self.hooks += [_hooked(held, n, v) for n, v in list(dict.items(held))
-                           if "hooks" in n and is_a(v, dict)]
+        held = [instance_dict(m) for m in modules]
+        self.owned = [(t, [getattr(t, n) for n in _TENSOR_HOOKS]) for t in tensors] + \
+            [(h, [dict.get(h, n) for n in _MODULE_HOOKS]) for h in held]
+        self.items = {id(d): list(dict.items(d)) for _, ds in self.owned for d in ds if d}
+        self.hooks = [_hooked(_MODULE_GLOBALS, n, _MODULE_GLOBALS[n]) for n in _GLOBAL_HOOKS]
         self.hooks += [_hooked(None, "", d) for d in map(_handled, handles) if d is not None]
+        self.leaves = [(t, t.requires_grad) for t in tensors if t.is_leaf]
+        self.modules = [(m, dict.get(h, "training")) for m, h in zip(modules, held)]
         self.warned = _warnings()
+
+    def restore_hooks(self) -> None:
+        """Every hook dict as :func:`taken` read it (:func:`_restore_hooks`)."""
+        for owner, dicts in self.owned:
+            names = _MODULE_HOOKS if is_a(owner, dict) else _TENSOR_HOOKS
+            for name, hooks in zip(names, dicts):
+                _restore_hooks(owner, name, hooks, self.items.get(id(hooks), [])
+                               if isinstance(hooks, dict) else None)
+        for entry in self.hooks:
+            _restore_hooks(*entry)
+        self.handles = RemovableHandle.next_id
 
 
 def _handled(handle):
@@ -115,7 +129,8 @@ def _handled(handle):
 def _hooked(owner, name: str, hooks) -> tuple:
     """One hook dict's entry of :class:`Switches`: ``owner`` a tensor (its attribute
     ``name``), a dict (its key), or None (the dict a handle the backward reaches holds)."""
-    return owner, name, hooks, list(dict.items(hooks)) if is_a(hooks, dict) else None
+    return owner, name, hooks, (list(dict.items(hooks)) if hooks else []) \
+        if isinstance(hooks, dict) else None
 
 
 def _warnings() -> tuple:
@@ -147,9 +162,7 @@ def put_back(switches: Switches | None, final: bool = False) -> None:
         if training is not None and dict.get(held, "training") is not training:
             held["training"] = training
     if final or RemovableHandle.next_id != switches.handles:
-        for entry in switches.hooks:
-            _restore_hooks(*entry)
-        switches.handles = RemovableHandle.next_id
+        switches.restore_hooks()
     if final:
         _restore_warnings(*switches.warned)
 
@@ -160,6 +173,8 @@ def _restore_hooks(owner, name: str, hooks, items) -> None:
     None) set back."""
     by_key = is_a(owner, dict)
     now = hooks if owner is None else dict.get(owner, name) if by_key else getattr(owner, name)
+    if now is hooks and (items is None or _same(hooks, items)):
+        return  # (as a rule)
     if now is not hooks and is_a(now, dict):
         _refill(now, [])
     if items is not None and not _same(hooks, items):
