@@ -210,3 +210,30 @@ def test_users_code_names_torchs_own_functions_none():
     ns = _op()
     name, functions = users_code(ns["y"].grad_fn.next_functions[0][0]._forward_cls)
     assert name.startswith("f5s43::sq_") and functions == [ns["bwd"], ns["setup"]]
+
+
+def test_a_vmapped_functions_backward_is_the_users():
+    """functorch's generated Function (torch.func.vmap over F.apply) runs F's backward: its
+    write is put back and refused by F's name."""
+    stat = torch.zeros(())
+
+    class F(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x * 2
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            stat.add_(1)
+            return g * 2
+    x = torch.linspace(1., 2., 4, requires_grad=True)
+    y = torch.func.vmap(F.apply)(x.reshape(2, 2)).reshape(4)
+    with pytest.raises(vjp_magic.VJPUsageError, match="F's backward writes"):
+        vjp_magic.differentiate(y, x)
+    assert stat.item() == 0 and stat._version == 0
