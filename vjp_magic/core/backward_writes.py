@@ -59,7 +59,7 @@ def writes_kept():
              _KEPT.active)
     (_KEPT.watch, _KEPT.grads, _KEPT.generators, _KEPT.effects, _KEPT.switches,
      _KEPT.active) = \
-        None, None, None, None, True
+        None, None, None, None, None, True
     try:
         yield
         check(final=True)
