@@ -31,8 +31,9 @@ import torch
 
 from .origin import LIBRARIES, users_function
 
-READ_DEPTH, READ_MOST = 4, 64  # helper calls followed, and functions read, at most
+READ_MOST = 64  # the user's functions read, at most
 OPEN_MOST, ITEMS_MOST = 2048, 512  # containers and objects opened, items read of one
+ITEMS_SCANNED = 1 << 16  # items of one container looked at (numbers and strings: passed)
 
 _CLASS_DICT = type.__dict__["__dict__"].__get__  # a class's own dict (no metaclass runs)
 _MRO = type.__dict__["__mro__"].__get__
@@ -48,16 +49,18 @@ def is_a(value, kinds) -> bool:
     return issubclass(type(value), kinds)
 
 
-def reached(values, depth: int | None = None) -> list:
+def reached(values, depth: int | None = None, short: list | None = None) -> list:
     """``values`` and what code can reach from them, breadth first (``depth``: levels opened
     at most; None: up to the budget): the items of lists, tuples, sets and dicts; a user's
-    object's attributes and its classes' methods; a bound method's object; a
-    ``functools.partial``'s function and arguments; and, for the user's own Python
-    functions, what they read by a global name or a closure and their default arguments
-    (:data:`READ_MOST` functions; library code is not followed, nor tensors and modules
-    opened: :func:`tensors_of` takes their parameters). What a function reads by name is
-    always found; containers and objects are opened up to :data:`OPEN_MOST` in all."""
-    found, seen, budget = [], set(), _Budget()
+    object's attributes and its classes' methods; an ``nn.Module``'s children and its other
+    attributes (a plain tensor, a dict, a generator it holds: :func:`tensors_of` takes its
+    parameters and buffers); a bound method's object; a ``functools.partial``'s function
+    and arguments; and, for the user's own Python functions, what they read by a global
+    name or a closure and their default arguments (:data:`READ_MOST` functions; library
+    code is not followed, nor tensors opened). Containers and objects are opened up to
+    :data:`OPEN_MOST` in all, :data:`ITEMS_MOST` items of each: where a budget ends the
+    search, what was too big is said in ``short`` (the search was cut short)."""
+    found, seen, budget = [], set(), _Budget(short)
     todo = collections.deque((value, 0) for value in values)
     while todo:
         now, level = todo.popleft()
@@ -66,50 +69,73 @@ def reached(values, depth: int | None = None) -> list:
         seen.add(id(now))
         found.append(now)
         if depth is None or level < depth:
-            todo.extend((value, level + 1) for value in _opened(now, level, budget))
+            todo.extend((value, level + 1) for value in _opened(now, budget))
     return found
 
 
 class _Budget:
-    """What :func:`reached` may still open: containers and objects, and functions read."""
+    """What :func:`reached` may still open: containers and objects, and functions read;
+    ``short``: where one ran out, what was too big (each said once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, short: list | None = None) -> None:
         self.objects, self.functions = OPEN_MOST, READ_MOST
+        self.short = [] if short is None else short
 
     def take(self, kind: str) -> bool:
         left = getattr(self, kind)
         setattr(self, kind, left - 1)
+        if left <= 0:
+            self.cut(_TOO_MANY[kind])
         return left > 0
+
+    def items(self, values, size: int, kind: type) -> list:
+        """The first :data:`ITEMS_MOST` of a container's ``size`` ``values`` that are no
+        number or string (which nothing writes), among its first :data:`ITEMS_SCANNED`."""
+        held = list(itertools.islice(
+            (v for v in itertools.islice(values, ITEMS_SCANNED) if not is_a(v, _ATOMS)),
+            ITEMS_MOST + 1))
+        if size > ITEMS_SCANNED or len(held) > ITEMS_MOST:
+            self.cut(f"a {_NAME(kind)} of {size:,} items")
+        return held[:ITEMS_MOST]
+
+    def cut(self, what: str) -> None:
+        if what not in self.short:
+            self.short.append(what)
+
+
+_TOO_MANY = {"objects": f"more than {OPEN_MOST:,} containers and objects",
+             "functions": f"more than {READ_MOST} of your functions"}
 
 
 _ATOMS = (int, float, complex, str, bytes, type(None))
-_CLOSED = (torch.Tensor, torch.nn.Module, type, types.ModuleType)
+_CLOSED = (torch.Tensor, type, types.ModuleType)
 _ITERATE = ((dict, dict.values), (list, list.__iter__), (tuple, tuple.__iter__),
             (set, set.__iter__), (frozenset, frozenset.__iter__),
             (collections.deque, collections.deque.__iter__))
 
 
-def _opened(value, level: int, budget: _Budget) -> list:
+def _opened(value, budget: _Budget) -> list:
     """What ``value`` holds or reads (one step of :func:`reached`)."""
     kind = type(value)
     if issubclass(kind, _CLOSED):
         return []
     for base, items in _ITERATE:
         if issubclass(kind, base):
-            return list(itertools.islice(items(value), ITEMS_MOST)) \
-                if budget.take("objects") else []
+            size = base.__len__(value)  # (an empty one: nothing to open, nothing spent)
+            return budget.items(items(value), size, base) \
+                if size and budget.take("objects") else []
     if issubclass(kind, (staticmethod, classmethod, types.MethodType)):
         return [function_of(value), *((value.__self__,) if kind is types.MethodType else ())]
     if issubclass(kind, functools.partial):
         function, args, keywords = (get(value) for get in _PARTIAL)
         return [function, *args, *dict.values(keywords or {})]
     if kind is types.FunctionType:
-        if level > 2 * READ_DEPTH + 2 or not users_function(value) \
-                or not budget.take("functions"):
+        if not users_function(value) or not budget.take("functions"):
             return []
         return _read(value)
-    if _users_type(kind) or kind is types.SimpleNamespace:
-        return _attributes(value) if budget.take("objects") else []
+    if _users_type(kind) or kind is types.SimpleNamespace \
+            or issubclass(kind, torch.nn.Module):
+        return _attributes(value, budget) if budget.take("objects") else []
     return []
 
 
@@ -133,14 +159,20 @@ def _read(function: types.FunctionType) -> list:
             *dict.values(function.__kwdefaults__ or {})]
 
 
-def _attributes(value) -> list:
+def _attributes(value, budget: _Budget) -> list:
     """A user's object's attributes, as C holds them (its instance dict's values, its slots:
     no ``__dict__`` or slot property runs), and the methods its classes (the user's)
-    define."""
+    define; an ``nn.Module``'s children in place of its tables of parameters, buffers and
+    children (its parameters and buffers are :func:`tensors_of`'s)."""
     held: list = []
+    module = is_a(value, torch.nn.Module)
     for item in gc.get_referents(value):
         if type(item) is dict:  # its instance dict (a slot's dict: opened a step early)
-            held.extend(itertools.islice(dict.values(item), ITEMS_MOST))
+            if module:
+                children = dict.get(item, "_modules")
+                held.extend(dict.values(children) if is_a(children, dict) else ())
+                item = {k: v for k, v in dict.items(item) if k not in _MODULE_TABLES}
+            held.extend(budget.items(dict.values(item), dict.__len__(item), dict))
         elif not is_a(item, type):
             held.append(item)
     return held + [method for cls in _MRO(type(value)) if _users_type(cls)
@@ -170,12 +202,14 @@ def _contents(cell):
         return None
 
 
-def read_by(function) -> list:
+def read_by(function, short: list | None = None) -> list:
     """The objects a Python ``function`` (or staticmethod, or bound method) reads by a global
     name (followed by attributes of modules and classes) or a closure, and what they hold
-    and read in turn (:func:`reached`): [] for anything that is not a function."""
+    and read in turn (:func:`reached`, ``short`` its): [] for anything that is not a
+    function."""
     function = function_of(function)
-    return reached([function])[1:] if type(function) is types.FunctionType else []
+    return reached([function], short=short)[1:] if type(function) is types.FunctionType \
+        else []
 
 
 def class_attribute(cls: type, name: str, default=None):

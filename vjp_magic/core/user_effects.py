@@ -139,16 +139,19 @@ def _put_back_dict(now: dict, then: tuple) -> None:
     name by name, names added since deleted; another emptied and refilled from the copy
     (which hashes no key again: a user's key's ``__hash__`` is the user's code)."""
     keys, values, was = then
+    # (an OrderedDict - a module's hook and parameter tables - through its own methods:
+    # dict's would leave its order list naming keys it no longer has)
+    kind = collections.OrderedDict if is_a(now, collections.OrderedDict) else dict
     if not all(type(k) is str for k in dict.keys(now)) or \
             not all(type(k) is str for k in dict.keys(was)):
-        dict.clear(now)
-        dict.update(now, was)
+        kind.clear(now)
+        kind.update(now, was)
         return
     for key in [k for k in dict.keys(now) if k not in was]:
-        dict.__delitem__(now, key)
+        kind.__delitem__(now, key)
     for key, value in zip(keys, values):
         if dict.get(now, key, _EMPTY) is not value:
-            dict.__setitem__(now, key, value)
+            kind.__setitem__(now, key, value)
 
 
 def _put_back_class(cls: type, then: list) -> None:

@@ -261,8 +261,9 @@ def _forward(calls, inputs: dict) -> _Flow:
             tainted = set(gone)  # outside torch after a value left it: a guess, as above
         outs = _floating(outs_of(call)) + _exits(call)
         detaching = function_name(call.func) in DETACHING
-        live = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
-                and not detaching] if names else []
+        tracked = [o for o in outs if isinstance(o, torch.Tensor) and id(o) in call.tracked
+                   and not detaching]  # (from an input, or from a tensor not asked about)
+        live = tracked if names else []
         if live and loose:  # x * (x.sum().item() + 0.5): the number may hold the values
             for o in loose:
                 flow.guessed.add(id(o))
@@ -293,8 +294,8 @@ def _forward(calls, inputs: dict) -> _Flow:
                 flow.to_numpy.update(tainted)
             if outside or any(id(o) in flow.guessed for o in read):
                 flow.guessed.add(id(out))
-        if live:
-            for o in read:
+        if tracked:  # a constant read where autograd tracks the result: it reaches the
+            for o in read:  # output on the graph (a + b.detach() asked of b alone, too)
                 for cut in flow.tainted(o):
                     flow.meets.setdefault(cut, []).append((index, id(o)))
     return flow

@@ -60,6 +60,21 @@ def is_functorch(tensors) -> bool:
     return any(isinstance(t, torch.Tensor) and is_wrapped(t) for t in as_list(tensors))
 
 
+class _Undefined(torch.autograd.Function):
+    """The root of :func:`free_graph`'s pass: it hands its inputs' nodes undefined gradients
+    (no zeros), so every node runs and frees what it saved while no ``retain_grad()``
+    tensor's ``.grad`` is touched (a zero added would replace it: a new tensor, -0.0 made
+    +0.0), not only those of the tensors the cell holds."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        return tensors[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None,) * len(ctx.needs_input_grad)
+
+
 def _no_gradients(count: int, *gradients) -> tuple:
     """Stands for a custom Function's backward in :func:`free_graph`'s pass: no gradient for
     any of its ``count`` inputs (the engine frees what its node saved all the same)."""
@@ -146,9 +161,10 @@ def _node_hooks_muted(nodes):
 
 
 def free_graph(roots, inputs, hooked=()) -> None:
-    """Run one pass with zero gradients and ``retain_graph=False`` through the graph of
-    ``roots``: the engine frees each node's saved tensors as it goes, as the user's pass
-    would have. None of the user's code runs: ``.grad`` is untouched (nothing accumulates),
+    """Run one pass with undefined gradients (:class:`_Undefined`) and ``retain_graph=False``
+    through the graph of ``roots``: the engine frees each node's saved tensors as it goes,
+    as the user's pass would have. None of the user's code runs: ``.grad`` is untouched
+    (nothing accumulates, no ``retain_grad()`` tensor's is replaced),
     a custom ``autograd.Function``'s backward is not called (:func:`_no_gradients` stands
     for it), the tensor hooks of ``roots``, the leaves and ``hooked`` (the cell's tensors),
     the hooks on the graph's nodes and those of any other tensor on it (an earlier cell's,
@@ -161,15 +177,16 @@ def free_graph(roots, inputs, hooked=()) -> None:
     tensors = [t for t in roots if isinstance(t, torch.Tensor) and t.requires_grad]
     if not inputs or not tensors:
         return
-    zeros = tuple(torch.zeros_like(t) for t in tensors)
     stand_ins = _stand_ins(nodes)
     leaves = [n.variable for n in nodes if type(n).__name__ == "AccumulateGrad"]
     known = [*tensors, *leaves, *inputs, *hooked]
 
     def run(keep: bool, dicts) -> None:
+        with torch.enable_grad():
+            root = _Undefined.apply(*tensors)
         with _hooks_muted(known, dicts), _node_hooks_muted(nodes):
             pass_guard().run_backward(
-                ENGINE, (tuple(tensors), zeros, keep, False, tuple(inputs)),
+                ENGINE, ((root,), (torch.ones_like(root),), keep, False, tuple(inputs)),
                 {"allow_unreachable": True, "accumulate_grad": False})
 
     try:
