@@ -162,14 +162,6 @@ def test_verdicts_of_practitioner_models_are_the_jacobians(name):
         assert bool(truth[d.witness]) and d.witness[0] != d.witness[1], d
 
 
-R3_1 = ("R3-1: a batch of graphs (scatter_reduce sum over edges 0<->1 and 2->3, nodes 4, 5 "
-        "isolated) is exactly block-diagonal (2, 2, 1, 1) with no crossing, but reads "
-        "'block-lower-triangular ... with 1 exception', witness y[0] <- x[1]: an edge inside "
-        "graph 0 shown as a causal leak; class: a kind with exceptions beats the kind that holds "
-        "exactly, and the witness is not a crossing edge")
-
-
-@pytest.mark.xfail(strict=True, reason=R3_1)
 def test_a_batch_of_graphs_with_a_directed_edge_is_block_diagonal_without_exceptions():
     d, pattern, truth = _verdict(_gnn, _x(6, 2))
     assert torch.equal(pattern, truth)
@@ -220,15 +212,7 @@ def test_a_long_gru_in_float64_is_lower_triangular():
     assert d.kind == "lower-triangular" and tuple(d.offsets) == (-199, 0), d
 
 
-R3_2 = ("R3-2: a GRUCell stepped over 200 steps in float32 (derivatives underflow past about "
-        "150 steps, a ragged lower band -153..0 with no dependence above the diagonal) reads "
-        "'block-lower-triangular, 2 blocks of 198, 2 with 293 exceptions', witness y[198] <- "
-        "x[52]: a recurrence split into two invented sequences, its causal reads called "
-        "exceptions; class: the blocks-beat-an-unfilled-band rule fires on an underflow edge")
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=R3_2)
 def test_a_long_gru_in_float32_is_a_causal_band_with_the_underflow_note():
     y, xs = _gru_steps(torch.float32)
     d = vjp_magic.dependency(y, xs, 0, 0, seed=0)
@@ -1011,8 +995,6 @@ def test_varlen_causal_attention_blocks_and_the_crossing_witness(leak):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=R3_2 + " (nn.LSTM, the issue's own model: '2 blocks of "
-                   "2, 198 with 286 exceptions', witness y[2] <- x[0], a causal read)")
 def test_a_long_lstm_in_float32_is_a_causal_band_with_the_underflow_note():
     torch.manual_seed(0)
     lstm = nn.LSTM(2, 2)

@@ -380,7 +380,7 @@ def full_verdict(pattern: torch.Tensor) -> Verdict:
             options.append(other)
     size, best = min(options, key=lambda option: option[0])
     if blocks is not None and size > count and best.kind in _BANDS \
-            and blocks[0] <= SPARSE_RATIO * count:
+            and blocks[0] <= SPARSE_RATIO * count and _empty_at_cuts(m, n, r, c, lo, hi, blocks):
         size, best = blocks  # a band its dependences leave empty at the blocks' cuts
     if size > SPARSE_RATIO * count:
         best = _sparse_verdict(m, n, r, c, None if blocks is None else blocks[1].blocks)
@@ -420,6 +420,18 @@ def _separated(n: int, r, c, blocks) -> bool:
     near = ((c - r).abs() == 1) & torch.isin(torch.maximum(r, c), starts)
     joined = torch.unique(torch.maximum(r, c)[near]).numel()
     return len(blocks) >= 4 and 2 * joined < len(starts)
+
+
+def _empty_at_cuts(m: int, n: int, r, c, lo: int, hi: int, blocks) -> bool:
+    """Whether the band lo..hi is mostly empty where it crosses the blocks' cuts: its
+    entries there at least twice the dependences that cross (a batch of sparse graphs and
+    a leak). A band filled across a cut (a recurrence whose far reads underflow: a ragged
+    edge, not a cut) is not split into blocks whose crossings are its own reads."""
+    sizes = blocks[1].blocks
+    inside = sum(_band_size(size, size, lo, hi) for size in sizes)
+    block = _block_index(sizes, max(m, n))
+    crossing = int((block[r] != block[c]).sum())
+    return 2 * crossing <= _band_size(m, n, lo, hi) - inside
 
 
 def _crossings(n: int, r, c) -> torch.Tensor:
@@ -694,13 +706,21 @@ def _blocks_at(n: int, r, c, cuts, most: int):
     triangles = int((sizes * (sizes + 1) // 2).sum())
     if not bool((~across & (c < r)).any()) or crossings + int(later.sum()) > most \
             or 2 * held > len(sizes) or (bool(later.any()) and int(
-                (~across & (c <= r)).sum()) < triangles):
+                (~across & (c <= r)).sum()) < triangles) or _filled(sizes, row_block[~across]):
         return diagonal  # (later reads are exceptions only to full causal triangles)
     exceptions = crossings + int(later.sum())
     lower = triangles + exceptions, exceptions, Verdict(
         Kind.BLOCK_LOWER_TRIANGULAR, _first(r, c, across | later) or _first(r, c, r != c),
         None, blocks)
     return lower if lower[0] < diagonal[0] else diagonal
+
+
+def _filled(sizes: torch.Tensor, rows_block: torch.Tensor) -> bool:
+    """Whether a block of two or more holds every entry of its square (a graph's two nodes
+    reading each other): its later reads are the block's own, which the block-diagonal kind
+    holds exactly, not leaks from a causal triangle."""
+    held = torch.bincount(rows_block, minlength=len(sizes))
+    return bool(((sizes > 1) & (held == sizes**2)).any())
 
 
 def _touched(n: int, r, c, indices) -> bool:
