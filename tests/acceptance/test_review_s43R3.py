@@ -371,13 +371,22 @@ def _stack(run_ok):
 
 
 def _plain_table(plain: str) -> dict:
-    """shown row label → norm, from the text/plain table (labels as printed)."""
+    """shown row label → norm, from the text/plain table (labels as printed; the shape, where
+    the table keeps it, before the norm)."""
     rows = {}
     for line in plain.splitlines():
-        m = re.match(r"\s*(?:∂\S+ =\s+)?(\.[A-Za-z_][\w.\[\]…]*) \[\s*([-0-9.e]+)", line)
+        m = re.match(r"\s*(?:∂\S+ =\s+)?(\.[A-Za-z_][\w.\[\]…]*) \[\s*"
+                     r"(?:\d+(?: × \d+)*\s+)?([-0-9.e]+)", line)
         if m:
             rows[m.group(1)] = float(m.group(2))
     return rows
+
+
+def _full_names(plain: str) -> dict:
+    """shortened label → the name in full, as the caption beneath the table says it."""
+    said = re.search(r"Shortened to fit the width: (.*?)\.(?:\s|$)", " ".join(plain.split()))
+    pairs = said.group(1).split("; ") if said else []
+    return dict(pair.split(" is ") for pair in pairs)
 
 
 def test_stack_per_sample_gradients_are_the_loop(ip, run_ok):
@@ -409,17 +418,12 @@ def test_stack_display_fits_one_screen_and_shows_the_largest_norms_matrix(ip, ru
     assert f"∂losses_i/∂{symbol}_j" in plain, (largest, plain)
     shown = _plain_table(plain)
     assert len(shown) >= 3, plain
+    full = _full_names(plain)
     for label, norm in shown.items():  # every norm shown is r's, to the digits shown
-        key = "model" + re.sub(r"\[(\d+)\]", r".\1", label)
+        key = re.sub(r"\[(\d+)\]", r".\1", full.get(label, "model" + label))
         assert norm == pytest.approx(norms[key], rel=6e-3), (label, norm, norms[key])
 
 
-R3_3 = ("R3-3: --wrt model on a 50-tensor transformer stack: the lead says 'Not shown, to fit "
-        "one screen: ... 3 of the table's rows (⋮)' where the table shows 5 of 50 rows (45 not "
-        "shown); class: a count in prose counts the budget's extra cut, not what is missing")
-
-
-@pytest.mark.xfail(strict=True, reason=R3_3)
 def test_stack_lead_counts_the_rows_left_out(ip, run_ok):
     r, bundle = _stack(run_ok)
     plain = bundle["text/plain"]
@@ -431,20 +435,11 @@ def test_stack_lead_counts_the_rows_left_out(ip, run_ok):
 def _mono_characters(tex_label: str) -> float:
     """Counted characters (10 px) a \\mathtt label sets at MathJax's / KaTeX's typewriter
     width, 0.525 em of 16 px, each character alike."""
-    body = re.sub(r"\{\.\}", ".", tex_label).replace("\\_", "_").replace("{", "").replace("}", "")
+    body = re.sub(r"\{\.\}", ".", tex_label).replace("\\_", "_").replace("{\\ldots}", "…")
+    body = body.replace("{", "").replace("}", "")
     return len(body) * 0.525 * 16 / 10
 
 
-R3_4 = ("R3-4: --wrt model on a 4-layer TransformerEncoder (every name long, none an outlier): "
-        "the table's name column alone sets 61 typewriter characters (51 of the 50-character "
-        "width budget, 512 px of the 572 px paragraph, before its lhs and norms) and every "
-        "row loses its shape and largest |entry| ('Left out to fit the width'); shortening "
-        "only serves up to 2 outlier names; "
-        "class: the width fallback chain ends wider than the budget, a deep model's table "
-        "without shapes")
-
-
-@pytest.mark.xfail(strict=True, reason=R3_4)
 @pytest.mark.parametrize("fmt", ["text/markdown", "text/latex"])
 def test_stack_table_keeps_shapes_within_the_width(ip, run_ok, fmt):
     _, bundle = _stack(run_ok)

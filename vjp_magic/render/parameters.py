@@ -22,8 +22,9 @@ from . import notation
 from .budget import fit_of, remembered
 from .codegen import output_symbol
 from .document import Code, Entry, Formula, Math, Matrix, Paragraph, Section, Text
-from .matrix import MIN_DIGITS, VDOTS, multi_index, reserve, width
+from .matrix import MIN_DIGITS, VDOTS, entry_width, multi_index, reserve, width
 from .numbers import alone, choose_format, significant_digits
+from .typeset import mono_width
 from .sections import derivative_formulas, formula, jacobian_block, note_paragraphs
 
 MANY_INPUTS = 6  # more inputs than this: the table
@@ -98,7 +99,8 @@ def parameter_sections(result, options) -> tuple[Section, ...]:
     fit = fit_of(options)
     largest = largest_tensors(result, MATRICES, rows)
     shown = largest[:_matrices(fit)]
-    cut = _kept(_shown(rows)) - _kept(_shown(rows, _edge(fit)))  # rows the budget took
+    kept = _kept(_shown(rows, _edge(fit)))  # the table's rows, as _table shows them
+    cut = len(rows) - kept if kept < _kept(_shown(rows)) else 0  # said where the budget cut
     left = _left_out([r.name for r in rows if r.name not in shown], shown,
                      len(shown) < len(largest), cut)
     blocks: list = [_lead(result, rows, left), _table(result, rows, options)]
@@ -159,7 +161,8 @@ def _left_out(others: list[str], shown: list[str], cut: bool, rows: int) -> list
     """What the budget left out of the table's display, as spans: where it ``cut`` the
     matrices, every tensor's but the ``shown`` ones' (the ``others``: named up to
     :data:`NAMED`, else counted; the rule that chose the shown said), ``rows`` of the
-    table's rows."""
+    table's rows (every row not shown, whichever rule left it out: the count and the
+    table's ⋮ rows read the same :func:`_shown`)."""
     parts: list = []
     if cut and others:
         parts.append(Text(f"the {'matrices' if len(others) > 1 else 'matrix'} of "))
@@ -207,7 +210,8 @@ def _table(result, rows: list[Row], options) -> Formula:
     fewer digits (down to :data:`~.matrix.MIN_DIGITS`), then a few long names shortened
     (:func:`_shortened`, each said beneath in full) before the last columns go (said
     beneath), and before the shape goes the names' shared start (``mlp``), once above them
-    (the names as the cell writes them while they fit)."""
+    (the names as the cell writes them while they fit); where no layout fits, the shape
+    stays, the shared start above, and every name wider than the line is cut (:func:`_capped`)."""
     digits = significant_digits(result.output.dtype, options.precision)
     shown = _shown(rows, _edge(fit_of(options)))
     y = output_symbol(result)
@@ -242,6 +246,12 @@ def _table(result, rows: list[Row], options) -> Formula:
         if short or not wide(lines, labels, kept, prefix):
             break
     labels = [short.get(k, label) for k, label in enumerate(labels)]
+    if wide(lines, labels, kept, prefix):  # no layout fits: the shape stays, no name overflows
+        kept, prefix = _LAYOUTS[-2]
+        prefix = _shared_start([name for name in names if name])
+        lines, labels = _lines(rows, shown, digits, options.index_base, prefix)
+        short = _capped(labels, options.width)
+        labels = [short.get(k, label) for k, label in enumerate(labels)]
     if kept != _COLUMNS[0]:
         # (where to find them, r.derivatives[name], the lead line says: one line, not two)
         caption = (Text(f"Left out to fit the width: {_LEFT_OUT[kept]}."),)
@@ -277,6 +287,41 @@ def _shortened(labels: list, too_wide) -> dict:
         if not too_wide([entries.get(k, label) for k, label in enumerate(labels)]):
             return entries
     return {}
+
+
+def _capped(labels: list, budget: float) -> dict:
+    """Row index -> its label shortened (:func:`shorten`) to the most characters under the
+    width ``budget`` alone, for each label wider than that (a deep model's names, every one
+    long: no column dropped makes the table fit, and none of its names is a column wider
+    than the line), attributes first (:func:`shorten`), else characters (:func:`_middle`);
+    {} where two labels would be alike."""
+    short = {}
+    for k, label in enumerate(labels):
+        if label == VDOTS or _label_width(label) < budget:
+            continue
+        for limit in range(len(label.plain) - 1, MIN_LABEL - 1, -1):
+            text = shorten(label.plain, limit) or _middle(label.plain, limit)
+            entry = Entry(notation.mono(text), text)
+            if entry is not None and _label_width(entry) < budget:
+                short[k] = entry
+                break
+        else:
+            return {}
+    plains = [short.get(k, label).plain for k, label in enumerate(labels) if label != VDOTS]
+    return short if len(set(plains)) == len(plains) else {}
+
+
+def _middle(name: str, limit: int) -> str:
+    """``name`` in ``limit`` characters, its middle characters as … (a name of one long
+    attribute, ``a_rather…number_0.weight``): a third from its start, the rest from its
+    end (the index and the attribute that tell rows apart)."""
+    tail = (limit - 1) * 2 // 3
+    return name[:limit - 1 - tail] + "…" + name[len(name) - tail:]
+
+
+def _label_width(label: Entry) -> float:
+    """Counted characters of a row label: a ``\\mathtt`` name at the typewriter width."""
+    return mono_width(label.plain) if r"\mathtt" in label.tex else entry_width(label)
 
 
 def shorten(name: str, limit: int) -> str | None:
