@@ -115,10 +115,14 @@ def test_the_letter_is_none_the_cell_binds(ip, run_ok):
 
 def test_two_long_names_get_two_letters_each_said(ip, run_ok):
     other = "attention_output_projection_bias"
-    run_ok("%config VJPMagics.height = 1300")  # (both inputs' matrices on the output)
-    run_ok(f"torch.manual_seed(0)\n{LONG} = torch.randn(2, requires_grad=True)\n"
-           f"{other} = torch.randn(2, requires_grad=True)")
-    r = run_ok(f"%%vjp --full\ny = {LONG} * {other}")
+    magics = ip.magics_manager.registry["VJPMagics"]
+    before, magics.height = magics.height, 1300  # (both inputs' matrices on the output;
+    try:                                         # the shell is shared: set back after)
+        run_ok(f"torch.manual_seed(0)\n{LONG} = torch.randn(2, requires_grad=True)\n"
+               f"{other} = torch.randn(2, requires_grad=True)")
+        r = run_ok(f"%%vjp --full\ny = {LONG} * {other}")
+    finally:
+        magics.height = before
     bundle = r._repr_mimebundle_()
     plain = re.sub(r"\s+", " ", (bundle[0] if isinstance(bundle, tuple) else bundle)[
         "text/plain"])
