@@ -18,7 +18,7 @@ from torch.autograd.variable import Variable
 from torch.overrides import has_torch_function
 
 from .pass_guard import pass_guard
-from .retained import cleared, plain_pass, vectorising, watched
+from .retained import cleared, plain_pass
 from .torch_api import TorchError, guarded_grad, materialized_grad, strided, torch_error
 from .vectorising import Payoff
 
@@ -97,7 +97,6 @@ def vjp_batch(
     log = Batching() if log is None else log
     log.vectorised = False
     if batched and grad_outputs.shape[0] > 1:
-        vectorising()  # (a retains-grad hook of a tensor not found: seen before, or never)
         for method in list(log.methods):
             try:
                 with warnings.catch_warnings():
@@ -232,14 +231,10 @@ def _grad(output: torch.Tensor, inputs: Sequence[torch.Tensor],
     graph's backward; tensors with a ``__torch_function__`` go through ``autograd.grad``."""
     if has_torch_function((output, *inputs)):
         return list(materialized_grad([output], list(inputs), [vector], retain_graph=True))
-    grads = watched(_engine_pass, (output,), tuple(inputs), (vector,))
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(strided(grads), inputs)]
-
-
-def _engine_pass(outputs: tuple, inputs: tuple, vectors: tuple) -> tuple:
     engine = Variable._execution_engine  # the one autograd.grad would hand the pass to
-    return pass_guard().run_backward(engine, (outputs, vectors, True, False, inputs),
-                                     {"allow_unreachable": True, "accumulate_grad": False})
+    grads = pass_guard().run_backward(engine, ((output,), (vector,), True, False, tuple(inputs)),
+                                      {"allow_unreachable": True, "accumulate_grad": False})
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(strided(grads), inputs)]
 
 
 # Up to this many gradient arguments, plain backward passes one by one: about as fast as a

@@ -22,15 +22,6 @@ BatchedTensor: after vectorised passes, a plain pass through the same nodes (the
 analysis makes anyway, else one pass of zeros: right after them where no probe follows,
 :func:`flush_now`, or on leaving) runs its hook, which raises on one; then every live
 retain_grad tensor is looked at.
-
-Nor does such a tensor lose the ``.grad`` it held (G1-1): PyTorch shows no node's
-retains-grad hooks to Python (no reader in ``torch._C``; ``Tensor.retain_grad`` and the hook
-are C++, and ``torch._C.TensorBase`` cannot be wrapped), but the hook's ``grad + g`` (or
-``g.clone()``) is an operation a dispatch mode sees, with the user's ``.grad`` as its operand.
-So the first plain pass from each output before the first vectorised pass of a call (the
-analysis makes one on every path) runs under :class:`_Watch` (:func:`watched`, a few us per
-operation): a result that outlives it held by a ``.grad`` names a hook; only then the full
-scan finds its tensor, which gets its ``.grad`` back and is kept like a found one.
 """
 from __future__ import annotations
 
@@ -39,13 +30,10 @@ import functools
 import gc
 import itertools
 import sys
-import operator
 import threading
 import weakref
 
 import torch
-from torch._C import _functorch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .graph_walk import walk
 from .tagging import graph_leaves
@@ -201,105 +189,6 @@ def retained(output: torch.Tensor, frame=None, given=()) -> list[torch.Tensor]:
 
 
 
-_ADD, _CLONE = torch.ops.aten.add.Tensor, torch.ops.aten.clone.default
-
-
-class _Watch(TorchDispatchMode):
-    """A pass's operations, each run as it is; noted weakly, the result of each ``clone`` and
-    of each ``add`` whose first operand no operation of the pass made, with that operand: what
-    a retains-grad hook makes the ``.grad`` of its tensor (``g.clone()`` where there was
-    none, else ``grad + g``, ``grad`` the user's own object)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.made: list = []  # (weakref to a result, the .grad it replaced or None)
-        self.ours: set[int] = set()  # ids of the tensors the pass made
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func._op(*args, **kwargs) if kwargs else func._op(*args)
-        if func is _CLONE:
-            self.made.append((weakref.ref(out), None))
-        elif func is _ADD and id(args[0]) not in self.ours:
-            self.made.append((weakref.ref(out), args[0]))
-        self.ours.add(id(out))
-        return out
-
-
-def watched(run, outputs, inputs, *args, **kwargs):
-    """``run(outputs, inputs, ...)``: an engine pass of the analysis, returning its gradients.
-    Inside an outermost :func:`grads_kept` until its first vectorised pass, the first plain
-    pass from each output to each set of inputs runs under :class:`_Watch`: a result of
-    ``add``/``clone`` that outlives the pass and is none of its gradients is held by a
-    ``.grad`` a retains-grad hook replaced; where that tensor was not found, a full scan
-    finds it, gives it back its ``.grad`` (the same object, or None) and keeps it from then
-    on (:func:`_adopt`): before a vectorised pass could leave a BatchedTensor there."""
-    if not getattr(_STATE, "watching", False) or _functorch.maybe_current_level() is not None:
-        return run(outputs, inputs, *args, **kwargs)
-    outs = tuple(outputs) if isinstance(outputs, (list, tuple)) else (outputs,)
-    ids = {id(t) for t in (inputs if isinstance(inputs, (list, tuple)) else (inputs,))}
-    if _seen(outs, ids):
-        return run(outputs, inputs, *args, **kwargs)  # (the same nodes' hooks: seen)
-    _STATE.watched.append((outs, ids))
-    watch = _Watch()
-    torch._C._push_on_torch_dispatch_stack(watch)
-    try:
-        grads = run(outputs, inputs, *args, **kwargs)
-    finally:
-        torch._C._pop_torch_dispatch_stack(None)
-    _adopt(watch, grads)
-    return grads
-
-
-def _adopt(watch: _Watch, grads) -> None:
-    """Each live retain_grad tensor not found whose ``.grad`` is a result ``watch`` noted that
-    outlived its pass: its ``.grad`` back as before the pass, and kept by :func:`grads_kept`."""
-    made = [(out, read) for ref, read in watch.made if (out := ref()) is not None]
-    if not made:
-        return
-    kept = _STATE.kept  # (the found ones' .grad, put back on leaving, are no sign)
-    held = {id(t) for t in grads if t is not None} | {id(t.grad) for t in kept}
-    made = [(out, read) for out, read in made if id(out) not in held]
-    if not made:
-        return
-    for t in _every_retaining():
-        grad = t.grad
-        for out, read in made:
-            if grad is out and not any(t is k for k in kept):
-                t.grad = read
-                kept.append(t)
-                _STATE.adopted.append((t, read))
-
-
-def _seen(outs: tuple, ids: set) -> bool:
-    """Whether a watched pass from ``outs`` reached at least the inputs ``ids``."""
-    return any(len(o) == len(outs) and all(map(operator.is_, o, outs)) and ids <= s
-               for o, s in getattr(_STATE, "watched", ()))
-
-
-def watch_now(output, inputs) -> None:
-    """Before the vectorised passes from ``output`` to ``inputs`` where no plain pass is to
-    follow them (a graph whose every node batches right): a watched pass of zeros, unless a
-    plain pass from there was watched already. Every retains-grad hook those passes run was
-    then seen, its tensor found or kept (:func:`watched`), so they need no pass of zeros
-    after them (:func:`flush_now`): the same count of passes, one before instead of after.
-    Only under the guard of an outermost :func:`keeps_retained_grads`, before any vectorised
-    pass (else the pass of zeros after them, as before)."""
-    if not (getattr(_STATE, "reruns", False) and getattr(_STATE, "watching", False)):
-        return
-    ids = {id(t) for t in inputs}
-    if not _seen((output,), ids):
-        from .derivatives import _grad  # (the engine's pass itself, guarded: it imports this)
-
-        _grad(output, list(inputs), torch.zeros_like(output))
-    if _seen((output,), ids):
-        _STATE.covered.append((output, ids))
-
-
-def vectorising() -> None:
-    """A vectorised pass is to start: plain passes after it are not watched (:func:`watched`)."""
-    _STATE.watching = False
-
-
 _ESCAPED = "escaped from inside a function being vmapped"  # a BatchedTensor met outside vmap
 
 
@@ -346,9 +235,7 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=(),
         retained(output, _outside(sys._getframe(2)), given)
     kept = [(t, t.grad) for t in found]
     _STATE.depth, _STATE.kept, _STATE.pending = 1, [t for t, _ in kept], []
-    _STATE.reruns, _STATE.watching, _STATE.watched, _STATE.adopted = \
-        reruns, not everything, [], kept
-    _STATE.covered = []
+    _STATE.reruns = reruns
     interrupted = False
     try:
         yield
@@ -357,8 +244,7 @@ def grads_kept(output: torch.Tensor, everything: bool = False, given=(),
         raise
     finally:
         pending, _STATE.depth, _STATE.kept, _STATE.pending = _STATE.pending, 0, [], []
-        _STATE.reruns, _STATE.watching, _STATE.watched, _STATE.adopted = False, False, [], []
-        _STATE.covered = []
+        _STATE.reruns = False
         if pending and interrupted:  # after a Ctrl-C, no pass runs the user's backward again
             _unbatch(_every_retaining())
         elif pending and isinstance(output, torch.Tensor) and output.grad_fn is not None:
@@ -374,10 +260,8 @@ def cleared(batched: bool = True, output=None, inputs=()) -> None:
     on a BatchedTensor left in a tensor not found: the call is then made again); it stays
     pending (a pass of zeros on leaving) until :func:`plain_pass` reports a plain pass from
     the same ``output`` to at least the same ``inputs``."""
-    ids = {id(t) for t in inputs}
-    if batched and getattr(_STATE, "depth", 0) and not any(
-            o is output and ids <= s for o, s in _STATE.covered):  # (seen: watch_now)
-        _STATE.pending.append((output, ids))
+    if batched and getattr(_STATE, "depth", 0):
+        _STATE.pending.append((output, {id(t) for t in inputs}))
     for t in getattr(_STATE, "kept", ()):
         t.grad = None
 
@@ -441,5 +325,4 @@ def keeps_retained_grads(function):
     return wrapper
 
 
-__all__ = ["cleared", "flush_now", "grads_kept", "keeps_retained_grads", "plain_pass", "retained",
-           "vectorising", "watch_now", "watched"]
+__all__ = ["cleared", "flush_now", "grads_kept", "keeps_retained_grads", "plain_pass", "retained"]

@@ -21,7 +21,7 @@ from .checked_batches import (batching_trusted, batching_vector, batching_verdic
 from .derivatives import (CHUNK_SECONDS, LOOP_COMPONENTS, component_vjps, forward_jacobian,
                           pass_key, plain_components, remember_seconds, remembered_seconds)
 from .probes import Probes, probe_agrees
-from .retained import flush_now, watch_now
+from .retained import flush_now
 from .torch_api import TorchError, torch_error
 
 
@@ -123,8 +123,6 @@ def _checked_jacobians(context, named, probes, proved=False,
     at once, :func:`.retained.flush_now`)."""
     output = context.output
     reverse = [n for n in named if not prefers_forward(output, named[n])]
-    if reverse and output.numel() > 1 and context.batching_trusted():
-        watch_now(output, [named[n] for n in reverse])  # (then no pass of zeros after)
     stacked, vectorised = context.vjps([named[n] for n in reverse], ()) if reverse else ([], [])
     flats = dict(zip(reverse, stacked))
     del stacked

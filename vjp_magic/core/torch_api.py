@@ -18,7 +18,6 @@ import torch
 from torch.autograd.variable import Variable
 
 from .pass_guard import armed_advice, guarded
-from .retained import watched
 from .textenum import TextEnum
 
 # -- the real functions, captured once ---------------------------------------------------------
@@ -31,11 +30,7 @@ def guarded_grad(*args, **options) -> tuple:
     differentiates a graph that may be the user's (a custom backward that re-enters autograd
     on some gradients only, a hook of the user's: the usage error before it runs). The guard
     is armed around the engine's C call only (:func:`.pass_guard.guarded`)."""
-    return strided(watched(_autograd_pass, *args, **options))
-
-
-def _autograd_pass(outputs, inputs, *args, **options) -> tuple:
-    return guarded(autograd_grad, outputs, inputs, *args, **options)
+    return strided(guarded(autograd_grad, *args, **options))
 
 
 def strided(grads) -> tuple:
