@@ -386,9 +386,16 @@ def modules_of(values) -> list:
     return found
 
 
+def dict_type(held: dict) -> type:
+    """The base type whose own methods read and refill ``held`` in place: ``OrderedDict``'s
+    for one (dict's would leave its order list naming keys it no longer has), else dict's (no
+    subclass's method runs)."""
+    return collections.OrderedDict if is_a(held, collections.OrderedDict) else dict
+
+
 users_type = _users_type  # (public: run/compiled reads which objects are the user's)
 cell_contents = _contents  # (public: backward_writes reads torch's wrappers' closures)
 
-__all__ = ["OPEN_MOST", "READ_MOST", "cell_contents", "class_attribute", "function_of",
+__all__ = ["OPEN_MOST", "READ_MOST", "cell_contents", "class_attribute", "dict_type", "function_of",
            "globals_read", "instance_dict", "is_a", "modules_of", "read_by", "reached",
            "tensors_of", "users_type"]

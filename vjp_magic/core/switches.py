@@ -24,14 +24,13 @@ where PyTorch made one for it on a non-leaf tensor (it calls nothing).
 """
 from __future__ import annotations
 
-import collections
 import sys
 import warnings
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .reach import instance_dict, is_a, modules_of
+from .reach import dict_type, instance_dict, is_a, modules_of
 
 _PRINT, _PRINTED = torch._tensor_str.PRINT_OPTS, ("precision", "threshold", "edgeitems",
                                                    "linewidth", "sci_mode")
@@ -189,7 +188,7 @@ def _restore_hooks(owner, name: str, hooks, items) -> None:
 def _refill(held: dict, items: list) -> None:
     """``held`` holding ``items`` in place, through its base type's own methods (an
     ``OrderedDict``'s keep its order list; no subclass's method runs)."""
-    kind = collections.OrderedDict if is_a(held, collections.OrderedDict) else dict
+    kind = dict_type(held)
     kind.clear(held)
     kind.update(held, items)
 

@@ -24,7 +24,7 @@ import sys
 import types
 
 from .origin import LIBRARIES, users_function
-from .reach import _CLASS_DICT, _users_type, instance_dict, is_a
+from .reach import _CLASS_DICT, dict_type, instance_dict, is_a, users_type
 
 _EMPTY = object()  # an empty closure cell's contents
 
@@ -61,14 +61,14 @@ def _held(value, seen: set) -> list:
         return _namespace(vars(value), seen) if name.partition(".")[0] not in LIBRARIES \
             else []
     if is_a(value, type):
-        return [("class", value, _pairs(_CLASS_DICT(value)))] if _users_type(value) else []
+        return [("class", value, _pairs(_CLASS_DICT(value)))] if users_type(value) else []
     for base, kind, read in _CONTAINERS:
         if is_a(value, base):
             return [(kind, value, read(value))]
     numpy = sys.modules.get("numpy")
     if numpy is not None and is_a(value, numpy.ndarray):
         return [("array", value, value.copy())] if value.flags.writeable else []
-    if _users_type(type(value)) or is_a(value, types.SimpleNamespace):
+    if users_type(type(value)) or is_a(value, types.SimpleNamespace):
         held = instance_dict(value)
         return _namespace(held, seen) if type(held) is dict and held else []
     return []
@@ -139,9 +139,7 @@ def _put_back_dict(now: dict, then: tuple) -> None:
     name by name, names added since deleted; another emptied and refilled from the copy
     (which hashes no key again: a user's key's ``__hash__`` is the user's code)."""
     keys, values, was = then
-    # (an OrderedDict - a module's hook and parameter tables - through its own methods:
-    # dict's would leave its order list naming keys it no longer has)
-    kind = collections.OrderedDict if is_a(now, collections.OrderedDict) else dict
+    kind = dict_type(now)  # (an OrderedDict - a module's hook table - through its own)
     if not all(type(k) is str for k in dict.keys(now)) or \
             not all(type(k) is str for k in dict.keys(was)):
         kind.clear(now)
